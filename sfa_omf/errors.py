@@ -1,0 +1,113 @@
+"""The one table of GENI error codes, and the exceptions that carry them.
+
+Every refusal sfa-omf gives names a *reason* (a short, stable identifier an operator can grep for) and a message a
+person can act on. The reason decides the GENI code through ``REASON_CODES`` below, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class GeniCode(enum.IntEnum):
+    """GENI AM API return codes (geni_code), as the AM API v2/v3 specification numbers them."""
+
+    SUCCESS = 0
+    BADARGS = 1
+    ERROR = 2
+    FORBIDDEN = 3
+    BADVERSION = 4
+    SERVERERROR = 5
+    TOOBIG = 6
+    REFUSED = 7
+    TIMEDOUT = 8
+    DBERROR = 9
+    RPCERROR = 10
+    UNAVAILABLE = 11
+    SEARCHFAILED = 12
+    UNSUPPORTED = 13
+    BUSY = 14
+    EXPIRED = 15
+    INPROGRESS = 16
+    ALREADYEXISTS = 17
+    MISSINGARGS = 18
+    OUTOFRANGE = 19
+    CREDENTIAL_INVALID = 20
+    CREDENTIAL_EXPIRED = 21
+    CREDENTIAL_MISMATCH = 22
+    CREDENTIAL_SIGNER_UNTRUSTED = 23
+    VLAN_UNAVAILABLE = 24
+    INSUFFICIENT_BANDWIDTH = 25
+    INSUFFICIENT_NODES = 26
+
+
+class Reason(enum.StrEnum):
+    """Why something was refused. The value is what logs and `sfa-omf credential verify` print."""
+
+    # The credential document itself.
+    MALFORMED = "malformed"  # not a credential: bad XML, missing elements, unparsable values
+    HOSTILE_XML = "hostile_xml"  # DOCTYPE/entities, oversized, too deep
+    SIGNATURE = "signature"  # a signature is missing, does not verify, or covers something else
+    DELEGATION = "delegation"  # a delegation step breaks subset / can_delegate / expiry / signer rules
+    CREDENTIAL_EXPIRED = "credential_expired"
+    CREDENTIAL_NOT_YET_VALID = "credential_not_yet_valid"
+    # Certificates (GIDs) anywhere: caller, owner, target, signer.
+    CERTIFICATE_EXPIRED = "certificate_expired"  # a certificate in a chain is outside its validity period
+    UNTRUSTED_CHAIN = "untrusted_chain"  # the chain does not end at one of our trusted roots
+    INVALID_CHAIN = "invalid_chain"  # a link is not signed by its parent, parent not a CA, or naming rules broken
+    ISSUER = "issuer"  # the credential's signer is no authority over its target
+    # Use of a valid credential.
+    OWNER_MISMATCH = "owner_mismatch"  # the caller is not the credential's owner
+    TARGET_MISMATCH = "target_mismatch"  # the credential is for another object than the one named in the call
+    INSUFFICIENT_PRIVILEGES = "insufficient_privileges"
+    NO_CREDENTIAL = "no_credential"  # the call carried no credential we could use
+    CALLER_UNTRUSTED = "caller_untrusted"  # the caller's own TLS certificate chain is not trusted
+
+
+#: The one table: reason -> GENI code.
+REASON_CODES: dict[Reason, GeniCode] = {
+    Reason.MALFORMED: GeniCode.CREDENTIAL_INVALID,
+    Reason.HOSTILE_XML: GeniCode.CREDENTIAL_INVALID,
+    Reason.SIGNATURE: GeniCode.CREDENTIAL_INVALID,
+    Reason.DELEGATION: GeniCode.CREDENTIAL_INVALID,
+    Reason.CREDENTIAL_EXPIRED: GeniCode.CREDENTIAL_EXPIRED,
+    Reason.CREDENTIAL_NOT_YET_VALID: GeniCode.CREDENTIAL_INVALID,
+    Reason.CERTIFICATE_EXPIRED: GeniCode.EXPIRED,
+    Reason.UNTRUSTED_CHAIN: GeniCode.CREDENTIAL_SIGNER_UNTRUSTED,
+    Reason.INVALID_CHAIN: GeniCode.CREDENTIAL_SIGNER_UNTRUSTED,
+    Reason.ISSUER: GeniCode.CREDENTIAL_SIGNER_UNTRUSTED,
+    Reason.OWNER_MISMATCH: GeniCode.CREDENTIAL_MISMATCH,
+    Reason.TARGET_MISMATCH: GeniCode.CREDENTIAL_MISMATCH,
+    Reason.INSUFFICIENT_PRIVILEGES: GeniCode.FORBIDDEN,
+    Reason.NO_CREDENTIAL: GeniCode.FORBIDDEN,
+    Reason.CALLER_UNTRUSTED: GeniCode.FORBIDDEN,
+}
+
+
+class GeniError(Exception):
+    """An error that reaches the caller as a GENI code and a message a person can act on."""
+
+    code: GeniCode = GeniCode.ERROR
+
+    def __init__(self, message: str, code: GeniCode | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class TrustError(GeniError):
+    """A refusal by the trust layer; its GENI code follows from its reason via REASON_CODES."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message, REASON_CODES[reason])
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.message}"
+
+
+class BadArgs(GeniError):
+    """The caller sent an argument we cannot use (a malformed URN or time, for example)."""
+
+    code = GeniCode.BADARGS

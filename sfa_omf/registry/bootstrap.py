@@ -1,0 +1,148 @@
+"""``sfa-omf init``: a local authority, the aggregate's identity and sfi-ready demo users, without questions.
+
+Re-running on an initialised directory changes nothing that exists (keys are never overwritten); users named for the
+first time are added. Asking for a different authority than the one the directory holds is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config, write_config
+from sfa_omf.registry.authority import AuthorityError, LocalAuthority, write_new_file
+from sfa_omf.trust.gid import GidChain, chain_pem
+from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
+from sfa_omf.xrn import hrn_to_urn
+
+DEFAULT_AUTHORITY = "testbed"
+DEFAULT_USERS = ("alice",)
+DEMO_SLICE = "demo"
+_USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+@dataclass
+class InitReport:
+    """What init did: files created, and things that were there already (left untouched)."""
+
+    directory: str
+    authority_hrn: str
+    created: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    sfi_dirs: dict[str, str] = field(default_factory=dict)
+
+
+def init_directory(
+    directory: str,
+    authority_hrn: str = DEFAULT_AUTHORITY,
+    users: tuple[str, ...] = DEFAULT_USERS,
+    settings: Settings | None = None,
+) -> InitReport:
+    """Create (or complete) an authority directory; see the module docstring."""
+    directory = os.path.abspath(directory)
+    for name in users:
+        if not _USER_NAME.match(name):
+            raise AuthorityError(
+                f"user name {name!r} is not usable: lower-case letters, digits, '-' and '_', starting with a letter"
+            )
+    report = InitReport(directory=directory, authority_hrn=authority_hrn)
+    config_path = os.path.join(directory, CONFIG_FILE_NAME)
+    if os.path.exists(config_path):
+        settings = read_config(config_path)
+        if settings.interface_hrn != authority_hrn:
+            raise AuthorityError(
+                f"{directory} already holds authority {settings.interface_hrn!r}, not {authority_hrn!r}; "
+                "use another directory"
+            )
+        report.kept.append(config_path)
+        authority = LocalAuthority.load(directory, authority_hrn)
+        report.kept.append(LocalAuthority.key_path(directory, authority_hrn))
+    else:
+        os.makedirs(directory, exist_ok=True)
+        settings = settings or Settings(interface_hrn=authority_hrn, data_dir=directory)
+        authority = LocalAuthority.create(directory, authority_hrn)
+        report.created += [
+            LocalAuthority.key_path(directory, authority_hrn),
+            LocalAuthority.gid_path(directory, authority_hrn),
+        ]
+        write_config(config_path, settings)
+        report.created.append(config_path)
+    _ensure_aggregate_identity(authority, report)
+    slice_hrn = authority.child_hrn(DEMO_SLICE)
+    slice_chain = _ensure_gid(authority, slice_hrn, "slice", report)
+    for name in users:
+        _ensure_user(authority, settings, name, slice_hrn, slice_chain, report)
+    return report
+
+
+def _ensure_aggregate_identity(authority: LocalAuthority, report: InitReport) -> None:
+    key_path = os.path.join(authority.directory, "aggregate", "am.pkey")
+    gid_path = os.path.join(authority.directory, "aggregate", "am.gid")
+    if os.path.exists(key_path):
+        report.kept.append(key_path)
+        return
+    key = new_private_key()
+    gid = create_gid(hrn_to_urn(authority.hrn, "authority+am"), key.public_key(), authority.key, authority.chain[0])
+    write_new_file(key_path, private_key_pem(key), private=True)
+    write_new_file(gid_path, chain_pem((gid, *authority.chain)).encode("ascii"))
+    report.created += [key_path, gid_path]
+
+
+def _ensure_gid(authority: LocalAuthority, hrn: str, type_: str, report: InitReport) -> GidChain:
+    path = authority.issued_gid_path(hrn)
+    if os.path.exists(path):
+        report.kept.append(path)
+        return authority.issued_chain(hrn)
+    chain, _ = authority.issue_gid(hrn, type_)
+    report.created.append(path)
+    return chain
+
+
+def _ensure_user(
+    authority: LocalAuthority,
+    settings: Settings,
+    name: str,
+    slice_hrn: str,
+    slice_chain: GidChain,
+    report: InitReport,
+) -> None:
+    user_hrn = authority.child_hrn(name)
+    sfi_dir = os.path.join(authority.directory, "users", name, "sfi")
+    report.sfi_dirs[name] = sfi_dir
+    key_path = os.path.join(sfi_dir, f"{user_hrn}.pkey")
+    if os.path.exists(key_path):
+        report.kept.append(key_path)
+        return
+    chain, key = authority.issue_gid(user_hrn, "user", email=f"{name}@{authority.hrn}.example.org")
+    assert key is not None
+    files = {
+        key_path: (private_key_pem(key), True),
+        os.path.join(sfi_dir, f"{user_hrn}.user.gid"): (chain_pem(chain).encode("ascii"), False),
+        os.path.join(sfi_dir, f"{user_hrn}.user.cred"): (
+            authority.credential(chain, chain, can_delegate=False).encode("utf-8"),
+            False,
+        ),
+        os.path.join(sfi_dir, f"{user_hrn}-{slice_hrn}.slice.cred"): (
+            authority.credential(chain, slice_chain).encode("utf-8"),
+            False,
+        ),
+        os.path.join(sfi_dir, "sfi_config"): (
+            _sfi_config(authority.hrn, user_hrn, settings).encode("utf-8"),
+            False,
+        ),
+    }
+    for path, (data, private) in files.items():
+        write_new_file(path, data, private=private)
+        report.created.append(path)
+    report.created.append(authority.issued_gid_path(user_hrn))
+
+
+def _sfi_config(authority_hrn: str, user_hrn: str, settings: Settings) -> str:
+    return (
+        "[sfi]\n"
+        f"auth = {authority_hrn}\n"
+        f"user = {user_hrn}\n"
+        f"registry = {settings.registry_url}\n"
+        f"sm = {settings.aggregate_url}\n"
+    )

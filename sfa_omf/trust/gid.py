@@ -1,0 +1,126 @@
+"""GIDs: X.509 certificates that carry a GENI URN, a UUID and maybe an e-mail in subjectAltName.
+
+SFA writes the HRN as the subject CN (``onelab.inria.alice``); gcf writes ``geni//gpo//gcf.user.alice``. The URN in
+subjectAltName is the identity that counts; the HRN comes from it. Chains are stored as concatenated PEM, leaf first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from sfa_omf.errors import BadArgs
+from sfa_omf.times import as_utc
+from sfa_omf.xrn import is_urn, parse_urn, split_hrn
+
+
+@dataclass(frozen=True)
+class Gid:
+    """One certificate and the GENI identity it names."""
+
+    certificate: x509.Certificate
+    urn: str | None
+    uuid: str | None
+    email: str | None
+    is_ca: bool
+
+    @property
+    def subject_cn(self) -> str:
+        values = self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(values[0].value) if values else ""
+
+    @property
+    def type(self) -> str | None:
+        """The URN's type (``user``, ``slice``, ``authority``, ``node``) or None when the GID carries no URN."""
+        return parse_urn(self.urn).type if self.urn else None
+
+    @property
+    def hrn(self) -> str:
+        """The HRN from the URN; SFA GIDs without a URN fall back to the CN (which SFA sets to the HRN)."""
+        if self.urn:
+            return parse_urn(self.urn).hrn
+        return self.subject_cn
+
+    @property
+    def hrn_parts(self) -> tuple[str, ...]:
+        if self.urn:
+            return parse_urn(self.urn).hrn_parts
+        return split_hrn(self.subject_cn)
+
+    @property
+    def is_authority(self) -> bool:
+        return self.type == "authority"
+
+    @property
+    def not_before(self) -> datetime:
+        return as_utc(self.certificate.not_valid_before_utc)
+
+    @property
+    def not_after(self) -> datetime:
+        return as_utc(self.certificate.not_valid_after_utc)
+
+    @property
+    def key_id(self) -> str:
+        """SHA-256 of the subject public key (DER SubjectPublicKeyInfo): equal keys, equal ids."""
+        spki = self.certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return hashlib.sha256(spki).hexdigest()
+
+    @property
+    def fingerprint(self) -> str:
+        return self.certificate.fingerprint(hashes.SHA256()).hex()
+
+    def pem(self) -> str:
+        return self.certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+GidChain = tuple[Gid, ...]
+
+
+def gid_from_certificate(certificate: x509.Certificate) -> Gid:
+    """Read the GENI identity out of a certificate."""
+    urn = uuid = email = None
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    if san is not None:
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+            if is_urn(uri) and urn is None:
+                urn = uri
+            elif uri.lower().startswith("urn:uuid:") and uuid is None:
+                uuid = uri[len("urn:uuid:") :]
+        emails = san.get_values_for_type(x509.RFC822Name)
+        email = emails[0] if emails else None
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        is_ca = bool(constraints.ca)
+    except x509.ExtensionNotFound:
+        is_ca = False
+    return Gid(certificate=certificate, urn=urn, uuid=uuid, email=email, is_ca=is_ca)
+
+
+def load_gid_chain(pem: bytes | str) -> GidChain:
+    """Load a PEM chain (leaf first). Raise BadArgs when there is no certificate in it."""
+    data = pem.encode("ascii") if isinstance(pem, str) else pem
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise BadArgs(f"cannot read a PEM certificate chain: {exc}") from exc
+    return tuple(gid_from_certificate(cert) for cert in certificates)
+
+
+def load_gid_chain_file(path: str) -> GidChain:
+    with open(path, "rb") as handle:
+        return load_gid_chain(handle.read())
+
+
+def chain_pem(chain: GidChain) -> str:
+    """The chain as concatenated PEM, leaf first: the GID file format SFA and sfi.py use."""
+    return "".join(gid.pem() for gid in chain)

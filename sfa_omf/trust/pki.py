@@ -1,0 +1,116 @@
+"""Making keys and GIDs: for the local authority, its users, slices, nodes and the aggregate itself.
+
+GIDs are made the way SFA makes them, so that sfi.py, omni, xmlsec1 and openssl all read them: RSA 2048 keys, CN =
+HRN, subjectAltName = URN + UUID (+ e-mail), basicConstraints CA:TRUE for authorities only, and subject/authority
+key identifiers (GENI speaks-for names keys by their subjectKeyIdentifier).
+"""
+
+from __future__ import annotations
+
+import uuid as uuid_module
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from sfa_omf.times import utcnow
+from sfa_omf.trust.gid import Gid, GidChain, gid_from_certificate
+from sfa_omf.xrn import parse_urn
+
+DEFAULT_GID_LIFETIME = timedelta(days=5 * 365)
+# Certificates start a little in the past so that a peer whose clock is slightly behind still accepts them.
+_CLOCK_SKEW = timedelta(minutes=5)
+
+
+def new_private_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    """The key as PEM in the traditional OpenSSL form ("RSA PRIVATE KEY"), the form sfi.py's .pkey files use."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+
+
+def load_private_key(pem: bytes) -> rsa.RSAPrivateKey:
+    """Load a PEM private key; sfa-omf keys are RSA, which is what SFA, gcf and xmlsec1 all expect."""
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"expected an RSA private key, found {type(key).__name__}")
+    return key
+
+
+def load_private_key_file(path: str) -> rsa.RSAPrivateKey:
+    with open(path, "rb") as handle:
+        return load_private_key(handle.read())
+
+
+def create_gid(
+    urn: str,
+    public_key: rsa.RSAPublicKey,
+    signing_key: rsa.RSAPrivateKey,
+    issuer: Gid | None = None,
+    email: str | None = None,
+    lifetime: timedelta = DEFAULT_GID_LIFETIME,
+    not_before: datetime | None = None,
+    subject_uuid: str | None = None,
+) -> Gid:
+    """Create a GID for urn holding public_key, signed by signing_key: the issuer's key, or for a self-signed root
+    (no issuer) the subject's own.
+
+    Authorities (URN type ``authority``) get CA:TRUE; everything else CA:FALSE.
+    """
+    parsed = parse_urn(urn)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, parsed.hrn)])
+    issuer_name = issuer.certificate.subject if issuer is not None else subject
+    san: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(str(parsed)),
+        x509.UniformResourceIdentifier(f"urn:uuid:{subject_uuid or uuid_module.uuid4()}"),
+    ]
+    if email:
+        san.append(x509.RFC822Name(email))
+    start = not_before or (utcnow() - _CLOCK_SKEW)
+    issuer_public = signing_key.public_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + lifetime)
+        .add_extension(x509.BasicConstraints(ca=parsed.is_authority, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public),
+            critical=False,
+        )
+    )
+    if parsed.is_authority:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=False,
+        )
+    certificate = builder.sign(signing_key, hashes.SHA256())
+    return gid_from_certificate(certificate)
+
+
+def issue_chain(gid: Gid, issuer_chain: GidChain) -> GidChain:
+    """gid followed by its issuer's chain: the form a GID file and a TLS client certificate chain take."""
+    return (gid, *issuer_chain)

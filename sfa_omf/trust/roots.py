@@ -1,0 +1,172 @@
+"""Trusted roots, and verifying a GID chain up to one of them.
+
+Trusting another authority is dropping its root certificate (PEM or GID) into the trusted-roots directory.
+The rules (SFA's and GENI's): every certificate is inside its validity period at the time of verification; each
+link is signed by its parent; every parent is a CA whose URN type is ``authority`` and whose name is a naming
+authority (part-wise prefix) over the child's; the chain ends at a trusted root that is itself an authority over the
+leaf's name. A chain may stop short of the root (the root is then the issuer of its last certificate) or include it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.exceptions import InvalidSignature
+
+from sfa_omf.errors import Reason, TrustError
+from sfa_omf.times import format_time
+from sfa_omf.trust.gid import Gid, GidChain, load_gid_chain
+from sfa_omf.xrn import is_authority_for
+
+ROOT_SUFFIXES = (".gid", ".cert", ".pem", ".crt")
+
+
+@dataclass(frozen=True)
+class TrustedRoots:
+    """The set of certificates we trust as anchors. ``fingerprint`` changes whenever the set changes."""
+
+    anchors: tuple[Gid, ...]
+    source: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for fingerprint in sorted(anchor.fingerprint for anchor in self.anchors):
+            digest.update(fingerprint.encode("ascii"))
+        return digest.hexdigest()
+
+    def names(self) -> str:
+        return ", ".join(sorted(anchor.hrn for anchor in self.anchors)) or "none"
+
+    def contains(self, gid: Gid) -> bool:
+        return any(anchor.fingerprint == gid.fingerprint for anchor in self.anchors)
+
+    def issuers_of(self, gid: Gid) -> list[Gid]:
+        """The anchors that really signed gid (same subject as its issuer and a signature that verifies)."""
+        found = []
+        for anchor in self.anchors:
+            if anchor.certificate.subject != gid.certificate.issuer:
+                continue
+            if _signed_by(gid, anchor):
+                found.append(anchor)
+        return found
+
+    def impostors_of(self, gid: Gid) -> list[Gid]:
+        """Anchors whose subject equals gid's issuer but whose key did not sign gid (a look-alike authority)."""
+        return [
+            anchor
+            for anchor in self.anchors
+            if anchor.certificate.subject == gid.certificate.issuer and not _signed_by(gid, anchor)
+        ]
+
+
+def load_trusted_roots(directory: str) -> TrustedRoots:
+    """Load every *.gid/*.cert/*.pem/*.crt in directory; the first certificate of each file is the anchor."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"trusted roots directory {directory!r} does not exist")
+    anchors: list[Gid] = []
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith(ROOT_SUFFIXES):
+            continue
+        with open(os.path.join(directory, name), "rb") as handle:
+            chain = load_gid_chain(handle.read())
+        anchors.append(chain[0])
+    return TrustedRoots(anchors=tuple(anchors), source=directory)
+
+
+def _signed_by(child: Gid, parent: Gid) -> bool:
+    try:
+        child.certificate.verify_directly_issued_by(parent.certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _describe(gid: Gid) -> str:
+    return gid.urn or repr(gid.subject_cn)
+
+
+def check_validity(gid: Gid, at: datetime, role: str) -> None:
+    """Raise CERTIFICATE_EXPIRED when gid is not valid at the time of verification."""
+    if at < gid.not_before:
+        raise TrustError(
+            Reason.CERTIFICATE_EXPIRED,
+            f"{role} certificate {_describe(gid)} is not valid before {format_time(gid.not_before)} "
+            f"(checked at {format_time(at)})",
+        )
+    if at > gid.not_after:
+        raise TrustError(
+            Reason.CERTIFICATE_EXPIRED,
+            f"{role} certificate {_describe(gid)} expired at {format_time(gid.not_after)} "
+            f"(checked at {format_time(at)}); ask its authority for a new one",
+        )
+
+
+def _check_link(child: Gid, parent: Gid, role: str) -> None:
+    if not _signed_by(child, parent):
+        raise TrustError(
+            Reason.INVALID_CHAIN,
+            f"{role} chain is broken: {_describe(child)} is not signed by {_describe(parent)}",
+        )
+    if not parent.is_ca or not parent.is_authority:
+        raise TrustError(
+            Reason.INVALID_CHAIN,
+            f"{role} chain is invalid: {_describe(parent)} signs {_describe(child)} but is not an authority "
+            "(it needs basicConstraints CA:TRUE and an authority URN)",
+        )
+    if not is_authority_for(parent.hrn, child.hrn):
+        raise TrustError(
+            Reason.INVALID_CHAIN,
+            f"{role} chain is invalid: authority {parent.hrn!r} may not name {child.hrn!r} "
+            "(an authority only names what lies under it)",
+        )
+
+
+def verify_chain(chain: GidChain, roots: TrustedRoots, at: datetime, role: str = "certificate") -> Gid:
+    """Verify chain (leaf first) against roots at time ``at``; return the trusted anchor it ends at.
+
+    ``role`` names the chain in messages ("caller", "owner", "signer"...). Raises TrustError.
+    """
+    if not chain:
+        raise TrustError(Reason.MALFORMED, f"{role} chain holds no certificate")
+    leaf = chain[0]
+    for gid in chain:
+        check_validity(gid, at, role)
+    anchor: Gid | None = None
+    for position, gid in enumerate(chain):
+        if roots.contains(gid):
+            anchor = gid
+            break
+        issuers = roots.issuers_of(gid)
+        if issuers:
+            anchor = issuers[0]
+            check_validity(anchor, at, "trusted root")
+            _check_link(gid, anchor, role)
+            break
+        if position + 1 < len(chain):
+            _check_link(gid, chain[position + 1], role)
+            continue
+        impostors = roots.impostors_of(gid)
+        if impostors:
+            raise TrustError(
+                Reason.UNTRUSTED_CHAIN,
+                f"{role} chain of {_describe(leaf)} ends at {gid.certificate.issuer.rfc4514_string()!r}, "
+                "whose name matches a trusted root but whose key does not: not one of our trusted roots",
+            )
+        raise TrustError(
+            Reason.UNTRUSTED_CHAIN,
+            f"{role} chain of {_describe(leaf)} ends at {_describe(gid)} "
+            f"(issued by {gid.certificate.issuer.rfc4514_string()!r}), which is not one of our "
+            f"{len(roots.anchors)} trusted roots ({roots.names()}); an operator trusts an authority by adding "
+            "its root certificate to trusted_roots/",
+        )
+    assert anchor is not None
+    if not is_authority_for(anchor.hrn, leaf.hrn):
+        raise TrustError(
+            Reason.INVALID_CHAIN,
+            f"{role} {_describe(leaf)} chains to trusted root {anchor.hrn!r}, which is no authority over {leaf.hrn!r}",
+        )
+    return anchor

@@ -1,0 +1,57 @@
+"""The one place that talks to libxmlsec1 (through the ``xmlsec`` Python binding, in-process, never a subprocess).
+
+Algorithms are named by their XML-DSig URIs. Verification enables only the transforms and algorithms listed here,
+so a signature cannot smuggle in XPath, XSLT or an HMAC; and the key is always the one the caller chose, never one
+xmlsec would pick from the signature's own KeyInfo.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lxml import etree
+
+# python-xmlsec's bundled stubs lack most Transform and KeyFormat constants; use the module untyped, here only.
+_xmlsec: Any = importlib.import_module("xmlsec")
+
+DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
+
+C14N = "http://www.w3.org/TR/2001/REC-xml-c14n-20010315"
+ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
+RSA_SHA256 = "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"
+SHA256 = "http://www.w3.org/2001/04/xmlenc#sha256"
+
+_C14N = ("C14N", "C14N_COMMENTS", "EXCL_C14N", "C14N11")
+_DIGESTS = ("SHA1", "SHA256", "SHA384", "SHA512")
+_SIGNATURE_METHODS = ("RSA_SHA1", "RSA_SHA256", "RSA_SHA384", "RSA_SHA512")
+
+ALLOWED_C14N = frozenset(getattr(_xmlsec.Transform, name).href for name in _C14N)
+ALLOWED_DIGESTS = frozenset(getattr(_xmlsec.Transform, name).href for name in _DIGESTS)
+ALLOWED_SIGNATURE_METHODS = frozenset(getattr(_xmlsec.Transform, name).href for name in _SIGNATURE_METHODS)
+ALLOWED_REFERENCE_TRANSFORMS = frozenset({ENVELOPED}) | ALLOWED_C14N
+
+
+class SignatureInvalid(Exception):
+    """libxmlsec1 says the signature does not verify with the given key."""
+
+
+def sign(signature: etree._Element, private_key_pem: bytes) -> None:
+    """Fill in DigestValue and SignatureValue of a Signature template that is part of a parsed document."""
+    context = _xmlsec.SignatureContext()
+    context.key = _xmlsec.Key.from_memory(private_key_pem, _xmlsec.KeyFormat.PEM, None)
+    context.sign(signature)
+
+
+def verify(signature: etree._Element, certificate_pem: bytes) -> None:
+    """Verify a Signature element with the public key of certificate_pem; raise SignatureInvalid."""
+    context = _xmlsec.SignatureContext()
+    for name in ("ENVELOPED", *_C14N, *_DIGESTS):
+        context.enable_reference_transform(getattr(_xmlsec.Transform, name))
+    for name in (*_C14N, *_SIGNATURE_METHODS):
+        context.enable_signature_transform(getattr(_xmlsec.Transform, name))
+    context.key = _xmlsec.Key.from_memory(certificate_pem, _xmlsec.KeyFormat.CERT_PEM, None)
+    try:
+        context.verify(signature)
+    except _xmlsec.Error as exc:
+        raise SignatureInvalid(str(exc)) from exc

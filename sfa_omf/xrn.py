@@ -1,0 +1,122 @@
+"""GENI URNs and SFA human-readable names (HRNs), and the naming-authority rule between them.
+
+A URN is ``urn:publicid:IDN+<authority>+<type>+<name>``; the authority's parts are joined by ``:``
+(``onelab:inria``). The HRN joins the authority parts and the name with ``.`` (``onelab.inria.alice``); a dot that
+belongs *inside* a part is written ``\\.`` in the HRN (``iotlab.m3-10\\.grenoble\\.iot-lab\\.info``).
+Authority URNs name the authority itself: ``urn:publicid:IDN+onelab:inria+authority+sa`` is the HRN ``onelab.inria``.
+
+Authority prefixes are always compared part by part, never as strings: ``onelab`` is an authority over
+``onelab.inria.alice`` but not over ``onelabx.bob`` nor over ``onelab\\.org.x``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sfa_omf.errors import BadArgs
+
+URN_PREFIX = "urn:publicid:IDN+"
+
+#: The authority "names" that stand for the authority itself in an authority URN.
+AUTHORITY_ROLES = ("sa", "am", "cm", "ma", "sm", "ca")
+
+_UNESCAPED_DOT = re.compile(r"(?<!\\)\.")
+
+
+@dataclass(frozen=True)
+class Urn:
+    """A parsed GENI URN. ``authority`` holds the authority's parts; ``type`` is lower case."""
+
+    authority: tuple[str, ...]
+    type: str
+    name: str
+
+    @property
+    def is_authority(self) -> bool:
+        return self.type == "authority"
+
+    def __str__(self) -> str:
+        return f"{URN_PREFIX}{':'.join(self.authority)}+{self.type}+{self.name}"
+
+    @property
+    def hrn_parts(self) -> tuple[str, ...]:
+        """The HRN's parts (unescaped): the authority parts, then the name unless this names an authority."""
+        if self.is_authority:
+            return self.authority
+        return (*self.authority, self.name)
+
+    @property
+    def hrn(self) -> str:
+        return join_hrn(self.hrn_parts)
+
+
+def is_urn(text: str) -> bool:
+    """True when text starts like a GENI URN (the prefix is matched case-insensitively)."""
+    return text[: len(URN_PREFIX)].lower() == URN_PREFIX.lower()
+
+
+def parse_urn(text: str) -> Urn:
+    """Parse a GENI URN; raise BadArgs naming what is wrong."""
+    if not is_urn(text):
+        raise BadArgs(f"{text!r} is not a GENI URN: it must start with {URN_PREFIX!r}")
+    body = text[len(URN_PREFIX) :]
+    pieces = body.split("+", 2)
+    if len(pieces) != 3 or not all(pieces):
+        raise BadArgs(f"{text!r} is not a GENI URN: expected {URN_PREFIX}<authority>+<type>+<name>")
+    authority_text, type_, name = pieces
+    authority = tuple(authority_text.split(":"))
+    if any(not part for part in authority):
+        raise BadArgs(f"{text!r} has an empty authority part")
+    return Urn(authority=authority, type=type_.lower(), name=name)
+
+
+def split_hrn(hrn: str) -> tuple[str, ...]:
+    """Split an HRN into its parts at unescaped dots, unescaping ``\\.`` inside each part."""
+    if not hrn:
+        raise BadArgs("an empty HRN names nothing")
+    parts = tuple(part.replace("\\.", ".") for part in _UNESCAPED_DOT.split(hrn))
+    if any(not part for part in parts):
+        raise BadArgs(f"HRN {hrn!r} has an empty part")
+    return parts
+
+
+def join_hrn(parts: tuple[str, ...] | list[str]) -> str:
+    """Join HRN parts, escaping dots that belong inside a part."""
+    return ".".join(part.replace(".", "\\.") for part in parts)
+
+
+def urn_to_hrn(urn: str) -> tuple[str, str]:
+    """Return (hrn, type) for a URN: urn:publicid:IDN+onelab:inria+user+alice -> ("onelab.inria.alice", "user")."""
+    parsed = parse_urn(urn)
+    return parsed.hrn, parsed.type
+
+
+def hrn_to_urn(hrn: str, type_: str) -> str:
+    """Return the URN for an HRN of a given type.
+
+    For ``authority`` (or ``authority+sa``, ``authority+am`` ...) the whole HRN is the authority and the role
+    defaults to ``sa``.
+    """
+    parts = split_hrn(hrn)
+    kind, _, role = type_.lower().partition("+")
+    if kind == "authority":
+        return str(Urn(authority=parts, type="authority", name=role or "sa"))
+    if len(parts) < 2:
+        raise BadArgs(f"HRN {hrn!r} names no authority: a {kind} HRN needs at least <authority>.<name>")
+    return str(Urn(authority=parts[:-1], type=kind, name=parts[-1]))
+
+
+def hrn_authority(hrn: str) -> str:
+    """The authority HRN of an HRN (everything but the last part)."""
+    parts = split_hrn(hrn)
+    if len(parts) < 2:
+        raise BadArgs(f"HRN {hrn!r} is top level and has no authority above it")
+    return join_hrn(parts[:-1])
+
+
+def is_authority_for(authority_hrn: str, hrn: str) -> bool:
+    """True when ``authority_hrn`` is ``hrn`` itself or a part-wise prefix of it (SFA's naming rule)."""
+    auth_parts = split_hrn(authority_hrn)
+    parts = split_hrn(hrn)
+    return len(auth_parts) <= len(parts) and parts[: len(auth_parts)] == auth_parts

@@ -1,0 +1,87 @@
+"""Shared fixtures. Every fixture certificate, key and credential is made here by the project's own PKI code;
+the real-client interop vectors are read from ../shared/vectors when that folder exists."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.bootstrap import init_directory
+from sfa_omf.trust.gid import GidChain, load_gid_chain_file
+from sfa_omf.trust.pki import load_private_key_file
+from sfa_omf.trust.roots import TrustedRoots, load_trusted_roots
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+REPO = Path(__file__).resolve().parent.parent
+VECTORS = Path(os.environ.get("SFA_OMF_VECTORS", REPO.parent / "shared" / "vectors"))
+
+
+@dataclass
+class DemoUser:
+    name: str
+    hrn: str
+    key: rsa.RSAPrivateKey
+    chain: GidChain
+    sfi_dir: Path
+    user_cred: str
+    slice_cred: str
+
+
+@dataclass
+class DemoPki:
+    """A local authority 'testbed' with users alice, bob and carol, a slice testbed.demo, made by sfa-omf init."""
+
+    directory: Path
+    authority: LocalAuthority
+    roots: TrustedRoots
+    slice_hrn: str
+    slice_urn: str
+    slice_chain: GidChain
+    users: dict[str, DemoUser]
+
+
+def _load_pki(directory: Path) -> DemoPki:
+    authority = LocalAuthority.load(str(directory), "testbed")
+    users = {}
+    for name in ("alice", "bob", "carol"):
+        hrn = f"testbed.{name}"
+        sfi = directory / "users" / name / "sfi"
+        users[name] = DemoUser(
+            name=name,
+            hrn=hrn,
+            key=load_private_key_file(str(sfi / f"{hrn}.pkey")),
+            chain=load_gid_chain_file(str(sfi / f"{hrn}.user.gid")),
+            sfi_dir=sfi,
+            user_cred=(sfi / f"{hrn}.user.cred").read_text(),
+            slice_cred=(sfi / f"{hrn}-testbed.demo.slice.cred").read_text(),
+        )
+    return DemoPki(
+        directory=directory,
+        authority=authority,
+        roots=load_trusted_roots(str(directory / "trusted_roots")),
+        slice_hrn="testbed.demo",
+        slice_urn="urn:publicid:IDN+testbed+slice+demo",
+        slice_chain=authority.issued_chain("testbed.demo"),
+        users=users,
+    )
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
+    """One demo authority for the whole session (RSA key generation is the slow part). Treat it as read-only."""
+    directory = tmp_path_factory.mktemp("pki") / "authority"
+    init_directory(str(directory), "testbed", ("alice", "bob", "carol"))
+    return _load_pki(directory)
+
+
+@pytest.fixture(scope="session")
+def vectors() -> Path:
+    """The real-client interop vectors; tests that need them skip, saying why, where ../shared is absent."""
+    if not (VECTORS / "sfa" / "manifest.json").exists():
+        pytest.skip(f"interop vectors not found at {VECTORS} (set SFA_OMF_VECTORS or check out shared/ beside the repo)")
+    return VECTORS
