@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.trust.gid import GidChain, load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key_file
 from sfa_omf.trust.roots import TrustedRoots, load_trusted_roots
-
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = Path(os.environ.get("SFA_OMF_VECTORS", REPO.parent / "shared" / "vectors"))
@@ -83,5 +82,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
 def vectors() -> Path:
     """The real-client interop vectors; tests that need them skip, saying why, where ../shared is absent."""
     if not (VECTORS / "sfa" / "manifest.json").exists():
-        pytest.skip(f"interop vectors not found at {VECTORS} (set SFA_OMF_VECTORS or check out shared/ beside the repo)")
+        pytest.skip(
+            f"interop vectors not found at {VECTORS} (set SFA_OMF_VECTORS or check out shared/ beside the repo)"
+        )
     return VECTORS

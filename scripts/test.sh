@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Everything the tests need, then lint, types and the test suite.
+# Debian packages: xmlsec1 and openssl are the independent verifiers the tests compare against.
+# Usage: bash scripts/test.sh [pytest arguments]
+source "$(dirname "$0")/lib.sh"
+apt_install xmlsec1 openssl ca-certificates
+venv_install "[test]"
+cd "$REPO"
+echo "== ruff"
+"$VENV/bin/ruff" check sfa_omf rspec tests benchmarks
+"$VENV/bin/ruff" format --check sfa_omf rspec tests benchmarks
+echo "== mypy"
+"$VENV/bin/mypy"
+echo "== pytest"
+PATH="$VENV/bin:$PATH" "$VENV/bin/pytest" "$@"
