@@ -19,7 +19,7 @@ from sfa_omf.registry.authority import AuthorityError, LocalAuthority
 from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEFAULT_USERS, init_directory
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.credential import delegate_credential, read_credential
-from sfa_omf.trust.gid import Gid, load_gid_chain_file
+from sfa_omf.trust.gid import Gid, GidChain, load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key_file
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier
@@ -151,12 +151,13 @@ def _cmd_credential_verify(args: argparse.Namespace) -> int:
     at = parse_time(args.at) if args.at else utcnow()
     with open(args.file, "rb") as handle:
         xml = handle.read()
-    caller_gid = caller_urn = None
+    caller_chain: GidChain = ()
+    caller_urn = None
     if args.caller:
         if is_urn(args.caller):
             caller_urn = args.caller
         else:
-            caller_gid = load_gid_chain_file(args.caller)[0]
+            caller_chain = load_gid_chain_file(args.caller)
     target = args.target
     if target and not is_urn(target):
         raise BadArgs(f"--target must be a URN, got {target!r}")
@@ -171,6 +172,7 @@ def _cmd_credential_verify(args: argparse.Namespace) -> int:
             privileges=list(facts.privilege_names),
             delegated=facts.depth > 0,
         )
+        caller_gid = verifier.verify_caller(caller_chain, at) if caller_chain else None
         verified = verifier.verify(xml, at)
         verifier.authorize(verified, caller_gid, target, args.operation, caller_urn=caller_urn)
         report.update(valid=True, message="valid")

@@ -197,3 +197,26 @@ def test_console_script_is_installed(tmp_path: Path) -> None:
     result = subprocess.run([script, "init", str(tmp_path / "x")], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "x" / "users" / "alice" / "sfi" / "sfi_config").exists()
+
+
+def test_credential_verify_checks_a_caller_gid_chain(
+    pki: DemoPki, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A caller given as a GID file is checked as the AM would check a TLS client: its chain must be trusted."""
+    from sfa_omf.trust.pki import create_gid, new_private_key
+
+    key = new_private_key()
+    stranger = tmp_path / "stranger.gid"
+    stranger.write_text(create_gid("urn:publicid:IDN+testbed+user+alice", key.public_key(), key).pem())
+    code, out, _ = run(
+        capsys,
+        "credential",
+        "verify",
+        "--trusted-roots",
+        str(pki.directory / "trusted_roots"),
+        "--caller",
+        str(stranger),
+        str(pki.users["alice"].sfi_dir / "testbed.alice.user.cred"),
+    )
+    report = json.loads(out)
+    assert code == 1 and report["reason"] == "caller_untrusted" and report["geni_code"] == 3

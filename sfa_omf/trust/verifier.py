@@ -218,6 +218,16 @@ class CredentialVerifier:
                 f"{operation!r} on {verified.target_urn}",
             )
 
+    def verify_caller(self, caller_chain: GidChain, at: datetime) -> Gid:
+        """Verify the caller's own certificate chain (from TLS); return its leaf. Untrusted callers are FORBIDDEN."""
+        try:
+            verify_chain(caller_chain, self.roots, at, role="caller")
+        except TrustError as exc:
+            if exc.reason in (Reason.UNTRUSTED_CHAIN, Reason.INVALID_CHAIN):
+                raise TrustError(Reason.CALLER_UNTRUSTED, exc.message) from exc
+            raise
+        return caller_chain[0]
+
     def check_call(
         self,
         caller_chain: GidChain,
@@ -231,13 +241,7 @@ class CredentialVerifier:
         When none does, raise the most useful refusal: one about a credential that was for this caller and
         object beats one that merely belonged to someone or something else.
         """
-        try:
-            verify_chain(caller_chain, self.roots, at, role="caller")
-        except TrustError as exc:
-            if exc.reason in (Reason.UNTRUSTED_CHAIN, Reason.INVALID_CHAIN):
-                raise TrustError(Reason.CALLER_UNTRUSTED, exc.message) from exc
-            raise
-        caller = caller_chain[0]
+        caller = self.verify_caller(caller_chain, at)
         if not credentials:
             raise TrustError(Reason.NO_CREDENTIAL, f"{operation!r} needs a credential and the call carried none")
         refusals: list[TrustError] = []
