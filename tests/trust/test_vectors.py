@@ -15,6 +15,7 @@ from sfa_omf.times import parse_time
 from sfa_omf.trust.gid import load_gid_chain_file
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
+from tests.conftest import VECTORS
 
 pytestmark = pytest.mark.interop
 
@@ -54,7 +55,7 @@ def _judge(verifier: CredentialVerifier, base: Path, vector: dict[str, Any], at_
 
 
 def _cases(name: str) -> list[tuple[str, int]]:
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / name / "manifest.json"
+    path = VECTORS / name / "manifest.json"
     if not path.exists():
         return [(name, 0)]
     count = len(json.loads(path.read_text())["vectors"])
