@@ -62,6 +62,14 @@ class Reason(enum.StrEnum):
     INSUFFICIENT_PRIVILEGES = "insufficient_privileges"
     NO_CREDENTIAL = "no_credential"  # the call carried no credential we could use
     CALLER_UNTRUSTED = "caller_untrusted"  # the caller's own TLS certificate chain is not trusted
+    # Arguments and the calendar.
+    BAD_ARGS = "bad_args"  # an argument we cannot use: a malformed URN or time, an impossible interval
+    NOT_FOUND = "not_found"  # a node, pool, slice or lease that does not exist
+    ALREADY_EXISTS = "already_exists"
+    BOOKING_CONFLICT = "booking_conflict"  # the node is booked for (part of) the window
+    POLICY = "policy"  # a rule the operator set (grain, durations, how far ahead, limits)
+    NODE_UNAVAILABLE = "node_unavailable"  # the node is in maintenance
+    DATABASE = "database"  # the database failed or is unreachable
 
 
 #: The one table: reason -> GENI code.
@@ -81,33 +89,38 @@ REASON_CODES: dict[Reason, GeniCode] = {
     Reason.INSUFFICIENT_PRIVILEGES: GeniCode.FORBIDDEN,
     Reason.NO_CREDENTIAL: GeniCode.FORBIDDEN,
     Reason.CALLER_UNTRUSTED: GeniCode.FORBIDDEN,
+    Reason.BAD_ARGS: GeniCode.BADARGS,
+    Reason.NOT_FOUND: GeniCode.SEARCHFAILED,
+    Reason.ALREADY_EXISTS: GeniCode.ALREADYEXISTS,
+    Reason.BOOKING_CONFLICT: GeniCode.REFUSED,
+    Reason.POLICY: GeniCode.REFUSED,
+    Reason.NODE_UNAVAILABLE: GeniCode.UNAVAILABLE,
+    Reason.DATABASE: GeniCode.DBERROR,
 }
 
 
 class GeniError(Exception):
-    """An error that reaches the caller as a GENI code and a message a person can act on."""
+    """An error that reaches the caller as a GENI code and a message a person can act on.
 
-    code: GeniCode = GeniCode.ERROR
-
-    def __init__(self, message: str, code: GeniCode | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-
-
-class TrustError(GeniError):
-    """A refusal by the trust layer; its GENI code follows from its reason via REASON_CODES."""
+    Its code follows from its reason through REASON_CODES.
+    """
 
     def __init__(self, reason: Reason, message: str) -> None:
-        super().__init__(message, REASON_CODES[reason])
+        super().__init__(message)
         self.reason = reason
+        self.message = message
+        self.code = REASON_CODES[reason]
 
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.message}"
 
 
+class TrustError(GeniError):
+    """A refusal by the trust layer (credentials, certificates, rights)."""
+
+
 class BadArgs(GeniError):
     """The caller sent an argument we cannot use (a malformed URN or time, for example)."""
 
-    code = GeniCode.BADARGS
+    def __init__(self, message: str) -> None:
+        super().__init__(Reason.BAD_ARGS, message)
