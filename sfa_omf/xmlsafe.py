@@ -19,6 +19,22 @@ _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 _ENTITY = re.compile(rb"<!ENTITY", re.IGNORECASE)
 
 
+# libxml2's own guards (nesting depth, entity amplification) speak of limits, not of syntax: report them as hostile.
+_LIBXML_LIMIT_MARKERS = ("Excessive depth", "amplification", "entity reference loop", "Maximum entity")
+
+
+def _declarations_text(raw: bytes) -> bytes:
+    """The bytes to scan for DOCTYPE/ENTITY: UTF-16/32 documents are decoded first so the scan sees them too."""
+    head = raw[:4]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32"):
+            try:
+                return raw.decode(encoding).encode("utf-8", "replace")
+            except UnicodeDecodeError:
+                continue
+    return raw
+
+
 class UnsafeXml(ValueError):
     """The document was refused before or while parsing; the message says why."""
 
@@ -39,21 +55,34 @@ def _parser() -> etree.XMLParser:
         dtd_validation=False,
         huge_tree=False,
         remove_blank_text=False,
+        # Comments and PIs are not content. Dropping them merges the text around them, so a comment inside a signed
+        # field cannot make us read less than the signature covered (C14N without comments ignores them too).
+        remove_comments=True,
+        remove_pis=True,
     )
 
 
 def parse_untrusted(data: bytes | str, limits: XmlLimits | None = None, what: str = "document") -> etree._Element:
     """Parse untrusted XML and return its root element, or raise UnsafeXml / etree.XMLSyntaxError."""
     limits = limits or XmlLimits()
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+    except UnicodeEncodeError as exc:
+        raise UnsafeXml(f"{what} is not valid Unicode text ({exc.reason})") from exc
     if len(raw) > limits.max_bytes:
         raise UnsafeXml(f"{what} is {len(raw)} bytes, more than the limit of {limits.max_bytes} bytes")
-    if _ENTITY.search(raw):
+    scanned = _declarations_text(raw)
+    if _ENTITY.search(scanned):
         raise UnsafeXml(f"{what} declares entities (<!ENTITY>): entity declarations are refused")
-    if _DOCTYPE.search(raw):
+    if _DOCTYPE.search(scanned):
         raise UnsafeXml(f"{what} has a DOCTYPE: DTDs are refused")
-    # lxml refuses str input that carries an encoding declaration, so always hand it the bytes.
-    root = etree.fromstring(raw, _parser())
+    try:
+        # lxml refuses str input that carries an encoding declaration, so always hand it the bytes.
+        root = etree.fromstring(raw, _parser())
+    except etree.XMLSyntaxError as exc:
+        if any(marker in str(exc) for marker in _LIBXML_LIMIT_MARKERS):
+            raise UnsafeXml(f"{what} exceeds the parser's safety limits: {exc}") from exc
+        raise
     tree = root.getroottree()
     if tree.docinfo.internalDTD is not None or tree.docinfo.system_url or tree.docinfo.public_id:
         # A DOCTYPE in an encoding our byte scan could not see (UTF-16, say).

@@ -17,6 +17,7 @@ Signing uses the ``xmlsec`` binding in-process, never a subprocess.
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,7 @@ _ROOT_ATTRIBUTES = {
 #: Credentials are small (a few certificates per delegation level); a megabyte is far beyond any real one.
 CREDENTIAL_LIMITS = XmlLimits(max_bytes=1024 * 1024, max_depth=32)
 MAX_DELEGATION_DEPTH = 8
+_REPEATED_ID = re.compile(r"ID (\S+) already defined")
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,11 @@ def read_credential(data: bytes | str) -> CredentialDocument:
     except UnsafeXml as exc:
         raise TrustError(Reason.HOSTILE_XML, str(exc)) from exc
     except etree.XMLSyntaxError as exc:
+        repeated = _REPEATED_ID.search(str(exc))  # libxml2 itself refuses a repeated xml:id (DTD_ID_REDEFINED)
+        if repeated:
+            raise TrustError(
+                Reason.SIGNATURE, f"xml:id {repeated.group(1)!r} appears twice: refused (ID confusion)"
+            ) from exc
         raise _malformed(f"credential is not well-formed XML: {exc}") from exc
     if root.tag != "signed-credential":
         raise _malformed(f"expected a <signed-credential> document, found <{root.tag}>")

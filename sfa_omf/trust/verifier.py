@@ -104,7 +104,11 @@ class VerdictCache:
 
 
 def credential_digest(xml: bytes | str) -> str:
-    data = xml.encode("utf-8") if isinstance(xml, str) else xml
+    """SHA-256 of the document as received (text is hashed as UTF-8; text that is not valid Unicode is refused)."""
+    try:
+        data = xml.encode("utf-8") if isinstance(xml, str) else xml
+    except UnicodeEncodeError as exc:
+        raise TrustError(Reason.MALFORMED, f"credential text is not valid Unicode ({exc.reason})") from exc
     return hashlib.sha256(data).hexdigest()
 
 
