@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Everything the tests need, then lint, types and the test suite.
-# Debian packages: xmlsec1 and openssl are the independent verifiers the tests compare against.
+# Debian packages: xmlsec1 and openssl are the independent verifiers the tests compare against; PostgreSQL runs the
+# calendar tests a second time on a real server (scripts/postgres.sh starts it on 127.0.0.1).
 # Usage: bash scripts/test.sh [pytest arguments]
 source "$(dirname "$0")/lib.sh"
 apt_install xmlsec1 openssl ca-certificates
 venv_install "[test]"
 cd "$REPO"
+echo "== PostgreSQL"
+SFA_OMF_TEST_POSTGRES_URL="$(bash "$REPO/scripts/postgres.sh" sfaomf_test | tail -n 1)"
+export SFA_OMF_TEST_POSTGRES_URL
 echo "== ruff"
 "$VENV/bin/ruff" check sfa_omf rspec tests benchmarks
 "$VENV/bin/ruff" format --check sfa_omf rspec tests benchmarks

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install and start a local PostgreSQL (Debian packages) listening on 127.0.0.1, with a role and a database for the
+# tests. Prints the SQLAlchemy URL on its last line. Usage: bash scripts/postgres.sh [DBNAME]
+source "$(dirname "$0")/lib.sh"
+DB="${1:-sfaomf_test}"
+ROLE=sfaomf
+apt_install postgresql postgresql-contrib
+cluster=$(pg_lsclusters -h | head -n 1)
+if [ -z "$cluster" ]; then
+    version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+    as_root pg_createcluster "$version" main >/dev/null
+    cluster=$(pg_lsclusters -h | head -n 1)
+fi
+read -r version name port status _ <<<"$cluster"
+if [ "$status" != "online" ]; then
+    as_root pg_ctlcluster "$version" "$name" start
+fi
+psql_admin() { as_root su postgres -c "psql -p $port -v ON_ERROR_STOP=1 -qtA $*"; }
+if [ "$(psql_admin "-c \"SELECT 1 FROM pg_roles WHERE rolname='$ROLE'\"")" != "1" ]; then
+    psql_admin "-c \"CREATE ROLE $ROLE LOGIN PASSWORD '$ROLE'\""
+fi
+if [ "$(psql_admin "-c \"SELECT 1 FROM pg_database WHERE datname='$DB'\"")" != "1" ]; then
+    psql_admin "-c \"CREATE DATABASE $DB OWNER $ROLE\""
+fi
+echo "postgresql+psycopg://$ROLE:$ROLE@127.0.0.1:$port/$DB"

@@ -1,0 +1,425 @@
+"""Booking: all-or-nothing (or best effort) reservations of (node, window) for a slice; renew, cancel, expire.
+
+The rule that matters most: no two slivers that hold a node overlap in time. Every booking runs in one write unit of
+work that takes the lock first (SQLite: BEGIN IMMEDIATE) and checks, then inserts; on PostgreSQL the exclusion
+constraint forbids the overlap whatever happens, and a violation (a racing process won) is answered by re-running
+the check, which then reports the winner's booking as the conflict.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, selectinload
+
+from sfa_omf.calendar.database import Database, is_overlap_violation
+from sfa_omf.calendar.intervals import DAY_S, Interval, earliest_start, merge, overlaps
+from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
+from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
+from sfa_omf.calendar.queries import from_s, held_windows, to_s
+from sfa_omf.calendar.records import BookingRequest, BookingResult, Conflict, LeaseRecord, SliverRecord
+from sfa_omf.errors import GeniError, Reason
+from sfa_omf.times import utcnow
+
+ACTIVE_LEASE_STATES = ("allocated", "provisioned")
+_RACE_RETRIES = 5
+
+
+class BookingConflict(GeniError):
+    """Some requested (node, window) cannot be booked; ``conflicts`` says which, why, and when they could be."""
+
+    def __init__(self, conflicts: Sequence[Conflict]) -> None:
+        details = "; ".join(conflict.describe() for conflict in conflicts)
+        super().__init__(Reason.BOOKING_CONFLICT, f"nothing was booked: {details}")
+        self.conflicts = tuple(conflicts)
+
+
+def sliver_record(sliver: Sliver) -> SliverRecord:
+    return SliverRecord(
+        urn=sliver.urn,
+        node=sliver.node.component_id,
+        lease_id=sliver.lease_id,
+        start=from_s(sliver.start_s),
+        end=from_s(sliver.end_s),
+        allocation_state=sliver.allocation_state,
+        operational_state=sliver.operational_state,
+        expires=from_s(sliver.expires_s),
+    )
+
+
+def lease_record(lease: Lease) -> LeaseRecord:
+    return LeaseRecord(
+        id=lease.id,
+        slice_urn=lease.slice.urn,
+        owner_urn=lease.owner_urn,
+        start=from_s(lease.start_s),
+        end=from_s(lease.end_s),
+        state=lease.state,
+        slivers=tuple(sliver_record(sliver) for sliver in sorted(lease.slivers, key=lambda s: s.node.component_id)),
+    )
+
+
+class Bookings:
+    """Books, renews, cancels and expires leases. ``clock`` is injectable so tests decide what "now" is."""
+
+    def __init__(
+        self,
+        database: Database,
+        policy: Policy | None = None,
+        sliver_authority: str = "testbed",
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.database = database
+        self.policy = policy or Policy()
+        self.sliver_authority = sliver_authority.replace(".", ":")
+        self.clock = clock
+
+    # -- booking ----------------------------------------------------------------------------------------------
+    def book(
+        self,
+        slice_urn: str,
+        slice_expires: datetime,
+        requests: Sequence[BookingRequest],
+        owner_urn: str = "",
+        best_effort: bool = False,
+    ) -> BookingResult:
+        """Book every request for the slice, or nothing (BookingConflict lists every conflict).
+
+        With best_effort, book what is free and return the rest in ``refused``; nothing free is still a conflict.
+        Requests with the same window become one lease. Policy violations refuse the whole request.
+        """
+        if not requests:
+            raise GeniError(Reason.BAD_ARGS, "the request books no node")
+        for attempt in range(_RACE_RETRIES):
+            try:
+                return self._book_once(slice_urn, slice_expires, requests, owner_urn, best_effort)
+            except IntegrityError as exc:
+                if not is_overlap_violation(exc) or attempt == _RACE_RETRIES - 1:
+                    raise GeniError(Reason.DATABASE, f"the calendar refused the booking: {exc.orig}") from exc
+            except OperationalError as exc:  # PostgreSQL deadlock or serialization failure between racers
+                if getattr(exc.orig, "sqlstate", "") not in ("40P01", "40001") or attempt == _RACE_RETRIES - 1:
+                    raise GeniError(Reason.DATABASE, f"the calendar database failed: {exc.orig}") from exc
+        raise AssertionError("unreachable")
+
+    def _book_once(
+        self,
+        slice_urn: str,
+        slice_expires: datetime,
+        requests: Sequence[BookingRequest],
+        owner_urn: str,
+        best_effort: bool,
+    ) -> BookingResult:
+        now_s = to_s(self.clock())
+        expires_s = to_s(slice_expires)
+        with self.database.write() as session:
+            self._serialize_slice(session, slice_urn, owner_urn)
+            slice_row = self._slice_for_booking(session, slice_urn, expires_s)
+            nodes = {
+                node.component_id: node
+                for node in session.scalars(select(Node).where(Node.component_id.in_({r.node for r in requests})))
+            }
+            wanted: list[tuple[BookingRequest, Node, Interval]] = []
+            conflicts: list[Conflict] = []
+            for request in requests:
+                node = nodes.get(request.node)
+                if node is None:
+                    conflicts.append(Conflict(request.node, request.start, request.end, "is not a node of ours"))
+                    continue
+                window = (to_s(request.start), to_s(request.end))
+                check_window(self.policy, window[0], window[1], now_s, node.grain_s, node.component_id)
+                if window[1] > expires_s:
+                    raise PolicyViolation(
+                        "slice_expiry",
+                        f"the window for {node.component_id} ends after the slice expires ({from_s(expires_s)}); "
+                        "renew the slice at its authority first",
+                    )
+                if node.state != "usable":
+                    conflicts.append(Conflict(node.component_id, request.start, request.end, "is in maintenance"))
+                    continue
+                wanted.append((request, node, window))
+            free, clashes = self._split_free(session, wanted)
+            conflicts += clashes
+            if conflicts and (not best_effort or not free):
+                raise BookingConflict(conflicts)
+            self._check_limits(session, slice_row, owner_urn, [(node, window) for _, node, window in free])
+            leases = self._insert(session, slice_row, owner_urn, free, now_s)
+            session.flush()
+            return BookingResult(leases=tuple(lease_record(lease) for lease in leases), refused=tuple(conflicts))
+
+    def _serialize_slice(self, session: Session, slice_urn: str, owner_urn: str) -> None:
+        """On PostgreSQL, serialize bookings of one slice and one user so limit checks see each other."""
+        if self.database.is_sqlite:
+            return  # BEGIN IMMEDIATE already serializes every writer
+        for key in sorted({slice_urn, owner_urn} - {""}):
+            session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(key.encode("utf-8")))))
+
+    def _slice_for_booking(self, session: Session, slice_urn: str, expires_s: int) -> Slice:
+        slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn))
+        if slice_row is None:
+            slice_row = Slice(urn=slice_urn, expires_s=expires_s, shut_down=False)
+            session.add(slice_row)
+            session.flush()
+        elif slice_row.shut_down:
+            raise PolicyViolation(
+                "shutdown", f"slice {slice_urn} was shut down; an operator must release it before it books again"
+            )
+        else:
+            slice_row.expires_s = expires_s  # the slice authority's word (from the credential) is the latest
+        return slice_row
+
+    def _split_free(
+        self, session: Session, wanted: list[tuple[BookingRequest, Node, Interval]]
+    ) -> tuple[list[tuple[BookingRequest, Node, Interval]], list[Conflict]]:
+        """Split the wanted windows into free ones and conflicts (with the clashing windows and next free start)."""
+        if not wanted:
+            return [], []
+        earliest = min(window[0] for _, _, window in wanted)
+        busy = held_windows(session, earliest, node_ids={node.id for _, node, _ in wanted})
+        free: list[tuple[BookingRequest, Node, Interval]] = []
+        conflicts: list[Conflict] = []
+        for request, node, window in wanted:
+            taken = busy[node.id]
+            clashing = [interval for interval in taken if overlaps(interval, window)]
+            if clashing:
+                next_start = earliest_start(merge(taken), window[0], window[1] - window[0], node.grain_s)
+                conflicts.append(
+                    Conflict(
+                        node.component_id,
+                        request.start,
+                        request.end,
+                        "is booked",
+                        clashing=tuple((from_s(a), from_s(b)) for a, b in clashing),
+                        next_free_start=from_s(next_start),
+                    )
+                )
+            else:
+                free.append((request, node, window))
+                taken.append(window)  # the same node twice in one request must not overlap itself
+        return free, conflicts
+
+    def _check_limits(
+        self, session: Session, slice_row: Slice, owner_urn: str, new: list[tuple[Node, Interval]]
+    ) -> None:
+        policy = self.policy
+        windows = sorted({window for _, window in new})
+        if policy.max_concurrent_leases_per_slice is not None:
+            existing = session.execute(
+                select(Lease.start_s, Lease.end_s).where(
+                    Lease.slice_id == slice_row.id, Lease.state.in_(ACTIVE_LEASE_STATES)
+                )
+            ).all()
+            for window in windows:
+                concurrent = 1 + sum(1 for start, end in existing if overlaps((start, end), window))
+                if concurrent > policy.max_concurrent_leases_per_slice:
+                    raise PolicyViolation(
+                        "max_concurrent_leases_per_slice",
+                        f"slice {slice_row.urn} would hold {concurrent} leases at once, more than "
+                        f"{policy.max_concurrent_leases_per_slice}",
+                    )
+        if policy.max_hours_per_day_per_user is not None and owner_urn:
+            rows = session.execute(
+                select(Sliver.start_s, Sliver.end_s)
+                .join(Lease)
+                .where(Lease.owner_urn == owner_urn, Sliver.holds_node.is_(True))
+            ).all()
+            used = _node_seconds_per_day([(start, end) for start, end in rows])
+            added = _node_seconds_per_day([window for _, window in new])
+            for day, seconds in sorted(added.items()):
+                total_hours = (used.get(day, 0) + seconds) / 3600
+                if total_hours > policy.max_hours_per_day_per_user:
+                    raise PolicyViolation(
+                        "max_hours_per_day_per_user",
+                        f"{owner_urn} would book {total_hours:g} node-hours on {from_s(day * DAY_S):%Y-%m-%d}, more "
+                        f"than {policy.max_hours_per_day_per_user:g}",
+                    )
+
+    def _insert(
+        self,
+        session: Session,
+        slice_row: Slice,
+        owner_urn: str,
+        free: list[tuple[BookingRequest, Node, Interval]],
+        now_s: int,
+    ) -> list[Lease]:
+        by_window: dict[Interval, list[Node]] = defaultdict(list)
+        for _, node, window in free:
+            by_window[window].append(node)
+        leases = []
+        for window, window_nodes in sorted(by_window.items()):
+            lease = Lease(
+                id=str(uuid.uuid4()),
+                slice=slice_row,
+                owner_urn=owner_urn,
+                start_s=window[0],
+                end_s=window[1],
+                state="allocated",
+            )
+            session.add(lease)
+            # Insert in node order so that racing transactions on PostgreSQL take locks in the same order.
+            for node in sorted(window_nodes, key=lambda n: n.id):
+                session.add(
+                    Sliver(
+                        urn=f"urn:publicid:IDN+{self.sliver_authority}+sliver+{uuid.uuid4().hex}",
+                        lease=lease,
+                        node=node,
+                        start_s=window[0],
+                        end_s=window[1],
+                        holds_node=True,
+                        allocation_state="geni_allocated",
+                        operational_state="geni_pending_allocation",
+                        expires_s=min(now_s + self.policy.allocation_ttl_s, window[1]),
+                    )
+                )
+            leases.append(lease)
+        return leases
+
+    # -- changing leases --------------------------------------------------------------------------------------
+    def renew(self, lease_id: str, new_end: datetime) -> LeaseRecord:
+        """Extend or shorten a lease, with the same availability and policy checks as booking."""
+        new_end_s = to_s(new_end)
+        now_s = to_s(self.clock())
+        try:
+            with self.database.write() as session:
+                lease = _find_lease(session, lease_id, lock=True)
+                if lease.state not in ACTIVE_LEASE_STATES:
+                    raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state} and cannot be renewed")
+                if new_end_s > lease.slice.expires_s:
+                    raise PolicyViolation(
+                        "slice_expiry",
+                        f"lease {lease_id} cannot end after its slice expires ({from_s(lease.slice.expires_s)})",
+                    )
+                for sliver in lease.slivers:
+                    node = sliver.node
+                    check_window(self.policy, lease.start_s, new_end_s, now_s, node.grain_s, node.component_id)
+                if new_end_s > lease.end_s:
+                    conflicts = _extension_conflicts(session, lease, (lease.end_s, new_end_s))
+                    if conflicts:
+                        raise BookingConflict(conflicts)
+                lease.end_s = new_end_s
+                for sliver in lease.slivers:
+                    sliver.end_s = new_end_s
+                    sliver.expires_s = min(sliver.expires_s, new_end_s)
+                session.flush()
+                return lease_record(lease)
+        except IntegrityError as exc:
+            if is_overlap_violation(exc):
+                raise GeniError(
+                    Reason.BOOKING_CONFLICT, f"lease {lease_id} cannot be extended: another booking took the time"
+                ) from exc
+            raise
+
+    def cancel(self, lease_id: str) -> LeaseRecord:
+        """Release a lease's nodes. Cancelling a cancelled lease changes nothing."""
+        with self.database.write() as session:
+            lease = _find_lease(session, lease_id, lock=True)
+            if lease.state in ACTIVE_LEASE_STATES:
+                lease.state = "cancelled"
+                _release(lease.slivers)
+            return lease_record(lease)
+
+    def mark_provisioned(self, lease_id: str) -> LeaseRecord:
+        with self.database.write() as session:
+            lease = _find_lease(session, lease_id, lock=True)
+            if lease.state != "allocated":
+                raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state}, not allocated")
+            lease.state = "provisioned"
+            for sliver in lease.slivers:
+                sliver.allocation_state = "geni_provisioned"
+                sliver.expires_s = lease.end_s
+            return lease_record(lease)
+
+    def expire_unprovisioned(self) -> list[LeaseRecord]:
+        """Release allocations whose time to be provisioned has passed (GENI: allocated slivers expire)."""
+        now_s = to_s(self.clock())
+        with self.database.write() as session:
+            leases = session.scalars(
+                select(Lease)
+                .join(Sliver)
+                .where(Lease.state == "allocated", Sliver.expires_s <= now_s)
+                .options(selectinload(Lease.slivers))
+                .distinct()
+            ).all()
+            for lease in leases:
+                lease.state = "expired"
+                _release(lease.slivers)
+            return [lease_record(lease) for lease in leases]
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def leases(
+        self,
+        node: str | None = None,
+        slice_urn: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        active_only: bool = True,
+    ) -> list[LeaseRecord]:
+        """Leases by node, slice and time window (overlapping [start, end)), oldest first."""
+        with self.database.read() as session:
+            query = (
+                select(Lease)
+                .options(selectinload(Lease.slivers).selectinload(Sliver.node))
+                .order_by(Lease.start_s, Lease.id)
+            )
+            if active_only:
+                query = query.where(Lease.state.in_(ACTIVE_LEASE_STATES))
+            if slice_urn is not None:
+                query = query.join(Slice).where(Slice.urn == slice_urn)
+            if start is not None:
+                query = query.where(Lease.end_s > to_s(start))
+            if end is not None:
+                query = query.where(Lease.start_s < to_s(end))
+            if node is not None:
+                query = query.where(Lease.id.in_(select(Sliver.lease_id).join(Node).where(Node.component_id == node)))
+            return [lease_record(lease) for lease in session.scalars(query)]
+
+
+def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:
+    query = select(Lease).where(Lease.id == lease_id)
+    lease = session.scalar(query.with_for_update() if lock else query)
+    if lease is None:
+        raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
+    return lease
+
+
+def _extension_conflicts(session: Session, lease: Lease, extension: Interval) -> list[Conflict]:
+    """Who holds the lease's nodes during the time it would be extended by."""
+    busy = held_windows(
+        session, extension[0], node_ids={sliver.node_id for sliver in lease.slivers}, exclude_lease=lease.id
+    )
+    conflicts = []
+    for sliver in lease.slivers:
+        clashing = [interval for interval in busy[sliver.node_id] if overlaps(interval, extension)]
+        if clashing:
+            conflicts.append(
+                Conflict(
+                    sliver.node.component_id,
+                    from_s(extension[0]),
+                    from_s(extension[1]),
+                    "is booked",
+                    clashing=tuple((from_s(a), from_s(b)) for a, b in clashing),
+                )
+            )
+    return conflicts
+
+
+def _release(slivers: Iterable[Sliver]) -> None:
+    for sliver in slivers:
+        sliver.holds_node = False
+        sliver.allocation_state = "geni_unallocated"
+
+
+def _node_seconds_per_day(windows: Iterable[Interval]) -> dict[int, int]:
+    """Node-seconds per UTC day number for a list of (one node) windows."""
+    per_day: dict[int, int] = defaultdict(int)
+    for start, end in windows:
+        day = start // DAY_S
+        while day * DAY_S < end:
+            per_day[day] += min(end, (day + 1) * DAY_S) - max(start, day * DAY_S)
+            day += 1
+    return per_day

@@ -1,0 +1,101 @@
+"""The calendar's database: SQLite (embedded default) or PostgreSQL, sessions for reading and for writing, migrations.
+
+SQLite: WAL, a busy timeout, and every *write* unit of work starts with ``BEGIN IMMEDIATE``, so the write lock is
+held before anything is checked — check-and-insert is one step across threads and processes. Reads start a deferred
+transaction and never block writers (WAL).
+
+PostgreSQL: the exclusion constraint (migration 0001) makes an overlapping booking impossible whatever the
+application does; ``is_overlap_violation`` recognises its error so the caller can answer with a clear conflict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
+
+from sfa_omf.errors import GeniError, Reason
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+OVERLAP_CONSTRAINT = "sliver_no_overlap"
+
+
+def sqlite_url(path: str) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+class Database:
+    """One database, shared by every thread of a process. ``write()`` and ``read()`` give sessions."""
+
+    def __init__(self, url: str, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: Engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+            event.listen(self.engine, "connect", _sqlite_connect)
+            event.listen(self.engine, "begin", _sqlite_begin)
+        else:
+            self.engine = create_engine(url, echo=echo, pool_pre_ping=True)
+        self._writer = self.engine.execution_options(sfa_omf_write=True)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A unit of work that may write: committed at the end, rolled back on any exception."""
+        with _database_errors(), Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with _database_errors(), Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration (``sfa-omf db upgrade``)."""
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own transaction handling would defer it).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    immediate = connection.get_execution_options().get("sfa_omf_write", False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def is_overlap_violation(error: IntegrityError) -> bool:
+    """True when PostgreSQL refused a row because of the no-overlap exclusion constraint."""
+    original = error.orig
+    return getattr(original, "sqlstate", None) == "23P01" or OVERLAP_CONSTRAINT in str(original)
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """A database that is down or failing becomes DBERROR with the database's own words, never a traceback."""
+    try:
+        yield
+    except IntegrityError:
+        raise  # the calendar turns these into conflicts
+    except DBAPIError as exc:
+        raise GeniError(Reason.DATABASE, f"the calendar database failed: {exc.orig}") from exc

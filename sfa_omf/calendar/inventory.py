@@ -1,0 +1,155 @@
+"""The inventory: pools and nodes. Operators change it; the aggregate reads it."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.models import Node, Pool, Sliver
+from sfa_omf.calendar.policy import Policy
+from sfa_omf.calendar.records import NodeRecord, NodeSpec, PoolRecord
+from sfa_omf.errors import GeniError, Reason
+from sfa_omf.times import utcnow
+
+NODE_STATES = ("usable", "maintenance")
+DEFAULT_POOL = "default"
+
+
+def node_record(node: Node) -> NodeRecord:
+    return NodeRecord(
+        component_id=node.component_id,
+        component_name=node.component_name,
+        pool=node.pool.name,
+        federated=node.pool.federated,
+        hardware_type=node.hardware_type,
+        exclusive=node.exclusive,
+        properties=dict(node.properties),
+        disk_images=tuple(dict(image) for image in node.disk_images),
+        grain_s=node.grain_s,
+        state=node.state,
+    )
+
+
+def find_pool(session: Session, name: str) -> Pool:
+    pool = session.scalar(select(Pool).where(Pool.name == name))
+    if pool is None:
+        raise GeniError(Reason.NOT_FOUND, f"there is no pool {name!r} (sfa-omf pool list shows the pools)")
+    return pool
+
+
+def find_node(session: Session, component_id: str, lock: bool = False) -> Node:
+    """The node, or NOT_FOUND. lock=True takes a row lock on PostgreSQL (SQLite's write lock covers it already)."""
+    query = select(Node).where(Node.component_id == component_id)
+    node = session.scalar(query.with_for_update() if lock else query)
+    if node is None:
+        raise GeniError(Reason.NOT_FOUND, f"there is no node {component_id} (sfa-omf node list shows the nodes)")
+    return node
+
+
+class Inventory:
+    """Pools and nodes in one database."""
+
+    def __init__(self, database: Database, policy: Policy | None = None) -> None:
+        self.database = database
+        self.policy = policy or Policy()
+
+    def create_pool(self, name: str, federated: bool = True, description: str = "") -> PoolRecord:
+        try:
+            with self.database.write() as session:
+                session.add(Pool(name=name, federated=federated, description=description))
+        except IntegrityError as exc:
+            raise GeniError(Reason.ALREADY_EXISTS, f"pool {name!r} exists already") from exc
+        return PoolRecord(name=name, federated=federated, description=description, node_count=0)
+
+    def list_pools(self) -> list[PoolRecord]:
+        with self.database.read() as session:
+            rows = session.execute(
+                select(Pool, func.count(Node.id)).outerjoin(Node).group_by(Pool.id).order_by(Pool.name)
+            ).all()
+            return [
+                PoolRecord(name=pool.name, federated=pool.federated, description=pool.description, node_count=count)
+                for pool, count in rows
+            ]
+
+    def add_node(self, spec: NodeSpec) -> NodeRecord:
+        """Add a node; its pool is created (federated) when it is the default pool and does not exist yet."""
+        try:
+            with self.database.write() as session:
+                pool = session.scalar(select(Pool).where(Pool.name == spec.pool))
+                if pool is None:
+                    if spec.pool != DEFAULT_POOL:
+                        raise GeniError(Reason.NOT_FOUND, f"there is no pool {spec.pool!r}: create it first")
+                    pool = Pool(name=DEFAULT_POOL, federated=True, description="")
+                    session.add(pool)
+                node = Node(
+                    component_id=spec.component_id,
+                    component_name=spec.component_name,
+                    hardware_type=spec.hardware_type,
+                    exclusive=spec.exclusive,
+                    properties=dict(spec.properties),
+                    disk_images=[dict(image) for image in spec.disk_images],
+                    grain_s=spec.grain_s or self.policy.default_grain_s,
+                    state="usable",
+                    pool=pool,
+                )
+                session.add(node)
+                session.flush()
+                return node_record(node)
+        except IntegrityError as exc:
+            raise GeniError(Reason.ALREADY_EXISTS, f"node {spec.component_id} exists already") from exc
+
+    def list_nodes(self, pool: str | None = None, federated_only: bool = False) -> list[NodeRecord]:
+        with self.database.read() as session:
+            query = select(Node).join(Pool).order_by(Node.component_id)
+            if pool is not None:
+                query = query.where(Pool.name == pool)
+            if federated_only:
+                query = query.where(Pool.federated.is_(True))
+            return [node_record(node) for node in session.scalars(query)]
+
+    def get_node(self, component_id: str) -> NodeRecord:
+        with self.database.read() as session:
+            return node_record(find_node(session, component_id))
+
+    def set_state(self, component_id: str, state: str) -> NodeRecord:
+        if state not in NODE_STATES:
+            raise GeniError(Reason.BAD_ARGS, f"node state {state!r} is not one of {', '.join(NODE_STATES)}")
+        with self.database.write() as session:
+            node = find_node(session, component_id, lock=True)
+            node.state = state
+            return node_record(node)
+
+    def remove_node(self, component_id: str) -> None:
+        """Remove a node that no current or future booking holds (history of past slivers goes with it)."""
+        now_s = int(utcnow().timestamp())
+        with self.database.write() as session:
+            node = find_node(session, component_id)
+            holding = session.scalar(
+                select(func.count(Sliver.id)).where(
+                    Sliver.node_id == node.id, Sliver.holds_node.is_(True), Sliver.end_s > now_s
+                )
+            )
+            if holding:
+                raise GeniError(
+                    Reason.BAD_ARGS,
+                    f"node {component_id} has {holding} current or future booking(s): cancel them or set the node "
+                    "to maintenance instead",
+                )
+            for sliver in session.scalars(select(Sliver).where(Sliver.node_id == node.id)):
+                session.delete(sliver)
+            session.delete(node)
+
+    def move_node(self, component_id: str, to_pool: str, from_pool: str | None = None) -> NodeRecord:
+        """Move a node to another pool; with from_pool, only if it is in that pool now (checked under the lock)."""
+        with self.database.write() as session:
+            node = find_node(session, component_id, lock=True)
+            if from_pool is not None and node.pool.name != from_pool:
+                raise GeniError(
+                    Reason.BAD_ARGS,
+                    f"node {component_id} is in pool {node.pool.name!r}, not {from_pool!r}: nothing was moved",
+                )
+            node.pool = find_pool(session, to_pool)
+            session.flush()
+            return node_record(node)

@@ -1,0 +1,110 @@
+"""The calendar's tables (SQLAlchemy 2 typed declarative models). Nothing outside calendar/ sees these objects.
+
+Times are stored as integer epoch seconds (UTC): one representation on SQLite and PostgreSQL, exact grain
+arithmetic, and PostgreSQL's exclusion constraint works on ``int8range(start_s, end_s)`` (half-open, '[)').
+
+A *sliver* is one node booked for one lease's window: the unit the no-double-booking rule is about. While a sliver
+holds its node (``holds_node``), no other sliver of that node may overlap it — on PostgreSQL the database forbids
+it (migration 0001's exclusion constraint); on SQLite the write lock is taken before the check (database.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Pool(Base):
+    __tablename__ = "pool"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    federated: Mapped[bool] = mapped_column(Boolean, default=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+    nodes: Mapped[list[Node]] = relationship(back_populates="pool")
+
+
+class Node(Base):
+    __tablename__ = "node"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    component_id: Mapped[str] = mapped_column(String(300), unique=True)
+    component_name: Mapped[str] = mapped_column(String(200))
+    hardware_type: Mapped[str] = mapped_column(String(100), default="")
+    exclusive: Mapped[bool] = mapped_column(Boolean, default=True)
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    disk_images: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list)
+    grain_s: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20), default="usable")
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pool.id"))
+
+    pool: Mapped[Pool] = relationship(back_populates="nodes")
+
+
+class Slice(Base):
+    __tablename__ = "slice"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    urn: Mapped[str] = mapped_column(String(300), unique=True)
+    expires_s: Mapped[int] = mapped_column(BigInteger)
+    shut_down: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    users: Mapped[list[SliceUser]] = relationship(back_populates="slice", cascade="all, delete-orphan")
+
+
+class SliceUser(Base):
+    """A user attached to a slice, with the SSH keys they sent (geni_users / sfa_users)."""
+
+    __tablename__ = "slice_user"
+    __table_args__ = (UniqueConstraint("slice_id", "user_urn"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slice_id: Mapped[int] = mapped_column(ForeignKey("slice.id", ondelete="CASCADE"))
+    user_urn: Mapped[str] = mapped_column(String(300))
+    ssh_keys: Mapped[list[str]] = mapped_column(JSON, default=list)
+
+    slice: Mapped[Slice] = relationship(back_populates="users")
+
+
+class Lease(Base):
+    """A time window booked by a slice on one or more nodes (an ol:lease)."""
+
+    __tablename__ = "lease"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # a UUID, as ol:lease id
+    slice_id: Mapped[int] = mapped_column(ForeignKey("slice.id"))
+    owner_urn: Mapped[str] = mapped_column(String(300), default="")  # who booked it (per-user limits)
+    start_s: Mapped[int] = mapped_column(BigInteger)
+    end_s: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(20), default="allocated")  # allocated, provisioned, cancelled, expired
+
+    slice: Mapped[Slice] = relationship()
+    slivers: Mapped[list[Sliver]] = relationship(back_populates="lease")
+
+
+class Sliver(Base):
+    """One node of one lease. Its [start_s, end_s) copies the lease's, so the database can compare windows."""
+
+    __tablename__ = "sliver"
+    __table_args__ = (Index("ix_sliver_node_window", "node_id", "start_s", "end_s"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    urn: Mapped[str] = mapped_column(String(300), unique=True)
+    lease_id: Mapped[str] = mapped_column(ForeignKey("lease.id"))
+    node_id: Mapped[int] = mapped_column(ForeignKey("node.id"))
+    start_s: Mapped[int] = mapped_column(BigInteger)
+    end_s: Mapped[int] = mapped_column(BigInteger)
+    holds_node: Mapped[bool] = mapped_column(Boolean, default=True)
+    allocation_state: Mapped[str] = mapped_column(String(40), default="geni_allocated")
+    operational_state: Mapped[str] = mapped_column(String(40), default="geni_pending_allocation")
+    expires_s: Mapped[int] = mapped_column(BigInteger)  # an allocation not provisioned by then is released
+
+    lease: Mapped[Lease] = relationship(back_populates="slivers")
+    node: Mapped[Node] = relationship()

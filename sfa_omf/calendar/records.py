@@ -1,0 +1,116 @@
+"""Plain data the calendar hands out and takes in. No SQLAlchemy object ever leaves calendar/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PoolRecord:
+    name: str
+    federated: bool
+    description: str
+    node_count: int
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """What an operator says about a node when adding it."""
+
+    component_id: str
+    component_name: str
+    pool: str = "default"
+    hardware_type: str = ""
+    exclusive: bool = True
+    properties: dict[str, Any] = field(default_factory=dict)
+    disk_images: tuple[dict[str, str], ...] = ()
+    grain_s: int | None = None  # None: the policy's default grain
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    component_id: str
+    component_name: str
+    pool: str
+    federated: bool
+    hardware_type: str
+    exclusive: bool
+    properties: dict[str, Any]
+    disk_images: tuple[dict[str, str], ...]
+    grain_s: int
+    state: str
+
+
+@dataclass(frozen=True)
+class BookingRequest:
+    """One node for one window, for a slice."""
+
+    node: str  # component_id
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True)
+class SliverRecord:
+    urn: str
+    node: str
+    lease_id: str
+    start: datetime
+    end: datetime
+    allocation_state: str
+    operational_state: str
+    expires: datetime
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    id: str
+    slice_urn: str
+    owner_urn: str
+    start: datetime
+    end: datetime
+    state: str
+    slivers: tuple[SliverRecord, ...]
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(sliver.node for sliver in self.slivers)
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Why one requested (node, window) cannot be booked, and when it could be."""
+
+    node: str
+    start: datetime
+    end: datetime
+    problem: str  # "booked", "maintenance", "unknown node", "not federated"
+    clashing: tuple[tuple[datetime, datetime], ...] = ()
+    next_free_start: datetime | None = None
+
+    def describe(self) -> str:
+        text = f"{self.node} {self.problem}"
+        if self.clashing:
+            windows = ", ".join(f"{_fmt(start)}..{_fmt(end)}" for start, end in self.clashing)
+            text += f" during {windows}"
+        if self.next_free_start is not None:
+            text += f"; free for the same duration from {_fmt(self.next_free_start)}"
+        return text
+
+
+@dataclass(frozen=True)
+class BookingResult:
+    leases: tuple[LeaseRecord, ...]
+    refused: tuple[Conflict, ...] = ()
+
+
+@dataclass(frozen=True)
+class FreeWindow:
+    start: datetime
+    end: datetime
+
+
+def _fmt(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
