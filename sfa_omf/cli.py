@@ -13,8 +13,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sfa_omf.calendar.database import Database
+from sfa_omf.cli_calendar import add_calendar_commands
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
-from sfa_omf.errors import REASON_CODES, BadArgs, GeniCode, TrustError
+from sfa_omf.errors import REASON_CODES, BadArgs, GeniCode, GeniError, TrustError
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority
 from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEFAULT_USERS, init_directory
 from sfa_omf.times import format_time, parse_time, utcnow
@@ -35,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result: int = args.handler(args)
         return result
-    except (BadArgs, TrustError, AuthorityError, FileNotFoundError, ValueError) as exc:
+    except (GeniError, AuthorityError, FileNotFoundError, ValueError) as exc:
         print(f"sfa-omf: {exc}", file=sys.stderr)
         return 2
 
@@ -91,11 +93,15 @@ def _build_parser() -> argparse.ArgumentParser:
     delegate.add_argument("--expires", help="an earlier expiry than the parent's")
     delegate.add_argument("-o", "--output", help="write here instead of standard output")
     delegate.set_defaults(handler=_cmd_credential_delegate)
+
+    add_calendar_commands(commands)
     return parser
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
     report = init_directory(args.directory, args.authority, tuple(args.users or DEFAULT_USERS))
+    settings = read_config(os.path.join(report.directory, CONFIG_FILE_NAME))
+    Database(settings.calendar_url).upgrade()  # the embedded calendar is ready to use
     print(
         f"authority {report.authority_hrn} in {report.directory}: {len(report.created)} files created, "
         f"{len(report.kept)} already there and left untouched"

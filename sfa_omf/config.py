@@ -27,6 +27,11 @@ class Settings:
     aggregate_host: str = DEFAULT_HOST
     aggregate_port: int = DEFAULT_AGGREGATE_PORT
     aggregate_type: str = "omf"
+    database_url: str = ""  # empty: the embedded default, SQLite in data_dir
+
+    @property
+    def calendar_url(self) -> str:
+        return self.database_url or f"sqlite:///{os.path.join(os.path.abspath(self.data_dir), 'sfa-omf.sqlite')}"
 
     @property
     def trusted_roots_dir(self) -> str:
@@ -44,7 +49,7 @@ class Settings:
 
 def write_config(path: str, settings: Settings) -> None:
     """Write settings as an SFA-style INI file (refuses to overwrite an existing one)."""
-    parser = configparser.ConfigParser()
+    parser = configparser.ConfigParser(interpolation=None)
     parser["sfa"] = {"interface_hrn": settings.interface_hrn, "data_dir": settings.data_dir}
     parser["sfa_registry"] = {"host": settings.registry_host, "port": str(settings.registry_port)}
     parser["sfa_aggregate"] = {
@@ -52,7 +57,7 @@ def write_config(path: str, settings: Settings) -> None:
         "port": str(settings.aggregate_port),
         "type": settings.aggregate_type,
     }
-    parser["sfa_omf"] = {"trusted_roots": settings.trusted_roots_dir}
+    parser["sfa_omf"] = {"trusted_roots": settings.trusted_roots_dir, "database_url": settings.calendar_url}
     with open(path, "x", encoding="utf-8") as handle:
         handle.write("# sfa-omf configuration (SFA's sfa_config names; [sfa_omf] holds sfa-omf's own)\n")
         parser.write(handle)
@@ -60,7 +65,7 @@ def write_config(path: str, settings: Settings) -> None:
 
 def read_config(path: str) -> Settings:
     """Read an SFA-style INI file written by write_config or by an operator."""
-    parser = configparser.ConfigParser()
+    parser = configparser.ConfigParser(interpolation=None)
     if not parser.read(path, encoding="utf-8"):
         raise FileNotFoundError(f"cannot read configuration file {path}")
     try:
@@ -72,6 +77,7 @@ def read_config(path: str) -> Settings:
             aggregate_host=parser.get("sfa_aggregate", "host", fallback=DEFAULT_HOST),
             aggregate_port=parser.getint("sfa_aggregate", "port", fallback=DEFAULT_AGGREGATE_PORT),
             aggregate_type=parser.get("sfa_aggregate", "type", fallback="omf"),
+            database_url=parser.get("sfa_omf", "database_url", fallback=""),
         )
     except (configparser.Error, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from exc

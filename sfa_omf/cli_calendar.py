@@ -1,0 +1,239 @@
+"""Operator commands for the calendar: ``sfa-omf node|pool|lease|db ...``.
+
+Each reads the configuration (``--config FILE``, default $SFA_OMF_CONFIG or ./sfa-omf.conf) to find the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from sfa_omf.calendar.booking import Bookings
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.inventory import NODE_STATES, Inventory
+from sfa_omf.calendar.records import LeaseRecord, NodeRecord, NodeSpec
+from sfa_omf.config import CONFIG_FILE_NAME, read_config
+from sfa_omf.errors import BadArgs
+from sfa_omf.times import format_time, parse_time
+
+
+def add_calendar_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
+
+    db = commands.add_parser("db", help="the calendar database").add_subparsers(title="db commands")
+    db.add_parser("upgrade", parents=[config_option], help="create or migrate the schema").set_defaults(
+        handler=_db_upgrade
+    )
+
+    node = commands.add_parser("node", help="the node inventory").add_subparsers(title="node commands")
+    add = node.add_parser("add", parents=[config_option], help="add a node")
+    add.add_argument("component_id", help="the node's URN, e.g. urn:publicid:IDN+testbed+node+node1")
+    add.add_argument("--name", help="component name (default: the URN's last part)")
+    add.add_argument("--pool", default="default")
+    add.add_argument("--hardware-type", default="")
+    add.add_argument("--grain", type=int, help="booking slot length in seconds (default: the policy's)")
+    add.add_argument("--shared", action="store_true", help="not exclusive")
+    add.add_argument("--image", action="append", default=[], help="disk image NAME[:OS[:VERSION]] (repeatable)")
+    add.add_argument("--property", action="append", default=[], help="KEY=VALUE (repeatable)")
+    add.set_defaults(handler=_node_add)
+    listing = node.add_parser("list", parents=[config_option], help="list nodes")
+    listing.add_argument("--pool")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_node_list)
+    remove = node.add_parser("remove", parents=[config_option], help="remove a node no booking holds")
+    remove.add_argument("component_id")
+    remove.set_defaults(handler=_node_remove)
+    state = node.add_parser("set-state", parents=[config_option], help="usable or maintenance")
+    state.add_argument("component_id")
+    state.add_argument("state", choices=NODE_STATES)
+    state.set_defaults(handler=_node_set_state)
+
+    pool = commands.add_parser("pool", help="resource pools").add_subparsers(title="pool commands")
+    create = pool.add_parser("create", parents=[config_option], help="create a pool")
+    create.add_argument("name")
+    create.add_argument("--private", action="store_true", help="not advertised to the federation")
+    create.add_argument("--description", default="")
+    create.set_defaults(handler=_pool_create)
+    pools = pool.add_parser("list", parents=[config_option], help="list pools")
+    pools.add_argument("--json", action="store_true")
+    pools.set_defaults(handler=_pool_list)
+    move = pool.add_parser("move", parents=[config_option], help="move a node to another pool")
+    move.add_argument("component_id")
+    move.add_argument("--to", required=True, dest="to_pool")
+    move.add_argument("--from", dest="from_pool", help="only if the node is in this pool now")
+    move.set_defaults(handler=_pool_move)
+
+    lease = commands.add_parser("lease", help="bookings").add_subparsers(title="lease commands")
+    leases = lease.add_parser("list", parents=[config_option], help="list leases")
+    leases.add_argument("--node")
+    leases.add_argument("--slice")
+    leases.add_argument("--from", dest="start", help="leases that end after this time")
+    leases.add_argument("--to", dest="end", help="leases that start before this time")
+    leases.add_argument("--all", action="store_true", help="also cancelled and expired leases")
+    leases.add_argument("--json", action="store_true")
+    leases.set_defaults(handler=_lease_list)
+
+
+def _database(args: argparse.Namespace) -> Database:
+    path = args.config or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
+    if not os.path.exists(path):
+        raise BadArgs(
+            f"no configuration file {path}: give --config FILE (sfa-omf init DIR writes DIR/{CONFIG_FILE_NAME})"
+        )
+    return Database(read_config(path).calendar_url)
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    database = _database(args)
+    database.upgrade()
+    print(f"calendar database is up to date ({_safe_url(database.url)})")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for printing."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+def _node_add(args: argparse.Namespace) -> int:
+    images = []
+    for text in args.image:
+        name, _, rest = text.partition(":")
+        os_name, _, version = rest.partition(":")
+        images.append({"name": name, "os": os_name, "version": version})
+    properties: dict[str, Any] = {}
+    for text in args.property:
+        key, equals, value = text.partition("=")
+        if not equals:
+            raise BadArgs(f"--property {text!r}: expected KEY=VALUE")
+        properties[key] = value
+    spec = NodeSpec(
+        component_id=args.component_id,
+        component_name=args.name or args.component_id.rsplit("+", 1)[-1],
+        pool=args.pool,
+        hardware_type=args.hardware_type,
+        exclusive=not args.shared,
+        properties=properties,
+        disk_images=tuple(images),
+        grain_s=args.grain,
+    )
+    record = Inventory(_database(args)).add_node(spec)
+    print(f"added {record.component_id} to pool {record.pool} (slots of {record.grain_s} s)")
+    return 0
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
+
+
+def _node_list(args: argparse.Namespace) -> int:
+    nodes = Inventory(_database(args)).list_nodes(pool=args.pool)
+    if args.json:
+        print(json.dumps([asdict(node) for node in nodes], indent=1))
+        return 0
+    _print_table(
+        ("COMPONENT_ID", "NAME", "POOL", "HARDWARE", "GRAIN", "STATE"),
+        [_node_row(node) for node in nodes],
+    )
+    return 0
+
+
+def _node_row(node: NodeRecord) -> tuple[str, ...]:
+    return (node.component_id, node.component_name, node.pool, node.hardware_type, str(node.grain_s), node.state)
+
+
+def _node_remove(args: argparse.Namespace) -> int:
+    Inventory(_database(args)).remove_node(args.component_id)
+    print(f"removed {args.component_id}")
+    return 0
+
+
+def _node_set_state(args: argparse.Namespace) -> int:
+    record = Inventory(_database(args)).set_state(args.component_id, args.state)
+    print(f"{record.component_id} is {record.state}")
+    return 0
+
+
+def _pool_create(args: argparse.Namespace) -> int:
+    record = Inventory(_database(args)).create_pool(args.name, federated=not args.private, description=args.description)
+    print(f"created pool {record.name} ({'federated' if record.federated else 'private'})")
+    return 0
+
+
+def _pool_list(args: argparse.Namespace) -> int:
+    pools = Inventory(_database(args)).list_pools()
+    if args.json:
+        print(json.dumps([asdict(pool) for pool in pools], indent=1))
+        return 0
+    _print_table(
+        ("POOL", "FEDERATED", "NODES", "DESCRIPTION"),
+        [(pool.name, "yes" if pool.federated else "no", str(pool.node_count), pool.description) for pool in pools],
+    )
+    return 0
+
+
+def _pool_move(args: argparse.Namespace) -> int:
+    record = Inventory(_database(args)).move_node(args.component_id, args.to_pool, from_pool=args.from_pool)
+    print(f"{record.component_id} is now in pool {record.pool}")
+    return 0
+
+
+def _lease_json(lease: LeaseRecord) -> dict[str, Any]:
+    return {
+        "id": lease.id,
+        "slice": lease.slice_urn,
+        "owner": lease.owner_urn,
+        "start": format_time(lease.start),
+        "end": format_time(lease.end),
+        "state": lease.state,
+        "nodes": list(lease.nodes),
+        "slivers": [
+            {
+                "urn": sliver.urn,
+                "node": sliver.node,
+                "allocation_state": sliver.allocation_state,
+                "operational_state": sliver.operational_state,
+                "expires": format_time(sliver.expires),
+            }
+            for sliver in lease.slivers
+        ],
+    }
+
+
+def _lease_list(args: argparse.Namespace) -> int:
+    leases = Bookings(_database(args)).leases(
+        node=args.node,
+        slice_urn=args.slice,
+        start=parse_time(args.start) if args.start else None,
+        end=parse_time(args.end) if args.end else None,
+        active_only=not args.all,
+    )
+    if args.json:
+        print(json.dumps([_lease_json(lease) for lease in leases], indent=1))
+        return 0
+    _print_table(
+        ("START", "END", "STATE", "SLICE", "NODES", "LEASE"),
+        [
+            (
+                format_time(lease.start),
+                format_time(lease.end),
+                lease.state,
+                lease.slice_urn,
+                " ".join(lease.nodes),
+                lease.id,
+            )
+            for lease in leases
+        ],
+    )
+    return 0

@@ -1,0 +1,99 @@
+"""sfa-omf node|pool|lease|db, as an operator uses them on the embedded default made by sfa-omf init."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from sfa_omf.calendar.booking import Bookings
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.records import BookingRequest
+from sfa_omf.cli import main
+from sfa_omf.config import read_config
+from sfa_omf.times import utcnow
+
+NODE = "urn:publicid:IDN+testbed+node+node1"
+
+
+@pytest.fixture
+def config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(["init", str(tmp_path / "tb")]) == 0
+    capsys.readouterr()
+    return str(tmp_path / "tb" / "sfa-omf.conf")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_nodes_and_pools(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys,
+        "node",
+        "add",
+        NODE,
+        "--config",
+        config,
+        "--hardware-type",
+        "icarus",
+        "--image",
+        "ubuntu:Linux:24.04",
+        "--property",
+        "radio=wifi",
+        "--grain",
+        "3600",
+    )
+    assert code == 0, err
+    assert "added urn:publicid:IDN+testbed+node+node1 to pool default (slots of 3600 s)" in out
+    code, out, _ = run(capsys, "node", "list", "--config", config, "--json")
+    (node,) = json.loads(out)
+    assert (node["component_name"], node["hardware_type"], node["properties"]) == ("node1", "icarus", {"radio": "wifi"})
+    assert node["disk_images"] == [{"name": "ubuntu", "os": "Linux", "version": "24.04"}]
+    code, out, _ = run(capsys, "node", "list", "--config", config)
+    assert out.splitlines()[0].split() == ["COMPONENT_ID", "NAME", "POOL", "HARDWARE", "GRAIN", "STATE"]
+    assert run(capsys, "pool", "create", "local", "--private", "--config", config)[0] == 0
+    code, out, err = run(capsys, "pool", "move", NODE, "--from", "local", "--to", "default", "--config", config)
+    assert code == 2 and "is in pool 'default', not 'local'" in err
+    code, out, _ = run(capsys, "pool", "move", NODE, "--from", "default", "--to", "local", "--config", config)
+    assert code == 0 and "now in pool local" in out
+    code, out, _ = run(capsys, "pool", "list", "--config", config, "--json")
+    assert {pool["name"]: pool["node_count"] for pool in json.loads(out)} == {"default": 0, "local": 1}
+    assert run(capsys, "node", "set-state", NODE, "maintenance", "--config", config)[0] == 0
+    code, _, err = run(capsys, "node", "add", NODE, "--config", config)
+    assert code == 2 and "exists already" in err
+    assert run(capsys, "node", "remove", NODE, "--config", config)[0] == 0
+
+
+def test_lease_list(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "node", "add", NODE, "--config", config)
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    database = Database(read_config(config).calendar_url)
+    Bookings(database).book(
+        "urn:publicid:IDN+testbed+slice+demo",
+        start + timedelta(days=1),
+        [BookingRequest(NODE, start, start + timedelta(hours=1))],
+    )
+    code, out, _ = run(capsys, "lease", "list", "--config", config, "--json", "--node", NODE)
+    assert code == 0
+    (lease,) = json.loads(out)
+    assert lease["nodes"] == [NODE] and lease["slice"] == "urn:publicid:IDN+testbed+slice+demo"
+    code, out, _ = run(capsys, "lease", "list", "--config", config, "--from", "+1d")
+    assert code == 0 and out.splitlines()[1:] == []
+    code, out, _ = run(capsys, "lease", "list", "--config", config)
+    assert code == 0 and "urn:publicid:IDN+testbed+slice+demo" in out.splitlines()[1]
+
+
+def test_db_upgrade_is_repeatable(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "db", "upgrade", "--config", config)[0] == 0
+    code, out, _ = run(capsys, "db", "upgrade", "--config", config)
+    assert code == 0 and "up to date" in out
+
+
+def test_missing_config_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "node", "list", "--config", str(tmp_path / "nope.conf"))
+    assert code == 2 and "sfa-omf init DIR" in err
