@@ -70,6 +70,7 @@ class Reason(enum.StrEnum):
     POLICY = "policy"  # a rule the operator set (grain, durations, how far ahead, limits)
     NODE_UNAVAILABLE = "node_unavailable"  # the node is in maintenance
     DATABASE = "database"  # the database failed or is unreachable
+    BUSY = "busy"  # concurrent writers kept colliding; the same call will work when tried again
 
 
 #: The one table: reason -> GENI code.
@@ -96,6 +97,7 @@ REASON_CODES: dict[Reason, GeniCode] = {
     Reason.POLICY: GeniCode.REFUSED,
     Reason.NODE_UNAVAILABLE: GeniCode.UNAVAILABLE,
     Reason.DATABASE: GeniCode.DBERROR,
+    Reason.BUSY: GeniCode.BUSY,
 }
 
 

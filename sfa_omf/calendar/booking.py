@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from sfa_omf.calendar.database import Database, is_overlap_violation
+from sfa_omf.calendar.database import RETRY_ATTEMPTS, Database, is_overlap_violation, retry_transient
 from sfa_omf.calendar.intervals import DAY_S, Interval, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
@@ -28,7 +28,6 @@ from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 
 ACTIVE_LEASE_STATES = ("allocated", "provisioned")
-_RACE_RETRIES = 5
 
 
 class BookingConflict(GeniError):
@@ -96,15 +95,16 @@ class Bookings:
         """
         if not requests:
             raise GeniError(Reason.BAD_ARGS, "the request books no node")
-        for attempt in range(_RACE_RETRIES):
+        for attempt in range(RETRY_ATTEMPTS):
             try:
-                return self._book_once(slice_urn, slice_expires, requests, owner_urn, best_effort)
+                return retry_transient(
+                    lambda: self._book_once(slice_urn, slice_expires, requests, owner_urn, best_effort)
+                )
             except IntegrityError as exc:
-                if not is_overlap_violation(exc) or attempt == _RACE_RETRIES - 1:
+                # A racer committed an overlapping sliver between our check and our insert (PostgreSQL only):
+                # run again; the check now sees the winner and answers with a clear conflict.
+                if not is_overlap_violation(exc) or attempt == RETRY_ATTEMPTS - 1:
                     raise GeniError(Reason.DATABASE, f"the calendar refused the booking: {exc.orig}") from exc
-            except OperationalError as exc:  # PostgreSQL deadlock or serialization failure between racers
-                if getattr(exc.orig, "sqlstate", "") not in ("40P01", "40001") or attempt == _RACE_RETRIES - 1:
-                    raise GeniError(Reason.DATABASE, f"the calendar database failed: {exc.orig}") from exc
         raise AssertionError("unreachable")
 
     def _book_once(
@@ -282,6 +282,9 @@ class Bookings:
     # -- changing leases --------------------------------------------------------------------------------------
     def renew(self, lease_id: str, new_end: datetime) -> LeaseRecord:
         """Extend or shorten a lease, with the same availability and policy checks as booking."""
+        return retry_transient(lambda: self._renew_once(lease_id, new_end))
+
+    def _renew_once(self, lease_id: str, new_end: datetime) -> LeaseRecord:
         new_end_s = to_s(new_end)
         now_s = to_s(self.clock())
         try:

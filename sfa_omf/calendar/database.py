@@ -10,10 +10,12 @@ application does; ``is_overlap_violation`` recognises its error so the caller ca
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -24,8 +26,19 @@ from sqlalchemy.orm import Session
 from sfa_omf.errors import GeniError, Reason
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# PostgreSQL: deadlock (two racers each waiting on the other's row), serialization failure, lock not available.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+RETRY_ATTEMPTS = 6
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 OVERLAP_CONSTRAINT = "sliver_no_overlap"
+
+
+T = TypeVar("T")
+
+
+class TransientConflict(Exception):
+    """Concurrent writers collided (a deadlock the database broke, a serialization failure); the unit of work was
+    rolled back and is safe to run again from the start."""
 
 
 def sqlite_url(path: str) -> str:
@@ -98,4 +111,20 @@ def _database_errors() -> Iterator[None]:
     except IntegrityError:
         raise  # the calendar turns these into conflicts
     except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+            raise TransientConflict(str(exc.orig)) from exc
         raise GeniError(Reason.DATABASE, f"the calendar database failed: {exc.orig}") from exc
+
+
+def retry_transient(unit_of_work: Callable[[], T], attempts: int = RETRY_ATTEMPTS) -> T:
+    """Run a whole unit of work again when concurrent writers collided; BUSY when they keep colliding."""
+    for attempt in range(attempts):
+        try:
+            return unit_of_work()
+        except TransientConflict as exc:
+            if attempt == attempts - 1:
+                raise GeniError(
+                    Reason.BUSY, f"the calendar is busy with concurrent bookings ({exc}); try again"
+                ) from exc
+            time.sleep(random.uniform(0, 0.01 * (2**attempt)))  # back off, with jitter so racers separate
+    raise AssertionError("unreachable")

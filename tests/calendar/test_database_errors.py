@@ -1,0 +1,55 @@
+"""A database that is down answers DBERROR with the database's own words; colliding writers are retried, then BUSY."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from sfa_omf.calendar.database import Database, TransientConflict, retry_transient
+from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.errors import GeniCode, GeniError, Reason
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_postgresql_down_is_dberror_with_a_message() -> None:
+    database = Database(f"postgresql+psycopg://sfaomf:sfaomf@127.0.0.1:{closed_port()}/nothing")
+    with pytest.raises(GeniError) as refusal:
+        Inventory(database).list_nodes()
+    assert refusal.value.reason == Reason.DATABASE and refusal.value.code == GeniCode.DBERROR
+    assert "the calendar database failed" in refusal.value.message
+    assert "127.0.0.1" in refusal.value.message or "connect" in refusal.value.message.lower()
+
+
+def test_sqlite_file_that_cannot_be_opened() -> None:
+    database = Database("sqlite:////nonexistent-directory/calendar.sqlite")
+    with pytest.raises(GeniError) as refusal:
+        Inventory(database).list_nodes()
+    assert refusal.value.code == GeniCode.DBERROR and "unable to open" in refusal.value.message
+
+
+def test_transient_collisions_are_retried_then_busy() -> None:
+    """The real deadlocks are caused in test_concurrency; this pins down the retry rule itself."""
+    calls: list[int] = []
+
+    def collides_twice() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise TransientConflict("deadlock detected")
+        return "booked"
+
+    assert retry_transient(collides_twice) == "booked" and len(calls) == 3
+
+    def always_collides() -> str:
+        raise TransientConflict("deadlock detected")
+
+    with pytest.raises(GeniError) as refusal:
+        retry_transient(always_collides, attempts=3)
+    assert refusal.value.reason == Reason.BUSY and refusal.value.code == GeniCode.BUSY
+    assert "try again" in refusal.value.message
