@@ -170,17 +170,6 @@ def test_unprovisioned_allocations_expire(calendar: Calendar) -> None:
     calendar.bookings.book(OTHER, SLICE_EXPIRES, [ask("n2", 2, 3)])
 
 
-def test_shut_down_slice_books_nothing(calendar: Calendar) -> None:
-    from sfa_omf.calendar.models import Slice
-
-    calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n1", 1, 2)])
-    with calendar.database.write() as session:
-        session.scalars(select(Slice).where(Slice.urn == SLICE)).one().shut_down = True
-    with pytest.raises(PolicyViolation) as refusal:
-        calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n2", 1, 2)])
-    assert refusal.value.rule == "shutdown"
-
-
 def test_lease_listing_filters(calendar: Calendar) -> None:
     calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n1", 1, 2)])
     calendar.bookings.book(OTHER, SLICE_EXPIRES, [ask("n2", 3, 4)])

@@ -93,3 +93,22 @@ def test_multi_level_authority_and_bad_user_names(tmp_path: Path) -> None:
     assert chain[0].urn == "urn:publicid:IDN+onelab:inria+user+ann"
     with pytest.raises(AuthorityError, match="not usable"):
         init_directory(str(tmp_path / "b"), "tb", ("Bad Name",))
+
+
+def test_authority_issues_node_gids_with_dotted_names(tmp_path: Path) -> None:
+    """Node names often carry dots (m3-10.grenoble.iot-lab.info): they are escaped in the HRN, plain in the URN."""
+    from sfa_omf.registry.authority import LocalAuthority
+
+    authority = LocalAuthority.create(str(tmp_path), "iotlab")
+    chain, key = authority.issue_gid("iotlab.m3-10\\.grenoble\\.iot-lab\\.info", "node")
+    assert key is not None
+    assert chain[0].urn == "urn:publicid:IDN+iotlab+node+m3-10.grenoble.iot-lab.info"
+    assert chain[0].hrn == "iotlab.m3-10\\.grenoble\\.iot-lab\\.info" and not chain[0].is_ca
+    roots = load_trusted_roots(str(tmp_path / "trusted_roots"))
+    from sfa_omf.trust.roots import verify_chain
+
+    assert verify_chain(chain, roots, utcnow()).hrn == "iotlab"
+    with pytest.raises(AuthorityError, match="not under authority"):
+        authority.issue_gid("other.node1", "node")
+    with pytest.raises(AuthorityError, match="exists already"):
+        authority.issue_gid("iotlab.m3-10\\.grenoble\\.iot-lab\\.info", "node")

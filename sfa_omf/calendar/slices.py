@@ -1,0 +1,98 @@
+"""Slices as the calendar knows them: expiry, shut-down flag, and the users (with SSH keys) attached to them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from sfa_omf.calendar.database import Database, retry_transient
+from sfa_omf.calendar.models import Slice, SliceUser
+from sfa_omf.calendar.queries import from_s
+from sfa_omf.errors import GeniError, Reason
+
+
+@dataclass(frozen=True)
+class SliceUserRecord:
+    user_urn: str
+    ssh_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SliceRecord:
+    urn: str
+    expires: datetime
+    shut_down: bool
+    users: tuple[SliceUserRecord, ...]
+
+
+def _record(slice_row: Slice) -> SliceRecord:
+    return SliceRecord(
+        urn=slice_row.urn,
+        expires=from_s(slice_row.expires_s),
+        shut_down=slice_row.shut_down,
+        users=tuple(
+            SliceUserRecord(user.user_urn, tuple(user.ssh_keys))
+            for user in sorted(slice_row.users, key=lambda user: user.user_urn)
+        ),
+    )
+
+
+def _find(session: Session, slice_urn: str) -> Slice:
+    slice_row = session.scalar(
+        select(Slice).where(Slice.urn == slice_urn).options(selectinload(Slice.users)).with_for_update()
+    )
+    if slice_row is None:
+        raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has nothing here (it never booked on this aggregate)")
+    return slice_row
+
+
+class Slices:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def get(self, slice_urn: str) -> SliceRecord:
+        with self.database.read() as session:
+            slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn).options(selectinload(Slice.users)))
+            if slice_row is None:
+                raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has nothing here")
+            return _record(slice_row)
+
+    def update_users(self, slice_urn: str, users: Mapping[str, Sequence[str]], replace: bool = False) -> SliceRecord:
+        """Attach users and their SSH keys to a slice.
+
+        Merging (the default, as geni_update_users and Provision do) adds users and keys and never drops one.
+        ``replace`` makes the slice's users exactly these, with exactly these keys: what is not listed stops
+        working at the next account update.
+        """
+
+        def unit_of_work() -> SliceRecord:
+            with self.database.write() as session:
+                slice_row = _find(session, slice_urn)
+                current = {user.user_urn: user for user in slice_row.users}
+                if replace:
+                    for urn, user in current.items():
+                        if urn not in users:
+                            slice_row.users.remove(user)
+                for urn, keys in users.items():
+                    cleaned = [key.strip() for key in keys if key.strip()]
+                    if urn in current:
+                        existing = current[urn]
+                        merged = cleaned if replace else list(dict.fromkeys([*existing.ssh_keys, *cleaned]))
+                        existing.ssh_keys = merged
+                    else:
+                        slice_row.users.append(SliceUser(user_urn=urn, ssh_keys=list(dict.fromkeys(cleaned))))
+                session.flush()
+                return _record(slice_row)
+
+        return retry_transient(unit_of_work)
+
+    def set_shut_down(self, slice_urn: str, shut_down: bool) -> SliceRecord:
+        """Shut a slice down (it books nothing more) or release it (an operator's decision)."""
+        with self.database.write() as session:
+            slice_row = _find(session, slice_urn)
+            slice_row.shut_down = shut_down
+            return _record(slice_row)
