@@ -62,13 +62,8 @@ def _parser() -> etree.XMLParser:
     )
 
 
-def parse_untrusted(data: bytes | str, limits: XmlLimits | None = None, what: str = "document") -> etree._Element:
-    """Parse untrusted XML and return its root element, or raise UnsafeXml / etree.XMLSyntaxError."""
-    limits = limits or XmlLimits()
-    try:
-        raw = data.encode("utf-8") if isinstance(data, str) else data
-    except UnicodeEncodeError as exc:
-        raise UnsafeXml(f"{what} is not valid Unicode text ({exc.reason})") from exc
+def refuse_declarations(raw: bytes, limits: XmlLimits, what: str) -> None:
+    """Refuse, before any parser sees it, a document over the size limit or with a DOCTYPE or entity declaration."""
     if len(raw) > limits.max_bytes:
         raise UnsafeXml(f"{what} is {len(raw)} bytes, more than the limit of {limits.max_bytes} bytes")
     scanned = _declarations_text(raw)
@@ -76,6 +71,16 @@ def parse_untrusted(data: bytes | str, limits: XmlLimits | None = None, what: st
         raise UnsafeXml(f"{what} declares entities (<!ENTITY>): entity declarations are refused")
     if _DOCTYPE.search(scanned):
         raise UnsafeXml(f"{what} has a DOCTYPE: DTDs are refused")
+
+
+def parse_untrusted(data: bytes | str, limits: XmlLimits | None = None, what: str = "document") -> etree._Element:
+    """Parse untrusted XML and return its root element, or raise UnsafeXml / etree.XMLSyntaxError."""
+    limits = limits or XmlLimits()
+    try:
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+    except UnicodeEncodeError as exc:
+        raise UnsafeXml(f"{what} is not valid Unicode text ({exc.reason})") from exc
+    refuse_declarations(raw, limits, what)
     try:
         # lxml refuses str input that carries an encoding declaration, so always hand it the bytes.
         root = etree.fromstring(raw, _parser())

@@ -1,0 +1,57 @@
+"""TLS for the XML-RPC servers: ask every client for a certificate, accept any chain at the handshake, and hand
+the chain to the application, which verifies it against the trusted roots (federated chains are judged there, with
+a clear answer, not by the TLS library with a bare alert).
+
+The server presents its own GID chain. Clients (sfi.py, omni) do not verify it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL
+from twisted.internet.ssl import ContextFactory
+
+from sfa_omf.trust.gid import GidChain, gid_from_certificate, load_gid_chain_file
+
+
+def _accept_any_chain(_connection: Any, _certificate: Any, _errno: int, _depth: int, _ok: int) -> bool:
+    return True  # the application verifies the chain against trusted_roots; see peer_chain()
+
+
+class ServerTls(ContextFactory):
+    """A pyOpenSSL context with our key and GID chain that requires, but does not judge, a client certificate."""
+
+    def __init__(self, key_path: str, chain_path: str) -> None:
+        self.chain = load_gid_chain_file(chain_path)
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.set_min_proto_version(SSL.TLS1_2_VERSION)
+        context.use_privatekey_file(key_path)
+        context.use_certificate(self.chain[0].certificate)
+        for parent in self.chain[1:]:
+            context.add_extra_chain_cert(parent.certificate)
+        context.check_privatekey()
+        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _accept_any_chain)
+        # Session ids need a context id when client certificates are requested.
+        context.set_session_id(b"sfa-omf")
+        self._context = context
+
+    def getContext(self) -> SSL.Context:
+        return self._context
+
+
+def peer_chain(connection: SSL.Connection) -> GidChain:
+    """The client's certificate chain, leaf first, as plain GIDs.
+
+    On the server side pyOpenSSL's get_peer_cert_chain() may omit the leaf, so the leaf comes from
+    get_peer_certificate() and the rest from the chain, without repeating the leaf.
+    """
+    leaf = connection.get_peer_certificate(as_cryptography=True)
+    if leaf is None:
+        return ()
+    chain: list[x509.Certificate] = [leaf]
+    for certificate in connection.get_peer_cert_chain(as_cryptography=True) or []:
+        if certificate != leaf and certificate not in chain:
+            chain.append(certificate)
+    return tuple(gid_from_certificate(certificate) for certificate in chain)

@@ -1,0 +1,144 @@
+"""The XML-RPC/TLS transport over real loopback sockets: any client chain is accepted at the handshake and reaches
+the handler intact; limits and hostile bodies are refused; a failing or slow call does not stop the others."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfa_omf.server.tls import ServerTls
+from sfa_omf.server.xmlrpc import CallContext, XmlRpcResource, make_site
+from tests.conftest import DemoPki
+from tests.server.conftest import Listener, client_context, proxy, reactor
+
+
+def echo(context: CallContext, method: str, params: tuple[Any, ...]) -> Any:
+    if method == "Fail":
+        raise RuntimeError("a bug in a handler")
+    if method == "Sleep":
+        time.sleep(float(params[0]))
+    return {
+        "method": method,
+        "params": list(params),
+        "path": context.path,
+        "chain": [gid.urn for gid in context.caller_chain],
+    }
+
+
+def start(listener: Listener, pki: DemoPki, pool_size: int = 4, max_body: int = 1024 * 1024) -> str:
+    pool = listener.pool(pool_size)
+    default = XmlRpcResource(echo, pool, reactor, max_body)
+    v2 = XmlRpcResource(echo, pool, reactor, max_body)
+    site = make_site({b"am2": v2}, default, max_body_bytes=max_body, timeout_s=30)
+    tls = ServerTls(str(pki.directory / "aggregate" / "am.pkey"), str(pki.directory / "aggregate" / "am.gid"))
+    return f"https://127.0.0.1:{listener.listen(site, tls)}"
+
+
+def alice_files(pki: DemoPki) -> tuple[str, str]:
+    sfi = pki.users["alice"].sfi_dir
+    return str(sfi / "testbed.alice.user.gid"), str(sfi / "testbed.alice.pkey")
+
+
+def test_the_caller_chain_reaches_the_handler(listener: Listener, pki: DemoPki) -> None:
+    url = start(listener, pki)
+    answer = proxy(url + "/", *alice_files(pki)).GetVersion({"a": 1}, None)
+    assert answer["method"] == "GetVersion" and answer["params"] == [{"a": 1}, None]
+    assert answer["chain"] == ["urn:publicid:IDN+testbed+user+alice", "urn:publicid:IDN+testbed+authority+sa"]
+    assert answer["path"] == "/"
+    assert proxy(url + "/RPC2", *alice_files(pki)).X()["path"] == "/RPC2"
+    assert proxy(url + "/am2", *alice_files(pki)).X()["path"] == "/am2"
+
+
+def test_a_foreign_chain_is_accepted_at_the_handshake(listener: Listener, pki: DemoPki, vectors: Path) -> None:
+    """A GID chain from an authority we do not even trust gets through TLS; judging it is the application's job."""
+    url = start(listener, pki)
+    sfa = vectors / "sfa"
+    answer = proxy(url, str(sfa / "gids" / "evil.lab.mallory.gid"), str(sfa / "keys" / "evil.lab.mallory.pkey")).X()
+    assert answer["chain"] == [
+        "urn:publicid:IDN+evil:lab+user+mallory",
+        "urn:publicid:IDN+evil:lab+authority+sa",
+        "urn:publicid:IDN+evil+authority+sa",
+    ]
+
+
+def test_a_client_without_certificate_is_refused(listener: Listener, pki: DemoPki) -> None:
+    url = start(listener, pki)
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        proxy(url, None, None).GetVersion()
+
+
+def raw_post(url: str, pki: DemoPki, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    host, port = url.removeprefix("https://").split(":")
+    connection = http.client.HTTPSConnection(host, int(port), context=client_context(*alice_files(pki)), timeout=30)
+    connection.request("POST", "/", body=body, headers={"Content-Type": "text/xml", **(headers or {})})
+    response = connection.getresponse()
+    return response.status, response.read()
+
+
+def fault_of(body: bytes) -> xmlrpc.client.Fault:
+    with pytest.raises(xmlrpc.client.Fault) as fault:
+        xmlrpc.client.loads(body)
+    return fault.value
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "words"),
+    [
+        (
+            b"<?xml version='1.0'?><!DOCTYPE m [<!ENTITY a 'aaaa'>]>"
+            b"<methodCall><methodName>&a;</methodName></methodCall>",
+            1,
+            "entity",
+        ),
+        (b"<?xml version='1.0'?><!DOCTYPE m SYSTEM 'file:///etc/passwd'><methodCall/>", 1, "DOCTYPE"),
+        (b"this is not xml", 1, "not an XML-RPC methodCall"),
+        (b"<methodCall><params/></methodCall>", 1, "names no method"),
+    ],
+)
+def test_hostile_or_broken_bodies_get_a_fault(
+    listener: Listener, pki: DemoPki, body: bytes, code: int, words: str
+) -> None:
+    url = start(listener, pki)
+    status, answer = raw_post(url, pki, body)
+    fault = fault_of(answer)
+    assert status == 200 and fault.faultCode == code and words in fault.faultString
+    assert proxy(url, *alice_files(pki)).Still()["method"] == "Still"
+
+
+def test_an_oversized_body_is_refused(listener: Listener, pki: DemoPki) -> None:
+    url = start(listener, pki, max_body=10_000)
+    body = xmlrpc.client.dumps(("x" * 20_000,), "Big").encode()
+    status, answer = raw_post(url, pki, body)
+    fault = fault_of(answer)
+    assert status == 200 and fault.faultCode == 6 and "over the limit of 10000 bytes" in fault.faultString
+
+
+def test_a_failing_handler_is_a_fault_and_the_server_keeps_serving(listener: Listener, pki: DemoPki) -> None:
+    url = start(listener, pki)
+    client = proxy(url, *alice_files(pki))
+    with pytest.raises(xmlrpc.client.Fault) as fault:
+        client.Fail()
+    assert fault.value.faultCode == 5 and "operator's log" in fault.value.faultString
+    assert client.After()["method"] == "After"
+
+
+def test_a_stalled_client_does_not_stall_others(listener: Listener, pki: DemoPki) -> None:
+    url = start(listener, pki, pool_size=2)
+    host, port = url.removeprefix("https://").split(":")
+    raw = socket.create_connection((host, int(port)))
+    stalled = client_context(*alice_files(pki)).wrap_socket(raw)
+    stalled.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n<methodCall>")  # and then nothing
+    busy = threading.Thread(target=lambda: proxy(url, *alice_files(pki)).Sleep(1.5))
+    busy.start()
+    answers = [proxy(url, *alice_files(pki)).Quick()["method"] for _ in range(3)]
+    busy.join()
+    stalled.close()
+    assert answers == ["Quick"] * 3
