@@ -180,27 +180,38 @@ class Bookings:
         if not wanted:
             return [], []
         earliest = min(window[0] for _, _, window in wanted)
-        busy = held_windows(session, earliest, node_ids={node.id for _, node, _ in wanted})
+        latest = max(window[1] for _, _, window in wanted)
+        # Checking needs only what lies inside the requested span; later windows matter only to say when a
+        # conflicting node is free next, so they are read for conflicting nodes only.
+        busy = held_windows(session, earliest, latest, node_ids={node.id for _, node, _ in wanted})
         free: list[tuple[BookingRequest, Node, Interval]] = []
-        conflicts: list[Conflict] = []
+        clashes: list[tuple[BookingRequest, Node, Interval, list[Interval]]] = []
         for request, node, window in wanted:
             taken = busy[node.id]
             clashing = [interval for interval in taken if overlaps(interval, window)]
             if clashing:
-                next_start = earliest_start(merge(taken), window[0], window[1] - window[0], node.grain_s)
-                conflicts.append(
-                    Conflict(
-                        node.component_id,
-                        request.start,
-                        request.end,
-                        "is booked",
-                        clashing=tuple((from_s(a), from_s(b)) for a, b in clashing),
-                        next_free_start=from_s(next_start),
-                    )
-                )
+                clashes.append((request, node, window, clashing))
             else:
                 free.append((request, node, window))
                 taken.append(window)  # the same node twice in one request must not overlap itself
+        if not clashes:
+            return free, []
+        later = held_windows(session, earliest, node_ids={node.id for _, node, _, _ in clashes})
+        conflicts = []
+        for request, node, window, clashing in clashes:
+            accepted = [w for _, other, w in free if other.id == node.id]
+            taken_all = merge(later[node.id] + accepted)
+            next_start = earliest_start(taken_all, window[0], window[1] - window[0], node.grain_s)
+            conflicts.append(
+                Conflict(
+                    node.component_id,
+                    request.start,
+                    request.end,
+                    "is booked",
+                    clashing=tuple((from_s(a), from_s(b)) for a, b in clashing),
+                    next_free_start=from_s(next_start),
+                )
+            )
         return free, conflicts
 
     def _check_limits(
