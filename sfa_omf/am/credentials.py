@@ -1,0 +1,50 @@
+"""The credentials argument as clients send it: bare XML strings (sfi.py, AM API v2) or credential structs
+{geni_type, geni_version, geni_value} (omni, AM API v3). geni_type is matched case-insensitively."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sfa_omf.errors import BadArgs
+
+SFA_TYPES = ("geni_sfa",)
+ABAC_TYPES = ("geni_abac",)
+
+
+@dataclass(frozen=True)
+class CallCredentials:
+    """Privilege credentials (XML) and speaks-for credentials (geni_abac), split apart."""
+
+    privilege: tuple[str, ...]
+    speaks_for: tuple[str, ...]
+
+
+def split_credentials(credentials: Any) -> CallCredentials:
+    """Normalize the credentials argument; BADARGS saying what was expected when it is not a list of those."""
+    if credentials is None:
+        return CallCredentials((), ())
+    if isinstance(credentials, str | dict):
+        credentials = [credentials]
+    if not isinstance(credentials, Sequence):
+        raise BadArgs("credentials must be a list of credential strings or {geni_type, geni_version, geni_value}")
+    privilege: list[str] = []
+    speaks_for: list[str] = []
+    for item in credentials:
+        if isinstance(item, str):
+            privilege.append(item)
+        elif isinstance(item, dict):
+            kind = str(item.get("geni_type", "")).lower()
+            value = item.get("geni_value")
+            if not isinstance(value, str):
+                raise BadArgs("a credential struct has no geni_value string")
+            if kind in SFA_TYPES:
+                privilege.append(value)
+            elif kind in ABAC_TYPES:
+                speaks_for.append(value)
+            else:
+                raise BadArgs(f"credential type {item.get('geni_type')!r} is not supported (geni_sfa, geni_abac are)")
+        else:
+            raise BadArgs(f"a credential is a {type(item).__name__}; expected a string or a struct")
+    return CallCredentials(tuple(privilege), tuple(speaks_for))
