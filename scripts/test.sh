@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Everything the tests need, then lint, types and the test suite.
 # Debian packages: xmlsec1 and openssl are the independent verifiers the tests compare against; PostgreSQL runs the
-# calendar tests a second time on a real server (scripts/postgres.sh starts it on 127.0.0.1).
+# calendar tests a second time on a real server (scripts/postgres.sh starts it on 127.0.0.1); trang (RELAX NG
+# compact -> XML) checks that the committed schemas/*.rng are generated from schemas/*.rnc.
 # Usage: bash scripts/test.sh [pytest arguments]
 source "$(dirname "$0")/lib.sh"
-apt_install xmlsec1 openssl ca-certificates
+apt_install xmlsec1 openssl ca-certificates trang
 venv_install "[test]"
 cd "$REPO"
 echo "== PostgreSQL"

@@ -64,6 +64,7 @@ class Reason(enum.StrEnum):
     CALLER_UNTRUSTED = "caller_untrusted"  # the caller's own TLS certificate chain is not trusted
     # Arguments and the calendar.
     BAD_ARGS = "bad_args"  # an argument we cannot use: a malformed URN or time, an impossible interval
+    TOO_BIG = "too_big"  # a document or request over the size limit
     NOT_FOUND = "not_found"  # a node, pool, slice or lease that does not exist
     ALREADY_EXISTS = "already_exists"
     BOOKING_CONFLICT = "booking_conflict"  # the node is booked for (part of) the window
@@ -91,6 +92,7 @@ REASON_CODES: dict[Reason, GeniCode] = {
     Reason.NO_CREDENTIAL: GeniCode.FORBIDDEN,
     Reason.CALLER_UNTRUSTED: GeniCode.FORBIDDEN,
     Reason.BAD_ARGS: GeniCode.BADARGS,
+    Reason.TOO_BIG: GeniCode.TOOBIG,
     Reason.NOT_FOUND: GeniCode.SEARCHFAILED,
     Reason.ALREADY_EXISTS: GeniCode.ALREADYEXISTS,
     Reason.BOOKING_CONFLICT: GeniCode.REFUSED,

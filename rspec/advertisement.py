@@ -1,0 +1,178 @@
+"""Advertisement -> advertisement RSpec: the inventory, existing bookings (ol leases without slice identity,
+ol:lease_ref on the nodes they hold), "available now" as the bookings say, and each node's next free windows in
+sfa-omf's availability extension. SFA's lease view (list_leases) adds SFA's <lease> elements and <granularity>.
+
+Bookings that have ended are left out; the caller passes only live ones (not cancelled).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+from lxml import etree
+
+from rspec.model import AdvertisedNode, Advertisement, Booking, FreeWindow, LeaseView
+from rspec.namespaces import AVAILABILITY, OL, av, geni, ol
+from rspec.writing import new_root, serialize, xsd_boolean
+from sfa_omf.errors import BadArgs
+from sfa_omf.times import as_utc, format_time
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Tags, made once: an advertisement of 10 000 nodes makes hundreds of thousands of elements.
+_NODE = geni("node")
+_HARDWARE_TYPE = geni("hardware_type")
+_SLIVER_TYPE = geni("sliver_type")
+_DISK_IMAGE = geni("disk_image")
+_LOCATION = geni("location")
+_AVAILABLE = geni("available")
+_GRANULARITY = geni("granularity")
+_LEASE = geni("lease")
+_OL_LEASE = ol("lease")
+_OL_LEASE_REF = ol("lease_ref")
+_AV_HORIZON = av("horizon")
+_AV_FREE = av("free")
+_AV_GRANULARITY = av("granularity")
+
+
+def lease_view(list_leases: object) -> LeaseView:
+    """The view SFA's list_leases option asks for: None or "resources" (GENI), "all", "leases"."""
+    if list_leases is None or list_leases == "resources":
+        return LeaseView.GENI
+    if list_leases == "all":
+        return LeaseView.SFA_ALL
+    if list_leases == "leases":
+        return LeaseView.SFA_LEASES
+    raise BadArgs(f"list_leases={list_leases!r}: expected 'resources', 'leases' or 'all'")
+
+
+def write_advertisement(ad: Advertisement, view: LeaseView = LeaseView.GENI, pretty: bool = True) -> bytes:
+    """The advertisement RSpec. The GENI view is valid against the GENI v3 base schema and ours; the SFA views are
+    valid against ours (SFA's lease elements are in GENI's namespace, as SFA writes them).
+
+    Times in ``ad`` must be aware (UTC or any offset); they are written in UTC.
+    """
+    now = as_utc(ad.now)
+    live = sorted((b for b in ad.bookings if b.end > now), key=lambda b: (b.start, b.id))
+    namespaces = {"ol": OL, "av": AVAILABILITY} if view is not LeaseView.SFA_LEASES else {}
+    root = new_root("advertisement", now, namespaces, ad.expires)
+    if view is not LeaseView.SFA_LEASES:
+        _write_geni_view(root, ad, live, now, with_sfa_granularity=view is LeaseView.SFA_ALL)
+    if view is not LeaseView.GENI:
+        _write_sfa_leases(root, live, ad.grain)
+    return serialize(root, pretty)
+
+
+class _Times(dict[datetime, str]):
+    """RFC 3339 text of each time, formatted once: an advertisement repeats the same slot boundaries many times."""
+
+    def __missing__(self, moment: datetime) -> str:
+        text = self[moment] = format_time(moment)
+        return text
+
+
+def _write_geni_view(
+    root: etree._Element, ad: Advertisement, live: list[Booking], now: datetime, with_sfa_granularity: bool
+) -> None:
+    times = _Times()
+    held: dict[str, list[Booking]] = defaultdict(list)
+    refs: dict[str, dict[str, str]] = {}
+    for booking in live:
+        etree.SubElement(
+            root, _OL_LEASE, id=booking.id, valid_from=times[booking.start], valid_until=times[booking.end]
+        )
+        refs[booking.id] = {"id_ref": booking.id}
+        for component_id in booking.component_ids:
+            held[component_id].append(booking)
+    windows: dict[FreeWindow, dict[str, str]] = {}
+    if ad.horizon is not None:
+        etree.SubElement(
+            root,
+            _AV_HORIZON,
+            start=times[ad.horizon.start],
+            end=times[ad.horizon.end],
+            max_windows=str(ad.horizon.max_windows),
+        )
+    grains: dict[timedelta, dict[str, str]] = {}
+    for node in ad.nodes:
+        bookings = held.get(node.component_id, [])
+        element = _write_node(root, node, _available(node, bookings, now))
+        if node.exclusive:
+            grain = node.grain or ad.grain
+            if grain not in grains:
+                grains[grain] = {"grain": str(_seconds(grain))}
+            etree.SubElement(element, _AV_GRANULARITY, grains[grain])
+            if with_sfa_granularity:
+                etree.SubElement(element, _GRANULARITY, grains[grain])
+        for booking in bookings:
+            etree.SubElement(element, _OL_LEASE_REF, refs[booking.id])
+        if ad.horizon is not None:
+            for window in ad.free_windows.get(node.component_id, ())[: ad.horizon.max_windows]:
+                attributes = windows.get(window)
+                if attributes is None:
+                    attributes = windows[window] = {"start": times[window.start], "end": times[window.end]}
+                etree.SubElement(element, _AV_FREE, attributes)
+
+
+def _write_node(root: etree._Element, node: AdvertisedNode, available: bool) -> etree._Element:
+    element = etree.SubElement(
+        root,
+        _NODE,
+        component_id=node.component_id,
+        component_manager_id=node.component_manager_id,
+        component_name=node.component_name,
+        exclusive=xsd_boolean(node.exclusive),
+    )
+    for hardware_type in node.hardware_types:
+        etree.SubElement(element, _HARDWARE_TYPE, name=hardware_type)
+    for sliver_type in node.sliver_types:
+        sliver = etree.SubElement(element, _SLIVER_TYPE, name=sliver_type.name)
+        if sliver_type.default:
+            sliver.set("default", "true")
+        for image in sliver_type.disk_images:
+            disk = etree.SubElement(sliver, _DISK_IMAGE, name=image.name)
+            for name in ("os", "version", "description"):
+                value = getattr(image, name)
+                if value is not None:
+                    disk.set(name, value)
+            if image.default:
+                disk.set("default", "true")
+    if node.location is not None:
+        location = etree.SubElement(element, _LOCATION, country=node.location.country)
+        if node.location.latitude is not None:
+            location.set("latitude", str(node.location.latitude))
+        if node.location.longitude is not None:
+            location.set("longitude", str(node.location.longitude))
+    etree.SubElement(element, _AVAILABLE, now=xsd_boolean(available))
+    return element
+
+
+def _available(node: AdvertisedNode, bookings: list[Booking], now: datetime) -> bool:
+    """Usable now: in service, and (for an exclusive node) held by no booking at this moment."""
+    if not node.in_service:
+        return False
+    return not node.exclusive or not any(b.start <= now < b.end for b in bookings)
+
+
+def _write_sfa_leases(root: etree._Element, live: list[Booking], grain: timedelta) -> None:
+    """SFA's view: one <lease> per (slice_id, start_time, duration), the nodes it holds inside."""
+    groups: dict[tuple[str | None, int, int], list[str]] = {}
+    for booking in live:
+        start = _seconds(as_utc(booking.start) - _EPOCH)
+        grains = max(1, math.ceil((booking.end - booking.start) / grain))
+        nodes = groups.setdefault((booking.slice_urn, start, grains), [])
+        nodes.extend(c for c in booking.component_ids if c not in nodes)
+    for (slice_urn, start, grains), nodes in groups.items():
+        lease = etree.SubElement(root, _LEASE)
+        if slice_urn is not None:
+            lease.set("slice_id", slice_urn)
+        lease.set("start_time", str(start))
+        lease.set("duration", str(grains))
+        for component_id in nodes:
+            etree.SubElement(lease, _NODE, component_id=component_id)
+
+
+def _seconds(span: timedelta) -> int:
+    return int(span.total_seconds())

@@ -1,0 +1,1 @@
+"""One module per way of writing time slots in a request: ol leases, SFA leases, Allocate options."""

@@ -1,0 +1,240 @@
+"""Request RSpec -> Request, whichever way the client wrote its time slots:
+
+- ol leases: top-level <ol:lease> and <ol:lease_ref> in nodes (omf_sfa, jFed, MySlice);
+- SFA leases: top-level <lease start_time duration><node component_id/></lease>, in GENI's namespace or none (sfi);
+- no time in the RSpec: geni_start_time/geni_end_time Allocate options (omni), else the operator's default slot
+  from now.
+
+Dialects may be mixed. A node is booked in every lease that names it; a node no lease names goes into the options'
+slot or the default one. Nothing is booked here: the request is checked against the schema, then read, and every
+problem found (line, column, element, what was expected) is raised together in one RSpecError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from lxml import etree
+
+from rspec.dialects import ol, options, sfa
+from rspec.document import Document, RSpecLimits, load
+from rspec.model import Request, RequestLease, RequestNode
+from rspec.namespaces import geni
+from rspec.problems import Problem, RSpecError
+from rspec.reading import Reader
+from rspec.schemas import Schema, schema_problems
+from sfa_omf.times import as_utc
+
+WHAT = "request RSpec"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class RequestPolicy:
+    """The operator's choices that reading a request depends on."""
+
+    # How long a node is booked when the client gives no time at all.
+    default_duration: timedelta = timedelta(hours=1)
+    # SFA leases count their duration in grains of this length (advertised as <granularity grain=.../>).
+    grain: timedelta = timedelta(minutes=30)
+    limits: RSpecLimits = field(default_factory=RSpecLimits)
+
+
+@dataclass
+class _Node:
+    element: etree._Element | None  # None for a node only an SFA lease names
+    node: RequestNode
+    refs: list[tuple[etree._Element, str]]
+
+
+def parse_request(
+    data: bytes | str,
+    *,
+    now: datetime,
+    policy: RequestPolicy | None = None,
+    allocate_options: Mapping[str, object] | None = None,
+) -> Request:
+    """Read a request RSpec (and the Allocate options that may carry its times). Raise RSpecError (BADARGS; TOOBIG
+    for an oversized document) listing every problem, or return the Request."""
+    policy = policy or RequestPolicy()
+    now = as_utc(now)
+    document = load(data, policy.limits, WHAT)
+    _check_root(document)
+    found = schema_problems(document, Schema.REQUEST, policy.limits.max_problems)
+    if len(found) >= policy.limits.max_problems:  # reading on would only find more
+        raise RSpecError(found, WHAT)
+    reader = Reader(document, policy.limits.max_problems)
+    nodes = _read_nodes(reader)
+    if reader.full:  # the rest would only add to a list already long enough
+        raise RSpecError(_merge(found, reader.problems)[: policy.limits.max_problems], WHAT)
+    for link in document.root.iterchildren(geni("link")):
+        reader.report(link, "this aggregate has no links: remove the <link> elements")
+    ol_leases = ol.read_leases(reader, document.root)
+    sfa_leases = sfa.read_leases(reader, document.root, policy.grain)
+    option_problems: list[Problem] = []
+    slot = options.read_slot(allocate_options, now, policy.default_duration, option_problems)
+    leases = _assemble(reader, nodes, ol_leases, sfa_leases, slot or (now, policy.default_duration))
+    _check_overlaps(reader, nodes, leases)
+    problems = _merge(found, reader.problems) + option_problems
+    if problems:
+        raise RSpecError(problems[: policy.limits.max_problems], WHAT)
+    return Request(nodes=tuple(n.node for n in nodes), leases=_in_time_order(lease for lease, _ in leases))
+
+
+def _check_root(document: Document) -> None:
+    root = document.root
+    if root.tag == "RSpec" or root.tag == geni("RSpec"):
+        message = 'SFA v1 RSpecs (<RSpec type="SFA">) are not read here: send a GENI v3 request RSpec'
+        raise RSpecError([document.problem(root, message)], WHAT)
+    if root.tag != geni("rspec"):
+        message = f'expected <rspec type="request" xmlns="{geni("")[1:-1]}">'
+        raise RSpecError([document.problem(root, message)], WHAT)
+    kind = root.get("type")
+    if kind != "request":
+        message = f'type="{kind}": expected type="request"' if kind else 'attribute type="request" is missing'
+        raise RSpecError([document.problem(root, message)], WHAT)
+
+
+def _read_nodes(reader: Reader) -> list[_Node]:
+    nodes: list[_Node] = []
+    where: dict[str, etree._Element] = {}
+    for element in reader.document.root.iterchildren(geni("node")):
+        if reader.full:
+            break
+        client_id = reader.text(element, "client_id")
+        component_id = reader.text(element, "component_id")
+        if client_id is None:
+            if component_id is None:
+                reader.report(element, "a node needs a client_id (GENI) or a component_id (SFA)")
+                continue
+            client_id = component_id  # SFA names nodes by component_id
+        if client_id in where:
+            line, _ = reader.document.position(where[client_id])
+            reader.report(element, f"client_id {client_id!r} is already used by the node on line {line}")
+            continue
+        where[client_id] = element
+        hardware = _single(reader, element, "hardware_type")
+        sliver = _single(reader, element, "sliver_type")
+        image = _single(reader, sliver, "disk_image") if sliver is not None else None
+        node = RequestNode(
+            client_id=client_id,
+            component_id=component_id,
+            component_manager_id=reader.text(element, "component_manager_id"),
+            component_name=reader.text(element, "component_name"),
+            exclusive=reader.boolean(element, "exclusive"),
+            hardware_type=reader.text(hardware, "name", required=True) if hardware is not None else None,
+            sliver_type=reader.text(sliver, "name", required=True) if sliver is not None else None,
+            disk_image=reader.text(image, "name", required=True) if image is not None else None,
+        )
+        nodes.append(_Node(element, node, ol.read_refs(reader, element)))
+    return nodes
+
+
+def _single(reader: Reader, parent: etree._Element, local: str) -> etree._Element | None:
+    """The one child ``local`` of ``parent`` (a request asks for one sliver type, one image...)."""
+    found = list(parent.iterchildren(geni(local)))
+    for extra in found[1:]:
+        reader.report(extra, f"a request gives at most one <{local}> per <{reader_name(parent)}>")
+    return found[0] if found else None
+
+
+def reader_name(element: etree._Element) -> str:
+    """An element's local name, for messages."""
+    return etree.QName(element).localname
+
+
+def _assemble(
+    reader: Reader,
+    nodes: list[_Node],
+    ol_leases: list[ol.OlLease],
+    sfa_leases: list[sfa.SfaLease],
+    fallback: tuple[datetime, timedelta],
+) -> list[tuple[RequestLease, etree._Element | None]]:
+    """The leases with their nodes (client_ids in node order), each with its element for messages."""
+    by_name: dict[str, int] = {}
+    for index, lease in enumerate(ol_leases):
+        for name in lease.names:
+            if name in by_name and ol_leases[by_name[name]].element is not lease.element:
+                reader.report(lease.element, f"another ol:lease is already named {name!r}")
+            by_name.setdefault(name, index)
+    members: list[set[str]] = [set() for _ in ol_leases]
+    covered: set[str] = set()
+    for node in nodes:
+        for element, id_ref in node.refs:
+            if id_ref not in by_name:
+                reader.report(element, f"no ol:lease in this request has client_id or id {id_ref!r}")
+                continue
+            members[by_name[id_ref]].add(node.node.client_id)
+            covered.add(node.node.client_id)
+
+    order = {n.node.client_id: i for i, n in enumerate(nodes)}
+
+    def in_order(client_ids: set[str]) -> tuple[str, ...]:
+        return tuple(sorted(client_ids, key=order.__getitem__))
+
+    result: list[tuple[RequestLease, etree._Element | None]] = []
+    for lease, client_ids in zip(ol_leases, members, strict=True):
+        if client_ids:  # a lease no node refers to books nothing
+            booked = RequestLease(lease.start, lease.duration, in_order(client_ids), lease.existing_id, lease.client_id)
+            result.append((booked, lease.element))
+    by_component: dict[str, str] = {}
+    for node in nodes:
+        if node.node.component_id is not None:
+            by_component.setdefault(node.node.component_id, node.node.client_id)
+    for sfa_lease in sfa_leases:
+        client_ids = {_node_for_component(nodes, by_component, c, order) for c in sfa_lease.component_ids}
+        covered |= client_ids
+        result.append((RequestLease(sfa_lease.start, sfa_lease.duration, in_order(client_ids)), sfa_lease.element))
+    uncovered = {n.node.client_id for n in nodes} - covered
+    if uncovered:
+        start, duration = fallback
+        result.append((RequestLease(start, duration, in_order(uncovered)), None))
+    return result
+
+
+def _node_for_component(
+    nodes: list[_Node], by_component: dict[str, str], component_id: str, order: dict[str, int]
+) -> str:
+    """The client_id of the (first) node with this component_id, adding one when only an SFA lease names it."""
+    if component_id not in by_component:
+        nodes.append(_Node(None, RequestNode(client_id=component_id, component_id=component_id, exclusive=True), []))
+        by_component[component_id] = component_id
+        order[component_id] = len(order)
+    return by_component[component_id]
+
+
+def _check_overlaps(
+    reader: Reader, nodes: list[_Node], leases: list[tuple[RequestLease, etree._Element | None]]
+) -> None:
+    """One node cannot be booked twice at the same time, even by one request. A node is its component, or for an
+    unbound node (no component_id) the request's node itself."""
+    component = {
+        n.node.client_id: (n.node.component_id, "node") if n.node.component_id else (n.node.client_id, "client node")
+        for n in nodes
+    }
+    slots: dict[tuple[str, str], list[tuple[datetime, datetime, etree._Element | None]]] = {}
+    for lease, element in leases:
+        if lease.start is None or lease.end is None:
+            continue
+        for client_id in lease.nodes:
+            slots.setdefault(component[client_id], []).append((lease.start, lease.end, element))
+    for (name, kind), spans in slots.items():
+        spans.sort(key=lambda span: (span[0], span[1]))
+        latest_end = spans[0][1]
+        for start, end, element in spans[1:]:
+            if start < latest_end and element is not None:
+                reader.report(element, f"this lease overlaps another lease of {kind} {name}")
+            latest_end = max(latest_end, end)
+
+
+def _in_time_order(leases: Iterable[RequestLease]) -> tuple[RequestLease, ...]:
+    """Leases in the order of their start (as-soon-as-possible ones last), whatever order the document had."""
+    return tuple(sorted(leases, key=lambda lease: (lease.start is None, lease.start or _EPOCH, lease.duration)))
+
+
+def _merge(schema: list[Problem], read: list[Problem]) -> list[Problem]:
+    """Reader problems are the precise ones; drop schema problems about an element the reader already reported."""
+    places = {(p.line, p.column) for p in read}
+    return sorted(read + [p for p in schema if (p.line, p.column) not in places])

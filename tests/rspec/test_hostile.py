@@ -1,0 +1,142 @@
+"""Hostile requests are refused fast, with a clear message, before anything is read; nothing reaches the network."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from typing import ClassVar
+
+import pytest
+
+from rspec.document import RSpecLimits
+from rspec.parse_request import RequestPolicy, parse_request
+from rspec.problems import RSpecError
+from rspec.validate import validate
+from sfa_omf.errors import GeniCode
+from tests.rspec.conftest import NOW, read
+
+GENI = '<rspec xmlns="http://www.geni.net/resources/rspec/3" type="request">{}</rspec>'
+
+
+def refused(data: bytes | str, policy: RequestPolicy | None = None) -> str:
+    """The refusal's first problem, as text; fails if the request is accepted. (How fast refusals are is measured
+    by benchmarks/rspec_parse_emit.py, never asserted here.)"""
+    with pytest.raises(RSpecError) as raised:
+        parse_request(data, now=NOW, policy=policy)
+    return str(raised.value.problems[0])
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'<!ENTITY leak "fetched">')
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    """A web server on loopback that records every request: the parser must never call it."""
+    _Recorder.paths = []
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    assert _Recorder.paths == [], "the parser fetched something"
+
+
+def test_billion_laughs() -> None:
+    entities = "".join(f'<!ENTITY a{i} "{f"&a{i - 1};" * 10}">\n' for i in range(1, 10))
+    data = f'<?xml version="1.0"?>\n<!DOCTYPE rspec [\n<!ENTITY a0 "lol">\n{entities}]>\n' + GENI.format(
+        '<node client_id="&a9;"/>'
+    )
+    assert refused(data) == "2:1: request RSpec declares entities (<!ENTITY>): entity declarations are refused"
+
+
+def test_quadratic_blowup() -> None:
+    data = f'<!DOCTYPE rspec [<!ENTITY big "{"x" * 100_000}">]>' + GENI.format(
+        f'<node client_id="{"&big;" * 30_000}"/>'
+    )
+    assert "declares entities" in refused(data)
+
+
+def test_external_entity(server: str) -> None:
+    data = f'<!DOCTYPE rspec [<!ENTITY leak SYSTEM "{server}/secret">]>' + GENI.format('<node client_id="&leak;"/>')
+    assert "declares entities" in refused(data)
+    data = '<!DOCTYPE rspec [<!ENTITY leak SYSTEM "file:///etc/passwd">]>' + GENI.format('<node client_id="&leak;"/>')
+    assert "declares entities" in refused(data)
+
+
+def test_external_dtd(server: str) -> None:
+    data = f'<?xml version="1.0"?>\n<!DOCTYPE rspec SYSTEM "{server}/evil.dtd">\n' + GENI.format("")
+    assert refused(data) == "2:1: request RSpec has a DOCTYPE: DTDs are refused"
+
+
+def test_doctype_in_utf16_which_a_byte_scan_cannot_see(server: str) -> None:
+    text = f'<?xml version="1.0" encoding="UTF-16"?>\n<!DOCTYPE rspec SYSTEM "{server}/evil.dtd">\n' + GENI.format("")
+    assert "has a DOCTYPE: DTDs are refused" in refused(text.encode("utf-16"))
+
+
+def test_xinclude_is_not_processed(server: str) -> None:
+    data = GENI.format(
+        f'<node client_id="n"><xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="{server}/x"/></node>'
+    )
+    # An element of another namespace, as GENI's extension rule allows: accepted, and never followed.
+    assert parse_request(data, now=NOW).nodes[0].client_id == "n"
+
+
+def test_undefined_entity_reference() -> None:
+    assert refused(GENI.format('<node client_id="&foo;"/>')) == ("1:91: not well-formed XML: Entity 'foo' not defined")
+
+
+def test_huge_attribute() -> None:
+    data = GENI.format(f'<node client_id="n" component_id="{"x" * 1_000_000}"/>')
+    assert refused(data) == (
+        "1:69: <node>: attribute component_id is 1000000 characters long, more than the limit of 65536"
+    )
+    small = RequestPolicy(limits=RSpecLimits(max_attribute_chars=10))
+    assert "more than the limit of 10" in refused(GENI.format('<node client_id="a-long-client-id"/>'), small)
+
+
+def test_deep_nesting() -> None:
+    shallow_enough = GENI.format("<x:a xmlns:x='urn:x'>" * 60 + "</x:a>" * 60)
+    assert parse_request(shallow_enough, now=NOW).nodes == ()
+    assert refused(GENI.format("<x:a xmlns:x='urn:x'>" * 100 + "</x:a>" * 100)) == (
+        "1:1: request RSpec nests elements deeper than 64 levels"
+    )
+    assert "exceeds the parser's safety limits: Excessive depth" in refused(
+        GENI.format("<a>" * 100_000 + "</a>" * 100_000)
+    )
+
+
+def test_oversized_document() -> None:
+    data = GENI.format("<!-- padding -->" * 300_000)
+    assert len(data) > RSpecLimits().max_bytes
+    assert refused(data) == f"1:1: the request RSpec is {len(data)} bytes, more than the limit of {4 * 1024 * 1024}"
+    with pytest.raises(RSpecError) as raised:
+        parse_request(data, now=NOW)
+    assert raised.value.code == GeniCode.TOOBIG
+
+
+def test_the_size_limit_is_configurable() -> None:
+    request = read("two-slots-ol-jfed.xml")
+    assert parse_request(request, now=NOW).nodes
+    small = RequestPolicy(limits=RSpecLimits(max_bytes=1000))
+    assert "more than the limit of 1000" in refused(request, small)
+    problems = validate(request, limits=RSpecLimits(max_bytes=1000))
+    assert "more than the limit of 1000" in problems[0].message
+
+
+def test_many_problems_are_capped() -> None:
+    nodes = '<node client_id="n" exclusive="maybe"/>' * 500
+    with pytest.raises(RSpecError) as raised:
+        parse_request(GENI.format(nodes), now=NOW)
+    assert len(raised.value.problems) == RSpecLimits().max_problems

@@ -1,0 +1,184 @@
+"""Our RELAX NG schemas: in step with their sources, true to the dialects tools send, and GENI's extension rule."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from rspec.document import load
+from rspec.schemas import SCHEMA_DIR, Schema, grammar, relaxng, schema_problems
+from rspec.validate import validate
+from tests.rspec.conftest import DATA, read
+
+GENI = "http://www.geni.net/resources/rspec/3"
+OL = "http://nitlab.inf.uth.gr/schema/sfa/rspec/1"
+AV = "http://sfa-omf.org/rspec/ext/availability/1"
+
+
+def _regenerate_module() -> object:
+    spec = importlib.util.spec_from_file_location("regenerate", SCHEMA_DIR / "regenerate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _canonical(path: Path) -> bytes:
+    parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
+    return etree.tostring(etree.parse(str(path), parser), method="c14n")
+
+
+def test_rng_files_are_generated_from_the_rnc_sources(tmp_path: Path) -> None:
+    """Fails (never skips) without trang: CI must install the Debian package trang."""
+    assert shutil.which("trang"), "trang is missing: install the Debian package trang (apt-get install trang)"
+    regenerate = _regenerate_module()
+    try:
+        written = regenerate.regenerate(tmp_path)  # type: ignore[attr-defined]
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"trang failed: {exc.stderr}")
+    fresh = {path.name for path in written}
+    committed = {path.name for path in SCHEMA_DIR.glob("*.rng")}
+    assert fresh == committed, "run: python schemas/regenerate.py"
+    stale = [name for name in sorted(fresh) if _canonical(tmp_path / name) != _canonical(SCHEMA_DIR / name)]
+    assert not stale, f"{stale} differ from their .rnc sources: run python schemas/regenerate.py"
+    sources = {path.stem for path in SCHEMA_DIR.glob("*.rnc")}
+    assert sources == {name.removesuffix(".rng") for name in committed}, "every .rnc is reached from a top schema"
+
+
+@pytest.mark.parametrize("schema", list(Schema))
+def test_every_schema_compiles(schema: Schema) -> None:
+    assert relaxng(schema) is not None
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in DATA.glob("*.xml") if not p.name.startswith("invalid")), ids=str
+)
+def test_every_sample_request_is_valid(name: str) -> None:
+    assert validate(read(name)) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "geni_valid"),
+    [
+        ("one-slot-omni.xml", True),
+        ("two-slots-ol-jfed.xml", True),  # ol elements are another namespace: GENI's rule lets them pass
+        ("asap-ol.xml", True),
+        ("two-slots-sfa-sfi.xml", False),  # SFA's <lease> and <granularity> are in GENI's namespace
+        ("sfi-component-ids-only.xml", False),  # and its nodes have no client_id
+    ],
+)
+def test_which_sample_requests_the_geni_base_schema_accepts(name: str, geni_valid: bool) -> None:
+    assert (validate(read(name), geni_base=True) == []) is geni_valid
+
+
+def ad(body: str, root_attributes: str = "") -> str:
+    return (
+        f'<rspec xmlns="{GENI}" xmlns:ol="{OL}" xmlns:av="{AV}" xmlns:x="urn:x" type="advertisement"'
+        f"{root_attributes}>{body}</rspec>"
+    )
+
+
+NODE = '<node component_id="urn:n" component_manager_id="urn:cm" exclusive="true"{}>{}</node>'
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        NODE.format(' x:colour="blue"', '<x:anything a="1"><x:b/>text<c/></x:anything>'),
+        NODE.format(
+            "", '<sliver_type name="s" x:y="1"><x:image/><disk_image name="d" x:z="2"><x:q/></disk_image></sliver_type>'
+        ),
+        '<x:top-level a="1"/>' + NODE.format("", '<available now="true"><x:why/></available>'),
+        NODE.format("", '<av:free start="2026-12-01T10:00:00Z" end="2026-12-01T11:00:00Z" x:note="n"/>'),
+    ],
+)
+def test_extensions_of_other_namespaces_pass(body: str) -> None:
+    assert validate(ad(body)) == []
+    assert validate(ad(body), geni_base=True) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (NODE.format(' colour="blue"', ""), "Invalid attribute colour for element node"),
+        (NODE.format("", "<colour/>"), "<colour>: not allowed here, in <node>"),
+        (
+            NODE.format("", '<ol:lease id="l" valid_from="2026-12-01T10:00:00Z" valid_until="2026-12-01T11:00:00Z"/>'),
+            "<ol:lease>: not allowed here, in <node>",
+        ),
+        (
+            '<av:free start="2026-12-01T10:00:00Z" end="2026-12-01T11:00:00Z"/>',
+            "<av:free>: not allowed here, in <rspec>",
+        ),
+        (
+            '<ol:lease valid_from="2026-12-01T10:00:00Z" valid_until="2026-12-01T11:00:00Z"/>',
+            "<ol:lease>: attributes (valid_from, valid_until) do not match; expected attributes: id, valid_from (an "
+            "RFC 3339 time), valid_until (an RFC 3339 time)",
+        ),
+        (NODE.format("", '<av:free start="tomorrow" end="2026-12-01T11:00:00Z"/>'), "<av:free>: Type dateTime"),
+        (NODE.format("", '<ol:lease_ref id_ref="nowhere"/>'), "no ol:lease in this RSpec has id 'nowhere'"),
+        (
+            NODE.format("", '<av:free start="2026-12-01T11:00:00Z" end="2026-12-01T10:00:00Z"/>'),
+            "end must be after start",
+        ),
+    ],
+)
+def test_our_extensions_and_geni_elements_are_checked(body: str, expected: str) -> None:
+    messages = [str(p) for p in validate(ad(body))]
+    assert any(expected in m for m in messages), messages
+
+
+def test_the_sfa_lease_view_is_ours_not_genis() -> None:
+    sfa = ad('<lease slice_id="urn:s" start_time="1796119200" duration="2"><node component_id="urn:n"/></lease>')
+    assert validate(sfa) == []
+    assert [p.element for p in validate(sfa, geni_base=True)] == ["lease"]
+
+
+def test_the_type_is_read_from_the_document_or_given() -> None:
+    assert validate(ad("")) == []
+    assert "not allowed here" not in str(validate(ad(""), "manifest"))
+    assert 'expected attributes: type="manifest"' in validate(ad(""), "manifest")[0].message
+    problem = validate(f'<rspec xmlns="{GENI}"/>')[0]
+    assert (
+        problem.message == "cannot tell the RSpec type (no type attribute); expected request, advertisement, manifest"
+    )
+
+
+def test_explanations_come_from_the_schema_itself() -> None:
+    rules = grammar(Schema.REQUEST)
+    lease = rules.element_pattern([f"{{{GENI}}}rspec", f"{{{OL}}}lease"])
+    assert lease is not None
+    assert rules.expected_attributes(lease) == (
+        "((client_id, id?) | id), ((valid_from (an RFC 3339 time), (valid_until (an RFC 3339 time) | duration (a "
+        "whole number > 0))) | duration (a whole number > 0)), sliver_id?, and attributes of other namespaces"
+    )
+    node = rules.element_pattern([f"{{{GENI}}}rspec", f"{{{GENI}}}node"])
+    assert node is not None and "ol:lease_ref" in rules.expected_children(node)
+    sfa_node = rules.element_pattern([f"{{{GENI}}}rspec", f"{{{GENI}}}lease", f"{{{GENI}}}node"])
+    assert sfa_node is not None
+    assert rules.expected_attributes(sfa_node) == "component_id, component_name?, and attributes of other namespaces"
+    assert rules.element_pattern([f"{{{GENI}}}rspec", "{urn:x}unknown", f"{{{GENI}}}node"]) is not None  # wildcard
+
+
+def many_nodes(count: int, bad: set[int]) -> str:
+    colour = ' colour="red"'
+    nodes = "\n".join(
+        f'<node client_id="n{i}"{colour if i in bad else ""}><sliver_type name="raw-pc"/></node>' for i in range(count)
+    )
+    return f'<rspec xmlns="{GENI}" type="request">\n{nodes}\n</rspec>'
+
+
+def test_large_documents_are_validated_in_batches_with_the_same_verdict() -> None:
+    document = load(many_nodes(1600, {3, 1234}))
+    before = [(e.tag, e.get("client_id"), e.tail) for e in document.root]
+    problems = schema_problems(document, Schema.REQUEST)
+    assert [(p.line, p.element) for p in problems] == [(5, "node"), (1236, "node")]
+    assert [(e.tag, e.get("client_id"), e.tail) for e in document.root] == before  # order and text kept
+    valid = load(many_nodes(1600, set()))
+    assert schema_problems(valid, Schema.REQUEST) == []
+    assert [e.get("client_id") for e in valid.root] == [f"n{i}" for i in range(1600)]
