@@ -4,6 +4,7 @@ their verdict on a document as Problems that say where and what was expected."""
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from enum import StrEnum
 from pathlib import Path
@@ -15,8 +16,17 @@ from rspec.explain import Grammar
 from rspec.namespaces import display_name
 from rspec.problems import Problem
 
-#: The schemas folder of the source tree (rspec/ and schemas/ are siblings).
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+def _schema_dir() -> Path:
+    """The schemas folder: beside rspec/ in a source tree or editable install, else where a wheel puts its data
+    files (pyproject.toml: share/sfa-omf/schemas)."""
+    source_tree = Path(__file__).resolve().parent.parent / "schemas"
+    if source_tree.is_dir():
+        return source_tree
+    return Path(sys.prefix) / "share" / "sfa-omf" / "schemas"
+
+
+SCHEMA_DIR = _schema_dir()
 
 
 class Schema(StrEnum):
