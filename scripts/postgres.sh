@@ -15,7 +15,7 @@ read -r version name port status _ <<<"$cluster"
 if [ "$status" != "online" ]; then
     as_root pg_ctlcluster "$version" "$name" start
 fi
-psql_admin() { as_root su postgres -c "psql -p $port -v ON_ERROR_STOP=1 -qtA $*"; }
+psql_admin() { (cd / && as_root su postgres -c "psql -p $port -v ON_ERROR_STOP=1 -qtA $*"); }
 if [ "$(psql_admin "-c \"SELECT 1 FROM pg_roles WHERE rolname='$ROLE'\"")" != "1" ]; then
     psql_admin "-c \"CREATE ROLE $ROLE LOGIN PASSWORD '$ROLE'\""
 fi

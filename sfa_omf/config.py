@@ -1,24 +1,57 @@
-"""sfa-omf's configuration file, in the INI form of SFA's /etc/sfa/sfa_config.
+"""sfa-omf's configuration, in the two forms of SFA's /etc/sfa/sfa_config, with environment overrides.
 
 An operator who ran SFA recognises the names: ``[sfa] interface_hrn, data_dir``, ``[sfa_registry] host, port``,
-``[sfa_aggregate] host, port, type``. sfa-omf's own settings live in ``[sfa_omf]``.
+``[sfa_aggregate] host, port, type``, ``[sfa_db] host, port, user, password, name``. sfa-omf's own settings live in
+``[sfa_omf]``. The same file may be written in SFA's shell form, one ``NAME=value`` a line: the shell name of
+``[section] key`` is ``SECTION_KEY`` upper-cased (``[sfa_aggregate] port`` is ``SFA_AGGREGATE_PORT``). The form is
+detected from the first line that is not a comment: ``[section]`` means INI.
+
+Precedence: defaults < the file < ``SFA_*`` environment variables. ``load_config`` tells, for every setting, where its
+value came from, and lists the problems it found (it never raises for them); ``read_config`` returns the settings and
+raises ValueError only for problems that leave no usable value. docs/configuration.md describes every setting.
 """
 
 from __future__ import annotations
 
 import configparser
+import difflib
 import os
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from importlib.metadata import entry_points
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from sfa_omf.errors import BadArgs
+from sfa_omf.xrn import split_hrn
 
 CONFIG_FILE_NAME = "sfa-omf.conf"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_REGISTRY_PORT = 12345  # SFA's registry port
 DEFAULT_AGGREGATE_PORT = 12346  # SFA's aggregate port
+DEFAULT_DB_PORT = 5432  # SFA's database port (PostgreSQL's)
+DAY_S = 24 * 3600
+
+#: Testbed backends sfa-omf ships; others register a Python entry point in TESTBED_ENTRY_POINT_GROUP.
+BUILTIN_TESTBED_TYPES = ("omf", "oar")
+TESTBED_ENTRY_POINT_GROUP = "sfa_omf.testbeds"
+
+#: Environment variables that start like settings but are not settings (the file's path, test and script knobs).
+OTHER_ENVIRONMENT = frozenset(
+    {"SFA_OMF_CONFIG", "SFA_OMF_VENV", "SFA_OMF_VECTORS", "SFA_OMF_TEST_POSTGRES_URL", "SFA_OMF_BENCH_POSTGRES_URL"}
+)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """The settings the trust layer and the local authority need."""
+    """Everything sfa-omf reads from its configuration; docs/configuration.md explains each field.
+
+    ``hostname`` left empty becomes the aggregate host (filled in at construction, so ``dataclasses.replace`` of
+    ``aggregate_host`` alone keeps the old hostname).
+    """
 
     interface_hrn: str
     data_dir: str
@@ -27,15 +60,53 @@ class Settings:
     aggregate_host: str = DEFAULT_HOST
     aggregate_port: int = DEFAULT_AGGREGATE_PORT
     aggregate_type: str = "omf"
-    database_url: str = ""  # empty: the embedded default, SQLite in data_dir
+    database_url: str = ""  # empty: [sfa_db] when it names a database, else the embedded SQLite in data_dir
+    db_host: str = ""
+    db_port: int = DEFAULT_DB_PORT
+    db_user: str = ""
+    db_password: str = field(default="", repr=False)
+    db_name: str = ""
+    trusted_roots: str = ""  # empty: data_dir/trusted_roots
+    hostname: str = ""  # empty: the aggregate host
+    grain_s: int = 1800
+    default_duration_s: int = 3600
+    allocation_ttl_s: int = 600
+    max_duration_s: int = 7 * DAY_S
+    max_advance_s: int = 90 * DAY_S
+    horizon_days: int = 14
+    free_windows: int = 10
+    max_request_bytes: int = 4 * 1024 * 1024
+    threads: int = 8
+    log_file: str = ""  # empty: standard error
+
+    def __post_init__(self) -> None:
+        if not self.hostname:
+            object.__setattr__(self, "hostname", self.aggregate_host)
+
+    @property
+    def uses_sfa_db(self) -> bool:
+        """True when the calendar lives in the PostgreSQL database named by ``[sfa_db]``."""
+        return not self.database_url and bool(self.db_host or self.db_name)
 
     @property
     def calendar_url(self) -> str:
-        return self.database_url or f"sqlite:///{os.path.join(os.path.abspath(self.data_dir), 'sfa-omf.sqlite')}"
+        if self.database_url:
+            return self.database_url
+        if self.uses_sfa_db:
+            url = URL.create(
+                "postgresql+psycopg",
+                username=self.db_user or None,
+                password=self.db_password or None,
+                host=self.db_host or None,
+                port=self.db_port,
+                database=self.db_name or None,
+            )
+            return url.render_as_string(hide_password=False)
+        return f"sqlite:///{os.path.join(os.path.abspath(self.data_dir), 'sfa-omf.sqlite')}"
 
     @property
     def trusted_roots_dir(self) -> str:
-        return os.path.join(self.data_dir, "trusted_roots")
+        return self.trusted_roots or os.path.join(self.data_dir, "trusted_roots")
 
     @property
     def registry_url(self) -> str:
@@ -47,8 +118,234 @@ class Settings:
         return f"http://{self.aggregate_host}:{self.aggregate_port}/"
 
 
+@dataclass(frozen=True)
+class Option:
+    """One setting: the Settings field, its INI section and key, the kind of value, and what it means."""
+
+    field: str
+    section: str
+    key: str
+    kind: str  # "text", "port" (1..65535) or "count" (an integer >= 1)
+    help: str
+
+    @property
+    def ini_name(self) -> str:
+        return f"[{self.section}] {self.key}"
+
+    @property
+    def shell_name(self) -> str:
+        return f"{self.section}_{self.key}".upper()
+
+    @property
+    def default(self) -> Any:
+        """The Settings default (MISSING for interface_hrn and data_dir, which have none of their own)."""
+        return _FIELD_DEFAULTS[self.field]
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("interface_hrn", "sfa", "interface_hrn", "text", "the authority this testbed speaks for (an HRN); required"),
+    Option("data_dir", "sfa", "data_dir", "text", "keys, GIDs, trusted roots and the embedded database live here"),
+    Option("registry_host", "sfa_registry", "host", "text", "the registry's address"),
+    Option("registry_port", "sfa_registry", "port", "port", "the registry's port"),
+    Option("aggregate_host", "sfa_aggregate", "host", "text", "the aggregate manager's address"),
+    Option("aggregate_port", "sfa_aggregate", "port", "port", "the aggregate manager's port"),
+    Option("aggregate_type", "sfa_aggregate", "type", "text", "the testbed backend: omf, oar or an installed one"),
+    Option("db_host", "sfa_db", "host", "text", "PostgreSQL host of the calendar when database_url is empty"),
+    Option("db_port", "sfa_db", "port", "port", "PostgreSQL port"),
+    Option("db_user", "sfa_db", "user", "text", "PostgreSQL user"),
+    Option("db_password", "sfa_db", "password", "text", "PostgreSQL password"),
+    Option("db_name", "sfa_db", "name", "text", "PostgreSQL database name"),
+    Option("database_url", "sfa_omf", "database_url", "text", "the calendar's SQLAlchemy URL (wins over [sfa_db])"),
+    Option("trusted_roots", "sfa_omf", "trusted_roots", "text", "directory of trusted root GIDs"),
+    Option("hostname", "sfa_omf", "hostname", "text", "the host name GetVersion advertises"),
+    Option("grain_s", "sfa_omf", "grain_s", "count", "booking slot length of new nodes, in seconds"),
+    Option("default_duration_s", "sfa_omf", "default_duration_s", "count", "lease length when a request gives none"),
+    Option("allocation_ttl_s", "sfa_omf", "allocation_ttl_s", "count", "an allocation not provisioned is freed after"),
+    Option("max_duration_s", "sfa_omf", "max_duration_s", "count", "longest lease, in seconds"),
+    Option("max_advance_s", "sfa_omf", "max_advance_s", "count", "how far ahead a lease may start, in seconds"),
+    Option("horizon_days", "sfa_omf", "horizon_days", "count", "how many days of availability are advertised"),
+    Option("free_windows", "sfa_omf", "free_windows", "count", "free windows advertised per node"),
+    Option("max_request_bytes", "sfa_omf", "max_request_bytes", "count", "largest XML-RPC request accepted"),
+    Option("threads", "sfa_omf", "threads", "count", "worker threads serving requests"),
+    Option("log_file", "sfa_omf", "log_file", "text", "log file; empty: standard error"),
+)
+
+_FIELD_DEFAULTS: dict[str, Any] = {
+    item.name: MISSING if item.default is MISSING else item.default for item in fields(Settings)
+}
+_OPTIONS_BY_NAME = {(option.section, option.key): option for option in OPTIONS}
+
+#: SFA settings sfa-omf accepts and does not use (so that SFA's own file passes); None: the whole section.
+SFA_UNUSED: dict[str, frozenset[str] | None] = {
+    "sfa": frozenset({"generic_flavour", "credential_schema", "api_loglevel", "max_slice_renew", "session_key_path"}),
+    "sfa_registry": frozenset({"enabled", "root_auth"}),
+    "sfa_aggregate": frozenset({"enabled", "caching"}),
+    "sfa_db": frozenset({"enabled"}),
+    "sfa_sm": None,
+    "sfa_cm": None,
+    "sfa_flashpolicy": None,
+    "sfa_plc": None,
+    "sfa_dummy": None,
+    "sfa_nova": None,
+    "sfa_nitos": None,
+    "sfa_federica": None,
+}
+_SECTIONS = frozenset({option.section for option in OPTIONS} | set(SFA_UNUSED))
+
+# Problems that leave a setting without a usable value: read_config refuses the file for these.
+BLOCKING_KINDS = frozenset({"syntax", "invalid", "missing"})
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from: ``default``, ``file`` (detail ``path:line``) or ``environment`` (the variable)."""
+
+    kind: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        if self.kind == "default":
+            return f"default ({self.detail})" if self.detail else "default"
+        if self.kind == "environment":
+            return f"environment {self.detail}"
+        return self.detail
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with the configuration. ``kind`` is one of syntax, invalid, missing, unknown, duplicate,
+    testbed, path; ``where`` is ``path:line``, ``environment NAME`` or the file's path."""
+
+    kind: str
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The effective settings of one file plus the environment, where each came from, and what is wrong."""
+
+    path: str
+    form: str  # "ini" or "shell"
+    settings: Settings
+    sources: Mapping[str, Source]  # by Settings field name
+    problems: tuple[Problem, ...]
+    unused: tuple[str, ...]  # SFA settings sfa-omf does not use, as "where: name"
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One ``name = value`` found in the file or the environment."""
+
+    section: str
+    key: str
+    value: str
+    source: Source
+    spelled: str  # as the operator wrote it, for messages
+
+
+def known_testbed_types() -> list[str]:
+    """The aggregate types sfa-omf can run: its own, then those installed packages declare as entry points."""
+    installed = sorted(set(entry_points(group=TESTBED_ENTRY_POINT_GROUP).names) - set(BUILTIN_TESTBED_TYPES))
+    return [*BUILTIN_TESTBED_TYPES, *installed]
+
+
+def hide_password(url: str) -> str:
+    """A database URL fit for printing: the password, if any, is replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def detect_form(text: str) -> str:
+    """``ini`` when the first line that is not blank or a comment is a ``[section]`` header, else ``shell``."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith(("#", ";")):
+            return "ini" if stripped.startswith("[") else "shell"
+    return "ini"
+
+
+def shell_name_to_key(name: str) -> tuple[str, str] | None:
+    """``SFA_AGGREGATE_PORT`` -> ``("sfa_aggregate", "port")``: the longest known section the name starts with (as
+    SFA does). None when the name starts with no known section."""
+    lowered = name.lower()
+    best = ""
+    for section in _SECTIONS:
+        if lowered.startswith(section + "_") and len(section) > len(best):
+            best = section
+    if not best or len(lowered) == len(best) + 1:
+        return None
+    return best, lowered[len(best) + 1 :]
+
+
+def load_config(path: str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read a configuration file (INI or shell form) and apply ``SFA_*`` environment overrides.
+
+    Returns the effective settings, the source of each and every problem found; problems never raise. Raises
+    FileNotFoundError when the file does not exist, OSError or UnicodeDecodeError when it cannot be read.
+    """
+    environ = os.environ if environ is None else environ
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"cannot read configuration file {path}")
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    form = detect_form(text)
+    problems: list[Problem] = []
+    entries = _parse_ini(path, text, problems) if form == "ini" else _parse_shell(path, text, problems)
+    entries += _environment_entries(environ)
+    by_field, unused = _sort_entries(entries, problems)
+    values, sources = _resolve(by_field, problems)
+    directory = os.path.dirname(os.path.abspath(path))
+    _fill_derived_defaults(values, sources, directory)
+    if not values["interface_hrn"]:
+        problems.append(
+            Problem(
+                "missing",
+                path,
+                "[sfa] interface_hrn (SFA_INTERFACE_HRN) is required: the authority this testbed speaks for",
+            )
+        )
+    settings = Settings(**values)
+    problems += _check_values(settings, sources)
+    return LoadedConfig(
+        path=path,
+        form=form,
+        settings=settings,
+        sources=sources,
+        problems=tuple(sorted(problems, key=lambda problem: _problem_order(path, problem))),
+        unused=tuple(unused),
+    )
+
+
+def read_config(path: str, environ: Mapping[str, str] | None = None) -> Settings:
+    """The effective settings of a configuration file (INI as written by write_config, or SFA's shell form) with
+    ``SFA_*`` environment overrides (``environ``, default os.environ).
+
+    Raises FileNotFoundError when the file does not exist, ValueError when a setting has no usable value (a line that
+    cannot be read, a value of the wrong type, no interface_hrn). Other problems (unknown names, an unknown testbed
+    type, a missing directory) are left to ``sfa-omf config check`` and to the code that uses the setting.
+    """
+    loaded = load_config(path, environ)
+    blocking = [str(problem) for problem in loaded.problems if problem.kind in BLOCKING_KINDS]
+    if blocking:
+        raise ValueError("invalid configuration: " + "; ".join(blocking))
+    return loaded.settings
+
+
 def write_config(path: str, settings: Settings) -> None:
-    """Write settings as an SFA-style INI file (refuses to overwrite an existing one)."""
+    """Write settings as an SFA-style INI file (refuses to overwrite an existing one).
+
+    The file is private (mode 0600) when it holds a database password.
+    """
     parser = configparser.ConfigParser(interpolation=None)
     parser["sfa"] = {"interface_hrn": settings.interface_hrn, "data_dir": settings.data_dir}
     parser["sfa_registry"] = {"host": settings.registry_host, "port": str(settings.registry_port)}
@@ -57,27 +354,273 @@ def write_config(path: str, settings: Settings) -> None:
         "port": str(settings.aggregate_port),
         "type": settings.aggregate_type,
     }
-    parser["sfa_omf"] = {"trusted_roots": settings.trusted_roots_dir, "database_url": settings.calendar_url}
-    with open(path, "x", encoding="utf-8") as handle:
+    db_options = [option for option in OPTIONS if option.section == "sfa_db"]
+    if any(getattr(settings, option.field) != option.default for option in db_options):
+        parser["sfa_db"] = {option.key: str(getattr(settings, option.field)) for option in db_options}
+    # Without [sfa_db], name the embedded database's file, so the operator sees where it is.
+    database_url = settings.database_url or ("" if settings.uses_sfa_db else settings.calendar_url)
+    own: dict[str, str] = {"trusted_roots": settings.trusted_roots_dir, "database_url": database_url}
+    for option in OPTIONS:
+        if option.section != "sfa_omf" or option.key in own:
+            continue
+        if option.field == "hostname" and settings.hostname == settings.aggregate_host:
+            continue  # left out, it follows the aggregate host
+        own[option.key] = str(getattr(settings, option.field))
+    parser["sfa_omf"] = own
+    secret = bool(settings.db_password) or _has_password(database_url)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o666)
+    with open(descriptor, "w", encoding="utf-8") as handle:
         handle.write("# sfa-omf configuration (SFA's sfa_config names; [sfa_omf] holds sfa-omf's own)\n")
         parser.write(handle)
 
 
-def read_config(path: str) -> Settings:
-    """Read an SFA-style INI file written by write_config or by an operator."""
-    parser = configparser.ConfigParser(interpolation=None)
-    if not parser.read(path, encoding="utf-8"):
-        raise FileNotFoundError(f"cannot read configuration file {path}")
+def _has_password(url: str) -> bool:
     try:
-        return Settings(
-            interface_hrn=parser.get("sfa", "interface_hrn"),
-            data_dir=parser.get("sfa", "data_dir", fallback=os.path.dirname(os.path.abspath(path))),
-            registry_host=parser.get("sfa_registry", "host", fallback=DEFAULT_HOST),
-            registry_port=parser.getint("sfa_registry", "port", fallback=DEFAULT_REGISTRY_PORT),
-            aggregate_host=parser.get("sfa_aggregate", "host", fallback=DEFAULT_HOST),
-            aggregate_port=parser.getint("sfa_aggregate", "port", fallback=DEFAULT_AGGREGATE_PORT),
-            aggregate_type=parser.get("sfa_aggregate", "type", fallback="omf"),
-            database_url=parser.get("sfa_omf", "database_url", fallback=""),
+        return bool(url) and make_url(url).password is not None
+    except (ArgumentError, ValueError):
+        return "@" in url
+
+
+def _to_text(value: str) -> str:
+    return value
+
+
+def _to_int(value: str) -> int:
+    if not re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+        raise ValueError("not a whole number")
+    return int(value)
+
+
+def _to_port(value: str) -> int:
+    port = _to_int(value)
+    if not 1 <= port <= 65535:
+        raise ValueError("a port is a number from 1 to 65535")
+    return port
+
+
+def _to_count(value: str) -> int:
+    number = _to_int(value)
+    if number < 1:
+        raise ValueError("must be at least 1")
+    return number
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {"text": _to_text, "port": _to_port, "count": _to_count}
+
+
+def _unquote(value: str) -> tuple[str, bool]:
+    """The value without surrounding quotes and without a trailing `` # comment``; False when a quote is unclosed
+    or text follows the closing quote."""
+    value = value.strip()
+    if value[:1] in ('"', "'"):
+        closing = value.find(value[0], 1)
+        if closing < 0:
+            return value, False
+        rest = value[closing + 1 :].strip()
+        return value[1:closing], not rest or rest.startswith("#")
+    return re.split(r"\s+[#;]", value, maxsplit=1)[0].strip(), True
+
+
+def _parse_ini(path: str, text: str, problems: list[Problem]) -> list[_Entry]:
+    entries: list[_Entry] = []
+    section = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        where = f"{path}:{number}"
+        if not stripped or stripped.startswith(("#", ";")):
+            continue
+        if stripped.startswith("["):
+            if not stripped.endswith("]"):
+                problems.append(Problem("syntax", where, f"cannot read {stripped!r}: a section header is [name]"))
+                section = ""
+                continue
+            section = stripped[1:-1].strip().lower()
+            continue
+        match = re.match(r"([^=:]+?)\s*[=:](.*)$", stripped)
+        if not match or not section:
+            problems.append(Problem("syntax", where, f"cannot read {stripped!r}: expected key = value in a [section]"))
+            continue
+        key = match.group(1).strip().lower()
+        value, closed = _unquote(match.group(2))
+        if not closed:
+            problems.append(Problem("syntax", where, f"cannot read {stripped!r}: unbalanced quotes"))
+            continue
+        entries.append(_Entry(section, key, value, Source("file", where), f"[{section}] {key}"))
+    return entries
+
+
+def _parse_shell(path: str, text: str, problems: list[Problem]) -> list[_Entry]:
+    entries: list[_Entry] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        where = f"{path}:{number}"
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = re.match(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$", stripped)
+        if not match:
+            hint = " (an INI [section] must come first in the file)" if stripped.startswith("[") else ""
+            problems.append(Problem("syntax", where, f"cannot read {stripped!r}: expected NAME=value{hint}"))
+            continue
+        name = match.group(1).upper()
+        value, closed = _unquote(match.group(2))
+        if not closed:
+            problems.append(Problem("syntax", where, f"cannot read {stripped!r}: unbalanced quotes"))
+            continue
+        entries.append(_shell_entry(name, value, Source("file", where)))
+    return entries
+
+
+def _shell_entry(name: str, value: str, source: Source) -> _Entry:
+    """The entry of a shell name; its section is empty when the name starts with no SFA section."""
+    section, key = shell_name_to_key(name) or ("", "")
+    return _Entry(section, key, value, source, name)
+
+
+def _environment_entries(environ: Mapping[str, str]) -> list[_Entry]:
+    return [
+        _shell_entry(name, environ[name].strip(), Source("environment", name))
+        for name in sorted(environ)
+        if name.startswith("SFA_") and name not in OTHER_ENVIRONMENT
+    ]
+
+
+def _problem_order(path: str, problem: Problem) -> tuple[int, int]:
+    """File problems by line, then those about the whole file or a default, then the environment's."""
+    if problem.where.startswith("environment "):
+        return 2, 0
+    prefix = f"{path}:"
+    if problem.where.startswith(prefix) and problem.where[len(prefix) :].isdigit():
+        return 0, int(problem.where[len(prefix) :])
+    return 1, 0
+
+
+def _is_sfa_unused(section: str, key: str) -> bool:
+    if section not in SFA_UNUSED:
+        return False
+    keys = SFA_UNUSED[section]
+    return keys is None or key in keys
+
+
+def _closest(spelled: str) -> str:
+    """The known setting nearest to a name, in the form it was written in (shell name or INI name)."""
+    shell_form = not spelled.startswith("[")
+    candidates = {option.shell_name: option for option in OPTIONS}
+    target = spelled.upper() if shell_form else spelled[1:].replace("] ", "_").upper()
+    best = difflib.get_close_matches(target, list(candidates), n=1, cutoff=0.0)[0]
+    option = candidates[best]
+    return f"{option.shell_name} ({option.ini_name})" if shell_form else f"{option.ini_name} ({option.shell_name})"
+
+
+def _sort_entries(entries: list[_Entry], problems: list[Problem]) -> tuple[dict[str, list[_Entry]], list[str]]:
+    """Entries by Settings field, in order (file, then environment); SFA names sfa-omf does not use; unknown names
+    become problems."""
+    by_field: dict[str, list[_Entry]] = {}
+    unused: list[str] = []
+    for entry in entries:
+        option = _OPTIONS_BY_NAME.get((entry.section, entry.key))
+        if option is not None:
+            by_field.setdefault(option.field, []).append(entry)
+        elif _is_sfa_unused(entry.section, entry.key):
+            from_environment = entry.source.kind == "environment"
+            unused.append(str(entry.source) if from_environment else f"{entry.source}: {entry.spelled}")
+        else:
+            what = "is not a known setting" if entry.section else "is not an SFA setting"
+            problems.append(
+                Problem("unknown", str(entry.source), f"{entry.spelled} {what}; closest: {_closest(entry.spelled)}")
+            )
+    return by_field, unused
+
+
+def _resolve(by_field: Mapping[str, list[_Entry]], problems: list[Problem]) -> tuple[dict[str, Any], dict[str, Source]]:
+    """Each setting's value and source: the default, then each entry in turn; a value that does not convert is a
+    problem and leaves the earlier one."""
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    for option in OPTIONS:
+        values[option.field] = option.default
+        sources[option.field] = Source("default")
+        seen_in_file: Source | None = None
+        for entry in by_field.get(option.field, []):
+            if entry.source.kind == "file":
+                if seen_in_file is not None:
+                    problems.append(
+                        Problem(
+                            "duplicate",
+                            str(entry.source),
+                            f"{entry.spelled} is set again (first at {seen_in_file}); this later value wins",
+                        )
+                    )
+                seen_in_file = entry.source
+            try:
+                values[option.field] = _CONVERTERS[option.kind](entry.value)
+                sources[option.field] = entry.source
+            except ValueError as exc:
+                problems.append(Problem("invalid", str(entry.source), f"{entry.spelled} = {entry.value!r}: {exc}"))
+    return values, sources
+
+
+def _fill_derived_defaults(values: dict[str, Any], sources: dict[str, Source], directory: str) -> None:
+    """Defaults that depend on other values: say so in their source."""
+    if values["interface_hrn"] is MISSING:
+        values["interface_hrn"] = ""
+    if values["data_dir"] is MISSING:
+        values["data_dir"] = directory
+        sources["data_dir"] = Source("default", "the configuration file's directory")
+    if sources["hostname"].kind == "default" or not values["hostname"]:
+        sources["hostname"] = Source("default", "the aggregate host")
+    if sources["trusted_roots"].kind == "default" or not values["trusted_roots"]:
+        sources["trusted_roots"] = Source("default", "data_dir/trusted_roots")
+    if not values["database_url"]:
+        uses_db = bool(values["db_host"] or values["db_name"])
+        sources["database_url"] = Source("default", "built from [sfa_db]" if uses_db else "SQLite in data_dir")
+
+
+def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Problem]:
+    """The checks that look at a whole value: HRN, testbed type, directories, database URL, consistency."""
+    problems: list[Problem] = []
+    if settings.interface_hrn:
+        try:
+            split_hrn(settings.interface_hrn)
+        except BadArgs as exc:
+            problems.append(Problem("invalid", str(sources["interface_hrn"]), f"[sfa] interface_hrn: {exc.message}"))
+    known = known_testbed_types()
+    if settings.aggregate_type not in known:
+        problems.append(
+            Problem(
+                "testbed",
+                str(sources["aggregate_type"]),
+                f"[sfa_aggregate] type {settings.aggregate_type!r} is not a known testbed; known: {', '.join(known)} "
+                f"(other backends are packages declaring an entry point in group {TESTBED_ENTRY_POINT_GROUP})",
+            )
         )
-    except (configparser.Error, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from exc
+    if not os.path.isdir(settings.data_dir):
+        problems.append(
+            Problem("path", str(sources["data_dir"]), f"[sfa] data_dir {settings.data_dir} is not a directory")
+        )
+    log_dir = os.path.dirname(os.path.abspath(settings.log_file)) if settings.log_file else ""
+    if log_dir and not os.path.isdir(log_dir):
+        problems.append(
+            Problem("path", str(sources["log_file"]), f"[sfa_omf] log_file: directory {log_dir} does not exist")
+        )
+    if settings.database_url:
+        try:
+            make_url(settings.database_url)
+        except (ArgumentError, ValueError) as exc:
+            problems.append(
+                Problem(
+                    "invalid",
+                    str(sources["database_url"]),
+                    f"[sfa_omf] database_url {hide_password(settings.database_url)!r}: SQLAlchemy cannot parse it "
+                    f"({exc}); expected e.g. postgresql+psycopg://user:password@host:5432/name or sqlite:///path",
+                )
+            )
+    if settings.default_duration_s > settings.max_duration_s:
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["default_duration_s"]),
+                f"[sfa_omf] default_duration_s {settings.default_duration_s} is longer than max_duration_s "
+                f"{settings.max_duration_s}",
+            )
+        )
+    return problems

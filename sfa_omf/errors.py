@@ -65,6 +65,9 @@ class Reason(enum.StrEnum):
     # Arguments and the calendar.
     BAD_ARGS = "bad_args"  # an argument we cannot use: a malformed URN or time, an impossible interval
     TOO_BIG = "too_big"  # a document or request over the size limit
+    BAD_VERSION = "bad_version"  # an RSpec or API version we do not speak
+    UNSUPPORTED = "unsupported"  # a method or option this aggregate does not offer
+    SERVER_ERROR = "server_error"  # a bug: logged with its traceback
     NOT_FOUND = "not_found"  # a node, pool, slice or lease that does not exist
     ALREADY_EXISTS = "already_exists"
     BOOKING_CONFLICT = "booking_conflict"  # the node is booked for (part of) the window
@@ -93,6 +96,9 @@ REASON_CODES: dict[Reason, GeniCode] = {
     Reason.CALLER_UNTRUSTED: GeniCode.FORBIDDEN,
     Reason.BAD_ARGS: GeniCode.BADARGS,
     Reason.TOO_BIG: GeniCode.TOOBIG,
+    Reason.BAD_VERSION: GeniCode.BADVERSION,
+    Reason.UNSUPPORTED: GeniCode.UNSUPPORTED,
+    Reason.SERVER_ERROR: GeniCode.SERVERERROR,
     Reason.NOT_FOUND: GeniCode.SEARCHFAILED,
     Reason.ALREADY_EXISTS: GeniCode.ALREADYEXISTS,
     Reason.BOOKING_CONFLICT: GeniCode.REFUSED,

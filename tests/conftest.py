@@ -86,3 +86,7 @@ def vectors() -> Path:
             f"interop vectors not found at {VECTORS} (set SFA_OMF_VECTORS or check out shared/ beside the repo)"
         )
     return VECTORS
+
+
+# The Twisted reactor runs once per test session, for every test that serves over TLS (tests/tls_harness.py).
+from tests.tls_harness import listener, running_reactor  # noqa: E402, F401

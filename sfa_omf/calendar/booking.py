@@ -49,6 +49,8 @@ def sliver_record(sliver: Sliver) -> SliverRecord:
         allocation_state=sliver.allocation_state,
         operational_state=sliver.operational_state,
         expires=from_s(sliver.expires_s),
+        client_id=sliver.client_id,
+        disk_image=sliver.disk_image,
     )
 
 
@@ -60,6 +62,7 @@ def lease_record(lease: Lease) -> LeaseRecord:
         start=from_s(lease.start_s),
         end=from_s(lease.end_s),
         state=lease.state,
+        client_id=lease.client_id,
         slivers=tuple(sliver_record(sliver) for sliver in sorted(lease.slivers, key=lambda s: s.node.component_id)),
     )
 
@@ -258,11 +261,11 @@ class Bookings:
         free: list[tuple[BookingRequest, Node, Interval]],
         now_s: int,
     ) -> list[Lease]:
-        by_window: dict[Interval, list[Node]] = defaultdict(list)
-        for _, node, window in free:
-            by_window[window].append(node)
+        by_lease: dict[tuple[Interval, str], list[tuple[BookingRequest, Node]]] = defaultdict(list)
+        for request, node, window in free:
+            by_lease[(window, request.lease_label)].append((request, node))
         leases = []
-        for window, window_nodes in sorted(by_window.items()):
+        for (window, label), members in sorted(by_lease.items()):
             lease = Lease(
                 id=str(uuid.uuid4()),
                 slice=slice_row,
@@ -270,10 +273,11 @@ class Bookings:
                 start_s=window[0],
                 end_s=window[1],
                 state="allocated",
+                client_id=label,
             )
             session.add(lease)
             # Insert in node order so that racing transactions on PostgreSQL take locks in the same order.
-            for node in sorted(window_nodes, key=lambda n: n.id):
+            for request, node in sorted(members, key=lambda member: member[1].id):
                 session.add(
                     Sliver(
                         urn=f"urn:publicid:IDN+{self.sliver_authority}+sliver+{uuid.uuid4().hex}",
@@ -285,6 +289,8 @@ class Bookings:
                         allocation_state="geni_allocated",
                         operational_state="geni_pending_allocation",
                         expires_s=min(now_s + self.policy.allocation_ttl_s, window[1]),
+                        client_id=request.client_id,
+                        disk_image=request.disk_image,
                     )
                 )
             leases.append(lease)
@@ -345,7 +351,16 @@ class Bookings:
             lease.state = "provisioned"
             for sliver in lease.slivers:
                 sliver.allocation_state = "geni_provisioned"
+                sliver.operational_state = "geni_ready"  # wanted running; during its slot it is
                 sliver.expires_s = lease.end_s
+            return lease_record(lease)
+
+    def set_operational_state(self, lease_id: str, state: str) -> LeaseRecord:
+        """Record the operational state the experimenter asked for (geni_start/geni_stop) on a lease's slivers."""
+        with self.database.write() as session:
+            lease = _find_lease(session, lease_id, lock=True)
+            for sliver in lease.slivers:
+                sliver.operational_state = state
             return lease_record(lease)
 
     def expire_unprovisioned(self) -> list[LeaseRecord]:
@@ -365,6 +380,17 @@ class Bookings:
             return [lease_record(lease) for lease in leases]
 
     # -- reading ----------------------------------------------------------------------------------------------
+    def slices_of_slivers(self, sliver_urns: Iterable[str]) -> set[str]:
+        """The URNs of the slices the named slivers belong to."""
+        with self.database.read() as session:
+            rows = session.scalars(
+                select(Slice.urn)
+                .join(Lease, Lease.slice_id == Slice.id)
+                .join(Sliver)
+                .where(Sliver.urn.in_(set(sliver_urns)))
+            )
+            return set(rows)
+
     def leases(
         self,
         node: str | None = None,

@@ -84,6 +84,7 @@ class Lease(Base):
     start_s: Mapped[int] = mapped_column(BigInteger)
     end_s: Mapped[int] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(20), default="allocated")  # allocated, provisioned, cancelled, expired
+    client_id: Mapped[str] = mapped_column(String(200), default="")  # the client's label (ol:lease client_id)
 
     slice: Mapped[Slice] = relationship()
     slivers: Mapped[list[Sliver]] = relationship(back_populates="lease")
@@ -105,6 +106,8 @@ class Sliver(Base):
     allocation_state: Mapped[str] = mapped_column(String(40), default="geni_allocated")
     operational_state: Mapped[str] = mapped_column(String(40), default="geni_pending_allocation")
     expires_s: Mapped[int] = mapped_column(BigInteger)  # an allocation not provisioned by then is released
+    client_id: Mapped[str] = mapped_column(String(200), default="")  # the request's name for the node
+    disk_image: Mapped[str] = mapped_column(String(200), default="")
 
     lease: Mapped[Lease] = relationship(back_populates="slivers")
     node: Mapped[Node] = relationship()

@@ -50,6 +50,9 @@ class BookingRequest:
     node: str  # component_id
     start: datetime
     end: datetime
+    client_id: str = ""  # the request's name for the node
+    lease_label: str = ""  # the request's name for the lease (ol:lease client_id); same window + label = one lease
+    disk_image: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class SliverRecord:
     allocation_state: str
     operational_state: str
     expires: datetime
+    client_id: str = ""
+    disk_image: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class LeaseRecord:
     end: datetime
     state: str
     slivers: tuple[SliverRecord, ...]
+    client_id: str = ""
 
     @property
     def nodes(self) -> tuple[str, ...]:

@@ -104,10 +104,11 @@ class XmlRpcResource(resource.Resource):
             path=request.path.decode("latin-1"),
         )
         deferred = deferToThreadPool(self.reactor, self.pool, self.handler, context, method, params)
-        deferred.addCallbacks(
-            lambda result: _respond(request, xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True)),
-            lambda failure: _internal_error(request, method, failure),
+        # addCallback then addErrback: a result that cannot be marshalled is an internal error too, never a hang.
+        deferred.addCallback(
+            lambda result: _respond(request, xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True))
         )
+        deferred.addErrback(lambda failure: _internal_error(request, method, failure))
         return server.NOT_DONE_YET
 
 

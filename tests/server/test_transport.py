@@ -17,7 +17,7 @@ import pytest
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import CallContext, XmlRpcResource, make_site
 from tests.conftest import DemoPki
-from tests.server.conftest import Listener, client_context, proxy, reactor
+from tests.tls_harness import Listener, client_context, proxy, reactor
 
 
 def echo(context: CallContext, method: str, params: tuple[Any, ...]) -> Any:
@@ -142,3 +142,13 @@ def test_a_stalled_client_does_not_stall_others(listener: Listener, pki: DemoPki
     busy.join()
     stalled.close()
     assert answers == ["Quick"] * 3
+
+
+def test_an_answer_that_cannot_be_marshalled_is_a_fault_not_a_hang(listener: Listener, pki: DemoPki) -> None:
+    pool = listener.pool(2)
+    site = make_site({}, XmlRpcResource(lambda context, method, params: object(), pool, reactor, 10_000), 10_000, 30)
+    tls = ServerTls(str(pki.directory / "aggregate" / "am.pkey"), str(pki.directory / "aggregate" / "am.gid"))
+    url = f"https://127.0.0.1:{listener.listen(site, tls)}"
+    with pytest.raises(xmlrpc.client.Fault) as fault:
+        proxy(url, *alice_files(pki)).Anything()
+    assert fault.value.faultCode == 5

@@ -1,4 +1,5 @@
-"""A real Twisted reactor in a background thread, real TLS listeners on 127.0.0.1, and real TLS clients."""
+"""A real Twisted reactor in a background thread, real TLS listeners on 127.0.0.1, and real TLS clients (shared by
+the server and AM tests)."""
 
 from __future__ import annotations
 

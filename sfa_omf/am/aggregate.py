@@ -1,0 +1,489 @@
+"""The aggregate manager's core: one method per AM API v3 call, synchronous, no sockets (sans-IO).
+
+Each method takes plain data (the caller's verified-or-not chain, the call's arguments) and returns the envelope's
+``value`` as plain Python data, or raises GeniError. Order inside every method: authorize (trust/), read the request
+(rspec/), act on the calendar (calendar/) and the testbed (testbed/), answer (rspec/ writers).
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from rspec.advertisement import lease_view, write_advertisement
+from rspec.manifest import write_manifest
+from rspec.model import (
+    AdvertisedNode,
+    Advertisement,
+    Booking,
+    DiskImage,
+    FreeWindow,
+    Horizon,
+    Login,
+    Manifest,
+    ManifestLease,
+    ManifestSliver,
+    SliverType,
+)
+from rspec.parse_request import RequestPolicy, parse_request
+from sfa_omf.am.credentials import split_credentials
+from sfa_omf.am.states import Allocation, Event, Operational, operational_action
+from sfa_omf.calendar.availability import Availability
+from sfa_omf.calendar.booking import Bookings
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.policy import Policy
+from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, SliverRecord
+from sfa_omf.calendar.slices import Slices
+from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.times import format_time, parse_time, utcnow
+from sfa_omf.trust.gid import GidChain
+from sfa_omf.trust.rights import METHOD_OPERATIONS
+from sfa_omf.trust.verifier import CredentialVerifier, VerifiedCredential
+from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn
+
+GENI_NS = "http://www.geni.net/resources/rspec/3"
+OL_NS = "http://nitlab.inf.uth.gr/schema/sfa/rspec/1"
+AVAILABILITY_NS = "http://sfa-omf.org/rspec/ext/availability/1"
+
+
+@dataclass(frozen=True)
+class AggregateSettings:
+    """What the aggregate says about itself and how it books."""
+
+    authority_hrn: str
+    hostname: str = "127.0.0.1"
+    api_urls: Mapping[str, str] = field(default_factory=dict)  # AM API version -> URL
+    default_duration: timedelta = timedelta(hours=1)
+    horizon: timedelta = timedelta(days=14)
+    free_windows: int = 10
+    max_request_bytes: int = 4 * 1024 * 1024
+
+    @property
+    def urn(self) -> str:
+        return hrn_to_urn(self.authority_hrn, "authority+am")
+
+
+class Aggregate:
+    """AM API v3 over the calendar. Thread-safe: every call is its own unit of work."""
+
+    def __init__(
+        self,
+        settings: AggregateSettings,
+        database: Database,
+        verifier: CredentialVerifier,
+        policy: Policy | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.policy = policy or Policy()
+        self.verifier = verifier
+        self.clock = clock
+        self.inventory = Inventory(database, self.policy)
+        self.bookings = Bookings(database, self.policy, settings.authority_hrn, clock=clock)
+        self.availability = Availability(database)
+        self.slices = Slices(database)
+
+    # -- authorization --------------------------------------------------------------------------------------------
+    def authorize(
+        self, method: str, caller_chain: GidChain, credentials: Any, target_urn: str | None
+    ) -> VerifiedCredential:
+        """The caller may call ``method`` on ``target_urn`` with one of these credentials (trust/), or GeniError."""
+        call_credentials = split_credentials(credentials)
+        return self.verifier.check_call(
+            caller_chain, call_credentials.privilege, target_urn, METHOD_OPERATIONS[method], self.clock()
+        )
+
+    # -- GetVersion -----------------------------------------------------------------------------------------------
+    def get_version(self) -> dict[str, Any]:
+        rspec_version = {
+            "type": "GENI",
+            "version": "3",
+            "schema": "http://www.geni.net/resources/rspec/3/request.xsd",
+            "namespace": GENI_NS,
+            "extensions": [OL_NS, AVAILABILITY_NS],
+        }
+        ad_version = {**rspec_version, "schema": "http://www.geni.net/resources/rspec/3/ad.xsd"}
+        return {
+            "geni_api": 3,
+            "geni_api_versions": dict(self.settings.api_urls),
+            "geni_request_rspec_versions": [rspec_version],
+            "geni_ad_rspec_versions": [ad_version],
+            "geni_credential_types": [
+                {"geni_type": "geni_sfa", "geni_version": "3"},
+                {"geni_type": "geni_sfa", "geni_version": "2"},
+            ],
+            "geni_single_allocation": 0,
+            "geni_allocate": "geni_many",
+            "geni_handles_speaksfor": False,
+            "sfa": 3,
+            "interface": "aggregate",
+            "hrn": self.settings.authority_hrn,
+            "urn": self.settings.urn,
+            "testbed": "sfa-omf",
+            "hostname": self.settings.hostname,
+            "code_tag": "sfa-omf",
+        }
+
+    # -- ListResources --------------------------------------------------------------------------------------------
+    def list_resources(self, caller_chain: GidChain, credentials: Any, options: Mapping[str, Any]) -> str:
+        self.authorize("ListResources", caller_chain, credentials, None)
+        _check_rspec_version(options, required=True)
+        now = self.clock()
+        nodes = self.inventory.list_nodes(federated_only=True)
+        if options.get("geni_available"):
+            busy = self.availability.busy_now(now)
+            nodes = [node for node in nodes if node.state == "usable" and node.component_id not in busy]
+        horizon_end = now + self.settings.horizon
+        windows = self.availability.free_windows(
+            now, horizon_end, count=self.settings.free_windows, nodes=[node.component_id for node in nodes]
+        )
+        leases = self.bookings.leases(start=now)
+        advertised = {node.component_id for node in nodes}
+        ad = Advertisement(
+            nodes=tuple(self._advertised(node) for node in nodes),
+            bookings=tuple(
+                Booking(
+                    id=lease.id,
+                    start=lease.start,
+                    end=lease.end,
+                    component_ids=tuple(n for n in lease.nodes if n in advertised),
+                    slice_urn=lease.slice_urn,
+                )
+                for lease in leases
+                if any(n in advertised for n in lease.nodes)
+            ),
+            now=now,
+            grain=timedelta(seconds=self.policy.default_grain_s),
+            horizon=Horizon(now, horizon_end, self.settings.free_windows),
+            free_windows={
+                name: tuple(FreeWindow(window.start, window.end) for window in found) for name, found in windows.items()
+            },
+        )
+        document = write_advertisement(ad, lease_view(options.get("list_leases"))).decode("utf-8")
+        return _maybe_compressed(document, options)
+
+    def _advertised(self, node: NodeRecord) -> AdvertisedNode:
+        images = tuple(
+            DiskImage(
+                name=image.get("name", ""),
+                os=image.get("os") or None,
+                version=image.get("version") or None,
+                description=image.get("description") or None,
+            )
+            for image in node.disk_images
+        )
+        return AdvertisedNode(
+            component_id=node.component_id,
+            component_manager_id=self.settings.urn,
+            component_name=node.component_name,
+            exclusive=node.exclusive,
+            hardware_types=(node.hardware_type,) if node.hardware_type else (),
+            sliver_types=(SliverType(name="raw-pc", disk_images=images),),
+            in_service=node.state == "usable",
+            grain=timedelta(seconds=node.grain_s) if node.grain_s != self.policy.default_grain_s else None,
+        )
+
+    # -- Allocate -------------------------------------------------------------------------------------------------
+    def allocate(
+        self, caller_chain: GidChain, slice_urn: str, credentials: Any, rspec: str, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        _check_urn(slice_urn, "slice")
+        verified = self.authorize("Allocate", caller_chain, credentials, slice_urn)
+        now = self.clock()
+        request = parse_request(
+            rspec,
+            now=now,
+            policy=RequestPolicy(
+                default_duration=self.settings.default_duration, grain=timedelta(seconds=self.policy.default_grain_s)
+            ),
+            allocate_options=dict(options),
+        )
+        wanted: list[BookingRequest] = []
+        for lease in request.leases:
+            start = lease.start
+            components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]
+            if start is None:
+                slot = self.availability.earliest_slot(int(lease.duration.total_seconds()), now, nodes=components)
+                start = slot.start
+            for client_id, component in zip(lease.nodes, components, strict=True):
+                node = request.node(client_id)
+                wanted.append(
+                    BookingRequest(
+                        node=component,
+                        start=start,
+                        end=start + lease.duration,
+                        client_id=client_id,
+                        lease_label=lease.client_id or "",
+                        disk_image=node.disk_image or "",
+                    )
+                )
+        self.bookings.book(
+            slice_urn,
+            verified.expires,
+            wanted,
+            owner_urn=caller_chain[0].urn or "",
+            best_effort=bool(options.get("geni_best_effort")),
+        )
+        self._remember_users(slice_urn, options)
+        return self._describe_slice(slice_urn, None)
+
+    def _component_of(self, node: Any) -> str:
+        if not node.component_id:
+            raise BadArgs(
+                f"node {node.client_id!r} names no component_id: choose one of the advertised nodes "
+                "(sfa-omf books named nodes)"
+            )
+        return str(node.component_id)
+
+    def _remember_users(self, slice_urn: str, options: Mapping[str, Any]) -> None:
+        users: dict[str, list[str]] = {}
+        for key in ("geni_users", "sfa_users"):
+            for user in options.get(key) or []:
+                if isinstance(user, dict) and user.get("urn"):
+                    keys = user.get("keys") or []
+                    users.setdefault(str(user["urn"]), []).extend(str(k) for k in keys if isinstance(k, str))
+        if users:
+            self.slices.update_users(slice_urn, users)
+
+    # -- Describe, Status -------------------------------------------------------------------------------------------
+    def describe(
+        self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        slice_urn, sliver_urns = self._resolve(urns)
+        self.authorize("Describe", caller_chain, credentials, slice_urn)
+        _check_rspec_version(options, required=False)
+        answer = self._describe_slice(slice_urn, sliver_urns)
+        answer["geni_rspec"] = _maybe_compressed(answer["geni_rspec"], options)
+        return answer
+
+    def status(
+        self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        slice_urn, sliver_urns = self._resolve(urns)
+        self.authorize("Status", caller_chain, credentials, slice_urn)
+        return {"geni_urn": slice_urn, "geni_slivers": self._sliver_dicts(slice_urn, sliver_urns)}
+
+    # -- Provision, Renew, Delete, PerformOperationalAction, Shutdown ------------------------------------------------
+    def provision(
+        self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        slice_urn, sliver_urns = self._resolve(urns)
+        self.authorize("Provision", caller_chain, credentials, slice_urn)
+        leases = self._leases(slice_urn, sliver_urns)
+        if not leases:
+            raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no allocated slivers here to provision")
+        for lease in leases:
+            if lease.state == "allocated":
+                self.bookings.mark_provisioned(lease.id)
+        self._remember_users(slice_urn, options)
+        return self._describe_slice(slice_urn, sliver_urns)
+
+    def renew(
+        self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, expiration: Any, options: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        slice_urn, sliver_urns = self._resolve(urns)
+        verified = self.authorize("Renew", caller_chain, credentials, slice_urn)
+        new_end = parse_time(expiration, now=self.clock())
+        if new_end > verified.expires:
+            if not options.get("geni_extend_alap"):
+                raise GeniError(
+                    Reason.POLICY,
+                    f"cannot renew past the slice credential's expiry {format_time(verified.expires)}; renew the slice "
+                    "at its authority first, or ask for geni_extend_alap",
+                )
+            new_end = verified.expires
+        for lease in self._leases(slice_urn, sliver_urns):
+            self.bookings.renew(lease.id, new_end)
+        return self._sliver_dicts(slice_urn, sliver_urns)
+
+    def delete(
+        self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        slice_urn, sliver_urns = self._resolve(urns)
+        self.authorize("Delete", caller_chain, credentials, slice_urn)
+        deleted = []
+        for lease in self._leases(slice_urn, sliver_urns):
+            deleted.append(self.bookings.cancel(lease.id))
+        return [self._sliver_dict(sliver, lease) for lease in deleted for sliver in lease.slivers]
+
+    def perform_operational_action(
+        self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, action: str, options: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        slice_urn, sliver_urns = self._resolve(urns)
+        self.authorize("PerformOperationalAction", caller_chain, credentials, slice_urn)
+        event = operational_action(str(action))
+        leases = self._leases(slice_urn, sliver_urns)
+        if event == Event.UPDATE_USERS:
+            self._remember_users(slice_urn, options)
+            return self._sliver_dicts(slice_urn, sliver_urns)
+        for lease in leases:
+            if lease.state != "provisioned":
+                raise GeniError(
+                    Reason.BAD_ARGS,
+                    f"{action} needs provisioned slivers; lease {lease.id} is {lease.state}: Provision first",
+                )
+        wanted = Operational.NOTREADY if event == Event.STOP else Operational.READY
+        for lease in leases:
+            self.bookings.set_operational_state(lease.id, wanted)
+        return self._sliver_dicts(slice_urn, sliver_urns)
+
+    def shutdown(self, caller_chain: GidChain, slice_urn: str, credentials: Any) -> bool:
+        """Stop everything of the slice now; it books nothing more until an operator releases it."""
+        _check_urn(slice_urn, "slice")
+        self.authorize("Shutdown", caller_chain, credentials, slice_urn)
+        for lease in self.bookings.leases(slice_urn=slice_urn):
+            self.bookings.cancel(lease.id)
+        try:
+            self.slices.set_shut_down(slice_urn, True)
+        except GeniError as exc:
+            if exc.reason != Reason.NOT_FOUND:
+                raise
+        return True
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _resolve(self, urns: Sequence[str]) -> tuple[str, set[str] | None]:
+        """The slice a URN list is about, and the sliver URNs it names (None: the whole slice)."""
+        if isinstance(urns, str):
+            urns = [urns]
+        if not urns:
+            raise BadArgs("name a slice URN or sliver URNs")
+        slices = [urn for urn in urns if _urn_type(urn) == "slice"]
+        slivers = {urn for urn in urns if _urn_type(urn) == "sliver"}
+        others = [urn for urn in urns if _urn_type(urn) not in ("slice", "sliver")]
+        if others:
+            raise BadArgs(f"{others[0]} is neither a slice nor a sliver URN")
+        if (slices and slivers) or len(set(slices)) > 1:
+            raise BadArgs("name one slice, or slivers of one slice")
+        if slices:
+            return slices[0], None
+        owners = self.bookings.slices_of_slivers(slivers)
+        if not owners:
+            raise GeniError(Reason.NOT_FOUND, f"no such sliver here: {sorted(slivers)[0]}")
+        if len(owners) > 1:
+            raise BadArgs("the slivers named belong to different slices")
+        return owners.pop(), slivers
+
+    def _leases(self, slice_urn: str, sliver_urns: set[str] | None) -> list[LeaseRecord]:
+        leases = self.bookings.leases(slice_urn=slice_urn)
+        if sliver_urns is None:
+            return leases
+        return [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
+
+    def _operational(self, sliver: SliverRecord, lease: LeaseRecord) -> str:
+        if sliver.allocation_state != Allocation.PROVISIONED:
+            return Operational.PENDING_ALLOCATION
+        # The embedded backend: a provisioned sliver is ready during its slot and not ready before it, unless the
+        # experimenter stopped it (geni_stop).
+        if sliver.operational_state == Operational.NOTREADY:
+            return Operational.NOTREADY
+        return Operational.READY if lease.start <= self.clock() < lease.end else Operational.NOTREADY
+
+    def _sliver_dict(self, sliver: SliverRecord, lease: LeaseRecord) -> dict[str, Any]:
+        provisioned = sliver.allocation_state == Allocation.PROVISIONED
+        return {
+            "geni_sliver_urn": sliver.urn,
+            "geni_expires": format_time(lease.end if provisioned else sliver.expires),
+            "geni_allocation_status": str(sliver.allocation_state),
+            "geni_operational_status": str(
+                self._operational(sliver, lease)
+                if sliver.allocation_state != Allocation.UNALLOCATED
+                else Operational.PENDING_ALLOCATION
+            ),
+            "geni_error": "",
+            "geni_start_time": format_time(lease.start),
+            "geni_end_time": format_time(lease.end),
+        }
+
+    def _sliver_dicts(self, slice_urn: str, sliver_urns: set[str] | None) -> list[dict[str, Any]]:
+        return [
+            self._sliver_dict(sliver, lease)
+            for lease in self._leases(slice_urn, sliver_urns)
+            for sliver in lease.slivers
+            if sliver_urns is None or sliver.urn in sliver_urns
+        ]
+
+    def _describe_slice(self, slice_urn: str, sliver_urns: set[str] | None) -> dict[str, Any]:
+        leases = self._leases(slice_urn, sliver_urns)
+        nodes = {node.component_id: node for node in self.inventory.list_nodes()}
+        users = self.slices.get(slice_urn).users if leases else ()
+        manifest_slivers = []
+        for lease in leases:
+            for sliver in lease.slivers:
+                node = nodes.get(sliver.node)
+                manifest_slivers.append(
+                    ManifestSliver(
+                        sliver_id=sliver.urn,
+                        client_id=sliver.client_id or (node.component_name if node else sliver.node),
+                        component_id=sliver.node,
+                        component_manager_id=self.settings.urn,
+                        component_name=node.component_name if node else None,
+                        exclusive=node.exclusive if node else True,
+                        disk_image=sliver.disk_image or None,
+                        lease_ids=(lease.id,),
+                        hostname=node.component_name if node else None,
+                        logins=tuple(
+                            Login(username=parse_urn(user.user_urn).name, hostname=node.component_name if node else "")
+                            for user in users
+                        ),
+                    )
+                )
+        manifest = Manifest(
+            slivers=tuple(manifest_slivers),
+            leases=tuple(
+                ManifestLease(id=lease.id, start=lease.start, end=lease.end, client_id=lease.client_id or None)
+                for lease in leases
+            ),
+            generated=self.clock(),
+            slice_urn=slice_urn,
+            grain=timedelta(seconds=self.policy.default_grain_s),
+        )
+        return {
+            "geni_urn": slice_urn,
+            "geni_rspec": write_manifest(manifest).decode("utf-8"),
+            "geni_slivers": self._sliver_dicts(slice_urn, sliver_urns),
+        }
+
+
+def _urn_type(urn: str) -> str:
+    try:
+        return parse_urn(urn).type
+    except BadArgs:
+        return ""
+
+
+def _check_urn(urn: str, kind: str) -> None:
+    if not is_urn(urn) or _urn_type(urn) != kind:
+        raise BadArgs(f"{urn!r} is not a {kind} URN (urn:publicid:IDN+<authority>+{kind}+<name>)")
+
+
+def _check_rspec_version(options: Mapping[str, Any], required: bool) -> None:
+    """Match geni_rspec_version leniently: type (any case) and version (numerically); the schema URL is ignored
+    because sfi.py may send a wrong one."""
+    version = options.get("geni_rspec_version")
+    if version is None:
+        if required:
+            raise BadArgs("ListResources needs the option geni_rspec_version, e.g. {type: GENI, version: 3}")
+        return
+    if not isinstance(version, dict):
+        raise BadArgs("geni_rspec_version must be a struct {type, version}")
+    kind = str(version.get("type", "")).lower()
+    try:
+        number = float(str(version.get("version", "")))
+    except ValueError:
+        number = -1
+    if kind != "geni" or number != 3:
+        raise GeniError(
+            Reason.BAD_VERSION,
+            f"RSpec {version.get('type')} {version.get('version')} is not supported: this aggregate speaks GENI 3",
+        )
+
+
+def _maybe_compressed(document: str, options: Mapping[str, Any]) -> str:
+    if options.get("geni_compressed"):
+        return base64.b64encode(zlib.compress(document.encode("utf-8"))).decode("ascii")
+    return document

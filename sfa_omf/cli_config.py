@@ -1,0 +1,81 @@
+"""Operator commands for the configuration: ``sfa-omf config check [FILE]``.
+
+``check`` prints every effective setting (INI name, shell name, value, where it came from), the SFA settings sfa-omf
+does not use, then the problems, one a line. Exit 0 without problems, 1 with problems, 2 when the file cannot be
+read. Without FILE it reads $SFA_OMF_CONFIG or ./sfa-omf.conf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sfa_omf.config import CONFIG_FILE_NAME, OPTIONS, LoadedConfig, Option, hide_password, load_config
+
+
+def add_config_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``config check`` on the ``sfa-omf`` sub-command parser."""
+    config = commands.add_parser("config", help="the configuration file").add_subparsers(title="config commands")
+    check = config.add_parser(
+        "check",
+        help="print the effective settings, where each came from, and the problems; "
+        "exit 0 when there are none, 1 otherwise, 2 when the file cannot be read",
+    )
+    check.add_argument("file", nargs="?", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
+    check.set_defaults(handler=_config_check)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    path = args.file or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
+    try:
+        loaded = load_config(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"sfa-omf: cannot read configuration file {path}: {_reason(exc)}", file=sys.stderr)
+        return 2
+    print(format_check(loaded))
+    return 0 if loaded.ok else 1
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def format_check(loaded: LoadedConfig) -> str:
+    """The text ``config check`` prints for a loaded configuration."""
+    form = "INI" if loaded.form == "ini" else "shell (NAME=value)"
+    lines = [f"configuration {loaded.path}, {form} form; precedence: defaults < file < SFA_* environment", ""]
+    rows = [("SETTING", "SHELL NAME", "VALUE", "FROM")]
+    rows += [
+        (option.ini_name, option.shell_name, _shown_value(loaded, option), str(loaded.sources[option.field]))
+        for option in OPTIONS
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        lines.append("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[3]]))
+    if loaded.unused:
+        lines += ["", "SFA settings sfa-omf does not use (accepted, ignored):"]
+        lines += [f"  {name}" for name in loaded.unused]
+    lines.append("")
+    if loaded.problems:
+        count = len(loaded.problems)
+        lines.append(f"{count} problem{'s' if count > 1 else ''}:")
+        lines += [f"problem: {problem}" for problem in loaded.problems]
+    else:
+        lines.append("no problems")
+    return "\n".join(lines)
+
+
+def _shown_value(loaded: LoadedConfig, option: Option) -> str:
+    """The effective value, passwords hidden; empty defaults show what they stand for."""
+    settings = loaded.settings
+    if option.field == "database_url":
+        return hide_password(settings.calendar_url)
+    if option.field == "db_password":
+        return "***" if settings.db_password else '""'
+    if option.field == "trusted_roots":
+        return settings.trusted_roots_dir
+    value = str(getattr(settings, option.field))
+    return value if value else '""'
