@@ -16,6 +16,7 @@ from typing import Any
 from sfa_omf.calendar.database import Database
 from sfa_omf.cli_calendar import add_calendar_commands
 from sfa_omf.cli_rspec import add_rspec_commands
+from sfa_omf.cli_server import add_server_commands
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
 from sfa_omf.errors import REASON_CODES, BadArgs, GeniCode, GeniError, TrustError
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority
@@ -97,6 +98,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_calendar_commands(commands)
     add_rspec_commands(commands)
+    add_server_commands(commands)
     return parser
 
 

@@ -87,11 +87,16 @@ METHODS: dict[str, Method] = {
 }
 
 
+_URN_LIST_METHODS = frozenset({"Describe", "Provision", "Status", "Renew", "Delete", "PerformOperationalAction"})
+
+
 def _slice_of(method: str, params: tuple[Any, ...]) -> str:
-    if method in ("Allocate", "Shutdown") and params:
-        return str(params[0])
-    if params and isinstance(params[0], list) and params[0]:
-        return str(params[0][0])
+    """What the call is about, for the log line: the slice URN, or the first sliver URN named."""
+    if method in ("Allocate", "Shutdown") and params and isinstance(params[0], str):
+        return params[0][:200]
+    if method in _URN_LIST_METHODS and params:
+        first = params[0][0] if isinstance(params[0], list) and params[0] else params[0]
+        return str(first)[:200]
     return "-"
 
 

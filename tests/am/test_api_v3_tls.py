@@ -260,3 +260,43 @@ def test_compressed_advertisement(am: Am, pki: DemoPki) -> None:
 def test_xmlrpc_transport_still_answers_faults_for_garbage(am: Am, pki: DemoPki) -> None:
     with pytest.raises(xmlrpc.client.Fault):
         alice(am, pki).__getattr__("")()
+
+
+def test_32_clients_race_for_one_node(am: Am, pki: DemoPki) -> None:
+    """32 slices ask for the same node and slot at once: exactly one wins; every other gets 7 with the next free
+    start; meanwhile the server keeps answering GetVersion."""
+    import threading
+
+    from sfa_omf.trust.pki import create_gid, new_private_key
+
+    user = pki.users["alice"]
+    window = slot(8)
+    credentials = []
+    for number in range(32):
+        key = new_private_key()
+        slice_gid = create_gid(
+            f"urn:publicid:IDN+testbed+slice+race{number}", key.public_key(), pki.authority.key, pki.authority.chain[0]
+        )
+        credentials.append(pki.authority.credential(user.chain, (slice_gid, *pki.authority.chain)))
+    barrier = threading.Barrier(33)
+    answers: list[dict[str, Any]] = [{} for _ in range(32)]
+
+    def race(number: int) -> None:
+        client = alice(am, pki)
+        barrier.wait(timeout=60)
+        answers[number] = client.Allocate(
+            f"urn:publicid:IDN+testbed+slice+race{number}", [credentials[number]], ol_request(("node3",), window), {}
+        )
+
+    threads = [threading.Thread(target=race, args=(number,)) for number in range(32)]
+    for thread in threads:
+        thread.start()
+    barrier.wait(timeout=60)
+    assert ok(alice(am, pki).GetVersion())["geni_api"] == 3
+    for thread in threads:
+        thread.join(timeout=120)
+    codes = sorted(answer["code"]["geni_code"] for answer in answers)
+    assert codes == [0] + [7] * 31
+    for answer in answers:
+        if answer["code"]["geni_code"] == 7:
+            assert f"free for the same duration from {window[1]}" in answer["output"]

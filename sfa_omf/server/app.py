@@ -1,0 +1,134 @@
+"""Putting the aggregate together from the configuration and serving it: ``sfa-omf serve`` and ``sfa-omf quickstart``.
+
+Only this module and the rest of server/ know Twisted. It builds the synchronous core (database, verifier, calendar,
+Aggregate) from Settings, serves AM API v3 over TLS at ``/`` (where clients with no path land, ``/RPC2`` too), runs the
+calls in a bounded thread pool, and releases allocations that were never provisioned, once a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from twisted.internet import reactor as _reactor
+from twisted.internet.task import LoopingCall
+from twisted.python.threadpool import ThreadPool
+
+from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.am.api_v3 import ApiV3
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.policy import Policy
+from sfa_omf.config import Settings
+from sfa_omf.server.tls import ServerTls
+from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
+from sfa_omf.trust.roots import load_trusted_roots
+from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
+
+log = logging.getLogger("sfa_omf.server")
+reactor: Any = _reactor
+EXPIRY_PERIOD_S = 60
+REQUEST_TIMEOUT_S = 120
+
+
+def build_aggregate(settings: Settings) -> Aggregate:
+    """The synchronous core, ready for calls (the database schema is brought up to date)."""
+    database = Database(settings.calendar_url)
+    database.upgrade()
+    policy = Policy(
+        default_grain_s=settings.grain_s,
+        min_duration_s=settings.grain_s,
+        max_duration_s=settings.max_duration_s,
+        max_advance_s=settings.max_advance_s,
+        allocation_ttl_s=settings.allocation_ttl_s,
+    )
+    verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
+    url = f"https://{settings.hostname}:{settings.aggregate_port}/"
+    return Aggregate(
+        AggregateSettings(
+            authority_hrn=settings.interface_hrn,
+            hostname=settings.hostname,
+            api_urls={"3": url},
+            default_duration=timedelta(seconds=settings.default_duration_s),
+            horizon=timedelta(days=settings.horizon_days),
+            free_windows=settings.free_windows,
+            max_request_bytes=settings.max_request_bytes,
+        ),
+        database,
+        verifier,
+        policy,
+    )
+
+
+@dataclass
+class RunningServer:
+    port: Any
+    pool: ThreadPool
+    expiry: LoopingCall
+
+    @property
+    def port_number(self) -> int:
+        return int(self.port.getHost().port)
+
+    def stop(self) -> Any:
+        """Stop listening, the expiry loop and the threads (call in the reactor thread)."""
+        if self.expiry.running:
+            self.expiry.stop()
+        deferred = self.port.stopListening()
+
+        def stop_pool(result: Any) -> Any:
+            self.pool.stop()
+            return result
+
+        deferred.addBoth(stop_pool)
+        return deferred
+
+
+def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None = None) -> RunningServer:
+    """Listen for AM API calls over TLS (call in the reactor thread). ``port`` 0 picks a free one (tests)."""
+    pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="sfa-omf-am")
+    pool.start()
+    endpoint = XmlRpcResource(ApiV3(aggregate), pool, reactor, settings.max_request_bytes)
+    site = make_site({}, endpoint, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
+    tls = ServerTls(
+        os.path.join(settings.data_dir, "aggregate", "am.pkey"), os.path.join(settings.data_dir, "aggregate", "am.gid")
+    )
+    listening = reactor.listenSSL(
+        settings.aggregate_port if port is None else port, site, tls, interface=settings.aggregate_host
+    )
+    expiry = LoopingCall(lambda: reactor.callInThread(_expire, aggregate))
+    expiry.start(EXPIRY_PERIOD_S, now=True)
+    return RunningServer(port=listening, pool=pool, expiry=expiry)
+
+
+def _expire(aggregate: Aggregate) -> None:
+    try:
+        released = aggregate.bookings.expire_unprovisioned()
+        if released:
+            log.info("released %d allocation(s) that were not provisioned in time", len(released))
+    except Exception:
+        log.exception("releasing unprovisioned allocations failed; will try again")
+
+
+def serve_forever(settings: Settings) -> int:
+    """Run until interrupted (SIGINT/SIGTERM), then shut down cleanly."""
+    aggregate = build_aggregate(settings)
+    running = start_aggregate(settings, aggregate)
+    log.info(
+        "aggregate %s serving AM API v3 on https://%s:%d/",
+        aggregate.settings.urn,
+        settings.aggregate_host,
+        running.port_number,
+    )
+
+    def stop(*_: Any) -> None:
+        reactor.callFromThread(reactor.stop)
+
+    signal.signal(signal.SIGTERM, stop)
+    reactor.addSystemEventTrigger("before", "shutdown", running.stop)
+    reactor.run()
+    log.info("stopped")
+    return 0
