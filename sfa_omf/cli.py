@@ -15,6 +15,7 @@ from typing import Any
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.cli_calendar import add_calendar_commands
+from sfa_omf.cli_config import add_config_commands
 from sfa_omf.cli_rspec import add_rspec_commands
 from sfa_omf.cli_server import add_server_commands
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
@@ -99,6 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_calendar_commands(commands)
     add_rspec_commands(commands)
     add_server_commands(commands)
+    add_config_commands(commands)
     return parser
 
 

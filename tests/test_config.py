@@ -507,3 +507,16 @@ def test_documentation_names_every_setting() -> None:
     for option in OPTIONS:
         assert f"`{option.shell_name}`" in text, option.shell_name
         assert f"`[{option.section}] {option.key}`" in text, option.ini_name
+
+
+def test_documentation_examples_are_the_same_settings(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    ini = text.split("```ini\n", 1)[1].split("```", 1)[0]
+    shell = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    from_ini = load_config(write(tmp_path / "ini.conf", ini), environ={})
+    from_shell = load_config(write(tmp_path / "shell.conf", shell), environ={})
+    assert (from_ini.form, from_shell.form) == ("ini", "shell")
+    assert from_ini.settings == from_shell.settings
+    # Only the example's directories are missing on this machine.
+    assert {problem.kind for problem in from_ini.problems + from_shell.problems} == {"path"}
+    assert from_ini.settings.calendar_url == "postgresql+psycopg://sfaomf:change-me@db.example.org:5432/sfaomf"

@@ -14,7 +14,7 @@ class Policy:
     min_duration_s: int = 1800
     max_duration_s: int = 7 * DAY
     max_advance_s: int = 90 * DAY  # how far ahead a window may start
-    allocation_ttl_s: int = 3600  # an allocation never provisioned is released after this
+    allocation_ttl_s: int = 600  # an allocation never provisioned is released after this (GENI: minutes)
     max_concurrent_leases_per_slice: int | None = None
     max_hours_per_day_per_user: float | None = None  # node-hours per UTC day
 

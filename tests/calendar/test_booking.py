@@ -35,7 +35,7 @@ def test_book_several_nodes_as_one_lease(calendar: Calendar) -> None:
     for sliver in lease.slivers:
         assert sliver.urn.startswith("urn:publicid:IDN+testbed+sliver+")
         assert (sliver.allocation_state, sliver.operational_state) == ("geni_allocated", "geni_pending_allocation")
-        assert sliver.expires == NOW + timedelta(hours=1)  # the allocation TTL
+        assert sliver.expires == NOW + timedelta(minutes=10)  # the allocation TTL
 
 
 def test_windows_of_different_times_are_different_leases(calendar: Calendar) -> None:
@@ -161,9 +161,9 @@ def test_unprovisioned_allocations_expire(calendar: Calendar) -> None:
     (kept,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n1", 2, 3)]).leases
     (dropped,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n2", 2, 3)]).leases
     calendar.bookings.mark_provisioned(kept.id)
-    calendar.now = NOW + timedelta(minutes=59)
+    calendar.now = NOW + timedelta(minutes=9)
     assert calendar.bookings.expire_unprovisioned() == []
-    calendar.now = NOW + timedelta(hours=1)
+    calendar.now = NOW + timedelta(minutes=10)
     expired = calendar.bookings.expire_unprovisioned()
     assert [lease.id for lease in expired] == [dropped.id]
     assert [lease.id for lease in calendar.bookings.leases()] == [kept.id]
