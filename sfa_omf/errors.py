@@ -73,6 +73,8 @@ class Reason(enum.StrEnum):
     BOOKING_CONFLICT = "booking_conflict"  # the node is booked for (part of) the window
     POLICY = "policy"  # a rule the operator set (grain, durations, how far ahead, limits)
     NODE_UNAVAILABLE = "node_unavailable"  # the node is in maintenance
+    UNAVAILABLE = "unavailable"  # the testbed behind the aggregate does not answer; retry later
+    TIMEDOUT = "timedout"  # the testbed answered too slowly; retry later
     DATABASE = "database"  # the database failed or is unreachable
     BUSY = "busy"  # concurrent writers kept colliding; the same call will work when tried again
 
@@ -104,6 +106,8 @@ REASON_CODES: dict[Reason, GeniCode] = {
     Reason.BOOKING_CONFLICT: GeniCode.REFUSED,
     Reason.POLICY: GeniCode.REFUSED,
     Reason.NODE_UNAVAILABLE: GeniCode.UNAVAILABLE,
+    Reason.UNAVAILABLE: GeniCode.UNAVAILABLE,
+    Reason.TIMEDOUT: GeniCode.TIMEDOUT,
     Reason.DATABASE: GeniCode.DBERROR,
     Reason.BUSY: GeniCode.BUSY,
 }

@@ -40,6 +40,8 @@ from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, SliverRecord
 from sfa_omf.calendar.slices import Slices
 from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.testbed.base import SliverHealth, TestbedBackend
+from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.rights import METHOD_OPERATIONS
@@ -78,8 +80,10 @@ class Aggregate:
         verifier: CredentialVerifier,
         policy: Policy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        backend: TestbedBackend | None = None,
     ) -> None:
         self.settings = settings
+        self.backend: TestbedBackend = backend or EmbeddedTestbed()
         self.policy = policy or Policy()
         self.verifier = verifier
         self.clock = clock
@@ -277,10 +281,13 @@ class Aggregate:
         leases = self._leases(slice_urn, sliver_urns)
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no allocated slivers here to provision")
+        self._remember_users(slice_urn, options)
+        users = self.slices.get(slice_urn).users
         for lease in leases:
             if lease.state == "allocated":
+                # The testbed first: if it is down the booking stays allocated and a retry works later.
+                self.backend.provision(lease, users)
                 self.bookings.mark_provisioned(lease.id)
-        self._remember_users(slice_urn, options)
         return self._describe_slice(slice_urn, sliver_urns)
 
     def renew(
@@ -308,6 +315,8 @@ class Aggregate:
         self.authorize("Delete", caller_chain, credentials, slice_urn)
         deleted = []
         for lease in self._leases(slice_urn, sliver_urns):
+            if lease.state == "provisioned":
+                self.backend.release(lease)
             deleted.append(self.bookings.cancel(lease.id))
         return [self._sliver_dict(sliver, lease) for lease in deleted for sliver in lease.slivers]
 
@@ -320,6 +329,10 @@ class Aggregate:
         leases = self._leases(slice_urn, sliver_urns)
         if event == Event.UPDATE_USERS:
             self._remember_users(slice_urn, options)
+            users = self.slices.get(slice_urn).users
+            for lease in leases:
+                if lease.state == "provisioned":
+                    self.backend.update_users(lease, users)
             return self._sliver_dicts(slice_urn, sliver_urns)
         for lease in leases:
             if lease.state != "provisioned":
@@ -337,6 +350,8 @@ class Aggregate:
         _check_urn(slice_urn, "slice")
         self.authorize("Shutdown", caller_chain, credentials, slice_urn)
         for lease in self.bookings.leases(slice_urn=slice_urn):
+            if lease.state == "provisioned":
+                self.backend.release(lease)
             self.bookings.cancel(lease.id)
         try:
             self.slices.set_shut_down(slice_urn, True)
@@ -374,27 +389,20 @@ class Aggregate:
             return leases
         return [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
 
-    def _operational(self, sliver: SliverRecord, lease: LeaseRecord) -> str:
+    def _health(self, sliver: SliverRecord, lease: LeaseRecord) -> SliverHealth:
         if sliver.allocation_state != Allocation.PROVISIONED:
-            return Operational.PENDING_ALLOCATION
-        # The embedded backend: a provisioned sliver is ready during its slot and not ready before it, unless the
-        # experimenter stopped it (geni_stop).
-        if sliver.operational_state == Operational.NOTREADY:
-            return Operational.NOTREADY
-        return Operational.READY if lease.start <= self.clock() < lease.end else Operational.NOTREADY
+            return SliverHealth(Operational.PENDING_ALLOCATION)
+        return self.backend.health(sliver, lease, self.clock())
 
     def _sliver_dict(self, sliver: SliverRecord, lease: LeaseRecord) -> dict[str, Any]:
         provisioned = sliver.allocation_state == Allocation.PROVISIONED
+        health = self._health(sliver, lease)
         return {
             "geni_sliver_urn": sliver.urn,
             "geni_expires": format_time(lease.end if provisioned else sliver.expires),
             "geni_allocation_status": str(sliver.allocation_state),
-            "geni_operational_status": str(
-                self._operational(sliver, lease)
-                if sliver.allocation_state != Allocation.UNALLOCATED
-                else Operational.PENDING_ALLOCATION
-            ),
-            "geni_error": "",
+            "geni_operational_status": str(health.operational_state),
+            "geni_error": health.error,
             "geni_start_time": format_time(lease.start),
             "geni_end_time": format_time(lease.end),
         }

@@ -25,6 +25,7 @@ from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
+from sfa_omf.testbed.registry import load_backend
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 
@@ -60,6 +61,7 @@ def build_aggregate(settings: Settings) -> Aggregate:
         database,
         verifier,
         policy,
+        backend=load_backend(settings.aggregate_type, settings),
     )
 
 

@@ -1,0 +1,30 @@
+"""The embedded default backend (SFA_AGGREGATE_TYPE=omf): it needs no external system. A provisioned sliver is ready
+during its slot and not ready before it (or after geni_stop); the calendar alone is the testbed's state."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sfa_omf.am.states import Operational
+from sfa_omf.calendar.records import LeaseRecord, SliverRecord
+from sfa_omf.calendar.slices import SliceUserRecord
+from sfa_omf.testbed.base import SliverHealth
+
+
+class EmbeddedTestbed:
+    name = "omf"
+
+    def provision(self, lease: LeaseRecord, users: Sequence[SliceUserRecord]) -> None:
+        """Nothing to set up: the booking in the calendar is the reservation."""
+
+    def release(self, lease: LeaseRecord) -> None:
+        """Nothing to undo."""
+
+    def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth:
+        if sliver.operational_state == Operational.NOTREADY:  # the experimenter stopped it
+            return SliverHealth(Operational.NOTREADY)
+        return SliverHealth(Operational.READY if lease.start <= now < lease.end else Operational.NOTREADY)
+
+    def update_users(self, lease: LeaseRecord, users: Sequence[SliceUserRecord]) -> None:
+        """Keys are kept in the calendar; nothing else to update."""

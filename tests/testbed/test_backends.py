@@ -1,0 +1,120 @@
+"""Testbed backends: the embedded default, a third-party backend found through its entry point, and what the
+aggregate does when the testbed is down (UNAVAILABLE, the booking stays allocated, a retry works)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.records import LeaseRecord, NodeSpec, SliverRecord
+from sfa_omf.calendar.slices import SliceUserRecord
+from sfa_omf.errors import GeniCode, GeniError, Reason
+from sfa_omf.testbed.base import SliverHealth
+from sfa_omf.testbed.embedded import EmbeddedTestbed
+from sfa_omf.testbed.registry import load_backend
+from sfa_omf.times import format_time, utcnow
+from sfa_omf.trust.verifier import CredentialVerifier
+from tests.conftest import DemoPki
+
+NODE = "urn:publicid:IDN+testbed+node+n1"
+
+
+class FlakyTestbed:
+    """A backend whose testbed can be switched off, standing in for a remote testbed that is down (the real OAR
+    outage is tested with the OAR backend)."""
+
+    name = "flaky"
+
+    def __init__(self) -> None:
+        self.up = False
+        self.provisioned: list[str] = []
+
+    def provision(self, lease: LeaseRecord, users: Sequence[SliceUserRecord]) -> None:
+        if not self.up:
+            raise GeniError(Reason.UNAVAILABLE, "the testbed does not answer; the booking stays allocated: retry later")
+        self.provisioned.append(lease.id)
+
+    def release(self, lease: LeaseRecord) -> None:
+        self.provisioned.remove(lease.id)
+
+    def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth:
+        return SliverHealth("geni_ready")
+
+    def update_users(self, lease: LeaseRecord, users: Sequence[SliceUserRecord]) -> None:
+        pass
+
+
+@pytest.fixture
+def entry_point_package(tmp_path: Path) -> Iterator[str]:
+    """A real installed distribution (dist-info on sys.path) declaring a backend in the sfa_omf.testbeds group."""
+    module = tmp_path / "mylab_backend.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            from sfa_omf.testbed.embedded import EmbeddedTestbed
+
+            class MyLab(EmbeddedTestbed):
+                name = "mylab"
+
+            def make_backend(settings):
+                return MyLab()
+            """
+        )
+    )
+    dist = tmp_path / "mylab_backend-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: mylab-backend\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[sfa_omf.testbeds]\nmylab = mylab_backend:make_backend\n")
+    sys.path.insert(0, str(tmp_path))
+    importlib.invalidate_caches()
+    yield "mylab"
+    sys.path.remove(str(tmp_path))
+    sys.modules.pop("mylab_backend", None)
+
+
+def test_backends_by_name(entry_point_package: str) -> None:
+    assert isinstance(load_backend("omf", None), EmbeddedTestbed)
+    assert load_backend(entry_point_package, None).name == "mylab"
+    with pytest.raises(GeniError) as refusal:
+        load_backend("oar", None)
+    assert refusal.value.code == GeniCode.UNSUPPORTED and "mylab" in refusal.value.message
+
+
+def test_a_testbed_that_is_down(pki: DemoPki, tmp_path: Path) -> None:
+    database = Database(sqlite_url(str(tmp_path / "c.sqlite")))
+    database.upgrade()
+    backend = FlakyTestbed()
+    aggregate = Aggregate(
+        AggregateSettings(authority_hrn="testbed"), database, CredentialVerifier(pki.roots), backend=backend
+    )
+    aggregate.inventory.add_node(NodeSpec(NODE, "n1"))
+    alice = pki.users["alice"]
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    end = start + timedelta(hours=1)
+    request = (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
+        'xmlns:ol="http://nitlab.inf.uth.gr/schema/sfa/rspec/1">'
+        f'<ol:lease client_id="l" valid_from="{format_time(start)}" valid_until="{format_time(end)}"/>'
+        f'<node client_id="n1" component_id="{NODE}"><ol:lease_ref id_ref="l"/></node></rspec>'
+    )
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], request, {})
+    with pytest.raises(GeniError) as refusal:
+        aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert refusal.value.code == GeniCode.UNAVAILABLE and "retry" in refusal.value.message
+    status: Any = aggregate.status(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert [s["geni_allocation_status"] for s in status["geni_slivers"]] == ["geni_allocated"]
+    backend.up = True
+    provisioned = aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert [s["geni_allocation_status"] for s in provisioned["geni_slivers"]] == ["geni_provisioned"]
+    assert len(backend.provisioned) == 1
+    aggregate.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert backend.provisioned == []
