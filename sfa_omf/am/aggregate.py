@@ -45,6 +45,7 @@ from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.rights import METHOD_OPERATIONS
+from sfa_omf.trust.speaksfor import verify_speaks_for
 from sfa_omf.trust.verifier import CredentialVerifier, VerifiedCredential
 from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn
 
@@ -94,12 +95,28 @@ class Aggregate:
 
     # -- authorization --------------------------------------------------------------------------------------------
     def authorize(
-        self, method: str, caller_chain: GidChain, credentials: Any, target_urn: str | None
+        self,
+        method: str,
+        caller_chain: GidChain,
+        credentials: Any,
+        target_urn: str | None,
+        options: Mapping[str, Any] | None = None,
     ) -> VerifiedCredential:
-        """The caller may call ``method`` on ``target_urn`` with one of these credentials (trust/), or GeniError."""
+        """The caller may call ``method`` on ``target_urn`` with one of these credentials (trust/), or GeniError.
+
+        With the option geni_speaking_for, a tool calls for a user: its geni_abac credential is checked first and
+        the user becomes the caller whose credentials are judged.
+        """
         call_credentials = split_credentials(credentials)
+        now = self.clock()
+        speaking_for = (options or {}).get("geni_speaking_for")
+        if speaking_for:
+            self.verifier.verify_caller(caller_chain, now)  # the tool itself must be trusted
+            caller_chain = verify_speaks_for(
+                caller_chain, call_credentials.speaks_for, str(speaking_for), self.verifier.roots, now
+            )
         return self.verifier.check_call(
-            caller_chain, call_credentials.privilege, target_urn, METHOD_OPERATIONS[method], self.clock()
+            caller_chain, call_credentials.privilege, target_urn, METHOD_OPERATIONS[method], now
         )
 
     # -- GetVersion -----------------------------------------------------------------------------------------------
@@ -123,7 +140,7 @@ class Aggregate:
             ],
             "geni_single_allocation": 0,
             "geni_allocate": "geni_many",
-            "geni_handles_speaksfor": False,
+            "geni_handles_speaksfor": True,
             "sfa": 3,
             "interface": "aggregate",
             "hrn": self.settings.authority_hrn,
@@ -135,7 +152,7 @@ class Aggregate:
 
     # -- ListResources --------------------------------------------------------------------------------------------
     def list_resources(self, caller_chain: GidChain, credentials: Any, options: Mapping[str, Any]) -> str:
-        self.authorize("ListResources", caller_chain, credentials, None)
+        self.authorize("ListResources", caller_chain, credentials, None, options)
         _check_rspec_version(options, required=True)
         now = self.clock()
         nodes = self.inventory.list_nodes(federated_only=True)
@@ -197,7 +214,7 @@ class Aggregate:
         self, caller_chain: GidChain, slice_urn: str, credentials: Any, rspec: str, options: Mapping[str, Any]
     ) -> dict[str, Any]:
         _check_urn(slice_urn, "slice")
-        verified = self.authorize("Allocate", caller_chain, credentials, slice_urn)
+        verified = self.authorize("Allocate", caller_chain, credentials, slice_urn, options)
         now = self.clock()
         request = parse_request(
             rspec,
@@ -230,7 +247,7 @@ class Aggregate:
             slice_urn,
             verified.expires,
             wanted,
-            owner_urn=caller_chain[0].urn or "",
+            owner_urn=verified.owner_urn,
             best_effort=bool(options.get("geni_best_effort")),
         )
         self._remember_users(slice_urn, options)
@@ -259,7 +276,7 @@ class Aggregate:
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
     ) -> dict[str, Any]:
         slice_urn, sliver_urns = self._resolve(urns)
-        self.authorize("Describe", caller_chain, credentials, slice_urn)
+        self.authorize("Describe", caller_chain, credentials, slice_urn, options)
         _check_rspec_version(options, required=False)
         answer = self._describe_slice(slice_urn, sliver_urns)
         answer["geni_rspec"] = _maybe_compressed(answer["geni_rspec"], options)
@@ -269,7 +286,7 @@ class Aggregate:
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
     ) -> dict[str, Any]:
         slice_urn, sliver_urns = self._resolve(urns)
-        self.authorize("Status", caller_chain, credentials, slice_urn)
+        self.authorize("Status", caller_chain, credentials, slice_urn, options)
         return {"geni_urn": slice_urn, "geni_slivers": self._sliver_dicts(slice_urn, sliver_urns)}
 
     # -- Provision, Renew, Delete, PerformOperationalAction, Shutdown ------------------------------------------------
@@ -277,7 +294,7 @@ class Aggregate:
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
     ) -> dict[str, Any]:
         slice_urn, sliver_urns = self._resolve(urns)
-        self.authorize("Provision", caller_chain, credentials, slice_urn)
+        self.authorize("Provision", caller_chain, credentials, slice_urn, options)
         leases = self._leases(slice_urn, sliver_urns)
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no allocated slivers here to provision")
@@ -294,7 +311,7 @@ class Aggregate:
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, expiration: Any, options: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         slice_urn, sliver_urns = self._resolve(urns)
-        verified = self.authorize("Renew", caller_chain, credentials, slice_urn)
+        verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
         new_end = parse_time(expiration, now=self.clock())
         if new_end > verified.expires:
             if not options.get("geni_extend_alap"):
@@ -312,7 +329,7 @@ class Aggregate:
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         slice_urn, sliver_urns = self._resolve(urns)
-        self.authorize("Delete", caller_chain, credentials, slice_urn)
+        self.authorize("Delete", caller_chain, credentials, slice_urn, options)
         deleted = []
         for lease in self._leases(slice_urn, sliver_urns):
             if lease.state == "provisioned":
@@ -324,7 +341,7 @@ class Aggregate:
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, action: str, options: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         slice_urn, sliver_urns = self._resolve(urns)
-        self.authorize("PerformOperationalAction", caller_chain, credentials, slice_urn)
+        self.authorize("PerformOperationalAction", caller_chain, credentials, slice_urn, options)
         event = operational_action(str(action))
         leases = self._leases(slice_urn, sliver_urns)
         if event == Event.UPDATE_USERS:

@@ -1,8 +1,8 @@
 """Putting the aggregate together from the configuration and serving it: ``sfa-omf serve`` and ``sfa-omf quickstart``.
 
 Only this module and the rest of server/ know Twisted. It builds the synchronous core (database, verifier, calendar,
-Aggregate) from Settings, serves AM API v3 over TLS at ``/`` (where clients with no path land, ``/RPC2`` too), runs the
-calls in a bounded thread pool, and releases allocations that were never provisioned, once a minute.
+Aggregate) from Settings, serves AM API v3 over TLS at ``/`` (where clients with no path land; ``/RPC2`` too) and
+v2 at ``/am2``, runs the calls in a bounded thread pool, and releases allocations never provisioned, once a minute.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.am.api_v2 import ApiV2
 from sfa_omf.am.api_v3 import ApiV3
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.policy import Policy
@@ -52,7 +53,7 @@ def build_aggregate(settings: Settings) -> Aggregate:
         AggregateSettings(
             authority_hrn=settings.interface_hrn,
             hostname=settings.hostname,
-            api_urls={"3": url},
+            api_urls={"2": url + "am2", "3": url},
             default_duration=timedelta(seconds=settings.default_duration_s),
             horizon=timedelta(days=settings.horizon_days),
             free_windows=settings.free_windows,
@@ -93,8 +94,9 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     """Listen for AM API calls over TLS (call in the reactor thread). ``port`` 0 picks a free one (tests)."""
     pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="sfa-omf-am")
     pool.start()
-    endpoint = XmlRpcResource(ApiV3(aggregate), pool, reactor, settings.max_request_bytes)
-    site = make_site({}, endpoint, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
+    v3 = XmlRpcResource(ApiV3(aggregate), pool, reactor, settings.max_request_bytes)
+    v2 = XmlRpcResource(ApiV2(aggregate), pool, reactor, settings.max_request_bytes)
+    site = make_site({b"am2": v2}, v3, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
     tls = ServerTls(
         os.path.join(settings.data_dir, "aggregate", "am.pkey"), os.path.join(settings.data_dir, "aggregate", "am.gid")
     )

@@ -129,14 +129,14 @@ def read_credential(data: bytes | str) -> CredentialDocument:
         raise _malformed(f"credential is not well-formed XML: {exc}") from exc
     if root.tag != "signed-credential":
         raise _malformed(f"expected a <signed-credential> document, found <{root.tag}>")
-    _check_ids(root)
+    refuse_id_confusion(root)
     top = _only_child(root, "credential", "<signed-credential>")
     assert top is not None
     credential = _read_credential_element(top, depth=0)
     return CredentialDocument(credential=credential, root=root)
 
 
-def _check_ids(root: etree._Element) -> None:
+def refuse_id_confusion(root: etree._Element) -> None:
     """Refuse documents where an ID could point at two things (the basis of signature-wrapping attacks)."""
     seen: set[str] = set()
     for element in root.iter():
@@ -269,7 +269,7 @@ def _credential_element(request: CredentialRequest, xml_id: str) -> etree._Eleme
     return element
 
 
-def _new_root(template: etree._Element | None = None) -> etree._Element:
+def new_document_root(template: etree._Element | None = None) -> etree._Element:
     # The same namespace context as SFA's documents: inclusive C14N of a signed parent credential includes the
     # namespaces in scope, so a delegated credential must keep the root's declarations exactly.
     nsmap = dict(template.nsmap) if template is not None else {"xsi": XSI_NS}
@@ -298,7 +298,7 @@ def _signature_template(xml_id: str) -> etree._Element:
     return signature
 
 
-def _sign_document(root: etree._Element, xml_id: str, key: rsa.RSAPrivateKey, signer_chain: GidChain) -> str:
+def sign_document(root: etree._Element, xml_id: str, key: rsa.RSAPrivateKey, signer_chain: GidChain) -> str:
     """Append a signature over credential xml_id, signed with key; return the document as a string."""
     signatures = _only_child(root, "signatures", "<signed-credential>", required=False)
     if signatures is None:
@@ -335,9 +335,9 @@ def _check_signer(key: rsa.RSAPrivateKey, signer_chain: GidChain) -> None:
 def issue_credential(request: CredentialRequest, key: rsa.RSAPrivateKey, signer_chain: GidChain) -> str:
     """Create and sign a root credential (the issuing authority signs it). Returns the XML document."""
     _check_signer(key, signer_chain)
-    root = _new_root()
+    root = new_document_root()
     root.append(_credential_element(request, "ref0"))
-    return _sign_document(root, "ref0", key, signer_chain)
+    return sign_document(root, "ref0", key, signer_chain)
 
 
 def delegate_credential(
@@ -381,7 +381,7 @@ def delegate_credential(
         expires=new_expires,
         privileges=tuple(Privilege(name=name, can_delegate=can_delegate) for name in names),
     )
-    root = _new_root(parsed.root)
+    root = new_document_root(parsed.root)
     element = _credential_element(request, xml_id)
     parent_holder = etree.SubElement(element, "parent")
     old_top = _only_child(parsed.root, "credential", "<signed-credential>")
@@ -393,4 +393,4 @@ def delegate_credential(
     if old_signatures is not None:
         for signature in list(old_signatures):
             signatures.append(signature)
-    return _sign_document(root, xml_id, key, delegator_chain)
+    return sign_document(root, xml_id, key, delegator_chain)

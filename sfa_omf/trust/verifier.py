@@ -294,7 +294,7 @@ def _check_signatures(root: etree._Element, lineage: Iterable[Credential]) -> di
             continue
         if signature.tag != f"{_DS}Signature":
             raise TrustError(Reason.SIGNATURE, f"unexpected <{signature.tag}> inside <signatures>")
-        reference_id = _reference_of(signature)
+        reference_id = signature_reference(signature)
         if reference_id not in wanted:
             raise TrustError(
                 Reason.SIGNATURE,
@@ -309,11 +309,11 @@ def _check_signatures(root: etree._Element, lineage: Iterable[Credential]) -> di
         covering = by_reference.get(credential.xml_id)
         if covering is None:
             raise TrustError(Reason.SIGNATURE, f"credential {credential.xml_id!r} is not signed")
-        signer_chains[credential.xml_id] = _verify_signature(covering, credential.xml_id)
+        signer_chains[credential.xml_id] = verify_signature_element(covering, credential.xml_id)
     return signer_chains
 
 
-def _reference_of(signature: etree._Element) -> str:
+def signature_reference(signature: etree._Element) -> str:
     signed_info = signature.findall(f"{_DS}SignedInfo")
     if len(signed_info) != 1:
         raise TrustError(Reason.SIGNATURE, "a signature must have exactly one SignedInfo")
@@ -347,7 +347,7 @@ def _reference_of(signature: etree._Element) -> str:
     return uri[1:]
 
 
-def _verify_signature(signature: etree._Element, xml_id: str) -> GidChain:
+def verify_signature_element(signature: etree._Element, xml_id: str) -> GidChain:
     certificates = signature.findall(f"{_DS}KeyInfo/{_DS}X509Data/{_DS}X509Certificate")
     if not certificates:
         raise TrustError(

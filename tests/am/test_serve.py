@@ -63,3 +63,20 @@ def test_restart_keeps_everything(running_reactor: Any, tmp_path: Path, caplog: 
     assert after == before
     assert [s["geni_allocation_status"] for s in after["geni_slivers"]] == ["geni_provisioned"]
     assert [(s["geni_start_time"], s["geni_end_time"]) for s in after["geni_slivers"]] == [window]
+
+
+def test_served_versions(running_reactor: Any, tmp_path: Path) -> None:
+    """GetVersion names both API versions, and each answers at the URL it names."""
+    report = init_directory(str(tmp_path / "lab"), "lab", ("ann",))
+    settings = read_config(str(tmp_path / "lab" / "sfa-omf.conf"))
+    sfi = Path(report.sfi_dirs["ann"])
+    chain, key = str(sfi / "lab.ann.user.gid"), str(sfi / "lab.ann.pkey")
+    server = blockingCallFromThread(running_reactor, start_aggregate, settings, build_aggregate(settings), 0)
+    try:
+        base = f"https://127.0.0.1:{server.port_number}/"
+        versions = proxy(base, chain, key).GetVersion()["value"]["geni_api_versions"]
+        assert sorted(versions) == ["2", "3"] and versions["2"].endswith("/am2")
+        assert proxy(base + "am2", chain, key).GetVersion()["geni_api"] == 2
+        assert proxy(base + "RPC2", chain, key).GetVersion()["geni_api"] == 3
+    finally:
+        blockingCallFromThread(running_reactor, server.stop)

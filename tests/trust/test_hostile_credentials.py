@@ -32,12 +32,12 @@ from sfa_omf.trust.credential import (
     CredentialRequest,
     Privilege,
     _credential_element,
-    _new_root,
-    _sign_document,
     _signature_template,
     delegate_credential,
     issue_credential,
+    new_document_root,
     read_credential,
+    sign_document,
 )
 from sfa_omf.trust.gid import GidChain, chain_pem
 from sfa_omf.trust.pki import create_gid, new_private_key
@@ -110,7 +110,7 @@ def add_privilege(credential: etree._Element, name: str, can_delegate: bool = Tr
 
 
 def key_info_for(chain: GidChain) -> etree._Element:
-    """A KeyInfo naming chain (leaf first), as _sign_document writes it."""
+    """A KeyInfo naming chain (leaf first), as sign_document writes it."""
     key_info = etree.Element(f"{DS}KeyInfo", nsmap={None: DSIG_NS})  # type: ignore[dict-item]
     x509_data = etree.SubElement(key_info, f"{DS}X509Data")
     for gid in chain:
@@ -122,7 +122,7 @@ def key_info_for(chain: GidChain) -> etree._Element:
 def add_signature(
     root: etree._Element, xml_id: str, key: rsa.RSAPrivateKey, chain: GidChain, signature_id: str
 ) -> etree._Element:
-    """Append a real signature over xml_id made with key (as _sign_document does, but with our own xml:id)."""
+    """Append a real signature over xml_id made with key (as sign_document does, but with our own xml:id)."""
     template = _signature_template(xml_id)
     template.set(XML_ID, signature_id)
     signatures(root).append(template)
@@ -155,14 +155,14 @@ def forge_delegation(
         privileges=privileges,
     )
     new_id = f"ref{parent.depth + 1}"
-    root = _new_root(parsed.root)
+    root = new_document_root(parsed.root)
     element = _credential_element(request, new_id)
     etree.SubElement(element, "parent").append(top(parsed.root))
     root.append(element)
     holder = etree.SubElement(root, "signatures")
     for signature in list(signatures(parsed.root)):
         holder.append(signature)
-    return _sign_document(root, new_id, key, signer)
+    return sign_document(root, new_id, key, signer)
 
 
 def dtd_attack(genuine: str, internal_subset: str, entity: str | None, encoding: str = "UTF-8") -> bytes:
@@ -271,7 +271,7 @@ def test_legitimate_delegations_verify(
     assert (verified.owner_urn, verified.target_urn, verified.privileges) == (BOB_URN, pki.slice_urn, ("info",))
     resigned = parse(genuine)
     signatures(resigned).remove(signature_of(resigned, "ref0"))
-    again = _sign_document(resigned, "ref0", pki.authority.key, pki.authority.chain)
+    again = sign_document(resigned, "ref0", pki.authority.key, pki.authority.chain)
     assert verdicts.verifier.verify(again, utcnow()).owner_urn == ALICE_URN
 
 
@@ -879,7 +879,7 @@ def test_resigned_tampered_credential_is_an_issuer_refusal(verdicts: Verdicts, g
     root = parse(genuine)
     set_owner(top(root), bob.chain)
     signatures(root).remove(signature_of(root, "ref0"))
-    document = _sign_document(root, "ref0", bob.key, bob.chain)
+    document = sign_document(root, "ref0", bob.key, bob.chain)
     error = verdicts.refuse(document, Reason.ISSUER, "no authority")
     assert error.code == GeniCode.CREDENTIAL_SIGNER_UNTRUSTED
 
@@ -911,7 +911,7 @@ def test_delegation_signed_by_someone_else_than_the_parent_owner(
     """Carol re-signs alice's delegation to bob with her own key: only alice, the parent's owner, may delegate."""
     root = parse(delegated)
     signatures(root).remove(signature_of(root, "ref1"))
-    document = _sign_document(root, "ref1", carol.key, carol.chain)
+    document = sign_document(root, "ref1", carol.key, carol.chain)
     verdicts.refuse(document, Reason.DELEGATION, "only the parent's owner", ALICE_URN)
 
 

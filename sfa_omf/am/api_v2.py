@@ -1,0 +1,283 @@
+"""AM API v2 as XML-RPC methods (omni -V2, older sfi.py): an adapter over the same Aggregate as AM API v3.
+
+v2 speaks of a slice's sliver as a whole: CreateSliver both allocates and provisions, SliverStatus, RenewSliver,
+DeleteSliver and Shutdown name the slice URN. Answers use the same envelope as v3 and every refusal is an envelope
+with its GENI code, never an XML-RPC fault; one log line per call (method, caller URN, slice, geni_code, ms).
+
+GetTicket is refused (UNSUPPORTED): CreateSliver books the time slot directly and this aggregate signs no tickets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sfa_omf.am.aggregate import Aggregate
+from sfa_omf.am.envelope import failure, success
+from sfa_omf.am.states import Allocation, Operational
+from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
+from sfa_omf.server.xmlrpc import CallContext
+from sfa_omf.times import format_time, parse_time
+from sfa_omf.xrn import is_urn, parse_urn
+
+log = logging.getLogger("sfa_omf.am")
+
+Method = Callable[[Aggregate, CallContext, tuple[Any, ...]], Any]
+
+#: v3 operational state -> v2 sliver status (ready, notready, configuring, failed, unknown; shutdown for the slice).
+V2_STATUS: dict[str, str] = {
+    Operational.READY: "ready",
+    Operational.READY_BUSY: "ready",
+    Operational.CONFIGURING: "configuring",
+    Operational.STOPPING: "configuring",
+    Operational.NOTREADY: "notready",
+    Operational.PENDING_ALLOCATION: "notready",
+    Operational.FAILED: "failed",
+}
+
+
+def _options(params: tuple[Any, ...], index: int) -> dict[str, Any]:
+    """The options struct at ``index``; absent or nil is empty."""
+    if len(params) <= index or params[index] is None:
+        return {}
+    if not isinstance(params[index], dict):
+        raise BadArgs(f"argument {index + 1} must be the options struct")
+    return dict(params[index])
+
+
+def _arg(params: tuple[Any, ...], index: int, name: str) -> Any:
+    if len(params) <= index:
+        raise BadArgs(f"missing argument {index + 1}: {name}")
+    return params[index]
+
+
+def _string(params: tuple[Any, ...], index: int, name: str) -> str:
+    value = _arg(params, index, name)
+    if not isinstance(value, str) or not value.strip():
+        raise BadArgs(f"argument {index + 1} ({name}) must be a non-empty string")
+    return value
+
+
+def _slice_urn(params: tuple[Any, ...], index: int = 0) -> str:
+    """The slice URN argument, checked: v2 methods name a slice, never slivers."""
+    urn = _string(params, index, "slice URN")
+    try:
+        kind = parse_urn(urn).type if is_urn(urn) else ""
+    except BadArgs:
+        kind = ""
+    if kind != "slice":
+        raise BadArgs(f"{urn!r} is not a slice URN (urn:publicid:IDN+<authority>+slice+<name>)")
+    return urn
+
+
+def _users(value: Any) -> list[dict[str, Any]]:
+    """CreateSliver's users argument: [{urn, keys: [ssh public key, ...]}]; nil is none."""
+    if value is None or value == "":
+        return []
+    if not isinstance(value, list) or not all(isinstance(user, dict) for user in value):
+        raise BadArgs("argument 4 (users) must be a list of structs {urn, keys}")
+    return [dict(user) for user in value]
+
+
+# -- the methods -------------------------------------------------------------------------------------------------
+def get_version(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> dict[str, Any]:
+    return {**am.get_version(), "geni_api": 2}
+
+
+def list_resources(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> str:
+    credentials = _arg(params, 0, "credentials")
+    options = _options(params, 1)
+    slice_urn = options.get("geni_slice_urn")
+    if slice_urn is None:
+        return am.list_resources(ctx.caller_chain, credentials, options)
+    urn = _slice_urn((slice_urn,))
+    described = am.describe(ctx.caller_chain, [urn], credentials, options)
+    if not described["geni_slivers"]:
+        raise GeniError(Reason.NOT_FOUND, f"slice {urn} has no slivers here: CreateSliver first")
+    return str(described["geni_rspec"])
+
+
+def create_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> str:
+    slice_urn = _slice_urn(params)
+    credentials = _arg(params, 1, "credentials")
+    rspec = _string(params, 2, "request rspec")
+    users = _users(params[3] if len(params) > 3 else None)
+    options = _options(params, 4)
+    if users:
+        options["geni_users"] = users
+    before = {sliver.urn for lease in am.bookings.leases(slice_urn=slice_urn) for sliver in lease.slivers}
+    allocated = am.allocate(ctx.caller_chain, slice_urn, credentials, rspec, options)
+    new_slivers = [s["geni_sliver_urn"] for s in allocated["geni_slivers"] if s["geni_sliver_urn"] not in before]
+    try:
+        provisioned = am.provision(ctx.caller_chain, [slice_urn], credentials, options)
+    except Exception:
+        # v2 has no allocated-but-not-provisioned state: give the new time slots back rather than leave them half done.
+        if new_slivers:
+            try:
+                am.delete(ctx.caller_chain, new_slivers, credentials, {})
+            except Exception:
+                log.exception("CreateSliver could not give back %s after Provision failed", ", ".join(new_slivers))
+        raise
+    return str(provisioned["geni_rspec"])
+
+
+def overall_status(statuses: list[str]) -> str:
+    """The slice's v2 status from its slivers': failed if any failed, ready if all are, else the least ready."""
+    if "failed" in statuses:
+        return "failed"
+    if statuses and all(status == "ready" for status in statuses):
+        return "ready"
+    for status in ("configuring", "notready"):
+        if status in statuses:
+            return status
+    return "unknown"
+
+
+def sliver_status(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> dict[str, Any]:
+    slice_urn = _slice_urn(params)
+    credentials = _arg(params, 1, "credentials")
+    options = _options(params, 2)
+    slivers = am.status(ctx.caller_chain, [slice_urn], credentials, options)["geni_slivers"]
+    if not slivers:
+        if _shut_down(am, slice_urn):
+            return {"geni_urn": slice_urn, "geni_status": "shutdown", "geni_resources": [], "geni_expires": ""}
+        raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here (none booked, or all deleted)")
+    resources = []
+    for sliver in slivers:
+        if sliver["geni_allocation_status"] == Allocation.UNALLOCATED:
+            status = "unknown"
+        else:
+            status = V2_STATUS.get(sliver["geni_operational_status"], "unknown")
+        resources.append(
+            {
+                "geni_urn": sliver["geni_sliver_urn"],
+                "geni_status": status,
+                "geni_error": sliver.get("geni_error", ""),
+                "geni_expires": sliver["geni_expires"],
+                "geni_start_time": sliver["geni_start_time"],
+                "geni_end_time": sliver["geni_end_time"],
+            }
+        )
+    expires = max(parse_time(sliver["geni_expires"]) for sliver in slivers)
+    return {
+        "geni_urn": slice_urn,
+        "geni_status": overall_status([resource["geni_status"] for resource in resources]),
+        "geni_resources": resources,
+        "geni_expires": format_time(expires),
+    }
+
+
+def _shut_down(am: Aggregate, slice_urn: str) -> bool:
+    try:
+        return am.slices.get(slice_urn).shut_down
+    except GeniError as error:
+        if error.reason != Reason.NOT_FOUND:
+            raise
+        return False
+
+
+def renew_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
+    slice_urn = _slice_urn(params)
+    credentials = _arg(params, 1, "credentials")
+    expiration = _arg(params, 2, "expiration time")
+    if not isinstance(expiration, str | int | float) or isinstance(expiration, bool):
+        raise BadArgs("argument 3 (expiration time) must be a time string, e.g. 2026-12-01T10:00:00Z")
+    renewed = am.renew(ctx.caller_chain, [slice_urn], credentials, expiration, _options(params, 3))
+    if not renewed:
+        raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
+    return True
+
+
+def delete_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
+    slice_urn = _slice_urn(params)
+    deleted = am.delete(ctx.caller_chain, [slice_urn], _arg(params, 1, "credentials"), _options(params, 2))
+    if not deleted:
+        raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to delete")
+    return True
+
+
+def shutdown(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
+    slice_urn = _slice_urn(params)
+    _options(params, 2)
+    return am.shutdown(ctx.caller_chain, slice_urn, _arg(params, 1, "credentials"))
+
+
+def list_slices(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> list[str]:
+    """The slices with a current or future time slot here (SFA's ListSlices; needs the listslices right)."""
+    am.authorize("ListSlices", ctx.caller_chain, _arg(params, 0, "credentials"), None)
+    _options(params, 1)
+    return sorted({lease.slice_urn for lease in am.bookings.leases(start=am.clock())})
+
+
+def get_ticket(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> Any:
+    raise GeniError(
+        Reason.UNSUPPORTED,
+        "GetTicket is not offered: this aggregate signs no tickets; CreateSliver (v2) or Allocate (v3) books the "
+        "time slots directly",
+    )
+
+
+METHODS: dict[str, Method] = {
+    "GetVersion": get_version,
+    "ListResources": list_resources,
+    "CreateSliver": create_sliver,
+    "SliverStatus": sliver_status,
+    "RenewSliver": renew_sliver,
+    "DeleteSliver": delete_sliver,
+    "Shutdown": shutdown,
+    "ListSlices": list_slices,
+    "GetTicket": get_ticket,
+}
+
+_SLICE_FIRST = frozenset({"CreateSliver", "SliverStatus", "RenewSliver", "DeleteSliver", "Shutdown", "GetTicket"})
+
+
+def _slice_of(method: str, params: tuple[Any, ...]) -> str:
+    """What the call is about, for the log line."""
+    if method in _SLICE_FIRST and params and isinstance(params[0], str):
+        return params[0][:200]
+    if method == "ListResources" and len(params) > 1 and isinstance(params[1], Mapping):
+        urn = params[1].get("geni_slice_urn")
+        if isinstance(urn, str):
+            return urn[:200]
+    return "-"
+
+
+class ApiV2:
+    """The handler the XML-RPC transport calls for AM API v2 endpoints."""
+
+    def __init__(self, aggregate: Aggregate) -> None:
+        self.aggregate = aggregate
+
+    def __call__(self, context: CallContext, method: str, params: tuple[Any, ...]) -> Any:
+        started = time.perf_counter()
+        caller = context.caller_chain[0].urn if context.caller_chain else "-"
+        code = GeniCode.SUCCESS
+        try:
+            implementation = METHODS.get(method)
+            if implementation is None:
+                raise GeniError(
+                    Reason.UNSUPPORTED, f"{method} is not an AM API v2 method here ({', '.join(sorted(METHODS))})"
+                )
+            value = implementation(self.aggregate, context, params)
+            return success(value, geni_api=2) if method == "GetVersion" else success(value)
+        except GeniError as error:
+            code = error.code
+            return failure(error)
+        except Exception:
+            code = GeniCode.SERVERERROR
+            log.exception("%s failed", method)
+            return failure(
+                GeniError(Reason.SERVER_ERROR, f"internal error in {method}; the operator's log has the details")
+            )
+        finally:
+            log.info(
+                "%s caller=%s slice=%s geni_code=%d ms=%.1f",
+                method,
+                caller,
+                _slice_of(method, params),
+                int(code),
+                (time.perf_counter() - started) * 1000,
+            )
