@@ -9,22 +9,16 @@ GetTicket is refused (UNSUPPORTED): CreateSliver books the time slot directly an
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from sfa_omf.am.aggregate import Aggregate
-from sfa_omf.am.envelope import failure, success
+from sfa_omf.am.dispatch import ApiEndpoint, Method, argument, log, options_at
 from sfa_omf.am.states import Allocation, Operational
-from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
+from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.times import format_time, parse_time
 from sfa_omf.xrn import is_urn, parse_urn
-
-log = logging.getLogger("sfa_omf.am")
-
-Method = Callable[[Aggregate, CallContext, tuple[Any, ...]], Any]
 
 #: v3 operational state -> v2 sliver status (ready, notready, configuring, failed, unknown; shutdown for the slice).
 V2_STATUS: dict[str, str] = {
@@ -38,23 +32,8 @@ V2_STATUS: dict[str, str] = {
 }
 
 
-def _options(params: tuple[Any, ...], index: int) -> dict[str, Any]:
-    """The options struct at ``index``; absent or nil is empty."""
-    if len(params) <= index or params[index] is None:
-        return {}
-    if not isinstance(params[index], dict):
-        raise BadArgs(f"argument {index + 1} must be the options struct")
-    return dict(params[index])
-
-
-def _arg(params: tuple[Any, ...], index: int, name: str) -> Any:
-    if len(params) <= index:
-        raise BadArgs(f"missing argument {index + 1}: {name}")
-    return params[index]
-
-
 def _string(params: tuple[Any, ...], index: int, name: str) -> str:
-    value = _arg(params, index, name)
+    value = argument(params, index, name)
     if not isinstance(value, str) or not value.strip():
         raise BadArgs(f"argument {index + 1} ({name}) must be a non-empty string")
     return value
@@ -87,8 +66,8 @@ def get_version(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> dic
 
 
 def list_resources(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> str:
-    credentials = _arg(params, 0, "credentials")
-    options = _options(params, 1)
+    credentials = argument(params, 0, "credentials")
+    options = options_at(params, 1)
     slice_urn = options.get("geni_slice_urn")
     if slice_urn is None:
         return am.list_resources(ctx.caller_chain, credentials, options)
@@ -101,10 +80,10 @@ def list_resources(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> 
 
 def create_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> str:
     slice_urn = _slice_urn(params)
-    credentials = _arg(params, 1, "credentials")
+    credentials = argument(params, 1, "credentials")
     rspec = _string(params, 2, "request rspec")
     users = _users(params[3] if len(params) > 3 else None)
-    options = _options(params, 4)
+    options = options_at(params, 4)
     if users:
         options["geni_users"] = users
     before = {sliver.urn for lease in am.bookings.leases(slice_urn=slice_urn) for sliver in lease.slivers}
@@ -137,8 +116,8 @@ def overall_status(statuses: list[str]) -> str:
 
 def sliver_status(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> dict[str, Any]:
     slice_urn = _slice_urn(params)
-    credentials = _arg(params, 1, "credentials")
-    options = _options(params, 2)
+    credentials = argument(params, 1, "credentials")
+    options = options_at(params, 2)
     slivers = am.status(ctx.caller_chain, [slice_urn], credentials, options)["geni_slivers"]
     if not slivers:
         if _shut_down(am, slice_urn):
@@ -180,11 +159,11 @@ def _shut_down(am: Aggregate, slice_urn: str) -> bool:
 
 def renew_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
     slice_urn = _slice_urn(params)
-    credentials = _arg(params, 1, "credentials")
-    expiration = _arg(params, 2, "expiration time")
+    credentials = argument(params, 1, "credentials")
+    expiration = argument(params, 2, "expiration time")
     if not isinstance(expiration, str | int | float) or isinstance(expiration, bool):
         raise BadArgs("argument 3 (expiration time) must be a time string, e.g. 2026-12-01T10:00:00Z")
-    renewed = am.renew(ctx.caller_chain, [slice_urn], credentials, expiration, _options(params, 3))
+    renewed = am.renew(ctx.caller_chain, [slice_urn], credentials, expiration, options_at(params, 3))
     if not renewed:
         raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
     return True
@@ -192,7 +171,7 @@ def renew_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bo
 
 def delete_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
     slice_urn = _slice_urn(params)
-    deleted = am.delete(ctx.caller_chain, [slice_urn], _arg(params, 1, "credentials"), _options(params, 2))
+    deleted = am.delete(ctx.caller_chain, [slice_urn], argument(params, 1, "credentials"), options_at(params, 2))
     if not deleted:
         raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to delete")
     return True
@@ -200,14 +179,14 @@ def delete_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> b
 
 def shutdown(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
     slice_urn = _slice_urn(params)
-    _options(params, 2)
-    return am.shutdown(ctx.caller_chain, slice_urn, _arg(params, 1, "credentials"))
+    options_at(params, 2)
+    return am.shutdown(ctx.caller_chain, slice_urn, argument(params, 1, "credentials"))
 
 
 def list_slices(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> list[str]:
     """The slices with a current or future time slot here (SFA's ListSlices; needs the listslices right)."""
-    am.authorize("ListSlices", ctx.caller_chain, _arg(params, 0, "credentials"), None)
-    _options(params, 1)
+    am.authorize("ListSlices", ctx.caller_chain, argument(params, 0, "credentials"), None)
+    options_at(params, 1)
     return sorted({lease.slice_urn for lease in am.bookings.leases(start=am.clock())})
 
 
@@ -245,39 +224,8 @@ def _slice_of(method: str, params: tuple[Any, ...]) -> str:
     return "-"
 
 
-class ApiV2:
-    """The handler the XML-RPC transport calls for AM API v2 endpoints."""
+class ApiV2(ApiEndpoint):
+    """AM API v2 over the aggregate."""
 
     def __init__(self, aggregate: Aggregate) -> None:
-        self.aggregate = aggregate
-
-    def __call__(self, context: CallContext, method: str, params: tuple[Any, ...]) -> Any:
-        started = time.perf_counter()
-        caller = context.caller_chain[0].urn if context.caller_chain else "-"
-        code = GeniCode.SUCCESS
-        try:
-            implementation = METHODS.get(method)
-            if implementation is None:
-                raise GeniError(
-                    Reason.UNSUPPORTED, f"{method} is not an AM API v2 method here ({', '.join(sorted(METHODS))})"
-                )
-            value = implementation(self.aggregate, context, params)
-            return success(value, geni_api=2) if method == "GetVersion" else success(value)
-        except GeniError as error:
-            code = error.code
-            return failure(error)
-        except Exception:
-            code = GeniCode.SERVERERROR
-            log.exception("%s failed", method)
-            return failure(
-                GeniError(Reason.SERVER_ERROR, f"internal error in {method}; the operator's log has the details")
-            )
-        finally:
-            log.info(
-                "%s caller=%s slice=%s geni_code=%d ms=%.1f",
-                method,
-                caller,
-                _slice_of(method, params),
-                int(code),
-                (time.perf_counter() - started) * 1000,
-            )
+        super().__init__(aggregate, 2, METHODS, _slice_of)
