@@ -8,6 +8,7 @@ Each method takes plain data (the caller's verified-or-not chain, the call's arg
 from __future__ import annotations
 
 import base64
+import functools
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,8 +67,8 @@ class AggregateSettings:
     free_windows: int = 10
     max_request_bytes: int = 4 * 1024 * 1024
 
-    @property
-    def urn(self) -> str:
+    @functools.cached_property
+    def urn(self) -> str:  # cached: it is written on every advertised node
         return hrn_to_urn(self.authority_hrn, "authority+am")
 
 
