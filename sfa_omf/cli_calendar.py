@@ -16,6 +16,7 @@ from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import NODE_STATES, Inventory
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, NodeSpec
+from sfa_omf.calendar.slices import Slices
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
 from sfa_omf.errors import BadArgs
 from sfa_omf.times import format_time, parse_time
@@ -67,6 +68,14 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> None:  # type
     move.add_argument("--to", required=True, dest="to_pool")
     move.add_argument("--from", dest="from_pool", help="only if the node is in this pool now")
     move.set_defaults(handler=_pool_move)
+
+    slices = commands.add_parser("slice", help="slices as the calendar knows them").add_subparsers(
+        title="slice commands"
+    )
+    for name, text in (("release", "let a shut-down slice book again"), ("shutdown", "cancel a slice's leases now")):
+        command = slices.add_parser(name, parents=[config_option], help=text)
+        command.add_argument("slice_urn")
+        command.set_defaults(handler=_slice_release if name == "release" else _slice_shutdown)
 
     lease = commands.add_parser("lease", help="bookings").add_subparsers(title="lease commands")
     leases = lease.add_parser("list", parents=[config_option], help="list leases")
@@ -186,6 +195,21 @@ def _pool_list(args: argparse.Namespace) -> int:
 def _pool_move(args: argparse.Namespace) -> int:
     record = Inventory(_database(args)).move_node(args.component_id, args.to_pool, from_pool=args.from_pool)
     print(f"{record.component_id} is now in pool {record.pool}")
+    return 0
+
+
+def _slice_release(args: argparse.Namespace) -> int:
+    record = Slices(_database(args)).set_shut_down(args.slice_urn, False)
+    print(f"{record.urn} may book again")
+    return 0
+
+
+def _slice_shutdown(args: argparse.Namespace) -> int:
+    database = _database(args)
+    bookings = Bookings(database)
+    cancelled = [bookings.cancel(lease.id) for lease in bookings.leases(slice_urn=args.slice_urn)]
+    Slices(database).set_shut_down(args.slice_urn, True)
+    print(f"{args.slice_urn} is shut down: {len(cancelled)} lease(s) cancelled; sfa-omf slice release undoes the ban")
     return 0
 
 

@@ -97,3 +97,19 @@ def test_db_upgrade_is_repeatable(config: str, capsys: pytest.CaptureFixture[str
 def test_missing_config_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "node", "list", "--config", str(tmp_path / "nope.conf"))
     assert code == 2 and "sfa-omf init DIR" in err
+
+
+def test_slice_shutdown_and_release(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "node", "add", NODE, "--config", config)
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    slice_urn = "urn:publicid:IDN+testbed+slice+demo"
+    bookings = Bookings(Database(read_config(config).calendar_url))
+    bookings.book(slice_urn, start + timedelta(days=1), [BookingRequest(NODE, start, start + timedelta(hours=1))])
+    code, out, _ = run(capsys, "slice", "shutdown", slice_urn, "--config", config)
+    assert code == 0 and "1 lease(s) cancelled" in out
+    assert bookings.leases(slice_urn=slice_urn) == []
+    code, _, err = run(capsys, "slice", "release", "urn:publicid:IDN+testbed+slice+nope", "--config", config)
+    assert code == 2 and "nothing here" in err
+    code, out, _ = run(capsys, "slice", "release", slice_urn, "--config", config)
+    assert code == 0 and "may book again" in out
+    bookings.book(slice_urn, start + timedelta(days=1), [BookingRequest(NODE, start, start + timedelta(hours=1))])

@@ -206,6 +206,18 @@ def test_argument_refusals(am: Am, pki: DemoPki) -> None:
         client.PerformOperationalAction([pki.slice_urn], [cred(user.slice_cred)], "geni_explode", {}), 1, "geni_start"
     )
     refused(client.NoSuchMethod(), 13, "not an AM API v3 method")
+    laughs = (
+        '<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3">&b;</rspec>'
+    )
+    refused(client.Allocate(pki.slice_urn, [cred(user.slice_cred)], laughs, {}), 1, "entit")
+    wrong_namespace = ol_request(("node3",), slot(4)).replace("http://www.geni.net/resources/rspec/3", "urn:other")
+    refused(client.Allocate(pki.slice_urn, [cred(user.slice_cred)], wrong_namespace, {}), 1, "1:")
+    # An oversized payload is refused by the transport before it is read: TOOBIG (6) as an XML-RPC fault.
+    with pytest.raises(xmlrpc.client.Fault) as too_big:
+        client.Allocate(pki.slice_urn, [cred(user.slice_cred)], "<rspec>" + "x" * (5 * 1024 * 1024), {})
+    assert too_big.value.faultCode == 6 and "over the limit" in too_big.value.faultString
+    assert ok(client.GetVersion())["geni_api"] == 3
     # An impossible time: the slot ends before it starts.
     start, end = slot(4)
     refused(client.Allocate(pki.slice_urn, [cred(user.slice_cred)], ol_request(("node3",), (end, start)), {}), 1)
