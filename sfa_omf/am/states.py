@@ -13,6 +13,7 @@ Rules:
 from __future__ import annotations
 
 import enum
+from typing import TypeVar
 
 from sfa_omf.errors import GeniError, Reason
 
@@ -90,24 +91,27 @@ class IllegalTransition(GeniError):
         super().__init__(Reason.BAD_ARGS, message)
 
 
-def next_allocation(state: Allocation, event: Event) -> Allocation:
-    try:
-        return ALLOCATION_TRANSITIONS[(state, event)]
-    except KeyError:
-        allowed = sorted(e.value for (s, e) in ALLOCATION_TRANSITIONS if s == state)
-        raise IllegalTransition(
-            f"cannot {event.value} a sliver that is {state.value} (possible: {', '.join(allowed) or 'nothing'})"
-        ) from None
+State = TypeVar("State", Allocation, Operational)
 
 
-def next_operational(state: Operational, event: Event) -> Operational:
+def _next(table: dict[tuple[State, Event], State], state: State, event: Event) -> State:
     try:
-        return OPERATIONAL_TRANSITIONS[(state, event)]
+        return table[(state, event)]
     except KeyError:
-        allowed = sorted(e.value for (s, e) in OPERATIONAL_TRANSITIONS if s == state)
+        allowed = sorted(e.value for (s, e) in table if s == state)
         raise IllegalTransition(
             f"cannot {event.value} a sliver that is {state.value} (possible now: {', '.join(allowed) or 'nothing'})"
         ) from None
+
+
+def next_allocation(state: Allocation, event: Event) -> Allocation:
+    """The allocation state after ``event``; IllegalTransition (BADARGS) naming what is possible otherwise."""
+    return _next(ALLOCATION_TRANSITIONS, state, event)
+
+
+def next_operational(state: Operational, event: Event) -> Operational:
+    """The operational state after ``event``; IllegalTransition (BADARGS) naming what is possible otherwise."""
+    return _next(OPERATIONAL_TRANSITIONS, state, event)
 
 
 def operational_action(name: str) -> Event:
