@@ -244,7 +244,7 @@ class Aggregate:
                         disk_image=node.disk_image or "",
                     )
                 )
-        self.bookings.book(
+        result = self.bookings.book(
             slice_urn,
             verified.expires,
             wanted,
@@ -252,7 +252,22 @@ class Aggregate:
             best_effort=bool(options.get("geni_best_effort")),
         )
         self._remember_users(slice_urn, options)
-        return self._describe_slice(slice_urn, None)
+        answer = self._describe_slice(slice_urn, None)
+        # geni_best_effort: what could not be booked is reported per requested node, with why and when it is free.
+        answer["geni_slivers"] += [
+            {
+                "geni_sliver_urn": "",
+                "geni_component_id": conflict.node,
+                "geni_expires": "",
+                "geni_allocation_status": str(Allocation.UNALLOCATED),
+                "geni_operational_status": str(Operational.PENDING_ALLOCATION),
+                "geni_error": conflict.describe(),
+                "geni_start_time": format_time(conflict.start),
+                "geni_end_time": format_time(conflict.end),
+            }
+            for conflict in result.refused
+        ]
+        return answer
 
     def _component_of(self, node: Any) -> str:
         if not node.component_id:

@@ -312,3 +312,32 @@ def test_32_clients_race_for_one_node(am: Am, pki: DemoPki) -> None:
     for answer in answers:
         if answer["code"]["geni_code"] == 7:
             assert f"free for the same duration from {window[1]}" in answer["output"]
+
+
+def test_best_effort_reports_what_could_not_be_booked(am: Am, pki: DemoPki) -> None:
+    user = pki.users["alice"]
+    window = slot(10)
+    client = alice(am, pki)
+    ok(client.Allocate(pki.slice_urn, [cred(user.slice_cred)], ol_request(("node1",), window), {}))
+    bob = pki.users["bob"]
+    from sfa_omf.trust.pki import create_gid, new_private_key
+
+    key = new_private_key()
+    slice_gid = create_gid(
+        "urn:publicid:IDN+testbed+slice+be", key.public_key(), pki.authority.key, pki.authority.chain[0]
+    )
+    bob_cred = pki.authority.credential(bob.chain, (slice_gid, *pki.authority.chain))
+    bob_client = am.client(bob.sfi_dir / "testbed.bob.user.gid", bob.sfi_dir / "testbed.bob.pkey")
+    answer = ok(
+        bob_client.Allocate(
+            "urn:publicid:IDN+testbed+slice+be",
+            [bob_cred],
+            ol_request(("node1", "node2"), window),
+            {"geni_best_effort": True},
+        )
+    )
+    booked = [s for s in answer["geni_slivers"] if s["geni_sliver_urn"]]
+    failed = [s for s in answer["geni_slivers"] if not s["geni_sliver_urn"]]
+    assert [s["geni_allocation_status"] for s in booked] == ["geni_allocated"]
+    assert [s["geni_component_id"] for s in failed] == [node_urn("node1")]
+    assert f"free for the same duration from {window[1]}" in failed[0]["geni_error"]
