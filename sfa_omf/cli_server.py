@@ -66,6 +66,10 @@ def _quickstart(args: argparse.Namespace) -> int:
     print(f"    sfi.py -d {sfi} allocate {slice_hrn} request.xml   # an RSpec with ol:lease time slots")
     print(f"    sfi.py -d {sfi} provision {slice_hrn}")
     print(f"    sfi.py -d {sfi} status {slice_hrn}")
+    print("  or with omni (AM API v3; v2 at /am2), with the same certificate and key:")
+    user_files = f"{sfi}/{settings.interface_hrn}.alice"
+    url = f"https://{settings.aggregate_host}:{settings.aggregate_port}/"
+    print(f"    omni -a {url} --cert {user_files}.user.gid --key {user_files}.pkey getversion")
     print("  (sfi.py's registry calls need the SFA registry of issue 6; until then use the AM calls above.)")
     print("  Stop with Ctrl-C.")
     sys.stdout.flush()

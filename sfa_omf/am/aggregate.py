@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from rspec.advertisement import lease_view, write_advertisement
 from rspec.manifest import write_manifest
 from rspec.model import (
@@ -47,6 +49,7 @@ from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.rights import METHOD_OPERATIONS
 from sfa_omf.trust.speaksfor import verify_speaks_for
+from sfa_omf.trust.ticket import TicketSlot, issue_ticket
 from sfa_omf.trust.verifier import CredentialVerifier, VerifiedCredential
 from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn
 
@@ -83,8 +86,10 @@ class Aggregate:
         policy: Policy | None = None,
         clock: Callable[[], datetime] = utcnow,
         backend: TestbedBackend | None = None,
+        identity: tuple[rsa.RSAPrivateKey, GidChain] | None = None,
     ) -> None:
         self.settings = settings
+        self.identity = identity  # the aggregate's own key and GID chain, to sign tickets
         self.backend: TestbedBackend = backend or EmbeddedTestbed()
         self.policy = policy or Policy()
         self.verifier = verifier
@@ -286,6 +291,32 @@ class Aggregate:
                     users.setdefault(str(user["urn"]), []).extend(str(k) for k in keys if isinstance(k, str))
         if users:
             self.slices.update_users(slice_urn, users)
+
+    def ticket(
+        self, caller_chain: GidChain, slice_urn: str, credentials: Any, rspec: str, options: Mapping[str, Any]
+    ) -> str:
+        """SFA's GetTicket: book the slots (as Allocate does) and answer with the aggregate's signed promise of them.
+        The slots are held until the allocation expires; Provision (v3) or CreateSliver (v2) makes them real."""
+        if self.identity is None:
+            raise GeniError(Reason.UNSUPPORTED, "this aggregate has no signing identity configured for tickets")
+        answer = self.allocate(caller_chain, slice_urn, credentials, rspec, options)
+        booked = {s["geni_sliver_urn"] for s in answer["geni_slivers"] if s["geni_sliver_urn"]}
+        slots = [
+            TicketSlot(lease.id, sliver.node, sliver.urn, lease.start, lease.end)
+            for lease in self.bookings.leases(slice_urn=slice_urn)
+            for sliver in lease.slivers
+            if sliver.urn in booked and sliver.allocation_state == Allocation.ALLOCATED
+        ]
+        if not slots:
+            raise GeniError(Reason.BOOKING_CONFLICT, "nothing could be booked, so there is nothing to promise")
+        expires = min(
+            sliver.expires
+            for lease in self.bookings.leases(slice_urn=slice_urn)
+            for sliver in lease.slivers
+            if sliver.urn in booked
+        )
+        key, chain = self.identity
+        return issue_ticket(caller_chain, slice_urn, expires, slots, answer["geni_rspec"], key, chain)
 
     # -- Describe, Status -------------------------------------------------------------------------------------------
     def describe(

@@ -190,12 +190,16 @@ def list_slices(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> lis
     return sorted({lease.slice_urn for lease in am.bookings.leases(start=am.clock())})
 
 
-def get_ticket(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> Any:
-    raise GeniError(
-        Reason.UNSUPPORTED,
-        "GetTicket is not offered: this aggregate signs no tickets; CreateSliver (v2) or Allocate (v3) books the "
-        "time slots directly",
-    )
+def get_ticket(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> str:
+    """SFA's GetTicket(slice_urn, creds, rspec, users, options): the slots booked, as the aggregate's signed promise."""
+    slice_urn = _slice_urn(params)
+    credentials = argument(params, 1, "credentials")
+    rspec = _string(params, 2, "request rspec")
+    users = _users(params[3] if len(params) > 3 else None)
+    options = options_at(params, 4)
+    if users:
+        options["geni_users"] = users
+    return am.ticket(ctx.caller_chain, slice_urn, credentials, rspec, options)
 
 
 METHODS: dict[str, Method] = {

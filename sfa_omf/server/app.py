@@ -27,6 +27,8 @@ from sfa_omf.config import Settings
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
 from sfa_omf.testbed.registry import load_backend
+from sfa_omf.trust.gid import load_gid_chain_file
+from sfa_omf.trust.pki import load_private_key_file
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 
@@ -63,6 +65,10 @@ def build_aggregate(settings: Settings) -> Aggregate:
         verifier,
         policy,
         backend=load_backend(settings.aggregate_type, settings),
+        identity=(
+            load_private_key_file(os.path.join(settings.data_dir, "aggregate", "am.pkey")),
+            load_gid_chain_file(os.path.join(settings.data_dir, "aggregate", "am.gid")),
+        ),
     )
 
 

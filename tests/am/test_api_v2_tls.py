@@ -20,7 +20,8 @@ from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
-from sfa_omf.trust.pki import create_gid, new_private_key
+from sfa_omf.trust.gid import load_gid_chain_file
+from sfa_omf.trust.pki import create_gid, load_private_key_file, new_private_key
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from tests.am.test_api_v3_tls import GENI_V3, NODES, cred, node_urn, ok, ol_request, refused, slot
@@ -50,6 +51,10 @@ def am2(listener: Listener, pki: DemoPki, tmp_path: Path) -> Am2:
         AggregateSettings(authority_hrn="testbed", api_urls={"2": "https://127.0.0.1/am2", "3": "https://127.0.0.1/"}),
         database,
         verifier,
+        identity=(
+            load_private_key_file(str(pki.directory / "aggregate" / "am.pkey")),
+            load_gid_chain_file(str(pki.directory / "aggregate" / "am.gid")),
+        ),
     )
     for name in NODES:
         aggregate.inventory.add_node(NodeSpec(node_urn(name), name, hardware_type="icarus"))
@@ -177,14 +182,47 @@ def test_shutdown(am2: Am2, pki: DemoPki) -> None:
     assert ok(client.ListSlices([user.user_cred], {})) == []
 
 
-def test_get_ticket_is_unsupported(am2: Am2, pki: DemoPki) -> None:
+def test_get_ticket_is_a_signed_promise_of_the_booked_slots(am2: Am2, pki: DemoPki, tmp_path: Path) -> None:
+    """The ticket books the slots and is signed by the aggregate: our verifier and Debian's xmlsec1 both accept its
+    signature against the authority's root; the slots stay allocated until provisioned."""
+    import shutil as shell_tools
+    import subprocess
+
+    from sfa_omf.trust.credential import XML_ID
+    from sfa_omf.trust.verifier import signature_reference, verify_signature_element
+    from sfa_omf.xmlsafe import parse_untrusted
+
     user = pki.users["alice"]
-    output = refused(
-        alice2(am2, pki).GetTicket(pki.slice_urn, [user.slice_cred], ol_request(("node1",), slot(5)), [], {}),
-        13,
-        "CreateSliver",
+    window = slot(5)
+    ticket = ok(alice2(am2, pki).GetTicket(pki.slice_urn, [user.slice_cred], ol_request(("node1",), window), [], {}))
+    root = parse_untrusted(ticket)
+    credential = root.find("credential")
+    assert credential is not None and credential.findtext("type") == "ticket"
+    assert credential.findtext("owner_urn") == user.chain[0].urn and credential.findtext("target_urn") == pki.slice_urn
+    (slot_element,) = credential.findall("ticket/slot")
+    assert (slot_element.get("component_id"), slot_element.get("start"), slot_element.get("end")) == (
+        node_urn("node1"),
+        *window,
     )
-    assert "ticket" in output.lower()
+    (signature,) = root.findall("signatures/{http://www.w3.org/2000/09/xmldsig#}Signature")
+    assert signature_reference(signature) == credential.get(XML_ID)
+    signer = verify_signature_element(signature, "ref0")
+    assert signer[0].urn == "urn:publicid:IDN+testbed+authority+am"
+    xmlsec1 = shell_tools.which("xmlsec1")
+    if xmlsec1 is None:
+        pytest.fail("xmlsec1 is not installed: scripts/test.sh installs it")
+    path = tmp_path / "ticket.xml"
+    path.write_text(ticket)
+    root_gid = str(pki.directory / "trusted_roots" / "testbed.gid")
+    checked = subprocess.run(
+        [xmlsec1, "--verify", "--trusted-pem", root_gid, "--node-id", "Sig_ref0", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+    status = ok(alice2(am2, pki).SliverStatus(pki.slice_urn, [user.slice_cred], {}))
+    assert [resource["geni_status"] for resource in status["geni_resources"]] == ["notready"]
 
 
 def test_refusals(am2: Am2, pki: DemoPki) -> None:

@@ -246,6 +246,8 @@ def test_a_user_of_a_foreign_authority_books(am: Am, vectors: Path) -> None:
     myslice = "urn:publicid:IDN+onelab:inria+slice+myslice"
     allocated = ok(client.Allocate(myslice, [slice_cred], ol_request(("node2",), slot(6)), {}))
     assert len(allocated["geni_slivers"]) == 1
+    expired = (sfa / "creds" / "alice.myslice.expired.cred").read_text()
+    refused(client.Allocate(myslice, [expired], ol_request(("node3",), slot(6)), {}), 21, "expired")
     info_only = (sfa / "creds" / "alice.myslice.infoonly.cred").read_text()
     refused(client.Allocate(myslice, [info_only], ol_request(("node3",), slot(6)), {}), 3, "do not allow")
     assert ok(client.Delete([myslice], [slice_cred], {}))
