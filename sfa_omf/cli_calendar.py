@@ -19,6 +19,7 @@ from sfa_omf.calendar.records import LeaseRecord, NodeRecord, NodeSpec
 from sfa_omf.calendar.slices import Slices
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
 from sfa_omf.errors import BadArgs
+from sfa_omf.registry.accounts import Accounts
 from sfa_omf.times import format_time, parse_time
 
 
@@ -76,6 +77,17 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> None:  # type
         command = slices.add_parser(name, parents=[config_option], help=text)
         command.add_argument("slice_urn")
         command.set_defaults(handler=_slice_release if name == "release" else _slice_shutdown)
+
+    account = commands.add_parser("account", help="local accounts of federation users").add_subparsers(
+        title="account commands"
+    )
+    mapping = account.add_parser("map", parents=[config_option], help="pin the local login of a user (or slice) URN")
+    mapping.add_argument("urn")
+    mapping.add_argument("login")
+    mapping.set_defaults(handler=_account_map)
+    accounts = account.add_parser("list", parents=[config_option], help="list the mappings")
+    accounts.add_argument("--json", action="store_true")
+    accounts.set_defaults(handler=_account_list)
 
     lease = commands.add_parser("lease", help="bookings").add_subparsers(title="lease commands")
     leases = lease.add_parser("list", parents=[config_option], help="list leases")
@@ -195,6 +207,21 @@ def _pool_list(args: argparse.Namespace) -> int:
 def _pool_move(args: argparse.Namespace) -> int:
     record = Inventory(_database(args)).move_node(args.component_id, args.to_pool, from_pool=args.from_pool)
     print(f"{record.component_id} is now in pool {record.pool}")
+    return 0
+
+
+def _account_map(args: argparse.Namespace) -> int:
+    record = Accounts(_database(args)).pin(args.urn, args.login)
+    print(f"{record.urn} logs in as {record.login} (pinned)")
+    return 0
+
+
+def _account_list(args: argparse.Namespace) -> int:
+    records = Accounts(_database(args)).list()
+    if args.json:
+        print(json.dumps([asdict(record) for record in records], indent=1))
+        return 0
+    _print_table(("URN", "LOGIN", "PINNED"), [(r.urn, r.login, "yes" if r.pinned else "no") for r in records])
     return 0
 
 

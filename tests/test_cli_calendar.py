@@ -113,3 +113,13 @@ def test_slice_shutdown_and_release(config: str, capsys: pytest.CaptureFixture[s
     code, out, _ = run(capsys, "slice", "release", slice_urn, "--config", config)
     assert code == 0 and "may book again" in out
     bookings.book(slice_urn, start + timedelta(days=1), [BookingRequest(NODE, start, start + timedelta(hours=1))])
+
+
+def test_account_map_and_list(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    urn = "urn:publicid:IDN+onelab:inria+user+alice"
+    code, out, _ = run(capsys, "account", "map", urn, "alice", "--config", config)
+    assert code == 0 and "logs in as alice (pinned)" in out
+    code, out, _ = run(capsys, "account", "list", "--json", "--config", config)
+    assert code == 0 and json.loads(out) == [{"urn": urn, "login": "alice", "pinned": True}]
+    code, _, err = run(capsys, "account", "map", urn, "Not Valid", "--config", config)
+    assert code == 2 and "not a usable Unix login" in err

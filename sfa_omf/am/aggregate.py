@@ -43,6 +43,7 @@ from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, SliverRecord
 from sfa_omf.calendar.slices import Slices
 from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.registry.accounts import Accounts
 from sfa_omf.testbed.base import SliverHealth, TestbedBackend
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.times import format_time, parse_time, utcnow
@@ -87,6 +88,7 @@ class Aggregate:
         clock: Callable[[], datetime] = utcnow,
         backend: TestbedBackend | None = None,
         identity: tuple[rsa.RSAPrivateKey, GidChain] | None = None,
+        accounts: Accounts | None = None,
     ) -> None:
         self.settings = settings
         self.identity = identity  # the aggregate's own key and GID chain, to sign tickets
@@ -98,6 +100,7 @@ class Aggregate:
         self.bookings = Bookings(database, self.policy, settings.authority_hrn, clock=clock)
         self.availability = Availability(database)
         self.slices = Slices(database)
+        self.accounts = accounts or Accounts(database)
 
     # -- authorization --------------------------------------------------------------------------------------------
     def authorize(
@@ -360,7 +363,7 @@ class Aggregate:
         slice_urn, sliver_urns = self._resolve(urns)
         verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
         new_end = parse_time(expiration, now=self.clock())
-        if new_end > verified.expires:
+        if new_end > verified.expires:  # a sliver never outlives the slice credential
             if not options.get("geni_extend_alap"):
                 raise GeniError(
                     Reason.POLICY,
@@ -368,8 +371,14 @@ class Aggregate:
                     "at its authority first, or ask for geni_extend_alap",
                 )
             new_end = verified.expires
-        for lease in self._leases(slice_urn, sliver_urns):
-            self.bookings.renew(lease.id, new_end)
+        leases = self._leases(slice_urn, sliver_urns)
+        if not leases:
+            raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
+        longest = timedelta(seconds=self.policy.max_duration_s)
+        for lease in leases:
+            # "As long as possible" also means no longer than the operator's maximum duration.
+            lease_end = min(new_end, lease.start + longest) if options.get("geni_extend_alap") else new_end
+            self.bookings.renew(lease.id, lease_end, round_to_grain=True)
         return self._sliver_dicts(slice_urn, sliver_urns)
 
     def delete(
@@ -378,7 +387,10 @@ class Aggregate:
         slice_urn, sliver_urns = self._resolve(urns)
         self.authorize("Delete", caller_chain, credentials, slice_urn, options)
         deleted = []
-        for lease in self._leases(slice_urn, sliver_urns):
+        leases = self._leases(slice_urn, sliver_urns)
+        if not leases:
+            raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to delete")
+        for lease in leases:
             if lease.state == "provisioned":
                 self.backend.release(lease)
             deleted.append(self.bookings.cancel(lease.id))
@@ -459,11 +471,11 @@ class Aggregate:
         return self.backend.health(sliver, lease, self.clock())
 
     def _sliver_dict(self, sliver: SliverRecord, lease: LeaseRecord) -> dict[str, Any]:
-        provisioned = sliver.allocation_state == Allocation.PROVISIONED
+        allocated = sliver.allocation_state == Allocation.ALLOCATED  # expires unless provisioned in time
         health = self._health(sliver, lease)
         return {
             "geni_sliver_urn": sliver.urn,
-            "geni_expires": format_time(lease.end if provisioned else sliver.expires),
+            "geni_expires": format_time(sliver.expires if allocated else lease.end),
             "geni_allocation_status": str(sliver.allocation_state),
             "geni_operational_status": str(health.operational_state),
             "geni_error": health.error,
@@ -483,6 +495,8 @@ class Aggregate:
         leases = self._leases(slice_urn, sliver_urns)
         nodes = {node.component_id: node for node in self.inventory.list_nodes()}
         users = self.slices.get(slice_urn).users if leases else ()
+        # Once per user, not per sliver: the first use creates the mapping (registry/accounts.py).
+        logins = [self.accounts.login_for(user.user_urn, slice_urn) for user in users]
         manifest_slivers = []
         for lease in leases:
             for sliver in lease.slivers:
@@ -499,8 +513,7 @@ class Aggregate:
                         lease_ids=(lease.id,),
                         hostname=node.component_name if node else None,
                         logins=tuple(
-                            Login(username=parse_urn(user.user_urn).name, hostname=node.component_name if node else "")
-                            for user in users
+                            Login(username=login, hostname=node.component_name if node else "") for login in logins
                         ),
                     )
                 )

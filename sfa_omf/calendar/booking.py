@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import RETRY_ATTEMPTS, Database, is_overlap_violation, retry_transient
-from sfa_omf.calendar.intervals import DAY_S, Interval, earliest_start, merge, overlaps
+from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
 from sfa_omf.calendar.queries import from_s, held_windows, to_s
@@ -297,11 +297,15 @@ class Bookings:
         return leases
 
     # -- changing leases --------------------------------------------------------------------------------------
-    def renew(self, lease_id: str, new_end: datetime) -> LeaseRecord:
-        """Extend or shorten a lease, with the same availability and policy checks as booking."""
-        return retry_transient(lambda: self._renew_once(lease_id, new_end))
+    def renew(self, lease_id: str, new_end: datetime, round_to_grain: bool = False) -> LeaseRecord:
+        """Extend or shorten a lease, with the same availability and policy checks as booking.
 
-    def _renew_once(self, lease_id: str, new_end: datetime) -> LeaseRecord:
+        ``round_to_grain`` rounds the new end down to the lease's slots: clients ask for "+1d" or "as long as
+        possible" and mean the last whole slot before that time.
+        """
+        return retry_transient(lambda: self._renew_once(lease_id, new_end, round_to_grain))
+
+    def _renew_once(self, lease_id: str, new_end: datetime, round_to_grain: bool) -> LeaseRecord:
         new_end_s = to_s(new_end)
         now_s = to_s(self.clock())
         try:
@@ -309,6 +313,8 @@ class Bookings:
                 lease = _find_lease(session, lease_id, lock=True)
                 if lease.state not in ACTIVE_LEASE_STATES:
                     raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state} and cannot be renewed")
+                if round_to_grain:
+                    new_end_s = align_down(new_end_s, max(sliver.node.grain_s for sliver in lease.slivers))
                 if new_end_s > lease.slice.expires_s:
                     raise PolicyViolation(
                         "slice_expiry",
@@ -324,7 +330,9 @@ class Bookings:
                 lease.end_s = new_end_s
                 for sliver in lease.slivers:
                     sliver.end_s = new_end_s
-                    sliver.expires_s = min(sliver.expires_s, new_end_s)
+                    # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time.
+                    provisioned = sliver.allocation_state == "geni_provisioned"
+                    sliver.expires_s = new_end_s if provisioned else min(sliver.expires_s, new_end_s)
                 session.flush()
                 return lease_record(lease)
         except IntegrityError as exc:

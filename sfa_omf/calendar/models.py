@@ -111,3 +111,14 @@ class Sliver(Base):
 
     lease: Mapped[Lease] = relationship(back_populates="slivers")
     node: Mapped[Node] = relationship()
+
+
+class AccountMapping(Base):
+    """Which local Unix account a federation user (or a slice, or everyone) uses on the testbed."""
+
+    __tablename__ = "account_mapping"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    urn: Mapped[str] = mapped_column(String(300), unique=True)  # a user URN, or a slice URN (per-slice policy)
+    login: Mapped[str] = mapped_column(String(32), index=True)
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)  # set by an operator, never recomputed

@@ -112,7 +112,7 @@ def test_the_whole_life_of_a_v2_sliver(am2: Am2, pki: DemoPki) -> None:
     )
     assert isinstance(manifest, str) and 'type="manifest"' in manifest
     assert 'client_id="node1"' in manifest and 'client_id="l1"' in manifest
-    assert 'username="alice"' in manifest, "the users argument reached the slice"
+    assert 'username="alice_' in manifest, "the users argument reached the slice (mapped to a local login)"
     # ListResources with geni_slice_urn answers the slice's manifest, compressed when asked.
     listed = ok(
         client.ListResources(

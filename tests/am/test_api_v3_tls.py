@@ -137,7 +137,7 @@ def test_the_whole_life_of_a_booking(am: Am, pki: DemoPki) -> None:
     provisioned = ok(client.Provision([pki.slice_urn], [cred(user.slice_cred)], {"geni_rspec_version": GENI_V3}))
     assert {s["geni_allocation_status"] for s in provisioned["geni_slivers"]} == {"geni_provisioned"}
     assert {s["geni_operational_status"] for s in provisioned["geni_slivers"]} == {"geni_notready"}  # slot ahead
-    assert 'username="alice"' in provisioned["geni_rspec"]
+    assert 'username="alice_' in provisioned["geni_rspec"]  # the per-user local login (registry/accounts.py)
     status = ok(client.Status([pki.slice_urn], [cred(user.slice_cred)], {}))
     assert status["geni_urn"] == pki.slice_urn and len(status["geni_slivers"]) == 2
     one = slivers[0]["geni_sliver_urn"]
@@ -343,3 +343,26 @@ def test_best_effort_reports_what_could_not_be_booked(am: Am, pki: DemoPki) -> N
     assert [s["geni_allocation_status"] for s in booked] == ["geni_allocated"]
     assert [s["geni_component_id"] for s in failed] == [node_urn("node1")]
     assert f"free for the same duration from {window[1]}" in failed[0]["geni_error"]
+
+
+def test_renew_as_sfi_sends_it(am: Am, pki: DemoPki) -> None:
+    """sfi passes the user's string verbatim ("+1d"); "as long as possible" caps at the credential's expiry. Both end
+    on a slot boundary; Delete then reports the renewed times; a second Delete finds nothing."""
+    from sfa_omf.trust.credential import read_credential
+
+    client = alice(am, pki)
+    user = pki.users["alice"]
+    credentials = [cred(user.slice_cred)]
+    ok(client.Allocate(pki.slice_urn, credentials, ol_request(("node2",), slot(12)), {}))
+    ok(client.Provision([pki.slice_urn], credentials, {}))
+    renewed = ok(client.Renew([pki.slice_urn], credentials, "+1d", {}))
+    end = renewed[0]["geni_end_time"]
+    assert end[14:] in ("00:00Z", "30:00Z") and renewed[0]["geni_expires"] == end
+    refused(client.Renew([pki.slice_urn], credentials, "+8w", {}), 7, "geni_extend_alap")
+    longest = ok(client.Renew([pki.slice_urn], credentials, "+8w", {"geni_extend_alap": True}))
+    credential_expiry = format_time(read_credential(user.slice_cred).credential.expires)
+    assert longest[0]["geni_end_time"] <= credential_expiry and longest[0]["geni_end_time"][14:] in ("00:00Z", "30:00Z")
+    deleted = ok(client.Delete([pki.slice_urn], credentials, {}))
+    assert deleted[0]["geni_end_time"] == longest[0]["geni_end_time"] == deleted[0]["geni_expires"]
+    refused(client.Delete([pki.slice_urn], credentials, {}), 12, "no slivers here")
+    refused(client.Renew([pki.slice_urn], credentials, "+1d", {}), 12, "no slivers here")

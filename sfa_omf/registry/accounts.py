@@ -1,0 +1,102 @@
+"""Federation identities to local Unix accounts.
+
+Policies (the operator chooses one):
+- ``per-user`` (default): one account per federation user. The login is derived from the user's HRN: its last part,
+  lower-cased, characters outside [a-z0-9_-] replaced by '_', cut so that ``<name>_<tag>`` fits in 32 characters,
+  where <tag> is 6 hex digits of the SHA-256 of the whole URN. Same user, same login, always (stable); two users
+  whose names look alike (alice of onelab.inria and alice of geni.gpo.gcf) get different tags. The mapping is stored,
+  and should two URNs ever meet on one login the tag grows until they differ (collision-free).
+- ``per-slice``: one account per slice, derived the same way from the slice URN.
+- ``shared``: one account for every federation user (its name is configured).
+An operator can pin a mapping by hand (``sfa-omf account map URN LOGIN``); a pinned login is never recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from sfa_omf.calendar.database import Database, retry_transient
+from sfa_omf.calendar.models import AccountMapping
+from sfa_omf.errors import BadArgs
+from sfa_omf.xrn import parse_urn
+
+MAX_LOGIN = 32
+POLICIES = ("per-user", "per-slice", "shared")
+_VALID_LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+def derived_login(urn: str, tag_length: int = 6) -> str:
+    """The login a URN maps to by rule (see the module docstring)."""
+    name = re.sub(r"[^a-z0-9_-]", "_", parse_urn(urn).name.lower())
+    if not name or not (name[0].isalpha() or name[0] == "_"):
+        name = f"u{name}"
+    tag = hashlib.sha256(urn.lower().encode("utf-8")).hexdigest()[:tag_length]
+    return f"{name[: MAX_LOGIN - len(tag) - 1]}_{tag}"
+
+
+def check_login(login: str) -> None:
+    if not _VALID_LOGIN.match(login):
+        raise BadArgs(
+            f"{login!r} is not a usable Unix login: at most 32 characters, lower-case letters, digits, '_' and '-', "
+            "starting with a letter or '_'"
+        )
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    urn: str
+    login: str
+    pinned: bool
+
+
+class Accounts:
+    """The stored mapping, in the calendar's database."""
+
+    def __init__(self, database: Database, policy: str = "per-user", shared_login: str = "federation") -> None:
+        if policy not in POLICIES:
+            raise BadArgs(f"account policy {policy!r} is not one of {', '.join(POLICIES)}")
+        check_login(shared_login)
+        self.database = database
+        self.policy = policy
+        self.shared_login = shared_login
+
+    def login_for(self, user_urn: str, slice_urn: str) -> str:
+        """The local login of a user acting in a slice, creating the mapping on first use."""
+        if self.policy == "shared":
+            return self.shared_login
+        key = slice_urn if self.policy == "per-slice" else user_urn
+        return retry_transient(lambda: self._mapped(key))
+
+    def _mapped(self, urn: str) -> str:
+        with self.database.write() as session:
+            existing = session.scalar(select(AccountMapping).where(AccountMapping.urn == urn))
+            if existing is not None:
+                return existing.login
+            for tag_length in range(6, 17):
+                login = derived_login(urn, tag_length)
+                taken = session.scalar(select(AccountMapping).where(AccountMapping.login == login))
+                if taken is None:
+                    session.add(AccountMapping(urn=urn, login=login, pinned=False))
+                    return login
+            raise BadArgs(f"no free login could be derived for {urn}; pin one with sfa-omf account map")
+
+    def pin(self, urn: str, login: str) -> AccountRecord:
+        """An operator's choice: ``urn`` uses ``login`` (several URNs may share a pinned login on purpose)."""
+        parse_urn(urn)
+        check_login(login)
+        with self.database.write() as session:
+            existing = session.scalar(select(AccountMapping).where(AccountMapping.urn == urn))
+            if existing is None:
+                session.add(AccountMapping(urn=urn, login=login, pinned=True))
+            else:
+                existing.login, existing.pinned = login, True
+        return AccountRecord(urn, login, True)
+
+    def list(self) -> list[AccountRecord]:
+        with self.database.read() as session:
+            rows = session.scalars(select(AccountMapping).order_by(AccountMapping.urn))
+            return [AccountRecord(row.urn, row.login, row.pinned) for row in rows]
