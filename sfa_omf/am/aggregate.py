@@ -424,16 +424,12 @@ class Aggregate:
     def shutdown(self, caller_chain: GidChain, slice_urn: str, credentials: Any) -> bool:
         """Stop everything of the slice now; it books nothing more until an operator releases it."""
         _check_urn(slice_urn, "slice")
-        self.authorize("Shutdown", caller_chain, credentials, slice_urn)
+        verified = self.authorize("Shutdown", caller_chain, credentials, slice_urn)
+        self.slices.set_shut_down(slice_urn, True, expires=verified.expires)  # first: no new booking slips in
         for lease in self.bookings.leases(slice_urn=slice_urn):
             if lease.state == "provisioned":
                 self.backend.release(lease)
             self.bookings.cancel(lease.id)
-        try:
-            self.slices.set_shut_down(slice_urn, True)
-        except GeniError as exc:
-            if exc.reason != Reason.NOT_FOUND:
-                raise
         return True
 
     # -- helpers -----------------------------------------------------------------------------------------------

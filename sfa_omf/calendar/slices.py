@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.models import Slice, SliceUser
-from sfa_omf.calendar.queries import from_s
+from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import GeniError, Reason
 
 
@@ -90,9 +90,19 @@ class Slices:
 
         return retry_transient(unit_of_work)
 
-    def set_shut_down(self, slice_urn: str, shut_down: bool) -> SliceRecord:
-        """Shut a slice down (it books nothing more) or release it (an operator's decision)."""
+    def set_shut_down(self, slice_urn: str, shut_down: bool, expires: datetime | None = None) -> SliceRecord:
+        """Shut a slice down (it books nothing more) or release it (an operator's decision).
+
+        A slice this aggregate has not seen yet is recorded when ``expires`` is given, so that shutting it down
+        holds even before it ever booked here.
+        """
         with self.database.write() as session:
-            slice_row = _find(session, slice_urn)
+            slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn).options(selectinload(Slice.users)))
+            if slice_row is None and expires is not None:
+                slice_row = Slice(urn=slice_urn, expires_s=to_s(expires), shut_down=shut_down, users=[])
+                session.add(slice_row)
+                session.flush()
+            if slice_row is None:
+                raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has nothing here")
             slice_row.shut_down = shut_down
             return _record(slice_row)

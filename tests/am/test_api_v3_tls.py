@@ -366,3 +366,18 @@ def test_renew_as_sfi_sends_it(am: Am, pki: DemoPki) -> None:
     assert deleted[0]["geni_end_time"] == longest[0]["geni_end_time"] == deleted[0]["geni_expires"]
     refused(client.Delete([pki.slice_urn], credentials, {}), 12, "no slivers here")
     refused(client.Renew([pki.slice_urn], credentials, "+1d", {}), 12, "no slivers here")
+
+
+def test_conformance_details(am: Am, pki: DemoPki) -> None:
+    """Details the GENI acceptance tests check: the ad names ad.xsd; unknown sliver and node URNs get a struct with
+    a code, never a fault; the slice owner's own credential may Shutdown (sfi sends no options), after which the
+    slice books nothing."""
+    client = alice(am, pki)
+    user = pki.users["alice"]
+    credentials = [cred(user.slice_cred)]
+    ad = ok(client.ListResources([user.user_cred], {"geni_rspec_version": GENI_V3}))
+    assert "http://www.geni.net/resources/rspec/3/ad.xsd" in ad
+    refused(client.Describe(["urn:publicid:IDN+testbed+sliver+nope"], credentials, {}), 12, "no such sliver")
+    refused(client.Describe([node_urn("node1")], credentials, {}), 1, "neither a slice nor a sliver")
+    assert ok(client.Shutdown(pki.slice_urn, credentials)) is True
+    refused(client.Allocate(pki.slice_urn, credentials, ol_request(("node1",), slot(14)), {}), 7, "shut down")
