@@ -112,8 +112,11 @@ class LocalAuthority:
         parts = split_hrn(hrn)
         if parts[: len(split_hrn(self.hrn))] != split_hrn(self.hrn):
             raise AuthorityError(f"{hrn!r} is not under authority {self.hrn!r}")
-        new_key = new_private_key() if public_key is None else None
-        subject_public = public_key if public_key is not None else new_key.public_key()  # type: ignore[union-attr]
+        new_key: rsa.RSAPrivateKey | None = None
+        if public_key is None:
+            new_key = new_private_key()
+            public_key = new_key.public_key()
+        subject_public = public_key
         gid = create_gid(hrn_to_urn(hrn, type_), subject_public, self.key, issuer=self.chain[0], email=email)
         chain = (gid, *self.chain)
         path = self.issued_gid_path(hrn)
