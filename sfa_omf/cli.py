@@ -21,7 +21,7 @@ from sfa_omf.cli_server import add_server_commands
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
 from sfa_omf.errors import REASON_CODES, BadArgs, GeniCode, GeniError, TrustError
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority
-from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEFAULT_USERS, init_directory
+from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEFAULT_USERS, init_directory, register_demo
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.credential import delegate_credential, read_credential
 from sfa_omf.trust.gid import Gid, GidChain, load_gid_chain_file
@@ -107,7 +107,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def _cmd_init(args: argparse.Namespace) -> int:
     report = init_directory(args.directory, args.authority, tuple(args.users or DEFAULT_USERS))
     settings = read_config(os.path.join(report.directory, CONFIG_FILE_NAME))
-    Database(settings.calendar_url).upgrade()  # the embedded calendar is ready to use
+    database = Database(settings.calendar_url)
+    database.upgrade()  # the embedded calendar is ready to use
+    register_demo(report, database)
     print(
         f"authority {report.authority_hrn} in {report.directory}: {len(report.created)} files created, "
         f"{len(report.kept)} already there and left untouched"

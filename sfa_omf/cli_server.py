@@ -10,7 +10,7 @@ import sys
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
 from sfa_omf.errors import BadArgs
-from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEMO_SLICE, init_directory
+from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEMO_SLICE, init_directory, register_demo
 from sfa_omf.server.app import build_aggregate, serve_forever
 from sfa_omf.xrn import hrn_to_urn
 
@@ -50,6 +50,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     settings = read_config(os.path.join(report.directory, CONFIG_FILE_NAME))
     _logging(settings.log_file)
     aggregate = build_aggregate(settings)
+    register_demo(report, aggregate.database)
     if not aggregate.inventory.list_nodes():
         for number in range(1, DEMO_NODES + 1):
             name = f"node{number}"
@@ -59,6 +60,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     sfi = report.sfi_dirs["alice"]
     slice_hrn = f"{settings.interface_hrn}.{DEMO_SLICE}"
     print(f"sfa-omf aggregate {aggregate.settings.urn} on https://{settings.aggregate_host}:{settings.aggregate_port}/")
+    print(f"  registry of {settings.interface_hrn} on https://{settings.registry_host}:{settings.registry_port}/")
     print(f"  authority directory: {report.directory} (sfa-omf node list --config {report.directory}/sfa-omf.conf)")
     print("  try, with the public sfi.py (Python 3 port):")
     print(f"    sfi.py -d {sfi} version")
@@ -70,7 +72,6 @@ def _quickstart(args: argparse.Namespace) -> int:
     user_files = f"{sfi}/{settings.interface_hrn}.alice"
     url = f"https://{settings.aggregate_host}:{settings.aggregate_port}/"
     print(f"    omni -a {url} --cert {user_files}.user.gid --key {user_files}.pkey getversion")
-    print("  (sfi.py's registry calls need the SFA registry of issue 6; until then use the AM calls above.)")
     print("  Stop with Ctrl-C.")
     sys.stdout.flush()
     return serve_forever(settings)

@@ -91,6 +91,7 @@ class Aggregate:
         accounts: Accounts | None = None,
     ) -> None:
         self.settings = settings
+        self.database = database
         self.identity = identity  # the aggregate's own key and GID chain, to sign tickets
         self.backend: TestbedBackend = backend or EmbeddedTestbed()
         self.policy = policy or Policy()

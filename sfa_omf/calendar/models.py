@@ -122,3 +122,19 @@ class AccountMapping(Base):
     urn: Mapped[str] = mapped_column(String(300), unique=True)  # a user URN, or a slice URN (per-slice policy)
     login: Mapped[str] = mapped_column(String(32), index=True)
     pinned: Mapped[bool] = mapped_column(Boolean, default=False)  # set by an operator, never recomputed
+
+
+class RegistryRecord(Base):
+    """A record of the local authority's SFA registry: an authority, user, slice or node, with its GID."""
+
+    __tablename__ = "registry_record"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hrn: Mapped[str] = mapped_column(String(300), unique=True)
+    type: Mapped[str] = mapped_column(String(20))
+    urn: Mapped[str] = mapped_column(String(300))
+    gid: Mapped[str] = mapped_column(Text)  # PEM chain, leaf first
+    email: Mapped[str] = mapped_column(String(200), default="")
+    keys: Mapped[list[str]] = mapped_column(JSON, default=list)  # users' SSH public keys
+    researchers: Mapped[list[str]] = mapped_column(JSON, default=list)  # slices' member user HRNs
+    created_s: Mapped[int] = mapped_column(BigInteger)

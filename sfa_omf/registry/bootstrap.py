@@ -10,8 +10,10 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from sfa_omf.calendar.database import Database
 from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config, write_config
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority, write_new_file
+from sfa_omf.registry.records import Records
 from sfa_omf.trust.gid import GidChain, chain_pem
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
 from sfa_omf.xrn import hrn_to_urn
@@ -146,3 +148,10 @@ def _sfi_config(authority_hrn: str, user_hrn: str, settings: Settings) -> str:
         f"registry = {settings.registry_url}\n"
         f"sm = {settings.aggregate_url}\n"
     )
+
+
+def register_demo(report: InitReport, database: Database) -> None:
+    """Record the authority's GIDs in its registry, with the demo users as researchers of the demo slice."""
+    authority = LocalAuthority.load(report.directory, report.authority_hrn)
+    users = [authority.child_hrn(name) for name in sorted(report.sfi_dirs)]
+    Records(database).import_authority(authority, {authority.child_hrn(DEMO_SLICE): users})

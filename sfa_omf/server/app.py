@@ -24,6 +24,9 @@ from sfa_omf.am.api_v3 import ApiV3
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
+from sfa_omf.registry.api import RegistryApi
+from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.records import Records
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
 from sfa_omf.testbed.registry import load_backend
@@ -114,6 +117,28 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     return RunningServer(port=listening, pool=pool, expiry=expiry)
 
 
+def start_registry(settings: Settings, database: Database, port: int | None = None) -> Any:
+    """Serve the local authority's SFA Registry API over TLS with the authority's own key (call in the reactor
+    thread). The authority's issued GIDs are recorded first (idempotent)."""
+    authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
+    records = Records(database)
+    records.import_authority(authority)
+    verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
+    pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="sfa-omf-registry")
+    pool.start()
+    endpoint = XmlRpcResource(RegistryApi(authority, records, verifier), pool, reactor, settings.max_request_bytes)
+    site = make_site({}, endpoint, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
+    tls = ServerTls(
+        LocalAuthority.key_path(settings.data_dir, settings.interface_hrn),
+        LocalAuthority.gid_path(settings.data_dir, settings.interface_hrn),
+    )
+    listening = reactor.listenSSL(
+        settings.registry_port if port is None else port, site, tls, interface=settings.registry_host
+    )
+    reactor.addSystemEventTrigger("before", "shutdown", pool.stop)
+    return listening
+
+
 def _expire(aggregate: Aggregate) -> None:
     try:
         released = aggregate.bookings.expire_unprovisioned()
@@ -127,6 +152,13 @@ def serve_forever(settings: Settings) -> int:
     """Run until interrupted (SIGINT/SIGTERM), then shut down cleanly."""
     aggregate = build_aggregate(settings)
     running = start_aggregate(settings, aggregate)
+    registry = start_registry(settings, aggregate.database)
+    log.info(
+        "registry %s serving the SFA Registry API on https://%s:%d/",
+        settings.interface_hrn,
+        settings.registry_host,
+        registry.getHost().port,
+    )
     log.info(
         "aggregate %s serving AM API v3 on https://%s:%d/",
         aggregate.settings.urn,

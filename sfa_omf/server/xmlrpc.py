@@ -126,9 +126,12 @@ def _fault(request: server.Request, code: int, message: str) -> bytes:
 
 
 def _internal_error(request: server.Request, method: str, failure: Failure) -> None:
-    log.error("%s failed: %s", method, failure.getTraceback())
     if request.finished or request.channel is None:
         return
+    if isinstance(failure.value, xmlrpc.client.Fault):  # a handler's deliberate refusal (the SFA registry's way)
+        _respond(request, xmlrpc.client.dumps(failure.value, methodresponse=True))
+        return
+    log.error("%s failed: %s", method, failure.getTraceback())
     fault = xmlrpc.client.Fault(FAULT_SERVERERROR, f"internal error in {method}; the operator's log has the details")
     _respond(request, xmlrpc.client.dumps(fault, methodresponse=True))
 

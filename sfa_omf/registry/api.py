@@ -1,0 +1,159 @@
+"""The SFA Registry API for the local authority, as sfi.py uses it: GetVersion, GetSelfCredential, GetCredential,
+Resolve, List. (Register, Update and Remove arrive with the rest of the registry issue.)
+
+Replies are not wrapped in the AM envelope; refusals are XML-RPC faults whose code is the GENI code and whose
+message says what to do, as SFA's registry answers. One log line per call, like the aggregate's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import xmlrpc.client
+from collections.abc import Callable
+from typing import Any
+
+from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
+from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.records import Record, Records, record_chain
+from sfa_omf.server.xmlrpc import CallContext
+from sfa_omf.times import utcnow
+from sfa_omf.trust.gid import GidChain, load_gid_chain
+from sfa_omf.trust.verifier import CredentialVerifier
+from sfa_omf.xrn import is_urn, parse_urn
+
+log = logging.getLogger("sfa_omf.registry")
+
+
+def _hrn(xrn: Any) -> str:
+    if not isinstance(xrn, str) or not xrn:
+        raise BadArgs("name a record by its HRN or URN")
+    return parse_urn(xrn).hrn if is_urn(xrn) else xrn
+
+
+def record_dict(record: Record, authority_hrn: str) -> dict[str, Any]:
+    """A record with the fields sfi.py reads."""
+    return {
+        "hrn": record.hrn,
+        "type": record.type,
+        "reg-urn": record.urn,
+        "urn": record.urn,
+        "gid": record.gid,
+        "email": record.email,
+        "reg-keys": list(record.keys),
+        "reg-researchers": list(record.researchers),
+        "authority": authority_hrn,
+    }
+
+
+class RegistryApi:
+    """The handler the XML-RPC transport calls for the registry port."""
+
+    def __init__(self, authority: LocalAuthority, records: Records, verifier: CredentialVerifier) -> None:
+        self.authority = authority
+        self.records = records
+        self.verifier = verifier
+        self.methods: dict[str, Callable[[CallContext, tuple[Any, ...]], Any]] = {
+            "GetVersion": self.get_version,
+            "GetSelfCredential": self.get_self_credential,
+            "GetCredential": self.get_credential,
+            "Resolve": self.resolve,
+            "List": self.list,
+        }
+
+    def __call__(self, context: CallContext, method: str, params: tuple[Any, ...]) -> Any:
+        started = time.perf_counter()
+        code = GeniCode.SUCCESS
+        try:
+            implementation = self.methods.get(method)
+            if implementation is None:
+                raise GeniError(
+                    Reason.UNSUPPORTED, f"{method} is not offered by this registry ({', '.join(self.methods)})"
+                )
+            return implementation(context, params)
+        except GeniError as error:
+            code = error.code
+            raise xmlrpc.client.Fault(int(error.code), error.message) from error
+        finally:
+            caller = context.caller_chain[0].urn if context.caller_chain else "-"
+            log.info(
+                "%s caller=%s geni_code=%d ms=%.1f", method, caller, int(code), (time.perf_counter() - started) * 1000
+            )
+
+    # -- methods ------------------------------------------------------------------------------------------------
+    def get_version(self, context: CallContext, params: tuple[Any, ...]) -> dict[str, Any]:
+        return {
+            "interface": "registry",
+            "sfa": 2,
+            "hrn": self.authority.hrn,
+            "urn": self.authority.urn,
+            "peers": {},
+            "code_tag": "sfa-omf",
+        }
+
+    def get_self_credential(self, context: CallContext, params: tuple[Any, ...]) -> str:
+        """sfi.py's bootstrap: the holder of a user's key gets that user's credential."""
+        if len(params) < 2:
+            raise BadArgs("GetSelfCredential(certificate, xrn, type)")
+        record = self._record(_hrn(params[1]), "user")
+        registered = record_chain(record)[0]
+        try:
+            presented = load_gid_chain(str(params[0]))[0]
+        except BadArgs as exc:
+            raise BadArgs("the first argument must be your certificate (PEM)") from exc
+        caller = context.caller_chain[0] if context.caller_chain else None
+        if presented.key_id != registered.key_id or caller is None or caller.key_id != registered.key_id:
+            raise GeniError(
+                Reason.OWNER_MISMATCH,
+                f"the key you connect with is not the key registered for {record.hrn}; use that user's private key",
+            )
+        return self.authority.credential(record_chain(record), record_chain(record), can_delegate=False)
+
+    def get_credential(self, context: CallContext, params: tuple[Any, ...]) -> str:
+        """A user's own credential, or a slice credential for a researcher of the slice."""
+        if len(params) < 2:
+            raise BadArgs("GetCredential(credential, xrn, type)")
+        caller = self._caller(context, params[0], "getcredential")
+        target = self._record(_hrn(params[1]), str(params[2]) if len(params) > 2 and params[2] else None)
+        caller_chain = record_chain(caller)
+        if target.type == "user" and target.hrn == caller.hrn:
+            return self.authority.credential(caller_chain, caller_chain, can_delegate=False)
+        if target.type == "slice" and caller.hrn in target.researchers:
+            return self.authority.credential(caller_chain, record_chain(target))
+        raise GeniError(
+            Reason.INSUFFICIENT_PRIVILEGES,
+            f"{caller.hrn} may not have a credential for {target.type} {target.hrn} "
+            "(only for themselves, and for slices they are a researcher of)",
+        )
+
+    def resolve(self, context: CallContext, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        if len(params) < 2:
+            raise BadArgs("Resolve(xrns, credentials)")
+        self._caller(context, params[1], "resolve")
+        names = params[0] if isinstance(params[0], list) else [params[0]]
+        found = []
+        for name in names:
+            found.append(record_dict(self._record(_hrn(name), None), self.authority.hrn))
+        return found
+
+    def list(self, context: CallContext, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        if len(params) < 2:
+            raise BadArgs("List(xrn, credentials)")
+        self._caller(context, params[1], "list")
+        return [record_dict(record, self.authority.hrn) for record in self.records.under(_hrn(params[0]))]
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def _record(self, hrn: str, kind: str | None) -> Record:
+        record = self.records.get(hrn)
+        if record is None or (kind is not None and record.type != kind):
+            what = f"{kind} " if kind else ""
+            raise GeniError(Reason.NOT_FOUND, f"no {what}record {hrn} in the registry of {self.authority.hrn}")
+        return record
+
+    def _caller(self, context: CallContext, credentials: Any, operation: str) -> Record:
+        """The calling user's record, after checking their credential allows ``operation``."""
+        creds = credentials if isinstance(credentials, list) else [credentials]
+        texts = [c if isinstance(c, str) else c.get("geni_value", "") for c in creds if isinstance(c, str | dict)]
+        chain: GidChain = context.caller_chain
+        verified = self.verifier.check_call(chain, texts, None, operation, utcnow())
+        return self._record(parse_urn(verified.owner_urn).hrn, "user")

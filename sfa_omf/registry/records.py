@@ -1,0 +1,96 @@
+"""The registry's records (authorities, users, slices, nodes) in the calendar's database, as plain data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.models import RegistryRecord
+from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.times import utcnow
+from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain, load_gid_chain_file
+from sfa_omf.xrn import is_authority_for, split_hrn
+
+
+@dataclass(frozen=True)
+class Record:
+    hrn: str
+    type: str
+    urn: str
+    gid: str
+    email: str = ""
+    keys: tuple[str, ...] = ()
+    researchers: tuple[str, ...] = ()
+
+
+def _record(row: RegistryRecord) -> Record:
+    return Record(row.hrn, row.type, row.urn, row.gid, row.email, tuple(row.keys), tuple(row.researchers))
+
+
+class Records:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def get(self, hrn: str) -> Record | None:
+        with self.database.read() as session:
+            row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
+            return _record(row) if row is not None else None
+
+    def under(self, authority_hrn: str) -> list[Record]:
+        """The records directly under an authority (SFA's List)."""
+        depth = len(split_hrn(authority_hrn)) + 1
+        with self.database.read() as session:
+            rows = session.scalars(select(RegistryRecord).order_by(RegistryRecord.hrn))
+            return [
+                _record(row)
+                for row in rows
+                if is_authority_for(authority_hrn, row.hrn) and len(split_hrn(row.hrn)) == depth
+            ]
+
+    def add(self, record: Record) -> None:
+        """Add a record, or merge researchers and keys into the existing one (never drops either)."""
+        with self.database.write() as session:
+            row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == record.hrn))
+            if row is None:
+                session.add(
+                    RegistryRecord(
+                        hrn=record.hrn,
+                        type=record.type,
+                        urn=record.urn,
+                        gid=record.gid,
+                        email=record.email,
+                        keys=list(record.keys),
+                        researchers=list(record.researchers),
+                        created_s=int(utcnow().timestamp()),
+                    )
+                )
+                return
+            row.keys = list(dict.fromkeys([*row.keys, *record.keys]))
+            row.researchers = list(dict.fromkeys([*row.researchers, *record.researchers]))
+
+    def import_authority(
+        self, authority: LocalAuthority, researchers: Mapping[str, Sequence[str]] | None = None
+    ) -> int:
+        """Record the authority and every GID it issued (gids/); ``researchers`` maps slice HRNs to member user HRNs.
+        Idempotent: existing records are kept, researchers are merged."""
+        count = 0
+        self.add(Record(authority.hrn, "authority", authority.urn, chain_pem(authority.chain)))
+        gids_dir = os.path.join(authority.directory, "gids")
+        for name in sorted(os.listdir(gids_dir)) if os.path.isdir(gids_dir) else []:
+            if not name.endswith(".gid"):
+                continue
+            chain = load_gid_chain_file(os.path.join(gids_dir, name))
+            leaf = chain[0]
+            kind = leaf.type or "user"
+            members = tuple((researchers or {}).get(leaf.hrn, ())) if kind == "slice" else ()
+            self.add(Record(leaf.hrn, kind, leaf.urn or "", chain_pem(chain), leaf.email or "", (), members))
+            count += 1
+        return count
+
+
+def record_chain(record: Record) -> GidChain:
+    return load_gid_chain(record.gid)

@@ -1,0 +1,84 @@
+"""The SFA Registry API over real TLS, in the order sfi.py calls it: bootstrap with GetSelfCredential, Resolve,
+GetCredential for the slice, Resolve of the slice and its researchers; then the refusals, as XML-RPC faults."""
+
+from __future__ import annotations
+
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.threads import blockingCallFromThread
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.config import read_config
+from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.bootstrap import init_directory, register_demo
+from sfa_omf.registry.records import Records
+from sfa_omf.server.app import start_registry
+from sfa_omf.times import utcnow
+from sfa_omf.trust.pki import create_gid, load_private_key_file
+from sfa_omf.trust.roots import load_trusted_roots
+from sfa_omf.trust.verifier import CredentialVerifier
+from tests.tls_harness import proxy
+
+
+def test_sfi_flow_and_refusals(running_reactor: Any, tmp_path: Path) -> None:
+    report = init_directory(str(tmp_path / "tb"), "tb", ("alice", "bob"))
+    settings = read_config(str(tmp_path / "tb" / "sfa-omf.conf"))
+    database = Database(settings.calendar_url)
+    database.upgrade()
+    register_demo(report, database)
+    authority = LocalAuthority.load(settings.data_dir, "tb")
+    authority.issue_gid("tb.private", "slice")  # a slice nobody is a researcher of
+    port = blockingCallFromThread(running_reactor, start_registry, settings, database, 0)
+    try:
+        url = f"https://127.0.0.1:{port.getHost().port}/"
+        alice_dir = Path(report.sfi_dirs["alice"])
+        key_path = alice_dir / "tb.alice.pkey"
+        key = load_private_key_file(str(key_path))
+        # sfi.py starts from its private key alone: a self-signed certificate for it.
+        self_signed = create_gid("urn:publicid:IDN+tb+user+alice", key.public_key(), key)
+        (tmp_path / "self.pem").write_text(self_signed.pem())
+        bootstrap = proxy(url, str(tmp_path / "self.pem"), str(key_path))
+        assert bootstrap.GetVersion()["interface"] == "registry"
+        user_cred = bootstrap.GetSelfCredential(self_signed.pem(), "tb.alice", "user")
+        client = proxy(url, str(alice_dir / "tb.alice.user.gid"), str(key_path))
+        (me,) = client.Resolve("tb.alice", [user_cred])
+        assert (me["reg-urn"], me["type"], me["email"]) == (
+            "urn:publicid:IDN+tb+user+alice",
+            "user",
+            "alice@tb.example.org",
+        )
+        slice_cred = client.GetCredential(user_cred, "tb.demo", "slice")
+        verifier = CredentialVerifier(load_trusted_roots(str(tmp_path / "tb" / "trusted_roots")))
+        alice_chain = authority.issued_chain("tb.alice")
+        verified = verifier.check_call(
+            alice_chain, [slice_cred], "urn:publicid:IDN+tb+slice+demo", "createsliver", utcnow()
+        )
+        assert verified.owner_urn == "urn:publicid:IDN+tb+user+alice"
+        (demo,) = client.Resolve("urn:publicid:IDN+tb+slice+demo", [user_cred])
+        assert demo["reg-researchers"] == ["tb.alice", "tb.bob"]
+        researchers = client.Resolve(["urn:publicid:IDN+tb+user+alice", "urn:publicid:IDN+tb+user+bob"], [user_cred])
+        assert [record["hrn"] for record in researchers] == ["tb.alice", "tb.bob"]
+        listed = {record["hrn"] for record in client.List("tb", [user_cred])}
+        assert {"tb.alice", "tb.bob", "tb.demo", "tb.private"} <= listed
+
+        def fault(call: Any, *args: Any) -> xmlrpc.client.Fault:
+            with pytest.raises(xmlrpc.client.Fault) as raised:
+                call(*args)
+            assert raised.value.faultString
+            return raised.value
+
+        bob_dir = Path(report.sfi_dirs["bob"])
+        bob = proxy(url, str(bob_dir / "tb.bob.user.gid"), str(bob_dir / "tb.bob.pkey"))
+        assert fault(bob.GetSelfCredential, self_signed.pem(), "tb.alice", "user").faultCode == 22
+        assert fault(client.GetCredential, user_cred, "tb.private", "slice").faultCode == 3
+        assert fault(client.GetCredential, user_cred, "tb.bob", "user").faultCode == 3
+        assert fault(client.Resolve, "tb.nobody", [user_cred]).faultCode == 12
+        assert fault(client.Resolve, "tb.alice", []).faultCode == 3
+        assert fault(bob.Resolve, "tb.alice", [user_cred]).faultCode == 22  # alice's credential, bob calling
+        assert fault(client.Register, {}, user_cred).faultCode == 13
+        assert Records(database).get("tb.demo") is not None
+    finally:
+        blockingCallFromThread(running_reactor, port.stopListening)
