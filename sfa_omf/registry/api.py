@@ -18,7 +18,7 @@ from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.records import Record, Records, record_chain
 from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.times import utcnow
-from sfa_omf.trust.gid import GidChain, load_gid_chain
+from sfa_omf.trust.gid import load_gid_chain
 from sfa_omf.trust.verifier import CredentialVerifier
 from sfa_omf.xrn import is_urn, parse_urn
 
@@ -151,9 +151,30 @@ class RegistryApi:
         return record
 
     def _caller(self, context: CallContext, credentials: Any, operation: str) -> Record:
-        """The calling user's record, after checking their credential allows ``operation``."""
+        """The calling user's record, after checking their credential allows ``operation``.
+
+        As SFA's registry does, the caller may connect with a self-signed certificate (sfi.py's bootstrap): what
+        proves who they are is that the TLS key is the key of the credential's owner, and the credential itself is
+        verified against the trusted roots.
+        """
         creds = credentials if isinstance(credentials, list) else [credentials]
         texts = [c if isinstance(c, str) else c.get("geni_value", "") for c in creds if isinstance(c, str | dict)]
-        chain: GidChain = context.caller_chain
-        verified = self.verifier.check_call(chain, texts, None, operation, utcnow())
-        return self._record(parse_urn(verified.owner_urn).hrn, "user")
+        if not texts or not context.caller_chain:
+            raise GeniError(
+                Reason.NO_CREDENTIAL, f"{operation} needs your user credential (GetSelfCredential gives it)"
+            )
+        caller_key = context.caller_chain[0].key_id
+        refusals: list[GeniError] = []
+        for text in texts:
+            try:
+                verified = self.verifier.verify(text, utcnow())
+                if verified.owner_key_id != caller_key:
+                    raise GeniError(
+                        Reason.OWNER_MISMATCH,
+                        f"this credential belongs to {verified.owner_urn}, not to the key you connect with",
+                    )
+                self.verifier.authorize(verified, None, None, operation)
+                return self._record(parse_urn(verified.owner_urn).hrn, "user")
+            except GeniError as exc:
+                refusals.append(exc)
+        raise refusals[0]

@@ -43,6 +43,9 @@ def test_sfi_flow_and_refusals(running_reactor: Any, tmp_path: Path) -> None:
         bootstrap = proxy(url, str(tmp_path / "self.pem"), str(key_path))
         assert bootstrap.GetVersion()["interface"] == "registry"
         user_cred = bootstrap.GetSelfCredential(self_signed.pem(), "tb.alice", "user")
+        # Still on the self-signed certificate, sfi.py fetches its GID: the credential and the key prove who it is.
+        (bootstrapped,) = bootstrap.Resolve("tb.alice", [user_cred])
+        assert bootstrapped["gid"].startswith("-----BEGIN CERTIFICATE-----")
         client = proxy(url, str(alice_dir / "tb.alice.user.gid"), str(key_path))
         (me,) = client.Resolve("tb.alice", [user_cred])
         assert (me["reg-urn"], me["type"], me["email"]) == (
@@ -79,6 +82,13 @@ def test_sfi_flow_and_refusals(running_reactor: Any, tmp_path: Path) -> None:
         assert fault(client.Resolve, "tb.alice", []).faultCode == 3
         assert fault(bob.Resolve, "tb.alice", [user_cred]).faultCode == 22  # alice's credential, bob calling
         assert fault(client.Register, {}, user_cred).faultCode == 13
+        # A self-signed certificate naming alice but holding another key gets nothing from alice's credential.
+        impostor_key = load_private_key_file(str(bob_dir / "tb.bob.pkey"))
+        impostor = create_gid("urn:publicid:IDN+tb+user+alice", impostor_key.public_key(), impostor_key)
+        (tmp_path / "impostor.pem").write_text(impostor.pem())
+        mallory = proxy(url, str(tmp_path / "impostor.pem"), str(bob_dir / "tb.bob.pkey"))
+        assert fault(mallory.Resolve, "tb.alice", [user_cred]).faultCode == 22
+        assert fault(mallory.GetSelfCredential, impostor.pem(), "tb.alice", "user").faultCode == 22
         assert Records(database).get("tb.demo") is not None
     finally:
         blockingCallFromThread(running_reactor, port.stopListening)
