@@ -1,5 +1,6 @@
 """The SFA Registry API for the local authority, as sfi.py uses it: GetVersion, GetSelfCredential, GetCredential,
-Resolve, List. (Register, Update and Remove arrive with the rest of the registry issue.)
+Resolve, List, and Register, Update, Remove for holders of an authority credential (users may update their own
+email and keys).
 
 Replies are not wrapped in the AM envelope; refusals are XML-RPC faults whose code is the GENI code and whose
 message says what to do, as SFA's registry answers. One log line per call, like the aggregate's.
@@ -13,14 +14,16 @@ import xmlrpc.client
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
-from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.authority import AuthorityError, LocalAuthority
 from sfa_omf.registry.records import Record, Records, record_chain
 from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.times import utcnow
-from sfa_omf.trust.gid import load_gid_chain
+from sfa_omf.trust.gid import chain_pem, load_gid_chain
 from sfa_omf.trust.verifier import CredentialVerifier
-from sfa_omf.xrn import is_urn, parse_urn
+from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn
 
 log = logging.getLogger("sfa_omf.registry")
 
@@ -59,6 +62,9 @@ class RegistryApi:
             "GetCredential": self.get_credential,
             "Resolve": self.resolve,
             "List": self.list,
+            "Register": self.register,
+            "Update": self.update,
+            "Remove": self.remove,
         }
 
     def __call__(self, context: CallContext, method: str, params: tuple[Any, ...]) -> Any:
@@ -142,7 +148,88 @@ class RegistryApi:
         self._caller(context, params[1], "list")
         return [record_dict(record, self.authority.hrn) for record in self.records.under(_hrn(params[0]))]
 
+    def register(self, context: CallContext, params: tuple[Any, ...]) -> str:
+        """Register(record, credentials): an authority credential adds a user, slice or node under the authority.
+        The authority issues the GID (a new key pair unless the record carries a certificate); returns it (PEM)."""
+        if len(params) < 2 or not isinstance(params[0], dict):
+            raise BadArgs("Register(record, credentials) with record = {hrn, type, ...}")
+        record = params[0]
+        hrn, kind = _hrn(record.get("hrn") or record.get("urn")), str(record.get("type", ""))
+        if kind not in ("user", "slice", "node"):
+            raise BadArgs(f"record type {kind!r}: Register takes user, slice or node records")
+        urn = hrn_to_urn(hrn, kind)
+        self._authority_caller(context, params[1], "register", urn)
+        if self.records.get(hrn) is not None:
+            raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already: use Update")
+        public_key = None
+        if record.get("gid"):
+            certificate = load_gid_chain(str(record["gid"]))[0].certificate.public_key()
+            if not isinstance(certificate, rsa.RSAPublicKey):
+                raise BadArgs("the record's certificate must hold an RSA key")
+            public_key = certificate
+        try:
+            chain, _ = self.authority.issue_gid(hrn, kind, public_key=public_key, email=record.get("email") or None)
+        except AuthorityError as exc:
+            raise GeniError(Reason.BAD_ARGS, str(exc)) from exc
+        self.records.add(
+            Record(
+                hrn,
+                kind,
+                urn,
+                chain_pem(chain),
+                str(record.get("email") or ""),
+                tuple(str(key) for key in record.get("reg-keys") or record.get("keys") or []),
+                tuple(_hrn(member) for member in record.get("reg-researchers") or record.get("researchers") or []),
+            )
+        )
+        return chain_pem(chain)
+
+    def update(self, context: CallContext, params: tuple[Any, ...]) -> int:
+        """Update(record, credentials): users update their own email and keys; an authority credential anything."""
+        if len(params) < 2 or not isinstance(params[0], dict):
+            raise BadArgs("Update(record, credentials)")
+        record = params[0]
+        target = self._record(_hrn(record.get("hrn") or record.get("urn")), None)
+        try:
+            self._authority_caller(context, params[1], "update", target.urn)
+        except GeniError:
+            caller = self._caller(context, params[1], "update")  # "refresh" lets users update their own record
+            if caller.hrn != target.hrn or "reg-researchers" in record or "researchers" in record:
+                raise GeniError(
+                    Reason.INSUFFICIENT_PRIVILEGES,
+                    f"{caller.hrn} may update only their own email and keys; an authority credential updates the rest",
+                ) from None
+        keys = record.get("reg-keys", record.get("keys"))
+        members = record.get("reg-researchers", record.get("researchers"))
+        self.records.update(
+            target.hrn,
+            str(record["email"]) if "email" in record else None,
+            [str(key) for key in keys] if keys is not None else None,
+            [_hrn(member) for member in members] if members is not None else None,
+        )
+        return 1
+
+    def remove(self, context: CallContext, params: tuple[Any, ...]) -> int:
+        """Remove(xrn, credentials, type): an authority credential removes a record."""
+        if len(params) < 2:
+            raise BadArgs("Remove(xrn, credentials, type)")
+        target = self._record(_hrn(params[0]), str(params[2]) if len(params) > 2 and params[2] else None)
+        self._authority_caller(context, params[1], "remove", target.urn)
+        self.records.remove(target.hrn)
+        self.authority.forget(target.hrn)  # else the next start would import it again from gids/
+        return 1
+
     # -- helpers ------------------------------------------------------------------------------------------------
+    def _authority_caller(self, context: CallContext, credentials: Any, operation: str, target_urn: str) -> None:
+        """Only an authority credential over the target's authority may change the registry."""
+        creds = credentials if isinstance(credentials, list) else [credentials]
+        texts = [c if isinstance(c, str) else c.get("geni_value", "") for c in creds if isinstance(c, str | dict)]
+        verified = self.verifier.check_call(context.caller_chain, texts, target_urn, operation, utcnow())
+        if verified.target_type != "authority":
+            raise GeniError(
+                Reason.INSUFFICIENT_PRIVILEGES, f"{operation} needs an authority credential of {self.authority.hrn}"
+            )
+
     def _record(self, hrn: str, kind: str | None) -> Record:
         record = self.records.get(hrn)
         if record is None or (kind is not None and record.type != kind):

@@ -125,6 +125,13 @@ class LocalAuthority:
         write_new_file(path, chain_pem(chain).encode("ascii"))
         return chain, new_key
 
+    def forget(self, hrn: str) -> None:
+        """Drop the record of a GID this authority issued (the registry removed it), so no import brings it back.
+        The certificate itself stays valid until it expires: GIDs are not revoked."""
+        path = self.issued_gid_path(hrn)
+        if os.path.exists(path):
+            os.remove(path)
+
     def issued_chain(self, hrn: str) -> GidChain:
         path = self.issued_gid_path(hrn)
         if not os.path.exists(path):

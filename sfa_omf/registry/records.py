@@ -72,6 +72,29 @@ class Records:
             row.keys = list(dict.fromkeys([*row.keys, *record.keys]))
             row.researchers = list(dict.fromkeys([*row.researchers, *record.researchers]))
 
+    def update(
+        self, hrn: str, email: str | None, keys: Sequence[str] | None, researchers: Sequence[str] | None
+    ) -> None:
+        """Replace the given fields of a record (None leaves a field as it is)."""
+        with self.database.write() as session:
+            row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
+            if row is None:
+                return
+            if email is not None:
+                row.email = email
+            if keys is not None:
+                row.keys = list(keys)
+            if researchers is not None:
+                row.researchers = list(researchers)
+
+    def remove(self, hrn: str) -> bool:
+        with self.database.write() as session:
+            row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
     def import_authority(
         self, authority: LocalAuthority, researchers: Mapping[str, Sequence[str]] | None = None
     ) -> int:

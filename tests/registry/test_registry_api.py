@@ -81,7 +81,7 @@ def test_sfi_flow_and_refusals(running_reactor: Any, tmp_path: Path) -> None:
         assert fault(client.Resolve, "tb.nobody", [user_cred]).faultCode == 12
         assert fault(client.Resolve, "tb.alice", []).faultCode == 3
         assert fault(bob.Resolve, "tb.alice", [user_cred]).faultCode == 22  # alice's credential, bob calling
-        assert fault(client.Register, {}, user_cred).faultCode == 13
+        assert fault(client.Register, {}, user_cred).faultCode == 1
         # A self-signed certificate naming alice but holding another key gets nothing from alice's credential.
         impostor_key = load_private_key_file(str(bob_dir / "tb.bob.pkey"))
         impostor = create_gid("urn:publicid:IDN+tb+user+alice", impostor_key.public_key(), impostor_key)
@@ -90,5 +90,54 @@ def test_sfi_flow_and_refusals(running_reactor: Any, tmp_path: Path) -> None:
         assert fault(mallory.Resolve, "tb.alice", [user_cred]).faultCode == 22
         assert fault(mallory.GetSelfCredential, impostor.pem(), "tb.alice", "user").faultCode == 22
         assert Records(database).get("tb.demo") is not None
+    finally:
+        blockingCallFromThread(running_reactor, port.stopListening)
+
+
+def test_register_update_remove(running_reactor: Any, tmp_path: Path) -> None:
+    """An authority credential registers, updates and removes records; a user updates only their own email and keys."""
+    report = init_directory(str(tmp_path / "tb"), "tb", ("alice", "bob"))
+    settings = read_config(str(tmp_path / "tb" / "sfa-omf.conf"))
+    database = Database(settings.calendar_url)
+    database.upgrade()
+    register_demo(report, database)
+    authority = LocalAuthority.load(settings.data_dir, "tb")
+    alice_chain = authority.issued_chain("tb.alice")
+    operator_cred = authority.credential(alice_chain, authority.chain)  # alice is also an operator here
+    port = blockingCallFromThread(running_reactor, start_registry, settings, database, 0)
+    try:
+        url = f"https://127.0.0.1:{port.getHost().port}/"
+        alice_dir, bob_dir = Path(report.sfi_dirs["alice"]), Path(report.sfi_dirs["bob"])
+        alice = proxy(url, str(alice_dir / "tb.alice.user.gid"), str(alice_dir / "tb.alice.pkey"))
+        bob = proxy(url, str(bob_dir / "tb.bob.user.gid"), str(bob_dir / "tb.bob.pkey"))
+        alice_cred = (alice_dir / "tb.alice.user.cred").read_text()
+        bob_cred = (bob_dir / "tb.bob.user.cred").read_text()
+
+        def code(call: Any, *args: Any) -> int:
+            with pytest.raises(xmlrpc.client.Fault) as raised:
+                call(*args)
+            assert raised.value.faultString
+            return int(raised.value.faultCode)
+
+        gid = alice.Register({"hrn": "tb.dave", "type": "user", "email": "dave@tb.example.org"}, [operator_cred])
+        assert gid.startswith("-----BEGIN CERTIFICATE-----")
+        (dave,) = alice.Resolve("tb.dave", [alice_cred])
+        assert (dave["reg-urn"], dave["email"]) == ("urn:publicid:IDN+tb+user+dave", "dave@tb.example.org")
+        alice.Register({"hrn": "tb.exp", "type": "slice", "reg-researchers": ["tb.bob"]}, [operator_cred])
+        assert bob.GetCredential(bob_cred, "tb.exp", "slice").startswith("<?xml")
+        assert code(alice.Register, {"hrn": "tb.dave", "type": "user"}, [operator_cred]) == 17
+        assert code(bob.Register, {"hrn": "tb.eve", "type": "user"}, [bob_cred]) in (3, 22)
+        assert code(alice.Register, {"hrn": "other.eve", "type": "user"}, [operator_cred]) in (3, 22)
+        assert alice.Update({"hrn": "tb.alice", "reg-keys": ["ssh-ed25519 AAAA alice@laptop"]}, [alice_cred]) == 1
+        (me,) = alice.Resolve("tb.alice", [alice_cred])
+        assert me["reg-keys"] == ["ssh-ed25519 AAAA alice@laptop"]
+        assert code(bob.Update, {"hrn": "tb.alice", "email": "x@y"}, [bob_cred]) == 3
+        assert code(bob.Update, {"hrn": "tb.bob", "reg-researchers": []}, [bob_cred]) == 3
+        assert alice.Update({"hrn": "tb.exp", "reg-researchers": ["tb.alice"]}, [operator_cred]) == 1
+        assert code(bob.GetCredential, bob_cred, "tb.exp", "slice") == 3
+        assert code(bob.Remove, "tb.dave", [bob_cred], "user") in (3, 22)
+        assert alice.Remove("tb.dave", [operator_cred], "user") == 1
+        assert code(alice.Resolve, "tb.dave", [alice_cred]) == 12
+        assert not (tmp_path / "tb" / "gids" / "tb.dave.gid").exists(), "a restart must not bring it back"
     finally:
         blockingCallFromThread(running_reactor, port.stopListening)
