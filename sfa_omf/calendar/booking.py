@@ -123,10 +123,11 @@ class Bookings:
         with self.database.write() as session:
             self._serialize_slice(session, slice_urn, owner_urn)
             slice_row = self._slice_for_booking(session, slice_urn, expires_s)
-            nodes = {
-                node.component_id: node
-                for node in session.scalars(select(Node).where(Node.component_id.in_({r.node for r in requests})))
-            }
+            # Racers for the same node queue on its row (locked in id order, so never in a cycle) instead of
+            # deadlocking inside the exclusion check; bookings of other nodes still run in parallel. The exclusion
+            # constraint stays the guarantee. (SQLite: BEGIN IMMEDIATE has serialized writers already.)
+            query = select(Node).where(Node.component_id.in_({r.node for r in requests})).order_by(Node.id)
+            nodes = {node.component_id: node for node in session.scalars(query.with_for_update())}
             wanted: list[tuple[BookingRequest, Node, Interval]] = []
             conflicts: list[Conflict] = []
             for request in requests:
