@@ -480,17 +480,20 @@ class Aggregate:
             "geni_end_time": format_time(lease.end),
         }
 
-    def _sliver_dicts(self, slice_urn: str, sliver_urns: set[str] | None) -> list[dict[str, Any]]:
+    def _sliver_dicts(
+        self, slice_urn: str, sliver_urns: set[str] | None, leases: list[LeaseRecord] | None = None
+    ) -> list[dict[str, Any]]:
         return [
             self._sliver_dict(sliver, lease)
-            for lease in self._leases(slice_urn, sliver_urns)
+            for lease in (leases if leases is not None else self._leases(slice_urn, sliver_urns))
             for sliver in lease.slivers
             if sliver_urns is None or sliver.urn in sliver_urns
         ]
 
     def _describe_slice(self, slice_urn: str, sliver_urns: set[str] | None) -> dict[str, Any]:
         leases = self._leases(slice_urn, sliver_urns)
-        nodes = {node.component_id: node for node in self.inventory.list_nodes()}
+        wanted = {sliver.node for lease in leases for sliver in lease.slivers}
+        nodes = {node.component_id: node for node in self.inventory.list_nodes(component_ids=wanted)} if wanted else {}
         users = self.slices.get(slice_urn).users if leases else ()
         # Once per user, not per sliver: the first use creates the mapping (registry/accounts.py).
         logins = [self.accounts.login_for(user.user_urn, slice_urn) for user in users]
@@ -527,7 +530,7 @@ class Aggregate:
         return {
             "geni_urn": slice_urn,
             "geni_rspec": write_manifest(manifest).decode("utf-8"),
-            "geni_slivers": self._sliver_dicts(slice_urn, sliver_urns),
+            "geni_slivers": self._sliver_dicts(slice_urn, sliver_urns, leases),
         }
 
 

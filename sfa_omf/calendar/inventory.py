@@ -100,9 +100,13 @@ class Inventory:
         except IntegrityError as exc:
             raise GeniError(Reason.ALREADY_EXISTS, f"node {spec.component_id} exists already") from exc
 
-    def list_nodes(self, pool: str | None = None, federated_only: bool = False) -> list[NodeRecord]:
+    def list_nodes(
+        self, pool: str | None = None, federated_only: bool = False, component_ids: set[str] | None = None
+    ) -> list[NodeRecord]:
         with self.database.read() as session:
             query = select(Node).join(Pool).order_by(Node.component_id)
+            if component_ids is not None:
+                query = query.where(Node.component_id.in_(component_ids))
             if pool is not None:
                 query = query.where(Pool.name == pool)
             if federated_only:

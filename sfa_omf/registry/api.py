@@ -16,6 +16,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sfa_omf.am.credentials import split_credentials
 from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority
 from sfa_omf.registry.records import Record, Records, record_chain
@@ -222,8 +223,7 @@ class RegistryApi:
     # -- helpers ------------------------------------------------------------------------------------------------
     def _authority_caller(self, context: CallContext, credentials: Any, operation: str, target_urn: str) -> None:
         """Only an authority credential over the target's authority may change the registry."""
-        creds = credentials if isinstance(credentials, list) else [credentials]
-        texts = [c if isinstance(c, str) else c.get("geni_value", "") for c in creds if isinstance(c, str | dict)]
+        texts = split_credentials(credentials).privilege
         verified = self.verifier.check_call(context.caller_chain, texts, target_urn, operation, utcnow())
         if verified.target_type != "authority":
             raise GeniError(
@@ -244,8 +244,7 @@ class RegistryApi:
         proves who they are is that the TLS key is the key of the credential's owner, and the credential itself is
         verified against the trusted roots.
         """
-        creds = credentials if isinstance(credentials, list) else [credentials]
-        texts = [c if isinstance(c, str) else c.get("geni_value", "") for c in creds if isinstance(c, str | dict)]
+        texts = split_credentials(credentials).privilege
         if not texts or not context.caller_chain:
             raise GeniError(
                 Reason.NO_CREDENTIAL, f"{operation} needs your user credential (GetSelfCredential gives it)"

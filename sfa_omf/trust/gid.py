@@ -6,6 +6,7 @@ subjectAltName is the identity that counts; the HRN comes from it. Chains are st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,8 +65,8 @@ class Gid:
     def not_after(self) -> datetime:
         return as_utc(self.certificate.not_valid_after_utc)
 
-    @property
-    def key_id(self) -> str:
+    @functools.cached_property
+    def key_id(self) -> str:  # cached: compared on every call
         """SHA-256 of the subject public key (DER SubjectPublicKeyInfo): equal keys, equal ids."""
         spki = self.certificate.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

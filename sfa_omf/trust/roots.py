@@ -9,6 +9,7 @@ leaf's name. A chain may stop short of the root (the root is then the issuer of 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -31,8 +32,8 @@ class TrustedRoots:
     anchors: tuple[Gid, ...]
     source: str = ""
 
-    @property
-    def fingerprint(self) -> str:
+    @functools.cached_property
+    def fingerprint(self) -> str:  # cached: part of every verdict-cache key
         digest = hashlib.sha256()
         for fingerprint in sorted(anchor.fingerprint for anchor in self.anchors):
             digest.update(fingerprint.encode("ascii"))
