@@ -16,6 +16,7 @@ from typing import Any
 from sfa_omf.calendar.database import Database
 from sfa_omf.cli_calendar import add_calendar_commands
 from sfa_omf.cli_config import add_config_commands
+from sfa_omf.cli_registry import add_registry_commands
 from sfa_omf.cli_rspec import add_rspec_commands
 from sfa_omf.cli_server import add_server_commands
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
@@ -97,7 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     delegate.add_argument("-o", "--output", help="write here instead of standard output")
     delegate.set_defaults(handler=_cmd_credential_delegate)
 
-    add_calendar_commands(commands)
+    slice_commands = add_calendar_commands(commands)
+    add_registry_commands(commands, slice_commands)
     add_rspec_commands(commands)
     add_server_commands(commands)
     add_config_commands(commands)

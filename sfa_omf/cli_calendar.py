@@ -23,7 +23,9 @@ from sfa_omf.registry.accounts import Accounts
 from sfa_omf.times import format_time, parse_time
 
 
-def add_calendar_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """Adds node, pool, lease, slice, account and db commands; returns the ``slice`` sub-commands (the registry adds
+    its own there)."""
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
 
@@ -98,6 +100,7 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> None:  # type
     leases.add_argument("--all", action="store_true", help="also cancelled and expired leases")
     leases.add_argument("--json", action="store_true")
     leases.set_defaults(handler=_lease_list)
+    return slices  # type: ignore[no-any-return]
 
 
 def _database(args: argparse.Namespace) -> Database:

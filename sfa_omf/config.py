@@ -17,6 +17,7 @@ import configparser
 import difflib
 import os
 import re
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from importlib.metadata import entry_points
@@ -26,6 +27,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from sfa_omf.errors import BadArgs
+from sfa_omf.registry.accounts import POLICIES as ACCOUNT_POLICIES
+from sfa_omf.registry.accounts import VALID_LOGIN
 from sfa_omf.xrn import split_hrn
 
 CONFIG_FILE_NAME = "sfa-omf.conf"
@@ -38,10 +41,19 @@ DAY_S = 24 * 3600
 #: Testbed backends sfa-omf ships; others register a Python entry point in TESTBED_ENTRY_POINT_GROUP.
 BUILTIN_TESTBED_TYPES = ("omf", "oar")
 TESTBED_ENTRY_POINT_GROUP = "sfa_omf.testbeds"
+#: noop: the nodes run nothing (the reservation is the booking); deploy: OAR installs the lease's disk image.
+OAR_JOB_TYPES = ("noop", "deploy")
 
 #: Environment variables that start like settings but are not settings (the file's path, test and script knobs).
 OTHER_ENVIRONMENT = frozenset(
-    {"SFA_OMF_CONFIG", "SFA_OMF_VENV", "SFA_OMF_VECTORS", "SFA_OMF_TEST_POSTGRES_URL", "SFA_OMF_BENCH_POSTGRES_URL"}
+    {
+        "SFA_OMF_CONFIG",
+        "SFA_OMF_VENV",
+        "SFA_OMF_VECTORS",
+        "SFA_OMF_TEST_POSTGRES_URL",
+        "SFA_OMF_BENCH_POSTGRES_URL",
+        "SFA_OMF_TEST_OAR_URL",
+    }
 )
 
 
@@ -78,6 +90,15 @@ class Settings:
     max_request_bytes: int = 4 * 1024 * 1024
     threads: int = 8
     log_file: str = ""  # empty: standard error
+    account_policy: str = "per-user"  # per-user, per-slice or shared (sfa_omf/registry/accounts.py)
+    shared_login: str = "federation"
+    create_accounts: bool = False  # create Unix accounts (with the users' SSH keys) for mapped logins
+    oar_api_url: str = "http://127.0.0.1:6668/oarapi"
+    oar_timezone: str = ""  # empty: this host's local zone (OAR reads reservation times in its server's zone)
+    oar_job_type: str = "noop"
+    oar_timeout_s: int = 30
+    oar_cache_s: int = 30
+    oar_reconcile_s: int = 300
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -125,7 +146,7 @@ class Option:
     field: str
     section: str
     key: str
-    kind: str  # "text", "port" (1..65535) or "count" (an integer >= 1)
+    kind: str  # "text", "port" (1..65535), "count" (an integer >= 1), "flag" (yes/no), "policy", "login"
     help: str
 
     @property
@@ -168,6 +189,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_request_bytes", "sfa_omf", "max_request_bytes", "count", "largest XML-RPC request accepted"),
     Option("threads", "sfa_omf", "threads", "count", "worker threads serving requests"),
     Option("log_file", "sfa_omf", "log_file", "text", "log file; empty: standard error"),
+    Option("account_policy", "sfa_omf", "account_policy", "policy", "local accounts: per-user, per-slice or shared"),
+    Option("shared_login", "sfa_omf", "shared_login", "login", "the one login of the shared account policy"),
+    Option("create_accounts", "sfa_omf", "create_accounts", "flag", "create Unix accounts with the users' SSH keys"),
+    Option("oar_api_url", "sfa_oar", "api_url", "text", "OAR's REST API (the oar backend)"),
+    Option("oar_timezone", "sfa_oar", "timezone", "text", "OAR server's time zone (IANA name); empty: this host's"),
+    Option("oar_job_type", "sfa_oar", "job_type", "text", "OAR job type of reservations: noop or deploy"),
+    Option("oar_timeout_s", "sfa_oar", "timeout_s", "count", "seconds to wait for one OAR API answer"),
+    Option("oar_cache_s", "sfa_oar", "cache_s", "count", "how long OAR's own reservations are cached, in seconds"),
+    Option("oar_reconcile_s", "sfa_oar", "reconcile_s", "count", "seconds between calendar/OAR reconciliations"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {
@@ -405,7 +435,37 @@ def _to_count(value: str) -> int:
     return number
 
 
-_CONVERTERS: dict[str, Callable[[str], Any]] = {"text": _to_text, "port": _to_port, "count": _to_count}
+def _to_flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ValueError("say yes or no")
+
+
+def _to_policy(value: str) -> str:
+    policy = value.strip()
+    if policy not in ACCOUNT_POLICIES:
+        raise ValueError(f"one of {', '.join(ACCOUNT_POLICIES)}")
+    return policy
+
+
+def _to_login(value: str) -> str:
+    login = value.strip()
+    if not VALID_LOGIN.match(login):
+        raise ValueError("a Unix login: at most 32 of a-z 0-9 _ -, starting with a letter or _")
+    return login
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "text": _to_text,
+    "port": _to_port,
+    "count": _to_count,
+    "flag": _to_flag,
+    "policy": _to_policy,
+    "login": _to_login,
+}
 
 
 def _unquote(value: str) -> tuple[str, bool]:
@@ -623,4 +683,28 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 f"{settings.max_duration_s}",
             )
         )
+    if settings.oar_timezone and not _known_zone(settings.oar_timezone):
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["oar_timezone"]),
+                f"[sfa_oar] timezone {settings.oar_timezone!r} is not a time zone name (e.g. Europe/Paris, UTC)",
+            )
+        )
+    if settings.oar_job_type not in OAR_JOB_TYPES:
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["oar_job_type"]),
+                f"[sfa_oar] job_type {settings.oar_job_type!r}: one of {', '.join(OAR_JOB_TYPES)}",
+            )
+        )
     return problems
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True

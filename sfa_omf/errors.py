@@ -75,6 +75,7 @@ class Reason(enum.StrEnum):
     NODE_UNAVAILABLE = "node_unavailable"  # the node is in maintenance
     UNAVAILABLE = "unavailable"  # the testbed behind the aggregate does not answer; retry later
     TIMEDOUT = "timedout"  # the testbed answered too slowly; retry later
+    TESTBED = "testbed"  # the testbed refused or failed an operation; its own words are in the message
     DATABASE = "database"  # the database failed or is unreachable
     BUSY = "busy"  # concurrent writers kept colliding; the same call will work when tried again
 
@@ -108,6 +109,7 @@ REASON_CODES: dict[Reason, GeniCode] = {
     Reason.NODE_UNAVAILABLE: GeniCode.UNAVAILABLE,
     Reason.UNAVAILABLE: GeniCode.UNAVAILABLE,
     Reason.TIMEDOUT: GeniCode.TIMEDOUT,
+    Reason.TESTBED: GeniCode.ERROR,
     Reason.DATABASE: GeniCode.DBERROR,
     Reason.BUSY: GeniCode.BUSY,
 }

@@ -44,8 +44,10 @@ from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, Sl
 from sfa_omf.calendar.slices import Slices
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.registry.accounts import Accounts
+from sfa_omf.registry.records import Records
 from sfa_omf.testbed.base import SliverHealth, TestbedBackend
 from sfa_omf.testbed.embedded import EmbeddedTestbed
+from sfa_omf.testbed.unix_accounts import LocalAccount, UnixAccounts
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.rights import METHOD_OPERATIONS
@@ -89,6 +91,7 @@ class Aggregate:
         backend: TestbedBackend | None = None,
         identity: tuple[rsa.RSAPrivateKey, GidChain] | None = None,
         accounts: Accounts | None = None,
+        unix_accounts: UnixAccounts | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -102,6 +105,8 @@ class Aggregate:
         self.availability = Availability(database)
         self.slices = Slices(database)
         self.accounts = accounts or Accounts(database)
+        self.unix_accounts = unix_accounts  # None: the operator manages Unix accounts (create_accounts = no)
+        self.records = Records(database)  # the local registry's users: their registered SSH keys
 
     # -- authorization --------------------------------------------------------------------------------------------
     def authorize(
@@ -345,16 +350,19 @@ class Aggregate:
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
     ) -> dict[str, Any]:
         slice_urn, sliver_urns = self._resolve(urns)
-        self.authorize("Provision", caller_chain, credentials, slice_urn, options)
+        verified = self.authorize("Provision", caller_chain, credentials, slice_urn, options)
         leases = self._leases(slice_urn, sliver_urns)
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no allocated slivers here to provision")
         self._remember_users(slice_urn, options)
-        users = self.slices.get(slice_urn).users
+        owner = self.accounts.login_for(verified.owner_urn, slice_urn)
+        accounts = self._local_accounts(slice_urn, also=verified.owner_urn)
+        if self.unix_accounts is not None and any(lease.state == "allocated" for lease in leases):
+            self.unix_accounts.set_slice_keys(accounts, slice_urn)
         for lease in leases:
             if lease.state == "allocated":
                 # The testbed first: if it is down the booking stays allocated and a retry works later.
-                self.backend.provision(lease, users)
+                self.backend.provision(lease, owner, accounts)
                 self.bookings.mark_provisioned(lease.id)
         return self._describe_slice(slice_urn, sliver_urns)
 
@@ -395,6 +403,7 @@ class Aggregate:
             if lease.state == "provisioned":
                 self.backend.release(lease)
             deleted.append(self.bookings.cancel(lease.id))
+        self.withdraw_keys_if_done(slice_urn)
         return [self._sliver_dict(sliver, lease) for lease in deleted for sliver in lease.slivers]
 
     def perform_operational_action(
@@ -406,10 +415,12 @@ class Aggregate:
         leases = self._leases(slice_urn, sliver_urns)
         if event == Event.UPDATE_USERS:
             self._remember_users(slice_urn, options)
-            users = self.slices.get(slice_urn).users
+            accounts = self._local_accounts(slice_urn)
+            if self.unix_accounts is not None and any(lease.state == "provisioned" for lease in leases):
+                self.unix_accounts.set_slice_keys(accounts, slice_urn)
             for lease in leases:
                 if lease.state == "provisioned":
-                    self.backend.update_users(lease, users)
+                    self.backend.update_users(lease, accounts)
             return self._sliver_dicts(slice_urn, sliver_urns)
         for lease in leases:
             if lease.state != "provisioned":
@@ -431,7 +442,27 @@ class Aggregate:
             if lease.state == "provisioned":
                 self.backend.release(lease)
             self.bookings.cancel(lease.id)
+        self.withdraw_keys_if_done(slice_urn)
         return True
+
+    def withdraw_keys_if_done(self, slice_urn: str) -> None:
+        """A slice with no provisioned lease left loses its keys in the local accounts: users log in during their
+        slots, not after them."""
+        if self.unix_accounts is None:
+            return
+        if any(lease.state == "provisioned" for lease in self.bookings.leases(slice_urn=slice_urn)):
+            return
+        self.unix_accounts.remove_slice_keys([account.login for account in self._local_accounts(slice_urn)], slice_urn)
+
+    def retire_ended(self) -> int:
+        """Provisioned leases whose slot is over: release them on the testbed, take their slices' keys away.
+        Run periodically by the server; returns how many leases ended."""
+        ended = self.bookings.retire_ended()
+        for lease in ended:
+            self.backend.release(lease)
+        for slice_urn in {lease.slice_urn for lease in ended}:
+            self.withdraw_keys_if_done(slice_urn)
+        return len(ended)
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _resolve(self, urns: Sequence[str]) -> tuple[str, set[str] | None]:
@@ -455,6 +486,22 @@ class Aggregate:
         if len(owners) > 1:
             raise BadArgs("the slivers named belong to different slices")
         return owners.pop(), slivers
+
+    def _local_accounts(self, slice_urn: str, also: str | None = None) -> list[LocalAccount]:
+        """The slice's users grouped by the local login they map to, with their keys: those sent with the slice
+        (geni_users, sfa_users) and those registered in the local registry. ``also``: a user (the caller) who
+        must have an account even without keys."""
+        users = {user.user_urn: list(user.ssh_keys) for user in self.slices.get(slice_urn).users}
+        if also is not None:
+            users.setdefault(also, [])
+        by_login: dict[str, tuple[list[str], list[str]]] = {}
+        for user_urn, keys in users.items():
+            record = self.records.get(parse_urn(user_urn).hrn) if is_urn(user_urn) else None
+            registered = list(record.keys) if record is not None and record.urn == user_urn else []
+            urns, login_keys = by_login.setdefault(self.accounts.login_for(user_urn, slice_urn), ([], []))
+            urns.append(user_urn)
+            login_keys.extend(key for key in [*keys, *registered] if key not in login_keys)
+        return [LocalAccount(login, tuple(urns), tuple(keys)) for login, (urns, keys) in sorted(by_login.items())]
 
     def _leases(self, slice_urn: str, sliver_urns: set[str] | None) -> list[LeaseRecord]:
         leases = self.bookings.leases(slice_urn=slice_urn)

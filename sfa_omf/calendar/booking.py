@@ -388,6 +388,20 @@ class Bookings:
                 _release(lease.slivers)
             return [lease_record(lease) for lease in leases]
 
+    def retire_ended(self) -> list[LeaseRecord]:
+        """Provisioned leases whose slot is over become ``ended`` (their slivers unallocated: GENI's slot_ended)."""
+        now_s = to_s(self.clock())
+        with self.database.write() as session:
+            leases = session.scalars(
+                select(Lease)
+                .where(Lease.state == "provisioned", Lease.end_s <= now_s)
+                .options(selectinload(Lease.slivers).selectinload(Sliver.node))
+            ).all()
+            for lease in leases:
+                lease.state = "ended"
+                _release(lease.slivers)
+            return [lease_record(lease) for lease in leases]
+
     # -- reading ----------------------------------------------------------------------------------------------
     def slices_of_slivers(self, sliver_urns: Iterable[str]) -> set[str]:
         """The URNs of the slices the named slivers belong to."""

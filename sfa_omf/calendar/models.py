@@ -83,7 +83,8 @@ class Lease(Base):
     owner_urn: Mapped[str] = mapped_column(String(300), default="")  # who booked it (per-user limits)
     start_s: Mapped[int] = mapped_column(BigInteger)
     end_s: Mapped[int] = mapped_column(BigInteger)
-    state: Mapped[str] = mapped_column(String(20), default="allocated")  # allocated, provisioned, cancelled, expired
+    # allocated, provisioned, cancelled, expired (never provisioned), ended (the slot is over)
+    state: Mapped[str] = mapped_column(String(20), default="allocated")
     client_id: Mapped[str] = mapped_column(String(200), default="")  # the client's label (ol:lease client_id)
 
     slice: Mapped[Slice] = relationship()
@@ -137,4 +138,6 @@ class RegistryRecord(Base):
     email: Mapped[str] = mapped_column(String(200), default="")
     keys: Mapped[list[str]] = mapped_column(JSON, default=list)  # users' SSH public keys
     researchers: Mapped[list[str]] = mapped_column(JSON, default=list)  # slices' member user HRNs
+    pis: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")  # authorities' PI user HRNs
+    expires_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # slices: when the slice ends
     created_s: Mapped[int] = mapped_column(BigInteger)

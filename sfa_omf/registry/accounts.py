@@ -26,7 +26,7 @@ from sfa_omf.xrn import parse_urn
 
 MAX_LOGIN = 32
 POLICIES = ("per-user", "per-slice", "shared")
-_VALID_LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+VALID_LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 def derived_login(urn: str, tag_length: int = 6) -> str:
@@ -39,7 +39,7 @@ def derived_login(urn: str, tag_length: int = 6) -> str:
 
 
 def check_login(login: str) -> None:
-    if not _VALID_LOGIN.match(login):
+    if not VALID_LOGIN.match(login):
         raise BadArgs(
             f"{login!r} is not a usable Unix login: at most 32 characters, lower-case letters, digits, '_' and '-', "
             "starting with a letter or '_'"

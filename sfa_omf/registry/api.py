@@ -12,21 +12,42 @@ import logging
 import time
 import xmlrpc.client
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
-from sfa_omf.registry.authority import AuthorityError, LocalAuthority
+from sfa_omf.registry.authority import DEFAULT_CREDENTIAL_LIFETIME, AuthorityError, LocalAuthority
 from sfa_omf.registry.records import Record, Records, record_chain
 from sfa_omf.server.xmlrpc import CallContext
-from sfa_omf.times import utcnow
+from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import chain_pem, load_gid_chain
 from sfa_omf.trust.verifier import CredentialVerifier
 from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn
 
 log = logging.getLogger("sfa_omf.registry")
+
+
+#: A slice registered without an expiry lives this long (renewable: sfa-omf slice renew, or Update with expires).
+DEFAULT_SLICE_LIFETIME = timedelta(days=30)
+#: Fields only an authority credential may change (a user may change their own email and keys).
+AUTHORITY_ONLY_FIELDS = frozenset({"reg-researchers", "researchers", "reg-pis", "pis", "expires"})
+
+
+def slice_lifetime(record: Record) -> timedelta:
+    """How long a slice credential issued now may live: up to the slice's expiry, at most the usual lifetime."""
+    if record.expires is None:
+        return DEFAULT_CREDENTIAL_LIFETIME
+    left = record.expires - utcnow()
+    if left <= timedelta(0):
+        raise GeniError(
+            Reason.CREDENTIAL_EXPIRED,
+            f"slice {record.hrn} expired at {format_time(record.expires)}; ask its authority to renew it "
+            "(sfa-omf slice renew)",
+        )
+    return min(left, DEFAULT_CREDENTIAL_LIFETIME)
 
 
 def _hrn(xrn: Any) -> str:
@@ -46,7 +67,9 @@ def record_dict(record: Record, authority_hrn: str) -> dict[str, Any]:
         "email": record.email,
         "reg-keys": list(record.keys),
         "reg-researchers": list(record.researchers),
+        "reg-pis": list(record.pis),
         "authority": authority_hrn,
+        **({"expires": format_time(record.expires)} if record.expires is not None else {}),
     }
 
 
@@ -126,11 +149,13 @@ class RegistryApi:
         if target.type == "user" and target.hrn == caller.hrn:
             return self.authority.credential(caller_chain, caller_chain, can_delegate=False)
         if target.type == "slice" and caller.hrn in target.researchers:
-            return self.authority.credential(caller_chain, record_chain(target))
+            return self.authority.credential(caller_chain, record_chain(target), lifetime=slice_lifetime(target))
+        if target.type == "authority" and caller.hrn in target.pis:
+            return self.authority.credential(caller_chain, self.authority.chain)
         raise GeniError(
             Reason.INSUFFICIENT_PRIVILEGES,
             f"{caller.hrn} may not have a credential for {target.type} {target.hrn} "
-            "(only for themselves, and for slices they are a researcher of)",
+            "(only for themselves, for slices they are a researcher of, and for authorities they are a PI of)",
         )
 
     def resolve(self, context: CallContext, params: tuple[Any, ...]) -> list[dict[str, Any]]:
@@ -168,6 +193,9 @@ class RegistryApi:
             if not isinstance(certificate, rsa.RSAPublicKey):
                 raise BadArgs("the record's certificate must hold an RSA key")
             public_key = certificate
+        expires = parse_time(record["expires"]) if record.get("expires") else None
+        if kind == "slice" and expires is None:
+            expires = utcnow() + DEFAULT_SLICE_LIFETIME
         try:
             chain, _ = self.authority.issue_gid(hrn, kind, public_key=public_key, email=record.get("email") or None)
         except AuthorityError as exc:
@@ -181,6 +209,7 @@ class RegistryApi:
                 str(record.get("email") or ""),
                 tuple(str(key) for key in record.get("reg-keys") or record.get("keys") or []),
                 tuple(_hrn(member) for member in record.get("reg-researchers") or record.get("researchers") or []),
+                expires=expires,
             )
         )
         return chain_pem(chain)
@@ -195,18 +224,21 @@ class RegistryApi:
             self._authority_caller(context, params[1], "update", target.urn)
         except GeniError:
             caller = self._caller(context, params[1], "update")  # "refresh" lets users update their own record
-            if caller.hrn != target.hrn or "reg-researchers" in record or "researchers" in record:
+            if caller.hrn != target.hrn or AUTHORITY_ONLY_FIELDS.intersection(record):
                 raise GeniError(
                     Reason.INSUFFICIENT_PRIVILEGES,
                     f"{caller.hrn} may update only their own email and keys; an authority credential updates the rest",
                 ) from None
         keys = record.get("reg-keys", record.get("keys"))
         members = record.get("reg-researchers", record.get("researchers"))
+        pis = record.get("reg-pis", record.get("pis"))
         self.records.update(
             target.hrn,
-            str(record["email"]) if "email" in record else None,
-            [str(key) for key in keys] if keys is not None else None,
-            [_hrn(member) for member in members] if members is not None else None,
+            email=str(record["email"]) if "email" in record else None,
+            keys=[str(key) for key in keys] if keys is not None else None,
+            researchers=[_hrn(member) for member in members] if members is not None else None,
+            pis=[_hrn(pi) for pi in pis] if pis is not None else None,
+            expires=parse_time(record["expires"]) if record.get("expires") else None,
         )
         return 1
 

@@ -130,7 +130,7 @@ def _ensure_user(
             False,
         ),
         os.path.join(sfi_dir, "sfi_config"): (
-            _sfi_config(authority.hrn, user_hrn, settings).encode("utf-8"),
+            sfi_config(authority.hrn, user_hrn, settings).encode("utf-8"),
             False,
         ),
     }
@@ -140,7 +140,7 @@ def _ensure_user(
     report.created.append(authority.issued_gid_path(user_hrn))
 
 
-def _sfi_config(authority_hrn: str, user_hrn: str, settings: Settings) -> str:
+def sfi_config(authority_hrn: str, user_hrn: str, settings: Settings) -> str:
     return (
         "[sfi]\n"
         f"auth = {authority_hrn}\n"

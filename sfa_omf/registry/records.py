@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import RegistryRecord
+from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain, load_gid_chain_file
@@ -23,12 +25,24 @@ class Record:
     urn: str
     gid: str
     email: str = ""
-    keys: tuple[str, ...] = ()
-    researchers: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()  # users: SSH public keys
+    researchers: tuple[str, ...] = ()  # slices: member user HRNs
+    pis: tuple[str, ...] = ()  # authorities: user HRNs who get the authority's credential
+    expires: datetime | None = None  # slices: when the slice ends
 
 
 def _record(row: RegistryRecord) -> Record:
-    return Record(row.hrn, row.type, row.urn, row.gid, row.email, tuple(row.keys), tuple(row.researchers))
+    return Record(
+        row.hrn,
+        row.type,
+        row.urn,
+        row.gid,
+        row.email,
+        tuple(row.keys),
+        tuple(row.researchers),
+        tuple(row.pis or ()),
+        from_s(row.expires_s) if row.expires_s is not None else None,
+    )
 
 
 class Records:
@@ -65,27 +79,49 @@ class Records:
                         email=record.email,
                         keys=list(record.keys),
                         researchers=list(record.researchers),
+                        pis=list(record.pis),
+                        expires_s=to_s(record.expires) if record.expires is not None else None,
                         created_s=int(utcnow().timestamp()),
                     )
                 )
                 return
             row.keys = list(dict.fromkeys([*row.keys, *record.keys]))
             row.researchers = list(dict.fromkeys([*row.researchers, *record.researchers]))
+            row.pis = list(dict.fromkeys([*(row.pis or []), *record.pis]))
 
     def update(
-        self, hrn: str, email: str | None, keys: Sequence[str] | None, researchers: Sequence[str] | None
-    ) -> None:
-        """Replace the given fields of a record (None leaves a field as it is)."""
+        self,
+        hrn: str,
+        email: str | None = None,
+        keys: Sequence[str] | None = None,
+        researchers: Sequence[str] | None = None,
+        pis: Sequence[str] | None = None,
+        expires: datetime | None = None,
+    ) -> Record | None:
+        """Replace the given fields of a record (None leaves a field as it is); the record as it is now."""
         with self.database.write() as session:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
             if row is None:
-                return
+                return None
             if email is not None:
                 row.email = email
             if keys is not None:
                 row.keys = list(keys)
             if researchers is not None:
                 row.researchers = list(researchers)
+            if pis is not None:
+                row.pis = list(pis)
+            if expires is not None:
+                row.expires_s = to_s(expires)
+            return _record(row)
+
+    def of_type(self, kind: str) -> list[Record]:
+        """Every record of one type (user, slice, node, authority), by HRN."""
+        with self.database.read() as session:
+            rows = session.scalars(
+                select(RegistryRecord).where(RegistryRecord.type == kind).order_by(RegistryRecord.hrn)
+            )
+            return [_record(row) for row in rows]
 
     def remove(self, hrn: str) -> bool:
         with self.database.write() as session:

@@ -24,12 +24,14 @@ from sfa_omf.am.api_v3 import ApiV3
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
+from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.api import RegistryApi
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.records import Records
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
 from sfa_omf.testbed.registry import load_backend
+from sfa_omf.testbed.unix_accounts import UnixAccounts
 from sfa_omf.trust.gid import load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key_file
 from sfa_omf.trust.roots import load_trusted_roots
@@ -68,6 +70,8 @@ def build_aggregate(settings: Settings) -> Aggregate:
         verifier,
         policy,
         backend=load_backend(settings.aggregate_type, settings),
+        accounts=Accounts(database, settings.account_policy, settings.shared_login),
+        unix_accounts=UnixAccounts() if settings.create_accounts else None,
         identity=(
             load_private_key_file(os.path.join(settings.data_dir, "aggregate", "am.pkey")),
             load_gid_chain_file(os.path.join(settings.data_dir, "aggregate", "am.gid")),
@@ -144,6 +148,9 @@ def _expire(aggregate: Aggregate) -> None:
         released = aggregate.bookings.expire_unprovisioned()
         if released:
             log.info("released %d allocation(s) that were not provisioned in time", len(released))
+        ended = aggregate.retire_ended()
+        if ended:
+            log.info("%d lease(s) reached the end of their slot", ended)
     except Exception:
         log.exception("releasing unprovisioned allocations failed; will try again")
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Protocol
 
 from sfa_omf.calendar.records import LeaseRecord, SliverRecord
-from sfa_omf.calendar.slices import SliceUserRecord
+from sfa_omf.testbed.unix_accounts import LocalAccount
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,10 @@ class TestbedBackend(Protocol):
 
     name: str
 
-    def provision(self, lease: LeaseRecord, users: Sequence[SliceUserRecord]) -> None:
-        """Make a lease real on the testbed (reserve the nodes for its window, set up accounts and keys)."""
+    def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
+        """Make a lease real on the testbed: reserve the nodes for its window, owned by the local login ``owner``
+        (the mapped account of the user who provisions), and give ``accounts`` (the slice's mapped logins with
+        their users' SSH keys) access."""
 
     def release(self, lease: LeaseRecord) -> None:
         """Undo provision: the lease was deleted, shut down or expired."""
@@ -38,5 +40,5 @@ class TestbedBackend(Protocol):
     def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth:
         """The operational state of a provisioned sliver at ``now``."""
 
-    def update_users(self, lease: LeaseRecord, users: Sequence[SliceUserRecord]) -> None:
-        """The slice's users or keys changed (geni_update_users): merge them into the accounts."""
+    def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
+        """The slice's users or keys changed (geni_update_users): ``accounts`` is the whole new set."""

@@ -8,15 +8,15 @@ from datetime import datetime
 
 from sfa_omf.am.states import Operational
 from sfa_omf.calendar.records import LeaseRecord, SliverRecord
-from sfa_omf.calendar.slices import SliceUserRecord
 from sfa_omf.testbed.base import SliverHealth
+from sfa_omf.testbed.unix_accounts import LocalAccount
 
 
 class EmbeddedTestbed:
     name = "omf"
 
-    def provision(self, lease: LeaseRecord, users: Sequence[SliceUserRecord]) -> None:
-        """Nothing to set up: the booking in the calendar is the reservation."""
+    def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
+        """Nothing to set up: the booking in the calendar is the reservation (accounts: create_accounts)."""
 
     def release(self, lease: LeaseRecord) -> None:
         """Nothing to undo."""
@@ -26,5 +26,5 @@ class EmbeddedTestbed:
             return SliverHealth(Operational.NOTREADY)
         return SliverHealth(Operational.READY if lease.start <= now < lease.end else Operational.NOTREADY)
 
-    def update_users(self, lease: LeaseRecord, users: Sequence[SliceUserRecord]) -> None:
+    def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
         """Keys are kept in the calendar; nothing else to update."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 
 from sfa_omf.errors import Reason, TrustError
 from sfa_omf.times import format_time
@@ -171,3 +172,33 @@ def verify_chain(chain: GidChain, roots: TrustedRoots, at: datetime, role: str =
             f"{role} {_describe(leaf)} chains to trusted root {anchor.hrn!r}, which is no authority over {leaf.hrn!r}",
         )
     return anchor
+
+
+def add_trusted_root(directory: str, pem: bytes, now: datetime) -> tuple[Gid, bool]:
+    """Trust another authority: write its root (the first certificate of ``pem``) into ``directory`` as
+    ``<hrn>.gid``. Returns the anchor and False when it was trusted already. Refuses what cannot be an anchor (not
+    a CA authority, expired) and a different key for an authority already trusted (a look-alike)."""
+    anchor = load_gid_chain(pem)[0]
+    if not anchor.is_ca or not (anchor.type or "").startswith("authority"):
+        raise TrustError(
+            Reason.INVALID_CHAIN,
+            f"{_describe(anchor)} is not an authority's CA certificate; trust the authority's root GID instead",
+        )
+    check_validity(anchor, now, "the new root")
+    current = load_trusted_roots(directory) if os.path.isdir(directory) else TrustedRoots(())
+    if current.contains(anchor):
+        return anchor, False
+    for existing in current.anchors:
+        if existing.certificate.subject == anchor.certificate.subject or (anchor.urn and existing.urn == anchor.urn):
+            raise TrustError(
+                Reason.UNTRUSTED_CHAIN,
+                f"{_describe(anchor)} is trusted already with another key "
+                f"(fingerprint {existing.fingerprint[:16]}...); "
+                "a look-alike is refused: remove the old root file first if the authority really changed its key",
+            )
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"{anchor.hrn or anchor.fingerprint[:16]}.gid")
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(anchor.certificate.public_bytes(serialization.Encoding.PEM))
+    return anchor, True

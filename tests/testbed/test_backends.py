@@ -16,11 +16,11 @@ import pytest
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.records import LeaseRecord, NodeSpec, SliverRecord
-from sfa_omf.calendar.slices import SliceUserRecord
 from sfa_omf.errors import GeniCode, GeniError, Reason
 from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.testbed.registry import load_backend
+from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
@@ -38,7 +38,7 @@ class FlakyTestbed:
         self.up = False
         self.provisioned: list[str] = []
 
-    def provision(self, lease: LeaseRecord, users: Sequence[SliceUserRecord]) -> None:
+    def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
         if not self.up:
             raise GeniError(Reason.UNAVAILABLE, "the testbed does not answer; the booking stays allocated: retry later")
         self.provisioned.append(lease.id)
@@ -49,7 +49,7 @@ class FlakyTestbed:
     def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth:
         return SliverHealth("geni_ready")
 
-    def update_users(self, lease: LeaseRecord, users: Sequence[SliceUserRecord]) -> None:
+    def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
         pass
 
 

@@ -1,0 +1,231 @@
+"""Operator commands for the local registry: ``sfa-omf user|slice|trust ...``.
+
+Each reads the configuration (``--config FILE``, default $SFA_OMF_CONFIG or ./sfa-omf.conf): the authority lives in
+its data_dir, the records in the calendar's database. A running server sees the changes on its next call, except
+``trust add-root``, which takes effect when the server is restarted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config
+from sfa_omf.errors import BadArgs
+from sfa_omf.registry.admin import RegistryAdmin
+from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.records import Record, Records
+from sfa_omf.times import format_time, parse_time, utcnow
+from sfa_omf.trust.gid import load_gid_chain
+from sfa_omf.trust.roots import add_trusted_root, load_trusted_roots
+
+
+def add_registry_commands(
+    commands: argparse._SubParsersAction,  # type: ignore[type-arg]
+    slices: argparse._SubParsersAction,  # type: ignore[type-arg]
+) -> None:
+    """``user`` and ``trust`` commands, and the registry's part of ``slice`` (``slices``: its sub-commands)."""
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
+    json_option = argparse.ArgumentParser(add_help=False)
+    json_option.add_argument("--json", action="store_true", help="print JSON")
+
+    user = commands.add_parser("user", help="the local authority's users").add_subparsers(title="user commands")
+    add = user.add_parser("add", parents=[config_option], help="register a user (and write an sfi.py directory)")
+    add.add_argument("name", help="a name under the authority (alice) or a full HRN (testbed.alice)")
+    add.add_argument("--email", default="")
+    add.add_argument("--ssh-key", action="append", default=[], help="an SSH public key file (repeatable)")
+    add.add_argument("--public-key", help="the user's own RSA public key or certificate (PEM): no key pair is made")
+    add.add_argument("--pi", action="store_true", help="a PI: gets the authority's credential (GetCredential)")
+    add.set_defaults(handler=_user_add)
+    listing = user.add_parser("list", parents=[config_option, json_option], help="list users")
+    listing.set_defaults(handler=_list, kind="user")
+    show = user.add_parser("show", parents=[config_option, json_option], help="show a record (user, slice, ...)")
+    show.add_argument("name")
+    show.set_defaults(handler=_show)
+    remove = user.add_parser("remove", parents=[config_option], help="remove a user")
+    remove.add_argument("name")
+    remove.set_defaults(handler=_remove, kind="user")
+    add_key = user.add_parser("add-key", parents=[config_option], help="add an SSH public key to a user")
+    add_key.add_argument("name")
+    add_key.add_argument("key_file", help="an SSH public key file (e.g. ~/.ssh/id_ed25519.pub)")
+    add_key.set_defaults(handler=_user_add_key)
+
+    create = slices.add_parser("create", parents=[config_option], help="register a slice with its researchers")
+    create.add_argument("name", help="a name under the authority (myslice) or a full HRN")
+    create.add_argument("--researcher", action="append", default=[], help="a user (repeatable)")
+    create.add_argument("--expires", help="RFC 3339, epoch or +Nd (default: 30 days from now)")
+    create.set_defaults(handler=_slice_create)
+    slice_list = slices.add_parser("list", parents=[config_option, json_option], help="list registered slices")
+    slice_list.set_defaults(handler=_list, kind="slice")
+    renew = slices.add_parser("renew", parents=[config_option], help="give a registered slice a new expiry")
+    renew.add_argument("name")
+    renew.add_argument("expires", help="RFC 3339, epoch or +Nd")
+    renew.set_defaults(handler=_slice_renew)
+    slice_remove = slices.add_parser("remove", parents=[config_option], help="remove a registered slice")
+    slice_remove.add_argument("name")
+    slice_remove.set_defaults(handler=_remove, kind="slice")
+    researcher = slices.add_parser("add-researcher", parents=[config_option], help="add a user to a slice")
+    researcher.add_argument("name")
+    researcher.add_argument("user")
+    researcher.set_defaults(handler=_slice_add_researcher)
+
+    trust = commands.add_parser("trust", help="the authorities this testbed trusts").add_subparsers(
+        title="trust commands"
+    )
+    add_root = trust.add_parser("add-root", parents=[config_option], help="trust another authority's root GID")
+    add_root.add_argument("file", help="the authority's root GID or certificate (PEM)")
+    add_root.set_defaults(handler=_trust_add_root)
+    roots = trust.add_parser("list", parents=[config_option, json_option], help="list the trusted roots")
+    roots.set_defaults(handler=_trust_list)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    path = args.config or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
+    if not os.path.exists(path):
+        raise BadArgs(f"no configuration file {path}: give --config FILE (sfa-omf init DIR writes one)")
+    return read_config(path)
+
+
+def _admin(args: argparse.Namespace) -> RegistryAdmin:
+    settings = _settings(args)
+    database = Database(settings.calendar_url)
+    database.upgrade()
+    authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
+    return RegistryAdmin(authority, Records(database), settings)
+
+
+def _facts(record: Record) -> dict[str, Any]:
+    facts: dict[str, Any] = {"hrn": record.hrn, "type": record.type, "urn": record.urn}
+    if record.type == "user":
+        facts.update(email=record.email, ssh_keys=list(record.keys))
+    if record.type == "slice":
+        facts.update(
+            researchers=list(record.researchers), expires=format_time(record.expires) if record.expires else ""
+        )
+    if record.type == "authority":
+        facts.update(pis=list(record.pis))
+    return facts
+
+
+def _print_record(record: Record, as_json: bool) -> None:
+    facts = _facts(record)
+    if as_json:
+        print(json.dumps(facts, indent=1))
+        return
+    for key, value in facts.items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        print(f"{key:12} {shown if shown != '' else '-'}")
+
+
+def _read_ssh_key(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().strip()
+
+
+def _read_public_key(path: str) -> rsa.RSAPublicKey:
+    with open(path, "rb") as handle:
+        data = handle.read()
+    key: Any
+    if b"CERTIFICATE" in data:
+        key = load_gid_chain(data)[0].certificate.public_key()
+    else:
+        key = serialization.load_pem_public_key(data)
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise BadArgs(f"{path}: an RSA public key is needed (SFA's GIDs are RSA)")
+    return key
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    admin = _admin(args)
+    public_key = _read_public_key(args.public_key) if args.public_key else None
+    new = admin.add_user(
+        args.name, args.email, [_read_ssh_key(path) for path in args.ssh_key], public_key=public_key, pi=args.pi
+    )
+    print(f"registered user {new.record.hrn} ({new.record.urn})")
+    if new.sfi_dir:
+        print(f"  sfi.py directory with the private key: {new.sfi_dir}  (sfi.py -d {new.sfi_dir} ...)")
+    return 0
+
+
+def _user_add_key(args: argparse.Namespace) -> int:
+    record = _admin(args).add_key(args.name, _read_ssh_key(args.key_file))
+    print(f"{record.hrn} has {len(record.keys)} SSH key(s)")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    records = _admin(args).list(args.kind)
+    if args.json:
+        print(json.dumps([_facts(record) for record in records], indent=1))
+        return 0
+    for record in records:
+        facts = _facts(record)
+        extra = (
+            f"{len(record.keys)} key(s)  {record.email}"
+            if record.type == "user"
+            else f"expires {facts['expires'] or '-'}  researchers {', '.join(record.researchers) or '-'}"
+        )
+        print(f"{record.hrn:40} {extra}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    _print_record(_admin(args).get(args.name), args.json)
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    record = _admin(args).remove(args.name, args.kind)
+    print(f"removed {record.type} {record.hrn} (its GID stays valid until it expires; it is no longer registered)")
+    return 0
+
+
+def _slice_create(args: argparse.Namespace) -> int:
+    expires = parse_time(args.expires, now=utcnow()) if args.expires else None
+    record = _admin(args).create_slice(args.name, args.researcher, expires)
+    print(f"registered slice {record.hrn}, expires {format_time(record.expires) if record.expires else '-'}")
+    return 0
+
+
+def _slice_renew(args: argparse.Namespace) -> int:
+    record = _admin(args).renew_slice(args.name, parse_time(args.expires, now=utcnow()))
+    print(f"slice {record.hrn} now expires {format_time(record.expires) if record.expires else '-'}")
+    return 0
+
+
+def _slice_add_researcher(args: argparse.Namespace) -> int:
+    record = _admin(args).add_researcher(args.name, args.user)
+    print(f"slice {record.hrn}: researchers {', '.join(record.researchers)}")
+    return 0
+
+
+def _trust_add_root(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with open(args.file, "rb") as handle:
+        anchor, added = add_trusted_root(settings.trusted_roots_dir, handle.read(), utcnow())
+    if added:
+        print(f"now trusting {anchor.hrn} ({anchor.urn}); restart sfa-omf serve for the running server to use it")
+    else:
+        print(f"{anchor.hrn} is trusted already")
+    return 0
+
+
+def _trust_list(args: argparse.Namespace) -> int:
+    roots = load_trusted_roots(_settings(args).trusted_roots_dir)
+    facts: list[dict[str, str]] = [
+        {"hrn": gid.hrn, "urn": gid.urn or "", "expires": format_time(gid.not_after), "sha256": gid.fingerprint}
+        for gid in roots.anchors
+    ]
+    if args.json:
+        print(json.dumps(facts, indent=1))
+        return 0
+    for fact in facts:
+        print(f"{fact['hrn']:30} expires {fact['expires']}  sha256 {fact['sha256'][:32]}...")
+    return 0

@@ -1,0 +1,147 @@
+"""What an operator does to the local registry (``sfa-omf user|slice ...``): users, their keys, slices, researchers.
+
+Every change goes to the same records the Registry API serves, so a running server sees it on the next call.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sfa_omf.config import Settings
+from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.registry.api import DEFAULT_SLICE_LIFETIME
+from sfa_omf.registry.authority import LocalAuthority, write_new_file
+from sfa_omf.registry.bootstrap import sfi_config
+from sfa_omf.registry.records import Record, Records
+from sfa_omf.times import utcnow
+from sfa_omf.trust.gid import chain_pem
+from sfa_omf.trust.pki import private_key_pem
+from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn, split_hrn
+
+
+@dataclass(frozen=True)
+class NewUser:
+    record: Record
+    sfi_dir: str  # empty when the user keeps their own private key
+
+
+def _valid_ssh_key(key: str) -> str:
+    key = key.strip()
+    parts = key.split()
+    if "\n" in key or len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        raise BadArgs(f"not an SSH public key (expected 'ssh-ed25519 AAAA... comment'): {key[:40]!r}")
+    return key
+
+
+class RegistryAdmin:
+    def __init__(self, authority: LocalAuthority, records: Records, settings: Settings) -> None:
+        self.authority = authority
+        self.records = records
+        self.settings = settings
+        if records.get(authority.hrn) is None:
+            records.import_authority(authority)  # the registry was never served: record what the authority issued
+
+    def hrn(self, name: str) -> str:
+        """A name under the authority (``alice`` -> ``testbed.alice``); a full HRN or URN is taken as it is."""
+        if is_urn(name):
+            return parse_urn(name).hrn
+        under = name == self.authority.hrn or name.startswith(self.authority.hrn + ".")
+        hrn = name if under else self.authority.child_hrn(name)
+        split_hrn(hrn)
+        return hrn
+
+    # -- users --------------------------------------------------------------------------------------------------
+    def add_user(
+        self,
+        name: str,
+        email: str = "",
+        ssh_keys: Sequence[str] = (),
+        public_key: rsa.RSAPublicKey | None = None,
+        pi: bool = False,
+    ) -> NewUser:
+        """Register a user: the authority issues their GID. Without ``public_key`` a key pair is made and an sfi.py
+        directory written for them (private key, GID, sfi_config): they bootstrap with GetSelfCredential."""
+        hrn = self.hrn(name)
+        if self.records.get(hrn) is not None:
+            raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already (sfa-omf user show {hrn})")
+        keys = tuple(_valid_ssh_key(key) for key in ssh_keys)
+        chain, private_key = self.authority.issue_gid(hrn, "user", public_key=public_key, email=email or None)
+        sfi_dir = ""
+        if private_key is not None:
+            sfi_dir = os.path.join(self.authority.directory, "users", split_hrn(hrn)[-1], "sfi")
+            write_new_file(os.path.join(sfi_dir, f"{hrn}.pkey"), private_key_pem(private_key), private=True)
+            write_new_file(os.path.join(sfi_dir, f"{hrn}.user.gid"), chain_pem(chain).encode("ascii"))
+            config = sfi_config(self.authority.hrn, hrn, self.settings)
+            write_new_file(os.path.join(sfi_dir, "sfi_config"), config.encode("utf-8"))
+        record = Record(hrn, "user", hrn_to_urn(hrn, "user"), chain_pem(chain), email, keys)
+        self.records.add(record)
+        if pi:
+            self.records.add(Record(self.authority.hrn, "authority", self.authority.urn, "", pis=(hrn,)))
+        return NewUser(self.records.get(hrn) or record, sfi_dir)
+
+    def add_key(self, name: str, ssh_key: str) -> Record:
+        """Add an SSH public key to a user's record (it reaches their accounts at the next provision/update)."""
+        user = self._get(name, "user")
+        return self._updated(self.records.update(user.hrn, keys=list(dict.fromkeys([*user.keys, _valid_ssh_key(ssh_key)]))))
+
+    def remove(self, name: str, kind: str) -> Record:
+        """Remove a user or slice record; its GID is forgotten (not revoked: it stays valid until it expires)."""
+        record = self._get(name, kind)
+        self.records.remove(record.hrn)
+        self.authority.forget(record.hrn)
+        return record
+
+    # -- slices -------------------------------------------------------------------------------------------------
+    def create_slice(self, name: str, researchers: Sequence[str], expires: datetime | None = None) -> Record:
+        hrn = self.hrn(name)
+        if self.records.get(hrn) is not None:
+            raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already")
+        members = tuple(self._get(member, "user").hrn for member in researchers)
+        expires = expires or utcnow() + DEFAULT_SLICE_LIFETIME
+        self._check_future(expires)
+        chain, _ = self.authority.issue_gid(hrn, "slice")
+        record = Record(hrn, "slice", hrn_to_urn(hrn, "slice"), chain_pem(chain), researchers=members, expires=expires)
+        self.records.add(record)
+        return record
+
+    def renew_slice(self, name: str, expires: datetime) -> Record:
+        """A new expiry for the slice; slice credentials issued from now on live until then."""
+        self._check_future(expires)
+        return self._updated(self.records.update(self._get(name, "slice").hrn, expires=expires))
+
+    def add_researcher(self, name: str, user: str) -> Record:
+        slice_record = self._get(name, "slice")
+        member = self._get(user, "user").hrn
+        return self._updated(
+            self.records.update(slice_record.hrn, researchers=list(dict.fromkeys([*slice_record.researchers, member])))
+        )
+
+    def list(self, kind: str) -> list[Record]:
+        return self.records.of_type(kind)
+
+    def get(self, name: str) -> Record:
+        return self._get(name, None)
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def _get(self, name: str, kind: str | None) -> Record:
+        hrn = self.hrn(name)
+        record = self.records.get(hrn)
+        if record is None or (kind is not None and record.type != kind):
+            raise GeniError(Reason.NOT_FOUND, f"no {kind or 'record'} {hrn} in the registry of {self.authority.hrn}")
+        return record
+
+    @staticmethod
+    def _updated(record: Record | None) -> Record:
+        if record is None:
+            raise GeniError(Reason.NOT_FOUND, "the record was removed meanwhile")
+        return record
+
+    @staticmethod
+    def _check_future(expires: datetime) -> None:
+        if expires <= utcnow():
+            raise BadArgs(f"the expiry {expires.isoformat()} is in the past")
