@@ -2,10 +2,11 @@
 # Everything the tests need, then lint, types and the test suite.
 # Debian packages: xmlsec1 and openssl are the independent verifiers the tests compare against; PostgreSQL runs the
 # calendar tests a second time on a real server (scripts/postgres.sh starts it on 127.0.0.1); trang (RELAX NG
-# compact -> XML) checks that the committed schemas/*.rng are generated from schemas/*.rnc.
+# compact -> XML) checks that the committed schemas/*.rng are generated from schemas/*.rnc; openssh-server lets a test
+# log in, over real SSH, under the account a federation user is mapped to.
 # Usage: bash scripts/test.sh [pytest arguments]
 source "$(dirname "$0")/lib.sh"
-apt_install xmlsec1 openssl ca-certificates trang
+apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client
 venv_install "[test]"
 cd "$REPO"
 echo "== PostgreSQL"

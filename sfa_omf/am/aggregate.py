@@ -291,7 +291,9 @@ class Aggregate:
             )
         return str(node.component_id)
 
-    def _remember_users(self, slice_urn: str, options: Mapping[str, Any]) -> None:
+    def _remember_users(self, slice_urn: str, options: Mapping[str, Any], replace: bool = False) -> bool:
+        """Keep the users and keys a call sent (geni_users, sfa_users): merged into the slice's, or, with
+        ``replace`` (geni_update_users, whose list is the complete set), instead of them. False: none were sent."""
         users: dict[str, list[str]] = {}
         for key in ("geni_users", "sfa_users"):
             for user in options.get(key) or []:
@@ -299,7 +301,8 @@ class Aggregate:
                     keys = user.get("keys") or []
                     users.setdefault(str(user["urn"]), []).extend(str(k) for k in keys if isinstance(k, str))
         if users:
-            self.slices.update_users(slice_urn, users)
+            self.slices.update_users(slice_urn, users, replace=replace)
+        return bool(users)
 
     def ticket(
         self, caller_chain: GidChain, slice_urn: str, credentials: Any, rspec: str, options: Mapping[str, Any]
@@ -414,7 +417,12 @@ class Aggregate:
         event = operational_action(str(action))
         leases = self._leases(slice_urn, sliver_urns)
         if event == Event.UPDATE_USERS:
-            self._remember_users(slice_urn, options)
+            # GENI: geni_users is the complete new set; keys left out stop working. No list is no "remove all".
+            if not self._remember_users(slice_urn, options, replace=True):
+                raise BadArgs(
+                    "geni_update_users needs the option geni_users: the complete list of users and their keys "
+                    "(nothing was changed)"
+                )
             accounts = self._local_accounts(slice_urn)
             if self.unix_accounts is not None and any(lease.state == "provisioned" for lease in leases):
                 self.unix_accounts.set_slice_keys(accounts, slice_urn)

@@ -87,7 +87,9 @@ class RegistryAdmin:
     def add_key(self, name: str, ssh_key: str) -> Record:
         """Add an SSH public key to a user's record (it reaches their accounts at the next provision/update)."""
         user = self._get(name, "user")
-        return self._updated(self.records.update(user.hrn, keys=list(dict.fromkeys([*user.keys, _valid_ssh_key(ssh_key)]))))
+        return self._updated(
+            self.records.update(user.hrn, keys=list(dict.fromkeys([*user.keys, _valid_ssh_key(ssh_key)])))
+        )
 
     def remove(self, name: str, kind: str) -> Record:
         """Remove a user or slice record; its GID is forgotten (not revoked: it stays valid until it expires)."""

@@ -68,8 +68,19 @@ class UnixAccounts:
             return pwd.getpwnam(login)
         except KeyError:
             pass
+        # Password "*": no password can log in, yet the account is not locked ("!"), which sshd would refuse.
         done = subprocess.run(
-            ["useradd", "--create-home", "--shell", self.shell, "--comment", "sfa-omf federation user", login],
+            [
+                "useradd",
+                "--create-home",
+                "--password",
+                "*",
+                "--shell",
+                self.shell,
+                "--comment",
+                "sfa-omf federation user",
+                login,
+            ],
             capture_output=True,
             text=True,
             check=False,
