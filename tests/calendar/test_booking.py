@@ -170,6 +170,22 @@ def test_unprovisioned_allocations_expire(calendar: Calendar) -> None:
     calendar.bookings.book(OTHER, SLICE_EXPIRES, [ask("n2", 2, 3)])
 
 
+def test_provisioned_leases_retire_when_their_slot_ends(calendar: Calendar) -> None:
+    (short,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n1", 1, 2)]).leases
+    (long,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n2", 1, 3)]).leases
+    (unprovisioned,) = calendar.bookings.book(OTHER, SLICE_EXPIRES, [ask("n3", 1, 2)]).leases
+    calendar.bookings.mark_provisioned(short.id)
+    calendar.bookings.mark_provisioned(long.id)
+    calendar.now = at(2) - timedelta(seconds=1)
+    assert calendar.bookings.retire_ended() == []
+    calendar.now = at(2)
+    (ended,) = calendar.bookings.retire_ended()
+    assert (ended.id, ended.state) == (short.id, "ended")
+    assert all(sliver.allocation_state == "geni_unallocated" for sliver in ended.slivers)
+    assert calendar.bookings.retire_ended() == [], "once"
+    assert {lease.id for lease in calendar.bookings.leases(active_only=True)} == {long.id, unprovisioned.id}
+
+
 def test_lease_listing_filters(calendar: Calendar) -> None:
     calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n1", 1, 2)])
     calendar.bookings.book(OTHER, SLICE_EXPIRES, [ask("n2", 3, 4)])
