@@ -17,11 +17,13 @@ from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.records import LeaseRecord, NodeSpec, SliverRecord
 from sfa_omf.errors import GeniCode, GeniError, Reason
+from sfa_omf.registry.records import Record, Records
 from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.testbed.registry import load_backend
 from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import format_time, utcnow
+from sfa_omf.trust.gid import chain_pem
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
 
@@ -37,11 +39,14 @@ class FlakyTestbed:
     def __init__(self) -> None:
         self.up = False
         self.provisioned: list[str] = []
+        self.owner = ""
+        self.accounts: list[LocalAccount] = []
 
     def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
         if not self.up:
             raise GeniError(Reason.UNAVAILABLE, "the testbed does not answer; the booking stays allocated: retry later")
         self.provisioned.append(lease.id)
+        self.owner, self.accounts = owner, list(accounts)
 
     def release(self, lease: LeaseRecord) -> None:
         self.provisioned.remove(lease.id)
@@ -118,3 +123,44 @@ def test_a_testbed_that_is_down(pki: DemoPki, tmp_path: Path) -> None:
     assert len(backend.provisioned) == 1
     aggregate.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
     assert backend.provisioned == []
+
+
+def test_backends_get_the_mapped_accounts_with_call_and_registry_keys(pki: DemoPki, tmp_path: Path) -> None:
+    """The owner is the provisioning user's login; each account carries the keys sent with the call and the keys
+    registered in the local registry."""
+    database = Database(sqlite_url(str(tmp_path / "c.sqlite")))
+    database.upgrade()
+    backend = FlakyTestbed()
+    backend.up = True
+    aggregate = Aggregate(
+        AggregateSettings(authority_hrn="testbed"), database, CredentialVerifier(pki.roots), backend=backend
+    )
+    aggregate.inventory.add_node(NodeSpec(NODE, "n1"))
+    alice, bob = pki.users["alice"], pki.users["bob"]
+    alice_urn, bob_urn = alice.chain[0].urn or "", bob.chain[0].urn or ""
+    Records(database).add(
+        Record("testbed.alice", "user", alice_urn, chain_pem(alice.chain), keys=("ssh-ed25519 AAAAreg alice@registry",))
+    )
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    request = (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3">'
+        f'<node client_id="n1" component_id="{NODE}"/></rspec>'
+    )
+    users = {
+        "geni_users": [
+            {"urn": alice_urn, "keys": ["ssh-ed25519 AAAAcall alice@laptop"]},
+            {"urn": bob_urn, "keys": ["ssh-rsa AAAAbob bob@desk"]},
+        ],
+        "geni_start_time": format_time(start),
+    }
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], request, users)
+    aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert backend.owner == aggregate.accounts.login_for(alice_urn, pki.slice_urn)
+    by_login = {account.login: account for account in backend.accounts}
+    assert by_login[backend.owner].ssh_keys == (
+        "ssh-ed25519 AAAAcall alice@laptop",
+        "ssh-ed25519 AAAAreg alice@registry",
+    )
+    assert by_login[backend.owner].user_urns == (alice_urn,)
+    bob_login = aggregate.accounts.login_for(bob_urn, pki.slice_urn)
+    assert by_login[bob_login].ssh_keys == ("ssh-rsa AAAAbob bob@desk",) and bob_login != backend.owner
