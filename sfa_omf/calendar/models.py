@@ -141,3 +141,17 @@ class RegistryRecord(Base):
     pis: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")  # authorities' PI user HRNs
     expires_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # slices: when the slice ends
     created_s: Mapped[int] = mapped_column(BigInteger)
+
+
+class OarJob(Base):
+    """The OAR advance reservation that makes a lease real (the OAR backend; kept here so that it commits with the
+    calendar). ``state``: submitting (asked OAR, answer not yet recorded), submitted, deleting, deleted, failed."""
+
+    __tablename__ = "oar_job"
+
+    lease_id: Mapped[str] = mapped_column(ForeignKey("lease.id"), primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    owner: Mapped[str] = mapped_column(String(32))  # the local login that owns the OAR job
+    state: Mapped[str] = mapped_column(String(20))
+    message: Mapped[str] = mapped_column(Text, default="")  # OAR's own words when it failed
+    updated_s: Mapped[int] = mapped_column(BigInteger)

@@ -2,7 +2,8 @@
 
 Policies (the operator chooses one):
 - ``per-user`` (default): one account per federation user. The login is derived from the user's HRN: its last part,
-  lower-cased, characters outside [a-z0-9_-] replaced by '_', cut so that ``<name>_<tag>`` fits in 32 characters,
+  lower-cased, characters outside [a-z0-9_] replaced by '_' (no '-': OAR reads only the leading word characters of an
+  identity), cut so that ``<name>_<tag>`` fits in 32 characters,
   where <tag> is 6 hex digits of the SHA-256 of the whole URN. Same user, same login, always (stable); two users
   whose names look alike (alice of onelab.inria and alice of geni.gpo.gcf) get different tags. The mapping is stored,
   and should two URNs ever meet on one login the tag grows until they differ (collision-free).
@@ -31,7 +32,7 @@ VALID_LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 def derived_login(urn: str, tag_length: int = 6) -> str:
     """The login a URN maps to by rule (see the module docstring)."""
-    name = re.sub(r"[^a-z0-9_-]", "_", parse_urn(urn).name.lower())
+    name = re.sub(r"[^a-z0-9_]", "_", parse_urn(urn).name.lower())
     if not name or not (name[0].isalpha() or name[0] == "_"):
         name = f"u{name}"
     tag = hashlib.sha256(urn.lower().encode("utf-8")).hexdigest()[:tag_length]

@@ -30,6 +30,7 @@ from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.records import Records
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
+from sfa_omf.testbed.base import BackgroundTask
 from sfa_omf.testbed.registry import load_backend
 from sfa_omf.testbed.unix_accounts import UnixAccounts
 from sfa_omf.trust.gid import load_gid_chain_file
@@ -69,7 +70,7 @@ def build_aggregate(settings: Settings) -> Aggregate:
         database,
         verifier,
         policy,
-        backend=load_backend(settings.aggregate_type, settings),
+        backend=load_backend(settings.aggregate_type, settings, database),
         accounts=Accounts(database, settings.account_policy, settings.shared_login),
         unix_accounts=UnixAccounts() if settings.create_accounts else None,
         identity=(
@@ -118,6 +119,8 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     )
     expiry = LoopingCall(lambda: reactor.callInThread(_expire, aggregate))
     expiry.start(EXPIRY_PERIOD_S, now=True)
+    for task in aggregate.backend.background_tasks():
+        LoopingCall(lambda task=task: reactor.callInThread(_background, task)).start(task.period_s, now=True)
     return RunningServer(port=listening, pool=pool, expiry=expiry)
 
 
@@ -141,6 +144,13 @@ def start_registry(settings: Settings, database: Database, port: int | None = No
     )
     reactor.addSystemEventTrigger("before", "shutdown", pool.stop)
     return listening
+
+
+def _background(task: BackgroundTask) -> None:
+    try:
+        task.run()
+    except Exception as exc:  # a testbed that is down must not stop the next run
+        log.warning("%s failed (%s); will try again in %d s", task.name, exc, task.period_s)
 
 
 def _expire(aggregate: Aggregate) -> None:

@@ -7,13 +7,22 @@ testbed is down, TIMEDOUT when it is slow), so the aggregate can answer clearly 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from sfa_omf.calendar.records import LeaseRecord, SliverRecord
 from sfa_omf.testbed.unix_accounts import LocalAccount
+
+
+@dataclass(frozen=True)
+class BackgroundTask:
+    """Work a backend needs done periodically (the server runs it off the request path, first at start-up)."""
+
+    name: str
+    period_s: int
+    run: Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -42,3 +51,6 @@ class TestbedBackend(Protocol):
 
     def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
         """The slice's users or keys changed (geni_update_users): ``accounts`` is the whole new set."""
+
+    def background_tasks(self) -> Sequence[BackgroundTask]:
+        """Periodic work (mirroring the testbed's own reservations, reconciling); empty when there is none."""

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from sfa_omf.am.states import Operational
 from sfa_omf.calendar.records import LeaseRecord, SliverRecord
-from sfa_omf.testbed.base import SliverHealth
+from sfa_omf.testbed.base import BackgroundTask, SliverHealth
 from sfa_omf.testbed.unix_accounts import LocalAccount
 
 
@@ -28,3 +28,6 @@ class EmbeddedTestbed:
 
     def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
         """Keys are kept in the calendar; nothing else to update."""
+
+    def background_tasks(self) -> Sequence[BackgroundTask]:
+        return ()

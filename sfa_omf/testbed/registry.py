@@ -1,7 +1,8 @@
 """Finding the testbed backend the configuration names (SFA_AGGREGATE_TYPE / [sfa_aggregate] type).
 
-Built in: ``omf`` (the embedded default). Third-party backends register a factory (a callable taking the Settings
-and returning a TestbedBackend) as a Python entry point in the group ``sfa_omf.testbeds``::
+Built in: ``omf`` (the embedded default) and ``oar`` (sfa_omf/testbed/oar). Third-party backends register a factory
+(a callable taking the Settings and returning a TestbedBackend) as a Python entry point in the group
+``sfa_omf.testbeds``::
 
     [project.entry-points."sfa_omf.testbeds"]
     mylab = "mylab_backend:make_backend"
@@ -12,6 +13,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
+from sfa_omf.calendar.database import Database
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.testbed.base import TestbedBackend
 from sfa_omf.testbed.embedded import EmbeddedTestbed
@@ -19,17 +21,21 @@ from sfa_omf.testbed.embedded import EmbeddedTestbed
 ENTRY_POINT_GROUP = "sfa_omf.testbeds"
 
 
-def load_backend(name: str, settings: Any) -> TestbedBackend:
-    """The backend called ``name``; UNSUPPORTED naming the known ones when there is none."""
+def load_backend(name: str, settings: Any, database: Database | None = None) -> TestbedBackend:
+    """The backend called ``name``; UNSUPPORTED naming the known ones when there is none. The built-in OAR backend
+    keeps its job table in the calendar's ``database``."""
     if name == "omf":
         return EmbeddedTestbed()
+    if name == "oar":
+        from sfa_omf.testbed.oar.backend import make_oar_backend  # only an OAR site pays for importing it
+
+        if database is None:
+            raise GeniError(Reason.UNSUPPORTED, "the OAR backend needs the calendar database")
+        return make_oar_backend(settings, database)
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         if entry_point.name == name:
             factory = entry_point.load()
             backend: TestbedBackend = factory(settings)
             return backend
-    known = ["omf", *sorted(entry_point.name for entry_point in entry_points(group=ENTRY_POINT_GROUP))]
-    hint = " (the OAR backend arrives with its own issue)" if name == "oar" else ""
-    raise GeniError(
-        Reason.UNSUPPORTED, f"testbed backend {name!r} is not available{hint}; available: {', '.join(known)}"
-    )
+    known = ["omf", "oar", *sorted(entry_point.name for entry_point in entry_points(group=ENTRY_POINT_GROUP))]
+    raise GeniError(Reason.UNSUPPORTED, f"testbed backend {name!r} is not available; available: {', '.join(known)}")

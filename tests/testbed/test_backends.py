@@ -90,8 +90,9 @@ def test_backends_by_name(entry_point_package: str) -> None:
     assert isinstance(load_backend("omf", None), EmbeddedTestbed)
     assert load_backend(entry_point_package, None).name == "mylab"
     with pytest.raises(GeniError) as refusal:
-        load_backend("oar", None)
-    assert refusal.value.code == GeniCode.UNSUPPORTED and "mylab" in refusal.value.message
+        load_backend("nitos", None)
+    assert refusal.value.code == GeniCode.UNSUPPORTED
+    assert "'nitos' is not available" in refusal.value.message and "omf, oar, mylab" in refusal.value.message
 
 
 def test_a_testbed_that_is_down(pki: DemoPki, tmp_path: Path) -> None:

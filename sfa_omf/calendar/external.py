@@ -1,0 +1,168 @@
+"""Reservations made outside sfa-omf (for example directly in OAR by the testbed's local users), mirrored into the
+calendar so that every check that keeps bookings apart, the free windows and "available now" see them too.
+
+A mirrored reservation is a lease in state ``external`` of a per-source pseudo-slice, with one node-holding sliver per
+node; its ``client_id`` is the source's key (``oar:12``). ``sync`` makes the mirror equal to what the source reports:
+new reservations are added, changed ones replaced, vanished ones released. A reservation that overlaps a booking the
+calendar already holds cannot be mirrored (the calendar's guarantee wins); it is reported as a clash so the operator
+sees it, and the testbed itself refuses our overlapping provision (OAR: "could run at ...").
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from sfa_omf.calendar.database import Database, retry_transient
+from sfa_omf.calendar.intervals import overlaps
+from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
+from sfa_omf.calendar.queries import from_s, held_windows, to_s
+
+EXTERNAL_STATE = "external"
+_FAR_FUTURE_S = 2**62  # pseudo-slices never expire
+
+
+@dataclass(frozen=True)
+class ExternalHold:
+    """One reservation of the outside system: its key there, the nodes (component ids) and the window."""
+
+    key: str
+    nodes: tuple[str, ...]
+    start: datetime
+    end: datetime
+    label: str = ""  # who or what holds it, for people (e.g. "OAR job 12 of alice")
+
+
+@dataclass
+class SyncReport:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: int = 0
+    clashing: list[str] = field(default_factory=list)  # overlap a booking of ours: not mirrored
+    unknown_nodes: list[str] = field(default_factory=list)  # nodes that are not in the inventory: ignored
+
+
+def source_slice_urn(authority_hrn: str, source: str) -> str:
+    return f"urn:publicid:IDN+{authority_hrn.replace('.', ':')}+slice+external-{source}"
+
+
+class ExternalHolds:
+    def __init__(self, database: Database, authority_hrn: str) -> None:
+        self.database = database
+        self.authority_hrn = authority_hrn
+
+    def sync(self, source: str, holds: Sequence[ExternalHold]) -> SyncReport:
+        """Make the mirror of ``source`` equal to ``holds`` (one transaction)."""
+        return retry_transient(lambda: self._sync_once(source, holds))
+
+    def _sync_once(self, source: str, holds: Sequence[ExternalHold]) -> SyncReport:
+        report = SyncReport()
+        slice_urn = source_slice_urn(self.authority_hrn, source)
+        with self.database.write() as session:
+            slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn))
+            if slice_row is None:
+                slice_row = Slice(urn=slice_urn, expires_s=_FAR_FUTURE_S, shut_down=False)
+                session.add(slice_row)
+                session.flush()
+            current = {
+                lease.client_id: lease
+                for lease in session.scalars(
+                    select(Lease)
+                    .where(Lease.slice_id == slice_row.id, Lease.state == EXTERNAL_STATE)
+                    .options(selectinload(Lease.slivers).selectinload(Sliver.node))
+                )
+            }
+            wanted = {hold.key: hold for hold in holds}
+            for key, lease in current.items():
+                hold = wanted.get(key)
+                if hold is not None and _same(lease, hold):
+                    report.kept += 1
+                    continue
+                lease.state = "cancelled"  # vanished or changed: released (a changed one is added again below)
+                for sliver in lease.slivers:
+                    sliver.holds_node = False
+                    sliver.allocation_state = "geni_unallocated"
+                if hold is None:
+                    report.removed.append(key)
+            session.flush()
+            names = {hold_node for hold in holds for hold_node in hold.nodes}
+            # Locked in id order, as bookings lock them: a booking racing for the same node waits for this sync.
+            query = select(Node).where(Node.component_id.in_(names)).order_by(Node.id).with_for_update()
+            nodes = {node.component_id: node for node in session.scalars(query)}
+            for key, hold in wanted.items():
+                if key in current and _same(current[key], hold):
+                    continue
+                members = [nodes[name] for name in hold.nodes if name in nodes]
+                report.unknown_nodes += [name for name in hold.nodes if name not in nodes]
+                if not members:
+                    continue
+                window = (to_s(hold.start), to_s(hold.end))
+                if window[1] <= window[0]:
+                    continue
+                busy = held_windows(session, window[0], window[1], node_ids={node.id for node in members})
+                if any(overlaps(taken, window) for node in members for taken in busy[node.id]):
+                    report.clashing.append(key)
+                    continue
+                lease = Lease(
+                    id=str(uuid.uuid4()),
+                    slice=slice_row,
+                    owner_urn="",
+                    start_s=window[0],
+                    end_s=window[1],
+                    state=EXTERNAL_STATE,
+                    client_id=key,
+                )
+                session.add(lease)
+                for node in sorted(members, key=lambda member: member.id):
+                    session.add(
+                        Sliver(
+                            urn=f"urn:publicid:IDN+{self.authority_hrn.replace('.', ':')}+sliver+{uuid.uuid4().hex}",
+                            lease=lease,
+                            node=node,
+                            start_s=window[0],
+                            end_s=window[1],
+                            holds_node=True,
+                            allocation_state="geni_provisioned",
+                            operational_state="geni_notready",
+                            expires_s=window[1],
+                            client_id=hold.label[:200],
+                        )
+                    )
+                session.flush()
+                report.added.append(key)
+        return report
+
+    def holds(self, source: str) -> list[ExternalHold]:
+        """The mirrored reservations of ``source`` (those that hold nodes now)."""
+        slice_urn = source_slice_urn(self.authority_hrn, source)
+        with self.database.read() as session:
+            leases = session.scalars(
+                select(Lease)
+                .join(Slice)
+                .where(Slice.urn == slice_urn, Lease.state == EXTERNAL_STATE)
+                .options(selectinload(Lease.slivers).selectinload(Sliver.node))
+                .order_by(Lease.start_s)
+            )
+            return [
+                ExternalHold(
+                    lease.client_id,
+                    tuple(sorted(sliver.node.component_id for sliver in lease.slivers)),
+                    from_s(lease.start_s),
+                    from_s(lease.end_s),
+                    lease.slivers[0].client_id if lease.slivers else "",
+                )
+                for lease in leases
+            ]
+
+
+def _same(lease: Lease, hold: ExternalHold) -> bool:
+    return (
+        lease.start_s == to_s(hold.start)
+        and lease.end_s == to_s(hold.end)
+        and sorted(sliver.node.component_id for sliver in lease.slivers) == sorted(hold.nodes)
+    )
