@@ -201,6 +201,7 @@ class Bookings:
         if not clashes:
             return free, []
         later = held_windows(session, earliest, node_ids={node.id for _, node, _, _ in clashes})
+        outside = _external_labels(session, earliest, latest, {node.id for _, node, _, _ in clashes})
         conflicts = []
         for request, node, window, clashing in clashes:
             accepted = [w for _, other, w in free if other.id == node.id]
@@ -211,7 +212,7 @@ class Bookings:
                     node.component_id,
                     request.start,
                     request.end,
-                    "is booked",
+                    f"is reserved outside sfa-omf ({outside[node.id]})" if node.id in outside else "is booked",
                     clashing=tuple((from_s(a), from_s(b)) for a, b in clashing),
                     next_free_start=from_s(next_start),
                 )
@@ -469,6 +470,26 @@ def _extension_conflicts(session: Session, lease: Lease, extension: Interval) ->
                 )
             )
     return conflicts
+
+
+def _external_labels(session: Session, start_s: int, end_s: int, node_ids: set[int]) -> dict[int, str]:
+    """For nodes that reservations made outside sfa-omf (calendar/external.py) hold in [start_s, end_s): who holds
+    them, for the refusal's message."""
+    rows = session.execute(
+        select(Sliver.node_id, Sliver.client_id)
+        .join(Lease)
+        .where(
+            Lease.state == "external",
+            Sliver.holds_node.is_(True),
+            Sliver.node_id.in_(node_ids),
+            Sliver.start_s < end_s,
+            Sliver.end_s > start_s,
+        )
+    )
+    labels: dict[int, list[str]] = defaultdict(list)
+    for node_id, label in rows:
+        labels[node_id].append(label)
+    return {node_id: ", ".join(found) for node_id, found in labels.items()}
 
 
 def _release(slivers: Iterable[Sliver]) -> None:

@@ -24,6 +24,7 @@ def test_mirrored_reservations_block_bookings_and_free_windows(calendar: Calenda
         calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(1), at(2))])
     (conflict,) = refused.value.conflicts
     assert conflict.next_free_start == at(2)
+    assert "is reserved outside sfa-omf (OAR job oar:7)" in conflict.describe()
     windows = calendar.availability.free_windows(at(0), at(6), count=3, nodes=[node_urn("n1"), node_urn("n3")])
     assert [(w.start, w.end) for w in windows[node_urn("n1")]][:2] == [(at(0), at(1)), (at(2), at(6))]
     assert [(w.start, w.end) for w in windows[node_urn("n3")]] == [(at(0), at(6))]

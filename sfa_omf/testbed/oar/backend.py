@@ -1,0 +1,378 @@
+"""The OAR backend (``[sfa_aggregate] type = oar``): a provisioned lease becomes one OAR advance reservation.
+
+One OAR job per lease, not per node: a lease is booked all-or-nothing in the calendar, and one job keeps it so in
+OAR (OAR accepts or refuses the whole set of pinned nodes at once), costs one API call (~1.3 s each) whatever the
+number of nodes, and is deleted in one call.
+
+- Provision submits, as the mapped local login, exactly the lease's nodes (``network_address in (...)``) from its
+  start (server-local time) with walltime = duration - 1 s (OAR holds the closed interval [start, start+walltime];
+  back-to-back slots both fit). The job is named ``sfa-omf_<lease id>``; the row in oar_job is written before OAR
+  is asked, so a crash in between is finished by the reconciler, never lost or doubled.
+- OAR refusing the slot (a local user reserved it directly in OAR) answers geni_code 7 with OAR's "could run at".
+- OAR down: UNAVAILABLE; too slow: TIMEDOUT. The booking stays allocated and Provision may be called again.
+- Reservations made directly in OAR are mirrored into the calendar (calendar/external.py) by a background task, so
+  ListResources and Allocate see them without ever calling OAR on the request path.
+- The reconciler (at start and periodically) deletes orphan jobs, resubmits missing ones, finishes interrupted
+  provisions and deletions, and records failures that Status then shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pwd
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sfa_omf.am.states import Operational
+from sfa_omf.calendar.booking import Bookings
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.external import ExternalHold, ExternalHolds
+from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.records import LeaseRecord, SliverRecord
+from sfa_omf.errors import GeniError, Reason
+from sfa_omf.testbed.base import BackgroundTask, SliverHealth
+from sfa_omf.testbed.oar.client import (
+    ACTIVE_STATES,
+    OarClient,
+    OarError,
+    OarJob,
+    OarRefused,
+    OarTimeout,
+    OarUnavailable,
+)
+from sfa_omf.testbed.oar.jobs import DELETED, DELETING, FAILED, SUBMITTED, SUBMITTING, OarJobs, job_name, lease_of
+from sfa_omf.testbed.unix_accounts import LocalAccount
+from sfa_omf.times import format_time, utcnow
+
+log = logging.getLogger("sfa_omf.oar")
+T = TypeVar("T")
+
+#: OAR job state -> the sliver's GENI operational state (a provisioned lease's job).
+OAR_OPERATIONAL_STATES: dict[str, Operational] = {
+    "Waiting": Operational.NOTREADY,  # an advance reservation before its start (reservation "Scheduled")
+    "Hold": Operational.NOTREADY,
+    "toAckReservation": Operational.CONFIGURING,
+    "toLaunch": Operational.CONFIGURING,
+    "Launching": Operational.CONFIGURING,
+    "Running": Operational.READY,
+    "Suspended": Operational.NOTREADY,
+    "Resuming": Operational.CONFIGURING,
+    "Finishing": Operational.NOTREADY,
+    "Terminated": Operational.NOTREADY,  # the slot is over
+    "Error": Operational.FAILED,
+}
+EXTERNAL_SOURCE = "oar"
+RECONCILE_AHEAD = timedelta(days=366)  # how far ahead the reconciler looks for our jobs in OAR
+
+
+@dataclass
+class ReconcileReport:
+    orphans_deleted: list[int] = field(default_factory=list)
+    resubmitted: list[str] = field(default_factory=list)  # lease ids
+    adopted: list[str] = field(default_factory=list)  # interrupted provisions finished (lease ids)
+    deleted: list[str] = field(default_factory=list)  # interrupted deletions finished (lease ids)
+    failed: dict[str, str] = field(default_factory=dict)  # lease id -> OAR's words
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.orphans_deleted or self.resubmitted or self.adopted or self.deleted or self.failed)
+
+
+class OarTestbed:
+    name = "oar"
+
+    def __init__(
+        self,
+        client: OarClient,
+        database: Database,
+        authority_hrn: str,
+        job_type: str = "noop",
+        cache_s: int = 30,
+        reconcile_s: int = 300,
+        horizon: timedelta = timedelta(days=14),
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.client = client
+        self.jobs = OarJobs(database)
+        self.inventory = Inventory(database)
+        self.bookings = Bookings(database, sliver_authority=authority_hrn, clock=clock)
+        self.external = ExternalHolds(database, authority_hrn)
+        self.job_type = job_type
+        self.cache_s = cache_s
+        self.reconcile_s = reconcile_s
+        self.horizon = horizon
+        self.clock = clock
+        self._jobs_seen: dict[int, tuple[float, OarJob | None]] = {}  # job id -> (when read, job): Status cache
+        self._lock = threading.Lock()
+
+    # -- the backend interface ------------------------------------------------------------------------------------
+    def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
+        row = self.jobs.get(lease.id)
+        if row is not None and row.state == SUBMITTED and row.job_id is not None:
+            job = self._oar(lambda: self.client.job(row.job_id or 0))
+            if job is not None and job.state in ACTIVE_STATES:
+                return  # provisioned already (a retry after an answer that got lost)
+        if row is not None and row.state == SUBMITTING:
+            # An earlier call may have reached OAR without recording the answer: adopt that job, never double it.
+            found = self._our_job(lease)
+            if found is not None:
+                self.jobs.set(lease.id, SUBMITTED, owner=row.owner, job_id=found.id)
+                return
+        self._check_account(owner)
+        self.jobs.set(lease.id, SUBMITTING, owner=owner)
+        try:
+            job_id = self._submit(lease, owner)
+        except OarTimeout as exc:
+            # OAR may have booked it: keep the row; the next Provision or the reconciler finds the job by its name.
+            raise GeniError(
+                Reason.TIMEDOUT,
+                f"OAR did not answer within {self.client.timeout_s:g} s ({exc.message}); the booking stays allocated: "
+                "call Provision again (a reservation OAR made meanwhile is found, not doubled)",
+            ) from exc
+        except OarUnavailable as exc:
+            self.jobs.forget(lease.id)
+            raise GeniError(
+                Reason.UNAVAILABLE,
+                f"the OAR server does not answer ({exc.message}); the booking stays allocated: retry Provision later",
+            ) from exc
+        except OarRefused as exc:
+            self.jobs.forget(lease.id)
+            when = f"; OAR says it could run at {format_time(exc.could_run_at)}" if exc.could_run_at else ""
+            raise GeniError(
+                Reason.BOOKING_CONFLICT,
+                f"OAR refuses the reservation of {', '.join(self._addresses(lease))} from {format_time(lease.start)} "
+                f"to {format_time(lease.end)}: the nodes are reserved directly in OAR{when}. Delete this booking and "
+                "allocate another slot",
+            ) from exc
+        except (OarError, ValueError) as exc:
+            self.jobs.forget(lease.id)
+            raise GeniError(Reason.TESTBED, f"OAR refused the reservation: {exc}") from exc
+        self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
+        log.info("lease %s is OAR job %d (owner %s)", lease.id, job_id, owner)
+
+    def release(self, lease: LeaseRecord) -> None:
+        row = self.jobs.get(lease.id)
+        if row is None or row.state in (DELETED, FAILED):
+            return
+        job_id = row.job_id
+        if job_id is None:  # an interrupted submission: is there a job after all?
+            found = self._our_job(lease)
+            if found is None:
+                self.jobs.forget(lease.id)
+                return
+            job_id = found.id
+        try:
+            self.client.delete_job(job_id, user=row.owner or self.client.admin_user)
+        except (OarUnavailable, OarTimeout) as exc:
+            self.jobs.set(lease.id, DELETING, job_id=job_id, message=exc.message)
+            raise GeniError(
+                Reason.UNAVAILABLE,
+                f"OAR did not delete job {job_id} ({exc.message}); nothing changed here: retry when OAR is back",
+            ) from exc
+        except OarError as exc:
+            raise GeniError(Reason.TESTBED, f"OAR would not delete job {job_id}: {exc.message}") from exc
+        self.jobs.set(lease.id, DELETED, job_id=job_id)
+        self._forget_seen(job_id)
+
+    def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth:
+        if sliver.operational_state == Operational.NOTREADY:  # the experimenter stopped it
+            return SliverHealth(Operational.NOTREADY)
+        row = self.jobs.get(lease.id)
+        if row is None:
+            return SliverHealth(
+                Operational.FAILED, "no OAR reservation is recorded for this lease; the reconciler submits it again"
+            )
+        if row.state == FAILED:
+            return SliverHealth(Operational.FAILED, row.message)
+        if row.job_id is None:
+            return SliverHealth(Operational.CONFIGURING, "waiting for OAR to confirm the reservation")
+        try:
+            job = self._seen_job(row.job_id)
+        except OarError as exc:
+            calendar_view = Operational.READY if lease.start <= now < lease.end else Operational.NOTREADY
+            return SliverHealth(calendar_view, f"OAR did not answer ({exc.message}); state from the calendar")
+        if job is None:
+            return SliverHealth(Operational.FAILED, f"OAR no longer knows job {row.job_id}; the reconciler resubmits")
+        state = OAR_OPERATIONAL_STATES.get(job.state, Operational.NOTREADY)
+        return SliverHealth(state, f"OAR job {job.id}: {job.message}" if state == Operational.FAILED else "")
+
+    def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
+        """OAR runs jobs as the owner's Unix account; the accounts' keys are kept by the aggregate (create_accounts)."""
+
+    def background_tasks(self) -> Sequence[BackgroundTask]:
+        return (
+            BackgroundTask("mirror OAR's own reservations", self.cache_s, self.refresh_external),
+            BackgroundTask("reconcile the calendar with OAR", self.reconcile_s, self.reconcile),
+        )
+
+    # -- OAR's own reservations -----------------------------------------------------------------------------------
+    def refresh_external(self) -> Any:
+        """Mirror the reservations made directly in OAR (within the advertised horizon) into the calendar."""
+        now = self.clock()
+        jobs = self.client.reservations(now, now + self.horizon)
+        component_of = self._components_by_address()
+        holds = [
+            ExternalHold(
+                key=f"oar:{job.id}",
+                nodes=tuple(component_of[address] for address in job.nodes if address in component_of),
+                start=job.start_time,
+                # OAR holds the closed interval: the node is free one second after start + walltime.
+                end=job.start_time + timedelta(seconds=job.walltime_s + 1),
+                label=f"OAR job {job.id} of {job.owner}",
+            )
+            for job in jobs
+            if lease_of(job.name) is None and job.start_time is not None
+        ]
+        report = self.external.sync(EXTERNAL_SOURCE, holds)
+        if report.added or report.removed or report.clashing:
+            log.info(
+                "OAR's own reservations: %d new, %d gone, %d kept, clashing with our bookings: %s",
+                len(report.added),
+                len(report.removed),
+                report.kept,
+                ", ".join(report.clashing) or "none",
+            )
+        return report
+
+    # -- reconciliation -------------------------------------------------------------------------------------------
+    def reconcile(self) -> ReconcileReport:
+        """Make OAR and the calendar agree (see the module docstring). Safe to run at any time, repeatedly."""
+        report = ReconcileReport()
+        now = self.clock()
+        ours: dict[str, OarJob] = {}
+        for job in self.client.reservations(now, now + RECONCILE_AHEAD):
+            lease_id = lease_of(job.name)
+            if lease_id is not None:
+                ours[lease_id] = job
+        leases = {lease.id: lease for lease in self.bookings.leases(start=now)}
+        # Interrupted provisions (a crash between asking OAR and recording its answer) and deletions.
+        for row in self.jobs.in_states(SUBMITTING, DELETING):
+            lease = leases.get(row.lease_id)
+            their_job = ours.get(row.lease_id)
+            if row.state == SUBMITTING and lease is not None and their_job is not None:
+                self.jobs.set(lease.id, SUBMITTED, job_id=their_job.id)
+                if lease.state == "allocated":
+                    leases[lease.id] = self.bookings.mark_provisioned(lease.id)  # finish what Provision began
+                report.adopted.append(lease.id)
+            elif row.state == SUBMITTING and (lease is None or lease.state == "allocated"):
+                self.jobs.forget(row.lease_id)  # OAR never got it; the booking waits for Provision as before
+            elif row.state == DELETING and lease is not None and lease.state == "provisioned":
+                self.jobs.set(row.lease_id, SUBMITTED)  # the Delete that failed changed nothing: the lease holds
+            elif row.state == DELETING:
+                self.jobs.set(row.lease_id, DELETED)  # its job, if OAR still has it, is an orphan: deleted below
+                report.deleted.append(row.lease_id)
+        # Orphans: our jobs whose lease is no longer booked here.
+        for lease_id, job in sorted(ours.items()):
+            if lease_id not in leases:
+                self.client.delete_job(job.id, user=job.owner or self.client.admin_user)
+                report.orphans_deleted.append(job.id)
+        # Missing: provisioned leases whose slot is not over and that have no live job in OAR.
+        for lease in leases.values():
+            if lease.state != "provisioned" or lease.end <= now or lease.id in ours:
+                continue
+            recorded = self.jobs.get(lease.id)
+            owner = recorded.owner if recorded is not None and recorded.owner else ""
+            if not owner:
+                report.failed[lease.id] = "no owner recorded for its OAR job"
+                continue
+            try:
+                job_id = self._submit(lease, owner)
+            except OarError as exc:
+                self.jobs.set(lease.id, FAILED, owner=owner, message=f"OAR refused to reserve it again: {exc.message}")
+                report.failed[lease.id] = exc.message
+                continue
+            self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
+            report.resubmitted.append(lease.id)
+        if report.changed:
+            log.info("reconciled with OAR: %s", report)
+        return report
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def _submit(self, lease: LeaseRecord, owner: str) -> int:
+        now = self.clock()
+        # A slot that has begun starts now (OAR launches a past start at once, but the walltime must end in time).
+        start = lease.start if lease.start >= now else now.replace(microsecond=0) + timedelta(seconds=1)
+        walltime_s = math.floor((lease.end - start).total_seconds()) - 1
+        if walltime_s <= 0:
+            raise OarError(f"the slot ended at {format_time(lease.end)}")
+        return self.client.submit_reservation(
+            user=owner,
+            nodes=self._addresses(lease),
+            start=start,
+            walltime_s=walltime_s,
+            job_type=self.job_type,
+            name=job_name(lease.id),
+        )
+
+    def _addresses(self, lease: LeaseRecord) -> list[str]:
+        """The OAR network addresses of the lease's nodes (``network_address`` property, else the node's name)."""
+        nodes = self.inventory.list_nodes(component_ids=set(lease.nodes))
+        return sorted(str(node.properties.get("network_address") or node.component_name) for node in nodes)
+
+    def _components_by_address(self) -> dict[str, str]:
+        return {
+            str(node.properties.get("network_address") or node.component_name): node.component_id
+            for node in self.inventory.list_nodes()
+        }
+
+    def _our_job(self, lease: LeaseRecord) -> OarJob | None:
+        now = self.clock()
+        window_start = min(lease.start, now)
+        for job in self.client.reservations(window_start, max(lease.end, window_start + timedelta(seconds=1))):
+            if job.name == job_name(lease.id):
+                return job
+        return None
+
+    def _check_account(self, login: str) -> None:
+        try:
+            pwd.getpwnam(login)
+        except KeyError:
+            raise GeniError(
+                Reason.TESTBED,
+                f"the local account {login!r} does not exist, and OAR runs jobs only for real accounts: set "
+                "[sfa_omf] create_accounts = yes, or create it",
+            ) from None
+
+    def _oar(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except OarTimeout as exc:
+            raise GeniError(Reason.TIMEDOUT, f"OAR did not answer in time: {exc.message}") from exc
+        except OarUnavailable as exc:
+            raise GeniError(Reason.UNAVAILABLE, f"the OAR server does not answer: {exc.message}") from exc
+
+    def _seen_job(self, job_id: int) -> OarJob | None:
+        """The job as OAR reported it at most cache_s ago (Status asks per sliver; OAR takes ~0.35 s per call)."""
+        with self._lock:
+            seen = self._jobs_seen.get(job_id)
+        if seen is not None and time.monotonic() - seen[0] < self.cache_s:
+            return seen[1]
+        job = self.client.job(job_id)
+        with self._lock:
+            self._jobs_seen[job_id] = (time.monotonic(), job)
+        return job
+
+    def _forget_seen(self, job_id: int) -> None:
+        with self._lock:
+            self._jobs_seen.pop(job_id, None)
+
+
+def make_oar_backend(settings: Any, database: Database) -> OarTestbed:
+    """The OAR backend from the configuration ([sfa_oar] settings)."""
+    client = OarClient(
+        settings.oar_api_url, timeout_s=settings.oar_timeout_s, server_timezone=settings.oar_timezone or None
+    )
+    return OarTestbed(
+        client,
+        database,
+        settings.interface_hrn,
+        job_type=settings.oar_job_type,
+        cache_s=settings.oar_cache_s,
+        reconcile_s=settings.oar_reconcile_s,
+        horizon=timedelta(days=settings.horizon_days),
+    )

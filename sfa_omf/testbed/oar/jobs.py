@@ -1,0 +1,78 @@
+"""Which OAR job makes which lease real, stored in the calendar's database (table oar_job), as plain data.
+
+The row is written *before* OAR is asked (state ``submitting``) and completed after: a crash in between leaves a row
+the reconciler finishes (it finds the job by its name in OAR, or submits it). Nothing is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.models import OarJob
+from sfa_omf.times import utcnow
+
+SUBMITTING, SUBMITTED, DELETING, DELETED, FAILED = "submitting", "submitted", "deleting", "deleted", "failed"
+JOB_NAME_PREFIX = "sfa-omf_"  # + the lease id: how the reconciler recognises our jobs in OAR
+
+
+def job_name(lease_id: str) -> str:
+    return f"{JOB_NAME_PREFIX}{lease_id}"
+
+
+def lease_of(name: str) -> str | None:
+    """The lease id in one of our job names; None for a job somebody made directly in OAR."""
+    return name[len(JOB_NAME_PREFIX) :] if name.startswith(JOB_NAME_PREFIX) else None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    lease_id: str
+    job_id: int | None
+    owner: str
+    state: str
+    message: str
+
+
+def _record(row: OarJob) -> JobRecord:
+    return JobRecord(row.lease_id, row.job_id, row.owner, row.state, row.message)
+
+
+class OarJobs:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def get(self, lease_id: str) -> JobRecord | None:
+        with self.database.read() as session:
+            row = session.get(OarJob, lease_id)
+            return _record(row) if row is not None else None
+
+    def set(
+        self, lease_id: str, state: str, owner: str | None = None, job_id: int | None = None, message: str = ""
+    ) -> None:
+        """Record where a lease's job is (creating the row); ``job_id``/``owner`` None keep what is stored."""
+        with self.database.write() as session:
+            row = session.get(OarJob, lease_id)
+            if row is None:
+                row = OarJob(lease_id=lease_id, owner=owner or "", state=state, message=message, updated_s=0)
+                session.add(row)
+            row.state = state
+            row.message = message
+            if owner is not None:
+                row.owner = owner
+            if job_id is not None:
+                row.job_id = job_id
+            row.updated_s = int(utcnow().timestamp())
+
+    def forget(self, lease_id: str) -> None:
+        with self.database.write() as session:
+            row = session.get(OarJob, lease_id)
+            if row is not None:
+                session.delete(row)
+
+    def in_states(self, *states: str) -> list[JobRecord]:
+        with self.database.read() as session:
+            rows = session.scalars(select(OarJob).where(OarJob.state.in_(states)).order_by(OarJob.lease_id))
+            return [_record(row) for row in rows]

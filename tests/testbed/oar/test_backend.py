@@ -1,0 +1,229 @@
+"""The OAR backend against a real OAR 2.5.9 (scripts/oar.sh): bookings become OAR advance reservations with the right
+nodes, start, walltime and owner; Delete removes them; a reservation a local user made directly in OAR refuses ours
+with OAR's "could run at" and is mirrored into the calendar; OAR stopped -> UNAVAILABLE, then recovery; the
+reconciler's cases (orphan, missing, interrupted provision before and after OAR's answer)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.policy import Policy
+from sfa_omf.calendar.records import NodeSpec
+from sfa_omf.errors import GeniCode, GeniError
+from sfa_omf.registry.accounts import Accounts
+from sfa_omf.testbed.oar.backend import OarTestbed
+from sfa_omf.testbed.oar.client import OarClient
+from sfa_omf.testbed.oar.jobs import DELETED, SUBMITTED, SUBMITTING, job_name
+from sfa_omf.times import format_time
+from sfa_omf.trust.verifier import CredentialVerifier
+from tests.conftest import DemoPki
+from tests.testbed.oar.conftest import OarJobs, oar_script, wait_for_job
+
+HOUR = timedelta(hours=1)
+NODES = [f"node{number}" for number in range(5, 11)]  # node1-4 are the client tests'
+
+
+def node_urn(name: str) -> str:
+    return f"urn:publicid:IDN+testbed+node+{name}"
+
+
+@dataclass
+class Site:
+    aggregate: Aggregate
+    backend: OarTestbed
+    pki: DemoPki
+    start: datetime
+
+    def allocate(self, nodes: list[str], start: datetime, hours: int = 1, user: str = "alice") -> dict[str, Any]:
+        person = self.pki.users[user]
+        node_xml = "".join(f'<node client_id="{n}" component_id="{node_urn(n)}" exclusive="true"/>' for n in nodes)
+        rspec = f'<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3">{node_xml}</rspec>'
+        window = {"geni_start_time": format_time(start), "geni_end_time": format_time(start + hours * HOUR)}
+        return self.aggregate.allocate(person.chain, self.pki.slice_urn, [person.slice_cred], rspec, window)
+
+    def provision(self, user: str = "alice") -> dict[str, Any]:
+        person = self.pki.users[user]
+        return self.aggregate.provision(person.chain, [self.pki.slice_urn], [person.slice_cred], {})
+
+    def status(self) -> list[dict[str, Any]]:
+        alice = self.pki.users["alice"]
+        answer: dict[str, Any] = self.aggregate.status(alice.chain, [self.pki.slice_urn], [alice.slice_cred], {})
+        return list(answer["geni_slivers"])
+
+    def delete(self) -> None:
+        alice = self.pki.users["alice"]
+        self.aggregate.delete(alice.chain, [self.pki.slice_urn], [alice.slice_cred], {})
+
+    def lease_ids(self) -> list[str]:
+        return [lease.id for lease in self.aggregate.bookings.leases(slice_urn=self.pki.slice_urn)]
+
+
+@pytest.fixture
+def site(oar_url: str, oar_users: tuple[str, ...], pki: DemoPki, tmp_path: Path) -> Iterator[Site]:
+    """An aggregate on the OAR backend; alice and bob of the demo authority are the Unix users alice and bob."""
+    database = Database(sqlite_url(str(tmp_path / "oar-site.sqlite")))
+    database.upgrade()
+    backend = OarTestbed(OarClient(oar_url, timeout_s=60), database, "testbed", cache_s=1, horizon=timedelta(days=30))
+    accounts = Accounts(database)
+    for user in oar_users:
+        accounts.pin(pki.users[user].chain[0].urn or "", user)
+    aggregate = Aggregate(
+        AggregateSettings(authority_hrn="testbed"),
+        database,
+        CredentialVerifier(pki.roots),
+        Policy(max_advance_s=40 * 86400),
+        backend=backend,
+        accounts=accounts,
+    )
+    for name in NODES:
+        aggregate.inventory.add_node(NodeSpec(node_urn(name), name))
+    # A random grain-aligned slot 2 to 20 days ahead (within the demo slice credential's 30 days): reruns against
+    # the same OAR do not collide.
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    start = now + timedelta(days=2, hours=random.randrange(18 * 24))
+    made = Site(aggregate, backend, pki, start)
+    yield made
+    for lease in aggregate.bookings.leases():  # leave nothing in OAR
+        with contextlib.suppress(GeniError):
+            backend.release(lease)
+
+
+def job_of(site: Site, lease_id: str) -> int:
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and row.job_id is not None, row
+    return row.job_id
+
+
+def test_provision_makes_the_oar_reservation_and_delete_removes_it(site: Site, oar_client: OarClient) -> None:
+    site.allocate(["node5", "node6"], site.start)
+    assert oar_client.reservations(site.start, site.start + HOUR) == [] or all(
+        job.name != job_name(lease)
+        for job in oar_client.reservations(site.start, site.start + HOUR)
+        for lease in site.lease_ids()
+    ), "nothing reaches OAR before Provision"
+    provisioned = site.provision()
+    assert [s["geni_allocation_status"] for s in provisioned["geni_slivers"]] == ["geni_provisioned"] * 2
+    (lease_id,) = site.lease_ids()
+    job = oar_client.job(job_of(site, lease_id), with_nodes=True)
+    assert job is not None
+    assert (job.owner, job.nodes, job.start_time, job.walltime_s) == ("alice", ("node5", "node6"), site.start, 3599)
+    assert (job.state, job.reservation, job.types, job.name) == ("Waiting", "Scheduled", ("noop",), job_name(lease_id))
+    assert [s["geni_operational_status"] for s in site.status()] == ["geni_notready"] * 2, "before its start"
+    assert site.provision()["geni_slivers"], "provisioning again changes nothing"
+    assert job_of(site, lease_id) == job.id
+    site.delete()
+    gone = wait_for_job(oar_client, job.id, {"Error", "Terminated"})
+    assert gone.state in ("Error", "Terminated")
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and row.state == DELETED
+
+
+def test_back_to_back_leases_both_become_reservations(site: Site, oar_client: OarClient) -> None:
+    site.allocate(["node7"], site.start)
+    site.allocate(["node7"], site.start + HOUR)
+    site.provision()
+    jobs = [oar_client.job(job_of(site, lease)) for lease in site.lease_ids()]
+    assert [(job.start_time, job.walltime_s) for job in jobs if job] == [(site.start, 3599), (site.start + HOUR, 3599)]
+
+
+def test_a_local_oar_reservation_refuses_ours_with_oars_hint(
+    site: Site, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    local = oar_jobs.submit(user="bob", nodes=["node8"], start=site.start, walltime_s=3599, name="bobs-own")
+    site.allocate(["node8"], site.start)  # the mirror has not run yet: the calendar does not know
+    with pytest.raises(GeniError) as refused:
+        site.provision()
+    assert refused.value.code == 7
+    assert "could run at" in refused.value.message and "reserved directly in OAR" in refused.value.message
+    assert [s["geni_allocation_status"] for s in site.status()] == ["geni_allocated"], "the booking stays allocated"
+    assert site.backend.jobs.get(site.lease_ids()[0]) is None, "nothing half-done"
+    site.delete()
+    # Mirrored, the local reservation blocks Allocate and is absent from the free windows, without asking OAR.
+    report = site.backend.refresh_external()
+    assert f"oar:{local}" in report.added
+    with pytest.raises(GeniError) as conflict:
+        site.allocate(["node8"], site.start)
+    # OAR holds [start, start + 3599 s] closed: the node is free again at start + 1 h.
+    assert conflict.value.code == 7 and f"free for the same duration from {format_time(site.start + HOUR)}" in (
+        conflict.value.message
+    )
+    assert f"reserved outside sfa-omf (OAR job {local} of bob)" in conflict.value.message
+    windows = site.aggregate.availability.free_windows(
+        site.start - HOUR, site.start + 3 * HOUR, nodes=[node_urn("node8")]
+    )
+    spans = [(w.start, w.end) for w in windows[node_urn("node8")]]
+    assert all(end <= site.start or start >= site.start + HOUR for start, end in spans)
+    oar_client.delete_job(local, user="bob")
+    wait_for_job(oar_client, local, {"Error", "Terminated"})
+    assert f"oar:{local}" in site.backend.refresh_external().removed
+    site.allocate(["node8"], site.start)  # free again
+
+
+def test_oar_down_then_back(site: Site, oar_client: OarClient) -> None:
+    site.allocate(["node9"], site.start)
+    oar_script("stop-api")
+    try:
+        with pytest.raises(GeniError) as down:
+            site.provision()
+        assert down.value.code == GeniCode.UNAVAILABLE and "retry" in down.value.message
+        assert [s["geni_allocation_status"] for s in site.status()] == ["geni_allocated"]
+    finally:
+        oar_script("start-api")
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    job = oar_client.job(job_of(site, lease_id))
+    assert job is not None and job.state == "Waiting"
+
+
+def test_reconciler(site: Site, oar_client: OarClient, oar_jobs: OarJobs) -> None:
+    backend = site.backend
+    # An orphan: a job of ours whose lease this calendar does not hold.
+    orphan = oar_jobs.submit(
+        user="alice", nodes=["node10"], start=site.start + 5 * HOUR, walltime_s=3599, name=job_name(str(uuid.uuid4()))
+    )
+    # Missing: a provisioned lease whose OAR job was deleted behind our back.
+    site.allocate(["node10"], site.start)
+    site.provision()
+    (missing_lease,) = site.lease_ids()
+    lost = job_of(site, missing_lease)
+    oar_client.delete_job(lost, user="alice")
+    wait_for_job(oar_client, lost, {"Error", "Terminated"})
+    # A crash after OAR accepted a provision but before the answer was recorded: the row says "submitting".
+    site.allocate(["node10"], site.start + 2 * HOUR)
+    interrupted = next(lease for lease in site.lease_ids() if lease != missing_lease)
+    backend.jobs.set(interrupted, SUBMITTING, owner="alice")
+    accepted = oar_jobs.submit(
+        user="alice", nodes=["node10"], start=site.start + 2 * HOUR, walltime_s=3599, name=job_name(interrupted)
+    )
+    # A crash before OAR was asked: the row says "submitting" and OAR has nothing.
+    site.allocate(["node9"], site.start + 3 * HOUR)
+    never_sent = next(lease for lease in site.lease_ids() if lease not in (missing_lease, interrupted))
+    backend.jobs.set(never_sent, SUBMITTING, owner="alice")
+
+    report = backend.reconcile()
+    assert report.orphans_deleted == [orphan]
+    assert report.resubmitted == [missing_lease] and job_of(site, missing_lease) != lost
+    resubmitted = oar_client.job(job_of(site, missing_lease), with_nodes=True)
+    assert resubmitted is not None and resubmitted.start_time == site.start and resubmitted.nodes == ("node10",)
+    assert report.adopted == [interrupted]
+    row = backend.jobs.get(interrupted)
+    assert row is not None and (row.state, row.job_id) == (SUBMITTED, accepted)
+    states = {lease.id: lease.state for lease in site.aggregate.bookings.leases()}
+    assert states[interrupted] == "provisioned", "the interrupted Provision is finished"
+    assert backend.jobs.get(never_sent) is None and states[never_sent] == "allocated"
+    assert wait_for_job(oar_client, orphan, {"Error", "Terminated"})
+    again = backend.reconcile()
+    assert not again.changed, again
+    site.provision()  # the booking that never reached OAR provisions normally afterwards
+    assert backend.jobs.get(never_sent) is not None
