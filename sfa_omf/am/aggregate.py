@@ -393,7 +393,13 @@ class Aggregate:
         for lease in leases:
             # "As long as possible" also means no longer than the operator's maximum duration.
             lease_end = min(new_end, lease.start + longest) if options.get("geni_extend_alap") else new_end
-            self.bookings.renew(lease.id, lease_end, round_to_grain=True)
+            renewed = self.bookings.renew(lease.id, lease_end, round_to_grain=True)
+            if lease.state == "provisioned" and renewed.end != lease.end:
+                try:
+                    self.backend.renew(lease, renewed.end)
+                except GeniError:
+                    self.bookings.renew(lease.id, lease.end)  # the testbed could not follow: as it was
+                    raise
         return self._sliver_dicts(slice_urn, sliver_urns)
 
     def delete(

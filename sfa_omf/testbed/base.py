@@ -43,6 +43,10 @@ class TestbedBackend(Protocol):
         (the mapped account of the user who provisions), and give ``accounts`` (the slice's mapped logins with
         their users' SSH keys) access."""
 
+    def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
+        """A provisioned lease (as it was) now ends at ``new_end`` in the calendar: follow, or raise GeniError (the
+        aggregate then puts the calendar back)."""
+
     def release(self, lease: LeaseRecord) -> None:
         """Undo provision: the lease was deleted, shut down or expired."""
 

@@ -18,6 +18,9 @@ class EmbeddedTestbed:
     def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
         """Nothing to set up: the booking in the calendar is the reservation (accounts: create_accounts)."""
 
+    def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
+        """The calendar is the reservation: nothing to change."""
+
     def release(self, lease: LeaseRecord) -> None:
         """Nothing to undo."""
 

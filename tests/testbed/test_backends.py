@@ -18,7 +18,7 @@ from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.records import LeaseRecord, NodeSpec, SliverRecord
 from sfa_omf.errors import GeniCode, GeniError, Reason
 from sfa_omf.registry.records import Record, Records
-from sfa_omf.testbed.base import SliverHealth
+from sfa_omf.testbed.base import BackgroundTask, SliverHealth
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.testbed.registry import load_backend
 from sfa_omf.testbed.unix_accounts import LocalAccount
@@ -48,6 +48,9 @@ class FlakyTestbed:
         self.provisioned.append(lease.id)
         self.owner, self.accounts = owner, list(accounts)
 
+    def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
+        pass
+
     def release(self, lease: LeaseRecord) -> None:
         self.provisioned.remove(lease.id)
 
@@ -56,6 +59,9 @@ class FlakyTestbed:
 
     def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
         pass
+
+    def background_tasks(self) -> Sequence[BackgroundTask]:
+        return ()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pwd
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -154,6 +154,46 @@ class OarTestbed:
             raise GeniError(Reason.TESTBED, f"OAR refused the reservation: {exc}") from exc
         self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
         log.info("lease %s is OAR job %d (owner %s)", lease.id, job_id, owner)
+
+    def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
+        """OAR 2.5.9 cannot move a reservation's end: a reservation that has not started is replaced by one for the
+        new window (if OAR refuses it, the old one is put back and the renewal refused with OAR's hint); one that
+        has started cannot change, and the renewal is refused saying so."""
+        row = self.jobs.get(lease.id)
+        if row is None or row.state != SUBMITTED or row.job_id is None:
+            return  # nothing in OAR for it now; the reconciler submits the calendar's window
+        job = self._oar(lambda: self.client.job(row.job_id or 0))
+        if job is None or job.state not in ACTIVE_STATES:
+            return
+        if job.state != "Waiting":
+            raise GeniError(
+                Reason.POLICY,
+                f"OAR cannot change a reservation that has started (job {job.id} is {job.state}); the lease still ends "
+                f"at {format_time(lease.end)}: allocate a further slot from then",
+            )
+        self._oar(lambda: self.client.delete_job(job.id, user=row.owner or self.client.admin_user))
+        self._wait_until_gone(job.id)
+        renewed = replace(lease, end=new_end)
+        try:
+            new_id = self._submit(renewed, row.owner)
+        except OarRefused as exc:
+            restored = self._submit(lease, row.owner)  # the old window was ours a moment ago
+            self.jobs.set(lease.id, SUBMITTED, job_id=restored)
+            when = f"; OAR says it could run at {format_time(exc.could_run_at)}" if exc.could_run_at else ""
+            raise GeniError(
+                Reason.BOOKING_CONFLICT,
+                f"OAR refuses to extend the reservation to {format_time(new_end)}: the nodes are reserved directly "
+                f"in OAR{when}. The lease keeps its end {format_time(lease.end)}",
+            ) from exc
+        except OarError as exc:
+            # The old job is gone and the new one not made: the reconciler puts the old window back.
+            raise GeniError(
+                Reason.UNAVAILABLE,
+                f"OAR failed while renewing ({exc.message}); the lease keeps its end {format_time(lease.end)} and its "
+                "reservation is restored by the reconciler: try again later",
+            ) from exc
+        self.jobs.set(lease.id, SUBMITTED, job_id=new_id)
+        self._forget_seen(job.id)
 
     def release(self, lease: LeaseRecord) -> None:
         row = self.jobs.get(lease.id)
@@ -327,6 +367,16 @@ class OarTestbed:
             if job.name == job_name(lease.id):
                 return job
         return None
+
+    def _wait_until_gone(self, job_id: int, within_s: float = 30) -> None:
+        """OAR deletes asynchronously (within ~2 s): wait until the job holds its nodes no more."""
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            job = self._oar(lambda: self.client.job(job_id))
+            if job is None or job.state not in ACTIVE_STATES:
+                return
+            time.sleep(0.5)
+        raise GeniError(Reason.TIMEDOUT, f"OAR did not delete job {job_id} within {within_s:g} s")
 
     def _check_account(self, login: str) -> None:
         try:

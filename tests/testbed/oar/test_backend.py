@@ -227,3 +227,34 @@ def test_reconciler(site: Site, oar_client: OarClient, oar_jobs: OarJobs) -> Non
     assert not again.changed, again
     site.provision()  # the booking that never reached OAR provisions normally afterwards
     assert backend.jobs.get(never_sent) is not None
+
+
+def test_renew_moves_the_oar_reservation_or_refuses_with_oars_hint(
+    site: Site, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    alice = site.pki.users["alice"]
+    site.allocate(["node6"], site.start)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    first = job_of(site, lease_id)
+    site.aggregate.renew(alice.chain, [site.pki.slice_urn], [alice.slice_cred], format_time(site.start + 2 * HOUR), {})
+    second = job_of(site, lease_id)
+    job = oar_client.job(second, with_nodes=True)
+    assert second != first and job is not None
+    assert (job.start_time, job.walltime_s, job.nodes, job.owner) == (site.start, 2 * 3600 - 1, ("node6",), "alice")
+    old = oar_client.job(first)
+    assert old is not None and old.state not in ("Waiting", "Running")
+    # A local user holds the next hour in OAR: extending into it is refused and nothing changes.
+    local = oar_jobs.submit(user="bob", nodes=["node6"], start=site.start + 2 * HOUR, walltime_s=3599, name="bobs")
+    with pytest.raises(GeniError) as refused:
+        site.aggregate.renew(
+            alice.chain, [site.pki.slice_urn], [alice.slice_cred], format_time(site.start + 3 * HOUR), {}
+        )
+    assert refused.value.code == 7 and "could run at" in refused.value.message
+    (lease,) = site.aggregate.bookings.leases(slice_urn=site.pki.slice_urn)
+    assert lease.end == site.start + 2 * HOUR, "the calendar is put back"
+    restored = oar_client.job(job_of(site, lease_id), with_nodes=True)
+    assert restored is not None and restored.state == "Waiting"
+    assert (restored.start_time, restored.walltime_s, restored.nodes) == (site.start, 2 * 3600 - 1, ("node6",))
+    local_job = oar_client.job(local)
+    assert local_job is not None and local_job.state == "Waiting", "the local reservation is untouched"

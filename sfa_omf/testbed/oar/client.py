@@ -1,0 +1,495 @@
+"""A small typed client for OAR's REST API (OAR 2.5.9: oarapi.pl, a CGI under apache2), standard library only.
+
+What OAR does that shapes this client (measured against a real OAR 2.5.9, see scripts/oar.sh):
+
+- Reservation times go in as strings in the OAR server's *local* time (``YYYY-MM-DD hh:mm:ss``) and OAR does not
+  check them (``25:00:00`` becomes 01:00 the next day); answers carry epoch seconds. Every datetime in and out of this
+  client is aware UTC (a naive one is taken as UTC).
+- The API hands the job's fields to oarsub through a shell, and takes the user as the leading word characters of the
+  ``X-Remote-Ident`` header (``bob-x`` acts as ``bob``). So every string sent is checked against a strict pattern
+  first, and refused with ValueError before OAR sees it.
+- An overlapping advance reservation is refused, never moved: OAR consumes a job id for it and leaves it in Error.
+- A job holds the closed interval [start, start + walltime] (with SCHEDULER_JOB_SECURITY_TIME=0): for back-to-back
+  slots, ask for walltime = duration - 1 s.
+- The API believes ``X-Remote-Ident`` blindly: only the aggregate may be able to reach it (loopback, private network).
+- Each call runs a fresh Perl CGI: 0.3 s (a GET) to 1.5 s (a reservation). Keep OAR off latency-sensitive paths;
+  ``reservations()`` lists a whole window with its nodes in one request.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sfa_omf.times import as_utc
+
+# The states of a job that holds (or will hold) its nodes; Error and Terminated jobs hold nothing.
+ACTIVE_STATES = (
+    "Waiting",
+    "Hold",
+    "toLaunch",
+    "toAckReservation",
+    "Launching",
+    "Running",
+    "Finishing",
+    "Suspended",
+    "Resuming",
+)
+SERVER_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+# What may be sent. OAR keeps only the leading \w+ of the identity, so a login with '-' or '.' would act as another
+# user: refuse it. Node names are put inside a quoted SQL string in the resource request; the other fields are put
+# inside double quotes on a shell command line by the API.
+_LOGIN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+@=,/-]{0,254}")
+_COMMAND = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_.:+@=,/ -]{0,999}")
+_OPTION = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+# Fields the client sets itself, or that would let a caller run things or write files as the user.
+_RESERVED_OPTIONS = frozenset(
+    {
+        "resource",
+        "resources",
+        "reservation",
+        "type",
+        "name",
+        "command",
+        "script",
+        "script_path",
+        "workdir",
+        "param_file",
+    }
+)
+
+_REFUSED = "Reservation not valid --> KO"
+_COULD_RUN_AT = re.compile(r"could run at (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
+_OAR_JOB_ID = re.compile(r"OAR_JOB_ID=(\d+)")
+# OAR's error messages end with the oarsub/oardel command line it ran: not the user's business.
+_ECHOED_COMMAND = re.compile(r"\s*(\n\s*Cmd:\n.*|\(Command was: .*)$", re.DOTALL)
+
+
+class OarError(Exception):
+    """OAR answered with an error; .status (HTTP status or 0) and .message (OAR's own words)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class OarUnavailable(OarError):
+    """OAR's API cannot be reached (connection refused, DNS, 5xx from apache when the CGI is missing)."""
+
+
+class OarTimeout(OarError):
+    """OAR did not answer within the client's timeout."""
+
+
+class OarRefused(OarError):
+    """OAR refused a reservation; .could_run_at: datetime | None (UTC, parsed from 'This reservation could run at ...'
+    in OAR's server-local time) and .job_id: int | None (the consumed OAR_JOB_ID if present)."""
+
+    def __init__(
+        self, message: str, status: int = 0, *, could_run_at: datetime | None = None, job_id: int | None = None
+    ) -> None:
+        super().__init__(message, status)
+        self.could_run_at = could_run_at
+        self.job_id = job_id
+
+
+class _NotFound(OarError):
+    """OAR itself said 404 (as opposed to a web server that has no OAR behind the URL)."""
+
+
+@dataclass(frozen=True)
+class OarResource:
+    """One OAR resource (a node here) with all its properties as strings (None becomes "")."""
+
+    id: int
+    network_address: str
+    state: str
+    properties: dict[str, str]
+
+
+@dataclass(frozen=True)
+class OarJob:
+    """An OAR job. start_time is aware UTC: when it starts (or started), else when OAR plans to start it
+    (scheduled_start), else None. nodes: the network addresses it holds, sorted, where the call says so."""
+
+    id: int
+    state: str
+    reservation: str
+    owner: str
+    name: str
+    start_time: datetime | None
+    walltime_s: int
+    types: tuple[str, ...]
+    message: str
+    nodes: tuple[str, ...] = ()
+
+
+# --- time conversions (pure) ----------------------------------------------------------------------------------------
+
+
+def server_zone(name: str | None) -> tzinfo:
+    """The OAR server's time zone: the IANA name given, else this host's local zone ($TZ, then /etc/localtime, else
+    UTC). ValueError for an unknown name."""
+    if name is not None:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {name!r} (expected an IANA name such as 'Europe/Paris')") from exc
+    tz = os.environ.get("TZ", "").removeprefix(":")
+    if tz:
+        try:
+            return ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass  # a POSIX TZ string or a path: fall back to the system's zone
+    try:
+        with open("/etc/localtime", "rb") as localtime:
+            return ZoneInfo.from_file(localtime, key="localtime")
+    except (OSError, ValueError):
+        return UTC
+
+
+def to_server_time(moment: datetime, zone: tzinfo) -> str:
+    """The string OAR expects for the instant ``moment`` (naive = UTC): its wall-clock time in the server's zone.
+
+    ValueError for an instant with a fraction of a second (OAR has none: the slot would move) and for one whose
+    wall-clock time occurs twice there (the hour repeated when clocks go back): OAR could book either instant.
+    """
+    utc = as_utc(moment)
+    if utc.microsecond:
+        raise ValueError(f"{utc.isoformat()}: OAR reservations start on a whole second")
+    local = utc.astimezone(zone)
+    if local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset():
+        raise ValueError(
+            f"{utc.isoformat()} is {local:%Y-%m-%d %H:%M:%S} in the OAR server's time zone, a time that occurs twice "
+            "there (clocks go back): OAR cannot be told which one"
+        )
+    return local.strftime(SERVER_TIME_FORMAT)
+
+
+def from_server_time(text: str, zone: tzinfo) -> datetime:
+    """The UTC instant of a server-local ``YYYY-MM-DD hh:mm:ss`` (the earlier one when it occurs twice)."""
+    return datetime.strptime(text, SERVER_TIME_FORMAT).replace(tzinfo=zone).astimezone(UTC)
+
+
+def walltime_text(seconds: int) -> str:
+    """OAR's walltime notation H:MM:SS (hours unbounded)."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def refusal(message: str, status: int, zone: tzinfo) -> OarRefused:
+    """The OarRefused for OAR's 'Reservation not valid --> KO (...)' message."""
+    could_run_at = None
+    hint = _COULD_RUN_AT.search(message)
+    if hint:
+        try:
+            could_run_at = from_server_time(hint.group(1), zone)
+        except ValueError:
+            could_run_at = None  # OAR wrote a date we cannot read: the refusal stands without the hint
+    job_id = _OAR_JOB_ID.search(message)
+    return OarRefused(message, status, could_run_at=could_run_at, job_id=int(job_id.group(1)) if job_id else None)
+
+
+# --- the client -----------------------------------------------------------------------------------------------------
+
+
+class OarClient:
+    """OAR's REST API at ``base_url`` (e.g. ``http://127.0.0.1:6668/oarapi``).
+
+    Every call is one or a few HTTP requests, each bounded by ``timeout_s``; errors are OarError and its subclasses.
+    ``server_timezone`` is the IANA name of the OAR server's local zone (reservation strings are server-local); None
+    means this host's local zone. ``admin_user`` is the identity for reads that need one (OAR's admin is ``oar``).
+    ``page_size`` is how many items a listing asks for per request (OAR's default cap is 500).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 10.0,
+        server_timezone: str | None = None,
+        admin_user: str = "oar",
+        page_size: int = 500,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"{base_url!r} is not an http(s) URL of OAR's API")
+        if timeout_s <= 0 or page_size <= 0:
+            raise ValueError("timeout_s and page_size must be positive")
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.zone = server_zone(server_timezone)
+        self.admin_user = _checked(_LOGIN, admin_user, "admin user")
+        self.page_size = page_size
+        # Talk to OAR directly: an http_proxy in the environment is for the outside world, not for the testbed.
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    # -- calls --
+
+    def version(self) -> dict[str, Any]:
+        """OAR's /version: oar_version, api_version, api_timezone (the server's zone abbreviation), api_timestamp."""
+        answer = self._call("GET", "/version.json")
+        if not isinstance(answer, dict):
+            raise OarError(f"unexpected answer to /version: {answer!r}")
+        return answer
+
+    def resources(self) -> list[OarResource]:
+        """Every resource with all its properties (/resources/full), page after page."""
+        resources = []
+        for item in self._paged("/resources/full.json", {}):
+            properties = {
+                key: "" if value is None else str(value)
+                for key, value in item.items()
+                if key not in ("links", "api_timestamp")
+            }
+            resources.append(
+                OarResource(
+                    id=int(item["id"]),
+                    network_address=str(item.get("network_address") or ""),
+                    state=str(item.get("state") or ""),
+                    properties=properties,
+                )
+            )
+        return resources
+
+    def submit_reservation(
+        self,
+        *,
+        user: str,
+        nodes: Sequence[str],
+        start: datetime,
+        walltime_s: int,
+        job_type: str,
+        name: str,
+        command: str = "",
+        extra: Mapping[str, str] | None = None,
+    ) -> int:
+        """Reserve exactly ``nodes`` from ``start`` for ``walltime_s`` seconds, as the Unix user ``user``; return the
+        job id.
+
+        ``job_type`` is OAR's job type (``noop`` for nodes OAR must not touch, ``deploy``...). ``command`` "" submits
+        no command: OAR then holds the nodes for the whole walltime. ``extra`` adds oarsub long options
+        (``{"project": "x"}`` -> ``--project=x``). Raises ValueError for input OAR would misread, OarRefused when OAR
+        refuses the slot ('Reservation not valid --> KO': overlap, too old), OarError for anything else (unknown node,
+        unknown user...). OarTimeout means the outcome is unknown: OAR may still have booked the slot.
+        """
+        _checked(_LOGIN, user, "user")
+        if isinstance(nodes, str) or not nodes:
+            raise ValueError("nodes must be a non-empty list of network addresses")
+        for node in nodes:
+            _checked(_NODE, node, "node name")
+        if len(set(nodes)) != len(nodes):
+            raise ValueError(f"duplicate nodes in {list(nodes)}")
+        if isinstance(walltime_s, bool) or not isinstance(walltime_s, int) or walltime_s <= 0:
+            raise ValueError(f"walltime_s must be a positive number of seconds, not {walltime_s!r}")
+        _checked(_WORD, job_type, "job type")
+        _checked(_WORD, name, "job name")
+        if command:
+            _checked(_COMMAND, command, "command")
+        pinned = ",".join(f"'{node}'" for node in nodes)
+        body: dict[str, str] = {
+            "resource": f"{{network_address in ({pinned})}}/nodes={len(nodes)},walltime={walltime_text(walltime_s)}",
+            "reservation": to_server_time(start, self.zone),
+            "type": job_type,
+            "name": name,
+        }
+        if command:
+            body["command"] = command
+        for option, value in (extra or {}).items():
+            _checked(_OPTION, option, "oarsub option")
+            if option in _RESERVED_OPTIONS:
+                raise ValueError(f"extra option {option!r} is set by the client itself or not allowed")
+            body[option] = _checked(_WORD, value, f"value of {option}")
+        answer = self._call("POST", "/jobs.json", user=user, body=body)
+        job_id = answer.get("id") if isinstance(answer, dict) else None
+        if not isinstance(job_id, int) or job_id <= 0:
+            raise OarError(f"OAR accepted the reservation but gave no job id: {answer!r}")
+        return job_id
+
+    def job(self, job_id: int, *, with_nodes: bool = False) -> OarJob | None:
+        """The job, None when OAR does not know it. ``with_nodes`` adds its nodes (same single request)."""
+        path = f"/jobs/{_job_id(job_id)}/details.json" if with_nodes else f"/jobs/{_job_id(job_id)}.json"
+        try:
+            answer = self._call("GET", path, user=self.admin_user)
+        except _NotFound:
+            return None
+        if not isinstance(answer, dict):
+            raise OarError(f"unexpected answer for job {job_id}: {answer!r}")
+        return _job(answer, with_nodes=with_nodes)
+
+    def delete_job(self, job_id: int, *, user: str) -> None:
+        """Ask OAR to delete the job as ``user`` (its owner, or ``oar``). Deleting a job already deleted, or one OAR
+        does not know, is not an error: OAR ends the job within seconds (state Error, or Terminated for a running
+        noop job)."""
+        _checked(_LOGIN, user, "user")
+        try:
+            self._call("DELETE", f"/jobs/{_job_id(job_id)}.json", user=user)
+        except _NotFound:
+            return
+        except OarError as exc:
+            if "already killed" in exc.message:
+                return
+            # OAR answers "not the right user" for a job that does not exist too: tell the two apart.
+            if "not the right user" in exc.message and self.job(job_id) is None:
+                return
+            raise
+
+    def reservations(self, start: datetime, end: datetime) -> list[OarJob]:
+        """Every job that holds nodes in [start, end) and is not finished (advance reservations, but also running or
+        planned batch jobs), with its nodes, by id. One request (one per 500 jobs): /jobs/details?from=&to=&state=."""
+        start, end = as_utc(start), as_utc(end)
+        if end <= start:
+            raise ValueError(f"empty window: {start.isoformat()} .. {end.isoformat()}")
+        query = {
+            "from": str(math.floor(start.timestamp())),
+            "to": str(math.ceil(end.timestamp())),
+            "state": ",".join(ACTIVE_STATES),
+        }
+        jobs = []
+        for item in self._paged("/jobs/details.json", query, user=self.admin_user):
+            job = _job(item, with_nodes=True)
+            # OAR's window test is loose (its third branch lists unscheduled jobs by submission time): be exact. A job
+            # holds [start_time, start_time + walltime] inclusive, so it is in the window when that meets [start, end).
+            if job.start_time is None or not job.nodes or job.state not in ACTIVE_STATES:
+                continue
+            if job.start_time < end and job.start_time.timestamp() + job.walltime_s >= start.timestamp():
+                jobs.append(job)
+        return sorted(jobs, key=lambda job: job.id)
+
+    # -- HTTP --
+
+    def _paged(self, path: str, query: Mapping[str, str], *, user: str | None = None) -> list[dict[str, Any]]:
+        """All items of a paginated listing ({"items", "offset", "total"}), following offset/limit."""
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self._call(
+                "GET", path, query={**query, "offset": str(len(items)), "limit": str(self.page_size)}, user=user
+            )
+            batch = page.get("items") if isinstance(page, dict) else None
+            total = page.get("total") if isinstance(page, dict) else None
+            if not isinstance(batch, list) or not isinstance(total, int):
+                raise OarError(f"unexpected answer to {path}: not a listing")
+            items.extend(item for item in batch if isinstance(item, dict))
+            if not batch or len(items) >= total:
+                return items
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        user: str | None = None,
+        query: Mapping[str, str] | None = None,
+        body: Mapping[str, str] | None = None,
+    ) -> Any:
+        """One request; OAR's decoded JSON answer, or the matching OarError."""
+        url = self.base_url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        request = urllib.request.Request(url, method=method, headers={"Accept": "application/json"})
+        if user is not None:
+            request.add_header("X-Remote-Ident", user)
+        if body is not None:
+            request.data = json.dumps(body).encode()
+            request.add_header("Content-Type", "application/json")
+        try:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            try:
+                raw = exc.read()
+            except (OSError, http.client.HTTPException):
+                raw = b""
+            raise self._error(exc.code, raw, method, url) from None
+        except TimeoutError:
+            raise OarTimeout(f"OAR did not answer {method} {url} within {self.timeout_s:g} s") from None
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, TimeoutError):
+                raise OarTimeout(f"OAR did not answer {method} {url} within {self.timeout_s:g} s") from None
+            raise OarUnavailable(
+                f"cannot reach OAR's API at {url} ({exc.reason}): is OAR's API (apache2) running?"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise OarUnavailable(f"OAR's API at {url} broke off ({exc}): is OAR's API (apache2) running?") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise OarUnavailable(
+                f"{url} answered HTTP {status} with something that is not OAR's JSON: is this OAR's API URL?", status
+            ) from None
+
+    def _error(self, status: int, raw: bytes, method: str, url: str) -> OarError:
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            # Not OAR's words: apache answering for a missing or broken CGI, or a URL that is not OAR's API.
+            return OarUnavailable(
+                f"{method} {url}: HTTP {status} from the web server, not from OAR: is OAR's API installed at this URL?",
+                status,
+            )
+        message = _ECHOED_COMMAND.sub("", str(answer.get("message") or answer.get("title") or "")).strip()
+        message = message or f"HTTP {status}"
+        if status >= 500:
+            return OarUnavailable(f"OAR failed on {method} {url}: {message}", status)
+        if status == 404:
+            return _NotFound(message, status)
+        if _REFUSED in message:
+            return refusal(message, status, self.zone)
+        return OarError(message, status)
+
+
+# --- parsing --------------------------------------------------------------------------------------------------------
+
+
+def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not allowed (expected {pattern.pattern})")
+    return value
+
+
+def _job_id(job_id: int) -> int:
+    if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
+        raise ValueError(f"OAR job ids are positive integers, not {job_id!r}")
+    return job_id
+
+
+def _epoch(value: Any) -> datetime | None:
+    """An epoch-seconds field; OAR says 0 or null for "none"."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _job(item: Mapping[str, Any], *, with_nodes: bool) -> OarJob:
+    nodes: tuple[str, ...] = ()
+    if with_nodes:
+        addresses = {str(node.get("network_address")) for node in item.get("nodes") or () if isinstance(node, dict)}
+        nodes = tuple(sorted(addresses - {"None", ""}))
+    return OarJob(
+        id=int(item["id"]),
+        state=str(item.get("state") or ""),
+        reservation=str(item.get("reservation") or ""),
+        owner=str(item.get("owner") or ""),
+        name=str(item.get("name") or ""),
+        start_time=_epoch(item.get("start_time")) or _epoch(item.get("scheduled_start")),
+        walltime_s=int(item.get("walltime") or 0),
+        types=tuple(str(job_type) for job_type in item.get("types") or ()),
+        message=str(item.get("message") or ""),
+        nodes=nodes,
+    )
