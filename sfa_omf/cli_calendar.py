@@ -8,17 +8,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import NODE_STATES, Inventory
+from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, NodeSpec
 from sfa_omf.calendar.slices import Slices
-from sfa_omf.config import CONFIG_FILE_NAME, read_config
-from sfa_omf.errors import BadArgs
+from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config
+from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.times import format_time, parse_time
 
@@ -52,6 +54,16 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     remove = node.add_parser("remove", parents=[config_option], help="remove a node no booking holds")
     remove.add_argument("component_id")
     remove.set_defaults(handler=_node_remove)
+    imported = node.add_parser("import", parents=[config_option], help="fill the inventory from the testbed")
+    imported.add_argument(
+        "--from-oar",
+        nargs="?",
+        const="",
+        required=True,
+        metavar="URL",
+        help="OAR's REST API (default: [sfa_oar] api_url); every network_address becomes a node",
+    )
+    imported.set_defaults(handler=_node_import)
     state = node.add_parser("set-state", parents=[config_option], help="usable or maintenance")
     state.add_argument("component_id")
     state.add_argument("state", choices=NODE_STATES)
@@ -103,13 +115,17 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     return slices  # type: ignore[no-any-return]
 
 
-def _database(args: argparse.Namespace) -> Database:
+def _settings(args: argparse.Namespace) -> Settings:
     path = args.config or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
     if not os.path.exists(path):
         raise BadArgs(
             f"no configuration file {path}: give --config FILE (sfa-omf init DIR writes DIR/{CONFIG_FILE_NAME})"
         )
-    return Database(read_config(path).calendar_url)
+    return read_config(path)
+
+
+def _database(args: argparse.Namespace) -> Database:
+    return Database(_settings(args).calendar_url)
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -126,6 +142,43 @@ def _safe_url(url: str) -> str:
         credentials, host = rest.rsplit("@", 1)
         return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
     return url
+
+
+def _node_import(args: argparse.Namespace) -> int:
+    from sfa_omf.testbed.oar.client import OarClient, OarError
+    from sfa_omf.testbed.oar.importer import import_nodes
+
+    settings = _settings(args)
+    url = args.from_oar or settings.oar_api_url
+    client = OarClient(url, timeout_s=settings.oar_timeout_s, server_timezone=settings.oar_timezone or None)
+    print(f"reading OAR's resources from {url} ...", file=sys.stderr)
+    try:
+        resources = client.resources()
+    except OarError as exc:
+        raise GeniError(Reason.UNAVAILABLE, f"cannot read OAR's resources: {exc.message}") from exc
+    database = Database(settings.calendar_url)
+    database.upgrade()
+    inventory = Inventory(database, Policy(default_grain_s=settings.grain_s))
+    report = import_nodes(inventory, resources, settings.interface_hrn, progress=_progress_bar("nodes"))
+    print(
+        f"{len(report.added)} node(s) added, {len(report.updated)} updated, {report.unchanged} unchanged "
+        f"(from {len(resources)} OAR resources)"
+    )
+    return 0
+
+
+def _progress_bar(unit: str, width: int = 30) -> Callable[[int, int], None]:
+    """A progress bar on standard error (redrawn in place on a terminal; a last line otherwise)."""
+    interactive = sys.stderr.isatty()
+
+    def show(done: int, total: int) -> None:
+        if not interactive and done != total:
+            return
+        filled = width * done // max(total, 1)
+        end = "\n" if done == total else ""
+        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {unit}", end=end, file=sys.stderr, flush=True)
+
+    return show
 
 
 def _node_add(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -116,6 +118,14 @@ class Inventory:
     def get_node(self, component_id: str) -> NodeRecord:
         with self.database.read() as session:
             return node_record(find_node(session, component_id))
+
+    def update_node(self, component_id: str, component_name: str, properties: dict[str, Any]) -> NodeRecord:
+        """Replace a node's name and properties (an import from the testbed refreshes what it describes)."""
+        with self.database.write() as session:
+            node = find_node(session, component_id, lock=True)
+            node.component_name = component_name
+            node.properties = dict(properties)
+            return node_record(node)
 
     def set_state(self, component_id: str, state: str) -> NodeRecord:
         if state not in NODE_STATES:
