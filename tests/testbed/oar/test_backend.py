@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,11 +23,14 @@ from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniCode, GeniError
-from sfa_omf.registry.accounts import Accounts
+from sfa_omf.registry.accounts import Accounts, derived_login
 from sfa_omf.testbed.oar.backend import OarTestbed
 from sfa_omf.testbed.oar.client import OarClient
 from sfa_omf.testbed.oar.jobs import DELETED, SUBMITTED, SUBMITTING, job_name
+from sfa_omf.testbed.unix_accounts import UnixAccounts
 from sfa_omf.times import format_time
+from sfa_omf.trust.gid import load_gid_chain_file
+from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
 from tests.testbed.oar.conftest import OarJobs, oar_script, wait_for_job
@@ -49,8 +54,12 @@ class Site:
         person = self.pki.users[user]
         node_xml = "".join(f'<node client_id="{n}" component_id="{node_urn(n)}" exclusive="true"/>' for n in nodes)
         rspec = f'<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3">{node_xml}</rspec>'
-        window = {"geni_start_time": format_time(start), "geni_end_time": format_time(start + hours * HOUR)}
+        window = self.window(start, hours)
         return self.aggregate.allocate(person.chain, self.pki.slice_urn, [person.slice_cred], rspec, window)
+
+    @staticmethod
+    def window(start: datetime, hours: int = 1) -> dict[str, str]:
+        return {"geni_start_time": format_time(start), "geni_end_time": format_time(start + hours * HOUR)}
 
     def provision(self, user: str = "alice") -> dict[str, Any]:
         person = self.pki.users[user]
@@ -258,3 +267,54 @@ def test_renew_moves_the_oar_reservation_or_refuses_with_oars_hint(
     assert (restored.start_time, restored.walltime_s, restored.nodes) == (site.start, 2 * 3600 - 1, ("node6",))
     local_job = oar_client.job(local)
     assert local_job is not None and local_job.state == "Waiting", "the local reservation is untouched"
+
+
+def test_a_foreign_user_gets_a_created_account_that_owns_the_oar_job(
+    oar_url: str, pki: DemoPki, vectors: Path, tmp_path: Path, oar_client: OarClient
+) -> None:
+    """alice of onelab.inria (SFA's own vectors) provisions: her mapped account is created with her key, and OAR
+    runs the reservation as that account."""
+    roots = tmp_path / "roots"
+    roots.mkdir()
+    shutil.copy(vectors / "sfa" / "trusted_roots" / "onelab.gid", roots / "onelab.gid")
+    database = Database(sqlite_url(str(tmp_path / "foreign.sqlite")))
+    database.upgrade()
+    backend = OarTestbed(OarClient(oar_url, timeout_s=60), database, "testbed")
+    aggregate = Aggregate(
+        AggregateSettings(authority_hrn="testbed"),
+        database,
+        CredentialVerifier(load_trusted_roots(str(roots))),
+        backend=backend,
+        unix_accounts=UnixAccounts(),
+    )
+    aggregate.inventory.add_node(NodeSpec(node_urn("node9"), "node9"))
+    sfa = vectors / "sfa"
+    chain = load_gid_chain_file(str(sfa / "gids" / "onelab.inria.alice.gid"))
+    slice_cred = (sfa / "creds" / "alice.myslice.slice.cred").read_text()
+    myslice = "urn:publicid:IDN+onelab:inria+slice+myslice"
+    alice_urn = "urn:publicid:IDN+onelab:inria+user+alice"
+    login = derived_login(alice_urn)
+    subprocess.run(["userdel", "-r", login], capture_output=True, check=False)
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=3, hours=random.randrange(24))
+    rspec = (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3">'
+        f'<node client_id="n" component_id="{node_urn("node9")}" exclusive="true"/></rspec>'
+    )
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJw8ZC0c4fS3mYjyhQkKJgLw0X6o2xR2zJ1kq3Jc9u4v alice@onelab"
+    options = {"geni_users": [{"urn": alice_urn, "keys": [key]}], **Site.window(start)}
+    try:
+        aggregate.allocate(chain, myslice, [slice_cred], rspec, options)
+        aggregate.provision(chain, [myslice], [slice_cred], {})
+        (lease,) = aggregate.bookings.leases(slice_urn=myslice)
+        row = backend.jobs.get(lease.id)
+        assert row is not None and row.job_id is not None
+        job = oar_client.job(row.job_id)
+        assert job is not None and job.owner == login and job.state == "Waiting"
+        assert UnixAccounts().slice_keys(login, myslice) == [key]
+        aggregate.delete(chain, [myslice], [slice_cred], {})
+        assert UnixAccounts().slice_keys(login, myslice) == []
+    finally:
+        for lease in aggregate.bookings.leases():
+            with contextlib.suppress(GeniError):
+                backend.release(lease)
+        subprocess.run(["userdel", "-r", login], capture_output=True, check=False)
