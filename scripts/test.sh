@@ -12,6 +12,9 @@ cd "$REPO"
 echo "== PostgreSQL"
 SFA_OMF_TEST_POSTGRES_URL="$(bash "$REPO/scripts/postgres.sh" sfaomf_test | tail -n 1)"
 export SFA_OMF_TEST_POSTGRES_URL
+echo "== OAR"
+SFA_OMF_TEST_OAR_URL="$(bash "$REPO/scripts/oar.sh" up | tail -n 1)"
+export SFA_OMF_TEST_OAR_URL
 echo "== ruff"
 "$VENV/bin/ruff" check sfa_omf rspec tests benchmarks
 "$VENV/bin/ruff" format --check sfa_omf rspec tests benchmarks

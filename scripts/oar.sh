@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# A real OAR 2.5.9 (Debian 12 packages) on this host, for the OAR backend's tests, CI and demos: the server
+# (Almighty) on the PostgreSQL that scripts/postgres.sh runs, fake nodes node1..nodeN, Unix users to submit as, and
+# the REST API (apache2 + suexec, plain CGI) on 127.0.0.1:6668. Needs root (or sudo); no systemd: daemons are started
+# by hand and stopped by their PID.
+#
+# Usage: bash scripts/oar.sh [up|down|stop-api|start-api|alive|status]
+#   up         install, configure and start (default). Idempotent; quick when already up. Last line: the API URL.
+#   down       stop apache2 and Almighty (PostgreSQL is left alone: other tests use it)
+#   stop-api   stop apache2 only ("OAR's API is down", for tests); start-api starts it again
+#   alive      set every node back to Alive
+#   status     what runs; exit status 1 when something is down
+# Environment: OAR_NODES [10], OAR_USERS ["alice bob"], OAR_API_PORT [6668], OAR_DB_PASSWORD [oar-test],
+#   OAR_DB_RO_PASSWORD [oar-test-ro].
+#
+# The API trusts the X-Remote-Ident header completely (API_TRUST_IDENT=1: whoever can reach it can act as any
+# user), which is why everything here listens on 127.0.0.1 only. This is a test rig, not a production OAR.
+source "$(dirname "$0")/lib.sh"
+
+OAR_NODES="${OAR_NODES:-10}"
+OAR_USERS="${OAR_USERS:-alice bob}"
+OAR_API_PORT="${OAR_API_PORT:-6668}"
+OAR_DB_PASSWORD="${OAR_DB_PASSWORD:-oar-test}"
+OAR_DB_RO_PASSWORD="${OAR_DB_RO_PASSWORD:-oar-test-ro}"
+OAR_CONF=/etc/oar/oar.conf
+OAR_PIDFILE=/var/run/oar-server.pid
+APACHE_PIDFILE=/var/run/apache2/apache2.pid
+APACHE_SITE=/etc/apache2/conf-available/sfa-omf-oarapi.conf
+STATE=/var/lib/sfa-omf-oar # checksums of the configuration each daemon was started with
+API_URL="http://127.0.0.1:$OAR_API_PORT/oarapi"
+
+# Progress goes to stderr: stdout carries only the API URL, so `up | tail -n 1` is the URL.
+say() { echo "oar.sh: $*" >&2; }
+# running PIDFILE: the process it names is alive (/proc, not kill -0: that needs root for root's processes)
+running() { [ -s "$1" ] && [ -d "/proc/$(cat "$1")" ]; }
+api_answers() { curl -fsS -m 5 -o /dev/null "$API_URL/version.json" 2>/dev/null; }
+
+# stop_pid NAME PIDFILE: SIGTERM the process recorded in PIDFILE and wait (bounded) until it has exited.
+stop_pid() {
+    local name=$1 pidfile=$2 pid
+    if running "$pidfile"; then
+        pid=$(cat "$pidfile")
+        say "stopping $name (pid $pid)"
+        as_root kill "$pid"
+        for _ in $(seq 100); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+        if [ -d "/proc/$pid" ]; then
+            say "$name (pid $pid) did not stop within 10 s"
+            return 1
+        fi
+    fi
+    as_root rm -f "$pidfile"
+}
+
+# --- PostgreSQL: the cluster scripts/postgres.sh uses (the first one pg_lsclusters lists) -------------------------
+PG_PORT=""
+postgres_up() {
+    apt_install postgresql >&2
+    local cluster version name status
+    cluster=$(pg_lsclusters -h | head -n 1)
+    if [ -z "$cluster" ]; then
+        version=$(ls /usr/lib/postgresql | sort -V | tail -n 1)
+        as_root pg_createcluster "$version" main >/dev/null
+        cluster=$(pg_lsclusters -h | head -n 1)
+    fi
+    read -r version name PG_PORT status _ <<<"$cluster"
+    if [ "$status" != online ]; then
+        say "starting PostgreSQL $version/$name"
+        as_root pg_ctlcluster "$version" "$name" start
+    fi
+}
+# psql as the PostgreSQL superuser, on the cluster's port; extra arguments go to psql.
+psql_admin() { (cd / && as_root su postgres -c "psql -p $PG_PORT -v ON_ERROR_STOP=1 -qtA $*"); }
+
+# --- oar.conf -----------------------------------------------------------------------------------------------------
+# oar.conf is readable by oar and root only.
+conf_has() { as_root grep -q "$1" "$OAR_CONF"; }
+# conf_set KEY VALUE: KEY="VALUE", replacing the active line(s), else the first commented-out one, else appended.
+# The file is only rewritten when the value changes, so its checksum says whether Almighty must restart.
+conf_set() {
+    local key=$1 value=$2
+    conf_has "^$key=\"$value\"\$" && return 0
+    if conf_has "^$key="; then
+        as_root sed -i "s|^$key=.*|$key=\"$value\"|" "$OAR_CONF"
+    elif conf_has "^#$key="; then
+        as_root sed -i "0,/^#$key=.*/s||$key=\"$value\"|" "$OAR_CONF"
+    else
+        echo "$key=\"$value\"" | as_root tee -a "$OAR_CONF" >/dev/null
+    fi
+}
+configure_oar() {
+    conf_set DB_TYPE Pg
+    conf_set DB_HOSTNAME 127.0.0.1
+    conf_set DB_PORT "$PG_PORT"
+    conf_set DB_BASE_PASSWD "$OAR_DB_PASSWORD"
+    conf_set DB_BASE_PASSWD_RO "$OAR_DB_RO_PASSWORD"
+    conf_set SERVER_HOSTNAME localhost
+    # The nodes are fake: sentinelle.pl would ssh to them and mark them Suspected within seconds. /bin/true says
+    # "every node answers".
+    conf_has '^PINGCHECKER_SENTINELLE_SCRIPT_COMMAND=' &&
+        as_root sed -i 's|^PINGCHECKER_SENTINELLE_SCRIPT_COMMAND=|#&|' "$OAR_CONF"
+    conf_set PINGCHECKER_GENERIC_COMMAND /bin/true
+    # A job holds the closed interval [start, start + walltime] plus this margin (shipped: 60 s). With 0, a job of
+    # walltime duration - 1 s ends right before the next slot starts: back-to-back reservations both pass.
+    conf_set SCHEDULER_JOB_SECURITY_TIME 0
+    # Shipped 5 s: a submission arriving soon after a scheduler run then waits ~10 s instead of ~1 s.
+    conf_set SCHEDULER_MIN_TIME_BETWEEN_2_CALLS 0
+    # The API takes the user from the X-Remote-Ident header (loopback only, see the top of this file).
+    conf_set API_TRUST_IDENT 1
+}
+
+# --- OAR database, admission rules, users, resources ----------------------------------------------------------------
+database_up() {
+    if ! as_root oar-database --check >/dev/null 2>&1; then
+        say "creating the OAR database"
+        as_root oar-database --create --db-is-local -y >/dev/null
+    fi
+    # Roles left by an earlier bring-up may carry other passwords: make them match oar.conf.
+    psql_admin "-c \"ALTER ROLE oar PASSWORD '$OAR_DB_PASSWORD'\" -c \"ALTER ROLE oar_ro PASSWORD '$OAR_DB_RO_PASSWORD'\""
+    # The shipped rule caps each user at 2 waiting advance reservations; the aggregate books many per user.
+    psql_admin "-d oar -c \"UPDATE admission_rules SET enabled = 'NO' WHERE enabled = 'YES' AND
+        rule LIKE '%Limit the number of advance reservations per user%'\""
+}
+
+users_up() {
+    # OAR only accepts real Unix accounts with a home directory (and refuses root and oar).
+    local user
+    for user in $OAR_USERS; do
+        id "$user" >/dev/null 2>&1 || as_root useradd --create-home --shell /bin/bash "$user"
+    done
+}
+
+resources_up() {
+    local properties existing i
+    properties=$(as_root oarproperty -l)
+    grep -qx host <<<"$properties" || as_root oarproperty -q -a host -c
+    grep -qx cpu <<<"$properties" || as_root oarproperty -q -a cpu
+    grep -qx core <<<"$properties" || as_root oarproperty -q -a core
+    existing=$(as_root oarnodes -l 2>/dev/null || true)
+    for i in $(seq 1 "$OAR_NODES"); do
+        if ! grep -qx "node$i" <<<"$existing"; then
+            as_root oarnodesetting -a -h "node$i" -p "host=node$i" -p "cpu=$i" -p "core=$i" >/dev/null
+        fi
+    done
+}
+
+# --- daemons ------------------------------------------------------------------------------------------------------
+almighty_up() {
+    local checksum
+    checksum=$(as_root cat "$OAR_CONF" | md5sum)
+    # Almighty reads oar.conf once, at start: restart it when the file changed since.
+    if running "$OAR_PIDFILE" && [ "$checksum" != "$(cat "$STATE/oar.conf.md5" 2>/dev/null)" ]; then
+        say "oar.conf changed: restarting Almighty"
+        stop_pid Almighty "$OAR_PIDFILE"
+    fi
+    if ! running "$OAR_PIDFILE"; then
+        say "starting Almighty"
+        # /usr/sbin/oar-server daemonizes Almighty and writes its PID file (the init script only wraps it).
+        as_root /usr/sbin/oar-server </dev/null >/dev/null 2>&1
+        echo "$checksum" | as_root tee "$STATE/oar.conf.md5" >/dev/null
+        for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/6666) 2>/dev/null && return 0; sleep 0.1; done
+        say "Almighty did not open port 6666 (see /var/log/oar.log)"
+        return 1
+    fi
+}
+
+configure_apache() {
+    # oarapi.cgi is a setuid-style wrapper that only works when started as user oar: suexec runs it so, provided
+    # /usr/lib/cgi-bin is suexec's document root (first line of this file). Debian 12 has no mod_fastcgi: plain CGI.
+    [ "$(head -n 1 /etc/apache2/suexec/www-data)" = /usr/lib/cgi-bin ] ||
+        as_root sed -i '1s|.*|/usr/lib/cgi-bin|' /etc/apache2/suexec/www-data
+    # Our own small virtual host instead of the package's example (which listens on every address).
+    as_root tee "$APACHE_SITE.new" >/dev/null <<EOF
+# Written by sfa-omf scripts/oar.sh: the OAR REST API for tests, on loopback only.
+ServerName localhost
+Listen 127.0.0.1:$OAR_API_PORT
+<VirtualHost 127.0.0.1:$OAR_API_PORT>
+    ScriptAlias /oarapi /usr/lib/cgi-bin/oarapi/oarapi.cgi
+    SuexecUserGroup oar oar
+    <Directory /usr/lib/cgi-bin/oarapi>
+        Options +ExecCGI -MultiViews +FollowSymLinks
+        SetEnv OARCONFFILE $OAR_CONF
+        Require local
+    </Directory>
+</VirtualHost>
+EOF
+    if cmp -s "$APACHE_SITE.new" "$APACHE_SITE"; then as_root rm -f "$APACHE_SITE.new"; else
+        as_root mv "$APACHE_SITE.new" "$APACHE_SITE"; fi
+    # The default site too, on loopback.
+    grep -q '^Listen 80$' /etc/apache2/ports.conf && as_root sed -i 's|^Listen 80$|Listen 127.0.0.1:80|' /etc/apache2/ports.conf
+    grep -qE '^\s*Listen 443$' /etc/apache2/ports.conf &&
+        as_root sed -i -E 's|^(\s*)Listen 443$|\1Listen 127.0.0.1:443|' /etc/apache2/ports.conf
+    [ -e /etc/apache2/mods-enabled/suexec.load ] && [ -e /etc/apache2/mods-enabled/cgid.load ] ||
+        as_root a2enmod -q suexec cgid >/dev/null
+    [ -e /etc/apache2/conf-enabled/oar-restful-api.conf ] && as_root a2disconf -q oar-restful-api >/dev/null
+    [ -e /etc/apache2/conf-enabled/sfa-omf-oarapi.conf ] || as_root a2enconf -q sfa-omf-oarapi >/dev/null
+    as_root apache2ctl configtest 2>/dev/null || { as_root apache2ctl configtest; return 1; }
+}
+
+# A fingerprint of everything that configures apache2, to know whether a running one must restart.
+apache_checksum() {
+    (cd /etc/apache2 && find . -path ./sites-available -prune -o \( -type f -o -type l \) -printf '%p %l\n' |
+        sort && cat ports.conf suexec/www-data "$APACHE_SITE") | md5sum
+}
+
+apache_up() {
+    local checksum
+    checksum=$(apache_checksum)
+    # A reload cannot move "Listen 80" to "Listen 127.0.0.1:80" (the bind fails): restart instead.
+    if running "$APACHE_PIDFILE" && [ "$checksum" != "$(cat "$STATE/apache2.md5" 2>/dev/null)" ]; then
+        say "apache2 configuration changed: restarting it"
+        stop_pid apache2 "$APACHE_PIDFILE"
+    fi
+    if ! running "$APACHE_PIDFILE"; then
+        say "starting apache2"
+        as_root rm -f "$APACHE_PIDFILE"
+        # (its output goes to a log, not to our stdout: `up | tail -n 1` must not wait for apache's descriptors)
+        as_root sh -c 'exec apache2ctl start </dev/null >>"$1" 2>&1' sh "$STATE/apache2ctl.log" || {
+            tail -n 20 "$STATE/apache2ctl.log" >&2
+            return 1
+        }
+        echo "$checksum" | as_root tee "$STATE/apache2.md5" >/dev/null
+    fi
+    for _ in $(seq 100); do api_answers && return 0; sleep 0.2; done
+    say "the OAR API does not answer at $API_URL (see /var/log/apache2/error.log)"
+    return 1
+}
+
+# Every node Alive (a reservation that starts on a fake node may turn it Suspected), then wait until OAR says so.
+nodes_alive() {
+    local states
+    as_root oarnodesetting --sql "state <> 'Alive'" -s Alive >/dev/null 2>&1 || true
+    for _ in $(seq 100); do
+        # oarnodes -s: a line per host, then "    <resource id> : <state>" for each of its resources
+        states=$(as_root oarnodes -s 2>/dev/null) || states=""
+        if grep -q ' : ' <<<"$states" && ! grep ' : ' <<<"$states" | grep -qv ': Alive$'; then return 0; fi
+        sleep 0.2
+    done
+    say "some nodes are not Alive:"
+    as_root oarnodes -s >&2
+    return 1
+}
+
+up() {
+    local started=$SECONDS
+    apt_install oar-server oar-server-pgsql oar-user oar-user-pgsql oar-restful-api apache2 apache2-suexec-custom curl \
+        >&2
+    as_root mkdir -p "$STATE"
+    postgres_up
+    configure_oar
+    database_up
+    users_up
+    resources_up
+    almighty_up
+    configure_apache
+    apache_up
+    nodes_alive
+    say "up in $((SECONDS - started)) s: $(as_root oarnodes -l | wc -l) nodes, users: $OAR_USERS"
+    echo "$API_URL"
+}
+
+status() {
+    local ok=0
+    pg_lsclusters
+    if running "$OAR_PIDFILE"; then echo "Almighty: running (pid $(cat "$OAR_PIDFILE"))"; else
+        echo "Almighty: stopped"; ok=1; fi
+    if running "$APACHE_PIDFILE"; then echo "apache2: running (pid $(cat "$APACHE_PIDFILE"))"; else
+        echo "apache2: stopped"; ok=1; fi
+    if api_answers; then echo "API: $API_URL answers"; else echo "API: $API_URL does not answer"; ok=1; fi
+    # oarnodes -s prints each host, then "    <resource id> : <state>" lines
+    as_root oarnodes -s 2>/dev/null | awk '/^[^ ]/ {host = $1} / : / {print host ": " $3 " (resource " $1 ")"}' | sort -V || true
+    return $ok
+}
+
+case "${1:-up}" in
+up) up ;;
+down)
+    stop_pid apache2 "$APACHE_PIDFILE"
+    # Almighty's main process stops its children (appendice, bipbip commander, ...) itself on SIGTERM.
+    stop_pid Almighty "$OAR_PIDFILE"
+    ;;
+stop-api) stop_pid apache2 "$APACHE_PIDFILE" ;;
+start-api)
+    as_root mkdir -p "$STATE"
+    apache_up
+    ;;
+alive) nodes_alive ;;
+status) status ;;
+*)
+    echo "usage: $0 [up|down|stop-api|start-api|alive|status]" >&2
+    exit 2
+    ;;
+esac

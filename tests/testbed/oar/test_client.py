@@ -1,0 +1,539 @@
+"""The OAR REST client: against the real OAR that scripts/oar.sh runs, and its pure parts (input checks, server-local
+time conversions, what it sends) without OAR."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from sfa_omf.testbed.oar.client import (
+    OarClient,
+    OarError,
+    OarRefused,
+    OarTimeout,
+    OarUnavailable,
+    from_server_time,
+    refusal,
+    server_zone,
+    to_server_time,
+    walltime_text,
+)
+from tests.testbed.oar.conftest import OarJobs, oar_script, wait_for_job
+
+HOUR = timedelta(hours=1)
+PARIS = ZoneInfo("Europe/Paris")
+
+# --- against the real OAR -------------------------------------------------------------------------------------------
+
+
+def test_version(oar_client: OarClient) -> None:
+    version = oar_client.version()
+    assert version["oar_version"].startswith("2.5.9")
+    assert version["api_version"]
+    assert isinstance(version["api_timestamp"], int)
+
+
+def test_resources_are_the_fake_nodes(oar_client: OarClient) -> None:
+    resources = oar_client.resources()
+    by_node = {resource.network_address: resource for resource in resources}
+    assert {f"node{i}" for i in range(1, 11)} <= set(by_node)
+    node3 = by_node["node3"]
+    assert node3.id > 0
+    assert node3.state in ("Alive", "Suspected", "Absent", "Dead")
+    # all properties, as strings, including the ones scripts/oar.sh adds
+    assert node3.properties["network_address"] == "node3"
+    assert node3.properties["host"] == "node3"
+    assert node3.properties["type"] == "default"
+
+
+def test_resources_follow_pagination(oar_url: str, oar_client: OarClient) -> None:
+    paged = OarClient(oar_url, timeout_s=60, page_size=3).resources()
+    assert [resource.id for resource in paged] == [resource.id for resource in oar_client.resources()]
+    assert len({resource.id for resource in paged}) == len(paged)
+
+
+def test_reservation_pins_the_nodes_at_the_time_asked(
+    oar_client: OarClient, oar_jobs: OarJobs, oar_start: datetime
+) -> None:
+    job_id = oar_jobs.submit(
+        user="alice", nodes=["node1", "node2"], start=oar_start, walltime_s=3599, name="urn:publicid:IDN+tb+slice+s1"
+    )
+    job = oar_client.job(job_id, with_nodes=True)
+    assert job is not None
+    assert job.id == job_id
+    assert job.owner == "alice"
+    assert job.name == "urn:publicid:IDN+tb+slice+s1"
+    assert job.start_time == oar_start
+    assert job.start_time.tzinfo is not None and job.start_time.utcoffset() == timedelta(0)
+    assert job.walltime_s == 3599
+    assert job.nodes == ("node1", "node2")
+    assert job.state == "Waiting"
+    assert job.reservation == "Scheduled"
+    assert job.types == ("noop",)
+    # without with_nodes: the same job, no nodes
+    plain = oar_client.job(job_id)
+    assert plain is not None and plain.nodes == () and plain.start_time == oar_start
+
+
+def test_back_to_back_slots_are_both_accepted(oar_client: OarClient, oar_jobs: OarJobs, oar_start: datetime) -> None:
+    # A job holds [start, start + walltime] inclusive: walltime = duration - 1 s leaves the next slot free.
+    first = oar_jobs.submit(user="alice", nodes=["node3"], start=oar_start, walltime_s=3599)
+    second = oar_jobs.submit(user="bob", nodes=["node3"], start=oar_start + HOUR, walltime_s=3599)
+    jobs = {job.id: job for job in oar_client.reservations(oar_start, oar_start + 2 * HOUR)}
+    assert jobs[first].start_time == oar_start and jobs[first].nodes == ("node3",)
+    assert jobs[second].start_time == oar_start + HOUR and jobs[second].owner == "bob"
+
+
+def test_overlapping_reservation_is_refused(oar_client: OarClient, oar_jobs: OarJobs, oar_start: datetime) -> None:
+    held = oar_jobs.submit(user="alice", nodes=["node4"], start=oar_start, walltime_s=3599)
+    with pytest.raises(OarRefused) as refused:
+        oar_jobs.submit(user="bob", nodes=["node4"], start=oar_start + HOUR / 2, walltime_s=3599)
+    exc = refused.value
+    assert exc.status == 400
+    assert "Reservation not valid" in exc.message
+    # OAR's hint: the earliest start after the held slot, read from server-local time into UTC
+    assert exc.could_run_at is not None
+    assert exc.could_run_at.utcoffset() == timedelta(0)
+    assert oar_start + HOUR <= exc.could_run_at < oar_start + 2 * 24 * HOUR
+    # OAR consumed a job id for the refusal and left that job in Error; the held slot is untouched
+    assert exc.job_id is not None and exc.job_id > held
+    refused_job = oar_client.job(exc.job_id)
+    assert refused_job is not None and refused_job.state == "Error"
+    still = oar_client.job(held)
+    assert still is not None and still.state == "Waiting"
+
+
+def test_unknown_node_is_an_error_not_a_refusal(oar_jobs: OarJobs, oar_start: datetime) -> None:
+    with pytest.raises(OarError) as error:
+        oar_jobs.submit(user="alice", nodes=["node999"], start=oar_start, walltime_s=3599)
+    assert not isinstance(error.value, OarRefused)
+    assert error.value.status == 400
+    assert "not enough resources" in error.value.message
+
+
+def test_unknown_user_is_an_error(oar_jobs: OarJobs, oar_start: datetime) -> None:
+    with pytest.raises(OarError) as error:
+        oar_jobs.submit(user="nosuchuser", nodes=["node9"], start=oar_start, walltime_s=3599)
+    assert not isinstance(error.value, OarRefused | OarUnavailable)
+    assert "target user" in error.value.message
+
+
+def test_delete_ends_the_job_and_is_idempotent(oar_client: OarClient, oar_jobs: OarJobs, oar_start: datetime) -> None:
+    job_id = oar_jobs.submit(user="bob", nodes=["node5"], start=oar_start, walltime_s=3599)
+    with pytest.raises(OarError) as wrong_user:
+        oar_client.delete_job(job_id, user="alice")
+    assert "not the right user" in wrong_user.value.message
+    oar_client.delete_job(job_id, user="bob")
+    oar_client.delete_job(job_id, user="bob")  # "already killed" is not an error
+    job = wait_for_job(oar_client, job_id, {"Error", "Terminated"})
+    assert job.owner == "bob"
+    # a deleted job no longer holds its nodes
+    assert job_id not in {held.id for held in oar_client.reservations(oar_start, oar_start + HOUR)}
+    oar_client.delete_job(job_id, user="bob")
+
+
+def test_delete_unknown_job_is_not_an_error(oar_client: OarClient, oar_users: tuple[str, ...]) -> None:
+    oar_client.delete_job(999_999_999, user="alice")
+
+
+def test_reservations_lists_the_window_with_nodes(
+    oar_url: str, oar_client: OarClient, oar_jobs: OarJobs, oar_start: datetime
+) -> None:
+    inside = oar_jobs.submit(user="alice", nodes=["node6", "node7"], start=oar_start, walltime_s=3599)
+    later = oar_jobs.submit(user="bob", nodes=["node6"], start=oar_start + 2 * HOUR, walltime_s=3599)
+
+    window = {job.id: job for job in oar_client.reservations(oar_start, oar_start + HOUR)}
+    assert inside in window and later not in window
+    assert window[inside].nodes == ("node6", "node7")
+    assert window[inside].owner == "alice" and window[inside].start_time == oar_start
+    for job in window.values():  # everything listed holds nodes in the window and is not finished
+        assert job.nodes and job.start_time is not None
+        assert job.start_time < oar_start + HOUR
+        assert job.start_time + timedelta(seconds=job.walltime_s) >= oar_start
+        assert job.state not in ("Error", "Terminated")
+    # the same, one job per request
+    one_per_page = OarClient(oar_url, timeout_s=60, page_size=1).reservations(oar_start, oar_start + HOUR)
+    assert [job.id for job in one_per_page] == sorted(window)
+
+    # [start + 1 h, start + 2 h): the first ended at start + 59:59, the second starts at the window's (open) end
+    between = {job.id for job in oar_client.reservations(oar_start + HOUR, oar_start + 2 * HOUR)}
+    assert inside not in between and later not in between
+    overlapping_both = {
+        job.id for job in oar_client.reservations(oar_start + HOUR / 2, oar_start + 2 * HOUR + timedelta(seconds=1))
+    }
+    assert {inside, later} <= overlapping_both
+
+
+def test_unknown_job_is_none(oar_client: OarClient) -> None:
+    assert oar_client.job(999_999_999) is None
+    assert oar_client.job(999_999_999, with_nodes=True) is None
+
+
+def test_api_stopped_is_unavailable(oar_url: str) -> None:
+    client = OarClient(oar_url, timeout_s=30)
+    oar_script("stop-api")
+    try:
+        with pytest.raises(OarUnavailable) as down:
+            client.version()
+        assert oar_url in down.value.message
+        assert "is OAR's API (apache2) running?" in down.value.message
+    finally:
+        oar_script("start-api")
+    assert client.version()["oar_version"].startswith("2.5.9")
+
+
+# --- without OAR ----------------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_unreachable_port_is_unavailable() -> None:
+    url = f"http://127.0.0.1:{free_port()}/oarapi"
+    with pytest.raises(OarUnavailable) as down:
+        OarClient(url, timeout_s=5).version()
+    assert url in down.value.message
+    assert "is OAR's API (apache2) running?" in down.value.message
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A socket on 127.0.0.1 that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.1)  # so the accepting thread sees the end of the test
+    held: list[socket.socket] = []
+    over = threading.Event()
+
+    def accept() -> None:
+        while not over.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/oarapi"
+    over.set()
+    thread.join(timeout=5)
+    for connection in [*held, listener]:
+        connection.close()
+
+
+def test_silent_server_is_a_timeout(silent_server: str) -> None:
+    client = OarClient(silent_server, timeout_s=0.5)
+    with pytest.raises(OarTimeout) as slow:
+        client.version()
+    assert slow.value.status == 0
+    with pytest.raises(OarTimeout):
+        client.job(1)
+
+
+class FakeOar:
+    """A tiny HTTP server answering like OAR, recording what the client sends."""
+
+    def __init__(self, status: int, answer: bytes) -> None:
+        self.status, self.answer = status, answer
+        self.pages: list[dict[str, Any]] = []  # when set: 200 answers, one per request, in order
+        self.requests: list[tuple[str, str, dict[str, str], Any]] = []
+
+    def next_answer(self) -> tuple[int, bytes]:
+        if self.pages:
+            return 200, json.dumps(self.pages.pop(0)).encode()
+        return self.status, self.answer
+
+
+@pytest.fixture
+def fake_oar() -> Iterator[tuple[FakeOar, str]]:
+    fake = FakeOar(201, b'{"id": 42}')
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if length else None
+            fake.requests.append((self.command, self.path, dict(self.headers), body))
+            status, answer = fake.next_answer()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json" if answer.startswith(b"{") else "text/html")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_GET = do_POST = do_DELETE = answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield fake, f"http://127.0.0.1:{server.server_address[1]}/oarapi"
+    server.shutdown()
+    server.server_close()
+
+
+def test_submit_sends_server_local_time_and_pins_nodes(fake_oar: tuple[FakeOar, str]) -> None:
+    fake, url = fake_oar
+    client = OarClient(url, server_timezone="Europe/Paris")
+    job_id = client.submit_reservation(
+        user="alice",
+        nodes=["node1", "node2"],
+        start=datetime(2027, 7, 1, 8, 0, tzinfo=UTC),
+        walltime_s=2 * 3600 - 1,
+        job_type="noop",
+        name="slice1",
+        extra={"project": "demo"},
+    )
+    assert job_id == 42
+    method, path, headers, body = fake.requests[0]
+    assert (method, path) == ("POST", "/oarapi/jobs.json")
+    assert headers["X-Remote-Ident"] == "alice"
+    assert body == {
+        "resource": "{network_address in ('node1','node2')}/nodes=2,walltime=1:59:59",
+        "reservation": "2027-07-01 10:00:00",  # 08:00 UTC is 10:00 in Paris in summer (CEST)
+        "type": "noop",
+        "name": "slice1",
+        "project": "demo",
+    }
+    # a naive start is UTC; in winter Paris is UTC+1
+    client.submit_reservation(
+        user="bob", nodes=["n"], start=datetime(2027, 1, 10, 9, 0), walltime_s=60, job_type="noop", name="x"
+    )
+    assert fake.requests[1][3]["reservation"] == "2027-01-10 10:00:00"
+
+
+def test_refusal_is_read_in_the_server_zone(fake_oar: tuple[FakeOar, str]) -> None:
+    fake, url = fake_oar
+    fake.status = 400
+    fake.answer = json.dumps(
+        {
+            "code": 400,
+            "title": "Bad query",
+            "message": "Oarsub command exited with status 10: OAR_JOB_ID=77\nReservation mode: waiting validation...\n"
+            "Reservation not valid --> KO (This reservation could run at 2027-07-01 12:00:00)\n\nCmd:\noarsub ...",
+        }
+    ).encode()
+    client = OarClient(url, server_timezone="Europe/Paris")
+    with pytest.raises(OarRefused) as refused:
+        client.submit_reservation(
+            user="bob",
+            nodes=["node1"],
+            start=datetime(2027, 7, 1, 9, tzinfo=UTC),
+            walltime_s=60,
+            job_type="noop",
+            name="x",
+        )
+    assert refused.value.could_run_at == datetime(2027, 7, 1, 10, 0, tzinfo=UTC)
+    assert refused.value.job_id == 77
+    assert "Cmd:" not in refused.value.message  # OAR's echo of its own command line is dropped
+
+
+def test_web_server_without_oar_is_unavailable(fake_oar: tuple[FakeOar, str]) -> None:
+    fake, url = fake_oar
+    client = OarClient(url)
+    # apache's own 404 (no OAR at this URL) must not read as "job not found"
+    fake.status, fake.answer = 404, b"<html>Not Found</html>"
+    with pytest.raises(OarUnavailable):
+        client.job(5)
+    # apache's 500 when the CGI cannot run
+    fake.status, fake.answer = 500, b"<html>Internal Server Error</html>"
+    with pytest.raises(OarUnavailable) as broken:
+        client.version()
+    assert broken.value.status == 500
+    # OAR's own 404 is "no such job"
+    fake.status, fake.answer = 404, b'{"code": 404, "title": "Job not found", "message": "Job not found"}'
+    assert client.job(5) is None
+
+
+def resource(rid: int) -> dict[str, Any]:
+    return {"id": rid, "network_address": f"node{rid}", "state": "Alive", "cpu": None, "links": []}
+
+
+def test_resources_pages_by_offset(fake_oar: tuple[FakeOar, str]) -> None:
+    fake, url = fake_oar
+    fake.pages = [
+        {"offset": 0, "total": 5, "items": [resource(1), resource(2)]},
+        {"offset": 2, "total": 5, "items": [resource(3), resource(4)]},
+        {"offset": 4, "total": 5, "items": [resource(5)]},
+    ]
+    resources = OarClient(url, page_size=2).resources()
+    assert [r.network_address for r in resources] == ["node1", "node2", "node3", "node4", "node5"]
+    assert resources[0].properties == {"id": "1", "network_address": "node1", "state": "Alive", "cpu": ""}
+    queries = [urllib.parse.parse_qs(urllib.parse.urlsplit(path).query) for _, path, _, _ in fake.requests]
+    assert [(q["offset"], q["limit"]) for q in queries] == [(["0"], ["2"]), (["2"], ["2"]), (["4"], ["2"])]
+
+
+def test_listing_that_changes_between_pages_is_read_again(fake_oar: tuple[FakeOar, str]) -> None:
+    fake, url = fake_oar
+    fake.pages = [
+        {"offset": 0, "total": 3, "items": [resource(1), resource(2)]},
+        {"offset": 2, "total": 2, "items": []},  # resource 2 went away meanwhile: offsets shifted
+        {"offset": 0, "total": 2, "items": [resource(1), resource(3)]},
+    ]
+    assert [r.id for r in OarClient(url, page_size=2).resources()] == [1, 3]
+
+
+def test_reservations_query_and_window(fake_oar: tuple[FakeOar, str]) -> None:
+    fake, url = fake_oar
+    start = datetime(2027, 1, 10, 10, 0, tzinfo=UTC)
+
+    def job(jid: int, begin: datetime, walltime: int, state: str = "Waiting", nodes: tuple[str, ...] = ("n1",)) -> Any:
+        return {
+            "id": jid,
+            "state": state,
+            "owner": "alice",
+            "start_time": int(begin.timestamp()),
+            "walltime": walltime,
+            "types": ["noop"],
+            "nodes": [{"network_address": node, "status": "reserved"} for node in nodes],
+        }
+
+    fake.pages = [
+        {
+            "offset": 0,
+            "total": 5,
+            "items": [
+                job(1, start - HOUR, 3599),  # ends 10:59:59 - 1 h: before the window
+                job(2, start - HOUR, 3600, nodes=("n2", "n1", "n1")),  # holds 10:00:00 exactly
+                job(3, start + HOUR, 3599),  # starts at the window's open end
+                job(4, start + HOUR / 2, 60, state="Error"),  # finished jobs hold nothing
+                job(5, start, 3599, nodes=()),  # no nodes: holds nothing
+            ],
+        }
+    ]
+    jobs = OarClient(url).reservations(start, start + HOUR)
+    assert [(j.id, j.nodes, j.start_time) for j in jobs] == [(2, ("n1", "n2"), start - HOUR)]
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(fake.requests[0][1]).query)
+    assert fake.requests[0][1].startswith("/oarapi/jobs/details.json?")
+    assert query["from"] == [str(int(start.timestamp()))]
+    assert query["to"] == [str(int((start + HOUR).timestamp()))]
+    assert query["state"][0].split(",")[:2] == ["Waiting", "Hold"] and "Error" not in query["state"][0]
+    assert query["limit"] == ["100"]
+    assert fake.requests[0][2]["X-Remote-Ident"] == "oar"
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"nodes": []}, "non-empty"),
+        ({"nodes": "node1"}, "non-empty"),
+        ({"nodes": ["node1')} OR true OR {('"]}, "node name"),
+        ({"nodes": ['node"1']}, "node name"),
+        ({"nodes": ["node1", "node1"]}, "duplicate"),
+        ({"walltime_s": 0}, "walltime"),
+        ({"walltime_s": -60}, "walltime"),
+        ({"walltime_s": 1.5}, "walltime"),
+        ({"user": "bob-x"}, "user"),  # OAR would act as "bob"
+        ({"user": "bob; rm -rf /"}, "user"),
+        ({"name": 'x" --queue="admin'}, "job name"),
+        ({"name": "$(id)"}, "job name"),
+        ({"job_type": "noop`id`"}, "job type"),
+        ({"command": 'sleep 1" && "id'}, "command"),
+        ({"extra": {"queue": "a b"}}, "value of queue"),
+        ({"extra": {"workdir": "/tmp"}}, "not allowed"),
+        ({"extra": {"reservation": "2027-01-01 00:00:00"}}, "not allowed"),
+        ({"start": datetime(2027, 1, 1, 10, 0, 0, 500_000, tzinfo=UTC)}, "whole second"),
+    ],
+)
+def test_bad_input_is_refused_before_oar(change: dict[str, Any], complaint: str) -> None:
+    # port 9 (discard) is never contacted: the checks come first
+    client = OarClient("http://127.0.0.1:9/oarapi", timeout_s=1)
+    request: dict[str, Any] = {
+        "user": "alice",
+        "nodes": ["node1"],
+        "start": datetime(2027, 1, 1, 10, 0, tzinfo=UTC),
+        "walltime_s": 3599,
+        "job_type": "noop",
+        "name": "x",
+    }
+    request.update(change)
+    with pytest.raises(ValueError, match=complaint):
+        client.submit_reservation(**request)
+
+
+def test_other_bad_input() -> None:
+    client = OarClient("http://127.0.0.1:9/oarapi", timeout_s=1)
+    start = datetime(2027, 1, 1, tzinfo=UTC)
+    with pytest.raises(ValueError, match="empty window"):
+        client.reservations(start, start)
+    with pytest.raises(ValueError, match="positive"):
+        client.job(0)
+    with pytest.raises(ValueError, match="user"):
+        client.delete_job(5, user="o'neil")
+    with pytest.raises(ValueError, match="time zone"):
+        OarClient("http://127.0.0.1:9/oarapi", server_timezone="Nowhere/Land")
+    with pytest.raises(ValueError, match="URL"):
+        OarClient("127.0.0.1:6668/oarapi")
+
+
+# --- server-local time, pure ----------------------------------------------------------------------------------------
+
+
+def test_to_server_time() -> None:
+    assert to_server_time(datetime(2027, 1, 10, 9, 0, tzinfo=UTC), PARIS) == "2027-01-10 10:00:00"
+    assert to_server_time(datetime(2027, 7, 1, 8, 0, tzinfo=UTC), PARIS) == "2027-07-01 10:00:00"
+    assert to_server_time(datetime(2027, 7, 1, 8, 0), PARIS) == "2027-07-01 10:00:00"  # naive = UTC
+    eastern = datetime(2027, 7, 1, 10, 0, tzinfo=ZoneInfo("America/New_York"))  # an aware non-UTC instant
+    assert to_server_time(eastern, PARIS) == "2027-07-01 16:00:00"
+    assert to_server_time(datetime(2027, 7, 1, 8, 0, tzinfo=UTC), UTC) == "2027-07-01 08:00:00"
+
+
+def test_to_server_time_refuses_the_repeated_hour() -> None:
+    # Paris goes back from 03:00 CEST to 02:00 CET on 2027-10-31: 02:30 happens at 00:30 UTC and again at 01:30 UTC.
+    for utc_hour in (0, 1):
+        with pytest.raises(ValueError, match="occurs twice"):
+            to_server_time(datetime(2027, 10, 31, utc_hour, 30, tzinfo=UTC), PARIS)
+    assert to_server_time(datetime(2027, 10, 31, 2, 0, tzinfo=UTC), PARIS) == "2027-10-31 03:00:00"
+    # the hour skipped in spring is never produced: 01:00 UTC is 03:00 CEST
+    assert to_server_time(datetime(2027, 3, 28, 1, 0, tzinfo=UTC), PARIS) == "2027-03-28 03:00:00"
+
+
+def test_from_server_time() -> None:
+    assert from_server_time("2027-01-10 11:00:00", PARIS) == datetime(2027, 1, 10, 10, 0, tzinfo=UTC)
+    assert from_server_time("2027-07-01 12:00:00", PARIS) == datetime(2027, 7, 1, 10, 0, tzinfo=UTC)
+    assert from_server_time("2027-07-01 12:00:00", UTC) == datetime(2027, 7, 1, 12, 0, tzinfo=UTC)
+    assert from_server_time("2027-10-31 02:30:00", PARIS) == datetime(2027, 10, 31, 0, 30, tzinfo=UTC)  # the earlier
+    with pytest.raises(ValueError):
+        from_server_time("2027-13-45 25:00:00", PARIS)
+
+
+def test_refusal_parses_hint_and_job_id() -> None:
+    message = "OAR_JOB_ID=7\nReservation not valid --> KO (This reservation could run at 2027-01-10 11:00:00)"
+    refused = refusal(message, 400, PARIS)
+    assert refused.could_run_at == datetime(2027, 1, 10, 10, 0, tzinfo=UTC)
+    assert refused.job_id == 7 and refused.status == 400 and refused.message == message
+    too_old = refusal("OAR_JOB_ID=4\nReservation not valid --> KO (Reservation too old)", 400, PARIS)
+    assert too_old.could_run_at is None and too_old.job_id == 4
+
+
+def test_server_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert server_zone("Europe/Paris") == PARIS
+    if "TZ" not in os.environ:  # this host's zone, whatever it is, converts like the C library's local time
+        moment = datetime(2027, 7, 1, 8, 0, tzinfo=UTC)
+        assert moment.astimezone(server_zone(None)).utcoffset() == moment.astimezone().utcoffset()
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    assert server_zone(None) == ZoneInfo("Asia/Tokyo")
+    monkeypatch.setenv("TZ", ":Europe/Paris")
+    assert server_zone(None) == PARIS
+
+
+def test_walltime_text() -> None:
+    assert walltime_text(3599) == "0:59:59"
+    assert walltime_text(3600) == "1:00:00"
+    assert walltime_text(25 * 3600 + 61) == "25:01:01"
