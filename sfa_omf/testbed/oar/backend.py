@@ -215,7 +215,10 @@ class OarTestbed:
                 f"OAR did not delete job {job_id} ({exc.message}); nothing changed here: retry when OAR is back",
             ) from exc
         except OarError as exc:
-            raise GeniError(Reason.TESTBED, f"OAR would not delete job {job_id}: {exc.message}") from exc
+            ended = self._oar(lambda: self.client.job(job_id))
+            if ended is not None and ended.state in ACTIVE_STATES:
+                raise GeniError(Reason.TESTBED, f"OAR would not delete job {job_id}: {exc.message}") from exc
+            # It ended by itself (the slot is over) or is gone: nothing left to delete.
         self.jobs.set(lease.id, DELETED, job_id=job_id)
         self._forget_seen(job_id)
 

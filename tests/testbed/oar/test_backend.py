@@ -91,7 +91,7 @@ def site(oar_url: str, oar_users: tuple[str, ...], pki: DemoPki, tmp_path: Path)
         AggregateSettings(authority_hrn="testbed"),
         database,
         CredentialVerifier(pki.roots),
-        Policy(max_advance_s=40 * 86400),
+        Policy(max_advance_s=40 * 86400, min_duration_s=60),
         backend=backend,
         accounts=accounts,
     )
@@ -318,3 +318,39 @@ def test_a_foreign_user_gets_a_created_account_that_owns_the_oar_job(
             with contextlib.suppress(GeniError):
                 backend.release(lease)
         subprocess.run(["userdel", "-r", login], capture_output=True, check=False)
+
+
+def test_status_follows_the_oar_job(site: Site, oar_client: OarClient) -> None:
+    """A reservation starting in about a minute goes Running (geni_ready); a job OAR lost to an error reads
+    geni_failed with OAR's own words, until the reconciler submits it again."""
+    # A node booked by the minute, whose OAR address is node5.
+    site.aggregate.inventory.add_node(
+        NodeSpec(node_urn("minute"), "minute", grain_s=60, properties={"network_address": "node5"})
+    )
+    now = datetime.now(UTC)
+    start = now.replace(second=0, microsecond=0) + timedelta(minutes=2 if now.second > 30 else 1)
+    person = site.pki.users["alice"]
+    rspec = (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3">'
+        f'<node client_id="n" component_id="{node_urn("minute")}" exclusive="true"/></rspec>'
+    )
+    window = {"geni_start_time": format_time(start), "geni_end_time": format_time(start + timedelta(minutes=5))}
+    site.aggregate.allocate(person.chain, site.pki.slice_urn, [person.slice_cred], rspec, window)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    job_id = job_of(site, lease_id)
+    # The scheduler runs at least every 60 s: the job may start up to a minute late.
+    wait_for_job(oar_client, job_id, {"Running"}, within_s=200)
+    site.backend.cache_s = 0  # read OAR now, not the cached answer
+    assert [s["geni_operational_status"] for s in site.status()] == ["geni_ready"]
+    oar_client.delete_job(job_id, user="alice")  # behind sfa-omf's back
+    ended = wait_for_job(oar_client, job_id, {"Error", "Terminated"})
+    (sliver,) = site.status()
+    if ended.state == "Error":
+        assert sliver["geni_operational_status"] == "geni_failed"
+        assert sliver["geni_error"].startswith(f"OAR job {job_id}: ") and len(sliver["geni_error"]) > 15
+    else:  # a running noop job killed ends as Terminated: the slot reads as over
+        assert sliver["geni_operational_status"] == "geni_notready"
+    report = site.backend.reconcile()
+    assert report.resubmitted == [lease_id]
+    assert job_of(site, lease_id) != job_id
