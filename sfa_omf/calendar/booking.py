@@ -354,8 +354,11 @@ class Bookings:
             return lease_record(lease)
 
     def mark_provisioned(self, lease_id: str) -> LeaseRecord:
+        """An allocated lease becomes provisioned (again: no change, so a retried or finished Provision is fine)."""
         with self.database.write() as session:
             lease = _find_lease(session, lease_id, lock=True)
+            if lease.state == "provisioned":
+                return lease_record(lease)
             if lease.state != "allocated":
                 raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state}, not allocated")
             lease.state = "provisioned"
@@ -404,6 +407,15 @@ class Bookings:
             return [lease_record(lease) for lease in leases]
 
     # -- reading ----------------------------------------------------------------------------------------------
+    def lease_states(self, lease_ids: Iterable[str]) -> dict[str, str]:
+        """The state of each of these leases this calendar knows (unknown ids are left out)."""
+        wanted = set(lease_ids)
+        if not wanted:
+            return {}
+        with self.database.read() as session:
+            rows = session.execute(select(Lease.id, Lease.state).where(Lease.id.in_(wanted)))
+            return {lease_id: state for lease_id, state in rows}
+
     def slices_of_slivers(self, sliver_urns: Iterable[str]) -> set[str]:
         """The URNs of the slices the named slivers belong to."""
         with self.database.read() as session:

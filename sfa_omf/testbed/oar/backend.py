@@ -12,8 +12,8 @@ number of nodes, and is deleted in one call.
 - OAR down: UNAVAILABLE; too slow: TIMEDOUT. The booking stays allocated and Provision may be called again.
 - Reservations made directly in OAR are mirrored into the calendar (calendar/external.py) by a background task, so
   ListResources and Allocate see them without ever calling OAR on the request path.
-- The reconciler (at start and periodically) deletes orphan jobs, resubmits missing ones, finishes interrupted
-  provisions and deletions, and records failures that Status then shows.
+- The reconciler (at start and periodically) deletes orphan jobs (ours, whose lease this calendar no longer holds),
+  resubmits missing ones, finishes interrupted provisions and deletions, and records failures that Status shows.
 """
 
 from __future__ import annotations
@@ -141,6 +141,11 @@ class OarTestbed:
                 f"the OAR server does not answer ({exc.message}); the booking stays allocated: retry Provision later",
             ) from exc
         except OarRefused as exc:
+            # The slot may be held by our own job: an earlier Provision whose answer was lost (a crash, a time-out).
+            ours = self._our_job(lease)
+            if ours is not None:
+                self.jobs.set(lease.id, SUBMITTED, owner=ours.owner, job_id=ours.id)
+                return
             self.jobs.forget(lease.id)
             when = f"; OAR says it could run at {format_time(exc.could_run_at)}" if exc.could_run_at else ""
             raise GeniError(
@@ -294,24 +299,39 @@ class OarTestbed:
                 ours[lease_id] = job
         leases = {lease.id: lease for lease in self.bookings.leases(start=now)}
         # Interrupted provisions (a crash between asking OAR and recording its answer) and deletions.
-        for row in self.jobs.in_states(SUBMITTING, DELETING):
+        rows = {row.lease_id: row for row in self.jobs.in_states(SUBMITTING, SUBMITTED, DELETING)}
+        for lease_id, found in ours.items():
+            row = rows.get(lease_id)
+            lease = leases.get(lease_id)
+            if lease is not None and lease.state == "allocated" and (row is None or row.state == SUBMITTING):
+                # OAR made the reservation the Provision asked for, but the answer was never recorded: finish it.
+                self.jobs.set(lease_id, SUBMITTED, owner=found.owner, job_id=found.id)
+                leases[lease_id] = self.bookings.mark_provisioned(lease_id)
+                rows.pop(lease_id, None)
+                report.adopted.append(lease_id)
+        settled_before = now.timestamp() - 2 * self.client.timeout_s  # OAR may still be working on a newer one
+        for row in rows.values():
             lease = leases.get(row.lease_id)
             their_job = ours.get(row.lease_id)
             if row.state == SUBMITTING and lease is not None and their_job is not None:
                 self.jobs.set(lease.id, SUBMITTED, job_id=their_job.id)
-                if lease.state == "allocated":
-                    leases[lease.id] = self.bookings.mark_provisioned(lease.id)  # finish what Provision began
                 report.adopted.append(lease.id)
-            elif row.state == SUBMITTING and (lease is None or lease.state == "allocated"):
+            elif (
+                row.state == SUBMITTING
+                and row.updated_s < settled_before
+                and (lease is None or lease.state == "allocated")
+            ):
                 self.jobs.forget(row.lease_id)  # OAR never got it; the booking waits for Provision as before
             elif row.state == DELETING and lease is not None and lease.state == "provisioned":
                 self.jobs.set(row.lease_id, SUBMITTED)  # the Delete that failed changed nothing: the lease holds
             elif row.state == DELETING:
                 self.jobs.set(row.lease_id, DELETED)  # its job, if OAR still has it, is an orphan: deleted below
                 report.deleted.append(row.lease_id)
-        # Orphans: our jobs whose lease is no longer booked here.
+        # Orphans: our jobs whose lease this calendar cancelled, expired or ended. A lease id it never had is left
+        # alone: another sfa-omf may share this OAR.
+        states = self.bookings.lease_states(ours)
         for lease_id, job in sorted(ours.items()):
-            if lease_id not in leases:
+            if lease_id not in leases and states.get(lease_id) in ("cancelled", "expired", "ended"):
                 self.client.delete_job(job.id, user=job.owner or self.client.admin_user)
                 report.orphans_deleted.append(job.id)
         # Missing: provisioned leases whose slot is not over and that have no live job in OAR.

@@ -34,10 +34,11 @@ class JobRecord:
     owner: str
     state: str
     message: str
+    updated_s: int = 0
 
 
 def _record(row: OarJob) -> JobRecord:
-    return JobRecord(row.lease_id, row.job_id, row.owner, row.state, row.message)
+    return JobRecord(row.lease_id, row.job_id, row.owner, row.state, row.message, row.updated_s)
 
 
 class OarJobs:

@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.models import OarJob as OarJobRow
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniCode, GeniError
@@ -197,9 +199,15 @@ def test_oar_down_then_back(site: Site, oar_client: OarClient) -> None:
 
 def test_reconciler(site: Site, oar_client: OarClient, oar_jobs: OarJobs) -> None:
     backend = site.backend
-    # An orphan: a job of ours whose lease this calendar does not hold.
-    orphan = oar_jobs.submit(
-        user="alice", nodes=["node10"], start=site.start + 5 * HOUR, walltime_s=3599, name=job_name(str(uuid.uuid4()))
+    # An orphan: the calendar cancelled a lease whose OAR job stayed (say, OAR was down at the time).
+    site.allocate(["node10"], site.start + 5 * HOUR)
+    site.provision()
+    (orphaned,) = site.lease_ids()
+    orphan = job_of(site, orphaned)
+    site.aggregate.bookings.cancel(orphaned)
+    # A job named like ours for a lease this calendar never had: another sfa-omf's; left alone.
+    foreign = oar_jobs.submit(
+        user="alice", nodes=["node10"], start=site.start + 6 * HOUR, walltime_s=3599, name=job_name(str(uuid.uuid4()))
     )
     # Missing: a provisioned lease whose OAR job was deleted behind our back.
     site.allocate(["node10"], site.start)
@@ -219,6 +227,8 @@ def test_reconciler(site: Site, oar_client: OarClient, oar_jobs: OarJobs) -> Non
     site.allocate(["node9"], site.start + 3 * HOUR)
     never_sent = next(lease for lease in site.lease_ids() if lease not in (missing_lease, interrupted))
     backend.jobs.set(never_sent, SUBMITTING, owner="alice")
+    with site.aggregate.database.write() as session:  # ... long enough ago that OAR is surely not still working on it
+        session.execute(update(OarJobRow).where(OarJobRow.lease_id == never_sent).values(updated_s=0))
 
     report = backend.reconcile()
     assert report.orphans_deleted == [orphan]
@@ -232,6 +242,8 @@ def test_reconciler(site: Site, oar_client: OarClient, oar_jobs: OarJobs) -> Non
     assert states[interrupted] == "provisioned", "the interrupted Provision is finished"
     assert backend.jobs.get(never_sent) is None and states[never_sent] == "allocated"
     assert wait_for_job(oar_client, orphan, {"Error", "Terminated"})
+    still = oar_client.job(foreign)
+    assert still is not None and still.state == "Waiting"
     again = backend.reconcile()
     assert not again.changed, again
     site.provision()  # the booking that never reached OAR provisions normally afterwards
@@ -354,3 +366,16 @@ def test_status_follows_the_oar_job(site: Site, oar_client: OarClient) -> None:
     report = site.backend.reconcile()
     assert report.resubmitted == [lease_id]
     assert job_of(site, lease_id) != job_id
+
+
+def test_a_provision_whose_answer_was_lost_is_adopted_not_refused(
+    site: Site, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    """OAR made the reservation but sfa-omf never recorded it (crash, time-out): Provision again finds our own job
+    holding the slot and adopts it instead of answering "reserved directly in OAR"."""
+    site.allocate(["node9"], site.start)
+    (lease_id,) = site.lease_ids()
+    made = oar_jobs.submit(user="alice", nodes=["node9"], start=site.start, walltime_s=3599, name=job_name(lease_id))
+    site.provision()
+    assert job_of(site, lease_id) == made
+    assert [s["geni_allocation_status"] for s in site.status()] == ["geni_provisioned"]
