@@ -379,3 +379,22 @@ def test_a_provision_whose_answer_was_lost_is_adopted_not_refused(
     site.provision()
     assert job_of(site, lease_id) == made
     assert [s["geni_allocation_status"] for s in site.status()] == ["geni_provisioned"]
+
+
+def test_oar_too_slow_then_the_retry_adopts_what_oar_made(site: Site, oar_url: str, oar_client: OarClient) -> None:
+    """OAR slower than the configured time-out: TIMEDOUT, the booking stays allocated; OAR went on and made the
+    reservation anyway, and Provision again adopts it (one job, not two)."""
+    site.allocate(["node10"], site.start)
+    (lease_id,) = site.lease_ids()
+    patient = site.backend.client
+    site.backend.client = OarClient(oar_url, timeout_s=0.05)  # OAR's reservation call takes about a second
+    try:
+        with pytest.raises(GeniError) as slow:
+            site.provision()
+    finally:
+        site.backend.client = patient
+    assert slow.value.code == GeniCode.TIMEDOUT and "Provision again" in slow.value.message
+    assert [s["geni_allocation_status"] for s in site.status()] == ["geni_allocated"]
+    site.provision()
+    ours = [job for job in oar_client.reservations(site.start, site.start + HOUR) if job.name == job_name(lease_id)]
+    assert [job.id for job in ours] == [job_of(site, lease_id)]
