@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real OAR 2.5.9 (Debian 12 packages) on this host, for the OAR backend's tests, CI and demos: the server
-# (Almighty) on the PostgreSQL that scripts/postgres.sh runs, fake nodes node1..nodeN, Unix users to submit as, and
+# (Almighty) on the PostgreSQL that scripts/postgres.sh runs, fake nodes node1..nodeN (and dnode1..dnodeM for deploy
+# jobs), Unix users to submit as, and
 # the REST API (apache2 + suexec, plain CGI) on 127.0.0.1:6668. Needs root (or sudo); no systemd: daemons are started
 # by hand and stopped by their PID.
 #
@@ -10,7 +11,7 @@
 #   stop-api   stop apache2 only ("OAR's API is down", for tests); start-api starts it again
 #   alive      set every node back to Alive
 #   status     what runs; exit status 1 when something is down
-# Environment: OAR_NODES [10], OAR_USERS ["alice bob"], OAR_API_PORT [6668], OAR_DB_PASSWORD [oar-test],
+# Environment: OAR_NODES [10], OAR_DEPLOY_NODES [2] (dnode1.., deploy=YES), OAR_USERS ["alice bob"], OAR_API_PORT [6668], OAR_DB_PASSWORD [oar-test],
 #   OAR_DB_RO_PASSWORD [oar-test-ro].
 #
 # The API trusts the X-Remote-Ident header completely (API_TRUST_IDENT=1: whoever can reach it can act as any
@@ -18,6 +19,7 @@
 source "$(dirname "$0")/lib.sh"
 
 OAR_NODES="${OAR_NODES:-10}"
+OAR_DEPLOY_NODES="${OAR_DEPLOY_NODES:-2}"
 OAR_USERS="${OAR_USERS:-alice bob}"
 OAR_API_PORT="${OAR_API_PORT:-6668}"
 OAR_DB_PASSWORD="${OAR_DB_PASSWORD:-oar-test}"
@@ -139,6 +141,14 @@ resources_up() {
     for i in $(seq 1 "$OAR_NODES"); do
         if ! grep -qx "node$i" <<<"$existing"; then
             as_root oarnodesetting -a -h "node$i" -p "host=node$i" -p "cpu=$i" -p "core=$i" >/dev/null
+        fi
+    done
+    # Nodes for deploy jobs (image-per-slot provisioning): OAR gives "-t deploy" jobs only resources with
+    # deploy=YES, and every other job only resources with deploy=NO, so these are apart from node1..nodeN.
+    for i in $(seq 1 "$OAR_DEPLOY_NODES"); do
+        if ! grep -qx "dnode$i" <<<"$existing"; then
+            as_root oarnodesetting -a -h "dnode$i" -p "host=dnode$i" -p "cpu=$((1000 + i))" -p "core=$((1000 + i))" \
+                -p "deploy=YES" >/dev/null
         fi
     done
 }

@@ -33,7 +33,7 @@ from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.external import ExternalHold, ExternalHolds
 from sfa_omf.calendar.inventory import Inventory
-from sfa_omf.calendar.records import LeaseRecord, SliverRecord
+from sfa_omf.calendar.records import LeaseRecord, NodeRecord, SliverRecord
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.testbed.base import BackgroundTask, SliverHealth
 from sfa_omf.testbed.oar.client import (
@@ -92,6 +92,7 @@ class OarTestbed:
         database: Database,
         authority_hrn: str,
         job_type: str = "noop",
+        deploy_command: str = "",
         cache_s: int = 30,
         reconcile_s: int = 300,
         horizon: timedelta = timedelta(days=14),
@@ -103,6 +104,7 @@ class OarTestbed:
         self.bookings = Bookings(database, sliver_authority=authority_hrn, clock=clock)
         self.external = ExternalHolds(database, authority_hrn)
         self.job_type = job_type
+        self.deploy_command = deploy_command
         self.cache_s = cache_s
         self.reconcile_s = reconcile_s
         self.horizon = horizon
@@ -363,6 +365,7 @@ class OarTestbed:
         walltime_s = math.floor((lease.end - start).total_seconds()) - 1
         if walltime_s <= 0:
             raise OarError(f"the slot ended at {format_time(lease.end)}")
+        command = self._deploy_command(lease)
         return self.client.submit_reservation(
             user=owner,
             nodes=self._addresses(lease),
@@ -370,18 +373,49 @@ class OarTestbed:
             walltime_s=walltime_s,
             job_type=self.job_type,
             name=job_name(lease.id),
+            command=command,
         )
+
+    def _deploy_command(self, lease: LeaseRecord) -> str:
+        """For deploy jobs: ``COMMAND IMAGE NODE,...`` for the nodes that will not run the lease's disk image at its
+        start, that is whose previous lease on the calendar ran another one; "" when every node already runs it or
+        no image is asked for (the reservation then just holds the nodes)."""
+        if self.job_type != "deploy":
+            return ""
+        images = {sliver.disk_image for sliver in lease.slivers}
+        if len(images) != 1:
+            raise GeniError(
+                Reason.BAD_ARGS,
+                f"one disk image per lease with OAR deploy jobs; lease {lease.id} asks for {sorted(images)}",
+            )
+        (image,) = images
+        if not image:
+            return ""
+        stale = [node for node in lease.nodes if self._image_before(node, lease) != image]
+        if not stale:
+            return ""
+        addresses = {node.component_id: _address(node) for node in self.inventory.list_nodes(component_ids=set(stale))}
+        return f"{self.deploy_command} {image} {','.join(sorted(addresses.values()))}"
+
+    def _image_before(self, node: str, lease: LeaseRecord) -> str:
+        """The disk image the node's previous provisioned (or ended) lease installed: what it runs when ``lease``
+        starts. A lease booked later into the gap before ``lease`` does not re-plan it (documented)."""
+        earlier = [
+            other
+            for other in self.bookings.leases(node=node, end=lease.start, active_only=False)
+            if other.id != lease.id and other.state in ("provisioned", "ended") and other.start < lease.start
+        ]
+        if not earlier:
+            return ""
+        previous = max(earlier, key=lambda other: other.start)
+        return next((sliver.disk_image for sliver in previous.slivers if sliver.node == node), "")
 
     def _addresses(self, lease: LeaseRecord) -> list[str]:
         """The OAR network addresses of the lease's nodes (``network_address`` property, else the node's name)."""
-        nodes = self.inventory.list_nodes(component_ids=set(lease.nodes))
-        return sorted(str(node.properties.get("network_address") or node.component_name) for node in nodes)
+        return sorted(_address(node) for node in self.inventory.list_nodes(component_ids=set(lease.nodes)))
 
     def _components_by_address(self) -> dict[str, str]:
-        return {
-            str(node.properties.get("network_address") or node.component_name): node.component_id
-            for node in self.inventory.list_nodes()
-        }
+        return {_address(node): node.component_id for node in self.inventory.list_nodes()}
 
     def _our_job(self, lease: LeaseRecord) -> OarJob | None:
         now = self.clock()
@@ -435,6 +469,10 @@ class OarTestbed:
             self._jobs_seen.pop(job_id, None)
 
 
+def _address(node: NodeRecord) -> str:
+    return str(node.properties.get("network_address") or node.component_name)
+
+
 def make_oar_backend(settings: Any, database: Database) -> OarTestbed:
     """The OAR backend from the configuration ([sfa_oar] settings)."""
     client = OarClient(
@@ -445,6 +483,7 @@ def make_oar_backend(settings: Any, database: Database) -> OarTestbed:
         database,
         settings.interface_hrn,
         job_type=settings.oar_job_type,
+        deploy_command=settings.oar_deploy_command,
         cache_s=settings.oar_cache_s,
         reconcile_s=settings.oar_reconcile_s,
         horizon=timedelta(days=settings.horizon_days),

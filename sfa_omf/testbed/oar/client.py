@@ -143,6 +143,7 @@ class OarJob:
     types: tuple[str, ...]
     message: str
     nodes: tuple[str, ...] = ()
+    command: str = ""
 
 
 # --- time conversions (pure) ----------------------------------------------------------------------------------------
@@ -509,4 +510,5 @@ def _job(item: Mapping[str, Any], *, with_nodes: bool) -> OarJob:
         types=tuple(str(job_type) for job_type in item.get("types") or ()),
         message=str(item.get("message") or ""),
         nodes=nodes,
+        command=str(item.get("command") or ""),
     )

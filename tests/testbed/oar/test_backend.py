@@ -398,3 +398,41 @@ def test_oar_too_slow_then_the_retry_adopts_what_oar_made(site: Site, oar_url: s
     site.provision()
     ours = [job for job in oar_client.reservations(site.start, site.start + HOUR) if job.name == job_name(lease_id)]
     assert [job.id for job in ours] == [job_of(site, lease_id)]
+
+
+def test_deploy_jobs_install_the_lease_image_only_where_needed(
+    site: Site, oar_client: OarClient, oar_users: tuple[str, ...]
+) -> None:
+    """Image-per-slot provisioning: a deploy reservation runs the site's deploy command for the nodes whose previous
+    lease ran another image; a node that already runs the image is not reprovisioned."""
+    site.backend.job_type = "deploy"
+    site.backend.deploy_command = "/usr/local/sbin/sfa-omf-deploy"
+    for name in ("dnode1", "dnode2"):  # scripts/oar.sh's deploy=YES nodes
+        site.aggregate.inventory.add_node(NodeSpec(node_urn(name), name))
+
+    def book(nodes: list[str], start: datetime, *images: str) -> None:
+        person = site.pki.users["alice"]
+        body = "".join(
+            f'<node client_id="{n}" component_id="{node_urn(n)}" exclusive="true">'
+            f'<sliver_type name="raw-pc"><disk_image name="{image}"/></sliver_type></node>'
+            for n, image in zip(nodes, images * len(nodes), strict=False)
+        )
+        rspec = f'<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3">{body}</rspec>'
+        site.aggregate.allocate(person.chain, site.pki.slice_urn, [person.slice_cred], rspec, Site.window(start))
+
+    book(["dnode1", "dnode2"], site.start, "debian12")
+    book(["dnode1"], site.start + HOUR, "debian12")
+    book(["dnode2"], site.start + 2 * HOUR, "ubuntu2404")
+    site.provision()
+    jobs = [oar_client.job(job_of(site, lease)) for lease in site.lease_ids()]
+    assert all(job is not None and job.types == ("deploy",) for job in jobs)
+    assert [job.command for job in jobs if job] == [
+        "/usr/local/sbin/sfa-omf-deploy debian12 dnode1,dnode2",
+        "",  # dnode1 runs debian12 from the previous slot on: not reprovisioned
+        "/usr/local/sbin/sfa-omf-deploy ubuntu2404 dnode2",
+    ]
+    site.delete()
+    book(["dnode1", "dnode2"], site.start, "debian12", "ubuntu2404")  # one lease, two images
+    with pytest.raises(GeniError) as mixed:
+        site.provision()
+    assert mixed.value.code == 1 and "one disk image per lease" in mixed.value.message
