@@ -20,14 +20,16 @@ import pytest
 from sqlalchemy import update
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.models import OarJob as OarJobRow
 from sfa_omf.calendar.policy import Policy
-from sfa_omf.calendar.records import NodeSpec
+from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.errors import GeniCode, GeniError
 from sfa_omf.registry.accounts import Accounts, derived_login
 from sfa_omf.testbed.oar.backend import OarTestbed
-from sfa_omf.testbed.oar.client import OarClient
+from sfa_omf.testbed.oar.client import OarClient, OarJob
 from sfa_omf.testbed.oar.jobs import DELETED, SUBMITTED, SUBMITTING, job_name
 from sfa_omf.testbed.unix_accounts import UnixAccounts
 from sfa_omf.times import format_time
@@ -436,3 +438,76 @@ def test_deploy_jobs_install_the_lease_image_only_where_needed(
     with pytest.raises(GeniError) as mixed:
         site.provision()
     assert mixed.value.code == 1 and "one disk image per lease" in mixed.value.message
+
+
+def test_a_job_that_cannot_be_resubmitted_reads_failed_with_oars_words(
+    site: Site, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    """The job vanished and a local user took the slot in OAR meanwhile: the reconciler cannot resubmit, and Status
+    says so (geni_failed, OAR's refusal in geni_error)."""
+    site.allocate(["node8"], site.start)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    lost = job_of(site, lease_id)
+    oar_client.delete_job(lost, user="alice")
+    wait_for_job(oar_client, lost, {"Error", "Terminated"})
+    oar_jobs.submit(user="bob", nodes=["node8"], start=site.start, walltime_s=3599, name="bob-took-it")
+    report = site.backend.reconcile()
+    assert lease_id in report.failed and "could run at" in report.failed[lease_id]
+    (sliver,) = site.status()
+    assert sliver["geni_operational_status"] == "geni_failed"
+    assert sliver["geni_error"].startswith("OAR refused to reserve it again") and "could run at" in sliver["geni_error"]
+
+
+class _StateOnlyClient:
+    """Stands in for OAR only to walk every job state: the short-lived ones (toLaunch, Launching, toAckReservation,
+    Finishing...) cannot be caught reliably on a real OAR. Everything else in this file runs against the real one."""
+
+    timeout_s = 1.0
+    admin_user = "oar"
+
+    def __init__(self) -> None:
+        self.state = "Waiting"
+
+    def job(self, job_id: int, *, with_nodes: bool = False) -> OarJob:
+        return OarJob(job_id, self.state, "Scheduled", "alice", "x", None, 3599, ("noop",), "OAR's words")
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("Waiting", "geni_notready"),
+        ("Hold", "geni_notready"),
+        ("toAckReservation", "geni_configuring"),
+        ("toLaunch", "geni_configuring"),
+        ("Launching", "geni_configuring"),
+        ("Running", "geni_ready"),
+        ("Suspended", "geni_notready"),
+        ("Resuming", "geni_configuring"),
+        ("Finishing", "geni_notready"),
+        ("Terminated", "geni_notready"),
+        ("Error", "geni_failed"),
+    ],
+)
+def test_every_oar_state_maps_to_a_geni_state(tmp_path: Path, state: str, expected: str) -> None:
+    database = Database(sqlite_url(str(tmp_path / "states.sqlite")))
+    database.upgrade()
+    client = _StateOnlyClient()
+    client.state = state
+    backend = OarTestbed(client, database, "testbed", cache_s=0)  # type: ignore[arg-type]
+    Inventory(database).add_node(NodeSpec(node_urn("node5"), "node5"))
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + 2 * HOUR
+    (booked,) = (
+        Bookings(database)
+        .book(
+            "urn:publicid:IDN+testbed+slice+s",
+            start + 10 * HOUR,
+            [BookingRequest(node_urn("node5"), start, start + HOUR)],
+        )
+        .leases
+    )
+    lease = Bookings(database).mark_provisioned(booked.id)
+    backend.jobs.set(lease.id, SUBMITTED, owner="alice", job_id=7)
+    health = backend.health(lease.slivers[0], lease, datetime.now(UTC))
+    assert health.operational_state == expected
+    assert (health.error == "OAR job 7: OAR's words") == (expected == "geni_failed")
