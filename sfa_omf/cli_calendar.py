@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -19,7 +18,8 @@ from sfa_omf.calendar.inventory import NODE_STATES, Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, NodeSpec
 from sfa_omf.calendar.slices import Slices
-from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config
+from sfa_omf.cli_common import command_settings
+from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.times import format_time, parse_time
@@ -115,17 +115,8 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     return slices  # type: ignore[no-any-return]
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    path = args.config or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
-    if not os.path.exists(path):
-        raise BadArgs(
-            f"no configuration file {path}: give --config FILE (sfa-omf init DIR writes DIR/{CONFIG_FILE_NAME})"
-        )
-    return read_config(path)
-
-
 def _database(args: argparse.Namespace) -> Database:
-    return Database(_settings(args).calendar_url)
+    return Database(command_settings(args).calendar_url)
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -148,7 +139,7 @@ def _node_import(args: argparse.Namespace) -> int:
     from sfa_omf.testbed.oar.client import OarClient, OarError
     from sfa_omf.testbed.oar.importer import import_nodes
 
-    settings = _settings(args)
+    settings = command_settings(args)
     url = args.from_oar or settings.oar_api_url
     client = OarClient(url, timeout_s=settings.oar_timeout_s, server_timezone=settings.oar_timezone or None)
     print(f"reading OAR's resources from {url} ...", file=sys.stderr)

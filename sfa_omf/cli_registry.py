@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config
+from sfa_omf.cli_common import command_settings
+from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs
 from sfa_omf.registry.admin import RegistryAdmin
 from sfa_omf.registry.authority import LocalAuthority
@@ -86,15 +86,8 @@ def add_registry_commands(
     roots.set_defaults(handler=_trust_list)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    path = args.config or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
-    if not os.path.exists(path):
-        raise BadArgs(f"no configuration file {path}: give --config FILE (sfa-omf init DIR writes one)")
-    return read_config(path)
-
-
 def _admin(args: argparse.Namespace) -> RegistryAdmin:
-    settings = _settings(args)
+    settings = command_settings(args)
     database = Database(settings.calendar_url)
     database.upgrade()
     authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
@@ -207,7 +200,7 @@ def _slice_add_researcher(args: argparse.Namespace) -> int:
 
 
 def _trust_add_root(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = command_settings(args)
     with open(args.file, "rb") as handle:
         anchor, added = add_trusted_root(settings.trusted_roots_dir, handle.read(), utcnow())
     if added:
@@ -218,7 +211,7 @@ def _trust_add_root(args: argparse.Namespace) -> int:
 
 
 def _trust_list(args: argparse.Namespace) -> int:
-    roots = load_trusted_roots(_settings(args).trusted_roots_dir)
+    roots = load_trusted_roots(command_settings(args).trusted_roots_dir)
     facts: list[dict[str, str]] = [
         {"hrn": gid.hrn, "urn": gid.urn or "", "expires": format_time(gid.not_after), "sha256": gid.fingerprint}
         for gid in roots.anchors

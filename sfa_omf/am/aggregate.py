@@ -363,13 +363,16 @@ class Aggregate:
         self._remember_users(slice_urn, options)
         owner = self.accounts.login_for(verified.owner_urn, slice_urn)
         accounts = self._local_accounts(slice_urn, also=verified.owner_urn)
-        if self.unix_accounts is not None and any(lease.state == "allocated" for lease in leases):
-            self.unix_accounts.set_slice_keys(accounts, slice_urn)
-        for lease in leases:
-            if lease.state == "allocated":
-                # The testbed first: if it is down the booking stays allocated and a retry works later.
-                self.backend.provision(lease, owner, accounts)
-                self.bookings.mark_provisioned(lease.id)
+        pending = [lease for lease in leases if lease.state == "allocated"]
+        if self.unix_accounts is not None and pending:
+            for account in accounts:  # the testbed may need them (OAR runs jobs as them); keys come after
+                self.unix_accounts.ensure(account.login)
+        for lease in pending:
+            # The testbed first: if it is down the booking stays allocated and a retry works later.
+            self.backend.provision(lease, owner, accounts)
+            self.bookings.mark_provisioned(lease.id)
+        if self.unix_accounts is not None and pending:
+            self.unix_accounts.set_slice_keys(accounts, slice_urn)  # logins work once the slice is provisioned
         return self._describe_slice(slice_urn, sliver_urns)
 
     def renew(
