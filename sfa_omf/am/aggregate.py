@@ -430,6 +430,7 @@ class Aggregate:
         leases = self._leases(slice_urn, sliver_urns)
         if event == Event.UPDATE_USERS:
             # GENI: geni_users is the complete new set; keys left out stop working. No list is no "remove all".
+            before = {account.login for account in self._local_accounts(slice_urn)}
             if not self._remember_users(slice_urn, options, replace=True):
                 raise BadArgs(
                     "geni_update_users needs the option geni_users: the complete list of users and their keys "
@@ -438,6 +439,8 @@ class Aggregate:
             accounts = self._local_accounts(slice_urn)
             if self.unix_accounts is not None and any(lease.state == "provisioned" for lease in leases):
                 self.unix_accounts.set_slice_keys(accounts, slice_urn)
+                # A user left out of the list: their account loses this slice's keys too.
+                self.unix_accounts.remove_slice_keys(before - {account.login for account in accounts}, slice_urn)
             for lease in leases:
                 if lease.state == "provisioned":
                     self.backend.update_users(lease, accounts)

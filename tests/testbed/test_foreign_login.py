@@ -33,6 +33,7 @@ from tests.conftest import DemoPki
 from tests.tls_harness import Listener, proxy
 
 ALICE = "urn:publicid:IDN+onelab:inria+user+alice"
+BOB = "urn:publicid:IDN+onelab:inria+user+bob"
 MYSLICE = "urn:publicid:IDN+onelab:inria+slice+myslice"
 NODE = "urn:publicid:IDN+testbed+node+node1"
 
@@ -134,16 +135,22 @@ def test_a_foreign_user_books_and_logs_in_under_the_mapped_account(
     sfa = vectors / "sfa"
     client = proxy(url, str(sfa / "gids" / "onelab.inria.alice.gid"), str(sfa / "keys" / "onelab.inria.alice.pkey"))
     slice_cred = (sfa / "creds" / "alice.myslice.slice.cred").read_text()
-    login = derived_login(ALICE)
-    first, second = user_key(tmp_path, "laptop"), user_key(tmp_path, "desktop")
-    subprocess.run(["userdel", "-r", login], capture_output=True, check=False)  # a previous run's account
+    login, bob_login = derived_login(ALICE), derived_login(BOB)
+    first, second, bobs = user_key(tmp_path, "laptop"), user_key(tmp_path, "desktop"), user_key(tmp_path, "bob")
+    for account in (login, bob_login):  # a previous run's accounts
+        subprocess.run(["userdel", "-r", account], capture_output=True, check=False)
     try:
         start = utcnow().replace(second=0, microsecond=0)  # her slot is now
         request = (
             '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3">'
             f'<node client_id="n1" component_id="{NODE}" exclusive="true"/></rspec>'
         )
-        users = {"geni_users": [{"urn": ALICE, "keys": [first.with_suffix(".pub").read_text().strip()]}]}
+        users = {
+            "geni_users": [
+                {"urn": ALICE, "keys": [first.with_suffix(".pub").read_text().strip()]},
+                {"urn": BOB, "keys": [bobs.with_suffix(".pub").read_text().strip()]},
+            ]
+        }
         window = {"geni_start_time": format_time(start), "geni_end_time": format_time(start + timedelta(hours=1))}
         ok(client.Allocate(MYSLICE, [slice_cred], request, {**users, **window}))
         assert ssh_as(login, first, sshd).returncode != 0, "no account, no login before Provision"
@@ -152,11 +159,14 @@ def test_a_foreign_user_books_and_logs_in_under_the_mapped_account(
         logged_in = ssh_as(login, first, sshd)
         assert logged_in.returncode == 0, logged_in.stderr
         assert logged_in.stdout.strip() == login
+        assert ssh_as(bob_login, bobs, sshd).returncode == 0, "each user under their own account"
+        assert ssh_as(login, bobs, sshd).returncode != 0, "and not under another's"
         # geni_update_users carries the complete list: the laptop key is replaced by the desktop key.
         new_users = {"geni_users": [{"urn": ALICE, "keys": [second.with_suffix(".pub").read_text().strip()]}]}
         ok(client.PerformOperationalAction([MYSLICE], [slice_cred], "geni_update_users", new_users))
         assert ssh_as(login, second, sshd).returncode == 0
         assert ssh_as(login, first, sshd).returncode != 0, "a key removed from the slice stops working"
+        assert ssh_as(bob_login, bobs, sshd).returncode != 0, "a user left out of the list loses access"
         no_list = client.PerformOperationalAction([MYSLICE], [slice_cred], "geni_update_users", {})
         assert no_list["code"]["geni_code"] == 1 and "complete list" in no_list["output"]
         assert ssh_as(login, second, sshd).returncode == 0, "an update without a list wipes nothing"
@@ -168,7 +178,8 @@ def test_a_foreign_user_books_and_logs_in_under_the_mapped_account(
         refused = mallory.Allocate("urn:publicid:IDN+evil:lab+slice+myslice", [mallory_cred], request, {})
         assert refused["code"]["geni_code"] == 3 and "trusted" in refused["output"], refused
     finally:
-        subprocess.run(["userdel", "-r", login], capture_output=True, check=False)
+        for account in (login, bob_login):
+            subprocess.run(["userdel", "-r", account], capture_output=True, check=False)
 
 
 def test_keys_blocks_are_per_slice(tmp_path: Path) -> None:
