@@ -159,6 +159,9 @@ class OarTestbed:
         except (OarError, ValueError) as exc:
             self.jobs.forget(lease.id)
             raise GeniError(Reason.TESTBED, f"OAR refused the reservation: {exc}") from exc
+        except GeniError:  # refused before OAR was asked (e.g. two disk images in one deploy lease)
+            self.jobs.forget(lease.id)
+            raise
         self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
         log.info("lease %s is OAR job %d (owner %s)", lease.id, job_id, owner)
 
@@ -184,8 +187,11 @@ class OarTestbed:
         try:
             new_id = self._submit(renewed, row.owner)
         except OarRefused as exc:
-            restored = self._submit(lease, row.owner)  # the old window was ours a moment ago
-            self.jobs.set(lease.id, SUBMITTED, job_id=restored)
+            try:
+                restored = self._submit(lease, row.owner)  # the old window was ours a moment ago
+                self.jobs.set(lease.id, SUBMITTED, job_id=restored)
+            except OarError as lost:  # taken meanwhile, or OAR went away: the reconciler resubmits or says it failed
+                log.warning("lease %s: OAR job %d could not be put back: %s", lease.id, job.id, lost.message)
             when = f"; OAR says it could run at {format_time(exc.could_run_at)}" if exc.could_run_at else ""
             raise GeniError(
                 Reason.BOOKING_CONFLICT,
