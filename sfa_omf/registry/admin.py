@@ -18,6 +18,7 @@ from sfa_omf.registry.api import DEFAULT_SLICE_LIFETIME
 from sfa_omf.registry.authority import LocalAuthority, write_new_file
 from sfa_omf.registry.bootstrap import sfi_config
 from sfa_omf.registry.records import Record, Records
+from sfa_omf.testbed.unix_accounts import is_ssh_public_key
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import chain_pem
 from sfa_omf.trust.pki import private_key_pem
@@ -32,8 +33,7 @@ class NewUser:
 
 def _valid_ssh_key(key: str) -> str:
     key = key.strip()
-    parts = key.split()
-    if "\n" in key or len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+    if not is_ssh_public_key(key):
         raise BadArgs(f"not an SSH public key (expected 'ssh-ed25519 AAAA... comment'): {key[:40]!r}")
     return key
 

@@ -32,8 +32,8 @@ class LocalAccount:
     ssh_keys: tuple[str, ...]
 
 
-def _valid_key(key: str) -> bool:
-    # One line, "type base64 [comment]": anything else (options, newlines) could change what the key allows.
+def is_ssh_public_key(key: str) -> bool:
+    """One line, "type base64 [comment]": anything else (options, newlines) could change what the key allows."""
     parts = key.split()
     return "\n" not in key and "\r" not in key and len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-", "sk-"))
 
@@ -96,7 +96,7 @@ class UnixAccounts:
     def set_slice_keys(self, accounts: Iterable[LocalAccount], slice_urn: str) -> None:
         """Each account exists and its block for the slice holds exactly the account's keys."""
         for account in accounts:
-            keys = [key.strip() for key in account.ssh_keys if _valid_key(key.strip())]
+            keys = [key.strip() for key in account.ssh_keys if is_ssh_public_key(key.strip())]
             self._rewrite(self.ensure(account.login), slice_urn, keys)
 
     def remove_slice_keys(self, logins: Iterable[str], slice_urn: str) -> None:
