@@ -282,7 +282,7 @@ class Bookings:
             for request, node in sorted(members, key=lambda member: member[1].id):
                 session.add(
                     Sliver(
-                        urn=f"urn:publicid:IDN+{self.sliver_authority}+sliver+{uuid.uuid4().hex}",
+                        urn=new_sliver_urn(self.sliver_authority),
                         lease=lease,
                         node=node,
                         start_s=window[0],
@@ -350,7 +350,7 @@ class Bookings:
             lease = _find_lease(session, lease_id, lock=True)
             if lease.state in ACTIVE_LEASE_STATES:
                 lease.state = "cancelled"
-                _release(lease.slivers)
+                release_slivers(lease.slivers)
             return lease_record(lease)
 
     def mark_provisioned(self, lease_id: str) -> LeaseRecord:
@@ -389,7 +389,7 @@ class Bookings:
             ).all()
             for lease in leases:
                 lease.state = "expired"
-                _release(lease.slivers)
+                release_slivers(lease.slivers)
             return [lease_record(lease) for lease in leases]
 
     def retire_ended(self) -> list[LeaseRecord]:
@@ -403,7 +403,7 @@ class Bookings:
             ).all()
             for lease in leases:
                 lease.state = "ended"
-                _release(lease.slivers)
+                release_slivers(lease.slivers)
             return [lease_record(lease) for lease in leases]
 
     # -- reading ----------------------------------------------------------------------------------------------
@@ -504,7 +504,13 @@ def _external_labels(session: Session, start_s: int, end_s: int, node_ids: set[i
     return {node_id: ", ".join(found) for node_id, found in labels.items()}
 
 
-def _release(slivers: Iterable[Sliver]) -> None:
+def new_sliver_urn(sliver_authority: str) -> str:
+    """A fresh sliver URN under the aggregate's authority (``sliver_authority`` in URN form, ':' for '.')."""
+    return f"urn:publicid:IDN+{sliver_authority}+sliver+{uuid.uuid4().hex}"
+
+
+def release_slivers(slivers: Iterable[Sliver]) -> None:
+    """The slivers hold their nodes no more."""
     for sliver in slivers:
         sliver.holds_node = False
         sliver.allocation_state = "geni_unallocated"

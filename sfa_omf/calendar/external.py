@@ -18,6 +18,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from sfa_omf.calendar.booking import new_sliver_urn, release_slivers
 from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.intervals import overlaps
 from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
@@ -84,9 +85,7 @@ class ExternalHolds:
                     report.kept += 1
                     continue
                 lease.state = "cancelled"  # vanished or changed: released (a changed one is added again below)
-                for sliver in lease.slivers:
-                    sliver.holds_node = False
-                    sliver.allocation_state = "geni_unallocated"
+                release_slivers(lease.slivers)
                 if hold is None:
                     report.removed.append(key)
             session.flush()
@@ -121,7 +120,7 @@ class ExternalHolds:
                 for node in sorted(members, key=lambda member: member.id):
                     session.add(
                         Sliver(
-                            urn=f"urn:publicid:IDN+{self.authority_hrn.replace('.', ':')}+sliver+{uuid.uuid4().hex}",
+                            urn=new_sliver_urn(self.authority_hrn.replace(".", ":")),
                             lease=lease,
                             node=node,
                             start_s=window[0],

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 from sfa_omf.am.states import Operational
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.external import ExternalHold, ExternalHolds
+from sfa_omf.calendar.external import ExternalHold, ExternalHolds, SyncReport
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, SliverRecord
 from sfa_omf.errors import GeniError, Reason
@@ -267,7 +267,7 @@ class OarTestbed:
         )
 
     # -- OAR's own reservations -----------------------------------------------------------------------------------
-    def refresh_external(self) -> Any:
+    def refresh_external(self) -> SyncReport:
         """Mirror the reservations made directly in OAR (within the advertised horizon) into the calendar."""
         now = self.clock()
         jobs = self.client.reservations(now, now + self.horizon)
