@@ -58,13 +58,18 @@ class Reader:
             self.report(element, f"{name}={value!r} is not a boolean; expected true or false")
         return _BOOLEANS.get(value)
 
-    def positive_int(self, element: etree._Element, name: str, unit: str, required: bool = False) -> int | None:
-        """A whole number greater than zero, counted in ``unit`` (for the message)."""
+    def positive_int(
+        self, element: etree._Element, name: str, unit: str, required: bool = False, maximum: int | None = None
+    ) -> int | None:
+        """A whole number greater than zero and at most ``maximum``, counted in ``unit`` (for the message)."""
         value = self.text(element, name, required)
         if value is None:
             return None
-        if not _INTEGER.match(value) or int(value) <= 0:
-            self.report(element, f"{name}={value!r} is not a whole number of {unit} greater than zero")
+        if not _INTEGER.match(value) or len(value) > 30 or int(value) <= 0:
+            self.report(element, f"{name}={value[:40]!r} is not a whole number of {unit} greater than zero")
+            return None
+        if maximum is not None and int(value) > maximum:
+            self.report(element, f"{name}={value[:40]} is out of range: at most {maximum} {unit} (ten years)")
             return None
         return int(value)
 

@@ -85,6 +85,7 @@ class Settings:
     allocation_ttl_s: int = 600
     max_duration_s: int = 7 * DAY_S
     max_advance_s: int = 90 * DAY_S
+    max_nodes_per_request: int = 1000
     horizon_days: int = 14
     free_windows: int = 10
     max_request_bytes: int = 4 * 1024 * 1024
@@ -185,6 +186,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("allocation_ttl_s", "sfa_omf", "allocation_ttl_s", "count", "an allocation not provisioned is freed after"),
     Option("max_duration_s", "sfa_omf", "max_duration_s", "count", "longest lease, in seconds"),
     Option("max_advance_s", "sfa_omf", "max_advance_s", "count", "how far ahead a lease may start, in seconds"),
+    Option("max_nodes_per_request", "sfa_omf", "max_nodes_per_request", "count", "most nodes one request may name"),
     Option("horizon_days", "sfa_omf", "horizon_days", "count", "how many days of availability are advertised"),
     Option("free_windows", "sfa_omf", "free_windows", "count", "free windows advertised per node"),
     Option("max_request_bytes", "sfa_omf", "max_request_bytes", "count", "largest XML-RPC request accepted"),

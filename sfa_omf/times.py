@@ -11,6 +11,7 @@ Accepted inputs (what sfi.py and omni send):
 from __future__ import annotations
 
 import re
+import xmlrpc.client
 from datetime import UTC, datetime, timedelta
 
 from dateutil import parser as dateutil_parser
@@ -39,15 +40,41 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def parse_time(value: str | int | float | datetime, now: datetime | None = None) -> datetime:
-    """Parse a time as the clients send it; return an aware UTC datetime. Raise BadArgs with the accepted forms."""
+#: The range of times accepted anywhere: wide enough for any booking, narrow enough that adding a policy's longest
+#: duration can never overflow. A time outside it is a bad argument; a time inside it but beyond what the operator
+#: allows is the calendar's policy refusal.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+_ACCEPTED_FORMS = "RFC 3339 (2026-12-01T10:00:00Z), a date (2026-12-01), epoch seconds, or +Nh/+Nd/+Nw/+Nm"
+
+
+def parse_time(value: object, now: datetime | None = None) -> datetime:
+    """Parse a time as the clients send it; return an aware UTC datetime between EARLIEST and LATEST.
+
+    Raise BadArgs naming the accepted forms for anything else: another type, unreadable text, or a time out of range
+    (never an OverflowError from the arithmetic).
+    """
+    if isinstance(value, xmlrpc.client.DateTime):  # XML-RPC's dateTime.iso8601, which carries no offset: UTC
+        value = value.value
+    if isinstance(value, bool) or not isinstance(value, str | int | float | datetime):
+        raise BadArgs(f"a time must be a string ({_ACCEPTED_FORMS}), not {type(value).__name__}")
+    try:
+        moment = _parse(value, now)
+    except (OverflowError, OSError, ValueError) as exc:
+        raise BadArgs(_out_of_range(value)) from exc
+    if not EARLIEST <= moment < LATEST:
+        raise BadArgs(_out_of_range(value))
+    return moment
+
+
+def _parse(value: str | int | float | datetime, now: datetime | None) -> datetime:
     if isinstance(value, datetime):
         return as_utc(value)
-    if isinstance(value, bool):
-        raise BadArgs(f"{value!r} is not a time")
     if isinstance(value, int | float):
         return _from_epoch(value)
     text = value.strip()
+    if len(text) > 64:  # the longest accepted form is about 35 characters
+        raise BadArgs(f"cannot read {text[:40]!r}... as a time: use {_ACCEPTED_FORMS}")
     shorthand = _SHORTHAND.match(text)
     if shorthand:
         count, unit = int(shorthand.group(1)), shorthand.group(2)
@@ -56,19 +83,23 @@ def parse_time(value: str | int | float | datetime, now: datetime | None = None)
         return _from_epoch(float(text))
     try:
         parsed = dateutil_parser.isoparse(text)
-    except (ValueError, OverflowError) as exc:
-        raise BadArgs(
-            f"cannot read {text!r} as a time: use RFC 3339 (2026-12-01T10:00:00Z), a date (2026-12-01), "
-            "epoch seconds, or +Nh/+Nd/+Nw/+Nm"
-        ) from exc
+    except ValueError as exc:
+        raise BadArgs(f"cannot read {text[:80]!r} as a time: use {_ACCEPTED_FORMS}") from exc
     return as_utc(parsed)
 
 
+def _out_of_range(value: object) -> str:
+    shown = value.strip()[:80] if isinstance(value, str) else value
+    return (
+        f"time {shown!r} is out of range: times from {EARLIEST:%Y-%m-%d} to before {LATEST:%Y-%m-%d} are accepted "
+        "(and the operator's policy limits how far ahead a booking may be)"
+    )
+
+
 def _from_epoch(seconds: float) -> datetime:
-    try:
-        return datetime.fromtimestamp(seconds, UTC)
-    except (OverflowError, OSError, ValueError) as exc:
-        raise BadArgs(f"epoch time {seconds!r} is out of range") from exc
+    if seconds != seconds:  # NaN compares unequal to itself
+        raise BadArgs("epoch time NaN is not a time")
+    return datetime.fromtimestamp(seconds, UTC)  # OverflowError/OSError/ValueError: out of range, said by the caller
 
 
 def format_time(moment: datetime) -> str:

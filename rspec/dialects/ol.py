@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from lxml import etree
 
+from rspec.model import MAX_DURATION
 from rspec.namespaces import ol
 from rspec.reading import Reader
 
@@ -71,7 +72,7 @@ def _read_lease(reader: Reader, element: etree._Element) -> OlLease | None:
     before = len(reader.problems)
     start = reader.rfc3339(element, "valid_from")
     until = reader.rfc3339(element, "valid_until")
-    seconds = reader.positive_int(element, "duration", "seconds")
+    seconds = reader.positive_int(element, "duration", "seconds", maximum=int(MAX_DURATION.total_seconds()))
     if len(reader.problems) > before:
         return None  # an unreadable time or duration, reported
     fixed = start is not None and (until is None) != (seconds is None)

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 
 from lxml import etree
 
+from rspec.model import MAX_DURATION
 from rspec.namespaces import geni
 from rspec.reading import Reader
 
@@ -39,7 +40,9 @@ def read_leases(reader: Reader, root: etree._Element, grain: timedelta) -> list[
     for element in root.iterchildren(LEASE):
         before = len(reader.problems)
         start = reader.epoch_or_rfc3339(element, "start_time")
-        grains = reader.positive_int(element, "duration", "grains", required=True)
+        grains = reader.positive_int(
+            element, "duration", "grains", required=True, maximum=MAX_DURATION // grain if grain else None
+        )
         component_ids = [_component_id(reader, node) for node in element.iterchildren(NODE)]
         if not component_ids:
             reader.report(element, 'a lease lists the nodes it books: <node component_id="..."/>')

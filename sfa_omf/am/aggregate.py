@@ -171,7 +171,7 @@ class Aggregate:
     # -- ListResources --------------------------------------------------------------------------------------------
     def list_resources(self, caller_chain: GidChain, credentials: Any, options: Mapping[str, Any]) -> str:
         self.authorize("ListResources", caller_chain, credentials, None, options)
-        _check_rspec_version(options, required=True)
+        _check_rspec_version(options, required=True, method="ListResources")
         now = self.clock()
         nodes = self.inventory.list_nodes(federated_only=True)
         if options.get("geni_available"):
@@ -233,6 +233,7 @@ class Aggregate:
     ) -> dict[str, Any]:
         _check_urn(slice_urn, "slice")
         verified = self.authorize("Allocate", caller_chain, credentials, slice_urn, options)
+        users = _users_sent(options)
         now = self.clock()
         request = parse_request(
             rspec,
@@ -242,6 +243,12 @@ class Aggregate:
             ),
             allocate_options=dict(options),
         )
+        if len(request.nodes) > self.policy.max_nodes_per_request:
+            raise GeniError(
+                Reason.POLICY,
+                f"the request names {len(request.nodes)} nodes; this aggregate books at most "
+                f"{self.policy.max_nodes_per_request} per request (policy rule max_nodes_per_request): split it",
+            )
         wanted: list[BookingRequest] = []
         for lease in request.leases:
             start = lease.start
@@ -261,15 +268,23 @@ class Aggregate:
                         disk_image=node.disk_image or "",
                     )
                 )
+        users_before = self._users_of(slice_urn)
         result = self.bookings.book(
             slice_urn,
             verified.expires,
             wanted,
             owner_urn=verified.owner_urn,
             best_effort=bool(options.get("geni_best_effort")),
+            users=users,
         )
-        self._remember_users(slice_urn, options)
-        answer = self._describe_slice(slice_urn, None)
+        try:
+            answer = self._describe_slice(slice_urn, None)
+        except BaseException:
+            # The call fails, so nothing it wrote may stay: the leases go, and the slice's users are as they were.
+            self.bookings.discard(lease.id for lease in result.leases)
+            if users:
+                self.slices.update_users(slice_urn, users_before, replace=True)
+            raise
         # geni_best_effort: what could not be booked is reported per requested node, with why and when it is free.
         answer["geni_slivers"] += [
             {
@@ -294,18 +309,14 @@ class Aggregate:
             )
         return str(node.component_id)
 
-    def _remember_users(self, slice_urn: str, options: Mapping[str, Any], replace: bool = False) -> bool:
-        """Keep the users and keys a call sent (geni_users, sfa_users): merged into the slice's, or, with
-        ``replace`` (geni_update_users, whose list is the complete set), instead of them. False: none were sent."""
-        users: dict[str, list[str]] = {}
-        for key in ("geni_users", "sfa_users"):
-            for user in options.get(key) or []:
-                if isinstance(user, dict) and user.get("urn"):
-                    keys = user.get("keys") or []
-                    users.setdefault(str(user["urn"]), []).extend(str(k) for k in keys if isinstance(k, str))
-        if users:
-            self.slices.update_users(slice_urn, users, replace=replace)
-        return bool(users)
+    def _users_of(self, slice_urn: str) -> dict[str, list[str]]:
+        """The slice's users and keys as they are now (none for a slice not seen yet)."""
+        try:
+            return {user.user_urn: list(user.ssh_keys) for user in self.slices.get(slice_urn).users}
+        except GeniError as error:
+            if error.reason != Reason.NOT_FOUND:
+                raise
+            return {}
 
     def ticket(
         self, caller_chain: GidChain, slice_urn: str, credentials: Any, rspec: str, options: Mapping[str, Any]
@@ -339,7 +350,7 @@ class Aggregate:
     ) -> dict[str, Any]:
         slice_urn, sliver_urns = self._resolve(urns)
         self.authorize("Describe", caller_chain, credentials, slice_urn, options)
-        _check_rspec_version(options, required=False)
+        _check_rspec_version(options, required=True, method="Describe")
         answer = self._describe_slice(slice_urn, sliver_urns)
         answer["geni_rspec"] = _maybe_compressed(answer["geni_rspec"], options)
         return answer
@@ -360,17 +371,26 @@ class Aggregate:
         leases = self._leases(slice_urn, sliver_urns)
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no allocated slivers here to provision")
-        self._remember_users(slice_urn, options)
+        users = _users_sent(options)
         owner = self.accounts.login_for(verified.owner_urn, slice_urn)
-        accounts = self._local_accounts(slice_urn, also=verified.owner_urn)
+        accounts = self._local_accounts(slice_urn, also=verified.owner_urn, sent=users)
         pending = [lease for lease in leases if lease.state == "allocated"]
         if self.unix_accounts is not None and pending:
             for account in accounts:  # the testbed may need them (OAR runs jobs as them); keys come after
                 self.unix_accounts.ensure(account.login)
-        for lease in pending:
-            # The testbed first: if it is down the booking stays allocated and a retry works later.
-            self.backend.provision(lease, owner, accounts)
-            self.bookings.mark_provisioned(lease.id)
+        done: list[LeaseRecord] = []
+        try:
+            for lease in pending:
+                # The testbed first: if it is down the booking stays allocated and a retry works later.
+                self.backend.provision(lease, owner, accounts)
+                done.append(lease)
+            # Recorded whole: every lease provisioned and the users sent, in one unit of work.
+            self.bookings.mark_provisioned_all([lease.id for lease in pending], slice_urn, users)
+        except BaseException:
+            self._release_quietly(done)  # nothing half-provisioned: the retry provisions all of them again
+            raise
+        if not pending and users:
+            self.slices.update_users(slice_urn, users)  # Provision again, with more users: they are kept
         if self.unix_accounts is not None and pending:
             self.unix_accounts.set_slice_keys(accounts, slice_urn)  # logins work once the slice is provisioned
         return self._describe_slice(slice_urn, sliver_urns)
@@ -429,22 +449,7 @@ class Aggregate:
         event = operational_action(str(action))
         leases = self._leases(slice_urn, sliver_urns)
         if event == Event.UPDATE_USERS:
-            # GENI: geni_users is the complete new set; keys left out stop working. No list is no "remove all".
-            before = {account.login for account in self._local_accounts(slice_urn)}
-            if not self._remember_users(slice_urn, options, replace=True):
-                raise BadArgs(
-                    "geni_update_users needs the option geni_users: the complete list of users and their keys "
-                    "(nothing was changed)"
-                )
-            accounts = self._local_accounts(slice_urn)
-            if self.unix_accounts is not None and any(lease.state == "provisioned" for lease in leases):
-                self.unix_accounts.set_slice_keys(accounts, slice_urn)
-                # A user left out of the list: their account loses this slice's keys too.
-                self.unix_accounts.remove_slice_keys(before - {account.login for account in accounts}, slice_urn)
-            for lease in leases:
-                if lease.state == "provisioned":
-                    self.backend.update_users(lease, accounts)
-            return self._sliver_dicts(slice_urn, sliver_urns)
+            return self._update_users(slice_urn, sliver_urns, leases, options)
         for lease in leases:
             if lease.state != "provisioned":
                 raise GeniError(
@@ -452,8 +457,41 @@ class Aggregate:
                     f"{action} needs provisioned slivers; lease {lease.id} is {lease.state}: Provision first",
                 )
         wanted = Operational.NOTREADY if event == Event.STOP else Operational.READY
-        for lease in leases:
-            self.bookings.set_operational_state(lease.id, wanted)
+        self.bookings.set_operational_states([lease.id for lease in leases], wanted)
+        return self._sliver_dicts(slice_urn, sliver_urns)
+
+    def _update_users(
+        self, slice_urn: str, sliver_urns: set[str] | None, leases: list[LeaseRecord], options: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """geni_update_users: geni_users is the complete new set; keys left out stop working. No list is no
+        "remove all". The testbed follows first; the calendar records the new set only once it has."""
+        users = _users_sent(options)
+        if not users:
+            raise BadArgs(
+                "geni_update_users needs the option geni_users: the complete list of users and their keys "
+                "(nothing was changed)"
+            )
+        old_accounts = self._local_accounts(slice_urn)
+        accounts = self._local_accounts(slice_urn, sent=users, replace=True)
+        provisioned = [lease for lease in leases if lease.state == "provisioned"]
+        updated: list[LeaseRecord] = []
+        try:
+            for lease in provisioned:
+                self.backend.update_users(lease, accounts)
+                updated.append(lease)
+        except BaseException:
+            for lease in updated:  # the call fails: the testbed goes back to the users it had
+                try:
+                    self.backend.update_users(lease, old_accounts)
+                except GeniError as exc:
+                    log.warning("lease %s keeps the new users on the testbed: %s", lease.id, exc.message)
+            raise
+        self.slices.update_users(slice_urn, users, replace=True)
+        if self.unix_accounts is not None and provisioned:
+            self.unix_accounts.set_slice_keys(accounts, slice_urn)
+            # A user left out of the list: their account loses this slice's keys too.
+            gone = {account.login for account in old_accounts} - {account.login for account in accounts}
+            self.unix_accounts.remove_slice_keys(gone, slice_urn)
         return self._sliver_dicts(slice_urn, sliver_urns)
 
     def shutdown(self, caller_chain: GidChain, slice_urn: str, credentials: Any) -> bool:
@@ -513,11 +551,29 @@ class Aggregate:
             raise BadArgs("the slivers named belong to different slices")
         return owners.pop(), slivers
 
-    def _local_accounts(self, slice_urn: str, also: str | None = None) -> list[LocalAccount]:
+    def _release_quietly(self, leases: Sequence[LeaseRecord]) -> None:
+        """Give back on the testbed what a failing call had provisioned there (its error is the one to report)."""
+        for lease in leases:
+            try:
+                self.backend.release(lease)
+            except GeniError as exc:  # the reconciler deletes what is left: the lease is not provisioned here
+                log.warning("could not give back lease %s on the testbed: %s", lease.id, exc.message)
+
+    def _local_accounts(
+        self,
+        slice_urn: str,
+        also: str | None = None,
+        sent: Mapping[str, Sequence[str]] | None = None,
+        replace: bool = False,
+    ) -> list[LocalAccount]:
         """The slice's users grouped by the local login they map to, with their keys: those sent with the slice
         (geni_users, sfa_users) and those registered in the local registry. ``also``: a user (the caller) who
-        must have an account even without keys."""
-        users = {user.user_urn: list(user.ssh_keys) for user in self.slices.get(slice_urn).users}
+        must have an account even without keys. ``sent``: users of this call, not written yet, merged in (or, with
+        ``replace``, instead of the slice's)."""
+        users = {} if replace else {user.user_urn: list(user.ssh_keys) for user in self.slices.get(slice_urn).users}
+        for user_urn, keys in (sent or {}).items():
+            known = users.setdefault(user_urn, [])
+            known.extend(key for key in keys if key not in known)
         if also is not None:
             users.setdefault(also, [])
         by_login: dict[str, tuple[list[str], list[str]]] = {}
@@ -607,6 +663,16 @@ class Aggregate:
         }
 
 
+def _users_sent(options: Mapping[str, Any]) -> dict[str, list[str]]:
+    """The users and keys a call sent (geni_users, sfa_users; checked by the contract): user URN -> keys."""
+    users: dict[str, list[str]] = {}
+    for option in ("geni_users", "sfa_users"):
+        for user in options.get(option) or []:
+            keys = users.setdefault(user["urn"], [])
+            keys.extend(key for key in user["keys"] if key not in keys)
+    return users
+
+
 def _urn_type(urn: str) -> str:
     try:
         return parse_urn(urn).type
@@ -619,13 +685,13 @@ def _check_urn(urn: str, kind: str) -> None:
         raise BadArgs(f"{urn!r} is not a {kind} URN (urn:publicid:IDN+<authority>+{kind}+<name>)")
 
 
-def _check_rspec_version(options: Mapping[str, Any], required: bool) -> None:
+def _check_rspec_version(options: Mapping[str, Any], required: bool, method: str) -> None:
     """Match geni_rspec_version leniently: type (any case) and version (numerically); the schema URL is ignored
     because sfi.py may send a wrong one."""
     version = options.get("geni_rspec_version")
     if version is None:
         if required:
-            raise BadArgs("ListResources needs the option geni_rspec_version, e.g. {type: GENI, version: 3}")
+            raise BadArgs(f"{method} needs the option geni_rspec_version, e.g. {{type: GENI, version: 3}}")
         return
     if not isinstance(version, dict):
         raise BadArgs("geni_rspec_version must be a struct {type, version}")

@@ -9,16 +9,15 @@ GetTicket is refused (UNSUPPORTED): CreateSliver books the time slot directly an
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from sfa_omf.am import contract
 from sfa_omf.am.aggregate import Aggregate
-from sfa_omf.am.dispatch import ApiEndpoint, Method, argument, log, options_at
+from sfa_omf.am.dispatch import ApiEndpoint, Method, log
 from sfa_omf.am.states import Allocation, Operational
-from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.errors import GeniError, Reason
 from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.times import format_time, parse_time
-from sfa_omf.xrn import is_urn, parse_urn
 
 #: v3 operational state -> v2 sliver status (ready, notready, configuring, failed, unknown; shutdown for the slice).
 V2_STATUS: dict[str, str] = {
@@ -32,46 +31,16 @@ V2_STATUS: dict[str, str] = {
 }
 
 
-def _string(params: tuple[Any, ...], index: int, name: str) -> str:
-    value = argument(params, index, name)
-    if not isinstance(value, str) or not value.strip():
-        raise BadArgs(f"argument {index + 1} ({name}) must be a non-empty string")
-    return value
-
-
-def _slice_urn(params: tuple[Any, ...], index: int = 0) -> str:
-    """The slice URN argument, checked: v2 methods name a slice, never slivers."""
-    urn = _string(params, index, "slice URN")
-    try:
-        kind = parse_urn(urn).type if is_urn(urn) else ""
-    except BadArgs:
-        kind = ""
-    if kind != "slice":
-        raise BadArgs(f"{urn!r} is not a slice URN (urn:publicid:IDN+<authority>+slice+<name>)")
-    return urn
-
-
-def _users(value: Any) -> list[dict[str, Any]]:
-    """CreateSliver's users argument: [{urn, keys: [ssh public key, ...]}]; nil is none."""
-    if value is None or value == "":
-        return []
-    if not isinstance(value, list) or not all(isinstance(user, dict) for user in value):
-        raise BadArgs("argument 4 (users) must be a list of structs {urn, keys}")
-    return [dict(user) for user in value]
-
-
 # -- the methods -------------------------------------------------------------------------------------------------
 def get_version(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> dict[str, Any]:
     return {**am.get_version(), "geni_api": 2}
 
 
 def list_resources(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> str:
-    credentials = argument(params, 0, "credentials")
-    options = options_at(params, 1)
-    slice_urn = options.get("geni_slice_urn")
-    if slice_urn is None:
+    credentials, options = params
+    urn = options.get("geni_slice_urn")
+    if urn is None:
         return am.list_resources(ctx.caller_chain, credentials, options)
-    urn = _slice_urn((slice_urn,))
     described = am.describe(ctx.caller_chain, [urn], credentials, options)
     if not described["geni_slivers"]:
         raise GeniError(Reason.NOT_FOUND, f"slice {urn} has no slivers here: CreateSliver first")
@@ -79,11 +48,7 @@ def list_resources(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> 
 
 
 def create_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> str:
-    slice_urn = _slice_urn(params)
-    credentials = argument(params, 1, "credentials")
-    rspec = _string(params, 2, "request rspec")
-    users = _users(params[3] if len(params) > 3 else None)
-    options = options_at(params, 4)
+    slice_urn, credentials, rspec, users, options = params
     if users:
         options["geni_users"] = users
     before = {sliver.urn for lease in am.bookings.leases(slice_urn=slice_urn) for sliver in lease.slivers}
@@ -115,9 +80,7 @@ def overall_status(statuses: list[str]) -> str:
 
 
 def sliver_status(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> dict[str, Any]:
-    slice_urn = _slice_urn(params)
-    credentials = argument(params, 1, "credentials")
-    options = options_at(params, 2)
+    slice_urn, credentials, options = params
     slivers = am.status(ctx.caller_chain, [slice_urn], credentials, options)["geni_slivers"]
     if not slivers:
         if _shut_down(am, slice_urn):
@@ -158,45 +121,36 @@ def _shut_down(am: Aggregate, slice_urn: str) -> bool:
 
 
 def renew_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
-    slice_urn = _slice_urn(params)
-    credentials = argument(params, 1, "credentials")
-    expiration = argument(params, 2, "expiration time")
-    if not isinstance(expiration, str | int | float) or isinstance(expiration, bool):
-        raise BadArgs("argument 3 (expiration time) must be a time string, e.g. 2026-12-01T10:00:00Z")
-    renewed = am.renew(ctx.caller_chain, [slice_urn], credentials, expiration, options_at(params, 3))
+    slice_urn, credentials, expiration, options = params
+    renewed = am.renew(ctx.caller_chain, [slice_urn], credentials, expiration, options)
     if not renewed:
         raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
     return True
 
 
 def delete_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
-    slice_urn = _slice_urn(params)
-    deleted = am.delete(ctx.caller_chain, [slice_urn], argument(params, 1, "credentials"), options_at(params, 2))
+    slice_urn, credentials, options = params
+    deleted = am.delete(ctx.caller_chain, [slice_urn], credentials, options)
     if not deleted:
         raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to delete")
     return True
 
 
 def shutdown(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
-    slice_urn = _slice_urn(params)
-    options_at(params, 2)
-    return am.shutdown(ctx.caller_chain, slice_urn, argument(params, 1, "credentials"))
+    slice_urn, credentials, _ = params
+    return am.shutdown(ctx.caller_chain, slice_urn, credentials)
 
 
 def list_slices(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> list[str]:
     """The slices with a current or future time slot here (SFA's ListSlices; needs the listslices right)."""
-    am.authorize("ListSlices", ctx.caller_chain, argument(params, 0, "credentials"), None)
-    options_at(params, 1)
+    credentials, options = params
+    am.authorize("ListSlices", ctx.caller_chain, credentials, None, options)
     return sorted({lease.slice_urn for lease in am.bookings.leases(start=am.clock())})
 
 
 def get_ticket(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> str:
     """SFA's GetTicket(slice_urn, creds, rspec, users, options): the slots booked, as the aggregate's signed promise."""
-    slice_urn = _slice_urn(params)
-    credentials = argument(params, 1, "credentials")
-    rspec = _string(params, 2, "request rspec")
-    users = _users(params[3] if len(params) > 3 else None)
-    options = options_at(params, 4)
+    slice_urn, credentials, rspec, users, options = params
     if users:
         options["geni_users"] = users
     return am.ticket(ctx.caller_chain, slice_urn, credentials, rspec, options)
@@ -214,22 +168,9 @@ METHODS: dict[str, Method] = {
     "GetTicket": get_ticket,
 }
 
-_SLICE_FIRST = frozenset({"CreateSliver", "SliverStatus", "RenewSliver", "DeleteSliver", "Shutdown", "GetTicket"})
-
-
-def _slice_of(method: str, params: tuple[Any, ...]) -> str:
-    """What the call is about, for the log line."""
-    if method in _SLICE_FIRST and params and isinstance(params[0], str):
-        return params[0][:200]
-    if method == "ListResources" and len(params) > 1 and isinstance(params[1], Mapping):
-        urn = params[1].get("geni_slice_urn")
-        if isinstance(urn, str):
-            return urn[:200]
-    return "-"
-
 
 class ApiV2(ApiEndpoint):
     """AM API v2 over the aggregate."""
 
     def __init__(self, aggregate: Aggregate) -> None:
-        super().__init__(aggregate, 2, METHODS, _slice_of)
+        super().__init__(aggregate, 2, METHODS, contract.V2)

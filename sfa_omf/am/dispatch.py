@@ -11,49 +11,58 @@ from typing import Any
 
 from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.am.envelope import failure, success
-from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
+from sfa_omf.arguments import Signature
+from sfa_omf.errors import GeniCode, GeniError, Reason
 from sfa_omf.server.xmlrpc import CallContext
+from sfa_omf.xrn import is_urn
 
 log = logging.getLogger("sfa_omf.am")
 
+#: A method's implementation: called with the arguments its signature has checked and converted.
 Method = Callable[[Aggregate, CallContext, tuple[Any, ...]], Any]
-SliceOf = Callable[[str, tuple[Any, ...]], str]
 
 
-def options_at(params: tuple[Any, ...], index: int) -> dict[str, Any]:
-    """The options struct at ``index``; absent or nil (sfi's Shutdown sends none) is empty."""
-    if len(params) <= index or params[index] is None:
-        return {}
-    if not isinstance(params[index], dict):
-        raise BadArgs(f"argument {index + 1} must be the options struct")
-    return dict(params[index])
-
-
-def argument(params: tuple[Any, ...], index: int, name: str) -> Any:
-    if len(params) <= index:
-        raise BadArgs(f"missing argument {index + 1}: {name}")
-    return params[index]
+def _about(method: str, args: tuple[Any, ...]) -> str:
+    """What the call is about, for the log line: the slice URN or the first URN named (checked values only, so
+    nothing hostile is ever turned into text here)."""
+    if not args:
+        return "-"
+    first = args[0]
+    if isinstance(first, list) and first and isinstance(first[0], str):
+        return first[0][:200]
+    if isinstance(first, str) and is_urn(first):
+        return first[:200]
+    return "-"
 
 
 class ApiEndpoint:
-    """The handler the XML-RPC transport calls for one AM API version."""
+    """The handler the XML-RPC transport calls for one AM API version: each method's arguments are checked against
+    its signature (contract.py) before the method runs; a wrong argument is BADARGS naming it, and nothing runs."""
 
-    def __init__(self, aggregate: Aggregate, version: int, methods: Mapping[str, Method], slice_of: SliceOf) -> None:
+    def __init__(
+        self, aggregate: Aggregate, version: int, methods: Mapping[str, Method], signatures: Mapping[str, Signature]
+    ) -> None:
+        assert set(methods) == set(signatures), "every method declares its signature"
         self.aggregate = aggregate
         self.version = version
         self.methods = methods
-        self.slice_of = slice_of
+        self.signatures = signatures
 
     def __call__(self, context: CallContext, method: str, params: tuple[Any, ...]) -> Any:
         started = time.perf_counter()
         caller = context.caller_chain[0].urn if context.caller_chain else "-"
         code = GeniCode.SUCCESS
+        about = "-"
         try:
             implementation = self.methods.get(method)
             if implementation is None:
                 known = ", ".join(sorted(self.methods))
-                raise GeniError(Reason.UNSUPPORTED, f"{method} is not an AM API v{self.version} method here ({known})")
-            value = implementation(self.aggregate, context, params)
+                raise GeniError(
+                    Reason.UNSUPPORTED, f"{method[:80]!r} is not an AM API v{self.version} method here ({known})"
+                )
+            args = self.signatures[method].check(params)
+            about = _about(method, args)
+            value = implementation(self.aggregate, context, args)
             return success(value, geni_api=self.version) if method == "GetVersion" else success(value)
         except GeniError as error:
             code = error.code
@@ -67,9 +76,9 @@ class ApiEndpoint:
         finally:
             log.info(
                 "%s caller=%s slice=%s geni_code=%d ms=%.1f",
-                method,
+                method[:80],
                 caller,
-                self.slice_of(method, params),
+                about,
                 int(code),
                 (time.perf_counter() - started) * 1000,
             )

@@ -11,10 +11,10 @@ from __future__ import annotations
 import uuid
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -24,6 +24,7 @@ from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
 from sfa_omf.calendar.queries import from_s, held_windows, to_s
 from sfa_omf.calendar.records import BookingRequest, BookingResult, Conflict, LeaseRecord, SliverRecord
+from sfa_omf.calendar.slices import apply_users
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 
@@ -90,18 +91,21 @@ class Bookings:
         requests: Sequence[BookingRequest],
         owner_urn: str = "",
         best_effort: bool = False,
+        users: Mapping[str, Sequence[str]] | None = None,
     ) -> BookingResult:
         """Book every request for the slice, or nothing (BookingConflict lists every conflict).
 
         With best_effort, book what is free and return the rest in ``refused``; nothing free is still a conflict.
-        Requests with the same window become one lease. Policy violations refuse the whole request.
+        Requests with the same window become one lease. Policy violations refuse the whole request. ``users`` (user
+        URN -> SSH keys, sent with the call) are merged into the slice's in the same unit of work: written with the
+        booking or not at all.
         """
         if not requests:
             raise GeniError(Reason.BAD_ARGS, "the request books no node")
         for attempt in range(RETRY_ATTEMPTS):
             try:
                 return retry_transient(
-                    lambda: self._book_once(slice_urn, slice_expires, requests, owner_urn, best_effort)
+                    lambda: self._book_once(slice_urn, slice_expires, requests, owner_urn, best_effort, users or {})
                 )
             except IntegrityError as exc:
                 # A racer committed an overlapping sliver between our check and our insert (PostgreSQL only):
@@ -117,6 +121,7 @@ class Bookings:
         requests: Sequence[BookingRequest],
         owner_urn: str,
         best_effort: bool,
+        users: Mapping[str, Sequence[str]],
     ) -> BookingResult:
         now_s = to_s(self.clock())
         expires_s = to_s(slice_expires)
@@ -153,6 +158,8 @@ class Bookings:
                 raise BookingConflict(conflicts)
             self._check_limits(session, slice_row, owner_urn, [(node, window) for _, node, window in free])
             leases = self._insert(session, slice_row, owner_urn, free, now_s)
+            if users:
+                apply_users(slice_row, users)
             session.flush()
             return BookingResult(leases=tuple(lease_record(lease) for lease in leases), refused=tuple(conflicts))
 
@@ -356,17 +363,56 @@ class Bookings:
     def mark_provisioned(self, lease_id: str) -> LeaseRecord:
         """An allocated lease becomes provisioned (again: no change, so a retried or finished Provision is fine)."""
         with self.database.write() as session:
-            lease = _find_lease(session, lease_id, lock=True)
-            if lease.state == "provisioned":
-                return lease_record(lease)
-            if lease.state != "allocated":
-                raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state}, not allocated")
-            lease.state = "provisioned"
-            for sliver in lease.slivers:
-                sliver.allocation_state = "geni_provisioned"
-                sliver.operational_state = "geni_ready"  # wanted running; during its slot it is
-                sliver.expires_s = lease.end_s
+            return self._provision_one(session, lease_id)
+
+    @staticmethod
+    def _provision_one(session: Session, lease_id: str) -> LeaseRecord:
+        lease = _find_lease(session, lease_id, lock=True)
+        if lease.state == "provisioned":
             return lease_record(lease)
+        if lease.state != "allocated":
+            raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state}, not allocated")
+        lease.state = "provisioned"
+        for sliver in lease.slivers:
+            sliver.allocation_state = "geni_provisioned"
+            sliver.operational_state = "geni_ready"  # wanted running; during its slot it is
+            sliver.expires_s = lease.end_s
+        return lease_record(lease)
+
+    def mark_provisioned_all(
+        self, lease_ids: Sequence[str], slice_urn: str, users: Mapping[str, Sequence[str]] | None = None
+    ) -> list[LeaseRecord]:
+        """Provision several allocated leases of one slice, and merge the users sent with the call, in one unit of
+        work: a Provision is recorded whole or not at all."""
+        with self.database.write() as session:
+            records = [self._provision_one(session, lease_id) for lease_id in lease_ids]
+            if users:
+                slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn).with_for_update())
+                if slice_row is None:
+                    raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has nothing here")
+                apply_users(slice_row, users)
+            return records
+
+    def discard(self, lease_ids: Iterable[str]) -> None:
+        """Remove leases as if they had never been booked: undoes a booking whose call failed after it was written
+        (the call answered an error, so nobody holds these leases)."""
+        wanted = set(lease_ids)
+        if not wanted:
+            return
+        with self.database.write() as session:
+            session.execute(delete(Sliver).where(Sliver.lease_id.in_(wanted)))
+            session.execute(delete(Lease).where(Lease.id.in_(wanted)))
+
+    def set_operational_states(self, lease_ids: Sequence[str], state: str) -> list[LeaseRecord]:
+        """Record the operational state asked for on the slivers of several leases, all or none."""
+        with self.database.write() as session:
+            records = []
+            for lease_id in lease_ids:
+                lease = _find_lease(session, lease_id, lock=True)
+                for sliver in lease.slivers:
+                    sliver.operational_state = state
+                records.append(lease_record(lease))
+            return records
 
     def set_operational_state(self, lease_id: str, state: str) -> LeaseRecord:
         """Record the operational state the experimenter asked for (geni_start/geni_stop) on a lease's slivers."""

@@ -17,6 +17,7 @@ class Policy:
     allocation_ttl_s: int = 600  # an allocation never provisioned is released after this (GENI: minutes)
     max_concurrent_leases_per_slice: int | None = None
     max_hours_per_day_per_user: float | None = None  # node-hours per UTC day
+    max_nodes_per_request: int = 1000  # nodes one Allocate may name (bounds the work one call can cause)
 
 
 class PolicyViolation(GeniError):

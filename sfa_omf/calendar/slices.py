@@ -50,6 +50,23 @@ def _find(session: Session, slice_urn: str) -> Slice:
     return slice_row
 
 
+def apply_users(slice_row: Slice, users: Mapping[str, Sequence[str]], replace: bool = False) -> None:
+    """Merge ``users`` and their keys into the slice's (or, with ``replace``, make them exactly these), inside the
+    caller's unit of work: a booking and the users sent with it are written together or not at all."""
+    current = {user.user_urn: user for user in slice_row.users}
+    if replace:
+        for urn, user in current.items():
+            if urn not in users:
+                slice_row.users.remove(user)
+    for urn, keys in users.items():
+        cleaned = [key.strip() for key in keys if key.strip()]
+        if urn in current:
+            existing = current[urn]
+            existing.ssh_keys = cleaned if replace else list(dict.fromkeys([*existing.ssh_keys, *cleaned]))
+        else:
+            slice_row.users.append(SliceUser(user_urn=urn, ssh_keys=list(dict.fromkeys(cleaned))))
+
+
 class Slices:
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -72,19 +89,7 @@ class Slices:
         def unit_of_work() -> SliceRecord:
             with self.database.write() as session:
                 slice_row = _find(session, slice_urn)
-                current = {user.user_urn: user for user in slice_row.users}
-                if replace:
-                    for urn, user in current.items():
-                        if urn not in users:
-                            slice_row.users.remove(user)
-                for urn, keys in users.items():
-                    cleaned = [key.strip() for key in keys if key.strip()]
-                    if urn in current:
-                        existing = current[urn]
-                        merged = cleaned if replace else list(dict.fromkeys([*existing.ssh_keys, *cleaned]))
-                        existing.ssh_keys = merged
-                    else:
-                        slice_row.users.append(SliceUser(user_urn=urn, ssh_keys=list(dict.fromkeys(cleaned))))
+                apply_users(slice_row, users, replace)
                 session.flush()
                 return _record(slice_row)
 

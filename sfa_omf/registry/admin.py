@@ -18,7 +18,7 @@ from sfa_omf.registry.api import DEFAULT_SLICE_LIFETIME
 from sfa_omf.registry.authority import LocalAuthority, write_new_file
 from sfa_omf.registry.bootstrap import sfi_config
 from sfa_omf.registry.records import Record, Records
-from sfa_omf.testbed.unix_accounts import is_ssh_public_key
+from sfa_omf.sshkeys import ssh_public_key
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import chain_pem
 from sfa_omf.trust.pki import private_key_pem
@@ -29,13 +29,6 @@ from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn, split_hrn
 class NewUser:
     record: Record
     sfi_dir: str  # empty when the user keeps their own private key
-
-
-def _valid_ssh_key(key: str) -> str:
-    key = key.strip()
-    if not is_ssh_public_key(key):
-        raise BadArgs(f"not an SSH public key (expected 'ssh-ed25519 AAAA... comment'): {key[:40]!r}")
-    return key
 
 
 class RegistryAdmin:
@@ -69,7 +62,7 @@ class RegistryAdmin:
         hrn = self.hrn(name)
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already (sfa-omf user show {hrn})")
-        keys = tuple(_valid_ssh_key(key) for key in ssh_keys)
+        keys = tuple(ssh_public_key(key) for key in ssh_keys)
         chain, private_key = self.authority.issue_gid(hrn, "user", public_key=public_key, email=email or None)
         sfi_dir = ""
         if private_key is not None:
@@ -88,7 +81,7 @@ class RegistryAdmin:
         """Add an SSH public key to a user's record (it reaches their accounts at the next provision/update)."""
         user = self._get(name, "user")
         return self._updated(
-            self.records.update(user.hrn, keys=list(dict.fromkeys([*user.keys, _valid_ssh_key(ssh_key)])))
+            self.records.update(user.hrn, keys=list(dict.fromkeys([*user.keys, ssh_public_key(ssh_key)])))
         )
 
     def remove(self, name: str, kind: str) -> Record:

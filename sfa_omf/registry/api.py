@@ -17,11 +17,24 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sfa_omf.am.contract import credentials
 from sfa_omf.am.credentials import split_credentials
+from sfa_omf.arguments import (
+    MAX_URN_CHARS,
+    Checker,
+    Param,
+    Signature,
+    email,
+    string_list,
+    struct,
+    text,
+    time_value,
+)
 from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
 from sfa_omf.registry.authority import DEFAULT_CREDENTIAL_LIFETIME, AuthorityError, LocalAuthority
 from sfa_omf.registry.records import Record, Records, record_chain
 from sfa_omf.server.xmlrpc import CallContext
+from sfa_omf.sshkeys import ssh_public_keys
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import chain_pem, load_gid_chain
 from sfa_omf.trust.verifier import CredentialVerifier
@@ -54,6 +67,86 @@ def _hrn(xrn: Any) -> str:
     if not isinstance(xrn, str) or not xrn:
         raise BadArgs("name a record by its HRN or URN")
     return parse_urn(xrn).hrn if is_urn(xrn) else xrn
+
+
+# -- the typed contract: every argument of every method checked before any work -----------------------------------
+def xrn(value: Any, where: str) -> str:
+    """An HRN or URN naming a record."""
+    name = text(value, where)
+    if len(name) > MAX_URN_CHARS:
+        raise BadArgs(f"{where} is {len(name)} characters long; at most {MAX_URN_CHARS}")
+    if is_urn(name):
+        parse_urn(name)  # BadArgs naming what is wrong with it
+    return name
+
+
+def xrns(value: Any, where: str) -> list[str]:
+    """One name or a list of them (Resolve)."""
+    names = value if isinstance(value, list) else [value]
+    if len(names) > 1000:
+        raise BadArgs(f"{where} names {len(names)} records; at most 1000 per call")
+    return [xrn(name, f"{where}[{index}]") for index, name in enumerate(names)]
+
+
+def xrn_list(value: Any, where: str) -> list[str]:
+    """A list of names (researchers, PIs); nil is none."""
+    return [xrn(name, f"{where}[{index}]") for index, name in enumerate(string_list(value, where, limit=1000))]
+
+
+def record_type(value: Any, where: str) -> str:
+    """A record type, when given (user, slice, node, authority)."""
+    if value is None or value == "":
+        return ""
+    kind = text(value, where).lower()
+    if kind not in ("user", "slice", "node", "authority") and not kind.startswith("authority+"):
+        raise BadArgs(f"{where}: {kind[:40]!r} is not a record type (user, slice, node, authority)")
+    return kind
+
+
+#: The fields of a record this registry reads, and how each is checked; others are ignored.
+RECORD_FIELDS: dict[str, Checker] = {
+    "hrn": xrn,
+    "urn": xrn,
+    "type": record_type,
+    "email": email,
+    "keys": ssh_public_keys,
+    "reg-keys": ssh_public_keys,
+    "researchers": xrn_list,
+    "reg-researchers": xrn_list,
+    "pis": xrn_list,
+    "reg-pis": xrn_list,
+    "expires": time_value,
+    "gid": text,
+}
+
+
+def record_fields(value: Any, where: str) -> dict[str, Any]:
+    """A record struct with every field this registry reads checked (and nothing written before that)."""
+    record = struct(value, where)
+    for name, check in RECORD_FIELDS.items():
+        if record.get(name) is not None:
+            record[name] = check(record[name], f"{where}.{name}")
+    return record
+
+
+def _optional(check: Checker) -> Checker:
+    return lambda value, where: None if value is None else check(value, where)
+
+
+_CREDENTIALS = Param("credentials", credentials)
+_OPTIONS = Param("options", _optional(struct), optional=True)
+_TYPE = Param("type", record_type, optional=True)
+
+SIGNATURES: dict[str, Signature] = {
+    "GetVersion": Signature((_OPTIONS,)),
+    "GetSelfCredential": Signature((Param("certificate", text), Param("xrn", xrn), _TYPE)),
+    "GetCredential": Signature((_CREDENTIALS, Param("xrn", xrn), _TYPE)),
+    "Resolve": Signature((Param("xrns", xrns), _CREDENTIALS, _OPTIONS)),
+    "List": Signature((Param("xrn", xrn), _CREDENTIALS, _OPTIONS)),
+    "Register": Signature((Param("record", record_fields), _CREDENTIALS)),
+    "Update": Signature((Param("record", record_fields), _CREDENTIALS)),
+    "Remove": Signature((Param("xrn", xrn), _CREDENTIALS, _TYPE)),
+}
 
 
 def record_dict(record: Record, authority_hrn: str) -> dict[str, Any]:
@@ -100,7 +193,7 @@ class RegistryApi:
                 raise GeniError(
                     Reason.UNSUPPORTED, f"{method} is not offered by this registry ({', '.join(self.methods)})"
                 )
-            return implementation(context, params)
+            return implementation(context, SIGNATURES[method].check(params))
         except GeniError as error:
             code = error.code
             raise xmlrpc.client.Fault(int(error.code), error.message) from error
@@ -123,12 +216,10 @@ class RegistryApi:
 
     def get_self_credential(self, context: CallContext, params: tuple[Any, ...]) -> str:
         """sfi.py's bootstrap: the holder of a user's key gets that user's credential."""
-        if len(params) < 2:
-            raise BadArgs("GetSelfCredential(certificate, xrn, type)")
         record = self._record(_hrn(params[1]), "user")
         registered = record_chain(record)[0]
         try:
-            presented = load_gid_chain(str(params[0]))[0]
+            presented = load_gid_chain(params[0])[0]
         except BadArgs as exc:
             raise BadArgs("the first argument must be your certificate (PEM)") from exc
         caller = context.caller_chain[0] if context.caller_chain else None
@@ -141,10 +232,8 @@ class RegistryApi:
 
     def get_credential(self, context: CallContext, params: tuple[Any, ...]) -> str:
         """A user's own credential, or a slice credential for a researcher of the slice."""
-        if len(params) < 2:
-            raise BadArgs("GetCredential(credential, xrn, type)")
         caller = self._caller(context, params[0], "getcredential")
-        target = self._record(_hrn(params[1]), str(params[2]) if len(params) > 2 and params[2] else None)
+        target = self._record(_hrn(params[1]), params[2] or None)
         caller_chain = record_chain(caller)
         if target.type == "user" and target.hrn == caller.hrn:
             return self.authority.credential(caller_chain, caller_chain, can_delegate=False)
@@ -159,26 +248,19 @@ class RegistryApi:
         )
 
     def resolve(self, context: CallContext, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        if len(params) < 2:
-            raise BadArgs("Resolve(xrns, credentials)")
         self._caller(context, params[1], "resolve")
-        names = params[0] if isinstance(params[0], list) else [params[0]]
         found = []
-        for name in names:
+        for name in params[0]:
             found.append(record_dict(self._record(_hrn(name), None), self.authority.hrn))
         return found
 
     def list(self, context: CallContext, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        if len(params) < 2:
-            raise BadArgs("List(xrn, credentials)")
         self._caller(context, params[1], "list")
         return [record_dict(record, self.authority.hrn) for record in self.records.under(_hrn(params[0]))]
 
     def register(self, context: CallContext, params: tuple[Any, ...]) -> str:
         """Register(record, credentials): an authority credential adds a user, slice or node under the authority.
         The authority issues the GID (a new key pair unless the record carries a certificate); returns it (PEM)."""
-        if len(params) < 2 or not isinstance(params[0], dict):
-            raise BadArgs("Register(record, credentials) with record = {hrn, type, ...}")
         record = params[0]
         hrn, kind = _hrn(record.get("hrn") or record.get("urn")), str(record.get("type", ""))
         if kind not in ("user", "slice", "node"):
@@ -189,7 +271,7 @@ class RegistryApi:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already: use Update")
         public_key = None
         if record.get("gid"):
-            certificate = load_gid_chain(str(record["gid"]))[0].certificate.public_key()
+            certificate = load_gid_chain(record["gid"])[0].certificate.public_key()
             if not isinstance(certificate, rsa.RSAPublicKey):
                 raise BadArgs("the record's certificate must hold an RSA key")
             public_key = certificate
@@ -216,8 +298,6 @@ class RegistryApi:
 
     def update(self, context: CallContext, params: tuple[Any, ...]) -> int:
         """Update(record, credentials): users update their own email and keys; an authority credential anything."""
-        if len(params) < 2 or not isinstance(params[0], dict):
-            raise BadArgs("Update(record, credentials)")
         record = params[0]
         target = self._record(_hrn(record.get("hrn") or record.get("urn")), None)
         try:
@@ -234,8 +314,8 @@ class RegistryApi:
         pis = record.get("reg-pis", record.get("pis"))
         self.records.update(
             target.hrn,
-            email=str(record["email"]) if "email" in record else None,
-            keys=[str(key) for key in keys] if keys is not None else None,
+            email=record["email"] if record.get("email") is not None else None,
+            keys=keys,
             researchers=[_hrn(member) for member in members] if members is not None else None,
             pis=[_hrn(pi) for pi in pis] if pis is not None else None,
             expires=parse_time(record["expires"]) if record.get("expires") else None,
@@ -244,9 +324,7 @@ class RegistryApi:
 
     def remove(self, context: CallContext, params: tuple[Any, ...]) -> int:
         """Remove(xrn, credentials, type): an authority credential removes a record."""
-        if len(params) < 2:
-            raise BadArgs("Remove(xrn, credentials, type)")
-        target = self._record(_hrn(params[0]), str(params[2]) if len(params) > 2 and params[2] else None)
+        target = self._record(_hrn(params[0]), params[2] or None)
         self._authority_caller(context, params[1], "remove", target.urn)
         self.records.remove(target.hrn)
         self.authority.forget(target.hrn)  # else the next start would import it again from gids/
@@ -283,9 +361,9 @@ class RegistryApi:
             )
         caller_key = context.caller_chain[0].key_id
         refusals: list[GeniError] = []
-        for text in texts:
+        for credential in texts:
             try:
-                verified = self.verifier.verify(text, utcnow())
+                verified = self.verifier.verify(credential, utcnow())
                 if verified.owner_key_id != caller_key:
                     raise GeniError(
                         Reason.OWNER_MISMATCH,

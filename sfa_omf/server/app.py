@@ -53,6 +53,7 @@ def build_aggregate(settings: Settings) -> Aggregate:
         min_duration_s=settings.grain_s,
         max_duration_s=settings.max_duration_s,
         max_advance_s=settings.max_advance_s,
+        max_nodes_per_request=settings.max_nodes_per_request,
         allocation_ttl_s=settings.allocation_ttl_s,
     )
     verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())

@@ -4,9 +4,12 @@ The transport knows nothing of GENI: it unmarshals the call, hands (caller chain
 worker thread, and marshals what comes back. A handler's answer is plain Python data; a handler that raises is a bug,
 answered with an XML-RPC fault and logged with its traceback, and the server keeps serving.
 
-Limits: a request body larger than ``max_body_bytes`` is refused before it is read; XML with a DOCTYPE or entity
-declaration is refused before it is parsed; at most ``pool`` threads run calls at once and the rest wait their turn,
-while the reactor keeps accepting and answering (a slow client only holds its own connection).
+Limits: a request whose declared body is larger than ``max_body_bytes`` is answered at once (fault 6) and
+the connection closed, without reading the body; a header line or header block over 16 KiB is answered 431 and the
+connection closed; XML with a DOCTYPE or entity declaration is refused before it is parsed; values nested deeper
+than ``MAX_DEPTH`` are refused while unmarshalling; any body that is not a well-formed methodCall is a clean fault 1
+(never an HTTP 500); at most ``pool`` threads run calls at once and the rest wait their turn, while the reactor keeps
+accepting and answering (a slow client only holds its own connection).
 """
 
 from __future__ import annotations
@@ -33,6 +36,68 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 FAULT_TOOBIG = 6
 FAULT_BADARGS = 1
 FAULT_SERVERERROR = 5
+#: How deep XML-RPC values may nest (arrays in structs in arrays...). The AM API needs 4; 32 leaves room.
+MAX_DEPTH = 32
+#: A header line, or all the headers of a request, may be this long (Twisted's own limit for the header block).
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class TooDeep(ValueError):
+    """An XML-RPC value nested deeper than MAX_DEPTH."""
+
+
+class _BoundedUnmarshaller(xmlrpc.client.Unmarshaller):
+    """The standard unmarshaller, refusing values nested deeper than MAX_DEPTH as soon as it meets them."""
+
+    _depth = 0
+
+    def start(self, tag: str, attrs: dict[str, str]) -> None:
+        if tag in ("array", "struct"):
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                raise TooDeep(f"values are nested deeper than {MAX_DEPTH} levels")
+        super().start(tag, attrs)
+
+    def end(self, tag: str) -> None:
+        if tag in ("array", "struct"):
+            self._depth -= 1
+        super().end(tag)
+
+
+def loads(body: bytes) -> tuple[tuple[Any, ...], str | None]:
+    """(params, method name) of a methodCall, with the depth bound; ValueError (or another parse error) if it is
+    not one."""
+    unmarshaller = _BoundedUnmarshaller(use_builtin_types=False)
+    parser = xmlrpc.client.ExpatParser(unmarshaller)
+    parser.feed(body)
+    parser.close()
+    return unmarshaller.close(), unmarshaller.getmethodname()
+
+
+def refuse_and_close(channel: Any, status: bytes, body: bytes = b"") -> None:
+    """Answer ``status`` and close the connection now, without reading what the client still sends (refusing an
+    oversized body or header must not wait for it)."""
+    if getattr(channel, "_sfa_omf_refused", False) or channel.transport is None:
+        return
+    channel._sfa_omf_refused = True
+    head = f"HTTP/1.1 {status.decode('ascii')}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
+    content_type = "Content-Type: text/xml; charset=utf-8\r\n" if body else ""
+    channel.transport.write((head + content_type + "\r\n").encode("ascii") + body)
+    channel.loseConnection()
+
+
+class GuardedChannel(http.HTTPChannel):
+    """Twisted's HTTP channel, answering a header line over the limit with 431 and closing (the default drops the
+    line and may leave a TLS connection waiting)."""
+
+    MAX_LENGTH = MAX_HEADER_BYTES
+    totalHeadersSize = MAX_HEADER_BYTES
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        refuse_and_close(self, b"431 Request Header Fields Too Large")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        refuse_and_close(self, b"400 Bad Request")
 
 
 @dataclass(frozen=True)
@@ -56,16 +121,26 @@ class LimitedRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body_bytes:
-            self._too_big = True
-            length = 0  # do not buffer what we will refuse
+            super().gotLength(0)  # buffer nothing of what is refused
+            self._refuse_too_big(f"the request declares {length} bytes")
+            return
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
-        if self._too_big or self._received > self.max_body_bytes:
-            self._too_big = True
+        if self._too_big:
+            return
+        if self._received > self.max_body_bytes:  # chunked: no length was declared
+            self._refuse_too_big("the request body")
             return
         super().handleContentChunk(data)
+
+    def _refuse_too_big(self, what: str) -> None:
+        self._too_big = True
+        fault = xmlrpc.client.Fault(FAULT_TOOBIG, f"{what}: over the limit of {self.max_body_bytes} bytes")
+        # 200 with the fault, as XML-RPC clients (sfi.py, omni) show a fault to their users but only a bare
+        # status line for other codes.
+        refuse_and_close(self.channel, b"200 OK", xmlrpc.client.dumps(fault, methodresponse=True).encode("utf-8"))
 
 
 class XmlRpcResource(resource.Resource):
@@ -91,12 +166,15 @@ class XmlRpcResource(resource.Resource):
         body = request.content.read() if request.content is not None else b""
         try:
             refuse_declarations(body, self.limits, what="XML-RPC request")
-            params, method = xmlrpc.client.loads(body, use_builtin_types=False)
-        except UnsafeXml as exc:
+            params, method = loads(body)
+        except (UnsafeXml, TooDeep) as exc:
             return _fault(request, FAULT_BADARGS, str(exc))
-        except (ExpatError, ValueError, TypeError, xmlrpc.client.ResponseError) as exc:
+        except ExpatError as exc:
             return _fault(request, FAULT_BADARGS, f"not an XML-RPC methodCall: {exc}")
-        if not method:
+        except Exception as exc:  # whatever the stdlib unmarshaller raises on a malformed call
+            # (a <member> without <name>, an unknown encoding, a bad int...): the caller's mistake, not ours.
+            return _fault(request, FAULT_BADARGS, f"not a well-formed XML-RPC methodCall ({type(exc).__name__})")
+        if not isinstance(method, str) or not method:
             return _fault(request, FAULT_BADARGS, "the XML-RPC call names no method")
         context = CallContext(
             caller_chain=peer_chain(request.transport.getHandle()),  # type: ignore[union-attr]
@@ -153,6 +231,7 @@ def make_site(
 
     Request.max_body_bytes = max_body_bytes
     site = server.Site(Root(), timeout=timeout_s)
+    site.protocol = GuardedChannel  # type: ignore[assignment,method-assign]
     site.requestFactory = Request
     site.displayTracebacks = False
     return site

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.registry.accounts import check_login
+from sfa_omf.sshkeys import is_ssh_public_key
 
 BEGIN = "# >>> sfa-omf slice {slice_urn} (managed by sfa-omf; edits inside are replaced)"
 END = "# <<< sfa-omf slice {slice_urn}"
@@ -30,12 +31,6 @@ class LocalAccount:
     login: str
     user_urns: tuple[str, ...]
     ssh_keys: tuple[str, ...]
-
-
-def is_ssh_public_key(key: str) -> bool:
-    """One line, "type base64 [comment]": anything else (options, newlines) could change what the key allows."""
-    parts = key.split()
-    return "\n" not in key and "\r" not in key and len(parts) >= 2 and parts[0].startswith(("ssh-", "ecdsa-", "sk-"))
 
 
 def replace_block(text: str, slice_urn: str, keys: Sequence[str]) -> str:

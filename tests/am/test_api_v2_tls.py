@@ -26,6 +26,7 @@ from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from tests.am.test_api_v3_tls import GENI_V3, NODES, cred, node_urn, ok, ol_request, refused, slot
 from tests.conftest import DemoPki
+from tests.sshkeys import ssh_key
 from tests.tls_harness import Listener, proxy, reactor
 
 
@@ -106,7 +107,7 @@ def test_the_whole_life_of_a_v2_sliver(am2: Am2, pki: DemoPki) -> None:
             pki.slice_urn,
             [user.slice_cred],  # v2: bare XML strings
             ol_request(("node1", "node2"), window),
-            [{"urn": user.chain[0].urn, "keys": ["ssh-rsa AAAA alice@laptop"]}],
+            [{"urn": user.chain[0].urn, "keys": [ssh_key("alice@laptop")]}],
             {},
         )
     )

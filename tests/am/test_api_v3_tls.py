@@ -23,6 +23,7 @@ from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from tests.conftest import DemoPki
+from tests.sshkeys import ssh_key
 from tests.tls_harness import Listener, proxy, reactor
 
 NODES = ("node1", "node2", "node3")
@@ -125,7 +126,7 @@ def test_the_whole_life_of_a_booking(am: Am, pki: DemoPki) -> None:
             [cred(user.slice_cred)],
             ol_request(("node1", "node2"), window),
             {
-                "geni_users": [{"urn": user.chain[0].urn, "keys": ["ssh-rsa AAAA alice@laptop"]}],
+                "geni_users": [{"urn": user.chain[0].urn, "keys": [ssh_key("alice@laptop")]}],
             },
         )
     )

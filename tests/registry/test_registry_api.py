@@ -20,6 +20,7 @@ from sfa_omf.times import utcnow
 from sfa_omf.trust.pki import create_gid, load_private_key_file
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier
+from tests.sshkeys import ssh_key
 from tests.tls_harness import proxy
 
 
@@ -128,9 +129,9 @@ def test_register_update_remove(running_reactor: Any, tmp_path: Path) -> None:
         assert code(alice.Register, {"hrn": "tb.dave", "type": "user"}, [operator_cred]) == 17
         assert code(bob.Register, {"hrn": "tb.eve", "type": "user"}, [bob_cred]) in (3, 22)
         assert code(alice.Register, {"hrn": "other.eve", "type": "user"}, [operator_cred]) in (3, 22)
-        assert alice.Update({"hrn": "tb.alice", "reg-keys": ["ssh-ed25519 AAAA alice@laptop"]}, [alice_cred]) == 1
+        assert alice.Update({"hrn": "tb.alice", "reg-keys": [ssh_key("alice@laptop")]}, [alice_cred]) == 1
         (me,) = alice.Resolve("tb.alice", [alice_cred])
-        assert me["reg-keys"] == ["ssh-ed25519 AAAA alice@laptop"]
+        assert me["reg-keys"] == [ssh_key("alice@laptop")]
         assert code(bob.Update, {"hrn": "tb.alice", "email": "x@y"}, [bob_cred]) == 3
         assert code(bob.Update, {"hrn": "tb.bob", "reg-researchers": []}, [bob_cred]) == 3
         assert alice.Update({"hrn": "tb.exp", "reg-researchers": ["tb.alice"]}, [operator_cred]) == 1

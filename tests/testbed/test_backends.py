@@ -26,6 +26,7 @@ from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.gid import chain_pem
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
+from tests.sshkeys import ssh_key
 
 NODE = "urn:publicid:IDN+testbed+node+n1"
 
@@ -146,7 +147,7 @@ def test_backends_get_the_mapped_accounts_with_call_and_registry_keys(pki: DemoP
     alice, bob = pki.users["alice"], pki.users["bob"]
     alice_urn, bob_urn = alice.chain[0].urn or "", bob.chain[0].urn or ""
     Records(database).add(
-        Record("testbed.alice", "user", alice_urn, chain_pem(alice.chain), keys=("ssh-ed25519 AAAAreg alice@registry",))
+        Record("testbed.alice", "user", alice_urn, chain_pem(alice.chain), keys=(ssh_key("alice@registry"),))
     )
     start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
     request = (
@@ -155,8 +156,8 @@ def test_backends_get_the_mapped_accounts_with_call_and_registry_keys(pki: DemoP
     )
     users = {
         "geni_users": [
-            {"urn": alice_urn, "keys": ["ssh-ed25519 AAAAcall alice@laptop"]},
-            {"urn": bob_urn, "keys": ["ssh-rsa AAAAbob bob@desk"]},
+            {"urn": alice_urn, "keys": [ssh_key("alice@laptop")]},
+            {"urn": bob_urn, "keys": [ssh_key("bob@desk")]},
         ],
         "geni_start_time": format_time(start),
     }
@@ -165,9 +166,9 @@ def test_backends_get_the_mapped_accounts_with_call_and_registry_keys(pki: DemoP
     assert backend.owner == aggregate.accounts.login_for(alice_urn, pki.slice_urn)
     by_login = {account.login: account for account in backend.accounts}
     assert by_login[backend.owner].ssh_keys == (
-        "ssh-ed25519 AAAAcall alice@laptop",
-        "ssh-ed25519 AAAAreg alice@registry",
+        ssh_key("alice@laptop"),
+        ssh_key("alice@registry"),
     )
     assert by_login[backend.owner].user_urns == (alice_urn,)
     bob_login = aggregate.accounts.login_for(bob_urn, pki.slice_urn)
-    assert by_login[bob_login].ssh_keys == ("ssh-rsa AAAAbob bob@desk",) and bob_login != backend.owner
+    assert by_login[bob_login].ssh_keys == (ssh_key("bob@desk"),) and bob_login != backend.owner

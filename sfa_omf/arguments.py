@@ -1,0 +1,142 @@
+"""Checking what arrives over XML-RPC, argument by argument: the typed contract of a call boundary.
+
+A checker takes a value as XML-RPC unmarshalled it and the place it came from (for the message); it returns the value
+in the one form the code behind the boundary uses, or raises BadArgs naming the place and what was expected. The AM
+API's signatures (am/contract.py) and the registry's (registry/api.py) are built from these.
+"""
+
+from __future__ import annotations
+
+import re
+import xmlrpc.client
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sfa_omf.errors import BadArgs
+from sfa_omf.xrn import is_urn, parse_urn
+
+MAX_URN_CHARS = 1024
+MAX_TEXT_CHARS = 4096
+_EMAIL = re.compile(r"^[^@\s<>\"']{1,64}@[A-Za-z0-9.-]{1,253}$")
+
+Checker = Callable[[Any, str], Any]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One positional argument: its name (as messages say it), its checker, and whether it may be left out."""
+
+    name: str
+    check: Checker
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A method's positional arguments, in order."""
+
+    params: tuple[Param, ...]
+
+    def check(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The arguments checked and converted, or BadArgs naming the first one that is wrong."""
+        if len(args) > len(self.params):
+            raise BadArgs(
+                f"{len(args)} arguments sent, at most {len(self.params)} expected "
+                f"({', '.join(param.name for param in self.params)})"
+            )
+        checked = []
+        for index, param in enumerate(self.params):
+            where = f"argument {index + 1} ({param.name})"
+            if index >= len(args):
+                if not param.optional:
+                    raise BadArgs(f"missing argument {index + 1}: {param.name}")
+                checked.append(param.check(None, where))
+                continue
+            checked.append(param.check(args[index], where))
+        return tuple(checked)
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else type(value).__name__
+    return repr(text[:80]) if isinstance(value, str) else text
+
+
+def urn_of_type(value: Any, where: str, kinds: tuple[str, ...]) -> str:
+    """A URN string of one of ``kinds``."""
+    expected = " or ".join(kinds)
+    if not isinstance(value, str):
+        raise BadArgs(f"{where} must be a {expected} URN string, not {type(value).__name__}")
+    if len(value) > MAX_URN_CHARS:
+        raise BadArgs(f"{where} is {len(value)} characters long: a URN has at most {MAX_URN_CHARS}")
+    kind = ""
+    if is_urn(value):
+        try:
+            kind = parse_urn(value).type
+        except BadArgs:
+            kind = ""
+    if kind not in kinds:
+        what = f"neither a {' nor a '.join(kinds)}" if len(kinds) > 1 else f"not a {expected}"
+        raise BadArgs(f"{where}: {_short(value)} is {what} URN (urn:publicid:IDN+<authority>+{kinds[0]}+<name>)")
+    return value
+
+
+def text(value: Any, where: str) -> str:
+    """A non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise BadArgs(f"{where} must be a non-empty string, not {_short(value) if value != '' else 'empty'}")
+    if len(value) > MAX_TEXT_CHARS:
+        raise BadArgs(f"{where} is {len(value)} characters long; at most {MAX_TEXT_CHARS}")
+    return value
+
+
+def time_value(value: Any, where: str) -> str | int | float | datetime:
+    """A time as clients send it (RFC 3339 or epoch string, a number, an XML-RPC dateTime); parsed by the core
+    against its clock."""
+    if isinstance(value, xmlrpc.client.DateTime):
+        return str(value.value)
+    if isinstance(value, bool) or not isinstance(value, str | int | float | datetime):
+        raise BadArgs(f"{where} must be a time string such as 2026-12-01T10:00:00Z, not {type(value).__name__}")
+    if isinstance(value, str) and not value.strip():
+        raise BadArgs(f"{where} is empty: give a time such as 2026-12-01T10:00:00Z")
+    return value
+
+
+def boolean(value: Any, where: str) -> bool:
+    """XML-RPC boolean, or what clients send for one: 0/1, "true"/"false"."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise BadArgs(f"{where} must be a boolean (true or false), not {_short(value)}")
+
+
+def struct(value: Any, where: str) -> dict[str, Any]:
+    """An XML-RPC struct."""
+    if not isinstance(value, dict):
+        raise BadArgs(f"{where} must be a struct, not {type(value).__name__}")
+    return dict(value)
+
+
+def string_list(value: Any, where: str, limit: int = 10_000) -> list[str]:
+    """A list of non-empty strings (nil is none)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadArgs(f"{where} must be a list of strings, not {type(value).__name__}")
+    if len(value) > limit:
+        raise BadArgs(f"{where} has {len(value)} items; at most {limit}")
+    return [text(item, f"{where}[{index}]") for index, item in enumerate(value)]
+
+
+def email(value: Any, where: str) -> str:
+    """An e-mail address (empty: none)."""
+    if not isinstance(value, str):
+        raise BadArgs(f"{where} must be an e-mail address string, not {type(value).__name__}")
+    address = value.strip()
+    if address and not _EMAIL.match(address):
+        raise BadArgs(f"{where}: {address[:80]!r} is not an e-mail address (name@example.org)")
+    return address
