@@ -1,0 +1,217 @@
+"""A call that fails writes nothing: each state-changing method, with a failure injected after its first write,
+leaves the calendar (leases, slivers, the slice's users) and the testbed as they were before the call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.records import LeaseRecord, NodeSpec, SliverRecord
+from sfa_omf.errors import GeniError, Reason
+from sfa_omf.testbed.base import BackgroundTask, SliverHealth
+from sfa_omf.testbed.unix_accounts import LocalAccount
+from sfa_omf.times import format_time, utcnow
+from sfa_omf.trust.verifier import CredentialVerifier
+from tests.conftest import DemoPki
+from tests.sshkeys import ssh_key
+
+NODES = [f"urn:publicid:IDN+testbed+node+n{i}" for i in (1, 2)]
+
+
+class FaultInjectingTestbed:
+    """A stand-in testbed that fails on purpose: ``fail_on`` names the call number (1-based, per operation) that
+    raises, to inject a failure after the aggregate has already written or provisioned something. It records what
+    the testbed holds, so a test can check that nothing is left half done there either."""
+
+    name = "fault-injecting"
+
+    def __init__(self) -> None:
+        self.fail_on: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self.provisioned: set[str] = set()
+        self.users: dict[str, tuple[str, ...]] = {}  # lease id -> logins the testbed has
+
+    def _maybe_fail(self, operation: str) -> None:
+        self.calls[operation] = self.calls.get(operation, 0) + 1
+        if self.fail_on.get(operation) == self.calls[operation]:
+            raise GeniError(Reason.UNAVAILABLE, f"injected failure of {operation}")
+
+    def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
+        self._maybe_fail("provision")
+        self.provisioned.add(lease.id)
+        self.users[lease.id] = tuple(account.login for account in accounts)
+
+    def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
+        self._maybe_fail("renew")
+
+    def release(self, lease: LeaseRecord) -> None:
+        self.provisioned.discard(lease.id)
+        self.users.pop(lease.id, None)
+
+    def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth:
+        return SliverHealth("geni_ready")
+
+    def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
+        self._maybe_fail("update_users")
+        self.users[lease.id] = tuple(account.login for account in accounts)
+
+    def background_tasks(self) -> Sequence[BackgroundTask]:
+        return ()
+
+
+@pytest.fixture
+def setup(pki: DemoPki, tmp_path: Path) -> tuple[Aggregate, FaultInjectingTestbed]:
+    database = Database(sqlite_url(str(tmp_path / "c.sqlite")))
+    database.upgrade()
+    backend = FaultInjectingTestbed()
+    aggregate = Aggregate(
+        AggregateSettings(authority_hrn="testbed"), database, CredentialVerifier(pki.roots), backend=backend
+    )
+    for urn in NODES:
+        aggregate.inventory.add_node(NodeSpec(urn, urn.rsplit("+", 1)[1]))
+    return aggregate, backend
+
+
+def two_leases_request() -> str:
+    """n1 and n2 in two different slots: two leases, so a failure can come between them."""
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    leases, nodes = [], []
+    for index, urn in enumerate(NODES):
+        begin = start + timedelta(hours=index)
+        leases.append(
+            f'<ol:lease client_id="l{index}" valid_from="{format_time(begin)}" '
+            f'valid_until="{format_time(begin + timedelta(hours=1))}"/>'
+        )
+        nodes.append(f'<node client_id="c{index}" component_id="{urn}"><ol:lease_ref id_ref="l{index}"/></node>')
+    return (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
+        'xmlns:ol="http://nitlab.inf.uth.gr/schema/sfa/rspec/1">' + "".join(leases) + "".join(nodes) + "</rspec>"
+    )
+
+
+def snapshot(aggregate: Aggregate, slice_urn: str) -> tuple[Any, ...]:
+    """Everything a failed call must leave alone in the calendar."""
+    leases = tuple(
+        (lease.id, lease.state, lease.start, lease.end, tuple((s.urn, s.allocation_state) for s in lease.slivers))
+        for lease in aggregate.bookings.leases(active_only=False)
+    )
+    try:
+        users = aggregate.slices.get(slice_urn).users
+    except GeniError:
+        users = ()
+    return leases, users
+
+
+def users_option(pki: DemoPki, *names: str) -> dict[str, Any]:
+    return {"geni_users": [{"urn": pki.users[name].chain[0].urn, "keys": [ssh_key(name)]} for name in names]}
+
+
+def test_allocate_that_fails_after_booking_keeps_nothing(
+    setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aggregate, _ = setup
+    alice = pki.users["alice"]
+    before = snapshot(aggregate, pki.slice_urn)
+
+    def broken_answer(*args: Any) -> Any:
+        raise RuntimeError("injected failure after the booking was written")
+
+    monkeypatch.setattr(aggregate, "_describe_slice", broken_answer)
+    with pytest.raises(RuntimeError):
+        aggregate.allocate(
+            alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), users_option(pki, "alice")
+        )
+    assert snapshot(aggregate, pki.slice_urn) == before
+    monkeypatch.undo()
+    # And the same call, working, books both leases with the user: the failure left nothing in its way.
+    answer = aggregate.allocate(
+        alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), users_option(pki, "alice")
+    )
+    assert len(answer["geni_slivers"]) == 2
+    assert [user.user_urn for user in aggregate.slices.get(pki.slice_urn).users] == [alice.chain[0].urn]
+
+
+def test_provision_that_fails_on_the_second_lease_provisions_none(
+    setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki
+) -> None:
+    aggregate, backend = setup
+    alice = pki.users["alice"]
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    before = snapshot(aggregate, pki.slice_urn)
+    backend.fail_on["provision"] = 2
+    with pytest.raises(GeniError) as refusal:
+        aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], users_option(pki, "alice", "bob"))
+    assert "injected" in refusal.value.message
+    assert snapshot(aggregate, pki.slice_urn) == before, "no lease provisioned, no user added"
+    assert backend.provisioned == set(), "the first lease was given back on the testbed"
+    provisioned = aggregate.provision(
+        alice.chain, [pki.slice_urn], [alice.slice_cred], users_option(pki, "alice", "bob")
+    )
+    assert {s["geni_allocation_status"] for s in provisioned["geni_slivers"]} == {"geni_provisioned"}
+    assert len(backend.provisioned) == 2
+
+
+def test_provision_whose_calendar_write_fails_gives_the_testbed_back(
+    setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aggregate, backend = setup
+    alice = pki.users["alice"]
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    before = snapshot(aggregate, pki.slice_urn)
+
+    def database_down(*args: Any, **kwargs: Any) -> Any:
+        raise GeniError(Reason.DATABASE, "injected: the calendar's database failed")
+
+    monkeypatch.setattr(aggregate.bookings, "mark_provisioned_all", database_down)
+    with pytest.raises(GeniError):
+        aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], users_option(pki, "alice"))
+    assert snapshot(aggregate, pki.slice_urn) == before
+    assert backend.provisioned == set()
+
+
+def test_update_users_that_fails_on_the_testbed_changes_nothing(
+    setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki
+) -> None:
+    aggregate, backend = setup
+    alice = pki.users["alice"]
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], users_option(pki, "alice"))
+    before, testbed_before = snapshot(aggregate, pki.slice_urn), dict(backend.users)
+    backend.fail_on["update_users"] = 2
+    with pytest.raises(GeniError):
+        aggregate.perform_operational_action(
+            alice.chain, [pki.slice_urn], [alice.slice_cred], "geni_update_users", users_option(pki, "bob")
+        )
+    assert snapshot(aggregate, pki.slice_urn) == before, "the slice keeps its users"
+    assert backend.users == testbed_before, "the lease updated first got its old users back"
+
+
+def test_a_refused_argument_writes_nothing(setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki) -> None:
+    """The issue's first finding, through the dispatcher: users of the wrong type are refused before booking."""
+    from sfa_omf.am.api_v3 import ApiV3
+    from sfa_omf.server.xmlrpc import CallContext
+
+    aggregate, _ = setup
+    alice = pki.users["alice"]
+    endpoint = ApiV3(aggregate)
+    context = CallContext(alice.chain, "127.0.0.1", "/")
+    before = snapshot(aggregate, pki.slice_urn)
+    for users in (
+        5,
+        "alice",
+        {"urn": alice.chain[0].urn},
+        [5],
+        [{"urn": 5}],
+        [{"urn": alice.chain[0].urn, "keys": "ssh-ed25519 AAAA"}],
+    ):
+        answer = endpoint(
+            context, "Allocate", (pki.slice_urn, [alice.slice_cred], two_leases_request(), {"geni_users": users})
+        )
+        assert answer["code"]["geni_code"] == 1 and "geni_users" in answer["output"], answer
+        assert snapshot(aggregate, pki.slice_urn) == before
