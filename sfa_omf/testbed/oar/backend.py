@@ -405,16 +405,24 @@ class OarTestbed:
 
     def _image_before(self, node: str, lease: LeaseRecord) -> str:
         """The disk image the node's previous provisioned (or ended) lease installed: what it runs when ``lease``
-        starts. A lease booked later into the gap before ``lease`` does not re-plan it (documented)."""
+        starts. A lease of the same Provision call counts once its job is submitted (the calendar records the whole
+        call at its end). A lease booked later into the gap before ``lease`` does not re-plan it (documented)."""
         earlier = [
             other
             for other in self.bookings.leases(node=node, end=lease.start, active_only=False)
-            if other.id != lease.id and other.state in ("provisioned", "ended") and other.start < lease.start
+            if other.id != lease.id and other.start < lease.start and self._holds_its_slot(other)
         ]
         if not earlier:
             return ""
         previous = max(earlier, key=lambda other: other.start)
         return next((sliver.disk_image for sliver in previous.slivers if sliver.node == node), "")
+
+    def _holds_its_slot(self, lease: LeaseRecord) -> bool:
+        """Provisioned or ended in the calendar, or allocated with its OAR job already submitted."""
+        if lease.state in ("provisioned", "ended"):
+            return True
+        row = self.jobs.get(lease.id) if lease.state == "allocated" else None
+        return row is not None and row.state == SUBMITTED
 
     def _addresses(self, lease: LeaseRecord) -> list[str]:
         """The OAR network addresses of the lease's nodes (``network_address`` property, else the node's name)."""
