@@ -39,7 +39,7 @@ DEFAULT_DB_PORT = 5432  # SFA's database port (PostgreSQL's)
 DAY_S = 24 * 3600
 
 #: Testbed backends sfa-omf ships; others register a Python entry point in TESTBED_ENTRY_POINT_GROUP.
-BUILTIN_TESTBED_TYPES = ("omf", "oar")
+BUILTIN_TESTBED_TYPES = ("embedded", "omf", "oar")
 TESTBED_ENTRY_POINT_GROUP = "sfa_omf.testbeds"
 #: noop: the nodes run nothing (the reservation is the booking); deploy: OAR installs the lease's disk image.
 OAR_JOB_TYPES = ("noop", "deploy")
@@ -71,7 +71,7 @@ class Settings:
     registry_port: int = DEFAULT_REGISTRY_PORT
     aggregate_host: str = DEFAULT_HOST
     aggregate_port: int = DEFAULT_AGGREGATE_PORT
-    aggregate_type: str = "omf"
+    aggregate_type: str = "embedded"
     database_url: str = ""  # empty: [sfa_db] when it names a database, else the embedded SQLite in data_dir
     db_host: str = ""
     db_port: int = DEFAULT_DB_PORT
@@ -172,7 +172,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("registry_port", "sfa_registry", "port", "port", "the registry's port"),
     Option("aggregate_host", "sfa_aggregate", "host", "text", "the aggregate manager's address"),
     Option("aggregate_port", "sfa_aggregate", "port", "port", "the aggregate manager's port"),
-    Option("aggregate_type", "sfa_aggregate", "type", "text", "the testbed backend: omf, oar or an installed one"),
+    Option("aggregate_type", "sfa_aggregate", "type", "text", "the testbed backend: embedded, omf, oar, or another"),
     Option("db_host", "sfa_db", "host", "text", "PostgreSQL host of the calendar when database_url is empty"),
     Option("db_port", "sfa_db", "port", "port", "PostgreSQL port"),
     Option("db_user", "sfa_db", "user", "text", "PostgreSQL user"),
