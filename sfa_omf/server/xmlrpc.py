@@ -215,9 +215,10 @@ def _internal_error(request: server.Request, method: str, failure: Failure) -> N
 
 
 def make_site(
-    routes: dict[bytes, XmlRpcResource], default: XmlRpcResource, max_body_bytes: int, timeout_s: float
+    routes: dict[bytes, resource.Resource], default: XmlRpcResource, max_body_bytes: int, timeout_s: float
 ) -> server.Site:
-    """A Site serving ``routes`` by path; any other path (``/``, ``/RPC2``) goes to ``default``."""
+    """A Site serving ``routes`` by their first path segment (``am2``; ``resources``, the OMF backend's REST
+    inventory); any other path (``/``, ``/RPC2``) goes to ``default``."""
 
     class Root(resource.Resource):
         def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
