@@ -103,6 +103,9 @@ class Settings:
     oar_timeout_s: int = 30
     oar_cache_s: int = 30
     oar_reconcile_s: int = 300
+    frcp_amqp_url: str = field(default="", repr=False)  # empty: no user_factory (the operator manages accounts)
+    frcp_user_factory: str = "user_factory"
+    frcp_timeout_s: int = 30
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -204,6 +207,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("oar_timeout_s", "sfa_oar", "timeout_s", "count", "seconds to wait for one OAR API answer"),
     Option("oar_cache_s", "sfa_oar", "cache_s", "count", "how long OAR's own reservations are cached, in seconds"),
     Option("oar_reconcile_s", "sfa_oar", "reconcile_s", "count", "seconds between calendar/OAR reconciliations"),
+    Option("frcp_amqp_url", "sfa_frcp", "amqp_url", "text", "the OMF testbed's AMQP broker (omf backend)"),
+    Option("frcp_user_factory", "sfa_frcp", "user_factory", "text", "the FRCP topic of the user_factory controller"),
+    Option("frcp_timeout_s", "sfa_frcp", "timeout_s", "count", "seconds to wait for one FRCP answer"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {

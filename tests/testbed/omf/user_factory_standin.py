@@ -59,6 +59,8 @@ class UserFactoryStandIn:
         self.handled: list[FrcpMessage] = []
         self.signers: list[str] = []  # the emailAddress/URN of each accepted signer
         self.children: dict[str, str] = {}  # child topic -> username
+        # When set, create is answered CREATION.FAILED with these words (the controller failing, e.g. a full disk).
+        self.fail_with = ""
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"standin-{topic}", daemon=True)
@@ -175,6 +177,8 @@ class UserFactoryStandIn:
             return self._inform(message, "CREATION.FAILED", {"reason": f"cannot create a {props.get('type')!r}"})
         if not LOGIN.match(username):
             return self._inform(message, "CREATION.FAILED", {"reason": f"useradd: invalid user name '{username}'"})
+        if self.fail_with:
+            return self._inform(message, "CREATION.FAILED", {"reason": self.fail_with})
         home = self._home(username)
         ssh = home / ".ssh"
         ssh.mkdir(parents=True, exist_ok=True)
