@@ -5,7 +5,6 @@ or a broker that is down answers a clear GENI error and leaves the booking alloc
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -33,9 +32,6 @@ from sfa_omf.trust.roots import load_trusted_roots
 from tests.sshkeys import ssh_key
 from tests.testbed.omf.user_factory_standin import UserFactoryStandIn
 from tests.tls_harness import proxy
-
-URL = os.environ.get("SFA_OMF_TEST_RABBITMQ_URL", "")
-pytestmark = pytest.mark.skipif(not URL, reason="SFA_OMF_TEST_RABBITMQ_URL is not set (scripts/rabbitmq.sh up)")
 
 NODE = "urn:publicid:IDN+lab+node+node1"
 SLICE = "urn:publicid:IDN+lab+slice+demo"
@@ -73,15 +69,15 @@ class Running:
     aggregate: Any
 
 
-def serve(running_reactor: Any, lab: Lab, tmp_path: Path, **frcp: Any) -> Iterator[Running]:
+def serve(running_reactor: Any, lab: Lab, tmp_path: Path, url: str, **frcp: Any) -> Iterator[Running]:
     topic = f"user_factory-{uuid.uuid4().hex[:8]}"
-    wanted: dict[str, Any] = {"frcp_amqp_url": URL, "frcp_user_factory": topic, "frcp_timeout_s": 20, **frcp}
+    wanted: dict[str, Any] = {"frcp_amqp_url": url, "frcp_user_factory": topic, "frcp_timeout_s": 20, **frcp}
     settings = replace(
         lab.settings, aggregate_type="omf", database_url=sqlite_url(str(tmp_path / "calendar.sqlite")), **wanted
     )
     authority = LocalAuthority.load(str(lab.directory), "lab")
     standin = UserFactoryStandIn(
-        URL,
+        url,
         topic,
         tmp_path / "root",
         Signer(authority.key, authority.chain, "user_factory"),
@@ -102,8 +98,8 @@ def serve(running_reactor: Any, lab: Lab, tmp_path: Path, **frcp: Any) -> Iterat
 
 
 @pytest.fixture
-def running(running_reactor: Any, lab: Lab, tmp_path: Path) -> Iterator[Running]:
-    yield from serve(running_reactor, lab, tmp_path)
+def running(running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str) -> Iterator[Running]:
+    yield from serve(running_reactor, lab, tmp_path, rabbitmq_url)
 
 
 def rspec() -> str:
@@ -165,8 +161,10 @@ def test_a_controller_refusal_is_an_error_with_its_words_and_the_booking_stays(r
     assert allocation_states(running, lab) == ["geni_provisioned"]
 
 
-def test_a_controller_that_does_not_answer_is_timedout(running_reactor: Any, lab: Lab, tmp_path: Path) -> None:
-    for running in serve(running_reactor, lab, tmp_path, frcp_timeout_s=1):
+def test_a_controller_that_does_not_answer_is_timedout(
+    running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str
+) -> None:
+    for running in serve(running_reactor, lab, tmp_path, rabbitmq_url, frcp_timeout_s=1):
         running.standin.stop()  # the broker is up, nobody serves user_factory's topic
         assert running.am.Allocate(SLICE, [lab.slice_cred], rspec(), {})["code"]["geni_code"] == 0
         answer = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
@@ -175,11 +173,14 @@ def test_a_controller_that_does_not_answer_is_timedout(running_reactor: Any, lab
         assert allocation_states(running, lab) == ["geni_allocated"]
 
 
-def test_a_broker_that_is_down_is_unavailable(running_reactor: Any, lab: Lab, tmp_path: Path) -> None:
+def test_a_broker_that_is_down_is_unavailable(
+    running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str
+) -> None:
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    for running in serve(running_reactor, lab, tmp_path, frcp_amqp_url=f"amqp://u:secret@127.0.0.1:{port}/%2F"):
+    down = f"amqp://u:secret@127.0.0.1:{port}/%2F"
+    for running in serve(running_reactor, lab, tmp_path, rabbitmq_url, frcp_amqp_url=down):
         assert running.am.Allocate(SLICE, [lab.slice_cred], rspec(), {})["code"]["geni_code"] == 0
         answer = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
         assert answer["code"]["geni_code"] == 11

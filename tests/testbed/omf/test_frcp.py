@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -39,9 +38,6 @@ from tests.conftest import DemoPki
 from tests.sshkeys import ssh_key
 from tests.testbed.omf.user_factory_standin import UserFactoryStandIn
 
-URL = os.environ.get("SFA_OMF_TEST_RABBITMQ_URL", "")
-needs_rabbitmq = pytest.mark.skipif(not URL, reason="SFA_OMF_TEST_RABBITMQ_URL is not set (scripts/rabbitmq.sh up)")
-
 
 def aggregate_signer(pki: DemoPki) -> Signer:
     """The aggregate's own key and GID (from the local authority), as the OMF backend signs."""
@@ -55,23 +51,23 @@ class Factory:
     client: FrcpClient
     topic: str
     root: Path
+    url: str
 
 
 @pytest.fixture
-def factory(pki: DemoPki, tmp_path: Path) -> Iterator[Factory]:
+def factory(pki: DemoPki, tmp_path: Path, rabbitmq_url: str) -> Iterator[Factory]:
     # A topic of its own per test: several people share this RabbitMQ.
     topic = f"user_factory-{uuid.uuid4().hex[:8]}"
     controller = Signer(pki.authority.key, pki.authority.chain, "user_factory")
-    standin = UserFactoryStandIn(URL, topic, tmp_path / "root", controller, SignatureChecker(pki.roots))
+    standin = UserFactoryStandIn(rabbitmq_url, topic, tmp_path / "root", controller, SignatureChecker(pki.roots))
     standin.start()
-    client = FrcpClient(URL, signer=aggregate_signer(pki), checker=SignatureChecker(pki.roots), timeout_s=30)
+    client = FrcpClient(rabbitmq_url, signer=aggregate_signer(pki), checker=SignatureChecker(pki.roots), timeout_s=30)
     try:
-        yield Factory(standin, client, topic, tmp_path / "root")
+        yield Factory(standin, client, topic, tmp_path / "root", rabbitmq_url)
     finally:
         standin.stop()
 
 
-@needs_rabbitmq
 def test_user_factory_account_flow(factory: Factory, pki: DemoPki) -> None:
     """create user -> configure cert -> release; then create again -> configure auth_keys -> release; deluser."""
     home = factory.root / "home" / "alice_1a2b3c"
@@ -103,8 +99,8 @@ def test_user_factory_account_flow(factory: Factory, pki: DemoPki) -> None:
     assert factory.standin.refused == [] and session.refused == []
 
 
-def publish_raw(topic: str, body: bytes, content_type: str) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(URL))
+def publish_raw(url: str, topic: str, body: bytes, content_type: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         connection.channel().basic_publish(
             exchange=topic, routing_key="o.op", body=body, properties=pika.BasicProperties(content_type=content_type)
@@ -124,18 +120,17 @@ def tampered(token: str) -> str:
     return f"{header}.{forged}.{signature}"
 
 
-@needs_rabbitmq
 def test_a_tampered_unsigned_or_untrusted_message_is_refused(factory: Factory, pki: DemoPki, tmp_path: Path) -> None:
     src = address("127.0.0.1", "tester")
     create = new_message("create", src, {"type": "user", "username": "alice"})
     token = aggregate_signer(pki).sign(create)
-    publish_raw(factory.topic, tampered(token).encode(), "jwt")
-    publish_raw(factory.topic, encode(create, None)[0], "text/json")
+    publish_raw(factory.url, factory.topic, tampered(token).encode(), "jwt")
+    publish_raw(factory.url, factory.topic, encode(create, None)[0], "text/json")
     other = init_directory(str(tmp_path / "elsewhere"), "elsewhere", ())
     assert other is not None
     stranger_chain = load_gid_chain_file(str(tmp_path / "elsewhere" / "aggregate" / "am.gid"))
     stranger = Signer(load_private_key_file(str(tmp_path / "elsewhere" / "aggregate" / "am.pkey")), stranger_chain, "x")
-    publish_raw(factory.topic, stranger.sign(create).encode(), "jwt")
+    publish_raw(factory.url, factory.topic, stranger.sign(create).encode(), "jwt")
     # A good request after them: the stand-in handles messages in order, so once it answers, it has judged them.
     with factory.client.session() as session:
         session.request(factory.topic, "create", {"type": "user", "username": "bob"})
@@ -148,7 +143,6 @@ def test_a_tampered_unsigned_or_untrusted_message_is_refused(factory: Factory, p
     assert not (factory.root / "home" / "mallory").exists() and not (factory.root / "home" / "alice").exists()
 
 
-@needs_rabbitmq
 def test_an_error_inform_raises_with_the_controllers_reason(factory: Factory) -> None:
     with factory.client.session() as session, pytest.raises(FrcpError) as error:
         session.request(factory.topic, "create", {"type": "user", "username": "Bad Name"})
@@ -157,9 +151,8 @@ def test_an_error_inform_raises_with_the_controllers_reason(factory: Factory) ->
     assert not (factory.root / "home").exists()
 
 
-@needs_rabbitmq
-def test_no_answer_is_a_timeout(pki: DemoPki) -> None:
-    client = FrcpClient(URL, signer=aggregate_signer(pki), timeout_s=0.5)
+def test_no_answer_is_a_timeout(pki: DemoPki, rabbitmq_url: str) -> None:
+    client = FrcpClient(rabbitmq_url, signer=aggregate_signer(pki), timeout_s=0.5)
     with client.session() as session, pytest.raises(FrcpTimeout, match=r"no answer to create on nobody-\w+ within"):
         session.request(f"nobody-{uuid.uuid4().hex[:8]}", "create", {"type": "user", "username": "x"})
 
@@ -174,16 +167,15 @@ def test_a_broker_that_is_down_is_unavailable() -> None:
     assert f"127.0.0.1:{port}" in str(down.value) and "secret" not in str(down.value)
 
 
-@needs_rabbitmq
-def test_informs_without_cid_match_on_node_name(pki: DemoPki) -> None:
+def test_informs_without_cid_match_on_node_name(rabbitmq_url: str) -> None:
     """cm_factory informs carry no cid: the reply for node1 is the one whose props.node_name is node1."""
     topic = f"cm_factory-{uuid.uuid4().hex[:8]}"
-    client = FrcpClient(URL)
+    client = FrcpClient(rabbitmq_url)
     with client.session() as session:
         session.subscribe(topic)
         for node in ("node2", "node1"):
             inform = new_message("inform", address("127.0.0.1", topic), {"node_name": node, "current": "on"})
-            connection = pika.BlockingConnection(pika.URLParameters(URL))
+            connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
             try:
                 connection.channel().basic_publish(
                     exchange=topic, routing_key="o.info", body=json.dumps({**inform.to_json(), "itype": "STATUS"})

@@ -26,6 +26,7 @@ from sfa_omf.registry.records import Records
 from sfa_omf.server.app import build_aggregate, start_aggregate
 from sfa_omf.testbed.omf.inventory import lease_status
 from sfa_omf.times import format_time, parse_time, utcnow
+from tests.calendar.conftest import fresh_database
 from tests.tls_harness import client_context, proxy
 
 N1 = "urn:publicid:IDN+lab+node+node1"
@@ -91,13 +92,19 @@ def rspec(node: str, window: tuple[str, str]) -> str:
     )
 
 
-@pytest.fixture(scope="module")
-def site(running_reactor: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def site(
+    request: pytest.FixtureRequest, running_reactor: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    """The whole aggregate (type = omf) on each database: the inventory's column queries run on both."""
     directory = tmp_path_factory.mktemp("omf") / "lab"
+    calendar = fresh_database(request.param, tmp_path_factory.mktemp("calendar"))
+    calendar_url = calendar.engine.url.render_as_string(hide_password=False)
+    calendar.dispose()
     report = init_directory(str(directory), "lab", ("ann", "bob"))
     other = tmp_path_factory.mktemp("other") / "elsewhere"
     other_report = init_directory(str(other), "elsewhere", ("eve",))
-    settings = replace(read_config(str(directory / "sfa-omf.conf")), aggregate_type="omf")
+    settings = replace(read_config(str(directory / "sfa-omf.conf")), aggregate_type="omf", database_url=calendar_url)
     aggregate = build_aggregate(settings)
     aggregate.inventory.add_node(
         NodeSpec(N1, "node1", hardware_type="icarus", properties={"interfaces": INTERFACES, "cmc": CMC})
@@ -128,6 +135,7 @@ def site(running_reactor: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
         )
     finally:
         blockingCallFromThread(running_reactor, server.stop)
+        aggregate.database.dispose()
 
 
 def controller_accepts(node: dict[str, Any], account: str, now: datetime) -> bool:
