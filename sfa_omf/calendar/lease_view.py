@@ -30,7 +30,8 @@ class NodeRow:
 
 @dataclass(frozen=True)
 class LeaseRow:
-    """A lease with its slice, its booker and the nodes it holds (component id, component name)."""
+    """A lease with its slice, its booker and the nodes it holds (component id, component name, the node's
+    recorded ``uuid`` property or "")."""
 
     id: str
     slice_urn: str
@@ -40,7 +41,7 @@ class LeaseRow:
     end: datetime
     state: str
     client_id: str
-    nodes: tuple[tuple[str, str], ...]
+    nodes: tuple[tuple[str, str, str], ...]
 
 
 def node_rows(database: Database, name: str | None = None) -> list[NodeRow]:
@@ -74,6 +75,7 @@ def lease_rows(
             Lease.client_id,
             Node.component_id,
             Node.component_name,
+            Node.properties,
         )
         .join(Slice, Lease.slice_id == Slice.id)
         .join(Sliver, Sliver.lease_id == Lease.id)
@@ -89,11 +91,11 @@ def lease_rows(
         held = select(Sliver.lease_id).join(Node, Sliver.node_id == Node.id).where(Node.component_id.in_(nodes))
         query = query.where(Lease.id.in_(held))
     leases: dict[str, list[Any]] = {}
-    members: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    members: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     with database.read() as session:
         for row in session.execute(query):
             leases.setdefault(row[0], list(row[:8]))
-            members[row[0]].append((row[8], row[9]))
+            members[row[0]].append((row[8], row[9], str((row[10] or {}).get("uuid") or "")))
     return [
         LeaseRow(
             id=lease,

@@ -66,8 +66,11 @@ def lease_status(state: str, start: datetime, end: datetime, now: datetime) -> s
 
 def node_uuid(node: NodeRow) -> str:
     """The node's uuid: the one the operator recorded (property ``uuid``), else derived from its URN (stable)."""
-    recorded = node.properties.get("uuid")
-    return str(recorded) if recorded else str(uuid.uuid5(uuid.NAMESPACE_URL, node.component_id))
+    return uuid_of(node.component_id, str(node.properties.get("uuid") or ""))
+
+
+def uuid_of(component_id: str, recorded: str) -> str:
+    return recorded or str(uuid.uuid5(uuid.NAMESPACE_URL, component_id))
 
 
 def account_uuid(slice_urn: str, login: str) -> str:
@@ -166,7 +169,7 @@ class OmfInventory:
         logins = account_logins(self.database)
         for lease in lease_rows(self.database, nodes=list(by_node)):
             brief = self._lease_json(lease, now, logins, components=False)
-            for component_id, _ in lease.nodes:
+            for component_id, _, _ in lease.nodes:
                 if component_id in by_node:
                     by_node[component_id].append(brief)
         return [self._node_json(node, by_node[node.component_id]) for node in nodes]
@@ -251,8 +254,8 @@ class OmfInventory:
         }
         if components:
             lease["components"] = [
-                {"uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, component_id)), "name": name, "urn": component_id}
-                for component_id, name in row.nodes
+                {"uuid": uuid_of(component_id, recorded), "name": name, "urn": component_id}
+                for component_id, name, recorded in row.nodes
             ]
         return lease
 

@@ -36,6 +36,7 @@ INTERFACES = [
     {"role": "control", "mac": "00:03:1d:0c:23:46", "ip": {"address": "10.0.0.1", "netmask": "255.255.255.0"}}
 ]
 CMC = {"ip": "10.1.0.1", "mac": "00:03:1d:0c:23:99"}
+NODE2_UUID = "6a1c3e0e-3b1f-4f5e-9d2a-2f0d7c9b1e42"  # recorded by the operator (omf_sfa's own uuid of the node)
 
 
 @dataclass
@@ -109,7 +110,7 @@ def site(
     aggregate.inventory.add_node(
         NodeSpec(N1, "node1", hardware_type="icarus", properties={"interfaces": INTERFACES, "cmc": CMC})
     )
-    aggregate.inventory.add_node(NodeSpec(N2, "node2"))
+    aggregate.inventory.add_node(NodeSpec(N2, "node2", properties={"uuid": NODE2_UUID}))
     records = Records(aggregate.database)
     records.import_authority(LocalAuthority.load(str(directory), "lab"))
     records.update("lab", pis=["lab.bob"])
@@ -216,6 +217,16 @@ def test_an_operator_posts_renews_and_deletes_a_lease(site: Site) -> None:
     }
     node = call(site, site.ann, "GET", "/resources/nodes?name=node2")[1]["resource_response"]["resource"]
     assert [each["uuid"] for each in node["leases"]] == [lease["uuid"]]
+    # A node's recorded uuid is the one everything shows and takes.
+    assert node["uuid"] == NODE2_UUID and lease["components"] == [{"uuid": NODE2_UUID, "name": "node2", "urn": N2}]
+    by_uuid = {**body, "name": "by-uuid", "components": [{"uuid": NODE2_UUID}]}
+    by_uuid["valid_from"], by_uuid["valid_until"] = later(7)
+    status, answer = call(site, site.bob, "POST", "/resources/leases", by_uuid)
+    assert status == 200 and answer["resource_response"]["resource"]["components"][0]["urn"] == N2
+    assert (
+        call(site, site.bob, "DELETE", f"/resources/leases?uuid={answer['resource_response']['resource']['uuid']}")[0]
+        == 200
+    )
 
     new_end = format_time(parse_time(window[1]) + timedelta(hours=1))
     status, answer = call(
