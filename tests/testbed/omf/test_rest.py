@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -322,3 +323,34 @@ def test_lease_status_table() -> None:
         "cancelled",
         "cancelled",
     ]
+
+
+def test_two_operators_racing_for_one_slot_get_one_lease(site: Site) -> None:
+    """Both POSTs go through the calendar at once: one is booked, the other refused with the winner as the reason."""
+    window = later(13)
+    bodies = [
+        {
+            "valid_from": window[0],
+            "valid_until": window[1],
+            "account_attributes": {"name": f"racer{index}"},
+            "components": [{"urn": N1}],
+        }
+        for index in range(2)
+    ]
+    before = lease_count(site)
+    barrier = threading.Barrier(2)
+    answers: list[tuple[int, dict[str, Any]]] = []
+
+    def post(body: dict[str, Any]) -> None:
+        barrier.wait()
+        answers.append(call(site, site.bob, "POST", "/resources/leases", body))
+
+    racers = [threading.Thread(target=post, args=(body,)) for body in bodies]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert sorted(status for status, _ in answers) == [200, 409]
+    refused = next(answer for status, answer in answers if status == 409)
+    assert f"{N1} is booked during {window[0]}..{window[1]}" in refused["exception"]["reason"]
+    assert lease_count(site) == before + 1
