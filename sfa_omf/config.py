@@ -106,6 +106,7 @@ class Settings:
     frcp_amqp_url: str = field(default="", repr=False)  # empty: no user_factory (the operator manages accounts)
     frcp_user_factory: str = "user_factory"
     frcp_timeout_s: int = 30
+    frcp_account: str = "root"
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -210,6 +211,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("frcp_amqp_url", "sfa_frcp", "amqp_url", "text", "the OMF testbed's AMQP broker (omf backend)"),
     Option("frcp_user_factory", "sfa_frcp", "user_factory", "text", "the FRCP topic of the user_factory controller"),
     Option("frcp_timeout_s", "sfa_frcp", "timeout_s", "count", "seconds to wait for one FRCP answer"),
+    Option("frcp_account", "sfa_frcp", "account", "text", "the account the aggregate signs FRCP messages as"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {

@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from sfa_omf.errors import GeniError, Reason
-from sfa_omf.testbed.omf.frcp import FrcpClient, FrcpError, FrcpSession, FrcpTimeout, FrcpUnavailable
+from sfa_omf.testbed.omf.frcp import FrcpClient, FrcpError, FrcpSession, FrcpTimeout, FrcpUnavailable, Signer
 from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import utcnow
-from sfa_omf.trust.gid import GidChain
+from sfa_omf.trust.gid import GidChain, gid_from_certificate
 from sfa_omf.xrn import hrn_to_urn
 
 CERTIFICATE_LIFETIME = timedelta(days=365)
@@ -52,11 +52,21 @@ class AccountCertificates:
             ) from exc
         if not isinstance(public_key, rsa.RSAPublicKey):
             raise GeniError(Reason.TESTBED, f"user_factory made {login} a {type(public_key).__name__}, not RSA")
+        urn = hrn_to_urn(f"{self.authority_hrn}.{login}", "user")
+        return self.certificate(login, public_key, urn).public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+    def signer(self, account: str, key: rsa.RSAPrivateKey, urn: str) -> Signer:
+        """Who signs FRCP messages: ``key`` with a certificate naming ``account`` in its emailAddress (the
+        controllers' notion of who is asking) and ``urn``, chained to the local authority."""
+        certificate = self.certificate(account, key.public_key(), urn)
+        return Signer(key, (gid_from_certificate(certificate), *self.authority_chain), urn)
+
+    def certificate(self, login: str, public_key: rsa.RSAPublicKey, urn: str) -> x509.Certificate:
+        """CN <a new uuid>, emailAddress <login>@<domain>, ``urn`` and the uuid in subjectAltName."""
         issuer = self.authority_chain[0].certificate
         now = utcnow()
         account_uuid = uuid.uuid4()
-        urn = hrn_to_urn(f"{self.authority_hrn}.{login}", "user")
-        certificate = (
+        return (
             x509.CertificateBuilder()
             .subject_name(
                 x509.Name(
@@ -80,7 +90,13 @@ class AccountCertificates:
             )
             .sign(self.authority_key, hashes.SHA256())
         )
-        return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def account_of(certificate: x509.Certificate) -> str:
+    """The account a certificate names, as OMF's controllers read it: the local part of its subject's
+    emailAddress ("" when it has none)."""
+    values = certificate.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)
+    return str(values[0].value).split("@", 1)[0] if values else ""
 
 
 class UserFactory:

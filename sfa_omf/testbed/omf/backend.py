@@ -69,25 +69,29 @@ class OmfTestbed:
 
 
 def make_omf_backend(settings: Any) -> OmfTestbed:
-    """The backend ``[sfa_aggregate] type = omf`` names: with ``[sfa_frcp] amqp_url``, an FRCP client signing as
-    the aggregate (its key and GID) and checking the controllers' informs against the trusted roots."""
+    """The backend ``[sfa_aggregate] type = omf`` names: with ``[sfa_frcp] amqp_url``, an FRCP client signing with
+    the aggregate's key (a certificate from the local authority with ``[sfa_frcp] account`` in its emailAddress)
+    and checking the controllers' informs against the trusted roots."""
     if settings is None or not getattr(settings, "frcp_amqp_url", ""):
         return OmfTestbed()
     from sfa_omf.registry.authority import LocalAuthority
-    from sfa_omf.testbed.omf.frcp import FrcpClient, SignatureChecker, Signer
+    from sfa_omf.testbed.omf.frcp import FrcpClient, SignatureChecker
     from sfa_omf.trust.gid import load_gid_chain_file
     from sfa_omf.trust.pki import load_private_key_file
     from sfa_omf.trust.roots import load_trusted_roots
 
     aggregate_dir = os.path.join(settings.data_dir, "aggregate")
-    chain = load_gid_chain_file(os.path.join(aggregate_dir, "am.gid"))
-    signer = Signer(load_private_key_file(os.path.join(aggregate_dir, "am.pkey")), chain, chain[0].urn or "")
+    aggregate_urn = load_gid_chain_file(os.path.join(aggregate_dir, "am.gid"))[0].urn or ""
+    authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
+    certificates = AccountCertificates(authority.key, authority.chain, settings.interface_hrn, settings.hostname)
+    # The aggregate's key, with a certificate from the local authority naming the FRCP account in emailAddress.
+    signer = certificates.signer(
+        settings.frcp_account, load_private_key_file(os.path.join(aggregate_dir, "am.pkey")), aggregate_urn
+    )
     client = FrcpClient(
         settings.frcp_amqp_url,
         signer=signer,
         checker=SignatureChecker(load_trusted_roots(settings.trusted_roots_dir)),
         timeout_s=settings.frcp_timeout_s,
     )
-    authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
-    certificates = AccountCertificates(authority.key, authority.chain, settings.interface_hrn, settings.hostname)
     return OmfTestbed(UserFactory(client, settings.frcp_user_factory, certificates))

@@ -140,6 +140,8 @@ def test_provision_creates_the_account_with_its_certificate_and_keys(running: Ru
     ours = certificate.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     assert ours.decode().split()[1] == public
     assert [message.op for message in running.standin.handled] == ["create", "configure", "configure", "release"]
+    # Signed with the aggregate's key under a certificate of the local authority naming the account "root".
+    assert running.standin.signers == ["root"] * 4
 
     # geni_update_users: the complete new set of keys replaces the old one on the testbed.
     update = running.am.PerformOperationalAction(

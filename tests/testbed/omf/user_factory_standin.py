@@ -29,6 +29,7 @@ import pika
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sfa_omf.testbed.omf.accounts import account_of
 from sfa_omf.testbed.omf.frcp import (
     BadMessage,
     FrcpMessage,
@@ -57,7 +58,7 @@ class UserFactoryStandIn:
         self.checker = checker
         self.refused: list[str] = []  # why each refused message was refused
         self.handled: list[FrcpMessage] = []
-        self.signers: list[str] = []  # the emailAddress/URN of each accepted signer
+        self.signers: list[str] = []  # the account (subject emailAddress) of each accepted signer
         self.children: dict[str, str] = {}  # child topic -> username
         # When set, create is answered CREATION.FAILED with these words (the controller failing, e.g. a full disk).
         self.fail_with = ""
@@ -110,7 +111,7 @@ class UserFactoryStandIn:
         if message.op == "inform":
             return  # our own informs, and other controllers'
         self.handled.append(message)
-        self.signers.append(decoded.signer.email or decoded.signer.urn or "")
+        self.signers.append(account_of(decoded.signer.certificate))
         try:
             reply = self._work(topic, message)
         except (OSError, ValueError) as exc:
