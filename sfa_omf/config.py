@@ -705,6 +705,15 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 f"[sfa_oar] timezone {settings.oar_timezone!r} is not a time zone name (e.g. Europe/Paris, UTC)",
             )
         )
+    if settings.frcp_amqp_url and not settings.frcp_amqp_url.startswith(("amqp://", "amqps://")):
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["frcp_amqp_url"]),
+                f"[sfa_frcp] amqp_url {hide_password(settings.frcp_amqp_url)!r} is not an AMQP URL "
+                "(amqp://user:password@host:5672/vhost, or amqps:// for TLS)",
+            )
+        )
     if settings.oar_job_type not in OAR_JOB_TYPES:
         problems.append(
             Problem(
