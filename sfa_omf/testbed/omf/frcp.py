@@ -355,16 +355,15 @@ class FrcpSession:
                 if method is None:  # inactivity: the time is up
                     break
                 inform = self._read(body, getattr(properties, "content_type", None))
-                if inform is None or inform.op != "inform":
-                    continue  # our own requests come back on the topics we listen to
-                if inform.cid == mid or (
-                    inform.cid is None and node_name and inform.props.get("node_name") == node_name
-                ):
+                # Our own requests come back on the topics we listen to, and other conversations' informs pass by.
+                if inform is not None and inform.op == "inform" and _answers(inform, mid, node_name):
                     self.channel.cancel()
                     if inform.is_error:
                         reason = inform.props.get("reason") or inform.props.get("msg") or inform.itype or "error"
                         raise FrcpError(str(reason), inform)
                     return inform
+                if time.monotonic() >= deadline:  # a stream of other messages must not keep us past the limit
+                    break
             self.channel.cancel()
 
     def _read(self, body: bytes, content_type: str | None) -> FrcpMessage | None:
@@ -375,6 +374,13 @@ class FrcpSession:
             log.warning("dropped an FRCP message: %s", exc)
             return None
         return decoded.message if isinstance(decoded, SignedBy) else decoded
+
+
+def _answers(inform: FrcpMessage, mid: str, node_name: str | None) -> bool:
+    """Whether ``inform`` answers the request ``mid``: by cid, or (no cid) by the node it is about."""
+    if inform.cid is not None:
+        return inform.cid == mid
+    return node_name is not None and inform.props.get("node_name") == node_name
 
 
 def _safe(url: str) -> str:
