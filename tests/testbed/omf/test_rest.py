@@ -354,3 +354,31 @@ def test_two_operators_racing_for_one_slot_get_one_lease(site: Site) -> None:
     refused = next(answer for status, answer in answers if status == 409)
     assert f"{N1} is booked during {window[0]}..{window[1]}" in refused["exception"]["reason"]
     assert lease_count(site) == before + 1
+
+
+def test_extending_a_lease_into_another_is_refused_and_changes_nothing(site: Site) -> None:
+    first, second = later(17), later(18)  # back to back on node2
+    leases = []
+    for index, window in enumerate((first, second)):
+        body = {
+            "valid_from": window[0],
+            "valid_until": window[1],
+            "account_attributes": {"name": f"neighbour{index}"},
+            "components": [{"urn": N2}],
+        }
+        status, answer = call(site, site.bob, "POST", "/resources/leases", body)
+        assert status == 200, answer
+        leases.append(answer["resource_response"]["resource"])
+    status, answer = call(
+        site, site.bob, "PUT", "/resources/leases", {"uuid": leases[0]["uuid"], "valid_until": second[1]}
+    )
+    assert (status, answer["exception"]["geni_code"]) == (409, 7)
+    assert f"{N2} is booked during {second[0]}..{second[1]}" in answer["exception"]["reason"]
+    unchanged = call(site, site.bob, "GET", f"/resources/leases/{leases[0]['uuid']}")[1]["resource_response"][
+        "resource"
+    ]
+    assert unchanged["valid_until"] == first[1] and unchanged["status"] == "accepted"
+    # Its start cannot move: delete and post again.
+    moved = {"uuid": leases[0]["uuid"], "valid_from": later(16)[0], "valid_until": first[1]}
+    status, answer = call(site, site.bob, "PUT", "/resources/leases", moved)
+    assert status == 400 and "valid_from cannot change" in answer["exception"]["reason"]
