@@ -108,18 +108,22 @@ class UserFactory:
         self.topic = topic
         self.certificates = certificates
 
-    def ensure(self, accounts: Sequence[LocalAccount], with_certificate: bool = True) -> None:
-        """Each account exists, has its certificate (when asked) and exactly its keys in authorized_keys."""
+    def ensure(self, accounts: Sequence[LocalAccount], also: Sequence[str] = (), with_certificate: bool = True) -> None:
+        """Each account exists, has its certificate (when asked) and exactly its keys in authorized_keys; the
+        logins in ``also`` exist and have their certificate, their keys left as they are (no keys were sent for
+        them: user_factory's auth_keys would empty authorized_keys)."""
+        wanted: list[tuple[str, Sequence[str] | None]] = [(account.login, account.ssh_keys) for account in accounts]
+        known = {login for login, _ in wanted}
+        wanted += [(login, None) for login in dict.fromkeys(also) if login not in known]
         with self._speaking("create the accounts") as session:
-            for account in accounts:
-                self._one(session, account, with_certificate)
+            for login, keys in wanted:
+                self._one(session, login, keys, with_certificate)
 
     def set_keys(self, accounts: Sequence[LocalAccount]) -> None:
         """Each account's authorized_keys becomes exactly its keys (geni_update_users)."""
         self.ensure(accounts, with_certificate=False)
 
-    def _one(self, session: FrcpSession, account: LocalAccount, with_certificate: bool) -> None:
-        login = account.login
+    def _one(self, session: FrcpSession, login: str, keys: Sequence[str] | None, with_certificate: bool) -> None:
         created = session.request(self.topic, "create", {"type": "user", "hrn": login, "username": login})
         child = created.props.get("res_id")
         if not isinstance(child, str) or not child:
@@ -128,7 +132,8 @@ class UserFactory:
             public_key = created.props.get("pub_key")
             if with_certificate and self.certificates is not None and isinstance(public_key, str) and public_key:
                 session.request(child, "configure", {"cert": self.certificates.mint(login, public_key)})
-            session.request(child, "configure", {"auth_keys": list(account.ssh_keys)})
+            if keys is not None:
+                session.request(child, "configure", {"auth_keys": list(keys)})
         finally:
             session.request(self.topic, "release", rid=child)
 

@@ -40,10 +40,8 @@ class OmfTestbed:
         the lease is then what ``/resources/nodes`` reports as active during its slot."""
         if self.user_factory is None:
             return
-        wanted = list(accounts)
-        if owner and owner not in {account.login for account in wanted}:
-            wanted.append(LocalAccount(owner, (), ()))
-        self.user_factory.ensure(wanted)
+        # The owner without keys of its own in this call (an operator's lease): created, its keys left alone.
+        self.user_factory.ensure(accounts, also=(owner,) if owner else ())
 
     def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
         """The inventory reads the calendar's new end: nothing to tell the controllers."""

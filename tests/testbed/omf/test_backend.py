@@ -20,13 +20,14 @@ from cryptography.x509.oid import NameOID
 from twisted.internet.threads import blockingCallFromThread
 
 from sfa_omf.calendar.database import sqlite_url
-from sfa_omf.calendar.records import NodeSpec
+from sfa_omf.calendar.records import LeaseRecord, NodeSpec
 from sfa_omf.config import Settings, read_config
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.server.app import build_aggregate, start_aggregate
 from sfa_omf.testbed.omf.backend import OmfTestbed
 from sfa_omf.testbed.omf.frcp import SignatureChecker, Signer
+from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.roots import load_trusted_roots
 from tests.sshkeys import ssh_key
@@ -36,6 +37,7 @@ from tests.tls_harness import proxy
 NODE = "urn:publicid:IDN+lab+node+node1"
 SLICE = "urn:publicid:IDN+lab+slice+demo"
 ANN = "urn:publicid:IDN+lab+user+ann"
+LEASE = LeaseRecord("lease-1", SLICE, ANN, utcnow(), utcnow() + timedelta(hours=1), "allocated", ())
 
 
 @dataclass
@@ -188,3 +190,17 @@ def test_a_broker_that_is_down_is_unavailable(
         assert answer["code"]["geni_code"] == 11
         assert f"127.0.0.1:{port} cannot be reached" in answer["output"] and "secret" not in answer["output"]
         assert allocation_states(running, lab) == ["geni_allocated"]
+
+
+def test_an_owner_without_keys_is_created_and_keeps_its_keys(running: Running) -> None:
+    """An operator's lease (POST /resources/leases) provisions for an account no keys were sent for: it is created
+    with its certificate, and its authorized_keys is left alone (auth_keys [] would empty it)."""
+    backend = running.aggregate.backend
+    backend.update_users(LEASE, [LocalAccount("carol", (), (ssh_key("carol@home"),))])
+    home = running.root / "home" / "carol"
+    assert (home / ".ssh" / "authorized_keys").read_text() == f"{ssh_key('carol@home')}\n"
+    backend.provision(LEASE, "carol", ())
+    assert (home / ".ssh" / "authorized_keys").read_text() == f"{ssh_key('carol@home')}\n"
+    assert (home / ".omf" / "user_cert.pem").exists()
+    assert [message.op for message in running.standin.handled][-3:] == ["create", "configure", "release"]
+    assert "cert" in running.standin.handled[-2].props
