@@ -117,7 +117,13 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
 
         base_url = f"https://{settings.hostname}:{settings.aggregate_port}"
         routes[b"resources"] = inventory_resource(aggregate, base_url, pool, reactor)
-    site = make_site(routes, v3, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
+    site = make_site(
+        routes,
+        v3,
+        max_body_bytes=settings.max_request_bytes,
+        timeout_s=REQUEST_TIMEOUT_S,
+        json_prefixes=(b"/resources/",) if b"resources" in routes else (),
+    )
     tls = ServerTls(
         os.path.join(settings.data_dir, "aggregate", "am.pkey"), os.path.join(settings.data_dir, "aggregate", "am.gid")
     )

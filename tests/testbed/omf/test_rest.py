@@ -4,6 +4,7 @@ tools write, and every refusal in omf_sfa's error shape with nothing written."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import threading
@@ -382,3 +383,23 @@ def test_extending_a_lease_into_another_is_refused_and_changes_nothing(site: Sit
     moved = {"uuid": leases[0]["uuid"], "valid_from": later(16)[0], "valid_until": first[1]}
     status, answer = call(site, site.bob, "PUT", "/resources/leases", moved)
     assert status == 400 and "valid_from cannot change" in answer["exception"]["reason"]
+
+
+def test_a_body_over_the_limit_is_refused_in_omf_sfas_shape_before_it_is_read(site: Site) -> None:
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", int(site.base.rsplit(":", 1)[1]), context=client_context(site.bob.chain, site.bob.key)
+    )
+    connection.putrequest("POST", "/resources/leases")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(10**10))
+    connection.endheaders()  # no body is sent: the answer comes from the declared length
+    answer = connection.getresponse()
+    error = json.loads(answer.read())["exception"]
+    connection.close()
+    assert (answer.status, answer.getheader("Content-Type"), error["code"], error["geni_code"]) == (
+        413,
+        "application/json",
+        413,
+        6,
+    )
+    assert "over the limit of" in error["reason"]
