@@ -73,6 +73,8 @@ def _shown_value(loaded: LoadedConfig, option: Option) -> str:
     settings = loaded.settings
     if option.field == "database_url":
         return hide_password(settings.calendar_url)
+    if option.field == "frcp_amqp_url" and settings.frcp_amqp_url:
+        return hide_password(settings.frcp_amqp_url)
     if option.field == "db_password":
         return "***" if settings.db_password else '""'
     if option.field == "trusted_roots":

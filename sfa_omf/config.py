@@ -39,7 +39,7 @@ DEFAULT_DB_PORT = 5432  # SFA's database port (PostgreSQL's)
 DAY_S = 24 * 3600
 
 #: Testbed backends sfa-omf ships; others register a Python entry point in TESTBED_ENTRY_POINT_GROUP.
-BUILTIN_TESTBED_TYPES = ("omf", "oar")
+BUILTIN_TESTBED_TYPES = ("embedded", "omf", "oar")
 TESTBED_ENTRY_POINT_GROUP = "sfa_omf.testbeds"
 #: noop: the nodes run nothing (the reservation is the booking); deploy: OAR installs the lease's disk image.
 OAR_JOB_TYPES = ("noop", "deploy")
@@ -53,6 +53,8 @@ OTHER_ENVIRONMENT = frozenset(
         "SFA_OMF_TEST_POSTGRES_URL",
         "SFA_OMF_BENCH_POSTGRES_URL",
         "SFA_OMF_TEST_OAR_URL",
+        "SFA_OMF_TEST_RABBITMQ_URL",
+        "SFA_OMF_RABBITMQ_PORT",
     }
 )
 
@@ -71,7 +73,7 @@ class Settings:
     registry_port: int = DEFAULT_REGISTRY_PORT
     aggregate_host: str = DEFAULT_HOST
     aggregate_port: int = DEFAULT_AGGREGATE_PORT
-    aggregate_type: str = "omf"
+    aggregate_type: str = "embedded"
     database_url: str = ""  # empty: [sfa_db] when it names a database, else the embedded SQLite in data_dir
     db_host: str = ""
     db_port: int = DEFAULT_DB_PORT
@@ -101,6 +103,10 @@ class Settings:
     oar_timeout_s: int = 30
     oar_cache_s: int = 30
     oar_reconcile_s: int = 300
+    frcp_amqp_url: str = field(default="", repr=False)  # empty: no user_factory (the operator manages accounts)
+    frcp_user_factory: str = "user_factory"
+    frcp_timeout_s: int = 30
+    frcp_account: str = "root"
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -172,7 +178,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("registry_port", "sfa_registry", "port", "port", "the registry's port"),
     Option("aggregate_host", "sfa_aggregate", "host", "text", "the aggregate manager's address"),
     Option("aggregate_port", "sfa_aggregate", "port", "port", "the aggregate manager's port"),
-    Option("aggregate_type", "sfa_aggregate", "type", "text", "the testbed backend: omf, oar or an installed one"),
+    Option("aggregate_type", "sfa_aggregate", "type", "text", "the testbed backend: embedded, omf, oar, or another"),
     Option("db_host", "sfa_db", "host", "text", "PostgreSQL host of the calendar when database_url is empty"),
     Option("db_port", "sfa_db", "port", "port", "PostgreSQL port"),
     Option("db_user", "sfa_db", "user", "text", "PostgreSQL user"),
@@ -202,6 +208,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("oar_timeout_s", "sfa_oar", "timeout_s", "count", "seconds to wait for one OAR API answer"),
     Option("oar_cache_s", "sfa_oar", "cache_s", "count", "how long OAR's own reservations are cached, in seconds"),
     Option("oar_reconcile_s", "sfa_oar", "reconcile_s", "count", "seconds between calendar/OAR reconciliations"),
+    Option("frcp_amqp_url", "sfa_frcp", "amqp_url", "text", "the OMF testbed's AMQP broker (omf backend)"),
+    Option("frcp_user_factory", "sfa_frcp", "user_factory", "text", "the FRCP topic of the user_factory controller"),
+    Option("frcp_timeout_s", "sfa_frcp", "timeout_s", "count", "seconds to wait for one FRCP answer"),
+    Option("frcp_account", "sfa_frcp", "account", "text", "the account the aggregate signs FRCP messages as"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {
@@ -693,6 +703,15 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 "invalid",
                 str(sources["oar_timezone"]),
                 f"[sfa_oar] timezone {settings.oar_timezone!r} is not a time zone name (e.g. Europe/Paris, UTC)",
+            )
+        )
+    if settings.frcp_amqp_url and not settings.frcp_amqp_url.startswith(("amqp://", "amqps://")):
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["frcp_amqp_url"]),
+                f"[sfa_frcp] amqp_url {hide_password(settings.frcp_amqp_url)!r} is not an AMQP URL "
+                "(amqp://user:password@host:5672/vhost, or amqps:// for TLS)",
             )
         )
     if settings.oar_job_type not in OAR_JOB_TYPES:

@@ -317,7 +317,7 @@ def test_unknown_aggregate_type(tmp_path: Path) -> None:
     (problem,) = load_config(path, environ={}).problems
     assert problem.kind == "testbed"
     assert str(problem) == (
-        f"{path}:5: [sfa_aggregate] type 'planetlab' is not a known testbed; known: omf, oar "
+        f"{path}:5: [sfa_aggregate] type 'planetlab' is not a known testbed; known: embedded, omf, oar "
         "(other backends are packages declaring an entry point in group sfa_omf.testbeds)"
     )
     # Not fatal for read_config: the commands that do not run the testbed still work.
@@ -334,7 +334,7 @@ def test_entry_point_backend_is_a_known_type(tmp_path: Path, monkeypatch: pytest
     path = minimal(tmp_path, "[sfa_aggregate]", "type = fancy")
     assert [problem.kind for problem in load_config(path, environ={}).problems] == ["testbed"]
     monkeypatch.syspath_prepend(str(site))
-    assert known_testbed_types() == ["omf", "oar", "fancy"]
+    assert known_testbed_types() == ["embedded", "omf", "oar", "fancy"]
     assert load_config(path, environ={}).problems == ()
 
 
@@ -465,7 +465,7 @@ def test_config_check_reports_problems_one_per_line(
     assert lines[-3:] == [
         "2 problems:",
         f"problem: {path}:5: [sfa_aggregate] port = 'x': not a whole number",
-        f"problem: {path}:6: [sfa_aggregate] type 'nope' is not a known testbed; known: omf, oar "
+        f"problem: {path}:6: [sfa_aggregate] type 'nope' is not a known testbed; known: embedded, omf, oar "
         "(other backends are packages declaring an entry point in group sfa_omf.testbeds)",
     ]
 

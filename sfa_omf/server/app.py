@@ -111,7 +111,19 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     pool.start()
     v3 = XmlRpcResource(ApiV3(aggregate), pool, reactor, settings.max_request_bytes)
     v2 = XmlRpcResource(ApiV2(aggregate), pool, reactor, settings.max_request_bytes)
-    site = make_site({b"am2": v2}, v3, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
+    routes: dict[bytes, Any] = {b"am2": v2}
+    if aggregate.backend.name == "omf":  # omf_sfa's REST inventory, for the testbed's controllers and tools
+        from sfa_omf.testbed.omf.rest import inventory_resource
+
+        base_url = f"https://{settings.hostname}:{settings.aggregate_port}"
+        routes[b"resources"] = inventory_resource(aggregate, base_url, pool, reactor)
+    site = make_site(
+        routes,
+        v3,
+        max_body_bytes=settings.max_request_bytes,
+        timeout_s=REQUEST_TIMEOUT_S,
+        json_prefixes=(b"/resources/",) if b"resources" in routes else (),
+    )
     tls = ServerTls(
         os.path.join(settings.data_dir, "aggregate", "am.pkey"), os.path.join(settings.data_dir, "aggregate", "am.gid")
     )

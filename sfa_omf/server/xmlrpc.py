@@ -14,6 +14,7 @@ accepting and answering (a slow client only holds its own connection).
 
 from __future__ import annotations
 
+import json
 import logging
 import xmlrpc.client
 from collections.abc import Callable
@@ -74,15 +75,17 @@ def loads(body: bytes) -> tuple[tuple[Any, ...], str | None]:
     return unmarshaller.close(), unmarshaller.getmethodname()
 
 
-def refuse_and_close(channel: Any, status: bytes, body: bytes = b"") -> None:
+def refuse_and_close(
+    channel: Any, status: bytes, body: bytes = b"", content_type: str = "text/xml; charset=utf-8"
+) -> None:
     """Answer ``status`` and close the connection now, without reading what the client still sends (refusing an
     oversized body or header must not wait for it)."""
     if getattr(channel, "_sfa_omf_refused", False) or channel.transport is None:
         return
     channel._sfa_omf_refused = True
     head = f"HTTP/1.1 {status.decode('ascii')}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
-    content_type = "Content-Type: text/xml; charset=utf-8\r\n" if body else ""
-    channel.transport.write((head + content_type + "\r\n").encode("ascii") + body)
+    content_header = f"Content-Type: {content_type}\r\n" if body else ""
+    channel.transport.write((head + content_header + "\r\n").encode("ascii") + body)
     channel.loseConnection()
 
 
@@ -116,6 +119,8 @@ class LimitedRequest(server.Request):
     """Refuses a body over the site's limit as soon as its length is known (or as chunks exceed it)."""
 
     max_body_bytes = DEFAULT_MAX_BODY_BYTES
+    #: Path prefixes answered in JSON (the OMF backend's REST inventory), not with an XML-RPC fault.
+    json_prefixes: tuple[bytes, ...] = ()
     _received = 0
     _too_big = False
 
@@ -137,7 +142,14 @@ class LimitedRequest(server.Request):
 
     def _refuse_too_big(self, what: str) -> None:
         self._too_big = True
-        fault = xmlrpc.client.Fault(FAULT_TOOBIG, f"{what}: over the limit of {self.max_body_bytes} bytes")
+        message = f"{what}: over the limit of {self.max_body_bytes} bytes"
+        path = getattr(self.channel, "_path", None) or b""  # from the request line, known before the body
+        if self.json_prefixes and path.startswith(self.json_prefixes):
+            error = {"exception": {"code": 413, "reason": message, "geni_code": FAULT_TOOBIG, "geni_reason": "too_big"}}
+            body = json.dumps(error).encode("utf-8")
+            refuse_and_close(self.channel, b"413 Request Entity Too Large", body, "application/json")
+            return
+        fault = xmlrpc.client.Fault(FAULT_TOOBIG, message)
         # 200 with the fault, as XML-RPC clients (sfi.py, omni) show a fault to their users but only a bare
         # status line for other codes.
         refuse_and_close(self.channel, b"200 OK", xmlrpc.client.dumps(fault, methodresponse=True).encode("utf-8"))
@@ -215,9 +227,14 @@ def _internal_error(request: server.Request, method: str, failure: Failure) -> N
 
 
 def make_site(
-    routes: dict[bytes, XmlRpcResource], default: XmlRpcResource, max_body_bytes: int, timeout_s: float
+    routes: dict[bytes, resource.Resource],
+    default: XmlRpcResource,
+    max_body_bytes: int,
+    timeout_s: float,
+    json_prefixes: tuple[bytes, ...] = (),
 ) -> server.Site:
-    """A Site serving ``routes`` by path; any other path (``/``, ``/RPC2``) goes to ``default``."""
+    """A Site serving ``routes`` by their first path segment (``am2``; ``resources``, the OMF backend's REST
+    inventory); any other path (``/``, ``/RPC2``) goes to ``default``."""
 
     class Root(resource.Resource):
         def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
@@ -230,6 +247,7 @@ def make_site(
         pass
 
     Request.max_body_bytes = max_body_bytes
+    Request.json_prefixes = json_prefixes
     site = server.Site(Root(), timeout=timeout_s)
     site.protocol = GuardedChannel  # type: ignore[assignment,method-assign]
     site.requestFactory = Request

@@ -1,5 +1,5 @@
-"""The embedded default backend (SFA_AGGREGATE_TYPE=omf): it needs no external system. A provisioned sliver is ready
-during its slot and not ready before it (or after geni_stop); the calendar alone is the testbed's state."""
+"""The embedded default backend (SFA_AGGREGATE_TYPE=embedded): it needs no external system. A provisioned sliver is
+ready during its slot and not ready before it (or after geni_stop); the calendar alone is the testbed's state."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from sfa_omf.testbed.unix_accounts import LocalAccount
 
 
 class EmbeddedTestbed:
-    name = "omf"
+    """The built-in stand-in testbed: the calendar alone is the testbed's state (demo, quickstart, tests)."""
+
+    name = "embedded"
 
     def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
         """Nothing to set up: the booking in the calendar is the reservation (accounts: create_accounts)."""

@@ -1,6 +1,7 @@
 """Finding the testbed backend the configuration names (SFA_AGGREGATE_TYPE / [sfa_aggregate] type).
 
-Built in: ``omf`` (the embedded default) and ``oar`` (sfa_omf/testbed/oar). Third-party backends register a factory
+Built in: ``embedded`` (the default, no external system), ``omf`` (an OMF 6 testbed, sfa_omf/testbed/omf) and
+``oar`` (sfa_omf/testbed/oar). Third-party backends register a factory
 (a callable taking the Settings and returning a TestbedBackend) as a Python entry point in the group
 ``sfa_omf.testbeds``::
 
@@ -24,8 +25,12 @@ ENTRY_POINT_GROUP = "sfa_omf.testbeds"
 def load_backend(name: str, settings: Any, database: Database | None = None) -> TestbedBackend:
     """The backend called ``name``; UNSUPPORTED naming the known ones when there is none. The built-in OAR backend
     keeps its job table in the calendar's ``database``."""
-    if name == "omf":
+    if name == "embedded":
         return EmbeddedTestbed()
+    if name == "omf":
+        from sfa_omf.testbed.omf.backend import make_omf_backend
+
+        return make_omf_backend(settings)
     if name == "oar":
         from sfa_omf.testbed.oar.backend import make_oar_backend  # only an OAR site pays for importing it
 
@@ -37,5 +42,6 @@ def load_backend(name: str, settings: Any, database: Database | None = None) -> 
             factory = entry_point.load()
             backend: TestbedBackend = factory(settings)
             return backend
-    known = ["omf", "oar", *sorted(entry_point.name for entry_point in entry_points(group=ENTRY_POINT_GROUP))]
+    installed = sorted(entry_point.name for entry_point in entry_points(group=ENTRY_POINT_GROUP))
+    known = ["embedded", "omf", "oar", *installed]
     raise GeniError(Reason.UNSUPPORTED, f"testbed backend {name!r} is not available; available: {', '.join(known)}")

@@ -59,7 +59,7 @@ def test_config_names_sfa_sections(pki: DemoPki) -> None:
     assert config["sfa"]["interface_hrn"] == "testbed"
     assert config["sfa_registry"]["port"] == "12345"
     assert config["sfa_aggregate"]["port"] == "12346"
-    assert config["sfa_aggregate"]["type"] == "omf"
+    assert config["sfa_aggregate"]["type"] == "embedded"
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:

@@ -20,6 +20,7 @@ from sfa_omf.errors import GeniCode, GeniError, Reason
 from sfa_omf.registry.records import Record, Records
 from sfa_omf.testbed.base import BackgroundTask, SliverHealth
 from sfa_omf.testbed.embedded import EmbeddedTestbed
+from sfa_omf.testbed.omf.backend import OmfTestbed
 from sfa_omf.testbed.registry import load_backend
 from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import format_time, utcnow
@@ -94,12 +95,14 @@ def entry_point_package(tmp_path: Path) -> Iterator[str]:
 
 
 def test_backends_by_name(entry_point_package: str) -> None:
-    assert isinstance(load_backend("omf", None), EmbeddedTestbed)
+    assert isinstance(load_backend("embedded", None), EmbeddedTestbed)
+    # "omf" names the OMF 6 backend now (it was the embedded stand-in's name before issue 14).
+    assert isinstance(load_backend("omf", None), OmfTestbed) and load_backend("omf", None).name == "omf"
     assert load_backend(entry_point_package, None).name == "mylab"
     with pytest.raises(GeniError) as refusal:
         load_backend("nitos", None)
     assert refusal.value.code == GeniCode.UNSUPPORTED
-    assert "'nitos' is not available" in refusal.value.message and "omf, oar, mylab" in refusal.value.message
+    assert "'nitos' is not available" in refusal.value.message and "embedded, omf, oar, mylab" in refusal.value.message
 
 
 def test_a_testbed_that_is_down(pki: DemoPki, tmp_path: Path) -> None:

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install and start a local RabbitMQ (Debian package rabbitmq-server) listening on 127.0.0.1 only (AMQP, Erlang
+# distribution and epmd), with a virtual host and a user for the FRCP tests. Prints the AMQP URL on its last line.
+# Usage: bash scripts/rabbitmq.sh [up|down|status]   (up is the default)
+source "$(dirname "$0")/lib.sh"
+ACTION="${1:-up}"
+VHOST=sfaomf
+USER_NAME=sfaomf
+PORT="${SFA_OMF_RABBITMQ_PORT:-5672}"
+NODE=rabbit@localhost
+# Every listener on loopback: AMQP, the Erlang distribution port, and epmd (the Erlang port mapper).
+export RABBITMQ_NODENAME="$NODE" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$PORT"
+export ERL_EPMD_ADDRESS=127.0.0.1
+export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+
+ctl() { as_root rabbitmqctl -q -n "$NODE" "$@"; }
+running() { ctl status >/dev/null 2>&1; }
+
+case "$ACTION" in
+up)
+    apt_install rabbitmq-server
+    if ! running; then
+        echo "== starting RabbitMQ on 127.0.0.1:$PORT" >&2
+        # Debian's service is not started here (no init system in containers); run the broker as its own user.
+        as_root env RABBITMQ_NODENAME="$NODE" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$PORT" \
+            ERL_EPMD_ADDRESS=127.0.0.1 RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="$RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS" \
+            su rabbitmq -s /bin/sh -c "rabbitmq-server -detached" >&2
+        for _ in $(seq 1 60); do
+            running && break
+            sleep 1
+        done
+        running || { echo "RabbitMQ did not start; see /var/log/rabbitmq/" >&2; exit 1; }
+        ctl await_startup >/dev/null
+    fi
+    ctl list_vhosts | grep -qx "$VHOST" || ctl add_vhost "$VHOST" >/dev/null
+    ctl list_users | awk '{print $1}' | grep -qx "$USER_NAME" || ctl add_user "$USER_NAME" "$USER_NAME" >/dev/null
+    ctl set_permissions -p "$VHOST" "$USER_NAME" ".*" ".*" ".*" >/dev/null
+    echo "amqp://$USER_NAME:$USER_NAME@127.0.0.1:$PORT/$VHOST"
+    ;;
+down)
+    running && ctl stop
+    ;;
+status)
+    running && echo "RabbitMQ is running on 127.0.0.1:$PORT" || { echo "RabbitMQ is not running"; exit 1; }
+    ;;
+*)
+    echo "usage: $0 [up|down|status]" >&2
+    exit 2
+    ;;
+esac

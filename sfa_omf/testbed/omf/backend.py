@@ -1,0 +1,95 @@
+"""The OMF 6 testbed backend (``[sfa_aggregate] type = omf``).
+
+On an OMF 6 (NITOS-style) testbed the broker does not reserve anything on the nodes: the testbed's resource
+controllers (cm_factory, frisbee_factory) ask the broker's inventory, on every request, whether the signer's account
+holds an active lease on the node (``GET /resources/nodes?name=``), and refuse otherwise. So the calendar is the
+reservation, and the inventory (inventory.py, rest.py) answers those questions.
+
+What Provision adds, when ``[sfa_frcp] amqp_url`` names the testbed's AMQP broker: the slice's accounts are created
+through user_factory, each with its certificate (the account name in emailAddress) and its users' SSH keys
+(accounts.py); geni_update_users sets the keys again. A broker that is down answers UNAVAILABLE (11), a controller
+that does not answer TIMEDOUT (8), a controller's refusal ERROR (2) with its words; the booking stays allocated and
+Provision may be called again (user_factory's steps are idempotent).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sfa_omf.am.states import Operational
+from sfa_omf.calendar.records import LeaseRecord, SliverRecord
+from sfa_omf.testbed.base import BackgroundTask, SliverHealth
+from sfa_omf.testbed.omf.accounts import AccountCertificates, UserFactory
+from sfa_omf.testbed.unix_accounts import LocalAccount
+
+
+class OmfTestbed:
+    """An OMF 6 testbed whose controllers enforce the leases the inventory (``/resources``) reports; accounts and
+    keys through user_factory when there is one."""
+
+    name = "omf"
+
+    def __init__(self, user_factory: UserFactory | None = None) -> None:
+        self.user_factory = user_factory
+
+    def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
+        """The slice's accounts (and the provisioning user's, ``owner``) exist on the testbed with their keys;
+        the lease is then what ``/resources/nodes`` reports as active during its slot."""
+        if self.user_factory is None:
+            return
+        # The owner without keys of its own in this call (an operator's lease): created, its keys left alone.
+        self.user_factory.ensure(accounts, also=(owner,) if owner else ())
+
+    def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
+        """The inventory reads the calendar's new end: nothing to tell the controllers."""
+
+    def release(self, lease: LeaseRecord) -> None:
+        """The lease leaves the inventory's active leases with the calendar: the controllers refuse from then on.
+        (Accounts are kept, as omf_sfa keeps them.)"""
+
+    def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth:
+        """Ready during the slot (the controllers accept the account's requests), not ready before or after a stop."""
+        if sliver.operational_state == Operational.NOTREADY:  # the experimenter stopped it
+            return SliverHealth(Operational.NOTREADY)
+        return SliverHealth(Operational.READY if lease.start <= now < lease.end else Operational.NOTREADY)
+
+    def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
+        """Each account's authorized_keys becomes exactly its keys (user_factory's auth_keys overwrites)."""
+        if self.user_factory is not None:
+            self.user_factory.set_keys(accounts)
+
+    def background_tasks(self) -> Sequence[BackgroundTask]:
+        """None yet."""
+        return ()
+
+
+def make_omf_backend(settings: Any) -> OmfTestbed:
+    """The backend ``[sfa_aggregate] type = omf`` names: with ``[sfa_frcp] amqp_url``, an FRCP client signing with
+    the aggregate's key (a certificate from the local authority with ``[sfa_frcp] account`` in its emailAddress)
+    and checking the controllers' informs against the trusted roots."""
+    if settings is None or not getattr(settings, "frcp_amqp_url", ""):
+        return OmfTestbed()
+    from sfa_omf.registry.authority import LocalAuthority
+    from sfa_omf.testbed.omf.frcp import FrcpClient, SignatureChecker
+    from sfa_omf.trust.gid import load_gid_chain_file
+    from sfa_omf.trust.pki import load_private_key_file
+    from sfa_omf.trust.roots import load_trusted_roots
+
+    aggregate_dir = os.path.join(settings.data_dir, "aggregate")
+    aggregate_urn = load_gid_chain_file(os.path.join(aggregate_dir, "am.gid"))[0].urn or ""
+    authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
+    certificates = AccountCertificates(authority.key, authority.chain, settings.interface_hrn, settings.hostname)
+    # The aggregate's key, with a certificate from the local authority naming the FRCP account in emailAddress.
+    signer = certificates.signer(
+        settings.frcp_account, load_private_key_file(os.path.join(aggregate_dir, "am.pkey")), aggregate_urn
+    )
+    client = FrcpClient(
+        settings.frcp_amqp_url,
+        signer=signer,
+        checker=SignatureChecker(load_trusted_roots(settings.trusted_roots_dir)),
+        timeout_s=settings.frcp_timeout_s,
+    )
+    return OmfTestbed(UserFactory(client, settings.frcp_user_factory, certificates))

@@ -1,0 +1,390 @@
+"""An FRCP client over AMQP (RabbitMQ), as OMF 6 speaks it, with messages signed as JWT (RS256).
+
+FRCP on AMQP, the facts this module follows:
+- A topic X is a RabbitMQ *topic exchange* named X (not durable, auto-delete). A subscriber binds an exclusive,
+  auto-delete queue to it with routing key ``o.*``. Requests (create, configure, request, release) are published
+  with routing key ``o.op``; informs with ``o.info``.
+- A message is JSON: op, mid (a UUID), ts (integer seconds), src (``amqp://<host>/frcp.<topic>``), props, and
+  optionally replyto, guard; informs carry cid (the mid they answer) and itype (CREATION.OK, CREATION.FAILED,
+  STATUS, RELEASED, ERROR, WARN); release names the child in rid.
+- A controller informs on its *own* topic, not on replyto: the client subscribes to the controller's topic before
+  it publishes, and matches replies by cid (cm_factory's informs carry none: they are matched on props.node_name).
+- Signed messages are a JWT (RS256) whose claims are {cnt: the JSON message, iss: the signer, crt: the signer's
+  certificate chain in PEM}; the AMQP content type is then ``jwt`` instead of ``text/json``. The receiver checks
+  the chain against its trusted roots and the signature with the leaf's key.
+
+Errors: FrcpUnavailable (the broker cannot be reached), FrcpTimeout (no matching reply in time), FrcpError (the
+controller answered ERROR / CREATION.FAILED / anything "error" or "failed", with its reason). The backend turns
+them into GENI errors (11, 8, 2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import jwt
+import pika
+import pika.exceptions
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sfa_omf.errors import TrustError
+from sfa_omf.times import utcnow
+from sfa_omf.trust.gid import Gid, GidChain, chain_pem, load_gid_chain
+from sfa_omf.trust.roots import TrustedRoots, verify_chain
+
+log = logging.getLogger("sfa_omf.omf.frcp")
+
+REQUEST_OPS = ("create", "configure", "request", "release")
+OPS = (*REQUEST_OPS, "inform")
+ROUTING_OP = "o.op"
+ROUTING_INFO = "o.info"
+CONTENT_JSON = "text/json"
+CONTENT_JWT = "jwt"
+
+
+class FrcpUnavailable(Exception):
+    """The AMQP broker cannot be reached (or dropped the connection)."""
+
+
+class FrcpTimeout(Exception):
+    """No matching reply arrived in time."""
+
+
+class FrcpError(Exception):
+    """The controller answered with an error; ``reason`` is its own words, ``inform`` its whole message."""
+
+    def __init__(self, reason: str, inform: FrcpMessage) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.inform = inform
+
+
+class BadMessage(ValueError):
+    """Not an FRCP message (not JSON, fields missing or of the wrong type, a bad signature)."""
+
+
+@dataclass(frozen=True)
+class FrcpMessage:
+    """One FRCP message as plain data."""
+
+    op: str
+    mid: str
+    ts: int
+    src: str
+    props: dict[str, Any] = field(default_factory=dict)
+    cid: str | None = None
+    itype: str | None = None
+    rid: str | None = None
+    replyto: str | None = None
+    guard: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The message as FRCP's JSON object (absent optional fields are left out)."""
+        document: dict[str, Any] = {"op": self.op, "mid": self.mid, "ts": self.ts, "src": self.src}
+        document["props"] = dict(self.props)
+        for key in ("cid", "itype", "rid", "replyto", "guard"):
+            value = getattr(self, key)
+            if value is not None:
+                document[key] = value
+        return document
+
+    @classmethod
+    def from_json(cls, document: Any) -> FrcpMessage:
+        """Read one message, or BadMessage saying what is wrong."""
+        if not isinstance(document, dict):
+            raise BadMessage(f"an FRCP message is a JSON object, not {type(document).__name__}")
+        op = document.get("op")
+        if op not in OPS:
+            raise BadMessage(f"op {op!r} is not one of {', '.join(OPS)}")
+        for key in ("mid", "src"):
+            if not isinstance(document.get(key), str) or not document[key]:
+                raise BadMessage(f"the message has no {key}")
+        ts = document.get("ts")
+        if isinstance(ts, bool) or not isinstance(ts, int | float | str):
+            raise BadMessage("the message has no ts (seconds)")
+        try:
+            seconds = int(float(ts))
+        except ValueError as exc:
+            raise BadMessage(f"ts {ts!r} is not a number of seconds") from exc
+        props = document.get("props", {})
+        if not isinstance(props, dict):
+            raise BadMessage("props is not an object")
+        guard = document.get("guard")
+        optional = {key: document.get(key) for key in ("cid", "itype", "rid", "replyto")}
+        for key, value in optional.items():
+            if value is not None and not isinstance(value, str):
+                raise BadMessage(f"{key} is not text")
+        return cls(
+            op=op,
+            mid=document["mid"],
+            ts=seconds,
+            src=document["src"],
+            props=props,
+            guard=guard if isinstance(guard, dict) else None,
+            **optional,
+        )
+
+    @property
+    def is_error(self) -> bool:
+        """FRCP's error informs: ERROR, CREATION.FAILED, or any itype that says error or failed."""
+        kind = (self.itype or "").lower()
+        return self.op == "inform" and ("error" in kind or "failed" in kind)
+
+
+def new_message(op: str, src: str, props: Mapping[str, Any] | None = None, **extra: Any) -> FrcpMessage:
+    """A fresh message from ``src`` (a new mid, now as ts)."""
+    return FrcpMessage(op=op, mid=str(uuid.uuid4()), ts=int(time.time()), src=src, props=dict(props or {}), **extra)
+
+
+def default_topic() -> str:
+    """OMF's own-topic convention for a client: <hostname>-<pid>, dots as dashes."""
+    return f"{socket.gethostname()}-{os.getpid()}".replace(".", "-")
+
+
+def address(host: str, topic: str) -> str:
+    """The FRCP address of a topic on an AMQP broker (src, res_id, replyto)."""
+    return f"amqp://{host}/frcp.{topic}"
+
+
+def topic_of(address_or_topic: str) -> str:
+    """The topic an address names (``amqp://host/frcp.user_alice`` -> ``user_alice``); a bare topic is kept."""
+    tail = address_or_topic.rsplit("/", 1)[-1]
+    return tail[len("frcp.") :] if tail.startswith("frcp.") else tail
+
+
+# -- signing ----------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Signer:
+    """Signs messages as OMF does: a JWT (RS256) with the message, the issuer and the signer's certificate chain."""
+
+    key: rsa.RSAPrivateKey
+    chain: GidChain
+    issuer: str
+
+    def sign(self, message: FrcpMessage) -> str:
+        claims = {"cnt": json.dumps(message.to_json()), "iss": self.issuer, "crt": chain_pem(self.chain)}
+        return jwt.encode(claims, self.key, algorithm="RS256")
+
+
+@dataclass(frozen=True)
+class SignedBy:
+    """A verified message and the certificate that signed it (its emailAddress is OMF's account name)."""
+
+    message: FrcpMessage
+    signer: Gid
+
+
+class SignatureChecker:
+    """Checks signed messages: the chain in ``crt`` against the trusted roots, the JWT's signature with its leaf."""
+
+    def __init__(self, roots: TrustedRoots, clock: Callable[[], datetime] = utcnow) -> None:
+        self.roots = roots
+        self.clock = clock
+
+    def verify(self, token: str) -> SignedBy:
+        """The message a JWT carries, once its signer is trusted and its signature checks; BadMessage if not."""
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+            chain = load_gid_chain(str(unverified["crt"]))
+        except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
+            raise BadMessage(f"not a signed FRCP message: {exc}") from exc
+        try:
+            verify_chain(chain, self.roots, self.clock(), role="FRCP signer")
+        except TrustError as exc:
+            raise BadMessage(exc.message) from exc
+        public_key: Any = chain[0].certificate.public_key()
+        try:
+            claims = jwt.decode(token, public_key, algorithms=["RS256"])
+        except jwt.PyJWTError as exc:
+            raise BadMessage(f"the signature of the FRCP message does not verify: {exc}") from exc
+        content = claims.get("cnt")
+        try:
+            document = json.loads(content) if isinstance(content, str) else content
+        except json.JSONDecodeError as exc:
+            raise BadMessage(f"the signed content is not JSON: {exc}") from exc
+        return SignedBy(FrcpMessage.from_json(document), chain[0])
+
+
+def encode(message: FrcpMessage, signer: Signer | None) -> tuple[bytes, str]:
+    """(AMQP body, content type) of a message, signed when there is a signer."""
+    if signer is None:
+        return json.dumps(message.to_json()).encode("utf-8"), CONTENT_JSON
+    return signer.sign(message).encode("ascii"), CONTENT_JWT
+
+
+def decode(body: bytes, content_type: str | None, checker: SignatureChecker | None) -> SignedBy | FrcpMessage:
+    """Read an AMQP body. With a checker, only signed messages from trusted signers are accepted."""
+    text = body.decode("utf-8", "replace").strip()
+    signed = content_type == CONTENT_JWT or not text.startswith("{")
+    if checker is not None:
+        if not signed:
+            raise BadMessage("the message is not signed and this endpoint accepts signed messages only")
+        return checker.verify(text)
+    if signed:
+        raise BadMessage("a signed message arrived but no trusted roots are configured to check it")
+    try:
+        return FrcpMessage.from_json(json.loads(text))
+    except json.JSONDecodeError as exc:
+        raise BadMessage(f"not JSON: {exc}") from exc
+
+
+# -- the client ---------------------------------------------------------------------------------------------------
+def declare_topic(channel: Any, topic: str) -> None:
+    """A topic is a topic exchange of that name, not durable and deleted with its last binding (as OMF's)."""
+    channel.exchange_declare(exchange=topic, exchange_type="topic", durable=False, auto_delete=True)
+
+
+class FrcpClient:
+    """Talks FRCP to resource controllers through an AMQP broker. Each ``session()`` is one connection (pika's
+    connections are not shared between threads, and the aggregate calls from a pool of threads)."""
+
+    def __init__(
+        self,
+        url: str,
+        signer: Signer | None = None,
+        checker: SignatureChecker | None = None,
+        topic: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.url = url
+        self.parameters = pika.URLParameters(url)
+        self.parameters.connection_attempts = 1
+        self.parameters.socket_timeout = min(timeout_s, 10.0)
+        self.signer = signer
+        self.checker = checker
+        self.topic = topic or default_topic()
+        self.timeout_s = timeout_s
+        self.host = self.parameters.host
+
+    @contextmanager
+    def session(self) -> Iterator[FrcpSession]:
+        """A connection with our own topic and one reply queue, closed at the end."""
+        try:
+            connection = pika.BlockingConnection(self.parameters)
+        except pika.exceptions.AMQPError as exc:
+            raise FrcpUnavailable(f"the AMQP broker at {_safe(self.url)} cannot be reached: {exc!r}") from exc
+        except OSError as exc:
+            raise FrcpUnavailable(f"the AMQP broker at {_safe(self.url)} cannot be reached: {exc}") from exc
+        try:
+            yield FrcpSession(self, connection)
+        except pika.exceptions.AMQPError as exc:
+            raise FrcpUnavailable(f"the AMQP broker at {_safe(self.url)} failed: {exc!r}") from exc
+        finally:
+            try:
+                if connection.is_open:
+                    connection.close()
+            except pika.exceptions.AMQPError:
+                pass  # already gone: nothing to close
+
+
+class FrcpSession:
+    """One conversation with controllers: subscribe to their topics, send requests, wait for the matching inform."""
+
+    def __init__(self, client: FrcpClient, connection: Any) -> None:
+        self.client = client
+        self.connection = connection
+        self.channel = connection.channel()
+        declare_topic(self.channel, client.topic)
+        # Exclusive: deleted with the connection. Not auto-delete (OMF's subscribers use it), because this session
+        # stops consuming between requests and an auto-delete queue would vanish with its last consumer.
+        declared = self.channel.queue_declare(queue="", exclusive=True)
+        self.queue: str = declared.method.queue
+        self.subscribed: set[str] = set()
+        self.subscribe(client.topic)
+        self.src = address(client.host, client.topic)
+        self.refused: list[str] = []  # informs dropped (unsigned, untrusted, malformed): for the operator's log
+
+    def subscribe(self, topic: str) -> None:
+        """Receive the informs published on ``topic`` (before asking it anything: informs are not queued)."""
+        if topic in self.subscribed:
+            return
+        declare_topic(self.channel, topic)
+        self.channel.queue_bind(queue=self.queue, exchange=topic, routing_key="o.*")
+        self.subscribed.add(topic)
+
+    def send(self, topic: str, message: FrcpMessage) -> None:
+        """Publish a request on ``topic`` (routing key o.op; o.info for informs)."""
+        body, content_type = encode(message, self.client.signer)
+        self.channel.basic_publish(
+            exchange=topic,
+            routing_key=ROUTING_INFO if message.op == "inform" else ROUTING_OP,
+            body=body,
+            properties=pika.BasicProperties(content_type=content_type, message_id=message.mid),
+        )
+
+    def request(
+        self,
+        topic: str,
+        op: str,
+        props: Mapping[str, Any] | None = None,
+        timeout_s: float | None = None,
+        node_name: str | None = None,
+        **extra: Any,
+    ) -> FrcpMessage:
+        """Send ``op`` to ``topic`` and return the inform that answers it: the one whose cid is our mid (or, for
+        controllers that send no cid, whose props.node_name is ``node_name``). Error informs raise FrcpError;
+        nothing in time raises FrcpTimeout."""
+        if op not in REQUEST_OPS:
+            raise ValueError(f"op {op!r} is not one of {', '.join(REQUEST_OPS)}")
+        target = topic_of(topic)
+        self.subscribe(target)
+        message = new_message(op, self.src, props, replyto=self.src, **extra)
+        self.send(target, message)
+        return self.wait(message.mid, timeout_s, node_name, what=f"{op} on {target}")
+
+    def wait(self, mid: str, timeout_s: float | None, node_name: str | None, what: str) -> FrcpMessage:
+        limit = self.client.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FrcpTimeout(f"no answer to {what} within {limit:g} s")
+            for method, properties, body in self.channel.consume(
+                self.queue, auto_ack=True, inactivity_timeout=remaining
+            ):
+                if method is None:  # inactivity: the time is up
+                    break
+                inform = self._read(body, getattr(properties, "content_type", None))
+                # Our own requests come back on the topics we listen to, and other conversations' informs pass by.
+                if inform is not None and inform.op == "inform" and _answers(inform, mid, node_name):
+                    self.channel.cancel()
+                    if inform.is_error:
+                        reason = inform.props.get("reason") or inform.props.get("msg") or inform.itype or "error"
+                        raise FrcpError(str(reason), inform)
+                    return inform
+                if time.monotonic() >= deadline:  # a stream of other messages must not keep us past the limit
+                    break
+            self.channel.cancel()
+
+    def _read(self, body: bytes, content_type: str | None) -> FrcpMessage | None:
+        try:
+            decoded = decode(body, content_type, self.client.checker)
+        except BadMessage as exc:
+            self.refused.append(str(exc))
+            log.warning("dropped an FRCP message: %s", exc)
+            return None
+        return decoded.message if isinstance(decoded, SignedBy) else decoded
+
+
+def _answers(inform: FrcpMessage, mid: str, node_name: str | None) -> bool:
+    """Whether ``inform`` answers the request ``mid``: by cid, or (no cid) by the node it is about."""
+    if inform.cid is not None:
+        return inform.cid == mid
+    return node_name is not None and inform.props.get("node_name") == node_name
+
+
+def _safe(url: str) -> str:
+    """A broker URL fit for messages: without its password."""
+    parameters = pika.URLParameters(url)
+    vhost = "" if parameters.virtual_host == "/" else f"/{parameters.virtual_host}"
+    return f"amqp://{parameters.host}:{parameters.port}{vhost}"

@@ -1,0 +1,436 @@
+"""The omf_sfa-compatible inventory, as plain data: what ``GET /resources/nodes|leases|accounts`` answer, and the
+lease writes of operator tools (POST/PUT/DELETE ``/resources/leases``). No HTTP here (rest.py serves it).
+
+An OMF 6 testbed's resource controllers (cm_factory, frisbee_factory) ask ``GET /resources/nodes?name=X`` on every
+request and accept it only when the signer's account (the emailAddress of its certificate) holds a lease on X whose
+``valid_from <= now <= valid_until`` and whose status is ``active``. So each node carries its leases, and a lease's
+status follows the calendar and the time:
+
+    calendar state            status
+    allocated                 pending     (booked, not provisioned: the controllers must refuse)
+    provisioned, before slot  accepted
+    provisioned, in slot      active
+    provisioned, after / ended past
+    cancelled, expired        cancelled
+
+A lease's *account* is the local login the calendar maps its booker to (registry/accounts.py: per user, per slice
+or shared); its URN is the slice's. Writes go through the same calendar (Bookings): no double booking, and a
+conflict is refused with the calendar's reason. Writes need authority rights (``check_operator``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sfa_omf.calendar.booking import Bookings
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.lease_view import LeaseRow, NodeRow, account_logins, lease_rows, node_rows
+from sfa_omf.calendar.records import BookingRequest, LeaseRecord
+from sfa_omf.errors import BadArgs, GeniError, Reason, TrustError
+from sfa_omf.registry.accounts import check_login, derived_login
+from sfa_omf.registry.records import Records
+from sfa_omf.testbed.base import TestbedBackend
+from sfa_omf.times import format_time, parse_time, utcnow
+from sfa_omf.trust.gid import GidChain
+from sfa_omf.trust.verifier import CredentialVerifier
+from sfa_omf.xrn import hrn_to_urn, is_authority_for, is_urn, parse_urn
+
+LEASE_STATUSES = ("pending", "accepted", "active", "past", "cancelled")
+COLLECTIONS = ("nodes", "leases", "accounts")
+#: The query parameters each collection answers (omf_sfa's names).
+PARAMETERS: dict[str, tuple[str, ...]] = {
+    "nodes": ("name", "uuid"),
+    "leases": ("name", "uuid", "status", "account_urn"),
+    "accounts": ("name", "uuid", "urn"),
+}
+#: Lease fields an operator tool may send (anything else is refused, so a typo is not silently ignored).
+LEASE_FIELDS = ("uuid", "name", "valid_from", "valid_until", "account_attributes", "account", "components", "urn")
+
+
+def lease_status(state: str, start: datetime, end: datetime, now: datetime) -> str:
+    """omf_sfa's status of a lease in calendar ``state`` with window [start, end) at ``now`` (table above)."""
+    if state == "allocated":
+        return "pending"
+    if state == "provisioned":
+        if now < start:
+            return "accepted"
+        return "active" if now < end else "past"
+    if state == "ended":
+        return "past"
+    return "cancelled"
+
+
+def node_uuid(node: NodeRow) -> str:
+    """The node's uuid: the one the operator recorded (property ``uuid``), else derived from its URN (stable)."""
+    return uuid_of(node.component_id, str(node.properties.get("uuid") or ""))
+
+
+def uuid_of(component_id: str, recorded: str) -> str:
+    return recorded or str(uuid.uuid5(uuid.NAMESPACE_URL, component_id))
+
+
+def account_uuid(slice_urn: str, login: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{slice_urn}#account={login}"))
+
+
+@dataclass(frozen=True)
+class AccountView:
+    name: str
+    urn: str
+    uuid: str
+
+
+class OmfInventory:
+    """Answers the omf_sfa REST inventory from the calendar. ``clock`` decides "now" (tests)."""
+
+    def __init__(
+        self,
+        database: Database,
+        bookings: Bookings,
+        verifier: CredentialVerifier,
+        backend: TestbedBackend,
+        authority_hrn: str,
+        base_url: str,
+        account_policy: str = "per-user",
+        shared_login: str = "federation",
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.database = database
+        self.bookings = bookings
+        self.verifier = verifier
+        self.backend = backend
+        self.authority_hrn = authority_hrn
+        self.base_url = base_url.rstrip("/")
+        self.account_policy = account_policy
+        self.shared_login = shared_login
+        self.clock = clock
+        self.records = Records(database)
+
+    # -- who may ----------------------------------------------------------------------------------------------
+    def check_reader(self, caller_chain: GidChain) -> None:
+        """Reading needs a client certificate chain that ends at one of the trusted roots (the controllers' and
+        the tools' certificates come from the testbed's authority)."""
+        self.verifier.verify_caller(caller_chain, self.clock())
+
+    def check_operator(self, caller_chain: GidChain) -> str:
+        """Writing leases needs authority rights over this testbed; the caller's URN, or TrustError.
+
+        Accepted: a trusted chain whose leaf is an authority over this testbed (its own authority or a parent:
+        whoever holds that key runs the testbed), or a user who is a PI of this testbed's authority in the local
+        registry (the aggregate's own operators: ``sfa-omf`` registry commands set them).
+        """
+        leaf = self.verifier.verify_caller(caller_chain, self.clock())
+        if leaf.is_authority and is_authority_for(leaf.hrn, self.authority_hrn):
+            return leaf.urn or leaf.hrn
+        authority = self.records.get(self.authority_hrn)
+        if leaf.type == "user" and authority is not None and leaf.hrn in authority.pis:
+            return leaf.urn or leaf.hrn
+        raise TrustError(
+            Reason.INSUFFICIENT_PRIVILEGES,
+            f"{leaf.hrn} may read the inventory but not change leases: that needs the certificate of the authority "
+            f"{self.authority_hrn} (or a parent), or a user who is a PI of {self.authority_hrn} in the registry "
+            f"(sfa-omf user ... --pi)",
+        )
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def get(self, collection: str, query: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+        """The answer to ``GET /resources/<collection>?<query>`` in omf_sfa's envelope: ``resource`` when the
+        query names one (by uuid, or a name only one resource has), else ``resources``."""
+        if collection not in COLLECTIONS:
+            raise GeniError(
+                Reason.NOT_FOUND, f"/resources/{collection} is not served here; served: {', '.join(COLLECTIONS)}"
+            )
+        params = _single_values(query, PARAMETERS[collection])
+        now = self.clock()
+        if collection == "nodes":
+            found = self._nodes(params.get("name"), params.get("uuid"), now)
+        elif collection == "leases":
+            found = self._leases(params, now)
+        else:
+            found = self._accounts(params)
+        about = f"/resources/{collection}"
+        if "uuid" in params or "name" in params:
+            if not found:
+                wanted = ", ".join(f"{key}={value!r}" for key, value in params.items())
+                raise GeniError(Reason.NOT_FOUND, f"no {collection[:-1]} with {wanted}")
+            if len(found) == 1:
+                return {"resource_response": {"resource": found[0], "about": about}}
+        return {"resource_response": {"resources": found, "about": about}}
+
+    def _nodes(self, name: str | None, wanted_uuid: str | None, now: datetime) -> list[dict[str, Any]]:
+        nodes = [node for node in node_rows(self.database, name) if wanted_uuid in (None, node_uuid(node))]
+        if not nodes:
+            return []
+        by_node: dict[str, list[dict[str, Any]]] = {node.component_id: [] for node in nodes}
+        logins = account_logins(self.database)
+        for lease in lease_rows(self.database, nodes=list(by_node)):
+            brief = self._lease_json(lease, now, logins, components=False)
+            for component_id, _, _ in lease.nodes:
+                if component_id in by_node:
+                    by_node[component_id].append(brief)
+        return [self._node_json(node, by_node[node.component_id]) for node in nodes]
+
+    def _leases(self, params: Mapping[str, str], now: datetime) -> list[dict[str, Any]]:
+        status = params.get("status")
+        if status is not None and status not in LEASE_STATUSES:
+            raise BadArgs(f"status={status!r} is not a lease status; one of {', '.join(LEASE_STATUSES)}")
+        logins = account_logins(self.database)
+        rows = lease_rows(self.database, slice_urn=params.get("account_urn"), lease_id=params.get("uuid"))
+        found = [self._lease_json(row, now, logins, components=True) for row in rows]
+        return [
+            lease
+            for lease in found
+            if status in (None, lease["status"]) and params.get("name") in (None, lease["name"])
+        ]
+
+    def _accounts(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        logins = account_logins(self.database)
+        accounts: dict[str, dict[str, Any]] = {}
+        for row in lease_rows(self.database):
+            account = self._account(row, logins)
+            entry = accounts.setdefault(
+                account.uuid,
+                {
+                    "uuid": account.uuid,
+                    "href": f"{self.base_url}/resources/accounts/{account.uuid}",
+                    "name": account.name,
+                    "urn": account.urn,
+                    "type": "account",
+                    "valid_until": format_time(row.slice_expires),
+                },
+            )
+            entry["valid_until"] = max(entry["valid_until"], format_time(row.slice_expires))
+        return [
+            entry
+            for entry in accounts.values()
+            if all(params.get(key) in (None, entry[key]) for key in ("name", "uuid", "urn"))
+        ]
+
+    def _account(self, row: LeaseRow, logins: Mapping[str, str]) -> AccountView:
+        if self.account_policy == "shared":
+            login = self.shared_login
+        else:
+            # Per user: the booker's login; per slice (and operator leases, booked by the slice itself): the
+            # slice's. Not mapped yet (allocated, never provisioned): the login the mapping rule will give.
+            key = row.slice_urn if self.account_policy == "per-slice" else row.owner_urn or row.slice_urn
+            login = logins.get(key) or derived_login(key)
+        return AccountView(login, row.slice_urn, account_uuid(row.slice_urn, login))
+
+    def _node_json(self, node: NodeRow, leases: list[dict[str, Any]]) -> dict[str, Any]:
+        identifier = node_uuid(node)
+        properties = node.properties
+        return {
+            "uuid": identifier,
+            "href": f"{self.base_url}/resources/nodes/{identifier}",
+            "name": node.component_name,
+            "urn": node.component_id,
+            "type": "node",
+            "hardware_type": node.hardware_type,
+            "hostname": str(properties.get("hostname") or node.component_name),
+            "exclusive": node.exclusive,
+            "available": node.state == "usable",
+            "status": node.state,
+            "interfaces": list(properties.get("interfaces") or []),
+            "cmc": properties.get("cmc") or None,
+            "leases": leases,
+        }
+
+    def _lease_json(self, row: LeaseRow, now: datetime, logins: Mapping[str, str], components: bool) -> dict[str, Any]:
+        account = self._account(row, logins)
+        lease: dict[str, Any] = {
+            "uuid": row.id,
+            "href": f"{self.base_url}/resources/leases/{row.id}",
+            "name": row.client_id or row.id,
+            "urn": hrn_to_urn(f"{self.authority_hrn}.{row.id}", "lease"),
+            "type": "lease",
+            "valid_from": format_time(row.start),
+            "valid_until": format_time(row.end),
+            "status": lease_status(row.state, row.start, row.end, now),
+            "account": {"uuid": account.uuid, "name": account.name, "urn": account.urn},
+        }
+        if components:
+            lease["components"] = [
+                {"uuid": uuid_of(component_id, recorded), "name": name, "urn": component_id}
+                for component_id, name, recorded in row.nodes
+            ]
+        return lease
+
+    # -- writing (operators) ----------------------------------------------------------------------------------
+    def create_lease(self, caller_chain: GidChain, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /resources/leases`` {name, valid_from, valid_until, account_attributes: {name}, components:
+        [{uuid} | {name} | {urn}]}: book the nodes for the account's slice through the calendar, provisioned at
+        once (an operator's lease is accepted, as omf_sfa's), or refuse and write nothing."""
+        self.check_operator(caller_chain)
+        _known_fields(body)
+        start, end = _window(body)
+        account_name, slice_urn = self._account_of(body)
+        nodes = self._components(body.get("components"))
+        label = _text(body, "name")
+        requests = [BookingRequest(node=node, start=start, end=end, lease_label=label) for node in nodes]
+        # An operator's account has no slice credential to say when it expires: it lasts as far as the policy lets
+        # any booking reach, so that a later PUT can extend the lease within the policy.
+        policy = self.bookings.policy
+        expires = max(end, self.clock() + timedelta(seconds=policy.max_advance_s + policy.max_duration_s))
+        # Booked by the slice itself, so that the lease's account is the one named (per user or per slice alike).
+        result = self.bookings.book(slice_urn, expires, requests, owner_urn=slice_urn)
+        booked = [lease.id for lease in result.leases]
+        try:
+            provisioned = [self.bookings.mark_provisioned(lease_id) for lease_id in booked]
+            for lease in provisioned:
+                self.backend.provision(lease, account_name, ())
+            self._map_account(slice_urn, account_name)
+        except Exception:
+            self.bookings.discard(booked)  # the call fails whole: nobody holds these leases
+            raise
+        return self._one_lease(provisioned[0].id)
+
+    def update_lease(self, caller_chain: GidChain, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``PUT /resources/leases`` {uuid, valid_until}: move the lease's end through the calendar (the same
+        checks as a renewal: no double booking, policy); its start cannot move (delete and post a new one)."""
+        self.check_operator(caller_chain)
+        _known_fields(body)
+        record = self._lease_record(body)
+        if "valid_from" in body and _time(body, "valid_from") != record.start:
+            raise BadArgs(
+                f"lease {record.id}: valid_from cannot change ({format_time(record.start)}); delete the lease and "
+                "post a new one"
+            )
+        if "valid_until" not in body:
+            raise GeniError(Reason.BAD_ARGS, "PUT /resources/leases changes valid_until; the body names none")
+        new_end = _time(body, "valid_until")
+        if new_end <= record.start:
+            raise BadArgs(f"valid_until {format_time(new_end)} is not after valid_from {format_time(record.start)}")
+        self.bookings.renew(record.id, new_end)
+        try:
+            self.backend.renew(record, new_end)
+        except Exception:
+            self.bookings.renew(record.id, record.end)  # the testbed could not follow: the calendar as it was
+            raise
+        return self._one_lease(record.id)
+
+    def delete_lease(self, caller_chain: GidChain, body: Mapping[str, Any]) -> dict[str, Any]:
+        """``DELETE /resources/leases`` {uuid}: release the lease on the testbed, then in the calendar."""
+        self.check_operator(caller_chain)
+        _known_fields(body)
+        record = self._lease_record(body)
+        if record.state in ("allocated", "provisioned"):
+            if record.state == "provisioned":
+                self.backend.release(record)
+            self.bookings.cancel(record.id)
+        return self._one_lease(record.id)
+
+    def _one_lease(self, lease_id: str) -> dict[str, Any]:
+        rows = lease_rows(self.database, lease_id=lease_id)
+        lease = self._lease_json(rows[0], self.clock(), account_logins(self.database), components=True)
+        return {"resource_response": {"resource": lease, "about": "/resources/leases"}}
+
+    def _lease_record(self, body: Mapping[str, Any]) -> LeaseRecord:
+        lease_id = _text(body, "uuid")
+        if not lease_id:
+            raise GeniError(Reason.BAD_ARGS, "the body names no lease: give its uuid")
+        rows = lease_rows(self.database, lease_id=lease_id)
+        if not rows:
+            raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
+        for record in self.bookings.leases(slice_urn=rows[0].slice_urn, active_only=False):
+            if record.id == lease_id:
+                return record
+        raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
+
+    def _account_of(self, body: Mapping[str, Any]) -> tuple[str, str]:
+        """(login, slice URN) of the account a posted lease names: {name} (a login: the slice of that name under
+        this authority; or a slice HRN such as onelab.upmc.demo, as R2Lab's tools send) or {urn} (a slice URN)."""
+        account = body.get("account_attributes", body.get("account"))
+        if not isinstance(account, dict) or not (account.get("name") or account.get("urn")):
+            raise GeniError(Reason.BAD_ARGS, "the lease names no account: give account_attributes: {name: ...}")
+        urn = account.get("urn")
+        name = account.get("name")
+        if urn is not None:
+            if not isinstance(urn, str) or not is_urn(urn) or parse_urn(urn).type != "slice":
+                raise BadArgs(f"account urn {urn!r} is not a slice URN (urn:publicid:IDN+<authority>+slice+<name>)")
+            slice_urn = urn
+            name = name or parse_urn(urn).name
+        if not isinstance(name, str):
+            raise BadArgs(f"account name {name!r} is not text")
+        if urn is None:
+            slice_urn = hrn_to_urn(name if "." in name else f"{self.authority_hrn}.{name}", "slice")
+            name = name.rsplit(".", 1)[-1]
+        login = name.lower().replace(".", "_")
+        check_login(login)
+        return login, slice_urn
+
+    def _map_account(self, slice_urn: str, login: str) -> None:
+        """The slice's account is the login the operator named, unless the slice is mapped already."""
+        from sfa_omf.registry.accounts import Accounts  # the writer of the mapping table
+
+        if self.account_policy != "shared" and slice_urn not in account_logins(self.database):
+            Accounts(self.database, self.account_policy, self.shared_login).pin(slice_urn, login)
+
+    def _components(self, components: Any) -> list[str]:
+        if not isinstance(components, list) or not components:
+            raise GeniError(Reason.BAD_ARGS, "the lease names no node: give components: [{uuid: ...}]")
+        nodes = node_rows(self.database)
+        index: dict[str, str] = {}
+        for node in nodes:
+            index.setdefault(f"uuid:{node_uuid(node)}", node.component_id)
+            index.setdefault(f"urn:{node.component_id}", node.component_id)
+            index.setdefault(f"name:{node.component_name}", node.component_id)
+        wanted: list[str] = []
+        for component in components:
+            key = _component_key(component)
+            if key not in index:
+                raise GeniError(Reason.NOT_FOUND, f"there is no node with {key.replace(':', ' ', 1)}")
+            if index[key] not in wanted:
+                wanted.append(index[key])
+        return wanted
+
+
+def _component_key(component: Any) -> str:
+    if isinstance(component, dict):
+        for key in ("uuid", "urn", "name"):
+            if isinstance(component.get(key), str) and component[key]:
+                return f"{key}:{component[key]}"
+    raise BadArgs(f"component {component!r} names no node: give {{uuid: ...}}, {{urn: ...}} or {{name: ...}}")
+
+
+def _single_values(query: Mapping[str, Sequence[str]], allowed: Sequence[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for key, given in query.items():
+        if key not in allowed:
+            raise BadArgs(f"unknown parameter {key!r}; this collection takes {', '.join(allowed)}")
+        if len(given) != 1:
+            raise BadArgs(f"parameter {key!r} is given {len(given)} times; give it once")
+        values[key] = given[0]
+    return values
+
+
+def _known_fields(body: Mapping[str, Any]) -> None:
+    unknown = sorted(set(body) - set(LEASE_FIELDS))
+    if unknown:
+        raise BadArgs(f"unknown lease field(s) {', '.join(unknown)}; a lease has {', '.join(LEASE_FIELDS)}")
+
+
+def _text(body: Mapping[str, Any], key: str) -> str:
+    value = body.get(key, "")
+    if not isinstance(value, str):
+        raise BadArgs(f"{key} must be text, not {type(value).__name__}")
+    return value
+
+
+def _time(body: Mapping[str, Any], key: str) -> datetime:
+    if key not in body:
+        raise GeniError(Reason.BAD_ARGS, f"the lease has no {key} (a time such as 2026-12-01T10:00:00Z)")
+    try:
+        return parse_time(body[key])
+    except BadArgs as exc:
+        raise BadArgs(f"{key}: {exc.message}") from exc
+
+
+def _window(body: Mapping[str, Any]) -> tuple[datetime, datetime]:
+    start, end = _time(body, "valid_from"), _time(body, "valid_until")
+    if end <= start:
+        raise BadArgs(f"valid_until {format_time(end)} is not after valid_from {format_time(start)}")
+    return start, end

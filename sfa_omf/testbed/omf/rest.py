@@ -1,0 +1,182 @@
+"""The omf_sfa REST inventory over HTTPS (Twisted), mounted at ``/resources`` on the aggregate's TLS server: the same
+paths as omf_sfa's broker (``/resources/nodes``, ``/resources/leases``, ``/resources/accounts``), so controllers and
+tools need only the aggregate's host and port.
+
+The TLS layer asks every client for a certificate (server/tls.py); inventory.py judges the chain against the trusted
+roots. Calls run in the server's thread pool (the calendar is synchronous). Answers are omf_sfa's JSON envelope;
+errors are ``{"exception": {"code": <HTTP status>, "reason": "..."}}`` as omf_sfa's, plus the GENI code and reason
+of the one table (sfa_omf/errors.py) so that the same refusal reads the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web import resource, server
+
+from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
+from sfa_omf.server.tls import peer_chain
+from sfa_omf.testbed.omf.inventory import OmfInventory
+
+log = logging.getLogger("sfa_omf.omf.rest")
+
+#: GENI code -> HTTP status of the omf_sfa-style error answer (anything else: 500).
+HTTP_STATUS: dict[GeniCode, int] = {
+    GeniCode.BADARGS: 400,
+    GeniCode.MISSINGARGS: 400,
+    GeniCode.BADVERSION: 400,
+    GeniCode.UNSUPPORTED: 405,
+    GeniCode.FORBIDDEN: 403,
+    GeniCode.CREDENTIAL_INVALID: 401,
+    GeniCode.CREDENTIAL_EXPIRED: 401,
+    GeniCode.CREDENTIAL_MISMATCH: 401,
+    GeniCode.CREDENTIAL_SIGNER_UNTRUSTED: 401,
+    GeniCode.EXPIRED: 401,
+    GeniCode.SEARCHFAILED: 404,
+    GeniCode.REFUSED: 409,
+    GeniCode.ALREADYEXISTS: 409,
+    GeniCode.TOOBIG: 413,
+    GeniCode.UNAVAILABLE: 503,
+    GeniCode.BUSY: 503,
+    GeniCode.TIMEDOUT: 504,
+}
+
+
+def error_body(error: GeniError) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, omf_sfa's error object) for a refusal."""
+    status = HTTP_STATUS.get(error.code, 500)
+    return status, {
+        "exception": {
+            "code": status,
+            "reason": error.message,
+            "geni_code": int(error.code),
+            "geni_reason": error.reason.value,
+        }
+    }
+
+
+class InventoryResource(resource.Resource):
+    """``/resources/<collection>[/<uuid>]``: GET for every trusted caller; POST/PUT/DELETE of leases for
+    operators."""
+
+    isLeaf = True
+
+    def __init__(self, inventory: OmfInventory, pool: ThreadPool, reactor: Any) -> None:
+        super().__init__()
+        self.inventory = inventory
+        self.pool = pool
+        self.reactor = reactor
+
+    def render_GET(self, request: server.Request) -> Any:
+        return self._call(request, self._get)
+
+    def render_POST(self, request: server.Request) -> Any:
+        return self._call(request, lambda chain, request: self._write(chain, request, self.inventory.create_lease))
+
+    def render_PUT(self, request: server.Request) -> Any:
+        return self._call(request, lambda chain, request: self._write(chain, request, self.inventory.update_lease))
+
+    def render_DELETE(self, request: server.Request) -> Any:
+        return self._call(request, lambda chain, request: self._write(chain, request, self.inventory.delete_lease))
+
+    # -- in a worker thread -----------------------------------------------------------------------------------
+    def _get(self, chain: Any, request: server.Request) -> dict[str, Any]:
+        self.inventory.check_reader(chain)
+        collection, identifier = _path(request)
+        query = _query(request)
+        if identifier:
+            query["uuid"] = [identifier]
+        return self.inventory.get(collection, query)
+
+    def _write(self, chain: Any, request: server.Request, action: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+        collection, identifier = _path(request)
+        if collection != "leases":
+            raise GeniError(
+                Reason.UNSUPPORTED, f"/resources/{collection} is read-only here; operator tools write /resources/leases"
+            )
+        body = _body(request)
+        query = _query(request)
+        uuid = identifier or (query.get("uuid") or [""])[0]
+        if uuid and "uuid" not in body:
+            body["uuid"] = uuid
+        return action(chain, body)
+
+    # -- plumbing -----------------------------------------------------------------------------------------------
+    def _call(self, request: server.Request, work: Callable[[Any, server.Request], dict[str, Any]]) -> Any:
+        chain = peer_chain(request.transport.getHandle())  # type: ignore[union-attr]
+        deferred = deferToThreadPool(self.reactor, self.pool, work, chain, request)
+        deferred.addCallback(lambda answer: _respond(request, 200, answer))
+        deferred.addErrback(lambda failure: _failed(request, failure))
+        return server.NOT_DONE_YET
+
+
+def _path(request: server.Request) -> tuple[str, str]:
+    parts = [part.decode("utf-8", "replace") for part in request.postpath or [] if part]
+    if not parts or len(parts) > 2:
+        raise GeniError(Reason.NOT_FOUND, "ask /resources/nodes, /resources/leases or /resources/accounts")
+    return parts[0], parts[1] if len(parts) == 2 else ""
+
+
+def _query(request: server.Request) -> dict[str, list[str]]:
+    try:
+        return {
+            key.decode("utf-8"): [value.decode("utf-8") for value in values or []]
+            for key, values in (request.args or {}).items()
+        }
+    except UnicodeDecodeError as exc:
+        raise BadArgs("the query string is not UTF-8") from exc
+
+
+def _body(request: server.Request) -> dict[str, Any]:
+    raw = request.content.read() if request.content is not None else b""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadArgs(f"the body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadArgs(f"the body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _respond(request: server.Request, status: int, answer: dict[str, Any]) -> None:
+    if request.finished or request.channel is None:
+        return  # the client went away
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.write(json.dumps(answer, indent=2).encode("utf-8"))
+    request.finish()
+
+
+def _failed(request: server.Request, failure: Failure) -> None:
+    if isinstance(failure.value, GeniError):
+        status, body = error_body(failure.value)
+        _respond(request, status, body)
+        return
+    log.error("%s %s failed: %s", request.method, request.path, failure.getTraceback())
+    body = {"exception": {"code": 500, "reason": "internal error; the operator's log has the details", "geni_code": 5}}
+    _respond(request, 500, body)
+
+
+def inventory_resource(aggregate: Any, base_url: str, pool: ThreadPool, reactor: Any) -> InventoryResource:
+    """The ``/resources`` resource over an Aggregate's calendar, trust and backend (server/app.py mounts it when
+    the backend is ``omf``)."""
+    inventory = OmfInventory(
+        aggregate.database,
+        aggregate.bookings,
+        aggregate.verifier,
+        aggregate.backend,
+        aggregate.settings.authority_hrn,
+        base_url,
+        account_policy=aggregate.accounts.policy,
+        shared_login=aggregate.accounts.shared_login,
+        clock=aggregate.clock,
+    )
+    return InventoryResource(inventory, pool, reactor)

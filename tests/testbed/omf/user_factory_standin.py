@@ -1,0 +1,228 @@
+"""STAND-IN for OMF 6's user_factory resource controller (Ruby, from omf_rc / nitos_testbed_rc), which cannot be
+installed here (RubyGems is not reachable). It is a conformance fixture written from the facts of FRCP and of
+user_factory's behaviour (/work/shared/reference/omf.md), not a port of its code.
+
+It speaks real FRCP over the real RabbitMQ (its topic is a topic exchange; it informs on its own topics), checks
+every request's JWT signature against trusted roots (an unsigned, tampered or untrusted message is refused and
+answered with nothing, as the Ruby controller drops it), signs its own informs, and does user_factory's real work in
+a throwaway directory instead of the system:
+
+- ``create {type: user, username}`` -> ``<root>/home/<username>/.ssh/id_rsa[.pub]`` (a real RSA key pair, kept if
+  it exists: creating an existing user is how the broker reaches it again) and an entry in ``<root>/passwd.json``;
+  answers CREATION.OK {res_id: the child's address, uid, username, pub_key}, or CREATION.FAILED {reason};
+- on the child's topic, ``configure {cert: PEM}`` -> ``~/.omf/user_cert.pem``; ``configure {auth_keys: [...]}``
+  -> ``~/.ssh/authorized_keys`` (overwritten); answers STATUS {status_type: APP_EVENT, event: EXIT, exit_code: 0};
+- ``release {rid: child}`` on the factory's topic -> RELEASED {res_id};
+- ``configure {deluser: {username}}`` on the factory's topic -> the home and the passwd entry removed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import pika
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sfa_omf.testbed.omf.accounts import account_of
+from sfa_omf.testbed.omf.frcp import (
+    BadMessage,
+    FrcpMessage,
+    SignatureChecker,
+    SignedBy,
+    Signer,
+    address,
+    declare_topic,
+    decode,
+    encode,
+    new_message,
+    topic_of,
+)
+
+LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+
+class UserFactoryStandIn:
+    """A stand-in for the Ruby user_factory controller (see the module docstring), run in a thread."""
+
+    def __init__(self, url: str, topic: str, root: Path, signer: Signer, checker: SignatureChecker) -> None:
+        self.url = url
+        self.topic = topic
+        self.root = root
+        self.signer = signer
+        self.checker = checker
+        self.refused: list[str] = []  # why each refused message was refused
+        self.handled: list[FrcpMessage] = []
+        self.signers: list[str] = []  # the account (subject emailAddress) of each accepted signer
+        self.children: dict[str, str] = {}  # child topic -> username
+        # When set, create is answered CREATION.FAILED with these words (the controller failing, e.g. a full disk).
+        self.fail_with = ""
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"standin-{topic}", daemon=True)
+        self.host = pika.URLParameters(url).host
+
+    def start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout=60):
+            raise RuntimeError("the user_factory stand-in did not come up")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        connection = pika.BlockingConnection(pika.URLParameters(self.url))
+        channel = connection.channel()
+        self.channel = channel
+        queue = channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
+        self.queue = queue
+        self._listen(self.topic)
+        self._ready.set()
+        try:
+            for method, properties, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.2):
+                if self._stop.is_set():
+                    break
+                if method is None:
+                    continue
+                self._handle(method.exchange, body, properties.content_type)
+            channel.cancel()
+        finally:
+            connection.close()
+
+    def _listen(self, topic: str) -> None:
+        declare_topic(self.channel, topic)
+        self.channel.queue_bind(queue=self.queue, exchange=topic, routing_key="o.*")
+
+    def _handle(self, topic: str, body: bytes, content_type: str | None) -> None:
+        try:
+            decoded = decode(body, content_type, self.checker)
+        except BadMessage as exc:
+            self.refused.append(str(exc))
+            return
+        assert isinstance(decoded, SignedBy)  # a checker is always set: only signed messages get here
+        message = decoded.message
+        if message.op == "inform":
+            return  # our own informs, and other controllers'
+        self.handled.append(message)
+        self.signers.append(account_of(decoded.signer.certificate))
+        try:
+            reply = self._work(topic, message)
+        except (OSError, ValueError) as exc:
+            reply = self._inform(message, "ERROR", {"reason": str(exc)})
+        self._publish(topic, reply)
+
+    def _publish(self, topic: str, inform: FrcpMessage) -> None:
+        body, content_type = encode(inform, self.signer)
+        self.channel.basic_publish(
+            exchange=topic,
+            routing_key="o.info",
+            body=body,
+            properties=pika.BasicProperties(content_type=content_type, message_id=inform.mid),
+        )
+
+    def _inform(self, request: FrcpMessage, itype: str, props: dict[str, Any], topic: str | None = None) -> FrcpMessage:
+        return new_message("inform", address(self.host, topic or self.topic), props, cid=request.mid, itype=itype)
+
+    # -- user_factory's work ----------------------------------------------------------------------------------
+    def _work(self, topic: str, message: FrcpMessage) -> FrcpMessage:
+        props = message.props
+        if topic == self.topic:
+            if message.op == "create":
+                return self._create(message)
+            if message.op == "release":
+                child = topic_of(message.rid or "")
+                if child not in self.children:
+                    return self._inform(message, "ERROR", {"reason": f"no child {message.rid!r}"})
+                self.channel.queue_unbind(queue=self.queue, exchange=child, routing_key="o.*")
+                del self.children[child]
+                return self._inform(message, "RELEASED", {"res_id": message.rid})
+            if message.op == "configure" and isinstance(props.get("deluser"), dict):
+                username = str(props["deluser"].get("username", ""))
+                self._check_login(username)
+                shutil.rmtree(self._home(username), ignore_errors=True)
+                passwd = self._passwd()
+                passwd.pop(username, None)
+                self._write_passwd(passwd)
+                return self._inform(message, "STATUS", {"status_type": "APP_EVENT", "event": "EXIT", "exit_code": 0})
+            return self._inform(message, "ERROR", {"reason": f"user_factory does not {message.op} {sorted(props)}"})
+        username = self.children.get(topic)
+        if username is None or message.op != "configure":
+            return self._inform(message, "ERROR", {"reason": f"{message.op} is not served on {topic}"}, topic)
+        home = self._home(username)
+        done: dict[str, Any] = {"status_type": "APP_EVENT", "event": "EXIT", "exit_code": 0, "username": username}
+        if "cert" in props:
+            (home / ".omf").mkdir(parents=True, exist_ok=True)
+            (home / ".omf" / "user_cert.pem").write_text(str(props["cert"]))
+            done["msg"] = "certificate installed"
+        elif "auth_keys" in props:
+            keys = props["auth_keys"]
+            if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+                return self._inform(message, "ERROR", {"reason": "auth_keys is not a list of keys"}, topic)
+            (home / ".ssh" / "authorized_keys").write_text("".join(f"{key}\n" for key in keys))
+            done["msg"] = f"{len(keys)} key(s) installed"
+        else:
+            return self._inform(message, "ERROR", {"reason": f"cannot configure {sorted(props)}"}, topic)
+        return self._inform(message, "STATUS", done, topic)
+
+    def _create(self, message: FrcpMessage) -> FrcpMessage:
+        props = message.props
+        username = str(props.get("username", ""))
+        if props.get("type") != "user":
+            return self._inform(message, "CREATION.FAILED", {"reason": f"cannot create a {props.get('type')!r}"})
+        if not LOGIN.match(username):
+            return self._inform(message, "CREATION.FAILED", {"reason": f"useradd: invalid user name '{username}'"})
+        if self.fail_with:
+            return self._inform(message, "CREATION.FAILED", {"reason": self.fail_with})
+        home = self._home(username)
+        ssh = home / ".ssh"
+        ssh.mkdir(parents=True, exist_ok=True)
+        if not (ssh / "id_rsa").exists():
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            (ssh / "id_rsa").write_bytes(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.OpenSSH,
+                    serialization.NoEncryption(),
+                )
+            )
+            public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            (ssh / "id_rsa.pub").write_text(f"{public.decode('ascii')} {username}@testbed\n")
+        passwd = self._passwd()
+        uid = passwd.setdefault(username, 2000 + len(passwd))
+        self._write_passwd(passwd)
+        child = f"user-{username}"
+        self.children[child] = username
+        self._listen(child)
+        return self._inform(
+            message,
+            "CREATION.OK",
+            {
+                "res_id": address(self.host, child),
+                "uid": uid,
+                "username": username,
+                "hrn": props.get("hrn", username),
+                "pub_key": (ssh / "id_rsa.pub").read_text().strip(),
+            },
+        )
+
+    def _check_login(self, username: str) -> None:
+        if not LOGIN.match(username):
+            raise ValueError(f"invalid user name '{username}'")
+
+    def _home(self, username: str) -> Path:
+        self._check_login(username)
+        return self.root / "home" / username
+
+    def _passwd(self) -> dict[str, int]:
+        path = self.root / "passwd.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {}
+
+    def _write_passwd(self, passwd: dict[str, int]) -> None:
+        (self.root / "passwd.json").write_text(json.dumps(passwd, sort_keys=True))
