@@ -37,7 +37,7 @@ from rspec.parse_request import RequestPolicy, parse_request
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.am.states import Allocation, Event, Operational, operational_action
 from sfa_omf.calendar.availability import Availability
-from sfa_omf.calendar.booking import Bookings
+from sfa_omf.calendar.booking import Bookings, Rounding
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
@@ -233,7 +233,7 @@ class Aggregate:
     ) -> dict[str, Any]:
         _check_urn(slice_urn, "slice")
         verified = self.authorize("Allocate", caller_chain, credentials, slice_urn, options)
-        now = self.clock()
+        now = self.clock().replace(microsecond=0)  # a booking from now starts on a whole second
         request = parse_request(
             rspec,
             now=now,
@@ -244,21 +244,26 @@ class Aggregate:
         )
         wanted: list[BookingRequest] = []
         for lease in request.leases:
-            start = lease.start
             components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]
-            if start is None:
-                slot = self.availability.earliest_slot(int(lease.duration.total_seconds()), now, nodes=components)
-                start = slot.start
+            if lease.start is None:
+                # As soon as possible; with no time at all (from_now), from now itself when the nodes are free.
+                slot = self.availability.earliest_slot(
+                    int(lease.duration.total_seconds()), now, nodes=components, from_now=lease.from_now
+                )
+                start, end = slot.start, slot.end
+            else:
+                start, end = lease.start, lease.start + lease.duration
             for client_id, component in zip(lease.nodes, components, strict=True):
                 node = request.node(client_id)
                 wanted.append(
                     BookingRequest(
                         node=component,
                         start=start,
-                        end=start + lease.duration,
+                        end=end,
                         client_id=client_id,
                         lease_label=lease.client_id or "",
                         disk_image=node.disk_image or "",
+                        from_now=lease.from_now,
                     )
                 )
         result = self.bookings.book(
@@ -378,32 +383,45 @@ class Aggregate:
     def renew(
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, expiration: Any, options: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
+        """Move the end of the slivers' leases. A new end inside a slot rounds up to the slot's end (never less than
+        asked); with geni_extend_alap, an end past the slice credential's expiry becomes the last whole slot before
+        it. The slice credential of this call decides how far a lease may go (the slice may have been renewed at
+        its authority since Allocate). Each sliver says what changed (sfa_omf_renewal)."""
         slice_urn, sliver_urns = self._resolve(urns)
         verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
         new_end = parse_time(expiration, now=self.clock())
-        if new_end > verified.expires:  # a sliver never outlives the slice credential
-            if not options.get("geni_extend_alap"):
-                raise GeniError(
-                    Reason.POLICY,
-                    f"cannot renew past the slice credential's expiry {format_time(verified.expires)}; renew the slice "
-                    "at its authority first, or ask for geni_extend_alap",
-                )
-            new_end = verified.expires
+        alap = bool(options.get("geni_extend_alap"))
+        if new_end > verified.expires and not alap:  # a sliver never outlives the slice credential
+            raise GeniError(
+                Reason.POLICY,
+                f"cannot renew to {format_time(new_end)}: that is beyond the slice credential's expiry "
+                f"{format_time(verified.expires)}; renew the slice at its authority and call again with the new "
+                "slice credential, or ask for geni_extend_alap",
+            )
         leases = self._leases(slice_urn, sliver_urns)
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
         longest = timedelta(seconds=self.policy.max_duration_s)
+        answer = []
         for lease in leases:
-            # "As long as possible" also means no longer than the operator's maximum duration.
-            lease_end = min(new_end, lease.start + longest) if options.get("geni_extend_alap") else new_end
-            renewed = self.bookings.renew(lease.id, lease_end, round_to_grain=True)
+            rounding: Rounding = "up"
+            asked = new_end
+            if alap:  # "as long as possible": up to the credential's expiry and the operator's maximum duration
+                asked, rounding = min(new_end, verified.expires, lease.start + longest), "down"
+            renewed = self.bookings.renew(lease.id, asked, rounding, slice_expires=verified.expires)
             if lease.state == "provisioned" and renewed.end != lease.end:
                 try:
                     self.backend.renew(lease, renewed.end)
                 except GeniError:
                     self.bookings.renew(lease.id, lease.end)  # the testbed could not follow: as it was
                     raise
-        return self._sliver_dicts(slice_urn, sliver_urns)
+            note = _renewal_note(lease, renewed)
+            answer += [
+                {**self._sliver_dict(sliver, renewed), "sfa_omf_renewal": note}
+                for sliver in renewed.slivers
+                if sliver_urns is None or sliver.urn in sliver_urns
+            ]
+        return answer
 
     def delete(
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
@@ -645,3 +663,17 @@ def _maybe_compressed(document: str, options: Mapping[str, Any]) -> str:
     if options.get("geni_compressed"):
         return base64.b64encode(zlib.compress(document.encode("utf-8"))).decode("ascii")
     return document
+
+
+def _renewal_note(before: LeaseRecord, after: LeaseRecord) -> str:
+    """What a renewal changed, in words: the lease's new end (and, for an allocation, until when it waits to be
+    provisioned), or that nothing changed."""
+    if after.end == before.end:
+        note = f"unchanged: lease {after.id} already ends at {format_time(after.end)}"
+    else:
+        longer = "extended" if after.end > before.end else "shortened"
+        note = f"lease {after.id} {longer}: it now ends at {format_time(after.end)} (was {format_time(before.end)})"
+    if after.state == "allocated":
+        waits = min(sliver.expires for sliver in after.slivers)
+        note += f"; still to be provisioned before {format_time(waits)} or it is released"
+    return note

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.intervals import earliest_common_start, free_windows, merge
+from sfa_omf.calendar.intervals import align_up, earliest_common_start, free_windows, is_free, merge
 from sfa_omf.calendar.models import Node, Pool, Sliver
 from sfa_omf.calendar.queries import from_s, held_windows, to_s
 from sfa_omf.calendar.records import FreeWindow
@@ -84,9 +84,14 @@ class Availability:
         nodes: Sequence[str] | None = None,
         hardware_type: str | None = None,
         count: int | None = None,
+        from_now: bool = False,
     ) -> CommonSlot:
         """The earliest window of duration_s after ``after`` where the named nodes (all of them), or ``count``
-        usable federated nodes of a hardware type, are all free."""
+        usable federated nodes of a hardware type, are all free.
+
+        ``from_now``: first try [after, the first grain boundary at least duration_s later) itself, a first partial
+        slot (a request with no time is booked from now when its nodes are free); otherwise the earliest whole slots.
+        """
         after_s = to_s(after)
         with self.database.read() as session:
             query = select(Node.id, Node.component_id, Node.grain_s, Node.state).join(Pool)
@@ -115,7 +120,14 @@ class Availability:
                 Reason.NOT_FOUND, f"only {len(candidates)} usable node(s) {what}exist; {needed} were asked for"
             )
         grain = math.lcm(*(row.grain_s for row in candidates))
-        duration = -(-duration_s // grain) * grain
+        if from_now:
+            end_s = align_up(after_s + duration_s, grain)
+            free_now = sorted(
+                row.component_id for row in candidates if is_free(merge(busy.get(row.id, [])), (after_s, end_s))
+            )
+            if len(free_now) >= needed:
+                return CommonSlot(start=from_s(after_s), end=from_s(end_s), nodes=tuple(free_now[:needed]))
+        duration = align_up(duration_s, grain)
         found = earliest_common_start(
             {row.component_id: busy.get(row.id, []) for row in candidates}, after_s, duration, grain, needed
         )
