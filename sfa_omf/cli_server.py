@@ -10,7 +10,10 @@ import sys
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
 from sfa_omf.errors import BadArgs
+from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEMO_SLICE, init_directory, register_demo
+from sfa_omf.registry.nodes import record_nodes
+from sfa_omf.registry.records import Records
 from sfa_omf.server.app import build_aggregate, serve_forever
 from sfa_omf.xrn import hrn_to_urn
 
@@ -57,6 +60,9 @@ def _quickstart(args: argparse.Namespace) -> int:
             aggregate.inventory.add_node(
                 NodeSpec(hrn_to_urn(f"{settings.interface_hrn}.{name}", "node"), name, hardware_type="demo")
             )
+    # The nodes are registry records too (sfi.py list -t node AUTH); serve would record them, this says so now.
+    authority = LocalAuthority.load(report.directory, settings.interface_hrn)
+    record_nodes(authority, Records(aggregate.database), aggregate.inventory.list_nodes())
     sfi = report.sfi_dirs["alice"]
     slice_hrn = f"{settings.interface_hrn}.{DEMO_SLICE}"
     print(f"sfa-omf aggregate {aggregate.settings.urn} on https://{settings.aggregate_host}:{settings.aggregate_port}/")
