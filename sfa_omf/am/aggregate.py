@@ -246,9 +246,14 @@ class Aggregate:
         for lease in request.leases:
             components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]
             if lease.start is None:
-                # As soon as possible; with no time at all (from_now), from now itself when the nodes are free.
+                # As soon as possible; with no time at all (from_now), from now itself when the nodes are free, and
+                # (no end asked for either) no later than the slice credential allows.
                 slot = self.availability.earliest_slot(
-                    int(lease.duration.total_seconds()), now, nodes=components, from_now=lease.from_now
+                    int(lease.duration.total_seconds()),
+                    now,
+                    nodes=components,
+                    from_now=lease.from_now,
+                    ends_by=verified.expires,
                 )
                 start, end = slot.start, slot.end
             else:

@@ -144,8 +144,8 @@ class Bookings:
                 if window[1] > expires_s:
                     raise PolicyViolation(
                         "slice_expiry",
-                        f"the window for {node.component_id} ends after the slice expires ({from_s(expires_s)}); "
-                        "renew the slice at its authority first",
+                        f"the window for {node.component_id} ends after the slice credential expires "
+                        f"({format_time(from_s(expires_s))}); renew the slice at its authority first",
                     )
                 if node.state != "usable":
                     conflicts.append(Conflict(node.component_id, request.start, request.end, "is in maintenance"))

@@ -274,3 +274,18 @@ def test_renew_of_an_allocation_says_what_changed(site: Site) -> None:
     )
     again = ok(client.Renew([urn], credentials, format_time(now + timedelta(hours=3)), {}))
     assert again[0]["sfa_omf_renewal"].startswith("unchanged")
+
+
+def test_a_plain_request_stops_before_a_short_lived_slice_credential(site: Site) -> None:
+    """gcf's clearinghouse issues slice credentials for an hour: a request with no time (no end asked for) is cut at
+    the last slot boundary before the credential's expiry instead of being refused for outliving the slice."""
+    site.clock.now = now = at_minute(10)
+    expires = now + timedelta(minutes=45)
+    urn, slice_cred = site.slice_cred("shortlived", expires - utcnow())
+    (sliver,) = ok(site.client().Allocate(urn, [cred(slice_cred)], plain_request("node1"), {}))["geni_slivers"]
+    last_boundary = on_grain_after(expires) - GRAIN
+    assert (sliver["geni_start_time"], sliver["geni_end_time"]) == (format_time(now), format_time(last_boundary))
+    # An end the client asked for is not cut: beyond the credential, it is refused, saying so.
+    window = {"geni_end_time": format_time(on_grain_after(now + timedelta(minutes=90)))}
+    output = refused(site.client().Allocate(urn, [cred(slice_cred)], plain_request("node2"), window), 7)
+    assert "slice credential expires" in output and "renew the slice at its authority" in output
