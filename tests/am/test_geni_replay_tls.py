@@ -5,7 +5,6 @@ the hour, on a grain boundary or between two."""
 
 from __future__ import annotations
 
-import shutil
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,24 +13,16 @@ from typing import Any
 
 import pytest
 
-from sfa_omf.am.aggregate import Aggregate, AggregateSettings
-from sfa_omf.am.api_v2 import ApiV2
-from sfa_omf.am.api_v3 import ApiV3
-from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.calendar.intervals import align_up
-from sfa_omf.calendar.records import NodeSpec
-from sfa_omf.server.tls import ServerTls
-from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.pki import create_gid, new_private_key
-from sfa_omf.trust.roots import load_trusted_roots
-from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
+from tests.am.test_api_v2_tls import serve_v2_and_v3
 from tests.am.test_api_v3_tls import GENI_V3, cred, node_urn, ok, refused
 from tests.conftest import DemoPki
-from tests.tls_harness import Listener, proxy, reactor
+from tests.tls_harness import Listener, proxy
 
 GRAIN = timedelta(minutes=30)
-NODES = ("node1", "node2", "node3")
 
 
 class Clock:
@@ -92,30 +83,9 @@ class Site:
 
 @pytest.fixture
 def site(listener: Listener, pki: DemoPki, tmp_path: Path) -> Site:
-    roots_dir = tmp_path / "trusted_roots"
-    shutil.copytree(pki.directory / "trusted_roots", roots_dir)
-    database = Database(sqlite_url(str(tmp_path / "am.sqlite")))
-    database.upgrade()
     clock = Clock(at_minute(0))
-    aggregate = Aggregate(
-        AggregateSettings(authority_hrn="testbed", api_urls={"2": "https://127.0.0.1/am2", "3": "https://127.0.0.1/"}),
-        database,
-        CredentialVerifier(load_trusted_roots(str(roots_dir)), VerdictCache()),
-        clock=clock,
-    )
-    for name in NODES:
-        aggregate.inventory.add_node(NodeSpec(node_urn(name), name, hardware_type="pc"))
-    pool = listener.pool(8)
-    limit = 4 * 1024 * 1024
-    site = make_site(
-        {b"am2": XmlRpcResource(ApiV2(aggregate), pool, reactor, limit)},
-        XmlRpcResource(ApiV3(aggregate), pool, reactor, limit),
-        limit,
-        60,
-    )
-    tls = ServerTls(str(pki.directory / "aggregate" / "am.pkey"), str(pki.directory / "aggregate" / "am.gid"))
-    base = f"https://127.0.0.1:{listener.listen(site, tls)}"
-    return Site(f"{base}/", f"{base}/am2", aggregate, clock, pki)
+    served = serve_v2_and_v3(listener, pki, tmp_path, clock)
+    return Site(served.v3_url, served.v2_url, served.aggregate, clock, pki)
 
 
 @pytest.mark.parametrize(
