@@ -7,17 +7,19 @@ Run from the repository root, with the project's virtualenv:
     python benchmarks/am_bench.py --threads 16    # the server's [sfa_omf] threads (default: the configuration's)
 
 The server is the real one, as an operator runs it: ``sfa-omf serve --config DIR/sfa-omf.conf`` in a subprocess, after
-``init_directory`` (authority ``testbed``, user alice) in a temporary directory; the port is a free one, given to the
-server with ``SFA_AGGREGATE_PORT``. The clients are in this process (threads): Python's ``xmlrpc.client`` over an
-``ssl`` context that presents alice's GID chain and key and does not verify the server, as sfi.py and omni do.
-The first ``--nodes`` nodes are added with ``Inventory.add_node``; the larger inventories are bulk-inserted into the
-``node`` table (SQLAlchemy Core) while the server is stopped, and the server is started again on them.
+``init_directory`` (authority ``testbed``, user alice) in a temporary directory; the ports are free ones, given to the
+server with ``SFA_AGGREGATE_PORT`` and ``SFA_REGISTRY_PORT``. The clients are in this process (threads): Python's
+``xmlrpc.client`` over an ``ssl`` context that presents alice's GID chain and key and does not verify the server, as
+sfi.py and omni do. The first ``--nodes`` nodes are added with ``Inventory.add_node``; the larger inventories are
+bulk-inserted into the ``node`` table (SQLAlchemy Core) while the server is stopped, and the server is started again
+on them.
 
 What is measured:
 
 1. latency — median and 95th percentile of GetVersion, ListResources (``--nodes`` nodes), Allocate and Delete (pairs:
    each Allocate books one node for one future 30-min slot, every one a different (node, slot), and the Delete of its
-   sliver follows), Status and Describe (of the demo slice, which holds one sliver), each (a) on a new TLS connection
+   sliver follows; with ``--plain`` also Allocate of a plain request with no time, booked from now, and its Delete),
+   Status and Describe (of the demo slice, which holds one sliver), each (a) on a new TLS connection
    per call (a new ``ServerProxy``: TCP connect, full TLS handshake with client certificate, one request) and (b) on
    one kept-alive connection (one ``ServerProxy`` reused; HTTP/1.1 keeps the connection).
 2. calls/s — GetVersion and Status by 1, 8 and 32 concurrent clients (threads, each with its own kept-alive
@@ -89,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients (default 1,8,32)")
     parser.add_argument("--threads", type=int, default=None, help="server worker threads (default: the config's)")
     parser.add_argument("--quick", action="store_true", help="0.5 s and >= 2 calls per measurement, <= 1000 nodes")
+    parser.add_argument(
+        "--plain", action="store_true", help="also Allocate with no time in the request (from now), then Delete"
+    )
     args = parser.parse_args(argv)
     try:
         args.node_counts = [int(part) for part in args.node_counts.split(",") if part.strip()]
@@ -175,7 +180,8 @@ class Server:
     def __init__(self, config_path: str, log_path: str, threads: int | None) -> None:
         self.config_path = config_path
         self.log_path = log_path
-        self.environ = dict(os.environ, SFA_AGGREGATE_PORT=str(free_port()))
+        # Free ports for both servers sfa-omf serve runs (another sfa-omf may hold the default registry port).
+        self.environ = dict(os.environ, SFA_AGGREGATE_PORT=str(free_port()), SFA_REGISTRY_PORT=str(free_port()))
         if threads is not None:
             self.environ["SFA_OMF_THREADS"] = str(threads)
         self.settings: Settings = read_config(config_path, self.environ)
@@ -362,6 +368,13 @@ class Calls:
         rspec = request_rspec(bookings)
         return value(proxy.Allocate(SLICE_URN, [self.client.slice_cred], rspec, {}), "Allocate")
 
+    def allocate_plain(self, proxy: Any, node: int) -> Any:
+        rspec = (
+            '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3">'
+            f'<node client_id="n" component_id="{node_urn(node)}" exclusive="true"/></rspec>'
+        )
+        return value(proxy.Allocate(SLICE_URN, [self.client.slice_cred], rspec, {}), "Allocate (no time)")
+
     def delete(self, proxy: Any, urns: list[str]) -> Any:
         return value(proxy.Delete(urns, [self.client.slice_cred], {}), "Delete")
 
@@ -437,6 +450,28 @@ def measure_connection(
     time_calls(pair, args)
     rows.append(LatencyRow("Allocate", connection, Latencies(allocate_times)))
     rows.append(LatencyRow("Delete", connection, Latencies(delete_times)))
+    if not args.plain:
+        return rows
+    # What omni and GENI's acceptance tests send: one node, no time (booked from now), then Delete of its sliver.
+    held = {s["geni_sliver_urn"] for s in calls.status(calls.client.proxy())["geni_slivers"]}
+    plain_times: list[float] = []
+    plain_delete_times: list[float] = []
+
+    def plain_pair() -> None:
+        node = len(plain_times) % calls.client.nodes
+        started = time.perf_counter()
+        allocated = calls.allocate_plain(proxy_for(), node)
+        plain_times.append(time.perf_counter() - started)
+        new = [s["geni_sliver_urn"] for s in allocated["geni_slivers"] if s["geni_sliver_urn"] not in held]
+        if len(new) != 1:
+            raise SystemExit(f"Allocate with no time answered {len(new)} new slivers, 1 expected")
+        started = time.perf_counter()
+        calls.delete(proxy_for(), new)
+        plain_delete_times.append(time.perf_counter() - started)
+
+    time_calls(plain_pair, args)
+    rows.append(LatencyRow("Allocate no time", connection, Latencies(plain_times)))
+    rows.append(LatencyRow("Delete (after)", connection, Latencies(plain_delete_times)))
     return rows
 
 
@@ -585,6 +620,8 @@ def print_latencies(rows: list[LatencyRow], nodes: int) -> None:
         )
     print("new TLS: a new ServerProxy per call (TCP + full TLS handshake + request); keep-alive: one ServerProxy.")
     print("Allocate and Delete: pairs, each Allocate one node for one future 30-min slot, then Delete of its sliver.")
+    if any(row.method == "Allocate no time" for row in rows):
+        print("Allocate no time: a plain request (one node, no lease: booked from now), then Delete (after) of it.")
     print()
 
 

@@ -41,6 +41,9 @@ class RequestLease:
 
     ``start`` None means as soon as possible: the earliest slot of ``duration`` in which all the nodes are free.
     ``existing_id`` is set when the client re-uses a lease the aggregate issued (an ol:lease id it was shown).
+    ``from_now`` marks a slot whose start the client did not give (a request with no time, or geni_end_time alone):
+    it may begin now, inside a slot (a first partial slot), and only its end keeps to the grain. With ``start`` None
+    (no time at all) the nodes are booked from now when they are free, else in the earliest common slot.
     """
 
     start: datetime | None
@@ -50,6 +53,7 @@ class RequestLease:
     # The client's label for the lease (ol client_id), to answer with in the manifest. It names the lease but is no
     # part of what is booked, so two dialects asking for the same booking compare equal.
     client_id: str | None = field(default=None, compare=False)
+    from_now: bool = False
 
     @property
     def asap(self) -> bool:
@@ -65,8 +69,8 @@ class RequestLease:
 @dataclass(frozen=True)
 class Request:
     """A request RSpec as plain data. Every node is in at least one lease: nodes the RSpec gave no time for are in
-    the lease built from the Allocate options (geni_start_time/geni_end_time) or, without those, in the default
-    lease from now for the operator's default duration."""
+    the lease built from the Allocate options (geni_start_time/geni_end_time) or, without those, in a ``from_now``
+    lease of the operator's default duration (from now when the nodes are free, else as soon as possible)."""
 
     nodes: tuple[RequestNode, ...]  # in document order
     leases: tuple[RequestLease, ...]  # in time order, as-soon-as-possible ones last

@@ -2,8 +2,8 @@
 
 - ol leases: top-level <ol:lease> and <ol:lease_ref> in nodes (omf_sfa, jFed, MySlice);
 - SFA leases: top-level <lease start_time duration><node component_id/></lease>, in GENI's namespace or none (sfi);
-- no time in the RSpec: geni_start_time/geni_end_time Allocate options (omni), else the operator's default slot
-  from now.
+- no time in the RSpec: geni_start_time/geni_end_time Allocate options (omni), else the operator's default duration
+  from now (a ``from_now`` lease with no start: from now when the nodes are free, else as soon as possible).
 
 Dialects may be mixed. A node is booked in every lease that names it; a node no lease names goes into the options'
 slot or the default one. Nothing is booked here: the request is checked against the schema, then read, and every
@@ -75,7 +75,7 @@ def parse_request(
     sfa_leases = sfa.read_leases(reader, document.root, policy.grain)
     option_problems: list[Problem] = []
     slot = options.read_slot(allocate_options, now, policy.default_duration, option_problems)
-    leases = _assemble(reader, nodes, ol_leases, sfa_leases, slot or (now, policy.default_duration))
+    leases = _assemble(reader, nodes, ol_leases, sfa_leases, slot or options.Slot(None, policy.default_duration, True))
     _check_overlaps(reader, nodes, leases)
     problems = _merge(found, reader.problems) + option_problems
     if problems:
@@ -150,7 +150,7 @@ def _assemble(
     nodes: list[_Node],
     ol_leases: list[ol.OlLease],
     sfa_leases: list[sfa.SfaLease],
-    fallback: tuple[datetime, timedelta],
+    fallback: options.Slot,
 ) -> list[tuple[RequestLease, etree._Element | None]]:
     """The leases with their nodes (client_ids in node order), each with its element for messages."""
     by_name: dict[str, int] = {}
@@ -189,8 +189,8 @@ def _assemble(
         result.append((RequestLease(sfa_lease.start, sfa_lease.duration, in_order(client_ids)), sfa_lease.element))
     uncovered = {n.node.client_id for n in nodes} - covered
     if uncovered:
-        start, duration = fallback
-        result.append((RequestLease(start, duration, in_order(uncovered)), None))
+        rest = RequestLease(fallback.start, fallback.duration, in_order(uncovered), from_now=fallback.from_now)
+        result.append((rest, None))
     return result
 
 

@@ -22,7 +22,7 @@ from sfa_omf.cli_server import add_server_commands
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
 from sfa_omf.errors import REASON_CODES, BadArgs, GeniCode, GeniError, TrustError
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority
-from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEFAULT_USERS, init_directory, register_demo
+from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEFAULT_USERS, SSH_KEY_NAME, init_directory, register_demo
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.credential import delegate_credential, read_credential
 from sfa_omf.trust.gid import Gid, GidChain, load_gid_chain_file
@@ -118,6 +118,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
     )
     for name, sfi_dir in report.sfi_dirs.items():
         print(f"  user {name}: sfi.py directory {sfi_dir}  (sfi.py -d {sfi_dir} ...)")
+        print(f"    SSH key (registered; logins the manifest names accept it): {os.path.join(sfi_dir, SSH_KEY_NAME)}")
     print(f"  trusted roots: {os.path.join(report.directory, 'trusted_roots')} (add another authority's root there)")
     return 0
 

@@ -19,7 +19,7 @@ from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, NodeSpec
 from sfa_omf.calendar.slices import Slices
 from sfa_omf.cli_common import command_settings
-from sfa_omf.config import CONFIG_FILE_NAME
+from sfa_omf.config import CONFIG_FILE_NAME, Settings
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.times import format_time, parse_time
@@ -155,7 +155,28 @@ def _node_import(args: argparse.Namespace) -> int:
         f"{len(report.added)} node(s) added, {len(report.updated)} updated, {report.unchanged} unchanged "
         f"(from {len(resources)} OAR resources)"
     )
+    _record_nodes(settings, inventory.list_nodes())
     return 0
+
+
+def _record_nodes(settings: Settings, nodes: Sequence[NodeRecord]) -> None:
+    """Nodes named under the local authority become registry records of type node (registry/nodes.py)."""
+    from sfa_omf.registry.authority import AuthorityError, LocalAuthority
+    from sfa_omf.registry.nodes import record_nodes
+    from sfa_omf.registry.records import Records
+
+    try:
+        authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
+    except AuthorityError:
+        return  # no local authority in the data directory: no registry to keep in step
+    report = record_nodes(authority, Records(Database(settings.calendar_url)), nodes)
+    if report.added:
+        print(f"{len(report.added)} node record(s) added to the registry of {authority.hrn}")
+    if report.foreign:
+        print(
+            f"not in the registry of {authority.hrn} (not named under it): {', '.join(report.foreign[:5])}"
+            + (" ..." if len(report.foreign) > 5 else "")
+        )
 
 
 def _progress_bar(unit: str, width: int = 30) -> Callable[[int, int], None]:
@@ -194,8 +215,10 @@ def _node_add(args: argparse.Namespace) -> int:
         disk_images=tuple(images),
         grain_s=args.grain,
     )
-    record = Inventory(_database(args)).add_node(spec)
+    settings = command_settings(args)
+    record = Inventory(Database(settings.calendar_url)).add_node(spec)
     print(f"added {record.component_id} to pool {record.pool} (slots of {record.grain_s} s)")
+    _record_nodes(settings, [record])
     return 0
 
 
@@ -222,8 +245,20 @@ def _node_row(node: NodeRecord) -> tuple[str, ...]:
 
 
 def _node_remove(args: argparse.Namespace) -> int:
-    Inventory(_database(args)).remove_node(args.component_id)
+    from sfa_omf.registry.authority import AuthorityError, LocalAuthority
+    from sfa_omf.registry.nodes import forget_node
+    from sfa_omf.registry.records import Records
+
+    settings = command_settings(args)
+    database = Database(settings.calendar_url)
+    Inventory(database).remove_node(args.component_id)
     print(f"removed {args.component_id}")
+    try:
+        authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
+    except AuthorityError:
+        return 0  # no local registry to keep in step
+    if forget_node(authority, Records(database), args.component_id):
+        print(f"removed its record from the registry of {authority.hrn}")
     return 0
 
 

@@ -6,11 +6,23 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from datetime import timedelta
 
 from sfa_omf.calendar.records import NodeSpec
-from sfa_omf.config import CONFIG_FILE_NAME, read_config
+from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config
 from sfa_omf.errors import BadArgs
-from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEMO_SLICE, init_directory, register_demo
+from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.bootstrap import (
+    DEFAULT_AUTHORITY,
+    DEMO_SLICE,
+    SSH_KEY_NAME,
+    init_directory,
+    register_demo,
+    write_example_requests,
+)
+from sfa_omf.registry.nodes import record_nodes
+from sfa_omf.registry.records import Records
 from sfa_omf.server.app import build_aggregate, serve_forever
 from sfa_omf.xrn import hrn_to_urn
 
@@ -57,21 +69,50 @@ def _quickstart(args: argparse.Namespace) -> int:
             aggregate.inventory.add_node(
                 NodeSpec(hrn_to_urn(f"{settings.interface_hrn}.{name}", "node"), name, hardware_type="demo")
             )
-    sfi = report.sfi_dirs["alice"]
-    slice_hrn = f"{settings.interface_hrn}.{DEMO_SLICE}"
-    print(f"sfa-omf aggregate {aggregate.settings.urn} on https://{settings.aggregate_host}:{settings.aggregate_port}/")
-    print(f"  registry of {settings.interface_hrn} on https://{settings.registry_host}:{settings.registry_port}/")
-    print(f"  authority directory: {report.directory} (sfa-omf node list --config {report.directory}/sfa-omf.conf)")
-    print("  try, with the public sfi.py (Python 3 port):")
-    print(f"    sfi.py -d {sfi} version")
-    print(f"    sfi.py -d {sfi} resources")
-    print(f"    sfi.py -d {sfi} allocate {slice_hrn} request.xml   # an RSpec with ol:lease time slots")
-    print(f"    sfi.py -d {sfi} provision {slice_hrn}")
-    print(f"    sfi.py -d {sfi} status {slice_hrn}")
-    print("  or with omni (AM API v3; v2 at /am2), with the same certificate and key:")
-    user_files = f"{sfi}/{settings.interface_hrn}.alice"
-    url = f"https://{settings.aggregate_host}:{settings.aggregate_port}/"
-    print(f"    omni -a {url} --cert {user_files}.user.gid --key {user_files}.pkey getversion")
-    print("  Stop with Ctrl-C.")
+    # The nodes are registry records too (sfi.py list -t node AUTH); serve would record them, this says so now.
+    authority = LocalAuthority.load(report.directory, settings.interface_hrn)
+    record_nodes(authority, Records(aggregate.database), aggregate.inventory.list_nodes())
+    requests = write_example_requests(
+        report.directory,
+        [node.component_id for node in aggregate.inventory.list_nodes(federated_only=True)],
+        aggregate.clock(),
+        timedelta(seconds=settings.grain_s),
+        timedelta(seconds=settings.default_duration_s),
+    )
+    print(first_steps(report.directory, settings, report.sfi_dirs["alice"], requests))
     sys.stdout.flush()
     return serve_forever(settings)
+
+
+def first_steps(directory: str, settings: Settings, sfi: str, requests: Sequence[str]) -> str:
+    """What quickstart prints: where things are and the whole flow, with absolute paths (sfi.py reads a relative
+    RSpec path from its -d folder, so a bare request.xml would not be found)."""
+    auth = settings.interface_hrn
+    slice_hrn = f"{auth}.{DEMO_SLICE}"
+    url = f"https://{settings.aggregate_host}:{settings.aggregate_port}/"
+    user_files = os.path.join(sfi, f"{auth}.alice")
+    sfi_py = f"sfi.py -d {sfi}"
+    request = requests[0] if requests else "REQUEST.xml"
+    lines = [
+        f"sfa-omf aggregate {hrn_to_urn(auth, 'authority+am')} on {url} (AM API v3; v2 at {url}am2)",
+        f"  registry of {auth} on https://{settings.registry_host}:{settings.registry_port}/",
+        f"  authority directory: {directory} (sfa-omf node list --config {os.path.join(directory, CONFIG_FILE_NAME)})",
+        "  example requests (rewritten at each start, their times ahead):",
+        *(f"    {path}" for path in requests),
+        "  try, with the public sfi.py (Python 3 port); a tutorial is in docs/experimenters.md:",
+        f"    {sfi_py} version",
+        f"    {sfi_py} list -t node {auth}",
+        f"    {sfi_py} resources",
+        f"    {sfi_py} resources -l all",
+        f"    {sfi_py} allocate {slice_hrn} {request}",
+        f"    {sfi_py} describe {slice_hrn}",
+        f"    {sfi_py} provision {slice_hrn}",
+        f"    {sfi_py} status {slice_hrn}",
+        f"    {sfi_py} renew {slice_hrn} +2h",
+        f"    {sfi_py} delete {slice_hrn}",
+        f"  log in as the manifest's <login> says, with {os.path.join(sfi, SSH_KEY_NAME)}",
+        "  or with omni, with the same certificate and key:",
+        f"    omni -a {url} --cert {user_files}.user.gid --key {user_files}.pkey getversion",
+        "  Stop with Ctrl-C.",
+    ]
+    return "\n".join(lines)

@@ -23,6 +23,7 @@ def test_init_prints_where_things_are(tmp_path: Path, capsys: pytest.CaptureFixt
     code, out, _ = run(capsys, "init", str(tmp_path / "d"), "--authority", "lab", "--user", "ann", "--user", "ben")
     assert code == 0
     assert "authority lab" in out and "users/ann/sfi" in out and "users/ben/sfi" in out
+    assert "users/ann/sfi/id_ed25519" in out, "where the demo user's SSH key is"
     code, out, _ = run(capsys, "init", str(tmp_path / "d"), "--authority", "lab", "--user", "ann")
     assert code == 0 and "0 files created" in out
     code, _, err = run(capsys, "init", str(tmp_path / "d"), "--authority", "other")

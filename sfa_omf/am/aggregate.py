@@ -37,7 +37,7 @@ from rspec.parse_request import RequestPolicy, parse_request
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.am.states import Allocation, Event, Operational, operational_action
 from sfa_omf.calendar.availability import Availability
-from sfa_omf.calendar.booking import Bookings
+from sfa_omf.calendar.booking import Bookings, Rounding
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
@@ -234,7 +234,7 @@ class Aggregate:
         _check_urn(slice_urn, "slice")
         verified = self.authorize("Allocate", caller_chain, credentials, slice_urn, options)
         users = _users_sent(options)
-        now = self.clock()
+        now = self.clock().replace(microsecond=0)  # a booking from now starts on a whole second
         request = parse_request(
             rspec,
             now=now,
@@ -251,21 +251,31 @@ class Aggregate:
             )
         wanted: list[BookingRequest] = []
         for lease in request.leases:
-            start = lease.start
             components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]
-            if start is None:
-                slot = self.availability.earliest_slot(int(lease.duration.total_seconds()), now, nodes=components)
-                start = slot.start
+            if lease.start is None:
+                # As soon as possible; with no time at all (from_now), from now itself when the nodes are free, and
+                # (no end asked for either) no later than the slice credential allows.
+                slot = self.availability.earliest_slot(
+                    int(lease.duration.total_seconds()),
+                    now,
+                    nodes=components,
+                    from_now=lease.from_now,
+                    ends_by=verified.expires,
+                )
+                start, end = slot.start, slot.end
+            else:
+                start, end = lease.start, lease.start + lease.duration
             for client_id, component in zip(lease.nodes, components, strict=True):
                 node = request.node(client_id)
                 wanted.append(
                     BookingRequest(
                         node=component,
                         start=start,
-                        end=start + lease.duration,
+                        end=end,
                         client_id=client_id,
                         lease_label=lease.client_id or "",
                         disk_image=node.disk_image or "",
+                        from_now=lease.from_now,
                     )
                 )
         users_before = self._users_of(slice_urn)
@@ -398,32 +408,57 @@ class Aggregate:
     def renew(
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, expiration: Any, options: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
+        """Move the end of the slivers' leases. A new end inside a slot rounds up to the slot's end (never less than
+        asked); with geni_extend_alap, an end past the slice credential's expiry becomes the last whole slot before
+        it. The slice credential of this call decides how far a lease may go (the slice may have been renewed at
+        its authority since Allocate). Each sliver says what changed (sfa_omf_renewal)."""
         slice_urn, sliver_urns = self._resolve(urns)
         verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
         new_end = parse_time(expiration, now=self.clock())
-        if new_end > verified.expires:  # a sliver never outlives the slice credential
-            if not options.get("geni_extend_alap"):
-                raise GeniError(
-                    Reason.POLICY,
-                    f"cannot renew past the slice credential's expiry {format_time(verified.expires)}; renew the slice "
-                    "at its authority first, or ask for geni_extend_alap",
-                )
-            new_end = verified.expires
+        alap = bool(options.get("geni_extend_alap"))
+        if new_end > verified.expires and not alap:  # a sliver never outlives the slice credential
+            raise GeniError(
+                Reason.POLICY,
+                f"cannot renew to {format_time(new_end)}: that is beyond the slice credential's expiry "
+                f"{format_time(verified.expires)}; renew the slice at its authority and call again with the new "
+                "slice credential, or ask for geni_extend_alap",
+            )
         leases = self._leases(slice_urn, sliver_urns)
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
         longest = timedelta(seconds=self.policy.max_duration_s)
+        renewals: list[tuple[str, datetime, Rounding]] = []
         for lease in leases:
-            # "As long as possible" also means no longer than the operator's maximum duration.
-            lease_end = min(new_end, lease.start + longest) if options.get("geni_extend_alap") else new_end
-            renewed = self.bookings.renew(lease.id, lease_end, round_to_grain=True)
-            if lease.state == "provisioned" and renewed.end != lease.end:
+            if alap:  # "as long as possible": up to the credential's expiry and the operator's maximum duration
+                renewals.append((lease.id, min(new_end, verified.expires, lease.start + longest), "down"))
+            else:
+                renewals.append((lease.id, new_end, "up"))
+        # The calendar first, every lease in one unit of work; then the testbed, and if it cannot follow, every
+        # lease goes back as it was (on the testbed too): a Renew is done whole or not at all.
+        renewed = self.bookings.renew_all(renewals, slice_expires=verified.expires)
+        followed: list[LeaseRecord] = []
+        try:
+            for before, after in zip(leases, renewed, strict=True):
+                if before.state == "provisioned" and after.end != before.end:
+                    self.backend.renew(before, after.end)
+                    followed.append(before)
+        except BaseException:
+            self.bookings.renew_all([(lease.id, lease.end, "") for lease in leases])
+            for lease in followed:
                 try:
-                    self.backend.renew(lease, renewed.end)
-                except GeniError:
-                    self.bookings.renew(lease.id, lease.end)  # the testbed could not follow: as it was
-                    raise
-        return self._sliver_dicts(slice_urn, sliver_urns)
+                    self.backend.renew(lease, lease.end)
+                except GeniError as exc:  # the reconciler compares the testbed with the calendar
+                    log.warning("lease %s keeps its renewed end on the testbed: %s", lease.id, exc.message)
+            raise
+        answer = []
+        for before, after in zip(leases, renewed, strict=True):
+            note = _renewal_note(before, after)
+            answer += [
+                {**self._sliver_dict(sliver, after), "sfa_omf_renewal": note}
+                for sliver in after.slivers
+                if sliver_urns is None or sliver.urn in sliver_urns
+            ]
+        return answer
 
     def delete(
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
@@ -711,3 +746,17 @@ def _maybe_compressed(document: str, options: Mapping[str, Any]) -> str:
     if options.get("geni_compressed"):
         return base64.b64encode(zlib.compress(document.encode("utf-8"))).decode("ascii")
     return document
+
+
+def _renewal_note(before: LeaseRecord, after: LeaseRecord) -> str:
+    """What a renewal changed, in words: the lease's new end (and, for an allocation, until when it waits to be
+    provisioned), or that nothing changed."""
+    if after.end == before.end:
+        note = f"unchanged: lease {after.id} already ends at {format_time(after.end)}"
+    else:
+        longer = "extended" if after.end > before.end else "shortened"
+        note = f"lease {after.id} {longer}: it now ends at {format_time(after.end)} (was {format_time(before.end)})"
+    if after.state == "allocated":
+        waits = min(sliver.expires for sliver in after.slivers)
+        note += f"; still to be provisioned before {format_time(waits)} or it is released"
+    return note

@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.intervals import earliest_common_start, free_windows, merge
+from sfa_omf.calendar.intervals import align_down, align_up, earliest_common_start, free_windows, is_free, merge
 from sfa_omf.calendar.models import Node, Pool, Sliver
 from sfa_omf.calendar.queries import from_s, held_windows, to_s
 from sfa_omf.calendar.records import FreeWindow
@@ -84,9 +84,17 @@ class Availability:
         nodes: Sequence[str] | None = None,
         hardware_type: str | None = None,
         count: int | None = None,
+        from_now: bool = False,
+        ends_by: datetime | None = None,
     ) -> CommonSlot:
         """The earliest window of duration_s after ``after`` where the named nodes (all of them), or ``count``
-        usable federated nodes of a hardware type, are all free."""
+        usable federated nodes of a hardware type, are all free.
+
+        ``from_now``: first try [after, the first grain boundary at least duration_s later) itself, a first partial
+        slot (a request with no time is booked from now when its nodes are free); otherwise the earliest whole slots.
+        ``ends_by`` (with from_now): the client gave no end either, so the window is cut at the last grain boundary
+        before this moment (the slice credential's expiry) rather than refused for outliving the slice.
+        """
         after_s = to_s(after)
         with self.database.read() as session:
             query = select(Node.id, Node.component_id, Node.grain_s, Node.state).join(Pool)
@@ -115,10 +123,22 @@ class Availability:
                 Reason.NOT_FOUND, f"only {len(candidates)} usable node(s) {what}exist; {needed} were asked for"
             )
         grain = math.lcm(*(row.grain_s for row in candidates))
-        duration = -(-duration_s // grain) * grain
+        latest_s = align_down(to_s(ends_by), grain) if from_now and ends_by is not None else None
+
+        def cut(start_s: int, end_s: int) -> int:  # a window with no end asked for stops before the slice does
+            return min(end_s, latest_s) if latest_s is not None and latest_s > start_s else end_s
+
+        if from_now:
+            end_s = cut(after_s, align_up(after_s + duration_s, grain))
+            free_now = sorted(
+                row.component_id for row in candidates if is_free(merge(busy.get(row.id, [])), (after_s, end_s))
+            )
+            if len(free_now) >= needed:
+                return CommonSlot(start=from_s(after_s), end=from_s(end_s), nodes=tuple(free_now[:needed]))
+        duration = align_up(duration_s, grain)
         found = earliest_common_start(
             {row.component_id: busy.get(row.id, []) for row in candidates}, after_s, duration, grain, needed
         )
         assert found is not None  # enough candidates: after the last booking every one is free
         start_s, chosen = found
-        return CommonSlot(start=from_s(start_s), end=from_s(start_s + duration), nodes=tuple(chosen))
+        return CommonSlot(start=from_s(start_s), end=from_s(cut(start_s, start_s + duration)), nodes=tuple(chosen))

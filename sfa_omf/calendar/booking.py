@@ -13,22 +13,24 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import RETRY_ATTEMPTS, Database, is_overlap_violation, retry_transient
-from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, earliest_start, merge, overlaps
+from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
 from sfa_omf.calendar.queries import from_s, held_windows, to_s
 from sfa_omf.calendar.records import BookingRequest, BookingResult, Conflict, LeaseRecord, SliverRecord
 from sfa_omf.calendar.slices import apply_users
 from sfa_omf.errors import GeniError, Reason
-from sfa_omf.times import utcnow
+from sfa_omf.times import format_time, utcnow
 
 ACTIVE_LEASE_STATES = ("allocated", "provisioned")
+Rounding = Literal["", "up", "down"]  # how Bookings.renew moves a new end that falls inside a slot
 
 
 class BookingConflict(GeniError):
@@ -141,12 +143,14 @@ class Bookings:
                     conflicts.append(Conflict(request.node, request.start, request.end, "is not a node of ours"))
                     continue
                 window = (to_s(request.start), to_s(request.end))
-                check_window(self.policy, window[0], window[1], now_s, node.grain_s, node.component_id)
+                check_window(
+                    self.policy, window[0], window[1], now_s, node.grain_s, node.component_id, request.from_now
+                )
                 if window[1] > expires_s:
                     raise PolicyViolation(
                         "slice_expiry",
-                        f"the window for {node.component_id} ends after the slice expires ({from_s(expires_s)}); "
-                        "renew the slice at its authority first",
+                        f"the window for {node.component_id} ends after the slice credential expires "
+                        f"({format_time(from_s(expires_s))}); renew the slice at its authority first",
                     )
                 if node.state != "usable":
                     conflicts.append(Conflict(node.component_id, request.start, request.end, "is in maintenance"))
@@ -306,50 +310,111 @@ class Bookings:
         return leases
 
     # -- changing leases --------------------------------------------------------------------------------------
-    def renew(self, lease_id: str, new_end: datetime, round_to_grain: bool = False) -> LeaseRecord:
+    def renew(
+        self,
+        lease_id: str,
+        new_end: datetime,
+        rounding: Rounding = "",
+        slice_expires: datetime | None = None,
+    ) -> LeaseRecord:
         """Extend or shorten a lease, with the same availability and policy checks as booking.
 
-        ``round_to_grain`` rounds the new end down to the lease's slots: clients ask for "+1d" or "as long as
-        possible" and mean the last whole slot before that time.
+        ``rounding`` "up" moves a new end inside a slot to the end of that slot (clients ask for "+5 minutes" or
+        "+2 days" and must not get less); "down" to its start (as long as possible: the last whole slot before a
+        limit). ``slice_expires`` is the expiry of the slice credential the call came with: it decides, and the
+        slice's stored expiry is updated from it (the slice may have been renewed at its authority since).
         """
-        return retry_transient(lambda: self._renew_once(lease_id, new_end, round_to_grain))
+        return self.renew_all([(lease_id, new_end, rounding)], slice_expires)[0]
 
-    def _renew_once(self, lease_id: str, new_end: datetime, round_to_grain: bool) -> LeaseRecord:
-        new_end_s = to_s(new_end)
+    def renew_all(
+        self, renewals: Sequence[tuple[str, datetime, Rounding]], slice_expires: datetime | None = None
+    ) -> list[LeaseRecord]:
+        """Renew several leases (lease id, new end, rounding) in one unit of work: all of them or none."""
+        return retry_transient(lambda: self._renew_once(renewals, slice_expires))
+
+    def _renew_once(
+        self, renewals: Sequence[tuple[str, datetime, Rounding]], slice_expires: datetime | None
+    ) -> list[LeaseRecord]:
         now_s = to_s(self.clock())
+        lease_id = ""
         try:
             with self.database.write() as session:
-                lease = _find_lease(session, lease_id, lock=True)
-                if lease.state not in ACTIVE_LEASE_STATES:
-                    raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state} and cannot be renewed")
-                if round_to_grain:
-                    new_end_s = align_down(new_end_s, max(sliver.node.grain_s for sliver in lease.slivers))
-                if new_end_s > lease.slice.expires_s:
-                    raise PolicyViolation(
-                        "slice_expiry",
-                        f"lease {lease_id} cannot end after its slice expires ({from_s(lease.slice.expires_s)})",
-                    )
-                for sliver in lease.slivers:
-                    node = sliver.node
-                    check_window(self.policy, lease.start_s, new_end_s, now_s, node.grain_s, node.component_id)
-                if new_end_s > lease.end_s:
-                    conflicts = _extension_conflicts(session, lease, (lease.end_s, new_end_s))
-                    if conflicts:
-                        raise BookingConflict(conflicts)
-                lease.end_s = new_end_s
-                for sliver in lease.slivers:
-                    sliver.end_s = new_end_s
-                    # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time.
-                    provisioned = sliver.allocation_state == "geni_provisioned"
-                    sliver.expires_s = new_end_s if provisioned else min(sliver.expires_s, new_end_s)
+                records = []
+                for lease_id, new_end, rounding in renewals:
+                    records.append(self._renew_in(session, lease_id, new_end, rounding, slice_expires, now_s))
                 session.flush()
-                return lease_record(lease)
+                return records
         except IntegrityError as exc:
             if is_overlap_violation(exc):
                 raise GeniError(
                     Reason.BOOKING_CONFLICT, f"lease {lease_id} cannot be extended: another booking took the time"
                 ) from exc
             raise
+
+    def _renew_in(
+        self,
+        session: Session,
+        lease_id: str,
+        new_end: datetime,
+        rounding: Rounding,
+        slice_expires: datetime | None,
+        now_s: int,
+    ) -> LeaseRecord:
+        asked_s = new_end_s = to_s(new_end)
+        lease = _find_lease(session, lease_id, lock=True)
+        if lease.state not in ACTIVE_LEASE_STATES:
+            raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state} and cannot be renewed")
+        if asked_s <= now_s:
+            raise GeniError(
+                Reason.BAD_ARGS,
+                f"the new end {format_time(from_s(asked_s))} is in the past (it is "
+                f"{format_time(from_s(now_s))} now): ask for a later time, or Delete to release the lease",
+            )
+        grain_s = max(sliver.node.grain_s for sliver in lease.slivers)
+        if rounding == "up":
+            new_end_s = align_up(new_end_s, grain_s)
+        elif rounding == "down":
+            new_end_s = align_down(new_end_s, grain_s)
+        if new_end_s <= lease.start_s:
+            raise GeniError(
+                Reason.BAD_ARGS,
+                f"{format_time(from_s(asked_s))} is before lease {lease_id} starts "
+                f"({format_time(from_s(lease.start_s))}): a lease cannot end before it starts; cancel "
+                "it (Delete) or ask for a later end",
+            )
+        if slice_expires is not None:
+            lease.slice.expires_s = to_s(slice_expires)  # the call's credential is the slice's latest word
+        if new_end_s > lease.slice.expires_s:
+            expiry = format_time(from_s(lease.slice.expires_s))
+            rounded = (
+                f" (leases end on slot boundaries: {format_time(from_s(asked_s))} would end at "
+                f"{format_time(from_s(new_end_s))}; ask for "
+                f"{format_time(from_s(align_down(lease.slice.expires_s, grain_s)))} at most)"
+                if asked_s <= lease.slice.expires_s
+                else ""
+            )
+            raise PolicyViolation(
+                "slice_expiry",
+                f"lease {lease_id} cannot end after the slice credential expires ({expiry}){rounded}; renew "
+                "the slice at its authority, then renew the lease with the new slice credential",
+            )
+        partial_start = bool(lease.start_s % grain_s)  # booked from now, inside a slot
+        for sliver in lease.slivers:
+            node = sliver.node
+            check_window(self.policy, lease.start_s, new_end_s, now_s, node.grain_s, node.component_id, partial_start)
+        if new_end_s > lease.end_s:
+            conflicts = _extension_conflicts(session, lease, (lease.end_s, new_end_s))
+            if conflicts:
+                raise BookingConflict(conflicts)
+        lease.end_s = new_end_s
+        for sliver in lease.slivers:
+            sliver.end_s = new_end_s
+            # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time,
+            # but renewing it gives it the time to be provisioned again (GENI: Renew extends allocations).
+            provisioned = sliver.allocation_state == "geni_provisioned"
+            allocation_ends = max(sliver.expires_s, now_s + self.policy.allocation_ttl_s)
+            sliver.expires_s = new_end_s if provisioned else min(allocation_ends, new_end_s)
+        return lease_record(lease)
 
     def cancel(self, lease_id: str) -> LeaseRecord:
         """Release a lease's nodes. Cancelling a cancelled lease changes nothing."""

@@ -141,6 +141,7 @@ class RegistryRecord(Base):
     pis: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")  # authorities' PI user HRNs
     expires_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # slices: when the slice ends
     created_s: Mapped[int] = mapped_column(BigInteger)
+    updated_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: never changed since created
 
 
 class OarJob(Base):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sfa_omf.calendar.intervals import DAY_S as DAY
+from sfa_omf.calendar.intervals import align_down, align_up
 from sfa_omf.errors import GeniError, Reason
 
 
@@ -28,20 +29,53 @@ class PolicyViolation(GeniError):
         self.rule = rule
 
 
-def check_window(policy: Policy, start_s: int, end_s: int, now_s: int, grain_s: int, node: str) -> None:
-    """The per-window rules: order, grain alignment, past, durations, how far ahead."""
+def human_duration(seconds: int) -> str:
+    """A duration as a person says it: "45 s", "30 minutes", "1.5 hours", "20 days" (one decimal at most)."""
+
+    def count(value: float, unit: str) -> str:
+        shown = f"{value:.1f}".removesuffix(".0")
+        return f"{shown} {unit}" if shown == "1" else f"{shown} {unit}s"
+
+    if abs(seconds) < 120:
+        return f"{seconds} s"
+    if abs(seconds) < 2 * 3600:
+        return count(seconds / 60, "minute")
+    if abs(seconds) < 2 * DAY:
+        return count(seconds / 3600, "hour")
+    return count(seconds / DAY, "day")
+
+
+def check_window(
+    policy: Policy, start_s: int, end_s: int, now_s: int, grain_s: int, node: str, partial_start: bool = False
+) -> None:
+    """The per-window rules: order, grain alignment, past, durations, how far ahead.
+
+    ``partial_start``: the window was booked from now (the client gave no start), so a start inside a slot that has
+    begun is fine; its end keeps to the grain, and the partial first slot counts as a whole one towards the minimum
+    and not at all towards the maximum (it is a bonus, never a reason to refuse).
+    """
     if end_s <= start_s:
         raise PolicyViolation("window", f"the window for {node} ends before it starts")
-    if start_s % grain_s or end_s % grain_s:
+    start_off_grain = start_s % grain_s and not (partial_start and start_s <= now_s)
+    if start_off_grain or end_s % grain_s:
         raise PolicyViolation(
-            "grain", f"{node} is booked in slots of {grain_s} s: start and end must be multiples of {grain_s} s"
+            "grain",
+            f"{node} is booked in slots of {human_duration(grain_s)}: start and end must be multiples of {grain_s} s "
+            "since the epoch (e.g. on the hour or half past)",
         )
     if end_s <= now_s:
         raise PolicyViolation("past", f"the window for {node} is already over")
-    duration = end_s - start_s
+    duration = end_s - align_down(start_s, grain_s) if partial_start else end_s - start_s
     if duration < policy.min_duration_s:
-        raise PolicyViolation("min_duration", f"{duration} s is shorter than the minimum of {policy.min_duration_s} s")
-    if duration > policy.max_duration_s:
-        raise PolicyViolation("max_duration", f"{duration} s is longer than the maximum of {policy.max_duration_s} s")
+        raise PolicyViolation(
+            "min_duration",
+            f"{human_duration(duration)} is shorter than the minimum of {human_duration(policy.min_duration_s)}",
+        )
+    whole_slots = end_s - align_up(start_s, grain_s) if partial_start else duration
+    if whole_slots > policy.max_duration_s:
+        raise PolicyViolation(
+            "max_duration",
+            f"{human_duration(whole_slots)} is longer than the maximum of {human_duration(policy.max_duration_s)}",
+        )
     if start_s - now_s > policy.max_advance_s:
-        raise PolicyViolation("max_advance", f"bookings may start at most {policy.max_advance_s // DAY} days ahead")
+        raise PolicyViolation("max_advance", f"bookings may start at most {human_duration(policy.max_advance_s)} ahead")

@@ -53,6 +53,7 @@ class BookingRequest:
     client_id: str = ""  # the request's name for the node
     lease_label: str = ""  # the request's name for the lease (ol:lease client_id); same window + label = one lease
     disk_image: str = ""
+    from_now: bool = False  # booked from now (the client gave no start): the start may lie inside a begun slot
 
 
 @dataclass(frozen=True)

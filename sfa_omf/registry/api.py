@@ -162,7 +162,10 @@ def record_dict(record: Record, authority_hrn: str) -> dict[str, Any]:
         "reg-researchers": list(record.researchers),
         "reg-pis": list(record.pis),
         "authority": authority_hrn,
+        "peer_authority": "",  # every record here is the local authority's own (SFA: None for local records)
         **({"expires": format_time(record.expires)} if record.expires is not None else {}),
+        **({"date_created": format_time(record.created)} if record.created is not None else {}),
+        **({"last_updated": format_time(record.updated)} if record.updated is not None else {}),
     }
 
 

@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from rspec.model import Request, RequestLease, RequestNode
+from rspec.write_request import Dialect, write_request
 from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.intervals import align_up
 from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config, write_config
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority, write_new_file
 from sfa_omf.registry.records import Records
@@ -21,6 +29,9 @@ from sfa_omf.xrn import hrn_to_urn
 DEFAULT_AUTHORITY = "testbed"
 DEFAULT_USERS = ("alice",)
 DEMO_SLICE = "demo"
+SSH_KEY_NAME = "id_ed25519"  # a demo user's SSH key pair, beside the sfi.py files (the .pub is registered)
+#: The example requests quickstart writes into DIR/rspecs, one per way of asking for time (docs/experimenters.md).
+EXAMPLE_REQUESTS = ("request-ol-lease.xml", "request-sfa-lease.xml", "request-no-time.xml", "request-asap.xml")
 _USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
@@ -113,6 +124,7 @@ def _ensure_user(
     sfi_dir = os.path.join(authority.directory, "users", name, "sfi")
     report.sfi_dirs[name] = sfi_dir
     key_path = os.path.join(sfi_dir, f"{user_hrn}.pkey")
+    _ensure_ssh_key(sfi_dir, f"{name}@{authority.hrn}", report)
     if os.path.exists(key_path):
         report.kept.append(key_path)
         return
@@ -140,8 +152,26 @@ def _ensure_user(
     report.created.append(authority.issued_gid_path(user_hrn))
 
 
+def _ensure_ssh_key(sfi_dir: str, comment: str, report: InitReport) -> None:
+    """An SSH key pair for a demo user (private key 0600), so that logins the manifest names work at once."""
+    private_path = os.path.join(sfi_dir, SSH_KEY_NAME)
+    if os.path.exists(private_path):
+        report.kept.append(private_path)
+        return
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    write_new_file(private_path, private, private=True)
+    write_new_file(f"{private_path}.pub", public + f" {comment}\n".encode())
+    report.created += [private_path, f"{private_path}.pub"]
+
+
 def sfi_config(authority_hrn: str, user_hrn: str, settings: Settings) -> str:
     return (
+        "# sfi.py opens TLS itself to the registry and the aggregate: keep these URLs http://\n"
+        "# (an https:// URL breaks sfi.py; the server only speaks TLS all the same).\n"
         "[sfi]\n"
         f"auth = {authority_hrn}\n"
         f"user = {user_hrn}\n"
@@ -154,4 +184,47 @@ def register_demo(report: InitReport, database: Database) -> None:
     """Record the authority's GIDs in its registry, with the demo users as researchers of the demo slice."""
     authority = LocalAuthority.load(report.directory, report.authority_hrn)
     users = [authority.child_hrn(name) for name in sorted(report.sfi_dirs)]
-    Records(database).import_authority(authority, {authority.child_hrn(DEMO_SLICE): users})
+    records = Records(database)
+    records.import_authority(authority, {authority.child_hrn(DEMO_SLICE): users})
+    for name, sfi_dir in sorted(report.sfi_dirs.items()):  # their SSH keys: sfi show lists them, logins use them
+        public_path = os.path.join(sfi_dir, f"{SSH_KEY_NAME}.pub")
+        record = records.get(authority.child_hrn(name))
+        if record is None or not os.path.exists(public_path):
+            continue
+        with open(public_path, encoding="ascii") as handle:
+            public = handle.read().strip()
+        if public not in record.keys:
+            records.update(record.hrn, keys=[*record.keys, public])
+
+
+def write_example_requests(
+    directory: str, component_ids: Sequence[str], now: datetime, grain: timedelta, duration: timedelta
+) -> list[str]:
+    """Write DIR/rspecs/request-*.xml (EXAMPLE_REQUESTS): one node each (the inventory's, in turn), asking for time in
+    each dialect: an ol:lease, an SFA <lease>, no time (from now), and as soon as possible. Fixed slots start at the
+    first grain boundary an hour from ``now``; the files are rewritten each time, so their times stay ahead."""
+    if not component_ids:
+        return []
+    folder = os.path.join(directory, "rspecs")
+    os.makedirs(folder, exist_ok=True)
+    grain_s = int(grain.total_seconds())
+    start = datetime.fromtimestamp(align_up(int((now + timedelta(hours=1)).timestamp()), grain_s), now.tzinfo)
+    examples = (
+        (Dialect.OL, RequestLease(start, duration, (), client_id="slot1"), "a fixed slot as an ol:lease"),
+        (Dialect.SFA, RequestLease(start, duration, ()), "a fixed slot as an SFA <lease> (duration in grains)"),
+        (Dialect.SFA, None, "no time: booked from now when the node is free, else at its earliest free slot"),
+        (Dialect.OL, RequestLease(None, duration, (), client_id="asap"), "as soon as possible, for a duration"),
+    )
+    written = []
+    for index, (name, (dialect, lease, what)) in enumerate(zip(EXAMPLE_REQUESTS, examples, strict=True)):
+        component_id = component_ids[index % len(component_ids)]
+        client_id = component_id.rsplit("+", 1)[-1]
+        node = RequestNode(client_id=client_id, component_id=component_id, exclusive=True, sliver_type="raw-pc")
+        booked = (replace(lease, nodes=(client_id,)),) if lease else ()
+        document, _ = write_request(Request((node,), booked), dialect, grain)
+        declaration, _, body = document.partition(b"\n")
+        path = os.path.join(folder, name)
+        with open(path, "wb") as handle:
+            handle.write(declaration + f"\n<!-- sfa-omf example request: {what}. -->\n".encode() + body)
+        written.append(path)
+    return written

@@ -29,6 +29,8 @@ class Record:
     researchers: tuple[str, ...] = ()  # slices: member user HRNs
     pis: tuple[str, ...] = ()  # authorities: user HRNs who get the authority's credential
     expires: datetime | None = None  # slices: when the slice ends
+    created: datetime | None = None  # when the record was made (None: not stored yet)
+    updated: datetime | None = None  # when it was last changed
 
 
 def _record(row: RegistryRecord) -> Record:
@@ -42,6 +44,8 @@ def _record(row: RegistryRecord) -> Record:
         tuple(row.researchers),
         tuple(row.pis or ()),
         from_s(row.expires_s) if row.expires_s is not None else None,
+        from_s(row.created_s),
+        from_s(row.updated_s if row.updated_s is not None else row.created_s),
     )
 
 
@@ -85,9 +89,12 @@ class Records:
                     )
                 )
                 return
+            before = (list(row.keys), list(row.researchers), list(row.pis or []))
             row.keys = list(dict.fromkeys([*row.keys, *record.keys]))
             row.researchers = list(dict.fromkeys([*row.researchers, *record.researchers]))
             row.pis = list(dict.fromkeys([*(row.pis or []), *record.pis]))
+            if (row.keys, row.researchers, row.pis) != before:
+                row.updated_s = int(utcnow().timestamp())
 
     def update(
         self,
@@ -113,6 +120,7 @@ class Records:
                 row.pis = list(pis)
             if expires is not None:
                 row.expires_s = to_s(expires)
+            row.updated_s = int(utcnow().timestamp())
             return _record(row)
 
     def of_type(self, kind: str) -> list[Record]:

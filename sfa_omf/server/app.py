@@ -22,11 +22,13 @@ from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.am.api_v2 import ApiV2
 from sfa_omf.am.api_v3 import ApiV3
 from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.api import RegistryApi
 from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.nodes import record_nodes
 from sfa_omf.registry.records import Records
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
@@ -139,10 +141,11 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
 
 def start_registry(settings: Settings, database: Database, port: int | None = None) -> Any:
     """Serve the local authority's SFA Registry API over TLS with the authority's own key (call in the reactor
-    thread). The authority's issued GIDs are recorded first (idempotent)."""
+    thread). The authority's issued GIDs and the inventory's nodes are recorded first (idempotent)."""
     authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
     records = Records(database)
     records.import_authority(authority)
+    record_nodes(authority, records, Inventory(database).list_nodes())  # nodes added since, e.g. by an import
     verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
     pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="sfa-omf-registry")
     pool.start()

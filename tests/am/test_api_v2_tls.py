@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import shutil
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
+from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import load_gid_chain_file
 from sfa_omf.trust.pki import create_gid, load_private_key_file, new_private_key
 from sfa_omf.trust.roots import load_trusted_roots
@@ -43,6 +46,12 @@ class Am2:
 
 @pytest.fixture
 def am2(listener: Listener, pki: DemoPki, tmp_path: Path) -> Am2:
+    return serve_v2_and_v3(listener, pki, tmp_path)
+
+
+def serve_v2_and_v3(listener: Listener, pki: DemoPki, tmp_path: Path, clock: Callable[[], datetime] = utcnow) -> Am2:
+    """An aggregate (nodes node1..3, the demo authority's roots) serving AM API v3 at / and v2 at /am2 over TLS;
+    ``clock`` is the aggregate's (and its calendar's) idea of now."""
     roots_dir = tmp_path / "trusted_roots"
     shutil.copytree(pki.directory / "trusted_roots", roots_dir)
     database = Database(sqlite_url(str(tmp_path / "am.sqlite")))
@@ -56,6 +65,7 @@ def am2(listener: Listener, pki: DemoPki, tmp_path: Path) -> Am2:
             load_private_key_file(str(pki.directory / "aggregate" / "am.pkey")),
             load_gid_chain_file(str(pki.directory / "aggregate" / "am.gid")),
         ),
+        clock=clock,
     )
     for name in NODES:
         aggregate.inventory.add_node(NodeSpec(node_urn(name), name, hardware_type="icarus"))

@@ -12,7 +12,7 @@ import pytest
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.database import Database, sqlite_url
-from sfa_omf.calendar.records import LeaseRecord, NodeSpec, SliverRecord
+from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeSpec, SliverRecord
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.testbed.base import BackgroundTask, SliverHealth
 from sfa_omf.testbed.unix_accounts import LocalAccount
@@ -215,3 +215,39 @@ def test_a_refused_argument_writes_nothing(setup: tuple[Aggregate, FaultInjectin
         )
         assert answer["code"]["geni_code"] == 1 and "geni_users" in answer["output"], answer
         assert snapshot(aggregate, pki.slice_urn) == before
+
+
+def test_renew_that_the_testbed_cannot_follow_for_one_lease_renews_none(
+    setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki
+) -> None:
+    aggregate, backend = setup
+    alice = pki.users["alice"]
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    before = snapshot(aggregate, pki.slice_urn)
+    later = max(lease.end for lease in aggregate.bookings.leases()) + timedelta(hours=2)
+    backend.fail_on["renew"] = 2
+    with pytest.raises(GeniError):
+        aggregate.renew(alice.chain, [pki.slice_urn], [alice.slice_cred], format_time(later), {})
+    assert snapshot(aggregate, pki.slice_urn) == before, "both leases keep their end"
+    assert backend.calls["renew"] == 3, "the first lease was renewed back on the testbed"
+
+
+def test_renew_refused_for_one_lease_renews_none(setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki) -> None:
+    """The second lease cannot grow (another slice holds the slot after it): the first one, which could, is not
+    renewed either."""
+    aggregate, _ = setup
+    alice = pki.users["alice"]
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    second = max(aggregate.bookings.leases(), key=lambda lease: lease.start)
+    other = "urn:publicid:IDN+testbed+slice+other"
+    aggregate.bookings.book(
+        other, second.end + timedelta(days=1), [BookingRequest(NODES[1], second.end, second.end + timedelta(hours=1))]
+    )
+    before = snapshot(aggregate, pki.slice_urn)
+    with pytest.raises(GeniError) as refusal:
+        aggregate.renew(
+            alice.chain, [pki.slice_urn], [alice.slice_cred], format_time(second.end + timedelta(hours=1)), {}
+        )
+    assert refusal.value.code == 7
+    assert snapshot(aggregate, pki.slice_urn) == before

@@ -11,6 +11,7 @@ from sfa_omf.calendar.booking import BookingConflict
 from sfa_omf.calendar.models import Lease
 from sfa_omf.calendar.policy import Policy, PolicyViolation
 from sfa_omf.calendar.records import BookingRequest
+from sfa_omf.calendar.slices import Slices
 from sfa_omf.errors import GeniCode, GeniError, Reason
 from tests.calendar.conftest import NOW, SLICE, SLICE_EXPIRES, Calendar, at, node_urn
 
@@ -194,3 +195,36 @@ def test_lease_listing_filters(calendar: Calendar) -> None:
     assert [lease.nodes for lease in calendar.bookings.leases(node=node_urn("n1"))] == [(node_urn("n1"),)]
     assert len(calendar.bookings.leases(start=at(2), end=at(3))) == 0
     assert len(calendar.bookings.leases(start=at(1.5), end=at(3.5))) == 2
+
+
+def test_a_booking_from_now_may_start_inside_a_slot_and_an_explicit_one_may_not(calendar: Calendar) -> None:
+    calendar.now = now = NOW + timedelta(minutes=13, seconds=7)
+    from_now = BookingRequest(node_urn("n1"), now, at(1.5), from_now=True)
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [from_now]).leases
+    assert (lease.start, lease.end) == (now, at(1.5))
+    with pytest.raises(PolicyViolation) as refusal:
+        calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), now, at(1.5))])
+    assert refusal.value.rule == "grain" and "30 minutes" in refusal.value.message
+    with pytest.raises(PolicyViolation) as ahead:  # "from now" is no licence for a later start off the grain
+        later = now + timedelta(hours=2)
+        calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), later, at(4), from_now=True)])
+    assert ahead.value.rule == "grain"
+
+
+def test_renew_rounds_up_inside_a_slot_and_follows_the_calls_slice_credential(calendar: Calendar) -> None:
+    calendar.now = now = NOW + timedelta(minutes=13)
+    (lease,) = calendar.bookings.book(
+        SLICE, NOW + timedelta(days=1), [BookingRequest(node_urn("n1"), now, at(1.5), from_now=True)]
+    ).leases
+    renewed = calendar.bookings.renew(lease.id, now + timedelta(minutes=5), "up")
+    assert renewed.end == at(0.5), "rounded up to the end of the first (partial) slot, never empty"
+    with pytest.raises(PolicyViolation) as refusal:
+        calendar.bookings.renew(lease.id, NOW + timedelta(days=2), "up")
+    assert refusal.value.rule == "slice_expiry" and "renew the slice at its authority" in refusal.value.message
+    renewed = calendar.bookings.renew(lease.id, NOW + timedelta(days=2), "up", slice_expires=NOW + timedelta(days=9))
+    assert renewed.end == NOW + timedelta(days=2)
+    stored = Slices(calendar.database).get(SLICE).expires
+    assert stored == NOW + timedelta(days=9), "the stored expiry follows the call's credential"
+    with pytest.raises(GeniError) as past:
+        calendar.bookings.renew(lease.id, now - timedelta(minutes=1), "up")
+    assert past.value.reason == Reason.BAD_ARGS and "in the past" in past.value.message

@@ -28,8 +28,13 @@ def test_sfi_directory_has_the_files_sfi_looks_for(pki: DemoPki) -> None:
             "testbed.alice.user.gid",
             "testbed.alice.user.cred",
             "testbed.alice-testbed.demo.slice.cred",
+            "id_ed25519",  # the demo user's SSH key pair, registered in the registry
+            "id_ed25519.pub",
         ]
     )
+    assert stat.S_IMODE(os.stat(sfi / "id_ed25519").st_mode) == 0o600
+    assert (sfi / "id_ed25519.pub").read_text().startswith("ssh-ed25519 AAAA")
+    assert "keep these URLs http://" in (sfi / "sfi_config").read_text(), "why http:// (sfi.py opens TLS itself)"
     config = configparser.ConfigParser()
     config.read(sfi / "sfi_config")
     assert dict(config["sfi"]) == {

@@ -105,16 +105,19 @@ def test_as_soon_as_possible_reads_the_same_in_ol_and_sfa() -> None:
 def test_no_time_means_from_now_for_the_default_duration() -> None:
     request = parse("no-time.xml")
     assert request.nodes == (RequestNode("node1", node_urn("node1"), exclusive=True), RequestNode("any"))
-    assert request.leases == (RequestLease(NOW, POLICY.default_duration, ("node1", "any")),)
+    # No start: the aggregate books from now when the nodes are free (a first partial slot), else the earliest slot.
+    assert request.leases == (RequestLease(None, POLICY.default_duration, ("node1", "any"), from_now=True),)
 
 
 def test_allocate_options_with_one_end_only() -> None:
     only_start = parse("one-slot-omni.xml", geni_start_time="2026-12-01T10:00:00Z")
     assert only_start.leases[0].start == DAY + 10 * H
     assert only_start.leases[0].duration == POLICY.default_duration
+    assert not only_start.leases[0].from_now  # an explicit start keeps to the grain
     only_end = parse("one-slot-omni.xml", geni_end_time="2026-12-01T10:00:00Z")
     assert only_end.leases[0].start == NOW
     assert only_end.leases[0].end == DAY + 10 * H
+    assert only_end.leases[0].from_now  # no start given: it may begin inside a slot
 
 
 def test_allocate_options_apply_to_the_nodes_the_rspec_gives_no_time() -> None:
@@ -288,7 +291,7 @@ def test_a_lease_no_node_refers_to_books_nothing() -> None:
     request = parse_request(
         f'{REQUEST_HEAD}<ol:lease client_id="a" duration="60"/><node client_id="n"/></rspec>', now=NOW, policy=POLICY
     )
-    assert request.leases == (RequestLease(NOW, POLICY.default_duration, ("n",)),)
+    assert request.leases == (RequestLease(None, POLICY.default_duration, ("n",), from_now=True),)
 
 
 def test_extensions_of_other_namespaces_pass_and_ours_are_checked_where_they_belong() -> None:
