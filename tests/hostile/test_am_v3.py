@@ -30,6 +30,7 @@ from tests.hostile.values import (
     ABSURD_TIMES,
     BAD_CREDS,
     BAD_USERS,
+    BINARY,
     DEFAULT,
     NOT_A_SLICE,
     NOT_A_STRING_RSPEC,
