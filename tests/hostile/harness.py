@@ -333,13 +333,18 @@ class World:
         return ol_request(("node1",), self.window)
 
     # -- state
-    def snapshot(self) -> Snapshot:
-        if self._lister is None:
-            self._lister = self.client("v3")
-        advertisement = self._lister.ListResources(
-            self.user_creds, {"geni_rspec_version": GENI_V3, "list_leases": "all"}
-        )
-        describe = self._lister.Describe([self.slice], self.slice_creds, {"geni_rspec_version": GENI_V3})
+    def snapshot(self, light: bool = False) -> Snapshot:
+        """Everything a call could damage; ``light`` leaves out the two answers fetched over TLS (ListResources
+        with every lease, Describe of the slice) and keeps what is read from the database and the disk."""
+        advertisement: Any = None
+        describe: Any = None
+        if not light:
+            if self._lister is None:
+                self._lister = self.client("v3")
+            advertisement = self._lister.ListResources(
+                self.user_creds, {"geni_rspec_version": GENI_V3, "list_leases": "all"}
+            )
+            describe = self._lister.Describe([self.slice], self.slice_creds, {"geni_rspec_version": GENI_V3})
         leases = tuple(self.aggregate.bookings.leases(active_only=False))
         with self.aggregate.database.read() as session:
             urns = sorted(session.scalars(select(Slice.urn)))
@@ -511,19 +516,23 @@ class RawAnswer:
     error: str = ""
 
 
-def raw_exchange(world: World, port: int, payload: bytes, timeout_s: float = RAW_TIMEOUT_S) -> RawAnswer:
-    """Send ``payload`` as it is on a new TLS connection (alice's chain); read one HTTP answer within the timeout,
-    then whether the server closed the connection."""
+def raw_exchange(
+    world: World, port: int, payload: bytes, timeout_s: float = RAW_TIMEOUT_S, want_close: bool = False
+) -> RawAnswer:
+    """Send ``payload`` as it is on a new TLS connection (alice's chain) and read one HTTP answer within the timeout;
+    with ``want_close``, then wait (within the timeout too) to see whether the server closes the connection."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
     with world.context().wrap_socket(raw) as connection:
         connection.settimeout(timeout_s)
         with suppress(OSError):  # the server may refuse and close before it has read everything: read its answer
             connection.sendall(payload)
         received = b""
+        closed = False
         try:
             while b"\r\n\r\n" not in received:
                 chunk = connection.recv(65536)
                 if not chunk:
+                    closed = True
                     break
                 received += chunk
         except (TimeoutError, OSError) as exc:
@@ -533,24 +542,40 @@ def raw_exchange(world: World, port: int, payload: bytes, timeout_s: float = RAW
         head, _, body = received.partition(b"\r\n\r\n")
         lines = head.split(b"\r\n")
         status = int(lines[0].split()[1])
-        length = None
+        fields = {}
         for line in lines[1:]:
             name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value.strip())
-        closed = False
+            fields[name.strip().lower()] = value.strip().lower()
+        chunked = fields.get(b"transfer-encoding") == b"chunked"
+        length = int(fields[b"content-length"]) if b"content-length" in fields else None
         try:
-            while length is None or len(body) < length:
+            while not closed and not _complete(body, chunked, length):
                 chunk = connection.recv(65536)
-                if not chunk:
-                    closed = True
-                    break
+                closed = not chunk
                 body += chunk
-            if not closed:
+            if want_close and not closed:
                 closed = connection.recv(1) == b""
         except (TimeoutError, OSError):
             pass
-        return RawAnswer(status, body, closed)
+        return RawAnswer(status, _dechunked(body) if chunked else body, closed)
+
+
+def _complete(body: bytes, chunked: bool, length: int | None) -> bool:
+    if chunked:
+        return body.endswith(b"0\r\n\r\n")
+    return length is not None and len(body) >= length
+
+
+def _dechunked(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2 :]
+    return out
 
 
 def post_bytes(path: str, body: bytes, headers: dict[str, str] | None = None) -> bytes:
