@@ -179,6 +179,7 @@ def outcome(world: World, api: str, method: str, args: tuple[Any, ...]) -> tuple
     return code == 0, [f"geni_code 5: {answer.get('output')}"] if code == 5 else []
 
 
+@pytest.mark.filterwarnings("ignore:Generating overly large repr")  # the arguments hold whole credentials
 @pytest.mark.parametrize(("api", "method"), METHODS, ids=[f"{api}-{method}" for api, method in METHODS])
 @settings(
     max_examples=EXAMPLES_PER_METHOD,
