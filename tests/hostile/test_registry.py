@@ -128,7 +128,11 @@ def _class_2() -> list[Case]:
     ]
     cases += [
         reg("2", "Register", f"gid-{name}", register(gid=value), Fault(1, "certificate"))
-        for name, value in [("int", 5), ("not-pem", "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----")]
+        for name, value in [
+            ("int", 5),
+            ("not-pem", "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----"),
+            ("not-ascii", "caf\xe9"),
+        ]
     ]
     cases += [
         reg(
@@ -186,7 +190,12 @@ def _class_2() -> list[Case]:
             lambda w, value=value: (value, ALICE, "user"),
             Fault(1, "certificate"),
         )
-        for name, value in [("int", 5), ("list", ["-----BEGIN CERTIFICATE-----"]), ("nil", None)]
+        for name, value in [
+            ("int", 5),
+            ("list", ["-----BEGIN CERTIFICATE-----"]),
+            ("nil", None),
+            ("not-ascii", "\xa0"),
+        ]
     ]
     cases += [
         reg(
