@@ -40,6 +40,7 @@ typed  well-typed hostile input that keeps today's answers: forged, expired, mis
 Files: ``test_am_v3.py``, ``test_am_v2.py``, ``test_registry.py`` (tables of calls), ``test_transport.py`` (raw
 bytes on TLS sockets: classes 5, 6, 7 and part of 9), ``test_argument_types.py`` (hypothesis over argument types for
 every method: never geni_code 5 or fault 5, and a refused call changes nothing), ``values.py`` (the hostile values the
-AM tables share), ``harness.py`` (the world, snapshots, the log trap and the case runner). A case id reads
-``c<class>-<api>-<method>-<what>``, so ``pytest tests/hostile -k c3-`` runs one class.
+AM tables share), ``harness.py`` (the world, snapshots, the log trap and the case runner), ``test_harness.py``
+(the harness's own checks can fail: a state change, a crash in the log and a wrong answer are each reported).
+A case id reads ``c<class>-<api>-<method>-<what>``, so ``pytest tests/hostile -k c3-`` runs one class.
 """
