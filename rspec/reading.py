@@ -78,11 +78,10 @@ class Reader:
         value = self.text(element, name, required)
         if value is None:
             return None
+        unreadable = f"{name}={value[:40]!r} is not an RFC 3339 time; expected e.g. {_EXAMPLE_TIME}"
         if _DATETIME.match(value):
-            parsed = self._parse(value)
-            if parsed is not None:
-                return parsed
-        self.report(element, f"{name}={value!r} is not an RFC 3339 time; expected e.g. {_EXAMPLE_TIME}")
+            return self._parse(element, name, value, unreadable)
+        self.report(element, unreadable)
         return None
 
     def epoch_or_rfc3339(self, element: etree._Element, name: str) -> datetime | None:
@@ -90,18 +89,15 @@ class Reader:
         value = self.text(element, name)
         if value is None:
             return None
-        if (_INTEGER.match(value) and not value.startswith("+")) or _DATETIME.match(value):
-            parsed = self._parse(value)
-            if parsed is not None:
-                return parsed
-        self.report(
-            element, f"{name}={value!r} is neither epoch seconds nor an RFC 3339 time; expected e.g. 1795316400"
-        )
+        unreadable = f"{name}={value[:40]!r} is neither epoch seconds nor an RFC 3339 time; expected e.g. 1795316400"
+        if (_INTEGER.match(value) and not value.startswith("+") and len(value) <= 12) or _DATETIME.match(value):
+            return self._parse(element, name, value, unreadable)
+        self.report(element, unreadable)
         return None
 
-    @staticmethod
-    def _parse(value: str) -> datetime | None:
+    def _parse(self, element: etree._Element, name: str, value: str, unreadable: str) -> datetime | None:
         try:
             return parse_time(value)
-        except BadArgs:  # well-formed but impossible, such as month 13
+        except BadArgs as exc:  # well-formed but impossible (month 13), or out of range (year 9999 with an offset)
+            self.report(element, exc.message if "out of range" in exc.message else unreadable)
             return None

@@ -35,23 +35,28 @@ class Param:
 
 @dataclass(frozen=True)
 class Signature:
-    """A method's positional arguments, in order."""
+    """A method's positional arguments, in order. ``extra_ignored``: arguments past the declared ones are ignored
+    (GetVersion, which some clients call with credentials first) instead of refused."""
 
     params: tuple[Param, ...]
+    extra_ignored: bool = False
 
-    def check(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        """The arguments checked and converted, or BadArgs naming the first one that is wrong."""
+    def check(self, args: tuple[Any, ...], method: str = "") -> tuple[Any, ...]:
+        """The arguments checked and converted, or BadArgs naming the method and the first argument that is wrong."""
+        prefix = f"{method[:80]}: " if method else ""
         if len(args) > len(self.params):
-            raise BadArgs(
-                f"{len(args)} arguments sent, at most {len(self.params)} expected "
-                f"({', '.join(param.name for param in self.params)})"
-            )
+            if not self.extra_ignored:
+                raise BadArgs(
+                    f"{prefix}{len(args)} arguments sent, at most {len(self.params)} expected "
+                    f"({', '.join(param.name for param in self.params)})"
+                )
+            args = args[: len(self.params)]
         checked = []
         for index, param in enumerate(self.params):
             where = f"argument {index + 1} ({param.name})"
             if index >= len(args):
                 if not param.optional:
-                    raise BadArgs(f"missing argument {index + 1}: {param.name}")
+                    raise BadArgs(f"{prefix}missing argument {index + 1}: {param.name}")
                 checked.append(param.check(None, where))
                 continue
             checked.append(param.check(args[index], where))

@@ -48,12 +48,21 @@ LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 _ACCEPTED_FORMS = "RFC 3339 (2026-12-01T10:00:00Z), a date (2026-12-01), epoch seconds, or +Nh/+Nd/+Nw/+Nm"
 
 
-def parse_time(value: object, now: datetime | None = None) -> datetime:
+def parse_time(value: object, now: datetime | None = None, what: str = "") -> datetime:
     """Parse a time as the clients send it; return an aware UTC datetime between EARLIEST and LATEST.
 
     Raise BadArgs naming the accepted forms for anything else: another type, unreadable text, or a time out of range
-    (never an OverflowError from the arithmetic).
+    (never an OverflowError from the arithmetic). ``what`` names the argument in the message.
     """
+    try:
+        return _bounded(value, now)
+    except BadArgs as exc:
+        if not what:
+            raise
+        raise BadArgs(f"{what}: {exc.message}") from exc
+
+
+def _bounded(value: object, now: datetime | None) -> datetime:
     if isinstance(value, xmlrpc.client.DateTime):  # XML-RPC's dateTime.iso8601, which carries no offset: UTC
         value = value.value
     if isinstance(value, bool) or not isinstance(value, str | int | float | datetime):

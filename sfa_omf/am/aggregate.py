@@ -246,7 +246,7 @@ class Aggregate:
         if len(request.nodes) > self.policy.max_nodes_per_request:
             raise GeniError(
                 Reason.POLICY,
-                f"the request names {len(request.nodes)} nodes; this aggregate books at most "
+                f"the request names {len(request.nodes)} nodes, over this aggregate's limit of "
                 f"{self.policy.max_nodes_per_request} per request (policy rule max_nodes_per_request): split it",
             )
         wanted: list[BookingRequest] = []
@@ -414,7 +414,7 @@ class Aggregate:
         its authority since Allocate). Each sliver says what changed (sfa_omf_renewal)."""
         slice_urn, sliver_urns = self._resolve(urns)
         verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
-        new_end = parse_time(expiration, now=self.clock())
+        new_end = parse_time(expiration, now=self.clock(), what="expiration time")
         alap = bool(options.get("geni_extend_alap"))
         if new_end > verified.expires and not alap:  # a sliver never outlives the slice credential
             raise GeniError(

@@ -60,7 +60,7 @@ class ApiEndpoint:
                 raise GeniError(
                     Reason.UNSUPPORTED, f"{method[:80]!r} is not an AM API v{self.version} method here ({known})"
                 )
-            args = self.signatures[method].check(params)
+            args = self.signatures[method].check(params, method)
             about = _about(method, args)
             value = implementation(self.aggregate, context, args)
             return success(value, geni_api=self.version) if method == "GetVersion" else success(value)

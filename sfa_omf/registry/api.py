@@ -12,7 +12,7 @@ import logging
 import time
 import xmlrpc.client
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -72,6 +72,9 @@ def _hrn(xrn: Any) -> str:
 # -- the typed contract: every argument of every method checked before any work -----------------------------------
 def xrn(value: Any, where: str) -> str:
     """An HRN or URN naming a record."""
+    if not isinstance(value, str) or not value.strip():
+        shown = "empty" if value == "" else type(value).__name__
+        raise BadArgs(f"{where} must name a record by its HRN (testbed.alice) or URN, not {shown}")
     name = text(value, where)
     if len(name) > MAX_URN_CHARS:
         raise BadArgs(f"{where} is {len(name)} characters long; at most {MAX_URN_CHARS}")
@@ -91,6 +94,19 @@ def xrns(value: Any, where: str) -> list[str]:
 def xrn_list(value: Any, where: str) -> list[str]:
     """A list of names (researchers, PIs); nil is none."""
     return [xrn(name, f"{where}[{index}]") for index, name in enumerate(string_list(value, where, limit=1000))]
+
+
+def certificate_pem(value: Any, where: str) -> str:
+    """A certificate (or GID chain) in PEM: ASCII text with a BEGIN CERTIFICATE block."""
+    if not isinstance(value, str) or not value.isascii() or "-----BEGIN CERTIFICATE-----" not in value:
+        shown = type(value).__name__ if not isinstance(value, str) else "text that is not one"
+        raise BadArgs(f"{where} must be a certificate in PEM (-----BEGIN CERTIFICATE----- ...), not {shown}")
+    return value
+
+
+def expiry(value: Any, where: str) -> datetime:
+    """A record's expiry: a time, read now so that nothing is written for a time that cannot be one."""
+    return parse_time(time_value(value, where), what=where)
 
 
 def record_type(value: Any, where: str) -> str:
@@ -115,8 +131,8 @@ RECORD_FIELDS: dict[str, Checker] = {
     "reg-researchers": xrn_list,
     "pis": xrn_list,
     "reg-pis": xrn_list,
-    "expires": time_value,
-    "gid": text,
+    "expires": expiry,
+    "gid": certificate_pem,
 }
 
 
@@ -138,8 +154,8 @@ _OPTIONS = Param("options", _optional(struct), optional=True)
 _TYPE = Param("type", record_type, optional=True)
 
 SIGNATURES: dict[str, Signature] = {
-    "GetVersion": Signature((_OPTIONS,)),
-    "GetSelfCredential": Signature((Param("certificate", text), Param("xrn", xrn), _TYPE)),
+    "GetVersion": Signature((), extra_ignored=True),
+    "GetSelfCredential": Signature((Param("certificate", certificate_pem), Param("xrn", xrn), _TYPE)),
     "GetCredential": Signature((_CREDENTIALS, Param("xrn", xrn), _TYPE)),
     "Resolve": Signature((Param("xrns", xrns), _CREDENTIALS, _OPTIONS)),
     "List": Signature((Param("xrn", xrn), _CREDENTIALS, _OPTIONS)),
@@ -196,7 +212,7 @@ class RegistryApi:
                 raise GeniError(
                     Reason.UNSUPPORTED, f"{method} is not offered by this registry ({', '.join(self.methods)})"
                 )
-            return implementation(context, SIGNATURES[method].check(params))
+            return implementation(context, SIGNATURES[method].check(params, method))
         except GeniError as error:
             code = error.code
             raise xmlrpc.client.Fault(int(error.code), error.message) from error
@@ -278,7 +294,7 @@ class RegistryApi:
             if not isinstance(certificate, rsa.RSAPublicKey):
                 raise BadArgs("the record's certificate must hold an RSA key")
             public_key = certificate
-        expires = parse_time(record["expires"]) if record.get("expires") else None
+        expires = record.get("expires")
         if kind == "slice" and expires is None:
             expires = utcnow() + DEFAULT_SLICE_LIFETIME
         try:
@@ -321,7 +337,7 @@ class RegistryApi:
             keys=keys,
             researchers=[_hrn(member) for member in members] if members is not None else None,
             pis=[_hrn(pi) for pi in pis] if pis is not None else None,
-            expires=parse_time(record["expires"]) if record.get("expires") else None,
+            expires=record.get("expires"),
         )
         return 1
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import xmlrpc.client
+from datetime import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,21 +48,43 @@ class TooDeep(ValueError):
     """An XML-RPC value nested deeper than MAX_DEPTH."""
 
 
-class _BoundedUnmarshaller(xmlrpc.client.Unmarshaller):
-    """The standard unmarshaller, refusing values nested deeper than MAX_DEPTH as soon as it meets them."""
+def _checked_datetime(unmarshaller: Any, data: str) -> None:
+    """<dateTime.iso8601> must hold a time (the stdlib keeps any text), e.g. 20261201T10:00:00."""
+    text = data.strip()
+    for form in ("%Y%m%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            datetime.strptime(text, form)
+            break
+        except ValueError:
+            continue
+    else:
+        raise ValueError(f"<dateTime.iso8601> {text[:40]!r} is not a time such as 20261201T10:00:00")
+    xmlrpc.client.Unmarshaller.end_dateTime(unmarshaller, text)
 
-    _depth = 0
+
+class _BoundedUnmarshaller(xmlrpc.client.Unmarshaller):
+    """The standard unmarshaller, refusing values nested deeper than MAX_DEPTH as soon as it meets them, an <array>
+    without its <data>, and a dateTime that is no time (the stdlib accepts both silently)."""
+
+    dispatch = {**xmlrpc.client.Unmarshaller.dispatch, "dateTime.iso8601": _checked_datetime}
+
+    def __init__(self, use_builtin_types: bool = False) -> None:
+        super().__init__(use_builtin_types=use_builtin_types)
+        self._arrays: list[bool] = []  # for each open <array>: has its <data> begun?
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         if tag in ("array", "struct"):
-            self._depth += 1
-            if self._depth > MAX_DEPTH:
+            if len(self._marks) >= MAX_DEPTH:
                 raise TooDeep(f"values are nested deeper than {MAX_DEPTH} levels")
+        if tag == "array":
+            self._arrays.append(False)
+        elif tag == "data" and self._arrays:
+            self._arrays[-1] = True
         super().start(tag, attrs)
 
     def end(self, tag: str) -> None:
-        if tag in ("array", "struct"):
-            self._depth -= 1
+        if tag == "array" and not (self._arrays and self._arrays.pop()):
+            raise ValueError("an <array> without <data>")
         super().end(tag)
 
 

@@ -105,7 +105,7 @@ def test_signatures_name_the_argument() -> None:
     assert "missing argument 3: rspec" in missing.value.message
     with pytest.raises(BadArgs) as binary:
         contract.V3["Allocate"].check(("urn:publicid:IDN+testbed+slice+x", [], xmlrpc.client.Binary(b"\xff\xfe<r")))
-    assert "not UTF-8" in binary.value.message
+    assert "base64" in binary.value.message and "XML string" in binary.value.message
 
 
 # -- every method, every type ----------------------------------------------------------------------------------------

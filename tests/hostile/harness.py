@@ -35,6 +35,7 @@ from sfa_omf.registry.records import Record, Records
 from sfa_omf.server.app import RunningServer, build_aggregate, start_aggregate, start_registry
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import load_gid_chain_file
+from tests.sshkeys import ssh_key
 from tests.tls_harness import client_context, proxy
 
 AUTHORITY = "testbed"
@@ -42,8 +43,8 @@ NODES = ("node1", "node2", "node3", "node4")
 GENI_V3 = {"type": "GENI", "version": "3"}
 GENI_NS = "http://www.geni.net/resources/rspec/3"
 OL_NS = "http://nitlab.inf.uth.gr/schema/sfa/rspec/1"
-ALICE_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostileSuiteAliceKey alice@laptop"
-OTHER_KEY = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQHostile bob@laptop"
+ALICE_KEY = ssh_key("alice@laptop")
+OTHER_KEY = ssh_key("bob@laptop")
 HORIZON_DAYS = 14  # [sfa_omf] horizon_days of a new init directory
 RAW_TIMEOUT_S = 5.0  # the contract: hostile transport input is answered within 5 s
 CALL_TIMEOUT_S = 60.0  # a generous bound that turns a hang of an ordinary call into a failure

@@ -23,6 +23,7 @@ from tests.hostile.values import (
     NOT_BOOL,
     SFA_USERS,
     UNREADABLE_TIMES,
+    absurd_word,
 )
 
 
@@ -180,7 +181,7 @@ CLASS_2 = _class_2()
 
 CLASS_3 = (
     [
-        v2("3", "RenewSliver", f"time-{name}", slice_call("RenewSliver", when=value), Env(7))
+        v2("3", "RenewSliver", f"time-{name}", slice_call("RenewSliver", when=value), Env(1, absurd_word(name)))
         for name, value in ABSURD_TIMES
     ]
     + [
@@ -193,28 +194,28 @@ CLASS_3 = (
             "CreateSliver",
             "geni_start_time-plus-999999-weeks",
             create(rspec=plain_request("node2"), options={"geni_start_time": "+999999w"}),
-            Env(7),
+            Env(1, "out of range"),
         ),
         v2(
             "3",
             "CreateSliver",
             "geni_end_time-year-9999-west",
             create(rspec=plain_request("node2"), options={"geni_end_time": "9999-12-31T23:59:59-14:00"}),
-            Env(7),
+            Env(1, "out of range"),
         ),
         v2(
             "3",
             "CreateSliver",
             "sfa-start_time-year-9999",
             create(rspec=sfa_lease("node2", "253402300799", "2")),
-            Env(7),
+            Env(1, "out of range"),
         ),
         v2(
             "3",
             "GetTicket",
             "sfa-start_time-year-9999",
             create("GetTicket", rspec=sfa_lease("node2", "253402300799", "2")),
-            Env(7),
+            Env(1, "out of range"),
         ),
         v2(
             "3",
@@ -223,7 +224,7 @@ CLASS_3 = (
             create(
                 "GetTicket", rspec=ol_request(("node2",), ("0001-01-01T00:00:00+14:00", "0001-01-01T01:00:00+14:00"))
             ),
-            Env(7),
+            Env(1, "out of range"),
         ),
     ]
 )

@@ -30,6 +30,7 @@ from tests.hostile.values import (
     ABSURD_TIMES,
     BAD_CREDS,
     BAD_USERS,
+    BEYOND_POLICY_TIMES,
     BINARY,
     DEFAULT,
     NOT_A_SLICE,
@@ -42,6 +43,7 @@ from tests.hostile.values import (
     NOT_URNS,
     SFA_USERS,
     UNREADABLE_TIMES,
+    absurd_word,
 )
 
 
@@ -300,7 +302,24 @@ CLASS_2 = _class_2()
 # -- class 3: times out of range (a policy refusal, never arithmetic on them) -----------------------------------------
 
 CLASS_3 = (
-    [v3("3", "Renew", f"time-{name}", urn_call("Renew", third=value), Env(7)) for name, value in ABSURD_TIMES]
+    [
+        v3("3", "Renew", f"time-{name}", urn_call("Renew", third=value), Env(1, absurd_word(name)))
+        for name, value in ABSURD_TIMES
+    ]
+    + [
+        v3("3", "Renew", f"time-{name}", urn_call("Renew", third=value), Env(7, "credential"))
+        for name, value in BEYOND_POLICY_TIMES
+    ]
+    + [
+        v3(
+            "3",
+            "Allocate",
+            f"geni_start_time-{name}",
+            allocate(rspec=plain_request("node2"), geni_start_time=value),
+            Env(7, "policy rule"),
+        )
+        for name, value in BEYOND_POLICY_TIMES
+    ]
     + [
         v3("3", "Renew", f"unreadable-{name}", urn_call("Renew", third=value), Env(1, "time"))
         for name, value in UNREADABLE_TIMES
@@ -311,7 +330,7 @@ CLASS_3 = (
             "Allocate",
             f"geni_start_time-{name}",
             allocate(rspec=plain_request("node2"), geni_start_time=value),
-            Env(7),
+            Env(1, "out of range"),
         )
         for name, value in ABSURD_TIMES[:6]
     ]
@@ -321,7 +340,7 @@ CLASS_3 = (
             "Allocate",
             f"geni_end_time-{name}",
             allocate(rspec=plain_request("node2"), geni_end_time=value),
-            Env(7),
+            Env(1, "out of range"),
         )
         for name, value in ABSURD_TIMES[:4]
     ]
@@ -341,7 +360,7 @@ CLASS_3 = (
             "Allocate",
             "sfa-start_time-year-9999",
             allocate(rspec=sfa_request("node2", "253402300799", "2")),
-            Env(7),
+            Env(1, "out of range"),
         ),
         v3(
             "3",
@@ -355,21 +374,21 @@ CLASS_3 = (
             "Allocate",
             "sfa-duration-huge",
             allocate(rspec=lambda w: sfa_request("node2", str(_epoch(slot(6)[0])), "999999999999999999")),
-            Env(7),
+            Env(1, "out of range"),
         ),
         v3(
             "3",
             "Allocate",
             "ol-valid_from-year-9999-west",
             allocate(rspec=ol_request(("node2",), ("9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59-14:00"))),
-            Env(7),
+            Env(1, "out of range"),
         ),
         v3(
             "3",
             "Allocate",
             "ol-valid_from-year-0001-east",
             allocate(rspec=ol_request(("node2",), ("0001-01-01T00:00:00+14:00", "0001-01-01T01:00:00+14:00"))),
-            Env(7),
+            Env(1, "out of range"),
         ),
     ]
 )
@@ -592,7 +611,7 @@ def _typed() -> list[Case]:
             Env(1, "geni_users"),
         ),
         v3("typed", "Renew", "past-the-credential", urn_call("Renew", third="+8w"), Env(7, "geni_extend_alap")),
-        v3("typed", "Renew", "before-the-start", urn_call("Renew", third=lambda w: w.window[0]), Env(7)),
+        v3("typed", "Renew", "before-the-start", urn_call("Renew", third=lambda w: w.window[0]), Env(1, "before")),
         v3("typed", "Delete", "other-slice-cred", urn_call("Delete", creds=named("alice_other")), Env(22)),
         v3("typed", "Shutdown", "user-cred", shutdown(DEFAULT, named("alice_user")), Env(22)),
         v3("typed", "Shutdown", "info-only", shutdown(DEFAULT, named("info_only")), Env(3)),

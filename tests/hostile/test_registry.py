@@ -235,7 +235,7 @@ CLASS_2 = _class_2()
 
 CLASS_3 = (
     [
-        reg("3", "Register", f"expires-{name}", register_slice(expires=value), Fault(7, "expires"))
+        reg("3", "Register", f"expires-{name}", register_slice(expires=value), Fault(1, "expires"))
         for name, value in [
             ("plus-999999-weeks", "+999999w"),
             ("year-9999-west", "9999-12-31T23:59:59-14:00"),
@@ -243,7 +243,7 @@ CLASS_3 = (
         ]
     ]
     + [
-        reg("3", "Update", f"expires-{name}", update_as_operator(f"{AUTH}.demo", expires=value), Fault(7, "expires"))
+        reg("3", "Update", f"expires-{name}", update_as_operator(f"{AUTH}.demo", expires=value), Fault(1, "expires"))
         for name, value in [("plus-999999-weeks", "+999999w"), ("year-9999-west", "9999-12-31T23:59:59-14:00")]
     ]
     + [

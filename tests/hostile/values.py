@@ -108,6 +108,19 @@ ABSURD_TIMES: list[tuple[str, str]] = [
     ("year-0001", "0001-01-01T00:00:00Z"),
     ("epoch-0", "0"),
 ]
+#: Beyond what this aggregate allows, but representable: a policy refusal (7) naming the limit.
+BEYOND_POLICY_TIMES: list[tuple[str, str]] = [
+    ("plus-52-weeks", "+52w"),
+    ("year-8999", "8999-06-01T00:00:00Z"),
+]
+
+
+def absurd_word(name: str) -> str:
+    """What the refusal of an absurd time says: outside 1970..8999 is "out of range" (BADARGS, never arithmetic on
+    it); the epoch's start is a time, but in the past."""
+    return "past" if name == "epoch-0" else "out of range"
+
+
 UNREADABLE_TIMES: list[tuple[str, str]] = [
     ("word", "tomorrow"),
     ("month-13", "2026-13-45T99:99:99Z"),
