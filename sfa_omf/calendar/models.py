@@ -155,3 +155,26 @@ class OarJob(Base):
     state: Mapped[str] = mapped_column(String(20))
     message: Mapped[str] = mapped_column(Text, default="")  # OAR's own words when it failed
     updated_s: Mapped[int] = mapped_column(BigInteger)
+
+
+class LeaseRevision(Base):
+    """What the iCal feeds last published about a lease (its fingerprint) and the SEQUENCE that version carries.
+
+    No foreign key: a lease discarded after a failed call may leave its row behind, harmlessly."""
+
+    __tablename__ = "lease_revision"
+
+    lease_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    stamp_s: Mapped[int] = mapped_column(BigInteger)  # when this version was first published (DTSTAMP)
+
+
+class FeedToken(Base):
+    """A user's private iCal feed: only the SHA-256 of the token is kept, so the table does not leak the feeds."""
+
+    __tablename__ = "feed_token"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_urn: Mapped[str] = mapped_column(String(300), unique=True)
+    created_s: Mapped[int] = mapped_column(BigInteger)
