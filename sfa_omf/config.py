@@ -101,6 +101,8 @@ class Settings:
     oar_timeout_s: int = 30
     oar_cache_s: int = 30
     oar_reconcile_s: int = 300
+    web_enabled: bool = True  # the web calendar and iCal feeds under /calendar on the aggregate's server
+    web_admins: str = ""  # user URNs (space or comma separated) who see every booking and node state
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -135,6 +137,11 @@ class Settings:
     def registry_url(self) -> str:
         # sfi.py wants http:// here and speaks TLS anyway (it mangles https:// URLs).
         return f"http://{self.registry_host}:{self.registry_port}/"
+
+    @property
+    def web_admin_urns(self) -> frozenset[str]:
+        """The operators of the web calendar (``[sfa_web] admins``, separated by spaces or commas)."""
+        return frozenset(part for part in self.web_admins.replace(",", " ").split() if part)
 
     @property
     def aggregate_url(self) -> str:
@@ -202,6 +209,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("oar_timeout_s", "sfa_oar", "timeout_s", "count", "seconds to wait for one OAR API answer"),
     Option("oar_cache_s", "sfa_oar", "cache_s", "count", "how long OAR's own reservations are cached, in seconds"),
     Option("oar_reconcile_s", "sfa_oar", "reconcile_s", "count", "seconds between calendar/OAR reconciliations"),
+    Option("web_enabled", "sfa_web", "enabled", "flag", "serve the web calendar and iCal feeds under /calendar"),
+    Option("web_admins", "sfa_web", "admins", "text", "user URNs who see every booking in the web calendar"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {

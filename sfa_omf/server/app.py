@@ -29,6 +29,7 @@ from sfa_omf.registry.api import RegistryApi
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.records import Records
 from sfa_omf.server.tls import ServerTls
+from sfa_omf.server.web import WebCalendarResource
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
 from sfa_omf.testbed.base import BackgroundTask
 from sfa_omf.testbed.registry import load_backend
@@ -37,6 +38,7 @@ from sfa_omf.trust.gid import load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key_file
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
+from sfa_omf.web.app import WebCalendar, WebSettings
 
 log = logging.getLogger("sfa_omf.server")
 reactor: Any = _reactor
@@ -111,9 +113,15 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     pool.start()
     v3 = XmlRpcResource(ApiV3(aggregate), pool, reactor, settings.max_request_bytes)
     v2 = XmlRpcResource(ApiV2(aggregate), pool, reactor, settings.max_request_bytes)
-    site = make_site({b"am2": v2}, v3, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
+    routes: dict[bytes, Any] = {b"am2": v2}
+    if settings.web_enabled:
+        routes[b"calendar"] = web_calendar_resource(settings, aggregate, pool)
+    site = make_site(routes, v3, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
     tls = ServerTls(
-        os.path.join(settings.data_dir, "aggregate", "am.pkey"), os.path.join(settings.data_dir, "aggregate", "am.gid")
+        os.path.join(settings.data_dir, "aggregate", "am.pkey"),
+        os.path.join(settings.data_dir, "aggregate", "am.gid"),
+        # Browsers without a GENI certificate get the calendar's public view; XML-RPC still refuses them.
+        require_client_certificate=not settings.web_enabled,
     )
     listening = reactor.listenSSL(
         settings.aggregate_port if port is None else port, site, tls, interface=settings.aggregate_host
@@ -123,6 +131,22 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     for task in aggregate.backend.background_tasks():
         LoopingCall(lambda task=task: reactor.callInThread(_background, task)).start(task.period_s, now=True)
     return RunningServer(port=listening, pool=pool, expiry=expiry)
+
+
+def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: ThreadPool) -> WebCalendarResource:
+    """The web calendar and iCal feeds over the aggregate's database and trusted roots (mounted at /calendar)."""
+    calendar = WebCalendar(
+        aggregate.database,
+        aggregate.verifier,
+        WebSettings(
+            host=settings.hostname,
+            admins=settings.web_admin_urns,
+            horizon=aggregate.settings.horizon,
+            free_windows=aggregate.settings.free_windows,
+        ),
+        clock=aggregate.clock,
+    )
+    return WebCalendarResource(calendar, pool, reactor)
 
 
 def start_registry(settings: Settings, database: Database, port: int | None = None) -> Any:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import xmlrpc.client
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from xml.parsers.expat import ExpatError
@@ -36,6 +36,7 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 FAULT_TOOBIG = 6
 FAULT_BADARGS = 1
 FAULT_SERVERERROR = 5
+FAULT_FORBIDDEN = 3
 #: How deep XML-RPC values may nest (arrays in structs in arrays...). The AM API needs 4; 32 leaves room.
 MAX_DEPTH = 32
 #: A header line, or all the headers of a request, may be this long (Twisted's own limit for the header block).
@@ -181,6 +182,13 @@ class XmlRpcResource(resource.Resource):
             peer=str(request.getClientAddress()),
             path=request.path.decode("latin-1"),
         )
+        if not context.caller_chain:  # possible when the listener also serves browsers (the web calendar)
+            return _fault(
+                request,
+                FAULT_FORBIDDEN,
+                "no client certificate: call with your GID and its key as the TLS client certificate "
+                "(sfi.py and omni do this)",
+            )
         deferred = deferToThreadPool(self.reactor, self.pool, self.handler, context, method, params)
         # addCallback then addErrback: a result that cannot be marshalled is an internal error too, never a hang.
         deferred.addCallback(
@@ -215,9 +223,9 @@ def _internal_error(request: server.Request, method: str, failure: Failure) -> N
 
 
 def make_site(
-    routes: dict[bytes, XmlRpcResource], default: XmlRpcResource, max_body_bytes: int, timeout_s: float
+    routes: Mapping[bytes, resource.Resource], default: XmlRpcResource, max_body_bytes: int, timeout_s: float
 ) -> server.Site:
-    """A Site serving ``routes`` by path; any other path (``/``, ``/RPC2``) goes to ``default``."""
+    """A Site serving ``routes`` by the first path segment; any other path (``/``, ``/RPC2``) goes to ``default``."""
 
     class Root(resource.Resource):
         def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
