@@ -81,3 +81,7 @@ def lab(database: Database, pki: DemoPki) -> Lab:
         clock=lambda: clock[0],
     )
     return Lab(database, bookings, inventory, web, clock, demo.id, other.id)
+
+
+# The real aggregate served over TLS (tests/web/served.py), for the HTTPS and browser tests.
+from tests.web.served import served  # noqa: E402, F401
