@@ -27,6 +27,7 @@ class Served:
     url: str  # https://127.0.0.1:PORT/
     aggregate: Aggregate
     sfi: dict[str, Path]
+    config: str  # the init directory's sfa-omf.conf (its port is not the one served here)
 
     def files(self, user: str) -> tuple[str, str]:
         """(GID chain, private key) of a demo user, as sfi.py keeps them."""
@@ -59,6 +60,7 @@ def served(running_reactor: Any, tmp_path: Path) -> Iterator[Served]:
             f"https://127.0.0.1:{server.port_number}/",
             aggregate,
             {name: Path(path) for name, path in report.sfi_dirs.items()},
+            str(tmp_path / "lab" / "sfa-omf.conf"),
         )
     finally:
         blockingCallFromThread(running_reactor, server.stop)

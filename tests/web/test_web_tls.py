@@ -10,12 +10,14 @@ from datetime import timedelta
 import pytest
 from icalendar import Calendar
 
-from sfa_omf.calendar.records import NodeSpec
+from sfa_omf.calendar.records import BookingRequest, NodeSpec
+from sfa_omf.cli import main
 from sfa_omf.times import format_time, utcnow
 from tests.tls_harness import proxy
 from tests.web.served import Served
 
 SLICE = "urn:publicid:IDN+lab+slice+demo"
+ANN = "urn:publicid:IDN+lab+user+ann"
 NODES = ("urn:publicid:IDN+lab+node+n1", "urn:publicid:IDN+lab+node+n2")
 
 
@@ -95,6 +97,25 @@ def test_feeds_follow_the_am_api(served: Served) -> None:
     status, _, body = served.get(f"/calendar/slice/{SLICE}.ics", "cid")  # not a member
     assert status == 403 and b"is for its members" in body
     assert [e["uid"] for e in feed_events(served, f"/calendar/slice/{SLICE}.ics", "ben")] == [event["uid"]]  # admin
+
+
+def test_private_feed_from_the_command(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    served.aggregate.inventory.add_node(NodeSpec(NODES[0], "n1"))
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=3)
+    lease = served.aggregate.bookings.book(
+        SLICE, start + timedelta(days=1), [BookingRequest(NODES[0], start, start + timedelta(hours=1))], owner_urn=ANN
+    ).leases[0]
+    assert main(["calendar", "feed-url", ANN, "--config", served.config]) == 0
+    address = capsys.readouterr().out.splitlines()[0]
+    assert address.startswith("https://") and "/calendar/feed/" in address and address.endswith(".ics")
+    path = "/calendar/feed/" + address.split("/calendar/feed/")[1]
+    (event,) = feed_events(served, path, None)  # a calendar client has no GENI certificate
+    assert event["uid"].startswith(lease.id) and event["summary"] == "demo: n1"
+    assert main(["calendar", "feed-revoke", ANN, "--config", served.config]) == 0
+    assert served.get(path)[0] == 404
+    assert main(["calendar", "feed-revoke", ANN, "--config", served.config]) == 1
+    assert main(["calendar", "feed-url", SLICE, "--config", served.config]) == 2
+    assert "is not a user URN" in capsys.readouterr().err
 
 
 def test_who_am_i_by_client_certificate(served: Served) -> None:
