@@ -3,7 +3,8 @@
 # Debian packages: xmlsec1 and openssl are the independent verifiers the tests compare against; PostgreSQL runs the
 # calendar tests a second time on a real server (scripts/postgres.sh starts it on 127.0.0.1); trang (RELAX NG
 # compact -> XML) checks that the committed schemas/*.rng are generated from schemas/*.rnc; openssh-server lets a test
-# log in, over real SSH, under the account a federation user is mapped to.
+# log in, over real SSH, under the account a federation user is mapped to; chromium (scripts/chromium.sh) is the
+# real browser the web calendar's tests drive with Playwright, their screenshots land in test-artifacts/.
 # Usage: bash scripts/test.sh [pytest arguments]
 source "$(dirname "$0")/lib.sh"
 apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client
@@ -12,6 +13,10 @@ cd "$REPO"
 echo "== PostgreSQL"
 SFA_OMF_TEST_POSTGRES_URL="$(bash "$REPO/scripts/postgres.sh" sfaomf_test | tail -n 1)"
 export SFA_OMF_TEST_POSTGRES_URL
+echo "== chromium"
+SFA_OMF_TEST_CHROMIUM="$(bash "$REPO/scripts/chromium.sh" | tail -n 1)"
+export SFA_OMF_TEST_CHROMIUM
+export SFA_OMF_TEST_ARTIFACTS="${SFA_OMF_TEST_ARTIFACTS:-$REPO/test-artifacts}"
 echo "== OAR"
 SFA_OMF_TEST_OAR_URL="$(bash "$REPO/scripts/oar.sh" up | tail -n 1)"
 export SFA_OMF_TEST_OAR_URL

@@ -53,6 +53,8 @@ OTHER_ENVIRONMENT = frozenset(
         "SFA_OMF_TEST_POSTGRES_URL",
         "SFA_OMF_BENCH_POSTGRES_URL",
         "SFA_OMF_TEST_OAR_URL",
+        "SFA_OMF_TEST_CHROMIUM",
+        "SFA_OMF_TEST_ARTIFACTS",
     }
 )
 

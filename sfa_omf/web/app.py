@@ -31,7 +31,7 @@ from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.verifier import CredentialVerifier
 from sfa_omf.web import gantt
-from sfa_omf.web.ical import fingerprint, group_leases, render_feed, short_name
+from sfa_omf.web.ical import EventCache, fingerprint, group_leases, render_feed, short_name
 from sfa_omf.web.viewer import Viewer, identify
 
 log = logging.getLogger("sfa_omf.web")
@@ -97,6 +97,7 @@ class WebCalendar:
         self.tokens = FeedTokens(database, clock)
         self.verifier = verifier
         self.settings = settings
+        self.event_texts = EventCache()
         self.clock = clock
         self.templates = Environment(
             loader=PackageLoader("sfa_omf.web"), autoescape=select_autoescape(["html"]), trim_blocks=True
@@ -165,12 +166,14 @@ class WebCalendar:
         users = self._users_for(viewer, rows)
         now_left = gantt.place(now, now, *window)[0] if window[0] <= now < window[1] else None
         step = gantt.VIEWS[view]
+        groups = gantt.layout(nodes, rows, viewer, window, users)
         return self._page(
             "gantt.html",
             viewer=viewer,
             view=view,
             window=window,
-            groups=gantt.layout(nodes, rows, viewer, window, users),
+            groups=groups,
+            details={bar.lease_id: bar.details for group in groups for line in group.lines for bar in line.bars},
             ticks=gantt.ticks(window, view),
             now=now,
             now_left=now_left,
@@ -243,7 +246,9 @@ class WebCalendar:
         events = group_leases(rows)
         revisions = self.revisions.observe({event.lease_id: fingerprint(event) for event in events})
         users = self.timeline.users_of_slices({event.slice_urn for event in events if sees(event.slice_urn)})
-        return WebResponse(200, ICS, render_feed(name, events, revisions, sees, self.settings.host, users))
+        return WebResponse(
+            200, ICS, render_feed(name, events, revisions, sees, self.settings.host, users, self.event_texts)
+        )
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _users_for(self, viewer: Viewer, rows: Sequence[BookingRow]) -> dict[str, list[str]]:

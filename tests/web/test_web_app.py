@@ -116,18 +116,18 @@ def test_user_feed_by_token(lab: Lab) -> None:
 
 
 def bars_of(page: str) -> dict[str, list[tuple[str, float, float, str, list[list[str]]]]]:
-    """node -> [(lease, left, width, kind, details)] as the page states them."""
+    """node -> [(lease, left, width, kind, details)] as the page states them (details: the page's JSON block)."""
+    block = re.search(r'<script id="lease-details" type="application/json">(.*?)</script>', page, re.S)
+    assert block is not None
+    details = json.loads(block.group(1))
     found: dict[str, list[tuple[str, float, float, str, list[list[str]]]]] = {}
     for row in re.finditer(r'<div class="row node[^"]*" data-node="([^"]+)"(.*?)</div>\s*</div>', page, re.S):
         for bar in re.finditer(
-            r'class="bar (\w+)".*?data-lease="([^"]+)".*?data-left="([^"]+)" data-width="([^"]+)"\s+'
-            r'data-details="([^"]*)"',
-            row.group(2),
-            re.S,
+            r'<div class="bar (\w+)" style="left: ([0-9.]+)%; width: ([0-9.]+)%" data-lease="([^"]+)">', row.group(2)
         ):
-            details = json.loads(unescape(bar.group(5)))
+            lease = bar.group(4)
             found.setdefault(row.group(1), []).append(
-                (bar.group(2), float(bar.group(3)), float(bar.group(4)), bar.group(1), details)
+                (lease, float(bar.group(2)), float(bar.group(3)), bar.group(1), details[lease])
             )
     return found
 

@@ -8,14 +8,18 @@
       field.addEventListener("change", function () { filters.submit(); });
     });
   }
+  // One delegated listener for all bars (a week of 1 000 nodes has thousands); each lease's details are in one
+  // JSON block, not repeated on every bar of the lease.
   var details = document.getElementById("details");
+  var known = document.getElementById("lease-details");
+  var leases = known ? JSON.parse(known.textContent) : {};
   function show(bar) {
     if (!details) { return; }
     document.querySelectorAll(".bar.selected").forEach(function (b) { b.classList.remove("selected"); });
     bar.classList.add("selected");
     var list = details.querySelector("dl");
     list.textContent = "";
-    JSON.parse(bar.dataset.details).forEach(function (pair) {
+    (leases[bar.dataset.lease] || []).forEach(function (pair) {
       var term = document.createElement("dt");
       term.textContent = pair[0];
       var value = document.createElement("dd");
@@ -25,10 +29,15 @@
     });
     details.hidden = false;
   }
-  document.querySelectorAll("#gantt .bar").forEach(function (bar) {
-    bar.addEventListener("click", function () { show(bar); });
-    bar.addEventListener("focus", function () { show(bar); });
-  });
+  var chart = document.getElementById("gantt");
+  if (chart) {
+    ["click", "mouseover"].forEach(function (kind) {
+      chart.addEventListener(kind, function (event) {
+        var bar = event.target.closest ? event.target.closest(".bar") : null;
+        if (bar) { show(bar); }
+      });
+    });
+  }
   var gantt = document.getElementById("gantt");
   var line = document.getElementById("now-line");
   function moveNow() {
