@@ -52,7 +52,7 @@ def place(start: datetime, end: datetime, window_start: datetime, window_end: da
     a = max(start, window_start)
     b = min(end, window_end)
     left = (a - window_start).total_seconds() / span * 100
-    return round(left, 4), round(max((b - a).total_seconds(), 0) / span * 100, 4)
+    return round(left, 3), round(max((b - a).total_seconds(), 0) / span * 100, 3)
 
 
 def bar_for(row: BookingRow, viewer: Viewer, window: tuple[datetime, datetime], users: dict[str, list[str]]) -> Bar:
