@@ -105,6 +105,15 @@ class Settings:
     oar_reconcile_s: int = 300
     web_enabled: bool = True  # the web calendar and iCal feeds under /calendar on the aggregate's server
     web_admins: str = ""  # user URNs (space or comma separated) who see every booking and node state
+    notify_enabled: bool = False  # notice lease events and deliver them (sfa_omf/notify)
+    notify_smtp_host: str = "127.0.0.1"
+    notify_smtp_port: int = 25
+    notify_smtp_starttls: bool = False
+    notify_smtp_user: str = ""
+    notify_smtp_password: str = field(default="", repr=False)
+    notify_from: str = "sfa-omf@localhost"
+    notify_webhook_secret: str = field(default="", repr=False)
+    notify_lead_s: int = 900
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -213,6 +222,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("oar_reconcile_s", "sfa_oar", "reconcile_s", "count", "seconds between calendar/OAR reconciliations"),
     Option("web_enabled", "sfa_web", "enabled", "flag", "serve the web calendar and iCal feeds under /calendar"),
     Option("web_admins", "sfa_web", "admins", "text", "user URNs who see every booking in the web calendar"),
+    Option("notify_enabled", "sfa_notify", "enabled", "flag", "notice lease events and deliver them to subscribers"),
+    Option("notify_smtp_host", "sfa_notify", "smtp_host", "text", "SMTP server for e-mail notifications"),
+    Option("notify_smtp_port", "sfa_notify", "smtp_port", "port", "SMTP port"),
+    Option("notify_smtp_starttls", "sfa_notify", "smtp_starttls", "flag", "use STARTTLS with the SMTP server"),
+    Option("notify_smtp_user", "sfa_notify", "smtp_user", "text", "SMTP login (empty: no login)"),
+    Option("notify_smtp_password", "sfa_notify", "smtp_password", "text", "SMTP password"),
+    Option("notify_from", "sfa_notify", "from", "text", "sender address of e-mail notifications"),
+    Option("notify_webhook_secret", "sfa_notify", "webhook_secret", "text", "HMAC-SHA256 key signing webhooks"),
+    Option("notify_lead_s", "sfa_notify", "lead_s", "count", "seconds before a start or end to say it comes soon"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {

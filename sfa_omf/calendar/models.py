@@ -178,3 +178,35 @@ class FeedToken(Base):
     token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_urn: Mapped[str] = mapped_column(String(300), unique=True)
     created_s: Mapped[int] = mapped_column(BigInteger)
+
+
+class NotifySubscription(Base):
+    """A user's opt-in to one channel: e-mail to an address, or a webhook to a URL."""
+
+    __tablename__ = "notify_subscription"
+    __table_args__ = (UniqueConstraint("user_urn", "channel"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_urn: Mapped[str] = mapped_column(String(300))
+    channel: Mapped[str] = mapped_column(String(10))  # email or webhook
+    address: Mapped[str] = mapped_column(String(500))
+
+
+class NotifyOutbox(Base):
+    """One message to deliver: written once per (event, recipient) — the unique key makes noticing an event twice
+    harmless — and marked sent when the channel took it."""
+
+    __tablename__ = "notify_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(600), unique=True)  # event key + channel + address
+    event: Mapped[str] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(10))
+    address: Mapped[str] = mapped_column(String(500))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(10), default="pending", index=True)  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_s: Mapped[int] = mapped_column(BigInteger)
+    created_s: Mapped[int] = mapped_column(BigInteger)
+    sent_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")

@@ -24,6 +24,7 @@ from sfa_omf.am.api_v3 import ApiV3
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
+from sfa_omf.notify.notifier import Notifier, NotifySettings, notify_settings
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.api import RegistryApi
 from sfa_omf.registry.authority import LocalAuthority
@@ -44,6 +45,7 @@ log = logging.getLogger("sfa_omf.server")
 reactor: Any = _reactor
 EXPIRY_PERIOD_S = 60
 REQUEST_TIMEOUT_S = 120
+NOTIFY_PERIOD_S = 30
 
 
 def build_aggregate(settings: Settings) -> Aggregate:
@@ -128,9 +130,39 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     )
     expiry = LoopingCall(lambda: reactor.callInThread(_expire, aggregate))
     expiry.start(EXPIRY_PERIOD_S, now=True)
+    if settings.notify_enabled:
+        notifier = build_notifier(settings, aggregate)
+        LoopingCall(lambda: reactor.callInThread(_notify, notifier)).start(NOTIFY_PERIOD_S, now=True)
     for task in aggregate.backend.background_tasks():
         LoopingCall(lambda task=task: reactor.callInThread(_background, task)).start(task.period_s, now=True)
     return RunningServer(port=listening, pool=pool, expiry=expiry)
+
+
+def build_notifier(settings: Settings, aggregate: Aggregate) -> Notifier:
+    """The notifier over the aggregate's database, from [sfa_notify]."""
+    return Notifier(aggregate.database, notify_settings_of(settings), clock=aggregate.clock)
+
+
+def notify_settings_of(settings: Settings) -> NotifySettings:
+    """[sfa_notify] as the notifier's settings."""
+    return notify_settings(
+        settings.notify_smtp_host,
+        settings.notify_smtp_port,
+        settings.notify_smtp_starttls,
+        settings.notify_smtp_user,
+        settings.notify_smtp_password,
+        settings.notify_from,
+        settings.notify_webhook_secret,
+        settings.notify_lead_s,
+    )
+
+
+def _notify(notifier: Notifier) -> None:
+    try:
+        notifier.notice()
+        notifier.deliver()
+    except Exception:  # a database hiccup must not stop the next round
+        log.exception("notifications failed; will try again")
 
 
 def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: ThreadPool) -> WebCalendarResource:
