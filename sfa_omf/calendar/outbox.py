@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import NotifyOutbox, NotifySubscription
@@ -96,33 +97,50 @@ class Outbox:
 
     # -- the outbox -----------------------------------------------------------------------------------------------
     def enqueue(self, messages: Sequence[Message]) -> int:
-        """Add the messages not already there; how many were new. One unit of work per message, so a racer that
-        added the same key first only makes ours a no-op."""
+        """Add the messages not already there, in one unit of work; how many were new. Should a racer add one of the
+        same keys meanwhile (the unique key refuses ours), they are added one by one instead."""
+        if not messages:
+            return 0
+        try:
+            with self.database.write() as session:
+                return self._insert_new(session, messages)
+        except IntegrityError:
+            added = 0
+            for message in messages:
+                try:
+                    with self.database.write() as session:
+                        added += self._insert_new(session, [message])
+                except IntegrityError:
+                    continue  # another process enqueued this key meanwhile: already there
+            return added
+
+    def _insert_new(self, session: Session, messages: Sequence[Message]) -> int:
         now_s = to_s(self.clock())
-        added = 0
-        for message in messages:
-            try:
-                with self.database.write() as session:
-                    if session.scalar(select(NotifyOutbox.id).where(NotifyOutbox.key == message.key)) is not None:
-                        continue
-                    session.add(
-                        NotifyOutbox(
-                            key=message.key,
-                            event=message.event,
-                            channel=message.channel,
-                            address=message.address,
-                            payload=message.payload,
-                            state="pending",
-                            attempts=0,
-                            next_attempt_s=now_s,
-                            created_s=now_s,
-                            last_error="",
-                        )
-                    )
-                added += 1
-            except IntegrityError:
-                continue  # another process enqueued the same key meanwhile (unique key): already there
-        return added
+        wanted = {message.key: message for message in messages}
+        known: set[str] = set()
+        keys = list(wanted)
+        for first in range(0, len(keys), 500):  # bounded IN lists
+            known.update(
+                session.scalars(select(NotifyOutbox.key).where(NotifyOutbox.key.in_(keys[first : first + 500])))
+            )
+        new = [message for key, message in wanted.items() if key not in known]
+        session.add_all(
+            NotifyOutbox(
+                key=message.key,
+                event=message.event,
+                channel=message.channel,
+                address=message.address,
+                payload=message.payload,
+                state="pending",
+                attempts=0,
+                next_attempt_s=now_s,
+                created_s=now_s,
+                last_error="",
+            )
+            for message in new
+        )
+        session.flush()
+        return len(new)
 
     def due(self, limit: int = 100) -> list[Message]:
         """Pending messages whose next attempt is due, oldest first."""

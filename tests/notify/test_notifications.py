@@ -213,3 +213,17 @@ def test_notify_commands(
     assert main(["notify", "unsubscribe", ann, "email", "--config", str(config)]) == 1
     assert main(["notify", "status", "--config", str(config)]) == 0
     assert "pending 0  sent 0  failed 0" in capsys.readouterr().out
+
+
+def test_racing_writers_enqueue_each_message_once(booked: Booked) -> None:
+    """Eight threads write the same 20 messages at once (two notifiers noticing the same events): each lands once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sfa_omf.calendar.outbox import Message
+
+    messages = [Message(f"k{i}", "allocated", "email", "a@example.org", {"n": i}) for i in range(20)]
+    outbox = Outbox(booked.database)
+    with ThreadPoolExecutor(8) as pool:
+        added = list(pool.map(lambda _: outbox.enqueue(messages), range(8)))
+    assert sum(added) == 20 and outbox.counts().pending == 20
+    assert sorted(m.key for m in outbox.due(limit=100)) == sorted(m.key for m in messages)
