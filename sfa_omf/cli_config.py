@@ -73,7 +73,7 @@ def _shown_value(loaded: LoadedConfig, option: Option) -> str:
     settings = loaded.settings
     if option.field == "database_url":
         return hide_password(settings.calendar_url)
-    if option.field in ("db_password", "notify_smtp_password", "notify_webhook_secret"):
+    if option.field in ("db_password", "notify_smtp_password", "notify_webhook_key"):
         return "***" if getattr(settings, option.field) else '""'
     if option.field == "trusted_roots":
         return settings.trusted_roots_dir

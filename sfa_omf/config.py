@@ -112,7 +112,7 @@ class Settings:
     notify_smtp_user: str = ""
     notify_smtp_password: str = field(default="", repr=False)
     notify_from: str = "sfa-omf@localhost"
-    notify_webhook_secret: str = field(default="", repr=False)
+    notify_webhook_key: str = field(default="", repr=False)
     notify_lead_s: int = 900
 
     def __post_init__(self) -> None:
@@ -229,7 +229,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify_smtp_user", "sfa_notify", "smtp_user", "text", "SMTP login (empty: no login)"),
     Option("notify_smtp_password", "sfa_notify", "smtp_password", "text", "SMTP password"),
     Option("notify_from", "sfa_notify", "from", "text", "sender address of e-mail notifications"),
-    Option("notify_webhook_secret", "sfa_notify", "webhook_secret", "text", "HMAC-SHA256 key signing webhooks"),
+    Option("notify_webhook_key", "sfa_notify", "webhook_key", "text", "HMAC-SHA256 key signing webhooks"),
     Option("notify_lead_s", "sfa_notify", "lead_s", "count", "seconds before a start or end to say it comes soon"),
 )
 

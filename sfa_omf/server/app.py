@@ -152,7 +152,7 @@ def notify_settings_of(settings: Settings) -> NotifySettings:
         settings.notify_smtp_user,
         settings.notify_smtp_password,
         settings.notify_from,
-        settings.notify_webhook_secret,
+        settings.notify_webhook_key,
         settings.notify_lead_s,
     )
 

@@ -192,7 +192,7 @@ def test_notify_commands(
     assert main(["init", str(tmp_path / "lab"), "--authority", "lab", "--user", "ann"]) == 0
     config = tmp_path / "lab" / "sfa-omf.conf"
     with config.open("a") as handle:
-        handle.write(f"\n[sfa_notify]\nsmtp_port = {smtp.port}\nfrom = am@lab.example\nwebhook_secret = {SECRET}\n")
+        handle.write(f"\n[sfa_notify]\nsmtp_port = {smtp.port}\nfrom = am@lab.example\nwebhook_key = {SECRET}\n")
     assert main(["notify", "test", "ann@example.org", "--config", str(config)]) == 0
     (message,) = smtp.mailbox.messages
     assert message["Subject"] == "sfa-omf test message" and message["From"] == "am@lab.example"
