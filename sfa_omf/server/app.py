@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -90,6 +90,7 @@ class RunningServer:
     port: Any
     pool: ThreadPool
     expiry: LoopingCall
+    loops: list[LoopingCall] = field(default_factory=list)  # other periodic tasks (notifications)
 
     @property
     def port_number(self) -> int:
@@ -97,8 +98,9 @@ class RunningServer:
 
     def stop(self) -> Any:
         """Stop listening, the expiry loop and the threads (call in the reactor thread)."""
-        if self.expiry.running:
-            self.expiry.stop()
+        for loop in [self.expiry, *self.loops]:
+            if loop.running:
+                loop.stop()
         deferred = self.port.stopListening()
 
         def stop_pool(result: Any) -> Any:
@@ -130,12 +132,15 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     )
     expiry = LoopingCall(lambda: reactor.callInThread(_expire, aggregate))
     expiry.start(EXPIRY_PERIOD_S, now=True)
+    loops = []
     if settings.notify_enabled:
         notifier = build_notifier(settings, aggregate)
-        LoopingCall(lambda: reactor.callInThread(_notify, notifier)).start(NOTIFY_PERIOD_S, now=True)
+        notify_loop = LoopingCall(lambda: reactor.callInThread(_notify, notifier))
+        notify_loop.start(NOTIFY_PERIOD_S, now=True)
+        loops.append(notify_loop)
     for task in aggregate.backend.background_tasks():
         LoopingCall(lambda task=task: reactor.callInThread(_background, task)).start(task.period_s, now=True)
-    return RunningServer(port=listening, pool=pool, expiry=expiry)
+    return RunningServer(port=listening, pool=pool, expiry=expiry, loops=loops)
 
 
 def build_notifier(settings: Settings, aggregate: Aggregate) -> Notifier:
