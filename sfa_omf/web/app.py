@@ -151,7 +151,7 @@ class WebCalendar:
             raise BadRequest(f"view={view!r}: use view=day or view=week")
         start = _day(request.query.get("start"), now)
         window = (start, start + gantt.VIEWS[view])
-        all_nodes = self.timeline.nodes()
+        all_nodes = self._visible_nodes(viewer)
         pool = request.query.get("pool", "")
         hardware = request.query.get("hw", "")
         pools = sorted({node.pool for node in all_nodes})
@@ -190,7 +190,7 @@ class WebCalendar:
     def node_page(self, request: WebRequest, key: str) -> WebResponse:
         """A node: its properties, its next free windows (the advertisement's numbers) and its bookings."""
         viewer = self.viewer(request)
-        node = self._find_node(key)
+        node = self._find_node(key, viewer)
         record = self.inventory.get_node(node.component_id)
         now = self.clock()
         windows = self.availability.free_windows(
@@ -205,7 +205,7 @@ class WebCalendar:
     def node_feed(self, request: WebRequest, key: str) -> WebResponse:
         """Every lease of a node; slice details only for the viewer's own slices (or an operator)."""
         viewer = self.viewer(request)
-        node = self._find_node(key)
+        node = self._find_node(key, viewer)
         lease_ids = {row.lease_id for row in self._feed_rows(node=node.component_id)}
         rows = self._feed_rows(lease_ids=lease_ids) if lease_ids else []
         return self._feed(f"{node.component_name} ({self.settings.host})", rows, viewer.sees)
@@ -254,8 +254,13 @@ class WebCalendar:
     def _users_for(self, viewer: Viewer, rows: Sequence[BookingRow]) -> dict[str, list[str]]:
         return self.timeline.users_of_slices({row.slice_urn for row in rows if viewer.sees(row.slice_urn)})
 
-    def _find_node(self, key: str) -> NodeRow:
+    def _visible_nodes(self, viewer: Viewer) -> list[NodeRow]:
+        """Every node for an operator; the federated pools' nodes (those the advertisement lists) for others."""
         nodes = self.timeline.nodes()
+        return nodes if viewer.admin else [node for node in nodes if node.federated]
+
+    def _find_node(self, key: str, viewer: Viewer) -> NodeRow:
+        nodes = self._visible_nodes(viewer)
         exact = [node for node in nodes if node.component_id == key]
         named = exact or [node for node in nodes if node.component_name == key]
         if len(named) == 1:

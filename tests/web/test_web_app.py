@@ -159,8 +159,11 @@ def test_gantt_public_admin_and_filters(lab: Lab, pki: DemoPki) -> None:
     assert 'class="row node down"' in operator and "maintenance" in operator
     usrp = bars_of(get(lab, "/", pool="usrp").body.decode())
     assert list(usrp) == [node_urn("u1")] and usrp[node_urn("u1")][0][3] == "external"
-    week = get(lab, "/", view="week", hw="icarus").body.decode()
+    week = get(lab, "/", "carol", pki, view="week", hw="icarus").body.decode()
     assert 'data-node="' + node_urn("u1") + '"' not in week and 'data-node="' + node_urn("m1") + '"' in week
+    # m1's pool is not federated: only operators see it, as the advertisement leaves it out
+    assert node_urn("m1") not in public and 'value="hidden"' not in public and 'value="hidden"' in operator
+    assert get(lab, "/node/m1").status == 404 and get(lab, "/node/m1", "carol", pki).status == 200
 
 
 def test_node_page_shows_the_advertised_free_windows(lab: Lab, pki: DemoPki) -> None:
@@ -176,7 +179,7 @@ def test_bad_requests_say_what_to_do(lab: Lab, pki: DemoPki) -> None:
     cases = {
         ("/", "view", "month"): (400, "use view=day or view=week"),
         ("/", "start", "tomorrow"): (400, "give a day as YYYY-MM-DD"),
-        ("/", "pool", "nope"): (400, "pools: default, hidden, usrp"),
+        ("/", "pool", "nope"): (400, "pools: default, usrp"),
         ("/", "hw", "gpu"): (400, "types: icarus, usrp2"),
         ("/node/nope", "", ""): (404, "no node 'nope' here"),
         ("/node/nope.ics", "", ""): (404, "no node 'nope' here"),
