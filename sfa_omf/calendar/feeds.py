@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 
 from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.models import FeedToken, LeaseRevision
@@ -46,7 +47,12 @@ class LeaseRevisions:
         known = self._known(set(fingerprints))
         changed = {lease: fp for lease, fp in fingerprints.items() if lease not in known or known[lease][1] != fp}
         if changed:
-            known.update(retry_transient(lambda: self._record(changed)))
+            try:
+                known.update(retry_transient(lambda: self._record(changed)))
+            except IntegrityError:
+                # Another request recorded a first revision of one of these leases meanwhile (PostgreSQL): its
+                # row is there now, so recording again compares with it.
+                known.update(retry_transient(lambda: self._record(changed)))
         return {lease: Revision(known[lease][0], from_s(known[lease][2])) for lease in fingerprints}
 
     def _known(self, lease_ids: set[str]) -> dict[str, tuple[int, str, int]]:

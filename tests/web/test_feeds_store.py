@@ -69,3 +69,14 @@ def test_feed_tokens(lab: Lab) -> None:
 def test_a_feed_token_is_for_a_user_urn(lab: Lab) -> None:
     with pytest.raises(GeniError, match="is not a user URN"):
         FeedTokens(lab.database).issue(DEMO)
+
+
+def test_racing_feeds_record_one_revision(lab: Lab) -> None:
+    """Eight feed requests at once see the same new leases: one revision each, sequence 0, no error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fingerprints = {lab.demo_lease: "a", lab.other_lease: "x"}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: LeaseRevisions(lab.database).observe(fingerprints), range(8)))
+    assert all(answer == answers[0] for answer in answers)
+    assert {revision.sequence for revision in answers[0].values()} == {0}
