@@ -10,6 +10,7 @@ noticing an event again harmless).
 | ending_soon | provisioned, and its end is at most the lead time away |
 | ended | provisioned and its end has passed (or the calendar retired it) |
 | cancelled | deleted or expired before being provisioned |
+| failed | a sliver of the lease is ``geni_failed`` (the testbed could not make it real) |
 
 A lease renewed to a new end gets a new ``ending_soon``/``ended`` (the end is part of their key).
 """
@@ -22,7 +23,7 @@ from datetime import datetime, timedelta
 
 from sfa_omf.calendar.timeline import BookingRow
 
-EVENTS = ("allocated", "provisioned", "starting_soon", "started", "ending_soon", "ended", "cancelled")
+EVENTS = ("allocated", "provisioned", "starting_soon", "started", "ending_soon", "ended", "cancelled", "failed")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ def lease_events(rows: Sequence[BookingRow], now: datetime, lead: timedelta) -> 
         happened = ["allocated"]
         if first.state in ("cancelled", "expired"):
             happened.append("cancelled")
+        if any(row.operational_state == "geni_failed" for row in items):
+            happened.append("failed")
         if provisioned:
             happened.append("provisioned")
             if now >= first.start - lead:

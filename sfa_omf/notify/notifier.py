@@ -28,6 +28,7 @@ SUBJECTS = {
     "ending_soon": "ends soon",
     "ended": "has ended",
     "cancelled": "cancelled",
+    "failed": "failed on the testbed",
 }
 
 

@@ -54,6 +54,10 @@ def test_event_rules() -> None:
     ].key == f"L:ended:{int((NOW + timedelta(hours=1)).timestamp())}"
     cancelled = BookingRow("C", SLICE, ALICE, node_urn("n1"), NOW, NOW + timedelta(hours=1), "cancelled", "", "")
     assert [e.event for e in lease_events([cancelled], NOW, lead)] == ["allocated", "cancelled"]
+    failed = BookingRow(
+        "F", SLICE, ALICE, node_urn("n1"), NOW, NOW + timedelta(hours=1), "provisioned", "geni_failed", ""
+    )
+    assert "failed" in [e.event for e in lease_events([failed], NOW - timedelta(hours=1), lead)]
     external = BookingRow("X", SLICE, "", node_urn("n1"), NOW, NOW + timedelta(hours=1), "external", "", "oar:1")
     assert lease_events([external], NOW, lead) == []
 
