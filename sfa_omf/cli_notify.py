@@ -8,8 +8,12 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.outbox import CHANNELS, Outbox, check_address
 from sfa_omf.cli_common import command_settings
 from sfa_omf.config import CONFIG_FILE_NAME
+from sfa_omf.errors import BadArgs
 from sfa_omf.notify.channels import DeliveryError
 from sfa_omf.notify.notifier import Notifier, test_message
+from sfa_omf.registry.records import Records
+from sfa_omf.trust.gid import load_gid_chain
+from sfa_omf.xrn import urn_to_hrn
 
 
 def add_notify_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -25,7 +29,9 @@ def add_notify_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     subscribe = group.add_parser("subscribe", parents=[config_option], help="opt a user in to a channel")
     subscribe.add_argument("user_urn")
     subscribe.add_argument("channel", choices=CHANNELS)
-    subscribe.add_argument("address", help="the e-mail address or webhook URL")
+    subscribe.add_argument(
+        "address", nargs="?", help="the e-mail address or webhook URL (e-mail: default the registry record's)"
+    )
     subscribe.set_defaults(handler=_subscribe)
     unsubscribe = group.add_parser("unsubscribe", parents=[config_option], help="opt a user out of a channel")
     unsubscribe.add_argument("user_urn")
@@ -56,11 +62,27 @@ def _test(args: argparse.Namespace) -> int:
 def _subscribe(args: argparse.Namespace) -> int:
     database = Database(command_settings(args).calendar_url)
     try:
-        Outbox(database).subscribe(args.user_urn, args.channel, args.address)
+        address = args.address or _registered_email(database, args.user_urn, args.channel)
+        Outbox(database).subscribe(args.user_urn, args.channel, address)
     finally:
         database.dispose()
-    print(f"{args.user_urn} gets {args.channel} notifications at {args.address}")
+    print(f"{args.user_urn} gets {args.channel} notifications at {address}")
     return 0
+
+
+def _registered_email(database: Database, user_urn: str, channel: str) -> str:
+    """The e-mail address the local registry has for the user: its record's, else its GID's."""
+    if channel != "email":
+        raise BadArgs("a webhook needs its URL: sfa-omf notify subscribe USER_URN webhook https://...")
+    hrn, _ = urn_to_hrn(user_urn)  # BadArgs naming what is wrong with a malformed URN
+    record = Records(database).get(hrn)
+    if record is not None and record.email:
+        return record.email
+    if record is not None and record.gid:
+        email = load_gid_chain(record.gid)[0].email
+        if email:
+            return email
+    raise BadArgs(f"the registry has no e-mail address for {user_urn}: give it (... email NAME@DOMAIN)")
 
 
 def _unsubscribe(args: argparse.Namespace) -> int:

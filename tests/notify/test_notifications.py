@@ -212,6 +212,12 @@ def test_notify_commands(
     ann = "urn:publicid:IDN+lab+user+ann"
     assert main(["notify", "subscribe", ann, "email", "ann@example", "--config", str(config)]) == 2
     assert "is not an e-mail address" in capsys.readouterr().err
+    assert main(["notify", "subscribe", ann, "email", "--config", str(config)]) == 0  # the registry's address
+    assert "at ann@lab.example.org" in capsys.readouterr().out
+    assert main(["notify", "subscribe", ann.replace("ann", "zed"), "email", "--config", str(config)]) == 2
+    assert "the registry has no e-mail address" in capsys.readouterr().err
+    assert main(["notify", "subscribe", ann, "webhook", "--config", str(config)]) == 2
+    assert "a webhook needs its URL" in capsys.readouterr().err
     assert main(["notify", "subscribe", ann, "email", "ann@example.org", "--config", str(config)]) == 0
     assert main(["notify", "unsubscribe", ann, "email", "--config", str(config)]) == 0
     assert main(["notify", "unsubscribe", ann, "email", "--config", str(config)]) == 1
