@@ -141,3 +141,20 @@ def test_calendar_in_a_browser(served: Served, browser: Any) -> None:
     assert page.inner_text("h1") == "node1" and page.locator("#free-windows li").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "node-ann.png"), full_page=True)
     ann.close()
+
+    gid, key = served.files("ben")  # the operator ([sfa_web] admins)
+    operator = browser.new_context(
+        ignore_https_errors=True,
+        viewport={"width": 1280, "height": 720},
+        client_certificates=[{"origin": origin, "certPath": gid, "keyPath": key}],
+    )
+    page = operator.new_page()
+    assert page.goto(address).status == 200
+    assert page.get_attribute("#whoami", "class") == "admin"
+    boxes = bar_boxes(page)
+    assert boxes[f"{other}@{node('node2')}"][3] == "other" and "mine" not in boxes[f"{mine}@{node('node1')}"][2]
+    assert page.locator(".row.node .state").count() == 6  # every node's state, node5's "maintenance" among them
+    page.click(f".bar[data-lease='{other}']")
+    assert OTHER in page.inner_text("#details")
+    page.screenshot(path=str(ARTIFACTS / "calendar-operator.png"), full_page=True)
+    operator.close()
