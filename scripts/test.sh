@@ -5,6 +5,8 @@
 # compact -> XML) checks that the committed schemas/*.rng are generated from schemas/*.rnc; openssh-server lets a test
 # log in, over real SSH, under the account a federation user is mapped to; RabbitMQ (scripts/rabbitmq.sh, on
 # 127.0.0.1) carries the FRCP messages of the OMF backend's tests.
+# log in, over real SSH, under the account a federation user is mapped to; chromium (scripts/chromium.sh) is the
+# real browser the web calendar's tests drive with Playwright, their screenshots land in test-artifacts/.
 # Usage: bash scripts/test.sh [pytest arguments]
 source "$(dirname "$0")/lib.sh"
 apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client
@@ -16,6 +18,10 @@ export SFA_OMF_TEST_POSTGRES_URL
 echo "== RabbitMQ"
 SFA_OMF_TEST_RABBITMQ_URL="$(bash "$REPO/scripts/rabbitmq.sh" up | tail -n 1)"
 export SFA_OMF_TEST_RABBITMQ_URL
+echo "== chromium"
+SFA_OMF_TEST_CHROMIUM="$(bash "$REPO/scripts/chromium.sh" | tail -n 1)"
+export SFA_OMF_TEST_CHROMIUM
+export SFA_OMF_TEST_ARTIFACTS="${SFA_OMF_TEST_ARTIFACTS:-$REPO/test-artifacts}"
 echo "== OAR"
 SFA_OMF_TEST_OAR_URL="$(bash "$REPO/scripts/oar.sh" up | tail -n 1)"
 export SFA_OMF_TEST_OAR_URL

@@ -16,9 +16,11 @@ from typing import Any
 from sfa_omf.calendar.database import Database
 from sfa_omf.cli_calendar import add_calendar_commands
 from sfa_omf.cli_config import add_config_commands
+from sfa_omf.cli_notify import add_notify_commands
 from sfa_omf.cli_registry import add_registry_commands
 from sfa_omf.cli_rspec import add_rspec_commands
 from sfa_omf.cli_server import add_server_commands
+from sfa_omf.cli_web import add_web_commands
 from sfa_omf.config import CONFIG_FILE_NAME, read_config
 from sfa_omf.errors import REASON_CODES, BadArgs, GeniCode, GeniError, TrustError
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority
@@ -102,6 +104,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add_registry_commands(commands, slice_commands)
     add_rspec_commands(commands)
     add_server_commands(commands)
+    add_web_commands(commands)
+    add_notify_commands(commands)
     add_config_commands(commands)
     return parser
 

@@ -75,8 +75,8 @@ def _shown_value(loaded: LoadedConfig, option: Option) -> str:
         return hide_password(settings.calendar_url)
     if option.field == "frcp_amqp_url" and settings.frcp_amqp_url:
         return hide_password(settings.frcp_amqp_url)
-    if option.field == "db_password":
-        return "***" if settings.db_password else '""'
+    if option.field in ("db_password", "notify_smtp_password", "notify_webhook_key"):
+        return "***" if getattr(settings, option.field) else '""'
     if option.field == "trusted_roots":
         return settings.trusted_roots_dir
     value = str(getattr(settings, option.field))

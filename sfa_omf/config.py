@@ -55,6 +55,8 @@ OTHER_ENVIRONMENT = frozenset(
         "SFA_OMF_TEST_OAR_URL",
         "SFA_OMF_TEST_RABBITMQ_URL",
         "SFA_OMF_RABBITMQ_PORT",
+        "SFA_OMF_TEST_CHROMIUM",
+        "SFA_OMF_TEST_ARTIFACTS",
     }
 )
 
@@ -107,6 +109,17 @@ class Settings:
     frcp_user_factory: str = "user_factory"
     frcp_timeout_s: int = 30
     frcp_account: str = "root"
+    web_enabled: bool = True  # the web calendar and iCal feeds under /calendar on the aggregate's server
+    web_admins: str = ""  # user URNs (space or comma separated) who see every booking and node state
+    notify_enabled: bool = False  # notice lease events and deliver them (sfa_omf/notify)
+    notify_smtp_host: str = "127.0.0.1"
+    notify_smtp_port: int = 25
+    notify_smtp_starttls: bool = False
+    notify_smtp_user: str = ""
+    notify_smtp_password: str = field(default="", repr=False)
+    notify_from: str = "sfa-omf@localhost"
+    notify_webhook_key: str = field(default="", repr=False)
+    notify_lead_s: int = 900
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -141,6 +154,11 @@ class Settings:
     def registry_url(self) -> str:
         # sfi.py wants http:// here and speaks TLS anyway (it mangles https:// URLs).
         return f"http://{self.registry_host}:{self.registry_port}/"
+
+    @property
+    def web_admin_urns(self) -> frozenset[str]:
+        """The operators of the web calendar (``[sfa_web] admins``, separated by spaces or commas)."""
+        return frozenset(part for part in self.web_admins.replace(",", " ").split() if part)
 
     @property
     def aggregate_url(self) -> str:
@@ -212,6 +230,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("frcp_user_factory", "sfa_frcp", "user_factory", "text", "the FRCP topic of the user_factory controller"),
     Option("frcp_timeout_s", "sfa_frcp", "timeout_s", "count", "seconds to wait for one FRCP answer"),
     Option("frcp_account", "sfa_frcp", "account", "text", "the account the aggregate signs FRCP messages as"),
+    Option("web_enabled", "sfa_web", "enabled", "flag", "serve the web calendar and iCal feeds under /calendar"),
+    Option("web_admins", "sfa_web", "admins", "text", "user URNs who see every booking in the web calendar"),
+    Option("notify_enabled", "sfa_notify", "enabled", "flag", "notice lease events and deliver them to subscribers"),
+    Option("notify_smtp_host", "sfa_notify", "smtp_host", "text", "SMTP server for e-mail notifications"),
+    Option("notify_smtp_port", "sfa_notify", "smtp_port", "port", "SMTP port"),
+    Option("notify_smtp_starttls", "sfa_notify", "smtp_starttls", "flag", "use STARTTLS with the SMTP server"),
+    Option("notify_smtp_user", "sfa_notify", "smtp_user", "text", "SMTP login (empty: no login)"),
+    Option("notify_smtp_password", "sfa_notify", "smtp_password", "text", "SMTP password"),
+    Option("notify_from", "sfa_notify", "from", "text", "sender address of e-mail notifications"),
+    Option("notify_webhook_key", "sfa_notify", "webhook_key", "text", "HMAC-SHA256 key signing webhooks"),
+    Option("notify_lead_s", "sfa_notify", "lead_s", "count", "seconds before a start or end to say it comes soon"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {

@@ -156,3 +156,58 @@ class OarJob(Base):
     state: Mapped[str] = mapped_column(String(20))
     message: Mapped[str] = mapped_column(Text, default="")  # OAR's own words when it failed
     updated_s: Mapped[int] = mapped_column(BigInteger)
+
+
+class LeaseRevision(Base):
+    """What the iCal feeds last published about a lease (its fingerprint) and the SEQUENCE that version carries.
+
+    No foreign key: a lease discarded after a failed call may leave its row behind, harmlessly."""
+
+    __tablename__ = "lease_revision"
+
+    lease_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    sequence: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    stamp_s: Mapped[int] = mapped_column(BigInteger)  # when this version was first published (DTSTAMP)
+
+
+class FeedToken(Base):
+    """A user's private iCal feed: only the SHA-256 of the token is kept, so the table does not leak the feeds."""
+
+    __tablename__ = "feed_token"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_urn: Mapped[str] = mapped_column(String(300), unique=True)
+    created_s: Mapped[int] = mapped_column(BigInteger)
+
+
+class NotifySubscription(Base):
+    """A user's opt-in to one channel: e-mail to an address, or a webhook to a URL."""
+
+    __tablename__ = "notify_subscription"
+    __table_args__ = (UniqueConstraint("user_urn", "channel"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_urn: Mapped[str] = mapped_column(String(300))
+    channel: Mapped[str] = mapped_column(String(10))  # email or webhook
+    address: Mapped[str] = mapped_column(String(500))
+
+
+class NotifyOutbox(Base):
+    """One message to deliver: written once per (event, recipient) — the unique key makes noticing an event twice
+    harmless — and marked sent when the channel took it."""
+
+    __tablename__ = "notify_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(600), unique=True)  # event key + channel + address
+    event: Mapped[str] = mapped_column(String(40))
+    channel: Mapped[str] = mapped_column(String(10))
+    address: Mapped[str] = mapped_column(String(500))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(10), default="pending", index=True)  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_s: Mapped[int] = mapped_column(BigInteger)
+    created_s: Mapped[int] = mapped_column(BigInteger)
+    sent_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -25,12 +25,14 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
+from sfa_omf.notify.notifier import Notifier, NotifySettings, notify_settings
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.api import RegistryApi
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.nodes import record_nodes
 from sfa_omf.registry.records import Records
 from sfa_omf.server.tls import ServerTls
+from sfa_omf.server.web import WebCalendarResource
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
 from sfa_omf.testbed.base import BackgroundTask
 from sfa_omf.testbed.registry import load_backend
@@ -39,11 +41,13 @@ from sfa_omf.trust.gid import load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key_file
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
+from sfa_omf.web.app import WebCalendar, WebSettings
 
 log = logging.getLogger("sfa_omf.server")
 reactor: Any = _reactor
 EXPIRY_PERIOD_S = 60
 REQUEST_TIMEOUT_S = 120
+NOTIFY_PERIOD_S = 30
 
 
 def build_aggregate(settings: Settings) -> Aggregate:
@@ -88,6 +92,7 @@ class RunningServer:
     port: Any
     pool: ThreadPool
     expiry: LoopingCall
+    loops: list[LoopingCall] = field(default_factory=list)  # other periodic tasks (notifications)
 
     @property
     def port_number(self) -> int:
@@ -95,8 +100,9 @@ class RunningServer:
 
     def stop(self) -> Any:
         """Stop listening, the expiry loop and the threads (call in the reactor thread)."""
-        if self.expiry.running:
-            self.expiry.stop()
+        for loop in [self.expiry, *self.loops]:
+            if loop.running:
+                loop.stop()
         deferred = self.port.stopListening()
 
         def stop_pool(result: Any) -> Any:
@@ -119,6 +125,8 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
 
         base_url = f"https://{settings.hostname}:{settings.aggregate_port}"
         routes[b"resources"] = inventory_resource(aggregate, base_url, pool, reactor)
+    if settings.web_enabled:
+        routes[b"calendar"] = web_calendar_resource(settings, aggregate, pool)
     site = make_site(
         routes,
         v3,
@@ -127,16 +135,68 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
         json_prefixes=(b"/resources/",) if b"resources" in routes else (),
     )
     tls = ServerTls(
-        os.path.join(settings.data_dir, "aggregate", "am.pkey"), os.path.join(settings.data_dir, "aggregate", "am.gid")
+        os.path.join(settings.data_dir, "aggregate", "am.pkey"),
+        os.path.join(settings.data_dir, "aggregate", "am.gid"),
+        # Browsers without a GENI certificate get the calendar's public view; XML-RPC still refuses them.
+        require_client_certificate=not settings.web_enabled,
     )
     listening = reactor.listenSSL(
         settings.aggregate_port if port is None else port, site, tls, interface=settings.aggregate_host
     )
     expiry = LoopingCall(lambda: reactor.callInThread(_expire, aggregate))
     expiry.start(EXPIRY_PERIOD_S, now=True)
+    loops = []
+    if settings.notify_enabled:
+        notifier = build_notifier(settings, aggregate)
+        notify_loop = LoopingCall(lambda: reactor.callInThread(_notify, notifier))
+        notify_loop.start(NOTIFY_PERIOD_S, now=True)
+        loops.append(notify_loop)
     for task in aggregate.backend.background_tasks():
         LoopingCall(lambda task=task: reactor.callInThread(_background, task)).start(task.period_s, now=True)
-    return RunningServer(port=listening, pool=pool, expiry=expiry)
+    return RunningServer(port=listening, pool=pool, expiry=expiry, loops=loops)
+
+
+def build_notifier(settings: Settings, aggregate: Aggregate) -> Notifier:
+    """The notifier over the aggregate's database, from [sfa_notify]."""
+    return Notifier(aggregate.database, notify_settings_of(settings), clock=aggregate.clock)
+
+
+def notify_settings_of(settings: Settings) -> NotifySettings:
+    """[sfa_notify] as the notifier's settings."""
+    return notify_settings(
+        settings.notify_smtp_host,
+        settings.notify_smtp_port,
+        settings.notify_smtp_starttls,
+        settings.notify_smtp_user,
+        settings.notify_smtp_password,
+        settings.notify_from,
+        settings.notify_webhook_key,
+        settings.notify_lead_s,
+    )
+
+
+def _notify(notifier: Notifier) -> None:
+    try:
+        notifier.notice()
+        notifier.deliver()
+    except Exception:  # a database hiccup must not stop the next round
+        log.exception("notifications failed; will try again")
+
+
+def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: ThreadPool) -> WebCalendarResource:
+    """The web calendar and iCal feeds over the aggregate's database and trusted roots (mounted at /calendar)."""
+    calendar = WebCalendar(
+        aggregate.database,
+        aggregate.verifier,
+        WebSettings(
+            host=settings.hostname,
+            admins=settings.web_admin_urns,
+            horizon=aggregate.settings.horizon,
+            free_windows=aggregate.settings.free_windows,
+        ),
+        clock=aggregate.clock,
+    )
+    return WebCalendarResource(calendar, pool, reactor)
 
 
 def start_registry(settings: Settings, database: Database, port: int | None = None) -> Any:

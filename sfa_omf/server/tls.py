@@ -21,9 +21,13 @@ def _accept_any_chain(_connection: Any, _certificate: Any, _errno: int, _depth: 
 
 
 class ServerTls(ContextFactory):
-    """A pyOpenSSL context with our key and GID chain that requires, but does not judge, a client certificate."""
+    """A pyOpenSSL context with our key and GID chain that asks for, but does not judge, a client certificate.
 
-    def __init__(self, key_path: str, chain_path: str) -> None:
+    ``require_client_certificate`` False lets browsers without one in (the web calendar's public view); the
+    XML-RPC endpoints then refuse such callers themselves (server/xmlrpc.py).
+    """
+
+    def __init__(self, key_path: str, chain_path: str, require_client_certificate: bool = True) -> None:
         self.chain = load_gid_chain_file(chain_path)
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -32,7 +36,8 @@ class ServerTls(ContextFactory):
         for parent in self.chain[1:]:
             context.add_extra_chain_cert(parent.certificate)
         context.check_privatekey()
-        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _accept_any_chain)
+        mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if require_client_certificate else 0)
+        context.set_verify(mode, _accept_any_chain)
         # Session ids need a context id when client certificates are requested.
         context.set_session_id(b"sfa-omf")
         self._context = context

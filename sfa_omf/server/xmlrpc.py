@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import logging
 import xmlrpc.client
-from datetime import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from xml.parsers.expat import ExpatError
 
@@ -38,6 +38,7 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 FAULT_TOOBIG = 6
 FAULT_BADARGS = 1
 FAULT_SERVERERROR = 5
+FAULT_FORBIDDEN = 3
 #: How deep XML-RPC values may nest (arrays in structs in arrays...). The AM API needs 4; 32 leaves room.
 MAX_DEPTH = 32
 #: A header line, or all the headers of a request, may be this long (Twisted's own limit for the header block).
@@ -66,16 +67,15 @@ class _BoundedUnmarshaller(xmlrpc.client.Unmarshaller):
     """The standard unmarshaller, refusing values nested deeper than MAX_DEPTH as soon as it meets them, an <array>
     without its <data>, and a dateTime that is no time (the stdlib accepts both silently)."""
 
-    dispatch = {**xmlrpc.client.Unmarshaller.dispatch, "dateTime.iso8601": _checked_datetime}
+    dispatch = {**xmlrpc.client.Unmarshaller.dispatch, "dateTime.iso8601": _checked_datetime}  # noqa: RUF012
 
     def __init__(self, use_builtin_types: bool = False) -> None:
         super().__init__(use_builtin_types=use_builtin_types)
         self._arrays: list[bool] = []  # for each open <array>: has its <data> begun?
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
-        if tag in ("array", "struct"):
-            if len(self._marks) >= MAX_DEPTH:
-                raise TooDeep(f"values are nested deeper than {MAX_DEPTH} levels")
+        if tag in ("array", "struct") and len(self._marks) >= MAX_DEPTH:
+            raise TooDeep(f"values are nested deeper than {MAX_DEPTH} levels")
         if tag == "array":
             self._arrays.append(False)
         elif tag == "data" and self._arrays:
@@ -216,6 +216,13 @@ class XmlRpcResource(resource.Resource):
             peer=str(request.getClientAddress()),
             path=request.path.decode("latin-1"),
         )
+        if not context.caller_chain:  # possible when the listener also serves browsers (the web calendar)
+            return _fault(
+                request,
+                FAULT_FORBIDDEN,
+                "no client certificate: call with your GID and its key as the TLS client certificate "
+                "(sfi.py and omni do this)",
+            )
         deferred = deferToThreadPool(self.reactor, self.pool, self.handler, context, method, params)
         # addCallback then addErrback: a result that cannot be marshalled is an internal error too, never a hang.
         deferred.addCallback(
@@ -250,14 +257,14 @@ def _internal_error(request: server.Request, method: str, failure: Failure) -> N
 
 
 def make_site(
-    routes: dict[bytes, resource.Resource],
+    routes: Mapping[bytes, resource.Resource],
     default: XmlRpcResource,
     max_body_bytes: int,
     timeout_s: float,
     json_prefixes: tuple[bytes, ...] = (),
 ) -> server.Site:
     """A Site serving ``routes`` by their first path segment (``am2``; ``resources``, the OMF backend's REST
-    inventory); any other path (``/``, ``/RPC2``) goes to ``default``."""
+    inventory; ``calendar``, the web calendar); any other path (``/``, ``/RPC2``) goes to ``default``."""
 
     class Root(resource.Resource):
         def getChild(self, path: bytes, request: server.Request) -> resource.Resource:

@@ -1,0 +1,207 @@
+"""The notifications' outbox and subscriptions, in the calendar's database (so an event is recorded with the same
+durability as the calendar, and survives restarts and crashes).
+
+Exactly once: every message has a unique key (event key + channel + address); enqueuing a message already there does
+nothing, so noticing the same event again (after a restart, or in two processes) adds no second message. A message is
+marked sent as soon as its channel accepted it. The one window for a repeat is a crash between the channel accepting
+and that mark; the message then carries the same key again (Message-ID, X-SFA-OMF-Event) so receivers can drop it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.models import NotifyOutbox, NotifySubscription
+from sfa_omf.calendar.queries import from_s, to_s
+from sfa_omf.errors import GeniError, Reason
+from sfa_omf.times import utcnow
+
+CHANNELS = ("email", "webhook")
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message for one recipient."""
+
+    key: str
+    event: str
+    channel: str
+    address: str
+    payload: dict[str, Any]
+    attempts: int = 0
+    id: int = 0
+
+
+@dataclass(frozen=True)
+class OutboxCounts:
+    pending: int
+    sent: int
+    failed: int
+
+
+class Outbox:
+    """Messages waiting for delivery, and who wants which."""
+
+    def __init__(self, database: Database, clock: Callable[[], datetime] = utcnow) -> None:
+        self.database = database
+        self.clock = clock
+
+    # -- subscriptions --------------------------------------------------------------------------------------------
+    def subscribe(self, user_urn: str, channel: str, address: str) -> None:
+        """Opt a user in to a channel (replacing that channel's address)."""
+        if channel not in CHANNELS:
+            raise GeniError(Reason.BAD_ARGS, f"channel {channel!r}: use one of {', '.join(CHANNELS)}")
+        if "+user+" not in user_urn:
+            raise GeniError(Reason.BAD_ARGS, f"{user_urn!r} is not a user URN (urn:publicid:IDN+AUTHORITY+user+NAME)")
+        check_address(channel, address)
+        with self.database.write() as session:
+            session.execute(
+                delete(NotifySubscription).where(
+                    NotifySubscription.user_urn == user_urn, NotifySubscription.channel == channel
+                )
+            )
+            session.add(NotifySubscription(user_urn=user_urn, channel=channel, address=address))
+
+    def unsubscribe(self, user_urn: str, channel: str) -> bool:
+        """Opt a user out of a channel; False if they were not in."""
+        with self.database.write() as session:
+            result = session.execute(
+                delete(NotifySubscription).where(
+                    NotifySubscription.user_urn == user_urn, NotifySubscription.channel == channel
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def subscriptions(self, user_urns: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        """user -> [(channel, address)] of these users."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        if not user_urns:
+            return found
+        with self.database.read() as session:
+            rows = session.execute(
+                select(NotifySubscription.user_urn, NotifySubscription.channel, NotifySubscription.address).where(
+                    NotifySubscription.user_urn.in_(set(user_urns))
+                )
+            )
+            for user, channel, address in rows:
+                found.setdefault(user, []).append((channel, address))
+        return found
+
+    # -- the outbox -----------------------------------------------------------------------------------------------
+    def enqueue(self, messages: Sequence[Message]) -> int:
+        """Add the messages not already there, in one unit of work; how many were new. Should a racer add one of the
+        same keys meanwhile (the unique key refuses ours), they are added one by one instead."""
+        if not messages:
+            return 0
+        try:
+            with self.database.write() as session:
+                return self._insert_new(session, messages)
+        except IntegrityError:
+            added = 0
+            for message in messages:
+                try:
+                    with self.database.write() as session:
+                        added += self._insert_new(session, [message])
+                except IntegrityError:
+                    continue  # another process enqueued this key meanwhile: already there
+            return added
+
+    def _insert_new(self, session: Session, messages: Sequence[Message]) -> int:
+        now_s = to_s(self.clock())
+        wanted = {message.key: message for message in messages}
+        known: set[str] = set()
+        keys = list(wanted)
+        for first in range(0, len(keys), 500):  # bounded IN lists
+            known.update(
+                session.scalars(select(NotifyOutbox.key).where(NotifyOutbox.key.in_(keys[first : first + 500])))
+            )
+        new = [message for key, message in wanted.items() if key not in known]
+        session.add_all(
+            NotifyOutbox(
+                key=message.key,
+                event=message.event,
+                channel=message.channel,
+                address=message.address,
+                payload=message.payload,
+                state="pending",
+                attempts=0,
+                next_attempt_s=now_s,
+                created_s=now_s,
+                last_error="",
+            )
+            for message in new
+        )
+        session.flush()
+        return len(new)
+
+    def due(self, limit: int = 100) -> list[Message]:
+        """Pending messages whose next attempt is due, oldest first."""
+        now_s = to_s(self.clock())
+        with self.database.read() as session:
+            rows = session.execute(
+                select(
+                    NotifyOutbox.id,
+                    NotifyOutbox.key,
+                    NotifyOutbox.event,
+                    NotifyOutbox.channel,
+                    NotifyOutbox.address,
+                    NotifyOutbox.payload,
+                    NotifyOutbox.attempts,
+                )
+                .where(NotifyOutbox.state == "pending", NotifyOutbox.next_attempt_s <= now_s)
+                .order_by(NotifyOutbox.id)
+                .limit(limit)
+            )
+            return [
+                Message(key, event, channel, address, payload, attempts, row_id)
+                for row_id, key, event, channel, address, payload, attempts in rows
+            ]
+
+    def mark_sent(self, message_id: int) -> None:
+        with self.database.write() as session:
+            row = session.get(NotifyOutbox, message_id)
+            if row is not None:
+                row.state = "sent"
+                row.attempts += 1
+                row.sent_s = to_s(self.clock())
+                row.last_error = ""
+
+    def mark_failed(self, message_id: int, error: str, retry_in_s: int | None) -> None:
+        """A delivery failed: try again in retry_in_s, or give up (None)."""
+        with self.database.write() as session:
+            row = session.get(NotifyOutbox, message_id)
+            if row is not None:
+                row.attempts += 1
+                row.last_error = error[:2000]
+                if retry_in_s is None:
+                    row.state = "failed"
+                else:
+                    row.next_attempt_s = to_s(self.clock()) + retry_in_s
+
+    def counts(self) -> OutboxCounts:
+        with self.database.read() as session:
+            states = list(session.scalars(select(NotifyOutbox.state)))
+        return OutboxCounts(states.count("pending"), states.count("sent"), states.count("failed"))
+
+    def next_attempt(self, message_id: int) -> datetime | None:
+        with self.database.read() as session:
+            row = session.get(NotifyOutbox, message_id)
+            return None if row is None or row.state != "pending" else from_s(row.next_attempt_s)
+
+
+def check_address(channel: str, address: str) -> None:
+    """An e-mail address or an http(s) URL, as the channel needs; GeniError saying what is wrong otherwise."""
+    if channel == "email":
+        local, _, domain = address.partition("@")
+        if not local or "." not in domain.strip(".") or any(c.isspace() for c in address) or len(address) > 254:
+            raise GeniError(Reason.BAD_ARGS, f"{address!r} is not an e-mail address (name@example.org)")
+    elif not (address.startswith("http://") or address.startswith("https://")) or any(c.isspace() for c in address):
+        raise GeniError(Reason.BAD_ARGS, f"{address!r} is not a webhook URL (http:// or https://)")

@@ -1,0 +1,144 @@
+"""The calendar as a timeline for people: every booking of every node in a window, in column queries into plain rows
+(the web calendar and the iCal feeds read thousands of rows; no ORM objects are built for them).
+
+Cancelled, expired and ended leases are included on request: a feed must say that a lease it published is gone.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.models import Lease, Node, Pool, Slice, SliceUser, Sliver
+from sfa_omf.calendar.queries import from_s, to_s
+
+ACTIVE_STATES = ("allocated", "provisioned", "external")
+
+
+@dataclass(frozen=True)
+class BookingRow:
+    """One node of one lease: who booked it, when, and in which state."""
+
+    lease_id: str
+    slice_urn: str
+    owner_urn: str
+    node: str  # component id
+    start: datetime
+    end: datetime
+    state: str  # the lease's: allocated, provisioned, cancelled, expired, ended, external (held outside sfa-omf)
+    operational_state: str  # the sliver's (geni_ready, geni_failed, ...)
+    client_id: str  # the lease's label (for an external hold: the source's key, e.g. oar:12)
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    component_id: str
+    component_name: str
+    pool: str
+    federated: bool
+    hardware_type: str
+    state: str  # usable or maintenance
+    grain_s: int
+
+
+class Timeline:
+    """Reads of the calendar for the web pages and feeds."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def nodes(self) -> list[NodeRow]:
+        """Every node, ordered by pool then component id."""
+        with self.database.read() as session:
+            rows = session.execute(
+                select(
+                    Node.component_id,
+                    Node.component_name,
+                    Pool.name,
+                    Pool.federated,
+                    Node.hardware_type,
+                    Node.state,
+                    Node.grain_s,
+                )
+                .join(Pool)
+                .order_by(Pool.name, Node.component_id)
+            )
+            return [NodeRow(*row) for row in rows]
+
+    def bookings(
+        self,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        node: str | None = None,
+        slice_urns: Iterable[str] | None = None,
+        lease_ids: Iterable[str] | None = None,
+        include_inactive: bool = False,
+    ) -> list[BookingRow]:
+        """Bookings overlapping [start, end) (either bound may be open), by node, slice or lease, oldest first."""
+        query = (
+            select(
+                Lease.id,
+                Slice.urn,
+                Lease.owner_urn,
+                Node.component_id,
+                Lease.start_s,
+                Lease.end_s,
+                Lease.state,
+                Sliver.operational_state,
+                Lease.client_id,
+            )
+            .select_from(Sliver)
+            .join(Lease, Sliver.lease_id == Lease.id)
+            .join(Slice, Lease.slice_id == Slice.id)
+            .join(Node, Sliver.node_id == Node.id)
+            .order_by(Lease.start_s, Lease.id, Node.component_id)
+        )
+        if not include_inactive:
+            query = query.where(Lease.state.in_(ACTIVE_STATES))
+        if start is not None:
+            query = query.where(Lease.end_s > to_s(start))
+        if end is not None:
+            query = query.where(Lease.start_s < to_s(end))
+        if node is not None:
+            query = query.where(Node.component_id == node)
+        if slice_urns is not None:
+            query = query.where(Slice.urn.in_(set(slice_urns)))
+        if lease_ids is not None:
+            query = query.where(Lease.id.in_(set(lease_ids)))
+        with self.database.read() as session:
+            return [
+                BookingRow(lease, slice_urn, owner, component, from_s(a), from_s(b), state, operational, client)
+                for lease, slice_urn, owner, component, a, b, state, operational, client in session.execute(query)
+            ]
+
+    def slices_of_user(self, user_urn: str) -> set[str]:
+        """The slices a user belongs to here: those they booked in, and those that list them as a user."""
+        with self.database.read() as session:
+            rows = session.scalars(
+                select(Slice.urn)
+                .outerjoin(SliceUser, SliceUser.slice_id == Slice.id)
+                .outerjoin(Lease, Lease.slice_id == Slice.id)
+                .where(or_(SliceUser.user_urn == user_urn, Lease.owner_urn == user_urn))
+                .distinct()
+            )
+            return set(rows)
+
+    def users_of_slices(self, slice_urns: Iterable[str]) -> dict[str, list[str]]:
+        """The users each slice lists, sorted."""
+        wanted = set(slice_urns)
+        users: dict[str, list[str]] = defaultdict(list)
+        if not wanted:
+            return users
+        with self.database.read() as session:
+            for slice_urn, user_urn in session.execute(
+                select(Slice.urn, SliceUser.user_urn).join(SliceUser).where(Slice.urn.in_(wanted))
+            ):
+                users[slice_urn].append(user_urn)
+        for names in users.values():
+            names.sort()
+        return users

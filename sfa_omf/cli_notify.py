@@ -1,0 +1,105 @@
+"""Operator commands of notifications: ``sfa-omf notify test|subscribe|unsubscribe|status``."""
+
+from __future__ import annotations
+
+import argparse
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.outbox import CHANNELS, Outbox, check_address
+from sfa_omf.cli_common import command_settings
+from sfa_omf.config import CONFIG_FILE_NAME
+from sfa_omf.errors import BadArgs
+from sfa_omf.notify.channels import DeliveryError
+from sfa_omf.notify.notifier import Notifier, test_message
+from sfa_omf.registry.records import Records
+from sfa_omf.trust.gid import load_gid_chain
+from sfa_omf.xrn import urn_to_hrn
+
+
+def add_notify_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Adds the ``notify`` command group."""
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
+    group = commands.add_parser("notify", help="notifications by e-mail and webhooks").add_subparsers(
+        title="notify commands"
+    )
+    test = group.add_parser("test", parents=[config_option], help="send a test message to an address or URL now")
+    test.add_argument("address", help="an e-mail address or a webhook URL")
+    test.set_defaults(handler=_test)
+    subscribe = group.add_parser("subscribe", parents=[config_option], help="opt a user in to a channel")
+    subscribe.add_argument("user_urn")
+    subscribe.add_argument("channel", choices=CHANNELS)
+    subscribe.add_argument(
+        "address", nargs="?", help="the e-mail address or webhook URL (e-mail: default the registry record's)"
+    )
+    subscribe.set_defaults(handler=_subscribe)
+    unsubscribe = group.add_parser("unsubscribe", parents=[config_option], help="opt a user out of a channel")
+    unsubscribe.add_argument("user_urn")
+    unsubscribe.add_argument("channel", choices=CHANNELS)
+    unsubscribe.set_defaults(handler=_unsubscribe)
+    status = group.add_parser("status", parents=[config_option], help="messages pending, sent and given up")
+    status.set_defaults(handler=_status)
+
+
+def _test(args: argparse.Namespace) -> int:
+    from sfa_omf.server.app import notify_settings_of  # the configuration -> NotifySettings, in one place
+
+    settings = command_settings(args)
+    message = test_message(args.address)
+    check_address(message.channel, args.address)
+    database = Database(settings.calendar_url)
+    try:
+        Notifier(database, notify_settings_of(settings)).send(message)
+    except DeliveryError as exc:
+        print(f"not delivered: {exc}")
+        return 1
+    finally:
+        database.dispose()
+    print(f"sent a test message to {args.address} ({message.channel})")
+    return 0
+
+
+def _subscribe(args: argparse.Namespace) -> int:
+    database = Database(command_settings(args).calendar_url)
+    try:
+        address = args.address or _registered_email(database, args.user_urn, args.channel)
+        Outbox(database).subscribe(args.user_urn, args.channel, address)
+    finally:
+        database.dispose()
+    print(f"{args.user_urn} gets {args.channel} notifications at {address}")
+    return 0
+
+
+def _registered_email(database: Database, user_urn: str, channel: str) -> str:
+    """The e-mail address the local registry has for the user: its record's, else its GID's."""
+    if channel != "email":
+        raise BadArgs("a webhook needs its URL: sfa-omf notify subscribe USER_URN webhook https://...")
+    hrn, _ = urn_to_hrn(user_urn)  # BadArgs naming what is wrong with a malformed URN
+    record = Records(database).get(hrn)
+    if record is not None and record.email:
+        return record.email
+    if record is not None and record.gid:
+        email = load_gid_chain(record.gid)[0].email
+        if email:
+            return email
+    raise BadArgs(f"the registry has no e-mail address for {user_urn}: give it (... email NAME@DOMAIN)")
+
+
+def _unsubscribe(args: argparse.Namespace) -> int:
+    database = Database(command_settings(args).calendar_url)
+    try:
+        removed = Outbox(database).unsubscribe(args.user_urn, args.channel)
+    finally:
+        database.dispose()
+    print(f"{args.user_urn}: no more {args.channel} notifications" if removed else "was not subscribed")
+    return 0 if removed else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    database = Database(command_settings(args).calendar_url)
+    try:
+        counts = Outbox(database).counts()
+    finally:
+        database.dispose()
+    print(f"pending {counts.pending}  sent {counts.sent}  failed {counts.failed}")
+    return 0

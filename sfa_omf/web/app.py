@@ -1,0 +1,303 @@
+"""The web calendar's requests and answers, without I/O: server/web.py feeds it what Twisted received.
+
+Routes under /calendar:
+    /calendar/                         the Gantt view (?view=day|week&start=YYYY-MM-DD&pool=P&hw=T)
+    /calendar/node/<name or URN>       a node: properties, next free windows (as advertised), bookings
+    /calendar/node/<name or URN>.ics   the node's iCal feed
+    /calendar/slice/<name or URN>.ics  the slice's iCal feed (its members and operators only)
+    /calendar/feed/<token>.ics         a user's private feed (the token comes from ``sfa-omf calendar feed-url``)
+    /calendar/static/<file>            the page's own script and style (no CDN)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+from urllib.parse import quote
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from sfa_omf.calendar.availability import Availability
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.feeds import FeedTokens, LeaseRevisions
+from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.timeline import BookingRow, NodeRow, Timeline
+from sfa_omf.errors import GeniError
+from sfa_omf.times import utcnow
+from sfa_omf.trust.gid import GidChain
+from sfa_omf.trust.verifier import CredentialVerifier
+from sfa_omf.web import gantt
+from sfa_omf.web.ical import EventCache, fingerprint, group_leases, render_feed, short_name
+from sfa_omf.web.viewer import Viewer, identify
+
+log = logging.getLogger("sfa_omf.web")
+
+#: Feeds show leases that ended at most this long ago (older ones are history, not schedule).
+FEED_PAST = timedelta(days=30)
+ICS = "text/calendar; charset=utf-8"
+HTML = "text/html; charset=utf-8"
+STATIC_TYPES = {"calendar.js": "text/javascript; charset=utf-8", "calendar.css": "text/css; charset=utf-8"}
+
+
+@dataclass(frozen=True)
+class WebRequest:
+    """What the server received: the path below /calendar, the query (first value of each name), the TLS chain."""
+
+    path: str
+    query: Mapping[str, str] = field(default_factory=dict)
+    caller_chain: GidChain = ()
+
+
+@dataclass(frozen=True)
+class WebResponse:
+    status: int
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    host: str  # the aggregate's host name: iCal UIDs end with it
+    admins: frozenset[str] = frozenset()
+    horizon: timedelta = timedelta(days=14)  # as advertised in ListResources
+    free_windows: int = 10
+    base_path: str = "/calendar"
+
+
+class NotFound(Exception):
+    """A page or feed that does not exist (404)."""
+
+
+class BadRequest(Exception):
+    """A query the page cannot use (400); the message says what would work."""
+
+
+class Forbidden(Exception):
+    """A feed this viewer may not read (403); the message says how to get one."""
+
+
+class WebCalendar:
+    """Answers the web calendar's requests from the calendar database."""
+
+    def __init__(
+        self,
+        database: Database,
+        verifier: CredentialVerifier,
+        settings: WebSettings,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.timeline = Timeline(database)
+        self.inventory = Inventory(database)
+        self.availability = Availability(database)
+        self.revisions = LeaseRevisions(database, clock)
+        self.tokens = FeedTokens(database, clock)
+        self.verifier = verifier
+        self.settings = settings
+        self.event_texts = EventCache()
+        self.clock = clock
+        self.templates = Environment(
+            loader=PackageLoader("sfa_omf.web"), autoescape=select_autoescape(["html"]), trim_blocks=True
+        )
+
+    # -- dispatch -------------------------------------------------------------------------------------------------
+    def handle(self, request: WebRequest) -> WebResponse:
+        """The answer to one request; errors are pages that say what went wrong and what to do."""
+        try:
+            return self._route(request)
+        except NotFound as exc:
+            return self._error(404, "Not found", str(exc))
+        except BadRequest as exc:
+            return self._error(400, "Bad request", str(exc))
+        except Forbidden as exc:
+            return self._error(403, "Forbidden", str(exc))
+        except GeniError as exc:
+            return self._error(400, "Bad request", exc.message)
+
+    def _route(self, request: WebRequest) -> WebResponse:
+        parts = [part for part in request.path.split("/") if part]
+        if not parts:
+            return self.gantt_page(request)
+        if parts[0] == "static" and len(parts) == 2 and parts[1] in STATIC_TYPES:
+            body = resources.files("sfa_omf.web").joinpath("static", parts[1]).read_bytes()
+            return WebResponse(200, STATIC_TYPES[parts[1]], body)
+        if len(parts) == 2 and parts[0] == "node":
+            if parts[1].endswith(".ics"):
+                return self.node_feed(request, parts[1].removesuffix(".ics"))
+            return self.node_page(request, parts[1])
+        if len(parts) == 2 and parts[0] == "slice" and parts[1].endswith(".ics"):
+            return self.slice_feed(request, parts[1].removesuffix(".ics"))
+        if len(parts) == 2 and parts[0] == "feed" and parts[1].endswith(".ics"):
+            return self.user_feed(parts[1].removesuffix(".ics"))
+        base = self.settings.base_path
+        raise NotFound(f"nothing at {base}{request.path}; the calendar is at {base}/")
+
+    def viewer(self, request: WebRequest) -> Viewer:
+        """Who is looking (see viewer.py)."""
+        return identify(
+            request.caller_chain, self.verifier, self.settings.admins, self.timeline.slices_of_user, self.clock()
+        )
+
+    # -- pages ----------------------------------------------------------------------------------------------------
+    def gantt_page(self, request: WebRequest) -> WebResponse:
+        """Nodes (grouped by pool, filtered by pool and hardware type) x a day or a week; bookings as bars."""
+        viewer = self.viewer(request)
+        now = self.clock()
+        view = request.query.get("view", "day")
+        if view not in gantt.VIEWS:
+            raise BadRequest(f"view={view!r}: use view=day or view=week")
+        start = _day(request.query.get("start"), now)
+        window = (start, start + gantt.VIEWS[view])
+        all_nodes = self._visible_nodes(viewer)
+        pool = request.query.get("pool", "")
+        hardware = request.query.get("hw", "")
+        pools = sorted({node.pool for node in all_nodes})
+        hardware_types = sorted({node.hardware_type for node in all_nodes if node.hardware_type})
+        if pool and pool not in pools:
+            raise BadRequest(f"pool={pool!r} is not a pool here; pools: {', '.join(pools) or 'none'}")
+        if hardware and hardware not in hardware_types:
+            known = ", ".join(hardware_types) or "none"
+            raise BadRequest(f"hw={hardware!r} is no node's hardware type; types: {known}")
+        nodes = [n for n in all_nodes if (not pool or n.pool == pool) and (not hardware or n.hardware_type == hardware)]
+        rows = self.timeline.bookings(window[0], window[1]) if nodes else []
+        users = self._users_for(viewer, rows)
+        now_left = gantt.place(now, now, *window)[0] if window[0] <= now < window[1] else None
+        step = gantt.VIEWS[view]
+        groups = gantt.layout(nodes, rows, viewer, window, users)
+        return self._page(
+            "gantt.html",
+            viewer=viewer,
+            view=view,
+            window=window,
+            groups=groups,
+            details={bar.lease_id: bar.details for group in groups for line in group.lines for bar in line.bars},
+            ticks=gantt.ticks(window, view),
+            now=now,
+            now_left=now_left,
+            pools=pools,
+            hardware_types=hardware_types,
+            pool=pool,
+            hardware=hardware,
+            previous=f"{start - step:%Y-%m-%d}",
+            following=f"{start + step:%Y-%m-%d}",
+            today=f"{now:%Y-%m-%d}",
+            node_count=len(nodes),
+        )
+
+    def node_page(self, request: WebRequest, key: str) -> WebResponse:
+        """A node: its properties, its next free windows (the advertisement's numbers) and its bookings."""
+        viewer = self.viewer(request)
+        node = self._find_node(key, viewer)
+        record = self.inventory.get_node(node.component_id)
+        now = self.clock()
+        windows = self.availability.free_windows(
+            now, now + self.settings.horizon, count=self.settings.free_windows, nodes=[node.component_id]
+        )[node.component_id]
+        rows = self.timeline.bookings(start=now, node=node.component_id)
+        users = self._users_for(viewer, rows)
+        bars = [gantt.bar_for(row, viewer, (now, now + self.settings.horizon), users) for row in rows]
+        return self._page("node.html", viewer=viewer, node=node, record=record, windows=windows, bars=bars, now=now)
+
+    # -- feeds ----------------------------------------------------------------------------------------------------
+    def node_feed(self, request: WebRequest, key: str) -> WebResponse:
+        """Every lease of a node; slice details only for the viewer's own slices (or an operator)."""
+        viewer = self.viewer(request)
+        node = self._find_node(key, viewer)
+        lease_ids = {row.lease_id for row in self._feed_rows(node=node.component_id)}
+        rows = self._feed_rows(lease_ids=lease_ids) if lease_ids else []
+        return self._feed(f"{node.component_name} ({self.settings.host})", rows, viewer.sees)
+
+    def slice_feed(self, request: WebRequest, key: str) -> WebResponse:
+        """Every lease of a slice, for its members and operators."""
+        viewer = self.viewer(request)
+        slice_urn = self._find_slice(key, viewer)
+        if not viewer.sees(slice_urn):
+            who = "without a certificate" if viewer.urn is None else f"as {viewer.urn}"
+            raise Forbidden(
+                f"the feed of {slice_urn} is for its members: you came {who}. Present your GENI user certificate, "
+                "or subscribe to your private feed (sfa-omf calendar feed-url YOUR_URN gives its address)"
+            )
+        rows = self._feed_rows(slices=[slice_urn])
+        return self._feed(f"{short_name(slice_urn)} ({self.settings.host})", rows, viewer.sees)
+
+    def user_feed(self, token: str) -> WebResponse:
+        """The leases of every slice of the token's user: a private feed a calendar client can subscribe to."""
+        user = self.tokens.user_of(token)
+        if user is None:
+            raise NotFound(
+                "no feed has this address (it may have been replaced); ask for a new one with "
+                "sfa-omf calendar feed-url YOUR_URN"
+            )
+        slices = self.timeline.slices_of_user(user)
+        rows = self._feed_rows(slices=slices) if slices else []
+        return self._feed(f"{short_name(user)} at {self.settings.host}", rows, lambda slice_urn: slice_urn in slices)
+
+    def _feed_rows(
+        self, node: str | None = None, slices: Collection[str] | None = None, lease_ids: Collection[str] | None = None
+    ) -> list[BookingRow]:
+        return self.timeline.bookings(
+            start=self.clock() - FEED_PAST, node=node, slice_urns=slices, lease_ids=lease_ids, include_inactive=True
+        )
+
+    def _feed(self, name: str, rows: Sequence[BookingRow], sees: Callable[[str], bool]) -> WebResponse:
+        events = group_leases(rows)
+        revisions = self.revisions.observe({event.lease_id: fingerprint(event) for event in events})
+        users = self.timeline.users_of_slices({event.slice_urn for event in events if sees(event.slice_urn)})
+        return WebResponse(
+            200, ICS, render_feed(name, events, revisions, sees, self.settings.host, users, self.event_texts)
+        )
+
+    # -- helpers --------------------------------------------------------------------------------------------------
+    def _users_for(self, viewer: Viewer, rows: Sequence[BookingRow]) -> dict[str, list[str]]:
+        return self.timeline.users_of_slices({row.slice_urn for row in rows if viewer.sees(row.slice_urn)})
+
+    def _visible_nodes(self, viewer: Viewer) -> list[NodeRow]:
+        """Every node for an operator; the federated pools' nodes (those the advertisement lists) for others."""
+        nodes = self.timeline.nodes()
+        return nodes if viewer.admin else [node for node in nodes if node.federated]
+
+    def _find_node(self, key: str, viewer: Viewer) -> NodeRow:
+        nodes = self._visible_nodes(viewer)
+        exact = [node for node in nodes if node.component_id == key]
+        named = exact or [node for node in nodes if node.component_name == key]
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise BadRequest(f"several nodes are named {key!r}; use the component id (URN) instead")
+        raise NotFound(f"no node {key!r} here; the calendar lists every node")
+
+    def _find_slice(self, key: str, viewer: Viewer) -> str:
+        if key.startswith("urn:publicid:IDN+"):
+            return key
+        mine = [urn for urn in viewer.slices if short_name(urn) == key]
+        if len(mine) == 1:
+            return mine[0]
+        raise Forbidden(
+            f"give the slice's URN (urn:publicid:IDN+AUTHORITY+slice+{key}) or present the certificate of one of its "
+            "users"
+        )
+
+    def _page(self, template: str, **values: Any) -> WebResponse:
+        values.setdefault("base", self.settings.base_path)
+        values["quote"] = lambda text: quote(text, safe="")
+        body = self.templates.get_template(template).render(**values)
+        return WebResponse(200, HTML, body.encode("utf-8"))
+
+    def _error(self, status: int, title: str, message: str) -> WebResponse:
+        body = self.templates.get_template("error.html").render(
+            base=self.settings.base_path, status=status, title=title, message=message
+        )
+        return WebResponse(status, HTML, body.encode("utf-8"))
+
+
+def _day(text: str | None, now: datetime) -> datetime:
+    """Midnight UTC of the day asked for (YYYY-MM-DD), or of today."""
+    if not text:
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    try:
+        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise BadRequest(f"start={text!r}: give a day as YYYY-MM-DD (UTC), e.g. start={now:%Y-%m-%d}") from exc

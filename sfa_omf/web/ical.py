@@ -1,0 +1,172 @@
+"""iCal (RFC 5545) feeds of leases with the icalendar library: one VEVENT per lease.
+
+- UID ``<lease id>@<aggregate host>``: the same in every feed and forever, so a client updates rather than adds.
+- SEQUENCE and DTSTAMP come from the calendar's published revisions (calendar/feeds.py): a renew or a delete raises
+  the SEQUENCE, so clients replace what they hold.
+- Cancelled and expired leases stay in the feed as STATUS:CANCELLED (a client removes the event only when told).
+- Times are UTC (``...Z``).
+- Privacy: the caller decides per slice (``sees``) whether the event names the slice, nodes' users and state, or only
+  says "booked".
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from icalendar import Calendar, Event
+
+from sfa_omf.calendar.feeds import Revision
+from sfa_omf.calendar.timeline import BookingRow
+
+PRODID = "-//sfa-omf//web calendar//EN"
+
+#: The lease states and the iCal STATUS each maps to.
+STATUS = {
+    "allocated": "TENTATIVE",
+    "provisioned": "CONFIRMED",
+    "ended": "CONFIRMED",
+    "external": "CONFIRMED",
+    "cancelled": "CANCELLED",
+    "expired": "CANCELLED",
+}
+
+
+@dataclass(frozen=True)
+class LeaseEvent:
+    """One lease as the feeds show it: its rows grouped."""
+
+    lease_id: str
+    slice_urn: str
+    owner_urn: str
+    state: str
+    client_id: str
+    nodes: tuple[str, ...]
+    start_row: BookingRow
+
+
+def group_leases(rows: Sequence[BookingRow]) -> list[LeaseEvent]:
+    """The rows of each lease together, in the rows' order."""
+    grouped: dict[str, list[BookingRow]] = {}
+    for row in rows:
+        grouped.setdefault(row.lease_id, []).append(row)
+    return [
+        LeaseEvent(
+            lease_id=lease_id,
+            slice_urn=items[0].slice_urn,
+            owner_urn=items[0].owner_urn,
+            state=items[0].state,
+            client_id=items[0].client_id,
+            nodes=tuple(sorted({row.node for row in items})),
+            start_row=items[0],
+        )
+        for lease_id, items in grouped.items()
+    ]
+
+
+def fingerprint(event: LeaseEvent) -> str:
+    """What a client must be told about when it changes: the window and the state (a lease's nodes never change)."""
+    row = event.start_row
+    text = f"{int(row.start.timestamp())}|{int(row.end.timestamp())}|{event.state}"
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def short_name(urn: str) -> str:
+    """The last part of a URN (a slice's or node's name)."""
+    return urn.rsplit("+", 1)[-1]
+
+
+class EventCache:
+    """The text of events already rendered, by everything that shapes it (lease, revision, visibility, users).
+
+    The icalendar library takes about a millisecond per event; a feed of thousands of leases that did not change
+    is mostly these. Bounded: when full, it is emptied (the next feeds render again). Thread-safe.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._texts: dict[tuple[object, ...], bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
+        """The cached text for key, made (and kept) if missing."""
+        with self._lock:
+            text = self._texts.get(key)
+        if text is None:
+            text = make()
+            with self._lock:
+                if len(self._texts) >= self.capacity:
+                    self._texts.clear()
+                self._texts[key] = text
+        return text
+
+
+def render_feed(
+    name: str,
+    events: Sequence[LeaseEvent],
+    revisions: dict[str, Revision],
+    sees: Callable[[str], bool],
+    host: str,
+    users: dict[str, list[str]] | None = None,
+    cache: EventCache | None = None,
+) -> bytes:
+    """The VCALENDAR text of these leases (each VEVENT from the cache when it has it)."""
+    calendar = Calendar()
+    calendar.add("prodid", PRODID)
+    calendar.add("version", "2.0")
+    calendar.add("calscale", "GREGORIAN")
+    calendar.add("method", "PUBLISH")
+    calendar.add("x-wr-calname", name)
+    calendar.add("x-wr-timezone", "UTC")
+    cache = cache or EventCache()
+    users = users or {}
+    texts = []
+    for event in events:
+        revision = revisions[event.lease_id]
+        visible = sees(event.slice_urn)
+        slice_users = tuple(users.get(event.slice_urn, ())) if visible else ()
+        row = event.start_row
+        key = (event.lease_id, revision, visible, slice_users, host, event.nodes, event.state, row.start, row.end)
+        texts.append(cache.get(key, functools.partial(_event_text, event, revision, visible, host, users)))
+    # The calendar's own lines, with the events spliced in before its END line.
+    head, end = bytes(calendar.to_ical()).rsplit(b"END:VCALENDAR", 1)
+    return head + b"".join(texts) + b"END:VCALENDAR" + end
+
+
+def _event_text(lease: LeaseEvent, revision: Revision, visible: bool, host: str, users: dict[str, list[str]]) -> bytes:
+    return bytes(_event(lease, revision, visible, host, users).to_ical())
+
+
+def _event(lease: LeaseEvent, revision: Revision, visible: bool, host: str, users: dict[str, list[str]]) -> Event:
+    row = lease.start_row
+    event = Event()
+    event.add("uid", f"{lease.lease_id}@{host}")
+    event.add("sequence", revision.sequence)
+    event.add("dtstamp", revision.stamp)
+    event.add("last-modified", revision.stamp)
+    event.add("dtstart", row.start)
+    event.add("dtend", row.end)
+    event.add("status", STATUS.get(lease.state, "CONFIRMED"))
+    event.add("transp", "OPAQUE")
+    node_names = ", ".join(short_name(node) for node in lease.nodes)
+    event.add("location", node_names)
+    if lease.state == "external":
+        event.add("summary", f"reserved in the testbed: {node_names}")
+        event.add("description", f"held outside sfa-omf ({lease.client_id})" if visible else "held outside sfa-omf")
+    elif visible:
+        event.add("summary", f"{short_name(lease.slice_urn)}: {node_names}")
+        lines = [
+            f"slice: {lease.slice_urn}",
+            f"state: {lease.state}",
+            f"nodes: {', '.join(lease.nodes)}",
+            f"booked by: {lease.owner_urn or 'unknown'}",
+        ]
+        if users.get(lease.slice_urn):
+            lines.append(f"users: {', '.join(users[lease.slice_urn])}")
+        event.add("description", "\n".join(lines))
+    else:
+        event.add("summary", f"booked: {node_names}")
+    return event

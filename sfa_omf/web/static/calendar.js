@@ -1,0 +1,53 @@
+// The calendar page's few behaviours: filters apply at once, a click or focus on a bar shows its details,
+// and the "now" line follows the clock. Plain JavaScript, no library.
+(function () {
+  "use strict";
+  var filters = document.getElementById("filters");
+  if (filters) {
+    filters.querySelectorAll("select, input").forEach(function (field) {
+      field.addEventListener("change", function () { filters.submit(); });
+    });
+  }
+  // One delegated listener for all bars (a week of 1 000 nodes has thousands); each lease's details are in one
+  // JSON block, not repeated on every bar of the lease.
+  var details = document.getElementById("details");
+  var known = document.getElementById("lease-details");
+  var leases = known ? JSON.parse(known.textContent) : {};
+  function show(bar) {
+    if (!details) { return; }
+    document.querySelectorAll(".bar.selected").forEach(function (b) { b.classList.remove("selected"); });
+    bar.classList.add("selected");
+    var list = details.querySelector("dl");
+    list.textContent = "";
+    (leases[bar.dataset.lease] || []).forEach(function (pair) {
+      var term = document.createElement("dt");
+      term.textContent = pair[0];
+      var value = document.createElement("dd");
+      value.textContent = pair[1];
+      list.appendChild(term);
+      list.appendChild(value);
+    });
+    details.hidden = false;
+  }
+  var chart = document.getElementById("gantt");
+  if (chart) {
+    ["click", "mouseover"].forEach(function (kind) {
+      chart.addEventListener(kind, function (event) {
+        var bar = event.target.closest ? event.target.closest(".bar") : null;
+        if (bar) { show(bar); }
+      });
+    });
+  }
+  var gantt = document.getElementById("gantt");
+  var line = document.getElementById("now-line");
+  function moveNow() {
+    if (!gantt || !line) { return; }
+    var start = Date.parse(gantt.dataset.windowStart);
+    var end = Date.parse(gantt.dataset.windowEnd);
+    var now = Date.now();
+    if (now < start || now >= end) { line.hidden = true; return; }
+    line.hidden = false;
+    line.style.left = ((now - start) / (end - start) * 100) + "%";
+  }
+  setInterval(moveNow, 30000);
+})();

@@ -1,0 +1,56 @@
+"""Who is looking: the user named by the browser's TLS client certificate (a GENI user GID, as sfi.py users have),
+an operator (a configured admin URN), or nobody (the public view).
+
+Privacy rule: a viewer sees the slice, users and state of a booking only for slices they belong to; an operator sees
+every booking; everyone else sees "booked" and the window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime
+
+from sfa_omf.errors import TrustError
+from sfa_omf.trust.gid import GidChain
+from sfa_omf.trust.verifier import CredentialVerifier
+
+
+@dataclass(frozen=True)
+class Viewer:
+    urn: str | None = None
+    admin: bool = False
+    slices: frozenset[str] = frozenset()
+    refused: str = ""  # why a certificate that was presented is not believed (shown on the page)
+
+    def sees(self, slice_urn: str) -> bool:
+        """May this viewer see who booked this slice's leases and how they are doing?"""
+        return self.admin or slice_urn in self.slices
+
+    @property
+    def label(self) -> str:
+        if self.urn is None:
+            return "anonymous (public view)"
+        return f"{self.urn} (operator)" if self.admin else self.urn
+
+
+ANONYMOUS = Viewer()
+
+
+def identify(
+    chain: GidChain,
+    verifier: CredentialVerifier,
+    admins: Collection[str],
+    slices_of_user: Callable[[str], set[str]],
+    now: datetime,
+) -> Viewer:
+    """The viewer a TLS client chain stands for; a chain we do not trust is the public view, with the reason."""
+    if not chain:
+        return ANONYMOUS
+    try:
+        leaf = verifier.verify_caller(chain, now)
+    except TrustError as exc:
+        return Viewer(refused=f"your certificate is not trusted here ({exc.message}); showing the public view")
+    if not leaf.urn or "+user+" not in leaf.urn:
+        return Viewer(refused="your certificate names no GENI user; showing the public view")
+    return Viewer(urn=leaf.urn, admin=leaf.urn in admins, slices=frozenset(slices_of_user(leaf.urn)))

@@ -1,0 +1,135 @@
+"""Real peers for the notification tests: an SMTP server (aiosmtpd) and an HTTP receiver of webhooks, both on
+127.0.0.1, and a calendar with one booked lease (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.message import Message as EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from sfa_omf.calendar.booking import Bookings
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.policy import Policy
+from sfa_omf.calendar.records import BookingRequest, NodeSpec
+from tests.calendar.conftest import NOW, fresh_database, node_urn
+
+ALICE = "urn:publicid:IDN+testbed+user+alice"
+SLICE = "urn:publicid:IDN+testbed+slice+demo"
+SECRET = "s3cret-shared-with-the-receiver"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Mailbox:
+    """What a real SMTP server received."""
+
+    messages: list[EmailMessage] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+    def events(self) -> list[str]:
+        return [str(message["X-SFA-OMF-Event"]) for message in self.messages]
+
+
+class SmtpServer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.mailbox = Mailbox()
+        self.controller = Controller(self.mailbox, hostname="127.0.0.1", port=port)
+
+    def start(self) -> SmtpServer:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer(free_port()).start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server taking webhooks: (headers, body) of each POST; answers ``status``."""
+
+    url: str = ""
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    status: int = 200
+
+    def events(self) -> list[str]:
+        return [headers["x-sfa-omf-event"] for headers, _ in self.received]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if state.status == 200:
+                state.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(state.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class Booked:
+    database: Database
+    bookings: Bookings
+    lease_id: str
+    clock: list[datetime]
+
+    def at(self, hours: float) -> datetime:
+        return NOW + timedelta(hours=hours)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def booked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Booked]:
+    database = fresh_database(request.param, tmp_path)
+    clock = [NOW]
+    Inventory(database, Policy()).add_node(NodeSpec(node_urn("n1"), "n1"))
+    bookings = Bookings(database, Policy(), "testbed", clock=lambda: clock[0])
+    lease = bookings.book(
+        SLICE,
+        NOW + timedelta(days=5),
+        [BookingRequest(node_urn("n1"), NOW + timedelta(hours=2), NOW + timedelta(hours=4))],
+        owner_urn=ALICE,
+    ).leases[0]
+    yield Booked(database, bookings, lease.id, clock)
+    database.dispose()
