@@ -12,7 +12,7 @@ A backend asks ``plan_lease`` with its own knowledge of what each node runs when
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sfa_omf.calendar.records import LeaseRecord
@@ -53,3 +53,19 @@ def plan_lease(mode: str, lease: LeaseRecord, running_before: Callable[[str], st
         decide(mode, sliver.node, sliver.disk_image, running_before(sliver.node) if sliver.disk_image else "")
         for sliver in lease.slivers
     )
+
+
+def image_left_by_previous_lease(
+    leases_before: Callable[[str], Sequence[LeaseRecord]], node: str, lease: LeaseRecord
+) -> str:
+    """The image the node's previous provisioned (or ended) lease installed: what it runs when ``lease`` starts.
+    ``leases_before(node)`` gives the node's leases of any state that start before ``lease`` ends."""
+    earlier = [
+        other
+        for other in leases_before(node)
+        if other.id != lease.id and other.start < lease.start and other.state in ("provisioned", "ended")
+    ]
+    if not earlier:
+        return ""
+    previous = max(earlier, key=lambda other: other.start)
+    return next((sliver.disk_image for sliver in previous.slivers if sliver.node == node), "")

@@ -24,6 +24,7 @@ from sfa_omf.am.api_v3 import ApiV3
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
+from sfa_omf.images.store import ImageStore, store_directory
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.api import RegistryApi
 from sfa_omf.registry.authority import LocalAuthority
@@ -74,6 +75,7 @@ def build_aggregate(settings: Settings) -> Aggregate:
         backend=load_backend(settings.aggregate_type, settings, database),
         accounts=Accounts(database, settings.account_policy, settings.shared_login),
         unix_accounts=UnixAccounts() if settings.create_accounts else None,
+        images=ImageStore(database, store_directory(settings.data_dir)),
         identity=(
             load_private_key_file(os.path.join(settings.data_dir, "aggregate", "am.pkey")),
             load_gid_chain_file(os.path.join(settings.data_dir, "aggregate", "am.gid")),

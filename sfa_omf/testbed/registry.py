@@ -15,6 +15,7 @@ from typing import Any
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.images.provisioning import ONDEMAND
 from sfa_omf.testbed.base import TestbedBackend
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 
@@ -25,7 +26,8 @@ def load_backend(name: str, settings: Any, database: Database | None = None) -> 
     """The backend called ``name``; UNSUPPORTED naming the known ones when there is none. The built-in OAR backend
     keeps its job table in the calendar's ``database``."""
     if name == "omf":
-        return EmbeddedTestbed()
+        # The provisioning mode decides which nodes a lease's image is installed on (sfa_omf/images/provisioning.py).
+        return EmbeddedTestbed(database, getattr(settings, "provisioning_mode", ONDEMAND))
     if name == "oar":
         from sfa_omf.testbed.oar.backend import make_oar_backend  # only an OAR site pays for importing it
 
