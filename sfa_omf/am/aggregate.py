@@ -657,6 +657,8 @@ class Aggregate:
                         component_manager_id=self.settings.urn,
                         component_name=node.component_name if node else None,
                         exclusive=node.exclusive if node else True,
+                        # The manifest shows the image under the one sliver type advertised (GENI puts it there).
+                        sliver_type="raw-pc" if sliver.disk_image else None,
                         disk_image=sliver.disk_image or None,
                         lease_ids=(lease.id,),
                         hostname=node.component_name if node else None,
