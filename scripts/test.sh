@@ -3,7 +3,8 @@
 # Debian packages: xmlsec1 and openssl are the independent verifiers the tests compare against; PostgreSQL runs the
 # calendar tests a second time on a real server (scripts/postgres.sh starts it on 127.0.0.1); trang (RELAX NG
 # compact -> XML) checks that the committed schemas/*.rng are generated from schemas/*.rnc; openssh-server lets a test
-# log in, over real SSH, under the account a federation user is mapped to.
+# log in, over real SSH, under the account a federation user is mapped to; LXC (scripts/lxc.sh, with a bridge of the
+# project's own) runs the containers of tests/images/test_lxc.py.
 # Usage: bash scripts/test.sh [pytest arguments]
 source "$(dirname "$0")/lib.sh"
 apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client
@@ -12,6 +13,10 @@ cd "$REPO"
 echo "== PostgreSQL"
 SFA_OMF_TEST_POSTGRES_URL="$(bash "$REPO/scripts/postgres.sh" sfaomf_test | tail -n 1)"
 export SFA_OMF_TEST_POSTGRES_URL
+echo "== LXC (the project's own bridge, removed when the tests end)"
+SFA_OMF_TEST_LXC_BRIDGE="$(bash "$REPO/scripts/lxc.sh" up | tail -n 1)"
+export SFA_OMF_TEST_LXC_BRIDGE
+trap 'bash "$REPO/scripts/lxc.sh" down "$SFA_OMF_TEST_LXC_BRIDGE"' EXIT
 echo "== OAR"
 SFA_OMF_TEST_OAR_URL="$(bash "$REPO/scripts/oar.sh" up | tail -n 1)"
 export SFA_OMF_TEST_OAR_URL

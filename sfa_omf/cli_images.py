@@ -1,4 +1,5 @@
-"""Operator commands for the image repository: ``sfa-omf image add|remove|list|show``.
+"""Operator commands for the image repository, ``sfa-omf image add|remove|list|show``, and for the containers of
+leases on this host, ``sfa-omf instance list``.
 
 add and remove change the store: only members of ``[sfa_omf] image_group`` may (checked on the Unix user running the
 command, before anything is read or written). list and show are open to everybody who can read the configuration.
@@ -14,6 +15,7 @@ from typing import Any
 from sfa_omf.calendar.database import Database
 from sfa_omf.cli_common import command_settings
 from sfa_omf.config import CONFIG_FILE_NAME, Settings
+from sfa_omf.images.lxc import LxcHost
 from sfa_omf.images.operators import check_image_operator
 from sfa_omf.images.records import ImageRecord
 from sfa_omf.images.store import ImageStore, store_directory
@@ -53,6 +55,14 @@ def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     show.add_argument("label")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_image_show)
+
+    instance = commands.add_parser("instance", help="containers inside bookings").add_subparsers(
+        title="instance commands"
+    )
+    instances = instance.add_parser("list", help="the containers of leases on this host: lease, state, address")
+    instances.add_argument("--lxc-path", default="/var/lib/lxc", help="LXC's container directory (default %(default)s)")
+    instances.add_argument("--json", action="store_true")
+    instances.set_defaults(handler=_instance_list)
 
 
 def _store(settings: Settings) -> ImageStore:
@@ -144,3 +154,16 @@ def _as_json(record: ImageRecord) -> dict[str, Any]:
     answer["hardware_types"] = list(record.hardware_types)
     answer["added"] = format_time(record.added)
     return answer
+
+
+def _instance_list(args: argparse.Namespace) -> int:
+    records = LxcHost("", lxc_path=args.lxc_path).instances()  # listing needs no bridge
+    if args.json:
+        print(json.dumps([asdict(record) for record in records], indent=1))
+        return 0
+    rows = [(record.name, record.lease_id or "-", record.state or "?", record.address or "-") for record in records]
+    header = ("NAME", "LEASE", "STATE", "ADDRESS")
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0

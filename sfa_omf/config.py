@@ -54,6 +54,7 @@ OTHER_ENVIRONMENT = frozenset(
         "SFA_OMF_TEST_POSTGRES_URL",
         "SFA_OMF_BENCH_POSTGRES_URL",
         "SFA_OMF_TEST_OAR_URL",
+        "SFA_OMF_TEST_LXC_BRIDGE",
     }
 )
 
