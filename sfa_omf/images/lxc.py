@@ -10,6 +10,7 @@ Every failure is a GeniError (TESTBED) with LXC's own words, and a container tha
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from sfa_omf.errors import GeniError, Reason
 
+log = logging.getLogger("sfa_omf.lxc")
 DEFAULT_PREFIX = "sfaomf-"
 DROPBEAR = "/usr/sbin/dropbear"
 VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -76,7 +78,10 @@ class LxcHost:
                     f"{ssh_timeout_s:g} s",
                 )
         except BaseException:
-            self.destroy(spec.name)
+            try:
+                self.destroy(spec.name)
+            except GeniError as cleanup:  # the launch's own error is the one to report
+                log.warning("container %s could not be destroyed after a failed launch: %s", spec.name, cleanup)
             raise
         return InstanceRecord(spec.name, "RUNNING", spec.address, self._lease_of(spec.name))
 
