@@ -16,6 +16,7 @@ from typing import Any
 from sfa_omf.calendar.database import Database
 from sfa_omf.cli_calendar import add_calendar_commands
 from sfa_omf.cli_config import add_config_commands
+from sfa_omf.cli_images import add_image_commands
 from sfa_omf.cli_notify import add_notify_commands
 from sfa_omf.cli_registry import add_registry_commands
 from sfa_omf.cli_rspec import add_rspec_commands
@@ -107,6 +108,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_web_commands(commands)
     add_notify_commands(commands)
     add_config_commands(commands)
+    add_image_commands(commands)
     return parser
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from sfa_omf.errors import BadArgs
+from sfa_omf.images.provisioning import PROVISIONING_MODES
 from sfa_omf.registry.accounts import POLICIES as ACCOUNT_POLICIES
 from sfa_omf.registry.accounts import VALID_LOGIN
 from sfa_omf.xrn import split_hrn
@@ -57,6 +58,7 @@ OTHER_ENVIRONMENT = frozenset(
         "SFA_OMF_RABBITMQ_PORT",
         "SFA_OMF_TEST_CHROMIUM",
         "SFA_OMF_TEST_ARTIFACTS",
+        "SFA_OMF_TEST_LXC_BRIDGE",
     }
 )
 
@@ -120,6 +122,8 @@ class Settings:
     notify_from: str = "sfa-omf@localhost"
     notify_webhook_key: str = field(default="", repr=False)
     notify_lead_s: int = 900
+    image_group: str = "sfa-omf-images"  # Unix group whose members may change the image repository
+    provisioning_mode: str = "ondemand"  # perjob or ondemand (sfa_omf/images/provisioning.py)
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -219,6 +223,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("account_policy", "sfa_omf", "account_policy", "policy", "local accounts: per-user, per-slice or shared"),
     Option("shared_login", "sfa_omf", "shared_login", "login", "the one login of the shared account policy"),
     Option("create_accounts", "sfa_omf", "create_accounts", "flag", "create Unix accounts with the users' SSH keys"),
+    Option("image_group", "sfa_omf", "image_group", "text", "Unix group whose members may add and remove images"),
+    Option("provisioning_mode", "sfa_omf", "provisioning_mode", "text", "install images per lease: perjob or ondemand"),
     Option("oar_api_url", "sfa_oar", "api_url", "text", "OAR's REST API (the oar backend)"),
     Option("oar_timezone", "sfa_oar", "timezone", "text", "OAR server's time zone (IANA name); empty: this host's"),
     Option("oar_job_type", "sfa_oar", "job_type", "text", "OAR job type of reservations: noop or deploy"),
@@ -749,6 +755,15 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 "invalid",
                 str(sources["oar_job_type"]),
                 f"[sfa_oar] job_type {settings.oar_job_type!r}: one of {', '.join(OAR_JOB_TYPES)}",
+            )
+        )
+    if settings.provisioning_mode not in PROVISIONING_MODES:
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["provisioning_mode"]),
+                f"[sfa_omf] provisioning_mode {settings.provisioning_mode!r}: one of {', '.join(PROVISIONING_MODES)} "
+                "(perjob installs the image for every lease, ondemand only where the node runs another one)",
             )
         )
     return problems

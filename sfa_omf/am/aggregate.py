@@ -44,6 +44,9 @@ from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, SliverRecord
 from sfa_omf.calendar.slices import Slices
 from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.images.catalogue import check_requested_images, node_images
+from sfa_omf.images.records import ImageRecord
+from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.records import Records
 from sfa_omf.testbed.base import SliverHealth, TestbedBackend
@@ -95,6 +98,7 @@ class Aggregate:
         identity: tuple[rsa.RSAPrivateKey, GidChain] | None = None,
         accounts: Accounts | None = None,
         unix_accounts: UnixAccounts | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -110,6 +114,8 @@ class Aggregate:
         self.accounts = accounts or Accounts(database)
         self.unix_accounts = unix_accounts  # None: the operator manages Unix accounts (create_accounts = no)
         self.records = Records(database)  # the local registry's users: their registered SSH keys
+        # The image repository; the aggregate only reads its rows (labels, what runs where), never the files.
+        self.images = images or ImageStore(database, "")
 
     # -- authorization --------------------------------------------------------------------------------------------
     def authorize(
@@ -183,8 +189,9 @@ class Aggregate:
         )
         leases = self.bookings.leases(start=now)
         advertised = {node.component_id for node in nodes}
+        repository = self.images.images()  # once per call, whatever the number of nodes
         ad = Advertisement(
-            nodes=tuple(self._advertised(node) for node in nodes),
+            nodes=tuple(self._advertised(node, repository) for node in nodes),
             bookings=tuple(
                 Booking(
                     id=lease.id,
@@ -206,15 +213,15 @@ class Aggregate:
         document = write_advertisement(ad, lease_view(options.get("list_leases"))).decode("utf-8")
         return _maybe_compressed(document, options)
 
-    def _advertised(self, node: NodeRecord) -> AdvertisedNode:
+    def _advertised(self, node: NodeRecord, repository: Sequence[ImageRecord]) -> AdvertisedNode:
         images = tuple(
             DiskImage(
-                name=image.get("name", ""),
-                os=image.get("os") or None,
-                version=image.get("version") or None,
-                description=image.get("description") or None,
+                name=image.name,
+                os=image.os or None,
+                version=image.version or None,
+                description=image.description or None,
             )
-            for image in node.disk_images
+            for image in node_images(node, repository)
         )
         return AdvertisedNode(
             component_id=node.component_id,
@@ -278,6 +285,7 @@ class Aggregate:
                         from_now=lease.from_now,
                     )
                 )
+        self._check_images(wanted)  # before anything is written: an unknown image books nothing
         users_before = self._users_of(slice_urn)
         result = self.bookings.book(
             slice_urn,
@@ -288,6 +296,8 @@ class Aggregate:
             users=users,
         )
         try:
+            # Again once booked: an image removed meanwhile (its removal saw no lease yet) fails this call instead.
+            self._check_images(wanted)
             answer = self._describe_slice(slice_urn, None)
         except BaseException:
             # The call fails, so nothing it wrote may stay: the leases go, and the slice's users are as they were.
@@ -310,6 +320,15 @@ class Aggregate:
             for conflict in result.refused
         ]
         return answer
+
+    def _check_images(self, wanted: Sequence[BookingRequest]) -> None:
+        """Every disk image the request names runs on its node (the repository's or the node's own), else BADARGS
+        naming the images that node can run."""
+        asked = {(request.node, request.disk_image) for request in wanted if request.disk_image}
+        if not asked:
+            return
+        nodes = self.inventory.list_nodes(component_ids={node for node, _ in asked})
+        check_requested_images(sorted(asked), {node.component_id: node for node in nodes}, self.images.images())
 
     def _component_of(self, node: Any) -> str:
         if not node.component_id:
@@ -673,6 +692,8 @@ class Aggregate:
                         component_manager_id=self.settings.urn,
                         component_name=node.component_name if node else None,
                         exclusive=node.exclusive if node else True,
+                        # The manifest shows the image under the one sliver type advertised (GENI puts it there).
+                        sliver_type="raw-pc" if sliver.disk_image else None,
                         disk_image=sliver.disk_image or None,
                         lease_ids=(lease.id,),
                         hostname=node.component_name if node else None,

@@ -211,3 +211,22 @@ class NotifyOutbox(Base):
     created_s: Mapped[int] = mapped_column(BigInteger)
     sent_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class RepositoryImage(Base):
+    """A disk image of the image repository (sfa_omf/images): its file in the data directory's image store, what it
+    is, who added it when. Kept here so that removing an image and checking the leases that use it is one unit of
+    work of the calendar's database."""
+
+    __tablename__ = "repository_image"
+
+    label: Mapped[str] = mapped_column(String(100), primary_key=True)  # the name requests use (<disk_image name>)
+    file_name: Mapped[str] = mapped_column(String(100), unique=True)  # inside the image store directory
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    os: Mapped[str] = mapped_column(String(100), default="")
+    version: Mapped[str] = mapped_column(String(100), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    hardware_types: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: every node can run it
+    added_by: Mapped[str] = mapped_column(String(300))  # a Unix login (image add) or a user URN (a saved image)
+    added_s: Mapped[int] = mapped_column(BigInteger)

@@ -25,6 +25,7 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
+from sfa_omf.images.store import ImageStore, store_directory
 from sfa_omf.notify.notifier import Notifier, NotifySettings, notify_settings
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.api import RegistryApi
@@ -80,6 +81,7 @@ def build_aggregate(settings: Settings) -> Aggregate:
         backend=load_backend(settings.aggregate_type, settings, database),
         accounts=Accounts(database, settings.account_policy, settings.shared_login),
         unix_accounts=UnixAccounts() if settings.create_accounts else None,
+        images=ImageStore(database, store_directory(settings.data_dir)),
         identity=(
             load_private_key_file(os.path.join(settings.data_dir, "aggregate", "am.pkey")),
             load_gid_chain_file(os.path.join(settings.data_dir, "aggregate", "am.gid")),

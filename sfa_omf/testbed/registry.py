@@ -16,6 +16,7 @@ from typing import Any
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.images.provisioning import ONDEMAND
 from sfa_omf.testbed.base import TestbedBackend
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 
@@ -26,7 +27,8 @@ def load_backend(name: str, settings: Any, database: Database | None = None) -> 
     """The backend called ``name``; UNSUPPORTED naming the known ones when there is none. The built-in OAR backend
     keeps its job table in the calendar's ``database``."""
     if name == "embedded":
-        return EmbeddedTestbed()
+        # The provisioning mode decides which nodes a lease's image is installed on (sfa_omf/images/provisioning.py).
+        return EmbeddedTestbed(database, getattr(settings, "provisioning_mode", ONDEMAND))
     if name == "omf":
         from sfa_omf.testbed.omf.backend import make_omf_backend
 

@@ -35,6 +35,7 @@ from sfa_omf.calendar.external import ExternalHold, ExternalHolds, SyncReport
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, SliverRecord
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.images.provisioning import ONDEMAND, plan_lease
 from sfa_omf.testbed.base import BackgroundTask, SliverHealth
 from sfa_omf.testbed.oar.client import (
     ACTIVE_STATES,
@@ -97,6 +98,7 @@ class OarTestbed:
         reconcile_s: int = 300,
         horizon: timedelta = timedelta(days=14),
         clock: Callable[[], datetime] = utcnow,
+        provisioning_mode: str = ONDEMAND,
     ) -> None:
         self.client = client
         self.jobs = OarJobs(database)
@@ -105,6 +107,7 @@ class OarTestbed:
         self.external = ExternalHolds(database, authority_hrn)
         self.job_type = job_type
         self.deploy_command = deploy_command
+        self.provisioning_mode = provisioning_mode  # perjob or ondemand: which nodes a deploy job reinstalls
         self.cache_s = cache_s
         self.reconcile_s = reconcile_s
         self.horizon = horizon
@@ -383,9 +386,10 @@ class OarTestbed:
         )
 
     def _deploy_command(self, lease: LeaseRecord) -> str:
-        """For deploy jobs: ``COMMAND IMAGE NODE,...`` for the nodes that will not run the lease's disk image at its
-        start, that is whose previous lease on the calendar ran another one; "" when every node already runs it or
-        no image is asked for (the reservation then just holds the nodes)."""
+        """For deploy jobs: ``COMMAND IMAGE NODE,...`` for the nodes the provisioning mode says to reprovision:
+        perjob, all of them; ondemand, those that will not run the lease's disk image at its start, that is whose
+        previous lease on the calendar ran another one. "" when no node is to be reprovisioned or no image is asked
+        for (the reservation then just holds the nodes)."""
         if self.job_type != "deploy":
             return ""
         images = {sliver.disk_image for sliver in lease.slivers}
@@ -397,7 +401,8 @@ class OarTestbed:
         (image,) = images
         if not image:
             return ""
-        stale = [node for node in lease.nodes if self._image_before(node, lease) != image]
+        plan = plan_lease(self.provisioning_mode, lease, lambda node: self._image_before(node, lease))
+        stale = [step.node for step in plan if step.reprovision]
         if not stale:
             return ""
         addresses = {node.component_id: _address(node) for node in self.inventory.list_nodes(component_ids=set(stale))}
@@ -501,4 +506,5 @@ def make_oar_backend(settings: Any, database: Database) -> OarTestbed:
         cache_s=settings.oar_cache_s,
         reconcile_s=settings.oar_reconcile_s,
         horizon=timedelta(days=settings.horizon_days),
+        provisioning_mode=settings.provisioning_mode,
     )

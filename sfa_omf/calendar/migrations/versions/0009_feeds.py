@@ -1,7 +1,5 @@
 """The web calendar's iCal feeds: each lease's published revision (SEQUENCE) and the users' private feed tokens.
 
-Numbered 0009 (0007 and 0008 are taken by other branches); it follows 0006 until they land.
-
 Revision ID: 0009
 Revises: 0007
 """

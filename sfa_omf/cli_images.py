@@ -1,0 +1,169 @@
+"""Operator commands for the image repository, ``sfa-omf image add|remove|list|show``, and for the containers of
+leases on this host, ``sfa-omf instance list``.
+
+add and remove change the store: only members of ``[sfa_omf] image_group`` may (checked on the Unix user running the
+command, before anything is read or written). list and show are open to everybody who can read the configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from typing import Any
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.cli_common import command_settings
+from sfa_omf.config import CONFIG_FILE_NAME, Settings
+from sfa_omf.images.lxc import LxcHost
+from sfa_omf.images.operators import check_image_operator
+from sfa_omf.images.records import ImageRecord
+from sfa_omf.images.store import ImageStore, store_directory
+from sfa_omf.times import format_time, utcnow
+
+
+def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Adds ``image add|remove|list|show``."""
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
+    image = commands.add_parser("image", help="the disk image repository").add_subparsers(title="image commands")
+
+    add = image.add_parser("add", parents=[config_option], help="copy a disk image file into the repository")
+    add.add_argument("file", help="the image file")
+    add.add_argument("--label", required=True, help="the name requests use (<disk_image name=...>)")
+    add.add_argument("--os", default="", help="operating system, e.g. Debian")
+    add.add_argument("--os-version", default="", help="its version, e.g. 12")
+    add.add_argument("--description", default="")
+    add.add_argument(
+        "--hardware-type",
+        action="append",
+        default=[],
+        help="only nodes of this hardware type can run it (repeatable; default: every node)",
+    )
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(handler=_image_add)
+
+    remove = image.add_parser("remove", parents=[config_option], help="remove an image no current or future lease uses")
+    remove.add_argument("label")
+    remove.set_defaults(handler=_image_remove)
+
+    listing = image.add_parser("list", parents=[config_option], help="list the images")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_image_list)
+
+    show = image.add_parser("show", parents=[config_option], help="one image: file, checksum, size, who, when, leases")
+    show.add_argument("label")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_image_show)
+
+    instance = commands.add_parser("instance", help="containers inside bookings").add_subparsers(
+        title="instance commands"
+    )
+    instances = instance.add_parser("list", help="the containers of leases on this host: lease, state, address")
+    instances.add_argument("--lxc-path", default="/var/lib/lxc", help="LXC's container directory (default %(default)s)")
+    instances.add_argument("--json", action="store_true")
+    instances.set_defaults(handler=_instance_list)
+
+
+def _store(settings: Settings) -> ImageStore:
+    return ImageStore(Database(settings.calendar_url), store_directory(settings.data_dir))
+
+
+def _image_add(args: argparse.Namespace) -> int:
+    settings = command_settings(args)
+    login = check_image_operator(settings.image_group)  # first: a refused user reads and writes nothing
+    record = _store(settings).add(
+        args.file,
+        args.label,
+        added_by=login,
+        now=utcnow(),
+        os_name=args.os,
+        version=args.os_version,
+        description=args.description,
+        hardware_types=args.hardware_type,
+    )
+    if args.json:
+        print(json.dumps(_as_json(record), indent=1))
+    else:
+        print(f"added image {record.label}: {record.size} bytes, sha256 {record.sha256}, stored as {record.path}")
+    return 0
+
+
+def _image_remove(args: argparse.Namespace) -> int:
+    settings = command_settings(args)
+    check_image_operator(settings.image_group)
+    record = _store(settings).remove(args.label, utcnow())
+    print(f"removed image {record.label} ({record.size} bytes, sha256 {record.sha256})")
+    return 0
+
+
+def _image_list(args: argparse.Namespace) -> int:
+    images = _store(command_settings(args)).images()
+    if args.json:
+        print(json.dumps([_as_json(record) for record in images], indent=1))
+        return 0
+    rows = [
+        (
+            record.label,
+            " ".join(part for part in (record.os, record.version) if part),
+            str(record.size),
+            record.sha256[:16],
+            ",".join(record.hardware_types) or "any",
+            record.added_by,
+            format_time(record.added),
+        )
+        for record in images
+    ]
+    header = ("LABEL", "OS", "SIZE", "SHA256", "HARDWARE", "ADDED_BY", "ADDED")
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _image_show(args: argparse.Namespace) -> int:
+    store = _store(command_settings(args))
+    record = store.show(args.label)
+    uses = store.uses(args.label, utcnow())
+    answer = _as_json(record)
+    answer["leases"] = [
+        {
+            "lease_id": use.lease_id,
+            "slice_urn": use.slice_urn,
+            "state": use.state,
+            "start": format_time(use.start),
+            "end": format_time(use.end),
+            "nodes": list(use.nodes),
+        }
+        for use in uses
+    ]
+    if args.json:
+        print(json.dumps(answer, indent=1))
+        return 0
+    for key, value in answer.items():
+        if key != "leases":
+            print(f"{key + ':':16}{value}")
+    print(f"{'leases:':16}{len(uses) or 'none current or future'}")
+    for use in uses:
+        print(f"  {use.lease_id}  {use.state}  {format_time(use.start)}..{format_time(use.end)}  {use.slice_urn}")
+    return 0
+
+
+def _as_json(record: ImageRecord) -> dict[str, Any]:
+    answer = asdict(record)
+    answer["hardware_types"] = list(record.hardware_types)
+    answer["added"] = format_time(record.added)
+    return answer
+
+
+def _instance_list(args: argparse.Namespace) -> int:
+    records = LxcHost("", lxc_path=args.lxc_path).instances()  # listing needs no bridge
+    if args.json:
+        print(json.dumps([asdict(record) for record in records], indent=1))
+        return 0
+    rows = [(record.name, record.lease_id or "-", record.state or "?", record.address or "-") for record in records]
+    header = ("NAME", "LEASE", "STATE", "ADDRESS")
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0

@@ -1,0 +1,208 @@
+"""Containers on this host with real LXC (Debian's lxc, the offline busybox template): the building block of
+instances inside a booking (docs/images-and-instances.md).
+
+Each container is privileged, built offline from the host's static busybox, attached to a bridge of the project's
+own (scripts/lxc.sh makes it, with a private range) at a fixed address, and runs dropbear (the host's binary; the
+template bind-mounts the host's libraries read-only) with the slice users' keys in ``root``'s authorized_keys. Its
+name says which lease it belongs to (``<prefix><lease id>-<n>``), so ``sfa-omf instance list`` and cleanups find it.
+Every failure is a GeniError (TESTBED) with LXC's own words, and a container that fails to launch is destroyed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sfa_omf.errors import GeniError, Reason
+
+log = logging.getLogger("sfa_omf.lxc")
+DEFAULT_PREFIX = "sfaomf-"
+DROPBEAR = "/usr/sbin/dropbear"
+VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One container to launch: its name, its address on the bridge (``10.217.0.10/24``) and who may log in."""
+
+    name: str
+    address: str
+    authorized_keys: tuple[str, ...]
+    login: str = "root"
+
+    @property
+    def host(self) -> str:
+        return self.address.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """A container of ours on this host, as LXC sees it."""
+
+    name: str
+    state: str  # RUNNING, STOPPED, ... (lxc-info's words)
+    address: str  # as configured, "" if unknown
+    lease_id: str  # from the name; "" for a name without a lease part
+
+
+class LxcHost:
+    """Launch, list and destroy containers on this host. Needs root (privileged containers)."""
+
+    def __init__(self, bridge: str, prefix: str = DEFAULT_PREFIX, lxc_path: str = "/var/lib/lxc") -> None:
+        self.bridge = bridge
+        self.prefix = prefix
+        self.lxc_path = Path(lxc_path)
+
+    def name_for(self, lease_id: str, index: int) -> str:
+        """The container name of the ``index``-th container of a lease."""
+        return f"{self.prefix}{lease_id}-{index}"
+
+    def launch(self, spec: InstanceSpec, ssh_timeout_s: float = 30.0) -> InstanceRecord:
+        """Create, start and wait until the container answers SSH; on any failure destroy it and raise TESTBED."""
+        try:
+            self.create(spec)
+            self.start(spec.name)
+            if not wait_for_ssh(spec.host, ssh_timeout_s):
+                raise GeniError(
+                    Reason.TESTBED,
+                    f"container {spec.name} started but its SSH server at {spec.host}:22 did not answer within "
+                    f"{ssh_timeout_s:g} s",
+                )
+        except BaseException:
+            try:
+                self.destroy(spec.name)
+            except GeniError as cleanup:  # the launch's own error is the one to report
+                log.warning("container %s could not be destroyed after a failed launch: %s", spec.name, cleanup)
+            raise
+        return InstanceRecord(spec.name, "RUNNING", spec.address, self._lease_of(spec.name))
+
+    def create(self, spec: InstanceSpec) -> None:
+        """Build the container's root file system offline and configure its address, SSH server and keys."""
+        if not VALID_NAME.match(spec.name):
+            raise GeniError(Reason.BAD_ARGS, f"container name {spec.name!r} is not valid for LXC")
+        if not os.path.exists(DROPBEAR):
+            raise GeniError(Reason.TESTBED, f"{DROPBEAR} is missing on this host: run scripts/lxc.sh up")
+        with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as conf:
+            conf.write(
+                f"lxc.net.0.type = veth\nlxc.net.0.link = {self.bridge}\nlxc.net.0.flags = up\n"
+                f"lxc.net.0.ipv4.address = {spec.address}\n"
+            )
+        try:
+            _run(["lxc-create", "-P", str(self.lxc_path), "-t", "busybox", "-n", spec.name, "-f", conf.name])
+        finally:
+            os.unlink(conf.name)
+        rootfs = self.lxc_path / spec.name / "rootfs"
+        # The template's rcS asks DHCP for an address (there is no DHCP server on our bridge: LXC sets the address);
+        # ours starts the SSH server instead.
+        rcs = rootfs / "etc" / "init.d" / "rcS"
+        rcs.write_text("#!/bin/sh\n/bin/syslogd\n/bin/mount -a\n/usr/sbin/dropbear -R -p 22\n")
+        rcs.chmod(0o755)
+        (rootfs / "usr" / "sbin").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(DROPBEAR, rootfs / "usr" / "sbin" / "dropbear")
+        (rootfs / "etc" / "dropbear").mkdir(parents=True, exist_ok=True)
+        ssh_dir = rootfs / "root" / ".ssh"
+        ssh_dir.mkdir(parents=True, exist_ok=True)
+        ssh_dir.chmod(0o700)
+        keys = ssh_dir / "authorized_keys"
+        keys.write_text("".join(f"{key.strip()}\n" for key in spec.authorized_keys))
+        keys.chmod(0o600)
+
+    def start(self, name: str) -> None:
+        """Start the container; on failure the reason is LXC's own error lines (its log), not just "failed"."""
+        log = self.lxc_path / name / "start.log"
+        log.unlink(missing_ok=True)
+        try:
+            _run(["lxc-start", "-P", str(self.lxc_path), "-n", name, "-l", "ERROR", "-o", str(log)])
+        except GeniError as exc:
+            lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+            reasons = [line.split(" - ", 1)[-1] for line in lines if " ERROR " in line][:3]
+            if reasons:
+                raise GeniError(Reason.TESTBED, f"container {name} could not start: {' / '.join(reasons)}") from exc
+            raise
+
+    def stop(self, name: str) -> None:
+        _run(["lxc-stop", "-P", str(self.lxc_path), "-k", "-n", name])
+
+    def destroy(self, name: str) -> None:
+        """Stop (killing it) and delete the container; nothing to do when it does not exist."""
+        if not (self.lxc_path / name).exists():
+            return
+        subprocess.run(["lxc-stop", "-P", str(self.lxc_path), "-k", "-n", name], capture_output=True, check=False)
+        _run(["lxc-destroy", "-P", str(self.lxc_path), "-n", name])
+
+    def state(self, name: str) -> str:
+        """RUNNING, STOPPED, ... or "" when there is no such container."""
+        if not (self.lxc_path / name).exists():
+            return ""
+        done = subprocess.run(
+            ["lxc-info", "-P", str(self.lxc_path), "-s", "-H", "-n", name], capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip()
+
+    def instances(self) -> list[InstanceRecord]:
+        """Our containers on this host (names starting with the prefix), by name."""
+        if not self.lxc_path.is_dir():
+            return []
+        found = []
+        for entry in sorted(self.lxc_path.iterdir()):
+            if entry.name.startswith(self.prefix) and (entry / "config").exists():
+                found.append(
+                    InstanceRecord(
+                        entry.name, self.state(entry.name), _address(entry / "config"), self._lease_of(entry.name)
+                    )
+                )
+        return found
+
+    def destroy_lease(self, lease_id: str) -> list[str]:
+        """Destroy every container of a lease (its slot ended, or it was deleted); returns their names."""
+        gone = [record.name for record in self.instances() if record.lease_id == lease_id]
+        for name in gone:
+            self.destroy(name)
+        return gone
+
+    def _lease_of(self, name: str) -> str:
+        rest = name[len(self.prefix) :] if name.startswith(self.prefix) else ""
+        return rest.rsplit("-", 1)[0] if "-" in rest else ""
+
+
+def wait_for_ssh(host: str, timeout_s: float, port: int = 22) -> bool:
+    """True once an SSH server at host:port sends its banner, False if none does within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=2) as connection:
+                connection.settimeout(2)
+                if connection.recv(4).startswith(b"SSH-"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _address(config: Path) -> str:
+    for line in config.read_text(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "lxc.net.0.ipv4.address":
+            return value.strip()
+    return ""
+
+
+def _run(argv: Sequence[str]) -> None:
+    done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        words = (done.stderr or done.stdout).strip().splitlines()
+        raise GeniError(
+            Reason.TESTBED,
+            f"{argv[0]} failed for {argv[argv.index('-n') + 1] if '-n' in argv else '?'}: "
+            f"{' / '.join(words[-3:]) or f'exit status {done.returncode}'}",
+        )
