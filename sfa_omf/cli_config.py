@@ -11,12 +11,13 @@ import argparse
 import os
 import sys
 
+from sfa_omf.cli_common import command_group
 from sfa_omf.config import CONFIG_FILE_NAME, OPTIONS, LoadedConfig, Option, hide_password, load_config
 
 
 def add_config_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``config check`` on the ``sfa-omf`` sub-command parser."""
-    config = commands.add_parser("config", help="the configuration file").add_subparsers(title="config commands")
+    config = command_group(commands, "config", "the configuration file")
     check = config.add_parser(
         "check",
         help="print the effective settings, where each came from, and the problems; "
@@ -30,6 +31,13 @@ def _config_check(args: argparse.Namespace) -> int:
     path = args.file or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
     try:
         loaded = load_config(path)
+    except FileNotFoundError:
+        print(
+            f"sfa-omf: cannot read configuration file {path}: it does not exist "
+            f"(sfa-omf init DIR writes DIR/{CONFIG_FILE_NAME})",
+            file=sys.stderr,
+        )
+        return 2
     except (OSError, UnicodeDecodeError) as exc:
         print(f"sfa-omf: cannot read configuration file {path}: {_reason(exc)}", file=sys.stderr)
         return 2

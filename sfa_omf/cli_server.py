@@ -1,4 +1,7 @@
-"""``sfa-omf serve`` and ``sfa-omf quickstart``: run the aggregate in the foreground until interrupted."""
+"""``sfa-omf serve`` and ``sfa-omf quickstart``: run the aggregate in the foreground until interrupted.
+
+Twisted and the server are imported by the commands that run them, not by ``sfa-omf --help``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,10 @@ import logging
 import os
 import sys
 
-from sfa_omf.calendar.records import NodeSpec
-from sfa_omf.config import CONFIG_FILE_NAME, read_config
-from sfa_omf.errors import BadArgs
-from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEMO_SLICE, init_directory, register_demo
-from sfa_omf.server.app import build_aggregate, serve_forever
-from sfa_omf.xrn import hrn_to_urn
+from sfa_omf.cli_common import command_settings
+from sfa_omf.config import CONFIG_FILE_NAME, LOG_LEVELS, read_config
+
+DEFAULT_AUTHORITY = "testbed"  # sfa_omf.registry.bootstrap's (not imported: it needs the database layer)
 
 DEMO_NODES = 5
 
@@ -20,35 +21,49 @@ DEMO_NODES = 5
 def add_server_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = commands.add_parser("serve", help="serve the aggregate (AM API v3 over TLS) until interrupted")
     serve.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
+    serve.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, help="default: [sfa_omf] log_level (INFO: a line per call)"
+    )
     serve.set_defaults(handler=_serve)
     quick = commands.add_parser(
         "quickstart", help="init DIR if needed, add a demo inventory, and serve it on 127.0.0.1 (the embedded default)"
     )
     quick.add_argument("directory", nargs="?", default="demo")
-    quick.add_argument("--authority", default=DEFAULT_AUTHORITY)
+    quick.add_argument(
+        "--authority", help=f"authority HRN of a new DIR (default {DEFAULT_AUTHORITY}; an existing DIR keeps its own)"
+    )
     quick.set_defaults(handler=_quickstart)
 
 
-def _logging(log_file: str) -> None:
+def configure_logging(log_file: str, level: str) -> None:
+    """One line per event, at ``level`` and above, to ``log_file`` or standard error. Under systemd (JOURNAL_STREAM
+    is set) the journal adds the time itself, so the line has none. Alembic's INFO lines are left out: the calendar
+    logs its own line when a migration really runs."""
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    logging.basicConfig(level=logging.INFO, handlers=[handler], format="%(asctime)s %(name)s %(message)s")
+    journal = not log_file and bool(os.environ.get("JOURNAL_STREAM"))
+    line = "%(levelname)s %(name)s %(message)s" if journal else "%(asctime)s %(levelname)s %(name)s %(message)s"
+    logging.basicConfig(level=level, handlers=[handler], format=line, force=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    path = args.config or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
-    if not os.path.exists(path):
-        raise BadArgs(
-            f"no configuration file {path}: give --config FILE (sfa-omf init DIR writes DIR/{CONFIG_FILE_NAME})"
-        )
-    settings = read_config(path)
-    _logging(settings.log_file)
+    from sfa_omf.server.app import serve_forever
+
+    settings = command_settings(args)
+    configure_logging(settings.log_file, args.log_level or settings.log_level)
     return serve_forever(settings)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    report = init_directory(args.directory, args.authority, ("alice", "bob"))
+    from sfa_omf.calendar.records import NodeSpec
+    from sfa_omf.registry.bootstrap import DEMO_SLICE, existing_authority, init_directory, register_demo
+    from sfa_omf.server.app import build_aggregate, serve_forever
+    from sfa_omf.xrn import hrn_to_urn
+
+    authority = args.authority or existing_authority(args.directory) or DEFAULT_AUTHORITY
+    report = init_directory(args.directory, authority, ("alice", "bob"))
     settings = read_config(os.path.join(report.directory, CONFIG_FILE_NAME))
-    _logging(settings.log_file)
+    configure_logging(settings.log_file, settings.log_level)
     aggregate = build_aggregate(settings)
     register_demo(report, aggregate.database)
     if not aggregate.inventory.list_nodes():

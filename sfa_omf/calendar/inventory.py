@@ -11,11 +11,10 @@ from sqlalchemy.orm import Session
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Node, Pool, Sliver
 from sfa_omf.calendar.policy import Policy
-from sfa_omf.calendar.records import NodeRecord, NodeSpec, PoolRecord
+from sfa_omf.calendar.records import NODE_STATES, NodeRecord, NodeSpec, PoolRecord
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 
-NODE_STATES = ("usable", "maintenance")
 DEFAULT_POOL = "default"
 
 

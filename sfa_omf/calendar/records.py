@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+#: A node is usable (bookable) or in maintenance.
+NODE_STATES = ("usable", "maintenance")
+
 
 @dataclass(frozen=True)
 class PoolRecord:
