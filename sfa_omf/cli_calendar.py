@@ -35,11 +35,16 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
 
     node = command_group(commands, "node", "the node inventory")
     add = node.add_parser("add", parents=[config_option], help="add a node")
-    add.add_argument("component_id", help="the node's URN, e.g. urn:publicid:IDN+testbed+node+node1")
+    add.add_argument(
+        "component_id",
+        help="the node's URN under this authority (urn:publicid:IDN+testbed+node+node1) or its name (node1)",
+    )
     add.add_argument("--name", help="component name (default: the URN's last part)")
     add.add_argument("--pool", default="default")
     add.add_argument("--hardware-type", default="")
-    add.add_argument("--grain", type=int, help="booking slot length in seconds (default: the policy's)")
+    add.add_argument(
+        "--grain", type=int, help="booking slot length in seconds, at least 1 (default: [sfa_omf] grain_s)"
+    )
     add.add_argument("--shared", action="store_true", help="not exclusive")
     add.add_argument("--image", action="append", default=[], help="disk image NAME[:OS[:VERSION]] (repeatable)")
     add.add_argument("--property", action="append", default=[], help="KEY=VALUE (repeatable)")
@@ -171,9 +176,13 @@ def _progress_bar(unit: str, width: int = 30) -> Callable[[int, int], None]:
 
 
 def _node_add(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.inventory import Inventory
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.inventory import Inventory, node_urn
+    from sfa_omf.calendar.policy import Policy
     from sfa_omf.calendar.records import NodeSpec
 
+    settings = command_settings(args)
+    component_id = node_urn(args.component_id, settings.interface_hrn)
     images = []
     for text in args.image:
         name, _, rest = text.partition(":")
@@ -186,8 +195,8 @@ def _node_add(args: argparse.Namespace) -> int:
             raise BadArgs(f"--property {text!r}: expected KEY=VALUE")
         properties[key] = value
     spec = NodeSpec(
-        component_id=args.component_id,
-        component_name=args.name or args.component_id.rsplit("+", 1)[-1],
+        component_id=component_id,
+        component_name=args.name or component_id.rsplit("+", 1)[-1],
         pool=args.pool,
         hardware_type=args.hardware_type,
         exclusive=not args.shared,
@@ -195,7 +204,8 @@ def _node_add(args: argparse.Namespace) -> int:
         disk_images=tuple(images),
         grain_s=args.grain,
     )
-    record = Inventory(_database(args)).add_node(spec)
+    # The configured grain is the default of nodes added without their own.
+    record = Inventory(Database(settings.calendar_url), Policy(default_grain_s=settings.grain_s)).add_node(spec)
     print(f"added {record.component_id} to pool {record.pool} (slots of {record.grain_s} s)")
     return 0
 
