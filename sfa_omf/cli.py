@@ -269,8 +269,8 @@ def _cmd_gid_show(args: argparse.Namespace) -> int:
     for depth, fact in enumerate(facts):
         label = "GID" if depth == 0 else f"issuer {depth}"
         print(f"{label}: {fact['subject']}")
-        for key in ("urn", "uuid", "email", "issuer", "not_before", "not_after", "ca"):
-            print(f"  {key:10} {fact[key]}")
+        for key in ("urn", "uuid", "email", "issuer", "not_before", "not_after", "ca", "sha256_fingerprint"):
+            print(f"  {key:18} {fact[key]}")
     return 0
 
 

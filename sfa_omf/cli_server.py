@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 from sfa_omf.cli_common import command_settings
 from sfa_omf.config import CONFIG_FILE_NAME, LOG_LEVELS, read_config
@@ -25,6 +26,14 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:  # type: 
         "--log-level", type=str.upper, choices=LOG_LEVELS, help="default: [sfa_omf] log_level (INFO: a line per call)"
     )
     serve.set_defaults(handler=_serve)
+    probe = commands.add_parser(
+        "probe",
+        help="call GetVersion on the registry and the aggregate as a federation peer would (at the advertised "
+        "hostname); one line each; exit 0 when both answer (for monitoring)",
+    )
+    probe.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
+    probe.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
+    probe.set_defaults(handler=_probe)
     quick = commands.add_parser(
         "quickstart", help="init DIR if needed, add a demo inventory, and serve it on 127.0.0.1 (the embedded default)"
     )
@@ -52,6 +61,50 @@ def _serve(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     configure_logging(settings.log_file, args.log_level or settings.log_level)
     return serve_forever(settings)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """GetVersion over TLS on both servers, presenting the aggregate's own certificate (the servers want a client
+    certificate) and, like sfi.py and omni, not checking the server's."""
+    import ssl
+    import time
+    import xmlrpc.client
+
+    settings = command_settings(args)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    aggregate_dir = os.path.join(settings.data_dir, "aggregate")
+    context.load_cert_chain(os.path.join(aggregate_dir, "am.gid"), os.path.join(aggregate_dir, "am.pkey"))
+    failures = 0
+    for service, port in (("registry", settings.registry_port), ("aggregate", settings.aggregate_port)):
+        url = f"https://{settings.hostname}:{port}/"
+        server = xmlrpc.client.ServerProxy(url, context=context, allow_none=True)
+        started = time.monotonic()
+        try:
+            answer = _with_timeout(args.timeout, server.GetVersion)
+        except (OSError, xmlrpc.client.Error) as exc:
+            failures += 1
+            print(f"{service} {url}: no answer ({exc}); is sfa-omf serve running? (systemctl status sfa-omf)")
+            continue
+        elapsed_ms = (time.monotonic() - started) * 1000
+        value = answer.get("value", answer) if isinstance(answer, dict) else {}
+        identity = value.get("urn") or value.get("hrn") or "?"
+        api = value.get("geni_api") or answer.get("geni_api") or value.get("sfa")
+        print(f"{service} {url} answers GetVersion in {elapsed_ms:.0f} ms: {identity} (API {api})")
+    return 1 if failures else 0
+
+
+def _with_timeout(timeout_s: float, call: Any) -> Any:
+    """Run an XML-RPC call with a socket timeout (xmlrpc.client has no timeout of its own)."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        return call()
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _quickstart(args: argparse.Namespace) -> int:

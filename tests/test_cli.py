@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -367,3 +368,30 @@ def test_rspec_types_match_the_library() -> None:
     from sfa_omf.cli_rspec import RSPEC_TYPES
 
     assert RSPEC_TYPES == KINDS
+
+
+def test_probe_without_a_server_fails_one_line_per_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """(docs/operators.md runs probe against a running server: tests/test_operators_doc.py.)"""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(str(probe.getsockname()[1]))
+    init = ["init", str(tmp_path / "d"), "--registry-port", ports[0], "--aggregate-port", ports[1]]
+    assert main(init) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, "probe", "--config", str(tmp_path / "d" / "sfa-omf.conf"), "--timeout", "5")
+    assert code == 1
+    assert out.splitlines() == [
+        f"registry https://127.0.0.1:{ports[0]}/: no answer ([Errno 111] Connection refused); is sfa-omf serve "
+        "running? (systemctl status sfa-omf)",
+        f"aggregate https://127.0.0.1:{ports[1]}/: no answer ([Errno 111] Connection refused); is sfa-omf serve "
+        "running? (systemctl status sfa-omf)",
+    ]
+
+
+def test_gid_show_prints_the_fingerprint_to_check_out_of_band(pki: DemoPki, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "gid", "show", str(pki.directory / "authority" / "testbed.gid"))
+    assert code == 0
+    (line,) = [line for line in out.splitlines() if "sha256_fingerprint" in line]
+    assert line.split()[-1] == pki.authority.chain[0].fingerprint
