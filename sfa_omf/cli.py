@@ -38,24 +38,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         # "sfa-omf node" alone: the node commands, not the whole list.
         (getattr(args, "group_parser", None) or parser).print_help()
         return 2
-    from sfa_omf.preflight import StartupError
-    from sfa_omf.registry.authority import AuthorityError
-
     try:
         result: int = args.handler(args)
         return result
-    except StartupError as exc:
-        _report(args, f"cannot start: {exc}")
-        return 1
-    except GeniError as exc:
-        _report(args, exc.message)  # the message only: reasons like bad_args are for logs and JSON
-        return 2
-    except (AuthorityError, ValueError) as exc:
-        _report(args, str(exc))
-        return 2
-    except OSError as exc:
-        _report(args, f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
-        return 2
+    except Exception as exc:  # sorted below; anything else is a bug and keeps its traceback
+        failure = _failure(exc)
+        if failure is None:
+            raise
+        code, message = failure
+        _report(args, message)
+        return code
+
+
+def _failure(exc: Exception) -> tuple[int, str] | None:
+    """Exit status and one-line message of an error a person can act on; None for a bug. The error classes are
+    imported here, when there is an error, so that the commands do not all import what they need."""
+    from sfa_omf.preflight import StartupError
+    from sfa_omf.registry.authority import AuthorityError
+
+    if isinstance(exc, StartupError):
+        return 1, f"cannot start: {exc}"
+    if isinstance(exc, GeniError):
+        return 2, exc.message  # the message only: reasons like bad_args are for logs and JSON
+    if isinstance(exc, AuthorityError | ValueError):
+        return 2, str(exc)
+    if isinstance(exc, OSError):
+        return 2, f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+    return None
 
 
 def _report(args: argparse.Namespace, message: str) -> None:

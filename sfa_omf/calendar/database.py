@@ -18,10 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -80,6 +76,10 @@ class Database:
         Alembic's own INFO lines are not wanted at every start (sfa-omf's logging keeps them at WARNING): one line of
         ours tells when a migration really runs.
         """
+        from alembic import command  # Alembic is needed only here: commands that only read need not import it
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
@@ -96,6 +96,8 @@ class Database:
         Reads only: a missing SQLite file is not created. Raises GeniError(DATABASE) when the database cannot be
         reached within ``connect_timeout_s`` (PostgreSQL) or read.
         """
+        from alembic.runtime.migration import MigrationContext
+
         if self.is_sqlite:
             path = make_url(self.url).database
             if path and path != ":memory:" and not Path(path).exists():
@@ -116,6 +118,8 @@ class Database:
 
 def head_revision() -> str:
     """The newest migration this version of sfa-omf brings."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
     assert head is not None, "the migrations folder holds no migration"
     return head

@@ -183,7 +183,7 @@ def watch_trusted_roots(verifier: CredentialVerifier, period_s: float = ROOTS_CH
             log.warning(
                 "trusted roots in %s not reloaded (%s); still trusting %s",
                 watcher.directory,
-                exc,
+                getattr(exc, "message", exc),  # a GeniError's message, without its reason code
                 watcher.roots.names(),
             )
             return

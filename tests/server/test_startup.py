@@ -155,7 +155,7 @@ def test_postgres_database_behind_the_code(lab: Path) -> None:
 class Server:
     """``sfa-omf serve`` in a subprocess; its log lines are read in a thread so that a test can wait for one."""
 
-    def __init__(self, directory: Path, tmp_path: Path) -> None:
+    def __init__(self, directory: Path, tmp_path: Path, command: tuple[str, ...] = ()) -> None:
         self.registry_port, self.aggregate_port = free_port(), free_port()
         notify_path = str(tmp_path / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -163,13 +163,15 @@ class Server:
         self.notify.settimeout(EXIT_TIMEOUT_S)
         environment = serve_env(self.registry_port, self.aggregate_port, NOTIFY_SOCKET=notify_path)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sfa_omf.cli", "serve", "--config", str(directory / "sfa-omf.conf")],
+            [sys.executable, "-m", "sfa_omf.cli", *(command or ("serve", "--config", str(directory / "sfa-omf.conf")))],
             env=environment,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -188,6 +190,7 @@ class Server:
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout=EXIT_TIMEOUT_S)
+        self.reader.join(timeout=EXIT_TIMEOUT_S)  # every line the server wrote is in self.lines now
         self.notify.close()
         return code
 
@@ -242,5 +245,37 @@ def test_unreadable_root_keeps_the_roots_in_use(server: Server, lab: Path) -> No
     server.process.send_signal(signal.SIGHUP)
     line = server.wait_for_line("not reloaded")
     assert "WARNING" in line and "still trusting lab" in line
+    assert "cannot read a PEM certificate chain" in line and "bad_args" not in line
     assert server.process.poll() is None  # still serving
     assert server.stop() == 0
+
+
+def test_serve_starts_quietly(server: Server) -> None:
+    """No Alembic lines (no migration runs), and the start says where it serves and whom it trusts."""
+    assert server.wait_ready() == "READY=1"
+    assert server.stop() == 0
+    assert server.process.stderr is not None
+    lines = [server.lines.get(timeout=EXIT_TIMEOUT_S) for _ in range(3)]
+    assert "registry lab serving the SFA Registry API" in lines[0]
+    assert "(advertised as 127.0.0.1); trusting lab" in lines[1]
+    assert lines[2].endswith("INFO sfa_omf.server stopped")
+    assert server.lines.empty()
+
+
+def test_quickstart_keeps_the_authority_of_an_existing_directory(lab: Path, tmp_path: Path) -> None:
+    """quickstart DIR on a directory made with another --authority serves that authority (it used to refuse)."""
+    quick = Server(lab, tmp_path, ("quickstart", str(lab)))
+    try:
+        assert quick.wait_ready() == "READY=1"
+        assert quick.process.stdout is not None
+        first = quick.process.stdout.readline()
+        assert (
+            first
+            == f"sfa-omf aggregate urn:publicid:IDN+lab+authority+am on https://127.0.0.1:{quick.aggregate_port}/\n"
+        )
+    finally:
+        assert quick.stop() == 0
+    log = []
+    while not quick.lines.empty():
+        log.append(quick.lines.get())
+    assert not [line for line in log if "alembic" in line], log
