@@ -3,6 +3,10 @@
 Only this module and the rest of server/ know Twisted. It builds the synchronous core (database, verifier, calendar,
 Aggregate) from Settings, serves AM API v3 over TLS at ``/`` (where clients with no path land; ``/RPC2`` too) and
 v2 at ``/am2``, runs the calls in a bounded thread pool, and releases allocations never provisioned, once a minute.
+
+Start-up never lies: what would stop the server is checked first (sfa_omf/preflight.py), the servers listen before
+any thread starts, and any failure is a one-line StartupError with nothing left running; once both listen, systemd
+hears READY=1. While serving, the trusted-roots directory is watched (and re-read at once on SIGHUP).
 """
 
 from __future__ import annotations
