@@ -20,8 +20,8 @@ from sfa_omf.cli_calendar import add_calendar_commands
 from sfa_omf.cli_config import add_config_commands
 from sfa_omf.cli_registry import add_registry_commands
 from sfa_omf.cli_rspec import add_rspec_commands
-from sfa_omf.cli_server import DEFAULT_AUTHORITY, add_server_commands
-from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_HOST, Settings, read_config
+from sfa_omf.cli_server import add_server_commands
+from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, DEFAULT_HOST, Settings, read_config
 from sfa_omf.errors import BadArgs, GeniError
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ def _new_settings(args: argparse.Namespace, authority: str) -> Settings:
     if registry_port == aggregate_port:
         raise BadArgs(f"the registry and the aggregate both on port {registry_port}: give them different ports")
     hostname = args.hostname or ""
-    loopback = hostname in ("", "localhost") or hostname.startswith("127.")
+    loopback = hostname in ("", "localhost", "::1") or hostname.startswith("127.")
     bind = args.bind or (DEFAULT_HOST if loopback else "0.0.0.0")  # a public name is reached from outside
     return Settings(
         interface_hrn=authority,

@@ -12,9 +12,7 @@ import sys
 from typing import Any
 
 from sfa_omf.cli_common import command_settings
-from sfa_omf.config import CONFIG_FILE_NAME, LOG_LEVELS, read_config
-
-DEFAULT_AUTHORITY = "testbed"  # sfa_omf.registry.bootstrap's (not imported: it needs the database layer)
+from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, LOG_LEVELS, read_config
 
 DEMO_NODES = 5
 

@@ -30,6 +30,7 @@ from sfa_omf.xrn import split_hrn
 # (``sfa-omf --help`` and the trust commands do not need a database layer).
 
 CONFIG_FILE_NAME = "sfa-omf.conf"
+DEFAULT_AUTHORITY = "testbed"  # the authority of `sfa-omf init` and `quickstart` when none is named
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_REGISTRY_PORT = 12345  # SFA's registry port
 DEFAULT_AGGREGATE_PORT = 12346  # SFA's aggregate port

@@ -12,14 +12,13 @@ import re
 from dataclasses import dataclass, field
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config, write_config
+from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, Settings, read_config, write_config
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority, write_new_file
 from sfa_omf.registry.records import Records
 from sfa_omf.trust.gid import GidChain, chain_pem
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
 from sfa_omf.xrn import hrn_to_urn
 
-DEFAULT_AUTHORITY = "testbed"
 DEFAULT_USERS = ("alice",)
 DEMO_SLICE = "demo"
 _USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
