@@ -54,11 +54,16 @@ def configure_logging(log_file: str, level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sfa_omf.server.app import serve_forever
+    from sfa_omf.preflight import check_startup
 
     settings = command_settings(args)
+    # Checked before Twisted is imported, so that a failure is reported at once (a port taken is checked again
+    # when listening: another program may take it meanwhile).
+    check_startup(settings, ports=True)
     configure_logging(settings.log_file, args.log_level or settings.log_level)
-    return serve_forever(settings)
+    from sfa_omf.server.app import serve_forever
+
+    return serve_forever(settings, checked=True)
 
 
 def _probe(args: argparse.Namespace) -> int:

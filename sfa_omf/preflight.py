@@ -234,9 +234,10 @@ def deployment_findings(settings: Settings) -> list[Finding]:
     return startup_findings(settings) + port_findings(settings) + hostname_findings(settings)
 
 
-def check_startup(settings: Settings) -> None:
-    """Raise StartupError with the first problem that would stop the server (and how many more there are)."""
-    findings = startup_findings(settings)
+def check_startup(settings: Settings, ports: bool = False) -> None:
+    """Raise StartupError with the first problem that would stop the server (and how many more there are).
+    ``ports``: also try to bind both addresses."""
+    findings = startup_findings(settings) + (port_findings(settings) if ports else [])
     if findings:
         more = len(findings) - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''}: sfa-omf config check lists them)" if more else ""

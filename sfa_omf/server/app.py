@@ -233,14 +233,15 @@ def _expire(aggregate: Aggregate) -> None:
         log.exception("releasing unprovisioned allocations failed; will try again")
 
 
-def serve_forever(settings: Settings) -> int:
+def serve_forever(settings: Settings, checked: bool = False) -> int:
     """Run until interrupted (SIGINT/SIGTERM), then shut down cleanly.
 
     Raises StartupError (one line: the problem and the fix) when the server cannot start: identity files, trusted
     roots, the database (unreachable or not at the newest migration), an address it cannot listen on. Nothing is
-    left running then.
+    left running then. ``checked``: the caller ran check_startup already.
     """
-    check_startup(settings)
+    if not checked:
+        check_startup(settings)
     aggregate = build_aggregate(settings, upgrade=False)
     running = _listen("aggregate", settings, lambda: start_aggregate(settings, aggregate))
     try:

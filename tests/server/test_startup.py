@@ -4,6 +4,7 @@ or removed while it serves (SIGHUP)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import shutil
@@ -88,7 +89,27 @@ def test_port_taken_exits_at_once_with_one_line(lab: Path) -> None:
         assert_one_line_failure(done, f"the registry cannot listen on 127.0.0.1:{port}", "[sfa_registry] port")
         # --debug shows the traceback as well
         debug = serve_once(lab, serve_env(free_port(), port), "--debug")
-        assert debug.returncode == 1 and "Traceback" in debug.stderr and "CannotListenError" in debug.stderr
+        assert debug.returncode == 1 and "Traceback" in debug.stderr and "StartupError" in debug.stderr
+
+
+def test_a_port_taken_between_the_check_and_listening_is_one_line_too(lab: Path) -> None:
+    """serve checks the ports before importing Twisted; another program may still take one before it listens."""
+    from twisted.internet.error import CannotListenError
+
+    from sfa_omf.config import read_config
+    from sfa_omf.preflight import StartupError
+    from sfa_omf.server.app import _listen
+
+    settings = read_config(str(lab / "sfa-omf.conf"), environ={})
+
+    def taken() -> None:
+        raise CannotListenError("127.0.0.1", 12345, OSError(errno.EADDRINUSE, "Address already in use"))
+
+    with pytest.raises(StartupError) as refused:
+        _listen("registry", settings, taken)
+    assert str(refused.value).startswith(
+        "the registry cannot listen on 127.0.0.1:12345: address already in use; another program listens there"
+    )
 
 
 def test_missing_trusted_roots(lab: Path) -> None:
