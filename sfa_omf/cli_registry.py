@@ -1,9 +1,9 @@
 """Operator commands for the local registry: ``sfa-omf user|slice|trust ...``.
 
 Each reads the configuration (``--config FILE``, default $SFA_OMF_CONFIG or ./sfa-omf.conf): the authority lives in
-its data_dir, the records in the calendar's database. A running server sees the changes on its next call, except
-``trust add-root``, which a running server picks up within seconds (it looks at the trusted-roots directory every few
-seconds, and at once on SIGHUP).
+its data_dir, the records in the calendar's database. A running server sees the changes on its next call; a root
+added with ``trust add-root`` within seconds (it looks at the trusted-roots directory every few seconds, and at once
+on SIGHUP).
 """
 
 from __future__ import annotations
