@@ -219,7 +219,8 @@ def hostname_findings(settings: Settings) -> list[Finding]:
         Finding(
             "hostname",
             f"hostname {name} resolves to {', '.join(addresses)}, which is not an address of this machine; set "
-            "[sfa_omf] hostname to this machine's public DNS name (or fix its DNS record)",
+            "[sfa_omf] hostname to this machine's public DNS name (or fix its DNS record; behind NAT, with the public "
+            "address forwarded here, this is expected)",
         )
     ]
 
