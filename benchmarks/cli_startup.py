@@ -2,14 +2,16 @@
 
 Run from the repository root, with the project's virtualenv:
 
-    python benchmarks/cli_startup.py               # 15 runs of each command
-    python benchmarks/cli_startup.py --runs 5
+    python benchmarks/cli_startup.py                          # 15 runs of each command
+    python benchmarks/cli_startup.py --baseline ../old-copy   # also another checkout, runs interleaved with ours
 
-Each command runs as a real subprocess (``python -m sfa_omf.cli ...`` with this interpreter, so the code of this
-checkout is measured), against an authority directory made in a temporary directory with ``sfa-omf init`` (SQLite,
-three nodes). Before timing, each command is run once and its exit status and output are checked. The table gives the
-wall-clock time of the whole process (interpreter start, imports, the work, exit): median, minimum and maximum, and
-which heavy libraries the command imported (``-X importtime`` output, looked up by top-level module name).
+Each command runs as a real subprocess (``python -m sfa_omf.cli ...`` with this interpreter and PYTHONPATH set to the
+checkout measured, so that checkout's code runs whatever is installed), against an authority directory made in a
+temporary directory with ``sfa-omf init`` (SQLite, three nodes). Before timing, each command is run once and its exit
+status and output are checked. The table gives the wall-clock time of the whole process (interpreter start, imports,
+the work, exit): median, minimum and maximum, and which heavy libraries the command imported (``-X importtime``
+output, by top-level module name). With ``--baseline``, each run of ours is followed by one of the baseline, so that
+a machine busy with something else slows both alike; the last column is baseline median / our median.
 """
 
 from __future__ import annotations
@@ -24,69 +26,83 @@ import tempfile
 import time
 
 HEAVY = ("twisted", "sqlalchemy", "alembic", "xmlsec", "lxml", "cryptography", "OpenSSL")
+CHECKOUT = os.getcwd()
 
 
-def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sfa_omf.cli", *argv], env=env, capture_output=True, text=True)
+def _run(checkout: str, argv: list[str], *flags: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "PYTHONPATH": checkout}
+    command = [sys.executable, *flags, "-m", "sfa_omf.cli", *argv]
+    # cwd too: ``python -m`` puts the current directory first on sys.path
+    return subprocess.run(command, env=environment, cwd=checkout, capture_output=True, text=True)
 
 
-def _imports(argv: list[str], env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "sfa_omf.cli", *argv], env=env, capture_output=True, text=True
-    )
+def _heavy_imports(checkout: str, argv: list[str]) -> str:
     seen = set()
-    for line in done.stderr.splitlines():
-        if not line.startswith("import time:") or "|" not in line:
-            continue
-        name = line.rsplit("|", 1)[1].strip().split(".")[0]
-        if name in HEAVY:
-            seen.add(name)
+    for line in _run(checkout, argv, "-X", "importtime").stderr.splitlines():
+        if line.startswith("import time:") and "|" in line:
+            name = line.rsplit("|", 1)[1].strip().split(".")[0]
+            if name in HEAVY:
+                seen.add(name)
     return ", ".join(sorted(seen)) or "-"
 
 
+def _timed(checkout: str, argv: list[str]) -> float:
+    start = time.perf_counter()
+    _run(checkout, argv)
+    return (time.perf_counter() - start) * 1000
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--baseline", help="another checkout of sfa-omf to measure too (e.g. an older commit)")
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    checkouts = {"this checkout": CHECKOUT}
+    if args.baseline:
+        checkouts["baseline"] = os.path.abspath(args.baseline)
     with tempfile.TemporaryDirectory() as tmp:
         lab = os.path.join(tmp, "lab")
         config = os.path.join(lab, "sfa-omf.conf")
-        assert _run(["init", lab, "--authority", "lab"], env).returncode == 0
+        assert _run(CHECKOUT, ["init", lab, "--authority", "lab"]).returncode == 0
         for number in (1, 2, 3):
-            assert _run(["node", "add", f"node{number}", "--config", config], env).returncode == 0
-        sfi = os.path.join(lab, "users", "alice", "sfi")
+            urn = f"urn:publicid:IDN+lab+node+node{number}"
+            assert _run(CHECKOUT, ["node", "add", urn, "--config", config]).returncode == 0
+        credential = os.path.join(lab, "users", "alice", "sfi", "lab.alice-lab.demo.slice.cred")
+        roots = os.path.join(lab, "trusted_roots")
         commands = {
-            "sfa-omf --help": ["--help"],
-            "sfa-omf node list": ["node", "list", "--config", config],
-            "sfa-omf credential verify": [
-                "credential",
-                "verify",
-                "--trusted-roots",
-                os.path.join(lab, "trusted_roots"),
-                os.path.join(sfi, "lab.alice-lab.demo.slice.cred"),
-            ],
+            "sfa-omf --help": (["--help"], "usage:"),
+            "sfa-omf node list": (["node", "list", "--config", config], "node3"),
+            "sfa-omf credential verify": (
+                ["credential", "verify", "--trusted-roots", roots, credential],
+                '"valid": true',
+            ),
         }
-        checks = {"sfa-omf --help": "usage:", "sfa-omf node list": "node3", "sfa-omf credential verify": '"valid": true'}
         print("sfa-omf command start-up (wall clock of the whole process)")
-        print(f"  python        {platform.python_implementation()} {platform.python_version()} on {platform.platform()}")
-        print(f"  cpu count     {os.cpu_count()}")
-        print(f"  runs          {args.runs} per command")
+        print(f"  python        {platform.python_implementation()} {platform.python_version()}")
+        print(f"  platform      {platform.platform()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+        print(f"  runs          {args.runs} per command and checkout")
+        for name, path in checkouts.items():
+            print(f"  {name:13} {path}")
         print()
-        print(f"{'command':28} {'median ms':>10} {'min ms':>8} {'max ms':>8}  heavy imports")
-        for label, argv in commands.items():
-            first = _run(argv, env)
-            if first.returncode != 0 or checks[label] not in first.stdout:
-                print(f"{label}: unexpected answer (exit {first.returncode}): {first.stdout[-300:]}{first.stderr}")
-                return 1
-            times = []
+        print(f"{'command':26} {'checkout':13} {'median ms':>9} {'min ms':>7} {'max ms':>7}  heavy imports")
+        for label, (argv, expected) in commands.items():
+            times: dict[str, list[float]] = {name: [] for name in checkouts}
+            for name, path in checkouts.items():
+                first = _run(path, argv)
+                if first.returncode != 0 or expected not in first.stdout:
+                    print(f"{label} ({name}): unexpected answer (exit {first.returncode}): {first.stderr[-300:]}")
+                    return 1
             for _ in range(args.runs):
-                start = time.perf_counter()
-                _run(argv, env)
-                times.append((time.perf_counter() - start) * 1000)
-            print(
-                f"{label:28} {statistics.median(times):10.0f} {min(times):8.0f} {max(times):8.0f}  {_imports(argv, env)}"
-            )
+                for name, path in checkouts.items():  # interleaved: a busy machine slows each checkout alike
+                    times[name].append(_timed(path, argv))
+            for name, path in checkouts.items():
+                median = statistics.median(times[name])
+                row = f"{label:26} {name:13} {median:9.0f} {min(times[name]):7.0f} {max(times[name]):7.0f}"
+                print(f"{row}  {_heavy_imports(path, argv)}")
+            if args.baseline:
+                ratio = statistics.median(times["baseline"]) / statistics.median(times["this checkout"])
+                print(f"{'':26} {'ratio':13} {ratio:8.1f}x  (baseline median / this checkout's)")
+        print(f"\n  load at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 
