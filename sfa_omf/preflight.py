@@ -202,6 +202,14 @@ def _errno_text(exc: OSError) -> str:
 def hostname_findings(settings: Settings) -> list[Finding]:
     """The advertised hostname resolves to an address of this machine (one it can bind)."""
     name = settings.hostname
+    if name in ("0.0.0.0", "::"):
+        return [
+            Finding(
+                "hostname",
+                f"hostname {name} means 'every address' to a server, nothing peers can call: set [sfa_omf] hostname "
+                "to this machine's public DNS name",
+            )
+        ]
     try:
         addresses = sorted({str(info[4][0]) for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)})
     except socket.gaierror as exc:

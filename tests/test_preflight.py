@@ -84,6 +84,11 @@ def _hostname_elsewhere(lab: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "hostname 192.0.2.7 resolves to 192.0.2.7, which is not an address of this machine"
 
 
+def _listening_everywhere_without_a_hostname(lab: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("SFA_AGGREGATE_HOST", "0.0.0.0")  # the hostname follows the aggregate host when unset
+    return "hostname 0.0.0.0 means 'every address' to a server, nothing peers can call"
+
+
 def _bind_address_elsewhere(lab: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("SFA_AGGREGATE_HOST", "192.0.2.7")
     monkeypatch.setenv("SFA_OMF_HOSTNAME", "127.0.0.1")
@@ -100,6 +105,7 @@ def _bind_address_elsewhere(lab: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         _database_behind,
         _database_unreachable,
         _hostname_elsewhere,
+        _listening_everywhere_without_a_hostname,
         _bind_address_elsewhere,
     ],
 )
