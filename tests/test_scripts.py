@@ -83,3 +83,12 @@ def test_service_unit_passes_systemd_analyze(tmp_path: Path) -> None:
     copy.write_text(text.replace("/opt/sfa-omf/venv/bin/sfa-omf", str(executable)))
     done = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_example_configuration_has_no_problem() -> None:
+    from sfa_omf.config import load_config
+
+    loaded = load_config(str(REPO / "config" / "sfa-omf.conf.example"), environ={})
+    # Only what this machine lacks: the example's data directory.
+    assert [problem.kind for problem in loaded.problems] in ([], ["path"])
+    assert (loaded.settings.hostname, loaded.settings.aggregate_host) == ("am.testbed.example.org", "0.0.0.0")
