@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failure is None:
             raise
         code, message = failure
-        _report(args, message)
+        _report(args, " ".join(message.split()))  # one line, even when a database driver answers on several
         return code
 
 

@@ -170,3 +170,19 @@ def test_node_add_reports_the_dot_colon_trap(tmp_path: Path, capsys: pytest.Capt
     assert "urn:publicid:IDN+onelab:inria+node+n1 is the node of authority onelab.inria" in err
     code, out, _ = run(capsys, "node", "add", "urn:publicid:IDN+onelab:inria+node+n1", "--config", config)
     assert code == 0 and "urn:publicid:IDN+onelab:inria+node+n1" in out
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["node", "list"], ["user", "list"]])
+def test_an_unreachable_database_is_one_line(
+    config: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("SFA_OMF_DATABASE_URL", f"postgresql+psycopg://u:p@127.0.0.1:{port}/x")
+    code, out, err = run(capsys, *command, "--config", config)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "Connection refused" in err
+    assert err.startswith("sfa-omf: the calendar database failed: ")

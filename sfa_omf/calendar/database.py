@@ -82,7 +82,7 @@ class Database:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
+        with _database_errors(), self.engine.begin() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
             head = head_revision()
             if current != head:
