@@ -54,13 +54,19 @@ def configure_logging(log_file: str, level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sfa_omf.preflight import check_startup
+    from sfa_omf.preflight import StartupError, check_startup
 
     settings = command_settings(args)
     # Checked before Twisted is imported, so that a failure is reported at once (a port taken is checked again
     # when listening: another program may take it meanwhile).
     check_startup(settings, ports=True)
-    configure_logging(settings.log_file, args.log_level or settings.log_level)
+    try:
+        configure_logging(settings.log_file, args.log_level or settings.log_level)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot write the log file {settings.log_file}: {exc.strerror}; fix [sfa_omf] log_file or the "
+            "permissions of its directory (or leave it empty: standard error, the journal under systemd)"
+        ) from exc
     from sfa_omf.server.app import serve_forever
 
     return serve_forever(settings, checked=True)

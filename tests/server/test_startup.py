@@ -131,6 +131,13 @@ def test_unreadable_or_missing_key(lab: Path) -> None:
     assert_one_line_failure(done, f"the aggregate's private key {key} does not exist", "run sfa-omf init")
 
 
+def test_log_file_that_cannot_be_written(lab: Path, tmp_path: Path) -> None:
+    log_file = tmp_path / "logs"
+    log_file.mkdir()  # a directory: no process can open it as a file, not even root's
+    done = serve_once(lab, serve_env(free_port(), free_port(), SFA_OMF_LOG_FILE=str(log_file)))
+    assert_one_line_failure(done, f"cannot write the log file {log_file}: Is a directory", "[sfa_omf] log_file")
+
+
 def test_database_not_migrated(lab: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty.sqlite"
     done = serve_once(lab, serve_env(free_port(), free_port(), SFA_OMF_DATABASE_URL=f"sqlite:///{empty}"))
