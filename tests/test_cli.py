@@ -395,3 +395,39 @@ def test_gid_show_prints_the_fingerprint_to_check_out_of_band(pki: DemoPki, caps
     assert code == 0
     (line,) = [line for line in out.splitlines() if "sha256_fingerprint" in line]
     assert line.split()[-1] == pki.authority.chain[0].fingerprint
+
+
+LOADED_HEAVY = """
+import contextlib, io, sys
+from sfa_omf.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(sys.argv[1:])
+heavy = ("twisted", "sqlalchemy", "alembic", "xmlsec", "lxml", "cryptography", "OpenSSL")
+print(" ".join(sorted({name.split(".")[0] for name in sys.modules} & set(heavy))))
+"""
+
+
+def _heavy_modules_loaded(*argv: str) -> set[str]:
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED_HEAVY, *argv], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_light_commands_do_not_import_heavy_libraries(pki: DemoPki, tmp_path: Path) -> None:
+    """benchmarks/cli_startup.py measures the time; this keeps the imports from creeping back."""
+    assert _heavy_modules_loaded("--help") == set()
+    assert _heavy_modules_loaded("node") == set()
+    alice = pki.users["alice"]
+    verify = [
+        "credential",
+        "verify",
+        "--trusted-roots",
+        str(pki.directory / "trusted_roots"),
+        str(alice.sfi_dir / "testbed.alice.user.cred"),
+    ]
+    assert _heavy_modules_loaded(*verify) <= {"cryptography", "lxml", "xmlsec"}
+    assert main(["init", str(tmp_path / "d")]) == 0
+    assert _heavy_modules_loaded("node", "list", "--config", str(tmp_path / "d" / "sfa-omf.conf")) == {"sqlalchemy"}
