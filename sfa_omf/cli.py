@@ -1,7 +1,9 @@
 """The operator's command: ``sfa-omf ...``.
 
 Each sub-command parses its arguments, calls one function of the library, and prints the result; exit 0 on success,
-1 when the answer is "no" (an invalid credential), 2 for usage errors.
+1 when the answer is "no" (an invalid credential, a problem found by ``config check``, a server that cannot start),
+2 for a command that cannot be carried out as given. An error is one line, ``sfa-omf: <what to do>``, without
+internal reason codes; ``sfa-omf --debug ...`` adds its traceback.
 """
 
 from __future__ import annotations
