@@ -28,11 +28,21 @@ python_ready() {
     fi
 }
 
-# venv_install EXTRAS: create the virtualenv and install the project (editable) with the given extras.
+# venv_install EXTRAS: create the virtualenv and install the project (editable) with the given extras. Skipped when
+# the virtualenv already holds an install made from the same pyproject.toml and setup.py with the same extras (the
+# install is editable: changed Python files need no reinstall); SFA_OMF_REINSTALL=1 forces it.
 venv_install() {
+    local stamp="$VENV/.sfa-omf-install" wanted
+    wanted="$(cat "$REPO/pyproject.toml" "$REPO/setup.py" | sha256sum | cut -d' ' -f1) extras=$1 repo=$REPO"
+    if [ "${SFA_OMF_REINSTALL:-0}" != 1 ] && [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ] &&
+        "$VENV/bin/python" -c "import sfa_omf, lxml, xmlsec" 2>/dev/null; then
+        return 0
+    fi
     python_ready
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    echo "== installing sfa-omf$1 into $VENV" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -m pip install -q -e "$REPO$1" 2>&1 | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -c "import sfa_omf, lxml, xmlsec" # fail here, clearly, if the install did not work
+    echo "$wanted" >"$stamp"
 }

@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
 # Install and start a local PostgreSQL (Debian packages) listening on 127.0.0.1, with a role and a database for the
-# tests. Prints the SQLAlchemy URL on its last line. Usage: bash scripts/postgres.sh [DBNAME]
+# tests. Prints the SQLAlchemy URL on its last line.
+# Usage: bash scripts/postgres.sh [DBNAME]     (default sfaomf_test)
+#        bash scripts/postgres.sh down         stop the cluster it started (the data stays)
 source "$(dirname "$0")/lib.sh"
 DB="${1:-sfaomf_test}"
 ROLE=sfaomf
+if [ "$DB" = down ]; then
+    command -v pg_lsclusters >/dev/null || exit 0
+    read -r version name _ status _ <<<"$(pg_lsclusters -h | head -n 1)"
+    if [ "${status:-}" = online ]; then
+        echo "postgres.sh: stopping PostgreSQL $version/$name" >&2
+        as_root pg_ctlcluster "$version" "$name" stop
+    fi
+    exit 0
+fi
 apt_install postgresql postgresql-contrib
 cluster=$(pg_lsclusters -h | head -n 1)
 if [ -z "$cluster" ]; then

@@ -7,11 +7,36 @@
 # 127.0.0.1) carries the FRCP messages of the OMF backend's tests; chromium (scripts/chromium.sh) is the real browser
 # the web calendar's tests drive with Playwright, their screenshots land in test-artifacts/; LXC (scripts/lxc.sh, with
 # a bridge of the project's own) runs the containers of tests/images/test_lxc.py.
-# Usage: bash scripts/test.sh [pytest arguments]
+#
+# Usage: bash scripts/test.sh [pytest arguments]     e.g. bash scripts/test.sh tests/calendar -k overlap -x
+#        bash scripts/test.sh --down                 stop the services an earlier run left running
+# The services (PostgreSQL and RabbitMQ on 127.0.0.1, OAR's Almighty and its REST API on 127.0.0.1:6668) are left
+# running after the tests, so that the next run starts at once; the last lines say so and how to stop them. The LXC
+# bridge is removed when the tests end.
 source "$(dirname "$0")/lib.sh"
+if [ "${1:-}" = --down ]; then
+    bash "$REPO/scripts/oar.sh" down
+    bash "$REPO/scripts/rabbitmq.sh" down
+    bash "$REPO/scripts/postgres.sh" down
+    exit 0
+fi
 apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client
 venv_install "[test]"
 cd "$REPO"
+left_running() {
+    echo "== left running (stop them with: bash scripts/test.sh --down):"
+    echo "   PostgreSQL $(pg_lsclusters -h 2>/dev/null | awk 'NR == 1 {print $1 "/" $2 " on port " $3 ": " $4}')"
+    echo "   OAR: $(bash "$REPO/scripts/oar.sh" status 2>/dev/null | grep -E '^(Almighty|apache2|API):' | paste -sd ';' -)"
+    echo "   RabbitMQ: $(bash "$REPO/scripts/rabbitmq.sh" status 2>/dev/null | head -n 1)"
+}
+SFA_OMF_TEST_LXC_BRIDGE=""
+at_exit() {
+    if [ -n "$SFA_OMF_TEST_LXC_BRIDGE" ]; then
+        bash "$REPO/scripts/lxc.sh" down "$SFA_OMF_TEST_LXC_BRIDGE" || true
+    fi
+    left_running
+}
+trap at_exit EXIT
 echo "== PostgreSQL"
 SFA_OMF_TEST_POSTGRES_URL="$(bash "$REPO/scripts/postgres.sh" sfaomf_test | tail -n 1)"
 export SFA_OMF_TEST_POSTGRES_URL
@@ -25,7 +50,6 @@ export SFA_OMF_TEST_ARTIFACTS="${SFA_OMF_TEST_ARTIFACTS:-$REPO/test-artifacts}"
 echo "== LXC (the project's own bridge, removed when the tests end)"
 SFA_OMF_TEST_LXC_BRIDGE="$(bash "$REPO/scripts/lxc.sh" up | tail -n 1)"
 export SFA_OMF_TEST_LXC_BRIDGE
-trap 'bash "$REPO/scripts/lxc.sh" down "$SFA_OMF_TEST_LXC_BRIDGE"' EXIT
 echo "== OAR"
 SFA_OMF_TEST_OAR_URL="$(bash "$REPO/scripts/oar.sh" up | tail -n 1)"
 export SFA_OMF_TEST_OAR_URL

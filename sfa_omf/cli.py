@@ -1,7 +1,9 @@
 """The operator's command: ``sfa-omf ...``.
 
 Each sub-command parses its arguments, calls one function of the library, and prints the result; exit 0 on success,
-1 when the answer is "no" (an invalid credential), 2 for usage errors.
+1 when the answer is "no" (an invalid credential, a problem found by ``config check``, a server that cannot start),
+2 for a command that cannot be carried out as given. An error is one line, ``sfa-omf: <what to do>``, without
+internal reason codes; ``sfa-omf --debug ...`` adds its traceback.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sfa_omf.calendar.database import Database
+# Only light modules here: ``sfa-omf --help`` must not wait for Twisted, SQLAlchemy or xmlsec. Each command imports
+# what it needs (benchmarks/cli_startup.py measures it).
 from sfa_omf.cli_calendar import add_calendar_commands
 from sfa_omf.cli_config import add_config_commands
 from sfa_omf.cli_images import add_image_commands
@@ -22,50 +26,101 @@ from sfa_omf.cli_registry import add_registry_commands
 from sfa_omf.cli_rspec import add_rspec_commands
 from sfa_omf.cli_server import add_server_commands
 from sfa_omf.cli_web import add_web_commands
-from sfa_omf.config import CONFIG_FILE_NAME, read_config
-from sfa_omf.errors import REASON_CODES, BadArgs, GeniCode, GeniError, TrustError
-from sfa_omf.registry.authority import AuthorityError, LocalAuthority
-from sfa_omf.registry.bootstrap import DEFAULT_AUTHORITY, DEFAULT_USERS, SSH_KEY_NAME, init_directory, register_demo
-from sfa_omf.times import format_time, parse_time, utcnow
-from sfa_omf.trust.credential import delegate_credential, read_credential
-from sfa_omf.trust.gid import Gid, GidChain, load_gid_chain_file
-from sfa_omf.trust.pki import load_private_key_file
-from sfa_omf.trust.roots import load_trusted_roots
-from sfa_omf.trust.verifier import CredentialVerifier
-from sfa_omf.xrn import is_urn, parse_urn, split_hrn
+from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, DEFAULT_HOST, Settings, read_config
+from sfa_omf.errors import BadArgs, GeniError
+
+if TYPE_CHECKING:
+    from sfa_omf.trust.gid import Gid
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``sfa-omf`` command: exit 0 on success, 1 when the answer is "no" or the server cannot start, 2 for
+    a command that cannot be carried out as given. Errors are one line on standard error; ``--debug`` adds the
+    traceback."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
-        parser.print_help()
+        # "sfa-omf node" alone: the node commands, not the whole list.
+        (getattr(args, "group_parser", None) or parser).print_help()
         return 2
     try:
         result: int = args.handler(args)
         return result
-    except (GeniError, AuthorityError, FileNotFoundError, ValueError) as exc:
-        print(f"sfa-omf: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # sorted below; anything else is a bug and keeps its traceback
+        failure = _failure(exc)
+        if failure is None:
+            raise
+        code, message = failure
+        _report(args, " ".join(message.split()))  # one line, even when a database driver answers on several
+        return code
+
+
+def _failure(exc: Exception) -> tuple[int, str] | None:
+    """Exit status and one-line message of an error a person can act on; None for a bug. The error classes are
+    imported here, when there is an error, so that the commands do not all import what they need."""
+    from sfa_omf.preflight import StartupError
+    from sfa_omf.registry.authority import AuthorityError
+
+    if isinstance(exc, StartupError):
+        return 1, f"cannot start: {exc}"
+    if isinstance(exc, GeniError):
+        return 2, exc.message  # the message only: reasons like bad_args are for logs and JSON
+    if isinstance(exc, AuthorityError | ValueError):
+        return 2, str(exc)
+    if isinstance(exc, OSError):
+        return 2, f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+    return None
+
+
+def _report(args: argparse.Namespace, message: str) -> None:
+    if args.debug:
+        traceback.print_exc()
+    print(f"sfa-omf: {message}", file=sys.stderr)
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sfa-omf", description="SFA/GENI aggregate manager with time slots")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     commands = parser.add_subparsers(title="commands")
 
-    init = commands.add_parser("init", help="create a local authority, the aggregate's identity and demo users")
+    init = commands.add_parser(
+        "init",
+        help="create a local authority, the aggregate's identity and demo users",
+        description="Create DIR: the authority's key and root GID, the aggregate's identity, trusted_roots/, "
+        "sfa-omf.conf and the calendar's schema, plus (unless --no-demo) demo users with sfi.py directories and a "
+        "demo slice. Run again on DIR, it adds what is missing and keeps everything that exists.",
+    )
     init.add_argument("directory")
-    init.add_argument("--authority", default=DEFAULT_AUTHORITY, help=f"authority HRN (default {DEFAULT_AUTHORITY})")
+    init.add_argument(
+        "--authority", help=f"authority HRN (default: DIR's own when it exists, else {DEFAULT_AUTHORITY})"
+    )
     init.add_argument("--user", action="append", dest="users", help="a demo user name (repeatable; default alice)")
+    init.add_argument("--no-demo", action="store_true", help="no demo user and no demo slice (a real site)")
+    init.add_argument(
+        "--hostname", help="the public DNS name federation peers and sfi_config use (default: the listening address)"
+    )
+    init.add_argument(
+        "--bind",
+        help=f"the address both servers listen on (default {DEFAULT_HOST}; 0.0.0.0, every address, with --hostname)",
+    )
+    init.add_argument("--registry-port", type=int, help="the registry's port (default 12345)")
+    init.add_argument("--aggregate-port", type=int, help="the aggregate's port (default 12346)")
+    init.add_argument(
+        "--database-url",
+        help="the calendar's database, e.g. postgresql+psycopg://USER:PASSWORD@HOST:5432/NAME (default: SQLite in DIR)",
+    )
     init.set_defaults(handler=_cmd_init)
 
-    gid = commands.add_parser("gid", help="inspect GIDs").add_subparsers(title="gid commands")
+    gid_group = commands.add_parser("gid", help="inspect GIDs")
+    gid = gid_group.add_subparsers(title="gid commands")
+    gid_group.set_defaults(group_parser=gid_group)
     show = gid.add_parser("show", help="print a GID chain: subject, URN, UUID, e-mail, issuers, validity, CA")
     show.add_argument("file")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_cmd_gid_show)
 
     credential = commands.add_parser("credential", help="verify, issue and delegate credentials")
+    credential.set_defaults(group_parser=credential)
     cred = credential.add_subparsers(title="credential commands")
     verify = cred.add_parser("verify", help="verify a credential; prints one JSON object; exit 0 valid, 1 invalid")
     verify.add_argument("file")
@@ -98,7 +153,7 @@ def _build_parser() -> argparse.ArgumentParser:
     delegate.add_argument("--privileges", help="comma-separated subset to pass on (default: all)")
     delegate.add_argument("--can-delegate", action="store_true", help="allow the new owner to delegate further")
     delegate.add_argument("--expires", help="an earlier expiry than the parent's")
-    delegate.add_argument("-o", "--output", help="write here instead of standard output")
+    delegate.add_argument("-o", "--output", help="write here (standard output only when it is not a terminal)")
     delegate.set_defaults(handler=_cmd_credential_delegate)
 
     slice_commands = add_calendar_commands(commands)
@@ -113,11 +168,37 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    report = init_directory(args.directory, args.authority, tuple(args.users or DEFAULT_USERS))
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.registry.bootstrap import (
+        DEFAULT_USERS,
+        SSH_KEY_NAME,
+        existing_authority,
+        init_directory,
+        register_demo,
+    )
+
+    existing = existing_authority(args.directory)
+    authority = args.authority or existing or DEFAULT_AUTHORITY
+    if args.no_demo and args.users:
+        raise BadArgs("--user makes demo users: leave it out with --no-demo (sfa-omf user add registers real ones)")
+    settings = None
+    if existing is None:
+        settings = _new_settings(args, authority)
+        if args.database_url:
+            _check_database(settings.calendar_url)  # before anything is written: a failed init leaves nothing
+    elif _site_options(args):
+        print(
+            f"sfa-omf: {args.directory} exists: its configuration is kept; change {_site_options(args)} "
+            f"in {os.path.join(args.directory, CONFIG_FILE_NAME)}",
+            file=sys.stderr,
+        )
+    users = () if args.no_demo else tuple(args.users or DEFAULT_USERS)
+    report = init_directory(args.directory, authority, users, settings, demo=not args.no_demo)
     settings = read_config(os.path.join(report.directory, CONFIG_FILE_NAME))
     database = Database(settings.calendar_url)
-    database.upgrade()  # the embedded calendar is ready to use
+    database.upgrade()  # the calendar is ready to use
     register_demo(report, database)
+    database.dispose()
     print(
         f"authority {report.authority_hrn} in {report.directory}: {len(report.created)} files created, "
         f"{len(report.kept)} already there and left untouched"
@@ -126,10 +207,67 @@ def _cmd_init(args: argparse.Namespace) -> int:
         print(f"  user {name}: sfi.py directory {sfi_dir}  (sfi.py -d {sfi_dir} ...)")
         print(f"    SSH key (registered; logins the manifest names accept it): {os.path.join(sfi_dir, SSH_KEY_NAME)}")
     print(f"  trusted roots: {os.path.join(report.directory, 'trusted_roots')} (add another authority's root there)")
+    print(
+        f"  registry https://{settings.hostname}:{settings.registry_port}/, "
+        f"aggregate https://{settings.hostname}:{settings.aggregate_port}/ "
+        f"(listening on {settings.aggregate_host}); start: sfa-omf serve --config "
+        f"{os.path.join(report.directory, CONFIG_FILE_NAME)}"
+    )
     return 0
 
 
+def _site_options(args: argparse.Namespace) -> str:
+    """The site options given on the command line, as the operator spelled them."""
+    names = ("hostname", "bind", "registry_port", "aggregate_port", "database_url")
+    return ", ".join("--" + name.replace("_", "-") for name in names if getattr(args, name) is not None)
+
+
+def _new_settings(args: argparse.Namespace, authority: str) -> Settings:
+    """The settings of a new directory from init's options (ports checked as the configuration would)."""
+    from sfa_omf.config import DEFAULT_AGGREGATE_PORT, DEFAULT_REGISTRY_PORT
+
+    for option, port in (("--registry-port", args.registry_port), ("--aggregate-port", args.aggregate_port)):
+        if port is not None and not 1 <= port <= 65535:
+            raise BadArgs(f"{option} {port}: a port is a number from 1 to 65535")
+    registry_port = args.registry_port or DEFAULT_REGISTRY_PORT
+    aggregate_port = args.aggregate_port or DEFAULT_AGGREGATE_PORT
+    if registry_port == aggregate_port:
+        raise BadArgs(f"the registry and the aggregate both on port {registry_port}: give them different ports")
+    hostname = args.hostname or ""
+    loopback = hostname in ("", "localhost", "::1") or hostname.startswith("127.")
+    bind = args.bind or (DEFAULT_HOST if loopback else "0.0.0.0")  # a public name is reached from outside
+    return Settings(
+        interface_hrn=authority,
+        data_dir=os.path.abspath(args.directory),
+        registry_host=bind,
+        registry_port=registry_port,
+        aggregate_host=bind,
+        aggregate_port=aggregate_port,
+        database_url=args.database_url or "",
+        hostname=hostname,
+    )
+
+
+def _check_database(url: str) -> None:
+    """Refuse a database URL that cannot be reached (one line, the database's own words)."""
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.config import hide_password
+    from sfa_omf.preflight import DATABASE_TIMEOUT_S, one_line
+
+    database = Database(url)
+    try:
+        database.schema_revision(connect_timeout_s=DATABASE_TIMEOUT_S)
+    except GeniError as exc:
+        raise BadArgs(
+            f"--database-url {hide_password(url)}: cannot reach it ({one_line(exc.message)}); nothing was created"
+        ) from exc
+    finally:
+        database.dispose()
+
+
 def _gid_facts(gid: Gid) -> dict[str, Any]:
+    from sfa_omf.times import format_time
+
     return {
         "subject": gid.certificate.subject.rfc4514_string(),
         "urn": gid.urn,
@@ -145,6 +283,8 @@ def _gid_facts(gid: Gid) -> dict[str, Any]:
 
 
 def _cmd_gid_show(args: argparse.Namespace) -> int:
+    from sfa_omf.trust.gid import load_gid_chain_file
+
     chain = load_gid_chain_file(args.file)
     facts = [_gid_facts(gid) for gid in chain]
     if args.json:
@@ -153,8 +293,8 @@ def _cmd_gid_show(args: argparse.Namespace) -> int:
     for depth, fact in enumerate(facts):
         label = "GID" if depth == 0 else f"issuer {depth}"
         print(f"{label}: {fact['subject']}")
-        for key in ("urn", "uuid", "email", "issuer", "not_before", "not_after", "ca"):
-            print(f"  {key:10} {fact[key]}")
+        for key in ("urn", "uuid", "email", "issuer", "not_before", "not_after", "ca", "sha256_fingerprint"):
+            print(f"  {key:18} {fact[key]}")
     return 0
 
 
@@ -170,6 +310,14 @@ def _trusted_roots_dir(explicit: str | None) -> str:
 
 
 def _cmd_credential_verify(args: argparse.Namespace) -> int:
+    from sfa_omf.errors import REASON_CODES, GeniCode, TrustError
+    from sfa_omf.times import format_time, parse_time, utcnow
+    from sfa_omf.trust.credential import read_credential
+    from sfa_omf.trust.gid import GidChain, load_gid_chain_file
+    from sfa_omf.trust.roots import load_trusted_roots
+    from sfa_omf.trust.verifier import CredentialVerifier
+    from sfa_omf.xrn import is_urn
+
     roots = load_trusted_roots(_trusted_roots_dir(args.trusted_roots))
     at = parse_time(args.at) if args.at else utcnow()
     with open(args.file, "rb") as handle:
@@ -206,7 +354,15 @@ def _cmd_credential_verify(args: argparse.Namespace) -> int:
     return 0 if report["valid"] else 1
 
 
+def _check_output(path: str | None) -> None:
+    """Refuse to print a credential on a terminal (checked before anything is done: a refused call writes
+    nothing): an operator who forgot -o gets a hint, not a screen of XML."""
+    if not path and sys.stdout.isatty():
+        raise BadArgs("a credential is XML: give -o FILE, or redirect the output (> FILE)")
+
+
 def _write_output(text: str, path: str | None) -> None:
+    """Write to ``path`` (never over an existing file), else to standard output."""
     if path:
         with open(path, "x", encoding="utf-8") as handle:
             handle.write(text)
@@ -215,12 +371,18 @@ def _write_output(text: str, path: str | None) -> None:
 
 
 def _hrn_of(text: str) -> str:
+    from sfa_omf.xrn import is_urn, parse_urn
+
     return parse_urn(text).hrn if is_urn(text) else text
 
 
 def _cmd_credential_issue(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
+    from sfa_omf.registry.authority import LocalAuthority
+    from sfa_omf.xrn import split_hrn
+
+    _check_output(args.output)
     config = read_config(os.path.join(args.dir, CONFIG_FILE_NAME))
     authority = LocalAuthority.load(args.dir, config.interface_hrn)
     owner_hrn = _hrn_of(args.owner)
@@ -243,6 +405,12 @@ def _cmd_credential_issue(args: argparse.Namespace) -> int:
 
 
 def _cmd_credential_delegate(args: argparse.Namespace) -> int:
+    from sfa_omf.times import parse_time
+    from sfa_omf.trust.credential import delegate_credential
+    from sfa_omf.trust.gid import load_gid_chain_file
+    from sfa_omf.trust.pki import load_private_key_file
+
+    _check_output(args.output)
     with open(args.file, "rb") as handle:
         parent_xml = handle.read()
     privileges = tuple(name.strip() for name in args.privileges.split(",")) if args.privileges else None

@@ -10,19 +10,17 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sfa_omf.calendar.booking import Bookings
-from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.inventory import NODE_STATES, Inventory
-from sfa_omf.calendar.policy import Policy
-from sfa_omf.calendar.records import LeaseRecord, NodeRecord, NodeSpec
-from sfa_omf.calendar.slices import Slices
-from sfa_omf.cli_common import command_settings
-from sfa_omf.config import CONFIG_FILE_NAME, Settings
+from sfa_omf.calendar.records import NODE_STATES  # plain data: building the parser needs no database layer
+from sfa_omf.cli_common import command_group, command_settings
+from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs, GeniError, Reason
-from sfa_omf.registry.accounts import Accounts
-from sfa_omf.times import format_time, parse_time
+
+if TYPE_CHECKING:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.records import LeaseRecord, NodeRecord
+    from sfa_omf.config import Settings
 
 
 def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._SubParsersAction:  # type: ignore[type-arg]
@@ -31,18 +29,23 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
 
-    db = commands.add_parser("db", help="the calendar database").add_subparsers(title="db commands")
+    db = command_group(commands, "db", "the calendar database")
     db.add_parser("upgrade", parents=[config_option], help="create or migrate the schema").set_defaults(
         handler=_db_upgrade
     )
 
-    node = commands.add_parser("node", help="the node inventory").add_subparsers(title="node commands")
+    node = command_group(commands, "node", "the node inventory")
     add = node.add_parser("add", parents=[config_option], help="add a node")
-    add.add_argument("component_id", help="the node's URN, e.g. urn:publicid:IDN+testbed+node+node1")
+    add.add_argument(
+        "component_id",
+        help="the node's URN under this authority (urn:publicid:IDN+testbed+node+node1) or its name (node1)",
+    )
     add.add_argument("--name", help="component name (default: the URN's last part)")
     add.add_argument("--pool", default="default")
     add.add_argument("--hardware-type", default="")
-    add.add_argument("--grain", type=int, help="booking slot length in seconds (default: the policy's)")
+    add.add_argument(
+        "--grain", type=int, help="booking slot length in seconds, at least 1 (default: [sfa_omf] grain_s)"
+    )
     add.add_argument("--shared", action="store_true", help="not exclusive")
     add.add_argument("--image", action="append", default=[], help="disk image NAME[:OS[:VERSION]] (repeatable)")
     add.add_argument("--property", action="append", default=[], help="KEY=VALUE (repeatable)")
@@ -69,7 +72,7 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     state.add_argument("state", choices=NODE_STATES)
     state.set_defaults(handler=_node_set_state)
 
-    pool = commands.add_parser("pool", help="resource pools").add_subparsers(title="pool commands")
+    pool = command_group(commands, "pool", "resource pools")
     create = pool.add_parser("create", parents=[config_option], help="create a pool")
     create.add_argument("name")
     create.add_argument("--private", action="store_true", help="not advertised to the federation")
@@ -84,17 +87,13 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     move.add_argument("--from", dest="from_pool", help="only if the node is in this pool now")
     move.set_defaults(handler=_pool_move)
 
-    slices = commands.add_parser("slice", help="slices as the calendar knows them").add_subparsers(
-        title="slice commands"
-    )
+    slices = command_group(commands, "slice", "slices as the calendar knows them")
     for name, text in (("release", "let a shut-down slice book again"), ("shutdown", "cancel a slice's leases now")):
         command = slices.add_parser(name, parents=[config_option], help=text)
         command.add_argument("slice_urn")
         command.set_defaults(handler=_slice_release if name == "release" else _slice_shutdown)
 
-    account = commands.add_parser("account", help="local accounts of federation users").add_subparsers(
-        title="account commands"
-    )
+    account = command_group(commands, "account", "local accounts of federation users")
     mapping = account.add_parser("map", parents=[config_option], help="pin the local login of a user (or slice) URN")
     mapping.add_argument("urn")
     mapping.add_argument("login")
@@ -103,7 +102,7 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     accounts.add_argument("--json", action="store_true")
     accounts.set_defaults(handler=_account_list)
 
-    lease = commands.add_parser("lease", help="bookings").add_subparsers(title="lease commands")
+    lease = command_group(commands, "lease", "bookings")
     leases = lease.add_parser("list", parents=[config_option], help="list leases")
     leases.add_argument("--node")
     leases.add_argument("--slice")
@@ -112,10 +111,12 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     leases.add_argument("--all", action="store_true", help="also cancelled and expired leases")
     leases.add_argument("--json", action="store_true")
     leases.set_defaults(handler=_lease_list)
-    return slices  # type: ignore[no-any-return]
+    return slices
 
 
 def _database(args: argparse.Namespace) -> Database:
+    from sfa_omf.calendar.database import Database
+
     return Database(command_settings(args).calendar_url)
 
 
@@ -136,6 +137,9 @@ def _safe_url(url: str) -> str:
 
 
 def _node_import(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.inventory import Inventory
+    from sfa_omf.calendar.policy import Policy
     from sfa_omf.testbed.oar.client import OarClient, OarError
     from sfa_omf.testbed.oar.importer import import_nodes
 
@@ -161,6 +165,7 @@ def _node_import(args: argparse.Namespace) -> int:
 
 def _record_nodes(settings: Settings, nodes: Sequence[NodeRecord]) -> None:
     """Nodes named under the local authority become registry records of type node (registry/nodes.py)."""
+    from sfa_omf.calendar.database import Database
     from sfa_omf.registry.authority import AuthorityError, LocalAuthority
     from sfa_omf.registry.nodes import record_nodes
     from sfa_omf.registry.records import Records
@@ -194,6 +199,13 @@ def _progress_bar(unit: str, width: int = 30) -> Callable[[int, int], None]:
 
 
 def _node_add(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.inventory import Inventory, node_urn
+    from sfa_omf.calendar.policy import Policy
+    from sfa_omf.calendar.records import NodeSpec
+
+    settings = command_settings(args)
+    component_id = node_urn(args.component_id, settings.interface_hrn)
     images = []
     for text in args.image:
         name, _, rest = text.partition(":")
@@ -206,8 +218,8 @@ def _node_add(args: argparse.Namespace) -> int:
             raise BadArgs(f"--property {text!r}: expected KEY=VALUE")
         properties[key] = value
     spec = NodeSpec(
-        component_id=args.component_id,
-        component_name=args.name or args.component_id.rsplit("+", 1)[-1],
+        component_id=component_id,
+        component_name=args.name or component_id.rsplit("+", 1)[-1],
         pool=args.pool,
         hardware_type=args.hardware_type,
         exclusive=not args.shared,
@@ -215,8 +227,8 @@ def _node_add(args: argparse.Namespace) -> int:
         disk_images=tuple(images),
         grain_s=args.grain,
     )
-    settings = command_settings(args)
-    record = Inventory(Database(settings.calendar_url)).add_node(spec)
+    # The configured grain is the default of nodes added without their own.
+    record = Inventory(Database(settings.calendar_url), Policy(default_grain_s=settings.grain_s)).add_node(spec)
     print(f"added {record.component_id} to pool {record.pool} (slots of {record.grain_s} s)")
     _record_nodes(settings, [record])
     return 0
@@ -229,6 +241,8 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def _node_list(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.inventory import Inventory
+
     nodes = Inventory(_database(args)).list_nodes(pool=args.pool)
     if args.json:
         print(json.dumps([asdict(node) for node in nodes], indent=1))
@@ -245,6 +259,8 @@ def _node_row(node: NodeRecord) -> tuple[str, ...]:
 
 
 def _node_remove(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.registry.authority import AuthorityError, LocalAuthority
     from sfa_omf.registry.nodes import forget_node
     from sfa_omf.registry.records import Records
@@ -263,18 +279,24 @@ def _node_remove(args: argparse.Namespace) -> int:
 
 
 def _node_set_state(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.inventory import Inventory
+
     record = Inventory(_database(args)).set_state(args.component_id, args.state)
     print(f"{record.component_id} is {record.state}")
     return 0
 
 
 def _pool_create(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.inventory import Inventory
+
     record = Inventory(_database(args)).create_pool(args.name, federated=not args.private, description=args.description)
     print(f"created pool {record.name} ({'federated' if record.federated else 'private'})")
     return 0
 
 
 def _pool_list(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.inventory import Inventory
+
     pools = Inventory(_database(args)).list_pools()
     if args.json:
         print(json.dumps([asdict(pool) for pool in pools], indent=1))
@@ -287,18 +309,24 @@ def _pool_list(args: argparse.Namespace) -> int:
 
 
 def _pool_move(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.inventory import Inventory
+
     record = Inventory(_database(args)).move_node(args.component_id, args.to_pool, from_pool=args.from_pool)
     print(f"{record.component_id} is now in pool {record.pool}")
     return 0
 
 
 def _account_map(args: argparse.Namespace) -> int:
+    from sfa_omf.registry.accounts import Accounts
+
     record = Accounts(_database(args)).pin(args.urn, args.login)
     print(f"{record.urn} logs in as {record.login} (pinned)")
     return 0
 
 
 def _account_list(args: argparse.Namespace) -> int:
+    from sfa_omf.registry.accounts import Accounts
+
     records = Accounts(_database(args)).list()
     if args.json:
         print(json.dumps([asdict(record) for record in records], indent=1))
@@ -308,12 +336,17 @@ def _account_list(args: argparse.Namespace) -> int:
 
 
 def _slice_release(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.slices import Slices
+
     record = Slices(_database(args)).set_shut_down(args.slice_urn, False)
     print(f"{record.urn} may book again")
     return 0
 
 
 def _slice_shutdown(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.booking import Bookings
+    from sfa_omf.calendar.slices import Slices
+
     database = _database(args)
     bookings = Bookings(database)
     cancelled = [bookings.cancel(lease.id) for lease in bookings.leases(slice_urn=args.slice_urn)]
@@ -323,6 +356,8 @@ def _slice_shutdown(args: argparse.Namespace) -> int:
 
 
 def _lease_json(lease: LeaseRecord) -> dict[str, Any]:
+    from sfa_omf.times import format_time
+
     return {
         "id": lease.id,
         "slice": lease.slice_urn,
@@ -345,6 +380,9 @@ def _lease_json(lease: LeaseRecord) -> dict[str, Any]:
 
 
 def _lease_list(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.booking import Bookings
+    from sfa_omf.times import format_time, parse_time
+
     leases = Bookings(_database(args)).leases(
         node=args.node,
         slice_urn=args.slice,

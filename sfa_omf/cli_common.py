@@ -1,4 +1,4 @@
-"""What the operator commands share: finding the configuration file."""
+"""What the operator commands share: finding the configuration file, command groups."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ import os
 
 from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config
 from sfa_omf.errors import BadArgs
+
+
+def command_group(commands: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
+    """Add a command group (``sfa-omf node ...``) and return its sub-command parsers; the group alone
+    (``sfa-omf node``) prints the group's help."""
+    group = commands.add_parser(name, help=help)
+    group.set_defaults(group_parser=group)
+    return group.add_subparsers(title=f"{name} commands")  # type: ignore[no-any-return]
 
 
 def command_settings(args: argparse.Namespace) -> Settings:

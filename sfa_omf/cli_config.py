@@ -1,28 +1,46 @@
 """Operator commands for the configuration: ``sfa-omf config check [FILE]``.
 
 ``check`` prints every effective setting (INI name, shell name, value, where it came from), the SFA settings sfa-omf
-does not use, then the problems, one a line. Exit 0 without problems, 1 with problems, 2 when the file cannot be
-read. Without FILE it reads $SFA_OMF_CONFIG or ./sfa-omf.conf.
+does not use, then the problems, one a line: those of the file, then what would fail when the server starts (key and
+GID files, trusted roots, the database and its migration, ports that cannot be bound, a hostname that is not this
+machine's; ``--settings-only`` leaves these out, to check a file meant for another machine). Exit 0 without
+problems, 1 with problems, 2 when the file cannot be read. Without FILE it reads $SFA_OMF_CONFIG or ./sfa-omf.conf.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
-from sfa_omf.config import CONFIG_FILE_NAME, OPTIONS, LoadedConfig, Option, hide_password, load_config
+from sfa_omf.cli_common import command_group
+from sfa_omf.config import (
+    BLOCKING_KINDS,
+    CONFIG_FILE_NAME,
+    OPTIONS,
+    LoadedConfig,
+    Option,
+    Problem,
+    hide_password,
+    load_config,
+)
 
 
 def add_config_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``config check`` on the ``sfa-omf`` sub-command parser."""
-    config = commands.add_parser("config", help="the configuration file").add_subparsers(title="config commands")
+    config = command_group(commands, "config", "the configuration file")
     check = config.add_parser(
         "check",
         help="print the effective settings, where each came from, and the problems; "
         "exit 0 when there are none, 1 otherwise, 2 when the file cannot be read",
     )
     check.add_argument("file", nargs="?", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
+    check.add_argument(
+        "--settings-only",
+        action="store_true",
+        help="check the file alone: not the keys, trusted roots, database, ports and hostname of this machine",
+    )
     check.set_defaults(handler=_config_check)
 
 
@@ -30,9 +48,22 @@ def _config_check(args: argparse.Namespace) -> int:
     path = args.file or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
     try:
         loaded = load_config(path)
+    except FileNotFoundError:
+        print(
+            f"sfa-omf: cannot read configuration file {path}: it does not exist "
+            f"(sfa-omf init DIR writes DIR/{CONFIG_FILE_NAME})",
+            file=sys.stderr,
+        )
+        return 2
     except (OSError, UnicodeDecodeError) as exc:
         print(f"sfa-omf: cannot read configuration file {path}: {_reason(exc)}", file=sys.stderr)
         return 2
+    blocking = any(problem.kind in BLOCKING_KINDS for problem in loaded.problems)
+    if not args.settings_only and not blocking:
+        from sfa_omf.preflight import deployment_findings
+
+        found = [Problem(finding.check, "", finding.message) for finding in deployment_findings(loaded.settings)]
+        loaded = dataclasses.replace(loaded, problems=(*loaded.problems, *found))
     print(format_check(loaded))
     return 0 if loaded.ok else 1
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sfa_omf.calendar.database import Database
 from sfa_omf.cli_common import command_settings
-from sfa_omf.config import CONFIG_FILE_NAME, Settings
-from sfa_omf.images.lxc import LxcHost
-from sfa_omf.images.operators import check_image_operator
-from sfa_omf.images.records import ImageRecord
-from sfa_omf.images.store import ImageStore, store_directory
+from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.times import format_time, utcnow
+
+if TYPE_CHECKING:
+    from sfa_omf.config import Settings
+    from sfa_omf.images.records import ImageRecord
+    from sfa_omf.images.store import ImageStore
 
 
 def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -66,10 +66,15 @@ def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: i
 
 
 def _store(settings: Settings) -> ImageStore:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.images.store import ImageStore, store_directory
+
     return ImageStore(Database(settings.calendar_url), store_directory(settings.data_dir))
 
 
 def _image_add(args: argparse.Namespace) -> int:
+    from sfa_omf.images.operators import check_image_operator
+
     settings = command_settings(args)
     login = check_image_operator(settings.image_group)  # first: a refused user reads and writes nothing
     record = _store(settings).add(
@@ -90,6 +95,8 @@ def _image_add(args: argparse.Namespace) -> int:
 
 
 def _image_remove(args: argparse.Namespace) -> int:
+    from sfa_omf.images.operators import check_image_operator
+
     settings = command_settings(args)
     check_image_operator(settings.image_group)
     record = _store(settings).remove(args.label, utcnow())
@@ -157,6 +164,8 @@ def _as_json(record: ImageRecord) -> dict[str, Any]:
 
 
 def _instance_list(args: argparse.Namespace) -> int:
+    from sfa_omf.images.lxc import LxcHost
+
     records = LxcHost("", lxc_path=args.lxc_path).instances()  # listing needs no bridge
     if args.json:
         print(json.dumps([asdict(record) for record in records], indent=1))

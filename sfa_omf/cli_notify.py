@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.outbox import CHANNELS, Outbox, check_address
+from sfa_omf.calendar.records import CHANNELS
 from sfa_omf.cli_common import command_settings
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs
-from sfa_omf.notify.channels import DeliveryError
-from sfa_omf.notify.notifier import Notifier, test_message
-from sfa_omf.registry.records import Records
-from sfa_omf.trust.gid import load_gid_chain
-from sfa_omf.xrn import urn_to_hrn
+
+if TYPE_CHECKING:
+    from sfa_omf.calendar.database import Database
 
 
 def add_notify_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,6 +40,10 @@ def add_notify_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
 
 def _test(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.outbox import check_address
+    from sfa_omf.notify.channels import DeliveryError
+    from sfa_omf.notify.notifier import Notifier, test_message
     from sfa_omf.server.app import notify_settings_of  # the configuration -> NotifySettings, in one place
 
     settings = command_settings(args)
@@ -60,6 +62,9 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _subscribe(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.outbox import Outbox
+
     database = Database(command_settings(args).calendar_url)
     try:
         address = args.address or _registered_email(database, args.user_urn, args.channel)
@@ -71,6 +76,10 @@ def _subscribe(args: argparse.Namespace) -> int:
 
 
 def _registered_email(database: Database, user_urn: str, channel: str) -> str:
+    from sfa_omf.registry.records import Records
+    from sfa_omf.trust.gid import load_gid_chain
+    from sfa_omf.xrn import urn_to_hrn
+
     """The e-mail address the local registry has for the user: its record's, else its GID's."""
     if channel != "email":
         raise BadArgs("a webhook needs its URL: sfa-omf notify subscribe USER_URN webhook https://...")
@@ -86,6 +95,9 @@ def _registered_email(database: Database, user_urn: str, channel: str) -> str:
 
 
 def _unsubscribe(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.outbox import Outbox
+
     database = Database(command_settings(args).calendar_url)
     try:
         removed = Outbox(database).unsubscribe(args.user_urn, args.channel)
@@ -96,6 +108,9 @@ def _unsubscribe(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.outbox import Outbox
+
     database = Database(command_settings(args).calendar_url)
     try:
         counts = Outbox(database).counts()

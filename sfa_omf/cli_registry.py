@@ -1,29 +1,26 @@
 """Operator commands for the local registry: ``sfa-omf user|slice|trust ...``.
 
 Each reads the configuration (``--config FILE``, default $SFA_OMF_CONFIG or ./sfa-omf.conf): the authority lives in
-its data_dir, the records in the calendar's database. A running server sees the changes on its next call, except
-``trust add-root``, which takes effect when the server is restarted.
+its data_dir, the records in the calendar's database. A running server sees the changes on its next call; a root
+added with ``trust add-root`` within seconds (it looks at the trusted-roots directory every few seconds, and at once
+on SIGHUP).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from sfa_omf.calendar.database import Database
-from sfa_omf.cli_common import command_settings
+from sfa_omf.cli_common import command_group, command_settings
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs
-from sfa_omf.registry.admin import RegistryAdmin
-from sfa_omf.registry.authority import LocalAuthority
-from sfa_omf.registry.records import Record, Records
-from sfa_omf.times import format_time, parse_time, utcnow
-from sfa_omf.trust.gid import load_gid_chain
-from sfa_omf.trust.roots import add_trusted_root, load_trusted_roots
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from sfa_omf.registry.admin import RegistryAdmin
+    from sfa_omf.registry.records import Record
 
 
 def add_registry_commands(
@@ -36,7 +33,7 @@ def add_registry_commands(
     json_option = argparse.ArgumentParser(add_help=False)
     json_option.add_argument("--json", action="store_true", help="print JSON")
 
-    user = commands.add_parser("user", help="the local authority's users").add_subparsers(title="user commands")
+    user = command_group(commands, "user", "the local authority's users")
     add = user.add_parser("add", parents=[config_option], help="register a user (and write an sfi.py directory)")
     add.add_argument("name", help="a name under the authority (alice) or a full HRN (testbed.alice)")
     add.add_argument("--email", default="")
@@ -76,9 +73,7 @@ def add_registry_commands(
     researcher.add_argument("user")
     researcher.set_defaults(handler=_slice_add_researcher)
 
-    trust = commands.add_parser("trust", help="the authorities this testbed trusts").add_subparsers(
-        title="trust commands"
-    )
+    trust = command_group(commands, "trust", "the authorities this testbed trusts")
     add_root = trust.add_parser("add-root", parents=[config_option], help="trust another authority's root GID")
     add_root.add_argument("file", help="the authority's root GID or certificate (PEM)")
     add_root.set_defaults(handler=_trust_add_root)
@@ -87,6 +82,11 @@ def add_registry_commands(
 
 
 def _admin(args: argparse.Namespace) -> RegistryAdmin:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.registry.admin import RegistryAdmin
+    from sfa_omf.registry.authority import LocalAuthority
+    from sfa_omf.registry.records import Records
+
     settings = command_settings(args)
     database = Database(settings.calendar_url)
     database.upgrade()
@@ -95,6 +95,8 @@ def _admin(args: argparse.Namespace) -> RegistryAdmin:
 
 
 def _facts(record: Record) -> dict[str, Any]:
+    from sfa_omf.times import format_time
+
     facts: dict[str, Any] = {"hrn": record.hrn, "type": record.type, "urn": record.urn}
     if record.type == "user":
         facts.update(email=record.email, ssh_keys=list(record.keys))
@@ -123,6 +125,11 @@ def _read_ssh_key(path: str) -> str:
 
 
 def _read_public_key(path: str) -> rsa.RSAPublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from sfa_omf.trust.gid import load_gid_chain
+
     with open(path, "rb") as handle:
         data = handle.read()
     key: Any
@@ -181,6 +188,8 @@ def _remove(args: argparse.Namespace) -> int:
 
 
 def _slice_create(args: argparse.Namespace) -> int:
+    from sfa_omf.times import format_time, parse_time, utcnow
+
     expires = parse_time(args.expires, now=utcnow()) if args.expires else None
     record = _admin(args).create_slice(args.name, args.researcher, expires)
     print(f"registered slice {record.hrn}, expires {format_time(record.expires) if record.expires else '-'}")
@@ -188,6 +197,8 @@ def _slice_create(args: argparse.Namespace) -> int:
 
 
 def _slice_renew(args: argparse.Namespace) -> int:
+    from sfa_omf.times import format_time, parse_time, utcnow
+
     record = _admin(args).renew_slice(args.name, parse_time(args.expires, now=utcnow()))
     print(f"slice {record.hrn} now expires {format_time(record.expires) if record.expires else '-'}")
     return 0
@@ -200,17 +211,26 @@ def _slice_add_researcher(args: argparse.Namespace) -> int:
 
 
 def _trust_add_root(args: argparse.Namespace) -> int:
+    from sfa_omf.times import utcnow
+    from sfa_omf.trust.roots import add_trusted_root
+
     settings = command_settings(args)
     with open(args.file, "rb") as handle:
         anchor, added = add_trusted_root(settings.trusted_roots_dir, handle.read(), utcnow())
     if added:
-        print(f"now trusting {anchor.hrn} ({anchor.urn}); restart sfa-omf serve for the running server to use it")
+        print(
+            f"now trusting {anchor.hrn} ({anchor.urn}); a running sfa-omf serve picks it up within seconds "
+            "(at once on SIGHUP) and logs it"
+        )
     else:
         print(f"{anchor.hrn} is trusted already")
     return 0
 
 
 def _trust_list(args: argparse.Namespace) -> int:
+    from sfa_omf.times import format_time
+    from sfa_omf.trust.roots import load_trusted_roots
+
     roots = load_trusted_roots(command_settings(args).trusted_roots_dir)
     facts: list[dict[str, str]] = [
         {"hrn": gid.hrn, "urn": gid.urn or "", "expires": format_time(gid.not_after), "sha256": gid.fingerprint}

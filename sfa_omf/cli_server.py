@@ -1,4 +1,7 @@
-"""``sfa-omf serve`` and ``sfa-omf quickstart``: run the aggregate in the foreground until interrupted."""
+"""``sfa-omf serve`` and ``sfa-omf quickstart``: run the aggregate in the foreground until interrupted.
+
+Twisted and the server are imported by the commands that run them, not by ``sfa-omf --help``.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +10,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
-from sfa_omf.calendar.records import NodeSpec
-from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config
-from sfa_omf.errors import BadArgs
-from sfa_omf.registry.authority import LocalAuthority
-from sfa_omf.registry.bootstrap import (
-    DEFAULT_AUTHORITY,
-    DEMO_SLICE,
-    SSH_KEY_NAME,
-    init_directory,
-    register_demo,
-    write_example_requests,
-)
-from sfa_omf.registry.nodes import record_nodes
-from sfa_omf.registry.records import Records
-from sfa_omf.server.app import build_aggregate, serve_forever
-from sfa_omf.xrn import hrn_to_urn
+from sfa_omf.cli_common import command_settings
+from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, LOG_LEVELS, read_config
+
+if TYPE_CHECKING:
+    from sfa_omf.config import Settings
 
 DEMO_NODES = 5
 
@@ -32,35 +24,117 @@ DEMO_NODES = 5
 def add_server_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     serve = commands.add_parser("serve", help="serve the aggregate (AM API v3 over TLS) until interrupted")
     serve.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
+    serve.add_argument(
+        "--log-level", type=str.upper, choices=LOG_LEVELS, help="default: [sfa_omf] log_level (INFO: a line per call)"
+    )
     serve.set_defaults(handler=_serve)
+    probe = commands.add_parser(
+        "probe",
+        help="call GetVersion on the registry and the aggregate as a federation peer would (at the advertised "
+        "hostname); one line each; exit 0 when both answer (for monitoring)",
+    )
+    probe.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
+    probe.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
+    probe.set_defaults(handler=_probe)
     quick = commands.add_parser(
         "quickstart", help="init DIR if needed, add a demo inventory, and serve it on 127.0.0.1 (the embedded default)"
     )
     quick.add_argument("directory", nargs="?", default="demo")
-    quick.add_argument("--authority", default=DEFAULT_AUTHORITY)
+    quick.add_argument(
+        "--authority", help=f"authority HRN of a new DIR (default {DEFAULT_AUTHORITY}; an existing DIR keeps its own)"
+    )
     quick.set_defaults(handler=_quickstart)
 
 
-def _logging(log_file: str) -> None:
+def configure_logging(log_file: str, level: str) -> None:
+    """One line per event, at ``level`` and above, to ``log_file`` or standard error. Under systemd (JOURNAL_STREAM
+    is set) the journal adds the time itself, so the line has none. Alembic's INFO lines are left out: the calendar
+    logs its own line when a migration really runs."""
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    logging.basicConfig(level=logging.INFO, handlers=[handler], format="%(asctime)s %(name)s %(message)s")
+    journal = not log_file and bool(os.environ.get("JOURNAL_STREAM"))
+    line = "%(levelname)s %(name)s %(message)s" if journal else "%(asctime)s %(levelname)s %(name)s %(message)s"
+    logging.basicConfig(level=level, handlers=[handler], format=line, force=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    path = args.config or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
-    if not os.path.exists(path):
-        raise BadArgs(
-            f"no configuration file {path}: give --config FILE (sfa-omf init DIR writes DIR/{CONFIG_FILE_NAME})"
-        )
-    settings = read_config(path)
-    _logging(settings.log_file)
-    return serve_forever(settings)
+    from sfa_omf.preflight import StartupError, check_startup
+
+    settings = command_settings(args)
+    # Checked before Twisted is imported, so that a failure is reported at once (a port taken is checked again
+    # when listening: another program may take it meanwhile).
+    check_startup(settings, ports=True)
+    try:
+        configure_logging(settings.log_file, args.log_level or settings.log_level)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot write the log file {settings.log_file}: {exc.strerror}; fix [sfa_omf] log_file or the "
+            "permissions of its directory (or leave it empty: standard error, the journal under systemd)"
+        ) from exc
+    from sfa_omf.server.app import serve_forever
+
+    return serve_forever(settings, checked=True)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """GetVersion over TLS on both servers, presenting the aggregate's own certificate (the servers want a client
+    certificate) and, like sfi.py and omni, not checking the server's."""
+    import ssl
+    import time
+    import xmlrpc.client
+
+    settings = command_settings(args)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    aggregate_dir = os.path.join(settings.data_dir, "aggregate")
+    context.load_cert_chain(os.path.join(aggregate_dir, "am.gid"), os.path.join(aggregate_dir, "am.pkey"))
+    failures = 0
+    for service, port in (("registry", settings.registry_port), ("aggregate", settings.aggregate_port)):
+        url = f"https://{settings.hostname}:{port}/"
+        server = xmlrpc.client.ServerProxy(url, context=context, allow_none=True)
+        started = time.monotonic()
+        try:
+            answer = _with_timeout(args.timeout, server.GetVersion)
+        except (OSError, xmlrpc.client.Error) as exc:
+            failures += 1
+            print(f"{service} {url}: no answer ({exc}); is sfa-omf serve running? (systemctl status sfa-omf)")
+            continue
+        elapsed_ms = (time.monotonic() - started) * 1000
+        value = answer.get("value", answer) if isinstance(answer, dict) else {}
+        identity = value.get("urn") or value.get("hrn") or "?"
+        api = value.get("geni_api") or answer.get("geni_api") or value.get("sfa")
+        print(f"{service} {url} answers GetVersion in {elapsed_ms:.0f} ms: {identity} (API {api})")
+    return 1 if failures else 0
+
+
+def _with_timeout(timeout_s: float, call: Any) -> Any:
+    """Run an XML-RPC call with a socket timeout (xmlrpc.client has no timeout of its own)."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        return call()
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    report = init_directory(args.directory, args.authority, ("alice", "bob"))
+    from datetime import timedelta
+
+    from sfa_omf.calendar.records import NodeSpec
+    from sfa_omf.registry.authority import LocalAuthority
+    from sfa_omf.registry.bootstrap import existing_authority, init_directory, register_demo, write_example_requests
+    from sfa_omf.registry.nodes import record_nodes
+    from sfa_omf.registry.records import Records
+    from sfa_omf.server.app import build_aggregate, serve_forever
+    from sfa_omf.xrn import hrn_to_urn
+
+    authority = args.authority or existing_authority(args.directory) or DEFAULT_AUTHORITY
+    report = init_directory(args.directory, authority, ("alice", "bob"))
     settings = read_config(os.path.join(report.directory, CONFIG_FILE_NAME))
-    _logging(settings.log_file)
+    configure_logging(settings.log_file, settings.log_level)
     aggregate = build_aggregate(settings)
     register_demo(report, aggregate.database)
     if not aggregate.inventory.list_nodes():
@@ -87,6 +161,9 @@ def _quickstart(args: argparse.Namespace) -> int:
 def first_steps(directory: str, settings: Settings, sfi: str, requests: Sequence[str]) -> str:
     """What quickstart prints: where things are and the whole flow, with absolute paths (sfi.py reads a relative
     RSpec path from its -d folder, so a bare request.xml would not be found)."""
+    from sfa_omf.registry.bootstrap import DEMO_SLICE, SSH_KEY_NAME
+    from sfa_omf.xrn import hrn_to_urn
+
     auth = settings.interface_hrn
     slice_hrn = f"{auth}.{DEMO_SLICE}"
     url = f"https://{settings.aggregate_host}:{settings.aggregate_port}/"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.feeds import FeedTokens
 from sfa_omf.cli_common import command_settings
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs
@@ -33,6 +31,9 @@ def add_web_commands(commands: argparse._SubParsersAction) -> None:  # type: ign
 
 
 def _feed_url(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.feeds import FeedTokens
+
     settings = command_settings(args)
     if not settings.web_enabled:
         raise BadArgs("the web calendar is off ([sfa_web] enabled = no): no feed would be served")
@@ -47,6 +48,9 @@ def _feed_url(args: argparse.Namespace) -> int:
 
 
 def _feed_revoke(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.feeds import FeedTokens
+
     database = Database(command_settings(args).calendar_url)
     try:
         closed = FeedTokens(database).revoke(args.user_urn)

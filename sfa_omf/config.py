@@ -23,16 +23,15 @@ from dataclasses import MISSING, dataclass, field, fields
 from importlib.metadata import entry_points
 from typing import Any
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
-
 from sfa_omf.errors import BadArgs
 from sfa_omf.images.provisioning import PROVISIONING_MODES
-from sfa_omf.registry.accounts import POLICIES as ACCOUNT_POLICIES
-from sfa_omf.registry.accounts import VALID_LOGIN
 from sfa_omf.xrn import split_hrn
 
+# SQLAlchemy and the account rules are imported where they are used: reading the configuration must stay light
+# (``sfa-omf --help`` and the trust commands do not need a database layer).
+
 CONFIG_FILE_NAME = "sfa-omf.conf"
+DEFAULT_AUTHORITY = "testbed"  # the authority of `sfa-omf init` and `quickstart` when none is named
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_REGISTRY_PORT = 12345  # SFA's registry port
 DEFAULT_AGGREGATE_PORT = 12346  # SFA's aggregate port
@@ -96,7 +95,8 @@ class Settings:
     free_windows: int = 10
     max_request_bytes: int = 4 * 1024 * 1024
     threads: int = 8
-    log_file: str = ""  # empty: standard error
+    log_file: str = ""  # empty: standard error (the journal, under systemd)
+    log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     account_policy: str = "per-user"  # per-user, per-slice or shared (sfa_omf/registry/accounts.py)
     shared_login: str = "federation"
     create_accounts: bool = False  # create Unix accounts (with the users' SSH keys) for mapped logins
@@ -139,6 +139,8 @@ class Settings:
         if self.database_url:
             return self.database_url
         if self.uses_sfa_db:
+            from sqlalchemy.engine import URL
+
             url = URL.create(
                 "postgresql+psycopg",
                 username=self.db_user or None,
@@ -156,8 +158,9 @@ class Settings:
 
     @property
     def registry_url(self) -> str:
-        # sfi.py wants http:// here and speaks TLS anyway (it mangles https:// URLs).
-        return f"http://{self.registry_host}:{self.registry_port}/"
+        """The registry's URL for sfi_config: the advertised hostname (not the listening address, which may be
+        0.0.0.0). sfi.py wants http:// here and speaks TLS anyway (it mangles https:// URLs)."""
+        return f"http://{self.hostname}:{self.registry_port}/"
 
     @property
     def web_admin_urns(self) -> frozenset[str]:
@@ -166,7 +169,8 @@ class Settings:
 
     @property
     def aggregate_url(self) -> str:
-        return f"http://{self.aggregate_host}:{self.aggregate_port}/"
+        """The aggregate's URL for sfi_config (see registry_url)."""
+        return f"http://{self.hostname}:{self.aggregate_port}/"
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class Option:
     field: str
     section: str
     key: str
-    kind: str  # "text", "port" (1..65535), "count" (an integer >= 1), "flag" (yes/no), "policy", "login"
+    kind: str  # "text", "port" (1..65535), "count" (an integer >= 1), "flag" (yes/no), "policy", "login", "level"
     help: str
 
     @property
@@ -220,6 +224,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_request_bytes", "sfa_omf", "max_request_bytes", "count", "largest XML-RPC request accepted"),
     Option("threads", "sfa_omf", "threads", "count", "worker threads serving requests"),
     Option("log_file", "sfa_omf", "log_file", "text", "log file; empty: standard error"),
+    Option("log_level", "sfa_omf", "log_level", "level", "least important log lines kept: DEBUG, INFO, WARNING, ERROR"),
     Option("account_policy", "sfa_omf", "account_policy", "policy", "local accounts: per-user, per-slice or shared"),
     Option("shared_login", "sfa_omf", "shared_login", "login", "the one login of the shared account policy"),
     Option("create_accounts", "sfa_omf", "create_accounts", "flag", "create Unix accounts with the users' SSH keys"),
@@ -338,6 +343,9 @@ def known_testbed_types() -> list[str]:
 
 def hide_password(url: str) -> str:
     """A database URL fit for printing: the password, if any, is replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):
@@ -454,6 +462,9 @@ def write_config(path: str, settings: Settings) -> None:
 
 
 def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return bool(url) and make_url(url).password is not None
     except (ArgumentError, ValueError):
@@ -494,6 +505,8 @@ def _to_flag(value: str) -> bool:
 
 
 def _to_policy(value: str) -> str:
+    from sfa_omf.registry.accounts import POLICIES as ACCOUNT_POLICIES
+
     policy = value.strip()
     if policy not in ACCOUNT_POLICIES:
         raise ValueError(f"one of {', '.join(ACCOUNT_POLICIES)}")
@@ -501,10 +514,23 @@ def _to_policy(value: str) -> str:
 
 
 def _to_login(value: str) -> str:
+    from sfa_omf.registry.accounts import VALID_LOGIN
+
     login = value.strip()
     if not VALID_LOGIN.match(login):
         raise ValueError("a Unix login: at most 32 of a-z 0-9 _ -, starting with a letter or _")
     return login
+
+
+#: Log levels an operator may choose, least verbose last.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _to_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"one of {', '.join(LOG_LEVELS)}")
+    return level
 
 
 _CONVERTERS: dict[str, Callable[[str], Any]] = {
@@ -514,6 +540,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "flag": _to_flag,
     "policy": _to_policy,
     "login": _to_login,
+    "level": _to_level,
 }
 
 
@@ -712,6 +739,9 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
             Problem("path", str(sources["log_file"]), f"[sfa_omf] log_file: directory {log_dir} does not exist")
         )
     if settings.database_url:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
         try:
             make_url(settings.database_url)
         except (ArgumentError, ValueError) as exc:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from sfa_omf.cli import main
-from tests.conftest import DemoPki
+from sfa_omf.config import read_config
+from tests.conftest import REPO, DemoPki
+
+POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -221,3 +227,208 @@ def test_credential_verify_checks_a_caller_gid_chain(
     )
     report = json.loads(out)
     assert code == 1 and report["reason"] == "caller_untrusted" and report["geni_code"] == 3
+
+
+def test_init_for_a_real_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hostname, ports and --no-demo: no demo user or slice; users added later get an sfi_config on the public name
+    and the chosen ports."""
+    site = tmp_path / "site"
+    code, out, err = run(
+        capsys,
+        "init",
+        str(site),
+        "--authority",
+        "lab",
+        "--hostname",
+        "am.lab.example.org",
+        "--registry-port",
+        "22345",
+        "--aggregate-port",
+        "22346",
+        "--no-demo",
+    )
+    assert code == 0, err
+    assert "registry https://am.lab.example.org:22345/, aggregate https://am.lab.example.org:22346/" in out
+    assert "listening on 0.0.0.0" in out
+    settings = read_config(str(site / "sfa-omf.conf"), environ={})
+    assert (settings.hostname, settings.registry_port, settings.aggregate_port) == ("am.lab.example.org", 22345, 22346)
+    assert (settings.registry_host, settings.aggregate_host) == ("0.0.0.0", "0.0.0.0")
+    assert not (site / "users").exists() and not (site / "gids" / "lab.demo.gid").exists()
+    assert run(capsys, "user", "list", "--config", str(site / "sfa-omf.conf"), "--json")[1].strip() == "[]"
+    assert run(capsys, "user", "add", "ann", "--config", str(site / "sfa-omf.conf"))[0] == 0
+    sfi_config = (site / "users" / "ann" / "sfi" / "sfi_config").read_text()
+    assert "registry = http://am.lab.example.org:22345/" in sfi_config
+    assert "sm = http://am.lab.example.org:22346/" in sfi_config
+
+
+def test_init_with_bind_and_demo_users_uses_the_hostname(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "init", str(tmp_path / "d"), "--hostname", "localhost", "--aggregate-port", "23346")
+    assert code == 0, err
+    settings = read_config(str(tmp_path / "d" / "sfa-omf.conf"), environ={})
+    assert (settings.aggregate_host, settings.hostname) == ("127.0.0.1", "localhost")
+    sfi_config = (tmp_path / "d" / "users" / "alice" / "sfi" / "sfi_config").read_text()
+    assert "sm = http://localhost:23346/" in sfi_config and "registry = http://localhost:12345/" in sfi_config
+
+
+def test_init_rerun_reads_the_directory_authority(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "init", str(tmp_path / "d"), "--authority", "lab")[0] == 0
+    code, out, err = run(capsys, "init", str(tmp_path / "d"), "--user", "ben", "--hostname", "x.example.org")
+    assert code == 0, err
+    assert out.startswith("authority lab in ") and "users/ben/sfi" in out
+    assert "its configuration is kept; change --hostname in" in err
+    assert read_config(str(tmp_path / "d" / "sfa-omf.conf"), environ={}).hostname == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--registry-port", "70000"], "--registry-port 70000: a port is a number from 1 to 65535"),
+        (["--aggregate-port", "12345"], "the registry and the aggregate both on port 12345"),
+        (["--no-demo", "--user", "ann"], "--user makes demo users: leave it out with --no-demo"),
+        (
+            ["--database-url", "postgresql+psycopg://u:secret@127.0.0.1:1/x"],
+            "--database-url postgresql+psycopg://u:***@127.0.0.1:1/x: cannot reach it",
+        ),
+    ],
+)
+def test_init_refusals_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    code, out, err = run(capsys, "init", str(tmp_path / "d"), *options)
+    assert (code, out) == (2, "")
+    assert err.startswith("sfa-omf: ") and message in err and "secret" not in err
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason="SFA_OMF_TEST_POSTGRES_URL is not set (scripts/postgres.sh)")
+def test_init_on_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert POSTGRES_URL
+    code, _, err = run(capsys, "init", str(tmp_path / "d"), "--database-url", POSTGRES_URL, "--no-demo")
+    assert code == 0, err
+    settings = read_config(str(tmp_path / "d" / "sfa-omf.conf"), environ={})
+    assert settings.calendar_url == POSTGRES_URL
+    assert run(capsys, "config", "check", "--settings-only", str(tmp_path / "d" / "sfa-omf.conf"))[0] == 0
+    from sfa_omf.calendar.database import Database, head_revision
+
+    assert Database(POSTGRES_URL).schema_revision() == head_revision()
+
+
+def test_messages_carry_no_internal_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x.cred").write_text("<signed-credential/>")
+    argv = ["credential", "verify", "--trusted-roots", str(tmp_path), str(tmp_path / "x.cred"), "--target", "nope"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and err == "sfa-omf: --target must be a URN, got 'nope'\n"  # not "bad_args: ..."
+    code, _, err = run(capsys, "credential", "verify", "--trusted-roots", str(tmp_path), str(tmp_path / "absent"))
+    assert code == 2 and err == f"sfa-omf: {tmp_path / 'absent'}: No such file or directory\n"
+
+
+def test_a_command_group_alone_shows_its_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["node"]) == 2
+    out = capsys.readouterr().out
+    assert out.startswith("usage: sfa-omf node [-h] {add,list,remove,import,set-state}")
+
+
+def test_config_check_says_a_missing_file_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "check", str(tmp_path / "absent.conf")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("cannot read") == 1 and "it does not exist" in err
+
+
+def test_credentials_are_not_printed_on_a_terminal(pki: DemoPki, tmp_path: Path) -> None:
+    """Run in a pseudo-terminal: without -o, delegate refuses (and writes nothing); redirected, it prints."""
+    import pty
+
+    alice = pki.users["alice"]
+    argv = [
+        sys.executable,
+        "-m",
+        "sfa_omf.cli",
+        "credential",
+        "delegate",
+        str(alice.sfi_dir / "testbed.alice-testbed.demo.slice.cred"),
+        "--key",
+        str(alice.sfi_dir / "testbed.alice.pkey"),
+        "--gid",
+        str(alice.sfi_dir / "testbed.alice.user.gid"),
+        "--to",
+        str(pki.users["bob"].sfi_dir / "testbed.bob.user.gid"),
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    controller, terminal = pty.openpty()
+    done = subprocess.run(argv, stdout=terminal, stderr=subprocess.PIPE, env=environment, timeout=60, text=True)
+    os.close(terminal)
+    os.close(controller)
+    assert done.returncode == 2
+    assert done.stderr == "sfa-omf: a credential is XML: give -o FILE, or redirect the output (> FILE)\n"
+    piped = subprocess.run(argv, capture_output=True, env=environment, timeout=60, text=True)
+    assert piped.returncode == 0 and piped.stdout.startswith("<?xml")
+
+
+def test_rspec_types_match_the_library() -> None:
+    from rspec.validate import KINDS
+    from sfa_omf.cli_rspec import RSPEC_TYPES
+
+    assert RSPEC_TYPES == KINDS
+
+
+def test_probe_without_a_server_fails_one_line_per_service(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """(docs/operators.md runs probe against a running server: tests/test_operators_doc.py.)"""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(str(probe.getsockname()[1]))
+    init = ["init", str(tmp_path / "d"), "--registry-port", ports[0], "--aggregate-port", ports[1]]
+    assert main(init) == 0
+    capsys.readouterr()
+    code, out, _ = run(capsys, "probe", "--config", str(tmp_path / "d" / "sfa-omf.conf"), "--timeout", "5")
+    assert code == 1
+    assert out.splitlines() == [
+        f"registry https://127.0.0.1:{ports[0]}/: no answer ([Errno 111] Connection refused); is sfa-omf serve "
+        "running? (systemctl status sfa-omf)",
+        f"aggregate https://127.0.0.1:{ports[1]}/: no answer ([Errno 111] Connection refused); is sfa-omf serve "
+        "running? (systemctl status sfa-omf)",
+    ]
+
+
+def test_gid_show_prints_the_fingerprint_to_check_out_of_band(pki: DemoPki, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "gid", "show", str(pki.directory / "authority" / "testbed.gid"))
+    assert code == 0
+    (line,) = [line for line in out.splitlines() if "sha256_fingerprint" in line]
+    assert line.split()[-1] == pki.authority.chain[0].fingerprint
+
+
+LOADED_HEAVY = """
+import contextlib, io, sys
+from sfa_omf.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(sys.argv[1:])
+heavy = ("twisted", "sqlalchemy", "alembic", "xmlsec", "lxml", "cryptography", "OpenSSL")
+print(" ".join(sorted({name.split(".")[0] for name in sys.modules} & set(heavy))))
+"""
+
+
+def _heavy_modules_loaded(*argv: str) -> set[str]:
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED_HEAVY, *argv], env=environment, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_light_commands_do_not_import_heavy_libraries(pki: DemoPki, tmp_path: Path) -> None:
+    """benchmarks/cli_startup.py measures the time; this keeps the imports from creeping back."""
+    assert _heavy_modules_loaded("--help") == set()
+    assert _heavy_modules_loaded("node") == set()
+    alice = pki.users["alice"]
+    verify = [
+        "credential",
+        "verify",
+        "--trusted-roots",
+        str(pki.directory / "trusted_roots"),
+        str(alice.sfi_dir / "testbed.alice.user.cred"),
+    ]
+    assert _heavy_modules_loaded(*verify) <= {"cryptography", "lxml", "xmlsec"}
+    assert main(["init", str(tmp_path / "d")]) == 0
+    assert _heavy_modules_loaded("node", "list", "--config", str(tmp_path / "d" / "sfa-omf.conf")) == {"sqlalchemy"}

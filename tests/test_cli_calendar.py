@@ -123,3 +123,66 @@ def test_account_map_and_list(config: str, capsys: pytest.CaptureFixture[str]) -
     assert code == 0 and json.loads(out) == [{"urn": urn, "login": "alice", "pinned": True}]
     code, _, err = run(capsys, "account", "map", urn, "Not Valid", "--config", config)
     assert code == 2 and "not a usable Unix login" in err
+
+
+def test_node_add_makes_a_name_into_a_node_urn_and_honours_the_configured_grain(
+    config: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SFA_OMF_GRAIN_S", "600")
+    code, out, err = run(capsys, "node", "add", "node7.lab", "--config", config)
+    assert code == 0, err
+    assert out.splitlines()[0] == "added urn:publicid:IDN+testbed+node+node7.lab to pool default (slots of 600 s)"
+
+
+@pytest.mark.parametrize(
+    ("component_id", "grain", "message"),
+    [
+        (
+            "urn:publicid:IDN+other+node+n1",
+            None,
+            "urn:publicid:IDN+other+node+n1 belongs to authority 'other', not to this aggregate's 'testbed'",
+        ),
+        ("urn:publicid:IDN+testbed+user+n1", None, "names a user, not a node"),
+        ("urn:publicid:IDN+testbed+node", None, "is not a GENI URN: expected urn:publicid:IDN+<authority>+<type>"),
+        ("urn:publicid:IDN+testbed+node+a b", None, "the node name 'a b' may hold only letters, digits"),
+        ("node 1", None, "is neither a node URN"),
+        (NODE, "0", "grain 0 s: a node's booking slot must be at least 1 s"),
+        (NODE, "-5", "grain -5 s"),
+    ],
+)
+def test_node_add_refusals(
+    config: str, capsys: pytest.CaptureFixture[str], component_id: str, grain: str | None, message: str
+) -> None:
+    extra = ["--grain", grain] if grain else []
+    code, out, err = run(capsys, "node", "add", component_id, "--config", config, *extra)
+    assert (code, out) == (2, "")
+    assert err.startswith("sfa-omf: ") and message in err and "bad_args" not in err
+    assert run(capsys, "node", "list", "--config", config, "--json")[1] == "[]\n"  # nothing was added
+
+
+def test_node_add_reports_the_dot_colon_trap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", str(tmp_path / "site"), "--authority", "onelab.inria", "--no-demo"]) == 0
+    capsys.readouterr()
+    config = str(tmp_path / "site" / "sfa-omf.conf")
+    code, _, err = run(capsys, "node", "add", "urn:publicid:IDN+onelab.inria+node+n1", "--config", config)
+    assert code == 2
+    assert "in a URN the authority's levels are joined by ':', not '.'" in err
+    assert "urn:publicid:IDN+onelab:inria+node+n1 is the node of authority onelab.inria" in err
+    code, out, _ = run(capsys, "node", "add", "urn:publicid:IDN+onelab:inria+node+n1", "--config", config)
+    assert code == 0 and "urn:publicid:IDN+onelab:inria+node+n1" in out
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["node", "list"], ["user", "list"]])
+def test_an_unreachable_database_is_one_line(
+    config: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setenv("SFA_OMF_DATABASE_URL", f"postgresql+psycopg://u:p@127.0.0.1:{port}/x")
+    code, out, err = run(capsys, *command, "--config", config)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "Connection refused" in err
+    assert err.startswith("sfa-omf: the calendar database failed: ")

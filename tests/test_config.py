@@ -436,7 +436,7 @@ def test_write_config_with_sfa_db_is_private(tmp_path: Path) -> None:
 def test_config_check_without_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path / "ini.conf", ini_text(tmp_path))
     (tmp_path / "roots").mkdir()
-    code, out, _ = run_check(["config", "check", path], capsys)
+    code, out, _ = run_check(["config", "check", "--settings-only", path], capsys)
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == f"configuration {path}, INI form; precedence: defaults < file < SFA_* environment"
@@ -491,11 +491,11 @@ def test_config_check_default_file(
     code, _, err = run_check(["config", "check"], capsys)
     assert code == 2 and f"./{CONFIG_FILE_NAME}" not in err and CONFIG_FILE_NAME in err
     write(tmp_path / CONFIG_FILE_NAME, "[sfa]\ninterface_hrn = testbed\n")
-    code, out, _ = run_check(["config", "check"], capsys)
+    code, out, _ = run_check(["config", "check", "--settings-only"], capsys)
     assert code == 0 and out.startswith(f"configuration {CONFIG_FILE_NAME}, INI form")
     other = write(tmp_path / "other.conf", "SFA_INTERFACE_HRN=testbed\n")
     monkeypatch.setenv("SFA_OMF_CONFIG", other)
-    code, out, _ = run_check(["config", "check"], capsys)
+    code, out, _ = run_check(["config", "check", "--settings-only"], capsys)
     assert code == 0 and out.startswith(f"configuration {other}, shell (NAME=value) form")
 
 

@@ -10,6 +10,7 @@ application does; ``is_overlap_violation`` recognises its error so the caller ca
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -17,14 +18,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from sfa_omf.errors import GeniError, Reason
 
+log = logging.getLogger("sfa_omf.calendar")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # PostgreSQL: deadlock (two racers each waiting on the other's row), serialization failure, lock not available.
 TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
@@ -71,15 +71,58 @@ class Database:
             yield session
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest migration (``sfa-omf db upgrade``)."""
+        """Bring the schema to the newest migration (``sfa-omf db upgrade``); says so in the log when it migrates.
+
+        Alembic's own INFO lines are not wanted at every start (sfa-omf's logging keeps them at WARNING): one line of
+        ours tells when a migration really runs.
+        """
+        from alembic import command  # Alembic is needed only here: commands that only read need not import it
+        from alembic.config import Config
+        from alembic.runtime.migration import MigrationContext
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as connection:
+        with _database_errors(), self.engine.begin() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+            head = head_revision()
+            if current != head:
+                log.info("migrating the calendar database from %s to %s", current or "an empty schema", head)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 
+    def schema_revision(self, connect_timeout_s: int = 5) -> str | None:
+        """The database's migration (None: an empty database, or an SQLite file that does not exist yet).
+
+        Reads only: a missing SQLite file is not created. Raises GeniError(DATABASE) when the database cannot be
+        reached within ``connect_timeout_s`` (PostgreSQL) or read.
+        """
+        from alembic.runtime.migration import MigrationContext
+
+        if self.is_sqlite:
+            path = make_url(self.url).database
+            if path and path != ":memory:" and not Path(path).exists():
+                return None
+            engine = self.engine
+        else:
+            engine = create_engine(self.url, connect_args={"connect_timeout": connect_timeout_s})
+        try:
+            with _database_errors(), engine.connect() as connection:
+                return MigrationContext.configure(connection).get_current_revision()
+        finally:
+            if engine is not self.engine:
+                engine.dispose()
+
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest migration this version of sfa-omf brings."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+    assert head is not None, "the migrations folder holds no migration"
+    return head
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import func, select
@@ -11,12 +12,45 @@ from sqlalchemy.orm import Session
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Node, Pool, Sliver
 from sfa_omf.calendar.policy import Policy
-from sfa_omf.calendar.records import NodeRecord, NodeSpec, PoolRecord
-from sfa_omf.errors import GeniError, Reason
+from sfa_omf.calendar.records import NODE_STATES, NodeRecord, NodeSpec, PoolRecord
+from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.times import utcnow
+from sfa_omf.xrn import URN_PREFIX, Urn, is_authority_for, is_urn, join_hrn, parse_urn, split_hrn
 
-NODE_STATES = ("usable", "maintenance")
 DEFAULT_POOL = "default"
+#: A node's name in its URN: letters, digits and . _ ~ - % (a host name fits; no spaces, no '+', no ':').
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~%-]*")
+
+
+def node_urn(text: str, authority_hrn: str) -> str:
+    """The URN of a node this aggregate's authority may name: ``text`` is a node URN under ``authority_hrn``, or a
+    bare name made into one (``node1`` -> ``urn:publicid:IDN+<authority>+node+node1``). Raises BadArgs naming what
+    is wrong: the URN grammar, a type other than node, another authority, or the dot/colon trap (in a URN the
+    authority's levels are joined by ':', a '.' stays inside one level)."""
+    authority = split_hrn(authority_hrn)
+    example = f"{URN_PREFIX}{':'.join(authority)}+node+node1"
+    if not is_urn(text):
+        if not NODE_NAME.fullmatch(text):
+            raise BadArgs(f"{text!r} is neither a node URN ({example}) nor a node name (letters, digits and . _ ~ - %)")
+        return str(Urn(authority=authority, type="node", name=text))
+    urn = parse_urn(text)
+    if urn.type != "node":
+        raise BadArgs(f"{text} names a {urn.type}, not a node: a node URN looks like {example}")
+    if not NODE_NAME.fullmatch(urn.name):
+        raise BadArgs(f"{text}: the node name {urn.name!r} may hold only letters, digits and . _ ~ - %")
+    urn_authority = join_hrn(urn.authority)
+    if not is_authority_for(authority_hrn, urn_authority):
+        dotted = [part for part in urn.authority if "." in part]
+        if dotted and ":".join(urn.authority).replace(".", ":") == ":".join(authority):
+            raise BadArgs(
+                f"{text}: in a URN the authority's levels are joined by ':', not '.': "
+                f"{URN_PREFIX}{':'.join(authority)}+node+{urn.name} is the node of authority {authority_hrn}"
+            )
+        raise BadArgs(
+            f"{text} belongs to authority {urn_authority!r}, not to this aggregate's {authority_hrn!r}: an "
+            f"aggregate advertises only its own nodes (e.g. {example})"
+        )
+    return str(urn)
 
 
 def node_record(node: Node) -> NodeRecord:
@@ -76,7 +110,12 @@ class Inventory:
             ]
 
     def add_node(self, spec: NodeSpec) -> NodeRecord:
-        """Add a node; its pool is created (federated) when it is the default pool and does not exist yet."""
+        """Add a node; its pool is created (federated) when it is the default pool and does not exist yet.
+        A grain of 0 or less is refused (None: the policy's)."""
+        if spec.grain_s is not None and spec.grain_s <= 0:
+            raise BadArgs(
+                f"grain {spec.grain_s} s: a node's booking slot must be at least 1 s (e.g. 1800 for half-hour slots)"
+            )
         try:
             with self.database.write() as session:
                 pool = session.scalar(select(Pool).where(Pool.name == spec.pool))
@@ -92,7 +131,7 @@ class Inventory:
                     exclusive=spec.exclusive,
                     properties=dict(spec.properties),
                     disk_images=[dict(image) for image in spec.disk_images],
-                    grain_s=spec.grain_s or self.policy.default_grain_s,
+                    grain_s=self.policy.default_grain_s if spec.grain_s is None else spec.grain_s,
                     state="usable",
                     pool=pool,
                 )

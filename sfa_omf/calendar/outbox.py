@@ -21,10 +21,9 @@ from sqlalchemy.orm import Session
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import NotifyOutbox, NotifySubscription
 from sfa_omf.calendar.queries import from_s, to_s
+from sfa_omf.calendar.records import CHANNELS
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
-
-CHANNELS = ("email", "webhook")
 
 
 @dataclass(frozen=True)

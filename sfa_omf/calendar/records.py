@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+#: A node is usable (bookable) or in maintenance.
+NODE_STATES = ("usable", "maintenance")
+
 
 @dataclass(frozen=True)
 class PoolRecord:
@@ -121,3 +124,7 @@ class FreeWindow:
 
 def _fmt(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: The notification channels a user can subscribe to (calendar/outbox.py).
+CHANNELS = ("email", "webhook")

@@ -1,7 +1,8 @@
 """``sfa-omf init``: a local authority, the aggregate's identity and sfi-ready demo users, without questions.
 
 Re-running on an initialised directory changes nothing that exists (keys are never overwritten); users named for the
-first time are added. Asking for a different authority than the one the directory holds is refused.
+first time are added. Asking for a different authority than the one the directory holds is refused
+(``existing_authority`` tells which one it holds). ``demo=False`` makes no demo slice (a real site).
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from rspec.model import Request, RequestLease, RequestNode
 from rspec.write_request import Dialect, write_request
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.intervals import align_up
-from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config, write_config
+from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, Settings, read_config, write_config
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority, write_new_file
 from sfa_omf.registry.records import Records
 from sfa_omf.trust.gid import GidChain, chain_pem
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
 from sfa_omf.xrn import hrn_to_urn
 
-DEFAULT_AUTHORITY = "testbed"
 DEFAULT_USERS = ("alice",)
 DEMO_SLICE = "demo"
 SSH_KEY_NAME = "id_ed25519"  # a demo user's SSH key pair, beside the sfi.py files (the .pub is registered)
@@ -44,6 +44,7 @@ class InitReport:
     created: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
     sfi_dirs: dict[str, str] = field(default_factory=dict)
+    demo: bool = True  # the demo slice exists, with the demo users as its researchers
 
 
 def init_directory(
@@ -51,6 +52,7 @@ def init_directory(
     authority_hrn: str = DEFAULT_AUTHORITY,
     users: tuple[str, ...] = DEFAULT_USERS,
     settings: Settings | None = None,
+    demo: bool = True,
 ) -> InitReport:
     """Create (or complete) an authority directory; see the module docstring."""
     directory = os.path.abspath(directory)
@@ -59,7 +61,7 @@ def init_directory(
             raise AuthorityError(
                 f"user name {name!r} is not usable: lower-case letters, digits, '-' and '_', starting with a letter"
             )
-    report = InitReport(directory=directory, authority_hrn=authority_hrn)
+    report = InitReport(directory=directory, authority_hrn=authority_hrn, demo=demo)
     config_path = os.path.join(directory, CONFIG_FILE_NAME)
     if os.path.exists(config_path):
         settings = read_config(config_path)
@@ -82,11 +84,21 @@ def init_directory(
         write_config(config_path, settings)
         report.created.append(config_path)
     _ensure_aggregate_identity(authority, report)
+    if not demo:
+        return report
     slice_hrn = authority.child_hrn(DEMO_SLICE)
     slice_chain = _ensure_gid(authority, slice_hrn, "slice", report)
     for name in users:
         _ensure_user(authority, settings, name, slice_hrn, slice_chain, report)
     return report
+
+
+def existing_authority(directory: str) -> str | None:
+    """The authority HRN an initialised directory holds (its configuration's ``interface_hrn``), else None."""
+    config_path = os.path.join(directory, CONFIG_FILE_NAME)
+    if not os.path.exists(config_path):
+        return None
+    return read_config(config_path).interface_hrn
 
 
 def _ensure_aggregate_identity(authority: LocalAuthority, report: InitReport) -> None:
@@ -181,11 +193,13 @@ def sfi_config(authority_hrn: str, user_hrn: str, settings: Settings) -> str:
 
 
 def register_demo(report: InitReport, database: Database) -> None:
-    """Record the authority's GIDs in its registry, with the demo users as researchers of the demo slice."""
+    """Record the authority's GIDs in its registry, with the demo users as researchers of the demo slice (when
+    there is one)."""
     authority = LocalAuthority.load(report.directory, report.authority_hrn)
     users = [authority.child_hrn(name) for name in sorted(report.sfi_dirs)]
     records = Records(database)
-    records.import_authority(authority, {authority.child_hrn(DEMO_SLICE): users})
+    slices = {authority.child_hrn(DEMO_SLICE): users} if report.demo else {}
+    records.import_authority(authority, slices)
     for name, sfi_dir in sorted(report.sfi_dirs.items()):  # their SSH keys: sfi show lists them, logins use them
         public_path = os.path.join(sfi_dir, f"{SSH_KEY_NAME}.pub")
         record = records.get(authority.child_hrn(name))

@@ -3,6 +3,10 @@
 Only this module and the rest of server/ know Twisted. It builds the synchronous core (database, verifier, calendar,
 Aggregate) from Settings, serves AM API v3 over TLS at ``/`` (where clients with no path land; ``/RPC2`` too) and
 v2 at ``/am2``, runs the calls in a bounded thread pool, and releases allocations never provisioned, once a minute.
+
+Start-up never lies: what would stop the server is checked first (sfa_omf/preflight.py), the servers listen before
+any thread starts, and any failure is a one-line StartupError with nothing left running; once both listen, systemd
+hears READY=1. While serving, the trusted-roots directory is watched (and re-read at once on SIGHUP).
 """
 
 from __future__ import annotations
@@ -10,11 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import reactor as _reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 
@@ -27,6 +35,7 @@ from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
 from sfa_omf.images.store import ImageStore, store_directory
 from sfa_omf.notify.notifier import Notifier, NotifySettings, notify_settings
+from sfa_omf.preflight import StartupError, check_startup, listen_message
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.api import RegistryApi
 from sfa_omf.registry.authority import LocalAuthority
@@ -40,7 +49,7 @@ from sfa_omf.testbed.registry import load_backend
 from sfa_omf.testbed.unix_accounts import UnixAccounts
 from sfa_omf.trust.gid import load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key_file
-from sfa_omf.trust.roots import load_trusted_roots
+from sfa_omf.trust.roots import TrustedRootsWatcher, load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from sfa_omf.web.app import WebCalendar, WebSettings
 
@@ -49,12 +58,16 @@ reactor: Any = _reactor
 EXPIRY_PERIOD_S = 60
 REQUEST_TIMEOUT_S = 120
 NOTIFY_PERIOD_S = 30
+#: How often the trusted-roots directory is looked at for roots added or removed (SIGHUP: at once).
+ROOTS_CHECK_PERIOD_S = 5
 
 
-def build_aggregate(settings: Settings) -> Aggregate:
-    """The synchronous core, ready for calls (the database schema is brought up to date)."""
+def build_aggregate(settings: Settings, upgrade: bool = True) -> Aggregate:
+    """The synchronous core, ready for calls. ``upgrade``: bring the database schema up to date first (quickstart,
+    tests); ``serve`` does not, it refuses to start on an old schema (check_startup)."""
     database = Database(settings.calendar_url)
-    database.upgrade()
+    if upgrade:
+        database.upgrade()
     policy = Policy(
         default_grain_s=settings.grain_s,
         min_duration_s=settings.grain_s,
@@ -100,6 +113,13 @@ class RunningServer:
     def port_number(self) -> int:
         return int(self.port.getHost().port)
 
+    def abandon(self) -> None:
+        """Stop the threads and loops of a server whose reactor will never run (start-up failed)."""
+        if self.expiry.running:
+            self.expiry.stop()
+        self.port.stopListening()
+        self.pool.stop()
+
     def stop(self) -> Any:
         """Stop listening, the expiry loop and the threads (call in the reactor thread)."""
         for loop in [self.expiry, *self.loops]:
@@ -116,9 +136,12 @@ class RunningServer:
 
 
 def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None = None) -> RunningServer:
-    """Listen for AM API calls over TLS (call in the reactor thread). ``port`` 0 picks a free one (tests)."""
+    """Listen for AM API calls over TLS (call in the reactor thread). ``port`` 0 picks a free one (tests).
+
+    Listens first and starts threads only once listening worked: a port that is taken raises CannotListenError and
+    leaves no thread behind (a thread pool left running would keep the process alive with nothing listening).
+    """
     pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="sfa-omf-am")
-    pool.start()
     v3 = XmlRpcResource(ApiV3(aggregate), pool, reactor, settings.max_request_bytes)
     v2 = XmlRpcResource(ApiV2(aggregate), pool, reactor, settings.max_request_bytes)
     routes: dict[bytes, Any] = {b"am2": v2}
@@ -145,6 +168,7 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     listening = reactor.listenSSL(
         settings.aggregate_port if port is None else port, site, tls, interface=settings.aggregate_host
     )
+    pool.start()
     expiry = LoopingCall(lambda: reactor.callInThread(_expire, aggregate))
     expiry.start(EXPIRY_PERIOD_S, now=True)
     loops = []
@@ -201,16 +225,20 @@ def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: Thread
     return WebCalendarResource(calendar, pool, reactor)
 
 
-def start_registry(settings: Settings, database: Database, port: int | None = None) -> Any:
+def start_registry(
+    settings: Settings, database: Database, port: int | None = None, verifier: CredentialVerifier | None = None
+) -> Any:
     """Serve the local authority's SFA Registry API over TLS with the authority's own key (call in the reactor
-    thread). The authority's issued GIDs and the inventory's nodes are recorded first (idempotent)."""
+    thread). The authority's issued GIDs and the inventory's nodes are recorded first (idempotent). ``verifier``:
+    share the aggregate's (so that reloaded trusted roots reach both); default: a verifier of its own. Listens before
+    starting threads."""
     authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
     records = Records(database)
     records.import_authority(authority)
     record_nodes(authority, records, Inventory(database).list_nodes())  # nodes added since, e.g. by an import
-    verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
+    if verifier is None:
+        verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
     pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="sfa-omf-registry")
-    pool.start()
     endpoint = XmlRpcResource(RegistryApi(authority, records, verifier), pool, reactor, settings.max_request_bytes)
     site = make_site({}, endpoint, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
     tls = ServerTls(
@@ -220,8 +248,49 @@ def start_registry(settings: Settings, database: Database, port: int | None = No
     listening = reactor.listenSSL(
         settings.registry_port if port is None else port, site, tls, interface=settings.registry_host
     )
+    pool.start()
     reactor.addSystemEventTrigger("before", "shutdown", pool.stop)
     return listening
+
+
+def watch_trusted_roots(verifier: CredentialVerifier, period_s: float = ROOTS_CHECK_PERIOD_S) -> TrustedRootsWatcher:
+    """Keep ``verifier``'s trusted roots in step with its directory (call in the reactor thread): the directory is
+    looked at every ``period_s`` and on SIGHUP; each change is logged, and a directory that cannot be read leaves the
+    roots in use as they were (logged too)."""
+    watcher = TrustedRootsWatcher(verifier.roots.source, verifier.roots)
+
+    def check() -> None:
+        try:
+            change = watcher.check()
+        except Exception as exc:  # a root file half-copied, unreadable: keep serving with the roots we have
+            log.warning(
+                "trusted roots in %s not reloaded (%s); still trusting %s",
+                watcher.directory,
+                getattr(exc, "message", exc),  # a GeniError's message, without its reason code
+                watcher.roots.names(),
+            )
+            return
+        if change is not None:
+            verifier.roots = change.roots
+            log.info("trusted roots reloaded from %s: %s", watcher.directory, change.describe())
+
+    LoopingCall(check).start(period_s, now=False)
+    if threading.current_thread() is threading.main_thread():  # signals can only be set there (not in tests)
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(check))
+    return watcher
+
+
+def notify_systemd(state: str) -> bool:
+    """Tell systemd (Type=notify units) our state, e.g. ``READY=1``; False when not started by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)
+        sock.sendall(state.encode("utf-8"))
+    return True
 
 
 def _background(task: BackgroundTask) -> None:
@@ -243,11 +312,25 @@ def _expire(aggregate: Aggregate) -> None:
         log.exception("releasing unprovisioned allocations failed; will try again")
 
 
-def serve_forever(settings: Settings) -> int:
-    """Run until interrupted (SIGINT/SIGTERM), then shut down cleanly."""
-    aggregate = build_aggregate(settings)
-    running = start_aggregate(settings, aggregate)
-    registry = start_registry(settings, aggregate.database)
+def serve_forever(settings: Settings, checked: bool = False) -> int:
+    """Run until interrupted (SIGINT/SIGTERM), then shut down cleanly.
+
+    Raises StartupError (one line: the problem and the fix) when the server cannot start: identity files, trusted
+    roots, the database (unreachable or not at the newest migration), an address it cannot listen on. Nothing is
+    left running then. ``checked``: the caller ran check_startup already.
+    """
+    if not checked:
+        check_startup(settings)
+    aggregate = build_aggregate(settings, upgrade=False)
+    running = _listen("aggregate", settings, lambda: start_aggregate(settings, aggregate))
+    try:
+        registry = _listen(
+            "registry", settings, lambda: start_registry(settings, aggregate.database, verifier=aggregate.verifier)
+        )
+    except StartupError:
+        running.abandon()
+        raise
+    watch_trusted_roots(aggregate.verifier)
     log.info(
         "registry %s serving the SFA Registry API on https://%s:%d/",
         settings.interface_hrn,
@@ -255,10 +338,12 @@ def serve_forever(settings: Settings) -> int:
         registry.getHost().port,
     )
     log.info(
-        "aggregate %s serving AM API v3 on https://%s:%d/",
+        "aggregate %s serving AM API v3 on https://%s:%d/ (advertised as %s); trusting %s",
         aggregate.settings.urn,
         settings.aggregate_host,
         running.port_number,
+        settings.hostname,
+        aggregate.verifier.roots.names(),
     )
 
     def stop(*_: Any) -> None:
@@ -266,6 +351,25 @@ def serve_forever(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     reactor.addSystemEventTrigger("before", "shutdown", running.stop)
+    reactor.callWhenRunning(notify_systemd, "READY=1")
     reactor.run()
     log.info("stopped")
     return 0
+
+
+T = TypeVar("T")
+
+
+def _listen(service: str, settings: Settings, start: Callable[[], T]) -> T:
+    """Run a start function; an address it cannot listen on becomes a StartupError naming the fix."""
+    try:
+        return start()
+    except CannotListenError as exc:
+        host, port = (
+            (settings.registry_host, settings.registry_port)
+            if service == "registry"
+            else (settings.aggregate_host, settings.aggregate_port)
+        )
+        reason = exc.socketError.strerror if isinstance(exc.socketError, OSError) else str(exc.socketError)
+        setting = "[sfa_registry] port" if service == "registry" else "[sfa_aggregate] port"
+        raise StartupError(listen_message(service, host, port, (reason or "").lower(), setting)) from exc

@@ -1,6 +1,7 @@
 """Trusted roots, and verifying a GID chain up to one of them.
 
-Trusting another authority is dropping its root certificate (PEM or GID) into the trusted-roots directory.
+Trusting another authority is dropping its root certificate (PEM or GID) into the trusted-roots directory; a
+running server notices (``TrustedRootsWatcher``).
 The rules (SFA's and GENI's): every certificate is inside its validity period at the time of verification; each
 link is signed by its parent; every parent is a CA whose URN type is ``authority`` and whose name is a naming
 authority (part-wise prefix) over the child's; the chain ends at a trusted root that is itself an authority over the
@@ -77,6 +78,70 @@ def load_trusted_roots(directory: str) -> TrustedRoots:
             chain = load_gid_chain(handle.read())
         anchors.append(chain[0])
     return TrustedRoots(anchors=tuple(anchors), source=directory)
+
+
+def directory_signature(directory: str) -> tuple[tuple[str, int, int, int], ...] | None:
+    """What changes when a root file is added, removed or rewritten: (name, inode, size, mtime) of each root file;
+    None when the directory does not exist."""
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.endswith(ROOT_SUFFIXES))
+    except FileNotFoundError:
+        return None
+    signature = []
+    for name in names:
+        try:
+            status = os.stat(os.path.join(directory, name))
+        except FileNotFoundError:  # removed while we looked
+            continue
+        signature.append((name, status.st_ino, status.st_size, status.st_mtime_ns))
+    return tuple(signature)
+
+
+@dataclass(frozen=True)
+class RootsChange:
+    """The trusted roots after a change of their directory, and the authorities added and removed."""
+
+    roots: TrustedRoots
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+
+    def describe(self) -> str:
+        parts = [f"{len(self.roots.anchors)} root(s) ({self.roots.names()})"]
+        if self.added:
+            parts.append("added " + ", ".join(self.added))
+        if self.removed:
+            parts.append("removed " + ", ".join(self.removed))
+        return "; ".join(parts)
+
+
+class TrustedRootsWatcher:
+    """Notices when the trusted-roots directory changes, so that a running server trusts what the directory holds
+    without a restart (``sfa-omf trust add-root``, or a file dropped in or removed by hand)."""
+
+    def __init__(self, directory: str, roots: TrustedRoots) -> None:
+        self.directory = directory
+        self.roots = roots
+        self._signature = directory_signature(directory)
+
+    def check(self) -> RootsChange | None:
+        """The new roots when the directory changed since the last check, else None. Raises what
+        load_trusted_roots raises when the directory cannot be read; the roots in use stay as they were then, and
+        the same state of the directory is not tried again (one warning per change, not one per check)."""
+        signature = directory_signature(self.directory)
+        if signature == self._signature:
+            return None
+        self._signature = signature
+        roots = load_trusted_roots(self.directory)
+        if roots.fingerprint == self.roots.fingerprint:
+            return None  # touched or renamed, same certificates
+        before = {anchor.fingerprint: _describe(anchor) for anchor in self.roots.anchors}
+        after = {anchor.fingerprint: _describe(anchor) for anchor in roots.anchors}
+        self.roots = roots
+        return RootsChange(
+            roots=roots,
+            added=tuple(sorted(after[key] for key in after.keys() - before.keys())),
+            removed=tuple(sorted(before[key] for key in before.keys() - after.keys())),
+        )
 
 
 def _signed_by(child: Gid, parent: Gid) -> bool:

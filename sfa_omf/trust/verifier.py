@@ -122,25 +122,28 @@ class CredentialVerifier:
     # -- step 1 ---------------------------------------------------------------------------------------------
     def verify(self, xml: bytes | str, at: datetime) -> VerifiedCredential:
         """Verify everything intrinsic to the credential as of ``at``. Raise TrustError naming the reason."""
-        key = (credential_digest(xml), self.roots.fingerprint)
+        roots = self.roots  # one set for the whole check: the server may swap in reloaded roots meanwhile
+        key = (credential_digest(xml), roots.fingerprint)
         if self.cache is not None:
             cached = self.cache.get(key, at)
             if cached is not None:
                 return cached
         document = read_credential(xml)
-        verified = self._verify_document(document, key[0], at)
+        verified = self._verify_document(document, key[0], at, roots)
         if self.cache is not None:
             self.cache.put(key, verified)
         return verified
 
-    def _verify_document(self, document: CredentialDocument, digest: str, at: datetime) -> VerifiedCredential:
+    def _verify_document(
+        self, document: CredentialDocument, digest: str, at: datetime, roots: TrustedRoots
+    ) -> VerifiedCredential:
         credential = document.credential
         lineage = credential.lineage
         signer_chains = _check_signatures(document.root, lineage)
         involved: list[Gid] = []
         for item in lineage:
             signer_chain = signer_chains[item.xml_id]
-            anchor = verify_chain(signer_chain, self.roots, at, role=f"signer of credential {item.xml_id!r}")
+            anchor = verify_chain(signer_chain, roots, at, role=f"signer of credential {item.xml_id!r}")
             involved.extend(signer_chain)
             involved.append(anchor)
         root_credential = lineage[-1]
@@ -149,7 +152,7 @@ class CredentialVerifier:
             _check_delegation(child, parent, signer_chains[child.xml_id][0])
         for item in lineage:
             for role, chain in (("owner", item.owner_chain), ("target", item.target_chain)):
-                anchor = verify_chain(chain, self.roots, at, role=f"{role} of credential {item.xml_id!r}")
+                anchor = verify_chain(chain, roots, at, role=f"{role} of credential {item.xml_id!r}")
                 involved.extend(chain)
                 involved.append(anchor)
         for item in lineage:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sfa_omf.errors import GeniCode, Reason, TrustError
+from sfa_omf.errors import GeniCode, GeniError, Reason, TrustError
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import Gid, GidChain, chain_pem, load_gid_chain
 from sfa_omf.trust.pki import create_gid, new_private_key
@@ -165,3 +165,30 @@ def test_trusted_roots_directory(tmp_path: Path, tree: dict[str, Gid]) -> None:
 def test_demo_authority_chains_verify_with_openssl_rules(pki: DemoPki) -> None:
     for user in pki.users.values():
         assert verify_chain(user.chain, pki.roots, utcnow()).hrn == "testbed"
+
+
+def test_watcher_follows_the_trusted_roots_directory(tmp_path: Path, tree: dict[str, Gid]) -> None:
+    """What a running server does every few seconds and on SIGHUP (sfa_omf/server/app.py): added, rewritten and
+    removed roots, a file that cannot be read (reported once, the roots in use stay)."""
+    from sfa_omf.trust.roots import TrustedRootsWatcher
+
+    (tmp_path / "fed.gid").write_text(tree["fed"].pem())
+    watcher = TrustedRootsWatcher(str(tmp_path), load_trusted_roots(str(tmp_path)))
+    assert watcher.check() is None
+    (tmp_path / "other.gid").write_text(root("other").pem())
+    change = watcher.check()
+    assert change is not None and change.added == ("urn:publicid:IDN+other+authority+sa",) and change.removed == ()
+    assert sorted(anchor.hrn for anchor in change.roots.anchors) == ["fed", "other"]
+    assert watcher.check() is None
+    (tmp_path / "other.gid").rename(tmp_path / "other.pem")  # same certificates: no change to report
+    assert watcher.check() is None
+    (tmp_path / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
+    with pytest.raises(GeniError, match="cannot read a PEM certificate chain"):
+        watcher.check()
+    assert watcher.check() is None  # the same broken state is not reported again
+    assert sorted(anchor.hrn for anchor in watcher.roots.anchors) == ["fed", "other"]  # still in use
+    (tmp_path / "broken.pem").unlink()
+    (tmp_path / "other.pem").unlink()
+    change = watcher.check()
+    assert change is not None and change.removed == ("urn:publicid:IDN+other+authority+sa",)
+    assert change.describe() == "1 root(s) (fed); removed urn:publicid:IDN+other+authority+sa"

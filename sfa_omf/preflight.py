@@ -1,0 +1,253 @@
+"""What would make ``sfa-omf serve`` fail, found before it starts: ``serve`` refuses to start on the first one, and
+``sfa-omf config check`` lists them all.
+
+Each check returns ``Finding``s: one line that names the problem and says what to do. The checks read and never
+write: a missing SQLite file is not created, a port is bound only for a moment to see that it can be.
+
+- identity: the aggregate's key and GID (``data_dir/aggregate``) and the authority's (``data_dir/authority``)
+  exist and can be read;
+- trusted roots: the directory exists and holds at least one root that can be read;
+- database: reachable, and at the newest migration;
+- ports: the registry's and the aggregate's host:port can be bound (``config check`` only: ``serve`` finds out by
+  listening);
+- hostname: the name advertised to the federation (``[sfa_omf] hostname``) is an address of this machine
+  (``config check`` only).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from dataclasses import dataclass
+
+from sfa_omf.config import Settings
+from sfa_omf.errors import GeniError
+
+#: How long a database may take to answer a connection before start-up gives up on it.
+DATABASE_TIMEOUT_S = 3
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A problem that would stop the server or keep the federation from reaching it. ``check`` is one of identity,
+    trusted_roots, database, port, hostname; ``message`` is one line: the problem, then what to do."""
+
+    check: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StartupError(Exception):
+    """``sfa-omf serve`` cannot start; the message is one line that names the problem and the fix."""
+
+
+def one_line(text: str) -> str:
+    """Text made one line (database drivers answer on several)."""
+    return " ".join(text.split())
+
+
+def identity_findings(settings: Settings) -> list[Finding]:
+    """The TLS identities the two servers present: each key and GID file exists and is readable."""
+    from sfa_omf.registry.authority import LocalAuthority
+    from sfa_omf.trust.gid import load_gid_chain_file
+    from sfa_omf.trust.pki import load_private_key_file
+
+    init = f"sfa-omf init {settings.data_dir} --authority {settings.interface_hrn}"
+    files = (
+        ("the aggregate's private key", os.path.join(settings.data_dir, "aggregate", "am.pkey"), True),
+        ("the aggregate's GID", os.path.join(settings.data_dir, "aggregate", "am.gid"), False),
+        ("the authority's private key", LocalAuthority.key_path(settings.data_dir, settings.interface_hrn), True),
+        ("the authority's GID", LocalAuthority.gid_path(settings.data_dir, settings.interface_hrn), False),
+    )
+    findings = []
+    for what, path, is_key in files:
+        if not os.path.exists(path):
+            findings.append(Finding("identity", f"{what} {path} does not exist: run {init} to create it"))
+            continue
+        try:
+            load_private_key_file(path) if is_key else load_gid_chain_file(path)
+        except PermissionError:
+            findings.append(
+                Finding(
+                    "identity",
+                    f"cannot read {what} {path}: permission denied; let the user running sfa-omf "
+                    f"(uid {os.getuid()}) read it (chown/chmod)",
+                )
+            )
+        except (OSError, ValueError, GeniError) as exc:
+            findings.append(
+                Finding("identity", f"cannot use {what} {path}: {one_line(str(exc))}; restore it from a backup")
+            )
+    return findings
+
+
+def trusted_roots_findings(settings: Settings) -> list[Finding]:
+    """The trusted-roots directory exists and holds at least one readable root."""
+    from sfa_omf.trust.roots import load_trusted_roots
+
+    directory = settings.trusted_roots_dir
+    if not os.path.isdir(directory):
+        return [
+            Finding(
+                "trusted_roots",
+                f"trusted roots directory {directory} does not exist: create it and put at least this authority's "
+                f"root there (cp {settings.data_dir}/authority/{settings.interface_hrn}.gid {directory}/), "
+                "or set [sfa_omf] trusted_roots",
+            )
+        ]
+    try:
+        roots = load_trusted_roots(directory)
+    except (OSError, ValueError, GeniError) as exc:
+        return [Finding("trusted_roots", f"cannot read the trusted roots in {directory}: {one_line(str(exc))}")]
+    if not roots.anchors:
+        return [
+            Finding(
+                "trusted_roots",
+                f"trusted roots directory {directory} holds no root (*.gid, *.pem, *.cert, *.crt): nobody could call; "
+                f"add this authority's root (sfa-omf trust add-root {settings.data_dir}/authority/"
+                f"{settings.interface_hrn}.gid)",
+            )
+        ]
+    return []
+
+
+def database_findings(settings: Settings) -> list[Finding]:
+    """The calendar's database answers and is at the newest migration."""
+    from sfa_omf.calendar.database import Database, head_revision
+    from sfa_omf.config import hide_password
+
+    database = Database(settings.calendar_url)
+    shown = hide_password(settings.calendar_url)
+    try:
+        current = database.schema_revision(connect_timeout_s=DATABASE_TIMEOUT_S)
+    except GeniError as exc:
+        return [
+            Finding(
+                "database",
+                f"the calendar database {shown} cannot be reached: "
+                f"{one_line(exc.message.removeprefix('the calendar database failed: '))}; start it, or fix "
+                "[sfa_omf] database_url / [sfa_db]",
+            )
+        ]
+    finally:
+        database.dispose()
+    head = head_revision()
+    if current is None:
+        return [Finding("database", f"the calendar database {shown} is empty: run sfa-omf db upgrade")]
+    if current != head:
+        return [
+            Finding(
+                "database",
+                f"the calendar database {shown} is at migration {current}, this sfa-omf needs {head}: "
+                "run sfa-omf db upgrade",
+            )
+        ]
+    return []
+
+
+def port_findings(settings: Settings) -> list[Finding]:
+    """The registry's and the aggregate's addresses can be listened on now."""
+    findings = []
+    for service, host, port, name in (
+        ("registry", settings.registry_host, settings.registry_port, "[sfa_registry] port"),
+        ("aggregate", settings.aggregate_host, settings.aggregate_port, "[sfa_aggregate] port"),
+    ):
+        reason = bind_problem(host, port)
+        if reason:
+            findings.append(Finding("port", listen_message(service, host, port, reason, name)))
+    return findings
+
+
+def listen_message(service: str, host: str, port: int, reason: str, setting: str) -> str:
+    """One line for an address the server cannot listen on, with what to do."""
+    if "in use" in reason:
+        fix = f"another program listens there (is sfa-omf already running? ss -ltnp 'sport = :{port}'); stop it or "
+        fix += f"change {setting}"
+    elif "permission" in reason.lower():
+        fix = f"ports below 1024 need privileges; use a higher {setting}"
+    else:
+        fix = f"{host} is not an address of this machine; change the host next to {setting}"
+    return f"the {service} cannot listen on {host}:{port}: {reason}; {fix}"
+
+
+def bind_problem(host: str, port: int) -> str:
+    """Why (host, port) cannot be listened on, or "" when it can (SO_REUSEADDR, as Twisted listens)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve {host} ({exc.strerror})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return _errno_text(exc)
+    return ""
+
+
+def _errno_text(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "address not available on this machine"
+    return exc.strerror or str(exc)
+
+
+def hostname_findings(settings: Settings) -> list[Finding]:
+    """The advertised hostname resolves to an address of this machine (one it can bind)."""
+    name = settings.hostname
+    if name in ("0.0.0.0", "::"):
+        return [
+            Finding(
+                "hostname",
+                f"hostname {name} means 'every address' to a server, nothing peers can call: set [sfa_omf] hostname "
+                "to this machine's public DNS name",
+            )
+        ]
+    try:
+        addresses = sorted({str(info[4][0]) for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)})
+    except socket.gaierror as exc:
+        return [
+            Finding(
+                "hostname",
+                f"hostname {name} does not resolve ({exc.strerror}): federation peers could not reach the aggregate; "
+                "set [sfa_omf] hostname to this machine's public DNS name",
+            )
+        ]
+    for address in addresses:
+        if not bind_problem(address, 0):
+            return []
+    return [
+        Finding(
+            "hostname",
+            f"hostname {name} resolves to {', '.join(addresses)}, which is not an address of this machine; set "
+            "[sfa_omf] hostname to this machine's public DNS name (or fix its DNS record; behind NAT, with the public "
+            "address forwarded here, this is expected)",
+        )
+    ]
+
+
+def startup_findings(settings: Settings) -> list[Finding]:
+    """What stops ``sfa-omf serve``: identity files, trusted roots, the database."""
+    return identity_findings(settings) + trusted_roots_findings(settings) + database_findings(settings)
+
+
+def deployment_findings(settings: Settings) -> list[Finding]:
+    """Everything ``config check`` looks at beyond the file: start-up, ports, hostname."""
+    return startup_findings(settings) + port_findings(settings) + hostname_findings(settings)
+
+
+def check_startup(settings: Settings, ports: bool = False) -> None:
+    """Raise StartupError with the first problem that would stop the server (and how many more there are).
+    ``ports``: also try to bind both addresses."""
+    findings = startup_findings(settings) + (port_findings(settings) if ports else [])
+    if findings:
+        more = len(findings) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''}: sfa-omf config check lists them)" if more else ""
+        raise StartupError(findings[0].message + suffix)
