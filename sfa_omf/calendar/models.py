@@ -155,3 +155,14 @@ class OarJob(Base):
     state: Mapped[str] = mapped_column(String(20))
     message: Mapped[str] = mapped_column(Text, default="")  # OAR's own words when it failed
     updated_s: Mapped[int] = mapped_column(BigInteger)
+
+
+class CalendarGeneration(Base):
+    """One row (id 1) whose ``value`` grows with every unit of work that writes to the database, in the same
+    transaction as the write: a process that cached an answer computed at generation G knows it is still right as
+    long as it reads G here (calendar/generation.py). Shared by every process and host using the database."""
+
+    __tablename__ = "calendar_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
