@@ -34,6 +34,7 @@ from rspec.model import (
     SliverType,
 )
 from rspec.parse_request import RequestPolicy, parse_request
+from sfa_omf.am.advertiser import Advertiser
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.am.states import Allocation, Event, Operational, operational_action
 from sfa_omf.calendar.availability import Availability
@@ -110,6 +111,9 @@ class Aggregate:
         self.accounts = accounts or Accounts(database)
         self.unix_accounts = unix_accounts  # None: the operator manages Unix accounts (create_accounts = no)
         self.records = Records(database)  # the local registry's users: their registered SSH keys
+        self.advertiser = Advertiser(
+            database, settings.horizon, settings.free_windows, self.policy.default_grain_s, self._advertised
+        )
 
     # -- authorization --------------------------------------------------------------------------------------------
     def authorize(
@@ -172,7 +176,15 @@ class Aggregate:
     def list_resources(self, caller_chain: GidChain, credentials: Any, options: Mapping[str, Any]) -> str:
         self.authorize("ListResources", caller_chain, credentials, None, options)
         _check_rspec_version(options, required=True, method="ListResources")
-        now = self.clock()
+        document = self.advertiser.document(
+            self.clock(), lease_view(options.get("list_leases")), bool(options.get("geni_available"))
+        )
+        return _maybe_compressed(document, options)
+
+    def list_resources_reference(self, now: datetime, options: Mapping[str, Any]) -> str:
+        """ListResources' document written the straightforward way, as before the advertiser (the calendar's
+        services, one call each, no cache): the oracle that tests/am/test_advertiser.py and
+        benchmarks/list_resources_bench.py compare the advertiser with. No authorization."""
         nodes = self.inventory.list_nodes(federated_only=True)
         if options.get("geni_available"):
             busy = self.availability.busy_now(now)

@@ -1,0 +1,194 @@
+"""ListResources' advertisement: built from one calendar snapshot (calendar/snapshot.py), cached per calendar
+generation, and answered from the cache while nothing it shows can have changed.
+
+What an advertisement shows depends on the calendar (its generation says whether that changed, in any process) and
+on the second of "now": the ``generated`` stamp and the horizon's ends are "now" and "now + horizon"; everything else
+(which bookings are live, which nodes are available now, each node's free windows) changes only when "now" crosses
+a booking's start or end, a grain boundary, or the point where a booking enters the horizon. So a cached document
+is kept as a template with those two stamps left out, with the span of seconds ``[built_s, until_s)`` in which
+nothing else can change; a call inside it costs a generation read and a string join.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rspec.advertisement import write_advertisement
+from rspec.model import AdvertisedNode, Advertisement, Booking, FreeWindow, Horizon, LeaseView
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.generation import read_generation
+from sfa_omf.calendar.intervals import align_down, align_up
+from sfa_omf.calendar.queries import from_s, to_s
+from sfa_omf.calendar.records import NodeRecord
+from sfa_omf.calendar.snapshot import CalendarSnapshot, read_snapshot
+from sfa_omf.times import format_time
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """A built advertisement: ``parts`` joined with "now" and "now + horizon" between them (``stamps``) give the
+    document for any second in [built_s, until_s) at ``generation``."""
+
+    generation: int
+    built_s: int
+    until_s: int
+    parts: tuple[str, ...]
+    stamps: tuple[int, ...]  # for each gap between parts: 0 = now, 1 = now + horizon
+
+    def render(self, now: datetime, horizon_end: datetime) -> str:
+        texts = (format_time(now), format_time(horizon_end))
+        pieces = [self.parts[0]]
+        for stamp, part in zip(self.stamps, self.parts[1:], strict=True):
+            pieces.append(texts[stamp])
+            pieces.append(part)
+        return "".join(pieces)
+
+
+class Advertiser:
+    """Builds and caches ListResources' advertisement. Thread-safe; one per Aggregate (one per process)."""
+
+    def __init__(
+        self,
+        database: Database,
+        horizon: timedelta,
+        free_windows: int,
+        default_grain_s: int,
+        advertised: Callable[[NodeRecord], AdvertisedNode],
+    ) -> None:
+        self.database = database
+        self.horizon = horizon
+        self.free_windows = free_windows
+        self.default_grain_s = default_grain_s
+        self.advertised = advertised
+        self._cache: dict[tuple[LeaseView, bool], _Cached] = {}
+        self._building = threading.Lock()  # one build at a time: concurrent misses wait and then hit
+        self.builds = 0  # how many documents were written (the rest of the calls were answered from the cache)
+
+    def document(self, now: datetime, view: LeaseView, available_only: bool) -> str:
+        """The advertisement at ``now`` (its federated nodes; with ``available_only`` only those usable and free now),
+        exactly as ``build`` writes it, from the cache when the calendar and the second allow."""
+        key = (view, available_only)
+        now_s = to_s(now)
+        horizon_end = now + self.horizon
+        with self.database.read() as session:
+            generation = read_generation(session)
+        cached = self._cache.get(key)
+        if cached is None or not self._usable(cached, generation, now_s):
+            with self._building:
+                cached = self._cache.get(key)
+                if cached is None or not self._usable(cached, generation, now_s):
+                    cached = self._build_cached(now, view, available_only)
+                    self._cache[key] = cached
+        # Here the entry is either usable at this second or was just built at it (maybe at a newer generation).
+        return cached.render(now, horizon_end)
+
+    @staticmethod
+    def _usable(cached: _Cached, generation: int, now_s: int) -> bool:
+        return cached.generation == generation and cached.built_s <= now_s < cached.until_s
+
+    def _build_cached(self, now: datetime, view: LeaseView, available_only: bool) -> _Cached:
+        now_s = to_s(now)
+        horizon_end = now + self.horizon
+        snapshot = read_snapshot(self.database, now_s)
+        self.builds += 1
+        document = self.build(snapshot, now, view, available_only)
+        parts, stamps = _template(document, format_time(now), format_time(horizon_end), view)
+        if self.horizon.microseconds or parts is None:
+            # "now + horizon" would not move by whole seconds with "now" (or the stamps were not found): the
+            # document is right for this second only.
+            return _Cached(snapshot.generation, now_s, now_s + 1, (document,), ())
+        until_s = valid_until(snapshot, now_s, to_s(horizon_end) - now_s)
+        return _Cached(snapshot.generation, now_s, until_s, parts, stamps)
+
+    def build(self, snapshot: CalendarSnapshot, now: datetime, view: LeaseView, available_only: bool) -> str:
+        """The advertisement written from a snapshot read at ``now`` (no cache)."""
+        return write_advertisement(self.advertisement(snapshot, now, available_only), view).decode("utf-8")
+
+    def advertisement(self, snapshot: CalendarSnapshot, now: datetime, available_only: bool) -> Advertisement:
+        """What the advertisement says at ``now``, as plain data: the nodes (all federated ones, or those usable and
+        free now), their bookings and next free windows."""
+        now_s = to_s(now)
+        horizon_end = now + self.horizon
+        nodes = snapshot.nodes
+        if available_only:
+            busy = snapshot.busy_at(now_s)
+            nodes = tuple(node for node in nodes if node.state == "usable" and node.component_id not in busy)
+        windows = snapshot.free_windows(nodes, now_s, to_s(horizon_end), self.free_windows)
+        advertised = {node.component_id for node in nodes}
+        times = _Times()
+        bookings = []
+        for lease in snapshot.leases:
+            shown = tuple(node for node in lease.nodes if node in advertised)
+            if shown:
+                bookings.append(
+                    Booking(lease.id, times[lease.start_s], times[lease.end_s], shown, slice_urn=lease.slice_urn)
+                )
+        return Advertisement(
+            nodes=tuple(self.advertised(node) for node in nodes),
+            bookings=tuple(bookings),
+            now=now,
+            grain=timedelta(seconds=self.default_grain_s),
+            horizon=Horizon(now, horizon_end, self.free_windows),
+            free_windows={
+                name: tuple(FreeWindow(times[start], times[end]) for start, end in found)
+                for name, found in windows.items()
+            },
+        )
+
+
+class _Times(dict[int, datetime]):
+    """Epoch seconds -> aware datetime, each converted once (slot boundaries repeat across nodes and leases)."""
+
+    def __missing__(self, seconds: int) -> datetime:
+        moment = self[seconds] = from_s(seconds)
+        return moment
+
+
+def valid_until(snapshot: CalendarSnapshot, now_s: int, horizon_s: int) -> int:
+    """The first second after ``now_s`` at which an advertisement of ``snapshot`` could differ other than by its
+    "now" stamps: a booking or held window starts or ends, one enters the horizon (``start - horizon`` + 1: the
+    window query and the gap search compare starts with now + horizon), or a grain boundary moves the first free
+    window's start (align_up(now)) or the horizon's aligned end (align_down(now + horizon))."""
+    candidates: list[int] = []
+    for grain in {node.grain_s for node in snapshot.nodes}:
+        candidates.append(align_up(now_s, grain) + 1)
+        candidates.append(align_down(now_s + horizon_s, grain) + grain - horizon_s)
+    boundaries: Iterable[tuple[int, int]] = [
+        *((lease.start_s, lease.end_s) for lease in snapshot.leases),
+        *(window for windows in snapshot.held.values() for window in windows),
+    ]
+    for start, end in boundaries:
+        for moment in (start, end, start - horizon_s + 1):
+            if moment > now_s:
+                candidates.append(moment)
+    return min(candidates, default=now_s + 1)
+
+
+def _template(
+    document: str, now_text: str, horizon_text: str, view: LeaseView
+) -> tuple[tuple[str, ...], tuple[int, ...]] | tuple[None, tuple[()]]:
+    """Split the document where the "now" stamps are: the root's ``generated`` attribute (first in the document)
+    and the av:horizon element's ``start`` and ``end`` (written before any node; absent in SFA's leases view)."""
+    generated = f' generated="{now_text}"'
+    cut = document.find(generated)
+    if cut < 0:
+        return None, ()
+    head = cut + len(' generated="')
+    parts = [document[:head]]
+    stamps = [0]
+    rest_at = head + len(now_text)
+    if view is not LeaseView.SFA_LEASES:
+        horizon = f'<av:horizon start="{now_text}" end="{horizon_text}"'
+        found = document.find(horizon, rest_at)
+        if found < 0:
+            return None, ()
+        start_at = found + len('<av:horizon start="')
+        end_at = start_at + len(now_text) + len('" end="')
+        parts += [document[rest_at:start_at], document[start_at + len(now_text) : end_at]]
+        stamps += [0, 1]
+        rest_at = end_at + len(horizon_text)
+    parts.append(document[rest_at:])
+    return tuple(parts), tuple(stamps)

@@ -1,0 +1,170 @@
+"""The calendar as an advertisement shows it, read in one go: the federated nodes, and every lease and held window
+that ends after a moment, with column queries into plain records (no ORM objects: an advertisement of 10 000 nodes
+reads about 100 000 slivers) and times kept as epoch seconds until the writer needs them.
+
+Two queries whatever the size: the nodes, and the slivers joined to their leases and slices. From the second come
+both the bookings to advertise (active leases) and the windows that hold nodes (bookings and external holds), which
+``free_windows`` and ``busy_now`` compute from, exactly as calendar/availability.py does.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.generation import read_generation
+from sfa_omf.calendar.intervals import Interval, free_windows, merge
+from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver
+from sfa_omf.calendar.records import NodeRecord
+
+ACTIVE_LEASE_STATES = ("allocated", "provisioned")  # as calendar/booking.py: what Bookings.leases() lists
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    """An active lease: its window in epoch seconds and the component ids of its nodes, sorted."""
+
+    id: str
+    slice_urn: str
+    start_s: int
+    end_s: int
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CalendarSnapshot:
+    """What the calendar held at ``generation`` for everything ending after ``after_s``.
+
+    ``nodes``: the federated nodes, by component id. ``leases``: active leases ending after ``after_s``, by (start,
+    id). ``held``: per component id, the windows (start_s, end_s) that hold the node, ending after ``after_s``,
+    sorted by start.
+    """
+
+    generation: int
+    after_s: int
+    nodes: tuple[NodeRecord, ...]
+    leases: tuple[LeaseRow, ...]
+    held: dict[str, list[Interval]]
+
+    def busy_at(self, moment_s: int) -> set[str]:
+        """Nodes a held window covers at this second (as Availability.busy_now)."""
+        return {node for node, windows in self.held.items() if any(start <= moment_s < end for start, end in windows)}
+
+    def free_windows(
+        self, nodes: tuple[NodeRecord, ...], start_s: int, horizon_s: int, count: int
+    ) -> dict[str, list[Interval]]:
+        """Each node's first ``count`` free windows in [start_s, horizon_s), one grain long at least; none for a node
+        in maintenance (as Availability.free_windows)."""
+        answer: dict[str, list[Interval]] = {}
+        for node in nodes:
+            if node.state != "usable":
+                answer[node.component_id] = []
+                continue
+            busy = [window for window in self.held.get(node.component_id, ()) if window[0] < horizon_s]
+            answer[node.component_id] = free_windows(merge(busy), start_s, horizon_s, node.grain_s, node.grain_s, count)
+        return answer
+
+
+def read_snapshot(database: Database, after_s: int) -> CalendarSnapshot:
+    """The federated nodes and every lease and held window ending after ``after_s``, with the generation read first
+    (calendar/generation.py says why first)."""
+    with database.read() as session:
+        generation = read_generation(session)
+        nodes = _federated_nodes(session)
+        leases, held = _leases_and_held(session, after_s)
+    return CalendarSnapshot(generation, after_s, nodes, leases, held)
+
+
+def _federated_nodes(session: Session) -> tuple[NodeRecord, ...]:
+    # Core execution on the session's connection: plain rows, without the ORM's result processing.
+    rows = session.connection().execute(
+        select(
+            Node.component_id,
+            Node.component_name,
+            Pool.name,
+            Pool.federated,
+            Node.hardware_type,
+            Node.exclusive,
+            Node.properties,
+            Node.disk_images,
+            Node.grain_s,
+            Node.state,
+        )
+        .join(Pool, Node.pool_id == Pool.id)
+        .where(Pool.federated.is_(True))
+        .order_by(Node.component_id)
+    )
+    return tuple(
+        NodeRecord(
+            component_id=component_id,
+            component_name=component_name,
+            pool=pool,
+            federated=federated,
+            hardware_type=hardware_type,
+            exclusive=exclusive,
+            properties=dict(properties),
+            disk_images=tuple(dict(image) for image in disk_images),
+            grain_s=grain_s,
+            state=state,
+        )
+        for (
+            component_id,
+            component_name,
+            pool,
+            federated,
+            hardware_type,
+            exclusive,
+            properties,
+            disk_images,
+            grain_s,
+            state,
+        ) in rows
+    )
+
+
+def _leases_and_held(session: Session, after_s: int) -> tuple[tuple[LeaseRow, ...], dict[str, list[Interval]]]:
+    """One query for both: every sliver ending after ``after_s`` that holds its node or belongs to an active lease."""
+    rows = session.connection().execute(
+        select(
+            Node.component_id,
+            Sliver.start_s,
+            Sliver.end_s,
+            Sliver.holds_node,
+            Lease.id,
+            Lease.state,
+            Lease.start_s,
+            Lease.end_s,
+            Slice.urn,
+        )
+        .join(Lease, Sliver.lease_id == Lease.id)
+        .join(Node, Sliver.node_id == Node.id)
+        .join(Slice, Lease.slice_id == Slice.id)
+        .where(Sliver.end_s > after_s, or_(Sliver.holds_node.is_(True), Lease.state.in_(ACTIVE_LEASE_STATES)))
+    )
+    held: dict[str, list[Interval]] = defaultdict(list)
+    active: dict[str, tuple[str, int, int, list[str]]] = {}
+    for node, start_s, end_s, holds_node, lease_id, state, lease_start_s, lease_end_s, slice_urn in rows:
+        if holds_node:
+            held[node].append((start_s, end_s))
+        # Bookings.leases(start=...) filters on the lease's own end (a sliver's window copies its lease's).
+        if state in ACTIVE_LEASE_STATES and lease_end_s > after_s:
+            entry = active.get(lease_id)
+            if entry is None:
+                entry = active[lease_id] = (slice_urn, lease_start_s, lease_end_s, [])
+            entry[3].append(node)
+    for windows in held.values():
+        windows.sort()
+    leases = tuple(
+        sorted(
+            (
+                LeaseRow(lease_id, slice_urn, start_s, end_s, tuple(sorted(nodes)))
+                for lease_id, (slice_urn, start_s, end_s, nodes) in active.items()
+            ),
+            key=lambda lease: (lease.start_s, lease.id),
+        )
+    )
+    return leases, dict(held)
