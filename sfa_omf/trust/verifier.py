@@ -61,6 +61,16 @@ class VerifiedCredential:
         return self.depth > 0
 
 
+@dataclass(frozen=True)
+class ChainVerdict:
+    """A caller chain found trusted: the anchor it ends at, and the span in which every certificate checked (the
+    chain's and the anchor's) is valid — [valid_from, valid_until], both ends included as check_validity has it."""
+
+    anchor: Gid
+    valid_from: datetime
+    valid_until: datetime
+
+
 class VerdictCache:
     """Verified credentials by (document digest, trusted-roots fingerprint); thread-safe and bounded (LRU).
 
@@ -70,10 +80,34 @@ class VerdictCache:
 
     def __init__(self, max_entries: int = 10_000) -> None:
         self._entries: OrderedDict[tuple[str, str], VerifiedCredential] = OrderedDict()
+        self._chains: OrderedDict[tuple[tuple[str, ...], str], ChainVerdict] = OrderedDict()
         self._lock = threading.Lock()
         self._max_entries = max_entries
         self.hits = 0
         self.misses = 0
+        self.chain_hits = 0
+
+    def get_chain(self, key: tuple[tuple[str, ...], str], at: datetime) -> ChainVerdict | None:
+        """A caller chain's earlier verdict, if ``at`` lies inside its validity (else None, and it is re-verified)."""
+        with self._lock:
+            entry = self._chains.get(key)
+            if entry is None:
+                return None
+            if at > entry.valid_until:
+                del self._chains[key]
+                return None
+            if at < entry.valid_from:
+                return None
+            self._chains.move_to_end(key)
+            self.chain_hits += 1
+            return entry
+
+    def put_chain(self, key: tuple[tuple[str, ...], str], verdict: ChainVerdict) -> None:
+        with self._lock:
+            self._chains[key] = verdict
+            self._chains.move_to_end(key)
+            while len(self._chains) > self._max_entries:
+                self._chains.popitem(last=False)
 
     def get(self, key: tuple[str, str], at: datetime) -> VerifiedCredential | None:
         with self._lock:
@@ -223,13 +257,26 @@ class CredentialVerifier:
             )
 
     def verify_caller(self, caller_chain: GidChain, at: datetime) -> Gid:
-        """Verify the caller's own certificate chain (from TLS); return its leaf. Untrusted callers are FORBIDDEN."""
+        """Verify the caller's own certificate chain (from TLS); return its leaf. Untrusted callers are FORBIDDEN.
+
+        With a cache, a trusted chain's verdict is kept by (the chain's certificate fingerprints, the trusted roots'
+        fingerprint) and reused only while every certificate checked is valid; refusals are never kept.
+        """
+        key = (tuple(gid.fingerprint for gid in caller_chain), self.roots.fingerprint)
+        if self.cache is not None and self.cache.get_chain(key, at) is not None:
+            return caller_chain[0]
         try:
-            verify_chain(caller_chain, self.roots, at, role="caller")
+            anchor = verify_chain(caller_chain, self.roots, at, role="caller")
         except TrustError as exc:
             if exc.reason in (Reason.UNTRUSTED_CHAIN, Reason.INVALID_CHAIN):
                 raise TrustError(Reason.CALLER_UNTRUSTED, exc.message) from exc
             raise
+        if self.cache is not None:
+            checked = [*caller_chain, anchor]
+            self.cache.put_chain(
+                key,
+                ChainVerdict(anchor, max(gid.not_before for gid in checked), min(gid.not_after for gid in checked)),
+            )
         return caller_chain[0]
 
     def check_call(
