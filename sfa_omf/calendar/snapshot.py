@@ -26,7 +26,7 @@ ACTIVE_LEASE_STATES = ("allocated", "provisioned")  # as calendar/booking.py: wh
 
 @dataclass(frozen=True)
 class LeaseRow:
-    """An active lease: its window in epoch seconds and the component ids of its nodes, sorted."""
+    """An active lease: its window in epoch seconds and the component ids of its federated nodes, sorted."""
 
     id: str
     slice_urn: str
@@ -40,8 +40,8 @@ class CalendarSnapshot:
     """What the calendar held at ``generation`` for everything ending after ``after_s``.
 
     ``nodes``: the federated nodes, by component id. ``leases``: active leases ending after ``after_s``, by (start,
-    id). ``held``: per component id, the windows (start_s, end_s) that hold the node, ending after ``after_s``,
-    sorted by start.
+    id), with their federated nodes (a lease of none is left out). ``held``: per federated node's component id, the
+    windows (start_s, end_s) that hold the node, ending after ``after_s``, sorted by start.
     """
 
     generation: int
@@ -74,15 +74,17 @@ def read_snapshot(database: Database, after_s: int) -> CalendarSnapshot:
     (calendar/generation.py says why first)."""
     with database.read() as session:
         generation = read_generation(session)
-        nodes = _federated_nodes(session)
-        leases, held = _leases_and_held(session, after_s)
+        node_ids, nodes = _federated_nodes(session)
+        leases, held = _leases_and_held(session, after_s, node_ids)
     return CalendarSnapshot(generation, after_s, nodes, leases, held)
 
 
-def _federated_nodes(session: Session) -> tuple[NodeRecord, ...]:
+def _federated_nodes(session: Session) -> tuple[dict[int, str], tuple[NodeRecord, ...]]:
+    """The federated nodes as records, and their database ids -> component ids."""
     # Core execution on the session's connection: plain rows, without the ORM's result processing.
     rows = session.connection().execute(
         select(
+            Node.id,
             Node.component_id,
             Node.component_name,
             Pool.name,
@@ -98,39 +100,49 @@ def _federated_nodes(session: Session) -> tuple[NodeRecord, ...]:
         .where(Pool.federated.is_(True))
         .order_by(Node.component_id)
     )
-    return tuple(
-        NodeRecord(
-            component_id=component_id,
-            component_name=component_name,
-            pool=pool,
-            federated=federated,
-            hardware_type=hardware_type,
-            exclusive=exclusive,
-            properties=dict(properties),
-            disk_images=tuple(dict(image) for image in disk_images),
-            grain_s=grain_s,
-            state=state,
+    node_ids: dict[int, str] = {}
+    nodes: list[NodeRecord] = []
+    for (
+        node_id,
+        component_id,
+        component_name,
+        pool,
+        federated,
+        hardware_type,
+        exclusive,
+        properties,
+        disk_images,
+        grain_s,
+        state,
+    ) in rows:
+        node_ids[node_id] = component_id
+        nodes.append(
+            NodeRecord(
+                component_id=component_id,
+                component_name=component_name,
+                pool=pool,
+                federated=federated,
+                hardware_type=hardware_type,
+                exclusive=exclusive,
+                properties=dict(properties),
+                disk_images=tuple(dict(image) for image in disk_images),
+                grain_s=grain_s,
+                state=state,
+            )
         )
-        for (
-            component_id,
-            component_name,
-            pool,
-            federated,
-            hardware_type,
-            exclusive,
-            properties,
-            disk_images,
-            grain_s,
-            state,
-        ) in rows
-    )
+    return node_ids, tuple(nodes)
 
 
-def _leases_and_held(session: Session, after_s: int) -> tuple[tuple[LeaseRow, ...], dict[str, list[Interval]]]:
-    """One query for both: every sliver ending after ``after_s`` that holds its node or belongs to an active lease."""
-    rows = session.connection().execute(
+def _leases_and_held(
+    session: Session, after_s: int, node_ids: dict[int, str]
+) -> tuple[tuple[LeaseRow, ...], dict[str, list[Interval]]]:
+    """One query for both: every sliver ending after ``after_s`` that holds its node or belongs to an active lease.
+    Only the federated nodes (``node_ids``) are kept: nothing else is advertised, held or free."""
+    connection = session.connection()
+    # Integers, not strings, per sliver row: node and slice ids are mapped to names from the few rows that have them.
+    rows = connection.execute(
         select(
-            Node.component_id,
+            Sliver.node_id,
             Sliver.start_s,
             Sliver.end_s,
             Sliver.holds_node,
@@ -138,33 +150,35 @@ def _leases_and_held(session: Session, after_s: int) -> tuple[tuple[LeaseRow, ..
             Lease.state,
             Lease.start_s,
             Lease.end_s,
-            Slice.urn,
+            Lease.slice_id,
         )
         .join(Lease, Sliver.lease_id == Lease.id)
-        .join(Node, Sliver.node_id == Node.id)
-        .join(Slice, Lease.slice_id == Slice.id)
         .where(Sliver.end_s > after_s, or_(Sliver.holds_node.is_(True), Lease.state.in_(ACTIVE_LEASE_STATES)))
     )
     held: dict[str, list[Interval]] = defaultdict(list)
-    active: dict[str, tuple[str, int, int, list[str]]] = {}
-    for node, start_s, end_s, holds_node, lease_id, state, lease_start_s, lease_end_s, slice_urn in rows:
+    active: dict[str, tuple[int, int, int, list[str]]] = {}
+    for node_id, start_s, end_s, holds_node, lease_id, state, lease_start_s, lease_end_s, slice_id in rows:
+        node = node_ids.get(node_id)
+        if node is None:
+            continue  # not a federated node
         if holds_node:
             held[node].append((start_s, end_s))
         # Bookings.leases(start=...) filters on the lease's own end (a sliver's window copies its lease's).
         if state in ACTIVE_LEASE_STATES and lease_end_s > after_s:
             entry = active.get(lease_id)
             if entry is None:
-                entry = active[lease_id] = (slice_urn, lease_start_s, lease_end_s, [])
+                entry = active[lease_id] = (slice_id, lease_start_s, lease_end_s, [])
             entry[3].append(node)
+    wanted_slices = {slice_id for slice_id, _, _, _ in active.values()}
+    slice_urns: dict[int, str] = {
+        slice_id: urn
+        for slice_id, urn in connection.execute(select(Slice.id, Slice.urn).where(Slice.id.in_(wanted_slices)))
+    }
     for windows in held.values():
         windows.sort()
-    leases = tuple(
-        sorted(
-            (
-                LeaseRow(lease_id, slice_urn, start_s, end_s, tuple(sorted(nodes)))
-                for lease_id, (slice_urn, start_s, end_s, nodes) in active.items()
-            ),
-            key=lambda lease: (lease.start_s, lease.id),
-        )
-    )
-    return leases, dict(held)
+    leases = [
+        LeaseRow(lease_id, slice_urns[slice_id], start_s, end_s, tuple(sorted(nodes)))
+        for lease_id, (slice_id, start_s, end_s, nodes) in active.items()
+    ]
+    leases.sort(key=lambda lease: (lease.start_s, lease.id))
+    return tuple(leases), dict(held)

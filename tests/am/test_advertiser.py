@@ -96,6 +96,7 @@ def fill(aggregate: Aggregate) -> None:
     bookings.renew(renewed, at(3.5))
     book("n4", 47, 49, "urn:publicid:IDN+testbed+slice+other")  # enters the 2-day horizon after one hour
     book("n2", 10, 11)
+    book("hidden", 1, 2)  # a lease of the hidden pool's node alone is not advertised
     ExternalHolds(aggregate.database, "testbed").sync(
         "oar",
         [
