@@ -82,7 +82,9 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A unit of work that may write: committed at the end, rolled back on any exception. If it changed
-        anything, the calendar's generation is bumped in the same transaction (caches of answers key on it)."""
+        anything, the calendar's generation is bumped in the same transaction (caches of answers key on it).
+        Write through the session (ORM objects or ``session.execute``), never ``session.connection()``: only the
+        session's events tell that something was written."""
         with _database_errors(), CalendarSession(self._writer, expire_on_commit=False) as session, session.begin():
             yield session
             session.flush()
