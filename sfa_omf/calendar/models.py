@@ -79,7 +79,7 @@ class Lease(Base):
     __tablename__ = "lease"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # a UUID, as ol:lease id
-    slice_id: Mapped[int] = mapped_column(ForeignKey("slice.id"))
+    slice_id: Mapped[int] = mapped_column(ForeignKey("slice.id"), index=True)  # a slice's leases: every Status
     owner_urn: Mapped[str] = mapped_column(String(300), default="")  # who booked it (per-user limits)
     start_s: Mapped[int] = mapped_column(BigInteger)
     end_s: Mapped[int] = mapped_column(BigInteger)
@@ -99,7 +99,7 @@ class Sliver(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     urn: Mapped[str] = mapped_column(String(300), unique=True)
-    lease_id: Mapped[str] = mapped_column(ForeignKey("lease.id"))
+    lease_id: Mapped[str] = mapped_column(ForeignKey("lease.id"), index=True)  # a lease's slivers
     node_id: Mapped[int] = mapped_column(ForeignKey("node.id"))
     start_s: Mapped[int] = mapped_column(BigInteger)
     end_s: Mapped[int] = mapped_column(BigInteger)
