@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.generation import read_generation
 from sfa_omf.calendar.intervals import Interval, free_windows, merge
+from sfa_omf.calendar.inventory import NODE_COLUMNS, node_record_of_row
 from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver
 from sfa_omf.calendar.records import NodeRecord
 
@@ -83,53 +84,17 @@ def _federated_nodes(session: Session) -> tuple[dict[int, str], tuple[NodeRecord
     """The federated nodes as records, and their database ids -> component ids."""
     # Core execution on the session's connection: plain rows, without the ORM's result processing.
     rows = session.connection().execute(
-        select(
-            Node.id,
-            Node.component_id,
-            Node.component_name,
-            Pool.name,
-            Pool.federated,
-            Node.hardware_type,
-            Node.exclusive,
-            Node.properties,
-            Node.disk_images,
-            Node.grain_s,
-            Node.state,
-        )
+        select(Node.id, *NODE_COLUMNS)
         .join(Pool, Node.pool_id == Pool.id)
         .where(Pool.federated.is_(True))
         .order_by(Node.component_id)
     )
     node_ids: dict[int, str] = {}
     nodes: list[NodeRecord] = []
-    for (
-        node_id,
-        component_id,
-        component_name,
-        pool,
-        federated,
-        hardware_type,
-        exclusive,
-        properties,
-        disk_images,
-        grain_s,
-        state,
-    ) in rows:
-        node_ids[node_id] = component_id
-        nodes.append(
-            NodeRecord(
-                component_id=component_id,
-                component_name=component_name,
-                pool=pool,
-                federated=federated,
-                hardware_type=hardware_type,
-                exclusive=exclusive,
-                properties=dict(properties),
-                disk_images=tuple(dict(image) for image in disk_images),
-                grain_s=grain_s,
-                state=state,
-            )
-        )
+    for node_id, *columns in rows:
+        record = node_record_of_row(*columns)
+        node_ids[node_id] = record.component_id
+        nodes.append(record)
     return node_ids, tuple(nodes)
 
 

@@ -1,5 +1,5 @@
-"""Bookings.leases reads with one column query; it must answer exactly what the ORM version answered (kept here as
-the oracle), for every filter, on every kind of calendar content (SQLite and PostgreSQL)."""
+"""Bookings.leases and Inventory.list_nodes read with column queries; they must answer exactly what the ORM versions
+answered (kept here as the oracles), for every filter, on every kind of calendar content (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from sqlalchemy.orm import selectinload
 
 from sfa_omf.calendar.booking import ACTIVE_LEASE_STATES, BookingConflict, lease_record
 from sfa_omf.calendar.external import ExternalHold, ExternalHolds
-from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
+from sfa_omf.calendar.inventory import node_record
+from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver
 from sfa_omf.calendar.queries import to_s
-from sfa_omf.calendar.records import BookingRequest, LeaseRecord
+from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, NodeSpec
 from tests.calendar.conftest import NOW, SLICE_EXPIRES, Calendar, at, node_urn
 
 NODES = [f"n{index}" for index in range(6)]
@@ -101,3 +102,41 @@ def test_the_column_query_answers_what_the_orm_did(calendar: Calendar) -> None:
     for wanted in filters:
         arguments = {key: bool(value) if key == "active_only" else value for key, value in wanted.items()}
         assert calendar.bookings.leases(**arguments) == orm_leases(calendar, **arguments), wanted  # type: ignore[arg-type]
+
+
+def orm_nodes(
+    calendar: Calendar, pool: str | None = None, federated_only: bool = False, component_ids: set[str] | None = None
+) -> list[NodeRecord]:
+    """Inventory.list_nodes as it was: ORM objects turned into records."""
+    with calendar.database.read() as session:
+        query = select(Node).join(Pool).order_by(Node.component_id)
+        if component_ids is not None:
+            query = query.where(Node.component_id.in_(component_ids))
+        if pool is not None:
+            query = query.where(Pool.name == pool)
+        if federated_only:
+            query = query.where(Pool.federated.is_(True))
+        return [node_record(node) for node in session.scalars(query)]
+
+
+def test_list_nodes_answers_what_the_orm_did(calendar: Calendar) -> None:
+    inventory = calendar.inventory
+    inventory.create_pool("lab", federated=False)
+    inventory.add_node(
+        NodeSpec(
+            node_urn("x1"),
+            "x1",
+            pool="lab",
+            hardware_type="usrp",
+            exclusive=False,
+            properties={"room": "B12", "cores": 4, "tags": ["a", "b"]},
+            disk_images=({"name": "gnuradio", "os": "Linux"}, {"name": "plain"}),
+            grain_s=900,
+        )
+    )
+    inventory.set_state(node_urn("n2"), "maintenance")
+    assert len(inventory.list_nodes()) == 4
+    filters: list[dict[str, object]] = [{}, {"federated_only": True}, {"pool": "lab"}, {"pool": "nowhere"}]
+    filters += [{"component_ids": {node_urn("x1"), node_urn("n2"), node_urn("zz")}}, {"component_ids": set()}]
+    for wanted in filters:
+        assert inventory.list_nodes(**wanted) == orm_nodes(calendar, **wanted), wanted  # type: ignore[arg-type]
