@@ -1,11 +1,13 @@
-"""Bookings.leases and Inventory.list_nodes read with column queries; they must answer exactly what the ORM versions
-answered (kept here as the oracles), for every filter, on every kind of calendar content (SQLite and PostgreSQL)."""
+"""Bookings.leases, Inventory.list_nodes and Slices.get read with column queries; they must answer exactly what the
+ORM versions answered (kept here as the oracles), for every filter, on every kind of calendar content (SQLite and
+PostgreSQL)."""
 
 from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -15,6 +17,9 @@ from sfa_omf.calendar.inventory import node_record
 from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, NodeSpec
+from sfa_omf.calendar.slices import Slices
+from sfa_omf.calendar.slices import _record as orm_slice_record
+from sfa_omf.errors import GeniError, Reason
 from tests.calendar.conftest import NOW, SLICE_EXPIRES, Calendar, at, node_urn
 
 NODES = [f"n{index}" for index in range(6)]
@@ -140,3 +145,28 @@ def test_list_nodes_answers_what_the_orm_did(calendar: Calendar) -> None:
     filters += [{"component_ids": {node_urn("x1"), node_urn("n2"), node_urn("zz")}}, {"component_ids": set()}]
     for wanted in filters:
         assert inventory.list_nodes(**wanted) == orm_nodes(calendar, **wanted), wanted  # type: ignore[arg-type]
+
+
+def test_slices_get_answers_what_the_orm_did(calendar: Calendar) -> None:
+    slices = Slices(calendar.database)
+    urn = "urn:publicid:IDN+testbed+slice+users"
+    calendar.bookings.book(urn, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    calendar.bookings.book(SLICES[0], SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(1), at(2))])
+    # Mixed case and punctuation: the order must be Python's, whatever the database's collation.
+    users = {
+        "urn:publicid:IDN+testbed+user+bob": ["ssh-rsa B bob", "ssh-ed25519 A bob"],
+        "urn:publicid:IDN+testbed+user+Alice": ["ssh-rsa C alice"],
+        "urn:publicid:IDN+testbed+user+_x": [],
+        "urn:publicid:IDN+testbed+user+a-b": ["ssh-rsa D ab"],
+    }
+    slices.update_users(urn, users)
+    slices.set_shut_down(SLICES[0], True)
+    for slice_urn in (urn, SLICES[0]):
+        with calendar.database.read() as session:
+            query = select(Slice).where(Slice.urn == slice_urn).options(selectinload(Slice.users))
+            expected = orm_slice_record(session.scalars(query).one())
+        assert slices.get(slice_urn) == expected
+    assert [user.user_urn for user in slices.get(urn).users] == sorted(users)
+    with pytest.raises(GeniError) as missing:
+        slices.get("urn:publicid:IDN+testbed+slice+none")
+    assert missing.value.reason == Reason.NOT_FOUND
