@@ -172,9 +172,21 @@ class CredentialVerifier:
         lineage = credential.lineage
         signer_chains = _check_signatures(document.root, lineage)
         involved: list[Gid] = []
+        # The same chains come back in one credential (a delegator is the parent's owner and the child's signer;
+        # every step has the same target): each distinct chain is checked once, its first failure still raised
+        # with the role it has where it first appears.
+        trusted: dict[tuple[str, ...], Gid] = {}
+
+        def check(chain: GidChain, role: str) -> Gid:
+            key = tuple(gid.fingerprint for gid in chain)
+            anchor = trusted.get(key)
+            if anchor is None:
+                anchor = trusted[key] = verify_chain(chain, self.roots, at, role=role)
+            return anchor
+
         for item in lineage:
             signer_chain = signer_chains[item.xml_id]
-            anchor = verify_chain(signer_chain, self.roots, at, role=f"signer of credential {item.xml_id!r}")
+            anchor = check(signer_chain, f"signer of credential {item.xml_id!r}")
             involved.extend(signer_chain)
             involved.append(anchor)
         root_credential = lineage[-1]
@@ -183,7 +195,7 @@ class CredentialVerifier:
             _check_delegation(child, parent, signer_chains[child.xml_id][0])
         for item in lineage:
             for role, chain in (("owner", item.owner_chain), ("target", item.target_chain)):
-                anchor = verify_chain(chain, self.roots, at, role=f"{role} of credential {item.xml_id!r}")
+                anchor = check(chain, f"{role} of credential {item.xml_id!r}")
                 involved.extend(chain)
                 involved.append(anchor)
         for item in lineage:

@@ -3,12 +3,15 @@ trusted roots, outside the validity of every certificate checked, or after a ref
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from sfa_omf.errors import Reason, TrustError
 from sfa_omf.times import utcnow
+from sfa_omf.trust import verifier as verifier_module
+from sfa_omf.trust.credential import delegate_credential
+from sfa_omf.trust.gid import Gid, GidChain
 from sfa_omf.trust.roots import TrustedRoots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from tests.conftest import DemoPki
@@ -67,3 +70,23 @@ def test_without_a_cache_every_call_verifies(pki: DemoPki) -> None:
     with pytest.raises(TrustError):
         verifier.verify_caller(chain, chain[0].not_after + timedelta(seconds=1))
     assert verifier.verify_caller(chain, utcnow()) == chain[0]
+
+
+def test_a_cold_check_verifies_each_distinct_chain_of_a_credential_once(
+    pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delegated credential names six chains (signer, owner and target of each step) but only four distinct ones:
+    the authority's, alice's (owner of the parent, signer of the child), bob's and the slice's (target of both)."""
+    alice, bob = pki.users["alice"], pki.users["bob"]
+    delegated = delegate_credential(alice.slice_cred, bob.chain, alice.key, alice.chain, privileges=("info",))
+    checked: list[tuple[str, ...]] = []
+    real = verifier_module.verify_chain
+
+    def counting(chain: GidChain, roots: TrustedRoots, at: datetime, role: str = "certificate") -> Gid:
+        checked.append(tuple(gid.fingerprint for gid in chain))
+        return real(chain, roots, at, role)
+
+    monkeypatch.setattr(verifier_module, "verify_chain", counting)
+    verified = CredentialVerifier(pki.roots).verify(delegated, utcnow())
+    assert verified.owner_urn.endswith("+user+bob") and verified.depth == 1
+    assert len(checked) == len(set(checked)) == 4
