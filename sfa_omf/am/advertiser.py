@@ -11,8 +11,10 @@ nothing else can change; a call inside it costs a generation read and a string j
 
 from __future__ import annotations
 
+import base64
 import gc
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +51,61 @@ class _Cached:
         return "".join(pieces)
 
 
+# zlib's stream header for deflate with a 32 KiB window (as zlib.compress writes it at its default level).
+_ZLIB_HEADER = b"\x78\x9c"
+_ADLER_BASE = 65521
+
+
+def deflate_segment(data: bytes, final: bool = False) -> bytes:
+    """``data`` as raw deflate blocks that refer to nothing before them and end byte-aligned (a sync flush), so that
+    segments can be concatenated into one deflate stream; ``final`` closes the stream."""
+    compressor = zlib.compressobj(wbits=-15)
+    return compressor.compress(data) + compressor.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
+
+
+def adler32_combine(first: int, second: int, second_length: int) -> int:
+    """The Adler-32 of A + B from those of A and B and B's length (zlib's adler32_combine)."""
+    remainder = second_length % _ADLER_BASE
+    sum1 = first & 0xFFFF
+    sum2 = (remainder * sum1) % _ADLER_BASE
+    sum1 = (sum1 + (second & 0xFFFF) + _ADLER_BASE - 1) % _ADLER_BASE
+    sum2 = (sum2 + (first >> 16) + (second >> 16) + _ADLER_BASE - remainder) % _ADLER_BASE
+    return sum1 | (sum2 << 16)
+
+
+@dataclass(frozen=True)
+class _Deflated:
+    """A cached advertisement's parts, each deflated once, with its Adler-32 and length: a geni_compressed answer
+    is then the parts and the stamps (deflated per call: a few bytes) joined into one zlib stream, instead of
+    compressing the whole document on every call."""
+
+    cached: _Cached
+    parts: tuple[tuple[bytes, int, int], ...]  # (raw deflate segment, adler32, length) per part
+
+    @staticmethod
+    def of(cached: _Cached) -> _Deflated:
+        parts = []
+        for part in cached.parts:
+            data = part.encode("utf-8")
+            parts.append((deflate_segment(data), zlib.adler32(data), len(data)))
+        return _Deflated(cached, tuple(parts))
+
+    def render(self, now: datetime, horizon_end: datetime) -> str:
+        """base64(zlib stream) of the document at ``now``: what ``zlib.compress`` of it decompresses to."""
+        texts = (format_time(now).encode("ascii"), format_time(horizon_end).encode("ascii"))
+        segment, checksum, _ = self.parts[0]
+        pieces = [_ZLIB_HEADER, segment]
+        for stamp, (segment, adler, length) in zip(self.cached.stamps, self.parts[1:], strict=True):
+            text = texts[stamp]
+            pieces.append(deflate_segment(text))
+            checksum = adler32_combine(checksum, zlib.adler32(text), len(text))
+            pieces.append(segment)
+            checksum = adler32_combine(checksum, adler, length)
+        pieces.append(deflate_segment(b"", final=True))
+        pieces.append(checksum.to_bytes(4, "big"))
+        return base64.b64encode(b"".join(pieces)).decode("ascii")
+
+
 class Advertiser:
     """Builds and caches ListResources' advertisement. Thread-safe; one per Aggregate (one per process)."""
 
@@ -66,12 +123,14 @@ class Advertiser:
         self.default_grain_s = default_grain_s
         self.advertised = advertised
         self._cache: dict[tuple[LeaseView, bool], _Cached] = {}
+        self._deflated: dict[tuple[LeaseView, bool], _Deflated] = {}  # made on the first compressed call
         self._building = threading.Lock()  # one build at a time: concurrent misses wait and then hit
         self.builds = 0  # how many documents were written (the rest of the calls were answered from the cache)
 
-    def document(self, now: datetime, view: LeaseView, available_only: bool) -> str:
+    def document(self, now: datetime, view: LeaseView, available_only: bool, compressed: bool = False) -> str:
         """The advertisement at ``now`` (its federated nodes; with ``available_only`` only those usable and free now),
-        exactly as ``build`` writes it, from the cache when the calendar and the second allow."""
+        exactly as ``build`` writes it, from the cache when the calendar and the second allow. ``compressed``
+        (geni_compressed): base64 of a zlib stream of it, made from parts deflated once per cached document."""
         key = (view, available_only)
         now_s = to_s(now)
         horizon_end = now + self.horizon
@@ -85,7 +144,15 @@ class Advertiser:
                     cached = self._build_cached(now, view, available_only)
                     self._cache[key] = cached
         # Here the entry is either usable at this second or was just built at it (maybe at a newer generation).
-        return cached.render(now, horizon_end)
+        if not compressed:
+            return cached.render(now, horizon_end)
+        deflated = self._deflated.get(key)
+        if deflated is None or deflated.cached is not cached:
+            with self._building:  # deflating 25 MB takes a while: once, not once per waiting thread
+                deflated = self._deflated.get(key)
+                if deflated is None or deflated.cached is not cached:
+                    deflated = self._deflated[key] = _Deflated.of(cached)
+        return deflated.render(now, horizon_end)
 
     @staticmethod
     def _usable(cached: _Cached, generation: int, now_s: int) -> bool:

@@ -176,10 +176,12 @@ class Aggregate:
     def list_resources(self, caller_chain: GidChain, credentials: Any, options: Mapping[str, Any]) -> str:
         self.authorize("ListResources", caller_chain, credentials, None, options)
         _check_rspec_version(options, required=True, method="ListResources")
-        document = self.advertiser.document(
-            self.clock(), lease_view(options.get("list_leases")), bool(options.get("geni_available"))
+        return self.advertiser.document(
+            self.clock(),
+            lease_view(options.get("list_leases")),
+            bool(options.get("geni_available")),
+            compressed=bool(options.get("geni_compressed")),
         )
-        return _maybe_compressed(document, options)
 
     def list_resources_reference(self, now: datetime, options: Mapping[str, Any]) -> str:
         """ListResources' document written the straightforward way, as before the advertiser (the calendar's
