@@ -58,13 +58,16 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     remove.add_argument("component_id")
     remove.set_defaults(handler=_node_remove)
     imported = node.add_parser("import", parents=[config_option], help="fill the inventory from the testbed")
-    imported.add_argument(
+    source = imported.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--from-oar",
         nargs="?",
         const="",
-        required=True,
         metavar="URL",
         help="OAR's REST API (default: [sfa_oar] api_url); every network_address becomes a node",
+    )
+    source.add_argument(
+        "--from-file", metavar="FILE", help="a .csv or .json file of nodes (docs/calendar.md); re-running updates"
     )
     imported.set_defaults(handler=_node_import)
     state = node.add_parser("set-state", parents=[config_option], help="usable or maintenance")
@@ -137,6 +140,8 @@ def _safe_url(url: str) -> str:
 
 
 def _node_import(args: argparse.Namespace) -> int:
+    if args.from_file is not None:
+        return _node_import_file(args)
     from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.calendar.policy import Policy
@@ -160,6 +165,24 @@ def _node_import(args: argparse.Namespace) -> int:
         f"(from {len(resources)} OAR resources)"
     )
     _record_nodes(settings, inventory.list_nodes())
+    return 0
+
+
+def _node_import_file(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.bulk_import import import_nodes, read_node_file
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.calendar.inventory import Inventory
+    from sfa_omf.calendar.policy import Policy
+
+    settings = command_settings(args)
+    entries = read_node_file(args.from_file)
+    database = Database(settings.calendar_url)
+    database.upgrade()
+    report = import_nodes(database, entries, Policy(default_grain_s=settings.grain_s), progress=_progress_bar("nodes"))
+    print(
+        f"{report.added} node(s) added, {report.updated} updated, {report.unchanged} unchanged (from {args.from_file})"
+    )
+    _record_nodes(settings, Inventory(database).list_nodes())  # the nodes are registry records too
     return 0
 
 

@@ -34,6 +34,7 @@ from rspec.model import (
     SliverType,
 )
 from rspec.parse_request import RequestPolicy, parse_request
+from sfa_omf.am.advertiser import Advertiser
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.am.states import Allocation, Event, Operational, operational_action
 from sfa_omf.calendar.availability import Availability
@@ -116,6 +117,9 @@ class Aggregate:
         self.records = Records(database)  # the local registry's users: their registered SSH keys
         # The image repository; the aggregate only reads its rows (labels, what runs where), never the files.
         self.images = images or ImageStore(database, "")
+        self.advertiser = Advertiser(
+            database, settings.horizon, settings.free_windows, self.policy.default_grain_s, self._advertised_nodes
+        )
 
     # -- authorization --------------------------------------------------------------------------------------------
     def authorize(
@@ -178,7 +182,17 @@ class Aggregate:
     def list_resources(self, caller_chain: GidChain, credentials: Any, options: Mapping[str, Any]) -> str:
         self.authorize("ListResources", caller_chain, credentials, None, options)
         _check_rspec_version(options, required=True, method="ListResources")
-        now = self.clock()
+        return self.advertiser.document(
+            self.clock(),
+            lease_view(options.get("list_leases")),
+            bool(options.get("geni_available")),
+            compressed=bool(options.get("geni_compressed")),
+        )
+
+    def list_resources_reference(self, now: datetime, options: Mapping[str, Any]) -> str:
+        """ListResources' document written the straightforward way, as before the advertiser (the calendar's
+        services, one call each, no cache): the oracle that tests/am/test_advertiser.py and
+        benchmarks/list_resources_bench.py compare the advertiser with. No authorization."""
         nodes = self.inventory.list_nodes(federated_only=True)
         if options.get("geni_available"):
             busy = self.availability.busy_now(now)
@@ -212,6 +226,11 @@ class Aggregate:
         )
         document = write_advertisement(ad, lease_view(options.get("list_leases"))).decode("utf-8")
         return _maybe_compressed(document, options)
+
+    def _advertised_nodes(self, nodes: Sequence[NodeRecord]) -> tuple[AdvertisedNode, ...]:
+        """The nodes as advertised, with the images each can run (the repository read once, whatever the count)."""
+        repository = self.images.images()
+        return tuple(self._advertised(node, repository) for node in nodes)
 
     def _advertised(self, node: NodeRecord, repository: Sequence[ImageRecord]) -> AdvertisedNode:
         images = tuple(

@@ -546,24 +546,113 @@ class Bookings:
         end: datetime | None = None,
         active_only: bool = True,
     ) -> list[LeaseRecord]:
-        """Leases by node, slice and time window (overlapping [start, end)), oldest first."""
-        with self.database.read() as session:
-            query = (
-                select(Lease)
-                .options(selectinload(Lease.slivers).selectinload(Sliver.node))
-                .order_by(Lease.start_s, Lease.id)
+        """Leases by node, slice and time window (overlapping [start, end)), oldest first.
+
+        One column query (leases outer-joined to their slivers and nodes) into plain records: Status, Describe,
+        Renew and Delete read a slice's leases on every call, and ListResources-sized reads must not build ORM
+        objects.
+        """
+        query = (
+            select(
+                Lease.id,
+                Slice.urn,
+                Lease.owner_urn,
+                Lease.start_s,
+                Lease.end_s,
+                Lease.state,
+                Lease.client_id,
+                Sliver.urn,
+                Node.component_id,
+                Sliver.start_s,
+                Sliver.end_s,
+                Sliver.allocation_state,
+                Sliver.operational_state,
+                Sliver.expires_s,
+                Sliver.client_id,
+                Sliver.disk_image,
             )
-            if active_only:
-                query = query.where(Lease.state.in_(ACTIVE_LEASE_STATES))
-            if slice_urn is not None:
-                query = query.join(Slice).where(Slice.urn == slice_urn)
-            if start is not None:
-                query = query.where(Lease.end_s > to_s(start))
-            if end is not None:
-                query = query.where(Lease.start_s < to_s(end))
-            if node is not None:
-                query = query.where(Lease.id.in_(select(Sliver.lease_id).join(Node).where(Node.component_id == node)))
-            return [lease_record(lease) for lease in session.scalars(query)]
+            .select_from(Lease)
+            .join(Slice, Lease.slice_id == Slice.id)
+            .outerjoin(Sliver, Sliver.lease_id == Lease.id)
+            .outerjoin(Node, Sliver.node_id == Node.id)
+            .order_by(Lease.start_s, Lease.id, Sliver.id)
+        )
+        if active_only:
+            query = query.where(Lease.state.in_(ACTIVE_LEASE_STATES))
+        if slice_urn is not None:
+            query = query.where(Slice.urn == slice_urn)
+        if start is not None:
+            query = query.where(Lease.end_s > to_s(start))
+        if end is not None:
+            query = query.where(Lease.start_s < to_s(end))
+        if node is not None:
+            query = query.where(Lease.id.in_(select(Sliver.lease_id).join(Node).where(Node.component_id == node)))
+        with self.database.read() as session:
+            rows = session.connection().execute(query).all()
+        times: dict[int, datetime] = {}
+
+        def moment(seconds: int) -> datetime:
+            found = times.get(seconds)
+            if found is None:
+                found = times[seconds] = from_s(seconds)
+            return found
+
+        leases: dict[str, tuple[tuple[str, str, int, int, str, str], list[SliverRecord]]] = {}
+        for (
+            lease_id,
+            slice_urn_of,
+            owner_urn,
+            lease_start_s,
+            lease_end_s,
+            state,
+            lease_client_id,
+            sliver_urn,
+            component_id,
+            sliver_start_s,
+            sliver_end_s,
+            allocation_state,
+            operational_state,
+            expires_s,
+            sliver_client_id,
+            disk_image,
+        ) in rows:
+            entry = leases.get(lease_id)
+            if entry is None:
+                entry = leases[lease_id] = (
+                    (slice_urn_of, owner_urn, lease_start_s, lease_end_s, state, lease_client_id),
+                    [],
+                )
+            if sliver_urn is not None:  # a lease without slivers (outer join) has none
+                entry[1].append(
+                    SliverRecord(
+                        urn=sliver_urn,
+                        node=component_id,
+                        lease_id=lease_id,
+                        start=moment(sliver_start_s),
+                        end=moment(sliver_end_s),
+                        allocation_state=allocation_state,
+                        operational_state=operational_state,
+                        expires=moment(expires_s),
+                        client_id=sliver_client_id,
+                        disk_image=disk_image,
+                    )
+                )
+        return [
+            LeaseRecord(
+                id=lease_id,
+                slice_urn=slice_urn_of,
+                owner_urn=owner_urn,
+                start=moment(lease_start_s),
+                end=moment(lease_end_s),
+                state=state,
+                client_id=lease_client_id,
+                # The ORM version sorted with sorted(): stable, so slivers of one node keep the database's order.
+                slivers=tuple(sorted(slivers, key=lambda sliver: sliver.node)),
+            )
+            for lease_id, ((slice_urn_of, owner_urn, lease_start_s, lease_end_s, state, lease_client_id), slivers) in (
+                leases.items()
+            )
+        ]
 
 
 def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:

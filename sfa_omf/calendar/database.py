@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
+from sfa_omf.calendar.generation import bump_generation
 from sfa_omf.errors import GeniError, Reason
 
 log = logging.getLogger("sfa_omf.calendar")
@@ -45,6 +46,25 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+WROTE = "sfa_omf_wrote"  # Session.info key: this unit of work changed something
+
+
+class CalendarSession(Session):
+    """A session that notes whether it changed anything (an ORM flush, or an INSERT/UPDATE/DELETE statement), so
+    that a writing unit of work bumps the calendar's generation in its own transaction (calendar/generation.py)."""
+
+
+@event.listens_for(CalendarSession, "after_flush")
+def _note_flush(session: Session, _context: UOWTransaction) -> None:
+    session.info[WROTE] = True
+
+
+@event.listens_for(CalendarSession, "do_orm_execute")
+def _note_statement(state: ORMExecuteState) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        state.session.info[WROTE] = True
+
+
 class Database:
     """One database, shared by every thread of a process. ``write()`` and ``read()`` give sessions."""
 
@@ -61,9 +81,15 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        """A unit of work that may write: committed at the end, rolled back on any exception."""
-        with _database_errors(), Session(self._writer, expire_on_commit=False) as session, session.begin():
+        """A unit of work that may write: committed at the end, rolled back on any exception. If it changed
+        anything, the calendar's generation is bumped in the same transaction (caches of answers key on it).
+        Write through the session (ORM objects or ``session.execute``), never ``session.connection()``: only the
+        session's events tell that something was written."""
+        with _database_errors(), CalendarSession(self._writer, expire_on_commit=False) as session, session.begin():
             yield session
+            session.flush()
+            if session.info.get(WROTE):
+                bump_generation(session)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -68,6 +68,48 @@ def node_record(node: Node) -> NodeRecord:
     )
 
 
+# What a NodeRecord is made of, as columns (read paths build records from these without ORM objects).
+NODE_COLUMNS = (
+    Node.component_id,
+    Node.component_name,
+    Pool.name,
+    Pool.federated,
+    Node.hardware_type,
+    Node.exclusive,
+    Node.properties,
+    Node.disk_images,
+    Node.grain_s,
+    Node.state,
+)
+
+
+def node_record_of_row(
+    component_id: str,
+    component_name: str,
+    pool: str,
+    federated: bool,
+    hardware_type: str,
+    exclusive: bool,
+    properties: dict[str, Any],
+    disk_images: list[dict[str, str]],
+    grain_s: int,
+    state: str,
+) -> NodeRecord:
+    """The record of a row of NODE_COLUMNS (the same record node_record makes of the ORM object)."""
+    return NodeRecord(
+        component_id=component_id,
+        component_name=component_name,
+        pool=pool,
+        federated=federated,
+        hardware_type=hardware_type,
+        exclusive=exclusive,
+        properties=dict(properties),
+        disk_images=tuple(dict(image) for image in disk_images),
+        grain_s=grain_s,
+        state=state,
+    )
+
+
 def find_pool(session: Session, name: str) -> Pool:
     pool = session.scalar(select(Pool).where(Pool.name == name))
     if pool is None:
@@ -144,15 +186,16 @@ class Inventory:
     def list_nodes(
         self, pool: str | None = None, federated_only: bool = False, component_ids: set[str] | None = None
     ) -> list[NodeRecord]:
+        """Nodes by component id; a column query into records (Describe reads its slice's nodes on every call)."""
+        query = select(*NODE_COLUMNS).join(Pool, Node.pool_id == Pool.id).order_by(Node.component_id)
+        if component_ids is not None:
+            query = query.where(Node.component_id.in_(component_ids))
+        if pool is not None:
+            query = query.where(Pool.name == pool)
+        if federated_only:
+            query = query.where(Pool.federated.is_(True))
         with self.database.read() as session:
-            query = select(Node).join(Pool).order_by(Node.component_id)
-            if component_ids is not None:
-                query = query.where(Node.component_id.in_(component_ids))
-            if pool is not None:
-                query = query.where(Pool.name == pool)
-            if federated_only:
-                query = query.where(Pool.federated.is_(True))
-            return [node_record(node) for node in session.scalars(query)]
+            return [node_record_of_row(*row) for row in session.connection().execute(query)]
 
     def get_node(self, component_id: str) -> NodeRecord:
         with self.database.read() as session:

@@ -79,7 +79,7 @@ class Lease(Base):
     __tablename__ = "lease"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # a UUID, as ol:lease id
-    slice_id: Mapped[int] = mapped_column(ForeignKey("slice.id"))
+    slice_id: Mapped[int] = mapped_column(ForeignKey("slice.id"), index=True)  # a slice's leases: every Status
     owner_urn: Mapped[str] = mapped_column(String(300), default="")  # who booked it (per-user limits)
     start_s: Mapped[int] = mapped_column(BigInteger)
     end_s: Mapped[int] = mapped_column(BigInteger)
@@ -99,7 +99,7 @@ class Sliver(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     urn: Mapped[str] = mapped_column(String(300), unique=True)
-    lease_id: Mapped[str] = mapped_column(ForeignKey("lease.id"))
+    lease_id: Mapped[str] = mapped_column(ForeignKey("lease.id"), index=True)  # a lease's slivers
     node_id: Mapped[int] = mapped_column(ForeignKey("node.id"))
     start_s: Mapped[int] = mapped_column(BigInteger)
     end_s: Mapped[int] = mapped_column(BigInteger)
@@ -230,3 +230,14 @@ class RepositoryImage(Base):
     hardware_types: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: every node can run it
     added_by: Mapped[str] = mapped_column(String(300))  # a Unix login (image add) or a user URN (a saved image)
     added_s: Mapped[int] = mapped_column(BigInteger)
+
+
+class CalendarGeneration(Base):
+    """One row (id 1) whose ``value`` grows with every unit of work that writes to the database, in the same
+    transaction as the write: a process that cached an answer computed at generation G knows it is still right as
+    long as it reads G here (calendar/generation.py). Shared by every process and host using the database."""
+
+    __tablename__ = "calendar_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

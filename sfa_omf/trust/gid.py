@@ -73,8 +73,8 @@ class Gid:
         )
         return hashlib.sha256(spki).hexdigest()
 
-    @property
-    def fingerprint(self) -> str:
+    @functools.cached_property
+    def fingerprint(self) -> str:  # cached: part of every chain-verdict key
         return self.certificate.fingerprint(hashes.SHA256()).hex()
 
     def pem(self) -> str:

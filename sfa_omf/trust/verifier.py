@@ -61,6 +61,16 @@ class VerifiedCredential:
         return self.depth > 0
 
 
+@dataclass(frozen=True)
+class ChainVerdict:
+    """A caller chain found trusted: the anchor it ends at, and the span in which every certificate checked (the
+    chain's and the anchor's) is valid — [valid_from, valid_until], both ends included as check_validity has it."""
+
+    anchor: Gid
+    valid_from: datetime
+    valid_until: datetime
+
+
 class VerdictCache:
     """Verified credentials by (document digest, trusted-roots fingerprint); thread-safe and bounded (LRU).
 
@@ -70,10 +80,34 @@ class VerdictCache:
 
     def __init__(self, max_entries: int = 10_000) -> None:
         self._entries: OrderedDict[tuple[str, str], VerifiedCredential] = OrderedDict()
+        self._chains: OrderedDict[tuple[tuple[str, ...], str], ChainVerdict] = OrderedDict()
         self._lock = threading.Lock()
         self._max_entries = max_entries
         self.hits = 0
         self.misses = 0
+        self.chain_hits = 0
+
+    def get_chain(self, key: tuple[tuple[str, ...], str], at: datetime) -> ChainVerdict | None:
+        """A caller chain's earlier verdict, if ``at`` lies inside its validity (else None, and it is re-verified)."""
+        with self._lock:
+            entry = self._chains.get(key)
+            if entry is None:
+                return None
+            if at > entry.valid_until:
+                del self._chains[key]
+                return None
+            if at < entry.valid_from:
+                return None
+            self._chains.move_to_end(key)
+            self.chain_hits += 1
+            return entry
+
+    def put_chain(self, key: tuple[tuple[str, ...], str], verdict: ChainVerdict) -> None:
+        with self._lock:
+            self._chains[key] = verdict
+            self._chains.move_to_end(key)
+            while len(self._chains) > self._max_entries:
+                self._chains.popitem(last=False)
 
     def get(self, key: tuple[str, str], at: datetime) -> VerifiedCredential | None:
         with self._lock:
@@ -141,9 +175,21 @@ class CredentialVerifier:
         lineage = credential.lineage
         signer_chains = _check_signatures(document.root, lineage)
         involved: list[Gid] = []
+        # The same chains come back in one credential (a delegator is the parent's owner and the child's signer;
+        # every step has the same target): each distinct chain is checked once, its first failure still raised
+        # with the role it has where it first appears.
+        trusted: dict[tuple[str, ...], Gid] = {}
+
+        def check(chain: GidChain, role: str) -> Gid:
+            key = tuple(gid.fingerprint for gid in chain)
+            anchor = trusted.get(key)
+            if anchor is None:
+                anchor = trusted[key] = verify_chain(chain, roots, at, role=role)
+            return anchor
+
         for item in lineage:
             signer_chain = signer_chains[item.xml_id]
-            anchor = verify_chain(signer_chain, roots, at, role=f"signer of credential {item.xml_id!r}")
+            anchor = check(signer_chain, f"signer of credential {item.xml_id!r}")
             involved.extend(signer_chain)
             involved.append(anchor)
         root_credential = lineage[-1]
@@ -152,7 +198,7 @@ class CredentialVerifier:
             _check_delegation(child, parent, signer_chains[child.xml_id][0])
         for item in lineage:
             for role, chain in (("owner", item.owner_chain), ("target", item.target_chain)):
-                anchor = verify_chain(chain, roots, at, role=f"{role} of credential {item.xml_id!r}")
+                anchor = check(chain, f"{role} of credential {item.xml_id!r}")
                 involved.extend(chain)
                 involved.append(anchor)
         for item in lineage:
@@ -226,13 +272,26 @@ class CredentialVerifier:
             )
 
     def verify_caller(self, caller_chain: GidChain, at: datetime) -> Gid:
-        """Verify the caller's own certificate chain (from TLS); return its leaf. Untrusted callers are FORBIDDEN."""
+        """Verify the caller's own certificate chain (from TLS); return its leaf. Untrusted callers are FORBIDDEN.
+
+        With a cache, a trusted chain's verdict is kept by (the chain's certificate fingerprints, the trusted roots'
+        fingerprint) and reused only while every certificate checked is valid; refusals are never kept.
+        """
+        key = (tuple(gid.fingerprint for gid in caller_chain), self.roots.fingerprint)
+        if self.cache is not None and self.cache.get_chain(key, at) is not None:
+            return caller_chain[0]
         try:
-            verify_chain(caller_chain, self.roots, at, role="caller")
+            anchor = verify_chain(caller_chain, self.roots, at, role="caller")
         except TrustError as exc:
             if exc.reason in (Reason.UNTRUSTED_CHAIN, Reason.INVALID_CHAIN):
                 raise TrustError(Reason.CALLER_UNTRUSTED, exc.message) from exc
             raise
+        if self.cache is not None:
+            checked = [*caller_chain, anchor]
+            self.cache.put_chain(
+                key,
+                ChainVerdict(anchor, max(gid.not_before for gid in checked), min(gid.not_after for gid in checked)),
+            )
         return caller_chain[0]
 
     def check_call(

@@ -1,0 +1,147 @@
+"""Status and Describe of a small slice, in-process (no TLS): the whole call, its calendar work (reading the slice's
+leases) before and after the column query, and the caller-chain check with and without its verdict cache.
+
+Run from the repository root, with the project's virtualenv:
+
+    python benchmarks/slice_calls_bench.py                       # SQLite
+    python benchmarks/slice_calls_bench.py --postgres-url URL    # also PostgreSQL (its public schema is dropped)
+
+The calendar is benchmarks/calendar_bench.py's (``--nodes`` nodes, ``--leases`` provisioned one-node leases of 100
+other slices, bulk-inserted), plus the demo slice of an ``init_directory`` authority holding one sliver, booked
+with ``Bookings.book``. The aggregate has a ``VerdictCache`` (as ``sfa-omf serve`` makes it) and alice's slice
+credential. Rows (median per call): *status*, *describe* — ``Aggregate.status`` / ``describe`` of the demo slice;
+*leases (ORM)* — the slice's leases read as ``Bookings.leases`` did before (ORM objects, selectinload), the peer;
+*leases* — ``Bookings.leases(slice_urn=...)`` now; *caller chain* — ``verify_caller`` without a cache (every link's
+signature checked), and *caller chain, cached* — with the verdict cache. Before timing, the script checks that the
+new and the old lease reads answer the same and that Status answers the demo slice's one sliver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from calendar_bench import NOW, Calendar, booking_window, check_database_url, node_name
+
+from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.calendar.booking import ACTIVE_LEASE_STATES, lease_record
+from sfa_omf.calendar.database import sqlite_url
+from sfa_omf.calendar.models import Lease, Slice, Sliver
+from sfa_omf.calendar.records import BookingRequest, LeaseRecord
+from sfa_omf.registry.bootstrap import init_directory
+from sfa_omf.trust.gid import load_gid_chain_file
+from sfa_omf.trust.roots import load_trusted_roots
+from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
+
+SLICE = "urn:publicid:IDN+testbed+slice+demo"
+AT = NOW + timedelta(minutes=1)
+
+
+def orm_leases(aggregate: Aggregate, slice_urn: str) -> list[LeaseRecord]:
+    """Bookings.leases(slice_urn=...) as it was before the column query (the peer)."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    with aggregate.database.read() as session:
+        query = (
+            select(Lease)
+            .options(selectinload(Lease.slivers).selectinload(Sliver.node))
+            .order_by(Lease.start_s, Lease.id)
+            .where(Lease.state.in_(ACTIVE_LEASE_STATES))
+            .join(Slice)
+            .where(Slice.urn == slice_urn)
+        )
+        return [lease_record(lease) for lease in session.scalars(query)]
+
+
+def timed(run: Callable[[], object], seconds: float) -> tuple[int, float]:
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < 5 or (time.perf_counter() - started < seconds and len(times) < 100_000):
+        begin = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - begin)
+    return len(times), statistics.median(times)
+
+
+def measure(backend: str, url: str, args: argparse.Namespace, authority: Path) -> list[tuple[str, int, float]]:
+    calendar = Calendar(backend, url, args.nodes)
+    try:
+        calendar.fill(args.leases)
+        sfi = authority / "users" / "alice" / "sfi"
+        chain = load_gid_chain_file(str(sfi / "testbed.alice.user.gid"))
+        credential = (sfi / "testbed.alice-testbed.demo.slice.cred").read_text()
+        roots = load_trusted_roots(str(authority / "trusted_roots"))
+        aggregate = Aggregate(
+            AggregateSettings(authority_hrn="testbed"),
+            calendar.database,
+            CredentialVerifier(roots, VerdictCache()),
+            clock=lambda: AT,
+        )
+        start, end = booking_window(0)
+        aggregate.bookings.book(SLICE, NOW + timedelta(days=7), [BookingRequest(node_name(0), start, end)])
+        status = aggregate.status(chain, [SLICE], [credential], {})
+        if len(status["geni_slivers"]) != 1 or aggregate.bookings.leases(slice_urn=SLICE) != orm_leases(
+            aggregate, SLICE
+        ):
+            raise SystemExit(f"{backend}: the demo slice's leases are not what was booked")
+        uncached = CredentialVerifier(roots)
+        describe_options = {"geni_rspec_version": {"type": "GENI", "version": "3"}}
+        runs: list[tuple[str, Callable[[], object]]] = [
+            ("status", lambda: aggregate.status(chain, [SLICE], [credential], {})),
+            ("describe", lambda: aggregate.describe(chain, [SLICE], [credential], describe_options)),
+            ("leases (ORM)", lambda: orm_leases(aggregate, SLICE)),
+            ("leases", lambda: aggregate.bookings.leases(slice_urn=SLICE)),
+            ("caller chain", lambda: uncached.verify_caller(chain, AT)),
+            ("caller chain, cached", lambda: aggregate.verifier.verify_caller(chain, AT)),
+        ]
+        rows = []
+        for name, run in runs:
+            calls, median = timed(run, args.seconds)
+            rows.append((name, calls, median))
+            print(f"  {backend:<11}{name:<22}{calls:>8,} calls {median * 1000:9.3f} ms", flush=True)
+        return rows
+    finally:
+        calendar.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--postgres-url", help="also measure PostgreSQL (its public schema is dropped)")
+    parser.add_argument("--nodes", type=int, default=1_000)
+    parser.add_argument("--leases", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    print("Status/Describe of a one-sliver slice, in-process (sfa-omf)")
+    print(f"  calendar      {args.nodes:,} nodes, {args.leases:,} leases of other slices; {args.seconds} s per row")
+    results: list[tuple[str, str, int, float]] = []
+    with tempfile.TemporaryDirectory(prefix="slice-bench-") as tmp:
+        init_directory(str(Path(tmp) / "tb"))
+        backends = [("sqlite", sqlite_url(str(Path(tmp) / "slice.sqlite")))]
+        if args.postgres_url:
+            check_database_url(args.postgres_url)
+            backends.append(("postgresql", args.postgres_url))
+        for backend, url in backends:
+            for name, calls, median in measure(backend, url, args, Path(tmp) / "tb"):
+                results.append((backend, name, calls, median))
+    print()
+    header = f"{'backend':<11}{'measured':<22}{'calls':>8}{'median ms':>11}{'vs peer':>9}"
+    print(header)
+    print("-" * len(header))
+    peers = {"leases": "leases (ORM)", "caller chain, cached": "caller chain"}
+    for backend, name, calls, median in results:
+        peer = next((m for b, n, _, m in results if b == backend and n == peers.get(name)), None)
+        versus = f"{peer / median:>8.1f}x" if peer else ""
+        print(f"{backend:<11}{name:<22}{calls:>8,}{median * 1000:>11.3f}{versus}")
+    print("vs peer: how many times faster than the row it replaces (leases: the ORM read; cached: the uncached check).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
