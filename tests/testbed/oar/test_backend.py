@@ -409,8 +409,9 @@ def test_deploy_jobs_install_the_lease_image_only_where_needed(
     lease ran another image; a node that already runs the image is not reprovisioned."""
     site.backend.job_type = "deploy"
     site.backend.deploy_command = "/usr/local/sbin/sfa-omf-deploy"
+    images = ({"name": "debian12"}, {"name": "ubuntu2404"})  # what the nodes can run (advertised, checked)
     for name in ("dnode1", "dnode2"):  # scripts/oar.sh's deploy=YES nodes
-        site.aggregate.inventory.add_node(NodeSpec(node_urn(name), name))
+        site.aggregate.inventory.add_node(NodeSpec(node_urn(name), name, disk_images=images))
 
     def book(nodes: list[str], start: datetime, *images: str) -> None:
         person = site.pki.users["alice"]
