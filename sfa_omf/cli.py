@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sfa_omf.calendar.database import Database
+from sfa_omf.cli_agents import add_agent_commands
 from sfa_omf.cli_calendar import add_calendar_commands
 from sfa_omf.cli_config import add_config_commands
 from sfa_omf.cli_registry import add_registry_commands
@@ -102,6 +103,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_registry_commands(commands, slice_commands)
     add_rspec_commands(commands)
     add_server_commands(commands)
+    add_agent_commands(commands)
     add_config_commands(commands)
     return parser
 

@@ -18,6 +18,7 @@ from sfa_omf.calendar.inventory import NODE_STATES, Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, NodeSpec
 from sfa_omf.calendar.slices import Slices
+from sfa_omf.cli_agents import add_node_agent_commands
 from sfa_omf.cli_common import command_settings
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs, GeniError, Reason
@@ -68,6 +69,7 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     state.add_argument("component_id")
     state.add_argument("state", choices=NODE_STATES)
     state.set_defaults(handler=_node_set_state)
+    add_node_agent_commands(node, config_option)
 
     pool = commands.add_parser("pool", help="resource pools").add_subparsers(title="pool commands")
     create = pool.add_parser("create", parents=[config_option], help="create a pool")

@@ -101,6 +101,9 @@ class Settings:
     oar_timeout_s: int = 30
     oar_cache_s: int = 30
     oar_reconcile_s: int = 300
+    agent_heartbeat_s: int = 30  # how often node agents report (sfa_omf/agents)
+    agent_timeout_s: int = 120  # an agent silent this long is lost: its node leaves service
+    agent_max_body_bytes: int = 64 * 1024
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -202,6 +205,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("oar_timeout_s", "sfa_oar", "timeout_s", "count", "seconds to wait for one OAR API answer"),
     Option("oar_cache_s", "sfa_oar", "cache_s", "count", "how long OAR's own reservations are cached, in seconds"),
     Option("oar_reconcile_s", "sfa_oar", "reconcile_s", "count", "seconds between calendar/OAR reconciliations"),
+    Option("agent_heartbeat_s", "sfa_agents", "heartbeat_s", "count", "seconds between two heartbeats of a node agent"),
+    Option("agent_timeout_s", "sfa_agents", "timeout_s", "count", "a node whose agent is silent this long is lost"),
+    Option("agent_max_body_bytes", "sfa_agents", "max_body_bytes", "count", "largest request of a node agent"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {

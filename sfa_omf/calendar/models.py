@@ -155,3 +155,7 @@ class OarJob(Base):
     state: Mapped[str] = mapped_column(String(20))
     message: Mapped[str] = mapped_column(Text, default="")  # OAR's own words when it failed
     updated_s: Mapped[int] = mapped_column(BigInteger)
+
+
+# The node agents' tables live in their own module; importing it here puts them in Base.metadata (migrations, tests).
+from sfa_omf.calendar import agent_models as _agent_models  # noqa: E402, F401

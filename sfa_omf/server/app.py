@@ -18,16 +18,20 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 
+from sfa_omf.agents.health import agent_health
+from sfa_omf.agents.service import AgentService, AgentSettings
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.am.api_v2 import ApiV2
 from sfa_omf.am.api_v3 import ApiV3
+from sfa_omf.calendar.agents import Agents
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.api import RegistryApi
-from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.authority import AuthorityError, LocalAuthority
 from sfa_omf.registry.records import Records
+from sfa_omf.server.agent_http import AgentResource
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
 from sfa_omf.testbed.base import BackgroundTask
@@ -58,7 +62,7 @@ def build_aggregate(settings: Settings) -> Aggregate:
     )
     verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
     url = f"https://{settings.hostname}:{settings.aggregate_port}/"
-    return Aggregate(
+    aggregate = Aggregate(
         AggregateSettings(
             authority_hrn=settings.interface_hrn,
             hostname=settings.hostname,
@@ -79,6 +83,8 @@ def build_aggregate(settings: Settings) -> Aggregate:
             load_gid_chain_file(os.path.join(settings.data_dir, "aggregate", "am.gid")),
         ),
     )
+    aggregate.node_health = agent_health(Agents(database, policy))
+    return aggregate
 
 
 @dataclass
@@ -86,6 +92,7 @@ class RunningServer:
     port: Any
     pool: ThreadPool
     expiry: LoopingCall
+    agent_sweep: LoopingCall | None = None
 
     @property
     def port_number(self) -> int:
@@ -93,8 +100,9 @@ class RunningServer:
 
     def stop(self) -> Any:
         """Stop listening, the expiry loop and the threads (call in the reactor thread)."""
-        if self.expiry.running:
-            self.expiry.stop()
+        for loop in (self.expiry, self.agent_sweep):
+            if loop is not None and loop.running:
+                loop.stop()
         deferred = self.port.stopListening()
 
         def stop_pool(result: Any) -> Any:
@@ -111,7 +119,11 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     pool.start()
     v3 = XmlRpcResource(ApiV3(aggregate), pool, reactor, settings.max_request_bytes)
     v2 = XmlRpcResource(ApiV2(aggregate), pool, reactor, settings.max_request_bytes)
-    site = make_site({b"am2": v2}, v3, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
+    routes: dict[bytes, Any] = {b"am2": v2}
+    agents = _agent_api(settings, aggregate)
+    if agents is not None:
+        routes[b"agents"] = AgentResource(agents, pool, reactor, settings.agent_max_body_bytes)
+    site = make_site(routes, v3, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
     tls = ServerTls(
         os.path.join(settings.data_dir, "aggregate", "am.pkey"), os.path.join(settings.data_dir, "aggregate", "am.gid")
     )
@@ -122,7 +134,34 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     expiry.start(EXPIRY_PERIOD_S, now=True)
     for task in aggregate.backend.background_tasks():
         LoopingCall(lambda task=task: reactor.callInThread(_background, task)).start(task.period_s, now=True)
-    return RunningServer(port=listening, pool=pool, expiry=expiry)
+    sweep = None
+    if agents is not None:
+        # Checked several times per timeout, so a silent node is lost at most a third of the timeout late.
+        lost = BackgroundTask("lost node agents", max(1, settings.agent_timeout_s // 3), lambda: _sweep(agents))
+        sweep = LoopingCall(lambda: reactor.callInThread(_background, lost))
+        sweep.start(lost.period_s, now=False)
+    return RunningServer(port=listening, pool=pool, expiry=expiry, agent_sweep=sweep)
+
+
+def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
+    """The node agents' API, which signs with the local authority's key; absent (and said so) without one."""
+    try:
+        authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
+    except AuthorityError as exc:
+        log.warning("node agent API disabled: %s", exc)
+        return None
+    return AgentService(
+        Agents(aggregate.database, aggregate.policy, clock=aggregate.clock),
+        authority,
+        aggregate.local_accounts,
+        AgentSettings(heartbeat_s=settings.agent_heartbeat_s, timeout_s=settings.agent_timeout_s),
+    )
+
+
+def _sweep(service: AgentService) -> None:
+    lost = service.agents.sweep_lost(service.settings.timeout_s)
+    if lost:
+        log.warning("node agent(s) lost contact, their nodes leave service: %s", ", ".join(lost))
 
 
 def start_registry(settings: Settings, database: Database, port: int | None = None) -> Any:

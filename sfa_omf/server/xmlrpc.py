@@ -215,7 +215,7 @@ def _internal_error(request: server.Request, method: str, failure: Failure) -> N
 
 
 def make_site(
-    routes: dict[bytes, XmlRpcResource], default: XmlRpcResource, max_body_bytes: int, timeout_s: float
+    routes: dict[bytes, resource.Resource], default: XmlRpcResource, max_body_bytes: int, timeout_s: float
 ) -> server.Site:
     """A Site serving ``routes`` by path; any other path (``/``, ``/RPC2``) goes to ``default``."""
 
