@@ -66,6 +66,7 @@ class _Ledger:
         return True
 
     def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_atomic(self.path, json.dumps(self.uses, sort_keys=True))
 
 

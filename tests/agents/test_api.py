@@ -202,3 +202,31 @@ def test_maintenance_is_not_undone_by_heartbeats(lab: Lab, tmp_path: Path) -> No
         "POST", "heartbeat", {}
     )
     assert lab.aggregate.inventory.get_node(enrolled.node).state == "maintenance"
+
+
+class BrokenHost:
+    """A host whose account creation fails (a fault we cannot cause on this test machine without breaking it)."""
+
+    def apply(self, lease_id: str, accounts: object) -> None:
+        raise OSError("useradd: /etc/passwd is read-only")
+
+    def remove(self, lease_id: str, logins: object) -> None:
+        """Nothing was made."""
+
+
+def test_a_failure_on_the_node_is_the_lease_failure_in_the_agents_words(lab: Lab, tmp_path: Path) -> None:
+    from sfa_omf.agents.node import Agent
+    from tests.agents.test_agent_process import SLICE, book_now, sliver_status
+    from tests.sshkeys import ssh_key
+
+    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1")
+    book_now(lab, ssh_key("ann@laptop"))
+    agent = Agent(str(tmp_path / "a1"), BrokenHost())
+    (item,) = agent.run_once()["active"]
+    assert item["slice"] == SLICE
+    state, error = sliver_status(lab)
+    assert state == "geni_failed"
+    assert "useradd: /etc/passwd is read-only" in error
+    # Reported once: the next round does not try again nor report again.
+    (item,) = agent.run_once()["active"]
+    assert item["reported"] == "failed"
