@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,10 @@ class AgentService:
         self.accounts_of = accounts_of
         self.settings = settings
         self.root_pem = authority.chain[-1].pem()
+        # Heartbeats of live agents are gathered here and written together by flush_heartbeats() (the server runs
+        # it every few seconds, and before each sweep): one commit for many agents instead of one each.
+        self._heard: dict[str, int] = {}
+        self._heard_lock = threading.Lock()
 
     def node_urn(self, hostname: str) -> str:
         return hrn_to_urn(join_hrn([*split_hrn(self.authority.hrn), hostname]), "node")
@@ -179,9 +184,32 @@ class AgentService:
         return agent
 
     def heartbeat(self, caller_chain: GidChain) -> dict[str, Any]:
-        """The agent is alive; tells it how often to come back."""
-        agent = self.agents.heartbeat(self.authenticate(caller_chain).node)
+        """The agent is alive; tells it how often to come back. A lost agent's node is back in service at once."""
+        agent = self.authenticate(caller_chain)
+        if agent.lost:
+            self.agents.heartbeat(agent.node)
+        else:
+            with self._heard_lock:
+                self._heard[agent.node] = int(self.agents.clock().timestamp())
         return {"node": agent.node, "heartbeat_s": self.settings.heartbeat_s, "timeout_s": self.settings.timeout_s}
+
+    def flush_heartbeats(self) -> int:
+        """Write the heartbeats gathered since the last flush; how many agents that was."""
+        with self._heard_lock:
+            heard, self._heard = self._heard, {}
+        try:
+            self.agents.record_heard(heard)
+        except Exception:
+            with self._heard_lock:  # keep them for the next flush (newer ones win)
+                for node, seconds in heard.items():
+                    self._heard[node] = max(seconds, self._heard.get(node, 0))
+            raise
+        return len(heard)
+
+    def sweep_lost(self) -> list[str]:
+        """Flush, then put the nodes of agents silent for the timeout out of service."""
+        self.flush_heartbeats()
+        return self.agents.sweep_lost(self.settings.timeout_s)
 
     def work(self, caller_chain: GidChain) -> dict[str, Any]:
         """What must be true on the node now: the running leases with their accounts, and leases to tear down."""

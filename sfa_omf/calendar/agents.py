@@ -263,6 +263,23 @@ class Agents:
             self._seen(agent, node, now_s)
             return _agent_record(agent, node)
 
+    def record_heard(self, heard: dict[str, int]) -> None:
+        """Many heartbeats in one unit of work: each node's agent was last heard at the given epoch second (kept
+        when the database already has a later one). Whether a node is lost is not changed here: a lost agent's
+        heartbeat goes through ``heartbeat`` at once."""
+        if not heard:
+            return
+        with self.database.write() as session:
+            rows = session.execute(
+                select(Agent, Node.component_id)
+                .join(Node)
+                .where(Node.component_id.in_(list(heard)))
+                .order_by(Node.id)
+                .with_for_update()
+            ).all()
+            for agent, component_id in rows:
+                agent.last_seen_s = max(agent.last_seen_s, heard[component_id])
+
     def sweep_lost(self, timeout_s: int) -> list[str]:
         """Agents not heard for ``timeout_s`` are lost: their nodes leave service. Returns the nodes newly lost."""
         deadline = _s(self.clock()) - timeout_s

@@ -46,6 +46,7 @@ log = logging.getLogger("sfa_omf.server")
 reactor: Any = _reactor
 EXPIRY_PERIOD_S = 60
 REQUEST_TIMEOUT_S = 120
+AGENT_FLUSH_S = 5  # heartbeats are written to the database together at most this often
 
 
 def build_aggregate(settings: Settings) -> Aggregate:
@@ -93,6 +94,7 @@ class RunningServer:
     pool: ThreadPool
     expiry: LoopingCall
     agent_sweep: LoopingCall | None = None
+    agent_flush: LoopingCall | None = None
 
     @property
     def port_number(self) -> int:
@@ -100,7 +102,7 @@ class RunningServer:
 
     def stop(self) -> Any:
         """Stop listening, the expiry loop and the threads (call in the reactor thread)."""
-        for loop in (self.expiry, self.agent_sweep):
+        for loop in (self.expiry, self.agent_sweep, self.agent_flush):
             if loop is not None and loop.running:
                 loop.stop()
         deferred = self.port.stopListening()
@@ -134,13 +136,16 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     expiry.start(EXPIRY_PERIOD_S, now=True)
     for task in aggregate.backend.background_tasks():
         LoopingCall(lambda task=task: reactor.callInThread(_background, task)).start(task.period_s, now=True)
-    sweep = None
+    sweep = flush = None
     if agents is not None:
         # Checked several times per timeout, so a silent node is lost at most a third of the timeout late.
         lost = BackgroundTask("lost node agents", max(1, settings.agent_timeout_s // 3), lambda: _sweep(agents))
         sweep = LoopingCall(lambda: reactor.callInThread(_background, lost))
         sweep.start(lost.period_s, now=False)
-    return RunningServer(port=listening, pool=pool, expiry=expiry, agent_sweep=sweep)
+        heard = BackgroundTask("heartbeats", min(AGENT_FLUSH_S, settings.agent_heartbeat_s), agents.flush_heartbeats)
+        flush = LoopingCall(lambda: reactor.callInThread(_background, heard))
+        flush.start(heard.period_s, now=False)
+    return RunningServer(port=listening, pool=pool, expiry=expiry, agent_sweep=sweep, agent_flush=flush)
 
 
 def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
@@ -159,7 +164,7 @@ def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
 
 
 def _sweep(service: AgentService) -> None:
-    lost = service.agents.sweep_lost(service.settings.timeout_s)
+    lost = service.sweep_lost()
     if lost:
         log.warning("node agent(s) lost contact, their nodes leave service: %s", ", ".join(lost))
 

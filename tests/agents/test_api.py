@@ -230,3 +230,31 @@ def test_a_failure_on_the_node_is_the_lease_failure_in_the_agents_words(lab: Lab
     # Reported once: the next round does not try again nor report again.
     (item,) = agent.run_once()["active"]
     assert item["reported"] == "failed"
+
+
+def test_heartbeats_are_written_together_and_a_sweep_writes_them_first(lab: Lab, tmp_path: Path) -> None:
+    from sfa_omf.agents.service import AgentService, AgentSettings
+    from sfa_omf.registry.authority import LocalAuthority
+    from sfa_omf.trust.gid import load_gid_chain_file
+
+    enrolled = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1")
+    chain = load_gid_chain_file(str(tmp_path / "a1" / "node.gid"))
+    now = [utcnow() + timedelta(seconds=100)]
+    service = AgentService(
+        Agents(lab.aggregate.database, clock=lambda: now[0]),
+        LocalAuthority.load(str(lab.directory), "lab"),
+        lambda _slice: [],
+        AgentSettings(heartbeat_s=30, timeout_s=120),
+    )
+    (before,) = lab.agents.list_agents()
+    assert service.heartbeat(chain)["node"] == enrolled.node
+    assert lab.agents.list_agents()[0].last_seen == before.last_seen  # gathered, not written yet
+    now[0] += timedelta(seconds=100)  # 200 s after registration: lost unless the heartbeat at 100 s counts
+    assert service.sweep_lost() == []
+    assert lab.agents.list_agents()[0].last_seen == before.last_seen + timedelta(seconds=100)
+    now[0] += timedelta(seconds=121)
+    assert service.sweep_lost() == [enrolled.node]
+    # A lost agent's heartbeat is written at once: its node is back before any flush.
+    service.heartbeat(chain)
+    assert lab.aggregate.inventory.get_node(enrolled.node).state == "usable"
+    assert service.flush_heartbeats() == 0
