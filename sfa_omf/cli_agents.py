@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,6 +30,18 @@ def add_node_agent_commands(node: argparse._SubParsersAction, config_option: arg
     agents = node.add_parser("agents", parents=[config_option], help="list the nodes that joined through an agent")
     agents.add_argument("--json", action="store_true")
     agents.set_defaults(handler=_agents)
+    stage_in = node.add_parser(
+        "stage-in", parents=[config_option], help="stage a file in for a lease on an agent's node"
+    )
+    stage_in.add_argument("hostname")
+    stage_in.add_argument("lease_id")
+    stage_in.add_argument("file")
+    stage_in.set_defaults(handler=_stage_in)
+    stage_out = node.add_parser("stage-out", parents=[config_option], help="copy the files a node staged out")
+    stage_out.add_argument("hostname")
+    stage_out.add_argument("lease_id")
+    stage_out.add_argument("--to", required=True, help="directory to copy them into")
+    stage_out.set_defaults(handler=_stage_out)
 
 
 def add_agent_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -147,4 +160,43 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stopping)
     signal.signal(signal.SIGINT, stopping)
     agent.run(stop)
+    return 0
+
+
+def _staging(args: argparse.Namespace) -> tuple[Any, Any]:
+    from sfa_omf.agents.staging import FileStore
+    from sfa_omf.calendar.agents import Agents
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.xrn import hrn_to_urn, join_hrn, split_hrn
+
+    settings = command_settings(args)
+    node = hrn_to_urn(join_hrn([*split_hrn(settings.interface_hrn), args.hostname]), "node")
+    if not Agents(Database(settings.calendar_url)).lease_on_node(node, args.lease_id):
+        raise BadArgs(f"lease {args.lease_id} has no sliver on {node} (sfa-omf lease list --node {node})")
+    return FileStore(os.path.join(settings.data_dir, "agent_files"), settings.agent_max_file_bytes), node
+
+
+def _stage_in(args: argparse.Namespace) -> int:
+    import hashlib
+
+    store, node = _staging(args)
+    with open(args.file, "rb") as handle:
+        data = handle.read(store.max_bytes + 1)
+    name = os.path.basename(args.file)
+    store.put(args.lease_id, args.hostname, "in", name, data, hashlib.sha256(data).hexdigest())
+    print(f"{name} ({len(data)} bytes) staged in for lease {args.lease_id} on {node}: the agent fetches it")
+    return 0
+
+
+def _stage_out(args: argparse.Namespace) -> int:
+    store, node = _staging(args)
+    os.makedirs(args.to, exist_ok=True)
+    files = store.list(args.lease_id, args.hostname, "out")
+    for staged in files:
+        data, sha256 = store.get(args.lease_id, args.hostname, "out", staged.name)
+        with open(os.path.join(args.to, staged.name), "wb") as out:
+            out.write(data)
+        print(f"{staged.name} {staged.size} bytes sha256 {sha256}")
+    if not files:
+        print(f"nothing staged out yet for lease {args.lease_id} on {node}")
     return 0

@@ -104,6 +104,7 @@ class Settings:
     agent_heartbeat_s: int = 30  # how often node agents report (sfa_omf/agents)
     agent_timeout_s: int = 120  # an agent silent this long is lost: its node leaves service
     agent_max_body_bytes: int = 64 * 1024
+    agent_max_file_bytes: int = 1024 * 1024  # a staged file (at most max_request_bytes, the server's own limit)
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -208,6 +209,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("agent_heartbeat_s", "sfa_agents", "heartbeat_s", "count", "seconds between two heartbeats of a node agent"),
     Option("agent_timeout_s", "sfa_agents", "timeout_s", "count", "a node whose agent is silent this long is lost"),
     Option("agent_max_body_bytes", "sfa_agents", "max_body_bytes", "count", "largest request of a node agent"),
+    Option("agent_max_file_bytes", "sfa_agents", "max_file_bytes", "count", "largest file staged in or out of a node"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {

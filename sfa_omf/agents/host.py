@@ -30,6 +30,12 @@ class Host(Protocol):
     def remove(self, lease_id: str, logins: Sequence[str]) -> None:
         """The lease's keys are gone from these accounts; accounts the agent made and nothing uses are gone."""
 
+    def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
+        """Put a file in the account's ``~/folder`` (stage-in)."""
+
+    def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
+        """The plain files in the account's ``~/folder`` (stage-out), by name."""
+
 
 def _valid_keys(keys: Sequence[str]) -> list[str]:
     return [key.strip() for key in keys if is_ssh_public_key(key.strip())]
@@ -117,6 +123,32 @@ class DirectoryHost:
                 shutil.rmtree(self.root / "home" / login, ignore_errors=True)
         self.ledger.save()
 
+    def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
+        _write_into(self.root / "home" / login, folder, name, data)
+
+    def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
+        return _read_from(self.root / "home" / login, folder)
+
+
+def _write_into(home: Path, folder: str, name: str, data: bytes, owner: tuple[int, int] | None = None) -> None:
+    target = home / folder
+    target.mkdir(parents=True, exist_ok=True)
+    temporary = target / f".{name}.tmp"
+    temporary.write_bytes(data)
+    if owner is not None:
+        os.chown(target, *owner)
+        os.chown(temporary, *owner)
+    os.replace(temporary, target / name)
+
+
+def _read_from(home: Path, folder: str) -> list[tuple[str, bytes]]:
+    target = home / folder
+    if not target.is_dir():
+        return []
+    return [
+        (path.name, path.read_bytes()) for path in sorted(target.iterdir()) if path.is_file() and not path.is_symlink()
+    ]
+
 
 class UnixHost:
     """Real accounts on this host (root needed): ``useradd`` through testbed/unix_accounts.py, ``userdel`` at the
@@ -148,3 +180,17 @@ class UnixHost:
                 if done.returncode not in (0, 6):  # 6: no such user
                     raise GeniError(Reason.TESTBED, f"userdel {login} failed: {done.stderr.strip()}")
         self.ledger.save()
+
+    def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
+        import pwd
+
+        entry = pwd.getpwnam(login)
+        _write_into(Path(entry.pw_dir), folder, name, data, (entry.pw_uid, entry.pw_gid))
+
+    def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
+        import pwd
+
+        try:
+            return _read_from(Path(pwd.getpwnam(login).pw_dir), folder)
+        except KeyError:
+            return []

@@ -9,6 +9,7 @@ restarting is waited for: the loop keeps its state on disk and carries on where 
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import logging
@@ -32,6 +33,7 @@ from sfa_omf.trust.pki import load_private_key, new_private_key, private_key_pem
 log = logging.getLogger("sfa_omf.agent")
 TIMEOUT_S = 30
 KEY, CERT, ROOT, CONFIG, APPLIED = "node.pkey", "node.gid", "root.gid", "agent.json", "leases.json"
+STAGE_IN, STAGE_OUT = "stage-in", "stage-out"  # folders in each account's home for a lease's files
 
 
 class AgentCallError(Exception):
@@ -85,24 +87,48 @@ class Client:
         context.load_cert_chain(cert_path, key_path)
         self.context = context
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _exchange(
+        self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes, str]:
         connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=TIMEOUT_S)
         try:
-            payload = None if body is None else json.dumps(body).encode("utf-8")
-            headers = {"content-type": "application/json"} if payload is not None else {}
             connection.request(method, self.base + path, body=payload, headers=headers)
             response = connection.getresponse()
-            raw = response.read()
+            return response.status, response.read(), response.getheader("x-content-sha256", "")
         finally:
             connection.close()
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"content-type": "application/json"} if payload is not None else {}
+        status, raw, _ = self._exchange(method, path, payload, headers)
+        return self._decode(status, raw)
+
+    def put_file(self, lease_id: str, name: str, data: bytes) -> dict[str, Any]:
+        """Stage a file out for a lease, with its SHA-256 (the server checks it)."""
+        headers = {"content-type": "application/octet-stream", "x-content-sha256": hashlib.sha256(data).hexdigest()}
+        status, raw, _ = self._exchange("PUT", f"files/{lease_id}/out/{name}", data, headers)
+        return self._decode(status, raw)
+
+    def get_file(self, lease_id: str, name: str) -> bytes:
+        """A file staged in for a lease, checked against the SHA-256 the server declares."""
+        status, raw, declared = self._exchange("GET", f"files/{lease_id}/in/{name}", None, {})
+        if status != 200:
+            self._decode(status, raw)
+        if hashlib.sha256(raw).hexdigest() != declared:
+            raise AgentCallError(status, "checksum", f"{name} arrived damaged (SHA-256 differs from {declared!r})")
+        return raw
+
+    @staticmethod
+    def _decode(status: int, raw: bytes) -> dict[str, Any]:
         try:
             answer = json.loads(raw)
         except ValueError:
             answer = {"error": "server_error", "message": raw[:200].decode("utf-8", "replace")}
-        if response.status != 200:
-            raise AgentCallError(response.status, str(answer.get("error", "")), str(answer.get("message", "")))
         if not isinstance(answer, dict):
-            raise AgentCallError(response.status, "server_error", "the answer is not a JSON object")
+            raise AgentCallError(status, "server_error", "the answer is not a JSON object")
+        if status != 200:
+            raise AgentCallError(status, str(answer.get("error", "")), str(answer.get("message", "")))
         return answer
 
 
@@ -186,6 +212,8 @@ class Agent:
         path = self.state / APPLIED
         # lease id -> logins set up for it: what to take away at its end, even after a restart of the agent.
         self.applied: dict[str, list[str]] = json.loads(path.read_text()) if path.exists() else {}
+        staged = self.state / "staged.json"
+        self.staged: dict[str, dict[str, str]] = json.loads(staged.read_text()) if staged.exists() else {}
 
     def _save(self) -> None:
         _write_private(self.state / APPLIED, json.dumps(self.applied, sort_keys=True).encode("utf-8"))
@@ -214,6 +242,12 @@ class Agent:
                 log.warning("lease %s could not be set up: %s", lease_id, exc)
                 self._report(lease_id, "failed", str(exc))
                 continue
+            try:
+                self._stage_in(lease_id, item.get("stage_in", []), sorted(accounts))
+            except (AgentCallError, OSError) as exc:
+                log.warning("lease %s: staging in failed: %s", lease_id, exc)
+                self._report(lease_id, "failed", f"staging in failed: {exc}")
+                continue
             gone = [login for login in self.applied.get(lease_id, []) if login not in accounts]
             if gone:
                 self.host.remove(lease_id, gone)
@@ -223,11 +257,35 @@ class Agent:
                 self._report(lease_id, "started")
         finished = {str(item["lease_id"]) for item in work.get("finished", [])}
         for lease_id in sorted((set(self.applied) - active_ids) | finished):
+            self._stage_out(lease_id, self.applied.get(lease_id, []))
             self.host.remove(lease_id, self.applied.get(lease_id, []))
             self.applied.pop(lease_id, None)
             self._save()
             self._report(lease_id, "ended")
         return work
+
+    def _stage_in(self, lease_id: str, files: list[dict[str, Any]], logins: list[str]) -> None:
+        """Fetch the lease's staged-in files not fetched yet (checked) into each account's ~/stage-in."""
+        done = self.staged.setdefault(lease_id, {})
+        for entry in files:
+            name, sha256 = str(entry["name"]), str(entry["sha256"])
+            if done.get(name) == sha256:
+                continue
+            data = self.client.get_file(lease_id, name)
+            for login in logins:
+                self.host.write_file(login, STAGE_IN, name, data)
+            done[name] = sha256
+            _write_private(self.state / "staged.json", json.dumps(self.staged, sort_keys=True).encode("utf-8"))
+
+    def _stage_out(self, lease_id: str, logins: list[str]) -> None:
+        """Send back each account's ~/stage-out files before the account goes (a refused file is logged)."""
+        for login in logins:
+            for name, data in self.host.read_files(login, STAGE_OUT):
+                try:
+                    self.client.put_file(lease_id, name, data)
+                except AgentCallError as exc:
+                    log.warning("lease %s: %s/%s/%s not staged out: %s", lease_id, login, STAGE_OUT, name, exc)
+        self.staged.pop(lease_id, None)
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop``; a server that cannot be reached (restarting, network down) is tried again."""

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sfa_omf.agents.staging import FileStore
 from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.registry.authority import LocalAuthority
@@ -76,8 +77,10 @@ class AgentService:
         authority: LocalAuthority,
         accounts_of: Callable[[str], Sequence[LocalAccount]],
         settings: AgentSettings,
+        files: FileStore | None = None,
     ) -> None:
         self.agents = agents
+        self.files = files
         self.authority = authority
         self.accounts_of = accounts_of
         self.settings = settings
@@ -216,11 +219,12 @@ class AgentService:
         agent = self.authenticate(caller_chain)
         work = self.agents.work(agent.node)
         return {
-            "active": [self._active(item) for item in work.active],
+            "active": [self._active(item, agent.hostname) for item in work.active],
             "finished": [{"lease_id": item.lease_id, "slice": item.slice_urn} for item in work.finished],
         }
 
-    def _active(self, item: LeaseWork) -> dict[str, Any]:
+    def _active(self, item: LeaseWork, hostname: str) -> dict[str, Any]:
+        staged = self.files.list(item.lease_id, hostname, "in") if self.files is not None else []
         return {
             "lease_id": item.lease_id,
             "slice": item.slice_urn,
@@ -232,6 +236,7 @@ class AgentService:
                 {"login": account.login, "ssh_keys": list(account.ssh_keys)}
                 for account in self.accounts_of(item.slice_urn)
             ],
+            "stage_in": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in staged],
         }
 
     def report(self, caller_chain: GidChain, lease_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,3 +248,23 @@ class AgentService:
         message = _text(body, "message", required=False, limit=2000)
         self.agents.report(agent.node, lease_id, state, message)
         return {"lease_id": lease_id, "state": state}
+
+    # -- staged files ------------------------------------------------------------------------------------------
+    def _staging(self, caller_chain: GidChain, lease_id: str) -> tuple[FileStore, AgentRecord]:
+        agent = self.authenticate(caller_chain)
+        if self.files is None:
+            raise GeniError(Reason.UNSUPPORTED, "this aggregate keeps no staged files")
+        if not _LEASE_ID.match(lease_id) or not self.agents.lease_on_node(agent.node, lease_id):
+            raise GeniError(Reason.NOT_FOUND, f"lease {lease_id!r} has no sliver on {agent.node}")
+        return self.files, agent
+
+    def stage_out(self, caller_chain: GidChain, lease_id: str, name: str, data: bytes, sha256: str) -> dict[str, Any]:
+        """Keep a file the agent sends back for a lease on its node (PUT: the same file again changes nothing)."""
+        files, agent = self._staging(caller_chain, lease_id)
+        changed = files.put(lease_id, agent.hostname, "out", name, data, sha256)
+        return {"name": name, "size": len(data), "sha256": sha256, "changed": changed}
+
+    def stage_in(self, caller_chain: GidChain, lease_id: str, name: str) -> tuple[bytes, str]:
+        """A file staged in for a lease on the caller's node, and its SHA-256."""
+        files, agent = self._staging(caller_chain, lease_id)
+        return files.get(lease_id, agent.hostname, "in", name)

@@ -330,6 +330,17 @@ class Agents:
             tuple(sorted(active, key=lambda w: w.lease_id)), tuple(sorted(finished, key=lambda w: w.lease_id))
         )
 
+    def lease_on_node(self, node_urn: str, lease_id: str) -> bool:
+        """True when the lease has a sliver on the node (whatever the lease's state)."""
+        with self.database.read() as session:
+            found = session.scalar(
+                select(Sliver.id)
+                .join(Node, Node.id == Sliver.node_id)
+                .where(Sliver.lease_id == lease_id, Node.component_id == node_urn)
+                .limit(1)
+            )
+            return found is not None
+
     def report(self, node_urn: str, lease_id: str, state: str, message: str) -> None:
         """Record what the agent says about a lease on its node (the same report again changes nothing)."""
         if state not in REPORT_STATES:

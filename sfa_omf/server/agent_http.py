@@ -4,6 +4,8 @@
     POST /agents/v1/heartbeat          {}                       (the agent's certificate at the handshake)
     GET  /agents/v1/work                                        -> {active: [...], finished: [...]}
     PUT  /agents/v1/work/<lease_id>    {state, message}         (idempotent)
+    PUT  /agents/v1/files/<lease_id>/out/<name>   raw bytes, header X-Content-SHA256   (stage-out; idempotent)
+    GET  /agents/v1/files/<lease_id>/in/<name>    -> raw bytes, header X-Content-SHA256 (stage-in)
 
 Answers are JSON objects; a refusal is ``{"error": reason, "message": text}`` with a status that says what kind:
 400 bad input, 403 not trusted (bad token, unknown certificate), 404 unknown, 405 wrong method, 413 too big, 503 the
@@ -37,6 +39,7 @@ STATUS = {
     Reason.TOO_BIG: 413,
     Reason.DATABASE: 503,
     Reason.BUSY: 503,
+    Reason.UNSUPPORTED: 501,
 }
 
 
@@ -45,8 +48,11 @@ class AgentResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, service: AgentService, pool: ThreadPool, reactor: Any, max_body_bytes: int) -> None:
+    def __init__(
+        self, service: AgentService, pool: ThreadPool, reactor: Any, max_body_bytes: int, max_file_bytes: int
+    ) -> None:
         super().__init__()
+        self.max_file_bytes = max_file_bytes
         self.service = service
         self.pool = pool
         self.reactor = reactor
@@ -69,6 +75,8 @@ class AgentResource(resource.Resource):
         elif len(route) == 2 and route[0] == "work":
             lease_id = route[1]
             allowed, call = "PUT", lambda chain, body: self.service.report(chain, lease_id, body)
+        if len(route) == 4 and route[0] == "files" and route[2] in ("in", "out"):
+            return self._file(request, method, route[1], route[2], route[3])
         if call is None:
             return _answer(request, 404, {"error": "not_found", "message": f"no agent API call at {request.path!r}"})
         if method != allowed:
@@ -93,6 +101,39 @@ class AgentResource(resource.Resource):
         deferred.addCallback(lambda result: _finish(request, 200, result))
         deferred.addErrback(lambda failure: _failed(request, route, failure))
         return server.NOT_DONE_YET
+
+    def _file(self, request: server.Request, method: str, lease_id: str, direction: str, name: str) -> Any:
+        """Stage-out (the agent PUTs a file) and stage-in (the agent GETs one): raw bytes with their SHA-256."""
+        allowed = "PUT" if direction == "out" else "GET"
+        if method != allowed:
+            request.setHeader(b"allow", allowed.encode("ascii"))
+            return _answer(request, 405, {"error": "bad_args", "message": f"use {allowed} here, not {method}"})
+        chain = peer_chain(request.transport.getHandle())  # type: ignore[union-attr]
+        if direction == "out":
+            data = request.content.read(self.max_file_bytes + 1) if request.content is not None else b""
+            if len(data) > self.max_file_bytes:
+                message = f"the file is over the limit of {self.max_file_bytes} bytes"
+                return _answer(request, 413, {"error": "too_big", "message": message})
+            header = request.getHeader(b"x-content-sha256") or b""
+            declared = (header.decode("ascii", "replace") if isinstance(header, bytes) else header).strip().lower()
+            deferred: Any = deferToThreadPool(
+                self.reactor, self.pool, self.service.stage_out, chain, lease_id, name, data, declared
+            )
+            deferred.addCallback(lambda result: _finish(request, 200, result))
+        else:
+            deferred = deferToThreadPool(self.reactor, self.pool, self.service.stage_in, chain, lease_id, name)
+            deferred.addCallback(lambda result: _finish_bytes(request, result[0], result[1]))
+        deferred.addErrback(lambda failure: _failed(request, ["files", direction], failure))
+        return server.NOT_DONE_YET
+
+
+def _finish_bytes(request: server.Request, data: bytes, sha256: str) -> None:
+    if request.finished or request.channel is None:
+        return
+    request.setHeader(b"content-type", b"application/octet-stream")
+    request.setHeader(b"x-content-sha256", sha256.encode("ascii"))
+    request.write(data)
+    request.finish()
 
 
 def _answer(request: server.Request, status: int, payload: dict[str, Any]) -> bytes:

@@ -20,6 +20,7 @@ from twisted.python.threadpool import ThreadPool
 
 from sfa_omf.agents.health import agent_health
 from sfa_omf.agents.service import AgentService, AgentSettings
+from sfa_omf.agents.staging import FileStore
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.am.api_v2 import ApiV2
 from sfa_omf.am.api_v3 import ApiV3
@@ -124,7 +125,9 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
     routes: dict[bytes, Any] = {b"am2": v2}
     agents = _agent_api(settings, aggregate)
     if agents is not None:
-        routes[b"agents"] = AgentResource(agents, pool, reactor, settings.agent_max_body_bytes)
+        routes[b"agents"] = AgentResource(
+            agents, pool, reactor, settings.agent_max_body_bytes, settings.agent_max_file_bytes
+        )
     site = make_site(routes, v3, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
     tls = ServerTls(
         os.path.join(settings.data_dir, "aggregate", "am.pkey"), os.path.join(settings.data_dir, "aggregate", "am.gid")
@@ -160,6 +163,7 @@ def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
         authority,
         aggregate.local_accounts,
         AgentSettings(heartbeat_s=settings.agent_heartbeat_s, timeout_s=settings.agent_timeout_s),
+        FileStore(os.path.join(settings.data_dir, "agent_files"), settings.agent_max_file_bytes),
     )
 
 

@@ -41,6 +41,10 @@ class Lab:
         return f"https://127.0.0.1:{self.server.port_number}/"
 
     @property
+    def settings_path(self) -> str:
+        return str(self.directory / "sfa-omf.conf")
+
+    @property
     def root(self) -> str:
         return str(self.directory / "authority" / "lab.gid")
 

@@ -5,6 +5,7 @@ the accounts away."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 
 from sfa_omf.agents.health import LOST_CONTACT
 from sfa_omf.agents.host import DirectoryHost
+from sfa_omf.agents.staging import FileStore
 from sfa_omf.calendar.agents import Agents
 from sfa_omf.times import format_time, utcnow
 from tests.agents.conftest import Lab
@@ -132,6 +134,11 @@ def test_a_lease_runs_on_an_agent_node_through_restarts_and_loss(lab: Lab, agent
     eventually(lambda: key in host.authorized_keys(login), "the user's key reaches the node")
     assert host.logins() == [login]
     eventually(lambda: sliver_status(lab) == ("geni_ready", ""), "the agent reports the lease started")
+    (lease_id,) = {lease.id for lease in lab.aggregate.bookings.leases(slice_urn=SLICE)}
+    store = FileStore(str(lab.directory / "agent_files"), lab.settings.agent_max_file_bytes)
+    store.put(lease_id, "pc1", "in", "input.dat", b"data in", hashlib.sha256(b"data in").hexdigest())
+    fetched = agent.root / "home" / login / "stage-in" / "input.dat"
+    eventually(lambda: fetched.exists() and fetched.read_bytes() == b"data in", "the staged-in file reaches the home")
 
     # The server restarts while the agent runs; a key added meanwhile still arrives.
     lab.restart()
@@ -156,10 +163,12 @@ def test_a_lease_runs_on_an_agent_node_through_restarts_and_loss(lab: Lab, agent
     eventually(lambda: lab.aggregate.inventory.get_node(NODE).state == "usable", "the node is back in service")
     assert sliver_status(lab) == ("geni_ready", "")
 
-    # The lease is deleted: the agent takes the keys and the account it made away and says so.
+    # The lease is deleted: the agent sends back ~/stage-out, takes the keys and the account it made away, says so.
+    (agent.root / "home" / login / "stage-out").mkdir()
+    (agent.root / "home" / login / "stage-out" / "result.txt").write_bytes(b"42\n")
     client, cred = slice_call(lab)
     assert client.Delete([SLICE], [cred], {})["code"]["geni_code"] == 0
     eventually(lambda: host.logins() == [], "the account is removed at the end of the lease")
     assert host.authorized_keys(login) == ""
-    (lease_id,) = {lease.id for lease in lab.aggregate.bookings.leases(slice_urn=SLICE, active_only=False)}
+    assert store.get(lease_id, "pc1", "out", "result.txt") == (b"42\n", hashlib.sha256(b"42\n").hexdigest())
     eventually(lambda: lab.agents.node_health(NODE, lease_id) == (False, "ended", ""), "the agent reports the end")

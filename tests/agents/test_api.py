@@ -213,6 +213,12 @@ class BrokenHost:
     def remove(self, lease_id: str, logins: object) -> None:
         """Nothing was made."""
 
+    def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
+        """Never reached: apply failed."""
+
+    def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
+        return []
+
 
 def test_a_failure_on_the_node_is_the_lease_failure_in_the_agents_words(lab: Lab, tmp_path: Path) -> None:
     from sfa_omf.agents.node import Agent
