@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,19 +100,23 @@ def slice_call(lab: Lab) -> tuple[Any, str]:
     return client, cred
 
 
+def request(moment: datetime, duration: timedelta) -> str:
+    """A request for pc1 from the start of the hour-aligned 30-minute slot holding ``moment``, for ``duration``."""
+    grain = timedelta(minutes=30)
+    start = moment - (moment - moment.replace(minute=0, second=0, microsecond=0)) % grain
+    return (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
+        'xmlns:ol="http://nitlab.inf.uth.gr/schema/sfa/rspec/1">'
+        f'<ol:lease client_id="l" valid_from="{format_time(start)}" valid_until="{format_time(start + duration)}"/>'
+        f'<node client_id="pc1" component_id="{NODE}" exclusive="true"><ol:lease_ref id_ref="l"/></node></rspec>'
+    )
+
+
 def book_now(lab: Lab, key: str) -> None:
     """Allocate and provision pc1 for the slot running now, through the AM API, with ann's key."""
     client, cred = slice_call(lab)
     grain = timedelta(seconds=lab.aggregate.policy.default_grain_s)
-    now = utcnow()
-    start = now - (now - now.replace(minute=0, second=0, microsecond=0)) % grain
-    rspec = (
-        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
-        'xmlns:ol="http://nitlab.inf.uth.gr/schema/sfa/rspec/1">'
-        f'<ol:lease client_id="l" valid_from="{format_time(start)}" valid_until="{format_time(start + 2 * grain)}"/>'
-        f'<node client_id="pc1" component_id="{NODE}" exclusive="true"><ol:lease_ref id_ref="l"/></node></rspec>'
-    )
-    allocated = client.Allocate(SLICE, [cred], rspec, {})
+    allocated = client.Allocate(SLICE, [cred], request(utcnow(), 2 * grain), {})
     assert allocated["code"]["geni_code"] == 0, allocated
     users = {"geni_users": [{"urn": USER, "keys": [key]}]}
     provisioned = client.Provision([SLICE], [cred], users)
@@ -156,8 +160,9 @@ def test_a_lease_runs_on_an_agent_node_through_restarts_and_loss(lab: Lab, agent
     later = Agents(lab.aggregate.database, clock=lambda: utcnow() + timedelta(seconds=timeout + 1))
     assert later.sweep_lost(timeout) == [NODE]
     assert sliver_status(lab) == ("geni_failed", LOST_CONTACT)
-    advertised = lab.aggregate.inventory.get_node(NODE)
-    assert advertised.state == "lost"
+    assert lab.aggregate.inventory.get_node(NODE).state == "lost"
+    refused = client.Allocate(SLICE, [cred], request(utcnow() + timedelta(days=1), timedelta(hours=1)), {})
+    assert refused["code"]["geni_code"] == 7 and "has lost contact" in refused["output"], refused
     # ... and it comes back when heard again.
     agent.start()
     eventually(lambda: lab.aggregate.inventory.get_node(NODE).state == "usable", "the node is back in service")
