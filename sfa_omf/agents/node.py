@@ -205,15 +205,20 @@ class Agent:
         config = json.loads((self.state / CONFIG).read_text())
         self.node = str(config["node"])
         self.interval_s = float(interval_s if interval_s is not None else config.get("heartbeat_s", 30))
-        self.client = Client(
-            str(config["server"]), str(self.state / CERT), str(self.state / KEY), str(self.state / ROOT)
-        )
+        self.server = str(config["server"])
+        self._certificate_mtime = 0.0
+        self.client = self._client()
         self.host = host
         path = self.state / APPLIED
         # lease id -> logins set up for it: what to take away at its end, even after a restart of the agent.
         self.applied: dict[str, list[str]] = json.loads(path.read_text()) if path.exists() else {}
         staged = self.state / "staged.json"
         self.staged: dict[str, dict[str, str]] = json.loads(staged.read_text()) if staged.exists() else {}
+
+    def _client(self) -> Client:
+        """A client with the certificate on disk now (``agent enrol`` again replaces it under a running agent)."""
+        self._certificate_mtime = (self.state / CERT).stat().st_mtime
+        return Client(self.server, str(self.state / CERT), str(self.state / KEY), str(self.state / ROOT))
 
     def _save(self) -> None:
         _write_private(self.state / APPLIED, json.dumps(self.applied, sort_keys=True).encode("utf-8"))
@@ -227,6 +232,8 @@ class Agent:
 
     def run_once(self) -> dict[str, Any]:
         """Heartbeat, then make the host match the work; returns the work as received."""
+        if (self.state / CERT).stat().st_mtime != self._certificate_mtime:
+            self.client = self._client()
         self.client.call("POST", "heartbeat", {})
         work = self.client.call("GET", "work")
         active_ids = set()

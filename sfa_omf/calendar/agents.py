@@ -162,6 +162,10 @@ class Agents:
         (idempotent); an unknown, expired or already used token is refused and nothing is written."""
         token_id, secret = parse_token(enrolment.token)
         now_s = _s(self.clock())
+        with self.database.read() as session:  # refuse a made-up token before spending a signature on it
+            known = session.scalar(select(AgentToken.secret_sha256).where(AgentToken.id == token_id))
+        if known is None or not hmac.compare_digest(known, _sha256(secret)):
+            raise GeniError(Reason.CALLER_UNTRUSTED, "unknown join token: ask the operator for a new one")
         # Signing is done outside the unit of work; it is thrown away if the registration is a repeat.
         certificate, cert_sha256 = issue(enrolment.node_urn)
         with self.database.write() as session:
@@ -316,7 +320,11 @@ class Agents:
                 .join(Sliver, Sliver.lease_id == Lease.id)
                 .join(Slice, Slice.id == Lease.slice_id)
                 .where(Sliver.node_id == node_id)
-                .where((Lease.state == "provisioned") | Lease.id.in_(list(reports)))
+                # Leases the agent set up and has not reported ended: their teardown may be due.
+                .where(
+                    (Lease.state == "provisioned")
+                    | Lease.id.in_([lease for lease, said in reports.items() if said in ("started", "failed")])
+                )
             ).all()
         active: list[LeaseWork] = []
         finished: list[LeaseWork] = []

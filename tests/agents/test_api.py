@@ -264,3 +264,16 @@ def test_heartbeats_are_written_together_and_a_sweep_writes_them_first(lab: Lab,
     service.heartbeat(chain)
     assert lab.aggregate.inventory.get_node(enrolled.node).state == "usable"
     assert service.flush_heartbeats() == 0
+
+
+def test_a_removed_node_s_agent_is_refused_until_it_enrols_again(lab: Lab, tmp_path: Path) -> None:
+    enrolled = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1")
+    lab.aggregate.inventory.remove_node(enrolled.node)
+    assert counts(lab) == (0, 0)
+    client = Client(lab.url, str(tmp_path / "a1" / "node.gid"), str(tmp_path / "a1" / KEY), lab.root)
+    with pytest.raises(AgentCallError) as refused:
+        client.call("POST", "heartbeat", {})
+    assert refused.value.status == 403 and "enrol with a join token" in refused.value.message
+    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1")
+    renewed = Client(lab.url, str(tmp_path / "a1" / "node.gid"), str(tmp_path / "a1" / KEY), lab.root)
+    assert renewed.call("POST", "heartbeat", {})["node"] == enrolled.node
