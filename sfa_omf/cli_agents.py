@@ -30,6 +30,12 @@ def add_node_agent_commands(node: argparse._SubParsersAction, config_option: arg
     agents = node.add_parser("agents", parents=[config_option], help="list the nodes that joined through an agent")
     agents.add_argument("--json", action="store_true")
     agents.set_defaults(handler=_agents)
+    vpn = node.add_parser("vpn-config", parents=[config_option], help="print the nodes' OpenVPN server configuration")
+    vpn.add_argument("--listen", required=True, help="the address OpenVPN listens on")
+    vpn.set_defaults(handler=_vpn_config)
+    revoke = node.add_parser("vpn-revoke", parents=[config_option], help="revoke a node's VPN certificate (CRL)")
+    revoke.add_argument("hostname")
+    revoke.set_defaults(handler=_vpn_revoke)
     stage_in = node.add_parser(
         "stage-in", parents=[config_option], help="stage a file in for a lease on an agent's node"
     )
@@ -57,6 +63,9 @@ def add_agent_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     enrol.add_argument("--lan-group", default="", help="nodes of the same LAN group reach each other directly")
     enrol.add_argument("--property", action="append", default=[], help="KEY=VALUE (repeatable)")
     enrol.set_defaults(handler=_enrol)
+    vpn = agent.add_parser("vpn", help="get a VPN client certificate and configuration (writes STATE/vpn.conf)")
+    vpn.add_argument("--state", required=True, help="the directory given to enrol")
+    vpn.set_defaults(handler=_agent_vpn)
     run = agent.add_parser("run", help="heartbeat and apply the work until stopped (SIGTERM, Ctrl-C)")
     run.add_argument("--state", required=True, help="the directory given to enrol")
     run.add_argument("--root-dir", help="apply accounts inside this directory instead of this host (tests, trials)")
@@ -199,4 +208,37 @@ def _stage_out(args: argparse.Namespace) -> int:
         print(f"{staged.name} {staged.size} bytes sha256 {sha256}")
     if not files:
         print(f"nothing staged out yet for lease {args.lease_id} on {node}")
+    return 0
+
+
+def _vpn_ca(args: argparse.Namespace) -> Any:
+    from sfa_omf.agents.vpn import VpnCa
+
+    settings = command_settings(args)
+    return VpnCa(os.path.join(settings.data_dir, "vpn"), settings.interface_hrn), settings
+
+
+def _vpn_config(args: argparse.Namespace) -> int:
+    ca, settings = _vpn_ca(args)
+    print(ca.server_config(args.listen, settings.agent_vpn_port), end="")
+    return 0
+
+
+def _vpn_revoke(args: argparse.Namespace) -> int:
+    ca, _ = _vpn_ca(args)
+    if not ca.revoke_node(args.hostname):
+        raise BadArgs(f"node {args.hostname} has no VPN certificate")
+    print(f"revoked the VPN certificate of {args.hostname}; OpenVPN reads the new CRL at the next connection")
+    return 0
+
+
+def _agent_vpn(args: argparse.Namespace) -> int:
+    from sfa_omf.agents.node import AgentCallError, request_vpn
+
+    try:
+        path, address = request_vpn(args.state)
+    except AgentCallError as exc:
+        print(f"sfa-omf agent: the server refused: {exc.message} ({exc.status} {exc.reason})", file=sys.stderr)
+        return 1
+    print(f"VPN address {address}; run: openvpn --config {path}")
     return 0

@@ -105,6 +105,8 @@ class Settings:
     agent_timeout_s: int = 120  # an agent silent this long is lost: its node leaves service
     agent_max_body_bytes: int = 64 * 1024
     agent_max_file_bytes: int = 1024 * 1024  # a staged file (at most max_request_bytes, the server's own limit)
+    agent_vpn_remote: str = ""  # empty: no VPN for nodes; else the address agents reach OpenVPN at
+    agent_vpn_port: int = 1194
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -210,6 +212,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("agent_timeout_s", "sfa_agents", "timeout_s", "count", "a node whose agent is silent this long is lost"),
     Option("agent_max_body_bytes", "sfa_agents", "max_body_bytes", "count", "largest request of a node agent"),
     Option("agent_max_file_bytes", "sfa_agents", "max_file_bytes", "count", "largest file staged in or out of a node"),
+    Option("agent_vpn_remote", "sfa_agents", "vpn_remote", "text", "address of the nodes' OpenVPN server; empty: none"),
+    Option("agent_vpn_port", "sfa_agents", "vpn_port", "port", "UDP port of the nodes' OpenVPN server"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {

@@ -197,6 +197,20 @@ def enrol(
     return Enrolled(node=str(answer["node"]), server=server, state_dir=state_dir)
 
 
+def request_vpn(state_dir: str) -> tuple[str, str]:
+    """Ask for an OpenVPN client certificate for the node's key; writes ``vpn.conf`` (the key stays where it is,
+    referenced by path). Returns (configuration path, the node's VPN address)."""
+    state = Path(state_dir)
+    config = json.loads((state / CONFIG).read_text())
+    key = load_private_key((state / KEY).read_bytes())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    client = Client(str(config["server"]), str(state / CERT), str(state / KEY), str(state / ROOT))
+    answer = client.call("POST", "vpn", {"csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii")})
+    text = str(answer["config"]).replace("key KEY_PATH", f"key {(state / KEY).resolve()}")
+    _write_private(state / "vpn.conf", text.encode("ascii"))
+    return str(state / "vpn.conf"), str(answer["address"])
+
+
 class Agent:
     """The loop of an enrolled node. ``run_once`` is one round; ``run`` repeats it until ``stop`` is set."""
 

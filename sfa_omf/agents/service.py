@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfa_omf.agents.staging import FileStore
+from sfa_omf.agents.vpn import VpnCa, client_config
 from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.registry.authority import LocalAuthority
@@ -42,6 +43,8 @@ _LEASE_ID = re.compile(r"^[0-9a-f-]{36}$")
 class AgentSettings:
     heartbeat_s: int = 30
     timeout_s: int = 120
+    vpn_remote: str = ""  # the address agents reach the OpenVPN server at
+    vpn_port: int = 1194
 
 
 def key_sha256(public_key: Any) -> str:
@@ -78,9 +81,11 @@ class AgentService:
         accounts_of: Callable[[str], Sequence[LocalAccount]],
         settings: AgentSettings,
         files: FileStore | None = None,
+        vpn: VpnCa | None = None,
     ) -> None:
         self.agents = agents
         self.files = files
+        self.vpn = vpn
         self.authority = authority
         self.accounts_of = accounts_of
         self.settings = settings
@@ -268,3 +273,26 @@ class AgentService:
         """A file staged in for a lease on the caller's node, and its SHA-256."""
         files, agent = self._staging(caller_chain, lease_id)
         return files.get(lease_id, agent.hostname, "in", name)
+
+    # -- VPN -----------------------------------------------------------------------------------------------------
+    def vpn_certificate(self, caller_chain: GidChain, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Sign an OpenVPN client certificate for the node's own key (CSR in, certificate out) and give the node's
+        fixed VPN address and a ready client configuration. Asking again gives a new certificate and revokes the
+        previous one."""
+        agent = self.authenticate(caller_chain)
+        if self.vpn is None:
+            raise GeniError(Reason.UNSUPPORTED, "this aggregate runs no VPN for nodes")
+        csr = self._csr(_text(body, "csr", limit=8192))
+        if key_sha256(csr.public_key()) != key_sha256(caller_chain[0].certificate.public_key()):
+            raise GeniError(Reason.CALLER_UNTRUSTED, "the request must hold the key this node enrolled with")
+        public_key = csr.public_key()
+        assert isinstance(public_key, rsa.RSAPublicKey)  # checked by _csr
+        certificate, address = self.vpn.issue(agent.hostname, self.agents.node_number(agent.node), public_key)
+        return {
+            "certificate": certificate,
+            "ca": self.vpn.ca_pem,
+            "address": address,
+            "config": client_config(
+                self.settings.vpn_remote, self.settings.vpn_port, self.vpn.ca_pem, certificate, "KEY_PATH"
+            ),
+        }

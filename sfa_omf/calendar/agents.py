@@ -338,6 +338,14 @@ class Agents:
             tuple(sorted(active, key=lambda w: w.lease_id)), tuple(sorted(finished, key=lambda w: w.lease_id))
         )
 
+    def node_number(self, node_urn: str) -> int:
+        """The node's row id: stable while the node exists (the VPN derives its fixed address from it)."""
+        with self.database.read() as session:
+            number = session.scalar(select(Node.id).where(Node.component_id == node_urn))
+            if number is None:
+                raise GeniError(Reason.NOT_FOUND, f"there is no node {node_urn}")
+            return int(number)
+
     def lease_on_node(self, node_urn: str, lease_id: str) -> bool:
         """True when the lease has a sliver on the node (whatever the lease's state)."""
         with self.database.read() as session:

@@ -6,6 +6,7 @@
     PUT  /agents/v1/work/<lease_id>    {state, message}         (idempotent)
     PUT  /agents/v1/files/<lease_id>/out/<name>   raw bytes, header X-Content-SHA256   (stage-out; idempotent)
     GET  /agents/v1/files/<lease_id>/in/<name>    -> raw bytes, header X-Content-SHA256 (stage-in)
+    POST /agents/v1/vpn                {csr}    -> OpenVPN client certificate, CA, fixed address, client config
 
 Answers are JSON objects; a refusal is ``{"error": reason, "message": text}`` with a status that says what kind:
 400 bad input, 403 not trusted (bad token, unknown certificate), 404 unknown, 405 wrong method, 413 too big, 503 the
@@ -70,6 +71,8 @@ class AgentResource(resource.Resource):
             allowed, call = "POST", self.service.register
         elif route == ["heartbeat"]:
             allowed, call = "POST", lambda chain, _body: self.service.heartbeat(chain)
+        elif route == ["vpn"]:
+            allowed, call = "POST", self.service.vpn_certificate
         elif route == ["work"]:
             allowed, call = "GET", lambda chain, _body: self.service.work(chain)
         elif len(route) == 2 and route[0] == "work":

@@ -21,6 +21,7 @@ from twisted.python.threadpool import ThreadPool
 from sfa_omf.agents.health import agent_health
 from sfa_omf.agents.service import AgentService, AgentSettings
 from sfa_omf.agents.staging import FileStore
+from sfa_omf.agents.vpn import VpnCa
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.am.api_v2 import ApiV2
 from sfa_omf.am.api_v3 import ApiV3
@@ -162,8 +163,14 @@ def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
         Agents(aggregate.database, aggregate.policy, clock=aggregate.clock),
         authority,
         aggregate.local_accounts,
-        AgentSettings(heartbeat_s=settings.agent_heartbeat_s, timeout_s=settings.agent_timeout_s),
+        AgentSettings(
+            heartbeat_s=settings.agent_heartbeat_s,
+            timeout_s=settings.agent_timeout_s,
+            vpn_remote=settings.agent_vpn_remote,
+            vpn_port=settings.agent_vpn_port,
+        ),
         FileStore(os.path.join(settings.data_dir, "agent_files"), settings.agent_max_file_bytes),
+        VpnCa(os.path.join(settings.data_dir, "vpn"), settings.interface_hrn) if settings.agent_vpn_remote else None,
     )
 
 

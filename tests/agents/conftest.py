@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.server.app import RunningServer, build_aggregate, start_aggregate
 
 POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
+SERVER_ADDRESS, AGENT_ADDRESS = "10.218.0.1", "10.218.0.2"
 
 
 @dataclass
@@ -92,3 +95,34 @@ def lab(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Path) ->
     yield made
     blockingCallFromThread(running_reactor, made.server.stop)
     made.aggregate.database.dispose()
+
+
+def run(*command: str) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(command)}: {done.stderr}"
+
+
+@pytest.fixture
+def namespaces() -> Iterator[tuple[str, str, str]]:
+    """Two namespaces joined by a veth pair: (server namespace, agent namespace, the agent side's link name)."""
+    if not os.environ.get("SFA_OMF_TEST_NETNS"):
+        if os.environ.get("CI"):
+            pytest.fail("SFA_OMF_TEST_NETNS is not set: scripts/test.sh checks for root and ip netns and sets it")
+        pytest.skip("network namespaces not enabled: run as root with SFA_OMF_TEST_NETNS=1 (scripts/test.sh does)")
+    tag = secrets.token_hex(3)
+    server, agent = f"sfa18s{tag}", f"sfa18a{tag}"
+    server_link, agent_link = f"s18{tag}", f"a18{tag}"
+    run("ip", "netns", "add", server)
+    try:
+        run("ip", "netns", "add", agent)
+        run("ip", "link", "add", server_link, "type", "veth", "peer", "name", agent_link)
+        run("ip", "link", "set", server_link, "netns", server)
+        run("ip", "link", "set", agent_link, "netns", agent)
+        for namespace, link, address in ((server, server_link, SERVER_ADDRESS), (agent, agent_link, AGENT_ADDRESS)):
+            run("ip", "-n", namespace, "link", "set", "lo", "up")
+            run("ip", "-n", namespace, "address", "add", f"{address}/24", "dev", link)
+            run("ip", "-n", namespace, "link", "set", link, "up")
+        yield server, agent, agent_link
+    finally:
+        for namespace in (agent, server):  # deleting a namespace deletes its end of the veth pair, and so both
+            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)

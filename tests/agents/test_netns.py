@@ -9,16 +9,12 @@ saying so (under CI, where it is always set, a missing variable is a failure).
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-
-import pytest
 
 from sfa_omf.agents.host import DirectoryHost
 from sfa_omf.calendar.agents import Agents
@@ -27,42 +23,11 @@ from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.config import read_config
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.times import utcnow
+from tests.agents.conftest import AGENT_ADDRESS, SERVER_ADDRESS, run
 from tests.agents.test_agent_process import eventually
 
 REPO = Path(__file__).resolve().parents[2]
-SERVER_ADDRESS, AGENT_ADDRESS = "10.218.0.1", "10.218.0.2"
 NODE = "urn:publicid:IDN+lab+node+far1"
-
-
-def run(*command: str) -> None:
-    done = subprocess.run(command, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(command)}: {done.stderr}"
-
-
-@pytest.fixture
-def namespaces() -> Iterator[tuple[str, str, str]]:
-    """Two namespaces joined by a veth pair: (server namespace, agent namespace, the agent side's link name)."""
-    if not os.environ.get("SFA_OMF_TEST_NETNS"):
-        if os.environ.get("CI"):
-            pytest.fail("SFA_OMF_TEST_NETNS is not set: scripts/test.sh checks for root and ip netns and sets it")
-        pytest.skip("network namespaces not enabled: run as root with SFA_OMF_TEST_NETNS=1 (scripts/test.sh does)")
-    tag = secrets.token_hex(3)
-    server, agent = f"sfa18s{tag}", f"sfa18a{tag}"
-    server_link, agent_link = f"s18{tag}", f"a18{tag}"
-    run("ip", "netns", "add", server)
-    try:
-        run("ip", "netns", "add", agent)
-        run("ip", "link", "add", server_link, "type", "veth", "peer", "name", agent_link)
-        run("ip", "link", "set", server_link, "netns", server)
-        run("ip", "link", "set", agent_link, "netns", agent)
-        for namespace, link, address in ((server, server_link, SERVER_ADDRESS), (agent, agent_link, AGENT_ADDRESS)):
-            run("ip", "-n", namespace, "link", "set", "lo", "up")
-            run("ip", "-n", namespace, "address", "add", f"{address}/24", "dev", link)
-            run("ip", "-n", namespace, "link", "set", link, "up")
-        yield server, agent, agent_link
-    finally:
-        for namespace in (agent, server):  # deleting a namespace deletes its end of the veth pair, and so both
-            subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
 
 def in_namespace(namespace: str, *args: str) -> list[str]:
