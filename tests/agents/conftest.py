@@ -4,7 +4,6 @@ The calendar is SQLite, or the real PostgreSQL when SFA_OMF_TEST_POSTGRES_URL is
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import secrets
 import subprocess
@@ -86,9 +85,14 @@ def _database_url(tmp_path: Path, kind: str) -> str:
 def lab(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Path) -> Iterator[Lab]:
     url = _database_url(tmp_path, request.param)
     report = init_directory(str(tmp_path / "lab"), "lab", ("ann",))
-    settings = read_config(str(tmp_path / "lab" / "sfa-omf.conf"))
-    if url:
-        settings = dataclasses.replace(settings, database_url=url)
+    config = tmp_path / "lab" / "sfa-omf.conf"
+    if url:  # the file itself names PostgreSQL, so the commands run by the tests use it too
+        lines = config.read_text().splitlines()
+        config.write_text(
+            "".join(f"database_url = {url}\n" if line.startswith("database_url =") else f"{line}\n" for line in lines)
+        )
+    settings = read_config(str(config))
+    assert settings.calendar_url == (url or settings.calendar_url)
     aggregate = build_aggregate(settings)
     server = blockingCallFromThread(running_reactor, start_aggregate, settings, aggregate, 0)
     made = Lab(tmp_path / "lab", settings, aggregate, server, running_reactor, Path(report.sfi_dirs["ann"]))
