@@ -4,10 +4,10 @@
 # calendar tests a second time on a real server (scripts/postgres.sh starts it on 127.0.0.1); trang (RELAX NG
 # compact -> XML) checks that the committed schemas/*.rng are generated from schemas/*.rnc; openssh-server lets a test
 # log in, over real SSH, under the account a federation user is mapped to; iproute2 lets the node agent tests put the
-# server and an agent in network namespaces of their own (root needed), where openvpn runs the nodes' VPN.
+# server and an agent in network namespaces of their own (root needed), where openvpn runs the nodes' VPN and bind9 (dig) their names.
 # Usage: bash scripts/test.sh [pytest arguments]
 source "$(dirname "$0")/lib.sh"
-apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client iproute2 openvpn
+apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client iproute2 openvpn bind9 bind9-dnsutils
 venv_install "[test]"
 cd "$REPO"
 echo "== PostgreSQL"

@@ -33,6 +33,8 @@ def add_node_agent_commands(node: argparse._SubParsersAction, config_option: arg
     vpn = node.add_parser("vpn-config", parents=[config_option], help="print the nodes' OpenVPN server configuration")
     vpn.add_argument("--listen", required=True, help="the address OpenVPN listens on")
     vpn.set_defaults(handler=_vpn_config)
+    dns = node.add_parser("dns-config", parents=[config_option], help="print the bind9 views of the nodes' zone")
+    dns.set_defaults(handler=_dns_config)
     revoke = node.add_parser("vpn-revoke", parents=[config_option], help="revoke a node's VPN certificate (CRL)")
     revoke.add_argument("hostname")
     revoke.set_defaults(handler=_vpn_revoke)
@@ -241,4 +243,17 @@ def _agent_vpn(args: argparse.Namespace) -> int:
         print(f"sfa-omf agent: the server refused: {exc.message} ({exc.status} {exc.reason})", file=sys.stderr)
         return 1
     print(f"VPN address {address}; run: openvpn --config {path}")
+    return 0
+
+
+def _dns_config(args: argparse.Namespace) -> int:
+    from sfa_omf.agents.dns import DnsZones
+
+    settings = command_settings(args)
+    if not settings.agent_dns_zone:
+        raise BadArgs("no [sfa_agents] dns_zone is set: name the zone the nodes live in first")
+    zones = DnsZones.from_settings(
+        os.path.join(settings.data_dir, "dns"), settings.agent_dns_zone, settings.agent_dns_reload
+    )
+    print(zones.server_config(), end="")
     return 0

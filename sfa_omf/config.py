@@ -107,6 +107,8 @@ class Settings:
     agent_max_file_bytes: int = 1024 * 1024  # a staged file (at most max_request_bytes, the server's own limit)
     agent_vpn_remote: str = ""  # empty: no VPN for nodes; else the address agents reach OpenVPN at
     agent_vpn_port: int = 1194
+    agent_dns_zone: str = ""  # empty: no DNS names for nodes; else the zone (bind9 views, sfa_omf/agents/dns.py)
+    agent_dns_reload: str = "rndc reload"
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -214,6 +216,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("agent_max_file_bytes", "sfa_agents", "max_file_bytes", "count", "largest file staged in or out of a node"),
     Option("agent_vpn_remote", "sfa_agents", "vpn_remote", "text", "address of the nodes' OpenVPN server; empty: none"),
     Option("agent_vpn_port", "sfa_agents", "vpn_port", "port", "UDP port of the nodes' OpenVPN server"),
+    Option("agent_dns_zone", "sfa_agents", "dns_zone", "text", "DNS zone the nodes are named in; empty: none"),
+    Option("agent_dns_reload", "sfa_agents", "dns_reload", "text", "command that makes the DNS server reload"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sfa_omf.agents.dns import DnsZones, NodeName
 from sfa_omf.agents.staging import FileStore
 from sfa_omf.agents.vpn import VpnCa, client_config
 from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork
@@ -82,8 +83,10 @@ class AgentService:
         settings: AgentSettings,
         files: FileStore | None = None,
         vpn: VpnCa | None = None,
+        dns: DnsZones | None = None,
     ) -> None:
         self.agents = agents
+        self.dns = dns
         self.files = files
         self.vpn = vpn
         self.authority = authority
@@ -143,6 +146,8 @@ class AgentService:
             ),
             issue,
         )
+        # After the commit: a DNS server that fails answers 503 and the agent's retry (same token) publishes again.
+        self.publish_names()
         return {
             "node": agent.node,
             "hostname": agent.hostname,
@@ -151,6 +156,11 @@ class AgentService:
             "root": self.root_pem,
             "heartbeat_s": self.settings.heartbeat_s,
         }
+
+    def publish_names(self) -> None:
+        """Rewrite the nodes' DNS zone from the calendar (every agent), when this aggregate keeps one."""
+        if self.dns is not None:
+            self.dns.publish([NodeName(*row) for row in self.agents.names()])
 
     @staticmethod
     def _properties(value: Any) -> dict[str, str]:

@@ -18,6 +18,7 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 
+from sfa_omf.agents.dns import DnsZones
 from sfa_omf.agents.health import agent_health
 from sfa_omf.agents.service import AgentService, AgentSettings
 from sfa_omf.agents.staging import FileStore
@@ -171,6 +172,13 @@ def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
         ),
         FileStore(os.path.join(settings.data_dir, "agent_files"), settings.agent_max_file_bytes),
         VpnCa(os.path.join(settings.data_dir, "vpn"), settings.interface_hrn) if settings.agent_vpn_remote else None,
+        (
+            DnsZones.from_settings(
+                os.path.join(settings.data_dir, "dns"), settings.agent_dns_zone, settings.agent_dns_reload
+            )
+            if settings.agent_dns_zone
+            else None
+        ),
     )
 
 
