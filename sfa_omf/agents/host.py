@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -159,8 +160,6 @@ class UnixHost:
         self.ledger = _Ledger(Path(state_dir) / "accounts.json")
 
     def apply(self, lease_id: str, accounts: Mapping[str, Sequence[str]]) -> None:
-        import pwd
-
         for login, keys in accounts.items():
             check_login(login)
             try:
@@ -182,14 +181,10 @@ class UnixHost:
         self.ledger.save()
 
     def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
-        import pwd
-
         entry = pwd.getpwnam(login)
         _write_into(Path(entry.pw_dir), folder, name, data, (entry.pw_uid, entry.pw_gid))
 
     def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
-        import pwd
-
         try:
             return _read_from(Path(pwd.getpwnam(login).pw_dir), folder)
         except KeyError:

@@ -138,14 +138,6 @@ class Enrolled:
     server: str
     state_dir: str
 
-    @property
-    def paths(self) -> tuple[str, str, str]:
-        return (
-            os.path.join(self.state_dir, CERT),
-            os.path.join(self.state_dir, KEY),
-            os.path.join(self.state_dir, ROOT),
-        )
-
 
 def enrol(
     server: str,
