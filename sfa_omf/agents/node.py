@@ -309,4 +309,6 @@ class Agent:
                 log.warning("server unreachable (%s); trying again in %.0f s", exc, self.interval_s)
             except AgentCallError as exc:
                 log.error("the server refused: %s", exc)
+            except Exception:  # an answer we cannot use, or a host that misbehaves: the loop must keep going
+                log.exception("this round failed; trying again in %.0f s", self.interval_s)
             stop.wait(self.interval_s)
