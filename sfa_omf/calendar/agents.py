@@ -391,11 +391,13 @@ class Agents:
             ).first()
             return (bool(lost), report[0], report[1]) if report else (bool(lost), "", "")
 
-    def names(self) -> list[tuple[str, int, str]]:
-        """(hostname, node id, local address) of every agent: what DNS publishes. One column query."""
+    def names(self) -> list[tuple[str, int, str, str]]:
+        """(hostname, node id, local address, LAN group) of every agent: what DNS publishes. One column query."""
         with self.database.read() as session:
-            rows = session.execute(select(Agent.hostname, Agent.node_id, Agent.local_address).order_by(Agent.hostname))
-            return [(hostname, int(node_id), address) for hostname, node_id, address in rows]
+            rows = session.execute(
+                select(Agent.hostname, Agent.node_id, Agent.local_address, Agent.lan_group).order_by(Agent.hostname)
+            )
+            return [(hostname, int(node_id), address, group) for hostname, node_id, address, group in rows]
 
     def list_agents(self) -> list[AgentRecord]:
         with self.database.read() as session:

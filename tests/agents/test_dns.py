@@ -1,6 +1,7 @@
 """DNS names that follow the nodes, with a real bind9 (Debian) in network namespaces this test makes: 50 agents
-registering at once leave both views with 50 correct records and a valid serial; from the nodes' LAN a name is the
-node's local address, from the VPN's addresses its VPN address.
+registering at once leave every view with 50 correct records and a valid serial; from the nodes' LAN a name is the
+node's local address, from the VPN's addresses its VPN address, and to a node of the same LAN group (asking over
+the VPN) its local address.
 
 Needs root, ``ip netns`` and bind9 (scripts/test.sh installs it and sets SFA_OMF_TEST_NETNS=1)."""
 
@@ -45,7 +46,7 @@ def one(number, token):
     (state / KEY).write_bytes(key)
     barrier.wait()
     try:
-        enrol(url, token, root, str(state), f"n{number}", f"192.168.50.{number + 1}", "lan-a")
+        enrol(url, token, root, str(state), f"n{number}", f"192.168.50.{number + 1}", "lan-" + "ab"[number % 2])
     except Exception as exc:
         failures.append(f"n{number}: {exc}")
 threads = [threading.Thread(target=one, args=pair) for pair in enumerate(tokens)]
@@ -62,7 +63,7 @@ def dig(namespace: str, name: str, source: str | None = None, kind: str = "A") -
     return done.stdout.strip()
 
 
-def test_fifty_agents_at_once_are_named_in_both_views(namespaces: tuple[str, str, str], tmp_path: Path) -> None:
+def test_fifty_agents_at_once_are_named_in_every_view(namespaces: tuple[str, str, str], tmp_path: Path) -> None:
     if shutil.which("named") is None or shutil.which("dig") is None:
         pytest.fail("bind9 is not installed: scripts/test.sh installs it (apt-get install bind9 bind9-dnsutils)")
     server_ns, agent_ns, _ = namespaces
@@ -143,19 +144,25 @@ def test_fifty_agents_at_once_are_named_in_both_views(namespaces: tuple[str, str
         names = Agents(database).names()
         assert len(names) == AGENTS
         serial = (dns_dir / "serial").read_text().strip()
-        for zone_file in ("vpn.zone", "local.zone"):
+        for zone_file in ("vpn.zone", "local.zone", "lan-lan-a.zone", "lan-lan-b.zone"):
             checked = subprocess.run(
                 ["named-checkzone", ZONE, str(dns_dir / zone_file)], capture_output=True, text=True
             )
             assert checked.returncode == 0, checked.stdout
         eventually(lambda: dig(agent_ns, ZONE, kind="SOA").split()[2:3] == [serial], "named serves the last serial")
-        for hostname, node_id, local_address in names:
+        # Asking over the VPN as node n0 (LAN group lan-a): its group's nodes by local address, the others' by VPN.
+        n0 = next(node_id for hostname, node_id, _, _ in names if hostname == "n0")
+        run("ip", "-n", server_ns, "address", "add", f"{node_address(n0)}/32", "dev", "lo")
+        for hostname, node_id, local_address, group in names:
             number = int(hostname[1:])
-            assert local_address == f"192.168.50.{number + 1}"
+            assert (local_address, group) == (f"192.168.50.{number + 1}", "lan-" + "ab"[number % 2])
+            vpn_address = str(node_address(node_id))
             # From the nodes' LAN side (the agent namespace): the local address.
             assert dig(agent_ns, f"{hostname}.{ZONE}") == local_address
             # From an address of the VPN: the VPN address.
-            assert dig(server_ns, f"{hostname}.{ZONE}", source=str(VPN_SERVER)) == str(node_address(node_id))
+            assert dig(server_ns, f"{hostname}.{ZONE}", source=str(VPN_SERVER)) == vpn_address
+            as_n0 = dig(server_ns, f"{hostname}.{ZONE}", source=str(node_address(n0)))
+            assert as_n0 == (local_address if group == "lan-a" else vpn_address), hostname
     finally:
         for process in reversed(processes):
             if process.poll() is None:
