@@ -21,12 +21,13 @@ from sfa_omf.calendar.agents import Agents
 from sfa_omf.calendar.database import Database
 from sfa_omf.config import read_config
 from sfa_omf.registry.bootstrap import init_directory
-from tests.agents.conftest import AGENT_ADDRESS, SERVER_ADDRESS
+from tests.agents.conftest import AGENT_ADDRESS, SERVER_ADDRESS, run
 from tests.agents.test_agent_process import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 NODE = "urn:publicid:IDN+lab+node+far1"
 ECHO_PORT = 7007
+WALLED_ADDRESS = "10.218.2.2"
 ECHO_SERVER = (
     "import socket,sys\n"
     "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
@@ -126,3 +127,93 @@ def test_a_node_joins_the_vpn_at_its_address_and_is_revoked(namespaces: tuple[st
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=30)
         database.dispose()
+
+
+def test_a_node_behind_a_firewall_is_reached_over_the_vpn(namespaces: tuple[str, str, str], tmp_path: Path) -> None:
+    """A third namespace, 'behind a firewall': it can reach the aggregate's address but nothing can reach it (no
+    route in, no forwarding). The other node reaches it over the VPN, at its fixed address, and not otherwise."""
+    if shutil.which("openvpn") is None:
+        pytest.fail("openvpn is not installed: scripts/test.sh installs it (apt-get install openvpn)")
+    server_ns, open_ns, _ = namespaces
+    walled_ns = server_ns.replace("sfa18s", "sfa18f")
+    link = server_ns.replace("sfa18s", "f18")
+    run("ip", "netns", "add", walled_ns)
+    processes: list[subprocess.Popen[bytes]] = []
+    database: Database | None = None
+    try:
+        run("ip", "link", "add", link, "type", "veth", "peer", "name", link + "x")
+        run("ip", "link", "set", link, "netns", server_ns)
+        run("ip", "link", "set", link + "x", "netns", walled_ns)
+        run("ip", "-n", server_ns, "address", "add", "10.218.2.1/24", "dev", link)
+        run("ip", "-n", walled_ns, "address", "add", WALLED_ADDRESS + "/24", "dev", link + "x")
+        for namespace, name in ((server_ns, link), (walled_ns, link + "x"), (walled_ns, "lo")):
+            run("ip", "-n", namespace, "link", "set", name, "up")
+        # Out, to the aggregate's address only (its host accepts it on any of its links); nothing comes in.
+        run("ip", "-n", walled_ns, "route", "add", f"{SERVER_ADDRESS}/32", "via", "10.218.2.1")
+
+        init_directory(str(tmp_path / "lab"), "lab", ("ann",))
+        config = str(tmp_path / "lab" / "sfa-omf.conf")
+        environ = dict(
+            os.environ,
+            PYTHONPATH=str(REPO),
+            SFA_AGGREGATE_HOST=SERVER_ADDRESS,
+            SFA_REGISTRY_HOST=SERVER_ADDRESS,
+            SFA_AGENTS_VPN_REMOTE=SERVER_ADDRESS,
+        )
+        settings = read_config(config, environ)
+        database = Database(settings.calendar_url)
+        database.upgrade()
+
+        def start(command: list[str], log: str) -> None:
+            handle = open(tmp_path / log, "wb")  # noqa: SIM115
+            processes.append(subprocess.Popen(command, env=environ, stdout=handle, stderr=subprocess.STDOUT))
+
+        start(sfa_omf(server_ns, "serve", "--config", config), "server.log")
+        made = subprocess.run(
+            sfa_omf(server_ns, "node", "vpn-config", "--listen", SERVER_ADDRESS, "--config", config),
+            env=environ,
+            capture_output=True,
+        )
+        assert made.returncode == 0, made.stderr
+        (tmp_path / "server.conf").write_bytes(made.stdout)
+        start(["ip", "netns", "exec", server_ns, "openvpn", "--config", str(tmp_path / "server.conf")], "ovpn.log")
+        url = f"https://{SERVER_ADDRESS}:{settings.aggregate_port}/"
+        root = str(tmp_path / "lab" / "authority" / "lab.gid")
+        addresses = {}
+        for namespace, hostname in ((open_ns, "open1"), (walled_ns, "walled1")):
+            state = str(tmp_path / hostname)
+            token = Agents(database).create_token("default", 600)[0]
+            enrol = sfa_omf(namespace, "agent", "enrol", "--server", url, "--token", token, "--root", root)
+            enrol += ["--state", state, "--hostname", hostname]
+            eventually(lambda enrol=enrol: subprocess.run(enrol, env=environ).returncode == 0, f"{hostname} enrols")
+            asked = subprocess.run(sfa_omf(namespace, "agent", "vpn", "--state", state), env=environ)
+            assert asked.returncode == 0
+            addresses[hostname] = str(
+                node_address(Agents(database).node_number(f"urn:publicid:IDN+lab+node+{hostname}"))
+            )
+            start(["ip", "netns", "exec", namespace, "openvpn", "--config", f"{state}/vpn.conf"], f"{hostname}.log")
+        walled_vpn = addresses["walled1"]
+        eventually(
+            lambda: f"inet {walled_vpn}/" in subprocess.run(
+                ["ip", "-n", walled_ns, "-4", "address"], capture_output=True, text=True
+            ).stdout,
+            "the walled node's tunnel is up",
+        )  # fmt: skip
+        start(
+            ["ip", "netns", "exec", walled_ns, sys.executable, "-c", ECHO_SERVER, walled_vpn, str(ECHO_PORT)], "e.log"
+        )
+
+        def reach(address: str) -> bool:
+            echo = ["ip", "netns", "exec", open_ns, sys.executable, "-c", ECHO_CLIENT, address, str(ECHO_PORT)]
+            return subprocess.run(echo, capture_output=True, text=True).stdout.strip() == "over the tunnel:hi"
+
+        eventually(lambda: reach(walled_vpn), "the open node reaches the walled one over the VPN")
+        assert not reach(WALLED_ADDRESS)  # and there is no way in otherwise
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=30)
+        if database is not None:
+            database.dispose()
+        subprocess.run(["ip", "netns", "del", walled_ns], capture_output=True)
