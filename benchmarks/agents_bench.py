@@ -13,7 +13,9 @@ verified against the root), so clients and server share the machine's cores.
 
 1. register — ``--register`` agents, each with its own token and its own RSA key (made before timing), call
    ``enrol`` at the same moment (a barrier); timed until every one of them is answered and their nodes are all
-   bookable (in the inventory, state usable: checked in the database afterwards). Latency of each registration.
+   bookable (in the inventory, state usable: checked in the database afterwards), and until every name resolves to
+   the right address in bind9 (``named`` from Debian on 127.0.0.1, a free port, the zone the aggregate writes and
+   reloads with rndc; asked with one ``dig`` for all names, again and again). Latency of each registration.
 2. heartbeat — ``--heartbeat-agents`` enrolled agents (one key shared among them to save key generation; each has
    its own certificate, which is what the server looks up), ``--processes`` client processes of ``--threads``
    threads each sending heartbeats round-robin over them for ``--seconds``; requests per second the server
@@ -26,6 +28,7 @@ import argparse
 import multiprocessing
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -40,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from sqlalchemy import text  # noqa: E402
 
+from sfa_omf.agents.dns import DnsZones  # noqa: E402
 from sfa_omf.agents.node import KEY, Client, enrol  # noqa: E402
 from sfa_omf.calendar.agents import Agents  # noqa: E402
 from sfa_omf.calendar.database import Database  # noqa: E402
@@ -57,14 +61,65 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class Named:
+    """bind9's named on 127.0.0.1 (a free port), serving the nodes' zone as the aggregate writes it, reloaded by rndc
+    on another free port."""
+
+    ZONE = "nodes.bench"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port, control = free_port(), free_port()
+        subprocess.run(["rndc-confgen", "-a", "-k", "rndc-key", "-c", str(directory / "rndc.key")], check=True)
+        key = (directory / "rndc.key").read_text()
+        (directory / "rndc.conf").write_text(
+            key + f'options {{ default-key "rndc-key"; default-server 127.0.0.1; default-port {control}; }};\n'
+        )
+        zones = DnsZones(str(directory / "lab" / "dns"), self.ZONE, [])
+        zones.publish([])
+        (directory / "named.conf").write_text(
+            key
+            + f'controls {{ inet 127.0.0.1 port {control} allow {{ 127.0.0.1; }} keys {{ "rndc-key"; }}; }};\n'
+            + f'options {{ directory "{directory}"; pid-file "{directory / "named.pid"}"; '
+            + f"listen-on port {self.port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; }};\n"
+            + zones.server_config()
+        )
+        self.log = open(directory / "named.log", "wb")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            ["named", "-g", "-c", str(directory / "named.conf")], stdout=self.log, stderr=self.log
+        )
+
+    @property
+    def environ(self) -> dict[str, str]:
+        return {
+            "SFA_AGENTS_DNS_ZONE": self.ZONE,
+            "SFA_AGENTS_DNS_RELOAD": f"rndc -c {self.directory / 'rndc.conf'} reload",
+        }
+
+    def resolve(self, names: list[str]) -> list[str]:
+        """The A records of each name (one dig for all), '' for a name not (yet) in the zone."""
+        queries = [f"{name}.{self.ZONE}" for name in names]
+        done = subprocess.run(
+            ["dig", "@127.0.0.1", "-p", str(self.port), "+short", "+time=2", *queries], capture_output=True, text=True
+        )
+        answers = done.stdout.split()
+        return answers if len(answers) == len(names) else [*answers, *[""] * (len(names) - len(answers))]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        self.log.close()
+
+
 class Server:
-    def __init__(self, directory: Path, database_url: str) -> None:
+    def __init__(self, directory: Path, database_url: str, extra: dict[str, str]) -> None:
         self.config = str(directory / "sfa-omf.conf")
         self.environ = dict(
             os.environ,
             PYTHONPATH=str(REPO),
             SFA_AGGREGATE_PORT=str(free_port()),
             SFA_REGISTRY_PORT=str(free_port()),
+            **extra,
         )
         if database_url:
             self.environ["SFA_OMF_DATABASE_URL"] = database_url
@@ -106,7 +161,7 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def register_at_once(server: Server, directory: Path, root: str, count: int) -> None:
+def register_at_once(server: Server, directory: Path, root: str, count: int, named: Named | None) -> None:
     agents = Agents(Database(server.settings.calendar_url))
     tokens = [agents.create_token("default", 3600)[0] for _ in range(count)]
     for number in range(count):  # each agent's own key, made before timing (the node's work, not the server's)
@@ -121,7 +176,9 @@ def register_at_once(server: Server, directory: Path, root: str, count: int) -> 
         barrier.wait()
         began = time.perf_counter()
         try:
-            enrol(server.url, tokens[number], root, str(directory / "reg" / f"a{number}"), f"reg{number}")
+            state = str(directory / "reg" / f"a{number}")
+            # Local addresses 127.1.x.y: what the DNS's "local" view (asked from 127.0.0.1) answers.
+            enrol(server.url, tokens[number], root, state, f"reg{number}", f"127.1.{number // 250}.{number % 250 + 1}")
         except Exception as exc:
             errors.append(f"reg{number}: {exc}")
         latencies[number] = time.perf_counter() - began
@@ -137,14 +194,26 @@ def register_at_once(server: Server, directory: Path, root: str, count: int) -> 
     nodes = Inventory(Database(server.settings.calendar_url)).list_nodes()
     bookable = sum(1 for node in nodes if node.state == "usable" and node.component_name.startswith("reg"))
     elapsed = time.perf_counter() - began
+    resolvable = "-"
+    if named is not None:
+        expected = [f"127.1.{number // 250}.{number % 250 + 1}" for number in range(count)]
+        while named.resolve([f"reg{number}" for number in range(count)]) != expected:
+            if time.perf_counter() - began > 120:
+                raise SystemExit("the names did not all resolve within 120 s")
+            time.sleep(0.05)
+        resolvable = f"{time.perf_counter() - began:.2f}"
     cpu = server.cpu_seconds() - cpu
     if errors or bookable != count:
         raise SystemExit(f"registrations failed ({bookable}/{count} bookable): {errors[:5]}")
     print(f"\n1. {count} agents registering at once (each its own key and token; new TLS connection each)")
-    print("   | agents | all bookable after (s) | registration p50 (s) | p95 (s) | max (s) | server CPU (s) |")
-    print("   |---:|---:|---:|---:|---:|---:|")
     print(
-        f"   | {count} | {elapsed:.2f} | {statistics.median(latencies):.2f} | {percentile(latencies, 0.95):.2f} "
+        "   | agents | all bookable after (s) | all resolvable after (s) | registration p50 (s) | p95 (s) | max (s) "
+        "| server CPU (s) |"
+    )
+    print("   |---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"   | {count} | {elapsed:.2f} | {resolvable} | {statistics.median(latencies):.2f} "
+        f"| {percentile(latencies, 0.95):.2f} "
         f"| {max(latencies):.2f} | {cpu:.1f} |"
     )
 
@@ -232,6 +301,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4, help="client processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per client process")
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--no-dns", action="store_true", help="do not run bind9 (names are then not measured)")
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (emptied first); default SQLite")
     args = parser.parse_args()
     if args.database_url:
@@ -243,7 +313,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
         init_directory(str(directory / "lab"), "lab", ("ann",))
-        server = Server(directory / "lab", args.database_url)
+        named = Named(directory) if shutil.which("named") and not args.no_dns else None
+        server = Server(directory / "lab", args.database_url, named.environ if named else {})
         root = str(directory / "lab" / "authority" / "lab.gid")
         print("Node agents benchmark (sfa-omf)")
         print(f"  python      {platform.python_implementation()} {platform.python_version()} on {platform.platform()}")
@@ -251,10 +322,12 @@ def main() -> None:
         kind = server.settings.calendar_url.split(":")[0]
         print(f"  server      sfa-omf serve, {server.settings.threads} worker threads, calendar {kind}")
         try:
-            register_at_once(server, directory, root, args.register)
+            register_at_once(server, directory, root, args.register, named)
             heartbeats(server, directory, root, args.heartbeat_agents, args.processes, args.threads, args.seconds)
         finally:
             server.stop()
+            if named is not None:
+                named.stop()
 
 
 if __name__ == "__main__":
