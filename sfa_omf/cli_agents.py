@@ -213,6 +213,16 @@ def _stage_out(args: argparse.Namespace) -> int:
     return 0
 
 
+def revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
+    """Revoke the VPN certificate issued to a node that was just removed; False when it had none (or no VPN)."""
+    from sfa_omf.agents.vpn import VpnCa
+
+    directory = os.path.join(settings.data_dir, "vpn")
+    if not os.path.exists(os.path.join(directory, "issued", f"{hostname}.pem")):
+        return False
+    return VpnCa(directory, settings.interface_hrn).revoke_node(hostname)
+
+
 def _vpn_ca(args: argparse.Namespace) -> Any:
     from sfa_omf.agents.vpn import VpnCa
 

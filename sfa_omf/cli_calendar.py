@@ -18,7 +18,7 @@ from sfa_omf.calendar.inventory import NODE_STATES, Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, NodeSpec
 from sfa_omf.calendar.slices import Slices
-from sfa_omf.cli_agents import add_node_agent_commands
+from sfa_omf.cli_agents import add_node_agent_commands, revoke_vpn_of_removed_node
 from sfa_omf.cli_common import command_settings
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs, GeniError, Reason
@@ -224,8 +224,12 @@ def _node_row(node: NodeRecord) -> tuple[str, ...]:
 
 
 def _node_remove(args: argparse.Namespace) -> int:
-    Inventory(_database(args)).remove_node(args.component_id)
+    inventory = Inventory(_database(args))
+    name = inventory.get_node(args.component_id).component_name
+    inventory.remove_node(args.component_id)
     print(f"removed {args.component_id}")
+    if revoke_vpn_of_removed_node(command_settings(args), name):  # a node agent's VPN access goes with the node
+        print(f"revoked the VPN certificate of {name}")
     return 0
 
 

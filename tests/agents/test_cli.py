@@ -35,3 +35,22 @@ def test_invite_refusals(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["node", "invite", "--lifetime", "0", "--config", lab.settings_path]) == 2
     assert "positive number of seconds" in capsys.readouterr().err
     assert lab.agents.list_agents() == []
+
+
+def test_removing_a_node_revokes_its_vpn_certificate(
+    lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryptography import x509
+
+    from sfa_omf.agents.vpn import VpnCa
+    from sfa_omf.trust.pki import new_private_key
+
+    enrolled = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc7")
+    ca = VpnCa(str(lab.directory / "vpn"), "lab")
+    certificate, _ = ca.issue("pc7", 1, new_private_key().public_key())
+    assert main(["node", "remove", enrolled.node, "--config", lab.settings_path]) == 0
+    assert "revoked the VPN certificate of pc7" in capsys.readouterr().out
+    crl = x509.load_pem_x509_crl((lab.directory / "vpn" / "crl.pem").read_bytes())
+    serial = x509.load_pem_x509_certificate(certificate.encode("ascii")).serial_number
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert not (lab.directory / "vpn" / "ccd" / "pc7").exists()
