@@ -15,10 +15,13 @@ The client's key is the node's own key: the request must hold the key the agent 
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -79,19 +82,23 @@ def _leaf(
 
 
 class VpnCa:
-    """The VPN's CA on disk. Thread-safe: one signer at a time (serials and the CRL)."""
+    """The VPN's CA on disk. One signer at a time (the CRL, the issued certificates): a lock for the threads of this
+    process and a file lock for other processes (``sfa-omf node vpn-revoke`` beside the server)."""
 
     def __init__(self, directory: str, authority_hrn: str) -> None:
         self.directory = Path(directory)
         self._lock = threading.Lock()
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.directory / "ccd").mkdir(exist_ok=True)
-        if not (self.directory / "ca.pem").exists():
-            self._create(authority_hrn)
-        self.ca_key = load_private_key((self.directory / "ca.key").read_bytes())
-        self.ca = x509.load_pem_x509_certificate((self.directory / "ca.pem").read_bytes())
-        if not (self.directory / "crl.pem").exists():
-            self._write_crl([])
+        # The server and an operator's command may both be first: the CA is made once, under a lock across processes.
+        with open(self.directory / "lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (self.directory / "ca.pem").exists():
+                self._create(authority_hrn)
+            self.ca_key = load_private_key((self.directory / "ca.key").read_bytes())
+            self.ca = x509.load_pem_x509_certificate((self.directory / "ca.pem").read_bytes())
+            if not (self.directory / "crl.pem").exists():
+                self._write_crl([])
 
     def _create(self, authority_hrn: str) -> None:
         key = new_private_key()
@@ -123,44 +130,58 @@ class VpnCa:
     def ca_pem(self) -> str:
         return self.ca.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
-    def sign_client(self, hostname: str, node_id: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
-        """A client certificate (CN = hostname) for the node's key, and its fixed address (written to ccd/)."""
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock, open(self.directory / "lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _sign(self, hostname: str, node_id: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
         address = node_address(node_id)
-        with self._lock:
-            certificate = _leaf(hostname, public_key, self.ca_key, self.ca, server=False)
-            _write(self.directory / "ccd" / hostname, f"ifconfig-push {address} {NETWORK.netmask}\n".encode())
+        certificate = _leaf(hostname, public_key, self.ca_key, self.ca, server=False)
+        _write(self.directory / "ccd" / hostname, f"ifconfig-push {address} {NETWORK.netmask}\n".encode())
         return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"), str(address)
 
+    def sign_client(self, hostname: str, node_id: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
+        """A client certificate (CN = hostname) for the node's key, and its fixed address (written to ccd/)."""
+        with self._locked():
+            return self._sign(hostname, node_id, public_key)
+
     def issue(self, hostname: str, node_id: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
-        """sign_client, keeping the certificate in issued/ (the previous one of the node is revoked)."""
+        """sign_client, keeping the certificate in issued/ (the previous one of the node is revoked), all at once."""
         issued = self.directory / "issued" / f"{hostname}.pem"
-        if issued.exists():
-            self.revoke(issued.read_text(), hostname)
-        certificate, address = self.sign_client(hostname, node_id, public_key)
-        issued.parent.mkdir(exist_ok=True)
-        _write(issued, certificate.encode("ascii"))
+        with self._locked():
+            if issued.exists():
+                self._revoke(issued.read_text(), hostname)
+            certificate, address = self._sign(hostname, node_id, public_key)
+            issued.parent.mkdir(exist_ok=True)
+            _write(issued, certificate.encode("ascii"))
         return certificate, address
 
     def revoke_node(self, hostname: str) -> bool:
         """Revoke the node's current VPN certificate (a node removed); False when it has none."""
         issued = self.directory / "issued" / f"{hostname}.pem"
-        if not issued.exists():
-            return False
-        self.revoke(issued.read_text(), hostname)
-        issued.unlink()
+        with self._locked():
+            if not issued.exists():
+                return False
+            self._revoke(issued.read_text(), hostname)
+            issued.unlink()
         return True
 
     def revoke(self, certificate_pem: str, hostname: str) -> None:
         """Revoke a client certificate (a removed node): into the CRL, and its address entry gone."""
+        with self._locked():
+            self._revoke(certificate_pem, hostname)
+
+    def _revoke(self, certificate_pem: str, hostname: str) -> None:
         serial = x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).serial_number
-        with self._lock:
-            path = self.directory / "revoked.json"
-            revoked: list[int] = json.loads(path.read_text()) if path.exists() else []
-            if serial not in revoked:
-                revoked.append(serial)
-            _write(path, json.dumps(revoked).encode("ascii"))
-            self._write_crl(revoked)
-            (self.directory / "ccd" / hostname).unlink(missing_ok=True)
+        path = self.directory / "revoked.json"
+        revoked: list[int] = json.loads(path.read_text()) if path.exists() else []
+        if serial not in revoked:
+            revoked.append(serial)
+        _write(path, json.dumps(revoked).encode("ascii"))
+        self._write_crl(revoked)
+        (self.directory / "ccd" / hostname).unlink(missing_ok=True)
 
     def _write_crl(self, revoked: list[int]) -> None:
         now = utcnow()
