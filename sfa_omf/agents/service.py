@@ -97,6 +97,11 @@ class AgentService:
         # it every few seconds, and before each sweep): one commit for many agents instead of one each.
         self._heard: dict[str, int] = {}
         self._heard_lock = threading.Lock()
+        # DNS rewrites: tickets taken after each commit, the last ticket a finished rewrite covered.
+        self._dns_counter_lock = threading.Lock()
+        self._dns_publish_lock = threading.Lock()
+        self._dns_requested = 0
+        self._dns_published = 0
 
     def node_urn(self, hostname: str) -> str:
         return hrn_to_urn(join_hrn([*split_hrn(self.authority.hrn), hostname]), "node")
@@ -158,9 +163,21 @@ class AgentService:
         }
 
     def publish_names(self) -> None:
-        """Rewrite the nodes' DNS zone from the calendar (every agent), when this aggregate keeps one."""
-        if self.dns is not None:
-            self.dns.publish([NodeName(*row) for row in self.agents.names()])
+        """Rewrite the nodes' DNS zone from the calendar (every agent), when this aggregate keeps one. Returns once
+        a rewrite that started after this call has finished; concurrent callers share one rewrite (group commit),
+        so simultaneous registrations do not each wait for their own reload."""
+        if self.dns is None:
+            return
+        with self._dns_counter_lock:
+            self._dns_requested += 1
+            ticket = self._dns_requested
+        with self._dns_publish_lock:
+            if self._dns_published >= ticket:
+                return  # a rewrite that read the calendar after this caller's commit has finished meanwhile
+            with self._dns_counter_lock:
+                target = self._dns_requested
+            self.dns.publish([NodeName(*row) for row in self.agents.names()])  # read after every ticket <= target
+            self._dns_published = target
 
     @staticmethod
     def _properties(value: Any) -> dict[str, str]:
