@@ -6,7 +6,9 @@
 # log in, over real SSH, under the account a federation user is mapped to; RabbitMQ (scripts/rabbitmq.sh, on
 # 127.0.0.1) carries the FRCP messages of the OMF backend's tests; chromium (scripts/chromium.sh) is the real browser
 # the web calendar's tests drive with Playwright, their screenshots land in test-artifacts/; LXC (scripts/lxc.sh, with
-# a bridge of the project's own) runs the containers of tests/images/test_lxc.py.
+# a bridge of the project's own) runs the containers of tests/images/test_lxc.py; iproute2 lets the node agent tests put
+# the server and agents in network namespaces of their own (root needed), where openvpn runs the nodes' VPN and bind9
+# (queried with dig) their names; the tests start those daemons themselves, so the packages' own services are stopped.
 #
 # Usage: bash scripts/test.sh [pytest arguments]     e.g. bash scripts/test.sh tests/calendar -k overlap -x
 #        bash scripts/test.sh --down                 stop the services an earlier run left running
@@ -20,9 +22,12 @@ if [ "${1:-}" = --down ]; then
     bash "$REPO/scripts/postgres.sh" down
     exit 0
 fi
-apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client
+apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client iproute2 openvpn bind9 bind9-dnsutils
 venv_install "[test]"
 cd "$REPO"
+if command -v systemctl >/dev/null && systemctl is-active --quiet named 2>/dev/null; then
+    as_root systemctl disable --now named  # the tests run their own named inside a namespace
+fi
 left_running() {
     echo "== left running (stop them with: bash scripts/test.sh --down):"
     echo "   PostgreSQL $(pg_lsclusters -h 2>/dev/null | awk 'NR == 1 {print $1 "/" $2 " on port " $3 ": " $4}')"
@@ -53,6 +58,13 @@ export SFA_OMF_TEST_LXC_BRIDGE
 echo "== OAR"
 SFA_OMF_TEST_OAR_URL="$(bash "$REPO/scripts/oar.sh" up | tail -n 1)"
 export SFA_OMF_TEST_OAR_URL
+echo "== network namespaces"
+probe="sfaomf-probe-$$"
+if [ "$(id -u)" = 0 ] && ip netns add "$probe" && ip netns del "$probe"; then
+    export SFA_OMF_TEST_NETNS=1
+else
+    echo "network namespaces unavailable (root and ip netns needed): tests/agents/test_netns.py will say so"
+fi
 echo "== ruff"
 "$VENV/bin/ruff" check sfa_omf rspec tests benchmarks
 "$VENV/bin/ruff" format --check sfa_omf rspec tests benchmarks

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 # Only light modules here: ``sfa-omf --help`` must not wait for Twisted, SQLAlchemy or xmlsec. Each command imports
 # what it needs (benchmarks/cli_startup.py measures it).
+from sfa_omf.cli_agents import add_agent_commands
 from sfa_omf.cli_calendar import add_calendar_commands
 from sfa_omf.cli_config import add_config_commands
 from sfa_omf.cli_images import add_image_commands
@@ -162,6 +163,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_server_commands(commands)
     add_web_commands(commands)
     add_notify_commands(commands)
+    add_agent_commands(commands)
     add_config_commands(commands)
     add_image_commands(commands)
     return parser

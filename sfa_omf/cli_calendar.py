@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from sfa_omf.calendar.records import NODE_STATES  # plain data: building the parser needs no database layer
+from sfa_omf.cli_agents import add_node_agent_commands, revoke_vpn_of_removed_node
 from sfa_omf.cli_common import command_group, command_settings
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs, GeniError, Reason
@@ -74,6 +75,7 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     state.add_argument("component_id")
     state.add_argument("state", choices=NODE_STATES)
     state.set_defaults(handler=_node_set_state)
+    add_node_agent_commands(node, config_option)
 
     pool = command_group(commands, "pool", "resource pools")
     create = pool.add_parser("create", parents=[config_option], help="create a pool")
@@ -290,8 +292,12 @@ def _node_remove(args: argparse.Namespace) -> int:
 
     settings = command_settings(args)
     database = Database(settings.calendar_url)
-    Inventory(database).remove_node(args.component_id)
+    inventory = Inventory(database)
+    name = inventory.get_node(args.component_id).component_name
+    inventory.remove_node(args.component_id)
     print(f"removed {args.component_id}")
+    if revoke_vpn_of_removed_node(settings, name):  # a node agent's VPN access goes with the node
+        print(f"revoked the VPN certificate of {name}")
     try:
         authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
     except AuthorityError:

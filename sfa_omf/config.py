@@ -44,22 +44,10 @@ TESTBED_ENTRY_POINT_GROUP = "sfa_omf.testbeds"
 #: noop: the nodes run nothing (the reservation is the booking); deploy: OAR installs the lease's disk image.
 OAR_JOB_TYPES = ("noop", "deploy")
 
-#: Environment variables that start like settings but are not settings (the file's path, test and script knobs).
-OTHER_ENVIRONMENT = frozenset(
-    {
-        "SFA_OMF_CONFIG",
-        "SFA_OMF_VENV",
-        "SFA_OMF_VECTORS",
-        "SFA_OMF_TEST_POSTGRES_URL",
-        "SFA_OMF_BENCH_POSTGRES_URL",
-        "SFA_OMF_TEST_OAR_URL",
-        "SFA_OMF_TEST_RABBITMQ_URL",
-        "SFA_OMF_RABBITMQ_PORT",
-        "SFA_OMF_TEST_CHROMIUM",
-        "SFA_OMF_TEST_ARTIFACTS",
-        "SFA_OMF_TEST_LXC_BRIDGE",
-    }
-)
+#: Environment variables that start like settings but are not settings (the file's path, script knobs); and every
+#: SFA_OMF_TEST_* / SFA_OMF_BENCH_* variable, which the test and benchmark scripts set.
+OTHER_ENVIRONMENT = frozenset({"SFA_OMF_CONFIG", "SFA_OMF_VENV", "SFA_OMF_VECTORS", "SFA_OMF_RABBITMQ_PORT"})
+OTHER_ENVIRONMENT_PREFIXES = ("SFA_OMF_TEST_", "SFA_OMF_BENCH_")
 
 
 @dataclass(frozen=True)
@@ -124,6 +112,14 @@ class Settings:
     notify_lead_s: int = 900
     image_group: str = "sfa-omf-images"  # Unix group whose members may change the image repository
     provisioning_mode: str = "ondemand"  # perjob or ondemand (sfa_omf/images/provisioning.py)
+    agent_heartbeat_s: int = 30  # how often node agents report (sfa_omf/agents)
+    agent_timeout_s: int = 120  # an agent silent this long is lost: its node leaves service
+    agent_max_body_bytes: int = 64 * 1024
+    agent_max_file_bytes: int = 1024 * 1024  # a staged file (at most max_request_bytes, the server's own limit)
+    agent_vpn_remote: str = ""  # empty: no VPN for nodes; else the address agents reach OpenVPN at
+    agent_vpn_port: int = 1194
+    agent_dns_zone: str = ""  # empty: no DNS names for nodes; else the zone (bind9 views, sfa_omf/agents/dns.py)
+    agent_dns_reload: str = "rndc reload"
 
     def __post_init__(self) -> None:
         if not self.hostname:
@@ -252,6 +248,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify_from", "sfa_notify", "from", "text", "sender address of e-mail notifications"),
     Option("notify_webhook_key", "sfa_notify", "webhook_key", "text", "HMAC-SHA256 key signing webhooks"),
     Option("notify_lead_s", "sfa_notify", "lead_s", "count", "seconds before a start or end to say it comes soon"),
+    Option("agent_heartbeat_s", "sfa_agents", "heartbeat_s", "count", "seconds between two heartbeats of a node agent"),
+    Option("agent_timeout_s", "sfa_agents", "timeout_s", "count", "a node whose agent is silent this long is lost"),
+    Option("agent_max_body_bytes", "sfa_agents", "max_body_bytes", "count", "largest request of a node agent"),
+    Option("agent_max_file_bytes", "sfa_agents", "max_file_bytes", "count", "largest file staged in or out of a node"),
+    Option("agent_vpn_remote", "sfa_agents", "vpn_remote", "text", "address of the nodes' OpenVPN server; empty: none"),
+    Option("agent_vpn_port", "sfa_agents", "vpn_port", "port", "UDP port of the nodes' OpenVPN server"),
+    Option("agent_dns_zone", "sfa_agents", "dns_zone", "text", "DNS zone the nodes are named in; empty: none"),
+    Option("agent_dns_reload", "sfa_agents", "dns_reload", "text", "command that makes the DNS server reload"),
 )
 
 _FIELD_DEFAULTS: dict[str, Any] = {
@@ -616,7 +620,7 @@ def _environment_entries(environ: Mapping[str, str]) -> list[_Entry]:
     return [
         _shell_entry(name, environ[name].strip(), Source("environment", name))
         for name in sorted(environ)
-        if name.startswith("SFA_") and name not in OTHER_ENVIRONMENT
+        if name.startswith("SFA_") and name not in OTHER_ENVIRONMENT and not name.startswith(OTHER_ENVIRONMENT_PREFIXES)
     ]
 
 

@@ -153,7 +153,9 @@ class Bookings:
                         f"({format_time(from_s(expires_s))}); renew the slice at its authority first",
                     )
                 if node.state != "usable":
-                    conflicts.append(Conflict(node.component_id, request.start, request.end, "is in maintenance"))
+                    # "lost": a node agent stopped reporting (calendar/agents.py); it is bookable again once heard.
+                    problem = "has lost contact (its agent is silent)" if node.state == "lost" else "is in maintenance"
+                    conflicts.append(Conflict(node.component_id, request.start, request.end, problem))
                     continue
                 wanted.append((request, node, window))
             free, clashes = self._split_free(session, wanted)

@@ -241,3 +241,7 @@ class CalendarGeneration(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+# The node agents' tables live in their own module; importing it here puts them in Base.metadata (migrations, tests).
+from sfa_omf.calendar import agent_models as _agent_models  # noqa: E402, F401

@@ -26,9 +26,15 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
 
+from sfa_omf.agents.dns import DnsZones
+from sfa_omf.agents.health import agent_health
+from sfa_omf.agents.service import AgentService, AgentSettings
+from sfa_omf.agents.staging import FileStore
+from sfa_omf.agents.vpn import VpnCa
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.am.api_v2 import ApiV2
 from sfa_omf.am.api_v3 import ApiV3
+from sfa_omf.calendar.agents import Agents
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
@@ -38,9 +44,10 @@ from sfa_omf.notify.notifier import Notifier, NotifySettings, notify_settings
 from sfa_omf.preflight import StartupError, check_startup, listen_message
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.api import RegistryApi
-from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.authority import AuthorityError, LocalAuthority
 from sfa_omf.registry.nodes import record_nodes
 from sfa_omf.registry.records import Records
+from sfa_omf.server.agent_http import AgentResource
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.web import WebCalendarResource
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
@@ -60,6 +67,7 @@ REQUEST_TIMEOUT_S = 120
 NOTIFY_PERIOD_S = 30
 #: How often the trusted-roots directory is looked at for roots added or removed (SIGHUP: at once).
 ROOTS_CHECK_PERIOD_S = 5
+AGENT_FLUSH_S = 5  # heartbeats are written to the database together at most this often
 
 
 def build_aggregate(settings: Settings, upgrade: bool = True) -> Aggregate:
@@ -78,7 +86,7 @@ def build_aggregate(settings: Settings, upgrade: bool = True) -> Aggregate:
     )
     verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
     url = f"https://{settings.hostname}:{settings.aggregate_port}/"
-    return Aggregate(
+    aggregate = Aggregate(
         AggregateSettings(
             authority_hrn=settings.interface_hrn,
             hostname=settings.hostname,
@@ -100,6 +108,8 @@ def build_aggregate(settings: Settings, upgrade: bool = True) -> Aggregate:
             load_gid_chain_file(os.path.join(settings.data_dir, "aggregate", "am.gid")),
         ),
     )
+    aggregate.node_health = agent_health(Agents(database, policy))
+    return aggregate
 
 
 @dataclass
@@ -107,7 +117,7 @@ class RunningServer:
     port: Any
     pool: ThreadPool
     expiry: LoopingCall
-    loops: list[LoopingCall] = field(default_factory=list)  # other periodic tasks (notifications)
+    loops: list[LoopingCall] = field(default_factory=list)  # other periodic tasks (notifications, agents)
 
     @property
     def port_number(self) -> int:
@@ -115,8 +125,9 @@ class RunningServer:
 
     def abandon(self) -> None:
         """Stop the threads and loops of a server whose reactor will never run (start-up failed)."""
-        if self.expiry.running:
-            self.expiry.stop()
+        for loop in [self.expiry, *self.loops]:
+            if loop.running:
+                loop.stop()
         self.port.stopListening()
         self.pool.stop()
 
@@ -150,6 +161,11 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
 
         base_url = f"https://{settings.hostname}:{settings.aggregate_port}"
         routes[b"resources"] = inventory_resource(aggregate, base_url, pool, reactor)
+    agents = _agent_api(settings, aggregate)
+    if agents is not None:
+        routes[b"agents"] = AgentResource(
+            agents, pool, reactor, settings.agent_max_body_bytes, settings.agent_max_file_bytes
+        )
     if settings.web_enabled:
         routes[b"calendar"] = web_calendar_resource(settings, aggregate, pool)
     site = make_site(
@@ -179,7 +195,52 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
         loops.append(notify_loop)
     for task in aggregate.backend.background_tasks():
         LoopingCall(lambda task=task: reactor.callInThread(_background, task)).start(task.period_s, now=True)
+    if agents is not None:
+        # Checked several times per timeout, so a silent node is lost at most a third of the timeout late.
+        lost = BackgroundTask("lost node agents", max(1, settings.agent_timeout_s // 3), lambda: _sweep(agents))
+        sweep = LoopingCall(lambda: reactor.callInThread(_background, lost))
+        sweep.start(lost.period_s, now=False)
+        loops.append(sweep)
+        heard = BackgroundTask("heartbeats", min(AGENT_FLUSH_S, settings.agent_heartbeat_s), agents.flush_heartbeats)
+        flush = LoopingCall(lambda: reactor.callInThread(_background, heard))
+        flush.start(heard.period_s, now=False)
+        loops.append(flush)
     return RunningServer(port=listening, pool=pool, expiry=expiry, loops=loops)
+
+
+def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
+    """The node agents' API, which signs with the local authority's key; absent (and said so) without one."""
+    try:
+        authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
+    except AuthorityError as exc:
+        log.warning("node agent API disabled: %s", exc)
+        return None
+    return AgentService(
+        Agents(aggregate.database, aggregate.policy, clock=aggregate.clock),
+        authority,
+        aggregate.local_accounts,
+        AgentSettings(
+            heartbeat_s=settings.agent_heartbeat_s,
+            timeout_s=settings.agent_timeout_s,
+            vpn_remote=settings.agent_vpn_remote,
+            vpn_port=settings.agent_vpn_port,
+        ),
+        FileStore(os.path.join(settings.data_dir, "agent_files"), settings.agent_max_file_bytes),
+        VpnCa(os.path.join(settings.data_dir, "vpn"), settings.interface_hrn) if settings.agent_vpn_remote else None,
+        (
+            DnsZones.from_settings(
+                os.path.join(settings.data_dir, "dns"), settings.agent_dns_zone, settings.agent_dns_reload
+            )
+            if settings.agent_dns_zone
+            else None
+        ),
+    )
+
+
+def _sweep(service: AgentService) -> None:
+    lost = service.sweep_lost()
+    if lost:
+        log.warning("node agent(s) lost contact, their nodes leave service: %s", ", ".join(lost))
 
 
 def build_notifier(settings: Settings, aggregate: Aggregate) -> Notifier:

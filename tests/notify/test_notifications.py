@@ -155,7 +155,8 @@ def test_exactly_once_across_a_sigkill(tmp_path: Path, smtp: SmtpServer) -> None
 
     now = utcnow().replace(microsecond=0)
     Inventory(database, Policy()).add_node(NodeSpec(node_urn("n1"), "n1"))
-    start = now.replace(minute=0, second=0) + timedelta(hours=1)
+    # Two hours ahead at least: "starting soon" (15 minutes before) must not be due yet, whatever the minute.
+    start = now.replace(minute=0, second=0) + timedelta(hours=2)
     bookings = Bookings(database, Policy(), "testbed")
     lease = bookings.book(
         SLICE,

@@ -1,0 +1,191 @@
+"""What a node agent does to its host for a lease: accounts for the slice's logins, their SSH keys, and back.
+
+Each lease owns one block of an account's ``authorized_keys`` (the same marker lines as the aggregate's own
+testbed/unix_accounts.py), so keys put there by others are never touched. ``UnixHost`` makes real accounts
+(``useradd``, root needed); ``DirectoryHost`` does the same inside a directory standing for the host's root
+(``sfa-omf agent run --root DIR``; the tests use a throwaway one): ``DIR/etc/passwd`` lines and
+``DIR/home/LOGIN/.ssh/authorized_keys``. An account is removed when the agent made it and no lease uses it any more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from sfa_omf.errors import GeniError, Reason
+from sfa_omf.registry.accounts import check_login
+from sfa_omf.sshkeys import is_ssh_public_key
+from sfa_omf.testbed.unix_accounts import LocalAccount, UnixAccounts, replace_block
+
+
+class Host(Protocol):
+    def apply(self, lease_id: str, accounts: Mapping[str, Sequence[str]]) -> None:
+        """Each login exists and its block for the lease holds exactly its keys (idempotent)."""
+
+    def remove(self, lease_id: str, logins: Sequence[str]) -> None:
+        """The lease's keys are gone from these accounts; accounts the agent made and nothing uses are gone."""
+
+    def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
+        """Put a file in the account's ``~/folder`` (stage-in)."""
+
+    def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
+        """The plain files in the account's ``~/folder`` (stage-out), by name."""
+
+
+def _valid_keys(keys: Sequence[str]) -> list[str]:
+    return [key.strip() for key in keys if is_ssh_public_key(key.strip())]
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8") as out:
+        out.write(text)
+    os.replace(temporary, path)
+
+
+class _Ledger:
+    """Which accounts the agent made, and which leases use each (a JSON file in the agent's state directory), so
+    that the end of a lease removes only what the agent made and no other lease still uses."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.uses: dict[str, list[str]] = json.loads(path.read_text()) if path.exists() else {}
+
+    def use(self, login: str, lease_id: str) -> None:
+        leases = self.uses.setdefault(login, [])
+        if lease_id not in leases:
+            leases.append(lease_id)
+
+    def release(self, login: str, lease_id: str) -> bool:
+        """Drop the lease's use; True when the agent made the account and nothing uses it any more."""
+        if login not in self.uses:
+            return False
+        self.uses[login] = [lease for lease in self.uses[login] if lease != lease_id]
+        if self.uses[login]:
+            return False
+        del self.uses[login]
+        return True
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_atomic(self.path, json.dumps(self.uses, sort_keys=True))
+
+
+class DirectoryHost:
+    """Accounts inside ``root`` (a directory standing for the host's /)."""
+
+    def __init__(self, root: str, state_dir: str) -> None:
+        self.root = Path(root)
+        self.ledger = _Ledger(Path(state_dir) / "accounts.json")
+
+    def _passwd(self) -> Path:
+        return self.root / "etc" / "passwd"
+
+    def logins(self) -> list[str]:
+        """The accounts of this root (for tests and the operator)."""
+        path = self._passwd()
+        return [line.split(":", 1)[0] for line in path.read_text().splitlines()] if path.exists() else []
+
+    def authorized_keys(self, login: str) -> str:
+        path = self.root / "home" / login / ".ssh" / "authorized_keys"
+        return path.read_text() if path.exists() else ""
+
+    def apply(self, lease_id: str, accounts: Mapping[str, Sequence[str]]) -> None:
+        for login, keys in accounts.items():
+            check_login(login)
+            if login not in self.logins():
+                self._passwd().parent.mkdir(parents=True, exist_ok=True)
+                with open(self._passwd(), "a", encoding="utf-8") as out:
+                    out.write(f"{login}:x:::sfa-omf federation user:/home/{login}:/bin/bash\n")
+                self.ledger.use(login, lease_id)
+            elif login in self.ledger.uses:
+                self.ledger.use(login, lease_id)
+            ssh = self.root / "home" / login / ".ssh"
+            ssh.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path = ssh / "authorized_keys"
+            current = path.read_text() if path.exists() else ""
+            _write_atomic(path, replace_block(current, lease_id, _valid_keys(keys)))
+        self.ledger.save()
+
+    def remove(self, lease_id: str, logins: Sequence[str]) -> None:
+        for login in logins:
+            path = self.root / "home" / login / ".ssh" / "authorized_keys"
+            if path.exists():
+                _write_atomic(path, replace_block(path.read_text(), lease_id, []))
+            if self.ledger.release(login, lease_id):
+                kept = [line for line in self._passwd().read_text().splitlines() if line.split(":", 1)[0] != login]
+                _write_atomic(self._passwd(), "".join(f"{line}\n" for line in kept), 0o644)
+                shutil.rmtree(self.root / "home" / login, ignore_errors=True)
+        self.ledger.save()
+
+    def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
+        _write_into(self.root / "home" / login, folder, name, data)
+
+    def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
+        return _read_from(self.root / "home" / login, folder)
+
+
+def _write_into(home: Path, folder: str, name: str, data: bytes, owner: tuple[int, int] | None = None) -> None:
+    target = home / folder
+    target.mkdir(parents=True, exist_ok=True)
+    temporary = target / f".{name}.tmp"
+    temporary.write_bytes(data)
+    if owner is not None:
+        os.chown(target, *owner)
+        os.chown(temporary, *owner)
+    os.replace(temporary, target / name)
+
+
+def _read_from(home: Path, folder: str) -> list[tuple[str, bytes]]:
+    target = home / folder
+    if not target.is_dir():
+        return []
+    return [
+        (path.name, path.read_bytes()) for path in sorted(target.iterdir()) if path.is_file() and not path.is_symlink()
+    ]
+
+
+class UnixHost:
+    """Real accounts on this host (root needed): ``useradd`` through testbed/unix_accounts.py, ``userdel`` at the
+    end for accounts the agent made."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.accounts = UnixAccounts()
+        self.ledger = _Ledger(Path(state_dir) / "accounts.json")
+
+    def apply(self, lease_id: str, accounts: Mapping[str, Sequence[str]]) -> None:
+        for login, keys in accounts.items():
+            check_login(login)
+            try:
+                pwd.getpwnam(login)
+                if login in self.ledger.uses:
+                    self.ledger.use(login, lease_id)
+            except KeyError:
+                self.ledger.use(login, lease_id)
+            self.accounts.set_slice_keys([LocalAccount(login, (), tuple(keys))], lease_id)
+        self.ledger.save()
+
+    def remove(self, lease_id: str, logins: Sequence[str]) -> None:
+        self.accounts.remove_slice_keys(logins, lease_id)
+        for login in logins:
+            if self.ledger.release(login, lease_id):
+                done = subprocess.run(["userdel", "--remove", login], capture_output=True, text=True, check=False)
+                if done.returncode not in (0, 6):  # 6: no such user
+                    raise GeniError(Reason.TESTBED, f"userdel {login} failed: {done.stderr.strip()}")
+        self.ledger.save()
+
+    def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
+        entry = pwd.getpwnam(login)
+        _write_into(Path(entry.pw_dir), folder, name, data, (entry.pw_uid, entry.pw_gid))
+
+    def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
+        try:
+            return _read_from(Path(pwd.getpwnam(login).pw_dir), folder)
+        except KeyError:
+            return []

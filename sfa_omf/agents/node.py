@@ -1,0 +1,314 @@
+"""The node's side: ``sfa-omf agent enrol`` and ``sfa-omf agent run``.
+
+Enrolment makes the node's key (it never leaves the node), asks the aggregate to certify it with a one-time join
+token, and keeps the certificate, our authority's root and the server's address in the state directory. The agent
+then loops: heartbeat, fetch the work, make the host match it (accounts and keys of running leases, removal of
+finished ones), report. Every call verifies the server against the root given at enrolment. A server that is down or
+restarting is waited for: the loop keeps its state on disk and carries on where it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import ssl
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from sfa_omf.agents.host import Host
+from sfa_omf.times import utcnow
+from sfa_omf.trust.pki import load_private_key, new_private_key, private_key_pem
+
+log = logging.getLogger("sfa_omf.agent")
+TIMEOUT_S = 30
+KEY, CERT, ROOT, CONFIG, APPLIED = "node.pkey", "node.gid", "root.gid", "agent.json", "leases.json"
+STAGE_IN, STAGE_OUT = "stage-in", "stage-out"  # folders in each account's home for a lease's files
+
+
+class AgentCallError(Exception):
+    """The server answered with a refusal: its status, reason and message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as out:
+        out.write(data)
+    os.replace(temporary, path)
+
+
+def _self_signed(key: Any, hostname: str) -> bytes:
+    """A throwaway certificate of the node's key, presented at the TLS handshake of registration only (proof that
+    the agent holds the key of its request)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = utcnow()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+class Client:
+    """JSON over HTTPS to the agent API, presenting a certificate and verifying the server against our root."""
+
+    def __init__(self, url: str, cert_path: str, key_path: str, root_path: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"the server must be an https:// URL, not {url!r}")
+        self.host, self.port = parts.hostname, parts.port or 443
+        self.base = parts.path.rstrip("/") + "/agents/v1/"
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False  # the server is known by its certificate chaining to our root, not by name
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(root_path)
+        context.load_cert_chain(cert_path, key_path)
+        self.context = context
+
+    def _exchange(
+        self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes, str]:
+        connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=TIMEOUT_S)
+        try:
+            connection.request(method, self.base + path, body=payload, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read(), response.getheader("x-content-sha256", "")
+        finally:
+            connection.close()
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        payload = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"content-type": "application/json"} if payload is not None else {}
+        status, raw, _ = self._exchange(method, path, payload, headers)
+        return self._decode(status, raw)
+
+    def put_file(self, lease_id: str, name: str, data: bytes) -> dict[str, Any]:
+        """Stage a file out for a lease, with its SHA-256 (the server checks it)."""
+        headers = {"content-type": "application/octet-stream", "x-content-sha256": hashlib.sha256(data).hexdigest()}
+        status, raw, _ = self._exchange("PUT", f"files/{lease_id}/out/{name}", data, headers)
+        return self._decode(status, raw)
+
+    def get_file(self, lease_id: str, name: str) -> bytes:
+        """A file staged in for a lease, checked against the SHA-256 the server declares."""
+        status, raw, declared = self._exchange("GET", f"files/{lease_id}/in/{name}", None, {})
+        if status != 200:
+            self._decode(status, raw)
+        if hashlib.sha256(raw).hexdigest() != declared:
+            raise AgentCallError(status, "checksum", f"{name} arrived damaged (SHA-256 differs from {declared!r})")
+        return raw
+
+    @staticmethod
+    def _decode(status: int, raw: bytes) -> dict[str, Any]:
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = {"error": "server_error", "message": raw[:200].decode("utf-8", "replace")}
+        if not isinstance(answer, dict):
+            raise AgentCallError(status, "server_error", "the answer is not a JSON object")
+        if status != 200:
+            raise AgentCallError(status, str(answer.get("error", "")), str(answer.get("message", "")))
+        return answer
+
+
+@dataclass
+class Enrolled:
+    node: str
+    server: str
+    state_dir: str
+
+
+def enrol(
+    server: str,
+    token: str,
+    root_path: str,
+    state_dir: str,
+    hostname: str,
+    local_address: str = "",
+    lan_group: str = "",
+    properties: dict[str, str] | None = None,
+) -> Enrolled:
+    """Register with a join token and keep key, certificate, root and server in ``state_dir``. The key is made once
+    and reused, so running enrol again with the same token is harmless."""
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key_path = state / KEY
+    if not key_path.exists():
+        _write_private(key_path, private_key_pem(new_private_key()))
+    key = load_private_key(key_path.read_bytes())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
+        .sign(key, hashes.SHA256())
+    )
+    bootstrap = state / "bootstrap.pem"
+    _write_private(bootstrap, _self_signed(key, hostname))
+    try:
+        answer = Client(server, str(bootstrap), str(key_path), root_path).call(
+            "POST",
+            "register",
+            {
+                "token": token,
+                "hostname": hostname,
+                "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+                "local_address": local_address,
+                "lan_group": lan_group,
+                "properties": properties or {},
+            },
+        )
+    finally:
+        bootstrap.unlink(missing_ok=True)
+    given_root = Path(root_path).read_text().strip()
+    if str(answer.get("root", "")).strip() != given_root:
+        raise AgentCallError(200, "untrusted", "the server's root is not the root given to enrol with")
+    _write_private(state / CERT, str(answer["certificate"]).encode("ascii"), 0o644)
+    _write_private(state / ROOT, given_root.encode("ascii") + b"\n", 0o644)
+    config = {"node": answer["node"], "server": server, "heartbeat_s": answer.get("heartbeat_s", 30)}
+    _write_private(state / CONFIG, json.dumps(config).encode("utf-8"), 0o644)
+    return Enrolled(node=str(answer["node"]), server=server, state_dir=state_dir)
+
+
+def request_vpn(state_dir: str) -> tuple[str, str]:
+    """Ask for an OpenVPN client certificate for the node's key; writes ``vpn.conf`` (the key stays where it is,
+    referenced by path). Returns (configuration path, the node's VPN address)."""
+    state = Path(state_dir)
+    config = json.loads((state / CONFIG).read_text())
+    key = load_private_key((state / KEY).read_bytes())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    client = Client(str(config["server"]), str(state / CERT), str(state / KEY), str(state / ROOT))
+    answer = client.call("POST", "vpn", {"csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii")})
+    text = str(answer["config"]).replace("key KEY_PATH", f"key {(state / KEY).resolve()}")
+    _write_private(state / "vpn.conf", text.encode("ascii"))
+    return str(state / "vpn.conf"), str(answer["address"])
+
+
+class Agent:
+    """The loop of an enrolled node. ``run_once`` is one round; ``run`` repeats it until ``stop`` is set."""
+
+    def __init__(self, state_dir: str, host: Host, interval_s: float | None = None) -> None:
+        self.state = Path(state_dir)
+        config = json.loads((self.state / CONFIG).read_text())
+        self.node = str(config["node"])
+        self.interval_s = float(interval_s if interval_s is not None else config.get("heartbeat_s", 30))
+        self.server = str(config["server"])
+        self._certificate_mtime = 0.0
+        self.client = self._client()
+        self.host = host
+        path = self.state / APPLIED
+        # lease id -> logins set up for it: what to take away at its end, even after a restart of the agent.
+        self.applied: dict[str, list[str]] = json.loads(path.read_text()) if path.exists() else {}
+        staged = self.state / "staged.json"
+        self.staged: dict[str, dict[str, str]] = json.loads(staged.read_text()) if staged.exists() else {}
+
+    def _client(self) -> Client:
+        """A client with the certificate on disk now (``agent enrol`` again replaces it under a running agent)."""
+        self._certificate_mtime = (self.state / CERT).stat().st_mtime
+        return Client(self.server, str(self.state / CERT), str(self.state / KEY), str(self.state / ROOT))
+
+    def _save(self) -> None:
+        _write_private(self.state / APPLIED, json.dumps(self.applied, sort_keys=True).encode("utf-8"))
+
+    def _report(self, lease_id: str, state: str, message: str = "") -> None:
+        try:
+            self.client.call("PUT", f"work/{lease_id}", {"state": state, "message": message})
+        except AgentCallError as exc:
+            if exc.status != 404:  # a lease deleted meanwhile has nothing to report to
+                raise
+
+    def run_once(self) -> dict[str, Any]:
+        """Heartbeat, then make the host match the work; returns the work as received."""
+        if (self.state / CERT).stat().st_mtime != self._certificate_mtime:
+            self.client = self._client()
+        self.client.call("POST", "heartbeat", {})
+        work = self.client.call("GET", "work")
+        active_ids = set()
+        for item in work.get("active", []):
+            lease_id = str(item["lease_id"])
+            active_ids.add(lease_id)
+            accounts = {str(a["login"]): [str(k) for k in a.get("ssh_keys", [])] for a in item.get("accounts", [])}
+            if item.get("reported") == "failed":
+                continue  # said once; the experimenter or the operator acts on it
+            try:
+                self.host.apply(lease_id, accounts)
+            except Exception as exc:  # any failure of the host is the lease's failure, reported in its words
+                log.warning("lease %s could not be set up: %s", lease_id, exc)
+                self._report(lease_id, "failed", str(exc))
+                continue
+            try:
+                self._stage_in(lease_id, item.get("stage_in", []), sorted(accounts))
+            except (AgentCallError, OSError) as exc:
+                log.warning("lease %s: staging in failed: %s", lease_id, exc)
+                self._report(lease_id, "failed", f"staging in failed: {exc}")
+                continue
+            gone = [login for login in self.applied.get(lease_id, []) if login not in accounts]
+            if gone:
+                self.host.remove(lease_id, gone)
+            self.applied[lease_id] = sorted(accounts)
+            self._save()
+            if item.get("reported") != "started":
+                self._report(lease_id, "started")
+        finished = {str(item["lease_id"]) for item in work.get("finished", [])}
+        for lease_id in sorted((set(self.applied) - active_ids) | finished):
+            self._stage_out(lease_id, self.applied.get(lease_id, []))
+            self.host.remove(lease_id, self.applied.get(lease_id, []))
+            self.applied.pop(lease_id, None)
+            self._save()
+            self._report(lease_id, "ended")
+        return work
+
+    def _stage_in(self, lease_id: str, files: list[dict[str, Any]], logins: list[str]) -> None:
+        """Fetch the lease's staged-in files not fetched yet (checked) into each account's ~/stage-in."""
+        done = self.staged.setdefault(lease_id, {})
+        for entry in files:
+            name, sha256 = str(entry["name"]), str(entry["sha256"])
+            if done.get(name) == sha256:
+                continue
+            data = self.client.get_file(lease_id, name)
+            for login in logins:
+                self.host.write_file(login, STAGE_IN, name, data)
+            done[name] = sha256
+            _write_private(self.state / "staged.json", json.dumps(self.staged, sort_keys=True).encode("utf-8"))
+
+    def _stage_out(self, lease_id: str, logins: list[str]) -> None:
+        """Send back each account's ~/stage-out files before the account goes (a refused file is logged)."""
+        for login in logins:
+            for name, data in self.host.read_files(login, STAGE_OUT):
+                try:
+                    self.client.put_file(lease_id, name, data)
+                except AgentCallError as exc:
+                    log.warning("lease %s: %s/%s/%s not staged out: %s", lease_id, login, STAGE_OUT, name, exc)
+        self.staged.pop(lease_id, None)
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until ``stop``; a server that cannot be reached (restarting, network down) is tried again."""
+        while not stop.is_set():
+            try:
+                self.run_once()
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                log.warning("server unreachable (%s); trying again in %.0f s", exc, self.interval_s)
+            except AgentCallError as exc:
+                log.error("the server refused: %s", exc)
+            except Exception:  # an answer we cannot use, or a host that misbehaves: the loop must keep going
+                log.exception("this round failed; trying again in %.0f s", self.interval_s)
+            stop.wait(self.interval_s)

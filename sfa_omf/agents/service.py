@@ -1,0 +1,325 @@
+"""The agent API's logic, without I/O: register (CSR in, certificate out), heartbeat, work, reports.
+
+server/agent_http.py carries it over HTTPS as JSON under ``/agents/v1/``. Each method takes the caller's TLS chain
+(leaf first) and the decoded JSON body and returns what to answer, or raises GeniError; the HTTP layer maps the
+reason to a status. The agent's private key never leaves its node: registration takes a certificate signing request
+whose key must be the very key the agent presented at the TLS handshake (a self-signed certificate before it has
+ours), and later calls are recognised by the exact certificate we issued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sfa_omf.agents.dns import DnsZones, NodeName
+from sfa_omf.agents.staging import FileStore
+from sfa_omf.agents.vpn import VpnCa, client_config
+from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork
+from sfa_omf.errors import GeniError, Reason
+from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.testbed.unix_accounts import LocalAccount
+from sfa_omf.times import format_time
+from sfa_omf.trust.gid import GidChain, chain_pem
+from sfa_omf.trust.pki import create_gid
+from sfa_omf.xrn import hrn_to_urn, join_hrn, split_hrn
+
+MAX_PROPERTIES = 32
+MAX_PROPERTY_CHARS = 200
+MIN_KEY_BITS = 2048
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_LEASE_ID = re.compile(r"^[0-9a-f-]{36}$")
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    heartbeat_s: int = 30
+    timeout_s: int = 120
+    vpn_remote: str = ""  # the address agents reach the OpenVPN server at
+    vpn_port: int = 1194
+
+
+def key_sha256(public_key: Any) -> str:
+    """SHA-256 (hex) of a public key's DER SubjectPublicKeyInfo: how keys are compared and recorded."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def cert_sha256(certificate: x509.Certificate) -> str:
+    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _bad(message: str) -> GeniError:
+    return GeniError(Reason.BAD_ARGS, message)
+
+
+def _text(body: Mapping[str, Any], name: str, required: bool = True, limit: int = 200) -> str:
+    value = body.get(name, None if required else "")
+    if value is None:
+        raise _bad(f"{name!r} is missing")
+    if not isinstance(value, str) or len(value) > limit:
+        raise _bad(f"{name!r} must be a string of at most {limit} characters")
+    return value
+
+
+class AgentService:
+    """What the agent API answers. ``accounts_of(slice_urn)`` gives the slice's local logins and SSH keys (the
+    aggregate's account mapping)."""
+
+    def __init__(
+        self,
+        agents: Agents,
+        authority: LocalAuthority,
+        accounts_of: Callable[[str], Sequence[LocalAccount]],
+        settings: AgentSettings,
+        files: FileStore | None = None,
+        vpn: VpnCa | None = None,
+        dns: DnsZones | None = None,
+    ) -> None:
+        self.agents = agents
+        self.dns = dns
+        self.files = files
+        self.vpn = vpn
+        self.authority = authority
+        self.accounts_of = accounts_of
+        self.settings = settings
+        self.root_pem = authority.chain[-1].pem()
+        # Heartbeats of live agents are gathered here and written together by flush_heartbeats() (the server runs
+        # it every few seconds, and before each sweep): one commit for many agents instead of one each.
+        self._heard: dict[str, int] = {}
+        self._heard_lock = threading.Lock()
+        # DNS rewrites: tickets taken after each commit, the last ticket a finished rewrite covered.
+        self._dns_counter_lock = threading.Lock()
+        self._dns_publish_lock = threading.Lock()
+        self._dns_requested = 0
+        self._dns_published = 0
+
+    def node_urn(self, hostname: str) -> str:
+        return hrn_to_urn(join_hrn([*split_hrn(self.authority.hrn), hostname]), "node")
+
+    # -- register ----------------------------------------------------------------------------------------------
+    def register(self, caller_chain: GidChain, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Enrol the agent (see Agents.register): the node's URN, our certificate for its key, our root."""
+        token = _text(body, "token")
+        hostname = _text(body, "hostname").lower()
+        if not HOSTNAME.match(hostname):
+            raise _bad(f"host name {hostname!r} must be one DNS label: letters, digits and '-', at most 63")
+        local_address = _text(body, "local_address", required=False, limit=64)
+        if local_address:
+            try:
+                ipaddress.ip_address(local_address)
+            except ValueError as exc:
+                raise _bad(f"local_address {local_address!r} is not an IP address") from exc
+        lan_group = _text(body, "lan_group", required=False, limit=100)
+        if lan_group and not _LABEL.match(lan_group):
+            raise _bad(f"lan_group {lan_group!r} may hold letters, digits, '_', '.', '-' only")
+        properties = self._properties(body.get("properties", {}))
+        csr = self._csr(_text(body, "csr", limit=8192))
+        if not caller_chain:
+            raise GeniError(Reason.CALLER_UNTRUSTED, "present the key of the request at the TLS handshake")
+        fingerprint = key_sha256(csr.public_key())
+        if key_sha256(caller_chain[0].certificate.public_key()) != fingerprint:
+            raise GeniError(
+                Reason.CALLER_UNTRUSTED,
+                "the certificate request's key is not the key presented at the TLS handshake: present the same key",
+            )
+        public_key = csr.public_key()
+        assert isinstance(public_key, rsa.RSAPublicKey)  # checked by _csr
+
+        def issue(node_urn: str) -> tuple[str, str]:
+            gid = create_gid(node_urn, public_key, self.authority.key, issuer=self.authority.chain[0])
+            return chain_pem((gid, *self.authority.chain)), cert_sha256(gid.certificate)
+
+        agent, _changed = self.agents.register(
+            Enrolment(
+                token=token,
+                hostname=hostname,
+                node_urn=self.node_urn(hostname),
+                key_sha256=fingerprint,
+                properties=properties,
+                local_address=local_address,
+                lan_group=lan_group,
+            ),
+            issue,
+        )
+        # After the commit: a DNS server that fails answers 503 and the agent's retry (same token) publishes again.
+        self.publish_names()
+        return {
+            "node": agent.node,
+            "hostname": agent.hostname,
+            "pool": agent.pool,
+            "certificate": agent.certificate,
+            "root": self.root_pem,
+            "heartbeat_s": self.settings.heartbeat_s,
+        }
+
+    def publish_names(self) -> None:
+        """Rewrite the nodes' DNS zone from the calendar (every agent), when this aggregate keeps one. Returns once
+        a rewrite that started after this call has finished; concurrent callers share one rewrite (group commit),
+        so simultaneous registrations do not each wait for their own reload."""
+        if self.dns is None:
+            return
+        with self._dns_counter_lock:
+            self._dns_requested += 1
+            ticket = self._dns_requested
+        with self._dns_publish_lock:
+            if self._dns_published >= ticket:
+                return  # a rewrite that read the calendar after this caller's commit has finished meanwhile
+            with self._dns_counter_lock:
+                target = self._dns_requested
+            self.dns.publish([NodeName(*row) for row in self.agents.names()])  # read after every ticket <= target
+            self._dns_published = target
+
+    @staticmethod
+    def _properties(value: Any) -> dict[str, str]:
+        if not isinstance(value, dict) or len(value) > MAX_PROPERTIES:
+            raise _bad(f"'properties' must be an object of at most {MAX_PROPERTIES} names")
+        checked: dict[str, str] = {}
+        for name, item in value.items():
+            if not _LABEL.match(name) or name in ("local_address", "lan_group"):
+                raise _bad(f"property name {name!r} is not allowed (letters, digits, '_', '.', '-')")
+            if not isinstance(item, str | int | float) or isinstance(item, bool) or len(str(item)) > MAX_PROPERTY_CHARS:
+                raise _bad(f"property {name!r} must be a string or number of at most {MAX_PROPERTY_CHARS} characters")
+            checked[name] = str(item)
+        return checked
+
+    @staticmethod
+    def _csr(pem: str) -> x509.CertificateSigningRequest:
+        try:
+            csr = x509.load_pem_x509_csr(pem.encode("ascii"))
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise _bad("'csr' is not a PEM certificate signing request") from exc
+        if not csr.is_signature_valid:
+            raise _bad("the certificate signing request's signature does not verify")
+        key = csr.public_key()
+        if not isinstance(key, rsa.RSAPublicKey) or key.key_size < MIN_KEY_BITS:
+            raise _bad(f"the certificate signing request must hold an RSA key of at least {MIN_KEY_BITS} bits")
+        return csr
+
+    # -- calls of enrolled agents ------------------------------------------------------------------------------
+    def authenticate(self, caller_chain: GidChain) -> AgentRecord:
+        """The enrolled agent presenting exactly the certificate we issued to it, or CALLER_UNTRUSTED."""
+        if not caller_chain:
+            raise GeniError(Reason.CALLER_UNTRUSTED, "present the certificate you received at registration")
+        agent = self.agents.by_certificate(cert_sha256(caller_chain[0].certificate))
+        if agent is None:
+            raise GeniError(
+                Reason.CALLER_UNTRUSTED,
+                "this certificate was not issued to an enrolled agent (or was replaced): enrol with a join token",
+            )
+        return agent
+
+    def heartbeat(self, caller_chain: GidChain) -> dict[str, Any]:
+        """The agent is alive; tells it how often to come back. A lost agent's node is back in service at once."""
+        agent = self.authenticate(caller_chain)
+        if agent.lost:
+            self.agents.heartbeat(agent.node)
+        else:
+            with self._heard_lock:
+                self._heard[agent.node] = int(self.agents.clock().timestamp())
+        return {"node": agent.node, "heartbeat_s": self.settings.heartbeat_s, "timeout_s": self.settings.timeout_s}
+
+    def flush_heartbeats(self) -> int:
+        """Write the heartbeats gathered since the last flush; how many agents that was."""
+        with self._heard_lock:
+            heard, self._heard = self._heard, {}
+        try:
+            self.agents.record_heard(heard)
+        except Exception:
+            with self._heard_lock:  # keep them for the next flush (newer ones win)
+                for node, seconds in heard.items():
+                    self._heard[node] = max(seconds, self._heard.get(node, 0))
+            raise
+        return len(heard)
+
+    def sweep_lost(self) -> list[str]:
+        """Flush, then put the nodes of agents silent for the timeout out of service."""
+        self.flush_heartbeats()
+        return self.agents.sweep_lost(self.settings.timeout_s)
+
+    def work(self, caller_chain: GidChain) -> dict[str, Any]:
+        """What must be true on the node now: the running leases with their accounts, and leases to tear down."""
+        agent = self.authenticate(caller_chain)
+        work = self.agents.work(agent.node)
+        return {
+            "active": [self._active(item, agent.hostname) for item in work.active],
+            "finished": [{"lease_id": item.lease_id, "slice": item.slice_urn} for item in work.finished],
+        }
+
+    def _active(self, item: LeaseWork, hostname: str) -> dict[str, Any]:
+        staged = self.files.list(item.lease_id, hostname, "in") if self.files is not None else []
+        return {
+            "lease_id": item.lease_id,
+            "slice": item.slice_urn,
+            "start": format_time(item.start),
+            "end": format_time(item.end),
+            "image": item.disk_image,
+            "reported": item.reported,
+            "accounts": [
+                {"login": account.login, "ssh_keys": list(account.ssh_keys)}
+                for account in self.accounts_of(item.slice_urn)
+            ],
+            "stage_in": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in staged],
+        }
+
+    def report(self, caller_chain: GidChain, lease_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Record started / failed / ended for a lease on the caller's node (PUT: the same report is harmless)."""
+        agent = self.authenticate(caller_chain)
+        if not _LEASE_ID.match(lease_id):
+            raise _bad(f"{lease_id!r} is not a lease id")
+        state = _text(body, "state", limit=20)
+        message = _text(body, "message", required=False, limit=2000)
+        self.agents.report(agent.node, lease_id, state, message)
+        return {"lease_id": lease_id, "state": state}
+
+    # -- staged files ------------------------------------------------------------------------------------------
+    def _staging(self, caller_chain: GidChain, lease_id: str) -> tuple[FileStore, AgentRecord]:
+        agent = self.authenticate(caller_chain)
+        if self.files is None:
+            raise GeniError(Reason.UNSUPPORTED, "this aggregate keeps no staged files")
+        if not _LEASE_ID.match(lease_id) or not self.agents.lease_on_node(agent.node, lease_id):
+            raise GeniError(Reason.NOT_FOUND, f"lease {lease_id!r} has no sliver on {agent.node}")
+        return self.files, agent
+
+    def stage_out(self, caller_chain: GidChain, lease_id: str, name: str, data: bytes, sha256: str) -> dict[str, Any]:
+        """Keep a file the agent sends back for a lease on its node (PUT: the same file again changes nothing)."""
+        files, agent = self._staging(caller_chain, lease_id)
+        changed = files.put(lease_id, agent.hostname, "out", name, data, sha256)
+        return {"name": name, "size": len(data), "sha256": sha256, "changed": changed}
+
+    def stage_in(self, caller_chain: GidChain, lease_id: str, name: str) -> tuple[bytes, str]:
+        """A file staged in for a lease on the caller's node, and its SHA-256."""
+        files, agent = self._staging(caller_chain, lease_id)
+        return files.get(lease_id, agent.hostname, "in", name)
+
+    # -- VPN -----------------------------------------------------------------------------------------------------
+    def vpn_certificate(self, caller_chain: GidChain, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Sign an OpenVPN client certificate for the node's own key (CSR in, certificate out) and give the node's
+        fixed VPN address and a ready client configuration. Asking again gives a new certificate and revokes the
+        previous one."""
+        agent = self.authenticate(caller_chain)
+        if self.vpn is None:
+            raise GeniError(Reason.UNSUPPORTED, "this aggregate runs no VPN for nodes")
+        csr = self._csr(_text(body, "csr", limit=8192))
+        if key_sha256(csr.public_key()) != key_sha256(caller_chain[0].certificate.public_key()):
+            raise GeniError(Reason.CALLER_UNTRUSTED, "the request must hold the key this node enrolled with")
+        public_key = csr.public_key()
+        assert isinstance(public_key, rsa.RSAPublicKey)  # checked by _csr
+        certificate, address = self.vpn.issue(agent.hostname, self.agents.node_number(agent.node), public_key)
+        return {
+            "certificate": certificate,
+            "ca": self.vpn.ca_pem,
+            "address": address,
+            "config": client_config(
+                self.settings.vpn_remote, self.settings.vpn_port, self.vpn.ca_pem, certificate, "KEY_PATH"
+            ),
+        }

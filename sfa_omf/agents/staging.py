@@ -1,0 +1,104 @@
+"""Files staged in to a lease's node and out of it, kept by the aggregate in its data directory.
+
+    DATA_DIR/agent_files/<lease id>/<hostname>/in/<name>    put by the operator (sfa-omf lease stage-in),
+                                                             fetched by the node's agent at the lease's start
+    DATA_DIR/agent_files/<lease id>/<hostname>/out/<name>   put by the agent (PUT, at the lease's end),
+                                                             collected by the operator (sfa-omf lease stage-out)
+
+Every file has a SHA-256 beside it (``<name>.sha256``) that the sender declared and the receiver checked; a body whose
+digest differs, a name that is not a plain file name, or a file over the size limit is refused and nothing is
+written. Files are written to a temporary name and renamed, so a reader sees the old file or the new one, never a
+part; putting the same content again changes nothing (PUT is idempotent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sfa_omf.errors import GeniError, Reason
+
+DIRECTIONS = ("in", "out")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_LEASE_ID = re.compile(r"^[0-9a-f-]{36}$")
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    name: str
+    size: int
+    sha256: str
+
+
+def check_name(name: str) -> None:
+    """A plain file name: letters, digits, '.', '_', '-', not starting with a dot, at most 100 characters."""
+    if not _NAME.match(name) or name.endswith(".sha256") or name.endswith(".tmp"):
+        raise GeniError(
+            Reason.BAD_ARGS,
+            f"{name!r} is not a file name we keep: letters, digits, '.', '_', '-', not starting with '.', "
+            "not ending in .sha256 or .tmp",
+        )
+
+
+class FileStore:
+    """The staged files of every lease, under one directory."""
+
+    def __init__(self, directory: str, max_bytes: int) -> None:
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+
+    def _folder(self, lease_id: str, hostname: str, direction: str) -> Path:
+        if direction not in DIRECTIONS or not _LEASE_ID.match(lease_id) or not re.match(r"^[a-z0-9-]+$", hostname):
+            raise GeniError(
+                Reason.BAD_ARGS, f"no staging area for lease {lease_id!r}, node {hostname!r}, {direction!r}"
+            )
+        return self.directory / lease_id / hostname / direction
+
+    def put(self, lease_id: str, hostname: str, direction: str, name: str, data: bytes, sha256: str) -> bool:
+        """Keep ``data`` as ``name``; True when it changed anything. Refused (nothing written) when the declared
+        SHA-256 is not the data's, the name is not plain, or the data is over the limit."""
+        check_name(name)
+        if not _SHA256.match(sha256 or ""):
+            raise GeniError(Reason.BAD_ARGS, "declare the file's SHA-256 (64 lower-case hex digits)")
+        if len(data) > self.max_bytes:
+            raise GeniError(Reason.TOO_BIG, f"{name} is {len(data)} bytes, over the limit of {self.max_bytes}")
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise GeniError(
+                Reason.BAD_ARGS, f"{name}: the data's SHA-256 is {actual}, not the declared {sha256}: send it again"
+            )
+        folder = self._folder(lease_id, hostname, direction)
+        path = folder / name
+        digest = folder / f"{name}.sha256"
+        if digest.exists() and digest.read_text().strip() == sha256 and path.exists():
+            return False
+        folder.mkdir(parents=True, exist_ok=True)
+        for target, content in ((path, data), (digest, f"{sha256}\n".encode("ascii"))):
+            temporary = target.with_name(target.name + ".tmp")
+            temporary.write_bytes(content)
+            os.replace(temporary, target)
+        return True
+
+    def get(self, lease_id: str, hostname: str, direction: str, name: str) -> tuple[bytes, str]:
+        """(data, SHA-256) of a staged file, or NOT_FOUND."""
+        check_name(name)
+        folder = self._folder(lease_id, hostname, direction)
+        path, digest = folder / name, folder / f"{name}.sha256"
+        if not (path.exists() and digest.exists()):
+            raise GeniError(Reason.NOT_FOUND, f"no file {name} staged {direction} for lease {lease_id} on {hostname}")
+        return path.read_bytes(), digest.read_text().strip()
+
+    def list(self, lease_id: str, hostname: str, direction: str) -> list[StagedFile]:
+        folder = self._folder(lease_id, hostname, direction)
+        if not folder.is_dir():
+            return []
+        files = []
+        for digest in sorted(folder.glob("*.sha256")):
+            path = folder / digest.name[: -len(".sha256")]
+            if path.exists():
+                files.append(StagedFile(path.name, path.stat().st_size, digest.read_text().strip()))
+        return files

@@ -1,0 +1,405 @@
+"""The calendar side of node agents: join tokens, enrolment, heartbeats, lost nodes, and each node's work.
+
+Everything here is one unit of work on the calendar's database and hands out plain records. An agent's node is an
+ordinary calendar node: booking it goes through Bookings like any other. A node whose agent stopped reporting is put
+in the state ``lost`` (not bookable, advertised out of service) by ``sweep_lost`` and back to ``usable`` by its next
+heartbeat; an operator's ``maintenance`` is never overridden.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from sfa_omf.calendar.agent_models import Agent, AgentReport, AgentToken
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.inventory import DEFAULT_POOL
+from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver
+from sfa_omf.calendar.policy import Policy
+from sfa_omf.errors import GeniError, Reason
+from sfa_omf.times import utcnow
+
+LOST = "lost"
+REPORT_STATES = ("started", "failed", "ended")
+# One DNS label, lower case: the name becomes the node's URN name (and, later, its DNS name).
+HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_TOKEN = re.compile(r"^([0-9a-f]{12})\.([A-Za-z0-9_-]{20,64})$")
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    pool: str
+    expires: datetime
+    used: bool
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    node: str  # the node's component_id
+    hostname: str
+    pool: str
+    certificate: str  # PEM chain we issued to the agent's key, leaf first
+    local_address: str
+    lan_group: str
+    registered: datetime
+    last_seen: datetime
+    lost: bool
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What an agent asks for when it registers (checked by the agents service before it gets here)."""
+
+    token: str
+    hostname: str
+    node_urn: str
+    key_sha256: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    local_address: str = ""
+    lan_group: str = ""
+
+
+@dataclass(frozen=True)
+class LeaseWork:
+    """A lease on an agent's node: to set up (active) or to tear down (finished), and what the agent last said."""
+
+    lease_id: str
+    slice_urn: str
+    start: datetime
+    end: datetime
+    disk_image: str
+    reported: str  # "", started, failed, ended
+
+
+@dataclass(frozen=True)
+class NodeWork:
+    active: tuple[LeaseWork, ...]
+    finished: tuple[LeaseWork, ...]
+
+
+# Issue a certificate for (node URN) to the enrolling key: returns (PEM chain, SHA-256 of the leaf's DER).
+CertificateIssuer = Callable[[str], tuple[str, str]]
+
+
+def _s(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _t(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def parse_token(token: str) -> tuple[str, str]:
+    """(id, secret) of a join token, or CALLER_UNTRUSTED saying it is not one."""
+    match = _TOKEN.match(token.strip()) if isinstance(token, str) else None
+    if match is None:
+        raise GeniError(Reason.CALLER_UNTRUSTED, "this is not a join token (sfa-omf node invite prints one)")
+    return match.group(1), match.group(2)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _agent_record(agent: Agent, node: Node) -> AgentRecord:
+    return AgentRecord(
+        node=node.component_id,
+        hostname=agent.hostname,
+        pool=node.pool.name,
+        certificate=agent.certificate,
+        local_address=agent.local_address,
+        lan_group=agent.lan_group,
+        registered=_t(agent.registered_s),
+        last_seen=_t(agent.last_seen_s),
+        lost=agent.lost,
+    )
+
+
+class Agents:
+    """Node agents in one calendar database."""
+
+    def __init__(self, database: Database, policy: Policy | None = None, clock: Callable[[], datetime] = utcnow):
+        self.database = database
+        self.policy = policy or Policy()
+        self.clock = clock
+
+    # -- tokens ------------------------------------------------------------------------------------------------
+    def create_token(self, pool: str, lifetime_s: int) -> tuple[str, TokenRecord]:
+        """A new one-time join token for a node of ``pool``, valid ``lifetime_s`` seconds. The token itself is
+        returned once and only its hash is kept."""
+        if lifetime_s <= 0:
+            raise GeniError(Reason.BAD_ARGS, f"a token must live a positive number of seconds, not {lifetime_s}")
+        now_s = _s(self.clock())
+        token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+        with self.database.write() as session:
+            if pool != DEFAULT_POOL and session.scalar(select(Pool.id).where(Pool.name == pool)) is None:
+                raise GeniError(Reason.NOT_FOUND, f"there is no pool {pool!r}: create it first (sfa-omf pool create)")
+            session.add(
+                AgentToken(
+                    id=token_id,
+                    secret_sha256=_sha256(secret),
+                    pool=pool,
+                    created_s=now_s,
+                    expires_s=now_s + lifetime_s,
+                )
+            )
+        return f"{token_id}.{secret}", TokenRecord(token_id, pool, _t(now_s + lifetime_s), used=False)
+
+    # -- enrolment ---------------------------------------------------------------------------------------------
+    def register(self, enrolment: Enrolment, issue: CertificateIssuer) -> tuple[AgentRecord, bool]:
+        """Create the agent's node (or take the existing one over) bound to the enrolling key; returns the agent
+        and whether anything changed. The same token with the same key and host name again gives the same answer
+        (idempotent); an unknown, expired or already used token is refused and nothing is written."""
+        token_id, secret = parse_token(enrolment.token)
+        now_s = _s(self.clock())
+        with self.database.read() as session:  # refuse a made-up token before spending a signature on it
+            known = session.scalar(select(AgentToken.secret_sha256).where(AgentToken.id == token_id))
+        if known is None or not hmac.compare_digest(known, _sha256(secret)):
+            raise GeniError(Reason.CALLER_UNTRUSTED, "unknown join token: ask the operator for a new one")
+        # Signing is done outside the unit of work; it is thrown away if the registration is a repeat.
+        certificate, cert_sha256 = issue(enrolment.node_urn)
+        with self.database.write() as session:
+            token = session.scalar(select(AgentToken).where(AgentToken.id == token_id).with_for_update())
+            if token is None or not hmac.compare_digest(token.secret_sha256, _sha256(secret)):
+                raise GeniError(Reason.CALLER_UNTRUSTED, "unknown join token: ask the operator for a new one")
+            if token.used_s is not None:
+                if token.key_sha256 == enrolment.key_sha256 and token.hostname == enrolment.hostname:
+                    agent = session.scalar(select(Agent).where(Agent.hostname == enrolment.hostname))
+                    if agent is not None and agent.key_sha256 == enrolment.key_sha256:
+                        node = session.get(Node, agent.node_id)
+                        assert node is not None
+                        self._seen(agent, node, now_s)
+                        return _agent_record(agent, node), False
+                raise GeniError(
+                    Reason.CALLER_UNTRUSTED, "this join token was used already: ask the operator for a new one"
+                )
+            if token.expires_s <= now_s:
+                raise GeniError(
+                    Reason.CALLER_UNTRUSTED,
+                    f"this join token expired at {_t(token.expires_s):%Y-%m-%dT%H:%M:%SZ}: ask the operator for a "
+                    "new one",
+                )
+            node = session.scalar(select(Node).where(Node.component_id == enrolment.node_urn).with_for_update())
+            if node is None:
+                node = Node(
+                    component_id=enrolment.node_urn,
+                    component_name=enrolment.hostname,
+                    hardware_type="agent",
+                    exclusive=True,
+                    properties={},
+                    disk_images=[],
+                    grain_s=self.policy.default_grain_s,
+                    state="usable",
+                    pool=self._pool(session, token.pool),
+                )
+                session.add(node)
+            properties = dict(node.properties or {})
+            properties.update(enrolment.properties)
+            properties["local_address"] = enrolment.local_address
+            properties["lan_group"] = enrolment.lan_group
+            node.properties = properties
+            session.flush()
+            agent = session.get(Agent, node.id)
+            if agent is None:
+                other = session.scalar(select(Agent).where(Agent.hostname == enrolment.hostname))
+                if other is not None:  # cannot happen while host name and node URN go together; say so if it does
+                    raise GeniError(Reason.ALREADY_EXISTS, f"host name {enrolment.hostname} belongs to another node")
+                agent = Agent(node_id=node.id, hostname=enrolment.hostname, registered_s=now_s)
+                session.add(agent)
+            # A new token is the operator's word that this key now speaks for the node (a reinstalled host).
+            agent.key_sha256 = enrolment.key_sha256
+            agent.cert_sha256 = cert_sha256
+            agent.certificate = certificate
+            agent.local_address = enrolment.local_address
+            agent.lan_group = enrolment.lan_group
+            self._seen(agent, node, now_s)
+            token.used_s = now_s
+            token.key_sha256 = enrolment.key_sha256
+            token.hostname = enrolment.hostname
+            session.flush()
+            return _agent_record(agent, node), True
+
+    @staticmethod
+    def _pool(session: Session, name: str) -> Pool:
+        pool = session.scalar(select(Pool).where(Pool.name == name))
+        if pool is None:
+            if name != DEFAULT_POOL:
+                raise GeniError(Reason.NOT_FOUND, f"the token's pool {name!r} no longer exists: ask for a new token")
+            pool = Pool(name=DEFAULT_POOL, federated=True, description="")
+            session.add(pool)
+        return pool
+
+    @staticmethod
+    def _seen(agent: Agent, node: Node, now_s: int) -> None:
+        agent.last_seen_s = now_s
+        agent.lost = False
+        if node.state == LOST:
+            node.state = "usable"
+
+    # -- who is calling ----------------------------------------------------------------------------------------
+    def by_certificate(self, cert_sha256: str) -> AgentRecord | None:
+        """The agent whose current certificate this is (a replaced or forged one is nobody's)."""
+        with self.database.read() as session:
+            row = session.execute(select(Agent, Node).join(Node).where(Agent.cert_sha256 == cert_sha256)).first()
+            return None if row is None else _agent_record(row[0], row[1])
+
+    # -- heartbeats --------------------------------------------------------------------------------------------
+    def heartbeat(self, node_urn: str) -> AgentRecord:
+        """The agent of ``node_urn`` was heard now: it is alive, and its node usable again if it was lost."""
+        now_s = _s(self.clock())
+        with self.database.write() as session:
+            row = session.execute(
+                select(Agent, Node).join(Node).where(Node.component_id == node_urn).with_for_update()
+            ).first()
+            if row is None:
+                raise GeniError(Reason.NOT_FOUND, f"node {node_urn} has no agent any more: enrol again with a token")
+            agent, node = row
+            self._seen(agent, node, now_s)
+            return _agent_record(agent, node)
+
+    def record_heard(self, heard: dict[str, int]) -> None:
+        """Many heartbeats in one unit of work: each node's agent was last heard at the given epoch second (kept
+        when the database already has a later one). Whether a node is lost is not changed here: a lost agent's
+        heartbeat goes through ``heartbeat`` at once."""
+        if not heard:
+            return
+        with self.database.write() as session:
+            rows = session.execute(
+                select(Agent, Node.component_id)
+                .join(Node)
+                .where(Node.component_id.in_(list(heard)))
+                .order_by(Node.id)
+                .with_for_update()
+            ).all()
+            for agent, component_id in rows:
+                agent.last_seen_s = max(agent.last_seen_s, heard[component_id])
+
+    def sweep_lost(self, timeout_s: int) -> list[str]:
+        """Agents not heard for ``timeout_s`` are lost: their nodes leave service. Returns the nodes newly lost."""
+        deadline = _s(self.clock()) - timeout_s
+        with self.database.write() as session:
+            rows = session.execute(
+                select(Agent, Node)
+                .join(Node)
+                .where(Agent.lost.is_(False), Agent.last_seen_s < deadline)
+                .order_by(Node.id)
+                .with_for_update()
+            ).all()
+            for agent, node in rows:
+                agent.lost = True
+                if node.state == "usable":
+                    node.state = LOST
+            return [node.component_id for _, node in rows]
+
+    # -- work --------------------------------------------------------------------------------------------------
+    def work(self, node_urn: str) -> NodeWork:
+        """The provisioned leases running on the node now (active), and those the agent set up that are over or
+        gone (finished: remove their accounts). Column queries only."""
+        now_s = _s(self.clock())
+        with self.database.read() as session:
+            node_id = session.scalar(select(Node.id).where(Node.component_id == node_urn))
+            if node_id is None:
+                raise GeniError(Reason.NOT_FOUND, f"there is no node {node_urn}")
+            reports = dict(
+                session.execute(
+                    select(AgentReport.lease_id, AgentReport.state).where(AgentReport.node_id == node_id)
+                ).all()
+            )
+            rows = session.execute(
+                select(Lease.id, Slice.urn, Lease.start_s, Lease.end_s, Lease.state, Sliver.disk_image)
+                .join(Sliver, Sliver.lease_id == Lease.id)
+                .join(Slice, Slice.id == Lease.slice_id)
+                .where(Sliver.node_id == node_id)
+                # Leases the agent set up and has not reported ended: their teardown may be due.
+                .where(
+                    (Lease.state == "provisioned")
+                    | Lease.id.in_([lease for lease, said in reports.items() if said in ("started", "failed")])
+                )
+            ).all()
+        active: list[LeaseWork] = []
+        finished: list[LeaseWork] = []
+        for lease_id, slice_urn, start_s, end_s, state, image in rows:
+            item = LeaseWork(lease_id, slice_urn, _t(start_s), _t(end_s), image, reports.get(lease_id, ""))
+            if state == "provisioned" and start_s <= now_s < end_s:
+                active.append(item)
+            elif item.reported in ("started", "failed"):
+                finished.append(item)
+        return NodeWork(
+            tuple(sorted(active, key=lambda w: w.lease_id)), tuple(sorted(finished, key=lambda w: w.lease_id))
+        )
+
+    def node_number(self, node_urn: str) -> int:
+        """The node's row id: stable while the node exists (the VPN derives its fixed address from it)."""
+        with self.database.read() as session:
+            number = session.scalar(select(Node.id).where(Node.component_id == node_urn))
+            if number is None:
+                raise GeniError(Reason.NOT_FOUND, f"there is no node {node_urn}")
+            return int(number)
+
+    def lease_on_node(self, node_urn: str, lease_id: str) -> bool:
+        """True when the lease has a sliver on the node (whatever the lease's state)."""
+        with self.database.read() as session:
+            found = session.scalar(
+                select(Sliver.id)
+                .join(Node, Node.id == Sliver.node_id)
+                .where(Sliver.lease_id == lease_id, Node.component_id == node_urn)
+                .limit(1)
+            )
+            return found is not None
+
+    def report(self, node_urn: str, lease_id: str, state: str, message: str) -> None:
+        """Record what the agent says about a lease on its node (the same report again changes nothing)."""
+        if state not in REPORT_STATES:
+            raise GeniError(Reason.BAD_ARGS, f"state {state!r} is not one of {', '.join(REPORT_STATES)}")
+        now_s = _s(self.clock())
+        with self.database.write() as session:
+            node_id = session.scalar(select(Node.id).where(Node.component_id == node_urn))
+            on_node = session.scalar(
+                select(Sliver.id).where(Sliver.lease_id == lease_id, Sliver.node_id == node_id).limit(1)
+            )
+            if node_id is None or on_node is None:
+                raise GeniError(Reason.NOT_FOUND, f"lease {lease_id} has no sliver on {node_urn}")
+            row = session.get(AgentReport, (lease_id, node_id), with_for_update=True)
+            if row is None:
+                session.add(
+                    AgentReport(lease_id=lease_id, node_id=node_id, state=state, message=message, updated_s=now_s)
+                )
+            elif (row.state, row.message) != (state, message):
+                row.state, row.message, row.updated_s = state, message, now_s
+
+    def node_health(self, node_urn: str, lease_id: str) -> tuple[bool, str, str] | None:
+        """(lost, reported state, message) for a lease on an agent's node; None when the node has no agent."""
+        with self.database.read() as session:
+            row = session.execute(select(Agent.lost, Node.id).join(Node).where(Node.component_id == node_urn)).first()
+            if row is None:
+                return None
+            lost, node_id = row
+            report = session.execute(
+                select(AgentReport.state, AgentReport.message).where(
+                    AgentReport.lease_id == lease_id, AgentReport.node_id == node_id
+                )
+            ).first()
+            return (bool(lost), report[0], report[1]) if report else (bool(lost), "", "")
+
+    def names(self) -> list[tuple[str, int, str, str]]:
+        """(hostname, node id, local address, LAN group) of every agent: what DNS publishes. One column query."""
+        with self.database.read() as session:
+            rows = session.execute(
+                select(Agent.hostname, Agent.node_id, Agent.local_address, Agent.lan_group).order_by(Agent.hostname)
+            )
+            return [(hostname, int(node_id), address, group) for hostname, node_id, address, group in rows]
+
+    def list_agents(self) -> list[AgentRecord]:
+        with self.database.read() as session:
+            rows = session.execute(select(Agent, Node).join(Node).order_by(Agent.hostname)).all()
+            return [_agent_record(agent, node) for agent, node in rows]

@@ -1,0 +1,269 @@
+"""Node agent commands: ``sfa-omf node invite|agents`` (the operator) and ``sfa-omf agent enrol|run`` (the node)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from sfa_omf.cli_common import command_settings
+from sfa_omf.errors import BadArgs
+from sfa_omf.times import format_time
+
+DEFAULT_TOKEN_LIFETIME_S = 24 * 3600
+
+
+def add_node_agent_commands(node: argparse._SubParsersAction, config_option: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
+    """``node invite`` and ``node agents``, beside the other node commands."""
+    invite = node.add_parser("invite", parents=[config_option], help="make a one-time join token for a node agent")
+    invite.add_argument("--pool", default="default", help="the pool the node will join (default: default)")
+    invite.add_argument(
+        "--lifetime", type=int, default=DEFAULT_TOKEN_LIFETIME_S, help="seconds the token is valid (default 1 day)"
+    )
+    invite.add_argument("--json", action="store_true")
+    invite.set_defaults(handler=_invite)
+    agents = node.add_parser("agents", parents=[config_option], help="list the nodes that joined through an agent")
+    agents.add_argument("--json", action="store_true")
+    agents.set_defaults(handler=_agents)
+    vpn = node.add_parser("vpn-config", parents=[config_option], help="print the nodes' OpenVPN server configuration")
+    vpn.add_argument("--listen", required=True, help="the address OpenVPN listens on")
+    vpn.set_defaults(handler=_vpn_config)
+    dns = node.add_parser("dns-config", parents=[config_option], help="print the bind9 views of the nodes' zone")
+    dns.set_defaults(handler=_dns_config)
+    revoke = node.add_parser("vpn-revoke", parents=[config_option], help="revoke a node's VPN certificate (CRL)")
+    revoke.add_argument("hostname")
+    revoke.set_defaults(handler=_vpn_revoke)
+    stage_in = node.add_parser(
+        "stage-in", parents=[config_option], help="stage a file in for a lease on an agent's node"
+    )
+    stage_in.add_argument("hostname")
+    stage_in.add_argument("lease_id")
+    stage_in.add_argument("file")
+    stage_in.set_defaults(handler=_stage_in)
+    stage_out = node.add_parser("stage-out", parents=[config_option], help="copy the files a node staged out")
+    stage_out.add_argument("hostname")
+    stage_out.add_argument("lease_id")
+    stage_out.add_argument("--to", required=True, help="directory to copy them into")
+    stage_out.set_defaults(handler=_stage_out)
+
+
+def add_agent_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``agent enrol`` and ``agent run``: the node's side."""
+    agent = commands.add_parser("agent", help="run this host as a node agent").add_subparsers(title="agent commands")
+    enrol = agent.add_parser("enrol", help="join the testbed with a token from 'sfa-omf node invite'")
+    enrol.add_argument("--server", required=True, help="the aggregate, https://HOST:PORT/")
+    enrol.add_argument("--token", required=True)
+    enrol.add_argument("--root", required=True, help="the authority's root certificate the operator gave you")
+    enrol.add_argument("--state", required=True, help="directory for the node's key, certificate and state")
+    enrol.add_argument("--hostname", required=True, help="this node's name (one DNS label)")
+    enrol.add_argument("--local-address", default="", help="this node's address on its LAN")
+    enrol.add_argument("--lan-group", default="", help="nodes of the same LAN group reach each other directly")
+    enrol.add_argument("--property", action="append", default=[], help="KEY=VALUE (repeatable)")
+    enrol.set_defaults(handler=_enrol)
+    vpn = agent.add_parser("vpn", help="get a VPN client certificate and configuration (writes STATE/vpn.conf)")
+    vpn.add_argument("--state", required=True, help="the directory given to enrol")
+    vpn.set_defaults(handler=_agent_vpn)
+    run = agent.add_parser("run", help="heartbeat and apply the work until stopped (SIGTERM, Ctrl-C)")
+    run.add_argument("--state", required=True, help="the directory given to enrol")
+    run.add_argument("--root-dir", help="apply accounts inside this directory instead of this host (tests, trials)")
+    run.add_argument("--interval", type=float, help="seconds between rounds (default: what the server says)")
+    run.add_argument("--once", action="store_true", help="one round, then exit")
+    run.set_defaults(handler=_run)
+
+
+def _invite(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.agents import Agents
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.registry.authority import LocalAuthority
+
+    settings = command_settings(args)
+    token, record = Agents(Database(settings.calendar_url)).create_token(args.pool, args.lifetime)
+    root = LocalAuthority.gid_path(settings.data_dir, settings.interface_hrn)
+    server = f"https://{settings.hostname}:{settings.aggregate_port}/"
+    if args.json:
+        print(json.dumps({"token": token, "pool": record.pool, "expires": format_time(record.expires), "root": root}))
+        return 0
+    print(f"join token for pool {record.pool!r}, valid until {format_time(record.expires)} (once):")
+    print(f"  {token}")
+    print(f"on the node, with a copy of {root}:")
+    print(f"  sfa-omf agent enrol --server {server} --token {token} --root ROOT.gid --state /var/lib/sfa-omf-agent \\")
+    print("      --hostname NAME [--local-address IP] [--lan-group GROUP]")
+    return 0
+
+
+def _agents(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.agents import Agents
+    from sfa_omf.calendar.database import Database
+
+    agents = Agents(Database(command_settings(args).calendar_url)).list_agents()
+    rows = [
+        {
+            "node": agent.node,
+            "hostname": agent.hostname,
+            "pool": agent.pool,
+            "local_address": agent.local_address,
+            "lan_group": agent.lan_group,
+            "last_seen": format_time(agent.last_seen),
+            "lost": agent.lost,
+        }
+        for agent in agents
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for row in rows:
+        status = "LOST" if row["lost"] else "alive"
+        print(f"{row['hostname']:20} {status:5} last seen {row['last_seen']}  {row['local_address']} {row['pool']}")
+    return 0
+
+
+def _properties(pairs: list[str]) -> dict[str, str]:
+    properties: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise BadArgs(f"--property {pair!r} is not KEY=VALUE")
+        properties[name] = value
+    return properties
+
+
+def _enrol(args: argparse.Namespace) -> int:
+    from sfa_omf.agents.node import AgentCallError, enrol
+
+    try:
+        enrolled = enrol(
+            args.server,
+            args.token,
+            args.root,
+            args.state,
+            args.hostname,
+            args.local_address,
+            args.lan_group,
+            _properties(args.property),
+        )
+    except AgentCallError as exc:
+        print(f"sfa-omf agent: the server refused: {exc.message} ({exc.status} {exc.reason})", file=sys.stderr)
+        return 1
+    print(f"enrolled as {enrolled.node}; run: sfa-omf agent run --state {args.state}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sfa_omf.agents.host import DirectoryHost, Host, UnixHost
+    from sfa_omf.agents.node import Agent
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    host: Host = DirectoryHost(args.root_dir, args.state) if args.root_dir else UnixHost(args.state)
+    agent = Agent(args.state, host, args.interval)
+    if args.once:
+        agent.run_once()
+        return 0
+    stop = threading.Event()
+
+    def stopping(*_: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    agent.run(stop)
+    return 0
+
+
+def _staging(args: argparse.Namespace) -> tuple[Any, Any]:
+    from sfa_omf.agents.staging import FileStore
+    from sfa_omf.calendar.agents import Agents
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.xrn import hrn_to_urn, join_hrn, split_hrn
+
+    settings = command_settings(args)
+    node = hrn_to_urn(join_hrn([*split_hrn(settings.interface_hrn), args.hostname]), "node")
+    if not Agents(Database(settings.calendar_url)).lease_on_node(node, args.lease_id):
+        raise BadArgs(f"lease {args.lease_id} has no sliver on {node} (sfa-omf lease list --node {node})")
+    return FileStore(os.path.join(settings.data_dir, "agent_files"), settings.agent_max_file_bytes), node
+
+
+def _stage_in(args: argparse.Namespace) -> int:
+    import hashlib
+
+    store, node = _staging(args)
+    with open(args.file, "rb") as handle:
+        data = handle.read(store.max_bytes + 1)
+    name = os.path.basename(args.file)
+    store.put(args.lease_id, args.hostname, "in", name, data, hashlib.sha256(data).hexdigest())
+    print(f"{name} ({len(data)} bytes) staged in for lease {args.lease_id} on {node}: the agent fetches it")
+    return 0
+
+
+def _stage_out(args: argparse.Namespace) -> int:
+    store, node = _staging(args)
+    os.makedirs(args.to, exist_ok=True)
+    files = store.list(args.lease_id, args.hostname, "out")
+    for staged in files:
+        data, sha256 = store.get(args.lease_id, args.hostname, "out", staged.name)
+        with open(os.path.join(args.to, staged.name), "wb") as out:
+            out.write(data)
+        print(f"{staged.name} {staged.size} bytes sha256 {sha256}")
+    if not files:
+        print(f"nothing staged out yet for lease {args.lease_id} on {node}")
+    return 0
+
+
+def revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
+    """Revoke the VPN certificate issued to a node that was just removed; False when it had none (or no VPN)."""
+    from sfa_omf.agents.vpn import VpnCa
+
+    directory = os.path.join(settings.data_dir, "vpn")
+    if not os.path.exists(os.path.join(directory, "issued", f"{hostname}.pem")):
+        return False
+    return VpnCa(directory, settings.interface_hrn).revoke_node(hostname)
+
+
+def _vpn_ca(args: argparse.Namespace) -> Any:
+    from sfa_omf.agents.vpn import VpnCa
+
+    settings = command_settings(args)
+    return VpnCa(os.path.join(settings.data_dir, "vpn"), settings.interface_hrn), settings
+
+
+def _vpn_config(args: argparse.Namespace) -> int:
+    ca, settings = _vpn_ca(args)
+    print(ca.server_config(args.listen, settings.agent_vpn_port), end="")
+    return 0
+
+
+def _vpn_revoke(args: argparse.Namespace) -> int:
+    ca, _ = _vpn_ca(args)
+    if not ca.revoke_node(args.hostname):
+        raise BadArgs(f"node {args.hostname} has no VPN certificate")
+    print(f"revoked the VPN certificate of {args.hostname}; OpenVPN reads the new CRL at the next connection")
+    return 0
+
+
+def _agent_vpn(args: argparse.Namespace) -> int:
+    from sfa_omf.agents.node import AgentCallError, request_vpn
+
+    try:
+        path, address = request_vpn(args.state)
+    except AgentCallError as exc:
+        print(f"sfa-omf agent: the server refused: {exc.message} ({exc.status} {exc.reason})", file=sys.stderr)
+        return 1
+    print(f"VPN address {address}; run: openvpn --config {path}")
+    return 0
+
+
+def _dns_config(args: argparse.Namespace) -> int:
+    from sfa_omf.agents.dns import DnsZones
+
+    settings = command_settings(args)
+    if not settings.agent_dns_zone:
+        raise BadArgs("no [sfa_agents] dns_zone is set: name the zone the nodes live in first")
+    zones = DnsZones.from_settings(
+        os.path.join(settings.data_dir, "dns"), settings.agent_dns_zone, settings.agent_dns_reload
+    )
+    print(zones.server_config(), end="")
+    return 0
