@@ -51,6 +51,7 @@ class FaultInjectingTestbed:
         self._maybe_fail("renew")
 
     def release(self, lease: LeaseRecord) -> None:
+        self._maybe_fail("release")
         self.provisioned.discard(lease.id)
         self.users.pop(lease.id, None)
 
@@ -251,3 +252,50 @@ def test_renew_refused_for_one_lease_renews_none(setup: tuple[Aggregate, FaultIn
         )
     assert refusal.value.code == 7
     assert snapshot(aggregate, pki.slice_urn) == before
+
+
+def test_delete_that_the_testbed_stops_halfway_never_claims_a_release_that_did_not_happen(
+    setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki
+) -> None:
+    """Releasing cannot be undone, so Delete is the documented exception to all-or-nothing (docs/api-contract.md):
+    each lease is cancelled in the calendar only once the testbed released it, the error is answered, and a retry
+    releases the rest."""
+    aggregate, backend = setup
+    alice = pki.users["alice"]
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    first, second = sorted(aggregate.bookings.leases(), key=lambda lease: lease.start)
+    backend.fail_on["release"] = 2
+    with pytest.raises(GeniError):
+        aggregate.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    states = {lease.id: lease.state for lease in aggregate.bookings.leases(active_only=False)}
+    assert states == {first.id: "cancelled", second.id: "provisioned"}
+    assert backend.provisioned == {second.id}, "the calendar and the testbed agree, lease by lease"
+    aggregate.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert backend.provisioned == set() and aggregate.bookings.leases() == []
+
+
+def test_geni_stop_that_fails_on_the_second_lease_stops_none(
+    setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sfa_omf.calendar.booking as booking
+
+    aggregate, _ = setup
+    alice = pki.users["alice"]
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    before = [tuple(s.operational_state for s in lease.slivers) for lease in aggregate.bookings.leases()]
+    real, calls = booking.lease_record, []
+
+    def fails_the_second_time(lease: Any) -> LeaseRecord:
+        calls.append(lease.id)
+        if len(calls) == 2:
+            raise RuntimeError("injected failure after the first lease was changed")
+        return real(lease)
+
+    monkeypatch.setattr(booking, "lease_record", fails_the_second_time)
+    with pytest.raises(RuntimeError):
+        aggregate.perform_operational_action(alice.chain, [pki.slice_urn], [alice.slice_cred], "geni_stop", {})
+    monkeypatch.undo()
+    after = [tuple(s.operational_state for s in lease.slivers) for lease in aggregate.bookings.leases()]
+    assert after == before, "the first lease was not stopped either"
