@@ -301,18 +301,23 @@ class RegistryApi:
             chain, _ = self.authority.issue_gid(hrn, kind, public_key=public_key, email=record.get("email") or None)
         except AuthorityError as exc:
             raise GeniError(Reason.BAD_ARGS, str(exc)) from exc
-        self.records.add(
-            Record(
-                hrn,
-                kind,
-                urn,
-                chain_pem(chain),
-                str(record.get("email") or ""),
-                tuple(str(key) for key in record.get("reg-keys") or record.get("keys") or []),
-                tuple(_hrn(member) for member in record.get("reg-researchers") or record.get("researchers") or []),
-                expires=expires,
+        try:
+            self.records.add(
+                Record(
+                    hrn,
+                    kind,
+                    urn,
+                    chain_pem(chain),
+                    str(record.get("email") or ""),
+                    tuple(str(key) for key in record.get("reg-keys") or record.get("keys") or []),
+                    tuple(_hrn(member) for member in record.get("reg-researchers") or record.get("researchers") or []),
+                    expires=expires,
+                )
             )
-        )
+        except BaseException:
+            # The call fails, so its GID file goes too: left behind, it would refuse every later Register of the name.
+            self.authority.forget(hrn)
+            raise
         return chain_pem(chain)
 
     def update(self, context: CallContext, params: tuple[Any, ...]) -> int:

@@ -3,6 +3,7 @@ GetCredential for the slice, Resolve of the slice and its researchers; then the 
 
 from __future__ import annotations
 
+import os
 import xmlrpc.client
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,33 @@ def test_register_update_remove(running_reactor: Any, tmp_path: Path) -> None:
         assert not (tmp_path / "tb" / "gids" / "tb.dave.gid").exists(), "a restart must not bring it back"
     finally:
         blockingCallFromThread(running_reactor, port.stopListening)
+
+
+def test_a_register_whose_record_cannot_be_written_leaves_no_gid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing half-done: the GID file issued before the record is written goes when the write fails, so the same
+    Register works once the database does."""
+    from sfa_omf.calendar.database import sqlite_url
+    from sfa_omf.registry.api import RegistryApi
+    from sfa_omf.server.xmlrpc import CallContext
+
+    init_directory(str(tmp_path / "lab"), "lab", ())
+    authority = LocalAuthority.load(str(tmp_path / "lab"), "lab")
+    database = Database(sqlite_url(str(tmp_path / "c.sqlite")))
+    database.upgrade()
+    records = Records(database)
+    api = RegistryApi(authority, records, None)  # type: ignore[arg-type]
+    monkeypatch.setattr(api, "_authority_caller", lambda *args: None)  # the caller's rights are not the point here
+
+    def database_down(record: object) -> None:
+        raise RuntimeError("injected: the registry's database failed")
+
+    monkeypatch.setattr(records, "add", database_down)
+    context = CallContext((), "127.0.0.1", "/")
+    with pytest.raises(RuntimeError):
+        api.register(context, ({"hrn": "lab.newuser", "type": "user"}, []))
+    assert not os.path.exists(authority.issued_gid_path("lab.newuser"))
+    monkeypatch.undo()
+    monkeypatch.setattr(api, "_authority_caller", lambda *args: None)
+    assert "BEGIN CERTIFICATE" in api.register(context, ({"hrn": "lab.newuser", "type": "user"}, []))
