@@ -41,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from serving import free_port  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 from sqlalchemy import text  # noqa: E402
 
 from sfa_omf.agents.dns import DnsZones  # noqa: E402
@@ -53,12 +54,6 @@ from sfa_omf.registry.bootstrap import init_directory  # noqa: E402
 from sfa_omf.trust.pki import new_private_key, private_key_pem  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Named:

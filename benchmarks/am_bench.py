@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import socket
 import ssl
 import statistics
@@ -53,6 +52,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from serving import free_port, sfa_omf_command  # benchmarks/ is sys.path[0] when run as a script
 from sqlalchemy import insert, select
 
 from sfa_omf.calendar.database import Database
@@ -160,20 +160,6 @@ class ListRow:
 
 
 # -- the server ----------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def sfa_omf_command() -> str:
-    beside = os.path.join(os.path.dirname(sys.executable), "sfa-omf")
-    found = beside if os.access(beside, os.X_OK) else shutil.which("sfa-omf")
-    if not found:
-        raise SystemExit("sfa-omf is not installed in this virtualenv (pip install -e .)")
-    return found
-
-
 class Server:
     """``sfa-omf serve`` in a subprocess, on a free port; its standard error goes to a log file."""
 

@@ -32,7 +32,6 @@ import http.client
 import os
 import platform
 import random
-import shutil
 import socket
 import ssl
 import subprocess
@@ -45,6 +44,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+from serving import free_port, sfa_omf_command  # benchmarks/ is sys.path[0] when run as a script
 
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
@@ -85,20 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # -- the server ----------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def sfa_omf_command() -> str:
-    beside = os.path.join(os.path.dirname(sys.executable), "sfa-omf")
-    found = beside if os.access(beside, os.X_OK) else shutil.which("sfa-omf")
-    if not found:
-        raise SystemExit("sfa-omf is not installed in this virtualenv (pip install -e .)")
-    return found
-
-
 class Server:
     """``sfa-omf serve`` in a subprocess on free ports of 127.0.0.1; its output goes to a log file."""
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -27,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from serving import free_port  # benchmarks/ is sys.path[0] when run as a script
 
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database, sqlite_url
@@ -50,12 +50,6 @@ class Counter:
     def add(self) -> None:
         with self.lock:
             self.count += 1
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def main() -> None:

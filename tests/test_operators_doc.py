@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from sfa_omf.registry.bootstrap import init_directory
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "operators.md"
@@ -59,12 +60,6 @@ def sh_blocks(markdown: str) -> list[Block]:
             number = end
         number += 1
     return blocks
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_the_document_marks_what_is_not_run() -> None:

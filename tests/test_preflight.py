@@ -14,14 +14,9 @@ import pytest
 from sfa_omf.calendar.database import head_revision
 from sfa_omf.cli import main
 from sfa_omf.config import read_config
+from tests.ports import free_port
 
 POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

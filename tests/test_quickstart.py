@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,12 @@ import pytest
 from sfa_omf.config import Settings
 from sfa_omf.registry.bootstrap import EXAMPLE_REQUESTS, init_directory
 from sfa_omf.times import format_time, parse_time, utcnow
+from tests.ports import free_port
 from tests.tls_harness import proxy
 
 REPO = Path(__file__).resolve().parent.parent
 GENI_V3 = {"type": "GENI", "version": "3"}
 SLICE = "urn:publicid:IDN+tb+slice+demo"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -308,7 +308,7 @@ class Aggregate:
                     )
                 )
         self._check_images(wanted)  # before anything is written: an unknown image books nothing
-        users_before = self._users_of(slice_urn)
+        users_before = self._users_of(slice_urn) if users else {}  # read only when there is something to put back
         result = self.bookings.book(
             slice_urn,
             verified.expires,

@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 from twisted.internet.threads import blockingCallFromThread
 
 from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.calendar.agents import Agents
-from sfa_omf.calendar.database import Database
 from sfa_omf.config import Settings, read_config
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.server.app import RunningServer, build_aggregate, start_aggregate
+from tests.postgres import empty_postgres
 
-POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
 SERVER_ADDRESS, AGENT_ADDRESS = "10.218.0.1", "10.218.0.2"
 
 
@@ -67,18 +65,7 @@ class Lab:
 
 
 def _database_url(tmp_path: Path, kind: str) -> str:
-    if kind == "sqlite":
-        return ""
-    if not POSTGRES_URL:
-        if os.environ.get("CI"):
-            pytest.fail("SFA_OMF_TEST_POSTGRES_URL is not set: scripts/test.sh starts PostgreSQL and sets it")
-        pytest.skip("PostgreSQL not configured: run scripts/test.sh, or set SFA_OMF_TEST_POSTGRES_URL")
-    database = Database(POSTGRES_URL)
-    with database.engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    database.dispose()
-    return POSTGRES_URL
+    return "" if kind == "sqlite" else empty_postgres()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -6,13 +6,11 @@ so — except under CI (CI=true), where a missing PostgreSQL is a failure, never
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from sfa_omf.calendar.availability import Availability
 from sfa_omf.calendar.booking import Bookings
@@ -20,8 +18,8 @@ from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NodeSpec
+from tests.postgres import empty_postgres
 
-POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
 # A fixed "now" on a grain boundary keeps every window in the tests exact.
 NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 SLICE = "urn:publicid:IDN+testbed+slice+exp"
@@ -36,14 +34,7 @@ def fresh_database(kind: str, tmp_path: Path) -> Database:
     if kind == "sqlite":
         database = Database(sqlite_url(str(tmp_path / "calendar.sqlite")))
     else:
-        if not POSTGRES_URL:
-            if os.environ.get("CI"):
-                pytest.fail("SFA_OMF_TEST_POSTGRES_URL is not set: scripts/test.sh starts PostgreSQL and sets it")
-            pytest.skip("PostgreSQL not configured: run scripts/test.sh, or set SFA_OMF_TEST_POSTGRES_URL")
-        database = Database(POSTGRES_URL)
-        with database.engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
+        database = Database(empty_postgres())
     database.upgrade()
     return database
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,16 +23,11 @@ from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from tests.calendar.conftest import NOW, fresh_database, node_urn
+from tests.ports import free_port
 
 ALICE = "urn:publicid:IDN+testbed+user+alice"
 SLICE = "urn:publicid:IDN+testbed+slice+demo"
 SECRET = "s3cret-shared-with-the-receiver"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -20,6 +20,7 @@ import pytest
 
 from sfa_omf.cli import main
 from sfa_omf.registry.bootstrap import init_directory
+from tests.ports import free_port
 from tests.tls_harness import proxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,12 +28,6 @@ POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
 # A hang is a failure: generous, so that a loaded machine does not fail the test (the exit takes about a second).
 EXIT_TIMEOUT_S = 20
 READY_TIMEOUT_S = 60  # a started server's READY=1, a log line: bounded too
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

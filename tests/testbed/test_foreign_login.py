@@ -30,18 +30,13 @@ from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from tests.conftest import DemoPki
+from tests.ports import free_port
 from tests.tls_harness import Listener, proxy
 
 ALICE = "urn:publicid:IDN+onelab:inria+user+alice"
 BOB = "urn:publicid:IDN+onelab:inria+user+bob"
 MYSLICE = "urn:publicid:IDN+onelab:inria+slice+myslice"
 NODE = "urn:publicid:IDN+testbed+node+node1"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from sfa_omf.testbed.oar.client import (
     to_server_time,
     walltime_text,
 )
+from tests.ports import free_port
 from tests.testbed.oar.conftest import OarJobs, oar_script, wait_for_job
 
 HOUR = timedelta(hours=1)
@@ -193,13 +194,6 @@ def test_api_stopped_is_unavailable(oar_url: str) -> None:
 
 
 # --- without OAR ----------------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def test_unreachable_port_is_unavailable() -> None:

@@ -24,17 +24,12 @@ from sfa_omf.cli import main
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.testbed.oar.client import OarClient
 from sfa_omf.times import format_time
+from tests.ports import free_port
 from tests.testbed.oar.conftest import wait_for_job
 from tests.tls_harness import proxy
 
 NODE = "urn:publicid:IDN+testbed+node+node7"
 SLICE = "urn:publicid:IDN+testbed+slice+demo"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Server:
