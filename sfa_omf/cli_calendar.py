@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfa_omf.calendar.records import NODE_STATES  # plain data: building the parser needs no database layer
 from sfa_omf.cli_agents import add_node_agent_commands, revoke_vpn_of_removed_node
-from sfa_omf.cli_common import command_group, command_settings
+from sfa_omf.cli_common import command_group, command_settings, print_table
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs, GeniError, Reason
 
@@ -259,12 +259,6 @@ def _node_add(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
-    for row in (header, *rows):
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip())
-
-
 def _node_list(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.inventory import Inventory
 
@@ -272,7 +266,7 @@ def _node_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(node) for node in nodes], indent=1))
         return 0
-    _print_table(
+    print_table(
         ("COMPONENT_ID", "NAME", "POOL", "HARDWARE", "GRAIN", "STATE"),
         [_node_row(node) for node in nodes],
     )
@@ -330,7 +324,7 @@ def _pool_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(pool) for pool in pools], indent=1))
         return 0
-    _print_table(
+    print_table(
         ("POOL", "FEDERATED", "NODES", "DESCRIPTION"),
         [(pool.name, "yes" if pool.federated else "no", str(pool.node_count), pool.description) for pool in pools],
     )
@@ -360,7 +354,7 @@ def _account_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(record) for record in records], indent=1))
         return 0
-    _print_table(("URN", "LOGIN", "PINNED"), [(r.urn, r.login, "yes" if r.pinned else "no") for r in records])
+    print_table(("URN", "LOGIN", "PINNED"), [(r.urn, r.login, "yes" if r.pinned else "no") for r in records])
     return 0
 
 
@@ -422,7 +416,7 @@ def _lease_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_lease_json(lease) for lease in leases], indent=1))
         return 0
-    _print_table(
+    print_table(
         ("START", "END", "STATE", "SLICE", "NODES", "LEASE"),
         [
             (

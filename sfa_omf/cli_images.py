@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from sfa_omf.cli_common import command_settings
+from sfa_omf.cli_common import command_settings, print_table
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.times import format_time, utcnow
 
@@ -121,10 +121,7 @@ def _image_list(args: argparse.Namespace) -> int:
         )
         for record in images
     ]
-    header = ("LABEL", "OS", "SIZE", "SHA256", "HARDWARE", "ADDED_BY", "ADDED")
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(("LABEL", "OS", "SIZE", "SHA256", "HARDWARE", "ADDED_BY", "ADDED"), rows)
     return 0
 
 
@@ -171,8 +168,5 @@ def _instance_list(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(record) for record in records], indent=1))
         return 0
     rows = [(record.name, record.lease_id or "-", record.state or "?", record.address or "-") for record in records]
-    header = ("NAME", "LEASE", "STATE", "ADDRESS")
-    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(("NAME", "LEASE", "STATE", "ADDRESS"), rows)
     return 0
