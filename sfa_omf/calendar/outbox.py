@@ -288,42 +288,35 @@ class NotifyEvents:
         """The events recorded from ``start`` on, oldest first."""
         with self.database.read() as session:
             rows = session.execute(
-                select(
-                    NotifyEvent.key,
-                    NotifyEvent.event,
-                    NotifyEvent.slice_urn,
-                    NotifyEvent.payload,
-                    NotifyEvent.created_s,
-                    NotifyEvent.id,
-                )
-                .where(NotifyEvent.created_s >= to_s(start))
-                .order_by(NotifyEvent.id)
+                select(*_EVENT_COLUMNS).where(NotifyEvent.created_s >= to_s(start)).order_by(NotifyEvent.id)
             )
-            return [
-                RecordedEvent(key, event, slice_urn, payload, from_s(created_s), row_id)
-                for key, event, slice_urn, payload, created_s, row_id in rows
-            ]
+            return [_recorded(row) for row in rows]
 
     def last(self, events: Sequence[str], key_prefix: str) -> RecordedEvent | None:
         """The newest recorded event of these kinds whose key starts with ``key_prefix`` (e.g. a backend's state)."""
         with self.database.read() as session:
             row = session.execute(
-                select(
-                    NotifyEvent.key,
-                    NotifyEvent.event,
-                    NotifyEvent.slice_urn,
-                    NotifyEvent.payload,
-                    NotifyEvent.created_s,
-                    NotifyEvent.id,
-                )
+                select(*_EVENT_COLUMNS)
                 .where(NotifyEvent.event.in_(events), NotifyEvent.key.startswith(key_prefix, autoescape=True))
                 .order_by(NotifyEvent.id.desc())
                 .limit(1)
             ).first()
-        if row is None:
-            return None
-        key, event, slice_urn, payload, created_s, row_id = row
-        return RecordedEvent(key, event, slice_urn, payload, from_s(created_s), row_id)
+        return None if row is None else _recorded(row)
+
+
+_EVENT_COLUMNS = (
+    NotifyEvent.key,
+    NotifyEvent.event,
+    NotifyEvent.slice_urn,
+    NotifyEvent.payload,
+    NotifyEvent.created_s,
+    NotifyEvent.id,
+)
+
+
+def _recorded(row: Any) -> RecordedEvent:
+    key, event, slice_urn, payload, created_s, row_id = row
+    return RecordedEvent(key, event, slice_urn, payload, from_s(created_s), row_id)
 
 
 def check_address(channel: str, address: str) -> None:
