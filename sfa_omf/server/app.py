@@ -11,6 +11,7 @@ hears READY=1. While serving, the trusted-roots directory is watched (and re-rea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -284,10 +285,18 @@ def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: Thread
             admins=settings.web_admin_urns,
             horizon=aggregate.settings.horizon,
             free_windows=aggregate.settings.free_windows,
+            form_key=web_form_key(settings),
         ),
         clock=aggregate.clock,
     )
     return WebCalendarResource(calendar, pool, reactor)
+
+
+def web_form_key(settings: Settings) -> bytes:
+    """The key of the web forms' tokens (web/forms.py): derived from the aggregate's private key, so every worker
+    and every restart of this aggregate agrees, and nobody without that key can make one."""
+    with open(os.path.join(settings.data_dir, "aggregate", "am.pkey"), "rb") as key_file:
+        return hashlib.sha256(b"sfa-omf web forms\0" + key_file.read()).digest()
 
 
 def start_registry(
