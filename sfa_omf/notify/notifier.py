@@ -34,6 +34,10 @@ SUBJECTS = {
     "cancelled": "cancelled",
     "failed": "failed on the testbed",
 }
+STOP = (
+    "Stop these messages: on the aggregate's page /calendar/me (in a browser presenting your GENI certificate), "
+    "or ask the operator (sfa-omf notify unsubscribe).\n"
+)
 #: Messages claimed at a time; the claim lasts long enough to try each of them against a silent server.
 CLAIM_BATCH = 10
 
@@ -175,14 +179,14 @@ def email_text(message: Message) -> tuple[str, str]:
         return "sfa-omf test message", "This is a test message from sfa-omf: notifications reach you here.\n"
     if "summary" in data:  # a recorded event (alerts.py): its summary, then its details
         details = "".join(f"  {name}: {value}\n" for name, value in sorted(data.items()) if name != "summary")
-        return f"[sfa-omf] {data['summary']}", f"{data['summary']}.\n\n{details}"
+        return f"[sfa-omf] {data['summary']}", f"{data['summary']}.\n\n{details}\n{STOP}"
     slice_name = str(data["slice"]).rsplit("+", 1)[-1]
     subject = f"[sfa-omf] lease of {slice_name} {SUBJECTS.get(message.event, message.event)}"
     nodes = ", ".join(str(node) for node in data["nodes"])
     body = (
         f"Your lease of slice {data['slice']} {SUBJECTS.get(message.event, message.event)}.\n\n"
         f"  window: {data['start']} .. {data['end']} (UTC)\n  nodes:  {nodes}\n  state:  {data['state']}\n"
-        f"  lease:  {data['lease']}\n\nStop these messages: ask the operator (sfa-omf notify unsubscribe).\n"
+        f"  lease:  {data['lease']}\n\n{STOP}"
     )
     return subject, body
 

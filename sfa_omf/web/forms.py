@@ -6,7 +6,9 @@ another site's page makes them send: a form POST must therefore prove it comes f
 required (OWASP's "verify the origin with standard headers" plus a synchronizer token):
 
 - the browser's ``Sec-Fetch-Site`` says ``same-origin``, or, from a browser that does not send it, ``Origin`` is this
-  server's own origin; a POST with neither is refused;
+  server's own origin; a POST with neither is refused. (Our pages are served with ``Referrer-Policy: no-referrer``,
+  under which browsers send ``Origin: null`` even from our own page: Sec-Fetch-Site, which every current browser
+  sends, is what decides; a browser without it and with ``Origin: null`` is refused.)
 - the form carries ``token``, an HMAC of the viewer's URN under the server's form key (derived from the aggregate's
   private key: the same in every worker and after restarts), which another site cannot read or make.
 
@@ -54,12 +56,12 @@ def check_form(key: bytes, viewer: Viewer, came_from: FormOrigin, form: Mapping[
             + (viewer.refused or "your browser presented none")
         )
     own = f"https://{came_from.host}"
-    if came_from.fetch_site:
+    if came_from.fetch_site:  # set by the browser itself, never by a page: it decides
         if came_from.fetch_site != "same-origin":
             raise FormRefused(f"a form sent from another site ({came_from.fetch_site}) is refused: use this page's own")
     elif not came_from.origin:
         raise FormRefused("the browser said neither where the form comes from (Origin) nor Sec-Fetch-Site; refused")
-    if came_from.origin and came_from.origin != own:
+    elif came_from.origin != own:
         raise FormRefused(f"a form sent from {came_from.origin} is refused: use the page at {own}")
     if not hmac.compare_digest(form.get("token", ""), form_token(key, viewer.urn)):
         raise FormRefused("the form's token is missing or not yours: reload the page and send the form again")

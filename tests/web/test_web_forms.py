@@ -50,7 +50,8 @@ def test_a_user_opts_in_changes_and_opts_out(lab: Lab, pki: DemoPki) -> None:
     done = post(lab, pki, "/me/notify", subscribe)
     assert done.status == 200 and "You will be told by e-mail at alice@example.org." in text(done)
     hook = {**subscribe, "channel": "webhook", "address": "https://hooks.example.org/alice"}
-    assert post(lab, pki, "/me/notify", hook).status == 200
+    # Our pages' Referrer-Policy makes browsers send "Origin: null" from them; Sec-Fetch-Site decides.
+    assert post(lab, pki, "/me/notify", hook, came_from=FormOrigin("same-origin", "null", HOST)).status == 200
     post(lab, pki, "/me/notify", {**subscribe, "address": "a.l@example.org"})  # a new address replaces the old
     assert sorted(Outbox(lab.database).subscriptions([ALICE])[ALICE]) == [
         ("email", "a.l@example.org"),
@@ -87,6 +88,7 @@ def refusals(token: str, bobs: str) -> list[tuple[str, dict[str, str], str | Non
         ("/me/notify", good, "alice", FormOrigin("same-site", "", HOST), 403, "another site"),
         ("/me/notify", good, "alice", FormOrigin("", "https://evil.example", HOST), 403, "from https://evil.example"),
         ("/me/notify", good, "alice", FormOrigin("", "", HOST), 403, "neither"),
+        ("/me/notify", good, "alice", FormOrigin("", "null", HOST), 403, "from null"),
         ("/me/notify", {**good, "token": ""}, "alice", OURS, 403, "token is missing or not yours"),
         ("/me/notify", {**good, "token": bobs}, "alice", OURS, 403, "token is missing or not yours"),
         ("/me/feed", {"token": bobs, "action": "new"}, "alice", OURS, 403, "token is missing or not yours"),
@@ -100,7 +102,7 @@ def refusals(token: str, bobs: str) -> list[tuple[str, dict[str, str], str | Non
     ]
 
 
-@pytest.mark.parametrize("case", range(15))
+@pytest.mark.parametrize("case", range(16))
 def test_bad_posts_are_refused_and_change_nothing(lab: Lab, pki: DemoPki, case: int) -> None:
     token = token_of(page(lab, pki))
     bobs = token_of(page(lab, pki, "bob"))
@@ -116,6 +118,7 @@ def test_the_page_needs_a_certificate(lab: Lab, pki: DemoPki) -> None:
     anonymous = page(lab, pki, None)
     assert anonymous.status == 403 and "present their GENI user certificate" in text(anonymous)
     assert form_token(b"k", ALICE) != form_token(b"k", "urn:publicid:IDN+testbed+user+bob")
+    assert len(refusals("t", "b")) == 16, "each refusal has its case in the test above"
     gantt = lab.web.handle(WebRequest(path="/", caller_chain=pki.users["alice"].chain))
     assert 'id="my-page" href="/calendar/me"' in gantt.body.decode()
     assert b'id="my-page"' not in lab.web.handle(WebRequest(path="/")).body
