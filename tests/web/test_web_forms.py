@@ -45,6 +45,7 @@ def text(answer: WebResponse) -> str:
 def test_a_user_opts_in_changes_and_opts_out(lab: Lab, pki: DemoPki) -> None:
     mine = page(lab, pki)
     assert mine.status == 200 and ALICE in text(mine) and DEMO in text(mine)  # her slice's feed is linked
+    assert 'name="address" required value="alice@testbed.example.org"' in text(mine)  # her GID's e-mail, offered
     token = token_of(mine)
     subscribe = {"token": token, "channel": "email", "action": "subscribe", "address": "alice@example.org"}
     done = post(lab, pki, "/me/notify", subscribe)
