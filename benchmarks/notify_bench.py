@@ -3,15 +3,16 @@ real HTTP webhook receiver, all on 127.0.0.1.
 
 Run from the repository root, with the project's virtualenv (aiosmtpd is a test dependency):
 
-    python benchmarks/notify_bench.py [--leases 500]
+    python benchmarks/notify_bench.py [--leases 500] [--notifiers 1]
 
 Data, made with the calendar's own code in a temporary SQLite file: ``--leases`` provisioned leases of one slice
 (10 back-to-back slots on each of ``--leases``/10 nodes), all over at the benchmark's "now", so each has its 6
 events (allocated, provisioned, starting soon, started, ending soon, ended); the booking user subscribed to e-mail
 and to a webhook. Measured:
 ``Notifier.notice()`` the first time (writes 12 messages a lease) and again (finds them all there, writes nothing),
-then ``Notifier.deliver()`` until the outbox is empty, per channel; the receivers' counts are checked against the
-outbox (each message exactly once).
+then ``Notifier.deliver()`` until the outbox is empty, by ``--notifiers`` notifiers at once (threads, each with its
+own connections, as server processes have; they share the outbox through its claims); the receivers' counts are
+checked against the outbox (each message exactly once).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Counter:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leases", type=int, default=500)
+    parser.add_argument("--notifiers", type=int, default=1, help="notifiers delivering at once (threads)")
     args = parser.parse_args()
 
     mails = Counter()
@@ -106,9 +108,8 @@ def main() -> None:
         outbox.subscribe(USER, "email", "me@example.org")
         outbox.subscribe(USER, "webhook", f"http://127.0.0.1:{http.server_address[1]}/hook")
         clock[0] = START + timedelta(minutes=30 * (args.leases // nodes + 1) + 1)  # all over: 6 events each
-        notifier = Notifier(
-            database, NotifySettings(smtp=SmtpSettings(port=smtp_port), webhook_secret="k"), clock=lambda: clock[0]
-        )
+        settings = NotifySettings(smtp=SmtpSettings(port=smtp_port), webhook_secret="k")
+        notifier = Notifier(database, settings, clock=lambda: clock[0])
         started = time.perf_counter()
         written = notifier.notice()
         notice_s = time.perf_counter() - started
@@ -116,26 +117,43 @@ def main() -> None:
         again = notifier.notice()
         again_s = time.perf_counter() - started
         assert written == 12 * args.leases and again == 0, (written, again)
+        others = [Database(database.url) for _ in range(args.notifiers - 1)]
+        notifiers = [notifier] + [Notifier(db, settings, clock=lambda: clock[0]) for db in others]
+        shares = [0] * len(notifiers)
+
+        def deliver_all(index: int) -> None:
+            while True:
+                sent = notifiers[index].deliver(limit=500)
+                if not sent:
+                    return
+                shares[index] += sent
+
+        threads = [threading.Thread(target=deliver_all, args=(i,)) for i in range(len(notifiers))]
         started = time.perf_counter()
-        delivered = 0
-        while True:
-            sent = notifier.deliver(limit=500)
-            if not sent:
-                break
-            delivered += sent
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         deliver_s = time.perf_counter() - started
+        delivered = sum(shares)
+        for other in others:
+            other.dispose()
         counts = outbox.counts()
         assert delivered == written and counts.pending == 0 and counts.sent == written
         assert mails.count == hooks.count == written // 2, (mails.count, hooks.count)
         database.dispose()
     smtp.stop()
     http.shutdown()
-    print(f"# {args.leases} leases x 6 events x 2 channels, SQLite, {os.cpu_count()} CPUs\n")
+    print(
+        f"# {args.leases} leases x 6 events x 2 channels, SQLite, {args.notifiers} notifier(s) "
+        f"(shares: {shares}), {os.cpu_count()} CPUs\n"
+    )
     print("| step | messages | seconds | messages/s |\n|---|---:|---:|---:|")
     print(f"| notice (first: writes the outbox) | {written} | {notice_s:.2f} | {written / notice_s:.0f} |")
     print(f"| notice (again: nothing new) | 0 | {again_s:.2f} | - |")
     print(
-        f"| deliver (e-mail and webhook, one at a time) | {delivered} | {deliver_s:.2f} | {delivered / deliver_s:.0f} |"
+        f"| deliver (e-mail and webhook; {args.notifiers} notifier(s)) | {delivered} | {deliver_s:.2f} | "
+        f"{delivered / deliver_s:.0f} |"
     )
 
 

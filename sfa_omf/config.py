@@ -110,6 +110,7 @@ class Settings:
     notify_from: str = "sfa-omf@localhost"
     notify_webhook_key: str = field(default="", repr=False)
     notify_lead_s: int = 900
+    notify_operators: str = ""  # e-mail addresses / webhook URLs (space or comma separated) for operators' events
     image_group: str = "sfa-omf-images"  # Unix group whose members may change the image repository
     provisioning_mode: str = "ondemand"  # perjob or ondemand (sfa_omf/images/provisioning.py)
     agent_heartbeat_s: int = 30  # how often node agents report (sfa_omf/agents)
@@ -162,6 +163,11 @@ class Settings:
     def web_admin_urns(self) -> frozenset[str]:
         """The operators of the web calendar (``[sfa_web] admins``, separated by spaces or commas)."""
         return frozenset(part for part in self.web_admins.replace(",", " ").split() if part)
+
+    @property
+    def notify_operator_addresses(self) -> tuple[str, ...]:
+        """Where operators' events go besides the admins' own subscriptions (``[sfa_notify] operators``)."""
+        return tuple(part for part in self.notify_operators.replace(",", " ").split() if part)
 
     @property
     def aggregate_url(self) -> str:
@@ -248,6 +254,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify_from", "sfa_notify", "from", "text", "sender address of e-mail notifications"),
     Option("notify_webhook_key", "sfa_notify", "webhook_key", "text", "HMAC-SHA256 key signing webhooks"),
     Option("notify_lead_s", "sfa_notify", "lead_s", "count", "seconds before a start or end to say it comes soon"),
+    Option(
+        "notify_operators",
+        "sfa_notify",
+        "operators",
+        "text",
+        "e-mail addresses and webhook URLs told of node down, testbed down/recovered, reconciler repairs",
+    ),
     Option("agent_heartbeat_s", "sfa_agents", "heartbeat_s", "count", "seconds between two heartbeats of a node agent"),
     Option("agent_timeout_s", "sfa_agents", "timeout_s", "count", "a node whose agent is silent this long is lost"),
     Option("agent_max_body_bytes", "sfa_agents", "max_body_bytes", "count", "largest request of a node agent"),
@@ -791,6 +804,17 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 f"[sfa_oar] job_type {settings.oar_job_type!r}: one of {', '.join(OAR_JOB_TYPES)}",
             )
         )
+    for address in settings.notify_operator_addresses:
+        local, _, domain = address.partition("@")
+        if not address.startswith(("http://", "https://")) and not (local and "." in domain.strip(".")):
+            problems.append(
+                Problem(
+                    "invalid",
+                    str(sources["notify_operators"]),
+                    f"[sfa_notify] operators: {address!r} is neither an e-mail address (ops@example.org) nor a "
+                    "webhook URL (https://...)",
+                )
+            )
     if settings.provisioning_mode not in PROVISIONING_MODES:
         problems.append(
             Problem(

@@ -48,6 +48,7 @@ from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.images.catalogue import check_requested_images, node_images
 from sfa_omf.images.records import ImageRecord
 from sfa_omf.images.store import ImageStore
+from sfa_omf.notify.alerts import Alerts
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.records import Records
 from sfa_omf.testbed.base import SliverHealth, TestbedBackend
@@ -64,6 +65,8 @@ from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn
 log = logging.getLogger("sfa_omf.am")
 
 GENI_NS = "http://www.geni.net/resources/rspec/3"
+#: A Renew refused for these reasons is a "refused renewal" the slice's users are told of (bad arguments are not).
+RENEWAL_REFUSALS = frozenset({Reason.POLICY, Reason.BOOKING_CONFLICT, Reason.NODE_UNAVAILABLE})
 OL_NS = "http://nitlab.inf.uth.gr/schema/sfa/rspec/1"
 AVAILABILITY_NS = "http://sfa-omf.org/rspec/ext/availability/1"
 
@@ -123,6 +126,7 @@ class Aggregate:
         # Asked first for a provisioned sliver's health (node agents: a lost node's running leases have failed);
         # None from it, or no check, leaves the answer to the backend.
         self.node_health: Callable[[SliverRecord, LeaseRecord, datetime], SliverHealth | None] | None = None
+        self.alerts = Alerts(database, clock)  # events that are not lease states, for the notifier
 
     # -- authorization --------------------------------------------------------------------------------------------
     def authorize(
@@ -456,7 +460,23 @@ class Aggregate:
         slice_urn, sliver_urns = self._resolve(urns)
         verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
         new_end = parse_time(expiration, now=self.clock(), what="expiration time")
-        alap = bool(options.get("geni_extend_alap"))
+        try:
+            return self._renew(slice_urn, sliver_urns, verified, new_end, bool(options.get("geni_extend_alap")))
+        except GeniError as exc:
+            if exc.reason in RENEWAL_REFUSALS:  # the slice's users hear of it (notify/alerts.py), after the fact
+                self.alerts.renewal_refused(
+                    slice_urn, verified.owner_urn, sorted(sliver_urns or ()), new_end, exc.message
+                )
+            raise
+
+    def _renew(
+        self,
+        slice_urn: str,
+        sliver_urns: set[str] | None,
+        verified: VerifiedCredential,
+        new_end: datetime,
+        alap: bool,
+    ) -> list[dict[str, Any]]:
         if new_end > verified.expires and not alap:  # a sliver never outlives the slice credential
             raise GeniError(
                 Reason.POLICY,

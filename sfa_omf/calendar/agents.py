@@ -24,9 +24,10 @@ from sfa_omf.calendar.agent_models import Agent, AgentReport, AgentToken
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import DEFAULT_POOL
 from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver
+from sfa_omf.calendar.outbox import RecordedEvent, add_event
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.errors import GeniError, Reason
-from sfa_omf.times import utcnow
+from sfa_omf.times import format_time, utcnow
 
 LOST = "lost"
 REPORT_STATES = ("started", "failed", "ended")
@@ -299,6 +300,7 @@ class Agents:
                 agent.lost = True
                 if node.state == "usable":
                     node.state = LOST
+                add_event(session, _node_down(node.component_id, agent.last_seen_s, self.clock()))
             return [node.component_id for _, node in rows]
 
     # -- work --------------------------------------------------------------------------------------------------
@@ -403,3 +405,20 @@ class Agents:
         with self.database.read() as session:
             rows = session.execute(select(Agent, Node).join(Node).order_by(Agent.hostname)).all()
             return [_agent_record(agent, node) for agent, node in rows]
+
+
+def _node_down(node_urn: str, last_seen_s: int, now: datetime) -> RecordedEvent:
+    """The operators' "node down" event (notify/alerts.py): one per loss, keyed by when the agent was last heard."""
+    last_seen = format_time(datetime.fromtimestamp(last_seen_s, UTC))
+    return RecordedEvent(
+        key=f"node_down:{node_urn}:{last_seen_s}",
+        event="node_down",
+        slice_urn=None,
+        payload={
+            "event": "node_down",
+            "summary": f"node {node_urn} is down: its agent was last heard at {last_seen}",
+            "node": node_urn,
+            "last_seen": last_seen,
+        },
+        created=now,
+    )

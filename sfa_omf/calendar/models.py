@@ -211,6 +211,25 @@ class NotifyOutbox(Base):
     created_s: Mapped[int] = mapped_column(BigInteger)
     sent_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # A notifier that is delivering the row: others leave it alone until the claim expires (a crashed notifier's
+    # rows are taken up again then).
+    claimed_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    claim_until_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class NotifyEvent(Base):
+    """An event that is not a lease's state (a refused renewal, a node down, the testbed down or back, a reconciler
+    repair), recorded once by its unique key; the notifier turns it into outbox messages. Events of a slice go to
+    its users; events without a slice go to the operators."""
+
+    __tablename__ = "notify_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(600), unique=True)
+    event: Mapped[str] = mapped_column(String(40))
+    slice_urn: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_s: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
 class RepositoryImage(Base):

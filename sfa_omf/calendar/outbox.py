@@ -2,9 +2,13 @@
 durability as the calendar, and survives restarts and crashes).
 
 Exactly once: every message has a unique key (event key + channel + address); enqueuing a message already there does
-nothing, so noticing the same event again (after a restart, or in two processes) adds no second message. A message is
-marked sent as soon as its channel accepted it. The one window for a repeat is a crash between the channel accepting
-and that mark; the message then carries the same key again (Message-ID, X-SFA-OMF-Event) so receivers can drop it.
+nothing, so noticing the same event again (after a restart, or in two processes) adds no second message. A notifier
+*claims* the messages it is about to deliver (``claim``: on PostgreSQL ``SELECT ... FOR UPDATE SKIP LOCKED``, on
+SQLite under the write lock; the claim is the notifier's id and an expiry), so two notifiers on one database never
+deliver the same message; a crashed notifier's claims expire and another takes the rows up. A message is marked sent
+as soon as its channel accepted it. The one window for a repeat is a crash between the channel accepting and that
+mark (or a delivery slower than the claim); the message then carries the same key again (Message-ID,
+X-SFA-OMF-Event) so receivers can drop it.
 """
 
 from __future__ import annotations
@@ -14,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import NotifyOutbox, NotifySubscription
+from sfa_omf.calendar.models import NotifyEvent, NotifyOutbox, NotifySubscription
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import CHANNELS
 from sfa_omf.errors import GeniError, Reason
@@ -142,48 +146,89 @@ class Outbox:
         return len(new)
 
     def due(self, limit: int = 100) -> list[Message]:
-        """Pending messages whose next attempt is due, oldest first."""
-        now_s = to_s(self.clock())
+        """Pending messages whose next attempt is due and that no notifier holds, oldest first (reads only; a
+        notifier delivers what it ``claim``-ed)."""
         with self.database.read() as session:
-            rows = session.execute(
-                select(
-                    NotifyOutbox.id,
-                    NotifyOutbox.key,
-                    NotifyOutbox.event,
-                    NotifyOutbox.channel,
-                    NotifyOutbox.address,
-                    NotifyOutbox.payload,
-                    NotifyOutbox.attempts,
+            return self._due(session, to_s(self.clock()), limit, lock=False)
+
+    def claim(self, owner: str, limit: int, hold_s: int) -> list[Message]:
+        """Take up to ``limit`` due messages for ``owner`` to deliver: no other claim gets them for ``hold_s``
+        seconds (then a notifier that died with them is taken over). Atomic: concurrent claims share nothing."""
+        now_s = to_s(self.clock())
+        with self.database.write() as session:
+            messages = self._due(session, now_s, limit, lock=True)
+            if messages:
+                session.execute(
+                    update(NotifyOutbox)
+                    .where(NotifyOutbox.id.in_([message.id for message in messages]))
+                    .values(claimed_by=owner, claim_until_s=now_s + hold_s)
                 )
-                .where(NotifyOutbox.state == "pending", NotifyOutbox.next_attempt_s <= now_s)
-                .order_by(NotifyOutbox.id)
-                .limit(limit)
+            return messages
+
+    @staticmethod
+    def _due(session: Session, now_s: int, limit: int, lock: bool) -> list[Message]:
+        query = (
+            select(
+                NotifyOutbox.id,
+                NotifyOutbox.key,
+                NotifyOutbox.event,
+                NotifyOutbox.channel,
+                NotifyOutbox.address,
+                NotifyOutbox.payload,
+                NotifyOutbox.attempts,
             )
-            return [
-                Message(key, event, channel, address, payload, attempts, row_id)
-                for row_id, key, event, channel, address, payload, attempts in rows
-            ]
+            .where(
+                NotifyOutbox.state == "pending",
+                NotifyOutbox.next_attempt_s <= now_s,
+                or_(NotifyOutbox.claim_until_s.is_(None), NotifyOutbox.claim_until_s <= now_s),
+            )
+            .order_by(NotifyOutbox.id)
+            .limit(limit)
+        )
+        if lock:  # PostgreSQL: rows another claim is taking are skipped, not waited for (SQLite: the write lock)
+            query = query.with_for_update(skip_locked=True)
+        return [
+            Message(key, event, channel, address, payload, attempts, row_id)
+            for row_id, key, event, channel, address, payload, attempts in session.execute(query)
+        ]
 
-    def mark_sent(self, message_id: int) -> None:
+    def mark_sent(self, message_id: int, owner: str) -> bool:
+        """The channel took the message; False (and nothing written) if ``owner`` no longer holds its claim."""
         with self.database.write() as session:
-            row = session.get(NotifyOutbox, message_id)
-            if row is not None:
-                row.state = "sent"
-                row.attempts += 1
-                row.sent_s = to_s(self.clock())
-                row.last_error = ""
+            result = session.execute(
+                update(NotifyOutbox)
+                .where(NotifyOutbox.id == message_id, NotifyOutbox.claimed_by == owner)
+                .values(
+                    state="sent",
+                    attempts=NotifyOutbox.attempts + 1,
+                    sent_s=to_s(self.clock()),
+                    last_error="",
+                    claimed_by=None,
+                    claim_until_s=None,
+                )
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def mark_failed(self, message_id: int, error: str, retry_in_s: int | None) -> None:
-        """A delivery failed: try again in retry_in_s, or give up (None)."""
+    def mark_failed(self, message_id: int, owner: str, error: str, retry_in_s: int | None) -> bool:
+        """A delivery failed: try again in retry_in_s, or give up (None); the claim is released. False (and nothing
+        written) if ``owner`` no longer holds the claim."""
+        values: dict[str, Any] = {
+            "attempts": NotifyOutbox.attempts + 1,
+            "last_error": error[:2000],
+            "claimed_by": None,
+            "claim_until_s": None,
+        }
+        if retry_in_s is None:
+            values["state"] = "failed"
+        else:
+            values["next_attempt_s"] = to_s(self.clock()) + retry_in_s
         with self.database.write() as session:
-            row = session.get(NotifyOutbox, message_id)
-            if row is not None:
-                row.attempts += 1
-                row.last_error = error[:2000]
-                if retry_in_s is None:
-                    row.state = "failed"
-                else:
-                    row.next_attempt_s = to_s(self.clock()) + retry_in_s
+            result = session.execute(
+                update(NotifyOutbox)
+                .where(NotifyOutbox.id == message_id, NotifyOutbox.claimed_by == owner)
+                .values(**values)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def counts(self) -> OutboxCounts:
         with self.database.read() as session:
@@ -194,6 +239,84 @@ class Outbox:
         with self.database.read() as session:
             row = session.get(NotifyOutbox, message_id)
             return None if row is None or row.state != "pending" else from_s(row.next_attempt_s)
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """An event that is not a lease's state (see models.NotifyEvent): to a slice's users, or (no slice) to the
+    operators."""
+
+    key: str
+    event: str
+    slice_urn: str | None
+    payload: dict[str, Any]
+    created: datetime
+    id: int = 0
+
+
+def add_event(session: Session, event: RecordedEvent) -> bool:
+    """Record the event in this unit of work (with the change it is about) unless its key is there; True if added."""
+    if session.scalar(select(NotifyEvent.id).where(NotifyEvent.key == event.key)) is not None:
+        return False
+    session.add(
+        NotifyEvent(
+            key=event.key,
+            event=event.event,
+            slice_urn=event.slice_urn,
+            payload=event.payload,
+            created_s=to_s(event.created),
+        )
+    )
+    return True
+
+
+class NotifyEvents:
+    """The recorded events: written where they happen, read by the notifier."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def record(self, event: RecordedEvent) -> bool:
+        """Record the event in a unit of work of its own; False if its key was there (or a racer added it)."""
+        try:
+            with self.database.write() as session:
+                return add_event(session, event)
+        except IntegrityError:
+            return False
+
+    def since(self, start: datetime) -> list[RecordedEvent]:
+        """The events recorded from ``start`` on, oldest first."""
+        with self.database.read() as session:
+            rows = session.execute(
+                select(*_EVENT_COLUMNS).where(NotifyEvent.created_s >= to_s(start)).order_by(NotifyEvent.id)
+            )
+            return [_recorded(row) for row in rows]
+
+    def last(self, events: Sequence[str], key_prefix: str) -> RecordedEvent | None:
+        """The newest recorded event of these kinds whose key starts with ``key_prefix`` (e.g. a backend's state)."""
+        with self.database.read() as session:
+            row = session.execute(
+                select(*_EVENT_COLUMNS)
+                .where(NotifyEvent.event.in_(events), NotifyEvent.key.startswith(key_prefix, autoescape=True))
+                .order_by(NotifyEvent.id.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _recorded(row)
+
+
+_EVENT_COLUMNS = (
+    NotifyEvent.key,
+    NotifyEvent.event,
+    NotifyEvent.slice_urn,
+    NotifyEvent.payload,
+    NotifyEvent.created_s,
+    NotifyEvent.id,
+)
+
+
+def _recorded(row: Any) -> RecordedEvent:
+    key, event, slice_urn, payload, created_s, row_id = row
+    return RecordedEvent(key, event, slice_urn, payload, from_s(created_s), row_id)
 
 
 def check_address(channel: str, address: str) -> None:

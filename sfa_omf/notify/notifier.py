@@ -1,15 +1,19 @@
-"""The notifier: notices lease events and writes them to the outbox (``notice``), and delivers what is due
-(``deliver``), retrying with exponential backoff. Both run as background tasks of the server, never in an AM call."""
+"""The notifier: notices lease events (and the recorded ones of alerts.py) and writes them to the outbox
+(``notice``), and delivers what is due (``deliver``), retrying with exponential backoff. Both run as background tasks
+of the server, never in an AM call. Several notifiers may share one database: each delivers only what it claimed."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.outbox import Message, Outbox
+from sfa_omf.calendar.outbox import Message, NotifyEvents, Outbox, RecordedEvent
 from sfa_omf.calendar.timeline import Timeline
 from sfa_omf.notify.channels import DeliveryError, SmtpSettings, post_webhook, send_email
 from sfa_omf.notify.events import LeaseEvent, lease_events
@@ -30,6 +34,12 @@ SUBJECTS = {
     "cancelled": "cancelled",
     "failed": "failed on the testbed",
 }
+STOP = (
+    "Stop these messages: on the aggregate's page /calendar/me (in a browser presenting your GENI certificate), "
+    "or ask the operator (sfa-omf notify unsubscribe).\n"
+)
+#: Messages claimed at a time; the claim lasts long enough to try each of them against a silent server.
+CLAIM_BATCH = 10
 
 
 @dataclass(frozen=True)
@@ -40,14 +50,19 @@ class NotifySettings:
     retry_base_s: int = 30  # first retry after this; doubles each time
     retry_max_s: int = 3600
     max_attempts: int = 12  # then the message is marked failed (the operator sees it in `notify status`)
+    operator_urns: frozenset[str] = frozenset()  # operators' events go to these users' subscriptions ...
+    operator_addresses: tuple[str, ...] = ()  # ... and to these e-mail addresses and webhook URLs
 
 
 class Notifier:
     def __init__(self, database: Database, settings: NotifySettings, clock: Callable[[], datetime] = utcnow) -> None:
         self.timeline = Timeline(database)
         self.outbox = Outbox(database, clock)
+        self.recorded = NotifyEvents(database)
         self.settings = settings
         self.clock = clock
+        # Who holds a claim on outbox rows: unique per notifier, readable in the table when debugging.
+        self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
     def notice(self) -> int:
         """Write every event that happened (and is not in the outbox yet) for every subscribed recipient."""
@@ -55,37 +70,66 @@ class Notifier:
         events = lease_events(
             self.timeline.bookings(start=now - LOOK_BACK, include_inactive=True), now, self.settings.lead
         )
-        if not events:
+        recorded = self.recorded.since(now - LOOK_BACK)
+        if not events and not recorded:
             return 0
-        slices = {event.slice_urn for event in events}
+        slices = {event.slice_urn for event in events} | {e.slice_urn for e in recorded if e.slice_urn}
         members = self.timeline.users_of_slices(slices)
-        users = {user for event in events for user in _recipients(event, members)}
-        subscriptions = self.outbox.subscriptions(sorted(users))
+        wanted: list[tuple[str, str, set[str], dict[str, object]]] = [  # (key, event, users, payload)
+            (event.key, event.event, _recipients(event, members), payload(event)) for event in events
+        ]
+        wanted += [(e.key, e.event, self._recorded_recipients(e, members), e.payload) for e in recorded]
+        subscriptions = self.outbox.subscriptions(sorted({user for _, _, users, _ in wanted for user in users}))
         messages = [
-            Message(f"{event.key}:{channel}:{address}", event.event, channel, address, payload(event))
-            for event in events
-            for user in _recipients(event, members)
-            for channel, address in subscriptions.get(user, [])
+            Message(f"{key}:{channel}:{address}", event, channel, address, body)
+            for key, event, users, body in wanted
+            for channel, address in _channels(users, subscriptions)
+        ]
+        messages += [
+            Message(f"{e.key}:{channel_of(address)}:{address}", e.event, channel_of(address), address, e.payload)
+            for e in recorded
+            if e.slice_urn is None
+            for address in self.settings.operator_addresses
         ]
         return self.outbox.enqueue(messages)
 
+    def _recorded_recipients(self, event: RecordedEvent, members: dict[str, list[str]]) -> set[str]:
+        if event.slice_urn is None:
+            return set(self.settings.operator_urns)
+        users = set(members.get(event.slice_urn, ()))
+        caller = event.payload.get("caller")
+        if isinstance(caller, str) and caller:
+            users.add(caller)
+        return users
+
     def deliver(self, limit: int = 100) -> int:
-        """Deliver the due messages; how many were accepted. Failures are retried later (backoff), never raised."""
-        sent = 0
-        for message in self.outbox.due(limit):
-            try:
-                self.send(message)
-            except DeliveryError as exc:
-                retry = self.settings.retry_base_s * 2**message.attempts
-                give_up = message.attempts + 1 >= self.settings.max_attempts
-                self.outbox.mark_failed(
-                    message.id, str(exc), None if give_up else min(retry, self.settings.retry_max_s)
-                )
-                log.warning("notification %s not delivered (%s)%s", message.key, exc, "; giving up" if give_up else "")
-                continue
-            self.outbox.mark_sent(message.id)
-            sent += 1
+        """Deliver the due messages this notifier claims; how many were accepted. Failures are retried later
+        (backoff), never raised."""
+        sent = handled = 0
+        hold_s = int(CLAIM_BATCH * (self.settings.smtp.timeout_s + 5))
+        while handled < limit:
+            batch = self.outbox.claim(self.owner, min(CLAIM_BATCH, limit - handled), hold_s)
+            if not batch:
+                break
+            handled += len(batch)
+            for message in batch:
+                sent += self._deliver_one(message)
         return sent
+
+    def _deliver_one(self, message: Message) -> int:
+        try:
+            self.send(message)
+        except DeliveryError as exc:
+            retry = self.settings.retry_base_s * 2**message.attempts
+            give_up = message.attempts + 1 >= self.settings.max_attempts
+            self.outbox.mark_failed(
+                message.id, self.owner, str(exc), None if give_up else min(retry, self.settings.retry_max_s)
+            )
+            log.warning("notification %s not delivered (%s)%s", message.key, exc, "; giving up" if give_up else "")
+            return 0
+        if not self.outbox.mark_sent(message.id, self.owner):
+            log.warning("notification %s was delivered after its claim expired (a repeat is possible)", message.key)
+        return 1
 
     def send(self, message: Message) -> None:
         """Hand one message to its channel (DeliveryError if it did not take it)."""
@@ -103,6 +147,16 @@ def _recipients(event: LeaseEvent, members: dict[str, list[str]]) -> set[str]:
     if event.owner_urn:
         users.add(event.owner_urn)
     return users
+
+
+def _channels(users: set[str], subscriptions: dict[str, list[tuple[str, str]]]) -> set[tuple[str, str]]:
+    """The (channel, address) pairs of these users (one message per address, even if two users share it)."""
+    return {pair for user in users for pair in subscriptions.get(user, [])}
+
+
+def channel_of(address: str) -> str:
+    """email for an e-mail address, webhook for anything else (a URL; check_address says what is wrong)."""
+    return "email" if "@" in address and not address.startswith("http") else "webhook"
 
 
 def payload(event: LeaseEvent) -> dict[str, object]:
@@ -123,13 +177,16 @@ def email_text(message: Message) -> tuple[str, str]:
     data = message.payload
     if message.event == "test":
         return "sfa-omf test message", "This is a test message from sfa-omf: notifications reach you here.\n"
+    if "summary" in data:  # a recorded event (alerts.py): its summary, then its details
+        details = "".join(f"  {name}: {value}\n" for name, value in sorted(data.items()) if name != "summary")
+        return f"[sfa-omf] {data['summary']}", f"{data['summary']}.\n\n{details}\n{STOP}"
     slice_name = str(data["slice"]).rsplit("+", 1)[-1]
     subject = f"[sfa-omf] lease of {slice_name} {SUBJECTS.get(message.event, message.event)}"
     nodes = ", ".join(str(node) for node in data["nodes"])
     body = (
         f"Your lease of slice {data['slice']} {SUBJECTS.get(message.event, message.event)}.\n\n"
         f"  window: {data['start']} .. {data['end']} (UTC)\n  nodes:  {nodes}\n  state:  {data['state']}\n"
-        f"  lease:  {data['lease']}\n\nStop these messages: ask the operator (sfa-omf notify unsubscribe).\n"
+        f"  lease:  {data['lease']}\n\n{STOP}"
     )
     return subject, body
 
@@ -143,16 +200,19 @@ def notify_settings(
     sender: str,
     webhook_secret: str,
     lead_s: int,
+    operator_urns: frozenset[str] = frozenset(),
+    operator_addresses: tuple[str, ...] = (),
 ) -> NotifySettings:
     """NotifySettings from the configuration's [sfa_notify] values."""
     return NotifySettings(
         smtp=SmtpSettings(smtp_host, smtp_port, starttls, user, password, sender),
         webhook_secret=webhook_secret,
         lead=timedelta(seconds=lead_s),
+        operator_urns=operator_urns,
+        operator_addresses=operator_addresses,
     )
 
 
 def test_message(address: str) -> Message:
     """A one-off message to check a channel (``sfa-omf notify test``); its key is unique per call."""
-    channel = "email" if "@" in address and not address.startswith("http") else "webhook"
-    return Message(f"test:{format_time(utcnow())}:{address}", "test", channel, address, {"event": "test"})
+    return Message(f"test:{format_time(utcnow())}:{address}", "test", channel_of(address), address, {"event": "test"})

@@ -11,6 +11,7 @@ hears READY=1. While serving, the trusted-roots directory is watched (and re-rea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -194,7 +195,9 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
         notify_loop.start(NOTIFY_PERIOD_S, now=True)
         loops.append(notify_loop)
     for task in aggregate.backend.background_tasks():
-        LoopingCall(lambda task=task: reactor.callInThread(_background, task)).start(task.period_s, now=True)
+        LoopingCall(lambda task=task: reactor.callInThread(_backend_task, aggregate, task)).start(
+            task.period_s, now=True
+        )
     if agents is not None:
         # Checked several times per timeout, so a silent node is lost at most a third of the timeout late.
         lost = BackgroundTask("lost node agents", max(1, settings.agent_timeout_s // 3), lambda: _sweep(agents))
@@ -259,6 +262,8 @@ def notify_settings_of(settings: Settings) -> NotifySettings:
         settings.notify_from,
         settings.notify_webhook_key,
         settings.notify_lead_s,
+        operator_urns=settings.web_admin_urns,
+        operator_addresses=settings.notify_operator_addresses,
     )
 
 
@@ -280,10 +285,18 @@ def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: Thread
             admins=settings.web_admin_urns,
             horizon=aggregate.settings.horizon,
             free_windows=aggregate.settings.free_windows,
+            form_key=web_form_key(settings),
         ),
         clock=aggregate.clock,
     )
     return WebCalendarResource(calendar, pool, reactor)
+
+
+def web_form_key(settings: Settings) -> bytes:
+    """The key of the web forms' tokens (web/forms.py): derived from the aggregate's private key, so every worker
+    and every restart of this aggregate agrees, and nobody without that key can make one."""
+    with open(os.path.join(settings.data_dir, "aggregate", "am.pkey"), "rb") as key_file:
+        return hashlib.sha256(b"sfa-omf web forms\0" + key_file.read()).digest()
 
 
 def start_registry(
@@ -359,6 +372,20 @@ def _background(task: BackgroundTask) -> None:
         task.run()
     except Exception as exc:  # a testbed that is down must not stop the next run
         log.warning("%s failed (%s); will try again in %d s", task.name, exc, task.period_s)
+
+
+def _backend_task(aggregate: Aggregate, task: BackgroundTask) -> None:
+    """Run a testbed's periodic task; its failing or working again, and its repairs, are operators' events."""
+    backend = aggregate.backend.name
+    try:
+        result = task.run()
+    except Exception as exc:  # a testbed that is down must not stop the next run
+        log.warning("%s failed (%s); will try again in %d s", task.name, exc, task.period_s)
+        aggregate.alerts.backend_failed(backend, task.name, str(exc))
+        return
+    aggregate.alerts.backend_worked(backend)
+    if task.repairs and getattr(result, "changed", False):
+        aggregate.alerts.repaired(backend, task.name, str(result))
 
 
 def _expire(aggregate: Aggregate) -> None:

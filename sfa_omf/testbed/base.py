@@ -23,6 +23,8 @@ class BackgroundTask:
     name: str
     period_s: int
     run: Callable[[], object]
+    # A reconciler: what it returns has ``changed`` (true when it repaired a mismatch; the operators are told).
+    repairs: bool = False
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,18 @@ Routes under /calendar:
     /calendar/node/<name or URN>       a node: properties, next free windows (as advertised), bookings
     /calendar/node/<name or URN>.ics   the node's iCal feed
     /calendar/slice/<name or URN>.ics  the slice's iCal feed (its members and operators only)
-    /calendar/feed/<token>.ics         a user's private feed (the token comes from ``sfa-omf calendar feed-url``)
+    /calendar/feed/<token>.ics         a user's private feed (the token comes from ``sfa-omf calendar feed-url``
+                                       or from /calendar/me)
+    /calendar/me                       the certificate's user: notification channels and private feed (forms.py)
+    POST /calendar/me/notify           opt in to a channel (or change its address), or opt out
+    POST /calendar/me/feed             make a new private feed address (the old one stops working), or close it
     /calendar/static/<file>            the page's own script and style (no CDN)
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -25,12 +30,14 @@ from sfa_omf.calendar.availability import Availability
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.feeds import FeedTokens, LeaseRevisions
 from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.outbox import Outbox
 from sfa_omf.calendar.timeline import BookingRow, NodeRow, Timeline
 from sfa_omf.errors import GeniError
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.verifier import CredentialVerifier
 from sfa_omf.web import gantt
+from sfa_omf.web.forms import FormOrigin, FormRefused, channel_field, check_form, form_token
 from sfa_omf.web.ical import EventCache, fingerprint, group_leases, render_feed, short_name
 from sfa_omf.web.viewer import Viewer, identify
 
@@ -40,16 +47,21 @@ log = logging.getLogger("sfa_omf.web")
 FEED_PAST = timedelta(days=30)
 ICS = "text/calendar; charset=utf-8"
 HTML = "text/html; charset=utf-8"
+CHANNEL_LABELS = {"email": "e-mail", "webhook": "webhook"}
 STATIC_TYPES = {"calendar.js": "text/javascript; charset=utf-8", "calendar.css": "text/css; charset=utf-8"}
 
 
 @dataclass(frozen=True)
 class WebRequest:
-    """What the server received: the path below /calendar, the query (first value of each name), the TLS chain."""
+    """What the server received: the path below /calendar, the query (first value of each name), the TLS chain; for
+    a POST, its form fields and where the browser says it comes from."""
 
     path: str
     query: Mapping[str, str] = field(default_factory=dict)
     caller_chain: GidChain = ()
+    method: str = "GET"
+    form: Mapping[str, str] = field(default_factory=dict)
+    came_from: FormOrigin = field(default_factory=FormOrigin)
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,7 @@ class WebSettings:
     horizon: timedelta = timedelta(days=14)  # as advertised in ListResources
     free_windows: int = 10
     base_path: str = "/calendar"
+    form_key: bytes = b""  # signs the forms' tokens (forms.py); empty: a random key of this process
 
 
 class NotFound(Exception):
@@ -78,6 +91,10 @@ class BadRequest(Exception):
 
 class Forbidden(Exception):
     """A feed this viewer may not read (403); the message says how to get one."""
+
+
+class NotAllowed(Exception):
+    """A method this address does not take (405)."""
 
 
 class WebCalendar:
@@ -95,6 +112,8 @@ class WebCalendar:
         self.availability = Availability(database)
         self.revisions = LeaseRevisions(database, clock)
         self.tokens = FeedTokens(database, clock)
+        self.outbox = Outbox(database, clock)
+        self.form_key = settings.form_key or secrets.token_bytes(32)
         self.verifier = verifier
         self.settings = settings
         self.event_texts = EventCache()
@@ -112,13 +131,21 @@ class WebCalendar:
             return self._error(404, "Not found", str(exc))
         except BadRequest as exc:
             return self._error(400, "Bad request", str(exc))
-        except Forbidden as exc:
+        except (Forbidden, FormRefused) as exc:
             return self._error(403, "Forbidden", str(exc))
+        except NotAllowed as exc:
+            return self._error(405, "Method not allowed", str(exc))
         except GeniError as exc:
             return self._error(400, "Bad request", exc.message)
 
     def _route(self, request: WebRequest) -> WebResponse:
         parts = [part for part in request.path.split("/") if part]
+        if request.method == "POST":
+            if parts in (["me", "notify"], ["me", "feed"]):
+                return self.my_form(request, parts[1])
+            raise NotAllowed(f"{self.settings.base_path}{request.path} is read with GET")
+        if parts == ["me"]:
+            return self.my_page(self.viewer(request))
         if not parts:
             return self.gantt_page(request)
         if parts[0] == "static" and len(parts) == 2 and parts[1] in STATIC_TYPES:
@@ -201,6 +228,56 @@ class WebCalendar:
         bars = [gantt.bar_for(row, viewer, (now, now + self.settings.horizon), users) for row in rows]
         return self._page("node.html", viewer=viewer, node=node, record=record, windows=windows, bars=bars, now=now)
 
+    # -- the viewer's own page (forms.py) ------------------------------------------------------------------------
+    def my_page(self, viewer: Viewer, notice: str = "", feed_url: str = "") -> WebResponse:
+        """The certificate's user: their channels and slices' feeds, and the forms to change them."""
+        if viewer.urn is None:
+            raise Forbidden(
+                "this page is for users who present their GENI user certificate (import your GID and key into the "
+                "browser as a PKCS#12 file); " + (viewer.refused or "your browser presented none")
+            )
+        channels = dict(self.outbox.subscriptions([viewer.urn]).get(viewer.urn, []))
+        return self._page(
+            "me.html",
+            viewer=viewer,
+            channels=channels,
+            all_channels=CHANNEL_LABELS,
+            slices=sorted(viewer.slices),
+            token=form_token(self.form_key, viewer.urn),
+            notice=notice,
+            feed_url=feed_url,
+        )
+
+    def my_form(self, request: WebRequest, form_name: str) -> WebResponse:
+        """A form of /calendar/me: checked to come from our page for this user, then done (see forms.py)."""
+        viewer = self.viewer(request)
+        check_form(self.form_key, viewer, request.came_from, request.form)
+        assert viewer.urn is not None  # check_form refuses a viewer without a user
+        action = request.form.get("action", "")
+        if form_name == "feed":
+            if action == "new":
+                token = self.tokens.issue(viewer.urn)
+                url = f"https://{request.came_from.host}{self.settings.base_path}/feed/{token}.ics"
+                notice = "A new address of your private feed (the previous one, if any, no longer works)."
+                return self.my_page(viewer, notice, url)
+            if action == "close":
+                closed = self.tokens.revoke(viewer.urn)
+                return self.my_page(viewer, "Your private feed is closed." if closed else "You had no private feed.")
+            raise BadRequest(f"action={action!r}: new or close")
+        try:
+            channel = channel_field(request.form)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        if action == "subscribe":
+            address = request.form.get("address", "").strip()
+            self.outbox.subscribe(viewer.urn, channel, address)  # GeniError (400) says what is wrong with it
+            return self.my_page(viewer, f"You will be told by {CHANNEL_LABELS[channel]} at {address}.")
+        if action == "unsubscribe":
+            was_in = self.outbox.unsubscribe(viewer.urn, channel)
+            said = "You will no longer be told by" if was_in else "You were not subscribed to"
+            return self.my_page(viewer, f"{said} {CHANNEL_LABELS[channel]}.")
+        raise BadRequest(f"action={action!r}: subscribe or unsubscribe")
+
     # -- feeds ----------------------------------------------------------------------------------------------------
     def node_feed(self, request: WebRequest, key: str) -> WebResponse:
         """Every lease of a node; slice details only for the viewer's own slices (or an operator)."""
@@ -218,7 +295,8 @@ class WebCalendar:
             who = "without a certificate" if viewer.urn is None else f"as {viewer.urn}"
             raise Forbidden(
                 f"the feed of {slice_urn} is for its members: you came {who}. Present your GENI user certificate, "
-                "or subscribe to your private feed (sfa-omf calendar feed-url YOUR_URN gives its address)"
+                "or subscribe to your private feed (its address: the page /calendar/me with your certificate, or "
+                "sfa-omf calendar feed-url YOUR_URN)"
             )
         rows = self._feed_rows(slices=[slice_urn])
         return self._feed(f"{short_name(slice_urn)} ({self.settings.host})", rows, viewer.sees)
@@ -228,8 +306,8 @@ class WebCalendar:
         user = self.tokens.user_of(token)
         if user is None:
             raise NotFound(
-                "no feed has this address (it may have been replaced); ask for a new one with "
-                "sfa-omf calendar feed-url YOUR_URN"
+                "no feed has this address (it may have been replaced); ask for a new one on the page /calendar/me "
+                "with your certificate, or with sfa-omf calendar feed-url YOUR_URN"
             )
         slices = self.timeline.slices_of_user(user)
         rows = self._feed_rows(slices=slices) if slices else []

@@ -22,6 +22,7 @@ class Viewer:
     admin: bool = False
     slices: frozenset[str] = frozenset()
     refused: str = ""  # why a certificate that was presented is not believed (shown on the page)
+    email: str = ""  # the certificate's e-mail address, if it has one (the page offers it for notifications)
 
     def sees(self, slice_urn: str) -> bool:
         """May this viewer see who booked this slice's leases and how they are doing?"""
@@ -53,4 +54,6 @@ def identify(
         return Viewer(refused=f"your certificate is not trusted here ({exc.message}); showing the public view")
     if not leaf.urn or "+user+" not in leaf.urn:
         return Viewer(refused="your certificate names no GENI user; showing the public view")
-    return Viewer(urn=leaf.urn, admin=leaf.urn in admins, slices=frozenset(slices_of_user(leaf.urn)))
+    return Viewer(
+        urn=leaf.urn, admin=leaf.urn in admins, slices=frozenset(slices_of_user(leaf.urn)), email=leaf.email or ""
+    )

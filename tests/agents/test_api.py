@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from sfa_omf.agents.node import KEY, AgentCallError, Client, enrol
 from sfa_omf.calendar.agents import Agents
+from sfa_omf.calendar.outbox import NotifyEvents
 from sfa_omf.times import utcnow
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
 from tests.agents.conftest import Lab
@@ -183,6 +184,9 @@ def test_silent_agent_is_lost_and_comes_back(lab: Lab, tmp_path: Path) -> None:
     later = Agents(lab.aggregate.database, clock=lambda: utcnow() + timedelta(seconds=lab.settings.agent_timeout_s + 1))
     assert later.sweep_lost(lab.settings.agent_timeout_s) == [enrolled.node]
     assert later.sweep_lost(lab.settings.agent_timeout_s) == []  # once
+    # The operators' "node down" event was recorded with the loss, once (notify/alerts.py).
+    (down,) = NotifyEvents(lab.aggregate.database).since(utcnow() - timedelta(hours=1))
+    assert down.event == "node_down" and down.slice_urn is None and down.payload["node"] == enrolled.node
     assert lab.aggregate.inventory.get_node(enrolled.node).state == "lost"
     assert [a.lost for a in lab.agents.list_agents()] == [True]
     client = Client(lab.url, str(tmp_path / "a1" / "node.gid"), str(tmp_path / "a1" / KEY), lab.root)

@@ -12,6 +12,7 @@ import pytest
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.outbox import NotifyEvents
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeSpec, SliverRecord
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.testbed.base import BackgroundTask, SliverHealth
@@ -252,6 +253,24 @@ def test_renew_refused_for_one_lease_renews_none(setup: tuple[Aggregate, FaultIn
         )
     assert refusal.value.code == 7
     assert snapshot(aggregate, pki.slice_urn) == before
+    # The refusal is recorded for the slice's users (notify/alerts.py), and that is all the call wrote.
+    (refused,) = NotifyEvents(aggregate.database).since(utcnow() - timedelta(hours=1))
+    assert refused.event == "renewal_refused" and refused.slice_urn == pki.slice_urn
+    assert refused.payload["caller"] == "urn:publicid:IDN+testbed+user+alice" and "is booked during" in str(
+        refused.payload["reason"]
+    )
+
+
+def test_renew_with_a_bad_time_is_no_refused_renewal(
+    setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki
+) -> None:
+    aggregate, _ = setup
+    alice = pki.users["alice"]
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    with pytest.raises(GeniError) as refusal:
+        aggregate.renew(alice.chain, [pki.slice_urn], [alice.slice_cred], "next tuesday", {})
+    assert refusal.value.reason == Reason.BAD_ARGS
+    assert NotifyEvents(aggregate.database).since(utcnow() - timedelta(hours=1)) == []
 
 
 def test_delete_that_the_testbed_stops_halfway_never_claims_a_release_that_did_not_happen(

@@ -38,11 +38,22 @@ class Served:
 
     def get(self, path: str, user: str | None = None) -> tuple[int, str, bytes]:
         """(status, content type, body) of an HTTPS GET, presenting the user's certificate if one is named."""
+        return self.send("GET", path, user)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        user: str | None = None,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, str, bytes]:
+        """(status, content type, body) of an HTTPS request, presenting the user's certificate if one is named."""
         chain, key = self.files(user) if user else (None, None)
         host, port = self.url.removeprefix("https://").rstrip("/").split(":")
         connection = http.client.HTTPSConnection(host, int(port), context=client_context(chain, key), timeout=30)
         try:
-            connection.request("GET", path)
+            connection.request(method, path, body=body, headers=headers or {})
             response = connection.getresponse()
             return response.status, response.getheader("content-type", ""), response.read()
         finally:

@@ -158,3 +158,87 @@ def test_calendar_in_a_browser(served: Served, browser: Any) -> None:
     assert OTHER in page.inner_text("#details")
     page.screenshot(path=str(ARTIFACTS / "calendar-operator.png"), full_page=True)
     operator.close()
+
+
+def ann_context(served: Served, browser: Any) -> Any:
+    gid, key = served.files("ann")
+    return browser.new_context(
+        ignore_https_errors=True,
+        viewport={"width": 1280, "height": 720},
+        client_certificates=[{"origin": served.url.rstrip("/"), "certPath": gid, "keyPath": key}],
+    )
+
+
+def test_week_view_now_line_hover_and_pool_filter(served: Served, browser: Any) -> None:
+    """The week from today: the red "now" line where the clock is (in pixels), hovering a bar shows its booking,
+    the pool filter keeps that pool's nodes, the day view of tomorrow has no "now" line."""
+    day, mine, _other = demo_inventory(served)
+    today = day - timedelta(days=1)
+    context = ann_context(served, browser)
+    page = context.new_page()
+    assert page.goto(f"{served.url}calendar/?view=week&start={today:%Y-%m-%d}").status == 200
+    assert page.locator(".row.axis .tick").count() == 7  # one tick a day
+    line = page.evaluate(
+        """() => { const track = document.querySelector('#gantt .row.node .track').getBoundingClientRect();
+                   const line = document.getElementById('now-line'); const box = line.getBoundingClientRect();
+                   return [line.hidden, (box.left - track.left) / track.width * 100]; }"""
+    )
+    expected = gantt.place(utcnow(), utcnow(), today, today + timedelta(days=7))[0]
+    assert line[0] is False and abs(line[1] - expected) < 0.5, (line, expected)  # 0.5 % of a week: 50 minutes
+    page.hover(f".bar[data-lease='{mine}'] >> nth=0")
+    assert page.is_visible("#details") and DEMO in page.inner_text("#details")
+    page.select_option("select[name=pool]", "radio")
+    page.wait_for_url("**pool=radio**")
+    assert page.locator(".row.node .name a").all_inner_texts() == ["usrp1"]
+    page.screenshot(path=str(ARTIFACTS / "calendar-week-ann.png"), full_page=True)
+    assert page.goto(f"{served.url}calendar/?view=day&start={day:%Y-%m-%d}").status == 200
+    assert page.evaluate("() => document.getElementById('now-line').hidden") is True
+    context.close()
+
+
+def test_my_page_in_a_browser(served: Served, browser: Any) -> None:
+    """ann follows the link from the calendar to her page, turns e-mail notifications on and off, and makes her
+    private feed's address, which a client without a certificate reads; the same form sent by another site's page
+    in her browser (which presents her certificate there too) is refused and changes nothing."""
+    from sfa_omf.calendar.outbox import Outbox
+
+    demo_inventory(served)
+    outbox = Outbox(served.aggregate.database)
+    context = ann_context(served, browser)
+    page = context.new_page()
+    assert page.goto(f"{served.url}calendar/").status == 200
+    page.click("#my-page")
+    page.wait_for_url("**/calendar/me")
+    page.fill("tr[data-channel=email] input[name=address]", "ann@example.org")
+    page.click("tr[data-channel=email] form.subscribe button")
+    page.wait_for_selector("#done")
+    assert "ann@example.org" in page.inner_text("#done")
+    assert outbox.subscriptions(["urn:publicid:IDN+lab+user+ann"]) == {
+        "urn:publicid:IDN+lab+user+ann": [("email", "ann@example.org")]
+    }
+    assert page.inner_text("tr[data-channel=email] .address") == "ann@example.org"
+    page.click("#new-feed button")
+    page.wait_for_selector("#feed-url")
+    address = page.inner_text("#feed-url")
+    page.screenshot(path=str(ARTIFACTS / "me-ann.png"), full_page=True)
+    anonymous = browser.new_context(ignore_https_errors=True)
+    feed = anonymous.request.get(address)
+    assert feed.status == 200 and feed.headers["content-type"].startswith("text/calendar") and b"demo" in feed.body()
+    anonymous.close()
+    page.click("tr[data-channel=email] form.unsubscribe button")
+    page.wait_for_selector("#done")
+    assert outbox.subscriptions(["urn:publicid:IDN+lab+user+ann"]) == {}
+
+    token = page.get_attribute("tr[data-channel=email] input[name=token]", "value")
+    evil = context.new_page()  # another site's page, in ann's browser: it copies the form, even her token
+    evil.set_content(
+        f"""<form id="f" method="post" action="{served.url}calendar/me/notify">
+            <input name="token" value="{token}"><input name="channel" value="webhook">
+            <input name="action" value="subscribe"><input name="address" value="https://evil.example/hook">
+            </form>"""
+    )
+    with evil.expect_navigation():
+        evil.evaluate("() => document.getElementById('f').submit()")
+    assert "another site" in evil.inner_text("body")
+    assert outbox.subscriptions(["urn:publicid:IDN+lab+user+ann"]) == {}
+    context.close()

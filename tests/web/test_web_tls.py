@@ -4,12 +4,15 @@ a certificate is refused."""
 
 from __future__ import annotations
 
+import re
 import xmlrpc.client
 from datetime import timedelta
+from urllib.parse import urlencode
 
 import pytest
 from icalendar import Calendar
 
+from sfa_omf.calendar.outbox import Outbox
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.cli import main
 from sfa_omf.times import format_time, utcnow
@@ -134,3 +137,47 @@ def test_xml_rpc_without_a_certificate_is_refused(served: Served) -> None:
     assert fault.value.faultCode == 3 and "no client certificate" in fault.value.faultString
     chain, key = served.files("ann")
     assert proxy(served.url, chain, key).GetVersion()["code"]["geni_code"] == 0
+
+
+def test_a_user_opts_in_over_tls_with_their_certificate(served: Served) -> None:
+    """The forms of /calendar/me over the real HTTPS server: the TLS client certificate is the identity; a POST
+    from another site's page, without a certificate, or not a form is refused and changes nothing."""
+    origin = served.url.rstrip("/")
+    status, _, page = served.get("/calendar/me", "ann")
+    assert status == 200 and ANN.encode() in page
+    token = re.search(rb'name="token" value="([0-9a-f]+)"', page)
+    assert token is not None
+    form = urlencode(
+        {"token": token.group(1).decode(), "channel": "email", "action": "subscribe", "address": "ann@example.org"}
+    ).encode()
+    browser = {"Content-Type": "application/x-www-form-urlencoded", "Origin": origin, "Sec-Fetch-Site": "same-origin"}
+    outbox = Outbox(served.aggregate.database)
+
+    refused = [
+        (
+            served.send(
+                "POST",
+                "/calendar/me/notify",
+                "ann",
+                form,
+                {**browser, "Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+            ),
+            403,
+        ),
+        (served.send("POST", "/calendar/me/notify", None, form, browser), 403),  # no certificate: no user
+        (served.send("POST", "/calendar/me/notify", "cid", form, browser), 403),  # ann's token, cid's certificate
+        (served.send("POST", "/calendar/me/notify", "ann", form, {**browser, "Content-Type": "text/plain"}), 415),
+        (served.send("POST", "/calendar/me/notify", "ann", b"x" * 9000, browser), 413),
+    ]
+    for (status, _, body), expected in refused:
+        assert status == expected, body
+    assert outbox.subscriptions([ANN]) == {}
+
+    status, _, body = served.send("POST", "/calendar/me/notify", "ann", form, browser)
+    assert status == 200 and b"ann@example.org" in body, body
+    assert outbox.subscriptions([ANN]) == {ANN: [("email", "ann@example.org")]}
+    new_feed = urlencode({"token": token.group(1).decode(), "action": "new"}).encode()
+    status, _, body = served.send("POST", "/calendar/me/feed", "ann", new_feed, browser)
+    address = re.search(rb'id="feed-url"><a href="(https://[^"]+)"', body)
+    assert status == 200 and address is not None and address.group(1).decode().startswith(f"{origin}/calendar/feed/")
+    assert served.get(address.group(1).decode().removeprefix(origin))[0] == 200  # no certificate needed

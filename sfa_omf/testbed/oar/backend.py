@@ -266,7 +266,7 @@ class OarTestbed:
     def background_tasks(self) -> Sequence[BackgroundTask]:
         return (
             BackgroundTask("mirror OAR's own reservations", self.cache_s, self.refresh_external),
-            BackgroundTask("reconcile the calendar with OAR", self.reconcile_s, self.reconcile),
+            BackgroundTask("reconcile the calendar with OAR", self.reconcile_s, self.reconcile, repairs=True),
         )
 
     # -- OAR's own reservations -----------------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+"""Events that are not a lease's state, recorded where they happen (see calendar/outbox.py, table notify_event) and
+delivered by the notifier like the lease events, exactly once each:
+
+| event | to | recorded by |
+|---|---|---|
+| renewal_refused | the slice's users and the caller | the AM's Renew, when the calendar or the policy refuses it |
+| node_down | the operators | the agents' sweep, in the unit of work that puts the node out of service |
+| backend_down | the operators | the server's background loop: a testbed task failed after working (or first) |
+| backend_recovered | the operators | the server's background loop: a testbed task worked again after failing |
+| reconciler_repaired | the operators | the server's background loop: the testbed's reconciler changed something |
+
+Recording never raises: an event that cannot be written is logged, and the call or loop goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.outbox import NotifyEvents, RecordedEvent
+from sfa_omf.errors import GeniError
+from sfa_omf.times import format_time, utcnow
+
+log = logging.getLogger("sfa_omf.notify")
+
+OPERATOR_EVENTS = ("node_down", "backend_down", "backend_recovered", "reconciler_repaired")
+BACKEND_STATES = ("backend_down", "backend_recovered")
+
+
+class Alerts:
+    """Records the events of this module's table; safe to call from any thread and any process."""
+
+    def __init__(self, database: Database, clock: Callable[[], datetime] = utcnow) -> None:
+        self.events = NotifyEvents(database)
+        self.clock = clock
+
+    def renewal_refused(
+        self, slice_urn: str, caller_urn: str, slivers: Sequence[str], asked: datetime, reason: str
+    ) -> None:
+        """A Renew of the slice (these slivers; none: all) to ``asked`` was refused (one message per slice and asked
+        end)."""
+        self._record(
+            RecordedEvent(
+                key=f"renewal_refused:{slice_urn}:{int(asked.timestamp())}",
+                event="renewal_refused",
+                slice_urn=slice_urn,
+                payload={
+                    "event": "renewal_refused",
+                    "summary": f"renewal of {slice_urn} to {format_time(asked)} refused",
+                    "slice": slice_urn,
+                    "caller": caller_urn,
+                    "slivers": list(slivers),
+                    "asked_end": format_time(asked),
+                    "reason": reason,
+                },
+                created=self.clock(),
+            )
+        )
+
+    def backend_failed(self, backend: str, task: str, error: str) -> None:
+        """A testbed task failed: the backend is down, unless it is already known to be."""
+        last = self.events.last(BACKEND_STATES, f"backend_:{backend}:")
+        if last is not None and last.event == "backend_down":
+            return
+        self._backend_event("backend_down", backend, last, f"testbed backend {backend} is down ({task}: {error})")
+
+    def backend_worked(self, backend: str) -> None:
+        """A testbed task worked: if the backend was down, it has recovered."""
+        last = self.events.last(BACKEND_STATES, f"backend_:{backend}:")
+        if last is not None and last.event == "backend_down":
+            self._backend_event("backend_recovered", backend, last, f"testbed backend {backend} has recovered")
+
+    def repaired(self, backend: str, task: str, report: str) -> None:
+        """The backend's reconciler changed something to make the testbed and the calendar agree."""
+        now = self.clock()
+        digest = hashlib.sha256(report.encode("utf-8")).hexdigest()[:16]
+        self._record(
+            RecordedEvent(
+                key=f"reconciler_repaired:{backend}:{int(now.timestamp())}:{digest}",
+                event="reconciler_repaired",
+                slice_urn=None,
+                payload={
+                    "event": "reconciler_repaired",
+                    "summary": f"{task} repaired a mismatch",
+                    "backend": backend,
+                    "report": report,
+                },
+                created=now,
+            )
+        )
+
+    def _backend_event(self, event: str, backend: str, previous: RecordedEvent | None, summary: str) -> None:
+        # The key names the state it follows: two processes noticing the same change record it once.
+        after = previous.id if previous is not None else 0
+        self._record(
+            RecordedEvent(
+                key=f"backend_:{backend}:{event}:after:{after}",
+                event=event,
+                slice_urn=None,
+                payload={"event": event, "summary": summary, "backend": backend},
+                created=self.clock(),
+            )
+        )
+
+    def _record(self, event: RecordedEvent) -> None:
+        try:
+            self.events.record(event)
+        except GeniError as exc:  # the database is down: the event is lost, the caller's work is not
+            log.warning("could not record the %s event (%s)", event.event, exc.message)
