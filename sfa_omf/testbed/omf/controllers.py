@@ -6,9 +6,9 @@ cm_factory: ``configure {state: {node, status}}`` with status on | off | reset |
 (then ``last_action`` reset | shutdown); it informs STATUS {node_name, current, desired} (``current`` pxe_on once a
 node has booted on PXE, pxe_off once it has left it) or ERROR {event_type AUTH | HTTP | TIME_OUT, node_name, msg}.
 
-An image load, in this order: every node boots on PXE (start_on_pxe); frisbee_factory gives a port
-(``request {ports}``); a frisbeed server is created for the image on that port; a frisbee client per node writes the
-image (its informs: STDOUT progress, EXIT at the end); each loaded node boots off its disk again (start_without_pxe,
+An image load, in this order: frisbee_factory gives a port (``request {ports}``); a frisbeed server is created for
+the image on that port; every node boots on PXE (start_on_pxe); a frisbee client per node writes the image (its
+informs: STDOUT progress, EXIT at the end); each loaded node boots off its disk again (start_without_pxe,
 last_action reset); the clients and the server are released. A node that fails a step is left out of the next ones
 and keeps the reason of the step that failed.
 """
@@ -57,23 +57,36 @@ class Controllers:
     def load_image(self, image: str, nodes: Sequence[str]) -> dict[str, NodeOutcome]:
         """Write ``image`` on the nodes' disks and boot them from it (the order in the module docstring)."""
         with self.client.session() as session:
-            outcomes = self._cm(session, nodes, "start_on_pxe", "boot on PXE", current="pxe_on")
-            on_pxe = [node for node in nodes if outcomes[node].ok]
-            if not on_pxe:
-                return outcomes
             try:
-                written = self._frisbee(session, image, on_pxe)
-            except (FrcpError, FrcpTimeout) as exc:  # no port or no server: no node can be loaded
-                return {**outcomes, **{node: NodeOutcome(node, f"frisbee: {exc}") for node in on_pxe}}
-            outcomes.update(written)
-            loaded = [node for node in on_pxe if outcomes[node].ok]
-            if loaded:
-                outcomes.update(
-                    self._cm(
-                        session, loaded, "start_without_pxe", "boot off PXE", current="pxe_off", last_action="reset"
-                    )
+                ports = session.request(self.frisbee_topic, "request", {"ports": None})
+                port = ports.props.get("ports")
+                if not isinstance(port, int) or isinstance(port, bool):
+                    return {node: NodeOutcome(node, f"frisbee_factory gave no port ({port!r})") for node in nodes}
+                server = session.request(
+                    self.frisbee_topic,
+                    "create",
+                    {"type": "frisbeed", "hrn": "frisbee server", "image": image, "port": port},
                 )
-            return outcomes
+            except (FrcpError, FrcpTimeout) as exc:  # no port or no server: no node can be loaded
+                return {node: NodeOutcome(node, f"frisbee_factory could not serve {image}: {exc}") for node in nodes}
+            children = [str(server.props.get("res_id") or "")]
+            try:
+                outcomes = self._cm(session, nodes, "start_on_pxe", "boot on PXE", current="pxe_on")
+                on_pxe = [node for node in nodes if outcomes[node].ok]
+                if on_pxe:
+                    outcomes.update(self._frisbee(session, image, port, on_pxe, children))
+                loaded = [node for node in on_pxe if outcomes[node].ok]
+                if loaded:
+                    outcomes.update(
+                        self._cm(
+                            session, loaded, "start_without_pxe", "boot off PXE", current="pxe_off", last_action="reset"
+                        )
+                    )
+                return outcomes
+            finally:
+                for child in reversed(children):  # the clients, then the server
+                    if child:
+                        self._release(session, child)
 
     # -- steps -------------------------------------------------------------------------------------------------
     def _cm(
@@ -90,32 +103,29 @@ class Controllers:
         answers = session.about_nodes(nodes, done, self.boot_timeout_s, f"{what} (cm_factory)")
         return _outcomes(answers.values(), f"cm_factory could not {what}")
 
-    def _frisbee(self, session: FrcpSession, image: str, nodes: Sequence[str]) -> dict[str, NodeOutcome]:
-        ports = session.request(self.frisbee_topic, "request", {"ports": None})
-        port = ports.props.get("ports")
-        if not isinstance(port, int) or isinstance(port, bool):
-            return {node: NodeOutcome(node, f"frisbee_factory gave no port ({port!r})") for node in nodes}
-        server = session.request(
-            self.frisbee_topic, "create", {"type": "frisbeed", "hrn": "frisbee server", "image": image, "port": port}
-        )
-        children: list[str] = []
-        try:
-            for node in nodes:
+    def _frisbee(
+        self, session: FrcpSession, image: str, port: int, nodes: Sequence[str], children: list[str]
+    ) -> dict[str, NodeOutcome]:
+        """A frisbee client per node writes the image frisbeed serves on ``port``; ``children`` gets each client
+        (to release)."""
+        outcomes: dict[str, NodeOutcome] = {}
+        for node in nodes:
+            try:
                 client = session.request(
                     self.frisbee_topic,
                     "create",
                     {"type": "frisbee", "hrn": f"frisbee client {node}", "port": port, "node_topic": node},
                 )
-                child = str(client.props.get("res_id") or "")
-                if child:
-                    session.subscribe_address(child)
-                    children.append(child)
-            answers = session.about_nodes(nodes, _frisbee_finished, self.boot_timeout_s, f"write {image} (frisbee)")
-            return _outcomes(answers.values(), "frisbee could not write the image")
-        finally:
-            for child in [*children, str(server.props.get("res_id") or "")]:
-                if child:
-                    self._release(session, child)
+            except (FrcpError, FrcpTimeout) as exc:
+                outcomes[node] = NodeOutcome(node, f"frisbee could not write the image: {exc}")
+                continue
+            child = str(client.props.get("res_id") or "")
+            if child:
+                session.subscribe_address(child)
+                children.append(child)
+        writing = [node for node in nodes if node not in outcomes]
+        answers = session.about_nodes(writing, _frisbee_finished, self.boot_timeout_s, f"write {image} (frisbee)")
+        return {**outcomes, **_outcomes(answers.values(), "frisbee could not write the image")}
 
     def _release(self, session: FrcpSession, child: str) -> None:
         try:
