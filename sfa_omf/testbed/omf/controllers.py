@@ -33,6 +33,7 @@ class NodeOutcome:
 
     node: str
     reason: str = ""
+    timed_out: bool = False  # the controller said nothing about the node in time
 
     @property
     def ok(self) -> bool:
@@ -145,7 +146,8 @@ def _outcomes(answers: Iterable[NodeAnswer], failed: str) -> dict[str, NodeOutco
         reason = answer.reason
         if not reason and answer.inform is not None and str(answer.inform.props.get("exit_code", 0)) not in ("0", ""):
             reason = str(answer.inform.props.get("msg") or f"exit code {answer.inform.props['exit_code']}")
-        outcomes[answer.node] = NodeOutcome(answer.node, f"{failed}: {reason}" if reason else "")
+        timed_out = answer.inform is None
+        outcomes[answer.node] = NodeOutcome(answer.node, f"{failed}: {reason}" if reason else "", timed_out)
     return outcomes
 
 

@@ -112,29 +112,42 @@ class SlotKeeper:
         status = POWER_OF_ACTION.get(action)
         if status is None or self.controllers is None:
             return
-        now_s = to_s(self.clock())
-        nodes: list[str] = []
-        for lease in leases:
-            if action == "geni_restart" and self.records.claim(lease.id, (FAILED,), PROVISIONED, now_s):
-                continue  # the next pass loads and powers it again
-            nodes += [names[sliver.node] for sliver in lease.slivers if sliver.node in names]
-        if not nodes:
-            return
+        # A lease whose start failed gets the whole start again (next pass) instead of a reset: recorded only
+        # once the other leases' nodes are switched, so a call that fails writes nothing.
+        again = [lease.id for lease in leases if action == "geni_restart" and self._phase(lease.id) == FAILED]
+        nodes = [
+            names[sliver.node]
+            for lease in leases
+            if lease.id not in again
+            for sliver in lease.slivers
+            if sliver.node in names
+        ]
+        if nodes:
+            self._switch(nodes, status, action)
+        for lease_id in again:
+            self.records.claim(lease_id, (FAILED,), PROVISIONED, to_s(self.clock()))
+
+    def _switch(self, nodes: Sequence[str], status: str, action: str) -> None:
+        assert self.controllers is not None
         try:
             outcomes = self.controllers.power(nodes, status)
         except FrcpUnavailable as exc:
             raise GeniError(
                 Reason.UNAVAILABLE, f"cannot {action} on the testbed: {exc}; nothing was changed, try again"
             ) from exc
-        failed = failures(outcomes)
+        failed = [outcome for outcome in outcomes.values() if not outcome.ok]
         if failed:
-            done = [node for node in nodes if node not in failed]
+            done = [node for node in nodes if outcomes[node].ok]
             raise GeniError(
-                Reason.TIMEDOUT if all("no answer" in reason for reason in failed.values()) else Reason.TESTBED,
+                Reason.TIMEDOUT if all(outcome.timed_out for outcome in failed) else Reason.TESTBED,
                 f"{action} failed on {len(failed)} node(s): "
-                + "; ".join(f"{node}: {reason}" for node, reason in sorted(failed.items()))
+                + "; ".join(f"{outcome.node}: {outcome.reason}" for outcome in sorted(failed, key=lambda o: o.node))
                 + (f" (switched {status}: {', '.join(done)})" if done else " (no node was switched)"),
             )
+
+    def _phase(self, lease_id: str) -> str:
+        record = self.records.get(lease_id)
+        return record.phase if record is not None else ""
 
     # -- the background pass ---------------------------------------------------------------------------------
     def run(self) -> SlotReport:

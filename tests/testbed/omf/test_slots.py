@@ -261,3 +261,16 @@ def test_the_broker_down_is_unavailable_then_everything_recovers(
             assert states(running, lab) == {"node1": ("geni_ready", "")}
         finally:
             forwarder.stop()
+
+
+def test_an_operational_action_no_controller_answers_is_timedout_and_records_nothing(
+    running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str
+) -> None:
+    for running in serve(running_reactor, lab, tmp_path, rabbitmq_url, frcp_boot_timeout_s=1):
+        provisioned(running, lab, {"node1": ""})
+        pass_at(running, slot_start())
+        running.nodes.silent.add("node1")
+        answer = running.am.PerformOperationalAction([SLICE], [lab.slice_cred], "geni_stop", {})
+        assert answer["code"]["geni_code"] == 8
+        assert "no answer about node1 to switch off (cm_factory) within 1 s (no node was switched)" in answer["output"]
+        assert states(running, lab) == {"node1": ("geni_ready", "")}
