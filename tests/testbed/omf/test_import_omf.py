@@ -187,3 +187,38 @@ def test_a_broker_that_cannot_be_read_changes_nothing(config: str, capsys: pytes
     _, err = capsys.readouterr()
     assert code != 0 and f"cannot read {url}/resources/nodes" in err
     assert Inventory(Database(read_config(config).calendar_url)).list_nodes() == []
+
+
+USER_URN_NODE = b'{"resource_response": {"resources": [{"name": "a", "urn": "urn:publicid:IDN+x+user+a"}]}}'
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"<html>not json</html>", "did not answer omf_sfa's resource_response"),
+        (b'{"resource_response": {"resource": {}}}', "did not answer omf_sfa's resource_response"),
+        (b'{"resource_response": {"resources": {"name": "node1"}}}', "resources is not a list of nodes"),
+        (b'{"resource_response": {"resources": [{"urn": "urn:publicid:IDN+x+node+a"}]}}', "node #1 has no name"),
+        (USER_URN_NODE, "not a node URN"),
+    ],
+)
+def test_an_answer_that_is_not_omf_sfas_is_refused_with_what_is_wrong(body: bytes, words: str) -> None:
+    from sfa_omf.errors import BadArgs
+    from sfa_omf.testbed.omf.importer import node_entries, nodes_of
+
+    with pytest.raises(BadArgs) as refused:
+        node_entries(nodes_of(body, "https://broker/resources/nodes"), "nitos", "https://broker/resources/nodes")
+    assert words in refused.value.message
+
+
+def test_a_lease_the_calendar_cannot_read_is_reported_not_fatal() -> None:
+    from sfa_omf.testbed.omf.importer import BrokerLease, import_leases
+
+    def book(body: Any) -> None:
+        from sfa_omf.errors import BadArgs
+
+        raise BadArgs(f"valid_from: {body['valid_from']!r} is not a time")
+
+    leases = [BrokerLease("l1", "l1", "soon", "later", {"name": "alice"}, ("urn:publicid:IDN+nitos+node+node1",))]
+    report = import_leases(leases, book, lambda body: False)
+    assert report.booked == [] and report.refused == [("l1", "valid_from: 'soon' is not a time")]
