@@ -70,6 +70,17 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     source.add_argument(
         "--from-file", metavar="FILE", help="a .csv or .json file of nodes (docs/calendar.md); re-running updates"
     )
+    source.add_argument(
+        "--from-omf",
+        metavar="URL",
+        help="an omf_sfa broker (https://host:8001): its /resources/nodes and their leases; re-running updates",
+    )
+    imported.add_argument("--cert", metavar="PEM", help="--from-omf: client certificate (chain) the broker accepts")
+    imported.add_argument("--key", metavar="PEM", help="--from-omf: the client certificate's private key")
+    imported.add_argument("--ca", metavar="PEM", help="--from-omf: the certificate(s) to check the broker's against")
+    imported.add_argument(
+        "--insecure", action="store_true", help="--from-omf: do not check the broker's certificate at all"
+    )
     imported.set_defaults(handler=_node_import)
     state = node.add_parser("set-state", parents=[config_option], help="usable or maintenance")
     state.add_argument("component_id")
@@ -144,6 +155,8 @@ def _safe_url(url: str) -> str:
 def _node_import(args: argparse.Namespace) -> int:
     if args.from_file is not None:
         return _node_import_file(args)
+    if args.from_omf is not None:
+        return _node_import_omf(args)
     from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.calendar.policy import Policy
@@ -186,6 +199,36 @@ def _node_import_file(args: argparse.Namespace) -> int:
     )
     _record_nodes(settings, Inventory(database).list_nodes())  # the nodes are registry records too
     return 0
+
+
+def _node_import_omf(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.bulk_import import import_nodes
+    from sfa_omf.calendar.inventory import Inventory
+    from sfa_omf.calendar.policy import Policy
+    from sfa_omf.server.app import build_aggregate
+    from sfa_omf.testbed.omf import importer
+    from sfa_omf.testbed.omf.rest import omf_inventory
+
+    settings = command_settings(args)
+    url = importer.nodes_url(args.from_omf)
+    print(f"reading the broker's nodes from {url} ...", file=sys.stderr)
+    nodes = importer.fetch_nodes(url, args.cert, args.key, args.ca, args.insecure, timeout_s=60)
+    entries = importer.node_entries(nodes, settings.interface_hrn, url)
+    aggregate = build_aggregate(settings)
+    database = aggregate.database
+    report = import_nodes(database, entries, Policy(default_grain_s=settings.grain_s), progress=_progress_bar("nodes"))
+    print(f"{report.added} node(s) added, {report.updated} updated, {report.unchanged} unchanged (from {url})")
+    _record_nodes(settings, Inventory(database).list_nodes())
+    inventory = omf_inventory(aggregate, f"https://{settings.hostname}:{settings.aggregate_port}")
+    leases, skipped = importer.broker_leases(nodes, entries, aggregate.clock())
+    booked = importer.import_leases(leases, inventory.book_lease, inventory.has_lease, _progress_bar("leases"))
+    print(
+        f"{len(booked.booked)} lease(s) booked, {len(booked.already)} already booked, {len(booked.refused)} refused, "
+        f"{skipped} past or cancelled left out"
+    )
+    for lease, reason in booked.refused:
+        print(f"  lease {lease} refused: {reason}", file=sys.stderr)
+    return 1 if booked.refused else 0
 
 
 def _record_nodes(settings: Settings, nodes: Sequence[NodeRecord]) -> None:

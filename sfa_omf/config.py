@@ -99,6 +99,10 @@ class Settings:
     frcp_user_factory: str = "user_factory"
     frcp_timeout_s: int = 30
     frcp_account: str = "root"
+    frcp_cm_factory: str = "cm_factory"  # empty: nodes are not powered (nor images loaded) at slot boundaries
+    frcp_frisbee_factory: str = "frisbee_factory"
+    frcp_boot_timeout_s: int = 600
+    frcp_slot_period_s: int = 15
     web_enabled: bool = True  # the web calendar and iCal feeds under /calendar on the aggregate's server
     web_admins: str = ""  # user URNs (space or comma separated) who see every booking and node state
     notify_enabled: bool = False  # notice lease events and deliver them (sfa_omf/notify)
@@ -243,6 +247,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("frcp_user_factory", "sfa_frcp", "user_factory", "text", "the FRCP topic of the user_factory controller"),
     Option("frcp_timeout_s", "sfa_frcp", "timeout_s", "count", "seconds to wait for one FRCP answer"),
     Option("frcp_account", "sfa_frcp", "account", "text", "the account the aggregate signs FRCP messages as"),
+    Option("frcp_cm_factory", "sfa_frcp", "cm_factory", "text", "FRCP topic of cm_factory (empty: no power control)"),
+    Option("frcp_frisbee_factory", "sfa_frcp", "frisbee_factory", "text", "the FRCP topic of frisbee_factory"),
+    Option("frcp_boot_timeout_s", "sfa_frcp", "boot_timeout_s", "count", "seconds a node may take to boot or load"),
+    Option("frcp_slot_period_s", "sfa_frcp", "slot_period_s", "count", "seconds between slot-boundary passes"),
     Option("web_enabled", "sfa_web", "enabled", "flag", "serve the web calendar and iCal feeds under /calendar"),
     Option("web_admins", "sfa_web", "admins", "text", "user URNs who see every booking in the web calendar"),
     Option("notify_enabled", "sfa_notify", "enabled", "flag", "notice lease events and deliver them to subscribers"),

@@ -51,7 +51,7 @@ from sfa_omf.images.store import ImageStore
 from sfa_omf.notify.alerts import Alerts
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.records import Records
-from sfa_omf.testbed.base import SliverHealth, TestbedBackend
+from sfa_omf.testbed.base import OperatingBackend, SliverHealth, TestbedBackend
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.testbed.unix_accounts import LocalAccount, UnixAccounts
 from sfa_omf.times import format_time, parse_time, utcnow
@@ -552,6 +552,8 @@ class Aggregate:
                     Reason.BAD_ARGS,
                     f"{action} needs provisioned slivers; lease {lease.id} is {lease.state}: Provision first",
                 )
+        if isinstance(self.backend, OperatingBackend):  # the testbed first: if it fails, nothing is recorded
+            self.backend.operate(leases, event.value)
         wanted = Operational.NOTREADY if event == Event.STOP else Operational.READY
         self.bookings.set_operational_states([lease.id for lease in leases], wanted)
         return self._sliver_dicts(slice_urn, sliver_urns)

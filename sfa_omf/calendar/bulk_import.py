@@ -93,7 +93,7 @@ def _json_entries(text: str, name: str) -> Iterator[NodeEntry]:
             raise BadArgs(
                 f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(CSV_COLUMNS))})"
             )
-        yield _entry(item, where)
+        yield check_entry(item, where)
 
 
 def _csv_entries(text: str, name: str) -> Iterator[NodeEntry]:
@@ -126,7 +126,7 @@ def _csv_entries(text: str, name: str) -> Iterator[NodeEntry]:
                 item[column] = value
         if properties or any(column not in CSV_COLUMNS for column in reader.fieldnames):
             item["properties"] = properties
-        yield _entry(item, where)
+        yield check_entry(item, where)
 
 
 def _csv_image(text: str, where: str) -> dict[str, str]:
@@ -144,7 +144,7 @@ def _integer(value: str, where: str) -> int:
         raise BadArgs(f"{where}: grain_s is {value!r}, not a number of seconds") from exc
 
 
-def _entry(item: Mapping[str, Any], where: str) -> NodeEntry:
+def check_entry(item: Mapping[str, Any], where: str) -> NodeEntry:
     """Check one node's fields; the same rules whatever the format."""
     component_id = item.get("component_id")
     if not isinstance(component_id, str) or not is_urn(component_id) or parse_urn(component_id).type != "node":

@@ -158,6 +158,24 @@ class OarJob(Base):
     updated_s: Mapped[int] = mapped_column(BigInteger)
 
 
+class OmfSlot(Base):
+    """The OMF backend's work at a provisioned lease's slot boundaries (sfa_omf/testbed/omf/slots.py). ``phase``:
+    provisioned (accounts made, slot not started), starting, ready, failed (the start failed: ``failures`` holds
+    each node's reason, ``message`` the whole), ending, ended, end_failed. ``accounts``: login -> the SSH keys
+    this lease installed, so the end removes exactly them. No foreign key: a lease discarded after a failed call
+    may leave its row behind, which no lease joins any more."""
+
+    __tablename__ = "omf_slot"
+
+    lease_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(20), index=True)
+    accounts: Mapped[dict[str, list[str]]] = mapped_column(JSON, default=dict)
+    failures: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # node component id -> reason
+    message: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_s: Mapped[int] = mapped_column(BigInteger)
+
+
 class LeaseRevision(Base):
     """What the iCal feeds last published about a lease (its fingerprint) and the SEQUENCE that version carries.
 

@@ -195,9 +195,9 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
         notify_loop.start(NOTIFY_PERIOD_S, now=True)
         loops.append(notify_loop)
     for task in aggregate.backend.background_tasks():
-        LoopingCall(lambda task=task: reactor.callInThread(_backend_task, aggregate, task)).start(
-            task.period_s, now=True
-        )
+        backend_loop = LoopingCall(lambda task=task: reactor.callInThread(_backend_task, aggregate, task))
+        backend_loop.start(task.period_s, now=True)
+        loops.append(backend_loop)  # stopped with the server (a test's server must not keep running its tasks)
     if agents is not None:
         # Checked several times per timeout, so a silent node is lost at most a third of the timeout late.
         lost = BackgroundTask("lost node agents", max(1, settings.agent_timeout_s // 3), lambda: _sweep(agents))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sfa_omf.calendar.records import LeaseRecord, SliverRecord
 from sfa_omf.testbed.unix_accounts import LocalAccount
@@ -60,3 +60,13 @@ class TestbedBackend(Protocol):
 
     def background_tasks(self) -> Sequence[BackgroundTask]:
         """Periodic work (mirroring the testbed's own reservations, reconciling); empty when there is none."""
+
+
+@runtime_checkable
+class OperatingBackend(Protocol):
+    """A backend that also acts on PerformOperationalAction (geni_start, geni_stop, geni_restart): the OMF backend
+    switches the nodes through cm_factory. Others only record the state asked for."""
+
+    def operate(self, leases: Sequence[LeaseRecord], action: str) -> None:
+        """Do ``action`` on the leases' nodes, all of them, or raise GeniError saying which failed and why (the
+        calendar then records nothing)."""

@@ -32,7 +32,7 @@ def load_backend(name: str, settings: Any, database: Database | None = None) -> 
     if name == "omf":
         from sfa_omf.testbed.omf.backend import make_omf_backend
 
-        return make_omf_backend(settings)
+        return make_omf_backend(settings, database)
     if name == "oar":
         from sfa_omf.testbed.oar.backend import make_oar_backend  # only an OAR site pays for importing it
 

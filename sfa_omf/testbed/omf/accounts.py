@@ -123,6 +123,12 @@ class UserFactory:
         """Each account's authorized_keys becomes exactly its keys (geni_update_users)."""
         self.ensure(accounts, with_certificate=False)
 
+    def close(self, logins: Sequence[str]) -> None:
+        """Close these accounts (user_factory's ``configure {deluser: {username}}``: userdel -r)."""
+        with self._speaking("close the accounts") as session:
+            for login in logins:
+                session.request(self.topic, "configure", {"deluser": {"username": login}})
+
     def _one(self, session: FrcpSession, login: str, keys: Sequence[str] | None, with_certificate: bool) -> None:
         created = session.request(self.topic, "create", {"type": "user", "hrn": login, "username": login})
         child = created.props.get("res_id")

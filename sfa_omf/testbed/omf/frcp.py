@@ -26,7 +26,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -312,6 +312,14 @@ class FrcpSession:
         self.channel.queue_bind(queue=self.queue, exchange=topic, routing_key="o.*")
         self.subscribed.add(topic)
 
+    def subscribe_address(self, address_or_topic: str) -> None:
+        """Subscribe to a resource named by its address (a child's res_id) or topic."""
+        self.subscribe(topic_of(address_or_topic))
+
+    def message(self, op: str, props: Mapping[str, Any] | None = None, **extra: Any) -> FrcpMessage:
+        """A new request from this session (replies to our own topic)."""
+        return new_message(op, self.src, props, replyto=self.src, **extra)
+
     def send(self, topic: str, message: FrcpMessage) -> None:
         """Publish a request on ``topic`` (routing key o.op; o.info for informs)."""
         body, content_type = encode(message, self.client.signer)
@@ -338,7 +346,7 @@ class FrcpSession:
             raise ValueError(f"op {op!r} is not one of {', '.join(REQUEST_OPS)}")
         target = topic_of(topic)
         self.subscribe(target)
-        message = new_message(op, self.src, props, replyto=self.src, **extra)
+        message = self.message(op, props, **extra)
         self.send(target, message)
         return self.wait(message.mid, timeout_s, node_name, what=f"{op} on {target}")
 
@@ -359,12 +367,42 @@ class FrcpSession:
                 if inform is not None and inform.op == "inform" and _answers(inform, mid, node_name):
                     self.channel.cancel()
                     if inform.is_error:
-                        reason = inform.props.get("reason") or inform.props.get("msg") or inform.itype or "error"
-                        raise FrcpError(str(reason), inform)
+                        raise FrcpError(_reason(inform), inform)
                     return inform
                 if time.monotonic() >= deadline:  # a stream of other messages must not keep us past the limit
                     break
             self.channel.cancel()
+
+    def about_nodes(
+        self, nodes: Collection[str], done: Callable[[FrcpMessage], bool], timeout_s: float | None, what: str
+    ) -> dict[str, NodeAnswer]:
+        """For each node, the first inform about it (props.node_name or props.node: cm_factory and frisbee send no
+        cid) that is an error or that ``done`` accepts; informs that are neither (progress) are skipped. A node
+        with no such inform within the time gets a time-out answer: one slow node does not hide the others'."""
+        limit = self.client.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        answers: dict[str, NodeAnswer] = {}
+        waiting = set(nodes)
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            for method, properties, body in self.channel.consume(
+                self.queue, auto_ack=True, inactivity_timeout=remaining
+            ):
+                if method is None:
+                    break
+                inform = self._read(body, getattr(properties, "content_type", None))
+                node = _node_of(inform) if inform is not None and inform.op == "inform" else ""
+                if inform is not None and node in waiting and (inform.is_error or done(inform)):
+                    answers[node] = NodeAnswer(node, inform, _reason(inform) if inform.is_error else "")
+                    waiting.discard(node)
+                if not waiting or time.monotonic() >= deadline:
+                    break
+            self.channel.cancel()
+        for node in waiting:
+            answers[node] = NodeAnswer(node, None, f"no answer about {node} to {what} within {limit:g} s")
+        return answers
 
     def _read(self, body: bytes, content_type: str | None) -> FrcpMessage | None:
         try:
@@ -374,6 +412,31 @@ class FrcpSession:
             log.warning("dropped an FRCP message: %s", exc)
             return None
         return decoded.message if isinstance(decoded, SignedBy) else decoded
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    """What a controller said about one node: ``reason`` is empty when it succeeded (``inform`` then is the answer),
+    the controller's words (or the time-out) otherwise."""
+
+    node: str
+    inform: FrcpMessage | None
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+def _reason(inform: FrcpMessage) -> str:
+    """The controller's words in an error inform (reason, else msg, else its itype)."""
+    return str(inform.props.get("reason") or inform.props.get("msg") or inform.itype or "error")
+
+
+def _node_of(inform: FrcpMessage) -> str:
+    """The node an inform is about: cm_factory names it node_name, a frisbee client node."""
+    value = inform.props.get("node_name") or inform.props.get("node") or ""
+    return value if isinstance(value, str) else ""
 
 
 def _answers(inform: FrcpMessage, mid: str, node_name: str | None) -> bool:

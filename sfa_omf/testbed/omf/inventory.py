@@ -265,6 +265,11 @@ class OmfInventory:
         [{uuid} | {name} | {urn}]}: book the nodes for the account's slice through the calendar, provisioned at
         once (an operator's lease is accepted, as omf_sfa's), or refuse and write nothing."""
         self.check_operator(caller_chain)
+        return self._one_lease(self.book_lease(body).id)
+
+    def book_lease(self, body: Mapping[str, Any]) -> LeaseRecord:
+        """Book and provision an omf_sfa lease body (create_lease's work, without the caller check: ``node
+        import --from-omf`` runs as the operator), or refuse and write nothing."""
         _known_fields(body)
         start, end = _window(body)
         account_name, slice_urn = self._account_of(body)
@@ -286,7 +291,19 @@ class OmfInventory:
         except Exception:
             self.bookings.discard(booked)  # the call fails whole: nobody holds these leases
             raise
-        return self._one_lease(provisioned[0].id)
+        return provisioned[0]
+
+    def has_lease(self, body: Mapping[str, Any]) -> bool:
+        """Whether the calendar holds a live lease for this lease body's account, window and nodes already (so
+        that importing again books nothing twice)."""
+        _, slice_urn = self._account_of(body)
+        start, end = _window(body)
+        nodes = set(self._components(body.get("components")))
+        return any(
+            record.start == start and record.end == end and set(record.nodes) == nodes
+            for record in self.bookings.leases(slice_urn=slice_urn)
+            if record.state in ("allocated", "provisioned")
+        )
 
     def update_lease(self, caller_chain: GidChain, body: Mapping[str, Any]) -> dict[str, Any]:
         """``PUT /resources/leases`` {uuid, valid_until}: move the lease's end through the calendar (the same

@@ -168,7 +168,12 @@ def _failed(request: server.Request, failure: Failure) -> None:
 def inventory_resource(aggregate: Any, base_url: str, pool: ThreadPool, reactor: Any) -> InventoryResource:
     """The ``/resources`` resource over an Aggregate's calendar, trust and backend (server/app.py mounts it when
     the backend is ``omf``)."""
-    inventory = OmfInventory(
+    return InventoryResource(omf_inventory(aggregate, base_url), pool, reactor)
+
+
+def omf_inventory(aggregate: Any, base_url: str) -> OmfInventory:
+    """The omf_sfa inventory over an Aggregate's calendar, trust and backend."""
+    return OmfInventory(
         aggregate.database,
         aggregate.bookings,
         aggregate.verifier,
@@ -179,4 +184,3 @@ def inventory_resource(aggregate: Any, base_url: str, pool: ThreadPool, reactor:
         shared_login=aggregate.accounts.shared_login,
         clock=aggregate.clock,
     )
-    return InventoryResource(inventory, pool, reactor)

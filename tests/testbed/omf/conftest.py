@@ -4,8 +4,13 @@ the tests that need it skip, saying so; in CI (which always sets it) its absence
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.testbed.omf.omf_lab import Lab, Running, make_lab, serve
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +21,15 @@ def rabbitmq_url() -> str:
             pytest.fail("SFA_OMF_TEST_RABBITMQ_URL is not set: scripts/test.sh starts RabbitMQ and sets it")
         pytest.skip("SFA_OMF_TEST_RABBITMQ_URL is not set: run scripts/test.sh, or bash scripts/rabbitmq.sh up")
     return url
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    """An authority ``lab`` with user ann and her slice ``demo`` (one per test module)."""
+    return make_lab(tmp_path_factory.mktemp("omflab") / "lab")
+
+
+@pytest.fixture
+def running(running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str) -> Iterator[Running]:
+    """The lab's aggregate (``type = omf``) with the controllers' stand-ins, on topics of this test."""
+    yield from serve(running_reactor, lab, tmp_path, rabbitmq_url)

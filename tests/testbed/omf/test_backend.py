@@ -6,122 +6,22 @@ or a broker that is down answers a clear GENI error and leaves the booking alloc
 from __future__ import annotations
 
 import socket
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from twisted.internet.threads import blockingCallFromThread
 
-from sfa_omf.calendar.database import sqlite_url
-from sfa_omf.calendar.records import LeaseRecord, NodeSpec
-from sfa_omf.config import Settings, read_config
+from sfa_omf.calendar.records import LeaseRecord
 from sfa_omf.registry.authority import LocalAuthority
-from sfa_omf.registry.bootstrap import init_directory
-from sfa_omf.server.app import build_aggregate, start_aggregate
-from sfa_omf.testbed.omf.backend import OmfTestbed
-from sfa_omf.testbed.omf.frcp import SignatureChecker, Signer
 from sfa_omf.testbed.unix_accounts import LocalAccount
-from sfa_omf.times import format_time, utcnow
-from sfa_omf.trust.roots import load_trusted_roots
+from sfa_omf.times import utcnow
 from tests.sshkeys import ssh_key
-from tests.testbed.omf.user_factory_standin import UserFactoryStandIn
-from tests.tls_harness import proxy
+from tests.testbed.omf.omf_lab import ANN, SLICE, Lab, Running, allocation_states, rspec, serve, users
 
-NODE = "urn:publicid:IDN+lab+node+node1"
-SLICE = "urn:publicid:IDN+lab+slice+demo"
-ANN = "urn:publicid:IDN+lab+user+ann"
 LEASE = LeaseRecord("lease-1", SLICE, ANN, utcnow(), utcnow() + timedelta(hours=1), "allocated", ())
-
-
-@dataclass
-class Lab:
-    directory: Path
-    settings: Settings
-    chain: str
-    key: str
-    slice_cred: str
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
-    directory = tmp_path_factory.mktemp("omfbackend") / "lab"
-    report = init_directory(str(directory), "lab", ("ann",))
-    sfi = Path(report.sfi_dirs["ann"])
-    return Lab(
-        directory,
-        read_config(str(directory / "sfa-omf.conf")),
-        str(sfi / "lab.ann.user.gid"),
-        str(sfi / "lab.ann.pkey"),
-        (sfi / "lab.ann-lab.demo.slice.cred").read_text(),
-    )
-
-
-@dataclass
-class Running:
-    am: Any
-    standin: UserFactoryStandIn
-    root: Path
-    aggregate: Any
-
-
-def serve(running_reactor: Any, lab: Lab, tmp_path: Path, url: str, **frcp: Any) -> Iterator[Running]:
-    topic = f"user_factory-{uuid.uuid4().hex[:8]}"
-    wanted: dict[str, Any] = {"frcp_amqp_url": url, "frcp_user_factory": topic, "frcp_timeout_s": 20, **frcp}
-    settings = replace(
-        lab.settings, aggregate_type="omf", database_url=sqlite_url(str(tmp_path / "calendar.sqlite")), **wanted
-    )
-    authority = LocalAuthority.load(str(lab.directory), "lab")
-    standin = UserFactoryStandIn(
-        url,
-        topic,
-        tmp_path / "root",
-        Signer(authority.key, authority.chain, "user_factory"),
-        SignatureChecker(load_trusted_roots(settings.trusted_roots_dir)),
-    )
-    standin.start()
-    aggregate = build_aggregate(settings)
-    assert isinstance(aggregate.backend, OmfTestbed) and aggregate.backend.user_factory is not None
-    aggregate.inventory.add_node(NodeSpec(NODE, "node1"))
-    server = blockingCallFromThread(running_reactor, start_aggregate, settings, aggregate, 0)
-    try:
-        yield Running(
-            proxy(f"https://127.0.0.1:{server.port_number}/", lab.chain, lab.key), standin, tmp_path / "root", aggregate
-        )
-    finally:
-        blockingCallFromThread(running_reactor, server.stop)
-        standin.stop()
-
-
-@pytest.fixture
-def running(running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str) -> Iterator[Running]:
-    yield from serve(running_reactor, lab, tmp_path, rabbitmq_url)
-
-
-def rspec() -> str:
-    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
-    window = (format_time(start), format_time(start + timedelta(hours=1)))
-    return (
-        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
-        'xmlns:ol="http://nitlab.inf.uth.gr/schema/sfa/rspec/1">'
-        f'<ol:lease client_id="l" valid_from="{window[0]}" valid_until="{window[1]}"/>'
-        f'<node client_id="n" component_id="{NODE}" exclusive="true"><ol:lease_ref id_ref="l"/></node></rspec>'
-    )
-
-
-def users(*keys: str) -> dict[str, Any]:
-    return {"geni_users": [{"urn": ANN, "keys": list(keys)}]}
-
-
-def allocation_states(running: Running, lab: Lab) -> list[str]:
-    status = running.am.Status([SLICE], [lab.slice_cred], {})["value"]
-    return [sliver["geni_allocation_status"] for sliver in status["geni_slivers"]]
 
 
 def test_provision_creates_the_account_with_its_certificate_and_keys(running: Running, lab: Lab) -> None:

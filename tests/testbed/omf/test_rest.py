@@ -271,6 +271,9 @@ def test_a_conflict_is_refused_with_its_reason_and_writes_nothing(site: Site) ->
     ("who", "method", "path", "body", "status", "geni_code", "words"),
     [
         ("ann", "POST", "/resources/leases", {"valid_from": "x"}, 403, 3, "not change leases"),
+        ("ann", "PUT", "/resources/leases", {"uuid": "x", "valid_until": "+3h"}, 403, 3, "not change leases"),
+        ("ann", "DELETE", "/resources/leases", {"uuid": "x"}, 403, 3, "not change leases"),
+        ("stranger", "POST", "/resources/leases", {}, 403, 3, "not one of our"),
         ("stranger", "GET", "/resources/nodes", None, 403, 3, "not one of our"),
         ("ann", "GET", "/resources/nodes?name=nope", None, 404, 12, "no node with name='nope'"),
         ("ann", "GET", "/resources/nodes?colour=red", None, 400, 1, "unknown parameter 'colour'"),

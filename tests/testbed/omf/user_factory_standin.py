@@ -21,117 +21,30 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
-import pika
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sfa_omf.testbed.omf.accounts import account_of
-from sfa_omf.testbed.omf.frcp import (
-    BadMessage,
-    FrcpMessage,
-    SignatureChecker,
-    SignedBy,
-    Signer,
-    address,
-    declare_topic,
-    decode,
-    encode,
-    new_message,
-    topic_of,
-)
+from sfa_omf.testbed.omf.frcp import FrcpMessage, SignatureChecker, Signer, address, topic_of
+from tests.testbed.omf.frcp_standin import FrcpStandIn
 
 LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
-class UserFactoryStandIn:
+class UserFactoryStandIn(FrcpStandIn):
     """A stand-in for the Ruby user_factory controller (see the module docstring), run in a thread."""
 
     def __init__(self, url: str, topic: str, root: Path, signer: Signer, checker: SignatureChecker) -> None:
-        self.url = url
-        self.topic = topic
+        super().__init__(url, topic, signer, checker)
         self.root = root
-        self.signer = signer
-        self.checker = checker
-        self.refused: list[str] = []  # why each refused message was refused
-        self.handled: list[FrcpMessage] = []
-        self.signers: list[str] = []  # the account (subject emailAddress) of each accepted signer
         self.children: dict[str, str] = {}  # child topic -> username
         # When set, create is answered CREATION.FAILED with these words (the controller failing, e.g. a full disk).
         self.fail_with = ""
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"standin-{topic}", daemon=True)
-        self.host = pika.URLParameters(url).host
-
-    def start(self) -> None:
-        self._thread.start()
-        if not self._ready.wait(timeout=60):
-            raise RuntimeError("the user_factory stand-in did not come up")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    # -- the loop ---------------------------------------------------------------------------------------------
-    def _run(self) -> None:
-        connection = pika.BlockingConnection(pika.URLParameters(self.url))
-        channel = connection.channel()
-        self.channel = channel
-        queue = channel.queue_declare(queue="", exclusive=True, auto_delete=True).method.queue
-        self.queue = queue
-        self._listen(self.topic)
-        self._ready.set()
-        try:
-            for method, properties, body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.2):
-                if self._stop.is_set():
-                    break
-                if method is None:
-                    continue
-                self._handle(method.exchange, body, properties.content_type)
-            channel.cancel()
-        finally:
-            connection.close()
-
-    def _listen(self, topic: str) -> None:
-        declare_topic(self.channel, topic)
-        self.channel.queue_bind(queue=self.queue, exchange=topic, routing_key="o.*")
-
-    def _handle(self, topic: str, body: bytes, content_type: str | None) -> None:
-        try:
-            decoded = decode(body, content_type, self.checker)
-        except BadMessage as exc:
-            self.refused.append(str(exc))
-            return
-        assert isinstance(decoded, SignedBy)  # a checker is always set: only signed messages get here
-        message = decoded.message
-        if message.op == "inform":
-            return  # our own informs, and other controllers'
-        self.handled.append(message)
-        self.signers.append(account_of(decoded.signer.certificate))
-        try:
-            reply = self._work(topic, message)
-        except (OSError, ValueError) as exc:
-            reply = self._inform(message, "ERROR", {"reason": str(exc)})
-        self._publish(topic, reply)
-
-    def _publish(self, topic: str, inform: FrcpMessage) -> None:
-        body, content_type = encode(inform, self.signer)
-        self.channel.basic_publish(
-            exchange=topic,
-            routing_key="o.info",
-            body=body,
-            properties=pika.BasicProperties(content_type=content_type, message_id=inform.mid),
-        )
-
-    def _inform(self, request: FrcpMessage, itype: str, props: dict[str, Any], topic: str | None = None) -> FrcpMessage:
-        return new_message("inform", address(self.host, topic or self.topic), props, cid=request.mid, itype=itype)
 
     # -- user_factory's work ----------------------------------------------------------------------------------
-    def _work(self, topic: str, message: FrcpMessage) -> FrcpMessage:
+    def work(self, topic: str, message: FrcpMessage) -> FrcpMessage:
         props = message.props
         if topic == self.topic:
             if message.op == "create":
@@ -139,10 +52,10 @@ class UserFactoryStandIn:
             if message.op == "release":
                 child = topic_of(message.rid or "")
                 if child not in self.children:
-                    return self._inform(message, "ERROR", {"reason": f"no child {message.rid!r}"})
-                self.channel.queue_unbind(queue=self.queue, exchange=child, routing_key="o.*")
+                    return self.inform(message, "ERROR", {"reason": f"no child {message.rid!r}"})
+                self.unlisten(child)
                 del self.children[child]
-                return self._inform(message, "RELEASED", {"res_id": message.rid})
+                return self.inform(message, "RELEASED", {"res_id": message.rid})
             if message.op == "configure" and isinstance(props.get("deluser"), dict):
                 username = str(props["deluser"].get("username", ""))
                 self._check_login(username)
@@ -150,11 +63,11 @@ class UserFactoryStandIn:
                 passwd = self._passwd()
                 passwd.pop(username, None)
                 self._write_passwd(passwd)
-                return self._inform(message, "STATUS", {"status_type": "APP_EVENT", "event": "EXIT", "exit_code": 0})
-            return self._inform(message, "ERROR", {"reason": f"user_factory does not {message.op} {sorted(props)}"})
+                return self.inform(message, "STATUS", {"status_type": "APP_EVENT", "event": "EXIT", "exit_code": 0})
+            return self.inform(message, "ERROR", {"reason": f"user_factory does not {message.op} {sorted(props)}"})
         username = self.children.get(topic)
         if username is None or message.op != "configure":
-            return self._inform(message, "ERROR", {"reason": f"{message.op} is not served on {topic}"}, topic)
+            return self.inform(message, "ERROR", {"reason": f"{message.op} is not served on {topic}"}, topic)
         home = self._home(username)
         done: dict[str, Any] = {"status_type": "APP_EVENT", "event": "EXIT", "exit_code": 0, "username": username}
         if "cert" in props:
@@ -164,22 +77,22 @@ class UserFactoryStandIn:
         elif "auth_keys" in props:
             keys = props["auth_keys"]
             if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
-                return self._inform(message, "ERROR", {"reason": "auth_keys is not a list of keys"}, topic)
+                return self.inform(message, "ERROR", {"reason": "auth_keys is not a list of keys"}, topic)
             (home / ".ssh" / "authorized_keys").write_text("".join(f"{key}\n" for key in keys))
             done["msg"] = f"{len(keys)} key(s) installed"
         else:
-            return self._inform(message, "ERROR", {"reason": f"cannot configure {sorted(props)}"}, topic)
-        return self._inform(message, "STATUS", done, topic)
+            return self.inform(message, "ERROR", {"reason": f"cannot configure {sorted(props)}"}, topic)
+        return self.inform(message, "STATUS", done, topic)
 
     def _create(self, message: FrcpMessage) -> FrcpMessage:
         props = message.props
         username = str(props.get("username", ""))
         if props.get("type") != "user":
-            return self._inform(message, "CREATION.FAILED", {"reason": f"cannot create a {props.get('type')!r}"})
+            return self.inform(message, "CREATION.FAILED", {"reason": f"cannot create a {props.get('type')!r}"})
         if not LOGIN.match(username):
-            return self._inform(message, "CREATION.FAILED", {"reason": f"useradd: invalid user name '{username}'"})
+            return self.inform(message, "CREATION.FAILED", {"reason": f"useradd: invalid user name '{username}'"})
         if self.fail_with:
-            return self._inform(message, "CREATION.FAILED", {"reason": self.fail_with})
+            return self.inform(message, "CREATION.FAILED", {"reason": self.fail_with})
         home = self._home(username)
         ssh = home / ".ssh"
         ssh.mkdir(parents=True, exist_ok=True)
@@ -199,8 +112,8 @@ class UserFactoryStandIn:
         self._write_passwd(passwd)
         child = f"user-{username}"
         self.children[child] = username
-        self._listen(child)
-        return self._inform(
+        self.listen(child)
+        return self.inform(
             message,
             "CREATION.OK",
             {

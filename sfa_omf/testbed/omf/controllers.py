@@ -1,0 +1,156 @@
+"""The testbed's node controllers over FRCP: cm_factory (power, PXE) and frisbee_factory (disk images), as NITOS'
+controllers speak them. Neither answers with a cid: their informs name the node (``node_name``, or ``node`` for a
+frisbee client), so several nodes are driven at once and each gets its own answer (FrcpSession.about_nodes).
+
+cm_factory: ``configure {state: {node, status}}`` with status on | off | reset | start_on_pxe | start_without_pxe
+(then ``last_action`` reset | shutdown); it informs STATUS {node_name, current, desired} (``current`` pxe_on once a
+node has booted on PXE, pxe_off once it has left it) or ERROR {event_type AUTH | HTTP | TIME_OUT, node_name, msg}.
+
+An image load, in this order: frisbee_factory gives a port (``request {ports}``); a frisbeed server is created for
+the image on that port; every node boots on PXE (start_on_pxe); a frisbee client per node writes the image (its
+informs: STDOUT progress, EXIT at the end); each loaded node boots off its disk again (start_without_pxe,
+last_action reset); the clients and the server are released. A node that fails a step is left out of the next ones
+and keeps the reason of the step that failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from sfa_omf.testbed.omf.frcp import FrcpClient, FrcpError, FrcpMessage, FrcpSession, FrcpTimeout, NodeAnswer
+
+log = logging.getLogger("sfa_omf.omf.controllers")
+
+#: PerformOperationalAction -> cm_factory status.
+POWER_OF_ACTION = {"geni_start": "on", "geni_stop": "off", "geni_restart": "reset"}
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    """How one node came out of a controller step: ``reason`` empty when it went well."""
+
+    node: str
+    reason: str = ""
+    timed_out: bool = False  # the controller said nothing about the node in time
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+class Controllers:
+    """cm_factory and frisbee_factory on one AMQP broker. ``boot_timeout_s``: how long a node may take to answer a
+    power, PXE or load step (booting and writing a disk take minutes, not the seconds of an account)."""
+
+    def __init__(self, client: FrcpClient, cm_topic: str, frisbee_topic: str, boot_timeout_s: float) -> None:
+        self.client = client
+        self.cm_topic = cm_topic
+        self.frisbee_topic = frisbee_topic
+        self.boot_timeout_s = boot_timeout_s
+
+    def power(self, nodes: Sequence[str], status: str) -> dict[str, NodeOutcome]:
+        """Switch nodes on, off or reset them; each node's outcome. FrcpUnavailable when the broker is down."""
+        with self.client.session() as session:
+            return self._cm(session, nodes, status, f"switch {status}")
+
+    def load_image(self, image: str, nodes: Sequence[str]) -> dict[str, NodeOutcome]:
+        """Write ``image`` on the nodes' disks and boot them from it (the order in the module docstring)."""
+        with self.client.session() as session:
+            try:
+                ports = session.request(self.frisbee_topic, "request", {"ports": None})
+                port = ports.props.get("ports")
+                if not isinstance(port, int) or isinstance(port, bool):
+                    return {node: NodeOutcome(node, f"frisbee_factory gave no port ({port!r})") for node in nodes}
+                server = session.request(
+                    self.frisbee_topic,
+                    "create",
+                    {"type": "frisbeed", "hrn": "frisbee server", "image": image, "port": port},
+                )
+            except (FrcpError, FrcpTimeout) as exc:  # no port or no server: no node can be loaded
+                return {node: NodeOutcome(node, f"frisbee_factory could not serve {image}: {exc}") for node in nodes}
+            children = [str(server.props.get("res_id") or "")]
+            try:
+                outcomes = self._cm(session, nodes, "start_on_pxe", "boot on PXE", current="pxe_on")
+                on_pxe = [node for node in nodes if outcomes[node].ok]
+                if on_pxe:
+                    outcomes.update(self._frisbee(session, image, port, on_pxe, children))
+                loaded = [node for node in on_pxe if outcomes[node].ok]
+                if loaded:
+                    outcomes.update(
+                        self._cm(
+                            session, loaded, "start_without_pxe", "boot off PXE", current="pxe_off", last_action="reset"
+                        )
+                    )
+                return outcomes
+            finally:
+                for child in reversed(children):  # the clients, then the server
+                    if child:
+                        self._release(session, child)
+
+    # -- steps -------------------------------------------------------------------------------------------------
+    def _cm(
+        self, session: FrcpSession, nodes: Sequence[str], status: str, what: str, current: str = "", **extra: str
+    ) -> dict[str, NodeOutcome]:
+        session.subscribe(self.cm_topic)
+        for node in nodes:
+            state = {"node": node, "status": status, **extra}
+            session.send(self.cm_topic, session.message("configure", {"state": state}))
+
+        def done(inform: FrcpMessage) -> bool:
+            return inform.itype == "STATUS" and (not current or inform.props.get("current") == current)
+
+        answers = session.about_nodes(nodes, done, self.boot_timeout_s, f"{what} (cm_factory)")
+        return _outcomes(answers.values(), f"cm_factory could not {what}")
+
+    def _frisbee(
+        self, session: FrcpSession, image: str, port: int, nodes: Sequence[str], children: list[str]
+    ) -> dict[str, NodeOutcome]:
+        """A frisbee client per node writes the image frisbeed serves on ``port``; ``children`` gets each client
+        (to release)."""
+        outcomes: dict[str, NodeOutcome] = {}
+        for node in nodes:
+            try:
+                client = session.request(
+                    self.frisbee_topic,
+                    "create",
+                    {"type": "frisbee", "hrn": f"frisbee client {node}", "port": port, "node_topic": node},
+                )
+            except (FrcpError, FrcpTimeout) as exc:
+                outcomes[node] = NodeOutcome(node, f"frisbee could not write the image: {exc}")
+                continue
+            child = str(client.props.get("res_id") or "")
+            if child:
+                session.subscribe_address(child)
+                children.append(child)
+        writing = [node for node in nodes if node not in outcomes]
+        answers = session.about_nodes(writing, _frisbee_finished, self.boot_timeout_s, f"write {image} (frisbee)")
+        return {**outcomes, **_outcomes(answers.values(), "frisbee could not write the image")}
+
+    def _release(self, session: FrcpSession, child: str) -> None:
+        try:
+            session.request(self.frisbee_topic, "release", rid=child)
+        except (FrcpError, FrcpTimeout) as exc:  # the load is over either way; the controller cleans up its own
+            log.warning("frisbee_factory did not release %s: %s", child, exc)
+
+
+def _frisbee_finished(inform: FrcpMessage) -> bool:
+    """A frisbee client's EXIT (a non-zero exit_code is an error: frisbee could not write the disk)."""
+    return inform.props.get("event") == "EXIT"
+
+
+def _outcomes(answers: Iterable[NodeAnswer], failed: str) -> dict[str, NodeOutcome]:
+    outcomes = {}
+    for answer in answers:
+        reason = answer.reason
+        if not reason and answer.inform is not None and str(answer.inform.props.get("exit_code", 0)) not in ("0", ""):
+            reason = str(answer.inform.props.get("msg") or f"exit code {answer.inform.props['exit_code']}")
+        timed_out = answer.inform is None
+        outcomes[answer.node] = NodeOutcome(answer.node, f"{failed}: {reason}" if reason else "", timed_out)
+    return outcomes
+
+
+def failures(outcomes: Mapping[str, NodeOutcome]) -> dict[str, str]:
+    """The nodes that failed and why."""
+    return {node: outcome.reason for node, outcome in outcomes.items() if not outcome.ok}

@@ -1,0 +1,246 @@
+"""Slot boundaries on an OMF 6 testbed, beyond what omf_sfa does (it sends nothing then):
+
+- at a provisioned lease's start, the disk image its slivers name is loaded through the frisbee and cm controllers
+  (controllers.py: PXE boot, port, frisbeed, frisbee per node, boot without PXE, in that order), then its nodes are
+  powered on. A node whose controller answered an error or nothing keeps the reason: Status shows that sliver
+  geni_failed with it, and the booking stays (geni_restart tries the start again);
+- at its end (or when it is deleted or shut down), its nodes are powered off and the keys it installed removed:
+  each login's authorized_keys keeps only the keys other live leases installed for it, and with the per-slice
+  account policy a login no live lease uses any more is closed (user_factory's deluser).
+
+The server runs ``SlotKeeper.run`` as the backend's background task, in a worker thread, every few seconds. What
+was done is recorded per lease (slot_records.py) before and after the work, so a restart neither redoes it nor
+loses it; the AMQP broker being down only postpones the work to the next pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sfa_omf.am.states import Operational
+from sfa_omf.calendar.queries import to_s
+from sfa_omf.calendar.records import LeaseRecord, SliverRecord
+from sfa_omf.errors import GeniError, Reason
+from sfa_omf.testbed.base import SliverHealth
+from sfa_omf.testbed.omf.accounts import UserFactory
+from sfa_omf.testbed.omf.controllers import POWER_OF_ACTION, Controllers, failures
+from sfa_omf.testbed.omf.frcp import FrcpUnavailable
+from sfa_omf.testbed.omf.slot_records import (
+    END_FAILED,
+    ENDED,
+    ENDING,
+    FAILED,
+    HOLDING,
+    PROVISIONED,
+    READY,
+    STARTING,
+    SlotRecord,
+    SlotRecords,
+)
+from sfa_omf.testbed.unix_accounts import LocalAccount
+
+log = logging.getLogger("sfa_omf.omf.slots")
+
+#: Times the end's work is tried before the operator's log is all that is left of it.
+MAX_END_ATTEMPTS = 10
+#: Leases in these calendar states hold the testbed (until their end).
+LIVE_STATES = ("provisioned",)
+#: Phases of a lease whose keys are in place (the end has not started).
+KEYS_HELD = (PROVISIONED, STARTING, READY, FAILED)
+
+
+@dataclass
+class SlotReport:
+    started: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    end_failed: list[str] = field(default_factory=list)
+    postponed: list[str] = field(default_factory=list)
+    taken_back: int = 0
+
+
+class SlotKeeper:
+    """Does each lease's slot-boundary work once (see the module docstring)."""
+
+    def __init__(
+        self,
+        records: SlotRecords,
+        controllers: Controllers | None,
+        user_factory: UserFactory | None,
+        account_policy: str,
+        clock: Callable[[], datetime],
+        stale_after_s: int,
+    ) -> None:
+        self.records = records
+        self.controllers = controllers
+        self.user_factory = user_factory
+        self.account_policy = account_policy
+        self.clock = clock
+        self.stale_after_s = stale_after_s
+
+    # -- what the backend records -----------------------------------------------------------------------------
+    def provisioned(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
+        self.records.provisioned(lease.id, _keys_of(accounts), to_s(self.clock()))
+
+    def users_updated(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
+        self.records.set_accounts(lease.id, _keys_of(accounts))
+
+    # -- Status ---------------------------------------------------------------------------------------------
+    def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth | None:
+        """The sliver's state from its lease's slot work; None when there is no record (not provisioned here)."""
+        record = self.records.get(lease.id)
+        if record is None:
+            return None
+        if record.phase == FAILED and sliver.node in record.failures:
+            return SliverHealth(Operational.FAILED, record.failures[sliver.node])
+        if not lease.start <= now < lease.end:
+            return SliverHealth(Operational.NOTREADY)
+        if sliver.operational_state == Operational.NOTREADY:  # the experimenter stopped it
+            return SliverHealth(Operational.NOTREADY)
+        if record.phase in (PROVISIONED, STARTING):  # the start's work is due or under way
+            return SliverHealth(Operational.CONFIGURING, record.message)
+        return SliverHealth(Operational.READY)
+
+    # -- PerformOperationalAction ---------------------------------------------------------------------------
+    def operate(self, leases: Sequence[LeaseRecord], action: str, names: Mapping[str, str]) -> None:
+        """geni_start/stop/restart -> cm on/off/reset on the leases' nodes, all or an error naming each node that
+        failed. geni_restart of a lease whose start failed does the start again (image and power) in the next
+        pass instead. ``names``: component id -> the controllers' name of the node."""
+        status = POWER_OF_ACTION.get(action)
+        if status is None or self.controllers is None:
+            return
+        # A lease whose start failed gets the whole start again (next pass) instead of a reset: recorded only
+        # once the other leases' nodes are switched, so a call that fails writes nothing.
+        again = [lease.id for lease in leases if action == "geni_restart" and self._phase(lease.id) == FAILED]
+        nodes = [
+            names[sliver.node]
+            for lease in leases
+            if lease.id not in again
+            for sliver in lease.slivers
+            if sliver.node in names
+        ]
+        if nodes:
+            self._switch(nodes, status, action)
+        for lease_id in again:
+            self.records.claim(lease_id, (FAILED,), PROVISIONED, to_s(self.clock()))
+
+    def _switch(self, nodes: Sequence[str], status: str, action: str) -> None:
+        assert self.controllers is not None
+        try:
+            outcomes = self.controllers.power(nodes, status)
+        except FrcpUnavailable as exc:
+            raise GeniError(
+                Reason.UNAVAILABLE, f"cannot {action} on the testbed: {exc}; nothing was changed, try again"
+            ) from exc
+        failed = [outcome for outcome in outcomes.values() if not outcome.ok]
+        if failed:
+            done = [node for node in nodes if outcomes[node].ok]
+            raise GeniError(
+                Reason.TIMEDOUT if all(outcome.timed_out for outcome in failed) else Reason.TESTBED,
+                f"{action} failed on {len(failed)} node(s): "
+                + "; ".join(f"{outcome.node}: {outcome.reason}" for outcome in sorted(failed, key=lambda o: o.node))
+                + (f" (switched {status}: {', '.join(done)})" if done else " (no node was switched)"),
+            )
+
+    def _phase(self, lease_id: str) -> str:
+        record = self.records.get(lease_id)
+        return record.phase if record is not None else ""
+
+    # -- the background pass ---------------------------------------------------------------------------------
+    def run(self) -> SlotReport:
+        """One pass: start the leases whose slot began, end those whose slot is over or that were deleted."""
+        now = self.clock()
+        now_s = to_s(now)
+        report = SlotReport(taken_back=self.records.release_stale(now_s - self.stale_after_s, now_s))
+        for record in self.records.open_work():
+            live = record.lease_state in LIVE_STATES and now_s < record.end_s
+            if live and record.phase == PROVISIONED and record.start_s <= now_s:
+                if self.records.claim(record.lease_id, (PROVISIONED,), STARTING, now_s):
+                    self._start(record, report)
+            elif not live and record.phase in HOLDING:
+                if record.phase == END_FAILED and record.attempts >= MAX_END_ATTEMPTS:
+                    continue
+                if self.records.claim(record.lease_id, (record.phase,), ENDING, now_s):
+                    self._end(record, report)
+        return report
+
+    def _start(self, record: SlotRecord, report: SlotReport) -> None:
+        by_name = {node.name: node.component_id for node in record.nodes}
+        failed: dict[str, str] = {}
+        try:
+            if self.controllers is not None:
+                images: dict[str, list[str]] = {}
+                for node in record.nodes:
+                    if node.disk_image:
+                        images.setdefault(node.disk_image, []).append(node.name)
+                for image, names in images.items():
+                    failed.update(failures(self.controllers.load_image(image, names)))
+                on = [node.name for node in record.nodes if node.name not in failed]
+                if on:
+                    failed.update(failures(self.controllers.power(on, "on")))
+        except FrcpUnavailable as exc:  # the broker is down: the next pass tries again
+            self.records.finish(record.lease_id, PROVISIONED, self._now_s(), f"waiting for the testbed: {exc}")
+            report.postponed.append(record.lease_id)
+            return
+        if failed:
+            reasons = {by_name.get(name, name): reason for name, reason in failed.items()}
+            message = "; ".join(f"{name}: {reason}" for name, reason in sorted(failed.items()))
+            self.records.finish(record.lease_id, FAILED, self._now_s(), message, reasons)
+            log.warning("lease %s: the start of its slot failed: %s", record.lease_id, message)
+            report.failed.append(record.lease_id)
+        else:
+            self.records.finish(record.lease_id, READY, self._now_s(), "", {})
+            report.started.append(record.lease_id)
+
+    def _end(self, record: SlotRecord, report: SlotReport) -> None:
+        problems: list[str] = []
+        try:
+            if self.controllers is not None and record.nodes:
+                off = failures(self.controllers.power([node.name for node in record.nodes], "off"))
+                problems += [f"{name}: {reason}" for name, reason in sorted(off.items())]
+            if self.user_factory is not None and record.accounts:
+                self._withdraw_keys(record)
+        except FrcpUnavailable as exc:
+            problems.append(str(exc))
+        except GeniError as exc:
+            problems.append(exc.message)
+        if problems:
+            message = "; ".join(problems)
+            self.records.finish(record.lease_id, END_FAILED, self._now_s(), message, count_attempt=True)
+            log.warning("lease %s: the end of its slot is not complete (will try again): %s", record.lease_id, message)
+            report.end_failed.append(record.lease_id)
+        else:
+            self.records.finish(record.lease_id, ENDED, self._now_s(), "")
+            report.ended.append(record.lease_id)
+
+    def _withdraw_keys(self, record: SlotRecord) -> None:
+        """Each login of the lease keeps the keys other live leases installed for it; a per-slice login that no
+        live lease uses is closed."""
+        assert self.user_factory is not None
+        now_s = self._now_s()
+        others: dict[str, list[str]] = {}
+        for other in self.records.open_work():
+            if other.lease_id == record.lease_id or other.phase not in KEYS_HELD:
+                continue
+            if other.lease_state in LIVE_STATES and now_s < other.end_s:
+                for login, keys in other.accounts.items():
+                    kept = others.setdefault(login, [])
+                    kept += [key for key in keys if key not in kept]
+        closing = [login for login in record.accounts if self.account_policy == "per-slice" and login not in others]
+        keeping = [
+            LocalAccount(login, (), tuple(others.get(login, ()))) for login in record.accounts if login not in closing
+        ]
+        if keeping:
+            self.user_factory.set_keys(keeping)
+        if closing:
+            self.user_factory.close(closing)
+
+    def _now_s(self) -> int:
+        return to_s(self.clock())
+
+
+def _keys_of(accounts: Sequence[LocalAccount]) -> dict[str, list[str]]:
+    return {account.login: list(account.ssh_keys) for account in accounts}

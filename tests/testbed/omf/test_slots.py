@@ -1,0 +1,276 @@
+"""Slot boundaries on an OMF testbed, through the AM API over real TLS, FRCP over the real RabbitMQ and the stand-ins
+for user_factory, cm_factory and frisbee_factory (conformance fixtures for the Ruby controllers): the image load in
+order and power on at a lease's start, power off and keys removed at its end, every controller error or silence in
+Status as geni_failed with its reason (the booking kept), geni_start/stop/restart as cm on/off/reset, a restart of
+the server that neither redoes nor loses the work, the broker going away and coming back."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pika
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.queries import to_s
+from sfa_omf.testbed.omf.backend import make_omf_backend
+from sfa_omf.testbed.omf.frcp import address, encode, new_message
+from sfa_omf.testbed.omf.slot_records import PROVISIONED, STARTING
+from sfa_omf.testbed.omf.slots import SlotReport
+from tests.sshkeys import ssh_key
+from tests.testbed.omf.omf_lab import (
+    IMAGE,
+    SLICE,
+    Lab,
+    Running,
+    allocation_states,
+    rspec,
+    serve,
+    slivers,
+    slot_start,
+    users,
+)
+from tests.testbed.omf.tcp_forwarder import TcpForwarder
+
+
+def provisioned(running: Running, lab: Lab, images: dict[str, str], *keys: str) -> str:
+    """Allocate and Provision one lease on ``images``' nodes; its id."""
+    allocated = running.am.Allocate(SLICE, [lab.slice_cred], rspec(images), {})
+    assert allocated["code"]["geni_code"] == 0, allocated["output"]
+    answer = running.am.Provision([SLICE], [lab.slice_cred], users(*keys))
+    assert answer["code"]["geni_code"] == 0, answer["output"]
+    (lease,) = running.aggregate.bookings.leases(slice_urn=SLICE)
+    return str(lease.id)
+
+
+def pass_at(running: Running, moment: datetime) -> SlotReport:
+    running.at(moment)
+    assert running.backend.slots is not None
+    return running.backend.slots.run()
+
+
+def states(running: Running, lab: Lab) -> dict[str, tuple[str, str]]:
+    """node name -> (operational state, error), from Status."""
+    node_of = {
+        sliver.urn: sliver.node.rsplit("+", 1)[-1]
+        for lease in running.aggregate.bookings.leases(slice_urn=SLICE)
+        for sliver in lease.slivers
+    }
+    return {
+        node_of[sliver["geni_sliver_urn"]]: (sliver["geni_operational_status"], sliver["geni_error"])
+        for sliver in slivers(running, lab)
+    }
+
+
+def test_the_image_is_loaded_in_order_then_the_nodes_powered_on_once(running: Running, lab: Lab) -> None:
+    lease = provisioned(running, lab, {"node1": IMAGE, "node2": ""}, ssh_key("ann@laptop"))
+    start = slot_start()
+    assert pass_at(running, start - timedelta(seconds=1)).started == []  # not yet
+    assert running.nodes.steps == []
+    report = pass_at(running, start + timedelta(seconds=5))
+    assert report.started == [lease] and report.failed == []
+    assert running.nodes.steps == [
+        ("ports", "7000"),
+        ("frisbeed", IMAGE),
+        ("start_on_pxe", "node1"),
+        ("frisbee", "node1"),
+        ("written", "node1"),
+        ("start_without_pxe", "node1"),
+        ("release", "frisbee"),
+        ("release", "frisbeed"),
+        ("on", "node1"),
+        ("on", "node2"),
+    ]
+    disk = running.nodes.root / "disks" / "node1"
+    assert disk.read_bytes() == (running.nodes.root / "images" / IMAGE).read_bytes()
+    assert not (running.nodes.root / "disks" / "node2").exists()
+    assert running.nodes.power == {"node1": "on", "node2": "on"}
+    assert all(state == ("geni_ready", "") for state in states(running, lab).values())
+    # Every request was signed by the aggregate's FRCP account.
+    assert set(running.nodes.signers) == {"root"}
+    # A later pass (or another thread's) does not load it again.
+    assert pass_at(running, start + timedelta(minutes=5)).started == []
+    assert len(running.nodes.steps) == 10
+
+
+def test_at_the_end_the_nodes_are_powered_off_and_the_keys_removed(running: Running, lab: Lab) -> None:
+    lease = provisioned(running, lab, {"node1": ""}, ssh_key("ann@laptop"))
+    login = running.aggregate.accounts.login_for("urn:publicid:IDN+lab+user+ann", SLICE)
+    keys = running.root / "home" / login / ".ssh" / "authorized_keys"
+    assert keys.read_text() == f"{ssh_key('ann@laptop')}\n"
+    start = slot_start()
+    assert pass_at(running, start).started == [lease]
+    assert running.nodes.power == {"node1": "on"}
+    report = pass_at(running, start + timedelta(hours=1))  # the slot's end
+    assert report.ended == [lease] and report.end_failed == []
+    assert running.nodes.steps[-1] == ("off", "node1")
+    assert running.nodes.power == {"node1": "off"}
+    assert keys.read_text() == ""  # per-user account: kept, without this lease's keys
+    assert (running.root / "home" / login).is_dir()
+    assert pass_at(running, start + timedelta(hours=2)).ended == []  # done once
+
+
+def test_a_per_slice_account_is_closed_at_the_end(
+    running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str
+) -> None:
+    for running in serve(running_reactor, lab, tmp_path, rabbitmq_url, account_policy="per-slice"):
+        lease = provisioned(running, lab, {"node1": ""}, ssh_key("ann@laptop"))
+        login = running.aggregate.accounts.login_for("urn:publicid:IDN+lab+user+ann", SLICE)
+        assert (running.root / "home" / login).is_dir()
+        assert pass_at(running, slot_start() + timedelta(hours=1)).ended == [lease]
+        assert not (running.root / "home" / login).exists()
+        assert running.standin.handled[-1].props == {"deluser": {"username": login}}
+
+
+def test_a_deleted_lease_is_powered_off_by_the_next_pass(running: Running, lab: Lab) -> None:
+    lease = provisioned(running, lab, {"node1": ""}, ssh_key("ann@laptop"))
+    start = slot_start()
+    pass_at(running, start + timedelta(minutes=1))
+    running.at(start + timedelta(minutes=2))
+    assert running.am.Delete([SLICE], [lab.slice_cred], {})["code"]["geni_code"] == 0
+    assert pass_at(running, start + timedelta(minutes=2)).ended == [lease]
+    assert running.nodes.power == {"node1": "off"}
+
+
+def test_a_controller_error_is_geni_failed_with_its_reason_and_the_booking_kept(running: Running, lab: Lab) -> None:
+    lease = provisioned(running, lab, {"node1": "", "node2": ""})
+    running.nodes.fail[("node2", "on")] = ("HTTP", "failed to reach cm, ip: 10.0.0.102.")
+    start = slot_start()
+    assert pass_at(running, start + timedelta(seconds=1)).failed == [lease]
+    assert states(running, lab) == {
+        "node1": ("geni_ready", ""),
+        "node2": ("geni_failed", "cm_factory could not switch on: failed to reach cm, ip: 10.0.0.102."),
+    }
+    assert allocation_states(running, lab) == ["geni_provisioned", "geni_provisioned"]
+    # geni_restart after the failure: the start is done again by the next pass.
+    del running.nodes.fail[("node2", "on")]
+    restart = running.am.PerformOperationalAction([SLICE], [lab.slice_cred], "geni_restart", {})
+    assert restart["code"]["geni_code"] == 0, restart["output"]
+    assert pass_at(running, start + timedelta(minutes=1)).started == [lease]
+    assert {state for state, _ in states(running, lab).values()} == {"geni_ready"}
+
+
+def test_a_failed_image_write_is_that_slivers_reason(running: Running, lab: Lab) -> None:
+    provisioned(running, lab, {"node1": IMAGE, "node2": IMAGE})
+    running.nodes.frisbee_fail["node2"] = "/dev/sda: no such device"
+    pass_at(running, slot_start())
+    assert states(running, lab) == {
+        "node1": ("geni_ready", ""),
+        "node2": ("geni_failed", "frisbee could not write the image: /dev/sda: no such device"),
+    }
+    assert ("start_without_pxe", "node2") not in running.nodes.steps  # left out of the steps after the failure
+    assert ("on", "node2") not in running.nodes.steps
+
+
+def test_a_controller_that_never_answers_is_geni_failed_and_a_forged_answer_does_not_count(
+    running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str
+) -> None:
+    for running in serve(running_reactor, lab, tmp_path, rabbitmq_url, frcp_boot_timeout_s=2):
+        provisioned(running, lab, {"node1": ""})
+        running.nodes.silent.add("node1")
+        # Someone without the testbed's trust publishes "node1 is running" on cm_factory's topic: unsigned, so
+        # refused (the aggregate accepts signed informs from trusted signers only).
+        forged = new_message("inform", address("127.0.0.1", "intruder"), {"node_name": "node1", "current": "booting"})
+        running.nodes.later(0.5, lambda running=running, forged=forged: _publish(running, forged))
+        pass_at(running, slot_start())
+        ((state, error),) = states(running, lab).values()
+        assert state == "geni_failed"
+        assert error == "cm_factory could not switch on: no answer about node1 to switch on (cm_factory) within 2 s"
+        assert allocation_states(running, lab) == ["geni_provisioned"]
+
+
+def _publish(running: Running, message: Any) -> None:
+    body, content_type = encode(message, None)
+    running.nodes.channel.basic_publish(
+        exchange=running.nodes.topic,
+        routing_key="o.info",
+        body=body,
+        properties=pika.BasicProperties(content_type=content_type),
+    )
+
+
+def test_operational_actions_are_cm_on_off_reset(running: Running, lab: Lab) -> None:
+    provisioned(running, lab, {"node1": "", "node2": ""})
+    start = slot_start()
+    pass_at(running, start)
+    expected = {"geni_stop": "off", "geni_start": "on", "geni_restart": "reset"}
+    for action, status in expected.items():
+        answer = running.am.PerformOperationalAction([SLICE], [lab.slice_cred], action, {})
+        assert answer["code"]["geni_code"] == 0, answer["output"]
+        assert running.nodes.steps[-2:] == [(status, "node1"), (status, "node2")]
+    assert running.nodes.power == {"node1": "on", "node2": "on"}
+    # A refusal: the experimenter reads the controller's reason, and the calendar keeps the state it had.
+    running.nodes.fail[("node2", "off")] = ("AUTH", "You don't have a valid lease for node2")
+    answer = running.am.PerformOperationalAction([SLICE], [lab.slice_cred], "geni_stop", {})
+    assert answer["code"]["geni_code"] == 2
+    assert "node2: cm_factory could not switch off: You don't have a valid lease for node2" in answer["output"]
+    assert "switched off: node1" in answer["output"]
+    assert {state for state, _ in states(running, lab).values()} == {"geni_ready"}
+
+
+def test_a_restarted_server_neither_redoes_nor_loses_the_work(running: Running, lab: Lab) -> None:
+    lease = provisioned(running, lab, {"node1": ""})
+    start = slot_start()
+    database = Database(running.settings.calendar_url)
+    records = running.backend.slots.records if running.backend.slots else None
+    assert records is not None
+    # The server died while starting the lease: its claim is left behind.
+    assert records.claim(lease, (PROVISIONED,), STARTING, to_s(start))
+    restarted = make_omf_backend(running.settings, database)  # what `sfa-omf serve` builds after a restart
+    assert restarted.slots is not None
+    restarted.slots.clock = lambda: start + timedelta(minutes=1)
+    assert restarted.slots.run().started == []  # the claim may still be at work somewhere
+    later = start + timedelta(seconds=restarted.slots.stale_after_s + 1)
+    restarted.slots.clock = lambda: later
+    report = restarted.slots.run()
+    assert report.taken_back == 1 and report.started == [lease]
+    assert running.nodes.steps == [("on", "node1")]
+    again = make_omf_backend(running.settings, database)  # and once more: the start is not redone
+    assert again.slots is not None
+    again.slots.clock = lambda: later
+    assert again.slots.run().started == [] and running.nodes.steps == [("on", "node1")]
+
+
+def test_the_broker_down_is_unavailable_then_everything_recovers(
+    running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str
+) -> None:
+    broker = pika.URLParameters(rabbitmq_url)
+    forwarder = TcpForwarder(broker.host, broker.port)
+    through = rabbitmq_url.replace(f"{broker.host}:{broker.port}", f"127.0.0.1:{forwarder.port}")
+    assert through != rabbitmq_url
+    for running in serve(running_reactor, lab, tmp_path, rabbitmq_url, frcp_amqp_url=through):
+        assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
+        down = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
+        assert down["code"]["geni_code"] == 11
+        assert f"127.0.0.1:{forwarder.port}/sfaomf cannot be reached" in down["output"]
+        assert allocation_states(running, lab) == ["geni_allocated"]
+        forwarder.start()
+        try:
+            up = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
+            assert up["code"]["geni_code"] == 0, up["output"]
+            (lease,) = running.aggregate.bookings.leases(slice_urn=SLICE)
+            forwarder.stop()  # down again when the slot starts: the start waits, and says why
+            start = slot_start()
+            report = pass_at(running, start)
+            assert report.postponed == [lease.id], report
+            ((state, error),) = states(running, lab).values()
+            assert state == "geni_configuring" and error.startswith("waiting for the testbed: the AMQP broker at")
+            forwarder.start()
+            assert pass_at(running, start + timedelta(seconds=30)).started == [lease.id]
+            assert states(running, lab) == {"node1": ("geni_ready", "")}
+        finally:
+            forwarder.stop()
+
+
+def test_an_operational_action_no_controller_answers_is_timedout_and_records_nothing(
+    running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str
+) -> None:
+    for running in serve(running_reactor, lab, tmp_path, rabbitmq_url, frcp_boot_timeout_s=1):
+        provisioned(running, lab, {"node1": ""})
+        pass_at(running, slot_start())
+        running.nodes.silent.add("node1")
+        answer = running.am.PerformOperationalAction([SLICE], [lab.slice_cred], "geni_stop", {})
+        assert answer["code"]["geni_code"] == 8
+        assert "no answer about node1 to switch off (cm_factory) within 1 s (no node was switched)" in answer["output"]
+        assert states(running, lab) == {"node1": ("geni_ready", "")}
