@@ -55,7 +55,8 @@ class OmfTestbed:
         if self.user_factory is None:
             return
         # The owner without keys of its own in this call (an operator's lease): created, its keys left alone.
-        self.user_factory.ensure(accounts, also=(owner,) if owner else ())
+        installed = self.slots.with_others_keys(lease.id, accounts) if self.slots is not None else list(accounts)
+        self.user_factory.ensure(installed, also=(owner,) if owner else ())
         if self.slots is not None:
             self.slots.provisioned(lease, accounts)
 
@@ -81,9 +82,11 @@ class OmfTestbed:
         return SliverHealth(Operational.READY if lease.start <= now < lease.end else Operational.NOTREADY)
 
     def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
-        """Each account's authorized_keys becomes exactly its keys (user_factory's auth_keys overwrites)."""
+        """Each account's authorized_keys becomes exactly its keys plus those other live leases installed for the
+        same login (user_factory's auth_keys overwrites the file)."""
         if self.user_factory is not None:
-            self.user_factory.set_keys(accounts)
+            installed = self.slots.with_others_keys(lease.id, accounts) if self.slots is not None else list(accounts)
+            self.user_factory.set_keys(installed)
             if self.slots is not None:
                 self.slots.users_updated(lease, accounts)
 

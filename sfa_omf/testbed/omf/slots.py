@@ -216,19 +216,37 @@ class SlotKeeper:
             self.records.finish(record.lease_id, ENDED, self._now_s(), "")
             report.ended.append(record.lease_id)
 
-    def _withdraw_keys(self, record: SlotRecord) -> None:
-        """Each login of the lease keeps the keys other live leases installed for it; a per-slice login that no
-        live lease uses is closed."""
-        assert self.user_factory is not None
+    def with_others_keys(self, lease_id: str, accounts: Sequence[LocalAccount]) -> list[LocalAccount]:
+        """``accounts`` with, for each login, the keys other live leases installed for it too: user_factory's
+        auth_keys overwrites authorized_keys, and a login shared by several slices must keep every slice's keys."""
+        others = self._keys_of_other_leases(lease_id)
+        return [
+            LocalAccount(
+                account.login,
+                account.user_urns,
+                (*account.ssh_keys, *(key for key in others.get(account.login, ()) if key not in account.ssh_keys)),
+            )
+            for account in accounts
+        ]
+
+    def _keys_of_other_leases(self, lease_id: str) -> dict[str, list[str]]:
+        """Login -> the keys the live leases other than ``lease_id`` installed for it."""
         now_s = self._now_s()
         others: dict[str, list[str]] = {}
         for other in self.records.open_work():
-            if other.lease_id == record.lease_id or other.phase not in KEYS_HELD:
+            if other.lease_id == lease_id or other.phase not in KEYS_HELD:
                 continue
             if other.lease_state in LIVE_STATES and now_s < other.end_s:
                 for login, keys in other.accounts.items():
                     kept = others.setdefault(login, [])
                     kept += [key for key in keys if key not in kept]
+        return others
+
+    def _withdraw_keys(self, record: SlotRecord) -> None:
+        """Each login of the lease keeps the keys other live leases installed for it; a per-slice login that no
+        live lease uses is closed."""
+        assert self.user_factory is not None
+        others = self._keys_of_other_leases(record.lease_id)
         closing = [login for login in record.accounts if self.account_policy == "per-slice" and login not in others]
         keeping = [
             LocalAccount(login, (), tuple(others.get(login, ()))) for login in record.accounts if login not in closing

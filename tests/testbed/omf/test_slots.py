@@ -14,12 +14,14 @@ import pika
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.queries import to_s
+from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.testbed.omf.backend import make_omf_backend
 from sfa_omf.testbed.omf.frcp import address, encode, new_message
 from sfa_omf.testbed.omf.slot_records import PROVISIONED, STARTING
 from sfa_omf.testbed.omf.slots import SlotReport
 from tests.sshkeys import ssh_key
 from tests.testbed.omf.omf_lab import (
+    ANN,
     IMAGE,
     SLICE,
     Lab,
@@ -109,6 +111,37 @@ def test_at_the_end_the_nodes_are_powered_off_and_the_keys_removed(running: Runn
     assert keys.read_text() == ""  # per-user account: kept, without this lease's keys
     assert (running.root / "home" / login).is_dir()
     assert pass_at(running, start + timedelta(hours=2)).ended == []  # done once
+
+
+def test_a_login_shared_by_two_slices_keeps_both_slices_keys(running: Running, lab: Lab) -> None:
+    """user_factory's auth_keys overwrites authorized_keys: Provision and geni_update_users in one slice must not
+    take away the keys another live slice installed for the same (per-user) login."""
+    authority = LocalAuthority.load(str(lab.directory), "lab")
+    other_slice, _ = authority.issue_gid("lab.other", "slice")
+    other_cred = authority.credential(authority.issued_chain("lab.ann"), other_slice)
+    other_urn = other_slice[0].urn
+    provisioned(running, lab, {"node1": ""}, ssh_key("ann@laptop"))
+    login = running.aggregate.accounts.login_for(ANN, SLICE)
+    assert running.aggregate.accounts.login_for(ANN, other_urn) == login  # per-user: one login for both slices
+    keys = running.root / "home" / login / ".ssh" / "authorized_keys"
+    allocated = running.am.Allocate(other_urn, [other_cred], rspec({"node2": ""}), {})
+    assert allocated["code"]["geni_code"] == 0, allocated["output"]
+    answer = running.am.Provision([other_urn], [other_cred], users(ssh_key("ann@desktop")))
+    assert answer["code"]["geni_code"] == 0, answer["output"]
+    assert keys.read_text().splitlines() == [ssh_key("ann@desktop"), ssh_key("ann@laptop")]
+    updated = running.am.PerformOperationalAction(
+        [other_urn], [other_cred], "geni_update_users", users(ssh_key("ann@tablet"))
+    )
+    assert updated["code"]["geni_code"] == 0, updated["output"]
+    assert keys.read_text().splitlines() == [ssh_key("ann@tablet"), ssh_key("ann@laptop")]
+    # The first slice's lease ends: only the other slice's keys stay.
+    (first,) = running.aggregate.bookings.leases(slice_urn=SLICE)
+    start = slot_start()
+    pass_at(running, start)
+    running.at(start + timedelta(minutes=5))
+    assert running.am.Delete([SLICE], [lab.slice_cred], {})["code"]["geni_code"] == 0
+    assert str(first.id) in pass_at(running, start + timedelta(minutes=5)).ended
+    assert keys.read_text().splitlines() == [ssh_key("ann@tablet")]
 
 
 def test_a_per_slice_account_is_closed_at_the_end(
