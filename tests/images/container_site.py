@@ -107,9 +107,10 @@ def make_site(listener: Listener, pki: DemoPki, tmp_path: Path, bridge: str, net
     return Site(f"https://127.0.0.1:{port}/", aggregate, store, instances, host, clock, database)
 
 
-def request(
-    sliver_type: str = '<sliver_type name="lxc" inst:count="2"><disk_image name="tools"/></sliver_type>',
-) -> str:
+TWO = '<sliver_type name="lxc" inst:count="2"><disk_image name="tools"/></sliver_type>'
+
+
+def request(sliver_type: str = TWO) -> str:
     """node1 from now (no time given: the default duration), with the sliver type given."""
     return (
         '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
