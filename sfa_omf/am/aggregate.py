@@ -665,7 +665,18 @@ class Aggregate:
         container of ours no lease has. Run periodically by the server; returns (started, destroyed) names."""
         if self.instances is None:
             return [], []
-        return self.instances.tick(self.clock(), self._slice_keys)
+        return self.instances.tick(self.clock(), self._slice_keys, self._testbed_state)
+
+    def _testbed_state(self, slice_urn: str, lease_id: str) -> str | None:
+        """A provisioned lease's operational state on the testbed (the node agents', else the backend's: an OAR job
+        killed reads geni_failed or geni_notready); None when the experimenter stopped it."""
+        lease = next((found for found in self.bookings.leases(slice_urn=slice_urn) if found.id == lease_id), None)
+        if lease is None or not lease.slivers:
+            return str(Operational.FAILED)
+        sliver = lease.slivers[0]
+        if sliver.operational_state == Operational.NOTREADY:
+            return None
+        return str(self._health(sliver, lease).operational_state)
 
     def _slice_keys(self, slice_urn: str) -> list[str]:
         """Every SSH key of the slice's users (what a container's root accepts)."""

@@ -152,10 +152,19 @@ class Instances:
             return [_record(row) for row in session.execute(query)]
 
     # -- the slot's clock -------------------------------------------------------------------------------------------
-    def tick(self, now: datetime, keys_of: Callable[[str], Sequence[str]]) -> tuple[list[str], list[str]]:
-        """Start the containers of provisioned leases whose slot runs, destroy those of leases that are over (ended,
-        deleted, expired, slot past) and our containers no live row names. ``keys_of(slice_urn)``: the SSH keys to
-        put in. Returns (names started, names destroyed). Run periodically by the server (once cluster-wide)."""
+    def tick(
+        self,
+        now: datetime,
+        keys_of: Callable[[str], Sequence[str]],
+        testbed_state: Callable[[str, str], str | None] = lambda slice_urn, lease_id: "geni_ready",
+    ) -> tuple[list[str], list[str]]:
+        """The containers follow their lease and the testbed's reservation. Destroyed: those of leases that are
+        over (ended, deleted, expired, slot past), those whose reservation the testbed ended inside the slot (an OAR
+        job killed), and containers of ours no live row names. Started: those of provisioned leases whose slot runs
+        once the testbed holds the nodes. ``keys_of(slice_urn)``: the SSH keys to put in; ``testbed_state(slice_urn,
+        lease_id)``: the lease's operational state on the testbed (geni_ready, geni_failed, ...; None: the
+        experimenter stopped it, leave it be). Returns (names started, names destroyed). Run periodically by the
+        server (once cluster-wide)."""
         if self.host is None:
             return [], []
         moment = to_s(now)
@@ -166,13 +175,24 @@ class Instances:
                 .join(Slice, Slice.id == Lease.slice_id)
                 .where(LeaseInstance.state.in_(LIVE))
             ).all()
-        due: dict[str, _LeaseOfRow] = {}
         over: set[str] = set()
+        running: dict[str, tuple[str, set[str]]] = {}  # lease id -> (slice, its containers' states): slot runs
         for lease_id, slice_urn, lease_state, start_s, end_s, state in rows:
             if lease_state not in ("allocated", "provisioned") or end_s <= moment:
                 over.add(lease_id)
-            elif lease_state == "provisioned" and start_s <= moment and state == PLANNED:
-                due[lease_id] = _LeaseOfRow(lease_id, slice_urn, lease_state, start_s, end_s)
+            elif lease_state == "provisioned" and start_s <= moment:
+                running.setdefault(lease_id, (slice_urn, set()))[1].add(state)
+        due: list[tuple[str, str]] = []
+        for lease_id, (slice_urn, states) in sorted(running.items()):
+            testbed = testbed_state(slice_urn, lease_id)
+            has_run = bool(states & {RUNNING, STOPPED})
+            if testbed == "geni_failed" or (testbed == "geni_notready" and has_run):
+                log.info(
+                    "lease %s: the testbed ended its reservation (%s): destroying its containers", lease_id, testbed
+                )
+                over.add(lease_id)
+            elif testbed == "geni_ready" and PLANNED in states:
+                due.append((lease_id, slice_urn))
         destroyed: list[str] = []
         for lease_id in sorted(over):
             destroyed += self.destroy_lease(lease_id, now)
@@ -183,10 +203,9 @@ class Instances:
                 self.host.destroy(orphan.name)
                 destroyed.append(orphan.name)
         started: list[str] = []
-        for lease in due.values():
-            started += [
-                i.name for i in self.start_lease(lease.lease_id, keys_of(lease.slice_urn), now) if i.state == RUNNING
-            ]
+        for lease_id, slice_urn in due:
+            records = self.start_lease(lease_id, keys_of(slice_urn), now)
+            started += [record.name for record in records if record.state == RUNNING]
         return started, destroyed
 
     # -- acting on a lease's containers -----------------------------------------------------------------------------
