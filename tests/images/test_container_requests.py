@@ -104,3 +104,22 @@ def test_a_count_without_lxc_is_a_request_problem() -> None:
     with pytest.raises(RSpecError) as refused:
         parse_request(request('<sliver_type name="raw-pc" inst:count="3"/>'), now=utcnow())
     assert 'inst:count applies to <sliver_type name="lxc"> only' in str(refused.value)
+
+
+def test_acting_on_containers_outside_their_slot_is_refused_and_changes_nothing(site: Site, pki: DemoPki) -> None:
+    client = site.alice(pki)
+    slice_cred = [cred(pki.users["alice"].slice_cred)]
+    start = site.clock().replace(minute=0, second=0) + timedelta(days=1)
+    later = request().replace("<node ", f'<ol:lease xmlns:ol="{OL}" client_id="l" valid_from="{format_time(start)}" '
+                              'duration="3600"/><node ').replace(
+        'exclusive="true">', f'exclusive="true"><ol:lease_ref xmlns:ol="{OL}" id_ref="l"/>'
+    )  # fmt: skip
+    ok(client.Allocate(pki.slice_urn, slice_cred, later, {}))
+    ok(client.Provision([pki.slice_urn], slice_cred, {"geni_rspec_version": {"type": "GENI", "version": "3"}}))
+    before = site.instances.listing()
+    for action in ("geni_start", "geni_stop", "geni_restart"):
+        refused = client.PerformOperationalAction([pki.slice_urn], slice_cred, action, {})
+        assert refused["code"]["geni_code"] == GeniCode.BADARGS, refused
+        assert "run during its slot only" in refused["output"] and "nothing was changed" in refused["output"]
+    assert site.instances.listing() == before and {i.state for i in before} == {"planned"}
+    assert site.aggregate.run_instances() == ([], [])  # before the slot nothing starts
