@@ -195,7 +195,10 @@ class Instances:
                 due.append((lease_id, slice_urn))
         destroyed: list[str] = []
         for lease_id in sorted(over):
-            destroyed += self.destroy_lease(lease_id, now)
+            try:
+                destroyed += self.destroy_lease(lease_id, now)
+            except GeniError as exc:  # the rest still go; this lease's live rows are retried next round
+                log.warning("lease %s: a container could not be destroyed: %s", lease_id, exc.message)
         live = {record.name for record in self.listing()}
         for orphan in self.host.instances():  # ours by name, but no live row: left by a crash
             if orphan.name not in live:
@@ -235,17 +238,24 @@ class Instances:
         outcomes = []
         for record in self.of_lease(lease_id):
             if record.state == RUNNING:
-                error = self._attempt(functools.partial(host.stop, record.name))
-                outcomes.append((record.name, STOPPED if not error[1] else FAILED, error[1]))
+                done, error = self._attempt(functools.partial(host.stop, record.name))
+                outcomes.append((record.name, STOPPED if done == RUNNING else FAILED, error))
         self._set_states(outcomes, now)
         return self.of_lease(lease_id)
 
     def destroy_lease(self, lease_id: str, now: datetime) -> list[str]:
         """Stop and destroy every container of the lease; their rows say destroyed and give their address back."""
-        names = [record.name for record in self.of_lease(lease_id) if record.state in LIVE]
-        if self.host is not None:
-            for name in names:
-                self.host.destroy(name)
+        names: list[str] = []
+        failures: list[GeniError] = []
+        for record in self.of_lease(lease_id):
+            if record.state not in LIVE:
+                continue
+            try:
+                if self.host is not None:
+                    self.host.destroy(record.name)
+                names.append(record.name)
+            except GeniError as exc:  # the others still go; this one stays live and the next round retries it
+                failures.append(exc)
         if names:
             with self.database.write() as session:
                 session.execute(
@@ -253,6 +263,8 @@ class Instances:
                     .where(LeaseInstance.name.in_(names))
                     .values(state=DESTROYED, address=None, updated_s=to_s(now))
                 )
+        if failures:
+            raise failures[0]
         return names
 
     def save(self, instance: Instance, label: str, owner: str, now: datetime) -> str:
@@ -268,8 +280,11 @@ class Instances:
         handle, archive = tempfile.mkstemp(suffix=".tar", dir=self.images.directory)
         os.close(handle)
         try:
-            with tarfile.open(archive, "w") as tar:
-                tar.add(str(rootfs), arcname=".", filter=_without_keys)
+            try:
+                with tarfile.open(archive, "w") as tar:
+                    tar.add(str(rootfs), arcname=".", filter=_without_keys)
+            except (OSError, tarfile.TarError) as exc:
+                raise GeniError(Reason.TESTBED, f"container {instance.name} could not be archived: {exc}") from exc
             self.images.add(
                 archive, label, owner, now, description=f"saved from container {instance.name} ({instance.image})"
             )
