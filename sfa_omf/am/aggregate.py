@@ -37,7 +37,7 @@ from rspec.model import (
 from rspec.parse_request import RequestPolicy, parse_request
 from sfa_omf.am.advertiser import Advertiser
 from sfa_omf.am.containers import act as act_on_containers
-from sfa_omf.am.containers import check_request, node_health, save_image
+from sfa_omf.am.containers import check_request, node_health, node_sliver_of, save_image
 from sfa_omf.am.containers import manifest_sliver as container_manifest_sliver
 from sfa_omf.am.containers import plan as plan_containers
 from sfa_omf.am.containers import sliver_dict as container_dict
@@ -550,6 +550,9 @@ class Aggregate:
         if event == Event.SAVE_IMAGE:
             if self.instances is None:
                 raise GeniError(Reason.UNSUPPORTED, "this aggregate runs no containers: there is nothing to save")
+            named = [urn for urn in ([urns] if isinstance(urns, str) else urns) if urn != node_sliver_of(urn)]
+            if len(named) == 1 and not options.get("sfa_omf_instance"):
+                options = {**options, "sfa_omf_instance": named[0]}  # the one container named by its URN
             save_image(self.instances, leases, options, verified.owner_urn, self.clock())
             return self._sliver_dicts(slice_urn, sliver_urns)
         if self.instances is not None:
@@ -636,7 +639,8 @@ class Aggregate:
         if not urns:
             raise BadArgs("name a slice URN or sliver URNs")
         slices = [urn for urn in urns if _urn_type(urn) == "slice"]
-        slivers = {urn for urn in urns if _urn_type(urn) == "sliver"}
+        # A container's URN names its node's sliver: the call acts on (and answers for) that sliver and its containers.
+        slivers = {node_sliver_of(urn) for urn in urns if _urn_type(urn) == "sliver"}
         others = [urn for urn in urns if _urn_type(urn) not in ("slice", "sliver")]
         if others:
             raise BadArgs(f"{others[0]} is neither a slice nor a sliver URN")

@@ -8,6 +8,7 @@ A container is a sliver of its own: URN ``<node sliver URN>-c<n>``, client_id ``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -32,7 +33,13 @@ from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.times import format_time
 
 SLIVER_TYPES = ("raw-pc", CONTAINER_SLIVER_TYPE)
+_CONTAINER_SUFFIX = re.compile(r"-c[0-9]+$")  # node sliver URNs end in a hex UUID, never in this
 SSH_PROBE_S = 1.0  # Status asks each running container's SSH server, briefly
+
+
+def node_sliver_of(urn: str) -> str:
+    """The node sliver URN a container's URN (``<node sliver URN>-c<n>``) belongs to; any other URN unchanged."""
+    return _CONTAINER_SUFFIX.sub("", urn)
 
 
 def check_request(

@@ -150,7 +150,10 @@ def test_stop_start_and_save_act_on_the_containers(site: Site, pki: DemoPki, tmp
         Path(site.store.get("tools").path).name
         for _ in [0]  # type: ignore[union-attr]
     )
-    ok(client.PerformOperationalAction([pki.slice_urn], slice_cred, "sfa_omf_save_image", {"sfa_omf_label": "mine"}))
+    # A container named by its own URN: Status answers for its node's sliver and its containers; the save takes it.
+    named = ok(client.Status([container.urn], slice_cred, {}))
+    assert [s["geni_sliver_urn"] for s in named["geni_slivers"]] == [container.sliver_urn, container.urn]
+    ok(client.PerformOperationalAction([container.urn], slice_cred, "sfa_omf_save_image", {"sfa_omf_label": "mine"}))
     saved = site.store.get("mine")
     assert saved is not None and saved.added_by == ALICE
 
