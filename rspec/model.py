@@ -33,6 +33,13 @@ class RequestNode:
     hardware_type: str | None = None
     sliver_type: str | None = None
     disk_image: str | None = None
+    instance_count: int | None = None  # inst:count on <sliver_type name="lxc">: how many containers
+
+
+#: The sliver type whose slivers are containers on the node (sfa_omf/images/instances.py).
+CONTAINER_SLIVER_TYPE = "lxc"
+#: The most containers one sliver can even ask for (a bound on reading; the operator's policy sets the real limit).
+MAX_INSTANCE_COUNT = 1000
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,13 @@ OL: Final = "http://nitlab.inf.uth.gr/schema/sfa/rspec/1"
 # sfa-omf's availability extension (prefix av): each node's next free windows. Stable: change the /1 only with an
 # incompatible change of the extension.
 AVAILABILITY: Final = "http://sfa-omf.org/rspec/ext/availability/1"
+# sfa-omf's instances extension (prefix inst): inst:count on a <sliver_type name="lxc"> asks for that many
+# containers on the node. An attribute of another namespace is allowed on sliver_type by GENI v3 itself.
+INSTANCES: Final = "http://sfa-omf.org/rspec/ext/instances/1"
 XSI: Final = "http://www.w3.org/2001/XMLSchema-instance"
 
 #: Prefixes we write, and use in messages about elements of these namespaces.
-PREFIXES: Final[dict[str, str]] = {"ol": OL, "av": AVAILABILITY}
+PREFIXES: Final[dict[str, str]] = {"ol": OL, "av": AVAILABILITY, "inst": INSTANCES}
 
 #: Where the GENI v3 XSDs are published, for xsi:schemaLocation in what we write.
 GENI_SCHEMA_LOCATIONS: Final[dict[str, str]] = {
@@ -49,3 +52,8 @@ def display_name(tag: str) -> str:
         if uri == namespace:
             return f"{prefix}:{local}"
     return tag
+
+
+def inst(local: str) -> str:
+    """An instances extension name in Clark notation."""
+    return f"{{{INSTANCES}}}{local}"

@@ -20,8 +20,8 @@ from lxml import etree
 
 from rspec.dialects import ol, options, sfa
 from rspec.document import Document, RSpecLimits, load
-from rspec.model import Request, RequestLease, RequestNode
-from rspec.namespaces import geni
+from rspec.model import CONTAINER_SLIVER_TYPE, MAX_INSTANCE_COUNT, Request, RequestLease, RequestNode
+from rspec.namespaces import geni, inst
 from rspec.problems import Problem, RSpecError
 from rspec.reading import Reader
 from rspec.schemas import Schema, schema_problems
@@ -127,9 +127,26 @@ def _read_nodes(reader: Reader) -> list[_Node]:
             hardware_type=reader.text(hardware, "name", required=True) if hardware is not None else None,
             sliver_type=reader.text(sliver, "name", required=True) if sliver is not None else None,
             disk_image=reader.text(image, "name", required=True) if image is not None else None,
+            instance_count=_instance_count(reader, sliver) if sliver is not None else None,
         )
         nodes.append(_Node(element, node, ol.read_refs(reader, element)))
     return nodes
+
+
+def _instance_count(reader: Reader, sliver: etree._Element) -> int | None:
+    """inst:count on a <sliver_type name="lxc">: 1 to MAX_INSTANCE_COUNT containers (1 when absent)."""
+    value = sliver.get(inst("count"))
+    kind = sliver.get("name")
+    if kind != CONTAINER_SLIVER_TYPE:
+        if value is not None:
+            reader.report(sliver, f'inst:count applies to <sliver_type name="{CONTAINER_SLIVER_TYPE}"> only')
+        return None
+    if value is None:
+        return 1
+    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_INSTANCE_COUNT:
+        reader.report(sliver, f"inst:count={value!r}: a number of containers from 1 to {MAX_INSTANCE_COUNT}")
+        return None
+    return int(value)
 
 
 def _single(reader: Reader, parent: etree._Element, local: str) -> etree._Element | None:

@@ -9,7 +9,7 @@ from enum import StrEnum
 from lxml import etree
 
 from rspec.model import Request, RequestLease, RequestNode
-from rspec.namespaces import OL, geni, ol
+from rspec.namespaces import OL, geni, inst, ol
 from rspec.writing import new_root, serialize, xsd_boolean
 from sfa_omf.times import format_time, utcnow
 
@@ -50,6 +50,8 @@ def write_request(
             etree.SubElement(element, geni("hardware_type"), name=node.hardware_type)
         if node.sliver_type is not None:
             sliver = etree.SubElement(element, geni("sliver_type"), name=node.sliver_type)
+            if node.instance_count is not None and node.instance_count != 1:
+                sliver.set(inst("count"), str(node.instance_count))
             if node.disk_image is not None:
                 etree.SubElement(sliver, geni("disk_image"), name=node.disk_image)
         elif node.disk_image is not None:

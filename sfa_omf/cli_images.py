@@ -59,8 +59,11 @@ def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     instance = commands.add_parser("instance", help="containers inside bookings").add_subparsers(
         title="instance commands"
     )
-    instances = instance.add_parser("list", help="the containers of leases on this host: lease, state, address")
-    instances.add_argument("--lxc-path", default="/var/lib/lxc", help="LXC's container directory (default %(default)s)")
+    instances = instance.add_parser(
+        "list", parents=[config_option], help="the containers of leases: lease, node, state, address"
+    )
+    instances.add_argument("--lxc-path", help="LXC's container directory (default: [sfa_omf] instance_lxc_path)")
+    instances.add_argument("--all", action="store_true", help="also the destroyed containers of past leases")
     instances.add_argument("--json", action="store_true")
     instances.set_defaults(handler=_instance_list)
 
@@ -161,12 +164,47 @@ def _as_json(record: ImageRecord) -> dict[str, Any]:
 
 
 def _instance_list(args: argparse.Namespace) -> int:
+    """The recorded containers (the calendar's rows) with what LXC says of each, and any container of ours on this
+    host that no row names (left by a crash: the server's next round destroys it)."""
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.images.instances import Instances
     from sfa_omf.images.lxc import LxcHost
 
-    records = LxcHost("", lxc_path=args.lxc_path).instances()  # listing needs no bridge
+    settings = command_settings(args)
+    host = LxcHost("", lxc_path=args.lxc_path or settings.instance_lxc_path)  # listing needs no bridge
+    rows = Instances(Database(settings.calendar_url), None, settings.instance_network, _store(settings)).listing(
+        live_only=not args.all
+    )
+    on_host = {record.name: record for record in host.instances()}
+    listed = [
+        {
+            "name": row.name,
+            "lease": row.lease_id,
+            "node": row.node,
+            "image": row.image,
+            "state": row.state,
+            "lxc": on_host[row.name].state if row.name in on_host else "",
+            "address": row.address,
+            "error": row.error,
+        }
+        for row in rows
+    ]
+    known = {row.name for row in rows}
+    listed += [
+        {"name": name, "lease": record.lease_id, "node": "", "image": "", "state": "unrecorded",
+         "lxc": record.state, "address": record.address, "error": "no current lease has it"}
+        for name, record in on_host.items()
+        if name not in known
+    ]  # fmt: skip
     if args.json:
-        print(json.dumps([asdict(record) for record in records], indent=1))
+        print(json.dumps(listed, indent=1))
         return 0
-    rows = [(record.name, record.lease_id or "-", record.state or "?", record.address or "-") for record in records]
-    print_table(("NAME", "LEASE", "STATE", "ADDRESS"), rows)
+    print_table(
+        ("NAME", "LEASE", "NODE", "STATE", "LXC", "ADDRESS"),
+        [
+            (item["name"], item["lease"] or "-", item["node"] or "-", item["state"], item["lxc"] or "-",
+             item["address"] or "-")
+            for item in listed
+        ],
+    )  # fmt: skip
     return 0

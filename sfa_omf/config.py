@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import ipaddress
 import os
 import re
 import zoneinfo
@@ -117,6 +118,10 @@ class Settings:
     notify_operators: str = ""  # e-mail addresses / webhook URLs (space or comma separated) for operators' events
     image_group: str = "sfa-omf-images"  # Unix group whose members may change the image repository
     provisioning_mode: str = "ondemand"  # perjob or ondemand (sfa_omf/images/provisioning.py)
+    instance_bridge: str = ""  # containers inside bookings attach here (scripts/lxc.sh up); empty: no containers
+    instance_network: str = "10.217.0.0/24"  # their addresses (the first host address is the bridge's own)
+    instance_lxc_path: str = "/var/lib/lxc"  # where LXC keeps them
+    max_instances_per_node: int = 16  # containers one sliver may ask for
     agent_heartbeat_s: int = 30  # how often node agents report (sfa_omf/agents)
     agent_timeout_s: int = 120  # an agent silent this long is lost: its node leaves service
     agent_max_body_bytes: int = 64 * 1024
@@ -236,6 +241,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("create_accounts", "sfa_omf", "create_accounts", "flag", "create Unix accounts with the users' SSH keys"),
     Option("image_group", "sfa_omf", "image_group", "text", "Unix group whose members may add and remove images"),
     Option("provisioning_mode", "sfa_omf", "provisioning_mode", "text", "install images per lease: perjob or ondemand"),
+    Option("instance_bridge", "sfa_omf", "instance_bridge", "text", "bridge of lease containers; empty: no containers"),
+    Option("instance_network", "sfa_omf", "instance_network", "text", "lease containers' addresses (IPv4 CIDR)"),
+    Option("instance_lxc_path", "sfa_omf", "instance_lxc_path", "text", "LXC's directory for lease containers"),
+    Option("max_instances_per_node", "sfa_omf", "max_instances_per_node", "count", "most containers per sliver"),
     Option("oar_api_url", "sfa_oar", "api_url", "text", "OAR's REST API (the oar backend)"),
     Option("oar_timezone", "sfa_oar", "timezone", "text", "OAR server's time zone (IANA name); empty: this host's"),
     Option("oar_job_type", "sfa_oar", "job_type", "text", "OAR job type of reservations: noop or deploy"),
@@ -823,6 +832,15 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                     "webhook URL (https://...)",
                 )
             )
+    if not _ipv4_network(settings.instance_network):
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["instance_network"]),
+                f"[sfa_omf] instance_network {settings.instance_network!r} is not an IPv4 network such as "
+                "10.217.0.0/24 (the bridge's own address is its first host address)",
+            )
+        )
     if settings.provisioning_mode not in PROVISIONING_MODES:
         problems.append(
             Problem(
@@ -833,6 +851,14 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
             )
         )
     return problems
+
+
+def _ipv4_network(text: str) -> bool:
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return network.version == 4 and network.num_addresses >= 4
 
 
 def _known_zone(name: str) -> bool:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rspec.advertisement import lease_view, write_advertisement
 from rspec.manifest import write_manifest
 from rspec.model import (
+    CONTAINER_SLIVER_TYPE,
     AdvertisedNode,
     Advertisement,
     Booking,
@@ -35,6 +36,11 @@ from rspec.model import (
 )
 from rspec.parse_request import RequestPolicy, parse_request
 from sfa_omf.am.advertiser import Advertiser
+from sfa_omf.am.containers import act as act_on_containers
+from sfa_omf.am.containers import check_request, node_health, node_sliver_of, save_image
+from sfa_omf.am.containers import manifest_sliver as container_manifest_sliver
+from sfa_omf.am.containers import plan as plan_containers
+from sfa_omf.am.containers import sliver_dict as container_dict
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.am.states import Allocation, Event, Operational, operational_action
 from sfa_omf.calendar.availability import Availability
@@ -46,6 +52,7 @@ from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, Sl
 from sfa_omf.calendar.slices import Slices
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.images.catalogue import check_requested_images, node_images
+from sfa_omf.images.instances import LIVE, Instance, Instances
 from sfa_omf.images.records import ImageRecord
 from sfa_omf.images.store import ImageStore
 from sfa_omf.notify.alerts import Alerts
@@ -103,6 +110,7 @@ class Aggregate:
         accounts: Accounts | None = None,
         unix_accounts: UnixAccounts | None = None,
         images: ImageStore | None = None,
+        instances: Instances | None = None,
     ) -> None:
         self.settings = settings
         self.database = database
@@ -120,6 +128,7 @@ class Aggregate:
         self.records = Records(database)  # the local registry's users: their registered SSH keys
         # The image repository; the aggregate only reads its rows (labels, what runs where), never the files.
         self.images = images or ImageStore(database, "")
+        self.instances = instances  # containers inside bookings; None: this aggregate runs none
         self.advertiser = Advertiser(
             database, settings.horizon, settings.free_windows, self.policy.default_grain_s, self._advertised_nodes
         )
@@ -282,6 +291,9 @@ class Aggregate:
                 f"the request names {len(request.nodes)} nodes, over this aggregate's limit of "
                 f"{self.policy.max_nodes_per_request} per request (policy rule max_nodes_per_request): split it",
             )
+        containers = check_request(
+            request, self.instances, self.policy.max_instances_per_node, self.images.labels()
+        )  # before anything is written
         wanted: list[BookingRequest] = []
         for lease in request.leases:
             components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]
@@ -307,7 +319,8 @@ class Aggregate:
                         end=end,
                         client_id=client_id,
                         lease_label=lease.client_id or "",
-                        disk_image=node.disk_image or "",
+                        # A container sliver's image is its containers', not one to install on the node.
+                        disk_image="" if client_id in containers else node.disk_image or "",
                         from_now=lease.from_now,
                     )
                 )
@@ -324,6 +337,7 @@ class Aggregate:
         try:
             # Again once booked: an image removed meanwhile (its removal saw no lease yet) fails this call instead.
             self._check_images(wanted)
+            plan_containers(self.instances, result.leases, containers, now)
             answer = self._describe_slice(slice_urn, None)
         except BaseException:
             # The call fails, so nothing it wrote may stay: the leases go, and the slice's users are as they were.
@@ -531,6 +545,7 @@ class Aggregate:
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to delete")
         for lease in leases:
+            self._destroy_containers(lease)
             if lease.state == "provisioned":
                 self.backend.release(lease)
             deleted.append(self.bookings.cancel(lease.id))
@@ -541,7 +556,7 @@ class Aggregate:
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, action: str, options: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         slice_urn, sliver_urns = self._resolve(urns)
-        self.authorize("PerformOperationalAction", caller_chain, credentials, slice_urn, options)
+        verified = self.authorize("PerformOperationalAction", caller_chain, credentials, slice_urn, options)
         event = operational_action(str(action))
         leases = self._leases(slice_urn, sliver_urns)
         if event == Event.UPDATE_USERS:
@@ -552,8 +567,18 @@ class Aggregate:
                     Reason.BAD_ARGS,
                     f"{action} needs provisioned slivers; lease {lease.id} is {lease.state}: Provision first",
                 )
+        if event == Event.SAVE_IMAGE:
+            if self.instances is None:
+                raise GeniError(Reason.UNSUPPORTED, "this aggregate runs no containers: there is nothing to save")
+            named = [urn for urn in ([urns] if isinstance(urns, str) else urns) if urn != node_sliver_of(urn)]
+            if len(named) == 1 and not options.get("sfa_omf_instance"):
+                options = {**options, "sfa_omf_instance": named[0]}  # the one container named by its URN
+            save_image(self.instances, leases, options, verified.owner_urn, self.clock())
+            return self._sliver_dicts(slice_urn, sliver_urns)
         if isinstance(self.backend, OperatingBackend):  # the testbed first: if it fails, nothing is recorded
             self.backend.operate(leases, event.value)
+        if self.instances is not None:
+            act_on_containers(self.instances, event, leases, self._slice_keys(slice_urn), self.clock())
         wanted = Operational.NOTREADY if event == Event.STOP else Operational.READY
         self.bookings.set_operational_states([lease.id for lease in leases], wanted)
         return self._sliver_dicts(slice_urn, sliver_urns)
@@ -598,6 +623,7 @@ class Aggregate:
         verified = self.authorize("Shutdown", caller_chain, credentials, slice_urn)
         self.slices.set_shut_down(slice_urn, True, expires=verified.expires)  # first: no new booking slips in
         for lease in self.bookings.leases(slice_urn=slice_urn):
+            self._destroy_containers(lease)
             if lease.state == "provisioned":
                 self.backend.release(lease)
             self.bookings.cancel(lease.id)
@@ -618,6 +644,7 @@ class Aggregate:
         Run periodically by the server; returns how many leases ended."""
         ended = self.bookings.retire_ended()
         for lease in ended:
+            self._destroy_containers(lease)
             try:
                 self.backend.release(lease)
             except GeniError as exc:  # the testbed ends the reservation itself at its end; its reconciler checks
@@ -634,7 +661,8 @@ class Aggregate:
         if not urns:
             raise BadArgs("name a slice URN or sliver URNs")
         slices = [urn for urn in urns if _urn_type(urn) == "slice"]
-        slivers = {urn for urn in urns if _urn_type(urn) == "sliver"}
+        # A container's URN names its node's sliver: the call acts on (and answers for) that sliver and its containers.
+        slivers = {node_sliver_of(urn) for urn in urns if _urn_type(urn) == "sliver"}
         others = [urn for urn in urns if _urn_type(urn) not in ("slice", "sliver")]
         if others:
             raise BadArgs(f"{others[0]} is neither a slice nor a sliver URN")
@@ -648,6 +676,37 @@ class Aggregate:
         if len(owners) > 1:
             raise BadArgs("the slivers named belong to different slices")
         return owners.pop(), slivers
+
+    def _destroy_containers(self, lease: LeaseRecord) -> None:
+        """Nothing outlives a lease: its containers go with it (a failure here is retried by run_instances)."""
+        if self.instances is None:
+            return
+        try:
+            self.instances.destroy_lease(lease.id, self.clock())
+        except GeniError as exc:
+            log.warning("lease %s: its containers could not all be destroyed yet: %s", lease.id, exc.message)
+
+    def run_instances(self) -> tuple[list[str], list[str]]:
+        """The containers' clock: start those of slots that began, destroy those of leases that are over and any
+        container of ours no lease has. Run periodically by the server; returns (started, destroyed) names."""
+        if self.instances is None:
+            return [], []
+        return self.instances.tick(self.clock(), self._slice_keys, self._testbed_state)
+
+    def _testbed_state(self, slice_urn: str, lease_id: str) -> str | None:
+        """A provisioned lease's operational state on the testbed (the node agents', else the backend's: an OAR job
+        killed reads geni_failed or geni_notready); None when the experimenter stopped it."""
+        lease = next((found for found in self.bookings.leases(slice_urn=slice_urn) if found.id == lease_id), None)
+        if lease is None or not lease.slivers:
+            return str(Operational.FAILED)
+        sliver = lease.slivers[0]
+        if sliver.operational_state == Operational.NOTREADY:
+            return None
+        return str(self._health(sliver, lease).operational_state)
+
+    def _slice_keys(self, slice_urn: str) -> list[str]:
+        """Every SSH key of the slice's users (what a container's root accepts)."""
+        return [key for account in self._local_accounts(slice_urn) for key in account.ssh_keys]
 
     def _release_quietly(self, leases: Sequence[LeaseRecord]) -> None:
         """Give back on the testbed what a failing call had provisioned there (its error is the one to report)."""
@@ -719,12 +778,34 @@ class Aggregate:
     def _sliver_dicts(
         self, slice_urn: str, sliver_urns: set[str] | None, leases: list[LeaseRecord] | None = None
     ) -> list[dict[str, Any]]:
-        return [
-            self._sliver_dict(sliver, lease)
-            for lease in (leases if leases is not None else self._leases(slice_urn, sliver_urns))
-            for sliver in lease.slivers
-            if sliver_urns is None or sliver.urn in sliver_urns
-        ]
+        """Each sliver's status, each followed by its containers' (a container is a sliver of its own)."""
+        chosen = leases if leases is not None else self._leases(slice_urn, sliver_urns)
+        containers = self._containers_of(chosen)
+        now = self.clock()
+        answer = []
+        for lease in chosen:
+            for sliver in lease.slivers:
+                if sliver_urns is not None and sliver.urn not in sliver_urns:
+                    continue
+                mine = containers.get(sliver.urn, [])
+                entry = self._sliver_dict(sliver, lease)
+                failed = node_health(mine)
+                if failed is not None and entry["geni_operational_status"] != str(Operational.PENDING_ALLOCATION):
+                    entry.update(geni_operational_status=str(failed.operational_state), geni_error=failed.error)
+                answer.append(entry)
+                answer += [container_dict(i, lease, now, entry["geni_allocation_status"]) for i in mine]
+        return answer
+
+    def _containers_of(self, leases: Sequence[LeaseRecord]) -> dict[str, list[Instance]]:
+        """The live containers of these leases, by the sliver URN of their node."""
+        if self.instances is None:
+            return {}
+        found: dict[str, list[Instance]] = {}
+        for instances in self.instances.of_leases(lease.id for lease in leases).values():
+            for instance in instances:
+                if instance.state in LIVE:
+                    found.setdefault(instance.sliver_urn, []).append(instance)
+        return found
 
     def _describe_slice(self, slice_urn: str, sliver_urns: set[str] | None) -> dict[str, Any]:
         leases = self._leases(slice_urn, sliver_urns)
@@ -734,9 +815,11 @@ class Aggregate:
         # Once per user, not per sliver: the first use creates the mapping (registry/accounts.py).
         logins = [self.accounts.login_for(user.user_urn, slice_urn) for user in users]
         manifest_slivers = []
+        containers = self._containers_of(leases)
         for lease in leases:
             for sliver in lease.slivers:
                 node = nodes.get(sliver.node)
+                mine = containers.get(sliver.urn, [])
                 manifest_slivers.append(
                     ManifestSliver(
                         sliver_id=sliver.urn,
@@ -746,7 +829,7 @@ class Aggregate:
                         component_name=node.component_name if node else None,
                         exclusive=node.exclusive if node else True,
                         # The manifest shows the image under the one sliver type advertised (GENI puts it there).
-                        sliver_type="raw-pc" if sliver.disk_image else None,
+                        sliver_type=CONTAINER_SLIVER_TYPE if mine else "raw-pc" if sliver.disk_image else None,
                         disk_image=sliver.disk_image or None,
                         lease_ids=(lease.id,),
                         hostname=node.component_name if node else None,
@@ -755,6 +838,16 @@ class Aggregate:
                         ),
                     )
                 )
+                manifest_slivers += [
+                    container_manifest_sliver(
+                        instance,
+                        sliver.client_id or sliver.node,
+                        self.settings.urn,
+                        node.component_name if node else None,
+                        lease.id,
+                    )
+                    for instance in mine
+                ]
         manifest = Manifest(
             slivers=tuple(manifest_slivers),
             leases=tuple(

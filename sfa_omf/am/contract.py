@@ -124,6 +124,8 @@ OPTION_CHECKERS: dict[str, Checker] = {
     "geni_speaking_for": user_urn,
     "geni_slice_urn": slice_urn,
     "list_leases": text,
+    "sfa_omf_label": text,  # sfa_omf_save_image: the new image's label
+    "sfa_omf_instance": text,  # sfa_omf_save_image: which container (name or sliver URN)
 }
 
 

@@ -49,6 +49,7 @@ class Event(enum.StrEnum):
     STOP = "geni_stop"
     RESTART = "geni_restart"
     UPDATE_USERS = "geni_update_users"
+    SAVE_IMAGE = "sfa_omf_save_image"  # snapshot a container into the image repository; no state changes
 
 
 A, Op, E = Allocation, Operational, Event  # short names keep the tables readable
@@ -83,7 +84,7 @@ OPERATIONAL_TRANSITIONS: dict[tuple[Operational, Event], Operational] = {
     (Op.CONFIGURING, E.UPDATE_USERS): Op.CONFIGURING,
 }
 
-OPERATIONAL_ACTIONS = frozenset({E.START, E.STOP, E.RESTART, E.UPDATE_USERS})
+OPERATIONAL_ACTIONS = frozenset({E.START, E.STOP, E.RESTART, E.UPDATE_USERS, E.SAVE_IMAGE})
 
 
 class IllegalTransition(GeniError):

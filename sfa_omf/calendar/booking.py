@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import RETRY_ATTEMPTS, Database, is_overlap_violation, retry_transient
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
-from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
+from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
 from sfa_omf.calendar.queries import from_s, held_windows, to_s
 from sfa_omf.calendar.records import BookingRequest, BookingResult, Conflict, LeaseRecord, SliverRecord
@@ -467,6 +467,7 @@ class Bookings:
         if not wanted:
             return
         with self.database.write() as session:
+            session.execute(delete(LeaseInstance).where(LeaseInstance.lease_id.in_(wanted)))  # containers it planned
             session.execute(delete(Sliver).where(Sliver.lease_id.in_(wanted)))
             session.execute(delete(Lease).where(Lease.id.in_(wanted)))
 

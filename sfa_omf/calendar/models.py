@@ -269,6 +269,25 @@ class RepositoryImage(Base):
     added_s: Mapped[int] = mapped_column(BigInteger)
 
 
+class LeaseInstance(Base):
+    """A container a lease asked for on one of its nodes (sfa_omf/images/instances.py), from Allocate until it is
+    destroyed: recorded here so that a restarted server still destroys it at the slot's end. ``address`` is unique
+    while the container holds it (NULL once destroyed: NULLs never clash)."""
+
+    __tablename__ = "lease_instance"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)  # the LXC container name
+    lease_id: Mapped[str] = mapped_column(ForeignKey("lease.id"), index=True)
+    sliver_urn: Mapped[str] = mapped_column(String(300))  # the node's sliver the container belongs to
+    node: Mapped[str] = mapped_column(String(300))  # component_id
+    position: Mapped[int] = mapped_column(Integer)  # 0..count-1 on its sliver
+    image: Mapped[str] = mapped_column(String(100))  # repository label; "" for the base container
+    address: Mapped[str | None] = mapped_column(String(50), nullable=True, unique=True)
+    state: Mapped[str] = mapped_column(String(20), index=True)  # planned, running, stopped, failed, destroyed
+    error: Mapped[str] = mapped_column(Text, default="")
+    updated_s: Mapped[int] = mapped_column(BigInteger)
+
+
 class CalendarGeneration(Base):
     """One row (id 1) whose ``value`` grows with every unit of work that writes to the database, in the same
     transaction as the write: a process that cached an answer computed at generation G knows it is still right as

@@ -19,6 +19,7 @@ class Policy:
     max_concurrent_leases_per_slice: int | None = None
     max_hours_per_day_per_user: float | None = None  # node-hours per UTC day
     max_nodes_per_request: int = 1000  # nodes one Allocate may name (bounds the work one call can cause)
+    max_instances_per_node: int = 16  # containers one sliver may ask for (<sliver_type name="lxc" inst:count>)
 
 
 class PolicyViolation(GeniError):

@@ -16,6 +16,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Sequence
@@ -66,10 +67,11 @@ class LxcHost:
         """The container name of the ``index``-th container of a lease."""
         return f"{self.prefix}{lease_id}-{index}"
 
-    def launch(self, spec: InstanceSpec, ssh_timeout_s: float = 30.0) -> InstanceRecord:
-        """Create, start and wait until the container answers SSH; on any failure destroy it and raise TESTBED."""
+    def launch(self, spec: InstanceSpec, ssh_timeout_s: float = 30.0, image: str = "") -> InstanceRecord:
+        """Create (with ``image``, a tar of files laid over the base, if given), start and wait until the container
+        answers SSH; on any failure destroy it and raise TESTBED."""
         try:
-            self.create(spec)
+            self.create(spec, image)
             self.start(spec.name)
             if not wait_for_ssh(spec.host, ssh_timeout_s):
                 raise GeniError(
@@ -85,8 +87,10 @@ class LxcHost:
             raise
         return InstanceRecord(spec.name, "RUNNING", spec.address, self._lease_of(spec.name))
 
-    def create(self, spec: InstanceSpec) -> None:
-        """Build the container's root file system offline and configure its address, SSH server and keys."""
+    def create(self, spec: InstanceSpec, image: str = "") -> None:
+        """Build the container's root file system offline, lay the image's files over it (a repository image is a
+        tar archive of a root file system, as ``sfa_omf_save_image`` makes them) and configure its address, SSH
+        server and keys (after the image, so that an image never removes the way in)."""
         if not VALID_NAME.match(spec.name):
             raise GeniError(Reason.BAD_ARGS, f"container name {spec.name!r} is not valid for LXC")
         if not os.path.exists(DROPBEAR):
@@ -101,6 +105,8 @@ class LxcHost:
         finally:
             os.unlink(conf.name)
         rootfs = self.lxc_path / spec.name / "rootfs"
+        if image:
+            _extract(image, rootfs, spec.name)
         # The template's rcS asks DHCP for an address (there is no DHCP server on our bridge: LXC sets the address);
         # ours starts the SSH server instead.
         rcs = rootfs / "etc" / "init.d" / "rcS"
@@ -187,6 +193,16 @@ def wait_for_ssh(host: str, timeout_s: float, port: int = 22) -> bool:
             pass
         time.sleep(0.2)
     return False
+
+
+def _extract(image: str, rootfs: Path, name: str) -> None:
+    try:
+        with tarfile.open(image) as tar:
+            tar.extractall(rootfs, filter="tar")  # "tar": no member lands outside the root file system
+    except (OSError, tarfile.TarError) as exc:
+        raise GeniError(
+            Reason.TESTBED, f"container {name}: image {image} is not a readable tar archive: {exc}"
+        ) from exc
 
 
 def _address(config: Path) -> str:

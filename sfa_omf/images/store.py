@@ -20,12 +20,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import Lease, Node, RepositoryImage, Slice, Sliver
+from sfa_omf.calendar.models import Lease, LeaseInstance, Node, RepositoryImage, Slice, Sliver
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.images.records import ImageRecord, ImageUse
@@ -186,7 +186,15 @@ def _uses(session: Session, label: str, now: datetime) -> list[ImageUse]:
         .join(Sliver, Sliver.lease_id == Lease.id)
         .join(Node, Node.id == Sliver.node_id)
         .join(Slice, Slice.id == Lease.slice_id)
-        .where(Sliver.disk_image == label, Lease.state.in_(_ACTIVE), Lease.end_s > to_s(now))
+        .where(
+            # the node's own image, or the image of containers on it
+            or_(
+                Sliver.disk_image == label,
+                Sliver.urn.in_(select(LeaseInstance.sliver_urn).where(LeaseInstance.image == label)),
+            ),
+            Lease.state.in_(_ACTIVE),
+            Lease.end_s > to_s(now),
+        )
         .order_by(Lease.start_s, Lease.id, Node.component_id)
     ).all()
     found: dict[str, ImageUse] = {}

@@ -40,6 +40,7 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.config import Settings
+from sfa_omf.images.instances import instances_of
 from sfa_omf.images.store import ImageStore, store_directory
 from sfa_omf.notify.notifier import Notifier, NotifySettings, notify_settings
 from sfa_omf.preflight import StartupError, check_startup, listen_message
@@ -64,6 +65,7 @@ from sfa_omf.web.app import WebCalendar, WebSettings
 log = logging.getLogger("sfa_omf.server")
 reactor: Any = _reactor
 EXPIRY_PERIOD_S = 60
+INSTANCES_PERIOD_S = 5  # how often lease containers are started and destroyed at slot boundaries
 REQUEST_TIMEOUT_S = 120
 NOTIFY_PERIOD_S = 30
 #: How often the trusted-roots directory is looked at for roots added or removed (SIGHUP: at once).
@@ -77,12 +79,14 @@ def build_aggregate(settings: Settings, upgrade: bool = True) -> Aggregate:
     database = Database(settings.calendar_url)
     if upgrade:
         database.upgrade()
+    images = ImageStore(database, store_directory(settings.data_dir))
     policy = Policy(
         default_grain_s=settings.grain_s,
         min_duration_s=settings.grain_s,
         max_duration_s=settings.max_duration_s,
         max_advance_s=settings.max_advance_s,
         max_nodes_per_request=settings.max_nodes_per_request,
+        max_instances_per_node=settings.max_instances_per_node,
         allocation_ttl_s=settings.allocation_ttl_s,
     )
     verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
@@ -103,7 +107,8 @@ def build_aggregate(settings: Settings, upgrade: bool = True) -> Aggregate:
         backend=load_backend(settings.aggregate_type, settings, database),
         accounts=Accounts(database, settings.account_policy, settings.shared_login),
         unix_accounts=UnixAccounts() if settings.create_accounts else None,
-        images=ImageStore(database, store_directory(settings.data_dir)),
+        images=images,
+        instances=instances_of(settings, database, images),
         identity=(
             load_private_key_file(os.path.join(settings.data_dir, "aggregate", "am.pkey")),
             load_gid_chain_file(os.path.join(settings.data_dir, "aggregate", "am.gid")),
@@ -194,6 +199,11 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
         notify_loop = LoopingCall(lambda: reactor.callInThread(_notify, notifier))
         notify_loop.start(NOTIFY_PERIOD_S, now=True)
         loops.append(notify_loop)
+    if aggregate.instances is not None:  # containers start within seconds of their slot's start
+        containers = BackgroundTask("lease containers", INSTANCES_PERIOD_S, aggregate.run_instances)
+        instances_loop = LoopingCall(lambda: reactor.callInThread(_background, containers))
+        instances_loop.start(containers.period_s, now=True)
+        loops.append(instances_loop)
     for task in aggregate.backend.background_tasks():
         backend_loop = LoopingCall(lambda task=task: reactor.callInThread(_backend_task, aggregate, task))
         backend_loop.start(task.period_s, now=True)

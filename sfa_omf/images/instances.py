@@ -1,0 +1,406 @@
+"""Containers inside a booking: a lease's ``<sliver_type name="lxc">`` slivers ask for N containers of a repository
+image on their node; this module records them in the calendar's database (table ``lease_instance``), starts them at
+the slot's start, acts on them (start, stop, restart, save as an image) and destroys them when the lease is over.
+
+The database is the memory: a server restarted mid-lease finds the live rows and destroys their containers at the
+slot's end (``tick``), and containers of ours that no live row names are destroyed too. LXC itself is ``LxcHost``
+(sfa_omf/images/lxc.py); addresses come from ``[sfa_omf] instance_network`` and are unique while held.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import os
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.models import Lease, LeaseInstance, Slice
+from sfa_omf.calendar.queries import to_s
+from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.images.lxc import InstanceSpec, LxcHost, wait_for_ssh
+from sfa_omf.images.store import ImageStore, check_label
+
+log = logging.getLogger("sfa_omf.instances")
+
+PLANNED, RUNNING, STOPPED, FAILED, DESTROYED = "planned", "running", "stopped", "failed", "destroyed"
+LIVE = (PLANNED, RUNNING, STOPPED, FAILED)  # rows whose container may exist (or is still to come)
+LOGIN = "root"  # the slice users' keys go to root's authorized_keys inside the container
+LAUNCH_WORKERS = 4  # containers of one lease launched at once (LXC's own work is mostly waiting)
+
+
+@dataclass(frozen=True)
+class InstanceRequest:
+    """What a request asks on one of its slivers: ``count`` containers of repository image ``image``."""
+
+    sliver_urn: str
+    node: str
+    image: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One container of a lease, as recorded."""
+
+    name: str
+    lease_id: str
+    sliver_urn: str  # the node's sliver
+    node: str
+    position: int
+    image: str
+    address: str  # "" until started (and once destroyed)
+    state: str
+    error: str
+
+    @property
+    def urn(self) -> str:
+        """The container's own sliver URN (its node sliver's, with ``-c<position>``)."""
+        return f"{self.sliver_urn}-c{self.position}"
+
+    @property
+    def host(self) -> str:
+        return self.address.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class _LeaseOfRow:
+    lease_id: str
+    slice_urn: str
+    state: str
+    start_s: int
+    end_s: int
+
+
+class Instances:
+    """The containers of every lease: recorded in ``database``, run by ``host`` (None: this aggregate runs none and
+    refuses requests for containers)."""
+
+    def __init__(
+        self,
+        database: Database,
+        host: LxcHost | None,
+        network: str,
+        images: ImageStore,
+        ssh_timeout_s: float = 30.0,
+    ) -> None:
+        self.database = database
+        self.host = host
+        self.network = ipaddress.ip_network(network, strict=False)
+        self.images = images
+        self.ssh_timeout_s = ssh_timeout_s
+
+    # -- Allocate ---------------------------------------------------------------------------------------------------
+    def plan(self, lease_id: str, wanted: Sequence[InstanceRequest], now: datetime) -> list[Instance]:
+        """Record the containers a lease asked for (state planned); nothing runs yet."""
+        if not wanted:
+            return []
+        if self.host is None:
+            raise GeniError(Reason.UNSUPPORTED, "this aggregate runs no containers: ask for raw-pc slivers")
+        rows = [
+            LeaseInstance(
+                name=self.host.name_for(lease_id, index),
+                lease_id=lease_id,
+                sliver_urn=request.sliver_urn,
+                node=request.node,
+                position=position,
+                image=request.image,
+                address=None,
+                state=PLANNED,
+                error="",
+                updated_s=to_s(now),
+            )
+            for index, (request, position) in enumerate(
+                (request, position) for request in wanted for position in range(request.count)
+            )
+        ]
+        with self.database.write() as session:
+            session.add_all(rows)
+        return self.of_lease(lease_id)
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+    def of_leases(self, lease_ids: Iterable[str]) -> dict[str, list[Instance]]:
+        """The recorded containers of these leases (destroyed ones too), by lease, in order."""
+        wanted = set(lease_ids)
+        found: dict[str, list[Instance]] = {}
+        if not wanted:
+            return found
+        with self.database.read() as session:
+            rows = session.execute(_COLUMNS.where(LeaseInstance.lease_id.in_(wanted)).order_by(LeaseInstance.name))
+            for row in rows:
+                found.setdefault(row.lease_id, []).append(_record(row))
+        return found
+
+    def of_lease(self, lease_id: str) -> list[Instance]:
+        return self.of_leases([lease_id]).get(lease_id, [])
+
+    def listing(self, live_only: bool = True) -> list[Instance]:
+        """Every recorded container (the live ones by default), by name: ``sfa-omf instance list``."""
+        query = _COLUMNS.order_by(LeaseInstance.name)
+        if live_only:
+            query = query.where(LeaseInstance.state.in_(LIVE))
+        with self.database.read() as session:
+            return [_record(row) for row in session.execute(query)]
+
+    # -- the slot's clock -------------------------------------------------------------------------------------------
+    def tick(
+        self,
+        now: datetime,
+        keys_of: Callable[[str], Sequence[str]],
+        testbed_state: Callable[[str, str], str | None] = lambda slice_urn, lease_id: "geni_ready",
+    ) -> tuple[list[str], list[str]]:
+        """The containers follow their lease and the testbed's reservation. Destroyed: those of leases that are
+        over (ended, deleted, expired, slot past), those whose reservation the testbed ended inside the slot (an OAR
+        job killed), and containers of ours no live row names. Started: those of provisioned leases whose slot runs
+        once the testbed holds the nodes. ``keys_of(slice_urn)``: the SSH keys to put in; ``testbed_state(slice_urn,
+        lease_id)``: the lease's operational state on the testbed (geni_ready, geni_failed, ...; None: the
+        experimenter stopped it, leave it be). Returns (names started, names destroyed). Run periodically by the
+        server (once cluster-wide)."""
+        if self.host is None:
+            return [], []
+        moment = to_s(now)
+        with self.database.read() as session:
+            rows = session.execute(
+                select(LeaseInstance.lease_id, Slice.urn, Lease.state, Lease.start_s, Lease.end_s, LeaseInstance.state)
+                .join(Lease, Lease.id == LeaseInstance.lease_id)
+                .join(Slice, Slice.id == Lease.slice_id)
+                .where(LeaseInstance.state.in_(LIVE))
+            ).all()
+        over: set[str] = set()
+        running: dict[str, tuple[str, set[str]]] = {}  # lease id -> (slice, its containers' states): slot runs
+        for lease_id, slice_urn, lease_state, start_s, end_s, state in rows:
+            if lease_state not in ("allocated", "provisioned") or end_s <= moment:
+                over.add(lease_id)
+            elif lease_state == "provisioned" and start_s <= moment:
+                running.setdefault(lease_id, (slice_urn, set()))[1].add(state)
+        due: list[tuple[str, str]] = []
+        for lease_id, (slice_urn, states) in sorted(running.items()):
+            testbed = testbed_state(slice_urn, lease_id)
+            has_run = bool(states & {RUNNING, STOPPED})
+            if testbed == "geni_failed" or (testbed == "geni_notready" and has_run):
+                log.info(
+                    "lease %s: the testbed ended its reservation (%s): destroying its containers", lease_id, testbed
+                )
+                over.add(lease_id)
+            elif testbed == "geni_ready" and PLANNED in states:
+                due.append((lease_id, slice_urn))
+        destroyed: list[str] = []
+        for lease_id in sorted(over):
+            try:
+                destroyed += self.destroy_lease(lease_id, now)
+            except GeniError as exc:  # the rest still go; this lease's live rows are retried next round
+                log.warning("lease %s: a container could not be destroyed: %s", lease_id, exc.message)
+        live = {record.name for record in self.listing()}
+        for orphan in self.host.instances():  # ours by name, but no live row: left by a crash
+            if orphan.name not in live:
+                log.warning("destroying container %s: no current lease has it", orphan.name)
+                self.host.destroy(orphan.name)
+                destroyed.append(orphan.name)
+        started: list[str] = []
+        for lease_id, slice_urn in due:
+            records = self.start_lease(lease_id, keys_of(slice_urn), now)
+            started += [record.name for record in records if record.state == RUNNING]
+        return started, destroyed
+
+    # -- acting on a lease's containers -----------------------------------------------------------------------------
+    def start_lease(self, lease_id: str, keys: Sequence[str], now: datetime) -> list[Instance]:
+        """Launch every container of the lease not running (planned, failed, or stopped and gone); start those
+        stopped. Each ends running, or failed with LXC's reason; one failing does not stop the others."""
+        host = self._host()
+        records = [record for record in self.of_lease(lease_id) if record.state in LIVE]
+        to_launch = [r for r in records if r.state in (PLANNED, FAILED) or not host.state(r.name)]
+        to_start = [r for r in records if r.state == STOPPED and r not in to_launch]
+        addressed = self._assign_addresses(to_launch, now)
+        specs = [InstanceSpec(r.name, r.address, tuple(keys), LOGIN) for r in addressed]
+        images = {r.name: self._image_path(r.image) for r in addressed}
+        with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
+            outcomes = list(pool.map(lambda spec: self._launch(spec, images[spec.name]), specs))
+        for record in to_start:
+            state, error = self._attempt(functools.partial(host.start, record.name))
+            if state == RUNNING and not wait_for_ssh(record.host, self.ssh_timeout_s):
+                state, error = FAILED, f"container {record.name} started but its SSH server did not answer"
+            outcomes.append((record.name, state, error))
+        self._set_states(outcomes, now)
+        return self.of_lease(lease_id)
+
+    def stop_lease(self, lease_id: str, now: datetime) -> list[Instance]:
+        """Stop the lease's running containers (they keep their disk and address)."""
+        host = self._host()
+        outcomes = []
+        for record in self.of_lease(lease_id):
+            if record.state == RUNNING:
+                done, error = self._attempt(functools.partial(host.stop, record.name))
+                outcomes.append((record.name, STOPPED if done == RUNNING else FAILED, error))
+        self._set_states(outcomes, now)
+        return self.of_lease(lease_id)
+
+    def destroy_lease(self, lease_id: str, now: datetime) -> list[str]:
+        """Stop and destroy every container of the lease; their rows say destroyed and give their address back."""
+        names: list[str] = []
+        failures: list[GeniError] = []
+        for record in self.of_lease(lease_id):
+            if record.state not in LIVE:
+                continue
+            try:
+                if self.host is not None:
+                    self.host.destroy(record.name)
+                names.append(record.name)
+            except GeniError as exc:  # the others still go; this one stays live and the next round retries it
+                failures.append(exc)
+        if names:
+            with self.database.write() as session:
+                session.execute(
+                    update(LeaseInstance)
+                    .where(LeaseInstance.name.in_(names))
+                    .values(state=DESTROYED, address=None, updated_s=to_s(now))
+                )
+        if failures:
+            raise failures[0]
+        return names
+
+    def save(self, instance: Instance, label: str, owner: str, now: datetime) -> str:
+        """Snapshot a container's file system into the repository as image ``label`` owned by ``owner`` (its
+        authorized_keys left out); returns the label. BADARGS or ALREADY_EXISTS before anything is written."""
+        check_label(label)
+        if self.images.get(label) is not None:
+            raise GeniError(Reason.ALREADY_EXISTS, f"image label {label!r} is already taken: choose another label")
+        if instance.state not in (RUNNING, STOPPED):
+            raise BadArgs(f"container {instance.name} is {instance.state}: only a running or stopped one can be saved")
+        rootfs = self._host().lxc_path / instance.name / "rootfs"
+        self.images.directory.mkdir(parents=True, exist_ok=True)
+        handle, archive = tempfile.mkstemp(suffix=".tar", dir=self.images.directory)
+        os.close(handle)
+        try:
+            try:
+                with tarfile.open(archive, "w") as tar:
+                    tar.add(str(rootfs), arcname=".", filter=_without_keys)
+            except (OSError, tarfile.TarError) as exc:
+                raise GeniError(Reason.TESTBED, f"container {instance.name} could not be archived: {exc}") from exc
+            self.images.add(
+                archive, label, owner, now, description=f"saved from container {instance.name} ({instance.image})"
+            )
+        finally:
+            os.unlink(archive)
+        return label
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    def _host(self) -> LxcHost:
+        if self.host is None:
+            raise GeniError(Reason.UNSUPPORTED, "this aggregate runs no containers")
+        return self.host
+
+    def _image_path(self, label: str) -> str:
+        if not label:
+            return ""
+        image = self.images.get(label)
+        return image.path if image is not None else f"(image {label} was removed)"
+
+    def _launch(self, spec: InstanceSpec, image: str) -> tuple[str, str, str]:
+        host = self._host()
+        state, error = self._attempt(lambda: host.launch(spec, self.ssh_timeout_s, image=image))
+        return spec.name, state, error
+
+    @staticmethod
+    def _attempt(action: Callable[[], object]) -> tuple[str, str]:
+        try:
+            action()
+        except GeniError as exc:
+            return FAILED, exc.message
+        return RUNNING, ""
+
+    def _assign_addresses(self, records: Sequence[Instance], now: datetime) -> list[Instance]:
+        """Give each container a free address of the network (the first is the bridge's own), recorded at once."""
+        if not records:
+            return []
+        names = {record.name for record in records}
+        with self.database.write() as session:
+            held = {
+                str(address).split("/", 1)[0]
+                for address, name in session.execute(
+                    select(LeaseInstance.address, LeaseInstance.name).where(LeaseInstance.address.is_not(None))
+                )
+                if name not in names
+            }
+            free = (str(ip) for ip in list(self.network.hosts())[1:] if str(ip) not in held)
+            given = {}
+            for record in records:
+                address = next(free, None)
+                if address is None:
+                    raise GeniError(
+                        Reason.TESTBED, f"no free address left in {self.network} for container {record.name}"
+                    )
+                given[record.name] = f"{address}/{self.network.prefixlen}"
+                session.execute(
+                    update(LeaseInstance)
+                    .where(LeaseInstance.name == record.name)
+                    .values(address=given[record.name], updated_s=to_s(now))
+                )
+        return [_with_address(record, given[record.name]) for record in records]
+
+    def _set_states(self, outcomes: Sequence[tuple[str, str, str]], now: datetime) -> None:
+        if not outcomes:
+            return
+        with self.database.write() as session:
+            for name, state, error in outcomes:
+                session.execute(
+                    update(LeaseInstance)
+                    .where(LeaseInstance.name == name)
+                    .values(state=state, error=error, updated_s=to_s(now))
+                )
+
+
+def instances_of(settings: Any, database: Database, images: ImageStore) -> Instances | None:
+    """The containers service the configuration asks for: None without ``[sfa_omf] instance_bridge``."""
+    if not settings.instance_bridge:
+        return None
+    host = LxcHost(settings.instance_bridge, lxc_path=settings.instance_lxc_path)
+    return Instances(database, host, settings.instance_network, images)
+
+
+_COLUMNS = select(
+    LeaseInstance.name,
+    LeaseInstance.lease_id,
+    LeaseInstance.sliver_urn,
+    LeaseInstance.node,
+    LeaseInstance.position,
+    LeaseInstance.image,
+    LeaseInstance.address,
+    LeaseInstance.state,
+    LeaseInstance.error,
+)
+
+
+def _record(row: object) -> Instance:
+    values: Mapping[str, object] = row._mapping  # type: ignore[attr-defined]
+    return Instance(
+        name=str(values["name"]),
+        lease_id=str(values["lease_id"]),
+        sliver_urn=str(values["sliver_urn"]),
+        node=str(values["node"]),
+        position=int(str(values["position"])),
+        image=str(values["image"]),
+        address=str(values["address"] or ""),
+        state=str(values["state"]),
+        error=str(values["error"]),
+    )
+
+
+def _with_address(record: Instance, address: str) -> Instance:
+    return Instance(
+        record.name, record.lease_id, record.sliver_urn, record.node, record.position, record.image, address,
+        record.state, record.error,
+    )  # fmt: skip
+
+
+def _without_keys(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """A saved image carries no one's keys: the next lease's users get theirs."""
+    return None if member.name.endswith("root/.ssh/authorized_keys") else member

@@ -1,0 +1,214 @@
+"""Containers tied to a lease, for real (LXC on the project's bridge, the AM API over TLS on loopback): started at
+the slot's start with the slice users' keys and the repository image, listed as slivers with their logins, stopped,
+started and saved by PerformOperationalAction, and gone after the slot, after Delete, and after a server restart;
+a container that cannot start reads geni_failed with LXC's reason."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+
+from sfa_omf.cli import main
+from sfa_omf.errors import GeniCode
+from sfa_omf.images.instances import DESTROYED, RUNNING, STOPPED
+from sfa_omf.images.lxc import InstanceSpec
+from tests.conftest import DemoPki
+from tests.images.container_site import GENI_V3, IMAGE_TEXT, Site, cred, make_site, ok, request
+from tests.images.lxc_env import address, bridge, bridge_network, key_pair, needs_lxc, ssh
+from tests.tls_harness import Listener
+
+pytestmark = needs_lxc
+GENI = "{http://www.geni.net/resources/rspec/3}"
+ALICE = "urn:publicid:IDN+testbed+user+alice"
+ONE = '<sliver_type name="lxc"><disk_image name="tools"/></sliver_type>'
+
+
+@pytest.fixture
+def site(listener: Listener, pki: DemoPki, tmp_path: Path) -> Iterator[Site]:
+    made = make_site(listener, pki, tmp_path, bridge(), str(bridge_network().network))
+    yield made
+    for record in made.host.instances():  # nothing outlives the test, whatever happened
+        made.host.destroy(record.name)
+
+
+def users(public_key: str, pki: DemoPki) -> dict[str, Any]:
+    return {"geni_users": [{"urn": ALICE, "keys": [public_key]}]}
+
+
+def allocate_and_provision(site: Site, pki: DemoPki, options: dict[str, Any], sliver_type: str | None = None) -> Any:
+    client = site.alice(pki)
+    slice_cred = [cred(pki.users["alice"].slice_cred)]
+    ok(client.Allocate(pki.slice_urn, slice_cred, request() if sliver_type is None else request(sliver_type), options))
+    return ok(client.Provision([pki.slice_urn], slice_cred, {"geni_rspec_version": GENI_V3, **options}))
+
+
+def containers_of(slivers: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """container sliver URN -> (operational state, error)."""
+    return {
+        s["geni_sliver_urn"]: (s["geni_operational_status"], s["geni_error"])
+        for s in slivers
+        if "-c" in s["geni_sliver_urn"].rsplit("+", 1)[-1]
+    }
+
+
+def logins(manifest: str) -> dict[str, tuple[str, str, str, str]]:
+    """client_id -> (sliver type, image, login host, login user) of each container node in a manifest."""
+    found = {}
+    for node in etree.fromstring(manifest.encode()).iter(f"{GENI}node"):
+        kind = node.find(f"{GENI}sliver_type")
+        login = node.find(f"{GENI}services/{GENI}login")
+        if kind is not None and login is not None and login.get("username") == "root":
+            image = kind.find(f"{GENI}disk_image")
+            found[node.get("client_id", "")] = (
+                kind.get("name", ""), image.get("name", "") if image is not None else "", login.get("hostname", ""),
+                login.get("port", ""),
+            )  # fmt: skip
+    return found
+
+
+def test_containers_run_for_the_lease_answer_ssh_with_the_users_key_and_are_gone_after_the_slot(
+    site: Site, pki: DemoPki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key, public = key_pair(tmp_path, "alice")
+    other_key, _ = key_pair(tmp_path, "mallory")
+    client = site.alice(pki)
+    slice_cred = [cred(pki.users["alice"].slice_cred)]
+    provisioned = allocate_and_provision(site, pki, users(public, pki))
+    assert set(containers_of(provisioned["geni_slivers"]).values()) == {("geni_configuring", "")}  # the slot began
+
+    started, destroyed = site.aggregate.run_instances()  # the server's task at the slot's start
+    assert len(started) == 2 and destroyed == []
+    status = ok(client.Status([pki.slice_urn], slice_cred, {}))
+    assert set(containers_of(status["geni_slivers"]).values()) == {("geni_ready", "")}
+    described = ok(client.Describe([pki.slice_urn], slice_cred, {"geni_rspec_version": GENI_V3}))
+    seen = logins(described["geni_rspec"])
+    assert sorted(seen) == ["n1-c0", "n1-c1"]
+    hosts = [host for _, _, host, _ in seen.values()]
+    assert {(kind, image, port) for kind, image, _, port in seen.values()} == {("lxc", "tools", "22")}
+    assert len(set(hosts)) == 2 and all(ipaddress.ip_address(host) in bridge_network().network for host in hosts)
+    for host in hosts:
+        login = ssh(key, host, "cat /etc/sfa-image")
+        assert (login.returncode, login.stdout) == (0, IMAGE_TEXT), login.stderr  # the image's files are there
+        assert ssh(other_key, host, "true").returncode != 0  # somebody else's key is refused
+
+    capsys.readouterr()
+    assert main(["init", str(tmp_path / "tb")]) == 0
+    capsys.readouterr()
+    # What an operator sees (the test's calendar, through the configuration's options).
+    config = tmp_path / "tb" / "sfa-omf.conf"
+    lines = config.read_text().splitlines()
+    config.write_text(
+        "\n".join(f"database_url = {site.database.url}" if line.startswith("database_url") else line for line in lines)
+    )
+    assert main(["instance", "list", "--config", str(config), "--lxc-path", str(site.host.lxc_path)]) == 0
+    listed = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert {(row[2], row[3], row[4]) for row in listed} == {("urn:publicid:IDN+testbed+node+node1", RUNNING, "RUNNING")}
+    assert sorted(row[5].split("/")[0] for row in listed) == sorted(hosts)
+
+    site.clock.advance(timedelta(hours=2))  # past the slot's end
+    assert site.aggregate.retire_ended() == 1
+    assert site.host.instances() == []
+    assert {i.state for i in site.instances.listing(live_only=False)} == {DESTROYED}
+    assert all(ssh(key, host, "true").returncode != 0 for host in hosts)
+
+
+def test_stop_start_and_save_act_on_the_containers(site: Site, pki: DemoPki, tmp_path: Path) -> None:
+    key, public = key_pair(tmp_path, "alice")
+    client = site.alice(pki)
+    slice_cred = [cred(pki.users["alice"].slice_cred)]
+    allocate_and_provision(
+        site, pki, users(public, pki), '<sliver_type name="lxc"><disk_image name="tools"/></sliver_type>'
+    )
+    site.aggregate.run_instances()
+    (container,) = site.instances.listing()
+    assert ssh(key, container.host, "echo changed > /etc/sfa-saved").returncode == 0
+
+    stopped = ok(client.PerformOperationalAction([pki.slice_urn], slice_cred, "geni_stop", {}))
+    assert containers_of(stopped) == {container.urn: ("geni_notready", "")}
+    assert site.host.state(container.name) == "STOPPED" and site.instances.listing()[0].state == STOPPED
+    started = ok(client.PerformOperationalAction([pki.slice_urn], slice_cred, "geni_start", {}))
+    assert containers_of(started) == {container.urn: ("geni_ready", "")}
+    assert ssh(key, container.host, "cat /etc/sfa-saved").stdout == "changed\n"  # its disk was kept
+
+    # Saving: the label is checked first; a refused save writes nothing.
+    for options, code in (
+        ({}, GeniCode.BADARGS),
+        ({"sfa_omf_label": "bad label!"}, GeniCode.BADARGS),
+        ({"sfa_omf_label": "tools"}, GeniCode.ALREADYEXISTS),
+        ({"sfa_omf_label": "mine", "sfa_omf_instance": "nosuch"}, GeniCode.BADARGS),
+        ({"sfa_omf_label": 17}, GeniCode.BADARGS),
+    ):
+        refused = client.PerformOperationalAction([pki.slice_urn], slice_cred, "sfa_omf_save_image", options)
+        assert refused["code"]["geni_code"] == code, (options, refused)
+    assert site.store.labels() == ["tools"] and sorted(p.name for p in site.store.directory.iterdir()) == sorted(
+        Path(site.store.get("tools").path).name
+        for _ in [0]  # type: ignore[union-attr]
+    )
+    # A container named by its own URN: Status answers for its node's sliver and its containers; the save takes it.
+    named = ok(client.Status([container.urn], slice_cred, {}))
+    assert [s["geni_sliver_urn"] for s in named["geni_slivers"]] == [container.sliver_urn, container.urn]
+    ok(client.PerformOperationalAction([container.urn], slice_cred, "sfa_omf_save_image", {"sfa_omf_label": "mine"}))
+    saved = site.store.get("mine")
+    assert saved is not None and saved.added_by == ALICE
+
+    # The saved image starts the next lease's containers with the change in it, and nobody's keys.
+    ok(client.Delete([pki.slice_urn], slice_cred, {}))
+    assert site.host.instances() == []
+    allocate_and_provision(
+        site, pki, users(public, pki), '<sliver_type name="lxc"><disk_image name="mine"/></sliver_type>'
+    )
+    site.aggregate.run_instances()
+    (again,) = site.instances.listing()
+    assert ssh(key, again.host, "cat /etc/sfa-saved /etc/sfa-image").stdout == "changed\n" + IMAGE_TEXT
+
+
+def test_a_restarted_server_still_destroys_the_containers_and_any_it_does_not_know(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    _, public = key_pair(tmp_path, "alice")
+    allocate_and_provision(site, pki, users(public, pki))
+    site.aggregate.run_instances()
+    assert len(site.host.instances()) == 2
+    stray = site.host.name_for("00000000-0000-0000-0000-00000000dead", 0)  # left by a crash: no row names it
+    site.host.create(InstanceSpec(stray, address(250), (public,)))
+
+    after_restart = site.restarted()  # nothing in memory: only the calendar's rows
+    site.clock.advance(timedelta(hours=2))
+    started, destroyed = after_restart.run_instances()  # before any retire_ended: the rows' lease has ended
+    assert started == [] and len(destroyed) == 3 and stray in destroyed
+    assert site.host.instances() == []
+
+
+def test_delete_destroys_the_containers_at_once(site: Site, pki: DemoPki, tmp_path: Path) -> None:
+    _, public = key_pair(tmp_path, "alice")
+    allocate_and_provision(site, pki, users(public, pki))
+    site.aggregate.run_instances()
+    assert len(site.host.instances()) == 2
+    ok(site.alice(pki).Delete([pki.slice_urn], [cred(pki.users["alice"].slice_cred)], {}))
+    assert site.host.instances() == []
+    assert {i.state for i in site.instances.listing(live_only=False)} == {DESTROYED}
+
+
+def test_a_container_that_cannot_start_reads_geni_failed_with_the_reason(
+    listener: Listener, pki: DemoPki, tmp_path: Path
+) -> None:
+    bridge()
+    broken = make_site(listener, pki, tmp_path, "sfaomf-nobridge", str(bridge_network().network))
+    _, public = key_pair(tmp_path, "alice")
+    allocate_and_provision(broken, pki, users(public, pki), '<sliver_type name="lxc"/>')
+    started, _ = broken.aggregate.run_instances()
+    assert started == []
+    status = ok(broken.alice(pki).Status([pki.slice_urn], [cred(pki.users["alice"].slice_cred)], {}))
+    states = containers_of(status["geni_slivers"])
+    ((state, error),) = states.values()
+    assert state == "geni_failed"
+    assert 'bridge "sfaomf-nobridge", bridge interface doesn\'t exist' in error  # LXC's own words
+    node = next(s for s in status["geni_slivers"] if s["geni_sliver_urn"] not in states)
+    assert node["geni_operational_status"] == "geni_failed" and "could not start" in node["geni_error"]
+    assert broken.host.instances() == []  # a failed launch leaves nothing
