@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -83,6 +84,10 @@ class Database:
             event.listen(self.engine, "checkin", _note_idle)
             event.listen(self.engine, "checkout", _ping_if_idle)
         self._writer = self.engine.execution_options(sfa_omf_write=True)
+        # SQLite has one writer at a time; threads of this process waiting for BEGIN IMMEDIATE would poll with
+        # SQLite's busy handler (sleeps of up to 100 ms), so they queue on a lock here instead and get the database
+        # as soon as it is free. Other processes still wait in BEGIN IMMEDIATE. PostgreSQL writers run in parallel.
+        self._local_writers: AbstractContextManager[Any] = threading.RLock() if self.is_sqlite else nullcontext()
         # One statement alone sees one snapshot: no BEGIN and COMMIT around it (on PostgreSQL one round trip).
         self._single_reader = self.engine.execution_options(isolation_level="AUTOCOMMIT", sfa_omf_single_read=True)
 
@@ -92,7 +97,12 @@ class Database:
         anything, the calendar's generation is bumped in the same transaction (caches of answers key on it).
         Write through the session (ORM objects or ``session.execute``), never ``session.connection()``: only the
         session's events tell that something was written."""
-        with _database_errors(), CalendarSession(self._writer, expire_on_commit=False) as session, session.begin():
+        with (
+            self._local_writers,
+            _database_errors(),
+            CalendarSession(self._writer, expire_on_commit=False) as session,
+            session.begin(),
+        ):
             yield session
             session.flush()
             if session.info.get(WROTE):
