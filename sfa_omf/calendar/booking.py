@@ -532,14 +532,8 @@ class Bookings:
 
     def slices_of_slivers(self, sliver_urns: Iterable[str]) -> set[str]:
         """The URNs of the slices the named slivers belong to."""
-        with self.database.read() as session:
-            rows = session.scalars(
-                select(Slice.urn)
-                .join(Lease, Lease.slice_id == Slice.id)
-                .join(Sliver)
-                .where(Sliver.urn.in_(set(sliver_urns)))
-            )
-            return set(rows)
+        rows = self.database.fetch_all(_SLICES_OF_SLIVERS, {"urns": sorted(set(sliver_urns))})
+        return {row[0] for row in rows}
 
     def leases(
         self,
@@ -627,6 +621,14 @@ class Bookings:
                 leases.items()
             )
         ]
+
+
+_SLICES_OF_SLIVERS = (
+    select(Slice.urn)
+    .join(Lease, Lease.slice_id == Slice.id)
+    .join(Sliver)
+    .where(Sliver.urn.in_(bindparam("urns", expanding=True)))
+)
 
 
 @functools.lru_cache(maxsize=32)
