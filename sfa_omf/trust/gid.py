@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -132,14 +133,25 @@ def load_gid_chain(pem: bytes | str) -> GidChain:
     return _parse_chain(pem)
 
 
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
 @functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
 def _parse_chain(data: bytes) -> GidChain:
-    # Keyed by the exact bytes; a refusal raises and is never cached.
+    # Keyed by the exact bytes; a refusal raises and is never cached. Each certificate block is parsed once too:
+    # one credential carries the same certificates in its owner, target and signer chains.
+    blocks = _PEM_BLOCK.findall(data)
+    if not blocks:
+        raise BadArgs("cannot read a PEM certificate chain: no certificate in it")
+    return tuple(_parse_block(block) for block in blocks)
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
+def _parse_block(block: bytes) -> Gid:
     try:
-        certificates = x509.load_pem_x509_certificates(data)
+        return gid_from_certificate(x509.load_pem_x509_certificate(block))
     except ValueError as exc:
         raise BadArgs(f"cannot read a PEM certificate chain: {exc}") from exc
-    return tuple(gid_from_certificate(cert) for cert in certificates)
 
 
 @functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
@@ -152,6 +164,7 @@ def gid_from_der(der: bytes) -> Gid:
 def forget_parsed() -> None:
     """Empty the caches of parsed certificates (see verifier.forget_certificates)."""
     _parse_chain.cache_clear()
+    _parse_block.cache_clear()
     gid_from_der.cache_clear()
 
 
