@@ -26,12 +26,14 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from calendar_bench import NOW, Calendar, booking_window, check_database_url, node_name
+from sqlalchemy import event
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.booking import ACTIVE_LEASE_STATES, lease_record
-from sfa_omf.calendar.database import sqlite_url
+from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.models import Lease, Slice, Sliver
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord
 from sfa_omf.registry.bootstrap import init_directory
@@ -58,6 +60,29 @@ def orm_leases(aggregate: Aggregate, slice_urn: str) -> list[LeaseRecord]:
             .where(Slice.urn == slice_urn)
         )
         return [lease_record(lease) for lease in session.scalars(query)]
+
+
+def round_trips(database: Database, run: Callable[[], object]) -> int:
+    """How many times ``run`` waits for PostgreSQL: libpq's trace of the client's messages, counting each simple
+    Query and each Sync (the end of an extended-protocol batch) — every one is answered before the client goes on."""
+    with tempfile.TemporaryFile("w+") as trace:
+
+        def traced(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+            dbapi_connection.pgconn.trace(trace.fileno())
+
+        def untraced(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.pgconn.untrace()
+
+        event.listen(database.engine, "checkout", traced)
+        event.listen(database.engine, "checkin", untraced)
+        try:
+            run()
+        finally:
+            event.remove(database.engine, "checkout", traced)
+            event.remove(database.engine, "checkin", untraced)
+        trace.seek(0)
+        sent = [[field.strip() for field in line.split("\t")] for line in trace]
+    return sum(1 for fields in sent if len(fields) > 3 and fields[1] == "F" and fields[3] in ("Query", "Sync"))
 
 
 def timed(run: Callable[[], object], seconds: float) -> tuple[int, float]:
@@ -101,6 +126,9 @@ def measure(backend: str, url: str, args: argparse.Namespace, authority: Path) -
             ("caller chain", lambda: uncached.verify_caller(chain, AT)),
             ("caller chain, cached", lambda: aggregate.verifier.verify_caller(chain, AT)),
         ]
+        if backend == "postgresql":
+            trips = {name: round_trips(calendar.database, run) for name, run in runs[:4]}
+            print(f"  postgresql round trips per call: {trips}")
         rows = []
         for name, run in runs:
             calls, median = timed(run, args.seconds)
