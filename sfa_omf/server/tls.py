@@ -37,6 +37,9 @@ class ServerTls(ContextFactory):
         context.check_privatekey()
         mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if require_client_certificate else 0)
         context.set_verify(mode, _accept_any_chain)
+        # The client's certificate is the one of the handshake for the whole connection (server/xmlrpc.py reads it
+        # once per connection): no renegotiation, which could change it (TLS 1.3 has none anyway).
+        context.set_options(SSL.OP_NO_RENEGOTIATION)
         # Session ids need a context id when client certificates are requested.
         context.set_session_id(b"sfa-omf")
         self._context = context
