@@ -49,6 +49,7 @@ from lxml import etree
 
 from sfa_omf.errors import TrustError
 from sfa_omf.registry.bootstrap import init_directory
+from sfa_omf.server.gc_tuning import freeze_start_up_objects
 from sfa_omf.times import utcnow
 from sfa_omf.trust.credential import delegate_credential
 from sfa_omf.trust.gid import Gid, load_gid_chain_file
@@ -418,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     print_facts(xmlsec1, why_not, args)
     with tempfile.TemporaryDirectory(prefix="sfa-omf-bench-") as workdir:
         roots, root_file, fixtures = make_fixtures(workdir)
+        # As `sfa-omf serve` does once it is up: what start-up made is frozen out of the collector's walks (without
+        # it, the collections a first sight's new objects trigger walk this process's whole heap: 2.6 ms became 6.9).
+        freeze_start_up_objects()
         at = utcnow()
         print("Checks before timing (each method must accept the credential; a tampered copy must be refused):")
         problem = check_methods(roots, root_file, fixtures, xmlsec1, at)
