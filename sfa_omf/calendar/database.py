@@ -88,8 +88,11 @@ class Database:
         # SQLite's busy handler (sleeps of up to 100 ms), so they queue on a lock here instead and get the database
         # as soon as it is free. Other processes still wait in BEGIN IMMEDIATE. PostgreSQL writers run in parallel.
         self._local_writers: AbstractContextManager[Any] = threading.RLock() if self.is_sqlite else nullcontext()
-        # One statement alone sees one snapshot: no BEGIN and COMMIT around it (on PostgreSQL one round trip).
-        self._single_reader = self.engine.execution_options(isolation_level="AUTOCOMMIT", sfa_omf_single_read=True)
+        # One statement alone sees one snapshot: no BEGIN and COMMIT around it (on PostgreSQL one round trip). SQLite
+        # connections are in autocommit already (_sqlite_connect) and _sqlite_begin skips BEGIN for these; asking
+        # SQLAlchemy for AUTOCOMMIT there would set pysqlite's own transaction handling back on at check-in.
+        single = {"sfa_omf_single_read": True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
+        self._single_reader = self.engine.execution_options(**single)
 
     @contextmanager
     def write(self) -> Iterator[Session]:

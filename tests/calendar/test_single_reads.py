@@ -51,6 +51,20 @@ def test_the_lease_read_takes_no_write_lock_on_sqlite(tmp_path: Path) -> None:
         calendar.database.dispose()
 
 
+def test_sqlite_connections_stay_under_our_transaction_control(tmp_path: Path) -> None:
+    """After one-statement reads the pooled SQLite connections still leave BEGIN to us (BEGIN IMMEDIATE for
+    writers): pysqlite's own implicit transactions stay off."""
+    database = fresh_database("sqlite", tmp_path)
+    try:
+        for _ in range(3):
+            database.fetch_all(select(Node.id))
+            with database.engine.connect() as connection:
+                raw = connection.connection.dbapi_connection
+                assert raw is not None and raw.isolation_level is None and not raw.in_transaction
+    finally:
+        database.dispose()
+
+
 @pytest.fixture
 def postgresql(tmp_path: Path) -> Iterator[Database]:
     database = fresh_database("postgresql", tmp_path)
