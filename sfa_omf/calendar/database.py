@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -87,7 +87,7 @@ class Database:
         # SQLite has one writer at a time; threads of this process waiting for BEGIN IMMEDIATE would poll with
         # SQLite's busy handler (sleeps of up to 100 ms), so they queue on a lock here instead and get the database
         # as soon as it is free. Other processes still wait in BEGIN IMMEDIATE. PostgreSQL writers run in parallel.
-        self._local_writers: AbstractContextManager[Any] = threading.RLock() if self.is_sqlite else nullcontext()
+        self._local_writers = threading.RLock() if self.is_sqlite else None
         # One statement alone sees one snapshot: no BEGIN and COMMIT around it (on PostgreSQL one round trip). SQLite
         # connections are in autocommit already (_sqlite_connect) and _sqlite_begin skips BEGIN for these; asking
         # SQLAlchemy for AUTOCOMMIT there would set pysqlite's own transaction handling back on at check-in.
@@ -101,7 +101,7 @@ class Database:
         Write through the session (ORM objects or ``session.execute``), never ``session.connection()``: only the
         session's events tell that something was written."""
         with (
-            self._local_writers,
+            _queued(self._local_writers),
             _database_errors(),
             CalendarSession(self._writer, expire_on_commit=False) as session,
             session.begin(),
@@ -178,6 +178,21 @@ def head_revision() -> str:
     head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
     assert head is not None, "the migrations folder holds no migration"
     return head
+
+
+@contextmanager
+def _queued(writers: threading.RLock | None) -> Iterator[None]:
+    """Wait for this process's SQLite writers' lock, as long as SQLite's busy timeout would have waited, and answer
+    as SQLite would then (the database is locked) rather than wait for ever."""
+    if writers is None:
+        yield
+        return
+    if not writers.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        raise GeniError(Reason.DATABASE, "the calendar database failed: database is locked (busy with other writers)")
+    try:
+        yield
+    finally:
+        writers.release()
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
