@@ -8,14 +8,15 @@ the check, which then reports the winner's booking as the conflict.
 
 from __future__ import annotations
 
+import functools
 import uuid
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Select, bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -532,14 +533,8 @@ class Bookings:
 
     def slices_of_slivers(self, sliver_urns: Iterable[str]) -> set[str]:
         """The URNs of the slices the named slivers belong to."""
-        with self.database.read() as session:
-            rows = session.scalars(
-                select(Slice.urn)
-                .join(Lease, Lease.slice_id == Slice.id)
-                .join(Sliver)
-                .where(Sliver.urn.in_(set(sliver_urns)))
-            )
-            return set(rows)
+        rows = self.database.fetch_all(_SLICES_OF_SLIVERS, {"urns": sorted(set(sliver_urns))})
+        return {row[0] for row in rows}
 
     def leases(
         self,
@@ -555,43 +550,14 @@ class Bookings:
         Renew and Delete read a slice's leases on every call, and ListResources-sized reads must not build ORM
         objects.
         """
-        query = (
-            select(
-                Lease.id,
-                Slice.urn,
-                Lease.owner_urn,
-                Lease.start_s,
-                Lease.end_s,
-                Lease.state,
-                Lease.client_id,
-                Sliver.urn,
-                Node.component_id,
-                Sliver.start_s,
-                Sliver.end_s,
-                Sliver.allocation_state,
-                Sliver.operational_state,
-                Sliver.expires_s,
-                Sliver.client_id,
-                Sliver.disk_image,
-            )
-            .select_from(Lease)
-            .join(Slice, Lease.slice_id == Slice.id)
-            .outerjoin(Sliver, Sliver.lease_id == Lease.id)
-            .outerjoin(Node, Sliver.node_id == Node.id)
-            .order_by(Lease.start_s, Lease.id, Sliver.id)
-        )
-        if active_only:
-            query = query.where(Lease.state.in_(ACTIVE_LEASE_STATES))
-        if slice_urn is not None:
-            query = query.where(Slice.urn == slice_urn)
-        if start is not None:
-            query = query.where(Lease.end_s > to_s(start))
-        if end is not None:
-            query = query.where(Lease.start_s < to_s(end))
-        if node is not None:
-            query = query.where(Lease.id.in_(select(Sliver.lease_id).join(Node).where(Node.component_id == node)))
-        with self.database.read() as session:
-            rows = session.connection().execute(query).all()
+        query = _lease_query(active_only, slice_urn is not None, start is not None, end is not None, node is not None)
+        parameters = {
+            "slice_urn": slice_urn,
+            "after_s": None if start is None else to_s(start),
+            "before_s": None if end is None else to_s(end),
+            "node": node,
+        }
+        rows = self.database.fetch_all(query, parameters)
         times: dict[int, datetime] = {}
 
         def moment(seconds: int) -> datetime:
@@ -656,6 +622,60 @@ class Bookings:
                 leases.items()
             )
         ]
+
+
+_SLICES_OF_SLIVERS = (
+    select(Slice.urn)
+    .join(Lease, Lease.slice_id == Slice.id)
+    .join(Sliver)
+    .where(Sliver.urn.in_(bindparam("urns", expanding=True)))
+)
+
+
+@functools.lru_cache(maxsize=32)
+def _lease_query(
+    active_only: bool, by_slice: bool, by_start: bool, by_end: bool, by_node: bool
+) -> Select[*tuple[Any, ...]]:
+    """The statement of ``Bookings.leases`` for one combination of filters, with bound parameters, built once: a
+    statement built on every call costs more than the call's query itself (SQLAlchemy's cache key and the matching
+    of result columns to a new statement's)."""
+    query: Select[*tuple[Any, ...]] = (
+        select(
+            Lease.id,
+            Slice.urn,
+            Lease.owner_urn,
+            Lease.start_s,
+            Lease.end_s,
+            Lease.state,
+            Lease.client_id,
+            Sliver.urn,
+            Node.component_id,
+            Sliver.start_s,
+            Sliver.end_s,
+            Sliver.allocation_state,
+            Sliver.operational_state,
+            Sliver.expires_s,
+            Sliver.client_id,
+            Sliver.disk_image,
+        )
+        .select_from(Lease)
+        .join(Slice, Lease.slice_id == Slice.id)
+        .outerjoin(Sliver, Sliver.lease_id == Lease.id)
+        .outerjoin(Node, Sliver.node_id == Node.id)
+        .order_by(Lease.start_s, Lease.id, Sliver.id)
+    )
+    if active_only:
+        query = query.where(Lease.state.in_(ACTIVE_LEASE_STATES))
+    if by_slice:
+        query = query.where(Slice.urn == bindparam("slice_urn"))
+    if by_start:
+        query = query.where(Lease.end_s > bindparam("after_s"))
+    if by_end:
+        query = query.where(Lease.start_s < bindparam("before_s"))
+    if by_node:
+        node_leases = select(Sliver.lease_id).join(Node).where(Node.component_id == bindparam("node"))
+        query = query.where(Lease.id.in_(node_leases))
+    return query
 
 
 def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:

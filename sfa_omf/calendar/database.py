@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import Engine, Executable, Row, create_engine, event, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from sfa_omf.calendar.generation import bump_generation
@@ -76,8 +77,22 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
-            self.engine = create_engine(url, echo=echo, pool_pre_ping=True)
+            # No pre-ping per checkout (a round trip on every unit of work): a connection is pinged only when it
+            # has been idle long enough for the server to have gone away meanwhile (_ping_if_idle).
+            self.engine = create_engine(url, echo=echo)
+            event.listen(self.engine, "connect", _note_idle)
+            event.listen(self.engine, "checkin", _note_idle)
+            event.listen(self.engine, "checkout", _ping_if_idle)
         self._writer = self.engine.execution_options(sfa_omf_write=True)
+        # SQLite has one writer at a time; threads of this process waiting for BEGIN IMMEDIATE would poll with
+        # SQLite's busy handler (sleeps of up to 100 ms), so they queue on a lock here instead and get the database
+        # as soon as it is free. Other processes still wait in BEGIN IMMEDIATE. PostgreSQL writers run in parallel.
+        self._local_writers = threading.RLock() if self.is_sqlite else None
+        # One statement alone sees one snapshot: no BEGIN and COMMIT around it (on PostgreSQL one round trip). SQLite
+        # connections are in autocommit already (_sqlite_connect) and _sqlite_begin skips BEGIN for these; asking
+        # SQLAlchemy for AUTOCOMMIT there would set pysqlite's own transaction handling back on at check-in.
+        single = {"sfa_omf_single_read": True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
+        self._single_reader = self.engine.execution_options(**single)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -85,7 +100,12 @@ class Database:
         anything, the calendar's generation is bumped in the same transaction (caches of answers key on it).
         Write through the session (ORM objects or ``session.execute``), never ``session.connection()``: only the
         session's events tell that something was written."""
-        with _database_errors(), CalendarSession(self._writer, expire_on_commit=False) as session, session.begin():
+        with (
+            _queued(self._local_writers),
+            _database_errors(),
+            CalendarSession(self._writer, expire_on_commit=False) as session,
+            session.begin(),
+        ):
             yield session
             session.flush()
             if session.info.get(WROTE):
@@ -95,6 +115,15 @@ class Database:
     def read(self) -> Iterator[Session]:
         with _database_errors(), Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
+
+    def fetch_all(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
+        """The rows of one read-only statement, without a session or a transaction around it: the read units of
+        work of every call (a slice's leases, its slivers' slices) are one statement each, which the database
+        answers from one snapshot anyway; on PostgreSQL this is one round trip instead of BEGIN, query, COMMIT."""
+        with _database_errors(), self._single_reader.connect() as connection:
+            return connection.execute(statement, parameters or {}).all()
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (``sfa-omf db upgrade``); says so in the log when it migrates.
@@ -151,6 +180,21 @@ def head_revision() -> str:
     return head
 
 
+@contextmanager
+def _queued(writers: threading.RLock | None) -> Iterator[None]:
+    """Wait for this process's SQLite writers' lock, as long as SQLite's busy timeout would have waited, and answer
+    as SQLite would then (the database is locked) rather than wait for ever."""
+    if writers is None:
+        yield
+        return
+    if not writers.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+        raise GeniError(Reason.DATABASE, "the calendar database failed: database is locked (busy with other writers)")
+    try:
+        yield
+    finally:
+        writers.release()
+
+
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own transaction handling would defer it).
     dbapi_connection.isolation_level = None
@@ -162,8 +206,40 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: Any) -> None:
-    immediate = connection.get_execution_options().get("sfa_omf_write", False)
+    options = connection.get_execution_options()
+    if options.get("sfa_omf_single_read", False):
+        return  # one statement: SQLite runs it in its own implicit read transaction
+    immediate = options.get("sfa_omf_write", False)
     connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+#: A pooled PostgreSQL connection idle longer than this is pinged before use (a restarted server, a dropped
+#: connection); one used a moment ago is not, so busy servers pay no round trip for it.
+PING_AFTER_IDLE_S = 1.0
+_IDLE_SINCE = "sfa_omf_idle_since"
+
+
+def _note_idle(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_IDLE_SINCE] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    idle_since = record.info.get(_IDLE_SINCE)
+    if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+        return
+    try:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True  # the ping must not leave a transaction open
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        finally:
+            dbapi_connection.autocommit = autocommit
+    except Exception as exc:
+        raise DisconnectionError(f"a pooled connection failed its ping: {exc}") from exc  # the pool replaces it
 
 
 def is_overlap_violation(error: IntegrityError) -> bool:

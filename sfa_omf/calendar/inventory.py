@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -126,6 +127,21 @@ def find_node(session: Session, component_id: str, lock: bool = False) -> Node:
     return node
 
 
+@functools.lru_cache(maxsize=8)
+def _node_query(by_ids: bool, by_pool: bool, federated_only: bool) -> Select[*tuple[Any, ...]]:
+    """``Inventory.list_nodes``'s statement for one combination of filters, with bound parameters, built once."""
+    query: Select[*tuple[Any, ...]] = (
+        select(*NODE_COLUMNS).join(Pool, Node.pool_id == Pool.id).order_by(Node.component_id)
+    )
+    if by_ids:
+        query = query.where(Node.component_id.in_(bindparam("component_ids", expanding=True)))
+    if by_pool:
+        query = query.where(Pool.name == bindparam("pool"))
+    if federated_only:
+        query = query.where(Pool.federated.is_(True))
+    return query
+
+
 class Inventory:
     """Pools and nodes in one database."""
 
@@ -187,15 +203,9 @@ class Inventory:
         self, pool: str | None = None, federated_only: bool = False, component_ids: set[str] | None = None
     ) -> list[NodeRecord]:
         """Nodes by component id; a column query into records (Describe reads its slice's nodes on every call)."""
-        query = select(*NODE_COLUMNS).join(Pool, Node.pool_id == Pool.id).order_by(Node.component_id)
-        if component_ids is not None:
-            query = query.where(Node.component_id.in_(component_ids))
-        if pool is not None:
-            query = query.where(Pool.name == pool)
-        if federated_only:
-            query = query.where(Pool.federated.is_(True))
-        with self.database.read() as session:
-            return [node_record_of_row(*row) for row in session.connection().execute(query)]
+        query = _node_query(component_ids is not None, pool is not None, federated_only)
+        parameters = {"component_ids": sorted(component_ids or ()), "pool": pool}
+        return [node_record_of_row(*row) for row in self.database.fetch_all(query, parameters)]
 
     def get_node(self, component_id: str) -> NodeRecord:
         with self.database.read() as session:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.intervals import Interval
@@ -31,16 +32,30 @@ def held_windows(
 
     One query for any number of nodes (all nodes when node_ids is None).
     """
-    query = select(Sliver.node_id, Sliver.start_s, Sliver.end_s).where(
-        Sliver.holds_node.is_(True), Sliver.end_s > after_s
-    )
-    if before_s is not None:
-        query = query.where(Sliver.start_s < before_s)
-    if node_ids is not None:
-        query = query.where(Sliver.node_id.in_(node_ids))
-    if exclude_lease is not None:
-        query = query.where(Sliver.lease_id != exclude_lease)
+    query = _held_query(before_s is not None, node_ids is not None, exclude_lease is not None)
+    parameters = {
+        "after_s": after_s,
+        "before_s": before_s,
+        "node_ids": sorted(node_ids or ()),
+        "exclude_lease": exclude_lease,
+    }
     held: dict[int, list[Interval]] = defaultdict(list)
-    for node_id, start, end in session.execute(query.order_by(Sliver.node_id, Sliver.start_s)):
+    for node_id, start, end in session.execute(query, parameters):
         held[node_id].append((start, end))
     return held
+
+
+@functools.lru_cache(maxsize=8)
+def _held_query(by_before: bool, by_nodes: bool, excluding: bool) -> Select[int, int, int]:
+    """``held_windows``'s statement for one combination of filters, with bound parameters, built once (every
+    booking and availability check runs it; building it cost more than running it)."""
+    query = select(Sliver.node_id, Sliver.start_s, Sliver.end_s).where(
+        Sliver.holds_node.is_(True), Sliver.end_s > bindparam("after_s")
+    )
+    if by_before:
+        query = query.where(Sliver.start_s < bindparam("before_s"))
+    if by_nodes:
+        query = query.where(Sliver.node_id.in_(bindparam("node_ids", expanding=True)))
+    if excluding:
+        query = query.where(Sliver.lease_id != bindparam("exclude_lease"))
+    return query.order_by(Sliver.node_id, Sliver.start_s)

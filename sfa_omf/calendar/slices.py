@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import Database, retry_transient
@@ -67,19 +67,21 @@ def apply_users(slice_row: Slice, users: Mapping[str, Sequence[str]], replace: b
             slice_row.users.append(SliceUser(user_urn=urn, ssh_keys=list(dict.fromkeys(cleaned))))
 
 
+# Built once: building a statement costs more than running it (see booking._lease_query).
+_SLICE_WITH_USERS = (
+    select(Slice.expires_s, Slice.shut_down, SliceUser.user_urn, SliceUser.ssh_keys)
+    .outerjoin(SliceUser, SliceUser.slice_id == Slice.id)
+    .where(Slice.urn == bindparam("slice_urn"))
+)
+
+
 class Slices:
     def __init__(self, database: Database) -> None:
         self.database = database
 
     def get(self, slice_urn: str) -> SliceRecord:
         """The slice and its users, by user URN; one column query (Describe and Provision read it on every call)."""
-        query = (
-            select(Slice.expires_s, Slice.shut_down, SliceUser.user_urn, SliceUser.ssh_keys)
-            .outerjoin(SliceUser, SliceUser.slice_id == Slice.id)
-            .where(Slice.urn == slice_urn)
-        )
-        with self.database.read() as session:
-            rows = session.connection().execute(query).all()
+        rows = self.database.fetch_all(_SLICE_WITH_USERS, {"slice_urn": slice_urn})
         if not rows:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has nothing here")
         expires_s, shut_down = rows[0][0], rows[0][1]

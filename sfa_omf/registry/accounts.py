@@ -18,7 +18,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.models import AccountMapping
@@ -47,6 +47,9 @@ def check_login(login: str) -> None:
         )
 
 
+_LOGIN_OF = select(AccountMapping.login).where(AccountMapping.urn == bindparam("urn"))
+
+
 @dataclass(frozen=True)
 class AccountRecord:
     urn: str
@@ -70,6 +73,11 @@ class Accounts:
         if self.policy == "shared":
             return self.shared_login
         key = slice_urn if self.policy == "per-slice" else user_urn
+        # Nearly always mapped already (Describe and Allocate ask on every call): one read, without the write
+        # unit of work (SQLite's write lock) that creating a mapping needs.
+        found = self.database.fetch_all(_LOGIN_OF, {"urn": key})
+        if found:
+            return str(found[0][0])
         return retry_transient(lambda: self._mapped(key))
 
     def _mapped(self, urn: str) -> str:

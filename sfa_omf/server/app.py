@@ -50,6 +50,7 @@ from sfa_omf.registry.authority import AuthorityError, LocalAuthority
 from sfa_omf.registry.nodes import record_nodes
 from sfa_omf.registry.records import Records
 from sfa_omf.server.agent_http import AgentResource
+from sfa_omf.server.gc_tuning import freeze_start_up_objects
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.web import WebCalendarResource
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
@@ -449,6 +450,7 @@ def serve_forever(settings: Settings, checked: bool = False) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     reactor.addSystemEventTrigger("before", "shutdown", running.stop)
+    reactor.callWhenRunning(freeze_start_up_objects)  # issue 15: start-up's objects out of every GC walk
     reactor.callWhenRunning(notify_systemd, "READY=1")
     reactor.run()
     log.info("stopped")

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet.ssl import ContextFactory
 
-from sfa_omf.trust.gid import GidChain, gid_from_certificate, load_gid_chain_file
+from sfa_omf.trust.gid import GidChain, gid_from_der, load_gid_chain_file
 
 
 def _accept_any_chain(_connection: Any, _certificate: Any, _errno: int, _depth: int, _ok: int) -> bool:
@@ -38,6 +37,9 @@ class ServerTls(ContextFactory):
         context.check_privatekey()
         mode = SSL.VERIFY_PEER | (SSL.VERIFY_FAIL_IF_NO_PEER_CERT if require_client_certificate else 0)
         context.set_verify(mode, _accept_any_chain)
+        # The client's certificate is the one of the handshake for the whole connection (server/xmlrpc.py reads it
+        # once per connection): no renegotiation, which could change it (TLS 1.3 has none anyway).
+        context.set_options(SSL.OP_NO_RENEGOTIATION)
         # Session ids need a context id when client certificates are requested.
         context.set_session_id(b"sfa-omf")
         self._context = context
@@ -50,13 +52,15 @@ def peer_chain(connection: SSL.Connection) -> GidChain:
     """The client's certificate chain, leaf first, as plain GIDs.
 
     On the server side pyOpenSSL's get_peer_cert_chain() may omit the leaf, so the leaf comes from
-    get_peer_certificate() and the rest from the chain, without repeating the leaf.
+    get_peer_certificate() and the rest from the chain, without repeating the leaf. Each distinct certificate is
+    parsed into a GID once (by its exact DER bytes): a kept-alive client sends the same chain with every call.
     """
-    leaf = connection.get_peer_certificate(as_cryptography=True)
+    leaf = connection.get_peer_certificate()
     if leaf is None:
         return ()
-    chain: list[x509.Certificate] = [leaf]
-    for certificate in connection.get_peer_cert_chain(as_cryptography=True) or []:
-        if certificate != leaf and certificate not in chain:
-            chain.append(certificate)
-    return tuple(gid_from_certificate(certificate) for certificate in chain)
+    chain: list[bytes] = [crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)]
+    for certificate in connection.get_peer_cert_chain() or []:
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, certificate)
+        if der not in chain:
+            chain.append(der)
+    return tuple(gid_from_der(der) for der in chain)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,24 +31,26 @@ class Gid:
     email: str | None
     is_ca: bool
 
-    @property
+    # The identity read from the certificate is computed once per Gid (and a Gid once per distinct certificate:
+    # load_gid_chain, gid_from_der): these are read on every check of every chain.
+    @functools.cached_property
     def subject_cn(self) -> str:
         values = self.certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         return str(values[0].value) if values else ""
 
-    @property
+    @functools.cached_property
     def type(self) -> str | None:
         """The URN's type (``user``, ``slice``, ``authority``, ``node``) or None when the GID carries no URN."""
         return parse_urn(self.urn).type if self.urn else None
 
-    @property
+    @functools.cached_property
     def hrn(self) -> str:
         """The HRN from the URN; SFA GIDs without a URN fall back to the CN (which SFA sets to the HRN)."""
         if self.urn:
             return parse_urn(self.urn).hrn
         return self.subject_cn
 
-    @property
+    @functools.cached_property
     def hrn_parts(self) -> tuple[str, ...]:
         if self.urn:
             return parse_urn(self.urn).hrn_parts
@@ -57,11 +60,11 @@ class Gid:
     def is_authority(self) -> bool:
         return self.type == "authority"
 
-    @property
+    @functools.cached_property
     def not_before(self) -> datetime:
         return as_utc(self.certificate.not_valid_before_utc)
 
-    @property
+    @functools.cached_property
     def not_after(self) -> datetime:
         return as_utc(self.certificate.not_valid_after_utc)
 
@@ -77,8 +80,12 @@ class Gid:
     def fingerprint(self) -> str:  # cached: part of every chain-verdict key
         return self.certificate.fingerprint(hashes.SHA256()).hex()
 
-    def pem(self) -> str:
+    @functools.cached_property
+    def _pem(self) -> str:
         return self.certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+    def pem(self) -> str:
+        return self._pem
 
 
 GidChain = tuple[Gid, ...]
@@ -107,14 +114,58 @@ def gid_from_certificate(certificate: x509.Certificate) -> Gid:
     return Gid(certificate=certificate, urn=urn, uuid=uuid, email=email, is_ca=is_ca)
 
 
+#: Distinct certificates (and PEM chains) kept parsed. A server sees a few per user and authority; the bound keeps
+#: a stream of new ones from growing memory.
+PARSED_CACHE_SIZE = 4096
+
+
 def load_gid_chain(pem: bytes | str) -> GidChain:
-    """Load a PEM chain (leaf first). Raise BadArgs when there is no certificate in it."""
-    data = pem.encode("ascii") if isinstance(pem, str) else pem
+    """Load a PEM chain (leaf first). Raise BadArgs when there is no certificate in it.
+
+    The same bytes give the same (immutable) GIDs without being parsed again: credentials repeat the same chains
+    in every signature, owner and target, and callers send the same credentials on every call.
+    """
+    if isinstance(pem, str):
+        try:
+            pem = pem.encode("ascii")
+        except UnicodeEncodeError as exc:
+            raise BadArgs(f"cannot read a PEM certificate chain: not ASCII ({exc.reason})") from exc
+    return _parse_chain(pem)
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
+def _parse_chain(data: bytes) -> GidChain:
+    # Keyed by the exact bytes; a refusal raises and is never cached. Each certificate block is parsed once too:
+    # one credential carries the same certificates in its owner, target and signer chains.
+    blocks = _PEM_BLOCK.findall(data)
+    if not blocks:
+        raise BadArgs("cannot read a PEM certificate chain: no certificate in it")
+    return tuple(_parse_block(block) for block in blocks)
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
+def _parse_block(block: bytes) -> Gid:
     try:
-        certificates = x509.load_pem_x509_certificates(data)
+        return gid_from_certificate(x509.load_pem_x509_certificate(block))
     except ValueError as exc:
         raise BadArgs(f"cannot read a PEM certificate chain: {exc}") from exc
-    return tuple(gid_from_certificate(cert) for cert in certificates)
+
+
+@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
+def gid_from_der(der: bytes) -> Gid:
+    """The GID of one DER certificate (a TLS peer's), parsed once per distinct certificate. Raises ValueError when
+    the bytes are no certificate (never cached)."""
+    return gid_from_certificate(x509.load_der_x509_certificate(der))
+
+
+def forget_parsed() -> None:
+    """Empty the caches of parsed certificates (see verifier.forget_certificates)."""
+    _parse_chain.cache_clear()
+    _parse_block.cache_clear()
+    gid_from_der.cache_clear()
 
 
 def load_gid_chain_file(path: str) -> GidChain:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -144,11 +146,34 @@ class TrustedRootsWatcher:
         )
 
 
+#: Links (child, parent) whose signature verified, by the two certificates' SHA-256 fingerprints (their exact DER
+#: bytes): a signature that verified once verifies forever, so each distinct link is checked once per process.
+#: Only the signature is remembered; validity, CA and naming rules are checked on every chain. Refusals are not kept.
+_VERIFIED_LINKS: OrderedDict[tuple[str, str], None] = OrderedDict()
+_VERIFIED_LINKS_LOCK = threading.Lock()
+VERIFIED_LINKS_SIZE = 4096
+
+
+def forget_verified_links() -> None:
+    """Empty the cache of verified links (see verifier.forget_certificates)."""
+    with _VERIFIED_LINKS_LOCK:
+        _VERIFIED_LINKS.clear()
+
+
 def _signed_by(child: Gid, parent: Gid) -> bool:
+    link = (child.fingerprint, parent.fingerprint)
+    with _VERIFIED_LINKS_LOCK:
+        if link in _VERIFIED_LINKS:
+            _VERIFIED_LINKS.move_to_end(link)
+            return True
     try:
         child.certificate.verify_directly_issued_by(parent.certificate)
     except (ValueError, TypeError, InvalidSignature):
         return False
+    with _VERIFIED_LINKS_LOCK:
+        _VERIFIED_LINKS[link] = None
+        while len(_VERIFIED_LINKS) > VERIFIED_LINKS_SIZE:
+            _VERIFIED_LINKS.popitem(last=False)
     return True
 
 

@@ -31,7 +31,9 @@ from lxml import etree
 
 from sfa_omf.errors import Reason, TrustError
 from sfa_omf.times import format_time
+from sfa_omf.trust import gid as gid_module
 from sfa_omf.trust import rights, xmldsig
+from sfa_omf.trust import roots as roots_module
 from sfa_omf.trust.credential import Credential, CredentialDocument, read_credential
 from sfa_omf.trust.gid import Gid, GidChain, load_gid_chain
 from sfa_omf.trust.roots import TrustedRoots, verify_chain
@@ -135,6 +137,14 @@ class VerdictCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def forget_certificates() -> None:
+    """Forget every parsed certificate, verified link and signer key this process keeps (benchmarks measure a
+    first sight with it; nothing else needs it: those caches are keyed by exact bytes and never go stale)."""
+    gid_module.forget_parsed()
+    roots_module.forget_verified_links()
+    xmldsig.forget_keys()
 
 
 def credential_digest(xml: bytes | str) -> str:

@@ -7,6 +7,7 @@ xmlsec would pick from the signature's own KeyInfo.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any
 
@@ -43,6 +44,17 @@ def sign(signature: etree._Element, private_key_pem: bytes) -> None:
     context.sign(signature)
 
 
+@functools.lru_cache(maxsize=1024)
+def _public_key(certificate_pem: bytes) -> Any:
+    """The xmlsec key of a certificate, loaded once per distinct certificate (a signer signs many credentials)."""
+    return _xmlsec.Key.from_memory(certificate_pem, _xmlsec.KeyFormat.CERT_PEM, None)
+
+
+def forget_keys() -> None:
+    """Empty the cache of loaded keys (see verifier.forget_certificates)."""
+    _public_key.cache_clear()
+
+
 def verify(signature: etree._Element, certificate_pem: bytes) -> None:
     """Verify a Signature element with the public key of certificate_pem; raise SignatureInvalid."""
     context = _xmlsec.SignatureContext()
@@ -50,7 +62,7 @@ def verify(signature: etree._Element, certificate_pem: bytes) -> None:
         context.enable_reference_transform(getattr(_xmlsec.Transform, name))
     for name in (*_C14N, *_SIGNATURE_METHODS):
         context.enable_signature_transform(getattr(_xmlsec.Transform, name))
-    context.key = _xmlsec.Key.from_memory(certificate_pem, _xmlsec.KeyFormat.CERT_PEM, None)
+    context.key = _public_key(certificate_pem)  # the binding copies the key into the context
     try:
         context.verify(signature)
     except _xmlsec.Error as exc:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import threading
+from pathlib import Path
 
 import pytest
 
-from sfa_omf.calendar.database import Database, TransientConflict, retry_transient
+from sfa_omf.calendar.database import Database, TransientConflict, retry_transient, sqlite_url
 from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniCode, GeniError, Reason
 
 
@@ -53,3 +56,36 @@ def test_transient_collisions_are_retried_then_busy() -> None:
         retry_transient(always_collides, attempts=3)
     assert refusal.value.reason == Reason.BUSY and refusal.value.code == GeniCode.BUSY
     assert "try again" in refusal.value.message
+
+
+def test_a_sqlite_writer_waits_for_another_of_its_process_then_answers_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers of one process queue on a lock (not on SQLite's busy polling), for as long as SQLite's busy timeout,
+    then get SQLite's answer: locked, DBERROR, and nothing written."""
+    from sfa_omf.calendar import database as database_module
+
+    monkeypatch.setattr(database_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    database = Database(sqlite_url(str(tmp_path / "calendar.sqlite")))
+    database.upgrade()
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with database.write():
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        with pytest.raises(GeniError) as refusal:
+            Inventory(database).add_node(NodeSpec("urn:publicid:IDN+testbed+node+n1", "n1"))
+        assert refusal.value.code == GeniCode.DBERROR and "locked" in refusal.value.message
+    finally:
+        release.set()
+        holder.join(10)
+    assert Inventory(database).list_nodes() == []  # nothing of the refused call was written
+    Inventory(database).add_node(NodeSpec("urn:publicid:IDN+testbed+node+n1", "n1"))  # free again: it goes through
+    assert [node.component_name for node in Inventory(database).list_nodes()] == ["n1"]
+    database.dispose()

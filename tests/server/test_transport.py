@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from sfa_omf.server.tls import ServerTls
+from sfa_omf.server import xmlrpc as xmlrpc_module
+from sfa_omf.server.tls import ServerTls, peer_chain
 from sfa_omf.server.xmlrpc import CallContext, XmlRpcResource, make_site
 from tests.conftest import DemoPki
 from tests.tls_harness import Listener, client_context, proxy, reactor
@@ -67,6 +68,27 @@ def test_a_foreign_chain_is_accepted_at_the_handshake(listener: Listener, pki: D
         "urn:publicid:IDN+evil:lab+authority+sa",
         "urn:publicid:IDN+evil+authority+sa",
     ]
+
+
+def test_each_kept_alive_connection_keeps_its_own_caller(
+    listener: Listener, pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller's chain is read once per connection (issue 15) and never serves another connection."""
+    reads: list[int] = []
+
+    def counted(connection: Any) -> Any:
+        reads.append(1)
+        return peer_chain(connection)
+
+    monkeypatch.setattr(xmlrpc_module, "peer_chain", counted)
+    url = start(listener, pki)
+    bob_sfi = pki.users["bob"].sfi_dir
+    alice = proxy(url, *alice_files(pki))  # each ServerProxy keeps its HTTP/1.1 connection
+    bob = proxy(url, str(bob_sfi / "testbed.bob.user.gid"), str(bob_sfi / "testbed.bob.pkey"))
+    for _ in range(3):  # interleaved on two open connections
+        assert alice.X()["chain"][0] == "urn:publicid:IDN+testbed+user+alice"
+        assert bob.X()["chain"][0] == "urn:publicid:IDN+testbed+user+bob"
+    assert len(reads) == 2  # once per connection, not once per call
 
 
 def test_a_client_without_certificate_is_refused(listener: Listener, pki: DemoPki) -> None:

@@ -1,0 +1,106 @@
+"""Each distinct certificate parsed once, each distinct link's signature checked once, each signer key loaded once
+(issue 15) — and none of it weakens a check: the caches are keyed by exact bytes, keep only successes, and validity,
+impostors and tampering are judged on every verification."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from sfa_omf.errors import BadArgs, Reason, TrustError
+from sfa_omf.times import utcnow
+from sfa_omf.trust import roots as roots_module
+from sfa_omf.trust.gid import Gid, chain_pem, gid_from_der, load_gid_chain
+from sfa_omf.trust.pki import create_gid, new_private_key
+from sfa_omf.trust.roots import TrustedRoots, verify_chain
+from sfa_omf.trust.verifier import CredentialVerifier, forget_certificates
+from tests.conftest import DemoPki
+
+KEYS: dict[str, rsa.RSAPrivateKey] = {}
+
+
+def key(name: str) -> rsa.RSAPrivateKey:
+    if name not in KEYS:
+        KEYS[name] = new_private_key()
+    return KEYS[name]
+
+
+@pytest.fixture(scope="module")
+def tree() -> dict[str, Gid]:
+    top = create_gid("urn:publicid:IDN+fed+authority+sa", key("fed").public_key(), key("fed"))
+    ann = create_gid("urn:publicid:IDN+fed+user+ann", key("ann").public_key(), key("fed"), issuer=top)
+    # Same subject, same issuer name, signed by a key that is not fed's: a forgery of ann's certificate.
+    forged = create_gid("urn:publicid:IDN+fed+user+ann", key("ann").public_key(), key("mallory"), issuer=top)
+    short = create_gid(
+        "urn:publicid:IDN+fed+user+bea", key("bea").public_key(), key("fed"), issuer=top, lifetime=timedelta(days=1)
+    )
+    return {"fed": top, "ann": ann, "forged": forged, "short": short}
+
+
+def test_the_same_bytes_give_the_same_gids_and_other_bytes_their_own(tree: dict[str, Gid]) -> None:
+    pem = chain_pem((tree["ann"], tree["fed"]))
+    first = load_gid_chain(pem)
+    assert load_gid_chain(pem.encode("ascii")) is first  # str or bytes: the same bytes, parsed once
+    assert first[0].urn == "urn:publicid:IDN+fed+user+ann" and first[0].hrn == "fed.ann"
+    other = load_gid_chain(chain_pem((tree["forged"], tree["fed"])))
+    assert other[0] is not first[0] and other[0].fingerprint != first[0].fingerprint
+    der = tree["ann"].certificate.public_bytes(serialization.Encoding.DER)
+    assert gid_from_der(der) is gid_from_der(bytes(der)) and gid_from_der(der).fingerprint == first[0].fingerprint
+
+
+def test_unreadable_certificates_are_refused_every_time() -> None:
+    for _ in range(2):  # a refusal is not cached into an answer
+        with pytest.raises(BadArgs):
+            load_gid_chain("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+        with pytest.raises(BadArgs, match="not ASCII"):
+            load_gid_chain("-----BEGIN CERTIFICATE-----\né\n-----END CERTIFICATE-----\n")
+        with pytest.raises(ValueError):
+            gid_from_der(b"\x30\x03\x02\x01\x00")
+
+
+def test_a_verified_link_does_not_vouch_for_a_forgery_of_it(tree: dict[str, Gid]) -> None:
+    roots = TrustedRoots(anchors=(tree["fed"],))
+    now = utcnow()
+    assert verify_chain((tree["ann"],), roots, now) == tree["fed"]  # the genuine link is now remembered
+    for _ in range(2):
+        with pytest.raises(TrustError) as refusal:
+            verify_chain((tree["forged"],), roots, now, role="caller")
+        assert refusal.value.reason == Reason.UNTRUSTED_CHAIN and "whose key does not" in refusal.value.message
+    assert (tree["forged"].fingerprint, tree["fed"].fingerprint) not in roots_module._VERIFIED_LINKS
+    assert (tree["ann"].fingerprint, tree["fed"].fingerprint) in roots_module._VERIFIED_LINKS
+
+
+def test_validity_is_judged_on_every_check_whatever_was_remembered(tree: dict[str, Gid]) -> None:
+    roots = TrustedRoots(anchors=(tree["fed"],))
+    now = utcnow()
+    assert verify_chain((tree["short"],), roots, now) == tree["fed"]
+    with pytest.raises(TrustError) as refusal:
+        verify_chain((tree["short"],), roots, now + timedelta(days=2))
+    assert refusal.value.reason == Reason.CERTIFICATE_EXPIRED
+    # Another set of roots does not trust what fed signed, remembered link or not.
+    with pytest.raises(TrustError) as untrusted:
+        verify_chain((tree["short"],), TrustedRoots(anchors=(tree["ann"],)), now)
+    assert untrusted.value.reason in (Reason.UNTRUSTED_CHAIN, Reason.INVALID_CHAIN)
+
+
+def test_a_tampered_credential_is_refused_after_its_signer_key_was_loaded(pki: DemoPki) -> None:
+    genuine = pki.users["alice"].slice_cred
+    verifier = CredentialVerifier(pki.roots)  # no verdict cache: every signature is checked
+    now = utcnow()
+    verifier.verify(genuine, now)
+    year = re.search(r"<expires>(\d{4})", genuine)
+    assert year is not None
+    tampered = genuine[: year.start(1)] + str(int(year.group(1)) + 1) + genuine[year.end(1) :]  # signed by the same key
+    for _ in range(2):
+        with pytest.raises(TrustError) as refusal:
+            verifier.verify(tampered, now)
+        assert refusal.value.reason == Reason.SIGNATURE
+    forget_certificates()  # a first sight gives the same verdicts
+    assert verifier.verify(genuine, now).owner_urn == pki.users["alice"].chain[0].urn
+    with pytest.raises(TrustError) as again:
+        verifier.verify(tampered, now)
+    assert again.value.reason == Reason.SIGNATURE
