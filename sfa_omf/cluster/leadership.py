@@ -30,7 +30,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,6 +39,9 @@ log = logging.getLogger("sfa_omf.cluster")
 
 #: The advisory lock of the aggregate's background tasks (advisory locks are per database: one calendar, one lock).
 LOCK_KEY = 0x5FA0_3F00_1EAD
+#: The advisory lock of start-up writes (startup_writes).
+STARTUP_KEY = 0x5FA0_3F00_57A7
+STARTUP_WAIT_S = 60.0
 DEFAULT_TAKEOVER_S = 15
 #: How long stop() waits for a task that is running before it releases the lock anyway.
 STOP_WAIT_S = 10.0
@@ -181,6 +185,39 @@ def lock_for(url: str, takeover_s: float = DEFAULT_TAKEOVER_S) -> LeaderLock:
     if url.startswith("sqlite"):
         return SoleProcessLock()
     return PostgresLock(url, takeover_s)
+
+
+@contextmanager
+def startup_writes(url: str, timeout_s: float = STARTUP_WAIT_S) -> Iterator[None]:
+    """Make the start-up writes of this process (the registry's records of the authority and the nodes) one process
+    of the cluster at a time: a PostgreSQL advisory lock (STARTUP_KEY) held for the block on a connection of its own.
+    Nothing to do on SQLite (one process). Raises StartupError when another process holds it longer than
+    ``timeout_s``."""
+    if url.startswith("sqlite"):
+        yield
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from sfa_omf.preflight import StartupError
+
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(f"SET lock_timeout = {int(timeout_s * 1000)}"))
+            try:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_KEY})
+            except Exception as exc:
+                raise StartupError(
+                    f"another sfa-omf process has been starting for over {timeout_s:g} s on this database "
+                    f"({_first_line(exc)}); is one stuck? (SELECT application_name FROM pg_stat_activity)"
+                ) from exc
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_KEY})
+    finally:
+        engine.dispose()
 
 
 class Leadership:

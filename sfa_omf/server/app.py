@@ -42,7 +42,7 @@ from sfa_omf.calendar.agents import Agents
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
-from sfa_omf.cluster.leadership import Leadership, PeriodicTask, lock_for
+from sfa_omf.cluster.leadership import Leadership, PeriodicTask, lock_for, startup_writes
 from sfa_omf.config import Settings
 from sfa_omf.images.store import ImageStore, store_directory
 from sfa_omf.notify.notifier import Notifier, NotifySettings, notify_settings
@@ -420,12 +420,17 @@ def serve_forever(settings: Settings, checked: bool = False, sockets: Sequence[i
     aggregate = build_aggregate(settings, upgrade=False)
     running = _listen("aggregate", settings, lambda: start_aggregate(settings, aggregate, listening_fd=aggregate_fd))
     try:
-        registry = _listen(
-            "registry",
-            settings,
-            lambda: start_registry(settings, aggregate.database, verifier=aggregate.verifier, listening_fd=registry_fd),
-        )
-    except StartupError:
+        # The registry records the authority's GIDs and the nodes at start: one process of the cluster at a time
+        # (two hosts or two workers starting together would both insert the same records).
+        with startup_writes(settings.calendar_url):
+            registry = _listen(
+                "registry",
+                settings,
+                lambda: start_registry(
+                    settings, aggregate.database, verifier=aggregate.verifier, listening_fd=registry_fd
+                ),
+            )
+    except Exception:  # whatever stopped the start, nothing may be left running (its threads would keep us alive)
         running.abandon()
         raise
     watch_trusted_roots(aggregate.verifier)
