@@ -80,9 +80,9 @@ class Instance:
     def __init__(self, config: str, url: str, workers: int, threads: int, directory: str, name: str) -> None:
         self.port = free_port()
         self.log_path = os.path.join(directory, f"{name}.log")
-        notify_path = os.path.join(directory, f"{name}.notify")
+        self.notify_path = os.path.join(directory, f"{name}.notify")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(notify_path)
+        self.notify.bind(self.notify_path)
         self.notify.settimeout(START_TIMEOUT_S)
         environ = {key: value for key, value in os.environ.items() if not key.startswith("SFA_")}
         environ.update(
@@ -91,7 +91,7 @@ class Instance:
             SFA_OMF_DATABASE_URL=url,
             SFA_OMF_THREADS=str(threads),
             SFA_OMF_LOG_LEVEL="WARNING",  # a line per call would cost the same in every configuration; left out
-            NOTIFY_SOCKET=notify_path,
+            NOTIFY_SOCKET=self.notify_path,
         )
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -134,6 +134,7 @@ class Instance:
                 self.process.kill()
                 self.process.wait()
         self.notify.close()
+        os.unlink(self.notify_path)  # the next round binds it again
 
 
 def connections_by_process(instances: list[Instance]) -> list[int]:

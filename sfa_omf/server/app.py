@@ -449,8 +449,16 @@ def serve_forever(settings: Settings, checked: bool = False, sockets: Sequence[i
         aggregate.verifier.roots.names(),
     )
 
+    stopping: list[bool] = []
+
+    def stop_once() -> None:
+        # Twice is possible (a worker hears SIGTERM from its master, and from systemd too without KillMode=mixed).
+        if not stopping:
+            stopping.append(True)
+            reactor.stop()
+
     def stop(*_: Any) -> None:
-        reactor.callFromThread(reactor.stop)
+        reactor.callFromThread(stop_once)
 
     signal.signal(signal.SIGTERM, stop)
     reactor.addSystemEventTrigger("before", "shutdown", running.stop)
