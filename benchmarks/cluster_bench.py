@@ -10,13 +10,13 @@ public schema is dropped):
 
 The servers are the real ones (``sfa-omf serve --workers N`` in subprocesses, on free ports, READY=1 awaited on a
 notification socket of ours). The clients are threads of this process, ``--clients`` of them (default 16), each with its
-own kept-alive ``xmlrpc.client`` connection over TLS presenting alice's GID chain, as sfi.py does; with two instances
+own kept-alive ``xmlrpc.client`` connection over TLS presenting a user's GID chain, as sfi.py does; with two instances
 half of the clients call each. Every setup is measured ``--repeat`` times (default 2), the setups in
 turn, and the best of each is printed (this machine is shared: the load average before the run is printed too).
-Status is of a slice holding one sliver, on the kept-alive connection and, as sfi.py
-does, on a new connection (TCP and TLS handshake) for each call. Allocate: each client has its own slice and its
-own node, and every call books the next free 30-minute slot of that node (no call waits for another's booking); the
-answer is checked (geni_code 0, one new sliver). CPU: user + system seconds of every server process (masters and
+Status is of a slice holding one sliver, on the kept-alive connection and, as sfi.py does, on a new connection (TCP
+and TLS handshake) for each call. Allocate: each client is a user of its own, with its own slice and its own node,
+and every call books the next free 30-minute slot of that node (no call waits for another's booking); the answer is
+checked (geni_code 0, one new sliver). CPU: user + system seconds of every server process (masters and
 workers) and of this process (the clients), per second of wall time: 100 % is one core. connections: how the clients'
 kept-alive connections were spread over the serving processes at the end (from ss), largest first.
 """
@@ -52,6 +52,8 @@ from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.times import format_time, utcnow
+from sfa_omf.trust.gid import chain_pem
+from sfa_omf.trust.pki import private_key_pem
 
 AUTHORITY, USER = "testbed", "alice"
 SLOT = timedelta(minutes=30)
@@ -159,10 +161,12 @@ def cpu_seconds(pids: list[int]) -> float:
 @dataclass
 class Lab:
     config: str
-    context: Any
+    context: Any  # alice's, for Status of the demo slice
+    contexts: list[Any]  # each client's, for its Allocates
     slices: list[tuple[str, str]]  # per client: slice URN, alice's credential over it
     demo_slice: tuple[str, str]
     next_slot: list[int]  # per client: the next free slot of its node
+    demo_booked: bool = False
 
 
 def make_lab(directory: str, url: str, clients: int) -> Lab:
@@ -180,16 +184,28 @@ def make_lab(directory: str, url: str, clients: int) -> Lab:
     database.dispose()
     authority = LocalAuthority.load(report.directory, AUTHORITY)
     alice = authority.issued_chain(f"{AUTHORITY}.{USER}")
-    slices = []
-    for number in range(clients + 1):
-        chain, _ = authority.issue_gid(f"{AUTHORITY}.bench{number}", "slice")
-        slices.append((chain[0].urn or "", authority.credential(alice, chain)))
     sfi = report.sfi_dirs[USER]
     context = make_context(
         os.path.join(sfi, f"{AUTHORITY}.{USER}.user.gid"), os.path.join(sfi, f"{AUTHORITY}.{USER}.pkey")
     )
+    # Each client is a user of its own, with a slice of its own: bookings of one user are serialized on purpose
+    # (calendar/booking.py: per-user limits), which would measure that lock rather than the serving processes.
+    slices, contexts = [], []
+    for number in range(clients):
+        user, key = authority.issue_gid(f"{AUTHORITY}.user{number}", "user")
+        assert key is not None
+        gid_path, key_path = os.path.join(directory, f"user{number}.gid"), os.path.join(directory, f"user{number}.pkey")
+        with open(gid_path, "w", encoding="ascii") as handle:
+            handle.write(chain_pem(user))
+        with open(key_path, "wb") as handle:
+            handle.write(private_key_pem(key))
+        contexts.append(make_context(gid_path, key_path))
+        chain, _ = authority.issue_gid(f"{AUTHORITY}.bench{number}", "slice")
+        slices.append((chain[0].urn or "", authority.credential(user, chain)))
+    chain, _ = authority.issue_gid(f"{AUTHORITY}.status", "slice")
+    demo = (chain[0].urn or "", authority.credential(alice, chain))
     config = os.path.join(report.directory, "sfa-omf.conf")
-    return Lab(config, context, slices[:clients], slices[clients], [0] * clients)
+    return Lab(config, context, contexts, slices, demo, [0] * clients)
 
 
 def request(node: int, slot: int) -> tuple[str, tuple[str, str]]:
@@ -246,7 +262,10 @@ class Row:
 
 def measure(lab: Lab, instances: list[Instance], method: str, clients: int, seconds: float, setup: str) -> Row:
     urls = [instances[number % len(instances)].url for number in range(clients)]
-    proxies = [xmlrpc.client.ServerProxy(url, context=lab.context, allow_none=True) for url in urls]
+    proxies = [
+        xmlrpc.client.ServerProxy(url, context=lab.contexts[number] if method == "Allocate" else lab.context)
+        for number, url in enumerate(urls)
+    ]
     for number, proxy in enumerate(proxies):  # connected and warmed up, untimed
         call_once(lab, method, number, proxy, urls[number])
     pids = [pid for instance in instances for pid in instance.pids()]
@@ -291,7 +310,8 @@ def run_setup(lab: Lab, args: argparse.Namespace, directory: str, setup: str, sh
     try:
         for instance in instances:
             instance.wait_ready()
-        if setup.startswith("1 worker"):  # the demo slice's one sliver, for Status
+        if not lab.demo_booked:  # the demo slice's one sliver, for Status
+            lab.demo_booked = True
             urn, credential = lab.demo_slice
             proxy = xmlrpc.client.ServerProxy(instances[0].url, context=lab.context, allow_none=True)
             rspec, _ = request(len(lab.slices), 0)

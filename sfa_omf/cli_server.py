@@ -36,6 +36,7 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     # Set by the workers' master for the processes it starts (sfa_omf/cluster/workers.py), not by operators.
     serve.add_argument("--worker-sockets", type=_descriptors, help=argparse.SUPPRESS)
     serve.add_argument("--worker-number", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)  # the master's pid
     serve.set_defaults(handler=_serve)
     probe = commands.add_parser(
         "probe",
@@ -93,6 +94,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = command_settings(args)
     worker = args.worker_sockets is not None
+    if worker and args.worker_of:
+        from sfa_omf.cluster.workers import die_with_master
+
+        die_with_master(args.worker_of)
     if not worker:
         # Checked before Twisted is imported, so that a failure is reported at once (a port taken is checked again
         # when listening: another program may take it meanwhile). A worker's master checked all this.

@@ -118,7 +118,7 @@ class Supervisor:
     def _spawn(self, number: int) -> Worker:
         fds = ",".join(str(listening.fileno()) for listening in self.sockets)
         process = subprocess.Popen(
-            [*self.command, "--worker-sockets", fds, "--worker-number", str(number)],
+            [*self.command, "--worker-sockets", fds, "--worker-number", str(number), "--worker-of", str(os.getpid())],
             env=self._environment(),
             pass_fds=[listening.fileno() for listening in self.sockets],
         )
@@ -229,6 +229,23 @@ class Supervisor:
                 log.warning("worker pid %d did not stop within %d s; killed", process.pid, STOP_TIMEOUT_S)
                 process.kill()
                 process.wait()
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def die_with_master(master_pid: int) -> None:
+    """In a worker: end with SIGTERM when the master dies, even by SIGKILL (Linux's parent-death signal), so that no
+    orphaned worker keeps serving the ports without a master to replace or stop it."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the master's own SIGTERM still stops us
+        return
+    if os.getppid() != master_pid:  # the master died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_command(config: str | None, log_level: str | None) -> list[str]:

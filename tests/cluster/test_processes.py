@@ -70,6 +70,12 @@ def race(lab: Lab, clients: list[Any], slot: tuple[str, str]) -> list[Any]:
     return answers
 
 
+def worker_pids(server: Serve) -> list[int]:
+    """The workers' pids, from the master's line ``serving with N worker processes (pids A B)``."""
+    line = server.wait_for_line("worker processes (pids ")
+    return [int(pid) for pid in line.split("(pids ")[1].rstrip(")").split()]
+
+
 def test_two_hosts_32_clients_race_for_one_node_one_winner_per_round(
     lab: Lab, tmp_path: Path, servers: list[Serve]
 ) -> None:
@@ -146,7 +152,7 @@ def test_a_worker_killed_while_others_serve_loses_only_its_calls_in_progress(
     server = Serve(lab, tmp_path, "workers", "--workers", "2")
     servers.append(server)
     server.wait_ready()
-    pids = [int(pid) for pid in server.wait_for_line("serving with 2 worker processes").split("(pids ")[1][:-1].split()]
+    pids = worker_pids(server)
     urn, credential = lab.slices[0]
     assert code(server.client(lab).Allocate(urn, [credential], request(window(days_ahead=30, hour=7)), {})) == 0
     expected = sliver_view(server.client(lab).Status([urn], [credential], {}))
@@ -200,3 +206,26 @@ def test_a_worker_killed_while_others_serve_loses_only_its_calls_in_progress(
     os.kill(new_pid, 0)  # the master replaced the worker, which runs
     assert server.process.poll() is None
     assert server.stop() == 0
+
+
+def test_workers_end_with_their_master_even_when_it_is_killed(lab: Lab, tmp_path: Path, servers: list[Serve]) -> None:
+    """No orphaned worker keeps the ports without a master to replace or stop it (systemd or not)."""
+    server = Serve(lab, tmp_path, "workers", "--workers", "2")
+    servers.append(server)
+    server.wait_ready()
+    pids = worker_pids(server)
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait()
+    deadline = time.monotonic() + 30
+    while any(os.path.exists(f"/proc/{pid}") and not zombie(pid) for pid in pids):
+        assert time.monotonic() < deadline, "the workers outlived their master"
+        time.sleep(0.1)
+
+
+def zombie(pid: int) -> bool:
+    """A process that ended and waits for its parent (init, here) to collect it."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
