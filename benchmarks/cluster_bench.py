@@ -11,8 +11,8 @@ public schema is dropped):
 The servers are the real ones (``sfa-omf serve --workers N`` in subprocesses, on free ports, READY=1 awaited on a
 notification socket of ours). The clients are threads of this process, ``--clients`` of them (default 16), each with its
 own kept-alive ``xmlrpc.client`` connection over TLS presenting a user's GID chain, as sfi.py does; with two instances
-half of the clients call each. Every setup is measured ``--repeat`` times (default 2), the setups in
-turn, and the best of each is printed (this machine is shared: the load average before the run is printed too).
+half of the clients call each. Every setup is measured ``--repeat`` times (default 3), the setups in
+turn (each round begins with the next one), and the best of each is printed (this machine is shared: the load average before the run is printed too).
 Status is of a slice holding one sliver, on the kept-alive connection and, as sfi.py does, on a new connection (TCP
 and TLS handshake) for each call. Allocate: each client is a user of its own, with its own slice and its own node,
 and every call books the next free 30-minute slot of that node (no call waits for another's booking); the answer is
@@ -69,7 +69,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measurement")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (threads)")
     parser.add_argument("--threads", type=int, default=8, help="[sfa_omf] threads of each worker")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds of every setup; the best of each is shown")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every setup; the best of each is shown")
     args = parser.parse_args()
     if not args.postgres_url:
         parser.error("--postgres-url (or $SFA_OMF_BENCH_POSTGRES_URL) is required: the figure is for PostgreSQL")
@@ -330,8 +330,12 @@ def main() -> None:
     try:
         lab = make_lab(directory, args.postgres_url, args.clients)
         measured: list[Row] = []
-        for _ in range(args.repeat):  # the setups in turn, so that a burst of load elsewhere hits each alike
-            for setup, shape in (("1 worker", [1]), ("2 workers", [2]), ("2 instances", [1, 1])):
+        setups = [("1 worker", [1]), ("2 workers", [2]), ("2 instances", [1, 1])]
+        for round_number in range(args.repeat):
+            # The setups in turn, so that a burst of load elsewhere hits each alike; each round starts with another
+            # one, since every Allocate adds leases and a later setup books into a fuller calendar.
+            shift = round_number % len(setups)
+            for setup, shape in setups[shift:] + setups[:shift]:
                 measured += run_setup(lab, args, directory, setup, shape)
         best: dict[tuple[str, str], Row] = {}
         for row in measured:
