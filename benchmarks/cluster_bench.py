@@ -11,8 +11,9 @@ public schema is dropped):
 The servers are the real ones (``sfa-omf serve --workers N`` in subprocesses, on free ports, READY=1 awaited on a
 notification socket of ours). The clients are threads of this process, ``--clients`` of them (default 16), each with its
 own kept-alive ``xmlrpc.client`` connection over TLS presenting a user's GID chain, as sfi.py does; with two instances
-half of the clients call each. Every setup is measured ``--repeat`` times (default 3), the setups in
-turn (each round begins with the next one), and the best of each is printed (this machine is shared: the load average before the run is printed too).
+half of the clients call each. Every setup is measured ``--repeat`` times (default 3), the setups in turn (each round
+begins with the next one), and the best of each is printed (this machine is shared: the load average before the run
+is printed too).
 Status is of a slice holding one sliver, on the kept-alive connection and, as sfi.py does, on a new connection (TCP
 and TLS handshake) for each call. Allocate: each client is a user of its own, with its own slice and its own node,
 and every call books the next free 30-minute slot of that node (no call waits for another's booking); the answer is
