@@ -70,6 +70,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each measurement")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (threads)")
     parser.add_argument("--threads", type=int, default=8, help="[sfa_omf] threads of each worker")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), metavar="METHOD", help=f"of {METHODS}"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="rounds of every setup; the best of each is shown")
     args = parser.parse_args()
     if not args.postgres_url:
@@ -317,7 +320,7 @@ def run_setup(lab: Lab, args: argparse.Namespace, directory: str, setup: str, sh
             proxy = xmlrpc.client.ServerProxy(instances[0].url, context=lab.context, allow_none=True)
             rspec, _ = request(len(lab.slices), 0)
             checked(proxy.Allocate(urn, [credential], rspec, {}), "Allocate")
-        return [measure(lab, instances, method, args.clients, args.seconds, setup) for method in METHODS]
+        return [measure(lab, instances, method, args.clients, args.seconds, setup) for method in args.methods]
     finally:
         for instance in instances:
             instance.stop()
