@@ -22,6 +22,7 @@ from sfa_omf.config import (
     LoadedConfig,
     Option,
     Problem,
+    format_value,
     hide_password,
     load_config,
 )
@@ -110,5 +111,5 @@ def _shown_value(loaded: LoadedConfig, option: Option) -> str:
         return "***" if getattr(settings, option.field) else '""'
     if option.field == "trusted_roots":
         return settings.trusted_roots_dir
-    value = str(getattr(settings, option.field))
+    value = format_value(option, getattr(settings, option.field))
     return value if value else '""'

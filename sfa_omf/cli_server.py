@@ -27,6 +27,16 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     serve.add_argument(
         "--log-level", type=str.upper, choices=LOG_LEVELS, help="default: [sfa_omf] log_level (INFO: a line per call)"
     )
+    serve.add_argument(
+        "--workers",
+        type=_worker_count,
+        help="processes serving the same ports (default: [sfa_omf] workers; auto: the cores with PostgreSQL, 1 with "
+        "SQLite)",
+    )
+    # Set by the workers' master for the processes it starts (sfa_omf/cluster/workers.py), not by operators.
+    serve.add_argument("--worker-sockets", type=_descriptors, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-number", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)  # the master's pid
     serve.set_defaults(handler=_serve)
     probe = commands.add_parser(
         "probe",
@@ -46,34 +56,94 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     quick.set_defaults(handler=_quickstart)
 
 
-def configure_logging(log_file: str, level: str) -> None:
+def configure_logging(log_file: str, level: str, worker: int = 0) -> None:
     """One line per event, at ``level`` and above, to ``log_file`` or standard error. Under systemd (JOURNAL_STREAM
     is set) the journal adds the time itself, so the line has none. Alembic's INFO lines are left out: the calendar
-    logs its own line when a migration really runs."""
+    logs its own line when a migration really runs. ``worker``: the number of a worker process of ``serve
+    --workers``, named in its lines (as ``worker 2``) to tell them from the others'."""
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     journal = not log_file and bool(os.environ.get("JOURNAL_STREAM"))
-    line = "%(levelname)s %(name)s %(message)s" if journal else "%(asctime)s %(levelname)s %(name)s %(message)s"
+    name = f"%(name)s[worker {worker}]" if worker else "%(name)s"
+    line = f"%(levelname)s {name} %(message)s" if journal else f"%(asctime)s %(levelname)s {name} %(message)s"
     logging.basicConfig(level=level, handlers=[handler], format=line, force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _worker_count(text: str) -> int:
+    """``--workers``: auto (0) or a number of processes."""
+    from sfa_omf.config import AUTO_WORKERS
+
+    if text.strip().lower() == "auto":
+        return AUTO_WORKERS
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: auto, or a number of processes (at least 1)")
+    return number
+
+
+def _descriptors(text: str) -> tuple[int, int]:
+    aggregate, registry = (int(part) for part in text.split(","))
+    return aggregate, registry
 
 
 def _serve(args: argparse.Namespace) -> int:
     from sfa_omf.preflight import StartupError, check_startup
 
     settings = command_settings(args)
-    # Checked before Twisted is imported, so that a failure is reported at once (a port taken is checked again
-    # when listening: another program may take it meanwhile).
-    check_startup(settings, ports=True)
+    worker = args.worker_sockets is not None
+    if worker and args.worker_of:
+        from sfa_omf.cluster.workers import die_with_master
+
+        die_with_master(args.worker_of)
+    if not worker:
+        # Checked before Twisted is imported, so that a failure is reported at once (a port taken is checked again
+        # when listening: another program may take it meanwhile). A worker's master checked all this.
+        check_startup(settings, ports=True)
     try:
-        configure_logging(settings.log_file, args.log_level or settings.log_level)
+        configure_logging(settings.log_file, args.log_level or settings.log_level, args.worker_number)
     except OSError as exc:
         raise StartupError(
             f"cannot write the log file {settings.log_file}: {exc.strerror}; fix [sfa_omf] log_file or the "
             "permissions of its directory (or leave it empty: standard error, the journal under systemd)"
         ) from exc
+    if not worker:
+        from sfa_omf.cluster.workers import worker_count
+
+        count, why = worker_count(settings, args.workers)
+        if why:
+            logging.getLogger("sfa_omf.server").warning(why)
+        if count > 1:
+            return _serve_with_workers(settings, args, count)
     from sfa_omf.server.app import serve_forever
 
-    return serve_forever(settings, checked=True)
+    return serve_forever(settings, checked=True, sockets=args.worker_sockets or ())
+
+
+def _serve_with_workers(settings: Settings, args: argparse.Namespace, count: int) -> int:
+    """Bind both ports here, then let ``count`` worker processes serve them (sfa_omf/cluster/workers.py)."""
+    from sfa_omf.cluster.workers import Supervisor, bind_listening, worker_command
+    from sfa_omf.preflight import StartupError, listen_message
+
+    sockets = []
+    for service, host, port, setting in (
+        ("aggregate", settings.aggregate_host, settings.aggregate_port, "[sfa_aggregate] port"),
+        ("registry", settings.registry_host, settings.registry_port, "[sfa_registry] port"),
+    ):
+        try:
+            sockets.append(bind_listening(host, port))
+        except OSError as exc:
+            for listening in sockets:
+                listening.close()
+            reason = (exc.strerror or str(exc)).lower()
+            raise StartupError(listen_message(service, host, port, reason, setting)) from exc
+    try:
+        return Supervisor(worker_command(args.config, args.log_level), count, sockets).run()
+    finally:
+        for listening in sockets:
+            listening.close()
 
 
 def _probe(args: argparse.Namespace) -> int:

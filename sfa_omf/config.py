@@ -84,6 +84,8 @@ class Settings:
     free_windows: int = 10
     max_request_bytes: int = 4 * 1024 * 1024
     threads: int = 8
+    workers: int = 0  # serving processes; 0 (auto): the number of cores on PostgreSQL, 1 on SQLite
+    leader_takeover_s: int = 15  # a standby takes the background tasks over this soon after the leader dies
     log_file: str = ""  # empty: standard error (the journal, under systemd)
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     account_policy: str = "per-user"  # per-user, per-slice or shared (sfa_omf/registry/accounts.py)
@@ -191,7 +193,8 @@ class Option:
     field: str
     section: str
     key: str
-    kind: str  # "text", "port" (1..65535), "count" (an integer >= 1), "flag" (yes/no), "policy", "login", "level"
+    kind: str  # "text", "port" (1..65535), "count" (an integer >= 1), "flag" (yes/no), "policy", "login", "level",
+    # "workers" (auto or a count)
     help: str
 
     @property
@@ -233,7 +236,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("horizon_days", "sfa_omf", "horizon_days", "count", "how many days of availability are advertised"),
     Option("free_windows", "sfa_omf", "free_windows", "count", "free windows advertised per node"),
     Option("max_request_bytes", "sfa_omf", "max_request_bytes", "count", "largest XML-RPC request accepted"),
-    Option("threads", "sfa_omf", "threads", "count", "worker threads serving requests"),
+    Option("threads", "sfa_omf", "threads", "count", "worker threads serving requests (in each worker process)"),
+    Option("workers", "sfa_omf", "workers", "workers", "serving processes: auto (PostgreSQL: cores; SQLite: 1) or N"),
+    Option(
+        "leader_takeover_s",
+        "sfa_omf",
+        "leader_takeover_s",
+        "count",
+        "seconds within which another process takes the background tasks over when their leader dies",
+    ),
     Option("log_file", "sfa_omf", "log_file", "text", "log file; empty: standard error"),
     Option("log_level", "sfa_omf", "log_level", "level", "least important log lines kept: DEBUG, INFO, WARNING, ERROR"),
     Option("account_policy", "sfa_omf", "account_policy", "policy", "local accounts: per-user, per-slice or shared"),
@@ -486,7 +497,7 @@ def write_config(path: str, settings: Settings) -> None:
             continue
         if option.field == "hostname" and settings.hostname == settings.aggregate_host:
             continue  # left out, it follows the aggregate host
-        own[option.key] = str(getattr(settings, option.field))
+        own[option.key] = format_value(option, getattr(settings, option.field))
     parser["sfa_omf"] = own
     secret = bool(settings.db_password) or _has_password(database_url)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o666)
@@ -503,6 +514,13 @@ def _has_password(url: str) -> bool:
         return bool(url) and make_url(url).password is not None
     except (ArgumentError, ValueError):
         return "@" in url
+
+
+def format_value(option: Option, value: Any) -> str:
+    """A setting's value as the file writes it (``workers`` 0 is ``auto``)."""
+    if option.kind == "workers" and value == AUTO_WORKERS:
+        return "auto"
+    return str(value)
 
 
 def _to_text(value: str) -> str:
@@ -527,6 +545,19 @@ def _to_count(value: str) -> int:
     if number < 1:
         raise ValueError("must be at least 1")
     return number
+
+
+#: ``[sfa_omf] workers = auto``: as many as cores on PostgreSQL, one on SQLite (sfa_omf/cluster/workers.py decides).
+AUTO_WORKERS = 0
+
+
+def _to_workers(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return AUTO_WORKERS
+    try:
+        return _to_count(value)
+    except ValueError:
+        raise ValueError("auto, or a number of processes (at least 1)") from None
 
 
 def _to_flag(value: str) -> bool:
@@ -575,6 +606,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "policy": _to_policy,
     "login": _to_login,
     "level": _to_level,
+    "workers": _to_workers,
 }
 
 

@@ -2,7 +2,10 @@
 
 Only this module and the rest of server/ know Twisted. It builds the synchronous core (database, verifier, calendar,
 Aggregate) from Settings, serves AM API v3 over TLS at ``/`` (where clients with no path land; ``/RPC2`` too) and
-v2 at ``/am2``, runs the calls in a bounded thread pool, and releases allocations never provisioned, once a minute.
+v2 at ``/am2``, runs the calls in a bounded thread pool, and registers the background tasks (allocations never
+provisioned, leases ended, notifications, the testbed's reconcilers, lost node agents) with the process's Leadership,
+which runs them only on the one process that leads the cluster (sfa_omf/cluster/leadership.py). With ``--workers N``
+each worker runs ``serve_forever`` on listening sockets its master bound (sfa_omf/cluster/workers.py).
 
 Start-up never lies: what would stop the server is checked first (sfa_omf/preflight.py), the servers listen before
 any thread starts, and any failure is a one-line StartupError with nothing left running; once both listen, systemd
@@ -11,18 +14,20 @@ hears READY=1. While serving, the trusted-roots directory is watched (and re-rea
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar
 
 from twisted.internet import reactor as _reactor
+from twisted.internet import tcp
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.python.threadpool import ThreadPool
@@ -39,6 +44,7 @@ from sfa_omf.calendar.agents import Agents
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
+from sfa_omf.cluster.leadership import Leadership, PeriodicTask, lock_for, startup_writes
 from sfa_omf.config import Settings
 from sfa_omf.images.instances import instances_of
 from sfa_omf.images.store import ImageStore, store_directory
@@ -51,6 +57,7 @@ from sfa_omf.registry.nodes import record_nodes
 from sfa_omf.registry.records import Records
 from sfa_omf.server.agent_http import AgentResource
 from sfa_omf.server.gc_tuning import freeze_start_up_objects
+from sfa_omf.server.systemd import notify_systemd
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.web import WebCalendarResource
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
@@ -123,26 +130,28 @@ def build_aggregate(settings: Settings, upgrade: bool = True) -> Aggregate:
 class RunningServer:
     port: Any
     pool: ThreadPool
-    expiry: LoopingCall
-    loops: list[LoopingCall] = field(default_factory=list)  # other periodic tasks (notifications, agents)
+    leadership: Leadership  # the cluster-wide background tasks, run while this process leads
+    loops: list[LoopingCall] = field(default_factory=list)  # this process's own periodic work (heartbeat flushes)
 
     @property
     def port_number(self) -> int:
         return int(self.port.getHost().port)
 
-    def abandon(self) -> None:
-        """Stop the threads and loops of a server whose reactor will never run (start-up failed)."""
-        for loop in [self.expiry, *self.loops]:
+    def _stop_loops(self) -> None:
+        for loop in self.loops:
             if loop.running:
                 loop.stop()
+        self.leadership.stop()  # waits for a task that runs, then lets another process lead at once
+
+    def abandon(self) -> None:
+        """Stop the threads and loops of a server whose reactor will never run (start-up failed)."""
+        self._stop_loops()
         self.port.stopListening()
         self.pool.stop()
 
     def stop(self) -> Any:
-        """Stop listening, the expiry loop and the threads (call in the reactor thread)."""
-        for loop in [self.expiry, *self.loops]:
-            if loop.running:
-                loop.stop()
+        """Stop listening, the background tasks and the threads (call in the reactor thread)."""
+        self._stop_loops()
         deferred = self.port.stopListening()
 
         def stop_pool(result: Any) -> Any:
@@ -153,8 +162,36 @@ class RunningServer:
         return deferred
 
 
-def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None = None) -> RunningServer:
-    """Listen for AM API calls over TLS (call in the reactor thread). ``port`` 0 picks a free one (tests).
+class _SharedPort(tcp.Port):
+    """A listening socket shared with other worker processes: one accept() per wake-up, so that connections spread
+    over the workers (Twisted's own Port accepts up to a hundred at once: the first worker awake would take them all).
+    """
+
+    def doRead(self) -> Any:
+        self.numberAccepts = 1
+        return super().doRead()
+
+
+def listen_tls(port: int, site: Any, tls: Any, interface: str, listening_fd: int | None = None) -> Any:
+    """Serve ``site`` over TLS: on ``port`` (listenSSL), or on an inherited listening socket (``listening_fd``, a
+    worker of ``serve --workers``). Call in the reactor thread."""
+    if listening_fd is None:
+        return reactor.listenSSL(port, site, tls, interface=interface)
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    probe = socket.socket(fileno=listening_fd)  # only to learn the address family; the fd stays open
+    family = probe.family
+    probe.detach()
+    shared = _SharedPort._fromListeningDescriptor(reactor, listening_fd, family, TLSMemoryBIOFactory(tls, False, site))
+    shared.startListening()
+    return shared
+
+
+def start_aggregate(
+    settings: Settings, aggregate: Aggregate, port: int | None = None, listening_fd: int | None = None
+) -> RunningServer:
+    """Listen for AM API calls over TLS (call in the reactor thread). ``port`` 0 picks a free one (tests);
+    ``listening_fd``: serve a socket the workers' master bound instead.
 
     Listens first and starts threads only once listening worked: a port that is taken raises CannotListenError and
     leaves no thread behind (a thread pool left running would keep the process alive with nothing listening).
@@ -188,38 +225,40 @@ def start_aggregate(settings: Settings, aggregate: Aggregate, port: int | None =
         # Browsers without a GENI certificate get the calendar's public view; XML-RPC still refuses them.
         require_client_certificate=not settings.web_enabled,
     )
-    listening = reactor.listenSSL(
-        settings.aggregate_port if port is None else port, site, tls, interface=settings.aggregate_host
+    listening = listen_tls(
+        settings.aggregate_port if port is None else port, site, tls, settings.aggregate_host, listening_fd
     )
     pool.start()
-    expiry = LoopingCall(lambda: reactor.callInThread(_expire, aggregate))
-    expiry.start(EXPIRY_PERIOD_S, now=True)
+    leadership = Leadership(lock_for(settings.calendar_url, settings.leader_takeover_s), settings.leader_takeover_s)
+    for task in background_tasks(settings, aggregate, agents):
+        leadership.register(task)
+    leadership.start()
     loops = []
-    if settings.notify_enabled:
-        notifier = build_notifier(settings, aggregate)
-        notify_loop = LoopingCall(lambda: reactor.callInThread(_notify, notifier))
-        notify_loop.start(NOTIFY_PERIOD_S, now=True)
-        loops.append(notify_loop)
-    if aggregate.instances is not None:  # containers start within seconds of their slot's start
-        containers = BackgroundTask("lease containers", INSTANCES_PERIOD_S, aggregate.run_instances)
-        instances_loop = LoopingCall(lambda: reactor.callInThread(_background, containers))
-        instances_loop.start(containers.period_s, now=True)
-        loops.append(instances_loop)
-    for task in aggregate.backend.background_tasks():
-        backend_loop = LoopingCall(lambda task=task: reactor.callInThread(_backend_task, aggregate, task))
-        backend_loop.start(task.period_s, now=True)
-        loops.append(backend_loop)  # stopped with the server (a test's server must not keep running its tasks)
     if agents is not None:
-        # Checked several times per timeout, so a silent node is lost at most a third of the timeout late.
-        lost = BackgroundTask("lost node agents", max(1, settings.agent_timeout_s // 3), lambda: _sweep(agents))
-        sweep = LoopingCall(lambda: reactor.callInThread(_background, lost))
-        sweep.start(lost.period_s, now=False)
-        loops.append(sweep)
-        heard = BackgroundTask("heartbeats", min(AGENT_FLUSH_S, settings.agent_heartbeat_s), agents.flush_heartbeats)
+        # Each process buffers the heartbeats it receives: each writes its own (not a cluster-wide task).
+        heard = PeriodicTask("heartbeats", min(AGENT_FLUSH_S, settings.agent_heartbeat_s), agents.flush_heartbeats)
         flush = LoopingCall(lambda: reactor.callInThread(_background, heard))
         flush.start(heard.period_s, now=False)
         loops.append(flush)
-    return RunningServer(port=listening, pool=pool, expiry=expiry, loops=loops)
+    return RunningServer(port=listening, pool=pool, leadership=leadership, loops=loops)
+
+
+def background_tasks(settings: Settings, aggregate: Aggregate, agents: AgentService | None) -> list[PeriodicTask]:
+    """The work done on one process of the cluster (the leader): what changes the calendar as time passes."""
+    tasks = [PeriodicTask("expiry of allocations and leases", EXPIRY_PERIOD_S, lambda: _expire(aggregate))]
+    if settings.notify_enabled:
+        notifier = build_notifier(settings, aggregate)
+        tasks.append(PeriodicTask("notifications", NOTIFY_PERIOD_S, lambda: _notify(notifier)))
+    if aggregate.instances is not None:  # containers start within seconds of their slot's start
+        tasks.append(PeriodicTask("lease containers", INSTANCES_PERIOD_S, aggregate.run_instances))
+    for task in aggregate.backend.background_tasks():  # e.g. OAR's mirror and reconciler, OMF's slot boundaries
+        tasks.append(PeriodicTask(task.name, task.period_s, functools.partial(_backend_task, aggregate, task)))
+    if agents is not None:
+        # Checked several times per timeout, so a silent node is lost at most a third of the timeout late; not at
+        # the start of a term (after a restart of every process, the agents' heartbeats have not come in yet).
+        period = max(1, settings.agent_timeout_s // 3)
+        tasks.append(PeriodicTask("lost node agents", period, lambda: _sweep(agents), at_start=False))
+    return tasks
 
 
 def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
@@ -311,7 +350,11 @@ def web_form_key(settings: Settings) -> bytes:
 
 
 def start_registry(
-    settings: Settings, database: Database, port: int | None = None, verifier: CredentialVerifier | None = None
+    settings: Settings,
+    database: Database,
+    port: int | None = None,
+    verifier: CredentialVerifier | None = None,
+    listening_fd: int | None = None,
 ) -> Any:
     """Serve the local authority's SFA Registry API over TLS with the authority's own key (call in the reactor
     thread). The authority's issued GIDs and the inventory's nodes are recorded first (idempotent). ``verifier``:
@@ -330,8 +373,8 @@ def start_registry(
         LocalAuthority.key_path(settings.data_dir, settings.interface_hrn),
         LocalAuthority.gid_path(settings.data_dir, settings.interface_hrn),
     )
-    listening = reactor.listenSSL(
-        settings.registry_port if port is None else port, site, tls, interface=settings.registry_host
+    listening = listen_tls(
+        settings.registry_port if port is None else port, site, tls, settings.registry_host, listening_fd
     )
     pool.start()
     reactor.addSystemEventTrigger("before", "shutdown", pool.stop)
@@ -365,20 +408,7 @@ def watch_trusted_roots(verifier: CredentialVerifier, period_s: float = ROOTS_CH
     return watcher
 
 
-def notify_systemd(state: str) -> bool:
-    """Tell systemd (Type=notify units) our state, e.g. ``READY=1``; False when not started by systemd."""
-    address = os.environ.get("NOTIFY_SOCKET", "")
-    if not address:
-        return False
-    if address.startswith("@"):  # an abstract socket
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(state.encode("utf-8"))
-    return True
-
-
-def _background(task: BackgroundTask) -> None:
+def _background(task: PeriodicTask) -> None:
     try:
         task.run()
     except Exception as exc:  # a testbed that is down must not stop the next run
@@ -411,22 +441,31 @@ def _expire(aggregate: Aggregate) -> None:
         log.exception("releasing unprovisioned allocations failed; will try again")
 
 
-def serve_forever(settings: Settings, checked: bool = False) -> int:
+def serve_forever(settings: Settings, checked: bool = False, sockets: Sequence[int] = ()) -> int:
     """Run until interrupted (SIGINT/SIGTERM), then shut down cleanly.
 
     Raises StartupError (one line: the problem and the fix) when the server cannot start: identity files, trusted
     roots, the database (unreachable or not at the newest migration), an address it cannot listen on. Nothing is
-    left running then. ``checked``: the caller ran check_startup already.
+    left running then. ``checked``: the caller ran check_startup already. ``sockets``: the listening sockets
+    (aggregate, registry) a workers' master bound, served instead of listening here.
     """
     if not checked:
         check_startup(settings)
+    aggregate_fd, registry_fd = sockets if sockets else (None, None)
     aggregate = build_aggregate(settings, upgrade=False)
-    running = _listen("aggregate", settings, lambda: start_aggregate(settings, aggregate))
+    running = _listen("aggregate", settings, lambda: start_aggregate(settings, aggregate, listening_fd=aggregate_fd))
     try:
-        registry = _listen(
-            "registry", settings, lambda: start_registry(settings, aggregate.database, verifier=aggregate.verifier)
-        )
-    except StartupError:
+        # The registry records the authority's GIDs and the nodes at start: one process of the cluster at a time
+        # (two hosts or two workers starting together would both insert the same records).
+        with startup_writes(settings.calendar_url):
+            registry = _listen(
+                "registry",
+                settings,
+                lambda: start_registry(
+                    settings, aggregate.database, verifier=aggregate.verifier, listening_fd=registry_fd
+                ),
+            )
+    except Exception:  # whatever stopped the start, nothing may be left running (its threads would keep us alive)
         running.abandon()
         raise
     watch_trusted_roots(aggregate.verifier)
@@ -445,8 +484,16 @@ def serve_forever(settings: Settings, checked: bool = False) -> int:
         aggregate.verifier.roots.names(),
     )
 
+    stopping: list[bool] = []
+
+    def stop_once() -> None:
+        # Twice is possible (a worker hears SIGTERM from its master, and from systemd too without KillMode=mixed).
+        if not stopping:
+            stopping.append(True)
+            reactor.stop()
+
     def stop(*_: Any) -> None:
-        reactor.callFromThread(reactor.stop)
+        reactor.callFromThread(stop_once)
 
     signal.signal(signal.SIGTERM, stop)
     reactor.addSystemEventTrigger("before", "shutdown", running.stop)

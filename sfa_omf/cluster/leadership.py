@@ -1,0 +1,343 @@
+"""Leadership: the aggregate's background tasks run on exactly one process of the whole cluster.
+
+Every serving process (each worker of each host) builds one Leadership over the calendar's database and registers its
+periodic tasks with it (expiry of allocations, lease retirement, notifications, testbed reconcilers, lost node
+agents...). Only the leader runs them; the others stand by. The rules, all in this module:
+
+- PostgreSQL: the leader is the process whose dedicated connection (never one of the request pool) holds the session
+  advisory lock LOCK_KEY, taken with ``pg_try_advisory_lock``. A standby tries every ``check_s`` (takeover_s / 3).
+- The lock lives as long as the session. A leader that exits or is killed closes its connection, PostgreSQL frees
+  the lock at once, and a standby takes it at its next try. A leader whose host vanishes (no FIN) is noticed by the
+  database's TCP keepalives, set on the session so that the lock is freed within about 2/3 of ``takeover_s``; with
+  the next try the takeover stays within ``takeover_s``.
+- The leader checks its connection every ``check_s``; when the check fails (database restarted, network cut) it stops
+  leading at once (no task starts again; a task already running finishes) and then tries again like a standby. The
+  client side has keepalives and a TCP user timeout too, so that a check never hangs longer than the takeover time.
+- Becoming leader starts each task at once (``at_start``) or one period later; losing it stops them. Stopping the
+  Leadership waits for running tasks (bounded), then releases the lock, so that a clean restart hands over at once.
+- SQLite: there is a single process (``serve`` runs one worker on SQLite); it always leads.
+
+Tasks must be safe to run twice (they are: each is a transaction on the calendar that re-reads what it needs): a
+network partition may leave the old leader finishing a task while the new one starts, for at most the takeover time.
+
+This module knows nothing of Twisted: tasks run in threads of their own, one per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger("sfa_omf.cluster")
+
+#: The advisory lock of the aggregate's background tasks (advisory locks are per database: one calendar, one lock).
+LOCK_KEY = 0x5FA0_3F00_1EAD
+#: The advisory lock of start-up writes (startup_writes).
+STARTUP_KEY = 0x5FA0_3F00_57A7
+STARTUP_WAIT_S = 60.0
+DEFAULT_TAKEOVER_S = 15
+#: How long stop() waits for a task that is running before it releases the lock anyway.
+STOP_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class PeriodicTask:
+    """Work the leader does every ``period_s`` seconds; ``at_start``: also as soon as it becomes leader."""
+
+    name: str
+    period_s: float
+    run: Callable[[], object]
+    at_start: bool = True
+
+
+class LeaderLock(Protocol):
+    """What makes one process the leader: try to take it, check it is still held, let it go. ``contended``: other
+    processes may want it too (then who leads is worth a line in the log)."""
+
+    contended: bool
+
+    def try_acquire(self) -> bool: ...
+
+    def still_held(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class SoleProcessLock:
+    """The one process of an SQLite calendar: always the leader."""
+
+    contended = False
+
+    def try_acquire(self) -> bool:
+        return True
+
+    def still_held(self) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+
+def keepalive_seconds(takeover_s: float) -> tuple[int, int, int]:
+    """TCP keepalive (idle, interval, count) that notice a vanished peer within about 2/3 of ``takeover_s``."""
+    idle = max(1, int(takeover_s // 3))
+    interval = max(1, int(takeover_s // 9))
+    return idle, interval, 3
+
+
+class PostgresLock:
+    """A PostgreSQL session advisory lock on a connection of its own (autocommit, keepalives on both sides)."""
+
+    contended = True
+
+    def __init__(self, url: str, takeover_s: float = DEFAULT_TAKEOVER_S, key: int = LOCK_KEY) -> None:
+        self.url = url
+        self.key = key
+        self.takeover_s = takeover_s
+        self._engine: Any = None
+        self._connection: Any = None
+
+    def _connect(self) -> Any:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        idle, interval, count = keepalive_seconds(self.takeover_s)
+        if self._engine is None:
+            self._engine = create_engine(
+                self.url,
+                poolclass=NullPool,
+                isolation_level="AUTOCOMMIT",
+                connect_args={
+                    "connect_timeout": max(1, int(self.takeover_s // 3)),
+                    "keepalives": 1,
+                    "keepalives_idle": idle,
+                    "keepalives_interval": interval,
+                    "keepalives_count": count,
+                    "tcp_user_timeout": int(self.takeover_s * 1000 * 2 / 3),
+                    # Who leads, for operators: SELECT application_name FROM pg_stat_activity (docs/operators.md).
+                    "application_name": f"sfa-omf {_whoami()}"[:63],
+                },
+            )
+        connection = self._engine.connect()
+        # The database's side of the session: frees the lock when this host vanishes without closing the connection.
+        connection.execute(text(f"SET tcp_keepalives_idle = {idle}"))
+        connection.execute(text(f"SET tcp_keepalives_interval = {interval}"))
+        connection.execute(text(f"SET tcp_keepalives_count = {count}"))
+        return connection
+
+    def try_acquire(self) -> bool:
+        from sqlalchemy import text
+
+        if self._connection is None:
+            self._connection = self._connect()
+        try:
+            held = self._connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}).scalar()
+        except Exception:
+            self._drop()
+            raise
+        return bool(held)
+
+    def still_held(self) -> bool:
+        """True while the session that took the lock is alive and holds it (False, never an exception, otherwise)."""
+        from sqlalchemy import text
+
+        if self._connection is None:
+            return False
+        try:
+            held = self._connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                    "AND granted AND ((classid::bigint << 32) | objid::bigint) = :key"
+                ),
+                {"key": self.key},
+            ).scalar()
+        except Exception as exc:
+            log.warning("the leadership connection to the database failed (%s)", _first_line(exc))
+            self._drop()
+            return False
+        return bool(held)
+
+    def release(self) -> None:
+        """Close the session: PostgreSQL frees the lock with it."""
+        self._drop()
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.close()
+            except Exception:  # a connection already broken has nothing left to close
+                log.debug("closing a broken leadership connection", exc_info=True)
+
+
+def lock_for(url: str, takeover_s: float = DEFAULT_TAKEOVER_S) -> LeaderLock:
+    """The leader lock of a calendar database: PostgreSQL's advisory lock, or the sole process of SQLite."""
+    if url.startswith("sqlite"):
+        return SoleProcessLock()
+    return PostgresLock(url, takeover_s)
+
+
+@contextmanager
+def startup_writes(url: str, timeout_s: float = STARTUP_WAIT_S) -> Iterator[None]:
+    """Make the start-up writes of this process (the registry's records of the authority and the nodes) one process
+    of the cluster at a time: a PostgreSQL advisory lock (STARTUP_KEY) held for the block on a connection of its own.
+    Nothing to do on SQLite (one process). Raises StartupError when another process holds it longer than
+    ``timeout_s``."""
+    if url.startswith("sqlite"):
+        yield
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from sfa_omf.preflight import StartupError
+
+    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(text(f"SET lock_timeout = {int(timeout_s * 1000)}"))
+            try:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_KEY})
+            except Exception as exc:
+                raise StartupError(
+                    f"another sfa-omf process has been starting for over {timeout_s:g} s on this database "
+                    f"({_first_line(exc)}); is one stuck? (SELECT application_name FROM pg_stat_activity)"
+                ) from exc
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_KEY})
+    finally:
+        engine.dispose()
+
+
+class Leadership:
+    """Runs registered periodic tasks while this process is the cluster's leader (see the module docstring)."""
+
+    def __init__(self, lock: LeaderLock, takeover_s: float = DEFAULT_TAKEOVER_S) -> None:
+        self.lock = lock
+        self.takeover_s = takeover_s
+        self.check_s = max(0.2, takeover_s / 3)
+        self._tasks: list[PeriodicTask] = []
+        self._threads: list[threading.Thread] = []
+        self._changed = threading.Condition()
+        self._leading = False
+        self._term = 0  # incremented each time this process becomes leader
+        self._stopping = False
+        self._keeper: threading.Thread | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading
+
+    @property
+    def tasks(self) -> tuple[PeriodicTask, ...]:
+        return tuple(self._tasks)
+
+    def register(self, task: PeriodicTask) -> None:
+        """Run ``task`` whenever this process leads. Register before start()."""
+        if self._keeper is not None:
+            raise RuntimeError("register tasks before Leadership.start()")
+        self._tasks.append(task)
+
+    def start(self) -> None:
+        """Start contending for leadership (returns at once; the first try happens in the background)."""
+        self._keeper = threading.Thread(target=self._keep, name="sfa-omf-leadership", daemon=True)
+        self._keeper.start()
+        for task in self._tasks:
+            name = f"sfa-omf-task {task.name}"
+            thread = threading.Thread(target=self._run_task, args=(task,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait_leader(self, timeout_s: float) -> bool:
+        """True as soon as this process leads; False when it does not within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not self._leading and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+            return self._leading
+
+    def stop(self, wait_s: float = STOP_WAIT_S) -> None:
+        """Stop the tasks (waiting up to ``wait_s`` for one that runs), then give leadership up."""
+        with self._changed:
+            self._stopping = True
+            self._leading = False
+            self._changed.notify_all()
+        deadline = time.monotonic() + wait_s
+        for thread in [*self._threads, *([self._keeper] if self._keeper else [])]:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.lock.release()
+
+    def _set_leading(self, leading: bool) -> None:
+        with self._changed:
+            if leading and not self._leading:
+                self._term += 1
+            self._leading = leading
+            self._changed.notify_all()
+
+    def _keep(self) -> None:
+        """Take the lock when free, check it while held; a failure to reach the database is logged once."""
+        failing = False
+        while not self._stopping:
+            try:
+                if not self._leading:
+                    if self.lock.try_acquire() and not self._stopping:
+                        self._set_leading(True)
+                        level = logging.INFO if self.lock.contended else logging.DEBUG
+                        log.log(level, "this process (%s) now leads the background tasks", _whoami())
+                elif not self.lock.still_held():
+                    self._set_leading(False)
+                    log.warning("this process lost the leadership of the background tasks; they stop here")
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("cannot reach the database for leadership (%s); trying again", _first_line(exc))
+                failing = True
+            with self._changed:
+                if not self._stopping:
+                    self._changed.wait(self.check_s)
+
+    def _run_task(self, task: PeriodicTask) -> None:
+        """Run ``task`` on its period during each term of leadership."""
+        term_seen = 0
+        due = 0.0
+        while True:
+            with self._changed:
+                while not self._stopping and not self._leading:
+                    self._changed.wait()
+                if self._stopping:
+                    return
+                if self._term != term_seen:  # a new term: first run now or one period later
+                    term_seen = self._term
+                    due = time.monotonic() + (0.0 if task.at_start else task.period_s)
+                left = due - time.monotonic()
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+            try:
+                task.run()
+            except Exception as exc:  # a testbed or a database that is down must not stop the next run
+                log.warning("%s failed (%s); will try again in %g s", task.name, _first_line(exc), task.period_s)
+            due = time.monotonic() + task.period_s
+
+
+def _whoami() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", "") or exc) or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,175 @@
+"""Leadership of the background tasks on the real PostgreSQL (advisory lock on connections of their own), and the
+sole process of SQLite: exactly one leader runs the tasks; when it stops, or its database session dies, another
+process takes over and runs them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from sfa_omf.cluster.leadership import (
+    Leadership,
+    PeriodicTask,
+    PostgresLock,
+    SoleProcessLock,
+    keepalive_seconds,
+    lock_for,
+)
+from tests.postgres import empty_postgres
+
+TAKEOVER_S = 1.5
+WAIT_S = 20.0  # a bound on waiting for something that must happen (a hang is a failure), not a timing assertion
+
+
+class Counter:
+    """A task that counts its runs."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.ran = threading.Event()
+
+    def __call__(self) -> None:
+        self.runs += 1
+        self.ran.set()
+
+
+def contender(url: str, counter: Counter, period_s: float = 0.1) -> Leadership:
+    leadership = Leadership(PostgresLock(url, TAKEOVER_S), TAKEOVER_S)
+    leadership.register(PeriodicTask("count", period_s, counter))
+    return leadership
+
+
+def wait_for(condition: object, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"{what} did not happen within {WAIT_S} s"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    yield empty_postgres()
+
+
+def test_one_leader_runs_the_tasks_and_another_takes_over_when_it_stops(url: str) -> None:
+    counters = [Counter(), Counter(), Counter()]
+    contenders = [contender(url, counter) for counter in counters]
+    for leadership in contenders:
+        leadership.start()
+    try:
+        wait_for(lambda: any(leadership.is_leader for leadership in contenders), "a leader")
+        for _ in range(20):  # sampled over a few check periods: never two leaders, the task only on the leader
+            assert sum(leadership.is_leader for leadership in contenders) == 1
+            time.sleep(TAKEOVER_S / 10)
+        (first,) = [index for index, leadership in enumerate(contenders) if leadership.is_leader]
+        assert counters[first].runs > 1
+        others = [index for index in range(3) if index != first]
+        assert [counters[index].runs for index in others] == [0, 0]
+
+        contenders[first].stop()
+        wait_for(lambda: any(contenders[index].is_leader for index in others), "a takeover")
+        (second,) = [index for index in others if contenders[index].is_leader]
+        assert counters[second].ran.wait(WAIT_S)
+        stopped_at = counters[first].runs
+        time.sleep(TAKEOVER_S)
+        assert counters[first].runs == stopped_at, "a stopped leader ran its task again"
+    finally:
+        for leadership in contenders:
+            leadership.stop()
+
+
+def test_a_leader_whose_session_dies_steps_down_and_the_lock_goes_to_one_process(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    counters = [Counter(), Counter()]
+    contenders = [contender(url, counter) for counter in counters]
+    for leadership in contenders:
+        leadership.start()
+    engine = create_engine(url)
+    try:
+        wait_for(lambda: any(leadership.is_leader for leadership in contenders), "a leader")
+        with caplog.at_level(logging.WARNING, logger="sfa_omf.cluster"), engine.begin() as connection:
+            # What a database restart or a cut network does to the leader's session: PostgreSQL frees its lock.
+            killed = connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND ((classid::bigint << 32) | objid::bigint) = :key"
+                ),
+                {"key": PostgresLock(url).key},
+            ).all()
+            assert killed == [(True,)]
+            wait_for(lambda: "lost the leadership" in caplog.text, "the old leader stepping down")
+        wait_for(lambda: sum(leadership.is_leader for leadership in contenders) == 1, "one leader again")
+        with engine.connect() as connection:
+            holders = connection.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            ).scalar()
+        assert holders == 1
+    finally:
+        for leadership in contenders:
+            leadership.stop()
+        engine.dispose()
+
+
+def test_stopping_releases_the_lock_at_once(url: str) -> None:
+    counter = Counter()
+    leadership = contender(url, counter)
+    leadership.start()
+    assert leadership.wait_leader(WAIT_S)
+    leadership.stop()
+    probe = PostgresLock(url)
+    try:
+        assert probe.try_acquire(), "the lock is still held after stop()"
+    finally:
+        probe.release()
+
+
+def test_a_task_that_fails_runs_again_and_the_others_run(caplog: pytest.LogCaptureFixture) -> None:
+    failures = Counter()
+    steady = Counter()
+
+    def broken() -> None:
+        failures()
+        raise RuntimeError("testbed down")
+
+    leadership = Leadership(SoleProcessLock(), TAKEOVER_S)
+    leadership.register(PeriodicTask("broken", 0.05, broken))
+    leadership.register(PeriodicTask("steady", 0.05, steady))
+    with caplog.at_level(logging.WARNING, logger="sfa_omf.cluster"):
+        leadership.start()
+        try:
+            wait_for(lambda: failures.runs >= 3 and steady.runs >= 3, "three runs of each task")
+        finally:
+            leadership.stop()
+    assert "broken failed (testbed down); will try again in 0.05 s" in caplog.text
+
+
+def test_sqlite_has_one_process_which_leads_at_once() -> None:
+    at_start, later = Counter(), Counter()
+    lock = lock_for("sqlite:////tmp/calendar.sqlite")
+    assert isinstance(lock, SoleProcessLock)
+    leadership = Leadership(lock, 60)
+    leadership.register(PeriodicTask("at start", 3600, at_start))
+    leadership.register(PeriodicTask("after a period", 3600, later, at_start=False))
+    leadership.start()
+    try:
+        assert leadership.wait_leader(WAIT_S)
+        assert at_start.ran.wait(WAIT_S)
+        assert later.runs == 0  # its first run is one period (an hour) after leadership began
+    finally:
+        leadership.stop()
+    with pytest.raises(RuntimeError, match=r"before Leadership\.start"):
+        leadership.register(PeriodicTask("late", 1, at_start))
+
+
+def test_postgresql_urls_get_the_advisory_lock_and_keepalives_fit_the_takeover_time() -> None:
+    assert isinstance(lock_for("postgresql+psycopg://u@127.0.0.1/db", 15), PostgresLock)
+    idle, interval, count = keepalive_seconds(15)
+    assert (idle, interval, count) == (5, 1, 3)
+    assert idle + interval * count < 15  # the database frees a vanished host's lock before the takeover time
+    assert keepalive_seconds(1) == (1, 1, 3)  # never zero (zero means the system's default, two hours)
