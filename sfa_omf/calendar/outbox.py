@@ -23,11 +23,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import NotifyEvent, NotifyOutbox, NotifySubscription
+from sfa_omf.calendar.models import Lease, Node, NotifyEvent, NotifyOutbox, NotifySubscription, Slice, Sliver
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import CHANNELS
 from sfa_omf.errors import GeniError, Reason
-from sfa_omf.times import utcnow
+from sfa_omf.times import format_time, utcnow
 
 
 @dataclass(frozen=True)
@@ -268,6 +268,54 @@ def add_event(session: Session, event: RecordedEvent) -> bool:
         )
     )
     return True
+
+
+@dataclass(frozen=True)
+class LeaseNews:
+    """What to tell a lease's users about it (a recorded event of the lease: ``failed``, ``node_maintenance``), in
+    the unit of work that records the change it is about. ``key`` is unique per occurrence."""
+
+    event: str
+    key: str
+    reason: str
+
+
+def add_lease_event(session: Session, lease_id: str, news: LeaseNews, now: datetime) -> bool:
+    """Record ``news`` about the lease (its slice, owner, window and nodes read in this unit of work) unless its key
+    is there; False also when the lease is unknown."""
+    row = session.execute(
+        select(Slice.urn, Lease.owner_urn, Lease.start_s, Lease.end_s, Lease.state)
+        .join(Slice, Slice.id == Lease.slice_id)
+        .where(Lease.id == lease_id)
+    ).first()
+    if row is None:
+        return False
+    slice_urn, owner_urn, start_s, end_s, state = row
+    nodes = sorted(
+        session.scalars(
+            select(Node.component_id).join(Sliver, Sliver.node_id == Node.id).where(Sliver.lease_id == lease_id)
+        )
+    )
+    return add_event(
+        session,
+        RecordedEvent(
+            key=news.key,
+            event=news.event,
+            slice_urn=slice_urn,
+            payload={
+                "event": news.event,
+                "lease": lease_id,
+                "slice": slice_urn,
+                "owner": owner_urn,
+                "nodes": nodes,
+                "start": format_time(from_s(start_s)),
+                "end": format_time(from_s(end_s)),
+                "state": state,
+                "reason": news.reason,
+            },
+            created=now,
+        ),
+    )
 
 
 class NotifyEvents:

@@ -33,6 +33,7 @@ SUBJECTS = {
     "ended": "has ended",
     "cancelled": "cancelled",
     "failed": "failed on the testbed",
+    "node_maintenance": "is affected: a node goes into maintenance",
 }
 STOP = (
     "Stop these messages: on the aggregate's page /calendar/me (in a browser presenting your GENI certificate), "
@@ -97,9 +98,10 @@ class Notifier:
         if event.slice_urn is None:
             return set(self.settings.operator_urns)
         users = set(members.get(event.slice_urn, ()))
-        caller = event.payload.get("caller")
-        if isinstance(caller, str) and caller:
-            users.add(caller)
+        for who in ("caller", "owner"):  # who asked (a refused renewal), who booked (a lease's news)
+            user = event.payload.get(who)
+            if isinstance(user, str) and user:
+                users.add(user)
         return users
 
     def deliver(self, limit: int = 100) -> int:
@@ -183,10 +185,11 @@ def email_text(message: Message) -> tuple[str, str]:
     slice_name = str(data["slice"]).rsplit("+", 1)[-1]
     subject = f"[sfa-omf] lease of {slice_name} {SUBJECTS.get(message.event, message.event)}"
     nodes = ", ".join(str(node) for node in data["nodes"])
+    reason = f"  why:    {data['reason']}\n" if data.get("reason") else ""  # the testbed's or operator's words
     body = (
         f"Your lease of slice {data['slice']} {SUBJECTS.get(message.event, message.event)}.\n\n"
         f"  window: {data['start']} .. {data['end']} (UTC)\n  nodes:  {nodes}\n  state:  {data['state']}\n"
-        f"  lease:  {data['lease']}\n\n{STOP}"
+        f"  lease:  {data['lease']}\n{reason}\n{STOP}"
     )
     return subject, body
 
