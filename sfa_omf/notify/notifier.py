@@ -53,6 +53,7 @@ class NotifySettings:
     max_attempts: int = 12  # then the message is marked failed (the operator sees it in `notify status`)
     operator_urns: frozenset[str] = frozenset()  # operators' events go to these users' subscriptions ...
     operator_addresses: tuple[str, ...] = ()  # ... and to these e-mail addresses and webhook URLs
+    email_by_default: bool = True  # users who chose no e-mail address (and did not opt out) get it at the one on record
 
 
 class Notifier:
@@ -80,7 +81,7 @@ class Notifier:
             (event.key, event.event, _recipients(event, members), payload(event)) for event in events
         ]
         wanted += [(e.key, e.event, self._recorded_recipients(e, members), e.payload) for e in recorded]
-        subscriptions = self.outbox.subscriptions(sorted({user for _, _, users, _ in wanted for user in users}))
+        subscriptions = self._subscriptions(sorted({user for _, _, users, _ in wanted for user in users}))
         messages = [
             Message(f"{key}:{channel}:{address}", event, channel, address, body)
             for key, event, users, body in wanted
@@ -93,6 +94,15 @@ class Notifier:
             for address in self.settings.operator_addresses
         ]
         return self.outbox.enqueue(messages)
+
+    def _subscriptions(self, users: list[str]) -> dict[str, list[tuple[str, str]]]:
+        """The channels of these users: what they chose, and (``email_by_default``) e-mail at the address on record
+        for those who chose none and did not opt out."""
+        chosen = self.outbox.subscriptions(users)
+        if self.settings.email_by_default:
+            for user, address in self.outbox.email_defaults(users).items():
+                chosen.setdefault(user, []).append(("email", address))
+        return chosen
 
     def _recorded_recipients(self, event: RecordedEvent, members: dict[str, list[str]]) -> set[str]:
         if event.slice_urn is None:
@@ -205,6 +215,7 @@ def notify_settings(
     lead_s: int,
     operator_urns: frozenset[str] = frozenset(),
     operator_addresses: tuple[str, ...] = (),
+    email_by_default: bool = True,
 ) -> NotifySettings:
     """NotifySettings from the configuration's [sfa_notify] values."""
     return NotifySettings(
@@ -213,6 +224,7 @@ def notify_settings(
         lead=timedelta(seconds=lead_s),
         operator_urns=operator_urns,
         operator_addresses=operator_addresses,
+        email_by_default=email_by_default,
     )
 
 

@@ -264,6 +264,7 @@ def notify_settings_of(settings: Settings) -> NotifySettings:
         settings.notify_lead_s,
         operator_urns=settings.web_admin_urns,
         operator_addresses=settings.notify_operator_addresses,
+        email_by_default=settings.notify_email_by_default,
     )
 
 
