@@ -287,6 +287,7 @@ def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: Thread
             horizon=aggregate.settings.horizon,
             free_windows=aggregate.settings.free_windows,
             form_key=web_form_key(settings),
+            email_by_default=settings.notify_email_by_default,
         ),
         clock=aggregate.clock,
     )
