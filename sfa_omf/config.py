@@ -118,6 +118,7 @@ class Settings:
     notify_webhook_key: str = field(default="", repr=False)
     notify_lead_s: int = 900
     notify_operators: str = ""  # e-mail addresses / webhook URLs (space or comma separated) for operators' events
+    notify_email_by_default: bool = True  # lease e-mails to the address on record unless the user opted out
     image_group: str = "sfa-omf-images"  # Unix group whose members may change the image repository
     provisioning_mode: str = "ondemand"  # perjob or ondemand (sfa_omf/images/provisioning.py)
     instance_bridge: str = ""  # containers inside bookings attach here (scripts/lxc.sh up); empty: no containers
@@ -282,6 +283,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify_from", "sfa_notify", "from", "text", "sender address of e-mail notifications"),
     Option("notify_webhook_key", "sfa_notify", "webhook_key", "text", "HMAC-SHA256 key signing webhooks"),
     Option("notify_lead_s", "sfa_notify", "lead_s", "count", "seconds before a start or end to say it comes soon"),
+    Option(
+        "notify_email_by_default",
+        "sfa_notify",
+        "email_by_default",
+        "flag",
+        "users who chose no e-mail address get lease e-mails at the one on record (registry, else their GID)",
+    ),
     Option(
         "notify_operators",
         "sfa_notify",

@@ -49,7 +49,7 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, SliverRecord
-from sfa_omf.calendar.slices import Slices
+from sfa_omf.calendar.slices import Contact, Slices
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.images.catalogue import check_requested_images, node_images
 from sfa_omf.images.instances import LIVE, Instance, Instances
@@ -333,6 +333,7 @@ class Aggregate:
             owner_urn=verified.owner_urn,
             best_effort=bool(options.get("geni_best_effort")),
             users=users,
+            contact=_contact(caller_chain, verified.owner_urn),
         )
         try:
             # Again once booked: an image removed meanwhile (its removal saw no lease yet) fails this call instead.
@@ -454,7 +455,9 @@ class Aggregate:
                 self.backend.provision(lease, owner, accounts)
                 done.append(lease)
             # Recorded whole: every lease provisioned and the users sent, in one unit of work.
-            self.bookings.mark_provisioned_all([lease.id for lease in pending], slice_urn, users)
+            self.bookings.mark_provisioned_all(
+                [lease.id for lease in pending], slice_urn, users, _contact(caller_chain, verified.owner_urn)
+            )
         except BaseException:
             self._release_quietly(done)  # nothing half-provisioned: the retry provisions all of them again
             raise
@@ -927,3 +930,12 @@ def _renewal_note(before: LeaseRecord, after: LeaseRecord) -> str:
         waits = min(sliver.expires for sliver in after.slivers)
         note += f"; still to be provisioned before {format_time(waits)} or it is released"
     return note
+
+
+def _contact(caller_chain: GidChain, owner_urn: str) -> Contact | None:
+    """The caller's GID e-mail, when the GID is the booking user's own (a tool speaking for a user presents its
+    own GID: no address from it)."""
+    leaf = caller_chain[0] if caller_chain else None
+    if leaf is None or leaf.urn != owner_urn or not leaf.email:
+        return None
+    return Contact(owner_urn, leaf.email)

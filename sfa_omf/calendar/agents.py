@@ -24,7 +24,7 @@ from sfa_omf.calendar.agent_models import Agent, AgentReport, AgentToken
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import DEFAULT_POOL
 from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver
-from sfa_omf.calendar.outbox import RecordedEvent, add_event
+from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import format_time, utcnow
@@ -301,7 +301,29 @@ class Agents:
                 if node.state == "usable":
                     node.state = LOST
                 add_event(session, _node_down(node.component_id, agent.last_seen_s, self.clock()))
+                self._tell_running_leases(session, node, agent.last_seen_s)
             return [node.component_id for _, node in rows]
+
+    def _tell_running_leases(self, session: Session, node: Node, last_seen_s: int) -> None:
+        """The provisioned leases running on a node that was just lost have failed: their users are told, in the
+        unit of work that marks the node lost."""
+        now = self.clock()
+        running = session.scalars(
+            select(Lease.id)
+            .join(Sliver, Sliver.lease_id == Lease.id)
+            .where(
+                Sliver.node_id == node.id,
+                Lease.state == "provisioned",
+                Lease.start_s <= _s(now),
+                Lease.end_s > _s(now),
+            )
+        ).all()
+        last_seen = format_time(datetime.fromtimestamp(last_seen_s, UTC))
+        for lease_id in running:
+            reason = f"node {node.component_id} lost contact: its agent was last heard at {last_seen}"
+            add_lease_event(
+                session, lease_id, LeaseNews("failed", f"{lease_id}:failed:lost:{node.id}:{last_seen_s}", reason), now
+            )
 
     # -- work --------------------------------------------------------------------------------------------------
     def work(self, node_urn: str) -> NodeWork:
@@ -372,6 +394,10 @@ class Agents:
             if node_id is None or on_node is None:
                 raise GeniError(Reason.NOT_FOUND, f"lease {lease_id} has no sliver on {node_urn}")
             row = session.get(AgentReport, (lease_id, node_id), with_for_update=True)
+            if state == "failed" and (row is None or row.state != "failed"):  # its users hear it once per node
+                reason = f"the agent of node {node_urn} could not set the lease up: {message}"
+                news = LeaseNews("failed", f"{lease_id}:failed:agent:{node_id}", reason)
+                add_lease_event(session, lease_id, news, self.clock())
             if row is None:
                 session.add(
                     AgentReport(lease_id=lease_id, node_id=node_id, state=state, message=message, updated_s=now_s)

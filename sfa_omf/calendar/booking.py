@@ -26,7 +26,7 @@ from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
 from sfa_omf.calendar.queries import from_s, held_windows, to_s
 from sfa_omf.calendar.records import BookingRequest, BookingResult, Conflict, LeaseRecord, SliverRecord
-from sfa_omf.calendar.slices import apply_users
+from sfa_omf.calendar.slices import Contact, apply_users, record_contact
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import format_time, utcnow
 
@@ -95,20 +95,23 @@ class Bookings:
         owner_urn: str = "",
         best_effort: bool = False,
         users: Mapping[str, Sequence[str]] | None = None,
+        contact: Contact | None = None,
     ) -> BookingResult:
         """Book every request for the slice, or nothing (BookingConflict lists every conflict).
 
         With best_effort, book what is free and return the rest in ``refused``; nothing free is still a conflict.
         Requests with the same window become one lease. Policy violations refuse the whole request. ``users`` (user
         URN -> SSH keys, sent with the call) are merged into the slice's in the same unit of work: written with the
-        booking or not at all.
+        booking or not at all; so is the caller's GID e-mail (``contact``).
         """
         if not requests:
             raise GeniError(Reason.BAD_ARGS, "the request books no node")
         for attempt in range(RETRY_ATTEMPTS):
             try:
                 return retry_transient(
-                    lambda: self._book_once(slice_urn, slice_expires, requests, owner_urn, best_effort, users or {})
+                    lambda: self._book_once(
+                        slice_urn, slice_expires, requests, owner_urn, best_effort, users or {}, contact
+                    )
                 )
             except IntegrityError as exc:
                 # A racer committed an overlapping sliver between our check and our insert (PostgreSQL only):
@@ -125,6 +128,7 @@ class Bookings:
         owner_urn: str,
         best_effort: bool,
         users: Mapping[str, Sequence[str]],
+        contact: Contact | None = None,
     ) -> BookingResult:
         now_s = to_s(self.clock())
         expires_s = to_s(slice_expires)
@@ -167,6 +171,7 @@ class Bookings:
             leases = self._insert(session, slice_row, owner_urn, free, now_s)
             if users:
                 apply_users(slice_row, users)
+            record_contact(session, contact, now_s)
             session.flush()
             return BookingResult(leases=tuple(lease_record(lease) for lease in leases), refused=tuple(conflicts))
 
@@ -448,12 +453,17 @@ class Bookings:
         return lease_record(lease)
 
     def mark_provisioned_all(
-        self, lease_ids: Sequence[str], slice_urn: str, users: Mapping[str, Sequence[str]] | None = None
+        self,
+        lease_ids: Sequence[str],
+        slice_urn: str,
+        users: Mapping[str, Sequence[str]] | None = None,
+        contact: Contact | None = None,
     ) -> list[LeaseRecord]:
-        """Provision several allocated leases of one slice, and merge the users sent with the call, in one unit of
-        work: a Provision is recorded whole or not at all."""
+        """Provision several allocated leases of one slice, and merge the users sent with the call (and keep the
+        caller's GID e-mail), in one unit of work: a Provision is recorded whole or not at all."""
         with self.database.write() as session:
             records = [self._provision_one(session, lease_id) for lease_id in lease_ids]
+            record_contact(session, contact, to_s(self.clock()))
             if users:
                 slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn).with_for_update())
                 if slice_row is None:

@@ -11,11 +11,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import Node, Pool, Sliver
+from sfa_omf.calendar.models import Lease, Node, Pool, Sliver
+from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NODE_STATES, NodeRecord, NodeSpec, PoolRecord
 from sfa_omf.errors import BadArgs, GeniError, Reason
-from sfa_omf.times import utcnow
+from sfa_omf.times import format_time, utcnow
 from sfa_omf.xrn import URN_PREFIX, Urn, is_authority_for, is_urn, join_hrn, parse_urn, split_hrn
 
 DEFAULT_POOL = "default"
@@ -224,6 +225,8 @@ class Inventory:
             raise GeniError(Reason.BAD_ARGS, f"node state {state!r} is not one of {', '.join(NODE_STATES)}")
         with self.database.write() as session:
             node = find_node(session, component_id, lock=True)
+            if state == "maintenance" and node.state != "maintenance":
+                _tell_maintenance(session, node)
             node.state = state
             return node_record(node)
 
@@ -259,3 +262,45 @@ class Inventory:
             node.pool = find_pool(session, to_pool)
             session.flush()
             return node_record(node)
+
+
+def _tell_maintenance(session: Session, node: Node) -> None:
+    """A node going into maintenance: an operators' event, and news to the users of every lease booked on it that is
+    not over (their slot is affected), in the unit of work that changes the node's state."""
+    now = utcnow()
+    now_s = int(now.timestamp())
+    affected = session.scalars(
+        select(Lease.id)
+        .join(Sliver, Sliver.lease_id == Lease.id)
+        .where(
+            Sliver.node_id == node.id,
+            Sliver.holds_node.is_(True),
+            Sliver.end_s > now_s,
+            Lease.state.in_(("allocated", "provisioned")),
+        )
+        .order_by(Lease.start_s)
+    ).all()
+    add_event(
+        session,
+        RecordedEvent(
+            key=f"node_maintenance:{node.component_id}:{now_s}",
+            event="node_maintenance",
+            slice_urn=None,
+            payload={
+                "event": "node_maintenance",
+                "summary": f"node {node.component_id} was put into maintenance ({len(affected)} booked lease(s) "
+                "affected)",
+                "node": node.component_id,
+                "since": format_time(now),
+                "leases": list(affected),
+            },
+            created=now,
+        ),
+    )
+    reason = (
+        f"the operator put node {node.component_id} into maintenance at {format_time(now)}; the booking holds, "
+        "but the node may not be available during your slot: ask the operator, or book another node"
+    )
+    for lease_id in affected:
+        news = LeaseNews("node_maintenance", f"{lease_id}:node_maintenance:{node.id}:{now_s}", reason)
+        add_lease_event(session, lease_id, news, now)

@@ -211,6 +211,17 @@ class NotifySubscription(Base):
     address: Mapped[str] = mapped_column(String(500))
 
 
+class UserContact(Base):
+    """The e-mail address in the GID a user last presented when booking or provisioning here (Allocate,
+    Provision): where lease e-mails go by default for users of other authorities, who have no registry record."""
+
+    __tablename__ = "user_contact"
+
+    user_urn: Mapped[str] = mapped_column(String(300), primary_key=True)
+    gid_email: Mapped[str] = mapped_column(String(200))
+    updated_s: Mapped[int] = mapped_column(BigInteger)
+
+
 class NotifyOutbox(Base):
     """One message to deliver: written once per (event, recipient) — the unique key makes noticing an event twice
     harmless — and marked sent when the channel took it."""

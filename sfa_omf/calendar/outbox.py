@@ -23,11 +23,24 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import NotifyEvent, NotifyOutbox, NotifySubscription
+from sfa_omf.calendar.models import (
+    Lease,
+    Node,
+    NotifyEvent,
+    NotifyOutbox,
+    NotifySubscription,
+    RegistryRecord,
+    Slice,
+    Sliver,
+    UserContact,
+)
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import CHANNELS
 from sfa_omf.errors import GeniError, Reason
-from sfa_omf.times import utcnow
+from sfa_omf.times import format_time, utcnow
+
+#: The address of an e-mail opt-out row: the user wants no e-mail, not even at the address on record.
+OPTED_OUT = ""
 
 
 @dataclass(frozen=True)
@@ -74,28 +87,72 @@ class Outbox:
             session.add(NotifySubscription(user_urn=user_urn, channel=channel, address=address))
 
     def unsubscribe(self, user_urn: str, channel: str) -> bool:
-        """Opt a user out of a channel; False if they were not in."""
+        """Opt a user out of a channel; False if they had no address of their own on it. For e-mail an opt-out is
+        kept (a row without address): the default address on record (``email_defaults``) is not used either."""
         with self.database.write() as session:
             result = session.execute(
                 delete(NotifySubscription).where(
-                    NotifySubscription.user_urn == user_urn, NotifySubscription.channel == channel
+                    NotifySubscription.user_urn == user_urn,
+                    NotifySubscription.channel == channel,
+                    NotifySubscription.address != OPTED_OUT,
                 )
             )
+            if channel == "email" and not session.scalar(
+                select(NotifySubscription.id).where(
+                    NotifySubscription.user_urn == user_urn, NotifySubscription.channel == channel
+                )
+            ):
+                session.add(NotifySubscription(user_urn=user_urn, channel=channel, address=OPTED_OUT))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def subscriptions(self, user_urns: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
-        """user -> [(channel, address)] of these users."""
+        """user -> [(channel, address)] these users chose (an opt-out is not a subscription)."""
         found: dict[str, list[tuple[str, str]]] = {}
         if not user_urns:
             return found
         with self.database.read() as session:
             rows = session.execute(
                 select(NotifySubscription.user_urn, NotifySubscription.channel, NotifySubscription.address).where(
-                    NotifySubscription.user_urn.in_(set(user_urns))
+                    NotifySubscription.user_urn.in_(set(user_urns)), NotifySubscription.address != OPTED_OUT
                 )
             )
             for user, channel, address in rows:
                 found.setdefault(user, []).append((channel, address))
+        return found
+
+    def email_defaults(self, user_urns: Sequence[str]) -> dict[str, str]:
+        """user -> the address on record, for those of these users who neither chose an e-mail address nor opted
+        out: the local registry's record, else the e-mail in the GID they presented here (Allocate, Provision).
+        Column queries; an address that is not one is left out."""
+        found: dict[str, str] = {}
+        if not user_urns:
+            return found
+        wanted = set(user_urns)
+        with self.database.read() as session:
+            chose = set(
+                session.scalars(
+                    select(NotifySubscription.user_urn).where(
+                        NotifySubscription.user_urn.in_(wanted), NotifySubscription.channel == "email"
+                    )
+                )
+            )
+            wanted -= chose
+            if not wanted:
+                return found
+            presented = session.execute(
+                select(UserContact.user_urn, UserContact.gid_email).where(UserContact.user_urn.in_(wanted))
+            )
+            registered = session.execute(
+                select(RegistryRecord.urn, RegistryRecord.email).where(
+                    RegistryRecord.urn.in_(wanted), RegistryRecord.type == "user", RegistryRecord.email != ""
+                )
+            )
+            for user, address in [*presented, *registered]:  # the registry's record wins over the GID's
+                try:
+                    check_address("email", address)
+                except GeniError:
+                    continue
+                found[user] = address
         return found
 
     # -- the outbox -----------------------------------------------------------------------------------------------
@@ -268,6 +325,54 @@ def add_event(session: Session, event: RecordedEvent) -> bool:
         )
     )
     return True
+
+
+@dataclass(frozen=True)
+class LeaseNews:
+    """What to tell a lease's users about it (a recorded event of the lease: ``failed``, ``node_maintenance``), in
+    the unit of work that records the change it is about. ``key`` is unique per occurrence."""
+
+    event: str
+    key: str
+    reason: str
+
+
+def add_lease_event(session: Session, lease_id: str, news: LeaseNews, now: datetime) -> bool:
+    """Record ``news`` about the lease (its slice, owner, window and nodes read in this unit of work) unless its key
+    is there; False also when the lease is unknown."""
+    row = session.execute(
+        select(Slice.urn, Lease.owner_urn, Lease.start_s, Lease.end_s, Lease.state)
+        .join(Slice, Slice.id == Lease.slice_id)
+        .where(Lease.id == lease_id)
+    ).first()
+    if row is None:
+        return False
+    slice_urn, owner_urn, start_s, end_s, state = row
+    nodes = sorted(
+        session.scalars(
+            select(Node.component_id).join(Sliver, Sliver.node_id == Node.id).where(Sliver.lease_id == lease_id)
+        )
+    )
+    return add_event(
+        session,
+        RecordedEvent(
+            key=news.key,
+            event=news.event,
+            slice_urn=slice_urn,
+            payload={
+                "event": news.event,
+                "lease": lease_id,
+                "slice": slice_urn,
+                "owner": owner_urn,
+                "nodes": nodes,
+                "start": format_time(from_s(start_s)),
+                "end": format_time(from_s(end_s)),
+                "state": state,
+                "reason": news.reason,
+            },
+            created=now,
+        ),
+    )
 
 
 class NotifyEvents:

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import Database, retry_transient
-from sfa_omf.calendar.models import Slice, SliceUser
+from sfa_omf.calendar.models import Slice, SliceUser, UserContact
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import GeniError, Reason
 
@@ -65,6 +65,25 @@ def apply_users(slice_row: Slice, users: Mapping[str, Sequence[str]], replace: b
             existing.ssh_keys = cleaned if replace else list(dict.fromkeys([*existing.ssh_keys, *cleaned]))
         else:
             slice_row.users.append(SliceUser(user_urn=urn, ssh_keys=list(dict.fromkeys(cleaned))))
+
+
+@dataclass(frozen=True)
+class Contact:
+    """A caller's URN and the e-mail address in the GID they presented."""
+
+    user_urn: str
+    gid_email: str
+
+
+def record_contact(session: Session, contact: Contact | None, now_s: int) -> None:
+    """Keep the caller's GID e-mail (the default address of their lease e-mails), in the caller's unit of work."""
+    if contact is None or not contact.gid_email:
+        return
+    row = session.get(UserContact, contact.user_urn)
+    if row is None:
+        session.add(UserContact(user_urn=contact.user_urn, gid_email=contact.gid_email, updated_s=now_s))
+    elif row.gid_email != contact.gid_email:
+        row.gid_email, row.updated_s = contact.gid_email, now_s
 
 
 # Built once: building a statement costs more than running it (see booking._lease_query).

@@ -5,6 +5,9 @@ delivered by the notifier like the lease events, exactly once each:
 |---|---|---|
 | renewal_refused | the slice's users and the caller | the AM's Renew, when the calendar or the policy refuses it |
 | node_down | the operators | the agents' sweep, in the unit of work that puts the node out of service |
+| node_maintenance | the operators, and the users of the node's leases | Inventory.set_state, in its unit of work |
+| failed (a lease's) | the lease's owner and the slice's users | where the testbed's failure is recorded (OAR |
+| | | reconciler: OarJobs.set; agents: a failure report, a node lost during the slot), in that unit of work |
 | backend_down | the operators | the server's background loop: a testbed task failed after working (or first) |
 | backend_recovered | the operators | the server's background loop: a testbed task worked again after failing |
 | reconciler_repaired | the operators | the server's background loop: the testbed's reconciler changed something |
@@ -26,7 +29,7 @@ from sfa_omf.times import format_time, utcnow
 
 log = logging.getLogger("sfa_omf.notify")
 
-OPERATOR_EVENTS = ("node_down", "backend_down", "backend_recovered", "reconciler_repaired")
+OPERATOR_EVENTS = ("node_down", "node_maintenance", "backend_down", "backend_recovered", "reconciler_repaired")
 BACKEND_STATES = ("backend_down", "backend_recovered")
 
 

@@ -33,6 +33,7 @@ SUBJECTS = {
     "ended": "has ended",
     "cancelled": "cancelled",
     "failed": "failed on the testbed",
+    "node_maintenance": "is affected: a node goes into maintenance",
 }
 STOP = (
     "Stop these messages: on the aggregate's page /calendar/me (in a browser presenting your GENI certificate), "
@@ -52,6 +53,7 @@ class NotifySettings:
     max_attempts: int = 12  # then the message is marked failed (the operator sees it in `notify status`)
     operator_urns: frozenset[str] = frozenset()  # operators' events go to these users' subscriptions ...
     operator_addresses: tuple[str, ...] = ()  # ... and to these e-mail addresses and webhook URLs
+    email_by_default: bool = True  # users who chose no e-mail address (and did not opt out) get it at the one on record
 
 
 class Notifier:
@@ -79,7 +81,7 @@ class Notifier:
             (event.key, event.event, _recipients(event, members), payload(event)) for event in events
         ]
         wanted += [(e.key, e.event, self._recorded_recipients(e, members), e.payload) for e in recorded]
-        subscriptions = self.outbox.subscriptions(sorted({user for _, _, users, _ in wanted for user in users}))
+        subscriptions = self._subscriptions(sorted({user for _, _, users, _ in wanted for user in users}))
         messages = [
             Message(f"{key}:{channel}:{address}", event, channel, address, body)
             for key, event, users, body in wanted
@@ -93,13 +95,23 @@ class Notifier:
         ]
         return self.outbox.enqueue(messages)
 
+    def _subscriptions(self, users: list[str]) -> dict[str, list[tuple[str, str]]]:
+        """The channels of these users: what they chose, and (``email_by_default``) e-mail at the address on record
+        for those who chose none and did not opt out."""
+        chosen = self.outbox.subscriptions(users)
+        if self.settings.email_by_default:
+            for user, address in self.outbox.email_defaults(users).items():
+                chosen.setdefault(user, []).append(("email", address))
+        return chosen
+
     def _recorded_recipients(self, event: RecordedEvent, members: dict[str, list[str]]) -> set[str]:
         if event.slice_urn is None:
             return set(self.settings.operator_urns)
         users = set(members.get(event.slice_urn, ()))
-        caller = event.payload.get("caller")
-        if isinstance(caller, str) and caller:
-            users.add(caller)
+        for who in ("caller", "owner"):  # who asked (a refused renewal), who booked (a lease's news)
+            user = event.payload.get(who)
+            if isinstance(user, str) and user:
+                users.add(user)
         return users
 
     def deliver(self, limit: int = 100) -> int:
@@ -183,10 +195,11 @@ def email_text(message: Message) -> tuple[str, str]:
     slice_name = str(data["slice"]).rsplit("+", 1)[-1]
     subject = f"[sfa-omf] lease of {slice_name} {SUBJECTS.get(message.event, message.event)}"
     nodes = ", ".join(str(node) for node in data["nodes"])
+    reason = f"  why:    {data['reason']}\n" if data.get("reason") else ""  # the testbed's or operator's words
     body = (
         f"Your lease of slice {data['slice']} {SUBJECTS.get(message.event, message.event)}.\n\n"
         f"  window: {data['start']} .. {data['end']} (UTC)\n  nodes:  {nodes}\n  state:  {data['state']}\n"
-        f"  lease:  {data['lease']}\n\n{STOP}"
+        f"  lease:  {data['lease']}\n{reason}\n{STOP}"
     )
     return subject, body
 
@@ -202,6 +215,7 @@ def notify_settings(
     lead_s: int,
     operator_urns: frozenset[str] = frozenset(),
     operator_addresses: tuple[str, ...] = (),
+    email_by_default: bool = True,
 ) -> NotifySettings:
     """NotifySettings from the configuration's [sfa_notify] values."""
     return NotifySettings(
@@ -210,6 +224,7 @@ def notify_settings(
         lead=timedelta(seconds=lead_s),
         operator_urns=operator_urns,
         operator_addresses=operator_addresses,
+        email_by_default=email_by_default,
     )
 
 

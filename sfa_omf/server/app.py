@@ -314,6 +314,7 @@ def notify_settings_of(settings: Settings) -> NotifySettings:
         settings.notify_lead_s,
         operator_urns=settings.web_admin_urns,
         operator_addresses=settings.notify_operator_addresses,
+        email_by_default=settings.notify_email_by_default,
     )
 
 
@@ -336,6 +337,7 @@ def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: Thread
             horizon=aggregate.settings.horizon,
             free_windows=aggregate.settings.free_windows,
             form_key=web_form_key(settings),
+            email_by_default=settings.notify_email_by_default,
         ),
         clock=aggregate.clock,
     )

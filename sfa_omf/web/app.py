@@ -79,6 +79,7 @@ class WebSettings:
     free_windows: int = 10
     base_path: str = "/calendar"
     form_key: bytes = b""  # signs the forms' tokens (forms.py); empty: a random key of this process
+    email_by_default: bool = False  # [sfa_notify] email_by_default: the page shows the address on record as on
 
 
 class NotFound(Exception):
@@ -241,6 +242,7 @@ class WebCalendar:
             "me.html",
             viewer=viewer,
             channels=channels,
+            defaults=self._email_default(viewer.urn),
             all_channels=CHANNEL_LABELS,
             slices=sorted(viewer.slices),
             token=form_token(self.form_key, viewer.urn),
@@ -273,10 +275,18 @@ class WebCalendar:
             self.outbox.subscribe(viewer.urn, channel, address)  # GeniError (400) says what is wrong with it
             return self.my_page(viewer, f"You will be told by {CHANNEL_LABELS[channel]} at {address}.")
         if action == "unsubscribe":
-            was_in = self.outbox.unsubscribe(viewer.urn, channel)
+            by_default = channel in self._email_default(viewer.urn)
+            was_in = self.outbox.unsubscribe(viewer.urn, channel) or by_default
             said = "You will no longer be told by" if was_in else "You were not subscribed to"
             return self.my_page(viewer, f"{said} {CHANNEL_LABELS[channel]}.")
         raise BadRequest(f"action={action!r}: subscribe or unsubscribe")
+
+    def _email_default(self, user_urn: str) -> dict[str, str]:
+        """{"email": the address on record} when lease e-mails go there by default for this user, else {}."""
+        if not self.settings.email_by_default:
+            return {}
+        found = self.outbox.email_defaults([user_urn])
+        return {"email": found[user_urn]} if user_urn in found else {}
 
     # -- feeds ----------------------------------------------------------------------------------------------------
     def node_feed(self, request: WebRequest, key: str) -> WebResponse:

@@ -238,6 +238,11 @@ def test_a_failure_on_the_node_is_the_lease_failure_in_the_agents_words(lab: Lab
     # Reported once: the next round does not try again nor report again.
     (item,) = agent.run_once()["active"]
     assert item["reported"] == "failed"
+    # The slice's users are told once, with the agent's words (notify: a recorded "failed" of the lease).
+    (news,) = [
+        e for e in NotifyEvents(lab.aggregate.database).since(utcnow() - timedelta(hours=1)) if e.event == "failed"
+    ]
+    assert news.slice_urn == SLICE and "useradd: /etc/passwd is read-only" in news.payload["reason"]
 
 
 def test_heartbeats_are_written_together_and_a_sweep_writes_them_first(lab: Lab, tmp_path: Path) -> None:

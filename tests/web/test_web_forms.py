@@ -123,3 +123,21 @@ def test_the_page_needs_a_certificate(lab: Lab, pki: DemoPki) -> None:
     gantt = lab.web.handle(WebRequest(path="/", caller_chain=pki.users["alice"].chain))
     assert 'id="my-page" href="/calendar/me"' in gantt.body.decode()
     assert b'id="my-page"' not in lab.web.handle(WebRequest(path="/")).body
+
+
+def test_the_address_on_record_shows_as_on_and_turning_it_off_holds(lab: Lab, pki: DemoPki) -> None:
+    """With [sfa_notify] email_by_default, a user who chose nothing gets e-mail at the address on record (here the
+    registry's record): the page says so, and "turn off" keeps an opt-out."""
+    from dataclasses import replace
+
+    from sfa_omf.registry.records import Record, Records
+
+    Records(lab.database).add(Record("testbed.alice", "user", ALICE, "", email="ann@lab.example.org"))
+    assert "off" in text(page(lab, pki)).split('class="address">')[1][:5], "without the option: off"
+    lab.web.settings = replace(lab.web.settings, email_by_default=True)
+    mine = page(lab, pki)
+    assert 'class="address">ann@lab.example.org (the address on record)</td>' in text(mine)
+    off = post(lab, pki, "/me/notify", {"token": token_of(mine), "channel": "email", "action": "unsubscribe"})
+    assert "You will no longer be told by e-mail." in text(off)
+    assert 'class="address">off</td>' in text(off)
+    assert Outbox(lab.database).email_defaults([ALICE]) == {}

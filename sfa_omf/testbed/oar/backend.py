@@ -33,6 +33,7 @@ from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.external import ExternalHold, ExternalHolds, SyncReport
 from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.outbox import LeaseNews
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, SliverRecord
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.images.provisioning import ONDEMAND, plan_lease
@@ -46,7 +47,17 @@ from sfa_omf.testbed.oar.client import (
     OarTimeout,
     OarUnavailable,
 )
-from sfa_omf.testbed.oar.jobs import DELETED, DELETING, FAILED, SUBMITTED, SUBMITTING, OarJobs, job_name, lease_of
+from sfa_omf.testbed.oar.jobs import (
+    DELETED,
+    DELETING,
+    FAILED,
+    SUBMITTED,
+    SUBMITTING,
+    JobRecord,
+    OarJobs,
+    job_name,
+    lease_of,
+)
 from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import format_time, utcnow
 
@@ -354,19 +365,36 @@ class OarTestbed:
             if not owner:
                 report.failed[lease.id] = "no owner recorded for its OAR job"
                 continue
+            lost = self._job_lost(recorded)
             try:
                 job_id = self._submit(lease, owner)
             except OarError as exc:
-                self.jobs.set(lease.id, FAILED, owner=owner, message=f"OAR refused to reserve it again: {exc.message}")
+                refused = f"OAR refused to reserve it again: {exc.message}"
+                news = _failed(lease.id, recorded, f"{lost}; {refused}" if lost else refused)
+                self.jobs.set(lease.id, FAILED, owner=owner, message=refused, news=news)
                 report.failed[lease.id] = exc.message
                 continue
-            self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
+            again = (
+                _failed(lease.id, recorded, f"{lost}; its slot is reserved again as OAR job {job_id}") if lost else None
+            )
+            self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id, news=again)
             report.resubmitted.append(lease.id)
         if report.changed:
             log.info("reconciled with OAR: %s", report)
         return report
 
     # -- helpers --------------------------------------------------------------------------------------------------
+    def _job_lost(self, recorded: JobRecord | None) -> str:
+        """OAR's words on a submitted job of ours that no longer holds its nodes (killed, deleted in OAR, ended in
+        Error), "" when no job was submitted. One call to OAR, only for such leases."""
+        if recorded is None or recorded.job_id is None or recorded.state != SUBMITTED:
+            return ""
+        job = self.client.job(recorded.job_id)
+        if job is None:
+            return f"OAR no longer knows its job {recorded.job_id}"
+        said = f": {job.message}" if job.message else ""
+        return f"OAR job {job.id} ended in state {job.state} before the lease's end{said}"
+
     def _submit(self, lease: LeaseRecord, owner: str) -> int:
         now = self.clock()
         # A slot that has begun starts now (OAR launches a past start at once, but the walltime must end in time).
@@ -486,6 +514,12 @@ class OarTestbed:
     def _forget_seen(self, job_id: int) -> None:
         with self._lock:
             self._jobs_seen.pop(job_id, None)
+
+
+def _failed(lease_id: str, recorded: JobRecord | None, reason: str) -> LeaseNews:
+    """The lease's users are told it failed on the testbed: once per job of ours that OAR lost."""
+    job = recorded.job_id if recorded is not None and recorded.job_id is not None else "none"
+    return LeaseNews("failed", f"{lease_id}:failed:oar:{job}", reason)
 
 
 def _address(node: NodeRecord) -> str:

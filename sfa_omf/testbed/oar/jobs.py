@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import OarJob
+from sfa_omf.calendar.outbox import LeaseNews, add_lease_event
 from sfa_omf.times import utcnow
 
 SUBMITTING, SUBMITTED, DELETING, DELETED, FAILED = "submitting", "submitted", "deleting", "deleted", "failed"
@@ -51,10 +52,19 @@ class OarJobs:
             return _record(row) if row is not None else None
 
     def set(
-        self, lease_id: str, state: str, owner: str | None = None, job_id: int | None = None, message: str = ""
+        self,
+        lease_id: str,
+        state: str,
+        owner: str | None = None,
+        job_id: int | None = None,
+        message: str = "",
+        news: LeaseNews | None = None,
     ) -> None:
-        """Record where a lease's job is (creating the row); ``job_id``/``owner`` None keep what is stored."""
+        """Record where a lease's job is (creating the row); ``job_id``/``owner`` None keep what is stored. ``news``
+        (e.g. the job failed) is recorded for the lease's users in the same unit of work."""
         with self.database.write() as session:
+            if news is not None:
+                add_lease_event(session, lease_id, news, utcnow())
             row = session.get(OarJob, lease_id)
             if row is None:
                 row = OarJob(lease_id=lease_id, owner=owner or "", state=state, message=message, updated_s=0)

@@ -512,3 +512,59 @@ def test_every_oar_state_maps_to_a_geni_state(tmp_path: Path, state: str, expect
     health = backend.health(lease.slivers[0], lease, datetime.now(UTC))
     assert health.operational_state == expected
     assert (health.error == "OAR job 7: OAR's words") == (expected == "geni_failed")
+
+
+def test_a_job_oar_lost_is_told_to_the_slice_users_once(site: Site, oar_client: OarClient) -> None:
+    """The lease's OAR job is deleted from OAR's side (oardel as its owner): the reconciler reserves the slot again
+    and records, with that change, one "failed" event carrying OAR's words, which a real SMTP server receives once."""
+    from sfa_omf.calendar.outbox import NotifyEvents, Outbox
+    from sfa_omf.notify.channels import SmtpSettings
+    from sfa_omf.notify.notifier import Notifier, NotifySettings
+    from tests.notify.conftest import SmtpServer
+    from tests.ports import free_port
+
+    site.allocate(["node7"], site.start)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    lost = job_of(site, lease_id)
+    oar_client.delete_job(lost, user="alice")
+    ended = wait_for_job(oar_client, lost, {"Error", "Terminated"})
+    assert site.backend.reconcile().resubmitted == [lease_id]
+    assert site.backend.reconcile().resubmitted == [], "the new job holds the slot"
+    database = site.aggregate.database
+    (news,) = [e for e in NotifyEvents(database).since(datetime.now(UTC) - HOUR) if e.event == "failed"]
+    assert news.key == f"{lease_id}:failed:oar:{lost}" and news.slice_urn == site.pki.slice_urn
+    assert news.payload["reason"].startswith(f"OAR job {lost} ended in state {ended.state} before the lease's end")
+    assert news.payload["reason"].endswith(f"its slot is reserved again as OAR job {job_of(site, lease_id)}")
+    alice = site.pki.users["alice"].chain[0].urn or ""
+    assert news.payload["owner"] == alice
+    Outbox(database).subscribe(alice, "email", "alice@example.org")
+    smtp = SmtpServer(free_port()).start()
+    try:
+        note = Notifier(database, NotifySettings(smtp=SmtpSettings(port=smtp.port, timeout_s=5)))
+        for _ in range(2):
+            note.notice()
+            note.deliver()
+    finally:
+        smtp.stop()
+    failed = [m for m in smtp.mailbox.messages if "failed on the testbed" in str(m["Subject"])]
+    assert len(failed) == 1 and f"OAR job {lost} ended in state" in failed[0].get_content()
+
+
+def test_a_lost_job_that_cannot_be_reserved_again_is_told_with_oars_refusal(
+    site: Site, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    from sfa_omf.calendar.outbox import NotifyEvents
+
+    site.allocate(["node8"], site.start)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    lost = job_of(site, lease_id)
+    oar_client.delete_job(lost, user="alice")
+    wait_for_job(oar_client, lost, {"Error", "Terminated"})
+    oar_jobs.submit(user="bob", nodes=["node8"], start=site.start, walltime_s=3599, name="bob-took-it-too")
+    for _ in range(2):  # refused every round: told once
+        assert lease_id in site.backend.reconcile().failed
+    (news,) = NotifyEvents(site.aggregate.database).since(datetime.now(UTC) - HOUR)
+    assert news.event == "failed" and "OAR refused to reserve it again" in news.payload["reason"]
+    assert "could run at" in news.payload["reason"]
