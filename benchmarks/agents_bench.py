@@ -44,7 +44,6 @@ sys.path.insert(0, str(REPO))
 from serving import free_port  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 from sqlalchemy import text  # noqa: E402
 
-from sfa_omf.agents.dns import DnsZones  # noqa: E402
 from sfa_omf.agents.node import KEY, Client, enrol  # noqa: E402
 from sfa_omf.calendar.agents import Agents  # noqa: E402
 from sfa_omf.calendar.database import Database  # noqa: E402
@@ -52,58 +51,10 @@ from sfa_omf.calendar.inventory import Inventory  # noqa: E402
 from sfa_omf.config import read_config  # noqa: E402
 from sfa_omf.registry.bootstrap import init_directory  # noqa: E402
 from sfa_omf.trust.pki import new_private_key, private_key_pem  # noqa: E402
+from tests.agents.named import Named  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class Named:
-    """bind9's named on 127.0.0.1 (a free port), serving the nodes' zone as the aggregate writes it, reloaded by rndc
-    on another free port."""
-
-    ZONE = "nodes.bench"
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port, control = free_port(), free_port()
-        subprocess.run(["rndc-confgen", "-a", "-k", "rndc-key", "-c", str(directory / "rndc.key")], check=True)
-        key = (directory / "rndc.key").read_text()
-        (directory / "rndc.conf").write_text(
-            key + f'options {{ default-key "rndc-key"; default-server 127.0.0.1; default-port {control}; }};\n'
-        )
-        zones = DnsZones(str(directory / "lab" / "dns"), self.ZONE, [])
-        zones.publish([])
-        (directory / "named.conf").write_text(
-            key
-            + f'controls {{ inet 127.0.0.1 port {control} allow {{ 127.0.0.1; }} keys {{ "rndc-key"; }}; }};\n'
-            + f'options {{ directory "{directory}"; pid-file "{directory / "named.pid"}"; '
-            + f"listen-on port {self.port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; }};\n"
-            + zones.server_config()
-        )
-        self.log = open(directory / "named.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            ["named", "-g", "-c", str(directory / "named.conf")], stdout=self.log, stderr=self.log
-        )
-
-    @property
-    def environ(self) -> dict[str, str]:
-        return {
-            "SFA_AGENTS_DNS_ZONE": self.ZONE,
-            "SFA_AGENTS_DNS_RELOAD": f"rndc -c {self.directory / 'rndc.conf'} reload",
-        }
-
-    def resolve(self, names: list[str]) -> list[str]:
-        """The A records of each name (one dig for all), '' for a name not (yet) in the zone."""
-        queries = [f"{name}.{self.ZONE}" for name in names]
-        done = subprocess.run(
-            ["dig", "@127.0.0.1", "-p", str(self.port), "+short", "+time=2", *queries], capture_output=True, text=True
-        )
-        answers = done.stdout.split()
-        return answers if len(answers) == len(names) else [*answers, *[""] * (len(names) - len(answers))]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self.log.close()
+ZONE = "nodes.bench"
 
 
 class Server:
@@ -119,6 +70,9 @@ class Server:
         if database_url:
             self.environ["SFA_OMF_DATABASE_URL"] = database_url
         self.settings = read_config(self.config, self.environ)
+        database = Database(self.settings.calendar_url)
+        database.upgrade()  # serve refuses an empty calendar
+        database.dispose()
         self.log = open(directory / "server.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sfa_omf.cli", "serve", "--config", self.config],
@@ -308,8 +262,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
         init_directory(str(directory / "lab"), "lab", ("ann",))
-        named = Named(directory) if shutil.which("named") and not args.no_dns else None
-        server = Server(directory / "lab", args.database_url, named.environ if named else {})
+        named = None
+        if shutil.which("named") and not args.no_dns:
+            named = Named(directory, directory / "lab" / "dns", ZONE)
+        dns = {"SFA_AGENTS_DNS_ZONE": ZONE, "SFA_AGENTS_DNS_RELOAD": named.reload_command} if named else {}
+        server = Server(directory / "lab", args.database_url, dns)
         root = str(directory / "lab" / "authority" / "lab.gid")
         print("Node agents benchmark (sfa-omf)")
         print(f"  python      {platform.python_implementation()} {platform.python_version()} on {platform.platform()}")

@@ -54,6 +54,7 @@ class AgentRecord:
     registered: datetime
     last_seen: datetime
     lost: bool
+    number: int = 0  # the node's row id: stable while the node exists (its VPN address comes from it)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class NodeWork:
 
 # Issue a certificate for (node URN) to the enrolling key: returns (PEM chain, SHA-256 of the leaf's DER).
 CertificateIssuer = Callable[[str], tuple[str, str]]
+# Called inside the registration's unit of work once its rows are written, before the commit: what must happen
+# outside the database with it (DNS, the testbed's own list of nodes). Raising rolls the registration back.
+OnWritten = Callable[[AgentRecord], None]
 
 
 def _s(moment: datetime) -> int:
@@ -122,6 +126,7 @@ def _agent_record(agent: Agent, node: Node) -> AgentRecord:
         registered=_t(agent.registered_s),
         last_seen=_t(agent.last_seen_s),
         lost=agent.lost,
+        number=node.id,
     )
 
 
@@ -156,10 +161,14 @@ class Agents:
         return f"{token_id}.{secret}", TokenRecord(token_id, pool, _t(now_s + lifetime_s), used=False)
 
     # -- enrolment ---------------------------------------------------------------------------------------------
-    def register(self, enrolment: Enrolment, issue: CertificateIssuer) -> tuple[AgentRecord, bool]:
+    def register(
+        self, enrolment: Enrolment, issue: CertificateIssuer, on_written: OnWritten | None = None
+    ) -> tuple[AgentRecord, bool]:
         """Create the agent's node (or take the existing one over) bound to the enrolling key; returns the agent
         and whether anything changed. The same token with the same key and host name again gives the same answer
-        (idempotent); an unknown, expired or already used token is refused and nothing is written."""
+        (idempotent); an unknown, expired or already used token is refused and nothing is written. ``on_written``
+        runs with the agent's record inside the unit of work, before the commit (a repeat too): if it raises,
+        nothing is written."""
         token_id, secret = parse_token(enrolment.token)
         now_s = _s(self.clock())
         with self.database.read() as session:  # refuse a made-up token before spending a signature on it
@@ -179,7 +188,10 @@ class Agents:
                         node = session.get(Node, agent.node_id)
                         assert node is not None
                         self._seen(agent, node, now_s)
-                        return _agent_record(agent, node), False
+                        record = _agent_record(agent, node)
+                        if on_written is not None:
+                            on_written(record)
+                        return record, False
                 raise GeniError(
                     Reason.CALLER_UNTRUSTED, "this join token was used already: ask the operator for a new one"
                 )
@@ -227,7 +239,10 @@ class Agents:
             token.key_sha256 = enrolment.key_sha256
             token.hostname = enrolment.hostname
             session.flush()
-            return _agent_record(agent, node), True
+            record = _agent_record(agent, node)
+            if on_written is not None:
+                on_written(record)
+            return record, True
 
     @staticmethod
     def _pool(session: Session, name: str) -> Pool:
@@ -398,6 +413,15 @@ class Agents:
                 select(Agent.hostname, Agent.node_id, Agent.local_address, Agent.lan_group).order_by(Agent.hostname)
             )
             return [(hostname, int(node_id), address, group) for hostname, node_id, address, group in rows]
+
+    def presence(self) -> list[tuple[str, int, str, bool]]:
+        """(hostname, node id, local address, lost) of every agent: what the testbed's own list of nodes follows.
+        One column query."""
+        with self.database.read() as session:
+            rows = session.execute(
+                select(Agent.hostname, Agent.node_id, Agent.local_address, Agent.lost).order_by(Agent.hostname)
+            )
+            return [(hostname, int(node_id), address, bool(lost)) for hostname, node_id, address, lost in rows]
 
     def list_agents(self) -> list[AgentRecord]:
         with self.database.read() as session:

@@ -1,0 +1,99 @@
+"""Agents' nodes as OAR resources (``[sfa_aggregate] type = oar``): a node that registers through its agent becomes
+an OAR resource, is taken out of OAR's pool when its agent is lost, and is put back when it is heard again.
+
+- The resource: ``network_address`` = the node's host name (what the OAR backend reserves, like any node whose name
+  is its OAR address), ``vpn_number`` = the node's fixed number (its VPN address is 10.200.0.(number+1)) and
+  ``local_ip_address`` = its LAN address, as OAR's desktop-computing seed planned. Both properties must exist in OAR
+  (once: ``oarproperty -a local_ip_address -c; oarproperty -a vpn_number``). The agent's free-form properties are not
+  copied: OAR writes values into SQL unescaped, and its columns are the operator's to choose.
+- Lost is ``Dead``, not ``Absent``: measured on OAR 2.5.9, an advance reservation is still planned on an Absent
+  resource (OAR expects it back by its available_upto) while a Dead one is refused. Back is ``Alive``. The state is
+  set through the REST API (``POST /resources/<id>/state``), so existing reservations are left as they are: the
+  calendar already answers geni_failed "node lost contact" for a running one.
+- OAR calls cost ~0.3-1.5 s each (a CGI): a registration pays one or two, a sweep one listing plus one call per node
+  whose state must change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from sfa_omf.errors import GeniError, Reason
+from sfa_omf.testbed.base import AgentNode
+from sfa_omf.testbed.oar.client import OarClient, OarError, OarResource, OarTimeout, OarUnavailable
+
+ALIVE, LOST = "Alive", "Dead"
+
+
+def resource_properties(node: AgentNode) -> dict[str, str]:
+    """The properties the node's OAR resource is created with."""
+    properties = {"network_address": node.hostname, "vpn_number": str(node.number)}
+    if node.local_address:
+        properties["local_ip_address"] = node.local_address
+    return properties
+
+
+class OarAgentNodes:
+    """Agents' nodes in the OAR behind ``client`` (which must act as OAR's admin user, ``oar``)."""
+
+    def __init__(self, client: OarClient) -> None:
+        self.client = client
+
+    def join(self, node: AgentNode) -> Callable[[], None] | None:
+        """The node's resource, Alive: created (returns how to remove it again) or put back Alive (returns None)."""
+        existing = self._resources().get(node.hostname, [])
+        with _oar_errors():
+            for resource in existing:
+                if resource.state != ALIVE:
+                    self.client.set_resource_state(resource.id, ALIVE)
+            if existing:
+                return None
+            resource_id = self.client.add_resource(resource_properties(node))
+        return lambda: self._remove(resource_id)
+
+    def sync(self, nodes: Sequence[AgentNode]) -> list[str]:
+        """Each node's resource Dead when it is lost, else Alive (created when missing); the host names changed."""
+        by_address = self._resources()
+        changed = []
+        with _oar_errors():
+            for node in nodes:
+                wanted = LOST if node.lost else ALIVE
+                resources = by_address.get(node.hostname, [])
+                if not resources and not node.lost:
+                    self.client.add_resource(resource_properties(node))
+                    changed.append(node.hostname)
+                stale = [resource for resource in resources if resource.state != wanted]
+                for resource in stale:
+                    self.client.set_resource_state(resource.id, wanted)
+                if stale:
+                    changed.append(node.hostname)
+        return changed
+
+    def _remove(self, resource_id: int) -> None:
+        with _oar_errors():
+            self.client.delete_resource(resource_id)
+
+    def _resources(self) -> dict[str, list[OarResource]]:
+        """OAR's resources by network address (one brief listing)."""
+        by_address: dict[str, list[OarResource]] = {}
+        with _oar_errors():
+            resources = self.client.resources(full=False)
+        for resource in resources:
+            by_address.setdefault(resource.network_address, []).append(resource)
+        return by_address
+
+
+@contextmanager
+def _oar_errors() -> Iterator[None]:
+    """OAR's errors as the aggregate's."""
+    try:
+        yield
+    except OarTimeout as exc:
+        raise GeniError(Reason.TIMEDOUT, f"OAR did not answer in time: {exc.message}") from exc
+    except OarUnavailable as exc:
+        raise GeniError(Reason.UNAVAILABLE, f"the OAR server does not answer: {exc.message}") from exc
+    except OarError as exc:
+        raise GeniError(Reason.TESTBED, f"OAR refused to add or change the node's resource: {exc.message}") from exc
+    except ValueError as exc:
+        raise GeniError(Reason.TESTBED, f"the node cannot be an OAR resource: {exc}") from exc
