@@ -29,6 +29,7 @@ from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 
 LOST = "lost"
+AGENT_HARDWARE_TYPE = "agent"  # the hardware type of a node an agent registered
 REPORT_STATES = ("started", "failed", "ended")
 # One DNS label, lower case: the name becomes the node's URN name (and, later, its DNS name).
 HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -206,7 +207,7 @@ class Agents:
                 node = Node(
                     component_id=enrolment.node_urn,
                     component_name=enrolment.hostname,
-                    hardware_type="agent",
+                    hardware_type=AGENT_HARDWARE_TYPE,
                     exclusive=True,
                     properties={},
                     disk_images=[],
@@ -222,6 +223,12 @@ class Agents:
             node.properties = properties
             session.flush()
             agent = session.get(Agent, node.id)
+            if agent is None and node.hardware_type != AGENT_HARDWARE_TYPE:
+                # A node the operator added or imported (an OAR node of that name): an agent never takes it over.
+                raise GeniError(
+                    Reason.ALREADY_EXISTS,
+                    f"node {enrolment.node_urn} is not an agent's node: enrol under another host name",
+                )
             if agent is None:
                 other = session.scalar(select(Agent).where(Agent.hostname == enrolment.hostname))
                 if other is not None:  # cannot happen while host name and node URN go together; say so if it does

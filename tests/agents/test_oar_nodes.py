@@ -9,6 +9,7 @@ removes their resources afterwards; it never assumes how many resources OAR has.
 
 from __future__ import annotations
 
+import re
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from sfa_omf.testbed.oar.client import OarClient, OarError, OarResource
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import load_gid_chain_file
 from tests.agents.conftest import Lab
+from tests.agents.test_agent_process import environment, sfa_omf
 from tests.agents.test_api import counts
 from tests.ports import free_port
 from tests.testbed.oar.conftest import OarJobs, wait_for_job
@@ -157,6 +159,20 @@ def test_a_registration_oar_cannot_take_writes_nothing_and_its_retry_works(
     assert oar_nodes.state(hostname) == "Alive"
 
 
+def test_a_resource_oar_had_under_the_agent_s_name_is_not_taken_over(
+    lab: Lab, tmp_path: Path, oar_nodes: OarNodes
+) -> None:
+    hostname = oar_nodes.name()
+    theirs = oar_nodes.client.add_resource({"network_address": hostname})  # made in OAR by its operator
+    lab.restart()
+    with pytest.raises(AgentCallError) as refused:
+        enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), hostname, "192.168.9.8")
+    assert refused.value.status == 502 and "enrol under another host name" in refused.value.message
+    assert counts(lab) == (0, 0)
+    (resource,) = [item for item in oar_nodes.client.resources() if item.network_address == hostname]
+    assert (resource.id, resource.state, resource.properties["vpn_number"]) == (theirs, "Alive", "")
+
+
 def test_a_registration_dns_refuses_removes_the_oar_resource_it_made(
     lab: Lab, tmp_path: Path, oar_nodes: OarNodes
 ) -> None:
@@ -169,3 +185,26 @@ def test_a_registration_dns_refuses_removes_the_oar_resource_it_made(
     assert refused.value.status == 503
     assert counts(lab) == (0, 0)
     assert oar_nodes.state(hostname) == ""  # the resource it had made is gone
+
+
+def test_removing_an_agent_s_node_removes_its_oar_resource_only(
+    lab: Lab, tmp_path: Path, oar_nodes: OarNodes, oar_url: str
+) -> None:
+    hostname = oar_nodes.name()
+    lab.restart()
+    enrolled = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), hostname, "192.168.9.7")
+    assert oar_nodes.state(hostname) == "Alive"
+    others = {(resource.id, resource.network_address) for resource in oar_nodes.client.resources(full=False)}
+    removed = subprocess.run(
+        sfa_omf("node", "remove", enrolled.node, "--config", lab.settings_path),
+        env={**environment(), "SFA_AGGREGATE_TYPE": "oar", "SFA_OAR_API_URL": oar_url},
+        capture_output=True,
+        text=True,
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert f"removed its resource from OAR ({hostname})" in removed.stdout
+    assert oar_nodes.state(hostname) == ""
+    left = {(resource.id, resource.network_address) for resource in oar_nodes.client.resources(full=False)}
+    # The nodes scripts/oar.sh made (not agents' nodes) are all still there; other tests' come and go meanwhile.
+    fixed = {pair for pair in others if re.fullmatch(r"d?node\d+", pair[1])}
+    assert fixed and fixed <= left

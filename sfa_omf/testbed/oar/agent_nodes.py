@@ -10,6 +10,8 @@ an OAR resource, is taken out of OAR's pool when its agent is lost, and is put b
   resource (OAR expects it back by its available_upto) while a Dead one is refused. Back is ``Alive``. The state is
   set through the REST API (``POST /resources/<id>/state``), so existing reservations are left as they are: the
   calendar already answers geni_failed "node lost contact" for a running one.
+- Only resources whose ``vpn_number`` is the node's are touched: a resource of the same name made otherwise (a node
+  OAR had before) is never taken over, and the registration is refused (TESTBED) rather than bind to it.
 - OAR calls cost ~0.3-1.5 s each (a CGI): a registration pays one or two, a sweep one listing plus one call per node
   whose state must change.
 """
@@ -41,8 +43,16 @@ class OarAgentNodes:
         self.client = client
 
     def join(self, node: AgentNode) -> Callable[[], None] | None:
-        """The node's resource, Alive: created (returns how to remove it again) or put back Alive (returns None)."""
+        """The node's resource, Alive: created (returns how to remove it again) or put back Alive (returns None).
+        A resource of that name that is not this node's (another vpn_number) is left alone: TESTBED."""
         existing = self._resources().get(node.hostname, [])
+        strangers = [resource.id for resource in existing if not _belongs(resource, node.number)]
+        if strangers:
+            raise GeniError(
+                Reason.TESTBED,
+                f"OAR already has resources named {node.hostname} that are not this agent's node ({strangers}): "
+                "enrol under another host name",
+            )
         with _oar_errors():
             for resource in existing:
                 if resource.state != ALIVE:
@@ -59,7 +69,7 @@ class OarAgentNodes:
         with _oar_errors():
             for node in nodes:
                 wanted = LOST if node.lost else ALIVE
-                resources = by_address.get(node.hostname, [])
+                resources = [res for res in by_address.get(node.hostname, []) if _belongs(res, node.number)]
                 if not resources and not node.lost:
                     self.client.add_resource(resource_properties(node))
                     changed.append(node.hostname)
@@ -70,18 +80,38 @@ class OarAgentNodes:
                     changed.append(node.hostname)
         return changed
 
+    def set_lost(self, hostname: str, number: int, lost: bool) -> None:
+        """Take the node's resources out of OAR's pool (Dead) or put them back (Alive)."""
+        wanted = LOST if lost else ALIVE
+        with _oar_errors():
+            for resource in self._resources().get(hostname, []):
+                if _belongs(resource, number) and resource.state != wanted:
+                    self.client.set_resource_state(resource.id, wanted)
+
+    def remove(self, hostname: str, number: int) -> int:
+        """Delete the node's resources from OAR for good (the node was removed); how many there were."""
+        resources = [resource for resource in self._resources().get(hostname, []) if _belongs(resource, number)]
+        for resource in resources:
+            self._remove(resource.id)
+        return len(resources)
+
     def _remove(self, resource_id: int) -> None:
         with _oar_errors():
             self.client.delete_resource(resource_id)
 
     def _resources(self) -> dict[str, list[OarResource]]:
-        """OAR's resources by network address (one brief listing)."""
+        """OAR's resources by network address, with their properties (one listing)."""
         by_address: dict[str, list[OarResource]] = {}
         with _oar_errors():
-            resources = self.client.resources(full=False)
+            resources = self.client.resources()
         for resource in resources:
             by_address.setdefault(resource.network_address, []).append(resource)
         return by_address
+
+
+def _belongs(resource: OarResource, number: int) -> bool:
+    """Whether the resource is the agent's node of this number (and not a node of the same name made otherwise)."""
+    return resource.properties.get("vpn_number") == str(number)
 
 
 @contextmanager
