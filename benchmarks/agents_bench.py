@@ -143,6 +143,8 @@ def register_at_once(server: Server, directory: Path, root: str, count: int, nam
     nodes = Inventory(Database(server.settings.calendar_url)).list_nodes()
     bookable = sum(1 for node in nodes if node.state == "usable" and node.component_name.startswith("reg"))
     elapsed = time.perf_counter() - began
+    if errors or bookable != count:
+        raise SystemExit(f"registrations failed ({bookable}/{count} bookable): {errors[:5]}")
     resolvable = "-"
     if named is not None:
         expected = [f"127.1.{number // 250}.{number % 250 + 1}" for number in range(count)]
@@ -152,8 +154,6 @@ def register_at_once(server: Server, directory: Path, root: str, count: int, nam
             time.sleep(0.05)
         resolvable = f"{time.perf_counter() - began:.2f}"
     cpu = server.cpu_seconds() - cpu
-    if errors or bookable != count:
-        raise SystemExit(f"registrations failed ({bookable}/{count} bookable): {errors[:5]}")
     print(f"\n1. {count} agents registering at once (each its own key and token; new TLS connection each)")
     print(
         "   | agents | all bookable after (s) | all resolvable after (s) | registration p50 (s) | p95 (s) | max (s) "

@@ -150,6 +150,9 @@ class Agents:
         with self.database.write() as session:
             if pool != DEFAULT_POOL and session.scalar(select(Pool.id).where(Pool.name == pool)) is None:
                 raise GeniError(Reason.NOT_FOUND, f"there is no pool {pool!r}: create it first (sfa-omf pool create)")
+            # The default pool is made here, by the operator's command, not by the first registrations: several
+            # registering at once would each try to create it, and all but one fail on its unique name.
+            self._pool(session, pool)
             session.add(
                 AgentToken(
                     id=token_id,
