@@ -243,6 +243,74 @@ def heartbeats(
     )
 
 
+def oar_joins(oar_url: str, count: int) -> None:
+    """``count`` agents' nodes joining the real OAR at once (what a registration adds with the OAR backend), timed until
+    every one is an Alive resource OAR books (one reservation over all of them is accepted); all removed afterwards."""
+    import secrets
+    from datetime import UTC, datetime, timedelta
+
+    from sfa_omf.testbed.base import AgentNode
+    from sfa_omf.testbed.oar.agent_nodes import OarAgentNodes
+    from sfa_omf.testbed.oar.client import OarClient
+
+    client = OarClient(oar_url, timeout_s=120)
+    members = OarAgentNodes(client)
+    tag = secrets.token_hex(3)
+    nodes = [AgentNode(f"bench{tag}n{number}", 900000 + number, f"127.2.0.{number + 1}") for number in range(count)]
+    latencies = [0.0] * count
+    barrier = threading.Barrier(count + 1)
+    errors: list[str] = []
+
+    def one(number: int) -> None:
+        barrier.wait()
+        began = time.perf_counter()
+        try:
+            members.join(nodes[number])
+        except Exception as exc:
+            errors.append(f"{nodes[number].hostname}: {exc}")
+        latencies[number] = time.perf_counter() - began
+
+    threads = [threading.Thread(target=one, args=(number,)) for number in range(count)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    began = time.perf_counter()
+    job_id = None
+    try:
+        for thread in threads:
+            thread.join()
+        joined = time.perf_counter() - began
+        if errors:
+            raise SystemExit(f"OAR joins failed: {errors[:3]}")
+        start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=400 + secrets.randbelow(300))
+        job_id = client.submit_reservation(
+            user="alice",
+            nodes=[node.hostname for node in nodes],
+            start=start,
+            walltime_s=3599,
+            job_type="noop",
+            name="sfa-omf-bench",
+        )
+        booked = time.perf_counter() - began
+    finally:
+        if job_id is not None:
+            client.delete_job(job_id, user="alice")
+        cleanup = time.perf_counter()
+        for node in nodes:
+            try:
+                members.remove(node.hostname, node.number)
+            except Exception as exc:  # the others are still removed; this one is named for the operator
+                print(f"   could not remove {node.hostname} from OAR ({exc}): remove it by hand", file=sys.stderr)
+        cleanup = time.perf_counter() - cleanup
+    print(f"\n3. {count} agents' nodes joining OAR at once ({oar_url}; removed afterwards in {cleanup:.1f} s)")
+    print("   | nodes | all Alive in OAR after (s) | booked by OAR after (s) | join p50 (s) | p95 (s) | max (s) |")
+    print("   |---:|---:|---:|---:|---:|---:|")
+    print(
+        f"   | {count} | {joined:.2f} | {booked:.2f} | {statistics.median(latencies):.2f} "
+        f"| {percentile(latencies, 0.95):.2f} | {max(latencies):.2f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--register", type=int, default=100)
@@ -252,7 +320,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--no-dns", action="store_true", help="do not run bind9 (names are then not measured)")
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (emptied first); default SQLite")
+    parser.add_argument("--oar-url", default="", help="a real OAR's API: also time agents' nodes joining it")
+    parser.add_argument("--oar-agents", type=int, default=20, help="how many nodes join OAR at once")
+    parser.add_argument("--oar-only", action="store_true", help="only the OAR part (needs --oar-url)")
     args = parser.parse_args()
+    if args.oar_only:
+        oar_joins(args.oar_url, args.oar_agents)
+        return
     if args.database_url:
         database = Database(args.database_url)
         with database.engine.begin() as connection:
@@ -276,6 +350,8 @@ def main() -> None:
         try:
             register_at_once(server, directory, root, args.register, named)
             heartbeats(server, directory, root, args.heartbeat_agents, args.processes, args.threads, args.seconds)
+            if args.oar_url:
+                oar_joins(args.oar_url, args.oar_agents)
         finally:
             server.stop()
             if named is not None:

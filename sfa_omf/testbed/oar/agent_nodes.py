@@ -12,12 +12,14 @@ an OAR resource, is taken out of OAR's pool when its agent is lost, and is put b
   calendar already answers geni_failed "node lost contact" for a running one.
 - Only resources whose ``vpn_number`` is the node's are touched: a resource of the same name made otherwise (a node
   OAR had before) is never taken over, and the registration is refused (TESTBED) rather than bind to it.
-- OAR calls cost ~0.3-1.5 s each (a CGI): a registration pays one or two, a sweep one listing plus one call per node
-  whose state must change.
+- OAR calls cost ~0.3-1.5 s each (a CGI): a registration pays one listing and one creation, a sweep one listing
+  plus one call per node whose state must change. Creations are made one at a time (OAR's own numbering races).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -26,6 +28,7 @@ from sfa_omf.testbed.base import AgentNode
 from sfa_omf.testbed.oar.client import OarClient, OarError, OarResource, OarTimeout, OarUnavailable
 
 ALIVE, LOST = "Alive", "Dead"
+REMOVE_ATTEMPTS = 3
 
 
 def resource_properties(node: AgentNode) -> dict[str, str]:
@@ -41,11 +44,17 @@ class OarAgentNodes:
 
     def __init__(self, client: OarClient) -> None:
         self.client = client
+        # OAR 2.5.9 numbers a new resource max(id) + 1 without a lock that holds on PostgreSQL: two creations at once
+        # collide on the id and one fails (measured). This aggregate creates one at a time.
+        self._creating = threading.Lock()
 
     def join(self, node: AgentNode) -> Callable[[], None] | None:
         """The node's resource, Alive: created (returns how to remove it again) or put back Alive (returns None).
         A resource of that name that is not this node's (another vpn_number) is left alone: TESTBED."""
-        existing = self._resources().get(node.hostname, [])
+        # A brief listing first (the properties only when the name is there): it is on every registration's path.
+        existing = self._resources(full=False).get(node.hostname, [])
+        if existing:
+            existing = self._resources().get(node.hostname, [])
         strangers = [resource.id for resource in existing if not _belongs(resource, node.number)]
         if strangers:
             raise GeniError(
@@ -59,7 +68,8 @@ class OarAgentNodes:
                     self.client.set_resource_state(resource.id, ALIVE)
             if existing:
                 return None
-            resource_id = self.client.add_resource(resource_properties(node))
+            with self._creating:  # (the same host name is never joined twice at once: the calendar's row lock)
+                resource_id = self.client.add_resource(resource_properties(node))
         return lambda: self._remove(resource_id)
 
     def sync(self, nodes: Sequence[AgentNode]) -> list[str]:
@@ -71,7 +81,8 @@ class OarAgentNodes:
                 wanted = LOST if node.lost else ALIVE
                 resources = [res for res in by_address.get(node.hostname, []) if _belongs(res, node.number)]
                 if not resources and not node.lost:
-                    self.client.add_resource(resource_properties(node))
+                    with self._creating:
+                        self.client.add_resource(resource_properties(node))
                     changed.append(node.hostname)
                 stale = [resource for resource in resources if resource.state != wanted]
                 for resource in stale:
@@ -96,14 +107,22 @@ class OarAgentNodes:
         return len(resources)
 
     def _remove(self, resource_id: int) -> None:
-        with _oar_errors():
+        """Delete a resource; tried again when OAR's API breaks off (seen under load: the same call then works; a
+        resource already gone is not an error, so trying again is safe)."""
+        for _ in range(REMOVE_ATTEMPTS - 1):
+            try:
+                self.client.delete_resource(resource_id)
+                return
+            except OarUnavailable:
+                time.sleep(1)
+        with _oar_errors():  # the last attempt: its error is the answer
             self.client.delete_resource(resource_id)
 
-    def _resources(self) -> dict[str, list[OarResource]]:
-        """OAR's resources by network address, with their properties (one listing)."""
+    def _resources(self, full: bool = True) -> dict[str, list[OarResource]]:
+        """OAR's resources by network address, with their properties unless not ``full`` (one listing)."""
         by_address: dict[str, list[OarResource]] = {}
         with _oar_errors():
-            resources = self.client.resources()
+            resources = self.client.resources(full=full)
         for resource in resources:
             by_address.setdefault(resource.network_address, []).append(resource)
         return by_address
