@@ -197,7 +197,7 @@ class AgentService:
                 try:
                     action()
                 except Exception:  # the registration's own error is the answer; this is for the operator
-                    log.exception("undoing the failed registration of %s: left for the next sweep", enrolment.hostname)
+                    log.exception("undoing the failed registration of %s did not work", enrolment.hostname)
             raise
         self._forget_pending(pending)
         return agent
