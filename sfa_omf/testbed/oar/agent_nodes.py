@@ -79,8 +79,9 @@ class OarAgentNodes:
         with _oar_errors():
             for node in nodes:
                 wanted = LOST if node.lost else ALIVE
-                resources = [res for res in by_address.get(node.hostname, []) if _belongs(res, node.number)]
-                if not resources and not node.lost:
+                named = by_address.get(node.hostname, [])
+                resources = [resource for resource in named if _belongs(resource, node.number)]
+                if not named and not node.lost:  # (never a second resource beside one made otherwise)
                     with self._creating:
                         self.client.add_resource(resource_properties(node))
                     changed.append(node.hostname)
