@@ -44,7 +44,6 @@ sys.path.insert(0, str(REPO))
 from serving import free_port  # noqa: E402  (benchmarks/ is sys.path[0] when run as a script)
 from sqlalchemy import text  # noqa: E402
 
-from sfa_omf.agents.dns import DnsZones  # noqa: E402
 from sfa_omf.agents.node import KEY, Client, enrol  # noqa: E402
 from sfa_omf.calendar.agents import Agents  # noqa: E402
 from sfa_omf.calendar.database import Database  # noqa: E402
@@ -52,58 +51,10 @@ from sfa_omf.calendar.inventory import Inventory  # noqa: E402
 from sfa_omf.config import read_config  # noqa: E402
 from sfa_omf.registry.bootstrap import init_directory  # noqa: E402
 from sfa_omf.trust.pki import new_private_key, private_key_pem  # noqa: E402
+from tests.agents.named import Named  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class Named:
-    """bind9's named on 127.0.0.1 (a free port), serving the nodes' zone as the aggregate writes it, reloaded by rndc
-    on another free port."""
-
-    ZONE = "nodes.bench"
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port, control = free_port(), free_port()
-        subprocess.run(["rndc-confgen", "-a", "-k", "rndc-key", "-c", str(directory / "rndc.key")], check=True)
-        key = (directory / "rndc.key").read_text()
-        (directory / "rndc.conf").write_text(
-            key + f'options {{ default-key "rndc-key"; default-server 127.0.0.1; default-port {control}; }};\n'
-        )
-        zones = DnsZones(str(directory / "lab" / "dns"), self.ZONE, [])
-        zones.publish([])
-        (directory / "named.conf").write_text(
-            key
-            + f'controls {{ inet 127.0.0.1 port {control} allow {{ 127.0.0.1; }} keys {{ "rndc-key"; }}; }};\n'
-            + f'options {{ directory "{directory}"; pid-file "{directory / "named.pid"}"; '
-            + f"listen-on port {self.port} {{ 127.0.0.1; }}; listen-on-v6 {{ none; }}; }};\n"
-            + zones.server_config()
-        )
-        self.log = open(directory / "named.log", "wb")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            ["named", "-g", "-c", str(directory / "named.conf")], stdout=self.log, stderr=self.log
-        )
-
-    @property
-    def environ(self) -> dict[str, str]:
-        return {
-            "SFA_AGENTS_DNS_ZONE": self.ZONE,
-            "SFA_AGENTS_DNS_RELOAD": f"rndc -c {self.directory / 'rndc.conf'} reload",
-        }
-
-    def resolve(self, names: list[str]) -> list[str]:
-        """The A records of each name (one dig for all), '' for a name not (yet) in the zone."""
-        queries = [f"{name}.{self.ZONE}" for name in names]
-        done = subprocess.run(
-            ["dig", "@127.0.0.1", "-p", str(self.port), "+short", "+time=2", *queries], capture_output=True, text=True
-        )
-        answers = done.stdout.split()
-        return answers if len(answers) == len(names) else [*answers, *[""] * (len(names) - len(answers))]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        self.log.close()
+ZONE = "nodes.bench"
 
 
 class Server:
@@ -119,6 +70,9 @@ class Server:
         if database_url:
             self.environ["SFA_OMF_DATABASE_URL"] = database_url
         self.settings = read_config(self.config, self.environ)
+        database = Database(self.settings.calendar_url)
+        database.upgrade()  # serve refuses an empty calendar
+        database.dispose()
         self.log = open(directory / "server.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sfa_omf.cli", "serve", "--config", self.config],
@@ -189,6 +143,8 @@ def register_at_once(server: Server, directory: Path, root: str, count: int, nam
     nodes = Inventory(Database(server.settings.calendar_url)).list_nodes()
     bookable = sum(1 for node in nodes if node.state == "usable" and node.component_name.startswith("reg"))
     elapsed = time.perf_counter() - began
+    if errors or bookable != count:
+        raise SystemExit(f"registrations failed ({bookable}/{count} bookable): {errors[:5]}")
     resolvable = "-"
     if named is not None:
         expected = [f"127.1.{number // 250}.{number % 250 + 1}" for number in range(count)]
@@ -198,8 +154,6 @@ def register_at_once(server: Server, directory: Path, root: str, count: int, nam
             time.sleep(0.05)
         resolvable = f"{time.perf_counter() - began:.2f}"
     cpu = server.cpu_seconds() - cpu
-    if errors or bookable != count:
-        raise SystemExit(f"registrations failed ({bookable}/{count} bookable): {errors[:5]}")
     print(f"\n1. {count} agents registering at once (each its own key and token; new TLS connection each)")
     print(
         "   | agents | all bookable after (s) | all resolvable after (s) | registration p50 (s) | p95 (s) | max (s) "
@@ -289,6 +243,74 @@ def heartbeats(
     )
 
 
+def oar_joins(oar_url: str, count: int) -> None:
+    """``count`` agents' nodes joining the real OAR at once (what a registration adds with the OAR backend), timed until
+    every one is an Alive resource OAR books (one reservation over all of them is accepted); all removed afterwards."""
+    import secrets
+    from datetime import UTC, datetime, timedelta
+
+    from sfa_omf.testbed.base import AgentNode
+    from sfa_omf.testbed.oar.agent_nodes import OarAgentNodes
+    from sfa_omf.testbed.oar.client import OarClient
+
+    client = OarClient(oar_url, timeout_s=120)
+    members = OarAgentNodes(client)
+    tag = secrets.token_hex(3)
+    nodes = [AgentNode(f"bench{tag}n{number}", 900000 + number, f"127.2.0.{number + 1}") for number in range(count)]
+    latencies = [0.0] * count
+    barrier = threading.Barrier(count + 1)
+    errors: list[str] = []
+
+    def one(number: int) -> None:
+        barrier.wait()
+        began = time.perf_counter()
+        try:
+            members.join(nodes[number])
+        except Exception as exc:
+            errors.append(f"{nodes[number].hostname}: {exc}")
+        latencies[number] = time.perf_counter() - began
+
+    threads = [threading.Thread(target=one, args=(number,)) for number in range(count)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    began = time.perf_counter()
+    job_id = None
+    try:
+        for thread in threads:
+            thread.join()
+        joined = time.perf_counter() - began
+        if errors:
+            raise SystemExit(f"OAR joins failed: {errors[:3]}")
+        start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(days=400 + secrets.randbelow(300))
+        job_id = client.submit_reservation(
+            user="alice",
+            nodes=[node.hostname for node in nodes],
+            start=start,
+            walltime_s=3599,
+            job_type="noop",
+            name="sfa-omf-bench",
+        )
+        booked = time.perf_counter() - began
+    finally:
+        if job_id is not None:
+            client.delete_job(job_id, user="alice")
+        cleanup = time.perf_counter()
+        for node in nodes:
+            try:
+                members.remove(node.hostname, node.number)
+            except Exception as exc:  # the others are still removed; this one is named for the operator
+                print(f"   could not remove {node.hostname} from OAR ({exc}): remove it by hand", file=sys.stderr)
+        cleanup = time.perf_counter() - cleanup
+    print(f"\n3. {count} agents' nodes joining OAR at once ({oar_url}; removed afterwards in {cleanup:.1f} s)")
+    print("   | nodes | all Alive in OAR after (s) | booked by OAR after (s) | join p50 (s) | p95 (s) | max (s) |")
+    print("   |---:|---:|---:|---:|---:|---:|")
+    print(
+        f"   | {count} | {joined:.2f} | {booked:.2f} | {statistics.median(latencies):.2f} "
+        f"| {percentile(latencies, 0.95):.2f} | {max(latencies):.2f} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--register", type=int, default=100)
@@ -298,7 +320,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--no-dns", action="store_true", help="do not run bind9 (names are then not measured)")
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (emptied first); default SQLite")
+    parser.add_argument("--oar-url", default="", help="a real OAR's API: also time agents' nodes joining it")
+    parser.add_argument("--oar-agents", type=int, default=20, help="how many nodes join OAR at once")
+    parser.add_argument("--oar-only", action="store_true", help="only the OAR part (needs --oar-url)")
     args = parser.parse_args()
+    if args.oar_only:
+        oar_joins(args.oar_url, args.oar_agents)
+        return
     if args.database_url:
         database = Database(args.database_url)
         with database.engine.begin() as connection:
@@ -308,8 +336,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as temporary:
         directory = Path(temporary)
         init_directory(str(directory / "lab"), "lab", ("ann",))
-        named = Named(directory) if shutil.which("named") and not args.no_dns else None
-        server = Server(directory / "lab", args.database_url, named.environ if named else {})
+        named = None
+        if shutil.which("named") and not args.no_dns:
+            named = Named(directory, directory / "lab" / "dns", ZONE)
+        dns = {"SFA_AGENTS_DNS_ZONE": ZONE, "SFA_AGENTS_DNS_RELOAD": named.reload_command} if named else {}
+        server = Server(directory / "lab", args.database_url, dns)
         root = str(directory / "lab" / "authority" / "lab.gid")
         print("Node agents benchmark (sfa-omf)")
         print(f"  python      {platform.python_implementation()} {platform.python_version()} on {platform.platform()}")
@@ -319,6 +350,8 @@ def main() -> None:
         try:
             register_at_once(server, directory, root, args.register, named)
             heartbeats(server, directory, root, args.heartbeat_agents, args.processes, args.threads, args.seconds)
+            if args.oar_url:
+                oar_joins(args.oar_url, args.oar_agents)
         finally:
             server.stop()
             if named is not None:

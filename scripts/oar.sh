@@ -137,6 +137,9 @@ resources_up() {
     grep -qx host <<<"$properties" || as_root oarproperty -q -a host -c
     grep -qx cpu <<<"$properties" || as_root oarproperty -q -a cpu
     grep -qx core <<<"$properties" || as_root oarproperty -q -a core
+    # Agents' nodes (sfa_omf/testbed/oar/agent_nodes.py) carry these, as OAR's desktop-computing seed planned.
+    grep -qx local_ip_address <<<"$properties" || as_root oarproperty -q -a local_ip_address -c
+    grep -qx vpn_number <<<"$properties" || as_root oarproperty -q -a vpn_number
     existing=$(as_root oarnodes -l 2>/dev/null || true)
     for i in $(seq 1 "$OAR_NODES"); do
         if ! grep -qx "node$i" <<<"$existing"; then

@@ -9,11 +9,14 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sfa_omf.cli_common import command_settings
 from sfa_omf.errors import BadArgs
 from sfa_omf.times import format_time
+
+if TYPE_CHECKING:
+    from sfa_omf.testbed.oar.agent_nodes import OarAgentNodes
 
 DEFAULT_TOKEN_LIFETIME_S = 24 * 3600
 
@@ -211,6 +214,17 @@ def _stage_out(args: argparse.Namespace) -> int:
     if not files:
         print(f"nothing staged out yet for lease {args.lease_id} on {node}")
     return 0
+
+
+def oar_agent_nodes(settings: Any) -> OarAgentNodes | None:
+    """Agents' nodes in OAR's resources when the aggregate's backend is OAR, else None."""
+    if settings.aggregate_type != "oar":
+        return None
+    from sfa_omf.testbed.oar.agent_nodes import OarAgentNodes
+    from sfa_omf.testbed.oar.client import OarClient
+
+    client = OarClient(settings.oar_api_url, timeout_s=settings.oar_timeout_s)
+    return OarAgentNodes(client)
 
 
 def revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:

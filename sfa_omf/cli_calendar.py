@@ -13,7 +13,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from sfa_omf.calendar.records import NODE_STATES  # plain data: building the parser needs no database layer
-from sfa_omf.cli_agents import add_node_agent_commands, revoke_vpn_of_removed_node
+from sfa_omf.cli_agents import add_node_agent_commands, oar_agent_nodes, revoke_vpn_of_removed_node
 from sfa_omf.cli_common import command_group, command_settings, print_table
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs, GeniError, Reason
@@ -321,6 +321,7 @@ def _node_row(node: NodeRecord) -> tuple[str, ...]:
 
 
 def _node_remove(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.agents import AGENT_HARDWARE_TYPE, Agents
     from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.registry.authority import AuthorityError, LocalAuthority
@@ -330,9 +331,23 @@ def _node_remove(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     database = Database(settings.calendar_url)
     inventory = Inventory(database)
-    name = inventory.get_node(args.component_id).component_name
-    inventory.remove_node(args.component_id)
+    node = inventory.get_node(args.component_id)
+    name = node.component_name
+    # An agent's node is also an OAR resource with the OAR backend: out of OAR's pool first (nothing is removed if
+    # OAR cannot be told), back in it if the calendar refuses, deleted from OAR once the calendar let it go.
+    oar = oar_agent_nodes(settings) if node.hardware_type == AGENT_HARDWARE_TYPE else None
+    number = Agents(database).node_number(args.component_id)
+    if oar is not None:
+        oar.set_lost(name, number, True)
+    try:
+        inventory.remove_node(args.component_id)
+    except Exception:
+        if oar is not None:
+            oar.set_lost(name, number, False)
+        raise
     print(f"removed {args.component_id}")
+    if oar is not None and oar.remove(name, number):
+        print(f"removed its resource from OAR ({name})")
     if revoke_vpn_of_removed_node(settings, name):  # a node agent's VPN access goes with the node
         print(f"revoked the VPN certificate of {name}")
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,7 @@ from sfa_omf.agents.vpn import VpnCa, client_config
 from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.testbed.base import AgentNode, TestbedNodes
 from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import format_time
 from sfa_omf.trust.gid import GidChain, chain_pem
@@ -38,6 +40,9 @@ MAX_PROPERTY_CHARS = 200
 MIN_KEY_BITS = 2048
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _LEASE_ID = re.compile(r"^[0-9a-f-]{36}$")
+# Properties the aggregate sets itself (network_address would point the OAR backend at another node).
+_RESERVED_PROPERTIES = frozenset({"local_address", "lan_group", "network_address"})
+log = logging.getLogger("sfa_omf.agents")
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,8 @@ def _text(body: Mapping[str, Any], name: str, required: bool = True, limit: int 
 
 class AgentService:
     """What the agent API answers. ``accounts_of(slice_urn)`` gives the slice's local logins and SSH keys (the
-    aggregate's account mapping)."""
+    aggregate's account mapping); ``testbed_nodes``, when the testbed keeps its own list of nodes (OAR), is told
+    about registrations, lost nodes and their return."""
 
     def __init__(
         self,
@@ -84,8 +90,10 @@ class AgentService:
         files: FileStore | None = None,
         vpn: VpnCa | None = None,
         dns: DnsZones | None = None,
+        testbed_nodes: TestbedNodes | None = None,
     ) -> None:
         self.agents = agents
+        self.testbed_nodes = testbed_nodes
         self.dns = dns
         self.files = files
         self.vpn = vpn
@@ -102,6 +110,8 @@ class AgentService:
         self._dns_publish_lock = threading.Lock()
         self._dns_requested = 0
         self._dns_published = 0
+        # Names of registrations written but not committed yet: every rewrite publishes them with the calendar's.
+        self._dns_pending: dict[str, NodeName] = {}
 
     def node_urn(self, hostname: str) -> str:
         return hrn_to_urn(join_hrn([*split_hrn(self.authority.hrn), hostname]), "node")
@@ -139,20 +149,16 @@ class AgentService:
             gid = create_gid(node_urn, public_key, self.authority.key, issuer=self.authority.chain[0])
             return chain_pem((gid, *self.authority.chain)), cert_sha256(gid.certificate)
 
-        agent, _changed = self.agents.register(
-            Enrolment(
-                token=token,
-                hostname=hostname,
-                node_urn=self.node_urn(hostname),
-                key_sha256=fingerprint,
-                properties=properties,
-                local_address=local_address,
-                lan_group=lan_group,
-            ),
-            issue,
+        enrolment = Enrolment(
+            token=token,
+            hostname=hostname,
+            node_urn=self.node_urn(hostname),
+            key_sha256=fingerprint,
+            properties=properties,
+            local_address=local_address,
+            lan_group=lan_group,
         )
-        # After the commit: a DNS server that fails answers 503 and the agent's retry (same token) publishes again.
-        self.publish_names()
+        agent = self._register_everywhere(enrolment, issue)
         return {
             "node": agent.node,
             "hostname": agent.hostname,
@@ -162,21 +168,71 @@ class AgentService:
             "heartbeat_s": self.settings.heartbeat_s,
         }
 
+    def _register_everywhere(self, enrolment: Enrolment, issue: Callable[[str], tuple[str, str]]) -> AgentRecord:
+        """The registration in the calendar, the testbed's list of nodes and DNS, or in none of them.
+
+        The calendar's unit of work stays open while the node joins the testbed (OAR) and its name is published and
+        the DNS server reloaded; it commits only when both worked. When anything fails the unit of work is rolled
+        back, a resource this call created is removed again and the zone is rewritten without the name, so the agent
+        is told to retry (503) and the retry, with the same token, starts from nothing."""
+        undo: list[Callable[[], None]] = []
+        pending: list[NodeName] = []
+
+        def outside_the_database(record: AgentRecord) -> None:
+            if self.testbed_nodes is not None:
+                remove = self.testbed_nodes.join(AgentNode(record.hostname, record.number, record.local_address))
+                if remove is not None:
+                    undo.append(remove)
+            if self.dns is not None:
+                pending.append(NodeName(record.hostname, record.number, record.local_address, record.lan_group))
+                self._publish(pending[0])
+
+        try:
+            agent, _changed = self.agents.register(enrolment, issue, outside_the_database)
+        except BaseException:
+            self._forget_pending(pending)
+            if pending:
+                undo.append(self.publish_names)
+            for action in reversed(undo):
+                try:
+                    action()
+                except Exception:  # the registration's own error is the answer; this is for the operator
+                    log.exception("undoing the failed registration of %s did not work", enrolment.hostname)
+            raise
+        self._forget_pending(pending)
+        return agent
+
+    def _forget_pending(self, pending: list[NodeName]) -> None:
+        with self._dns_counter_lock:
+            for name in pending:
+                if self._dns_pending.get(name.hostname) is name:
+                    del self._dns_pending[name.hostname]
+
     def publish_names(self) -> None:
-        """Rewrite the nodes' DNS zone from the calendar (every agent), when this aggregate keeps one. Returns once
-        a rewrite that started after this call has finished; concurrent callers share one rewrite (group commit),
-        so simultaneous registrations do not each wait for their own reload."""
+        """Rewrite the nodes' DNS zone from the calendar (every agent), when this aggregate keeps one."""
+        self._publish(None)
+
+    def _publish(self, pending: NodeName | None) -> None:
+        """Rewrite the zone from the calendar plus the names of registrations not committed yet (``pending`` among
+        them). Returns once a rewrite that started after this call has finished; concurrent callers share one
+        rewrite (group commit), so simultaneous registrations do not each wait for their own reload."""
         if self.dns is None:
             return
         with self._dns_counter_lock:
+            if pending is not None:
+                self._dns_pending[pending.hostname] = pending
             self._dns_requested += 1
             ticket = self._dns_requested
         with self._dns_publish_lock:
             if self._dns_published >= ticket:
-                return  # a rewrite that read the calendar after this caller's commit has finished meanwhile
+                return  # a rewrite that read the calendar and the pending names after this call's own has finished
             with self._dns_counter_lock:
                 target = self._dns_requested
-            self.dns.publish([NodeName(*row) for row in self.agents.names()])  # read after every ticket <= target
+                uncommitted = list(self._dns_pending.values())
+            # The calendar is read after the pending names: a registration that left them had committed first.
+            names = {row[0]: NodeName(*row) for row in self.agents.names()}
+            names.update((name.hostname, name) for name in uncommitted)
+            self.dns.publish(list(names.values()))
             self._dns_published = target
 
     @staticmethod
@@ -185,7 +241,7 @@ class AgentService:
             raise _bad(f"'properties' must be an object of at most {MAX_PROPERTIES} names")
         checked: dict[str, str] = {}
         for name, item in value.items():
-            if not _LABEL.match(name) or name in ("local_address", "lan_group"):
+            if not _LABEL.match(name) or name in _RESERVED_PROPERTIES:
                 raise _bad(f"property name {name!r} is not allowed (letters, digits, '_', '.', '-')")
             if not isinstance(item, str | int | float) or isinstance(item, bool) or len(str(item)) > MAX_PROPERTY_CHARS:
                 raise _bad(f"property {name!r} must be a string or number of at most {MAX_PROPERTY_CHARS} characters")
@@ -223,6 +279,7 @@ class AgentService:
         agent = self.authenticate(caller_chain)
         if agent.lost:
             self.agents.heartbeat(agent.node)
+            self._back_in_testbed(agent)
         else:
             with self._heard_lock:
                 self._heard[agent.node] = int(self.agents.clock().timestamp())
@@ -242,9 +299,29 @@ class AgentService:
         return len(heard)
 
     def sweep_lost(self) -> list[str]:
-        """Flush, then put the nodes of agents silent for the timeout out of service."""
+        """Flush, then put the nodes of agents silent for the timeout out of service (in the testbed's list of
+        nodes too, which is brought in line with the calendar for every agent: a change it missed is made now)."""
         self.flush_heartbeats()
-        return self.agents.sweep_lost(self.settings.timeout_s)
+        lost = self.agents.sweep_lost(self.settings.timeout_s)
+        if self.testbed_nodes is not None:
+            nodes = [AgentNode(*row) for row in self.agents.presence()]
+            try:
+                changed = self.testbed_nodes.sync(nodes)
+            except GeniError as exc:
+                log.warning("the testbed's list of nodes not brought in line with the agents (next sweep): %s", exc)
+            else:
+                if changed:
+                    log.info("testbed's list of nodes brought in line with their agents: %s", ", ".join(changed))
+        return lost
+
+    def _back_in_testbed(self, agent: AgentRecord) -> None:
+        """A lost node heard again is back in the testbed's pool at once (else at the next sweep)."""
+        if self.testbed_nodes is None:
+            return
+        try:
+            self.testbed_nodes.join(AgentNode(agent.hostname, agent.number, agent.local_address))
+        except GeniError as exc:
+            log.warning("node %s is back but not yet in the testbed's pool (next sweep): %s", agent.hostname, exc)
 
     def work(self, caller_chain: GidChain) -> dict[str, Any]:
         """What must be true on the node now: the running leases with their accounts, and leases to tear down."""

@@ -30,6 +30,7 @@ from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import format_time, utcnow
 
 LOST = "lost"
+AGENT_HARDWARE_TYPE = "agent"  # the hardware type of a node an agent registered
 REPORT_STATES = ("started", "failed", "ended")
 # One DNS label, lower case: the name becomes the node's URN name (and, later, its DNS name).
 HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -55,6 +56,7 @@ class AgentRecord:
     registered: datetime
     last_seen: datetime
     lost: bool
+    number: int = 0  # the node's row id: stable while the node exists (its VPN address comes from it)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class NodeWork:
 
 # Issue a certificate for (node URN) to the enrolling key: returns (PEM chain, SHA-256 of the leaf's DER).
 CertificateIssuer = Callable[[str], tuple[str, str]]
+# Called inside the registration's unit of work once its rows are written, before the commit: what must happen
+# outside the database with it (DNS, the testbed's own list of nodes). Raising rolls the registration back.
+OnWritten = Callable[[AgentRecord], None]
 
 
 def _s(moment: datetime) -> int:
@@ -123,6 +128,7 @@ def _agent_record(agent: Agent, node: Node) -> AgentRecord:
         registered=_t(agent.registered_s),
         last_seen=_t(agent.last_seen_s),
         lost=agent.lost,
+        number=node.id,
     )
 
 
@@ -145,6 +151,9 @@ class Agents:
         with self.database.write() as session:
             if pool != DEFAULT_POOL and session.scalar(select(Pool.id).where(Pool.name == pool)) is None:
                 raise GeniError(Reason.NOT_FOUND, f"there is no pool {pool!r}: create it first (sfa-omf pool create)")
+            # The default pool is made here, by the operator's command, not by the first registrations: several
+            # registering at once would each try to create it, and all but one fail on its unique name.
+            self._pool(session, pool)
             session.add(
                 AgentToken(
                     id=token_id,
@@ -157,10 +166,14 @@ class Agents:
         return f"{token_id}.{secret}", TokenRecord(token_id, pool, _t(now_s + lifetime_s), used=False)
 
     # -- enrolment ---------------------------------------------------------------------------------------------
-    def register(self, enrolment: Enrolment, issue: CertificateIssuer) -> tuple[AgentRecord, bool]:
+    def register(
+        self, enrolment: Enrolment, issue: CertificateIssuer, on_written: OnWritten | None = None
+    ) -> tuple[AgentRecord, bool]:
         """Create the agent's node (or take the existing one over) bound to the enrolling key; returns the agent
         and whether anything changed. The same token with the same key and host name again gives the same answer
-        (idempotent); an unknown, expired or already used token is refused and nothing is written."""
+        (idempotent); an unknown, expired or already used token is refused and nothing is written. ``on_written``
+        runs with the agent's record inside the unit of work, before the commit (a repeat too): if it raises,
+        nothing is written."""
         token_id, secret = parse_token(enrolment.token)
         now_s = _s(self.clock())
         with self.database.read() as session:  # refuse a made-up token before spending a signature on it
@@ -180,7 +193,10 @@ class Agents:
                         node = session.get(Node, agent.node_id)
                         assert node is not None
                         self._seen(agent, node, now_s)
-                        return _agent_record(agent, node), False
+                        record = _agent_record(agent, node)
+                        if on_written is not None:
+                            on_written(record)
+                        return record, False
                 raise GeniError(
                     Reason.CALLER_UNTRUSTED, "this join token was used already: ask the operator for a new one"
                 )
@@ -195,7 +211,7 @@ class Agents:
                 node = Node(
                     component_id=enrolment.node_urn,
                     component_name=enrolment.hostname,
-                    hardware_type="agent",
+                    hardware_type=AGENT_HARDWARE_TYPE,
                     exclusive=True,
                     properties={},
                     disk_images=[],
@@ -211,6 +227,12 @@ class Agents:
             node.properties = properties
             session.flush()
             agent = session.get(Agent, node.id)
+            if agent is None and node.hardware_type != AGENT_HARDWARE_TYPE:
+                # A node the operator added or imported (an OAR node of that name): an agent never takes it over.
+                raise GeniError(
+                    Reason.ALREADY_EXISTS,
+                    f"node {enrolment.node_urn} is not an agent's node: enrol under another host name",
+                )
             if agent is None:
                 other = session.scalar(select(Agent).where(Agent.hostname == enrolment.hostname))
                 if other is not None:  # cannot happen while host name and node URN go together; say so if it does
@@ -228,7 +250,10 @@ class Agents:
             token.key_sha256 = enrolment.key_sha256
             token.hostname = enrolment.hostname
             session.flush()
-            return _agent_record(agent, node), True
+            record = _agent_record(agent, node)
+            if on_written is not None:
+                on_written(record)
+            return record, True
 
     @staticmethod
     def _pool(session: Session, name: str) -> Pool:
@@ -426,6 +451,15 @@ class Agents:
                 select(Agent.hostname, Agent.node_id, Agent.local_address, Agent.lan_group).order_by(Agent.hostname)
             )
             return [(hostname, int(node_id), address, group) for hostname, node_id, address, group in rows]
+
+    def presence(self) -> list[tuple[str, int, str, bool]]:
+        """(hostname, node id, local address, lost) of every agent: what the testbed's own list of nodes follows.
+        One column query."""
+        with self.database.read() as session:
+            rows = session.execute(
+                select(Agent.hostname, Agent.node_id, Agent.local_address, Agent.lost).order_by(Agent.hostname)
+            )
+            return [(hostname, int(node_id), address, bool(lost)) for hostname, node_id, address, lost in rows]
 
     def list_agents(self) -> list[AgentRecord]:
         with self.database.read() as session:

@@ -9,8 +9,9 @@
     POST /agents/v1/vpn                {csr}    -> OpenVPN client certificate, CA, fixed address, client config
 
 Answers are JSON objects; a refusal is ``{"error": reason, "message": text}`` with a status that says what kind:
-400 bad input, 403 not trusted (bad token, unknown certificate), 404 unknown, 405 wrong method, 413 too big, 503 the
-database is busy or down. The logic is sfa_omf/agents/service.py; this module only moves bytes and threads.
+400 bad input, 403 not trusted (bad token, unknown certificate), 404 unknown, 405 wrong method, 413 too big, 502 OAR
+refused the node's resource, 503 the database, the DNS server or OAR is busy or down (nothing was written: retry).
+The logic is sfa_omf/agents/service.py; this module only moves bytes and threads.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ STATUS = {
     Reason.TOO_BIG: 413,
     Reason.DATABASE: 503,
     Reason.BUSY: 503,
+    Reason.UNAVAILABLE: 503,  # the DNS server or OAR did not answer: nothing was written, retry
+    Reason.TIMEDOUT: 503,
+    Reason.TESTBED: 502,  # OAR refused the node's resource: its words are in the message
     Reason.UNSUPPORTED: 501,
 }
 

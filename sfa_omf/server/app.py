@@ -61,7 +61,7 @@ from sfa_omf.server.systemd import notify_systemd
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.web import WebCalendarResource
 from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
-from sfa_omf.testbed.base import BackgroundTask
+from sfa_omf.testbed.base import BackgroundTask, TestbedNodes
 from sfa_omf.testbed.registry import load_backend
 from sfa_omf.testbed.unix_accounts import UnixAccounts
 from sfa_omf.trust.gid import load_gid_chain_file
@@ -287,7 +287,19 @@ def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
             if settings.agent_dns_zone
             else None
         ),
+        _testbed_nodes(aggregate),
     )
+
+
+def _testbed_nodes(aggregate: Aggregate) -> TestbedNodes | None:
+    """The testbed's own list of nodes that agents' nodes join: OAR's resources with the OAR backend."""
+    from sfa_omf.testbed.oar.backend import OarTestbed
+
+    if isinstance(aggregate.backend, OarTestbed):
+        from sfa_omf.testbed.oar.agent_nodes import OarAgentNodes
+
+        return OarAgentNodes(aggregate.backend.client)
+    return None
 
 
 def _sweep(service: AgentService) -> None:

@@ -70,3 +70,26 @@ class OperatingBackend(Protocol):
     def operate(self, leases: Sequence[LeaseRecord], action: str) -> None:
         """Do ``action`` on the leases' nodes, all of them, or raise GeniError saying which failed and why (the
         calendar then records nothing)."""
+
+
+@dataclass(frozen=True)
+class AgentNode:
+    """A node that joined through its agent (sfa_omf/agents), as the testbed is told about it."""
+
+    hostname: str  # one DNS label: the node's component name, and its name in the testbed
+    number: int  # the node's fixed number (its VPN address is derived from it)
+    local_address: str  # the address on its own LAN ("" when it gave none)
+    lost: bool = False  # its agent stopped reporting
+
+
+class TestbedNodes(Protocol):
+    """A testbed that keeps its own list of nodes (OAR's resources): agents' nodes join it, leave its pool when lost
+    and come back. Errors are GeniError (UNAVAILABLE, TIMEDOUT, TESTBED)."""
+
+    def join(self, node: AgentNode) -> Callable[[], None] | None:
+        """Make the node a usable member of the testbed; returns how to undo it when this call created it (the
+        registration it belongs to may still fail), None when it was a member already."""
+
+    def sync(self, nodes: Sequence[AgentNode]) -> list[str]:
+        """Make the testbed's view of these nodes follow them (lost: out of the pool, else in it; missing: added);
+        returns the host names it changed."""

@@ -21,6 +21,7 @@ from sfa_omf.config import Settings, read_config
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.server.app import RunningServer, build_aggregate, start_aggregate
 from tests.postgres import empty_postgres
+from tests.testbed.oar.conftest import oar_client, oar_jobs, oar_start, oar_url, oar_users  # noqa: F401 (test_oar_nodes)
 
 SERVER_ADDRESS, AGENT_ADDRESS = "10.218.0.1", "10.218.0.2"
 

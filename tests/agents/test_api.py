@@ -284,3 +284,40 @@ def test_a_removed_node_s_agent_is_refused_until_it_enrols_again(lab: Lab, tmp_p
     enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1")
     renewed = Client(lab.url, str(tmp_path / "a1" / "node.gid"), str(tmp_path / "a1" / KEY), lab.root)
     assert renewed.call("POST", "heartbeat", {})["node"] == enrolled.node
+
+
+def test_an_agent_never_takes_over_a_node_the_operator_added(lab: Lab, tmp_path: Path) -> None:
+    from sfa_omf.calendar.records import NodeSpec
+
+    lab.aggregate.inventory.add_node(NodeSpec("urn:publicid:IDN+lab+node+node1", "node1", hardware_type="pc"))
+    token = lab.invite()
+    with pytest.raises(AgentCallError) as refused:
+        enrol(lab.url, token, lab.root, str(tmp_path / "a1"), "node1")
+    assert refused.value.status == 409 and "enrol under another host name" in refused.value.message
+    assert counts(lab) == (1, 0)
+    assert lab.aggregate.inventory.get_node("urn:publicid:IDN+lab+node+node1").properties == {}
+    enrol(lab.url, token, lab.root, str(tmp_path / "a1"), "pc1")  # the token was not used up
+    assert counts(lab) == (2, 1)
+
+
+def test_agents_registering_at_once_on_a_fresh_calendar_all_get_in(lab: Lab, tmp_path: Path) -> None:
+    import threading
+
+    tokens = [lab.invite() for _ in range(8)]  # the default pool is made here, not by the racing registrations
+    barrier = threading.Barrier(len(tokens))
+    failures: list[str] = []
+
+    def one(number: int) -> None:
+        barrier.wait()
+        try:
+            enrol(lab.url, tokens[number], lab.root, str(tmp_path / f"a{number}"), f"pc{number}")
+        except AgentCallError as exc:
+            failures.append(f"pc{number}: {exc}")
+
+    racers = [threading.Thread(target=one, args=(number,)) for number in range(len(tokens))]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert failures == []
+    assert counts(lab) == (8, 8)

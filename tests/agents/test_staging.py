@@ -88,3 +88,19 @@ def test_stage_in_reaches_only_the_leases_node(lab: Lab, tmp_path: Path) -> None
     with pytest.raises(AgentCallError) as refused:
         other.get_file(lease_id, "input.dat")
     assert refused.value.status == 404 and NODE not in refused.value.message
+
+
+def test_an_oversized_stage_in_is_refused_and_writes_nothing(lab: Lab, tmp_path: Path) -> None:
+    client, lease_id, store = _setup(lab, tmp_path)
+    source = tmp_path / "huge.dat"
+    source.write_bytes(b"x" * (lab.settings.agent_max_file_bytes + 1))
+    staged = subprocess.run(
+        sfa_omf("node", "stage-in", "pc1", lease_id, str(source), "--config", lab.settings_path),
+        env=environment(),
+        capture_output=True,
+        text=True,
+    )
+    assert staged.returncode != 0 and "over the limit" in staged.stderr, staged.stderr
+    assert store.list(lease_id, "pc1", "in") == []
+    (item,) = client.call("GET", "work")["active"]
+    assert item["stage_in"] == []

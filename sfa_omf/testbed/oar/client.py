@@ -62,6 +62,11 @@ _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _WORD = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:+@=,/-]{0,254}")
 _COMMAND = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_.:+@=,/ -]{0,999}")
 _OPTION = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+# A resource's property (a column of OAR's resources table) and its value, put inside single quotes in SQL by OAR.
+_PROPERTY = re.compile(r"[a-z][a-z0-9_]{0,63}")
+# (no quote, backslash or space in a value)
+_VALUE = re.compile(r"[A-Za-z0-9_.:/@+-]{1,255}")
+RESOURCE_STATES = ("Alive", "Absent", "Dead")
 # Fields the client sets itself, or that would let a caller run things or write files as the user.
 _RESERVED_OPTIONS = frozenset(
     {
@@ -257,10 +262,12 @@ class OarClient:
             raise OarError(f"unexpected answer to /version: {answer!r}")
         return answer
 
-    def resources(self) -> list[OarResource]:
-        """Every resource with all its properties (/resources/full), page after page."""
+    def resources(self, *, full: bool = True) -> list[OarResource]:
+        """Every resource with all its properties (/resources/full), page after page; ``full=False`` lists only each
+        one's id, network address and state (/resources: a cheaper query)."""
         resources = []
-        for item in self._paged("/resources/full.json", {}, page_size=self.page_size):
+        path = "/resources/full.json" if full else "/resources.json"
+        for item in self._paged(path, {}, page_size=self.page_size):
             properties = {
                 key: "" if value is None else str(value)
                 for key, value in item.items()
@@ -275,6 +282,43 @@ class OarClient:
                 )
             )
         return resources
+
+    def add_resource(self, properties: Mapping[str, str]) -> int:
+        """Create one resource (as OAR's admin) with these properties, ``network_address`` among them; its id. Each
+        property must exist in OAR already (``oarproperty -a NAME``); OAR puts the values into SQL as they are, so
+        names and values are checked against strict patterns first (ValueError)."""
+        if "network_address" not in properties:
+            raise ValueError("a resource needs a network_address")
+        body = {
+            _checked(_PROPERTY, name, "property name"): _checked(_VALUE, value, f"value of {name}")
+            for name, value in properties.items()
+        }
+        _checked(_NODE, body["network_address"], "network address")
+        answer = self._call("POST", "/resources.json", user=self.admin_user, body=body)
+        items = answer.get("items") if isinstance(answer, dict) else None
+        if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0].get("id"), int):
+            raise OarError(f"OAR created the resource but gave no id: {answer!r}")
+        return int(items[0]["id"])
+
+    def set_resource_state(self, resource_id: int, state: str) -> None:
+        """Put a resource Alive, Absent or Dead (as OAR's admin). A Dead resource is given no new job."""
+        if state not in RESOURCE_STATES:
+            raise ValueError(f"a resource's state is set to one of {', '.join(RESOURCE_STATES)}, not {state!r}")
+        self._call(
+            "POST",
+            f"/resources/{_job_id(resource_id, 'resource')}/state.json",
+            user=self.admin_user,
+            body={"state": state},
+        )
+
+    def delete_resource(self, resource_id: int) -> None:
+        """Remove a resource for good (OAR removes only Dead ones: it is set Dead first). Gone already is not an
+        error."""
+        self.set_resource_state(resource_id, "Dead")
+        try:
+            self._call("DELETE", f"/resources/{_job_id(resource_id, 'resource')}.json", user=self.admin_user)
+        except _NotFound:
+            return
 
     def submit_reservation(
         self,
@@ -481,9 +525,9 @@ def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:
     return value
 
 
-def _job_id(job_id: int) -> int:
+def _job_id(job_id: int, what: str = "job") -> int:
     if isinstance(job_id, bool) or not isinstance(job_id, int) or job_id <= 0:
-        raise ValueError(f"OAR job ids are positive integers, not {job_id!r}")
+        raise ValueError(f"OAR {what} ids are positive integers, not {job_id!r}")
     return job_id
 
 

@@ -531,3 +531,30 @@ def test_walltime_text() -> None:
     assert walltime_text(3599) == "0:59:59"
     assert walltime_text(3600) == "1:00:00"
     assert walltime_text(25 * 3600 + 61) == "25:01:01"
+
+
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {"vpn_number": "1"},  # no network_address
+        {"network_address": "pc1", "local_ip_address": "1.2.3.4'); DROP TABLE resources; --"},
+        {"network_address": "pc1", "Bad-Name": "x"},
+        {"network_address": "pc 1"},
+        {"network_address": "pc1", "vpn_number": ""},
+    ],
+)
+def test_a_resource_oar_would_put_into_sql_as_it_is_is_refused_before_any_request(
+    properties: dict[str, str],
+) -> None:
+    # Nothing listens at this port: a ValueError (not OarUnavailable) shows the request was never sent.
+    client = OarClient(f"http://127.0.0.1:{free_port()}/oarapi", timeout_s=2)
+    with pytest.raises(ValueError):
+        client.add_resource(properties)
+
+
+def test_resource_state_and_id_are_checked_before_any_request() -> None:
+    client = OarClient(f"http://127.0.0.1:{free_port()}/oarapi", timeout_s=2)
+    with pytest.raises(ValueError, match="Alive, Absent, Dead"):
+        client.set_resource_state(1, "Suspected")
+    with pytest.raises(ValueError, match="resource ids"):
+        client.set_resource_state(0, "Dead")
