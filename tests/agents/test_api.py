@@ -252,14 +252,15 @@ def test_heartbeats_are_written_together_and_a_sweep_writes_them_first(lab: Lab,
 
     enrolled = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1")
     chain = load_gid_chain_file(str(tmp_path / "a1" / "node.gid"))
-    now = [utcnow() + timedelta(seconds=100)]
+    (before,) = lab.agents.list_agents()
+    # From the registration's recorded second, not from the wall clock: under load a second may pass in between.
+    now = [before.last_seen + timedelta(seconds=100)]
     service = AgentService(
         Agents(lab.aggregate.database, clock=lambda: now[0]),
         LocalAuthority.load(str(lab.directory), "lab"),
         lambda _slice: [],
         AgentSettings(heartbeat_s=30, timeout_s=120),
     )
-    (before,) = lab.agents.list_agents()
     assert service.heartbeat(chain)["node"] == enrolled.node
     assert lab.agents.list_agents()[0].last_seen == before.last_seen  # gathered, not written yet
     now[0] += timedelta(seconds=100)  # 200 s after registration: lost unless the heartbeat at 100 s counts
