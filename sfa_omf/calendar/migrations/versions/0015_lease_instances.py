@@ -2,7 +2,7 @@
 server restarted mid-lease still knows what to destroy at the slot's end.
 
 Revision ID: 0015
-Revises: 0012
+Revises: 0014
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0015"
-down_revision = "0017"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 

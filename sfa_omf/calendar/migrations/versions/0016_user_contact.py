@@ -1,8 +1,8 @@
 """Notifications: the e-mail address in the GID each user presented at Allocate or Provision (table user_contact),
 where lease e-mails go by default when the user has no address of their own here.
 
-Revision ID: 0019
-Revises: 0014
+Revision ID: 0016
+Revises: 0015
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019"
+revision = "0016"
 down_revision = "0015"
 branch_labels = None
 depends_on = None

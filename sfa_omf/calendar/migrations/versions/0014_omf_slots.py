@@ -1,8 +1,8 @@
 """The OMF backend's slot work per lease: what was done on the testbed at the slot's start (image, power on) and end
 (power off, keys removed), so a restart neither redoes nor loses it, and the controllers' reason when it failed.
 
-Revision ID: 0017
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017"
-down_revision = "0014"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

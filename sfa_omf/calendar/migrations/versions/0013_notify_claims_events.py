@@ -1,7 +1,7 @@
 """Notifications: outbox rows are claimed before delivery (several notifiers on one database never send a message
 twice), and events that are not lease states (refused renewals, operators' events) are recorded in notify_event.
 
-Revision ID: 0014
+Revision ID: 0013
 Revises: 0012
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
+revision = "0013"
 down_revision = "0012"
 branch_labels = None
 depends_on = None
