@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, Node, OmfSlot, Sliver
+from sfa_omf.calendar.outbox import LeaseNews, add_lease_event
 
 PROVISIONED, STARTING, READY, FAILED = "provisioned", "starting", "ready", "failed"
 ENDING, ENDED, END_FAILED = "ending", "ended", "end_failed"
@@ -107,12 +109,16 @@ class SlotRecords:
         message: str = "",
         failures: Mapping[str, str] | None = None,
         count_attempt: bool = False,
+        news: LeaseNews | None = None,
     ) -> None:
-        """Record the outcome of the work this caller claimed."""
+        """Record the outcome of the work this caller claimed; ``news`` (the start failed) is recorded for the
+        lease's users in the same unit of work."""
         with self.database.write() as session:
             row = session.get(OmfSlot, lease_id, with_for_update=True)
             if row is None:
                 return
+            if news is not None:
+                add_lease_event(session, lease_id, news, datetime.fromtimestamp(now_s, UTC))
             row.phase = phase
             row.message = message
             if failures is not None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sfa_omf.am.states import Operational
+from sfa_omf.calendar.outbox import LeaseNews
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.calendar.records import LeaseRecord, SliverRecord
 from sfa_omf.errors import GeniError, Reason
@@ -188,7 +189,10 @@ class SlotKeeper:
         if failed:
             reasons = {by_name.get(name, name): reason for name, reason in failed.items()}
             message = "; ".join(f"{name}: {reason}" for name, reason in sorted(failed.items()))
-            self.records.finish(record.lease_id, FAILED, self._now_s(), message, reasons)
+            # Told to the lease's users once per failed start (claimed by one pass; a geni_restart starts again).
+            now_s = self._now_s()
+            news = LeaseNews("failed", f"{record.lease_id}:failed:omf-start:{now_s}", message)
+            self.records.finish(record.lease_id, FAILED, now_s, message, reasons, news=news)
             log.warning("lease %s: the start of its slot failed: %s", record.lease_id, message)
             report.failed.append(record.lease_id)
         else:

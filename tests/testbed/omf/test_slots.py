@@ -6,13 +6,14 @@ the server that neither redoes nor loses the work, the broker going away and com
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pika
 
 from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.outbox import NotifyEvents, RecordedEvent
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.testbed.omf.backend import make_omf_backend
@@ -63,6 +64,12 @@ def states(running: Running, lab: Lab) -> dict[str, tuple[str, str]]:
         node_of[sliver["geni_sliver_urn"]]: (sliver["geni_operational_status"], sliver["geni_error"])
         for sliver in slivers(running, lab)
     }
+
+
+def failed_events(running: Running) -> list[RecordedEvent]:
+    """The "failed" events recorded for the lease's users (the notifier sends each once)."""
+    recorded = NotifyEvents(running.aggregate.database).since(datetime.fromtimestamp(0, UTC))
+    return [event for event in recorded if event.event == "failed"]
 
 
 def test_the_image_is_loaded_in_order_then_the_nodes_powered_on_once(running: Running, lab: Lab) -> None:
@@ -176,12 +183,17 @@ def test_a_controller_error_is_geni_failed_with_its_reason_and_the_booking_kept(
         "node2": ("geni_failed", "cm_factory could not switch on: failed to reach cm, ip: 10.0.0.102."),
     }
     assert allocation_states(running, lab) == ["geni_provisioned", "geni_provisioned"]
+    # The slice's users are told (notifications.md: "failed"), once, with the controller's words.
+    (told,) = failed_events(running)
+    assert (told.slice_urn, told.payload["lease"]) == (SLICE, lease)
+    assert told.payload["reason"] == "node2: cm_factory could not switch on: failed to reach cm, ip: 10.0.0.102."
     # geni_restart after the failure: the start is done again by the next pass.
     del running.nodes.fail[("node2", "on")]
     restart = running.am.PerformOperationalAction([SLICE], [lab.slice_cred], "geni_restart", {})
     assert restart["code"]["geni_code"] == 0, restart["output"]
     assert pass_at(running, start + timedelta(minutes=1)).started == [lease]
     assert {state for state, _ in states(running, lab).values()} == {"geni_ready"}
+    assert len(failed_events(running)) == 1  # a start that worked tells nobody of a failure
 
 
 def test_a_failed_image_write_is_that_slivers_reason(running: Running, lab: Lab) -> None:
