@@ -64,17 +64,20 @@ class Alerts:
         )
 
     def backend_failed(self, backend: str, task: str, error: str) -> None:
-        """A testbed task failed: the backend is down, unless it is already known to be."""
-        last = self.events.last(BACKEND_STATES, f"backend_:{backend}:")
+        """A testbed task failed: the backend is down, unless that task is already known to fail. Kept per task:
+        one task failing while another works (OAR's mirror and reconciler) must not flap down/recovered."""
+        last = self.events.last(BACKEND_STATES, _state_prefix(backend, task))
         if last is not None and last.event == "backend_down":
             return
-        self._backend_event("backend_down", backend, last, f"testbed backend {backend} is down ({task}: {error})")
+        summary = f"testbed backend {backend} is down ({task}: {' '.join(error.split())})"
+        self._backend_event("backend_down", backend, task, last, summary, error=error)
 
-    def backend_worked(self, backend: str) -> None:
-        """A testbed task worked: if the backend was down, it has recovered."""
-        last = self.events.last(BACKEND_STATES, f"backend_:{backend}:")
+    def backend_worked(self, backend: str, task: str) -> None:
+        """A testbed task worked: if it was failing, the backend has recovered."""
+        last = self.events.last(BACKEND_STATES, _state_prefix(backend, task))
         if last is not None and last.event == "backend_down":
-            self._backend_event("backend_recovered", backend, last, f"testbed backend {backend} has recovered")
+            summary = f"testbed backend {backend} has recovered ({task} works again)"
+            self._backend_event("backend_recovered", backend, task, last, summary)
 
     def repaired(self, backend: str, task: str, report: str) -> None:
         """The backend's reconciler changed something to make the testbed and the calendar agree."""
@@ -95,15 +98,17 @@ class Alerts:
             )
         )
 
-    def _backend_event(self, event: str, backend: str, previous: RecordedEvent | None, summary: str) -> None:
+    def _backend_event(
+        self, event: str, backend: str, task: str, previous: RecordedEvent | None, summary: str, **details: str
+    ) -> None:
         # The key names the state it follows: two processes noticing the same change record it once.
         after = previous.id if previous is not None else 0
         self._record(
             RecordedEvent(
-                key=f"backend_:{backend}:{event}:after:{after}",
+                key=f"{_state_prefix(backend, task)}{event}:after:{after}",
                 event=event,
                 slice_urn=None,
-                payload={"event": event, "summary": summary, "backend": backend},
+                payload={"event": event, "summary": summary, "backend": backend, "task": task, **details},
                 created=self.clock(),
             )
         )
@@ -113,3 +118,10 @@ class Alerts:
             self.events.record(event)
         except GeniError as exc:  # the database is down: the event is lost, the caller's work is not
             log.warning("could not record the %s event (%s)", event.event, exc.message)
+        except Exception:  # recording never replaces the caller's own answer (e.g. Renew's refusal)
+            log.exception("could not record the %s event", event.event)
+
+
+def _state_prefix(backend: str, task: str) -> str:
+    """The key prefix of one backend task's down/recovered events."""
+    return f"backend_:{backend}:{task}:"

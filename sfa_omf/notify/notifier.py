@@ -139,6 +139,10 @@ class Notifier:
             )
             log.warning("notification %s not delivered (%s)%s", message.key, exc, "; giving up" if give_up else "")
             return 0
+        except Exception as exc:  # a message that cannot even be written: trying again would fail again
+            self.outbox.mark_failed(message.id, self.owner, f"cannot be sent: {exc}", None)
+            log.exception("notification %s cannot be sent; given up", message.key)
+            return 0
         if not self.outbox.mark_sent(message.id, self.owner):
             log.warning("notification %s was delivered after its claim expired (a repeat is possible)", message.key)
         return 1
@@ -191,7 +195,8 @@ def email_text(message: Message) -> tuple[str, str]:
         return "sfa-omf test message", "This is a test message from sfa-omf: notifications reach you here.\n"
     if "summary" in data:  # a recorded event (alerts.py): its summary, then its details
         details = "".join(f"  {name}: {value}\n" for name, value in sorted(data.items()) if name != "summary")
-        return f"[sfa-omf] {data['summary']}", f"{data['summary']}.\n\n{details}\n{STOP}"
+        # A header holds one line: an error's text may have several (EmailMessage refuses a line break).
+        return f"[sfa-omf] {' '.join(str(data['summary']).split())}", f"{data['summary']}.\n\n{details}\n{STOP}"
     slice_name = str(data["slice"]).rsplit("+", 1)[-1]
     subject = f"[sfa-omf] lease of {slice_name} {SUBJECTS.get(message.event, message.event)}"
     nodes = ", ".join(str(node) for node in data["nodes"])

@@ -438,7 +438,7 @@ def _backend_task(aggregate: Aggregate, task: BackgroundTask) -> None:
         log.warning("%s failed (%s); will try again in %d s", task.name, exc, task.period_s)
         aggregate.alerts.backend_failed(backend, task.name, str(exc))
         return
-    aggregate.alerts.backend_worked(backend)
+    aggregate.alerts.backend_worked(backend, task.name)
     if task.repairs and getattr(result, "changed", False):
         aggregate.alerts.repaired(backend, task.name, str(result))
 

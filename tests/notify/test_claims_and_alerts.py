@@ -91,12 +91,14 @@ def test_two_notifiers_on_one_database_send_each_message_once(
             thread.start()
         for thread in threads:
             thread.join(timeout=300)
+        assert not any(thread.is_alive() for thread in threads), "a notifier did not finish within 300 s"
         assert errors == []
         expected = 2 * LEASES * LIFE
         mail, hooks = Counter(smtp.mailbox.events()), Counter(receiver.events())
         assert len(mail) == len(hooks) == LEASES * LIFE, "every event arrived on both channels"
         assert set(mail.values()) == set(hooks.values()) == {1}, "and none twice"
-        assert sum(delivered) == expected and min(delivered) > 0, f"both notifiers delivered: {delivered}"
+        # Which notifier wins each claim is the scheduler's choice (usually both deliver some): not asserted.
+        assert sum(delivered) == expected, f"delivered between them: {delivered}"
         assert Outbox(first).counts().sent == expected and Outbox(first).counts().pending == 0
     finally:
         second.dispose()
@@ -153,7 +155,7 @@ def test_backend_down_and_recovered_are_told_once(
         port[0] = listener.getsockname()[1]
         for _ in range(2):
             _backend_task(aggregate_like, task)  # type: ignore[arg-type]
-        Alerts(booked.database).backend_worked("fake-testbed")
+        Alerts(booked.database).backend_worked("fake-testbed", task.name)
     finally:
         listener.close()
     events = [event.event for event in NotifyEvents(booked.database).since(NOW - timedelta(days=1))]
@@ -167,10 +169,32 @@ def test_backend_down_and_recovered_are_told_once(
     assert [str(m["Subject"]) for m in ops_mail] == [
         "[sfa-omf] testbed backend fake-testbed is down (mirror the testbed's own reservations: "
         "[Errno 111] Connection refused)",
-        "[sfa-omf] testbed backend fake-testbed has recovered",
+        "[sfa-omf] testbed backend fake-testbed has recovered (mirror the testbed's own reservations works again)",
     ]
     assert [key.split(":")[0] for key in receiver.events()] == ["backend_", "backend_"]
     assert all(m["To"] != "alice@example.org" or "backend" not in str(m["Subject"]) for m in smtp.mailbox.messages)
+
+
+def test_one_task_failing_while_another_works_is_down_once_and_a_multi_line_error_is_sent(
+    booked: Booked, smtp: SmtpServer, receiver: Receiver
+) -> None:
+    """OAR's mirror failing every 30 s while its reconciler works: one "down", no flapping; the error's several
+    lines (a database's or OAR's message) make a one-line subject, and the message is delivered."""
+    alerts = Alerts(booked.database)
+    for _ in range(3):
+        alerts.backend_failed("fake-testbed", "mirror", "could not connect\nis the server running?\n")
+        alerts.backend_worked("fake-testbed", "reconcile")
+    events = [event.event for event in NotifyEvents(booked.database).since(NOW - timedelta(days=1))]
+    assert events == ["backend_down"]
+    note = operators(booked.database, smtp, receiver, lambda: booked.clock[0])
+    note.notice()
+    assert note.deliver() == 2  # the e-mail and the webhook
+    (mail,) = [m for m in smtp.mailbox.messages if m["To"] == "ops@example.org"]
+    assert str(mail["Subject"]) == (
+        "[sfa-omf] testbed backend fake-testbed is down (mirror: could not connect is the server running?)"
+    )
+    # The body keeps the error as it was, line breaks included.
+    assert "  error: could not connect\nis the server running?\n" in mail.get_content().replace("\r\n", "\n")
 
 
 def test_reconciler_repairs_are_told_and_quiet_rounds_are_not(
