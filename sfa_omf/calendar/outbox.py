@@ -13,10 +13,12 @@ X-SFA-OMF-Event) so receivers can drop it.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -428,7 +430,31 @@ def check_address(channel: str, address: str) -> None:
     """An e-mail address or an http(s) URL, as the channel needs; GeniError saying what is wrong otherwise."""
     if channel == "email":
         local, _, domain = address.partition("@")
-        if not local or "." not in domain.strip(".") or any(c.isspace() for c in address) or len(address) > 254:
+        # One address: a separator or an angle bracket would make several recipients, or a header of its own.
+        several = any(c.isspace() or c in ',;<>"' for c in address) or "@" in domain
+        if not local or "." not in domain.strip(".") or several or len(address) > 254:
             raise GeniError(Reason.BAD_ARGS, f"{address!r} is not an e-mail address (name@example.org)")
     elif not (address.startswith("http://") or address.startswith("https://")) or any(c.isspace() for c in address):
         raise GeniError(Reason.BAD_ARGS, f"{address!r} is not a webhook URL (http:// or https://)")
+
+
+def check_self_service_webhook(address: str) -> None:
+    """A webhook a user sets for themselves (the web page): https only, and not to this host or a private,
+    link-local or reserved address given literally, so users cannot make the aggregate post inside its own network.
+    Operators may still subscribe such URLs with ``sfa-omf notify subscribe``; names are not resolved here (egress
+    filtering is the operator's, docs/notifications.md)."""
+    check_address("webhook", address)
+    parts = urlsplit(address)
+    host = (parts.hostname or "").rstrip(".").lower()
+    if parts.scheme != "https" or not host:
+        raise GeniError(Reason.BAD_ARGS, f"{address!r}: a webhook you set yourself must be an https:// URL")
+    try:
+        literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    inside = host == "localhost" or host.endswith(".localhost") or (literal is not None and not literal.is_global)
+    if inside:
+        raise GeniError(
+            Reason.BAD_ARGS,
+            f"{address!r}: a webhook you set yourself must reach a public address, not {host} (ask the operator)",
+        )

@@ -30,7 +30,7 @@ from sfa_omf.calendar.availability import Availability
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.feeds import FeedTokens, LeaseRevisions
 from sfa_omf.calendar.inventory import Inventory
-from sfa_omf.calendar.outbox import Outbox
+from sfa_omf.calendar.outbox import Outbox, check_self_service_webhook
 from sfa_omf.calendar.timeline import BookingRow, NodeRow, Timeline
 from sfa_omf.errors import GeniError
 from sfa_omf.times import utcnow
@@ -272,6 +272,8 @@ class WebCalendar:
             raise BadRequest(str(exc)) from exc
         if action == "subscribe":
             address = request.form.get("address", "").strip()
+            if channel == "webhook":
+                check_self_service_webhook(address)  # GeniError (400) says what is wrong with it
             self.outbox.subscribe(viewer.urn, channel, address)  # GeniError (400) says what is wrong with it
             return self.my_page(viewer, f"You will be told by {CHANNEL_LABELS[channel]} at {address}.")
         if action == "unsubscribe":

@@ -83,6 +83,7 @@ def test_a_user_makes_and_closes_their_private_feed(lab: Lab, pki: DemoPki) -> N
 def refusals(token: str, bobs: str) -> list[tuple[str, dict[str, str], str | None, FormOrigin, int, str]]:
     """(path, form, who, where from, status, words of the answer) of every class of bad POST."""
     good = {"token": token, "channel": "email", "action": "subscribe", "address": "alice@example.org"}
+    hook = {**good, "channel": "webhook"}
     return [
         ("/me/notify", good, None, OURS, 403, "present their GENI user certificate"),
         ("/me/notify", good, "alice", FormOrigin("cross-site", "https://evil.example", HOST), 403, "another site"),
@@ -96,6 +97,14 @@ def refusals(token: str, bobs: str) -> list[tuple[str, dict[str, str], str | Non
         ("/me/notify", {**good, "channel": "sms"}, "alice", OURS, 400, "channel='sms': one of email, webhook"),
         ("/me/notify", {**good, "address": "not mail"}, "alice", OURS, 400, "is not an e-mail address"),
         ("/me/notify", {**good, "channel": "webhook"}, "alice", OURS, 400, "is not a webhook URL"),
+        ("/me/notify", {**good, "address": "alice@example.org,bob@example.org"}, "alice", OURS, 400, "not an e-mail"),
+        ("/me/notify", {**good, "address": "alice@example.org>"}, "alice", OURS, 400, "not an e-mail address"),
+        ("/me/notify", {**hook, "address": "http://hooks.example.org/a"}, "alice", OURS, 400, "must be an https://"),
+        ("/me/notify", {**hook, "address": "https://127.0.0.1:8080/a"}, "alice", OURS, 400, "not 127.0.0.1"),
+        ("/me/notify", {**hook, "address": "https://[::1]/a"}, "alice", OURS, 400, "not ::1"),
+        ("/me/notify", {**hook, "address": "https://10.1.2.3/a"}, "alice", OURS, 400, "not 10.1.2.3"),
+        ("/me/notify", {**hook, "address": "https://169.254.169.254/x"}, "alice", OURS, 400, "a public address"),
+        ("/me/notify", {**hook, "address": "https://db.localhost/a"}, "alice", OURS, 400, "not db.localhost"),
         ("/me/notify", {**good, "action": "delete"}, "alice", OURS, 400, "subscribe or unsubscribe"),
         ("/me/feed", {"token": token, "action": "share"}, "alice", OURS, 400, "new or close"),
         ("/", good, "alice", OURS, 405, "is read with GET"),
@@ -103,7 +112,7 @@ def refusals(token: str, bobs: str) -> list[tuple[str, dict[str, str], str | Non
     ]
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(24))
 def test_bad_posts_are_refused_and_change_nothing(lab: Lab, pki: DemoPki, case: int) -> None:
     token = token_of(page(lab, pki))
     bobs = token_of(page(lab, pki, "bob"))
@@ -119,7 +128,7 @@ def test_the_page_needs_a_certificate(lab: Lab, pki: DemoPki) -> None:
     anonymous = page(lab, pki, None)
     assert anonymous.status == 403 and "present their GENI user certificate" in text(anonymous)
     assert form_token(b"k", ALICE) != form_token(b"k", "urn:publicid:IDN+testbed+user+bob")
-    assert len(refusals("t", "b")) == 16, "each refusal has its case in the test above"
+    assert len(refusals("t", "b")) == 24, "each refusal has its case in the test above"
     gantt = lab.web.handle(WebRequest(path="/", caller_chain=pki.users["alice"].chain))
     assert 'id="my-page" href="/calendar/me"' in gantt.body.decode()
     assert b'id="my-page"' not in lab.web.handle(WebRequest(path="/")).body
