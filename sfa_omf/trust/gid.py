@@ -117,6 +117,9 @@ def gid_from_certificate(certificate: x509.Certificate) -> Gid:
 #: Distinct certificates (and PEM chains) kept parsed. A server sees a few per user and authority; the bound keeps
 #: a stream of new ones from growing memory.
 PARSED_CACHE_SIZE = 4096
+#: Inputs larger than this are parsed but not kept: the caches are keyed by the caller's bytes, and a chain of real
+#: GIDs is a few KiB; without it, 4 096 entries of megabyte-sized junk would hold gigabytes.
+MAX_CACHED_BYTES = 32 * 1024
 
 
 def load_gid_chain(pem: bytes | str) -> GidChain:
@@ -130,42 +133,55 @@ def load_gid_chain(pem: bytes | str) -> GidChain:
             pem = pem.encode("ascii")
         except UnicodeEncodeError as exc:
             raise BadArgs(f"cannot read a PEM certificate chain: not ASCII ({exc.reason})") from exc
-    return _parse_chain(pem)
+    return _parse_chain(pem) if len(pem) <= MAX_CACHED_BYTES else _read_chain(pem)
 
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
+# Only base64 and whitespace between the markers: a lazy ".*?" scanned to the end of the input from every BEGIN
+# without an END, quadratic in the size of what a caller sends (minutes for a few hundred KiB).
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]*-----END CERTIFICATE-----")
 
 
-@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
-def _parse_chain(data: bytes) -> GidChain:
-    # Keyed by the exact bytes; a refusal raises and is never cached. Each certificate block is parsed once too:
-    # one credential carries the same certificates in its owner, target and signer chains.
+def _read_chain(data: bytes) -> GidChain:
+    # A refusal raises and is never cached. Each certificate block is parsed once too: one credential carries the
+    # same certificates in its owner, target and signer chains.
     blocks = _PEM_BLOCK.findall(data)
     if not blocks:
         raise BadArgs("cannot read a PEM certificate chain: no certificate in it")
-    return tuple(_parse_block(block) for block in blocks)
+    return tuple(_parse_block(block) if len(block) <= MAX_CACHED_BYTES else _read_block(block) for block in blocks)
 
 
-@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
-def _parse_block(block: bytes) -> Gid:
+#: Keyed by the exact bytes (see load_gid_chain).
+_parse_chain = functools.lru_cache(maxsize=PARSED_CACHE_SIZE)(_read_chain)
+
+
+def _read_block(block: bytes) -> Gid:
     try:
         return gid_from_certificate(x509.load_pem_x509_certificate(block))
     except ValueError as exc:
         raise BadArgs(f"cannot read a PEM certificate chain: {exc}") from exc
 
 
-@functools.lru_cache(maxsize=PARSED_CACHE_SIZE)
-def gid_from_der(der: bytes) -> Gid:
-    """The GID of one DER certificate (a TLS peer's), parsed once per distinct certificate. Raises ValueError when
-    the bytes are no certificate (never cached)."""
+_parse_block = functools.lru_cache(maxsize=PARSED_CACHE_SIZE)(_read_block)
+
+
+def _read_der(der: bytes) -> Gid:
     return gid_from_certificate(x509.load_der_x509_certificate(der))
+
+
+_parse_der = functools.lru_cache(maxsize=PARSED_CACHE_SIZE)(_read_der)
+
+
+def gid_from_der(der: bytes) -> Gid:
+    """The GID of one DER certificate (a TLS peer's), parsed once per distinct certificate of a usual size. Raises
+    ValueError when the bytes are no certificate (never cached)."""
+    return _parse_der(der) if len(der) <= MAX_CACHED_BYTES else _read_der(der)
 
 
 def forget_parsed() -> None:
     """Empty the caches of parsed certificates (see verifier.forget_certificates)."""
     _parse_chain.cache_clear()
     _parse_block.cache_clear()
-    gid_from_der.cache_clear()
+    _parse_der.cache_clear()
 
 
 def load_gid_chain_file(path: str) -> GidChain:

@@ -13,6 +13,8 @@ from typing import Any
 
 from lxml import etree
 
+from sfa_omf.trust.gid import MAX_CACHED_BYTES
+
 # python-xmlsec's bundled stubs lack most Transform and KeyFormat constants; use the module untyped, here only.
 _xmlsec: Any = importlib.import_module("xmlsec")
 
@@ -44,15 +46,24 @@ def sign(signature: etree._Element, private_key_pem: bytes) -> None:
     context.sign(signature)
 
 
-@functools.lru_cache(maxsize=1024)
-def _public_key(certificate_pem: bytes) -> Any:
-    """The xmlsec key of a certificate, loaded once per distinct certificate (a signer signs many credentials)."""
+def _load_public_key(certificate_pem: bytes) -> Any:
     return _xmlsec.Key.from_memory(certificate_pem, _xmlsec.KeyFormat.CERT_PEM, None)
+
+
+_cached_public_key = functools.lru_cache(maxsize=1024)(_load_public_key)
+
+
+def _public_key(certificate_pem: bytes) -> Any:
+    """The xmlsec key of a certificate, loaded once per distinct certificate of a usual size (a signer signs many
+    credentials); larger ones are loaded every time rather than kept (the cache is keyed by the caller's bytes)."""
+    if len(certificate_pem) > MAX_CACHED_BYTES:
+        return _load_public_key(certificate_pem)
+    return _cached_public_key(certificate_pem)
 
 
 def forget_keys() -> None:
     """Empty the cache of loaded keys (see verifier.forget_certificates)."""
-    _public_key.cache_clear()
+    _cached_public_key.cache_clear()
 
 
 def verify(signature: etree._Element, certificate_pem: bytes) -> None:

@@ -104,3 +104,26 @@ def test_a_tampered_credential_is_refused_after_its_signer_key_was_loaded(pki: D
     with pytest.raises(TrustError) as again:
         verifier.verify(tampered, now)
     assert again.value.reason == Reason.SIGNATURE
+
+
+def test_a_flood_of_begin_markers_is_refused_without_scanning_to_the_end_from_each() -> None:
+    """4 MiB (the request limit) of BEGIN lines without an END: a lazy match from every BEGIN to the end of the input
+    took minutes for a few hundred KiB (quadratic) and held the interpreter lock; it is refused at once now."""
+    flood = b"-----BEGIN CERTIFICATE-----\n" * (4 * 1024 * 1024 // 28)
+    with pytest.raises(BadArgs, match="no certificate in it"):
+        load_gid_chain(flood)
+
+
+def test_large_inputs_are_parsed_but_not_kept(tree: dict[str, Gid]) -> None:
+    """The caches are keyed by the caller's bytes: a chain padded to megabytes is read, never kept."""
+    from sfa_omf.trust import gid as gid_module
+
+    forget_certificates()
+    block = chain_pem((tree["ann"],)).strip()
+    padded = (block + "\n" + " " * 40_000 + "\n") * 3  # three copies of ann's certificate, each block 40 KB
+    chain = load_gid_chain(padded)
+    assert [g.urn for g in chain] == [tree["ann"].urn] * 3
+    assert gid_module._parse_chain.cache_info().currsize == 0  # the 120 KB text is not a key
+    assert gid_module._parse_block.cache_info().currsize == 1  # its one certificate, of a usual size, is
+    assert load_gid_chain(block)[0].urn == tree["ann"].urn  # a usual chain is kept
+    assert gid_module._parse_chain.cache_info().currsize == 1
