@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import Database, retry_transient
@@ -79,11 +81,17 @@ def record_contact(session: Session, contact: Contact | None, now_s: int) -> Non
     """Keep the caller's GID e-mail (the default address of their lease e-mails), in the caller's unit of work."""
     if contact is None or not contact.gid_email:
         return
-    row = session.get(UserContact, contact.user_urn)
-    if row is None:
-        session.add(UserContact(user_urn=contact.user_urn, gid_email=contact.gid_email, updated_s=now_s))
-    elif row.gid_email != contact.gid_email:
-        row.gid_email, row.updated_s = contact.gid_email, now_s
+    # One statement (an upsert): two first calls of the same user at once (Provision is not serialised per user
+    # like Allocate) would otherwise both insert, and the second fail on the key.
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(UserContact).values(user_urn=contact.user_urn, gid_email=contact.gid_email, updated_s=now_s)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[UserContact.user_urn],
+            set_={"gid_email": statement.excluded.gid_email, "updated_s": statement.excluded.updated_s},
+            where=UserContact.gid_email != statement.excluded.gid_email,
+        )
+    )
 
 
 # Built once: building a statement costs more than running it (see booking._lease_query).

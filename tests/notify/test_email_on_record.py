@@ -5,6 +5,7 @@ aggregate call path (credentials checked), a real SMTP server (aiosmtpd)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.models import UserContact
 from sfa_omf.calendar.outbox import Outbox
 from sfa_omf.calendar.records import NodeSpec
+from sfa_omf.calendar.slices import Contact, record_contact
 from sfa_omf.errors import GeniError
 from sfa_omf.notify.channels import SmtpSettings
 from sfa_omf.notify.notifier import Notifier, NotifySettings
@@ -24,9 +26,10 @@ from sfa_omf.registry.records import Record, Records
 from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
-from tests.notify.conftest import SmtpServer
+from tests.notify.conftest import Booked, SmtpServer
 
 NODE = "urn:publicid:IDN+testbed+node+n1"
+ANN = "urn:publicid:IDN+testbed+user+ann"
 
 
 @pytest.fixture
@@ -113,3 +116,26 @@ def test_without_email_by_default_only_subscribers_are_told(
     assert Outbox(aggregate.database).email_defaults([pki.users["alice"].chain[0].urn or ""]) == {
         pki.users["alice"].chain[0].urn: "alice@testbed.example.org"
     }
+
+
+def test_two_first_contacts_of_one_user_at_once_both_succeed(booked: Booked) -> None:
+    """A user's first Provision and another first call at once (Provision is not serialised per user): both record
+    the GID's address, neither fails on the key; the later one's address stays (SQLite and PostgreSQL)."""
+    errors: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with booked.database.write() as session:
+                record_contact(session, Contact(ANN, "ann@laptop.example.org"), 2)
+        except BaseException as exc:  # seen below
+            errors.append(exc)
+
+    racer = threading.Thread(target=second)
+    with booked.database.write() as session:
+        record_contact(session, Contact(ANN, "ann@desk.example.org"), 1)
+        racer.start()
+        racer.join(timeout=1)  # it waits for this unit of work (the key on PostgreSQL, the write lock on SQLite)
+    racer.join(timeout=60)
+    assert not racer.is_alive() and errors == []
+    with booked.database.read() as session:
+        assert session.get(UserContact, ANN).gid_email == "ann@laptop.example.org"  # type: ignore[union-attr]
