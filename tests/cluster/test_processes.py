@@ -137,15 +137,12 @@ def test_leader_killed_the_other_host_takes_over_and_runs_the_background_work(
     assert [view[1] for view in sliver_view(client.Status([urn], [credential], {}))] == ["geni_allocated"]
     assert not any("now leads" in line for line in standby.lines)
 
-    killed_at = time.monotonic()
     leader.process.send_signal(signal.SIGKILL)
     leader.process.wait()
+    # How soon is the configuration's promise (leader_takeover_s), not timed here: no timing threshold in a test.
     standby.wait_for_line("now leads the background tasks")
-    took_over_s = time.monotonic() - killed_at
     standby.wait_for_line("released 1 allocation(s) that were not provisioned in time")
     assert client.Status([urn], [credential], {})["value"]["geni_slivers"] == []
-    # The configured time, with room for a loaded machine to schedule the processes (the guarantee is TAKEOVER_S).
-    assert took_over_s < TAKEOVER_S + 5, f"took {took_over_s:.1f} s"
     assert standby.stop() == 0
 
 
