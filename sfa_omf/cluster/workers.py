@@ -121,6 +121,9 @@ class Supervisor:
             [*self.command, "--worker-sockets", fds, "--worker-number", str(number), "--worker-of", str(os.getpid())],
             env=self._environment(),
             pass_fds=[listening.fileno() for listening in self.sockets],
+            # Born ignoring SIGHUP (kept across exec) until it installs its own reload handler: a reload forwarded
+            # while it still imports would otherwise kill it. The master has no threads, so preexec_fn is safe.
+            preexec_fn=_ignore_sighup,
         )
         worker = Worker(number, process)
         self.workers[number] = worker
@@ -232,6 +235,10 @@ class Supervisor:
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _ignore_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def die_with_master(master_pid: int) -> None:

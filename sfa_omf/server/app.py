@@ -509,7 +509,8 @@ def serve_forever(settings: Settings, checked: bool = False, sockets: Sequence[i
     def stop(*_: Any) -> None:
         reactor.callFromThread(stop_once)
 
-    signal.signal(signal.SIGTERM, stop)
+    # Once running: reactor.run() installs Twisted's own SIGTERM handler, which would replace one set before.
+    reactor.callWhenRunning(signal.signal, signal.SIGTERM, stop)
     reactor.addSystemEventTrigger("before", "shutdown", running.stop)
     reactor.callWhenRunning(freeze_start_up_objects)  # issue 15: start-up's objects out of every GC walk
     reactor.callWhenRunning(notify_systemd, "READY=1")

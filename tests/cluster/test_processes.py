@@ -208,6 +208,29 @@ def test_a_worker_killed_while_others_serve_loses_only_its_calls_in_progress(
     assert server.stop() == 0
 
 
+def test_a_reload_while_a_worker_is_being_replaced_does_not_kill_it(
+    lab: Lab, tmp_path: Path, servers: list[Serve]
+) -> None:
+    """systemctl reload (SIGHUP to the master, forwarded to the workers) just after a worker died: its replacement,
+    still importing, is born ignoring SIGHUP until it installs its own handler, so it lives and serves."""
+    server = Serve(lab, tmp_path, "workers", "--workers", "2")
+    servers.append(server)
+    server.wait_ready()
+    pids = worker_pids(server)
+    os.kill(pids[0], signal.SIGKILL)
+    replaced = server.wait_for_line(f"worker 1 (pid {pids[0]}) was killed by signal 9")
+    new_pid = int(replaced.rsplit("started pid ", 1)[1].split()[0])
+    for _ in range(10):  # reloads while the replacement starts (the master forwards them every poll)
+        server.process.send_signal(signal.SIGHUP)
+        time.sleep(0.2)
+    os.kill(new_pid, 0)  # it runs
+    urn, credential = lab.slices[0]
+    for _ in range(4):  # both workers answer (a new connection each: whichever worker accepts it)
+        assert code(server.client(lab).Status([urn], [credential], {})) in (0, 12)
+    assert not any("killed by signal 1" in line for line in server.lines), server.lines
+    assert server.stop() == 0
+
+
 def test_workers_end_with_their_master_even_when_it_is_killed(lab: Lab, tmp_path: Path, servers: list[Serve]) -> None:
     """No orphaned worker keeps the ports without a master to replace or stop it (systemd or not)."""
     server = Serve(lab, tmp_path, "workers", "--workers", "2")
