@@ -71,6 +71,9 @@ class SlotRecords:
                 return
             row.accounts = {login: list(keys) for login, keys in accounts.items()}
             row.updated_s = now_s
+            if row.phase == ENDED:
+                # Provisioned again after its work was ended: the slot's work is to come again.
+                row.phase, row.failures, row.message, row.attempts = PROVISIONED, {}, "", 0
 
     def set_accounts(self, lease_id: str, accounts: Mapping[str, Sequence[str]]) -> None:
         """The keys each login now has for this lease (geni_update_users)."""

@@ -49,6 +49,8 @@ log = logging.getLogger("sfa_omf.omf.slots")
 MAX_END_ATTEMPTS = 10
 #: Leases in these calendar states hold the testbed (until their end).
 LIVE_STATES = ("provisioned",)
+#: The calendar state of a lease whose Provision is under way (its slot row may already be written).
+PROVISIONING_STATE = "allocated"
 #: Phases of a lease whose keys are in place (the end has not started).
 KEYS_HELD = (PROVISIONED, STARTING, READY, FAILED)
 
@@ -158,10 +160,13 @@ class SlotKeeper:
         report = SlotReport(taken_back=self.records.release_stale(now_s - self.stale_after_s, now_s))
         for record in self.records.open_work():
             live = record.lease_state in LIVE_STATES and now_s < record.end_s
+            # A lease still allocated is in the middle of its Provision (the row is written before the calendar
+            # marks it provisioned): not over unless its end has passed.
+            over = now_s >= record.end_s or record.lease_state not in (PROVISIONING_STATE, *LIVE_STATES)
             if live and record.phase == PROVISIONED and record.start_s <= now_s:
                 if self.records.claim(record.lease_id, (PROVISIONED,), STARTING, now_s):
                     self._start(record, report)
-            elif not live and record.phase in HOLDING:
+            elif over and record.phase in HOLDING:
                 if record.phase == END_FAILED and record.attempts >= MAX_END_ATTEMPTS:
                     continue
                 if self.records.claim(record.lease_id, (record.phase,), ENDING, now_s):

@@ -18,7 +18,7 @@ from sfa_omf.calendar.queries import to_s
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.testbed.omf.backend import make_omf_backend
 from sfa_omf.testbed.omf.frcp import address, encode, new_message
-from sfa_omf.testbed.omf.slot_records import PROVISIONED, STARTING
+from sfa_omf.testbed.omf.slot_records import ENDED, PROVISIONED, STARTING
 from sfa_omf.testbed.omf.slots import SlotReport
 from tests.sshkeys import ssh_key
 from tests.testbed.omf.omf_lab import (
@@ -319,3 +319,49 @@ def test_an_operational_action_no_controller_answers_is_timedout_and_records_not
         assert answer["code"]["geni_code"] == 8
         assert "no answer about node1 to switch off (cm_factory) within 1 s (no node was switched)" in answer["output"]
         assert states(running, lab) == {"node1": ("geni_ready", "")}
+
+
+def test_a_pass_during_a_provision_leaves_the_lease_alone(running: Running, lab: Lab) -> None:
+    """Provision writes the slot row (backend.provision) before the calendar marks the lease provisioned (one unit
+    of work at the end): a pass in between must not take the lease as over."""
+    assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
+    (lease,) = running.aggregate.bookings.leases(slice_urn=SLICE)
+    assert lease.state == "allocated"
+    assert running.backend.slots is not None
+    running.backend.slots.provisioned(lease, [])  # what backend.provision writes, mid-Provision
+    start = slot_start()
+    report = pass_at(running, start + timedelta(minutes=1))
+    assert report.ended == [] and report.end_failed == [] and report.started == []
+    assert running.nodes.steps == []  # nothing powered off, no key withdrawn
+    answer = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
+    assert answer["code"]["geni_code"] == 0, answer["output"]
+    assert pass_at(running, start + timedelta(minutes=1)).started == [lease.id]
+    assert running.nodes.power == {"node1": "on"}
+    assert states(running, lab) == {"node1": ("geni_ready", "")}
+
+
+def test_an_allocated_lease_whose_end_passed_is_ended(running: Running, lab: Lab) -> None:
+    assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
+    (lease,) = running.aggregate.bookings.leases(slice_urn=SLICE)
+    assert running.backend.slots is not None
+    running.backend.slots.provisioned(lease, [])
+    assert pass_at(running, slot_start() + timedelta(hours=1)).ended == [lease.id]
+
+
+def test_a_lease_provisioned_again_after_its_work_ended_is_started(running: Running, lab: Lab) -> None:
+    """A row left ``ended`` for a lease still allocated (a pass took it as over before this was fixed) is reset by
+    the Provision that completes: its slot is started and Status does not say geni_ready before that."""
+    assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
+    (lease,) = running.aggregate.bookings.leases(slice_urn=SLICE)
+    slots = running.backend.slots
+    assert slots is not None
+    slots.provisioned(lease, [])
+    start = slot_start()
+    assert slots.records.claim(lease.id, (PROVISIONED,), ENDED, to_s(start))
+    running.at(start + timedelta(minutes=1))
+    answer = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
+    assert answer["code"]["geni_code"] == 0, answer["output"]
+    assert states(running, lab) == {"node1": ("geni_configuring", "")}
+    assert pass_at(running, start + timedelta(minutes=1)).started == [lease.id]
+    assert running.nodes.power == {"node1": "on"}
+    assert states(running, lab) == {"node1": ("geni_ready", "")}
