@@ -20,6 +20,7 @@ from sfa_omf.testbed.omf.backend import make_omf_backend
 from sfa_omf.testbed.omf.frcp import address, encode, new_message
 from sfa_omf.testbed.omf.slot_records import ENDED, PROVISIONED, STARTING
 from sfa_omf.testbed.omf.slots import SlotReport
+from sfa_omf.times import format_time
 from tests.sshkeys import ssh_key
 from tests.testbed.omf.omf_lab import (
     ANN,
@@ -365,3 +366,19 @@ def test_a_lease_provisioned_again_after_its_work_ended_is_started(running: Runn
     assert pass_at(running, start + timedelta(minutes=1)).started == [lease.id]
     assert running.nodes.power == {"node1": "on"}
     assert states(running, lab) == {"node1": ("geni_ready", "")}
+
+
+def test_operational_actions_outside_the_slot_are_refused_and_switch_nothing(running: Running, lab: Lab) -> None:
+    """A provisioned lease for later must not switch off nodes another slice holds now."""
+    provisioned(running, lab, {"node1": "", "node2": ""})
+    start = slot_start()
+    for moment in (start - timedelta(minutes=30), start + timedelta(hours=1)):
+        running.at(moment)
+        for action in ("geni_start", "geni_stop", "geni_restart"):
+            answer = running.am.PerformOperationalAction([SLICE], [lab.slice_cred], action, {})
+            assert answer["code"]["geni_code"] == 1, answer
+            assert "geni_start/stop/restart act during the slot" in answer["output"]
+            assert format_time(start) in answer["output"] and "nothing was changed" in answer["output"]
+    assert running.nodes.steps == [] and running.nodes.power == {}
+    running.at(start)
+    assert {state for state, _ in states(running, lab).values()} == {"geni_configuring"}  # not marked stopped
