@@ -89,6 +89,14 @@ class SlotKeeper:
         self.records.provisioned(lease.id, _keys_of(accounts), to_s(self.clock()))
 
     def users_updated(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
+        """geni_update_users set ``accounts``' keys: each login the lease no longer has loses the keys this lease
+        installed (keeping other live leases'), or is closed under per-slice; then the new keys are recorded."""
+        record = self.records.get(lease.id)
+        if record is not None and record.phase in KEYS_HELD and self.user_factory is not None:
+            wanted = {account.login for account in accounts}
+            dropped = [login for login in record.accounts if login not in wanted]
+            if dropped:
+                self._withdraw_logins(lease.id, dropped)
         self.records.set_accounts(lease.id, _keys_of(accounts))
 
     # -- Status ---------------------------------------------------------------------------------------------
@@ -254,12 +262,13 @@ class SlotKeeper:
     def _withdraw_keys(self, record: SlotRecord) -> None:
         """Each login of the lease keeps the keys other live leases installed for it; a per-slice login that no
         live lease uses is closed."""
+        self._withdraw_logins(record.lease_id, list(record.accounts))
+
+    def _withdraw_logins(self, lease_id: str, logins: Sequence[str]) -> None:
         assert self.user_factory is not None
-        others = self._keys_of_other_leases(record.lease_id)
-        closing = [login for login in record.accounts if self.account_policy == "per-slice" and login not in others]
-        keeping = [
-            LocalAccount(login, (), tuple(others.get(login, ()))) for login in record.accounts if login not in closing
-        ]
+        others = self._keys_of_other_leases(lease_id)
+        closing = [login for login in logins if self.account_policy == "per-slice" and login not in others]
+        keeping = [LocalAccount(login, (), tuple(others.get(login, ()))) for login in logins if login not in closing]
         if keeping:
             self.user_factory.set_keys(keeping)
         if closing:

@@ -382,3 +382,24 @@ def test_operational_actions_outside_the_slot_are_refused_and_switch_nothing(run
     assert running.nodes.steps == [] and running.nodes.power == {}
     running.at(start)
     assert {state for state, _ in states(running, lab).values()} == {"geni_configuring"}  # not marked stopped
+
+
+def test_a_user_left_out_by_geni_update_users_loses_the_lease_keys_on_the_testbed(running: Running, lab: Lab) -> None:
+    bob = "urn:publicid:IDN+lab+user+bob"
+    both = {"geni_users": [{"urn": ANN, "keys": [ssh_key("ann@laptop")]}, {"urn": bob, "keys": [ssh_key("bob@pc")]}]}
+    assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
+    answer = running.am.Provision([SLICE], [lab.slice_cred], both)
+    assert answer["code"]["geni_code"] == 0, answer["output"]
+    bob_login = running.aggregate.accounts.login_for(bob, SLICE)
+    bob_keys = running.root / "home" / bob_login / ".ssh" / "authorized_keys"
+    assert bob_keys.read_text() == f"{ssh_key('bob@pc')}\n"
+    updated = running.am.PerformOperationalAction(
+        [SLICE], [lab.slice_cred], "geni_update_users", users(ssh_key("ann@tablet"))
+    )
+    assert updated["code"]["geni_code"] == 0, updated["output"]
+    assert bob_keys.read_text() == ""  # per-user account: kept, without this lease's keys
+    ann_keys = running.root / "home" / running.aggregate.accounts.login_for(ANN, SLICE) / ".ssh" / "authorized_keys"
+    assert ann_keys.read_text() == f"{ssh_key('ann@tablet')}\n"
+    # The lease's end withdraws what it holds now: ann's keys; bob's stay withdrawn.
+    assert pass_at(running, slot_start() + timedelta(hours=1)).ended
+    assert ann_keys.read_text() == "" and bob_keys.read_text() == ""
