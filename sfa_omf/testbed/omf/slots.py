@@ -40,6 +40,7 @@ from sfa_omf.testbed.omf.slot_records import (
     STARTING,
     SlotRecord,
     SlotRecords,
+    SlotState,
 )
 from sfa_omf.testbed.unix_accounts import LocalAccount
 
@@ -83,6 +84,7 @@ class SlotKeeper:
         self.account_policy = account_policy
         self.clock = clock
         self.stale_after_s = stale_after_s
+        self._last_read: tuple[LeaseRecord, SlotState | None] | None = None
 
     # -- what the backend records -----------------------------------------------------------------------------
     def provisioned(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
@@ -102,7 +104,7 @@ class SlotKeeper:
     # -- Status ---------------------------------------------------------------------------------------------
     def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth | None:
         """The sliver's state from its lease's slot work; None when there is no record (not provisioned here)."""
-        record = self.records.get(lease.id)
+        record = self._slot_of(lease)
         if record is None:
             return None
         if record.phase == FAILED and sliver.node in record.failures:
@@ -114,6 +116,16 @@ class SlotKeeper:
         if record.phase in (PROVISIONED, STARTING):  # the start's work is due or under way
             return SliverHealth(Operational.CONFIGURING, record.message)
         return SliverHealth(Operational.READY)
+
+    def _slot_of(self, lease: LeaseRecord) -> SlotState | None:
+        """The lease's slot state, read once per answer: the aggregate hands each sliver of a lease the same
+        LeaseRecord, read afresh for every call, so the last read is reused only for that very object."""
+        last = self._last_read
+        if last is not None and last[0] is lease:
+            return last[1]
+        found = self.records.state_of(lease.id)
+        self._last_read = (lease, found)
+        return found
 
     # -- PerformOperationalAction ---------------------------------------------------------------------------
     def operate(self, leases: Sequence[LeaseRecord], action: str, names: Mapping[str, str]) -> None:

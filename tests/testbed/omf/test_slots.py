@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pytest
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.outbox import NotifyEvents, RecordedEvent
@@ -403,3 +404,25 @@ def test_a_user_left_out_by_geni_update_users_loses_the_lease_keys_on_the_testbe
     # The lease's end withdraws what it holds now: ann's keys; bob's stay withdrawn.
     assert pass_at(running, slot_start() + timedelta(hours=1)).ended
     assert ann_keys.read_text() == "" and bob_keys.read_text() == ""
+
+
+def test_status_reads_a_lease_slot_work_once_per_call(
+    running: Running, lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provisioned(running, lab, {"node1": "", "node2": ""})
+    slots = running.backend.slots
+    assert slots is not None
+    real, reads = slots.records.state_of, []
+
+    def counted(lease_id: str) -> Any:
+        reads.append(lease_id)
+        return real(lease_id)
+
+    monkeypatch.setattr(slots.records, "state_of", counted)
+    start = slot_start()
+    running.at(start)
+    assert states(running, lab) == {"node1": ("geni_configuring", ""), "node2": ("geni_configuring", "")}
+    assert len(reads) == 1  # two slivers, one read
+    pass_at(running, start)
+    assert states(running, lab) == {"node1": ("geni_ready", ""), "node2": ("geni_ready", "")}  # read afresh
+    assert len(reads) == 2
