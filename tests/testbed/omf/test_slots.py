@@ -216,9 +216,11 @@ def test_a_controller_that_never_answers_is_geni_failed_and_a_forged_answer_does
     for running in serve(running_reactor, lab, tmp_path, rabbitmq_url, frcp_boot_timeout_s=2):
         provisioned(running, lab, {"node1": ""})
         running.nodes.silent.add("node1")
-        # Someone without the testbed's trust publishes "node1 is running" on cm_factory's topic: unsigned, so
-        # refused (the aggregate accepts signed informs from trusted signers only).
-        forged = new_message("inform", address("127.0.0.1", "intruder"), {"node_name": "node1", "current": "booting"})
+        # Someone without the testbed's trust publishes "node1 is on" on cm_factory's topic, as cm_factory's STATUS
+        # inform would say it: unsigned, so refused (the aggregate accepts signed informs from trusted signers only).
+        forged = new_message(
+            "inform", address("127.0.0.1", "intruder"), {"node_name": "node1", "current": "on"}, itype="STATUS"
+        )
         running.nodes.later(0.5, lambda running=running, forged=forged: _publish(running, forged))
         pass_at(running, slot_start())
         ((state, error),) = states(running, lab).values()
