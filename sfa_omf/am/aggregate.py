@@ -578,10 +578,12 @@ class Aggregate:
                 options = {**options, "sfa_omf_instance": named[0]}  # the one container named by its URN
             save_image(self.instances, leases, options, verified.owner_urn, self.clock())
             return self._sliver_dicts(slice_urn, sliver_urns)
+        now = self.clock()
+        _check_slots_running(leases, action, now)  # one check before anything acts: a refusal changes nothing
         if isinstance(self.backend, OperatingBackend):  # the testbed first: if it fails, nothing is recorded
             self.backend.operate(leases, event.value)
         if self.instances is not None:
-            act_on_containers(self.instances, event, leases, self._slice_keys(slice_urn), self.clock())
+            act_on_containers(self.instances, event, leases, self._slice_keys(slice_urn), now)
         wanted = Operational.NOTREADY if event == Event.STOP else Operational.READY
         self.bookings.set_operational_states([lease.id for lease in leases], wanted)
         return self._sliver_dicts(slice_urn, sliver_urns)
@@ -888,6 +890,17 @@ def _urn_type(urn: str) -> str:
 def _check_urn(urn: str, kind: str) -> None:
     if not is_urn(urn) or _urn_type(urn) != kind:
         raise BadArgs(f"{urn!r} is not a {kind} URN (urn:publicid:IDN+<authority>+{kind}+<name>)")
+
+
+def _check_slots_running(leases: Sequence[LeaseRecord], action: str, now: datetime) -> None:
+    """BADARGS unless every lease's slot runs at ``now``: a provisioned lease for later must not switch nodes that
+    another slice holds now."""
+    for lease in leases:
+        if not lease.start <= now < lease.end:
+            raise BadArgs(
+                f"{action}: the slot of lease {lease.id} is {format_time(lease.start)} to {format_time(lease.end)}, "
+                "not now; geni_start/stop/restart act during the slot (nothing was changed)"
+            )
 
 
 def _check_rspec_version(options: Mapping[str, Any], required: bool, method: str) -> None:

@@ -80,12 +80,13 @@ def setup(pki: DemoPki, tmp_path: Path) -> tuple[Aggregate, FaultInjectingTestbe
     return aggregate, backend
 
 
-def two_leases_request() -> str:
-    """n1 and n2 in two different slots: two leases, so a failure can come between them."""
-    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+def two_leases_request(same_slot_at: datetime | None = None) -> str:
+    """n1 and n2 in two different slots (or both at ``same_slot_at``): two leases, so a failure can come between
+    them."""
+    start = same_slot_at or utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
     leases, nodes = [], []
     for index, urn in enumerate(NODES):
-        begin = start + timedelta(hours=index)
+        begin = start + timedelta(hours=0 if same_slot_at else index)
         leases.append(
             f'<ol:lease client_id="l{index}" valid_from="{format_time(begin)}" '
             f'valid_until="{format_time(begin + timedelta(hours=1))}"/>'
@@ -301,8 +302,12 @@ def test_geni_stop_that_fails_on_the_second_lease_stops_none(
 
     aggregate, _ = setup
     alice = pki.users["alice"]
-    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(same_slot_at=start), {})
     aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert len(aggregate.bookings.leases()) == 2
+    during = start + timedelta(minutes=1)
+    aggregate.clock = lambda: during  # geni_stop acts during the slot
     before = [tuple(s.operational_state for s in lease.slivers) for lease in aggregate.bookings.leases()]
     real, calls = booking.lease_record, []
 

@@ -120,6 +120,6 @@ def test_acting_on_containers_outside_their_slot_is_refused_and_changes_nothing(
     for action in ("geni_start", "geni_stop", "geni_restart"):
         refused = client.PerformOperationalAction([pki.slice_urn], slice_cred, action, {})
         assert refused["code"]["geni_code"] == GeniCode.BADARGS, refused
-        assert "run during its slot only" in refused["output"] and "nothing was changed" in refused["output"]
+        assert "act during the slot" in refused["output"] and "nothing was changed" in refused["output"]
     assert site.instances.listing() == before and {i.state for i in before} == {"planned"}
     assert site.aggregate.run_instances() == ([], [])  # before the slot nothing starts

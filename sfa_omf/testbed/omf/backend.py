@@ -83,7 +83,8 @@ class OmfTestbed:
 
     def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
         """Each account's authorized_keys becomes exactly its keys plus those other live leases installed for the
-        same login (user_factory's auth_keys overwrites the file)."""
+        same login (user_factory's auth_keys overwrites the file); a login the lease no longer has keeps only those
+        other live leases' keys (or is closed under per-slice)."""
         if self.user_factory is not None:
             installed = self.slots.with_others_keys(lease.id, accounts) if self.slots is not None else list(accounts)
             self.user_factory.set_keys(installed)

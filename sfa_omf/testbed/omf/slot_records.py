@@ -48,6 +48,15 @@ class SlotRecord:
     nodes: tuple[SlotNode, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class SlotState:
+    """What Status needs of a lease's slot work."""
+
+    phase: str
+    failures: Mapping[str, str]
+    message: str
+
+
 class SlotRecords:
     def __init__(self, database: Database) -> None:
         self.database = database
@@ -71,6 +80,9 @@ class SlotRecords:
                 return
             row.accounts = {login: list(keys) for login, keys in accounts.items()}
             row.updated_s = now_s
+            if row.phase == ENDED:
+                # Provisioned again after its work was ended: the slot's work is to come again.
+                row.phase, row.failures, row.message, row.attempts = PROVISIONED, {}, "", 0
 
     def set_accounts(self, lease_id: str, accounts: Mapping[str, Sequence[str]]) -> None:
         """The keys each login now has for this lease (geni_update_users)."""
@@ -90,6 +102,14 @@ class SlotRecords:
         with self.database.read() as session:
             row = session.get(OmfSlot, lease_id)
             return _record(row) if row is not None else None
+
+    def state_of(self, lease_id: str) -> SlotState | None:
+        """The lease's phase, failures and message (a column query); None when it has no slot work here."""
+        with self.database.read() as session:
+            row = session.execute(
+                select(OmfSlot.phase, OmfSlot.failures, OmfSlot.message).where(OmfSlot.lease_id == lease_id)
+            ).first()
+        return SlotState(row.phase, dict(row.failures or {}), row.message) if row is not None else None
 
     def claim(self, lease_id: str, from_phases: Sequence[str], to_phase: str, now_s: int) -> bool:
         """Move the lease to ``to_phase`` if it is in one of ``from_phases``; whether this caller got it."""

@@ -40,6 +40,7 @@ from sfa_omf.testbed.omf.slot_records import (
     STARTING,
     SlotRecord,
     SlotRecords,
+    SlotState,
 )
 from sfa_omf.testbed.unix_accounts import LocalAccount
 
@@ -49,6 +50,8 @@ log = logging.getLogger("sfa_omf.omf.slots")
 MAX_END_ATTEMPTS = 10
 #: Leases in these calendar states hold the testbed (until their end).
 LIVE_STATES = ("provisioned",)
+#: The calendar state of a lease whose Provision is under way (its slot row may already be written).
+PROVISIONING_STATE = "allocated"
 #: Phases of a lease whose keys are in place (the end has not started).
 KEYS_HELD = (PROVISIONED, STARTING, READY, FAILED)
 
@@ -81,18 +84,27 @@ class SlotKeeper:
         self.account_policy = account_policy
         self.clock = clock
         self.stale_after_s = stale_after_s
+        self._last_read: tuple[LeaseRecord, SlotState | None] | None = None
 
     # -- what the backend records -----------------------------------------------------------------------------
     def provisioned(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
         self.records.provisioned(lease.id, _keys_of(accounts), to_s(self.clock()))
 
     def users_updated(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
+        """geni_update_users set ``accounts``' keys: each login the lease no longer has loses the keys this lease
+        installed (keeping other live leases'), or is closed under per-slice; then the new keys are recorded."""
+        record = self.records.get(lease.id)
+        if record is not None and record.phase in KEYS_HELD and self.user_factory is not None:
+            wanted = {account.login for account in accounts}
+            dropped = [login for login in record.accounts if login not in wanted]
+            if dropped:
+                self._withdraw_logins(lease.id, dropped)
         self.records.set_accounts(lease.id, _keys_of(accounts))
 
     # -- Status ---------------------------------------------------------------------------------------------
     def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth | None:
         """The sliver's state from its lease's slot work; None when there is no record (not provisioned here)."""
-        record = self.records.get(lease.id)
+        record = self._slot_of(lease)
         if record is None:
             return None
         if record.phase == FAILED and sliver.node in record.failures:
@@ -104,6 +116,16 @@ class SlotKeeper:
         if record.phase in (PROVISIONED, STARTING):  # the start's work is due or under way
             return SliverHealth(Operational.CONFIGURING, record.message)
         return SliverHealth(Operational.READY)
+
+    def _slot_of(self, lease: LeaseRecord) -> SlotState | None:
+        """The lease's slot state, read once per answer: the aggregate hands each sliver of a lease the same
+        LeaseRecord, read afresh for every call, so the last read is reused only for that very object."""
+        last = self._last_read
+        if last is not None and last[0] is lease:
+            return last[1]
+        found = self.records.state_of(lease.id)
+        self._last_read = (lease, found)
+        return found
 
     # -- PerformOperationalAction ---------------------------------------------------------------------------
     def operate(self, leases: Sequence[LeaseRecord], action: str, names: Mapping[str, str]) -> None:
@@ -158,10 +180,13 @@ class SlotKeeper:
         report = SlotReport(taken_back=self.records.release_stale(now_s - self.stale_after_s, now_s))
         for record in self.records.open_work():
             live = record.lease_state in LIVE_STATES and now_s < record.end_s
+            # A lease still allocated is in the middle of its Provision (the row is written before the calendar
+            # marks it provisioned): not over unless its end has passed.
+            over = now_s >= record.end_s or record.lease_state not in (PROVISIONING_STATE, *LIVE_STATES)
             if live and record.phase == PROVISIONED and record.start_s <= now_s:
                 if self.records.claim(record.lease_id, (PROVISIONED,), STARTING, now_s):
                     self._start(record, report)
-            elif not live and record.phase in HOLDING:
+            elif over and record.phase in HOLDING:
                 if record.phase == END_FAILED and record.attempts >= MAX_END_ATTEMPTS:
                     continue
                 if self.records.claim(record.lease_id, (record.phase,), ENDING, now_s):
@@ -249,12 +274,13 @@ class SlotKeeper:
     def _withdraw_keys(self, record: SlotRecord) -> None:
         """Each login of the lease keeps the keys other live leases installed for it; a per-slice login that no
         live lease uses is closed."""
+        self._withdraw_logins(record.lease_id, list(record.accounts))
+
+    def _withdraw_logins(self, lease_id: str, logins: Sequence[str]) -> None:
         assert self.user_factory is not None
-        others = self._keys_of_other_leases(record.lease_id)
-        closing = [login for login in record.accounts if self.account_policy == "per-slice" and login not in others]
-        keeping = [
-            LocalAccount(login, (), tuple(others.get(login, ()))) for login in record.accounts if login not in closing
-        ]
+        others = self._keys_of_other_leases(lease_id)
+        closing = [login for login in logins if self.account_policy == "per-slice" and login not in others]
+        keeping = [LocalAccount(login, (), tuple(others.get(login, ()))) for login in logins if login not in closing]
         if keeping:
             self.user_factory.set_keys(keeping)
         if closing:

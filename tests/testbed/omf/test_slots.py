@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pytest
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.outbox import NotifyEvents, RecordedEvent
@@ -18,8 +19,9 @@ from sfa_omf.calendar.queries import to_s
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.testbed.omf.backend import make_omf_backend
 from sfa_omf.testbed.omf.frcp import address, encode, new_message
-from sfa_omf.testbed.omf.slot_records import PROVISIONED, STARTING
+from sfa_omf.testbed.omf.slot_records import ENDED, PROVISIONED, STARTING
 from sfa_omf.testbed.omf.slots import SlotReport
+from sfa_omf.times import format_time
 from tests.sshkeys import ssh_key
 from tests.testbed.omf.omf_lab import (
     ANN,
@@ -214,9 +216,11 @@ def test_a_controller_that_never_answers_is_geni_failed_and_a_forged_answer_does
     for running in serve(running_reactor, lab, tmp_path, rabbitmq_url, frcp_boot_timeout_s=2):
         provisioned(running, lab, {"node1": ""})
         running.nodes.silent.add("node1")
-        # Someone without the testbed's trust publishes "node1 is running" on cm_factory's topic: unsigned, so
-        # refused (the aggregate accepts signed informs from trusted signers only).
-        forged = new_message("inform", address("127.0.0.1", "intruder"), {"node_name": "node1", "current": "booting"})
+        # Someone without the testbed's trust publishes "node1 is on" on cm_factory's topic, as cm_factory's STATUS
+        # inform would say it: unsigned, so refused (the aggregate accepts signed informs from trusted signers only).
+        forged = new_message(
+            "inform", address("127.0.0.1", "intruder"), {"node_name": "node1", "current": "on"}, itype="STATUS"
+        )
         running.nodes.later(0.5, lambda running=running, forged=forged: _publish(running, forged))
         pass_at(running, slot_start())
         ((state, error),) = states(running, lab).values()
@@ -319,3 +323,108 @@ def test_an_operational_action_no_controller_answers_is_timedout_and_records_not
         assert answer["code"]["geni_code"] == 8
         assert "no answer about node1 to switch off (cm_factory) within 1 s (no node was switched)" in answer["output"]
         assert states(running, lab) == {"node1": ("geni_ready", "")}
+
+
+def test_a_pass_during_a_provision_leaves_the_lease_alone(running: Running, lab: Lab) -> None:
+    """Provision writes the slot row (backend.provision) before the calendar marks the lease provisioned (one unit
+    of work at the end): a pass in between must not take the lease as over."""
+    assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
+    (lease,) = running.aggregate.bookings.leases(slice_urn=SLICE)
+    assert lease.state == "allocated"
+    assert running.backend.slots is not None
+    running.backend.slots.provisioned(lease, [])  # what backend.provision writes, mid-Provision
+    start = slot_start()
+    report = pass_at(running, start + timedelta(minutes=1))
+    assert report.ended == [] and report.end_failed == [] and report.started == []
+    assert running.nodes.steps == []  # nothing powered off, no key withdrawn
+    answer = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
+    assert answer["code"]["geni_code"] == 0, answer["output"]
+    assert pass_at(running, start + timedelta(minutes=1)).started == [lease.id]
+    assert running.nodes.power == {"node1": "on"}
+    assert states(running, lab) == {"node1": ("geni_ready", "")}
+
+
+def test_an_allocated_lease_whose_end_passed_is_ended(running: Running, lab: Lab) -> None:
+    assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
+    (lease,) = running.aggregate.bookings.leases(slice_urn=SLICE)
+    assert running.backend.slots is not None
+    running.backend.slots.provisioned(lease, [])
+    assert pass_at(running, slot_start() + timedelta(hours=1)).ended == [lease.id]
+
+
+def test_a_lease_provisioned_again_after_its_work_ended_is_started(running: Running, lab: Lab) -> None:
+    """A row left ``ended`` for a lease still allocated (a pass took it as over before this was fixed) is reset by
+    the Provision that completes: its slot is started and Status does not say geni_ready before that."""
+    assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
+    (lease,) = running.aggregate.bookings.leases(slice_urn=SLICE)
+    slots = running.backend.slots
+    assert slots is not None
+    slots.provisioned(lease, [])
+    start = slot_start()
+    assert slots.records.claim(lease.id, (PROVISIONED,), ENDED, to_s(start))
+    running.at(start + timedelta(minutes=1))
+    answer = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
+    assert answer["code"]["geni_code"] == 0, answer["output"]
+    assert states(running, lab) == {"node1": ("geni_configuring", "")}
+    assert pass_at(running, start + timedelta(minutes=1)).started == [lease.id]
+    assert running.nodes.power == {"node1": "on"}
+    assert states(running, lab) == {"node1": ("geni_ready", "")}
+
+
+def test_operational_actions_outside_the_slot_are_refused_and_switch_nothing(running: Running, lab: Lab) -> None:
+    """A provisioned lease for later must not switch off nodes another slice holds now."""
+    provisioned(running, lab, {"node1": "", "node2": ""})
+    start = slot_start()
+    for moment in (start - timedelta(minutes=30), start + timedelta(hours=1)):
+        running.at(moment)
+        for action in ("geni_start", "geni_stop", "geni_restart"):
+            answer = running.am.PerformOperationalAction([SLICE], [lab.slice_cred], action, {})
+            assert answer["code"]["geni_code"] == 1, answer
+            assert "geni_start/stop/restart act during the slot" in answer["output"]
+            assert format_time(start) in answer["output"] and "nothing was changed" in answer["output"]
+    assert running.nodes.steps == [] and running.nodes.power == {}
+    running.at(start)
+    assert {state for state, _ in states(running, lab).values()} == {"geni_configuring"}  # not marked stopped
+
+
+def test_a_user_left_out_by_geni_update_users_loses_the_lease_keys_on_the_testbed(running: Running, lab: Lab) -> None:
+    bob = "urn:publicid:IDN+lab+user+bob"
+    both = {"geni_users": [{"urn": ANN, "keys": [ssh_key("ann@laptop")]}, {"urn": bob, "keys": [ssh_key("bob@pc")]}]}
+    assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
+    answer = running.am.Provision([SLICE], [lab.slice_cred], both)
+    assert answer["code"]["geni_code"] == 0, answer["output"]
+    bob_login = running.aggregate.accounts.login_for(bob, SLICE)
+    bob_keys = running.root / "home" / bob_login / ".ssh" / "authorized_keys"
+    assert bob_keys.read_text() == f"{ssh_key('bob@pc')}\n"
+    updated = running.am.PerformOperationalAction(
+        [SLICE], [lab.slice_cred], "geni_update_users", users(ssh_key("ann@tablet"))
+    )
+    assert updated["code"]["geni_code"] == 0, updated["output"]
+    assert bob_keys.read_text() == ""  # per-user account: kept, without this lease's keys
+    ann_keys = running.root / "home" / running.aggregate.accounts.login_for(ANN, SLICE) / ".ssh" / "authorized_keys"
+    assert ann_keys.read_text() == f"{ssh_key('ann@tablet')}\n"
+    # The lease's end withdraws what it holds now: ann's keys; bob's stay withdrawn.
+    assert pass_at(running, slot_start() + timedelta(hours=1)).ended
+    assert ann_keys.read_text() == "" and bob_keys.read_text() == ""
+
+
+def test_status_reads_a_lease_slot_work_once_per_call(
+    running: Running, lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provisioned(running, lab, {"node1": "", "node2": ""})
+    slots = running.backend.slots
+    assert slots is not None
+    real, reads = slots.records.state_of, []
+
+    def counted(lease_id: str) -> Any:
+        reads.append(lease_id)
+        return real(lease_id)
+
+    monkeypatch.setattr(slots.records, "state_of", counted)
+    start = slot_start()
+    running.at(start)
+    assert states(running, lab) == {"node1": ("geni_configuring", ""), "node2": ("geni_configuring", "")}
+    assert len(reads) == 1  # two slivers, one read
+    pass_at(running, start)
+    assert states(running, lab) == {"node1": ("geni_ready", ""), "node2": ("geni_ready", "")}  # read afresh
+    assert len(reads) == 2
