@@ -93,7 +93,9 @@ class ReconcileReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.orphans_deleted or self.resubmitted or self.adopted or self.deleted or self.failed)
+        """Whether the round repaired anything (the operators' alert): a lease OAR keeps refusing is no repair, and
+        would otherwise raise the alert every round."""
+        return bool(self.orphans_deleted or self.resubmitted or self.adopted or self.deleted)
 
 
 class OarTestbed:
@@ -388,6 +390,8 @@ class OarTestbed:
             report.resubmitted.append(lease.id)
         if report.changed:
             log.info("reconciled with OAR: %s", report)
+        if report.failed:
+            log.warning("OAR would not reserve these leases again: %s", report.failed)
         return report
 
     # -- helpers --------------------------------------------------------------------------------------------------

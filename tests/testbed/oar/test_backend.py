@@ -455,6 +455,7 @@ def test_a_job_that_cannot_be_resubmitted_reads_failed_with_oars_words(
     oar_jobs.submit(user="bob", nodes=["node8"], start=site.start, walltime_s=3599, name="bob-took-it")
     report = site.backend.reconcile()
     assert lease_id in report.failed and "could run at" in report.failed[lease_id]
+    assert not report.changed, "a refusal is no repair: no operators' alert every round"
     (sliver,) = site.status()
     assert sliver["geni_operational_status"] == "geni_failed"
     assert sliver["geni_error"].startswith("OAR refused to reserve it again") and "could run at" in sliver["geni_error"]
