@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from sfa_omf.errors import GeniError, Reason
@@ -92,13 +92,23 @@ class OarAgentNodes:
                     changed.append(node.hostname)
         return changed
 
-    def set_lost(self, hostname: str, number: int, lost: bool) -> None:
-        """Take the node's resources out of OAR's pool (Dead) or put them back (Alive)."""
+    def set_lost(self, hostname: str, number: int, lost: bool) -> dict[int, str]:
+        """Take the node's resources out of OAR's pool (Dead) or put them back (Alive); the state each resource it
+        changed had before, by id (for ``restore``)."""
         wanted = LOST if lost else ALIVE
+        before = {}
         with _oar_errors():
             for resource in self._resources().get(hostname, []):
                 if _belongs(resource, number) and resource.state != wanted:
                     self.client.set_resource_state(resource.id, wanted)
+                    before[resource.id] = resource.state
+        return before
+
+    def restore(self, states: Mapping[int, str]) -> None:
+        """Put resources back in the states ``set_lost`` found them in."""
+        with _oar_errors():
+            for resource_id, state in states.items():
+                self.client.set_resource_state(resource_id, state)
 
     def remove(self, hostname: str, number: int) -> int:
         """Delete the node's resources from OAR for good (the node was removed); how many there were."""
