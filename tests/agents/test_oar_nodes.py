@@ -159,6 +159,26 @@ def test_a_registration_oar_cannot_take_writes_nothing_and_its_retry_works(
     assert oar_nodes.state(hostname) == "Alive"
 
 
+def test_a_resource_left_by_a_failed_registration_does_not_lock_the_agent_out(
+    lab: Lab, tmp_path: Path, oar_nodes: OarNodes
+) -> None:
+    """A registration OAR made the resource for, then rolled back without removing it (OAR answered too late, or
+    the undo failed): the resource carries the number the database did not give back. The agent's retry replaces
+    it with its own instead of taking it for a stranger's."""
+    hostname = oar_nodes.name()
+    leftover = oar_nodes.client.add_resource(
+        {"network_address": hostname, "vpn_number": str(900_000 + secrets.randbelow(99_999))}
+    )
+    lab.restart()
+    token = lab.invite()
+    enrolled = enrol(lab.url, token, lab.root, str(tmp_path / "a1"), hostname, "192.168.9.11")
+    assert lab.aggregate.inventory.get_node(enrolled.node).state == "usable"
+    (agent,) = lab.agents.list_agents()
+    (resource,) = [item for item in oar_nodes.client.resources() if item.network_address == hostname]
+    assert resource.id != leftover and resource.state == "Alive"
+    assert resource.properties["vpn_number"] == str(agent.number)
+
+
 def test_a_resource_oar_had_under_the_agent_s_name_is_not_taken_over(
     lab: Lab, tmp_path: Path, oar_nodes: OarNodes
 ) -> None:

@@ -11,7 +11,9 @@ an OAR resource, is taken out of OAR's pool when its agent is lost, and is put b
   set through the REST API (``POST /resources/<id>/state``), so existing reservations are left as they are: the
   calendar already answers geni_failed "node lost contact" for a running one.
 - Only resources whose ``vpn_number`` is the node's are touched: a resource of the same name made otherwise (a node
-  OAR had before) is never taken over, and the registration is refused (TESTBED) rather than bind to it.
+  OAR had before: no ``vpn_number``) is never taken over, and the registration is refused (TESTBED) rather than
+  bind to it. One of the same name with another ``vpn_number`` was left by an agent's registration that failed (or
+  a removed node's): a registration deletes it and makes its own.
 - OAR calls cost ~0.3-1.5 s each (a CGI): a registration pays one listing and one creation, a sweep one listing
   plus one call per node whose state must change. Creations are made one at a time (OAR's own numbering races).
 """
@@ -55,13 +57,20 @@ class OarAgentNodes:
         existing = self._resources(full=False).get(node.hostname, [])
         if existing:
             existing = self._resources().get(node.hostname, [])
-        strangers = [resource.id for resource in existing if not _belongs(resource, node.number)]
+        strangers = [resource.id for resource in existing if not _agent_made(resource)]
         if strangers:
             raise GeniError(
                 Reason.TESTBED,
                 f"OAR already has resources named {node.hostname} that are not this agent's node ({strangers}): "
                 "enrol under another host name",
             )
+        # An agent's resource of this name under another number is a leftover (a registration rolled back after OAR
+        # made it, whose number the database does not give back; a removed node's): the calendar's node of this
+        # name is this one, so nothing else can own it. It goes, else the retry would be refused for good.
+        for resource in existing:
+            if not _belongs(resource, node.number):
+                self._remove(resource.id)
+        existing = [resource for resource in existing if _belongs(resource, node.number)]
         with _oar_errors():
             for resource in existing:
                 if resource.state != ALIVE:
@@ -118,13 +127,13 @@ class OarAgentNodes:
         return len(resources)
 
     def _remove(self, resource_id: int) -> None:
-        """Delete a resource; tried again when OAR's API breaks off (seen under load: the same call then works; a
-        resource already gone is not an error, so trying again is safe)."""
+        """Delete a resource; tried again when OAR's API breaks off or is too slow (seen under load: the same call
+        then works; a resource already gone is not an error, so trying again is safe)."""
         for _ in range(REMOVE_ATTEMPTS - 1):
             try:
                 self.client.delete_resource(resource_id)
                 return
-            except OarUnavailable:
+            except (OarUnavailable, OarTimeout):
                 time.sleep(1)
         with _oar_errors():  # the last attempt: its error is the answer
             self.client.delete_resource(resource_id)
@@ -137,6 +146,11 @@ class OarAgentNodes:
         for resource in resources:
             by_address.setdefault(resource.network_address, []).append(resource)
         return by_address
+
+
+def _agent_made(resource: OarResource) -> bool:
+    """Whether an agent's registration made the resource (it has a ``vpn_number``), not OAR's operator."""
+    return resource.properties.get("vpn_number", "") != ""
 
 
 def _belongs(resource: OarResource, number: int) -> bool:
