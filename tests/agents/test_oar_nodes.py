@@ -306,3 +306,54 @@ def test_a_removal_the_calendar_refuses_leaves_the_oar_resource_in_its_state_bef
     assert main(["node", "remove", enrolled.node, "--config", lab.settings_path]) != 0
     assert lab.aggregate.inventory.get_node(enrolled.node).state == "usable"
     assert oar_nodes.state(hostname) == "Absent"
+
+
+def test_oar_resources_are_added_one_at_a_time_across_the_aggregate_s_processes(
+    lab: Lab, tmp_path: Path, oar_nodes: OarNodes
+) -> None:
+    """Another process of the aggregate adding a resource (here: a connection of its own to the calendar, holding
+    the lock such an addition takes) keeps a registration from asking OAR to add its node until it is done (OAR
+    2.5.9 numbers resources without a lock of its own); then the registration completes."""
+    if lab.aggregate.database.is_sqlite:
+        pytest.skip("SQLite: one process serves it, and a registration holds the database's write lock throughout")
+    import threading
+
+    from sqlalchemy import text
+
+    from sfa_omf.calendar.agents import TESTBED_ADDITIONS_KEY
+
+    hostname = oar_nodes.name()
+    lab.restart()
+    token = lab.invite()
+    outcome: dict[str, object] = {}
+
+    def register() -> None:
+        try:
+            outcome["enrolled"] = enrol(lab.url, token, lab.root, str(tmp_path / "a1"), hostname, "192.168.9.12")
+        except Exception as exc:  # the test's thread reports it
+            outcome["error"] = exc
+
+    waiting = text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid::bigint = :high "
+        "AND objid::bigint = :low AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    key = {"high": TESTBED_ADDITIONS_KEY >> 32, "low": TESTBED_ADDITIONS_KEY & 0xFFFF_FFFF}
+    registration = threading.Thread(target=register)
+    with lab.aggregate.database.engine.connect() as other:
+        other.execute(text("SELECT pg_advisory_lock(:key)"), {"key": TESTBED_ADDITIONS_KEY})
+        other.commit()
+        try:
+            registration.start()
+            for _ in range(1200):  # until the registration waits for the lock (at most ~2 min: a loaded machine)
+                if other.execute(waiting, key).scalar() or not registration.is_alive():
+                    break
+                other.commit()
+                registration.join(timeout=0.1)
+            assert other.execute(waiting, key).scalar() == 1, outcome
+            assert oar_nodes.state(hostname) == ""  # OAR was not asked while the other addition held the lock
+        finally:
+            other.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": TESTBED_ADDITIONS_KEY})
+            other.commit()
+    registration.join(timeout=300)
+    assert "enrolled" in outcome, outcome
+    assert oar_nodes.state(hostname) == "Alive"

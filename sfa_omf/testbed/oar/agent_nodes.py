@@ -15,7 +15,8 @@ an OAR resource, is taken out of OAR's pool when its agent is lost, and is put b
   bind to it. One of the same name with another ``vpn_number`` was left by an agent's registration that failed (or
   a removed node's): a registration deletes it and makes its own.
 - OAR calls cost ~0.3-1.5 s each (a CGI): a registration pays one listing and one creation, a sweep one listing
-  plus one call per node whose state must change. Creations are made one at a time (OAR's own numbering races).
+  plus one call per node whose state must change. Creations are made one at a time (OAR's own numbering races):
+  across threads by a lock here, across the aggregate's processes by the lock ``exclusive`` takes (the calendar's).
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ class OarAgentNodes:
     def __init__(self, client: OarClient) -> None:
         self.client = client
         # OAR 2.5.9 numbers a new resource max(id) + 1 without a lock that holds on PostgreSQL: two creations at once
-        # collide on the id and one fails (measured). This aggregate creates one at a time.
+        # collide on the id and one fails (measured). This aggregate creates one at a time: this process's threads
+        # wait here, other processes on the lock ``exclusive`` takes.
         self._creating = threading.Lock()
 
-    def join(self, node: AgentNode) -> Callable[[], None] | None:
+    def join(self, node: AgentNode, exclusive: Callable[[], None]) -> Callable[[], None] | None:
         """The node's resource, Alive: created (returns how to remove it again) or put back Alive (returns None).
         A resource of that name that is not this node's (another vpn_number) is left alone: TESTBED."""
         # A brief listing first (the properties only when the name is there): it is on every registration's path.
@@ -77,11 +79,12 @@ class OarAgentNodes:
                     self.client.set_resource_state(resource.id, ALIVE)
             if existing:
                 return None
+            exclusive()  # first, then this process's lock (always in that order: no deadlock between the two)
             with self._creating:  # (the same host name is never joined twice at once: the calendar's row lock)
                 resource_id = self.client.add_resource(resource_properties(node))
         return lambda: self._remove(resource_id)
 
-    def sync(self, nodes: Sequence[AgentNode]) -> list[str]:
+    def sync(self, nodes: Sequence[AgentNode], exclusive: Callable[[], None]) -> list[str]:
         """Each node's resource Dead when it is lost, else Alive (created when missing); the host names changed."""
         by_address = self._resources()
         changed = []
@@ -91,6 +94,7 @@ class OarAgentNodes:
                 named = by_address.get(node.hostname, [])
                 resources = [resource for resource in named if _belongs(resource, node.number)]
                 if not named and not node.lost:  # (never a second resource beside one made otherwise)
+                    exclusive()
                     with self._creating:
                         self.client.add_resource(resource_properties(node))
                     changed.append(node.hostname)
