@@ -54,7 +54,8 @@ class OarAgentNodes:
 
     def join(self, node: AgentNode, exclusive: Callable[[], None]) -> Callable[[], None] | None:
         """The node's resource, Alive: created (returns how to remove it again) or put back Alive (returns None).
-        A resource of that name that is not this node's (another vpn_number) is left alone: TESTBED."""
+        A resource of that name made otherwise (no vpn_number) is left alone: TESTBED; one an agent's registration
+        left under another number is replaced."""
         # A brief listing first (the properties only when the name is there): it is on every registration's path.
         existing = self._resources(full=False).get(node.hostname, [])
         if existing:
@@ -69,11 +70,11 @@ class OarAgentNodes:
         # An agent's resource of this name under another number is a leftover (a registration rolled back after OAR
         # made it, whose number the database does not give back; a removed node's): the calendar's node of this
         # name is this one, so nothing else can own it. It goes, else the retry would be refused for good.
-        for resource in existing:
-            if not _belongs(resource, node.number):
-                self._remove(resource.id)
-        existing = [resource for resource in existing if _belongs(resource, node.number)]
         with _oar_errors():
+            for resource in existing:
+                if not _belongs(resource, node.number):
+                    self._remove(resource.id)
+            existing = [resource for resource in existing if _belongs(resource, node.number)]
             for resource in existing:
                 if resource.state != ALIVE:
                     self.client.set_resource_state(resource.id, ALIVE)
