@@ -334,20 +334,28 @@ def _node_remove(args: argparse.Namespace) -> int:
     node = inventory.get_node(args.component_id)
     name = node.component_name
     # An agent's node is also an OAR resource with the OAR backend: out of OAR's pool first (nothing is removed if
-    # OAR cannot be told), back in it if the calendar refuses, deleted from OAR once the calendar let it go.
+    # OAR cannot be told), back in its state before if the calendar refuses, deleted from OAR once the calendar let
+    # it go. The node's VPN access and registry record go with it even when OAR fails that last step.
     oar = oar_agent_nodes(settings) if node.hardware_type == AGENT_HARDWARE_TYPE else None
     number = Agents(database).node_number(args.component_id)
-    if oar is not None:
-        oar.set_lost(name, number, True)
+    before = oar.set_lost(name, number, True) if oar is not None else {}
     try:
         inventory.remove_node(args.component_id)
     except Exception:
         if oar is not None:
-            oar.set_lost(name, number, False)
+            oar.restore(before)
         raise
     print(f"removed {args.component_id}")
-    if oar is not None and oar.remove(name, number):
-        print(f"removed its resource from OAR ({name})")
+    if oar is not None:
+        try:
+            if oar.remove(name, number):
+                print(f"removed its resource from OAR ({name})")
+        except GeniError as exc:  # it is Dead in OAR already: no job is given to it
+            print(
+                f"warning: its OAR resource ({name}, Dead) could not be deleted: {exc.message}; delete it in OAR "
+                "(oarremoveresource) or leave it: the node's next registration under this name replaces it",
+                file=sys.stderr,
+            )
     if revoke_vpn_of_removed_node(settings, name):  # a node agent's VPN access goes with the node
         print(f"revoked the VPN certificate of {name}")
     try:

@@ -178,9 +178,10 @@ class AgentService:
         undo: list[Callable[[], None]] = []
         pending: list[NodeName] = []
 
-        def outside_the_database(record: AgentRecord) -> None:
+        def outside_the_database(record: AgentRecord, exclusive: Callable[[], None]) -> None:
             if self.testbed_nodes is not None:
-                remove = self.testbed_nodes.join(AgentNode(record.hostname, record.number, record.local_address))
+                node = AgentNode(record.hostname, record.number, record.local_address)
+                remove = self.testbed_nodes.join(node, exclusive)
                 if remove is not None:
                     undo.append(remove)
             if self.dns is not None:
@@ -306,7 +307,8 @@ class AgentService:
         if self.testbed_nodes is not None:
             nodes = [AgentNode(*row) for row in self.agents.presence()]
             try:
-                changed = self.testbed_nodes.sync(nodes)
+                with self.agents.testbed_lock() as exclusive:
+                    changed = self.testbed_nodes.sync(nodes, exclusive)
             except GeniError as exc:
                 log.warning("the testbed's list of nodes not brought in line with the agents (next sweep): %s", exc)
             else:
@@ -319,7 +321,8 @@ class AgentService:
         if self.testbed_nodes is None:
             return
         try:
-            self.testbed_nodes.join(AgentNode(agent.hostname, agent.number, agent.local_address))
+            with self.agents.testbed_lock() as exclusive:
+                self.testbed_nodes.join(AgentNode(agent.hostname, agent.number, agent.local_address), exclusive)
         except GeniError as exc:
             log.warning("node %s is back but not yet in the testbed's pool (next sweep): %s", agent.hostname, exc)
 

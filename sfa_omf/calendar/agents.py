@@ -12,12 +12,13 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.agent_models import Agent, AgentReport, AgentToken
@@ -93,8 +94,19 @@ class NodeWork:
 # Issue a certificate for (node URN) to the enrolling key: returns (PEM chain, SHA-256 of the leaf's DER).
 CertificateIssuer = Callable[[str], tuple[str, str]]
 # Called inside the registration's unit of work once its rows are written, before the commit: what must happen
-# outside the database with it (DNS, the testbed's own list of nodes). Raising rolls the registration back.
-OnWritten = Callable[[AgentRecord], None]
+# outside the database with it (DNS, the testbed's own list of nodes). Raising rolls the registration back. The
+# second argument takes the lock of additions to the testbed (see testbed_lock) in that unit of work.
+OnWritten = Callable[[AgentRecord, Callable[[], None]], None]
+#: PostgreSQL advisory lock of additions of agents' nodes to the testbed's own list (OAR resources): one at a time
+#: across every process and host of the aggregate.
+TESTBED_ADDITIONS_KEY = 0x5FA0_3F00_0ADD
+
+
+def _hold_testbed_lock(session: Session) -> None:
+    """Take TESTBED_ADDITIONS_KEY for the rest of the session's transaction (PostgreSQL; on SQLite a writing unit
+    of work holds the database's lock already)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(TESTBED_ADDITIONS_KEY)))
 
 
 def _s(moment: datetime) -> int:
@@ -195,7 +207,7 @@ class Agents:
                         self._seen(agent, node, now_s)
                         record = _agent_record(agent, node)
                         if on_written is not None:
-                            on_written(record)
+                            on_written(record, lambda: _hold_testbed_lock(session))
                         return record, False
                 raise GeniError(
                     Reason.CALLER_UNTRUSTED, "this join token was used already: ask the operator for a new one"
@@ -252,8 +264,20 @@ class Agents:
             session.flush()
             record = _agent_record(agent, node)
             if on_written is not None:
-                on_written(record)
+                on_written(record, lambda: _hold_testbed_lock(session))
             return record, True
+
+    @contextmanager
+    def testbed_lock(self) -> Iterator[Callable[[], None]]:
+        """For additions to the testbed's list of nodes outside a registration (the sweep, a lost node heard
+        again): calling what it gives takes the lock registrations take before adding, held until the block ends.
+        On SQLite there is nothing to take: one process serves it, and its registrations hold the database's write
+        lock (the process's own threads are kept apart by the testbed's)."""
+        if self.database.is_sqlite:
+            yield lambda: None
+            return
+        with self.database.read() as session:
+            yield lambda: _hold_testbed_lock(session)
 
     @staticmethod
     def _pool(session: Session, name: str) -> Pool:

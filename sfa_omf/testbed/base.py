@@ -84,12 +84,14 @@ class AgentNode:
 
 class TestbedNodes(Protocol):
     """A testbed that keeps its own list of nodes (OAR's resources): agents' nodes join it, leave its pool when lost
-    and come back. Errors are GeniError (UNAVAILABLE, TIMEDOUT, TESTBED)."""
+    and come back. Errors are GeniError (UNAVAILABLE, TIMEDOUT, TESTBED). ``exclusive()`` is called before each
+    node is added: it takes a lock every process of the aggregate shares (the calendar's), held until the caller's
+    unit of work ends, so that additions are made one at a time (OAR's own numbering races)."""
 
-    def join(self, node: AgentNode) -> Callable[[], None] | None:
+    def join(self, node: AgentNode, exclusive: Callable[[], None]) -> Callable[[], None] | None:
         """Make the node a usable member of the testbed; returns how to undo it when this call created it (the
         registration it belongs to may still fail), None when it was a member already."""
 
-    def sync(self, nodes: Sequence[AgentNode]) -> list[str]:
+    def sync(self, nodes: Sequence[AgentNode], exclusive: Callable[[], None]) -> list[str]:
         """Make the testbed's view of these nodes follow them (lost: out of the pool, else in it; missing: added);
         returns the host names it changed."""

@@ -159,6 +159,26 @@ def test_a_registration_oar_cannot_take_writes_nothing_and_its_retry_works(
     assert oar_nodes.state(hostname) == "Alive"
 
 
+def test_a_resource_left_by_a_failed_registration_does_not_lock_the_agent_out(
+    lab: Lab, tmp_path: Path, oar_nodes: OarNodes
+) -> None:
+    """A registration OAR made the resource for, then rolled back without removing it (OAR answered too late, or
+    the undo failed): the resource carries the number the database did not give back. The agent's retry replaces
+    it with its own instead of taking it for a stranger's."""
+    hostname = oar_nodes.name()
+    leftover_number = str(900_000 + secrets.randbelow(99_999))
+    oar_nodes.client.add_resource({"network_address": hostname, "vpn_number": leftover_number})
+    lab.restart()
+    token = lab.invite()
+    enrolled = enrol(lab.url, token, lab.root, str(tmp_path / "a1"), hostname, "192.168.9.11")
+    assert lab.aggregate.inventory.get_node(enrolled.node).state == "usable"
+    (agent,) = lab.agents.list_agents()
+    (resource,) = [item for item in oar_nodes.client.resources() if item.network_address == hostname]
+    # The only one of that name is the agent's (OAR numbers max(id) + 1: the new one may reuse the leftover's id).
+    assert resource.properties["vpn_number"] == str(agent.number) != leftover_number
+    assert resource.state == "Alive"
+
+
 def test_a_resource_oar_had_under_the_agent_s_name_is_not_taken_over(
     lab: Lab, tmp_path: Path, oar_nodes: OarNodes
 ) -> None:
@@ -208,3 +228,132 @@ def test_removing_an_agent_s_node_removes_its_oar_resource_only(
     # The nodes scripts/oar.sh made (not agents' nodes) are all still there; other tests' come and go meanwhile.
     fixed = {pair for pair in others if re.fullmatch(r"d?node\d+", pair[1])}
     assert fixed and fixed <= left
+
+
+def _oar_backend(monkeypatch: pytest.MonkeyPatch, oar_url: str) -> None:
+    """The commands run in this process see the OAR backend (the lab's server keeps its own)."""
+    monkeypatch.setenv("SFA_AGGREGATE_TYPE", "oar")
+    monkeypatch.setenv("SFA_OAR_API_URL", oar_url)
+
+
+def test_a_node_removed_while_oar_fails_to_delete_its_resource_loses_its_vpn_access_and_record(
+    lab: Lab,
+    tmp_path: Path,
+    oar_nodes: OarNodes,
+    oar_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from cryptography import x509
+
+    from sfa_omf.agents.vpn import VpnCa
+    from sfa_omf.cli import main
+    from sfa_omf.registry.nodes import node_hrn, record_nodes
+    from sfa_omf.registry.records import Records
+    from sfa_omf.testbed.oar.client import OarUnavailable
+    from sfa_omf.trust.pki import new_private_key
+
+    hostname = oar_nodes.name()
+    lab.restart()
+    enrolled = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), hostname, "192.168.9.9")
+    certificate, _ = VpnCa(str(lab.directory / "vpn"), "lab").issue(hostname, 1, new_private_key().public_key())
+    records = Records(lab.aggregate.database)
+    record_nodes(
+        LocalAuthority.load(str(lab.directory), "lab"), records, [lab.aggregate.inventory.get_node(enrolled.node)]
+    )
+    hrn = node_hrn(enrolled.node) or ""
+    assert records.get(hrn) is not None
+    with monkeypatch.context() as patched:
+        _oar_backend(patched, oar_url)
+
+        # OAR goes away between taking the node out of its pool and deleting its resource (a real refusal would
+        # need OAR down for one call only): injected into the real client's deletion.
+        def unreachable(_client: OarClient, resource_id: int) -> None:
+            raise OarUnavailable(f"connection refused while deleting resource {resource_id}")
+
+        patched.setattr(OarClient, "delete_resource", unreachable)
+        assert main(["node", "remove", enrolled.node, "--config", lab.settings_path]) == 0
+    said = capsys.readouterr()
+    assert f"removed {enrolled.node}" in said.out and "could not be deleted" in said.err
+    assert f"revoked the VPN certificate of {hostname}" in said.out
+    crl = x509.load_pem_x509_crl((lab.directory / "vpn" / "crl.pem").read_bytes())
+    serial = x509.load_pem_x509_certificate(certificate.encode("ascii")).serial_number
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+    assert "removed its record from the registry of lab" in said.out and records.get(hrn) is None
+    assert oar_nodes.state(hostname) == "Dead"  # out of OAR's pool: no job is given to it
+
+
+def test_a_removal_the_calendar_refuses_leaves_the_oar_resource_in_its_state_before(
+    lab: Lab, tmp_path: Path, oar_nodes: OarNodes, oar_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sfa_omf.calendar.booking import Bookings
+    from sfa_omf.calendar.records import BookingRequest
+    from sfa_omf.cli import main
+
+    hostname = oar_nodes.name()
+    lab.restart()
+    enrolled = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), hostname, "192.168.9.10")
+    resource = oar_nodes.resource(hostname)
+    assert resource is not None
+    oar_nodes.client.set_resource_state(resource.id, "Absent")  # the operator had it Absent
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
+    Bookings(lab.aggregate.database).book(
+        "urn:publicid:IDN+lab+slice+s",
+        start + timedelta(days=1),
+        [BookingRequest(enrolled.node, start, start + timedelta(hours=1))],
+    )
+    _oar_backend(monkeypatch, oar_url)
+    assert main(["node", "remove", enrolled.node, "--config", lab.settings_path]) != 0
+    assert lab.aggregate.inventory.get_node(enrolled.node).state == "usable"
+    assert oar_nodes.state(hostname) == "Absent"
+
+
+def test_oar_resources_are_added_one_at_a_time_across_the_aggregate_s_processes(
+    lab: Lab, tmp_path: Path, oar_nodes: OarNodes
+) -> None:
+    """Another process of the aggregate adding a resource (here: a connection of its own to the calendar, holding
+    the lock such an addition takes) keeps a registration from asking OAR to add its node until it is done (OAR
+    2.5.9 numbers resources without a lock of its own); then the registration completes."""
+    if lab.aggregate.database.is_sqlite:
+        pytest.skip("SQLite: one process serves it, and a registration holds the database's write lock throughout")
+    import threading
+
+    from sqlalchemy import text
+
+    from sfa_omf.calendar.agents import TESTBED_ADDITIONS_KEY
+
+    hostname = oar_nodes.name()
+    lab.restart()
+    token = lab.invite()
+    outcome: dict[str, object] = {}
+
+    def register() -> None:
+        try:
+            outcome["enrolled"] = enrol(lab.url, token, lab.root, str(tmp_path / "a1"), hostname, "192.168.9.12")
+        except Exception as exc:  # the test's thread reports it
+            outcome["error"] = exc
+
+    waiting = text(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND classid::bigint = :high "
+        "AND objid::bigint = :low AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    )
+    key = {"high": TESTBED_ADDITIONS_KEY >> 32, "low": TESTBED_ADDITIONS_KEY & 0xFFFF_FFFF}
+    registration = threading.Thread(target=register)
+    with lab.aggregate.database.engine.connect() as other:
+        other.execute(text("SELECT pg_advisory_lock(:key)"), {"key": TESTBED_ADDITIONS_KEY})
+        other.commit()
+        try:
+            registration.start()
+            for _ in range(1200):  # until the registration waits for the lock (at most ~2 min: a loaded machine)
+                if other.execute(waiting, key).scalar() or not registration.is_alive():
+                    break
+                other.commit()
+                registration.join(timeout=0.1)
+            assert other.execute(waiting, key).scalar() == 1, outcome
+            assert oar_nodes.state(hostname) == ""  # OAR was not asked while the other addition held the lock
+        finally:
+            other.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": TESTBED_ADDITIONS_KEY})
+            other.commit()
+    registration.join(timeout=300)
+    assert "enrolled" in outcome, outcome
+    assert oar_nodes.state(hostname) == "Alive"

@@ -79,6 +79,7 @@ OAR_OPERATIONAL_STATES: dict[str, Operational] = {
     "Error": Operational.FAILED,
 }
 EXTERNAL_SOURCE = "oar"
+FINAL_STATES = ("Error", "Terminated")  # an OAR job in these holds its nodes no more, for good
 RECONCILE_AHEAD = timedelta(days=366)  # how far ahead the reconciler looks for our jobs in OAR
 
 
@@ -92,7 +93,9 @@ class ReconcileReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.orphans_deleted or self.resubmitted or self.adopted or self.deleted or self.failed)
+        """Whether the round repaired anything (the operators' alert): a lease OAR keeps refusing is no repair, and
+        would otherwise raise the alert every round."""
+        return bool(self.orphans_deleted or self.resubmitted or self.adopted or self.deleted)
 
 
 class OarTestbed:
@@ -365,7 +368,13 @@ class OarTestbed:
             if not owner:
                 report.failed[lease.id] = "no owner recorded for its OAR job"
                 continue
-            lost = self._job_lost(recorded)
+            try:  # one lease's OAR trouble (a time-out) does not end the round for the others
+                lost = self._job_lost(recorded)
+            except OarError as exc:
+                log.warning(
+                    "lease %s: its OAR job could not be read (%s); tried again next round", lease.id, exc.message
+                )
+                continue
             try:
                 job_id = self._submit(lease, owner)
             except OarError as exc:
@@ -381,17 +390,22 @@ class OarTestbed:
             report.resubmitted.append(lease.id)
         if report.changed:
             log.info("reconciled with OAR: %s", report)
+        if report.failed:
+            log.warning("OAR would not reserve these leases again: %s", report.failed)
         return report
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _job_lost(self, recorded: JobRecord | None) -> str:
-        """OAR's words on a submitted job of ours that no longer holds its nodes (killed, deleted in OAR, ended in
-        Error), "" when no job was submitted. One call to OAR, only for such leases."""
+        """OAR's words on a submitted job of ours that is gone or ended (killed, deleted in OAR, ended in Error)
+        before the lease's end; "" when no job was submitted or OAR still has it in a state that is not final (the
+        users are told only of a job that really ended). One call to OAR, only for such leases."""
         if recorded is None or recorded.job_id is None or recorded.state != SUBMITTED:
             return ""
         job = self.client.job(recorded.job_id)
         if job is None:
             return f"OAR no longer knows its job {recorded.job_id}"
+        if job.state not in FINAL_STATES:  # (the lease has not ended: the caller looks only at those)
+            return ""
         said = f": {job.message}" if job.message else ""
         return f"OAR job {job.id} ended in state {job.state} before the lease's end{said}"
 
