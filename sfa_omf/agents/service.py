@@ -185,6 +185,9 @@ class AgentService:
                 if remove is not None:
                     undo.append(remove)
             if self.dns is not None:
+                # Held until this registration commits: another process's rewrite of the zone (which knows only its
+                # own uncommitted names) waits, and then reads this one from the calendar.
+                exclusive()
                 pending.append(NodeName(record.hostname, record.number, record.local_address, record.lan_group))
                 self._publish(pending[0])
 
@@ -193,7 +196,7 @@ class AgentService:
         except BaseException:
             self._forget_pending(pending)
             if pending:
-                undo.append(self.publish_names)
+                undo.append(self._republish_alone)
             for action in reversed(undo):
                 try:
                     action()
@@ -208,6 +211,13 @@ class AgentService:
             for name in pending:
                 if self._dns_pending.get(name.hostname) is name:
                     del self._dns_pending[name.hostname]
+
+    def _republish_alone(self) -> None:
+        """The zone from the calendar again, while no other process's registration is between its own rewrite and
+        its commit (their names would be missing from this rewrite)."""
+        with self.agents.testbed_lock() as exclusive:
+            exclusive()
+            self.publish_names()
 
     def publish_names(self) -> None:
         """Rewrite the nodes' DNS zone from the calendar (every agent), when this aggregate keeps one."""
