@@ -207,7 +207,13 @@ class Instances:
                 destroyed.append(orphan.name)
         started: list[str] = []
         for lease_id, slice_urn in due:
-            records = self.start_lease(lease_id, keys_of(slice_urn), now)
+            try:
+                records = self.start_lease(lease_id, keys_of(slice_urn), now)
+            except Exception as exc:  # one lease's failure must not stop the others, nor come first every round
+                reason = exc.message if isinstance(exc, GeniError) else f"{type(exc).__name__}: {exc}"
+                log.warning("lease %s: its containers could not be started: %s", lease_id, reason)
+                self._fail_planned(lease_id, reason, now)
+                continue
             started += [record.name for record in records if record.state == RUNNING]
         return started, destroyed
 
@@ -345,6 +351,15 @@ class Instances:
                     .values(address=given[record.name], updated_s=to_s(now))
                 )
         return [_with_address(record, given[record.name]) for record in records]
+
+    def _fail_planned(self, lease_id: str, reason: str, now: datetime) -> None:
+        """The lease's containers still planned are failed, with why (the tick does not retry them: geni_start does)."""
+        with self.database.write() as session:
+            session.execute(
+                update(LeaseInstance)
+                .where(LeaseInstance.lease_id == lease_id, LeaseInstance.state == PLANNED)
+                .values(state=FAILED, error=reason, updated_s=to_s(now))
+            )
 
     def _set_states(self, outcomes: Sequence[tuple[str, str, str]], now: datetime) -> None:
         if not outcomes:
