@@ -17,6 +17,7 @@ from rspec.model import CONTAINER_SLIVER_TYPE, Login, ManifestSliver, Request
 from sfa_omf.am.states import Event, Operational
 from sfa_omf.calendar.records import LeaseRecord
 from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.images.catalogue import private_refusal
 from sfa_omf.images.instances import (
     FAILED,
     LIVE,
@@ -29,6 +30,7 @@ from sfa_omf.images.instances import (
     Instances,
 )
 from sfa_omf.images.lxc import wait_for_ssh
+from sfa_omf.images.records import ImageRecord
 from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.times import format_time
 
@@ -43,11 +45,16 @@ def node_sliver_of(urn: str) -> str:
 
 
 def check_request(
-    request: Request, instances: Instances | None, max_per_node: int, repository_labels: Sequence[str]
+    request: Request,
+    instances: Instances | None,
+    max_per_node: int,
+    repository: Sequence[ImageRecord],
+    user: str,
 ) -> dict[str, tuple[str, int]]:
     """The containers a request asks for, by node client_id: (image, count). BADARGS, before anything is written,
-    for an unknown sliver type, a count over the operator's limit, or an image not in the repository (naming the
-    labels that are)."""
+    for an unknown sliver type, a count over the operator's limit, an image not in the repository (naming the
+    labels ``user`` may use) or somebody else's private image."""
+    usable = [record.label for record in repository if record.usable_by(user)]
     wanted: dict[str, tuple[str, int]] = {}
     for node in request.nodes:
         if node.sliver_type is not None and node.sliver_type not in SLIVER_TYPES:
@@ -70,8 +77,10 @@ def check_request(
                 "(policy max_instances_per_node). Nothing was booked"
             )
         image = node.disk_image or ""
-        if image and image not in repository_labels:
-            known = ", ".join(sorted(repository_labels)) or "none yet"
+        if image and image not in usable:
+            if any(record.label == image for record in repository):
+                raise BadArgs(f"node {node.client_id!r}: {private_refusal(image)}")
+            known = ", ".join(sorted(usable)) or "none yet"
             raise BadArgs(
                 f"node {node.client_id!r}: containers start from repository images, and {image!r} is not one "
                 f"(repository images: {known}). Nothing was booked"

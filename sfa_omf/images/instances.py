@@ -274,8 +274,9 @@ class Instances:
         return names
 
     def save(self, instance: Instance, label: str, owner: str, now: datetime) -> str:
-        """Snapshot a container's file system into the repository as image ``label`` owned by ``owner`` (its
-        authorized_keys left out); returns the label. BADARGS or ALREADY_EXISTS before anything is written."""
+        """Snapshot a container's file system into the repository as image ``label``, private to ``owner`` (no keys,
+        passwords or SSH host keys in it: ``_without_secrets``); returns the label. BADARGS or ALREADY_EXISTS before
+        anything is written."""
         check_label(label)
         if self.images.get(label) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"image label {label!r} is already taken: choose another label")
@@ -288,11 +289,16 @@ class Instances:
         try:
             try:
                 with tarfile.open(archive, "w") as tar:
-                    tar.add(str(rootfs), arcname=".", filter=_without_keys)
+                    tar.add(str(rootfs), arcname=".", filter=_without_secrets)
             except (OSError, tarfile.TarError) as exc:
                 raise GeniError(Reason.TESTBED, f"container {instance.name} could not be archived: {exc}") from exc
             self.images.add(
-                archive, label, owner, now, description=f"saved from container {instance.name} ({instance.image})"
+                archive,
+                label,
+                owner,
+                now,
+                description=f"saved from container {instance.name} ({instance.image})",
+                private=True,  # only its owner may use it until an operator publishes it
             )
         finally:
             os.unlink(archive)
@@ -416,6 +422,13 @@ def _with_address(record: Instance, address: str) -> Instance:
     )  # fmt: skip
 
 
-def _without_keys(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    """A saved image carries no one's keys: the next lease's users get theirs."""
-    return None if member.name.endswith("root/.ssh/authorized_keys") else member
+#: What a saved image leaves out (paths inside the root file system): anyone's SSH keys (the next lease's users get
+#: theirs), password hashes, and the SSH server's host keys (each container makes its own at its first login).
+SECRETS = ("root/.ssh", "etc/shadow", "etc/gshadow", "etc/dropbear", "etc/ssh")
+
+
+def _without_secrets(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """A saved image carries no one's secrets: see SECRETS (a directory named there goes with all it holds)."""
+    path = os.path.normpath(member.name).lstrip("/")
+    secret = any(path == name or path.startswith(name + "/") for name in SECRETS)
+    return None if secret else member

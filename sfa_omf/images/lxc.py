@@ -110,7 +110,8 @@ class LxcHost:
         # The template's rcS asks DHCP for an address (there is no DHCP server on our bridge: LXC sets the address);
         # ours starts the SSH server instead.
         rcs = rootfs / "etc" / "init.d" / "rcS"
-        rcs.write_text("#!/bin/sh\n/bin/syslogd\n/bin/mount -a\n/usr/sbin/dropbear -R -p 22\n")
+        # -s: keys only, never a password (an image may carry any /etc/shadow); -R: host keys made at first login.
+        rcs.write_text("#!/bin/sh\n/bin/syslogd\n/bin/mount -a\n/usr/sbin/dropbear -R -s -p 22\n")
         rcs.chmod(0o755)
         (rootfs / "usr" / "sbin").mkdir(parents=True, exist_ok=True)
         shutil.copy2(DROPBEAR, rootfs / "usr" / "sbin" / "dropbear")
