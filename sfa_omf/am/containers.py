@@ -24,6 +24,7 @@ from sfa_omf.images.instances import (
     LOGIN,
     PLANNED,
     RUNNING,
+    STARTING,
     STOPPED,
     Instance,
     InstanceRequest,
@@ -112,7 +113,7 @@ def health(instance: Instance, lease: LeaseRecord, now: datetime) -> SliverHealt
         if wait_for_ssh(instance.host, SSH_PROBE_S):
             return SliverHealth(Operational.READY)
         return SliverHealth(Operational.CONFIGURING, f"container {instance.name} runs but SSH does not answer yet")
-    if instance.state == PLANNED and lease.state == "provisioned" and lease.start <= now < lease.end:
+    if instance.state in (PLANNED, STARTING) and lease.state == "provisioned" and lease.start <= now < lease.end:
         return SliverHealth(Operational.CONFIGURING)  # the slot began: it is being started
     return SliverHealth(Operational.NOTREADY)
 

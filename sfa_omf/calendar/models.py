@@ -296,7 +296,7 @@ class LeaseInstance(Base):
     position: Mapped[int] = mapped_column(Integer)  # 0..count-1 on its sliver
     image: Mapped[str] = mapped_column(String(100))  # repository label; "" for the base container
     address: Mapped[str | None] = mapped_column(String(50), nullable=True, unique=True)
-    state: Mapped[str] = mapped_column(String(20), index=True)  # planned, running, stopped, failed, destroyed
+    state: Mapped[str] = mapped_column(String(20), index=True)  # planned, starting, running, stopped, failed, destroyed
     error: Mapped[str] = mapped_column(Text, default="")
     updated_s: Mapped[int] = mapped_column(BigInteger)
 

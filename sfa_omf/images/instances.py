@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import IntegrityError
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, LeaseInstance, Slice
@@ -33,8 +34,10 @@ from sfa_omf.images.store import ImageStore, check_label
 log = logging.getLogger("sfa_omf.instances")
 
 PLANNED, RUNNING, STOPPED, FAILED, DESTROYED = "planned", "running", "stopped", "failed", "destroyed"
-LIVE = (PLANNED, RUNNING, STOPPED, FAILED)  # rows whose container may exist (or is still to come)
+STARTING = "starting"  # claimed by one start (a conditional update): no other start touches it meanwhile
+LIVE = (PLANNED, STARTING, RUNNING, STOPPED, FAILED)  # rows whose container may exist (or is still to come)
 LOGIN = "root"  # the slice users' keys go to root's authorized_keys inside the container
+ADDRESS_ATTEMPTS = 3  # starts of other leases racing for the same free addresses (PostgreSQL)
 LAUNCH_WORKERS = 4  # containers of one lease launched at once (LXC's own work is mostly waiting)
 
 
@@ -220,12 +223,21 @@ class Instances:
     # -- acting on a lease's containers -----------------------------------------------------------------------------
     def start_lease(self, lease_id: str, keys: Sequence[str], now: datetime) -> list[Instance]:
         """Launch every container of the lease not running (planned, failed, or stopped and gone); start those
-        stopped. Each ends running, or failed with LXC's reason; one failing does not stop the others."""
+        stopped. Each ends running, or failed with LXC's reason; one failing does not stop the others. Each row is
+        first claimed (its state as read -> starting, one conditional update): a start running meanwhile (the
+        leader's round, another request, another worker) leaves the rows it did not claim alone."""
         host = self._host()
-        records = [record for record in self.of_lease(lease_id) if record.state in LIVE]
+        records = [record for record in self.of_lease(lease_id) if record.state in LIVE and record.state != STARTING]
         to_launch = [r for r in records if r.state in (PLANNED, FAILED) or not host.state(r.name)]
         to_start = [r for r in records if r.state == STOPPED and r not in to_launch]
-        addressed = self._assign_addresses(to_launch, now)
+        claimed = self._claim([*to_launch, *to_start], now)
+        to_launch = [r for r in to_launch if r.name in claimed]
+        to_start = [r for r in to_start if r.name in claimed]
+        try:
+            addressed = self._assign_addresses(to_launch, now)
+        except BaseException:
+            self._release([*to_launch, *to_start], now)  # as they were: nothing half-started
+            raise
         specs = [InstanceSpec(r.name, r.address, tuple(keys), LOGIN) for r in addressed]
         images = {r.name: self._image_path(r.image) for r in addressed}
         with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
@@ -235,7 +247,10 @@ class Instances:
             if state == RUNNING and not wait_for_ssh(record.host, self.ssh_timeout_s):
                 state, error = FAILED, f"container {record.name} started but its SSH server did not answer"
             outcomes.append((record.name, state, error))
-        self._set_states(outcomes, now)
+        gone = self._set_states(outcomes, now, expected=STARTING)
+        for name in gone & {name for name, state, _ in outcomes if state == RUNNING}:
+            log.warning("container %s: its lease's containers were destroyed while it started: destroying it", name)
+            host.destroy(name)  # ours (we claimed the row and made it), and no longer wanted
         return self.of_lease(lease_id)
 
     def stop_lease(self, lease_id: str, now: datetime) -> list[Instance]:
@@ -246,7 +261,7 @@ class Instances:
             if record.state == RUNNING:
                 done, error = self._attempt(functools.partial(host.stop, record.name))
                 outcomes.append((record.name, STOPPED if done == RUNNING else FAILED, error))
-        self._set_states(outcomes, now)
+        self._set_states(outcomes, now, expected=RUNNING)
         return self.of_lease(lease_id)
 
     def destroy_lease(self, lease_id: str, now: datetime) -> list[str]:
@@ -333,6 +348,19 @@ class Instances:
         """Give each container a free address of the network (the first is the bridge's own), recorded at once."""
         if not records:
             return []
+        for attempt in range(ADDRESS_ATTEMPTS):
+            try:
+                return self._assign_addresses_once(records, now)
+            except IntegrityError as exc:  # another lease's start took one of these addresses meanwhile: read again
+                if attempt == ADDRESS_ATTEMPTS - 1:
+                    raise GeniError(
+                        Reason.TESTBED,
+                        f"addresses for the containers of lease {records[0].lease_id} were taken by "
+                        "other starts at the same moment: try again",
+                    ) from exc
+        return []  # not reached
+
+    def _assign_addresses_once(self, records: Sequence[Instance], now: datetime) -> list[Instance]:
         names = {record.name for record in records}
         with self.database.write() as session:
             held = {
@@ -367,16 +395,42 @@ class Instances:
                 .values(state=FAILED, error=reason, updated_s=to_s(now))
             )
 
-    def _set_states(self, outcomes: Sequence[tuple[str, str, str]], now: datetime) -> None:
+    def _claim(self, records: Sequence[Instance], now: datetime) -> set[str]:
+        """The names of the rows this call moved from the state it read to starting (the others: somebody else's)."""
+        claimed: set[str] = set()
+        if not records:
+            return claimed
+        with self.database.write() as session:
+            for record in records:
+                done = session.execute(
+                    update(LeaseInstance)
+                    .where(LeaseInstance.name == record.name, LeaseInstance.state == record.state)
+                    .values(state=STARTING, updated_s=to_s(now))
+                )
+                if cast("CursorResult[Any]", done).rowcount == 1:
+                    claimed.add(record.name)
+        return claimed
+
+    def _release(self, records: Sequence[Instance], now: datetime) -> None:
+        """Claimed rows back to the state they had."""
+        self._set_states([(r.name, r.state, r.error) for r in records], now, expected=STARTING)
+
+    def _set_states(self, outcomes: Sequence[tuple[str, str, str]], now: datetime, expected: str) -> set[str]:
+        """Record each (name, state, error) whose row is still in state ``expected`` (a Delete meanwhile wins);
+        returns the names whose row was not."""
+        missed: set[str] = set()
         if not outcomes:
-            return
+            return missed
         with self.database.write() as session:
             for name, state, error in outcomes:
-                session.execute(
+                done = session.execute(
                     update(LeaseInstance)
-                    .where(LeaseInstance.name == name)
+                    .where(LeaseInstance.name == name, LeaseInstance.state == expected)
                     .values(state=state, error=error, updated_s=to_s(now))
                 )
+                if cast("CursorResult[Any]", done).rowcount != 1:
+                    missed.add(name)
+        return missed
 
 
 def instances_of(settings: Any, database: Database, images: ImageStore) -> Instances | None:

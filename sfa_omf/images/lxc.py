@@ -69,9 +69,10 @@ class LxcHost:
 
     def launch(self, spec: InstanceSpec, ssh_timeout_s: float = 30.0, image: str = "") -> InstanceRecord:
         """Create (with ``image``, a tar of files laid over the base, if given), start and wait until the container
-        answers SSH; on any failure destroy it and raise TESTBED."""
+        answers SSH; on any failure destroy it and raise TESTBED. A container of that name that exists already is
+        somebody else's: the launch fails and leaves it alone."""
+        self.create(spec, image)
         try:
-            self.create(spec, image)
             self.start(spec.name)
             if not wait_for_ssh(spec.host, ssh_timeout_s):
                 raise GeniError(
@@ -80,17 +81,15 @@ class LxcHost:
                     f"{ssh_timeout_s:g} s",
                 )
         except BaseException:
-            try:
-                self.destroy(spec.name)
-            except GeniError as cleanup:  # the launch's own error is the one to report
-                log.warning("container %s could not be destroyed after a failed launch: %s", spec.name, cleanup)
+            self._discard(spec.name)
             raise
         return InstanceRecord(spec.name, "RUNNING", spec.address, self._lease_of(spec.name))
 
     def create(self, spec: InstanceSpec, image: str = "") -> None:
         """Build the container's root file system offline, lay the image's files over it (a repository image is a
         tar archive of a root file system, as ``sfa_omf_save_image`` makes them) and configure its address, SSH
-        server and keys (after the image, so that an image never removes the way in)."""
+        server and keys (after the image, so that an image never removes the way in). lxc-create refuses a name that
+        exists (nothing is touched then); past it, a failure destroys the container this call made."""
         if not VALID_NAME.match(spec.name):
             raise GeniError(Reason.BAD_ARGS, f"container name {spec.name!r} is not valid for LXC")
         if not os.path.exists(DROPBEAR):
@@ -104,6 +103,16 @@ class LxcHost:
             _run(["lxc-create", "-P", str(self.lxc_path), "-t", "busybox", "-n", spec.name, "-f", conf.name])
         finally:
             os.unlink(conf.name)
+        try:
+            self._configure(spec, image)
+        except OSError as exc:  # e.g. the container destroyed meanwhile (its lease deleted): LXC's kind of failure
+            self._discard(spec.name)
+            raise GeniError(Reason.TESTBED, f"container {spec.name} could not be configured: {exc}") from exc
+        except BaseException:
+            self._discard(spec.name)
+            raise
+
+    def _configure(self, spec: InstanceSpec, image: str) -> None:
         rootfs = self.lxc_path / spec.name / "rootfs"
         if image:
             _extract(image, rootfs, spec.name)
@@ -122,6 +131,13 @@ class LxcHost:
         keys = ssh_dir / "authorized_keys"
         keys.write_text("".join(f"{key.strip()}\n" for key in spec.authorized_keys))
         keys.chmod(0o600)
+
+    def _discard(self, name: str) -> None:
+        """Destroy a container this process made and failed to finish; the failure itself is the one to report."""
+        try:
+            self.destroy(name)
+        except GeniError as cleanup:
+            log.warning("container %s could not be destroyed after a failed launch: %s", name, cleanup)
 
     def start(self, name: str) -> None:
         """Start the container; on failure the reason is LXC's own error lines (its log), not just "failed"."""

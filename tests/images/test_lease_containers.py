@@ -9,7 +9,9 @@ import ipaddress
 import os
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import pytest
 from lxml import etree
 
 from sfa_omf.cli import main
-from sfa_omf.errors import GeniCode
+from sfa_omf.errors import GeniCode, GeniError
 from sfa_omf.images.instances import DESTROYED, RUNNING, STOPPED
 from sfa_omf.images.lxc import InstanceSpec
 from tests.conftest import DemoPki
@@ -244,3 +246,36 @@ def test_a_container_that_cannot_start_reads_geni_failed_with_the_reason(
     node = next(s for s in status["geni_slivers"] if s["geni_sliver_urn"] not in states)
     assert node["geni_operational_status"] == "geni_failed" and "could not start" in node["geni_error"]
     assert broken.host.instances() == []  # a failed launch leaves nothing
+
+
+def test_two_starts_at_once_launch_each_container_once_and_a_delete_meanwhile_wins(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    key, public = key_pair(tmp_path, "alice")
+    allocate_and_provision(site, pki, users(public, pki), ONE)
+    (planned,) = site.instances.listing()
+    # The leader's round and a geni_start at the same moment: one launches, the other leaves the row alone.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda _: site.instances.start_lease(planned.lease_id, [public], site.clock()), range(2)))
+    (running,) = site.instances.listing()
+    assert (running.state, running.error, site.host.state(running.name)) == (RUNNING, "", "RUNNING")
+    assert ssh(key, running.host, "true").returncode == 0  # nobody destroyed it
+
+    # A Delete while a start is under way: the start finishing later does not bring the row (or a container) back.
+    ok(site.alice(pki).Delete([pki.slice_urn], [cred(pki.users["alice"].slice_cred)], {}))
+    allocate_and_provision(site, pki, users(public, pki), ONE)
+    (again,) = site.instances.listing()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        starting = pool.submit(site.instances.start_lease, again.lease_id, [public], site.clock())
+        while not site.instances.of_lease(again.lease_id)[0].address:  # claimed and addressed: launching now
+            time.sleep(0.05)
+        for _ in range(20):  # as the server's rounds would: LXC may refuse while the container is being made
+            try:
+                site.instances.destroy_lease(again.lease_id, site.clock())
+                break
+            except GeniError:
+                time.sleep(0.5)
+        starting.result()
+    (row,) = site.instances.of_lease(again.lease_id)
+    assert (row.state, row.address) == (DESTROYED, "")
+    assert site.host.instances() == []
