@@ -37,7 +37,7 @@ from rspec.model import (
 from rspec.parse_request import RequestPolicy, parse_request
 from sfa_omf.am.advertiser import Advertiser
 from sfa_omf.am.containers import act as act_on_containers
-from sfa_omf.am.containers import check_request, node_health, node_sliver_of, save_image
+from sfa_omf.am.containers import check_request, node_health, node_sliver_of, save_image, ssh_answering
 from sfa_omf.am.containers import manifest_sliver as container_manifest_sliver
 from sfa_omf.am.containers import plan as plan_containers
 from sfa_omf.am.containers import sliver_dict as container_dict
@@ -784,6 +784,7 @@ class Aggregate:
         """Each sliver's status, each followed by its containers' (a container is a sliver of its own)."""
         chosen = leases if leases is not None else self._leases(slice_urn, sliver_urns)
         containers = self._containers_of(chosen)
+        answering = ssh_answering(i for found in containers.values() for i in found)  # at once, 1 s for them all
         now = self.clock()
         answer = []
         for lease in chosen:
@@ -796,7 +797,7 @@ class Aggregate:
                 if failed is not None and entry["geni_operational_status"] != str(Operational.PENDING_ALLOCATION):
                     entry.update(geni_operational_status=str(failed.operational_state), geni_error=failed.error)
                 answer.append(entry)
-                answer += [container_dict(i, lease, now, entry["geni_allocation_status"]) for i in mine]
+                answer += [container_dict(i, lease, now, entry["geni_allocation_status"], answering) for i in mine]
         return answer
 
     def _containers_of(self, leases: Sequence[LeaseRecord]) -> dict[str, list[Instance]]:

@@ -9,7 +9,7 @@ A container is a sliver of its own: URN ``<node sliver URN>-c<n>``, client_id ``
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from datetime import datetime
 from typing import Any
 
@@ -30,14 +30,14 @@ from sfa_omf.images.instances import (
     InstanceRequest,
     Instances,
 )
-from sfa_omf.images.lxc import wait_for_ssh
+from sfa_omf.images.lxc import answering_ssh
 from sfa_omf.images.records import ImageRecord
 from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.times import format_time
 
 SLIVER_TYPES = ("raw-pc", CONTAINER_SLIVER_TYPE)
 _CONTAINER_SUFFIX = re.compile(r"-c[0-9]+$")  # node sliver URNs end in a hex UUID, never in this
-SSH_PROBE_S = 1.0  # Status asks each running container's SSH server, briefly
+SSH_PROBE_S = 1.0  # Status asks the running containers' SSH servers, all at once, within this budget per call
 
 
 def node_sliver_of(urn: str) -> str:
@@ -105,12 +105,20 @@ def plan(
         instances.plan(lease.id, requests, now)
 
 
-def health(instance: Instance, lease: LeaseRecord, now: datetime) -> SliverHealth:
-    """A container's GENI operational state: ready only when it runs and its SSH server answers."""
+def ssh_answering(found: Iterable[Instance]) -> set[str]:
+    """The hosts of the running containers among ``found`` whose SSH server answers now (one SSH_PROBE_S budget for
+    them all, probed at once)."""
+    hosts = {(instance.host, 22) for instance in found if instance.state == RUNNING and instance.host}
+    return {host for host, _ in answering_ssh(hosts, SSH_PROBE_S)}
+
+
+def health(instance: Instance, lease: LeaseRecord, now: datetime, answering: Set[str]) -> SliverHealth:
+    """A container's GENI operational state: ready only when it runs and its SSH server answered (``answering``: the
+    hosts ssh_answering found)."""
     if instance.state == FAILED:
         return SliverHealth(Operational.FAILED, instance.error)
     if instance.state == RUNNING:
-        if wait_for_ssh(instance.host, SSH_PROBE_S):
+        if instance.host in answering:
             return SliverHealth(Operational.READY)
         return SliverHealth(Operational.CONFIGURING, f"container {instance.name} runs but SSH does not answer yet")
     if instance.state in (PLANNED, STARTING) and lease.state == "provisioned" and lease.start <= now < lease.end:
@@ -124,8 +132,10 @@ def node_health(found: Sequence[Instance]) -> SliverHealth | None:
     return SliverHealth(Operational.FAILED, "; ".join(failed)) if failed else None
 
 
-def sliver_dict(instance: Instance, lease: LeaseRecord, now: datetime, allocation: str) -> dict[str, Any]:
-    state = health(instance, lease, now)
+def sliver_dict(
+    instance: Instance, lease: LeaseRecord, now: datetime, allocation: str, answering: Set[str]
+) -> dict[str, Any]:
+    state = health(instance, lease, now, answering)
     return {
         "geni_sliver_urn": instance.urn,
         "geni_expires": format_time(lease.end),

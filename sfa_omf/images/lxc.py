@@ -19,7 +19,8 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +211,33 @@ def wait_for_ssh(host: str, timeout_s: float, port: int = 22) -> bool:
             pass
         time.sleep(0.2)
     return False
+
+
+def answering_ssh(endpoints: Iterable[tuple[str, int]], budget_s: float, workers: int = 8) -> set[tuple[str, int]]:
+    """The (host, port) endpoints whose SSH server sends its banner within ``budget_s``, one budget for the whole
+    call: the endpoints are probed at once (``workers`` threads), each connect and read bounded by the time left, so
+    the call returns after about ``budget_s`` at most, whatever the number of endpoints or how they fail."""
+    deadline = time.monotonic() + budget_s
+    wanted = sorted(set(endpoints))
+    if not wanted:
+        return set()
+
+    def answers(endpoint: tuple[str, int]) -> bool:
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with socket.create_connection(endpoint, timeout=left) as connection:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                connection.settimeout(left)
+                return connection.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(wanted))) as pool:
+        return {endpoint for endpoint, up in zip(wanted, pool.map(answers, wanted), strict=True) if up}
 
 
 def _extract(image: str, rootfs: Path, name: str) -> None:
