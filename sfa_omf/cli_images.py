@@ -1,8 +1,9 @@
-"""Operator commands for the image repository, ``sfa-omf image add|remove|list|show``, and for the containers of
+"""Operator commands for the image repository, ``sfa-omf image add|remove|publish|list|show``, and for the containers of
 leases on this host, ``sfa-omf instance list``.
 
-add and remove change the store: only members of ``[sfa_omf] image_group`` may (checked on the Unix user running the
-command, before anything is read or written). list and show are open to everybody who can read the configuration.
+add, remove and publish change the store: only members of ``[sfa_omf] image_group`` may (checked on the Unix user
+running the command, before anything is read or written). list and show are open to everybody who can read the
+configuration.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Adds ``image add|remove|list|show``."""
+    """Adds ``image add|remove|publish|list|show``."""
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
     image = commands.add_parser("image", help="the disk image repository").add_subparsers(title="image commands")
@@ -46,6 +47,12 @@ def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     remove = image.add_parser("remove", parents=[config_option], help="remove an image no current or future lease uses")
     remove.add_argument("label")
     remove.set_defaults(handler=_image_remove)
+
+    publish = image.add_parser(
+        "publish", parents=[config_option], help="make an image saved from a container usable by everybody"
+    )
+    publish.add_argument("label")
+    publish.set_defaults(handler=_image_publish)
 
     listing = image.add_parser("list", parents=[config_option], help="list the images")
     listing.add_argument("--json", action="store_true")
@@ -107,6 +114,16 @@ def _image_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_publish(args: argparse.Namespace) -> int:
+    from sfa_omf.images.operators import check_image_operator
+
+    settings = command_settings(args)
+    check_image_operator(settings.image_group)
+    record = _store(settings).publish(args.label)
+    print(f"published image {record.label} (saved by {record.added_by}): every user may now use it")
+    return 0
+
+
 def _image_list(args: argparse.Namespace) -> int:
     images = _store(command_settings(args)).images()
     if args.json:
@@ -121,10 +138,11 @@ def _image_list(args: argparse.Namespace) -> int:
             ",".join(record.hardware_types) or "any",
             record.added_by,
             format_time(record.added),
+            "private" if record.private else "public",
         )
         for record in images
     ]
-    print_table(("LABEL", "OS", "SIZE", "SHA256", "HARDWARE", "ADDED_BY", "ADDED"), rows)
+    print_table(("LABEL", "OS", "SIZE", "SHA256", "HARDWARE", "ADDED_BY", "ADDED", "ACCESS"), rows)
     return 0
 
 

@@ -37,7 +37,7 @@ from rspec.model import (
 from rspec.parse_request import RequestPolicy, parse_request
 from sfa_omf.am.advertiser import Advertiser
 from sfa_omf.am.containers import act as act_on_containers
-from sfa_omf.am.containers import check_request, node_health, node_sliver_of, save_image
+from sfa_omf.am.containers import check_request, node_health, node_sliver_of, save_image, ssh_answering
 from sfa_omf.am.containers import manifest_sliver as container_manifest_sliver
 from sfa_omf.am.containers import plan as plan_containers
 from sfa_omf.am.containers import sliver_dict as container_dict
@@ -292,7 +292,7 @@ class Aggregate:
                 f"{self.policy.max_nodes_per_request} per request (policy rule max_nodes_per_request): split it",
             )
         containers = check_request(
-            request, self.instances, self.policy.max_instances_per_node, self.images.labels()
+            request, self.instances, self.policy.max_instances_per_node, self.images.images(), verified.owner_urn
         )  # before anything is written
         wanted: list[BookingRequest] = []
         for lease in request.leases:
@@ -324,7 +324,7 @@ class Aggregate:
                         from_now=lease.from_now,
                     )
                 )
-        self._check_images(wanted)  # before anything is written: an unknown image books nothing
+        self._check_images(wanted, verified.owner_urn)  # before anything is written: an unknown image books nothing
         users_before = self._users_of(slice_urn) if users else {}  # read only when there is something to put back
         result = self.bookings.book(
             slice_urn,
@@ -337,7 +337,7 @@ class Aggregate:
         )
         try:
             # Again once booked: an image removed meanwhile (its removal saw no lease yet) fails this call instead.
-            self._check_images(wanted)
+            self._check_images(wanted, verified.owner_urn)
             plan_containers(self.instances, result.leases, containers, now)
             answer = self._describe_slice(slice_urn, None)
         except BaseException:
@@ -362,14 +362,14 @@ class Aggregate:
         ]
         return answer
 
-    def _check_images(self, wanted: Sequence[BookingRequest]) -> None:
-        """Every disk image the request names runs on its node (the repository's or the node's own), else BADARGS
-        naming the images that node can run."""
+    def _check_images(self, wanted: Sequence[BookingRequest], user: str) -> None:
+        """Every disk image the request names runs on its node (the repository's or the node's own) and ``user``
+        may use it (not somebody else's private image), else BADARGS naming the images that node can run."""
         asked = {(request.node, request.disk_image) for request in wanted if request.disk_image}
         if not asked:
             return
         nodes = self.inventory.list_nodes(component_ids={node for node, _ in asked})
-        check_requested_images(sorted(asked), {node.component_id: node for node in nodes}, self.images.images())
+        check_requested_images(sorted(asked), {node.component_id: node for node in nodes}, self.images.images(), user)
 
     def _component_of(self, node: Any) -> str:
         if not node.component_id:
@@ -786,6 +786,7 @@ class Aggregate:
         """Each sliver's status, each followed by its containers' (a container is a sliver of its own)."""
         chosen = leases if leases is not None else self._leases(slice_urn, sliver_urns)
         containers = self._containers_of(chosen)
+        answering = ssh_answering(i for found in containers.values() for i in found)  # at once, 1 s for them all
         now = self.clock()
         answer = []
         for lease in chosen:
@@ -798,7 +799,7 @@ class Aggregate:
                 if failed is not None and entry["geni_operational_status"] != str(Operational.PENDING_ALLOCATION):
                     entry.update(geni_operational_status=str(failed.operational_state), geni_error=failed.error)
                 answer.append(entry)
-                answer += [container_dict(i, lease, now, entry["geni_allocation_status"]) for i in mine]
+                answer += [container_dict(i, lease, now, entry["geni_allocation_status"], answering) for i in mine]
         return answer
 
     def _containers_of(self, leases: Sequence[LeaseRecord]) -> dict[str, list[Instance]]:

@@ -9,7 +9,7 @@ A container is a sliver of its own: URN ``<node sliver URN>-c<n>``, client_id ``
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from datetime import datetime
 from typing import Any
 
@@ -17,24 +17,27 @@ from rspec.model import CONTAINER_SLIVER_TYPE, Login, ManifestSliver, Request
 from sfa_omf.am.states import Event, Operational
 from sfa_omf.calendar.records import LeaseRecord
 from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.images.catalogue import private_refusal
 from sfa_omf.images.instances import (
     FAILED,
     LIVE,
     LOGIN,
     PLANNED,
     RUNNING,
+    STARTING,
     STOPPED,
     Instance,
     InstanceRequest,
     Instances,
 )
-from sfa_omf.images.lxc import wait_for_ssh
+from sfa_omf.images.lxc import answering_ssh
+from sfa_omf.images.records import ImageRecord
 from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.times import format_time
 
 SLIVER_TYPES = ("raw-pc", CONTAINER_SLIVER_TYPE)
 _CONTAINER_SUFFIX = re.compile(r"-c[0-9]+$")  # node sliver URNs end in a hex UUID, never in this
-SSH_PROBE_S = 1.0  # Status asks each running container's SSH server, briefly
+SSH_PROBE_S = 1.0  # Status asks the running containers' SSH servers, all at once, within this budget per call
 
 
 def node_sliver_of(urn: str) -> str:
@@ -43,11 +46,16 @@ def node_sliver_of(urn: str) -> str:
 
 
 def check_request(
-    request: Request, instances: Instances | None, max_per_node: int, repository_labels: Sequence[str]
+    request: Request,
+    instances: Instances | None,
+    max_per_node: int,
+    repository: Sequence[ImageRecord],
+    user: str,
 ) -> dict[str, tuple[str, int]]:
     """The containers a request asks for, by node client_id: (image, count). BADARGS, before anything is written,
-    for an unknown sliver type, a count over the operator's limit, or an image not in the repository (naming the
-    labels that are)."""
+    for an unknown sliver type, a count over the operator's limit, an image not in the repository (naming the
+    labels ``user`` may use) or somebody else's private image."""
+    usable = [record.label for record in repository if record.usable_by(user)]
     wanted: dict[str, tuple[str, int]] = {}
     for node in request.nodes:
         if node.sliver_type is not None and node.sliver_type not in SLIVER_TYPES:
@@ -70,8 +78,10 @@ def check_request(
                 "(policy max_instances_per_node). Nothing was booked"
             )
         image = node.disk_image or ""
-        if image and image not in repository_labels:
-            known = ", ".join(sorted(repository_labels)) or "none yet"
+        if image and image not in usable:
+            if any(record.label == image for record in repository):
+                raise BadArgs(f"node {node.client_id!r}: {private_refusal(image)}")
+            known = ", ".join(sorted(usable)) or "none yet"
             raise BadArgs(
                 f"node {node.client_id!r}: containers start from repository images, and {image!r} is not one "
                 f"(repository images: {known}). Nothing was booked"
@@ -95,15 +105,23 @@ def plan(
         instances.plan(lease.id, requests, now)
 
 
-def health(instance: Instance, lease: LeaseRecord, now: datetime) -> SliverHealth:
-    """A container's GENI operational state: ready only when it runs and its SSH server answers."""
+def ssh_answering(found: Iterable[Instance]) -> set[str]:
+    """The hosts of the running containers among ``found`` whose SSH server answers now (one SSH_PROBE_S budget for
+    them all, probed at once)."""
+    hosts = {(instance.host, 22) for instance in found if instance.state == RUNNING and instance.host}
+    return {host for host, _ in answering_ssh(hosts, SSH_PROBE_S)}
+
+
+def health(instance: Instance, lease: LeaseRecord, now: datetime, answering: Set[str]) -> SliverHealth:
+    """A container's GENI operational state: ready only when it runs and its SSH server answered (``answering``: the
+    hosts ssh_answering found)."""
     if instance.state == FAILED:
         return SliverHealth(Operational.FAILED, instance.error)
     if instance.state == RUNNING:
-        if wait_for_ssh(instance.host, SSH_PROBE_S):
+        if instance.host in answering:
             return SliverHealth(Operational.READY)
         return SliverHealth(Operational.CONFIGURING, f"container {instance.name} runs but SSH does not answer yet")
-    if instance.state == PLANNED and lease.state == "provisioned" and lease.start <= now < lease.end:
+    if instance.state in (PLANNED, STARTING) and lease.state == "provisioned" and lease.start <= now < lease.end:
         return SliverHealth(Operational.CONFIGURING)  # the slot began: it is being started
     return SliverHealth(Operational.NOTREADY)
 
@@ -114,8 +132,10 @@ def node_health(found: Sequence[Instance]) -> SliverHealth | None:
     return SliverHealth(Operational.FAILED, "; ".join(failed)) if failed else None
 
 
-def sliver_dict(instance: Instance, lease: LeaseRecord, now: datetime, allocation: str) -> dict[str, Any]:
-    state = health(instance, lease, now)
+def sliver_dict(
+    instance: Instance, lease: LeaseRecord, now: datetime, allocation: str, answering: Set[str]
+) -> dict[str, Any]:
+    state = health(instance, lease, now, answering)
     return {
         "geni_sliver_urn": instance.urn,
         "geni_expires": format_time(lease.end),

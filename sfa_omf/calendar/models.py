@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -278,6 +278,8 @@ class RepositoryImage(Base):
     hardware_types: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: every node can run it
     added_by: Mapped[str] = mapped_column(String(300))  # a Unix login (image add) or a user URN (a saved image)
     added_s: Mapped[int] = mapped_column(BigInteger)
+    # A saved image: only added_by may use it (and nobody sees it advertised) until an operator publishes it.
+    private: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class LeaseInstance(Base):
@@ -294,7 +296,7 @@ class LeaseInstance(Base):
     position: Mapped[int] = mapped_column(Integer)  # 0..count-1 on its sliver
     image: Mapped[str] = mapped_column(String(100))  # repository label; "" for the base container
     address: Mapped[str | None] = mapped_column(String(50), nullable=True, unique=True)
-    state: Mapped[str] = mapped_column(String(20), index=True)  # planned, running, stopped, failed, destroyed
+    state: Mapped[str] = mapped_column(String(20), index=True)  # planned, starting, running, stopped, failed, destroyed
     error: Mapped[str] = mapped_column(Text, default="")
     updated_s: Mapped[int] = mapped_column(BigInteger)
 

@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.exc import IntegrityError
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, LeaseInstance, Slice
@@ -33,8 +34,10 @@ from sfa_omf.images.store import ImageStore, check_label
 log = logging.getLogger("sfa_omf.instances")
 
 PLANNED, RUNNING, STOPPED, FAILED, DESTROYED = "planned", "running", "stopped", "failed", "destroyed"
-LIVE = (PLANNED, RUNNING, STOPPED, FAILED)  # rows whose container may exist (or is still to come)
+STARTING = "starting"  # claimed by one start (a conditional update): no other start touches it meanwhile
+LIVE = (PLANNED, STARTING, RUNNING, STOPPED, FAILED)  # rows whose container may exist (or is still to come)
 LOGIN = "root"  # the slice users' keys go to root's authorized_keys inside the container
+ADDRESS_ATTEMPTS = 3  # starts of other leases racing for the same free addresses (PostgreSQL)
 LAUNCH_WORKERS = 4  # containers of one lease launched at once (LXC's own work is mostly waiting)
 
 
@@ -207,19 +210,34 @@ class Instances:
                 destroyed.append(orphan.name)
         started: list[str] = []
         for lease_id, slice_urn in due:
-            records = self.start_lease(lease_id, keys_of(slice_urn), now)
+            try:
+                records = self.start_lease(lease_id, keys_of(slice_urn), now)
+            except Exception as exc:  # one lease's failure must not stop the others, nor come first every round
+                reason = exc.message if isinstance(exc, GeniError) else f"{type(exc).__name__}: {exc}"
+                log.warning("lease %s: its containers could not be started: %s", lease_id, reason)
+                self._fail_planned(lease_id, reason, now)
+                continue
             started += [record.name for record in records if record.state == RUNNING]
         return started, destroyed
 
     # -- acting on a lease's containers -----------------------------------------------------------------------------
     def start_lease(self, lease_id: str, keys: Sequence[str], now: datetime) -> list[Instance]:
         """Launch every container of the lease not running (planned, failed, or stopped and gone); start those
-        stopped. Each ends running, or failed with LXC's reason; one failing does not stop the others."""
+        stopped. Each ends running, or failed with LXC's reason; one failing does not stop the others. Each row is
+        first claimed (its state as read -> starting, one conditional update): a start running meanwhile (the
+        leader's round, another request, another worker) leaves the rows it did not claim alone."""
         host = self._host()
-        records = [record for record in self.of_lease(lease_id) if record.state in LIVE]
+        records = [record for record in self.of_lease(lease_id) if record.state in LIVE and record.state != STARTING]
         to_launch = [r for r in records if r.state in (PLANNED, FAILED) or not host.state(r.name)]
         to_start = [r for r in records if r.state == STOPPED and r not in to_launch]
-        addressed = self._assign_addresses(to_launch, now)
+        claimed = self._claim([*to_launch, *to_start], now)
+        to_launch = [r for r in to_launch if r.name in claimed]
+        to_start = [r for r in to_start if r.name in claimed]
+        try:
+            addressed = self._assign_addresses(to_launch, now)
+        except BaseException:
+            self._release([*to_launch, *to_start], now)  # as they were: nothing half-started
+            raise
         specs = [InstanceSpec(r.name, r.address, tuple(keys), LOGIN) for r in addressed]
         images = {r.name: self._image_path(r.image) for r in addressed}
         with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
@@ -229,7 +247,10 @@ class Instances:
             if state == RUNNING and not wait_for_ssh(record.host, self.ssh_timeout_s):
                 state, error = FAILED, f"container {record.name} started but its SSH server did not answer"
             outcomes.append((record.name, state, error))
-        self._set_states(outcomes, now)
+        gone = self._set_states(outcomes, now, expected=STARTING)
+        for name in gone & {name for name, state, _ in outcomes if state == RUNNING}:
+            log.warning("container %s: its lease's containers were destroyed while it started: destroying it", name)
+            host.destroy(name)  # ours (we claimed the row and made it), and no longer wanted
         return self.of_lease(lease_id)
 
     def stop_lease(self, lease_id: str, now: datetime) -> list[Instance]:
@@ -240,7 +261,7 @@ class Instances:
             if record.state == RUNNING:
                 done, error = self._attempt(functools.partial(host.stop, record.name))
                 outcomes.append((record.name, STOPPED if done == RUNNING else FAILED, error))
-        self._set_states(outcomes, now)
+        self._set_states(outcomes, now, expected=RUNNING)
         return self.of_lease(lease_id)
 
     def destroy_lease(self, lease_id: str, now: datetime) -> list[str]:
@@ -268,8 +289,9 @@ class Instances:
         return names
 
     def save(self, instance: Instance, label: str, owner: str, now: datetime) -> str:
-        """Snapshot a container's file system into the repository as image ``label`` owned by ``owner`` (its
-        authorized_keys left out); returns the label. BADARGS or ALREADY_EXISTS before anything is written."""
+        """Snapshot a container's file system into the repository as image ``label``, private to ``owner`` (no keys,
+        passwords or SSH host keys in it: ``_without_secrets``); returns the label. BADARGS or ALREADY_EXISTS before
+        anything is written."""
         check_label(label)
         if self.images.get(label) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"image label {label!r} is already taken: choose another label")
@@ -282,11 +304,16 @@ class Instances:
         try:
             try:
                 with tarfile.open(archive, "w") as tar:
-                    tar.add(str(rootfs), arcname=".", filter=_without_keys)
+                    tar.add(str(rootfs), arcname=".", filter=_without_secrets)
             except (OSError, tarfile.TarError) as exc:
                 raise GeniError(Reason.TESTBED, f"container {instance.name} could not be archived: {exc}") from exc
             self.images.add(
-                archive, label, owner, now, description=f"saved from container {instance.name} ({instance.image})"
+                archive,
+                label,
+                owner,
+                now,
+                description=f"saved from container {instance.name} ({instance.image})",
+                private=True,  # only its owner may use it until an operator publishes it
             )
         finally:
             os.unlink(archive)
@@ -321,6 +348,19 @@ class Instances:
         """Give each container a free address of the network (the first is the bridge's own), recorded at once."""
         if not records:
             return []
+        for attempt in range(ADDRESS_ATTEMPTS):
+            try:
+                return self._assign_addresses_once(records, now)
+            except IntegrityError as exc:  # another lease's start took one of these addresses meanwhile: read again
+                if attempt == ADDRESS_ATTEMPTS - 1:
+                    raise GeniError(
+                        Reason.TESTBED,
+                        f"addresses for the containers of lease {records[0].lease_id} were taken by "
+                        "other starts at the same moment: try again",
+                    ) from exc
+        return []  # not reached
+
+    def _assign_addresses_once(self, records: Sequence[Instance], now: datetime) -> list[Instance]:
         names = {record.name for record in records}
         with self.database.write() as session:
             held = {
@@ -346,16 +386,51 @@ class Instances:
                 )
         return [_with_address(record, given[record.name]) for record in records]
 
-    def _set_states(self, outcomes: Sequence[tuple[str, str, str]], now: datetime) -> None:
+    def _fail_planned(self, lease_id: str, reason: str, now: datetime) -> None:
+        """The lease's containers still planned are failed, with why (the tick does not retry them: geni_start does)."""
+        with self.database.write() as session:
+            session.execute(
+                update(LeaseInstance)
+                .where(LeaseInstance.lease_id == lease_id, LeaseInstance.state == PLANNED)
+                .values(state=FAILED, error=reason, updated_s=to_s(now))
+            )
+
+    def _claim(self, records: Sequence[Instance], now: datetime) -> set[str]:
+        """The names of the rows this call moved from the state it read to starting (the others: somebody else's)."""
+        claimed: set[str] = set()
+        if not records:
+            return claimed
+        with self.database.write() as session:
+            for record in records:
+                done = session.execute(
+                    update(LeaseInstance)
+                    .where(LeaseInstance.name == record.name, LeaseInstance.state == record.state)
+                    .values(state=STARTING, updated_s=to_s(now))
+                )
+                if cast("CursorResult[Any]", done).rowcount == 1:
+                    claimed.add(record.name)
+        return claimed
+
+    def _release(self, records: Sequence[Instance], now: datetime) -> None:
+        """Claimed rows back to the state they had."""
+        self._set_states([(r.name, r.state, r.error) for r in records], now, expected=STARTING)
+
+    def _set_states(self, outcomes: Sequence[tuple[str, str, str]], now: datetime, expected: str) -> set[str]:
+        """Record each (name, state, error) whose row is still in state ``expected`` (a Delete meanwhile wins);
+        returns the names whose row was not."""
+        missed: set[str] = set()
         if not outcomes:
-            return
+            return missed
         with self.database.write() as session:
             for name, state, error in outcomes:
-                session.execute(
+                done = session.execute(
                     update(LeaseInstance)
-                    .where(LeaseInstance.name == name)
+                    .where(LeaseInstance.name == name, LeaseInstance.state == expected)
                     .values(state=state, error=error, updated_s=to_s(now))
                 )
+                if cast("CursorResult[Any]", done).rowcount != 1:
+                    missed.add(name)
+        return missed
 
 
 def instances_of(settings: Any, database: Database, images: ImageStore) -> Instances | None:
@@ -401,6 +476,13 @@ def _with_address(record: Instance, address: str) -> Instance:
     )  # fmt: skip
 
 
-def _without_keys(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    """A saved image carries no one's keys: the next lease's users get theirs."""
-    return None if member.name.endswith("root/.ssh/authorized_keys") else member
+#: What a saved image leaves out (paths inside the root file system): anyone's SSH keys (the next lease's users get
+#: theirs), password hashes, and the SSH server's host keys (each container makes its own at its first login).
+SECRETS = ("root/.ssh", "etc/shadow", "etc/gshadow", "etc/dropbear", "etc/ssh")
+
+
+def _without_secrets(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """A saved image carries no one's secrets: see SECRETS (a directory named there goes with all it holds)."""
+    path = os.path.normpath(member.name).lstrip("/")
+    secret = any(path == name or path.startswith(name + "/") for name in SECRETS)
+    return None if secret else member

@@ -19,7 +19,8 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +70,10 @@ class LxcHost:
 
     def launch(self, spec: InstanceSpec, ssh_timeout_s: float = 30.0, image: str = "") -> InstanceRecord:
         """Create (with ``image``, a tar of files laid over the base, if given), start and wait until the container
-        answers SSH; on any failure destroy it and raise TESTBED."""
+        answers SSH; on any failure destroy it and raise TESTBED. A container of that name that exists already is
+        somebody else's: the launch fails and leaves it alone."""
+        self.create(spec, image)
         try:
-            self.create(spec, image)
             self.start(spec.name)
             if not wait_for_ssh(spec.host, ssh_timeout_s):
                 raise GeniError(
@@ -80,17 +82,15 @@ class LxcHost:
                     f"{ssh_timeout_s:g} s",
                 )
         except BaseException:
-            try:
-                self.destroy(spec.name)
-            except GeniError as cleanup:  # the launch's own error is the one to report
-                log.warning("container %s could not be destroyed after a failed launch: %s", spec.name, cleanup)
+            self._discard(spec.name)
             raise
         return InstanceRecord(spec.name, "RUNNING", spec.address, self._lease_of(spec.name))
 
     def create(self, spec: InstanceSpec, image: str = "") -> None:
         """Build the container's root file system offline, lay the image's files over it (a repository image is a
         tar archive of a root file system, as ``sfa_omf_save_image`` makes them) and configure its address, SSH
-        server and keys (after the image, so that an image never removes the way in)."""
+        server and keys (after the image, so that an image never removes the way in). lxc-create refuses a name that
+        exists (nothing is touched then); past it, a failure destroys the container this call made."""
         if not VALID_NAME.match(spec.name):
             raise GeniError(Reason.BAD_ARGS, f"container name {spec.name!r} is not valid for LXC")
         if not os.path.exists(DROPBEAR):
@@ -104,13 +104,24 @@ class LxcHost:
             _run(["lxc-create", "-P", str(self.lxc_path), "-t", "busybox", "-n", spec.name, "-f", conf.name])
         finally:
             os.unlink(conf.name)
+        try:
+            self._configure(spec, image)
+        except OSError as exc:  # e.g. the container destroyed meanwhile (its lease deleted): LXC's kind of failure
+            self._discard(spec.name)
+            raise GeniError(Reason.TESTBED, f"container {spec.name} could not be configured: {exc}") from exc
+        except BaseException:
+            self._discard(spec.name)
+            raise
+
+    def _configure(self, spec: InstanceSpec, image: str) -> None:
         rootfs = self.lxc_path / spec.name / "rootfs"
         if image:
             _extract(image, rootfs, spec.name)
         # The template's rcS asks DHCP for an address (there is no DHCP server on our bridge: LXC sets the address);
         # ours starts the SSH server instead.
         rcs = rootfs / "etc" / "init.d" / "rcS"
-        rcs.write_text("#!/bin/sh\n/bin/syslogd\n/bin/mount -a\n/usr/sbin/dropbear -R -p 22\n")
+        # -s: keys only, never a password (an image may carry any /etc/shadow); -R: host keys made at first login.
+        rcs.write_text("#!/bin/sh\n/bin/syslogd\n/bin/mount -a\n/usr/sbin/dropbear -R -s -p 22\n")
         rcs.chmod(0o755)
         (rootfs / "usr" / "sbin").mkdir(parents=True, exist_ok=True)
         shutil.copy2(DROPBEAR, rootfs / "usr" / "sbin" / "dropbear")
@@ -121,6 +132,13 @@ class LxcHost:
         keys = ssh_dir / "authorized_keys"
         keys.write_text("".join(f"{key.strip()}\n" for key in spec.authorized_keys))
         keys.chmod(0o600)
+
+    def _discard(self, name: str) -> None:
+        """Destroy a container this process made and failed to finish; the failure itself is the one to report."""
+        try:
+            self.destroy(name)
+        except GeniError as cleanup:
+            log.warning("container %s could not be destroyed after a failed launch: %s", name, cleanup)
 
     def start(self, name: str) -> None:
         """Start the container; on failure the reason is LXC's own error lines (its log), not just "failed"."""
@@ -193,6 +211,33 @@ def wait_for_ssh(host: str, timeout_s: float, port: int = 22) -> bool:
             pass
         time.sleep(0.2)
     return False
+
+
+def answering_ssh(endpoints: Iterable[tuple[str, int]], budget_s: float, workers: int = 8) -> set[tuple[str, int]]:
+    """The (host, port) endpoints whose SSH server sends its banner within ``budget_s``, one budget for the whole
+    call: the endpoints are probed at once (``workers`` threads), each connect and read bounded by the time left, so
+    the call returns after about ``budget_s`` at most, whatever the number of endpoints or how they fail."""
+    deadline = time.monotonic() + budget_s
+    wanted = sorted(set(endpoints))
+    if not wanted:
+        return set()
+
+    def answers(endpoint: tuple[str, int]) -> bool:
+        try:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            with socket.create_connection(endpoint, timeout=left) as connection:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                connection.settimeout(left)
+                return connection.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(wanted))) as pool:
+        return {endpoint for endpoint, up in zip(wanted, pool.map(answers, wanted), strict=True) if up}
 
 
 def _extract(image: str, rootfs: Path, name: str) -> None:

@@ -20,6 +20,11 @@ class ImageRecord:
     hardware_types: tuple[str, ...]  # empty: every node can run it
     added_by: str
     added: datetime
+    private: bool = False  # saved from a container: only added_by may use it until an operator publishes it
+
+    def usable_by(self, user: str | None) -> bool:
+        """True when ``user`` (a user URN; None: anybody, as advertised) may start nodes or containers from it."""
+        return not self.private or (user is not None and user == self.added_by)
 
     def runs_on(self, hardware_type: str) -> bool:
         """True when a node of this hardware type can run the image."""

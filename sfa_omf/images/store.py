@@ -48,6 +48,7 @@ _COLUMNS = (
     RepositoryImage.hardware_types,
     RepositoryImage.added_by,
     RepositoryImage.added_s,
+    RepositoryImage.private,
 )
 
 
@@ -84,6 +85,7 @@ class ImageStore:
         version: str = "",
         description: str = "",
         hardware_types: Sequence[str] = (),
+        private: bool = False,
     ) -> ImageRecord:
         """Copy ``source`` into the store as ``label``; ALREADY_EXISTS if the label is taken, BADARGS if the source is
         no readable regular file."""
@@ -111,6 +113,7 @@ class ImageStore:
                         hardware_types=sorted(set(hardware_types)),
                         added_by=added_by,
                         added_s=to_s(now),
+                        private=private,
                     )
                 )
         except IntegrityError as exc:  # another operator added the same label meanwhile
@@ -150,6 +153,16 @@ class ImageStore:
             session.delete(row)
         Path(record.path).unlink(missing_ok=True)
         return record
+
+    def publish(self, label: str) -> ImageRecord:
+        """Make a private image (one saved from a container) usable by everybody and advertised; NOT_FOUND naming the
+        known labels for an unknown one. Publishing a public image changes nothing."""
+        with self.database.write() as session:
+            row = session.scalar(select(RepositoryImage).where(RepositoryImage.label == label))
+            if row is None:
+                raise GeniError(Reason.NOT_FOUND, _unknown(label, self.labels()))
+            row.private = False
+        return self.show(label)
 
     # -- reading -------------------------------------------------------------------------------------------------
     def images(self) -> list[ImageRecord]:
@@ -218,6 +231,7 @@ def _record_of(directory: Path, row: Any) -> ImageRecord:
         hardware_types=tuple(row.hardware_types or ()),
         added_by=row.added_by,
         added=from_s(int(row.added_s)),
+        private=bool(row.private),
     )
 
 

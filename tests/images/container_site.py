@@ -56,8 +56,11 @@ class Site:
     database: Database
 
     def alice(self, pki: DemoPki) -> Any:
-        sfi = pki.users["alice"].sfi_dir
-        return proxy(self.url, str(sfi / "testbed.alice.user.gid"), str(sfi / "testbed.alice.pkey"))
+        return self.client(pki, "alice")
+
+    def client(self, pki: DemoPki, name: str) -> Any:
+        sfi = pki.users[name].sfi_dir
+        return proxy(self.url, str(sfi / f"testbed.{name}.user.gid"), str(sfi / f"testbed.{name}.pkey"))
 
     def restarted(self) -> Aggregate:
         """A second aggregate over the same database and LXC directory: the server after a restart."""

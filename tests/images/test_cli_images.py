@@ -1,5 +1,5 @@
-"""``sfa-omf image add|remove|list|show`` as an operator runs them on the embedded default made by ``sfa-omf init``;
-the group is checked on the Unix user running the tests."""
+"""``sfa-omf image add|remove|publish|list|show`` as an operator runs them on the embedded default made by ``sfa-omf
+init``; the group is checked on the Unix user running the tests."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.cli import main
 from sfa_omf.config import read_config
+from sfa_omf.images.store import ImageStore, store_directory
 from sfa_omf.times import utcnow
 from tests.images.conftest import image_file
 
@@ -53,7 +54,9 @@ def test_add_list_show_remove(config: str, tmp_path: Path, capsys: pytest.Captur
 
     code, out, _ = run(capsys, "image", "list", "--config", config)
     assert code == 0
-    assert out.splitlines()[0].split() == ["LABEL", "OS", "SIZE", "SHA256", "HARDWARE", "ADDED_BY", "ADDED"]
+    assert out.splitlines()[0].split() == [
+        "LABEL", "OS", "SIZE", "SHA256", "HARDWARE", "ADDED_BY", "ADDED", "ACCESS"
+    ]  # fmt: skip
     assert out.splitlines()[1].split()[:5] == ["deb12", "Debian", "12", "200000", added["sha256"][:16]]
 
     code, out, _ = run(capsys, "image", "show", "deb12", "--json", "--config", config)
@@ -79,6 +82,8 @@ def test_a_user_outside_the_operator_group_changes_nothing(
     assert code == 2
     assert f"{me.pw_name} may not change the image repository: only members of the Unix group {other!r}" in err
     code, _, err = run(capsys, "image", "remove", "keep", "--config", config)
+    assert code == 2 and "may not change the image repository" in err
+    code, _, err = run(capsys, "image", "publish", "keep", "--config", config)
     assert code == 2 and "may not change the image repository" in err
 
     code, out, _ = run(capsys, "image", "list", "--json", "--config", config)  # everybody may list
@@ -111,3 +116,24 @@ def test_remove_refused_while_a_lease_uses_it_names_the_lease(
     assert f"lease {lease.id} of {SLICE} (allocated" in err and "image_in_use" in err
     code, out, _ = run(capsys, "image", "show", "base", "--config", config)
     assert code == 0 and lease.id in out
+
+
+def test_publish_makes_a_saved_image_public(config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = read_config(config)
+    store = ImageStore(Database(settings.calendar_url), store_directory(settings.data_dir))
+    saver = "urn:publicid:IDN+testbed+user+alice"
+    store.add(image_file(tmp_path / "s.tar", 10), "saved", saver, utcnow(), private=True)  # as sfa_omf_save_image
+    code, out, _ = run(capsys, "image", "list", "--config", config)
+    assert code == 0 and out.splitlines()[1].split()[-1] == "private"
+    bob = "urn:publicid:IDN+testbed+user+bob"
+    private = store.show("saved")
+    assert not private.usable_by(bob) and not private.usable_by(None) and private.usable_by(saver)
+
+    code, out, err = run(capsys, "image", "publish", "nosuch", "--config", config)
+    assert code != 0 and "no image labelled 'nosuch'" in err and "saved" in err
+    code, out, _ = run(capsys, "image", "publish", "saved", "--config", config)
+    assert code == 0 and out.startswith(f"published image saved (saved by {saver})")
+    code, out, _ = run(capsys, "image", "show", "saved", "--json", "--config", config)
+    assert code == 0 and json.loads(out)["private"] is False
+    published = store.show("saved")
+    assert published.usable_by(bob) and published.usable_by(None)

@@ -14,7 +14,7 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.records import BookingRequest
 from sfa_omf.errors import GeniError
 from sfa_omf.images.instances import DESTROYED, FAILED, PLANNED, InstanceRequest, Instances
-from sfa_omf.images.lxc import LxcHost
+from sfa_omf.images.lxc import InstanceSpec, LxcHost
 from sfa_omf.images.store import ImageStore
 from tests.calendar.conftest import Calendar, at, node_urn
 from tests.images.lxc_env import bridge, needs_lxc
@@ -73,3 +73,25 @@ def test_addresses_are_distinct_while_held_and_given_back(
     assert len(destroyed) == 6
     assert {i.state for i in instances.listing(live_only=False)} == {DESTROYED}
     assert {i.address for i in instances.listing(live_only=False)} == {""}
+
+
+def test_a_lease_whose_start_fails_does_not_stop_the_round(
+    calendar: Calendar, database: Database, store: ImageStore, tmp_path: Path
+) -> None:
+    bridge()
+    host = LxcHost("sfaomf-nobridge", lxc_path=str(tmp_path / "lxc"))
+    instances = Instances(database, host, "10.217.99.0/29", store, ssh_timeout_s=1)  # five addresses
+    too_big = provisioned_lease(calendar, instances, "big1", 6, at(1))  # more containers than addresses
+    small = provisioned_lease(calendar, instances, "n1", 1, at(1))
+    stray = host.name_for("00000000-0000-0000-0000-00000000dead", 0)  # no row names it: the round destroys it
+    host.create(InstanceSpec(stray, "10.217.99.6/29", ()))
+
+    started, destroyed = instances.tick(at(1.5), lambda _slice: [])
+    assert (started, destroyed) == ([], [stray])  # the round went on past the lease that could not start
+    big_rows = instances.of_lease(too_big)
+    assert {i.state for i in big_rows} == {FAILED}
+    assert all("no free address left in 10.217.99.0/29" in i.error for i in big_rows)
+    (small_row,) = instances.of_lease(small)
+    assert small_row.state == FAILED and "sfaomf-nobridge" in small_row.error  # it was tried: LXC's own words
+    assert host.instances() == []
+    assert instances.tick(at(1.6), lambda _slice: []) == ([], [])  # the failed lease is not retried every round

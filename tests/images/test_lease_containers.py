@@ -6,7 +6,12 @@ a container that cannot start reads geni_failed with LXC's reason."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import subprocess
+import tarfile
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +20,7 @@ import pytest
 from lxml import etree
 
 from sfa_omf.cli import main
-from sfa_omf.errors import GeniCode
+from sfa_omf.errors import GeniCode, GeniError
 from sfa_omf.images.instances import DESTROYED, RUNNING, STOPPED
 from sfa_omf.images.lxc import InstanceSpec
 from tests.conftest import DemoPki
@@ -127,7 +132,15 @@ def test_stop_start_and_save_act_on_the_containers(site: Site, pki: DemoPki, tmp
     )
     site.aggregate.run_instances()
     (container,) = site.instances.listing()
-    assert ssh(key, container.host, "echo changed > /etc/sfa-saved").returncode == 0
+    secrets = "echo s > /etc/shadow && echo k > /root/.ssh/id_ed25519 && ls /etc/dropbear/dropbear_*_host_key"
+    assert ssh(key, container.host, f"echo changed > /etc/sfa-saved && {secrets}").returncode == 0
+    nobody, _ = key_pair(tmp_path, "nobody")
+    refused = subprocess.run(
+        ["ssh", "-v", "-i", str(nobody), "-o", "StrictHostKeyChecking=no", "-o",
+         "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"root@{container.host}", "true"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "Authentications that can continue: publickey\n" in refused.stderr  # never a password
 
     stopped = ok(client.PerformOperationalAction([pki.slice_urn], slice_cred, "geni_stop", {}))
     assert containers_of(stopped) == {container.urn: ("geni_notready", "")}
@@ -155,17 +168,38 @@ def test_stop_start_and_save_act_on_the_containers(site: Site, pki: DemoPki, tmp
     assert [s["geni_sliver_urn"] for s in named["geni_slivers"]] == [container.sliver_urn, container.urn]
     ok(client.PerformOperationalAction([container.urn], slice_cred, "sfa_omf_save_image", {"sfa_omf_label": "mine"}))
     saved = site.store.get("mine")
-    assert saved is not None and saved.added_by == ALICE
+    assert saved is not None and saved.added_by == ALICE and saved.private
+    with tarfile.open(saved.path) as tar:
+        archived = {os.path.normpath(name) for name in tar.getnames()}
+    assert {"etc/sfa-saved", "etc/sfa-image", "etc", "root"} <= archived
+    assert [name for name in archived if name.startswith(("etc/shadow", "etc/dropbear", "root/.ssh"))] == []
+    # Private: advertised to nobody, and refused to anybody but its owner until an operator publishes it.
+    advertised = ok(client.ListResources([cred(pki.users["alice"].user_cred)], {"geni_rspec_version": GENI_V3}))
+    assert '<disk_image name="tools"' in advertised and 'name="mine"' not in advertised
 
     # The saved image starts the next lease's containers with the change in it, and nobody's keys.
     ok(client.Delete([pki.slice_urn], slice_cred, {}))
     assert site.host.instances() == []
+    bob = site.client(pki, "bob")
+    bob_cred = [cred(pki.users["bob"].slice_cred)]
+    mine = request('<sliver_type name="lxc"><disk_image name="mine"/></sliver_type>')
+    refused = bob.Allocate(pki.slice_urn, bob_cred, mine, {})
+    assert refused["code"]["geni_code"] == GeniCode.BADARGS
+    assert "image 'mine' is private to the user who saved it" in refused["output"]
+    assert "sfa-omf image publish mine" in refused["output"] and site.instances.listing() == []
     allocate_and_provision(
         site, pki, users(public, pki), '<sliver_type name="lxc"><disk_image name="mine"/></sliver_type>'
     )
     site.aggregate.run_instances()
     (again,) = site.instances.listing()
     assert ssh(key, again.host, "cat /etc/sfa-saved /etc/sfa-image").stdout == "changed\n" + IMAGE_TEXT
+    assert ssh(key, again.host, "cat /root/.ssh/id_ed25519 /etc/shadow").stdout == ""  # none of the secrets came
+
+    ok(client.Delete([pki.slice_urn], slice_cred, {}))
+    site.store.publish("mine")  # what sfa-omf image publish does: now everybody's
+    ok(bob.Allocate(pki.slice_urn, bob_cred, mine, {}))
+    advertised = ok(client.ListResources([cred(pki.users["alice"].user_cred)], {"geni_rspec_version": GENI_V3}))
+    assert '<disk_image name="mine"' in advertised
 
 
 def test_a_restarted_server_still_destroys_the_containers_and_any_it_does_not_know(
@@ -212,3 +246,36 @@ def test_a_container_that_cannot_start_reads_geni_failed_with_the_reason(
     node = next(s for s in status["geni_slivers"] if s["geni_sliver_urn"] not in states)
     assert node["geni_operational_status"] == "geni_failed" and "could not start" in node["geni_error"]
     assert broken.host.instances() == []  # a failed launch leaves nothing
+
+
+def test_two_starts_at_once_launch_each_container_once_and_a_delete_meanwhile_wins(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    key, public = key_pair(tmp_path, "alice")
+    allocate_and_provision(site, pki, users(public, pki), ONE)
+    (planned,) = site.instances.listing()
+    # The leader's round and a geni_start at the same moment: one launches, the other leaves the row alone.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda _: site.instances.start_lease(planned.lease_id, [public], site.clock()), range(2)))
+    (running,) = site.instances.listing()
+    assert (running.state, running.error, site.host.state(running.name)) == (RUNNING, "", "RUNNING")
+    assert ssh(key, running.host, "true").returncode == 0  # nobody destroyed it
+
+    # A Delete while a start is under way: the start finishing later does not bring the row (or a container) back.
+    ok(site.alice(pki).Delete([pki.slice_urn], [cred(pki.users["alice"].slice_cred)], {}))
+    allocate_and_provision(site, pki, users(public, pki), ONE)
+    (again,) = site.instances.listing()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        starting = pool.submit(site.instances.start_lease, again.lease_id, [public], site.clock())
+        while not site.instances.of_lease(again.lease_id)[0].address:  # claimed and addressed: launching now
+            time.sleep(0.05)
+        for _ in range(20):  # as the server's rounds would: LXC may refuse while the container is being made
+            try:
+                site.instances.destroy_lease(again.lease_id, site.clock())
+                break
+            except GeniError:
+                time.sleep(0.5)
+        starting.result()
+    (row,) = site.instances.of_lease(again.lease_id)
+    assert (row.state, row.address) == (DESTROYED, "")
+    assert site.host.instances() == []
