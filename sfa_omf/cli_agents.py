@@ -67,6 +67,13 @@ def add_agent_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     enrol.add_argument("--local-address", default="", help="this node's address on its LAN")
     enrol.add_argument("--lan-group", default="", help="nodes of the same LAN group reach each other directly")
     enrol.add_argument("--property", action="append", default=[], help="KEY=VALUE (repeatable)")
+    enrol.add_argument(
+        "--retry-for",
+        type=float,
+        default=300,
+        metavar="SECONDS",
+        help="keep trying while the server is busy or unreachable (503, no answer), for this long (default 300)",
+    )
     enrol.set_defaults(handler=_enrol)
     vpn = agent.add_parser("vpn", help="get a VPN client certificate and configuration (writes STATE/vpn.conf)")
     vpn.add_argument("--state", required=True, help="the directory given to enrol")
@@ -148,9 +155,13 @@ def _enrol(args: argparse.Namespace) -> int:
             args.local_address,
             args.lan_group,
             _properties(args.property),
+            retry_for_s=args.retry_for,
         )
     except AgentCallError as exc:
         print(f"sfa-omf agent: the server refused: {exc.message} ({exc.status} {exc.reason})", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"sfa-omf agent: no answer from {args.server} ({exc}); try again later", file=sys.stderr)
         return 1
     print(f"enrolled as {enrolled.node}; run: sfa-omf agent run --state {args.state}")
     return 0

@@ -16,6 +16,8 @@ import logging
 import os
 import ssl
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -148,9 +150,13 @@ def enrol(
     local_address: str = "",
     lan_group: str = "",
     properties: dict[str, str] | None = None,
+    retry_for_s: float = 0,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Enrolled:
     """Register with a join token and keep key, certificate, root and server in ``state_dir``. The key is made once
-    and reused, so running enrol again with the same token is harmless."""
+    and reused, so running enrol again with the same token is harmless — which is what ``retry_for_s`` does while
+    the server is busy or unreachable (503, no answer in time: many nodes joining at once, its DNS or testbed down),
+    waiting 1, 2, 4 ... 30 s between tries."""
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path = state / KEY
@@ -164,19 +170,17 @@ def enrol(
     )
     bootstrap = state / "bootstrap.pem"
     _write_private(bootstrap, _self_signed(key, hostname))
+    request = {
+        "token": token,
+        "hostname": hostname,
+        "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        "local_address": local_address,
+        "lan_group": lan_group,
+        "properties": properties or {},
+    }
     try:
-        answer = Client(server, str(bootstrap), str(key_path), root_path).call(
-            "POST",
-            "register",
-            {
-                "token": token,
-                "hostname": hostname,
-                "csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii"),
-                "local_address": local_address,
-                "lan_group": lan_group,
-                "properties": properties or {},
-            },
-        )
+        client = Client(server, str(bootstrap), str(key_path), root_path)
+        answer = _register_until(lambda: client.call("POST", "register", request), retry_for_s, sleep)
     finally:
         bootstrap.unlink(missing_ok=True)
     given_root = Path(root_path).read_text().strip()
@@ -187,6 +191,30 @@ def enrol(
     config = {"node": answer["node"], "server": server, "heartbeat_s": answer.get("heartbeat_s", 30)}
     _write_private(state / CONFIG, json.dumps(config).encode("utf-8"), 0o644)
     return Enrolled(node=str(answer["node"]), server=server, state_dir=state_dir)
+
+
+#: Answers worth trying the registration again for: the server could not complete it now (and wrote nothing).
+RETRY_STATUSES = frozenset({502, 503, 504})
+
+
+def _register_until(
+    register: Callable[[], dict[str, Any]], retry_for_s: float, sleep: Callable[[float], None]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + retry_for_s
+    wait_s = 1.0
+    while True:
+        try:
+            return register()
+        except AgentCallError as exc:
+            if exc.status not in RETRY_STATUSES or time.monotonic() + wait_s > deadline:
+                raise
+            log.warning("registration not done (%s); trying again in %.0f s", exc, wait_s)
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, or no answer within TIMEOUT_S
+            if time.monotonic() + wait_s > deadline:
+                raise
+            log.warning("no answer from the server (%s); trying again in %.0f s", exc, wait_s)
+        sleep(wait_s)
+        wait_s = min(wait_s * 2, 30.0)
 
 
 def request_vpn(state_dir: str) -> tuple[str, str]:
