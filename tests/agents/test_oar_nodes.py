@@ -308,14 +308,14 @@ def test_a_removal_the_calendar_refuses_leaves_the_oar_resource_in_its_state_bef
     assert oar_nodes.state(hostname) == "Absent"
 
 
+# PostgreSQL only: on SQLite one process serves the calendar, and a registration holds its write lock throughout.
+@pytest.mark.parametrize("lab", ["postgresql"], indirect=True)
 def test_oar_resources_are_added_one_at_a_time_across_the_aggregate_s_processes(
     lab: Lab, tmp_path: Path, oar_nodes: OarNodes
 ) -> None:
     """Another process of the aggregate adding a resource (here: a connection of its own to the calendar, holding
     the lock such an addition takes) keeps a registration from asking OAR to add its node until it is done (OAR
     2.5.9 numbers resources without a lock of its own); then the registration completes."""
-    if lab.aggregate.database.is_sqlite:
-        pytest.skip("SQLite: one process serves it, and a registration holds the database's write lock throughout")
     import threading
 
     from sqlalchemy import text
