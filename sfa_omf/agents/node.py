@@ -194,7 +194,7 @@ def enrol(
 
 
 #: Answers worth trying the registration again for: the server could not complete it now (and wrote nothing).
-RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_STATUSES = frozenset({503, 504})  # not 502: the testbed refused the node (e.g. its name is an operator's)
 
 
 def _register_until(

@@ -35,7 +35,7 @@ def test_busy_and_silent_servers_are_tried_again_with_growing_waits() -> None:
     assert answers.calls == 5 and waits == [1, 2, 4, 8]
 
 
-@pytest.mark.parametrize("status", [400, 403, 409, 413])
+@pytest.mark.parametrize("status", [400, 403, 409, 413, 502])
 def test_a_refusal_is_final_at_once(status: int) -> None:
     answers = Answers(AgentCallError(status, "refused", "no"), {"node": "n1"})
     waits: list[float] = []
