@@ -28,10 +28,17 @@ REPO = Path(__file__).resolve().parents[2]
 NODE = "urn:publicid:IDN+lab+node+far1"
 ECHO_PORT = 7007
 WALLED_ADDRESS = "10.218.2.2"
+# Binds once the address exists: it is the tunnel's, which appears only when openvpn has set up its device (the
+# echo server is started right after openvpn, and lost that race on a busy machine).
 ECHO_SERVER = (
-    "import socket,sys\n"
+    "import socket,sys,time\n"
     "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-    "s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()\n"
+    "for _ in range(900):\n"
+    "    try:\n"
+    "        s.bind((sys.argv[1], int(sys.argv[2]))); break\n"
+    "    except OSError:\n"
+    "        time.sleep(0.1)\n"
+    "s.listen()\n"
     "while True:\n"
     "    c,_=s.accept(); c.sendall(b'over the tunnel:'+c.recv(100)); c.close()\n"
 )
