@@ -6,6 +6,7 @@ subjectAltName is the identity that counts; the HRN comes from it. Chains are st
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import re
@@ -69,12 +70,16 @@ class Gid:
         return as_utc(self.certificate.not_valid_after_utc)
 
     @functools.cached_property
-    def key_id(self) -> str:  # cached: compared on every call
-        """SHA-256 of the subject public key (DER SubjectPublicKeyInfo): equal keys, equal ids."""
-        spki = self.certificate.public_key().public_bytes(
+    def public_key_der(self) -> bytes:
+        """The subject public key as DER SubjectPublicKeyInfo (the key a signature by this GID is checked with)."""
+        return self.certificate.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return hashlib.sha256(spki).hexdigest()
+
+    @functools.cached_property
+    def key_id(self) -> str:  # cached: compared on every call
+        """SHA-256 of the subject public key (DER SubjectPublicKeyInfo): equal keys, equal ids."""
+        return hashlib.sha256(self.public_key_der).hexdigest()
 
     @functools.cached_property
     def fingerprint(self) -> str:  # cached: part of every chain-verdict key
@@ -142,26 +147,36 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]*-----END 
 
 
 def _read_chain(data: bytes) -> GidChain:
-    # A refusal raises and is never cached. Each certificate block is parsed once too: one credential carries the
-    # same certificates in its owner, target and signer chains.
+    # A refusal raises and is never cached. Each certificate is parsed once too, by its DER bytes: one credential
+    # carries the same certificates in its owner, target and signer chains, as PEM text wrapped in different ways
+    # and as the signatures' base64 DER.
     blocks = _PEM_BLOCK.findall(data)
     if not blocks:
         raise BadArgs("cannot read a PEM certificate chain: no certificate in it")
-    return tuple(_parse_block(block) if len(block) <= MAX_CACHED_BYTES else _read_block(block) for block in blocks)
+    return tuple(_read_block(block) for block in blocks)
 
 
 #: Keyed by the exact bytes (see load_gid_chain).
 _parse_chain = functools.lru_cache(maxsize=PARSED_CACHE_SIZE)(_read_chain)
 
+_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_END = b"-----END CERTIFICATE-----"
+
 
 def _read_block(block: bytes) -> Gid:
+    """The GID of one PEM block (markers included; only base64 and whitespace between them, see _PEM_BLOCK)."""
     try:
-        return gid_from_certificate(x509.load_pem_x509_certificate(block))
+        return gid_from_der(der_of_base64(block[len(_BEGIN) : -len(_END)]))
     except ValueError as exc:
         raise BadArgs(f"cannot read a PEM certificate chain: {exc}") from exc
 
 
-_parse_block = functools.lru_cache(maxsize=PARSED_CACHE_SIZE)(_read_block)
+def der_of_base64(text: bytes | str) -> bytes:
+    """The bytes of base64 text with whitespace anywhere (PEM bodies, XML-DSig's X509Certificate). Raises
+    ValueError (binascii.Error) on any other character or wrong padding."""
+    if isinstance(text, str):
+        text = text.encode("ascii")  # UnicodeEncodeError is a ValueError
+    return base64.b64decode(b"".join(text.split()), validate=True)
 
 
 def _read_der(der: bytes) -> Gid:
@@ -172,15 +187,14 @@ _parse_der = functools.lru_cache(maxsize=PARSED_CACHE_SIZE)(_read_der)
 
 
 def gid_from_der(der: bytes) -> Gid:
-    """The GID of one DER certificate (a TLS peer's), parsed once per distinct certificate of a usual size. Raises
-    ValueError when the bytes are no certificate (never cached)."""
+    """The GID of one DER certificate (a TLS peer's, a signature's, a PEM block's), parsed once per distinct
+    certificate of a usual size. Raises ValueError when the bytes are no certificate (never cached)."""
     return _parse_der(der) if len(der) <= MAX_CACHED_BYTES else _read_der(der)
 
 
 def forget_parsed() -> None:
     """Empty the caches of parsed certificates (see verifier.forget_certificates)."""
     _parse_chain.cache_clear()
-    _parse_block.cache_clear()
     _parse_der.cache_clear()
 
 

@@ -124,6 +124,6 @@ def test_large_inputs_are_parsed_but_not_kept(tree: dict[str, Gid]) -> None:
     chain = load_gid_chain(padded)
     assert [g.urn for g in chain] == [tree["ann"].urn] * 3
     assert gid_module._parse_chain.cache_info().currsize == 0  # the 120 KB text is not a key
-    assert gid_module._parse_block.cache_info().currsize == 1  # its one certificate, of a usual size, is
+    assert gid_module._parse_der.cache_info().currsize == 1  # its one certificate, of a usual size, is
     assert load_gid_chain(block)[0].urn == tree["ann"].urn  # a usual chain is kept
     assert gid_module._parse_chain.cache_info().currsize == 1
