@@ -10,16 +10,16 @@ import base64
 import functools
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from sfa_omf.errors import BadArgs
 from sfa_omf.times import as_utc
-from sfa_omf.xrn import is_urn, parse_urn, split_hrn
+from sfa_omf.xrn import Urn, is_urn, join_hrn, parse_urn, split_hrn
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ class Gid:
     uuid: str | None
     email: str | None
     is_ca: bool
+    #: The certificate's DER bytes when the GID was read from them (its fingerprint is then a hash of these, not a
+    #: re-encoding); None when built from a certificate object.
+    der: bytes | None = field(default=None, repr=False, compare=False)
 
     # The identity read from the certificate is computed once per Gid (and a Gid once per distinct certificate:
     # load_gid_chain, gid_from_der): these are read on every check of every chain.
@@ -40,21 +43,26 @@ class Gid:
         return str(values[0].value) if values else ""
 
     @functools.cached_property
+    def parsed_urn(self) -> Urn | None:
+        """The URN parsed (once: type, HRN and its parts come from it), None when the GID carries no URN."""
+        return parse_urn(self.urn) if self.urn else None
+
+    @functools.cached_property
     def type(self) -> str | None:
         """The URN's type (``user``, ``slice``, ``authority``, ``node``) or None when the GID carries no URN."""
-        return parse_urn(self.urn).type if self.urn else None
+        return self.parsed_urn.type if self.parsed_urn else None
 
     @functools.cached_property
     def hrn(self) -> str:
         """The HRN from the URN; SFA GIDs without a URN fall back to the CN (which SFA sets to the HRN)."""
-        if self.urn:
-            return parse_urn(self.urn).hrn
+        if self.parsed_urn:
+            return join_hrn(self.hrn_parts)
         return self.subject_cn
 
     @functools.cached_property
     def hrn_parts(self) -> tuple[str, ...]:
-        if self.urn:
-            return parse_urn(self.urn).hrn_parts
+        if self.parsed_urn:
+            return self.parsed_urn.hrn_parts
         return split_hrn(self.subject_cn)
 
     @property
@@ -83,7 +91,9 @@ class Gid:
 
     @functools.cached_property
     def fingerprint(self) -> str:  # cached: part of every chain-verdict key
-        return self.certificate.fingerprint(hashes.SHA256()).hex()
+        """SHA-256 of the certificate's DER encoding (hashlib over bytes at hand: a third of cryptography's cost)."""
+        der = self.der if self.der is not None else self.certificate.public_bytes(serialization.Encoding.DER)
+        return hashlib.sha256(der).hexdigest()
 
     @functools.cached_property
     def _pem(self) -> str:
@@ -96,8 +106,8 @@ class Gid:
 GidChain = tuple[Gid, ...]
 
 
-def gid_from_certificate(certificate: x509.Certificate) -> Gid:
-    """Read the GENI identity out of a certificate."""
+def gid_from_certificate(certificate: x509.Certificate, der: bytes | None = None) -> Gid:
+    """Read the GENI identity out of a certificate (``der``: its DER bytes, when the caller read it from them)."""
     urn = uuid = email = None
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -116,7 +126,7 @@ def gid_from_certificate(certificate: x509.Certificate) -> Gid:
         is_ca = bool(constraints.ca)
     except x509.ExtensionNotFound:
         is_ca = False
-    return Gid(certificate=certificate, urn=urn, uuid=uuid, email=email, is_ca=is_ca)
+    return Gid(certificate=certificate, urn=urn, uuid=uuid, email=email, is_ca=is_ca, der=der)
 
 
 #: Distinct certificates (and PEM chains) kept parsed. A server sees a few per user and authority; the bound keeps
@@ -180,7 +190,8 @@ def der_of_base64(text: bytes | str) -> bytes:
 
 
 def _read_der(der: bytes) -> Gid:
-    return gid_from_certificate(x509.load_der_x509_certificate(der))
+    der = bytes(der)  # kept by the Gid: an immutable copy of whatever bytes-like object the caller passed
+    return gid_from_certificate(x509.load_der_x509_certificate(der), der)
 
 
 _parse_der = functools.lru_cache(maxsize=PARSED_CACHE_SIZE)(_read_der)

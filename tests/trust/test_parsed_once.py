@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.hashes import SHA256
 
 from sfa_omf.errors import BadArgs, Reason, TrustError
 from sfa_omf.times import utcnow
@@ -50,6 +51,10 @@ def test_the_same_bytes_give_the_same_gids_and_other_bytes_their_own(tree: dict[
     assert other[0] is not first[0] and other[0].fingerprint != first[0].fingerprint
     der = tree["ann"].certificate.public_bytes(serialization.Encoding.DER)
     assert gid_from_der(der) is gid_from_der(bytes(der)) and gid_from_der(der).fingerprint == first[0].fingerprint
+    # Hashed from the bytes read or from a re-encoding, the fingerprint is cryptography's SHA-256 fingerprint.
+    assert first[0].fingerprint == tree["ann"].fingerprint == tree["ann"].certificate.fingerprint(SHA256()).hex()
+    assert first[0].der == der and tree["ann"].der is None
+    assert (first[0].type, first[0].hrn, first[0].hrn_parts) == ("user", "fed.ann", ("fed", "ann"))
 
 
 def test_unreadable_certificates_are_refused_every_time() -> None:
