@@ -4,6 +4,7 @@ impostors and tampering are judged on every verification."""
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import timedelta
 
@@ -132,3 +133,24 @@ def test_large_inputs_are_parsed_but_not_kept(tree: dict[str, Gid]) -> None:
     assert gid_module._parse_der.cache_info().currsize == 1  # its one certificate, of a usual size, is
     assert load_gid_chain(block)[0].urn == tree["ann"].urn  # a usual chain is kept
     assert gid_module._parse_chain.cache_info().currsize == 1
+
+
+def test_a_signer_key_libxmlsec1_cannot_use_is_a_signature_that_does_not_verify(pki: DemoPki) -> None:
+    """The signature is checked with the signer certificate's bare public key: a certificate with a key of another
+    algorithm (here Ed25519, in place of the authority's) is refused as SIGNATURE, never an exception."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    other = create_gid(
+        "urn:publicid:IDN+testbed+authority+sa",
+        ed25519.Ed25519PrivateKey.generate().public_key(),  # type: ignore[arg-type]
+        key("fed"),
+    )
+    genuine = pki.users["alice"].slice_cred
+    found = re.search(r"<X509Certificate>([^<]+)</X509Certificate>", genuine)
+    assert found is not None
+    swapped_der = base64.b64encode(other.certificate.public_bytes(serialization.Encoding.DER)).decode("ascii")
+    swapped = genuine[: found.start(1)] + swapped_der + genuine[found.end(1) :]
+    for _ in range(2):
+        with pytest.raises(TrustError) as refusal:
+            CredentialVerifier(pki.roots).verify(swapped, utcnow())
+        assert refusal.value.reason == Reason.SIGNATURE and "does not verify" in refusal.value.message
