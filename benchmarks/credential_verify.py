@@ -4,9 +4,13 @@ Run from the repository root, with the project's virtualenv:
 
     python benchmarks/credential_verify.py                  # 2 s per measurement
     python benchmarks/credential_verify.py --seconds 5 --rounds 20
+    python benchmarks/credential_verify.py --no-freeze      # start-up objects left in the collector's walks
 
-Three methods, for a plain slice credential (one signature) and a credential delegated by alice to bob (two):
+Five methods, for a plain slice credential (one signature) and a credential delegated by alice to bob (two):
 
+* floor   — the work no verifier avoids, with the libraries alone (``floor_check``): the reference of "vs floor".
+* new certs — cold, on a first sight: the process's parsed certificates, verified links and signer keys are
+            forgotten before each call (untimed).
 * cold    — ``CredentialVerifier(roots)`` without a cache: ``verify`` (XML parse, every signature checked in-process
             with the xmlsec binding, signer/owner/target chains, issuer and delegation rules) then ``authorize``
             (caller, target, privilege for ``createsliver``), every time.
