@@ -4,9 +4,13 @@ Run from the repository root, with the project's virtualenv:
 
     python benchmarks/credential_verify.py                  # 2 s per measurement
     python benchmarks/credential_verify.py --seconds 5 --rounds 20
+    python benchmarks/credential_verify.py --no-freeze      # start-up objects left in the collector's walks
 
-Three methods, for a plain slice credential (one signature) and a credential delegated by alice to bob (two):
+Five methods, for a plain slice credential (one signature) and a credential delegated by alice to bob (two):
 
+* floor   — the work no verifier avoids, with the libraries alone (``floor_check``): the reference of "vs floor".
+* new certs — cold, on a first sight: the process's parsed certificates, verified links and signer keys are
+            forgotten before each call (untimed).
 * cold    — ``CredentialVerifier(roots)`` without a cache: ``verify`` (XML parse, every signature checked in-process
             with the xmlsec binding, signer/owner/target chains, issuer and delegation rules) then ``authorize``
             (caller, target, privilege for ``createsliver``), every time.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import gc
 import importlib
 import importlib.metadata
 import os
@@ -45,6 +50,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from lxml import etree
 
 from sfa_omf.errors import TrustError
@@ -112,6 +118,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-rounds", type=int, default=1_000_000, help="maximum iterations per measurement (default 1000000)"
     )
     parser.add_argument("--xmlsec1", default=DEFAULT_XMLSEC1, help=f"xmlsec1 binary (default {DEFAULT_XMLSEC1})")
+    parser.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="leave the start-up objects in the garbage collector's walks (what a process that does not call"
+        " gc.freeze() pays; `sfa-omf serve` freezes them)",
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or args.max_rounds < args.rounds:
         parser.error("need --seconds > 0 and 1 <= --rounds <= --max-rounds")
@@ -172,6 +184,7 @@ def print_facts(xmlsec1: str | None, why_not: str, args: argparse.Namespace) -> 
     print(f"  binding       {binding_version()}")
     print(f"  system CAs    {system_cas()}")
     print(f"  budget        {args.seconds:g} s and >= {args.rounds} iterations per measurement (<= {args.max_rounds})")
+    print(f"  collector     {'start-up objects left in its walks' if args.no_freeze else 'start-up objects frozen'}")
     print()
 
 
@@ -237,7 +250,11 @@ def floor_check(xml: bytes, root: x509.Certificate) -> None:
         context = XMLSEC.SignatureContext()
         context.register_id(target, "id", "http://www.w3.org/XML/1998/namespace")
         der = base64.b64decode(signature.findtext(f".//{{{DSIG}}}X509Certificate") or "")
-        context.key = XMLSEC.Key.from_memory(der, XMLSEC.KeyFormat.CERT_DER, None)
+        # The signer's bare public key: copied into the context in under a microsecond, where a key loaded from the
+        # certificate drags the certificate along and its copy costs about as much as loading it.
+        public_key = x509.load_der_x509_certificate(der).public_key()
+        spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        context.key = XMLSEC.Key.from_memory(spki, XMLSEC.KeyFormat.DER, None)
         try:
             context.verify(signature)
         except XMLSEC.Error as exc:
@@ -272,15 +289,9 @@ def floor(fixture: Fixture, root: x509.Certificate) -> Callable[[], None]:
 
 
 def first_sight(verifier: CredentialVerifier, fixture: Fixture, at: datetime) -> Callable[[], None]:
-    """cold, and the process has never seen the credential's certificates (parsed GIDs, verified links and signer
-    keys forgotten first)."""
-    cold = in_process(verifier, fixture, at)
-
-    def run() -> None:
-        forget_certificates()
-        cold()
-
-    return run
+    """cold, and the process has never seen the credential's certificates: run after ``forget_certificates`` (the
+    parsed GIDs, verified links and signer keys forgotten), which measure_interleaved calls untimed before it."""
+    return in_process(verifier, fixture, at)
 
 
 def xmlsec1_failures(binary: str, root_file: str, path: str, signature_ids: tuple[str, ...]) -> list[str]:
@@ -319,10 +330,38 @@ def measure(run: Callable[[], None], seconds: float, min_rounds: int, max_rounds
     return Timing(iterations=count, elapsed=now - start)
 
 
-def measure_interleaved(runs: dict[str, Callable[[], None]], seconds: float, min_rounds: int) -> dict[str, Timing]:
+class GcClock:
+    """Time spent in the cyclic garbage collector (``gc.callbacks``) while a timed call runs, by method."""
+
+    def __init__(self) -> None:
+        self.running: str | None = None
+        self.spent: dict[str, float] = {}
+        self.collections: dict[str, int] = {}
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self.running is not None:
+            self.spent[self.running] = self.spent.get(self.running, 0.0) + time.perf_counter() - self._started
+            self.collections[self.running] = self.collections.get(self.running, 0) + 1
+
+
+def measure_interleaved(
+    runs: dict[str, Callable[[], None]],
+    seconds: float,
+    min_rounds: int,
+    prepare: dict[str, Callable[[], None]] | None = None,
+    clock: GcClock | None = None,
+) -> dict[str, Timing]:
     """The in-process methods in turns (one call of each per round, for ``seconds`` in all and at least
     ``min_rounds`` rounds), each method's figure the median of its calls: on a shared, loaded machine the load then
-    falls on every method alike, and a spike moves no median. Timing.mean_ms is that median."""
+    falls on every method alike, and a spike moves no median. Timing.mean_ms is that median.
+
+    ``prepare[name]``, when given, runs before each call of that method, outside its timing (the first sight's
+    forgetting of the caches: freeing what they held is not part of a verification). ``clock`` is told which
+    method's timed call is running, to attribute collections."""
+    prepare = prepare or {}
     for run in runs.values():
         run()  # warm-up, untimed
     times: dict[str, list[float]] = {name: [] for name in runs}
@@ -330,9 +369,15 @@ def measure_interleaved(runs: dict[str, Callable[[], None]], seconds: float, min
     rounds = 0
     while rounds < min_rounds or time.perf_counter() < deadline:
         for name, run in runs.items():
+            if name in prepare:
+                prepare[name]()
+            if clock is not None:
+                clock.running = name
             started = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - started)
+            if clock is not None:
+                clock.running = None
         rounds += 1
     return {name: Timing(len(spent), statistics.median(spent) * len(spent)) for name, spent in times.items()}
 
@@ -413,6 +458,19 @@ def print_table(rows: list[Row]) -> None:
         )
 
 
+def print_collector(measured: list[tuple[str, dict[str, Timing], GcClock]]) -> None:
+    """The cyclic collector's share of each in-process method: collections during its timed calls, and their mean
+    time per call (the medians above may or may not include a call that met a collection)."""
+    print("\nGarbage collector during the timed calls (gc.callbacks: collections, and their time per call):")
+    for kind, timings, clock in measured:
+        parts = []
+        for method, timing in timings.items():
+            spent = clock.spent.get(method, 0.0)
+            count = clock.collections.get(method, 0)
+            parts.append(f"{method} {count} in {1e6 * spent / timing.iterations:.1f} us/call")
+        print(f"  {kind:<24} " + "; ".join(parts))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     xmlsec1, why_not = find_xmlsec1(args.xmlsec1)
@@ -421,25 +479,35 @@ def main(argv: list[str] | None = None) -> int:
         roots, root_file, fixtures = make_fixtures(workdir)
         # As `sfa-omf serve` does once it is up: what start-up made is frozen out of the collector's walks (without
         # it, the collections a first sight's new objects trigger walk this process's whole heap: 2.6 ms became 6.9).
-        freeze_start_up_objects()
+        if not args.no_freeze:
+            freeze_start_up_objects()
         at = utcnow()
         print("Checks before timing (each method must accept the credential; a tampered copy must be refused):")
         problem = check_methods(roots, root_file, fixtures, xmlsec1, at)
         if problem:
             xmlsec1, why_not = None, problem
         rows: list[Row] = []
+        collector: list[tuple[str, dict[str, Timing], GcClock]] = []
         for fixture in fixtures:
             cache = VerdictCache()
-            timings = measure_interleaved(
-                {
-                    "floor": floor(fixture, roots.anchors[0].certificate),
-                    "new certs": first_sight(CredentialVerifier(roots), fixture, at),
-                    "cold": in_process(CredentialVerifier(roots), fixture, at),
-                    "cached": in_process(CredentialVerifier(roots, cache), fixture, at),
-                },
-                3 * args.seconds,
-                args.rounds,
-            )
+            clock = GcClock()
+            gc.callbacks.append(clock)
+            try:
+                timings = measure_interleaved(
+                    {
+                        "floor": floor(fixture, roots.anchors[0].certificate),
+                        "new certs": first_sight(CredentialVerifier(roots), fixture, at),
+                        "cold": in_process(CredentialVerifier(roots), fixture, at),
+                        "cached": in_process(CredentialVerifier(roots, cache), fixture, at),
+                    },
+                    3 * args.seconds,
+                    args.rounds,
+                    prepare={"new certs": forget_certificates},
+                    clock=clock,
+                )
+            finally:
+                gc.callbacks.remove(clock)
+            collector.append((fixture.kind, timings, clock))
             if cache.misses != 1 or cache.hits != timings["cached"].iterations:
                 raise SystemExit(f"cache did not behave as expected: {cache.hits} hits, {cache.misses} misses")
             rows.extend(Row(fixture.kind, method, timing) for method, timing in timings.items())
@@ -449,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = with_xmlsec1(xmlsec1, root_file, fixture)
                 rows.append(Row(fixture.kind, "xmlsec1", measure(run, args.seconds, args.rounds, args.max_rounds)))
     print_table(rows)
+    print_collector(collector)
     if xmlsec1 is None:
         print(f"\nThe xmlsec1 column was not measured: {why_not}")
     print(
@@ -459,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         "\n  signature, each distinct certificate parsed once, each distinct link checked once; no rules)."
         "\ncold: parse + in-process signature checks + chain checks + authorize, no verdict cache (the process has"
         "\n  seen the certificates before: parsed GIDs, verified links and signer keys are reused);"
-        "\nnew certs: the same with those forgotten before each verification; cached: digest lookup + authorize."
+        "\nnew certs: the same with those forgotten before each verification (untimed); cached: digest lookup +"
+        "\n  authorize."
     )
     return 0
 

@@ -6,19 +6,20 @@ subjectAltName is the identity that counts; the HRN comes from it. Chains are st
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from sfa_omf.errors import BadArgs
 from sfa_omf.times import as_utc
-from sfa_omf.xrn import is_urn, parse_urn, split_hrn
+from sfa_omf.xrn import Urn, is_urn, join_hrn, parse_urn, split_hrn
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Gid:
     uuid: str | None
     email: str | None
     is_ca: bool
+    #: The certificate's DER bytes when the GID was read from them (its fingerprint is then a hash of these, not a
+    #: re-encoding); None when built from a certificate object.
+    der: bytes | None = field(default=None, repr=False, compare=False)
 
     # The identity read from the certificate is computed once per Gid (and a Gid once per distinct certificate:
     # load_gid_chain, gid_from_der): these are read on every check of every chain.
@@ -39,21 +43,26 @@ class Gid:
         return str(values[0].value) if values else ""
 
     @functools.cached_property
+    def parsed_urn(self) -> Urn | None:
+        """The URN parsed (once: type, HRN and its parts come from it), None when the GID carries no URN."""
+        return parse_urn(self.urn) if self.urn else None
+
+    @functools.cached_property
     def type(self) -> str | None:
         """The URN's type (``user``, ``slice``, ``authority``, ``node``) or None when the GID carries no URN."""
-        return parse_urn(self.urn).type if self.urn else None
+        return self.parsed_urn.type if self.parsed_urn else None
 
     @functools.cached_property
     def hrn(self) -> str:
         """The HRN from the URN; SFA GIDs without a URN fall back to the CN (which SFA sets to the HRN)."""
-        if self.urn:
-            return parse_urn(self.urn).hrn
+        if self.parsed_urn:
+            return join_hrn(self.hrn_parts)
         return self.subject_cn
 
     @functools.cached_property
     def hrn_parts(self) -> tuple[str, ...]:
-        if self.urn:
-            return parse_urn(self.urn).hrn_parts
+        if self.parsed_urn:
+            return self.parsed_urn.hrn_parts
         return split_hrn(self.subject_cn)
 
     @property
@@ -69,16 +78,22 @@ class Gid:
         return as_utc(self.certificate.not_valid_after_utc)
 
     @functools.cached_property
-    def key_id(self) -> str:  # cached: compared on every call
-        """SHA-256 of the subject public key (DER SubjectPublicKeyInfo): equal keys, equal ids."""
-        spki = self.certificate.public_key().public_bytes(
+    def public_key_der(self) -> bytes:
+        """The subject public key as DER SubjectPublicKeyInfo (the key a signature by this GID is checked with)."""
+        return self.certificate.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        return hashlib.sha256(spki).hexdigest()
+
+    @functools.cached_property
+    def key_id(self) -> str:  # cached: compared on every call
+        """SHA-256 of the subject public key (DER SubjectPublicKeyInfo): equal keys, equal ids."""
+        return hashlib.sha256(self.public_key_der).hexdigest()
 
     @functools.cached_property
     def fingerprint(self) -> str:  # cached: part of every chain-verdict key
-        return self.certificate.fingerprint(hashes.SHA256()).hex()
+        """SHA-256 of the certificate's DER encoding (hashlib over bytes at hand: a third of cryptography's cost)."""
+        der = self.der if self.der is not None else self.certificate.public_bytes(serialization.Encoding.DER)
+        return hashlib.sha256(der).hexdigest()
 
     @functools.cached_property
     def _pem(self) -> str:
@@ -91,8 +106,8 @@ class Gid:
 GidChain = tuple[Gid, ...]
 
 
-def gid_from_certificate(certificate: x509.Certificate) -> Gid:
-    """Read the GENI identity out of a certificate."""
+def gid_from_certificate(certificate: x509.Certificate, der: bytes | None = None) -> Gid:
+    """Read the GENI identity out of a certificate (``der``: its DER bytes, when the caller read it from them)."""
     urn = uuid = email = None
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -111,7 +126,7 @@ def gid_from_certificate(certificate: x509.Certificate) -> Gid:
         is_ca = bool(constraints.ca)
     except x509.ExtensionNotFound:
         is_ca = False
-    return Gid(certificate=certificate, urn=urn, uuid=uuid, email=email, is_ca=is_ca)
+    return Gid(certificate=certificate, urn=urn, uuid=uuid, email=email, is_ca=is_ca, der=der)
 
 
 #: Distinct certificates (and PEM chains) kept parsed. A server sees a few per user and authority; the bound keeps
@@ -142,45 +157,55 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]*-----END 
 
 
 def _read_chain(data: bytes) -> GidChain:
-    # A refusal raises and is never cached. Each certificate block is parsed once too: one credential carries the
-    # same certificates in its owner, target and signer chains.
+    # A refusal raises and is never cached. Each certificate is parsed once too, by its DER bytes: one credential
+    # carries the same certificates in its owner, target and signer chains, as PEM text wrapped in different ways
+    # and as the signatures' base64 DER.
     blocks = _PEM_BLOCK.findall(data)
     if not blocks:
         raise BadArgs("cannot read a PEM certificate chain: no certificate in it")
-    return tuple(_parse_block(block) if len(block) <= MAX_CACHED_BYTES else _read_block(block) for block in blocks)
+    return tuple(_read_block(block) for block in blocks)
 
 
 #: Keyed by the exact bytes (see load_gid_chain).
 _parse_chain = functools.lru_cache(maxsize=PARSED_CACHE_SIZE)(_read_chain)
 
+_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_END = b"-----END CERTIFICATE-----"
+
 
 def _read_block(block: bytes) -> Gid:
+    """The GID of one PEM block (markers included; only base64 and whitespace between them, see _PEM_BLOCK)."""
     try:
-        return gid_from_certificate(x509.load_pem_x509_certificate(block))
+        return gid_from_der(der_of_base64(block[len(_BEGIN) : -len(_END)]))
     except ValueError as exc:
         raise BadArgs(f"cannot read a PEM certificate chain: {exc}") from exc
 
 
-_parse_block = functools.lru_cache(maxsize=PARSED_CACHE_SIZE)(_read_block)
+def der_of_base64(text: bytes | str) -> bytes:
+    """The bytes of base64 text with whitespace anywhere (PEM bodies, XML-DSig's X509Certificate). Raises
+    ValueError (binascii.Error) on any other character or wrong padding."""
+    if isinstance(text, str):
+        text = text.encode("ascii")  # UnicodeEncodeError is a ValueError
+    return base64.b64decode(b"".join(text.split()), validate=True)
 
 
 def _read_der(der: bytes) -> Gid:
-    return gid_from_certificate(x509.load_der_x509_certificate(der))
+    der = bytes(der)  # kept by the Gid: an immutable copy of whatever bytes-like object the caller passed
+    return gid_from_certificate(x509.load_der_x509_certificate(der), der)
 
 
 _parse_der = functools.lru_cache(maxsize=PARSED_CACHE_SIZE)(_read_der)
 
 
 def gid_from_der(der: bytes) -> Gid:
-    """The GID of one DER certificate (a TLS peer's), parsed once per distinct certificate of a usual size. Raises
-    ValueError when the bytes are no certificate (never cached)."""
+    """The GID of one DER certificate (a TLS peer's, a signature's, a PEM block's), parsed once per distinct
+    certificate of a usual size. Raises ValueError when the bytes are no certificate (never cached)."""
     return _parse_der(der) if len(der) <= MAX_CACHED_BYTES else _read_der(der)
 
 
 def forget_parsed() -> None:
     """Empty the caches of parsed certificates (see verifier.forget_certificates)."""
     _parse_chain.cache_clear()
-    _parse_block.cache_clear()
     _parse_der.cache_clear()
 
 

@@ -35,7 +35,7 @@ from sfa_omf.trust import gid as gid_module
 from sfa_omf.trust import rights, xmldsig
 from sfa_omf.trust import roots as roots_module
 from sfa_omf.trust.credential import Credential, CredentialDocument, read_credential
-from sfa_omf.trust.gid import Gid, GidChain, load_gid_chain
+from sfa_omf.trust.gid import Gid, GidChain, der_of_base64, gid_from_der
 from sfa_omf.trust.roots import TrustedRoots, verify_chain
 from sfa_omf.xrn import is_authority_for, is_urn, parse_urn
 
@@ -425,17 +425,14 @@ def verify_signature_element(signature: etree._Element, xml_id: str) -> GidChain
         raise TrustError(
             Reason.SIGNATURE, f"the signature of credential {xml_id!r} names no signer certificate (X509Data)"
         )
-    pem = "".join(
-        "-----BEGIN CERTIFICATE-----\n" + "".join((node.text or "").split()) + "\n-----END CERTIFICATE-----\n"
-        for node in certificates
-    )
     try:
-        chain = load_gid_chain(pem)
-    except Exception as exc:
+        # Each certificate by its DER bytes: the same objects as the owner and target chains' PEM gave.
+        chain = tuple(gid_from_der(der_of_base64(node.text or "")) for node in certificates)
+    except Exception as exc:  # whatever the certificate parser raises on junk
         raise TrustError(Reason.SIGNATURE, f"cannot read the signer certificate of credential {xml_id!r}") from exc
     try:
         # The key is the signer certificate's, chosen by us; xmlsec may not pick one from KeyInfo.
-        xmldsig.verify(signature, chain[0].pem().encode("ascii"))
+        xmldsig.verify(signature, chain[0].public_key_der)
     except xmldsig.SignatureInvalid as exc:
         raise TrustError(
             Reason.SIGNATURE,

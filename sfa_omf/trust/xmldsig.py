@@ -46,19 +46,20 @@ def sign(signature: etree._Element, private_key_pem: bytes) -> None:
     context.sign(signature)
 
 
-def _load_public_key(certificate_pem: bytes) -> Any:
-    return _xmlsec.Key.from_memory(certificate_pem, _xmlsec.KeyFormat.CERT_PEM, None)
+def _load_public_key(subject_public_key_info: bytes) -> Any:
+    return _xmlsec.Key.from_memory(subject_public_key_info, _xmlsec.KeyFormat.DER, None)
 
 
 _cached_public_key = functools.lru_cache(maxsize=1024)(_load_public_key)
 
 
-def _public_key(certificate_pem: bytes) -> Any:
-    """The xmlsec key of a certificate, loaded once per distinct certificate of a usual size (a signer signs many
-    credentials); larger ones are loaded every time rather than kept (the cache is keyed by the caller's bytes)."""
-    if len(certificate_pem) > MAX_CACHED_BYTES:
-        return _load_public_key(certificate_pem)
-    return _cached_public_key(certificate_pem)
+def _public_key(subject_public_key_info: bytes) -> Any:
+    """The xmlsec key for a DER SubjectPublicKeyInfo, loaded once per distinct key of a usual size (a signer signs
+    many credentials); larger ones are loaded every time rather than kept (the cache is keyed by the caller's
+    bytes)."""
+    if len(subject_public_key_info) > MAX_CACHED_BYTES:
+        return _load_public_key(subject_public_key_info)
+    return _cached_public_key(subject_public_key_info)
 
 
 def forget_keys() -> None:
@@ -66,15 +67,24 @@ def forget_keys() -> None:
     _cached_public_key.cache_clear()
 
 
-def verify(signature: etree._Element, certificate_pem: bytes) -> None:
-    """Verify a Signature element with the public key of certificate_pem; raise SignatureInvalid."""
+# Looked up once: the same transforms are enabled in every verification's context.
+_REFERENCE_TRANSFORMS = tuple(getattr(_xmlsec.Transform, name) for name in ("ENVELOPED", *_C14N, *_DIGESTS))
+_SIGNATURE_TRANSFORMS = tuple(getattr(_xmlsec.Transform, name) for name in (*_C14N, *_SIGNATURE_METHODS))
+
+
+def verify(signature: etree._Element, subject_public_key_info: bytes) -> None:
+    """Verify a Signature element with the public key given as DER SubjectPublicKeyInfo (the signer certificate's,
+    chosen by the caller); raise SignatureInvalid."""
     context = _xmlsec.SignatureContext()
-    for name in ("ENVELOPED", *_C14N, *_DIGESTS):
-        context.enable_reference_transform(getattr(_xmlsec.Transform, name))
-    for name in (*_C14N, *_SIGNATURE_METHODS):
-        context.enable_signature_transform(getattr(_xmlsec.Transform, name))
-    context.key = _public_key(certificate_pem)  # the binding copies the key into the context
+    for transform in _REFERENCE_TRANSFORMS:
+        context.enable_reference_transform(transform)
+    for transform in _SIGNATURE_TRANSFORMS:
+        context.enable_signature_transform(transform)
     try:
+        # The binding copies the key into the context: a bare public key is copied in under a microsecond, where a
+        # key loaded from a certificate carried the certificate along and its copy cost about as much as loading it.
+        # A key libxmlsec1 cannot load (an algorithm it lacks) is a signature we cannot verify.
+        context.key = _public_key(subject_public_key_info)
         context.verify(signature)
     except _xmlsec.Error as exc:
         raise SignatureInvalid(str(exc)) from exc

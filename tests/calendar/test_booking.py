@@ -228,3 +228,23 @@ def test_renew_rounds_up_inside_a_slot_and_follows_the_calls_slice_credential(ca
     with pytest.raises(GeniError) as past:
         calendar.bookings.renew(lease.id, now - timedelta(minutes=1), "up")
     assert past.value.reason == Reason.BAD_ARGS and "in the past" in past.value.message
+
+
+def test_narrow_reads_give_the_records_the_wide_read_gives(calendar: Calendar) -> None:
+    """A slice's or a node's leases look each sliver's node up by key, the whole calendar joins the node table
+    (issue 15): the same records either way, nodes named, in the same order."""
+    calendar.add_nodes("n4")
+    calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n1", 1, 2), ask("n2", 1, 2), ask("n3", 1, 2)])
+    calendar.bookings.book(OTHER, SLICE_EXPIRES, [ask("n1", 3, 4)])
+    calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n4", 5, 6), ask("n1", 5, 6)])
+    everything = calendar.bookings.leases()
+    assert len(everything) == 3 and {node for lease in everything for node in lease.nodes} == {
+        node_urn(name) for name in ("n1", "n2", "n3", "n4")
+    }
+    for slice_urn in (SLICE, OTHER):
+        wanted = [lease for lease in everything if lease.slice_urn == slice_urn]
+        assert calendar.bookings.leases(slice_urn=slice_urn) == wanted
+    for name in ("n1", "n2", "n4"):
+        wanted = [lease for lease in everything if node_urn(name) in lease.nodes]
+        assert calendar.bookings.leases(node=node_urn(name)) == wanted
+    assert calendar.bookings.leases(slice_urn=SLICE, node=node_urn("n4")) == [everything[2]]

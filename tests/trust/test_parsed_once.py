@@ -4,12 +4,14 @@ impostors and tampering are judged on every verification."""
 
 from __future__ import annotations
 
+import base64
 import re
 from datetime import timedelta
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.hashes import SHA256
 
 from sfa_omf.errors import BadArgs, Reason, TrustError
 from sfa_omf.times import utcnow
@@ -50,6 +52,10 @@ def test_the_same_bytes_give_the_same_gids_and_other_bytes_their_own(tree: dict[
     assert other[0] is not first[0] and other[0].fingerprint != first[0].fingerprint
     der = tree["ann"].certificate.public_bytes(serialization.Encoding.DER)
     assert gid_from_der(der) is gid_from_der(bytes(der)) and gid_from_der(der).fingerprint == first[0].fingerprint
+    # Hashed from the bytes read or from a re-encoding, the fingerprint is cryptography's SHA-256 fingerprint.
+    assert first[0].fingerprint == tree["ann"].fingerprint == tree["ann"].certificate.fingerprint(SHA256()).hex()
+    assert first[0].der == der and tree["ann"].der is None
+    assert (first[0].type, first[0].hrn, first[0].hrn_parts) == ("user", "fed.ann", ("fed", "ann"))
 
 
 def test_unreadable_certificates_are_refused_every_time() -> None:
@@ -124,6 +130,27 @@ def test_large_inputs_are_parsed_but_not_kept(tree: dict[str, Gid]) -> None:
     chain = load_gid_chain(padded)
     assert [g.urn for g in chain] == [tree["ann"].urn] * 3
     assert gid_module._parse_chain.cache_info().currsize == 0  # the 120 KB text is not a key
-    assert gid_module._parse_block.cache_info().currsize == 1  # its one certificate, of a usual size, is
+    assert gid_module._parse_der.cache_info().currsize == 1  # its one certificate, of a usual size, is
     assert load_gid_chain(block)[0].urn == tree["ann"].urn  # a usual chain is kept
     assert gid_module._parse_chain.cache_info().currsize == 1
+
+
+def test_a_signer_key_libxmlsec1_cannot_use_is_a_signature_that_does_not_verify(pki: DemoPki) -> None:
+    """The signature is checked with the signer certificate's bare public key: a certificate with a key of another
+    algorithm (here Ed25519, in place of the authority's) is refused as SIGNATURE, never an exception."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    other = create_gid(
+        "urn:publicid:IDN+testbed+authority+sa",
+        ed25519.Ed25519PrivateKey.generate().public_key(),  # type: ignore[arg-type]
+        key("fed"),
+    )
+    genuine = pki.users["alice"].slice_cred
+    found = re.search(r"<X509Certificate>([^<]+)</X509Certificate>", genuine)
+    assert found is not None
+    swapped_der = base64.b64encode(other.certificate.public_bytes(serialization.Encoding.DER)).decode("ascii")
+    swapped = genuine[: found.start(1)] + swapped_der + genuine[found.end(1) :]
+    for _ in range(2):
+        with pytest.raises(TrustError) as refusal:
+            CredentialVerifier(pki.roots).verify(swapped, utcnow())
+        assert refusal.value.reason == Reason.SIGNATURE and "does not verify" in refusal.value.message
