@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.x509.oid import PublicKeyAlgorithmOID
 from lxml import etree
 
 from sfa_omf.errors import Reason, TrustError
@@ -430,9 +432,25 @@ def verify_signature_element(signature: etree._Element, xml_id: str) -> GidChain
         chain = tuple(gid_from_der(der_of_base64(node.text or "")) for node in certificates)
     except Exception as exc:  # whatever the certificate parser raises on junk
         raise TrustError(Reason.SIGNATURE, f"cannot read the signer certificate of credential {xml_id!r}") from exc
+    signer = chain[0]
+    # Only plain RSA keys: the signature methods allowed are RSA ones, and an RSA key restricted to PSS
+    # (id-RSASSA-PSS) would lose its restriction in the SubjectPublicKeyInfo re-encoded for xmlsec.
+    if signer.certificate.public_key_algorithm_oid != PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5:
+        raise TrustError(
+            Reason.SIGNATURE,
+            f"the signer certificate of credential {xml_id!r} ({signer.urn or signer.subject_cn}) holds a "
+            f"key of algorithm {signer.certificate.public_key_algorithm_oid.dotted_string}, not RSA "
+            "(1.2.840.113549.1.1.1): credentials are signed with RSA keys",
+        )
+    try:
+        key = signer.public_key_der
+    except (UnsupportedAlgorithm, ValueError) as exc:  # a key cryptography cannot load: no signature can verify
+        raise TrustError(
+            Reason.SIGNATURE, f"the signer certificate of credential {xml_id!r} holds a key that cannot be read"
+        ) from exc
     try:
         # The key is the signer certificate's, chosen by us; xmlsec may not pick one from KeyInfo.
-        xmldsig.verify(signature, chain[0].public_key_der)
+        xmldsig.verify(signature, key)
     except xmldsig.SignatureInvalid as exc:
         raise TrustError(
             Reason.SIGNATURE,

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import base64
 import re
+import subprocess
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.hashes import SHA256
@@ -153,4 +156,26 @@ def test_a_signer_key_libxmlsec1_cannot_use_is_a_signature_that_does_not_verify(
     for _ in range(2):
         with pytest.raises(TrustError) as refusal:
             CredentialVerifier(pki.roots).verify(swapped, utcnow())
-        assert refusal.value.reason == Reason.SIGNATURE and "does not verify" in refusal.value.message
+        assert refusal.value.reason == Reason.SIGNATURE and "not RSA" in refusal.value.message
+
+
+def test_a_signer_certificate_whose_key_is_not_plain_rsa_is_refused_as_signature(pki: DemoPki, tmp_path: Path) -> None:
+    """An RSASSA-PSS-only key (made by openssl), as the signer's: re-encoded for libxmlsec1 it would lose its
+    restriction, so it is refused by its algorithm before any signature check, as SIGNATURE."""
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=pss", "-keyout", str(tmp_path / "pss.key"), "-out", str(tmp_path / "pss.pem")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    pss = x509.load_pem_x509_certificate((tmp_path / "pss.pem").read_bytes())
+    assert pss.public_key_algorithm_oid.dotted_string == "1.2.840.113549.1.1.10"
+    genuine = pki.users["alice"].slice_cred
+    found = re.search(r"<X509Certificate>([^<]+)</X509Certificate>", genuine)
+    assert found is not None
+    swapped_der = base64.b64encode(pss.public_bytes(serialization.Encoding.DER)).decode("ascii")
+    swapped = genuine[: found.start(1)] + swapped_der + genuine[found.end(1) :]
+    with pytest.raises(TrustError) as refusal:
+        CredentialVerifier(pki.roots).verify(swapped, utcnow())
+    assert refusal.value.reason == Reason.SIGNATURE
+    assert "key of algorithm 1.2.840.113549.1.1.10, not RSA" in refusal.value.message
