@@ -82,12 +82,12 @@ def invoking_user() -> str:
 def run(plan_path: str) -> int:
     """Create and start the plan's containers, report, wait for a stop signal, destroy them. Exit status 2 for a
     plan refused, 1 when a container failed (the others run until the end all the same), 0 otherwise."""
-    # Signals wait until the containers are made (and a record names them): none is left half-made by a signal.
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     path = Path(os.path.abspath(plan_path))
     plan = _trusted_plan(path)
     if plan is None:
         return 2
+    # Signals wait until the containers are made (and a record names them): none is left half-made by a signal.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     host = LxcHost(plan.bridge, lxc_path=plan.lxc_path)
     record = RunRecord(
         os.getpid(), _start_time(os.getpid()), str(path), plan.bridge, plan.lxc_path,
