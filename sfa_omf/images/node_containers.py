@@ -9,12 +9,14 @@ the job's processes are gone, destroys the containers of every ``run`` that is n
 job.
 
 Root runs this on behalf of the job's user, so it trusts only a plan that user cannot have written: a file owned by
-root in directories owned by root that nobody else may change (sticky ones like /tmp aside), naming that user.
+root, or by an account listed in /etc/sfa-omf/plan-writers (the aggregate's service account, e.g. ``sfa-omf``), in
+directories owned likewise that nobody else may change (sticky ones like /tmp aside), naming that user.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pwd
@@ -38,6 +40,7 @@ from sfa_omf.images.node_plans import (
 )
 
 RUNS_DIR = Path("/run/sfa-omf-lease-containers")  # one record per live `run`, for `reap`
+WRITERS_FILE = Path("/etc/sfa-omf/plan-writers")  # accounts besides root whose plans are trusted, one per line
 LOGIN = "root"
 LAUNCH_WORKERS = 4
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -55,9 +58,10 @@ class RunRecord:
     names: tuple[str, ...]
 
 
-def untrusted(path: Path) -> str:
+def untrusted(path: Path, writers: frozenset[int] = frozenset({0})) -> str:
     """Why root must not act on the file at ``path`` ("" when it may): it and every directory above it must be owned
-    by root and not writable by others (a sticky directory, like /tmp, may be: nobody replaces root's entries)."""
+    by one of ``writers`` (uids) and not writable by others (a sticky directory, like /tmp, may be: nobody replaces
+    its owner's entries)."""
     try:
         info = path.lstat()
     except OSError as exc:
@@ -66,12 +70,24 @@ def untrusted(path: Path) -> str:
         return f"{path} is not a regular file"
     for item in [path, *path.parents]:
         info = item.lstat()
-        if info.st_uid != 0:
-            return f"{item} is not owned by root"
+        if info.st_uid not in writers:
+            return f"{item} is not owned by root or a plan writer ({WRITERS_FILE})"
         writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         if writable and not (item != path and info.st_mode & stat.S_ISVTX):
-            return f"{item} may be changed by others than root"
+            return f"{item} may be changed by others than its owner"
     return ""
+
+
+def plan_writers() -> frozenset[int]:
+    """root and the accounts WRITERS_FILE lists (a file only root may change; unknown names are ignored)."""
+    uids = {0}
+    if WRITERS_FILE.is_file() and not untrusted(WRITERS_FILE):
+        for line in WRITERS_FILE.read_text().splitlines():
+            name = line.split("#", 1)[0].strip()
+            if name:
+                with contextlib.suppress(KeyError):
+                    uids.add(pwd.getpwnam(name).pw_uid)
+    return frozenset(uids)
 
 
 def invoking_user() -> str:
@@ -135,20 +151,31 @@ def reap() -> int:
 
 
 def _trusted_plan(path: Path) -> LeasePlan | None:
-    problem = untrusted(path)
+    user = invoking_user()
+    writers = plan_writers()
+    if user != "root" and _uid(user) in writers:
+        print(f"refused: {user} writes plans, so no plan is trusted for {user}'s jobs", file=sys.stderr)
+        return None
+    problem = untrusted(path, writers)
     if problem:
-        print(f"refused: {problem}; plans are written by the aggregate as root", file=sys.stderr)
+        print(f"refused: {problem}; plans are written by the aggregate", file=sys.stderr)
         return None
     try:
         plan = LeasePlan.from_json(path.read_text())
     except (OSError, PlanError) as exc:
         print(f"refused: plan {path}: {exc}", file=sys.stderr)
         return None
-    user = invoking_user()
     if user not in ("root", plan.user):
         print(f"refused: plan {path} is for {plan.user}'s job, not {user}'s", file=sys.stderr)
         return None
     return plan
+
+
+def _uid(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
 
 
 def _destroy(record: RunRecord, entry: Path | None = None) -> None:

@@ -84,7 +84,26 @@ def test_the_node_command_trusts_only_root_owned_plans(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         assert node_containers.untrusted(path) == ""
         os.chown(path, 65534, -1)  # nobody's
-    assert "not owned by root" in node_containers.untrusted(path)
+    assert "not owned by root or a plan writer" in node_containers.untrusted(path)
+
+
+def test_the_node_command_trusts_the_plan_writers_an_operator_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The aggregate may run as a service account (sfa-omf): listed in /etc/sfa-omf/plan-writers, its plans count;
+    a job of that very account is then refused (it could write its own plan)."""
+    if os.geteuid() != 0:
+        pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
+    writers = tmp_path / "plan-writers"
+    writers.write_text("# the aggregate's account\nnobody\nno-such-user\n")
+    monkeypatch.setattr(node_containers, "WRITERS_FILE", writers)
+    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    for item in (path, path.parent):
+        os.chown(item, 65534, -1)
+    assert node_containers.untrusted(path, node_containers.plan_writers()) == ""
+    monkeypatch.setenv("SUDO_USER", "nobody")
+    assert node_containers.run(str(path)) == 2
+    assert "nobody writes plans" in capsys.readouterr().err
 
 
 def test_the_node_command_refuses_a_directory_others_may_change(tmp_path: Path) -> None:
