@@ -138,9 +138,9 @@ database_up() {
     # The exec nodes really run jobs, the fake nodes cannot: noop and deploy jobs go only where exec='NO' (the
     # column defaults to it), every other job only where exec='YES'.
     {
-        echo "INSERT INTO admission_rules (priority, enabled, rule) SELECT 0, 'YES', \$rule\$"
+        printf '%s' "INSERT INTO admission_rules (priority, enabled, rule) SELECT 0, 'YES', \$rule\$"
         exec_rule
-        echo "\$rule\$ WHERE NOT EXISTS (SELECT 1 FROM admission_rules WHERE rule LIKE '# sfa-omf exec nodes%');"
+        echo "\$rule\$ WHERE NOT EXISTS (SELECT 1 FROM admission_rules WHERE rule LIKE '%# sfa-omf exec nodes%');"
     } | psql_admin "-d oar"
     # The shipped rule caps each user at 2 waiting advance reservations; the aggregate books many per user.
     psql_admin "-d oar -c \"UPDATE admission_rules SET enabled = 'NO' WHERE enabled = 'YES' AND
