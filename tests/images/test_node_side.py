@@ -6,6 +6,9 @@ running the job on a node and LXC, is tests/testbed/oar/test_containers.py."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -22,7 +25,15 @@ from sfa_omf.errors import GeniCode, GeniError, Reason
 from sfa_omf.images import node_containers
 from sfa_omf.images.instances import DESTROYED, FAILED, PLANNED, RUNNING, Instances
 from sfa_omf.images.lxc import LxcHost
-from sfa_omf.images.node_plans import LeasePlan, LeasePlans, PlanError, PlannedContainer, state_path_of, write_states
+from sfa_omf.images.node_plans import (
+    LeasePlan,
+    LeasePlans,
+    PlanError,
+    PlannedContainer,
+    read_states,
+    state_path_of,
+    write_states,
+)
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.testbed.oar.backend import OarTestbed
@@ -30,6 +41,7 @@ from sfa_omf.testbed.oar.client import OarClient
 from sfa_omf.times import format_time
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
+from tests.images.lxc_env import address, bridge, key_pair, needs_lxc, ssh
 
 NODE = "urn:publicid:IDN+testbed+node+node1"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForPlansOnly0000000000000000000000 alice"
@@ -243,3 +255,60 @@ def test_a_lease_with_a_plan_is_an_ordinary_oar_job_running_the_node_command(sit
     site.plans.remove(lease_id)
     backend.job_type = "noop"
     assert backend._job_of(lease) == ("noop", "")
+
+
+# -- the node command for real (LXC on the project's bridge; root) ----------------------------------------------
+@needs_lxc
+def test_the_node_command_makes_the_containers_and_destroys_them_on_sigterm(tmp_path: Path) -> None:
+    key, public = key_pair(tmp_path, "alice")
+    plan = replace(
+        PLAN,
+        bridge=bridge(),
+        lxc_path=str(tmp_path / "lxc"),
+        keys=(public,),
+        containers=(PlannedContainer("sfaomf-0f94abcd-0", address(231), ""),),
+    )
+    path = LeasePlans(tmp_path / "leases").write(plan)
+    runs = tmp_path / "runs"
+    node = LxcHost(bridge(), lxc_path=plan.lxc_path)
+    script = (
+        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
+        f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
+    )
+    command = subprocess.Popen([sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = command.stdout.readline() if command.stdout else ""  # once the containers are made
+        assert line.strip() == "container sfaomf-0f94abcd-0: running"
+        assert read_states(state_path_of(path).read_text()) == {"sfaomf-0f94abcd-0": ("running", "")}
+        assert [record.name for record in node.instances()] == ["sfaomf-0f94abcd-0"] and len(list(runs.iterdir())) == 1
+        assert ssh(key, address(231).split("/")[0], "true").returncode == 0
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=60) == 0
+        assert node.instances() == [] and list(runs.iterdir()) == []
+        assert read_states(state_path_of(path).read_text()) == {"sfaomf-0f94abcd-0": ("destroyed", "")}
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+        for record in node.instances():
+            node.destroy(record.name)
+
+
+def test_reap_destroys_the_containers_of_runs_that_are_gone_and_only_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OAR SIGKILLs a job's processes; its epilogue's reap then destroys what the run made (here: LXC directories
+    that do not exist, so nothing else is touched), and leaves a live run alone."""
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
+    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    # pid_max is at most 2**22: no process has this pid (a gone run, as after OAR's SIGKILL)
+    dead = node_containers.RunRecord(2**22 + 1, "1", str(path), "br", str(tmp_path / "lxc"), ("sfaomf-a-0",))
+    live = node_containers.RunRecord(
+        os.getpid(), node_containers._start_time(os.getpid()), str(path), "br", str(tmp_path / "lxc"), ("sfaomf-b-0",)
+    )
+    for record in (dead, live):
+        node_containers._register(record)
+    assert node_containers.reap() == 0
+    assert sorted(entry.name for entry in runs.iterdir()) == [f"{os.getpid()}.json"]
+    assert read_states(state_path_of(path).read_text()) == {"sfaomf-a-0": ("destroyed", "")}
