@@ -353,7 +353,8 @@ class Source:
 @dataclass(frozen=True)
 class Problem:
     """Something wrong with the configuration. ``kind`` is one of syntax, invalid, missing, unknown, duplicate,
-    testbed, path; ``where`` is ``path:line``, ``environment NAME`` or the file's path."""
+    testbed, path, workers (only syntax, invalid and missing stop the server); ``where`` is ``path:line``,
+    ``environment NAME`` or the file's path."""
 
     kind: str
     where: str
@@ -836,6 +837,17 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 str(sources["default_duration_s"]),
                 f"[sfa_omf] default_duration_s {settings.default_duration_s} is longer than max_duration_s "
                 f"{settings.max_duration_s}",
+            )
+        )
+    if settings.workers > 1 and settings.calendar_url.startswith("sqlite"):
+        # Not blocking: serve runs with one worker and says so; config check tells the operator before that.
+        problems.append(
+            Problem(
+                "workers",
+                str(sources["workers"]),
+                f"[sfa_omf] workers = {settings.workers} with the embedded SQLite database: serve runs 1 worker "
+                "(SQLite takes one writing process at a time); use PostgreSQL ([sfa_db] or [sfa_omf] database_url) "
+                "to serve with several, or set workers = auto",
             )
         )
     if settings.oar_timezone and not _known_zone(settings.oar_timezone):

@@ -47,6 +47,9 @@ LOGIN = "root"  # the slice users' keys go to root's authorized_keys inside the 
 ADDRESS_ATTEMPTS = 3  # starts of other leases racing for the same free addresses (PostgreSQL)
 LAUNCH_WORKERS = 4  # containers of one lease launched at once (LXC's own work is mostly waiting)
 assert set(NODE_STATES) == {RUNNING, FAILED, DESTROYED}  # the node side reports in the rows' own words
+# A row still starting this long after its claim was claimed by a start that died with its process (a crash or a
+# restart mid-start): no start lasts this long (LXC's commands and the SSH wait are bounded, LAUNCH_WORKERS at once).
+STALE_START_S = 1800
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,7 @@ class Instances:
         """The leases whose containers must go (over, or their reservation ended on the testbed), and those whose
         slot runs on a testbed that holds the nodes (lease id, slice URN, its containers' states)."""
         moment = to_s(now)
+        self._recover_interrupted_starts(now)
         with self.database.read() as session:
             rows = session.execute(
                 select(LeaseInstance.lease_id, Slice.urn, Lease.state, Lease.start_s, Lease.end_s, LeaseInstance.state)
@@ -313,29 +317,45 @@ class Instances:
 
     # -- acting on a lease's containers -----------------------------------------------------------------------------
     def start_lease(self, lease_id: str, keys: Sequence[str], now: datetime) -> list[Instance]:
-        """Launch every container of the lease not running (planned, failed, or stopped and gone); start those
-        stopped. Each ends running, or failed with LXC's reason; one failing does not stop the others. Each row is
+        """Launch every container of the lease that does not exist (planned, or failed to launch, or gone); start
+        those that exist and do not run (stopped, failed to start). Each ends running, or failed with LXC's reason; one
+        failing does not stop the others. Each row is
         first claimed (its state as read -> starting, one conditional update): a start running meanwhile (the
         leader's round, another request, another worker) leaves the rows it did not claim alone."""
         self._refuse_on_nodes("geni_start")
         host = self._host()
-        records = [record for record in self.of_lease(lease_id) if record.state in LIVE and record.state != STARTING]
-        to_launch = [r for r in records if r.state in (PLANNED, FAILED) or not host.state(r.name)]
-        to_start = [r for r in records if r.state == STOPPED and r not in to_launch]
-        claimed = self._claim([*to_launch, *to_start], now)
-        to_launch = [r for r in to_launch if r.name in claimed]
-        to_start = [r for r in to_start if r.name in claimed]
+        wanted = [
+            record
+            for record in self.of_lease(lease_id)
+            if record.state in LIVE
+            and record.state != STARTING
+            and (record.state != RUNNING or not host.state(record.name))
+        ]
+        claimed = self._claim(wanted, now)
+        mine = [record for record in wanted if record.name in claimed]
         try:
+            # Only now, the rows being ours. A planned row's container can only be left by a start that died (its row
+            # recovered): half made, it is destroyed and made again. Any other container is started as it is, keeping
+            # its disk (stopped, or its start failed).
+            for record in mine:
+                if record.state == PLANNED and host.state(record.name) and not host.made(record.name):
+                    log.warning("container %s was left half made by an interrupted start: making it again", record.name)
+                    host.destroy(record.name)
+            to_start = [record for record in mine if host.state(record.name)]
+            to_launch = [record for record in mine if record not in to_start]
             addressed = self._assign_addresses(to_launch, now)
         except BaseException:
-            self._release([*to_launch, *to_start], now)  # as they were: nothing half-started
+            self._release(mine, now)  # as they were: nothing half-started
             raise
         specs = [InstanceSpec(r.name, r.address, tuple(keys), LOGIN) for r in addressed]
         images = {r.name: self._image_path(r.image) for r in addressed}
         with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
             outcomes = list(pool.map(lambda spec: self._launch(spec, images[spec.name]), specs))
         for record in to_start:
-            state, error = self._attempt(functools.partial(host.start, record.name))
+            if host.state(record.name) == "RUNNING":  # left running by an interrupted start: only the SSH wait is left
+                state, error = RUNNING, ""
+            else:
+                state, error = self._attempt(functools.partial(host.start, record.name))
             if state == RUNNING and not wait_for_ssh(record.host, self.ssh_timeout_s):
                 state, error = FAILED, f"container {record.name} started but its SSH server did not answer"
             outcomes.append((record.name, state, error))
@@ -490,6 +510,19 @@ class Instances:
                 .where(LeaseInstance.lease_id == lease_id, LeaseInstance.state == PLANNED)
                 .values(state=FAILED, error=reason, updated_s=to_s(now))
             )
+
+    def _recover_interrupted_starts(self, now: datetime) -> None:
+        """Rows a dead start left claimed go back to planned: the next round starts them (start_lease keeps a whole
+        container and makes a half-made one again). A start that is alive is never older than STALE_START_S."""
+        with self.database.write() as session:
+            done = session.execute(
+                update(LeaseInstance)
+                .where(LeaseInstance.state == STARTING, LeaseInstance.updated_s < to_s(now) - STALE_START_S)
+                .values(state=PLANNED, error="", updated_s=to_s(now))
+            )
+        recovered = cast("CursorResult[Any]", done).rowcount
+        if recovered:
+            log.warning("%d container(s) left starting by an interrupted start: starting them again", recovered)
 
     def _claim(self, records: Sequence[Instance], now: datetime) -> set[str]:
         """The names of the rows this call moved from the state it read to starting (the others: somebody else's)."""

@@ -30,6 +30,7 @@ log = logging.getLogger("sfa_omf.lxc")
 DEFAULT_PREFIX = "sfaomf-"
 DROPBEAR = "/usr/sbin/dropbear"
 VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MADE_MARK = "sfa-omf-made"  # beside the container's config, once create() has finished it
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,7 @@ class LxcHost:
             os.unlink(conf.name)
         try:
             self._configure(spec, image)
+            (self.lxc_path / spec.name / MADE_MARK).touch()  # last: a container without it was left half made
         except OSError as exc:  # e.g. the container destroyed meanwhile (its lease deleted): LXC's kind of failure
             self._discard(spec.name)
             raise GeniError(Reason.TESTBED, f"container {spec.name} could not be configured: {exc}") from exc
@@ -171,6 +173,10 @@ class LxcHost:
             ["lxc-info", "-P", str(self.lxc_path), "-s", "-H", "-n", name], capture_output=True, text=True, check=False
         )
         return done.stdout.strip()
+
+    def made(self, name: str) -> bool:
+        """The container exists and create() finished it (a process that died while creating it left it half made)."""
+        return (self.lxc_path / name / MADE_MARK).exists()
 
     def instances(self) -> list[InstanceRecord]:
         """Our containers on this host (names starting with the prefix), by name."""

@@ -12,7 +12,7 @@ import pytest
 from sfa_omf.cli import main
 from sfa_omf.cluster.leadership import startup_writes
 from sfa_omf.cluster.workers import cores, worker_count
-from sfa_omf.config import AUTO_WORKERS, Settings, load_config
+from sfa_omf.config import AUTO_WORKERS, Settings, load_config, read_config
 from tests.postgres import empty_postgres
 
 POSTGRES = "postgresql+psycopg://sfaomf@127.0.0.1/sfaomf"
@@ -39,10 +39,28 @@ def test_more_than_one_worker_on_sqlite_is_one_with_the_reason() -> None:
 @pytest.mark.parametrize(("written", "value"), [("auto", AUTO_WORKERS), ("AUTO", AUTO_WORKERS), ("3", 3)])
 def test_the_setting_reads_auto_or_a_count(tmp_path: Path, written: str, value: int) -> None:
     path = tmp_path / "sfa-omf.conf"
-    path.write_text(f"[sfa]\ninterface_hrn = lab\n[sfa_omf]\nworkers = {written}\nleader_takeover_s = 7\n")
+    path.write_text(
+        f"[sfa]\ninterface_hrn = lab\n[sfa_omf]\nworkers = {written}\nleader_takeover_s = 7\n"
+        f"database_url = {POSTGRES}\n"
+    )
     loaded = load_config(str(path), environ={})
     assert loaded.problems == ()
     assert (loaded.settings.workers, loaded.settings.leader_takeover_s) == (value, 7)
+
+
+def test_config_check_says_several_workers_on_sqlite_serve_as_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sfa-omf.conf"
+    path.write_text(f"[sfa]\ninterface_hrn = lab\ndata_dir = {tmp_path}\n[sfa_omf]\nworkers = 3\n")
+    loaded = load_config(str(path), environ={})
+    assert [(problem.kind, problem.where) for problem in loaded.problems] == [("workers", f"{path}:5")]
+    assert "workers = 3 with the embedded SQLite database: serve runs 1 worker" in loaded.problems[0].message
+    assert read_config(str(path), environ={}).workers == 3  # not blocking: serve starts, with one worker
+    assert main(["config", "check", "--settings-only", str(path)]) == 1
+    assert "problem: " in capsys.readouterr().out
+    path.write_text(f"[sfa]\ninterface_hrn = lab\ndata_dir = {tmp_path}\n[sfa_omf]\nworkers = auto\n")
+    assert load_config(str(path), environ={}).problems == ()  # auto on SQLite is one: nothing to say
 
 
 @pytest.mark.parametrize("written", ["0", "-2", "many", ""])

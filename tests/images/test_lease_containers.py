@@ -21,8 +21,8 @@ from lxml import etree
 
 from sfa_omf.cli import main
 from sfa_omf.errors import GeniCode, GeniError
-from sfa_omf.images.instances import DESTROYED, RUNNING, STOPPED
-from sfa_omf.images.lxc import InstanceSpec
+from sfa_omf.images.instances import DESTROYED, PLANNED, RUNNING, STARTING, STOPPED
+from sfa_omf.images.lxc import MADE_MARK, InstanceSpec
 from tests.conftest import DemoPki
 from tests.images.container_site import GENI_V3, IMAGE_TEXT, Site, cred, make_site, ok, request
 from tests.images.lxc_env import address, bridge, bridge_network, key_pair, needs_lxc, ssh
@@ -279,3 +279,57 @@ def test_two_starts_at_once_launch_each_container_once_and_a_delete_meanwhile_wi
     (row,) = site.instances.of_lease(again.lease_id)
     assert (row.state, row.address) == (DESTROYED, "")
     assert site.host.instances() == []
+
+
+def test_containers_a_dead_start_left_starting_are_started_by_a_later_round(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    key, public = key_pair(tmp_path, "alice")
+    allocate_and_provision(site, pki, users(public, pki))
+    planned = site.instances.listing()
+    assert [row.state for row in planned] == [PLANNED, PLANNED]
+    # What a server killed in the middle of start_lease leaves: both rows claimed and addressed, the first
+    # container half made (lxc-create done, never configured), the second made whole but never started.
+    died_at = site.clock() - timedelta(minutes=10)
+    assert site.instances._claim(planned, died_at) == {row.name for row in planned}
+    half, whole = site.instances._assign_addresses(planned, died_at)
+    site.host.create(InstanceSpec(half.name, half.address, ()))
+    (site.host.lxc_path / half.name / MADE_MARK).unlink()
+    site.host.create(InstanceSpec(whole.name, whole.address, (public,)))
+    (site.host.lxc_path / whole.name / "rootfs" / "root" / "kept").write_text("the disk is kept\n")
+
+    assert site.aggregate.run_instances() == ([], [])  # 10 minutes: it may still be starting somewhere
+    assert {row.state for row in site.instances.listing()} == {STARTING}
+
+    site.clock.advance(timedelta(minutes=25))  # no start lasts that long: its process is gone
+    started, destroyed = site.aggregate.run_instances()
+    assert sorted(started) == sorted(row.name for row in planned) and destroyed == []
+    rows = {row.name: row for row in site.instances.listing()}
+    assert {(row.state, row.error) for row in rows.values()} == {(RUNNING, "")}
+    for row in rows.values():
+        assert ssh(key, row.host, "true").returncode == 0, row.name  # the half-made one was made again, with keys
+    kept = ssh(key, rows[whole.name].host, "cat /root/kept")
+    assert (kept.returncode, kept.stdout) == (0, "the disk is kept\n")  # the whole one was started, not remade
+
+
+def test_a_stopped_container_whose_start_failed_starts_as_it_is_on_geni_start(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    key, public = key_pair(tmp_path, "alice")
+    allocate_and_provision(site, pki, users(public, pki), ONE)
+    site.aggregate.run_instances()
+    (running,) = site.instances.listing()
+    ssh(key, running.host, "echo mine > /root/kept")
+    site.instances.stop_lease(running.lease_id, site.clock())
+    # Its start fails (LXC refuses: its configuration is broken for a moment), the row reads failed...
+    config = site.host.lxc_path / running.name / "config"
+    good = config.read_text()
+    config.write_text(good + "lxc.net.0.link = sfaomf-nobridge\n")
+    (failed,) = site.instances.start_lease(running.lease_id, [public], site.clock())
+    assert failed.state == "failed" and "could not start" in failed.error
+    # ...and once LXC can, geni_start starts the same container (it was never made again from the image).
+    config.write_text(good)
+    (again,) = site.instances.start_lease(running.lease_id, [public], site.clock())
+    assert (again.state, again.error) == (RUNNING, "")
+    kept = ssh(key, again.host, "cat /root/kept")
+    assert (kept.returncode, kept.stdout) == (0, "mine\n")

@@ -62,7 +62,7 @@ class NoLxc(LxcHost):
     def _used(self, *args: Any, **kwargs: Any) -> Any:
         pytest.fail("the aggregate acted on LXC itself")
 
-    launch = create = start = stop = destroy = state = instances = destroy_lease = _used
+    launch = create = start = stop = destroy = state = made = instances = destroy_lease = _used
 
 
 # -- the plan and what the node command accepts -----------------------------------------------------------------

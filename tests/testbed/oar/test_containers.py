@@ -49,7 +49,7 @@ class AggregateLxcUntouched(LxcHost):
     def _used(self, *args: Any, **kwargs: Any) -> Any:
         pytest.fail("the aggregate acted on LXC itself on the OAR backend")
 
-    launch = create = start = stop = destroy = state = instances = destroy_lease = _used
+    launch = create = start = stop = destroy = state = made = instances = destroy_lease = _used
 
 
 @dataclass
