@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A real OAR 2.5.9 (Debian 12 packages) on this host, for the OAR backend's tests, CI and demos: the server
 # (Almighty) on the PostgreSQL that scripts/postgres.sh runs, fake nodes node1..nodeN (and dnode1..dnodeM for deploy
-# jobs), Unix users to submit as, and
-# the REST API (apache2 + suexec, plain CGI) on 127.0.0.1:6668. Needs root (or sudo); no systemd: daemons are started
+# jobs), execution nodes that really run jobs (127.0.0.2, 127.0.0.3: exec=YES, OAR's node sshd on port 6667), Unix
+# users to submit as, and the REST API (apache2 + suexec, plain CGI) on 127.0.0.1:6668. Needs root (or sudo); no systemd: daemons are started
 # by hand and stopped by their PID.
 #
 # Usage: bash scripts/oar.sh [up|down|stop-api|start-api|alive|status]
@@ -11,7 +11,8 @@
 #   stop-api   stop apache2 only ("OAR's API is down", for tests); start-api starts it again
 #   alive      set every node back to Alive
 #   status     what runs; exit status 1 when something is down
-# Environment: OAR_NODES [10], OAR_DEPLOY_NODES [2] (dnode1.., deploy=YES), OAR_USERS ["alice bob"], OAR_API_PORT [6668], OAR_DB_PASSWORD [oar-test],
+# Environment: OAR_NODES [10], OAR_DEPLOY_NODES [2] (dnode1.., deploy=YES), OAR_EXEC_NODES ["127.0.0.2 127.0.0.3"]
+#   (loopback addresses of their own, exec=YES: noop and deploy jobs never go there, every other job only there), OAR_USERS ["alice bob"], OAR_API_PORT [6668], OAR_DB_PASSWORD [oar-test],
 #   OAR_DB_RO_PASSWORD [oar-test-ro].
 #
 # The API trusts the X-Remote-Ident header completely (API_TRUST_IDENT=1: whoever can reach it can act as any
@@ -20,6 +21,7 @@ source "$(dirname "$0")/lib.sh"
 
 OAR_NODES="${OAR_NODES:-10}"
 OAR_DEPLOY_NODES="${OAR_DEPLOY_NODES:-2}"
+OAR_EXEC_NODES="${OAR_EXEC_NODES:-127.0.0.2 127.0.0.3}"
 OAR_USERS="${OAR_USERS:-alice bob}"
 OAR_API_PORT="${OAR_API_PORT:-6668}"
 OAR_DB_PASSWORD="${OAR_DB_PASSWORD:-oar-test}"
@@ -28,6 +30,12 @@ OAR_CONF=/etc/oar/oar.conf
 OAR_PIDFILE=/var/run/oar-server.pid
 APACHE_PIDFILE=/var/run/apache2/apache2.pid
 APACHE_SITE=/etc/apache2/conf-available/sfa-omf-oarapi.conf
+NODE_SSHD_PIDFILE=/var/run/oar-node_sshd.pid # oar-node's own name for it
+# The node side of lease containers (docs/operators.md): the command jobs run through sudo, its sudo rule, and the
+# epilogue OAR runs on a job's first node when the job ends (killed or not).
+NODE_COMMAND=/usr/local/sbin/sfa-omf-lease-containers
+NODE_SUDOERS=/etc/sudoers.d/sfa-omf-lease-containers
+NODE_EPILOGUE=/usr/local/lib/sfa-omf/oar-epilogue
 STATE=/var/lib/sfa-omf-oar # checksums of the configuration each daemon was started with
 API_URL="http://127.0.0.1:$OAR_API_PORT/oarapi"
 
@@ -108,6 +116,15 @@ configure_oar() {
     conf_set SCHEDULER_MIN_TIME_BETWEEN_2_CALLS 0
     # The API takes the user from the X-Remote-Ident header (loopback only, see the top of this file).
     conf_set API_TRUST_IDENT 1
+    # Jobs on the exec nodes really run. OAR's job resource manager (cgroups/cpusets) needs a cgroup v1 cpuset
+    # hierarchy it can mount, which a container (and many current hosts, cgroup v2 only) does not give: without
+    # this field bipbip skips it and runs oarexec directly. The cost: no per-job cpuset confinement nor oarsh
+    # isolation between jobs of one node; oarexec still kills the job's processes at its end.
+    conf_has '^JOB_RESOURCE_MANAGER_PROPERTY_DB_FIELD=' &&
+        as_root sed -i 's|^JOB_RESOURCE_MANAGER_PROPERTY_DB_FIELD=|#&|' "$OAR_CONF"
+    # Run by oarexec (as oar) on the job's first node after the job ended or was killed: it destroys the lease
+    # containers whose job command is gone (a SIGKILLed command cannot clean up itself).
+    conf_set EPILOGUE_EXEC_FILE "$NODE_EPILOGUE"
 }
 
 # --- OAR database, admission rules, users, resources ----------------------------------------------------------------
@@ -118,6 +135,13 @@ database_up() {
     fi
     # Roles left by an earlier bring-up may carry other passwords: make them match oar.conf.
     psql_admin "-c \"ALTER ROLE oar PASSWORD '$OAR_DB_PASSWORD'\" -c \"ALTER ROLE oar_ro PASSWORD '$OAR_DB_RO_PASSWORD'\""
+    # The exec nodes really run jobs, the fake nodes cannot: noop and deploy jobs go only where exec='NO' (the
+    # column defaults to it), every other job only where exec='YES'.
+    {
+        printf '%s' "INSERT INTO admission_rules (priority, enabled, rule) SELECT 0, 'YES', \$rule\$"
+        exec_rule
+        echo "\$rule\$ WHERE NOT EXISTS (SELECT 1 FROM admission_rules WHERE rule LIKE '%# sfa-omf exec nodes%');"
+    } | psql_admin "-d oar"
     # The shipped rule caps each user at 2 waiting advance reservations; the aggregate books many per user.
     psql_admin "-d oar -c \"UPDATE admission_rules SET enabled = 'NO' WHERE enabled = 'YES' AND
         rule LIKE '%Limit the number of advance reservations per user%'\""
@@ -131,6 +155,19 @@ users_up() {
     done
 }
 
+# The admission rule that keeps real jobs on exec nodes and noop/deploy jobs off them (Perl, run by oarsub).
+exec_rule() {
+    cat <<'EOF'
+# sfa-omf exec nodes (scripts/oar.sh): only exec=YES resources run jobs; noop and deploy jobs never go there.
+my $exec_wanted = (grep(/^(noop|deploy)$/, @{$type_list})) ? "exec = 'NO'" : "exec = 'YES'";
+if ($jobproperties ne ""){
+    $jobproperties = "($jobproperties) AND $exec_wanted";
+}else{
+    $jobproperties = $exec_wanted;
+}
+EOF
+}
+
 resources_up() {
     local properties existing i
     properties=$(as_root oarproperty -l)
@@ -140,7 +177,20 @@ resources_up() {
     # Agents' nodes (sfa_omf/testbed/oar/agent_nodes.py) carry these, as OAR's desktop-computing seed planned.
     grep -qx local_ip_address <<<"$properties" || as_root oarproperty -q -a local_ip_address -c
     grep -qx vpn_number <<<"$properties" || as_root oarproperty -q -a vpn_number
+    if ! grep -qx exec <<<"$properties"; then
+        as_root oarproperty -q -a exec -c
+        # Like deploy: every resource (fake nodes, agents' nodes added later) is NO unless made an exec node.
+        psql_admin "-d oar -c \"ALTER TABLE resources ALTER COLUMN exec SET DEFAULT 'NO'\" \
+            -c \"UPDATE resources SET exec = 'NO' WHERE exec IS NULL\""
+    fi
     existing=$(as_root oarnodes -l 2>/dev/null || true)
+    # Execution nodes: loopback addresses of their own (Linux answers on all of 127/8), reached by OAR's server
+    # with `ssh -p 6667` as oar like any node.
+    for i in $OAR_EXEC_NODES; do
+        if ! grep -qx "$i" <<<"$existing"; then
+            as_root oarnodesetting -a -h "$i" -p "host=$i" -p "cpu=2${i##*.}" -p "core=2${i##*.}" -p "exec=YES" >/dev/null
+        fi
+    done
     for i in $(seq 1 "$OAR_NODES"); do
         if ! grep -qx "node$i" <<<"$existing"; then
             as_root oarnodesetting -a -h "node$i" -p "host=node$i" -p "cpu=$i" -p "core=$i" >/dev/null
@@ -154,6 +204,57 @@ resources_up() {
                 -p "deploy=YES" >/dev/null
         fi
     done
+}
+
+# --- the execution nodes' side: OAR's node sshd, the lease containers command, its sudo rule, the epilogue ------
+node_up() {
+    # The oar user's key pair, with which the server reaches every node (oar-server's setup makes it; a real
+    # site's nodes receive its public key in ~oar/.ssh/authorized_keys, with OAR_KEY=1 set for oarsh_shell).
+    as_root su oar -s /bin/sh -c 'mkdir -p ~/.ssh && { test -s ~/.ssh/id_rsa || ssh-keygen -q -t rsa -N "" -f ~/.ssh/id_rsa; } &&
+        { grep -qF "$(cut -d" " -f2 ~/.ssh/id_rsa.pub)" ~/.ssh/authorized_keys 2>/dev/null ||
+          printf "environment=\"OAR_KEY=1\" %s\n" "$(cat ~/.ssh/id_rsa.pub)" >>~/.ssh/authorized_keys; }'
+    as_root mkdir -p /run/sshd
+    local listen="127.0.0.1 $OAR_EXEC_NODES" options=() address checksum
+    # Loopback only: the server's address (deploy and cosystem jobs) and the exec nodes'.
+    for address in $listen; do options+=(-o "ListenAddress=$address"); done
+    checksum=$(echo "$listen" | cat - /etc/oar/sshd_config | md5sum)
+    if running "$NODE_SSHD_PIDFILE" && [ "$checksum" != "$(cat "$STATE/node-sshd.md5" 2>/dev/null)" ]; then
+        stop_pid "OAR's node sshd" "$NODE_SSHD_PIDFILE"
+    fi
+    if ! running "$NODE_SSHD_PIDFILE"; then
+        say "starting OAR's node sshd on port 6667 ($listen)"
+        as_root /usr/sbin/sshd -f /etc/oar/sshd_config -o "PidFile=$NODE_SSHD_PIDFILE" "${options[@]}"
+        echo "$checksum" | as_root tee "$STATE/node-sshd.md5" >/dev/null
+    fi
+    # The node command, run from this checkout with its virtualenv (an operator points it at the installed package).
+    as_root mkdir -p "$(dirname "$NODE_EPILOGUE")"
+    install_file "$NODE_COMMAND" 755 <<EOF
+#!/bin/sh
+# Written by sfa-omf scripts/oar.sh: the node side of lease containers (docs/images-and-instances.md).
+exec env PYTHONPATH="$REPO" "$VENV/bin/python" -m sfa_omf.images.node_containers "\$@"
+EOF
+    # Job commands run as the job's user: they may start lease containers as root, nothing else. The command itself
+    # trusts only plans in root-owned directories, written for that very user by the aggregate.
+    install_file "$NODE_SUDOERS" 440 <<EOF
+# Written by sfa-omf scripts/oar.sh: OAR job commands create the lease's containers as root (docs/operators.md).
+ALL ALL=(root) NOPASSWD: $NODE_COMMAND run *
+EOF
+    as_root visudo -cq -f "$NODE_SUDOERS"
+    install_file "$NODE_EPILOGUE" 755 <<EOF
+#!/bin/sh
+# Written by sfa-omf scripts/oar.sh: OAR's node epilogue (run as oar by oarexec, with JOB_ID USER NODE_FILE). It
+# destroys the lease containers whose job command is gone, as root through OAR's own oardodo.
+/usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap
+exit 0
+EOF
+}
+
+# install_file PATH MODE < CONTENT: write PATH (as root) only when its content changes.
+install_file() {
+    local path=$1 mode=$2
+    as_root tee "$path.new" >/dev/null
+    if cmp -s "$path.new" "$path"; then as_root rm -f "$path.new"; else as_root mv "$path.new" "$path"; fi
+    as_root chmod "$mode" "$path"
 }
 
 # --- daemons ------------------------------------------------------------------------------------------------------
@@ -256,13 +357,14 @@ nodes_alive() {
 up() {
     local started=$SECONDS
     apt_install oar-server oar-server-pgsql oar-user oar-user-pgsql oar-restful-api apache2 apache2-suexec-custom curl \
-        >&2
+        oar-node openssh-server sudo >&2
     as_root mkdir -p "$STATE"
     postgres_up
     configure_oar
     database_up
     users_up
     resources_up
+    node_up
     almighty_up
     configure_apache
     apache_up
@@ -278,6 +380,8 @@ status() {
         echo "Almighty: stopped"; ok=1; fi
     if running "$APACHE_PIDFILE"; then echo "apache2: running (pid $(cat "$APACHE_PIDFILE"))"; else
         echo "apache2: stopped"; ok=1; fi
+    if running "$NODE_SSHD_PIDFILE"; then echo "node sshd: running (pid $(cat "$NODE_SSHD_PIDFILE"))"; else
+        echo "node sshd: stopped"; ok=1; fi
     if api_answers; then echo "API: $API_URL answers"; else echo "API: $API_URL does not answer"; ok=1; fi
     # oarnodes -s prints each host, then "    <resource id> : <state>" lines
     as_root oarnodes -s 2>/dev/null | awk '/^[^ ]/ {host = $1} / : / {print host ": " $3 " (resource " $1 ")"}' | sort -V || true
@@ -290,6 +394,7 @@ down)
     stop_pid apache2 "$APACHE_PIDFILE"
     # Almighty's main process stops its children (appendice, bipbip commander, ...) itself on SIGTERM.
     stop_pid Almighty "$OAR_PIDFILE"
+    stop_pid "OAR's node sshd" "$NODE_SSHD_PIDFILE"
     ;;
 stop-api) stop_pid apache2 "$APACHE_PIDFILE" ;;
 start-api)

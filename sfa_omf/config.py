@@ -95,6 +95,7 @@ class Settings:
     oar_timezone: str = ""  # empty: this host's local zone (OAR reads reservation times in its server's zone)
     oar_job_type: str = "noop"
     oar_deploy_command: str = "/usr/local/sbin/sfa-omf-deploy"
+    oar_container_command: str = "/usr/local/sbin/sfa-omf-lease-containers"  # on the nodes, through sudo
     oar_timeout_s: int = 30
     oar_cache_s: int = 30
     oar_reconcile_s: int = 300
@@ -261,6 +262,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("oar_timezone", "sfa_oar", "timezone", "text", "OAR server's time zone (IANA name); empty: this host's"),
     Option("oar_job_type", "sfa_oar", "job_type", "text", "OAR job type of reservations: noop or deploy"),
     Option("oar_deploy_command", "sfa_oar", "deploy_command", "text", "deploy jobs run: COMMAND IMAGE NODE,NODE..."),
+    Option("oar_container_command", "sfa_oar", "container_command", "text", "lease containers' command on the nodes"),
     Option("oar_timeout_s", "sfa_oar", "timeout_s", "count", "seconds to wait for one OAR API answer"),
     Option("oar_cache_s", "sfa_oar", "cache_s", "count", "how long OAR's own reservations are cached, in seconds"),
     Option("oar_reconcile_s", "sfa_oar", "reconcile_s", "count", "seconds between calendar/OAR reconciliations"),

@@ -449,8 +449,11 @@ class Aggregate:
             for account in accounts:  # the testbed may need them (OAR runs jobs as them); keys come after
                 self.unix_accounts.ensure(account.login)
         done: list[LeaseRecord] = []
+        keys = [key for account in accounts for key in account.ssh_keys]
         try:
             for lease in pending:
+                if self.instances is not None:  # the plan first: the lease's job may start at once and read it
+                    self.instances.prepare(lease.id, owner, keys, self.clock())
                 # The testbed first: if it is down the booking stays allocated and a retry works later.
                 self.backend.provision(lease, owner, accounts)
                 done.append(lease)
@@ -580,6 +583,8 @@ class Aggregate:
             return self._sliver_dicts(slice_urn, sliver_urns)
         now = self.clock()
         _check_slots_running(leases, action, now)  # one check before anything acts: a refusal changes nothing
+        if self.instances is not None:
+            self.instances.check_operable(str(action), [lease.id for lease in leases])
         if isinstance(self.backend, OperatingBackend):  # the testbed first: if it fails, nothing is recorded
             self.backend.operate(leases, event.value)
         if self.instances is not None:

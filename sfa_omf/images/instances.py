@@ -5,6 +5,12 @@ the slot's start, acts on them (start, stop, restart, save as an image) and dest
 The database is the memory: a server restarted mid-lease finds the live rows and destroys their containers at the
 slot's end (``tick``), and containers of ours that no live row names are destroyed too. LXC itself is ``LxcHost``
 (sfa_omf/images/lxc.py); addresses come from ``[sfa_omf] instance_network`` and are unique while held.
+
+Two ways to run them. The embedded backend: this host runs them (``tick`` starts and destroys them). A testbed whose
+jobs run them (OAR, ``plans`` given): at Provision this aggregate writes the lease's plan (names, addresses, image,
+keys: sfa_omf/images/node_plans.py) for the lease's job, whose command makes them on the job's node
+(sfa_omf/images/node_containers.py); ``tick`` only follows what the node side reports and the job's state, and never
+touches LXC here.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from sfa_omf.calendar.models import Lease, LeaseInstance, Slice
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.images.lxc import InstanceSpec, LxcHost, wait_for_ssh
+from sfa_omf.images.node_plans import NODE_STATES, LeasePlan, LeasePlans, PlannedContainer, plans_directory
 from sfa_omf.images.store import ImageStore, check_label
 
 log = logging.getLogger("sfa_omf.instances")
@@ -39,6 +46,7 @@ LIVE = (PLANNED, STARTING, RUNNING, STOPPED, FAILED)  # rows whose container may
 LOGIN = "root"  # the slice users' keys go to root's authorized_keys inside the container
 ADDRESS_ATTEMPTS = 3  # starts of other leases racing for the same free addresses (PostgreSQL)
 LAUNCH_WORKERS = 4  # containers of one lease launched at once (LXC's own work is mostly waiting)
+assert set(NODE_STATES) == {RUNNING, FAILED, DESTROYED}  # the node side reports in the rows' own words
 # A row still starting this long after its claim was claimed by a start that died with its process (a crash or a
 # restart mid-start): no start lasts this long (LXC's commands and the SSH wait are bounded, LAUNCH_WORKERS at once).
 STALE_START_S = 1800
@@ -89,7 +97,8 @@ class _LeaseOfRow:
 
 class Instances:
     """The containers of every lease: recorded in ``database``, run by ``host`` (None: this aggregate runs none and
-    refuses requests for containers)."""
+    refuses requests for containers) or, with ``plans``, by the testbed's jobs on their nodes (``host`` then only
+    says the bridge, LXC directory and names the nodes use)."""
 
     def __init__(
         self,
@@ -98,12 +107,14 @@ class Instances:
         network: str,
         images: ImageStore,
         ssh_timeout_s: float = 30.0,
+        plans: LeasePlans | None = None,
     ) -> None:
         self.database = database
         self.host = host
         self.network = ipaddress.ip_network(network, strict=False)
         self.images = images
         self.ssh_timeout_s = ssh_timeout_s
+        self.plans = plans
 
     # -- Allocate ---------------------------------------------------------------------------------------------------
     def plan(self, lease_id: str, wanted: Sequence[InstanceRequest], now: datetime) -> list[Instance]:
@@ -170,9 +181,44 @@ class Instances:
         once the testbed holds the nodes. ``keys_of(slice_urn)``: the SSH keys to put in; ``testbed_state(slice_urn,
         lease_id)``: the lease's operational state on the testbed (geni_ready, geni_failed, ...; None: the
         experimenter stopped it, leave it be). Returns (names started, names destroyed). Run periodically by the
-        server (once cluster-wide)."""
+        server (once cluster-wide). With ``plans`` the nodes make and destroy them: the rows follow their reports."""
         if self.host is None:
             return [], []
+        over, due = self._round(now, testbed_state)
+        destroyed: list[str] = []
+        for lease_id in sorted(over):
+            try:
+                destroyed += self.destroy_lease(lease_id, now)
+            except GeniError as exc:  # the rest still go; this lease's live rows are retried next round
+                log.warning("lease %s: a container could not be destroyed: %s", lease_id, exc.message)
+        if self.plans is not None:
+            reported, gone = self._follow_nodes([lease_id for lease_id, _, _ in due], now)
+            return reported, destroyed + gone
+        live = {record.name for record in self.listing()}
+        for orphan in self.host.instances():  # ours by name, but no live row: left by a crash
+            if orphan.name not in live:
+                log.warning("destroying container %s: no current lease has it", orphan.name)
+                self.host.destroy(orphan.name)
+                destroyed.append(orphan.name)
+        started: list[str] = []
+        for lease_id, slice_urn, states in due:
+            if PLANNED not in states:
+                continue
+            try:
+                records = self.start_lease(lease_id, keys_of(slice_urn), now)
+            except Exception as exc:  # one lease's failure must not stop the others, nor come first every round
+                reason = exc.message if isinstance(exc, GeniError) else f"{type(exc).__name__}: {exc}"
+                log.warning("lease %s: its containers could not be started: %s", lease_id, reason)
+                self._fail_planned(lease_id, reason, now)
+                continue
+            started += [record.name for record in records if record.state == RUNNING]
+        return started, destroyed
+
+    def _round(
+        self, now: datetime, testbed_state: Callable[[str, str], str | None]
+    ) -> tuple[set[str], list[tuple[str, str, set[str]]]]:
+        """The leases whose containers must go (over, or their reservation ended on the testbed), and those whose
+        slot runs on a testbed that holds the nodes (lease id, slice URN, its containers' states)."""
         moment = to_s(now)
         self._recover_interrupted_starts(now)
         with self.database.read() as session:
@@ -189,7 +235,7 @@ class Instances:
                 over.add(lease_id)
             elif lease_state == "provisioned" and start_s <= moment:
                 running.setdefault(lease_id, (slice_urn, set()))[1].add(state)
-        due: list[tuple[str, str]] = []
+        due: list[tuple[str, str, set[str]]] = []
         for lease_id, (slice_urn, states) in sorted(running.items()):
             testbed = testbed_state(slice_urn, lease_id)
             has_run = bool(states & {RUNNING, STOPPED})
@@ -198,31 +244,76 @@ class Instances:
                     "lease %s: the testbed ended its reservation (%s): destroying its containers", lease_id, testbed
                 )
                 over.add(lease_id)
-            elif testbed == "geni_ready" and PLANNED in states:
-                due.append((lease_id, slice_urn))
-        destroyed: list[str] = []
-        for lease_id in sorted(over):
-            try:
-                destroyed += self.destroy_lease(lease_id, now)
-            except GeniError as exc:  # the rest still go; this lease's live rows are retried next round
-                log.warning("lease %s: a container could not be destroyed: %s", lease_id, exc.message)
-        live = {record.name for record in self.listing()}
-        for orphan in self.host.instances():  # ours by name, but no live row: left by a crash
-            if orphan.name not in live:
-                log.warning("destroying container %s: no current lease has it", orphan.name)
-                self.host.destroy(orphan.name)
-                destroyed.append(orphan.name)
+            elif testbed == "geni_ready":
+                due.append((lease_id, slice_urn, states))
+        return over, due
+
+    # -- containers made by the testbed's jobs (plans) --------------------------------------------------------------
+    def prepare(self, lease_id: str, user: str, keys: Sequence[str], now: datetime) -> bool:
+        """Before the lease's job is submitted: give its live containers their addresses and write its plan for the
+        node side (the job runs as ``user``; ``keys`` go to root in each container). False when the lease has no
+        containers (its job is then an ordinary reservation). Provision again rewrites it (new keys)."""
+        if self.plans is None:
+            return False
+        records = [record for record in self.of_lease(lease_id) if record.state in LIVE]
+        if not records:
+            return False
+        unaddressed = [record for record in records if not record.address]
+        addressed = {record.name: record for record in self._assign_addresses(unaddressed, now)}
+        records = [addressed.get(record.name, record) for record in records]
+        host = self._host()
+        self.plans.write(
+            LeasePlan(
+                lease_id=lease_id,
+                user=user,
+                bridge=host.bridge,
+                lxc_path=str(host.lxc_path),
+                ssh_timeout_s=self.ssh_timeout_s,
+                keys=tuple(key.strip() for key in keys if key.strip()),
+                containers=tuple(
+                    PlannedContainer(record.name, record.address, self._image_path(record.image)) for record in records
+                ),
+            )
+        )
+        return True
+
+    def _follow_nodes(self, lease_ids: Sequence[str], now: datetime) -> tuple[list[str], list[str]]:
+        """The rows of leases whose job runs take what the node side reported: running, failed (with its reason),
+        destroyed (the job's command ended). Returns (names now running, names now destroyed)."""
         started: list[str] = []
-        for lease_id, slice_urn in due:
-            try:
-                records = self.start_lease(lease_id, keys_of(slice_urn), now)
-            except Exception as exc:  # one lease's failure must not stop the others, nor come first every round
-                reason = exc.message if isinstance(exc, GeniError) else f"{type(exc).__name__}: {exc}"
-                log.warning("lease %s: its containers could not be started: %s", lease_id, reason)
-                self._fail_planned(lease_id, reason, now)
-                continue
-            started += [record.name for record in records if record.state == RUNNING]
-        return started, destroyed
+        gone: list[str] = []
+        assert self.plans is not None
+        for lease_id in lease_ids:
+            reported = self.plans.states(lease_id)
+            outcomes: dict[str, list[tuple[str, str, str]]] = {}  # row state expected -> (name, state, error)
+            for record in self.of_lease(lease_id):
+                state, error = reported.get(record.name, (record.state, record.error))
+                if record.state in LIVE and state != record.state:
+                    outcomes.setdefault(record.state, []).append((record.name, state, error))
+            for expected, changes in outcomes.items():
+                missed = self._set_states(changes, now, expected=expected)
+                started += [name for name, state, _ in changes if state == RUNNING and name not in missed]
+                gone += [name for name, state, _ in changes if state == DESTROYED and name not in missed]
+        if gone:
+            with self.database.write() as session:  # a destroyed container gives its address back
+                session.execute(update(LeaseInstance).where(LeaseInstance.name.in_(gone)).values(address=None))
+        return started, gone
+
+    def check_operable(self, what: str, lease_ids: Iterable[str]) -> None:
+        """UNSUPPORTED when ``what`` (an operational action) would act on live containers the testbed's jobs run."""
+        if self.plans is not None and any(
+            record.state in LIVE for found in self.of_leases(lease_ids).values() for record in found
+        ):
+            self._refuse_on_nodes(what)
+
+    def _refuse_on_nodes(self, what: str) -> None:
+        if self.plans is not None:
+            raise GeniError(
+                Reason.UNSUPPORTED,
+                f"{what}: on this testbed the lease's job runs its containers on the job's node, and the aggregate "
+                "does not act on them there. They run from the slot's start to its end; Delete the slivers to end "
+                "them sooner",
+            )
 
     # -- acting on a lease's containers -----------------------------------------------------------------------------
     def start_lease(self, lease_id: str, keys: Sequence[str], now: datetime) -> list[Instance]:
@@ -231,6 +322,7 @@ class Instances:
         failing does not stop the others. Each row is
         first claimed (its state as read -> starting, one conditional update): a start running meanwhile (the
         leader's round, another request, another worker) leaves the rows it did not claim alone."""
+        self._refuse_on_nodes("geni_start")
         host = self._host()
         wanted = [
             record
@@ -275,6 +367,7 @@ class Instances:
 
     def stop_lease(self, lease_id: str, now: datetime) -> list[Instance]:
         """Stop the lease's running containers (they keep their disk and address)."""
+        self._refuse_on_nodes("geni_stop")
         host = self._host()
         outcomes = []
         for record in self.of_lease(lease_id):
@@ -292,7 +385,7 @@ class Instances:
             if record.state not in LIVE:
                 continue
             try:
-                if self.host is not None:
+                if self.host is not None and self.plans is None:  # with plans, the job's end destroys them
                     self.host.destroy(record.name)
                 names.append(record.name)
             except GeniError as exc:  # the others still go; this one stays live and the next round retries it
@@ -304,6 +397,8 @@ class Instances:
                     .where(LeaseInstance.name.in_(names))
                     .values(state=DESTROYED, address=None, updated_s=to_s(now))
                 )
+        if self.plans is not None:
+            self.plans.remove(lease_id)  # a job still to start finds no plan: it makes nothing
         if failures:
             raise failures[0]
         return names
@@ -312,6 +407,7 @@ class Instances:
         """Snapshot a container's file system into the repository as image ``label``, private to ``owner`` (no keys,
         passwords or SSH host keys in it: ``_without_secrets``); returns the label. BADARGS or ALREADY_EXISTS before
         anything is written."""
+        self._refuse_on_nodes("sfa_omf_save_image")
         check_label(label)
         if self.images.get(label) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"image label {label!r} is already taken: choose another label")
@@ -467,11 +563,13 @@ class Instances:
 
 
 def instances_of(settings: Any, database: Database, images: ImageStore) -> Instances | None:
-    """The containers service the configuration asks for: None without ``[sfa_omf] instance_bridge``."""
+    """The containers service the configuration asks for: None without ``[sfa_omf] instance_bridge``. On the OAR
+    backend the leases' jobs run them on their nodes, from plans in the image store's ``leases/`` directory."""
     if not settings.instance_bridge:
         return None
     host = LxcHost(settings.instance_bridge, lxc_path=settings.instance_lxc_path)
-    return Instances(database, host, settings.instance_network, images)
+    plans = LeasePlans(plans_directory(images.directory)) if settings.aggregate_type == "oar" else None
+    return Instances(database, host, settings.instance_network, images, plans=plans)
 
 
 _COLUMNS = select(

@@ -36,7 +36,9 @@ from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.outbox import LeaseNews
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, SliverRecord
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.images.node_plans import LeasePlans, plans_directory
 from sfa_omf.images.provisioning import ONDEMAND, plan_lease
+from sfa_omf.images.store import store_directory
 from sfa_omf.testbed.base import BackgroundTask, SliverHealth
 from sfa_omf.testbed.oar.client import (
     ACTIVE_STATES,
@@ -98,6 +100,9 @@ class ReconcileReport:
         return bool(self.orphans_deleted or self.resubmitted or self.adopted or self.deleted)
 
 
+CONTAINER_COMMAND = "/usr/local/sbin/sfa-omf-lease-containers"  # on the nodes (scripts/oar.sh installs it)
+
+
 class OarTestbed:
     name = "oar"
 
@@ -113,6 +118,8 @@ class OarTestbed:
         horizon: timedelta = timedelta(days=14),
         clock: Callable[[], datetime] = utcnow,
         provisioning_mode: str = ONDEMAND,
+        container_plans: LeasePlans | None = None,
+        container_command: str = CONTAINER_COMMAND,
     ) -> None:
         self.client = client
         self.jobs = OarJobs(database)
@@ -122,6 +129,9 @@ class OarTestbed:
         self.job_type = job_type
         self.deploy_command = deploy_command
         self.provisioning_mode = provisioning_mode  # perjob or ondemand: which nodes a deploy job reinstalls
+        # A lease whose containers the aggregate planned (a plan there) is an ordinary job running this command.
+        self.container_plans = container_plans
+        self.container_command = container_command
         self.cache_s = cache_s
         self.reconcile_s = reconcile_s
         self.horizon = horizon
@@ -416,16 +426,31 @@ class OarTestbed:
         walltime_s = math.floor((lease.end - start).total_seconds()) - 1
         if walltime_s <= 0:
             raise OarError(f"the slot ended at {format_time(lease.end)}")
-        command = self._deploy_command(lease)
+        job_type, command = self._job_of(lease)
         return self.client.submit_reservation(
             user=owner,
             nodes=self._addresses(lease),
             start=start,
             walltime_s=walltime_s,
-            job_type=self.job_type,
+            job_type=job_type,
             name=job_name(lease.id),
             command=command,
         )
+
+    def _job_of(self, lease: LeaseRecord) -> tuple[str, str]:
+        """The job's type and command: for a lease with containers (its plan written), an ordinary job (no type)
+        whose command makes them on its node as root through the node's sudo rule and ends them with the job
+        (docs/images-and-instances.md); otherwise the configured type, with the deploy command for deploy jobs."""
+        plan = self.container_plans.plan_path(lease.id) if self.container_plans is not None else None
+        if plan is not None and plan.exists():
+            if self.job_type == "deploy":
+                raise GeniError(
+                    Reason.UNSUPPORTED,
+                    f"lease {lease.id}: containers and deploy jobs do not mix on this testbed (the job runs one "
+                    "command); ask for raw-pc slivers with a disk image, or for containers",
+                )
+            return "", f"sudo -n {self.container_command} run {plan}"
+        return self.job_type, self._deploy_command(lease)
 
     def _deploy_command(self, lease: LeaseRecord) -> str:
         """For deploy jobs: ``COMMAND IMAGE NODE,...`` for the nodes the provisioning mode says to reprovision:
@@ -540,6 +565,11 @@ def _address(node: NodeRecord) -> str:
     return str(node.properties.get("network_address") or node.component_name)
 
 
+def _plans(settings: Any) -> LeasePlans | None:
+    """The lease container plans, where the aggregate writes them (sfa_omf/images/instances.py instances_of)."""
+    return LeasePlans(plans_directory(store_directory(settings.data_dir))) if settings.instance_bridge else None
+
+
 def make_oar_backend(settings: Any, database: Database) -> OarTestbed:
     """The OAR backend from the configuration ([sfa_oar] settings)."""
     client = OarClient(
@@ -555,4 +585,6 @@ def make_oar_backend(settings: Any, database: Database) -> OarTestbed:
         reconcile_s=settings.oar_reconcile_s,
         horizon=timedelta(days=settings.horizon_days),
         provisioning_mode=settings.provisioning_mode,
+        container_plans=_plans(settings),
+        container_command=settings.oar_container_command,
     )

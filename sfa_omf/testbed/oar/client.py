@@ -335,7 +335,8 @@ class OarClient:
         """Reserve exactly ``nodes`` from ``start`` for ``walltime_s`` seconds, as the Unix user ``user``; return the
         job id.
 
-        ``job_type`` is OAR's job type (``noop`` for nodes OAR must not touch, ``deploy``...). ``command`` "" submits
+        ``job_type`` is OAR's job type (``noop`` for nodes OAR must not touch, ``deploy``...; "" for none: an
+        ordinary job, whose command runs on its first node). ``command`` "" submits
         no command: OAR then holds the nodes for the whole walltime. ``extra`` adds oarsub long options
         (``{"project": "x"}`` -> ``--project=x``). Raises ValueError for input OAR would misread, OarRefused when OAR
         refuses the slot ('Reservation not valid --> KO': overlap, too old), OarError for anything else (unknown node,
@@ -350,7 +351,8 @@ class OarClient:
             raise ValueError(f"duplicate nodes in {list(nodes)}")
         if isinstance(walltime_s, bool) or not isinstance(walltime_s, int) or walltime_s <= 0:
             raise ValueError(f"walltime_s must be a positive number of seconds, not {walltime_s!r}")
-        _checked(_WORD, job_type, "job type")
+        if job_type:
+            _checked(_WORD, job_type, "job type")
         _checked(_WORD, name, "job name")
         if command:
             _checked(_COMMAND, command, "command")
@@ -358,9 +360,10 @@ class OarClient:
         body: dict[str, str] = {
             "resource": f"{{network_address in ({pinned})}}/nodes={len(nodes)},walltime={walltime_text(walltime_s)}",
             "reservation": to_server_time(start, self.zone),
-            "type": job_type,
             "name": name,
         }
+        if job_type:
+            body["type"] = job_type
         if command:
             body["command"] = command
         for option, value in (extra or {}).items():

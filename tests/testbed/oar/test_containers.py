@@ -1,15 +1,20 @@
-"""Lease containers on the OAR backend, with the shared real OAR 2.5.9 and real LXC: the containers start once the
-lease's OAR job runs, and killing the job (oardel behind sfa-omf's back) kills them — as the OAR Cloud project
-checked by hand. This needs a job that runs now: the test books a short slot from now on a node nothing holds now
-(chosen by asking OAR), and deletes its job at the end whatever happens."""
+"""Lease containers on the OAR backend, with the shared real OAR 2.5.9 and real LXC: the lease's OAR job runs on one
+of scripts/oar.sh's execution nodes (127.0.0.2, 127.0.0.3: OAR really executes jobs there), and its command
+(``sudo -n sfa-omf-lease-containers run PLAN``, as the job's user) creates and starts the containers the aggregate
+planned; the aggregate never runs LXC itself (its LxcHost fails the test if used). Killing the job (oardel behind
+sfa-omf's back) or Delete through the aggregate destroys them on the node (OAR's node epilogue) — as the OAR Cloud
+project checked by hand. Each test books a short slot from now on an exec node nothing holds now, and deletes its
+job and containers at the end whatever happens."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +22,10 @@ from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NodeSpec
-from sfa_omf.errors import GeniError
-from sfa_omf.images.instances import Instances
+from sfa_omf.errors import GeniCode, GeniError
+from sfa_omf.images.instances import DESTROYED, RUNNING, Instance, Instances
 from sfa_omf.images.lxc import LxcHost
+from sfa_omf.images.node_plans import LeasePlans, plans_directory
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.testbed.oar.backend import OarTestbed
@@ -31,32 +37,55 @@ from tests.images.lxc_env import bridge, bridge_network, key_pair, needs_lxc, ss
 from tests.testbed.oar.conftest import wait_for_job
 
 pytestmark = needs_lxc
-NODE = "urn:publicid:IDN+testbed+node+lxchost"
+NODE = "urn:publicid:IDN+testbed+node+execnode"
+EXEC_NODES = ("127.0.0.2", "127.0.0.3")  # scripts/oar.sh's exec=YES nodes
+FINAL = {"Error", "Terminated"}
 
 
-def free_node_now(client: OarClient) -> str:
-    """A fake node no job holds in the next ten minutes (node10 first: the other tests start from node1)."""
+class AggregateLxcUntouched(LxcHost):
+    """The aggregate's own LxcHost on OAR: it names the containers and tells the nodes the bridge and LXC directory;
+    acting on LXC through it fails the test (the job's command on the node does that)."""
+
+    def _used(self, *args: Any, **kwargs: Any) -> Any:
+        pytest.fail("the aggregate acted on LXC itself on the OAR backend")
+
+    launch = create = start = stop = destroy = state = made = instances = destroy_lease = _used
+
+
+@dataclass
+class Site:
+    am: Aggregate
+    backend: OarTestbed
+    node_lxc: LxcHost  # the test's own view of the node's containers (the rig's node is this host)
+    plans: LeasePlans
+    jobs: list[int]  # their output files in alice's home go at the end
+
+
+def free_exec_node(client: OarClient) -> str:
+    """An exec node no job holds in the next ten minutes."""
     now = datetime.now(UTC)
     busy = {node for job in client.reservations(now, now + timedelta(minutes=10)) for node in job.nodes}
-    for number in range(10, 0, -1):
-        if f"node{number}" not in busy:
-            return f"node{number}"
-    pytest.fail(f"every fake node of the shared OAR is held now: {sorted(busy)}")
+    free = [node for node in EXEC_NODES if node not in busy]
+    if not free:
+        pytest.fail(f"every exec node of the shared OAR is held now: {sorted(busy)}")
+    return free[0]
 
 
 @pytest.fixture
-def aggregate(
-    oar_url: str, oar_users: tuple[str, ...], pki: DemoPki, tmp_path: Path
-) -> Iterator[tuple[Aggregate, OarTestbed, LxcHost]]:
+def site(oar_url: str, oar_users: tuple[str, ...], pki: DemoPki, tmp_path: Path) -> Iterator[Site]:
     database = Database(sqlite_url(str(tmp_path / "oar-lxc.sqlite")))
     database.upgrade()
     client = OarClient(oar_url, timeout_s=60)
-    backend = OarTestbed(client, database, "testbed", cache_s=0)  # read the job's state on every tick
+    store = ImageStore(database, tmp_path / "images")
+    plans = LeasePlans(plans_directory(store.directory))  # root's, as the node command requires
+    backend = OarTestbed(client, database, "testbed", cache_s=0, container_plans=plans)  # job state every round
     accounts = Accounts(database)
     accounts.pin(pki.users["alice"].chain[0].urn or "", "alice")
-    host = LxcHost(bridge(), lxc_path=str(tmp_path / "lxc"))
-    store = ImageStore(database, tmp_path / "images")
-    made = Aggregate(
+    lxc_path = str(tmp_path / "lxc")
+    instances = Instances(
+        database, AggregateLxcUntouched(bridge(), lxc_path=lxc_path), str(bridge_network().network), store, plans=plans
+    )
+    am = Aggregate(
         AggregateSettings(authority_hrn="testbed"),
         database,
         CredentialVerifier(pki.roots),
@@ -64,24 +93,39 @@ def aggregate(
         backend=backend,
         accounts=accounts,
         images=store,
-        instances=Instances(database, host, str(bridge_network().network), store),
+        instances=instances,
     )
-    # A node booked by the minute whose OAR address is a fake node free now.
-    made.inventory.add_node(
-        NodeSpec(NODE, "lxchost", grain_s=60, properties={"network_address": free_node_now(client)})
+    am.inventory.add_node(
+        NodeSpec(NODE, "execnode", grain_s=60, properties={"network_address": free_exec_node(client)})
     )
-    yield made, backend, host
-    for lease in made.bookings.leases(active_only=False):  # leave nothing in OAR, nor in LXC
+    made = Site(am, backend, LxcHost(bridge(), lxc_path=lxc_path), plans, [])
+    yield made
+    for lease in am.bookings.leases(active_only=False):  # leave nothing in OAR, nor in LXC
         with contextlib.suppress(GeniError):
             backend.release(lease)
-    for record in host.instances():
-        host.destroy(record.name)
+    for record in made.node_lxc.instances():
+        made.node_lxc.destroy(record.name)
+    for job_id in made.jobs:
+        for output in Path("/home/alice").glob(f"OAR.*.{job_id}.std*"):
+            output.unlink()
 
 
-def test_killing_the_oar_job_kills_the_lease_containers(
-    aggregate: tuple[Aggregate, OarTestbed, LxcHost], pki: DemoPki, tmp_path: Path
-) -> None:
-    am, backend, host = aggregate
+def until(what: str, check: Callable[[], Any], within_s: float = 60) -> Any:
+    """Poll ``check`` (bounded) until it returns something true; fail saying ``what`` otherwise."""
+    deadline = time.monotonic() + within_s
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {within_s} s")
+        time.sleep(0.5)
+
+
+def provision_running(site: Site, pki: DemoPki, tmp_path: Path) -> tuple[int, Path, list[Instance]]:
+    """A lease of two containers from now, provisioned; returns its job id, the slice user's key and the containers
+    once they run (the job's command made them on the node)."""
+    am = site.am
     alice = pki.users["alice"]
     key, public = key_pair(tmp_path, "alice")
     rspec = (
@@ -90,7 +134,7 @@ def test_killing_the_oar_job_kills_the_lease_containers(
         f'<node client_id="n" component_id="{NODE}" exclusive="true">'
         '<sliver_type name="lxc" inst:count="2"/></node></rspec>'
     )
-    end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=6)
+    end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=5)
     options = {
         "geni_end_time": format_time(end),  # from now: the slot has begun, so OAR launches the job at once
         "geni_users": [{"urn": alice.chain[0].urn, "keys": [public]}],
@@ -98,30 +142,84 @@ def test_killing_the_oar_job_kills_the_lease_containers(
     am.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], rspec, options)
     am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)
     (lease,) = am.bookings.leases(slice_urn=pki.slice_urn)
-    row = backend.jobs.get(lease.id)
+    row = site.backend.jobs.get(lease.id)
     assert row is not None and row.job_id is not None
-    client = backend.client
-
-    # OAR may launch the job before or during this first round (its scheduler runs when it likes): containers start
-    # only once the job runs. A job's states only move forward, so a job not Running after the round was not
-    # Running during it.
-    early, _ = am.run_instances()
-    assert early == [] or client.job(row.job_id).state == "Running", "containers started before the job ran"
-    if not early:
-        assert host.instances() == []
-    wait_for_job(client, row.job_id, {"Running"}, within_s=200)  # OAR's scheduler may start it up to 60 s late
-    started = early + am.run_instances()[0]
-    assert len(started) == 2 and len(host.instances()) == 2
+    site.jobs.append(row.job_id)
+    job = site.backend.client.job(row.job_id)
+    assert job is not None
+    # An ordinary job (no noop type: OAR runs its command), whose command is the node side with the lease's plan.
+    assert job.types == ()
+    assert job.command == f"sudo -n /usr/local/sbin/sfa-omf-lease-containers run {site.plans.plan_path(lease.id)}"
+    wait_for_job(site.backend.client, row.job_id, {"Running"}, within_s=200)  # OAR's scheduler may start it late
     assert am.instances is not None
-    first = am.instances.listing()[0]
-    assert ssh(key, first.host, "true").returncode == 0
+    instances = am.instances
 
-    client.delete_job(row.job_id, user="alice")  # behind sfa-omf's back
-    wait_for_job(client, row.job_id, {"Error", "Terminated"})
-    deadline = time.monotonic() + 30
-    destroyed: list[str] = []
-    while len(destroyed) < 2 and time.monotonic() < deadline:  # the server's next round(s)
-        destroyed += am.run_instances()[1]
-    assert sorted(destroyed) == sorted(record.name for record in am.instances.listing(live_only=False))
-    assert host.instances() == []
-    assert ssh(key, first.host, "true").returncode != 0
+    def running() -> list[Instance]:
+        am.run_instances()  # the server's round: the rows follow what the node reported
+        found = instances.of_lease(lease.id)
+        return found if found and all(record.state == RUNNING for record in found) else []
+
+    return row.job_id, key, until("the job's command reports both containers running", running, within_s=120)
+
+
+def container_states(status: dict[str, Any]) -> dict[str, str]:
+    return {
+        sliver["geni_sliver_urn"]: sliver["geni_operational_status"]
+        for sliver in status["geni_slivers"]
+        if "-c" in sliver["geni_sliver_urn"].rsplit("+", 1)[-1]
+    }
+
+
+def test_the_jobs_command_makes_the_containers_and_killing_the_job_destroys_them(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    am, client = site.am, site.backend.client
+    alice = pki.users["alice"]
+    job_id, key, containers = provision_running(site, pki, tmp_path)
+    job = client.job(job_id, with_nodes=True)
+    assert job is not None and job.nodes[0] in EXEC_NODES and job.owner == "alice"
+    # Made on the node by the job's command (the aggregate's LxcHost was never used), with the planned addresses.
+    made = {record.name: record for record in site.node_lxc.instances()}
+    assert sorted(made) == sorted(record.name for record in containers)
+    assert all(made[record.name].state == "RUNNING" for record in containers)
+    assert {made[record.name].address for record in containers} == {record.address for record in containers}
+    stdout = sorted(Path("/home/alice").glob(f"OAR.*.{job_id}.stdout"))
+    assert stdout, "the job left no stdout file in alice's home"
+    said = stdout[0].read_text()
+    assert all(f"container {record.name}: running" in said for record in containers), said
+    # Status: each container a sliver, ready (it runs and answers SSH); the slice user's key logs in.
+    status = am.status(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert sorted(container_states(status).values()) == ["geni_ready", "geni_ready"]
+    assert ssh(key, containers[0].host, "true").returncode == 0
+    # The aggregate does not act on containers a job runs elsewhere: refused, nothing changed.
+    with pytest.raises(GeniError) as refused:
+        am.perform_operational_action(alice.chain, [pki.slice_urn], [alice.slice_cred], "geni_stop", {})
+    assert refused.value.code == GeniCode.UNSUPPORTED and "job" in refused.value.message
+    assert all(record.state == "RUNNING" for record in site.node_lxc.instances())
+
+    client.delete_job(job_id, user="alice")  # behind sfa-omf's back
+    wait_for_job(client, job_id, FINAL)
+    until("the node destroyed the containers", lambda: site.node_lxc.instances() == [])
+    assert ssh(key, containers[0].host, "true").returncode != 0
+
+    def rows_destroyed() -> bool:
+        am.run_instances()
+        return all(record.state == DESTROYED for record in am.instances.listing(live_only=False))  # type: ignore[union-attr]
+
+    until("the rows say destroyed", rows_destroyed)
+
+
+def test_delete_through_the_aggregate_destroys_the_containers_on_the_node(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    am, client = site.am, site.backend.client
+    alice = pki.users["alice"]
+    job_id, _, containers = provision_running(site, pki, tmp_path)
+    (lease,) = am.bookings.leases(slice_urn=pki.slice_urn)
+    am.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert am.instances is not None
+    assert {record.state for record in am.instances.of_lease(lease.id)} == {DESTROYED}
+    assert not site.plans.plan_path(lease.id).exists()
+    wait_for_job(client, job_id, FINAL)
+    until("the node destroyed the containers", lambda: site.node_lxc.instances() == [])
+    assert len(containers) == 2

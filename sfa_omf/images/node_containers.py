@@ -1,0 +1,239 @@
+"""``sfa-omf-lease-containers``: the node side of lease containers on OAR (docs/images-and-instances.md).
+
+A lease with containers is an OAR job whose command is ``sudo -n sfa-omf-lease-containers run PLAN``: on the job's
+node, as root (the sudo rule an operator installs, docs/operators.md), it creates and starts the containers the
+aggregate planned (sfa_omf/images/node_plans.py), reports what became of each next to the plan, then waits. It
+destroys them when it is signalled (SIGTERM, SIGINT, SIGHUP). OAR ends a job (oardel, its walltime) by SIGKILLing the
+job's processes, which nothing can catch: ``sfa-omf-lease-containers reap``, run as root by OAR's node epilogue once
+the job's processes are gone, destroys the containers of every ``run`` that is no longer alive. Nothing outlives the
+job.
+
+Root runs this on behalf of the job's user, so it trusts only a plan that user cannot have written: a file owned by
+root, or by an account listed in /etc/sfa-omf/plan-writers (the aggregate's service account, e.g. ``sfa-omf``), in
+directories owned likewise that nobody else may change (sticky ones like /tmp aside), naming that user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pwd
+import signal
+import stat
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from sfa_omf.errors import GeniError
+from sfa_omf.images.lxc import InstanceSpec, LxcHost
+from sfa_omf.images.node_plans import (
+    NODE_DESTROYED,
+    NODE_FAILED,
+    NODE_RUNNING,
+    LeasePlan,
+    PlanError,
+    state_path_of,
+    write_states,
+)
+
+RUNS_DIR = Path("/run/sfa-omf-lease-containers")  # one record per live `run`, for `reap`
+WRITERS_FILE = Path("/etc/sfa-omf/plan-writers")  # accounts besides root whose plans are trusted, one per line
+LOGIN = "root"
+LAUNCH_WORKERS = 4
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A `run` in progress: its process (pid and start time: a pid is reused) and what it made."""
+
+    pid: int
+    started: str  # /proc/<pid>/stat's start time, in clock ticks since boot
+    plan: str
+    bridge: str
+    lxc_path: str
+    names: tuple[str, ...]
+
+
+def untrusted(path: Path, writers: frozenset[int] = frozenset({0})) -> str:
+    """Why root must not act on the file at ``path`` ("" when it may): it and every directory above it must be owned
+    by one of ``writers`` (uids) and not writable by others (a sticky directory, like /tmp, may be: nobody replaces
+    its owner's entries)."""
+    try:
+        info = path.lstat()
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file"
+    for item in [path, *path.parents]:
+        info = item.lstat()
+        if info.st_uid not in writers:
+            return f"{item} is not owned by root or a plan writer ({WRITERS_FILE})"
+        writable = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        if writable and not (item != path and info.st_mode & stat.S_ISVTX):
+            return f"{item} may be changed by others than its owner"
+    return ""
+
+
+def plan_writers() -> frozenset[int]:
+    """root and the accounts WRITERS_FILE lists (a file only root may change; unknown names are ignored)."""
+    uids = {0}
+    if WRITERS_FILE.is_file() and not untrusted(WRITERS_FILE):
+        for line in WRITERS_FILE.read_text().splitlines():
+            name = line.split("#", 1)[0].strip()
+            if name:
+                with contextlib.suppress(KeyError):
+                    uids.add(pwd.getpwnam(name).pw_uid)
+    return frozenset(uids)
+
+
+def invoking_user() -> str:
+    """The user on whose behalf this runs: sudo's caller, else the process's own user."""
+    return os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
+
+
+def run(plan_path: str) -> int:
+    """Create and start the plan's containers, report, wait for a stop signal, destroy them. Exit status 2 for a
+    plan refused, 1 when a container failed (the others run until the end all the same), 0 otherwise."""
+    path = Path(os.path.abspath(plan_path))
+    plan = _trusted_plan(path)
+    if plan is None:
+        return 2
+    # Signals wait until the containers are made (and a record names them): none is left half-made by a signal.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    host = LxcHost(plan.bridge, lxc_path=plan.lxc_path)
+    record = RunRecord(
+        os.getpid(), _start_time(os.getpid()), str(path), plan.bridge, plan.lxc_path,
+        tuple(c.name for c in plan.containers),
+    )  # fmt: skip
+    _register(record)
+    report = state_path_of(path)
+
+    def launch(index: int) -> tuple[str, str, str]:
+        container = plan.containers[index]
+        spec = InstanceSpec(container.name, container.address, plan.keys, LOGIN)
+        try:
+            host.launch(spec, plan.ssh_timeout_s, image=container.image)
+        except GeniError as exc:
+            return container.name, NODE_FAILED, exc.message
+        return container.name, NODE_RUNNING, ""
+
+    with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
+        outcomes = list(pool.map(launch, range(len(plan.containers))))
+    states = {name: (state, error) for name, state, error in outcomes}
+    write_states(report, states)
+    for name, state, error in outcomes:
+        print(f"container {name}: {state}{f' ({error})' if error else ''}", flush=True)
+    received = signal.sigwait(STOP_SIGNALS)
+    print(f"signal {signal.Signals(received).name}: destroying the containers", flush=True)
+    _destroy(record)
+    return 1 if any(state == NODE_FAILED for state, _ in states.values()) else 0
+
+
+def reap() -> int:
+    """Destroy the containers of every `run` whose process is gone (OAR SIGKILLed the job); returns 0."""
+    if not RUNS_DIR.is_dir():
+        return 0
+    for entry in sorted(RUNS_DIR.glob("*.json")):
+        try:
+            record = _read_record(entry)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"{entry}: unreadable ({exc}): left alone", file=sys.stderr)
+            continue
+        if _start_time(record.pid) == record.started:
+            continue  # still running: its job has not ended
+        print(f"run {record.pid} of {record.plan} is gone: destroying {', '.join(record.names)}", flush=True)
+        _destroy(record, entry)
+    return 0
+
+
+def _trusted_plan(path: Path) -> LeasePlan | None:
+    user = invoking_user()
+    writers = plan_writers()
+    if user != "root" and _uid(user) in writers:
+        print(f"refused: {user} writes plans, so no plan is trusted for {user}'s jobs", file=sys.stderr)
+        return None
+    problem = untrusted(path, writers)
+    if problem:
+        print(f"refused: {problem}; plans are written by the aggregate", file=sys.stderr)
+        return None
+    try:
+        plan = LeasePlan.from_json(path.read_text())
+    except (OSError, PlanError) as exc:
+        print(f"refused: plan {path}: {exc}", file=sys.stderr)
+        return None
+    if user not in ("root", plan.user):
+        print(f"refused: plan {path} is for {plan.user}'s job, not {user}'s", file=sys.stderr)
+        return None
+    return plan
+
+
+def _uid(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def _destroy(record: RunRecord, entry: Path | None = None) -> None:
+    """Destroy every container the record names, report them destroyed, forget the record (kept if one resists)."""
+    host = LxcHost(record.bridge, lxc_path=record.lxc_path)
+    states: dict[str, tuple[str, str]] = {}
+    for name in record.names:
+        try:
+            host.destroy(name)
+            states[name] = (NODE_DESTROYED, "")
+        except GeniError as exc:  # the next reap tries again
+            print(f"container {name} could not be destroyed: {exc.message}", file=sys.stderr)
+    plan = Path(record.plan)
+    if plan.exists() and states:
+        write_states(state_path_of(plan), states)
+    if len(states) == len(record.names):
+        (entry or _record_path(record)).unlink(missing_ok=True)
+
+
+def _record_path(record: RunRecord) -> Path:
+    return RUNS_DIR / f"{record.pid}.json"
+
+
+def _register(record: RunRecord) -> None:
+    RUNS_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _record_path(record).write_text(json.dumps(record.__dict__ | {"names": list(record.names)}))
+
+
+def _read_record(entry: Path) -> RunRecord:
+    data = json.loads(entry.read_text())
+    return RunRecord(
+        int(data["pid"]), str(data["started"]), str(data["plan"]), str(data["bridge"]), str(data["lxc_path"]),
+        tuple(str(name) for name in data["names"]),
+    )  # fmt: skip
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time (field 22 of /proc/<pid>/stat), "" when it is gone or a zombie."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = text.rsplit(")", 1)[-1].split()  # after the command name, which may hold spaces
+    return "" if fields[0] == "Z" else fields[19]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sfa-omf-lease-containers", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="create and start a lease's containers, destroy them on a signal")
+    run_parser.add_argument("plan", help="the lease's plan, written by the aggregate")
+    commands.add_parser("reap", help="destroy the containers of runs that are gone (OAR's node epilogue)")
+    arguments = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("sfa-omf-lease-containers needs root (LXC): run it through its sudo rule", file=sys.stderr)
+        return 2
+    return run(arguments.plan) if arguments.command == "run" else reap()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

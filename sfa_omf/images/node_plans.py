@@ -1,0 +1,215 @@
+"""Lease container plans: what the aggregate hands to the node side when a testbed's job runs the containers (the
+OAR backend), and what the node side reports back.
+
+The aggregate plans each container (name, address, image, the slice users' keys) and writes the lease's plan, a JSON
+file ``<lease id>.plan.json``, into the plans directory (``leases/`` in the image store, which the nodes share as
+FutureGrid's nodes shared its image repository). The lease's OAR job runs ``sfa-omf-lease-containers run PLAN`` on
+its node (sfa_omf/images/node_containers.py), which creates and starts them and writes what became of each into
+``<lease id>.state.json`` next to the plan; the aggregate reads it on its rounds. Plain data both ways; stdlib only
+(the node command imports this).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PLANS_DIR_NAME = "leases"
+PLAN_SUFFIX = ".plan.json"
+STATE_SUFFIX = ".state.json"
+# What the node side reports for each container (the aggregate's row states of the same names).
+NODE_RUNNING, NODE_FAILED, NODE_DESTROYED = "running", "failed", "destroyed"
+NODE_STATES = (NODE_RUNNING, NODE_FAILED, NODE_DESTROYED)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # a lease id, a container's name, a bridge, a login
+_KEY = re.compile(r"^[A-Za-z0-9@._+-]+ [A-Za-z0-9+/=]+( [^\n\r]*)?$")  # one OpenSSH public key line
+
+
+class PlanError(ValueError):
+    """A plan or state file that is not what the aggregate writes (the node side refuses it, saying why)."""
+
+
+@dataclass(frozen=True)
+class PlannedContainer:
+    """One container of the plan: its LXC name, its address with prefix (``10.217.0.10/24``) and the image file to
+    lay over its base ("" for none)."""
+
+    name: str
+    address: str
+    image: str
+
+
+@dataclass(frozen=True)
+class LeasePlan:
+    """Everything the node side needs to make a lease's containers, and nothing it must look up."""
+
+    lease_id: str
+    user: str  # the Unix login the lease's job runs as: only that user's job may start them
+    bridge: str
+    lxc_path: str
+    ssh_timeout_s: float
+    keys: tuple[str, ...]  # the slice users' SSH public keys, for root inside each container
+    containers: tuple[PlannedContainer, ...]
+
+    def to_json(self) -> str:
+        data = {
+            "lease_id": self.lease_id,
+            "user": self.user,
+            "bridge": self.bridge,
+            "lxc_path": self.lxc_path,
+            "ssh_timeout_s": self.ssh_timeout_s,
+            "keys": list(self.keys),
+            "containers": [{"name": c.name, "address": c.address, "image": c.image} for c in self.containers],
+        }
+        return json.dumps(data, indent=1, sort_keys=True) + "\n"
+
+    @staticmethod
+    def from_json(text: str) -> LeasePlan:
+        """The plan in ``text``; PlanError naming the first thing wrong (the node runs it as root: all is checked)."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise PlanError(f"not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise PlanError("not a JSON object")
+        containers = data.get("containers")
+        keys = data.get("keys")
+        timeout = data.get("ssh_timeout_s")
+        if not isinstance(containers, list) or not containers:
+            raise PlanError("no containers")
+        if not isinstance(keys, list) or not all(isinstance(key, str) and _KEY.match(key) for key in keys):
+            raise PlanError("keys must be a list of OpenSSH public key lines")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
+            raise PlanError("ssh_timeout_s must be a number of seconds in (0, 600]")
+        lxc_path = _text(data, "lxc_path")
+        if not os.path.isabs(lxc_path):
+            raise PlanError(f"lxc_path {lxc_path!r} is not an absolute path")
+        planned = []
+        for item in containers:
+            if not isinstance(item, dict):
+                raise PlanError("each container must be a JSON object")
+            image = _text(item, "image", empty=True)
+            if image and not os.path.isabs(image):
+                raise PlanError(f"image {image!r} is not an absolute path")
+            planned.append(PlannedContainer(_named(item, "name"), _address(_text(item, "address")), image))
+        if len({c.name for c in planned}) != len(planned):
+            raise PlanError("a container name appears twice")
+        return LeasePlan(
+            lease_id=_named(data, "lease_id"),
+            user=_named(data, "user"),
+            bridge=_named(data, "bridge"),
+            lxc_path=lxc_path,
+            ssh_timeout_s=float(timeout),
+            keys=tuple(keys),
+            containers=tuple(planned),
+        )
+
+
+class LeasePlans:
+    """The plans directory: the aggregate writes plans and reads states; the node side writes states."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def plan_path(self, lease_id: str) -> Path:
+        return self.directory / f"{_checked_name(lease_id)}{PLAN_SUFFIX}"
+
+    def state_path(self, lease_id: str) -> Path:
+        return self.directory / f"{_checked_name(lease_id)}{STATE_SUFFIX}"
+
+    def write(self, plan: LeasePlan) -> Path:
+        """Write (replace) the lease's plan at once (a reader sees the old file or the new one, never half)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.plan_path(plan.lease_id)
+        _write_at_once(path, plan.to_json())
+        return path
+
+    def states(self, lease_id: str) -> dict[str, tuple[str, str]]:
+        """What the node side reported: container name -> (state, error); {} when it reported nothing (yet)."""
+        try:
+            return read_states(self.state_path(lease_id).read_text())
+        except (OSError, PlanError):
+            return {}
+
+    def remove(self, lease_id: str) -> None:
+        """The lease is over: its plan and state go."""
+        self.plan_path(lease_id).unlink(missing_ok=True)
+        self.state_path(lease_id).unlink(missing_ok=True)
+
+
+def plans_directory(store: str | os.PathLike[str]) -> Path:
+    """The plans directory of an image store."""
+    return Path(store) / PLANS_DIR_NAME
+
+
+def state_path_of(plan_path: Path) -> Path:
+    """Where the node side reports on the plan at ``plan_path``."""
+    return plan_path.with_name(plan_path.name.removesuffix(PLAN_SUFFIX) + STATE_SUFFIX)
+
+
+def write_states(path: Path, states: dict[str, tuple[str, str]]) -> None:
+    """The node side's report: each container's state and error."""
+    data = {name: {"state": state, "error": error} for name, (state, error) in sorted(states.items())}
+    _write_at_once(path, json.dumps(data, indent=1) + "\n")
+
+
+def read_states(text: str) -> dict[str, tuple[str, str]]:
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise PlanError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PlanError("not a JSON object")
+    found = {}
+    for name, item in data.items():
+        if not isinstance(item, dict) or item.get("state") not in NODE_STATES:
+            raise PlanError(f"container {name!r}: no known state")
+        found[str(name)] = (str(item["state"]), str(item.get("error") or ""))
+    return found
+
+
+def _write_at_once(path: Path, text: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.chmod(temporary, 0o644)  # the job's user may read what is planned for them; only the writer changes it
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _text(data: dict[str, Any], key: str, empty: bool = False) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or (not value and not empty) or "\n" in value or "\0" in value:
+        raise PlanError(f"{key} must be a line of text")
+    return value
+
+
+def _named(data: dict[str, Any], key: str) -> str:
+    value = _text(data, key)
+    if not _NAME.match(value):
+        raise PlanError(f"{key} {value!r} is not a plain name (letters, digits, _ . -)")
+    return value
+
+
+def _checked_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{value!r} is not a plain name")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        interface = ipaddress.IPv4Interface(value)
+    except ValueError as exc:
+        raise PlanError(f"address {value!r} is not an IPv4 address with its prefix") from exc
+    if "/" not in value:
+        raise PlanError(f"address {value!r} has no prefix")
+    return str(interface)

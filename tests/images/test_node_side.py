@@ -1,0 +1,314 @@
+"""Lease containers run by a testbed's jobs (the OAR backend), without OAR nor LXC: the plan the aggregate writes at
+Provision and what the node command accepts of it, the rows following the node side's reports, Delete removing the
+plan, operational actions refused, and the OAR job the backend makes of a lease with a plan. The real thing, with OAR
+running the job on a node and LXC, is tests/testbed/oar/test_containers.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.policy import Policy
+from sfa_omf.calendar.records import NodeSpec
+from sfa_omf.errors import GeniCode, GeniError, Reason
+from sfa_omf.images import node_containers
+from sfa_omf.images.instances import DESTROYED, FAILED, PLANNED, RUNNING, Instances
+from sfa_omf.images.lxc import LxcHost
+from sfa_omf.images.node_plans import (
+    LeasePlan,
+    LeasePlans,
+    PlanError,
+    PlannedContainer,
+    read_states,
+    state_path_of,
+    write_states,
+)
+from sfa_omf.images.store import ImageStore
+from sfa_omf.registry.accounts import Accounts
+from sfa_omf.testbed.oar.backend import OarTestbed
+from sfa_omf.testbed.oar.client import OarClient
+from sfa_omf.times import format_time
+from sfa_omf.trust.verifier import CredentialVerifier
+from tests.conftest import DemoPki
+from tests.images.lxc_env import address, bridge, key_pair, needs_lxc, ssh
+
+NODE = "urn:publicid:IDN+testbed+node+node1"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForPlansOnly0000000000000000000000 alice"
+PLAN = LeasePlan(
+    lease_id="0f94abcd",
+    user="alice",
+    bridge="sfaomf-lxc0",
+    lxc_path="/var/lib/lxc",
+    ssh_timeout_s=30.0,
+    keys=(KEY,),
+    containers=(PlannedContainer("sfaomf-0f94abcd-0", "10.217.0.2/24", "/srv/images/tools.tar"),),
+)
+
+
+class NoLxc(LxcHost):
+    """The aggregate's LxcHost when the testbed's jobs run the containers: any LXC action through it fails."""
+
+    def _used(self, *args: Any, **kwargs: Any) -> Any:
+        pytest.fail("the aggregate acted on LXC itself")
+
+    launch = create = start = stop = destroy = state = made = instances = destroy_lease = _used
+
+
+# -- the plan and what the node command accepts -----------------------------------------------------------------
+def test_a_plan_reads_back_as_written() -> None:
+    assert LeasePlan.from_json(PLAN.to_json()) == PLAN
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"user": "alice; rm -rf /"}, "user"),
+        ({"lxc_path": "lxc"}, "lxc_path"),
+        ({"keys": ["not a key\nsecond line"]}, "keys"),
+        ({"ssh_timeout_s": 0}, "ssh_timeout_s"),
+        ({"containers": ()}, "no containers"),
+        ({"containers": (PlannedContainer("../etc", "10.217.0.2/24", ""),)}, "name"),
+        ({"containers": (PlannedContainer("c0", "10.217.0.2", ""),)}, "prefix"),
+        ({"containers": (PlannedContainer("c0", "10.217.0.2/24", "tools.tar"),)}, "absolute"),
+        ({"containers": (PlannedContainer("c0", "10.217.0.2/24", ""), PlannedContainer("c0", "10.217.0.3/24", ""))},
+         "twice"),
+    ],
+)  # fmt: skip
+def test_a_plan_the_aggregate_would_not_write_is_refused(change: dict[str, Any], words: str) -> None:
+    with pytest.raises(PlanError, match=words):
+        LeasePlan.from_json(replace(PLAN, **change).to_json())
+
+
+def test_the_node_command_trusts_only_root_owned_plans(tmp_path: Path) -> None:
+    plans = LeasePlans(tmp_path / "leases")
+    path = plans.write(PLAN)
+    if os.geteuid() == 0:
+        assert node_containers.untrusted(path) == ""
+        os.chown(path, 65534, -1)  # nobody's
+    assert "not owned by root or a plan writer" in node_containers.untrusted(path)
+
+
+def test_the_node_command_trusts_the_plan_writers_an_operator_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The aggregate may run as a service account (sfa-omf): listed in /etc/sfa-omf/plan-writers, its plans count;
+    a job of that very account is then refused (it could write its own plan)."""
+    if os.geteuid() != 0:
+        pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
+    writers = tmp_path / "plan-writers"
+    writers.write_text("# the aggregate's account\nnobody\nno-such-user\n")
+    monkeypatch.setattr(node_containers, "WRITERS_FILE", writers)
+    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    for item in (path, path.parent):
+        os.chown(item, 65534, -1)
+    assert node_containers.untrusted(path, node_containers.plan_writers()) == ""
+    monkeypatch.setenv("SUDO_USER", "nobody")
+    assert node_containers.run(str(path)) == 2
+    assert "nobody writes plans" in capsys.readouterr().err
+
+
+def test_the_node_command_refuses_a_directory_others_may_change(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
+    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    path.parent.chmod(0o777)  # not sticky: anybody could replace the plan
+    assert "may be changed by others" in node_containers.untrusted(path)
+    path.parent.chmod(0o1777)  # sticky (like /tmp): nobody replaces root's file
+    assert node_containers.untrusted(path) == ""
+
+
+def test_the_node_command_refuses_a_plan_for_another_users_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
+    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    monkeypatch.setenv("SUDO_USER", "bob")  # bob's job names alice's plan
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
+    assert node_containers.run(str(path)) == 2
+    assert "for alice's job, not bob's" in capsys.readouterr().err
+    assert not runs.exists() and not state_path_of(path).exists()  # nothing done
+
+
+# -- the aggregate: plan at Provision, follow the node's reports --------------------------------------------------
+@dataclass
+class Site:
+    am: Aggregate
+    instances: Instances
+    plans: LeasePlans
+
+
+@pytest.fixture
+def site(pki: DemoPki, tmp_path: Path) -> Iterator[Site]:
+    database = Database(sqlite_url(str(tmp_path / "am.sqlite")))
+    database.upgrade()
+    store = ImageStore(database, tmp_path / "images")
+    plans = LeasePlans(tmp_path / "images" / "leases")
+    instances = Instances(database, NoLxc("br-test", lxc_path="/srv/lxc"), "10.217.0.0/24", store, plans=plans)
+    accounts = Accounts(database)
+    accounts.pin(pki.users["alice"].chain[0].urn or "", "alice")
+    am = Aggregate(
+        AggregateSettings(authority_hrn="testbed"),
+        database,
+        CredentialVerifier(pki.roots),
+        Policy(min_duration_s=60),
+        accounts=accounts,
+        images=store,
+        instances=instances,
+    )
+    am.inventory.add_node(NodeSpec(NODE, "node1", grain_s=60))
+    yield Site(am, instances, plans)
+
+
+def provision(site: Site, pki: DemoPki) -> str:
+    alice = pki.users["alice"]
+    rspec = (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
+        'xmlns:inst="http://sfa-omf.org/rspec/ext/instances/1">'
+        f'<node client_id="n" component_id="{NODE}" exclusive="true">'
+        '<sliver_type name="lxc" inst:count="2"/></node></rspec>'
+    )
+    end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=30)
+    options = {"geni_end_time": format_time(end), "geni_users": [{"urn": alice.chain[0].urn, "keys": [KEY]}]}
+    site.am.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], rspec, options)
+    site.am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)
+    (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    return lease.id
+
+
+def test_provision_writes_the_plan_the_node_command_reads(site: Site, pki: DemoPki) -> None:
+    lease_id = provision(site, pki)
+    plan = LeasePlan.from_json(site.plans.plan_path(lease_id).read_text())
+    records = site.instances.of_lease(lease_id)
+    assert plan.user == "alice" and plan.keys == (KEY,)
+    assert (plan.bridge, plan.lxc_path) == ("br-test", "/srv/lxc")
+    assert [(c.name, c.address) for c in plan.containers] == [(r.name, r.address) for r in records]
+    assert len({c.address for c in plan.containers}) == 2 and all(r.state == PLANNED for r in records)
+
+
+def test_the_rows_follow_what_the_node_reports(site: Site, pki: DemoPki) -> None:
+    lease_id = provision(site, pki)
+    first, second = site.instances.of_lease(lease_id)
+    assert site.am.run_instances() == ([], [])  # nothing reported yet: nothing changes, LXC untouched here
+    write_states(
+        site.plans.state_path(lease_id), {first.name: ("running", ""), second.name: ("failed", "no space left")}
+    )
+    assert site.am.run_instances() == ([first.name], [])
+    states = {r.name: (r.state, r.error) for r in site.instances.of_lease(lease_id)}
+    assert states == {first.name: (RUNNING, ""), second.name: (FAILED, "no space left")}
+    write_states(site.plans.state_path(lease_id), {first.name: ("destroyed", ""), second.name: ("destroyed", "")})
+    assert sorted(site.am.run_instances()[1]) == sorted([first.name, second.name])
+    assert {(r.state, r.address) for r in site.instances.of_lease(lease_id)} == {(DESTROYED, "")}
+
+
+def test_delete_forgets_the_plan_and_leaves_lxc_to_the_node(site: Site, pki: DemoPki) -> None:
+    lease_id = provision(site, pki)
+    alice = pki.users["alice"]
+    site.am.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert {r.state for r in site.instances.of_lease(lease_id)} == {DESTROYED}
+    assert not site.plans.plan_path(lease_id).exists()
+
+
+@pytest.mark.parametrize("action", ["geni_start", "geni_stop", "geni_restart"])
+def test_operational_actions_on_containers_a_job_runs_are_refused(site: Site, pki: DemoPki, action: str) -> None:
+    lease_id = provision(site, pki)
+    alice = pki.users["alice"]
+    before = site.instances.of_lease(lease_id)
+    with pytest.raises(GeniError) as refused:
+        site.am.perform_operational_action(alice.chain, [pki.slice_urn], [alice.slice_cred], action, {})
+    assert refused.value.code == GeniCode.UNSUPPORTED
+    assert action in refused.value.message and "Delete" in refused.value.message
+    assert site.instances.of_lease(lease_id) == before
+
+
+def test_saving_a_container_a_job_runs_is_refused(site: Site, pki: DemoPki) -> None:
+    lease_id = provision(site, pki)
+    (record, _) = site.instances.of_lease(lease_id)
+    with pytest.raises(GeniError) as refused:
+        site.instances.save(record, "mine", "urn:publicid:IDN+testbed+user+alice", datetime.now(UTC))
+    assert refused.value.code == GeniCode.UNSUPPORTED and site.instances.images.get("mine") is None
+
+
+# -- the OAR job of a lease with containers ----------------------------------------------------------------------
+def test_a_lease_with_a_plan_is_an_ordinary_oar_job_running_the_node_command(site: Site, pki: DemoPki) -> None:
+    lease_id = provision(site, pki)
+    (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    client = OarClient("http://127.0.0.1:9/oarapi")  # never called here
+    backend = OarTestbed(client, site.am.database, "testbed", container_plans=site.plans, container_command="/x/c")
+    assert backend._job_of(lease) == ("", f"sudo -n /x/c run {site.plans.plan_path(lease_id)}")
+    backend.job_type = "deploy"
+    with pytest.raises(GeniError) as refused:
+        backend._job_of(lease)
+    assert refused.value.reason == Reason.UNSUPPORTED
+    site.plans.remove(lease_id)
+    backend.job_type = "noop"
+    assert backend._job_of(lease) == ("noop", "")
+
+
+# -- the node command for real (LXC on the project's bridge; root) ----------------------------------------------
+@needs_lxc
+def test_the_node_command_makes_the_containers_and_destroys_them_on_sigterm(tmp_path: Path) -> None:
+    key, public = key_pair(tmp_path, "alice")
+    plan = replace(
+        PLAN,
+        bridge=bridge(),
+        lxc_path=str(tmp_path / "lxc"),
+        keys=(public,),
+        containers=(PlannedContainer("sfaomf-0f94abcd-0", address(231), ""),),
+    )
+    path = LeasePlans(tmp_path / "leases").write(plan)
+    runs = tmp_path / "runs"
+    node = LxcHost(bridge(), lxc_path=plan.lxc_path)
+    script = (
+        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
+        f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
+    )
+    command = subprocess.Popen([sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = command.stdout.readline() if command.stdout else ""  # once the containers are made
+        assert line.strip() == "container sfaomf-0f94abcd-0: running"
+        assert read_states(state_path_of(path).read_text()) == {"sfaomf-0f94abcd-0": ("running", "")}
+        assert [record.name for record in node.instances()] == ["sfaomf-0f94abcd-0"] and len(list(runs.iterdir())) == 1
+        assert ssh(key, address(231).split("/")[0], "true").returncode == 0
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=60) == 0
+        assert node.instances() == [] and list(runs.iterdir()) == []
+        assert read_states(state_path_of(path).read_text()) == {"sfaomf-0f94abcd-0": ("destroyed", "")}
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+        for record in node.instances():
+            node.destroy(record.name)
+
+
+def test_reap_destroys_the_containers_of_runs_that_are_gone_and_only_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OAR SIGKILLs a job's processes; its epilogue's reap then destroys what the run made (here: LXC directories
+    that do not exist, so nothing else is touched), and leaves a live run alone."""
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
+    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    # pid_max is at most 2**22: no process has this pid (a gone run, as after OAR's SIGKILL)
+    dead = node_containers.RunRecord(2**22 + 1, "1", str(path), "br", str(tmp_path / "lxc"), ("sfaomf-a-0",))
+    live = node_containers.RunRecord(
+        os.getpid(), node_containers._start_time(os.getpid()), str(path), "br", str(tmp_path / "lxc"), ("sfaomf-b-0",)
+    )
+    for record in (dead, live):
+        node_containers._register(record)
+    assert node_containers.reap() == 0
+    assert sorted(entry.name for entry in runs.iterdir()) == [f"{os.getpid()}.json"]
+    assert read_states(state_path_of(path).read_text()) == {"sfaomf-a-0": ("destroyed", "")}
