@@ -52,6 +52,7 @@ def test_threads_booking_and_cancelling_several_nodes_never_double_book(calendar
     threads_count, rounds = 8, 12
     kept: dict[str, set[str]] = {}  # the leases each thread believes it holds
     cancelled: set[str] = set()
+    booked: list[str] = []  # every lease booked, held or cancelled since
     errors: list[BaseException] = []
     lock = threading.Lock()
 
@@ -70,6 +71,8 @@ def test_threads_booking_and_cancelling_several_nodes_never_double_book(calendar
                         [BookingRequest(node, start, end) for node in chosen],
                     )
                     mine.update(lease.id for lease in result.leases)
+                    with lock:
+                        booked.extend(lease.id for lease in result.leases)
                 except BookingConflict:
                     pass
                 if mine and rng.random() < 0.4:
@@ -94,4 +97,5 @@ def test_threads_booking_and_cancelling_several_nodes_never_double_book(calendar
     assert held_leases == set().union(*kept.values())
     assert not held_leases & cancelled
     assert len(held(calendar.database)) == sum(len(lease.slivers) for lease in calendar.bookings.leases())
-    assert held_leases  # the race booked something
+    assert booked  # the first booking checked, on an empty calendar, cannot have met a conflict
+    assert held_leases | cancelled == set(booked)
