@@ -17,8 +17,10 @@ is printed too).
 Status is of a slice holding one sliver, on the kept-alive connection and, as sfi.py does, on a new connection (TCP
 and TLS handshake) for each call. Allocate: each client is a user of its own, with its own slice and its own node,
 and every call books the next free 30-minute slot of that node (no call waits for another's booking); the answer is
-checked (geni_code 0, one new sliver). CPU: user + system seconds of every server process (masters and
-workers) and of this process (the clients), per second of wall time: 100 % is one core. connections: how the clients'
+checked (geni_code 0, one new sliver). Before each Allocate measurement the slices are emptied (their leases
+removed), so that every setup books from the same empty slices (an Allocate answers with its whole slice).
+CPU: user + system seconds of every server process (masters and workers) and of this process (the clients), per
+second of wall time: 100 % is one core. connections: how the clients'
 kept-alive connections were spread over the serving processes at the end (from ss), largest first.
 """
 
@@ -47,6 +49,7 @@ from calendar_bench import check_database_url
 from serving import free_port, sfa_omf_command
 from sqlalchemy import create_engine, text
 
+from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.records import NodeSpec
@@ -305,6 +308,19 @@ def measure(lab: Lab, instances: list[Instance], method: str, clients: int, seco
     return Row(setup, method, sum(counts), elapsed, server_cpu, client_cpu, split)
 
 
+def release_allocations(lab: Lab, url: str) -> None:
+    """Remove what the clients' Allocates booked before (as if never booked), so that every Allocate measurement
+    starts from empty slices: an Allocate answers with its whole slice's manifest, so slices that kept every earlier
+    booking made each later call slower, and each setup measured later look slower than the one before it."""
+    database = Database(url)
+    try:
+        bookings = Bookings(database)
+        for urn, _ in lab.slices:
+            bookings.discard(lease.id for lease in bookings.leases(slice_urn=urn, active_only=False))
+    finally:
+        database.dispose()
+
+
 def run_setup(lab: Lab, args: argparse.Namespace, directory: str, setup: str, shape: list[int]) -> list[Row]:
     """Start one instance per entry of ``shape`` (its workers), measure Status then Allocate, stop them."""
     instances = [
@@ -320,7 +336,12 @@ def run_setup(lab: Lab, args: argparse.Namespace, directory: str, setup: str, sh
             proxy = xmlrpc.client.ServerProxy(instances[0].url, context=lab.context, allow_none=True)
             rspec, _ = request(len(lab.slices), 0)
             checked(proxy.Allocate(urn, [credential], rspec, {}), "Allocate")
-        return [measure(lab, instances, method, args.clients, args.seconds, setup) for method in args.methods]
+        rows = []
+        for method in args.methods:
+            if method == "Allocate":
+                release_allocations(lab, args.postgres_url)
+            rows.append(measure(lab, instances, method, args.clients, args.seconds, setup))
+        return rows
     finally:
         for instance in instances:
             instance.stop()

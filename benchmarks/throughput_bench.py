@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         with open(os.path.join(sfi, f"{AUTHORITY}.{USER}-{AUTHORITY}.demo.slice.cred"), encoding="utf-8") as handle:
             slice_cred = {"geni_type": "geni_sfa", "geni_version": "3", "geni_value": handle.read()}
         server = Server(os.path.join(directory, "sfa-omf.conf"), os.path.join(workdir, "server.log"), args.threads)
+        # One serving process against the trivial server's one: on PostgreSQL ``serve`` would otherwise fork a worker
+        # per core, and the CPU read from the master's /proc entry would be none of theirs.
+        server.environ["SFA_OMF_WORKERS"] = "1"
         database = Database(server.settings.calendar_url)
         database.upgrade()
         add_nodes(database, 0, args.nodes)

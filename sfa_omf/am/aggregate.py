@@ -291,8 +291,11 @@ class Aggregate:
                 f"the request names {len(request.nodes)} nodes, over this aggregate's limit of "
                 f"{self.policy.max_nodes_per_request} per request (policy rule max_nodes_per_request): split it",
             )
+        # The image repository matters only to container slivers: a request without any does not read it.
+        asks_containers = any(node.sliver_type == CONTAINER_SLIVER_TYPE for node in request.nodes)
+        repository = self.images.images() if asks_containers else []
         containers = check_request(
-            request, self.instances, self.policy.max_instances_per_node, self.images.images(), verified.owner_urn
+            request, self.instances, self.policy.max_instances_per_node, repository, verified.owner_urn
         )  # before anything is written
         wanted: list[BookingRequest] = []
         for lease in request.leases:

@@ -8,15 +8,16 @@ the check, which then reports the winner's booking as the conflict.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import Select, bindparam, delete, func, select
+from sqlalchemy import BigInteger, Row, Select, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -24,7 +25,7 @@ from sfa_omf.calendar.database import RETRY_ATTEMPTS, Database, is_overlap_viola
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
-from sfa_omf.calendar.queries import from_s, held_windows, to_s
+from sfa_omf.calendar.queries import from_s, held_windows, table_of, to_s
 from sfa_omf.calendar.records import BookingRequest, BookingResult, Conflict, LeaseRecord, SliverRecord
 from sfa_omf.calendar.slices import Contact, apply_users, record_contact
 from sfa_omf.errors import GeniError, Reason
@@ -130,17 +131,19 @@ class Bookings:
         users: Mapping[str, Sequence[str]],
         contact: Contact | None = None,
     ) -> BookingResult:
+        # Column statements built once and plain rows, no ORM objects: a booking is on every Allocate, and the ORM's
+        # unit of work (identity map, lazy loads, flush ordering) cost several times the statements themselves.
         now_s = to_s(self.clock())
         expires_s = to_s(slice_expires)
         with self.database.write() as session:
             self._serialize_slice(session, slice_urn, owner_urn)
-            slice_row = self._slice_for_booking(session, slice_urn, expires_s)
+            slice_id = self._slice_for_booking(session, slice_urn, expires_s)
             # Racers for the same node queue on its row (locked in id order, so never in a cycle) instead of
             # deadlocking inside the exclusion check; bookings of other nodes still run in parallel. The exclusion
             # constraint stays the guarantee. (SQLite: BEGIN IMMEDIATE has serialized writers already.)
-            query = select(Node).where(Node.component_id.in_({r.node for r in requests})).order_by(Node.id)
-            nodes = {node.component_id: node for node in session.scalars(query.with_for_update())}
-            wanted: list[tuple[BookingRequest, Node, Interval]] = []
+            locked = session.execute(_NODES_FOR_BOOKING, {"component_ids": sorted({r.node for r in requests})})
+            nodes = {row.component_id: _BookedNode(*row) for row in locked}
+            wanted: list[tuple[BookingRequest, _BookedNode, Interval]] = []
             conflicts: list[Conflict] = []
             for request in requests:
                 node = nodes.get(request.node)
@@ -167,38 +170,43 @@ class Bookings:
             conflicts += clashes
             if conflicts and (not best_effort or not free):
                 raise BookingConflict(conflicts)
-            self._check_limits(session, slice_row, owner_urn, [(node, window) for _, node, window in free])
-            leases = self._insert(session, slice_row, owner_urn, free, now_s)
+            self._check_limits(session, slice_id, slice_urn, owner_urn, [(node, window) for _, node, window in free])
+            leases = self._insert(session, slice_id, slice_urn, owner_urn, free, now_s)
             if users:
+                slice_row = session.get(Slice, slice_id)
+                assert slice_row is not None  # written or read above, in this transaction
                 apply_users(slice_row, users)
             record_contact(session, contact, now_s)
             session.flush()
-            return BookingResult(leases=tuple(lease_record(lease) for lease in leases), refused=tuple(conflicts))
+            return BookingResult(leases=tuple(leases), refused=tuple(conflicts))
 
     def _serialize_slice(self, session: Session, slice_urn: str, owner_urn: str) -> None:
         """On PostgreSQL, serialize bookings of one slice and one user so limit checks see each other."""
         if self.database.is_sqlite:
             return  # BEGIN IMMEDIATE already serializes every writer
-        for key in sorted({slice_urn, owner_urn} - {""}):
-            session.execute(select(func.pg_advisory_xact_lock(zlib.crc32(key.encode("utf-8")))))
+        keys = [zlib.crc32(key.encode("utf-8")) for key in sorted({slice_urn, owner_urn} - {""})]
+        # One round trip: PostgreSQL evaluates a select list in order, so the locks are taken in this order.
+        if keys:
+            session.execute(_ADVISORY_LOCKS[len(keys) - 1], {f"key{n}": key for n, key in enumerate(keys)})
 
-    def _slice_for_booking(self, session: Session, slice_urn: str, expires_s: int) -> Slice:
-        slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn))
-        if slice_row is None:
-            slice_row = Slice(urn=slice_urn, expires_s=expires_s, shut_down=False)
-            session.add(slice_row)
-            session.flush()
-        elif slice_row.shut_down:
+    def _slice_for_booking(self, session: Session, slice_urn: str, expires_s: int) -> int:
+        """The slice's id, the slice recorded first if new; its expiry set to the credential's (the slice
+        authority's word is the latest). Refuses a slice that was shut down."""
+        row = session.execute(_SLICE_FOR_BOOKING, {"urn": slice_urn}).first()
+        if row is None:
+            return int(session.execute(_NEW_SLICE, {"urn": slice_urn, "expires_s": expires_s}).scalar_one())
+        slice_id, shut_down, stored_expires_s = row
+        if shut_down:
             raise PolicyViolation(
                 "shutdown", f"slice {slice_urn} was shut down; an operator must release it before it books again"
             )
-        else:
-            slice_row.expires_s = expires_s  # the slice authority's word (from the credential) is the latest
-        return slice_row
+        if stored_expires_s != expires_s:
+            session.execute(_SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": expires_s})
+        return int(slice_id)
 
     def _split_free(
-        self, session: Session, wanted: list[tuple[BookingRequest, Node, Interval]]
-    ) -> tuple[list[tuple[BookingRequest, Node, Interval]], list[Conflict]]:
+        self, session: Session, wanted: list[tuple[BookingRequest, _BookedNode, Interval]]
+    ) -> tuple[list[tuple[BookingRequest, _BookedNode, Interval]], list[Conflict]]:
         """Split the wanted windows into free ones and conflicts (with the clashing windows and next free start)."""
         if not wanted:
             return [], []
@@ -207,8 +215,8 @@ class Bookings:
         # Checking needs only what lies inside the requested span; later windows matter only to say when a
         # conflicting node is free next, so they are read for conflicting nodes only.
         busy = held_windows(session, earliest, latest, node_ids={node.id for _, node, _ in wanted})
-        free: list[tuple[BookingRequest, Node, Interval]] = []
-        clashes: list[tuple[BookingRequest, Node, Interval, list[Interval]]] = []
+        free: list[tuple[BookingRequest, _BookedNode, Interval]] = []
+        clashes: list[tuple[BookingRequest, _BookedNode, Interval, list[Interval]]] = []
         for request, node, window in wanted:
             taken = busy[node.id]
             clashing = [interval for interval in taken if overlaps(interval, window)]
@@ -239,14 +247,14 @@ class Bookings:
         return free, conflicts
 
     def _check_limits(
-        self, session: Session, slice_row: Slice, owner_urn: str, new: list[tuple[Node, Interval]]
+        self, session: Session, slice_id: int, slice_urn: str, owner_urn: str, new: list[tuple[_BookedNode, Interval]]
     ) -> None:
         policy = self.policy
         windows = sorted({window for _, window in new})
         if policy.max_concurrent_leases_per_slice is not None:
             existing = session.execute(
                 select(Lease.start_s, Lease.end_s).where(
-                    Lease.slice_id == slice_row.id, Lease.state.in_(ACTIVE_LEASE_STATES)
+                    Lease.slice_id == slice_id, Lease.state.in_(ACTIVE_LEASE_STATES)
                 )
             ).all()
             for window in windows:
@@ -254,7 +262,7 @@ class Bookings:
                 if concurrent > policy.max_concurrent_leases_per_slice:
                     raise PolicyViolation(
                         "max_concurrent_leases_per_slice",
-                        f"slice {slice_row.urn} would hold {concurrent} leases at once, more than "
+                        f"slice {slice_urn} would hold {concurrent} leases at once, more than "
                         f"{policy.max_concurrent_leases_per_slice}",
                     )
         if policy.max_hours_per_day_per_user is not None and owner_urn:
@@ -277,45 +285,85 @@ class Bookings:
     def _insert(
         self,
         session: Session,
-        slice_row: Slice,
+        slice_id: int,
+        slice_urn: str,
         owner_urn: str,
-        free: list[tuple[BookingRequest, Node, Interval]],
+        free: list[tuple[BookingRequest, _BookedNode, Interval]],
         now_s: int,
-    ) -> list[Lease]:
-        by_lease: dict[tuple[Interval, str], list[tuple[BookingRequest, Node]]] = defaultdict(list)
+    ) -> list[LeaseRecord]:
+        """Insert the leases and their slivers (two statements, however many) and answer their records, made from
+        the values written."""
+        by_lease: dict[tuple[Interval, str], list[tuple[BookingRequest, _BookedNode]]] = defaultdict(list)
         for request, node, window in free:
             by_lease[(window, request.lease_label)].append((request, node))
-        leases = []
+        lease_rows: list[dict[str, Any]] = []
+        sliver_rows: list[dict[str, Any]] = []
+        records = []
         for (window, label), members in sorted(by_lease.items()):
-            lease = Lease(
-                id=str(uuid.uuid4()),
-                slice=slice_row,
-                owner_urn=owner_urn,
-                start_s=window[0],
-                end_s=window[1],
-                state="allocated",
-                client_id=label,
+            lease_id = str(uuid.uuid4())
+            lease_rows.append(
+                {
+                    "id": lease_id,
+                    "slice_id": slice_id,
+                    "owner_urn": owner_urn,
+                    "start_s": window[0],
+                    "end_s": window[1],
+                    "state": "allocated",
+                    "client_id": label,
+                }
             )
-            session.add(lease)
+            start, end = from_s(window[0]), from_s(window[1])
+            expires_s = min(now_s + self.policy.allocation_ttl_s, window[1])
+            expires = from_s(expires_s)
+            slivers = []
             # Insert in node order so that racing transactions on PostgreSQL take locks in the same order.
             for request, node in sorted(members, key=lambda member: member[1].id):
-                session.add(
-                    Sliver(
-                        urn=new_sliver_urn(self.sliver_authority),
-                        lease=lease,
-                        node=node,
-                        start_s=window[0],
-                        end_s=window[1],
-                        holds_node=True,
+                urn = new_sliver_urn(self.sliver_authority)
+                sliver_rows.append(
+                    {
+                        "urn": urn,
+                        "lease_id": lease_id,
+                        "node_id": node.id,
+                        "start_s": window[0],
+                        "end_s": window[1],
+                        "holds_node": True,
+                        "allocation_state": "geni_allocated",
+                        "operational_state": "geni_pending_allocation",
+                        "expires_s": expires_s,
+                        "client_id": request.client_id,
+                        "disk_image": request.disk_image,
+                    }
+                )
+                slivers.append(
+                    SliverRecord(
+                        urn=urn,
+                        node=node.component_id,
+                        lease_id=lease_id,
+                        start=start,
+                        end=end,
                         allocation_state="geni_allocated",
                         operational_state="geni_pending_allocation",
-                        expires_s=min(now_s + self.policy.allocation_ttl_s, window[1]),
+                        expires=expires,
                         client_id=request.client_id,
                         disk_image=request.disk_image,
                     )
                 )
-            leases.append(lease)
-        return leases
+            records.append(
+                LeaseRecord(
+                    id=lease_id,
+                    slice_urn=slice_urn,
+                    owner_urn=owner_urn,
+                    start=start,
+                    end=end,
+                    state="allocated",
+                    client_id=label,
+                    slivers=tuple(sorted(slivers, key=lambda sliver: sliver.node)),  # as lease_record orders them
+                )
+            )
+        if lease_rows:
+            session.execute(_INSERT_LEASE, lease_rows)
+            session.execute(_INSERT_SLIVER, sliver_rows)
+        return records
 
     # -- changing leases --------------------------------------------------------------------------------------
     def renew(
@@ -427,11 +475,18 @@ class Bookings:
     def cancel(self, lease_id: str) -> LeaseRecord:
         """Release a lease's nodes. Cancelling a cancelled lease changes nothing."""
         with self.database.write() as session:
-            lease = _find_lease(session, lease_id, lock=True)
-            if lease.state in ACTIVE_LEASE_STATES:
-                lease.state = "cancelled"
-                release_slivers(lease.slivers)
-            return lease_record(lease)
+            # The lease row locked, as _find_lease(lock=True) does, read with its slivers in one column query.
+            rows = session.execute(_lease_query(False, False, False, False, False, True), {"lease_id": lease_id})
+            found = _lease_records(rows.all())
+            if not found:
+                raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
+            lease = found[0]
+            if lease.state not in ACTIVE_LEASE_STATES:
+                return lease
+            session.execute(_CANCEL_LEASE, {"lease_id": lease_id})
+            session.execute(_RELEASE_SLIVERS, {"released_lease": lease_id})
+            released = tuple(dataclasses.replace(s, allocation_state="geni_unallocated") for s in lease.slivers)
+            return dataclasses.replace(lease, state="cancelled", slivers=released)
 
     def mark_provisioned(self, lease_id: str) -> LeaseRecord:
         """An allocated lease becomes provisioned (again: no change, so a retried or finished Provision is fine)."""
@@ -567,71 +622,75 @@ class Bookings:
             "before_s": None if end is None else to_s(end),
             "node": node,
         }
-        rows = self.database.fetch_all(query, parameters)
-        times: dict[int, datetime] = {}
+        return _lease_records(self.database.fetch_all(query, parameters))
 
-        def moment(seconds: int) -> datetime:
-            found = times.get(seconds)
-            if found is None:
-                found = times[seconds] = from_s(seconds)
-            return found
 
-        leases: dict[str, tuple[tuple[str, str, int, int, str, str], list[SliverRecord]]] = {}
-        for (
-            lease_id,
-            slice_urn_of,
-            owner_urn,
-            lease_start_s,
-            lease_end_s,
-            state,
-            lease_client_id,
-            sliver_urn,
-            component_id,
-            sliver_start_s,
-            sliver_end_s,
-            allocation_state,
-            operational_state,
-            expires_s,
-            sliver_client_id,
-            disk_image,
-        ) in rows:
-            entry = leases.get(lease_id)
-            if entry is None:
-                entry = leases[lease_id] = (
-                    (slice_urn_of, owner_urn, lease_start_s, lease_end_s, state, lease_client_id),
-                    [],
-                )
-            if sliver_urn is not None:  # a lease without slivers (outer join) has none
-                entry[1].append(
-                    SliverRecord(
-                        urn=sliver_urn,
-                        node=component_id,
-                        lease_id=lease_id,
-                        start=moment(sliver_start_s),
-                        end=moment(sliver_end_s),
-                        allocation_state=allocation_state,
-                        operational_state=operational_state,
-                        expires=moment(expires_s),
-                        client_id=sliver_client_id,
-                        disk_image=disk_image,
-                    )
-                )
-        return [
-            LeaseRecord(
-                id=lease_id,
-                slice_urn=slice_urn_of,
-                owner_urn=owner_urn,
-                start=moment(lease_start_s),
-                end=moment(lease_end_s),
-                state=state,
-                client_id=lease_client_id,
-                # The ORM version sorted with sorted(): stable, so slivers of one node keep the database's order.
-                slivers=tuple(sorted(slivers, key=lambda sliver: sliver.node)),
+def _lease_records(rows: Sequence[Row[*tuple[Any, ...]]]) -> list[LeaseRecord]:
+    """Plain lease records from the rows of ``_lease_query`` (a lease's slivers follow it, in the query's order)."""
+    times: dict[int, datetime] = {}
+
+    def moment(seconds: int) -> datetime:
+        found = times.get(seconds)
+        if found is None:
+            found = times[seconds] = from_s(seconds)
+        return found
+
+    leases: dict[str, tuple[tuple[str, str, int, int, str, str], list[SliverRecord]]] = {}
+    for (
+        lease_id,
+        slice_urn_of,
+        owner_urn,
+        lease_start_s,
+        lease_end_s,
+        state,
+        lease_client_id,
+        sliver_urn,
+        component_id,
+        sliver_start_s,
+        sliver_end_s,
+        allocation_state,
+        operational_state,
+        expires_s,
+        sliver_client_id,
+        disk_image,
+    ) in rows:
+        entry = leases.get(lease_id)
+        if entry is None:
+            entry = leases[lease_id] = (
+                (slice_urn_of, owner_urn, lease_start_s, lease_end_s, state, lease_client_id),
+                [],
             )
-            for lease_id, ((slice_urn_of, owner_urn, lease_start_s, lease_end_s, state, lease_client_id), slivers) in (
-                leases.items()
+        if sliver_urn is not None:  # a lease without slivers (outer join) has none
+            entry[1].append(
+                SliverRecord(
+                    urn=sliver_urn,
+                    node=component_id,
+                    lease_id=lease_id,
+                    start=moment(sliver_start_s),
+                    end=moment(sliver_end_s),
+                    allocation_state=allocation_state,
+                    operational_state=operational_state,
+                    expires=moment(expires_s),
+                    client_id=sliver_client_id,
+                    disk_image=disk_image,
+                )
             )
-        ]
+    return [
+        LeaseRecord(
+            id=lease_id,
+            slice_urn=slice_urn_of,
+            owner_urn=owner_urn,
+            start=moment(lease_start_s),
+            end=moment(lease_end_s),
+            state=state,
+            client_id=lease_client_id,
+            # The ORM version sorted with sorted(): stable, so slivers of one node keep the database's order.
+            slivers=tuple(sorted(slivers, key=lambda sliver: sliver.node)),
+        )
+        for lease_id, ((slice_urn_of, owner_urn, lease_start_s, lease_end_s, state, lease_client_id), slivers) in (
+            leases.items()
+        )
+    ]
 
 
 _SLICES_OF_SLIVERS = (
@@ -644,17 +703,18 @@ _SLICES_OF_SLIVERS = (
 
 @functools.lru_cache(maxsize=32)
 def _lease_query(
-    active_only: bool, by_slice: bool, by_start: bool, by_end: bool, by_node: bool
+    active_only: bool, by_slice: bool, by_start: bool, by_end: bool, by_node: bool, by_id_locked: bool = False
 ) -> Select[*tuple[Any, ...]]:
     """The statement of ``Bookings.leases`` for one combination of filters, with bound parameters, built once: a
     statement built on every call costs more than the call's query itself (SQLAlchemy's cache key and the matching
-    of result columns to a new statement's)."""
-    # A narrow read (a slice's, a node's leases) looks each sliver's node up by its primary key. Joined, PostgreSQL
-    # estimated a slice's leases at the average per slice (1 000 of 100 000 leases in the benchmark, for a slice
-    # holding one) and hashed the whole node table for them: 0.42 of the read's 0.54 ms at 1 000 nodes, growing
+    of result columns to a new statement's). ``by_id_locked``: the one lease ``lease_id``, its row locked for the
+    writing unit of work that reads it (its slivers' rows are not)."""
+    # A narrow read (a slice's, a node's leases, one lease) looks each sliver's node up by its primary key. Joined,
+    # PostgreSQL estimated a slice's leases at the average per slice (1 000 of 100 000 leases in the benchmark, for a
+    # slice holding one) and hashed the whole node table for them: 0.42 of the read's 0.54 ms at 1 000 nodes, growing
     # with the inventory (EXPLAIN ANALYZE in docs/benchmarks.md). A wide read keeps the join (one pass over nodes
     # beats a lookup per sliver).
-    narrow = by_slice or by_node
+    narrow = by_slice or by_node or by_id_locked
     component_id: Any = (
         select(Node.component_id).where(Node.id == Sliver.node_id).scalar_subquery() if narrow else Node.component_id
     )
@@ -695,7 +755,50 @@ def _lease_query(
     if by_node:
         node_leases = select(Sliver.lease_id).join(Node).where(Node.component_id == bindparam("node"))
         query = query.where(Lease.id.in_(node_leases))
+    if by_id_locked:
+        query = query.where(Lease.id == bindparam("lease_id")).with_for_update(of=Lease)
     return query
+
+
+class _BookedNode(NamedTuple):
+    """What a booking needs of a node, from its row locked by ``_NODES_FOR_BOOKING``."""
+
+    id: int
+    component_id: str
+    grain_s: int
+    state: str
+
+
+# The booking's and the cancel's statements, built once (as the reads': see _lease_query), on the tables rather than
+# the mapped classes: an ORM-enabled INSERT or UPDATE goes through the ORM's bulk machinery on every call.
+_SLICE, _LEASE, _SLIVER = table_of(Slice).c, table_of(Lease).c, table_of(Sliver).c
+_ADVISORY_LOCKS = [
+    select(*(func.pg_advisory_xact_lock(bindparam(f"key{n}", type_=BigInteger)) for n in range(count)))
+    for count in (1, 2)  # the slice's key, and the owner's
+]
+_SLICE_FOR_BOOKING = select(_SLICE.id, _SLICE.shut_down, _SLICE.expires_s).where(_SLICE.urn == bindparam("urn"))
+_NEW_SLICE = (
+    insert(table_of(Slice))
+    .values(urn=bindparam("urn"), expires_s=bindparam("expires_s"), shut_down=False)
+    .returning(_SLICE.id)
+)
+_SLICE_EXPIRES = (
+    update(table_of(Slice)).where(_SLICE.id == bindparam("slice_id")).values(expires_s=bindparam("new_expires_s"))
+)
+_NODES_FOR_BOOKING = (
+    select(Node.id, Node.component_id, Node.grain_s, Node.state)
+    .where(Node.component_id.in_(bindparam("component_ids", expanding=True)))
+    .order_by(Node.id)
+    .with_for_update()
+)
+_INSERT_LEASE = insert(table_of(Lease))
+_INSERT_SLIVER = insert(table_of(Sliver))
+_CANCEL_LEASE = update(table_of(Lease)).where(_LEASE.id == bindparam("lease_id")).values(state="cancelled")
+_RELEASE_SLIVERS = (
+    update(table_of(Sliver))
+    .where(_SLIVER.lease_id == bindparam("released_lease"))
+    .values(holds_node=False, allocation_state="geni_unallocated")  # as release_slivers does
+)
 
 
 def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:

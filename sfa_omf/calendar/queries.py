@@ -5,12 +5,19 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Select, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.intervals import Interval
 from sfa_omf.calendar.models import Sliver
+
+
+def table_of(model: Any) -> Table:
+    """A mapped class's table, for Core INSERT and UPDATE statements on hot write paths (an ORM-enabled statement
+    goes through the ORM's bulk machinery on every execution)."""
+    return cast(Table, model.__table__)
 
 
 def to_s(moment: datetime) -> int:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Insert, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
@@ -83,14 +84,21 @@ def record_contact(session: Session, contact: Contact | None, now_s: int) -> Non
         return
     # One statement (an upsert): two first calls of the same user at once (Provision is not serialised per user
     # like Allocate) would otherwise both insert, and the second fail on the key.
-    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(UserContact).values(user_urn=contact.user_urn, gid_email=contact.gid_email, updated_s=now_s)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[UserContact.user_urn],
-            set_={"gid_email": statement.excluded.gid_email, "updated_s": statement.excluded.updated_s},
-            where=UserContact.gid_email != statement.excluded.gid_email,
-        )
+    parameters = {"user_urn": contact.user_urn, "gid_email": contact.gid_email, "updated_s": now_s}
+    session.execute(_contact_upsert(session.get_bind().dialect.name), parameters)
+
+
+@functools.lru_cache(maxsize=2)
+def _contact_upsert(dialect: str) -> Insert:
+    """``record_contact``'s statement for one dialect, with bound parameters, built once (Allocate runs it)."""
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(UserContact).values(
+        user_urn=bindparam("user_urn"), gid_email=bindparam("gid_email"), updated_s=bindparam("updated_s")
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[UserContact.user_urn],
+        set_={"gid_email": statement.excluded.gid_email, "updated_s": statement.excluded.updated_s},
+        where=UserContact.gid_email != statement.excluded.gid_email,
     )
 
 

@@ -50,6 +50,7 @@ _COLUMNS = (
     RepositoryImage.added_s,
     RepositoryImage.private,
 )
+_ALL_IMAGES = select(*_COLUMNS).order_by(RepositoryImage.label)
 
 
 def store_directory(data_dir: str) -> Path:
@@ -166,10 +167,8 @@ class ImageStore:
 
     # -- reading -------------------------------------------------------------------------------------------------
     def images(self) -> list[ImageRecord]:
-        """Every image, by label."""
-        with self.database.read() as session:
-            rows = session.execute(select(*_COLUMNS).order_by(RepositoryImage.label)).all()
-        return [_record_of(self.directory, row) for row in rows]
+        """Every image, by label. One statement built once, one round trip: Allocate reads them on every call."""
+        return [_record_of(self.directory, row) for row in self.database.fetch_all(_ALL_IMAGES)]
 
     def get(self, label: str) -> ImageRecord | None:
         with self.database.read() as session:

@@ -15,14 +15,16 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from rspec.model import LeaseView
 from sfa_omf.am.advertiser import adler32_combine, deflate_segment
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.calendar import generation as generation_module
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.external import ExternalHold, ExternalHolds
-from sfa_omf.calendar.generation import read_generation
-from sfa_omf.calendar.models import Pool
+from sfa_omf.calendar.generation import SHARDS, read_generation
+from sfa_omf.calendar.models import CalendarGeneration, Pool
 from sfa_omf.calendar.queries import from_s
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.calendar.snapshot import read_snapshot
@@ -223,3 +225,25 @@ def test_only_units_of_work_that_change_something_bump_the_generation(database: 
 def generation(database: Database) -> int:
     with database.read() as session:
         return read_generation(session)
+
+
+@pytest.mark.parametrize("shard", [1, 2, 17, SHARDS])
+def test_a_write_counted_in_any_shard_invalidates_the_cache(
+    setup: tuple[Aggregate, Clock], shard: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    aggregate, clock = setup
+    clock.now = at(0.25)
+    cached = document(aggregate, LeaseView.GENI, False)
+    before = generation(aggregate.database)
+    monkeypatch.setattr(generation_module.random, "randint", lambda _low, _high: shard)
+    aggregate.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n0"), at(1), at(2))])
+    assert shard_values(aggregate.database).get(shard, 0) >= 1
+    assert generation(aggregate.database) == before + 1
+    fresh = document(aggregate, LeaseView.GENI, False)
+    assert fresh != cached
+    assert fresh == reference(aggregate, LeaseView.GENI, False)
+
+
+def shard_values(database: Database) -> dict[int, int]:
+    with database.read() as session:
+        return {row.id: row.value for row in session.execute(select(CalendarGeneration.id, CalendarGeneration.value))}

@@ -1,0 +1,101 @@
+"""The booking's and the cancel's column write path (calendar/booking.py): the records they answer are what a read
+of the database gives back, and threads booking several nodes at once (in every order) while cancelling never
+double-book, deadlock into an error, or lose a booking — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import timedelta
+
+import pytest
+
+from sfa_omf.calendar.booking import BookingConflict
+from sfa_omf.calendar.records import BookingRequest
+from sfa_omf.calendar.slices import Slices
+from tests.calendar.conftest import SLICE, SLICE_EXPIRES, Calendar, at, node_urn
+from tests.calendar.test_concurrency import assert_no_overlap, held
+
+
+def test_booking_and_cancel_records_are_what_the_database_holds(calendar: Calendar) -> None:
+    requests = [
+        BookingRequest(node_urn("n3"), at(1), at(2), client_id="c", lease_label="first", disk_image="img"),
+        BookingRequest(node_urn("n1"), at(1), at(2), client_id="a", lease_label="first"),
+        BookingRequest(node_urn("n2"), at(4), at(6), client_id="b", lease_label="second"),
+    ]
+    booked = calendar.bookings.book(SLICE, SLICE_EXPIRES, requests, owner_urn="urn:publicid:IDN+testbed+user+alice")
+    assert [len(lease.slivers) for lease in booked.leases] == [2, 1]
+    assert list(booked.leases) == calendar.bookings.leases(slice_urn=SLICE)
+    assert Slices(calendar.database).get(SLICE).expires == SLICE_EXPIRES
+    cancelled = calendar.bookings.cancel(booked.leases[0].id)
+    assert cancelled.state == "cancelled"
+    assert {sliver.allocation_state for sliver in cancelled.slivers} == {"geni_unallocated"}
+    assert cancelled in calendar.bookings.leases(slice_urn=SLICE, active_only=False)
+    assert calendar.bookings.cancel(booked.leases[0].id) == cancelled  # again: nothing changes
+    assert calendar.bookings.leases(slice_urn=SLICE) == [booked.leases[1]]
+    # The freed node is bookable again, the other still is not.
+    calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    with pytest.raises(BookingConflict) as refused:
+        calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(5), at(7))])
+    assert [conflict.node for conflict in refused.value.conflicts] == [node_urn("n2")]
+
+
+def test_a_renewed_slice_credential_updates_the_slice_expiry(calendar: Calendar) -> None:
+    calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    later = SLICE_EXPIRES + timedelta(days=3)
+    calendar.bookings.book(SLICE, later, [BookingRequest(node_urn("n1"), at(3), at(4))])
+    assert Slices(calendar.database).get(SLICE).expires == later
+
+
+def test_threads_booking_and_cancelling_several_nodes_never_double_book(calendar: Calendar) -> None:
+    nodes = [node_urn(name) for name in ("n1", "n2", "n3")]
+    threads_count, rounds = 8, 12
+    kept: dict[str, set[str]] = {}  # the leases each thread believes it holds
+    cancelled: set[str] = set()
+    booked: list[str] = []  # every lease booked, held or cancelled since
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def run(contender: int) -> None:
+        rng = random.Random(contender)
+        mine: set[str] = set()
+        try:
+            for _ in range(rounds):
+                start = at(1 + rng.randrange(6) * 0.5)  # windows of 1-2 h over 4 hours: they overlap a lot
+                end = start + timedelta(hours=rng.choice((1, 2)))
+                chosen = rng.sample(nodes, rng.choice((1, 2, 3)))  # several nodes, in any order
+                try:
+                    result = calendar.bookings.book(
+                        f"urn:publicid:IDN+testbed+slice+w{contender}",
+                        SLICE_EXPIRES,
+                        [BookingRequest(node, start, end) for node in chosen],
+                    )
+                    mine.update(lease.id for lease in result.leases)
+                    with lock:
+                        booked.extend(lease.id for lease in result.leases)
+                except BookingConflict:
+                    pass
+                if mine and rng.random() < 0.4:
+                    gone = rng.choice(sorted(mine))
+                    assert calendar.bookings.cancel(gone).state == "cancelled"
+                    mine.discard(gone)
+                    with lock:
+                        cancelled.add(gone)
+        except BaseException as exc:  # reported below: a thread must not fail silently
+            errors.append(exc)
+        with lock:
+            kept[str(contender)] = mine
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(threads_count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert_no_overlap(calendar.database)
+    held_leases = {lease.id for lease in calendar.bookings.leases()}
+    assert held_leases == set().union(*kept.values())
+    assert not held_leases & cancelled
+    assert len(held(calendar.database)) == sum(len(lease.slivers) for lease in calendar.bookings.leases())
+    assert booked  # the first booking checked, on an empty calendar, cannot have met a conflict
+    assert held_leases | cancelled == set(booked)
