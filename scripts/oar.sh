@@ -226,12 +226,14 @@ node_up() {
         as_root /usr/sbin/sshd -f /etc/oar/sshd_config -o "PidFile=$NODE_SSHD_PIDFILE" "${options[@]}"
         echo "$checksum" | as_root tee "$STATE/node-sshd.md5" >/dev/null
     fi
-    # The node command, run from this checkout with its virtualenv (an operator points it at the installed package).
+    # The node command: the console script of this checkout's virtualenv (an operator points it at the installed
+    # package). Never `python -m` under sudo: it puts the caller's working directory first on sys.path, so any user
+    # could have root import a package of theirs.
     as_root mkdir -p "$(dirname "$NODE_EPILOGUE")"
     install_file "$NODE_COMMAND" 755 <<EOF
 #!/bin/sh
 # Written by sfa-omf scripts/oar.sh: the node side of lease containers (docs/images-and-instances.md).
-exec env PYTHONPATH="$REPO" "$VENV/bin/python" -m sfa_omf.images.node_containers "\$@"
+exec "$VENV/bin/sfa-omf-lease-containers" "\$@"
 EOF
     # Job commands run as the job's user: they may start lease containers as root, nothing else. The command itself
     # trusts only plans in root-owned directories, written for that very user by the aggregate.
