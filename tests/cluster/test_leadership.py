@@ -98,7 +98,8 @@ def test_a_leader_whose_session_dies_steps_down_and_the_lock_goes_to_one_process
             killed = connection.execute(
                 text(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND ((classid::bigint << 32) | objid::bigint) = :key"
+                    "AND ((classid::bigint << 32) | objid::bigint) = :key AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
                 ),
                 {"key": PostgresLock(url).key},
             ).all()
@@ -107,7 +108,10 @@ def test_a_leader_whose_session_dies_steps_down_and_the_lock_goes_to_one_process
         wait_for(lambda: sum(leadership.is_leader for leadership in contenders) == 1, "one leader again")
         with engine.connect() as connection:
             holders = connection.execute(
-                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+                text(  # this database's: other databases of the server (other engineers' tests) hold theirs
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
             ).scalar()
         assert holders == 1
     finally:
