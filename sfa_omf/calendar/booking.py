@@ -475,7 +475,10 @@ class Bookings:
     def cancel(self, lease_id: str) -> LeaseRecord:
         """Release a lease's nodes. Cancelling a cancelled lease changes nothing."""
         with self.database.write() as session:
-            # The lease row locked, as _find_lease(lock=True) does, read with its slivers in one column query.
+            # The lease row locked first, as _find_lease(lock=True) does, then read with its slivers in one column
+            # query. Not in one statement: on PostgreSQL a SELECT that waited for the lock re-reads the locked row
+            # alone, and the joined slivers would be the ones from before the writer it waited for.
+            session.execute(_LOCK_LEASE, {"lease_id": lease_id})
             rows = session.execute(_lease_query(False, False, False, False, False, True), {"lease_id": lease_id})
             found = _lease_records(rows.all())
             if not found:
@@ -776,6 +779,7 @@ _ADVISORY_LOCKS = [
     select(*(func.pg_advisory_xact_lock(bindparam(f"key{n}", type_=BigInteger)) for n in range(count)))
     for count in (1, 2)  # the slice's key, and the owner's
 ]
+_LOCK_LEASE = select(_LEASE.id).where(_LEASE.id == bindparam("lease_id")).with_for_update()
 _SLICE_FOR_BOOKING = select(_SLICE.id, _SLICE.shut_down, _SLICE.expires_s).where(_SLICE.urn == bindparam("urn"))
 _NEW_SLICE = (
     insert(table_of(Slice))

@@ -43,8 +43,9 @@ def read_generation(session: Session) -> int:
 
 
 def bump_generation(session: Session) -> None:
-    """Add one to the generation inside the caller's transaction, in one of its rows (made when missing: migration
-    0008 made row 1 only). Run last in a unit of work: on PostgreSQL the row stays locked until the commit."""
+    """Add one to the generation inside the caller's transaction, in one of its rows (an upsert: migration 0018 makes
+    the rows, a database made by ``create_all`` has none). Run last in a unit of work: on PostgreSQL the row stays
+    locked until the commit."""
     dialect = session.get_bind().dialect.name
     session.execute(_bump_statement(dialect), {"shard": random.randint(1, SHARDS)})
 

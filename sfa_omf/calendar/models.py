@@ -302,9 +302,10 @@ class LeaseInstance(Base):
 
 
 class CalendarGeneration(Base):
-    """One row (id 1) whose ``value`` grows with every unit of work that writes to the database, in the same
-    transaction as the write: a process that cached an answer computed at generation G knows it is still right as
-    long as it reads G here (calendar/generation.py). Shared by every process and host using the database."""
+    """The generation's rows (ids 1..32, migration 0018): each unit of work that writes to the database adds 1 to
+    one of them, in the same transaction as the write; the generation is their sum. A process that cached an answer
+    computed at generation G knows it is still right as long as it reads G (calendar/generation.py). Shared by every
+    process and host using the database."""
 
     __tablename__ = "calendar_generation"
 

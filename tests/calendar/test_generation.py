@@ -70,3 +70,27 @@ def test_concurrent_writers_lose_no_count(database: Database) -> None:
     assert errors == []
     assert generation(database) == start + writers * writes
     assert sum(rows(database).values()) == generation(database)
+
+
+def test_migration_0018_spreads_the_count_and_its_downgrade_gathers_it(database: Database) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from sfa_omf.calendar.database import MIGRATIONS
+
+    def migrate(action: str, revision: str) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with database.engine.begin() as connection:
+            config.attributes["connection"] = connection
+            getattr(command, action)(config, revision)
+
+    assert sorted(rows(database)) == list(range(1, SHARDS + 1))  # a new database has every row
+    for name in ("a", "b", "c"):
+        add_pool(database, name)
+    total = generation(database)
+    assert total >= 3
+    migrate("downgrade", "0017")  # what an older sfa-omf reads: row 1 alone, holding the whole count
+    assert rows(database) == {1: total}
+    migrate("upgrade", "0018")
+    assert sorted(rows(database)) == list(range(1, SHARDS + 1)) and generation(database) == total

@@ -99,3 +99,43 @@ def test_threads_booking_and_cancelling_several_nodes_never_double_book(calendar
     assert len(held(calendar.database)) == sum(len(lease.slivers) for lease in calendar.bookings.leases())
     assert booked  # the first booking checked, on an empty calendar, cannot have met a conflict
     assert held_leases | cancelled == set(booked)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_cancel_that_waited_for_a_writer_answers_the_slivers_it_wrote(calendar: Calendar) -> None:
+    """PostgreSQL: a SELECT ... FOR UPDATE that waits for a lock re-reads the locked row alone; the cancel locks the
+    lease first and reads it with its slivers after, so its answer has what the writer it waited for committed."""
+    import time
+
+    from sqlalchemy import text
+
+    booked = calendar.bookings.book(
+        SLICE,
+        SLICE_EXPIRES,
+        [BookingRequest(node_urn("n1"), at(1), at(2)), BookingRequest(node_urn("n2"), at(1), at(2))],
+    )
+    lease_id = booked.leases[0].id
+    answers: list[object] = []
+    with calendar.database.engine.connect() as writer:
+        with writer.begin():  # what Provision does: the lease locked, its slivers changed, then the commit
+            writer.execute(text("SELECT id FROM lease WHERE id = :id FOR UPDATE"), {"id": lease_id})
+            writer.execute(
+                text("UPDATE sliver SET operational_state = 'geni_ready' WHERE lease_id = :id"), {"id": lease_id}
+            )
+            cancelling = threading.Thread(target=lambda: answers.append(calendar.bookings.cancel(lease_id)))
+            cancelling.start()
+            waiting = (
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            with calendar.database.engine.connect() as watcher:
+                for _ in range(200):  # until the cancel waits for the lease's lock (bounded: 10 s)
+                    if watcher.execute(text(waiting)).scalar():
+                        break
+                    time.sleep(0.05)
+                else:
+                    pytest.fail("the cancel never waited for the lease's lock")
+        cancelling.join(timeout=30)
+    (cancelled,) = answers
+    assert isinstance(cancelled, type(booked.leases[0]))
+    assert cancelled.state == "cancelled"
+    assert {sliver.operational_state for sliver in cancelled.slivers} == {"geni_ready"}
