@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import uuid
-import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -25,7 +24,7 @@ from sfa_omf.calendar.database import RETRY_ATTEMPTS, Database, is_overlap_viola
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
-from sfa_omf.calendar.queries import from_s, held_windows, table_of, to_s
+from sfa_omf.calendar.queries import advisory_key, from_s, held_windows, table_of, to_s
 from sfa_omf.calendar.records import BookingRequest, BookingResult, Conflict, LeaseRecord, SliverRecord
 from sfa_omf.calendar.slices import Contact, apply_users, record_contact
 from sfa_omf.errors import GeniError, Reason
@@ -184,7 +183,7 @@ class Bookings:
         """On PostgreSQL, serialize bookings of one slice and one user so limit checks see each other."""
         if self.database.is_sqlite:
             return  # BEGIN IMMEDIATE already serializes every writer
-        keys = [zlib.crc32(key.encode("utf-8")) for key in sorted({slice_urn, owner_urn} - {""})]
+        keys = [advisory_key(key) for key in sorted({slice_urn, owner_urn} - {""})]
         # One round trip: PostgreSQL evaluates a select list in order, so the locks are taken in this order.
         if keys:
             session.execute(_ADVISORY_LOCKS[len(keys) - 1], {f"key{n}": key for n, key in enumerate(keys)})

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import zlib
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, Table, bindparam, select
+from sqlalchemy import BigInteger, Select, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.intervals import Interval
@@ -66,3 +67,19 @@ def _held_query(by_before: bool, by_nodes: bool, excluding: bool) -> Select[int,
     if excluding:
         query = query.where(Sliver.lease_id != bindparam("exclude_lease"))
     return query.order_by(Sliver.node_id, Sliver.start_s)
+
+
+def advisory_key(name: str) -> int:
+    """The PostgreSQL advisory lock key of a slice's or a user's URN: every unit of work that changes what a slice
+    books or who its users are takes its slice's key first, so they happen one after the other."""
+    return zlib.crc32(name.encode("utf-8"))
+
+
+_ADVISORY_LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
+
+
+def lock_slice(session: Session, slice_urn: str) -> None:
+    """Take the slice's advisory lock until the end of the transaction (PostgreSQL; on SQLite every writer is
+    serialized by BEGIN IMMEDIATE already). Bookings take the same key (booking.py, ``_serialize_slice``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_ADVISORY_LOCK, {"key": advisory_key(slice_urn)})

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.models import Slice, SliceUser, UserContact
-from sfa_omf.calendar.queries import from_s, to_s
+from sfa_omf.calendar.queries import from_s, lock_slice, to_s
 from sfa_omf.errors import GeniError, Reason
 
 
@@ -139,6 +139,7 @@ class Slices:
 
         def unit_of_work() -> SliceRecord:
             with self.database.write() as session:
+                lock_slice(session, slice_urn)  # an Allocate writing the slice's users meanwhile: one after the other
                 slice_row = _find(session, slice_urn)
                 apply_users(slice_row, users, replace)
                 session.flush()
@@ -153,6 +154,9 @@ class Slices:
         holds even before it ever booked here.
         """
         with self.database.write() as session:
+            # After any booking of the slice under way (same lock): Shutdown then sees and cancels its lease, and a
+            # booking after it sees the slice shut down.
+            lock_slice(session, slice_urn)
             slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn).options(selectinload(Slice.users)))
             if slice_row is None and expires is not None:
                 slice_row = Slice(urn=slice_urn, expires_s=to_s(expires), shut_down=shut_down, users=[])

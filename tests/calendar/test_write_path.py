@@ -139,3 +139,45 @@ def test_a_cancel_that_waited_for_a_writer_answers_the_slivers_it_wrote(calendar
     assert isinstance(cancelled, type(booked.leases[0]))
     assert cancelled.state == "cancelled"
     assert {sliver.operational_state for sliver in cancelled.slivers} == {"geni_ready"}
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("change", ["shut down", "update users"])
+def test_a_slice_change_waits_for_a_booking_of_the_slice_under_way(calendar: Calendar, change: str) -> None:
+    """Shutdown (and geni_update_users) take the slice's advisory lock, as a booking does: a Shutdown meeting a
+    booking under way waits for it, then sees and cancels its lease; users written by both are never lost."""
+    import time
+
+    from sqlalchemy import text
+
+    from sfa_omf.calendar.queries import advisory_key
+
+    slices = Slices(calendar.database)
+    calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    done: list[str] = []
+
+    def act() -> None:
+        if change == "shut down":
+            slices.set_shut_down(SLICE, True)
+        else:
+            slices.update_users(SLICE, {"urn:publicid:IDN+testbed+user+bob": ["ssh-ed25519 AAAA bob"]})
+        done.append(change)
+
+    with calendar.database.engine.connect() as booking, booking.begin():  # a booking of the slice, under way
+        booking.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(SLICE)})
+        acting = threading.Thread(target=act)
+        acting.start()
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' "
+            "AND datname = current_database()"
+        )
+        with calendar.database.engine.connect() as watcher:
+            for _ in range(200):  # bounded: 10 s
+                if watcher.execute(text(waiting)).scalar():
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail(f"{change} did not wait for the slice's lock")
+        assert done == []  # still waiting while the booking holds the lock
+    acting.join(timeout=30)
+    assert done == [change]
