@@ -452,10 +452,12 @@ class Aggregate:
             for account in accounts:  # the testbed may need them (OAR runs jobs as them); keys come after
                 self.unix_accounts.ensure(account.login)
         done: list[LeaseRecord] = []
+        prepared: list[str] = []
         keys = [key for account in accounts for key in account.ssh_keys]
         try:
             for lease in pending:
                 if self.instances is not None:  # the plan first: the lease's job may start at once and read it
+                    prepared.append(lease.id)  # before: a prepare that fails halfway is undone too
                     self.instances.prepare(lease.id, owner, keys, self.clock())
                 # The testbed first: if it is down the booking stays allocated and a retry works later.
                 self.backend.provision(lease, owner, accounts)
@@ -466,6 +468,8 @@ class Aggregate:
             )
         except BaseException:
             self._release_quietly(done)  # nothing half-provisioned: the retry provisions all of them again
+            if self.instances is not None:  # no plan left for a job, no address held: the call wrote nothing
+                self.instances.unprepare(prepared, self.clock())
             raise
         if not pending and users:
             self.slices.update_users(slice_urn, users)  # Provision again, with more users: they are kept

@@ -277,6 +277,20 @@ class Instances:
         )
         return True
 
+    def unprepare(self, lease_ids: Sequence[str], now: datetime) -> None:
+        """Undo ``prepare`` for leases whose Provision failed: their plans go and their containers, still planned,
+        give their addresses back."""
+        if self.plans is None or not lease_ids:
+            return
+        for lease_id in lease_ids:
+            self.plans.remove(lease_id)
+        with self.database.write() as session:
+            session.execute(
+                update(LeaseInstance)
+                .where(LeaseInstance.lease_id.in_(lease_ids), LeaseInstance.state == PLANNED)
+                .values(address=None, updated_s=to_s(now))
+            )
+
     def _follow_nodes(self, lease_ids: Sequence[str], now: datetime) -> tuple[list[str], list[str]]:
         """The rows of leases whose job runs take what the node side reported: running, failed (with its reason),
         destroyed (the job's command ended). Returns (names now running, names now destroyed)."""

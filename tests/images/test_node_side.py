@@ -198,6 +198,18 @@ def test_provision_writes_the_plan_the_node_command_reads(site: Site, pki: DemoP
     assert len({c.address for c in plan.containers}) == 2 and all(r.state == PLANNED for r in records)
 
 
+def test_a_failed_provision_leaves_no_plan_and_gives_the_addresses_back(site: Site, pki: DemoPki) -> None:
+    """The OAR API does not answer (nothing listens on port 9): Provision fails and writes nothing."""
+    site.am.backend = OarTestbed(
+        OarClient("http://127.0.0.1:9/oarapi"), site.am.database, "testbed", container_plans=site.plans
+    )
+    with pytest.raises(GeniError):
+        provision(site, pki)
+    (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    assert lease.state == "allocated" and not site.plans.plan_path(lease.id).exists()
+    assert {(r.state, r.address) for r in site.instances.of_lease(lease.id)} == {(PLANNED, "")}
+
+
 def test_the_rows_follow_what_the_node_reports(site: Site, pki: DemoPki) -> None:
     lease_id = provision(site, pki)
     first, second = site.instances.of_lease(lease_id)
