@@ -558,9 +558,7 @@ class Aggregate:
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to delete")
         for lease in leases:
-            self._destroy_containers(lease)
-            if lease.state == "provisioned":
-                self.backend.release(lease)
+            self._end_lease(lease)
             deleted.append(self.bookings.cancel(lease.id))
         self.withdraw_keys_if_done(slice_urn)
         return [self._sliver_dict(sliver, lease) for lease in deleted for sliver in lease.slivers]
@@ -640,9 +638,7 @@ class Aggregate:
         verified = self.authorize("Shutdown", caller_chain, credentials, slice_urn)
         self.slices.set_shut_down(slice_urn, True, expires=verified.expires)  # first: no new booking slips in
         for lease in self.bookings.leases(slice_urn=slice_urn):
-            self._destroy_containers(lease)
-            if lease.state == "provisioned":
-                self.backend.release(lease)
+            self._end_lease(lease)
             self.bookings.cancel(lease.id)
         self.withdraw_keys_if_done(slice_urn)
         return True
@@ -661,9 +657,8 @@ class Aggregate:
         Run periodically by the server; returns how many leases ended."""
         ended = self.bookings.retire_ended()
         for lease in ended:
-            self._destroy_containers(lease)
             try:
-                self.backend.release(lease)
+                self._end_lease(lease, provisioned=True)
             except GeniError as exc:  # the testbed ends the reservation itself at its end; its reconciler checks
                 log.warning("lease %s ended but the testbed did not release it: %s", lease.id, exc.message)
         for slice_urn in {lease.slice_urn for lease in ended}:
@@ -693,6 +688,18 @@ class Aggregate:
         if len(owners) > 1:
             raise BadArgs("the slivers named belong to different slices")
         return owners.pop(), slivers
+
+    def _end_lease(self, lease: LeaseRecord, provisioned: bool | None = None) -> None:
+        """Release the lease on the testbed (when provisioned) and destroy its containers. When the testbed's jobs
+        run them (OAR), the release is what destroys them: their rows say destroyed (and free their addresses) only
+        once it succeeded, so a failed release leaves them live and a retry finishes the job. Here, they go first."""
+        on_nodes = self.instances is not None and self.instances.plans is not None
+        if not on_nodes:
+            self._destroy_containers(lease)
+        if lease.state == "provisioned" if provisioned is None else provisioned:
+            self.backend.release(lease)
+        if on_nodes:
+            self._destroy_containers(lease)
 
     def _destroy_containers(self, lease: LeaseRecord) -> None:
         """Nothing outlives a lease: its containers go with it (a failure here is retried by run_instances)."""

@@ -20,7 +20,7 @@ import pytest
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.policy import Policy
-from sfa_omf.calendar.records import NodeSpec
+from sfa_omf.calendar.records import LeaseRecord, NodeSpec
 from sfa_omf.errors import GeniCode, GeniError, Reason
 from sfa_omf.images import node_containers
 from sfa_omf.images.instances import DESTROYED, FAILED, PLANNED, RUNNING, Instances
@@ -36,6 +36,7 @@ from sfa_omf.images.node_plans import (
 )
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
+from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.testbed.oar.backend import OarTestbed
 from sfa_omf.testbed.oar.client import OarClient
 from sfa_omf.times import format_time
@@ -231,6 +232,31 @@ def test_delete_forgets_the_plan_and_leaves_lxc_to_the_node(site: Site, pki: Dem
     site.am.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
     assert {r.state for r in site.instances.of_lease(lease_id)} == {DESTROYED}
     assert not site.plans.plan_path(lease_id).exists()
+
+
+class ReleaseFailsStandIn(EmbeddedTestbed):
+    """A stand-in testbed whose release fails (as oardel with the OAR API down): only this fault is faked."""
+
+    def release(self, lease: LeaseRecord) -> None:
+        raise GeniError(Reason.UNAVAILABLE, "the testbed does not answer")
+
+
+def test_a_delete_the_testbed_refuses_leaves_the_containers_live_and_its_retry_ends_them(
+    site: Site, pki: DemoPki
+) -> None:
+    lease_id = provision(site, pki)
+    before = site.instances.of_lease(lease_id)
+    alice = pki.users["alice"]
+    working, site.am.backend = site.am.backend, ReleaseFailsStandIn()
+    with pytest.raises(GeniError):
+        site.am.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert site.instances.of_lease(lease_id) == before and site.plans.plan_path(lease_id).exists()
+    with pytest.raises(GeniError):
+        site.am.shutdown(alice.chain, pki.slice_urn, [alice.slice_cred])
+    assert site.instances.of_lease(lease_id) == before
+    site.am.backend = working
+    site.am.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert {(r.state, r.address) for r in site.instances.of_lease(lease_id)} == {(DESTROYED, "")}
 
 
 @pytest.mark.parametrize("action", ["geni_start", "geni_stop", "geni_restart"])
