@@ -717,16 +717,16 @@ class Aggregate:
             return [], []
         return self.instances.tick(self.clock(), self._slice_keys, self._testbed_state)
 
-    def _testbed_state(self, slice_urn: str, lease_id: str) -> str | None:
-        """A provisioned lease's operational state on the testbed (the node agents', else the backend's: an OAR job
-        killed reads geni_failed or geni_notready); None when the experimenter stopped it."""
+    def _testbed_state(self, slice_urn: str, lease_id: str) -> SliverHealth | None:
+        """A provisioned lease's operational state on the testbed, with its words (the node agents', else the
+        backend's: an OAR job killed reads geni_failed or geni_notready); None when the experimenter stopped it."""
         lease = next((found for found in self.bookings.leases(slice_urn=slice_urn) if found.id == lease_id), None)
         if lease is None or not lease.slivers:
-            return str(Operational.FAILED)
+            return SliverHealth(Operational.FAILED, "the lease is no longer recorded")
         sliver = lease.slivers[0]
         if sliver.operational_state == Operational.NOTREADY:
             return None
-        return str(self._health(sliver, lease).operational_state)
+        return self._health(sliver, lease)
 
     def _slice_keys(self, slice_urn: str) -> list[str]:
         """Every SSH key of the slice's users (what a container's root accepts)."""

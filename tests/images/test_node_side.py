@@ -9,16 +9,20 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import delete
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.am.states import Operational
 from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.models import RepositoryImage
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import LeaseRecord, NodeSpec
 from sfa_omf.errors import GeniCode, GeniError, Reason
@@ -36,6 +40,7 @@ from sfa_omf.images.node_plans import (
 )
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
+from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.testbed.oar.backend import OarTestbed
 from sfa_omf.testbed.oar.client import OarClient
@@ -173,17 +178,19 @@ def site(pki: DemoPki, tmp_path: Path) -> Iterator[Site]:
     yield Site(am, instances, plans)
 
 
-def provision(site: Site, pki: DemoPki) -> str:
+def provision(site: Site, pki: DemoPki, image: str = "", before: Callable[[], object] = lambda: None) -> str:
     alice = pki.users["alice"]
     rspec = (
         '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
         'xmlns:inst="http://sfa-omf.org/rspec/ext/instances/1">'
         f'<node client_id="n" component_id="{NODE}" exclusive="true">'
-        '<sliver_type name="lxc" inst:count="2"/></node></rspec>'
+        f'<sliver_type name="lxc" inst:count="2">{image and f"<disk_image name={image!r}/>"}</sliver_type>'
+        "</node></rspec>"
     )
     end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=30)
     options = {"geni_end_time": format_time(end), "geni_users": [{"urn": alice.chain[0].urn, "keys": [KEY]}]}
     site.am.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], rspec, options)
+    before()
     site.am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)
     (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
     return lease.id
@@ -209,6 +216,37 @@ def test_a_failed_provision_leaves_no_plan_and_gives_the_addresses_back(site: Si
     (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
     assert lease.state == "allocated" and not site.plans.plan_path(lease.id).exists()
     assert {(r.state, r.address) for r in site.instances.of_lease(lease.id)} == {(PLANNED, "")}
+
+
+def test_an_image_removed_since_allocate_is_refused_at_provision_and_nothing_is_written(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    archive = tmp_path / "tools.tar"
+    with tarfile.open(archive, "w"):
+        pass
+    site.instances.images.add(archive, "tools", "urn:publicid:IDN+testbed+user+alice", datetime.now(UTC))
+
+    def forget_image() -> None:  # the store refuses to remove an image a lease uses: its row goes behind its back
+        with site.am.database.write() as session:
+            session.execute(delete(RepositoryImage).where(RepositoryImage.label == "tools"))
+
+    with pytest.raises(GeniError) as refused:
+        provision(site, pki, "tools", before=forget_image)
+    assert refused.value.code == GeniCode.SEARCHFAILED and "tools" in refused.value.message
+    (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    assert lease.state == "allocated" and not site.plans.plan_path(lease.id).exists()
+    assert {(r.state, r.address) for r in site.instances.of_lease(lease.id)} == {(PLANNED, "")}
+
+
+def test_a_job_that_ends_before_its_node_reported_fails_the_containers_saying_so(site: Site, pki: DemoPki) -> None:
+    lease_id = provision(site, pki)
+    ended = SliverHealth(Operational.FAILED, "OAR job 12: Error")
+    assert site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended) == ([], [])
+    for record in site.instances.of_lease(lease_id):
+        assert record.state == FAILED and record.address  # held until the slot ends, like any live row
+        assert "OAR job 12: Error" in record.error and "before its node reported" in record.error
+    site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended)
+    assert {r.state for r in site.instances.of_lease(lease_id)} == {FAILED}  # not destroyed while the slot runs
 
 
 def test_the_rows_follow_what_the_node_reports(site: Site, pki: DemoPki) -> None:
