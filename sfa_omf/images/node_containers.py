@@ -124,7 +124,7 @@ def run(plan_path: str) -> int:
     with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
         outcomes = list(pool.map(launch, range(len(plan.containers))))
     states = {name: (state, error) for name, state, error in outcomes}
-    write_states(report, states)
+    _report(report, states)
     for name, state, error in outcomes:
         print(f"container {name}: {state}{f' ({error})' if error else ''}", flush=True)
     received = signal.sigwait(STOP_SIGNALS)
@@ -188,11 +188,27 @@ def _destroy(record: RunRecord, entry: Path | None = None) -> None:
             states[name] = (NODE_DESTROYED, "")
         except GeniError as exc:  # the next reap tries again
             print(f"container {name} could not be destroyed: {exc.message}", file=sys.stderr)
+    for name in states:
+        print(f"container {name}: {NODE_DESTROYED}", flush=True)
     plan = Path(record.plan)
     if plan.exists() and states:
-        write_states(state_path_of(plan), states)
+        _report(state_path_of(plan), states)
     if len(states) == len(record.names):
         (entry or _record_path(record)).unlink(missing_ok=True)
+
+
+def _report(path: Path, states: dict[str, tuple[str, str]]) -> None:
+    """Write the report for the aggregate; when root may not write there (an NFS export squashing root), say so
+    and carry on: the containers still run and are still destroyed, and stdout has their states."""
+    try:
+        write_states(path, states)
+    except OSError as exc:
+        print(
+            f"could not write the report {path} ({exc.strerror or exc}): the aggregate does not see these states. "
+            "The plans directory must be writable by root on the nodes (NFS: export it with no_root_squash)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _record_path(record: RunRecord) -> Path:

@@ -388,3 +388,19 @@ def test_reap_destroys_the_containers_of_runs_that_are_gone_and_only_those(
     assert node_containers.reap() == 0
     assert sorted(entry.name for entry in runs.iterdir()) == [f"{os.getpid()}.json"]
     assert read_states(state_path_of(path).read_text()) == {"sfaomf-a-0": ("destroyed", "")}
+
+
+def test_a_report_root_cannot_write_is_said_and_the_containers_still_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where the report should go, root cannot write (here a directory is in the way; NFS's root squash alike)."""
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
+    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    state_path_of(path).mkdir()
+    gone = node_containers.RunRecord(2**22 + 1, "1", str(path), "br", str(tmp_path / "lxc"), ("sfaomf-a-0",))
+    node_containers._register(gone)
+    assert node_containers.reap() == 0
+    out, err = capsys.readouterr()
+    assert "container sfaomf-a-0: destroyed" in out and "no_root_squash" in err
+    assert list(runs.iterdir()) == []  # destroyed all the same: the record goes
