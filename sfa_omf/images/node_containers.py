@@ -56,6 +56,8 @@ class RunRecord:
     bridge: str
     lxc_path: str
     names: tuple[str, ...]
+    plan_id: str = ""  # the plan's own id, echoed in the reports
+    job_id: str = ""  # the OAR job that ran it ($OAR_JOB_ID), "" outside OAR
 
 
 def untrusted(path: Path, writers: frozenset[int] = frozenset({0})) -> str:
@@ -107,7 +109,7 @@ def run(plan_path: str) -> int:
     host = LxcHost(plan.bridge, lxc_path=plan.lxc_path)
     record = RunRecord(
         os.getpid(), _start_time(os.getpid()), str(path), plan.bridge, plan.lxc_path,
-        tuple(c.name for c in plan.containers),
+        tuple(c.name for c in plan.containers), plan.plan_id, os.environ.get("OAR_JOB_ID", ""),
     )  # fmt: skip
     _register(record)
     report = state_path_of(path)
@@ -124,7 +126,7 @@ def run(plan_path: str) -> int:
     with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
         outcomes = list(pool.map(launch, range(len(plan.containers))))
     states = {name: (state, error) for name, state, error in outcomes}
-    _report(report, states)
+    _report(report, states, plan.plan_id)
     for name, state, error in outcomes:
         print(f"container {name}: {state}{f' ({error})' if error else ''}", flush=True)
     received = signal.sigwait(STOP_SIGNALS)
@@ -192,16 +194,16 @@ def _destroy(record: RunRecord, entry: Path | None = None) -> None:
         print(f"container {name}: {NODE_DESTROYED}", flush=True)
     plan = Path(record.plan)
     if plan.exists() and states:
-        _report(state_path_of(plan), states)
+        _report(state_path_of(plan), states, record.plan_id)
     if len(states) == len(record.names):
         (entry or _record_path(record)).unlink(missing_ok=True)
 
 
-def _report(path: Path, states: dict[str, tuple[str, str]]) -> None:
+def _report(path: Path, states: dict[str, tuple[str, str]], plan_id: str) -> None:
     """Write the report for the aggregate; when root may not write there (an NFS export squashing root), say so
     and carry on: the containers still run and are still destroyed, and stdout has their states."""
     try:
-        write_states(path, states)
+        write_states(path, states, plan_id)
     except OSError as exc:
         print(
             f"could not write the report {path} ({exc.strerror or exc}): the aggregate does not see these states. "
@@ -224,7 +226,7 @@ def _read_record(entry: Path) -> RunRecord:
     data = json.loads(entry.read_text())
     return RunRecord(
         int(data["pid"]), str(data["started"]), str(data["plan"]), str(data["bridge"]), str(data["lxc_path"]),
-        tuple(str(name) for name in data["names"]),
+        tuple(str(name) for name in data["names"]), str(data.get("plan_id", "")), str(data.get("job_id", "")),
     )  # fmt: skip
 
 

@@ -252,14 +252,18 @@ def test_a_job_that_ends_before_its_node_reported_fails_the_containers_saying_so
 def test_the_rows_follow_what_the_node_reports(site: Site, pki: DemoPki) -> None:
     lease_id = provision(site, pki)
     first, second = site.instances.of_lease(lease_id)
+    report = site.plans.state_path(lease_id)
+    plan = site.plans.read(lease_id)
+    assert plan is not None
     assert site.am.run_instances() == ([], [])  # nothing reported yet: nothing changes, LXC untouched here
-    write_states(
-        site.plans.state_path(lease_id), {first.name: ("running", ""), second.name: ("failed", "no space left")}
-    )
+    stale = {first.name: ("running", ""), second.name: ("failed", "no space left")}
+    write_states(report, stale, "0123456789abcdef")  # an earlier plan's run reported this: ignored
+    assert site.am.run_instances() == ([], []) and {r.state for r in site.instances.of_lease(lease_id)} == {PLANNED}
+    write_states(report, stale, plan.plan_id)
     assert site.am.run_instances() == ([first.name], [])
     states = {r.name: (r.state, r.error) for r in site.instances.of_lease(lease_id)}
     assert states == {first.name: (RUNNING, ""), second.name: (FAILED, "no space left")}
-    write_states(site.plans.state_path(lease_id), {first.name: ("destroyed", ""), second.name: ("destroyed", "")})
+    write_states(report, {first.name: ("destroyed", ""), second.name: ("destroyed", "")}, plan.plan_id)
     assert sorted(site.am.run_instances()[1]) == sorted([first.name, second.name])
     assert {(r.state, r.address) for r in site.instances.of_lease(lease_id)} == {(DESTROYED, "")}
 
