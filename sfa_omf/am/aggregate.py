@@ -473,6 +473,8 @@ class Aggregate:
             raise
         if not pending and users:
             self.slices.update_users(slice_urn, users)  # Provision again, with more users: they are kept
+        if self.instances is not None and users:  # the plans of leases provisioned before get the keys too
+            self.instances.rewrite_keys([lease.id for lease in leases if lease.state == "provisioned"], keys)
         if self.unix_accounts is not None and pending:
             self.unix_accounts.set_slice_keys(accounts, slice_urn)  # logins work once the slice is provisioned
         return self._describe_slice(slice_urn, sliver_urns)
@@ -625,6 +627,10 @@ class Aggregate:
                     log.warning("lease %s keeps the new users on the testbed: %s", lease.id, exc.message)
             raise
         self.slices.update_users(slice_urn, users, replace=True)
+        if self.instances is not None:  # a job yet to start makes its containers with the new keys
+            self.instances.rewrite_keys(
+                [lease.id for lease in provisioned], [key for account in accounts for key in account.ssh_keys]
+            )
         if self.unix_accounts is not None and provisioned:
             self.unix_accounts.set_slice_keys(accounts, slice_urn)
             # A user left out of the list: their account loses this slice's keys too.

@@ -23,7 +23,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -301,6 +301,20 @@ class Instances:
             )
         )
         return True
+
+    def rewrite_keys(self, lease_ids: Iterable[str], keys: Sequence[str]) -> list[str]:
+        """The slice's users changed (geni_update_users, Provision again with more users): the plans of these leases
+        get ``keys`` (a job that has not started yet reads them; the plan stays the same plan, its id kept so a run's
+        report still counts). Returns the leases whose plan was rewritten."""
+        rewritten: list[str] = []
+        if self.plans is None:
+            return rewritten
+        for lease_id in lease_ids:
+            plan = self.plans.read(lease_id)
+            if plan is not None:
+                self.plans.write(replace(plan, keys=tuple(key.strip() for key in keys if key.strip())))
+                rewritten.append(lease_id)
+        return rewritten
 
     def unprepare(self, lease_ids: Sequence[str], now: datetime) -> None:
         """Undo ``prepare`` for leases whose Provision failed: their plans go and their containers, still planned,

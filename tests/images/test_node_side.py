@@ -249,6 +249,23 @@ def test_a_job_that_ends_before_its_node_reported_fails_the_containers_saying_so
     assert {r.state for r in site.instances.of_lease(lease_id)} == {FAILED}  # not destroyed while the slot runs
 
 
+def test_new_keys_reach_the_plan_of_a_provisioned_lease(site: Site, pki: DemoPki) -> None:
+    lease_id = provision(site, pki)
+    alice = pki.users["alice"]
+    first = site.plans.read(lease_id)
+    other = KEY.replace("alice", "alice-laptop").replace("Fake", "Else")
+    users = {"geni_users": [{"urn": alice.chain[0].urn, "keys": [other]}]}
+    site.am.perform_operational_action(alice.chain, [pki.slice_urn], [alice.slice_cred], "geni_update_users", users)
+    plan = site.plans.read(lease_id)
+    assert first is not None and plan is not None
+    assert plan.keys == (other,) and plan.plan_id == first.plan_id  # the same plan, the new keys
+    more = KEY.replace("alice", "alice-desk").replace("Fake", "More")
+    options = {"geni_users": [{"urn": alice.chain[0].urn, "keys": [other, more]}]}
+    site.am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)  # Provision again, more keys
+    plan = site.plans.read(lease_id)
+    assert plan is not None and set(plan.keys) == {other, more}
+
+
 def test_the_rows_follow_what_the_node_reports(site: Site, pki: DemoPki) -> None:
     lease_id = provision(site, pki)
     first, second = site.instances.of_lease(lease_id)
