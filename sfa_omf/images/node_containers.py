@@ -107,15 +107,19 @@ def run(plan_path: str) -> int:
     # Signals wait until the containers are made (and a record names them): none is left half-made by a signal.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     host = LxcHost(plan.bridge, lxc_path=plan.lxc_path)
+    # A container of a planned name that exists already is not this run's (another run of the plan, or anything
+    # else): left alone, never destroyed at this run's end; only the names this run makes are recorded.
+    taken = [c.name for c in plan.containers if (host.lxc_path / c.name).exists()]
+    fresh = [c for c in plan.containers if c.name not in taken]
     record = RunRecord(
         os.getpid(), _start_time(os.getpid()), str(path), plan.bridge, plan.lxc_path,
-        tuple(c.name for c in plan.containers), plan.plan_id, os.environ.get("OAR_JOB_ID", ""),
+        tuple(c.name for c in fresh), plan.plan_id, os.environ.get("OAR_JOB_ID", ""),
     )  # fmt: skip
     _register(record)
     report = state_path_of(path)
 
     def launch(index: int) -> tuple[str, str, str]:
-        container = plan.containers[index]
+        container = fresh[index]
         spec = InstanceSpec(container.name, container.address, plan.keys, LOGIN)
         try:
             host.launch(spec, plan.ssh_timeout_s, image=container.image)
@@ -124,7 +128,10 @@ def run(plan_path: str) -> int:
         return container.name, NODE_RUNNING, ""
 
     with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
-        outcomes = list(pool.map(launch, range(len(plan.containers))))
+        outcomes = list(pool.map(launch, range(len(fresh))))
+    outcomes += [
+        (name, NODE_FAILED, f"a container named {name} exists already on this node: left alone") for name in taken
+    ]
     states = {name: (state, error) for name, state, error in outcomes}
     _report(report, states, plan.plan_id)
     for name, state, error in outcomes:
@@ -181,7 +188,8 @@ def _uid(user: str) -> int | None:
 
 
 def _destroy(record: RunRecord, entry: Path | None = None) -> None:
-    """Destroy every container the record names, report them destroyed, forget the record (kept if one resists)."""
+    """Destroy the containers the record names (those its run made), report them destroyed, forget the record
+    (kept if one resists)."""
     host = LxcHost(record.bridge, lxc_path=record.lxc_path)
     states: dict[str, tuple[str, str]] = {}
     for name in record.names:

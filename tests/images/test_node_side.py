@@ -5,6 +5,7 @@ running the job on a node and LXC, is tests/testbed/oar/test_containers.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -389,6 +390,34 @@ def test_the_node_command_makes_the_containers_and_destroys_them_on_sigterm(tmp_
             command.wait()
         for record in node.instances():
             node.destroy(record.name)
+
+
+def test_the_node_command_leaves_alone_a_container_it_did_not_make(tmp_path: Path) -> None:
+    """A container of a planned name exists already (another run of the plan): this run neither records it nor
+    destroys it at its end, and reports it failed saying why. No LXC command runs: nothing is to be made."""
+    taken = tmp_path / "lxc" / PLAN.containers[0].name
+    taken.mkdir(parents=True)
+    (taken / "config").write_text("# somebody else's\n")
+    path = LeasePlans(tmp_path / "leases").write(replace(PLAN, lxc_path=str(tmp_path / "lxc")))
+    runs = tmp_path / "runs"
+    script = (
+        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
+        f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
+    )
+    command = subprocess.Popen([sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = command.stdout.readline() if command.stdout else ""
+        assert line.startswith(f"container {taken.name}: failed (a container named {taken.name} exists already")
+        (record,) = runs.iterdir()
+        assert json.loads(record.read_text())["names"] == []
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=60) == 1
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    assert (taken / "config").read_text() == "# somebody else's\n"
+    assert read_states(state_path_of(path).read_text())[taken.name][0] == "failed"
 
 
 def test_reap_destroys_the_containers_of_runs_that_are_gone_and_only_those(
