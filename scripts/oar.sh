@@ -246,7 +246,7 @@ EOF
 #!/bin/sh
 # Written by sfa-omf scripts/oar.sh: OAR's node epilogue (run as oar by oarexec, with JOB_ID USER NODE_FILE). It
 # destroys the lease containers whose job command is gone, as root through OAR's own oardodo.
-/usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap
+/usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap "\$1"
 exit 0
 EOF
 }

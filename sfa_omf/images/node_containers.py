@@ -4,8 +4,9 @@ A lease with containers is an OAR job whose command is ``sudo -n sfa-omf-lease-c
 node, as root (the sudo rule an operator installs, docs/operators.md), it creates and starts the containers the
 aggregate planned (sfa_omf/images/node_plans.py), reports what became of each next to the plan, then waits. It
 destroys them when it is signalled (SIGTERM, SIGINT, SIGHUP). OAR ends a job (oardel, its walltime) by SIGKILLing the
-job's processes, which nothing can catch: ``sfa-omf-lease-containers reap``, run as root by OAR's node epilogue once
-the job's processes are gone, destroys the containers of every ``run`` that is no longer alive. Nothing outlives the
+job's processes, which nothing can catch: ``sfa-omf-lease-containers reap JOB_ID``, run as root by OAR's node
+epilogue once the job's processes are gone, destroys the containers of that job's ``run`` (recorded with
+$OAR_JOB_ID), and of a few other runs that are no longer alive. Nothing outlives the
 job.
 
 Root runs this on behalf of the job's user, so it trusts only a plan that user cannot have written: a file owned by
@@ -43,6 +44,7 @@ RUNS_DIR = Path("/run/sfa-omf-lease-containers")  # one record per live `run`, f
 WRITERS_FILE = Path("/etc/sfa-omf/plan-writers")  # accounts besides root whose plans are trusted, one per line
 LOGIN = "root"
 LAUNCH_WORKERS = 4
+REAP_OTHERS = 4  # dead runs of other jobs one reap destroys besides its own job's (an epilogue has little time)
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
@@ -142,10 +144,14 @@ def run(plan_path: str) -> int:
     return 1 if any(state == NODE_FAILED for state, _ in states.values()) else 0
 
 
-def reap() -> int:
-    """Destroy the containers of every `run` whose process is gone (OAR SIGKILLed the job); returns 0."""
+def reap(job_id: str = "") -> int:
+    """Destroy the containers of `run`s whose process is gone (OAR SIGKILLed the job); returns 0. The run of OAR
+    job ``job_id`` (what the epilogue passes) first, then at most REAP_OTHERS other dead runs (runs whose own
+    epilogue failed): OAR gives an epilogue little time, so it never walks a long backlog."""
     if not RUNS_DIR.is_dir():
         return 0
+    mine: list[tuple[Path, RunRecord]] = []
+    others: list[tuple[Path, RunRecord]] = []
     for entry in sorted(RUNS_DIR.glob("*.json")):
         try:
             record = _read_record(entry)
@@ -154,6 +160,8 @@ def reap() -> int:
             continue
         if _start_time(record.pid) == record.started:
             continue  # still running: its job has not ended
+        (mine if job_id and record.job_id == job_id else others).append((entry, record))
+    for entry, record in mine + others[:REAP_OTHERS]:
         print(f"run {record.pid} of {record.plan} is gone: destroying {', '.join(record.names)}", flush=True)
         _destroy(record, entry)
     return 0
@@ -253,12 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="create and start a lease's containers, destroy them on a signal")
     run_parser.add_argument("plan", help="the lease's plan, written by the aggregate")
-    commands.add_parser("reap", help="destroy the containers of runs that are gone (OAR's node epilogue)")
+    reap_parser = commands.add_parser("reap", help="destroy the containers of runs that are gone (OAR's epilogue)")
+    reap_parser.add_argument("job_id", nargs="?", default="", help="the OAR job whose run goes first")
     arguments = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("sfa-omf-lease-containers needs root (LXC): run it through its sudo rule", file=sys.stderr)
         return 2
-    return run(arguments.plan) if arguments.command == "run" else reap()
+    return run(arguments.plan) if arguments.command == "run" else reap(arguments.job_id)
 
 
 if __name__ == "__main__":

@@ -404,12 +404,17 @@ def test_the_node_command_leaves_alone_a_container_it_did_not_make(tmp_path: Pat
         "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
         f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
     )
-    command = subprocess.Popen([sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, text=True)
+    command = subprocess.Popen(
+        [sys.executable, "-c", script, "run", str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OAR_JOB_ID": "4242"},
+    )
     try:
         line = command.stdout.readline() if command.stdout else ""
         assert line.startswith(f"container {taken.name}: failed (a container named {taken.name} exists already")
         (record,) = runs.iterdir()
-        assert json.loads(record.read_text())["names"] == []
+        assert json.loads(record.read_text())["names"] == [] and json.loads(record.read_text())["job_id"] == "4242"
         command.send_signal(signal.SIGTERM)
         assert command.wait(timeout=60) == 1
     finally:
@@ -454,3 +459,20 @@ def test_a_report_root_cannot_write_is_said_and_the_containers_still_go(
     out, err = capsys.readouterr()
     assert "container sfaomf-a-0: destroyed" in out and "no_root_squash" in err
     assert list(runs.iterdir()) == []  # destroyed all the same: the record goes
+
+
+def test_reap_ends_its_own_jobs_run_and_only_a_few_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The epilogue of OAR job 77 passes 77: that run goes whatever the backlog of other dead runs, and the sweep of
+    the others stops at REAP_OTHERS (the next epilogues take the rest)."""
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
+    monkeypatch.setattr(node_containers, "REAP_OTHERS", 2)
+    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    lxc = str(tmp_path / "lxc")
+    for n in range(6):  # dead runs of other jobs, named before job 77's run in the directory's order
+        node_containers._register(node_containers.RunRecord(2**22 + 1 + n, "1", str(path), "br", lxc, (f"o-{n}",)))
+    mine = node_containers.RunRecord(2**22 + 9, "1", str(path), "br", lxc, ("m-0",), PLAN.plan_id, "77")
+    node_containers._register(mine)
+    assert node_containers.main(["reap", "77"]) == 0
+    left = sorted(entry.name for entry in runs.iterdir())
+    assert f"{2**22 + 9}.json" not in left and len(left) == 6 - 2
