@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -476,3 +477,25 @@ def test_reap_ends_its_own_jobs_run_and_only_a_few_others(tmp_path: Path, monkey
     assert node_containers.main(["reap", "77"]) == 0
     left = sorted(entry.name for entry in runs.iterdir())
     assert f"{2**22 + 9}.json" not in left and len(left) == 6 - 2
+
+
+# -- scripts/oar.sh installs the node side's files ----------------------------------------------------------------
+def install_file(path: Path, content: str, *check: str) -> subprocess.CompletedProcess[str]:
+    """scripts/oar.sh's install_file, run alone (its definition taken from the script; as_root: already root)."""
+    script = Path(__file__).parents[2] / "scripts" / "oar.sh"
+    shell = (
+        'as_root() { "$@"; }; eval "$(sed -n "/^install_file()/,/^}/p" "$0")"; install_file "$1" 440 "${@:3}" <<<"$2"'
+    )
+    command = ["bash", "-c", shell, str(script), str(path), content, *check]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.skipif(not shutil.which("visudo"), reason="no visudo (sudo not installed)")
+def test_a_sudoers_rule_visudo_refuses_never_replaces_the_one_in_place(tmp_path: Path) -> None:
+    rule = tmp_path / "sfa-omf-lease-containers"
+    good = "ALL ALL=(root) NOPASSWD: /usr/local/sbin/sfa-omf-lease-containers run *"
+    assert install_file(rule, good, "visudo", "-cq", "-f").returncode == 0
+    assert rule.read_text() == good + "\n" and rule.stat().st_mode & 0o777 == 0o440
+    refused = install_file(rule, "ALL ALL=(root NOPASSWD this is not sudoers", "visudo", "-cq", "-f")
+    assert refused.returncode != 0 and "the old file is kept" in refused.stderr
+    assert rule.read_text() == good + "\n" and sorted(p.name for p in tmp_path.iterdir()) == [rule.name]
