@@ -246,7 +246,8 @@ EOF
 #!/bin/sh
 # Written by sfa-omf scripts/oar.sh: OAR's node epilogue (run as oar by oarexec, with JOB_ID USER NODE_FILE). It
 # destroys the lease containers whose job command is gone, as root through OAR's own oardodo.
-/usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap "\$1"
+# The job's run first (reap JOB_ID); a node command older than that (exit 2, usage) sweeps every dead run.
+/usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap "\$1" 2>/dev/null || /usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap
 exit 0
 EOF
 }
