@@ -143,7 +143,7 @@ class LeasePlans:
             plan_id, states = read_report(self.state_path(lease_id).read_text())
         except (OSError, ValueError, AttributeError):  # PlanError is a ValueError
             return {}
-        return states if plan_id == current else {}
+        return states if plan_id in ("", current) else {}  # "": a node command that predates plan ids
 
     def read(self, lease_id: str) -> LeasePlan | None:
         """The lease's plan as written, None when there is none (or it is unreadable)."""
@@ -180,15 +180,18 @@ def read_states(text: str) -> dict[str, tuple[str, str]]:
 
 
 def read_report(text: str) -> tuple[str, dict[str, tuple[str, str]]]:
-    """The plan a report is about and its containers' states; PlanError when it is not a report."""
+    """The plan a report is about ("" when it does not say) and its containers' states; PlanError when it is not
+    a report."""
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise PlanError(f"not JSON: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("containers"), dict):
-        raise PlanError("not a JSON object with containers")
+    if not isinstance(data, dict):
+        raise PlanError("not a JSON object")
+    # A node command older than plan ids reports the containers alone, no plan_id: "" (taken as the current plan's).
+    containers = data["containers"] if isinstance(data.get("containers"), dict) else data
     found = {}
-    for name, item in data["containers"].items():
+    for name, item in containers.items():
         if not isinstance(item, dict) or item.get("state") not in NODE_STATES:
             raise PlanError(f"container {name!r}: no known state")
         found[str(name)] = (str(item["state"]), str(item.get("error") or ""))

@@ -36,6 +36,7 @@ from sfa_omf.images.node_plans import (
     LeasePlans,
     PlanError,
     PlannedContainer,
+    read_report,
     read_states,
     state_path_of,
     write_states,
@@ -280,6 +281,9 @@ def test_the_rows_follow_what_the_node_reports(site: Site, pki: DemoPki) -> None
     assert site.am.run_instances() == ([], []) and {r.state for r in site.instances.of_lease(lease_id)} == {PLANNED}
     write_states(report, stale, plan.plan_id)
     assert site.am.run_instances() == ([first.name], [])
+    assert read_report(report.read_text()) == (plan.plan_id, stale)
+    legacy = {name: {"state": state, "error": error} for name, (state, error) in stale.items()}
+    assert read_report(json.dumps(legacy)) == ("", stale)  # a node command older than plan ids: taken as current
     states = {r.name: (r.state, r.error) for r in site.instances.of_lease(lease_id)}
     assert states == {first.name: (RUNNING, ""), second.name: (FAILED, "no space left")}
     write_states(report, {first.name: ("destroyed", ""), second.name: ("destroyed", "")}, plan.plan_id)
