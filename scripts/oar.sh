@@ -177,12 +177,11 @@ resources_up() {
     # Agents' nodes (sfa_omf/testbed/oar/agent_nodes.py) carry these, as OAR's desktop-computing seed planned.
     grep -qx local_ip_address <<<"$properties" || as_root oarproperty -q -a local_ip_address -c
     grep -qx vpn_number <<<"$properties" || as_root oarproperty -q -a vpn_number
-    if ! grep -qx exec <<<"$properties"; then
-        as_root oarproperty -q -a exec -c
-        # Like deploy: every resource (fake nodes, agents' nodes added later) is NO unless made an exec node.
-        psql_admin "-d oar -c \"ALTER TABLE resources ALTER COLUMN exec SET DEFAULT 'NO'\" \
-            -c \"UPDATE resources SET exec = 'NO' WHERE exec IS NULL\""
-    fi
+    grep -qx exec <<<"$properties" || as_root oarproperty -q -a exec -c
+    # Like deploy: every resource (fake nodes, agents' nodes added later) is NO unless made an exec node. Every
+    # time, not only when the property is made: a run that stopped between the two left the default unset.
+    psql_admin "-d oar -c \"ALTER TABLE resources ALTER COLUMN exec SET DEFAULT 'NO'\" \
+        -c \"UPDATE resources SET exec = 'NO' WHERE exec IS NULL\""
     existing=$(as_root oarnodes -l 2>/dev/null || true)
     # Execution nodes: loopback addresses of their own (Linux answers on all of 127/8), reached by OAR's server
     # with `ssh -p 6667` as oar like any node.
@@ -237,24 +236,34 @@ exec "$VENV/bin/sfa-omf-lease-containers" "\$@"
 EOF
     # Job commands run as the job's user: they may start lease containers as root, nothing else. The command itself
     # trusts only plans in root-owned directories, written for that very user by the aggregate.
-    install_file "$NODE_SUDOERS" 440 <<EOF
+    # Checked before it is moved into place (sudo ignores sudoers.d names with a dot, like the .new file): a broken
+    # rule never reaches sudo.
+    install_file "$NODE_SUDOERS" 440 visudo -cq -f <<EOF
 # Written by sfa-omf scripts/oar.sh: OAR job commands create the lease's containers as root (docs/operators.md).
 ALL ALL=(root) NOPASSWD: $NODE_COMMAND run *
 EOF
-    as_root visudo -cq -f "$NODE_SUDOERS"
     install_file "$NODE_EPILOGUE" 755 <<EOF
 #!/bin/sh
 # Written by sfa-omf scripts/oar.sh: OAR's node epilogue (run as oar by oarexec, with JOB_ID USER NODE_FILE). It
 # destroys the lease containers whose job command is gone, as root through OAR's own oardodo.
-/usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap
+# The job's run first (reap JOB_ID); a node command older than that (exit 2, usage) sweeps every dead run.
+/usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap "\$1" 2>/dev/null || /usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap
 exit 0
 EOF
 }
 
-# install_file PATH MODE < CONTENT: write PATH (as root) only when its content changes.
+# install_file PATH MODE [CHECK...] < CONTENT: write PATH (as root) only when its content changes; with CHECK, the
+# new content is moved into place only if `CHECK PATH.new` accepts it.
 install_file() {
     local path=$1 mode=$2
+    shift 2
     as_root tee "$path.new" >/dev/null
+    as_root chmod "$mode" "$path.new"
+    if [ $# -gt 0 ] && ! as_root "$@" "$path.new"; then
+        as_root rm -f "$path.new"
+        echo "oar.sh: $path: the new content was refused by $*; the old file is kept" >&2
+        return 1
+    fi
     if cmp -s "$path.new" "$path"; then as_root rm -f "$path.new"; else as_root mv "$path.new" "$path"; fi
     as_root chmod "$mode" "$path"
 }

@@ -452,10 +452,12 @@ class Aggregate:
             for account in accounts:  # the testbed may need them (OAR runs jobs as them); keys come after
                 self.unix_accounts.ensure(account.login)
         done: list[LeaseRecord] = []
+        prepared: list[str] = []
         keys = [key for account in accounts for key in account.ssh_keys]
         try:
             for lease in pending:
                 if self.instances is not None:  # the plan first: the lease's job may start at once and read it
+                    prepared.append(lease.id)  # before: a prepare that fails halfway is undone too
                     self.instances.prepare(lease.id, owner, keys, self.clock())
                 # The testbed first: if it is down the booking stays allocated and a retry works later.
                 self.backend.provision(lease, owner, accounts)
@@ -466,9 +468,13 @@ class Aggregate:
             )
         except BaseException:
             self._release_quietly(done)  # nothing half-provisioned: the retry provisions all of them again
+            if self.instances is not None:  # no plan left for a job, no address held: the call wrote nothing
+                self.instances.unprepare(prepared, self.clock())
             raise
         if not pending and users:
             self.slices.update_users(slice_urn, users)  # Provision again, with more users: they are kept
+        if self.instances is not None and users:  # the plans of leases provisioned before get the keys too
+            self.instances.rewrite_keys([lease.id for lease in leases if lease.state == "provisioned"], keys)
         if self.unix_accounts is not None and pending:
             self.unix_accounts.set_slice_keys(accounts, slice_urn)  # logins work once the slice is provisioned
         return self._describe_slice(slice_urn, sliver_urns)
@@ -554,9 +560,7 @@ class Aggregate:
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to delete")
         for lease in leases:
-            self._destroy_containers(lease)
-            if lease.state == "provisioned":
-                self.backend.release(lease)
+            self._end_lease(lease)
             deleted.append(self.bookings.cancel(lease.id))
         self.withdraw_keys_if_done(slice_urn)
         return [self._sliver_dict(sliver, lease) for lease in deleted for sliver in lease.slivers]
@@ -623,6 +627,10 @@ class Aggregate:
                     log.warning("lease %s keeps the new users on the testbed: %s", lease.id, exc.message)
             raise
         self.slices.update_users(slice_urn, users, replace=True)
+        if self.instances is not None:  # a job yet to start makes its containers with the new keys
+            self.instances.rewrite_keys(
+                [lease.id for lease in provisioned], [key for account in accounts for key in account.ssh_keys]
+            )
         if self.unix_accounts is not None and provisioned:
             self.unix_accounts.set_slice_keys(accounts, slice_urn)
             # A user left out of the list: their account loses this slice's keys too.
@@ -636,9 +644,7 @@ class Aggregate:
         verified = self.authorize("Shutdown", caller_chain, credentials, slice_urn)
         self.slices.set_shut_down(slice_urn, True, expires=verified.expires)  # first: no new booking slips in
         for lease in self.bookings.leases(slice_urn=slice_urn):
-            self._destroy_containers(lease)
-            if lease.state == "provisioned":
-                self.backend.release(lease)
+            self._end_lease(lease)
             self.bookings.cancel(lease.id)
         self.withdraw_keys_if_done(slice_urn)
         return True
@@ -657,9 +663,8 @@ class Aggregate:
         Run periodically by the server; returns how many leases ended."""
         ended = self.bookings.retire_ended()
         for lease in ended:
-            self._destroy_containers(lease)
             try:
-                self.backend.release(lease)
+                self._end_lease(lease, provisioned=True)
             except GeniError as exc:  # the testbed ends the reservation itself at its end; its reconciler checks
                 log.warning("lease %s ended but the testbed did not release it: %s", lease.id, exc.message)
         for slice_urn in {lease.slice_urn for lease in ended}:
@@ -690,6 +695,18 @@ class Aggregate:
             raise BadArgs("the slivers named belong to different slices")
         return owners.pop(), slivers
 
+    def _end_lease(self, lease: LeaseRecord, provisioned: bool | None = None) -> None:
+        """Release the lease on the testbed (when provisioned) and destroy its containers. When the testbed's jobs
+        run them (OAR), the release is what destroys them: their rows say destroyed (and free their addresses) only
+        once it succeeded, so a failed release leaves them live and a retry finishes the job. Here, they go first."""
+        on_nodes = self.instances is not None and self.instances.plans is not None
+        if not on_nodes:
+            self._destroy_containers(lease)
+        if lease.state == "provisioned" if provisioned is None else provisioned:
+            self.backend.release(lease)
+        if on_nodes:
+            self._destroy_containers(lease)
+
     def _destroy_containers(self, lease: LeaseRecord) -> None:
         """Nothing outlives a lease: its containers go with it (a failure here is retried by run_instances)."""
         if self.instances is None:
@@ -706,16 +723,16 @@ class Aggregate:
             return [], []
         return self.instances.tick(self.clock(), self._slice_keys, self._testbed_state)
 
-    def _testbed_state(self, slice_urn: str, lease_id: str) -> str | None:
-        """A provisioned lease's operational state on the testbed (the node agents', else the backend's: an OAR job
-        killed reads geni_failed or geni_notready); None when the experimenter stopped it."""
+    def _testbed_state(self, slice_urn: str, lease_id: str) -> SliverHealth | None:
+        """A provisioned lease's operational state on the testbed, with its words (the node agents', else the
+        backend's: an OAR job killed reads geni_failed or geni_notready); None when the experimenter stopped it."""
         lease = next((found for found in self.bookings.leases(slice_urn=slice_urn) if found.id == lease_id), None)
         if lease is None or not lease.slivers:
-            return str(Operational.FAILED)
+            return SliverHealth(Operational.FAILED, "the lease is no longer recorded")
         sliver = lease.slivers[0]
         if sliver.operational_state == Operational.NOTREADY:
             return None
-        return str(self._health(sliver, lease).operational_state)
+        return self._health(sliver, lease)
 
     def _slice_keys(self, slice_urn: str) -> list[str]:
         """Every SSH key of the slice's users (what a container's root accepts)."""

@@ -23,7 +23,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
 
@@ -37,6 +37,7 @@ from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.images.lxc import InstanceSpec, LxcHost, wait_for_ssh
 from sfa_omf.images.node_plans import NODE_STATES, LeasePlan, LeasePlans, PlannedContainer, plans_directory
 from sfa_omf.images.store import ImageStore, check_label
+from sfa_omf.testbed.base import SliverHealth
 
 log = logging.getLogger("sfa_omf.instances")
 
@@ -173,15 +174,18 @@ class Instances:
         self,
         now: datetime,
         keys_of: Callable[[str], Sequence[str]],
-        testbed_state: Callable[[str, str], str | None] = lambda slice_urn, lease_id: "geni_ready",
+        testbed_state: Callable[[str, str], SliverHealth | None] = lambda slice_urn, lease_id: SliverHealth(
+            "geni_ready"
+        ),
     ) -> tuple[list[str], list[str]]:
         """The containers follow their lease and the testbed's reservation. Destroyed: those of leases that are
         over (ended, deleted, expired, slot past), those whose reservation the testbed ended inside the slot (an OAR
         job killed), and containers of ours no live row names. Started: those of provisioned leases whose slot runs
         once the testbed holds the nodes. ``keys_of(slice_urn)``: the SSH keys to put in; ``testbed_state(slice_urn,
-        lease_id)``: the lease's operational state on the testbed (geni_ready, geni_failed, ...; None: the
-        experimenter stopped it, leave it be). Returns (names started, names destroyed). Run periodically by the
-        server (once cluster-wide). With ``plans`` the nodes make and destroy them: the rows follow their reports."""
+        lease_id)``: the lease's operational state on the testbed (geni_ready, geni_failed, ... with the testbed's
+        words; None: the experimenter stopped it, leave it be). Returns (names started, names destroyed). Run
+        periodically by the server (once cluster-wide). With ``plans`` the nodes make and destroy them: the rows
+        follow their reports (a job that ended before its node reported fails them, saying so)."""
         if self.host is None:
             return [], []
         over, due = self._round(now, testbed_state)
@@ -215,7 +219,7 @@ class Instances:
         return started, destroyed
 
     def _round(
-        self, now: datetime, testbed_state: Callable[[str, str], str | None]
+        self, now: datetime, testbed_state: Callable[[str, str], SliverHealth | None]
     ) -> tuple[set[str], list[tuple[str, str, set[str]]]]:
         """The leases whose containers must go (over, or their reservation ended on the testbed), and those whose
         slot runs on a testbed that holds the nodes (lease id, slice URN, its containers' states)."""
@@ -237,9 +241,19 @@ class Instances:
                 running.setdefault(lease_id, (slice_urn, set()))[1].add(state)
         due: list[tuple[str, str, set[str]]] = []
         for lease_id, (slice_urn, states) in sorted(running.items()):
-            testbed = testbed_state(slice_urn, lease_id)
+            health = testbed_state(slice_urn, lease_id)
+            testbed = None if health is None else health.operational_state
             has_run = bool(states & {RUNNING, STOPPED})
-            if testbed == "geni_failed" or (testbed == "geni_notready" and has_run):
+            if testbed == "geni_failed" and health is not None and self._unreported(lease_id, states):
+                # The job ended (OAR's Error, or gone) before the node side said anything: the rows say so, and
+                # stay (failed, with why) until the slot ends, instead of "planned" all along.
+                reason = (
+                    f"the lease's OAR job ended ({health.error or testbed}) before its node reported the "
+                    "containers: see the job's stderr on the node"
+                )
+                log.warning("lease %s: %s", lease_id, reason)
+                self._fail_planned(lease_id, reason, now)
+            elif testbed == "geni_failed" or (testbed == "geni_notready" and has_run):
                 log.info(
                     "lease %s: the testbed ended its reservation (%s): destroying its containers", lease_id, testbed
                 )
@@ -249,6 +263,10 @@ class Instances:
         return over, due
 
     # -- containers made by the testbed's jobs (plans) --------------------------------------------------------------
+    def _unreported(self, lease_id: str, states: set[str]) -> bool:
+        """The testbed's job runs the lease's containers and its node side has reported nothing on them yet."""
+        return self.plans is not None and states <= {PLANNED, FAILED} and not self.plans.states(lease_id)
+
     def prepare(self, lease_id: str, user: str, keys: Sequence[str], now: datetime) -> bool:
         """Before the lease's job is submitted: give its live containers their addresses and write its plan for the
         node side (the job runs as ``user``; ``keys`` go to root in each container). False when the lease has no
@@ -258,6 +276,13 @@ class Instances:
         records = [record for record in self.of_lease(lease_id) if record.state in LIVE]
         if not records:
             return False
+        removed = sorted({record.image for record in records if record.image and self.images.get(record.image) is None})
+        if removed:  # never a plan naming something that is not an image file: refused before anything is written
+            raise GeniError(
+                Reason.NOT_FOUND,
+                f"image {removed[0]} was removed from the repository since Allocate: Delete these slivers and "
+                "allocate again with an image sfa-omf image list shows",
+            )
         unaddressed = [record for record in records if not record.address]
         addressed = {record.name: record for record in self._assign_addresses(unaddressed, now)}
         records = [addressed.get(record.name, record) for record in records]
@@ -276,6 +301,34 @@ class Instances:
             )
         )
         return True
+
+    def rewrite_keys(self, lease_ids: Iterable[str], keys: Sequence[str]) -> list[str]:
+        """The slice's users changed (geni_update_users, Provision again with more users): the plans of these leases
+        get ``keys`` (a job that has not started yet reads them; the plan stays the same plan, its id kept so a run's
+        report still counts). Returns the leases whose plan was rewritten."""
+        rewritten: list[str] = []
+        if self.plans is None:
+            return rewritten
+        for lease_id in lease_ids:
+            plan = self.plans.read(lease_id)
+            if plan is not None:
+                self.plans.write(replace(plan, keys=tuple(key.strip() for key in keys if key.strip())))
+                rewritten.append(lease_id)
+        return rewritten
+
+    def unprepare(self, lease_ids: Sequence[str], now: datetime) -> None:
+        """Undo ``prepare`` for leases whose Provision failed: their plans go and their containers, still planned,
+        give their addresses back."""
+        if self.plans is None or not lease_ids:
+            return
+        for lease_id in lease_ids:
+            self.plans.remove(lease_id)
+        with self.database.write() as session:
+            session.execute(
+                update(LeaseInstance)
+                .where(LeaseInstance.lease_id.in_(lease_ids), LeaseInstance.state == PLANNED)
+                .values(address=None, updated_s=to_s(now))
+            )
 
     def _follow_nodes(self, lease_ids: Sequence[str], now: datetime) -> tuple[list[str], list[str]]:
         """The rows of leases whose job runs take what the node side reported: running, failed (with its reason),

@@ -4,8 +4,9 @@ A lease with containers is an OAR job whose command is ``sudo -n sfa-omf-lease-c
 node, as root (the sudo rule an operator installs, docs/operators.md), it creates and starts the containers the
 aggregate planned (sfa_omf/images/node_plans.py), reports what became of each next to the plan, then waits. It
 destroys them when it is signalled (SIGTERM, SIGINT, SIGHUP). OAR ends a job (oardel, its walltime) by SIGKILLing the
-job's processes, which nothing can catch: ``sfa-omf-lease-containers reap``, run as root by OAR's node epilogue once
-the job's processes are gone, destroys the containers of every ``run`` that is no longer alive. Nothing outlives the
+job's processes, which nothing can catch: ``sfa-omf-lease-containers reap JOB_ID``, run as root by OAR's node
+epilogue once the job's processes are gone, destroys the containers of that job's ``run`` (recorded with
+$OAR_JOB_ID), and of a few other runs that are no longer alive. Nothing outlives the
 job.
 
 Root runs this on behalf of the job's user, so it trusts only a plan that user cannot have written: a file owned by
@@ -43,6 +44,7 @@ RUNS_DIR = Path("/run/sfa-omf-lease-containers")  # one record per live `run`, f
 WRITERS_FILE = Path("/etc/sfa-omf/plan-writers")  # accounts besides root whose plans are trusted, one per line
 LOGIN = "root"
 LAUNCH_WORKERS = 4
+REAP_OTHERS = 4  # dead runs of other jobs one reap destroys besides its own job's (an epilogue has little time)
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
@@ -56,6 +58,8 @@ class RunRecord:
     bridge: str
     lxc_path: str
     names: tuple[str, ...]
+    plan_id: str = ""  # the plan's own id, echoed in the reports
+    job_id: str = ""  # the OAR job that ran it ($OAR_JOB_ID), "" outside OAR
 
 
 def untrusted(path: Path, writers: frozenset[int] = frozenset({0})) -> str:
@@ -105,15 +109,19 @@ def run(plan_path: str) -> int:
     # Signals wait until the containers are made (and a record names them): none is left half-made by a signal.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     host = LxcHost(plan.bridge, lxc_path=plan.lxc_path)
+    # A container of a planned name that exists already is not this run's (another run of the plan, or anything
+    # else): left alone, never destroyed at this run's end; only the names this run makes are recorded.
+    taken = [c.name for c in plan.containers if (host.lxc_path / c.name).exists()]
+    fresh = [c for c in plan.containers if c.name not in taken]
     record = RunRecord(
         os.getpid(), _start_time(os.getpid()), str(path), plan.bridge, plan.lxc_path,
-        tuple(c.name for c in plan.containers),
+        tuple(c.name for c in fresh), plan.plan_id, os.environ.get("OAR_JOB_ID", ""),
     )  # fmt: skip
     _register(record)
     report = state_path_of(path)
 
     def launch(index: int) -> tuple[str, str, str]:
-        container = plan.containers[index]
+        container = fresh[index]
         spec = InstanceSpec(container.name, container.address, plan.keys, LOGIN)
         try:
             host.launch(spec, plan.ssh_timeout_s, image=container.image)
@@ -122,9 +130,12 @@ def run(plan_path: str) -> int:
         return container.name, NODE_RUNNING, ""
 
     with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
-        outcomes = list(pool.map(launch, range(len(plan.containers))))
+        outcomes = list(pool.map(launch, range(len(fresh))))
+    outcomes += [
+        (name, NODE_FAILED, f"a container named {name} exists already on this node: left alone") for name in taken
+    ]
     states = {name: (state, error) for name, state, error in outcomes}
-    write_states(report, states)
+    _report(report, states, plan.plan_id)
     for name, state, error in outcomes:
         print(f"container {name}: {state}{f' ({error})' if error else ''}", flush=True)
     received = signal.sigwait(STOP_SIGNALS)
@@ -133,10 +144,14 @@ def run(plan_path: str) -> int:
     return 1 if any(state == NODE_FAILED for state, _ in states.values()) else 0
 
 
-def reap() -> int:
-    """Destroy the containers of every `run` whose process is gone (OAR SIGKILLed the job); returns 0."""
+def reap(job_id: str = "") -> int:
+    """Destroy the containers of `run`s whose process is gone (OAR SIGKILLed the job); returns 0. The run of OAR
+    job ``job_id`` (what the epilogue passes) first, then at most REAP_OTHERS other dead runs (runs whose own
+    epilogue failed): OAR gives an epilogue little time, so it never walks a long backlog."""
     if not RUNS_DIR.is_dir():
         return 0
+    mine: list[tuple[Path, RunRecord]] = []
+    others: list[tuple[Path, RunRecord]] = []
     for entry in sorted(RUNS_DIR.glob("*.json")):
         try:
             record = _read_record(entry)
@@ -145,6 +160,8 @@ def reap() -> int:
             continue
         if _start_time(record.pid) == record.started:
             continue  # still running: its job has not ended
+        (mine if job_id and record.job_id == job_id else others).append((entry, record))
+    for entry, record in mine + others[:REAP_OTHERS]:
         print(f"run {record.pid} of {record.plan} is gone: destroying {', '.join(record.names)}", flush=True)
         _destroy(record, entry)
     return 0
@@ -179,7 +196,8 @@ def _uid(user: str) -> int | None:
 
 
 def _destroy(record: RunRecord, entry: Path | None = None) -> None:
-    """Destroy every container the record names, report them destroyed, forget the record (kept if one resists)."""
+    """Destroy the containers the record names (those its run made), report them destroyed, forget the record
+    (kept if one resists)."""
     host = LxcHost(record.bridge, lxc_path=record.lxc_path)
     states: dict[str, tuple[str, str]] = {}
     for name in record.names:
@@ -188,11 +206,27 @@ def _destroy(record: RunRecord, entry: Path | None = None) -> None:
             states[name] = (NODE_DESTROYED, "")
         except GeniError as exc:  # the next reap tries again
             print(f"container {name} could not be destroyed: {exc.message}", file=sys.stderr)
+    for name in states:
+        print(f"container {name}: {NODE_DESTROYED}", flush=True)
     plan = Path(record.plan)
     if plan.exists() and states:
-        write_states(state_path_of(plan), states)
+        _report(state_path_of(plan), states, record.plan_id)
     if len(states) == len(record.names):
         (entry or _record_path(record)).unlink(missing_ok=True)
+
+
+def _report(path: Path, states: dict[str, tuple[str, str]], plan_id: str) -> None:
+    """Write the report for the aggregate; when root may not write there (an NFS export squashing root), say so
+    and carry on: the containers still run and are still destroyed, and stdout has their states."""
+    try:
+        write_states(path, states, plan_id)
+    except OSError as exc:
+        print(
+            f"could not write the report {path} ({exc.strerror or exc}): the aggregate does not see these states. "
+            "The plans directory must be writable by root on the nodes (NFS: export it with no_root_squash)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _record_path(record: RunRecord) -> Path:
@@ -208,7 +242,7 @@ def _read_record(entry: Path) -> RunRecord:
     data = json.loads(entry.read_text())
     return RunRecord(
         int(data["pid"]), str(data["started"]), str(data["plan"]), str(data["bridge"]), str(data["lxc_path"]),
-        tuple(str(name) for name in data["names"]),
+        tuple(str(name) for name in data["names"]), str(data.get("plan_id", "")), str(data.get("job_id", "")),
     )  # fmt: skip
 
 
@@ -227,12 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="create and start a lease's containers, destroy them on a signal")
     run_parser.add_argument("plan", help="the lease's plan, written by the aggregate")
-    commands.add_parser("reap", help="destroy the containers of runs that are gone (OAR's node epilogue)")
+    reap_parser = commands.add_parser("reap", help="destroy the containers of runs that are gone (OAR's epilogue)")
+    reap_parser.add_argument("job_id", nargs="?", default="", help="the OAR job whose run goes first")
     arguments = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("sfa-omf-lease-containers needs root (LXC): run it through its sudo rule", file=sys.stderr)
         return 2
-    return run(arguments.plan) if arguments.command == "run" else reap()
+    return run(arguments.plan) if arguments.command == "run" else reap(arguments.job_id)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,9 @@ import ipaddress
 import json
 import os
 import re
+import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,13 @@ class LeasePlan:
     ssh_timeout_s: float
     keys: tuple[str, ...]  # the slice users' SSH public keys, for root inside each container
     containers: tuple[PlannedContainer, ...]
+    # This plan, written at Provision; the node side echoes it in its report, so a report from an earlier plan of
+    # the same lease (a run before a failed Provision was retried) is told apart and ignored.
+    plan_id: str = field(default_factory=lambda: secrets.token_hex(8))
 
     def to_json(self) -> str:
         data = {
+            "plan_id": self.plan_id,
             "lease_id": self.lease_id,
             "user": self.user,
             "bridge": self.bridge,
@@ -100,6 +105,7 @@ class LeasePlan:
         if len({c.name for c in planned}) != len(planned):
             raise PlanError("a container name appears twice")
         return LeasePlan(
+            plan_id=_named(data, "plan_id"),
             lease_id=_named(data, "lease_id"),
             user=_named(data, "user"),
             bridge=_named(data, "bridge"),
@@ -130,11 +136,21 @@ class LeasePlans:
         return path
 
     def states(self, lease_id: str) -> dict[str, tuple[str, str]]:
-        """What the node side reported: container name -> (state, error); {} when it reported nothing (yet)."""
+        """What the node side reported on the lease's current plan: container name -> (state, error); {} when it
+        reported nothing (yet), or only on an earlier plan."""
         try:
-            return read_states(self.state_path(lease_id).read_text())
-        except (OSError, PlanError):
+            current = json.loads(self.plan_path(lease_id).read_text()).get("plan_id")
+            plan_id, states = read_report(self.state_path(lease_id).read_text())
+        except (OSError, ValueError, AttributeError):  # PlanError is a ValueError
             return {}
+        return states if plan_id in ("", current) else {}  # "": a node command that predates plan ids
+
+    def read(self, lease_id: str) -> LeasePlan | None:
+        """The lease's plan as written, None when there is none (or it is unreadable)."""
+        try:
+            return LeasePlan.from_json(self.plan_path(lease_id).read_text())
+        except (OSError, PlanError):
+            return None
 
     def remove(self, lease_id: str) -> None:
         """The lease is over: its plan and state go."""
@@ -152,25 +168,34 @@ def state_path_of(plan_path: Path) -> Path:
     return plan_path.with_name(plan_path.name.removesuffix(PLAN_SUFFIX) + STATE_SUFFIX)
 
 
-def write_states(path: Path, states: dict[str, tuple[str, str]]) -> None:
-    """The node side's report: each container's state and error."""
-    data = {name: {"state": state, "error": error} for name, (state, error) in sorted(states.items())}
-    _write_at_once(path, json.dumps(data, indent=1) + "\n")
+def write_states(path: Path, states: dict[str, tuple[str, str]], plan_id: str) -> None:
+    """The node side's report on the plan ``plan_id``: each container's state and error."""
+    containers = {name: {"state": state, "error": error} for name, (state, error) in sorted(states.items())}
+    _write_at_once(path, json.dumps({"plan_id": plan_id, "containers": containers}, indent=1) + "\n")
 
 
 def read_states(text: str) -> dict[str, tuple[str, str]]:
+    """The containers' states of a report (whichever plan it is about)."""
+    return read_report(text)[1]
+
+
+def read_report(text: str) -> tuple[str, dict[str, tuple[str, str]]]:
+    """The plan a report is about ("" when it does not say) and its containers' states; PlanError when it is not
+    a report."""
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise PlanError(f"not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise PlanError("not a JSON object")
+    # A node command older than plan ids reports the containers alone, no plan_id: "" (taken as the current plan's).
+    containers = data["containers"] if isinstance(data.get("containers"), dict) else data
     found = {}
-    for name, item in data.items():
+    for name, item in containers.items():
         if not isinstance(item, dict) or item.get("state") not in NODE_STATES:
             raise PlanError(f"container {name!r}: no known state")
         found[str(name)] = (str(item["state"]), str(item.get("error") or ""))
-    return found
+    return str(data.get("plan_id") or ""), found
 
 
 def _write_at_once(path: Path, text: str) -> None:

@@ -5,22 +5,28 @@ running the job on a node and LXC, is tests/testbed/oar/test_containers.py."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import tarfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import delete
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.am.states import Operational
 from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.models import RepositoryImage
 from sfa_omf.calendar.policy import Policy
-from sfa_omf.calendar.records import NodeSpec
+from sfa_omf.calendar.records import LeaseRecord, NodeSpec
 from sfa_omf.errors import GeniCode, GeniError, Reason
 from sfa_omf.images import node_containers
 from sfa_omf.images.instances import DESTROYED, FAILED, PLANNED, RUNNING, Instances
@@ -30,12 +36,15 @@ from sfa_omf.images.node_plans import (
     LeasePlans,
     PlanError,
     PlannedContainer,
+    read_report,
     read_states,
     state_path_of,
     write_states,
 )
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
+from sfa_omf.testbed.base import SliverHealth
+from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.testbed.oar.backend import OarTestbed
 from sfa_omf.testbed.oar.client import OarClient
 from sfa_omf.times import format_time
@@ -172,17 +181,19 @@ def site(pki: DemoPki, tmp_path: Path) -> Iterator[Site]:
     yield Site(am, instances, plans)
 
 
-def provision(site: Site, pki: DemoPki) -> str:
+def provision(site: Site, pki: DemoPki, image: str = "", before: Callable[[], object] = lambda: None) -> str:
     alice = pki.users["alice"]
     rspec = (
         '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
         'xmlns:inst="http://sfa-omf.org/rspec/ext/instances/1">'
         f'<node client_id="n" component_id="{NODE}" exclusive="true">'
-        '<sliver_type name="lxc" inst:count="2"/></node></rspec>'
+        f'<sliver_type name="lxc" inst:count="2">{image and f"<disk_image name={image!r}/>"}</sliver_type>'
+        "</node></rspec>"
     )
     end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=30)
     options = {"geni_end_time": format_time(end), "geni_users": [{"urn": alice.chain[0].urn, "keys": [KEY]}]}
     site.am.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], rspec, options)
+    before()
     site.am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)
     (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
     return lease.id
@@ -198,17 +209,84 @@ def test_provision_writes_the_plan_the_node_command_reads(site: Site, pki: DemoP
     assert len({c.address for c in plan.containers}) == 2 and all(r.state == PLANNED for r in records)
 
 
+def test_a_failed_provision_leaves_no_plan_and_gives_the_addresses_back(site: Site, pki: DemoPki) -> None:
+    """The OAR API does not answer (nothing listens on port 9): Provision fails and writes nothing."""
+    site.am.backend = OarTestbed(
+        OarClient("http://127.0.0.1:9/oarapi"), site.am.database, "testbed", container_plans=site.plans
+    )
+    with pytest.raises(GeniError):
+        provision(site, pki)
+    (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    assert lease.state == "allocated" and not site.plans.plan_path(lease.id).exists()
+    assert {(r.state, r.address) for r in site.instances.of_lease(lease.id)} == {(PLANNED, "")}
+
+
+def test_an_image_removed_since_allocate_is_refused_at_provision_and_nothing_is_written(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    archive = tmp_path / "tools.tar"
+    with tarfile.open(archive, "w"):
+        pass
+    site.instances.images.add(archive, "tools", "urn:publicid:IDN+testbed+user+alice", datetime.now(UTC))
+
+    def forget_image() -> None:  # the store refuses to remove an image a lease uses: its row goes behind its back
+        with site.am.database.write() as session:
+            session.execute(delete(RepositoryImage).where(RepositoryImage.label == "tools"))
+
+    with pytest.raises(GeniError) as refused:
+        provision(site, pki, "tools", before=forget_image)
+    assert refused.value.code == GeniCode.SEARCHFAILED and "tools" in refused.value.message
+    (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    assert lease.state == "allocated" and not site.plans.plan_path(lease.id).exists()
+    assert {(r.state, r.address) for r in site.instances.of_lease(lease.id)} == {(PLANNED, "")}
+
+
+def test_a_job_that_ends_before_its_node_reported_fails_the_containers_saying_so(site: Site, pki: DemoPki) -> None:
+    lease_id = provision(site, pki)
+    ended = SliverHealth(Operational.FAILED, "OAR job 12: Error")
+    assert site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended) == ([], [])
+    for record in site.instances.of_lease(lease_id):
+        assert record.state == FAILED and record.address  # held until the slot ends, like any live row
+        assert "OAR job 12: Error" in record.error and "before its node reported" in record.error
+    site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended)
+    assert {r.state for r in site.instances.of_lease(lease_id)} == {FAILED}  # not destroyed while the slot runs
+
+
+def test_new_keys_reach_the_plan_of_a_provisioned_lease(site: Site, pki: DemoPki) -> None:
+    lease_id = provision(site, pki)
+    alice = pki.users["alice"]
+    first = site.plans.read(lease_id)
+    other = KEY.replace("alice", "alice-laptop").replace("Fake", "Else")
+    users = {"geni_users": [{"urn": alice.chain[0].urn, "keys": [other]}]}
+    site.am.perform_operational_action(alice.chain, [pki.slice_urn], [alice.slice_cred], "geni_update_users", users)
+    plan = site.plans.read(lease_id)
+    assert first is not None and plan is not None
+    assert plan.keys == (other,) and plan.plan_id == first.plan_id  # the same plan, the new keys
+    more = KEY.replace("alice", "alice-desk").replace("Fake", "More")
+    options = {"geni_users": [{"urn": alice.chain[0].urn, "keys": [other, more]}]}
+    site.am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)  # Provision again, more keys
+    plan = site.plans.read(lease_id)
+    assert plan is not None and set(plan.keys) == {other, more}
+
+
 def test_the_rows_follow_what_the_node_reports(site: Site, pki: DemoPki) -> None:
     lease_id = provision(site, pki)
     first, second = site.instances.of_lease(lease_id)
+    report = site.plans.state_path(lease_id)
+    plan = site.plans.read(lease_id)
+    assert plan is not None
     assert site.am.run_instances() == ([], [])  # nothing reported yet: nothing changes, LXC untouched here
-    write_states(
-        site.plans.state_path(lease_id), {first.name: ("running", ""), second.name: ("failed", "no space left")}
-    )
+    stale = {first.name: ("running", ""), second.name: ("failed", "no space left")}
+    write_states(report, stale, "0123456789abcdef")  # an earlier plan's run reported this: ignored
+    assert site.am.run_instances() == ([], []) and {r.state for r in site.instances.of_lease(lease_id)} == {PLANNED}
+    write_states(report, stale, plan.plan_id)
     assert site.am.run_instances() == ([first.name], [])
+    assert read_report(report.read_text()) == (plan.plan_id, stale)
+    legacy = {name: {"state": state, "error": error} for name, (state, error) in stale.items()}
+    assert read_report(json.dumps(legacy)) == ("", stale)  # a node command older than plan ids: taken as current
     states = {r.name: (r.state, r.error) for r in site.instances.of_lease(lease_id)}
     assert states == {first.name: (RUNNING, ""), second.name: (FAILED, "no space left")}
-    write_states(site.plans.state_path(lease_id), {first.name: ("destroyed", ""), second.name: ("destroyed", "")})
+    write_states(report, {first.name: ("destroyed", ""), second.name: ("destroyed", "")}, plan.plan_id)
     assert sorted(site.am.run_instances()[1]) == sorted([first.name, second.name])
     assert {(r.state, r.address) for r in site.instances.of_lease(lease_id)} == {(DESTROYED, "")}
 
@@ -219,6 +297,31 @@ def test_delete_forgets_the_plan_and_leaves_lxc_to_the_node(site: Site, pki: Dem
     site.am.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
     assert {r.state for r in site.instances.of_lease(lease_id)} == {DESTROYED}
     assert not site.plans.plan_path(lease_id).exists()
+
+
+class ReleaseFailsStandIn(EmbeddedTestbed):
+    """A stand-in testbed whose release fails (as oardel with the OAR API down): only this fault is faked."""
+
+    def release(self, lease: LeaseRecord) -> None:
+        raise GeniError(Reason.UNAVAILABLE, "the testbed does not answer")
+
+
+def test_a_delete_the_testbed_refuses_leaves_the_containers_live_and_its_retry_ends_them(
+    site: Site, pki: DemoPki
+) -> None:
+    lease_id = provision(site, pki)
+    before = site.instances.of_lease(lease_id)
+    alice = pki.users["alice"]
+    working, site.am.backend = site.am.backend, ReleaseFailsStandIn()
+    with pytest.raises(GeniError):
+        site.am.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert site.instances.of_lease(lease_id) == before and site.plans.plan_path(lease_id).exists()
+    with pytest.raises(GeniError):
+        site.am.shutdown(alice.chain, pki.slice_urn, [alice.slice_cred])
+    assert site.instances.of_lease(lease_id) == before
+    site.am.backend = working
+    site.am.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    assert {(r.state, r.address) for r in site.instances.of_lease(lease_id)} == {(DESTROYED, "")}
 
 
 @pytest.mark.parametrize("action", ["geni_start", "geni_stop", "geni_restart"])
@@ -294,6 +397,39 @@ def test_the_node_command_makes_the_containers_and_destroys_them_on_sigterm(tmp_
             node.destroy(record.name)
 
 
+def test_the_node_command_leaves_alone_a_container_it_did_not_make(tmp_path: Path) -> None:
+    """A container of a planned name exists already (another run of the plan): this run neither records it nor
+    destroys it at its end, and reports it failed saying why. No LXC command runs: nothing is to be made."""
+    taken = tmp_path / "lxc" / PLAN.containers[0].name
+    taken.mkdir(parents=True)
+    (taken / "config").write_text("# somebody else's\n")
+    path = LeasePlans(tmp_path / "leases").write(replace(PLAN, lxc_path=str(tmp_path / "lxc")))
+    runs = tmp_path / "runs"
+    script = (
+        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
+        f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
+    )
+    command = subprocess.Popen(
+        [sys.executable, "-c", script, "run", str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OAR_JOB_ID": "4242"},
+    )
+    try:
+        line = command.stdout.readline() if command.stdout else ""
+        assert line.startswith(f"container {taken.name}: failed (a container named {taken.name} exists already")
+        (record,) = runs.iterdir()
+        assert json.loads(record.read_text())["names"] == [] and json.loads(record.read_text())["job_id"] == "4242"
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=60) == 1
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+    assert (taken / "config").read_text() == "# somebody else's\n"
+    assert read_states(state_path_of(path).read_text())[taken.name][0] == "failed"
+
+
 def test_reap_destroys_the_containers_of_runs_that_are_gone_and_only_those(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,3 +448,58 @@ def test_reap_destroys_the_containers_of_runs_that_are_gone_and_only_those(
     assert node_containers.reap() == 0
     assert sorted(entry.name for entry in runs.iterdir()) == [f"{os.getpid()}.json"]
     assert read_states(state_path_of(path).read_text()) == {"sfaomf-a-0": ("destroyed", "")}
+
+
+def test_a_report_root_cannot_write_is_said_and_the_containers_still_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Where the report should go, root cannot write (here a directory is in the way; NFS's root squash alike)."""
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
+    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    state_path_of(path).mkdir()
+    gone = node_containers.RunRecord(2**22 + 1, "1", str(path), "br", str(tmp_path / "lxc"), ("sfaomf-a-0",))
+    node_containers._register(gone)
+    assert node_containers.reap() == 0
+    out, err = capsys.readouterr()
+    assert "container sfaomf-a-0: destroyed" in out and "no_root_squash" in err
+    assert list(runs.iterdir()) == []  # destroyed all the same: the record goes
+
+
+def test_reap_ends_its_own_jobs_run_and_only_a_few_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The epilogue of OAR job 77 passes 77: that run goes whatever the backlog of other dead runs, and the sweep of
+    the others stops at REAP_OTHERS (the next epilogues take the rest)."""
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
+    monkeypatch.setattr(node_containers, "REAP_OTHERS", 2)
+    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    lxc = str(tmp_path / "lxc")
+    for n in range(6):  # dead runs of other jobs, named before job 77's run in the directory's order
+        node_containers._register(node_containers.RunRecord(2**22 + 1 + n, "1", str(path), "br", lxc, (f"o-{n}",)))
+    mine = node_containers.RunRecord(2**22 + 9, "1", str(path), "br", lxc, ("m-0",), PLAN.plan_id, "77")
+    node_containers._register(mine)
+    assert node_containers.main(["reap", "77"]) == 0
+    left = sorted(entry.name for entry in runs.iterdir())
+    assert f"{2**22 + 9}.json" not in left and len(left) == 6 - 2
+
+
+# -- scripts/oar.sh installs the node side's files ----------------------------------------------------------------
+def install_file(path: Path, content: str, *check: str) -> subprocess.CompletedProcess[str]:
+    """scripts/oar.sh's install_file, run alone (its definition taken from the script; as_root: already root)."""
+    script = Path(__file__).parents[2] / "scripts" / "oar.sh"
+    shell = (
+        'as_root() { "$@"; }; eval "$(sed -n "/^install_file()/,/^}/p" "$0")"; install_file "$1" 440 "${@:3}" <<<"$2"'
+    )
+    command = ["bash", "-c", shell, str(script), str(path), content, *check]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
+@pytest.mark.skipif(not shutil.which("visudo"), reason="no visudo (sudo not installed)")
+def test_a_sudoers_rule_visudo_refuses_never_replaces_the_one_in_place(tmp_path: Path) -> None:
+    rule = tmp_path / "sfa-omf-lease-containers"
+    good = "ALL ALL=(root) NOPASSWD: /usr/local/sbin/sfa-omf-lease-containers run *"
+    assert install_file(rule, good, "visudo", "-cq", "-f").returncode == 0
+    assert rule.read_text() == good + "\n" and rule.stat().st_mode & 0o777 == 0o440
+    refused = install_file(rule, "ALL ALL=(root NOPASSWD this is not sudoers", "visudo", "-cq", "-f")
+    assert refused.returncode != 0 and "the old file is kept" in refused.stderr
+    assert rule.read_text() == good + "\n" and sorted(p.name for p in tmp_path.iterdir()) == [rule.name]
