@@ -223,3 +223,30 @@ def test_delete_through_the_aggregate_destroys_the_containers_on_the_node(
     wait_for_job(client, job_id, FINAL)
     until("the node destroyed the containers", lambda: site.node_lxc.instances() == [])
     assert len(containers) == 2
+
+
+def test_the_node_command_under_sudo_never_imports_a_package_of_the_callers(oar_url: str) -> None:
+    """Any user may run the node command as root through the rig's sudo rule: run from a directory holding a package
+    named like ours, root must still run the installed command (``python -m`` would import the caller's first)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    wrapper = "/usr/local/sbin/sfa-omf-lease-containers"  # scripts/oar.sh up installs it with the sudo rule
+    shadow = Path(tempfile.mkdtemp(prefix="sfaomf-shadow-", dir="/tmp"))
+    try:
+        package = shadow / "sfa_omf" / "images"
+        package.mkdir(parents=True)
+        (shadow / "sfa_omf" / "__init__.py").write_text("")
+        (package / "__init__.py").write_text("")
+        (package / "node_containers.py").write_text("import os\nprint('SHADOWED as', os.getuid())\n")
+        for path in [shadow, *shadow.rglob("*")]:
+            path.chmod(0o755)
+        ran = subprocess.run(
+            ["runuser", "-u", "alice", "--", "sh", "-c", f"cd {shadow} && sudo -n {wrapper} run {shadow}/no-plan"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert "SHADOWED" not in ran.stdout + ran.stderr
+        assert ran.returncode == 2 and "refused" in ran.stderr, ran.stderr  # the installed command ran, and refused
+    finally:
+        shutil.rmtree(shadow)
