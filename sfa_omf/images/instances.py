@@ -245,6 +245,8 @@ class Instances:
             testbed = None if health is None else health.operational_state
             has_run = bool(states & {RUNNING, STOPPED})
             if testbed == "geni_failed" and health is not None and self._unreported(lease_id, states):
+                if PLANNED not in states:
+                    continue  # said and recorded at an earlier round (a write every round would renew every cache)
                 # The job ended (OAR's Error, or gone) before the node side said anything: the rows say so, and
                 # stay (failed, with why) until the slot ends, instead of "planned" all along.
                 reason = (
@@ -567,11 +569,13 @@ class Instances:
     def _recover_interrupted_starts(self, now: datetime) -> None:
         """Rows a dead start left claimed go back to planned: the next round starts them (start_lease keeps a whole
         container and makes a half-made one again). A start that is alive is never older than STALE_START_S."""
+        stale = (LeaseInstance.state == STARTING, LeaseInstance.updated_s < to_s(now) - STALE_START_S)
+        # Read first: an UPDATE, even of no row, is a write that moves the calendar's generation (every cache).
+        if not self.database.fetch_all(select(LeaseInstance.name).where(*stale).limit(1)):
+            return
         with self.database.write() as session:
             done = session.execute(
-                update(LeaseInstance)
-                .where(LeaseInstance.state == STARTING, LeaseInstance.updated_s < to_s(now) - STALE_START_S)
-                .values(state=PLANNED, error="", updated_s=to_s(now))
+                update(LeaseInstance).where(*stale).values(state=PLANNED, error="", updated_s=to_s(now))
             )
         recovered = cast("CursorResult[Any]", done).rowcount
         if recovered:
