@@ -453,6 +453,7 @@ class Aggregate:
                 self.unix_accounts.ensure(account.login)
         done: list[LeaseRecord] = []
         prepared: list[str] = []
+        asked: LeaseRecord | None = None  # the lease the testbed is being asked for
         keys = [key for account in accounts for key in account.ssh_keys]
         try:
             for lease in pending:
@@ -460,16 +461,24 @@ class Aggregate:
                     prepared.append(lease.id)  # before: a prepare that fails halfway is undone too
                     self.instances.prepare(lease.id, owner, keys, self.clock())
                 # The testbed first: if it is down the booking stays allocated and a retry works later.
+                asked = lease
                 self.backend.provision(lease, owner, accounts)
+                asked = None
                 done.append(lease)
             # Recorded whole: every lease provisioned and the users sent, in one unit of work.
             self.bookings.mark_provisioned_all(
                 [lease.id for lease in pending], slice_urn, users, _contact(caller_chain, verified.owner_urn)
             )
-        except BaseException:
-            self._release_quietly(done)  # nothing half-provisioned: the retry provisions all of them again
-            if self.instances is not None:  # no plan left for a job, no address held: the call wrote nothing
-                self.instances.unprepare(prepared, self.clock())
+        except BaseException as failure:
+            # Nothing half-provisioned: the retry provisions all of them again.
+            still_held = self._release_quietly(done)
+            if asked is not None and isinstance(failure, GeniError) and failure.reason == Reason.TIMEDOUT:
+                still_held.add(asked.id)  # the testbed may have made its job (the reconciler adopts it)
+            if self.instances is not None:  # no plan left for a job, no address held: the call wrote nothing...
+                # ...except for jobs that may exist: they need their plan and their containers' addresses.
+                self.instances.unprepare(
+                    [lease_id for lease_id in prepared if lease_id not in still_held], self.clock()
+                )
             raise
         if not pending and users:
             self.slices.update_users(slice_urn, users)  # Provision again, with more users: they are kept
@@ -738,13 +747,17 @@ class Aggregate:
         """Every SSH key of the slice's users (what a container's root accepts)."""
         return [key for account in self._local_accounts(slice_urn) for key in account.ssh_keys]
 
-    def _release_quietly(self, leases: Sequence[LeaseRecord]) -> None:
-        """Give back on the testbed what a failing call had provisioned there (its error is the one to report)."""
+    def _release_quietly(self, leases: Sequence[LeaseRecord]) -> set[str]:
+        """Give back on the testbed what a failing call had provisioned there (its error is the one to report).
+        Returns the ids of the leases the testbed may still hold (their release failed)."""
+        still_held: set[str] = set()
         for lease in leases:
             try:
                 self.backend.release(lease)
             except GeniError as exc:  # the reconciler deletes what is left: the lease is not provisioned here
                 log.warning("could not give back lease %s on the testbed: %s", lease.id, exc.message)
+                still_held.add(lease.id)
+        return still_held
 
     def local_accounts(self, slice_urn: str) -> list[LocalAccount]:
         """The slice's local logins with their users' SSH keys (what node agents set up at a lease's start)."""

@@ -306,6 +306,27 @@ class ReleaseFailsStandIn(EmbeddedTestbed):
         raise GeniError(Reason.UNAVAILABLE, "the testbed does not answer")
 
 
+class ProvisionTimesOutStandIn(EmbeddedTestbed):
+    """A stand-in testbed that answers too slowly to Provision (OAR's API past its time-out, having perhaps made the
+    job): only this fault is faked."""
+
+    def provision(self, lease: LeaseRecord, owner: str, accounts: Any) -> None:
+        raise GeniError(Reason.TIMEDOUT, "the testbed answered too slowly")
+
+
+def test_a_provision_that_timed_out_keeps_the_plan_its_job_may_need(site: Site, pki: DemoPki) -> None:
+    """The job may exist (the reconciler adopts it): its plan and its containers' addresses stay."""
+    site.am.backend = ProvisionTimesOutStandIn()
+    with pytest.raises(GeniError) as failed:
+        provision(site, pki)
+    assert failed.value.reason == Reason.TIMEDOUT
+    (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    plan = LeasePlan.from_json(site.plans.plan_path(lease.id).read_text())
+    records = site.instances.of_lease(lease.id)
+    assert [(c.name, c.address) for c in plan.containers] == [(r.name, r.address) for r in records]
+    assert all(r.address for r in records)
+
+
 def test_a_delete_the_testbed_refuses_leaves_the_containers_live_and_its_retry_ends_them(
     site: Site, pki: DemoPki
 ) -> None:
