@@ -240,6 +240,8 @@ EOF
     # rule never reaches sudo.
     install_file "$NODE_SUDOERS" 440 visudo -cq -f <<EOF
 # Written by sfa-omf scripts/oar.sh: OAR job commands create the lease's containers as root (docs/operators.md).
+# OAR_JOB_ID kept (sudo clears the environment): the run records its job, which the job's epilogue reaps first.
+Defaults!$NODE_COMMAND env_keep += "OAR_JOB_ID"
 ALL ALL=(root) NOPASSWD: $NODE_COMMAND run *
 EOF
     install_file "$NODE_EPILOGUE" 755 <<EOF
