@@ -296,7 +296,7 @@ class Instances:
                 bridge=host.bridge,
                 lxc_path=str(host.lxc_path),
                 ssh_timeout_s=self.ssh_timeout_s,
-                keys=tuple(key.strip() for key in keys if key.strip()),
+                keys=plan_keys(keys),
                 containers=tuple(
                     PlannedContainer(record.name, record.address, self._image_path(record.image)) for record in records
                 ),
@@ -314,7 +314,7 @@ class Instances:
         for lease_id in lease_ids:
             plan = self.plans.read(lease_id)
             if plan is not None:
-                self.plans.write(replace(plan, keys=tuple(key.strip() for key in keys if key.strip())))
+                self.plans.write(replace(plan, keys=plan_keys(keys)))
                 rewritten.append(lease_id)
         return rewritten
 
@@ -617,6 +617,12 @@ class Instances:
                 if cast("CursorResult[Any]", done).rowcount != 1:
                     missed.add(name)
         return missed
+
+
+def plan_keys(keys: Sequence[str]) -> tuple[str, ...]:
+    """Keys as a plan holds them: one line each, words separated by one space (the registry accepts tabs or several
+    spaces; the node side reads exactly one OpenSSH line per key)."""
+    return tuple(" ".join(key.split()) for key in keys if key.strip())
 
 
 def instances_of(settings: Any, database: Database, images: ImageStore) -> Instances | None:

@@ -524,3 +524,15 @@ def test_a_sudoers_rule_visudo_refuses_never_replaces_the_one_in_place(tmp_path:
     refused = install_file(rule, "ALL ALL=(root NOPASSWD this is not sudoers", "visudo", "-cq", "-f")
     assert refused.returncode != 0 and "the old file is kept" in refused.stderr
     assert rule.read_text() == good + "\n" and sorted(p.name for p in tmp_path.iterdir()) == [rule.name]
+
+
+def test_a_key_written_with_tabs_or_spaces_is_one_plan_line_the_node_reads(site: Site, pki: DemoPki) -> None:
+    """The registry accepts a key whose words are separated by tabs or several spaces; the plan holds it as one
+    OpenSSH line, which the node side reads (a key it could not read would refuse the whole plan)."""
+    from sfa_omf.images.instances import plan_keys
+
+    kind, body = KEY.split()[:2]
+    assert plan_keys([f"{kind}\t{body}   alice@laptop\n", " "]) == (f"{kind} {body} alice@laptop",)
+    lease_id = provision(site, pki)
+    site.instances.rewrite_keys([lease_id], [f"{kind}\t\t{body}"])
+    assert LeasePlan.from_json(site.plans.plan_path(lease_id).read_text()).keys == (f"{kind} {body}",)
