@@ -24,7 +24,7 @@ from sfa_omf.calendar.database import RETRY_ATTEMPTS, Database, is_overlap_viola
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
-from sfa_omf.calendar.queries import advisory_key, from_s, held_windows, table_of, to_s
+from sfa_omf.calendar.queries import advisory_key, from_s, held_windows, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import BookingRequest, BookingResult, Conflict, LeaseRecord, SliverRecord
 from sfa_omf.calendar.slices import Contact, apply_users, record_contact
 from sfa_omf.errors import GeniError, Reason
@@ -519,6 +519,8 @@ class Bookings:
         """Provision several allocated leases of one slice, and merge the users sent with the call (and keep the
         caller's GID e-mail), in one unit of work: a Provision is recorded whole or not at all."""
         with self.database.write() as session:
+            if users:  # first, as every writer of the slice's users does: an Allocate's users and these never mix
+                lock_slice(session, slice_urn)
             records = [self._provision_one(session, lease_id) for lease_id in lease_ids]
             record_contact(session, contact, to_s(self.clock()))
             if users:

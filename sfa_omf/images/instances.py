@@ -390,10 +390,10 @@ class Instances:
         mine = [record for record in wanted if record.name in claimed]
         try:
             # Only now, the rows being ours. A planned row's container can only be left by a start that died (its row
-            # recovered): half made, it is destroyed and made again. Any other container is started as it is, keeping
-            # its disk (stopped, or its start failed).
+            # recovered), a failed row's by a launch whose clean-up failed: half made, it is destroyed and made again.
+            # Any other container is started as it is, keeping its disk (stopped, or its start failed).
             for record in mine:
-                if record.state == PLANNED and host.state(record.name) and not host.made(record.name):
+                if record.state in (PLANNED, FAILED) and host.state(record.name) and not host.made(record.name):
                     log.warning("container %s was left half made by an interrupted start: making it again", record.name)
                     host.destroy(record.name)
             to_start = [record for record in mine if host.state(record.name)]

@@ -127,7 +127,8 @@ def test_a_cancel_that_waited_for_a_writer_answers_the_slivers_it_wrote(calendar
             waiting = (
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
             )
-            with calendar.database.engine.connect() as watcher:
+            # Autocommit: in a transaction, pg_stat_activity is read once and then repeated (a snapshot).
+            with calendar.database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
                 for _ in range(200):  # until the cancel waits for the lease's lock (bounded: 10 s)
                     if watcher.execute(text(waiting)).scalar():
                         break
@@ -142,10 +143,11 @@ def test_a_cancel_that_waited_for_a_writer_answers_the_slivers_it_wrote(calendar
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-@pytest.mark.parametrize("change", ["shut down", "update users"])
+@pytest.mark.parametrize("change", ["shut down", "update users", "provision with users"])
 def test_a_slice_change_waits_for_a_booking_of_the_slice_under_way(calendar: Calendar, change: str) -> None:
-    """Shutdown (and geni_update_users) take the slice's advisory lock, as a booking does: a Shutdown meeting a
-    booking under way waits for it, then sees and cancels its lease; users written by both are never lost."""
+    """Shutdown, geni_update_users and a Provision sending users take the slice's advisory lock, as a booking does:
+    a Shutdown meeting a booking under way waits for it (then sees and cancels its lease), and users written by two
+    calls are written one after the other."""
     import time
 
     from sqlalchemy import text
@@ -153,12 +155,21 @@ def test_a_slice_change_waits_for_a_booking_of_the_slice_under_way(calendar: Cal
     from sfa_omf.calendar.queries import advisory_key
 
     slices = Slices(calendar.database)
-    calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    booked = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
     done: list[str] = []
 
     def act() -> None:
+        try:
+            act_once()
+        except BaseException as exc:  # seen by the test, not lost with the thread
+            done.append(f"failed: {exc!r}")
+
+    def act_once() -> None:
         if change == "shut down":
             slices.set_shut_down(SLICE, True)
+        elif change == "provision with users":
+            users = {"urn:publicid:IDN+testbed+user+bob": ["ssh-ed25519 AAAA bob"]}
+            calendar.bookings.mark_provisioned_all([booked.leases[0].id], SLICE, users)
         else:
             slices.update_users(SLICE, {"urn:publicid:IDN+testbed+user+bob": ["ssh-ed25519 AAAA bob"]})
         done.append(change)
@@ -171,13 +182,14 @@ def test_a_slice_change_waits_for_a_booking_of_the_slice_under_way(calendar: Cal
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory' "
             "AND datname = current_database()"
         )
-        with calendar.database.engine.connect() as watcher:
+        # Autocommit: in a transaction, pg_stat_activity is read once and then repeated (a snapshot).
+        with calendar.database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
             for _ in range(200):  # bounded: 10 s
                 if watcher.execute(text(waiting)).scalar():
                     break
                 time.sleep(0.05)
             else:
-                pytest.fail(f"{change} did not wait for the slice's lock")
+                pytest.fail(f"{change} did not wait for the slice's lock: {done}")
         assert done == []  # still waiting while the booking holds the lock
     acting.join(timeout=30)
     assert done == [change]
