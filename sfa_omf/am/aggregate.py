@@ -637,9 +637,11 @@ class Aggregate:
             raise
         self.slices.update_users(slice_urn, users, replace=True)
         if self.instances is not None:  # a job yet to start makes its containers with the new keys
-            self.instances.rewrite_keys(
-                [lease.id for lease in provisioned], [key for account in accounts for key in account.ssh_keys]
-            )
+            # Every provisioned lease of the slice, not only those named: the users are the whole slice's.
+            whole_slice = [
+                lease.id for lease in self.bookings.leases(slice_urn=slice_urn) if lease.state == "provisioned"
+            ]
+            self.instances.rewrite_keys(whole_slice, [key for account in accounts for key in account.ssh_keys])
         if self.unix_accounts is not None and provisioned:
             self.unix_accounts.set_slice_keys(accounts, slice_urn)
             # A user left out of the list: their account loses this slice's keys too.

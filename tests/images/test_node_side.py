@@ -536,3 +536,28 @@ def test_a_key_written_with_tabs_or_spaces_is_one_plan_line_the_node_reads(site:
     lease_id = provision(site, pki)
     site.instances.rewrite_keys([lease_id], [f"{kind}\t\t{body}"])
     assert LeasePlan.from_json(site.plans.plan_path(lease_id).read_text()).keys == (f"{kind} {body}",)
+
+
+def test_new_keys_reach_the_plans_of_every_provisioned_lease_of_the_slice(site: Site, pki: DemoPki) -> None:
+    """geni_update_users naming one lease's sliver sets the whole slice's users: every lease's plan follows."""
+    alice = pki.users["alice"]
+    first_lease = provision(site, pki)
+    site.am.inventory.add_node(NodeSpec("urn:publicid:IDN+testbed+node+node2", "node2", grain_s=60))
+    rspec = (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3">'
+        '<node client_id="m" component_id="urn:publicid:IDN+testbed+node+node2" exclusive="true">'
+        '<sliver_type name="lxc"/></node></rspec>'
+    )
+    end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=30)
+    options = {"geni_end_time": format_time(end), "geni_users": [{"urn": alice.chain[0].urn, "keys": [KEY]}]}
+    site.am.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], rspec, options)
+    site.am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)
+    leases = {lease.id: lease for lease in site.am.bookings.leases(slice_urn=pki.slice_urn)}
+    (second_lease,) = set(leases) - {first_lease}
+    other = KEY.replace("alice", "alice-laptop").replace("Fake", "Else")
+    users = {"geni_users": [{"urn": alice.chain[0].urn, "keys": [other]}]}
+    named = [sliver.urn for sliver in leases[first_lease].slivers]  # only the first lease's sliver is named
+    site.am.perform_operational_action(alice.chain, named, [alice.slice_cred], "geni_update_users", users)
+    for lease_id in (first_lease, second_lease):
+        plan = site.plans.read(lease_id)
+        assert plan is not None and plan.keys == (other,), lease_id
