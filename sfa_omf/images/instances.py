@@ -21,8 +21,11 @@ import logging
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, cast
@@ -48,9 +51,11 @@ LOGIN = "root"  # the slice users' keys go to root's authorized_keys inside the 
 ADDRESS_ATTEMPTS = 3  # starts of other leases racing for the same free addresses (PostgreSQL)
 LAUNCH_WORKERS = 4  # containers of one lease launched at once (LXC's own work is mostly waiting)
 assert set(NODE_STATES) == {RUNNING, FAILED, DESTROYED}  # the node side reports in the rows' own words
-# A row still starting this long after its claim was claimed by a start that died with its process (a crash or a
-# restart mid-start): no start lasts this long (LXC's commands and the SSH wait are bounded, LAUNCH_WORKERS at once).
-STALE_START_S = 1800
+# A live start renews its rows' claim this often, however long it takes (a lease's containers go LAUNCH_WORKERS at a
+# time); a row still starting STALE_START_S after its claim was last renewed was claimed by a start that died with
+# its process (a crash or a restart mid-start).
+CLAIM_RENEWAL_S = 60.0
+STALE_START_S = 600
 
 
 @dataclass(frozen=True)
@@ -404,16 +409,17 @@ class Instances:
             raise
         specs = [InstanceSpec(r.name, r.address, tuple(keys), LOGIN) for r in addressed]
         images = {r.name: self._image_path(r.image) for r in addressed}
-        with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
-            outcomes = list(pool.map(lambda spec: self._launch(spec, images[spec.name]), specs))
-        for record in to_start:
-            if host.state(record.name) == "RUNNING":  # left running by an interrupted start: only the SSH wait is left
-                state, error = RUNNING, ""
-            else:
-                state, error = self._attempt(functools.partial(host.start, record.name))
-            if state == RUNNING and not wait_for_ssh(record.host, self.ssh_timeout_s):
-                state, error = FAILED, f"container {record.name} started but its SSH server did not answer"
-            outcomes.append((record.name, state, error))
+        with self._renewing_claims([record.name for record in mine], now):
+            with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
+                outcomes = list(pool.map(lambda spec: self._launch(spec, images[spec.name]), specs))
+            for record in to_start:
+                if host.state(record.name) == "RUNNING":  # left running by an interrupted start: only SSH is left
+                    state, error = RUNNING, ""
+                else:
+                    state, error = self._attempt(functools.partial(host.start, record.name))
+                if state == RUNNING and not wait_for_ssh(record.host, self.ssh_timeout_s):
+                    state, error = FAILED, f"container {record.name} started but its SSH server did not answer"
+                outcomes.append((record.name, state, error))
         gone = self._set_states(outcomes, now, expected=STARTING)
         for name in gone & {name for name, state, _ in outcomes if state == RUNNING}:
             log.warning("container %s: its lease's containers were destroyed while it started: destroying it", name)
@@ -566,9 +572,39 @@ class Instances:
                 .values(state=FAILED, error=reason, updated_s=to_s(now))
             )
 
+    @contextmanager
+    def _renewing_claims(self, names: Sequence[str], now: datetime) -> Iterator[None]:
+        """While a start works, its claimed rows' ``updated_s`` moves on every CLAIM_RENEWAL_S (in the frame of the
+        start's ``now``): only the claim of a start whose process died grows stale."""
+        if not names:
+            yield
+            return
+        done = threading.Event()
+        began = time.monotonic()
+
+        def renew() -> None:
+            while not done.wait(CLAIM_RENEWAL_S):
+                try:
+                    with self.database.write() as session:
+                        session.execute(
+                            update(LeaseInstance)
+                            .where(LeaseInstance.name.in_(names), LeaseInstance.state == STARTING)
+                            .values(updated_s=to_s(now) + int(time.monotonic() - began))
+                        )
+                except GeniError as exc:  # the next renewal tries again; the start goes on
+                    log.warning("the claim of containers %s could not be renewed: %s", ", ".join(names), exc.message)
+
+        renewer = threading.Thread(target=renew, name="container-claims", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+
     def _recover_interrupted_starts(self, now: datetime) -> None:
         """Rows a dead start left claimed go back to planned: the next round starts them (start_lease keeps a whole
-        container and makes a half-made one again). A start that is alive is never older than STALE_START_S."""
+        container and makes a half-made one again). A live start renews its claim every CLAIM_RENEWAL_S."""
         stale = (LeaseInstance.state == STARTING, LeaseInstance.updated_s < to_s(now) - STALE_START_S)
         # Read first: an UPDATE, even of no row, is a write that moves the calendar's generation (every cache).
         if not self.database.fetch_all(select(LeaseInstance.name).where(*stale).limit(1)):

@@ -5,10 +5,14 @@ is valid GENI v3 (it passes the plain GENI schema) and is read back by the reque
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from rspec.document import load
 from rspec.model import Request
@@ -17,7 +21,10 @@ from rspec.parse_request import parse_request
 from rspec.problems import RSpecError
 from rspec.schemas import Schema, schema_problems
 from rspec.write_request import Dialect, write_request
+from sfa_omf.calendar.models import LeaseInstance
 from sfa_omf.errors import GeniCode
+from sfa_omf.images import instances as instances_module
+from sfa_omf.images.lxc import InstanceRecord, InstanceSpec, LxcHost
 from sfa_omf.times import format_time, utcnow
 from tests.conftest import DemoPki
 from tests.images.container_site import TWO, Site, cred, make_site, ok, request
@@ -123,3 +130,48 @@ def test_acting_on_containers_outside_their_slot_is_refused_and_changes_nothing(
         assert "act during the slot" in refused["output"] and "nothing was changed" in refused["output"]
     assert site.instances.listing() == before and {i.state for i in before} == {"planned"}
     assert site.aggregate.run_instances() == ([], [])  # before the slot nothing starts
+
+
+class SlowLaunchStandIn(LxcHost):
+    """A stand-in LXC host whose launch takes as long as the test says (a long start of many containers): only that
+    is faked; nothing is made."""
+
+    def __init__(self, release: threading.Event) -> None:
+        super().__init__("sfaomf-unused", lxc_path="/nonexistent/lxc")
+        self.release = release
+
+    def state(self, name: str) -> str:
+        return ""
+
+    def launch(self, spec: InstanceSpec, ssh_timeout_s: float = 30.0, image: str = "") -> InstanceRecord:
+        assert self.release.wait(30), "the test never let the launch end"
+        return InstanceRecord(spec.name, "RUNNING", spec.address, "")
+
+
+def test_a_long_start_renews_its_claim_so_no_round_takes_it_for_a_dead_one(
+    site: Site, pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(instances_module, "CLAIM_RENEWAL_S", 0.05)
+    ok(site.alice(pki).Allocate(pki.slice_urn, [cred(pki.users["alice"].slice_cred)], request(), {}))
+    planned = site.instances.listing()
+    lease_id = planned[0].lease_id
+    release = threading.Event()
+    site.instances.host = SlowLaunchStandIn(release)
+    claimed_at = utcnow().replace(microsecond=0)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        starting = pool.submit(site.instances.start_lease, lease_id, [], claimed_at)
+        try:
+            for _ in range(100):  # bounded: 10 s; the claim is renewed in the frame of the start's clock
+                with site.database.read() as session:
+                    claims = session.execute(
+                        select(LeaseInstance.state, LeaseInstance.updated_s).where(LeaseInstance.lease_id == lease_id)
+                    ).all()
+                if all(state == "starting" and renewed > int(claimed_at.timestamp()) for state, renewed in claims):
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("the start never renewed its claim")
+        finally:
+            release.set()
+        started = starting.result(timeout=30)
+    assert {row.state for row in started} == {"running"}

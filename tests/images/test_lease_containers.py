@@ -290,7 +290,7 @@ def test_containers_a_dead_start_left_starting_are_started_by_a_later_round(
     assert [row.state for row in planned] == [PLANNED, PLANNED]
     # What a server killed in the middle of start_lease leaves: both rows claimed and addressed, the first
     # container half made (lxc-create done, never configured), the second made whole but never started.
-    died_at = site.clock() - timedelta(minutes=10)
+    died_at = site.clock() - timedelta(minutes=5)
     assert site.instances._claim(planned, died_at) == {row.name for row in planned}
     half, whole = site.instances._assign_addresses(planned, died_at)
     site.host.create(InstanceSpec(half.name, half.address, ()))
@@ -298,10 +298,10 @@ def test_containers_a_dead_start_left_starting_are_started_by_a_later_round(
     site.host.create(InstanceSpec(whole.name, whole.address, (public,)))
     (site.host.lxc_path / whole.name / "rootfs" / "root" / "kept").write_text("the disk is kept\n")
 
-    assert site.aggregate.run_instances() == ([], [])  # 10 minutes: it may still be starting somewhere
+    assert site.aggregate.run_instances() == ([], [])  # renewed 5 minutes ago: it may still be starting somewhere
     assert {row.state for row in site.instances.listing()} == {STARTING}
 
-    site.clock.advance(timedelta(minutes=25))  # no start lasts that long: its process is gone
+    site.clock.advance(timedelta(minutes=10))  # a live start renews its claim every minute: its process is gone
     started, destroyed = site.aggregate.run_instances()
     assert sorted(started) == sorted(row.name for row in planned) and destroyed == []
     rows = {row.name: row for row in site.instances.listing()}
