@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import BigInteger, Row, Select, bindparam, delete, func, insert, select, update
+from sqlalchemy import Row, Select, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -24,7 +24,7 @@ from sfa_omf.calendar.database import RETRY_ATTEMPTS, Database, is_overlap_viola
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
-from sfa_omf.calendar.queries import advisory_key, from_s, held_windows, lock_slice, table_of, to_s
+from sfa_omf.calendar.queries import from_s, held_windows, lock_names, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import BookingRequest, BookingResult, Conflict, LeaseRecord, SliverRecord
 from sfa_omf.calendar.slices import Contact, apply_users, record_contact
 from sfa_omf.errors import GeniError, Reason
@@ -181,12 +181,7 @@ class Bookings:
 
     def _serialize_slice(self, session: Session, slice_urn: str, owner_urn: str) -> None:
         """On PostgreSQL, serialize bookings of one slice and one user so limit checks see each other."""
-        if self.database.is_sqlite:
-            return  # BEGIN IMMEDIATE already serializes every writer
-        keys = [advisory_key(key) for key in sorted({slice_urn, owner_urn} - {""})]
-        # One round trip: PostgreSQL evaluates a select list in order, so the locks are taken in this order.
-        if keys:
-            session.execute(_ADVISORY_LOCKS[len(keys) - 1], {f"key{n}": key for n, key in enumerate(keys)})
+        lock_names(session, slice_urn, owner_urn)
 
     def _slice_for_booking(self, session: Session, slice_urn: str, expires_s: int) -> int:
         """The slice's id, the slice recorded first if new; its expiry set to the credential's (the slice
@@ -707,18 +702,17 @@ _SLICES_OF_SLIVERS = (
 
 @functools.lru_cache(maxsize=32)
 def _lease_query(
-    active_only: bool, by_slice: bool, by_start: bool, by_end: bool, by_node: bool, by_id_locked: bool = False
+    active_only: bool, by_slice: bool, by_start: bool, by_end: bool, by_node: bool, by_id: bool = False
 ) -> Select[*tuple[Any, ...]]:
     """The statement of ``Bookings.leases`` for one combination of filters, with bound parameters, built once: a
     statement built on every call costs more than the call's query itself (SQLAlchemy's cache key and the matching
-    of result columns to a new statement's). ``by_id_locked``: the one lease ``lease_id``, its row locked for the
-    writing unit of work that reads it (its slivers' rows are not)."""
+    of result columns to a new statement's). ``by_id``: the one lease ``lease_id``."""
     # A narrow read (a slice's, a node's leases, one lease) looks each sliver's node up by its primary key. Joined,
     # PostgreSQL estimated a slice's leases at the average per slice (1 000 of 100 000 leases in the benchmark, for a
     # slice holding one) and hashed the whole node table for them: 0.42 of the read's 0.54 ms at 1 000 nodes, growing
     # with the inventory (EXPLAIN ANALYZE in docs/benchmarks.md). A wide read keeps the join (one pass over nodes
     # beats a lookup per sliver).
-    narrow = by_slice or by_node or by_id_locked
+    narrow = by_slice or by_node or by_id
     component_id: Any = (
         select(Node.component_id).where(Node.id == Sliver.node_id).scalar_subquery() if narrow else Node.component_id
     )
@@ -759,8 +753,8 @@ def _lease_query(
     if by_node:
         node_leases = select(Sliver.lease_id).join(Node).where(Node.component_id == bindparam("node"))
         query = query.where(Lease.id.in_(node_leases))
-    if by_id_locked:
-        query = query.where(Lease.id == bindparam("lease_id")).with_for_update(of=Lease)
+    if by_id:
+        query = query.where(Lease.id == bindparam("lease_id"))
     return query
 
 
@@ -776,10 +770,6 @@ class _BookedNode(NamedTuple):
 # The booking's and the cancel's statements, built once (as the reads': see _lease_query), on the tables rather than
 # the mapped classes: an ORM-enabled INSERT or UPDATE goes through the ORM's bulk machinery on every call.
 _SLICE, _LEASE, _SLIVER = table_of(Slice).c, table_of(Lease).c, table_of(Sliver).c
-_ADVISORY_LOCKS = [
-    select(*(func.pg_advisory_xact_lock(bindparam(f"key{n}", type_=BigInteger)) for n in range(count)))
-    for count in (1, 2)  # the slice's key, and the owner's
-]
 _LOCK_LEASE = select(_LEASE.id).where(_LEASE.id == bindparam("lease_id")).with_for_update()
 _SLICE_FOR_BOOKING = select(_SLICE.id, _SLICE.shut_down, _SLICE.expires_s).where(_SLICE.urn == bindparam("urn"))
 _NEW_SLICE = (

@@ -70,16 +70,28 @@ def _held_query(by_before: bool, by_nodes: bool, excluding: bool) -> Select[int,
 
 
 def advisory_key(name: str) -> int:
-    """The PostgreSQL advisory lock key of a slice's or a user's URN: every unit of work that changes what a slice
-    books or who its users are takes its slice's key first, so they happen one after the other."""
+    """The PostgreSQL advisory lock key of a slice's or a user's URN."""
     return zlib.crc32(name.encode("utf-8"))
 
 
-_ADVISORY_LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
+# One statement per number of keys (a slice's; a slice's and its booker's): PostgreSQL evaluates a select list in
+# order, so the locks are taken in the order given, in one round trip.
+_ADVISORY_LOCKS = [
+    select(*(func.pg_advisory_xact_lock(bindparam(f"key{n}", type_=BigInteger)) for n in range(count)))
+    for count in (1, 2)
+]
+
+
+def lock_names(session: Session, *names: str) -> None:
+    """Take the advisory locks of these URNs until the end of the transaction, in sorted order (never in a cycle).
+    Every unit of work that changes what a slice books or who its users are takes its slice's lock first, so they
+    happen one after the other (bookings take their booker's too). PostgreSQL only: on SQLite every writer is
+    serialized by BEGIN IMMEDIATE already."""
+    keys = [advisory_key(name) for name in sorted(set(names) - {""})]
+    if keys and session.get_bind().dialect.name == "postgresql":
+        session.execute(_ADVISORY_LOCKS[len(keys) - 1], {f"key{n}": key for n, key in enumerate(keys)})
 
 
 def lock_slice(session: Session, slice_urn: str) -> None:
-    """Take the slice's advisory lock until the end of the transaction (PostgreSQL; on SQLite every writer is
-    serialized by BEGIN IMMEDIATE already). Bookings take the same key (booking.py, ``_serialize_slice``)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(_ADVISORY_LOCK, {"key": advisory_key(slice_urn)})
+    """The slice's advisory lock (``lock_names``), as bookings of the slice take it."""
+    lock_names(session, slice_urn)
