@@ -36,6 +36,7 @@ from sfa_omf.images.node_plans import (
     NODE_RUNNING,
     LeasePlan,
     PlanError,
+    read_bounded,
     state_path_of,
     write_states,
 )
@@ -178,7 +179,7 @@ def _trusted_plan(path: Path) -> LeasePlan | None:
         print(f"refused: {problem}; plans are written by the aggregate", file=sys.stderr)
         return None
     try:
-        plan = LeasePlan.from_json(path.read_text())
+        plan = LeasePlan.from_json(read_bounded(path))
     except (OSError, PlanError) as exc:
         print(f"refused: plan {path}: {exc}", file=sys.stderr)
         return None

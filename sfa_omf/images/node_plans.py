@@ -35,6 +35,19 @@ class PlanError(ValueError):
     """A plan or state file that is not what the aggregate writes (the node side refuses it, saying why)."""
 
 
+MAX_FILE_BYTES = 1 << 20  # a plan or a report: a few KB for the largest lease; anything bigger is refused unread
+
+
+def read_bounded(path: Path) -> str:
+    """A plan's or a report's text, refused (PlanError) when larger than MAX_FILE_BYTES: a report comes from a node,
+    and neither side reads an unbounded file into memory. Raises OSError as reading does."""
+    with path.open("rb") as handle:
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise PlanError(f"{path} is larger than {MAX_FILE_BYTES} bytes")
+    return data.decode("utf-8", errors="replace")
+
+
 @dataclass(frozen=True)
 class PlannedContainer:
     """One container of the plan: its LXC name, its address with prefix (``10.217.0.10/24``) and the image file to
@@ -139,8 +152,8 @@ class LeasePlans:
         """What the node side reported on the lease's current plan: container name -> (state, error); {} when it
         reported nothing (yet), or only on an earlier plan."""
         try:
-            current = json.loads(self.plan_path(lease_id).read_text()).get("plan_id")
-            plan_id, states = read_report(self.state_path(lease_id).read_text())
+            current = json.loads(read_bounded(self.plan_path(lease_id))).get("plan_id")
+            plan_id, states = read_report(read_bounded(self.state_path(lease_id)))
         except (OSError, ValueError, AttributeError):  # PlanError is a ValueError
             return {}
         return states if plan_id in ("", current) else {}  # "": a node command that predates plan ids
@@ -148,7 +161,7 @@ class LeasePlans:
     def read(self, lease_id: str) -> LeasePlan | None:
         """The lease's plan as written, None when there is none (or it is unreadable)."""
         try:
-            return LeasePlan.from_json(self.plan_path(lease_id).read_text())
+            return LeasePlan.from_json(read_bounded(self.plan_path(lease_id)))
         except (OSError, PlanError):
             return None
 

@@ -561,3 +561,16 @@ def test_new_keys_reach_the_plans_of_every_provisioned_lease_of_the_slice(site: 
     for lease_id in (first_lease, second_lease):
         plan = site.plans.read(lease_id)
         assert plan is not None and plan.keys == (other,), lease_id
+
+
+def test_a_report_or_plan_too_large_is_refused_unread(site: Site, pki: DemoPki) -> None:
+    """A node's report (or a plan) over MAX_FILE_BYTES is not read into memory: the aggregate takes it as no report,
+    and the plan reader refuses it."""
+    from sfa_omf.images.node_plans import MAX_FILE_BYTES, PlanError, read_bounded
+
+    lease_id = provision(site, pki)
+    site.plans.state_path(lease_id).write_text("{" + " " * MAX_FILE_BYTES + "}")
+    assert site.plans.states(lease_id) == {}
+    with pytest.raises(PlanError, match="larger than"):
+        read_bounded(site.plans.state_path(lease_id))
+    assert read_bounded(site.plans.plan_path(lease_id)).startswith("{")  # a plan of the usual size reads
