@@ -15,13 +15,8 @@ from sqlalchemy.orm import Session, selectinload
 from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.models import Slice, SliceUser, UserContact
 from sfa_omf.calendar.queries import from_s, lock_slice, to_s
+from sfa_omf.calendar.records import SliceUserRecord
 from sfa_omf.errors import GeniError, Reason
-
-
-@dataclass(frozen=True)
-class SliceUserRecord:
-    user_urn: str
-    ssh_keys: tuple[str, ...]
 
 
 @dataclass(frozen=True)
