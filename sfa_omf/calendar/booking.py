@@ -19,7 +19,14 @@ from sqlalchemy import Row, Select, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload
 
-from sfa_omf.calendar.database import RETRY_ATTEMPTS, WROTE, Database, is_overlap_violation, retry_transient
+from sfa_omf.calendar.database import (
+    RETRY_ATTEMPTS,
+    WROTE,
+    Database,
+    connection_of,
+    is_overlap_violation,
+    retry_transient,
+)
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, SliceUser, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
@@ -151,7 +158,9 @@ class Bookings:
             # Racers for the same node queue on its row (locked in id order, so never in a cycle) instead of
             # deadlocking inside the exclusion check; bookings of other nodes still run in parallel. The exclusion
             # constraint stays the guarantee. (SQLite: BEGIN IMMEDIATE has serialized writers already.)
-            locked = session.execute(_NODES_FOR_BOOKING, {"component_ids": sorted({r.node for r in requests})})
+            locked = connection_of(session).execute(
+                _NODES_FOR_BOOKING, {"component_ids": sorted({r.node for r in requests})}
+            )
             nodes = {row.component_id: _BookedNode(*row) for row in locked}
             wanted: list[tuple[BookingRequest, _BookedNode, Interval]] = []
             conflicts: list[Conflict] = []
@@ -206,16 +215,19 @@ class Bookings:
     ) -> tuple[int, tuple[SliceUserRecord, ...]]:
         """The slice's id and users, the slice recorded first if new; its expiry set to the credential's (the slice
         authority's word is the latest). Refuses a slice that was shut down."""
-        rows = session.execute(_SLICE_FOR_BOOKING, {"urn": slice_urn}).all()
+        rows = connection_of(session).execute(_SLICE_FOR_BOOKING, {"urn": slice_urn}).all()
         if not rows:
-            return int(session.execute(_NEW_SLICE, {"urn": slice_urn, "expires_s": expires_s}).scalar_one()), ()
+            new = connection_of(session, writes=True).execute(_NEW_SLICE, {"urn": slice_urn, "expires_s": expires_s})
+            return int(new.scalar_one()), ()
         slice_id, shut_down, stored_expires_s = rows[0][:3]
         if shut_down:
             raise PolicyViolation(
                 "shutdown", f"slice {slice_urn} was shut down; an operator must release it before it books again"
             )
         if stored_expires_s != expires_s:
-            session.execute(_SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": expires_s})
+            connection_of(session, writes=True).execute(
+                _SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": expires_s}
+            )
         return int(slice_id), _user_records((row[3], row[4]) for row in rows if row[3] is not None)
 
     def _split_free(
@@ -375,8 +387,9 @@ class Bookings:
                 )
             )
         if lease_rows:
-            session.execute(_INSERT_LEASE, lease_rows)
-            session.execute(_INSERT_SLIVER, sliver_rows)
+            connection = connection_of(session, writes=True)
+            connection.execute(_INSERT_LEASE, lease_rows)
+            connection.execute(_INSERT_SLIVER, sliver_rows)
         return records
 
     # -- changing leases --------------------------------------------------------------------------------------
@@ -493,11 +506,12 @@ class Bookings:
             # UPDATE that waited for the row's lock checks its condition again on the row as the other writer left
             # it), then one releases its slivers and answers theirs: every writer of a lease's slivers locks the
             # lease first, so they are read as the last such writer left them.
-            cancelled = session.execute(_CANCEL_ACTIVE_LEASE, {"lease_id": lease_id}).first()
+            connection = connection_of(session)
+            cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"lease_id": lease_id}).first()
             if cancelled is not None:
-                slivers = session.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
+                session.info[WROTE] = True
+                slivers = connection.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
                 return _cancelled_record(cancelled, slivers)
-            session.info[WROTE] = False  # the UPDATE changed no row: nothing was written (no generation bump)
             # Not active, or not there: read as it is. The lease row locked first, as _find_lease(lock=True) does,
             # then read with its slivers in one column query. Not in one statement: on PostgreSQL a SELECT that
             # waited for the lock re-reads the locked row alone, and the joined slivers would be the ones from
@@ -926,7 +940,8 @@ def _user_records(users: Iterable[tuple[str, Sequence[str]]]) -> tuple[SliceUser
 
 def _slice_view(session: Session, slice_urn: str, users: tuple[SliceUserRecord, ...]) -> SliceView:
     """The slice's active leases with their nodes' names, in one statement of the caller's transaction."""
-    rows = session.execute(_lease_query(True, True, False, False, False, with_nodes=True), {"slice_urn": slice_urn})
+    query = _lease_query(True, True, False, False, False, with_nodes=True)
+    rows = connection_of(session).execute(query, {"slice_urn": slice_urn})
     nodes: dict[str, ManifestNode] = {}
     lease_rows = []
     for row in rows:

@@ -48,7 +48,7 @@ def held_windows(
         "exclude_lease": exclude_lease,
     }
     held: dict[int, list[Interval]] = defaultdict(list)
-    for node_id, start, end in session.execute(query, parameters):
+    for node_id, start, end in session.connection().execute(query, parameters):  # reads plain rows: no ORM needed
         held[node_id].append((start, end))
     return held
 
@@ -97,9 +97,11 @@ def lock_names(session: Session, *names: str, read_email_of: str = "") -> str | 
         return None
     parameters: dict[str, Any] = {f"key{n}": key for n, key in enumerate(keys)}
     if not read_email_of:
-        session.execute(_ADVISORY_LOCKS[len(keys) - 1], parameters)
+        session.connection().execute(_ADVISORY_LOCKS[len(keys) - 1], parameters)  # plain rows: no ORM needed
         return None
-    row = session.execute(_ADVISORY_LOCKS_READING_EMAIL[len(keys) - 1], {**parameters, "contact_urn": read_email_of})
+    row = session.connection().execute(
+        _ADVISORY_LOCKS_READING_EMAIL[len(keys) - 1], {**parameters, "contact_urn": read_email_of}
+    )
     stored = row.one()[-1]
     return None if stored is None else str(stored)
 
