@@ -1,5 +1,6 @@
-"""Status and Describe of a small slice, in-process (no TLS): the whole call, its calendar work (reading the slice's
-leases) before and after the column query, and the caller-chain check with and without its verdict cache.
+"""Status, Describe, Renew and Delete of a small slice, in-process (no TLS): the whole call, its calendar work
+(reading the slice's leases) before and after the column query, and the caller-chain check with and without its
+verdict cache.
 
 Run from the repository root, with the project's virtualenv:
 
@@ -9,13 +10,16 @@ Run from the repository root, with the project's virtualenv:
 The calendar is benchmarks/calendar_bench.py's (``--nodes`` nodes, ``--leases`` provisioned one-node leases of 100
 other slices, bulk-inserted), plus the demo slice of an ``init_directory`` authority holding one sliver, booked
 with ``Bookings.book``. The aggregate has a ``VerdictCache`` (as ``sfa-omf serve`` makes it) and alice's slice
-credential. The four calendar rows run in turns (one call of each per round), so that the load of a shared machine
+credential. The six calendar rows run in turns (one call of each per round), so that the load of a shared machine
 falls on them alike; PostgreSQL's round trips per call are counted from libpq's trace. Rows (median per call):
 *status*, *describe* — ``Aggregate.status`` / ``describe`` of the demo slice;
 *leases (ORM)* — the slice's leases read as ``Bookings.leases`` did before (ORM objects, selectinload), the peer;
-*leases* — ``Bookings.leases(slice_urn=...)`` now; *caller chain* — ``verify_caller`` without a cache (every link's
+*leases* — ``Bookings.leases(slice_urn=...)`` now; *renew* — ``Aggregate.renew`` of a second one-sliver lease of
+the slice by one grain (the lease booked again, untimed, before each); *delete* — ``Aggregate.delete`` of that
+lease by its sliver URN; *caller chain* — ``verify_caller`` without a cache (every link's
 signature checked), and *caller chain, cached* — with the verdict cache. Before timing, the script checks that the
-new and the old lease reads answer the same and that Status answers the demo slice's one sliver.
+new and the old lease reads answer the same, that Status answers the demo slice's one sliver, and that Renew and
+Delete do what they say.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from calendar_bench import NOW, Calendar, booking_window, check_database_url, node_name
+from calendar_bench import GRAIN_S, NOW, Calendar, booking_window, check_database_url, node_name
 from sqlalchemy import event
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
@@ -38,7 +42,9 @@ from sfa_omf.calendar.booking import ACTIVE_LEASE_STATES, lease_record
 from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.models import Lease, Slice, Sliver
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord
+from sfa_omf.errors import GeniError
 from sfa_omf.registry.bootstrap import init_directory
+from sfa_omf.times import format_time
 from sfa_omf.trust.gid import load_gid_chain_file
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
@@ -87,12 +93,33 @@ def round_trips(database: Database, run: Callable[[], object]) -> int:
     return sum(1 for fields in sent if len(fields) > 3 and fields[1] == "F" and fields[3] in ("Query", "Sync"))
 
 
-def timed_in_turns(runs: list[tuple[str, Callable[[], object]]], seconds: float) -> dict[str, tuple[int, float]]:
-    """Each run once per round, for ``seconds`` in all (at least 5 rounds): calls and median seconds of each."""
+def free_stretch(aggregate: Aggregate, node: str) -> tuple[datetime, datetime]:
+    """A one-grain slot on ``node`` whose next grain is free too (so that a Renew by one grain never conflicts)."""
+    for segment in range(1, 100):
+        start, end = booking_window(segment)
+        try:
+            booked = aggregate.bookings.book(
+                SLICE, NOW + timedelta(days=7), [BookingRequest(node, start, end + (end - start))]
+            )
+        except GeniError:
+            continue
+        aggregate.bookings.cancel(booked.leases[0].id)
+        return start, end
+    raise SystemExit(f"no two free grains on {node}")
+
+
+def timed_in_turns(
+    runs: list[tuple[str, Callable[[], object]]], seconds: float, untimed: dict[str, Callable[[], object]] | None = None
+) -> dict[str, tuple[int, float]]:
+    """Each run once per round, for ``seconds`` in all (at least 5 rounds): calls and median seconds of each.
+    ``untimed`` holds, by run name, what must happen before that run each round and is not counted (the booking a
+    Renew renews)."""
     times: dict[str, list[float]] = {name: [] for name, _ in runs}
     started = time.perf_counter()
     while len(times[runs[0][0]]) < 5 or time.perf_counter() - started < seconds:
         for name, run in runs:
+            if untimed and name in untimed:
+                untimed[name]()
             begin = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - begin)
@@ -125,7 +152,26 @@ def measure(backend: str, url: str, args: argparse.Namespace, authority: Path) -
         )
         start, end = booking_window(0)
         aggregate.bookings.book(SLICE, NOW + timedelta(days=7), [BookingRequest(node_name(0), start, end)])
+        # Renew and Delete act on a second one-sliver lease of the slice, booked again (untimed) before each: Renew
+        # moves its end one grain later (into a grain found free on its node), Delete deletes it by its sliver URN.
+        doomed_start, doomed_end = free_stretch(aggregate, node_name(1))
+        doomed = [BookingRequest(node_name(1), doomed_start, doomed_end)]
+        renewed_end = format_time(doomed_end + timedelta(seconds=GRAIN_S))
+        doomed_urns: list[str] = []
+
+        def book_doomed() -> object:
+            booked = aggregate.bookings.book(SLICE, NOW + timedelta(days=7), doomed)
+            doomed_urns[:] = [sliver.urn for lease in booked.leases for sliver in lease.slivers]
+            return booked
+
         status = aggregate.status(chain, [SLICE], [credential], {})
+        book_doomed()
+        aggregate.renew(chain, doomed_urns, [credential], renewed_end, {})
+        ends = [lease.end for lease in aggregate.bookings.leases(slice_urn=SLICE) if lease.start == doomed_start]
+        if ends != [doomed_end + timedelta(seconds=GRAIN_S)]:
+            raise SystemExit(f"{backend}: Renew did not move the lease's end one grain: {ends}")
+        if len(aggregate.delete(chain, doomed_urns, [credential], {})) != 1:
+            raise SystemExit(f"{backend}: Delete did not answer the one sliver it deleted")
         if len(status["geni_slivers"]) != 1 or aggregate.bookings.leases(slice_urn=SLICE) != orm_leases(
             aggregate, SLICE
         ):
@@ -137,17 +183,21 @@ def measure(backend: str, url: str, args: argparse.Namespace, authority: Path) -
             ("describe", lambda: aggregate.describe(chain, [SLICE], [credential], describe_options)),
             ("leases (ORM)", lambda: orm_leases(aggregate, SLICE)),
             ("leases", lambda: aggregate.bookings.leases(slice_urn=SLICE)),
+            ("renew", lambda: aggregate.renew(chain, doomed_urns, [credential], renewed_end, {})),
+            ("delete", lambda: aggregate.delete(chain, doomed_urns, [credential], {})),
             ("caller chain", lambda: uncached.verify_caller(chain, AT)),
             ("caller chain, cached", lambda: aggregate.verifier.verify_caller(chain, AT)),
         ]
         if backend == "postgresql":
-            trips = {name: round_trips(calendar.database, run) for name, run in runs[:4]}
+            book_doomed()
+            trips = {name: round_trips(calendar.database, run) for name, run in runs[:6]}
             print(f"  postgresql round trips per call: {trips}")
         rows = []
         # In turns (one call of each per round) for the slow reads, so that the machine's load falls on them
         # alike; the chain checks, a thousand times quicker, one after the other.
-        calendar_runs, chain_runs = runs[:4], runs[4:]
-        for name, (calls, median) in timed_in_turns(calendar_runs, len(calendar_runs) * args.seconds).items():
+        calendar_runs, chain_runs = runs[:6], runs[6:]
+        seconds = len(calendar_runs) * args.seconds
+        for name, (calls, median) in timed_in_turns(calendar_runs, seconds, {"renew": book_doomed}).items():
             rows.append((name, calls, median))
         for name, run in chain_runs:
             calls, median = timed(run, args.seconds)

@@ -8,6 +8,7 @@ the check, which then reports the winner's booking as the conflict.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from collections import defaultdict
@@ -443,8 +444,16 @@ class Bookings:
         slice_expires: datetime | None,
         now_s: int,
     ) -> LeaseRecord:
+        # Column statements on plain rows, as the booking and the cancel: the lease row locked first (see cancel),
+        # then the lease as a record and what the checks need of its slivers' nodes and its slice.
         asked_s = new_end_s = to_s(new_end)
-        lease = _find_lease(session, lease_id, lock=True)
+        session.execute(_LOCK_LEASE, {"lease_id": lease_id})
+        found = _lease_records(
+            session.execute(_lease_query(False, False, False, False, False, True), {"lease_id": lease_id}).all()
+        )
+        if not found:
+            raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
+        lease = found[0]
         if lease.state not in ACTIVE_LEASE_STATES:
             raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state} and cannot be renewed")
         if asked_s <= now_s:
@@ -453,27 +462,32 @@ class Bookings:
                 f"the new end {format_time(from_s(asked_s))} is in the past (it is "
                 f"{format_time(from_s(now_s))} now): ask for a later time, or Delete to release the lease",
             )
-        grain_s = max(sliver.node.grain_s for sliver in lease.slivers)
+        # (sliver id, node id, grain, node URN, slice id, slice expiry) of each sliver
+        nodes = session.execute(_RENEWED_NODES, {"lease_id": lease_id}).all()
+        slice_id, slice_expires_s = nodes[0][4:6]
+        start_s, end_s = to_s(lease.start), to_s(lease.end)
+        grain_s = max(node[2] for node in nodes)
         if rounding == "up":
             new_end_s = align_up(new_end_s, grain_s)
         elif rounding == "down":
             new_end_s = align_down(new_end_s, grain_s)
-        if new_end_s <= lease.start_s:
+        if new_end_s <= start_s:
             raise GeniError(
                 Reason.BAD_ARGS,
                 f"{format_time(from_s(asked_s))} is before lease {lease_id} starts "
-                f"({format_time(from_s(lease.start_s))}): a lease cannot end before it starts; cancel "
+                f"({format_time(from_s(start_s))}): a lease cannot end before it starts; cancel "
                 "it (Delete) or ask for a later end",
             )
-        if slice_expires is not None:
-            lease.slice.expires_s = to_s(slice_expires)  # the call's credential is the slice's latest word
-        if new_end_s > lease.slice.expires_s:
-            expiry = format_time(from_s(lease.slice.expires_s))
+        if slice_expires is not None:  # the call's credential is the slice's latest word
+            slice_expires_s = to_s(slice_expires)
+            session.execute(_SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": slice_expires_s})
+        if new_end_s > slice_expires_s:
+            expiry = format_time(from_s(slice_expires_s))
             rounded = (
                 f" (leases end on slot boundaries: {format_time(from_s(asked_s))} would end at "
                 f"{format_time(from_s(new_end_s))}; ask for "
-                f"{format_time(from_s(align_down(lease.slice.expires_s, grain_s)))} at most)"
-                if asked_s <= lease.slice.expires_s
+                f"{format_time(from_s(align_down(slice_expires_s, grain_s)))} at most)"
+                if asked_s <= slice_expires_s
                 else ""
             )
             raise PolicyViolation(
@@ -481,23 +495,25 @@ class Bookings:
                 f"lease {lease_id} cannot end after the slice credential expires ({expiry}){rounded}; renew "
                 "the slice at its authority, then renew the lease with the new slice credential",
             )
-        partial_start = bool(lease.start_s % grain_s)  # booked from now, inside a slot
-        for sliver in lease.slivers:
-            node = sliver.node
-            check_window(self.policy, lease.start_s, new_end_s, now_s, node.grain_s, node.component_id, partial_start)
-        if new_end_s > lease.end_s:
-            conflicts = _extension_conflicts(session, lease, (lease.end_s, new_end_s))
+        partial_start = bool(start_s % grain_s)  # booked from now, inside a slot
+        for _, _, node_grain_s, component_id, _, _ in nodes:
+            check_window(self.policy, start_s, new_end_s, now_s, node_grain_s, component_id, partial_start)
+        if new_end_s > end_s:
+            conflicts = _extension_conflicts(session, lease_id, nodes, (end_s, new_end_s))
             if conflicts:
                 raise BookingConflict(conflicts)
-        lease.end_s = new_end_s
-        for sliver in lease.slivers:
-            sliver.end_s = new_end_s
+        session.execute(_RENEW_LEASE, {"lease_id": lease_id, "new_end_s": new_end_s})
+        new_end_at = from_s(new_end_s)
+        renewed: list[SliverRecord] = []
+        for (sliver_id, *_), sliver in zip(nodes, lease.slivers, strict=True):
             # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time,
             # but renewing it gives it the time to be provisioned again (GENI: Renew extends allocations).
             provisioned = sliver.allocation_state == "geni_provisioned"
-            allocation_ends = max(sliver.expires_s, now_s + self.policy.allocation_ttl_s)
-            sliver.expires_s = new_end_s if provisioned else min(allocation_ends, new_end_s)
-        return lease_record(lease)
+            allocation_ends = max(to_s(sliver.expires), now_s + self.policy.allocation_ttl_s)
+            expires_s = new_end_s if provisioned else min(allocation_ends, new_end_s)
+            session.execute(_RENEW_SLIVER, {"sliver_id": sliver_id, "new_end_s": new_end_s, "expires_s": expires_s})
+            renewed.append(dataclasses.replace(sliver, end=new_end_at, expires=from_s(expires_s)))
+        return dataclasses.replace(lease, end=new_end_at, slivers=tuple(renewed))
 
     def cancel(self, lease_id: str) -> LeaseRecord:
         """Release a lease's nodes. Cancelling a cancelled lease changes nothing."""
@@ -881,6 +897,22 @@ _CANCEL_ACTIVE_LEASE = (
         _LEASE.client_id,
     )
 )
+# Renew's: its slivers' nodes in the order of the lease record's slivers (_lease_query orders them by id), with
+# the slice (the same on every row).
+_RENEWED_NODES = (
+    select(_SLIVER.id, Node.id, Node.grain_s, Node.component_id, _SLICE.id, _SLICE.expires_s)
+    .join(Node, Node.id == _SLIVER.node_id)
+    .join(table_of(Lease), _LEASE.id == _SLIVER.lease_id)
+    .join(table_of(Slice), _SLICE.id == _LEASE.slice_id)
+    .where(_SLIVER.lease_id == bindparam("lease_id"))
+    .order_by(_SLIVER.id)
+)
+_RENEW_LEASE = update(table_of(Lease)).where(_LEASE.id == bindparam("lease_id")).values(end_s=bindparam("new_end_s"))
+_RENEW_SLIVER = (
+    update(table_of(Sliver))
+    .where(_SLIVER.id == bindparam("sliver_id"))
+    .values(end_s=bindparam("new_end_s"), expires_s=bindparam("expires_s"))
+)
 _RELEASE_SLIVERS = (
     update(table_of(Sliver))
     .where(_SLIVER.lease_id == bindparam("released_lease"))
@@ -959,18 +991,18 @@ def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:
     return lease
 
 
-def _extension_conflicts(session: Session, lease: Lease, extension: Interval) -> list[Conflict]:
-    """Who holds the lease's nodes during the time it would be extended by."""
-    busy = held_windows(
-        session, extension[0], node_ids={sliver.node_id for sliver in lease.slivers}, exclude_lease=lease.id
-    )
+def _extension_conflicts(
+    session: Session, lease_id: str, nodes: Sequence[Row[*tuple[Any, ...]]], extension: Interval
+) -> list[Conflict]:
+    """Who holds the lease's nodes (rows of ``_RENEWED_NODES``) during the time it would be extended by."""
+    busy = held_windows(session, extension[0], node_ids={node[1] for node in nodes}, exclude_lease=lease_id)
     conflicts = []
-    for sliver in lease.slivers:
-        clashing = [interval for interval in busy[sliver.node_id] if overlaps(interval, extension)]
+    for _, node_id, _, component_id, _, _ in nodes:
+        clashing = [interval for interval in busy[node_id] if overlaps(interval, extension)]
         if clashing:
             conflicts.append(
                 Conflict(
-                    sliver.node.component_id,
+                    component_id,
                     from_s(extension[0]),
                     from_s(extension[1]),
                     "is booked",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from sfa_omf.calendar.booking import BookingConflict
 from sfa_omf.calendar.records import BookingRequest
 from sfa_omf.calendar.slices import Slices
+from sfa_omf.errors import GeniError, Reason
 from tests.calendar.conftest import SLICE, SLICE_EXPIRES, Calendar, at, node_urn
 from tests.calendar.test_concurrency import assert_no_overlap, held
 
@@ -99,6 +101,59 @@ def test_threads_booking_and_cancelling_several_nodes_never_double_book(calendar
     assert len(held(calendar.database)) == sum(len(lease.slivers) for lease in calendar.bookings.leases())
     assert booked  # the first booking checked, on an empty calendar, cannot have met a conflict
     assert held_leases | cancelled == set(booked)
+
+
+def test_renewals_and_bookings_racing_for_one_window_never_double_book(calendar: Calendar) -> None:
+    """Renew's column path: a lease renewed into a window while other slices book it. Each round exactly one of
+    them gets the window, whoever it is, and the losers are refused as a conflict."""
+    for round_number in range(6):
+        base = 10 * round_number  # each round on hours of its own
+        outcomes = _race_a_renewal_against_bookings(calendar, base)
+        assert sorted(outcomes).count("refused") == 3 and len(outcomes) == 4, outcomes
+        renewed_end = calendar.bookings.leases(slice_urn=SLICE)[-1].end
+        assert renewed_end == (at(base + 3) if "renewed" in outcomes else at(base + 2))
+        assert_no_overlap(calendar.database)
+
+
+def _race_a_renewal_against_bookings(calendar: Calendar, base: float) -> list[str]:
+    """One lease of n1 at [base+1, base+2) renewed to base+3 while three slices book [base+2, base+3), all at once:
+    what became of each ("renewed", "booked" or "refused")."""
+    node = node_urn("n1")
+    booked = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node, at(base + 1), at(base + 2))])
+    barrier = threading.Barrier(4)
+    outcomes: list[str] = []
+    errors: list[BaseException] = []
+
+    def attempt(write: Callable[[], object], success: str) -> None:
+        barrier.wait()
+        try:
+            write()
+            outcomes.append(success)
+        except GeniError as exc:  # a conflict seen by the check, or by PostgreSQL's exclusion constraint
+            if exc.reason == Reason.BOOKING_CONFLICT:
+                outcomes.append("refused")
+            else:
+                errors.append(exc)
+        except BaseException as exc:  # reported below: a thread must not fail silently
+            errors.append(exc)
+
+    def renew() -> object:
+        return calendar.bookings.renew(booked.leases[0].id, at(base + 3))
+
+    def booking(contender: int) -> Callable[[], object]:
+        slice_urn = f"urn:publicid:IDN+testbed+slice+r{contender}"
+        return lambda: calendar.bookings.book(
+            slice_urn, SLICE_EXPIRES, [BookingRequest(node, at(base + 2), at(base + 3))]
+        )
+
+    writes = [(renew, "renewed")] + [(booking(contender), "booked") for contender in range(3)]
+    threads = [threading.Thread(target=attempt, args=write) for write in writes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return outcomes
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
