@@ -5,6 +5,7 @@ Run from the repository root, with the project's virtualenv:
 
     python benchmarks/throughput_bench.py                  # about 40 s
     python benchmarks/throughput_bench.py --clients 1,8 --seconds 3
+    python benchmarks/throughput_bench.py --methods Allocate      # the Allocate + Delete rows only
 
 The real server is am_bench.py's (``sfa-omf serve`` in a subprocess on a temporary ``init_directory`` authority,
 SQLite calendar, 100 nodes added with ``Inventory.add_node``). The trivial server is this file run with ``--trivial``
@@ -268,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement (default 3)")
     parser.add_argument("--clients", default="1,8", help="concurrent clients (default 1,8)")
+    parser.add_argument("--methods", default="Status,Allocate", help="rows to measure (default Status,Allocate)")
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="the real server's worker threads")
     parser.add_argument(
@@ -332,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                 floor = trivial_calls(Calls(trivial_client))
                 # Interleaved (trivial, sfa-omf, trivial) so that both see the same load on this shared machine;
                 # the trivial figure is the mean of the two around the real one.
-                for method in real:
+                for method in [name for name in real if name in args.methods.split(",")]:
                     for count in clients:
                         before = measure(
                             "trivial", trivial.cpu_seconds, method, floor[method], trivial_client.proxy, count

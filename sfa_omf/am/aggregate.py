@@ -48,7 +48,7 @@ from sfa_omf.calendar.booking import Bookings, Rounding
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
-from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, SliverRecord
+from sfa_omf.calendar.records import BookingRequest, LeaseRecord, ManifestNode, NodeRecord, SliceView, SliverRecord
 from sfa_omf.calendar.slices import Contact, Slices
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.images.catalogue import check_requested_images, node_images
@@ -337,12 +337,13 @@ class Aggregate:
             best_effort=bool(options.get("geni_best_effort")),
             users=users,
             contact=_contact(caller_chain, verified.owner_urn),
+            read_slice=True,  # the manifest's leases, nodes and users, read in the booking's transaction
         )
         try:
             # Again once booked: an image removed meanwhile (its removal saw no lease yet) fails this call instead.
             self._check_images(wanted, verified.owner_urn)
             plan_containers(self.instances, result.leases, containers, now)
-            answer = self._describe_slice(slice_urn, None)
+            answer = self._describe_slice(slice_urn, None, result.slice_view)
         except BaseException:
             # The call fails, so nothing it wrote may stay: the leases go, and the slice's users are as they were.
             self.bookings.discard(lease.id for lease in result.leases)
@@ -562,10 +563,10 @@ class Aggregate:
     def delete(
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
-        slice_urn, sliver_urns = self._resolve(urns)
+        slice_urn, sliver_urns, read = self._resolve_with_leases(urns)
         self.authorize("Delete", caller_chain, credentials, slice_urn, options)
         deleted = []
-        leases = self._leases(slice_urn, sliver_urns)
+        leases = self._leases(slice_urn, sliver_urns) if read is None else read
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to delete")
         for lease in leases:
@@ -683,6 +684,33 @@ class Aggregate:
         return len(ended)
 
     # -- helpers -----------------------------------------------------------------------------------------------
+    def _resolve_with_leases(self, urns: Sequence[str]) -> tuple[str, set[str] | None, list[LeaseRecord] | None]:
+        """``_resolve``, and the leases ``_leases`` would answer then, in one read when the URNs name slivers that
+        all belong to active leases of one slice (nearly always); otherwise (a slice URN, an unknown or inactive
+        sliver) the leases are None and nothing differs from ``_resolve``: read them after authorizing."""
+        named = self._named_slivers(urns)
+        if named:
+            leases = self.bookings.leases_of_slivers_slice(named)
+            held = {sliver.urn for lease in leases for sliver in lease.slivers}
+            if named <= held and len({lease.slice_urn for lease in leases}) == 1:
+                return (
+                    leases[0].slice_urn,
+                    named,
+                    [lease for lease in leases if any(s.urn in named for s in lease.slivers)],
+                )
+        slice_urn, sliver_urns = self._resolve(urns)
+        return slice_urn, sliver_urns, None
+
+    def _named_slivers(self, urns: Sequence[str]) -> set[str]:
+        """The node slivers named, when ``urns`` is a valid list of sliver URNs only (else empty: _resolve says why)."""
+        if isinstance(urns, str):
+            urns = [urns]
+        if not isinstance(urns, (list, tuple)) or not urns or not all(isinstance(urn, str) for urn in urns):
+            return set()
+        if any(_urn_type(urn) != "sliver" for urn in urns):
+            return set()
+        return {node_sliver_of(urn) for urn in urns}
+
     def _resolve(self, urns: Sequence[str]) -> tuple[str, set[str] | None]:
         """The slice a URN list is about, and the sliver URNs it names (None: the whole slice)."""
         if isinstance(urns, str):
@@ -797,6 +825,15 @@ class Aggregate:
             return leases
         return [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
 
+    def _slice_view(self, slice_urn: str, sliver_urns: set[str] | None) -> SliceView:
+        """The slice's leases (those holding these slivers), their nodes and the slice's users, read now."""
+        leases = self._leases(slice_urn, sliver_urns)
+        wanted = {sliver.node for lease in leases for sliver in lease.slivers}
+        listed = self.inventory.list_nodes(component_ids=wanted) if wanted else []
+        nodes = {node.component_id: ManifestNode(node.component_name, node.exclusive) for node in listed}
+        users = self.slices.get(slice_urn).users if leases else ()
+        return SliceView(leases=tuple(leases), nodes=nodes, users=users)
+
     def _health(self, sliver: SliverRecord, lease: LeaseRecord) -> SliverHealth:
         if sliver.allocation_state != Allocation.PROVISIONED:
             return SliverHealth(Operational.PENDING_ALLOCATION)
@@ -853,11 +890,16 @@ class Aggregate:
                     found.setdefault(instance.sliver_urn, []).append(instance)
         return found
 
-    def _describe_slice(self, slice_urn: str, sliver_urns: set[str] | None) -> dict[str, Any]:
-        leases = self._leases(slice_urn, sliver_urns)
-        wanted = {sliver.node for lease in leases for sliver in lease.slivers}
-        nodes = {node.component_id: node for node in self.inventory.list_nodes(component_ids=wanted)} if wanted else {}
-        users = self.slices.get(slice_urn).users if leases else ()
+    def _describe_slice(
+        self, slice_urn: str, sliver_urns: set[str] | None, view: SliceView | None = None
+    ) -> dict[str, Any]:
+        """The slice's manifest and sliver statuses; ``view``: the slice as a booking just read it (Allocate), in
+        place of reading its leases, their nodes and its users here."""
+        if view is None:
+            view = self._slice_view(slice_urn, sliver_urns)
+        leases = list(view.leases)
+        nodes = view.nodes
+        users = view.users if leases else ()
         # Once per user, not per sliver: the first use creates the mapping (registry/accounts.py).
         logins = [self.accounts.login_for(user.user_urn, slice_urn) for user in users]
         manifest_slivers = []

@@ -18,14 +18,30 @@ from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import Row, Select, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased, selectinload
 
-from sfa_omf.calendar.database import RETRY_ATTEMPTS, Database, is_overlap_violation, retry_transient
+from sfa_omf.calendar.database import (
+    RETRY_ATTEMPTS,
+    WROTE,
+    Database,
+    connection_of,
+    is_overlap_violation,
+    retry_transient,
+)
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
-from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, Sliver
+from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, SliceUser, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
 from sfa_omf.calendar.queries import from_s, held_windows, lock_names, lock_slice, table_of, to_s
-from sfa_omf.calendar.records import BookingRequest, BookingResult, Conflict, LeaseRecord, SliverRecord
+from sfa_omf.calendar.records import (
+    BookingRequest,
+    BookingResult,
+    Conflict,
+    LeaseRecord,
+    ManifestNode,
+    SliceUserRecord,
+    SliceView,
+    SliverRecord,
+)
 from sfa_omf.calendar.slices import Contact, apply_users, record_contact
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import format_time, utcnow
@@ -96,13 +112,15 @@ class Bookings:
         best_effort: bool = False,
         users: Mapping[str, Sequence[str]] | None = None,
         contact: Contact | None = None,
+        read_slice: bool = False,
     ) -> BookingResult:
         """Book every request for the slice, or nothing (BookingConflict lists every conflict).
 
         With best_effort, book what is free and return the rest in ``refused``; nothing free is still a conflict.
         Requests with the same window become one lease. Policy violations refuse the whole request. ``users`` (user
         URN -> SSH keys, sent with the call) are merged into the slice's in the same unit of work: written with the
-        booking or not at all; so is the caller's GID e-mail (``contact``).
+        booking or not at all; so is the caller's GID e-mail (``contact``). ``read_slice``: answer the slice as the
+        booking left it (``BookingResult.slice_view``), read in its transaction, for the caller's manifest.
         """
         if not requests:
             raise GeniError(Reason.BAD_ARGS, "the request books no node")
@@ -110,7 +128,7 @@ class Bookings:
             try:
                 return retry_transient(
                     lambda: self._book_once(
-                        slice_urn, slice_expires, requests, owner_urn, best_effort, users or {}, contact
+                        slice_urn, slice_expires, requests, owner_urn, best_effort, users or {}, contact, read_slice
                     )
                 )
             except IntegrityError as exc:
@@ -129,18 +147,21 @@ class Bookings:
         best_effort: bool,
         users: Mapping[str, Sequence[str]],
         contact: Contact | None = None,
+        read_slice: bool = False,
     ) -> BookingResult:
         # Column statements built once and plain rows, no ORM objects: a booking is on every Allocate, and the ORM's
         # unit of work (identity map, lazy loads, flush ordering) cost several times the statements themselves.
         now_s = to_s(self.clock())
         expires_s = to_s(slice_expires)
         with self.database.write() as session:
-            self._serialize_slice(session, slice_urn, owner_urn)
-            slice_id = self._slice_for_booking(session, slice_urn, expires_s)
+            contact_changed = self._serialize_slice(session, slice_urn, owner_urn, contact)
+            slice_id, slice_users = self._slice_for_booking(session, slice_urn, expires_s)
             # Racers for the same node queue on its row (locked in id order, so never in a cycle) instead of
             # deadlocking inside the exclusion check; bookings of other nodes still run in parallel. The exclusion
             # constraint stays the guarantee. (SQLite: BEGIN IMMEDIATE has serialized writers already.)
-            locked = session.execute(_NODES_FOR_BOOKING, {"component_ids": sorted({r.node for r in requests})})
+            locked = connection_of(session).execute(
+                _NODES_FOR_BOOKING, {"component_ids": sorted({r.node for r in requests})}
+            )
             nodes = {row.component_id: _BookedNode(*row) for row in locked}
             wanted: list[tuple[BookingRequest, _BookedNode, Interval]] = []
             conflicts: list[Conflict] = []
@@ -175,28 +196,43 @@ class Bookings:
                 slice_row = session.get(Slice, slice_id)
                 assert slice_row is not None  # written or read above, in this transaction
                 apply_users(slice_row, users)
-            record_contact(session, contact, now_s)
+                session.flush()
+                slice_users = _user_records((user.user_urn, user.ssh_keys) for user in slice_row.users)
+            if contact_changed:
+                record_contact(session, contact, now_s)
             session.flush()
-            return BookingResult(leases=tuple(leases), refused=tuple(conflicts))
+            view = _slice_view(session, slice_urn, slice_users) if read_slice else None
+            return BookingResult(leases=tuple(leases), refused=tuple(conflicts), slice_view=view)
 
-    def _serialize_slice(self, session: Session, slice_urn: str, owner_urn: str) -> None:
-        """On PostgreSQL, serialize bookings of one slice and one user so limit checks see each other."""
-        lock_names(session, slice_urn, owner_urn)
+    def _serialize_slice(self, session: Session, slice_urn: str, owner_urn: str, contact: Contact | None) -> bool:
+        """On PostgreSQL, serialize bookings of one slice and one user so limit checks see each other. Answers
+        whether the caller's contact may differ from the stored one: the same round trip reads it (on PostgreSQL;
+        it is nearly always unchanged, and its upsert would be a round trip of its own). The e-mail is read from
+        the statement's snapshot, taken before its locks were waited for: a racing call of the same user with another
+        GID e-mail may commit meanwhile; then this call's e-mail, seen already stored, is not written again, as if it
+        had been written just before the racer's (the upsert answers the same when the calls run in that order)."""
+        stored = lock_names(session, slice_urn, owner_urn, read_email_of=contact.user_urn if contact else "")
+        return contact is not None and stored != contact.gid_email
 
-    def _slice_for_booking(self, session: Session, slice_urn: str, expires_s: int) -> int:
-        """The slice's id, the slice recorded first if new; its expiry set to the credential's (the slice
+    def _slice_for_booking(
+        self, session: Session, slice_urn: str, expires_s: int
+    ) -> tuple[int, tuple[SliceUserRecord, ...]]:
+        """The slice's id and users, the slice recorded first if new; its expiry set to the credential's (the slice
         authority's word is the latest). Refuses a slice that was shut down."""
-        row = session.execute(_SLICE_FOR_BOOKING, {"urn": slice_urn}).first()
-        if row is None:
-            return int(session.execute(_NEW_SLICE, {"urn": slice_urn, "expires_s": expires_s}).scalar_one())
-        slice_id, shut_down, stored_expires_s = row
+        rows = connection_of(session).execute(_SLICE_FOR_BOOKING, {"urn": slice_urn}).all()
+        if not rows:
+            new = connection_of(session, writes=True).execute(_NEW_SLICE, {"urn": slice_urn, "expires_s": expires_s})
+            return int(new.scalar_one()), ()
+        slice_id, shut_down, stored_expires_s = rows[0][:3]
         if shut_down:
             raise PolicyViolation(
                 "shutdown", f"slice {slice_urn} was shut down; an operator must release it before it books again"
             )
         if stored_expires_s != expires_s:
-            session.execute(_SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": expires_s})
-        return int(slice_id)
+            connection_of(session, writes=True).execute(
+                _SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": expires_s}
+            )
+        return int(slice_id), _user_records((row[3], row[4]) for row in rows if row[3] is not None)
 
     def _split_free(
         self, session: Session, wanted: list[tuple[BookingRequest, _BookedNode, Interval]]
@@ -355,8 +391,9 @@ class Bookings:
                 )
             )
         if lease_rows:
-            session.execute(_INSERT_LEASE, lease_rows)
-            session.execute(_INSERT_SLIVER, sliver_rows)
+            connection = connection_of(session, writes=True)
+            connection.execute(_INSERT_LEASE, lease_rows)
+            connection.execute(_INSERT_SLIVER, sliver_rows)
         return records
 
     # -- changing leases --------------------------------------------------------------------------------------
@@ -484,9 +521,20 @@ class Bookings:
     def cancel(self, lease_id: str) -> LeaseRecord:
         """Release a lease's nodes. Cancelling a cancelled lease changes nothing."""
         with self.database.write() as session:
-            # The lease row locked first, as _find_lease(lock=True) does, then read with its slivers in one column
-            # query. Not in one statement: on PostgreSQL a SELECT that waited for the lock re-reads the locked row
-            # alone, and the joined slivers would be the ones from before the writer it waited for.
+            # An active lease: one statement locks and cancels its row and answers its columns (on PostgreSQL an
+            # UPDATE that waited for the row's lock checks its condition again on the row as the other writer left
+            # it), then one releases its slivers and answers theirs: every writer of a lease's slivers locks the
+            # lease first, so they are read as the last such writer left them.
+            connection = connection_of(session)
+            cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"lease_id": lease_id}).first()
+            if cancelled is not None:
+                session.info[WROTE] = True
+                slivers = connection.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
+                return _cancelled_record(cancelled, slivers)
+            # Not active, or not there: read as it is. The lease row locked first, as _find_lease(lock=True) does,
+            # then read with its slivers in one column query. Not in one statement: on PostgreSQL a SELECT that
+            # waited for the lock re-reads the locked row alone, and the joined slivers would be the ones from
+            # before the writer it waited for.
             session.execute(_LOCK_LEASE, {"lease_id": lease_id})
             rows = session.execute(_lease_query(False, False, False, False, False, True), {"lease_id": lease_id})
             found = _lease_records(rows.all())
@@ -495,10 +543,11 @@ class Bookings:
             lease = found[0]
             if lease.state not in ACTIVE_LEASE_STATES:
                 return lease
-            session.execute(_CANCEL_LEASE, {"lease_id": lease_id})
-            session.execute(_RELEASE_SLIVERS, {"released_lease": lease_id})
-            released = tuple(dataclasses.replace(s, allocation_state="geni_unallocated") for s in lease.slivers)
-            return dataclasses.replace(lease, state="cancelled", slivers=released)
+            # Became active since the UPDATE? No lease ever does (states only move on from allocated and
+            # provisioned), but should one, it is cancelled as above.
+            cancelled = session.execute(_CANCEL_ACTIVE_LEASE, {"lease_id": lease_id}).one()
+            slivers = session.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
+            return _cancelled_record(cancelled, slivers)
 
     def mark_provisioned(self, lease_id: str) -> LeaseRecord:
         """An allocated lease becomes provisioned (again: no change, so a retried or finished Provision is fine)."""
@@ -615,6 +664,12 @@ class Bookings:
         rows = self.database.fetch_all(_SLICES_OF_SLIVERS, {"urns": sorted(set(sliver_urns))})
         return {row[0] for row in rows}
 
+    def leases_of_slivers_slice(self, sliver_urns: Iterable[str]) -> list[LeaseRecord]:
+        """The active leases of the slice (or slices) the named slivers belong to, oldest first, in one column query
+        (``Bookings.leases(slice_urn=...)`` of ``slices_of_slivers``'s slice, without a round trip between)."""
+        query = _lease_query(True, False, False, False, False, by_slivers_slice=True)
+        return _lease_records(self.database.fetch_all(query, {"sliver_urns": sorted(set(sliver_urns))}))
+
     def leases(
         self,
         node: str | None = None,
@@ -639,7 +694,7 @@ class Bookings:
         return _lease_records(self.database.fetch_all(query, parameters))
 
 
-def _lease_records(rows: Sequence[Row[*tuple[Any, ...]]]) -> list[LeaseRecord]:
+def _lease_records(rows: Sequence[Sequence[Any]]) -> list[LeaseRecord]:
     """Plain lease records from the rows of ``_lease_query`` (a lease's slivers follow it, in the query's order)."""
     times: dict[int, datetime] = {}
 
@@ -717,19 +772,36 @@ _SLICES_OF_SLIVERS = (
 
 @functools.lru_cache(maxsize=32)
 def _lease_query(
-    active_only: bool, by_slice: bool, by_start: bool, by_end: bool, by_node: bool, by_id: bool = False
+    active_only: bool,
+    by_slice: bool,
+    by_start: bool,
+    by_end: bool,
+    by_node: bool,
+    by_id: bool = False,
+    by_slivers_slice: bool = False,
+    with_nodes: bool = False,
 ) -> Select[*tuple[Any, ...]]:
     """The statement of ``Bookings.leases`` for one combination of filters, with bound parameters, built once: a
     statement built on every call costs more than the call's query itself (SQLAlchemy's cache key and the matching
-    of result columns to a new statement's). ``by_id``: the one lease ``lease_id``."""
+    of result columns to a new statement's). ``by_id``: the one lease ``lease_id``; ``by_slivers_slice``: the
+    leases of the slice (or slices) of the slivers ``sliver_urns``; ``with_nodes``: each sliver's node's name and
+    exclusive flag after the usual columns (narrow reads only)."""
     # A narrow read (a slice's, a node's leases, one lease) looks each sliver's node up by its primary key. Joined,
     # PostgreSQL estimated a slice's leases at the average per slice (1 000 of 100 000 leases in the benchmark, for a
     # slice holding one) and hashed the whole node table for them: 0.42 of the read's 0.54 ms at 1 000 nodes, growing
     # with the inventory (EXPLAIN ANALYZE in docs/benchmarks.md). A wide read keeps the join (one pass over nodes
     # beats a lookup per sliver).
-    narrow = by_slice or by_node or by_id
+    narrow = by_slice or by_node or by_id or by_slivers_slice
     component_id: Any = (
         select(Node.component_id).where(Node.id == Sliver.node_id).scalar_subquery() if narrow else Node.component_id
+    )
+    node_details: list[Any] = (
+        [
+            select(column).where(Node.id == Sliver.node_id).scalar_subquery()
+            for column in (Node.component_name, Node.exclusive)
+        ]
+        if with_nodes and narrow
+        else []
     )
     query: Select[*tuple[Any, ...]] = (
         select(
@@ -749,6 +821,7 @@ def _lease_query(
             Sliver.expires_s,
             Sliver.client_id,
             Sliver.disk_image,
+            *node_details,
         )
         .select_from(Lease)
         .join(Slice, Lease.slice_id == Slice.id)
@@ -770,6 +843,11 @@ def _lease_query(
         query = query.where(Lease.id.in_(node_leases))
     if by_id:
         query = query.where(Lease.id == bindparam("lease_id"))
+    if by_slivers_slice:
+        named = aliased(Sliver)
+        holding = aliased(Lease)
+        slices = select(holding.slice_id).join(named, named.lease_id == holding.id)
+        query = query.where(Lease.slice_id.in_(slices.where(named.urn.in_(bindparam("sliver_urns", expanding=True)))))
     return query
 
 
@@ -785,8 +863,13 @@ class _BookedNode(NamedTuple):
 # The booking's and the cancel's statements, built once (as the reads': see _lease_query), on the tables rather than
 # the mapped classes: an ORM-enabled INSERT or UPDATE goes through the ORM's bulk machinery on every call.
 _SLICE, _LEASE, _SLIVER = table_of(Slice).c, table_of(Lease).c, table_of(Sliver).c
+_NODE, _SLICE_USER = table_of(Node).c, table_of(SliceUser).c
 _LOCK_LEASE = select(_LEASE.id).where(_LEASE.id == bindparam("lease_id")).with_for_update()
-_SLICE_FOR_BOOKING = select(_SLICE.id, _SLICE.shut_down, _SLICE.expires_s).where(_SLICE.urn == bindparam("urn"))
+_SLICE_FOR_BOOKING = (  # the slice with its users (one row per user; one with none when it has none)
+    select(_SLICE.id, _SLICE.shut_down, _SLICE.expires_s, _SLICE_USER.user_urn, _SLICE_USER.ssh_keys)
+    .outerjoin(table_of(SliceUser), _SLICE_USER.slice_id == _SLICE.id)
+    .where(_SLICE.urn == bindparam("urn"))
+)
 _NEW_SLICE = (
     insert(table_of(Slice))
     .values(urn=bindparam("urn"), expires_s=bindparam("expires_s"), shut_down=False)
@@ -803,7 +886,20 @@ _NODES_FOR_BOOKING = (
 )
 _INSERT_LEASE = insert(table_of(Lease))
 _INSERT_SLIVER = insert(table_of(Sliver))
-_CANCEL_LEASE = update(table_of(Lease)).where(_LEASE.id == bindparam("lease_id")).values(state="cancelled")
+_CANCEL_ACTIVE_LEASE = (
+    update(table_of(Lease))
+    .where(_LEASE.id == bindparam("lease_id"), _LEASE.state.in_(ACTIVE_LEASE_STATES))
+    .values(state="cancelled")
+    .returning(
+        _LEASE.id,
+        select(_SLICE.urn).where(_SLICE.id == _LEASE.slice_id).scalar_subquery(),
+        _LEASE.owner_urn,
+        _LEASE.start_s,
+        _LEASE.end_s,
+        _LEASE.state,
+        _LEASE.client_id,
+    )
+)
 # Renew's: its slivers' nodes in the order of the lease record's slivers (_lease_query orders them by id), with
 # the slice (the same on every row).
 _RENEWED_NODES = (
@@ -824,7 +920,70 @@ _RELEASE_SLIVERS = (
     update(table_of(Sliver))
     .where(_SLIVER.lease_id == bindparam("released_lease"))
     .values(holds_node=False, allocation_state="geni_unallocated")  # as release_slivers does
+    .returning(
+        _SLIVER.id,
+        _SLIVER.urn,
+        select(_NODE.component_id).where(_NODE.id == _SLIVER.node_id).scalar_subquery(),
+        _SLIVER.start_s,
+        _SLIVER.end_s,
+        _SLIVER.allocation_state,
+        _SLIVER.operational_state,
+        _SLIVER.expires_s,
+        _SLIVER.client_id,
+        _SLIVER.disk_image,
+    )
 )
+
+
+def _cancelled_record(lease: Row[*tuple[Any, ...]], slivers: Sequence[Row[*tuple[Any, ...]]]) -> LeaseRecord:
+    """The record of a lease just cancelled, from the columns its two statements answered."""
+    lease_id, slice_urn, owner_urn, start_s, end_s, state, client_id = lease
+    # In the order of _lease_query (by sliver id), then sorted by node as every lease record is.
+    ordered = sorted(slivers, key=lambda row: (row[2], row[0]))
+    return LeaseRecord(
+        id=lease_id,
+        slice_urn=slice_urn,
+        owner_urn=owner_urn,
+        start=from_s(start_s),
+        end=from_s(end_s),
+        state=state,
+        client_id=client_id,
+        slivers=tuple(
+            SliverRecord(
+                urn=urn,
+                node=node,
+                lease_id=lease_id,
+                start=from_s(sliver_start_s),
+                end=from_s(sliver_end_s),
+                allocation_state=allocation_state,
+                operational_state=operational_state,
+                expires=from_s(expires_s),
+                client_id=sliver_client_id,
+                disk_image=disk_image,
+            )
+            for _, urn, node, sliver_start_s, sliver_end_s, allocation_state, operational_state, expires_s, (
+                sliver_client_id
+            ), disk_image in ordered
+        ),
+    )
+
+
+def _user_records(users: Iterable[tuple[str, Sequence[str]]]) -> tuple[SliceUserRecord, ...]:
+    """A slice's users as records, by user URN (sorted here, as Slices.get does: not by a database's collation)."""
+    return tuple(sorted((SliceUserRecord(urn, tuple(keys)) for urn, keys in users), key=lambda user: user.user_urn))
+
+
+def _slice_view(session: Session, slice_urn: str, users: tuple[SliceUserRecord, ...]) -> SliceView:
+    """The slice's active leases with their nodes' names, in one statement of the caller's transaction."""
+    query = _lease_query(True, True, False, False, False, with_nodes=True)
+    rows = connection_of(session).execute(query, {"slice_urn": slice_urn})
+    nodes: dict[str, ManifestNode] = {}
+    lease_rows = []
+    for row in rows:
+        lease_rows.append(row[:16])
+        if row[8] is not None:
+            nodes[row[8]] = ManifestNode(row[16], row[17])
+    return SliceView(leases=tuple(_lease_records(lease_rows)), nodes=nodes, users=users)
 
 
 def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, Executable, Row, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
@@ -98,8 +98,9 @@ class Database:
     def write(self) -> Iterator[Session]:
         """A unit of work that may write: committed at the end, rolled back on any exception. If it changed
         anything, the calendar's generation is bumped in the same transaction (caches of answers key on it).
-        Write through the session (ORM objects or ``session.execute``), never ``session.connection()``: only the
-        session's events tell that something was written."""
+        Write through the session (ORM objects or ``session.execute``), or through ``connection_of(session,
+        writes=True)``, never ``session.connection()`` alone: only the session's events tell that something was
+        written."""
         with (
             _queued(self._local_writers),
             _database_errors(),
@@ -240,6 +241,16 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
             dbapi_connection.autocommit = autocommit
     except Exception as exc:
         raise DisconnectionError(f"a pooled connection failed its ping: {exc}") from exc  # the pool replaces it
+
+
+def connection_of(session: Session, writes: bool = False) -> Connection:
+    """The unit of work's connection, for statements that answer plain rows (never ORM objects) on hot paths: a
+    statement run on it costs 0.01-0.06 ms less than through ``session.execute`` (no ORM execution machinery; an
+    ORM-enabled select the most), measured on SQLite. ``writes``: the caller writes through it, which the session's
+    events do not see: noted, so that ``Database.write()`` bumps the generation."""
+    if writes:
+        session.info[WROTE] = True
+    return session.connection()
 
 
 def is_overlap_violation(error: IntegrityError) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy import BigInteger, Select, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.intervals import Interval
-from sfa_omf.calendar.models import Sliver
+from sfa_omf.calendar.models import Sliver, UserContact
 
 
 def table_of(model: Any) -> Table:
@@ -48,7 +48,7 @@ def held_windows(
         "exclude_lease": exclude_lease,
     }
     held: dict[int, list[Interval]] = defaultdict(list)
-    for node_id, start, end in session.execute(query, parameters):
+    for node_id, start, end in session.connection().execute(query, parameters):  # reads plain rows: no ORM needed
         held[node_id].append((start, end))
     return held
 
@@ -74,22 +74,36 @@ def advisory_key(name: str) -> int:
     return zlib.crc32(name.encode("utf-8"))
 
 
-# One statement per number of keys (a slice's; a slice's and its booker's): PostgreSQL evaluates a select list in
-# order, so the locks are taken in the order given, in one round trip.
-_ADVISORY_LOCKS = [
-    select(*(func.pg_advisory_xact_lock(bindparam(f"key{n}", type_=BigInteger)) for n in range(count)))
-    for count in (1, 2)
+# One statement per number of keys (a slice's; a slice's and its booker's), without and with the stored e-mail of a
+# caller: PostgreSQL evaluates a select list in order, so the locks are taken in the order given, in one round trip.
+_LOCKS = [
+    tuple(func.pg_advisory_xact_lock(bindparam(f"key{n}", type_=BigInteger)) for n in range(count)) for count in (1, 2)
 ]
+_STORED_EMAIL = select(UserContact.gid_email).where(UserContact.user_urn == bindparam("contact_urn")).scalar_subquery()
+_ADVISORY_LOCKS = [select(*locks) for locks in _LOCKS]
+_ADVISORY_LOCKS_READING_EMAIL = [select(*locks, _STORED_EMAIL) for locks in _LOCKS]
 
 
-def lock_names(session: Session, *names: str) -> None:
+def lock_names(session: Session, *names: str, read_email_of: str = "") -> str | None:
     """Take the advisory locks of these URNs until the end of the transaction, in sorted order (never in a cycle).
     Every unit of work that changes what a slice books or who its users are takes its slice's lock first, so they
     happen one after the other (bookings take their booker's too). PostgreSQL only: on SQLite every writer is
-    serialized by BEGIN IMMEDIATE already."""
+    serialized by BEGIN IMMEDIATE already.
+
+    ``read_email_of``: a user URN whose stored GID e-mail (slices.record_contact) the same round trip reads and
+    answers (None: not stored, or not read because there was no lock to take)."""
     keys = [advisory_key(name) for name in sorted(set(names) - {""})]
-    if keys and session.get_bind().dialect.name == "postgresql":
-        session.execute(_ADVISORY_LOCKS[len(keys) - 1], {f"key{n}": key for n, key in enumerate(keys)})
+    if not keys or session.get_bind().dialect.name != "postgresql":
+        return None
+    parameters: dict[str, Any] = {f"key{n}": key for n, key in enumerate(keys)}
+    if not read_email_of:
+        session.connection().execute(_ADVISORY_LOCKS[len(keys) - 1], parameters)  # plain rows: no ORM needed
+        return None
+    row = session.connection().execute(
+        _ADVISORY_LOCKS_READING_EMAIL[len(keys) - 1], {**parameters, "contact_urn": read_email_of}
+    )
+    stored = row.one()[-1]
+    return None if stored is None else str(stored)
 
 
 def lock_slice(session: Session, slice_urn: str) -> None:

@@ -114,6 +114,32 @@ class Conflict:
 class BookingResult:
     leases: tuple[LeaseRecord, ...]
     refused: tuple[Conflict, ...] = ()
+    #: The slice as the booking left it (``Bookings.book(read_slice=True)``), read in the booking's transaction.
+    slice_view: SliceView | None = None
+
+
+@dataclass(frozen=True)
+class SliceUserRecord:
+    user_urn: str
+    ssh_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ManifestNode:
+    """What a manifest shows of a node besides its URN."""
+
+    component_name: str
+    exclusive: bool
+
+
+@dataclass(frozen=True)
+class SliceView:
+    """What a manifest of a whole slice needs from the calendar: its active leases (oldest first), their nodes, and
+    its users (by user URN)."""
+
+    leases: tuple[LeaseRecord, ...]
+    nodes: dict[str, ManifestNode]
+    users: tuple[SliceUserRecord, ...]
 
 
 @dataclass(frozen=True)

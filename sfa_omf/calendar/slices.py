@@ -12,16 +12,11 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
-from sfa_omf.calendar.database import Database, retry_transient
+from sfa_omf.calendar.database import Database, connection_of, retry_transient
 from sfa_omf.calendar.models import Slice, SliceUser, UserContact
-from sfa_omf.calendar.queries import from_s, lock_slice, to_s
+from sfa_omf.calendar.queries import from_s, lock_slice, table_of, to_s
+from sfa_omf.calendar.records import SliceUserRecord
 from sfa_omf.errors import GeniError, Reason
-
-
-@dataclass(frozen=True)
-class SliceUserRecord:
-    user_urn: str
-    ssh_keys: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -85,20 +80,24 @@ def record_contact(session: Session, contact: Contact | None, now_s: int) -> Non
     # One statement (an upsert): two first calls of the same user at once (Provision is not serialised per user
     # like Allocate) would otherwise both insert, and the second fail on the key.
     parameters = {"user_urn": contact.user_urn, "gid_email": contact.gid_email, "updated_s": now_s}
-    session.execute(_contact_upsert(session.get_bind().dialect.name), parameters)
+    # On the connection, on the table: as an ORM-enabled statement it went through the ORM's bulk insert machinery,
+    # several times the cost of the statement itself.
+    connection = connection_of(session, writes=True)
+    connection.execute(_contact_upsert(connection.dialect.name), parameters)
 
 
 @functools.lru_cache(maxsize=2)
 def _contact_upsert(dialect: str) -> Insert:
     """``record_contact``'s statement for one dialect, with bound parameters, built once (Allocate runs it)."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(UserContact).values(
+    contacts = table_of(UserContact)
+    statement = insert(contacts).values(
         user_urn=bindparam("user_urn"), gid_email=bindparam("gid_email"), updated_s=bindparam("updated_s")
     )
     return statement.on_conflict_do_update(
-        index_elements=[UserContact.user_urn],
+        index_elements=[contacts.c.user_urn],
         set_={"gid_email": statement.excluded.gid_email, "updated_s": statement.excluded.updated_s},
-        where=UserContact.gid_email != statement.excluded.gid_email,
+        where=contacts.c.gid_email != statement.excluded.gid_email,
     )
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
 from twisted.internet.threads import deferToThreadPool
@@ -35,6 +36,7 @@ from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, refuse_declarations
 log = logging.getLogger("sfa_omf.server")
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+TEXT_BUFFER_BYTES = 64 * 1024  # expat hands text over in pieces of at most this (a credential: one or two)
 FAULT_TOOBIG = 6
 FAULT_BADARGS = 1
 FAULT_SERVERERROR = 5
@@ -92,9 +94,17 @@ def loads(body: bytes) -> tuple[tuple[Any, ...], str | None]:
     """(params, method name) of a methodCall, with the depth bound; ValueError (or another parse error) if it is
     not one."""
     unmarshaller = _BoundedUnmarshaller(use_builtin_types=False)
-    parser = xmlrpc.client.ExpatParser(unmarshaller)
-    parser.feed(body)
-    parser.close()
+    # The stdlib's ExpatParser, but with expat's text buffered: unbuffered, expat hands character data over at every
+    # line end and every entity, and an escaped credential (its XML as a string, each '<' an '&lt;') came as about
+    # 470 calls of the unmarshaller's data() per call of ours, a third of reading the request. The text is the same.
+    parser = expat.ParserCreate(None, None)
+    parser.buffer_text = True
+    parser.buffer_size = TEXT_BUFFER_BYTES
+    parser.StartElementHandler = unmarshaller.start
+    parser.EndElementHandler = unmarshaller.end
+    parser.CharacterDataHandler = unmarshaller.data
+    unmarshaller.xml(None, None)  # type: ignore[arg-type]  # as ExpatParser does: no decoding, expat gives str
+    parser.Parse(body, True)
     return unmarshaller.close(), unmarshaller.getmethodname()
 
 

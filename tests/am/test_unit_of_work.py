@@ -323,3 +323,34 @@ def test_geni_stop_that_fails_on_the_second_lease_stops_none(
     monkeypatch.undo()
     after = [tuple(s.operational_state for s in lease.slivers) for lease in aggregate.bookings.leases()]
     assert after == before, "the first lease was not stopped either"
+
+
+def test_delete_of_named_slivers_and_its_refusals(setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki) -> None:
+    """Delete finds the slice and the leases of the named slivers in one read; a sliver that is unknown, or whose
+    lease is over, gets the answers of the two reads as before, and a caller without the slice's credential
+    cancels nothing."""
+    aggregate, _ = setup
+    alice, bob = pki.users["alice"], pki.users["bob"]
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    first, second = sorted(aggregate.bookings.leases(), key=lambda lease: lease.start)
+    named = first.slivers[0].urn
+    before = snapshot(aggregate, pki.slice_urn)
+    with pytest.raises(GeniError):
+        aggregate.delete(bob.chain, [named], [alice.slice_cred], {})
+    assert snapshot(aggregate, pki.slice_urn) == before
+    answer = aggregate.delete(alice.chain, [named], [alice.slice_cred], {})
+    assert [(entry["geni_sliver_urn"], entry["geni_allocation_status"]) for entry in answer] == [
+        (named, "geni_unallocated")
+    ]
+    assert aggregate.bookings.leases() == [second]
+    with pytest.raises(GeniError) as again:
+        aggregate.delete(alice.chain, [named], [alice.slice_cred], {})
+    assert again.value.reason == Reason.NOT_FOUND and "no slivers here to delete" in again.value.message
+    with pytest.raises(GeniError) as unknown:
+        aggregate.delete(alice.chain, ["urn:publicid:IDN+testbed+sliver+none"], [alice.slice_cred], {})
+    assert unknown.value.reason == Reason.NOT_FOUND and "no such sliver here" in unknown.value.message
+    # A sliver of an active lease named with one of the cancelled lease (the two reads, as before): the active one
+    # is deleted.
+    mixed = aggregate.delete(alice.chain, [second.slivers[0].urn, named], [alice.slice_cred], {})
+    assert [entry["geni_sliver_urn"] for entry in mixed] == [second.slivers[0].urn]
+    assert aggregate.bookings.leases() == []

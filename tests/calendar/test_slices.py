@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sfa_omf.calendar.policy import PolicyViolation
-from sfa_omf.calendar.records import BookingRequest
-from sfa_omf.calendar.slices import Slices, SliceUserRecord
+from sfa_omf.calendar.records import BookingRequest, SliceUserRecord
+from sfa_omf.calendar.slices import Slices
 from sfa_omf.errors import GeniError, Reason
 from tests.calendar.conftest import SLICE, SLICE_EXPIRES, Calendar, at, node_urn
 

@@ -10,12 +10,16 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import select
 
 from sfa_omf.calendar.booking import BookingConflict
-from sfa_omf.calendar.records import BookingRequest
-from sfa_omf.calendar.slices import Slices
+from sfa_omf.calendar.generation import read_generation
+from sfa_omf.calendar.models import UserContact
+from sfa_omf.calendar.queries import to_s
+from sfa_omf.calendar.records import BookingRequest, ManifestNode
+from sfa_omf.calendar.slices import Contact, Slices
 from sfa_omf.errors import GeniError, Reason
-from tests.calendar.conftest import SLICE, SLICE_EXPIRES, Calendar, at, node_urn
+from tests.calendar.conftest import NOW, SLICE, SLICE_EXPIRES, Calendar, at, node_urn
 from tests.calendar.test_concurrency import assert_no_overlap, held
 
 
@@ -248,3 +252,79 @@ def test_a_slice_change_waits_for_a_booking_of_the_slice_under_way(calendar: Cal
         assert done == []  # still waiting while the booking holds the lock
     acting.join(timeout=30)
     assert done == [change]
+
+
+def test_the_slice_view_of_a_booking_is_what_reads_after_it_give(calendar: Calendar) -> None:
+    alice, bob = "urn:publicid:IDN+testbed+user+alice", "urn:publicid:IDN+testbed+user+bob"
+    first = calendar.bookings.book(
+        SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))], users={alice: ["ssh-ed25519 AAAA a"]}
+    )
+    assert first.slice_view is None  # only when asked for
+    for users in ({}, {bob: ["ssh-ed25519 BBBB b"], alice: ["ssh-ed25519 CCCC c"]}):
+        hour = 3 if not users else 5
+        booked = calendar.bookings.book(
+            SLICE,
+            SLICE_EXPIRES,
+            [
+                BookingRequest(node_urn("n2"), at(hour), at(hour + 1)),
+                BookingRequest(node_urn("n3"), at(hour), at(hour + 1)),
+            ],
+            users=users,
+            read_slice=True,
+        )
+        view = booked.slice_view
+        assert view is not None
+        assert list(view.leases) == calendar.bookings.leases(slice_urn=SLICE)
+        assert view.users == Slices(calendar.database).get(SLICE).users
+        listed = calendar.inventory.list_nodes(component_ids={node_urn(name) for name in ("n1", "n2", "n3")})
+        assert view.nodes == {node.component_id: ManifestNode(node.component_name, node.exclusive) for node in listed}
+    assert [user.user_urn for user in view.users] == [alice, bob]
+    assert view.users[0].ssh_keys == ("ssh-ed25519 AAAA a", "ssh-ed25519 CCCC c")
+
+
+def test_a_cancel_of_a_lease_that_is_not_active_writes_nothing(calendar: Calendar) -> None:
+    booked = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    lease_id = booked.leases[0].id
+    with calendar.database.read() as session:
+        before = read_generation(session)
+    calendar.bookings.cancel(lease_id)
+    with calendar.database.read() as session:
+        assert read_generation(session) == before + 1
+    calendar.bookings.cancel(lease_id)
+    with calendar.database.read() as session:
+        assert read_generation(session) == before + 1, "nothing changed: cached answers stay valid"
+    with pytest.raises(GeniError) as missing:
+        calendar.bookings.cancel("no-such-lease")
+    assert missing.value.reason == Reason.NOT_FOUND
+
+
+def test_the_callers_contact_is_written_when_it_changed_only(calendar: Calendar) -> None:
+    alice = "urn:publicid:IDN+testbed+user+alice"
+
+    def stored() -> list[tuple[str, int]]:
+        with calendar.database.read() as session:
+            return [tuple(row) for row in session.execute(select(UserContact.gid_email, UserContact.updated_s))]
+
+    for hour, email in ((1, "alice@one.example"), (3, "alice@two.example"), (5, "alice@two.example")):
+        calendar.now = NOW + timedelta(minutes=hour)
+        contact = Contact(alice, email)
+        request = [BookingRequest(node_urn("n1"), at(hour), at(hour + 1))]
+        calendar.bookings.book(SLICE, SLICE_EXPIRES, request, owner_urn=alice, contact=contact)
+        if hour == 1:
+            assert stored() == [("alice@one.example", to_s(calendar.now))]
+        if hour == 3:
+            changed_at = to_s(calendar.now)
+            assert stored() == [("alice@two.example", changed_at)]
+    assert stored() == [("alice@two.example", changed_at)], "the same e-mail again is not rewritten"
+
+
+def test_the_leases_of_named_slivers_slice(calendar: Calendar) -> None:
+    other = "urn:publicid:IDN+testbed+slice+other"
+    first = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    second = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(1), at(2))])
+    calendar.bookings.book(other, SLICE_EXPIRES, [BookingRequest(node_urn("n3"), at(1), at(2))])
+    named = first.leases[0].slivers[0].urn
+    assert calendar.bookings.leases_of_slivers_slice([named]) == calendar.bookings.leases(slice_urn=SLICE)
+    calendar.bookings.cancel(second.leases[0].id)
+    assert calendar.bookings.leases_of_slivers_slice([named]) == [first.leases[0]]
+    assert calendar.bookings.leases_of_slivers_slice(["urn:publicid:IDN+testbed+sliver+none"]) == []

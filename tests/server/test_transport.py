@@ -174,3 +174,14 @@ def test_an_answer_that_cannot_be_marshalled_is_a_fault_not_a_hang(listener: Lis
     with pytest.raises(xmlrpc.client.Fault) as fault:
         proxy(url, *alice_files(pki)).Anything()
     assert fault.value.faultCode == 5
+
+
+def test_a_call_reads_as_the_standard_unmarshaller_reads_it() -> None:
+    # Text buffered by expat (an escaped credential arrives in one or two pieces, not one per line and entity): the
+    # same values as the stdlib's loads, for text with entities and line ends longer than the buffer too.
+    escaped = '<signed-credential xmlns="urn:x">\n  <a b="&amp;">x &lt; y</a>\n</signed-credential>\n' * 2000
+    assert len(escaped) > 2 * xmlrpc_module.TEXT_BUFFER_BYTES
+    params = (escaped, [{"geni_type": "geni_sfa", "geni_value": escaped}], {"k": ["\u00e9\n", 3, True]})
+    body = xmlrpc.client.dumps(params, "Allocate").encode("utf-8")
+    assert xmlrpc_module.loads(body) == xmlrpc.client.loads(body)
+    assert xmlrpc_module.loads(body) == (params, "Allocate")
