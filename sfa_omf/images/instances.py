@@ -249,14 +249,16 @@ class Instances:
             health = testbed_state(slice_urn, lease_id)
             testbed = None if health is None else health.operational_state
             has_run = bool(states & {RUNNING, STOPPED})
-            if testbed == "geni_failed" and health is not None and self._unreported(lease_id, states):
+            ended = testbed == "geni_failed" or (health is not None and health.ended)
+            if ended and health is not None and self._unreported(lease_id, states):
                 if PLANNED not in states:
                     continue  # said and recorded at an earlier round (a write every round would renew every cache)
-                # The job ended (OAR's Error, or gone) before the node side said anything: the rows say so, and
-                # stay (failed, with why) until the slot ends, instead of "planned" all along.
+                # The job ended (OAR's Error, Terminated: its command exited, or gone) before the node side said
+                # anything: the rows say so, and stay (failed, with why) until the slot ends, not "planned" all along.
                 reason = (
                     f"the lease's OAR job ended ({health.error or testbed}) before its node reported the "
-                    "containers: see the job's stderr on the node"
+                    "containers: see the job's stderr on the node (exit status 2: the node command refused the "
+                    "lease's plan, and says why there)"
                 )
                 log.warning("lease %s: %s", lease_id, reason)
                 self._fail_planned(lease_id, reason, now)

@@ -25,6 +25,7 @@ from sqlalchemy import delete
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.am.states import Operational
 from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.generation import read_generation
 from sfa_omf.calendar.models import RepositoryImage
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import LeaseRecord, NodeSpec
@@ -300,6 +301,27 @@ def test_a_job_that_ends_before_its_node_reported_fails_the_containers_saying_so
         assert "OAR job 12: Error" in record.error and "before its node reported" in record.error
     site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended)
     assert {r.state for r in site.instances.of_lease(lease_id)} == {FAILED}  # not destroyed while the slot runs
+
+
+def test_a_job_that_terminated_before_its_node_reported_fails_the_containers_once(site: Site, pki: DemoPki) -> None:
+    """OAR reads Terminated (not Error) for a job whose command exited, e.g. the node command refusing its plan (exit
+    status 2): the rows fail with the backend's words, written once (later rounds write nothing)."""
+    lease_id = provision(site, pki)
+    waiting = SliverHealth(Operational.NOTREADY)  # a job not started yet (Waiting): nothing is failed
+    site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: waiting)
+    assert {r.state for r in site.instances.of_lease(lease_id)} == {PLANNED}
+    words = "OAR job 12 terminated before the lease's end (its command exited with status 2); its stderr is /x"
+    ended = SliverHealth(Operational.NOTREADY, words, ended=True)
+    assert site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended) == ([], [])
+    for record in site.instances.of_lease(lease_id):
+        assert record.state == FAILED and record.address
+        assert words in record.error and "exit status 2: the node command refused" in record.error
+    with site.am.database.read() as session:
+        before = read_generation(session)
+    site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended)
+    with site.am.database.read() as session:
+        assert read_generation(session) == before
+    assert {r.state for r in site.instances.of_lease(lease_id)} == {FAILED}
 
 
 def test_new_keys_reach_the_plan_of_a_provisioned_lease(site: Site, pki: DemoPki) -> None:
