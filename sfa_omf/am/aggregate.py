@@ -550,6 +550,8 @@ class Aggregate:
                 except GeniError as exc:  # the reconciler compares the testbed with the calendar
                     log.warning("lease %s keeps its renewed end on the testbed: %s", lease.id, exc.message)
             raise
+        if self.instances is not None:  # the plans of the leases' containers follow their slot
+            self.instances.refresh_slots([lease.id for lease in followed])
         answer = []
         for before, after in zip(leases, renewed, strict=True):
             note = _renewal_note(before, after)

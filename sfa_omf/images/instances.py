@@ -249,14 +249,16 @@ class Instances:
             health = testbed_state(slice_urn, lease_id)
             testbed = None if health is None else health.operational_state
             has_run = bool(states & {RUNNING, STOPPED})
-            if testbed == "geni_failed" and health is not None and self._unreported(lease_id, states):
+            ended = testbed == "geni_failed" or (health is not None and health.ended)
+            if ended and health is not None and self._unreported(lease_id, states):
                 if PLANNED not in states:
                     continue  # said and recorded at an earlier round (a write every round would renew every cache)
-                # The job ended (OAR's Error, or gone) before the node side said anything: the rows say so, and
-                # stay (failed, with why) until the slot ends, instead of "planned" all along.
+                # The job ended (OAR's Error, Terminated: its command exited, or gone) before the node side said
+                # anything: the rows say so, and stay (failed, with why) until the slot ends, not "planned" all along.
                 reason = (
                     f"the lease's OAR job ended ({health.error or testbed}) before its node reported the "
-                    "containers: see the job's stderr on the node"
+                    "containers: see the job's stderr on the node (exit status 2: the node command refused the "
+                    "lease's plan, and says why there)"
                 )
                 log.warning("lease %s: %s", lease_id, reason)
                 self._fail_planned(lease_id, reason, now)
@@ -294,6 +296,7 @@ class Instances:
         addressed = {record.name: record for record in self._assign_addresses(unaddressed, now)}
         records = [addressed.get(record.name, record) for record in records]
         host = self._host()
+        start_s, end_s = self._slot_of(lease_id) or (None, None)
         self.plans.write(
             LeasePlan(
                 lease_id=lease_id,
@@ -305,6 +308,8 @@ class Instances:
                 containers=tuple(
                     PlannedContainer(record.name, record.address, self._image_path(record.image)) for record in records
                 ),
+                slot_start_s=start_s,
+                slot_end_s=end_s,
             )
         )
         return True
@@ -312,16 +317,32 @@ class Instances:
     def rewrite_keys(self, lease_ids: Iterable[str], keys: Sequence[str]) -> list[str]:
         """The slice's users changed (geni_update_users, Provision again with more users): the plans of these leases
         get ``keys`` (a job that has not started yet reads them; the plan stays the same plan, its id kept so a run's
-        report still counts). Returns the leases whose plan was rewritten."""
+        report still counts, and its slot: the lease's as recorded, which also gives one to a plan an aggregate older
+        than slots wrote). Returns the leases whose plan was rewritten."""
+        return self._rewrite(lease_ids, lambda plan: replace(plan, keys=plan_keys(keys)))
+
+    def refresh_slots(self, lease_ids: Iterable[str]) -> list[str]:
+        """Renewed leases: their plans get the new slot (a job the reconciler submits again after the old end must
+        still be let run). Returns the leases whose plan was rewritten."""
+        return self._rewrite(lease_ids, lambda plan: plan)
+
+    def _rewrite(self, lease_ids: Iterable[str], change: Callable[[LeasePlan], LeasePlan]) -> list[str]:
+        """Rewrite the existing plans of these leases with ``change`` and the lease's slot as recorded."""
         rewritten: list[str] = []
         if self.plans is None:
             return rewritten
         for lease_id in lease_ids:
             plan = self.plans.read(lease_id)
             if plan is not None:
-                self.plans.write(replace(plan, keys=plan_keys(keys)))
+                start_s, end_s = self._slot_of(lease_id) or (plan.slot_start_s, plan.slot_end_s)
+                self.plans.write(replace(change(plan), slot_start_s=start_s, slot_end_s=end_s))
                 rewritten.append(lease_id)
         return rewritten
+
+    def _slot_of(self, lease_id: str) -> tuple[int, int] | None:
+        """The lease's slot as recorded (start, end in epoch seconds), None when the lease is not recorded."""
+        found = self.database.fetch_all(select(Lease.start_s, Lease.end_s).where(Lease.id == lease_id))
+        return (int(found[0][0]), int(found[0][1])) if found else None
 
     def unprepare(self, lease_ids: Sequence[str], now: datetime) -> None:
         """Undo ``prepare`` for leases whose Provision failed: their plans go and their containers, still planned,

@@ -10,10 +10,12 @@ Every failure is a GeniError (TESTBED) with LXC's own words, and a container tha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tarfile
@@ -31,6 +33,19 @@ DEFAULT_PREFIX = "sfaomf-"
 DROPBEAR = "/usr/sbin/dropbear"
 VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MADE_MARK = "sfa-omf-made"  # beside the container's config, once create() has finished it
+# How long each LXC command may take before it is killed and the action fails (TESTBED, saying so): one that hangs
+# must not hold a start (and its rows' claim) for ever. lxc-create builds a root file system, lxc-start boots.
+LXC_TIMEOUTS_S = {
+    "lxc-create": 300.0,
+    "lxc-start": 120.0,
+    "lxc-stop": 60.0,
+    "lxc-destroy": 120.0,
+    "lxc-info": 30.0,
+}
+
+
+class LxcTimedOut(GeniError):
+    """An LXC command outlasted its time-out (LXC_TIMEOUTS_S) and was killed."""
 
 
 @dataclass(frozen=True)
@@ -101,8 +116,13 @@ class LxcHost:
                 f"lxc.net.0.type = veth\nlxc.net.0.link = {self.bridge}\nlxc.net.0.flags = up\n"
                 f"lxc.net.0.ipv4.address = {spec.address}\n"
             )
+        existed = (self.lxc_path / spec.name).exists()
         try:
             _run(["lxc-create", "-P", str(self.lxc_path), "-t", "busybox", "-n", spec.name, "-f", conf.name])
+        except LxcTimedOut:
+            if not existed:  # what the killed lxc-create left half made is ours
+                self._discard(spec.name)
+            raise
         finally:
             os.unlink(conf.name)
         try:
@@ -148,6 +168,8 @@ class LxcHost:
         log.unlink(missing_ok=True)
         try:
             _run(["lxc-start", "-P", str(self.lxc_path), "-n", name, "-l", "ERROR", "-o", str(log)])
+        except LxcTimedOut:
+            raise  # its own words: the time-out, whatever LXC logged meanwhile
         except GeniError as exc:
             lines = log.read_text(errors="replace").splitlines() if log.exists() else []
             reasons = [line.split(" - ", 1)[-1] for line in lines if " ERROR " in line][:3]
@@ -162,17 +184,14 @@ class LxcHost:
         """Stop (killing it) and delete the container; nothing to do when it does not exist."""
         if not (self.lxc_path / name).exists():
             return
-        subprocess.run(["lxc-stop", "-P", str(self.lxc_path), "-k", "-n", name], capture_output=True, check=False)
+        _run(["lxc-stop", "-P", str(self.lxc_path), "-k", "-n", name], check=False)
         _run(["lxc-destroy", "-P", str(self.lxc_path), "-n", name])
 
     def state(self, name: str) -> str:
         """RUNNING, STOPPED, ... or "" when there is no such container."""
         if not (self.lxc_path / name).exists():
             return ""
-        done = subprocess.run(
-            ["lxc-info", "-P", str(self.lxc_path), "-s", "-H", "-n", name], capture_output=True, text=True, check=False
-        )
-        return done.stdout.strip()
+        return _run(["lxc-info", "-P", str(self.lxc_path), "-s", "-H", "-n", name], check=False).strip()
 
     def made(self, name: str) -> bool:
         """The container exists and create() finished it (a process that died while creating it left it half made)."""
@@ -264,12 +283,29 @@ def _address(config: Path) -> str:
     return ""
 
 
-def _run(argv: Sequence[str]) -> None:
-    done = subprocess.run(list(argv), capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        words = (done.stderr or done.stdout).strip().splitlines()
+def _run(argv: Sequence[str], check: bool = True) -> str:
+    """Run an LXC command; its stdout. TESTBED when it fails (with ``check``) or outlasts its LXC_TIMEOUTS_S (then it
+    is killed, with whatever it started in its session)."""
+    name = argv[argv.index("-n") + 1] if "-n" in argv else "?"
+    timeout_s = LXC_TIMEOUTS_S.get(argv[0], max(LXC_TIMEOUTS_S.values()))
+    with subprocess.Popen(
+        list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0
+    ) as process:
+        try:
+            out, err = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise LxcTimedOut(
+                Reason.TESTBED,
+                f"{argv[0]} for {name} did not finish within {timeout_s:g} s and was killed (LXC on the host may be "
+                "stuck: an operator can look with lxc-ls -f)",
+            ) from None
+    if check and process.returncode != 0:
+        words = (err or out).strip().splitlines()
         raise GeniError(
             Reason.TESTBED,
-            f"{argv[0]} failed for {argv[argv.index('-n') + 1] if '-n' in argv else '?'}: "
-            f"{' / '.join(words[-3:]) or f'exit status {done.returncode}'}",
+            f"{argv[0]} failed for {name}: {' / '.join(words[-3:]) or f'exit status {process.returncode}'}",
         )
+    return out

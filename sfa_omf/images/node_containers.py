@@ -24,8 +24,10 @@ import pwd
 import signal
 import stat
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sfa_omf.errors import GeniError
@@ -47,6 +49,9 @@ LOGIN = "root"
 LAUNCH_WORKERS = 4
 REAP_OTHERS = 4  # dead runs of other jobs one reap destroys besides its own job's (an epilogue has little time)
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+# A plan runs only during its lease's slot. OAR starts an advance reservation's job at its start; this much earlier
+# is accepted all the same, for a node's clock a little ahead of the aggregate's.
+SLOT_EARLY_S = 120
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,32 @@ def _trusted_plan(path: Path) -> LeasePlan | None:
     if user not in ("root", plan.user):
         print(f"refused: plan {path} is for {plan.user}'s job, not {user}'s", file=sys.stderr)
         return None
+    problem = slot_refusal(plan, time.time())
+    if problem:
+        print(f"refused: plan {path} {problem}", file=sys.stderr)
+        return None
     return plan
+
+
+def slot_refusal(plan: LeasePlan, now_s: float) -> str:
+    """Why the plan must not run at ``now_s`` (epoch seconds), "" when its slot runs: the containers are the lease's
+    only from its slot's start (SLOT_EARLY_S earlier for clock skew) to its end, and a plan without a slot (from an
+    aggregate older than slots) runs never."""
+    if plan.slot_start_s is None or plan.slot_end_s is None:
+        return (
+            "names no slot (an older aggregate wrote it): Provision the lease's slivers again (with geni_users) so "
+            "that the aggregate rewrites it, or Delete them and allocate again"
+        )
+    slot = f"{_utc(plan.slot_start_s)} to {_utc(plan.slot_end_s)}"
+    if now_s < plan.slot_start_s - SLOT_EARLY_S:
+        return f"is for the slot from {slot}, which has not begun (it is {_utc(now_s)}): its OAR job runs it then"
+    if now_s >= plan.slot_end_s:
+        return f"is for the slot from {slot}, which is over (it is {_utc(now_s)}): nothing is made"
+    return ""
+
+
+def _utc(epoch_s: float) -> str:
+    return datetime.fromtimestamp(int(epoch_s), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _uid(user: str) -> int | None:

@@ -72,6 +72,10 @@ class LeasePlan:
     # This plan, written at Provision; the node side echoes it in its report, so a report from an earlier plan of
     # the same lease (a run before a failed Provision was retried) is told apart and ignored.
     plan_id: str = field(default_factory=lambda: secrets.token_hex(8))
+    # The lease's slot, epoch seconds (UTC): the node side runs the plan only while it runs. None: a plan written by
+    # an aggregate older than slots, which the node side refuses (Provision again rewrites it).
+    slot_start_s: int | None = None
+    slot_end_s: int | None = None
 
     def to_json(self) -> str:
         data = {
@@ -83,6 +87,8 @@ class LeasePlan:
             "ssh_timeout_s": self.ssh_timeout_s,
             "keys": list(self.keys),
             "containers": [{"name": c.name, "address": c.address, "image": c.image} for c in self.containers],
+            "slot_start_s": self.slot_start_s,
+            "slot_end_s": self.slot_end_s,
         }
         return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
@@ -117,6 +123,7 @@ class LeasePlan:
             planned.append(PlannedContainer(_named(item, "name"), _address(_text(item, "address")), image))
         if len({c.name for c in planned}) != len(planned):
             raise PlanError("a container name appears twice")
+        start, end = _slot(data)
         return LeasePlan(
             plan_id=_named(data, "plan_id"),
             lease_id=_named(data, "lease_id"),
@@ -126,6 +133,8 @@ class LeasePlan:
             ssh_timeout_s=float(timeout),
             keys=tuple(keys),
             containers=tuple(planned),
+            slot_start_s=start,
+            slot_end_s=end,
         )
 
 
@@ -241,6 +250,19 @@ def _checked_name(value: str) -> str:
     if not _NAME.match(value):
         raise ValueError(f"{value!r} is not a plain name")
     return value
+
+
+def _slot(data: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The plan's slot (start, end) in epoch seconds; (None, None) when the plan predates slots."""
+    start, end = data.get("slot_start_s"), data.get("slot_end_s")
+    if start is None and end is None:
+        return None, None
+    if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in (start, end)):
+        raise PlanError("slot_start_s and slot_end_s must be whole epoch seconds")
+    assert isinstance(start, int) and isinstance(end, int)
+    if start >= end:
+        raise PlanError("the slot must end after it starts")
+    return start, end
 
 
 def _address(value: str) -> str:

@@ -33,6 +33,9 @@ class SliverHealth:
 
     operational_state: str
     error: str = ""
+    # The testbed's reservation ended for good before the lease's end (an OAR job whose command exited), whatever
+    # the state reads; ``error`` then says how it ended and where to look.
+    ended: bool = False
 
 
 class TestbedBackend(Protocol):

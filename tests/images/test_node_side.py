@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,7 @@ from sqlalchemy import delete
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.am.states import Operational
 from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.generation import read_generation
 from sfa_omf.calendar.models import RepositoryImage
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import LeaseRecord, NodeSpec
@@ -62,6 +64,9 @@ PLAN = LeasePlan(
     ssh_timeout_s=30.0,
     keys=(KEY,),
     containers=(PlannedContainer("sfaomf-0f94abcd-0", "10.217.0.2/24", "/srv/images/tools.tar"),),
+    # A slot that runs now (the node command runs a plan only then), whatever the time of day the tests run at.
+    slot_start_s=int(time.time()) - 3600,
+    slot_end_s=int(time.time()) + 86400,
 )
 
 
@@ -92,6 +97,9 @@ def test_a_plan_reads_back_as_written() -> None:
         ({"containers": (PlannedContainer("c0", "10.217.0.2/24", "tools.tar"),)}, "absolute"),
         ({"containers": (PlannedContainer("c0", "10.217.0.2/24", ""), PlannedContainer("c0", "10.217.0.3/24", ""))},
          "twice"),
+        ({"slot_start_s": 1_800_000_000, "slot_end_s": 1_800_000_000}, "end after it starts"),
+        ({"slot_start_s": True, "slot_end_s": 1_800_000_000}, "epoch seconds"),
+        ({"slot_start_s": None, "slot_end_s": 1_800_000_000}, "epoch seconds"),
     ],
 )  # fmt: skip
 def test_a_plan_the_aggregate_would_not_write_is_refused(change: dict[str, Any], words: str) -> None:
@@ -151,6 +159,47 @@ def test_the_node_command_refuses_a_plan_for_another_users_job(
     assert not runs.exists() and not state_path_of(path).exists()  # nothing done
 
 
+@pytest.mark.parametrize(
+    ("slot", "words"),
+    [
+        ((-7200, -3600), "which is over"),  # a plan kept after its slot (Delete failed to remove it, say)
+        ((3600, 7200), "which has not begun"),  # the lease's user running it before the slot
+        ((None, None), "Provision the lease's slivers again"),  # written by an aggregate older than slots
+    ],
+)
+def test_the_node_command_refuses_a_plan_whose_slot_does_not_run_now(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    slot: tuple[int | None, int | None],
+    words: str,
+) -> None:
+    """The plan's user may run the node command through its sudo rule at any time: outside the lease's slot (or for a
+    plan without one) it is refused before anything is made (exit 2, why on stderr)."""
+    if os.geteuid() != 0:
+        pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
+    now = int(time.time())
+    start, end = (None if moment is None else now + moment for moment in slot)
+    path = LeasePlans(tmp_path / "leases").write(replace(PLAN, slot_start_s=start, slot_end_s=end))
+    monkeypatch.setenv("SUDO_USER", "alice")
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
+    assert node_containers.main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"refused: plan {path} ") and words in err
+    assert not runs.exists() and not state_path_of(path).exists()  # nothing done
+
+
+def test_a_slot_runs_from_a_little_before_its_start_to_its_end() -> None:
+    """OAR starts the job at the slot's start: a node clock up to SLOT_EARLY_S ahead is let through."""
+    early = node_containers.SLOT_EARLY_S
+    plan = replace(PLAN, slot_start_s=1_800_000_000, slot_end_s=1_800_003_600)
+    assert node_containers.slot_refusal(plan, 1_800_000_000 - early) == ""
+    assert node_containers.slot_refusal(plan, 1_800_001_000) == ""
+    assert "not begun" in node_containers.slot_refusal(plan, 1_800_000_000 - early - 1)
+    assert "2027-01-15T08:00:00Z to 2027-01-15T09:00:00Z" in node_containers.slot_refusal(plan, 1_800_003_600)
+
+
 # -- the aggregate: plan at Provision, follow the node's reports --------------------------------------------------
 @dataclass
 class Site:
@@ -204,6 +253,8 @@ def test_provision_writes_the_plan_the_node_command_reads(site: Site, pki: DemoP
     plan = LeasePlan.from_json(site.plans.plan_path(lease_id).read_text())
     records = site.instances.of_lease(lease_id)
     assert plan.user == "alice" and plan.keys == (KEY,)
+    (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    assert (plan.slot_start_s, plan.slot_end_s) == (int(lease.start.timestamp()), int(lease.end.timestamp()))
     assert (plan.bridge, plan.lxc_path) == ("br-test", "/srv/lxc")
     assert [(c.name, c.address) for c in plan.containers] == [(r.name, r.address) for r in records]
     assert len({c.address for c in plan.containers}) == 2 and all(r.state == PLANNED for r in records)
@@ -252,6 +303,27 @@ def test_a_job_that_ends_before_its_node_reported_fails_the_containers_saying_so
     assert {r.state for r in site.instances.of_lease(lease_id)} == {FAILED}  # not destroyed while the slot runs
 
 
+def test_a_job_that_terminated_before_its_node_reported_fails_the_containers_once(site: Site, pki: DemoPki) -> None:
+    """OAR reads Terminated (not Error) for a job whose command exited, e.g. the node command refusing its plan (exit
+    status 2): the rows fail with the backend's words, written once (later rounds write nothing)."""
+    lease_id = provision(site, pki)
+    waiting = SliverHealth(Operational.NOTREADY)  # a job not started yet (Waiting): nothing is failed
+    site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: waiting)
+    assert {r.state for r in site.instances.of_lease(lease_id)} == {PLANNED}
+    words = "OAR job 12 terminated before the lease's end (its command exited with status 2); its stderr is /x"
+    ended = SliverHealth(Operational.NOTREADY, words, ended=True)
+    assert site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended) == ([], [])
+    for record in site.instances.of_lease(lease_id):
+        assert record.state == FAILED and record.address
+        assert words in record.error and "exit status 2: the node command refused" in record.error
+    with site.am.database.read() as session:
+        before = read_generation(session)
+    site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended)
+    with site.am.database.read() as session:
+        assert read_generation(session) == before
+    assert {r.state for r in site.instances.of_lease(lease_id)} == {FAILED}
+
+
 def test_new_keys_reach_the_plan_of_a_provisioned_lease(site: Site, pki: DemoPki) -> None:
     lease_id = provision(site, pki)
     alice = pki.users["alice"]
@@ -267,6 +339,25 @@ def test_new_keys_reach_the_plan_of_a_provisioned_lease(site: Site, pki: DemoPki
     site.am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)  # Provision again, more keys
     plan = site.plans.read(lease_id)
     assert plan is not None and set(plan.keys) == {other, more}
+
+
+def test_provision_again_gives_a_plan_without_a_slot_its_slot_and_renew_moves_it(site: Site, pki: DemoPki) -> None:
+    """A plan an aggregate older than slots wrote is refused by the node side: Provision again (with geni_users)
+    rewrites it with the lease's slot, the same plan otherwise; Renew moves the plan's end with the lease's."""
+    lease_id = provision(site, pki)
+    first = site.plans.read(lease_id)
+    assert first is not None
+    site.plans.write(replace(first, slot_start_s=None, slot_end_s=None))
+    alice = pki.users["alice"]
+    options = {"geni_users": [{"urn": alice.chain[0].urn, "keys": [KEY]}]}
+    site.am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)
+    assert site.plans.read(lease_id) == first
+    (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    later = lease.end + timedelta(minutes=30)
+    site.am.renew(alice.chain, [pki.slice_urn], [alice.slice_cred], format_time(later), {})
+    renewed = site.plans.read(lease_id)
+    assert renewed is not None and renewed.slot_end_s == int(later.timestamp())
+    assert replace(renewed, slot_end_s=first.slot_end_s) == first
 
 
 def test_the_rows_follow_what_the_node_reports(site: Site, pki: DemoPki) -> None:

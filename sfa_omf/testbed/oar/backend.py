@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import posixpath
 import pwd
 import threading
 import time
@@ -282,7 +283,26 @@ class OarTestbed:
         if job is None:
             return SliverHealth(Operational.FAILED, f"OAR no longer knows job {row.job_id}; the reconciler resubmits")
         state = OAR_OPERATIONAL_STATES.get(job.state, Operational.NOTREADY)
+        if job.state == "Terminated" and now < lease.end:  # its command exited: the job holds the nodes no more
+            return SliverHealth(state, self._ended_early(job, lease), ended=True)
         return SliverHealth(state, f"OAR job {job.id}: {job.message}" if state == Operational.FAILED else "")
+
+    def _ended_early(self, job: OarJob, lease: LeaseRecord) -> str:
+        """How a job that terminated before its lease's end ended (its command's exit status, as OAR says) and where
+        its command's stderr is."""
+        if job.exit_code is None:
+            how = job.message or "no exit status"
+        elif job.exit_code & 0x7F:
+            how = f"its command was killed by signal {job.exit_code & 0x7F}"
+        else:
+            how = f"its command exited with status {job.exit_code >> 8}"
+        said = f"OAR job {job.id} terminated before the lease's end ({how})"
+        if not job.stderr_file:
+            return said
+        nodes = self._addresses(lease)
+        where = f"node {nodes[0]}" if len(nodes) == 1 else "the job's first node"
+        path = posixpath.join(job.launching_directory or "~" + job.owner, job.stderr_file)
+        return f"{said}; its stderr is {path} on {where}"
 
     def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
         """OAR runs jobs as the owner's Unix account; the accounts' keys are kept by the aggregate (create_accounts)."""

@@ -149,6 +149,9 @@ class OarJob:
     message: str
     nodes: tuple[str, ...] = ()
     command: str = ""
+    exit_code: int | None = None  # the job's command's wait status (exit status * 256 + signal), once it ended
+    stderr_file: str = ""  # the command's stderr, in launching_directory on the job's first node
+    launching_directory: str = ""
 
 
 # --- time conversions (pure) ----------------------------------------------------------------------------------------
@@ -558,4 +561,7 @@ def _job(item: Mapping[str, Any], *, with_nodes: bool) -> OarJob:
         message=str(item.get("message") or ""),
         nodes=nodes,
         command=str(item.get("command") or ""),
+        exit_code=item["exit_code"] if isinstance(item.get("exit_code"), int) else None,
+        stderr_file=str(item.get("stderr_file") or ""),
+        launching_directory=str(item.get("launching_directory") or ""),
     )

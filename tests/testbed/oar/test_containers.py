@@ -30,6 +30,7 @@ from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.testbed.oar.backend import OarTestbed
 from sfa_omf.testbed.oar.client import OarClient
+from sfa_omf.testbed.oar.jobs import job_name
 from sfa_omf.times import format_time
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
@@ -223,6 +224,58 @@ def test_delete_through_the_aggregate_destroys_the_containers_on_the_node(
     wait_for_job(client, job_id, FINAL)
     until("the node destroyed the containers", lambda: site.node_lxc.instances() == [])
     assert len(containers) == 2
+
+
+def test_a_job_whose_command_refuses_its_plan_fails_the_containers_with_why_and_where(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    """The plans directory is one anybody may change (an operator's mistake): the node command refuses the plan (exit
+    status 2), its job ends Terminated before the node reported anything, and Status says so on each container, with
+    the exit status and where the job's stderr is, instead of leaving them "planned" until the slot's end."""
+    am, client = site.am, site.backend.client
+    alice = pki.users["alice"]
+    site.plans.directory.mkdir(parents=True)
+    site.plans.directory.chmod(0o777)  # not sticky: the node command trusts no plan in it
+    _, public = key_pair(tmp_path, "alice")
+    rspec = (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
+        'xmlns:inst="http://sfa-omf.org/rspec/ext/instances/1">'
+        f'<node client_id="n" component_id="{NODE}" exclusive="true">'
+        '<sliver_type name="lxc" inst:count="2"/></node></rspec>'
+    )
+    end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=5)
+    options = {"geni_end_time": format_time(end), "geni_users": [{"urn": alice.chain[0].urn, "keys": [public]}]}
+    am.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], rspec, options)
+    am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)
+    (lease,) = am.bookings.leases(slice_urn=pki.slice_urn)
+    row = site.backend.jobs.get(lease.id)
+    assert row is not None and row.job_id is not None
+    site.jobs.append(row.job_id)
+    ended = wait_for_job(client, row.job_id, FINAL, within_s=200)  # OAR's scheduler may start it late
+    assert ended.state == "Terminated", ended
+    assert am.instances is not None
+    instances = am.instances
+
+    def failed() -> list[Instance]:
+        am.run_instances()
+        found = instances.of_lease(lease.id)
+        return found if found and all(record.state == "failed" for record in found) else []
+
+    until("the rows say failed", failed)
+    stderr = f"/home/alice/OAR.{job_name(lease.id)}.{row.job_id}.stderr"
+    status = am.status(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    containers = [s for s in status["geni_slivers"] if "-c" in s["geni_sliver_urn"].rsplit("+", 1)[-1]]
+    assert len(containers) == 2
+    for sliver in containers:
+        assert sliver["geni_operational_status"] == "geni_failed"
+        error = sliver["geni_error"]
+        assert f"OAR job {row.job_id} terminated before the lease's end (its command exited with status 2)" in error
+        assert f"its stderr is {stderr} on node {site.am.inventory.list_nodes()[0].properties['network_address']}" in (
+            error
+        )
+    said = Path(stderr).read_text()
+    assert "refused" in said and "may be changed by others" in said, said
+    assert site.node_lxc.instances() == []  # nothing was made
 
 
 def test_the_node_command_under_sudo_never_imports_a_package_of_the_callers(oar_url: str) -> None:
