@@ -508,13 +508,13 @@ class Bookings:
         session.execute(_RENEW_LEASE, {"lease_id": lease_id, "new_end_s": new_end_s})
         new_end_at = from_s(new_end_s)
         renewed: list[SliverRecord] = []
-        for (sliver_id, *_), sliver in zip(nodes, lease.slivers, strict=True):
+        for sliver in lease.slivers:
             # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time,
             # but renewing it gives it the time to be provisioned again (GENI: Renew extends allocations).
             provisioned = sliver.allocation_state == "geni_provisioned"
             allocation_ends = max(to_s(sliver.expires), now_s + self.policy.allocation_ttl_s)
             expires_s = new_end_s if provisioned else min(allocation_ends, new_end_s)
-            session.execute(_RENEW_SLIVER, {"sliver_id": sliver_id, "new_end_s": new_end_s, "expires_s": expires_s})
+            session.execute(_RENEW_SLIVER, {"sliver_urn": sliver.urn, "new_end_s": new_end_s, "expires_s": expires_s})
             renewed.append(dataclasses.replace(sliver, end=new_end_at, expires=from_s(expires_s)))
         return dataclasses.replace(lease, end=new_end_at, slivers=tuple(renewed))
 
@@ -900,8 +900,7 @@ _CANCEL_ACTIVE_LEASE = (
         _LEASE.client_id,
     )
 )
-# Renew's: its slivers' nodes in the order of the lease record's slivers (_lease_query orders them by id), with
-# the slice (the same on every row).
+# Renew's: its slivers' nodes, with the slice (the same on every row).
 _RENEWED_NODES = (
     select(_SLIVER.id, Node.id, Node.grain_s, Node.component_id, _SLICE.id, _SLICE.expires_s)
     .join(Node, Node.id == _SLIVER.node_id)
@@ -913,7 +912,7 @@ _RENEWED_NODES = (
 _RENEW_LEASE = update(table_of(Lease)).where(_LEASE.id == bindparam("lease_id")).values(end_s=bindparam("new_end_s"))
 _RENEW_SLIVER = (
     update(table_of(Sliver))
-    .where(_SLIVER.id == bindparam("sliver_id"))
+    .where(_SLIVER.urn == bindparam("sliver_urn"))
     .values(end_s=bindparam("new_end_s"), expires_s=bindparam("expires_s"))
 )
 _RELEASE_SLIVERS = (

@@ -10,11 +10,11 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select, update
 
 from sfa_omf.calendar.booking import BookingConflict
 from sfa_omf.calendar.generation import read_generation
-from sfa_omf.calendar.models import UserContact
+from sfa_omf.calendar.models import Sliver, UserContact
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.calendar.records import BookingRequest, ManifestNode
 from sfa_omf.calendar.slices import Contact, Slices
@@ -107,6 +107,27 @@ def test_threads_booking_and_cancelling_several_nodes_never_double_book(calendar
     assert held_leases | cancelled == set(booked)
 
 
+def test_renew_writes_each_sliver_its_own_expiry(calendar: Calendar) -> None:
+    """Slivers of one lease in different allocation states (one provisioned) on nodes whose id order is not their
+    URN order: each sliver gets the expiry of its own state, and the answer is what the database holds (a review
+    found the statements paired by position, once)."""
+    calendar.add_nodes("zz", "aa")  # ids in this order, URNs in the other
+    booked = calendar.bookings.book(
+        SLICE,
+        SLICE_EXPIRES,
+        [BookingRequest(node_urn("zz"), at(1), at(2)), BookingRequest(node_urn("aa"), at(1), at(2))],
+    )
+    lease = booked.leases[0]
+    provisioned = next(sliver.urn for sliver in lease.slivers if sliver.node == node_urn("zz"))
+    with calendar.database.write() as session:
+        session.execute(update(Sliver).where(Sliver.urn == provisioned).values(allocation_state="geni_provisioned"))
+    renewed = calendar.bookings.renew(lease.id, at(3))
+    assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0]
+    expiries = {sliver.node: sliver.expires for sliver in renewed.slivers}
+    assert expiries[node_urn("zz")] == at(3), "a provisioned sliver lives to the lease's end"
+    assert expiries[node_urn("aa")] < at(3), "an allocation still expires unless provisioned"
+
+
 def test_renewals_and_bookings_racing_for_one_window_never_double_book(calendar: Calendar) -> None:
     """Renew's column path: a lease renewed into a window while other slices book it. Each round exactly one of
     them gets the window, whoever it is, and the losers are refused as a conflict."""
@@ -162,8 +183,9 @@ def _race_a_renewal_against_bookings(calendar: Calendar, base: float) -> list[st
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 def test_a_cancel_that_waited_for_a_writer_answers_the_slivers_it_wrote(calendar: Calendar) -> None:
-    """PostgreSQL: a SELECT ... FOR UPDATE that waits for a lock re-reads the locked row alone; the cancel locks the
-    lease first and reads it with its slivers after, so its answer has what the writer it waited for committed."""
+    """PostgreSQL: the cancel's UPDATE of the lease waits for the writer holding the row, then re-checks its
+    condition on the row that writer left; the slivers' UPDATE ... RETURNING runs after, so the answer has what the
+    writer it waited for committed."""
     import time
 
     from sqlalchemy import text
@@ -305,16 +327,29 @@ def test_the_callers_contact_is_written_when_it_changed_only(calendar: Calendar)
         with calendar.database.read() as session:
             return [tuple(row) for row in session.execute(select(UserContact.gid_email, UserContact.updated_s))]
 
+    upserts: list[str] = []
+
+    def count_upserts(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO USER_CONTACT"):
+            upserts.append(statement)
+
+    # On PostgreSQL the booking reads the stored e-mail with its locks and writes only a changed one; SQLite runs
+    # the upsert, which changes nothing when the e-mail is the same.
+    skips_unchanged = calendar.database.engine.dialect.name == "postgresql"
+    event.listen(calendar.database.engine, "before_cursor_execute", count_upserts)
     for hour, email in ((1, "alice@one.example"), (3, "alice@two.example"), (5, "alice@two.example")):
         calendar.now = NOW + timedelta(minutes=hour)
         contact = Contact(alice, email)
         request = [BookingRequest(node_urn("n1"), at(hour), at(hour + 1))]
+        upserts.clear()
         calendar.bookings.book(SLICE, SLICE_EXPIRES, request, owner_urn=alice, contact=contact)
+        assert len(upserts) == (0 if hour == 5 and skips_unchanged else 1)
         if hour == 1:
             assert stored() == [("alice@one.example", to_s(calendar.now))]
         if hour == 3:
             changed_at = to_s(calendar.now)
             assert stored() == [("alice@two.example", changed_at)]
+    event.remove(calendar.database.engine, "before_cursor_execute", count_upserts)
     assert stored() == [("alice@two.example", changed_at)], "the same e-mail again is not rewritten"
 
 
