@@ -172,7 +172,7 @@ def print_table(rows: list[Row]) -> None:
         print(
             f"{row.backend:<11}{row.nodes:>7,}{row.leases:>9,}{row.kilobytes:>8,}{s['reference']:>11.3f}"
             f"{s['snapshot']:>10.3f}{s['uncached']:>10.3f}{s['uncached, gc on']:>8.3f}{s['floor']:>8.3f}"
-            f"{s['uncached'] / s['floor']:>9.2f}x"
+            f"{s['floor, one tree']:>8.3f}{s['uncached'] / s['floor']:>9.2f}x"
             f"{s['reference'] / s['floor']:>9.2f}x{s['cached'] * 1000:>11.2f}{s['reference'] / s['cached']:>11,.0f}x"
             f"{s['compress per call'] * 1000:>9.1f}{s['cached, compressed'] * 1000:>16.2f}"
         )
