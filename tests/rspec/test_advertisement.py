@@ -271,3 +271,22 @@ def test_every_advertisement_we_write_is_valid(ad: Advertisement, view: LeaseVie
     assert validate(data) == []
     if view is LeaseView.GENI:
         assert validate(data, geni_base=True) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(advertisements(), st.sampled_from(list(LeaseView)), st.booleans(), st.integers(1, 4))
+def test_chunked_writing_gives_the_bytes_of_one_tree(
+    ad: Advertisement, view: LeaseView, pretty: bool, chunk_elements: int
+) -> None:
+    # The writer serializes the root's children a few at a time; the document must be that of one tree.
+    one_tree = write_advertisement(ad, view, pretty, chunk_elements=10**9)
+    assert write_advertisement(ad, view, pretty, chunk_elements=chunk_elements) == one_tree
+    # ... and what lxml writes for the whole parsed document (the cut at the root's tags is right; pretty printing
+    # ends the document with a newline that parsing drops).
+    reserialized = etree.tostring(etree.fromstring(one_tree), encoding="UTF-8", xml_declaration=True)
+    assert reserialized == one_tree.removesuffix(b"\n")
+
+
+def test_chunks_hold_one_element_at_least() -> None:
+    with pytest.raises(ValueError, match="chunk_elements=0"):
+        write_advertisement(AD, chunk_elements=0)
