@@ -255,10 +255,16 @@ class Instances:
                     continue  # said and recorded at an earlier round (a write every round would renew every cache)
                 # The job ended (OAR's Error, Terminated: its command exited, or gone) before the node side said
                 # anything: the rows say so, and stay (failed, with why) until the slot ends, not "planned" all along.
+                said = health.error or str(testbed)
+                refused = "exited with status 2" in said  # the node command's exit status for a plan refused
                 reason = (
-                    f"the lease's OAR job ended ({health.error or testbed}) before its node reported the "
-                    "containers: see the job's stderr on the node (exit status 2: the node command refused the "
-                    "lease's plan, and says why there)"
+                    f"the lease's OAR job ended ({said}) before its node reported the containers: see the job's "
+                    "stderr on the node"
+                    + (
+                        " (exit status 2: the node command refused the lease's plan, and says why there)"
+                        if refused
+                        else ""
+                    )
                 )
                 log.warning("lease %s: %s", lease_id, reason)
                 self._fail_planned(lease_id, reason, now)

@@ -44,6 +44,9 @@ LXC_TIMEOUTS_S = {
 }
 
 
+UNKNOWN_STATE = "UNKNOWN"  # what state() says of a container lxc-info did not answer for
+
+
 class LxcTimedOut(GeniError):
     """An LXC command outlasted its time-out (LXC_TIMEOUTS_S) and was killed."""
 
@@ -161,6 +164,11 @@ class LxcHost:
             self.destroy(name)
         except GeniError as cleanup:
             log.warning("container %s could not be destroyed after a failed launch: %s", name, cleanup)
+        directory = self.lxc_path / name
+        if directory.exists() and not (directory / "config").exists():
+            # A killed lxc-create leaves a directory without its config, which lxc-destroy does not know as a
+            # container (and which cannot run): removed as the plain directory it is.
+            shutil.rmtree(directory, ignore_errors=True)
 
     def start(self, name: str) -> None:
         """Start the container; on failure the reason is LXC's own error lines (its log), not just "failed"."""
@@ -188,10 +196,16 @@ class LxcHost:
         _run(["lxc-destroy", "-P", str(self.lxc_path), "-n", name])
 
     def state(self, name: str) -> str:
-        """RUNNING, STOPPED, ... or "" when there is no such container."""
+        """RUNNING, STOPPED, ... or "" when there is no such container; UNKNOWN when lxc-info did not answer in
+        time (the container exists, and is not known to run: its callers act on it as on a stopped one, and their
+        own LXC commands fail it if it is wedged). Never raises: rounds and starts go on for the other containers."""
         if not (self.lxc_path / name).exists():
             return ""
-        return _run(["lxc-info", "-P", str(self.lxc_path), "-s", "-H", "-n", name], check=False).strip()
+        try:
+            return _run(["lxc-info", "-P", str(self.lxc_path), "-s", "-H", "-n", name], check=False).strip()
+        except LxcTimedOut as exc:
+            log.warning("container %s: %s", name, exc.message)
+            return UNKNOWN_STATE
 
     def made(self, name: str) -> bool:
         """The container exists and create() finished it (a process that died while creating it left it half made)."""

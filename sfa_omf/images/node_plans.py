@@ -35,6 +35,7 @@ class PlanError(ValueError):
     """A plan or state file that is not what the aggregate writes (the node side refuses it, saying why)."""
 
 
+LAST_EPOCH_S = 253_402_300_800  # 10000-01-01T00:00:00Z: a slot's times must be writable as dates
 MAX_FILE_BYTES = 1 << 20  # a plan or a report: a few KB for the largest lease; anything bigger is refused unread
 
 
@@ -257,8 +258,10 @@ def _slot(data: dict[str, Any]) -> tuple[int | None, int | None]:
     start, end = data.get("slot_start_s"), data.get("slot_end_s")
     if start is None and end is None:
         return None, None
-    if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in (start, end)):
-        raise PlanError("slot_start_s and slot_end_s must be whole epoch seconds")
+    if not all(
+        isinstance(value, int) and not isinstance(value, bool) and 0 < value < LAST_EPOCH_S for value in (start, end)
+    ):
+        raise PlanError("slot_start_s and slot_end_s must be whole epoch seconds before the year 10000")
     assert isinstance(start, int) and isinstance(end, int)
     if start >= end:
         raise PlanError("the slot must end after it starts")

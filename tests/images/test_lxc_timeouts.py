@@ -33,8 +33,9 @@ NO_BRIDGE = "sfaomf-nobridge"  # no container runs here (the hanging command is 
 
 
 class HangingLxcStandIn:
-    """A stand-in for one LXC command (``lxc-start``, ``lxc-create``) that hangs: a shell that starts a child sleeping
-    for an hour and waits for it, first on PATH. It records both pids, so a test sees that the time-out killed the
+    """A stand-in for one LXC command (``lxc-start``, ``lxc-create``, ``lxc-info``) that hangs: a shell that makes
+    the container's directory as a real lxc-create begins by doing (``-P``/``-n``), then starts a child sleeping for
+    an hour and waits for it, first on PATH. It records both pids, so a test sees that the time-out killed the
     command with what it started. Only that command is faked: a real hang of LXC cannot be caused at will."""
 
     def __init__(self, directory: Path, command: str) -> None:
@@ -43,7 +44,13 @@ class HangingLxcStandIn:
         self.pids = directory / f"{command}.pids"
         directory.mkdir(parents=True, exist_ok=True)
         script = directory / command
-        script.write_text(f'#!/bin/sh\nsleep 3600 &\necho "$$ $!" > {self.pids}\nwait\n')
+        script.write_text(
+            "#!/bin/sh\n"
+            'P=""; N=""\n'
+            'while [ $# -gt 0 ]; do case "$1" in -P) P="$2"; shift;; -n) N="$2"; shift;; esac; shift; done\n'
+            'if [ -n "$P" ] && [ -n "$N" ]; then mkdir -p "$P/$N/rootfs"; fi\n'
+            f'sleep 3600 &\necho "$$ $!" > {self.pids}\nwait\n'
+        )
         script.chmod(0o755)
 
     def path(self) -> str:
@@ -95,6 +102,23 @@ def test_a_hanging_lxc_command_fails_the_container_naming_it_and_the_start_ends(
     assert instances.of_lease(lease_id) == [record]
     until_killed(stand_in)
     assert host.instances() == [] and not (tmp_path / "lxc" / record.name).exists()  # nothing half made is left
+
+
+def test_a_hanging_lxc_info_reads_as_an_unknown_state_and_the_sweep_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lxc-info that hangs: state() says UNKNOWN (the container exists, not known to run) instead of raising, so a
+    round's sweep over the host's containers and a start's checks go on for the others."""
+    stand_in = HangingLxcStandIn(tmp_path / "bin", "lxc-info")
+    monkeypatch.setenv("PATH", stand_in.path())
+    monkeypatch.setitem(lxc.LXC_TIMEOUTS_S, "lxc-info", 1.0)
+    host = LxcHost(NO_BRIDGE, lxc_path=str(tmp_path / "lxc"))
+    wedged = tmp_path / "lxc" / f"{host.prefix}wedged"
+    wedged.mkdir(parents=True)
+    (wedged / "config").write_text("lxc.net.0.ipv4.address = 10.217.99.5/29\n")
+    assert host.state(wedged.name) == lxc.UNKNOWN_STATE
+    assert [(record.name, record.state) for record in host.instances()] == [(wedged.name, lxc.UNKNOWN_STATE)]
+    until_killed(stand_in)
 
 
 def test_the_node_command_fails_a_container_whose_lxc_start_hangs_and_runs_on(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ def test_a_plan_reads_back_as_written() -> None:
         ({"slot_start_s": 1_800_000_000, "slot_end_s": 1_800_000_000}, "end after it starts"),
         ({"slot_start_s": True, "slot_end_s": 1_800_000_000}, "epoch seconds"),
         ({"slot_start_s": None, "slot_end_s": 1_800_000_000}, "epoch seconds"),
+        ({"slot_start_s": 1_800_000_000, "slot_end_s": 10**12}, "before the year 10000"),
     ],
 )  # fmt: skip
 def test_a_plan_the_aggregate_would_not_write_is_refused(change: dict[str, Any], words: str) -> None:
@@ -299,6 +300,7 @@ def test_a_job_that_ends_before_its_node_reported_fails_the_containers_saying_so
     for record in site.instances.of_lease(lease_id):
         assert record.state == FAILED and record.address  # held until the slot ends, like any live row
         assert "OAR job 12: Error" in record.error and "before its node reported" in record.error
+        assert "exit status 2" not in record.error, "no refusal hinted where the job did not exit with status 2"
     site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended)
     assert {r.state for r in site.instances.of_lease(lease_id)} == {FAILED}  # not destroyed while the slot runs
 
