@@ -193,7 +193,7 @@ class Instances:
         follow their reports (a job that ended before its node reported fails them, saying so)."""
         if self.host is None:
             return [], []
-        over, due = self._round(now, testbed_state)
+        over, due, provisioned = self._round(now, testbed_state)
         destroyed: list[str] = []
         for lease_id in sorted(over):
             try:
@@ -201,6 +201,7 @@ class Instances:
             except GeniError as exc:  # the rest still go; this lease's live rows are retried next round
                 log.warning("lease %s: a container could not be destroyed: %s", lease_id, exc.message)
         if self.plans is not None:
+            self.sync_plans(provisioned, keys_of)
             reported, gone = self._follow_nodes([lease_id for lease_id, _, _ in due], now)
             return reported, destroyed + gone
         live = {record.name for record in self.listing()}
@@ -225,9 +226,10 @@ class Instances:
 
     def _round(
         self, now: datetime, testbed_state: Callable[[str, str], SliverHealth | None]
-    ) -> tuple[set[str], list[tuple[str, str, set[str]]]]:
-        """The leases whose containers must go (over, or their reservation ended on the testbed), and those whose
-        slot runs on a testbed that holds the nodes (lease id, slice URN, its containers' states)."""
+    ) -> tuple[set[str], list[tuple[str, str, set[str]]], dict[str, tuple[str, int, int]]]:
+        """The leases whose containers must go (over, or their reservation ended on the testbed), those whose
+        slot runs on a testbed that holds the nodes (lease id, slice URN, its containers' states), and the
+        provisioned leases with live containers that are not over (lease id -> slice URN, slot start, slot end)."""
         moment = to_s(now)
         self._recover_interrupted_starts(now)
         with self.database.read() as session:
@@ -239,11 +241,14 @@ class Instances:
             ).all()
         over: set[str] = set()
         running: dict[str, tuple[str, set[str]]] = {}  # lease id -> (slice, its containers' states): slot runs
+        provisioned: dict[str, tuple[str, int, int]] = {}
         for lease_id, slice_urn, lease_state, start_s, end_s, state in rows:
             if lease_state not in ("allocated", "provisioned") or end_s <= moment:
                 over.add(lease_id)
-            elif lease_state == "provisioned" and start_s <= moment:
-                running.setdefault(lease_id, (slice_urn, set()))[1].add(state)
+            elif lease_state == "provisioned":
+                provisioned[lease_id] = (slice_urn, int(start_s), int(end_s))
+                if start_s <= moment:
+                    running.setdefault(lease_id, (slice_urn, set()))[1].add(state)
         due: list[tuple[str, str, set[str]]] = []
         for lease_id, (slice_urn, states) in sorted(running.items()):
             health = testbed_state(slice_urn, lease_id)
@@ -275,7 +280,7 @@ class Instances:
                 over.add(lease_id)
             elif testbed == "geni_ready":
                 due.append((lease_id, slice_urn, states))
-        return over, due
+        return over, due, provisioned
 
     # -- containers made by the testbed's jobs (plans) --------------------------------------------------------------
     def _unreported(self, lease_id: str, states: set[str]) -> bool:
@@ -333,17 +338,44 @@ class Instances:
         return self._rewrite(lease_ids, lambda plan: plan)
 
     def _rewrite(self, lease_ids: Iterable[str], change: Callable[[LeasePlan], LeasePlan]) -> list[str]:
-        """Rewrite the existing plans of these leases with ``change`` and the lease's slot as recorded."""
+        """Rewrite the existing plans of these leases with ``change`` and the lease's slot as recorded, each read and
+        written under the plans' lock (LeasePlans.update). A plan that cannot be written (a full disk, a stale NFS
+        handle) is logged and left: the call's change is recorded, and the rounds bring the plan to the calendar's
+        slot and keys (sync_plans)."""
         rewritten: list[str] = []
         if self.plans is None:
             return rewritten
         for lease_id in lease_ids:
-            plan = self.plans.read(lease_id)
-            if plan is not None:
+
+            def rewrite(plan: LeasePlan, lease_id: str = lease_id) -> LeasePlan:
                 start_s, end_s = self._slot_of(lease_id) or (plan.slot_start_s, plan.slot_end_s)
-                self.plans.write(replace(change(plan), slot_start_s=start_s, slot_end_s=end_s))
-                rewritten.append(lease_id)
+                return replace(change(plan), slot_start_s=start_s, slot_end_s=end_s)
+
+            try:
+                if self.plans.update(lease_id, rewrite):
+                    rewritten.append(lease_id)
+            except OSError as exc:
+                log.warning("lease %s: its plan could not be rewritten (the rounds retry): %s", lease_id, exc)
         return rewritten
+
+    def sync_plans(self, slots: Mapping[str, tuple[str, int, int]], keys_of: Callable[[str], Sequence[str]]) -> None:
+        """Bring the plans of provisioned leases (lease id -> slice URN, slot start, slot end) to the calendar: the
+        slot and the slice users' keys as recorded. Repairs what a failed rewrite left, and gives a slot to plans an
+        aggregate older than slots wrote (the node command refuses those). Writes only a plan that differs."""
+        if self.plans is None:
+            return
+        for lease_id, (slice_urn, start_s, end_s) in sorted(slots.items()):
+            keys = plan_keys(keys_of(slice_urn))
+
+            def synced(
+                plan: LeasePlan, start_s: int = start_s, end_s: int = end_s, keys: tuple[str, ...] = keys
+            ) -> LeasePlan:
+                return replace(plan, slot_start_s=start_s, slot_end_s=end_s, keys=keys)
+
+            try:
+                self.plans.update(lease_id, synced)
+            except OSError as exc:
+                log.warning("lease %s: its plan could not be brought up to date: %s", lease_id, exc)
 
     def _slot_of(self, lease_id: str) -> tuple[int, int] | None:
         """The lease's slot as recorded (start, end in epoch seconds), None when the lease is not recorded."""
@@ -680,6 +712,11 @@ class Instances:
                 if cast("CursorResult[Any]", done).rowcount != 1:
                     missed.add(name)
         return missed
+
+
+def _plan_with(start_s: int, end_s: int, keys: tuple[str, ...]) -> Callable[[LeasePlan], LeasePlan]:
+    """A change of a plan to this slot and these keys (LeasePlans.update)."""
+    return lambda plan: replace(plan, slot_start_s=start_s, slot_end_s=end_s, keys=keys)
 
 
 def plan_keys(keys: Sequence[str]) -> tuple[str, ...]:

@@ -11,18 +11,22 @@ its node (sfa_omf/images/node_containers.py), which creates and starts them and 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
 import re
 import secrets
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PLANS_DIR_NAME = "leases"
 PLAN_SUFFIX = ".plan.json"
+LOCK_NAME = ".plans.lock"  # the aggregate's lock on plan writes (LeasePlans._locked); the node side never takes it
 STATE_SUFFIX = ".state.json"
 # What the node side reports for each container (the aggregate's row states of the same names).
 NODE_RUNNING, NODE_FAILED, NODE_DESTROYED = "running", "failed", "destroyed"
@@ -153,10 +157,38 @@ class LeasePlans:
 
     def write(self, plan: LeasePlan) -> Path:
         """Write (replace) the lease's plan at once (a reader sees the old file or the new one, never half)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            return self._write(plan)
+
+    def update(self, lease_id: str, change: Callable[[LeasePlan], LeasePlan]) -> bool:
+        """Replace the lease's plan by ``change(plan)``, read and written under the directory's lock so that two
+        writers (a Renew and a geni_update_users, a Renew and a Delete, in any thread or process of this host or of
+        hosts sharing the directory) never lose each other's change nor bring back a removed plan. False when the
+        lease has no plan (any more); the plan is not written when the change leaves it as it is."""
+        with self._locked():
+            plan = self.read(lease_id)
+            if plan is None:
+                return False
+            changed = change(plan)
+            if changed != plan:
+                self._write(changed)
+            return True
+
+    def _write(self, plan: LeasePlan) -> Path:
         path = self.plan_path(plan.lease_id)
         _write_at_once(path, plan.to_json())
         return path
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The plans directory's write lock (flock on LOCK_NAME): plan writes are rare and quick, one lock is enough."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / LOCK_NAME).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def states(self, lease_id: str) -> dict[str, tuple[str, str]]:
         """What the node side reported on the lease's current plan: container name -> (state, error); {} when it
@@ -177,8 +209,9 @@ class LeasePlans:
 
     def remove(self, lease_id: str) -> None:
         """The lease is over: its plan and state go."""
-        self.plan_path(lease_id).unlink(missing_ok=True)
-        self.state_path(lease_id).unlink(missing_ok=True)
+        with self._locked():
+            self.plan_path(lease_id).unlink(missing_ok=True)
+            self.state_path(lease_id).unlink(missing_ok=True)
 
 
 def plans_directory(store: str | os.PathLike[str]) -> Path:

@@ -5,6 +5,7 @@ running the job on a node and LXC, is tests/testbed/oar/test_containers.py."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -667,3 +669,75 @@ def test_a_report_or_plan_too_large_is_refused_unread(site: Site, pki: DemoPki) 
     with pytest.raises(PlanError, match="larger than"):
         read_bounded(site.plans.state_path(lease_id))
     assert read_bounded(site.plans.plan_path(lease_id)).startswith("{")  # a plan of the usual size reads
+
+
+def test_plan_updates_from_two_writers_lose_nothing(tmp_path: Path) -> None:
+    """Two writers (threads here; processes and hosts take the same flock) each add keys to one plan, read and
+    written under the plans' lock: every key is there at the end (a read-then-write without it loses some)."""
+    plans = LeasePlans(tmp_path / "leases")
+    plans.write(replace(PLAN, keys=()))
+    errors: list[BaseException] = []
+
+    def add_keys(writer: str) -> None:
+        try:
+            for index in range(40):
+                key = f"ssh-ed25519 AAAA{writer}{index} {writer}@test"
+                assert plans.update(PLAN.lease_id, lambda plan, key=key: replace(plan, keys=(*plan.keys, key)))
+        except BaseException as exc:  # reported below: a thread must not fail silently
+            errors.append(exc)
+
+    writers = [threading.Thread(target=add_keys, args=(name,)) for name in ("a", "b")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    assert errors == []
+    plan = plans.read(PLAN.lease_id)
+    assert plan is not None and len(plan.keys) == 80 and len(set(plan.keys)) == 80
+
+
+def test_an_update_never_brings_a_removed_plan_back(tmp_path: Path) -> None:
+    plans = LeasePlans(tmp_path / "leases")
+    plans.write(PLAN)
+    plans.remove(PLAN.lease_id)
+    assert plans.update(PLAN.lease_id, lambda plan: replace(plan, keys=())) is False
+    assert not plans.plan_path(PLAN.lease_id).exists()
+
+
+def test_a_round_brings_a_plan_to_the_calendars_slot_and_keys_and_then_writes_nothing(site: Site, pki: DemoPki) -> None:
+    """What a failed rewrite or an older aggregate left (no slot, keys of before) is repaired by the next round,
+    from the calendar; a plan already right is not written again."""
+    lease_id = provision(site, pki)
+    right = site.plans.read(lease_id)
+    assert right is not None and right.keys and right.slot_start_s
+    site.plans.write(replace(right, slot_start_s=None, slot_end_s=None, keys=()))
+    site.am.run_instances()
+    assert site.plans.read(lease_id) == right
+    written = site.plans.plan_path(lease_id).stat().st_mtime_ns
+    site.am.run_instances()
+    assert site.plans.plan_path(lease_id).stat().st_mtime_ns == written
+
+
+def test_a_renew_whose_plan_cannot_be_written_is_done_and_the_round_repairs_the_plan(
+    site: Site, pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The calendar and the testbed have the new end when the plan's write fails (a stale NFS handle, a full disk):
+    the call answers the renewal (its change is recorded), the plan is logged as left, and the next round writes
+    the lease's slot into it."""
+    lease_id = provision(site, pki)
+    alice = pki.users["alice"]
+    (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    later = lease.end + timedelta(minutes=30)
+
+    def stale_handle(_self: LeasePlans, _plan: LeasePlan) -> Path:
+        raise OSError(errno.ESTALE, "Stale file handle")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(LeasePlans, "_write", stale_handle)
+        answer = site.am.renew(alice.chain, [pki.slice_urn], [alice.slice_cred], format_time(later), {})
+    assert answer and site.am.bookings.leases(slice_urn=pki.slice_urn)[0].end == later
+    plan = site.plans.read(lease_id)
+    assert plan is not None and plan.slot_end_s == int(lease.end.timestamp())  # left as it was
+    site.am.run_instances()
+    plan = site.plans.read(lease_id)
+    assert plan is not None and plan.slot_end_s == int(later.timestamp())
