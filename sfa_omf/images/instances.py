@@ -38,7 +38,14 @@ from sfa_omf.calendar.models import Lease, LeaseInstance, Slice
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.images.lxc import InstanceSpec, LxcHost, wait_for_ssh
-from sfa_omf.images.node_plans import NODE_STATES, LeasePlan, LeasePlans, PlannedContainer, plans_directory
+from sfa_omf.images.node_plans import (
+    EXIT_PLAN_REFUSED,
+    NODE_STATES,
+    LeasePlan,
+    LeasePlans,
+    PlannedContainer,
+    plans_directory,
+)
 from sfa_omf.images.store import ImageStore, check_label
 from sfa_omf.testbed.base import SliverHealth
 
@@ -261,7 +268,7 @@ class Instances:
                 # The job ended (OAR's Error, Terminated: its command exited, or gone) before the node side said
                 # anything: the rows say so, and stay (failed, with why) until the slot ends, not "planned" all along.
                 said = health.error or str(testbed)
-                refused = "exited with status 2" in said  # the node command's exit status for a plan refused
+                refused = f"exited with status {EXIT_PLAN_REFUSED}" in said  # (OAR's words, testbed/oar/backend.py)
                 reason = (
                     f"the lease's OAR job ended ({said}) before its node reported the containers: see the job's "
                     "stderr on the node"

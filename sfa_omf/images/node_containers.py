@@ -33,6 +33,7 @@ from pathlib import Path
 from sfa_omf.errors import GeniError
 from sfa_omf.images.lxc import InstanceSpec, LxcHost
 from sfa_omf.images.node_plans import (
+    EXIT_PLAN_REFUSED,
     NODE_DESTROYED,
     NODE_FAILED,
     NODE_RUNNING,
@@ -106,12 +107,12 @@ def invoking_user() -> str:
 
 
 def run(plan_path: str) -> int:
-    """Create and start the plan's containers, report, wait for a stop signal, destroy them. Exit status 2 for a
+    """Create and start the plan's containers, report, wait for a stop signal, destroy them. EXIT_PLAN_REFUSED (2) for a
     plan refused, 1 when a container failed (the others run until the end all the same), 0 otherwise."""
     path = Path(os.path.abspath(plan_path))
     plan = _trusted_plan(path)
     if plan is None:
-        return 2
+        return EXIT_PLAN_REFUSED
     # Signals wait until the containers are made (and a record names them): none is left half-made by a signal.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     host = LxcHost(plan.bridge, lxc_path=plan.lxc_path)

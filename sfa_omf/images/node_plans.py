@@ -39,6 +39,7 @@ class PlanError(ValueError):
     """A plan or state file that is not what the aggregate writes (the node side refuses it, saying why)."""
 
 
+EXIT_PLAN_REFUSED = 2  # the node command's exit status for a plan it refused (nothing made)
 LAST_EPOCH_S = 253_402_300_800  # 10000-01-01T00:00:00Z: a slot's times must be writable as dates
 MAX_FILE_BYTES = 1 << 20  # a plan or a report: a few KB for the largest lease; anything bigger is refused unread
 

@@ -37,7 +37,7 @@ from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.outbox import LeaseNews
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, SliverRecord
 from sfa_omf.errors import GeniError, Reason
-from sfa_omf.images.node_plans import LeasePlans, plans_directory
+from sfa_omf.images.node_plans import EXIT_PLAN_REFUSED, LeasePlans, plans_directory
 from sfa_omf.images.provisioning import ONDEMAND, plan_lease
 from sfa_omf.images.store import store_directory
 from sfa_omf.testbed.base import BackgroundTask, SliverHealth
@@ -82,6 +82,7 @@ OAR_OPERATIONAL_STATES: dict[str, Operational] = {
     "Error": Operational.FAILED,
 }
 EXTERNAL_SOURCE = "oar"
+PLAN_REFUSED = "the node command refused the lease's plan"  # the start of the job row's message, FAILED for good
 FINAL_STATES = ("Error", "Terminated")  # an OAR job in these holds its nodes no more, for good
 RECONCILE_AHEAD = timedelta(days=366)  # how far ahead the reconciler looks for our jobs in OAR
 
@@ -398,12 +399,24 @@ class OarTestbed:
             if not owner:
                 report.failed[lease.id] = "no owner recorded for its OAR job"
                 continue
+            if recorded is not None and recorded.state == FAILED and recorded.message.startswith(PLAN_REFUSED):
+                continue  # said once; reserving it again would be refused the same way
             try:  # one lease's OAR trouble (a time-out) does not end the round for the others
-                lost = self._job_lost(recorded)
+                lost, refused_plan = self._job_lost(recorded)
             except OarError as exc:
                 log.warning(
                     "lease %s: its OAR job could not be read (%s); tried again next round", lease.id, exc.message
                 )
+                continue
+            if refused_plan:
+                # The node command refused the lease's plan (an untrusted plans directory, a node clock far off):
+                # a job reserved again would be refused the same way, every round, with a notice each time.
+                refused = (
+                    f"{PLAN_REFUSED} ({lost}): the job's stderr on the node says why; an operator must fix the node, "
+                    "then the experimenter can Delete and allocate again"
+                )
+                self.jobs.set(lease.id, FAILED, owner=owner, message=refused, news=_failed(lease.id, recorded, refused))
+                report.failed[lease.id] = refused
                 continue
             try:
                 job_id = self._submit(lease, owner)
@@ -425,19 +438,21 @@ class OarTestbed:
         return report
 
     # -- helpers --------------------------------------------------------------------------------------------------
-    def _job_lost(self, recorded: JobRecord | None) -> str:
+    def _job_lost(self, recorded: JobRecord | None) -> tuple[str, bool]:
         """OAR's words on a submitted job of ours that is gone or ended (killed, deleted in OAR, ended in Error)
         before the lease's end; "" when no job was submitted or OAR still has it in a state that is not final (the
-        users are told only of a job that really ended). One call to OAR, only for such leases."""
+        users are told only of a job that really ended). One call to OAR, only for such leases. With it: whether
+        the job's command was the node command refusing the lease's plan (it exited with EXIT_PLAN_REFUSED)."""
         if recorded is None or recorded.job_id is None or recorded.state != SUBMITTED:
-            return ""
+            return "", False
         job = self.client.job(recorded.job_id)
         if job is None:
-            return f"OAR no longer knows its job {recorded.job_id}"
+            return f"OAR no longer knows its job {recorded.job_id}", False
         if job.state not in FINAL_STATES:  # (the lease has not ended: the caller looks only at those)
-            return ""
+            return "", False
         said = f": {job.message}" if job.message else ""
-        return f"OAR job {job.id} ended in state {job.state} before the lease's end{said}"
+        refused = job.exit_code == EXIT_PLAN_REFUSED << 8  # a wait status: the exit status times 256
+        return f"OAR job {job.id} ended in state {job.state} before the lease's end{said}", refused
 
     def _submit(self, lease: LeaseRecord, owner: str) -> int:
         now = self.clock()

@@ -28,9 +28,9 @@ from sfa_omf.images.lxc import LxcHost
 from sfa_omf.images.node_plans import LeasePlans, plans_directory
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
-from sfa_omf.testbed.oar.backend import OarTestbed
+from sfa_omf.testbed.oar.backend import PLAN_REFUSED, OarTestbed
 from sfa_omf.testbed.oar.client import OarClient
-from sfa_omf.testbed.oar.jobs import job_name
+from sfa_omf.testbed.oar.jobs import FAILED, job_name
 from sfa_omf.times import format_time
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
@@ -276,6 +276,13 @@ def test_a_job_whose_command_refuses_its_plan_fails_the_containers_with_why_and_
     said = Path(stderr).read_text()
     assert "refused" in said and "may be changed by others" in said, said
     assert site.node_lxc.instances() == []  # nothing was made
+    # Reserving it again would be refused the same way, every round with a notice: the reconciler says it once.
+    first = site.backend.reconcile()
+    assert lease.id in first.failed and lease.id not in first.resubmitted, first
+    recorded = site.backend.jobs.get(lease.id)
+    assert recorded is not None and recorded.state == FAILED and recorded.message.startswith(PLAN_REFUSED)
+    again = site.backend.reconcile()
+    assert lease.id not in again.failed and lease.id not in again.resubmitted, again
 
 
 def test_the_node_command_under_sudo_never_imports_a_package_of_the_callers(oar_url: str) -> None:
