@@ -74,8 +74,10 @@ def write_advertisement(
 class _ChunkedRoot:
     """The root's children written in bounded chunks: each chunk a small tree under a fresh copy of the root, serialized
     and cut down to its children's text, then all of them joined between the root's start and end tags. The bytes are
-    those of the whole tree serialized at once (the root's children are elements only, so each is indented the same
-    way in a chunk as in the whole), but the tree held at once stays small whatever the advertisement's size: one
+    those of the whole tree serialized at once, provided every namespace used below the root is declared on it (lxml
+    names an undeclared one ns0, ns1, ... by a counter per document, which each chunk would start again) and the
+    root's children are elements only (each is then indented the same way in a chunk as in the whole); a document of
+    one chunk is the one tree serialized. The tree held at once stays small whatever the advertisement's size: one
     tree for 10 000 nodes held libxml2 nodes several times the 25 MB document's size.
 
     ``parent()`` gives the element to add the next top-level child under; a chunk is serialized when the next one
@@ -103,8 +105,8 @@ class _ChunkedRoot:
 
     def finish(self) -> bytes:
         """The whole document, as ``serialize`` of one tree holding every child writes it."""
-        if not self._bodies and not self._children:
-            return serialize(self._root, self._pretty)  # an empty root is written as <rspec .../>
+        if not self._bodies:  # one chunk (or an empty root, written as <rspec .../>): the one tree itself
+            return serialize(self._root, self._pretty)
         tail = self._cut()
         return b"".join((self._head, *self._bodies, tail))
 
