@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from sfa_omf.errors import GeniCode, GeniError
 from sfa_omf.images import node_containers
 from sfa_omf.images.archives import ArchiveError, check_archive, save_rootfs, sha256_of
 from sfa_omf.images.instances import FAILED, PLANNED, RUNNING, STOPPED, Instances
-from sfa_omf.images.lxc import LxcHost
+from sfa_omf.images.lxc import LxcHost, hardware_address
 from sfa_omf.images.node_plans import (
     ActionDone,
     LeaseAction,
@@ -370,6 +371,15 @@ def test_a_nodes_save_leaves_secrets_and_devices_out(tmp_path: Path) -> None:
     assert "./etc/motd" in names and not names & {"./etc/shadow", "./root/.ssh/authorized_keys", "./dev/null"}
 
 
+def bounded_line(stream: IO[str] | None, within_s: float = 180) -> str:
+    """The command's next line, or a failure (never a hang) when it says nothing for ``within_s``."""
+    assert stream is not None
+    ready, _, _ = select.select([stream], [], [], within_s)
+    if not ready:
+        pytest.fail(f"the node command said nothing within {within_s} s")
+    return stream.readline()
+
+
 @needs_lxc
 def test_the_node_command_does_each_action_once_and_reports_it(tmp_path: Path) -> None:
     """The real run with real LXC: stop, start (SSH answers again), restart, save; an action file it must not trust
@@ -398,23 +408,29 @@ def test_the_node_command_does_each_action_once_and_reports_it(tmp_path: Path) -
 
     def act(seq: int, action: str, containers: tuple[str, ...] = ()) -> str:
         plans.write_action(plan.lease_id, LeaseAction(plan.plan_id, seq, action, containers))
-        line = command.stdout.readline() if command.stdout else ""
+        line = bounded_line(command.stdout)
         assert line.startswith(f"action {seq} {action}: done"), line
         return line
 
     try:
-        assert (command.stdout.readline() if command.stdout else "").strip() == f"container {name}: running"
+        assert bounded_line(command.stdout).strip() == f"container {name}: running"
         act(1, "stop")
         assert node.state(name) == "STOPPED" and plans.states(plan.lease_id) == {name: ("stopped", "")}
         assert ssh(key, host, "true").returncode != 0
         act(2, "start")
         assert plans.states(plan.lease_id) == {name: ("running", "")} and ssh(key, host, "true").returncode == 0
         # Not trusted (others may change it): ignored, said on stderr once, nothing done.
-        untrusted = plans.write_action(plan.lease_id, LeaseAction(plan.plan_id, 3, "stop"))
+        # Made writable by others before it is moved into place: never seen trusted, even for a moment.
+        untrusted = plans.directory / ".untrusted"
+        untrusted.write_text(LeaseAction(plan.plan_id, 3, "stop").to_json())
         untrusted.chmod(0o666)
-        refusal = command.stderr.readline() if command.stderr else ""
+        untrusted.replace(plans.action_path(plan.lease_id))
+        refusal = bounded_line(command.stderr)
         assert refusal.startswith("action refused:") and "may be changed by others" in refusal, refusal
         assert node.state(name) == "RUNNING" and plans.done(plan.lease_id) == ActionDone(2, "start")
+        # The same MAC at every start: hosts caching the old one would not reach it after a restart for a while.
+        config = (Path(plan.lxc_path) / name / "config").read_text()
+        assert f"lxc.net.0.hwaddr = {hardware_address(name)}" in config and hardware_address(name).startswith("02:")
         act(4, "restart")
         assert node.state(name) == "RUNNING" and ssh(key, host, "echo saved > /etc/motd").returncode == 0
         act(5, "save", (name,))

@@ -24,7 +24,7 @@ from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniError
-from sfa_omf.images.instances import DESTROYED, RUNNING, Instance, Instances
+from sfa_omf.images.instances import DESTROYED, FAILED, RUNNING, Instance, Instances
 from sfa_omf.images.lxc import LxcHost
 from sfa_omf.images.node_plans import LeasePlans, plans_directory
 from sfa_omf.images.store import ImageStore
@@ -158,6 +158,9 @@ def provision_running(site: Site, pki: DemoPki, tmp_path: Path) -> tuple[int, Pa
     def running() -> list[Instance]:
         am.run_instances()  # the server's round: the rows follow what the node reported
         found = instances.of_lease(lease.id)
+        failed = [(record.name, record.error) for record in found if record.state == FAILED]
+        if failed:
+            pytest.fail(f"the job's command failed containers: {failed}")
         return found if found and all(record.state == RUNNING for record in found) else []
 
     return row.job_id, key, until("the job's command reports both containers running", running, within_s=120)
