@@ -36,6 +36,7 @@ NODE_SSHD_PIDFILE=/var/run/oar-node_sshd.pid # oar-node's own name for it
 NODE_COMMAND=/usr/local/sbin/sfa-omf-lease-containers
 NODE_SUDOERS=/etc/sudoers.d/sfa-omf-lease-containers
 NODE_EPILOGUE=/usr/local/lib/sfa-omf/oar-epilogue
+NODE_REAP_LOG=/var/log/sfa-omf-lease-containers.log  # the epilogue's reaps, appended (docs/operators.md)
 STATE=/var/lib/sfa-omf-oar # checksums of the configuration each daemon was started with
 API_URL="http://127.0.0.1:$OAR_API_PORT/oarapi"
 
@@ -249,7 +250,18 @@ EOF
 # Written by sfa-omf scripts/oar.sh: OAR's node epilogue (run as oar by oarexec, with JOB_ID USER NODE_FILE). It
 # destroys the lease containers whose job command is gone, as root through OAR's own oardodo.
 # The job's run first (reap JOB_ID); a node command older than that (exit 2, usage) sweeps every dead run.
-/usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap "\$1" 2>/dev/null || /usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap
+# What reap says, and its exit status, are appended to $NODE_REAP_LOG (docs/operators.md).
+{
+    echo "\$(date -u +%Y-%m-%dT%H:%M:%SZ) job \$1: reap"
+    /usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap "\$1" 2>&1
+    status=\$?
+    if [ "\$status" = 2 ]; then
+        echo "reap \$1: exit status 2: sweeping every dead run"
+        /usr/lib/oar/oardodo/oardodo $NODE_COMMAND reap 2>&1
+        status=\$?
+    fi
+    echo "\$(date -u +%Y-%m-%dT%H:%M:%SZ) job \$1: reap exit status \$status"
+} | /usr/lib/oar/oardodo/oardodo /usr/bin/tee -a $NODE_REAP_LOG >/dev/null
 exit 0
 EOF
 }

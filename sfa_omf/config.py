@@ -126,6 +126,7 @@ class Settings:
     instance_network: str = "10.217.0.0/24"  # their addresses (the first host address is the bridge's own)
     instance_lxc_path: str = "/var/lib/lxc"  # where LXC keeps them
     max_instances_per_node: int = 16  # containers one sliver may ask for
+    instance_action_timeout_s: int = 60  # OAR: how long an operational action on containers waits for the node
     agent_heartbeat_s: int = 30  # how often node agents report (sfa_omf/agents)
     agent_timeout_s: int = 120  # an agent silent this long is lost: its node leaves service
     agent_max_body_bytes: int = 64 * 1024
@@ -258,6 +259,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("instance_network", "sfa_omf", "instance_network", "text", "lease containers' addresses (IPv4 CIDR)"),
     Option("instance_lxc_path", "sfa_omf", "instance_lxc_path", "text", "LXC's directory for lease containers"),
     Option("max_instances_per_node", "sfa_omf", "max_instances_per_node", "count", "most containers per sliver"),
+    Option(
+        "instance_action_timeout_s",
+        "sfa_omf",
+        "instance_action_timeout_s",
+        "count",
+        "seconds an action on OAR lease containers waits for the node's report",
+    ),
     Option("oar_api_url", "sfa_oar", "api_url", "text", "OAR's REST API (the oar backend)"),
     Option("oar_timezone", "sfa_oar", "timezone", "text", "OAR server's time zone (IANA name); empty: this host's"),
     Option("oar_job_type", "sfa_oar", "job_type", "text", "OAR job type of reservations: noop or deploy"),

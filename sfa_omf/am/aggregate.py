@@ -609,7 +609,8 @@ class Aggregate:
         if self.instances is not None:
             act_on_containers(self.instances, event, leases, self._slice_keys(slice_urn), now)
         wanted = Operational.NOTREADY if event == Event.STOP else Operational.READY
-        self.bookings.set_operational_states([lease.id for lease in leases], wanted)
+        if self.instances is None or self.instances.plans is None:  # on OAR the job (the node sliver) runs on
+            self.bookings.set_operational_states([lease.id for lease in leases], wanted)
         return self._sliver_dicts(slice_urn, sliver_urns)
 
     def _update_users(
@@ -866,6 +867,7 @@ class Aggregate:
         chosen = leases if leases is not None else self._leases(slice_urn, sliver_urns)
         containers = self._containers_of(chosen)
         answering = ssh_answering(i for found in containers.values() for i in found)  # at once, 1 s for them all
+        pending = self.instances.pending_actions(lease.id for lease in chosen) if self.instances is not None else {}
         now = self.clock()
         answer = []
         for lease in chosen:
@@ -878,7 +880,8 @@ class Aggregate:
                 if failed is not None and entry["geni_operational_status"] != str(Operational.PENDING_ALLOCATION):
                     entry.update(geni_operational_status=str(failed.operational_state), geni_error=failed.error)
                 answer.append(entry)
-                answer += [container_dict(i, lease, now, entry["geni_allocation_status"], answering) for i in mine]
+                allocation, waiting = entry["geni_allocation_status"], pending.get(lease.id, "")
+                answer += [container_dict(i, lease, now, allocation, answering, waiting) for i in mine]
         return answer
 
     def _containers_of(self, leases: Sequence[LeaseRecord]) -> dict[str, list[Instance]]:

@@ -31,12 +31,16 @@ from sfa_omf.images.instances import (
     Instances,
 )
 from sfa_omf.images.lxc import answering_ssh
+from sfa_omf.images.node_plans import ACTION_RESTART, ACTION_SAVE, ACTION_START, ACTION_STOP
 from sfa_omf.images.records import ImageRecord
 from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.times import format_time
 
 SLIVER_TYPES = ("raw-pc", CONTAINER_SLIVER_TYPE)
 _CONTAINER_SUFFIX = re.compile(r"-c[0-9]+$")  # node sliver URNs end in a hex UUID, never in this
+# The node side's actions (sfa_omf/images/node_plans.py) of the operational actions, and back.
+NODE_ACTIONS = {Event.START: ACTION_START, Event.STOP: ACTION_STOP, Event.RESTART: ACTION_RESTART}
+ACTION_WORDS = {**{word: event.value for event, word in NODE_ACTIONS.items()}, ACTION_SAVE: Event.SAVE_IMAGE.value}
 SSH_PROBE_S = 1.0  # Status asks the running containers' SSH servers, all at once, within this budget per call
 
 
@@ -112,9 +116,17 @@ def ssh_answering(found: Iterable[Instance]) -> set[str]:
     return {host for host, _ in answering_ssh(hosts, SSH_PROBE_S)}
 
 
-def health(instance: Instance, lease: LeaseRecord, now: datetime, answering: Set[str]) -> SliverHealth:
+def health(
+    instance: Instance, lease: LeaseRecord, now: datetime, answering: Set[str], pending: str = ""
+) -> SliverHealth:
     """A container's GENI operational state: ready only when it runs and its SSH server answered (``answering``: the
-    hosts ssh_answering found)."""
+    hosts ssh_answering found); ``pending``: an action handed to its node that the node has not reported done."""
+    if pending in ACTION_WORDS and instance.state in (RUNNING, STOPPED, FAILED):
+        word = ACTION_WORDS[pending]
+        waiting = f"{word} handed to the lease's job on its node: in progress"
+        if pending == ACTION_STOP:
+            return SliverHealth(Operational.STOPPING, waiting)
+        return SliverHealth(Operational.CONFIGURING, waiting)
     if instance.state == FAILED:
         return SliverHealth(Operational.FAILED, instance.error)
     if instance.state == RUNNING:
@@ -133,9 +145,9 @@ def node_health(found: Sequence[Instance]) -> SliverHealth | None:
 
 
 def sliver_dict(
-    instance: Instance, lease: LeaseRecord, now: datetime, allocation: str, answering: Set[str]
+    instance: Instance, lease: LeaseRecord, now: datetime, allocation: str, answering: Set[str], pending: str = ""
 ) -> dict[str, Any]:
-    state = health(instance, lease, now, answering)
+    state = health(instance, lease, now, answering, pending)
     return {
         "geni_sliver_urn": instance.urn,
         "geni_expires": format_time(lease.end),
@@ -179,6 +191,9 @@ def act(
                 f"{event.value}: the containers of lease {lease.id} run during its slot only, "
                 f"{format_time(lease.start)} to {format_time(lease.end)}; nothing was changed"
             )
+        if instances.plans is not None:  # the lease's job runs them: its node acts (or later, in progress)
+            instances.act_on_nodes(lease.id, NODE_ACTIONS[event], now)
+            continue
         if event in (Event.STOP, Event.RESTART):
             instances.stop_lease(lease.id, now)
         if event in (Event.START, Event.RESTART):

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
@@ -37,10 +38,16 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, LeaseInstance, Slice
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.images.archives import SECRETS as SECRETS
+from sfa_omf.images.archives import ArchiveError, check_archive, take
+from sfa_omf.images.archives import without_secrets as _without_secrets
 from sfa_omf.images.lxc import InstanceSpec, LxcHost, wait_for_ssh
 from sfa_omf.images.node_plans import (
+    ACTION_SAVE,
     EXIT_PLAN_REFUSED,
     NODE_STATES,
+    ActionDone,
+    LeaseAction,
     LeasePlan,
     LeasePlans,
     PlannedContainer,
@@ -57,7 +64,7 @@ LIVE = (PLANNED, STARTING, RUNNING, STOPPED, FAILED)  # rows whose container may
 LOGIN = "root"  # the slice users' keys go to root's authorized_keys inside the container
 ADDRESS_ATTEMPTS = 3  # starts of other leases racing for the same free addresses (PostgreSQL)
 LAUNCH_WORKERS = 4  # containers of one lease launched at once (LXC's own work is mostly waiting)
-assert set(NODE_STATES) == {RUNNING, FAILED, DESTROYED}  # the node side reports in the rows' own words
+assert set(NODE_STATES) == {RUNNING, FAILED, DESTROYED, STOPPED}  # the node side reports in the rows' own words
 # A live start renews its rows' claim this often, however long it takes (a lease's containers go LAUNCH_WORKERS at a
 # time); a row still starting STALE_START_S after its claim was last renewed was claimed by a start that died with
 # its process (a crash or a restart mid-start).
@@ -121,6 +128,7 @@ class Instances:
         images: ImageStore,
         ssh_timeout_s: float = 30.0,
         plans: LeasePlans | None = None,
+        action_timeout_s: float = 60.0,
     ) -> None:
         self.database = database
         self.host = host
@@ -128,6 +136,7 @@ class Instances:
         self.images = images
         self.ssh_timeout_s = ssh_timeout_s
         self.plans = plans
+        self.action_timeout_s = action_timeout_s  # how long an operational action waits for the node's report
 
     # -- Allocate ---------------------------------------------------------------------------------------------------
     def plan(self, lease_id: str, wanted: Sequence[InstanceRequest], now: datetime) -> list[Instance]:
@@ -426,19 +435,63 @@ class Instances:
         return started, gone
 
     def check_operable(self, what: str, lease_ids: Iterable[str]) -> None:
-        """UNSUPPORTED when ``what`` (an operational action) would act on live containers the testbed's jobs run."""
-        if self.plans is not None and any(
-            record.state in LIVE for found in self.of_leases(lease_ids).values() for record in found
-        ):
-            self._refuse_on_nodes(what)
+        """BUSY when ``what`` (an operational action) would act on containers the testbed's jobs run whose node has
+        not reported them yet (its run is still making them, or has not begun: there is nothing to act on yet)."""
+        if self.plans is None:
+            return
+        for lease_id, found in self.of_leases(lease_ids).items():
+            waiting = [record.name for record in found if record.state in (PLANNED, STARTING)]
+            if waiting:
+                raise GeniError(
+                    Reason.BUSY,
+                    f"{what}: the containers of lease {lease_id} ({', '.join(waiting)}) are still being made by the "
+                    "lease's job on its node; nothing was changed. Try again once Status shows them ready or failed",
+                )
+
+    def act_on_nodes(
+        self, lease_id: str, action: str, now: datetime, containers: Sequence[str] = ()
+    ) -> ActionDone | None:
+        """Hand the lease's run on its node an action (sfa_omf/images/node_plans.py LeaseAction: start, stop,
+        restart, save) and wait, at most ``action_timeout_s`` and holding no database transaction, for its report of
+        that action; the rows take the states it reports. None when the node did not answer in time (the action
+        stays handed: later rounds take its report, and Status says it is in progress meanwhile)."""
+        if self.plans is None:
+            raise GeniError(Reason.UNSUPPORTED, "this aggregate runs the containers itself")
+        plan = self.plans.read(lease_id)
+        if plan is None:
+            raise GeniError(Reason.NOT_FOUND, f"lease {lease_id} has no plan for its node: Provision it first")
+        earlier, done = self.plans.action(lease_id), self.plans.done(lease_id)
+        seq = max(earlier.seq if earlier else 0, done.seq if done else 0) + 1
+        self.plans.write_action(lease_id, LeaseAction(plan.plan_id, seq, action, tuple(containers)))
+        deadline = time.monotonic() + self.action_timeout_s
+        while (done is None or done.seq < seq) and time.monotonic() < deadline:
+            time.sleep(0.25)
+            done = self.plans.done(lease_id)
+        if done is None or done.seq < seq:
+            log.info("lease %s: action %d (%s) not reported by its node yet", lease_id, seq, action)
+            return None
+        self._follow_nodes([lease_id], now)
+        return done
+
+    def pending_actions(self, lease_ids: Iterable[str]) -> dict[str, str]:
+        """The actions handed to the nodes of these leases that their runs have not reported done: lease -> action."""
+        pending: dict[str, str] = {}
+        if self.plans is None:
+            return pending
+        for lease_id in lease_ids:
+            action = self.plans.action(lease_id)
+            if action is not None:
+                done = self.plans.done(lease_id)
+                if done is None or done.seq < action.seq:
+                    pending[lease_id] = action.action
+        return pending
 
     def _refuse_on_nodes(self, what: str) -> None:
         if self.plans is not None:
             raise GeniError(
                 Reason.UNSUPPORTED,
-                f"{what}: on this testbed the lease's job runs its containers on the job's node, and the aggregate "
-                "does not act on them there. They run from the slot's start to its end; Delete the slivers to end "
-                "them sooner",
+                f"{what}: on this testbed the lease's job runs its containers on the job's node: the aggregate "
+                "hands the action to it (act_on_nodes) and never runs LXC itself",
             )
 
     # -- acting on a lease's containers -----------------------------------------------------------------------------
@@ -533,13 +586,14 @@ class Instances:
     def save(self, instance: Instance, label: str, owner: str, now: datetime) -> str:
         """Snapshot a container's file system into the repository as image ``label``, private to ``owner`` (no keys,
         passwords or SSH host keys in it: ``_without_secrets``); returns the label. BADARGS or ALREADY_EXISTS before
-        anything is written."""
-        self._refuse_on_nodes("sfa_omf_save_image")
+        anything is written. With ``plans`` the lease's run archives it on its node (``_save_on_node``)."""
         check_label(label)
         if self.images.get(label) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"image label {label!r} is already taken: choose another label")
         if instance.state not in (RUNNING, STOPPED):
             raise BadArgs(f"container {instance.name} is {instance.state}: only a running or stopped one can be saved")
+        if self.plans is not None:
+            return self._save_on_node(instance, label, owner, now)
         rootfs = self._host().lxc_path / instance.name / "rootfs"
         self.images.directory.mkdir(parents=True, exist_ok=True)
         handle, archive = tempfile.mkstemp(suffix=".tar", dir=self.images.directory)
@@ -560,6 +614,50 @@ class Instances:
             )
         finally:
             os.unlink(archive)
+        return label
+
+    def _save_on_node(self, instance: Instance, label: str, owner: str, now: datetime) -> str:
+        """The lease's run archives the container on its node; the archive, untrusted (the node is the experimenter's
+        for the slot), is copied, checked (sfa_omf/images/archives.py) and only then imported."""
+        assert self.plans is not None
+        done = self.act_on_nodes(instance.lease_id, ACTION_SAVE, now, [instance.name])
+        if done is None:
+            raise GeniError(
+                Reason.TIMEDOUT,
+                f"the node of container {instance.name} did not archive it within {self.action_timeout_s:g} s: "
+                "nothing was saved; try again later",
+            )
+        archive = self.plans.archive_path(instance.lease_id, done.seq)
+        try:
+            if done.action != ACTION_SAVE or done.errors:
+                problem = done.errors.get(instance.name) or f"its node did {done.action!r} instead"
+                raise GeniError(Reason.TESTBED, f"container {instance.name} could not be archived: {problem}")
+            self.images.directory.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=self.images.directory, prefix=".save-") as scratch:
+                copy = os.path.join(scratch, "image.tar")
+                try:
+                    if done.archive != str(archive):
+                        raise ArchiveError(f"the node reported its archive at {done.archive!r}, not at {archive}")
+                    digest = take(archive, Path(copy))
+                    if digest != done.sha256:
+                        raise ArchiveError("it is not the file the node reported (its sha256 differs)")
+                    check_archive(Path(copy))
+                except ArchiveError as exc:
+                    raise GeniError(
+                        Reason.TESTBED,
+                        f"the archive of container {instance.name} made on its node was refused: {exc}. Nothing was "
+                        "saved: remove what makes it unfit (device files, links leading out) and save again",
+                    ) from exc
+                self.images.add(
+                    copy,
+                    label,
+                    owner,
+                    now,
+                    description=f"saved from container {instance.name} ({instance.image})",
+                    private=True,
+                )
+        finally:
+            archive.unlink(missing_ok=True)
         return label
 
     # -- helpers ----------------------------------------------------------------------------------------------------
@@ -739,7 +837,14 @@ def instances_of(settings: Any, database: Database, images: ImageStore) -> Insta
         return None
     host = LxcHost(settings.instance_bridge, lxc_path=settings.instance_lxc_path)
     plans = LeasePlans(plans_directory(images.directory)) if settings.aggregate_type == "oar" else None
-    return Instances(database, host, settings.instance_network, images, plans=plans)
+    return Instances(
+        database,
+        host,
+        settings.instance_network,
+        images,
+        plans=plans,
+        action_timeout_s=float(settings.instance_action_timeout_s),
+    )
 
 
 _COLUMNS = select(
@@ -775,15 +880,3 @@ def _with_address(record: Instance, address: str) -> Instance:
         record.name, record.lease_id, record.sliver_urn, record.node, record.position, record.image, address,
         record.state, record.error,
     )  # fmt: skip
-
-
-#: What a saved image leaves out (paths inside the root file system): anyone's SSH keys (the next lease's users get
-#: theirs), password hashes, and the SSH server's host keys (each container makes its own at its first login).
-SECRETS = ("root/.ssh", "etc/shadow", "etc/gshadow", "etc/dropbear", "etc/ssh")
-
-
-def _without_secrets(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    """A saved image carries no one's secrets: see SECRETS (a directory named there goes with all it holds)."""
-    path = os.path.normpath(member.name).lstrip("/")
-    secret = any(path == name or path.startswith(name + "/") for name in SECRETS)
-    return None if secret else member

@@ -11,6 +11,7 @@ Every failure is a GeniError (TESTBED) with LXC's own words, and a container tha
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -118,6 +119,7 @@ class LxcHost:
             conf.write(
                 f"lxc.net.0.type = veth\nlxc.net.0.link = {self.bridge}\nlxc.net.0.flags = up\n"
                 f"lxc.net.0.ipv4.address = {spec.address}\n"
+                f"lxc.net.0.hwaddr = {hardware_address(spec.name)}\n"
             )
         existed = (self.lxc_path / spec.name).exists()
         try:
@@ -235,6 +237,14 @@ class LxcHost:
     def _lease_of(self, name: str) -> str:
         rest = name[len(self.prefix) :] if name.startswith(self.prefix) else ""
         return rest.rsplit("-", 1)[0] if "-" in rest else ""
+
+
+def hardware_address(name: str) -> str:
+    """The container's own MAC address, the same at every start (a locally administered one derived from its name):
+    with a new random one at each start, hosts that still cache the old one for its address (ARP) cannot reach it
+    for up to a minute after a restart."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return ":".join(f"{byte:02x}" for byte in (0x02, *digest[:5]))
 
 
 def wait_for_ssh(host: str, timeout_s: float, port: int = 22) -> bool:

@@ -24,6 +24,7 @@ import pwd
 import signal
 import stat
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,14 +32,24 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sfa_omf.errors import GeniError
-from sfa_omf.images.lxc import InstanceSpec, LxcHost
+from sfa_omf.images.archives import save_rootfs, sha256_of
+from sfa_omf.images.lxc import InstanceSpec, LxcHost, wait_for_ssh
 from sfa_omf.images.node_plans import (
+    ACTION_RESTART,
+    ACTION_SAVE,
+    ACTION_START,
+    ACTION_STOP,
     EXIT_PLAN_REFUSED,
     NODE_DESTROYED,
     NODE_FAILED,
     NODE_RUNNING,
+    NODE_STOPPED,
+    ActionDone,
+    LeaseAction,
     LeasePlan,
     PlanError,
+    action_path_of,
+    archive_path_of,
     read_bounded,
     state_path_of,
     write_states,
@@ -53,6 +64,7 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 # A plan runs only during its lease's slot. OAR starts an advance reservation's job at its start; this much earlier
 # is accepted all the same, for a node's clock a little ahead of the aggregate's.
 SLOT_EARLY_S = 120
+ACTION_POLL_S = 1.0  # while it waits for its stop signal, a run looks for the aggregate's action this often
 
 
 @dataclass(frozen=True)
@@ -145,10 +157,111 @@ def run(plan_path: str) -> int:
     _report(report, states, plan.plan_id)
     for name, state, error in outcomes:
         print(f"container {name}: {state}{f' ({error})' if error else ''}", flush=True)
-    received = signal.sigwait(STOP_SIGNALS)
+    received = _serve_actions(path, plan, host, record.names, states)
     print(f"signal {signal.Signals(received).name}: destroying the containers", flush=True)
     _destroy(record)
     return 1 if any(state == NODE_FAILED for state, _ in states.values()) else 0
+
+
+def _serve_actions(
+    path: Path, plan: LeasePlan, host: LxcHost, made: tuple[str, ...], states: dict[str, tuple[str, str]]
+) -> int:
+    """Until a stop signal (returned): do each action the aggregate hands next to the plan, once (by its seq), on
+    the containers this run made, and report their states and the action done. An action already there when the
+    run begins is an earlier run's: not done again."""
+    action_path = action_path_of(path)
+    writers = plan_writers()
+    earlier = _trusted_action(action_path, plan, writers, said=set())
+    last = earlier.seq if earlier is not None else 0
+    said: set[str] = set()  # each refusal is said once, not at every poll
+    while True:
+        received = signal.sigtimedwait(STOP_SIGNALS, ACTION_POLL_S)
+        if received is not None:
+            return received.si_signo
+        action = _trusted_action(action_path, plan, writers, said)
+        if action is None or action.seq <= last:
+            continue
+        last = action.seq
+        done = _act(action, path, plan, host, made, states)
+        _report(state_path_of(path), states, plan.plan_id, done)
+        failed = "".join(f"; {name}: {error}" for name, error in sorted(done.errors.items()))
+        print(f"action {action.seq} {action.action}: done{failed}", flush=True)
+
+
+def _trusted_action(path: Path, plan: LeasePlan, writers: frozenset[int], said: set[str]) -> LeaseAction | None:
+    """The action at ``path`` if it is trusted as the plan is (same owners, bounded, about this very plan)."""
+    if not path.exists():
+        return None
+    problem = untrusted(path, writers)
+    action = None
+    if not problem:
+        try:
+            action = LeaseAction.from_json(read_bounded(path))
+        except (OSError, PlanError) as exc:
+            problem = f"{path}: {exc}"
+    if action is not None and action.plan_id != plan.plan_id:
+        problem, action = f"{path} is about plan {action.plan_id}, not {plan.plan_id}", None
+    if problem and problem not in said:
+        said.add(problem)
+        print(f"action refused: {problem}; actions are written by the aggregate", file=sys.stderr, flush=True)
+    return action
+
+
+def _act(
+    action: LeaseAction,
+    plan_path: Path,
+    plan: LeasePlan,
+    host: LxcHost,
+    made: tuple[str, ...],
+    states: dict[str, tuple[str, str]],
+) -> ActionDone:
+    """Do ``action`` on its containers (those this run made; the others are errors), updating ``states``."""
+    addresses = {container.name: container.address.split("/", 1)[0] for container in plan.containers}
+    errors: dict[str, str] = {}
+    archive, size, digest = "", 0, ""
+    for name in action.containers or tuple(c.name for c in plan.containers):
+        if name not in made:
+            errors[name] = f"container {name} was not made by this lease's run: left alone"
+            continue
+        try:
+            if action.action == ACTION_SAVE:
+                saved = archive_path_of(plan_path, action.seq)
+                _archive(host.lxc_path / name / "rootfs", saved)
+                archive, size, digest = str(saved), saved.stat().st_size, sha256_of(saved)
+            else:
+                states[name] = _operate(host, name, action.action, addresses[name], plan.ssh_timeout_s)
+        except (GeniError, OSError, tarfile.TarError) as exc:
+            message = exc.message if isinstance(exc, GeniError) else f"container {name}: {exc}"
+            errors[name] = message
+            if action.action in (ACTION_START, ACTION_RESTART):
+                states[name] = (NODE_FAILED, message)  # it does not run, and here is why
+            elif action.action == ACTION_STOP:
+                states[name] = (NODE_RUNNING if host.state(name) == "RUNNING" else NODE_STOPPED, "")
+    return ActionDone(action.seq, action.action, errors, archive, size, digest)
+
+
+def _operate(host: LxcHost, name: str, action: str, address: str, ssh_timeout_s: float) -> tuple[str, str]:
+    """Stop, start (as it is, until SSH answers, as a launch) or restart one container; its new state."""
+    if action in (ACTION_STOP, ACTION_RESTART) and host.state(name) == "RUNNING":
+        host.stop(name)
+    if action == ACTION_STOP:
+        return NODE_STOPPED, ""
+    if host.state(name) != "RUNNING":
+        host.start(name)
+    if not wait_for_ssh(address, ssh_timeout_s):
+        return NODE_FAILED, f"container {name} started but its SSH server at {address}:22 did not answer"
+    return NODE_RUNNING, ""
+
+
+def _archive(rootfs: Path, archive: Path) -> None:
+    """The container's root file system, secrets left out, into ``archive`` at once (readable by the aggregate)."""
+    partial = archive.with_name(f".{archive.name}.tmp")
+    try:
+        save_rootfs(rootfs, partial)
+        partial.chmod(0o644)
+        partial.replace(archive)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def reap(job_id: str = "") -> int:
@@ -247,11 +360,11 @@ def _destroy(record: RunRecord, entry: Path | None = None) -> None:
         (entry or _record_path(record)).unlink(missing_ok=True)
 
 
-def _report(path: Path, states: dict[str, tuple[str, str]], plan_id: str) -> None:
+def _report(path: Path, states: dict[str, tuple[str, str]], plan_id: str, done: ActionDone | None = None) -> None:
     """Write the report for the aggregate; when root may not write there (an NFS export squashing root), say so
     and carry on: the containers still run and are still destroyed, and stdout has their states."""
     try:
-        write_states(path, states, plan_id)
+        write_states(path, states, plan_id, done)
     except OSError as exc:
         print(
             f"could not write the report {path} ({exc.strerror or exc}): the aggregate does not see these states. "

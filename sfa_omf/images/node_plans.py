@@ -28,9 +28,14 @@ PLANS_DIR_NAME = "leases"
 PLAN_SUFFIX = ".plan.json"
 LOCK_NAME = ".plans.lock"  # the aggregate's lock on plan writes (LeasePlans._locked); the node side never takes it
 STATE_SUFFIX = ".state.json"
+ACTION_SUFFIX = ".action.json"  # an operational action the aggregate hands the lease's run (LeaseAction)
 # What the node side reports for each container (the aggregate's row states of the same names).
-NODE_RUNNING, NODE_FAILED, NODE_DESTROYED = "running", "failed", "destroyed"
-NODE_STATES = (NODE_RUNNING, NODE_FAILED, NODE_DESTROYED)
+NODE_RUNNING, NODE_FAILED, NODE_DESTROYED, NODE_STOPPED = "running", "failed", "destroyed", "stopped"
+NODE_STATES = (NODE_RUNNING, NODE_FAILED, NODE_DESTROYED, NODE_STOPPED)
+# What a run does on the aggregate's word (PerformOperationalAction geni_start, geni_stop, geni_restart and
+# sfa_omf_save_image): start as it is, stop, stop then start, archive one container's root file system.
+ACTION_START, ACTION_STOP, ACTION_RESTART, ACTION_SAVE = "start", "stop", "restart", "save"
+ACTIONS = (ACTION_START, ACTION_STOP, ACTION_RESTART, ACTION_SAVE)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # a lease id, a container's name, a bridge, a login
 _KEY = re.compile(r"^[A-Za-z0-9@._+-]+ [A-Za-z0-9+/=]+( [^\n\r]*)?$")  # one OpenSSH public key line
 
@@ -144,6 +149,76 @@ class LeasePlan:
         )
 
 
+@dataclass(frozen=True)
+class LeaseAction:
+    """An operational action on the containers of a lease's current plan (``plan_id``), numbered: the run does each
+    ``seq`` once, in order, and reports the last it did (ActionDone). ``containers``: the names acted on (all the
+    plan's when empty; exactly one for a save)."""
+
+    plan_id: str
+    seq: int
+    action: str
+    containers: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        data = {"plan_id": self.plan_id, "seq": self.seq, "action": self.action, "containers": list(self.containers)}
+        return json.dumps(data, sort_keys=True) + "\n"
+
+    @staticmethod
+    def from_json(text: str) -> LeaseAction:
+        """The action in ``text``; PlanError naming the first thing wrong (the node acts on it as root)."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise PlanError(f"not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise PlanError("not a JSON object")
+        seq, action, names = data.get("seq"), data.get("action"), data.get("containers")
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+            raise PlanError("seq must be a positive whole number")
+        if action not in ACTIONS:
+            raise PlanError(f"action must be one of {', '.join(ACTIONS)}")
+        if not isinstance(names, list) or not all(isinstance(name, str) and _NAME.match(name) for name in names):
+            raise PlanError("containers must be a list of container names")
+        if action == ACTION_SAVE and len(names) != 1:
+            raise PlanError("a save names exactly one container")
+        return LeaseAction(_named(data, "plan_id"), seq, action, tuple(names))
+
+
+@dataclass(frozen=True)
+class ActionDone:
+    """What the run reports of the last action it did: its seq and action, an error per container that failed, and
+    for a save the archive it wrote (path, size in bytes, sha256; "" and 0 otherwise)."""
+
+    seq: int
+    action: str
+    errors: dict[str, str] = field(default_factory=dict)
+    archive: str = ""
+    size: int = 0
+    sha256: str = ""
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "action": self.action, "errors": dict(sorted(self.errors.items())),
+            "archive": self.archive, "size": self.size, "sha256": self.sha256,
+        }  # fmt: skip
+
+    @staticmethod
+    def from_data(data: object) -> ActionDone | None:
+        """The report's ``done`` part; None when there is none or it is not one (a report comes from a node)."""
+        if not isinstance(data, dict):
+            return None
+        seq, errors, size = data.get("seq"), data.get("errors"), data.get("size", 0)
+        if isinstance(seq, bool) or not isinstance(seq, int) or not isinstance(errors, dict):
+            return None
+        if isinstance(size, bool) or not isinstance(size, int):
+            return None
+        return ActionDone(
+            seq, str(data.get("action") or ""), {str(k): str(v) for k, v in errors.items()},
+            str(data.get("archive") or ""), size, str(data.get("sha256") or ""),
+        )  # fmt: skip
+
+
 class LeasePlans:
     """The plans directory: the aggregate writes plans and reads states; the node side writes states."""
 
@@ -155,6 +230,37 @@ class LeasePlans:
 
     def state_path(self, lease_id: str) -> Path:
         return self.directory / f"{_checked_name(lease_id)}{STATE_SUFFIX}"
+
+    def action_path(self, lease_id: str) -> Path:
+        return self.directory / f"{_checked_name(lease_id)}{ACTION_SUFFIX}"
+
+    def archive_path(self, lease_id: str, seq: int) -> Path:
+        """Where the run writes the archive of save ``seq`` (the aggregate reads it from there, nowhere else)."""
+        return archive_path_of(self.plan_path(lease_id), seq)
+
+    def write_action(self, lease_id: str, action: LeaseAction) -> Path:
+        """Hand the lease's run an action (replacing the one before: the run does the last seq it finds)."""
+        path = self.action_path(lease_id)
+        _write_at_once(path, action.to_json())
+        return path
+
+    def action(self, lease_id: str) -> LeaseAction | None:
+        """The action last handed to the lease's run, None when there is none (or it is unreadable)."""
+        try:
+            return LeaseAction.from_json(read_bounded(self.action_path(lease_id)))
+        except (OSError, PlanError):
+            return None
+
+    def done(self, lease_id: str) -> ActionDone | None:
+        """The last action the run reported done on the lease's current plan, None when none."""
+        try:
+            current = json.loads(read_bounded(self.plan_path(lease_id))).get("plan_id")
+            data = json.loads(read_bounded(self.state_path(lease_id)))
+        except (OSError, ValueError, AttributeError):
+            return None
+        if not isinstance(data, dict) or data.get("plan_id") != current:
+            return None
+        return ActionDone.from_data(data.get("done"))
 
     def write(self, plan: LeasePlan) -> Path:
         """Write (replace) the lease's plan at once (a reader sees the old file or the new one, never half)."""
@@ -213,6 +319,9 @@ class LeasePlans:
         with self._locked():
             self.plan_path(lease_id).unlink(missing_ok=True)
             self.state_path(lease_id).unlink(missing_ok=True)
+            self.action_path(lease_id).unlink(missing_ok=True)
+            for archive in self.directory.glob(f"{_checked_name(lease_id)}.save-*.tar"):
+                archive.unlink(missing_ok=True)
 
 
 def plans_directory(store: str | os.PathLike[str]) -> Path:
@@ -225,10 +334,23 @@ def state_path_of(plan_path: Path) -> Path:
     return plan_path.with_name(plan_path.name.removesuffix(PLAN_SUFFIX) + STATE_SUFFIX)
 
 
-def write_states(path: Path, states: dict[str, tuple[str, str]], plan_id: str) -> None:
-    """The node side's report on the plan ``plan_id``: each container's state and error."""
+def action_path_of(plan_path: Path) -> Path:
+    """Where the aggregate hands actions to the run of the plan at ``plan_path``."""
+    return plan_path.with_name(plan_path.name.removesuffix(PLAN_SUFFIX) + ACTION_SUFFIX)
+
+
+def archive_path_of(plan_path: Path, seq: int) -> Path:
+    """Where the run of the plan at ``plan_path`` writes the archive of save ``seq``."""
+    return plan_path.with_name(f"{plan_path.name.removesuffix(PLAN_SUFFIX)}.save-{int(seq)}.tar")
+
+
+def write_states(path: Path, states: dict[str, tuple[str, str]], plan_id: str, done: ActionDone | None = None) -> None:
+    """The node side's report on the plan ``plan_id``: each container's state and error, and the last action done."""
     containers = {name: {"state": state, "error": error} for name, (state, error) in sorted(states.items())}
-    _write_at_once(path, json.dumps({"plan_id": plan_id, "containers": containers}, indent=1) + "\n")
+    report: dict[str, Any] = {"plan_id": plan_id, "containers": containers}
+    if done is not None:
+        report["done"] = done.to_data()
+    _write_at_once(path, json.dumps(report, indent=1) + "\n")
 
 
 def read_states(text: str) -> dict[str, tuple[str, str]]:

@@ -1,6 +1,6 @@
 """Lease containers run by a testbed's jobs (the OAR backend), without OAR nor LXC: the plan the aggregate writes at
 Provision and what the node command accepts of it, the rows following the node side's reports, Delete removing the
-plan, operational actions refused, and the OAR job the backend makes of a lease with a plan. The real thing, with OAR
+plan, and the OAR job the backend makes of a lease with a plan. The real thing, with OAR
 running the job on a node and LXC, is tests/testbed/oar/test_containers.py."""
 
 from __future__ import annotations
@@ -438,26 +438,6 @@ def test_a_delete_the_testbed_refuses_leaves_the_containers_live_and_its_retry_e
     site.am.backend = working
     site.am.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
     assert {(r.state, r.address) for r in site.instances.of_lease(lease_id)} == {(DESTROYED, "")}
-
-
-@pytest.mark.parametrize("action", ["geni_start", "geni_stop", "geni_restart"])
-def test_operational_actions_on_containers_a_job_runs_are_refused(site: Site, pki: DemoPki, action: str) -> None:
-    lease_id = provision(site, pki)
-    alice = pki.users["alice"]
-    before = site.instances.of_lease(lease_id)
-    with pytest.raises(GeniError) as refused:
-        site.am.perform_operational_action(alice.chain, [pki.slice_urn], [alice.slice_cred], action, {})
-    assert refused.value.code == GeniCode.UNSUPPORTED
-    assert action in refused.value.message and "Delete" in refused.value.message
-    assert site.instances.of_lease(lease_id) == before
-
-
-def test_saving_a_container_a_job_runs_is_refused(site: Site, pki: DemoPki) -> None:
-    lease_id = provision(site, pki)
-    (record, _) = site.instances.of_lease(lease_id)
-    with pytest.raises(GeniError) as refused:
-        site.instances.save(record, "mine", "urn:publicid:IDN+testbed+user+alice", datetime.now(UTC))
-    assert refused.value.code == GeniCode.UNSUPPORTED and site.instances.images.get("mine") is None
 
 
 # -- the OAR job of a lease with containers ----------------------------------------------------------------------

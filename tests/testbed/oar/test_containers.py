@@ -9,6 +9,7 @@ job and containers at the end whatever happens."""
 from __future__ import annotations
 
 import contextlib
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,15 +23,16 @@ from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NodeSpec
-from sfa_omf.errors import GeniCode, GeniError
-from sfa_omf.images.instances import DESTROYED, RUNNING, Instance, Instances
+from sfa_omf.errors import GeniError
+from sfa_omf.images.instances import DESTROYED, FAILED, RUNNING, Instance, Instances
 from sfa_omf.images.lxc import LxcHost
 from sfa_omf.images.node_plans import LeasePlans, plans_directory
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.testbed.oar.backend import PLAN_REFUSED, OarTestbed
 from sfa_omf.testbed.oar.client import OarClient
-from sfa_omf.testbed.oar.jobs import FAILED, job_name
+from sfa_omf.testbed.oar.jobs import FAILED as JOB_FAILED
+from sfa_omf.testbed.oar.jobs import job_name
 from sfa_omf.times import format_time
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
@@ -158,6 +160,9 @@ def provision_running(site: Site, pki: DemoPki, tmp_path: Path) -> tuple[int, Pa
     def running() -> list[Instance]:
         am.run_instances()  # the server's round: the rows follow what the node reported
         found = instances.of_lease(lease.id)
+        failed = [(record.name, record.error) for record in found if record.state == FAILED]
+        if failed:
+            pytest.fail(f"the job's command failed containers: {failed}")
         return found if found and all(record.state == RUNNING for record in found) else []
 
     return row.job_id, key, until("the job's command reports both containers running", running, within_s=120)
@@ -192,12 +197,6 @@ def test_the_jobs_command_makes_the_containers_and_killing_the_job_destroys_them
     status = am.status(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
     assert sorted(container_states(status).values()) == ["geni_ready", "geni_ready"]
     assert ssh(key, containers[0].host, "true").returncode == 0
-    # The aggregate does not act on containers a job runs elsewhere: refused, nothing changed.
-    with pytest.raises(GeniError) as refused:
-        am.perform_operational_action(alice.chain, [pki.slice_urn], [alice.slice_cred], "geni_stop", {})
-    assert refused.value.code == GeniCode.UNSUPPORTED and "job" in refused.value.message
-    assert all(record.state == "RUNNING" for record in site.node_lxc.instances())
-
     client.delete_job(job_id, user="alice")  # behind sfa-omf's back
     wait_for_job(client, job_id, FINAL)
     until("the node destroyed the containers", lambda: site.node_lxc.instances() == [])
@@ -208,6 +207,59 @@ def test_the_jobs_command_makes_the_containers_and_killing_the_job_destroys_them
         return all(record.state == DESTROYED for record in am.instances.listing(live_only=False))  # type: ignore[union-attr]
 
     until("the rows say destroyed", rows_destroyed)
+
+
+def test_stop_start_restart_and_save_act_on_the_containers_the_job_runs(
+    site: Site, pki: DemoPki, tmp_path: Path
+) -> None:
+    """PerformOperationalAction hands each action to the job's run on its node (the aggregate never runs LXC here)
+    and answers with what the node reported; a save becomes the user's image, which a later Allocate can name."""
+    am = site.am
+    alice = pki.users["alice"]
+    _, key, containers = provision_running(site, pki, tmp_path)
+    first = containers[0]
+
+    def act(action: str, options: dict[str, Any] | None = None) -> list[str]:
+        answer = am.perform_operational_action(alice.chain, [pki.slice_urn], [alice.slice_cred], action, options or {})
+        return sorted(container_states({"geni_slivers": answer}).values())
+
+    def status() -> list[str]:
+        return sorted(container_states(am.status(alice.chain, [pki.slice_urn], [alice.slice_cred], {})).values())
+
+    assert act("geni_stop") == ["geni_notready", "geni_notready"]
+    assert {record.state for record in site.node_lxc.instances()} == {"STOPPED"}
+    assert ssh(key, first.host, "true").returncode != 0 and status() == ["geni_notready", "geni_notready"]
+    assert act("geni_start") == ["geni_ready", "geni_ready"]  # the node waited for SSH before it reported
+    assert {record.state for record in site.node_lxc.instances()} == {"RUNNING"}
+    assert ssh(key, first.host, "echo made-in-the-lease > /etc/motd").returncode == 0
+    restarted = act("geni_restart")
+    errors = [(i.name, i.state, i.error) for i in am.instances.of_lease(first.lease_id)]  # type: ignore[union-attr]
+    assert restarted == ["geni_ready", "geni_ready"], errors
+    assert status() == ["geni_ready", "geni_ready"]
+    assert ssh(key, first.host, "cat /etc/motd").stdout.strip() == "made-in-the-lease"  # restarted as it was
+
+    act("sfa_omf_save_image", {"sfa_omf_label": "saved-on-oar", "sfa_omf_instance": first.name})
+    image = am.images.get("saved-on-oar")
+    assert image is not None and image.private and image.added_by == alice.chain[0].urn
+    with tarfile.open(image.path) as tar:
+        motd = tar.extractfile("./etc/motd")
+        assert motd is not None and motd.read() == b"made-in-the-lease\n"
+        assert not [name for name in tar.getnames() if name.startswith("./root/.ssh")]
+    assert list(site.plans.directory.glob("*.save-*.tar")) == []  # the node's archive is not kept
+    # A later Allocate names the new image (Allocate only: no second job on the shared OAR).
+    (lease,) = am.bookings.leases(slice_urn=pki.slice_urn)
+    later = lease.end + timedelta(minutes=10)
+    rspec = (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
+        'xmlns:inst="http://sfa-omf.org/rspec/ext/instances/1">'
+        f'<node client_id="m" component_id="{NODE}" exclusive="true">'
+        '<sliver_type name="lxc"><disk_image name="saved-on-oar"/></sliver_type></node></rspec>'
+    )
+    options = {"geni_start_time": format_time(later), "geni_end_time": format_time(later + timedelta(minutes=5))}
+    am.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], rspec, options)
+    assert am.instances is not None
+    images = {i.image for found in am.instances.of_leases(x.id for x in am.bookings.leases()).values() for i in found}
+    assert "saved-on-oar" in images
 
 
 def test_delete_through_the_aggregate_destroys_the_containers_on_the_node(
@@ -280,7 +332,7 @@ def test_a_job_whose_command_refuses_its_plan_fails_the_containers_with_why_and_
     first = site.backend.reconcile()
     assert lease.id in first.failed and lease.id not in first.resubmitted, first
     recorded = site.backend.jobs.get(lease.id)
-    assert recorded is not None and recorded.state == FAILED and recorded.message.startswith(PLAN_REFUSED)
+    assert recorded is not None and recorded.state == JOB_FAILED and recorded.message.startswith(PLAN_REFUSED)
     again = site.backend.reconcile()
     assert lease.id not in again.failed and lease.id not in again.resubmitted, again
 
