@@ -64,6 +64,7 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 # A plan runs only during its lease's slot. OAR starts an advance reservation's job at its start; this much earlier
 # is accepted all the same, for a node's clock a little ahead of the aggregate's.
 SLOT_EARLY_S = 120
+SLOT_OVER = 0  # what _serve_actions returns when the lease's slot ended (no signal is 0)
 ACTION_POLL_S = 1.0  # while it waits for its stop signal, a run looks for the aggregate's action this often
 
 
@@ -119,8 +120,9 @@ def invoking_user() -> str:
 
 
 def run(plan_path: str) -> int:
-    """Create and start the plan's containers, report, wait for a stop signal, destroy them. EXIT_PLAN_REFUSED (2) for a
-    plan refused, 1 when a container failed (the others run until the end all the same), 0 otherwise."""
+    """Create and start the plan's containers, report, wait for a stop signal or the end of the lease's slot, destroy
+    them. EXIT_PLAN_REFUSED (2) for a plan refused, 1 when a container failed (the others run until the end all the
+    same), 0 otherwise."""
     path = Path(os.path.abspath(plan_path))
     plan = _trusted_plan(path)
     if plan is None:
@@ -158,7 +160,8 @@ def run(plan_path: str) -> int:
     for name, state, error in outcomes:
         print(f"container {name}: {state}{f' ({error})' if error else ''}", flush=True)
     received = _serve_actions(path, plan, host, record.names, states)
-    print(f"signal {signal.Signals(received).name}: destroying the containers", flush=True)
+    why = "the lease's slot is over" if received == SLOT_OVER else f"signal {signal.Signals(received).name}"
+    print(f"{why}: destroying the containers", flush=True)
     _destroy(record)
     return 1 if any(state == NODE_FAILED for state, _ in states.values()) else 0
 
@@ -166,18 +169,25 @@ def run(plan_path: str) -> int:
 def _serve_actions(
     path: Path, plan: LeasePlan, host: LxcHost, made: tuple[str, ...], states: dict[str, tuple[str, str]]
 ) -> int:
-    """Until a stop signal (returned): do each action the aggregate hands next to the plan, once (by its seq), on
-    the containers this run made, and report their states and the action done. An action already there when the
-    run begins is an earlier run's: not done again."""
+    """Until a stop signal (returned) or the slot's end (SLOT_OVER): do each action the aggregate hands next to the
+    plan, once (by its seq), on the containers this run made, and report their states and the action done. An action
+    already there when the run begins is an earlier run's: not done again."""
     action_path = action_path_of(path)
     writers = plan_writers()
     earlier = _trusted_action(action_path, plan, writers, said=set())
     last = earlier.seq if earlier is not None else 0
     said: set[str] = set()  # each refusal is said once, not at every poll
+    slot_end_s = plan.slot_end_s
     while True:
         received = signal.sigtimedwait(STOP_SIGNALS, ACTION_POLL_S)
         if received is not None:
             return received.si_signo
+        if slot_end_s is not None and time.time() >= slot_end_s:
+            # The containers are the lease's until its slot's end, whoever started this run (its job, or the plan's
+            # user through the sudo rule): a Renew moves the end in the plan; a plan gone or untrusted ends it.
+            slot_end_s = _slot_end_now(path, writers)
+            if slot_end_s is None or time.time() >= slot_end_s:
+                return SLOT_OVER
         action = _trusted_action(action_path, plan, writers, said)
         if action is None or action.seq <= last:
             continue
@@ -186,6 +196,16 @@ def _serve_actions(
         _report(state_path_of(path), states, plan.plan_id, done)
         failed = "".join(f"; {name}: {error}" for name, error in sorted(done.errors.items()))
         print(f"action {action.seq} {action.action}: done{failed}", flush=True)
+
+
+def _slot_end_now(path: Path, writers: frozenset[int]) -> int | None:
+    """The slot's end the plan at ``path`` says now (Renew moves it), None when it is gone or no longer trusted."""
+    if untrusted(path, writers):
+        return None
+    try:
+        return LeasePlan.from_json(read_bounded(path)).slot_end_s
+    except (OSError, PlanError):
+        return None
 
 
 def _trusted_action(path: Path, plan: LeasePlan, writers: frozenset[int], said: set[str]) -> LeaseAction | None:

@@ -493,6 +493,40 @@ def test_the_node_command_makes_the_containers_and_destroys_them_on_sigterm(tmp_
             node.destroy(record.name)
 
 
+@needs_lxc
+def test_the_node_command_destroys_the_containers_at_the_slots_end_by_itself(tmp_path: Path) -> None:
+    """A run (the job's, or one the plan's user started through the sudo rule) ends with the lease's slot: its
+    containers never outlive it, signal or not. The slot here ends a few seconds after the run begins."""
+    plan = replace(
+        PLAN,
+        bridge=bridge(),
+        lxc_path=str(tmp_path / "lxc"),
+        containers=(PlannedContainer("sfaomf-0f94abce-0", address(232), ""),),
+        slot_end_s=int(time.time()) + 5,
+    )
+    path = LeasePlans(tmp_path / "leases").write(plan)
+    runs = tmp_path / "runs"
+    node = LxcHost(bridge(), lxc_path=plan.lxc_path)
+    script = (
+        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
+        f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
+    )
+    command = subprocess.Popen([sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        lines = command.communicate(timeout=300)[0].splitlines()  # no signal is sent: it ends by itself
+        assert command.returncode == 0, lines
+        assert lines[0] == "container sfaomf-0f94abce-0: running", lines
+        assert "the lease's slot is over: destroying the containers" in lines
+        assert node.instances() == [] and list(runs.iterdir()) == []
+        assert read_states(state_path_of(path).read_text()) == {"sfaomf-0f94abce-0": ("destroyed", "")}
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+        for record in node.instances():
+            node.destroy(record.name)
+
+
 def test_the_node_command_leaves_alone_a_container_it_did_not_make(tmp_path: Path) -> None:
     """A container of a planned name exists already (another run of the plan): this run neither records it nor
     destroys it at its end, and reports it failed saying why. No LXC command runs: nothing is to be made."""
