@@ -470,11 +470,7 @@ def test_the_node_command_makes_the_containers_and_destroys_them_on_sigterm(tmp_
     path = LeasePlans(tmp_path / "leases").write(plan)
     runs = tmp_path / "runs"
     node = LxcHost(bridge(), lxc_path=plan.lxc_path)
-    script = (
-        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
-        f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
-    )
-    command = subprocess.Popen([sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, text=True)
+    command = start_run(path, runs)
     try:
         line = command.stdout.readline() if command.stdout else ""  # once the containers are made
         assert line.strip() == "container sfaomf-0f94abcd-0: running"
@@ -486,11 +482,7 @@ def test_the_node_command_makes_the_containers_and_destroys_them_on_sigterm(tmp_
         assert node.instances() == [] and list(runs.iterdir()) == []
         assert read_states(state_path_of(path).read_text()) == {"sfaomf-0f94abcd-0": ("destroyed", "")}
     finally:
-        if command.poll() is None:
-            command.kill()
-            command.wait()
-        for record in node.instances():
-            node.destroy(record.name)
+        end_run(command, node)
 
 
 @needs_lxc
@@ -507,11 +499,7 @@ def test_the_node_command_destroys_the_containers_at_the_slots_end_by_itself(tmp
     path = LeasePlans(tmp_path / "leases").write(plan)
     runs = tmp_path / "runs"
     node = LxcHost(bridge(), lxc_path=plan.lxc_path)
-    script = (
-        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
-        f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
-    )
-    command = subprocess.Popen([sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, text=True)
+    command = start_run(path, runs)
     try:
         lines = command.communicate(timeout=300)[0].splitlines()  # no signal is sent: it ends by itself
         assert command.returncode == 0, lines
@@ -520,11 +508,26 @@ def test_the_node_command_destroys_the_containers_at_the_slots_end_by_itself(tmp
         assert node.instances() == [] and list(runs.iterdir()) == []
         assert read_states(state_path_of(path).read_text()) == {"sfaomf-0f94abce-0": ("destroyed", "")}
     finally:
-        if command.poll() is None:
-            command.kill()
-            command.wait()
-        for record in node.instances():
-            node.destroy(record.name)
+        end_run(command, node)
+
+
+def start_run(path: Path, runs: Path) -> subprocess.Popen[str]:
+    """The node command's ``run`` of the plan at ``path`` in a process of its own (as its job runs it), with its run
+    records in ``runs``; its stdout piped."""
+    script = (
+        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
+        f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
+    )
+    return subprocess.Popen([sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, text=True)
+
+
+def end_run(command: subprocess.Popen[str], node: LxcHost) -> None:
+    """A test's clean-up: the run killed if it still runs, and whatever it left on the node destroyed."""
+    if command.poll() is None:
+        command.kill()
+        command.wait()
+    for record in node.instances():
+        node.destroy(record.name)
 
 
 def test_the_node_command_leaves_alone_a_container_it_did_not_make(tmp_path: Path) -> None:
