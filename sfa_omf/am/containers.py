@@ -9,6 +9,7 @@ A container is a sliver of its own: URN ``<node sliver URN>-c<n>``, client_id ``
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence, Set
 from datetime import datetime
 from typing import Any
@@ -181,7 +182,9 @@ def manifest_sliver(
 def act(
     instances: Instances, event: Event, leases: Sequence[LeaseRecord], keys_of_slice: Sequence[str], now: datetime
 ) -> None:
-    """geni_start, geni_stop, geni_restart on the containers of leases whose slot runs (others have none yet)."""
+    """geni_start, geni_stop, geni_restart on the containers of leases whose slot runs (others have none yet). On a
+    testbed whose jobs run them, the call waits for the nodes at most ``action_timeout_s`` in all."""
+    deadline = time.monotonic() + instances.action_timeout_s
     for lease in leases:
         live = [instance for instance in instances.of_lease(lease.id) if instance.state in LIVE]
         if not live:
@@ -192,7 +195,7 @@ def act(
                 f"{format_time(lease.start)} to {format_time(lease.end)}; nothing was changed"
             )
         if instances.plans is not None:  # the lease's job runs them: its node acts (or later, in progress)
-            instances.act_on_nodes(lease.id, NODE_ACTIONS[event], now)
+            instances.act_on_nodes(lease.id, NODE_ACTIONS[event], now, deadline=deadline)
             continue
         if event in (Event.STOP, Event.RESTART):
             instances.stop_lease(lease.id, now)

@@ -49,13 +49,18 @@ def take(path: Path, copy: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> str:
     so only the copy is checked and imported) and return its sha256. ArchiveError unless it is a regular file, not a
     link, of at most ``max_bytes``."""
     try:
+        # Looked at before it is opened: opening a device node the node made there (a watchdog, a tape) acts.
+        before = path.lstat()
+        if not stat.S_ISREG(before.st_mode):
+            raise ArchiveError(f"{path.name} is not a regular file")
         source = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         raise ArchiveError(f"{path.name}: {exc.strerror}") from exc
     digest = hashlib.sha256()
     with os.fdopen(source, "rb") as handle, copy.open("xb") as out:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise ArchiveError(f"{path.name} is not a regular file")
+        opened = os.fstat(handle.fileno())
+        if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (before.st_dev, before.st_ino):
+            raise ArchiveError(f"{path.name} is not a regular file, or was replaced while it was opened")
         copied = 0
         for block in iter(lambda: handle.read(1 << 20), b""):
             copied += len(block)
@@ -77,7 +82,8 @@ def sha256_of(path: Path) -> str:
 def check_archive(path: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
     """ArchiveError unless ``path`` is a regular file (not a link) of at most ``max_bytes`` holding a plain tar
     archive whose members are regular files, directories, symbolic links, hard links or FIFOs with relative names
-    free of '..', hard links to earlier members, and no member under a symbolic link of the archive."""
+    free of '..', each name once, hard links to earlier regular files only, and no member under a symbolic link of
+    the archive."""
     try:
         info = path.lstat()
     except OSError as exc:
@@ -87,6 +93,7 @@ def check_archive(path: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
     if info.st_size > max_bytes:
         raise ArchiveError(f"{path.name} is {info.st_size} bytes, more than the {max_bytes} a saved image may be")
     seen: set[str] = set()
+    files: set[str] = set()  # regular files: the only members a hard link may name
     links: set[str] = set()
     try:
         with tarfile.open(path, "r:") as tar:  # "r:": uncompressed only (no decompression bomb)
@@ -96,13 +103,19 @@ def check_archive(path: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
                     raise ArchiveError(f"member {member.name!r} is a device file")
                 if not (member.isfile() or member.isdir() or member.issym() or member.islnk() or member.isfifo()):
                     raise ArchiveError(f"member {member.name!r} is of an unknown kind")
+                if name in seen:  # a second member of a name replaces the first: e.g. a file by a symbolic link
+                    raise ArchiveError(f"member {member.name!r} appears twice")
                 parents = Path(name).parents
                 if any(str(parent) in links for parent in parents):
                     raise ArchiveError(f"member {member.name!r} lies under a symbolic link of the archive")
-                if member.islnk() and _relative(member.linkname) not in seen:
-                    raise ArchiveError(f"hard link {member.name!r} points outside the archive's earlier members")
+                # A hard link to a symbolic link would be a second name of that link, and unpacking then changes the
+                # owner and mode of whatever it points to, outside the root file system: only regular files.
+                if member.islnk() and _relative(member.linkname) not in files:
+                    raise ArchiveError(f"hard link {member.name!r} names no earlier regular file of the archive")
                 if member.issym():
                     links.add(name)
+                if member.isfile():
+                    files.add(name)
                 seen.add(name)
     except tarfile.TarError as exc:
         raise ArchiveError(f"{path.name} is not a plain tar archive: {exc}") from exc

@@ -47,7 +47,6 @@ from sfa_omf.images.node_plans import (
     EXIT_PLAN_REFUSED,
     NODE_STATES,
     ActionDone,
-    LeaseAction,
     LeasePlan,
     LeasePlans,
     PlannedContainer,
@@ -436,7 +435,8 @@ class Instances:
 
     def check_operable(self, what: str, lease_ids: Iterable[str]) -> None:
         """BUSY when ``what`` (an operational action) would act on containers the testbed's jobs run whose node has
-        not reported them yet (its run is still making them, or has not begun: there is nothing to act on yet)."""
+        not reported them yet (its run is still making them, or has not begun: there is nothing to act on yet);
+        BADARGS when they failed without any report (the job ended first: no run is there to act)."""
         if self.plans is None:
             return
         for lease_id, found in self.of_leases(lease_ids).items():
@@ -447,23 +447,36 @@ class Instances:
                     f"{what}: the containers of lease {lease_id} ({', '.join(waiting)}) are still being made by the "
                     "lease's job on its node; nothing was changed. Try again once Status shows them ready or failed",
                 )
+            if any(record.state in LIVE for record in found) and not self.plans.states(lease_id):
+                # Failed without a word from the node (its job ended first): no run is there to act.
+                raise GeniError(
+                    Reason.BAD_ARGS,
+                    f"{what}: the lease's job on its node never reported the containers of lease {lease_id} (Status "
+                    "says why they failed); nothing was changed. Delete the slivers and allocate again",
+                )
 
     def act_on_nodes(
-        self, lease_id: str, action: str, now: datetime, containers: Sequence[str] = ()
+        self,
+        lease_id: str,
+        action: str,
+        now: datetime,
+        containers: Sequence[str] = (),
+        deadline: float | None = None,
     ) -> ActionDone | None:
         """Hand the lease's run on its node an action (sfa_omf/images/node_plans.py LeaseAction: start, stop,
         restart, save) and wait, at most ``action_timeout_s`` and holding no database transaction, for its report of
         that action; the rows take the states it reports. None when the node did not answer in time (the action
-        stays handed: later rounds take its report, and Status says it is in progress meanwhile)."""
+        stays handed: later rounds take its report, and Status says it is in progress meanwhile). ``deadline``
+        (time.monotonic()): one call's bound for all its leases, instead of ``action_timeout_s`` from now."""
         if self.plans is None:
             raise GeniError(Reason.UNSUPPORTED, "this aggregate runs the containers itself")
         plan = self.plans.read(lease_id)
         if plan is None:
             raise GeniError(Reason.NOT_FOUND, f"lease {lease_id} has no plan for its node: Provision it first")
-        earlier, done = self.plans.action(lease_id), self.plans.done(lease_id)
-        seq = max(earlier.seq if earlier else 0, done.seq if done else 0) + 1
-        self.plans.write_action(lease_id, LeaseAction(plan.plan_id, seq, action, tuple(containers)))
-        deadline = time.monotonic() + self.action_timeout_s
+        seq = self.plans.hand_action(lease_id, plan.plan_id, action, containers).seq
+        done = self.plans.done(lease_id)
+        if deadline is None:
+            deadline = time.monotonic() + self.action_timeout_s
         while (done is None or done.seq < seq) and time.monotonic() < deadline:
             time.sleep(0.25)
             done = self.plans.done(lease_id)

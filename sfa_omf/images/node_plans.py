@@ -19,7 +19,7 @@ import os
 import re
 import secrets
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,16 @@ class LeasePlans:
         _write_at_once(path, action.to_json())
         return path
 
+    def hand_action(self, lease_id: str, plan_id: str, action: str, containers: Sequence[str] = ()) -> LeaseAction:
+        """Hand the lease's run a new action, numbered after the last one handed or done, under the plans' lock: two
+        aggregate processes handing actions at once never pick the same number."""
+        with self._locked():
+            earlier, done = self.action(lease_id), self.done(lease_id)
+            seq = max(earlier.seq if earlier else 0, done.seq if done else 0) + 1
+            handed = LeaseAction(plan_id, seq, action, tuple(containers))
+            self.write_action(lease_id, handed)
+            return handed
+
     def action(self, lease_id: str) -> LeaseAction | None:
         """The action last handed to the lease's run, None when there is none (or it is unreadable)."""
         try:
@@ -320,7 +330,12 @@ class LeasePlans:
             self.plan_path(lease_id).unlink(missing_ok=True)
             self.state_path(lease_id).unlink(missing_ok=True)
             self.action_path(lease_id).unlink(missing_ok=True)
-            for archive in self.directory.glob(f"{_checked_name(lease_id)}.save-*.tar"):
+            lease = _checked_name(lease_id)
+            # A save's archive, and one the node was still writing (node_containers: ".<archive>.tmp").
+            for archive in [
+                *self.directory.glob(f"{lease}.save-*.tar"),
+                *self.directory.glob(f".{lease}.save-*.tar.tmp"),
+            ]:
                 archive.unlink(missing_ok=True)
 
 

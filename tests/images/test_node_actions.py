@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from typing import IO, Any
 import pytest
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.am.states import Operational
 from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NodeSpec
@@ -41,6 +43,7 @@ from sfa_omf.images.node_plans import (
 )
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
+from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.times import format_time
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
@@ -152,6 +155,19 @@ def test_an_action_before_the_node_reported_is_refused_and_nothing_is_handed(sit
     assert refused.value.code == GeniCode.BUSY and "still being made" in refused.value.message
     assert site.plans.action(site.lease_id) is None
     assert {record.state for record in site.instances.of_lease(site.lease_id)} == {PLANNED}
+
+
+def test_an_action_on_containers_whose_job_ended_before_any_report_is_refused(site: Site, pki: DemoPki) -> None:
+    """The rows failed without a word from the node (its job ended first, e.g. it refused the plan): no run is there
+    to act, so the call is refused at once, hands nothing, and Status keeps saying why they failed."""
+    ended = SliverHealth(Operational.FAILED, "OAR job 12 terminated (its command exited with status 2)", ended=True)
+    site.instances.tick(datetime.now(UTC), lambda _slice: [], lambda _slice, _lease: ended)
+    assert {record.state for record in site.instances.of_lease(site.lease_id)} == {FAILED}
+    with pytest.raises(GeniError) as refused:
+        operate(site, pki, "geni_start")
+    assert refused.value.code == GeniCode.BADARGS and "never reported" in refused.value.message
+    assert site.plans.action(site.lease_id) is None
+    assert all("status 2" in record.error for record in site.instances.of_lease(site.lease_id))
 
 
 def test_an_action_the_node_reports_in_time_is_answered_with_its_states(site: Site, pki: DemoPki) -> None:
@@ -276,13 +292,34 @@ def hostile(kind: str) -> Callable[[Path], None]:
                 member.name = "./etc/passwd"
             if kind == "hard link out":
                 member.type, member.linkname = tarfile.LNKTYPE, "/etc/shadow"
+            if kind in ("hard link to a symbolic link", "a name twice"):
+                # A symbolic link out, then a hard link to it (or a file of the same name: the second replaces the
+                # first): unpacking would change the owner and mode of what it points to, on the host.
+                link = tarfile.TarInfo("./s")
+                link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+                tar.addfile(link)
+                member.name = "./h" if kind == "hard link to a symbolic link" else "./s"
+                member.type, member.linkname = tarfile.LNKTYPE, "./s"
+                if kind == "a name twice":
+                    member.type = tarfile.REGTYPE
             tar.addfile(member)
 
     return make
 
 
 @pytest.mark.parametrize(
-    "kind", ["absolute", "dotdot", "device", "through a link", "hard link out", "gzip", "symlinked file"]
+    "kind",
+    [
+        "absolute",
+        "dotdot",
+        "device",
+        "through a link",
+        "hard link out",
+        "hard link to a symbolic link",
+        "a name twice",
+        "gzip",
+        "symlinked file",
+    ],
 )
 def test_a_hostile_archive_from_the_node_is_refused_and_nothing_is_imported(
     site: Site, pki: DemoPki, kind: str
@@ -446,7 +483,11 @@ def test_the_node_command_does_each_action_once_and_reports_it(tmp_path: Path) -
             motd = tar.extractfile("./etc/motd")
             assert motd is not None and motd.read() == b"saved\n"
             assert not any(member.startswith("./root/.ssh") for member in tar.getnames())
-        plans.write_action(plan.lease_id, LeaseAction(plan.plan_id, 5, "stop"))  # seq 5 again: done already
+        # seq 5 again (done already): not done; the run's next line is action 6's, once it has polled past it.
+        plans.write_action(plan.lease_id, LeaseAction(plan.plan_id, 5, "stop"))
+        time.sleep(3 * node_containers.ACTION_POLL_S)  # (not a threshold: time for the run to see seq 5 and skip it)
+        assert node.state(name) == "RUNNING"
+        act(6, "stop")
         command.send_signal(signal.SIGTERM)
         assert command.wait(timeout=60) == 0
         out = command.stdout.read() if command.stdout else ""
