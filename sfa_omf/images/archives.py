@@ -9,10 +9,12 @@ a plain, uncompressed tar archive of bounded size whose members stay inside the 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
 #: What a saved image leaves out (paths inside the root file system): anyone's SSH keys (the next lease's users get
 #: theirs), password hashes, and the SSH server's host keys (each container makes its own at its first login).
@@ -37,11 +39,31 @@ def for_image(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
     return None if member.ischr() or member.isblk() else without_secrets(member)
 
 
-def save_rootfs(rootfs: Path, archive: Path) -> None:
+def save_rootfs(rootfs: Path, archive: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
     """Archive a container's root file system (secrets and devices left out, for_image) into ``archive``, a plain
-    tar. Raises OSError or tarfile.TarError."""
-    with tarfile.open(archive, "w") as tar:
+    tar of at most ``max_bytes``: the writing stops there (ArchiveError) instead of filling the disk it is written
+    to, which on OAR is the aggregate's. Raises OSError or tarfile.TarError too."""
+    with archive.open("xb") as out, tarfile.open(fileobj=_Bounded(out, max_bytes), mode="w|") as tar:
         tar.add(str(rootfs), arcname=".", filter=for_image)
+
+
+class _Bounded(io.RawIOBase):
+    """A file written to, refusing (ArchiveError) to grow past ``max_bytes``."""
+
+    def __init__(self, out: BinaryIO, max_bytes: int) -> None:
+        super().__init__()
+        self.out, self.left, self.max_bytes = out, max_bytes, max_bytes
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]  # tarfile writes bytes
+        size = len(data)
+        self.left -= size
+        if self.left < 0:
+            raise ArchiveError(f"the archive would be more than the {self.max_bytes} bytes a saved image may be")
+        self.out.write(data)
+        return size
 
 
 def take(path: Path, copy: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> str:

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from sfa_omf.errors import GeniError
-from sfa_omf.images.archives import save_rootfs, sha256_of
+from sfa_omf.images.archives import ArchiveError, save_rootfs, sha256_of
 from sfa_omf.images.lxc import InstanceSpec, LxcHost, wait_for_ssh
 from sfa_omf.images.node_plans import (
     ACTION_RESTART,
@@ -250,7 +250,7 @@ def _act(
                 archive, size, digest = str(saved), saved.stat().st_size, sha256_of(saved)
             else:
                 states[name] = _operate(host, name, action.action, addresses[name], plan.ssh_timeout_s)
-        except (GeniError, OSError, tarfile.TarError) as exc:
+        except (GeniError, OSError, tarfile.TarError, ArchiveError) as exc:
             message = exc.message if isinstance(exc, GeniError) else f"container {name}: {exc}"
             errors[name] = message
             if action.action in (ACTION_START, ACTION_RESTART):

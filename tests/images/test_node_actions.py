@@ -408,6 +408,19 @@ def test_a_nodes_save_leaves_secrets_and_devices_out(tmp_path: Path) -> None:
     assert "./etc/motd" in names and not names & {"./etc/shadow", "./root/.ssh/authorized_keys", "./dev/null"}
 
 
+def test_a_nodes_save_stops_writing_at_the_bound(tmp_path: Path) -> None:
+    """The node writes a save into the aggregate's plans directory: it stops at the bound the aggregate would
+    refuse anyway, instead of filling that disk first."""
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "data").mkdir(parents=True)
+    (rootfs / "data" / "big").write_bytes(os.urandom(256 * 1024))
+    with pytest.raises(ArchiveError, match="more than the 65536 bytes"):
+        save_rootfs(rootfs, tmp_path / "big.tar", max_bytes=64 * 1024)
+    assert (tmp_path / "big.tar").stat().st_size <= 64 * 1024  # what was written before it stopped, no more
+    save_rootfs(rootfs, tmp_path / "fits.tar", max_bytes=1 << 20)
+    check_archive(tmp_path / "fits.tar")
+
+
 def bounded_line(stream: IO[str] | None, within_s: float = 180) -> str:
     """The command's next line, or a failure (never a hang) when it says nothing for ``within_s``."""
     assert stream is not None
