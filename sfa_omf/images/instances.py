@@ -379,16 +379,12 @@ class Instances:
         aggregate older than slots wrote (the node command refuses those). Writes only a plan that differs."""
         if self.plans is None:
             return
+        keys: dict[str, tuple[str, ...]] = {}  # by slice: a slice's leases share its users (read once a round)
         for lease_id, (slice_urn, start_s, end_s) in sorted(slots.items()):
-            keys = plan_keys(keys_of(slice_urn))
-
-            def synced(
-                plan: LeasePlan, start_s: int = start_s, end_s: int = end_s, keys: tuple[str, ...] = keys
-            ) -> LeasePlan:
-                return replace(plan, slot_start_s=start_s, slot_end_s=end_s, keys=keys)
-
+            if slice_urn not in keys:
+                keys[slice_urn] = plan_keys(keys_of(slice_urn))
             try:
-                self.plans.update(lease_id, synced)
+                self.plans.update(lease_id, _plan_with(start_s, end_s, keys[slice_urn]))
             except OSError as exc:
                 log.warning("lease %s: its plan could not be brought up to date: %s", lease_id, exc)
 

@@ -106,12 +106,7 @@ class LeasePlan:
     @staticmethod
     def from_json(text: str) -> LeasePlan:
         """The plan in ``text``; PlanError naming the first thing wrong (the node runs it as root: all is checked)."""
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise PlanError(f"not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise PlanError("not a JSON object")
+        data = _json_object(text)
         containers = data.get("containers")
         keys = data.get("keys")
         timeout = data.get("ssh_timeout_s")
@@ -167,12 +162,7 @@ class LeaseAction:
     @staticmethod
     def from_json(text: str) -> LeaseAction:
         """The action in ``text``; PlanError naming the first thing wrong (the node acts on it as root)."""
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise PlanError(f"not JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise PlanError("not a JSON object")
+        data = _json_object(text)
         seq, action, names = data.get("seq"), data.get("action"), data.get("containers")
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
             raise PlanError("seq must be a positive whole number")
@@ -376,12 +366,7 @@ def read_states(text: str) -> dict[str, tuple[str, str]]:
 def read_report(text: str) -> tuple[str, dict[str, tuple[str, str]]]:
     """The plan a report is about ("" when it does not say) and its containers' states; PlanError when it is not
     a report."""
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise PlanError(f"not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PlanError("not a JSON object")
+    data = _json_object(text)
     # A node command older than plan ids reports the containers alone, no plan_id: "" (taken as the current plan's).
     containers = data["containers"] if isinstance(data.get("containers"), dict) else data
     found = {}
@@ -390,6 +375,17 @@ def read_report(text: str) -> tuple[str, dict[str, tuple[str, str]]]:
             raise PlanError(f"container {name!r}: no known state")
         found[str(name)] = (str(item["state"]), str(item.get("error") or ""))
     return str(data.get("plan_id") or ""), found
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """The JSON object in ``text`` (a plan, an action, a report); PlanError when it is not one."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise PlanError(f"not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PlanError("not a JSON object")
+    return data
 
 
 def _write_at_once(path: Path, text: str) -> None:
