@@ -37,7 +37,9 @@ NODE_COMMAND=/usr/local/sbin/sfa-omf-lease-containers
 NODE_SUDOERS=/etc/sudoers.d/sfa-omf-lease-containers
 NODE_EPILOGUE=/usr/local/lib/sfa-omf/oar-epilogue
 NODE_REAP_LOG=/var/log/sfa-omf-lease-containers.log  # the epilogue's reaps, appended (docs/operators.md)
+NODE_SIGNERS=/etc/sfa-omf/plan-signers  # the aggregate keys whose plans and actions the node command trusts
 STATE=/var/lib/sfa-omf-oar # checksums of the configuration each daemon was started with
+RIG_PLAN_KEY=$STATE/plan-signing.key  # the tests' aggregates sign their plans with it (tests/testbed/oar/conftest.py)
 API_URL="http://127.0.0.1:$OAR_API_PORT/oarapi"
 
 # Progress goes to stderr: stdout carries only the API URL, so `up | tail -n 1` is the URL.
@@ -235,6 +237,9 @@ node_up() {
 # Written by sfa-omf scripts/oar.sh: the node side of lease containers (docs/images-and-instances.md).
 exec "$VENV/bin/sfa-omf-lease-containers" "\$@"
 EOF
+    # The node command runs only plans and actions signed by a key listed here: the rig's aggregates use one key.
+    as_root mkdir -p "$(dirname "$NODE_SIGNERS")" "$STATE"
+    as_root "$VENV/bin/sfa-omf" instance signing-key --key "$RIG_PLAN_KEY" | install_file "$NODE_SIGNERS" 644
     # Job commands run as the job's user: they may start lease containers as root, nothing else. The command itself
     # trusts only plans in root-owned directories, written for that very user by the aggregate.
     # Checked before it is moved into place (sudo ignores sudoers.d names with a dot, like the .new file): a broken

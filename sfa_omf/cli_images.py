@@ -73,6 +73,21 @@ def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     instances.add_argument("--all", action="store_true", help="also the destroyed containers of past leases")
     instances.add_argument("--json", action="store_true")
     instances.set_defaults(handler=_instance_list)
+    signing = instance.add_parser(
+        "signing-key",
+        parents=[config_option],
+        help="print the line OAR nodes put in /etc/sfa-omf/plan-signers (the key is made if missing)",
+    )
+    signing.add_argument("--key", help="the private key file (default: [sfa_omf] plan_signing_key)")
+    signing.set_defaults(handler=_instance_signing_key)
+
+
+def _instance_signing_key(args: argparse.Namespace) -> int:
+    from sfa_omf.images.plan_signing import PlanSigner
+
+    path = args.key or command_settings(args).plan_signing_key_path
+    print(PlanSigner(path).public_line())
+    return 0
 
 
 def _store(settings: Settings) -> ImageStore:

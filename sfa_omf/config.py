@@ -127,6 +127,7 @@ class Settings:
     instance_lxc_path: str = "/var/lib/lxc"  # where LXC keeps them
     max_instances_per_node: int = 16  # containers one sliver may ask for
     instance_action_timeout_s: int = 60  # OAR: how long an operational action on containers waits for the node
+    plan_signing_key: str = ""  # OAR: the key signing lease plans and actions (empty: data_dir/plan-signing.key)
     agent_heartbeat_s: int = 30  # how often node agents report (sfa_omf/agents)
     agent_timeout_s: int = 120  # an agent silent this long is lost: its node leaves service
     agent_max_body_bytes: int = 64 * 1024
@@ -162,6 +163,11 @@ class Settings:
             )
             return url.render_as_string(hide_password=False)
         return f"sqlite:///{os.path.join(os.path.abspath(self.data_dir), 'sfa-omf.sqlite')}"
+
+    @property
+    def plan_signing_key_path(self) -> str:
+        """The Ed25519 key that signs lease plans and actions for the nodes (sfa_omf/images/plan_signing.py)."""
+        return self.plan_signing_key or os.path.join(self.data_dir, "plan-signing.key")
 
     @property
     def trusted_roots_dir(self) -> str:
@@ -266,6 +272,7 @@ OPTIONS: tuple[Option, ...] = (
         "count",
         "seconds an action on OAR lease containers waits for the node's report",
     ),
+    Option("plan_signing_key", "sfa_omf", "plan_signing_key", "text", "key signing OAR lease plans (made if missing)"),
     Option("oar_api_url", "sfa_oar", "api_url", "text", "OAR's REST API (the oar backend)"),
     Option("oar_timezone", "sfa_oar", "timezone", "text", "OAR server's time zone (IANA name); empty: this host's"),
     Option("oar_job_type", "sfa_oar", "job_type", "text", "OAR job type of reservations: noop or deploy"),

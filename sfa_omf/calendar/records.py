@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,11 @@ class NodeRecord:
     disk_images: tuple[dict[str, str], ...]
     grain_s: int
     state: str
+
+
+def network_address(component_name: str, properties: Mapping[str, Any]) -> str:
+    """How the testbed reaches a node: its ``network_address`` property (OAR's), else its name."""
+    return str(properties.get("network_address") or component_name)
 
 
 @dataclass(frozen=True)

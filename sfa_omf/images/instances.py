@@ -35,8 +35,9 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import Lease, LeaseInstance, Slice
+from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice
 from sfa_omf.calendar.queries import to_s
+from sfa_omf.calendar.records import network_address
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.images.archives import SECRETS as SECRETS
 from sfa_omf.images.archives import ArchiveError, check_archive, take
@@ -50,7 +51,7 @@ from sfa_omf.images.node_plans import (
     LeasePlan,
     LeasePlans,
     PlannedContainer,
-    plans_directory,
+    lease_plans,
 )
 from sfa_omf.images.store import ImageStore, check_label
 from sfa_omf.testbed.base import SliverHealth
@@ -326,6 +327,7 @@ class Instances:
         self.plans.write(
             LeasePlan(
                 lease_id=lease_id,
+                nodes=self._network_addresses(sorted({record.node for record in records})),
                 user=user,
                 bridge=host.bridge,
                 lxc_path=str(host.lxc_path),
@@ -387,6 +389,15 @@ class Instances:
                 self.plans.update(lease_id, _plan_with(start_s, end_s, keys[slice_urn]))
             except OSError as exc:
                 log.warning("lease %s: its plan could not be brought up to date: %s", lease_id, exc)
+
+    def _network_addresses(self, node_urns: Sequence[str]) -> tuple[str, ...]:
+        """How the testbed names these nodes (their network_address, else their name: what a node side matches
+        against its own names), in this order."""
+        found = self.database.fetch_all(
+            select(Node.component_id, Node.component_name, Node.properties).where(Node.component_id.in_(node_urns))
+        )
+        names = {str(urn): network_address(str(name), properties) for urn, name, properties in found}
+        return tuple(names[urn] for urn in node_urns if urn in names)
 
     def _slot_of(self, lease_id: str) -> tuple[int, int] | None:
         """The lease's slot as recorded (start, end in epoch seconds), None when the lease is not recorded."""
@@ -636,7 +647,7 @@ class Instances:
                 f"the node of container {instance.name} did not archive it within {self.action_timeout_s:g} s: "
                 "nothing was saved; try again later",
             )
-        archive = self.plans.archive_path(instance.lease_id, done.seq)
+        archive = self.plans.archive_path(instance.lease_id, done.node, done.seq)
         try:
             if done.action != ACTION_SAVE or done.errors:
                 problem = done.errors.get(instance.name) or f"its node did {done.action!r} instead"
@@ -666,7 +677,8 @@ class Instances:
                     private=True,
                 )
         finally:
-            archive.unlink(missing_ok=True)
+            # This save's archive, and those of earlier saves whose node answered after their call gave up.
+            self.plans.drop_archives(instance.lease_id, done.node, upto_seq=done.seq)
         return label
 
     # -- helpers ----------------------------------------------------------------------------------------------------
@@ -845,7 +857,7 @@ def instances_of(settings: Any, database: Database, images: ImageStore) -> Insta
     if not settings.instance_bridge:
         return None
     host = LxcHost(settings.instance_bridge, lxc_path=settings.instance_lxc_path)
-    plans = LeasePlans(plans_directory(images.directory)) if settings.aggregate_type == "oar" else None
+    plans = lease_plans(settings, images.directory) if settings.aggregate_type == "oar" else None
     return Instances(
         database,
         host,

@@ -9,9 +9,13 @@ epilogue once the job's processes are gone, destroys the containers of that job'
 $OAR_JOB_ID), and of a few other runs that are no longer alive. Nothing outlives the
 job.
 
-Root runs this on behalf of the job's user, so it trusts only a plan that user cannot have written: a file owned by
-root, or by an account listed in /etc/sfa-omf/plan-writers (the aggregate's service account, e.g. ``sfa-omf``), in
-directories owned likewise that nobody else may change (sticky ones like /tmp aside), naming that user.
+Root runs this on behalf of the job's user, so it trusts only a plan that nobody but the aggregate can have written:
+signed with a key listed in /etc/sfa-omf/plan-signers (sfa_omf/images/plan_signing.py; during a lease its
+experimenter is root on its node, and could write any file the nodes share), naming this node, that user and a slot
+that runs now; and, besides, a file owned by root or by an account listed in /etc/sfa-omf/plan-writers (the
+aggregate's service account, e.g. ``sfa-omf``), in directories owned likewise that nobody else may change (sticky ones
+like /tmp aside). Actions are signed likewise. Reports and save archives go into the node's own directory,
+``nodes/<node>/`` beside the plans, which an operator exports to that node alone.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import os
 import pwd
 import signal
+import socket
 import stat
 import sys
 import tarfile
@@ -50,13 +55,16 @@ from sfa_omf.images.node_plans import (
     PlanError,
     action_path_of,
     archive_path_of,
+    open_signed,
     read_bounded,
-    state_path_of,
+    report_path_of,
     write_states,
 )
+from sfa_omf.images.plan_signing import KIND_ACTION, KIND_PLAN, PlanVerifier, SignatureError
 
 RUNS_DIR = Path("/run/sfa-omf-lease-containers")  # one record per live `run`, for `reap`
 WRITERS_FILE = Path("/etc/sfa-omf/plan-writers")  # accounts besides root whose plans are trusted, one per line
+SIGNERS_FILE = Path("/etc/sfa-omf/plan-signers")  # the aggregates' public keys (sfa-omf instance signing-key)
 LOGIN = "root"
 LAUNCH_WORKERS = 4
 REAP_OTHERS = 4  # dead runs of other jobs one reap destroys besides its own job's (an epilogue has little time)
@@ -80,6 +88,21 @@ class RunRecord:
     names: tuple[str, ...]
     plan_id: str = ""  # the plan's own id, echoed in the reports
     job_id: str = ""  # the OAR job that ran it ($OAR_JOB_ID), "" outside OAR
+    report: str = ""  # where it reports (its node's directory); "" in a record of a run older than node directories
+
+
+@dataclass(frozen=True)
+class LeaseRun:
+    """What a `run` works with once its containers are made: the plan (at ``path``, verified with ``verifier``), the
+    name the plan gives this node, the LXC host, the names it made, and each container's state (updated as it acts)."""
+
+    path: Path
+    plan: LeasePlan
+    verifier: PlanVerifier
+    node: str
+    host: LxcHost
+    made: tuple[str, ...]
+    states: dict[str, tuple[str, str]]
 
 
 def untrusted(path: Path, writers: frozenset[int] = frozenset({0})) -> str:
@@ -114,6 +137,41 @@ def plan_writers() -> frozenset[int]:
     return frozenset(uids)
 
 
+def plan_verifier() -> PlanVerifier:
+    """The aggregates' keys from SIGNERS_FILE, a file only root may change; PlanError saying what to install when
+    there is none or it is not one (then no plan and no action is trusted)."""
+    problem = untrusted(SIGNERS_FILE)
+    if problem:
+        raise PlanError(
+            f"no aggregate key is trusted here ({problem}): install the line `sfa-omf instance signing-key` prints on "
+            f"the aggregate into {SIGNERS_FILE}, owned by root"
+        )
+    try:
+        return PlanVerifier.from_lines(read_bounded(SIGNERS_FILE))
+    except (OSError, SignatureError) as exc:
+        raise PlanError(f"{SIGNERS_FILE}: {exc}") from exc
+
+
+def is_this_node(name: str) -> bool:
+    """Whether ``name`` (a plan's node: OAR's network_address of it) is this host: its host name, or an address
+    this host may bind (one of its own; no packet is sent). A name that does not resolve is not this host."""
+    hostname = socket.gethostname()
+    if name in (hostname, hostname.split(".", 1)[0]):
+        return True
+    try:
+        found = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for address in {info[4][0] for info in found}:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((address, 0))
+            except OSError:
+                continue
+            return True
+    return False
+
+
 def invoking_user() -> str:
     """The user on whose behalf this runs: sudo's caller, else the process's own user."""
     return os.environ.get("SUDO_USER") or pwd.getpwuid(os.getuid()).pw_name
@@ -124,9 +182,10 @@ def run(plan_path: str) -> int:
     them. EXIT_PLAN_REFUSED (2) for a plan refused, 1 when a container failed (the others run until the end all the
     same), 0 otherwise."""
     path = Path(os.path.abspath(plan_path))
-    plan = _trusted_plan(path)
-    if plan is None:
+    trusted = _trusted_plan(path)
+    if trusted is None:
         return EXIT_PLAN_REFUSED
+    plan, verifier, node = trusted
     # Signals wait until the containers are made (and a record names them): none is left half-made by a signal.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     host = LxcHost(plan.bridge, lxc_path=plan.lxc_path)
@@ -137,9 +196,10 @@ def run(plan_path: str) -> int:
     record = RunRecord(
         os.getpid(), _start_time(os.getpid()), str(path), plan.bridge, plan.lxc_path,
         tuple(c.name for c in fresh), plan.plan_id, os.environ.get("OAR_JOB_ID", ""),
+        str(report_path_of(path, node)),
     )  # fmt: skip
     _register(record)
-    report = state_path_of(path)
+    report = Path(record.report)
 
     def launch(index: int) -> tuple[str, str, str]:
         container = fresh[index]
@@ -159,22 +219,21 @@ def run(plan_path: str) -> int:
     _report(report, states, plan.plan_id)
     for name, state, error in outcomes:
         print(f"container {name}: {state}{f' ({error})' if error else ''}", flush=True)
-    received = _serve_actions(path, plan, host, record.names, states)
+    received = _serve_actions(LeaseRun(path, plan, verifier, node, host, record.names, states))
     why = "the lease's slot is over" if received == SLOT_OVER else f"signal {signal.Signals(received).name}"
     print(f"{why}: destroying the containers", flush=True)
     _destroy(record)
     return 1 if any(state == NODE_FAILED for state, _ in states.values()) else 0
 
 
-def _serve_actions(
-    path: Path, plan: LeasePlan, host: LxcHost, made: tuple[str, ...], states: dict[str, tuple[str, str]]
-) -> int:
+def _serve_actions(lease_run: LeaseRun) -> int:
     """Until a stop signal (returned) or the slot's end (SLOT_OVER): do each action the aggregate hands next to the
     plan, once (by its seq), on the containers this run made, and report their states and the action done. An action
     already there when the run begins is an earlier run's: not done again."""
+    path, plan, verifier = lease_run.path, lease_run.plan, lease_run.verifier
     action_path = action_path_of(path)
     writers = plan_writers()
-    earlier = _trusted_action(action_path, plan, writers, said=set())
+    earlier = _trusted_action(action_path, plan, verifier, writers, said=set())
     last = earlier.seq if earlier is not None else 0
     said: set[str] = set()  # each refusal is said once, not at every poll
     slot_end_s = plan.slot_end_s
@@ -185,38 +244,43 @@ def _serve_actions(
         if slot_end_s is not None and time.time() >= slot_end_s:
             # The containers are the lease's until its slot's end, whoever started this run (its job, or the plan's
             # user through the sudo rule): a Renew moves the end in the plan; a plan gone or untrusted ends it.
-            slot_end_s = _slot_end_now(path, writers)
+            slot_end_s = _slot_end_now(path, plan, verifier, writers)
             if slot_end_s is None or time.time() >= slot_end_s:
                 return SLOT_OVER
-        action = _trusted_action(action_path, plan, writers, said)
+        action = _trusted_action(action_path, plan, verifier, writers, said)
         if action is None or action.seq <= last:
             continue
         last = action.seq
-        done = _act(action, path, plan, host, made, states)
-        _report(state_path_of(path), states, plan.plan_id, done)
+        done = _act(action, lease_run)
+        _report(report_path_of(path, lease_run.node), lease_run.states, plan.plan_id, done)
         failed = "".join(f"; {name}: {error}" for name, error in sorted(done.errors.items()))
         print(f"action {action.seq} {action.action}: done{failed}", flush=True)
 
 
-def _slot_end_now(path: Path, writers: frozenset[int]) -> int | None:
-    """The slot's end the plan at ``path`` says now (Renew moves it), None when it is gone or no longer trusted."""
+def _slot_end_now(path: Path, plan: LeasePlan, verifier: PlanVerifier, writers: frozenset[int]) -> int | None:
+    """The slot's end the plan at ``path`` says now (Renew moves it), None when it is gone, no longer trusted, or
+    another plan now (a plan of another lease or another Provision is not this run's to follow)."""
     if untrusted(path, writers):
         return None
     try:
-        return LeasePlan.from_json(read_bounded(path)).slot_end_s
+        now = LeasePlan.from_json(open_signed(verifier, KIND_PLAN, read_bounded(path)))
     except (OSError, PlanError):
         return None
+    return now.slot_end_s if now.plan_id == plan.plan_id else None
 
 
-def _trusted_action(path: Path, plan: LeasePlan, writers: frozenset[int], said: set[str]) -> LeaseAction | None:
-    """The action at ``path`` if it is trusted as the plan is (same owners, bounded, about this very plan)."""
+def _trusted_action(
+    path: Path, plan: LeasePlan, verifier: PlanVerifier, writers: frozenset[int], said: set[str]
+) -> LeaseAction | None:
+    """The action at ``path`` if it is trusted as the plan is (signed, same owners, bounded, about this very
+    plan)."""
     if not path.exists():
         return None
     problem = untrusted(path, writers)
     action = None
     if not problem:
         try:
-            action = LeaseAction.from_json(read_bounded(path))
+            action = LeaseAction.from_json(open_signed(verifier, KIND_ACTION, read_bounded(path)))
         except (OSError, PlanError) as exc:
             problem = f"{path}: {exc}"
     if action is not None and action.plan_id != plan.plan_id:
@@ -227,25 +291,19 @@ def _trusted_action(path: Path, plan: LeasePlan, writers: frozenset[int], said: 
     return action
 
 
-def _act(
-    action: LeaseAction,
-    plan_path: Path,
-    plan: LeasePlan,
-    host: LxcHost,
-    made: tuple[str, ...],
-    states: dict[str, tuple[str, str]],
-) -> ActionDone:
-    """Do ``action`` on its containers (those this run made; the others are errors), updating ``states``."""
+def _act(action: LeaseAction, lease_run: LeaseRun) -> ActionDone:
+    """Do ``action`` on its containers (those this run made; the others are errors), updating the run's states."""
+    plan, host, states = lease_run.plan, lease_run.host, lease_run.states
     addresses = {container.name: container.address.split("/", 1)[0] for container in plan.containers}
     errors: dict[str, str] = {}
     archive, size, digest = "", 0, ""
     for name in action.containers or tuple(c.name for c in plan.containers):
-        if name not in made:
+        if name not in lease_run.made:
             errors[name] = f"container {name} was not made by this lease's run: left alone"
             continue
         try:
             if action.action == ACTION_SAVE:
-                saved = archive_path_of(plan_path, action.seq)
+                saved = archive_path_of(lease_run.path, lease_run.node, action.seq)
                 _archive(host.lxc_path / name / "rootfs", saved)
                 archive, size, digest = str(saved), saved.stat().st_size, sha256_of(saved)
             else:
@@ -307,7 +365,9 @@ def reap(job_id: str = "") -> int:
     return 0
 
 
-def _trusted_plan(path: Path) -> LeasePlan | None:
+def _trusted_plan(path: Path) -> tuple[LeasePlan, PlanVerifier, str] | None:
+    """The plan at ``path``, the keys that verified it and the name it gives this node, if root may run it for the
+    invoking user here and now; None (saying why on stderr) otherwise."""
     user = invoking_user()
     writers = plan_writers()
     if user != "root" and _uid(user) in writers:
@@ -318,18 +378,31 @@ def _trusted_plan(path: Path) -> LeasePlan | None:
         print(f"refused: {problem}; plans are written by the aggregate", file=sys.stderr)
         return None
     try:
-        plan = LeasePlan.from_json(read_bounded(path))
+        verifier = plan_verifier()
+        plan = LeasePlan.from_json(open_signed(verifier, KIND_PLAN, read_bounded(path)))
     except (OSError, PlanError) as exc:
         print(f"refused: plan {path}: {exc}", file=sys.stderr)
         return None
-    if user not in ("root", plan.user):
-        print(f"refused: plan {path} is for {plan.user}'s job, not {user}'s", file=sys.stderr)
-        return None
-    problem = slot_refusal(plan, time.time())
+    node = next((name for name in plan.nodes if is_this_node(name)), "")
+    problem = plan_refusal(plan, path, user, node, time.time())
     if problem:
         print(f"refused: plan {path} {problem}", file=sys.stderr)
         return None
-    return plan
+    return plan, verifier, node
+
+
+def plan_refusal(plan: LeasePlan, path: Path, user: str, node: str, now_s: float) -> str:
+    """Why a signed plan must not run here (``node``: the name the plan gives this host, "" when it names none of
+    its names) for ``user`` at ``now_s``, "" when it may: it is another lease's (a signed plan copied over this
+    lease's), for other nodes or another user, or outside its slot."""
+    if path.name != f"{plan.lease_id}.plan.json":
+        return f"is the plan of lease {plan.lease_id}, not of the lease its file names"
+    if not node:
+        nodes = ", ".join(plan.nodes)
+        return f"is for node {nodes}, not this one ({socket.gethostname()}): it runs on its lease's nodes only"
+    if user not in ("root", plan.user):
+        return f"is for {plan.user}'s job, not {user}'s"
+    return slot_refusal(plan, now_s)
 
 
 def slot_refusal(plan: LeasePlan, now_s: float) -> str:
@@ -373,17 +446,21 @@ def _destroy(record: RunRecord, entry: Path | None = None) -> None:
             print(f"container {name} could not be destroyed: {exc.message}", file=sys.stderr)
     for name in states:
         print(f"container {name}: {NODE_DESTROYED}", flush=True)
-    plan = Path(record.plan)
-    if plan.exists() and states:
-        _report(state_path_of(plan), states, record.plan_id)
+    if Path(record.plan).exists() and record.report and states:
+        _report(Path(record.report), states, record.plan_id)
     if len(states) == len(record.names):
         (entry or _record_path(record)).unlink(missing_ok=True)
 
 
 def _report(path: Path, states: dict[str, tuple[str, str]], plan_id: str, done: ActionDone | None = None) -> None:
-    """Write the report for the aggregate; when root may not write there (an NFS export squashing root), say so
-    and carry on: the containers still run and are still destroyed, and stdout has their states."""
+    """Write the report for the aggregate into the node's directory (made when missing; never through a link);
+    when root may not write there (an NFS export squashing root), say so and carry on: the containers still run and
+    are still destroyed, and stdout has their states."""
     try:
+        for directory in (path.parent.parent, path.parent):
+            directory.mkdir(mode=0o755, exist_ok=True)
+            if not stat.S_ISDIR(directory.lstat().st_mode):
+                raise OSError(f"{directory} is not a directory (a link?): nothing is written through it")
         write_states(path, states, plan_id, done)
     except OSError as exc:
         print(
@@ -408,6 +485,7 @@ def _read_record(entry: Path) -> RunRecord:
     return RunRecord(
         int(data["pid"]), str(data["started"]), str(data["plan"]), str(data["bridge"]), str(data["lxc_path"]),
         tuple(str(name) for name in data["names"]), str(data.get("plan_id", "")), str(data.get("job_id", "")),
+        str(data.get("report", "")),
     )  # fmt: skip
 
 

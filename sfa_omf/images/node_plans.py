@@ -2,11 +2,12 @@
 OAR backend), and what the node side reports back.
 
 The aggregate plans each container (name, address, image, the slice users' keys) and writes the lease's plan, a JSON
-file ``<lease id>.plan.json``, into the plans directory (``leases/`` in the image store, which the nodes share as
-FutureGrid's nodes shared its image repository). The lease's OAR job runs ``sfa-omf-lease-containers run PLAN`` on
-its node (sfa_omf/images/node_containers.py), which creates and starts them and writes what became of each into
-``<lease id>.state.json`` next to the plan; the aggregate reads it on its rounds. Plain data both ways; stdlib only
-(the node command imports this).
+file ``<lease id>.plan.json`` signed with its key (sfa_omf/images/plan_signing.py), into the plans directory
+(``leases/`` in the image store, which the nodes share as FutureGrid's nodes shared its image repository). The
+lease's OAR job runs ``sfa-omf-lease-containers run PLAN`` on its node (sfa_omf/images/node_containers.py), which
+creates and starts them and writes what became of each into ``nodes/<node>/<lease id>.state.json``: a directory of
+the lease's node's own, which an operator exports to that node alone (docs/images-and-instances.md), so that no other
+node's root can report on the lease. The aggregate reads it on its rounds. Plain data both ways.
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ import re
 import secrets
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sfa_omf.images.plan_signing import KIND_ACTION, KIND_PLAN, PlanSigner, PlanVerifier, SignatureError
+
 PLANS_DIR_NAME = "leases"
+NODES_DIR_NAME = "nodes"  # leases/nodes/<node>/: what that node reports (states, save archives), and nothing else
 PLAN_SUFFIX = ".plan.json"
 LOCK_NAME = ".plans.lock"  # the aggregate's lock on plan writes (LeasePlans._locked); the node side never takes it
 STATE_SUFFIX = ".state.json"
@@ -42,6 +46,14 @@ _KEY = re.compile(r"^[A-Za-z0-9@._+-]+ [A-Za-z0-9+/=]+( [^\n\r]*)?$")  # one Ope
 
 class PlanError(ValueError):
     """A plan or state file that is not what the aggregate writes (the node side refuses it, saying why)."""
+
+
+def open_signed(verifier: PlanVerifier, kind: str, text: str) -> str:
+    """The plan's or action's own text once its signature is checked; PlanError saying why it is not trusted."""
+    try:
+        return verifier.open(kind, text)
+    except SignatureError as exc:
+        raise PlanError(f"not signed by the aggregate: {exc}") from exc
 
 
 EXIT_PLAN_REFUSED = 2  # the node command's exit status for a plan it refused (nothing made)
@@ -87,11 +99,16 @@ class LeasePlan:
     # an aggregate older than slots, which the node side refuses (Provision again rewrites it).
     slot_start_s: int | None = None
     slot_end_s: int | None = None
+    # The lease's nodes as the testbed names them (OAR: their network_address): the node side runs the plan only on
+    # one of them (the job's first node), and reports into that node's directory, leases/nodes/<node>/. Empty only
+    # in a plan an aggregate older than node directories wrote, which the node side refuses.
+    nodes: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         data = {
             "plan_id": self.plan_id,
             "lease_id": self.lease_id,
+            "nodes": list(self.nodes),
             "user": self.user,
             "bridge": self.bridge,
             "lxc_path": self.lxc_path,
@@ -130,9 +147,15 @@ class LeasePlan:
         if len({c.name for c in planned}) != len(planned):
             raise PlanError("a container name appears twice")
         start, end = _slot(data)
+        nodes = data.get("nodes")
+        if nodes is None:
+            raise PlanError("names no node (an older aggregate wrote it): Provision the lease's slivers again")
+        if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) and _NAME.match(n) for n in nodes):
+            raise PlanError("nodes must be a list of node names (letters, digits, _ . -)")
         return LeasePlan(
             plan_id=_named(data, "plan_id"),
             lease_id=_named(data, "lease_id"),
+            nodes=tuple(nodes),
             user=_named(data, "user"),
             bridge=_named(data, "bridge"),
             lxc_path=lxc_path,
@@ -186,6 +209,7 @@ class ActionDone:
     archive: str = ""
     size: int = 0
     sha256: str = ""
+    node: str = ""  # the node whose report said so (the aggregate's reading; not in the report itself)
 
     def to_data(self) -> dict[str, Any]:
         return {
@@ -210,28 +234,31 @@ class ActionDone:
 
 
 class LeasePlans:
-    """The plans directory: the aggregate writes plans and reads states; the node side writes states."""
+    """The plans directory: the aggregate writes plans and actions, signed with ``signer``, and reads the reports
+    the node side writes into its node's directory."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], signer: PlanSigner) -> None:
         self.directory = Path(directory)
+        self.signer = signer
 
     def plan_path(self, lease_id: str) -> Path:
         return self.directory / f"{_checked_name(lease_id)}{PLAN_SUFFIX}"
 
-    def state_path(self, lease_id: str) -> Path:
-        return self.directory / f"{_checked_name(lease_id)}{STATE_SUFFIX}"
-
     def action_path(self, lease_id: str) -> Path:
         return self.directory / f"{_checked_name(lease_id)}{ACTION_SUFFIX}"
 
-    def archive_path(self, lease_id: str, seq: int) -> Path:
-        """Where the run writes the archive of save ``seq`` (the aggregate reads it from there, nowhere else)."""
-        return archive_path_of(self.plan_path(lease_id), seq)
+    def report_path(self, lease_id: str, node: str) -> Path:
+        """Where the run on ``node`` reports on the lease's plan: that node's own directory."""
+        return report_path_of(self.plan_path(lease_id), node)
+
+    def archive_path(self, lease_id: str, node: str, seq: int) -> Path:
+        """Where the run on ``node`` writes the archive of save ``seq`` (the aggregate reads it from there only)."""
+        return archive_path_of(self.plan_path(lease_id), node, seq)
 
     def write_action(self, lease_id: str, action: LeaseAction) -> Path:
         """Hand the lease's run an action (replacing the one before: the run does the last seq it finds)."""
         path = self.action_path(lease_id)
-        _write_at_once(path, action.to_json())
+        _write_at_once(path, self.signer.sign(KIND_ACTION, action.to_json()))
         return path
 
     def hand_action(self, lease_id: str, plan_id: str, action: str, containers: Sequence[str] = ()) -> LeaseAction:
@@ -245,33 +272,62 @@ class LeasePlans:
             return handed
 
     def action(self, lease_id: str) -> LeaseAction | None:
-        """The action last handed to the lease's run, None when there is none (or it is unreadable)."""
+        """The action last handed to the lease's run, None when there is none (or it is unreadable or unsigned)."""
         try:
-            return LeaseAction.from_json(read_bounded(self.action_path(lease_id)))
+            text = open_signed(self.signer.verifier, KIND_ACTION, read_bounded(self.action_path(lease_id)))
+            return LeaseAction.from_json(text)
         except (OSError, PlanError):
             return None
 
     def done(self, lease_id: str) -> ActionDone | None:
         """The last action the run reported done on the lease's current plan, None when none."""
+        found = self._report(lease_id)
+        if found is None:
+            return None
+        done = ActionDone.from_data(found[1].get("done"))
+        return replace(done, node=found[0]) if done is not None else None
+
+    def states(self, lease_id: str) -> dict[str, tuple[str, str]]:
+        """What the node side reported on the lease's current plan: container name -> (state, error); {} when it
+        reported nothing (yet), or only on an earlier plan."""
+        found = self._report(lease_id)
         try:
-            current = json.loads(read_bounded(self.plan_path(lease_id))).get("plan_id")
-            data = json.loads(read_bounded(self.state_path(lease_id)))
-        except (OSError, ValueError, AttributeError):
+            return report_states(found[1]) if found is not None else {}
+        except PlanError:
+            return {}
+
+    def _report(self, lease_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The node reporting on the lease's current plan and its report, read from the directory of one of the
+        plan's nodes (the first that has one); None when none has (a report on an earlier plan of the lease, from a
+        run before a failed Provision was retried, does not count)."""
+        plan = self.read(lease_id)
+        if plan is None:
             return None
-        if not isinstance(data, dict) or data.get("plan_id") != current:
-            return None
-        return ActionDone.from_data(data.get("done"))
+        for node in plan.nodes:
+            try:
+                report = _json_object(read_bounded(self.report_path(lease_id, node)))
+            except (OSError, PlanError):
+                continue
+            if report.get("plan_id") == plan.plan_id:
+                return node, report
+        return None
 
     def write(self, plan: LeasePlan) -> Path:
-        """Write (replace) the lease's plan at once (a reader sees the old file or the new one, never half)."""
+        """Write (replace) the lease's plan at once (a reader sees the old file or the new one, never half), and
+        make its node's report directory; a report left there from an earlier plan of the lease goes."""
         with self._locked():
+            for node in plan.nodes:
+                report = self.report_path(plan.lease_id, node)
+                report.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+                report.unlink(missing_ok=True)
             return self._write(plan)
 
     def update(self, lease_id: str, change: Callable[[LeasePlan], LeasePlan]) -> bool:
         """Replace the lease's plan by ``change(plan)``, read and written under the directory's lock so that two
         writers (a Renew and a geni_update_users, a Renew and a Delete, in any thread or process of this host or of
         hosts sharing the directory) never lose each other's change nor bring back a removed plan. False when the
-        lease has no plan (any more); the plan is not written when the change leaves it as it is."""
+        lease has no plan (any more) or one this aggregate did not sign (never signed over); the plan is not
+        written when the change leaves it as it is."""
         with self._locked():
             plan = self.read(lease_id)
             if plan is None:
@@ -283,7 +339,7 @@ class LeasePlans:
 
     def _write(self, plan: LeasePlan) -> Path:
         path = self.plan_path(plan.lease_id)
-        _write_at_once(path, plan.to_json())
+        _write_at_once(path, self.signer.sign(KIND_PLAN, plan.to_json()))
         return path
 
     @contextlib.contextmanager
@@ -297,36 +353,43 @@ class LeasePlans:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def states(self, lease_id: str) -> dict[str, tuple[str, str]]:
-        """What the node side reported on the lease's current plan: container name -> (state, error); {} when it
-        reported nothing (yet), or only on an earlier plan."""
-        try:
-            current = json.loads(read_bounded(self.plan_path(lease_id))).get("plan_id")
-            plan_id, states = read_report(read_bounded(self.state_path(lease_id)))
-        except (OSError, ValueError, AttributeError):  # PlanError is a ValueError
-            return {}
-        return states if plan_id in ("", current) else {}  # "": a node command that predates plan ids
-
     def read(self, lease_id: str) -> LeasePlan | None:
-        """The lease's plan as written, None when there is none (or it is unreadable)."""
+        """The lease's plan as this aggregate signed it, None when there is none, it is unreadable, or its signature
+        does not hold (a file a node wrote: nothing of it is believed, nor ever signed over by ``update``)."""
         try:
-            return LeasePlan.from_json(read_bounded(self.plan_path(lease_id)))
+            text = open_signed(self.signer.verifier, KIND_PLAN, read_bounded(self.plan_path(lease_id)))
+            plan = LeasePlan.from_json(text)
         except (OSError, PlanError):
             return None
+        return plan if plan.lease_id == lease_id else None
+
+    def drop_archives(self, lease_id: str, node: str, upto_seq: int) -> None:
+        """Remove the archives of the lease's saves up to ``upto_seq`` from ``node``'s directory: the one just taken,
+        and those of saves whose node answered after their call had given up (no call takes those any more)."""
+        lease = _checked_name(lease_id)
+        for archive in self.report_path(lease_id, node).parent.glob(f"{lease}.save-*.tar"):
+            seq = archive.name.removeprefix(f"{lease}.save-").removesuffix(".tar")
+            if seq.isdigit() and int(seq) <= upto_seq:
+                archive.unlink(missing_ok=True)
 
     def remove(self, lease_id: str) -> None:
-        """The lease is over: its plan and state go."""
+        """The lease is over: its plan, action, report and save archives go."""
         with self._locked():
-            self.plan_path(lease_id).unlink(missing_ok=True)
-            self.state_path(lease_id).unlink(missing_ok=True)
-            self.action_path(lease_id).unlink(missing_ok=True)
+            plan = self.read(lease_id)
             lease = _checked_name(lease_id)
-            # A save's archive, and one the node was still writing (node_containers: ".<archive>.tmp").
-            for archive in [
-                *self.directory.glob(f"{lease}.save-*.tar"),
-                *self.directory.glob(f".{lease}.save-*.tar.tmp"),
-            ]:
-                archive.unlink(missing_ok=True)
+            nodes = self.directory / NODES_DIR_NAME
+            # The directories of the nodes the plan names; every node's when it is unreadable (the lease's files only).
+            reports = [nodes / node for node in plan.nodes] if plan is not None else sorted(nodes.glob("*"))
+            self.plan_path(lease_id).unlink(missing_ok=True)
+            self.action_path(lease_id).unlink(missing_ok=True)
+            for directory in reports:
+                # The report, a save's archive, and one the node was still writing (node_containers: ".<archive>.tmp").
+                for leftover in [
+                    directory / f"{lease}{STATE_SUFFIX}",
+                    *directory.glob(f"{lease}.save-*.tar"),
+                    *directory.glob(f".{lease}.save-*.tar.tmp"),
+                ]:
+                    leftover.unlink(missing_ok=True)
 
 
 def plans_directory(store: str | os.PathLike[str]) -> Path:
@@ -334,9 +397,15 @@ def plans_directory(store: str | os.PathLike[str]) -> Path:
     return Path(store) / PLANS_DIR_NAME
 
 
-def state_path_of(plan_path: Path) -> Path:
-    """Where the node side reports on the plan at ``plan_path``."""
-    return plan_path.with_name(plan_path.name.removesuffix(PLAN_SUFFIX) + STATE_SUFFIX)
+def lease_plans(settings: Any, store: str | os.PathLike[str]) -> LeasePlans:
+    """The configured aggregate's plans: the image store's plans directory, signed with ``plan_signing_key``."""
+    return LeasePlans(plans_directory(store), PlanSigner(settings.plan_signing_key_path))
+
+
+def report_path_of(plan_path: Path, node: str) -> Path:
+    """Where the node side reports on the plan at ``plan_path``: the directory of the plan's node."""
+    lease = plan_path.name.removesuffix(PLAN_SUFFIX)
+    return plan_path.parent / NODES_DIR_NAME / _checked_name(node) / f"{lease}{STATE_SUFFIX}"
 
 
 def action_path_of(plan_path: Path) -> Path:
@@ -344,9 +413,10 @@ def action_path_of(plan_path: Path) -> Path:
     return plan_path.with_name(plan_path.name.removesuffix(PLAN_SUFFIX) + ACTION_SUFFIX)
 
 
-def archive_path_of(plan_path: Path, seq: int) -> Path:
-    """Where the run of the plan at ``plan_path`` writes the archive of save ``seq``."""
-    return plan_path.with_name(f"{plan_path.name.removesuffix(PLAN_SUFFIX)}.save-{int(seq)}.tar")
+def archive_path_of(plan_path: Path, node: str, seq: int) -> Path:
+    """Where the run of the plan at ``plan_path`` writes the archive of save ``seq``: its node's directory."""
+    lease = plan_path.name.removesuffix(PLAN_SUFFIX)
+    return plan_path.parent / NODES_DIR_NAME / _checked_name(node) / f"{lease}.save-{int(seq)}.tar"
 
 
 def write_states(path: Path, states: dict[str, tuple[str, str]], plan_id: str, done: ActionDone | None = None) -> None:
@@ -359,22 +429,21 @@ def write_states(path: Path, states: dict[str, tuple[str, str]], plan_id: str, d
 
 
 def read_states(text: str) -> dict[str, tuple[str, str]]:
-    """The containers' states of a report (whichever plan it is about)."""
-    return read_report(text)[1]
+    """The containers' states of a report's text (whichever plan it is about); PlanError when it is not a report."""
+    return report_states(_json_object(text))
 
 
-def read_report(text: str) -> tuple[str, dict[str, tuple[str, str]]]:
-    """The plan a report is about ("" when it does not say) and its containers' states; PlanError when it is not
-    a report."""
-    data = _json_object(text)
-    # A node command older than plan ids reports the containers alone, no plan_id: "" (taken as the current plan's).
-    containers = data["containers"] if isinstance(data.get("containers"), dict) else data
+def report_states(report: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The containers' states of a report (container name -> (state, error)); PlanError when it is not one."""
+    containers = report.get("containers")
+    if not isinstance(containers, dict):
+        raise PlanError("a report names its containers")
     found = {}
     for name, item in containers.items():
         if not isinstance(item, dict) or item.get("state") not in NODE_STATES:
             raise PlanError(f"container {name!r}: no known state")
         found[str(name)] = (str(item["state"]), str(item.get("error") or ""))
-    return str(data.get("plan_id") or ""), found
+    return found
 
 
 def _json_object(text: str) -> dict[str, Any]:

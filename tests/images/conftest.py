@@ -9,6 +9,8 @@ import pytest
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.policy import Policy
+from sfa_omf.images import node_containers
+from sfa_omf.images.plan_signing import PlanSigner
 from sfa_omf.images.store import ImageStore
 from tests.calendar.conftest import Calendar, fresh_database
 
@@ -26,6 +28,28 @@ def calendar(database: Database) -> Calendar:
     cal.add_nodes("n1", "n2")
     cal.add_nodes("big1", hardware_type="server")
     return cal
+
+
+@pytest.fixture(scope="session")
+def plan_signer(tmp_path_factory: pytest.TempPathFactory) -> PlanSigner:
+    """The tests' aggregate key for lease plans and actions (sfa_omf/images/plan_signing.py)."""
+    return PlanSigner(tmp_path_factory.mktemp("plan-signer") / "plan-signing.key")
+
+
+@pytest.fixture(scope="session")
+def plan_signers_file(plan_signer: PlanSigner, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A node's /etc/sfa-omf/plan-signers trusting the tests' key (root's, as the node command requires)."""
+    path = tmp_path_factory.mktemp("node-etc") / "plan-signers"
+    path.write_text(f"# the tests' aggregate\n{plan_signer.public_line()}\n")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def node_trusts_the_tests_signer(plan_signers_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The node command run in this process trusts the tests' key (one run in a process of its own is told so by
+    its script: tests/images/plans_env.py node_script)."""
+    monkeypatch.setattr(node_containers, "SIGNERS_FILE", plan_signers_file)
+    return plan_signers_file
 
 
 @pytest.fixture

@@ -18,13 +18,15 @@ from pathlib import Path
 import pytest
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.images import lxc
+from sfa_omf.images import lxc, node_containers
 from sfa_omf.images.instances import FAILED, Instances
 from sfa_omf.images.lxc import LxcHost
-from sfa_omf.images.node_plans import LeasePlans, PlannedContainer, read_states, state_path_of
+from sfa_omf.images.node_plans import LeasePlans, PlannedContainer, read_states, report_path_of
+from sfa_omf.images.plan_signing import PlanSigner
 from sfa_omf.images.store import ImageStore
 from tests.calendar.conftest import Calendar, at
 from tests.images.lxc_env import bridge, needs_lxc
+from tests.images.plans_env import node_script
 from tests.images.test_instances_db import provisioned_lease
 from tests.images.test_node_side import PLAN
 
@@ -121,7 +123,9 @@ def test_a_hanging_lxc_info_reads_as_an_unknown_state_and_the_sweep_goes_on(
     until_killed(stand_in)
 
 
-def test_the_node_command_fails_a_container_whose_lxc_start_hangs_and_runs_on(tmp_path: Path) -> None:
+def test_the_node_command_fails_a_container_whose_lxc_start_hangs_and_runs_on(
+    plan_signer: PlanSigner, tmp_path: Path
+) -> None:
     """The job's command reports the container failed with the time-out, then waits for the job's end as usual."""
     bridge()
     stand_in = HangingLxcStandIn(tmp_path / "bin", "lxc-start")
@@ -132,12 +136,9 @@ def test_the_node_command_fails_a_container_whose_lxc_start_hangs_and_runs_on(tm
         lxc_path=str(tmp_path / "lxc"),
         containers=(PlannedContainer(name, "10.217.99.2/29", ""),),
     )
-    path = LeasePlans(tmp_path / "leases").write(plan)
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(plan)
     runs = tmp_path / "runs"
-    script = (
-        "import sys; from pathlib import Path; from sfa_omf.images import lxc, node_containers as n; "
-        f"n.RUNS_DIR = Path({str(runs)!r}); lxc.LXC_TIMEOUTS_S['lxc-start'] = 1.0; sys.exit(n.main(sys.argv[1:]))"
-    )
+    script = node_script(runs, node_containers.SIGNERS_FILE, "lxc.LXC_TIMEOUTS_S['lxc-start'] = 1.0")
     command = subprocess.Popen(
         [sys.executable, "-c", script, "run", str(path)],
         stdout=subprocess.PIPE,
@@ -148,7 +149,7 @@ def test_the_node_command_fails_a_container_whose_lxc_start_hangs_and_runs_on(tm
         line = command.stdout.readline() if command.stdout else ""
         reason = f"lxc-start for {name} did not finish within 1 s and was killed"
         assert line.startswith(f"container {name}: failed ({reason}"), line
-        state, error = read_states(state_path_of(path).read_text())[name]
+        state, error = read_states(report_path_of(path, plan.nodes[0]).read_text())[name]
         assert state == "failed" and error.startswith(reason)
         until_killed(stand_in)
         assert not (tmp_path / "lxc" / name).exists()

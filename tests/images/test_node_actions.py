@@ -41,6 +41,7 @@ from sfa_omf.images.node_plans import (
     PlannedContainer,
     write_states,
 )
+from sfa_omf.images.plan_signing import KIND_ACTION, KIND_PLAN, PlanSigner
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.testbed.base import SliverHealth
@@ -48,6 +49,7 @@ from sfa_omf.times import format_time
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
 from tests.images.lxc_env import address, bridge, key_pair, needs_lxc, ssh
+from tests.images.plans_env import node_script, report_of
 from tests.images.test_node_side import KEY, NODE, PLAN, NoLxc
 
 
@@ -60,13 +62,13 @@ class Site:
     names: tuple[str, str]
 
 
-def provisioned(pki: DemoPki, tmp_path: Path) -> Site:
+def provisioned(plan_signer: PlanSigner, pki: DemoPki, tmp_path: Path) -> Site:
     """An aggregate whose leases' jobs run the containers (plans), and a lease of two containers whose slot runs,
     provisioned; its node reported nothing yet."""
     database = Database(sqlite_url(str(tmp_path / "am.sqlite")))
     database.upgrade()
     store = ImageStore(database, tmp_path / "images")
-    plans = LeasePlans(tmp_path / "images" / "leases")
+    plans = LeasePlans(tmp_path / "images" / "leases", plan_signer)
     instances = Instances(
         database, NoLxc("br-test", lxc_path="/srv/lxc"), "10.217.0.0/24", store, plans=plans, action_timeout_s=0.5
     )
@@ -99,15 +101,15 @@ def provisioned(pki: DemoPki, tmp_path: Path) -> Site:
 
 
 @pytest.fixture
-def site(pki: DemoPki, tmp_path: Path) -> Site:
-    return provisioned(pki, tmp_path)
+def site(plan_signer: PlanSigner, pki: DemoPki, tmp_path: Path) -> Site:
+    return provisioned(plan_signer, pki, tmp_path)
 
 
 def running(site: Site) -> str:
     """The node's first report: both containers run. Returns the plan's id."""
     plan = site.plans.read(site.lease_id)
     assert plan is not None
-    write_states(site.plans.state_path(site.lease_id), dict.fromkeys(site.names, ("running", "")), plan.plan_id)
+    write_states(report_of(site.plans, site.lease_id), dict.fromkeys(site.names, ("running", "")), plan.plan_id)
     site.am.run_instances()
     assert {record.state for record in site.instances.of_lease(site.lease_id)} == {RUNNING}
     return plan.plan_id
@@ -129,7 +131,7 @@ class NodeRunStandIn:
             action = plans.action(self.site.lease_id)
             if action is not None:
                 states, done = self.answer(action)
-                write_states(plans.state_path(self.site.lease_id), states, action.plan_id, done)
+                write_states(report_of(plans, self.site.lease_id), states, action.plan_id, done)
                 return
 
     def __enter__(self) -> NodeRunStandIn:
@@ -209,7 +211,7 @@ def test_an_action_whose_node_never_answers_is_in_progress_and_a_later_round_tak
     errors = [item["geni_error"] for item in status["geni_slivers"] if "-c" in item["geni_sliver_urn"]]
     assert errors == ["geni_stop handed to the lease's job on its node: in progress"] * 2
     write_states(
-        site.plans.state_path(site.lease_id), dict.fromkeys(site.names, ("stopped", "")), plan_id, ActionDone(1, "stop")
+        report_of(site.plans, site.lease_id), dict.fromkeys(site.names, ("stopped", "")), plan_id, ActionDone(1, "stop")
     )  # the node's report comes later
     site.am.run_instances()
     assert {record.state for record in site.instances.of_lease(site.lease_id)} == {STOPPED}
@@ -234,7 +236,7 @@ def saver(site: Site, make: Callable[[Path], None]) -> NodeRunStandIn:
     """A stand-in node run that answers a save with the archive ``make`` writes where the run writes it."""
 
     def save(action: LeaseAction) -> tuple[dict[str, tuple[str, str]], ActionDone]:
-        archive = site.plans.archive_path(site.lease_id, action.seq)
+        archive = site.plans.archive_path(site.lease_id, "node1", action.seq)
         make(archive)
         digest = sha256_of(archive) if archive.is_file() and not archive.is_symlink() else ""
         size = archive.lstat().st_size
@@ -257,7 +259,7 @@ def test_a_save_imports_the_nodes_archive_as_the_users_private_image(site: Site,
     assert image is not None and image.private and image.added_by == pki.users["alice"].chain[0].urn
     with tarfile.open(image.path) as tar:
         assert sorted(tar.getnames()) == ["./bin/sh", "./bin/tool", "./etc/motd"]
-    assert not site.plans.archive_path(site.lease_id, 1).exists()  # the node's file is not kept
+    assert not site.plans.archive_path(site.lease_id, "node1", 1).exists()  # the node's file is not kept
 
 
 def test_a_save_to_a_label_taken_is_refused_before_the_node_is_asked(site: Site, pki: DemoPki, tmp_path: Path) -> None:
@@ -331,7 +333,7 @@ def test_a_hostile_archive_from_the_node_is_refused_and_nothing_is_imported(
     assert refused.value.code == GeniCode.ERROR and "Nothing was saved" in refused.value.message
     assert site.instances.images.get("bad") is None
     assert [path.name for path in site.instances.images.directory.iterdir() if path.name != "leases"] == []
-    assert not site.plans.archive_path(site.lease_id, 1).exists()
+    assert not site.plans.archive_path(site.lease_id, "node1", 1).exists()
 
 
 def test_an_archive_that_is_not_the_one_reported_is_refused(site: Site, pki: DemoPki) -> None:
@@ -339,7 +341,7 @@ def test_an_archive_that_is_not_the_one_reported_is_refused(site: Site, pki: Dem
     site.instances.action_timeout_s = 30
 
     def swapped(action: LeaseAction) -> tuple[dict[str, tuple[str, str]], ActionDone]:
-        archive = site.plans.archive_path(site.lease_id, action.seq)
+        archive = site.plans.archive_path(site.lease_id, "node1", action.seq)
         good_archive(archive)
         return {}, ActionDone(action.seq, "save", {}, str(archive), 1, "0" * 64)
 
@@ -374,23 +376,46 @@ def test_an_action_the_aggregate_would_not_write_is_refused(text: str, words: st
         LeaseAction.from_json(text)
 
 
-def test_the_node_command_trusts_an_action_only_as_it_trusts_the_plan(tmp_path: Path) -> None:
+def test_the_node_command_trusts_an_action_only_as_it_trusts_the_plan(plan_signer: PlanSigner, tmp_path: Path) -> None:
+    """Signed by the aggregate's key, owned as the plan, about this very plan: anything else is refused (and said
+    once), whoever is root on a node sharing the plans directory."""
     if os.geteuid() != 0:
         pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
-    plans = LeasePlans(tmp_path / "leases")
+    plans = LeasePlans(tmp_path / "leases", plan_signer)
     plans.write(PLAN)
     path = plans.write_action(PLAN.lease_id, LeaseAction(PLAN.plan_id, 3, "stop"))
     said: set[str] = set()
-    assert node_containers._trusted_action(path, PLAN, frozenset({0}), said) == LeaseAction(PLAN.plan_id, 3, "stop")
+    verifier = plan_signer.verifier
+
+    def trusted() -> LeaseAction | None:
+        return node_containers._trusted_action(path, PLAN, verifier, frozenset({0}), said)
+
+    assert trusted() == LeaseAction(PLAN.plan_id, 3, "stop")
     os.chown(path, 65534, -1)  # nobody's: the job's user could have written it
-    assert node_containers._trusted_action(path, PLAN, frozenset({0}), said) is None
+    assert trusted() is None
     os.chown(path, 0, -1)
     path.chmod(0o666)
-    assert node_containers._trusted_action(path, PLAN, frozenset({0}), said) is None
+    assert trusted() is None
     path.chmod(0o644)
     plans.write_action(PLAN.lease_id, LeaseAction("0123456789abcdef", 4, "stop"))  # about another plan
-    assert node_containers._trusted_action(path, PLAN, frozenset({0}), said) is None
-    assert len(said) == 3 and any("not owned by root" in problem for problem in said)
+    assert trusted() is None
+    # Root on another node writes what the aggregate would: unsigned, signed with a key of its own, a signed plan
+    # in the action's place, a signed action altered.
+    stranger = PlanSigner(tmp_path / "stranger.key")
+    action = LeaseAction(PLAN.plan_id, 5, "save", ("sfaomf-0f94abcd-0",)).to_json()
+    path.write_text(action)
+    assert trusted() is None
+    path.write_text(stranger.sign(KIND_ACTION, action))
+    assert trusted() is None
+    path.write_text(plan_signer.sign(KIND_PLAN, action))
+    assert trusted() is None
+    signed = plan_signer.sign(KIND_ACTION, action)
+    altered = signed.replace('\\"seq\\": 5', '\\"seq\\": 6')
+    assert altered != signed
+    path.write_text(altered)
+    assert trusted() is None
+    assert len(said) == 7 and any("not owned by root" in problem for problem in said)
+    assert sum("not signed by the aggregate" in problem for problem in said) == 4
 
 
 def test_a_nodes_save_leaves_secrets_and_devices_out(tmp_path: Path) -> None:
@@ -431,7 +456,7 @@ def bounded_line(stream: IO[str] | None, within_s: float = 180) -> str:
 
 
 @needs_lxc
-def test_the_node_command_does_each_action_once_and_reports_it(tmp_path: Path) -> None:
+def test_the_node_command_does_each_action_once_and_reports_it(plan_signer: PlanSigner, tmp_path: Path) -> None:
     """The real run with real LXC: stop, start (SSH answers again), restart, save; an action file it must not trust
     is ignored; an action already done is not done again."""
     key, public = key_pair(tmp_path, "alice")
@@ -444,13 +469,10 @@ def test_the_node_command_does_each_action_once_and_reports_it(tmp_path: Path) -
         keys=(public,),
         containers=(PlannedContainer(name, host_address, ""),),
     )
-    plans = LeasePlans(tmp_path / "leases")
+    plans = LeasePlans(tmp_path / "leases", plan_signer)
     path = plans.write(plan)
     node = LxcHost(bridge(), lxc_path=plan.lxc_path)
-    script = (
-        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
-        f"n.RUNS_DIR = Path({str(tmp_path / 'runs')!r}); sys.exit(n.main(sys.argv[1:]))"
-    )
+    script = node_script(tmp_path / "runs", node_containers.SIGNERS_FILE)
     command = subprocess.Popen(
         [sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -477,7 +499,7 @@ def test_the_node_command_does_each_action_once_and_reports_it(tmp_path: Path) -
         untrusted.replace(plans.action_path(plan.lease_id))
         refusal = bounded_line(command.stderr)
         assert refusal.startswith("action refused:") and "may be changed by others" in refusal, refusal
-        assert node.state(name) == "RUNNING" and plans.done(plan.lease_id) == ActionDone(2, "start")
+        assert node.state(name) == "RUNNING" and plans.done(plan.lease_id) == ActionDone(2, "start", node=plan.nodes[0])
         # The same MAC at every start: hosts caching the old one would not reach it after a restart for a while.
         config = (Path(plan.lxc_path) / name / "config").read_text()
         assert f"lxc.net.0.hwaddr = {hardware_address(name)}" in config and hardware_address(name).startswith("02:")
@@ -485,7 +507,7 @@ def test_the_node_command_does_each_action_once_and_reports_it(tmp_path: Path) -
         assert node.state(name) == "RUNNING" and ssh(key, host, "echo saved > /etc/motd").returncode == 0
         act(5, "save", (name,))
         done = plans.done(plan.lease_id)
-        archive = plans.archive_path(plan.lease_id, 5)
+        archive = plans.archive_path(plan.lease_id, plan.nodes[0], 5)
         assert done is not None and (done.archive, done.size, done.sha256) == (
             str(archive),
             archive.stat().st_size,

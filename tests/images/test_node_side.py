@@ -40,11 +40,11 @@ from sfa_omf.images.node_plans import (
     LeasePlans,
     PlanError,
     PlannedContainer,
-    read_report,
     read_states,
-    state_path_of,
+    report_path_of,
     write_states,
 )
+from sfa_omf.images.plan_signing import PlanSigner
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.testbed.base import SliverHealth
@@ -55,6 +55,7 @@ from sfa_omf.times import format_time
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
 from tests.images.lxc_env import address, bridge, key_pair, needs_lxc, ssh
+from tests.images.plans_env import node_script, plan_file, report_of
 
 NODE = "urn:publicid:IDN+testbed+node+node1"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeKeyForPlansOnly0000000000000000000000 alice"
@@ -69,6 +70,7 @@ PLAN = LeasePlan(
     # A slot that runs now (the node command runs a plan only then), whatever the time of day the tests run at.
     slot_start_s=int(time.time()) - 3600,
     slot_end_s=int(time.time()) + 86400,
+    nodes=("127.0.0.1",),  # this host (the node command runs a plan only on one of its nodes)
 )
 
 
@@ -110,8 +112,8 @@ def test_a_plan_the_aggregate_would_not_write_is_refused(change: dict[str, Any],
         LeasePlan.from_json(replace(PLAN, **change).to_json())
 
 
-def test_the_node_command_trusts_only_root_owned_plans(tmp_path: Path) -> None:
-    plans = LeasePlans(tmp_path / "leases")
+def test_the_node_command_trusts_only_root_owned_plans(plan_signer: PlanSigner, tmp_path: Path) -> None:
+    plans = LeasePlans(tmp_path / "leases", plan_signer)
     path = plans.write(PLAN)
     if os.geteuid() == 0:
         assert node_containers.untrusted(path) == ""
@@ -120,7 +122,7 @@ def test_the_node_command_trusts_only_root_owned_plans(tmp_path: Path) -> None:
 
 
 def test_the_node_command_trusts_the_plan_writers_an_operator_lists(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    plan_signer: PlanSigner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The aggregate may run as a service account (sfa-omf): listed in /etc/sfa-omf/plan-writers, its plans count;
     a job of that very account is then refused (it could write its own plan)."""
@@ -129,7 +131,7 @@ def test_the_node_command_trusts_the_plan_writers_an_operator_lists(
     writers = tmp_path / "plan-writers"
     writers.write_text("# the aggregate's account\nnobody\nno-such-user\n")
     monkeypatch.setattr(node_containers, "WRITERS_FILE", writers)
-    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(PLAN)
     for item in (path, path.parent):
         os.chown(item, 65534, -1)
     assert node_containers.untrusted(path, node_containers.plan_writers()) == ""
@@ -138,10 +140,10 @@ def test_the_node_command_trusts_the_plan_writers_an_operator_lists(
     assert "nobody writes plans" in capsys.readouterr().err
 
 
-def test_the_node_command_refuses_a_directory_others_may_change(tmp_path: Path) -> None:
+def test_the_node_command_refuses_a_directory_others_may_change(plan_signer: PlanSigner, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
-    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(PLAN)
     path.parent.chmod(0o777)  # not sticky: anybody could replace the plan
     assert "may be changed by others" in node_containers.untrusted(path)
     path.parent.chmod(0o1777)  # sticky (like /tmp): nobody replaces root's file
@@ -149,17 +151,17 @@ def test_the_node_command_refuses_a_directory_others_may_change(tmp_path: Path) 
 
 
 def test_the_node_command_refuses_a_plan_for_another_users_job(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    plan_signer: PlanSigner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if os.geteuid() != 0:
         pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
-    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(PLAN)
     monkeypatch.setenv("SUDO_USER", "bob")  # bob's job names alice's plan
     runs = tmp_path / "runs"
     monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
     assert node_containers.run(str(path)) == 2
     assert "for alice's job, not bob's" in capsys.readouterr().err
-    assert not runs.exists() and not state_path_of(path).exists()  # nothing done
+    assert not runs.exists() and not report_path_of(path, "127.0.0.1").exists()  # nothing done
 
 
 @pytest.mark.parametrize(
@@ -171,6 +173,7 @@ def test_the_node_command_refuses_a_plan_for_another_users_job(
     ],
 )
 def test_the_node_command_refuses_a_plan_whose_slot_does_not_run_now(
+    plan_signer: PlanSigner,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -183,14 +186,14 @@ def test_the_node_command_refuses_a_plan_whose_slot_does_not_run_now(
         pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
     now = int(time.time())
     start, end = (None if moment is None else now + moment for moment in slot)
-    path = LeasePlans(tmp_path / "leases").write(replace(PLAN, slot_start_s=start, slot_end_s=end))
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(replace(PLAN, slot_start_s=start, slot_end_s=end))
     monkeypatch.setenv("SUDO_USER", "alice")
     runs = tmp_path / "runs"
     monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
     assert node_containers.main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"refused: plan {path} ") and words in err
-    assert not runs.exists() and not state_path_of(path).exists()  # nothing done
+    assert not runs.exists() and not report_path_of(path, "127.0.0.1").exists()  # nothing done
 
 
 def test_a_slot_runs_from_a_little_before_its_start_to_its_end() -> None:
@@ -212,11 +215,11 @@ class Site:
 
 
 @pytest.fixture
-def site(pki: DemoPki, tmp_path: Path) -> Iterator[Site]:
+def site(plan_signer: PlanSigner, pki: DemoPki, tmp_path: Path) -> Iterator[Site]:
     database = Database(sqlite_url(str(tmp_path / "am.sqlite")))
     database.upgrade()
     store = ImageStore(database, tmp_path / "images")
-    plans = LeasePlans(tmp_path / "images" / "leases")
+    plans = LeasePlans(tmp_path / "images" / "leases", plan_signer)
     instances = Instances(database, NoLxc("br-test", lxc_path="/srv/lxc"), "10.217.0.0/24", store, plans=plans)
     accounts = Accounts(database)
     accounts.pin(pki.users["alice"].chain[0].urn or "", "alice")
@@ -253,7 +256,7 @@ def provision(site: Site, pki: DemoPki, image: str = "", before: Callable[[], ob
 
 def test_provision_writes_the_plan_the_node_command_reads(site: Site, pki: DemoPki) -> None:
     lease_id = provision(site, pki)
-    plan = LeasePlan.from_json(site.plans.plan_path(lease_id).read_text())
+    plan = plan_file(site.plans, lease_id)
     records = site.instances.of_lease(lease_id)
     assert plan.user == "alice" and plan.keys == (KEY,)
     (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
@@ -367,7 +370,7 @@ def test_provision_again_gives_a_plan_without_a_slot_its_slot_and_renew_moves_it
 def test_the_rows_follow_what_the_node_reports(site: Site, pki: DemoPki) -> None:
     lease_id = provision(site, pki)
     first, second = site.instances.of_lease(lease_id)
-    report = site.plans.state_path(lease_id)
+    report = report_of(site.plans, lease_id)
     plan = site.plans.read(lease_id)
     assert plan is not None
     assert site.am.run_instances() == ([], [])  # nothing reported yet: nothing changes, LXC untouched here
@@ -376,9 +379,7 @@ def test_the_rows_follow_what_the_node_reports(site: Site, pki: DemoPki) -> None
     assert site.am.run_instances() == ([], []) and {r.state for r in site.instances.of_lease(lease_id)} == {PLANNED}
     write_states(report, stale, plan.plan_id)
     assert site.am.run_instances() == ([first.name], [])
-    assert read_report(report.read_text()) == (plan.plan_id, stale)
-    legacy = {name: {"state": state, "error": error} for name, (state, error) in stale.items()}
-    assert read_report(json.dumps(legacy)) == ("", stale)  # a node command older than plan ids: taken as current
+    assert read_states(report.read_text()) == stale
     states = {r.name: (r.state, r.error) for r in site.instances.of_lease(lease_id)}
     assert states == {first.name: (RUNNING, ""), second.name: (FAILED, "no space left")}
     write_states(report, {first.name: ("destroyed", ""), second.name: ("destroyed", "")}, plan.plan_id)
@@ -416,7 +417,7 @@ def test_a_provision_that_timed_out_keeps_the_plan_its_job_may_need(site: Site, 
         provision(site, pki)
     assert failed.value.reason == Reason.TIMEDOUT
     (lease,) = site.am.bookings.leases(slice_urn=pki.slice_urn)
-    plan = LeasePlan.from_json(site.plans.plan_path(lease.id).read_text())
+    plan = plan_file(site.plans, lease.id)
     records = site.instances.of_lease(lease.id)
     assert [(c.name, c.address) for c in plan.containers] == [(r.name, r.address) for r in records]
     assert all(r.address for r in records)
@@ -458,7 +459,9 @@ def test_a_lease_with_a_plan_is_an_ordinary_oar_job_running_the_node_command(sit
 
 # -- the node command for real (LXC on the project's bridge; root) ----------------------------------------------
 @needs_lxc
-def test_the_node_command_makes_the_containers_and_destroys_them_on_sigterm(tmp_path: Path) -> None:
+def test_the_node_command_makes_the_containers_and_destroys_them_on_sigterm(
+    plan_signer: PlanSigner, tmp_path: Path
+) -> None:
     key, public = key_pair(tmp_path, "alice")
     plan = replace(
         PLAN,
@@ -467,26 +470,28 @@ def test_the_node_command_makes_the_containers_and_destroys_them_on_sigterm(tmp_
         keys=(public,),
         containers=(PlannedContainer("sfaomf-0f94abcd-0", address(231), ""),),
     )
-    path = LeasePlans(tmp_path / "leases").write(plan)
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(plan)
     runs = tmp_path / "runs"
     node = LxcHost(bridge(), lxc_path=plan.lxc_path)
     command = start_run(path, runs)
     try:
         line = command.stdout.readline() if command.stdout else ""  # once the containers are made
         assert line.strip() == "container sfaomf-0f94abcd-0: running"
-        assert read_states(state_path_of(path).read_text()) == {"sfaomf-0f94abcd-0": ("running", "")}
+        assert read_states(report_path_of(path, "127.0.0.1").read_text()) == {"sfaomf-0f94abcd-0": ("running", "")}
         assert [record.name for record in node.instances()] == ["sfaomf-0f94abcd-0"] and len(list(runs.iterdir())) == 1
         assert ssh(key, address(231).split("/")[0], "true").returncode == 0
         command.send_signal(signal.SIGTERM)
         assert command.wait(timeout=60) == 0
         assert node.instances() == [] and list(runs.iterdir()) == []
-        assert read_states(state_path_of(path).read_text()) == {"sfaomf-0f94abcd-0": ("destroyed", "")}
+        assert read_states(report_path_of(path, "127.0.0.1").read_text()) == {"sfaomf-0f94abcd-0": ("destroyed", "")}
     finally:
         end_run(command, node)
 
 
 @needs_lxc
-def test_the_node_command_destroys_the_containers_at_the_slots_end_by_itself(tmp_path: Path) -> None:
+def test_the_node_command_destroys_the_containers_at_the_slots_end_by_itself(
+    plan_signer: PlanSigner, tmp_path: Path
+) -> None:
     """A run (the job's, or one the plan's user started through the sudo rule) ends with the lease's slot: its
     containers never outlive it, signal or not. The slot here ends a few seconds after the run begins."""
     plan = replace(
@@ -496,7 +501,7 @@ def test_the_node_command_destroys_the_containers_at_the_slots_end_by_itself(tmp
         containers=(PlannedContainer("sfaomf-0f94abce-0", address(232), ""),),
         slot_end_s=int(time.time()) + 5,
     )
-    path = LeasePlans(tmp_path / "leases").write(plan)
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(plan)
     runs = tmp_path / "runs"
     node = LxcHost(bridge(), lxc_path=plan.lxc_path)
     command = start_run(path, runs)
@@ -506,18 +511,15 @@ def test_the_node_command_destroys_the_containers_at_the_slots_end_by_itself(tmp
         assert lines[0] == "container sfaomf-0f94abce-0: running", lines
         assert "the lease's slot is over: destroying the containers" in lines
         assert node.instances() == [] and list(runs.iterdir()) == []
-        assert read_states(state_path_of(path).read_text()) == {"sfaomf-0f94abce-0": ("destroyed", "")}
+        assert read_states(report_path_of(path, "127.0.0.1").read_text()) == {"sfaomf-0f94abce-0": ("destroyed", "")}
     finally:
         end_run(command, node)
 
 
 def start_run(path: Path, runs: Path) -> subprocess.Popen[str]:
     """The node command's ``run`` of the plan at ``path`` in a process of its own (as its job runs it), with its run
-    records in ``runs``; its stdout piped."""
-    script = (
-        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
-        f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
-    )
+    records in ``runs`` and trusting the tests' key; its stdout piped."""
+    script = node_script(runs, node_containers.SIGNERS_FILE)
     return subprocess.Popen([sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, text=True)
 
 
@@ -530,18 +532,15 @@ def end_run(command: subprocess.Popen[str], node: LxcHost) -> None:
         node.destroy(record.name)
 
 
-def test_the_node_command_leaves_alone_a_container_it_did_not_make(tmp_path: Path) -> None:
+def test_the_node_command_leaves_alone_a_container_it_did_not_make(plan_signer: PlanSigner, tmp_path: Path) -> None:
     """A container of a planned name exists already (another run of the plan): this run neither records it nor
     destroys it at its end, and reports it failed saying why. No LXC command runs: nothing is to be made."""
     taken = tmp_path / "lxc" / PLAN.containers[0].name
     taken.mkdir(parents=True)
     (taken / "config").write_text("# somebody else's\n")
-    path = LeasePlans(tmp_path / "leases").write(replace(PLAN, lxc_path=str(tmp_path / "lxc")))
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(replace(PLAN, lxc_path=str(tmp_path / "lxc")))
     runs = tmp_path / "runs"
-    script = (
-        "import sys; from pathlib import Path; from sfa_omf.images import node_containers as n; "
-        f"n.RUNS_DIR = Path({str(runs)!r}); sys.exit(n.main(sys.argv[1:]))"
-    )
+    script = node_script(runs, node_containers.SIGNERS_FILE)
     command = subprocess.Popen(
         [sys.executable, "-c", script, "run", str(path)],
         stdout=subprocess.PIPE,
@@ -560,19 +559,22 @@ def test_the_node_command_leaves_alone_a_container_it_did_not_make(tmp_path: Pat
             command.kill()
             command.wait()
     assert (taken / "config").read_text() == "# somebody else's\n"
-    assert read_states(state_path_of(path).read_text())[taken.name][0] == "failed"
+    assert read_states(report_path_of(path, "127.0.0.1").read_text())[taken.name][0] == "failed"
 
 
 def test_reap_destroys_the_containers_of_runs_that_are_gone_and_only_those(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    plan_signer: PlanSigner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """OAR SIGKILLs a job's processes; its epilogue's reap then destroys what the run made (here: LXC directories
     that do not exist, so nothing else is touched), and leaves a live run alone."""
     runs = tmp_path / "runs"
     monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
-    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(PLAN)
     # pid_max is at most 2**22: no process has this pid (a gone run, as after OAR's SIGKILL)
-    dead = node_containers.RunRecord(2**22 + 1, "1", str(path), "br", str(tmp_path / "lxc"), ("sfaomf-a-0",))
+    report = str(report_path_of(path, "127.0.0.1"))
+    dead = node_containers.RunRecord(
+        2**22 + 1, "1", str(path), "br", str(tmp_path / "lxc"), ("sfaomf-a-0",), PLAN.plan_id, report=report
+    )
     live = node_containers.RunRecord(
         os.getpid(), node_containers._start_time(os.getpid()), str(path), "br", str(tmp_path / "lxc"), ("sfaomf-b-0",)
     )
@@ -580,18 +582,21 @@ def test_reap_destroys_the_containers_of_runs_that_are_gone_and_only_those(
         node_containers._register(record)
     assert node_containers.reap() == 0
     assert sorted(entry.name for entry in runs.iterdir()) == [f"{os.getpid()}.json"]
-    assert read_states(state_path_of(path).read_text()) == {"sfaomf-a-0": ("destroyed", "")}
+    assert read_states(report_path_of(path, "127.0.0.1").read_text()) == {"sfaomf-a-0": ("destroyed", "")}
 
 
 def test_a_report_root_cannot_write_is_said_and_the_containers_still_go(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    plan_signer: PlanSigner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Where the report should go, root cannot write (here a directory is in the way; NFS's root squash alike)."""
     runs = tmp_path / "runs"
     monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
-    path = LeasePlans(tmp_path / "leases").write(PLAN)
-    state_path_of(path).mkdir()
-    gone = node_containers.RunRecord(2**22 + 1, "1", str(path), "br", str(tmp_path / "lxc"), ("sfaomf-a-0",))
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(PLAN)
+    report = report_path_of(path, "127.0.0.1")
+    report.mkdir()
+    gone = node_containers.RunRecord(
+        2**22 + 1, "1", str(path), "br", str(tmp_path / "lxc"), ("sfaomf-a-0",), report=str(report)
+    )
     node_containers._register(gone)
     assert node_containers.reap() == 0
     out, err = capsys.readouterr()
@@ -599,13 +604,15 @@ def test_a_report_root_cannot_write_is_said_and_the_containers_still_go(
     assert list(runs.iterdir()) == []  # destroyed all the same: the record goes
 
 
-def test_reap_ends_its_own_jobs_run_and_only_a_few_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reap_ends_its_own_jobs_run_and_only_a_few_others(
+    plan_signer: PlanSigner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The epilogue of OAR job 77 passes 77: that run goes whatever the backlog of other dead runs, and the sweep of
     the others stops at REAP_OTHERS (the next epilogues take the rest)."""
     runs = tmp_path / "runs"
     monkeypatch.setattr(node_containers, "RUNS_DIR", runs)
     monkeypatch.setattr(node_containers, "REAP_OTHERS", 2)
-    path = LeasePlans(tmp_path / "leases").write(PLAN)
+    path = LeasePlans(tmp_path / "leases", plan_signer).write(PLAN)
     lxc = str(tmp_path / "lxc")
     for n in range(6):  # dead runs of other jobs, named before job 77's run in the directory's order
         node_containers._register(node_containers.RunRecord(2**22 + 1 + n, "1", str(path), "br", lxc, (f"o-{n}",)))
@@ -647,7 +654,7 @@ def test_a_key_written_with_tabs_or_spaces_is_one_plan_line_the_node_reads(site:
     assert plan_keys([f"{kind}\t{body}   alice@laptop\n", " "]) == (f"{kind} {body} alice@laptop",)
     lease_id = provision(site, pki)
     site.instances.rewrite_keys([lease_id], [f"{kind}\t\t{body}"])
-    assert LeasePlan.from_json(site.plans.plan_path(lease_id).read_text()).keys == (f"{kind} {body}",)
+    assert plan_file(site.plans, lease_id).keys == (f"{kind} {body}",)
 
 
 def test_new_keys_reach_the_plans_of_every_provisioned_lease_of_the_slice(site: Site, pki: DemoPki) -> None:
@@ -681,17 +688,17 @@ def test_a_report_or_plan_too_large_is_refused_unread(site: Site, pki: DemoPki) 
     from sfa_omf.images.node_plans import MAX_FILE_BYTES, PlanError, read_bounded
 
     lease_id = provision(site, pki)
-    site.plans.state_path(lease_id).write_text("{" + " " * MAX_FILE_BYTES + "}")
+    report_of(site.plans, lease_id).write_text("{" + " " * MAX_FILE_BYTES + "}")
     assert site.plans.states(lease_id) == {}
     with pytest.raises(PlanError, match="larger than"):
-        read_bounded(site.plans.state_path(lease_id))
+        read_bounded(report_of(site.plans, lease_id))
     assert read_bounded(site.plans.plan_path(lease_id)).startswith("{")  # a plan of the usual size reads
 
 
-def test_plan_updates_from_two_writers_lose_nothing(tmp_path: Path) -> None:
+def test_plan_updates_from_two_writers_lose_nothing(plan_signer: PlanSigner, tmp_path: Path) -> None:
     """Two writers (threads here; processes and hosts take the same flock) each add keys to one plan, read and
     written under the plans' lock: every key is there at the end (a read-then-write without it loses some)."""
-    plans = LeasePlans(tmp_path / "leases")
+    plans = LeasePlans(tmp_path / "leases", plan_signer)
     plans.write(replace(PLAN, keys=()))
     errors: list[BaseException] = []
 
@@ -713,8 +720,8 @@ def test_plan_updates_from_two_writers_lose_nothing(tmp_path: Path) -> None:
     assert plan is not None and len(plan.keys) == 80 and len(set(plan.keys)) == 80
 
 
-def test_an_update_never_brings_a_removed_plan_back(tmp_path: Path) -> None:
-    plans = LeasePlans(tmp_path / "leases")
+def test_an_update_never_brings_a_removed_plan_back(plan_signer: PlanSigner, tmp_path: Path) -> None:
+    plans = LeasePlans(tmp_path / "leases", plan_signer)
     plans.write(PLAN)
     plans.remove(PLAN.lease_id)
     assert plans.update(PLAN.lease_id, lambda plan: replace(plan, keys=())) is False

@@ -35,9 +35,9 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.external import ExternalHold, ExternalHolds, SyncReport
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.outbox import LeaseNews
-from sfa_omf.calendar.records import LeaseRecord, NodeRecord, SliverRecord
+from sfa_omf.calendar.records import LeaseRecord, NodeRecord, SliverRecord, network_address
 from sfa_omf.errors import GeniError, Reason
-from sfa_omf.images.node_plans import EXIT_PLAN_REFUSED, LeasePlans, plans_directory
+from sfa_omf.images.node_plans import EXIT_PLAN_REFUSED, LeasePlans, lease_plans
 from sfa_omf.images.provisioning import ONDEMAND, plan_lease
 from sfa_omf.images.store import store_directory
 from sfa_omf.testbed.base import BackgroundTask, SliverHealth
@@ -597,12 +597,12 @@ def _failed(lease_id: str, recorded: JobRecord | None, reason: str) -> LeaseNews
 
 
 def _address(node: NodeRecord) -> str:
-    return str(node.properties.get("network_address") or node.component_name)
+    return network_address(node.component_name, node.properties)
 
 
 def _plans(settings: Any) -> LeasePlans | None:
     """The lease container plans, where the aggregate writes them (sfa_omf/images/instances.py instances_of)."""
-    return LeasePlans(plans_directory(store_directory(settings.data_dir))) if settings.instance_bridge else None
+    return lease_plans(settings, store_directory(settings.data_dir)) if settings.instance_bridge else None
 
 
 def make_oar_backend(settings: Any, database: Database) -> OarTestbed:

@@ -28,6 +28,8 @@ from sfa_omf.testbed.oar.client import OarClient, OarError, OarJob, OarRefused
 REPO = Path(__file__).resolve().parents[3]
 OAR_SCRIPT = REPO / "scripts" / "oar.sh"
 OAR_USERS = ("alice", "bob")
+# The key scripts/oar.sh's node command trusts (/etc/sfa-omf/plan-signers): the tests' aggregates sign plans with it.
+RIG_PLAN_KEY = Path("/var/lib/sfa-omf-oar/plan-signing.key")
 
 
 @pytest.fixture(scope="session")

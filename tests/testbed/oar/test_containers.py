@@ -27,6 +27,7 @@ from sfa_omf.errors import GeniError
 from sfa_omf.images.instances import DESTROYED, FAILED, RUNNING, Instance, Instances
 from sfa_omf.images.lxc import LxcHost
 from sfa_omf.images.node_plans import LeasePlans, plans_directory
+from sfa_omf.images.plan_signing import PlanSigner
 from sfa_omf.images.store import ImageStore
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.testbed.oar.backend import PLAN_REFUSED, OarTestbed
@@ -37,7 +38,7 @@ from sfa_omf.times import format_time
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
 from tests.images.lxc_env import bridge, bridge_network, key_pair, needs_lxc, ssh
-from tests.testbed.oar.conftest import wait_for_job
+from tests.testbed.oar.conftest import RIG_PLAN_KEY, wait_for_job
 
 pytestmark = needs_lxc
 NODE = "urn:publicid:IDN+testbed+node+execnode"
@@ -80,7 +81,8 @@ def site(oar_url: str, oar_users: tuple[str, ...], pki: DemoPki, tmp_path: Path)
     database.upgrade()
     client = OarClient(oar_url, timeout_s=60)
     store = ImageStore(database, tmp_path / "images")
-    plans = LeasePlans(plans_directory(store.directory))  # root's, as the node command requires
+    # Root's, as the node command requires, and signed with the key the rig's nodes trust.
+    plans = LeasePlans(plans_directory(store.directory), PlanSigner(RIG_PLAN_KEY))
     backend = OarTestbed(client, database, "testbed", cache_s=0, container_plans=plans)  # job state every round
     accounts = Accounts(database)
     accounts.pin(pki.users["alice"].chain[0].urn or "", "alice")
@@ -245,7 +247,7 @@ def test_stop_start_restart_and_save_act_on_the_containers_the_job_runs(
         motd = tar.extractfile("./etc/motd")
         assert motd is not None and motd.read() == b"made-in-the-lease\n"
         assert not [name for name in tar.getnames() if name.startswith("./root/.ssh")]
-    assert list(site.plans.directory.glob("*.save-*.tar")) == []  # the node's archive is not kept
+    assert list(site.plans.directory.glob("**/*.save-*.tar")) == []  # the node's archive is not kept
     # A later Allocate names the new image (Allocate only: no second job on the shared OAR).
     (lease,) = am.bookings.leases(slice_urn=pki.slice_urn)
     later = lease.end + timedelta(minutes=10)
