@@ -37,7 +37,14 @@ from rspec.model import (
 from rspec.parse_request import RequestPolicy, parse_request
 from sfa_omf.am.advertiser import Advertiser
 from sfa_omf.am.containers import act as act_on_containers
-from sfa_omf.am.containers import check_request, node_health, node_sliver_of, save_image, ssh_answering
+from sfa_omf.am.containers import (
+    check_one_node_per_lease,
+    check_request,
+    node_health,
+    node_sliver_of,
+    save_image,
+    ssh_answering,
+)
 from sfa_omf.am.containers import manifest_sliver as container_manifest_sliver
 from sfa_omf.am.containers import plan as plan_containers
 from sfa_omf.am.containers import sliver_dict as container_dict
@@ -297,6 +304,8 @@ class Aggregate:
         containers = check_request(
             request, self.instances, self.policy.max_instances_per_node, repository, verified.owner_urn
         )  # before anything is written
+        if containers and self.instances is not None and self.instances.plans is not None:
+            check_one_node_per_lease(request, containers)
         wanted: list[BookingRequest] = []
         for lease in request.leases:
             components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]

@@ -95,6 +95,22 @@ def check_request(
     return wanted
 
 
+def check_one_node_per_lease(request: Request, containers: Mapping[str, tuple[str, int]]) -> None:
+    """Where the testbed's jobs run the containers (OAR), a lease's job runs its command on one node, which makes
+    the lease's containers: UNSUPPORTED, before anything is written, for a lease asking for containers that books
+    more than one node (they would all run on one of them)."""
+    for lease in request.leases:
+        if len(set(lease.nodes)) > 1 and any(client_id in containers for client_id in lease.nodes):
+            raise GeniError(
+                Reason.UNSUPPORTED,
+                f"a lease books nodes {', '.join(sorted(set(lease.nodes)))} and asks for containers on "
+                f"{', '.join(sorted(c for c in set(lease.nodes) if c in containers))}: on this testbed a lease's "
+                "containers are made by its job on one node, so a lease with containers books exactly one node. Give "
+                "each such node a lease of its own (one <lease> element per node, or one Allocate per node). "
+                "Nothing was booked",
+            )
+
+
 def plan(
     instances: Instances | None, leases: Sequence[LeaseRecord], wanted: Mapping[str, tuple[str, int]], now: datetime
 ) -> None:

@@ -11,17 +11,23 @@ import socket
 import stat
 import threading
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.cli import main
+from sfa_omf.errors import GeniError, Reason
 from sfa_omf.images import node_containers
 from sfa_omf.images.node_plans import LeasePlan, LeasePlans, PlanError, open_signed, report_path_of, write_states
 from sfa_omf.images.plan_signing import KIND_ACTION, KIND_PLAN, PlanSigner, PlanVerifier, SignatureError
+from sfa_omf.times import format_time
 from tests.conftest import DemoPki
-from tests.images.test_node_side import PLAN, Site, provision
+from tests.images.test_node_side import KEY, NODE, PLAN, Site, provision
 from tests.images.test_node_side import site as site  # the fixture: an aggregate whose leases' jobs run them
+
+NODE_2 = "urn:publicid:IDN+testbed+node+node2"
 
 
 # -- the signature --------------------------------------------------------------------------------------------------
@@ -238,3 +244,39 @@ def test_a_plan_without_nodes_is_refused(plan_signer: PlanSigner) -> None:
     with pytest.raises(PlanError, match="nodes must be"):
         LeasePlan.from_json(json.dumps(data | {"nodes": ["../etc"]}))
     assert os.path.basename(str(report_path_of(Path("/x/l.plan.json"), "n1"))) == "l.state.json"
+
+
+def test_a_lease_with_containers_books_one_node_where_jobs_make_them(site: Site, pki: DemoPki) -> None:
+    """The lease's job runs its command on one node, which makes all its containers: a lease of two nodes asking for
+    containers is refused (UNSUPPORTED, nothing booked); the same nodes in a lease each are booked, the containers'
+    lease's plan naming its own node."""
+    site.am.inventory.add_node(NodeSpec(NODE_2, "node2", grain_s=60, properties={"network_address": "10.0.0.2"}))
+    alice = pki.users["alice"]
+    start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=10)
+    until = start + timedelta(minutes=30)
+
+    def request(lease_of_b: str) -> str:
+        leases = "".join(
+            f'<ol:lease client_id="{label}" valid_from="{format_time(start)}" valid_until="{format_time(until)}"/>'
+            for label in sorted({"la", lease_of_b})
+        )
+        return (
+            '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
+            'xmlns:inst="http://sfa-omf.org/rspec/ext/instances/1" '
+            f'xmlns:ol="http://nitlab.inf.uth.gr/schema/sfa/rspec/1">{leases}'
+            f'<node client_id="a" component_id="{NODE}" exclusive="true"><sliver_type name="lxc"/>'
+            '<ol:lease_ref id_ref="la"/></node>'
+            f'<node client_id="b" component_id="{NODE_2}" exclusive="true"><sliver_type name="raw-pc"/>'
+            f'<ol:lease_ref id_ref="{lease_of_b}"/></node></rspec>'
+        )
+
+    options = {"geni_users": [{"urn": alice.chain[0].urn, "keys": [KEY]}]}
+    with pytest.raises(GeniError) as refused:
+        site.am.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], request("la"), options)
+    assert refused.value.reason == Reason.UNSUPPORTED and "a lease of its own" in refused.value.message
+    assert site.am.bookings.leases(slice_urn=pki.slice_urn) == []
+    site.am.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], request("lb"), options)
+    site.am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], options)
+    leases = site.am.bookings.leases(slice_urn=pki.slice_urn)
+    plans = [site.plans.read(lease.id) for lease in leases]
+    assert len(leases) == 2 and [plan.nodes for plan in plans if plan is not None] == [("node1",)]
