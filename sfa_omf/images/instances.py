@@ -51,6 +51,7 @@ from sfa_omf.images.node_plans import (
     LeasePlan,
     LeasePlans,
     PlannedContainer,
+    is_node_name,
     lease_plans,
 )
 from sfa_omf.images.store import ImageStore, check_label
@@ -218,8 +219,7 @@ class Instances:
                 log.warning("lease %s: a container could not be destroyed: %s", lease_id, exc.message)
         if self.plans is not None:
             self.sync_plans(provisioned, keys_of)
-            reported, gone = self._follow_nodes([lease_id for lease_id, _, _ in due], now)
-            return reported, destroyed + gone
+            return self._follow_nodes([lease_id for lease_id, _, _ in due], now), destroyed
         live = {record.name for record in self.listing()}
         for orphan in self.host.instances():  # ours by name, but no live row: left by a crash
             if orphan.name not in live:
@@ -377,8 +377,8 @@ class Instances:
 
     def sync_plans(self, slots: Mapping[str, tuple[str, int, int]], keys_of: Callable[[str], Sequence[str]]) -> None:
         """Bring the plans of provisioned leases (lease id -> slice URN, slot start, slot end) to the calendar: the
-        slot and the slice users' keys as recorded. Repairs what a failed rewrite left, and gives a slot to plans an
-        aggregate older than slots wrote (the node command refuses those). Writes only a plan that differs."""
+        slot and the slice users' keys as recorded. Repairs what a failed rewrite left (or an earlier signed version
+        of the plan put back). Writes only a plan that differs, and never one this aggregate did not sign."""
         if self.plans is None:
             return
         keys: dict[str, tuple[str, ...]] = {}  # by slice: a slice's leases share its users (read once a round)
@@ -397,6 +397,13 @@ class Instances:
             select(Node.component_id, Node.component_name, Node.properties).where(Node.component_id.in_(node_urns))
         )
         names = {str(urn): network_address(str(name), properties) for urn, name, properties in found}
+        for urn, name in sorted(names.items()):
+            if not is_node_name(name):
+                raise GeniError(
+                    Reason.TESTBED,
+                    f"node {urn} is reached as {name!r}, which cannot name its report directory (letters, digits, "
+                    "and _ . - :, at most 253): the operator must fix its network_address. Nothing was provisioned",
+                )
         return tuple(names[urn] for urn in node_urns if urn in names)
 
     def _slot_of(self, lease_id: str) -> tuple[int, int] | None:
@@ -418,27 +425,25 @@ class Instances:
                 .values(address=None, updated_s=to_s(now))
             )
 
-    def _follow_nodes(self, lease_ids: Sequence[str], now: datetime) -> tuple[list[str], list[str]]:
-        """The rows of leases whose job runs take what the node side reported: running, failed (with its reason),
-        destroyed (the job's command ended). Returns (names now running, names now destroyed)."""
+    def _follow_nodes(self, lease_ids: Sequence[str], now: datetime) -> list[str]:
+        """The rows of leases whose job runs take what the node side reported: running, stopped, failed (with its
+        reason). Returns the names now running. A node's word never destroys a row nor frees its address: the root
+        of a node, or an earlier tenant of it, can write a report, and an address freed while its container still
+        runs would be handed out twice; rows go when the aggregate itself ends them (the job's end, Delete, the
+        slot's end)."""
         started: list[str] = []
-        gone: list[str] = []
         assert self.plans is not None
         for lease_id in lease_ids:
             reported = self.plans.states(lease_id)
             outcomes: dict[str, list[tuple[str, str, str]]] = {}  # row state expected -> (name, state, error)
             for record in self.of_lease(lease_id):
                 state, error = reported.get(record.name, (record.state, record.error))
-                if record.state in LIVE and state != record.state:
+                if record.state in LIVE and state != record.state and state != DESTROYED:
                     outcomes.setdefault(record.state, []).append((record.name, state, error))
             for expected, changes in outcomes.items():
                 missed = self._set_states(changes, now, expected=expected)
                 started += [name for name, state, _ in changes if state == RUNNING and name not in missed]
-                gone += [name for name, state, _ in changes if state == DESTROYED and name not in missed]
-        if gone:
-            with self.database.write() as session:  # a destroyed container gives its address back
-                session.execute(update(LeaseInstance).where(LeaseInstance.name.in_(gone)).values(address=None))
-        return started, gone
+        return started
 
     def check_operable(self, what: str, lease_ids: Iterable[str]) -> None:
         """BUSY when ``what`` (an operational action) would act on containers the testbed's jobs run whose node has
@@ -678,7 +683,10 @@ class Instances:
                 )
         finally:
             # This save's archive, and those of earlier saves whose node answered after their call gave up.
-            self.plans.drop_archives(instance.lease_id, done.node, upto_seq=done.seq)
+            try:
+                self.plans.drop_archives(instance.lease_id, done.node, upto_seq=done.seq)
+            except OSError as exc:  # the save's outcome stands: what is left goes with the lease
+                log.warning("lease %s: the node's save archives could not be removed: %s", instance.lease_id, exc)
         return label
 
     # -- helpers ----------------------------------------------------------------------------------------------------

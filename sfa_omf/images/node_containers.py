@@ -58,6 +58,7 @@ from sfa_omf.images.node_plans import (
     open_signed,
     read_bounded,
     report_path_of,
+    report_text,
     write_states,
 )
 from sfa_omf.images.plan_signing import KIND_ACTION, KIND_PLAN, PlanVerifier, SignatureError
@@ -237,10 +238,13 @@ def _serve_actions(lease_run: LeaseRun) -> int:
     last = earlier.seq if earlier is not None else 0
     said: set[str] = set()  # each refusal is said once, not at every poll
     slot_end_s = plan.slot_end_s
+    report = report_path_of(path, lease_run.node)
+    done: ActionDone | None = None
     while True:
         received = signal.sigtimedwait(STOP_SIGNALS, ACTION_POLL_S)
         if received is not None:
             return received.si_signo
+        _reassert(report, lease_run.states, plan.plan_id, done)
         if slot_end_s is not None and time.time() >= slot_end_s:
             # The containers are the lease's until its slot's end, whoever started this run (its job, or the plan's
             # user through the sudo rule): a Renew moves the end in the plan; a plan gone or untrusted ends it.
@@ -252,9 +256,21 @@ def _serve_actions(lease_run: LeaseRun) -> int:
             continue
         last = action.seq
         done = _act(action, lease_run)
-        _report(report_path_of(path, lease_run.node), lease_run.states, plan.plan_id, done)
+        _report(report, lease_run.states, plan.plan_id, done)
         failed = "".join(f"; {name}: {error}" for name, error in sorted(done.errors.items()))
         print(f"action {action.seq} {action.action}: done{failed}", flush=True)
+
+
+def _reassert(path: Path, states: dict[str, tuple[str, str]], plan_id: str, done: ActionDone | None) -> None:
+    """Write the run's report again when the file no longer holds it (removed, or replaced by a report this run did
+    not write: one an earlier tenant of the node left there for this lease, say); the aggregate reads the truth within
+    a poll."""
+    try:
+        current = read_bounded(path)
+    except (OSError, PlanError):
+        current = None
+    if current != report_text(states, plan_id, done):
+        _report(path, states, plan_id, done)
 
 
 def _slot_end_now(path: Path, plan: LeasePlan, verifier: PlanVerifier, writers: frozenset[int]) -> int | None:
@@ -304,6 +320,7 @@ def _act(action: LeaseAction, lease_run: LeaseRun) -> ActionDone:
         try:
             if action.action == ACTION_SAVE:
                 saved = archive_path_of(lease_run.path, lease_run.node, action.seq)
+                _node_directory(saved)
                 _archive(host.lxc_path / name / "rootfs", saved)
                 archive, size, digest = str(saved), saved.stat().st_size, sha256_of(saved)
             else:
@@ -457,10 +474,7 @@ def _report(path: Path, states: dict[str, tuple[str, str]], plan_id: str, done: 
     when root may not write there (an NFS export squashing root), say so and carry on: the containers still run and
     are still destroyed, and stdout has their states."""
     try:
-        for directory in (path.parent.parent, path.parent):
-            directory.mkdir(mode=0o755, exist_ok=True)
-            if not stat.S_ISDIR(directory.lstat().st_mode):
-                raise OSError(f"{directory} is not a directory (a link?): nothing is written through it")
+        _node_directory(path)
         write_states(path, states, plan_id, done)
     except OSError as exc:
         print(
@@ -469,6 +483,15 @@ def _report(path: Path, states: dict[str, tuple[str, str]], plan_id: str, done: 
             file=sys.stderr,
             flush=True,
         )
+
+
+def _node_directory(path: Path) -> None:
+    """Make the node's directory that ``path`` is in (and ``nodes/`` above it) when missing; OSError when either is
+    not a real directory: root writes nothing through a link a node's root may have put there."""
+    for directory in (path.parent.parent, path.parent):
+        directory.mkdir(mode=0o755, exist_ok=True)
+        if not stat.S_ISDIR(directory.lstat().st_mode):
+            raise OSError(f"{directory} is not a directory (a link?): nothing is written through it")
 
 
 def _record_path(record: RunRecord) -> Path:

@@ -16,9 +16,11 @@ import contextlib
 import fcntl
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
+import stat
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +29,7 @@ from typing import Any
 
 from sfa_omf.images.plan_signing import KIND_ACTION, KIND_PLAN, PlanSigner, PlanVerifier, SignatureError
 
+log = logging.getLogger(__name__)
 PLANS_DIR_NAME = "leases"
 NODES_DIR_NAME = "nodes"  # leases/nodes/<node>/: what that node reports (states, save archives), and nothing else
 PLAN_SUFFIX = ".plan.json"
@@ -41,6 +44,7 @@ NODE_STATES = (NODE_RUNNING, NODE_FAILED, NODE_DESTROYED, NODE_STOPPED)
 ACTION_START, ACTION_STOP, ACTION_RESTART, ACTION_SAVE = "start", "stop", "restart", "save"
 ACTIONS = (ACTION_START, ACTION_STOP, ACTION_RESTART, ACTION_SAVE)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # a lease id, a container's name, a bridge, a login
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}$")  # a node as OAR reaches it: host name, IPv4 or IPv6
 _KEY = re.compile(r"^[A-Za-z0-9@._+-]+ [A-Za-z0-9+/=]+( [^\n\r]*)?$")  # one OpenSSH public key line
 
 
@@ -149,9 +153,11 @@ class LeasePlan:
         start, end = _slot(data)
         nodes = data.get("nodes")
         if nodes is None:
-            raise PlanError("names no node (an older aggregate wrote it): Provision the lease's slivers again")
-        if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) and _NAME.match(n) for n in nodes):
-            raise PlanError("nodes must be a list of node names (letters, digits, _ . -)")
+            raise PlanError(
+                "names no node (an older aggregate wrote it): Delete the lease's slivers and allocate them again"
+            )
+        if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) and is_node_name(n) for n in nodes):
+            raise PlanError("nodes must be a list of node names (letters, digits, _ . - :)")
         return LeasePlan(
             plan_id=_named(data, "plan_id"),
             lease_id=_named(data, "lease_id"),
@@ -319,7 +325,7 @@ class LeasePlans:
             for node in plan.nodes:
                 report = self.report_path(plan.lease_id, node)
                 report.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-                report.unlink(missing_ok=True)
+                _remove_file(report)
             return self._write(plan)
 
     def update(self, lease_id: str, change: Callable[[LeasePlan], LeasePlan]) -> bool:
@@ -370,7 +376,7 @@ class LeasePlans:
         for archive in self.report_path(lease_id, node).parent.glob(f"{lease}.save-*.tar"):
             seq = archive.name.removeprefix(f"{lease}.save-").removesuffix(".tar")
             if seq.isdigit() and int(seq) <= upto_seq:
-                archive.unlink(missing_ok=True)
+                _remove_file(archive)
 
     def remove(self, lease_id: str) -> None:
         """The lease is over: its plan, action, report and save archives go."""
@@ -380,16 +386,17 @@ class LeasePlans:
             nodes = self.directory / NODES_DIR_NAME
             # The directories of the nodes the plan names; every node's when it is unreadable (the lease's files only).
             reports = [nodes / node for node in plan.nodes] if plan is not None else sorted(nodes.glob("*"))
-            self.plan_path(lease_id).unlink(missing_ok=True)
-            self.action_path(lease_id).unlink(missing_ok=True)
-            for directory in reports:
+            _remove_file(self.plan_path(lease_id))
+            _remove_file(self.action_path(lease_id))
+            # The plans directory itself: where reports and archives went before node directories (an upgrade).
+            for directory in [*reports, self.directory]:
                 # The report, a save's archive, and one the node was still writing (node_containers: ".<archive>.tmp").
                 for leftover in [
                     directory / f"{lease}{STATE_SUFFIX}",
                     *directory.glob(f"{lease}.save-*.tar"),
                     *directory.glob(f".{lease}.save-*.tar.tmp"),
                 ]:
-                    leftover.unlink(missing_ok=True)
+                    _remove_file(leftover)
 
 
 def plans_directory(store: str | os.PathLike[str]) -> Path:
@@ -405,7 +412,7 @@ def lease_plans(settings: Any, store: str | os.PathLike[str]) -> LeasePlans:
 def report_path_of(plan_path: Path, node: str) -> Path:
     """Where the node side reports on the plan at ``plan_path``: the directory of the plan's node."""
     lease = plan_path.name.removesuffix(PLAN_SUFFIX)
-    return plan_path.parent / NODES_DIR_NAME / _checked_name(node) / f"{lease}{STATE_SUFFIX}"
+    return plan_path.parent / NODES_DIR_NAME / _checked_node(node) / f"{lease}{STATE_SUFFIX}"
 
 
 def action_path_of(plan_path: Path) -> Path:
@@ -416,16 +423,26 @@ def action_path_of(plan_path: Path) -> Path:
 def archive_path_of(plan_path: Path, node: str, seq: int) -> Path:
     """Where the run of the plan at ``plan_path`` writes the archive of save ``seq``: its node's directory."""
     lease = plan_path.name.removesuffix(PLAN_SUFFIX)
-    return plan_path.parent / NODES_DIR_NAME / _checked_name(node) / f"{lease}.save-{int(seq)}.tar"
+    return plan_path.parent / NODES_DIR_NAME / _checked_node(node) / f"{lease}.save-{int(seq)}.tar"
 
 
 def write_states(path: Path, states: dict[str, tuple[str, str]], plan_id: str, done: ActionDone | None = None) -> None:
     """The node side's report on the plan ``plan_id``: each container's state and error, and the last action done."""
+    _write_at_once(path, report_text(states, plan_id, done))
+
+
+def report_text(states: dict[str, tuple[str, str]], plan_id: str, done: ActionDone | None = None) -> str:
+    """What write_states writes."""
     containers = {name: {"state": state, "error": error} for name, (state, error) in sorted(states.items())}
     report: dict[str, Any] = {"plan_id": plan_id, "containers": containers}
     if done is not None:
         report["done"] = done.to_data()
-    _write_at_once(path, json.dumps(report, indent=1) + "\n")
+    return json.dumps(report, indent=1) + "\n"
+
+
+def is_node_name(value: str) -> bool:
+    """Whether ``value`` can name a node in a plan and its report directory (a host name, an IPv4 or IPv6 address)."""
+    return bool(_NODE.match(value))
 
 
 def read_states(text: str) -> dict[str, tuple[str, str]]:
@@ -450,8 +467,8 @@ def _json_object(text: str) -> dict[str, Any]:
     """The JSON object in ``text`` (a plan, an action, a report); PlanError when it is not one."""
     try:
         data = json.loads(text)
-    except ValueError as exc:
-        raise PlanError(f"not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # a report comes from a node: nested deep enough, it overflows
+        raise PlanError(f"not JSON: {type(exc).__name__}") from exc
     if not isinstance(data, dict):
         raise PlanError("not a JSON object")
     return data
@@ -481,6 +498,25 @@ def _named(data: dict[str, Any], key: str) -> str:
     if not _NAME.match(value):
         raise PlanError(f"{key} {value!r} is not a plain name (letters, digits, _ . -)")
     return value
+
+
+def _checked_node(value: str) -> str:
+    if not is_node_name(value):
+        raise ValueError(f"{value!r} is not a node name")
+    return value
+
+
+def _remove_file(path: Path) -> None:
+    """Remove ``path`` if it is a regular file or a link (never follows it); leave anything else, which a node's
+    root may have put there, saying so."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        path.unlink(missing_ok=True)
+    else:
+        log.warning("%s is not a file (left there by a node?): left alone", path)
 
 
 def _checked_name(value: str) -> str:

@@ -93,7 +93,10 @@ class PlanVerifier:
         except ValueError as exc:
             raise SignatureError(f"not JSON: {exc}") from exc
         if not isinstance(envelope, dict) or not isinstance(envelope.get("document"), str):
-            raise SignatureError("not a signed document (an aggregate older than signatures wrote it, or not one)")
+            raise SignatureError(
+                "not a signed document (if an aggregate older than signatures wrote it, Delete the lease's slivers "
+                "and allocate them again)"
+            )
         if envelope.get("kind") != kind:
             raise SignatureError(f"signed as a {envelope.get('kind')!r}, not as a {kind}")
         key = self.keys.get(str(envelope.get("signer")))
@@ -116,8 +119,8 @@ def _raw(public: Ed25519PublicKey) -> bytes:
 
 
 def _load_or_make(path: Path) -> Ed25519PrivateKey:
-    """The key at ``path``; made there (mode 0600, created exclusively: two processes starting at once keep the one
-    written first) when there is none."""
+    """The key at ``path``; made there (mode 0600, owned as its directory is, created exclusively: two processes
+    starting at once keep the one written first) when there is none."""
     if not path.exists():
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
@@ -128,6 +131,9 @@ def _load_or_make(path: Path) -> Ed25519PrivateKey:
         partial = Path(name)
         try:
             with os.fdopen(descriptor, "wb") as out:
+                if os.geteuid() == 0:  # made by root (an operator's command): the data directory's owner serves
+                    directory = path.parent.stat()
+                    os.fchown(out.fileno(), directory.st_uid, directory.st_gid)
                 out.write(pem)
             os.link(partial, path)  # fails if another process made it meanwhile: theirs is kept, read below
         except FileExistsError:

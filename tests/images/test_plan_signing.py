@@ -20,7 +20,15 @@ from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.cli import main
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.images import node_containers
-from sfa_omf.images.node_plans import LeasePlan, LeasePlans, PlanError, open_signed, report_path_of, write_states
+from sfa_omf.images.node_plans import (
+    LeasePlan,
+    LeasePlans,
+    PlanError,
+    is_node_name,
+    open_signed,
+    report_path_of,
+    write_states,
+)
 from sfa_omf.images.plan_signing import KIND_ACTION, KIND_PLAN, PlanSigner, PlanVerifier, SignatureError
 from sfa_omf.times import format_time
 from tests.conftest import DemoPki
@@ -28,6 +36,7 @@ from tests.images.test_node_side import KEY, NODE, PLAN, Site, provision
 from tests.images.test_node_side import site as site  # the fixture: an aggregate whose leases' jobs run them
 
 NODE_2 = "urn:publicid:IDN+testbed+node+node2"
+NODE_3 = "urn:publicid:IDN+testbed+node+node3"
 
 
 # -- the signature --------------------------------------------------------------------------------------------------
@@ -280,3 +289,83 @@ def test_a_lease_with_containers_books_one_node_where_jobs_make_them(site: Site,
     leases = site.am.bookings.leases(slice_urn=pki.slice_urn)
     plans = [site.plans.read(lease.id) for lease in leases]
     assert len(leases) == 2 and [plan.nodes for plan in plans if plan is not None] == [("node1",)]
+
+
+# -- review: what a node's root can still write ------------------------------------------------------------------
+def test_a_report_left_for_a_later_lease_is_written_over_by_its_run(plan_signer: PlanSigner, tmp_path: Path) -> None:
+    """An earlier tenant of the node read a later lease's plan (every node reads plans) and left a report for it in
+    the node's directory: the lease's run writes its own back at its next poll (and its word could not destroy
+    anything meanwhile: the aggregate never frees an address on a node's word)."""
+    plans = LeasePlans(tmp_path / "leases", plan_signer)
+    plans.write(PLAN)
+    report = plans.report_path(PLAN.lease_id, "127.0.0.1")
+    states = {"sfaomf-0f94abcd-0": ("running", "")}
+    write_states(report, {"sfaomf-0f94abcd-0": ("failed", "forged")}, PLAN.plan_id)
+    node_containers._reassert(report, states, PLAN.plan_id, None)
+    assert plans.states(PLAN.lease_id) == states
+    written = report.stat().st_mtime_ns
+    node_containers._reassert(report, states, PLAN.plan_id, None)  # holding its own: not written again
+    assert report.stat().st_mtime_ns == written
+    report.unlink()
+    node_containers._reassert(report, states, PLAN.plan_id, None)
+    assert plans.states(PLAN.lease_id) == states
+
+
+def test_a_report_nested_too_deep_is_no_report(site: Site, pki: DemoPki) -> None:
+    """JSON nested deep enough overflows the parser: read as no report, every round goes on."""
+    lease_id = provision(site, pki)
+    site.plans.report_path(lease_id, "node1").write_text("[" * 200_000)
+    assert site.plans.states(lease_id) == {} and site.plans.done(lease_id) is None
+    assert site.am.run_instances() == ([], [])
+
+
+def test_directories_planted_under_a_leases_file_names_are_left_and_stop_nothing(site: Site, pki: DemoPki) -> None:
+    lease_id = provision(site, pki)
+    plan = site.plans.read(lease_id)
+    assert plan is not None
+    node_dir = site.plans.report_path(lease_id, "node1").parent
+    planted = [node_dir / f"{lease_id}.state.json", node_dir / f"{lease_id}.save-1.tar"]
+    for directory in planted:
+        directory.mkdir()
+    site.plans.drop_archives(lease_id, "node1", upto_seq=5)
+    site.plans.write(plan)  # Provision again
+    old_report = site.plans.directory / f"{lease_id}.state.json"  # where a report went before node directories
+    old_report.write_text("{}")
+    site.plans.remove(lease_id)
+    assert all(directory.is_dir() for directory in planted)
+    assert not site.plans.plan_path(lease_id).exists() and not old_report.exists()
+
+
+def test_a_key_made_by_root_belongs_to_the_data_directorys_owner(tmp_path: Path) -> None:
+    """`sfa-omf instance signing-key` run as root before the service (its account owns the data directory) first
+    started: the service can still read the key it made."""
+    if os.geteuid() != 0:
+        pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 65534, 65534)
+    PlanSigner(data / "plan-signing.key")
+    key = (data / "plan-signing.key").stat()
+    assert (key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)) == (65534, 65534, 0o600)
+
+
+def test_a_save_is_never_written_through_a_link_in_place_of_the_nodes_directory(tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "leases" / "nodes").mkdir(parents=True)
+    (tmp_path / "leases" / "nodes" / "127.0.0.1").symlink_to(elsewhere)
+    archive = tmp_path / "leases" / "nodes" / "127.0.0.1" / "0f94abcd.save-1.tar"
+    with pytest.raises(OSError, match="is not a directory"):
+        node_containers._node_directory(archive)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_nodes_reached_by_ipv6_or_long_names_get_a_directory_and_others_are_refused(site: Site, pki: DemoPki) -> None:
+    assert all(map(is_node_name, ["fd00::2", "node-1.cluster.example.org", "n" * 253]))
+    assert not any(map(is_node_name, ["a b", "../etc", "", "n" * 254, ".hidden", "a/b"]))
+    site.am.inventory.add_node(NodeSpec(NODE_2, "node2", grain_s=60, properties={"network_address": "fd00::2"}))
+    assert site.instances._network_addresses([NODE_2]) == ("fd00::2",)
+    site.am.inventory.add_node(NodeSpec(NODE_3, "node3", grain_s=60, properties={"network_address": "node 3"}))
+    with pytest.raises(GeniError) as refused:
+        site.instances._network_addresses([NODE_3])
+    assert refused.value.reason == Reason.TESTBED and "network_address" in refused.value.message
