@@ -8,7 +8,6 @@ the check, which then reports the winner's booking as the conflict.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import uuid
 from collections import defaultdict
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import Row, Select, bindparam, delete, insert, select, update
+from sqlalchemy import BigInteger, Row, Select, bindparam, case, delete, exists, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload
 
@@ -447,16 +446,16 @@ class Bookings:
         slice_expires: datetime | None,
         now_s: int,
     ) -> LeaseRecord:
-        # Column statements on plain rows, as the booking and the cancel: the lease row locked first (see cancel),
-        # then the lease as a record and what the checks need of its slivers' nodes and its slice.
+        # Column statements on plain rows, as the booking and the cancel: one statement locks the lease row and reads
+        # it with what the checks need of its slice and its slivers' nodes; the slivers are written and answered by
+        # one UPDATE ... RETURNING that also checks the extension is free (the held windows are read only to say
+        # who holds it when it is not).
+        connection = connection_of(session)
         asked_s = new_end_s = to_s(new_end)
-        session.execute(_LOCK_LEASE, {"lease_id": lease_id})
-        found = _lease_records(
-            session.execute(_lease_query(False, False, False, False, False, True), {"lease_id": lease_id}).all()
-        )
-        if not found:
+        target = [_RenewalRow(*row) for row in connection.execute(_LOCK_RENEWED_LEASE, {"lease_id": lease_id})]
+        if not target:
             raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
-        lease = found[0]
+        lease = target[0]
         if lease.state not in ACTIVE_LEASE_STATES:
             raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state} and cannot be renewed")
         if asked_s <= now_s:
@@ -465,11 +464,9 @@ class Bookings:
                 f"the new end {format_time(from_s(asked_s))} is in the past (it is "
                 f"{format_time(from_s(now_s))} now): ask for a later time, or Delete to release the lease",
             )
-        # (sliver id, node id, grain, node URN, slice id, slice expiry) of each sliver
-        nodes = session.execute(_RENEWED_NODES, {"lease_id": lease_id}).all()
-        slice_id, slice_expires_s = nodes[0][4:6]
-        start_s, end_s = to_s(lease.start), to_s(lease.end)
-        grain_s = max(node[2] for node in nodes)
+        nodes = [node for node in target if node.node_id is not None]  # (a lease without slivers has no node)
+        start_s, end_s = lease.start_s, lease.end_s
+        grain_s = max((node.grain_s for node in nodes), default=1)
         if rounding == "up":
             new_end_s = align_up(new_end_s, grain_s)
         elif rounding == "down":
@@ -481,9 +478,13 @@ class Bookings:
                 f"({format_time(from_s(start_s))}): a lease cannot end before it starts; cancel "
                 "it (Delete) or ask for a later end",
             )
+        slice_expires_s = lease.slice_expires_s
         if slice_expires is not None:  # the call's credential is the slice's latest word
             slice_expires_s = to_s(slice_expires)
-            session.execute(_SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": slice_expires_s})
+            if slice_expires_s != lease.slice_expires_s:  # written only when it changed (nearly never)
+                connection_of(session, writes=True).execute(
+                    _SLICE_EXPIRES, {"slice_id": lease.slice_id, "new_expires_s": slice_expires_s}
+                )
         if new_end_s > slice_expires_s:
             expiry = format_time(from_s(slice_expires_s))
             rounded = (
@@ -499,24 +500,28 @@ class Bookings:
                 "the slice at its authority, then renew the lease with the new slice credential",
             )
         partial_start = bool(start_s % grain_s)  # booked from now, inside a slot
-        for _, _, node_grain_s, component_id, _, _ in nodes:
-            check_window(self.policy, start_s, new_end_s, now_s, node_grain_s, component_id, partial_start)
-        if new_end_s > end_s:
-            conflicts = _extension_conflicts(session, lease_id, nodes, (end_s, new_end_s))
-            if conflicts:
-                raise BookingConflict(conflicts)
-        session.execute(_RENEW_LEASE, {"lease_id": lease_id, "new_end_s": new_end_s})
-        new_end_at = from_s(new_end_s)
-        renewed: list[SliverRecord] = []
-        for sliver in lease.slivers:
-            # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time,
-            # but renewing it gives it the time to be provisioned again (GENI: Renew extends allocations).
-            provisioned = sliver.allocation_state == "geni_provisioned"
-            allocation_ends = max(to_s(sliver.expires), now_s + self.policy.allocation_ttl_s)
-            expires_s = new_end_s if provisioned else min(allocation_ends, new_end_s)
-            session.execute(_RENEW_SLIVER, {"sliver_urn": sliver.urn, "new_end_s": new_end_s, "expires_s": expires_s})
-            renewed.append(dataclasses.replace(sliver, end=new_end_at, expires=from_s(expires_s)))
-        return dataclasses.replace(lease, end=new_end_at, slivers=tuple(renewed))
+        for node in nodes:
+            check_window(self.policy, start_s, new_end_s, now_s, node.grain_s, node.component_id, partial_start)
+        # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time, but renewing
+        # it gives it the time to be provisioned again (GENI: Renew extends allocations). Computed by the UPDATE from
+        # each sliver's row as it is now (the lock above is on the lease: its slivers' every writer takes it first).
+        extending = new_end_s > end_s
+        writes = connection_of(session, writes=True)
+        slivers = writes.execute(
+            _RENEW_SLIVERS_IF_FREE if extending else _RENEW_SLIVERS,
+            {
+                "renewed_lease": lease_id,
+                "new_end_s": new_end_s,
+                "allocation_ends_s": now_s + self.policy.allocation_ttl_s,
+                "old_end_s": end_s,
+            },
+        ).all()
+        if len(slivers) < len(nodes):  # a sliver's node is held in the extension by another lease: nothing is kept
+            raise BookingConflict(_extension_conflicts(session, lease_id, nodes, (end_s, new_end_s)))
+        writes.execute(_RENEW_LEASE, {"lease_id": lease_id, "new_end_s": new_end_s})
+        return _lease_record_of(
+            (lease_id, lease.slice_urn, lease.owner_urn, start_s, new_end_s, lease.state, lease.client_id), slivers
+        )
 
     def cancel(self, lease_id: str) -> LeaseRecord:
         """Release a lease's nodes. Cancelling a cancelled lease changes nothing."""
@@ -530,7 +535,7 @@ class Bookings:
             if cancelled is not None:
                 session.info[WROTE] = True
                 slivers = connection.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
-                return _cancelled_record(cancelled, slivers)
+                return _lease_record_of(cancelled, slivers)
             # Not active, or not there: read as it is. The lease row locked first, as _find_lease(lock=True) does,
             # then read with its slivers in one column query. Not in one statement: on PostgreSQL a SELECT that
             # waited for the lock re-reads the locked row alone, and the joined slivers would be the ones from
@@ -547,7 +552,7 @@ class Bookings:
             # provisioned), but should one, it is cancelled as above.
             cancelled = session.execute(_CANCEL_ACTIVE_LEASE, {"lease_id": lease_id}).one()
             slivers = session.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
-            return _cancelled_record(cancelled, slivers)
+            return _lease_record_of(cancelled, slivers)
 
     def mark_provisioned(self, lease_id: str) -> LeaseRecord:
         """An allocated lease becomes provisioned (again: no change, so a retried or finished Provision is fine)."""
@@ -860,6 +865,23 @@ class _BookedNode(NamedTuple):
     state: str
 
 
+class _RenewalRow(NamedTuple):
+    """A row of ``_LOCK_RENEWED_LEASE``: the lease and its slice (the same on every row), one sliver's node (None
+    for a lease without slivers)."""
+
+    state: str
+    start_s: int
+    end_s: int
+    owner_urn: str
+    client_id: str
+    slice_id: int
+    slice_urn: str
+    slice_expires_s: int
+    node_id: int | None
+    grain_s: int
+    component_id: str
+
+
 # The booking's and the cancel's statements, built once (as the reads': see _lease_query), on the tables rather than
 # the mapped classes: an ORM-enabled INSERT or UPDATE goes through the ORM's bulk machinery on every call.
 _SLICE, _LEASE, _SLIVER = table_of(Slice).c, table_of(Lease).c, table_of(Sliver).c
@@ -900,42 +922,84 @@ _CANCEL_ACTIVE_LEASE = (
         _LEASE.client_id,
     )
 )
-# Renew's: its slivers' nodes, with the slice (the same on every row).
-_RENEWED_NODES = (
-    select(_SLIVER.id, Node.id, Node.grain_s, Node.component_id, _SLICE.id, _SLICE.expires_s)
-    .join(Node, Node.id == _SLIVER.node_id)
-    .join(table_of(Lease), _LEASE.id == _SLIVER.lease_id)
+# Renew's. The lease row locked and read with its slice and its slivers' nodes (one row per sliver), in one statement:
+# on PostgreSQL a SELECT that waited for the lock re-reads the locked row alone and the joined rows stay as they were
+# before the writer it waited for, so nothing read from them may have changed since (a slice's expiry, the nodes'
+# grains and names: not written by a lease's writers); the slivers' states are not read here but by the UPDATE below.
+_LOCK_RENEWED_LEASE = (
+    select(
+        _LEASE.state,
+        _LEASE.start_s,
+        _LEASE.end_s,
+        _LEASE.owner_urn,
+        _LEASE.client_id,
+        _LEASE.slice_id,
+        _SLICE.urn,
+        _SLICE.expires_s,
+        _NODE.id,
+        _NODE.grain_s,
+        _NODE.component_id,
+    )
+    .select_from(table_of(Lease))
     .join(table_of(Slice), _SLICE.id == _LEASE.slice_id)
-    .where(_SLIVER.lease_id == bindparam("lease_id"))
+    .outerjoin(table_of(Sliver), _SLIVER.lease_id == _LEASE.id)
+    .outerjoin(table_of(Node), _NODE.id == _SLIVER.node_id)
+    .where(_LEASE.id == bindparam("lease_id"))
     .order_by(_SLIVER.id)
+    .with_for_update(of=table_of(Lease))
 )
 _RENEW_LEASE = update(table_of(Lease)).where(_LEASE.id == bindparam("lease_id")).values(end_s=bindparam("new_end_s"))
-_RENEW_SLIVER = (
+_NEW_END = bindparam("new_end_s", type_=BigInteger)
+_ALLOCATION_ENDS = bindparam("allocation_ends_s", type_=BigInteger)  # now + the allocation's time to be provisioned
+_SLIVER_COLUMNS = (  # what the cancel's and the renewal's UPDATEs answer of each sliver
+    _SLIVER.id,
+    _SLIVER.urn,
+    select(_NODE.component_id).where(_NODE.id == _SLIVER.node_id).scalar_subquery(),
+    _SLIVER.start_s,
+    _SLIVER.end_s,
+    _SLIVER.allocation_state,
+    _SLIVER.operational_state,
+    _SLIVER.expires_s,
+    _SLIVER.client_id,
+    _SLIVER.disk_image,
+)
+_RENEW_SLIVERS = (
     update(table_of(Sliver))
-    .where(_SLIVER.urn == bindparam("sliver_urn"))
-    .values(end_s=bindparam("new_end_s"), expires_s=bindparam("expires_s"))
+    .where(_SLIVER.lease_id == bindparam("renewed_lease"))
+    .values(
+        end_s=_NEW_END,
+        # the new end if provisioned, else min(max(expires, allocation ends), new end): see Bookings._renew_in
+        expires_s=case(
+            (_SLIVER.allocation_state == "geni_provisioned", _NEW_END),
+            (or_(_SLIVER.expires_s >= _NEW_END, _ALLOCATION_ENDS >= _NEW_END), _NEW_END),
+            (_SLIVER.expires_s > _ALLOCATION_ENDS, _SLIVER.expires_s),
+            else_=_ALLOCATION_ENDS,
+        ),
+    )
+    .returning(*_SLIVER_COLUMNS)
+)
+_HOLDER = table_of(Sliver).alias("holder")
+# ...only the slivers whose node no other lease holds in the extension [old end, new end), as held_windows reads it.
+_RENEW_SLIVERS_IF_FREE = _RENEW_SLIVERS.where(
+    ~exists().where(
+        _HOLDER.c.node_id == _SLIVER.node_id,
+        _HOLDER.c.holds_node.is_(True),
+        _HOLDER.c.lease_id != bindparam("renewed_lease"),
+        _HOLDER.c.start_s < _NEW_END,
+        _HOLDER.c.end_s > bindparam("old_end_s", type_=BigInteger),
+    )
 )
 _RELEASE_SLIVERS = (
     update(table_of(Sliver))
     .where(_SLIVER.lease_id == bindparam("released_lease"))
     .values(holds_node=False, allocation_state="geni_unallocated")  # as release_slivers does
-    .returning(
-        _SLIVER.id,
-        _SLIVER.urn,
-        select(_NODE.component_id).where(_NODE.id == _SLIVER.node_id).scalar_subquery(),
-        _SLIVER.start_s,
-        _SLIVER.end_s,
-        _SLIVER.allocation_state,
-        _SLIVER.operational_state,
-        _SLIVER.expires_s,
-        _SLIVER.client_id,
-        _SLIVER.disk_image,
-    )
+    .returning(*_SLIVER_COLUMNS)
 )
 
 
-def _cancelled_record(lease: Row[*tuple[Any, ...]], slivers: Sequence[Row[*tuple[Any, ...]]]) -> LeaseRecord:
-    """The record of a lease just cancelled, from the columns its two statements answered."""
+def _lease_record_of(lease: Sequence[Any], slivers: Sequence[Row[*tuple[Any, ...]]]) -> LeaseRecord:
+    """The record of a lease just written (cancelled, renewed), from its columns (as _CANCEL_ACTIVE_LEASE answers
+    them) and its slivers' (_SLIVER_COLUMNS, as its slivers' UPDATE answered them)."""
     lease_id, slice_urn, owner_urn, start_s, end_s, state, client_id = lease
     # In the order of _lease_query (by sliver id), then sorted by node as every lease record is.
     ordered = sorted(slivers, key=lambda row: (row[2], row[0]))
@@ -994,17 +1058,18 @@ def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:
 
 
 def _extension_conflicts(
-    session: Session, lease_id: str, nodes: Sequence[Row[*tuple[Any, ...]]], extension: Interval
+    session: Session, lease_id: str, nodes: Sequence[_RenewalRow], extension: Interval
 ) -> list[Conflict]:
-    """Who holds the lease's nodes (rows of ``_RENEWED_NODES``) during the time it would be extended by."""
-    busy = held_windows(session, extension[0], node_ids={node[1] for node in nodes}, exclude_lease=lease_id)
+    """Who holds the lease's nodes (rows of ``_LOCK_RENEWED_LEASE``) during the time it would be extended by."""
+    node_ids = {node.node_id for node in nodes if node.node_id is not None}
+    busy = held_windows(session, extension[0], extension[1], node_ids=node_ids, exclude_lease=lease_id)
     conflicts = []
-    for _, node_id, _, component_id, _, _ in nodes:
-        clashing = [interval for interval in busy[node_id] if overlaps(interval, extension)]
+    for node in nodes:
+        clashing = [interval for interval in busy[node.node_id or 0] if overlaps(interval, extension)]
         if clashing:
             conflicts.append(
                 Conflict(
-                    component_id,
+                    node.component_id,
                     from_s(extension[0]),
                     from_s(extension[1]),
                     "is booked",
