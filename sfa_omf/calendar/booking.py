@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import BigInteger, Row, Select, bindparam, case, delete, exists, insert, or_, select, update
+from sqlalchemy import BigInteger, Select, bindparam, case, delete, exists, insert, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, selectinload
 
@@ -27,6 +27,7 @@ from sfa_omf.calendar.database import (
     is_overlap_violation,
     retry_transient,
 )
+from sfa_omf.calendar.generation import bump_after, bump_parameters
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, SliceUser, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
@@ -525,13 +526,21 @@ class Bookings:
 
     def cancel(self, lease_id: str) -> LeaseRecord:
         """Release a lease's nodes. Cancelling a cancelled lease changes nothing."""
+        if not self.database.is_sqlite:
+            # PostgreSQL: an active lease is cancelled, its slivers released and the generation bumped by one
+            # statement, its own transaction (_CANCEL_ALONE). Not active, or not there: read as below.
+            written = retry_transient(
+                lambda: self.database.write_alone(_CANCEL_ALONE, {"cancelled_lease": lease_id, **bump_parameters()})
+            )
+            if written:
+                return _lease_record_of(written[0][:7], [row[7:] for row in written if row[7] is not None])
         with self.database.write() as session:
             # An active lease: one statement locks and cancels its row and answers its columns (on PostgreSQL an
             # UPDATE that waited for the row's lock checks its condition again on the row as the other writer left
             # it), then one releases its slivers and answers theirs: every writer of a lease's slivers locks the
             # lease first, so they are read as the last such writer left them.
             connection = connection_of(session)
-            cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"lease_id": lease_id}).first()
+            cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id}).first()
             if cancelled is not None:
                 session.info[WROTE] = True
                 slivers = connection.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
@@ -550,7 +559,7 @@ class Bookings:
                 return lease
             # Became active since the UPDATE? No lease ever does (states only move on from allocated and
             # provisioned), but should one, it is cancelled as above.
-            cancelled = session.execute(_CANCEL_ACTIVE_LEASE, {"lease_id": lease_id}).one()
+            cancelled = session.execute(_CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id}).one()
             slivers = session.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
             return _lease_record_of(cancelled, slivers)
 
@@ -908,9 +917,9 @@ _NODES_FOR_BOOKING = (
 )
 _INSERT_LEASE = insert(table_of(Lease))
 _INSERT_SLIVER = insert(table_of(Sliver))
-_CANCEL_ACTIVE_LEASE = (
+_CANCEL_ACTIVE_LEASE = (  # (its parameter is not "lease_id": a sliver UPDATE of its statement would SET that column)
     update(table_of(Lease))
-    .where(_LEASE.id == bindparam("lease_id"), _LEASE.state.in_(ACTIVE_LEASE_STATES))
+    .where(_LEASE.id == bindparam("cancelled_lease"), _LEASE.state.in_(ACTIVE_LEASE_STATES))
     .values(state="cancelled")
     .returning(
         _LEASE.id,
@@ -996,8 +1005,28 @@ _RELEASE_SLIVERS = (
     .returning(*_SLIVER_COLUMNS)
 )
 
+# The cancel as one PostgreSQL statement (Database.write_alone): the lease's UPDATE, then its slivers' (they join its
+# row, so they are locked after it, as by every writer of a lease's slivers; an UPDATE that meets a row changed since
+# the statement began updates and answers the row as it is now), then the generation's bump if the lease was active.
+# One row per sliver (a lease without slivers: one row, its sliver columns None).
+_CANCELLED = _CANCEL_ACTIVE_LEASE.cte("cancelled")
+_RELEASED = (
+    update(table_of(Sliver))
+    .where(_SLIVER.lease_id == _CANCELLED.c.id)
+    .values(holds_node=False, allocation_state="geni_unallocated")
+    .returning(*_SLIVER_COLUMNS)
+    .cte("released")
+)
+_CANCEL_ALONE = (
+    select(_CANCELLED, _RELEASED)
+    .select_from(_CANCELLED)
+    .outerjoin(_RELEASED, true())
+    .order_by(_RELEASED.c.id)
+    .add_cte(bump_after(_CANCELLED))
+)
 
-def _lease_record_of(lease: Sequence[Any], slivers: Sequence[Row[*tuple[Any, ...]]]) -> LeaseRecord:
+
+def _lease_record_of(lease: Sequence[Any], slivers: Sequence[Sequence[Any]]) -> LeaseRecord:
     """The record of a lease just written (cancelled, renewed), from its columns (as _CANCEL_ACTIVE_LEASE answers
     them) and its slivers' (_SLIVER_COLUMNS, as its slivers' UPDATE answered them)."""
     lease_id, slice_urn, owner_urn, start_s, end_s, state, client_id = lease

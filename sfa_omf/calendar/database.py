@@ -126,6 +126,17 @@ class Database:
         with _database_errors(), self._single_reader.connect() as connection:
             return connection.execute(statement, parameters or {}).all()
 
+    def write_alone(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Sequence[Row[*tuple[Any, ...]]]:
+        """PostgreSQL: one writing statement as a unit of work of its own (autocommit: no BEGIN and COMMIT, one round
+        trip instead of three), answering its rows. The statement must bump the generation itself when it writes
+        (generation.bump_after): ``write()``'s bump is not there. A failure raises as in ``write()``."""
+        if self.is_sqlite:
+            raise ValueError("write_alone is for PostgreSQL (an SQLite writer must begin with BEGIN IMMEDIATE)")
+        with _database_errors(), self._single_reader.connect() as connection:
+            return connection.execute(statement, parameters or {}).all()
+
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (``sfa-omf db upgrade``); says so in the log when it migrates.
 

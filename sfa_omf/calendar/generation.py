@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import functools
 import random
+from typing import Any
 
-from sqlalchemy import Insert, bindparam, func, select
+from sqlalchemy import CTE, Insert, Integer, bindparam, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -59,3 +60,18 @@ def _bump_statement(dialect: str) -> Insert:
     return statement.on_conflict_do_update(
         index_elements=["id"], set_={"value": table_of(CalendarGeneration).c.value + 1}
     )
+
+
+def bump_after(written: CTE) -> CTE:
+    """The bump as a CTE of one PostgreSQL statement that is a unit of work of its own (``Database.write_alone``):
+    one is added if ``written`` (a CTE of the rows the statement wrote) has any row, in the same statement, so in
+    the same transaction. Its shard is the bound parameter ``bump_parameters`` gives."""
+    table = table_of(CalendarGeneration)
+    rows = select(bindparam("generation_shard", type_=Integer), literal(1)).select_from(written).limit(1)
+    statement = postgresql_insert(table).from_select(["id", "value"], rows)
+    return statement.on_conflict_do_update(index_elements=["id"], set_={"value": table.c.value + 1}).cte("bumped")
+
+
+def bump_parameters() -> dict[str, Any]:
+    """The parameters of a ``bump_after`` CTE: a shard chosen at random, as ``bump_generation`` chooses it."""
+    return {"generation_shard": random.randint(1, SHARDS)}
