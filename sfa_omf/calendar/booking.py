@@ -15,11 +15,25 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import BigInteger, Select, bindparam, case, delete, exists, insert, or_, select, true, update
+from sqlalchemy import (
+    BigInteger,
+    Executable,
+    Select,
+    bindparam,
+    case,
+    delete,
+    exists,
+    insert,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import (
+    BUMPED,
     RETRY_ATTEMPTS,
     WROTE,
     Database,
@@ -427,8 +441,9 @@ class Bookings:
         try:
             with self.database.write() as session:
                 records = []
-                for lease_id, new_end, rounding in renewals:
-                    records.append(self._renew_in(session, lease_id, new_end, rounding, slice_expires, now_s))
+                for number, (lease_id, new_end, rounding) in enumerate(renewals, 1):
+                    last = number == len(renewals)
+                    records.append(self._renew_in(session, lease_id, new_end, rounding, slice_expires, now_s, last))
                 session.flush()
                 return records
         except IntegrityError as exc:
@@ -446,6 +461,7 @@ class Bookings:
         rounding: Rounding,
         slice_expires: datetime | None,
         now_s: int,
+        last: bool,
     ) -> LeaseRecord:
         # Column statements on plain rows, as the booking and the cancel: one statement locks the lease row and reads
         # it with what the checks need of its slice and its slivers' nodes; the slivers are written and answered by
@@ -506,20 +522,22 @@ class Bookings:
         # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time, but renewing
         # it gives it the time to be provisioned again (GENI: Renew extends allocations). Computed by the UPDATE from
         # each sliver's row as it is now (the lock above is on the lease: its slivers' every writer takes it first).
-        extending = new_end_s > end_s
         writes = connection_of(session, writes=True)
-        slivers = writes.execute(
-            _RENEW_SLIVERS_IF_FREE if extending else _RENEW_SLIVERS,
-            {
-                "renewed_lease": lease_id,
-                "new_end_s": new_end_s,
-                "allocation_ends_s": now_s + self.policy.allocation_ttl_s,
-                "old_end_s": end_s,
-            },
-        ).all()
+        parameters = {
+            "renewed_lease": lease_id,
+            "new_end_s": new_end_s,
+            "allocation_ends_s": now_s + self.policy.allocation_ttl_s,
+            "old_end_s": end_s,
+        }
+        bumping = last and not self.database.is_sqlite
+        statement = _renewal_statement(new_end_s > end_s, bumping)
+        slivers = writes.execute(statement, {**parameters, **bump_parameters()} if bumping else parameters).all()
         if len(slivers) < len(nodes):  # a sliver's node is held in the extension by another lease: nothing is kept
             raise BookingConflict(_extension_conflicts(session, lease_id, nodes, (end_s, new_end_s)))
-        writes.execute(_RENEW_LEASE, {"lease_id": lease_id, "new_end_s": new_end_s})
+        if bumping:
+            session.info[BUMPED] = True
+        else:
+            writes.execute(_RENEW_LEASE, parameters)
         return _lease_record_of(
             (lease_id, lease.slice_urn, lease.owner_urn, start_s, new_end_s, lease.state, lease.client_id), slivers
         )
@@ -858,10 +876,13 @@ def _lease_query(
     if by_id:
         query = query.where(Lease.id == bindparam("lease_id"))
     if by_slivers_slice:
-        named = aliased(Sliver)
-        holding = aliased(Lease)
-        slices = select(holding.slice_id).join(named, named.lease_id == holding.id)
-        query = query.where(Lease.slice_id.in_(slices.where(named.urn.in_(bindparam("sliver_urns", expanding=True)))))
+        # Aliases of the tables, not of the mapped classes: a statement holding an ORM alias computes its cache key
+        # on every execution (0.07 ms, half of the read's own cost on SQLite), a Core one once.
+        named = table_of(Sliver).alias("named")
+        holding = table_of(Lease).alias("holding")
+        slices = select(holding.c.slice_id).join(named, named.c.lease_id == holding.c.id)
+        named_urns = named.c.urn.in_(bindparam("sliver_urns", expanding=True))
+        query = query.where(Lease.slice_id.in_(slices.where(named_urns)))
     return query
 
 
@@ -957,8 +978,8 @@ _LOCK_RENEWED_LEASE = (
     .order_by(_SLIVER.id)
     .with_for_update(of=table_of(Lease))
 )
-_RENEW_LEASE = update(table_of(Lease)).where(_LEASE.id == bindparam("lease_id")).values(end_s=bindparam("new_end_s"))
 _NEW_END = bindparam("new_end_s", type_=BigInteger)
+_RENEW_LEASE = update(table_of(Lease)).where(_LEASE.id == bindparam("renewed_lease")).values(end_s=_NEW_END)
 _ALLOCATION_ENDS = bindparam("allocation_ends_s", type_=BigInteger)  # now + the allocation's time to be provisioned
 _SLIVER_COLUMNS = (  # what the cancel's and the renewal's UPDATEs answer of each sliver
     _SLIVER.id,
@@ -1024,6 +1045,19 @@ _CANCEL_ALONE = (
     .order_by(_RELEASED.c.id)
     .add_cte(bump_after(_CANCELLED))
 )
+
+
+@functools.lru_cache(maxsize=4)
+def _renewal_statement(extending: bool, bumping: bool) -> Executable:
+    """The slivers' UPDATE of a renewal (checking the extension is free when ``extending``); with ``bumping``
+    (PostgreSQL, the unit of work's last renewal), the lease's UPDATE and the generation's bump in the same statement:
+    two round trips fewer. A refused renewal raises after it, and its transaction undoes all three."""
+    slivers = _RENEW_SLIVERS_IF_FREE if extending else _RENEW_SLIVERS
+    if not bumping:
+        return slivers
+    renewed = slivers.cte("renewed")
+    lengthened = _RENEW_LEASE.returning(_LEASE.id).cte("lengthened")
+    return select(renewed).add_cte(lengthened).add_cte(bump_after(lengthened))
 
 
 def _lease_record_of(lease: Sequence[Any], slivers: Sequence[Sequence[Any]]) -> LeaseRecord:

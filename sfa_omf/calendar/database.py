@@ -48,6 +48,7 @@ def sqlite_url(path: str) -> str:
 
 
 WROTE = "sfa_omf_wrote"  # Session.info key: this unit of work changed something
+BUMPED = "sfa_omf_bumped"  # Session.info key: one of its statements bumped the generation (generation.bump_after)
 
 
 class CalendarSession(Session):
@@ -100,7 +101,8 @@ class Database:
         anything, the calendar's generation is bumped in the same transaction (caches of answers key on it).
         Write through the session (ORM objects or ``session.execute``), or through ``connection_of(session,
         writes=True)``, never ``session.connection()`` alone: only the session's events tell that something was
-        written."""
+        written. A statement that bumps the generation itself (PostgreSQL, ``generation.bump_after``) sets
+        ``session.info[BUMPED]``: the generation moves by one for the whole unit of work."""
         with (
             _queued(self._local_writers),
             _database_errors(),
@@ -109,7 +111,7 @@ class Database:
         ):
             yield session
             session.flush()
-            if session.info.get(WROTE):
+            if session.info.get(WROTE) and not session.info.get(BUMPED):
                 bump_generation(session)
 
     @contextmanager

@@ -111,6 +111,29 @@ def test_a_refused_renewal_writes_nothing_not_even_the_new_slice_expiry(calendar
     assert _stored(calendar) == before
 
 
+def test_a_renewal_moves_the_generation_by_one_however_many_leases_it_renews(calendar: Calendar) -> None:
+    """On PostgreSQL the last renewal's statement bumps the generation itself (the others do not, nor does the
+    unit of work's end); on SQLite the unit of work bumps it: one either way."""
+    leases = [
+        calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn(name), at(1), at(2))]).leases[0]
+        for name in ("n1", "n2", "n3")
+    ]
+
+    def generation() -> int:
+        with calendar.database.read() as session:
+            return read_generation(session)
+
+    before = generation()
+    calendar.bookings.renew(leases[0].id, at(3))
+    assert generation() == before + 1
+    renewed = calendar.bookings.renew_all([(lease.id, at(4), "") for lease in leases])
+    assert generation() == before + 2
+    assert sorted(renewed, key=lambda lease: lease.id) == sorted(
+        calendar.bookings.leases(slice_urn=SLICE), key=lambda lease: lease.id
+    )
+    assert [lease.end for lease in renewed] == [at(4)] * 3
+
+
 def test_the_slice_expiry_is_written_only_when_the_credentials_differs(calendar: Calendar) -> None:
     (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
     with _statements_starting(calendar.database, "UPDATE SLICE") as slice_updates:
