@@ -13,10 +13,11 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Executable,
     Select,
     bindparam,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     delete,
     exists,
     insert,
+    literal_column,
     or_,
     select,
     true,
@@ -863,7 +865,7 @@ def _lease_query(
     if not narrow:
         query = query.outerjoin(Node, Sliver.node_id == Node.id)
     if active_only:
-        query = query.where(Lease.state.in_(ACTIVE_LEASE_STATES))
+        query = query.where(_is_active(Lease.state))
     if by_slice:
         query = query.where(Slice.urn == bindparam("slice_urn"))
     if by_start:
@@ -884,6 +886,12 @@ def _lease_query(
         named_urns = named.c.urn.in_(bindparam("sliver_urns", expanding=True))
         query = query.where(Lease.slice_id.in_(slices.where(named_urns)))
     return query
+
+
+def _is_active(state: Any) -> ColumnElement[bool]:
+    """``state IN ('allocated', 'provisioned')``, the states written into the statement's text: a list of bound
+    values is expanded into the text again on every execution (0.01-0.02 ms a statement), and these never change."""
+    return cast("ColumnElement[bool]", state.in_([literal_column(f"'{name}'") for name in ACTIVE_LEASE_STATES]))
 
 
 class _BookedNode(NamedTuple):
@@ -940,7 +948,7 @@ _INSERT_LEASE = insert(table_of(Lease))
 _INSERT_SLIVER = insert(table_of(Sliver))
 _CANCEL_ACTIVE_LEASE = (  # (its parameter is not "lease_id": a sliver UPDATE of its statement would SET that column)
     update(table_of(Lease))
-    .where(_LEASE.id == bindparam("cancelled_lease"), _LEASE.state.in_(ACTIVE_LEASE_STATES))
+    .where(_LEASE.id == bindparam("cancelled_lease"), _is_active(_LEASE.state))
     .values(state="cancelled")
     .returning(
         _LEASE.id,
