@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple, cast
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Connection,
     Executable,
     Select,
     bindparam,
@@ -35,15 +36,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import (
-    BUMPED,
     RETRY_ATTEMPTS,
-    WROTE,
     Database,
     connection_of,
     is_overlap_violation,
     retry_transient,
 )
-from sfa_omf.calendar.generation import bump_after, bump_parameters
+from sfa_omf.calendar.generation import bump_after, bump_on, bump_parameters
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, SliceUser, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
@@ -441,12 +440,13 @@ class Bookings:
         now_s = to_s(self.clock())
         lease_id = ""
         try:
-            with self.database.write() as session:
+            with self.database.write_connection() as connection:
                 records = []
                 for number, (lease_id, new_end, rounding) in enumerate(renewals, 1):
                     last = number == len(renewals)
-                    records.append(self._renew_in(session, lease_id, new_end, rounding, slice_expires, now_s, last))
-                session.flush()
+                    records.append(self._renew_in(connection, lease_id, new_end, rounding, slice_expires, now_s, last))
+                if records and self.database.is_sqlite:  # (on PostgreSQL the last renewal's statement bumped it)
+                    bump_on(connection)
                 return records
         except IntegrityError as exc:
             if is_overlap_violation(exc):
@@ -457,7 +457,7 @@ class Bookings:
 
     def _renew_in(
         self,
-        session: Session,
+        connection: Connection,
         lease_id: str,
         new_end: datetime,
         rounding: Rounding,
@@ -469,7 +469,6 @@ class Bookings:
         # it with what the checks need of its slice and its slivers' nodes; the slivers are written and answered by
         # one UPDATE ... RETURNING that also checks the extension is free (the held windows are read only to say
         # who holds it when it is not).
-        connection = connection_of(session)
         asked_s = new_end_s = to_s(new_end)
         target = [_RenewalRow(*row) for row in connection.execute(_LOCK_RENEWED_LEASE, {"lease_id": lease_id})]
         if not target:
@@ -501,9 +500,7 @@ class Bookings:
         if slice_expires is not None:  # the call's credential is the slice's latest word
             slice_expires_s = to_s(slice_expires)
             if slice_expires_s != lease.slice_expires_s:  # written only when it changed (nearly never)
-                connection_of(session, writes=True).execute(
-                    _SLICE_EXPIRES, {"slice_id": lease.slice_id, "new_expires_s": slice_expires_s}
-                )
+                connection.execute(_SLICE_EXPIRES, {"slice_id": lease.slice_id, "new_expires_s": slice_expires_s})
         if new_end_s > slice_expires_s:
             expiry = format_time(from_s(slice_expires_s))
             rounded = (
@@ -524,7 +521,6 @@ class Bookings:
         # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time, but renewing
         # it gives it the time to be provisioned again (GENI: Renew extends allocations). Computed by the UPDATE from
         # each sliver's row as it is now (the lock above is on the lease: its slivers' every writer takes it first).
-        writes = connection_of(session, writes=True)
         parameters = {
             "renewed_lease": lease_id,
             "new_end_s": new_end_s,
@@ -533,13 +529,11 @@ class Bookings:
         }
         bumping = last and not self.database.is_sqlite
         statement = _renewal_statement(new_end_s > end_s, bumping)
-        slivers = writes.execute(statement, {**parameters, **bump_parameters()} if bumping else parameters).all()
+        slivers = connection.execute(statement, {**parameters, **bump_parameters()} if bumping else parameters).all()
         if len(slivers) < len(nodes):  # a sliver's node is held in the extension by another lease: nothing is kept
-            raise BookingConflict(_extension_conflicts(session, lease_id, nodes, (end_s, new_end_s)))
-        if bumping:
-            session.info[BUMPED] = True
-        else:
-            writes.execute(_RENEW_LEASE, parameters)
+            raise BookingConflict(_extension_conflicts(connection, lease_id, nodes, (end_s, new_end_s)))
+        if not bumping:
+            connection.execute(_RENEW_LEASE, parameters)
         return _lease_record_of(
             (lease_id, lease.slice_urn, lease.owner_urn, start_s, new_end_s, lease.state, lease.client_id), slivers
         )
@@ -554,33 +548,29 @@ class Bookings:
             )
             if written:
                 return _lease_record_of(written[0][:7], [row[7:] for row in written if row[7] is not None])
-        with self.database.write() as session:
+        with self.database.write_connection() as connection:
             # An active lease: one statement locks and cancels its row and answers its columns (on PostgreSQL an
             # UPDATE that waited for the row's lock checks its condition again on the row as the other writer left
             # it), then one releases its slivers and answers theirs: every writer of a lease's slivers locks the
             # lease first, so they are read as the last such writer left them.
-            connection = connection_of(session)
             cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id}).first()
-            if cancelled is not None:
-                session.info[WROTE] = True
-                slivers = connection.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
-                return _lease_record_of(cancelled, slivers)
-            # Not active, or not there: read as it is. The lease row locked first, as _find_lease(lock=True) does,
-            # then read with its slivers in one column query. Not in one statement: on PostgreSQL a SELECT that
-            # waited for the lock re-reads the locked row alone, and the joined slivers would be the ones from
-            # before the writer it waited for.
-            session.execute(_LOCK_LEASE, {"lease_id": lease_id})
-            rows = session.execute(_lease_query(False, False, False, False, False, True), {"lease_id": lease_id})
-            found = _lease_records(rows.all())
-            if not found:
-                raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
-            lease = found[0]
-            if lease.state not in ACTIVE_LEASE_STATES:
-                return lease
-            # Became active since the UPDATE? No lease ever does (states only move on from allocated and
-            # provisioned), but should one, it is cancelled as above.
-            cancelled = session.execute(_CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id}).one()
-            slivers = session.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
+            if cancelled is None:
+                # Not active, or not there: read as it is. The lease row locked first, as _find_lease(lock=True)
+                # does, then read with its slivers in one column query. Not in one statement: on PostgreSQL a SELECT
+                # that waited for the lock re-reads the locked row alone, and the joined slivers would be the ones
+                # from before the writer it waited for.
+                connection.execute(_LOCK_LEASE, {"lease_id": lease_id})
+                query = _lease_query(False, False, False, False, False, True)
+                found = _lease_records(connection.execute(query, {"lease_id": lease_id}).all())
+                if not found:
+                    raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
+                if found[0].state not in ACTIVE_LEASE_STATES:
+                    return found[0]
+                # Became active since the UPDATE? No lease ever does (states only move on from allocated and
+                # provisioned), but should one, it is cancelled as above.
+                cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id}).one()
+            slivers = connection.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
+            bump_on(connection)
             return _lease_record_of(cancelled, slivers)
 
     def mark_provisioned(self, lease_id: str) -> LeaseRecord:
@@ -1129,11 +1119,11 @@ def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:
 
 
 def _extension_conflicts(
-    session: Session, lease_id: str, nodes: Sequence[_RenewalRow], extension: Interval
+    connection: Connection, lease_id: str, nodes: Sequence[_RenewalRow], extension: Interval
 ) -> list[Conflict]:
     """Who holds the lease's nodes (rows of ``_LOCK_RENEWED_LEASE``) during the time it would be extended by."""
     node_ids = {node.node_id for node in nodes if node.node_id is not None}
-    busy = held_windows(session, extension[0], extension[1], node_ids=node_ids, exclude_lease=lease_id)
+    busy = held_windows(connection, extension[0], extension[1], node_ids=node_ids, exclude_lease=lease_id)
     conflicts = []
     for node in nodes:
         clashing = [interval for interval in busy[node.node_id or 0] if overlaps(interval, extension)]

@@ -22,7 +22,7 @@ import functools
 import random
 from typing import Any
 
-from sqlalchemy import CTE, Insert, Integer, bindparam, func, literal, select
+from sqlalchemy import CTE, Connection, Insert, Integer, bindparam, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -47,9 +47,13 @@ def bump_generation(session: Session) -> None:
     """Add one to the generation inside the caller's transaction, in one of its rows (an upsert: migration 0018 makes
     the rows, a database made by ``create_all`` has none). Run last in a unit of work: on PostgreSQL the row stays
     locked until the commit."""
-    dialect = session.get_bind().dialect.name
     # On the connection: the unit of work is known to have written already (no event needs to see this statement).
-    session.connection().execute(_bump_statement(dialect), {"shard": random.randint(1, SHARDS)})
+    bump_on(session.connection())
+
+
+def bump_on(connection: Connection) -> None:
+    """``bump_generation`` in the transaction of a unit of work that is a connection (``Database.write_connection``)."""
+    connection.execute(_bump_statement(connection.dialect.name), {"shard": random.randint(1, SHARDS)})
 
 
 @functools.lru_cache(maxsize=2)
