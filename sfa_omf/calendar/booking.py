@@ -952,8 +952,10 @@ _CANCEL_ACTIVE_LEASE = (  # (its parameter is not "lease_id": a sliver UPDATE of
 )
 # Renew's. The lease row locked and read with its slice and its slivers' nodes (one row per sliver), in one statement:
 # on PostgreSQL a SELECT that waited for the lock re-reads the locked row alone and the joined rows stay as they were
-# before the writer it waited for, so nothing read from them may have changed since (a slice's expiry, the nodes'
-# grains and names: not written by a lease's writers); the slivers' states are not read here but by the UPDATE below.
+# before the writer it waited for. So the slivers' states are not read here but by their UPDATE; the nodes' grains
+# and names do not change with a lease; the slice's expiry (written by bookings and renewals of the slice, under no
+# common lock, as before) only decides whether the call's is written (skipped when equal) or, for a renewal without a
+# credential, how far the lease may go.
 _LOCK_RENEWED_LEASE = (
     select(
         _LEASE.state,
