@@ -505,11 +505,12 @@ class Aggregate:
         asked); with geni_extend_alap, an end past the slice credential's expiry becomes the last whole slot before
         it. The slice credential of this call decides how far a lease may go (the slice may have been renewed at
         its authority since Allocate). Each sliver says what changed (sfa_omf_renewal)."""
-        slice_urn, sliver_urns = self._resolve(urns)
+        slice_urn, sliver_urns, read = self._resolve_with_leases(urns)
         verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
         new_end = parse_time(expiration, now=self.clock(), what="expiration time")
         try:
-            return self._renew(slice_urn, sliver_urns, verified, new_end, bool(options.get("geni_extend_alap")))
+            alap = bool(options.get("geni_extend_alap"))
+            return self._renew(slice_urn, sliver_urns, verified, new_end, alap, read)
         except GeniError as exc:
             if exc.reason in RENEWAL_REFUSALS:  # the slice's users hear of it (notify/alerts.py), after the fact
                 self.alerts.renewal_refused(
@@ -524,7 +525,9 @@ class Aggregate:
         verified: VerifiedCredential,
         new_end: datetime,
         alap: bool,
+        read: list[LeaseRecord] | None,
     ) -> list[dict[str, Any]]:
+        """``read``: the leases, when ``_resolve_with_leases`` read them already (else they are read here)."""
         if new_end > verified.expires and not alap:  # a sliver never outlives the slice credential
             raise GeniError(
                 Reason.POLICY,
@@ -532,7 +535,7 @@ class Aggregate:
                 f"{format_time(verified.expires)}; renew the slice at its authority and call again with the new "
                 "slice credential, or ask for geni_extend_alap",
             )
-        leases = self._leases(slice_urn, sliver_urns)
+        leases = self._leases(slice_urn, sliver_urns) if read is None else read
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
         longest = timedelta(seconds=self.policy.max_duration_s)

@@ -8,26 +8,41 @@ the check, which then reports the winner's booking as the conflict.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
-from sqlalchemy import Row, Select, bindparam, delete, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Connection,
+    Executable,
+    Select,
+    bindparam,
+    case,
+    delete,
+    exists,
+    insert,
+    literal_column,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import (
     RETRY_ATTEMPTS,
-    WROTE,
     Database,
     connection_of,
     is_overlap_violation,
     retry_transient,
 )
+from sfa_omf.calendar.generation import bump_after, bump_on, bump_parameters
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, SliceUser, Sliver
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
@@ -425,11 +440,13 @@ class Bookings:
         now_s = to_s(self.clock())
         lease_id = ""
         try:
-            with self.database.write() as session:
+            with self.database.write_connection() as connection:
                 records = []
-                for lease_id, new_end, rounding in renewals:
-                    records.append(self._renew_in(session, lease_id, new_end, rounding, slice_expires, now_s))
-                session.flush()
+                for number, (lease_id, new_end, rounding) in enumerate(renewals, 1):
+                    last = number == len(renewals)
+                    records.append(self._renew_in(connection, lease_id, new_end, rounding, slice_expires, now_s, last))
+                if records and self.database.is_sqlite:  # (on PostgreSQL the last renewal's statement bumped it)
+                    bump_on(connection)
                 return records
         except IntegrityError as exc:
             if is_overlap_violation(exc):
@@ -440,23 +457,23 @@ class Bookings:
 
     def _renew_in(
         self,
-        session: Session,
+        connection: Connection,
         lease_id: str,
         new_end: datetime,
         rounding: Rounding,
         slice_expires: datetime | None,
         now_s: int,
+        last: bool,
     ) -> LeaseRecord:
-        # Column statements on plain rows, as the booking and the cancel: the lease row locked first (see cancel),
-        # then the lease as a record and what the checks need of its slivers' nodes and its slice.
+        # Column statements on plain rows, as the booking and the cancel: one statement locks the lease row and reads
+        # it with what the checks need of its slice and its slivers' nodes; the slivers are written and answered by
+        # one UPDATE ... RETURNING that also checks the extension is free (the held windows are read only to say
+        # who holds it when it is not).
         asked_s = new_end_s = to_s(new_end)
-        session.execute(_LOCK_LEASE, {"lease_id": lease_id})
-        found = _lease_records(
-            session.execute(_lease_query(False, False, False, False, False, True), {"lease_id": lease_id}).all()
-        )
-        if not found:
+        target = [_RenewalRow(*row) for row in connection.execute(_LOCK_RENEWED_LEASE, {"lease_id": lease_id})]
+        if not target:
             raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
-        lease = found[0]
+        lease = target[0]
         if lease.state not in ACTIVE_LEASE_STATES:
             raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state} and cannot be renewed")
         if asked_s <= now_s:
@@ -465,11 +482,9 @@ class Bookings:
                 f"the new end {format_time(from_s(asked_s))} is in the past (it is "
                 f"{format_time(from_s(now_s))} now): ask for a later time, or Delete to release the lease",
             )
-        # (sliver id, node id, grain, node URN, slice id, slice expiry) of each sliver
-        nodes = session.execute(_RENEWED_NODES, {"lease_id": lease_id}).all()
-        slice_id, slice_expires_s = nodes[0][4:6]
-        start_s, end_s = to_s(lease.start), to_s(lease.end)
-        grain_s = max(node[2] for node in nodes)
+        nodes = [node for node in target if node.node_id is not None]  # (a lease without slivers has no node)
+        start_s, end_s = lease.start_s, lease.end_s
+        grain_s = max((node.grain_s for node in nodes), default=1)
         if rounding == "up":
             new_end_s = align_up(new_end_s, grain_s)
         elif rounding == "down":
@@ -481,9 +496,11 @@ class Bookings:
                 f"({format_time(from_s(start_s))}): a lease cannot end before it starts; cancel "
                 "it (Delete) or ask for a later end",
             )
+        slice_expires_s = lease.slice_expires_s
         if slice_expires is not None:  # the call's credential is the slice's latest word
             slice_expires_s = to_s(slice_expires)
-            session.execute(_SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": slice_expires_s})
+            if slice_expires_s != lease.slice_expires_s:  # written only when it changed (nearly never)
+                connection.execute(_SLICE_EXPIRES, {"slice_id": lease.slice_id, "new_expires_s": slice_expires_s})
         if new_end_s > slice_expires_s:
             expiry = format_time(from_s(slice_expires_s))
             rounded = (
@@ -499,55 +516,62 @@ class Bookings:
                 "the slice at its authority, then renew the lease with the new slice credential",
             )
         partial_start = bool(start_s % grain_s)  # booked from now, inside a slot
-        for _, _, node_grain_s, component_id, _, _ in nodes:
-            check_window(self.policy, start_s, new_end_s, now_s, node_grain_s, component_id, partial_start)
-        if new_end_s > end_s:
-            conflicts = _extension_conflicts(session, lease_id, nodes, (end_s, new_end_s))
-            if conflicts:
-                raise BookingConflict(conflicts)
-        session.execute(_RENEW_LEASE, {"lease_id": lease_id, "new_end_s": new_end_s})
-        new_end_at = from_s(new_end_s)
-        renewed: list[SliverRecord] = []
-        for sliver in lease.slivers:
-            # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time,
-            # but renewing it gives it the time to be provisioned again (GENI: Renew extends allocations).
-            provisioned = sliver.allocation_state == "geni_provisioned"
-            allocation_ends = max(to_s(sliver.expires), now_s + self.policy.allocation_ttl_s)
-            expires_s = new_end_s if provisioned else min(allocation_ends, new_end_s)
-            session.execute(_RENEW_SLIVER, {"sliver_urn": sliver.urn, "new_end_s": new_end_s, "expires_s": expires_s})
-            renewed.append(dataclasses.replace(sliver, end=new_end_at, expires=from_s(expires_s)))
-        return dataclasses.replace(lease, end=new_end_at, slivers=tuple(renewed))
+        for node in nodes:
+            check_window(self.policy, start_s, new_end_s, now_s, node.grain_s, node.component_id, partial_start)
+        # A provisioned sliver lives to its end; an allocation still expires if not provisioned in time, but renewing
+        # it gives it the time to be provisioned again (GENI: Renew extends allocations). Computed by the UPDATE from
+        # each sliver's row as it is now (the lock above is on the lease: its slivers' every writer takes it first).
+        parameters = {
+            "renewed_lease": lease_id,
+            "new_end_s": new_end_s,
+            "allocation_ends_s": now_s + self.policy.allocation_ttl_s,
+            "old_end_s": end_s,
+        }
+        bumping = last and not self.database.is_sqlite
+        statement = _renewal_statement(new_end_s > end_s, bumping)
+        slivers = connection.execute(statement, {**parameters, **bump_parameters()} if bumping else parameters).all()
+        if len(slivers) < len(nodes):  # a sliver's node is held in the extension by another lease: nothing is kept
+            raise BookingConflict(_extension_conflicts(connection, lease_id, nodes, (end_s, new_end_s)))
+        if not bumping:
+            connection.execute(_RENEW_LEASE, parameters)
+        return _lease_record_of(
+            (lease_id, lease.slice_urn, lease.owner_urn, start_s, new_end_s, lease.state, lease.client_id), slivers
+        )
 
     def cancel(self, lease_id: str) -> LeaseRecord:
         """Release a lease's nodes. Cancelling a cancelled lease changes nothing."""
-        with self.database.write() as session:
+        if not self.database.is_sqlite:
+            # PostgreSQL: an active lease is cancelled, its slivers released and the generation bumped by one
+            # statement, its own transaction (_CANCEL_ALONE). Not active, or not there: read as below.
+            written = retry_transient(
+                lambda: self.database.write_alone(_CANCEL_ALONE, {"cancelled_lease": lease_id, **bump_parameters()})
+            )
+            if written:
+                return _lease_record_of(written[0][:7], [row[7:] for row in written if row[7] is not None])
+        with self.database.write_connection() as connection:
             # An active lease: one statement locks and cancels its row and answers its columns (on PostgreSQL an
             # UPDATE that waited for the row's lock checks its condition again on the row as the other writer left
             # it), then one releases its slivers and answers theirs: every writer of a lease's slivers locks the
             # lease first, so they are read as the last such writer left them.
-            connection = connection_of(session)
-            cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"lease_id": lease_id}).first()
-            if cancelled is not None:
-                session.info[WROTE] = True
-                slivers = connection.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
-                return _cancelled_record(cancelled, slivers)
-            # Not active, or not there: read as it is. The lease row locked first, as _find_lease(lock=True) does,
-            # then read with its slivers in one column query. Not in one statement: on PostgreSQL a SELECT that
-            # waited for the lock re-reads the locked row alone, and the joined slivers would be the ones from
-            # before the writer it waited for.
-            session.execute(_LOCK_LEASE, {"lease_id": lease_id})
-            rows = session.execute(_lease_query(False, False, False, False, False, True), {"lease_id": lease_id})
-            found = _lease_records(rows.all())
-            if not found:
-                raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
-            lease = found[0]
-            if lease.state not in ACTIVE_LEASE_STATES:
-                return lease
-            # Became active since the UPDATE? No lease ever does (states only move on from allocated and
-            # provisioned), but should one, it is cancelled as above.
-            cancelled = session.execute(_CANCEL_ACTIVE_LEASE, {"lease_id": lease_id}).one()
-            slivers = session.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
-            return _cancelled_record(cancelled, slivers)
+            cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id}).first()
+            if cancelled is None:
+                # Not active, or not there: read as it is. The lease row locked first, as _find_lease(lock=True)
+                # does, then read with its slivers in one column query. Not in one statement: on PostgreSQL a SELECT
+                # that waited for the lock re-reads the locked row alone, and the joined slivers would be the ones
+                # from before the writer it waited for.
+                connection.execute(_LOCK_LEASE, {"lease_id": lease_id})
+                query = _lease_query(False, False, False, False, False, True)
+                found = _lease_records(connection.execute(query, {"lease_id": lease_id}).all())
+                if not found:
+                    raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
+                if found[0].state not in ACTIVE_LEASE_STATES:
+                    return found[0]
+                # Became active since the UPDATE? No lease ever does (states only move on from allocated and
+                # provisioned), but should one, it is cancelled as above.
+                cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id}).one()
+            slivers = connection.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
+            bump_on(connection)
+            return _lease_record_of(cancelled, slivers)
 
     def mark_provisioned(self, lease_id: str) -> LeaseRecord:
         """An allocated lease becomes provisioned (again: no change, so a retried or finished Provision is fine)."""
@@ -831,7 +855,7 @@ def _lease_query(
     if not narrow:
         query = query.outerjoin(Node, Sliver.node_id == Node.id)
     if active_only:
-        query = query.where(Lease.state.in_(ACTIVE_LEASE_STATES))
+        query = query.where(_is_active(Lease.state))
     if by_slice:
         query = query.where(Slice.urn == bindparam("slice_urn"))
     if by_start:
@@ -844,11 +868,20 @@ def _lease_query(
     if by_id:
         query = query.where(Lease.id == bindparam("lease_id"))
     if by_slivers_slice:
-        named = aliased(Sliver)
-        holding = aliased(Lease)
-        slices = select(holding.slice_id).join(named, named.lease_id == holding.id)
-        query = query.where(Lease.slice_id.in_(slices.where(named.urn.in_(bindparam("sliver_urns", expanding=True)))))
+        # Aliases of the tables, not of the mapped classes: a statement holding an ORM alias computes its cache key
+        # on every execution (0.07 ms, half of the read's own cost on SQLite), a Core one once.
+        named = table_of(Sliver).alias("named")
+        holding = table_of(Lease).alias("holding")
+        slices = select(holding.c.slice_id).join(named, named.c.lease_id == holding.c.id)
+        named_urns = named.c.urn.in_(bindparam("sliver_urns", expanding=True))
+        query = query.where(Lease.slice_id.in_(slices.where(named_urns)))
     return query
+
+
+def _is_active(state: Any) -> ColumnElement[bool]:
+    """``state IN ('allocated', 'provisioned')``, the states written into the statement's text: a list of bound
+    values is expanded into the text again on every execution (0.01-0.02 ms a statement), and these never change."""
+    return cast("ColumnElement[bool]", state.in_([literal_column(f"'{name}'") for name in ACTIVE_LEASE_STATES]))
 
 
 class _BookedNode(NamedTuple):
@@ -858,6 +891,23 @@ class _BookedNode(NamedTuple):
     component_id: str
     grain_s: int
     state: str
+
+
+class _RenewalRow(NamedTuple):
+    """A row of ``_LOCK_RENEWED_LEASE``: the lease and its slice (the same on every row), one sliver's node (None
+    for a lease without slivers)."""
+
+    state: str
+    start_s: int
+    end_s: int
+    owner_urn: str
+    client_id: str
+    slice_id: int
+    slice_urn: str
+    slice_expires_s: int
+    node_id: int | None
+    grain_s: int
+    component_id: str
 
 
 # The booking's and the cancel's statements, built once (as the reads': see _lease_query), on the tables rather than
@@ -886,9 +936,9 @@ _NODES_FOR_BOOKING = (
 )
 _INSERT_LEASE = insert(table_of(Lease))
 _INSERT_SLIVER = insert(table_of(Sliver))
-_CANCEL_ACTIVE_LEASE = (
+_CANCEL_ACTIVE_LEASE = (  # (its parameter is not "lease_id": a sliver UPDATE of its statement would SET that column)
     update(table_of(Lease))
-    .where(_LEASE.id == bindparam("lease_id"), _LEASE.state.in_(ACTIVE_LEASE_STATES))
+    .where(_LEASE.id == bindparam("cancelled_lease"), _is_active(_LEASE.state))
     .values(state="cancelled")
     .returning(
         _LEASE.id,
@@ -900,42 +950,119 @@ _CANCEL_ACTIVE_LEASE = (
         _LEASE.client_id,
     )
 )
-# Renew's: its slivers' nodes, with the slice (the same on every row).
-_RENEWED_NODES = (
-    select(_SLIVER.id, Node.id, Node.grain_s, Node.component_id, _SLICE.id, _SLICE.expires_s)
-    .join(Node, Node.id == _SLIVER.node_id)
-    .join(table_of(Lease), _LEASE.id == _SLIVER.lease_id)
+# Renew's. The lease row locked and read with its slice and its slivers' nodes (one row per sliver), in one statement:
+# on PostgreSQL a SELECT that waited for the lock re-reads the locked row alone and the joined rows stay as they were
+# before the writer it waited for. So the slivers' states are not read here but by their UPDATE; the nodes' grains
+# and names do not change with a lease; the slice's expiry (written by bookings and renewals of the slice, under no
+# common lock, as before) only decides whether the call's is written (skipped when equal) or, for a renewal without a
+# credential, how far the lease may go.
+_LOCK_RENEWED_LEASE = (
+    select(
+        _LEASE.state,
+        _LEASE.start_s,
+        _LEASE.end_s,
+        _LEASE.owner_urn,
+        _LEASE.client_id,
+        _LEASE.slice_id,
+        _SLICE.urn,
+        _SLICE.expires_s,
+        _NODE.id,
+        _NODE.grain_s,
+        _NODE.component_id,
+    )
+    .select_from(table_of(Lease))
     .join(table_of(Slice), _SLICE.id == _LEASE.slice_id)
-    .where(_SLIVER.lease_id == bindparam("lease_id"))
+    .outerjoin(table_of(Sliver), _SLIVER.lease_id == _LEASE.id)
+    .outerjoin(table_of(Node), _NODE.id == _SLIVER.node_id)
+    .where(_LEASE.id == bindparam("lease_id"))
     .order_by(_SLIVER.id)
+    .with_for_update(of=table_of(Lease))
 )
-_RENEW_LEASE = update(table_of(Lease)).where(_LEASE.id == bindparam("lease_id")).values(end_s=bindparam("new_end_s"))
-_RENEW_SLIVER = (
+_NEW_END = bindparam("new_end_s", type_=BigInteger)
+_RENEW_LEASE = update(table_of(Lease)).where(_LEASE.id == bindparam("renewed_lease")).values(end_s=_NEW_END)
+_ALLOCATION_ENDS = bindparam("allocation_ends_s", type_=BigInteger)  # now + the allocation's time to be provisioned
+_SLIVER_COLUMNS = (  # what the cancel's and the renewal's UPDATEs answer of each sliver
+    _SLIVER.id,
+    _SLIVER.urn,
+    select(_NODE.component_id).where(_NODE.id == _SLIVER.node_id).scalar_subquery(),
+    _SLIVER.start_s,
+    _SLIVER.end_s,
+    _SLIVER.allocation_state,
+    _SLIVER.operational_state,
+    _SLIVER.expires_s,
+    _SLIVER.client_id,
+    _SLIVER.disk_image,
+)
+_RENEW_SLIVERS = (
     update(table_of(Sliver))
-    .where(_SLIVER.urn == bindparam("sliver_urn"))
-    .values(end_s=bindparam("new_end_s"), expires_s=bindparam("expires_s"))
+    .where(_SLIVER.lease_id == bindparam("renewed_lease"))
+    .values(
+        end_s=_NEW_END,
+        # the new end if provisioned, else min(max(expires, allocation ends), new end): see Bookings._renew_in
+        expires_s=case(
+            (_SLIVER.allocation_state == "geni_provisioned", _NEW_END),
+            (or_(_SLIVER.expires_s >= _NEW_END, _ALLOCATION_ENDS >= _NEW_END), _NEW_END),
+            (_SLIVER.expires_s > _ALLOCATION_ENDS, _SLIVER.expires_s),
+            else_=_ALLOCATION_ENDS,
+        ),
+    )
+    .returning(*_SLIVER_COLUMNS)
+)
+_HOLDER = table_of(Sliver).alias("holder")
+# ...only the slivers whose node no other lease holds in the extension [old end, new end), as held_windows reads it.
+_RENEW_SLIVERS_IF_FREE = _RENEW_SLIVERS.where(
+    ~exists().where(
+        _HOLDER.c.node_id == _SLIVER.node_id,
+        _HOLDER.c.holds_node.is_(True),
+        _HOLDER.c.lease_id != bindparam("renewed_lease"),
+        _HOLDER.c.start_s < _NEW_END,
+        _HOLDER.c.end_s > bindparam("old_end_s", type_=BigInteger),
+    )
 )
 _RELEASE_SLIVERS = (
     update(table_of(Sliver))
     .where(_SLIVER.lease_id == bindparam("released_lease"))
     .values(holds_node=False, allocation_state="geni_unallocated")  # as release_slivers does
-    .returning(
-        _SLIVER.id,
-        _SLIVER.urn,
-        select(_NODE.component_id).where(_NODE.id == _SLIVER.node_id).scalar_subquery(),
-        _SLIVER.start_s,
-        _SLIVER.end_s,
-        _SLIVER.allocation_state,
-        _SLIVER.operational_state,
-        _SLIVER.expires_s,
-        _SLIVER.client_id,
-        _SLIVER.disk_image,
-    )
+    .returning(*_SLIVER_COLUMNS)
+)
+
+# The cancel as one PostgreSQL statement (Database.write_alone): the lease's UPDATE, then its slivers' (they join its
+# row, so they are locked after it, as by every writer of a lease's slivers; an UPDATE that meets a row changed since
+# the statement began updates and answers the row as it is now), then the generation's bump if the lease was active.
+# One row per sliver (a lease without slivers: one row, its sliver columns None).
+_CANCELLED = _CANCEL_ACTIVE_LEASE.cte("cancelled")
+_RELEASED = (
+    update(table_of(Sliver))
+    .where(_SLIVER.lease_id == _CANCELLED.c.id)
+    .values(holds_node=False, allocation_state="geni_unallocated")
+    .returning(*_SLIVER_COLUMNS)
+    .cte("released")
+)
+_CANCEL_ALONE = (
+    select(_CANCELLED, _RELEASED)
+    .select_from(_CANCELLED)
+    .outerjoin(_RELEASED, true())
+    .order_by(_RELEASED.c.id)
+    .add_cte(bump_after(_CANCELLED))
 )
 
 
-def _cancelled_record(lease: Row[*tuple[Any, ...]], slivers: Sequence[Row[*tuple[Any, ...]]]) -> LeaseRecord:
-    """The record of a lease just cancelled, from the columns its two statements answered."""
+@functools.lru_cache(maxsize=4)
+def _renewal_statement(extending: bool, bumping: bool) -> Executable:
+    """The slivers' UPDATE of a renewal (checking the extension is free when ``extending``); with ``bumping``
+    (PostgreSQL, the unit of work's last renewal), the lease's UPDATE and the generation's bump in the same statement:
+    two round trips fewer. A refused renewal raises after it, and its transaction undoes all three."""
+    slivers = _RENEW_SLIVERS_IF_FREE if extending else _RENEW_SLIVERS
+    if not bumping:
+        return slivers
+    renewed = slivers.cte("renewed")
+    lengthened = _RENEW_LEASE.returning(_LEASE.id).cte("lengthened")
+    return select(renewed).add_cte(lengthened).add_cte(bump_after(lengthened))
+
+
+def _lease_record_of(lease: Sequence[Any], slivers: Sequence[Sequence[Any]]) -> LeaseRecord:
+    """The record of a lease just written (cancelled, renewed), from its columns (as _CANCEL_ACTIVE_LEASE answers
+    them) and its slivers' (_SLIVER_COLUMNS, as its slivers' UPDATE answered them)."""
     lease_id, slice_urn, owner_urn, start_s, end_s, state, client_id = lease
     # In the order of _lease_query (by sliver id), then sorted by node as every lease record is.
     ordered = sorted(slivers, key=lambda row: (row[2], row[0]))
@@ -994,17 +1121,18 @@ def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:
 
 
 def _extension_conflicts(
-    session: Session, lease_id: str, nodes: Sequence[Row[*tuple[Any, ...]]], extension: Interval
+    connection: Connection, lease_id: str, nodes: Sequence[_RenewalRow], extension: Interval
 ) -> list[Conflict]:
-    """Who holds the lease's nodes (rows of ``_RENEWED_NODES``) during the time it would be extended by."""
-    busy = held_windows(session, extension[0], node_ids={node[1] for node in nodes}, exclude_lease=lease_id)
+    """Who holds the lease's nodes (rows of ``_LOCK_RENEWED_LEASE``) during the time it would be extended by."""
+    node_ids = {node.node_id for node in nodes if node.node_id is not None}
+    busy = held_windows(connection, extension[0], extension[1], node_ids=node_ids, exclude_lease=lease_id)
     conflicts = []
-    for _, node_id, _, component_id, _, _ in nodes:
-        clashing = [interval for interval in busy[node_id] if overlaps(interval, extension)]
+    for node in nodes:
+        clashing = [interval for interval in busy[node.node_id or 0] if overlaps(interval, extension)]
         if clashing:
             conflicts.append(
                 Conflict(
-                    component_id,
+                    node.component_id,
                     from_s(extension[0]),
                     from_s(extension[1]),
                     "is booked",

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import functools
 import random
+from typing import Any
 
-from sqlalchemy import Insert, bindparam, func, select
+from sqlalchemy import CTE, Connection, Insert, Integer, bindparam, func, literal, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -46,9 +47,13 @@ def bump_generation(session: Session) -> None:
     """Add one to the generation inside the caller's transaction, in one of its rows (an upsert: migration 0018 makes
     the rows, a database made by ``create_all`` has none). Run last in a unit of work: on PostgreSQL the row stays
     locked until the commit."""
-    dialect = session.get_bind().dialect.name
     # On the connection: the unit of work is known to have written already (no event needs to see this statement).
-    session.connection().execute(_bump_statement(dialect), {"shard": random.randint(1, SHARDS)})
+    bump_on(session.connection())
+
+
+def bump_on(connection: Connection) -> None:
+    """``bump_generation`` in the transaction of a unit of work that is a connection (``Database.write_connection``)."""
+    connection.execute(_bump_statement(connection.dialect.name), {"shard": random.randint(1, SHARDS)})
 
 
 @functools.lru_cache(maxsize=2)
@@ -59,3 +64,18 @@ def _bump_statement(dialect: str) -> Insert:
     return statement.on_conflict_do_update(
         index_elements=["id"], set_={"value": table_of(CalendarGeneration).c.value + 1}
     )
+
+
+def bump_after(written: CTE) -> CTE:
+    """The bump as a CTE of one PostgreSQL statement that is a unit of work of its own (``Database.write_alone``):
+    one is added if ``written`` (a CTE of the rows the statement wrote) has any row, in the same statement, so in
+    the same transaction. Its shard is the bound parameter ``bump_parameters`` gives."""
+    table = table_of(CalendarGeneration)
+    rows = select(bindparam("generation_shard", type_=Integer), literal(1)).select_from(written).limit(1)
+    statement = postgresql_insert(table).from_select(["id", "value"], rows)
+    return statement.on_conflict_do_update(index_elements=["id"], set_={"value": table.c.value + 1}).cte("bumped")
+
+
+def bump_parameters() -> dict[str, Any]:
+    """The parameters of a ``bump_after`` CTE: a shard chosen at random, as ``bump_generation`` chooses it."""
+    return {"generation_shard": random.randint(1, SHARDS)}

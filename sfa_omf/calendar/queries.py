@@ -8,7 +8,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, Select, Table, bindparam, func, select
+from sqlalchemy import BigInteger, Connection, Select, Table, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.intervals import Interval
@@ -30,7 +30,7 @@ def from_s(seconds: int) -> datetime:
 
 
 def held_windows(
-    session: Session,
+    session: Session | Connection,
     after_s: int,
     before_s: int | None = None,
     node_ids: set[int] | None = None,
@@ -38,7 +38,8 @@ def held_windows(
 ) -> dict[int, list[Interval]]:
     """Windows held on each node that end after after_s (and start before before_s), sorted by start.
 
-    One query for any number of nodes (all nodes when node_ids is None).
+    One query for any number of nodes (all nodes when node_ids is None), in the unit of work of ``session`` (a
+    session, or a connection: ``Database.write_connection``).
     """
     query = _held_query(before_s is not None, node_ids is not None, exclude_lease is not None)
     parameters = {
@@ -48,7 +49,8 @@ def held_windows(
         "exclude_lease": exclude_lease,
     }
     held: dict[int, list[Interval]] = defaultdict(list)
-    for node_id, start, end in session.connection().execute(query, parameters):  # reads plain rows: no ORM needed
+    connection = session.connection() if isinstance(session, Session) else session  # plain rows: no ORM needed
+    for node_id, start, end in connection.execute(query, parameters):
         held[node_id].append((start, end))
     return held
 

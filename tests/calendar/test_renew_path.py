@@ -1,0 +1,270 @@
+"""Renew's and the cancel's statements (calendar/booking.py, issue 15): each sliver's expiry computed by the UPDATE
+from its row as it is, the extension's check folded into that UPDATE, the slice's expiry written only when it
+changed, a refused renewal writing nothing; on PostgreSQL, a renewal that waited for the lease's lock and a cancel in
+one statement of its own — on SQLite and PostgreSQL unless said otherwise."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from functools import partial
+
+import pytest
+from sqlalchemy import event, select, text, update
+
+from sfa_omf.calendar.booking import BookingConflict
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.generation import read_generation
+from sfa_omf.calendar.models import Lease, Slice, Sliver
+from sfa_omf.calendar.policy import Policy
+from sfa_omf.calendar.queries import to_s
+from sfa_omf.calendar.records import BookingRequest, LeaseRecord
+from sfa_omf.calendar.slices import Slices
+from sfa_omf.errors import GeniError, Reason
+from tests.calendar.conftest import NOW, SLICE, SLICE_EXPIRES, Calendar, at, node_urn
+from tests.calendar.test_concurrency import assert_no_overlap
+
+TTL = timedelta(seconds=Policy().allocation_ttl_s)
+
+
+def _stored(calendar: Calendar) -> list[tuple[object, ...]]:
+    """Every lease and sliver row, and the slice's expiry: what a call that fails must leave as it was."""
+    with calendar.database.read() as session:
+        leases = session.execute(select(Lease.id, Lease.state, Lease.end_s).order_by(Lease.id)).all()
+        slivers = session.execute(
+            select(Sliver.urn, Sliver.end_s, Sliver.expires_s, Sliver.allocation_state).order_by(Sliver.urn)
+        ).all()
+        slices = session.execute(select(Slice.urn, Slice.expires_s).order_by(Slice.urn)).all()
+        return [tuple(row) for row in (*leases, *slivers, *slices)] + [(read_generation(session),)]
+
+
+@contextmanager
+def _statements_starting(database: Database, prefix: str) -> Iterator[list[str]]:
+    """The statements run meanwhile whose text starts with ``prefix`` (upper case)."""
+    seen: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith(prefix):
+            seen.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(database.engine, "before_cursor_execute", note)
+
+
+def test_each_slivers_expiry_follows_its_own_state_and_time(calendar: Calendar) -> None:
+    """The UPDATE computes what the Python did: a provisioned sliver expires with the lease; an allocation at
+    max(its expiry, now + the allocation's time), but never after the lease's new end."""
+    calendar.add_nodes("n4")
+    requests = [BookingRequest(node_urn(name), at(1), at(2)) for name in ("n1", "n2", "n3", "n4")]
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, requests).leases
+    urns = {sliver.node: sliver.urn for sliver in lease.slivers}
+    later = to_s(at(1.5))  # an allocation that was given longer than now + the allocation's time
+    with calendar.database.write() as session:
+        session.execute(
+            update(Sliver).where(Sliver.urn == urns[node_urn("n1")]).values(allocation_state="geni_provisioned")
+        )
+        session.execute(update(Sliver).where(Sliver.urn == urns[node_urn("n2")]).values(expires_s=later))
+    calendar.now = NOW + timedelta(minutes=5)
+    renewed = calendar.bookings.renew(lease.id, at(3))
+    expiries = {sliver.node: sliver.expires for sliver in renewed.slivers}
+    assert expiries == {
+        node_urn("n1"): at(3),  # provisioned: the lease's end
+        node_urn("n2"): at(1.5),  # its own expiry, later than now + the allocation's time
+        node_urn("n3"): calendar.now + TTL,  # now + the allocation's time, later than its expiry
+        node_urn("n4"): calendar.now + TTL,
+    }
+    assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0], "the answer is what the database holds"
+    # An allocation's expiry never passes the lease's end: shortened to before now + the allocation's time, the
+    # lease's new end is its expiry.
+    calendar.now = NOW
+    (current,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), NOW, at(1))]).leases
+    calendar.now = NOW + timedelta(minutes=25)
+    shortened = calendar.bookings.renew(current.id, at(0.5))
+    assert calendar.now + TTL > at(0.5)
+    assert [(sliver.end, sliver.expires) for sliver in shortened.slivers] == [(at(0.5), at(0.5))]
+    assert shortened in calendar.bookings.leases(slice_urn=SLICE)
+
+
+def test_a_refused_renewal_writes_nothing_not_even_the_new_slice_expiry(calendar: Calendar) -> None:
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    calendar.bookings.book(
+        "urn:publicid:IDN+testbed+slice+other",
+        SLICE_EXPIRES,
+        [BookingRequest(node_urn("n1"), at(3), at(4)), BookingRequest(node_urn("n1"), at(6), at(7))],
+    )
+    before = _stored(calendar)
+    with pytest.raises(BookingConflict) as refusal:
+        calendar.bookings.renew(lease.id, at(5), slice_expires=SLICE_EXPIRES + timedelta(days=1))
+    (conflict,) = refusal.value.conflicts
+    assert (conflict.node, conflict.start, conflict.end) == (node_urn("n1"), at(2), at(5))
+    assert conflict.clashing == ((at(3), at(4)),), "only the windows inside the extension are named"
+    assert _stored(calendar) == before
+    with pytest.raises(GeniError) as past:
+        calendar.bookings.renew(lease.id, NOW - timedelta(hours=1), slice_expires=SLICE_EXPIRES + timedelta(days=1))
+    assert past.value.reason == Reason.BAD_ARGS
+    assert _stored(calendar) == before
+
+
+def test_a_renewal_moves_the_generation_by_one_however_many_leases_it_renews(calendar: Calendar) -> None:
+    """On PostgreSQL the last renewal's statement bumps the generation itself (the others do not, nor does the
+    unit of work's end); on SQLite the unit of work bumps it: one either way."""
+    leases = [
+        calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn(name), at(1), at(2))]).leases[0]
+        for name in ("n1", "n2", "n3")
+    ]
+
+    def generation() -> int:
+        with calendar.database.read() as session:
+            return read_generation(session)
+
+    before = generation()
+    calendar.bookings.renew(leases[0].id, at(3))
+    assert generation() == before + 1
+    renewed = calendar.bookings.renew_all([(lease.id, at(4), "") for lease in leases])
+    assert generation() == before + 2
+    assert sorted(renewed, key=lambda lease: lease.id) == sorted(
+        calendar.bookings.leases(slice_urn=SLICE), key=lambda lease: lease.id
+    )
+    assert [lease.end for lease in renewed] == [at(4)] * 3
+
+
+def test_the_slice_expiry_is_written_only_when_the_credentials_differs(calendar: Calendar) -> None:
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    with _statements_starting(calendar.database, "UPDATE SLICE") as slice_updates:
+        calendar.bookings.renew(lease.id, at(3), slice_expires=SLICE_EXPIRES)
+        assert slice_updates == [], "the same expiry: not written again"
+        calendar.bookings.renew(lease.id, at(4), slice_expires=SLICE_EXPIRES + timedelta(days=2))
+        assert len(slice_updates) == 1
+    assert Slices(calendar.database).get(SLICE).expires == SLICE_EXPIRES + timedelta(days=2)
+
+
+def test_renewals_and_cancels_of_one_lease_racing_leave_it_cancelled_and_answer_clearly(calendar: Calendar) -> None:
+    """Each round, two threads renew a lease while one cancels it: it ends cancelled, every renewal either
+    happened before the cancel or is refused as a renewal of a cancelled lease, and its node is free again."""
+    for round_number in range(6):
+        base = 10 * round_number
+        (lease,) = calendar.bookings.book(
+            SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(base + 1), at(base + 2))]
+        ).leases
+        outcomes = _race(
+            [
+                (partial(calendar.bookings.renew, lease.id, at(base + 3)), "renewed"),
+                (partial(calendar.bookings.renew, lease.id, at(base + 4)), "renewed"),
+                (partial(calendar.bookings.cancel, lease.id), "cancelled"),
+            ]
+        )
+        assert outcomes.count("cancelled") == 1 and len(outcomes) == 3, outcomes
+        assert set(outcomes) <= {"renewed", "cancelled", "refused: cancelled"}, outcomes
+        (stored,) = calendar.bookings.leases(slice_urn=SLICE, start=at(base), end=at(base + 5), active_only=False)
+        assert stored.state == "cancelled"
+        assert {sliver.allocation_state for sliver in stored.slivers} == {"geni_unallocated"}
+        calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(base + 1), at(base + 5))])
+    assert_no_overlap(calendar.database)
+
+
+def _race(writes: list[tuple[Callable[[], object], str]]) -> list[str]:
+    """Run the writes in threads at once: what became of each (its success word, or why it was refused)."""
+    barrier = threading.Barrier(len(writes))
+    outcomes: list[str] = []
+    errors: list[BaseException] = []
+
+    def attempt(write: Callable[[], object], success: str) -> None:
+        barrier.wait()
+        try:
+            write()
+            outcomes.append(success)
+        except GeniError as exc:
+            if exc.reason == Reason.BAD_ARGS and "is cancelled and cannot be renewed" in exc.message:
+                outcomes.append("refused: cancelled")
+            else:
+                errors.append(exc)
+        except BaseException as exc:  # reported below: a thread must not fail silently
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attempt, args=write) for write in writes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return outcomes
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_renewal_that_waited_for_a_provision_gives_the_slivers_the_provisioned_expiry(calendar: Calendar) -> None:
+    """PostgreSQL: the renewal's locking read waits for a writer holding the lease (what Provision does); its
+    joined rows are from before that writer, so the slivers' states are not taken from it: the UPDATE computes each
+    expiry from the row the writer left (provisioned: the lease's new end) and answers that row."""
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    answers: list[LeaseRecord] = []
+    with calendar.database.engine.connect() as writer:
+        with writer.begin():
+            writer.execute(text("SELECT id FROM lease WHERE id = :id FOR UPDATE"), {"id": lease.id})
+            writer.execute(
+                text("UPDATE sliver SET allocation_state = 'geni_provisioned', expires_s = :end WHERE lease_id = :id"),
+                {"id": lease.id, "end": to_s(at(2))},
+            )
+            writer.execute(text("UPDATE lease SET state = 'provisioned' WHERE id = :id"), {"id": lease.id})
+            renewing = threading.Thread(target=lambda: answers.append(calendar.bookings.renew(lease.id, at(3))))
+            renewing.start()
+            _wait_for_a_lock_wait(calendar.database)
+        renewing.join(timeout=30)
+    (renewed,) = answers
+    assert renewed.state == "provisioned"
+    assert [(sliver.allocation_state, sliver.expires) for sliver in renewed.slivers] == [("geni_provisioned", at(3))]
+    assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0]
+
+
+def _wait_for_a_lock_wait(database: Database) -> None:
+    """Until a session of the test's database waits for a lock (bounded: 10 s)."""
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    # Autocommit: in a transaction, pg_stat_activity is read once and then repeated (a snapshot).
+    with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
+        for _ in range(200):
+            if watcher.execute(text(waiting)).scalar():
+                return
+            time.sleep(0.05)
+    pytest.fail("nothing ever waited for the lease's lock")
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_cancel_is_one_statement_of_its_own_on_postgresql(calendar: Calendar) -> None:
+    """The lease, its slivers and the generation's bump in one statement without BEGIN or COMMIT; a lease that is
+    not active takes the reading path (nothing bumped: see test_write_path)."""
+    (lease,) = calendar.bookings.book(
+        SLICE,
+        SLICE_EXPIRES,
+        [BookingRequest(node_urn("n1"), at(1), at(2)), BookingRequest(node_urn("n2"), at(1), at(2))],
+    ).leases
+    run: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        run.append(statement.lstrip().split()[0].upper())
+
+    event.listen(calendar.database.engine, "before_cursor_execute", note)
+    try:
+        cancelled = calendar.bookings.cancel(lease.id)
+    finally:
+        event.remove(calendar.database.engine, "before_cursor_execute", note)
+    assert run == ["WITH"]
+    assert cancelled == calendar.bookings.leases(slice_urn=SLICE, active_only=False)[0]
+    assert [sliver.node for sliver in cancelled.slivers] == [node_urn("n1"), node_urn("n2")]
+
+
+def test_write_alone_is_refused_on_sqlite(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from sfa_omf.calendar.database import sqlite_url
+
+    database = Database(sqlite_url(str(Path(str(tmp_path)) / "calendar.sqlite")))
+    try:
+        with pytest.raises(ValueError, match="PostgreSQL"):
+            database.write_alone(text("SELECT 1"))
+    finally:
+        database.dispose()
