@@ -551,7 +551,9 @@ class Aggregate:
         followed: list[LeaseRecord] = []
         try:
             for before, after in zip(leases, renewed, strict=True):
-                if before.state == "provisioned" and after.end != before.end:
+                # The state as the renewal found it, under the lease's lock: a Provision that committed since the
+                # leases were read (before authorizing) made a testbed reservation that must follow too.
+                if after.state == "provisioned" and after.end != before.end:
                     self.backend.renew(before, after.end)
                     followed.append(before)
         except BaseException:

@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session, selectinload
 from sfa_omf.calendar.database import (
     RETRY_ATTEMPTS,
     Database,
+    TransientConflict,
     connection_of,
     is_overlap_violation,
     retry_transient,
@@ -531,7 +532,12 @@ class Bookings:
         statement = _renewal_statement(new_end_s > end_s, bumping)
         slivers = connection.execute(statement, {**parameters, **bump_parameters()} if bumping else parameters).all()
         if len(slivers) < len(nodes):  # a sliver's node is held in the extension by another lease: nothing is kept
-            raise BookingConflict(_extension_conflicts(connection, lease_id, nodes, (end_s, new_end_s)))
+            conflicts = _extension_conflicts(connection, lease_id, nodes, (end_s, new_end_s))
+            if not conflicts:
+                # The holder let the time go between the check (the UPDATE's snapshot) and this read (a newer one,
+                # PostgreSQL's READ COMMITTED): the unit of work again, which books the time or names who holds it.
+                raise TransientConflict("the extension's holder changed while it was checked")
+            raise BookingConflict(conflicts)
         if not bumping:
             connection.execute(_RENEW_LEASE, parameters)
         return _lease_record_of(

@@ -268,3 +268,28 @@ def test_write_alone_is_refused_on_sqlite(tmp_path: object) -> None:
             database.write_alone(text("SELECT 1"))
     finally:
         database.dispose()
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_renewal_whose_extension_is_freed_while_it_is_checked_books_it(calendar: Calendar) -> None:
+    """PostgreSQL (READ COMMITTED): the extension's check is the UPDATE's snapshot, who holds it is read in a later
+    one. The holder cancelled in between: never a refusal naming nobody; the unit of work runs again and books it."""
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    other_slice = "urn:publicid:IDN+testbed+slice+other"
+    (other,) = calendar.bookings.book(other_slice, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(3), at(4))]).leases
+    cancelled: list[str] = []
+
+    def cancel_the_holder_first(conn: object, cursor: object, statement: str, *rest: object) -> None:
+        if not cancelled and statement.lstrip().upper().startswith("SELECT SLIVER.NODE_ID"):  # who holds the time
+            cancelled.append(other.id)
+            canceller = threading.Thread(target=lambda: calendar.bookings.cancel(other.id))
+            canceller.start()
+            canceller.join()
+
+    event.listen(calendar.database.engine, "before_cursor_execute", cancel_the_holder_first)
+    try:
+        renewed = calendar.bookings.renew(lease.id, at(5))
+    finally:
+        event.remove(calendar.database.engine, "before_cursor_execute", cancel_the_holder_first)
+    assert cancelled == [other.id]  # the race happened where it matters
+    assert renewed.end == at(5)

@@ -148,7 +148,9 @@ class Serve:
 
 
 def window(days_ahead: int, hour: int) -> tuple[str, str]:
-    """A 30-minute slot on a grain boundary, ``days_ahead`` days from now at ``hour`` (UTC), whatever the time now."""
+    """A 30-minute slot on a grain boundary, ``days_ahead`` days from now at ``hour`` (UTC), whatever the time now.
+    Well inside the lab's slice credentials (30 days from now): a slot 30 days ahead at 02:00 is past them when the
+    tests run between midnight and 02:30."""
     day: datetime = utcnow().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=days_ahead)
     start = day + timedelta(hours=hour)
     return format_time(start), format_time(start + timedelta(minutes=30))

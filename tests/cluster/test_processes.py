@@ -88,7 +88,7 @@ def test_two_hosts_32_clients_race_for_one_node_one_winner_per_round(
     for number in range(CLIENTS):
         assert code(clients[number].GetVersion()) == 0  # connected and its TLS session made before the race
     for round_number in range(ROUNDS):
-        slot = window(days_ahead=30, hour=2 + round_number)
+        slot = window(days_ahead=20, hour=2 + round_number)
         answers = race(lab, clients, slot)
         codes = [code(answer) for answer in answers]
         winners = [number for number, value in enumerate(codes) if value == 0]
@@ -132,7 +132,7 @@ def test_leader_killed_the_other_host_takes_over_and_runs_the_background_work(
     # after its first (at its start), and the standby runs none.
     urn, credential = lab.slices[0]
     client = standby.client(lab)
-    assert code(client.Allocate(urn, [credential], request(window(days_ahead=30, hour=5)), {})) == 0
+    assert code(client.Allocate(urn, [credential], request(window(days_ahead=20, hour=5)), {})) == 0
     time.sleep(2)
     assert [view[1] for view in sliver_view(client.Status([urn], [credential], {}))] == ["geni_allocated"]
     assert not any("now leads" in line for line in standby.lines)
@@ -154,7 +154,7 @@ def test_a_worker_killed_while_others_serve_loses_only_its_calls_in_progress(
     server.wait_ready()
     pids = worker_pids(server)
     urn, credential = lab.slices[0]
-    assert code(server.client(lab).Allocate(urn, [credential], request(window(days_ahead=30, hour=7)), {})) == 0
+    assert code(server.client(lab).Allocate(urn, [credential], request(window(days_ahead=20, hour=7)), {})) == 0
     expected = sliver_view(server.client(lab).Status([urn], [credential], {}))
 
     stop = threading.Event()
