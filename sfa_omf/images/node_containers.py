@@ -160,13 +160,13 @@ def is_this_node(name: str) -> bool:
     if name in (hostname, hostname.split(".", 1)[0]):
         return True
     try:
-        found = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+        found = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
     except OSError:
         return False
-    for address in {info[4][0] for info in found}:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    for family, _, _, _, address in found:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
             try:
-                probe.bind((address, 0))
+                probe.bind((address[0], 0))
             except OSError:
                 continue
             return True
@@ -270,7 +270,9 @@ def _reassert(path: Path, states: dict[str, tuple[str, str]], plan_id: str, done
     except (OSError, PlanError):
         current = None
     if current != report_text(states, plan_id, done):
-        _report(path, states, plan_id, done)
+        with contextlib.suppress(OSError):  # a report root may not write was said once, at the run's first one
+            _node_directory(path)
+            write_states(path, states, plan_id, done)
 
 
 def _slot_end_now(path: Path, plan: LeasePlan, verifier: PlanVerifier, writers: frozenset[int]) -> int | None:

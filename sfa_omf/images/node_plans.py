@@ -22,7 +22,7 @@ import re
 import secrets
 import stat
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -373,10 +373,11 @@ class LeasePlans:
         """Remove the archives of the lease's saves up to ``upto_seq`` from ``node``'s directory: the one just taken,
         and those of saves whose node answered after their call had given up (no call takes those any more)."""
         lease = _checked_name(lease_id)
-        for archive in self.report_path(lease_id, node).parent.glob(f"{lease}.save-*.tar"):
-            seq = archive.name.removeprefix(f"{lease}.save-").removesuffix(".tar")
-            if seq.isdigit() and int(seq) <= upto_seq:
-                _remove_file(archive)
+        for directory in _real_directories([self.report_path(lease_id, node).parent]):
+            for archive in directory.glob(f"{lease}.save-*.tar"):
+                seq = archive.name.removeprefix(f"{lease}.save-").removesuffix(".tar")
+                if seq.isdigit() and int(seq) <= upto_seq:
+                    _remove_file(archive)
 
     def remove(self, lease_id: str) -> None:
         """The lease is over: its plan, action, report and save archives go."""
@@ -385,7 +386,8 @@ class LeasePlans:
             lease = _checked_name(lease_id)
             nodes = self.directory / NODES_DIR_NAME
             # The directories of the nodes the plan names; every node's when it is unreadable (the lease's files only).
-            reports = [nodes / node for node in plan.nodes] if plan is not None else sorted(nodes.glob("*"))
+            # Real directories only: one a node replaced by a link is not followed.
+            reports = _real_directories([nodes / node for node in plan.nodes] if plan is not None else nodes.glob("*"))
             _remove_file(self.plan_path(lease_id))
             _remove_file(self.action_path(lease_id))
             # The plans directory itself: where reports and archives went before node directories (an upgrade).
@@ -504,6 +506,18 @@ def _checked_node(value: str) -> str:
     if not is_node_name(value):
         raise ValueError(f"{value!r} is not a node name")
     return value
+
+
+def _real_directories(paths: Iterable[Path]) -> list[Path]:
+    """Those of ``paths`` that are directories themselves (not links to one), in order."""
+    found = []
+    for path in sorted(paths):
+        try:
+            if stat.S_ISDIR(path.lstat().st_mode):
+                found.append(path)
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def _remove_file(path: Path) -> None:

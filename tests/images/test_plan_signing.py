@@ -166,6 +166,8 @@ def test_a_plan_runs_on_this_host_under_any_of_its_names() -> None:
     assert node_containers.is_this_node("127.0.0.2")  # what scripts/oar.sh's exec nodes are named
     assert node_containers.is_this_node(socket.gethostname())
     assert not node_containers.is_this_node("192.0.2.1")
+    assert node_containers.is_this_node("::1")  # a node OAR reaches by IPv6
+    assert not node_containers.is_this_node("2001:db8::1")  # documentation prefix: bound nowhere
 
 
 def test_a_run_reports_into_its_nodes_directory_and_never_through_a_link(
@@ -331,9 +333,16 @@ def test_directories_planted_under_a_leases_file_names_are_left_and_stop_nothing
     site.plans.write(plan)  # Provision again
     old_report = site.plans.directory / f"{lease_id}.state.json"  # where a report went before node directories
     old_report.write_text("{}")
+    # A node's directory replaced by a link (a read-write export): never followed to remove anything.
+    elsewhere = node_dir.parent.parent.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / f"{lease_id}.state.json").write_text("not the aggregate's to remove")
+    (node_dir.parent / "node-link").symlink_to(elsewhere)
+    site.plans.plan_path(lease_id).write_text("unsigned: every node directory is looked at")
     site.plans.remove(lease_id)
     assert all(directory.is_dir() for directory in planted)
     assert not site.plans.plan_path(lease_id).exists() and not old_report.exists()
+    assert (elsewhere / f"{lease_id}.state.json").exists()
 
 
 def test_a_key_made_by_root_belongs_to_the_data_directorys_owner(tmp_path: Path) -> None:
