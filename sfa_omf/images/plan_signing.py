@@ -140,7 +140,13 @@ def _load_or_make(path: Path) -> Ed25519PrivateKey:
             pass
         finally:
             partial.unlink(missing_ok=True)
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:  # not PEM, or a key with a passphrase
+        raise ValueError(
+            f"{path} is not an unencrypted PEM private key ({type(exc).__name__}): [sfa_omf] plan_signing_key names "
+            "the aggregate's Ed25519 key; point it at a file that does not exist and the key is made there"
+        ) from exc
     if not isinstance(loaded, Ed25519PrivateKey):
         raise ValueError(f"{path} holds a key that is not Ed25519: plan signing keys are Ed25519")
     return loaded

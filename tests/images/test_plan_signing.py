@@ -78,6 +78,27 @@ def test_the_key_is_made_once_private_and_kept(tmp_path: Path) -> None:
     assert [entry.name for entry in tmp_path.iterdir() if entry.name.startswith(".")] == []
 
 
+def test_a_key_file_that_is_no_ed25519_key_is_refused_saying_so(tmp_path: Path) -> None:
+    (tmp_path / "text").write_text("not a key\n")
+    with pytest.raises(ValueError, match="is not an unencrypted PEM private key"):
+        PlanSigner(tmp_path / "text")
+    rsa = rsa_key(tmp_path / "rsa.pem")
+    with pytest.raises(ValueError, match="not Ed25519"):
+        PlanSigner(rsa)
+    assert (tmp_path / "text").read_text() == "not a key\n"  # never replaced
+
+
+def rsa_key(path: Path) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return path
+
+
 def test_a_signers_file_lists_keys_and_says_which_line_is_wrong(tmp_path: Path) -> None:
     one, two = PlanSigner(tmp_path / "one.key"), PlanSigner(tmp_path / "two.key")
     verifier = PlanVerifier.from_lines(f"# two aggregates\n{one.public_line()}\n\n{two.public_line()}  # new\n")
