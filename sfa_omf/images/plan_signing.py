@@ -90,8 +90,8 @@ class PlanVerifier:
         not of ``kind``, not signed by one of these keys, or altered."""
         try:
             envelope = json.loads(text)
-        except ValueError as exc:
-            raise SignatureError(f"not JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # nested deep enough (anyone sharing the directory), it overflows
+            raise SignatureError(f"not JSON: {type(exc).__name__}") from exc
         if not isinstance(envelope, dict) or not isinstance(envelope.get("document"), str):
             raise SignatureError(
                 "not a signed document (if an aggregate older than signatures wrote it, Delete the lease's slivers "

@@ -56,6 +56,8 @@ def test_a_signed_document_opens_only_as_signed(plan_signer: PlanSigner, tmp_pat
         plan_signer.verifier.open(KIND_PLAN, document)
     with pytest.raises(SignatureError, match="not JSON"):
         plan_signer.verifier.open(KIND_PLAN, "{")
+    with pytest.raises(SignatureError, match="not JSON: RecursionError"):
+        plan_signer.verifier.open(KIND_PLAN, "[" * 200_000)
     envelope = json.loads(signed) | {"ed25519": "not base64!"}
     with pytest.raises(SignatureError, match="does not match"):
         plan_signer.verifier.open(KIND_PLAN, json.dumps(envelope))
