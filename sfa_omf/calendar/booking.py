@@ -19,7 +19,6 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
-    Executable,
     Select,
     bindparam,
     case,
@@ -46,6 +45,7 @@ from sfa_omf.calendar.database import (
 from sfa_omf.calendar.generation import bump_after, bump_on, bump_parameters
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, SliceUser, Sliver
+from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, execute_plain, listed, listed_values
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
 from sfa_omf.calendar.queries import from_s, held_windows, lock_names, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import (
@@ -245,8 +245,8 @@ class Bookings:
                 "shutdown", f"slice {slice_urn} was shut down; an operator must release it before it books again"
             )
         if stored_expires_s != expires_s:
-            connection_of(session, writes=True).execute(
-                _SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": expires_s}
+            execute_plain(
+                connection_of(session, writes=True), _SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": expires_s}
             )
         return int(slice_id), _user_records((row[3], row[4]) for row in rows if row[3] is not None)
 
@@ -471,7 +471,7 @@ class Bookings:
         # one UPDATE ... RETURNING that also checks the extension is free (the held windows are read only to say
         # who holds it when it is not).
         asked_s = new_end_s = to_s(new_end)
-        target = [_RenewalRow(*row) for row in connection.execute(_LOCK_RENEWED_LEASE, {"lease_id": lease_id})]
+        target = [_RenewalRow(*row) for row in execute_plain(connection, _LOCK_RENEWED_LEASE, {"lease_id": lease_id})]
         if not target:
             raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
         lease = target[0]
@@ -501,7 +501,8 @@ class Bookings:
         if slice_expires is not None:  # the call's credential is the slice's latest word
             slice_expires_s = to_s(slice_expires)
             if slice_expires_s != lease.slice_expires_s:  # written only when it changed (nearly never)
-                connection.execute(_SLICE_EXPIRES, {"slice_id": lease.slice_id, "new_expires_s": slice_expires_s})
+                expiry_parameters = {"slice_id": lease.slice_id, "new_expires_s": slice_expires_s}
+                execute_plain(connection, _SLICE_EXPIRES, expiry_parameters)
         if new_end_s > slice_expires_s:
             expiry = format_time(from_s(slice_expires_s))
             rounded = (
@@ -530,7 +531,7 @@ class Bookings:
         }
         bumping = last and not self.database.is_sqlite
         statement = _renewal_statement(new_end_s > end_s, bumping)
-        slivers = connection.execute(statement, {**parameters, **bump_parameters()} if bumping else parameters).all()
+        slivers = execute_plain(connection, statement, {**parameters, **bump_parameters()} if bumping else parameters)
         if len(slivers) < len(nodes):  # a sliver's node is held in the extension by another lease: nothing is kept
             conflicts = _extension_conflicts(connection, lease_id, nodes, (end_s, new_end_s))
             if not conflicts:
@@ -539,7 +540,7 @@ class Bookings:
                 raise TransientConflict("the extension's holder changed while it was checked")
             raise BookingConflict(conflicts)
         if not bumping:
-            connection.execute(_RENEW_LEASE, parameters)
+            execute_plain(connection, _RENEW_LEASE, parameters)
         return _lease_record_of(
             (lease_id, lease.slice_urn, lease.owner_urn, start_s, new_end_s, lease.state, lease.client_id), slivers
         )
@@ -559,25 +560,25 @@ class Bookings:
             # UPDATE that waited for the row's lock checks its condition again on the row as the other writer left
             # it), then one releases its slivers and answers theirs: every writer of a lease's slivers locks the
             # lease first, so they are read as the last such writer left them.
-            cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id}).first()
-            if cancelled is None:
+            cancelled_rows = execute_plain(connection, _CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id})
+            if not cancelled_rows:
                 # Not active, or not there: read as it is. The lease row locked first, as _find_lease(lock=True)
                 # does, then read with its slivers in one column query. Not in one statement: on PostgreSQL a SELECT
                 # that waited for the lock re-reads the locked row alone, and the joined slivers would be the ones
                 # from before the writer it waited for.
-                connection.execute(_LOCK_LEASE, {"lease_id": lease_id})
+                execute_plain(connection, _LOCK_LEASE, {"lease_id": lease_id})
                 query = _lease_query(False, False, False, False, False, True)
-                found = _lease_records(connection.execute(query, {"lease_id": lease_id}).all())
+                found = _lease_records(execute_plain(connection, query, {"lease_id": lease_id}))
                 if not found:
                     raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
                 if found[0].state not in ACTIVE_LEASE_STATES:
                     return found[0]
                 # Became active since the UPDATE? No lease ever does (states only move on from allocated and
                 # provisioned), but should one, it is cancelled as above.
-                cancelled = connection.execute(_CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id}).one()
-            slivers = connection.execute(_RELEASE_SLIVERS, {"released_lease": lease_id}).all()
+                cancelled_rows = execute_plain(connection, _CANCEL_ACTIVE_LEASE, {"cancelled_lease": lease_id})
+            slivers = execute_plain(connection, _RELEASE_SLIVERS, {"released_lease": lease_id})
             bump_on(connection)
-            return _lease_record_of(cancelled, slivers)
+            return _lease_record_of(cancelled_rows[0], slivers)
 
     def mark_provisioned(self, lease_id: str) -> LeaseRecord:
         """An allocated lease becomes provisioned (again: no change, so a retried or finished Provision is fine)."""
@@ -691,14 +692,16 @@ class Bookings:
 
     def slices_of_slivers(self, sliver_urns: Iterable[str]) -> set[str]:
         """The URNs of the slices the named slivers belong to."""
-        rows = self.database.fetch_all(_SLICES_OF_SLIVERS, {"urns": sorted(set(sliver_urns))})
+        urns = sorted(set(sliver_urns))
+        rows = self.database.fetch_all(_slices_of_slivers(min(len(urns), MAX_LISTED + 1)), listed_values("urns", urns))
         return {row[0] for row in rows}
 
     def leases_of_slivers_slice(self, sliver_urns: Iterable[str]) -> list[LeaseRecord]:
         """The active leases of the slice (or slices) the named slivers belong to, oldest first, in one column query
         (``Bookings.leases(slice_urn=...)`` of ``slices_of_slivers``'s slice, without a round trip between)."""
-        query = _lease_query(True, False, False, False, False, by_slivers_slice=True)
-        return _lease_records(self.database.fetch_all(query, {"sliver_urns": sorted(set(sliver_urns))}))
+        urns = sorted(set(sliver_urns))
+        query = _lease_query(True, False, False, False, False, slivers_named=min(len(urns), MAX_LISTED + 1))
+        return _lease_records(self.database.fetch_all(query, listed_values("sliver_urns", urns)))
 
     def leases(
         self,
@@ -792,15 +795,18 @@ def _lease_records(rows: Sequence[Sequence[Any]]) -> list[LeaseRecord]:
     ]
 
 
-_SLICES_OF_SLIVERS = (
-    select(Slice.urn)
-    .join(Lease, Lease.slice_id == Slice.id)
-    .join(Sliver)
-    .where(Sliver.urn.in_(bindparam("urns", expanding=True)))
-)
+@functools.lru_cache(maxsize=MAX_LISTED + 1)
+def _slices_of_slivers(count: int) -> PlainStatement[Select[str]]:
+    """The slices of ``count`` slivers named (``listed_values("urns", ...)``), built once per count."""
+    return PlainStatement(
+        select(Slice.urn)
+        .join(Lease, Lease.slice_id == Slice.id)
+        .join(Sliver)
+        .where(Sliver.urn.in_(listed("urns", count)))
+    )
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=64)
 def _lease_query(
     active_only: bool,
     by_slice: bool,
@@ -808,20 +814,20 @@ def _lease_query(
     by_end: bool,
     by_node: bool,
     by_id: bool = False,
-    by_slivers_slice: bool = False,
+    slivers_named: int = 0,
     with_nodes: bool = False,
-) -> Select[*tuple[Any, ...]]:
+) -> PlainStatement[Select[*tuple[Any, ...]]]:
     """The statement of ``Bookings.leases`` for one combination of filters, with bound parameters, built once: a
     statement built on every call costs more than the call's query itself (SQLAlchemy's cache key and the matching
-    of result columns to a new statement's). ``by_id``: the one lease ``lease_id``; ``by_slivers_slice``: the
-    leases of the slice (or slices) of the slivers ``sliver_urns``; ``with_nodes``: each sliver's node's name and
-    exclusive flag after the usual columns (narrow reads only)."""
+    of result columns to a new statement's). ``by_id``: the one lease ``lease_id``; ``slivers_named``: the leases of
+    the slice (or slices) of that many slivers named (``listed_values("sliver_urns", ...)``); ``with_nodes``: each
+    sliver's node's name and exclusive flag after the usual columns (narrow reads only)."""
     # A narrow read (a slice's, a node's leases, one lease) looks each sliver's node up by its primary key. Joined,
     # PostgreSQL estimated a slice's leases at the average per slice (1 000 of 100 000 leases in the benchmark, for a
     # slice holding one) and hashed the whole node table for them: 0.42 of the read's 0.54 ms at 1 000 nodes, growing
     # with the inventory (EXPLAIN ANALYZE in docs/benchmarks.md). A wide read keeps the join (one pass over nodes
     # beats a lookup per sliver).
-    narrow = by_slice or by_node or by_id or by_slivers_slice
+    narrow = by_slice or by_node or by_id or bool(slivers_named)
     component_id: Any = (
         select(Node.component_id).where(Node.id == Sliver.node_id).scalar_subquery() if narrow else Node.component_id
     )
@@ -873,15 +879,15 @@ def _lease_query(
         query = query.where(Lease.id.in_(node_leases))
     if by_id:
         query = query.where(Lease.id == bindparam("lease_id"))
-    if by_slivers_slice:
+    if slivers_named:
         # Aliases of the tables, not of the mapped classes: a statement holding an ORM alias computes its cache key
         # on every execution (0.07 ms, half of the read's own cost on SQLite), a Core one once.
         named = table_of(Sliver).alias("named")
         holding = table_of(Lease).alias("holding")
         slices = select(holding.c.slice_id).join(named, named.c.lease_id == holding.c.id)
-        named_urns = named.c.urn.in_(bindparam("sliver_urns", expanding=True))
+        named_urns = named.c.urn.in_(listed("sliver_urns", slivers_named))
         query = query.where(Lease.slice_id.in_(slices.where(named_urns)))
-    return query
+    return PlainStatement(query)
 
 
 def _is_active(state: Any) -> ColumnElement[bool]:
@@ -920,7 +926,7 @@ class _RenewalRow(NamedTuple):
 # the mapped classes: an ORM-enabled INSERT or UPDATE goes through the ORM's bulk machinery on every call.
 _SLICE, _LEASE, _SLIVER = table_of(Slice).c, table_of(Lease).c, table_of(Sliver).c
 _NODE, _SLICE_USER = table_of(Node).c, table_of(SliceUser).c
-_LOCK_LEASE = select(_LEASE.id).where(_LEASE.id == bindparam("lease_id")).with_for_update()
+_LOCK_LEASE = PlainStatement(select(_LEASE.id).where(_LEASE.id == bindparam("lease_id")).with_for_update())
 _SLICE_FOR_BOOKING = (  # the slice with its users (one row per user; one with none when it has none)
     select(_SLICE.id, _SLICE.shut_down, _SLICE.expires_s, _SLICE_USER.user_urn, _SLICE_USER.ssh_keys)
     .outerjoin(table_of(SliceUser), _SLICE_USER.slice_id == _SLICE.id)
@@ -931,7 +937,7 @@ _NEW_SLICE = (
     .values(urn=bindparam("urn"), expires_s=bindparam("expires_s"), shut_down=False)
     .returning(_SLICE.id)
 )
-_SLICE_EXPIRES = (
+_SLICE_EXPIRES = PlainStatement(
     update(table_of(Slice)).where(_SLICE.id == bindparam("slice_id")).values(expires_s=bindparam("new_expires_s"))
 )
 _NODES_FOR_BOOKING = (
@@ -942,7 +948,8 @@ _NODES_FOR_BOOKING = (
 )
 _INSERT_LEASE = insert(table_of(Lease))
 _INSERT_SLIVER = insert(table_of(Sliver))
-_CANCEL_ACTIVE_LEASE = (  # (its parameter is not "lease_id": a sliver UPDATE of its statement would SET that column)
+# (Its parameter is not "lease_id": a sliver UPDATE of its statement would SET that column.)
+_CANCEL_ACTIVE_LEASE = PlainStatement(
     update(table_of(Lease))
     .where(_LEASE.id == bindparam("cancelled_lease"), _is_active(_LEASE.state))
     .values(state="cancelled")
@@ -962,7 +969,7 @@ _CANCEL_ACTIVE_LEASE = (  # (its parameter is not "lease_id": a sliver UPDATE of
 # and names do not change with a lease; the slice's expiry (written by bookings and renewals of the slice, under no
 # common lock, as before) only decides whether the call's is written (skipped when equal) or, for a renewal without a
 # credential, how far the lease may go.
-_LOCK_RENEWED_LEASE = (
+_LOCK_RENEWED_LEASE = PlainStatement(
     select(
         _LEASE.state,
         _LEASE.start_s,
@@ -985,7 +992,9 @@ _LOCK_RENEWED_LEASE = (
     .with_for_update(of=table_of(Lease))
 )
 _NEW_END = bindparam("new_end_s", type_=BigInteger)
-_RENEW_LEASE = update(table_of(Lease)).where(_LEASE.id == bindparam("renewed_lease")).values(end_s=_NEW_END)
+_RENEW_LEASE = PlainStatement(
+    update(table_of(Lease)).where(_LEASE.id == bindparam("renewed_lease")).values(end_s=_NEW_END)
+)
 _ALLOCATION_ENDS = bindparam("allocation_ends_s", type_=BigInteger)  # now + the allocation's time to be provisioned
 _SLIVER_COLUMNS = (  # what the cancel's and the renewal's UPDATEs answer of each sliver
     _SLIVER.id,
@@ -1025,7 +1034,7 @@ _RENEW_SLIVERS_IF_FREE = _RENEW_SLIVERS.where(
         _HOLDER.c.end_s > bindparam("old_end_s", type_=BigInteger),
     )
 )
-_RELEASE_SLIVERS = (
+_RELEASE_SLIVERS = PlainStatement(
     update(table_of(Sliver))
     .where(_SLIVER.lease_id == bindparam("released_lease"))
     .values(holds_node=False, allocation_state="geni_unallocated")  # as release_slivers does
@@ -1036,7 +1045,7 @@ _RELEASE_SLIVERS = (
 # row, so they are locked after it, as by every writer of a lease's slivers; an UPDATE that meets a row changed since
 # the statement began updates and answers the row as it is now), then the generation's bump if the lease was active.
 # One row per sliver (a lease without slivers: one row, its sliver columns None).
-_CANCELLED = _CANCEL_ACTIVE_LEASE.cte("cancelled")
+_CANCELLED = _CANCEL_ACTIVE_LEASE.statement.cte("cancelled")
 _RELEASED = (
     update(table_of(Sliver))
     .where(_SLIVER.lease_id == _CANCELLED.c.id)
@@ -1044,7 +1053,7 @@ _RELEASED = (
     .returning(*_SLIVER_COLUMNS)
     .cte("released")
 )
-_CANCEL_ALONE = (
+_CANCEL_ALONE = PlainStatement(
     select(_CANCELLED, _RELEASED)
     .select_from(_CANCELLED)
     .outerjoin(_RELEASED, true())
@@ -1054,16 +1063,16 @@ _CANCEL_ALONE = (
 
 
 @functools.lru_cache(maxsize=4)
-def _renewal_statement(extending: bool, bumping: bool) -> Executable:
+def _renewal_statement(extending: bool, bumping: bool) -> PlainStatement[Any]:
     """The slivers' UPDATE of a renewal (checking the extension is free when ``extending``); with ``bumping``
     (PostgreSQL, the unit of work's last renewal), the lease's UPDATE and the generation's bump in the same statement:
     two round trips fewer. A refused renewal raises after it, and its transaction undoes all three."""
     slivers = _RENEW_SLIVERS_IF_FREE if extending else _RENEW_SLIVERS
     if not bumping:
-        return slivers
+        return PlainStatement(slivers)
     renewed = slivers.cte("renewed")
-    lengthened = _RENEW_LEASE.returning(_LEASE.id).cte("lengthened")
-    return select(renewed).add_cte(lengthened).add_cte(bump_after(lengthened))
+    lengthened = _RENEW_LEASE.statement.returning(_LEASE.id).cte("lengthened")
+    return PlainStatement(select(renewed).add_cte(lengthened).add_cte(bump_after(lengthened)))
 
 
 def _lease_record_of(lease: Sequence[Any], slivers: Sequence[Sequence[Any]]) -> LeaseRecord:
@@ -1108,7 +1117,7 @@ def _user_records(users: Iterable[tuple[str, Sequence[str]]]) -> tuple[SliceUser
 def _slice_view(session: Session, slice_urn: str, users: tuple[SliceUserRecord, ...]) -> SliceView:
     """The slice's active leases with their nodes' names, in one statement of the caller's transaction."""
     query = _lease_query(True, True, False, False, False, with_nodes=True)
-    rows = connection_of(session).execute(query, {"slice_urn": slice_urn})
+    rows = execute_plain(connection_of(session), query, {"slice_urn": slice_urn})
     nodes: dict[str, ManifestNode] = {}
     lease_rows = []
     for row in rows:

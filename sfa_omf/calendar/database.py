@@ -19,11 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Executable, Row, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, Executable, create_engine, event, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
 from sfa_omf.calendar.generation import bump_generation
+from sfa_omf.calendar.plain_statements import PlainStatement, run_plain
 from sfa_omf.errors import GeniError, Reason
 
 log = logging.getLogger("sfa_omf.calendar")
@@ -127,24 +128,47 @@ class Database:
             yield session
 
     def fetch_all(
-        self, statement: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> Sequence[Row[*tuple[Any, ...]]]:
+        self, statement: Executable | PlainStatement[Any], parameters: Mapping[str, Any] | None = None
+    ) -> Sequence[Sequence[Any]]:
         """The rows of one read-only statement, without a session or a transaction around it: the read units of
         work of every call (a slice's leases, its slivers' slices) are one statement each, which the database
-        answers from one snapshot anyway; on PostgreSQL this is one round trip instead of BEGIN, query, COMMIT."""
-        with _database_errors(), self._single_reader.connect() as connection:
-            return connection.execute(statement, parameters or {}).all()
+        answers from one snapshot anyway; on PostgreSQL this is one round trip instead of BEGIN, query, COMMIT.
+        A ``PlainStatement`` runs on the driver's cursor (plain_statements.py)."""
+        return self._alone(statement, parameters or {})
 
     def write_alone(
-        self, statement: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> Sequence[Row[*tuple[Any, ...]]]:
+        self, statement: Executable | PlainStatement[Any], parameters: Mapping[str, Any] | None = None
+    ) -> Sequence[Sequence[Any]]:
         """PostgreSQL: one writing statement as a unit of work of its own (autocommit: no BEGIN and COMMIT, one round
         trip instead of three), answering its rows. The statement must bump the generation itself when it writes
         (generation.bump_after): ``write()``'s bump is not there. A failure raises as in ``write()``."""
         if self.is_sqlite:
             raise ValueError("write_alone is for PostgreSQL (an SQLite writer must begin with BEGIN IMMEDIATE)")
-        with _database_errors(), self._single_reader.connect() as connection:
-            return connection.execute(statement, parameters or {}).all()
+        return self._alone(statement, parameters or {})
+
+    def _alone(
+        self, statement: Executable | PlainStatement[Any], parameters: Mapping[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        compiled = statement.compiled_for(self.engine.dialect) if isinstance(statement, PlainStatement) else None
+        if compiled is None:
+            executable = statement.statement if isinstance(statement, PlainStatement) else statement
+            with _database_errors(), self._single_reader.connect() as connection:
+                return connection.execute(executable, parameters).all()
+        with _database_errors():
+            pooled = self.engine.raw_connection()
+            try:
+                events = self.engine.dispatch
+                if self.is_sqlite:  # in autocommit already (_sqlite_connect): one statement, one implicit transaction
+                    return run_plain(pooled, compiled, parameters, self.engine.dialect, events, None)
+                driver: Any = pooled.driver_connection
+                driver.autocommit = True  # as the AUTOCOMMIT isolation level of _single_reader sets it
+                try:
+                    return run_plain(pooled, compiled, parameters, self.engine.dialect, events, None)
+                finally:
+                    if pooled.is_valid:
+                        driver.autocommit = False
+            finally:
+                pooled.close()
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (``sfa-omf db upgrade``); says so in the log when it migrates.

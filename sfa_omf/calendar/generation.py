@@ -28,6 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.models import CalendarGeneration
+from sfa_omf.calendar.plain_statements import PlainStatement, execute_plain
 from sfa_omf.calendar.queries import table_of
 
 #: Rows the count is spread over. Two writers collide (one waits for the other's commit) when they pick the same
@@ -53,16 +54,16 @@ def bump_generation(session: Session) -> None:
 
 def bump_on(connection: Connection) -> None:
     """``bump_generation`` in the transaction of a unit of work that is a connection (``Database.write_connection``)."""
-    connection.execute(_bump_statement(connection.dialect.name), {"shard": random.randint(1, SHARDS)})
+    execute_plain(connection, _bump_statement(connection.dialect.name), {"shard": random.randint(1, SHARDS)})
 
 
 @functools.lru_cache(maxsize=2)
-def _bump_statement(dialect: str) -> Insert:
+def _bump_statement(dialect: str) -> PlainStatement[Insert]:
     """The bump as one upsert with a bound shard, built once per dialect (building costs more than running it)."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(table_of(CalendarGeneration)).values(id=bindparam("shard"), value=1)
-    return statement.on_conflict_do_update(
-        index_elements=["id"], set_={"value": table_of(CalendarGeneration).c.value + 1}
+    return PlainStatement(
+        statement.on_conflict_do_update(index_elements=["id"], set_={"value": table_of(CalendarGeneration).c.value + 1})
     )
 
 

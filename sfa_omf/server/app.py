@@ -56,6 +56,7 @@ from sfa_omf.registry.authority import AuthorityError, LocalAuthority
 from sfa_omf.registry.nodes import record_nodes
 from sfa_omf.registry.records import Records
 from sfa_omf.server.agent_http import AgentResource
+from sfa_omf.server.call_threads import CallThreads
 from sfa_omf.server.gc_tuning import freeze_start_up_objects
 from sfa_omf.server.systemd import notify_systemd
 from sfa_omf.server.tls import ServerTls
@@ -196,7 +197,7 @@ def start_aggregate(
     Listens first and starts threads only once listening worked: a port that is taken raises CannotListenError and
     leaves no thread behind (a thread pool left running would keep the process alive with nothing listening).
     """
-    pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="sfa-omf-am")
+    pool = CallThreads(settings.threads, name="sfa-omf-am")
     v3 = XmlRpcResource(ApiV3(aggregate), pool, reactor, settings.max_request_bytes)
     v2 = XmlRpcResource(ApiV2(aggregate), pool, reactor, settings.max_request_bytes)
     routes: dict[bytes, Any] = {b"am2": v2}
@@ -380,7 +381,7 @@ def start_registry(
     record_nodes(authority, records, Inventory(database).list_nodes())  # nodes added since, e.g. by an import
     if verifier is None:
         verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
-    pool = ThreadPool(minthreads=1, maxthreads=settings.threads, name="sfa-omf-registry")
+    pool = CallThreads(settings.threads, name="sfa-omf-registry")
     endpoint = XmlRpcResource(RegistryApi(authority, records, verifier), pool, reactor, settings.max_request_bytes)
     site = make_site({}, endpoint, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
     tls = ServerTls(

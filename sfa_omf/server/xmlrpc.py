@@ -157,6 +157,12 @@ class LimitedRequest(server.Request):
     _received = 0
     _too_big = False
 
+    def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
+        # No endpoint takes a form from request.args (the web calendar parses its own forms from the body): Twisted
+        # would parse every POST's content type with the email package first (0.1 ms, a tenth of a Status) and a
+        # multipart body into memory.
+        super().__init__(channel, *args, parsePOSTFormSubmission=False, **kwargs)
+
     def gotLength(self, length: int | None) -> None:
         if length is not None and length > self.max_body_bytes:
             super().gotLength(0)  # buffer nothing of what is refused
@@ -276,6 +282,12 @@ def _internal_error(request: server.Request, method: str, failure: Failure) -> N
     _respond(request, xmlrpc.client.dumps(fault, methodresponse=True))
 
 
+class _Site(server.Site):
+    def log(self, request: http.Request) -> None:
+        """No combined-log line per request: the API's dispatch logs every call itself (method, caller, outcome),
+        and Twisted's line went to its global log, which nothing reads here (0.03 ms a call, formatted for nothing)."""
+
+
 def make_site(
     routes: Mapping[bytes, resource.Resource],
     default: XmlRpcResource,
@@ -298,7 +310,7 @@ def make_site(
 
     Request.max_body_bytes = max_body_bytes
     Request.json_prefixes = json_prefixes
-    site = server.Site(Root(), timeout=timeout_s)
+    site = _Site(Root(), timeout=timeout_s)
     site.protocol = GuardedChannel  # type: ignore[assignment,method-assign]
     site.requestFactory = Request
     site.displayTracebacks = False

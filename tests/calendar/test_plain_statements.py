@@ -1,0 +1,158 @@
+"""Statements run on the driver's cursor (calendar/plain_statements.py, issue 15): the same rows as SQLAlchemy
+gives, booleans converted, statements that need SQLAlchemy left to it, driver errors raised as SQLAlchemy's classes,
+a lost connection replaced — on SQLite and PostgreSQL unless said otherwise."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import Boolean, bindparam, column, create_engine, func, insert, select, text
+from sqlalchemy.dialects.postgresql import psycopg
+from sqlalchemy.dialects.sqlite import pysqlite
+from sqlalchemy.exc import IntegrityError
+
+from sfa_omf.calendar import booking, generation
+from sfa_omf.calendar.booking import _lease_query
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.models import Node, Slice
+from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, execute_plain, listed, listed_values
+from sfa_omf.calendar.queries import table_of
+from sfa_omf.calendar.records import BookingRequest
+from sfa_omf.errors import GeniError, Reason
+from tests.calendar.conftest import SLICE, SLICE_EXPIRES, Calendar, at, node_urn
+
+_NODES = PlainStatement(
+    select(Node.component_id, Node.exclusive, Node.grain_s)
+    .where(Node.component_id.in_(listed("names", 2)))
+    .order_by(Node.component_id)
+)
+
+
+def _by_sqlalchemy(database: Database, statement: PlainStatement[object], parameters: dict[str, object]) -> list:
+    with database.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(statement.statement, parameters)]  # type: ignore[call-overload]
+
+
+def test_a_plain_statement_answers_what_sqlalchemy_answers_with_booleans_as_booleans(calendar: Calendar) -> None:
+    parameters = listed_values("names", [node_urn("n1"), node_urn("n3")])
+    assert _NODES.compiled_for(calendar.database.engine.dialect) is not None, "this statement must take the plain path"
+    rows = calendar.database.fetch_all(_NODES, parameters)
+    assert rows == _by_sqlalchemy(calendar.database, _NODES, parameters)
+    assert [row[0] for row in rows] == [node_urn("n1"), node_urn("n3")]
+    assert all(row[1] is True for row in rows), "SQLite's 1 is answered as True, as SQLAlchemy answers it"
+
+
+def test_a_statement_that_needs_sqlalchemy_is_run_by_it(calendar: Calendar) -> None:
+    expanding = PlainStatement(
+        select(Node.component_id).where(Node.component_id.in_(bindparam("names", expanding=True)))
+    )
+    json_typed = PlainStatement(
+        select(Node.component_id, Node.properties).where(Node.component_id == bindparam("name"))
+    )
+    dialect = calendar.database.engine.dialect
+    assert expanding.compiled_for(dialect) is None
+    assert json_typed.compiled_for(dialect) is None
+    names = [node_urn("n2"), node_urn("n1")]
+    assert sorted(row[0] for row in calendar.database.fetch_all(expanding, {"names": names})) == sorted(names)
+    ((name, properties),) = calendar.database.fetch_all(json_typed, {"name": node_urn("n1")})
+    assert (name, type(properties)) == (node_urn("n1"), dict), "JSON decoded by SQLAlchemy, not left as text"
+
+
+def test_a_missing_parameter_is_refused_before_the_database_is_asked(calendar: Calendar) -> None:
+    with pytest.raises(ValueError, match="names_1"):
+        calendar.database.fetch_all(_NODES, {"names_0": node_urn("n1")})
+
+
+def test_lists_are_bound_one_parameter_each_up_to_the_limit_then_expanded(calendar: Calendar) -> None:
+    assert listed_values("urns", []) == {}
+    assert listed_values("urns", ["a", "b"]) == {"urns_0": "a", "urns_1": "b"}
+    long = [f"u{number}" for number in range(MAX_LISTED + 1)]
+    assert listed_values("urns", long) == {"urns": long}
+    assert isinstance(listed("urns", MAX_LISTED), list)
+    assert listed("urns", MAX_LISTED + 1).expanding  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("named", [1, 2, MAX_LISTED + 3])
+def test_a_slices_leases_read_by_its_slivers_are_its_leases_whatever_their_number(
+    calendar: Calendar, named: int
+) -> None:
+    names = [f"m{number}" for number in range(named)]
+    calendar.add_nodes(*names)
+    booked = calendar.bookings.book(
+        SLICE, SLICE_EXPIRES, [BookingRequest(node_urn(name), at(1), at(2)) for name in names]
+    ).leases
+    urns = [sliver.urn for lease in booked for sliver in lease.slivers]
+    assert len(urns) == named
+    dialect = calendar.database.engine.dialect
+    by_names = _lease_query(True, False, False, False, False, slivers_named=min(named, MAX_LISTED + 1))
+    assert (by_names.compiled_for(dialect) is not None) == (named <= MAX_LISTED), "plain up to MAX_LISTED names"
+    assert calendar.bookings.leases_of_slivers_slice(urns) == calendar.bookings.leases(slice_urn=SLICE)
+    assert calendar.bookings.slices_of_slivers(urns) == {SLICE}
+    assert calendar.bookings.leases_of_slivers_slice(["urn:publicid:IDN+testbed+sliver+none"]) == []
+
+
+def test_a_driver_error_is_sqlalchemys_and_the_unit_of_work_writes_nothing(calendar: Calendar) -> None:
+    duplicate = PlainStatement(
+        insert(table_of(Slice)).values(urn=bindparam("urn"), expires_s=bindparam("expires_s"), shut_down=False)
+    )
+    with calendar.database.write_connection() as connection:
+        execute_plain(connection, duplicate, {"urn": "urn:publicid:IDN+testbed+slice+plain", "expires_s": 1})
+    with pytest.raises(IntegrityError), calendar.database.write_connection() as connection:
+        execute_plain(connection, duplicate, {"urn": "urn:publicid:IDN+testbed+slice+second", "expires_s": 1})
+        execute_plain(connection, duplicate, {"urn": "urn:publicid:IDN+testbed+slice+plain", "expires_s": 1})
+    found = calendar.database.fetch_all(
+        PlainStatement(select(Slice.urn).where(Slice.urn.like(bindparam("pattern"))).order_by(Slice.urn)),
+        {"pattern": "%+slice+%"},
+    )
+    assert [row[0] for row in found] == ["urn:publicid:IDN+testbed+slice+plain"], "the failed unit wrote nothing"
+
+
+def test_a_statement_the_database_refuses_is_a_database_error_naming_it(calendar: Calendar) -> None:
+    broken = PlainStatement(select(column("no_such_column", Boolean)).select_from(table_of(Slice)))
+    with pytest.raises(GeniError) as refused:
+        calendar.database.fetch_all(broken)
+    assert refused.value.reason == Reason.DATABASE
+    assert "no_such_column" in str(refused.value)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_connection_the_server_dropped_is_replaced(calendar: Calendar) -> None:
+    """PostgreSQL ends the session of the calendar's one pooled connection: the plain read after it fails at most
+    once, with DBERROR, and the next one is answered on a new connection."""
+    calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    expected = calendar.bookings.leases(slice_urn=SLICE)
+    calendar.database.engine.dispose()  # the pool is emptied: the next read opens the one connection ended below
+    ((victim,),) = calendar.database.fetch_all(PlainStatement(select(func.pg_backend_pid())))
+    admin = create_engine(calendar.database.url)
+    try:
+        with admin.connect() as connection:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": victim})
+    finally:
+        admin.dispose()
+    answers = []
+    for _ in range(2):
+        try:
+            answers.append(calendar.bookings.leases(slice_urn=SLICE))
+        except GeniError as exc:
+            assert exc.reason == Reason.DATABASE
+    assert answers and answers[-1] == expected
+
+
+def test_the_hot_statements_of_status_renew_and_delete_run_plain_on_both_databases() -> None:
+    """Compiled without a database: each must take the driver's path on SQLite and PostgreSQL (a column of another
+    type or an expanding list would quietly send it back through SQLAlchemy)."""
+    statements = [value for value in vars(booking).values() if isinstance(value, PlainStatement)]
+    statements += [
+        booking._renewal_statement(extending, bumping) for extending in (True, False) for bumping in (True, False)
+    ]
+    statements += [
+        booking._lease_query(True, True, False, False, False, with_nodes=with_nodes) for with_nodes in (True, False)
+    ]
+    statements += [
+        booking._lease_query(True, False, False, False, False, slivers_named=1),
+        booking._slices_of_slivers(3),
+    ]
+    assert len(statements) >= 15
+    for dialect in (pysqlite.dialect(), psycopg.dialect()):
+        statements_of_dialect = [*statements, generation._bump_statement(dialect.name)]
+        refused = [statement for statement in statements_of_dialect if statement.compiled_for(dialect) is None]
+        assert refused == [], f"{dialect.name}: not plain"
