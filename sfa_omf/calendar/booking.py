@@ -175,10 +175,13 @@ class Bookings:
             # Racers for the same node queue on its row (locked in id order, so never in a cycle) instead of
             # deadlocking inside the exclusion check; bookings of other nodes still run in parallel. The exclusion
             # constraint stays the guarantee. (SQLite: BEGIN IMMEDIATE has serialized writers already.)
-            locked = connection_of(session).execute(
-                _NODES_FOR_BOOKING, {"component_ids": sorted({r.node for r in requests})}
+            component_ids = sorted({r.node for r in requests})
+            locked = execute_plain(
+                connection_of(session),
+                _nodes_for_booking(min(len(component_ids), MAX_LISTED + 1)),
+                listed_values("component_ids", component_ids),
             )
-            nodes = {row.component_id: _BookedNode(*row) for row in locked}
+            nodes = {node.component_id: node for node in (_BookedNode(*row) for row in locked)}
             wanted: list[tuple[BookingRequest, _BookedNode, Interval]] = []
             conflicts: list[Conflict] = []
             for request in requests:
@@ -237,8 +240,10 @@ class Bookings:
         authority's word is the latest). Refuses a slice that was shut down."""
         rows = connection_of(session).execute(_SLICE_FOR_BOOKING, {"urn": slice_urn}).all()
         if not rows:
-            new = connection_of(session, writes=True).execute(_NEW_SLICE, {"urn": slice_urn, "expires_s": expires_s})
-            return int(new.scalar_one()), ()
+            new = execute_plain(
+                connection_of(session, writes=True), _NEW_SLICE, {"urn": slice_urn, "expires_s": expires_s}
+            )
+            return int(new[0][0]), ()
         slice_id, shut_down, stored_expires_s = rows[0][:3]
         if shut_down:
             raise PolicyViolation(
@@ -693,6 +698,8 @@ class Bookings:
     def slices_of_slivers(self, sliver_urns: Iterable[str]) -> set[str]:
         """The URNs of the slices the named slivers belong to."""
         urns = sorted(set(sliver_urns))
+        if not urns:
+            return set()
         rows = self.database.fetch_all(_slices_of_slivers(min(len(urns), MAX_LISTED + 1)), listed_values("urns", urns))
         return {row[0] for row in rows}
 
@@ -700,6 +707,8 @@ class Bookings:
         """The active leases of the slice (or slices) the named slivers belong to, oldest first, in one column query
         (``Bookings.leases(slice_urn=...)`` of ``slices_of_slivers``'s slice, without a round trip between)."""
         urns = sorted(set(sliver_urns))
+        if not urns:
+            return []  # (slivers_named=0 would be no filter at all)
         query = _lease_query(True, False, False, False, False, slivers_named=min(len(urns), MAX_LISTED + 1))
         return _lease_records(self.database.fetch_all(query, listed_values("sliver_urns", urns)))
 
@@ -897,7 +906,7 @@ def _is_active(state: Any) -> ColumnElement[bool]:
 
 
 class _BookedNode(NamedTuple):
-    """What a booking needs of a node, from its row locked by ``_NODES_FOR_BOOKING``."""
+    """What a booking needs of a node, from its row locked by ``_nodes_for_booking``."""
 
     id: int
     component_id: str
@@ -932,7 +941,7 @@ _SLICE_FOR_BOOKING = (  # the slice with its users (one row per user; one with n
     .outerjoin(table_of(SliceUser), _SLICE_USER.slice_id == _SLICE.id)
     .where(_SLICE.urn == bindparam("urn"))
 )
-_NEW_SLICE = (
+_NEW_SLICE = PlainStatement(
     insert(table_of(Slice))
     .values(urn=bindparam("urn"), expires_s=bindparam("expires_s"), shut_down=False)
     .returning(_SLICE.id)
@@ -940,12 +949,19 @@ _NEW_SLICE = (
 _SLICE_EXPIRES = PlainStatement(
     update(table_of(Slice)).where(_SLICE.id == bindparam("slice_id")).values(expires_s=bindparam("new_expires_s"))
 )
-_NODES_FOR_BOOKING = (
-    select(Node.id, Node.component_id, Node.grain_s, Node.state)
-    .where(Node.component_id.in_(bindparam("component_ids", expanding=True)))
-    .order_by(Node.id)
-    .with_for_update()
-)
+
+
+@functools.lru_cache(maxsize=MAX_LISTED + 1)
+def _nodes_for_booking(count: int) -> PlainStatement[Select[int, str, int, str]]:
+    """The booked nodes' rows, locked in id order: ``count`` component ids (``listed_values("component_ids", ...)``)."""
+    return PlainStatement(
+        select(Node.id, Node.component_id, Node.grain_s, Node.state)
+        .where(Node.component_id.in_(listed("component_ids", count)))
+        .order_by(Node.id)
+        .with_for_update()
+    )
+
+
 _INSERT_LEASE = insert(table_of(Lease))
 _INSERT_SLIVER = insert(table_of(Sliver))
 # (Its parameter is not "lease_id": a sliver UPDATE of its statement would SET that column.)

@@ -10,7 +10,10 @@ Only statements that need nothing of SQLAlchemy at execution time go this way: n
 columns and parameters, or parameters of no declared type (booleans converted as SQLAlchemy would).
 Any other statement is run by SQLAlchemy as before (``compiled_for`` answers None). Errors of the driver are raised as
 SQLAlchemy's own exception classes (IntegrityError, OperationalError, ...), a lost connection invalidated in the pool,
-so callers handle them exactly as before.
+so callers handle them exactly as before. The engine's ``before_cursor_execute`` listeners are called with the
+statement's SQL and parameters (how tests watch and interleave statements), but with no execution context (None),
+and with no connection (None) for ``Database.fetch_all`` and ``write_alone``; ``after_cursor_execute`` and
+``handle_error`` are not called.
 """
 
 from __future__ import annotations
@@ -119,8 +122,8 @@ def run_plain(
 ) -> list[tuple[Any, ...]]:
     """Run one compiled statement on a pooled DBAPI connection (SQLAlchemy's connection fairy, which ``invalidate``
     removes from the pool): its rows as tuples ([] for a statement that answers none). ``events``: the engine's or
-    the connection's event dispatch, whose ``before_cursor_execute`` listeners are told of the statement as for any
-    other (how tests watch and interleave statements)."""
+    the connection's event dispatch, whose ``before_cursor_execute`` listeners are told of the statement (with
+    ``event_connection``, which may be None, and no execution context: see the module's docstring)."""
     arguments = compiled.arguments(parameters)
     cursor = dbapi_connection.cursor()
     try:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.intervals import Interval
 from sfa_omf.calendar.models import Sliver, UserContact
+from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, execute_plain, listed, listed_values
 
 
 def table_of(model: Any) -> Table:
@@ -41,34 +42,38 @@ def held_windows(
     One query for any number of nodes (all nodes when node_ids is None), in the unit of work of ``session`` (a
     session, or a connection: ``Database.write_connection``).
     """
-    query = _held_query(before_s is not None, node_ids is not None, exclude_lease is not None)
-    parameters = {
-        "after_s": after_s,
-        "before_s": before_s,
-        "node_ids": sorted(node_ids or ()),
-        "exclude_lease": exclude_lease,
-    }
     held: dict[int, list[Interval]] = defaultdict(list)
+    if node_ids is not None and not node_ids:
+        return held
+    wanted = sorted(node_ids or ())
+    nodes_listed = 0 if node_ids is None else min(len(wanted), MAX_LISTED + 1)
+    query = _held_query(before_s is not None, nodes_listed, exclude_lease is not None)
+    parameters = {"after_s": after_s, **listed_values("node_ids", wanted)}
+    if before_s is not None:
+        parameters["before_s"] = before_s
+    if exclude_lease is not None:
+        parameters["exclude_lease"] = exclude_lease
     connection = session.connection() if isinstance(session, Session) else session  # plain rows: no ORM needed
-    for node_id, start, end in connection.execute(query, parameters):
+    for node_id, start, end in execute_plain(connection, query, parameters):
         held[node_id].append((start, end))
     return held
 
 
-@functools.lru_cache(maxsize=8)
-def _held_query(by_before: bool, by_nodes: bool, excluding: bool) -> Select[int, int, int]:
+@functools.lru_cache(maxsize=4 * (MAX_LISTED + 2))
+def _held_query(by_before: bool, nodes_listed: int, excluding: bool) -> PlainStatement[Select[int, int, int]]:
     """``held_windows``'s statement for one combination of filters, with bound parameters, built once (every
-    booking and availability check runs it; building it cost more than running it)."""
+    booking and availability check runs it; building it cost more than running it). ``nodes_listed``: how many node
+    ids it names (``listed_values("node_ids", ...)``), 0 for every node."""
     query = select(Sliver.node_id, Sliver.start_s, Sliver.end_s).where(
         Sliver.holds_node.is_(True), Sliver.end_s > bindparam("after_s")
     )
     if by_before:
         query = query.where(Sliver.start_s < bindparam("before_s"))
-    if by_nodes:
-        query = query.where(Sliver.node_id.in_(bindparam("node_ids", expanding=True)))
+    if nodes_listed:
+        query = query.where(Sliver.node_id.in_(listed("node_ids", nodes_listed)))
     if excluding:
         query = query.where(Sliver.lease_id != bindparam("exclude_lease"))
-    return query.order_by(Sliver.node_id, Sliver.start_s)
+    return PlainStatement(query.order_by(Sliver.node_id, Sliver.start_s))
 
 
 def advisory_key(name: str) -> int:
@@ -82,8 +87,8 @@ _LOCKS = [
     tuple(func.pg_advisory_xact_lock(bindparam(f"key{n}", type_=BigInteger)) for n in range(count)) for count in (1, 2)
 ]
 _STORED_EMAIL = select(UserContact.gid_email).where(UserContact.user_urn == bindparam("contact_urn")).scalar_subquery()
-_ADVISORY_LOCKS = [select(*locks) for locks in _LOCKS]
-_ADVISORY_LOCKS_READING_EMAIL = [select(*locks, _STORED_EMAIL) for locks in _LOCKS]
+_ADVISORY_LOCKS = [PlainStatement(select(*locks)) for locks in _LOCKS]
+_ADVISORY_LOCKS_READING_EMAIL = [PlainStatement(select(*locks, _STORED_EMAIL)) for locks in _LOCKS]
 
 
 def lock_names(session: Session, *names: str, read_email_of: str = "") -> str | None:
@@ -99,12 +104,12 @@ def lock_names(session: Session, *names: str, read_email_of: str = "") -> str | 
         return None
     parameters: dict[str, Any] = {f"key{n}": key for n, key in enumerate(keys)}
     if not read_email_of:
-        session.connection().execute(_ADVISORY_LOCKS[len(keys) - 1], parameters)  # plain rows: no ORM needed
+        execute_plain(session.connection(), _ADVISORY_LOCKS[len(keys) - 1], parameters)  # plain rows: no ORM needed
         return None
-    row = session.connection().execute(
-        _ADVISORY_LOCKS_READING_EMAIL[len(keys) - 1], {**parameters, "contact_urn": read_email_of}
+    rows = execute_plain(
+        session.connection(), _ADVISORY_LOCKS_READING_EMAIL[len(keys) - 1], {**parameters, "contact_urn": read_email_of}
     )
-    stored = row.one()[-1]
+    stored = rows[0][-1]
     return None if stored is None else str(stored)
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.dialects.sqlite import pysqlite
 from sqlalchemy.exc import IntegrityError
 
-from sfa_omf.calendar import booking, generation
+from sfa_omf.calendar import booking, generation, queries
 from sfa_omf.calendar.booking import _lease_query
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Node, Slice
@@ -88,6 +88,8 @@ def test_a_slices_leases_read_by_its_slivers_are_its_leases_whatever_their_numbe
     assert calendar.bookings.leases_of_slivers_slice(urns) == calendar.bookings.leases(slice_urn=SLICE)
     assert calendar.bookings.slices_of_slivers(urns) == {SLICE}
     assert calendar.bookings.leases_of_slivers_slice(["urn:publicid:IDN+testbed+sliver+none"]) == []
+    assert calendar.bookings.leases_of_slivers_slice([]) == [], "no sliver named: none of any slice's leases"
+    assert calendar.bookings.slices_of_slivers([]) == set()
 
 
 def test_a_driver_error_is_sqlalchemys_and_the_unit_of_work_writes_nothing(calendar: Calendar) -> None:
@@ -137,21 +139,18 @@ def test_a_connection_the_server_dropped_is_replaced(calendar: Calendar) -> None
     assert answers and answers[-1] == expected
 
 
-def test_the_hot_statements_of_status_renew_and_delete_run_plain_on_both_databases() -> None:
+def test_the_hot_statements_of_status_allocate_renew_and_delete_run_plain_on_both_databases() -> None:
     """Compiled without a database: each must take the driver's path on SQLite and PostgreSQL (a column of another
     type or an expanding list would quietly send it back through SQLAlchemy)."""
+    both = (True, False)
     statements = [value for value in vars(booking).values() if isinstance(value, PlainStatement)]
-    statements += [
-        booking._renewal_statement(extending, bumping) for extending in (True, False) for bumping in (True, False)
-    ]
-    statements += [
-        booking._lease_query(True, True, False, False, False, with_nodes=with_nodes) for with_nodes in (True, False)
-    ]
-    statements += [
-        booking._lease_query(True, False, False, False, False, slivers_named=1),
-        booking._slices_of_slivers(3),
-    ]
-    assert len(statements) >= 15
+    statements += [booking._renewal_statement(extending, bumping) for extending in both for bumping in both]
+    statements += [booking._lease_query(True, True, False, False, False, with_nodes=nodes) for nodes in both]
+    statements += [booking._lease_query(True, False, False, False, False, slivers_named=1)]
+    statements += [booking._slices_of_slivers(3), booking._nodes_for_booking(2)]
+    statements += [queries._held_query(True, nodes, excluding) for nodes in (0, 3) for excluding in both]
+    statements += [*queries._ADVISORY_LOCKS, *queries._ADVISORY_LOCKS_READING_EMAIL]
+    assert len(statements) >= 25
     for dialect in (pysqlite.dialect(), psycopg.dialect()):
         statements_of_dialect = [*statements, generation._bump_statement(dialect.name)]
         refused = [statement for statement in statements_of_dialect if statement.compiled_for(dialect) is None]

@@ -89,4 +89,6 @@ def test_stop_finishes_what_was_handed_over_and_drops_what_comes_after() -> None
     assert not stopper.is_alive() and sorted(finished) == [0, 1, 2, 3]
     assert not any(thread.name.startswith("test-stop-") for thread in threading.enumerate())
     pool.callInThreadWithCallback(None, finished.append, 99)
-    assert 99 not in finished
+    pool.start()  # a stopped pool does not start again
+    assert pool._calls.qsize() == 0, "a call handed over after stop() is dropped, not queued"
+    assert 99 not in finished and not any(thread.name.startswith("test-stop-") for thread in threading.enumerate())
