@@ -155,7 +155,7 @@ class Database:
             with _database_errors(), self._single_reader.connect() as connection:
                 return connection.execute(executable, parameters).all()
         with _database_errors():
-            pooled = self.engine.raw_connection()
+            pooled = self._pooled()
             try:
                 events = self.engine.dispatch
                 if self.is_sqlite:  # in autocommit already (_sqlite_connect): one statement, one implicit transaction
@@ -169,6 +169,15 @@ class Database:
                         driver.autocommit = False
             finally:
                 pooled.close()
+
+    def _pooled(self) -> Any:
+        """A pooled DBAPI connection; a database that cannot be reached raises as ``Engine.connect`` would
+        (SQLAlchemy's DBAPIError: DBERROR, never the driver's own exception)."""
+        dialect = self.engine.dialect
+        try:
+            return self.engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
 
     def upgrade(self) -> None:
         """Bring the schema to the newest migration (``sfa-omf db upgrade``); says so in the log when it migrates.

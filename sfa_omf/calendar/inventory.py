@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, Node, Pool, Sliver
 from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
+from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, listed, listed_values
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NODE_STATES, NodeRecord, NodeSpec, PoolRecord
 from sfa_omf.errors import BadArgs, GeniError, Reason
@@ -128,19 +129,20 @@ def find_node(session: Session, component_id: str, lock: bool = False) -> Node:
     return node
 
 
-@functools.lru_cache(maxsize=8)
-def _node_query(by_ids: bool, by_pool: bool, federated_only: bool) -> Select[*tuple[Any, ...]]:
-    """``Inventory.list_nodes``'s statement for one combination of filters, with bound parameters, built once."""
+@functools.lru_cache(maxsize=4 * (MAX_LISTED + 2))
+def _node_query(ids_listed: int, by_pool: bool, federated_only: bool) -> PlainStatement[Select[*tuple[Any, ...]]]:
+    """``Inventory.list_nodes``'s statement for one combination of filters, with bound parameters, built once.
+    ``ids_listed``: how many component ids it names (``listed_values("component_ids", ...)``), 0 for any node."""
     query: Select[*tuple[Any, ...]] = (
         select(*NODE_COLUMNS).join(Pool, Node.pool_id == Pool.id).order_by(Node.component_id)
     )
-    if by_ids:
-        query = query.where(Node.component_id.in_(bindparam("component_ids", expanding=True)))
+    if ids_listed:
+        query = query.where(Node.component_id.in_(listed("component_ids", ids_listed)))
     if by_pool:
         query = query.where(Pool.name == bindparam("pool"))
     if federated_only:
         query = query.where(Pool.federated.is_(True))
-    return query
+    return PlainStatement(query)
 
 
 class Inventory:
@@ -204,8 +206,14 @@ class Inventory:
         self, pool: str | None = None, federated_only: bool = False, component_ids: set[str] | None = None
     ) -> list[NodeRecord]:
         """Nodes by component id; a column query into records (Describe reads its slice's nodes on every call)."""
-        query = _node_query(component_ids is not None, pool is not None, federated_only)
-        parameters = {"component_ids": sorted(component_ids or ()), "pool": pool}
+        if component_ids is not None and not component_ids:
+            return []
+        wanted = sorted(component_ids or ())
+        ids_listed = 0 if component_ids is None else min(len(wanted), MAX_LISTED + 1)
+        parameters = listed_values("component_ids", wanted)
+        if pool is not None:
+            parameters["pool"] = pool
+        query = _node_query(ids_listed, pool is not None, federated_only)
         return [node_record_of_row(*row) for row in self.database.fetch_all(query, parameters)]
 
     def get_node(self, component_id: str) -> NodeRecord:

@@ -6,8 +6,8 @@ calendar work. A ``PlainStatement`` is an ordinary Core statement, built once at
 order are compiled once per dialect; ``run_plain`` hands them to the DBAPI cursor and answers plain tuples.
 
 Only statements that need nothing of SQLAlchemy at execution time go this way: no list parameter expanded into
-``IN (...)`` (``listed`` binds a short list one parameter per value instead), and only integer, string and boolean
-columns and parameters, or parameters of no declared type (booleans converted as SQLAlchemy would).
+``IN (...)`` (``listed`` binds a short list one parameter per value instead), and only integer, string, boolean and
+JSON columns and parameters, or parameters of no declared type (converted as SQLAlchemy would).
 Any other statement is run by SQLAlchemy as before (``compiled_for`` answers None). Errors of the driver are raised as
 SQLAlchemy's own exception classes (IntegrityError, OperationalError, ...), a lost connection invalidated in the pool,
 so callers handle them exactly as before. The engine's ``before_cursor_execute`` listeners are called with the
@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import BindParameter, Boolean, Connection, Executable, Integer, String, bindparam
+from sqlalchemy import JSON, BindParameter, Boolean, Connection, Executable, Integer, String, bindparam
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import Compiled
@@ -65,12 +65,14 @@ class PlainStatement(Generic[StatementT]):
 
     def __init__(self, statement: StatementT) -> None:
         self.statement = statement
-        self._compiled: dict[str, CompiledPlain | None] = {}
+        self._compiled: dict[tuple[Any, ...], CompiledPlain | None] = {}
         self._lock = threading.Lock()
 
     def compiled_for(self, dialect: Dialect) -> CompiledPlain | None:
         """The statement's SQL for ``dialect``; None when it needs SQLAlchemy to run (see the module's docstring)."""
-        key = dialect.name
+        # By what decides the text: the database, its driver's parameter style and the server's version (an engine's
+        # dialect knows it once connected; a dialect made without a database, as in tests, does not).
+        key = (dialect.name, dialect.driver, dialect.paramstyle, getattr(dialect, "server_version_info", None))
         try:
             return self._compiled[key]
         except KeyError:
@@ -155,7 +157,9 @@ def run_plain(
     ]
 
 
-_PLAIN_TYPES = (Integer, String, Boolean, NullType)  # NullType: a parameter with no type given, bound as it is
+# NullType: a parameter with no type given, bound as it is. JSON: encoded and decoded by the dialect's own converters
+# (SQLite) or by the driver's, which SQLAlchemy configures on every connection it opens (psycopg).
+_PLAIN_TYPES = (Integer, String, Boolean, JSON, NullType)
 
 
 def _plain_type(type_: TypeEngine[Any]) -> bool:
@@ -170,10 +174,13 @@ def _compile(statement: Executable, dialect: Dialect) -> CompiledPlain | None:
     columns = list(getattr(statement, "exported_columns", ()))
     if not all(_plain_type(column.type) for column in columns):
         return None
+    # The dialect's own implementation of each type converts, as SQLAlchemy's execution would (SQLite's JSON, say).
     bind_converters = {
-        name: convert for name, bind in binds.items() if (convert := bind.type.bind_processor(dialect)) is not None
+        name: convert
+        for name, bind in binds.items()
+        if (convert := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
     }
-    column_converters = tuple(column.type.result_processor(dialect, None) for column in columns)
+    column_converters = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
     positional = bool(getattr(compiled, "positional", False))
     return CompiledPlain(
         sql=str(compiled),

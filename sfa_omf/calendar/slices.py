@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import Database, connection_of, retry_transient
 from sfa_omf.calendar.models import Slice, SliceUser, UserContact
+from sfa_omf.calendar.plain_statements import PlainStatement
 from sfa_omf.calendar.queries import from_s, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import SliceUserRecord
 from sfa_omf.errors import GeniError, Reason
@@ -102,7 +103,7 @@ def _contact_upsert(dialect: str) -> Insert:
 
 
 # Built once: building a statement costs more than running it (see booking._lease_query).
-_SLICE_WITH_USERS = (
+_SLICE_WITH_USERS = PlainStatement(
     select(Slice.expires_s, Slice.shut_down, SliceUser.user_urn, SliceUser.ssh_keys)
     .outerjoin(SliceUser, SliceUser.slice_id == Slice.id)
     .where(Slice.urn == bindparam("slice_urn"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database, TransientConflict, retry_transient, sqlite_url
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.records import NodeSpec
@@ -28,6 +29,9 @@ def test_postgresql_down_is_dberror_with_a_message() -> None:
     assert refusal.value.reason == Reason.DATABASE and refusal.value.code == GeniCode.DBERROR
     assert "the calendar database failed" in refusal.value.message
     assert "127.0.0.1" in refusal.value.message or "connect" in refusal.value.message.lower()
+    with pytest.raises(GeniError) as status_read:  # a statement on the driver's cursor (plain_statements.py)
+        Bookings(database).leases(slice_urn="urn:publicid:IDN+testbed+slice+demo")
+    assert status_read.value.code == GeniCode.DBERROR and "the calendar database failed" in status_read.value.message
 
 
 def test_sqlite_file_that_cannot_be_opened() -> None:

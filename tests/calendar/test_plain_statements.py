@@ -5,12 +5,12 @@ a lost connection replaced — on SQLite and PostgreSQL unless said otherwise.""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import Boolean, bindparam, column, create_engine, func, insert, select, text
+from sqlalchemy import Boolean, bindparam, column, create_engine, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import psycopg
 from sqlalchemy.dialects.sqlite import pysqlite
 from sqlalchemy.exc import IntegrityError
 
-from sfa_omf.calendar import booking, generation, queries
+from sfa_omf.calendar import booking, generation, inventory, queries, slices
 from sfa_omf.calendar.booking import _lease_query
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Node, Slice
@@ -45,16 +45,30 @@ def test_a_statement_that_needs_sqlalchemy_is_run_by_it(calendar: Calendar) -> N
     expanding = PlainStatement(
         select(Node.component_id).where(Node.component_id.in_(bindparam("names", expanding=True)))
     )
-    json_typed = PlainStatement(
-        select(Node.component_id, Node.properties).where(Node.component_id == bindparam("name"))
-    )
+    timed = PlainStatement(select(Node.component_id, func.now()).where(Node.component_id == bindparam("name")))
     dialect = calendar.database.engine.dialect
     assert expanding.compiled_for(dialect) is None
-    assert json_typed.compiled_for(dialect) is None
+    assert timed.compiled_for(dialect) is None, "a DateTime column needs SQLAlchemy's conversion"
     names = [node_urn("n2"), node_urn("n1")]
     assert sorted(row[0] for row in calendar.database.fetch_all(expanding, {"names": names})) == sorted(names)
-    ((name, properties),) = calendar.database.fetch_all(json_typed, {"name": node_urn("n1")})
-    assert (name, type(properties)) == (node_urn("n1"), dict), "JSON decoded by SQLAlchemy, not left as text"
+    ((name, now),) = calendar.database.fetch_all(timed, {"name": node_urn("n1")})
+    assert name == node_urn("n1") and now is not None
+
+
+def test_json_is_encoded_and_decoded_as_sqlalchemy_does(calendar: Calendar) -> None:
+    nodes = table_of(Node)
+    write = PlainStatement(
+        update(nodes).where(nodes.c.component_id == bindparam("name")).values(properties=bindparam("written"))
+    )
+    read = PlainStatement(select(Node.properties, Node.disk_images).where(Node.component_id == bindparam("name")))
+    dialect = calendar.database.engine.dialect
+    assert write.compiled_for(dialect) is not None and read.compiled_for(dialect) is not None
+    document = {"radio": "ath9k", "channels": [1, 6, 11], "note": "été"}
+    with calendar.database.write_connection() as connection:
+        execute_plain(connection, write, {"name": node_urn("n1"), "written": document})
+    ((properties, images),) = calendar.database.fetch_all(read, {"name": node_urn("n1")})
+    assert (properties, images) == (document, [])
+    assert calendar.inventory.get_node(node_urn("n1")).properties == document, "the ORM reads what was written"
 
 
 def test_a_missing_parameter_is_refused_before_the_database_is_asked(calendar: Calendar) -> None:
@@ -139,7 +153,7 @@ def test_a_connection_the_server_dropped_is_replaced(calendar: Calendar) -> None
     assert answers and answers[-1] == expected
 
 
-def test_the_hot_statements_of_status_allocate_renew_and_delete_run_plain_on_both_databases() -> None:
+def test_the_hot_statements_of_the_slice_calls_run_plain_on_both_databases() -> None:
     """Compiled without a database: each must take the driver's path on SQLite and PostgreSQL (a column of another
     type or an expanding list would quietly send it back through SQLAlchemy)."""
     both = (True, False)
@@ -150,6 +164,11 @@ def test_the_hot_statements_of_status_allocate_renew_and_delete_run_plain_on_bot
     statements += [booking._slices_of_slivers(3), booking._nodes_for_booking(2)]
     statements += [queries._held_query(True, nodes, excluding) for nodes in (0, 3) for excluding in both]
     statements += [*queries._ADVISORY_LOCKS, *queries._ADVISORY_LOCKS_READING_EMAIL]
+    statements += [
+        inventory._node_query(3, False, False),
+        inventory._node_query(0, True, True),
+        slices._SLICE_WITH_USERS,
+    ]
     assert len(statements) >= 25
     for dialect in (pysqlite.dialect(), psycopg.dialect()):
         statements_of_dialect = [*statements, generation._bump_statement(dialect.name)]
