@@ -11,6 +11,7 @@ import pytest
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database, TransientConflict, retry_transient, sqlite_url
 from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.plain_statements import MAX_LISTED
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniCode, GeniError, Reason
 
@@ -32,6 +33,10 @@ def test_postgresql_down_is_dberror_with_a_message() -> None:
     with pytest.raises(GeniError) as status_read:  # a statement on the driver's cursor (plain_statements.py)
         Bookings(database).leases(slice_urn="urn:publicid:IDN+testbed+slice+demo")
     assert status_read.value.code == GeniCode.DBERROR and "the calendar database failed" in status_read.value.message
+    many = {f"urn:publicid:IDN+testbed+node+n{number}" for number in range(MAX_LISTED + 1)}
+    with pytest.raises(GeniError) as expanded:  # a statement SQLAlchemy runs (a list past MAX_LISTED)
+        Inventory(database).list_nodes(component_ids=many)
+    assert expanded.value.code == GeniCode.DBERROR and "the calendar database failed" in expanded.value.message
 
 
 def test_sqlite_file_that_cannot_be_opened() -> None:

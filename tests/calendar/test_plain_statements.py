@@ -4,6 +4,8 @@ a lost connection replaced — on SQLite and PostgreSQL unless said otherwise.""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 from sqlalchemy import Boolean, bindparam, column, create_engine, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import psycopg
@@ -11,11 +13,11 @@ from sqlalchemy.dialects.sqlite import pysqlite
 from sqlalchemy.exc import IntegrityError
 
 from sfa_omf.calendar import booking, generation, inventory, queries, slices
-from sfa_omf.calendar.booking import _lease_query
+from sfa_omf.calendar.booking import BookingConflict, _lease_query
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Node, Slice
 from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, execute_plain, listed, listed_values
-from sfa_omf.calendar.queries import table_of
+from sfa_omf.calendar.queries import held_windows, table_of, to_s
 from sfa_omf.calendar.records import BookingRequest
 from sfa_omf.errors import GeniError, Reason
 from tests.calendar.conftest import SLICE, SLICE_EXPIRES, Calendar, at, node_urn
@@ -52,7 +54,7 @@ def test_a_statement_that_needs_sqlalchemy_is_run_by_it(calendar: Calendar) -> N
     names = [node_urn("n2"), node_urn("n1")]
     assert sorted(row[0] for row in calendar.database.fetch_all(expanding, {"names": names})) == sorted(names)
     ((name, now),) = calendar.database.fetch_all(timed, {"name": node_urn("n1")})
-    assert name == node_urn("n1") and now is not None
+    assert name == node_urn("n1") and isinstance(now, datetime), "converted by SQLAlchemy (SQLite answers text)"
 
 
 def test_json_is_encoded_and_decoded_as_sqlalchemy_does(calendar: Calendar) -> None:
@@ -174,3 +176,30 @@ def test_the_hot_statements_of_the_slice_calls_run_plain_on_both_databases() -> 
         statements_of_dialect = [*statements, generation._bump_statement(dialect.name)]
         refused = [statement for statement in statements_of_dialect if statement.compiled_for(dialect) is None]
         assert refused == [], f"{dialect.name}: not plain"
+
+
+@pytest.mark.parametrize("count", [MAX_LISTED, MAX_LISTED + 1])
+def test_node_lists_at_the_limit_of_one_parameter_each_and_past_it(calendar: Calendar, count: int) -> None:
+    """Up to MAX_LISTED ids the statements are plain, past it SQLAlchemy expands the list: the same answers, and a
+    booking of the nodes locks them and refuses a second one."""
+    names = [f"b{number:02d}" for number in range(count)]
+    calendar.add_nodes(*names)
+    urns = {node_urn(name) for name in names}
+    assert [node.component_id for node in calendar.inventory.list_nodes(component_ids=urns)] == sorted(urns)
+    assert calendar.inventory.list_nodes(component_ids=urns | {node_urn("none")}) == calendar.inventory.list_nodes(
+        component_ids=urns
+    )
+    assert calendar.inventory.list_nodes(component_ids=set()) == []
+    requests = [BookingRequest(node_urn(name), at(1), at(2)) for name in names]
+    calendar.bookings.book(SLICE, SLICE_EXPIRES, requests)
+    with pytest.raises(BookingConflict):
+        calendar.bookings.book("urn:publicid:IDN+testbed+slice+other", SLICE_EXPIRES, requests)
+    with calendar.database.read() as session:
+        ids = set(session.scalars(select(Node.id).where(Node.component_id.in_(urns))))
+        every = held_windows(session, 0)
+        named = held_windows(session, 0, None, ids)
+        excluding = held_windows(session, 0, to_s(at(10)), ids, exclude_lease="none")
+        nothing = held_windows(session, 0, None, set())
+    assert dict(named) == dict(excluding) == {node_id: every[node_id] for node_id in ids}
+    assert len(named) == count and all(windows == [(to_s(at(1)), to_s(at(2)))] for windows in named.values())
+    assert dict(nothing) == {}
