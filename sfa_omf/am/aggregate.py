@@ -707,14 +707,10 @@ class Aggregate:
         sliver) the leases are None and nothing differs from ``_resolve``: read them after authorizing."""
         named = self._named_slivers(urns)
         if named:
-            leases = self.bookings.leases_of_slivers_slice(named)
+            leases = self.bookings.leases_holding_slivers(named)
             held = {sliver.urn for lease in leases for sliver in lease.slivers}
             if named <= held and len({lease.slice_urn for lease in leases}) == 1:
-                return (
-                    leases[0].slice_urn,
-                    named,
-                    [lease for lease in leases if any(s.urn in named for s in lease.slivers)],
-                )
+                return leases[0].slice_urn, named, leases
         slice_urn, sliver_urns = self._resolve(urns)
         return slice_urn, sliver_urns, None
 

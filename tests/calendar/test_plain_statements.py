@@ -101,10 +101,10 @@ def test_a_slices_leases_read_by_its_slivers_are_its_leases_whatever_their_numbe
     dialect = calendar.database.engine.dialect
     by_names = _lease_query(True, False, False, False, False, slivers_named=min(named, MAX_LISTED + 1))
     assert (by_names.compiled_for(dialect) is not None) == (named <= MAX_LISTED), "plain up to MAX_LISTED names"
-    assert calendar.bookings.leases_of_slivers_slice(urns) == calendar.bookings.leases(slice_urn=SLICE)
+    assert calendar.bookings.leases_holding_slivers(urns) == calendar.bookings.leases(slice_urn=SLICE)
     assert calendar.bookings.slices_of_slivers(urns) == {SLICE}
-    assert calendar.bookings.leases_of_slivers_slice(["urn:publicid:IDN+testbed+sliver+none"]) == []
-    assert calendar.bookings.leases_of_slivers_slice([]) == [], "no sliver named: none of any slice's leases"
+    assert calendar.bookings.leases_holding_slivers(["urn:publicid:IDN+testbed+sliver+none"]) == []
+    assert calendar.bookings.leases_holding_slivers([]) == [], "no sliver named: none of any slice's leases"
     assert calendar.bookings.slices_of_slivers([]) == set()
 
 

@@ -353,13 +353,23 @@ def test_the_callers_contact_is_written_when_it_changed_only(calendar: Calendar)
     assert stored() == [("alice@two.example", changed_at)], "the same e-mail again is not rewritten"
 
 
-def test_the_leases_of_named_slivers_slice(calendar: Calendar) -> None:
+def test_the_leases_holding_named_slivers(calendar: Calendar) -> None:
+    """Only the active leases holding a named sliver, with all their slivers: not the rest of their slice."""
     other = "urn:publicid:IDN+testbed+slice+other"
-    first = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
-    second = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(1), at(2))])
-    calendar.bookings.book(other, SLICE_EXPIRES, [BookingRequest(node_urn("n3"), at(1), at(2))])
-    named = first.leases[0].slivers[0].urn
-    assert calendar.bookings.leases_of_slivers_slice([named]) == calendar.bookings.leases(slice_urn=SLICE)
-    calendar.bookings.cancel(second.leases[0].id)
-    assert calendar.bookings.leases_of_slivers_slice([named]) == [first.leases[0]]
-    assert calendar.bookings.leases_of_slivers_slice(["urn:publicid:IDN+testbed+sliver+none"]) == []
+    first = calendar.bookings.book(
+        SLICE,
+        SLICE_EXPIRES,
+        [BookingRequest(node_urn("n1"), at(1), at(2)), BookingRequest(node_urn("n2"), at(1), at(2))],
+    )
+    second = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(3), at(4))])
+    third = calendar.bookings.book(other, SLICE_EXPIRES, [BookingRequest(node_urn("n3"), at(1), at(2))])
+    (lease,) = first.leases
+    named = lease.slivers[0].urn
+    assert calendar.bookings.leases_holding_slivers([named]) == [lease], "its whole lease, not its slice's others"
+    both = [named, second.leases[0].slivers[0].urn]
+    assert calendar.bookings.leases_holding_slivers(both) == calendar.bookings.leases(slice_urn=SLICE)
+    across = [named, third.leases[0].slivers[0].urn]
+    assert {found.slice_urn for found in calendar.bookings.leases_holding_slivers(across)} == {SLICE, other}
+    calendar.bookings.cancel(lease.id)
+    assert calendar.bookings.leases_holding_slivers([named]) == [], "a cancelled lease holds nothing"
+    assert calendar.bookings.leases_holding_slivers(["urn:publicid:IDN+testbed+sliver+none"]) == []
