@@ -45,7 +45,14 @@ from sfa_omf.calendar.database import (
 from sfa_omf.calendar.generation import bump_after, bump_on, bump_parameters
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, SliceUser, Sliver
-from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, execute_plain, listed, listed_values
+from sfa_omf.calendar.plain_statements import (
+    MAX_LISTED,
+    PlainStatement,
+    execute_plain,
+    listed,
+    listed_count,
+    listed_values,
+)
 from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
 from sfa_omf.calendar.queries import from_s, held_windows, lock_names, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import (
@@ -178,7 +185,7 @@ class Bookings:
             component_ids = sorted({r.node for r in requests})
             locked = execute_plain(
                 connection_of(session),
-                _nodes_for_booking(min(len(component_ids), MAX_LISTED + 1)),
+                _nodes_for_booking(listed_count(component_ids)),
                 listed_values("component_ids", component_ids),
             )
             nodes = {node.component_id: node for node in (_BookedNode(*row) for row in locked)}
@@ -700,7 +707,7 @@ class Bookings:
         urns = sorted(set(sliver_urns))
         if not urns:
             return set()
-        rows = self.database.fetch_all(_slices_of_slivers(min(len(urns), MAX_LISTED + 1)), listed_values("urns", urns))
+        rows = self.database.fetch_all(_slices_of_slivers(listed_count(urns)), listed_values("urns", urns))
         return {row[0] for row in rows}
 
     def leases_holding_slivers(self, sliver_urns: Iterable[str]) -> list[LeaseRecord]:
@@ -709,7 +716,7 @@ class Bookings:
         urns = sorted(set(sliver_urns))
         if not urns:
             return []  # (slivers_named=0 would be no filter at all)
-        query = _lease_query(True, False, False, False, False, slivers_named=min(len(urns), MAX_LISTED + 1))
+        query = _lease_query(True, False, False, False, False, slivers_named=listed_count(urns))
         return _lease_records(self.database.fetch_all(query, listed_values("sliver_urns", urns)))
 
     def leases(

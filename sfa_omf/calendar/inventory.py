@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, Node, Pool, Sliver
 from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
-from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, listed, listed_values
+from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, listed, listed_count, listed_values
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NODE_STATES, NodeRecord, NodeSpec, PoolRecord
 from sfa_omf.errors import BadArgs, GeniError, Reason
@@ -209,7 +209,7 @@ class Inventory:
         if component_ids is not None and not component_ids:
             return []
         wanted = sorted(component_ids or ())
-        ids_listed = 0 if component_ids is None else min(len(wanted), MAX_LISTED + 1)
+        ids_listed = 0 if component_ids is None else listed_count(wanted)
         parameters = listed_values("component_ids", wanted)
         if pool is not None:
             parameters["pool"] = pool

@@ -107,6 +107,12 @@ def listed(name: str, count: int) -> list[BindParameter[Any]] | BindParameter[An
     return [bindparam(f"{name}_{number}") for number in range(count)]
 
 
+def listed_count(values: Sequence[Any]) -> int:
+    """The count to build a ``listed`` statement with for ``values``: every count past MAX_LISTED shares one (an
+    expanding parameter), so a statement cache keyed by it stays bounded."""
+    return min(len(values), MAX_LISTED + 1)
+
+
 def listed_values(name: str, values: Sequence[Any]) -> dict[str, Any]:
     """The parameters ``listed(name, len(values))`` stands for, bound to ``values``."""
     if len(values) > MAX_LISTED:

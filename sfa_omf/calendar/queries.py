@@ -13,7 +13,14 @@ from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.intervals import Interval
 from sfa_omf.calendar.models import Sliver, UserContact
-from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, execute_plain, listed, listed_values
+from sfa_omf.calendar.plain_statements import (
+    MAX_LISTED,
+    PlainStatement,
+    execute_plain,
+    listed,
+    listed_count,
+    listed_values,
+)
 
 
 def table_of(model: Any) -> Table:
@@ -46,7 +53,7 @@ def held_windows(
     if node_ids is not None and not node_ids:
         return held
     wanted = sorted(node_ids or ())
-    nodes_listed = 0 if node_ids is None else min(len(wanted), MAX_LISTED + 1)
+    nodes_listed = 0 if node_ids is None else listed_count(wanted)
     query = _held_query(before_s is not None, nodes_listed, exclude_lease is not None)
     parameters = {"after_s": after_s, **listed_values("node_ids", wanted)}
     if before_s is not None:
