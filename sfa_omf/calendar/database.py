@@ -48,6 +48,9 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+DEFAULT_CONNECTIONS = 5  # SQLAlchemy's own default: enough for a command or a test's few threads
+OVERFLOW_CONNECTIONS = 10
+
 WROTE = "sfa_omf_wrote"  # Session.info key: this unit of work changed something
 
 
@@ -70,17 +73,23 @@ def _note_statement(state: ORMExecuteState) -> None:
 class Database:
     """One database, shared by every thread of a process. ``write()`` and ``read()`` give sessions."""
 
-    def __init__(self, url: str, echo: bool = False) -> None:
+    def __init__(self, url: str, echo: bool = False, connections: int = DEFAULT_CONNECTIONS) -> None:
+        """``connections``: how many connections the pool keeps open, at least as many as threads use the database
+        at once (a server: its call threads). Beyond it, each unit of work opens a connection and closes it after
+        (on PostgreSQL a server process started and ended per call); up to ``OVERFLOW_CONNECTIONS`` more at once."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        sizes = {"pool_size": connections, "max_overflow": OVERFLOW_CONNECTIONS}
         if self.is_sqlite:
-            self.engine: Engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+            self.engine: Engine = create_engine(
+                url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **sizes
+            )
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
             # No pre-ping per checkout (a round trip on every unit of work): a connection is pinged only when it
             # has been idle long enough for the server to have gone away meanwhile (_ping_if_idle).
-            self.engine = create_engine(url, echo=echo)
+            self.engine = create_engine(url, echo=echo, **sizes)
             event.listen(self.engine, "connect", _note_idle)
             event.listen(self.engine, "checkin", _note_idle)
             event.listen(self.engine, "checkout", _ping_if_idle)
