@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import Database, connection_of, retry_transient
 from sfa_omf.calendar.models import Slice, SliceUser, UserContact
-from sfa_omf.calendar.plain_statements import PlainStatement
+from sfa_omf.calendar.plain_statements import PlainStatement, execute_plain
 from sfa_omf.calendar.queries import from_s, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import SliceUserRecord
 from sfa_omf.errors import GeniError, Reason
@@ -84,21 +84,23 @@ def record_contact(session: Session, contact: Contact | None, now_s: int) -> Non
     # On the connection, on the table: as an ORM-enabled statement it went through the ORM's bulk insert machinery,
     # several times the cost of the statement itself.
     connection = connection_of(session, writes=True)
-    connection.execute(_contact_upsert(connection.dialect.name), parameters)
+    execute_plain(connection, _contact_upsert(connection.dialect.name), parameters)
 
 
 @functools.lru_cache(maxsize=2)
-def _contact_upsert(dialect: str) -> Insert:
+def _contact_upsert(dialect: str) -> PlainStatement[Insert]:
     """``record_contact``'s statement for one dialect, with bound parameters, built once (Allocate runs it)."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     contacts = table_of(UserContact)
     statement = insert(contacts).values(
         user_urn=bindparam("user_urn"), gid_email=bindparam("gid_email"), updated_s=bindparam("updated_s")
     )
-    return statement.on_conflict_do_update(
-        index_elements=[contacts.c.user_urn],
-        set_={"gid_email": statement.excluded.gid_email, "updated_s": statement.excluded.updated_s},
-        where=contacts.c.gid_email != statement.excluded.gid_email,
+    return PlainStatement(
+        statement.on_conflict_do_update(
+            index_elements=[contacts.c.user_urn],
+            set_={"gid_email": statement.excluded.gid_email, "updated_s": statement.excluded.updated_s},
+            where=contacts.c.gid_email != statement.excluded.gid_email,
+        )
     )
 
 

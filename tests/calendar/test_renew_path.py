@@ -293,3 +293,104 @@ def test_a_renewal_whose_extension_is_freed_while_it_is_checked_books_it(calenda
         event.remove(calendar.database.engine, "before_cursor_execute", cancel_the_holder_first)
     assert cancelled == [other.id]  # the race happened where it matters
     assert renewed.end == at(5)
+
+
+@contextmanager
+def _before_the_renewal_statement(database: Database, meanwhile: Callable[[], None]) -> Iterator[list[str]]:
+    """Run ``meanwhile`` once, in the renewing thread, just before the one-statement renewal is sent (after its
+    read); the statements' first words are noted."""
+    run: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        words = statement.split()
+        run.append(words[0].upper())
+        if words[:2] == ["WITH", "lengthened"] and run.count("WITH") == 1:
+            meanwhile()
+
+    event.listen(database.engine, "before_cursor_execute", note)
+    try:
+        yield run
+    finally:
+        event.remove(database.engine, "before_cursor_execute", note)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_renewal_of_one_lease_is_a_read_and_one_statement_on_postgresql(calendar: Calendar) -> None:
+    """The lease read as last committed, then its UPDATE, its slivers' and the generation's bump in one statement
+    without BEGIN or COMMIT; when extending, and when shortening."""
+    (lease,) = calendar.bookings.book(
+        SLICE,
+        SLICE_EXPIRES,
+        [BookingRequest(node_urn("n1"), at(1), at(2)), BookingRequest(node_urn("n2"), at(1), at(2))],
+    ).leases
+    for new_end in (at(4), at(3)):
+        generation = _stored(calendar)[-1]
+        with _statements_starting(calendar.database, "") as run:
+            renewed = calendar.bookings.renew(lease.id, new_end, slice_expires=SLICE_EXPIRES)
+        assert [statement.split()[0].upper() for statement in run] == ["SELECT", "WITH"]
+        assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0]
+        assert renewed.end == new_end and [sliver.end for sliver in renewed.slivers] == [new_end, new_end]
+        assert _stored(calendar)[-1] == (generation[0] + 1,)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_lease_provisioned_after_the_renewals_read_is_renewed_as_provisioned(calendar: Calendar) -> None:
+    """The one statement writes nothing when the lease is no longer as read; the unit of work then renews it as it
+    is (provisioned: its slivers live to the new end) and answers that."""
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+
+    def provision() -> None:
+        provisioning = threading.Thread(target=lambda: calendar.bookings.mark_provisioned(lease.id))
+        provisioning.start()
+        provisioning.join(timeout=30)
+
+    with _before_the_renewal_statement(calendar.database, provision) as run:
+        renewed = calendar.bookings.renew(lease.id, at(3))
+    assert run.count("WITH") == 2, run  # the one statement (nothing written), then the unit of work's
+    assert renewed.state == "provisioned"
+    assert [(sliver.allocation_state, sliver.expires) for sliver in renewed.slivers] == [("geni_provisioned", at(3))]
+    assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0]
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_an_extension_booked_while_the_renewal_statement_runs_is_refused_and_writes_nothing(
+    calendar: Calendar,
+) -> None:
+    """A booking of the extension that commits after the one statement's snapshot: the exclusion constraint refuses
+    the statement whole; the unit of work then names the booking that holds the time. Nothing is written."""
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    other_slice = "urn:publicid:IDN+testbed+slice+other"
+    (other,) = calendar.bookings.book(other_slice, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(2), at(3))]).leases
+    before = _stored(calendar)
+    writer = calendar.database.engine.connect()
+    committed: list[bool] = []
+
+    def move_the_other_booking_onto_the_extension() -> None:
+        # Uncommitted when the statement takes its snapshot: committed once the statement waits for it.
+        transaction = writer.begin()
+        writer.execute(
+            text("UPDATE sliver SET node_id = (SELECT id FROM node WHERE component_id = :node) WHERE lease_id = :id"),
+            {"node": node_urn("n1"), "id": other.id},
+        )
+
+        def commit_once_waited_for() -> None:
+            _wait_for_a_lock_wait(calendar.database)
+            transaction.commit()
+            committed.append(True)
+
+        threading.Thread(target=commit_once_waited_for).start()
+
+    try:
+        with (
+            _before_the_renewal_statement(calendar.database, move_the_other_booking_onto_the_extension),
+            pytest.raises(BookingConflict) as refused,
+        ):
+            calendar.bookings.renew(lease.id, at(3))
+    finally:
+        writer.close()
+    assert committed == [True]
+    assert [(conflict.node, conflict.clashing) for conflict in refused.value.conflicts] == [
+        (node_urn("n1"), ((at(2), at(3)),))
+    ]
+    assert _stored(calendar) == before  # (the other booking's move changed its node_id, which _stored does not read)
+    assert_no_overlap(calendar.database)
