@@ -10,7 +10,7 @@ Run from the repository root, with the project's virtualenv:
 The calendar is benchmarks/calendar_bench.py's (``--nodes`` nodes, ``--leases`` provisioned one-node leases of 100
 other slices, bulk-inserted), plus the demo slice of an ``init_directory`` authority holding one sliver, booked
 with ``Bookings.book``. The aggregate has a ``VerdictCache`` (as ``sfa-omf serve`` makes it) and alice's slice
-credential. The six calendar rows run in turns (one call of each per round), so that the load of a shared machine
+credential. The seven calendar rows run in turns (one call of each per round), so that the load of a shared machine
 falls on them alike; PostgreSQL's round trips per call are counted from libpq's trace. Rows (median per call):
 *status*, *describe* — ``Aggregate.status`` / ``describe`` of the demo slice;
 *leases (ORM)* — the slice's leases read as ``Bookings.leases`` did before (ORM objects, selectinload), the peer;
@@ -18,10 +18,11 @@ falls on them alike; PostgreSQL's round trips per call are counted from libpq's 
 the slice by one grain (the lease booked again, untimed, before each, with the slice credential's expiry as an
 Allocate with the same credential stores it); *delete* — ``Aggregate.delete`` of that
 lease by its sliver URN (the cancelled lease is removed, untimed, before the next booking: the slice keeps its two
-leases and no history); *caller chain* — ``verify_caller`` without a cache (every link's
-signature checked), and *caller chain, cached* — with the verdict cache. Before timing, the script checks that the
-new and the old lease reads answer the same, that Status answers the demo slice's one sliver, and that Renew and
-Delete do what they say.
+leases and no history); *one statement* — ``SELECT 1`` by ``Database.fetch_all``, the floor of one round trip to the
+database (what each of a call's round trips costs at least); *caller chain* — ``verify_caller`` without a cache
+(every link's signature checked), and *caller chain, cached* — with the verdict cache. Before timing, the script
+checks that the new and the old lease reads answer the same, that Status answers the demo slice's one sliver, and
+that Renew and Delete do what they say.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from calendar_bench import GRAIN_S, NOW, Calendar, booking_window, check_database_url, node_name
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.booking import ACTIVE_LEASE_STATES, lease_record
@@ -195,17 +196,18 @@ def measure(backend: str, url: str, args: argparse.Namespace, authority: Path) -
             ("leases", lambda: aggregate.bookings.leases(slice_urn=SLICE)),
             ("renew", lambda: aggregate.renew(chain, doomed_urns, [credential], renewed_end, {})),
             ("delete", lambda: aggregate.delete(chain, doomed_urns, [credential], {})),
+            ("one statement", lambda: calendar.database.fetch_all(text("SELECT 1"))),
             ("caller chain", lambda: uncached.verify_caller(chain, AT)),
             ("caller chain, cached", lambda: aggregate.verifier.verify_caller(chain, AT)),
         ]
         if backend == "postgresql":
             book_doomed()
-            trips = {name: round_trips(calendar.database, run) for name, run in runs[:6]}
+            trips = {name: round_trips(calendar.database, run) for name, run in runs[:7]}
             print(f"  postgresql round trips per call: {trips}")
         rows = []
         # In turns (one call of each per round) for the slow reads, so that the machine's load falls on them
         # alike; the chain checks, a thousand times quicker, one after the other.
-        calendar_runs, chain_runs = runs[:6], runs[6:]
+        calendar_runs, chain_runs = runs[:7], runs[7:]
         seconds = len(calendar_runs) * args.seconds
         for name, (calls, median) in timed_in_turns(calendar_runs, seconds, {"renew": book_doomed}).items():
             rows.append((name, calls, median))

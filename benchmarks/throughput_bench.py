@@ -15,9 +15,10 @@ answers the real server gave to the same calls before timing; so both marshal th
 and the trivial one does nothing else (no credential, no calendar, no thread hand-off). It is the floor: what
 Twisted, TLS and XML-RPC cost in one CPython process.
 
-Rows: *Status* of the demo slice (one sliver) and *Allocate* (each books one node for one future 30-min slot, every
-one different, and is followed by the Delete of its sliver; calls/s counts the Allocates of these pairs, so it is
-also the pairs' rate), by 1 and 8 concurrent clients (threads of this process, each with its own kept-alive
+Rows: *Status* of the demo slice (one sliver) and *Allocate* (each client in a slice of its own, as experimenters
+booking at once are: each Allocate books one node for one future 30-min slot, every one different among those in
+flight, and is followed by the Delete of its sliver; calls/s counts the Allocates of these pairs, so it is also the
+pairs' rate), by 1 and 8 concurrent clients (threads of this process, each with its own kept-alive
 connection, connected before the clock starts). Every timed answer's geni_code is checked. *vs trivial* is the
 real server's calls/s divided by the trivial server's for the same method and clients, measured one after the other.
 """
@@ -50,12 +51,15 @@ from am_bench import (  # benchmarks/ is sys.path[0] when run as a script
     check_calls,
     make_context,
     new_sliver,
+    request_rspec,
+    value,
 )
 from calendar_bench import check_database_url
 from serving import free_port
 from sqlalchemy import text
 
 from sfa_omf.calendar.database import Database
+from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.times import utcnow
 
@@ -131,9 +135,15 @@ class Trivial:
 
 # -- measuring ------------------------------------------------------------------------------------------------------
 def measure(
-    name: str, cpu: Callable[[], float], method: str, call: Callable[[Any], int], proxy: Callable[[], Any], clients: int
+    name: str,
+    cpu: Callable[[], float],
+    method: str,
+    call: Callable[[Any, int], int],
+    proxy: Callable[[], Any],
+    clients: int,
 ) -> Row:
-    """``clients`` threads, each with its own kept-alive proxy (warmed up before the clock); call returns calls made."""
+    """``clients`` threads, each with its own kept-alive proxy (warmed up before the clock); ``call(proxy, index)``
+    (index: the client's number) returns the calls made."""
     stop_at = [0.0]
     cpu_at_start = [0.0]
 
@@ -148,7 +158,7 @@ def measure(
     def worker(index: int) -> None:
         try:
             mine = proxy()
-            call(mine)
+            call(mine, index)
         except BaseException as exc:
             errors.append(exc)
             barrier.abort()
@@ -156,7 +166,7 @@ def measure(
         barrier.wait()
         try:
             while time.perf_counter() < stop_at[0]:
-                counts[index] += call(mine)
+                counts[index] += call(mine, index)
         except BaseException as exc:
             errors.append(exc)
 
@@ -176,49 +186,77 @@ def measure(
     return row
 
 
-def real_calls(calls: Calls, lock: threading.Lock) -> dict[str, Callable[[Any], int]]:
-    def status(proxy: Any) -> int:
+@dataclass(frozen=True)
+class BenchSlice:
+    """A slice of alice's for one client's Allocates, and her credential for it."""
+
+    urn: str
+    credential: dict[str, str]
+
+
+def bench_slices(directory: str, count: int) -> list[BenchSlice]:
+    """``count`` slices of their own for the clients' Allocates, as 8 experimenters booking at once have: an
+    Allocate answers its whole slice, so clients sharing one would each be answered every other client's slivers
+    (not the bytes the trivial server repeats)."""
+    authority = LocalAuthority.load(directory, AUTHORITY)
+    alice = authority.issued_chain(authority.child_hrn(USER))
+    slices = []
+    for number in range(count):
+        chain, _ = authority.issue_gid(authority.child_hrn(f"bench{number}"), "slice")
+        credential = {"geni_type": "geni_sfa", "geni_version": "3", "geni_value": authority.credential(alice, chain)}
+        slices.append(BenchSlice(str(chain[0].urn), credential))
+    return slices
+
+
+def allocate_in(proxy: Any, bench_slice: BenchSlice, node: int, window: tuple[str, str]) -> Any:
+    """Allocate one node for one slot in the client's slice (its answer; geni_code checked)."""
+    return proxy.Allocate(bench_slice.urn, [bench_slice.credential], _rspec(node, window), {})
+
+
+def real_calls(calls: Calls, slices: list[BenchSlice], lock: threading.Lock) -> dict[str, Callable[[Any, int], int]]:
+    def status(proxy: Any, _index: int) -> int:
         calls.status(proxy)
         return 1
 
-    def allocate(proxy: Any) -> int:
+    def allocate(proxy: Any, index: int) -> int:
         with lock:
             node, window = calls.client.booking()
-        sliver = new_sliver(calls.allocate(proxy, [(node, window)]), window)
-        calls.delete(proxy, [sliver])
+        mine = slices[index]
+        sliver = new_sliver(value(allocate_in(proxy, mine, node, window), "Allocate"), window)
+        value(proxy.Delete([sliver], [mine.credential], {}), "Delete")
         return 1
 
     return {"Status": status, "Allocate": allocate}
 
 
-def trivial_calls(calls: Calls) -> dict[str, Callable[[Any], int]]:
+def trivial_calls(calls: Calls, slices: list[BenchSlice]) -> dict[str, Callable[[Any, int], int]]:
     """The same calls (same request bytes shape), against recorded answers; geni_code checked as for the real one."""
 
-    def status(proxy: Any) -> int:
+    def status(proxy: Any, _index: int) -> int:
         calls.status(proxy)
         return 1
 
-    def allocate(proxy: Any) -> int:
-        calls.allocate(proxy, [calls.client.booking_at(0)])
-        calls.delete(proxy, ["urn:publicid:IDN+testbed+sliver+1"])
+    def allocate(proxy: Any, index: int) -> int:
+        mine = slices[index]
+        value(allocate_in(proxy, mine, *calls.client.booking_at(0)), "Allocate")
+        value(proxy.Delete(["urn:publicid:IDN+testbed+sliver+1"], [mine.credential], {}), "Delete")
         return 1
 
     return {"Status": status, "Allocate": allocate}
 
 
-def record_answers(calls: Calls, proxy: Any) -> dict[str, Any]:
-    """What the real server answers to Status, Allocate and Delete (the trivial server repeats these)."""
+def record_answers(calls: Calls, proxy: Any, first: BenchSlice) -> dict[str, Any]:
+    """What the real server answers to Status, and to Allocate and Delete in a client's slice (the trivial server
+    repeats these)."""
     node, window = calls.client.booking()
-    allocated = proxy.Allocate(SLICE_URN, [calls.client.slice_cred], _rspec(calls, node, window), {})
+    allocated = allocate_in(proxy, first, node, window)
     sliver = new_sliver(allocated["value"], window)
-    deleted = proxy.Delete([sliver], [calls.client.slice_cred], {})
+    deleted = proxy.Delete([sliver], [first.credential], {})
     status = proxy.Status([SLICE_URN], [calls.client.slice_cred], {})
     return {"Allocate": allocated, "Delete": deleted, "Status": status}
 
 
-def _rspec(calls: Calls, node: int, window: tuple[str, str]) -> str:
-    from am_bench import request_rspec
-
+def _rspec(node: int, window: tuple[str, str]) -> str:
     return request_rspec([(node, window)])
 
 
@@ -229,8 +267,25 @@ def mean_row(first: Row, second: Row) -> Row:
     return Row(first.server, first.method, first.clients, first.calls + second.calls, elapsed, cpu)
 
 
+CYCLE_SLOTS = 20 * 48  # the 30-min slots of 20 days: bookings stay inside the slice credential's 30 days
+KEPT_SLOTS = 16  # never booked again: more than the bookings made before timing (check_calls, record_answers)
+
+
 # -- main -----------------------------------------------------------------------------------------------------------
 class BenchClient(Client):
+    def booking(self) -> tuple[int, tuple[str, str]]:
+        """A node and a 30-min slot no other sliver of the slice holds: am_bench.py's bookings (the next slot on
+        every booking) over the first ``CYCLE_SLOTS`` slots, then over them again but the first ``KEPT_SLOTS``
+        (each timed booking is deleted right after it is made; the checks before timing keep one in the first
+        slots): thousands of calls would otherwise book past the slice credential's 30 days."""
+        from sfa_omf.times import format_time
+
+        index = self.next_booking
+        self.next_booking += 1
+        slot = index if index < CYCLE_SLOTS else KEPT_SLOTS + (index - KEPT_SLOTS) % (CYCLE_SLOTS - KEPT_SLOTS)
+        start = self.base + timedelta(minutes=30) * slot
+        return index % self.nodes, (format_time(start), format_time(start + timedelta(minutes=30)))
+
     def booking_at(self, index: int) -> tuple[int, tuple[str, str]]:
         """A fixed booking (the trivial server does not look at it)."""
         from sfa_omf.times import format_time
@@ -315,7 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[Row] = []
         with server.running():
             check_calls(calls, args.nodes)
-            answers = record_answers(calls, client.proxy())
+            slices = bench_slices(directory, max(clients))
+            answers = record_answers(calls, client.proxy(), slices[0])
             backend = "PostgreSQL" if args.postgres_url else "SQLite"
             print(f"  server        sfa-omf serve, {server.settings.threads} worker threads, {backend} calendar")
             answers_path = os.path.join(workdir, "answers.json")
@@ -330,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                 if trivial_client.proxy().Status([SLICE_URN], [slice_cred], {}) != answers["Status"]:
                     raise SystemExit("the trivial server does not answer what the real one did")
                 print("Checks before timing: every call answered geni_code 0 with the expected content.", flush=True)
-                real = real_calls(calls, threading.Lock())
-                floor = trivial_calls(Calls(trivial_client))
+                real = real_calls(calls, slices, threading.Lock())
+                floor = trivial_calls(Calls(trivial_client), slices)
                 # Interleaved (trivial, sfa-omf, trivial) so that both see the same load on this shared machine;
                 # the trivial figure is the mean of the two around the real one.
                 for method in [name for name in real if name in args.methods.split(",")]:
