@@ -17,11 +17,13 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, Executable, create_engine, event, make_url
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
+from sqlalchemy.pool import QueuePool
 
 from sfa_omf.calendar.generation import bump_generation
 from sfa_omf.calendar.plain_statements import PlainStatement, run_plain
@@ -79,7 +81,7 @@ class Database:
         (on PostgreSQL a server process started and ended per call); up to ``OVERFLOW_CONNECTIONS`` more at once."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        sizes = {"pool_size": connections, "max_overflow": OVERFLOW_CONNECTIONS}
+        sizes = _pool_sizes(url, connections)
         if self.is_sqlite:
             self.engine: Engine = create_engine(
                 url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **sizes
@@ -241,6 +243,16 @@ def head_revision() -> str:
     head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
     assert head is not None, "the migrations folder holds no migration"
     return head
+
+
+def _pool_sizes(url: str, connections: int) -> dict[str, int]:
+    """The pool's sizes for ``create_engine``: for a pool that keeps connections (PostgreSQL, an SQLite file); none
+    for an in-memory SQLite database, whose pool holds one connection per thread (it takes no sizes)."""
+    parsed = make_url(url)
+    dialect = cast(type[DefaultDialect], parsed.get_dialect())
+    if not issubclass(dialect.get_pool_class(parsed), QueuePool):
+        return {}
+    return {"pool_size": connections, "max_overflow": OVERFLOW_CONNECTIONS}
 
 
 @contextmanager

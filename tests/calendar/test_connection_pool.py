@@ -88,3 +88,14 @@ def test_a_server_keeps_a_connection_per_call_thread_and_some_for_the_background
         assert aggregate.database.engine.pool.size() == database_connections(settings)  # type: ignore[attr-defined]
     finally:
         aggregate.database.dispose()
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_an_in_memory_sqlite_database_still_opens(url: str) -> None:
+    """Its pool holds one connection per thread and takes no sizes: they are not passed to it."""
+    database = Database(url, connections=6)
+    try:
+        database.upgrade()
+        assert database.fetch_all(select(Node.id)) == []
+    finally:
+        database.dispose()
