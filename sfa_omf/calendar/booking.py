@@ -208,9 +208,7 @@ class Bookings:
                         f"({format_time(from_s(expires_s))}); renew the slice at its authority first",
                     )
                 if node.state != "usable":
-                    # "lost": a node agent stopped reporting (calendar/agents.py); it is bookable again once heard.
-                    problem = "has lost contact (its agent is silent)" if node.state == "lost" else "is in maintenance"
-                    conflicts.append(Conflict(node.component_id, request.start, request.end, problem))
+                    conflicts.append(Conflict(node.component_id, request.start, request.end, _unusable(node.state)))
                     continue
                 wanted.append((request, node, window))
             free, clashes = self._split_free(session, wanted)
@@ -621,6 +619,14 @@ class Bookings:
         partial_start = bool(start_s % grain_s)  # booked from now, inside a slot
         for node in nodes:
             check_window(self.policy, start_s, new_end_s, now_s, node.grain_s, node.component_id, partial_start)
+        if new_end_s > lease.end_s:  # a node out of use takes no new time; a lease on it may still end earlier
+            refused = [
+                Conflict(node.component_id, from_s(lease.end_s), from_s(new_end_s), _unusable(node.node_state))
+                for node in nodes
+                if node.node_state != "usable"
+            ]
+            if refused:
+                raise BookingConflict(refused)
         # The stored expiry is written only when the credential's differs (nearly never).
         new_slice_expires_s = slice_expires_s if slice_expires_s != lease.slice_expires_s else None
         return _Renewal(lease, nodes, new_end_s, new_slice_expires_s)
@@ -733,32 +739,37 @@ class Bookings:
     def expire_unprovisioned(self) -> list[LeaseRecord]:
         """Release allocations whose time to be provisioned has passed (GENI: allocated slivers expire)."""
         now_s = to_s(self.clock())
-        with self.database.write() as session:
-            leases = session.scalars(
-                select(Lease)
-                .join(Sliver)
-                .where(Lease.state == "allocated", Sliver.expires_s <= now_s)
-                .options(selectinload(Lease.slivers))
-                .distinct()
-            ).all()
-            for lease in leases:
-                lease.state = "expired"
-                release_slivers(lease.slivers)
-            return [lease_record(lease) for lease in leases]
+        due = select(Sliver.lease_id).where(Sliver.expires_s <= now_s)
+        return self._end_leases((Lease.state == "allocated", Lease.id.in_(due)), "expired")
 
     def retire_ended(self) -> list[LeaseRecord]:
         """Provisioned leases whose slot is over become ``ended`` (their slivers unallocated: GENI's slot_ended)."""
         now_s = to_s(self.clock())
-        with self.database.write() as session:
-            leases = session.scalars(
-                select(Lease)
-                .where(Lease.state == "provisioned", Lease.end_s <= now_s)
-                .options(selectinload(Lease.slivers).selectinload(Sliver.node))
-            ).all()
-            for lease in leases:
-                lease.state = "ended"
-                release_slivers(lease.slivers)
-            return [lease_record(lease) for lease in leases]
+        return self._end_leases((Lease.state == "provisioned", Lease.end_s <= now_s), "ended")
+
+    def _end_leases(self, due: tuple[ColumnElement[bool], ...], new_state: str) -> list[LeaseRecord]:
+        """The leases that are ``due`` become ``new_state``, their slivers released. The leases found due are locked
+        first (every writer of a lease or its slivers locks the lease), then read again: a renewal or a Provision
+        that committed meanwhile (after the first read's snapshot, on PostgreSQL) is seen, and a lease it made no
+        longer due is left as it made it. (SQLite: BEGIN IMMEDIATE has serialized the writers already.)"""
+
+        def unit_of_work() -> list[LeaseRecord]:
+            with self.database.write() as session:
+                found = session.scalars(select(Lease.id).where(*due).order_by(Lease.id).with_for_update()).all()
+                if not found:
+                    return []
+                leases = session.scalars(
+                    select(Lease)
+                    .where(Lease.id.in_(found), *due)
+                    .order_by(Lease.id)
+                    .options(selectinload(Lease.slivers).selectinload(Sliver.node))
+                ).all()
+                for lease in leases:
+                    lease.state = new_state
+                    release_slivers(lease.slivers)
+                return [lease_record(lease) for lease in leases]
+
+        return retry_transient(unit_of_work)
 
     # -- reading ----------------------------------------------------------------------------------------------
     def lease_states(self, lease_ids: Iterable[str]) -> dict[str, str]:
@@ -1002,6 +1013,7 @@ class _RenewalRow(NamedTuple):
     node_id: int | None
     grain_s: int
     component_id: str
+    node_state: str
 
 
 class _Renewal(NamedTuple):
@@ -1084,7 +1096,8 @@ _CANCEL_ACTIVE_LEASE = PlainStatement(
 # before the writer it waited for. So the slivers' states are not read here but by their UPDATE; the nodes' grains
 # and names do not change with a lease; the slice's expiry (written by bookings and renewals of the slice, under no
 # common lock, as before) only decides whether the call's is written (skipped when equal) or, for a renewal without a
-# credential, how far the lease may go.
+# credential, how far the lease may go; a node's state (an operator's switch to maintenance, under no lock a renewal
+# takes, as for a booking already made) refuses an extension from the moment it is committed.
 _RENEWED_LEASE = (
     select(
         _LEASE.state,
@@ -1098,6 +1111,7 @@ _RENEWED_LEASE = (
         _NODE.id,
         _NODE.grain_s,
         _NODE.component_id,
+        _NODE.state,
     )
     .select_from(table_of(Lease))
     .join(table_of(Slice), _SLICE.id == _LEASE.slice_id)
@@ -1336,6 +1350,12 @@ def _external_labels(session: Session, start_s: int, end_s: int, node_ids: set[i
     for node_id, label in rows:
         labels[node_id].append(label)
     return {node_id: ", ".join(found) for node_id, found in labels.items()}
+
+
+def _unusable(node_state: str) -> str:
+    """Why a node that is not usable takes no booking nor extension (a conflict's problem)."""
+    # "lost": a node agent stopped reporting (calendar/agents.py); it is bookable again once heard.
+    return "has lost contact (its agent is silent)" if node_state == "lost" else "is in maintenance"
 
 
 def new_sliver_urn(sliver_authority: str) -> str:

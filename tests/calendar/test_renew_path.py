@@ -1,7 +1,7 @@
 """Renew's and the cancel's statements (calendar/booking.py, issue 15): each sliver's expiry computed by the UPDATE
 from its row as it is, the extension's check folded into that UPDATE, the slice's expiry written only when it
-changed, a refused renewal writing nothing; on PostgreSQL, a renewal that waited for the lease's lock and a cancel in
-one statement of its own — on SQLite and PostgreSQL unless said otherwise."""
+changed, a refused renewal writing nothing; on PostgreSQL, a renewal of one lease and a cancel each in one statement
+of its own, and renewals that waited for the lease's lock — on SQLite and PostgreSQL unless said otherwise."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sqlalchemy import event, select, text, update
 from sfa_omf.calendar.booking import BookingConflict
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.generation import read_generation
-from sfa_omf.calendar.models import Lease, Slice, Sliver
+from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord
@@ -111,6 +111,31 @@ def test_a_refused_renewal_writes_nothing_not_even_the_new_slice_expiry(calendar
     assert _stored(calendar) == before
 
 
+@pytest.mark.parametrize("state", ["maintenance", "lost"])
+def test_a_node_out_of_use_takes_no_extension_but_its_lease_may_end_earlier(calendar: Calendar, state: str) -> None:
+    """As docs/operators.md says: a node in maintenance (or whose agent went silent) is refused to renewals that
+    would give it more time, with nothing written; the lease it holds is kept and may be shortened."""
+    (lease,) = calendar.bookings.book(
+        SLICE,
+        SLICE_EXPIRES,
+        [BookingRequest(node_urn("n1"), at(1), at(3)), BookingRequest(node_urn("n2"), at(1), at(3))],
+    ).leases
+    with calendar.database.write() as session:  # as an operator's switch, or node agents' silence, leaves it
+        session.execute(update(Node).where(Node.component_id == node_urn("n2")).values(state=state))
+    before = _stored(calendar)
+    with pytest.raises(BookingConflict) as refusal:
+        calendar.bookings.renew(lease.id, at(4), slice_expires=SLICE_EXPIRES)
+    (conflict,) = refusal.value.conflicts
+    assert (conflict.node, conflict.start, conflict.end) == (node_urn("n2"), at(3), at(4))
+    assert conflict.problem == (
+        "is in maintenance" if state == "maintenance" else "has lost contact (its agent is silent)"
+    )
+    assert refusal.value.reason == Reason.BOOKING_CONFLICT
+    assert _stored(calendar) == before
+    shortened = calendar.bookings.renew(lease.id, at(2), slice_expires=SLICE_EXPIRES)
+    assert shortened.end == at(2) and shortened == calendar.bookings.leases(slice_urn=SLICE)[0]
+
+
 def test_a_renewal_moves_the_generation_by_one_however_many_leases_it_renews(calendar: Calendar) -> None:
     """On PostgreSQL the last renewal's statement bumps the generation itself (the others do not, nor does the
     unit of work's end); on SQLite the unit of work bumps it: one either way."""
@@ -196,39 +221,74 @@ def _race(writes: list[tuple[Callable[[], object], str]]) -> list[str]:
     return outcomes
 
 
+@contextmanager
+def _provisioning_writer_holding(database: Database, lease: LeaseRecord) -> Iterator[None]:
+    """A unit of work holding the lease's row (what Provision does) with its slivers and the lease already written
+    provisioned, committed when the block ends."""
+    with database.engine.connect() as writer, writer.begin():
+        writer.execute(text("SELECT id FROM lease WHERE id = :id FOR UPDATE"), {"id": lease.id})
+        writer.execute(
+            text("UPDATE sliver SET allocation_state = 'geni_provisioned', expires_s = end_s WHERE lease_id = :id"),
+            {"id": lease.id},
+        )
+        writer.execute(text("UPDATE lease SET state = 'provisioned' WHERE id = :id"), {"id": lease.id})
+        yield
+
+
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 def test_a_renewal_that_waited_for_a_provision_gives_the_slivers_the_provisioned_expiry(calendar: Calendar) -> None:
-    """PostgreSQL: the renewal's locking read waits for a writer holding the lease (what Provision does); its
-    joined rows are from before that writer, so the slivers' states are not taken from it: the UPDATE computes each
-    expiry from the row the writer left (provisioned: the lease's new end) and answers that row."""
+    """PostgreSQL, one lease: the one statement waits for a writer holding the lease (what Provision does), finds
+    it no longer as read and writes nothing; the unit of work then renews it as the writer left it (provisioned: the
+    slivers live to the new end) and answers that."""
     (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
     answers: list[LeaseRecord] = []
-    with calendar.database.engine.connect() as writer:
-        with writer.begin():
-            writer.execute(text("SELECT id FROM lease WHERE id = :id FOR UPDATE"), {"id": lease.id})
-            writer.execute(
-                text("UPDATE sliver SET allocation_state = 'geni_provisioned', expires_s = :end WHERE lease_id = :id"),
-                {"id": lease.id, "end": to_s(at(2))},
-            )
-            writer.execute(text("UPDATE lease SET state = 'provisioned' WHERE id = :id"), {"id": lease.id})
-            renewing = threading.Thread(target=lambda: answers.append(calendar.bookings.renew(lease.id, at(3))))
-            renewing.start()
-            _wait_for_a_lock_wait(calendar.database)
-        renewing.join(timeout=30)
+    with _provisioning_writer_holding(calendar.database, lease):
+        renewing = threading.Thread(target=lambda: answers.append(calendar.bookings.renew(lease.id, at(3))))
+        renewing.start()
+        waiting = _wait_for_a_lock_wait(calendar.database)
+    renewing.join(timeout=30)
+    assert waiting.startswith("WITH lengthened"), waiting
     (renewed,) = answers
     assert renewed.state == "provisioned"
     assert [(sliver.allocation_state, sliver.expires) for sliver in renewed.slivers] == [("geni_provisioned", at(3))]
     assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0]
 
 
-def _wait_for_a_lock_wait(database: Database) -> None:
-    """Until a session of the test's database waits for a lock (bounded: 10 s)."""
-    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_renewal_of_several_leases_that_waited_for_a_provision_gives_the_provisioned_expiry(
+    calendar: Calendar,
+) -> None:
+    """PostgreSQL, the unit of work (several leases): its locking read waits for the writer holding a lease; its
+    joined rows are from before that writer, so the slivers' states are not taken from it: the UPDATE computes each
+    expiry from the row the writer left (provisioned: the lease's new end) and answers that row."""
+    (held,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    (other,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(1), at(2))]).leases
+    answers: list[list[LeaseRecord]] = []
+    with _provisioning_writer_holding(calendar.database, held):
+        renewing = threading.Thread(
+            target=lambda: answers.append(calendar.bookings.renew_all([(held.id, at(3), ""), (other.id, at(3), "")]))
+        )
+        renewing.start()
+        waiting = _wait_for_a_lock_wait(calendar.database)
+    renewing.join(timeout=30)
+    assert "FOR UPDATE" in waiting, waiting
+    (renewed_held, renewed_other) = answers[0]
+    assert renewed_held.state == "provisioned" and renewed_other.state == "allocated"
+    assert [(s.allocation_state, s.expires) for s in renewed_held.slivers] == [("geni_provisioned", at(3))]
+    assert sorted([renewed_held, renewed_other], key=lambda lease: lease.id) == sorted(
+        calendar.bookings.leases(slice_urn=SLICE), key=lambda lease: lease.id
+    )
+
+
+def _wait_for_a_lock_wait(database: Database) -> str:
+    """Until a session of the test's database waits for a lock (bounded: 10 s): the statement that waits."""
+    waiting = "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
     # Autocommit: in a transaction, pg_stat_activity is read once and then repeated (a snapshot).
     with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
         for _ in range(200):
-            if watcher.execute(text(waiting)).scalar():
-                return
+            found = watcher.execute(text(waiting)).scalar()
+            if found:
+                return str(found)
             time.sleep(0.05)
     pytest.fail("nothing ever waited for the lease's lock")
 
@@ -394,3 +454,65 @@ def test_an_extension_booked_while_the_renewal_statement_runs_is_refused_and_wri
     ]
     assert _stored(calendar) == before  # (the other booking's move changed its node_id, which _stored does not read)
     assert_no_overlap(calendar.database)
+
+
+@contextmanager
+def _renewal_in_flight(database: Database, lease: LeaseRecord, new_end: int, expires: int) -> Iterator[None]:
+    """A renewal's unit of work holding the lease (its row locked, the lease and its slivers written), committed when
+    the block ends."""
+    with database.engine.connect() as writer, writer.begin():
+        writer.execute(text("SELECT id FROM lease WHERE id = :id FOR UPDATE"), {"id": lease.id})
+        writer.execute(
+            text("UPDATE sliver SET end_s = :end, expires_s = :expires WHERE lease_id = :id"),
+            {"id": lease.id, "end": new_end, "expires": expires},
+        )
+        writer.execute(text("UPDATE lease SET end_s = :end WHERE id = :id"), {"id": lease.id, "end": new_end})
+        yield
+
+
+def _sweep_during(
+    database: Database, lease: LeaseRecord, new_end: int, expires: int, sweep: Callable[[], object]
+) -> object:
+    """Run ``sweep`` while a renewal holds the lease; the renewal commits once the sweep waits for it."""
+    swept: list[object] = []
+    with _renewal_in_flight(database, lease, new_end, expires):
+        sweeping = threading.Thread(target=lambda: swept.append(sweep()))
+        sweeping.start()
+        waiting = _wait_for_a_lock_wait(database)
+    sweeping.join(timeout=30)
+    assert "FOR UPDATE" in waiting, waiting  # the sweep waited where it locks what it found due
+    (result,) = swept
+    return result
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_an_allocation_renewed_while_the_expiry_sweep_runs_is_not_expired(calendar: Calendar) -> None:
+    """PostgreSQL: the sweep found the allocation due in its snapshot, but a renewal holding the lease gave it the
+    time to be provisioned: once it commits, the sweep sees the renewal and leaves the lease allocated."""
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(2), at(3))]).leases
+    calendar.now = NOW + TTL + timedelta(minutes=1)  # its time to be provisioned is over
+    renewed_expiry = to_s(calendar.now + TTL)
+    expired = _sweep_during(
+        calendar.database, lease, to_s(at(4)), renewed_expiry, calendar.bookings.expire_unprovisioned
+    )
+    assert expired == []
+    (stored,) = calendar.bookings.leases(slice_urn=SLICE)
+    assert (stored.state, stored.end, [sliver.expires for sliver in stored.slivers]) == (
+        "allocated",
+        at(4),
+        [calendar.now + TTL],
+    )
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_lease_renewed_while_the_retirement_sweep_runs_is_not_retired(calendar: Calendar) -> None:
+    """PostgreSQL: the sweep found the provisioned lease's slot over in its snapshot, but a renewal holding the lease
+    extended it: once it commits, the sweep leaves the lease provisioned, holding its node."""
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    calendar.bookings.mark_provisioned(lease.id)
+    calendar.now = at(2)
+    retired = _sweep_during(calendar.database, lease, to_s(at(3)), to_s(at(3)), calendar.bookings.retire_ended)
+    assert retired == []
+    (stored,) = calendar.bookings.leases(slice_urn=SLICE)
+    assert (stored.state, stored.end) == ("provisioned", at(3))
+    assert {sliver.allocation_state for sliver in stored.slivers} == {"geni_provisioned"}
