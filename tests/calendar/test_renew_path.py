@@ -282,7 +282,12 @@ def test_a_renewal_of_several_leases_that_waited_for_a_provision_gives_the_provi
 
 def _wait_for_a_lock_wait(database: Database) -> str:
     """Until a session of the test's database waits for a lock (bounded: 10 s): the statement that waits."""
-    waiting = "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    # A session's wait event is read live, its state and query from a copy taken a moment before: a session seen
+    # waiting with the BEGIN that preceded its statement (psycopg sends BEGIN on its own) is looked at again.
+    waiting = (
+        "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database() "
+        "AND state = 'active' AND query <> 'BEGIN'"
+    )
     # Autocommit: in a transaction, pg_stat_activity is read once and then repeated (a snapshot).
     with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
         for _ in range(200):
