@@ -5,6 +5,7 @@ of its own, and renewals that waited for the lease's lock — on SQLite and Post
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,9 +16,10 @@ from functools import partial
 import pytest
 from sqlalchemy import event, select, text, update
 
+from sfa_omf.calendar import booking
 from sfa_omf.calendar.booking import BookingConflict
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.generation import read_generation
+from sfa_omf.calendar.generation import SHARDS, read_generation
 from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.queries import to_s
@@ -336,9 +338,15 @@ def test_write_alone_is_refused_on_sqlite(tmp_path: object) -> None:
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_a_renewal_whose_extension_is_freed_while_it_is_checked_books_it(calendar: Calendar) -> None:
+def test_a_renewal_whose_extension_is_freed_while_it_is_checked_books_it(
+    calendar: Calendar, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """PostgreSQL (READ COMMITTED): the extension's check is the UPDATE's snapshot, who holds it is read in a later
     one. The holder cancelled in between: never a refusal naming nobody; the unit of work runs again and books it."""
+    # Each writer bumps a shard of its own: the renewal's transaction holds the shard it bumped until it rolls back,
+    # and a cancel drawing the same one (1 time in 32) would wait for it while the test waits for the cancel.
+    shards = itertools.count()
+    monkeypatch.setattr(booking, "bump_parameters", lambda: {"generation_shard": next(shards) % SHARDS + 1})
     (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
     other_slice = "urn:publicid:IDN+testbed+slice+other"
     (other,) = calendar.bookings.book(other_slice, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(3), at(4))]).leases
