@@ -251,9 +251,7 @@ def test_a_renewal_that_waited_for_a_provision_gives_the_slivers_the_provisioned
     renewing.join(timeout=30)
     assert waiting.startswith("WITH lengthened"), waiting
     (renewed,) = answers
-    assert renewed.state == "provisioned"
-    assert [(sliver.allocation_state, sliver.expires) for sliver in renewed.slivers] == [("geni_provisioned", at(3))]
-    assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0]
+    _assert_renewed_as_provisioned(calendar, renewed)
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
@@ -280,6 +278,13 @@ def test_a_renewal_of_several_leases_that_waited_for_a_provision_gives_the_provi
     assert sorted([renewed_held, renewed_other], key=lambda lease: lease.id) == sorted(
         calendar.bookings.leases(slice_urn=SLICE), key=lambda lease: lease.id
     )
+
+
+def _assert_renewed_as_provisioned(calendar: Calendar, renewed: LeaseRecord) -> None:
+    """The renewal answered the lease as a Provision left it (its slivers living to the new end, at(3)), as stored."""
+    assert renewed.state == "provisioned"
+    assert [(sliver.allocation_state, sliver.expires) for sliver in renewed.slivers] == [("geni_provisioned", at(3))]
+    assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0]
 
 
 def _wait_for_a_lock_wait(database: Database) -> str:
@@ -420,9 +425,7 @@ def test_a_lease_provisioned_after_the_renewals_read_is_renewed_as_provisioned(c
     with _before_the_renewal_statement(calendar.database, provision) as run:
         renewed = calendar.bookings.renew(lease.id, at(3))
     assert run.count("WITH") == 2, run  # the one statement (nothing written), then the unit of work's
-    assert renewed.state == "provisioned"
-    assert [(sliver.allocation_state, sliver.expires) for sliver in renewed.slivers] == [("geni_provisioned", at(3))]
-    assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0]
+    _assert_renewed_as_provisioned(calendar, renewed)
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
