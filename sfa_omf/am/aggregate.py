@@ -51,7 +51,7 @@ from sfa_omf.am.containers import sliver_dict as container_dict
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.am.states import Allocation, Event, Operational, operational_action
 from sfa_omf.calendar.availability import Availability
-from sfa_omf.calendar.booking import Bookings, Rounding
+from sfa_omf.calendar.booking import Bookings, RenewalRead, Rounding
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
@@ -505,7 +505,7 @@ class Aggregate:
         asked); with geni_extend_alap, an end past the slice credential's expiry becomes the last whole slot before
         it. The slice credential of this call decides how far a lease may go (the slice may have been renewed at
         its authority since Allocate). Each sliver says what changed (sfa_omf_renewal)."""
-        slice_urn, sliver_urns, read = self._resolve_with_leases(urns)
+        slice_urn, sliver_urns, read = self._resolve_for_renewal(urns)
         verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
         new_end = parse_time(expiration, now=self.clock(), what="expiration time")
         try:
@@ -525,9 +525,9 @@ class Aggregate:
         verified: VerifiedCredential,
         new_end: datetime,
         alap: bool,
-        read: list[LeaseRecord] | None,
+        read: RenewalRead | None,
     ) -> list[dict[str, Any]]:
-        """``read``: the leases, when ``_resolve_with_leases`` read them already (else they are read here)."""
+        """``read``: the leases, when ``_resolve_for_renewal`` read them already (else they are read here)."""
         if new_end > verified.expires and not alap:  # a sliver never outlives the slice credential
             raise GeniError(
                 Reason.POLICY,
@@ -535,7 +535,7 @@ class Aggregate:
                 f"{format_time(verified.expires)}; renew the slice at its authority and call again with the new "
                 "slice credential, or ask for geni_extend_alap",
             )
-        leases = self._leases(slice_urn, sliver_urns) if read is None else read
+        leases = self._leases(slice_urn, sliver_urns) if read is None else read.leases
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
         longest = timedelta(seconds=self.policy.max_duration_s)
@@ -547,7 +547,7 @@ class Aggregate:
                 renewals.append((lease.id, new_end, "up"))
         # The calendar first, every lease in one unit of work; then the testbed, and if it cannot follow, every
         # lease goes back as it was (on the testbed too): a Renew is done whole or not at all.
-        renewed = self.bookings.renew_all(renewals, slice_expires=verified.expires)
+        renewed = self.bookings.renew_all(renewals, slice_expires=verified.expires, read=read)
         followed: list[LeaseRecord] = []
         try:
             for before, after in zip(leases, renewed, strict=True):
@@ -708,9 +708,19 @@ class Aggregate:
         named = self._named_slivers(urns)
         if named:
             leases = self.bookings.leases_holding_slivers(named)
-            held = {sliver.urn for lease in leases for sliver in lease.slivers}
-            if named <= held and len({lease.slice_urn for lease in leases}) == 1:
+            if _hold_in_one_slice(named, leases):
                 return leases[0].slice_urn, named, leases
+        slice_urn, sliver_urns = self._resolve(urns)
+        return slice_urn, sliver_urns, None
+
+    def _resolve_for_renewal(self, urns: Sequence[str]) -> tuple[str, set[str] | None, RenewalRead | None]:
+        """``_resolve_with_leases`` for Renew: the same one read also brings what the renewal checks, so that a
+        renewal of one lease is one more statement (on PostgreSQL)."""
+        named = self._named_slivers(urns)
+        if named:
+            read = self.bookings.leases_for_renewal(named)
+            if _hold_in_one_slice(named, read.leases):
+                return read.leases[0].slice_urn, named, read
         slice_urn, sliver_urns = self._resolve(urns)
         return slice_urn, sliver_urns, None
 
@@ -1027,6 +1037,12 @@ def _maybe_compressed(document: str, options: Mapping[str, Any]) -> str:
     if options.get("geni_compressed"):
         return base64.b64encode(zlib.compress(document.encode("utf-8"))).decode("ascii")
     return document
+
+
+def _hold_in_one_slice(named: set[str], leases: Sequence[LeaseRecord]) -> bool:
+    """Whether the leases read hold every sliver named and all belong to one slice."""
+    held = {sliver.urn for lease in leases for sliver in lease.slivers}
+    return named <= held and len({lease.slice_urn for lease in leases}) == 1
 
 
 def _renewal_note(before: LeaseRecord, after: LeaseRecord) -> str:

@@ -532,3 +532,49 @@ def test_a_lease_renewed_while_the_retirement_sweep_runs_is_not_retired(calendar
     (stored,) = calendar.bookings.leases(slice_urn=SLICE)
     assert (stored.state, stored.end) == ("provisioned", at(3))
     assert {sliver.allocation_state for sliver in stored.slivers} == {"geni_provisioned"}
+
+
+def test_the_renewal_read_is_the_leases_and_what_the_renewals_own_read_finds(calendar: Calendar) -> None:
+    """``leases_for_renewal`` answers the leases ``leases_holding_slivers`` answers, and for each the rows the
+    renewal would read itself (slice expiry, each node's grain and state), in the same one query."""
+    two_nodes = [BookingRequest(node_urn("n1"), at(1), at(2)), BookingRequest(node_urn("n2"), at(1), at(2))]
+    (two,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, two_nodes).leases
+    (one,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n3"), at(3), at(4))]).leases
+    calendar.inventory.set_state(node_urn("n2"), "maintenance")  # a node's state is part of what is read
+    urns = [sliver.urn for lease in (two, one) for sliver in lease.slivers]
+    read = calendar.bookings.leases_for_renewal(urns)
+    assert read.leases == calendar.bookings.leases_holding_slivers(urns) == [two, one]
+    for lease in (two, one):
+        own = calendar.database.fetch_all(booking._READ_RENEWED_LEASE, {"lease_id": lease.id})
+        assert [tuple(row) for row in read.checks[lease.id]] == [tuple(row) for row in own]
+    assert [row.node_state for row in read.checks[two.id]] == ["usable", "maintenance"]
+    assert calendar.bookings.leases_for_renewal([]) == booking.RenewalRead([], {})
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_renewal_of_one_lease_read_by_its_call_is_one_statement_on_postgresql(calendar: Calendar) -> None:
+    """With the call's own read (``leases_for_renewal``), the renewal sends only its one statement."""
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    read = calendar.bookings.leases_for_renewal([lease.slivers[0].urn])
+    with _statements_starting(calendar.database, "") as run:
+        (renewed,) = calendar.bookings.renew_all([(lease.id, at(3), "")], SLICE_EXPIRES, read=read)
+    assert [statement.split()[0].upper() for statement in run] == ["WITH"]
+    assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0] and renewed.end == at(3)
+
+
+def test_a_renewal_given_a_read_the_lease_has_changed_since_renews_it_as_it_is(calendar: Calendar) -> None:
+    """The call's read is older than the renewal: renewed meanwhile to another end, the lease is renewed from
+    where it is now (the one statement, which writes only if the lease is as read, writes nothing); cancelled
+    meanwhile, the renewal is refused and writes nothing."""
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    read = calendar.bookings.leases_for_renewal([lease.slivers[0].urn])
+    calendar.bookings.renew(lease.id, at(5))
+    (renewed,) = calendar.bookings.renew_all([(lease.id, at(3), "")], SLICE_EXPIRES, read=read)
+    assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0] and renewed.end == at(3)
+    assert [sliver.end for sliver in renewed.slivers] == [at(3)]
+    calendar.bookings.cancel(lease.id)
+    before = _stored(calendar)
+    with pytest.raises(GeniError) as refused:
+        calendar.bookings.renew_all([(lease.id, at(4), "")], SLICE_EXPIRES, read=read)
+    assert refused.value.reason == Reason.BAD_ARGS and "cancelled" in refused.value.message
+    assert _stored(calendar) == before
