@@ -67,7 +67,9 @@ from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.queries import held_windows, to_s
 from sfa_omf.calendar.records import BookingRequest
 
-NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)  # on a grain boundary
+# 08:00 UTC tomorrow (on a grain boundary), not a fixed date: the benchmarks that check credentials do it at this
+# clock, and the certificates they make are valid from the moment they are made.
+NOW = datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=1)
 NOW_S = to_s(NOW)
 GRAIN_S = 1800
 HORIZON_DAYS = 30

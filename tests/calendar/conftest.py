@@ -7,7 +7,7 @@ so — except under CI (CI=true), where a missing PostgreSQL is a failure, never
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,10 +18,10 @@ from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NodeSpec
+from tests.moment import NOW
 from tests.postgres import empty_postgres
 
-# A fixed "now" on a grain boundary keeps every window in the tests exact.
-NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+# A fixed "now" on a grain boundary keeps every window in the tests exact (tests/moment.py says which).
 SLICE = "urn:publicid:IDN+testbed+slice+exp"
 SLICE_EXPIRES = NOW + timedelta(days=30)
 

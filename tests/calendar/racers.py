@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sfa_omf.calendar.booking import BookingConflict, Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.records import BookingRequest
-
-NOW = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+from tests.moment import NOW
 
 
 def window(round_number: int, contender: int, contenders: int) -> tuple[datetime, datetime]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,17 +18,13 @@ from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from sfa_omf.web.app import WebCalendar, WebSettings
-from tests.calendar.conftest import fresh_database, node_urn
+from tests.calendar.conftest import NOW, fresh_database, node_urn
 from tests.conftest import DemoPki
 
 ALICE = "urn:publicid:IDN+testbed+user+alice"
 CAROL = "urn:publicid:IDN+testbed+user+carol"  # the operator in these tests
 DEMO = "urn:publicid:IDN+testbed+slice+demo"  # alice's slice (she books in it)
 OTHER = "urn:publicid:IDN+elsewhere+slice+secret"
-# The lab's clock is 08:00 UTC tomorrow, not a fixed date: the viewer's certificate is checked at the lab's clock,
-# and the session's demo certificates are valid from the moment they were made. A fixed date became a time bomb
-# the day it passed (every viewer turned public, so every member-only check failed).
-NOW = datetime.combine(datetime.now(UTC).date() + timedelta(days=1), time(8), tzinfo=UTC)
 EXPIRES = NOW + timedelta(days=30)
 
 
