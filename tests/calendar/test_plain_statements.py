@@ -57,6 +57,26 @@ def test_a_statement_that_needs_sqlalchemy_is_run_by_it(calendar: Calendar) -> N
     assert name == node_urn("n1") and isinstance(now, datetime), "converted by SQLAlchemy (SQLite answers text)"
 
 
+def test_whether_a_statement_answers_rows_is_known_from_the_statement(calendar: Calendar) -> None:
+    """A SELECT and a RETURNING answer rows, an UPDATE without RETURNING none (the driver's cursor is not asked: it
+    costs psycopg a column object per column); a text statement, whose columns are unknown, is asked of the cursor."""
+    nodes = table_of(Node)
+    where = nodes.c.component_id == bindparam("name")
+    returning = PlainStatement(update(nodes).where(where).values(grain_s=bindparam("grain")).returning(nodes.c.grain_s))
+    silent = PlainStatement(update(nodes).where(where).values(grain_s=bindparam("grain")))
+    textual = PlainStatement(text("SELECT 7"))
+    dialect = calendar.database.engine.dialect
+    kinds = [statement.compiled_for(dialect) for statement in (_NODES, returning, silent, textual)]
+    assert [None if kind is None else kind.returns_rows for kind in kinds] == [True, True, False, None]
+    with calendar.database.write_connection() as connection:
+        assert execute_plain(connection, returning, {"name": node_urn("n1"), "grain": 900}) == [(900,)]
+        assert execute_plain(connection, silent, {"name": node_urn("n1"), "grain": 600}) == []
+    assert calendar.database.fetch_all(textual) == [(7,)]
+    assert calendar.database.fetch_all(
+        PlainStatement(select(nodes.c.grain_s).where(where)), {"name": node_urn("n1")}
+    ) == [(600,)]
+
+
 def test_json_is_encoded_and_decoded_as_sqlalchemy_does(calendar: Calendar) -> None:
     nodes = table_of(Node)
     write = PlainStatement(
@@ -162,7 +182,8 @@ def test_the_hot_statements_of_the_slice_calls_run_plain_on_both_databases() -> 
     statements = [value for value in vars(booking).values() if isinstance(value, PlainStatement)]
     statements += [booking._renewal_statement(extending, bumping) for extending in both for bumping in both]
     statements += [booking._lease_query(True, True, False, False, False, with_nodes=nodes) for nodes in both]
-    statements += [booking._lease_query(True, False, False, False, False, slivers_named=1)]
+    statements += [booking._lease_query(True, False, False, False, False, slivers_named=1, renewal_checks=True)]
+    statements += [booking._renewal_alone(extending) for extending in both]
     statements += [booking._slices_of_slivers(3), booking._nodes_for_booking(2)]
     statements += [queries._held_query(True, nodes, excluding) for nodes in (0, 3) for excluding in both]
     statements += [*queries._ADVISORY_LOCKS, *queries._ADVISORY_LOCKS_READING_EMAIL]
