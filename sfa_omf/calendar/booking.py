@@ -417,7 +417,12 @@ class Bookings:
                     slivers=tuple(sorted(slivers, key=lambda sliver: sliver.node)),  # as lease_record orders them
                 )
             )
-        if lease_rows:
+        if len(sliver_rows) == 1 and not self.database.is_sqlite:  # nearly every Allocate: one statement
+            (lease_row,), (sliver_row,) = lease_rows, sliver_rows
+            statement = _lease_and_sliver(tuple(lease_row), tuple(sliver_row))
+            parameters = {**_prefixed("lease_", lease_row), **_prefixed("sliver_", sliver_row), **bump_parameters()}
+            execute_plain(connection_of(session, bumps=True), statement, parameters)
+        elif lease_rows:
             connection = connection_of(session, writes=True)
             _insert_rows(connection, _INSERT_LEASE, lease_rows)
             _insert_rows(connection, _INSERT_SLIVER, sliver_rows)
@@ -1129,6 +1134,23 @@ _INSERT_SLIVER = insert(table_of(Sliver))
 def _insert_one(statement: Insert, columns: tuple[str, ...]) -> PlainStatement[Insert]:
     """``statement`` for one row of these columns, each a bound parameter of its name, on the driver's cursor."""
     return PlainStatement(statement.values({column: bindparam(column) for column in columns}))
+
+
+@functools.lru_cache(maxsize=4)
+def _lease_and_sliver(lease_columns: tuple[str, ...], sliver_columns: tuple[str, ...]) -> PlainStatement[Any]:
+    """PostgreSQL: a lease of one sliver inserted with it and the generation's bump, in one statement of the booking's
+    unit of work (three round trips before). Parameters: the lease's columns prefixed ``lease_``, the sliver's
+    ``sliver_``, and ``bump_parameters()``. The sliver's foreign key and the exclusion constraint are checked at the
+    end of the statement, as for two; a refusal undoes the statement whole."""
+    lease_values: dict[str, Any] = {column: bindparam(f"lease_{column}") for column in lease_columns}
+    sliver_values: dict[str, Any] = {column: bindparam(f"sliver_{column}") for column in sliver_columns}
+    new_lease = insert(table_of(Lease)).values(lease_values).returning(_LEASE.id).cte("new_lease")
+    new_sliver = insert(table_of(Sliver)).values(sliver_values).returning(_SLIVER.id).cte("new_sliver")
+    return PlainStatement(select(new_sliver.c.id).add_cte(new_lease, bump_after(new_lease)))
+
+
+def _prefixed(prefix: str, row: Mapping[str, Any]) -> dict[str, Any]:
+    return {prefix + column: value for column, value in row.items()}
 
 
 def _insert_rows(connection: Connection, statement: Insert, rows: list[dict[str, Any]]) -> None:

@@ -373,3 +373,44 @@ def test_the_leases_holding_named_slivers(calendar: Calendar) -> None:
     calendar.bookings.cancel(lease.id)
     assert calendar.bookings.leases_holding_slivers([named]) == [], "a cancelled lease holds nothing"
     assert calendar.bookings.leases_holding_slivers(["urn:publicid:IDN+testbed+sliver+none"]) == []
+
+
+def test_a_booking_of_one_node_counts_once_in_the_generation_whatever_else_it_writes(calendar: Calendar) -> None:
+    """On PostgreSQL the lease, its sliver and the generation's bump are one statement; the unit of work is still
+    counted once when it also writes the new slice, its users and the caller's contact (and on SQLite likewise)."""
+    alice = "urn:publicid:IDN+testbed+user+alice"
+
+    def generation() -> int:
+        with calendar.database.read() as session:
+            return read_generation(session)
+
+    statements: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(" ".join(statement.split()[:3]).upper())
+
+    for number, extras in enumerate(
+        [
+            {},  # the slice exists already (booked below first), nothing else written
+            {"users": {alice: ["ssh-ed25519 AAAA a"]}, "contact": Contact(alice, "alice@example.org")},
+        ]
+    ):
+        slice_urn = f"urn:publicid:IDN+testbed+slice+counted{number}"
+        if not extras:
+            calendar.bookings.book(slice_urn, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+        before = generation()
+        event.listen(calendar.database.engine, "before_cursor_execute", note)
+        try:
+            (lease,) = calendar.bookings.book(
+                slice_urn, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(3 + number), at(4 + number))], **extras
+            ).leases
+        finally:
+            event.remove(calendar.database.engine, "before_cursor_execute", note)
+        assert generation() == before + 1
+        assert calendar.bookings.leases(slice_urn=slice_urn)[-1] == lease
+        if not calendar.database.is_sqlite:
+            assert "WITH NEW_LEASE AS" in statements
+            assert not [text for text in statements if text.startswith(("INSERT INTO LEASE", "INSERT INTO SLIVER"))]
+            assert not [text for text in statements if "CALENDAR_GENERATION" in text]
+        statements.clear()
+    assert Slices(calendar.database).get("urn:publicid:IDN+testbed+slice+counted1").users[0].user_urn == alice
