@@ -68,8 +68,15 @@ from sfa_omf.calendar.queries import held_windows, to_s
 from sfa_omf.calendar.records import BookingRequest
 
 # 08:00 UTC tomorrow (on a grain boundary), not a fixed date: the benchmarks that check credentials do it at this
-# clock, and the certificates they make are valid from the moment they are made.
-NOW = datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=1)
+# clock, and the certificates they make are valid from the moment they are made. The processes a benchmark starts
+# (spawned: they import this module again) take the first one's, through the environment.
+_NOW_VARIABLE = "SFA_OMF_BENCH_NOW"
+NOW = (
+    datetime.fromisoformat(os.environ[_NOW_VARIABLE])
+    if _NOW_VARIABLE in os.environ
+    else datetime.now(UTC).replace(hour=8, minute=0, second=0, microsecond=0) + timedelta(days=1)
+)
+os.environ[_NOW_VARIABLE] = NOW.isoformat()
 NOW_S = to_s(NOW)
 GRAIN_S = 1800
 HORIZON_DAYS = 30

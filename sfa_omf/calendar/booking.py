@@ -216,7 +216,8 @@ class Bookings:
             if conflicts and (not best_effort or not free):
                 raise BookingConflict(conflicts)
             self._check_limits(session, slice_id, slice_urn, owner_urn, [(node, window) for _, node, window in free])
-            leases = self._insert(session, slice_id, slice_urn, owner_urn, free, now_s)
+            # The slice's users and the caller's contact before the leases: the leases' statement may bump the
+            # generation (_lease_and_sliver), and a Provision writes these rows, then bumps, in this order too.
             if users:
                 slice_row = session.get(Slice, slice_id)
                 assert slice_row is not None  # written or read above, in this transaction
@@ -226,6 +227,7 @@ class Bookings:
             if contact_changed:
                 record_contact(session, contact, now_s)
             session.flush()
+            leases = self._insert(session, slice_id, slice_urn, owner_urn, free, now_s)
             view = _slice_view(session, slice_urn, slice_users) if read_slice else None
             return BookingResult(leases=tuple(leases), refused=tuple(conflicts), slice_view=view)
 
@@ -348,8 +350,8 @@ class Bookings:
         free: list[tuple[BookingRequest, _BookedNode, Interval]],
         now_s: int,
     ) -> list[LeaseRecord]:
-        """Insert the leases and their slivers (two statements, however many) and answer their records, made from
-        the values written."""
+        """Insert the leases and their slivers and answer their records, made from the values written: one statement
+        with the generation's bump for one sliver on PostgreSQL, else two (however many leases and slivers)."""
         by_lease: dict[tuple[Interval, str], list[tuple[BookingRequest, _BookedNode]]] = defaultdict(list)
         for request, node, window in free:
             by_lease[(window, request.lease_label)].append((request, node))
@@ -469,9 +471,10 @@ class Bookings:
         slice_expires: datetime | None,
         as_read: Sequence[_RenewalRow] | None = None,
     ) -> LeaseRecord | None:
-        """PostgreSQL, one lease: checked as last committed (``as_read``, the call's own read, or one read here), then
-        renewed by one statement of its own that writes only if the lease is still as read and no other lease holds
-        its nodes in the extension: one or two round trips instead of four. None when it wrote nothing for a reason
+        """PostgreSQL, one lease: checked as last committed (``as_read``: the call's own read, made before it was
+        authorized; else one read here), then renewed by one statement of its own that writes only if the lease is
+        still as read and, when extending, no other lease holds its nodes in the extension and they are all still
+        usable: one or two round trips instead of four. None when it wrote nothing for a reason
         the unit of work must look into: the lease changed since it was read, the extension is held (the unit of
         work names who holds it), or the slice's expiry is to be written too (nearly never)."""
         now_s = to_s(self.clock())
@@ -1140,8 +1143,11 @@ def _insert_one(statement: Insert, columns: tuple[str, ...]) -> PlainStatement[I
 def _lease_and_sliver(lease_columns: tuple[str, ...], sliver_columns: tuple[str, ...]) -> PlainStatement[Any]:
     """PostgreSQL: a lease of one sliver inserted with it and the generation's bump, in one statement of the booking's
     unit of work (three round trips before). Parameters: the lease's columns prefixed ``lease_``, the sliver's
-    ``sliver_``, and ``bump_parameters()``. The sliver's foreign key and the exclusion constraint are checked at the
-    end of the statement, as for two; a refusal undoes the statement whole."""
+    ``sliver_``, and ``bump_parameters()``. The exclusion constraint refuses an overlapping sliver as it is inserted,
+    the sliver's foreign key is checked at the end of the statement; either refusal undoes the statement whole. Its
+    bump is not the unit of work's last write (the slice view is read after it): the shard it bumped stays locked for
+    that read too, and the slice's users and the caller's contact are written before it (in the order a Provision
+    writes them, then bumps)."""
     lease_values: dict[str, Any] = {column: bindparam(f"lease_{column}") for column in lease_columns}
     sliver_values: dict[str, Any] = {column: bindparam(f"sliver_{column}") for column in sliver_columns}
     new_lease = insert(table_of(Lease)).values(lease_values).returning(_LEASE.id).cte("new_lease")
@@ -1303,20 +1309,26 @@ def _renewal_statement(extending: bool, bumping: bool) -> PlainStatement[Any]:
 def _renewal_alone(extending: bool) -> PlainStatement[Any]:
     """One lease's renewal as one PostgreSQL statement (``Database.write_alone``): the lease's UPDATE, only if it is
     still in the state and with the end the checks read and, when ``extending``, no other lease holds one of its
-    slivers' nodes in the extension (an UPDATE that waited for the row's lock checks this again on the row as the
-    other writer left it); then its slivers' UPDATE, joined to its row so run after it (every writer of a lease's
-    slivers locks the lease first; an UPDATE that meets a row changed since the statement began updates the row as
-    it is now); then the generation's bump. One row per sliver, the lease's id first (a lease without slivers: one
-    row, its sliver columns None); no row when nothing was written. The exclusion constraint still refuses an
-    extension a booking took after the statement's snapshot (the statement is then undone whole)."""
+    slivers' nodes in the extension and none of them is out of use, maintenance or lost (an UPDATE that waited for
+    the row's lock checks this again on the row as the other writer left it); then its slivers' UPDATE, joined to
+    its row so run after it (every writer of a lease's slivers locks the lease first; an UPDATE that meets a row
+    changed since the statement began updates the row as it is now); then the generation's bump. One row per
+    sliver, the lease's id first (a lease without slivers: one row, its sliver columns None); no row when nothing
+    was written. The exclusion constraint still refuses an extension a booking took after the statement's snapshot
+    (the statement is then undone whole)."""
     conditions = [
         _LEASE.id == bindparam("renewed_lease"),
         _LEASE.state == bindparam("read_state"),
         _LEASE.end_s == _OLD_END,
     ]
     if extending:
+        # None of its slivers' nodes held by another lease in the extension, nor out of use (maintenance, lost): the
+        # checks' read may be the call's, made before it was authorized.
         mine = table_of(Sliver).alias("mine")
-        conditions.append(~exists().where(mine.c.lease_id == _LEASE.id, _held_in_extension(mine.c.node_id)))
+        out_of_use = table_of(Node).alias("out_of_use")
+        node_state = select(out_of_use.c.state).where(out_of_use.c.id == mine.c.node_id).scalar_subquery()
+        taken = or_(_held_in_extension(mine.c.node_id), node_state != literal_column("'usable'"))
+        conditions.append(~exists().where(mine.c.lease_id == _LEASE.id, taken))
     lengthened = (
         update(table_of(Lease)).where(*conditions).values(end_s=_NEW_END).returning(_LEASE.id).cte("lengthened")
     )

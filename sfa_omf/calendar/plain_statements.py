@@ -202,5 +202,6 @@ def _compile(statement: Executable, dialect: Dialect) -> CompiledPlain | None:
         defaults={name: bind.effective_value for name, bind in binds.items() if not bind.required},
         bind_converters=bind_converters,
         column_converters=column_converters if any(column_converters) else None,
-        returns_rows=None if exported is None else bool(columns),
+        # (An INSERT without RETURNING gets its primary key's on PostgreSQL, which SQLAlchemy adds when compiling.)
+        returns_rows=None if exported is None else bool(columns or getattr(compiled, "effective_returning", None)),
     )

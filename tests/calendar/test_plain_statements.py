@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sfa_omf.calendar import booking, generation, inventory, queries, slices
 from sfa_omf.calendar.booking import BookingConflict, _lease_query
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import Node, Slice
+from sfa_omf.calendar.models import Node, Pool, Slice
 from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, execute_plain, listed, listed_values
 from sfa_omf.calendar.queries import held_windows, table_of, to_s
 from sfa_omf.calendar.records import BookingRequest
@@ -65,9 +65,15 @@ def test_whether_a_statement_answers_rows_is_known_from_the_statement(calendar: 
     returning = PlainStatement(update(nodes).where(where).values(grain_s=bindparam("grain")).returning(nodes.c.grain_s))
     silent = PlainStatement(update(nodes).where(where).values(grain_s=bindparam("grain")))
     textual = PlainStatement(text("SELECT 7"))
+    # No RETURNING asked: SQLAlchemy adds the primary key's on PostgreSQL (none on SQLite), and it is answered.
+    new_pool = PlainStatement(insert(table_of(Pool)).values(name=bindparam("name"), federated=True, description=""))
     dialect = calendar.database.engine.dialect
-    kinds = [statement.compiled_for(dialect) for statement in (_NODES, returning, silent, textual)]
-    assert [None if kind is None else kind.returns_rows for kind in kinds] == [True, True, False, None]
+    kinds = [statement.compiled_for(dialect) for statement in (_NODES, returning, silent, textual, new_pool)]
+    implicit = not calendar.database.is_sqlite
+    assert [None if kind is None else kind.returns_rows for kind in kinds] == [True, True, False, None, implicit]
+    with calendar.database.write_connection() as connection:
+        answered = execute_plain(connection, new_pool, {"name": "implicit"})
+    assert len(answered) == (1 if implicit else 0) and all(isinstance(row[0], int) for row in answered)
     with calendar.database.write_connection() as connection:
         assert execute_plain(connection, returning, {"name": node_urn("n1"), "grain": 900}) == [(900,)]
         assert execute_plain(connection, silent, {"name": node_urn("n1"), "grain": 600}) == []
@@ -183,7 +189,6 @@ def test_the_hot_statements_of_the_slice_calls_run_plain_on_both_databases() -> 
     statements += [booking._renewal_statement(extending, bumping) for extending in both for bumping in both]
     statements += [booking._lease_query(True, True, False, False, False, with_nodes=nodes) for nodes in both]
     statements += [booking._lease_query(True, False, False, False, False, slivers_named=1, renewal_checks=True)]
-    statements += [booking._renewal_alone(extending) for extending in both]
     statements += [booking._slices_of_slivers(3), booking._nodes_for_booking(2)]
     statements += [queries._held_query(True, nodes, excluding) for nodes in (0, 3) for excluding in both]
     statements += [*queries._ADVISORY_LOCKS, *queries._ADVISORY_LOCKS_READING_EMAIL]
@@ -195,6 +200,12 @@ def test_the_hot_statements_of_the_slice_calls_run_plain_on_both_databases() -> 
     assert len(statements) >= 25
     for dialect in (pysqlite.dialect(), psycopg.dialect()):
         statements_of_dialect = [*statements, generation._bump_statement(dialect.name)]
+        if dialect.name == "postgresql":  # (statements of PostgreSQL's alone)
+            statements_of_dialect += [booking._renewal_alone(extending) for extending in both]
+            lease_columns = ("id", "slice_id", "owner_urn", "start_s", "end_s", "state", "client_id")
+            sliver_columns = ("urn", "lease_id", "node_id", "start_s", "end_s", "holds_node", "allocation_state")
+            sliver_columns += ("operational_state", "expires_s", "client_id", "disk_image")  # as _insert writes them
+            statements_of_dialect += [booking._lease_and_sliver(lease_columns, sliver_columns)]
         refused = [statement for statement in statements_of_dialect if statement.compiled_for(dialect) is None]
         assert refused == [], f"{dialect.name}: not plain"
 

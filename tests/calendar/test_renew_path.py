@@ -562,6 +562,7 @@ def test_a_renewal_of_one_lease_read_by_its_call_is_one_statement_on_postgresql(
     assert renewed == calendar.bookings.leases(slice_urn=SLICE)[0] and renewed.end == at(3)
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)  # (SQLite's renewals do not take the read)
 def test_a_renewal_given_a_read_the_lease_has_changed_since_renews_it_as_it_is(calendar: Calendar) -> None:
     """The call's read is older than the renewal: renewed meanwhile to another end, the lease is renewed from
     where it is now (the one statement, which writes only if the lease is as read, writes nothing); cancelled
@@ -578,3 +579,23 @@ def test_a_renewal_given_a_read_the_lease_has_changed_since_renews_it_as_it_is(c
         calendar.bookings.renew_all([(lease.id, at(4), "")], SLICE_EXPIRES, read=read)
     assert refused.value.reason == Reason.BAD_ARGS and "cancelled" in refused.value.message
     assert _stored(calendar) == before
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_renewal_given_a_read_made_before_its_node_went_into_maintenance_is_refused(calendar: Calendar) -> None:
+    """The call's read saw the node usable; switched to maintenance before the renewal's statement, the extension is
+    refused all the same (the statement writes nothing, the unit of work names the node) and nothing is written; a
+    shortening given the same read is still allowed."""
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    read = calendar.bookings.leases_for_renewal([lease.slivers[0].urn])
+    calendar.inventory.set_state(node_urn("n1"), "maintenance")
+    before = _stored(calendar)
+    with _statements_starting(calendar.database, "WITH") as tried, pytest.raises(BookingConflict) as refused:
+        calendar.bookings.renew_all([(lease.id, at(3), "")], SLICE_EXPIRES, read=read)
+    assert len(tried) == 1, "the one statement (nothing written); the unit of work's checks refused before writing"
+    assert [(conflict.node, conflict.problem) for conflict in refused.value.conflicts] == [
+        (node_urn("n1"), "is in maintenance")
+    ]
+    assert _stored(calendar) == before
+    (shortened,) = calendar.bookings.renew_all([(lease.id, at(1.5), "")], SLICE_EXPIRES, read=read)
+    assert shortened.end == at(1.5) == calendar.bookings.leases(slice_urn=SLICE)[0].end

@@ -414,3 +414,40 @@ def test_a_booking_of_one_node_counts_once_in_the_generation_whatever_else_it_wr
             assert not [text for text in statements if "CALENDAR_GENERATION" in text]
         statements.clear()
     assert Slices(calendar.database).get("urn:publicid:IDN+testbed+slice+counted1").users[0].user_urn == alice
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_booking_whose_slot_is_taken_before_its_statement_runs_is_refused_naming_the_holder(
+    calendar: Calendar,
+) -> None:
+    """The slot was free when the booking checked it; a sliver that starts holding it commits just before the
+    booking's one statement (lease, sliver, bump) runs: the exclusion constraint refuses the statement whole, the
+    booking runs again and names the holder; nothing of it is written, the generation not counted."""
+    other_slice = "urn:publicid:IDN+testbed+slice+other"
+    (other,) = calendar.bookings.book(other_slice, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    calendar.bookings.cancel(other.id)  # its sliver stays on n1, holding nothing
+    with calendar.database.read() as session:
+        generation = read_generation(session)
+    tried: list[str] = []
+
+    def take_the_slot(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.startswith("WITH new_lease"):
+            tried.append(statement)
+            if len(tried) == 1:  # (from another connection, committed: the database sees it, the check did not)
+                with calendar.database.engine.begin() as connection:
+                    connection.execute(update(Sliver).where(Sliver.lease_id == other.id).values(holds_node=True))
+
+    event.listen(calendar.database.engine, "before_cursor_execute", take_the_slot)
+    try:
+        with pytest.raises(BookingConflict) as refused:
+            calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    finally:
+        event.remove(calendar.database.engine, "before_cursor_execute", take_the_slot)
+    assert len(tried) == 1, "refused by the constraint once; the second attempt's check saw the holder"
+    assert [(conflict.node, conflict.clashing) for conflict in refused.value.conflicts] == [
+        (node_urn("n1"), ((at(1), at(2)),))
+    ]
+    assert calendar.bookings.leases(slice_urn=SLICE, active_only=False) == []
+    with calendar.database.read() as session:
+        assert read_generation(session) == generation
+    assert_no_overlap(calendar.database)
