@@ -25,7 +25,6 @@ from sfa_omf.notify.notifier import Notifier, NotifySettings
 from sfa_omf.server.app import _backend_task
 from sfa_omf.testbed.base import BackgroundTask
 from sfa_omf.testbed.oar.backend import ReconcileReport
-from sfa_omf.times import format_time
 from tests.calendar.conftest import NOW, fresh_database, node_urn
 from tests.notify.conftest import ALICE, SECRET, SLICE, Booked, Receiver, SmtpServer, free_port
 
@@ -227,7 +226,7 @@ def test_refused_renewal_reaches_the_slice_users_once(booked: Booked, smtp: Smtp
     note.deliver()
     refused = [m for m in smtp.mailbox.messages if "refused" in str(m["Subject"])]
     assert len(refused) == 1
-    assert str(refused[0]["Subject"]) == f"[sfa-omf] renewal of {SLICE} to {format_time(booked.at(40))} refused"
+    assert str(refused[0]["Subject"]) == f"[sfa-omf] renewal of {SLICE} to {booked.at(40):%Y-%m-%dT%H:%M:%SZ} refused"
     assert "another booking took the time" in refused[0].get_content()
 
 
