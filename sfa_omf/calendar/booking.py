@@ -474,9 +474,9 @@ class Bookings:
         """PostgreSQL, one lease: checked as last committed (``as_read``: the call's own read, made before it was
         authorized; else one read here), then renewed by one statement of its own that writes only if the lease is
         still as read and, when extending, no other lease holds its nodes in the extension and they are all still
-        usable: one or two round trips instead of four. None when it wrote nothing for a reason
-        the unit of work must look into: the lease changed since it was read, the extension is held (the unit of
-        work names who holds it), or the slice's expiry is to be written too (nearly never)."""
+        usable: one or two round trips instead of four. None when it wrote nothing for a reason the unit of work
+        must look into: the lease changed since it was read, the extension is held or a node out of use (the unit
+        of work names them), or the slice's expiry is to be written too (nearly never)."""
         now_s = to_s(self.clock())
         target = as_read
         if target is None:

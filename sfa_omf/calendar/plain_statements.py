@@ -47,7 +47,8 @@ class CompiledPlain:
     bind_converters: Mapping[str, Callable[[Any], Any]]
     column_converters: tuple[Convert, ...] | None  # None: every column comes from the driver as it is
     # Whether it answers rows (a SELECT, a RETURNING), known from the statement: asking the cursor (psycopg's
-    # ``description``) builds a column object per column on every execution, 0.05 ms a statement. None: ask it.
+    # ``description``) builds a column object per column on every execution (2 us for 1 column, 15 for 10, measured
+    # alone). None: ask it.
     returns_rows: bool | None = None
 
     def arguments(self, parameters: Mapping[str, Any]) -> Sequence[Any] | Mapping[str, Any]:
