@@ -813,20 +813,12 @@ class Bookings:
     def leases_holding_slivers(self, sliver_urns: Iterable[str]) -> list[LeaseRecord]:
         """The active leases that hold any of the named slivers (with all their slivers), oldest first, in one column
         query: Renew and Delete read what they act on, whatever else the slice holds."""
-        urns = sorted(set(sliver_urns))
-        if not urns:
-            return []  # (slivers_named=0 would be no filter at all)
-        query = _lease_query(True, False, False, False, False, slivers_named=listed_count(urns))
-        return _lease_records(self.database.fetch_all(query, listed_values("sliver_urns", urns)))
+        return _lease_records(self._rows_holding(sliver_urns, renewal_checks=False))
 
     def leases_for_renewal(self, sliver_urns: Iterable[str]) -> RenewalRead:
         """``leases_holding_slivers``, with what a renewal's checks read of each lease (its slice's expiry, its
         nodes' grains and states), in the same one query: Renew reads once what it authorizes, answers and checks."""
-        urns = sorted(set(sliver_urns))
-        if not urns:
-            return RenewalRead([], {})
-        query = _lease_query(True, False, False, False, False, slivers_named=listed_count(urns), renewal_checks=True)
-        rows = self.database.fetch_all(query, listed_values("sliver_urns", urns))
+        rows = self._rows_holding(sliver_urns, renewal_checks=True)
         checks: dict[str, list[_RenewalRow]] = defaultdict(list)
         for row in rows:
             lease_id, slice_urn, owner_urn, start_s, end_s, state, client_id = row[:7]
@@ -849,6 +841,16 @@ class Bookings:
             )
         leases = _lease_records([row[:16] for row in rows])
         return RenewalRead(leases, {lease_id: tuple(found) for lease_id, found in checks.items()})
+
+    def _rows_holding(self, sliver_urns: Iterable[str], renewal_checks: bool) -> Sequence[Sequence[Any]]:
+        """The rows of ``_lease_query`` for the active leases holding any of the named slivers."""
+        urns = sorted(set(sliver_urns))
+        if not urns:
+            return []  # (slivers_named=0 would be no filter at all)
+        query = _lease_query(
+            True, False, False, False, False, slivers_named=listed_count(urns), renewal_checks=renewal_checks
+        )
+        return self.database.fetch_all(query, listed_values("sliver_urns", urns))
 
     def leases(
         self,

@@ -9,14 +9,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
-from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from tests.calendar.conftest import fresh_database, node_urn
+from tests.calendar.test_renew_path import _statements_starting
 from tests.conftest import DemoPki
 
 
@@ -31,17 +30,6 @@ def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> I
     database.dispose()
 
 
-def _first_words(database: Database) -> tuple[list[str], object]:
-    """The first word of each statement sent from now on, and the listener to remove."""
-    words: list[str] = []
-
-    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        words.append(statement.split()[0].upper())
-
-    event.listen(database.engine, "before_cursor_execute", note)
-    return words, note
-
-
 def test_a_renew_by_sliver_urn_reads_once_and_writes_once(aggregate: Aggregate, pki: DemoPki) -> None:
     alice = pki.users["alice"]
     expires = aggregate.authorize("Renew", alice.chain, [alice.slice_cred], pki.slice_urn, {}).expires
@@ -51,11 +39,9 @@ def test_a_renew_by_sliver_urn_reads_once_and_writes_once(aggregate: Aggregate, 
     ).leases
     sliver = lease.slivers[0].urn
     new_end = start + timedelta(hours=3)
-    words, note = _first_words(aggregate.database)
-    try:
+    with _statements_starting(aggregate.database, "") as sent:
         (answer,) = aggregate.renew(alice.chain, [sliver], [alice.slice_cred], format_time(new_end), {})
-    finally:
-        event.remove(aggregate.database.engine, "before_cursor_execute", note)
+    words = [statement.split()[0].upper() for statement in sent]
     if not aggregate.database.is_sqlite:
         assert words == ["SELECT", "WITH"], words  # the call's read, then the renewal's one statement
     assert answer["geni_sliver_urn"] == sliver

@@ -21,6 +21,7 @@ from sfa_omf.calendar.slices import Contact, Slices
 from sfa_omf.errors import GeniError, Reason
 from tests.calendar.conftest import NOW, SLICE, SLICE_EXPIRES, Calendar, at, node_urn
 from tests.calendar.test_concurrency import assert_no_overlap, held
+from tests.calendar.test_renew_path import _statements_starting
 
 
 def test_booking_and_cancel_records_are_what_the_database_holds(calendar: Calendar) -> None:
@@ -384,11 +385,6 @@ def test_a_booking_of_one_node_counts_once_in_the_generation_whatever_else_it_wr
         with calendar.database.read() as session:
             return read_generation(session)
 
-    statements: list[str] = []
-
-    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-        statements.append(" ".join(statement.split()[:3]).upper())
-
     for number, extras in enumerate(
         [
             {},  # the slice exists already (booked below first), nothing else written
@@ -399,20 +395,17 @@ def test_a_booking_of_one_node_counts_once_in_the_generation_whatever_else_it_wr
         if not extras:
             calendar.bookings.book(slice_urn, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
         before = generation()
-        event.listen(calendar.database.engine, "before_cursor_execute", note)
-        try:
+        with _statements_starting(calendar.database, "") as sent:
             (lease,) = calendar.bookings.book(
                 slice_urn, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(3 + number), at(4 + number))], **extras
             ).leases
-        finally:
-            event.remove(calendar.database.engine, "before_cursor_execute", note)
+        statements = [" ".join(statement.split()[:3]).upper() for statement in sent]
         assert generation() == before + 1
         assert calendar.bookings.leases(slice_urn=slice_urn)[-1] == lease
         if not calendar.database.is_sqlite:
             assert "WITH NEW_LEASE AS" in statements
             assert not [text for text in statements if text.startswith(("INSERT INTO LEASE", "INSERT INTO SLIVER"))]
             assert not [text for text in statements if "CALENDAR_GENERATION" in text]
-        statements.clear()
     assert Slices(calendar.database).get("urn:publicid:IDN+testbed+slice+counted1").users[0].user_urn == alice
 
 
