@@ -16,15 +16,19 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple, cast
 
 from sqlalchemy import (
+    CTE,
     BigInteger,
     ColumnElement,
     Connection,
     Insert,
+    Integer,
     Select,
+    and_,
     bindparam,
     case,
     delete,
     exists,
+    func,
     insert,
     literal_column,
     or_,
@@ -183,13 +187,27 @@ class Bookings:
             # Racers for the same node queue on its row (locked in id order, so never in a cycle) instead of
             # deadlocking inside the exclusion check; bookings of other nodes still run in parallel. The exclusion
             # constraint stays the guarantee. (SQLite: BEGIN IMMEDIATE has serialized writers already.)
+            # The same statement reads what the nodes hold during the requested span. On PostgreSQL that read sees the
+            # snapshot taken before the statement waited for a racer's lock: the racer's booking, committed meanwhile,
+            # is not in it, and the exclusion constraint refuses ours when inserted; ``book`` then runs again and
+            # sees the winner (the racers of one node take one more try, the others one round trip less).
             component_ids = sorted({r.node for r in requests})
             locked = execute_plain(
                 connection_of(session),
                 _nodes_for_booking(listed_count(component_ids)),
-                listed_values("component_ids", component_ids),
+                {
+                    **listed_values("component_ids", component_ids),
+                    "after_s": min(to_s(r.start) for r in requests),
+                    "before_s": max(to_s(r.end) for r in requests),
+                },
             )
-            nodes = {node.component_id: node for node in (_BookedNode(*row) for row in locked)}
+            nodes: dict[str, _BookedNode] = {}
+            busy: dict[int, list[Interval]] = {}
+            for *node_columns, held_start_s, held_end_s in locked:
+                locked_node = _BookedNode(*node_columns)
+                nodes[locked_node.component_id] = locked_node
+                if held_start_s is not None:
+                    busy.setdefault(locked_node.id, []).append((held_start_s, held_end_s))
             wanted: list[tuple[BookingRequest, _BookedNode, Interval]] = []
             conflicts: list[Conflict] = []
             for request in requests:
@@ -211,7 +229,7 @@ class Bookings:
                     conflicts.append(Conflict(node.component_id, request.start, request.end, _unusable(node.state)))
                     continue
                 wanted.append((request, node, window))
-            free, clashes = self._split_free(session, wanted)
+            free, clashes = self._split_free(session, wanted, busy)
             conflicts += clashes
             if conflicts and (not best_effort or not free):
                 raise BookingConflict(conflicts)
@@ -227,8 +245,12 @@ class Bookings:
             if contact_changed:
                 record_contact(session, contact, now_s)
             session.flush()
-            leases = self._insert(session, slice_id, slice_urn, owner_urn, free, now_s)
-            view = _slice_view(session, slice_urn, slice_users) if read_slice else None
+            leases, slice_rows = self._insert(session, slice_id, slice_urn, owner_urn, free, now_s, read_slice)
+            view = None
+            if slice_rows is not None:
+                view = _view_with_booked(slice_rows, leases, [node for _, node, _ in free], slice_users)
+            elif read_slice:
+                view = _slice_view(session, slice_urn, slice_users)
             return BookingResult(leases=tuple(leases), refused=tuple(conflicts), slice_view=view)
 
     def _serialize_slice(self, session: Session, slice_urn: str, owner_urn: str, contact: Contact | None) -> bool:
@@ -264,20 +286,23 @@ class Bookings:
         return int(slice_id), _user_records((row[3], row[4]) for row in rows if row[3] is not None)
 
     def _split_free(
-        self, session: Session, wanted: list[tuple[BookingRequest, _BookedNode, Interval]]
+        self,
+        session: Session,
+        wanted: list[tuple[BookingRequest, _BookedNode, Interval]],
+        busy: dict[int, list[Interval]],
     ) -> tuple[list[tuple[BookingRequest, _BookedNode, Interval]], list[Conflict]]:
-        """Split the wanted windows into free ones and conflicts (with the clashing windows and next free start)."""
+        """Split the wanted windows into free ones and conflicts (with the clashing windows and next free start).
+        ``busy``: the windows held on each node during the requested span, by start (the nodes' locking read)."""
         if not wanted:
             return [], []
         earliest = min(window[0] for _, _, window in wanted)
         latest = max(window[1] for _, _, window in wanted)
         # Checking needs only what lies inside the requested span; later windows matter only to say when a
         # conflicting node is free next, so they are read for conflicting nodes only.
-        busy = held_windows(session, earliest, latest, node_ids={node.id for _, node, _ in wanted})
         free: list[tuple[BookingRequest, _BookedNode, Interval]] = []
         clashes: list[tuple[BookingRequest, _BookedNode, Interval, list[Interval]]] = []
         for request, node, window in wanted:
-            taken = busy[node.id]
+            taken = busy.setdefault(node.id, [])
             clashing = [interval for interval in taken if overlaps(interval, window)]
             if clashing:
                 clashes.append((request, node, window, clashing))
@@ -349,9 +374,13 @@ class Bookings:
         owner_urn: str,
         free: list[tuple[BookingRequest, _BookedNode, Interval]],
         now_s: int,
-    ) -> list[LeaseRecord]:
+        read_slice: bool,
+    ) -> tuple[list[LeaseRecord], Sequence[Sequence[Any]] | None]:
         """Insert the leases and their slivers and answer their records, made from the values written: one statement
-        with the generation's bump for one sliver on PostgreSQL, else two (however many leases and slivers)."""
+        with the generation's bump for one sliver on PostgreSQL, else two (however many leases and slivers). With
+        ``read_slice``, the one statement also reads the slice's other active leases with their nodes (the rows of
+        ``_SLICE_LEASES_WITH_NODES``, as they were before it: the new lease is not among them), answered second;
+        None when they are still to be read."""
         by_lease: dict[tuple[Interval, str], list[tuple[BookingRequest, _BookedNode]]] = defaultdict(list)
         for request, node, window in free:
             by_lease[(window, request.lease_label)].append((request, node))
@@ -421,14 +450,17 @@ class Bookings:
             )
         if len(sliver_rows) == 1 and not self.database.is_sqlite:  # nearly every Allocate: one statement
             (lease_row,), (sliver_row,) = lease_rows, sliver_rows
-            statement = _lease_and_sliver(tuple(lease_row), tuple(sliver_row))
+            statement = _lease_and_sliver(tuple(lease_row), tuple(sliver_row), read_slice)
             parameters = {**_prefixed("lease_", lease_row), **_prefixed("sliver_", sliver_row), **bump_parameters()}
-            execute_plain(connection_of(session, bumps=True), statement, parameters)
-        elif lease_rows:
+            if read_slice:
+                parameters["slice_urn"] = slice_urn
+            rows = execute_plain(connection_of(session, bumps=True), statement, parameters)
+            return records, rows if read_slice else None
+        if lease_rows:
             connection = connection_of(session, writes=True)
             _insert_rows(connection, _INSERT_LEASE, lease_rows)
             _insert_rows(connection, _INSERT_SLIVER, sliver_rows)
-        return records
+        return records, None
 
     # -- changing leases --------------------------------------------------------------------------------------
     def renew(
@@ -687,6 +719,27 @@ class Bookings:
             bump_on(connection)
             return _lease_record_of(cancelled_rows[0], slivers)
 
+    def cancel_allocated_holding(self, slice_urn: str, sliver_urns: Iterable[str]) -> LeaseRecord | None:
+        """PostgreSQL: the allocated lease (never provisioned) of ``slice_urn`` that holds every sliver named,
+        cancelled with its slivers released and the generation bumped, in one statement of its own (as ``cancel``'s).
+        None, having written nothing, when no such lease holds them all: not one lease, not this slice's, provisioned,
+        no longer active, unknown (or on SQLite, or more slivers named than MAX_LISTED). The caller has authorized the
+        call on ``slice_urn`` itself: a Delete of an allocation is then one round trip instead of two (its read of the
+        slivers' slice, then the cancel)."""
+        urns = sorted(set(sliver_urns))
+        if self.database.is_sqlite or not urns or len(urns) > MAX_LISTED:
+            return None
+        parameters = {
+            "slice_urn": slice_urn,
+            "named_count": len(urns),
+            **listed_values("sliver_urns", urns),
+            **bump_parameters(),
+        }
+        written = retry_transient(lambda: self.database.write_alone(_cancel_allocated_holding(len(urns)), parameters))
+        if not written:
+            return None
+        return _lease_record_of(written[0][:7], [row[7:] for row in written if row[7] is not None])
+
     def mark_provisioned(self, lease_id: str) -> LeaseRecord:
         """An allocated lease becomes provisioned (again: no change, so a retried or finished Provision is fine)."""
         with self.database.write() as session:
@@ -809,6 +862,12 @@ class Bookings:
             return set()
         rows = self.database.fetch_all(_slices_of_slivers(listed_count(urns)), listed_values("urns", urns))
         return {row[0] for row in rows}
+
+    def leases_with_nodes(self, slice_urn: str) -> tuple[list[LeaseRecord], dict[str, ManifestNode]]:
+        """A slice's active leases (oldest first, as ``leases(slice_urn=...)``) and the manifest's view of their
+        nodes (by component id), in one column query: Describe's manifest needs both on every call, and a second
+        read of the nodes was a round trip of its own on PostgreSQL."""
+        return _leases_and_nodes(self.database.fetch_all(_SLICE_LEASES_WITH_NODES, {"slice_urn": slice_urn}))
 
     def leases_holding_slivers(self, sliver_urns: Iterable[str]) -> list[LeaseRecord]:
         """The active leases that hold any of the named slivers (with all their slivers), oldest first, in one column
@@ -1062,6 +1121,8 @@ class _BookedNode(NamedTuple):
     component_id: str
     grain_s: int
     state: str
+    component_name: str  # (and exclusive: what a manifest shows of it)
+    exclusive: bool
 
 
 class _RenewalRow(NamedTuple):
@@ -1121,13 +1182,32 @@ _SLICE_EXPIRES = PlainStatement(
 
 
 @functools.lru_cache(maxsize=MAX_LISTED + 1)
-def _nodes_for_booking(count: int) -> PlainStatement[Select[int, str, int, str]]:
-    """The booked nodes' rows, locked in id order: ``count`` component ids (``listed_values("component_ids", ...)``)."""
+def _nodes_for_booking(count: int) -> PlainStatement[Select[*tuple[Any, ...]]]:
+    """The booked nodes' rows, locked in id order, each with the windows held on it between ``after_s`` and
+    ``before_s`` (a row per window, by start; a node holding none: one row whose window is NULL): ``count`` component
+    ids (``listed_values("component_ids", ...)``). A node's columns are ``_BookedNode``'s."""
+    held = and_(
+        Sliver.node_id == Node.id,
+        Sliver.holds_node.is_(True),
+        Sliver.end_s > bindparam("after_s"),
+        Sliver.start_s < bindparam("before_s"),
+    )
     return PlainStatement(
-        select(Node.id, Node.component_id, Node.grain_s, Node.state)
+        select(
+            Node.id,
+            Node.component_id,
+            Node.grain_s,
+            Node.state,
+            Node.component_name,
+            Node.exclusive,
+            Sliver.start_s,
+            Sliver.end_s,
+        )
+        .select_from(Node)
+        .outerjoin(Sliver, held)
         .where(Node.component_id.in_(listed("component_ids", count)))
-        .order_by(Node.id)
-        .with_for_update()
+        .order_by(Node.id, Sliver.start_s)
+        .with_for_update(of=Node)
     )
 
 
@@ -1141,19 +1221,25 @@ def _insert_one(statement: Insert, columns: tuple[str, ...]) -> PlainStatement[I
     return PlainStatement(statement.values({column: bindparam(column) for column in columns}))
 
 
-@functools.lru_cache(maxsize=4)
-def _lease_and_sliver(lease_columns: tuple[str, ...], sliver_columns: tuple[str, ...]) -> PlainStatement[Any]:
+@functools.lru_cache(maxsize=8)
+def _lease_and_sliver(
+    lease_columns: tuple[str, ...], sliver_columns: tuple[str, ...], read_slice: bool
+) -> PlainStatement[Any]:
     """PostgreSQL: a lease of one sliver inserted with it and the generation's bump, in one statement of the booking's
     unit of work (three round trips before). Parameters: the lease's columns prefixed ``lease_``, the sliver's
     ``sliver_``, and ``bump_parameters()``. The exclusion constraint refuses an overlapping sliver as it is inserted,
     the sliver's foreign key is checked at the end of the statement; either refusal undoes the statement whole. Its
     bump is not the unit of work's last write (the slice view is read after it): the shard it bumped stays locked for
     that read too, and the slice's users and the caller's contact are written before it (in the order a Provision
-    writes them, then bumps)."""
+    writes them, then bumps). ``read_slice``: its rows are the slice's other active leases (``_SLICE_LEASES_WITH_NODES``
+    with ``slice_urn``), from the statement's snapshot, which its own inserts are not in (a data-modifying WITH runs
+    whole whether or not the main query reads it): the Allocate's manifest without a read of its own."""
     lease_values: dict[str, Any] = {column: bindparam(f"lease_{column}") for column in lease_columns}
     sliver_values: dict[str, Any] = {column: bindparam(f"sliver_{column}") for column in sliver_columns}
     new_lease = insert(table_of(Lease)).values(lease_values).returning(_LEASE.id).cte("new_lease")
     new_sliver = insert(table_of(Sliver)).values(sliver_values).returning(_SLIVER.id).cte("new_sliver")
+    if read_slice:
+        return PlainStatement(_SLICE_LEASES_WITH_NODES.statement.add_cte(new_lease, new_sliver, bump_after(new_lease)))
     return PlainStatement(select(new_sliver.c.id).add_cte(new_lease, bump_after(new_lease)))
 
 
@@ -1171,19 +1257,20 @@ def _insert_rows(connection: Connection, statement: Insert, rows: list[dict[str,
 
 
 # (Its parameter is not "lease_id": a sliver UPDATE of its statement would SET that column.)
+_CANCELLED_LEASE_COLUMNS = (  # what a cancel's UPDATE answers of the lease
+    _LEASE.id,
+    select(_SLICE.urn).where(_SLICE.id == _LEASE.slice_id).scalar_subquery(),
+    _LEASE.owner_urn,
+    _LEASE.start_s,
+    _LEASE.end_s,
+    _LEASE.state,
+    _LEASE.client_id,
+)
 _CANCEL_ACTIVE_LEASE = PlainStatement(
     update(table_of(Lease))
     .where(_LEASE.id == bindparam("cancelled_lease"), _is_active(_LEASE.state))
     .values(state="cancelled")
-    .returning(
-        _LEASE.id,
-        select(_SLICE.urn).where(_SLICE.id == _LEASE.slice_id).scalar_subquery(),
-        _LEASE.owner_urn,
-        _LEASE.start_s,
-        _LEASE.end_s,
-        _LEASE.state,
-        _LEASE.client_id,
-    )
+    .returning(*_CANCELLED_LEASE_COLUMNS)
 )
 # Renew's. The lease row locked and read with its slice and its slivers' nodes (one row per sliver), in one statement:
 # on PostgreSQL a SELECT that waited for the lock re-reads the locked row alone and the joined rows stay as they were
@@ -1273,25 +1360,60 @@ _RELEASE_SLIVERS = PlainStatement(
     .returning(*_SLIVER_COLUMNS)
 )
 
+
 # The cancel as one PostgreSQL statement (Database.write_alone): the lease's UPDATE, then its slivers' (they join its
 # row, so they are locked after it, as by every writer of a lease's slivers; an UPDATE that meets a row changed since
 # the statement began updates and answers the row as it is now), then the generation's bump if the lease was active.
 # One row per sliver (a lease without slivers: one row, its sliver columns None).
-_CANCELLED = _CANCEL_ACTIVE_LEASE.statement.cte("cancelled")
-_RELEASED = (
-    update(table_of(Sliver))
-    .where(_SLIVER.lease_id == _CANCELLED.c.id)
-    .values(holds_node=False, allocation_state="geni_unallocated")
-    .returning(*_SLIVER_COLUMNS)
-    .cte("released")
-)
-_CANCEL_ALONE = PlainStatement(
-    select(_CANCELLED, _RELEASED)
-    .select_from(_CANCELLED)
-    .outerjoin(_RELEASED, true())
-    .order_by(_RELEASED.c.id)
-    .add_cte(bump_after(_CANCELLED))
-)
+def _cancel_alone(cancelled: CTE) -> PlainStatement[Any]:
+    """The cancel's statement around ``cancelled`` (the lease's UPDATE, answering ``_CANCELLED_LEASE_COLUMNS``): its
+    slivers released and the generation bumped in the same statement."""
+    released = (
+        update(table_of(Sliver))
+        .where(_SLIVER.lease_id == cancelled.c.id)
+        .values(holds_node=False, allocation_state="geni_unallocated")
+        .returning(*_SLIVER_COLUMNS)
+        .cte("released")
+    )
+    return PlainStatement(
+        select(cancelled, released)
+        .select_from(cancelled)
+        .outerjoin(released, true())
+        .order_by(released.c.id)
+        .add_cte(bump_after(cancelled))
+    )
+
+
+_CANCEL_ALONE = _cancel_alone(_CANCEL_ACTIVE_LEASE.statement.cte("cancelled"))
+
+
+@functools.lru_cache(maxsize=MAX_LISTED)
+def _cancel_allocated_holding(count: int) -> PlainStatement[Any]:
+    """``Bookings.cancel_allocated_holding``'s statement for ``count`` sliver URNs (``listed_values("sliver_urns",
+    ...)``, distinct): ``_CANCEL_ALONE``'s, for the lease holding the first one, only if it is allocated, of the slice
+    ``slice_urn`` and holds all ``named_count`` of them. An UPDATE that waited for the lease's lock (a Provision
+    holding it) checks the state again on the row as that writer left it: a lease provisioned meanwhile is not
+    cancelled here."""
+    named = table_of(Sliver).alias("named")
+    holding_all = (
+        select(func.count())
+        .select_from(named)
+        .where(named.c.lease_id == _LEASE.id, named.c.urn.in_(listed("sliver_urns", count)))
+        .scalar_subquery()
+    )
+    cancelled = (
+        update(table_of(Lease))
+        .where(
+            _LEASE.id == select(named.c.lease_id).where(named.c.urn == bindparam("sliver_urns_0")).scalar_subquery(),
+            _LEASE.state == literal_column("'allocated'"),
+            _LEASE.slice_id == select(_SLICE.id).where(_SLICE.urn == bindparam("slice_urn")).scalar_subquery(),
+            holding_all == bindparam("named_count", type_=Integer),
+        )
+        .values(state="cancelled")
+        .returning(*_CANCELLED_LEASE_COLUMNS)
+        .cte("cancelled")
+    )
+    return _cancel_alone(cancelled)
 
 
 @functools.lru_cache(maxsize=4)
@@ -1391,15 +1513,39 @@ def _user_records(users: Iterable[tuple[str, Sequence[str]]]) -> tuple[SliceUser
 
 def _slice_view(session: Session, slice_urn: str, users: tuple[SliceUserRecord, ...]) -> SliceView:
     """The slice's active leases with their nodes' names, in one statement of the caller's transaction."""
-    query = _lease_query(True, True, False, False, False, with_nodes=True)
-    rows = execute_plain(connection_of(session), query, {"slice_urn": slice_urn})
+    rows = execute_plain(connection_of(session), _SLICE_LEASES_WITH_NODES, {"slice_urn": slice_urn})
+    leases, nodes = _leases_and_nodes(rows)
+    return SliceView(leases=tuple(leases), nodes=nodes, users=users)
+
+
+def _leases_and_nodes(rows: Sequence[Sequence[Any]]) -> tuple[list[LeaseRecord], dict[str, ManifestNode]]:
+    """The lease records and the manifest's nodes (by component id) of ``_SLICE_LEASES_WITH_NODES``' rows."""
     nodes: dict[str, ManifestNode] = {}
     lease_rows = []
     for row in rows:
         lease_rows.append(row[:16])
         if row[8] is not None:
             nodes[row[8]] = ManifestNode(row[16], row[17])
-    return SliceView(leases=tuple(_lease_records(lease_rows)), nodes=nodes, users=users)
+    return _lease_records(lease_rows), nodes
+
+
+def _view_with_booked(
+    rows: Sequence[Sequence[Any]],
+    booked: list[LeaseRecord],
+    nodes_booked: list[_BookedNode],
+    users: tuple[SliceUserRecord, ...],
+) -> SliceView:
+    """The slice as a booking left it: its other leases (``_SLICE_LEASES_WITH_NODES``' rows) and the leases it
+    booked, in the read's order (start, then id), with the booked nodes as the manifest shows them."""
+    others, nodes = _leases_and_nodes(rows)
+    for node in nodes_booked:
+        nodes[node.component_id] = ManifestNode(node.component_name, node.exclusive)
+    leases = sorted([*others, *booked], key=lambda lease: (lease.start, lease.id))
+    return SliceView(leases=tuple(leases), nodes=nodes, users=users)
+
+
+#: A slice's active leases, each sliver with its node's name and exclusive flag (a manifest's nodes).
+_SLICE_LEASES_WITH_NODES = _lease_query(True, True, False, False, False, with_nodes=True)
 
 
 def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:

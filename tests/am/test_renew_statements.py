@@ -10,24 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.times import format_time, utcnow
-from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
-from tests.calendar.conftest import fresh_database, node_urn
+from tests.am.conftest import aggregate_on
+from tests.calendar.conftest import node_urn
 from tests.calendar.test_renew_path import _statements_starting
 from tests.conftest import DemoPki
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> Iterator[Aggregate]:
-    database = fresh_database(request.param, tmp_path)
-    made = Aggregate(
-        AggregateSettings(authority_hrn="testbed"), database, CredentialVerifier(pki.roots, VerdictCache())
-    )
-    made.inventory.add_node(NodeSpec(node_urn("n1"), "n1"))
-    yield made
-    database.dispose()
+    with aggregate_on(request.param, tmp_path, pki, NodeSpec(node_urn("n1"), "n1")) as made:
+        yield made
 
 
 def test_a_renew_by_sliver_urn_reads_once_and_writes_once(aggregate: Aggregate, pki: DemoPki) -> None:

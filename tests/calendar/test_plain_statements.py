@@ -202,10 +202,11 @@ def test_the_hot_statements_of_the_slice_calls_run_plain_on_both_databases() -> 
         statements_of_dialect = [*statements, generation._bump_statement(dialect.name)]
         if dialect.name == "postgresql":  # (statements of PostgreSQL's alone)
             statements_of_dialect += [booking._renewal_alone(extending) for extending in both]
+            statements_of_dialect += [booking._cancel_allocated_holding(count) for count in (1, 3)]
             lease_columns = ("id", "slice_id", "owner_urn", "start_s", "end_s", "state", "client_id")
             sliver_columns = ("urn", "lease_id", "node_id", "start_s", "end_s", "holds_node", "allocation_state")
             sliver_columns += ("operational_state", "expires_s", "client_id", "disk_image")  # as _insert writes them
-            statements_of_dialect += [booking._lease_and_sliver(lease_columns, sliver_columns)]
+            statements_of_dialect += [booking._lease_and_sliver(lease_columns, sliver_columns, view) for view in both]
         refused = [statement for statement in statements_of_dialect if statement.compiled_for(dialect) is None]
         assert refused == [], f"{dialect.name}: not plain"
 

@@ -10,18 +10,18 @@ from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, select, text, update
 
 from sfa_omf.calendar.booking import BookingConflict
 from sfa_omf.calendar.generation import read_generation
 from sfa_omf.calendar.models import Sliver, UserContact
 from sfa_omf.calendar.queries import to_s
-from sfa_omf.calendar.records import BookingRequest, ManifestNode
+from sfa_omf.calendar.records import BookingRequest, LeaseRecord, ManifestNode
 from sfa_omf.calendar.slices import Contact, Slices
 from sfa_omf.errors import GeniError, Reason
 from tests.calendar.conftest import NOW, SLICE, SLICE_EXPIRES, Calendar, at, node_urn
 from tests.calendar.test_concurrency import assert_no_overlap, held
-from tests.calendar.test_renew_path import _statements_starting
+from tests.calendar.test_renew_path import _statements_starting, _wait_for_a_lock_wait
 
 
 def test_booking_and_cancel_records_are_what_the_database_holds(calendar: Calendar) -> None:
@@ -305,6 +305,41 @@ def test_the_slice_view_of_a_booking_is_what_reads_after_it_give(calendar: Calen
     assert view.users[0].ssh_keys == ("ssh-ed25519 AAAA a", "ssh-ed25519 CCCC c")
 
 
+def test_the_slice_view_of_a_one_node_booking_is_what_reads_after_it_give(calendar: Calendar) -> None:
+    """One node: on PostgreSQL the booking's one statement (lease, sliver, bump) also reads the slice's other leases,
+    and the booked lease is added to them from what was written. The view is what reads after give, with leases
+    before and after the new one and one starting at the same time (ordered by id), and no read after the insert."""
+    calendar.add_nodes("n4")
+    alice = "urn:publicid:IDN+testbed+user+alice"
+    for node, start, end in (("n1", 1, 2), ("n2", 5, 6), ("n3", 3, 4)):
+        calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn(node), at(start), at(end))])
+    calendar.bookings.book(  # another slice's lease: not in the view
+        "urn:publicid:IDN+testbed+slice+other", SLICE_EXPIRES, [BookingRequest(node_urn("n4"), at(1), at(2))]
+    )
+    with _statements_starting(calendar.database, "") as run:
+        booked = calendar.bookings.book(
+            SLICE,
+            SLICE_EXPIRES,
+            [BookingRequest(node_urn("n4"), at(3), at(5), client_id="mine", disk_image="urn:image+one")],
+            users={alice: ["ssh-ed25519 AAAA a"]},
+            read_slice=True,
+        )
+    view = booked.slice_view
+    assert view is not None
+    assert list(view.leases) == calendar.bookings.leases(slice_urn=SLICE)
+    assert [lease.start for lease in view.leases] == [at(1), at(3), at(3), at(5)]
+    assert booked.leases[0] in view.leases
+    assert view.users == Slices(calendar.database).get(SLICE).users
+    listed = calendar.inventory.list_nodes(component_ids={node_urn(name) for name in ("n1", "n2", "n3", "n4")})
+    assert view.nodes == {node.component_id: ManifestNode(node.component_name, node.exclusive) for node in listed}
+    statements = [" ".join(text.split()).upper() for text in run]
+    if not calendar.database.is_sqlite:
+        assert statements[-1].startswith("WITH NEW_LEASE AS"), statements  # nothing read after it
+        # The windows the node holds came with its locked row, not in a read of their own.
+        assert not [text for text in statements if text.startswith("SELECT SLIVER.NODE_ID")], statements
+        assert len([text for text in statements if "FOR UPDATE OF NODE" in text]) == 1, statements
+
+
 def test_a_cancel_of_a_lease_that_is_not_active_writes_nothing(calendar: Calendar) -> None:
     booked = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
     lease_id = booked.leases[0].id
@@ -416,11 +451,7 @@ def test_a_booking_whose_slot_is_taken_before_its_statement_runs_is_refused_nami
     """The slot was free when the booking checked it; a sliver that starts holding it commits just before the
     booking's one statement (lease, sliver, bump) runs: the exclusion constraint refuses the statement whole, the
     booking runs again and names the holder; nothing of it is written, the generation not counted."""
-    other_slice = "urn:publicid:IDN+testbed+slice+other"
-    (other,) = calendar.bookings.book(other_slice, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
-    calendar.bookings.cancel(other.id)  # its sliver stays on n1, holding nothing
-    with calendar.database.read() as session:
-        generation = read_generation(session)
+    other, generation = _a_released_slot_of_another_slice(calendar)
     tried: list[str] = []
 
     def take_the_slot(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
@@ -437,9 +468,66 @@ def test_a_booking_whose_slot_is_taken_before_its_statement_runs_is_refused_nami
     finally:
         event.remove(calendar.database.engine, "before_cursor_execute", take_the_slot)
     assert len(tried) == 1, "refused by the constraint once; the second attempt's check saw the holder"
-    assert [(conflict.node, conflict.clashing) for conflict in refused.value.conflicts] == [
-        (node_urn("n1"), ((at(1), at(2)),))
-    ]
+    _assert_refused_for_the_slot_and_nothing_written(calendar, refused.value, generation)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_booking_that_waited_for_a_racers_node_lock_is_refused_naming_the_racer(calendar: Calendar) -> None:
+    """The racer holds the node's row (as a booking of it does) and its sliver takes the slot; the booking's locking
+    read, which also reads what the node holds, waits for it. The racer commits: the read's snapshot, taken before
+    the wait, does not show its sliver, so the booking's insert is refused by the exclusion constraint and the
+    booking runs again: it names the racer's slot, writes nothing, and the generation is not counted."""
+    other, generation = _a_released_slot_of_another_slice(calendar)
+    inserts: list[str] = []
+    locking_reads: list[str] = []
+
+    def note(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.startswith("WITH new_lease"):
+            inserts.append(statement)
+        if "FOR UPDATE OF node" in statement:
+            locking_reads.append(statement)
+
+    refused: list[BaseException] = []
+
+    def book() -> None:
+        try:
+            calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+        except BaseException as exc:  # (the test thread's outcome, asserted below)
+            refused.append(exc)
+
+    event.listen(calendar.database.engine, "before_cursor_execute", note)
+    try:
+        with calendar.database.engine.connect() as racer, racer.begin():
+            racer.execute(text("SELECT id FROM node WHERE component_id = :node FOR UPDATE"), {"node": node_urn("n1")})
+            racer.execute(update(Sliver).where(Sliver.lease_id == other.id).values(holds_node=True))
+            booking = threading.Thread(target=book)
+            booking.start()
+            waiting = _wait_for_a_lock_wait(calendar.database)
+        booking.join(timeout=30)
+    finally:
+        event.remove(calendar.database.engine, "before_cursor_execute", note)
+    assert "FOR UPDATE OF node" in waiting, waiting
+    assert len(inserts) == 1, "refused by the constraint once; the second attempt's read saw the racer"
+    assert len(locking_reads) == 2
+    (conflict,) = refused
+    assert isinstance(conflict, BookingConflict), conflict
+    _assert_refused_for_the_slot_and_nothing_written(calendar, conflict, generation)
+
+
+def _a_released_slot_of_another_slice(calendar: Calendar) -> tuple[LeaseRecord, int]:
+    """A lease of another slice on n1 at(1)..at(2), cancelled (its sliver stays, holding nothing: a test makes it
+    hold the slot again to race a booking), and the generation then."""
+    other_slice = "urn:publicid:IDN+testbed+slice+other"
+    (other,) = calendar.bookings.book(other_slice, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    calendar.bookings.cancel(other.id)
+    with calendar.database.read() as session:
+        return other, read_generation(session)
+
+
+def _assert_refused_for_the_slot_and_nothing_written(
+    calendar: Calendar, refused: BookingConflict, generation: int
+) -> None:
+    assert [(found.node, found.clashing) for found in refused.conflicts] == [(node_urn("n1"), ((at(1), at(2)),))]
     assert calendar.bookings.leases(slice_urn=SLICE, active_only=False) == []
     with calendar.database.read() as session:
         assert read_generation(session) == generation

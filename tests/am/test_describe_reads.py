@@ -1,0 +1,117 @@
+"""Describe reads a slice's leases and their nodes in one statement (issue 15): on PostgreSQL the nodes were a round
+trip of their own. The view it reads is the one the three separate reads (leases, nodes, users) gave."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from sfa_omf.am.aggregate import Aggregate
+from sfa_omf.calendar.records import BookingRequest, ManifestNode, NodeSpec, SliceView
+from sfa_omf.times import utcnow
+from tests.am.conftest import aggregate_on
+from tests.calendar.conftest import node_urn
+from tests.calendar.test_renew_path import _statements_starting
+from tests.conftest import DemoPki
+
+GENI_V3 = {"geni_rspec_version": {"type": "GENI", "version": "3"}}
+MANIFEST_NS = "http://www.geni.net/resources/rspec/3"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> Iterator[Aggregate]:
+    nodes = (
+        NodeSpec(node_urn("n1"), "first.node"),
+        NodeSpec(node_urn("n2"), "second.node", exclusive=False),
+        NodeSpec(node_urn("n3"), "third.node"),  # booked by another slice only
+    )
+    with aggregate_on(request.param, tmp_path, pki, *nodes) as made:
+        yield made
+
+
+def _book(aggregate: Aggregate, pki: DemoPki) -> list[str]:
+    """Two leases of the demo slice (n1, then n2 an hour later; alice with a key), one of another slice on n3: the
+    demo slice's sliver URNs, oldest first."""
+    alice = pki.users["alice"]
+    expires = aggregate.authorize("Describe", alice.chain, [alice.slice_cred], pki.slice_urn, {}).expires
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    urns = []
+    for offset, node in ((0, "n1"), (1, "n2")):
+        at = start + timedelta(hours=offset)
+        (lease,) = aggregate.bookings.book(
+            pki.slice_urn,
+            expires,
+            [BookingRequest(node_urn(node), at, at + timedelta(hours=1))],
+            owner_urn=alice.chain[0].urn,
+            users={alice.chain[0].urn: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOfAlice alice"]},
+        ).leases
+        urns += [sliver.urn for sliver in lease.slivers]
+    aggregate.bookings.book(
+        "urn:publicid:IDN+testbed+slice+other",
+        expires,
+        [BookingRequest(node_urn("n3"), start, start + timedelta(hours=1))],
+    )
+    return urns
+
+
+def _three_reads(aggregate: Aggregate, slice_urn: str, sliver_urns: set[str] | None) -> SliceView:
+    """The view as Describe read it before: the leases, then their nodes, then the slice's users."""
+    leases = aggregate.bookings.leases(slice_urn=slice_urn)
+    if sliver_urns is not None:
+        leases = [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
+    wanted = {sliver.node for lease in leases for sliver in lease.slivers}
+    listed = aggregate.inventory.list_nodes(component_ids=wanted) if wanted else []
+    nodes = {node.component_id: ManifestNode(node.component_name, node.exclusive) for node in listed}
+    users = aggregate.slices.get(slice_urn).users if leases else ()
+    return SliceView(leases=tuple(leases), nodes=nodes, users=users)
+
+
+def test_the_view_is_what_three_reads_gave(aggregate: Aggregate, pki: DemoPki) -> None:
+    first, second = _book(aggregate, pki)
+    for named in (None, {first}, {second}, {first, second}):
+        view = aggregate._slice_view(pki.slice_urn, named)
+        assert view == _three_reads(aggregate, pki.slice_urn, named), named
+    whole = aggregate._slice_view(pki.slice_urn, None)
+    assert whole.nodes == {
+        node_urn("n1"): ManifestNode("first.node", True),
+        node_urn("n2"): ManifestNode("second.node", False),
+    }
+    assert [user.user_urn for user in whole.users] == [pki.users["alice"].chain[0].urn]
+    only_second = aggregate._slice_view(pki.slice_urn, {second})
+    assert [sliver.urn for lease in only_second.leases for sliver in lease.slivers] == [second]
+    assert only_second.nodes == {node_urn("n2"): ManifestNode("second.node", False)}
+
+
+def test_a_slice_without_leases_here_reads_no_users(aggregate: Aggregate, pki: DemoPki) -> None:
+    with _statements_starting(aggregate.database, "") as sent:
+        view = aggregate._slice_view(pki.slice_urn, None)
+    assert view == SliceView(leases=(), nodes={}, users=())
+    assert len(sent) == 1, sent  # the leases' read only: no slice to read users of
+
+
+def test_describe_reads_the_leases_and_their_nodes_in_one_statement(aggregate: Aggregate, pki: DemoPki) -> None:
+    _book(aggregate, pki)
+    alice = pki.users["alice"]
+    aggregate.describe(alice.chain, [pki.slice_urn], [alice.slice_cred], GENI_V3)  # maps alice's login, once
+    with _statements_starting(aggregate.database, "") as run:
+        answer = aggregate.describe(alice.chain, [pki.slice_urn], [alice.slice_cred], GENI_V3)
+    sent = [" ".join(statement.split()) for statement in run]
+    reads_of_leases = [statement for statement in sent if " FROM lease " in f" {statement} "]
+    reads_of_nodes_alone = [statement for statement in sent if statement.upper().startswith("SELECT NODE.")]
+    assert len(reads_of_leases) == 1, sent
+    assert reads_of_nodes_alone == [], sent
+    assert len(sent) == 3, sent  # the leases with their nodes, the slice's users, alice's login
+    assert "FROM account_mapping" in sent[2], sent
+    manifest = etree.fromstring(answer["geni_rspec"].encode())
+    hosts = {
+        node.get("component_id"): node.find(f"{{{MANIFEST_NS}}}host").get("name")
+        for node in manifest.iter(f"{{{MANIFEST_NS}}}node")
+    }
+    assert hosts == {node_urn("n1"): "first.node", node_urn("n2"): "second.node"}
+    exclusive = {node.get("component_id"): node.get("exclusive") for node in manifest.iter(f"{{{MANIFEST_NS}}}node")}
+    assert exclusive == {node_urn("n1"): "true", node_urn("n2"): "false"}
+    assert len(answer["geni_slivers"]) == 2
