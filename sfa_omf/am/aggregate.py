@@ -603,7 +603,7 @@ class Aggregate:
         lease only if it is that slice's and holds every sliver named. Anything else answers None, having written
         nothing, and the Delete takes its usual path: it reads the slivers, authorizes their own slice, and answers or
         refuses as it always did (an unknown sliver before a bad credential)."""
-        if self.instances is not None:
+        if self.instances is not None or self.database.is_sqlite:
             return None
         named = self._named_slivers(urns)
         if not named:

@@ -153,15 +153,24 @@ class Bookings:
         if not requests:
             raise GeniError(Reason.BAD_ARGS, "the request books no node")
         for attempt in range(RETRY_ATTEMPTS):
+            once = functools.partial(
+                self._book_once,
+                slice_urn,
+                slice_expires,
+                requests,
+                owner_urn,
+                best_effort,
+                users or {},
+                contact,
+                read_slice,
+                held_read_after_lock=attempt > 0,
+            )
             try:
-                return retry_transient(
-                    lambda: self._book_once(
-                        slice_urn, slice_expires, requests, owner_urn, best_effort, users or {}, contact, read_slice
-                    )
-                )
+                return retry_transient(once)
             except IntegrityError as exc:
                 # A racer committed an overlapping sliver between our check and our insert (PostgreSQL only):
-                # run again; the check now sees the winner and answers with a clear conflict.
+                # run again, reading what the nodes hold after locking them; the check then sees the winner and
+                # answers with a clear conflict (or books what is still free, best effort).
                 if not is_overlap_violation(exc) or attempt == RETRY_ATTEMPTS - 1:
                     raise GeniError(Reason.DATABASE, f"the calendar refused the booking: {exc.orig}") from exc
         raise AssertionError("unreachable")
@@ -176,7 +185,10 @@ class Bookings:
         users: Mapping[str, Sequence[str]],
         contact: Contact | None = None,
         read_slice: bool = False,
+        held_read_after_lock: bool = False,
     ) -> BookingResult:
+        """One attempt of ``book``. ``held_read_after_lock``: read what the nodes hold in a statement of its own after
+        locking them (an attempt after the exclusion constraint refused the previous one)."""
         # Column statements built once and plain rows, no ORM objects: a booking is on every Allocate, and the ORM's
         # unit of work (identity map, lazy loads, flush ordering) cost several times the statements themselves.
         now_s = to_s(self.clock())
@@ -187,19 +199,18 @@ class Bookings:
             # Racers for the same node queue on its row (locked in id order, so never in a cycle) instead of
             # deadlocking inside the exclusion check; bookings of other nodes still run in parallel. The exclusion
             # constraint stays the guarantee. (SQLite: BEGIN IMMEDIATE has serialized writers already.)
-            # The same statement reads what the nodes hold during the requested span. On PostgreSQL that read sees the
-            # snapshot taken before the statement waited for a racer's lock: the racer's booking, committed meanwhile,
-            # is not in it, and the exclusion constraint refuses ours when inserted; ``book`` then runs again and
-            # sees the winner (the racers of one node take one more try, the others one round trip less).
+            # The same statement reads what the nodes hold during the requested span: one round trip less. On
+            # PostgreSQL that read is from the snapshot taken before the statement waited for a racer's lock, so it may
+            # miss what the racer did meanwhile. A slot it shows free but a racer took: the exclusion constraint refuses
+            # our insert, and ``book`` runs again reading after the locks. A slot it shows held (a racer may have
+            # released it): read again after the locks before refusing anything. (SQLite: BEGIN IMMEDIATE has
+            # serialized the writers, the read is current.)
+            span = (min(to_s(r.start) for r in requests), max(to_s(r.end) for r in requests))
             component_ids = sorted({r.node for r in requests})
             locked = execute_plain(
                 connection_of(session),
                 _nodes_for_booking(listed_count(component_ids)),
-                {
-                    **listed_values("component_ids", component_ids),
-                    "after_s": min(to_s(r.start) for r in requests),
-                    "before_s": max(to_s(r.end) for r in requests),
-                },
+                {**listed_values("component_ids", component_ids), "after_s": span[0], "before_s": span[1]},
             )
             nodes: dict[str, _BookedNode] = {}
             busy: dict[int, list[Interval]] = {}
@@ -229,7 +240,12 @@ class Bookings:
                     conflicts.append(Conflict(node.component_id, request.start, request.end, _unusable(node.state)))
                     continue
                 wanted.append((request, node, window))
+            current = self.database.is_sqlite
+            if held_read_after_lock and not current:
+                busy, current = self._held_after_lock(session, span, wanted), True
             free, clashes = self._split_free(session, wanted, busy)
+            if clashes and not current:
+                free, clashes = self._split_free(session, wanted, self._held_after_lock(session, span, wanted))
             conflicts += clashes
             if conflicts and (not best_effort or not free):
                 raise BookingConflict(conflicts)
@@ -284,6 +300,14 @@ class Bookings:
                 connection_of(session, writes=True), _SLICE_EXPIRES, {"slice_id": slice_id, "new_expires_s": expires_s}
             )
         return int(slice_id), _user_records((row[3], row[4]) for row in rows if row[3] is not None)
+
+    @staticmethod
+    def _held_after_lock(
+        session: Session, span: Interval, wanted: list[tuple[BookingRequest, _BookedNode, Interval]]
+    ) -> dict[int, list[Interval]]:
+        """What the wanted nodes hold during ``span``, read by a statement of its own (its snapshot is taken after
+        the nodes' locks)."""
+        return held_windows(session, span[0], span[1], node_ids={node.id for _, node, _ in wanted})
 
     def _split_free(
         self,
@@ -1228,12 +1252,11 @@ def _lease_and_sliver(
     """PostgreSQL: a lease of one sliver inserted with it and the generation's bump, in one statement of the booking's
     unit of work (three round trips before). Parameters: the lease's columns prefixed ``lease_``, the sliver's
     ``sliver_``, and ``bump_parameters()``. The exclusion constraint refuses an overlapping sliver as it is inserted,
-    the sliver's foreign key is checked at the end of the statement; either refusal undoes the statement whole. Its
-    bump is not the unit of work's last write (the slice view is read after it): the shard it bumped stays locked for
-    that read too, and the slice's users and the caller's contact are written before it (in the order a Provision
-    writes them, then bumps). ``read_slice``: its rows are the slice's other active leases (``_SLICE_LEASES_WITH_NODES``
-    with ``slice_urn``), from the statement's snapshot, which its own inserts are not in (a data-modifying WITH runs
-    whole whether or not the main query reads it): the Allocate's manifest without a read of its own."""
+    the sliver's foreign key is checked at the end of the statement; either refusal undoes the statement whole. The
+    slice's users and the caller's contact are written before it (in the order a Provision writes them, then bumps).
+    ``read_slice``: its rows are the slice's other active leases (``_SLICE_LEASES_WITH_NODES`` with ``slice_urn``),
+    from the statement's snapshot, which its own inserts are not in (a data-modifying WITH runs whole whether or not
+    the main query reads it): the Allocate's manifest without a read of its own."""
     lease_values: dict[str, Any] = {column: bindparam(f"lease_{column}") for column in lease_columns}
     sliver_values: dict[str, Any] = {column: bindparam(f"sliver_{column}") for column in sliver_columns}
     new_lease = insert(table_of(Lease)).values(lease_values).returning(_LEASE.id).cte("new_lease")

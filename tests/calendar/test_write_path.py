@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import random
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select, text, update
+from sqlalchemy import Connection, RootTransaction, event, select, text, update
 
+from sfa_omf.calendar import booking
 from sfa_omf.calendar.booking import BookingConflict
 from sfa_omf.calendar.generation import read_generation
 from sfa_omf.calendar.models import Sliver, UserContact
 from sfa_omf.calendar.queries import to_s
-from sfa_omf.calendar.records import BookingRequest, LeaseRecord, ManifestNode
+from sfa_omf.calendar.records import BookingRequest, BookingResult, LeaseRecord, ManifestNode
 from sfa_omf.calendar.slices import Contact, Slices
 from sfa_omf.errors import GeniError, Reason
 from tests.calendar.conftest import NOW, SLICE, SLICE_EXPIRES, Calendar, at, node_urn
@@ -305,10 +307,13 @@ def test_the_slice_view_of_a_booking_is_what_reads_after_it_give(calendar: Calen
     assert view.users[0].ssh_keys == ("ssh-ed25519 AAAA a", "ssh-ed25519 CCCC c")
 
 
-def test_the_slice_view_of_a_one_node_booking_is_what_reads_after_it_give(calendar: Calendar) -> None:
+def test_the_slice_view_of_a_one_node_booking_is_what_reads_after_it_give(
+    calendar: Calendar, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """One node: on PostgreSQL the booking's one statement (lease, sliver, bump) also reads the slice's other leases,
     and the booked lease is added to them from what was written. The view is what reads after give, with leases
-    before and after the new one and one starting at the same time (ordered by id), and no read after the insert."""
+    before and after the new one and one starting at the same time (ordered by id: the new lease's id is made to
+    sort first, before the older one's), and no read after the insert."""
     calendar.add_nodes("n4")
     alice = "urn:publicid:IDN+testbed+user+alice"
     for node, start, end in (("n1", 1, 2), ("n2", 5, 6), ("n3", 3, 4)):
@@ -316,6 +321,8 @@ def test_the_slice_view_of_a_one_node_booking_is_what_reads_after_it_give(calend
     calendar.bookings.book(  # another slice's lease: not in the view
         "urn:publicid:IDN+testbed+slice+other", SLICE_EXPIRES, [BookingRequest(node_urn("n4"), at(1), at(2))]
     )
+    ids = iter(range(1, 100))
+    monkeypatch.setattr(booking.uuid, "uuid4", lambda: uuid.UUID(int=next(ids)))  # 00000000-...-000000000001, ...
     with _statements_starting(calendar.database, "") as run:
         booked = calendar.bookings.book(
             SLICE,
@@ -328,6 +335,7 @@ def test_the_slice_view_of_a_one_node_booking_is_what_reads_after_it_give(calend
     assert view is not None
     assert list(view.leases) == calendar.bookings.leases(slice_urn=SLICE)
     assert [lease.start for lease in view.leases] == [at(1), at(3), at(3), at(5)]
+    assert view.leases[1] == booked.leases[0]  # its id sorts before the other lease starting at(3)
     assert booked.leases[0] in view.leases
     assert view.users == Slices(calendar.database).get(SLICE).users
     listed = calendar.inventory.list_nodes(component_ids={node_urn(name) for name in ("n1", "n2", "n3", "n4")})
@@ -514,11 +522,11 @@ def test_a_booking_that_waited_for_a_racers_node_lock_is_refused_naming_the_race
     _assert_refused_for_the_slot_and_nothing_written(calendar, conflict, generation)
 
 
-def _a_released_slot_of_another_slice(calendar: Calendar) -> tuple[LeaseRecord, int]:
-    """A lease of another slice on n1 at(1)..at(2), cancelled (its sliver stays, holding nothing: a test makes it
-    hold the slot again to race a booking), and the generation then."""
+def _a_released_slot_of_another_slice(calendar: Calendar, node: str = "n1") -> tuple[LeaseRecord, int]:
+    """A lease of another slice on ``node`` at(1)..at(2), cancelled (its sliver stays, holding nothing: a test makes
+    it hold the slot again to race a booking), and the generation then."""
     other_slice = "urn:publicid:IDN+testbed+slice+other"
-    (other,) = calendar.bookings.book(other_slice, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    (other,) = calendar.bookings.book(other_slice, SLICE_EXPIRES, [BookingRequest(node_urn(node), at(1), at(2))]).leases
     calendar.bookings.cancel(other.id)
     with calendar.database.read() as session:
         return other, read_generation(session)
@@ -531,4 +539,87 @@ def _assert_refused_for_the_slot_and_nothing_written(
     assert calendar.bookings.leases(slice_urn=SLICE, active_only=False) == []
     with calendar.database.read() as session:
         assert read_generation(session) == generation
+    assert_no_overlap(calendar.database)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_slot_released_while_the_booking_waited_for_the_node_is_booked(calendar: Calendar) -> None:
+    """A racer releases the slot's holder and holds the node's row (as moving an external hold does) while the
+    booking's locking read waits: that read's snapshot still shows the slot held, so it is read again after the lock
+    before refusing anything, and the booking gets the slot."""
+    (held,) = calendar.bookings.book(
+        "urn:publicid:IDN+testbed+slice+other", SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]
+    ).leases
+    outcome: list[object] = []
+
+    def book() -> None:
+        try:
+            outcome.append(calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]))
+        except BaseException as exc:  # (the test thread's outcome, asserted below)
+            outcome.append(exc)
+
+    with calendar.database.engine.connect() as racer, racer.begin():
+        racer.execute(update(Sliver).where(Sliver.lease_id == held.id).values(holds_node=False))
+        racer.execute(text("UPDATE lease SET state = 'cancelled' WHERE id = :id"), {"id": held.id})
+        racer.execute(text("SELECT id FROM node WHERE component_id = :node FOR UPDATE"), {"node": node_urn("n1")})
+        booking = threading.Thread(target=book)
+        booking.start()
+        waiting = _wait_for_a_lock_wait(calendar.database)
+    booking.join(timeout=30)
+    assert "FOR UPDATE OF node" in waiting, waiting
+    (result,) = outcome
+    assert isinstance(result, BookingResult), result
+    assert [(lease.start, lease.end) for lease in result.leases] == [(at(1), at(2))]
+    assert_no_overlap(calendar.database)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_best_effort_booking_raced_at_every_attempt_is_settled_by_its_second(calendar: Calendar) -> None:
+    """Before each of the booking's locking reads a racer takes one more of its nodes and commits while the read
+    waits for it. The first attempt's read misses the racer (its snapshot is older), its insert is refused by the
+    exclusion constraint; the second reads what the nodes hold after locking them and books the rest, refusing the
+    two nodes the racers took: two attempts, never more."""
+    calendar.add_nodes("n4")
+    names = ["n1", "n2", "n3", "n4"]
+    released: dict[str, LeaseRecord] = {}
+    for name in names:
+        released[name], _ = _a_released_slot_of_another_slice(calendar, name)
+    locking_reads: list[str] = []
+    racers: list[threading.Thread] = []
+    booking_thread = threading.current_thread()
+
+    def commit_once_waited(racer: Connection, transaction: RootTransaction) -> None:
+        _wait_for_a_lock_wait(calendar.database)
+        transaction.commit()
+        racer.close()
+
+    def race(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "FOR UPDATE OF node" not in statement or threading.current_thread() is not booking_thread:
+            return
+        locking_reads.append(statement)
+        if len(locking_reads) > 2:
+            return
+        name = names[len(locking_reads) - 1]
+        racer = calendar.database.engine.connect()
+        transaction = racer.begin()
+        racer.execute(text("SELECT id FROM node WHERE component_id = :node FOR UPDATE"), {"node": node_urn(name)})
+        racer.execute(update(Sliver).where(Sliver.lease_id == released[name].id).values(holds_node=True))
+        racers.append(threading.Thread(target=commit_once_waited, args=(racer, transaction)))
+        racers[-1].start()
+
+    event.listen(calendar.database.engine, "before_cursor_execute", race)
+    try:
+        result = calendar.bookings.book(
+            SLICE, SLICE_EXPIRES, [BookingRequest(node_urn(name), at(1), at(2)) for name in names], best_effort=True
+        )
+    finally:
+        event.remove(calendar.database.engine, "before_cursor_execute", race)
+        for racer_thread in racers:
+            racer_thread.join(timeout=30)
+    assert len(locking_reads) == 2, locking_reads
+    assert sorted(sliver.node for lease in result.leases for sliver in lease.slivers) == [
+        node_urn("n3"),
+        node_urn("n4"),
+    ]
+    assert sorted(conflict.node for conflict in result.refused) == [node_urn("n1"), node_urn("n2")]
     assert_no_overlap(calendar.database)
