@@ -54,6 +54,7 @@ from sfa_omf.calendar.availability import Availability
 from sfa_omf.calendar.booking import Bookings, RenewalRead, Rounding
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.plain_statements import MAX_LISTED
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, SliceView, SliverRecord
 from sfa_omf.calendar.slices import Contact, Slices
@@ -606,7 +607,7 @@ class Aggregate:
         if self.instances is not None or self.database.is_sqlite:
             return None
         named = self._named_slivers(urns)
-        if not named:
+        if not named or len(named) > MAX_LISTED:  # (more than one statement can name: the usual path)
             return None
         try:
             slice_urn = self._credentials_slice(credentials)

@@ -243,9 +243,8 @@ class Bookings:
             current = self.database.is_sqlite
             if held_read_after_lock and not current:
                 busy, current = self._held_after_lock(session, span, wanted), True
-            free, clashes = self._split_free(session, wanted, busy)
-            if clashes and not current:
-                free, clashes = self._split_free(session, wanted, self._held_after_lock(session, span, wanted))
+            read_again = None if current else functools.partial(self._held_after_lock, session, span, wanted)
+            free, clashes = self._split_free(session, wanted, busy, read_again)
             conflicts += clashes
             if conflicts and (not best_effort or not free):
                 raise BookingConflict(conflicts)
@@ -314,25 +313,21 @@ class Bookings:
         session: Session,
         wanted: list[tuple[BookingRequest, _BookedNode, Interval]],
         busy: dict[int, list[Interval]],
+        read_after_lock: Callable[[], dict[int, list[Interval]]] | None = None,
     ) -> tuple[list[tuple[BookingRequest, _BookedNode, Interval]], list[Conflict]]:
         """Split the wanted windows into free ones and conflicts (with the clashing windows and next free start).
-        ``busy``: the windows held on each node during the requested span, by start (the nodes' locking read)."""
+        ``busy``: the windows held on each node during the requested span, by start. ``read_after_lock``: when they
+        may be older than the nodes' locks, what reads them again after the locks: a clash is decided on that read
+        (a slot released meanwhile is free), before the conflicts' details are read."""
         if not wanted:
             return [], []
         earliest = min(window[0] for _, _, window in wanted)
         latest = max(window[1] for _, _, window in wanted)
         # Checking needs only what lies inside the requested span; later windows matter only to say when a
         # conflicting node is free next, so they are read for conflicting nodes only.
-        free: list[tuple[BookingRequest, _BookedNode, Interval]] = []
-        clashes: list[tuple[BookingRequest, _BookedNode, Interval, list[Interval]]] = []
-        for request, node, window in wanted:
-            taken = busy.setdefault(node.id, [])
-            clashing = [interval for interval in taken if overlaps(interval, window)]
-            if clashing:
-                clashes.append((request, node, window, clashing))
-            else:
-                free.append((request, node, window))
-                taken.append(window)  # the same node twice in one request must not overlap itself
+        free, clashes = _sorted_out(wanted, busy)
+        if clashes and read_after_lock is not None:
+            free, clashes = _sorted_out(wanted, read_after_lock())
         if not clashes:
             return free, []
         later = held_windows(session, earliest, node_ids={node.id for _, node, _, _ in clashes})
@@ -1132,6 +1127,22 @@ def _lease_query(
     return PlainStatement(query)
 
 
+def _sorted_out(wanted: list[_Wanted], busy: dict[int, list[Interval]]) -> tuple[list[_Wanted], list[_Clash]]:
+    """The wanted windows that are free, and those that clash with what ``busy`` holds (with the clashing windows).
+    Adds each free window to ``busy``: the same node twice in one request must not overlap itself."""
+    free: list[_Wanted] = []
+    clashes: list[_Clash] = []
+    for request, node, window in wanted:
+        taken = busy.setdefault(node.id, [])
+        clashing = [interval for interval in taken if overlaps(interval, window)]
+        if clashing:
+            clashes.append((request, node, window, clashing))
+        else:
+            free.append((request, node, window))
+            taken.append(window)
+    return free, clashes
+
+
 def _is_active(state: Any) -> ColumnElement[bool]:
     """``state IN ('allocated', 'provisioned')``, the states written into the statement's text: a list of bound
     values is expanded into the text again on every execution (0.01-0.02 ms a statement), and these never change."""
@@ -1147,6 +1158,10 @@ class _BookedNode(NamedTuple):
     state: str
     component_name: str  # (and exclusive: what a manifest shows of it)
     exclusive: bool
+
+
+_Wanted = tuple[BookingRequest, _BookedNode, Interval]  # a window a booking wants, on its locked node
+_Clash = tuple[BookingRequest, _BookedNode, Interval, list[Interval]]  # ... with the held windows it overlaps
 
 
 class _RenewalRow(NamedTuple):

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,3 +201,23 @@ def test_the_statement_cancels_only_a_lease_of_the_slice_holding_every_sliver_na
     assert cancel(pki.slice_urn, [mine.slivers[0].urn]) is None  # no longer active
     with aggregate.bookings.database.read() as session:
         assert read_generation(session) == before[1] + 1
+
+
+def test_a_delete_checks_the_call_once_where_the_one_statement_does_not_apply(
+    aggregate: Aggregate, pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the one statement is not tried, so the call is authorized once, by the usual path; on PostgreSQL
+    once, before the one statement, when it applies."""
+    alice = pki.users["alice"]
+    lease = _book(aggregate, pki, pki.slice_urn, ("n1",))
+    checks: list[str | None] = []
+    authorize = aggregate.authorize
+
+    def counted(method: str, *args: Any, **kwargs: Any) -> Any:
+        checks.append(args[2] if len(args) > 2 else None)
+        return authorize(method, *args, **kwargs)
+
+    monkeypatch.setattr(aggregate, "authorize", counted)
+    aggregate.delete(alice.chain, [lease.slivers[0].urn], [alice.slice_cred], {})
+    assert checks == [pki.slice_urn]
+    assert aggregate.bookings.leases(slice_urn=pki.slice_urn) == []

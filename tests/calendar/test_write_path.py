@@ -573,33 +573,36 @@ def test_a_slot_released_while_the_booking_waited_for_the_node_is_booked(calenda
     assert_no_overlap(calendar.database)
 
 
-@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_a_best_effort_booking_raced_at_every_attempt_is_settled_by_its_second(calendar: Calendar) -> None:
-    """Before each of the booking's locking reads a racer takes one more of its nodes and commits while the read
-    waits for it. The first attempt's read misses the racer (its snapshot is older), its insert is refused by the
-    exclusion constraint; the second reads what the nodes hold after locking them and books the rest, refusing the
-    two nodes the racers took: two attempts, never more."""
+def _race_each_locking_read(
+    calendar: Calendar, before_each: list[Callable[[dict[str, LeaseRecord]], str | None]]
+) -> tuple[BookingResult, list[str]]:
+    """A best-effort booking of n1..n4 at(1)..at(2), each of whose first locking reads is preceded by one of
+    ``before_each``, given the released slot of another slice on each node: it may change the calendar (committed at
+    once) and answers the node a racer then takes (it holds the node's row and makes that slot hold it again; it
+    commits once the booking's read waits for it), or None. Answers the booking and its locking reads."""
     calendar.add_nodes("n4")
     names = ["n1", "n2", "n3", "n4"]
-    released: dict[str, LeaseRecord] = {}
-    for name in names:
-        released[name], _ = _a_released_slot_of_another_slice(calendar, name)
+    released = {name: _a_released_slot_of_another_slice(calendar, name)[0] for name in names}
     locking_reads: list[str] = []
     racers: list[threading.Thread] = []
     booking_thread = threading.current_thread()
 
     def commit_once_waited(racer: Connection, transaction: RootTransaction) -> None:
-        _wait_for_a_lock_wait(calendar.database)
-        transaction.commit()
-        racer.close()
+        try:
+            _wait_for_a_lock_wait(calendar.database)
+            transaction.commit()
+        finally:
+            racer.close()  # (rolls back what was not committed: the booking never waits for ever)
 
     def race(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         if "FOR UPDATE OF node" not in statement or threading.current_thread() is not booking_thread:
             return
         locking_reads.append(statement)
-        if len(locking_reads) > 2:
+        if len(locking_reads) > len(before_each):
             return
-        name = names[len(locking_reads) - 1]
+        name = before_each[len(locking_reads) - 1](released)
+        if name is None:
+            return
         racer = calendar.database.engine.connect()
         transaction = racer.begin()
         racer.execute(text("SELECT id FROM node WHERE component_id = :node FOR UPDATE"), {"node": node_urn(name)})
@@ -616,10 +619,59 @@ def test_a_best_effort_booking_raced_at_every_attempt_is_settled_by_its_second(c
         event.remove(calendar.database.engine, "before_cursor_execute", race)
         for racer_thread in racers:
             racer_thread.join(timeout=30)
-    assert len(locking_reads) == 2, locking_reads
-    assert sorted(sliver.node for lease in result.leases for sliver in lease.slivers) == [
-        node_urn("n3"),
-        node_urn("n4"),
-    ]
-    assert sorted(conflict.node for conflict in result.refused) == [node_urn("n1"), node_urn("n2")]
     assert_no_overlap(calendar.database)
+    return result, locking_reads
+
+
+def _booked_and_refused(result: BookingResult) -> tuple[list[str], list[str]]:
+    return (
+        sorted(sliver.node for lease in result.leases for sliver in lease.slivers),
+        sorted(conflict.node for conflict in result.refused),
+    )
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_best_effort_booking_raced_at_every_attempt_is_settled_by_its_second(calendar: Calendar) -> None:
+    """Before each of the booking's locking reads a racer takes one more of its nodes and commits while the read
+    waits for it. The first attempt's read misses the racer (its snapshot is older), its insert is refused by the
+    exclusion constraint; the second books the rest, refusing the two nodes the racers took: two attempts."""
+    result, locking_reads = _race_each_locking_read(calendar, [lambda _: "n1", lambda _: "n2"])
+    assert len(locking_reads) == 2, locking_reads
+    assert _booked_and_refused(result) == ([node_urn("n3"), node_urn("n4")], [node_urn("n1"), node_urn("n2")])
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_an_attempt_after_a_refused_insert_reads_what_the_nodes_hold_after_locking_them(calendar: Calendar) -> None:
+    """The first attempt misses a racer on n1 and its insert is refused. Before the second attempt's locking read the
+    first racer's slot is released again and another racer takes n2 during the wait: that read shows no clash at all,
+    yet the second attempt (reading after the locks) sees n2 taken, books n1, n3, n4 and refuses n2, without a third
+    attempt."""
+
+    def release_n1_then_take_n2(released: dict[str, LeaseRecord]) -> str:
+        with calendar.database.engine.begin() as connection:
+            connection.execute(update(Sliver).where(Sliver.lease_id == released["n1"].id).values(holds_node=False))
+        return "n2"
+
+    result, locking_reads = _race_each_locking_read(calendar, [lambda _: "n1", release_n1_then_take_n2])
+    assert len(locking_reads) == 2, locking_reads
+    assert _booked_and_refused(result) == (
+        [node_urn("n1"), node_urn("n3"), node_urn("n4")],
+        [node_urn("n2")],
+    )
+
+
+def test_a_refused_booking_reads_the_conflicts_details_once(calendar: Calendar) -> None:
+    """A booking of a held slot: on PostgreSQL the clash is read again after the locks before the refusal, and
+    the details (when the node is next free, outside labels) are read once, for the clash that stands."""
+    calendar.bookings.book(
+        "urn:publicid:IDN+testbed+slice+other", SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]
+    )
+    with _statements_starting(calendar.database, "") as run, pytest.raises(BookingConflict) as refused:
+        calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    assert [(found.node, found.clashing, found.next_free_start) for found in refused.value.conflicts] == [
+        (node_urn("n1"), ((at(1), at(2)),), at(2))
+    ]
+    sliver_reads = [text for text in run if " ".join(text.split()).upper().startswith("SELECT SLIVER.NODE_ID")]
+    # The details: what the node holds later (its next free start) and its holds from outside sfa-omf, once each.
+    # SQLite's locking read is current; on PostgreSQL the windows are read again after the locks first.
+    assert len(sliver_reads) == (2 if calendar.database.is_sqlite else 3), run
