@@ -219,7 +219,7 @@ class Bookings:
                 nodes[locked_node.component_id] = locked_node
                 if held_start_s is not None:
                     busy.setdefault(locked_node.id, []).append((held_start_s, held_end_s))
-            wanted: list[tuple[BookingRequest, _BookedNode, Interval]] = []
+            wanted: list[_Wanted] = []
             conflicts: list[Conflict] = []
             for request in requests:
                 node = nodes.get(request.node)
@@ -301,9 +301,7 @@ class Bookings:
         return int(slice_id), _user_records((row[3], row[4]) for row in rows if row[3] is not None)
 
     @staticmethod
-    def _held_after_lock(
-        session: Session, span: Interval, wanted: list[tuple[BookingRequest, _BookedNode, Interval]]
-    ) -> dict[int, list[Interval]]:
+    def _held_after_lock(session: Session, span: Interval, wanted: list[_Wanted]) -> dict[int, list[Interval]]:
         """What the wanted nodes hold during ``span``, read by a statement of its own (its snapshot is taken after
         the nodes' locks)."""
         return held_windows(session, span[0], span[1], node_ids={node.id for _, node, _ in wanted})
@@ -311,10 +309,10 @@ class Bookings:
     def _split_free(
         self,
         session: Session,
-        wanted: list[tuple[BookingRequest, _BookedNode, Interval]],
+        wanted: list[_Wanted],
         busy: dict[int, list[Interval]],
         read_after_lock: Callable[[], dict[int, list[Interval]]] | None = None,
-    ) -> tuple[list[tuple[BookingRequest, _BookedNode, Interval]], list[Conflict]]:
+    ) -> tuple[list[_Wanted], list[Conflict]]:
         """Split the wanted windows into free ones and conflicts (with the clashing windows and next free start).
         ``busy``: the windows held on each node during the requested span, by start. ``read_after_lock``: when they
         may be older than the nodes' locks, what reads them again after the locks: a clash is decided on that read
@@ -391,7 +389,7 @@ class Bookings:
         slice_id: int,
         slice_urn: str,
         owner_urn: str,
-        free: list[tuple[BookingRequest, _BookedNode, Interval]],
+        free: list[_Wanted],
         now_s: int,
         read_slice: bool,
     ) -> tuple[list[LeaseRecord], Sequence[Sequence[Any]] | None]:
