@@ -893,15 +893,15 @@ class Aggregate:
         return [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
 
     def _slice_view(self, slice_urn: str, sliver_urns: set[str] | None) -> SliceView:
-        """The slice's leases (those holding these slivers), their nodes and the slice's users, read now: the leases
-        with their nodes in one statement, the users (when there is a lease) in another."""
-        leases, nodes = self.bookings.leases_with_nodes(slice_urn)
+        """The slice's leases (those holding these slivers), their nodes and the slice's users (none when it holds no
+        lease here), read now in one statement."""
+        view = self.bookings.slice_view(slice_urn)
+        leases, nodes = list(view.leases), view.nodes
         if sliver_urns is not None:
             leases = [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
             shown = {sliver.node for lease in leases for sliver in lease.slivers}
             nodes = {node: seen for node, seen in nodes.items() if node in shown}
-        users = self.slices.get(slice_urn).users if leases else ()
-        return SliceView(leases=tuple(leases), nodes=nodes, users=users)
+        return SliceView(leases=tuple(leases), nodes=nodes, users=view.users if leases else ())
 
     def _health(self, sliver: SliverRecord, lease: LeaseRecord) -> SliverHealth:
         if sliver.allocation_state != Allocation.PROVISIONED:

@@ -17,6 +17,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 from sqlalchemy import (
     CTE,
+    JSON,
     BigInteger,
     ColumnElement,
     Connection,
@@ -31,9 +32,12 @@ from sqlalchemy import (
     func,
     insert,
     literal_column,
+    null,
     or_,
     select,
     true,
+    type_coerce,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -880,11 +884,15 @@ class Bookings:
         rows = self.database.fetch_all(_slices_of_slivers(listed_count(urns)), listed_values("urns", urns))
         return {row[0] for row in rows}
 
-    def leases_with_nodes(self, slice_urn: str) -> tuple[list[LeaseRecord], dict[str, ManifestNode]]:
-        """A slice's active leases (oldest first, as ``leases(slice_urn=...)``) and the manifest's view of their
-        nodes (by component id), in one column query: Describe's manifest needs both on every call, and a second
-        read of the nodes was a round trip of its own on PostgreSQL."""
-        return _leases_and_nodes(self.database.fetch_all(_SLICE_LEASES_WITH_NODES, {"slice_urn": slice_urn}))
+    def slice_view(self, slice_urn: str) -> SliceView:
+        """A slice's active leases (oldest first, as ``leases(slice_urn=...)``), the manifest's view of their nodes
+        (by component id) and the slice's users (by user URN), in one column query from one snapshot: Describe's
+        manifest needs all three on every call, and each read was a round trip of its own on PostgreSQL. The users
+        are the slice's whether or not it holds a lease here (none when it is unknown)."""
+        rows = self.database.fetch_all(_SLICE_VIEW, {"slice_urn": slice_urn})
+        leases, nodes = _leases_and_nodes([row for row in rows if row[0] is not None])
+        users = _user_records((row[1], row[-1]) for row in rows if row[0] is None)
+        return SliceView(leases=tuple(leases), nodes=nodes, users=users)
 
     def leases_holding_slivers(self, sliver_urns: Iterable[str]) -> list[LeaseRecord]:
         """The active leases that hold any of the named slivers (with all their slivers), oldest first, in one column
@@ -1582,6 +1590,29 @@ def _view_with_booked(
 
 #: A slice's active leases, each sliver with its node's name and exclusive flag (a manifest's nodes).
 _SLICE_LEASES_WITH_NODES = _lease_query(True, True, False, False, False, with_nodes=True)
+
+
+def _slice_view_statement() -> PlainStatement[Any]:
+    """``_SLICE_LEASES_WITH_NODES``' rows followed by a row per user of the slice (``Bookings.slice_view``), in one
+    UNION ALL: a user's row has no lease id (NULL), its URN where a lease's slice URN is and its SSH keys last; a
+    lease's row has the sliver's id and no keys after its usual columns. The union is ordered as the leases' read
+    (start, lease id, sliver id): the users' rows, whose start is NULL, come first or last depending on the database,
+    and are told apart by their NULL lease id."""
+    lease_rows = _SLICE_LEASES_WITH_NODES.statement.order_by(None).add_columns(
+        Sliver.id.label("sliver_id"), type_coerce(null(), JSON).label("ssh_keys")
+    )
+    width = len(lease_rows.selected_columns)
+    user_columns: list[Any] = [null()] * width
+    user_columns[1], user_columns[-1] = SliceUser.user_urn, SliceUser.ssh_keys
+    user_rows = (
+        select(*user_columns).join(Slice, SliceUser.slice_id == Slice.id).where(Slice.urn == bindparam("slice_urn"))
+    )
+    # By position (start, lease id, sliver id): SQLite orders a union only by its result columns' aliases or places.
+    in_order: list[ColumnElement[Any]] = [literal_column(str(place)) for place in (4, 1, width - 1)]
+    return PlainStatement(union_all(lease_rows, user_rows).order_by(*in_order))
+
+
+_SLICE_VIEW = _slice_view_statement()
 
 
 def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:

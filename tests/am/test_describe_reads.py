@@ -1,5 +1,6 @@
-"""Describe reads a slice's leases and their nodes in one statement (issue 15): on PostgreSQL the nodes were a round
-trip of their own. The view it reads is the one the three separate reads (leases, nodes, users) gave."""
+"""Describe reads a slice's leases, their nodes and the slice's users in one statement (issue 15): on PostgreSQL the
+nodes, then the users, were round trips of their own. The view it reads is the one the three separate reads
+(leases, nodes, users) gave."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ from tests.conftest import DemoPki
 
 GENI_V3 = {"geni_rspec_version": {"type": "GENI", "version": "3"}}
 MANIFEST_NS = "http://www.geni.net/resources/rspec/3"
+# A capital letter sorts before alice's in Python's code points, after it in PostgreSQL's usual collations: users are
+# ordered by Python, not by the database, whichever reads them.
+BOB = {
+    "urn:publicid:IDN+testbed+user+Bob": [
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOfBob bob",
+        "ssh-rsa AAAAB3 bob@laptop",
+    ]
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -34,8 +43,8 @@ def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> I
 
 
 def _book(aggregate: Aggregate, pki: DemoPki) -> list[str]:
-    """Two leases of the demo slice (n1, then n2 an hour later; alice with a key), one of another slice on n3: the
-    demo slice's sliver URNs, oldest first."""
+    """Two leases of the demo slice (n1, then n2 an hour later; alice with a key, Bob with two), one of another
+    slice on n3: the demo slice's sliver URNs, oldest first."""
     alice = pki.users["alice"]
     expires = aggregate.authorize("Describe", alice.chain, [alice.slice_cred], pki.slice_urn, {}).expires
     start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
@@ -47,7 +56,7 @@ def _book(aggregate: Aggregate, pki: DemoPki) -> list[str]:
             expires,
             [BookingRequest(node_urn(node), at, at + timedelta(hours=1))],
             owner_urn=alice.chain[0].urn,
-            users={alice.chain[0].urn: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOfAlice alice"]},
+            users={alice.chain[0].urn: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOfAlice alice"], **BOB},
         ).leases
         urns += [sliver.urn for sliver in lease.slivers]
     aggregate.bookings.book(
@@ -80,7 +89,10 @@ def test_the_view_is_what_three_reads_gave(aggregate: Aggregate, pki: DemoPki) -
         node_urn("n1"): ManifestNode("first.node", True),
         node_urn("n2"): ManifestNode("second.node", False),
     }
-    assert [user.user_urn for user in whole.users] == [pki.users["alice"].chain[0].urn]
+    assert [(user.user_urn, user.ssh_keys) for user in whole.users] == [
+        ("urn:publicid:IDN+testbed+user+Bob", tuple(BOB["urn:publicid:IDN+testbed+user+Bob"])),
+        (pki.users["alice"].chain[0].urn, ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOfAlice alice",)),
+    ]
     only_second = aggregate._slice_view(pki.slice_urn, {second})
     assert [sliver.urn for lease in only_second.leases for sliver in lease.slivers] == [second]
     assert only_second.nodes == {node_urn("n2"): ManifestNode("second.node", False)}
@@ -90,10 +102,34 @@ def test_a_slice_without_leases_here_reads_no_users(aggregate: Aggregate, pki: D
     with _statements_starting(aggregate.database, "") as sent:
         view = aggregate._slice_view(pki.slice_urn, None)
     assert view == SliceView(leases=(), nodes={}, users=())
-    assert len(sent) == 1, sent  # the leases' read only: no slice to read users of
+    assert len(sent) == 1, sent
 
 
-def test_describe_reads_the_leases_and_their_nodes_in_one_statement(aggregate: Aggregate, pki: DemoPki) -> None:
+def test_a_slice_whose_leases_all_ended_shows_no_users(aggregate: Aggregate, pki: DemoPki) -> None:
+    """The slice and its users are still recorded, but with no active lease the manifest has no user to show."""
+    _book(aggregate, pki)
+    for lease in aggregate.bookings.leases(slice_urn=pki.slice_urn):
+        aggregate.bookings.cancel(lease.id)
+    assert aggregate.slices.get(pki.slice_urn).users  # (still recorded)
+    assert aggregate._slice_view(pki.slice_urn, None) == SliceView(leases=(), nodes={}, users=())
+    assert aggregate.bookings.slice_view(pki.slice_urn).users == aggregate.slices.get(pki.slice_urn).users
+
+
+def test_a_slice_without_users_shows_its_leases(aggregate: Aggregate, pki: DemoPki) -> None:
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    other = "urn:publicid:IDN+testbed+slice+other"
+    aggregate.bookings.book(
+        other, start + timedelta(days=1), [BookingRequest(node_urn("n3"), start, start + timedelta(hours=1))]
+    )
+    view = aggregate._slice_view(other, None)
+    assert [sliver.node for lease in view.leases for sliver in lease.slivers] == [node_urn("n3")]
+    assert view.users == ()
+    assert view == _three_reads(aggregate, other, None)
+
+
+def test_describe_reads_the_leases_their_nodes_and_the_users_in_one_statement(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
     _book(aggregate, pki)
     alice = pki.users["alice"]
     aggregate.describe(alice.chain, [pki.slice_urn], [alice.slice_cred], GENI_V3)  # maps alice's login, once
@@ -103,9 +139,11 @@ def test_describe_reads_the_leases_and_their_nodes_in_one_statement(aggregate: A
     reads_of_leases = [statement for statement in sent if " FROM lease " in f" {statement} "]
     reads_of_nodes_alone = [statement for statement in sent if statement.upper().startswith("SELECT NODE.")]
     assert len(reads_of_leases) == 1, sent
+    assert "FROM slice_user" in reads_of_leases[0], sent
     assert reads_of_nodes_alone == [], sent
-    assert len(sent) == 3, sent  # the leases with their nodes, the slice's users, alice's login
-    assert "FROM account_mapping" in sent[2], sent
+    # The slice's leases with their nodes and its users; then Bob's and alice's logins (a login per user).
+    assert len(sent) == 3, sent
+    assert all("FROM account_mapping" in statement for statement in sent[1:]), sent
     manifest = etree.fromstring(answer["geni_rspec"].encode())
     hosts = {
         node.get("component_id"): node.find(f"{{{MANIFEST_NS}}}host").get("name")
