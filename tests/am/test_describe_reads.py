@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
@@ -21,8 +22,8 @@ from tests.conftest import DemoPki
 
 GENI_V3 = {"geni_rspec_version": {"type": "GENI", "version": "3"}}
 MANIFEST_NS = "http://www.geni.net/resources/rspec/3"
-# A capital letter sorts before alice's in Python's code points, after it in PostgreSQL's usual collations: users are
-# ordered by Python, not by the database, whichever reads them.
+# A capital letter sorts before alice's in Python's code points, after it in many collations (en_US...): users are
+# ordered by Python, not by the database (test_the_users_are_ordered_by_python_whatever_order_the_rows_come_in).
 BOB = {
     "urn:publicid:IDN+testbed+user+Bob": [
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOfBob bob",
@@ -37,6 +38,8 @@ def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> I
         NodeSpec(node_urn("n1"), "first.node"),
         NodeSpec(node_urn("n2"), "second.node", exclusive=False),
         NodeSpec(node_urn("n3"), "third.node"),  # booked by another slice only
+        NodeSpec(node_urn("n4"), "fourth.node"),
+        NodeSpec(node_urn("n5"), "fifth.node"),
     )
     with aggregate_on(request.param, tmp_path, pki, *nodes) as made:
         yield made
@@ -105,7 +108,7 @@ def test_a_slice_without_leases_here_reads_no_users(aggregate: Aggregate, pki: D
     assert len(sent) == 1, sent
 
 
-def test_a_slice_whose_leases_all_ended_shows_no_users(aggregate: Aggregate, pki: DemoPki) -> None:
+def test_a_slice_whose_leases_were_all_cancelled_shows_no_users(aggregate: Aggregate, pki: DemoPki) -> None:
     """The slice and its users are still recorded, but with no active lease the manifest has no user to show."""
     _book(aggregate, pki)
     for lease in aggregate.bookings.leases(slice_urn=pki.slice_urn):
@@ -153,3 +156,53 @@ def test_describe_reads_the_leases_their_nodes_and_the_users_in_one_statement(
     exclusive = {node.get("component_id"): node.get("exclusive") for node in manifest.iter(f"{{{MANIFEST_NS}}}node")}
     assert exclusive == {node_urn("n1"): "true", node_urn("n2"): "false"}
     assert len(answer["geni_slivers"]) == 2
+
+
+def test_the_leases_and_their_slivers_come_in_the_leases_read_order(aggregate: Aggregate, pki: DemoPki) -> None:
+    """Leases by start then id, each lease's slivers in the order they were made: a lease of three slivers, and two
+    leases with the same start (their order is their ids'), as ``leases(slice_urn=...)`` reads them."""
+    expires = utcnow() + timedelta(days=1)
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    later = start + timedelta(hours=1)
+    book = aggregate.bookings.book
+    (three,) = book(
+        pki.slice_urn,
+        expires,
+        [BookingRequest(node_urn(n), later, later + timedelta(hours=1)) for n in ("n5", "n1", "n4")],
+    ).leases
+    for node in ("n2", "n3"):  # two leases of the same start (a lease per booking)
+        book(pki.slice_urn, expires, [BookingRequest(node_urn(node), start, start + timedelta(hours=1))])
+    view = aggregate.bookings.slice_view(pki.slice_urn)
+    assert list(view.leases) == aggregate.bookings.leases(slice_urn=pki.slice_urn)
+    assert [lease.start for lease in view.leases] == [start, start, later]
+    first_two = [lease.id for lease in view.leases[:2]]
+    assert first_two == sorted(first_two)
+    assert view.leases[2].id == three.id
+    assert [sliver.urn for sliver in view.leases[2].slivers] == [sliver.urn for sliver in three.slivers]
+    assert len(three.slivers) == 3
+
+
+def test_the_users_are_ordered_by_python_whatever_order_the_rows_come_in(
+    aggregate: Aggregate, pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The statement orders the leases' rows only: the users' rows come in whatever order the database gives. Given
+    them backwards (descending code points), the view still lists the users by URN as Python sorts them, as
+    Slices.get does."""
+    _book(aggregate, pki)
+    expected = aggregate.bookings.slice_view(pki.slice_urn)
+    assert [user.user_urn for user in expected.users] == ["urn:publicid:IDN+testbed+user+Bob", alice_urn(pki)]
+    database = aggregate.bookings.database
+    read = database.fetch_all
+
+    def users_backwards(statement: Any, parameters: Any = None) -> list[Any]:
+        rows = list(read(statement, parameters))
+        users = sorted((row for row in rows if row[0] is None), key=lambda row: row[1], reverse=True)
+        assert len(users) == 2, rows  # alice and Bob
+        return [*users, *(row for row in rows if row[0] is not None)]
+
+    monkeypatch.setattr(database, "fetch_all", users_backwards)
+    assert aggregate.bookings.slice_view(pki.slice_urn) == expected
+
+
+def alice_urn(pki: DemoPki) -> str:
+    return pki.users["alice"].chain[0].urn
