@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.models import FeedToken, LeaseRevision
 from sfa_omf.calendar.queries import from_s, to_s
+from sfa_omf.calendar.timeline import chunked
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 
@@ -56,13 +57,16 @@ class LeaseRevisions:
         return {lease: Revision(known[lease][0], from_s(known[lease][2])) for lease in fingerprints}
 
     def _known(self, lease_ids: set[str]) -> dict[str, tuple[int, str, int]]:
+        known: dict[str, tuple[int, str, int]] = {}
         with self.database.read() as session:
-            rows = session.execute(
-                select(
-                    LeaseRevision.lease_id, LeaseRevision.sequence, LeaseRevision.fingerprint, LeaseRevision.stamp_s
-                ).where(LeaseRevision.lease_id.in_(lease_ids))
-            )
-            return {lease: (sequence, fp, stamp) for lease, sequence, fp, stamp in rows}
+            for chunk in chunked(lease_ids):  # a feed may name more leases than one statement takes
+                rows = session.execute(
+                    select(
+                        LeaseRevision.lease_id, LeaseRevision.sequence, LeaseRevision.fingerprint, LeaseRevision.stamp_s
+                    ).where(LeaseRevision.lease_id.in_(chunk))
+                )
+                known.update({lease: (sequence, fp, stamp) for lease, sequence, fp, stamp in rows})
+        return known
 
     def _record(self, changed: Mapping[str, str]) -> dict[str, tuple[int, str, int]]:
         now_s = to_s(self.clock())
@@ -71,8 +75,9 @@ class LeaseRevisions:
             # Read again under the write lock: another request may have recorded the same change meanwhile.
             rows = {
                 row.lease_id: row
+                for chunk in chunked(changed)
                 for row in session.scalars(
-                    select(LeaseRevision).where(LeaseRevision.lease_id.in_(set(changed))).with_for_update()
+                    select(LeaseRevision).where(LeaseRevision.lease_id.in_(chunk)).with_for_update()
                 )
             }
             for lease_id, fingerprint in changed.items():

@@ -7,17 +7,29 @@ Cancelled, expired and ended leases are included on request: a feed must say tha
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import Select, or_, select
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, Node, Pool, Slice, SliceUser, Sliver
 from sfa_omf.calendar.queries import from_s, to_s
 
 ACTIVE_STATES = ("allocated", "provisioned", "external")
+#: Active leases and those that ran to their end (their time was taken; cancelled and expired ones never were).
+TAKEN_STATES = (*ACTIVE_STATES, "ended")
+#: The most values one IN list of ours names: PostgreSQL takes at most 65 535 parameters a statement.
+IN_LIST_LIMIT = 10_000
+
+
+def chunked(values: Iterable[str], size: int = IN_LIST_LIMIT) -> Iterator[list[str]]:
+    """The values (sorted, without repeats) in lists of at most ``size``: one IN list each."""
+    ordered = sorted(set(values))
+    for first in range(0, len(ordered), size):
+        yield ordered[first : first + size]
 
 
 @dataclass(frozen=True)
@@ -78,8 +90,12 @@ class Timeline:
         slice_urns: Iterable[str] | None = None,
         lease_ids: Iterable[str] | None = None,
         include_inactive: bool = False,
+        include_ended: bool = False,
     ) -> list[BookingRow]:
-        """Bookings overlapping [start, end) (either bound may be open), by node, slice or lease, oldest first."""
+        """Bookings overlapping [start, end) (either bound may be open), by node, slice or lease, oldest first.
+
+        Active leases only, unless ``include_ended`` (and ended ones) or ``include_inactive`` (every state).
+        ``lease_ids`` may be any number of leases (they are asked for in chunks)."""
         query = (
             select(
                 Lease.id,
@@ -99,7 +115,7 @@ class Timeline:
             .order_by(Lease.start_s, Lease.id, Node.component_id)
         )
         if not include_inactive:
-            query = query.where(Lease.state.in_(ACTIVE_STATES))
+            query = query.where(Lease.state.in_(TAKEN_STATES if include_ended else ACTIVE_STATES))
         if start is not None:
             query = query.where(Lease.end_s > to_s(start))
         if end is not None:
@@ -108,8 +124,16 @@ class Timeline:
             query = query.where(Node.component_id == node)
         if slice_urns is not None:
             query = query.where(Slice.urn.in_(set(slice_urns)))
-        if lease_ids is not None:
-            query = query.where(Lease.id.in_(set(lease_ids)))
+        if lease_ids is None:
+            return self._rows(query)
+        # A feed may name more leases than one statement takes: a statement per chunk, then the order again.
+        chunks = list(chunked(lease_ids))
+        if len(chunks) <= 1:
+            return self._rows(query.where(Lease.id.in_(chunks[0] if chunks else [])))
+        rows = [row for chunk in chunks for row in self._rows(query.where(Lease.id.in_(chunk)))]
+        return sorted(rows, key=lambda row: (row.start, row.lease_id, row.node))
+
+    def _rows(self, query: Select[*tuple[Any, ...]]) -> list[BookingRow]:
         with self.database.read() as session:
             return [
                 BookingRow(lease, slice_urn, owner, component, from_s(a), from_s(b), state, operational, client)

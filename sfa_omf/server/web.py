@@ -96,6 +96,8 @@ def _write(request: server.Request, answer: WebResponse) -> None:
     request.setHeader(b"content-type", answer.content_type.encode("ascii"))
     for name, value in SECURITY_HEADERS.items():
         request.setHeader(name, value)
+    for header, text in answer.headers.items():  # the answer's own (Retry-After on a 503)
+        request.setHeader(header.encode("ascii"), text.encode("ascii"))
     request.write(answer.body)
     request.finish()
 

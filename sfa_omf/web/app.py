@@ -22,17 +22,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from sfa_omf.calendar.availability import Availability
-from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.database import Database, TransientConflict
 from sfa_omf.calendar.feeds import FeedTokens, LeaseRevisions
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.outbox import Outbox, check_self_service_webhook
 from sfa_omf.calendar.timeline import BookingRow, NodeRow, Timeline
-from sfa_omf.errors import GeniError
+from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.verifier import CredentialVerifier
@@ -48,6 +48,13 @@ FEED_PAST = timedelta(days=30)
 ICS = "text/calendar; charset=utf-8"
 HTML = "text/html; charset=utf-8"
 CHANNEL_LABELS = {"email": "e-mail", "webhook": "webhook"}
+#: Refusals that say the database cannot answer now (down, locked, busy): 503, and when to try again.
+UNAVAILABLE_REASONS = frozenset({Reason.DATABASE, Reason.BUSY})
+RETRY_AFTER_S = 30
+INTERNAL_ERROR = "the calendar failed to answer; the operator's log has the details"
+#: The days the Gantt page shows (start=...): the calendar's useful past and future, far from datetime's limits.
+FIRST_DAY = datetime(2000, 1, 1, tzinfo=UTC)
+LAST_DAY = datetime(2999, 12, 31, tzinfo=UTC)
 STATIC_TYPES = {"calendar.js": "text/javascript; charset=utf-8", "calendar.css": "text/css; charset=utf-8"}
 
 
@@ -66,9 +73,12 @@ class WebRequest:
 
 @dataclass(frozen=True)
 class WebResponse:
+    """An answer: its status, type and body, and any headers of its own (e.g. Retry-After)."""
+
     status: int
     content_type: str
     body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,8 +146,18 @@ class WebCalendar:
             return self._error(403, "Forbidden", str(exc))
         except NotAllowed as exc:
             return self._error(405, "Method not allowed", str(exc))
+        except TransientConflict as exc:  # concurrent writers collided (outside a retry): busy, try again
+            return self._unavailable(request, exc)
         except GeniError as exc:
-            return self._error(400, "Bad request", exc.message)
+            if exc.reason in UNAVAILABLE_REASONS:
+                return self._unavailable(request, exc)
+            if exc.reason is Reason.SERVER_ERROR:
+                log.error("web calendar %s failed: %s", request.path, exc)
+                return self._error(500, "Internal error", INTERNAL_ERROR)
+            return self._error(400, "Bad request", exc.message)  # the caller's input: the message says what to change
+        except Exception:
+            log.exception("web calendar %s failed", request.path)
+            return self._error(500, "Internal error", INTERNAL_ERROR)
 
     def _route(self, request: WebRequest) -> WebResponse:
         parts = [part for part in request.path.split("/") if part]
@@ -190,7 +210,8 @@ class WebCalendar:
             known = ", ".join(hardware_types) or "none"
             raise BadRequest(f"hw={hardware!r} is no node's hardware type; types: {known}")
         nodes = [n for n in all_nodes if (not pool or n.pool == pool) and (not hardware or n.hardware_type == hardware)]
-        rows = self.timeline.bookings(window[0], window[1]) if nodes else []
+        # Ended leases too: their time was taken (empty = free); cancelled and expired ones never were.
+        rows = self.timeline.bookings(window[0], window[1], include_ended=True) if nodes else []
         users = self._users_for(viewer, rows)
         now_left = gantt.place(now, now, *window)[0] if window[0] <= now < window[1] else None
         step = gantt.VIEWS[view]
@@ -209,9 +230,9 @@ class WebCalendar:
             hardware_types=hardware_types,
             pool=pool,
             hardware=hardware,
-            previous=f"{start - step:%Y-%m-%d}",
-            following=f"{start + step:%Y-%m-%d}",
-            today=f"{now:%Y-%m-%d}",
+            previous=_gantt_query(view, start - step, pool, hardware),
+            following=_gantt_query(view, start + step, pool, hardware),
+            today=_gantt_query(view, now, pool, hardware),
             node_count=len(nodes),
         )
 
@@ -297,7 +318,7 @@ class WebCalendar:
         node = self._find_node(key, viewer)
         lease_ids = {row.lease_id for row in self._feed_rows(node=node.component_id)}
         rows = self._feed_rows(lease_ids=lease_ids) if lease_ids else []
-        return self._feed(f"{node.component_name} ({self.settings.host})", rows, viewer.sees)
+        return self._feed(f"{node.component_name} ({self.settings.host})", rows, viewer)
 
     def slice_feed(self, request: WebRequest, key: str) -> WebResponse:
         """Every lease of a slice, for its members and operators."""
@@ -311,7 +332,7 @@ class WebCalendar:
                 "sfa-omf calendar feed-url YOUR_URN)"
             )
         rows = self._feed_rows(slices=[slice_urn])
-        return self._feed(f"{short_name(slice_urn)} ({self.settings.host})", rows, viewer.sees)
+        return self._feed(f"{short_name(slice_urn)} ({self.settings.host})", rows, viewer)
 
     def user_feed(self, token: str) -> WebResponse:
         """The leases of every slice of the token's user: a private feed a calendar client can subscribe to."""
@@ -323,7 +344,8 @@ class WebCalendar:
             )
         slices = self.timeline.slices_of_user(user)
         rows = self._feed_rows(slices=slices) if slices else []
-        return self._feed(f"{short_name(user)} at {self.settings.host}", rows, lambda slice_urn: slice_urn in slices)
+        owner = Viewer(urn=user, admin=user in self.settings.admins, slices=frozenset(slices))
+        return self._feed(f"{short_name(user)} at {self.settings.host}", rows, owner)
 
     def _feed_rows(
         self, node: str | None = None, slices: Collection[str] | None = None, lease_ids: Collection[str] | None = None
@@ -332,12 +354,15 @@ class WebCalendar:
             start=self.clock() - FEED_PAST, node=node, slice_urns=slices, lease_ids=lease_ids, include_inactive=True
         )
 
-    def _feed(self, name: str, rows: Sequence[BookingRow], sees: Callable[[str], bool]) -> WebResponse:
-        events = group_leases(rows)
+    def _feed(self, name: str, rows: Sequence[BookingRow], viewer: Viewer) -> WebResponse:
+        """The feed of these rows as this viewer may see them: nodes of private pools only for operators and the
+        members of the slice that booked them (their own lease is no secret to them)."""
+        visible = {node.component_id for node in self._visible_nodes(viewer)}
+        events = group_leases([row for row in rows if row.node in visible or viewer.sees(row.slice_urn)])
         revisions = self.revisions.observe({event.lease_id: fingerprint(event) for event in events})
-        users = self.timeline.users_of_slices({event.slice_urn for event in events if sees(event.slice_urn)})
+        users = self.timeline.users_of_slices({event.slice_urn for event in events if viewer.sees(event.slice_urn)})
         return WebResponse(
-            200, ICS, render_feed(name, events, revisions, sees, self.settings.host, users, self.event_texts)
+            200, ICS, render_feed(name, events, revisions, viewer.sees, self.settings.host, users, self.event_texts)
         )
 
     # -- helpers --------------------------------------------------------------------------------------------------
@@ -376,18 +401,37 @@ class WebCalendar:
         body = self.templates.get_template(template).render(**values)
         return WebResponse(200, HTML, body.encode("utf-8"))
 
-    def _error(self, status: int, title: str, message: str) -> WebResponse:
+    def _unavailable(self, request: WebRequest, exc: Exception) -> WebResponse:
+        """503 with Retry-After: the database cannot answer now. Its own words (host, port, user) go to the log only."""
+        log.warning("web calendar %s: the calendar database cannot answer: %s", request.path, exc)
+        return self._error(
+            503,
+            "Service unavailable",
+            "the calendar cannot be read just now; try again in a minute",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
+
+    def _error(self, status: int, title: str, message: str, headers: Mapping[str, str] | None = None) -> WebResponse:
         body = self.templates.get_template("error.html").render(
             base=self.settings.base_path, status=status, title=title, message=message
         )
-        return WebResponse(status, HTML, body.encode("utf-8"))
+        return WebResponse(status, HTML, body.encode("utf-8"), headers or {})
+
+
+def _gantt_query(view: str, day: datetime, pool: str, hardware: str) -> str:
+    """The query of the Gantt page of this view, day and filters, URL-encoded (names may hold &, +, #, %)."""
+    return urlencode({"view": view, "start": f"{day:%Y-%m-%d}", "pool": pool, "hw": hardware})
 
 
 def _day(text: str | None, now: datetime) -> datetime:
-    """Midnight UTC of the day asked for (YYYY-MM-DD), or of today."""
+    """Midnight UTC of the day asked for (YYYY-MM-DD, within FIRST_DAY..LAST_DAY), or of today."""
     if not text:
         return now.replace(hour=0, minute=0, second=0, microsecond=0)
     try:
-        return datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
+        day = datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError as exc:
         raise BadRequest(f"start={text!r}: give a day as YYYY-MM-DD (UTC), e.g. start={now:%Y-%m-%d}") from exc
+    # Far-off days are nobody's schedule, and the page's arithmetic (a week on, a step back) must stay in range.
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise BadRequest(f"start={text!r}: give a day from {FIRST_DAY:%Y-%m-%d} to {LAST_DAY:%Y-%m-%d}")
+    return day

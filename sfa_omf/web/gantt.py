@@ -26,6 +26,7 @@ class Bar:
     kind: str  # mine, other, external
     label: str
     details: tuple[tuple[str, str], ...]  # (field, value) shown on hover/click
+    ended: bool = False  # the lease is over (drawn faded: its time was taken, not free)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def bar_for(row: BookingRow, viewer: Viewer, window: tuple[datetime, datetime], 
     """A booking as the viewer may see it."""
     left, width = place(row.start, row.end, *window)
     when = f"{row.start:%Y-%m-%d %H:%M} – {row.end:%Y-%m-%d %H:%M} UTC"
+    ended = row.state == "ended"
     if row.state == "external":
         details: list[tuple[str, str]] = [("window", when), ("held", "outside sfa-omf (the testbed's own job)")]
         if viewer.admin:
@@ -75,8 +77,9 @@ def bar_for(row: BookingRow, viewer: Viewer, window: tuple[datetime, datetime], 
         if users.get(row.slice_urn):
             details.append(("users", ", ".join(users[row.slice_urn])))
         kind = "mine" if row.slice_urn in viewer.slices else "other"
-        return Bar(row.lease_id, row.start, row.end, left, width, kind, short_name(row.slice_urn), tuple(details))
-    return Bar(row.lease_id, row.start, row.end, left, width, "other", "booked", (("window", when),))
+        label = short_name(row.slice_urn)
+        return Bar(row.lease_id, row.start, row.end, left, width, kind, label, tuple(details), ended)
+    return Bar(row.lease_id, row.start, row.end, left, width, "other", "booked", (("window", when),), ended)
 
 
 def layout(

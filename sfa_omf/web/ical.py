@@ -16,8 +16,9 @@ import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from icalendar import Calendar, Event
+from icalendar import Calendar, Event, Timezone, TimezoneStandard
 
 from sfa_omf.calendar.feeds import Revision
 from sfa_omf.calendar.timeline import BookingRow
@@ -121,6 +122,9 @@ def render_feed(
     calendar.add("method", "PUBLISH")
     calendar.add("x-wr-calname", name)
     calendar.add("x-wr-timezone", "UTC")
+    if not events:
+        # RFC 5545 wants at least one component in a VCALENDAR: an empty feed carries UTC's (harmless) definition.
+        calendar.add_component(_utc_timezone())
     cache = cache or EventCache()
     users = users or {}
     texts = []
@@ -134,6 +138,19 @@ def render_feed(
     # The calendar's own lines, with the events spliced in before its END line.
     head, end = bytes(calendar.to_ical()).rsplit(b"END:VCALENDAR", 1)
     return head + b"".join(texts) + b"END:VCALENDAR" + end
+
+
+def _utc_timezone() -> Timezone:
+    """A VTIMEZONE for UTC: no offset, no daylight saving."""
+    standard = TimezoneStandard()
+    standard.add("dtstart", datetime(1970, 1, 1))
+    standard.add("tzoffsetfrom", timedelta(0))
+    standard.add("tzoffsetto", timedelta(0))
+    standard.add("tzname", "UTC")
+    timezone = Timezone()
+    timezone.add("tzid", "UTC")
+    timezone.add_component(standard)
+    return timezone
 
 
 def _event_text(lease: LeaseEvent, revision: Revision, visible: bool, host: str, users: dict[str, list[str]]) -> bytes:

@@ -5,21 +5,30 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import operator
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from html import unescape
+from pathlib import Path
+from urllib.parse import parse_qs
 
+import pytest
 from icalendar import Calendar
 
-from sfa_omf.calendar.feeds import FeedTokens
+from sfa_omf.calendar.database import Database, TransientConflict
+from sfa_omf.calendar.feeds import FeedTokens, LeaseRevisions
+from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.calendar.timeline import Timeline
+from sfa_omf.errors import GeniError, Reason
 from sfa_omf.trust.pki import create_gid, new_private_key
+from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from sfa_omf.web import gantt
-from sfa_omf.web.app import WebRequest, WebResponse
+from sfa_omf.web.app import RETRY_AFTER_S, WebCalendar, WebRequest, WebResponse, WebSettings
 from tests.calendar.conftest import node_urn
 from tests.conftest import DemoPki
-from tests.web.conftest import ALICE, DEMO, OTHER, Lab, at
+from tests.web.conftest import ALICE, DEMO, EXPIRES, OTHER, Lab, at
 
 
 def get(lab: Lab, path: str, who: str | None = None, pki: DemoPki | None = None, **query: str) -> WebResponse:
@@ -123,7 +132,8 @@ def bars_of(page: str) -> dict[str, list[tuple[str, float, float, str, list[list
     found: dict[str, list[tuple[str, float, float, str, list[list[str]]]]] = {}
     for row in re.finditer(r'<div class="row node[^"]*" data-node="([^"]+)"(.*?)</div>\s*</div>', page, re.S):
         for bar in re.finditer(
-            r'<div class="bar (\w+)" style="left: ([0-9.]+)%; width: ([0-9.]+)%" data-lease="([^"]+)">', row.group(2)
+            r'<div class="bar (\w+)(?: ended)?" style="left: ([0-9.]+)%; width: ([0-9.]+)%" data-lease="([^"]+)">',
+            row.group(2),
         ):
             lease = bar.group(4)
             found.setdefault(row.group(1), []).append(
@@ -179,6 +189,10 @@ def test_bad_requests_say_what_to_do(lab: Lab, pki: DemoPki) -> None:
     cases = {
         ("/", "view", "month"): (400, "use view=day or view=week"),
         ("/", "start", "tomorrow"): (400, "give a day as YYYY-MM-DD"),
+        ("/", "start", "9999-12-31"): (400, "give a day from 2000-01-01 to 2999-12-31"),
+        ("/", "start", "0001-01-01"): (400, "give a day from 2000-01-01 to 2999-12-31"),
+        ("/", "start", "1999-12-31"): (400, "give a day from 2000-01-01 to 2999-12-31"),
+        ("/", "start", "3000-01-01"): (400, "give a day from 2000-01-01 to 2999-12-31"),
         ("/", "pool", "nope"): (400, "pools: default, usrp"),
         ("/", "hw", "gpu"): (400, "types: icarus, usrp2"),
         ("/node/nope", "", ""): (404, "no node 'nope' here"),
@@ -189,8 +203,11 @@ def test_bad_requests_say_what_to_do(lab: Lab, pki: DemoPki) -> None:
     }
     for (path, key, value), (status, message) in cases.items():
         answer = get(lab, path, **({key: value} if key else {}))
-        assert (answer.status, answer.content_type) == (status, "text/html; charset=utf-8"), path
+        assert (answer.status, answer.content_type) == (status, "text/html; charset=utf-8"), (path, value)
         assert message in unescape(answer.body.decode()), (path, answer.body[-300:])
+    for first_or_last in ("2000-01-01", "2999-12-31"):  # the ends of the range work, in either view
+        assert get(lab, "/", start=first_or_last, view="week").status == 200
+        assert get(lab, "/", start=first_or_last, view="day").status == 200
 
 
 def test_an_untrusted_certificate_gets_the_public_view_and_the_reason(lab: Lab, pki: DemoPki) -> None:
@@ -201,3 +218,129 @@ def test_an_untrusted_certificate_gets_the_public_view_and_the_reason(lab: Lab, 
     stranger = create_gid(ALICE, key.public_key(), key)
     answer = lab.web.handle(WebRequest(path="/", caller_chain=(stranger,)))
     assert b"your certificate is not trusted here" in answer.body and b'class="user"' not in answer.body
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///{tmp}/no-such-directory/calendar.sqlite", "postgresql+psycopg://calendar:secret@127.0.0.1:1/nodb"],
+)
+def test_a_database_that_cannot_answer_is_503_without_its_details(
+    url: str, tmp_path: Path, pki: DemoPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = Database(url.format(tmp=tmp_path))
+    web = WebCalendar(database, CredentialVerifier(pki.roots, VerdictCache()), WebSettings(host="am.testbed.example"))
+    try:
+        for path in ("/", "/node/n1.ics", "/feed/" + "A" * 43 + ".ics"):
+            with caplog.at_level(logging.WARNING, logger="sfa_omf.web"):
+                answer = web.handle(WebRequest(path=path))
+            assert (answer.status, answer.headers) == (503, {"Retry-After": str(RETRY_AFTER_S)}), path
+            page = unescape(answer.body.decode())
+            assert "try again in a minute" in page
+            for detail in ("127.0.0.1", "port 1", "refused", "no-such-directory", "unable to open", "database failed"):
+                assert detail not in page, (path, detail)
+            assert "the calendar database failed" in caplog.text  # the operator's log has the database's words
+            caplog.clear()
+    finally:
+        database.dispose()
+
+
+def test_busy_is_503_bad_input_400_and_the_unexpected_500(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(error: Exception) -> Callable[[], object]:
+        def nodes() -> object:
+            raise error
+
+        return nodes
+
+    cases: list[tuple[Exception, int, str]] = [
+        (GeniError(Reason.BUSY, "collided at 10.0.0.7"), 503, "try again in a minute"),
+        (TransientConflict("deadlock detected at 10.0.0.7"), 503, "try again in a minute"),
+        (GeniError(Reason.BAD_ARGS, "give a URN"), 400, "give a URN"),
+        (GeniError(Reason.SERVER_ERROR, "bug at 10.0.0.7"), 500, "the operator's log has the details"),
+        (RuntimeError("bug at 10.0.0.7"), 500, "the operator's log has the details"),
+    ]
+    for error, status, message in cases:
+        monkeypatch.setattr(lab.web.timeline, "nodes", failing(error))
+        answer = get(lab, "/")
+        assert answer.status == status, error
+        assert message in unescape(answer.body.decode()) and "10.0.0.7" not in answer.body.decode(), error
+        assert ("Retry-After" in answer.headers) == (status == 503)
+
+
+def test_feeds_read_more_leases_than_one_statement_takes(lab: Lab) -> None:
+    # PostgreSQL takes at most 65 535 parameters a statement: a feed of more leases is read in chunks.
+    timeline = Timeline(lab.database)
+    every = timeline.bookings(include_inactive=True)
+    many = {row.lease_id for row in every} | {f"no-such-lease-{number}" for number in range(66_000)}
+    assert timeline.bookings(lease_ids=many, include_inactive=True) == every
+    revisions = LeaseRevisions(lab.database)
+    first = revisions.observe(dict.fromkeys(many, "a"))  # all new: recorded
+    assert len(first) == len(many) and {revision.sequence for revision in first.values()} == {0}
+    assert revisions.observe(dict.fromkeys(many, "a")) == first  # all known: read back, nothing written
+
+
+def test_feeds_name_nodes_of_private_pools_only_to_operators_and_the_slice_members(lab: Lab, pki: DemoPki) -> None:
+    lab.inventory.create_pool("secretpool", federated=False)
+    lab.inventory.add_node(NodeSpec(node_urn("hid1"), "hid1", pool="secretpool", hardware_type="x"))
+    both = [BookingRequest(node_urn("u1"), at(10), at(12)), BookingRequest(node_urn("hid1"), at(10), at(12))]
+    other = lab.bookings.book(OTHER, EXPIRES, both, owner_urn="").leases[0]
+    mine = [BookingRequest(node_urn("n2"), at(13), at(14)), BookingRequest(node_urn("hid1"), at(13), at(14))]
+    demo = lab.bookings.book(DEMO, EXPIRES, mine, owner_urn=ALICE).leases[0]
+    token = FeedTokens(lab.database).issue(ALICE)
+    assert get(lab, "/node/hid1.ics").status == 404
+    for path, who in (("/node/u1.ics", None), ("/node/u1.ics", "alice"), ("/node/n2.ics", None)):
+        answer = get(lab, path, who, pki)
+        assert b"hid1" not in answer.body, (path, who)
+        assert other.id in events(answer) or demo.id in events(answer), (path, who)
+    # A member's feeds show their own slice's lease whole, its private node too: it is no secret to them.
+    for path, who in (("/node/n2.ics", "alice"), (f"/slice/{DEMO}.ics", "alice"), (f"/feed/{token}.ics", None)):
+        assert "hid1" in str(events(get(lab, path, who, pki))[demo.id]["summary"]), (path, who)
+    assert events(get(lab, "/node/u1.ics"))[other.id]["summary"] == "booked: u1"
+    assert "n2" in str(events(get(lab, f"/slice/{DEMO}.ics", "alice", pki))[demo.id]["description"])
+    operator = events(get(lab, "/node/u1.ics", "carol", pki))[other.id]
+    assert "hid1" in str(operator["summary"]) and node_urn("hid1") in str(operator["description"])
+
+
+def test_gantt_shows_ended_bookings_as_taken_not_cancelled_ones(lab: Lab, pki: DemoPki) -> None:
+    lab.bookings.mark_provisioned(lab.demo_lease)
+    lab.clock[0] = at(5)  # the demo lease (at(2)-at(4)) is over
+    assert [lease.id for lease in lab.bookings.retire_ended()] == [lab.demo_lease]
+    lab.bookings.cancel(lab.other_lease)
+    for who in (None, "alice", "carol"):
+        page = get(lab, "/", who, pki, start=f"{lab.now:%Y-%m-%d}").body.decode()
+        on_n1 = {bar[0] for bar in bars_of(page).get(node_urn("n1"), [])}
+        assert on_n1 == {lab.demo_lease}, who  # ended: still drawn; cancelled: free again
+        assert re.search(rf'class="bar \w+ ended"[^>]*data-lease="{lab.demo_lease}"', page), who
+    assert lab.demo_lease in events(get(lab, "/node/n1.ics"))  # as the node's feed has it
+
+
+def test_gantt_links_keep_pool_and_hardware_names_whole(lab: Lab) -> None:
+    lab.inventory.create_pool("R&D #2")
+    lab.inventory.add_node(NodeSpec(node_urn("r1"), "r1", pool="R&D #2", hardware_type="b210+gps 100%"))
+    page = get(lab, "/", pool="R&D #2", hw="b210+gps 100%", view="week", start="2026-03-10").body.decode()
+    links = {
+        unescape(text).split()[-1 if "earlier" in text else 0]: unescape(query)
+        for query, text in re.findall(r'<a href="\?([^"]*)">([^<]+)</a>', page)
+    }
+    days = {"earlier": "2026-03-03", "today": f"{lab.now:%Y-%m-%d}", "later": "2026-03-17"}
+    assert set(links) == set(days)
+    for word, query in links.items():
+        wanted = {"view": "week", "start": days[word], "pool": "R&D #2", "hw": "b210+gps 100%"}
+        assert parse_qs(query) == {key: [value] for key, value in wanted.items()}, word
+        assert get(lab, "/", **wanted).status == 200
+
+
+def test_a_feed_without_events_still_holds_a_component(lab: Lab) -> None:
+    # RFC 5545 3.4: a VCALENDAR holds at least one component; an empty feed carries UTC's VTIMEZONE.
+    lab.inventory.add_node(NodeSpec(node_urn("e1"), "e1", pool="default", hardware_type="icarus"))
+    nobody = FeedTokens(lab.database).issue("urn:publicid:IDN+testbed+user+bob")
+    for path in ("/node/e1.ics", f"/feed/{nobody}.ics"):
+        answer = get(lab, path)
+        assert events(answer) == {}
+        calendar = Calendar.from_ical(answer.body)
+        (timezone,) = calendar.subcomponents
+        assert (timezone.name, str(timezone["tzid"])) == ("VTIMEZONE", "UTC")
+        (standard,) = timezone.subcomponents
+        assert standard.name == "STANDARD"
+        assert standard.decoded("tzoffsetfrom") == standard.decoded("tzoffsetto") == timedelta(0)
+    with_events = Calendar.from_ical(get(lab, "/node/n1.ics").body)
+    assert {component.name for component in with_events.subcomponents} == {"VEVENT"}  # as before

@@ -4,6 +4,7 @@ a certificate is refused."""
 
 from __future__ import annotations
 
+import http.client
 import re
 import xmlrpc.client
 from datetime import timedelta
@@ -15,8 +16,10 @@ from icalendar import Calendar
 from sfa_omf.calendar.outbox import Outbox
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.cli import main
+from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import format_time, utcnow
-from tests.tls_harness import proxy
+from sfa_omf.web.app import RETRY_AFTER_S, WebCalendar
+from tests.tls_harness import client_context, proxy
 from tests.web.served import Served
 
 SLICE = "urn:publicid:IDN+lab+slice+demo"
@@ -181,3 +184,26 @@ def test_a_user_opts_in_over_tls_with_their_certificate(served: Served) -> None:
     address = re.search(rb'id="feed-url"><a href="(https://[^"]+)"', body)
     assert status == 200 and address is not None and address.group(1).decode().startswith(f"{origin}/calendar/feed/")
     assert served.get(address.group(1).decode().removeprefix(origin))[0] == 200  # no certificate needed
+
+
+def test_a_database_failure_reaches_the_browser_as_503_with_retry_after(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer's own headers cross the HTTPS server: a page whose database fails is 503 with Retry-After, and
+    the database's words stay in the log. (The failure is a stand-in raised where the page reads the calendar:
+    tests/web/test_web_app.py makes a real one, a PostgreSQL that refuses connections, in-process.)"""
+
+    def database_down(*_args: object, **_kwargs: object) -> None:
+        raise GeniError(Reason.DATABASE, "the calendar database failed: connection to 10.0.0.7 refused")
+
+    monkeypatch.setattr(WebCalendar, "gantt_page", database_down)
+    host, port = served.url.removeprefix("https://").rstrip("/").split(":")
+    connection = http.client.HTTPSConnection(host, int(port), context=client_context(None, None), timeout=30)
+    try:
+        connection.request("GET", "/calendar/")
+        response = connection.getresponse()
+        status, retry_after, body = response.status, response.getheader("retry-after"), response.read()
+    finally:
+        connection.close()
+    assert (status, retry_after) == (503, str(RETRY_AFTER_S)), body
+    assert b"10.0.0.7" not in body and b"try again" in body
