@@ -6,10 +6,14 @@ Each reads the configuration (``--config FILE``, default $SFA_OMF_CONFIG or ./sf
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfa_omf.calendar.records import NODE_STATES  # plain data: building the parser needs no database layer
@@ -358,6 +362,11 @@ def _node_remove(args: argparse.Namespace) -> int:
             )
     if revoke_vpn_of_removed_node(settings, name):  # a node agent's VPN access goes with the node
         print(f"revoked the VPN certificate of {name}")
+    if node.hardware_type == AGENT_HARDWARE_TYPE:  # and so do its DNS names and its staged files
+        _forget_agent_names(settings, database, name)
+        removed = _remove_staged_files(settings, name)
+        if removed:
+            print(f"removed its staged files ({removed} lease folder(s) under agent_files/)")
     try:
         authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
     except AuthorityError:
@@ -365,6 +374,50 @@ def _node_remove(args: argparse.Namespace) -> int:
     if forget_node(authority, Records(database), args.component_id):
         print(f"removed its record from the registry of {authority.hrn}")
     return 0
+
+
+def _forget_agent_names(settings: Settings, database: Database, hostname: str) -> None:
+    """Rewrite the nodes' DNS zone from the calendar, which no longer holds ``hostname`` (when the aggregate keeps a
+    zone). A failed reload is a warning: the node is removed, and the next registration rewrites the zone."""
+    if not settings.agent_dns_zone:
+        return
+    from sfa_omf.agents.dns import DnsZones, NodeName
+    from sfa_omf.calendar.agents import Agents
+
+    zones = DnsZones.from_settings(
+        os.path.join(settings.data_dir, "dns"), settings.agent_dns_zone, settings.agent_dns_reload
+    )
+    agents = Agents(database)
+    try:
+        # As the server's own rewrite after a failed registration: a registration between its rewrite and its
+        # commit holds this lock, so its name is in the calendar when the zone is read here.
+        with agents.testbed_lock() as exclusive:
+            exclusive()
+            zones.publish([NodeName(*row) for row in agents.names()])
+    except GeniError as exc:
+        print(
+            f"warning: {hostname} is still in the DNS zone {settings.agent_dns_zone}: {exc.message}; the next "
+            "registration of any node rewrites the zone without it",
+            file=sys.stderr,
+        )
+        return
+    print(f"removed its DNS names from the zone {settings.agent_dns_zone}")
+
+
+def _remove_staged_files(settings: Settings, hostname: str) -> int:
+    """Delete the node's staged files (DATA_DIR/agent_files/<lease>/<hostname>/): with its slivers gone no command
+    reaches them any more. Returns how many lease folders held some."""
+    from sfa_omf.calendar.agents import HOSTNAME
+
+    if not HOSTNAME.match(hostname):  # not an agent's name: nothing of it is there (and no pattern in the glob)
+        return 0
+    removed = 0
+    for folder in sorted((Path(settings.data_dir) / "agent_files").glob(f"*/{hostname}")):
+        shutil.rmtree(folder)
+        removed += 1
+        with contextlib.suppress(OSError):  # the lease's folder goes too, once no other node has files in it
+            folder.parent.rmdir()
+    return removed
 
 
 def _node_set_state(args: argparse.Namespace) -> int:

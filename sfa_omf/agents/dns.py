@@ -19,6 +19,7 @@ Files, in the zone directory: ``views.conf`` (named.conf includes it), ``vpn.zon
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import re
 import shlex
@@ -32,7 +33,11 @@ from sfa_omf.agents.vpn import NETWORK, SERVER_ADDRESS, node_address
 from sfa_omf.errors import GeniError, Reason
 
 TTL_S = 60
-_GROUP = re.compile(r"[^A-Za-z0-9_-]")
+# A LAN group's view and zone file are named "lan-<group>" as it is: these characters are safe in a file name and a
+# quoted view name, and naming them as they are keeps two groups apart (a rewrite of the name could make two one).
+GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Names the zone gives itself: a node of that name would add a record to the server's own.
+RESERVED_HOSTNAMES = frozenset({"ns"})
 
 
 @dataclass(frozen=True)
@@ -51,11 +56,21 @@ def _zone(zone: str, serial: int, records: Iterable[tuple[str, str]]) -> str:
         f"@ IN NS ns.{zone}.",
         f"ns IN A {SERVER_ADDRESS}",
     ]
-    return "\n".join([*head, *(f"{name} IN A {address}" for name, address in records if address), ""])
+    return "\n".join(
+        [*head, *(f"{name} IN {_record_type(address)} {address}" for name, address in records if address), ""]
+    )
+
+
+def _record_type(address: str) -> str:
+    """AAAA for an IPv6 address, A for IPv4: named refuses the whole zone over one A record holding IPv6."""
+    return "AAAA" if ipaddress.ip_address(address).version == 6 else "A"
 
 
 def _file_name(group: str) -> str:
-    return "lan-" + _GROUP.sub("_", group)
+    """The view and zone file of a LAN group: one per group, never shared (see GROUP)."""
+    if not GROUP.match(group):
+        raise GeniError(Reason.BAD_ARGS, f"LAN group {group!r} may hold letters, digits, '_', '.', '-' only")
+    return "lan-" + group
 
 
 class DnsZones:

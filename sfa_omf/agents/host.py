@@ -9,10 +9,14 @@ testbed/unix_accounts.py), so keys put there by others are never touched. ``Unix
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +26,8 @@ from sfa_omf.errors import GeniError, Reason
 from sfa_omf.registry.accounts import check_login
 from sfa_omf.sshkeys import is_ssh_public_key
 from sfa_omf.testbed.unix_accounts import LocalAccount, UnixAccounts, replace_block
+
+log = logging.getLogger("sfa_omf.agent")
 
 
 class Host(Protocol):
@@ -131,24 +137,93 @@ class DirectoryHost:
         return _read_from(self.root / "home" / login, folder)
 
 
+def _open_home(home: Path) -> int:
+    """A descriptor of the account's home (named by the system, not by its user: its parent is not theirs)."""
+    return os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _open_folder(home_fd: int, folder: str) -> int:
+    """A descriptor of ``~/folder``, a real directory: a symbolic link put there by the user is refused (ELOOP or
+    ENOTDIR), never followed, so the root agent works only inside the user's own home."""
+    return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=home_fd)
+
+
+def _check_plain_name(name: str) -> None:
+    if not name or "/" in name or name.startswith("."):
+        raise OSError(errno.EINVAL, f"{name!r} is not a plain file name")
+
+
 def _write_into(home: Path, folder: str, name: str, data: bytes, owner: tuple[int, int] | None = None) -> None:
-    target = home / folder
-    target.mkdir(parents=True, exist_ok=True)
-    temporary = target / f".{name}.tmp"
-    temporary.write_bytes(data)
-    if owner is not None:
-        os.chown(target, *owner)
-        os.chown(temporary, *owner)
-    os.replace(temporary, target / name)
+    """Put ``data`` as ``~/folder/name`` (a new file, renamed into place), owned by ``owner``. Nothing the user can
+    plant there (a linked folder, a linked or pre-made temporary file) makes root write or chown outside it."""
+    _check_plain_name(name)
+    home_fd = _open_home(home)
+    try:
+        made = _make_folder(home_fd, folder)
+        folder_fd = _open_folder(home_fd, folder)
+    finally:
+        os.close(home_fd)
+    try:
+        if made and owner is not None:
+            os.fchown(folder_fd, *owner)
+        temporary = f".{name}.tmp"
+        with contextlib.suppress(FileNotFoundError):  # a leftover, or a link planted there: the name only goes
+            os.unlink(temporary, dir_fd=folder_fd)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        with open(os.open(temporary, flags, 0o600, dir_fd=folder_fd), "wb") as out:
+            if owner is not None:
+                os.fchown(out.fileno(), *owner)
+            out.write(data)
+        # rename() replaces a link at the target by the file, it does not write through it.
+        os.replace(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+    finally:
+        os.close(folder_fd)
 
 
-def _read_from(home: Path, folder: str) -> list[tuple[str, bytes]]:
-    target = home / folder
-    if not target.is_dir():
+def _make_folder(home_fd: int, folder: str) -> bool:
+    """Make ``~/folder``; True when made now (an existing name, even a link, is left to _open_folder to judge)."""
+    try:
+        os.mkdir(folder, 0o755, dir_fd=home_fd)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _read_from(home: Path, folder: str, owner_uid: int | None = None) -> list[tuple[str, bytes]]:
+    """The regular files of ``~/folder`` by name. Links are not followed (the folder itself included), and with
+    ``owner_uid`` only the user's own files are read: a hard link to a file of root's is not sent away."""
+    try:
+        home_fd = _open_home(home)
+    except FileNotFoundError:
         return []
-    return [
-        (path.name, path.read_bytes()) for path in sorted(target.iterdir()) if path.is_file() and not path.is_symlink()
-    ]
+    try:
+        folder_fd = _open_folder(home_fd, folder)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:  # ELOOP, ENOTDIR: a link or a file where the folder should be
+        log.warning("%s/%s is a link or not a directory (%s): not read", home, folder, exc.strerror)
+        return []
+    finally:
+        os.close(home_fd)
+    try:
+        return [file for name in sorted(os.listdir(folder_fd)) if (file := _read_one(folder_fd, name, owner_uid))]
+    finally:
+        os.close(folder_fd)
+
+
+def _read_one(folder_fd: int, name: str, owner_uid: int | None) -> tuple[str, bytes] | None:
+    """(name, data) of a regular file of the folder, or None (a link, a directory, a device, someone else's)."""
+    try:
+        # O_NONBLOCK: a FIFO put there does not hang the agent at open.
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder_fd)
+    except OSError:
+        return None
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or (owner_uid is not None and status.st_uid != owner_uid):
+        os.close(fd)
+        return None
+    with open(fd, "rb") as source:
+        return name, source.read()
 
 
 class UnixHost:
@@ -186,6 +261,7 @@ class UnixHost:
 
     def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
         try:
-            return _read_from(Path(pwd.getpwnam(login).pw_dir), folder)
+            entry = pwd.getpwnam(login)
         except KeyError:
             return []
+        return _read_from(Path(entry.pw_dir), folder, entry.pw_uid)

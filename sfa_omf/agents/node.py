@@ -1,10 +1,12 @@
 """The node's side: ``sfa-omf agent enrol`` and ``sfa-omf agent run``.
 
 Enrolment makes the node's key (it never leaves the node), asks the aggregate to certify it with a one-time join
-token, and keeps the certificate, our authority's root and the server's address in the state directory. The agent
-then loops: heartbeat, fetch the work, make the host match it (accounts and keys of running leases, removal of
-finished ones), report. Every call verifies the server against the root given at enrolment. A server that is down or
-restarting is waited for: the loop keeps its state on disk and carries on where it was.
+token, and keeps the certificate, our authority's root, the server's address and the aggregate's URN in the state
+directory. The agent then loops: heartbeat, fetch the work, make the host match it (accounts and keys of running
+leases, removal of finished ones), report. Every call verifies the server against the root given at enrolment, and
+that its certificate names the aggregate (``...+authority+am``): any node or user of our authority also holds a
+certificate chaining to the root, and must not pass for the aggregate. A server that is down or restarting is waited
+for: the loop keeps its state on disk and carries on where it was.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from sfa_omf.agents.host import Host
+from sfa_omf.errors import BadArgs
 from sfa_omf.times import utcnow
+from sfa_omf.trust.gid import gid_from_der
 from sfa_omf.trust.pki import load_private_key, new_private_key, private_key_pem
+from sfa_omf.xrn import Urn, parse_urn
 
 log = logging.getLogger("sfa_omf.agent")
 TIMEOUT_S = 30
@@ -46,6 +51,26 @@ class AgentCallError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+
+
+class ServerNotTrusted(AgentCallError):
+    """The server's certificate chains to our root but does not name the aggregate (a node's, a user's ...)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(0, "untrusted", message)
+
+
+def aggregate_urn_of(node_urn: str) -> str:
+    """The URN of the aggregate that enrolled a node: ``authority+am`` of the node's authority."""
+    return str(Urn(authority=parse_urn(node_urn).authority, type="authority", name="am"))
+
+
+def _is_aggregate_urn(urn: str) -> bool:
+    try:
+        parsed = parse_urn(urn)
+    except BadArgs:
+        return False
+    return parsed.type == "authority" and parsed.name == "am"
 
 
 def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -74,26 +99,47 @@ def _self_signed(key: Any, hostname: str) -> bytes:
 
 
 class Client:
-    """JSON over HTTPS to the agent API, presenting a certificate and verifying the server against our root."""
+    """JSON over HTTPS to the agent API, presenting a certificate and verifying the server against our root and its
+    URN: ``server_urn`` when given (pinned at enrolment), else any aggregate's (``...+authority+am``)."""
 
-    def __init__(self, url: str, cert_path: str, key_path: str, root_path: str) -> None:
+    def __init__(self, url: str, cert_path: str, key_path: str, root_path: str, server_urn: str = "") -> None:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"the server must be an https:// URL, not {url!r}")
         self.host, self.port = parts.hostname, parts.port or 443
         self.base = parts.path.rstrip("/") + "/agents/v1/"
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False  # the server is known by its certificate chaining to our root, not by name
+        # The server is known by its certificate: chaining to our root and naming the aggregate (checked after the
+        # handshake, before anything is sent), not by its host name.
+        context.check_hostname = False
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(root_path)
         context.load_cert_chain(cert_path, key_path)
         self.context = context
+        self.server_urn = server_urn
+        #: The URN the server's certificate named at the last exchange (enrolment keeps it).
+        self.seen_urn = ""
+
+    def _check_server(self, connection: http.client.HTTPSConnection) -> None:
+        """Refuse a server whose certificate (verified against our root at the handshake) is not the aggregate's."""
+        sock = connection.sock
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        if not der:
+            raise ServerNotTrusted(f"the server at {self.host}:{self.port} presented no certificate")
+        urn = gid_from_der(der).urn or ""
+        if self.server_urn and urn != self.server_urn:
+            raise ServerNotTrusted(f"the server's certificate names {urn!r}, not the aggregate {self.server_urn!r}")
+        if not _is_aggregate_urn(urn):
+            raise ServerNotTrusted(f"the server's certificate names {urn!r}, not an aggregate (...+authority+am)")
+        self.seen_urn = urn
 
     def _exchange(
         self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
     ) -> tuple[int, bytes, str]:
         connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=TIMEOUT_S)
         try:
+            connection.connect()
+            self._check_server(connection)
             connection.request(method, self.base + path, body=payload, headers=headers)
             response = connection.getresponse()
             return response.status, response.read(), response.getheader("x-content-sha256", "")
@@ -186,9 +232,18 @@ def enrol(
     given_root = Path(root_path).read_text().strip()
     if str(answer.get("root", "")).strip() != given_root:
         raise AgentCallError(200, "untrusted", "the server's root is not the root given to enrol with")
+    # The aggregate is the one of the authority that named our node; its URN is pinned for every later call.
+    server_urn = aggregate_urn_of(str(answer["node"]))
+    if client.seen_urn != server_urn:
+        raise ServerNotTrusted(f"the server is {client.seen_urn!r}, not {server_urn!r}, the aggregate of our node")
     _write_private(state / CERT, str(answer["certificate"]).encode("ascii"), 0o644)
     _write_private(state / ROOT, given_root.encode("ascii") + b"\n", 0o644)
-    config = {"node": answer["node"], "server": server, "heartbeat_s": answer.get("heartbeat_s", 30)}
+    config = {
+        "node": answer["node"],
+        "server": server,
+        "server_urn": server_urn,
+        "heartbeat_s": answer.get("heartbeat_s", 30),
+    }
     _write_private(state / CONFIG, json.dumps(config).encode("utf-8"), 0o644)
     return Enrolled(node=str(answer["node"]), server=server, state_dir=state_dir)
 
@@ -217,6 +272,11 @@ def _register_until(
         wait_s = min(wait_s * 2, 30.0)
 
 
+def pinned_urn(config: dict[str, Any]) -> str:
+    """The aggregate's URN kept at enrolment; derived from the node's URN for a state written before it was kept."""
+    return str(config.get("server_urn") or aggregate_urn_of(str(config["node"])))
+
+
 def request_vpn(state_dir: str) -> tuple[str, str]:
     """Ask for an OpenVPN client certificate for the node's key; writes ``vpn.conf`` (the key stays where it is,
     referenced by path). Returns (configuration path, the node's VPN address)."""
@@ -224,7 +284,7 @@ def request_vpn(state_dir: str) -> tuple[str, str]:
     config = json.loads((state / CONFIG).read_text())
     key = load_private_key((state / KEY).read_bytes())
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
-    client = Client(str(config["server"]), str(state / CERT), str(state / KEY), str(state / ROOT))
+    client = Client(str(config["server"]), str(state / CERT), str(state / KEY), str(state / ROOT), pinned_urn(config))
     answer = client.call("POST", "vpn", {"csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii")})
     text = str(answer["config"]).replace("key KEY_PATH", f"key {(state / KEY).resolve()}")
     _write_private(state / "vpn.conf", text.encode("ascii"))
@@ -240,6 +300,7 @@ class Agent:
         self.node = str(config["node"])
         self.interval_s = float(interval_s if interval_s is not None else config.get("heartbeat_s", 30))
         self.server = str(config["server"])
+        self.server_urn = pinned_urn(config)
         self._certificate_mtime = 0.0
         self.client = self._client()
         self.host = host
@@ -252,10 +313,18 @@ class Agent:
     def _client(self) -> Client:
         """A client with the certificate on disk now (``agent enrol`` again replaces it under a running agent)."""
         self._certificate_mtime = (self.state / CERT).stat().st_mtime
-        return Client(self.server, str(self.state / CERT), str(self.state / KEY), str(self.state / ROOT))
+        state = self.state
+        return Client(self.server, str(state / CERT), str(state / KEY), str(state / ROOT), self.server_urn)
 
     def _save(self) -> None:
         _write_private(self.state / APPLIED, json.dumps(self.applied, sort_keys=True).encode("utf-8"))
+
+    def _record(self, lease_id: str, logins: list[str]) -> None:
+        """Keep the logins set up (or about to be) for the lease, before touching the host: whatever part of a
+        lease was applied, even when applying or staging in failed, is taken away at its end."""
+        if self.applied.get(lease_id) != logins:
+            self.applied[lease_id] = logins
+            self._save()
 
     def _report(self, lease_id: str, state: str, message: str = "") -> None:
         try:
@@ -277,6 +346,8 @@ class Agent:
             accounts = {str(a["login"]): [str(k) for k in a.get("ssh_keys", [])] for a in item.get("accounts", [])}
             if item.get("reported") == "failed":
                 continue  # said once; the experimenter or the operator acts on it
+            previous = self.applied.get(lease_id, [])
+            self._record(lease_id, sorted(set(previous) | set(accounts)))
             try:
                 self.host.apply(lease_id, accounts)
             except Exception as exc:  # any failure of the host is the lease's failure, reported in its words
@@ -289,11 +360,10 @@ class Agent:
                 log.warning("lease %s: staging in failed: %s", lease_id, exc)
                 self._report(lease_id, "failed", f"staging in failed: {exc}")
                 continue
-            gone = [login for login in self.applied.get(lease_id, []) if login not in accounts]
+            gone = [login for login in previous if login not in accounts]
             if gone:
                 self.host.remove(lease_id, gone)
-            self.applied[lease_id] = sorted(accounts)
-            self._save()
+            self._record(lease_id, sorted(accounts))
             if item.get("reported") != "started":
                 self._report(lease_id, "started")
         finished = {str(item["lease_id"]) for item in work.get("finished", [])}

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sfa_omf.agents.dns import DnsZones, NodeName
+from sfa_omf.agents.dns import GROUP, RESERVED_HOSTNAMES, DnsZones, NodeName
 from sfa_omf.agents.staging import FileStore
 from sfa_omf.agents.vpn import VpnCa, client_config
 from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork
@@ -40,8 +40,9 @@ MAX_PROPERTY_CHARS = 200
 MIN_KEY_BITS = 2048
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _LEASE_ID = re.compile(r"^[0-9a-f-]{36}$")
-# Properties the aggregate sets itself (network_address would point the OAR backend at another node).
-_RESERVED_PROPERTIES = frozenset({"local_address", "lan_group", "network_address"})
+# Properties the aggregate sets itself or the operator records: network_address would point the OAR backend at
+# another node; hostname and uuid name the node in the OMF backend's REST inventory (another node's would be claimed).
+_RESERVED_PROPERTIES = frozenset({"local_address", "lan_group", "network_address", "hostname", "uuid"})
 log = logging.getLogger("sfa_omf.agents")
 
 
@@ -123,6 +124,8 @@ class AgentService:
         hostname = _text(body, "hostname").lower()
         if not HOSTNAME.match(hostname):
             raise _bad(f"host name {hostname!r} must be one DNS label: letters, digits and '-', at most 63")
+        if hostname in RESERVED_HOSTNAMES:
+            raise _bad(f"host name {hostname!r} is the DNS server's own name in the nodes' zone: choose another")
         local_address = _text(body, "local_address", required=False, limit=64)
         if local_address:
             try:
@@ -130,7 +133,7 @@ class AgentService:
             except ValueError as exc:
                 raise _bad(f"local_address {local_address!r} is not an IP address") from exc
         lan_group = _text(body, "lan_group", required=False, limit=100)
-        if lan_group and not _LABEL.match(lan_group):
+        if lan_group and not GROUP.match(lan_group):
             raise _bad(f"lan_group {lan_group!r} may hold letters, digits, '_', '.', '-' only")
         properties = self._properties(body.get("properties", {}))
         csr = self._csr(_text(body, "csr", limit=8192))
@@ -158,7 +161,7 @@ class AgentService:
             local_address=local_address,
             lan_group=lan_group,
         )
-        agent = self._register_everywhere(enrolment, issue)
+        agent = self._register_everywhere(enrolment, issue, public_key)
         return {
             "node": agent.node,
             "hostname": agent.hostname,
@@ -168,8 +171,12 @@ class AgentService:
             "heartbeat_s": self.settings.heartbeat_s,
         }
 
-    def _register_everywhere(self, enrolment: Enrolment, issue: Callable[[str], tuple[str, str]]) -> AgentRecord:
-        """The registration in the calendar, the testbed's list of nodes and DNS, or in none of them.
+    def _register_everywhere(
+        self, enrolment: Enrolment, issue: Callable[[str], tuple[str, str]], public_key: rsa.RSAPublicKey
+    ) -> AgentRecord:
+        """The registration in the calendar, the testbed's list of nodes and DNS, or in none of them; a node
+        re-bound to a new key loses the VPN certificate of its old key (revoked before the commit: a registration
+        that then fails leaves the old key without its tunnel, never the other way round).
 
         The calendar's unit of work stays open while the node joins the testbed (OAR) and its name is published and
         the DNS server reloaded; it commits only when both worked. When anything fails the unit of work is rolled
@@ -190,6 +197,8 @@ class AgentService:
                 exclusive()
                 pending.append(NodeName(record.hostname, record.number, record.local_address, record.lan_group))
                 self._publish(pending[0])
+            if self.vpn is not None and self.vpn.revoke_other_key(record.hostname, public_key):
+                log.info("node %s was re-bound to a new key: its previous VPN certificate is revoked", record.hostname)
 
         try:
             agent, _changed = self.agents.register(enrolment, issue, outside_the_database)
@@ -252,7 +261,9 @@ class AgentService:
             raise _bad(f"'properties' must be an object of at most {MAX_PROPERTIES} names")
         checked: dict[str, str] = {}
         for name, item in value.items():
-            if not _LABEL.match(name) or name in _RESERVED_PROPERTIES:
+            if name in _RESERVED_PROPERTIES:
+                raise _bad(f"property {name!r} is set by the aggregate, not by an agent: leave it out")
+            if not _LABEL.match(name):
                 raise _bad(f"property name {name!r} is not allowed (letters, digits, '_', '.', '-')")
             if not isinstance(item, str | int | float) or isinstance(item, bool) or len(str(item)) > MAX_PROPERTY_CHARS:
                 raise _bad(f"property {name!r} must be a string or number of at most {MAX_PROPERTY_CHARS} characters")

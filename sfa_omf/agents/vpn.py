@@ -168,6 +168,21 @@ class VpnCa:
             issued.unlink()
         return True
 
+    def revoke_other_key(self, hostname: str, public_key: rsa.RSAPublicKey) -> bool:
+        """Revoke the node's current VPN certificate when it holds another key than ``public_key``: the node was
+        re-bound to a new key (a reinstalled machine), and the old key must not keep its tunnel. Its ccd/ entry goes
+        too, until the new key asks for its own certificate. False when there was nothing to revoke."""
+        issued = self.directory / "issued" / f"{hostname}.pem"
+        with self._locked():
+            if not issued.exists():
+                return False
+            certificate_pem = issued.read_text()
+            if x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).public_key() == public_key:
+                return False  # the same key enrolled again (a new token): its tunnel stays
+            self._revoke(certificate_pem, hostname)
+            issued.unlink()
+        return True
+
     def revoke(self, certificate_pem: str, hostname: str) -> None:
         """Revoke a client certificate (a removed node): into the CRL, and its address entry gone."""
         with self._locked():

@@ -183,7 +183,8 @@ class Agents:
     ) -> tuple[AgentRecord, bool]:
         """Create the agent's node (or take the existing one over) bound to the enrolling key; returns the agent
         and whether anything changed. The same token with the same key and host name again gives the same answer
-        (idempotent); an unknown, expired or already used token is refused and nothing is written. ``on_written``
+        (idempotent); an unknown, expired or already used token is refused and nothing is written, and so is a
+        token of one pool for an existing node of another (409). ``on_written``
         runs with the agent's record inside the unit of work, before the commit (a repeat too): if it raises,
         nothing is written."""
         token_id, secret = parse_token(enrolment.token)
@@ -244,6 +245,15 @@ class Agents:
                 raise GeniError(
                     Reason.ALREADY_EXISTS,
                     f"node {enrolment.node_urn} is not an agent's node: enrol under another host name",
+                )
+            if node.pool.name != token.pool:
+                # A token is the operator's word for a node of its own pool only: a token handed out for one pool
+                # (a volunteers' pool, say) must never take over, nor re-key, a node of another.
+                raise GeniError(
+                    Reason.ALREADY_EXISTS,
+                    f"node {enrolment.node_urn} is in pool {node.pool.name!r} and this join token is for pool "
+                    f"{token.pool!r}: enrol under another host name, or ask the operator for a token of pool "
+                    f"{node.pool.name!r}",
                 )
             if agent is None:
                 other = session.scalar(select(Agent).where(Agent.hostname == enrolment.hostname))

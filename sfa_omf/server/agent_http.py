@@ -96,10 +96,15 @@ class AgentResource(resource.Resource):
                 return _answer(
                     request, 413, {"error": "too_big", "message": f"the body is over {self.max_body_bytes} bytes"}
                 )
+            # The body is bounded above (max_body_bytes) and parsed before the caller is known: whatever it holds
+            # must be a 400, never a 500. Nesting deep enough (b"[" * 60000) makes the parser raise RecursionError.
             try:
                 decoded = json.loads(raw or b"{}")
             except (ValueError, UnicodeDecodeError) as exc:
                 return _answer(request, 400, {"error": "bad_args", "message": f"the body is not JSON: {exc}"})
+            except RecursionError:
+                message = "the body's JSON is nested too deeply: send a flat JSON object"
+                return _answer(request, 400, {"error": "bad_args", "message": message})
             if not isinstance(decoded, dict):
                 return _answer(request, 400, {"error": "bad_args", "message": "the body must be a JSON object"})
             body = decoded

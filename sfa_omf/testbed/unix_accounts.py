@@ -3,14 +3,18 @@
 Each slice owns one block of an account's ``~/.ssh/authorized_keys``, between marker lines naming the slice. Writing
 a slice's keys replaces its block only, so keys the user or the operator put there themselves, and other slices'
 blocks, are never touched; removing the block takes exactly that slice's keys away again. Needs root (useradd,
-chown); the operator turns it on with ``[sfa_omf] create_accounts = yes``.
+chown); the operator turns it on with ``[sfa_omf] create_accounts = yes``. ``~/.ssh`` is the user's: no link in it
+is followed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
 import pwd
+import stat
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +26,8 @@ from sfa_omf.sshkeys import is_ssh_public_key
 
 BEGIN = "# >>> sfa-omf slice {slice_urn} (managed by sfa-omf; edits inside are replaced)"
 END = "# <<< sfa-omf slice {slice_urn}"
+AUTHORIZED_KEYS = "authorized_keys"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,19 +95,24 @@ class UnixAccounts:
         return pwd.getpwnam(login)
 
     def set_slice_keys(self, accounts: Iterable[LocalAccount], slice_urn: str) -> None:
-        """Each account exists and its block for the slice holds exactly the account's keys."""
+        """Each account exists and its block for the slice holds exactly the account's keys. Raises NotFollowed
+        when the user made ~/.ssh or authorized_keys a link (root would write or read through it)."""
         for account in accounts:
             keys = [key.strip() for key in account.ssh_keys if is_ssh_public_key(key.strip())]
             self._rewrite(self.ensure(account.login), slice_urn, keys)
 
     def remove_slice_keys(self, logins: Iterable[str], slice_urn: str) -> None:
-        """Take the slice's keys out of these accounts (accounts that do not exist are left alone)."""
+        """Take the slice's keys out of these accounts (accounts that do not exist are left alone, and so are
+        keys files the user made links)."""
         for login in logins:
             try:
                 entry = pwd.getpwnam(login)
             except KeyError:
                 continue
-            self._rewrite(entry, slice_urn, [])
+            try:
+                self._rewrite(entry, slice_urn, [])
+            except NotFollowed as exc:  # the user replaced the file we wrote: none of our keys are in it any more
+                log.warning("%s", exc)
 
     def slice_keys(self, login: str, slice_urn: str) -> list[str]:
         """The keys in the account's block for the slice (for tests and ``sfa-omf account list``)."""
@@ -116,25 +127,77 @@ class UnixAccounts:
         return lines[start : lines.index(end, start)]
 
     def _rewrite(self, entry: pwd.struct_passwd, slice_urn: str, keys: Sequence[str]) -> None:
-        ssh_dir = os.path.join(entry.pw_dir, ".ssh")
-        if not os.path.isdir(ssh_dir):
-            if not keys:
-                return
-            os.makedirs(ssh_dir, mode=0o700)
-            os.chown(ssh_dir, entry.pw_uid, entry.pw_gid)
-        path = os.path.join(ssh_dir, "authorized_keys")
-        # One writer at a time per file (several slices may share an account); the file is replaced atomically.
-        directory = os.open(ssh_dir, os.O_RDONLY | os.O_DIRECTORY)
+        # Root works below the home by descriptors and never follows a link: ~/.ssh and what is in it are the
+        # user's, who could point them at /root/.ssh or /etc/shadow.
+        home = os.open(entry.pw_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(directory, fcntl.LOCK_EX)
-            current = Path(path).read_text(encoding="utf-8") if os.path.exists(path) else ""
+            ssh_dir = _open_ssh_dir(home, entry, create=bool(keys))
+        finally:
+            os.close(home)
+        if ssh_dir is None:
+            return
+        # One writer at a time per file (several slices may share an account); the file is replaced atomically.
+        try:
+            fcntl.flock(ssh_dir, fcntl.LOCK_EX)
+            current = _read_keys(ssh_dir, entry.pw_name)
             updated = replace_block(current, slice_urn, keys)
             if updated == current:
                 return
-            temporary = f"{path}.sfa-omf.tmp"
-            with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
-                out.write(updated)
-            os.chown(temporary, entry.pw_uid, entry.pw_gid)
-            os.replace(temporary, path)
+            _replace_keys(ssh_dir, updated, entry)
         finally:
-            os.close(directory)  # also releases the lock
+            os.close(ssh_dir)  # also releases the lock
+
+
+class NotFollowed(GeniError):
+    """A user's ~/.ssh or authorized_keys is a link (or a hard link, or not a plain file): root leaves it alone."""
+
+    def __init__(self, login: str, what: str) -> None:
+        super().__init__(
+            Reason.TESTBED, f"~{login}/{what} is a link or not a plain file: sfa-omf does not follow it (remove it)"
+        )
+
+
+def _open_ssh_dir(home: int, entry: pwd.struct_passwd, create: bool) -> int | None:
+    """A descriptor of the real directory ~/.ssh, made (the user's, 0700) when missing and ``create``."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        return os.open(".ssh", flags, dir_fd=home)
+    except FileNotFoundError:
+        if not create:
+            return None
+    except OSError as exc:  # ELOOP, ENOTDIR: a link, or a file
+        raise NotFollowed(entry.pw_name, ".ssh") from exc
+    os.mkdir(".ssh", 0o700, dir_fd=home)
+    made = os.open(".ssh", flags, dir_fd=home)
+    os.fchown(made, entry.pw_uid, entry.pw_gid)
+    return made
+
+
+def _read_keys(ssh_dir: int, login: str) -> str:
+    """The text of ~/.ssh/authorized_keys ("" when there is none), read without following a link; a hard link is
+    refused too (it may be a file of root's: its text would be written back into the user's file)."""
+    try:
+        # O_NONBLOCK: a FIFO put there does not hang us at open.
+        fd = os.open(AUTHORIZED_KEYS, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=ssh_dir)
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:  # ELOOP: a link
+        raise NotFollowed(login, f".ssh/{AUTHORIZED_KEYS}") from exc
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        os.close(fd)
+        raise NotFollowed(login, f".ssh/{AUTHORIZED_KEYS}")
+    with open(fd, encoding="utf-8") as source:
+        return source.read()
+
+
+def _replace_keys(ssh_dir: int, text: str, entry: pwd.struct_passwd) -> None:
+    """Write ``text`` to a new temporary file (the user's, 0600) and rename it over authorized_keys."""
+    temporary = f"{AUTHORIZED_KEYS}.sfa-omf.tmp"
+    with contextlib.suppress(FileNotFoundError):  # a leftover, or a link planted there: the name only goes
+        os.unlink(temporary, dir_fd=ssh_dir)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    with open(os.open(temporary, flags, 0o600, dir_fd=ssh_dir), "w", encoding="utf-8") as out:
+        os.fchown(out.fileno(), entry.pw_uid, entry.pw_gid)
+        out.write(text)
+    os.replace(temporary, AUTHORIZED_KEYS, src_dir_fd=ssh_dir, dst_dir_fd=ssh_dir)

@@ -56,9 +56,9 @@ class Named:
                 raise RuntimeError(f"named did not start: see {self.directory / 'named.log'}")
             time.sleep(0.1)
 
-    def resolve(self, names: list[str]) -> list[str]:
-        """The A records of each name (one dig for all), '' for a name not (yet) in the zone."""
-        queries = [f"{name}.{self.zone}" for name in names]
+    def resolve(self, names: list[str], kind: str = "A") -> list[str]:
+        """The ``kind`` records (A, AAAA) of each name (one dig for all), '' for a name not (yet) in the zone."""
+        queries = [part for name in names for part in (f"{name}.{self.zone}", kind)]
         done = subprocess.run(
             ["dig", "@127.0.0.1", "-p", str(self.port), "+short", "+time=2", *queries], capture_output=True, text=True
         )

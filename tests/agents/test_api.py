@@ -122,6 +122,9 @@ def test_bad_registrations_say_what_is_wrong_and_write_nothing(lab: Lab, tmp_pat
         ({**good, "local_address": "somewhere"}, key, 400, "not an IP address"),
         ({**good, "csr": "garbage"}, key, 400, "not a PEM certificate signing request"),
         ({**good, "properties": {"x": [1]}}, key, 400, "string or number"),
+        ({**good, "properties": {"uuid": "6ba7b811-9dad-11d1-80b4-00c04fd430c8"}}, key, 400, "set by the aggregate"),
+        ({**good, "properties": {"hostname": "node1.lab"}}, key, 400, "set by the aggregate"),
+        ({**good, "properties": {"network_address": "10.0.0.9"}}, key, 400, "set by the aggregate"),
         ({k: v for k, v in good.items() if k != "token"}, key, 400, "'token' is missing"),
         (good, new_private_key(), 403, "not the key presented at the TLS handshake"),
     ]
@@ -140,6 +143,37 @@ def test_oversized_and_malformed_bodies_are_refused(lab: Lab, tmp_path: Path) ->
     huge = {"token": lab.invite(), "hostname": "pc1", "csr": "x", "pad": "y" * (lab.settings.agent_max_body_bytes + 1)}
     assert _register_raw(lab, tmp_path, huge).status == 413
     assert counts(lab) == (0, 0)
+
+
+def _post_raw(lab: Lab, state: Path, path: str, payload: bytes) -> tuple[int, dict[str, object]]:
+    """POST ``payload`` as it is (not made by json.dumps) with the agent's certificate; (status, JSON answer)."""
+    import http.client
+    import json
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.load_verify_locations(lab.root)
+    context.load_cert_chain(str(state / "node.gid"), str(state / KEY))
+    connection = http.client.HTTPSConnection("127.0.0.1", lab.server.port_number, context=context, timeout=30)
+    try:
+        connection.request("POST", f"/agents/v1/{path}", body=payload, headers={"content-type": "application/json"})
+        response = connection.getresponse()
+        raw = response.read()
+        # A server error's page is not JSON: keep its start, for the assertion's message.
+        return response.status, json.loads(raw) if raw.startswith(b"{") else {"error": "", "message": raw[:300]}
+    finally:
+        connection.close()
+
+
+def test_deeply_nested_json_is_a_bad_request(lab: Lab, tmp_path: Path) -> None:
+    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1")
+    for path, payload in (("heartbeat", b"[" * 60000), ("register", b'{"a":' * 10000 + b"1" + b"}" * 10000)):
+        assert len(payload) <= lab.settings.agent_max_body_bytes  # under the size limit: parsed
+        status, answer = _post_raw(lab, tmp_path / "a1", path, payload)
+        assert (status, answer["error"]) == (400, "bad_args"), answer
+        assert "nested too deeply" in str(answer["message"])
+    assert counts(lab) == (1, 1)
 
 
 def test_forged_certificates_are_refused(lab: Lab, tmp_path: Path) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from sfa_omf.agents.node import enrol
+from sfa_omf.agents.staging import FileStore
 from sfa_omf.cli import main
+from sfa_omf.config import read_config
 from tests.agents.conftest import Lab
+from tests.agents.named import Named
 
 
 def test_invite_then_list(lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,3 +59,40 @@ def test_removing_a_node_revokes_its_vpn_certificate(
     serial = x509.load_pem_x509_certificate(certificate.encode("ascii")).serial_number
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
     assert not (lab.directory / "vpn" / "ccd" / "pc7").exists()
+
+
+def test_removing_a_node_takes_its_dns_names_and_staged_files(
+    lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if shutil.which("named") is None or shutil.which("dig") is None:
+        pytest.fail("bind9 is not installed: scripts/test.sh installs it (apt-get install bind9 bind9-dnsutils)")
+    (tmp_path / "named").mkdir()
+    named = Named(tmp_path / "named", lab.directory / "dns", "nodes.lab")
+    try:
+        # In the file: the command reads it, as the server does.
+        config = Path(lab.settings_path)
+        config.write_text(
+            config.read_text() + f"\n[sfa_agents]\ndns_zone = nodes.lab\ndns_reload = {named.reload_command}\n"
+        )
+        lab.settings = read_config(lab.settings_path)
+        lab.restart()
+        pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7", "127.3.0.7")
+        enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a8"), "pc8", "127.3.0.8")
+        assert named.resolve(["pc7", "pc8"]) == ["127.3.0.7", "127.3.0.8"]
+        store = FileStore(str(lab.directory / "agent_files"), 1024)
+        lease, other_lease = "0" * 8 + "-0000-4000-8000-" + "0" * 12, "1" * 8 + "-0000-4000-8000-" + "0" * 12
+        for lease_id, hostname in ((lease, "pc7"), (lease, "pc8"), (other_lease, "pc7")):
+            store.put(lease_id, hostname, "out", "result.txt", b"42\n", hashlib.sha256(b"42\n").hexdigest())
+
+        assert main(["node", "remove", pc7.node, "--config", lab.settings_path]) == 0
+        for zone_file in ("local.zone", "vpn.zone"):
+            text = (lab.directory / "dns" / zone_file).read_text()
+            assert "pc7" not in text and "pc8 IN A" in text, text
+        assert named.resolve(["pc7"]) == [""] and named.resolve(["pc8"]) == ["127.3.0.8"]
+        assert sorted(path.name for path in (lab.directory / "agent_files").iterdir()) == [lease]
+        assert [file.name for file in store.list(lease, "pc8", "out")] == ["result.txt"]
+        assert store.list(lease, "pc7", "out") == []
+        out = capsys.readouterr().out
+        assert "removed its DNS names" in out and "removed its staged files (2 lease folder(s)" in out, out
+    finally:
+        named.stop()
