@@ -235,16 +235,18 @@ class UnixHost:
         self.ledger = _Ledger(Path(state_dir) / "accounts.json")
 
     def apply(self, lease_id: str, accounts: Mapping[str, Sequence[str]]) -> None:
-        for login, keys in accounts.items():
-            check_login(login)
-            try:
-                pwd.getpwnam(login)
-                if login in self.ledger.uses:
+        try:
+            for login, keys in accounts.items():
+                check_login(login)
+                try:
+                    pwd.getpwnam(login)
+                    if login in self.ledger.uses:
+                        self.ledger.use(login, lease_id)
+                except KeyError:
                     self.ledger.use(login, lease_id)
-            except KeyError:
-                self.ledger.use(login, lease_id)
-            self.accounts.set_slice_keys([LocalAccount(login, (), tuple(keys))], lease_id)
-        self.ledger.save()
+                self.accounts.set_slice_keys([LocalAccount(login, (), tuple(keys))], lease_id)
+        finally:  # an account made before a later one failed is ours too: userdel at the end, even after a restart
+            self.ledger.save()
 
     def remove(self, lease_id: str, logins: Sequence[str]) -> None:
         self.accounts.remove_slice_keys(logins, lease_id)

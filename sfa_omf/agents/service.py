@@ -129,9 +129,12 @@ class AgentService:
         local_address = _text(body, "local_address", required=False, limit=64)
         if local_address:
             try:
-                ipaddress.ip_address(local_address)
+                address = ipaddress.ip_address(local_address)
             except ValueError as exc:
                 raise _bad(f"local_address {local_address!r} is not an IP address") from exc
+            if "%" in local_address:  # a scope (fe80::1%eth0) means nothing to others, and named refuses the zone
+                raise _bad(f"local_address {local_address!r} has a scope: give an address without '%...'")
+            local_address = str(address)  # one spelling per address (IPv6 compressed, lower case)
         lan_group = _text(body, "lan_group", required=False, limit=100)
         if lan_group and not GROUP.match(lan_group):
             raise _bad(f"lan_group {lan_group!r} may hold letters, digits, '_', '.', '-' only")

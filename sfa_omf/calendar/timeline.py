@@ -25,8 +25,9 @@ TAKEN_STATES = (*ACTIVE_STATES, "ended")
 IN_LIST_LIMIT = 10_000
 
 
-def chunked(values: Iterable[str], size: int = IN_LIST_LIMIT) -> Iterator[list[str]]:
-    """The values (sorted, without repeats) in lists of at most ``size``: one IN list each."""
+def chunked(values: Iterable[str], size: int | None = None) -> Iterator[list[str]]:
+    """The values (sorted, without repeats) in lists of at most ``size`` (IN_LIST_LIMIT): one IN list each."""
+    size = size or IN_LIST_LIMIT
     ordered = sorted(set(values))
     for first in range(0, len(ordered), size):
         yield ordered[first : first + size]

@@ -27,6 +27,8 @@ from sfa_omf.sshkeys import is_ssh_public_key
 BEGIN = "# >>> sfa-omf slice {slice_urn} (managed by sfa-omf; edits inside are replaced)"
 END = "# <<< sfa-omf slice {slice_urn}"
 AUTHORIZED_KEYS = "authorized_keys"
+#: Where the accounts' key locks are (root's: see _account_lock).
+LOCK_DIR = Path("/run/sfa-omf/account-keys")
 log = logging.getLogger(__name__)
 
 
@@ -138,14 +140,16 @@ class UnixAccounts:
             return
         # One writer at a time per file (several slices may share an account); the file is replaced atomically.
         try:
-            fcntl.flock(ssh_dir, fcntl.LOCK_EX)
-            current = _read_keys(ssh_dir, entry.pw_name)
-            updated = replace_block(current, slice_urn, keys)
-            if updated == current:
-                return
-            _replace_keys(ssh_dir, updated, entry)
+            lock = _account_lock(entry.pw_name)
+            try:
+                current = _read_keys(ssh_dir, entry.pw_name)
+                updated = replace_block(current, slice_urn, keys)
+                if updated != current:
+                    _replace_keys(ssh_dir, updated, entry)
+            finally:
+                os.close(lock)  # (releases it)
         finally:
-            os.close(ssh_dir)  # also releases the lock
+            os.close(ssh_dir)
 
 
 class NotFollowed(GeniError):
@@ -155,6 +159,16 @@ class NotFollowed(GeniError):
         super().__init__(
             Reason.TESTBED, f"~{login}/{what} is a link or not a plain file: sfa-omf does not follow it (remove it)"
         )
+
+
+def _account_lock(login: str) -> int:
+    """The account's key lock, held (a descriptor: closing it releases the lock). A file of root's in LOCK_DIR, not
+    the user's ~/.ssh: a user holding a lock on their own directory would stall root, and keep keys that a lease's
+    end must take away."""
+    LOCK_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = os.open(LOCK_DIR / f"{login}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
 
 
 def _open_ssh_dir(home: int, entry: pwd.struct_passwd, create: bool) -> int | None:

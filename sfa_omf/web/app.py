@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from sfa_omf.calendar.availability import Availability
 from sfa_omf.calendar.database import Database, TransientConflict
@@ -48,8 +49,6 @@ FEED_PAST = timedelta(days=30)
 ICS = "text/calendar; charset=utf-8"
 HTML = "text/html; charset=utf-8"
 CHANNEL_LABELS = {"email": "e-mail", "webhook": "webhook"}
-#: Refusals that say the database cannot answer now (down, locked, busy): 503, and when to try again.
-UNAVAILABLE_REASONS = frozenset({Reason.DATABASE, Reason.BUSY})
 RETRY_AFTER_S = 30
 INTERNAL_ERROR = "the calendar failed to answer; the operator's log has the details"
 #: The days the Gantt page shows (start=...): the calendar's useful past and future, far from datetime's limits.
@@ -149,11 +148,13 @@ class WebCalendar:
         except TransientConflict as exc:  # concurrent writers collided (outside a retry): busy, try again
             return self._unavailable(request, exc)
         except GeniError as exc:
-            if exc.reason in UNAVAILABLE_REASONS:
+            if _cannot_answer_now(exc):
                 return self._unavailable(request, exc)
-            if exc.reason is Reason.SERVER_ERROR:
-                log.error("web calendar %s failed: %s", request.path, exc)
+            if exc.reason in (Reason.SERVER_ERROR, Reason.DATABASE):  # a fault of ours (a query, the schema)
+                log.error("web calendar %s failed: %s", request.path, exc, exc_info=exc)
                 return self._error(500, "Internal error", INTERNAL_ERROR)
+            if exc.reason is Reason.NOT_FOUND:  # (a node removed while the page was being made)
+                return self._error(404, "Not found", exc.message)
             return self._error(400, "Bad request", exc.message)  # the caller's input: the message says what to change
         except Exception:
             log.exception("web calendar %s failed", request.path)
@@ -418,8 +419,20 @@ class WebCalendar:
         return WebResponse(status, HTML, body.encode("utf-8"), headers or {})
 
 
+def _cannot_answer_now(exc: GeniError) -> bool:
+    """True when the database cannot answer now but may soon: busy, or down, unreachable or locked (the driver's
+    OperationalError or InterfaceError). A query or schema fault (ProgrammingError, DataError...) is not: retrying
+    it changes nothing."""
+    if exc.reason is Reason.BUSY:
+        return True
+    return exc.reason is Reason.DATABASE and isinstance(exc.__cause__, OperationalError | InterfaceError)
+
+
 def _gantt_query(view: str, day: datetime, pool: str, hardware: str) -> str:
-    """The query of the Gantt page of this view, day and filters, URL-encoded (names may hold &, +, #, %)."""
+    """The query of the Gantt page of this view, day and filters, URL-encoded (names may hold &, +, #, %); "" for
+    a day the page does not show (the link is left out)."""
+    if not FIRST_DAY <= day.replace(hour=0, minute=0, second=0, microsecond=0) <= LAST_DAY:
+        return ""
     return urlencode({"view": view, "start": f"{day:%Y-%m-%d}", "pool": pool, "hw": hardware})
 
 

@@ -120,6 +120,8 @@ def test_bad_registrations_say_what_is_wrong_and_write_nothing(lab: Lab, tmp_pat
     cases = [
         ({**good, "hostname": "Not a name!"}, key, 400, "DNS label"),
         ({**good, "local_address": "somewhere"}, key, 400, "not an IP address"),
+        ({**good, "local_address": "fe80::1%eth0"}, key, 400, "has a scope"),  # named would refuse the zone
+        ({**good, "local_address": "fe80::1%a b\nc"}, key, 400, "has a scope"),
         ({**good, "csr": "garbage"}, key, 400, "not a PEM certificate signing request"),
         ({**good, "properties": {"x": [1]}}, key, 400, "string or number"),
         ({**good, "properties": {"uuid": "6ba7b811-9dad-11d1-80b4-00c04fd430c8"}}, key, 400, "set by the aggregate"),

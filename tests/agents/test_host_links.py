@@ -15,6 +15,7 @@ import pytest
 
 from sfa_omf.agents.host import UnixHost
 from sfa_omf.agents.node import STAGE_IN, STAGE_OUT
+from sfa_omf.testbed.unix_accounts import NotFollowed
 from tests.sshkeys import ssh_key
 
 LEASE = "33333333-3333-3333-3333-333333333333"
@@ -106,3 +107,24 @@ def test_stage_out_sends_only_the_users_own_plain_files(
     os.mkfifo(folder / "pipe")
     (folder / "sub").mkdir()
     assert host.read_files(entry.pw_name, STAGE_OUT) == [("result.txt", b"42\n")]
+
+
+def test_an_account_made_before_another_failed_is_removed_after_a_restart(tmp_path: Path) -> None:
+    """The agent makes the lease's first account, then the second fails (its ~/.ssh a link: refused). The ledger of
+    accounts the agent made is saved all the same, so an agent restarted before the lease's end still removes the
+    account it made (userdel), not only its keys."""
+    first, second = f"sfaled{secrets.token_hex(3)}", f"sfaled{secrets.token_hex(3)}"
+    subprocess.run(["useradd", "--create-home", second], check=True, capture_output=True)
+    (Path(pwd.getpwnam(second).pw_dir) / ".ssh").symlink_to(tmp_path)
+    state = str(tmp_path / "state")
+    try:
+        with pytest.raises(NotFollowed):
+            UnixHost(state).apply(LEASE, {first: [ssh_key("one")], second: [ssh_key("two")]})
+        pwd.getpwnam(first)  # made
+        UnixHost(state).remove(LEASE, [first, second])  # a new agent process: the ledger on disk is all it knows
+        with pytest.raises(KeyError):
+            pwd.getpwnam(first)
+        assert pwd.getpwnam(second)  # not the agent's: it stays
+    finally:
+        for login in (first, second):
+            subprocess.run(["userdel", "--remove", login], capture_output=True, check=False)

@@ -1,13 +1,16 @@
 """Writing a slice's keys into a real account (useradd; the tests run as root) never follows what the user planted
-in ~/.ssh: a linked ~/.ssh, a linked or hard-linked authorized_keys, a linked temporary file."""
+in ~/.ssh: a linked ~/.ssh, a linked or hard-linked authorized_keys, a linked temporary file; nor waits for a lock
+the user holds on it."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import secrets
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +93,20 @@ def test_a_linked_keys_file_is_not_read(entry: pwd.struct_passwd, kind: str) -> 
     users = [p for p in ssh.iterdir() if os.lstat(p).st_uid == entry.pw_uid and stat.S_ISREG(os.lstat(p).st_mode)]
     assert not any("SECRET" in p.read_text() for p in users)
     assert os.stat(shadow).st_uid == 0
+
+
+def test_a_lock_the_user_holds_on_ssh_stalls_no_key_write(entry: pwd.struct_passwd) -> None:
+    """~/.ssh is the user's, who may flock it for ever (flock ~/.ssh sleep 1d): the slice's keys are still written,
+    and taken away at the lease's end (the writers' lock is a file of root's)."""
+    key = ssh_key("the user's")
+    _set(entry, key)
+    users_lock = os.open(Path(entry.pw_dir) / ".ssh", os.O_RDONLY | os.O_DIRECTORY)  # as the user would hold it
+    fcntl.flock(users_lock, fcntl.LOCK_EX)
+    try:
+        removal = threading.Thread(target=UnixAccounts().remove_slice_keys, args=([entry.pw_name], SLICE), daemon=True)
+        removal.start()
+        removal.join(timeout=60)  # (a liveness bound, not a timing: the write takes milliseconds)
+        assert not removal.is_alive(), "the key removal waited for the user's lock"
+    finally:
+        os.close(users_lock)
+    assert UnixAccounts().slice_keys(entry.pw_name, SLICE) == []

@@ -28,6 +28,7 @@ from sfa_omf.web import gantt
 from sfa_omf.web.app import RETRY_AFTER_S, WebCalendar, WebRequest, WebResponse, WebSettings
 from tests.calendar.conftest import node_urn
 from tests.conftest import DemoPki
+from tests.postgres import empty_postgres
 from tests.web.conftest import ALICE, DEMO, EXPIRES, OTHER, Lab, at
 
 
@@ -206,8 +207,16 @@ def test_bad_requests_say_what_to_do(lab: Lab, pki: DemoPki) -> None:
         assert (answer.status, answer.content_type) == (status, "text/html; charset=utf-8"), (path, value)
         assert message in unescape(answer.body.decode()), (path, answer.body[-300:])
     for first_or_last in ("2000-01-01", "2999-12-31"):  # the ends of the range work, in either view
-        assert get(lab, "/", start=first_or_last, view="week").status == 200
-        assert get(lab, "/", start=first_or_last, view="day").status == 200
+        for view in ("week", "day"):
+            page = get(lab, "/", start=first_or_last, view=view)
+            assert page.status == 200
+            # Its day links lead to pages that answer (a link past the range is left out).
+            nav = re.search(r"<nav>(.*?)</nav>", page.body.decode(), re.DOTALL)
+            assert nav is not None
+            links = [parse_qs(unescape(query)) for query in re.findall(r'href="\?([^"]*)"', nav.group(1))]
+            assert len(links) == 2, (first_or_last, view)  # today and one of earlier/later
+            for query in links:
+                assert get(lab, "/", **{name: values[0] for name, values in query.items()}).status == 200, query
 
 
 def test_an_untrusted_certificate_gets_the_public_view_and_the_reason(lab: Lab, pki: DemoPki) -> None:
@@ -244,6 +253,25 @@ def test_a_database_that_cannot_answer_is_503_without_its_details(
         database.dispose()
 
 
+def test_a_query_the_database_refuses_is_500_not_retry_later(
+    tmp_path: Path, pki: DemoPki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PostgreSQL without the calendar's tables (never migrated) refuses the query itself (ProgrammingError):
+    retrying changes nothing, so it is 500 with its traceback in the log, not 503."""
+    database = Database(empty_postgres())
+    web = WebCalendar(database, CredentialVerifier(pki.roots, VerdictCache()), WebSettings(host="am.testbed.example"))
+    try:
+        with caplog.at_level(logging.ERROR, logger="sfa_omf.web"):
+            answer = web.handle(WebRequest(path="/"))
+    finally:
+        database.dispose()
+    assert (answer.status, answer.headers) == (500, {})
+    assert "the operator's log has the details" in unescape(answer.body.decode())
+    assert "does not exist" not in answer.body.decode()
+    (record,) = [record for record in caplog.records if record.levelno == logging.ERROR]
+    assert "does not exist" in record.getMessage() and record.exc_info is not None
+
+
 def test_busy_is_503_bad_input_400_and_the_unexpected_500(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing(error: Exception) -> Callable[[], object]:
         def nodes() -> object:
@@ -255,6 +283,7 @@ def test_busy_is_503_bad_input_400_and_the_unexpected_500(lab: Lab, monkeypatch:
         (GeniError(Reason.BUSY, "collided at 10.0.0.7"), 503, "try again in a minute"),
         (TransientConflict("deadlock detected at 10.0.0.7"), 503, "try again in a minute"),
         (GeniError(Reason.BAD_ARGS, "give a URN"), 400, "give a URN"),
+        (GeniError(Reason.NOT_FOUND, "no node n9 here"), 404, "no node n9 here"),  # (removed while answering)
         (GeniError(Reason.SERVER_ERROR, "bug at 10.0.0.7"), 500, "the operator's log has the details"),
         (RuntimeError("bug at 10.0.0.7"), 500, "the operator's log has the details"),
     ]
@@ -266,10 +295,14 @@ def test_busy_is_503_bad_input_400_and_the_unexpected_500(lab: Lab, monkeypatch:
         assert ("Retry-After" in answer.headers) == (status == 503)
 
 
-def test_feeds_read_more_leases_than_one_statement_takes(lab: Lab) -> None:
+def test_feeds_read_more_leases_than_one_statement_takes(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     # PostgreSQL takes at most 65 535 parameters a statement: a feed of more leases is read in chunks.
     timeline = Timeline(lab.database)
     every = timeline.bookings(include_inactive=True)
+    assert len({row.lease_id for row in every}) >= 2
+    with monkeypatch.context() as tiny:  # a chunk per lease: the merged rows are put back in the read's order
+        tiny.setattr("sfa_omf.calendar.timeline.IN_LIST_LIMIT", 1)
+        assert timeline.bookings(lease_ids={row.lease_id for row in every}, include_inactive=True) == every
     many = {row.lease_id for row in every} | {f"no-such-lease-{number}" for number in range(66_000)}
     assert timeline.bookings(lease_ids=many, include_inactive=True) == every
     revisions = LeaseRevisions(lab.database)
