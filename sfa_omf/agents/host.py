@@ -40,8 +40,9 @@ class Host(Protocol):
     def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
         """Put a file in the account's ``~/folder`` (stage-in)."""
 
-    def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
-        """The plain files in the account's ``~/folder`` (stage-out), by name."""
+    def read_files(self, login: str, folder: str, max_bytes: int) -> list[tuple[str, bytes]]:
+        """The plain files in the account's ``~/folder`` (stage-out), by name; those over ``max_bytes`` are left
+        unread (logged)."""
 
 
 def _valid_keys(keys: Sequence[str]) -> list[str]:
@@ -133,8 +134,8 @@ class DirectoryHost:
     def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
         _write_into(self.root / "home" / login, folder, name, data)
 
-    def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
-        return _read_from(self.root / "home" / login, folder)
+    def read_files(self, login: str, folder: str, max_bytes: int) -> list[tuple[str, bytes]]:
+        return _read_from(self.root / "home" / login, folder, max_bytes)
 
 
 def _open_home(home: Path) -> int:
@@ -189,9 +190,10 @@ def _make_folder(home_fd: int, folder: str) -> bool:
     return True
 
 
-def _read_from(home: Path, folder: str, owner_uid: int | None = None) -> list[tuple[str, bytes]]:
-    """The regular files of ``~/folder`` by name. Links are not followed (the folder itself included), and with
-    ``owner_uid`` only the user's own files are read: a hard link to a file of root's is not sent away."""
+def _read_from(home: Path, folder: str, max_bytes: int, owner_uid: int | None = None) -> list[tuple[str, bytes]]:
+    """The regular files of ``~/folder`` by name, of at most ``max_bytes`` (a bigger one is logged and left). Links
+    are not followed (the folder itself included), and with ``owner_uid`` only the user's own files are read: a hard
+    link to a file of root's is not sent away."""
     try:
         home_fd = _open_home(home)
     except FileNotFoundError:
@@ -206,13 +208,15 @@ def _read_from(home: Path, folder: str, owner_uid: int | None = None) -> list[tu
     finally:
         os.close(home_fd)
     try:
-        return [file for name in sorted(os.listdir(folder_fd)) if (file := _read_one(folder_fd, name, owner_uid))]
+        names = sorted(os.listdir(folder_fd))
+        return [file for name in names if (file := _read_one(folder_fd, name, max_bytes, owner_uid))]
     finally:
         os.close(folder_fd)
 
 
-def _read_one(folder_fd: int, name: str, owner_uid: int | None) -> tuple[str, bytes] | None:
-    """(name, data) of a regular file of the folder, or None (a link, a directory, a device, someone else's)."""
+def _read_one(folder_fd: int, name: str, max_bytes: int, owner_uid: int | None) -> tuple[str, bytes] | None:
+    """(name, data) of a regular file of the folder, or None (a link, a directory, a device, someone else's, one
+    over ``max_bytes``: read, it could fill the agent's memory, and the server would refuse it anyway)."""
     try:
         # O_NONBLOCK: a FIFO put there does not hang the agent at open.
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder_fd)
@@ -223,7 +227,11 @@ def _read_one(folder_fd: int, name: str, owner_uid: int | None) -> tuple[str, by
         os.close(fd)
         return None
     with open(fd, "rb") as source:
-        return name, source.read()
+        data = source.read(max_bytes + 1) if status.st_size <= max_bytes else b""
+    if status.st_size > max_bytes or len(data) > max_bytes:  # (it may have grown since fstat)
+        log.warning("%s is over the %d bytes the server takes: not staged out", name, max_bytes)
+        return None
+    return name, data
 
 
 class UnixHost:
@@ -261,9 +269,9 @@ class UnixHost:
         entry = pwd.getpwnam(login)
         _write_into(Path(entry.pw_dir), folder, name, data, (entry.pw_uid, entry.pw_gid))
 
-    def read_files(self, login: str, folder: str) -> list[tuple[str, bytes]]:
+    def read_files(self, login: str, folder: str, max_bytes: int) -> list[tuple[str, bytes]]:
         try:
             entry = pwd.getpwnam(login)
         except KeyError:
             return []
-        return _read_from(Path(entry.pw_dir), folder, entry.pw_uid)
+        return _read_from(Path(entry.pw_dir), folder, max_bytes, entry.pw_uid)

@@ -41,6 +41,8 @@ log = logging.getLogger("sfa_omf.agent")
 TIMEOUT_S = 30
 KEY, CERT, ROOT, CONFIG, APPLIED = "node.pkey", "node.gid", "root.gid", "agent.json", "leases.json"
 STAGE_IN, STAGE_OUT = "stage-in", "stage-out"  # folders in each account's home for a lease's files
+#: The largest file staged out when the server does not say (an older server): its default limit.
+DEFAULT_MAX_FILE_BYTES = 1024 * 1024
 
 
 class AgentCallError(Exception):
@@ -368,7 +370,7 @@ class Agent:
                 self._report(lease_id, "started")
         finished = {str(item["lease_id"]) for item in work.get("finished", [])}
         for lease_id in sorted((set(self.applied) - active_ids) | finished):
-            self._stage_out(lease_id, self.applied.get(lease_id, []))
+            self._stage_out(lease_id, self.applied.get(lease_id, []), int(work.get("max_file_bytes") or 0))
             self.host.remove(lease_id, self.applied.get(lease_id, []))
             self.applied.pop(lease_id, None)
             self._save()
@@ -388,10 +390,11 @@ class Agent:
             done[name] = sha256
             _write_private(self.state / "staged.json", json.dumps(self.staged, sort_keys=True).encode("utf-8"))
 
-    def _stage_out(self, lease_id: str, logins: list[str]) -> None:
-        """Send back each account's ~/stage-out files before the account goes (a refused file is logged)."""
+    def _stage_out(self, lease_id: str, logins: list[str], max_bytes: int) -> None:
+        """Send back each account's ~/stage-out files before the account goes (a refused file is logged). A file
+        larger than the server takes (``max_bytes``) is not read: the user's file must not fill root's memory."""
         for login in logins:
-            for name, data in self.host.read_files(login, STAGE_OUT):
+            for name, data in self.host.read_files(login, STAGE_OUT, max_bytes or DEFAULT_MAX_FILE_BYTES):
                 try:
                     self.client.put_file(lease_id, name, data)
                 except AgentCallError as exc:

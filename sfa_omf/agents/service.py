@@ -357,6 +357,8 @@ class AgentService:
         return {
             "active": [self._active(item, agent.hostname) for item in work.active],
             "finished": [{"lease_id": item.lease_id, "slice": item.slice_urn} for item in work.finished],
+            # The largest file staged out that the server takes: the agent leaves bigger ones unread.
+            "max_file_bytes": self.files.max_bytes if self.files is not None else 0,
         }
 
     def _active(self, item: LeaseWork, hostname: str) -> dict[str, Any]:

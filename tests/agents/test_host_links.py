@@ -19,6 +19,7 @@ from sfa_omf.testbed.unix_accounts import NotFollowed
 from tests.sshkeys import ssh_key
 
 LEASE = "33333333-3333-3333-3333-333333333333"
+LIMIT = 1024 * 1024  # the server's default limit of a staged file
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_stage_out_sends_only_the_users_own_plain_files(
     # A linked ~/stage-out is not read.
     (home / STAGE_OUT).symlink_to(tmp_path)
     _secret(tmp_path / "shadow")
-    assert host.read_files(entry.pw_name, STAGE_OUT) == []
+    assert host.read_files(entry.pw_name, STAGE_OUT, LIMIT) == []
     (home / STAGE_OUT).unlink()
     folder = home / STAGE_OUT
     folder.mkdir()
@@ -106,7 +107,13 @@ def test_stage_out_sends_only_the_users_own_plain_files(
     os.link(_secret(home / ".root-only"), folder / "hard.txt")
     os.mkfifo(folder / "pipe")
     (folder / "sub").mkdir()
-    assert host.read_files(entry.pw_name, STAGE_OUT) == [("result.txt", b"42\n")]
+    # A file over the limit the server takes (sparse: 64 MiB that cost no disk) is not read into root's memory.
+    with open(folder / "huge.bin", "wb") as huge:
+        huge.truncate(64 * 1024 * 1024)
+    _as_user(folder / "huge.bin", entry)
+    assert host.read_files(entry.pw_name, STAGE_OUT, LIMIT) == [("result.txt", b"42\n")]
+    assert host.read_files(entry.pw_name, STAGE_OUT, 3) == [("result.txt", b"42\n")]  # (at the limit: read)
+    assert host.read_files(entry.pw_name, STAGE_OUT, 2) == []
 
 
 def test_an_account_made_before_another_failed_is_removed_after_a_restart(tmp_path: Path) -> None:

@@ -54,6 +54,8 @@ def test_bad_stage_outs_are_refused_and_write_nothing(lab: Lab, tmp_path: Path) 
     with pytest.raises(AgentCallError) as refused:
         client.put_file(lease_id, "big.bin", b"x" * (limit + 1))
     assert refused.value.status == 413
+    # The work answer says the limit, so that the agent does not even read a bigger file (host.py).
+    assert client.call("GET", "work")["max_file_bytes"] == limit
     with pytest.raises(AgentCallError) as refused:
         client.put_file(lease_id, ".hidden", b"x")
     assert refused.value.status == 400 and "not a file name" in refused.value.message
