@@ -14,6 +14,7 @@ X-SFA-OMF-Event) so receivers can drop it.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from sfa_omf.addresses import is_public_address
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import (
     Lease,
@@ -441,8 +443,10 @@ def check_address(channel: str, address: str) -> None:
 def check_self_service_webhook(address: str) -> None:
     """A webhook a user sets for themselves (the web page): https only, and not to this host or a private,
     link-local or reserved address given literally, so users cannot make the aggregate post inside its own network.
-    Operators may still subscribe such URLs with ``sfa-omf notify subscribe``; names are not resolved here (egress
-    filtering is the operator's, docs/notifications.md)."""
+    Numeric hosts in legacy forms (``127.1``, ``2130706433``) and IPv6 forms of such addresses (``[::ffff:10.0.0.1]``,
+    ``[64:ff9b::7f00:1]``) are refused too. Operators may still subscribe such URLs with ``sfa-omf notify subscribe``
+    (as http://, or listed in ``[sfa_notify] operators``). Names are not resolved here: the notifier resolves them
+    when it sends, and posts only to public addresses (``post_webhook``'s ``public_only``)."""
     check_address("webhook", address)
     parts = urlsplit(address)
     host = (parts.hostname or "").rstrip(".").lower()
@@ -452,9 +456,25 @@ def check_self_service_webhook(address: str) -> None:
         literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
     except ValueError:
         literal = None
-    inside = host == "localhost" or host.endswith(".localhost") or (literal is not None and not literal.is_global)
+    # inet_aton takes the legacy numeric forms too (127.1, 2130706433, 0x7f000001, 0177.0.0.1, 0), which resolvers
+    # turn into addresses: only an address written the usual way (and public) is taken.
+    legacy_numeric = literal is None and _inet_aton_accepts(host)
+    inside = (
+        host == "localhost"
+        or host.endswith(".localhost")
+        or legacy_numeric
+        or (literal is not None and not is_public_address(literal))
+    )
     if inside:
         raise GeniError(
             Reason.BAD_ARGS,
             f"{address!r}: a webhook you set yourself must reach a public address, not {host} (ask the operator)",
         )
+
+
+def _inet_aton_accepts(host: str) -> bool:
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True

@@ -3,17 +3,24 @@ signed with HMAC-SHA256). Each raises DeliveryError with the peer's words when t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import http.client
+import io
+import ipaddress
 import json
 import smtplib
+import socket
 import ssl
-import urllib.error
-import urllib.request
+import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
+from urllib.parse import urlsplit
+
+from sfa_omf.addresses import is_public_address
 
 SIGNATURE_HEADER = "X-SFA-OMF-Signature"
 EVENT_HEADER = "X-SFA-OMF-Event"
@@ -60,18 +67,157 @@ def send_email(settings: SmtpSettings, to: str, key: str, subject: str, text: st
         raise DeliveryError(f"SMTP {settings.host}:{settings.port}: {exc}") from exc
 
 
-def post_webhook(url: str, key: str, payload: dict[str, Any], secret: str, timeout_s: float = 30) -> None:
-    """POST the payload as JSON, signed; any answer but 2xx is a failure."""
+def origin(url: str) -> str:
+    """The URL without its path and query (``scheme://host[:port]``): what may be logged or shown of a webhook, whose
+    path and query often hold a bearer token."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def post_webhook(
+    url: str, key: str, payload: dict[str, Any], secret: str, timeout_s: float = 30, public_only: bool = False
+) -> None:
+    """POST the payload as JSON, signed; any answer but 2xx is a failure, redirects included (not followed).
+
+    ``public_only`` (webhooks users set themselves): the host's addresses are resolved here and the POST is refused
+    unless every one is public (``is_public_address``); the connection then goes to that checked address, so a DNS
+    answer that changes in between cannot send it elsewhere (TLS still verifies the URL's host name). ``timeout_s``
+    bounds the whole exchange, not each read: a receiver that drips its answer cannot hold the notifier. The answer's
+    body is never read. Messages name only ``origin(url)``."""
+    where = origin(url)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise DeliveryError(f"webhook {where}: bad port") from exc
+    if parts.scheme not in ("http", "https") or not host:
+        raise DeliveryError(f"webhook {where}: not an http(s) URL")
+    deadline = time.monotonic() + timeout_s
     body = json.dumps(payload, sort_keys=True).encode("utf-8")
     headers = {"Content-Type": "application/json", EVENT_HEADER: key, "User-Agent": "sfa-omf"}
     if secret:
         headers[SIGNATURE_HEADER] = sign(secret, body)
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            if not 200 <= response.status < 300:
-                raise DeliveryError(f"webhook {url} answered {response.status}")
-    except urllib.error.HTTPError as exc:
-        raise DeliveryError(f"webhook {url} answered {exc.code} {exc.reason}") from exc
-    except (OSError, urllib.error.URLError) as exc:
-        raise DeliveryError(f"webhook {url}: {exc}") from exc
+        addresses = _addresses_to_use(host, port, public_only, where)
+        connection: http.client.HTTPConnection
+        if parts.scheme == "https":
+            connection = _PinnedHTTPSConnection(host, port, addresses, deadline)
+        else:
+            connection = _PinnedHTTPConnection(host, port, addresses, deadline)
+        try:
+            connection.request("POST", target, body=body, headers=headers)
+            response = connection.getresponse()  # status line and headers only: the body is never read
+            status, reason = response.status, response.reason
+        finally:
+            connection.close()
+    except (OSError, http.client.HTTPException) as exc:
+        # HTTPException: a malformed answer (bad status line, header line too long ...), worth trying again.
+        raise DeliveryError(f"webhook {where}: {type(exc).__name__}: {exc}") from exc
+    if 300 <= status < 400:
+        raise DeliveryError(f"webhook {where} answered {status} {reason}: redirects are not followed")
+    if not 200 <= status < 300:
+        raise DeliveryError(f"webhook {where} answered {status} {reason}")
+
+
+def _addresses_to_use(host: str, port: int, public_only: bool, where: str) -> list[str]:
+    """The addresses to connect to, in the resolver's order; with ``public_only`` every resolved address must be
+    public (a name with one internal address among public ones is refused too)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise DeliveryError(f"webhook {where}: cannot resolve the host: {exc}") from exc
+    addresses = [str(sockaddr[0]) for _, _, _, _, sockaddr in found]
+    if not addresses:
+        raise DeliveryError(f"webhook {where}: the host has no address")
+    if public_only:
+        for address in addresses:
+            if not is_public_address(ipaddress.ip_address(address.split("%", 1)[0])):
+                raise DeliveryError(f"webhook {where}: refused, the host resolves to a non-public address {address}")
+    return addresses
+
+
+class _DeadlineReader(io.RawIOBase):
+    """Reads from a socket until a deadline: each read may wait only for the time left (a per-read timeout would let
+    a receiver sending a byte now and then keep the exchange going for ever)."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the webhook did not answer in time")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    """An HTTP response whose status line and headers are read through a _DeadlineReader."""
+
+    def __init__(self, sock: socket.socket, deadline: float, **kwargs: Any) -> None:
+        super().__init__(sock, **kwargs)
+        self.fp.close()  # the plain reader made by HTTPResponse: replaced
+        self.fp = io.BufferedReader(_DeadlineReader(sock, deadline))
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection to addresses already resolved (and checked), the first that answers, with the time left
+    until a deadline."""
+
+    def __init__(self, host: str, port: int, addresses: list[str], deadline: float) -> None:
+        super().__init__(host, port, timeout=max(deadline - time.monotonic(), 0.001))
+        self.addresses = addresses
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        for address in self.addresses[:-1]:
+            try:
+                self.sock = socket.create_connection((address, self.port), self._time_left())
+                return
+            except OSError:
+                continue  # e.g. an IPv6 address this host cannot reach: the next one
+        self.sock = socket.create_connection((self.addresses[-1], self.port), self._time_left())
+
+    def _time_left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the webhook did not answer in time")
+        return left
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        self.response_class = functools.partial(_DeadlineResponse, deadline=self.deadline)  # type: ignore[assignment]
+        return super().getresponse()
+
+    def send(self, data: Any) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(self._time_left())  # sendall's timeout bounds the whole send
+        super().send(data)
+
+
+class _PinnedHTTPSConnection(_PinnedHTTPConnection):
+    """The same over TLS, verifying the certificate against the URL's host name (not the address)."""
+
+    default_port = 443
+
+    def __init__(self, host: str, port: int, addresses: list[str], deadline: float) -> None:
+        super().__init__(host, port, addresses, deadline)
+        self.context = ssl.create_default_context()
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(self._time_left())
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.outbox import Message, NotifyEvents, Outbox, RecordedEvent
 from sfa_omf.calendar.timeline import Timeline
-from sfa_omf.notify.channels import DeliveryError, SmtpSettings, post_webhook, send_email
+from sfa_omf.notify.channels import DeliveryError, SmtpSettings, origin, post_webhook, send_email
 from sfa_omf.notify.events import LeaseEvent, lease_events
 from sfa_omf.times import format_time, utcnow
 
@@ -137,14 +137,18 @@ class Notifier:
             self.outbox.mark_failed(
                 message.id, self.owner, str(exc), None if give_up else min(retry, self.settings.retry_max_s)
             )
-            log.warning("notification %s not delivered (%s)%s", message.key, exc, "; giving up" if give_up else "")
+            log.warning(
+                "notification %s not delivered (%s)%s", shown_key(message), exc, "; giving up" if give_up else ""
+            )
             return 0
         except Exception as exc:  # a message that cannot even be written: trying again would fail again
             self.outbox.mark_failed(message.id, self.owner, f"cannot be sent: {exc}", None)
-            log.exception("notification %s cannot be sent; given up", message.key)
+            log.exception("notification %s cannot be sent; given up", shown_key(message))
             return 0
         if not self.outbox.mark_sent(message.id, self.owner):
-            log.warning("notification %s was delivered after its claim expired (a repeat is possible)", message.key)
+            log.warning(
+                "notification %s was delivered after its claim expired (a repeat is possible)", shown_key(message)
+            )
         return 1
 
     def send(self, message: Message) -> None:
@@ -153,9 +157,29 @@ class Notifier:
             subject, text = email_text(message)
             send_email(self.settings.smtp, message.address, message.key, subject, text)
         else:
+            key = shown_key(message)
             post_webhook(
-                message.address, message.key, {**message.payload, "key": message.key}, self.settings.webhook_secret
+                message.address,
+                key,
+                {**message.payload, "key": key},
+                self.settings.webhook_secret,
+                public_only=self.may_be_self_service(message.address),
             )
+
+    def may_be_self_service(self, url: str) -> bool:
+        """Whether a webhook may have been set by a user (``/calendar/me``), so it may reach public addresses only.
+        Users can set https:// URLs only (check_self_service_webhook), so an http:// URL is an operator's; so are the
+        URLs of ``[sfa_notify] operators``. An operator's https:// webhook to an internal host must be listed there
+        (or given as http://)."""
+        return url.startswith("https://") and url not in self.settings.operator_addresses
+
+
+def shown_key(message: Message) -> str:
+    """The message's key as logged and sent (X-SFA-OMF-Event): a webhook's URL in it cut to its origin
+    (``scheme://host[:port]``), since its path or query often holds a token."""
+    if message.channel == "webhook" and message.key.endswith(message.address):
+        return message.key[: len(message.key) - len(message.address)] + origin(message.address)
+    return message.key
 
 
 def _recipients(event: LeaseEvent, members: dict[str, list[str]]) -> set[str]:
