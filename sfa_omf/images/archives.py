@@ -42,9 +42,93 @@ def for_image(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
 def save_rootfs(rootfs: Path, archive: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
     """Archive a container's root file system (secrets and devices left out, for_image) into ``archive``, a plain
     tar of at most ``max_bytes``: the writing stops there (ArchiveError) instead of filling the disk it is written
-    to, which on OAR is the aggregate's. Raises OSError or tarfile.TarError too."""
+    to, which on OAR is the aggregate's. No link is followed: the walk opens each directory and file relative to its
+    parent's descriptor with O_NOFOLLOW, so the container's root swapping a directory for a link to a host path
+    while it runs gets that link archived as a link, never the host's files. Raises OSError (ELOOP, ENOTDIR: a name
+    changed kind during the walk) or tarfile.TarError too."""
     with archive.open("xb") as out, tarfile.open(fileobj=_Bounded(out, max_bytes), mode="w|") as tar:
-        tar.add(str(rootfs), arcname=".", filter=for_image)
+        root = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            _add_directory(tar, root, ".", os.fstat(root), {})
+        except RecursionError as exc:  # directories nested thousands deep: refused as any unfit archive
+            raise ArchiveError("the root file system's directories are nested too deep to archive") from exc
+        finally:
+            os.close(root)
+
+
+def _add_directory(
+    tar: tarfile.TarFile, directory: int, arcname: str, info: os.stat_result, inodes: dict[tuple[int, int], str]
+) -> None:
+    """Add the open ``directory`` (its stat ``info``) and, unless for_image leaves it out, all it holds."""
+    member = for_image(_member(arcname, info))
+    if member is None:
+        return
+    tar.addfile(member)
+    for name in sorted(os.listdir(directory)):
+        path = f"{arcname}/{name}"
+        found = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        kind = stat.S_IFMT(found.st_mode)
+        if kind == stat.S_IFDIR:
+            child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=directory)
+            try:
+                _add_directory(tar, child, path, _same(child, found, path), inodes)
+            finally:
+                os.close(child)
+        elif kind == stat.S_IFREG:
+            key = (found.st_dev, found.st_ino)
+            if found.st_nlink > 1 and key in inodes:  # a second name of a file archived already: a hard link
+                linked = for_image(_member(path, found, linkname=inodes[key]))
+                if linked is not None:
+                    tar.addfile(linked)
+                continue
+            # O_NONBLOCK: a FIFO put there meanwhile never blocks the open (and _same refuses it).
+            handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=directory)
+            with os.fdopen(handle, "rb") as content:
+                opened = _same(handle, found, path)
+                member = for_image(_member(path, opened))
+                if member is not None:
+                    tar.addfile(member, content)
+                    inodes[key] = path
+        elif kind == stat.S_IFLNK:
+            linked = for_image(_member(path, found, linkname=os.readlink(name, dir_fd=directory)))
+            if linked is not None:
+                tar.addfile(linked)
+        elif kind == stat.S_IFIFO:
+            fifo = for_image(_member(path, found))
+            if fifo is not None:
+                tar.addfile(fifo)
+        # Sockets, and device files (for_image leaves them out): not archived.
+
+
+def _same(handle: int, listed: os.stat_result, path: str) -> os.stat_result:
+    """The stat of what ``handle`` opened, ArchiveError unless it is what the walk listed under that name."""
+    opened = os.fstat(handle)
+    if (opened.st_dev, opened.st_ino) != (listed.st_dev, listed.st_ino) or stat.S_IFMT(opened.st_mode) != stat.S_IFMT(
+        listed.st_mode
+    ):
+        raise ArchiveError(f"{path} was replaced while the root file system was archived")
+    return opened
+
+
+def _member(arcname: str, info: os.stat_result, linkname: str | None = None) -> tarfile.TarInfo:
+    """A tar member for ``arcname`` with these attributes: a symbolic link (``linkname``, the link's target), a hard
+    link (``linkname``, an earlier member) for a regular file, a directory, a regular file or a FIFO. Numeric owners
+    only: the container's users are not the host's."""
+    member = tarfile.TarInfo(arcname)
+    member.mode = stat.S_IMODE(info.st_mode)
+    member.uid, member.gid = info.st_uid, info.st_gid
+    member.mtime = int(info.st_mtime)
+    if stat.S_ISLNK(info.st_mode):
+        member.type, member.linkname = tarfile.SYMTYPE, linkname or ""
+    elif linkname is not None:
+        member.type, member.linkname = tarfile.LNKTYPE, linkname
+    elif stat.S_ISDIR(info.st_mode):
+        member.type = tarfile.DIRTYPE
+    elif stat.S_ISFIFO(info.st_mode):
+        member.type = tarfile.FIFOTYPE
+    else:
+        member.type, member.size = tarfile.REGTYPE, info.st_size
+    return member
 
 
 class _Bounded(io.RawIOBase):
@@ -104,8 +188,9 @@ def sha256_of(path: Path) -> str:
 def check_archive(path: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
     """ArchiveError unless ``path`` is a regular file (not a link) of at most ``max_bytes`` holding a plain tar
     archive whose members are regular files, directories, symbolic links, hard links or FIFOs with relative names
-    free of '..', each name once, hard links to earlier regular files only, and no member under a symbolic link of
-    the archive."""
+    free of '..', each name once, hard links to earlier regular files only, symbolic links whose relative target does
+    not climb above the root file system (an absolute target is the container's own), and no member under a symbolic
+    link of the archive."""
     try:
         info = path.lstat()
     except OSError as exc:
@@ -135,6 +220,10 @@ def check_archive(path: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
                 if member.islnk() and _relative(member.linkname) not in files:
                     raise ArchiveError(f"hard link {member.name!r} names no earlier regular file of the archive")
                 if member.issym():
+                    # An absolute target is normal in a root file system (the container's own root); a relative one
+                    # climbing above the root with '..' names a file of the aggregate's host, where it is unpacked.
+                    if _climbs_out(str(Path(name).parent), member.linkname):
+                        raise ArchiveError(f"symbolic link {member.name!r} leads out of the root file system")
                     links.add(name)
                 if member.isfile():
                     files.add(name)
@@ -152,3 +241,19 @@ def _relative(name: str) -> str:
     if ".." in parts:
         raise ArchiveError(f"member {name!r} climbs out with '..'")
     return "/".join(parts) or "."
+
+
+def _climbs_out(directory: str, target: str) -> bool:
+    """A relative link target, followed from ``directory`` (relative to the root), leaves the root (read by name
+    only: unpacking checks it again against the files themselves); an absolute one never does."""
+    if target.startswith("/"):
+        return False
+    depth = 0 if directory in ("", ".") else len(directory.split("/"))
+    for part in target.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False

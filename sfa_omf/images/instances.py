@@ -39,9 +39,8 @@ from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.calendar.records import network_address
 from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.images.archives import MAX_ARCHIVE_BYTES, ArchiveError, check_archive, save_rootfs, take
 from sfa_omf.images.archives import SECRETS as SECRETS
-from sfa_omf.images.archives import ArchiveError, check_archive, take
-from sfa_omf.images.archives import without_secrets as _without_secrets
 from sfa_omf.images.lxc import InstanceSpec, LxcHost, wait_for_ssh
 from sfa_omf.images.node_plans import (
     ACTION_SAVE,
@@ -130,6 +129,7 @@ class Instances:
         ssh_timeout_s: float = 30.0,
         plans: LeasePlans | None = None,
         action_timeout_s: float = 60.0,
+        max_image_bytes: int = MAX_ARCHIVE_BYTES,
     ) -> None:
         self.database = database
         self.host = host
@@ -138,6 +138,7 @@ class Instances:
         self.ssh_timeout_s = ssh_timeout_s
         self.plans = plans
         self.action_timeout_s = action_timeout_s  # how long an operational action waits for the node's report
+        self.max_image_bytes = max_image_bytes  # what a save here may write (the image store's disk)
 
     # -- Allocate ---------------------------------------------------------------------------------------------------
     def plan(self, lease_id: str, wanted: Sequence[InstanceRequest], now: datetime) -> list[Instance]:
@@ -343,11 +344,30 @@ class Instances:
         return True
 
     def rewrite_keys(self, lease_ids: Iterable[str], keys: Sequence[str]) -> list[str]:
-        """The slice's users changed (geni_update_users, Provision again with more users): the plans of these leases
-        get ``keys`` (a job that has not started yet reads them; the plan stays the same plan, its id kept so a run's
-        report still counts, and its slot: the lease's as recorded, which also gives one to a plan an aggregate older
-        than slots wrote). Returns the leases whose plan was rewritten."""
-        return self._rewrite(lease_ids, lambda plan: replace(plan, keys=plan_keys(keys)))
+        """The slice's users changed (geni_update_users, Provision again with more users): ``keys`` (the whole new
+        set) reach the containers. With plans, the plans of these leases get them (a job that has not started yet
+        reads them; the plan stays the same plan, its id kept so a run's report still counts, and its slot: the
+        lease's as recorded, which also gives one to a plan an aggregate older than slots wrote). On this host, every
+        container of these leases that exists (running, stopped, failed to start) gets them as root's
+        authorized_keys at once: a key left out is refused from the next login on (planned ones start with the
+        slice's keys of their start). A container whose file cannot be rewritten is logged and the others go on.
+        Returns the leases whose plan, or whose containers, were rewritten."""
+        if self.plans is not None:
+            return self._rewrite(lease_ids, lambda plan: replace(plan, keys=plan_keys(keys)))
+        rewritten: list[str] = []
+        if self.host is None:
+            return rewritten
+        for lease_id, records in sorted(self.of_leases(lease_ids).items()):
+            # Made: create() finished (its own keys are written), so a rewrite now is the last word on the file.
+            made = [record for record in records if record.state in LIVE and self.host.made(record.name)]
+            for record in made:
+                try:
+                    self.host.write_keys(record.name, keys)
+                except GeniError as exc:
+                    log.warning("lease %s: the keys left out may still open %s: %s", lease_id, record.name, exc.message)
+            if made:
+                rewritten.append(lease_id)
+        return rewritten
 
     def refresh_slots(self, lease_ids: Iterable[str]) -> list[str]:
         """Renewed leases: their plans get the new slot (a job the reconciler submits again after the old end must
@@ -610,8 +630,10 @@ class Instances:
 
     def save(self, instance: Instance, label: str, owner: str, now: datetime) -> str:
         """Snapshot a container's file system into the repository as image ``label``, private to ``owner`` (no keys,
-        passwords or SSH host keys in it: ``_without_secrets``); returns the label. BADARGS or ALREADY_EXISTS before
-        anything is written. With ``plans`` the lease's run archives it on its node (``_save_on_node``)."""
+        passwords, SSH host keys nor device files in it; at most ``max_image_bytes``; links followed nowhere:
+        archives.save_rootfs), and checked as an archive from a node is (check_archive: no link leading out); returns
+        the label. A running container is frozen while it is archived. BADARGS or ALREADY_EXISTS before anything is
+        written. With ``plans`` the lease's run archives it on its node (``_save_on_node``)."""
         check_label(label)
         if self.images.get(label) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"image label {label!r} is already taken: choose another label")
@@ -619,16 +641,33 @@ class Instances:
             raise BadArgs(f"container {instance.name} is {instance.state}: only a running or stopped one can be saved")
         if self.plans is not None:
             return self._save_on_node(instance, label, owner, now)
-        rootfs = self._host().lxc_path / instance.name / "rootfs"
+        host = self._host()
+        rootfs = host.lxc_path / instance.name / "rootfs"
         self.images.directory.mkdir(parents=True, exist_ok=True)
-        handle, archive = tempfile.mkstemp(suffix=".tar", dir=self.images.directory)
-        os.close(handle)
-        try:
+        with tempfile.TemporaryDirectory(dir=self.images.directory, prefix=".save-") as scratch:
+            archive = Path(scratch) / "image.tar"
+            # Archived as root while the container's root may act: frozen meanwhile, it cannot swap a directory for a
+            # link to a host path under the walk (which follows no link anyway: save_rootfs).
+            frozen = host.state(instance.name) == "RUNNING"
+            if frozen:
+                host.freeze(instance.name)
             try:
-                with tarfile.open(archive, "w") as tar:
-                    tar.add(str(rootfs), arcname=".", filter=_without_secrets)
+                save_rootfs(rootfs, archive, self.max_image_bytes)
+            except ArchiveError as exc:
+                raise GeniError(Reason.TESTBED, f"container {instance.name} was not saved: {exc}") from exc
             except (OSError, tarfile.TarError) as exc:
                 raise GeniError(Reason.TESTBED, f"container {instance.name} could not be archived: {exc}") from exc
+            finally:
+                if frozen:
+                    host.unfreeze(instance.name)
+            try:
+                check_archive(archive, self.max_image_bytes)  # what every launch of it would refuse, refused now
+            except ArchiveError as exc:
+                raise GeniError(
+                    Reason.TESTBED,
+                    f"container {instance.name} was not saved: {exc}. Remove what makes it unfit (a link climbing "
+                    "out of the root file system with '..') and save again",
+                ) from exc
             self.images.add(
                 archive,
                 label,
@@ -637,8 +676,6 @@ class Instances:
                 description=f"saved from container {instance.name} ({instance.image})",
                 private=True,  # only its owner may use it until an operator publishes it
             )
-        finally:
-            os.unlink(archive)
         return label
 
     def _save_on_node(self, instance: Instance, label: str, owner: str, now: datetime) -> str:

@@ -34,6 +34,15 @@ DEFAULT_PREFIX = "sfaomf-"
 DROPBEAR = "/usr/sbin/dropbear"
 VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MADE_MARK = "sfa-omf-made"  # beside the container's config, once create() has finished it
+SECCOMP_PROFILE = "/usr/share/lxc/config/common.seccomp"  # Debian's lxc: no kernel modules, kexec, open_by_handle_at
+# The devices a container may read or write: null, zero, full, random, urandom, tty, console, ptmx and the pty
+# slaves (136:*), the nodes LXC itself makes in its /dev. Any other (the host's disks, /dev/kmsg, /dev/mem...) is
+# refused by the devices cgroup, even to a node a container's root made or found.
+ALLOWED_DEVICES = ("c 1:3", "c 1:5", "c 1:7", "c 1:8", "c 1:9", "c 5:0", "c 5:1", "c 5:2", "c 136:*")
+# Capabilities root inside a container does not have (beyond the busybox template's sys_module mac_admin
+# mac_override sys_time): mknod (no new device nodes), sys_rawio (no raw I/O ports or memory), sys_admin (no mount,
+# remount of the host's read-only /lib binds, nor changing its own devices cgroup) and syslog (the host's kernel log).
+DROPPED_CAPABILITIES = ("mknod", "sys_rawio", "sys_admin", "syslog")
 # How long each LXC command may take before it is killed and the action fails (TESTBED, saying so): one that hangs
 # must not hold a start (and its rows' claim) for ever. lxc-create builds a root file system, lxc-start boots.
 LXC_TIMEOUTS_S = {
@@ -42,6 +51,8 @@ LXC_TIMEOUTS_S = {
     "lxc-stop": 60.0,
     "lxc-destroy": 120.0,
     "lxc-info": 30.0,
+    "lxc-freeze": 30.0,
+    "lxc-unfreeze": 30.0,
 }
 
 
@@ -115,11 +126,14 @@ class LxcHost:
             raise GeniError(Reason.BAD_ARGS, f"container name {spec.name!r} is not valid for LXC")
         if not os.path.exists(DROPBEAR):
             raise GeniError(Reason.TESTBED, f"{DROPBEAR} is missing on this host: run scripts/lxc.sh up")
+        if not os.path.exists(SECCOMP_PROFILE):  # a container without it would be less confined: none is made
+            raise GeniError(Reason.TESTBED, f"{SECCOMP_PROFILE} is missing on this host: install Debian's lxc")
         with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as conf:
             conf.write(
                 f"lxc.net.0.type = veth\nlxc.net.0.link = {self.bridge}\nlxc.net.0.flags = up\n"
                 f"lxc.net.0.ipv4.address = {spec.address}\n"
                 f"lxc.net.0.hwaddr = {hardware_address(spec.name)}\n"
+                f"{confinement()}"
             )
         existed = (self.lxc_path / spec.name).exists()
         try:
@@ -146,31 +160,32 @@ class LxcHost:
             _extract(image, rootfs, spec.name)
         # The template's rcS asks DHCP for an address (there is no DHCP server on our bridge: LXC sets the address);
         # ours starts the SSH server instead.
-        rcs = rootfs / "etc" / "init.d" / "rcS"
-        # -s: keys only, never a password (an image may carry any /etc/shadow); -R: host keys made at first login.
-        rcs.write_text("#!/bin/sh\n/bin/syslogd\n/bin/mount -a\n/usr/sbin/dropbear -R -s -p 22\n")
-        rcs.chmod(0o755)
-        (rootfs / "usr" / "sbin").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(DROPBEAR, rootfs / "usr" / "sbin" / "dropbear")
-        (rootfs / "etc" / "dropbear").mkdir(parents=True, exist_ok=True)
-        ssh_dir = rootfs / "root" / ".ssh"
-        ssh_dir.mkdir(parents=True, exist_ok=True)
-        ssh_dir.chmod(0o700)
-        keys = ssh_dir / "authorized_keys"
-        keys.write_text("".join(f"{key.strip()}\n" for key in spec.authorized_keys))
-        keys.chmod(0o600)
+        # Everything below is written as root into a tree the image (the experimenter's) laid out: through
+        # descriptors, never following a link (an image's /etc/init.d/rcS or /root/.ssh may be one to a host path).
+        root = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            # -s: keys only, never a password (an image may carry any /etc/shadow); -R: host keys made at first login.
+            rcs = b"#!/bin/sh\n/bin/syslogd\n/bin/mount -a\n/usr/sbin/dropbear -R -s -p 22\n"
+            _write_new(root, ("etc", "init.d"), "rcS", rcs, 0o755)
+            with open(DROPBEAR, "rb") as dropbear:
+                _write_new(root, ("usr", "sbin"), "dropbear", dropbear.read(), 0o755)
+            os.close(_open_directory(root, ("etc", "dropbear")))
+            ssh_dir = _open_directory(root, ("root", ".ssh"))
+            try:
+                os.fchmod(ssh_dir, 0o700)
+            finally:
+                os.close(ssh_dir)
+            keys = "".join(f"{key.strip()}\n" for key in spec.authorized_keys).encode()
+            _write_new(root, ("root", ".ssh"), "authorized_keys", keys, 0o600)
+        finally:
+            os.close(root)
 
     def _discard(self, name: str) -> None:
         """Destroy a container this process made and failed to finish; the failure itself is the one to report."""
         try:
-            self.destroy(name)
+            self.destroy(name)  # a directory a killed lxc-create left without its config too
         except GeniError as cleanup:
             log.warning("container %s could not be destroyed after a failed launch: %s", name, cleanup)
-        directory = self.lxc_path / name
-        if directory.exists() and not (directory / "config").exists():
-            # A killed lxc-create leaves a directory without its config, which lxc-destroy does not know as a
-            # container (and which cannot run): removed as the plain directory it is.
-            shutil.rmtree(directory, ignore_errors=True)
 
     def start(self, name: str) -> None:
         """Start the container; on failure the reason is LXC's own error lines (its log), not just "failed"."""
@@ -190,9 +205,28 @@ class LxcHost:
     def stop(self, name: str) -> None:
         _run(["lxc-stop", "-P", str(self.lxc_path), "-k", "-n", name])
 
+    def freeze(self, name: str) -> None:
+        """Freeze every process of the running container (lxc-freeze): nothing in it changes its files until
+        unfreeze."""
+        _run(["lxc-freeze", "-P", str(self.lxc_path), "-n", name])
+
+    def unfreeze(self, name: str) -> None:
+        """Let a frozen container's processes run again (lxc-unfreeze)."""
+        _run(["lxc-unfreeze", "-P", str(self.lxc_path), "-n", name])
+
     def destroy(self, name: str) -> None:
-        """Stop (killing it) and delete the container; nothing to do when it does not exist."""
-        if not (self.lxc_path / name).exists():
+        """Stop (killing it) and delete the container; nothing to do when it does not exist. A directory without
+        LXC's config (a container left half made) is removed as a plain directory."""
+        directory = self.lxc_path / name
+        if not directory.exists():
+            return
+        if not (directory / "config").exists():
+            # Left half made (a killed lxc-create): LXC does not know it as a container (lxc-destroy fails on it,
+            # every time) and it cannot run: removed as the plain directory it is.
+            try:
+                shutil.rmtree(directory)
+            except OSError as exc:
+                raise GeniError(Reason.TESTBED, f"container {name} (half made) could not be removed: {exc}") from exc
             return
         _run(["lxc-stop", "-P", str(self.lxc_path), "-k", "-n", name], check=False)
         _run(["lxc-destroy", "-P", str(self.lxc_path), "-n", name])
@@ -212,6 +246,20 @@ class LxcHost:
     def made(self, name: str) -> bool:
         """The container exists and create() finished it (a process that died while creating it left it half made)."""
         return (self.lxc_path / name / MADE_MARK).exists()
+
+    def write_keys(self, name: str, keys: Sequence[str]) -> None:
+        """Make ``keys`` the whole of root's authorized_keys in the container, running or stopped (dropbear reads the
+        file at each login: a key left out is refused from the next one on). The container's root owns that tree and
+        may have put links in it: each directory is opened relative to the one above without following links, and
+        the file is replaced by renaming a new one over it, never written through what was there. TESTBED when it
+        cannot be done (e.g. root's .ssh made a link)."""
+        content = "".join(f"{key.strip()}\n" for key in keys if key.strip()).encode()
+        try:
+            _replace_file(self.lxc_path / name / "rootfs", ("root", ".ssh"), "authorized_keys", content)
+        except OSError as exc:
+            raise GeniError(
+                Reason.TESTBED, f"container {name}: root's authorized_keys could not be rewritten: {exc}"
+            ) from exc
 
     def instances(self) -> list[InstanceRecord]:
         """Our containers on this host (names starting with the prefix), by name."""
@@ -237,6 +285,20 @@ class LxcHost:
     def _lease_of(self, name: str) -> str:
         rest = name[len(self.prefix) :] if name.startswith(self.prefix) else ""
         return rest.rsplit("-", 1)[0] if "-" in rest else ""
+
+
+def confinement() -> str:
+    """The configuration lines that keep a container's root away from the host (the busybox template adds none of
+    them; LXC's common.conf is not included: it would also allow mknod of any node and change the template's ttys
+    and mounts). Rules for both cgroup versions, as common.conf has them: LXC applies those of the hierarchy that
+    holds the host's devices controller and ignores the others."""
+    lines = []
+    for version in ("cgroup", "cgroup2"):
+        lines.append(f"lxc.{version}.devices.deny = a")
+        lines.extend(f"lxc.{version}.devices.allow = {device} rwm" for device in ALLOWED_DEVICES)
+    lines.append(f"lxc.cap.drop = {' '.join(DROPPED_CAPABILITIES)}")
+    lines.append(f"lxc.seccomp.profile = {SECCOMP_PROFILE}")
+    return "".join(f"{line}\n" for line in lines)
 
 
 def hardware_address(name: str) -> str:
@@ -292,11 +354,100 @@ def answering_ssh(endpoints: Iterable[tuple[str, int]], budget_s: float, workers
 def _extract(image: str, rootfs: Path, name: str) -> None:
     try:
         with tarfile.open(image) as tar:
-            tar.extractall(rootfs, filter="tar")  # "tar": no member lands outside the root file system
+            tar.extractall(rootfs, filter=_inside_root)
+    except tarfile.FilterError as exc:
+        raise GeniError(
+            Reason.TESTBED,
+            f"container {name}: image {image} was refused: {exc} (a link of an image must stay inside the root "
+            "file system)",
+        ) from exc
     except (OSError, tarfile.TarError) as exc:
         raise GeniError(
             Reason.TESTBED, f"container {name}: image {image} is not a readable tar archive: {exc}"
         ) from exc
+
+
+def _inside_root(member: tarfile.TarInfo, rootfs: str) -> tarfile.TarInfo:
+    """tarfile's "tar" filter (owners and modes kept, as a root file system needs; no member written through a link
+    to outside the root file system) and no link leading out, which "tar" lets through: a symbolic link whose
+    relative target resolves outside the root, a hard link to a file outside (an absolute hard link target is a host
+    path to tarfile). An absolute symbolic link target is the container's own path, normal in a root file system:
+    kept. Nothing is rewritten; the links kept are never followed on this host (_configure writes without following
+    any, and "tar" refuses a later member written through one)."""
+    member = tarfile.tar_filter(member, rootfs)
+    if member.issym() and os.path.isabs(member.linkname):
+        return member
+    if member.issym() or member.islnk():
+        if os.path.isabs(member.linkname):
+            raise tarfile.AbsoluteLinkError(member)
+        root = os.path.realpath(rootfs)
+        base = os.path.dirname(member.name) if member.issym() else ""  # a hard link names a member from the root
+        target = os.path.realpath(os.path.join(root, base, member.linkname))
+        if os.path.commonpath([target, root]) != root:
+            raise tarfile.LinkOutsideDestinationError(member, target)
+    return member
+
+
+def _open_directory(root: int, parts: Sequence[str]) -> int:
+    """A descriptor of the directory ``parts`` under the open directory ``root``, made (0755) where missing; OSError
+    (ELOOP, ENOTDIR) when one of them is a link or not a directory: never followed out of the root file system."""
+    current = os.dup(root)
+    try:
+        for part in parts:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=current)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=current)
+            os.close(current)
+            current = child
+    except BaseException:
+        os.close(current)
+        raise
+    return current
+
+
+def _write_new(root: int, parents: Sequence[str], name: str, content: bytes, mode: int) -> None:
+    """Write ``content`` as a new file ``name`` (mode ``mode``) in directory ``parents`` under the open ``root``:
+    whatever had that name (a file, a link) is unlinked first and the file made with O_EXCL|O_NOFOLLOW, so nothing
+    outside the root file system is ever written."""
+    directory = _open_directory(root, parents)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=directory)
+        handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=directory)
+        with os.fdopen(handle, "wb") as out:
+            out.write(content)
+            os.fchmod(out.fileno(), mode)  # the mode asked, whatever the umask
+    finally:
+        os.close(directory)
+
+
+def _replace_file(rootfs: Path, parents: Sequence[str], name: str, content: bytes) -> None:
+    """Replace file ``name`` in directory ``parents`` of a container's root file system with one holding ``content``
+    (mode 600), the directories made (700) where missing. Every step goes through a descriptor opened with
+    O_NOFOLLOW, so a link anywhere (put there by the container's root) fails the call (ELOOP, ENOTDIR) instead of
+    leading to a host file; the new file is made O_EXCL under a random name and renamed over the old one, so the
+    keys change at once and nothing existing is written to."""
+    directory = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for part in parents:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o700, dir_fd=directory)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+            os.close(directory)
+            directory = child
+        temporary = f".{name}.sfa-omf-{os.urandom(6).hex()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            with os.fdopen(os.open(temporary, flags, 0o600, dir_fd=directory), "wb") as out:
+                out.write(content)
+                os.fchmod(out.fileno(), 0o600)  # whatever the umask
+            os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:  # no half-written file left behind
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=directory)
+            raise
+    finally:
+        os.close(directory)
 
 
 def _address(config: Path) -> str:

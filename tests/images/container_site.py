@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -129,3 +130,14 @@ def cred(xml: str) -> dict[str, str]:
 def ok(answer: dict[str, Any]) -> Any:
     assert answer["code"]["geni_code"] == 0, answer["output"]
     return answer["value"]
+
+
+def site_on_the_bridge(listener: Listener, pki: DemoPki, tmp_path: Path) -> Iterator[Site]:
+    """A Site whose containers are on the tests' LXC bridge; every container is destroyed after, whatever happened
+    (fixtures ``yield from`` it)."""
+    from tests.images.lxc_env import bridge, bridge_network
+
+    made = make_site(listener, pki, tmp_path, bridge(), str(bridge_network().network))
+    yield made
+    for record in made.host.instances():
+        made.host.destroy(record.name)

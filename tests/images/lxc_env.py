@@ -6,11 +6,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+
+from sfa_omf.images.lxc import LxcHost
 
 BRIDGE = os.environ.get("SFA_OMF_TEST_LXC_BRIDGE", "")
 
@@ -55,3 +58,12 @@ def ssh(key: Path, host: str, command: str, user: str = "root") -> subprocess.Co
          "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", f"{user}@{host}", command],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
+
+
+def own_lxc_host(tmp_path: Path) -> Iterator[LxcHost]:
+    """An LxcHost keeping its containers under ``tmp_path`` (the test's own); every one is destroyed after, whatever
+    happened (fixtures ``yield from`` it)."""
+    lxc = LxcHost(bridge(), lxc_path=str(tmp_path / "lxc"))
+    yield lxc
+    for record in lxc.instances():
+        lxc.destroy(record.name)

@@ -24,7 +24,7 @@ from sfa_omf.errors import GeniCode, GeniError
 from sfa_omf.images.instances import DESTROYED, PLANNED, RUNNING, STARTING, STOPPED
 from sfa_omf.images.lxc import MADE_MARK, InstanceSpec
 from tests.conftest import DemoPki
-from tests.images.container_site import GENI_V3, IMAGE_TEXT, Site, cred, make_site, ok, request
+from tests.images.container_site import GENI_V3, IMAGE_TEXT, Site, cred, make_site, ok, request, site_on_the_bridge
 from tests.images.lxc_env import address, bridge, bridge_network, key_pair, needs_lxc, ssh
 from tests.tls_harness import Listener
 
@@ -36,10 +36,7 @@ ONE = '<sliver_type name="lxc"><disk_image name="tools"/></sliver_type>'
 
 @pytest.fixture
 def site(listener: Listener, pki: DemoPki, tmp_path: Path) -> Iterator[Site]:
-    made = make_site(listener, pki, tmp_path, bridge(), str(bridge_network().network))
-    yield made
-    for record in made.host.instances():  # nothing outlives the test, whatever happened
-        made.host.destroy(record.name)
+    yield from site_on_the_bridge(listener, pki, tmp_path)  # no container outlives the test
 
 
 def users(public_key: str, pki: DemoPki) -> dict[str, Any]:

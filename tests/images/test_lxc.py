@@ -12,7 +12,7 @@ import pytest
 from sfa_omf.cli import main
 from sfa_omf.errors import GeniCode, GeniError
 from sfa_omf.images.lxc import InstanceSpec, LxcHost
-from tests.images.lxc_env import address, bridge, key_pair, needs_lxc, ssh
+from tests.images.lxc_env import address, bridge, key_pair, needs_lxc, own_lxc_host, ssh
 
 LEASE = "0f4b1d2e-aaaa-bbbb-cccc-000000000017"
 
@@ -21,10 +21,7 @@ pytestmark = needs_lxc
 
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[LxcHost]:
-    lxc = LxcHost(bridge(), lxc_path=str(tmp_path / "lxc"))  # containers of this test only
-    yield lxc
-    for record in lxc.instances():  # nothing outlives the test, whatever happened
-        lxc.destroy(record.name)
+    yield from own_lxc_host(tmp_path)  # containers of this test only, none outliving it
 
 
 def test_a_container_answers_ssh_with_the_users_key_and_is_gone_after(
