@@ -29,4 +29,5 @@ def is_public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
         or address.is_link_local
         or address.is_reserved
         or address.is_unspecified
+        or (isinstance(address, ipaddress.IPv6Address) and address.is_site_local)  # fec0::/10: is_global says yes
     )

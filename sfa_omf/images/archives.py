@@ -222,7 +222,7 @@ def check_archive(path: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
                 if member.issym():
                     # An absolute target is normal in a root file system (the container's own root); a relative one
                     # climbing above the root with '..' names a file of the aggregate's host, where it is unpacked.
-                    if _climbs_out(str(Path(name).parent), member.linkname):
+                    if link_climbs_out(str(Path(name).parent), member.linkname):
                         raise ArchiveError(f"symbolic link {member.name!r} leads out of the root file system")
                     links.add(name)
                 if member.isfile():
@@ -243,7 +243,7 @@ def _relative(name: str) -> str:
     return "/".join(parts) or "."
 
 
-def _climbs_out(directory: str, target: str) -> bool:
+def link_climbs_out(directory: str, target: str) -> bool:
     """A relative link target, followed from ``directory`` (relative to the root), leaves the root (read by name
     only: unpacking checks it again against the files themselves); an absolute one never does."""
     if target.startswith("/"):

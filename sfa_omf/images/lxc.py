@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.images.archives import link_climbs_out
 
 log = logging.getLogger("sfa_omf.lxc")
 DEFAULT_PREFIX = "sfaomf-"
@@ -369,20 +370,25 @@ def _extract(image: str, rootfs: Path, name: str) -> None:
 
 def _inside_root(member: tarfile.TarInfo, rootfs: str) -> tarfile.TarInfo:
     """tarfile's "tar" filter (owners and modes kept, as a root file system needs; no member written through a link
-    to outside the root file system) and no link leading out, which "tar" lets through: a symbolic link whose
-    relative target resolves outside the root, a hard link to a file outside (an absolute hard link target is a host
-    path to tarfile). An absolute symbolic link target is the container's own path, normal in a root file system:
-    kept. Nothing is rewritten; the links kept are never followed on this host (_configure writes without following
-    any, and "tar" refuses a later member written through one)."""
+    to outside the root file system) and no link leading out, which "tar" lets through:
+    - a symbolic link whose relative target climbs out of the root, read by name (archives.link_climbs_out): in the
+      container every target resolves inside its root, and on this host no link of the tree is followed
+      (_configure, write_keys and save_rootfs open nothing through one; "tar" refuses a member written through
+      one). Resolving it on the host instead would follow the image's absolute links to the host's own paths and
+      refuse ordinary images (/etc/ssl/certs/*.0 -> ../../../usr/share/... through an absolute link). An absolute
+      target is the container's own path: kept;
+    - a hard link to a file outside: os.link does resolve its target on this host, through any link the image
+      already laid out, so it is checked as the host resolves it (and an absolute one is a host path: refused)."""
     member = tarfile.tar_filter(member, rootfs)
-    if member.issym() and os.path.isabs(member.linkname):
+    if member.issym():
+        if link_climbs_out(os.path.dirname(os.path.normpath(member.name)), member.linkname):
+            raise tarfile.LinkOutsideDestinationError(member, member.linkname)
         return member
-    if member.issym() or member.islnk():
+    if member.islnk():
         if os.path.isabs(member.linkname):
             raise tarfile.AbsoluteLinkError(member)
         root = os.path.realpath(rootfs)
-        base = os.path.dirname(member.name) if member.issym() else ""  # a hard link names a member from the root
-        target = os.path.realpath(os.path.join(root, base, member.linkname))
+        target = os.path.realpath(os.path.join(root, member.linkname))  # (a hard link names a member from the root)
         if os.path.commonpath([target, root]) != root:
             raise tarfile.LinkOutsideDestinationError(member, target)
     return member

@@ -69,8 +69,11 @@ def send_email(settings: SmtpSettings, to: str, key: str, subject: str, text: st
 
 def origin(url: str) -> str:
     """The URL without its path and query (``scheme://host[:port]``): what may be logged or shown of a webhook, whose
-    path and query often hold a bearer token."""
-    parts = urlsplit(url)
+    path and query often hold a bearer token. A URL too malformed to split is shown as ``<malformed URL>``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket: it cannot be sent either (post_webhook says so)
+        return "<malformed URL>"
     host = parts.hostname or ""
     if ":" in host:  # an IPv6 literal
         host = f"[{host}]"
@@ -92,7 +95,10 @@ def post_webhook(
     bounds the whole exchange, not each read: a receiver that drips its answer cannot hold the notifier. The answer's
     body is never read. Messages name only ``origin(url)``."""
     where = origin(url)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise DeliveryError(f"webhook {where}: not a URL: {exc}") from exc
     host = parts.hostname or ""
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)

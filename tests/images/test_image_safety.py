@@ -88,22 +88,50 @@ def test_check_archive_accepts_relative_links_inside(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("kind", ["climbing symbolic link", "through a link of its own", "hard link to a host file"])
+@pytest.mark.parametrize(
+    "kind", ["climbing symbolic link", "hard link to a host file", "hard link through a link of its own"]
+)
 def test_unpacking_refuses_an_image_whose_link_leads_out(tmp_path: Path, kind: str) -> None:
     rootfs = tmp_path / "lxc" / "c1" / "rootfs"
     (rootfs / "etc" / "init.d").mkdir(parents=True)
     host_file = victim(tmp_path / "lxc" / "c1", "config")  # beside the root file system: the container's config
     members = {
         "climbing symbolic link": [link("./etc/init.d/rcS", "../../../config")],
-        # By name p/../config is inside; on the host p is the root, and its '..' the container's directory.
-        "through a link of its own": [link("./p", "."), link("./etc/init.d/rcS", "../../p/../config")],
         "hard link to a host file": [link("./etc/init.d/rcS", str(host_file), tarfile.LNKTYPE)],
+        # os.link resolves its target on the host: p is the root there, and p/../config the container's config.
+        "hard link through a link of its own": [
+            link("./p", "."),
+            link("./etc/init.d/rcS", "p/../config", tarfile.LNKTYPE),
+        ],
     }
     image = archive_with(tmp_path / "image.tar", *members[kind])
     with pytest.raises(GeniError, match="was refused"):
         lxc._extract(str(image), rootfs, "c1")
     assert unchanged(host_file) and host_file.stat().st_nlink == 1
     assert not os.path.lexists(rootfs / "etc" / "init.d" / "rcS")
+
+
+def test_unpacking_keeps_links_that_lead_through_the_images_own_links(tmp_path: Path) -> None:
+    """Symbolic links are judged as the container reads them, by name, never by following them on this host (which
+    nothing here does): a relative link to an absolute one is ordinary (Debian's /etc/ssl/certs/*.0 -> *.pem ->
+    /usr/share/ca-certificates/...), and so is one through a directory link, whatever those resolve to on the host."""
+    rootfs = tmp_path / "lxc" / "c1" / "rootfs"
+    rootfs.mkdir(parents=True)
+    image = archive_with(
+        tmp_path / "image.tar",
+        regular("./usr/share/ca-certificates/mozilla/Root_R4.crt"),
+        link("./etc/ssl/certs/Root_R4.pem", "/usr/share/ca-certificates/mozilla/Root_R4.crt"),
+        link("./etc/ssl/certs/a3418fda.0", "Root_R4.pem"),
+        link("./opt/app", "/srv/app-1.0"),
+        link("./opt/bin", "app/bin"),
+        link("./p", "."),
+        link("./etc/up", "../p/../etc"),
+    )
+    check_archive(image)
+    lxc._extract(str(image), rootfs, "c1")
+    assert os.readlink(rootfs / "etc" / "ssl" / "certs" / "a3418fda.0") == "Root_R4.pem"
+    assert os.readlink(rootfs / "opt" / "bin") == "app/bin"
+    assert os.readlink(rootfs / "etc" / "up") == "../p/../etc"
 
 
 def test_unpacking_keeps_relative_links_owners_and_modes(tmp_path: Path) -> None:

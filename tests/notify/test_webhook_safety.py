@@ -150,6 +150,7 @@ def test_a_redirect_is_a_failure_and_is_not_followed() -> None:
         "2002:a00:1::",
         "2001:db8::1",
         "2001::1",
+        "fec0::1",  # site-local (deprecated, still routed in places): Python's is_global calls it global
     ],
 )
 def test_non_public_addresses_and_their_ipv6_forms_are_not_public(address: str) -> None:
@@ -281,6 +282,23 @@ def test_tls_verifies_the_urls_host_name_on_the_checked_address(
 def _bad_status_line(connection: socket.socket) -> None:
     connection.recv(65536)
     connection.sendall(b"this is not HTTP\r\n\r\n")
+
+
+def test_a_malformed_url_fails_its_message_alone(database: Database, receiver: Receiver) -> None:
+    """An operator's subscription too malformed to split (an unclosed IPv6 bracket) fails its own message; the other
+    messages of the round are delivered, and the logs name it without crashing."""
+    bad, good = "http://[::1/hook", receiver.url
+    outbox = Outbox(database)
+    outbox.enqueue(
+        [
+            Message(f"e1:webhook:{bad}", "started", "webhook", bad, {"event": "started"}),
+            Message(f"e1:webhook:{good}", "started", "webhook", good, {"event": "started"}),
+        ]
+    )
+    assert Notifier(database, NotifySettings()).deliver() == 1
+    assert len(receiver.received) == 1
+    counts = outbox.counts()
+    assert (counts.sent, counts.pending + counts.failed) == (1, 1)
 
 
 def test_a_malformed_answer_is_a_delivery_failure_retried_later(database: Database) -> None:
