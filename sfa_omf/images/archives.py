@@ -244,8 +244,8 @@ def _relative(name: str) -> str:
 
 
 def link_climbs_out(directory: str, target: str) -> bool:
-    """A relative link target, followed from ``directory`` (relative to the root), leaves the root (read by name
-    only: unpacking checks it again against the files themselves); an absolute one never does."""
+    """A relative link target, followed from ``directory`` (relative to the root), leaves the root, read by name as
+    the container reads it (no link of the tree is ever followed on the host); an absolute one never does."""
     if target.startswith("/"):
         return False
     depth = 0 if directory in ("", ".") else len(directory.split("/"))
