@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 
 import pytest
 from icalendar import Calendar
+from sqlalchemy.exc import OperationalError
 
 from sfa_omf.calendar.outbox import Outbox
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
@@ -194,7 +195,9 @@ def test_a_database_failure_reaches_the_browser_as_503_with_retry_after(
     tests/web/test_web_app.py makes a real one, a PostgreSQL that refuses connections, in-process.)"""
 
     def database_down(*_args: object, **_kwargs: object) -> None:
-        raise GeniError(Reason.DATABASE, "the calendar database failed: connection to 10.0.0.7 refused")
+        # As Database turns the driver's OperationalError of a refused connection into DBERROR.
+        refused = OperationalError("SELECT 1", {}, ConnectionRefusedError("connection to 10.0.0.7 refused"))
+        raise GeniError(Reason.DATABASE, "the calendar database failed: connection to 10.0.0.7 refused") from refused
 
     monkeypatch.setattr(WebCalendar, "gantt_page", database_down)
     host, port = served.url.removeprefix("https://").rstrip("/").split(":")
