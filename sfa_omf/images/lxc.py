@@ -256,7 +256,11 @@ class LxcHost:
         cannot be done (e.g. root's .ssh made a link)."""
         content = "".join(f"{key.strip()}\n" for key in keys if key.strip()).encode()
         try:
-            _replace_file(self.lxc_path / name / "rootfs", ("root", ".ssh"), "authorized_keys", content)
+            root = os.open(self.lxc_path / name / "rootfs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                _write_new(root, ("root", ".ssh"), "authorized_keys", content, 0o600, directory_mode=0o700)
+            finally:
+                os.close(root)
         except OSError as exc:
             raise GeniError(
                 Reason.TESTBED, f"container {name}: root's authorized_keys could not be rewritten: {exc}"
@@ -394,15 +398,16 @@ def _inside_root(member: tarfile.TarInfo, rootfs: str) -> tarfile.TarInfo:
     return member
 
 
-def _open_directory(root: int, parts: Sequence[str]) -> int:
-    """A descriptor of the directory ``parts`` under the open directory ``root``, made (0755) where missing; OSError
-    (ELOOP, ENOTDIR) when one of them is a link or not a directory: never followed out of the root file system."""
+def _open_directory(root: int, parts: Sequence[str], mode: int = 0o755) -> int:
+    """A descriptor of the directory ``parts`` under the open directory ``root``, made (``mode``) where missing;
+    OSError (ELOOP, ENOTDIR) when one of them is a link or not a directory: never followed out of the root file
+    system."""
     current = os.dup(root)
     try:
         for part in parts:
             with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o755, dir_fd=current)
-            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=current)
+                os.mkdir(part, mode, dir_fd=current)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
             os.close(current)
             current = child
     except BaseException:
@@ -411,42 +416,21 @@ def _open_directory(root: int, parts: Sequence[str]) -> int:
     return current
 
 
-def _write_new(root: int, parents: Sequence[str], name: str, content: bytes, mode: int) -> None:
-    """Write ``content`` as a new file ``name`` (mode ``mode``) in directory ``parents`` under the open ``root``:
-    whatever had that name (a file, a link) is unlinked first and the file made with O_EXCL|O_NOFOLLOW, so nothing
-    outside the root file system is ever written."""
-    directory = _open_directory(root, parents)
+def _write_new(
+    root: int, parents: Sequence[str], name: str, content: bytes, mode: int, directory_mode: int = 0o755
+) -> None:
+    """Make ``content`` the file ``name`` (mode ``mode``) in directory ``parents`` under the open ``root`` (made,
+    ``directory_mode``, where missing): a new file, O_EXCL|O_NOFOLLOW under a random name, renamed over whatever had
+    that name (a file, a link), so nothing existing is written to and nothing outside the root file system is ever
+    reached; readers see the old file or the new one, whole."""
+    directory = _open_directory(root, parents, directory_mode)
     try:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(name, dir_fd=directory)
-        handle = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=directory)
-        with os.fdopen(handle, "wb") as out:
-            out.write(content)
-            os.fchmod(out.fileno(), mode)  # the mode asked, whatever the umask
-    finally:
-        os.close(directory)
-
-
-def _replace_file(rootfs: Path, parents: Sequence[str], name: str, content: bytes) -> None:
-    """Replace file ``name`` in directory ``parents`` of a container's root file system with one holding ``content``
-    (mode 600), the directories made (700) where missing. Every step goes through a descriptor opened with
-    O_NOFOLLOW, so a link anywhere (put there by the container's root) fails the call (ELOOP, ENOTDIR) instead of
-    leading to a host file; the new file is made O_EXCL under a random name and renamed over the old one, so the
-    keys change at once and nothing existing is written to."""
-    directory = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        for part in parents:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o700, dir_fd=directory)
-            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
-            os.close(directory)
-            directory = child
         temporary = f".{name}.sfa-omf-{os.urandom(6).hex()}"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            with os.fdopen(os.open(temporary, flags, 0o600, dir_fd=directory), "wb") as out:
+            with os.fdopen(os.open(temporary, flags, mode, dir_fd=directory), "wb") as out:
                 out.write(content)
-                os.fchmod(out.fileno(), 0o600)  # whatever the umask
+                os.fchmod(out.fileno(), mode)  # the mode asked, whatever the umask
             os.rename(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
         except BaseException:  # no half-written file left behind
             with contextlib.suppress(OSError):
