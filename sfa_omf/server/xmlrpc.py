@@ -24,6 +24,7 @@ from typing import Any
 from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
+from twisted.internet.protocol import connectionDone
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -36,6 +37,7 @@ from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, refuse_declarations
 log = logging.getLogger("sfa_omf.server")
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_REQUEST_DEADLINE_S = 120.0  # a 8 MiB body at 70 kB/s; honest clients send a request in one go
 TEXT_BUFFER_BYTES = 64 * 1024  # expat hands text over in pieces of at most this (a credential: one or two)
 FAULT_TOOBIG = 6
 FAULT_BADARGS = 1
@@ -124,10 +126,39 @@ def refuse_and_close(
 
 class GuardedChannel(http.HTTPChannel):
     """Twisted's HTTP channel, answering a header line over the limit with 431 and closing (the default drops the
-    line and may leave a TLS connection waiting)."""
+    line and may leave a TLS connection waiting), and a request that does not arrive whole within
+    ``request_deadline_s`` of its first byte with 408 and closing."""
 
     MAX_LENGTH = MAX_HEADER_BYTES
     totalHeadersSize = MAX_HEADER_BYTES
+    #: Twisted's idle timeout restarts at every byte received, so a client sending a byte now and then held a
+    #: connection (and its buffers) for ever; this bounds a request's arrival as a whole. make_site sets it.
+    request_deadline_s: float = DEFAULT_REQUEST_DEADLINE_S
+    _request_deadline: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._request_deadline is None and data and not self._handlingRequest:
+            self._request_deadline = self.callLater(self.request_deadline_s, self._request_too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._cancel_request_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_request_deadline()
+        super().connectionLost(reason)
+
+    def _request_too_slow(self) -> None:
+        self._request_deadline = None
+        log.info("a request not received whole within %g s: connection closed", self.request_deadline_s)
+        refuse_and_close(self, b"408 Request Timeout")
+
+    def _cancel_request_deadline(self) -> None:
+        if self._request_deadline is not None:
+            if self._request_deadline.active():
+                self._request_deadline.cancel()
+            self._request_deadline = None
 
     def lineLengthExceeded(self, line: bytes) -> None:
         refuse_and_close(self, b"431 Request Header Fields Too Large")
@@ -294,9 +325,12 @@ def make_site(
     max_body_bytes: int,
     timeout_s: float,
     json_prefixes: tuple[bytes, ...] = (),
+    request_deadline_s: float = DEFAULT_REQUEST_DEADLINE_S,
 ) -> server.Site:
     """A Site serving ``routes`` by their first path segment (``am2``; ``resources``, the OMF backend's REST
-    inventory; ``calendar``, the web calendar); any other path (``/``, ``/RPC2``) goes to ``default``."""
+    inventory; ``calendar``, the web calendar); any other path (``/``, ``/RPC2``) goes to ``default``. A
+    connection idle for ``timeout_s`` is closed, and so is one whose request does not arrive whole within
+    ``request_deadline_s`` of its first byte (408)."""
 
     class Root(resource.Resource):
         def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
@@ -310,8 +344,13 @@ def make_site(
 
     Request.max_body_bytes = max_body_bytes
     Request.json_prefixes = json_prefixes
+
+    class Channel(GuardedChannel):
+        pass
+
+    Channel.request_deadline_s = request_deadline_s
     site = _Site(Root(), timeout=timeout_s)
-    site.protocol = GuardedChannel  # type: ignore[assignment,method-assign]
+    site.protocol = Channel  # type: ignore[assignment,method-assign]
     site.requestFactory = Request
     site.displayTracebacks = False
     return site

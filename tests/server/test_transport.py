@@ -3,6 +3,7 @@ the handler intact; limits and hostile bodies are refused; a failing or slow cal
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import socket
 import ssl
@@ -34,11 +35,15 @@ def echo(context: CallContext, method: str, params: tuple[Any, ...]) -> Any:
     }
 
 
-def start(listener: Listener, pki: DemoPki, pool_size: int = 4, max_body: int = 1024 * 1024) -> str:
+def start(
+    listener: Listener, pki: DemoPki, pool_size: int = 4, max_body: int = 1024 * 1024, request_deadline_s: float = 120
+) -> str:
     pool = listener.pool(pool_size)
     default = XmlRpcResource(echo, pool, reactor, max_body)
     v2 = XmlRpcResource(echo, pool, reactor, max_body)
-    site = make_site({b"am2": v2}, default, max_body_bytes=max_body, timeout_s=30)
+    site = make_site(
+        {b"am2": v2}, default, max_body_bytes=max_body, timeout_s=30, request_deadline_s=request_deadline_s
+    )
     tls = ServerTls(str(pki.directory / "aggregate" / "am.pkey"), str(pki.directory / "aggregate" / "am.gid"))
     return f"https://127.0.0.1:{listener.listen(site, tls)}"
 
@@ -164,6 +169,57 @@ def test_a_stalled_client_does_not_stall_others(listener: Listener, pki: DemoPki
     busy.join()
     stalled.close()
     assert answers == ["Quick"] * 3
+
+
+def test_a_request_dripped_a_byte_at_a_time_is_cut_off_at_its_deadline(listener: Listener, pki: DemoPki) -> None:
+    """Each byte comes well within the idle timeout (30 s), so only the request's own deadline (1 s here) ends it:
+    the server answers 408 and closes while the client still has bytes to send."""
+    url = start(listener, pki, request_deadline_s=1.0)
+    host, port = url.removeprefix("https://").split(":")
+    dripping = client_context(*alice_files(pki)).wrap_socket(socket.create_connection((host, int(port)), timeout=30))
+    dripping.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")
+    padding = b"X-Padding: " + b"a" * 300  # 60 s of drip at 0.2 s a byte
+    dripping.setblocking(False)
+    answer = b""
+    sent = 0
+    with dripping:
+        while sent < len(padding) and not answer:
+            try:
+                dripping.send(padding[sent : sent + 1])
+                sent += 1
+            except OSError:  # the server closed while we were still sending
+                break
+            time.sleep(0.2)
+            try:
+                answer = dripping.recv(4096)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                pass
+            except OSError:
+                break
+        dripping.setblocking(True)
+        dripping.settimeout(30)
+        with contextlib.suppress(OSError):
+            while chunk := dripping.recv(4096):
+                answer += chunk
+    assert sent < len(padding), "the server let the request drip to its end"
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    assert proxy(url, *alice_files(pki)).After()["method"] == "After"
+
+
+def test_a_kept_alive_connection_idle_past_the_deadline_still_serves(listener: Listener, pki: DemoPki) -> None:
+    """The deadline counts from a request's first byte: waiting between calls is the idle timeout's business."""
+    url = start(listener, pki, request_deadline_s=1.0)
+    host, port = url.removeprefix("https://").split(":")
+    connection = http.client.HTTPSConnection(host, int(port), context=client_context(*alice_files(pki)), timeout=30)
+    answers = []
+    for method in ("First", "Second"):
+        connection.request(
+            "POST", "/", body=xmlrpc.client.dumps((), method).encode(), headers={"Content-Type": "text/xml"}
+        )
+        answers.append(xmlrpc.client.loads(connection.getresponse().read())[0][0]["method"])
+        time.sleep(2.5)
+    connection.close()
+    assert answers == ["First", "Second"]
 
 
 def test_an_answer_that_cannot_be_marshalled_is_a_fault_not_a_hang(listener: Listener, pki: DemoPki) -> None:
