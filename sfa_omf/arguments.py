@@ -69,22 +69,28 @@ def _short(value: Any) -> str:
 
 
 def urn_of_type(value: Any, where: str, kinds: tuple[str, ...]) -> str:
-    """A URN string of one of ``kinds``."""
+    """A URN string of one of ``kinds``, in its canonical form: prefix and type in lower case, authority and name
+    as sent.
+
+    The credential check compares URNs that way (prefix and type case-insensitively), so every other spelling is
+    turned into the one the calendar and the slice table key on: ``URN:PUBLICID:IDN+a+SLICE+x`` is the slice
+    ``urn:publicid:IDN+a+slice+x``, never a second one beside it.
+    """
     expected = " or ".join(kinds)
     if not isinstance(value, str):
         raise BadArgs(f"{where} must be a {expected} URN string, not {type(value).__name__}")
     if len(value) > MAX_URN_CHARS:
         raise BadArgs(f"{where} is {len(value)} characters long: a URN has at most {MAX_URN_CHARS}")
-    kind = ""
+    parsed = None
     if is_urn(value):
         try:
-            kind = parse_urn(value).type
+            parsed = parse_urn(value)
         except BadArgs:
-            kind = ""
-    if kind not in kinds:
+            parsed = None
+    if parsed is None or parsed.type not in kinds:
         what = f"neither a {' nor a '.join(kinds)}" if len(kinds) > 1 else f"not a {expected}"
         raise BadArgs(f"{where}: {_short(value)} is {what} URN (urn:publicid:IDN+<authority>+{kinds[0]}+<name>)")
-    return value
+    return str(parsed)
 
 
 def text(value: Any, where: str) -> str:

@@ -49,13 +49,15 @@ from sfa_omf.am.containers import manifest_sliver as container_manifest_sliver
 from sfa_omf.am.containers import plan as plan_containers
 from sfa_omf.am.containers import sliver_dict as container_dict
 from sfa_omf.am.credentials import split_credentials
-from sfa_omf.am.states import Allocation, Event, Operational, operational_action
+from sfa_omf.am.states import Allocation, Event, IllegalTransition, Operational, next_operational, operational_action
 from sfa_omf.calendar.availability import Availability
-from sfa_omf.calendar.booking import Bookings, RenewalRead, Rounding
+from sfa_omf.calendar.booking import Bookings, RenewalRead, Rounding, allocation_expiry_s, refuse_expired_allocation
 from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.intervals import align_down
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.plain_statements import MAX_LISTED
-from sfa_omf.calendar.policy import Policy
+from sfa_omf.calendar.policy import Policy, human_duration
+from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, SliceView, SliverRecord
 from sfa_omf.calendar.slices import Contact, Slices
 from sfa_omf.errors import BadArgs, GeniError, Reason
@@ -281,6 +283,12 @@ class Aggregate:
     def allocate(
         self, caller_chain: GidChain, slice_urn: str, credentials: Any, rspec: str, options: Mapping[str, Any]
     ) -> dict[str, Any]:
+        return self._allocate(caller_chain, slice_urn, credentials, rspec, options).answer
+
+    def _allocate(
+        self, caller_chain: GidChain, slice_urn: str, credentials: Any, rspec: str, options: Mapping[str, Any]
+    ) -> _Allocated:
+        """Allocate, answering also what it wrote: the leases it booked and the slice's users before it."""
         _check_urn(slice_urn, "slice")
         verified = self.authorize("Allocate", caller_chain, credentials, slice_urn, options)
         users = _users_sent(options)
@@ -374,7 +382,46 @@ class Aggregate:
             }
             for conflict in result.refused
         ]
-        return answer
+        return _Allocated(answer, result.leases, users_before if users else None)
+
+    # -- CreateSliver (AM API v2) ---------------------------------------------------------------------------------
+    def create_sliver(
+        self, caller_chain: GidChain, slice_urn: str, credentials: Any, rspec: str, options: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """AM API v2's CreateSliver: Allocate, then Provision exactly the slivers this call booked (the slice's other
+        allocations stay as they are), answering the slice's manifest. v2 has no allocated-but-not-provisioned
+        state, so when anything after the booking fails the call is undone whole: the leases it booked are given
+        back and the slice's users are put back as they were before it."""
+        allocated = self._allocate(caller_chain, slice_urn, credentials, rspec, options)
+        booked = [sliver.urn for lease in allocated.leases for sliver in lease.slivers]
+        try:
+            self.provision(caller_chain, booked, credentials, options)  # (Allocate refuses a request booking nothing)
+            return self._describe_slice(slice_urn, None)
+        except BaseException:
+            self._undo_allocation(slice_urn, allocated)
+            raise
+
+    def _undo_allocation(self, slice_urn: str, allocated: _Allocated) -> None:
+        """Give back the leases a failed call booked, by id, as if never booked (nobody is told of them), and put
+        the slice's users back. A failure here is logged: the call's own error is the one to report."""
+        booked = {lease.id for lease in allocated.leases}
+        try:
+            current = [lease for lease in self.bookings.leases(slice_urn=slice_urn) if lease.id in booked]
+            for lease in current:
+                if lease.state == "provisioned":  # (only when the answer failed after Provision)
+                    self._end_lease(lease)
+            try:
+                self.bookings.discard(booked)
+            except Exception as exc:  # the testbed keeps a record of a job it may have made (an OAR time-out)
+                log.warning("cancelling leases %s instead of discarding them: %s", ", ".join(sorted(booked)), exc)
+                for lease in current:
+                    self._end_lease(lease, provisioned=False)
+                    self.bookings.cancel(lease.id)  # the reconciler deletes a job it finds for them
+            if allocated.users_before is not None:
+                self.slices.update_users(slice_urn, allocated.users_before, replace=True)
+            self.withdraw_keys_if_done(slice_urn)
+        except Exception:
+            log.exception("could not undo the allocation of leases %s in %s", ", ".join(sorted(booked)), slice_urn)
 
     def _check_images(self, wanted: Sequence[BookingRequest], user: str) -> None:
         """Every disk image the request names runs on its node (the repository's or the node's own) and ``user``
@@ -452,9 +499,14 @@ class Aggregate:
     ) -> dict[str, Any]:
         slice_urn, sliver_urns = self._resolve(urns)
         verified = self.authorize("Provision", caller_chain, credentials, slice_urn, options)
-        leases = self._leases(slice_urn, sliver_urns)
+        asked_at = self.clock()  # an allocation in its time now is provisioned, however long the testbed takes
+        leases = self._leases_to_act_on(slice_urn, sliver_urns)
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no allocated slivers here to provision")
+        for lease in leases:  # (the calendar refuses them too: this spares the testbed work it would undo)
+            if lease.state == "allocated":
+                expiries = [to_s(sliver.expires) for sliver in lease.slivers]
+                refuse_expired_allocation(lease.id, expiries, to_s(lease.end), to_s(asked_at))
         users = _users_sent(options)
         owner = self.accounts.login_for(verified.owner_urn, slice_urn)
         accounts = self._local_accounts(slice_urn, also=verified.owner_urn, sent=users)
@@ -478,7 +530,11 @@ class Aggregate:
                 done.append(lease)
             # Recorded whole: every lease provisioned and the users sent, in one unit of work.
             self.bookings.mark_provisioned_all(
-                [lease.id for lease in pending], slice_urn, users, _contact(caller_chain, verified.owner_urn)
+                [lease.id for lease in pending],
+                slice_urn,
+                users,
+                _contact(caller_chain, verified.owner_urn),
+                asked_at=asked_at,
             )
         except BaseException as failure:
             # Nothing half-provisioned: the retry provisions all of them again.
@@ -503,9 +559,10 @@ class Aggregate:
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, expiration: Any, options: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         """Move the end of the slivers' leases. A new end inside a slot rounds up to the slot's end (never less than
-        asked); with geni_extend_alap, an end past the slice credential's expiry becomes the last whole slot before
-        it. The slice credential of this call decides how far a lease may go (the slice may have been renewed at
-        its authority since Allocate). Each sliver says what changed (sfa_omf_renewal)."""
+        asked); with geni_extend_alap, an end past the slice credential's expiry (or the maximum duration) becomes the
+        last whole slot before it, and a lease that cannot end later than it does keeps its end (never shortened).
+        The slice credential of this call decides how far a lease may go (the slice may have been renewed at its
+        authority since Allocate). Each sliver says what changed (sfa_omf_renewal)."""
         slice_urn, sliver_urns, read = self._resolve_for_renewal(urns)
         verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
         new_end = parse_time(expiration, now=self.clock(), what="expiration time")
@@ -536,19 +593,30 @@ class Aggregate:
                 f"{format_time(verified.expires)}; renew the slice at its authority and call again with the new "
                 "slice credential, or ask for geni_extend_alap",
             )
-        leases = self._leases(slice_urn, sliver_urns) if read is None else read.leases
+        leases = self._leases_to_act_on(slice_urn, sliver_urns) if read is None else read.leases
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
-        longest = timedelta(seconds=self.policy.max_duration_s)
         renewals: list[tuple[str, datetime, Rounding]] = []
+        kept: dict[str, str] = {}  # lease id -> why geni_extend_alap leaves it as it is
+        now = self.clock()
+        alap_ends = self._alap_ends(leases, new_end, verified.expires) if alap and new_end > now else {}
         for lease in leases:
-            if alap:  # "as long as possible": up to the credential's expiry and the operator's maximum duration
-                renewals.append((lease.id, min(new_end, verified.expires, lease.start + longest), "down"))
+            # "As long as possible" is about extending: asked for an end no later than the lease's, or for a lapsed
+            # allocation (which the calendar refuses), or in the past, a Renew goes as without it.
+            if lease.id in alap_ends and new_end > lease.end and not _allocation_lapsed(lease, now):
+                # It extends, never shortens: a lease that cannot end later stays as it is.
+                reachable, why = alap_ends[lease.id]
+                if reachable <= lease.end:
+                    kept[lease.id] = why
+                else:
+                    renewals.append((lease.id, reachable, "down"))
             else:
                 renewals.append((lease.id, new_end, "up"))
         # The calendar first, every lease in one unit of work; then the testbed, and if it cannot follow, every
         # lease goes back as it was (on the testbed too): a Renew is done whole or not at all.
-        renewed = self.bookings.renew_all(renewals, slice_expires=verified.expires, read=read)
+        written = self.bookings.renew_all(renewals, slice_expires=verified.expires, read=read) if renewals else []
+        by_id = {lease.id: lease for lease in written}
+        renewed = [by_id.get(lease.id, lease) for lease in leases]
         followed: list[LeaseRecord] = []
         try:
             for before, after in zip(leases, renewed, strict=True):
@@ -558,7 +626,7 @@ class Aggregate:
                     self.backend.renew(before, after.end)
                     followed.append(before)
         except BaseException:
-            self.bookings.renew_all([(lease.id, lease.end, "") for lease in leases])
+            self.bookings.renew_all([(lease.id, lease.end, "") for lease in leases if lease.id in by_id])
             for lease in followed:
                 try:
                     self.backend.renew(lease, lease.end)
@@ -569,13 +637,41 @@ class Aggregate:
             self.instances.refresh_slots([lease.id for lease in followed])
         answer = []
         for before, after in zip(leases, renewed, strict=True):
-            note = _renewal_note(before, after)
+            note = _renewal_note(before, after, kept.get(before.id, ""))
             answer += [
                 {**self._sliver_dict(sliver, after), "sfa_omf_renewal": note}
                 for sliver in after.slivers
                 if sliver_urns is None or sliver.urn in sliver_urns
             ]
         return answer
+
+    def _alap_ends(
+        self, leases: Sequence[LeaseRecord], asked: datetime, credential_expires: datetime
+    ) -> dict[str, tuple[datetime, str]]:
+        """geni_extend_alap: each lease's latest reachable end, on its slot boundary (rounded down as the calendar
+        rounds it), with what limits it in words: the end asked for, the slice credential's expiry or the operator's
+        maximum duration (counted from the lease's start)."""
+        nodes = self.inventory.list_nodes(component_ids={node for lease in leases for node in lease.nodes})
+        grain_of = {node.component_id: max(node.grain_s, 1) for node in nodes}
+        longest = self.policy.max_duration_s
+        ends: dict[str, tuple[datetime, str]] = {}
+        for lease in leases:
+            limits = [
+                (asked, f"the end asked for is {format_time(asked)}"),
+                (
+                    credential_expires,
+                    f"the slice credential expires at {format_time(credential_expires)} (renew the slice at its "
+                    "authority, then renew the lease with the new slice credential)",
+                ),
+                (
+                    lease.start + timedelta(seconds=longest),
+                    f"a lease lasts at most {human_duration(longest)} from its start ({format_time(lease.start)})",
+                ),
+            ]
+            limit, why = min(limits, key=lambda found: found[0])
+            grain = max((grain_of.get(node, 1) for node in lease.nodes), default=1)
+            ends[lease.id] = (from_s(align_down(to_s(limit), grain)), f"{why}; leases end on slot boundaries")
+        return ends
 
     def delete(
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
@@ -659,17 +755,44 @@ class Aggregate:
             save_image(self.instances, leases, options, verified.owner_urn, self.clock())
             return self._sliver_dicts(slice_urn, sliver_urns)
         now = self.clock()
-        _check_slots_running(leases, action, now)  # one check before anything acts: a refusal changes nothing
+        _check_slots_running(leases, action, now)  # the checks before anything acts: a refusal changes nothing
         if self.instances is not None:
             self.instances.check_operable(str(action), [lease.id for lease in leases])
+        # On OAR with containers the job (the node sliver) runs on: the action is the containers', checked above.
+        node_slivers_switch = self.instances is None or self.instances.plans is None
+        recorded = self._checked_transitions(leases, event) if node_slivers_switch else {}
         if isinstance(self.backend, OperatingBackend):  # the testbed first: if it fails, nothing is recorded
             self.backend.operate(leases, event.value)
         if self.instances is not None:
             act_on_containers(self.instances, event, leases, self._slice_keys(slice_urn), now)
-        wanted = Operational.NOTREADY if event == Event.STOP else Operational.READY
-        if self.instances is None or self.instances.plans is None:  # on OAR the job (the node sliver) runs on
-            self.bookings.set_operational_states([lease.id for lease in leases], wanted)
+        # The testbeds here have acted when operate returns: a lease the table put in geni_configuring is ready (the
+        # table's backend_ready), as Status reports it and the web calendar and the CLI show it.
+        recorded = {
+            lease_id: next_operational(state, Event.BACKEND_READY) if state == Operational.CONFIGURING else state
+            for lease_id, state in recorded.items()
+        }
+        for state in sorted(set(recorded.values())):  # (one write, but for a geni_start of running and stopped ones)
+            self.bookings.set_operational_states([lease_id for lease_id, to in recorded.items() if to == state], state)
         return self._sliver_dicts(slice_urn, sliver_urns)
+
+    def _checked_transitions(self, leases: Sequence[LeaseRecord], event: Event) -> dict[str, Operational]:
+        """The operational state each lease is to record after ``event``, from the one transition table
+        (states.py), checked for every sliver of the leases (an action switches whole leases) in the state Status
+        reports now; BADARGS naming the sliver, its state and the actions possible from it otherwise."""
+        containers = self._containers_of(leases)
+        recorded: dict[str, Operational] = {}
+        for lease in leases:
+            reached: set[Operational] = set()
+            for sliver in lease.slivers:
+                health = node_health(containers.get(sliver.urn, [])) or self._health(sliver, lease)
+                try:
+                    reached.add(next_operational(Operational(health.operational_state), event))
+                except IllegalTransition as refusal:
+                    raise BadArgs(f"{refusal.message}: sliver {sliver.urn}; nothing was changed") from None
+            # Slivers of one lease switch together; started from different states, the testbed says when all run.
+            if reached:
+                recorded[lease.id] = reached.pop() if len(reached) == 1 else Operational.CONFIGURING
+        return recorded
 
     def _update_users(
         self, slice_urn: str, sliver_urns: set[str] | None, leases: list[LeaseRecord], options: Mapping[str, Any]
@@ -892,6 +1015,17 @@ class Aggregate:
             return leases
         return [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
 
+    def _leases_to_act_on(self, slice_urn: str, sliver_urns: set[str] | None) -> list[LeaseRecord]:
+        """``_leases`` for Provision and Renew: a call naming the whole slice leaves out allocations whose time to be
+        provisioned is over (the sweep releases them within a minute; the calendar refuses to provision or renew
+        them, which would refuse the whole call). Named by their sliver URNs, they are kept: the refusal says why."""
+        leases = self._leases(slice_urn, sliver_urns)
+        if sliver_urns is not None:
+            return leases
+        now = self.clock()
+        live = [lease for lease in leases if not _allocation_lapsed(lease, now)]
+        return live or leases  # (only lapsed ones: the calendar's refusal names them)
+
     def _slice_view(self, slice_urn: str, sliver_urns: set[str] | None) -> SliceView:
         """The slice's leases (those holding these slivers), their nodes and the slice's users (none when it holds no
         lease here), read now in one statement."""
@@ -1024,6 +1158,16 @@ class Aggregate:
         }
 
 
+@dataclass(frozen=True)
+class _Allocated:
+    """What an Allocate answered and wrote: the leases it booked, and the slice's users before it (None: it sent
+    none, so it changed none)."""
+
+    answer: dict[str, Any]
+    leases: tuple[LeaseRecord, ...]
+    users_before: dict[str, list[str]] | None
+
+
 def _users_sent(options: Mapping[str, Any]) -> dict[str, list[str]]:
     """The users and keys a call sent (geni_users, sfa_users; checked by the contract): user URN -> keys."""
     users: dict[str, list[str]] = {}
@@ -1091,10 +1235,22 @@ def _hold_in_one_slice(named: set[str], leases: Sequence[LeaseRecord]) -> bool:
     return named <= held and len({lease.slice_urn for lease in leases}) == 1
 
 
-def _renewal_note(before: LeaseRecord, after: LeaseRecord) -> str:
+def _allocation_lapsed(lease: LeaseRecord, now: datetime) -> bool:
+    """An allocation not provisioned in time: the calendar refuses to provision or renew it (booking.py)."""
+    if lease.state != "allocated":
+        return False
+    return allocation_expiry_s([to_s(sliver.expires) for sliver in lease.slivers], to_s(lease.end)) <= to_s(now)
+
+
+def _renewal_note(before: LeaseRecord, after: LeaseRecord, kept_because: str = "") -> str:
     """What a renewal changed, in words: the lease's new end (and, for an allocation, until when it waits to be
-    provisioned), or that nothing changed."""
-    if after.end == before.end:
+    provisioned), or that nothing changed (``kept_because``: why geni_extend_alap could not extend it)."""
+    if kept_because:
+        note = (
+            f"unchanged: lease {after.id} keeps its end {format_time(after.end)}, as geni_extend_alap cannot extend "
+            f"it: {kept_because}"
+        )
+    elif after.end == before.end:
         note = f"unchanged: lease {after.id} already ends at {format_time(after.end)}"
     else:
         longer = "extended" if after.end > before.end else "shortened"

@@ -13,7 +13,7 @@ from typing import Any
 
 from sfa_omf.am import contract
 from sfa_omf.am.aggregate import Aggregate
-from sfa_omf.am.dispatch import ApiEndpoint, Method, log
+from sfa_omf.am.dispatch import ApiEndpoint, Method
 from sfa_omf.am.states import Allocation, Operational
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.server.xmlrpc import CallContext
@@ -48,23 +48,12 @@ def list_resources(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> 
 
 
 def create_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> str:
+    """Allocate and provision what the RSpec asks for, or nothing: a failure gives back what this call booked and
+    puts the slice's users back (Aggregate.create_sliver)."""
     slice_urn, credentials, rspec, users, options = params
     if users:
         options["geni_users"] = users
-    before = {sliver.urn for lease in am.bookings.leases(slice_urn=slice_urn) for sliver in lease.slivers}
-    allocated = am.allocate(ctx.caller_chain, slice_urn, credentials, rspec, options)
-    new_slivers = [s["geni_sliver_urn"] for s in allocated["geni_slivers"] if s["geni_sliver_urn"] not in before]
-    try:
-        provisioned = am.provision(ctx.caller_chain, [slice_urn], credentials, options)
-    except Exception:
-        # v2 has no allocated-but-not-provisioned state: give the new time slots back rather than leave them half done.
-        if new_slivers:
-            try:
-                am.delete(ctx.caller_chain, new_slivers, credentials, {})
-            except Exception:
-                log.exception("CreateSliver could not give back %s after Provision failed", ", ".join(new_slivers))
-        raise
-    return str(provisioned["geni_rspec"])
+    return str(am.create_sliver(ctx.caller_chain, slice_urn, credentials, rspec, options)["geni_rspec"])
 
 
 def overall_status(statuses: list[str]) -> str:

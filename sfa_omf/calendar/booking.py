@@ -653,6 +653,9 @@ class Bookings:
         lease = target[0]
         if lease.state not in ACTIVE_LEASE_STATES:
             raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state} and cannot be renewed")
+        if lease.state == "allocated":  # an allocation past its time to be provisioned is not revived by a renewal
+            expiries = [row.allocation_expires_s for row in target if row.allocation_expires_s is not None]
+            refuse_expired_allocation(lease_id, expiries, lease.end_s, now_s)
         if asked_s <= now_s:
             raise GeniError(
                 Reason.BAD_ARGS,
@@ -761,18 +764,25 @@ class Bookings:
             return None
         return _lease_record_of(written[0][:7], [row[7:] for row in written if row[7] is not None])
 
-    def mark_provisioned(self, lease_id: str) -> LeaseRecord:
-        """An allocated lease becomes provisioned (again: no change, so a retried or finished Provision is fine)."""
+    def mark_provisioned(self, lease_id: str, check_expiry: bool = True) -> LeaseRecord:
+        """An allocated lease becomes provisioned (again: no change, so a retried or finished Provision is fine).
+        An allocation whose time to be provisioned has passed is refused (SEARCHFAILED), as after the sweep;
+        ``check_expiry=False`` (a Provision asked in time that the testbed finished late) looks only at whether the
+        lease is still allocated and its slot not over."""
         with self.database.write() as session:
-            return self._provision_one(session, lease_id)
+            return self._provision_one(session, lease_id, to_s(self.clock()), check_expiry)
 
     @staticmethod
-    def _provision_one(session: Session, lease_id: str) -> LeaseRecord:
+    def _provision_one(session: Session, lease_id: str, now_s: int, check_expiry: bool = True) -> LeaseRecord:
         lease = _find_lease(session, lease_id, lock=True)
         if lease.state == "provisioned":
             return lease_record(lease)
         if lease.state != "allocated":
             raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state}, not allocated")
+        # The slivers are read after the lease's lock, as the last writer left them. The sweep (every minute) has
+        # not run yet: the allocation is expired all the same.
+        expiries = [sliver.expires_s for sliver in lease.slivers] if check_expiry else []
+        refuse_expired_allocation(lease_id, expiries, lease.end_s, now_s)
         lease.state = "provisioned"
         for sliver in lease.slivers:
             sliver.allocation_state = "geni_provisioned"
@@ -786,14 +796,19 @@ class Bookings:
         slice_urn: str,
         users: Mapping[str, Sequence[str]] | None = None,
         contact: Contact | None = None,
+        asked_at: datetime | None = None,
     ) -> list[LeaseRecord]:
         """Provision several allocated leases of one slice, and merge the users sent with the call (and keep the
-        caller's GID e-mail), in one unit of work: a Provision is recorded whole or not at all."""
+        caller's GID e-mail), in one unit of work: a Provision is recorded whole or not at all. ``asked_at``: when
+        the Provision was asked, which decides whether an allocation was still in its time (the testbed's work in
+        between may take longer than what was left of it)."""
         with self.database.write() as session:
             if users:  # first, as every writer of the slice's users does: an Allocate's users and these never mix
                 lock_slice(session, slice_urn)
-            records = [self._provision_one(session, lease_id) for lease_id in lease_ids]
-            record_contact(session, contact, to_s(self.clock()))
+            now_s = to_s(self.clock())
+            asked_s = now_s if asked_at is None else to_s(asked_at)
+            records = [self._provision_one(session, lease_id, asked_s) for lease_id in lease_ids]
+            record_contact(session, contact, now_s)
             if users:
                 slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn).with_for_update())
                 if slice_row is None:
@@ -921,6 +936,7 @@ class Bookings:
                     grain_s,
                     row[8],  # the sliver's node's component id
                     node_state,
+                    row[13],  # the sliver's expiry
                 )
             )
         leases = _lease_records([row[:16] for row in rows])
@@ -1171,8 +1187,8 @@ _Clash = tuple[BookingRequest, _BookedNode, Interval, list[Interval]]  # ... wit
 
 
 class _RenewalRow(NamedTuple):
-    """A row of ``_LOCK_RENEWED_LEASE``: the lease and its slice (the same on every row), one sliver's node (None
-    for a lease without slivers)."""
+    """A row of ``_LOCK_RENEWED_LEASE``: the lease and its slice (the same on every row), one sliver's node and
+    expiry (None for a lease without slivers)."""
 
     state: str
     start_s: int
@@ -1186,6 +1202,7 @@ class _RenewalRow(NamedTuple):
     grain_s: int
     component_id: str
     node_state: str
+    allocation_expires_s: int | None  # the sliver's: when it expires unless provisioned (None: no sliver)
 
 
 class RenewalRead(NamedTuple):
@@ -1322,7 +1339,10 @@ _CANCEL_ACTIVE_LEASE = PlainStatement(
 # and names do not change with a lease; the slice's expiry (written by bookings and renewals of the slice, under no
 # common lock, as before) only decides whether the call's is written (skipped when equal) or, for a renewal without a
 # credential, how far the lease may go; a node's state (an operator's switch to maintenance, under no lock a renewal
-# takes, as for a booking already made) refuses an extension from the moment it is committed.
+# takes, as for a booking already made) refuses an extension from the moment it is committed. A sliver's expiry is
+# read for one check only: an allocation past it is not renewed. An allocated sliver's expiry moves earlier only with
+# the lease's end (read fresh) and later only by a renewal, which is refused once it has passed: a row older than the
+# lock can at most refuse a renewal that meets the expiry within the wait for the lock.
 _RENEWED_LEASE = (
     select(
         _LEASE.state,
@@ -1337,6 +1357,7 @@ _RENEWED_LEASE = (
         _NODE.grain_s,
         _NODE.component_id,
         _NODE.state,
+        _SLIVER.expires_s,
     )
     .select_from(table_of(Lease))
     .join(table_of(Slice), _SLICE.id == _LEASE.slice_id)
@@ -1663,6 +1684,24 @@ def _external_labels(session: Session, start_s: int, end_s: int, node_ids: set[i
     for node_id, label in rows:
         labels[node_id].append(label)
     return {node_id: ", ".join(found) for node_id, found in labels.items()}
+
+
+def allocation_expiry_s(sliver_expiries: Iterable[int], end_s: int) -> int:
+    """When an allocated lease's time to be provisioned is over: its slivers' expiry, at the latest its end."""
+    return min([*sliver_expiries, end_s])
+
+
+def refuse_expired_allocation(lease_id: str, sliver_expiries: Iterable[int], end_s: int, now_s: int) -> None:
+    """An allocated lease whose time to be provisioned is over is expired, whether or not the sweep
+    (``expire_unprovisioned``) has run yet: Provision and Renew refuse it as they do once the sweep has, with
+    SEARCHFAILED."""
+    expires_s = allocation_expiry_s(sliver_expiries, end_s)
+    if expires_s <= now_s:
+        raise GeniError(
+            Reason.NOT_FOUND,
+            f"lease {lease_id} was allocated but not provisioned in time: the allocation expired at "
+            f"{format_time(from_s(expires_s))} and is released within a minute; Allocate again",
+        )
 
 
 def _unusable(node_state: str) -> str:

@@ -37,7 +37,8 @@ from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, refuse_declarations
 log = logging.getLogger("sfa_omf.server")
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-DEFAULT_REQUEST_DEADLINE_S = 120.0  # a 8 MiB body at 70 kB/s; honest clients send a request in one go
+DEFAULT_REQUEST_DEADLINE_S = 120.0  # honest clients send a request in one go...
+SLOWEST_UPLOAD_BYTES_PER_S = 32 * 1024  # ...and a body of the largest size taken at this rate has the time it needs
 TEXT_BUFFER_BYTES = 64 * 1024  # expat hands text over in pieces of at most this (a credential: one or two)
 FAULT_TOOBIG = 6
 FAULT_BADARGS = 1
@@ -137,7 +138,8 @@ class GuardedChannel(http.HTTPChannel):
     _request_deadline: Any = None
 
     def dataReceived(self, data: bytes) -> None:
-        if self._request_deadline is None and data and not self._handlingRequest:
+        # (Blank lines between kept-alive requests, which HTTP allows, start no request.)
+        if self._request_deadline is None and data.strip(b"\r\n") and not self._handlingRequest:
             self._request_deadline = self.callLater(self.request_deadline_s, self._request_too_slow)
         super().dataReceived(data)
 
@@ -325,12 +327,13 @@ def make_site(
     max_body_bytes: int,
     timeout_s: float,
     json_prefixes: tuple[bytes, ...] = (),
-    request_deadline_s: float = DEFAULT_REQUEST_DEADLINE_S,
+    request_deadline_s: float | None = None,
 ) -> server.Site:
     """A Site serving ``routes`` by their first path segment (``am2``; ``resources``, the OMF backend's REST
     inventory; ``calendar``, the web calendar); any other path (``/``, ``/RPC2``) goes to ``default``. A
     connection idle for ``timeout_s`` is closed, and so is one whose request does not arrive whole within
-    ``request_deadline_s`` of its first byte (408)."""
+    ``request_deadline_s`` of its first byte (408; by default 120 s, or the time a body of ``max_body_bytes``
+    takes at 32 KiB/s when that is longer)."""
 
     class Root(resource.Resource):
         def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
@@ -348,7 +351,11 @@ def make_site(
     class Channel(GuardedChannel):
         pass
 
-    Channel.request_deadline_s = request_deadline_s
+    Channel.request_deadline_s = (
+        max(DEFAULT_REQUEST_DEADLINE_S, max_body_bytes / SLOWEST_UPLOAD_BYTES_PER_S)
+        if request_deadline_s is None
+        else request_deadline_s
+    )
     site = _Site(Root(), timeout=timeout_s)
     site.protocol = Channel  # type: ignore[assignment,method-assign]
     site.requestFactory = Request

@@ -222,6 +222,15 @@ def test_a_kept_alive_connection_idle_past_the_deadline_still_serves(listener: L
     assert answers == ["First", "Second"]
 
 
+def test_the_deadline_gives_the_largest_body_the_time_it_takes_at_32_kib_per_second(listener: Listener) -> None:
+    pool = listener.pool(1)
+    default = XmlRpcResource(echo, pool, reactor, 1024)
+    for max_body, deadline in ((1024 * 1024, 120.0), (4 * 1024 * 1024, 128.0), (32 * 1024 * 1024, 1024.0)):
+        site = make_site({}, default, max_body_bytes=max_body, timeout_s=30)
+        assert site.protocol.request_deadline_s == deadline, max_body  # type: ignore[attr-defined]
+    assert make_site({}, default, 1024, 30, request_deadline_s=5).protocol.request_deadline_s == 5  # type: ignore[attr-defined]
+
+
 def test_an_answer_that_cannot_be_marshalled_is_a_fault_not_a_hang(listener: Listener, pki: DemoPki) -> None:
     pool = listener.pool(2)
     site = make_site({}, XmlRpcResource(lambda context, method, params: object(), pool, reactor, 10_000), 10_000, 30)

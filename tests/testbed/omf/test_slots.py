@@ -337,6 +337,7 @@ def test_a_pass_during_a_provision_leaves_the_lease_alone(running: Running, lab:
     report = pass_at(running, start + timedelta(minutes=1))
     assert report.ended == [] and report.end_failed == [] and report.started == []
     assert running.nodes.steps == []  # nothing powered off, no key withdrawn
+    running.at(datetime.now(UTC))  # the Provision goes on as asked, in the allocation's time (the pass ran meanwhile)
     answer = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
     assert answer["code"]["geni_code"] == 0, answer["output"]
     assert pass_at(running, start + timedelta(minutes=1)).started == [lease.id]
@@ -362,9 +363,10 @@ def test_a_lease_provisioned_again_after_its_work_ended_is_started(running: Runn
     slots.provisioned(lease, [])
     start = slot_start()
     assert slots.records.claim(lease.id, (PROVISIONED,), ENDED, to_s(start))
-    running.at(start + timedelta(minutes=1))
+    running.at(datetime.now(UTC))  # asked in the allocation's time
     answer = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
     assert answer["code"]["geni_code"] == 0, answer["output"]
+    running.at(start + timedelta(minutes=1))
     assert states(running, lab) == {"node1": ("geni_configuring", "")}
     assert pass_at(running, start + timedelta(minutes=1)).started == [lease.id]
     assert running.nodes.power == {"node1": "on"}
