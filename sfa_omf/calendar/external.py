@@ -4,8 +4,9 @@ calendar so that every check that keeps bookings apart, the free windows and "av
 A mirrored reservation is a lease in state ``external`` of a per-source pseudo-slice, with one node-holding sliver per
 node; its ``client_id`` is the source's key (``oar:12``). ``sync`` makes the mirror equal to what the source reports:
 new reservations are added, changed ones replaced, vanished ones released. A reservation that overlaps a booking the
-calendar already holds cannot be mirrored (the calendar's guarantee wins); it is reported as a clash so the operator
-sees it, and the testbed itself refuses our overlapping provision (OAR: "could run at ...").
+calendar already holds cannot be mirrored on that booking's nodes (the calendar's guarantee wins); it is reported as a
+clash so the operator sees it, and the testbed itself refuses our overlapping provision (OAR: "could run at ...").
+Its other nodes are mirrored all the same: the source holds them, so the calendar must not give them away.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.booking import new_sliver_urn, release_slivers
 from sfa_omf.calendar.database import Database, retry_transient
@@ -44,7 +45,8 @@ class SyncReport:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: int = 0
-    clashing: list[str] = field(default_factory=list)  # overlap a booking of ours: not mirrored
+    # overlap a booking of ours: not mirrored on that booking's nodes (mirrored on the others, if any)
+    clashing: list[str] = field(default_factory=list)
     unknown_nodes: list[str] = field(default_factory=list)  # nodes that are not in the inventory: ignored
 
 
@@ -79,11 +81,19 @@ class ExternalHolds:
                 )
             }
             wanted = {hold.key: hold for hold in holds}
+            kept: set[str] = set()
             for key, lease in current.items():
                 hold = wanted.get(key)
-                if hold is not None and _same(lease, hold):
-                    report.kept += 1
-                    continue
+                if hold is not None and _same_window(lease, hold):
+                    mirrored = {sliver.node.component_id for sliver in lease.slivers}
+                    left_out = set(hold.nodes) - mirrored
+                    # Mirrored as well as it can be: on every node but those still taken by our bookings.
+                    if mirrored <= set(hold.nodes) and _all_taken(session, left_out, lease.start_s, lease.end_s):
+                        report.kept += 1
+                        if left_out:
+                            report.clashing.append(key)
+                        kept.add(key)
+                        continue
                 lease.state = "cancelled"  # vanished or changed: released (a changed one is added again below)
                 release_slivers(lease.slivers)
                 if hold is None:
@@ -94,7 +104,7 @@ class ExternalHolds:
             query = select(Node).where(Node.component_id.in_(names)).order_by(Node.id).with_for_update()
             nodes = {node.component_id: node for node in session.scalars(query)}
             for key, hold in wanted.items():
-                if key in current and _same(current[key], hold):
+                if key in kept:
                     continue
                 members = [nodes[name] for name in hold.nodes if name in nodes]
                 report.unknown_nodes += [name for name in hold.nodes if name not in nodes]
@@ -104,9 +114,12 @@ class ExternalHolds:
                 if window[1] <= window[0]:
                     continue
                 busy = held_windows(session, window[0], window[1], node_ids={node.id for node in members})
-                if any(overlaps(taken, window) for node in members for taken in busy[node.id]):
+                free = [node for node in members if not any(overlaps(taken, window) for taken in busy[node.id])]
+                if len(free) < len(members):
                     report.clashing.append(key)
+                if not free:
                     continue
+                members = free
                 lease = Lease(
                     id=str(uuid.uuid4()),
                     slice=slice_row,
@@ -159,9 +172,13 @@ class ExternalHolds:
             ]
 
 
-def _same(lease: Lease, hold: ExternalHold) -> bool:
-    return (
-        lease.start_s == to_s(hold.start)
-        and lease.end_s == to_s(hold.end)
-        and sorted(sliver.node.component_id for sliver in lease.slivers) == sorted(hold.nodes)
-    )
+def _same_window(lease: Lease, hold: ExternalHold) -> bool:
+    return lease.start_s == to_s(hold.start) and lease.end_s == to_s(hold.end)
+
+
+def _all_taken(session: Session, names: set[str], start_s: int, end_s: int) -> bool:
+    """Whether every node of the inventory among ``names`` is held by something during [start_s, end_s) (names not in
+    the inventory cannot be mirrored anyway)."""
+    node_ids = set(session.scalars(select(Node.id).where(Node.component_id.in_(names)))) if names else set()
+    busy = held_windows(session, start_s, end_s, node_ids=node_ids)
+    return all(any(overlaps(taken, (start_s, end_s)) for taken in busy[node_id]) for node_id in node_ids)

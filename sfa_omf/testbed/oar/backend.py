@@ -14,6 +14,11 @@ number of nodes, and is deleted in one call.
   ListResources and Allocate see them without ever calling OAR on the request path.
 - The reconciler (at start and periodically) deletes orphan jobs (ours, whose lease this calendar no longer holds),
   resubmits missing ones, finishes interrupted provisions and deletions, and records failures that Status shows.
+- A job is a lease's only if it is the one made for it: its name, the owner recorded for the lease, exactly its nodes
+  and its window (_job_matches). Once the lease has begun OAR alone moves it (a start pushed back while a node is
+  missing, a launch on fewer nodes): the recorded job stays the lease's, and is never replaced. A job of ours for
+  another window is replaced by the calendar's before the lease begins; a job anybody else names ``sfa-omf_<id>`` is
+  neither adopted nor deleted, and is mirrored like any OAR reservation.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import posixpath
 import pwd
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -49,6 +55,7 @@ from sfa_omf.testbed.oar.client import (
     OarRefused,
     OarTimeout,
     OarUnavailable,
+    to_server_time,
 )
 from sfa_omf.testbed.oar.jobs import (
     DELETED,
@@ -85,6 +92,13 @@ EXTERNAL_SOURCE = "oar"
 PLAN_REFUSED = "the node command refused the lease's plan"  # the start of the job row's message, FAILED for good
 FINAL_STATES = ("Error", "Terminated")  # an OAR job in these holds its nodes no more, for good
 RECONCILE_AHEAD = timedelta(days=366)  # how far ahead the reconciler looks for our jobs in OAR
+# How much later than "now" a job of a lease that has begun may start and still be its reservation: submitted a second
+# after "now", or moved to "now + 1 s" by OAR at each scheduling pass while it waits for a node to come back (up to
+# RESERVATION_WAITING_RESOURCES_TIMEOUT), give or take the hosts' clocks.
+LATE_START = timedelta(minutes=2)
+# The start of a job row's message when the reconciler replaced a job and OAR still holds another window than the
+# calendar's (e.g. [sfa_oar] timezone is not the OAR server's): said once, not replaced again every round.
+OTHER_WINDOW = "OAR holds another window than the calendar's"
 
 
 @dataclass
@@ -139,88 +153,78 @@ class OarTestbed:
         self.horizon = horizon
         self.clock = clock
         self._jobs_seen: dict[int, tuple[float, OarJob | None]] = {}  # job id -> (when read, job): Status cache
+        # Jobs the reconciler made in place of others and OAR still holds in another window than the calendar's: kept,
+        # not replaced again every round. Remembered until a restart, which is how a corrected [sfa_oar] timezone
+        # takes effect: the first round after it replaces them once more.
+        self._kept_in_other_window: set[int] = set()
         self._lock = threading.Lock()
 
     # -- the backend interface ------------------------------------------------------------------------------------
     def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
         row = self.jobs.get(lease.id)
-        if row is not None and row.state == SUBMITTED and row.job_id is not None:
-            job = self._oar(lambda: self.client.job(row.job_id or 0))
-            if job is not None and job.state in ACTIVE_STATES:
-                return  # provisioned already (a retry after an answer that got lost)
-        if row is not None and row.state == SUBMITTING:
-            # An earlier call may have reached OAR without recording the answer: adopt that job, never double it.
-            found = self._our_job(lease)
-            if found is not None:
-                self.jobs.set(lease.id, SUBMITTED, owner=row.owner, job_id=found.id)
+        if row is not None and row.owner and row.state in (SUBMITTING, SUBMITTED, DELETING):
+            # An earlier call may have reached OAR without recording the answer (a crash, a time-out), and the booking
+            # may have been renewed since: take that job over (as it is, or for the calendar's window), never double it.
+            held = self._provisioning(lease, lambda: self._take_over(lease, row.owner, recorded_id=row.job_id))
+            if held is not None:
+                self.jobs.set(lease.id, SUBMITTED, owner=row.owner, job_id=held)
                 return
         self._check_account(owner)
         self.jobs.set(lease.id, SUBMITTING, owner=owner)
         try:
             job_id = self._submit(lease, owner)
-        except OarTimeout as exc:
-            # OAR may have booked it: keep the row; the next Provision or the reconciler finds the job by its name.
-            raise GeniError(
-                Reason.TIMEDOUT,
-                f"OAR did not answer within {self.client.timeout_s:g} s ({exc.message}); the booking stays allocated: "
-                "call Provision again (a reservation OAR made meanwhile is found, not doubled)",
-            ) from exc
-        except OarUnavailable as exc:
-            self.jobs.forget(lease.id)
-            raise GeniError(
-                Reason.UNAVAILABLE,
-                f"the OAR server does not answer ({exc.message}); the booking stays allocated: retry Provision later",
-            ) from exc
         except OarRefused as exc:
             # The slot may be held by our own job: an earlier Provision whose answer was lost (a crash, a time-out).
-            ours = self._our_job(lease)
-            if ours is not None:
-                self.jobs.set(lease.id, SUBMITTED, owner=ours.owner, job_id=ours.id)
+            # (If taking it over fails, the row stays: it names the owner Delete and the reconciler act as.)
+            held = self._provisioning(lease, lambda: self._take_over(lease, owner))
+            if held is not None:
+                self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=held)
                 return
             self.jobs.forget(lease.id)
-            when = f"; OAR says it could run at {format_time(exc.could_run_at)}" if exc.could_run_at else ""
-            raise GeniError(
-                Reason.BOOKING_CONFLICT,
-                f"OAR refuses the reservation of {', '.join(self._addresses(lease))} from {format_time(lease.start)} "
-                f"to {format_time(lease.end)}: the nodes are reserved directly in OAR{when}. Delete this booking and "
-                "allocate another slot",
-            ) from exc
-        except (OarError, ValueError) as exc:
-            self.jobs.forget(lease.id)
-            raise GeniError(Reason.TESTBED, f"OAR refused the reservation: {exc}") from exc
-        except GeniError:  # refused before OAR was asked (e.g. two disk images in one deploy lease)
-            self.jobs.forget(lease.id)
-            raise
+            raise self._provision_error(lease, exc) from exc
+        except (OarError, ValueError, GeniError) as exc:
+            # After a time-out OAR may have booked it: the row stays, and the next Provision or the reconciler finds
+            # the job. Otherwise OAR made nothing (unreachable, or refused before it was asked).
+            if not isinstance(exc, OarTimeout):
+                self.jobs.forget(lease.id)
+            error = self._provision_error(lease, exc)
+            if error is exc:
+                raise
+            raise error from exc
         self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
         log.info("lease %s is OAR job %d (owner %s)", lease.id, job_id, owner)
 
     def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
         """OAR 2.5.9 cannot move a reservation's end: a reservation that has not started is replaced by one for the
-        new window (if OAR refuses it, the old one is put back and the renewal refused with OAR's hint); one that
-        has started cannot change, and the renewal is refused saying so."""
+        new window (if OAR refuses it, the old one is put back and the renewal refused with OAR's hint); one whose
+        lease has begun cannot change (even while OAR waits for a node to launch it, replacing it would lose its
+        start), and the renewal is refused saying so. The job is the one OAR holds for the lease (its name, recorded
+        owner and nodes), whatever the row's state (e.g. a Delete that failed while OAR was down)."""
         row = self.jobs.get(lease.id)
-        if row is None or row.state != SUBMITTED or row.job_id is None:
+        if row is None or not row.owner:
+            return  # nothing was ever submitted for it; the reconciler submits the calendar's window
+        renewed = replace(lease, end=new_end)
+        named = self._oar(lambda: self._jobs_named(lease))
+        matching, stale = self._ours(lease, row.owner, named, row.job_id)
+        job = matching or stale
+        if job is None:
             return  # nothing in OAR for it now; the reconciler submits the calendar's window
-        job = self._oar(lambda: self.client.job(row.job_id or 0))
-        if job is None or job.state not in ACTIVE_STATES:
+        begun = lease.start <= self.clock()
+        # (A begun lease's job matches whatever its end: it holds the new window only if it ends there.)
+        if self._job_matches(job, renewed, row.owner, recorded_id=row.job_id) and (
+            not begun or _end_of(job) == new_end
+        ):
+            self.jobs.set(lease.id, SUBMITTED, job_id=job.id)  # OAR holds the new window already (a lost answer)
             return
-        if job.state != "Waiting":
+        if begun or job.state != "Waiting":
             raise GeniError(
                 Reason.POLICY,
-                f"OAR cannot change a reservation that has started (job {job.id} is {job.state}); the lease still ends "
-                f"at {format_time(lease.end)}: allocate a further slot from then",
+                f"OAR cannot change the reservation of a lease that has begun (job {job.id} is {job.state}); the "
+                f"lease still ends at {format_time(lease.end)}: allocate a further slot from then",
             )
-        self._oar(lambda: self.client.delete_job(job.id, user=row.owner or self.client.admin_user))
-        self._wait_until_gone(job.id)
-        renewed = replace(lease, end=new_end)
         try:
-            new_id = self._submit(renewed, row.owner)
+            new_id = self._replace(job, renewed, row.owner)
         except OarRefused as exc:
-            try:
-                restored = self._submit(lease, row.owner)  # the old window was ours a moment ago
-                self.jobs.set(lease.id, SUBMITTED, job_id=restored)
-            except OarError as lost:  # taken meanwhile, or OAR went away: the reconciler resubmits or says it failed
-                log.warning("lease %s: OAR job %d could not be put back: %s", lease.id, job.id, lost.message)
             when = f"; OAR says it could run at {format_time(exc.could_run_at)}" if exc.could_run_at else ""
             raise GeniError(
                 Reason.BOOKING_CONFLICT,
@@ -234,16 +238,22 @@ class OarTestbed:
                 f"OAR failed while renewing ({exc.message}); the lease keeps its end {format_time(lease.end)} and its "
                 "reservation is restored by the reconciler: try again later",
             ) from exc
+        except ValueError as exc:
+            raise GeniError(
+                Reason.TESTBED,
+                f"OAR cannot be asked for the renewed reservation ({exc}); the lease keeps its end "
+                f"{format_time(lease.end)}",
+            ) from exc
         self.jobs.set(lease.id, SUBMITTED, job_id=new_id)
-        self._forget_seen(job.id)
 
     def release(self, lease: LeaseRecord) -> None:
         row = self.jobs.get(lease.id)
         if row is None or row.state in (DELETED, FAILED):
             return
         job_id = row.job_id
-        if job_id is None:  # an interrupted submission: is there a job after all?
-            found = self._our_job(lease)
+        if job_id is None:  # an interrupted submission: is there a job of ours after all?
+            matching, stale = self._ours(lease, row.owner, self._oar(lambda: self._jobs_named(lease)), row.job_id)
+            found = matching or stale
             if found is None:
                 self.jobs.forget(lease.id)
                 return
@@ -316,10 +326,14 @@ class OarTestbed:
 
     # -- OAR's own reservations -----------------------------------------------------------------------------------
     def refresh_external(self) -> SyncReport:
-        """Mirror the reservations made directly in OAR (within the advertised horizon) into the calendar."""
+        """Mirror the reservations made directly in OAR (within the advertised horizon) into the calendar: every job
+        but those that are this calendar's leases' own reservations (a job's name alone proves nothing: anybody, or
+        another sfa-omf on the same OAR, may name a job ``sfa-omf_<id>``)."""
         now = self.clock()
         jobs = self.client.reservations(now, now + self.horizon)
-        component_of = self._components_by_address()
+        address_of = self._address_book()
+        component_of = {address: component for component, address in address_of.items()}
+        ours = self._reservations_of_leases(jobs, now, address_of)
         holds = [
             ExternalHold(
                 key=f"oar:{job.id}",
@@ -330,7 +344,7 @@ class OarTestbed:
                 label=f"OAR job {job.id} of {job.owner}",
             )
             for job in jobs
-            if lease_of(job.name) is None and job.start_time is not None
+            if job.id not in ours and job.start_time is not None
         ]
         report = self.external.sync(EXTERNAL_SOURCE, holds)
         if report.added or report.removed or report.clashing:
@@ -345,97 +359,191 @@ class OarTestbed:
 
     # -- reconciliation -------------------------------------------------------------------------------------------
     def reconcile(self) -> ReconcileReport:
-        """Make OAR and the calendar agree (see the module docstring). Safe to run at any time, repeatedly."""
+        """Make OAR and the calendar agree (see the module docstring). Safe to run at any time, repeatedly.
+
+        A job counts as a lease's only if it is the reservation this aggregate made for it: its name, the owner
+        recorded for the lease and exactly its nodes (a job anybody names ``sfa-omf_<id>`` is left alone). One of
+        those for another window than the calendar's (a renewal OAR did not follow, a lost answer) is replaced by
+        one for the calendar's window before the lease begins (``_job_matches``: what OAR does to a begun lease's
+        job). One lease's trouble is listed in ``failed`` and does not end the round for the others."""
         report = ReconcileReport()
         now = self.clock()
-        ours: dict[str, OarJob] = {}
+        named: dict[str, list[OarJob]] = defaultdict(list)  # lease id -> the jobs named after it (anyone's)
         for job in self.client.reservations(now, now + RECONCILE_AHEAD):
             lease_id = lease_of(job.name)
             if lease_id is not None:
-                ours[lease_id] = job
+                named[lease_id].append(job)
         leases = {lease.id: lease for lease in self.bookings.leases(start=now)}
-        # Interrupted provisions (a crash between asking OAR and recording its answer) and deletions.
         rows = {row.lease_id: row for row in self.jobs.in_states(SUBMITTING, SUBMITTED, DELETING)}
-        for lease_id, found in ours.items():
-            row = rows.get(lease_id)
+        held: set[str] = set()  # leases whose job this round took over
+        # Interrupted provisions (a crash or time-out between asking OAR and recording its answer): finish them.
+        for lease_id, row in sorted(rows.items()):
             lease = leases.get(lease_id)
-            if lease is not None and lease.state == "allocated" and (row is None or row.state == SUBMITTING):
-                # OAR made the reservation the Provision asked for, but the answer was never recorded: finish it.
-                self.jobs.set(lease_id, SUBMITTED, owner=found.owner, job_id=found.id)
-                leases[lease_id] = self.bookings.mark_provisioned(lease_id)
-                rows.pop(lease_id, None)
-                report.adopted.append(lease_id)
+            if row.state != SUBMITTING or not row.owner or lease is None or lease.state != "allocated":
+                continue
+            if not named.get(lease_id):
+                continue
+            try:
+                job_id = self._take_over(lease, row.owner, named[lease_id], row.job_id)
+                if job_id is None:
+                    continue
+                # The experimenter asked for Provision in time; OAR answered late: the allocation's expiry (which may
+                # have passed meanwhile) does not undo it. The calendar first: a row marked for a lease that could
+                # not be provisioned would never be adopted again, and its job would be orphaned.
+                leases[lease_id] = self.bookings.mark_provisioned(lease_id, check_expiry=False)
+            except (OarError, ValueError, GeniError) as exc:
+                report.failed[lease_id] = _words(exc)
+                continue
+            self.jobs.set(lease_id, SUBMITTED, owner=row.owner, job_id=job_id)
+            held.add(lease_id)
+            report.adopted.append(lease_id)
         settled_before = now.timestamp() - 2 * self.client.timeout_s  # OAR may still be working on a newer one
-        for row in rows.values():
-            lease = leases.get(row.lease_id)
-            their_job = ours.get(row.lease_id)
-            if row.state == SUBMITTING and lease is not None and their_job is not None:
-                self.jobs.set(lease.id, SUBMITTED, job_id=their_job.id)
-                report.adopted.append(lease.id)
-            elif (
+        for lease_id, row in rows.items():
+            lease = leases.get(lease_id)
+            if lease_id in held:
+                continue
+            if (
                 row.state == SUBMITTING
                 and row.updated_s < settled_before
                 and (lease is None or lease.state == "allocated")
+                and not any(job.owner == row.owner for job in named.get(lease_id, ()))
             ):
-                self.jobs.forget(row.lease_id)  # OAR never got it; the booking waits for Provision as before
+                self.jobs.forget(lease_id)  # OAR never got it; the booking waits for Provision as before
             elif row.state == DELETING and lease is not None and lease.state == "provisioned":
-                self.jobs.set(row.lease_id, SUBMITTED)  # the Delete that failed changed nothing: the lease holds
+                self.jobs.set(lease_id, SUBMITTED)  # the Delete that failed changed nothing: its job is checked below
             elif row.state == DELETING:
-                self.jobs.set(row.lease_id, DELETED)  # its job, if OAR still has it, is an orphan: deleted below
-                report.deleted.append(row.lease_id)
-        # Orphans: our jobs whose lease this calendar cancelled, expired or ended. A lease id it never had is left
-        # alone: another sfa-omf may share this OAR.
-        states = self.bookings.lease_states(ours)
-        for lease_id, job in sorted(ours.items()):
-            if lease_id not in leases and states.get(lease_id) in ("cancelled", "expired", "ended"):
-                self.client.delete_job(job.id, user=job.owner or self.client.admin_user)
-                report.orphans_deleted.append(job.id)
-        # Missing: provisioned leases whose slot is not over and that have no live job in OAR.
+                self.jobs.set(lease_id, DELETED)  # its job, if OAR still has it, is an orphan: deleted below
+                report.deleted.append(lease_id)
+        self._delete_orphans(named, leases, now, report)
+        # Provisioned leases whose slot is not over: OAR must hold exactly their window.
         for lease in leases.values():
-            if lease.state != "provisioned" or lease.end <= now or lease.id in ours:
+            if lease.state != "provisioned" or lease.end <= now or lease.id in held:
                 continue
-            recorded = self.jobs.get(lease.id)
-            owner = recorded.owner if recorded is not None and recorded.owner else ""
-            if not owner:
-                report.failed[lease.id] = "no owner recorded for its OAR job"
-                continue
-            if recorded is not None and recorded.state == FAILED and recorded.message.startswith(PLAN_REFUSED):
-                continue  # said once; reserving it again would be refused the same way
-            try:  # one lease's OAR trouble (a time-out) does not end the round for the others
-                lost, refused_plan = self._job_lost(recorded)
-            except OarError as exc:
-                log.warning(
-                    "lease %s: its OAR job could not be read (%s); tried again next round", lease.id, exc.message
-                )
-                continue
-            if refused_plan:
-                # The node command refused the lease's plan (an untrusted plans directory, a node clock far off):
-                # a job reserved again would be refused the same way, every round, with a notice each time.
-                refused = (
-                    f"{PLAN_REFUSED} ({lost}): the job's stderr on the node says why; an operator must fix the node, "
-                    "then the experimenter can Delete and allocate again"
-                )
-                self.jobs.set(lease.id, FAILED, owner=owner, message=refused, news=_failed(lease.id, recorded, refused))
-                report.failed[lease.id] = refused
-                continue
-            try:
-                job_id = self._submit(lease, owner)
-            except OarError as exc:
-                refused = f"OAR refused to reserve it again: {exc.message}"
-                news = _failed(lease.id, recorded, f"{lost}; {refused}" if lost else refused)
-                self.jobs.set(lease.id, FAILED, owner=owner, message=refused, news=news)
-                report.failed[lease.id] = exc.message
-                continue
-            again = (
-                _failed(lease.id, recorded, f"{lost}; its slot is reserved again as OAR job {job_id}") if lost else None
-            )
-            self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id, news=again)
-            report.resubmitted.append(lease.id)
+            self._keep_held(lease, named.get(lease.id, []), report)
         if report.changed:
             log.info("reconciled with OAR: %s", report)
         if report.failed:
             log.warning("OAR would not reserve these leases again: %s", report.failed)
         return report
+
+    def _delete_orphans(
+        self, named: dict[str, list[OarJob]], leases: dict[str, LeaseRecord], now: datetime, report: ReconcileReport
+    ) -> None:
+        """Delete our jobs whose lease this calendar cancelled, expired or ended. Only the jobs it made: the owner it
+        recorded, and the job it recorded or exactly the lease's nodes. A lease id it never had is left alone:
+        another sfa-omf may share this OAR."""
+        states = self.bookings.lease_states(named)
+        gone = sorted(
+            lease_id
+            for lease_id in named
+            if lease_id not in leases and states.get(lease_id) in ("cancelled", "expired", "ended")
+        )
+        if not gone:
+            return
+        records = {lease.id: lease for lease in self.bookings.leases(start=now, active_only=False) if lease.id in gone}
+        for lease_id in gone:
+            row = self.jobs.get(lease_id)
+            if row is None or not row.owner:
+                continue  # no owner recorded: nothing proves the job is ours
+            record = records.get(lease_id)
+            nodes = tuple(self._addresses(record)) if record is not None else None
+            for job in named[lease_id]:
+                if job.owner != row.owner or (job.id != row.job_id and job.nodes != nodes):
+                    continue  # somebody else's job, named after the lease
+                try:
+                    self.client.delete_job(job.id, user=row.owner)
+                except OarError as exc:
+                    report.failed[lease_id] = f"its orphan OAR job {job.id} could not be deleted: {exc.message}"
+                    continue
+                report.orphans_deleted.append(job.id)
+
+    def _keep_held(self, lease: LeaseRecord, named: Sequence[OarJob], report: ReconcileReport) -> None:
+        """Make OAR hold exactly the provisioned ``lease``'s window: its job as it is, a job of ours for another
+        window replaced, or a job that vanished reserved again."""
+        recorded = self.jobs.get(lease.id)
+        owner = recorded.owner if recorded is not None and recorded.owner else ""
+        if not owner:
+            report.failed[lease.id] = "no owner recorded for its OAR job"
+            return
+        recorded_id = recorded.job_id if recorded is not None else None
+        matching, stale = self._ours(lease, owner, named, recorded_id)
+        if matching is not None:
+            if recorded is None or recorded.state != SUBMITTED or recorded.job_id != matching.id:
+                self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=matching.id)
+                report.adopted.append(lease.id)
+            return
+        if stale is not None:
+            if stale.id in self._kept_in_other_window:
+                return  # said once: a job OAR keeps in another window would be replaced by another such, every round
+            try:
+                job_id = self._replace(stale, lease, owner)
+            except (OarError, ValueError, GeniError) as exc:
+                report.failed[lease.id] = f"OAR job {stale.id} holds another window than the calendar's: {_words(exc)}"
+                return
+            self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
+            self._check_replacement(lease, owner, job_id, report)
+            return
+        if recorded is not None and recorded.state == FAILED and recorded.message.startswith(PLAN_REFUSED):
+            return  # said once; reserving it again would be refused the same way
+        try:  # one lease's OAR trouble (a time-out) does not end the round for the others
+            lost, refused_plan = self._job_lost(recorded)
+        except OarError as exc:
+            log.warning("lease %s: its OAR job could not be read (%s); tried again next round", lease.id, exc.message)
+            return
+        if not lost and recorded is not None and recorded.job_id is not None and recorded.state == SUBMITTED:
+            # The recorded job lives but is not the lease's reservation (not listed, or on other nodes): a job
+            # submitted beside it would be refused, and the lease marked failed though its reservation may run.
+            report.failed[lease.id] = (
+                f"its OAR job {recorded.job_id} is alive but does not hold the lease's nodes and window; it is not "
+                "reserved again while that job lives"
+            )
+            return
+        if refused_plan:
+            # The node command refused the lease's plan (an untrusted plans directory, a node clock far off):
+            # a job reserved again would be refused the same way, every round, with a notice each time.
+            refused = (
+                f"{PLAN_REFUSED} ({lost}): the job's stderr on the node says why; an operator must fix the node, "
+                "then the experimenter can Delete and allocate again"
+            )
+            self.jobs.set(lease.id, FAILED, owner=owner, message=refused, news=_failed(lease.id, recorded, refused))
+            report.failed[lease.id] = refused
+            return
+        try:
+            job_id = self._submit(lease, owner)
+        except (OarError, ValueError, GeniError) as exc:
+            # (ValueError, GeniError: refused before OAR was asked, e.g. a start OAR cannot be told)
+            said = "OAR refused to reserve it again" if isinstance(exc, OarError) else "it cannot be reserved again"
+            refused = f"{said}: {_words(exc)}"
+            news = _failed(lease.id, recorded, f"{lost}; {refused}" if lost else refused)
+            self.jobs.set(lease.id, FAILED, owner=owner, message=refused, news=news)
+            report.failed[lease.id] = _words(exc)
+            return
+        again = _failed(lease.id, recorded, f"{lost}; its slot is reserved again as OAR job {job_id}") if lost else None
+        self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id, news=again)
+        report.resubmitted.append(lease.id)
+
+    def _check_replacement(self, lease: LeaseRecord, owner: str, job_id: int, report: ReconcileReport) -> None:
+        """After the reconciler replaced a lease's job: whether OAR holds the calendar's window now. If it does not
+        (OAR reads times in another zone than [sfa_oar] timezone says, say), replacing it again would not help:
+        the row and the round say so (``OTHER_WINDOW``), and the next rounds keep the job (until a restart)."""
+        try:
+            job = self._oar(lambda: self.client.job(job_id, with_nodes=True))
+        except GeniError as exc:  # read again next round, as any job of ours
+            log.warning("lease %s: its new OAR job %d could not be read (%s)", lease.id, job_id, exc.message)
+            report.resubmitted.append(lease.id)
+            return
+        if job is None or job.start_time is None or self._job_matches(job, lease, owner):
+            report.resubmitted.append(lease.id)  # (a job OAR lost at once is reserved again next round)
+            return
+        said = (
+            f"{OTHER_WINDOW}: its new OAR job {job_id} holds {format_time(job.start_time)} to "
+            f"{format_time(job.start_time + timedelta(seconds=job.walltime_s + 1))}, not {format_time(lease.start)} to "
+            f"{format_time(lease.end)}; check that [sfa_oar] timezone is the OAR server's. The job is kept, not "
+            "replaced again"
+        )
+        self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id, message=said)
+        self._kept_in_other_window.add(job_id)
+        report.failed[lease.id] = said
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _job_lost(self, recorded: JobRecord | None) -> tuple[str, bool]:
@@ -454,7 +562,9 @@ class OarTestbed:
         refused = job.exit_code == EXIT_PLAN_REFUSED << 8  # a wait status: the exit status times 256
         return f"OAR job {job.id} ended in state {job.state} before the lease's end{said}", refused
 
-    def _submit(self, lease: LeaseRecord, owner: str) -> int:
+    def _reservation(self, lease: LeaseRecord) -> tuple[datetime, int, str, str]:
+        """What the lease's job asks OAR for: its start, walltime, type and command. OarError for a slot that is
+        over, GeniError for a job this testbed cannot run."""
         now = self.clock()
         # A slot that has begun starts now (OAR launches a past start at once, but the walltime must end in time).
         start = lease.start if lease.start >= now else now.replace(microsecond=0) + timedelta(seconds=1)
@@ -462,6 +572,10 @@ class OarTestbed:
         if walltime_s <= 0:
             raise OarError(f"the slot ended at {format_time(lease.end)}")
         job_type, command = self._job_of(lease)
+        return start, walltime_s, job_type, command
+
+    def _submit(self, lease: LeaseRecord, owner: str) -> int:
+        start, walltime_s, job_type, command = self._reservation(lease)
         return self.client.submit_reservation(
             user=owner,
             nodes=self._addresses(lease),
@@ -535,16 +649,182 @@ class OarTestbed:
         """The OAR network addresses of the lease's nodes (``network_address`` property, else the node's name)."""
         return sorted(_address(node) for node in self.inventory.list_nodes(component_ids=set(lease.nodes)))
 
-    def _components_by_address(self) -> dict[str, str]:
-        return {_address(node): node.component_id for node in self.inventory.list_nodes()}
+    def _address_book(self) -> dict[str, str]:
+        """Every node's OAR network address, by component id."""
+        return {node.component_id: _address(node) for node in self.inventory.list_nodes()}
 
-    def _our_job(self, lease: LeaseRecord) -> OarJob | None:
+    def _jobs_named(self, lease: LeaseRecord) -> list[OarJob]:
+        """The jobs OAR holds (not ended) named after the lease within its window, whoever made them."""
+        window_start = min(lease.start, self.clock())
+        window_end = max(lease.end, window_start + timedelta(seconds=1))
+        return [job for job in self.client.reservations(window_start, window_end) if job.name == job_name(lease.id)]
+
+    def _made_for(
+        self,
+        job: OarJob,
+        lease: LeaseRecord,
+        owner: str,
+        addresses: Sequence[str] | None = None,
+        recorded_id: int | None = None,
+    ) -> bool:
+        """Whether this aggregate made ``job`` for ``lease``, for whatever window: named after it, owned by
+        ``owner`` (the login recorded for the lease) and holding exactly its nodes (``addresses``, else read). The
+        job the lease's row records (``recorded_id``) may hold some of them only: OAR launches a reservation
+        without the nodes that did not come back in time (SCHEDULER_REDUCE_NB_RESSOURCES_FOR_ADVANCE_RESERVATION)."""
+        if not owner or job.name != job_name(lease.id) or job.owner != owner:
+            return False
+        wanted = tuple(sorted(addresses if addresses is not None else self._addresses(lease)))
+        if job.nodes == wanted:
+            return True
+        return job.id == recorded_id and bool(job.nodes) and set(job.nodes) <= set(wanted)
+
+    def _job_matches(
+        self,
+        job: OarJob,
+        lease: LeaseRecord,
+        owner: str,
+        addresses: Sequence[str] | None = None,
+        recorded_id: int | None = None,
+    ) -> bool:
+        """Whether ``job`` is the lease's reservation as the calendar has it: made for it (``_made_for``) and
+        holding its window, [start, end - 1 s]. Once the lease has begun, OAR alone moves its reservation: while
+        a node is missing at the start, each scheduling pass moves the start to "now + 1 s" and keeps the walltime
+        (cut only at launch, for up to RESERVATION_WAITING_RESOURCES_TIMEOUT), and a job submitted late starts a
+        second after it was asked. So a begun lease's job is the one its row records (``recorded_id``), whatever
+        its window, or one of ours that starts from the lease's start on (no later than shortly after now)."""
+        if job.start_time is None or not self._made_for(job, lease, owner, addresses, recorded_id):
+            return False
         now = self.clock()
-        window_start = min(lease.start, now)
-        for job in self.client.reservations(window_start, max(lease.end, window_start + timedelta(seconds=1))):
-            if job.name == job_name(lease.id):
-                return job
-        return None
+        if lease.start <= now:
+            return job.id == recorded_id or lease.start <= job.start_time <= now + LATE_START
+        if job.start_time != lease.start:
+            return False
+        return math.floor(job.start_time.timestamp()) + job.walltime_s + 1 == math.floor(lease.end.timestamp())
+
+    def _ours(
+        self, lease: LeaseRecord, owner: str, named: Sequence[OarJob], recorded_id: int | None = None
+    ) -> tuple[OarJob | None, OarJob | None]:
+        """Among the jobs ``named`` after the lease: its reservation as the calendar has it (``_job_matches``) and,
+        when there is none, one this aggregate made for it for another window (a Provision or Renew whose answer
+        was lost, a renewal OAR did not follow). ``recorded_id``: the job the lease's row records."""
+        addresses = self._addresses(lease)
+        mine = [job for job in named if self._made_for(job, lease, owner, addresses, recorded_id)]
+        matching = next((job for job in mine if self._job_matches(job, lease, owner, addresses, recorded_id)), None)
+        return matching, (mine[0] if mine and matching is None else None)
+
+    def _take_over(
+        self, lease: LeaseRecord, owner: str, named: Sequence[OarJob] | None = None, recorded_id: int | None = None
+    ) -> int | None:
+        """The id of the job that holds the lease's window for ``owner``: its reservation as it is, or one of ours
+        for another window replaced by one for the calendar's; None when OAR holds neither. ``named``: the jobs
+        named after the lease, when the caller listed them already. Raises as ``_replace``."""
+        if named is None:
+            named = self._oar(lambda: self._jobs_named(lease))
+        matching, stale = self._ours(lease, owner, named, recorded_id)
+        if matching is not None:
+            return matching.id
+        return self._replace(stale, lease, owner) if stale is not None else None
+
+    def _replace(self, job: OarJob, lease: LeaseRecord, owner: str) -> int:
+        """Replace ``job``, ours for another window, by a reservation for the lease's window; the new job's id.
+
+        OAR cannot move a reservation, and refuses one that overlaps another on the same nodes, its owner's own
+        too: the old job is deleted first, then the new one submitted; if that fails, the old window is put back
+        (the row records it) and the failure raised as OarError (OarRefused: with OAR's hint) or ValueError.
+        GeniError when nothing changed: the lease has begun (its job may be one OAR is waiting to launch, and
+        OAR cannot be asked for the start it had), the job has started (OAR cannot change it), it could not be
+        deleted, or the new window cannot be asked for at all (checked before anything is deleted)."""
+        if lease.start <= self.clock():
+            raise GeniError(
+                Reason.POLICY,
+                f"OAR job {job.id} holds {', '.join(job.nodes)} for another window than the lease's "
+                f"({format_time(lease.start)} to {format_time(lease.end)}), which has begun: it is kept, since OAR "
+                "cannot be asked for a reservation that starts in the past",
+            )
+        if job.state != "Waiting":
+            raise GeniError(
+                Reason.POLICY,
+                f"OAR job {job.id} holds {', '.join(job.nodes)} for another window than the lease's "
+                f"({format_time(lease.start)} to {format_time(lease.end)}) and is {job.state}: OAR cannot change a "
+                "reservation that has started",
+            )
+        try:  # what can be refused without OAR is refused before anything in it changes
+            start, _, _, _ = self._reservation(lease)
+            to_server_time(start, self.client.zone)  # ValueError: a wall-clock time that occurs twice in OAR's zone
+        except (OarError, ValueError) as exc:
+            raise GeniError(Reason.TESTBED, f"OAR cannot be asked for the lease's window: {_words(exc)}") from exc
+        self._oar(lambda: self.client.delete_job(job.id, user=owner))
+        self._wait_until_gone(job.id)
+        self._forget_seen(job.id)
+        try:
+            return self._submit(lease, owner)
+        except (OarError, ValueError):
+            self._put_back(job, lease, owner)
+            raise
+
+    def _put_back(self, job: OarJob, lease: LeaseRecord, owner: str) -> None:
+        """Reserve again the window of ``job`` (ours, deleted a moment ago) and record it in the lease's row."""
+        if job.start_time is None:
+            return
+        old = replace(lease, start=job.start_time, end=job.start_time + timedelta(seconds=job.walltime_s + 1))
+        try:
+            restored = self._submit(old, owner)
+        except (OarError, ValueError) as lost:  # taken meanwhile, or OAR went away: the reconciler sees to it
+            log.warning("lease %s: OAR job %d could not be put back: %s", lease.id, job.id, _words(lost))
+            return
+        row = self.jobs.get(lease.id)
+        if row is not None:
+            self.jobs.set(lease.id, row.state, job_id=restored, message=row.message)
+
+    def _reservations_of_leases(self, jobs: Sequence[OarJob], now: datetime, address_of: dict[str, str]) -> set[int]:
+        """The ids of the jobs among ``jobs`` that are this calendar's active leases' reservations."""
+        named = [(lease_id, job) for job in jobs if (lease_id := lease_of(job.name)) is not None]
+        if not named:
+            return set()
+        leases = {lease.id: lease for lease in self.bookings.leases(start=now, end=now + self.horizon)}
+        rows = {row.lease_id: row for row in self.jobs.in_states(SUBMITTING, SUBMITTED, DELETING, FAILED)}
+        ours = set()
+        for lease_id, job in named:
+            lease = leases.get(lease_id)
+            row = rows.get(lease_id)
+            if lease is None or row is None or not row.owner:
+                continue
+            addresses = [address_of.get(node, "") for node in lease.nodes]
+            if self._job_matches(job, lease, row.owner, addresses, row.job_id):
+                ours.add(job.id)
+        return ours
+
+    def _provisioning(self, lease: LeaseRecord, call: Callable[[], T]) -> T:
+        """``call``'s answer; OAR's failures as the GeniError Provision answers."""
+        try:
+            return call()
+        except (OarError, ValueError) as exc:
+            raise self._provision_error(lease, exc) from exc
+
+    def _provision_error(self, lease: LeaseRecord, exc: Exception) -> GeniError:
+        """What Provision answers when asking OAR failed with ``exc``."""
+        if isinstance(exc, GeniError):  # refused before OAR was asked (e.g. two disk images in one deploy lease)
+            return exc
+        if isinstance(exc, OarTimeout):
+            return GeniError(
+                Reason.TIMEDOUT,
+                f"OAR did not answer within {self.client.timeout_s:g} s ({exc.message}); the booking stays allocated: "
+                "call Provision again (a reservation OAR made meanwhile is found, not doubled)",
+            )
+        if isinstance(exc, OarUnavailable):
+            return GeniError(
+                Reason.UNAVAILABLE,
+                f"the OAR server does not answer ({exc.message}); the booking stays allocated: retry Provision later",
+            )
+        if isinstance(exc, OarRefused):
+            when = f"; OAR says it could run at {format_time(exc.could_run_at)}" if exc.could_run_at else ""
+            return GeniError(
+                Reason.BOOKING_CONFLICT,
+                f"OAR refuses the reservation of {', '.join(self._addresses(lease))} from {format_time(lease.start)} "
+                f"to {format_time(lease.end)}: the nodes are reserved directly in OAR{when}. Delete this booking and "
+                "allocate another slot",
+            )
+        return GeniError(Reason.TESTBED, f"OAR refused the reservation: {exc}")
 
     def _wait_until_gone(self, job_id: int, within_s: float = 30) -> None:
         """OAR deletes asynchronously (within ~2 s): wait until the job holds its nodes no more."""
@@ -594,6 +874,18 @@ def _failed(lease_id: str, recorded: JobRecord | None, reason: str) -> LeaseNews
     """The lease's users are told it failed on the testbed: once per job of ours that OAR lost."""
     job = recorded.job_id if recorded is not None and recorded.job_id is not None else "none"
     return LeaseNews("failed", f"{lease_id}:failed:oar:{job}", reason)
+
+
+def _end_of(job: OarJob) -> datetime | None:
+    """When ``job`` frees its nodes: OAR holds [start, start + walltime], so one second after."""
+    return job.start_time + timedelta(seconds=job.walltime_s + 1) if job.start_time is not None else None
+
+
+def _words(exc: BaseException) -> str:
+    """The words of a failure, for a report or a row's message."""
+    if isinstance(exc, OarError | GeniError):
+        return exc.message
+    return str(exc)
 
 
 def _address(node: NodeRecord) -> str:

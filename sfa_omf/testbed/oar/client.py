@@ -14,6 +14,9 @@ What OAR does that shapes this client (measured against a real OAR 2.5.9, see sc
 - The API believes ``X-Remote-Ident`` blindly: only the aggregate may be able to reach it (loopback, private network).
 - Each call runs a fresh Perl CGI: 0.3 s (a GET) to 1.5 s (a reservation). Keep OAR off latency-sensitive paths;
   ``reservations()`` lists a whole window with its nodes in one request.
+- Whatever answers at the URL is not trusted to be OAR: each request has a deadline (``timeout_s``, for the whole
+  answer, not each read) and a size cap, a listing a page cap, and an answer that does not read as OAR's is
+  OarUnavailable, never another exception.
 """
 
 from __future__ import annotations
@@ -23,16 +26,19 @@ import json
 import math
 import os
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sfa_omf.times import as_utc
+
+_Parsed = TypeVar("_Parsed")
 
 # The states of a job that holds (or will hold) its nodes; Error and Terminated jobs hold nothing.
 ACTIVE_STATES = (
@@ -53,6 +59,13 @@ DETAILED_JOBS_PAGE = 100
 # A listing whose total changes between pages may have shifted under the offsets (a job deleted meanwhile): re-read
 # it from the start, a few times at most.
 _LISTING_ATTEMPTS = 3
+# A listing of more pages than this is not OAR's (a server that ignores offsets, or pages that never end): refused.
+# 1000 pages are 100 000 detailed jobs, far beyond any testbed's horizon.
+MAX_LISTING_PAGES = 1000
+# The largest answer read: a detailed job is ~3 KB plus ~2 KB per resource it holds (measured on OAR 2.5.9), so a page
+# of DETAILED_JOBS_PAGE jobs of 100 resources each is ~20 MB. A longer answer is refused rather than held in memory.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
 
 # What may be sent. OAR keeps only the leading \w+ of the identity, so a login with '-' or '.' would act as another
 # user: refuse it. Node names are put inside a quoted SQL string in the resource request; the other fields are put
@@ -100,7 +113,8 @@ class OarError(Exception):
 
 
 class OarUnavailable(OarError):
-    """OAR's API cannot be reached (connection refused, DNS, 5xx from apache when the CGI is missing)."""
+    """OAR's API cannot be reached (connection refused, DNS, 5xx from apache when the CGI is missing), or what answers
+    is not OAR: an answer that does not read as OAR's (not its JSON, malformed fields, too long)."""
 
 
 class OarTimeout(OarError):
@@ -227,7 +241,8 @@ def refusal(message: str, status: int, zone: tzinfo) -> OarRefused:
 class OarClient:
     """OAR's REST API at ``base_url`` (e.g. ``http://127.0.0.1:6668/oarapi``).
 
-    Every call is one or a few HTTP requests, each bounded by ``timeout_s``; errors are OarError and its subclasses.
+    Every call is one or a few HTTP requests, each given ``timeout_s`` to answer in full (OarTimeout) and at most
+    ``max_answer_bytes`` of answer (OarUnavailable); errors are OarError and its subclasses.
     ``server_timezone`` is the IANA name of the OAR server's local zone (reservation strings are server-local); None
     means this host's local zone. ``admin_user`` is the identity for reads that need one (OAR's admin is ``oar``).
     ``page_size`` is how many items a listing asks for per request (OAR's default cap is 500); detailed job
@@ -242,17 +257,19 @@ class OarClient:
         server_timezone: str | None = None,
         admin_user: str = "oar",
         page_size: int = 500,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"{base_url!r} is not an http(s) URL of OAR's API")
-        if timeout_s <= 0 or page_size <= 0:
-            raise ValueError("timeout_s and page_size must be positive")
+        if timeout_s <= 0 or page_size <= 0 or max_answer_bytes <= 0:
+            raise ValueError("timeout_s, page_size and max_answer_bytes must be positive")
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.zone = server_zone(server_timezone)
         self.admin_user = _checked(_LOGIN, admin_user, "admin user")
         self.page_size = page_size
+        self.max_answer_bytes = max_answer_bytes
         # Talk to OAR directly: an http_proxy in the environment is for the outside world, not for the testbed.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -262,29 +279,14 @@ class OarClient:
         """OAR's /version: oar_version, api_version, api_timezone (the server's zone abbreviation), api_timestamp."""
         answer = self._call("GET", "/version.json")
         if not isinstance(answer, dict):
-            raise OarError(f"unexpected answer to /version: {answer!r}")
+            raise OarUnavailable(f"unexpected answer to /version: {answer!r}")
         return answer
 
     def resources(self, *, full: bool = True) -> list[OarResource]:
         """Every resource with all its properties (/resources/full), page after page; ``full=False`` lists only each
         one's id, network address and state (/resources: a cheaper query)."""
-        resources = []
         path = "/resources/full.json" if full else "/resources.json"
-        for item in self._paged(path, {}, page_size=self.page_size):
-            properties = {
-                key: "" if value is None else str(value)
-                for key, value in item.items()
-                if key not in ("links", "api_timestamp")
-            }
-            resources.append(
-                OarResource(
-                    id=int(item["id"]),
-                    network_address=str(item.get("network_address") or ""),
-                    state=str(item.get("state") or ""),
-                    properties=properties,
-                )
-            )
-        return resources
+        return [_resource(item) for item in self._paged(path, {}, page_size=self.page_size)]
 
     def add_resource(self, properties: Mapping[str, str]) -> int:
         """Create one resource (as OAR's admin) with these properties, ``network_address`` among them; its id. Each
@@ -299,7 +301,12 @@ class OarClient:
         _checked(_NODE, body["network_address"], "network address")
         answer = self._call("POST", "/resources.json", user=self.admin_user, body=body)
         items = answer.get("items") if isinstance(answer, dict) else None
-        if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0].get("id"), int):
+        if (
+            not isinstance(items, list)
+            or len(items) != 1
+            or not isinstance(items[0], dict)
+            or not isinstance(items[0].get("id"), int)
+        ):
             raise OarError(f"OAR created the resource but gave no id: {answer!r}")
         return int(items[0]["id"])
 
@@ -388,7 +395,7 @@ class OarClient:
         except _NotFound:
             return None
         if not isinstance(answer, dict):
-            raise OarError(f"unexpected answer for job {job_id}: {answer!r}")
+            raise OarUnavailable(f"unexpected answer for job {job_id}: {answer!r}")
         return _job(answer, with_nodes=with_nodes)
 
     def delete_job(self, job_id: int, *, user: str) -> None:
@@ -437,22 +444,28 @@ class OarClient:
     def _paged(
         self, path: str, query: Mapping[str, str], *, page_size: int, user: str | None = None
     ) -> list[dict[str, Any]]:
-        """All items of a paginated listing ({"items", "offset", "total"}), following offset/limit."""
+        """All items of a paginated listing ({"items", "offset", "total"}), following offset/limit. OarUnavailable
+        for an answer that is not such a listing, or one of more than MAX_LISTING_PAGES pages."""
         for _ in range(_LISTING_ATTEMPTS):
             items: list[dict[str, Any]] = []
             first_total = None
-            while True:
+            for _page in range(MAX_LISTING_PAGES):
                 page = self._call(
                     "GET", path, query={**query, "offset": str(len(items)), "limit": str(page_size)}, user=user
                 )
                 batch = page.get("items") if isinstance(page, dict) else None
                 total = page.get("total") if isinstance(page, dict) else None
-                if not isinstance(batch, list) or not isinstance(total, int):
-                    raise OarError(f"unexpected answer to {path}: not a listing")
+                if not isinstance(batch, list) or isinstance(total, bool) or not isinstance(total, int):
+                    raise OarUnavailable(f"unexpected answer to {path}: not a listing")
+                if not all(isinstance(item, dict) for item in batch):
+                    raise OarUnavailable(f"unexpected answer to {path}: a listed item is not an object")
                 first_total = total if first_total is None else first_total
-                items.extend(item for item in batch if isinstance(item, dict))
+                items.extend(batch)
+                # An empty page ends the listing even short of its total: the next offset would ask for it again.
                 if not batch or len(items) >= total:
                     break
+            else:
+                raise OarUnavailable(f"OAR's listing {path} did not end within {MAX_LISTING_PAGES} pages")
             if total == first_total:
                 return items
         return items  # still changing: the last reading is as good as any
@@ -466,7 +479,10 @@ class OarClient:
         query: Mapping[str, str] | None = None,
         body: Mapping[str, str] | None = None,
     ) -> Any:
-        """One request; OAR's decoded JSON answer, or the matching OarError."""
+        """One request; OAR's decoded JSON answer, or the matching OarError. The whole answer must arrive within
+        ``timeout_s`` (each read is also bounded by it, so the call ends at most one read's timeout after the
+        deadline): a server that drips its answer is an OarTimeout, one that sends too much OarUnavailable."""
+        deadline = time.monotonic() + self.timeout_s
         url = self.base_url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         request = urllib.request.Request(url, method=method, headers={"Accept": "application/json"})
         if user is not None:
@@ -476,10 +492,10 @@ class OarClient:
             request.add_header("Content-Type", "application/json")
         try:
             with self._opener.open(request, timeout=self.timeout_s) as response:
-                status, raw = response.status, response.read()
+                status, raw = response.status, self._read_answer(response, deadline, method, url)
         except urllib.error.HTTPError as exc:
             try:
-                raw = exc.read()
+                raw = self._read_answer(exc, deadline, method, url)
             except (OSError, http.client.HTTPException):
                 raw = b""
             raise self._error(exc.code, raw, method, url) from None
@@ -495,15 +511,29 @@ class OarClient:
             raise OarUnavailable(f"OAR's API at {url} broke off ({exc}): is OAR's API (apache2) running?") from None
         try:
             return json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # (RecursionError: nested deeper than the parser goes)
             raise OarUnavailable(
                 f"{url} answered HTTP {status} with something that is not OAR's JSON: is this OAR's API URL?", status
             ) from None
 
+    def _read_answer(self, response: Any, deadline: float, method: str, url: str) -> bytes:
+        """The answer's body, read a chunk at a time (read1: one socket read each) so that neither the deadline nor
+        ``max_answer_bytes`` can be outrun."""
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := response.read1(_READ_CHUNK):
+            size += len(chunk)
+            if size > self.max_answer_bytes:
+                raise OarUnavailable(f"{method} {url}: the answer is over {self.max_answer_bytes} bytes: not OAR's")
+            if time.monotonic() > deadline:
+                raise OarTimeout(f"OAR did not finish answering {method} {url} within {self.timeout_s:g} s")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     def _error(self, status: int, raw: bytes, method: str, url: str) -> OarError:
         try:
             answer = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         if not isinstance(answer, dict):
             # Not OAR's words: apache answering for a missing or broken CGI, or a URL that is not OAR's API.
@@ -538,13 +568,47 @@ def _job_id(job_id: int, what: str = "job") -> int:
 
 
 def _epoch(value: Any) -> datetime | None:
-    """An epoch-seconds field; OAR says 0 or null for "none"."""
+    """An epoch-seconds field; OAR says 0 or null for "none". ValueError for an instant no datetime holds."""
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return None
-    return datetime.fromtimestamp(value, UTC)
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(f"{value!r} is not an instant") from exc
 
 
-def _job(item: Mapping[str, Any], *, with_nodes: bool) -> OarJob:
+def _parsed(what: str, item: Any, parse: Callable[[Mapping[str, Any]], _Parsed]) -> _Parsed:
+    """``parse(item)``, any fault in the item (not an object, a field missing or of the wrong kind) as OarUnavailable:
+    an answer that does not read as OAR's is OAR (or what stands at its URL) failing, not this program."""
+    try:
+        if not isinstance(item, dict):
+            raise TypeError("not an object")
+        return parse(item)
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise OarUnavailable(f"unexpected {what} in OAR's answer ({exc}): {str(item)[:200]}") from None
+
+
+def _resource(item: Any) -> OarResource:
+    return _parsed("resource", item, _read_resource)
+
+
+def _read_resource(item: Mapping[str, Any]) -> OarResource:
+    properties = {
+        key: "" if value is None else str(value) for key, value in item.items() if key not in ("links", "api_timestamp")
+    }
+    return OarResource(
+        id=int(item["id"]),
+        network_address=str(item.get("network_address") or ""),
+        state=str(item.get("state") or ""),
+        properties=properties,
+    )
+
+
+def _job(item: Any, *, with_nodes: bool) -> OarJob:
+    return _parsed("job", item, lambda fields: _read_job(fields, with_nodes=with_nodes))
+
+
+def _read_job(item: Mapping[str, Any], *, with_nodes: bool) -> OarJob:
     nodes: tuple[str, ...] = ()
     if with_nodes:
         addresses = {str(node.get("network_address")) for node in item.get("nodes") or () if isinstance(node, dict)}
