@@ -107,6 +107,7 @@ class Settings:
     frcp_frisbee_factory: str = "frisbee_factory"
     frcp_boot_timeout_s: int = 600
     frcp_slot_period_s: int = 15
+    frcp_controllers: str = ""  # certificate URNs (space or comma separated) of the controllers: they read every lease
     web_enabled: bool = True  # the web calendar and iCal feeds under /calendar on the aggregate's server
     web_admins: str = ""  # user URNs (space or comma separated) who see every booking and node state
     notify_enabled: bool = False  # notice lease events and deliver them (sfa_omf/notify)
@@ -183,6 +184,12 @@ class Settings:
     def web_admin_urns(self) -> frozenset[str]:
         """The operators of the web calendar (``[sfa_web] admins``, separated by spaces or commas)."""
         return frozenset(part for part in self.web_admins.replace(",", " ").split() if part)
+
+    @property
+    def frcp_controller_urns(self) -> frozenset[str]:
+        """The certificates (URNs) of the testbed's controllers, which read every lease of the REST inventory
+        (``[sfa_frcp] controllers``, separated by spaces or commas)."""
+        return frozenset(part for part in self.frcp_controllers.replace(",", " ").split() if part)
 
     @property
     def notify_operator_addresses(self) -> tuple[str, ...]:
@@ -289,6 +296,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("frcp_frisbee_factory", "sfa_frcp", "frisbee_factory", "text", "the FRCP topic of frisbee_factory"),
     Option("frcp_boot_timeout_s", "sfa_frcp", "boot_timeout_s", "count", "seconds a node may take to boot or load"),
     Option("frcp_slot_period_s", "sfa_frcp", "slot_period_s", "count", "seconds between slot-boundary passes"),
+    Option("frcp_controllers", "sfa_frcp", "controllers", "text", "certificate URNs of the testbed's controllers"),
     Option("web_enabled", "sfa_web", "enabled", "flag", "serve the web calendar and iCal feeds under /calendar"),
     Option("web_admins", "sfa_web", "admins", "text", "user URNs who see every booking in the web calendar"),
     Option("notify_enabled", "sfa_notify", "enabled", "flag", "notice lease events and deliver them to subscribers"),

@@ -170,7 +170,8 @@ class OmfSlot(Base):
     lease_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     phase: Mapped[str] = mapped_column(String(20), index=True)
     accounts: Mapped[dict[str, list[str]]] = mapped_column(JSON, default=dict)
-    failures: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)  # node component id -> reason
+    # node -> reason; while an end is under way or failed, its steps left -> reason (slot_records.py)
+    failures: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     message: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     updated_s: Mapped[int] = mapped_column(BigInteger)

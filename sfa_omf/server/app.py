@@ -213,7 +213,7 @@ def start_aggregate(
         from sfa_omf.testbed.omf.rest import inventory_resource
 
         base_url = f"https://{settings.hostname}:{settings.aggregate_port}"
-        routes[b"resources"] = inventory_resource(aggregate, base_url, pool, reactor)
+        routes[b"resources"] = inventory_resource(aggregate, base_url, pool, reactor, settings)
     agents = _agent_api(settings, aggregate)
     if agents is not None:
         routes[b"agents"] = AgentResource(

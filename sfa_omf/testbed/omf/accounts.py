@@ -35,7 +35,8 @@ CERTIFICATE_LIFETIME = timedelta(days=365)
 @dataclass(frozen=True)
 class AccountCertificates:
     """Mints an account's certificate: CN <uuid>, emailAddress <login>@<domain>, the account's URN in the subject
-    alternative name, signed by the local authority."""
+    alternative name, signed by the local authority. The account's users can read its key (in the account's
+    ~/.ssh), so these certificates (user URNs) never answer for the controllers (frcp.ControllerSigners)."""
 
     authority_key: rsa.RSAPrivateKey
     authority_chain: GidChain

@@ -108,13 +108,14 @@ class OmfTestbed:
 def make_omf_backend(settings: Any, database: Database | None = None) -> OmfTestbed:
     """The backend ``[sfa_aggregate] type = omf`` names: with ``[sfa_frcp] amqp_url``, an FRCP client signing with
     the aggregate's key (a certificate from the local authority with ``[sfa_frcp] account`` in its emailAddress)
-    and checking the controllers' informs against the trusted roots; with the calendar's ``database``, the slot
-    boundaries' work too."""
+    and believing informs signed by the testbed's controllers only (``[sfa_frcp] controllers``, by default the
+    authority's own certificates; under the trusted roots); with the calendar's ``database``, the slot boundaries'
+    work too."""
     if settings is None or not getattr(settings, "frcp_amqp_url", ""):
         return OmfTestbed()
     from sfa_omf.registry.authority import LocalAuthority
     from sfa_omf.testbed.omf.controllers import Controllers
-    from sfa_omf.testbed.omf.frcp import FrcpClient, SignatureChecker
+    from sfa_omf.testbed.omf.frcp import ControllerSigners, FrcpClient, SignatureChecker
     from sfa_omf.testbed.omf.slot_records import SlotRecords
     from sfa_omf.times import utcnow
     from sfa_omf.trust.gid import load_gid_chain_file
@@ -132,7 +133,12 @@ def make_omf_backend(settings: Any, database: Database | None = None) -> OmfTest
     client = FrcpClient(
         settings.frcp_amqp_url,
         signer=signer,
-        checker=SignatureChecker(load_trusted_roots(settings.trusted_roots_dir)),
+        # Not every trusted chain: the local authority certifies the slices' accounts too, whose keys their users
+        # read; only the controllers answer.
+        checker=SignatureChecker(
+            load_trusted_roots(settings.trusted_roots_dir),
+            controllers=ControllerSigners(settings.interface_hrn, settings.frcp_controller_urns),
+        ),
         timeout_s=settings.frcp_timeout_s,
     )
     user_factory = UserFactory(client, settings.frcp_user_factory, certificates)

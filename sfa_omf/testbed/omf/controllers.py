@@ -3,8 +3,11 @@ controllers speak them. Neither answers with a cid: their informs name the node 
 frisbee client), so several nodes are driven at once and each gets its own answer (FrcpSession.about_nodes).
 
 cm_factory: ``configure {state: {node, status}}`` with status on | off | reset | start_on_pxe | start_without_pxe
-(then ``last_action`` reset | shutdown); it informs STATUS {node_name, current, desired} (``current`` pxe_on once a
-node has booted on PXE, pxe_off once it has left it) or ERROR {event_type AUTH | HTTP | TIME_OUT, node_name, msg}.
+(then ``last_action`` reset | shutdown); it informs STATUS {node_name, current, desired} (``desired`` running for
+on, stopped for off, resetted for reset; ``current`` pxe_on once a node has booted on PXE, pxe_off once it has left
+it) or ERROR {event_type AUTH | HTTP | TIME_OUT, node_name, msg}. Since those informs name only the node, a STATUS
+answers a request only when it says what was asked (another request's STATUS about the same node, "booting" while
+we asked "off", does not) and is not older than the request.
 
 An image load, in this order: frisbee_factory gives a port (``request {ports}``); a frisbeed server is created for
 the image on that port; every node boots on PXE (start_on_pxe); a frisbee client per node writes the image (its
@@ -16,6 +19,7 @@ and keeps the reason of the step that failed.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +29,8 @@ log = logging.getLogger("sfa_omf.omf.controllers")
 
 #: PerformOperationalAction -> cm_factory status.
 POWER_OF_ACTION = {"geni_start": "on", "geni_stop": "off", "geni_restart": "reset"}
+#: cm_factory status -> the ``desired`` its STATUS inform carries once it has done it.
+DESIRED_OF_STATUS = {"on": "running", "off": "stopped", "reset": "resetted"}
 
 
 @dataclass(frozen=True)
@@ -94,14 +100,22 @@ class Controllers:
         self, session: FrcpSession, nodes: Sequence[str], status: str, what: str, current: str = "", **extra: str
     ) -> dict[str, NodeOutcome]:
         session.subscribe(self.cm_topic)
+        sent_ts: int | None = None
         for node in nodes:
             state = {"node": node, "status": status, **extra}
-            session.send(self.cm_topic, session.message("configure", {"state": state}))
+            message = session.message("configure", {"state": state})
+            sent_ts = message.ts if sent_ts is None else sent_ts
+            session.send(self.cm_topic, message)
+        desired = DESIRED_OF_STATUS.get(status, "")
 
         def done(inform: FrcpMessage) -> bool:
-            return inform.itype == "STATUS" and (not current or inform.props.get("current") == current)
+            if inform.itype != "STATUS":
+                return False
+            if current:
+                return inform.props.get("current") == current
+            return bool(desired) and inform.props.get("desired") == desired
 
-        answers = session.about_nodes(nodes, done, self.boot_timeout_s, f"{what} (cm_factory)")
+        answers = session.about_nodes(nodes, done, self.boot_timeout_s, f"{what} (cm_factory)", sent_ts=sent_ts)
         return _outcomes(answers.values(), f"cm_factory could not {what}")
 
     def _frisbee(
@@ -110,6 +124,7 @@ class Controllers:
         """A frisbee client per node writes the image frisbeed serves on ``port``; ``children`` gets each client
         (to release)."""
         outcomes: dict[str, NodeOutcome] = {}
+        sent_ts = int(time.time())  # a frisbee client's EXIT comes after its creation
         for node in nodes:
             try:
                 client = session.request(
@@ -125,7 +140,9 @@ class Controllers:
                 session.subscribe_address(child)
                 children.append(child)
         writing = [node for node in nodes if node not in outcomes]
-        answers = session.about_nodes(writing, _frisbee_finished, self.boot_timeout_s, f"write {image} (frisbee)")
+        answers = session.about_nodes(
+            writing, _frisbee_finished, self.boot_timeout_s, f"write {image} (frisbee)", sent_ts=sent_ts
+        )
         return {**outcomes, **_outcomes(answers.values(), "frisbee could not write the image")}
 
     def _release(self, session: FrcpSession, child: str) -> None:

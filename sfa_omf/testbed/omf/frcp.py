@@ -12,6 +12,10 @@ FRCP on AMQP, the facts this module follows:
 - Signed messages are a JWT (RS256) whose claims are {cnt: the JSON message, iss: the signer, crt: the signer's
   certificate chain in PEM}; the AMQP content type is then ``jwt`` instead of ``text/json``. The receiver checks
   the chain against its trusted roots and the signature with the leaf's key.
+- Only the testbed's controllers may answer (``ControllerSigners``): a trusted chain is not enough for an inform,
+  since the local authority also certifies users and the slices' testbed accounts (whose keys their users can
+  read), and federation roots certify their own users. An inform older than the request it would answer (its ts,
+  with ``INFORM_CLOCK_SKEW_S`` of tolerance) is ignored too: an old genuine inform replayed proves nothing now.
 
 Errors: FrcpUnavailable (the broker cannot be reached), FrcpTimeout (no matching reply in time), FrcpError (the
 controller answered ERROR / CREATION.FAILED / anything "error" or "failed", with its reason). The backend turns
@@ -50,6 +54,8 @@ ROUTING_OP = "o.op"
 ROUTING_INFO = "o.info"
 CONTENT_JSON = "text/json"
 CONTENT_JWT = "jwt"
+#: How far a controller's clock may lag ours: an inform stamped earlier than this before the request is ignored.
+INFORM_CLOCK_SKEW_S = 30
 
 
 class FrcpUnavailable(Exception):
@@ -184,12 +190,43 @@ class SignedBy:
     signer: Gid
 
 
-class SignatureChecker:
-    """Checks signed messages: the chain in ``crt`` against the trusted roots, the JWT's signature with its leaf."""
+@dataclass(frozen=True)
+class ControllerSigners:
+    """Who may sign informs as the testbed's controllers: certificates naming this testbed's authority itself
+    (``authority_hrn`` with an authority URN type: the authority's own, the aggregate's; only the operator holds
+    their keys), and those the operator lists (``urns``: ``[sfa_frcp] controllers``, URNs, or the subject CN of a
+    certificate without a URN), e.g. controllers certified by the testbed's old CA. Never a user's, a slice's, a
+    node's, a testbed account's (minted as the user ``<authority>.<login>``) nor a federation root's users."""
 
-    def __init__(self, roots: TrustedRoots, clock: Callable[[], datetime] = utcnow) -> None:
+    authority_hrn: str
+    urns: frozenset[str] = frozenset()
+
+    def refusal(self, signer: Gid) -> str:
+        """Why ``signer`` may not answer for the controllers; "" when it may."""
+        name = signer.urn or signer.subject_cn
+        if name in self.urns:
+            return ""
+        if signer.hrn == self.authority_hrn and (signer.type or "").startswith("authority"):
+            return ""
+        listed = f" nor in [sfa_frcp] controllers ({', '.join(sorted(self.urns))})" if self.urns else ""
+        return (
+            f"the inform is signed by {name!r}, not by a controller of the testbed: not a certificate of the "
+            f"authority {self.authority_hrn!r} itself{listed}; a controller certified otherwise is listed in "
+            "[sfa_frcp] controllers: ignored"
+        )
+
+
+class SignatureChecker:
+    """Checks signed messages: the chain in ``crt`` against the trusted roots, the JWT's signature with its leaf,
+    and, with ``controllers``, that an inform comes from one of the testbed's controllers (requests from anyone
+    with a trusted chain pass: the controllers decide whose lease a request falls under)."""
+
+    def __init__(
+        self, roots: TrustedRoots, clock: Callable[[], datetime] = utcnow, controllers: ControllerSigners | None = None
+    ) -> None:
         self.roots = roots
         self.clock = clock
+        self.controllers = controllers
 
     def verify(self, token: str) -> SignedBy:
         """The message a JWT carries, once its signer is trusted and its signature checks; BadMessage if not."""
@@ -212,7 +249,12 @@ class SignatureChecker:
             document = json.loads(content) if isinstance(content, str) else content
         except json.JSONDecodeError as exc:
             raise BadMessage(f"the signed content is not JSON: {exc}") from exc
-        return SignedBy(FrcpMessage.from_json(document), chain[0])
+        message = FrcpMessage.from_json(document)
+        if self.controllers is not None and message.op == "inform":
+            refusal = self.controllers.refusal(chain[0])
+            if refusal:
+                raise BadMessage(refusal)
+        return SignedBy(message, chain[0])
 
 
 def encode(message: FrcpMessage, signer: Signer | None) -> tuple[bytes, str]:
@@ -260,6 +302,8 @@ class FrcpClient:
         self.parameters = pika.URLParameters(url)
         self.parameters.connection_attempts = 1
         self.parameters.socket_timeout = min(timeout_s, 10.0)
+        # A broker under a resource alarm blocks publishers: give up (FrcpUnavailable) instead of waiting forever.
+        self.parameters.blocked_connection_timeout = timeout_s
         self.signer = signer
         self.checker = checker
         self.topic = topic or default_topic()
@@ -302,6 +346,7 @@ class FrcpSession:
         self.subscribed: set[str] = set()
         self.subscribe(client.topic)
         self.src = address(client.host, client.topic)
+        self.opened_ts = int(time.time())  # no inform older than the session answers anything in it
         self.refused: list[str] = []  # informs dropped (unsigned, untrusted, malformed): for the operator's log
 
     def subscribe(self, topic: str) -> None:
@@ -348,10 +393,15 @@ class FrcpSession:
         self.subscribe(target)
         message = self.message(op, props, **extra)
         self.send(target, message)
-        return self.wait(message.mid, timeout_s, node_name, what=f"{op} on {target}")
+        return self.wait(message.mid, timeout_s, node_name, what=f"{op} on {target}", sent_ts=message.ts)
 
-    def wait(self, mid: str, timeout_s: float | None, node_name: str | None, what: str) -> FrcpMessage:
+    def wait(
+        self, mid: str, timeout_s: float | None, node_name: str | None, what: str, sent_ts: int | None = None
+    ) -> FrcpMessage:
+        """The inform answering the request ``mid`` sent at ``sent_ts`` (default: the session's start; older
+        informs are ignored), see ``request``."""
         limit = self.client.timeout_s if timeout_s is None else timeout_s
+        not_before = (self.opened_ts if sent_ts is None else sent_ts) - INFORM_CLOCK_SKEW_S
         deadline = time.monotonic() + limit
         while True:
             remaining = deadline - time.monotonic()
@@ -364,7 +414,8 @@ class FrcpSession:
                     break
                 inform = self._read(body, getattr(properties, "content_type", None))
                 # Our own requests come back on the topics we listen to, and other conversations' informs pass by.
-                if inform is not None and inform.op == "inform" and _answers(inform, mid, node_name):
+                matches = inform is not None and inform.op == "inform" and _answers(inform, mid, node_name)
+                if inform is not None and matches and self._fresh(inform, not_before):
                     self.channel.cancel()
                     if inform.is_error:
                         raise FrcpError(_reason(inform), inform)
@@ -374,12 +425,19 @@ class FrcpSession:
             self.channel.cancel()
 
     def about_nodes(
-        self, nodes: Collection[str], done: Callable[[FrcpMessage], bool], timeout_s: float | None, what: str
+        self,
+        nodes: Collection[str],
+        done: Callable[[FrcpMessage], bool],
+        timeout_s: float | None,
+        what: str,
+        sent_ts: int | None = None,
     ) -> dict[str, NodeAnswer]:
         """For each node, the first inform about it (props.node_name or props.node: cm_factory and frisbee send no
-        cid) that is an error or that ``done`` accepts; informs that are neither (progress) are skipped. A node
-        with no such inform within the time gets a time-out answer: one slow node does not hide the others'."""
+        cid) that is an error or that ``done`` accepts; informs that are neither (progress), and informs older than
+        the requests (``sent_ts``, default the session's start), are skipped. A node with no such inform within the
+        time gets a time-out answer: one slow node does not hide the others'."""
         limit = self.client.timeout_s if timeout_s is None else timeout_s
+        not_before = (self.opened_ts if sent_ts is None else sent_ts) - INFORM_CLOCK_SKEW_S
         deadline = time.monotonic() + limit
         answers: dict[str, NodeAnswer] = {}
         waiting = set(nodes)
@@ -394,7 +452,12 @@ class FrcpSession:
                     break
                 inform = self._read(body, getattr(properties, "content_type", None))
                 node = _node_of(inform) if inform is not None and inform.op == "inform" else ""
-                if inform is not None and node in waiting and (inform.is_error or done(inform)):
+                if (
+                    inform is not None
+                    and node in waiting
+                    and (inform.is_error or done(inform))
+                    and self._fresh(inform, not_before)
+                ):
                     answers[node] = NodeAnswer(node, inform, _reason(inform) if inform.is_error else "")
                     waiting.discard(node)
                 if not waiting or time.monotonic() >= deadline:
@@ -403,6 +466,18 @@ class FrcpSession:
         for node in waiting:
             answers[node] = NodeAnswer(node, None, f"no answer about {node} to {what} within {limit:g} s")
         return answers
+
+    def _fresh(self, inform: FrcpMessage, not_before: int) -> bool:
+        """Whether an inform that would answer the request is recent enough (stamped at ``not_before`` or later)."""
+        if inform.ts >= not_before:
+            return True
+        reason = (
+            f"an inform stamped {inform.ts}, more than {INFORM_CLOCK_SKEW_S} s before the request it could answer "
+            "(a replay, or the controller's clock is off): ignored"
+        )
+        self.refused.append(reason)
+        log.warning("dropped an FRCP message: %s", reason)
+        return False
 
     def _read(self, body: bytes, content_type: str | None) -> FrcpMessage | None:
         try:

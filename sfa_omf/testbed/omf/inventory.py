@@ -16,28 +16,40 @@ status follows the calendar and the time:
 A lease's *account* is the local login the calendar maps its booker to (registry/accounts.py: per user, per slice
 or shared); its URN is the slice's. Writes go through the same calendar (Bookings): no double booking, and a
 conflict is refused with the calendar's reason. Writes need authority rights (``check_operator``).
+
+Who reads what (``check_reader``), the web calendar's privacy rule: operators (who may write leases, and the web
+calendar's ``[sfa_web] admins``) and the testbed's controllers (``[sfa_frcp] controllers``) see everything; any other
+certificate issued under this testbed's authority (its users, the testbed accounts' certificates) sees the federated
+pools' nodes, every lease's window and status, and the account and name of its own slices' leases only; certificates
+of other authorities, even trusted ones, read nothing.
 """
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy import select
 
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.lease_view import LeaseRow, NodeRow, account_logins, lease_rows, node_rows
+from sfa_omf.calendar.models import Lease, Slice, SliceUser
+from sfa_omf.calendar.queries import from_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord
+from sfa_omf.calendar.timeline import Timeline
 from sfa_omf.errors import BadArgs, GeniError, Reason, TrustError
 from sfa_omf.registry.accounts import check_login, derived_login
-from sfa_omf.registry.records import Records
+from sfa_omf.registry.records import Records, record_chain
 from sfa_omf.testbed.base import TestbedBackend
 from sfa_omf.times import format_time, parse_time, utcnow
-from sfa_omf.trust.gid import GidChain
+from sfa_omf.trust.gid import Gid, GidChain
 from sfa_omf.trust.verifier import CredentialVerifier
-from sfa_omf.xrn import hrn_to_urn, is_authority_for, is_urn, parse_urn
+from sfa_omf.xrn import hrn_to_urn, is_authority_for, is_urn, parse_urn, split_hrn
 
 LEASE_STATUSES = ("pending", "accepted", "active", "past", "cancelled")
 COLLECTIONS = ("nodes", "leases", "accounts")
@@ -49,6 +61,34 @@ PARAMETERS: dict[str, tuple[str, ...]] = {
 }
 #: Lease fields an operator tool may send (anything else is refused, so a typo is not silently ignored).
 LEASE_FIELDS = ("uuid", "name", "valid_from", "valid_until", "account_attributes", "account", "components", "urn")
+#: The longest lease name (the calendar's client_id column) and slice URN (the slice and account tables' column).
+MAX_LEASE_NAME_CHARS = 200
+MAX_SLICE_URN_CHARS = 300
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` if it holds no control character (NUL, newline, escape...) nor lone surrogate, else BadArgs: no name
+    the inventory stores or looks up has one, and PostgreSQL cannot even compare a NUL."""
+    for character in text:
+        if unicodedata.category(character) in ("Cc", "Cs"):
+            raise BadArgs(f"{where} holds the control character {character!r}; names and times are printable text")
+    return text
+
+
+def check_texts(value: Any, where: str) -> None:
+    """Every string in a decoded JSON value (keys too) passes ``check_text``; walked without recursion, so a deep
+    value costs no stack."""
+    pending: list[tuple[Any, str]] = [(value, where)]
+    while pending:
+        item, place = pending.pop()
+        if isinstance(item, str):
+            check_text(item, place)
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                check_text(str(key), f"{place}: a key")
+                pending.append((inner, f"{place}.{key}"))
+        elif isinstance(item, list):
+            pending.extend((inner, f"{place}[{index}]") for index, inner in enumerate(item))
 
 
 def lease_status(state: str, start: datetime, end: datetime, now: datetime) -> str:
@@ -84,6 +124,24 @@ class AccountView:
     uuid: str
 
 
+@dataclass(frozen=True)
+class Reader:
+    """Who reads the inventory: ``everything`` (operators, controllers), or a user of this testbed's authority who
+    sees the federated nodes, and the account and name of the leases of ``slices`` (theirs) only."""
+
+    urn: str
+    everything: bool = False
+    slices: frozenset[str] = frozenset()
+
+    def sees(self, slice_urn: str) -> bool:
+        """May this reader see the account (login, slice URN) and name of this slice's leases?"""
+        return self.everything or slice_urn in self.slices
+
+
+#: What the aggregate's own tools (node import) read: everything.
+EVERYTHING = Reader("", everything=True)
+
+
 class OmfInventory:
     """Answers the omf_sfa REST inventory from the calendar. ``clock`` decides "now" (tests)."""
 
@@ -98,6 +156,8 @@ class OmfInventory:
         account_policy: str = "per-user",
         shared_login: str = "federation",
         clock: Callable[[], datetime] = utcnow,
+        controllers: Collection[str] = (),
+        admins: Collection[str] = (),
     ) -> None:
         self.database = database
         self.bookings = bookings
@@ -108,38 +168,65 @@ class OmfInventory:
         self.account_policy = account_policy
         self.shared_login = shared_login
         self.clock = clock
+        self.controllers = frozenset(controllers)  # [sfa_frcp] controllers: certificate URNs (or subject CNs)
+        self.admins = frozenset(admins)  # [sfa_web] admins: user URNs
         self.records = Records(database)
+        self.timeline = Timeline(database)
 
     # -- who may ----------------------------------------------------------------------------------------------
-    def check_reader(self, caller_chain: GidChain) -> None:
-        """Reading needs a client certificate chain that ends at one of the trusted roots (the controllers' and
-        the tools' certificates come from the testbed's authority)."""
-        self.verifier.verify_caller(caller_chain, self.clock())
+    def check_reader(self, caller_chain: GidChain) -> Reader:
+        """Who may read, and how much (the module's docstring): TrustError for a chain that is not trusted or not
+        issued under this testbed's authority (a peer authority's users read nothing here)."""
+        leaf = self.verifier.verify_caller(caller_chain, self.clock())
+        identity = leaf.urn or leaf.subject_cn  # as [sfa_frcp] controllers names a certificate (frcp.py too)
+        if self._is_operator(leaf) or identity in self.controllers or (leaf.urn or "") in self.admins:
+            return Reader(identity, everything=True)
+        if not _under(self.authority_hrn, leaf.hrn):
+            raise TrustError(
+                Reason.INSUFFICIENT_PRIVILEGES,
+                f"{leaf.hrn} is not under this testbed's authority {self.authority_hrn}: the inventory is read by the "
+                f"testbed's own controllers, tools and users (a controller whose certificate comes from elsewhere is "
+                f"named in [sfa_frcp] controllers)",
+            )
+        slices = frozenset(self.timeline.slices_of_user(leaf.urn)) if leaf.urn else frozenset()
+        return Reader(identity, slices=slices)
 
     def check_operator(self, caller_chain: GidChain) -> str:
         """Writing leases needs authority rights over this testbed; the caller's URN, or TrustError.
 
         Accepted: a trusted chain whose leaf is an authority over this testbed (its own authority or a parent:
         whoever holds that key runs the testbed), or a user who is a PI of this testbed's authority in the local
-        registry (the aggregate's own operators: ``sfa-omf`` registry commands set them).
+        registry (the aggregate's own operators: ``sfa-omf`` registry commands set them) presenting the key the
+        registry holds for them (a testbed account's certificate for a login of the same name is not that user).
         """
         leaf = self.verifier.verify_caller(caller_chain, self.clock())
-        if leaf.is_authority and is_authority_for(leaf.hrn, self.authority_hrn):
-            return leaf.urn or leaf.hrn
-        authority = self.records.get(self.authority_hrn)
-        if leaf.type == "user" and authority is not None and leaf.hrn in authority.pis:
+        if self._is_operator(leaf):
             return leaf.urn or leaf.hrn
         raise TrustError(
             Reason.INSUFFICIENT_PRIVILEGES,
-            f"{leaf.hrn} may read the inventory but not change leases: that needs the certificate of the authority "
-            f"{self.authority_hrn} (or a parent), or a user who is a PI of {self.authority_hrn} in the registry "
-            f"(sfa-omf user ... --pi)",
+            f"{leaf.hrn} may not change leases: that needs the certificate of the authority {self.authority_hrn} "
+            f"(or a parent), or a user who is a PI of {self.authority_hrn} in the registry (sfa-omf user ... --pi) "
+            "with the key registered for them",
         )
 
+    def _is_operator(self, leaf: Gid) -> bool:
+        """An authority over this testbed, or a PI of its authority whose key is the one the registry holds."""
+        if leaf.is_authority and _under(leaf.hrn, self.authority_hrn):
+            return True
+        if leaf.type != "user":
+            return False
+        authority = self.records.get(self.authority_hrn)
+        if authority is None or leaf.hrn not in authority.pis:
+            return False
+        registered = self.records.get(leaf.hrn)
+        if registered is None or registered.type != "user" or not registered.gid:
+            return False
+        return record_chain(registered)[0].key_id == leaf.key_id
+
     # -- reading ----------------------------------------------------------------------------------------------
-    def get(self, collection: str, query: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-        """The answer to ``GET /resources/<collection>?<query>`` in omf_sfa's envelope: ``resource`` when the
-        query names one (by uuid, or a name only one resource has), else ``resources``."""
+    def get(self, collection: str, query: Mapping[str, Sequence[str]], reader: Reader = EVERYTHING) -> dict[str, Any]:
+        """The answer to ``GET /resources/<collection>?<query>`` in omf_sfa's envelope, as ``reader`` may see it:
+        ``resource`` when the query names one (by uuid, or a name only one resource has), else ``resources``."""
         if collection not in COLLECTIONS:
             raise GeniError(
                 Reason.NOT_FOUND, f"/resources/{collection} is not served here; served: {', '.join(COLLECTIONS)}"
@@ -147,11 +234,11 @@ class OmfInventory:
         params = _single_values(query, PARAMETERS[collection])
         now = self.clock()
         if collection == "nodes":
-            found = self._nodes(params.get("name"), params.get("uuid"), now)
+            found = self._nodes(params.get("name"), params.get("uuid"), now, reader)
         elif collection == "leases":
-            found = self._leases(params, now)
+            found = self._leases(params, now, reader)
         else:
-            found = self._accounts(params)
+            found = self._accounts(params, reader)
         about = f"/resources/{collection}"
         if "uuid" in params or "name" in params:
             if not found:
@@ -161,36 +248,60 @@ class OmfInventory:
                 return {"resource_response": {"resource": found[0], "about": about}}
         return {"resource_response": {"resources": found, "about": about}}
 
-    def _nodes(self, name: str | None, wanted_uuid: str | None, now: datetime) -> list[dict[str, Any]]:
-        nodes = [node for node in node_rows(self.database, name) if wanted_uuid in (None, node_uuid(node))]
+    def _shown_nodes(self, reader: Reader) -> set[str] | None:
+        """The component ids of the nodes ``reader`` may see (the federated pools', as advertised), None: all."""
+        if reader.everything:
+            return None
+        return {node.component_id for node in self.timeline.nodes() if node.federated}
+
+    def _nodes(self, name: str | None, wanted_uuid: str | None, now: datetime, reader: Reader) -> list[dict[str, Any]]:
+        shown = self._shown_nodes(reader)
+        nodes = [
+            node
+            for node in node_rows(self.database, name)
+            if wanted_uuid in (None, node_uuid(node)) and (shown is None or node.component_id in shown)
+        ]
         if not nodes:
             return []
         by_node: dict[str, list[dict[str, Any]]] = {node.component_id: [] for node in nodes}
         logins = account_logins(self.database)
         for lease in lease_rows(self.database, nodes=list(by_node)):
-            brief = self._lease_json(lease, now, logins, components=False)
+            brief = self._lease_json(lease, now, logins, components=False, reader=reader)
             for component_id, _, _ in lease.nodes:
                 if component_id in by_node:
                     by_node[component_id].append(brief)
         return [self._node_json(node, by_node[node.component_id]) for node in nodes]
 
-    def _leases(self, params: Mapping[str, str], now: datetime) -> list[dict[str, Any]]:
+    def _leases(self, params: Mapping[str, str], now: datetime, reader: Reader) -> list[dict[str, Any]]:
         status = params.get("status")
         if status is not None and status not in LEASE_STATUSES:
             raise BadArgs(f"status={status!r} is not a lease status; one of {', '.join(LEASE_STATUSES)}")
         logins = account_logins(self.database)
-        rows = lease_rows(self.database, slice_urn=params.get("account_urn"), lease_id=params.get("uuid"))
-        found = [self._lease_json(row, now, logins, components=True) for row in rows]
+        account_urn = params.get("account_urn")
+        rows = lease_rows(self.database, slice_urn=account_urn, lease_id=params.get("uuid"))
+        if account_urn is not None:
+            rows = [row for row in rows if reader.sees(row.slice_urn)]  # whose leases they are is not for all
+        shown = self._shown_nodes(reader)
+        found = []
+        for row in rows:
+            if shown is not None and not reader.sees(row.slice_urn):
+                # Another slice's lease shows its federated nodes only; one on private nodes alone, not at all.
+                row = replace(row, nodes=tuple(node for node in row.nodes if node[0] in shown))
+                if not row.nodes:
+                    continue
+            found.append(self._lease_json(row, now, logins, components=True, reader=reader))
         return [
             lease
             for lease in found
             if status in (None, lease["status"]) and params.get("name") in (None, lease["name"])
         ]
 
-    def _accounts(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
+    def _accounts(self, params: Mapping[str, str], reader: Reader) -> list[dict[str, Any]]:
         logins = account_logins(self.database)
         accounts: dict[str, dict[str, Any]] = {}
         for row in lease_rows(self.database):
+            if not reader.sees(row.slice_urn):
+                continue
             account = self._account(row, logins)
             entry = accounts.setdefault(
                 account.uuid,
@@ -239,18 +350,28 @@ class OmfInventory:
             "leases": leases,
         }
 
-    def _lease_json(self, row: LeaseRow, now: datetime, logins: Mapping[str, str], components: bool) -> dict[str, Any]:
+    def _lease_json(
+        self,
+        row: LeaseRow,
+        now: datetime,
+        logins: Mapping[str, str],
+        components: bool,
+        reader: Reader = EVERYTHING,
+    ) -> dict[str, Any]:
+        """omf_sfa's lease; for a reader who may not see its slice, as the web calendar's public view: its window
+        and status, its uuid as its name, and no account (null)."""
+        seen = reader.sees(row.slice_urn)
         account = self._account(row, logins)
         lease: dict[str, Any] = {
             "uuid": row.id,
             "href": f"{self.base_url}/resources/leases/{row.id}",
-            "name": row.client_id or row.id,
+            "name": (row.client_id or row.id) if seen else row.id,
             "urn": hrn_to_urn(f"{self.authority_hrn}.{row.id}", "lease"),
             "type": "lease",
             "valid_from": format_time(row.start),
             "valid_until": format_time(row.end),
             "status": lease_status(row.state, row.start, row.end, now),
-            "account": {"uuid": account.uuid, "name": account.name, "urn": account.urn},
+            "account": {"uuid": account.uuid, "name": account.name, "urn": account.urn} if seen else None,
         }
         if components:
             lease["components"] = [
@@ -270,16 +391,16 @@ class OmfInventory:
     def book_lease(self, body: Mapping[str, Any]) -> LeaseRecord:
         """Book and provision an omf_sfa lease body (create_lease's work, without the caller check: ``node
         import --from-omf`` runs as the operator), or refuse and write nothing."""
+        check_texts(body, "the lease")
         _known_fields(body)
         start, end = _window(body)
         account_name, slice_urn = self._account_of(body)
         nodes = self._components(body.get("components"))
         label = _text(body, "name")
+        if len(label) > MAX_LEASE_NAME_CHARS:
+            raise BadArgs(f"the lease name is {len(label)} characters long; at most {MAX_LEASE_NAME_CHARS}")
         requests = [BookingRequest(node=node, start=start, end=end, lease_label=label) for node in nodes]
-        # An operator's account has no slice credential to say when it expires: it lasts as far as the policy lets
-        # any booking reach, so that a later PUT can extend the lease within the policy.
-        policy = self.bookings.policy
-        expires = max(end, self.clock() + timedelta(seconds=policy.max_advance_s + policy.max_duration_s))
+        expires = self._slice_expiry(slice_urn, end)
         # Booked by the slice itself, so that the lease's account is the one named (per user or per slice alike).
         result = self.bookings.book(slice_urn, expires, requests, owner_urn=slice_urn)
         booked = [lease.id for lease in result.leases]
@@ -293,9 +414,36 @@ class OmfInventory:
             raise
         return provisioned[0]
 
+    def _slice_expiry(self, slice_urn: str, end: datetime) -> datetime:
+        """The expiry the booking gives the slice. A slice an experimenter booked through the AM API keeps its own
+        (its credential's word: an operator's lease in it must end by then). An operator's slice has no credential
+        to say when it expires: it lasts as far as the policy lets any booking reach, so that a later PUT can extend
+        the lease within the policy."""
+        with self.database.read() as session:
+            stored = session.execute(select(Slice.id, Slice.expires_s).where(Slice.urn == slice_urn)).first()
+            experimenters = stored is not None and (
+                session.scalar(select(SliceUser.id).where(SliceUser.slice_id == stored[0]).limit(1)) is not None
+                or session.scalar(
+                    select(Lease.id).where(Lease.slice_id == stored[0], Lease.owner_urn != slice_urn).limit(1)
+                )
+                is not None
+            )
+        if stored is not None and experimenters:
+            expires = from_s(stored[1])
+            if end > expires:
+                raise GeniError(
+                    Reason.POLICY,
+                    f"slice {slice_urn} expires at {format_time(expires)} (its credential): a lease in it must end by "
+                    "then; its users renew the slice at their authority first",
+                )
+            return expires
+        policy = self.bookings.policy
+        return max(end, self.clock() + timedelta(seconds=policy.max_advance_s + policy.max_duration_s))
+
     def has_lease(self, body: Mapping[str, Any]) -> bool:
         """Whether the calendar holds a live lease for this lease body's account, window and nodes already (so
         that importing again books nothing twice)."""
+        check_texts(body, "the lease")
         _, slice_urn = self._account_of(body)
         start, end = _window(body)
         nodes = set(self._components(body.get("components")))
@@ -359,25 +507,40 @@ class OmfInventory:
 
     def _account_of(self, body: Mapping[str, Any]) -> tuple[str, str]:
         """(login, slice URN) of the account a posted lease names: {name} (a login: the slice of that name under
-        this authority; or a slice HRN such as onelab.upmc.demo, as R2Lab's tools send) or {urn} (a slice URN)."""
+        this authority; or a slice HRN such as onelab.upmc.demo, as R2Lab's tools send) or {urn} (a slice URN).
+
+        The login is the one the lease will show: with the shared policy the shared login; for a slice mapped to a
+        login already, that login (a different name is refused); else the name, which the slice's account becomes.
+        """
         account = body.get("account_attributes", body.get("account"))
         if not isinstance(account, dict) or not (account.get("name") or account.get("urn")):
             raise GeniError(Reason.BAD_ARGS, "the lease names no account: give account_attributes: {name: ...}")
         urn = account.get("urn")
         name = account.get("name")
+        if name is not None and not isinstance(name, str):
+            raise BadArgs(f"account name {name!r} is not text")
         if urn is not None:
             if not isinstance(urn, str) or not is_urn(urn) or parse_urn(urn).type != "slice":
                 raise BadArgs(f"account urn {urn!r} is not a slice URN (urn:publicid:IDN+<authority>+slice+<name>)")
-            slice_urn = urn
-            name = name or parse_urn(urn).name
-        if not isinstance(name, str):
-            raise BadArgs(f"account name {name!r} is not text")
-        if urn is None:
-            slice_urn = hrn_to_urn(name if "." in name else f"{self.authority_hrn}.{name}", "slice")
-            name = name.rsplit(".", 1)[-1]
-        login = name.lower().replace(".", "_")
-        check_login(login)
-        return login, slice_urn
+            slice_urn = str(parse_urn(urn))  # prefix and type as the AM API stores them: one slice, not two
+            named = _login_of(name) if name else None
+        else:
+            assert isinstance(name, str)
+            slice_urn = _slice_urn(name if "." in name else f"{self.authority_hrn}.{name}")
+            # A slice HRN (R2Lab's tools send onelab.upmc.demo) names the slice, not a login: the slice's own login
+            # when it has one (an AM-API slice's may be derived, demo_1a2b3c), else its last part.
+            named = None if "." in name else _login_of(name)
+        if len(slice_urn) > MAX_SLICE_URN_CHARS:
+            raise BadArgs(f"the account's slice URN is {len(slice_urn)} characters long; at most {MAX_SLICE_URN_CHARS}")
+        if self.account_policy == "shared":
+            return self.shared_login, slice_urn
+        mapped = account_logins(self.database).get(slice_urn)
+        if mapped is not None and named not in (None, mapped):
+            raise BadArgs(
+                f"slice {slice_urn} uses the account {mapped!r} already, not {named!r}: post with account_attributes "
+                f"{{name: {mapped!r}}} or {{urn: {slice_urn!r}}}"
+            )
+        return mapped or named or _login_of(parse_urn(slice_urn).name), slice_urn
 
     def _map_account(self, slice_urn: str, login: str) -> None:
         """The slice's account is the login the operator named, unless the slice is mapped already."""
@@ -403,6 +566,36 @@ class OmfInventory:
             if index[key] not in wanted:
                 wanted.append(index[key])
         return wanted
+
+
+def _under(authority_hrn: str, hrn: str) -> bool:
+    """``is_authority_for``, False for a name that is no HRN (a certificate with an empty subject)."""
+    try:
+        return is_authority_for(authority_hrn, hrn)
+    except BadArgs:
+        return False
+
+
+def _slice_urn(hrn: str) -> str:
+    """The URN of a slice HRN, refused (BadArgs) unless it reads back as the same slice: no part may hold a '+' or
+    ':' (they separate a URN's fields and authority parts) nor white space."""
+    parts = split_hrn(hrn)
+    if len(parts) < 2 or any(any(c in part for c in "+:") or any(c.isspace() for c in part) for part in parts):
+        raise BadArgs(
+            f"account {hrn!r} is not a slice HRN (<authority>.<name>, parts without '+', ':' or spaces) nor a login"
+        )
+    urn = hrn_to_urn(hrn, "slice")
+    parsed = parse_urn(urn)
+    if parsed.type != "slice" or parsed.hrn_parts != parts:
+        raise BadArgs(f"account {hrn!r} is not a slice HRN")
+    return urn
+
+
+def _login_of(name: str) -> str:
+    """The login an account name stands for: lower case, dots as '_'; refused unless a usable Unix login."""
+    login = name.lower().replace(".", "_")
+    check_login(login)
+    return login
 
 
 def _component_key(component: Any) -> str:

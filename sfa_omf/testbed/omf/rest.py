@@ -22,7 +22,7 @@ from twisted.web import resource, server
 
 from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
 from sfa_omf.server.tls import peer_chain
-from sfa_omf.testbed.omf.inventory import OmfInventory
+from sfa_omf.testbed.omf.inventory import OmfInventory, check_text, check_texts
 
 log = logging.getLogger("sfa_omf.omf.rest")
 
@@ -62,8 +62,9 @@ def error_body(error: GeniError) -> tuple[int, dict[str, Any]]:
 
 
 class InventoryResource(resource.Resource):
-    """``/resources/<collection>[/<uuid>]``: GET for every trusted caller; POST/PUT/DELETE of leases for
-    operators."""
+    """``/resources/<collection>[/<uuid>]``: GET for the testbed's own callers, as much as each may see
+    (inventory.py's check_reader); POST/PUT/DELETE of leases for operators. Control characters are refused in every
+    string of the path, the query and the body."""
 
     isLeaf = True
 
@@ -87,12 +88,12 @@ class InventoryResource(resource.Resource):
 
     # -- in a worker thread -----------------------------------------------------------------------------------
     def _get(self, chain: Any, request: server.Request) -> dict[str, Any]:
-        self.inventory.check_reader(chain)
+        reader = self.inventory.check_reader(chain)
         collection, identifier = _path(request)
         query = _query(request)
         if identifier:
             query["uuid"] = [identifier]
-        return self.inventory.get(collection, query)
+        return self.inventory.get(collection, query, reader)
 
     def _write(self, chain: Any, request: server.Request, action: Callable[..., dict[str, Any]]) -> dict[str, Any]:
         collection, identifier = _path(request)
@@ -117,7 +118,10 @@ class InventoryResource(resource.Resource):
 
 
 def _path(request: server.Request) -> tuple[str, str]:
-    parts = [part.decode("utf-8", "replace") for part in request.postpath or [] if part]
+    try:
+        parts = [check_text(part.decode("utf-8"), "the path") for part in request.postpath or [] if part]
+    except UnicodeDecodeError as exc:
+        raise BadArgs("the path is not UTF-8") from exc
     if not parts or len(parts) > 2:
         raise GeniError(Reason.NOT_FOUND, "ask /resources/nodes, /resources/leases or /resources/accounts")
     return parts[0], parts[1] if len(parts) == 2 else ""
@@ -125,12 +129,14 @@ def _path(request: server.Request) -> tuple[str, str]:
 
 def _query(request: server.Request) -> dict[str, list[str]]:
     try:
-        return {
+        query = {
             key.decode("utf-8"): [value.decode("utf-8") for value in values or []]
             for key, values in (request.args or {}).items()
         }
     except UnicodeDecodeError as exc:
         raise BadArgs("the query string is not UTF-8") from exc
+    check_texts(query, "the query string")
+    return query
 
 
 def _body(request: server.Request) -> dict[str, Any]:
@@ -141,8 +147,11 @@ def _body(request: server.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadArgs(f"the body is not JSON: {exc}") from exc
+    except RecursionError as exc:  # the decoder recurses once per nesting level
+        raise BadArgs("the body is JSON nested too deeply; a lease is an object of a few levels") from exc
     if not isinstance(body, dict):
         raise BadArgs(f"the body must be a JSON object, not {type(body).__name__}")
+    check_texts(body, "the body")
     return body
 
 
@@ -165,14 +174,17 @@ def _failed(request: server.Request, failure: Failure) -> None:
     _respond(request, 500, body)
 
 
-def inventory_resource(aggregate: Any, base_url: str, pool: ThreadPool, reactor: Any) -> InventoryResource:
+def inventory_resource(
+    aggregate: Any, base_url: str, pool: ThreadPool, reactor: Any, settings: Any = None
+) -> InventoryResource:
     """The ``/resources`` resource over an Aggregate's calendar, trust and backend (server/app.py mounts it when
-    the backend is ``omf``)."""
-    return InventoryResource(omf_inventory(aggregate, base_url), pool, reactor)
+    the backend is ``omf``); ``settings`` (sfa-omf's Settings) name the controllers and admins who read everything."""
+    return InventoryResource(omf_inventory(aggregate, base_url, settings), pool, reactor)
 
 
-def omf_inventory(aggregate: Any, base_url: str) -> OmfInventory:
-    """The omf_sfa inventory over an Aggregate's calendar, trust and backend."""
+def omf_inventory(aggregate: Any, base_url: str, settings: Any = None) -> OmfInventory:
+    """The omf_sfa inventory over an Aggregate's calendar, trust and backend. Without ``settings`` (the node
+    importer, which only writes), no controller nor admin is named."""
     return OmfInventory(
         aggregate.database,
         aggregate.bookings,
@@ -183,4 +195,6 @@ def omf_inventory(aggregate: Any, base_url: str) -> OmfInventory:
         account_policy=aggregate.accounts.policy,
         shared_login=aggregate.accounts.shared_login,
         clock=aggregate.clock,
+        controllers=settings.frcp_controller_urns if settings is not None else (),
+        admins=settings.web_admin_urns if settings is not None else (),
     )

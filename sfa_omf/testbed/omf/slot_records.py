@@ -3,7 +3,12 @@ as plain data. A phase is taken (``claim``) by a conditional update before the w
 threads, two servers on one database) never do the same lease's work twice; a claim left by a process that died is
 taken back once it is older than the longest the work can last (``release_stale``), so nothing is lost either.
 
-Phases: provisioned -> starting -> ready | failed -> ending -> ended | end_failed (-> ending again, a few times).
+Phases: provisioned -> starting -> ready | failed -> ending -> ended | end_failed (-> ending again until it is done).
+
+While the end is claimed or failed (ending, end_failed), ``failures`` holds the end's steps still to do, each with
+the reason it is not done yet: ``off:<node name>`` (power the node off) and ``keys:<login>`` (withdraw the lease's
+keys from that login, or close it). A step that succeeded leaves the map, so a retry redoes only what failed; a
+claim taken back after a crash keeps the steps it was claimed with (all of them are done again).
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ PROVISIONED, STARTING, READY, FAILED = "provisioned", "starting", "ready", "fail
 ENDING, ENDED, END_FAILED = "ending", "ended", "end_failed"
 #: Phases whose lease still holds the testbed (keys installed, maybe nodes on): the end has work to do.
 HOLDING = (PROVISIONED, READY, FAILED, END_FAILED)
+#: The kinds of end steps (see the module docstring).
+END_OFF, END_KEYS = "off:", "keys:"
+
+
+def end_steps_left(failures: Mapping[str, str]) -> dict[str, str]:
+    """The end steps a record's ``failures`` holds (empty when it holds none, e.g. a start's failures)."""
+    return {step: reason for step, reason in failures.items() if step.startswith((END_OFF, END_KEYS))}
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,17 @@ class SlotRecords:
                 update(OmfSlot)
                 .where(OmfSlot.lease_id == lease_id, OmfSlot.phase.in_(from_phases))
                 .values(phase=to_phase, updated_s=now_s)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def claim_end(self, lease_id: str, from_phase: str, steps: Mapping[str, str], now_s: int) -> bool:
+        """Move the lease from ``from_phase`` to ending with ``steps`` (step -> reason) as the end's work to do;
+        whether this caller got it."""
+        with self.database.write() as session:
+            result = session.execute(
+                update(OmfSlot)
+                .where(OmfSlot.lease_id == lease_id, OmfSlot.phase == from_phase)
+                .values(phase=ENDING, failures=dict(steps), updated_s=now_s)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 

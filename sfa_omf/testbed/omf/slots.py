@@ -6,11 +6,15 @@
   geni_failed with it, and the booking stays (geni_restart tries the start again);
 - at its end (or when it is deleted or shut down), its nodes are powered off and the keys it installed removed:
   each login's authorized_keys keeps only the keys other live leases installed for it, and with the per-slice
-  account policy a login no live lease uses any more is closed (user_factory's deluser).
+  account policy a login no live lease uses any more is closed (user_factory's deluser). A node another lease
+  holds now (its slot running and its start done or under way) is left alone: it is that lease's. Each step
+  (a node's power, a login's keys) is recorded once done, so an end tried again redoes only the steps that failed.
 
 The server runs ``SlotKeeper.run`` as the backend's background task, in a worker thread, every few seconds. What
 was done is recorded per lease (slot_records.py) before and after the work, so a restart neither redoes it nor
-loses it; the AMQP broker being down only postpones the work to the next pass.
+loses it; the AMQP broker being down only postpones the work to the next pass (for an end too, however long the
+broker is away). An end the controllers refuse is tried again at every pass, then, after ``MAX_END_ATTEMPTS``, with
+a growing wait between tries and logged at ERROR each time: it is never given up.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from sfa_omf.testbed.omf.controllers import POWER_OF_ACTION, Controllers, failur
 from sfa_omf.testbed.omf.frcp import FrcpUnavailable
 from sfa_omf.testbed.omf.slot_records import (
     END_FAILED,
+    END_KEYS,
+    END_OFF,
     ENDED,
-    ENDING,
     FAILED,
     HOLDING,
     PROVISIONED,
@@ -41,19 +46,24 @@ from sfa_omf.testbed.omf.slot_records import (
     SlotRecord,
     SlotRecords,
     SlotState,
+    end_steps_left,
 )
 from sfa_omf.testbed.unix_accounts import LocalAccount
 
 log = logging.getLogger("sfa_omf.omf.slots")
 
-#: Times the end's work is tried before the operator's log is all that is left of it.
+#: Ends the controllers refused (or did not answer) this many times are tried with a growing wait, logged at ERROR.
 MAX_END_ATTEMPTS = 10
+#: The wait before such a try: the first, doubled each time, up to the last.
+END_RETRY_FIRST_S, END_RETRY_MAX_S = 60, 3600
 #: Leases in these calendar states hold the testbed (until their end).
 LIVE_STATES = ("provisioned",)
 #: The calendar state of a lease whose Provision is under way (its slot row may already be written).
 PROVISIONING_STATE = "allocated"
 #: Phases of a lease whose keys are in place (the end has not started).
 KEYS_HELD = (PROVISIONED, STARTING, READY, FAILED)
+#: Phases of a lease whose start's work is under way or done: during its slot, its nodes are its own.
+STARTED = (STARTING, READY, FAILED)
 
 
 @dataclass
@@ -187,10 +197,11 @@ class SlotKeeper:
                 if self.records.claim(record.lease_id, (PROVISIONED,), STARTING, now_s):
                     self._start(record, report)
             elif over and record.phase in HOLDING:
-                if record.phase == END_FAILED and record.attempts >= MAX_END_ATTEMPTS:
+                if record.phase == END_FAILED and not _end_due(record, now_s):
                     continue
-                if self.records.claim(record.lease_id, (record.phase,), ENDING, now_s):
-                    self._end(record, report)
+                steps = self._end_steps(record)
+                if self.records.claim_end(record.lease_id, record.phase, steps, now_s):
+                    self._end(record, steps, report)
         return report
 
     def _start(self, record: SlotRecord, report: SlotReport) -> None:
@@ -224,26 +235,92 @@ class SlotKeeper:
             self.records.finish(record.lease_id, READY, self._now_s(), "", {})
             report.started.append(record.lease_id)
 
-    def _end(self, record: SlotRecord, report: SlotReport) -> None:
-        problems: list[str] = []
-        try:
-            if self.controllers is not None and record.nodes:
-                off = failures(self.controllers.power([node.name for node in record.nodes], "off"))
-                problems += [f"{name}: {reason}" for name, reason in sorted(off.items())]
-            if self.user_factory is not None and record.accounts:
-                self._withdraw_keys(record)
-        except FrcpUnavailable as exc:
-            problems.append(str(exc))
-        except GeniError as exc:
-            problems.append(exc.message)
-        if problems:
-            message = "; ".join(problems)
-            self.records.finish(record.lease_id, END_FAILED, self._now_s(), message, count_attempt=True)
-            log.warning("lease %s: the end of its slot is not complete (will try again): %s", record.lease_id, message)
-            report.end_failed.append(record.lease_id)
-        else:
-            self.records.finish(record.lease_id, ENDED, self._now_s(), "")
+    def _end_steps(self, record: SlotRecord) -> dict[str, str]:
+        """The end's steps to do (step -> why it is not done yet): those a failed end left, else all of them."""
+        if record.phase == END_FAILED:
+            left = end_steps_left(record.failures)
+            if left:
+                return left
+        steps: dict[str, str] = {}
+        if self.controllers is not None:
+            steps.update({END_OFF + node.name: "not done yet" for node in record.nodes})
+        if self.user_factory is not None:
+            steps.update({END_KEYS + login: "not done yet" for login in record.accounts})
+        return steps
+
+    def _end(self, record: SlotRecord, steps: Mapping[str, str], report: SlotReport) -> None:
+        """Do the end's ``steps``; record those left (and why) for the next pass, or the end as done."""
+        left: dict[str, str] = {}
+        refused = False  # a controller refused or did not answer (counted), not only the broker away (postponed)
+        unavailable = ""
+        off = [step[len(END_OFF) :] for step in steps if step.startswith(END_OFF)]
+        logins = [step[len(END_KEYS) :] for step in steps if step.startswith(END_KEYS)]
+        # At the boundary the next lease's start follows in the same pass and powers its nodes on again; an end tried
+        # again later must leave alone a node whose next lease's slot has begun, started or not yet.
+        held = self._nodes_held_by_others(record.lease_id, unstarted_too=record.phase == END_FAILED)
+        for name in off:
+            if name in held:  # its next lease has it now: switching it off would cut that slot short
+                log.info("lease %s: %s is left on: lease %s holds it now", record.lease_id, name, held[name])
+        off = [name for name in off if name not in held]
+        if off and self.controllers is not None:
+            try:
+                problems = failures(self.controllers.power(off, "off"))
+            except FrcpUnavailable as exc:
+                unavailable = str(exc)
+                problems = dict.fromkeys(off, unavailable)
+            refused = bool(problems) and not unavailable
+            left.update({END_OFF + name: reason for name, reason in problems.items()})
+        for login in logins:
+            if self.user_factory is None:
+                continue  # no user_factory any more (the settings changed): nothing to withdraw the keys with
+            if unavailable:  # the broker is away: no use trying each login
+                left[END_KEYS + login] = unavailable
+                continue
+            try:
+                self._withdraw_logins(record.lease_id, [login])
+            except GeniError as exc:
+                left[END_KEYS + login] = exc.message
+                if exc.reason == Reason.UNAVAILABLE:
+                    unavailable = exc.message
+                else:
+                    refused = True
+        if not left:
+            self.records.finish(record.lease_id, ENDED, self._now_s(), "", {})
             report.ended.append(record.lease_id)
+            return
+        message = "; ".join(_describe_step(step, reason) for step, reason in sorted(left.items()))
+        if not refused:  # only the broker was away: the next pass tries again, as for a start
+            self.records.finish(record.lease_id, END_FAILED, self._now_s(), f"waiting for the testbed: {message}", left)
+            log.warning("lease %s: the end of its slot waits for the testbed: %s", record.lease_id, message)
+            report.postponed.append(record.lease_id)
+            return
+        self.records.finish(record.lease_id, END_FAILED, self._now_s(), message, left, count_attempt=True)
+        attempts = record.attempts + 1
+        if attempts >= MAX_END_ATTEMPTS:
+            log.error(
+                "lease %s: the end of its slot failed %d times, the operator must see to it (tried again in %d s): %s",
+                record.lease_id,
+                attempts,
+                _end_retry_wait_s(attempts),
+                message,
+            )
+        else:
+            log.warning("lease %s: the end of its slot is not complete (will try again): %s", record.lease_id, message)
+        report.end_failed.append(record.lease_id)
+
+    def _nodes_held_by_others(self, lease_id: str, unstarted_too: bool = False) -> dict[str, str]:
+        """Node name -> the other lease that holds it now: provisioned, in its slot, its start under way or done (or,
+        ``unstarted_too``, still to do)."""
+        now_s = self._now_s()
+        phases = (PROVISIONED, *STARTED) if unstarted_too else STARTED
+        held: dict[str, str] = {}
+        for other in self.records.open_work():
+            if other.lease_id == lease_id or other.phase not in phases or other.lease_state not in LIVE_STATES:
+                continue
+            if other.start_s <= now_s < other.end_s:
+                for node in other.nodes:
+                    held.setdefault(node.name, other.lease_id)
+        return held
 
     def with_others_keys(self, lease_id: str, accounts: Sequence[LocalAccount]) -> list[LocalAccount]:
         """``accounts`` with, for each login, the keys other live leases installed for it too: user_factory's
@@ -271,11 +348,6 @@ class SlotKeeper:
                     kept += [key for key in keys if key not in kept]
         return others
 
-    def _withdraw_keys(self, record: SlotRecord) -> None:
-        """Each login of the lease keeps the keys other live leases installed for it; a per-slice login that no
-        live lease uses is closed."""
-        self._withdraw_logins(record.lease_id, list(record.accounts))
-
     def _withdraw_logins(self, lease_id: str, logins: Sequence[str]) -> None:
         assert self.user_factory is not None
         others = self._keys_of_other_leases(lease_id)
@@ -288,6 +360,25 @@ class SlotKeeper:
 
     def _now_s(self) -> int:
         return to_s(self.clock())
+
+
+def _end_retry_wait_s(attempts: int) -> int:
+    """How long an end refused ``attempts`` times waits before its next try (0: the next pass)."""
+    if attempts < MAX_END_ATTEMPTS:
+        return 0
+    return int(min(END_RETRY_FIRST_S * 2 ** min(attempts - MAX_END_ATTEMPTS, 16), END_RETRY_MAX_S))
+
+
+def _end_due(record: SlotRecord, now_s: int) -> bool:
+    """Whether a failed end is to be tried in this pass."""
+    return now_s >= record.updated_s + _end_retry_wait_s(record.attempts)
+
+
+def _describe_step(step: str, reason: str) -> str:
+    """An end step left, in words: ``node1: <reason>`` or ``alice's keys: <reason>``."""
+    if step.startswith(END_OFF):
+        return f"{step[len(END_OFF) :]}: {reason}"
+    return f"{step[len(END_KEYS) :]}'s keys: {reason}"
 
 
 def _keys_of(accounts: Sequence[LocalAccount]) -> dict[str, list[str]]:

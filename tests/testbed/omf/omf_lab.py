@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pika
 from twisted.internet.threads import blockingCallFromThread
 
 from sfa_omf.calendar.database import sqlite_url
@@ -20,7 +21,7 @@ from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.server.app import build_aggregate, start_aggregate
 from sfa_omf.testbed.omf.backend import OmfTestbed
-from sfa_omf.testbed.omf.frcp import SignatureChecker, Signer
+from sfa_omf.testbed.omf.frcp import FrcpMessage, SignatureChecker, Signer, encode
 from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.roots import load_trusted_roots
 from tests.testbed.omf.node_controllers_standin import NodeControllersStandIn
@@ -169,3 +170,19 @@ def slivers(running: Running, lab: Lab) -> list[dict[str, Any]]:
 
 def allocation_states(running: Running, lab: Lab) -> list[str]:
     return [sliver["geni_allocation_status"] for sliver in slivers(running, lab)]
+
+
+def publish_signed(url: str, topic: str, signer: Signer, message: FrcpMessage) -> None:
+    """Publish ``message`` signed by ``signer`` on ``topic`` of the real broker at ``url``, as a controller (or
+    someone posing as one) would."""
+    body, content_type = encode(message, signer)
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().basic_publish(
+            exchange=topic,
+            routing_key="o.info",
+            body=body,
+            properties=pika.BasicProperties(content_type=content_type, message_id=message.mid),
+        )
+    finally:
+        connection.close()

@@ -48,7 +48,7 @@ class Broker:
 def broker(running_reactor: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """The omf_sfa broker a testbed moves from: another sfa-omf (type = omf) with two nodes and three leases."""
     directory = tmp_path_factory.mktemp("broker") / "nitos"
-    report = init_directory(str(directory), "nitos", ("ann",))
+    init_directory(str(directory), "nitos", ("ann",))
     settings = replace(read_config(str(directory / "sfa-omf.conf")), aggregate_type="omf")
     aggregate = build_aggregate(settings)
     for name in ("node1", "node2"):
@@ -74,12 +74,13 @@ def broker(running_reactor: Any, tmp_path_factory: pytest.TempPathFactory) -> It
     cancelled = lease("carol", ["node1"], 4)
     aggregate.bookings.cancel(cancelled)
     server = blockingCallFromThread(running_reactor, start_aggregate, settings, aggregate, 0)
-    sfi = Path(report.sfi_dirs["ann"])
     try:
+        # Read as the operator moving the testbed does (its authority's certificate): an experimenter's certificate
+        # sees the accounts of their own slices only.
         yield Broker(
             f"https://127.0.0.1:{server.port_number}",
-            str(sfi / "nitos.ann.user.gid"),
-            str(sfi / "nitos.ann.pkey"),
+            LocalAuthority.gid_path(str(directory), "nitos"),
+            LocalAuthority.key_path(str(directory), "nitos"),
             LocalAuthority.gid_path(str(directory), "nitos"),
             aggregate,
         )

@@ -238,7 +238,7 @@ def test_an_operator_posts_renews_and_deletes_a_lease(site: Site) -> None:
 
     status, answer = call(site, site.bob, "DELETE", f"/resources/leases/{lease['uuid']}")
     assert status == 200 and answer["resource_response"]["resource"]["status"] == "cancelled"
-    cancelled = call(site, site.ann, "GET", "/resources/leases?status=cancelled&name=maintenance")[1]
+    cancelled = call(site, site.bob, "GET", "/resources/leases?status=cancelled&name=maintenance")[1]
     assert cancelled["resource_response"]["resource"]["uuid"] == lease["uuid"]
 
 
