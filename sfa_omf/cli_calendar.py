@@ -254,6 +254,8 @@ def _record_nodes(settings: Settings, nodes: Sequence[NodeRecord]) -> None:
             f"not in the registry of {authority.hrn} (not named under it): {', '.join(report.foreign[:5])}"
             + (" ..." if len(report.foreign) > 5 else "")
         )
+    for component_id, why in report.failed:  # still in the inventory; tried again at the next start or import
+        print(f"no registry record for {component_id}: {why}", file=sys.stderr)
 
 
 def _progress_bar(unit: str, width: int = 30) -> Callable[[int, int], None]:

@@ -182,8 +182,11 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _remove(args: argparse.Namespace) -> int:
-    record = _admin(args).remove(args.name, args.kind)
+    removed = _admin(args).remove(args.name, args.kind)
+    record = removed.record
     print(f"removed {record.type} {record.hrn} (its GID stays valid until it expires; it is no longer registered)")
+    for directory in removed.deleted_dirs:
+        print(f"  deleted its sfi.py directory {directory} (with its private key)")
     return 0
 
 

@@ -26,6 +26,8 @@ from sfa_omf.errors import BadArgs
 from sfa_omf.xrn import parse_urn
 
 MAX_LOGIN = 32
+#: What account_mapping.urn holds (calendar/models.py): a longer URN is refused before the database sees it.
+MAX_MAPPED_URN = 300
 POLICIES = ("per-user", "per-slice", "shared")
 VALID_LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
@@ -73,6 +75,11 @@ class Accounts:
         if self.policy == "shared":
             return self.shared_login
         key = slice_urn if self.policy == "per-slice" else user_urn
+        if len(key) > MAX_MAPPED_URN:
+            raise BadArgs(
+                f"the URN {key[:80]}... is {len(key)} characters long; this testbed maps local accounts only for URNs "
+                f"of at most {MAX_MAPPED_URN} characters: use an identity with a shorter name"
+            )
         # Nearly always mapped already (Describe and Allocate ask on every call): one read, without the write
         # unit of work (SQLite's write lock) that creating a mapping needs.
         found = self.database.fetch_all(_LOGIN_OF, {"urn": key})
@@ -96,6 +103,8 @@ class Accounts:
     def pin(self, urn: str, login: str) -> AccountRecord:
         """An operator's choice: ``urn`` uses ``login`` (several URNs may share a pinned login on purpose)."""
         parse_urn(urn)
+        if len(urn) > MAX_MAPPED_URN:
+            raise BadArgs(f"the URN is {len(urn)} characters long; the account mapping holds at most {MAX_MAPPED_URN}")
         check_login(login)
         with self.database.write() as session:
             existing = session.scalar(select(AccountMapping).where(AccountMapping.urn == urn))

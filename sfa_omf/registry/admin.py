@@ -7,28 +7,36 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sfa_omf.arguments import email as email_address
 from sfa_omf.config import Settings
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.registry.api import DEFAULT_SLICE_LIFETIME
 from sfa_omf.registry.authority import LocalAuthority, write_new_file
 from sfa_omf.registry.bootstrap import sfi_config
-from sfa_omf.registry.records import Record, Records
+from sfa_omf.registry.records import Record, Records, new_record_urn, record_email
+from sfa_omf.registry.sfi_dirs import delete_sfi_dir, delete_user_sfi_dirs, user_sfi_dir
 from sfa_omf.sshkeys import ssh_public_key
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import chain_pem
 from sfa_omf.trust.pki import private_key_pem
-from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn, split_hrn
+from sfa_omf.xrn import is_urn, parse_urn, split_hrn
 
 
 @dataclass(frozen=True)
 class NewUser:
     record: Record
     sfi_dir: str  # empty when the user keeps their own private key
+
+
+@dataclass(frozen=True)
+class Removed:
+    record: Record
+    deleted_dirs: list[str] = field(default_factory=list)  # the user's sfi.py directories, deleted with the record
 
 
 class RegistryAdmin:
@@ -58,24 +66,46 @@ class RegistryAdmin:
         pi: bool = False,
     ) -> NewUser:
         """Register a user: the authority issues their GID. Without ``public_key`` a key pair is made and an sfi.py
-        directory written for them (private key, GID, sfi_config): they bootstrap with GetSelfCredential."""
+        directory written for them (private key, GID, sfi_config; ``sfi_dir``): they bootstrap with GetSelfCredential.
+        All or nothing: on any failure the GID, the directory and the record go again."""
         hrn = self.hrn(name)
+        urn = new_record_urn(hrn, "user")
+        email = record_email(email_address(email, "--email"))
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already (sfa-omf user show {hrn})")
         keys = tuple(ssh_public_key(key) for key in ssh_keys)
+        sfi_dir = self.sfi_dir(hrn) if public_key is None else ""
+        if sfi_dir and os.path.exists(sfi_dir):
+            raise GeniError(
+                Reason.ALREADY_EXISTS,
+                f"{sfi_dir} exists already (left by an earlier user of that name?): move it aside, then add {hrn}",
+            )
         chain, private_key = self.authority.issue_gid(hrn, "user", public_key=public_key, email=email or None)
-        sfi_dir = ""
-        if private_key is not None:
-            sfi_dir = os.path.join(self.authority.directory, "users", split_hrn(hrn)[-1], "sfi")
-            write_new_file(os.path.join(sfi_dir, f"{hrn}.pkey"), private_key_pem(private_key), private=True)
-            write_new_file(os.path.join(sfi_dir, f"{hrn}.user.gid"), chain_pem(chain).encode("ascii"))
-            config = sfi_config(self.authority.hrn, hrn, self.settings)
-            write_new_file(os.path.join(sfi_dir, "sfi_config"), config.encode("utf-8"))
-        record = Record(hrn, "user", hrn_to_urn(hrn, "user"), chain_pem(chain), email, keys)
-        self.records.add(record)
-        if pi:
-            self.records.add(Record(self.authority.hrn, "authority", self.authority.urn, "", pis=(hrn,)))
+        recorded = False
+        try:
+            if private_key is not None:
+                write_new_file(os.path.join(sfi_dir, f"{hrn}.pkey"), private_key_pem(private_key), private=True)
+                write_new_file(os.path.join(sfi_dir, f"{hrn}.user.gid"), chain_pem(chain).encode("ascii"))
+                config = sfi_config(self.authority.hrn, hrn, self.settings)
+                write_new_file(os.path.join(sfi_dir, "sfi_config"), config.encode("utf-8"))
+            record = Record(hrn, "user", urn, chain_pem(chain), email, keys)
+            self.records.add(record)
+            recorded = True
+            if pi:
+                self.records.add(Record(self.authority.hrn, "authority", self.authority.urn, "", pis=(hrn,)))
+        except BaseException:
+            # Left behind, any of these would block the name for good (the GID file, the directory) or half-register it.
+            if recorded:
+                self.records.remove(hrn)
+            if sfi_dir:
+                delete_sfi_dir(sfi_dir)
+            self.authority.forget(hrn)
+            raise
         return NewUser(self.records.get(hrn) or record, sfi_dir)
+
+    def sfi_dir(self, hrn: str) -> str:
+        """Where the sfi.py directory of a user the registry makes a key pair for lives (registry/sfi_dirs.py)."""
+        return user_sfi_dir(self.authority.directory, self.authority.hrn, hrn)
 
     def add_key(self, name: str, ssh_key: str) -> Record:
         """Add an SSH public key to a user's record (it reaches their accounts at the next provision/update)."""
@@ -84,24 +114,36 @@ class RegistryAdmin:
             self.records.update(user.hrn, keys=list(dict.fromkeys([*user.keys, ssh_public_key(ssh_key)])))
         )
 
-    def remove(self, name: str, kind: str) -> Record:
-        """Remove a user or slice record; its GID is forgotten (not revoked: it stays valid until it expires)."""
+    def remove(self, name: str, kind: str) -> Removed:
+        """Remove a user or slice record; its GID is forgotten (not revoked: it stays valid until it expires). A user
+        leaves every slice and authority they were a researcher or PI of, and the sfi.py directory the registry wrote
+        for them (with their private key) is deleted, so the name can be given to someone new with nothing inherited."""
+        if kind not in ("user", "slice"):
+            raise BadArgs(f"only users and slices are removed this way, not {kind} records")
         record = self._get(name, kind)
         self.records.remove(record.hrn)
         self.authority.forget(record.hrn)
-        return record
+        deleted = []
+        if record.type == "user":
+            deleted = delete_user_sfi_dirs(self.authority.directory, self.authority.hrn, record.hrn)
+        return Removed(record, deleted)
 
     # -- slices -------------------------------------------------------------------------------------------------
     def create_slice(self, name: str, researchers: Sequence[str], expires: datetime | None = None) -> Record:
         hrn = self.hrn(name)
+        urn = new_record_urn(hrn, "slice")
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already")
         members = tuple(self._get(member, "user").hrn for member in researchers)
         expires = expires or utcnow() + DEFAULT_SLICE_LIFETIME
         self._check_future(expires)
         chain, _ = self.authority.issue_gid(hrn, "slice")
-        record = Record(hrn, "slice", hrn_to_urn(hrn, "slice"), chain_pem(chain), researchers=members, expires=expires)
-        self.records.add(record)
+        record = Record(hrn, "slice", urn, chain_pem(chain), researchers=members, expires=expires)
+        try:
+            self.records.add(record)
+        except BaseException:
+            self.authority.forget(hrn)  # else the GID file would block the name for good
+            raise
         return record
 
     def renew_slice(self, name: str, expires: datetime) -> Record:

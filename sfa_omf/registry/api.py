@@ -32,13 +32,14 @@ from sfa_omf.arguments import (
 )
 from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
 from sfa_omf.registry.authority import DEFAULT_CREDENTIAL_LIFETIME, AuthorityError, LocalAuthority
-from sfa_omf.registry.records import Record, Records, record_chain
+from sfa_omf.registry.records import Record, Records, new_record_urn, record_chain, record_email
+from sfa_omf.registry.sfi_dirs import delete_user_sfi_dirs
 from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.sshkeys import ssh_public_keys
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import chain_pem, load_gid_chain
 from sfa_omf.trust.verifier import CredentialVerifier
-from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn
+from sfa_omf.xrn import is_urn, parse_urn
 
 log = logging.getLogger("sfa_omf.registry")
 
@@ -67,6 +68,19 @@ def _hrn(xrn: Any) -> str:
     if not isinstance(xrn, str) or not xrn:
         raise BadArgs("name a record by its HRN or URN")
     return parse_urn(xrn).hrn if is_urn(xrn) else xrn
+
+
+def _named(xrn: Any, kind: str | None = None) -> tuple[str, str | None]:
+    """The HRN a call names and the record type it requires: a URN's own type (urn:...+slice+bob names a slice,
+    never the user tb.bob), else ``kind`` (the call's type argument). A URN whose type is not ``kind`` is refused."""
+    wanted = kind.partition("+")[0] if kind else None  # authority+sa is an authority record
+    name = _hrn(xrn)  # refuses what names nothing
+    if not is_urn(xrn):
+        return name, wanted
+    urn = parse_urn(xrn)
+    if wanted is not None and urn.type != wanted:
+        raise BadArgs(f"{xrn[:100]} names a {urn.type} but the type given is {wanted}: give a matching type")
+    return urn.hrn, urn.type
 
 
 # -- the typed contract: every argument of every method checked before any work -----------------------------------
@@ -235,7 +249,7 @@ class RegistryApi:
 
     def get_self_credential(self, context: CallContext, params: tuple[Any, ...]) -> str:
         """sfi.py's bootstrap: the holder of a user's key gets that user's credential."""
-        record = self._record(_hrn(params[1]), "user")
+        record = self._record(*_named(params[1], "user"))
         registered = record_chain(record)[0]
         try:
             presented = load_gid_chain(params[0])[0]
@@ -252,7 +266,7 @@ class RegistryApi:
     def get_credential(self, context: CallContext, params: tuple[Any, ...]) -> str:
         """A user's own credential, or a slice credential for a researcher of the slice."""
         caller = self._caller(context, params[0], "getcredential")
-        target = self._record(_hrn(params[1]), params[2] or None)
+        target = self._record(*_named(params[1], params[2] or None))
         caller_chain = record_chain(caller)
         if target.type == "user" and target.hrn == caller.hrn:
             return self.authority.credential(caller_chain, caller_chain, can_delegate=False)
@@ -270,7 +284,7 @@ class RegistryApi:
         self._caller(context, params[1], "resolve")
         found = []
         for name in params[0]:
-            found.append(record_dict(self._record(_hrn(name), None), self.authority.hrn))
+            found.append(record_dict(self._record(*_named(name)), self.authority.hrn))
         return found
 
     def list(self, context: CallContext, params: tuple[Any, ...]) -> list[dict[str, Any]]:
@@ -281,10 +295,14 @@ class RegistryApi:
         """Register(record, credentials): an authority credential adds a user, slice or node under the authority.
         The authority issues the GID (a new key pair unless the record carries a certificate); returns it (PEM)."""
         record = params[0]
-        hrn, kind = _hrn(record.get("hrn") or record.get("urn")), str(record.get("type", ""))
+        kind = str(record.get("type", ""))
         if kind not in ("user", "slice", "node"):
             raise BadArgs(f"record type {kind!r}: Register takes user, slice or node records")
-        urn = hrn_to_urn(hrn, kind)
+        hrn, _ = _named(record.get("hrn") or record.get("urn"), kind)
+        if record.get("hrn") and record.get("urn") and _named(record["urn"], kind)[0] != hrn:
+            raise BadArgs(f"the record's hrn {hrn[:80]} and urn {record['urn'][:100]} name different records")
+        urn = new_record_urn(hrn, kind)  # a name that maps to exactly this URN, within what the database holds
+        email = record_email(record.get("email") or "")
         self._authority_caller(context, params[1], "register", urn)
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already: use Update")
@@ -298,7 +316,7 @@ class RegistryApi:
         if kind == "slice" and expires is None:
             expires = utcnow() + DEFAULT_SLICE_LIFETIME
         try:
-            chain, _ = self.authority.issue_gid(hrn, kind, public_key=public_key, email=record.get("email") or None)
+            chain, _ = self.authority.issue_gid(hrn, kind, public_key=public_key, email=email or None)
         except AuthorityError as exc:
             raise GeniError(Reason.BAD_ARGS, str(exc)) from exc
         try:
@@ -308,7 +326,7 @@ class RegistryApi:
                     kind,
                     urn,
                     chain_pem(chain),
-                    str(record.get("email") or ""),
+                    email,
                     tuple(str(key) for key in record.get("reg-keys") or record.get("keys") or []),
                     tuple(_hrn(member) for member in record.get("reg-researchers") or record.get("researchers") or []),
                     expires=expires,
@@ -323,7 +341,7 @@ class RegistryApi:
     def update(self, context: CallContext, params: tuple[Any, ...]) -> int:
         """Update(record, credentials): users update their own email and keys; an authority credential anything."""
         record = params[0]
-        target = self._record(_hrn(record.get("hrn") or record.get("urn")), None)
+        target = self._record(*_named(record.get("hrn") or record.get("urn"), record.get("type") or None))
         try:
             self._authority_caller(context, params[1], "update", target.urn)
         except GeniError:
@@ -333,25 +351,42 @@ class RegistryApi:
                     Reason.INSUFFICIENT_PRIVILEGES,
                     f"{caller.hrn} may update only their own email and keys; an authority credential updates the rest",
                 ) from None
+        email = record_email(record["email"]) if record.get("email") is not None else None
+        expires = record.get("expires")
+        if expires is not None and expires <= utcnow():
+            raise BadArgs(f"the expiry {format_time(expires)} is in the past: give a time to come")
         keys = record.get("reg-keys", record.get("keys"))
         members = record.get("reg-researchers", record.get("researchers"))
         pis = record.get("reg-pis", record.get("pis"))
         self.records.update(
             target.hrn,
-            email=record["email"] if record.get("email") is not None else None,
+            email=email,
             keys=keys,
             researchers=[_hrn(member) for member in members] if members is not None else None,
             pis=[_hrn(pi) for pi in pis] if pis is not None else None,
-            expires=record.get("expires"),
+            expires=expires,
         )
         return 1
 
     def remove(self, context: CallContext, params: tuple[Any, ...]) -> int:
-        """Remove(xrn, credentials, type): an authority credential removes a record."""
-        target = self._record(_hrn(params[0]), params[2] or None)
+        """Remove(xrn, credentials, type): an authority credential removes a user or slice record. A user leaves
+        every slice and authority they were a member or PI of, so whoever registers the name next inherits nothing."""
+        target = self._record(*_named(params[0], params[2] or None))
         self._authority_caller(context, params[1], "remove", target.urn)
+        if target.type == "authority":
+            raise BadArgs(
+                f"{target.hrn} is an authority: its record cannot be removed (its PIs would lose their rights for "
+                "good); to change who its PIs are, Update it with reg-pis"
+            )
+        if target.type == "node":
+            raise BadArgs(
+                f"{target.hrn} is a node: node records follow the testbed's inventory; the operator removes the node "
+                "with sfa-omf node remove"
+            )
         self.records.remove(target.hrn)
         self.authority.forget(target.hrn)  # else the next start would import it again from gids/
+        if target.type == "user":  # (the name can be given to someone new with nothing inherited, as by the CLI)
+            delete_user_sfi_dirs(self.authority.directory, self.authority.hrn, target.hrn)
         return 1
 
     # -- helpers ------------------------------------------------------------------------------------------------
@@ -394,7 +429,16 @@ class RegistryApi:
                         f"this credential belongs to {verified.owner_urn}, not to the key you connect with",
                     )
                 self.verifier.authorize(verified, None, None, operation)
-                return self._record(parse_urn(verified.owner_urn).hrn, "user")
+                record = self._record(parse_urn(verified.owner_urn).hrn, "user")
+                # The name alone is not enough: a user removed and registered again under the same name (another
+                # person, another key) must not be reachable with the credential of the earlier one.
+                if record_chain(record)[0].key_id != verified.owner_key_id:
+                    raise GeniError(
+                        Reason.OWNER_MISMATCH,
+                        f"this credential was issued to an earlier holder of {record.hrn}, whose key is no longer "
+                        "registered; ask for a new credential with the registered key (GetSelfCredential)",
+                    )
+                return record
             except GeniError as exc:
                 refusals.append(exc)
         raise refusals[0]

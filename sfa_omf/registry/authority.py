@@ -20,6 +20,7 @@ from datetime import timedelta
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sfa_omf.errors import BadArgs
 from sfa_omf.times import utcnow
 from sfa_omf.trust.credential import CredentialRequest, Privilege, issue_credential
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain_file
@@ -112,14 +113,18 @@ class LocalAuthority:
         parts = split_hrn(hrn)
         if parts[: len(split_hrn(self.hrn))] != split_hrn(self.hrn):
             raise AuthorityError(f"{hrn!r} is not under authority {self.hrn!r}")
+        path = self.issued_gid_path(hrn)
+        if len(os.path.basename(path).encode("utf-8")) > 255:  # the longest file name Linux file systems hold
+            raise BadArgs(f"no GID can be issued for {hrn[:80]!r}...: the name is too long to name its GID file")
         new_key: rsa.RSAPrivateKey | None = None
         if public_key is None:
             new_key = new_private_key()
             public_key = new_key.public_key()
-        subject_public = public_key
-        gid = create_gid(hrn_to_urn(hrn, type_), subject_public, self.key, issuer=self.chain[0], email=email)
+        try:
+            gid = create_gid(hrn_to_urn(hrn, type_), public_key, self.key, issuer=self.chain[0], email=email)
+        except ValueError as exc:  # a name or address X.509 cannot hold; nothing was written yet
+            raise BadArgs(f"no GID can be issued for {hrn[:80]!r}: {exc}") from None
         chain = (gid, *self.chain)
-        path = self.issued_gid_path(hrn)
         if os.path.exists(path):
             raise AuthorityError(f"a GID for {hrn!r} exists already in {path}")
         write_new_file(path, chain_pem(chain).encode("ascii"))

@@ -9,6 +9,7 @@ signature, not a key pair.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,19 +17,23 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfa_omf.calendar.records import NodeRecord
-from sfa_omf.errors import BadArgs
-from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.errors import BadArgs, GeniError
+from sfa_omf.registry.authority import AuthorityError, LocalAuthority
 from sfa_omf.registry.records import Record, Records
 from sfa_omf.trust.gid import chain_pem, load_gid_chain_file
 from sfa_omf.xrn import is_authority_for, parse_urn
 
+log = logging.getLogger("sfa_omf.registry")
+
 
 @dataclass
 class NodeSync:
-    """What a synchronisation did: node HRNs recorded now, and nodes left out (not named under the authority)."""
+    """What a synchronisation did: node HRNs recorded now, nodes left out (not named under the authority), and
+    nodes that could not be recorded (component ID, why), which stay in the inventory and are tried again next time."""
 
     added: list[str] = field(default_factory=list)
     foreign: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 def aggregate_public_key(authority: LocalAuthority) -> rsa.RSAPublicKey:
@@ -49,7 +54,8 @@ def node_hrn(component_id: str) -> str | None:
 
 def record_nodes(authority: LocalAuthority, records: Records, nodes: Iterable[NodeRecord]) -> NodeSync:
     """Make sure each node named under the authority is a registry record of type node with a GID (idempotent: a
-    node recorded already, or whose GID was issued already, is not issued another)."""
+    node recorded already, or whose GID was issued already, is not issued another). A node that cannot be recorded is
+    logged and reported in ``failed``, never raised: one odd node must not keep the registry from starting."""
     report = NodeSync()
     known = {record.hrn for record in records.of_type("node")}
     public_key = None
@@ -60,12 +66,17 @@ def record_nodes(authority: LocalAuthority, records: Records, nodes: Iterable[No
             continue
         if hrn in known:
             continue
-        if os.path.exists(authority.issued_gid_path(hrn)):
-            chain = authority.issued_chain(hrn)
-        else:
-            public_key = public_key or aggregate_public_key(authority)
-            chain, _ = authority.issue_gid(hrn, "node", public_key=public_key)
-        records.add(Record(hrn, "node", node.component_id, chain_pem(chain)))
+        try:
+            if os.path.exists(authority.issued_gid_path(hrn)):
+                chain = authority.issued_chain(hrn)
+            else:
+                public_key = public_key or aggregate_public_key(authority)
+                chain, _ = authority.issue_gid(hrn, "node", public_key=public_key)
+            records.add(Record(hrn, "node", node.component_id, chain_pem(chain)))
+        except (GeniError, AuthorityError, ValueError, OSError) as exc:
+            log.warning("node %s is not recorded in the registry of %s: %s", node.component_id, authority.hrn, exc)
+            report.failed.append((node.component_id, str(exc)))
+            continue
         known.add(hrn)
         report.added.append(hrn)
     return report

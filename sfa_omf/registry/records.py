@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,10 +13,69 @@ from sqlalchemy import select
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import RegistryRecord
 from sfa_omf.calendar.queries import from_s, to_s
+from sfa_omf.errors import BadArgs
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain, load_gid_chain_file
-from sfa_omf.xrn import is_authority_for, split_hrn
+from sfa_omf.xrn import hrn_to_urn, is_authority_for, parse_urn, split_hrn
+
+#: What the registry_record columns hold (calendar/models.py); a name or address over these is refused up front.
+MAX_URN_CHARS = 300
+MAX_EMAIL_CHARS = 200
+#: An HRN names files (gids/HRN.gid; in an sfi.py directory HRN.pkey, HRN.user.gid and what sfi.py adds), and a file
+#: name holds at most 255 bytes: 200 bytes of UTF-8 leave room for every suffix (and fit the 300-character columns).
+MAX_HRN_BYTES = 200
+#: Characters no HRN part may hold: ':' and '+' are the URN's separators (tb.x:y.carol would get tb.x.y.carol's
+#: URN, so their identity), '/' would make a subdirectory of gids/.
+_FORBIDDEN_IN_PART = frozenset(":+/")
+
+
+def new_record_urn(hrn: str, kind: str) -> str:
+    """The URN of a record about to be registered, after checking its HRN names exactly one URN and back: no ':',
+    '+', '/', white space or control characters in a part, and within what the database columns hold."""
+    if len(hrn.encode("utf-8")) > MAX_HRN_BYTES:
+        raise BadArgs(
+            f"the HRN {hrn[:60]}... is {len(hrn.encode('utf-8'))} bytes long (UTF-8); the registry holds at most "
+            f"{MAX_HRN_BYTES} (its files are named after it): choose a shorter name"
+        )
+    for part in split_hrn(hrn):
+        bad = sorted(
+            {
+                repr(char)
+                for char in part
+                if char in _FORBIDDEN_IN_PART or char.isspace() or unicodedata.category(char).startswith("C")
+            }
+        )
+        if bad:
+            raise BadArgs(
+                f"the HRN part {part[:60]!r} holds {', '.join(bad)}: parts of a registered name may not hold ':', "
+                "'+', '/', white space or control characters (use letters, digits, '-' and '_')"
+            )
+    urn = hrn_to_urn(hrn, kind)
+    if len(urn) > MAX_URN_CHARS:
+        raise BadArgs(f"the URN {urn[:60]}... is {len(urn)} characters long; the registry holds {MAX_URN_CHARS}")
+    if parse_urn(urn).hrn != hrn:  # the URN must name this record and no other
+        raise BadArgs(f"the HRN {hrn[:80]!r} does not survive its URN {urn[:80]!r}: choose a plainer name")
+    return urn
+
+
+def record_email(address: str) -> str:
+    """An e-mail address the registry can store and put in a GID: ASCII before the '@', a domain that is ASCII or
+    IDNA-encodable (stored in its ASCII form), at most what the column holds. Empty: none."""
+    if not address:
+        return ""
+    local, at, domain = address.rpartition("@")
+    if not at or not local.isascii():
+        raise BadArgs(f"the e-mail address {address[:80]!r} must be ASCII before the '@' (GIDs carry ASCII addresses)")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise BadArgs(f"the e-mail domain {domain[:80]!r} is not a usable domain name: {exc}") from None
+    address = f"{local}@{domain}"
+    if len(address) > MAX_EMAIL_CHARS:
+        raise BadArgs(f"the e-mail address is {len(address)} characters long; the registry holds {MAX_EMAIL_CHARS}")
+    return address
 
 
 @dataclass(frozen=True)
@@ -132,11 +192,20 @@ class Records:
             return [_record(row) for row in rows]
 
     def remove(self, hrn: str) -> bool:
+        """Remove a record and, in the same transaction, its HRN from every slice's researchers and every authority's
+        PIs: whoever registers the name next must not inherit the memberships. False: there was no such record."""
         with self.database.write() as session:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
             if row is None:
                 return False
             session.delete(row)
+            holders = session.scalars(select(RegistryRecord).where(RegistryRecord.type.in_(("slice", "authority"))))
+            for holder in holders:
+                researchers = [member for member in holder.researchers if member != hrn]
+                pis = [pi for pi in holder.pis or [] if pi != hrn]
+                if researchers != list(holder.researchers) or pis != list(holder.pis or []):
+                    holder.researchers, holder.pis = researchers, pis
+                    holder.updated_s = int(utcnow().timestamp())
             return True
 
     def import_authority(

@@ -1,12 +1,14 @@
 """Making keys and GIDs: for the local authority, its users, slices, nodes and the aggregate itself.
 
 GIDs are made the way SFA makes them, so that sfi.py, omni, xmlsec1 and openssl all read them: RSA 2048 keys, CN =
-HRN, subjectAltName = URN + UUID (+ e-mail), basicConstraints CA:TRUE for authorities only, and subject/authority
-key identifiers (GENI speaks-for names keys by their subjectKeyIdentifier).
+HRN (shortened when over X.509's 64 characters: ``common_name``), subjectAltName = URN + UUID (+ e-mail),
+basicConstraints CA:TRUE for authorities only, and subject/authority key identifiers (GENI speaks-for names keys by
+their subjectKeyIdentifier).
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid as uuid_module
 from datetime import datetime, timedelta
 
@@ -20,6 +22,8 @@ from sfa_omf.trust.gid import Gid, GidChain, gid_from_certificate
 from sfa_omf.xrn import parse_urn
 
 DEFAULT_GID_LIFETIME = timedelta(days=5 * 365)
+#: X.509's upper bound on a common name (RFC 5280 ub-common-name).
+MAX_COMMON_NAME = 64
 # Certificates start a little in the past so that a peer whose clock is slightly behind still accepts them.
 _CLOCK_SKEW = timedelta(minutes=5)
 
@@ -50,6 +54,18 @@ def load_private_key_file(path: str) -> rsa.RSAPrivateKey:
         return load_private_key(handle.read())
 
 
+def common_name(hrn: str) -> str:
+    """The subject CN for an HRN: the HRN itself when it fits X.509's 64 characters (UTF-8 bytes), else its start, '~'
+    and 12 hex digits of its SHA-256 (distinct names stay distinct). Only a fallback: readers take the HRN from the
+    URN in subjectAltName (trust/gid.py), which has no such bound."""
+    encoded = hrn.encode("utf-8")
+    if len(encoded) <= MAX_COMMON_NAME:  # counted in UTF-8 bytes, as the certificate holds it
+        return hrn
+    digest = hashlib.sha256(encoded).hexdigest()[:12]
+    head = encoded[: MAX_COMMON_NAME - len(digest) - 1].decode("utf-8", "ignore")  # never half a character
+    return f"{head}~{digest}"
+
+
 def create_gid(
     urn: str,
     public_key: rsa.RSAPublicKey,
@@ -66,7 +82,7 @@ def create_gid(
     Authorities (URN type ``authority``) get CA:TRUE; everything else CA:FALSE.
     """
     parsed = parse_urn(urn)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, parsed.hrn)])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name(parsed.hrn))])
     issuer_name = issuer.certificate.subject if issuer is not None else subject
     san: list[x509.GeneralName] = [
         x509.UniformResourceIdentifier(str(parsed)),
