@@ -23,6 +23,7 @@ from sfa_omf.cli_calendar import add_calendar_commands
 from sfa_omf.cli_config import add_config_commands
 from sfa_omf.cli_images import add_image_commands
 from sfa_omf.cli_notify import add_notify_commands
+from sfa_omf.cli_omf import add_omf_commands
 from sfa_omf.cli_registry import add_registry_commands
 from sfa_omf.cli_rspec import add_rspec_commands
 from sfa_omf.cli_server import add_server_commands
@@ -166,6 +167,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_agent_commands(commands)
     add_config_commands(commands)
     add_image_commands(commands)
+    add_omf_commands(commands)
     return parser
 
 

@@ -62,6 +62,13 @@ def add_agent_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     enrol.add_argument("--server", required=True, help="the aggregate, https://HOST:PORT/")
     enrol.add_argument("--token", required=True)
     enrol.add_argument("--root", required=True, help="the authority's root certificate the operator gave you")
+    enrol.add_argument(
+        "--aggregate",
+        default="",
+        metavar="URN",
+        help="the aggregate's URN the invitation names (default: the aggregate of the root's authority); the token "
+        "is sent only to a server whose certificate names it",
+    )
     enrol.add_argument("--state", required=True, help="directory for the node's key, certificate and state")
     enrol.add_argument("--hostname", required=True, help="this node's name (one DNS label)")
     enrol.add_argument("--local-address", default="", help="this node's address on its LAN")
@@ -90,18 +97,29 @@ def _invite(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.agents import Agents
     from sfa_omf.calendar.database import Database
     from sfa_omf.registry.authority import LocalAuthority
+    from sfa_omf.xrn import hrn_to_urn
 
     settings = command_settings(args)
     token, record = Agents(Database(settings.calendar_url)).create_token(args.pool, args.lifetime)
     root = LocalAuthority.gid_path(settings.data_dir, settings.interface_hrn)
     server = f"https://{settings.hostname}:{settings.aggregate_port}/"
+    # The agent sends the token only to a server whose certificate names this URN (am.gid's).
+    aggregate = hrn_to_urn(settings.interface_hrn, "authority+am")
     if args.json:
-        print(json.dumps({"token": token, "pool": record.pool, "expires": format_time(record.expires), "root": root}))
+        invitation = {
+            "token": token,
+            "pool": record.pool,
+            "expires": format_time(record.expires),
+            "root": root,
+            "aggregate": aggregate,
+        }
+        print(json.dumps(invitation))
         return 0
     print(f"join token for pool {record.pool!r}, valid until {format_time(record.expires)} (once):")
     print(f"  {token}")
     print(f"on the node, with a copy of {root}:")
-    print(f"  sfa-omf agent enrol --server {server} --token {token} --root ROOT.gid --state /var/lib/sfa-omf-agent \\")
+    print(f"  sfa-omf agent enrol --server {server} --aggregate {aggregate} \\")
+    print(f"      --token {token} --root ROOT.gid --state /var/lib/sfa-omf-agent \\")
     print("      --hostname NAME [--local-address IP] [--lan-group GROUP]")
     return 0
 
@@ -143,7 +161,7 @@ def _properties(pairs: list[str]) -> dict[str, str]:
 
 
 def _enrol(args: argparse.Namespace) -> int:
-    from sfa_omf.agents.node import AgentCallError, enrol
+    from sfa_omf.agents.node import AgentCallError, ServerNotTrusted, enrol
 
     try:
         enrolled = enrol(
@@ -156,7 +174,15 @@ def _enrol(args: argparse.Namespace) -> int:
             args.lan_group,
             _properties(args.property),
             retry_for_s=args.retry_for,
+            aggregate_urn=args.aggregate,
         )
+    except ServerNotTrusted as exc:
+        print(
+            f"sfa-omf agent: {args.server} is not the aggregate: {exc.message}; the token was not sent (check --server "
+            "and --aggregate against the invitation)",
+            file=sys.stderr,
+        )
+        return 1
     except AgentCallError as exc:
         print(f"sfa-omf agent: the server refused: {exc.message} ({exc.status} {exc.reason})", file=sys.stderr)
         return 1
@@ -240,19 +266,49 @@ def oar_agent_nodes(settings: Any) -> OarAgentNodes | None:
 
 def revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
     """Revoke the VPN certificate issued to a node that was just removed; False when it had none (or no VPN)."""
-    from sfa_omf.agents.vpn import VpnCa
+    from sfa_omf.agents.vpn import VpnCa, VpnCaMismatch
+    from sfa_omf.calendar.database import Database
 
     directory = os.path.join(settings.data_dir, "vpn")
-    if not os.path.exists(os.path.join(directory, "issued", f"{hostname}.pem")):
-        return False
-    return VpnCa(directory, settings.interface_hrn).revoke_node(hostname)
+    database = Database(settings.calendar_url)
+    if database.is_sqlite:
+        if not os.path.exists(os.path.join(directory, "issued", f"{hostname}.pem")):
+            return False
+        return VpnCa(directory, settings.interface_hrn).revoke_node(hostname)
+    # PostgreSQL: the cluster's records know what any host issued; the revocation recorded there reaches every
+    # serving host's CRL at its next refresh (about 5 s). On a host holding the cluster's CA, its files are recorded
+    # first (a host upgraded from the file-only VPN may know a certificate the records do not yet) and its CRL is
+    # written at once.
+    if os.path.exists(os.path.join(directory, "ca.pem")):
+        try:
+            return bool(cluster_vpn_ca(settings).revoke_node(hostname))
+        except VpnCaMismatch:
+            pass  # this host's CA is not the cluster's (its serve refuses to start): the records alone
+    from sfa_omf.calendar.vpn_records import VpnRecords
+
+    return VpnRecords(database).revoke_current(hostname) is not None
+
+
+def cluster_vpn_ca(settings: Any) -> Any:
+    """The VPN's CA as ``serve`` has it: on PostgreSQL the cluster's (its records in the database: what this command
+    revokes reaches every host, and a host without the cluster's CA refuses rather than make another); on SQLite the
+    files of DATA_DIR/vpn."""
+    from sfa_omf.agents.vpn import VpnCa
+    from sfa_omf.calendar.database import Database
+
+    database = Database(settings.calendar_url)
+    records = None
+    if not database.is_sqlite:
+        from sfa_omf.calendar.vpn_records import VpnRecords
+
+        database.require_current_schema()
+        records = VpnRecords(database)
+    return VpnCa(os.path.join(settings.data_dir, "vpn"), settings.interface_hrn, records)
 
 
 def _vpn_ca(args: argparse.Namespace) -> Any:
-    from sfa_omf.agents.vpn import VpnCa
-
     settings = command_settings(args)
-    return VpnCa(os.path.join(settings.data_dir, "vpn"), settings.interface_hrn), settings
+    return cluster_vpn_ca(settings), settings
 
 
 def _vpn_config(args: argparse.Namespace) -> int:

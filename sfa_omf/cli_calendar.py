@@ -176,7 +176,7 @@ def _node_import(args: argparse.Namespace) -> int:
     except OarError as exc:
         raise GeniError(Reason.UNAVAILABLE, f"cannot read OAR's resources: {exc.message}") from exc
     database = Database(settings.calendar_url)
-    database.upgrade()
+    database.require_current_schema()  # an older schema is db upgrade's to migrate, not an import's
     inventory = Inventory(database, Policy(default_grain_s=settings.grain_s))
     report = import_nodes(inventory, resources, settings.interface_hrn, progress=_progress_bar("nodes"))
     print(
@@ -196,7 +196,7 @@ def _node_import_file(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     entries = read_node_file(args.from_file)
     database = Database(settings.calendar_url)
-    database.upgrade()
+    database.require_current_schema()  # an older schema is db upgrade's to migrate, not an import's
     report = import_nodes(database, entries, Policy(default_grain_s=settings.grain_s), progress=_progress_bar("nodes"))
     print(
         f"{report.added} node(s) added, {report.updated} updated, {report.unchanged} unchanged (from {args.from_file})"
@@ -207,6 +207,7 @@ def _node_import_file(args: argparse.Namespace) -> int:
 
 def _node_import_omf(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.bulk_import import import_nodes
+    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.calendar.policy import Policy
     from sfa_omf.server.app import build_aggregate
@@ -218,7 +219,12 @@ def _node_import_omf(args: argparse.Namespace) -> int:
     print(f"reading the broker's nodes from {url} ...", file=sys.stderr)
     nodes = importer.fetch_nodes(url, args.cert, args.key, args.ca, args.insecure, timeout_s=60)
     entries = importer.node_entries(nodes, settings.interface_hrn, url)
-    aggregate = build_aggregate(settings)
+    checked = Database(settings.calendar_url)
+    try:
+        checked.require_current_schema()  # an older schema is db upgrade's to migrate, not an import's
+    finally:
+        checked.dispose()
+    aggregate = build_aggregate(settings, upgrade=False)
     database = aggregate.database
     report = import_nodes(database, entries, Policy(default_grain_s=settings.grain_s), progress=_progress_bar("nodes"))
     print(f"{report.added} node(s) added, {report.updated} updated, {report.unchanged} unchanged (from {url})")
@@ -336,6 +342,7 @@ def _node_remove(args: argparse.Namespace) -> int:
 
     settings = command_settings(args)
     database = Database(settings.calendar_url)
+    database.require_current_schema()  # (nothing is removed when a later step would meet an older schema)
     inventory = Inventory(database)
     node = inventory.get_node(args.component_id)
     name = node.component_name
@@ -362,7 +369,8 @@ def _node_remove(args: argparse.Namespace) -> int:
                 "(oarremoveresource) or leave it: the node's next registration under this name replaces it",
                 file=sys.stderr,
             )
-    if revoke_vpn_of_removed_node(settings, name):  # a node agent's VPN access goes with the node
+    # A node agent's VPN access goes with the node (only agents' nodes get VPN certificates).
+    if node.hardware_type == AGENT_HARDWARE_TYPE and revoke_vpn_of_removed_node(settings, name):
         print(f"revoked the VPN certificate of {name}")
     if node.hardware_type == AGENT_HARDWARE_TYPE:  # and so do its DNS names and its staged files
         _forget_agent_names(settings, database, name)

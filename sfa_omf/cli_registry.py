@@ -89,7 +89,7 @@ def _admin(args: argparse.Namespace) -> RegistryAdmin:
 
     settings = command_settings(args)
     database = Database(settings.calendar_url)
-    database.upgrade()
+    database.require_current_schema()
     authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
     return RegistryAdmin(authority, Records(database), settings)
 
@@ -187,6 +187,12 @@ def _remove(args: argparse.Namespace) -> int:
     print(f"removed {record.type} {record.hrn} (its GID stays valid until it expires; it is no longer registered)")
     for directory in removed.deleted_dirs:
         print(f"  deleted its sfi.py directory {directory} (with its private key)")
+    if removed.retired_login:
+        print(
+            f"  its local login {removed.retired_login} is retired: nobody registered later under this name gets it "
+            "(the Unix account, if one was made, stays with its home directory: userdel -r it when it is no longer "
+            "needed)"
+        )
     return 0
 
 

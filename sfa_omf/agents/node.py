@@ -5,8 +5,9 @@ token, and keeps the certificate, our authority's root, the server's address and
 directory. The agent then loops: heartbeat, fetch the work, make the host match it (accounts and keys of running
 leases, removal of finished ones), report. Every call verifies the server against the root given at enrolment, and
 that its certificate names the aggregate (``...+authority+am``): any node or user of our authority also holds a
-certificate chaining to the root, and must not pass for the aggregate. A server that is down or restarting is waited
-for: the loop keeps its state on disk and carries on where it was.
+certificate chaining to the root, and must not pass for the aggregate. At enrolment, before the token is sent, the
+aggregate is the one the invitation names, or the aggregate of the root's own authority. A server that is down or
+restarting is waited for: the loop keeps its state on disk and carries on where it was.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from cryptography.x509.oid import NameOID
 from sfa_omf.agents.host import Host
 from sfa_omf.errors import BadArgs
 from sfa_omf.times import utcnow
-from sfa_omf.trust.gid import gid_from_der
+from sfa_omf.trust.gid import gid_from_der, load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key, new_private_key, private_key_pem
 from sfa_omf.xrn import Urn, parse_urn
 
@@ -65,6 +66,30 @@ class ServerNotTrusted(AgentCallError):
 def aggregate_urn_of(node_urn: str) -> str:
     """The URN of the aggregate that enrolled a node: ``authority+am`` of the node's authority."""
     return str(Urn(authority=parse_urn(node_urn).authority, type="authority", name="am"))
+
+
+def expected_aggregate(root_path: str, aggregate_urn: str = "") -> str:
+    """The aggregate an agent enrols with, checked in the server's certificate before the join token is sent:
+    ``aggregate_urn`` when the invitation names it (``sfa-omf node invite`` prints ``--aggregate``), else the
+    aggregate of the authority the root belongs to (``urn:publicid:IDN+<root's authority>+authority+am``: the
+    aggregate's own authority is that root). Any other certificate under the root (a node's, a user's, another
+    authority's aggregate) must not receive the token."""
+    if aggregate_urn:
+        if not _is_aggregate_urn(aggregate_urn):
+            raise BadArgs(
+                f"--aggregate {aggregate_urn!r} is not an aggregate's URN (urn:publicid:IDN+...+authority+am)"
+            )
+        return aggregate_urn
+    try:
+        root = load_gid_chain_file(root_path)[0]
+        authority = parse_urn(root.urn or "")
+    except (ValueError, BadArgs) as exc:
+        raise BadArgs(
+            f"the root {root_path} names no authority ({exc}): give --aggregate URN (sfa-omf node invite prints it)"
+        ) from None
+    if not authority.is_authority:
+        raise BadArgs(f"the root {root_path} names {root.urn!r}, not an authority: give the authority's root GID")
+    return str(Urn(authority=authority.authority, type="authority", name="am"))
 
 
 def _is_aggregate_urn(urn: str) -> bool:
@@ -119,8 +144,6 @@ class Client:
         context.load_cert_chain(cert_path, key_path)
         self.context = context
         self.server_urn = server_urn
-        #: The URN the server's certificate named at the last exchange (enrolment keeps it).
-        self.seen_urn = ""
 
     def _check_server(self, connection: http.client.HTTPSConnection) -> None:
         """Refuse a server whose certificate (verified against our root at the handshake) is not the aggregate's."""
@@ -133,7 +156,6 @@ class Client:
             raise ServerNotTrusted(f"the server's certificate names {urn!r}, not the aggregate {self.server_urn!r}")
         if not _is_aggregate_urn(urn):
             raise ServerNotTrusted(f"the server's certificate names {urn!r}, not an aggregate (...+authority+am)")
-        self.seen_urn = urn
 
     def _exchange(
         self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
@@ -200,11 +222,14 @@ def enrol(
     properties: dict[str, str] | None = None,
     retry_for_s: float = 0,
     sleep: Callable[[float], None] = time.sleep,
+    aggregate_urn: str = "",
 ) -> Enrolled:
     """Register with a join token and keep key, certificate, root and server in ``state_dir``. The key is made once
     and reused, so running enrol again with the same token is harmless — which is what ``retry_for_s`` does while
     the server is busy or unreachable (503, no answer in time: many nodes joining at once, its DNS or testbed down),
-    waiting 1, 2, 4 ... 30 s between tries."""
+    waiting 1, 2, 4 ... 30 s between tries. The server's certificate must name the aggregate (``aggregate_urn``,
+    else the aggregate of the root's authority: see expected_aggregate) before anything is sent to it."""
+    server_urn = expected_aggregate(root_path, aggregate_urn)
     state = Path(state_dir)
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path = state / KEY
@@ -227,7 +252,9 @@ def enrol(
         "properties": properties or {},
     }
     try:
-        client = Client(server, str(bootstrap), str(key_path), root_path)
+        # Pinned from the first connection: the token goes to the aggregate only, never to whatever else chains to
+        # the root (ServerNotTrusted, raised after the handshake and before the request, is not retried).
+        client = Client(server, str(bootstrap), str(key_path), root_path, server_urn)
         answer = _register_until(lambda: client.call("POST", "register", request), retry_for_s, sleep)
     finally:
         bootstrap.unlink(missing_ok=True)
@@ -235,9 +262,8 @@ def enrol(
     if str(answer.get("root", "")).strip() != given_root:
         raise AgentCallError(200, "untrusted", "the server's root is not the root given to enrol with")
     # The aggregate is the one of the authority that named our node; its URN is pinned for every later call.
-    server_urn = aggregate_urn_of(str(answer["node"]))
-    if client.seen_urn != server_urn:
-        raise ServerNotTrusted(f"the server is {client.seen_urn!r}, not {server_urn!r}, the aggregate of our node")
+    if aggregate_urn_of(str(answer["node"])) != server_urn:
+        raise ServerNotTrusted(f"the server {server_urn!r} named our node {answer['node']!r}, of another authority")
     _write_private(state / CERT, str(answer["certificate"]).encode("ascii"), 0o644)
     _write_private(state / ROOT, given_root.encode("ascii") + b"\n", 0o644)
     config = {

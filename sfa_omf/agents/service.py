@@ -41,8 +41,12 @@ MIN_KEY_BITS = 2048
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _LEASE_ID = re.compile(r"^[0-9a-f-]{36}$")
 # Properties the aggregate sets itself or the operator records: network_address would point the OAR backend at
-# another node; hostname and uuid name the node in the OMF backend's REST inventory (another node's would be claimed).
-_RESERVED_PROPERTIES = frozenset({"local_address", "lan_group", "network_address", "hostname", "uuid"})
+# another node; hostname and uuid name the node in the OMF backend's REST inventory (another node's would be claimed);
+# cmc and interfaces are what the OMF controllers read to switch the node and reach it (they would be redirected).
+_SET_BY_THE_AGGREGATE = frozenset({"local_address", "lan_group"})
+#: Names an agent's node never carries from its agent (migration 0020 removed what older agents had stored).
+NOT_FROM_AGENTS = frozenset({"network_address", "hostname", "uuid", "cmc", "interfaces"})
+_RESERVED_PROPERTIES = _SET_BY_THE_AGGREGATE | NOT_FROM_AGENTS
 log = logging.getLogger("sfa_omf.agents")
 
 
@@ -265,7 +269,10 @@ class AgentService:
         checked: dict[str, str] = {}
         for name, item in value.items():
             if name in _RESERVED_PROPERTIES:
-                raise _bad(f"property {name!r} is set by the aggregate, not by an agent: leave it out")
+                raise _bad(
+                    f"property {name!r} is set by the aggregate or its operator, not by an agent: leave it out "
+                    f"(reserved: {', '.join(sorted(_RESERVED_PROPERTIES))})"
+                )
             if not _LABEL.match(name):
                 raise _bad(f"property name {name!r} is not allowed (letters, digits, '_', '.', '-')")
             if not isinstance(item, str | int | float) or isinstance(item, bool) or len(str(item)) > MAX_PROPERTY_CHARS:
@@ -311,7 +318,11 @@ class AgentService:
         return {"node": agent.node, "heartbeat_s": self.settings.heartbeat_s, "timeout_s": self.settings.timeout_s}
 
     def flush_heartbeats(self) -> int:
-        """Write the heartbeats gathered since the last flush; how many agents that was."""
+        """Write the heartbeats gathered since the last flush; how many agents that was. Every process runs it every
+        few seconds, so it also brings this host's VPN files (CRL, ccd/) in line with the cluster's records: a
+        certificate revoked through another host is refused here from then on (when nothing changed, one small
+        query and a few stats: VpnCa.refresh)."""
+        self._refresh_vpn()
         with self._heard_lock:
             heard, self._heard = self._heard, {}
         try:
@@ -322,6 +333,17 @@ class AgentService:
                     self._heard[node] = max(seconds, self._heard.get(node, 0))
             raise
         return len(heard)
+
+    def _refresh_vpn(self) -> None:
+        if self.vpn is None:
+            return
+        try:
+            if self.vpn.refresh():
+                log.info("VPN files (CRL, client configs) brought in line with the cluster's records")
+        except (GeniError, OSError) as exc:  # the database away a moment: the next round tries again
+            log.warning("VPN files not brought in line with the cluster's records (next round): %s", exc)
+        except Exception:  # never in the way of the heartbeats' flush, which follows
+            log.exception("VPN files not brought in line with the cluster's records (next round)")
 
     def sweep_lost(self) -> list[str]:
         """Flush, then put the nodes of agents silent for the timeout out of service (in the testbed's list of

@@ -7,7 +7,23 @@ Layout, in ``DATA_DIR/vpn/`` (made on first use; keys 0600)::
                              federation can open the tunnel)
     server.key, server.pem   the OpenVPN server's certificate (extended key usage serverAuth)
     ccd/<hostname>           the node's fixed address (OpenVPN client-config-dir; ccd-exclusive refuses others)
+    issued/<hostname>.pem    the node's current client certificate
     revoked.json, crl.pem    revoked serial numbers, and the CRL OpenVPN reads (crl-verify)
+
+Several hosts on one database (``VpnCa(..., records=VpnRecords(database))``, what ``sfa-omf serve`` builds) are one
+VPN: the CA is made once, by the first host, and its fingerprint recorded in the database; a host whose directory
+holds another CA, or none, refuses to start the VPN and says what to copy from which host (never a second CA).
+Issued and revoked certificates are recorded in the database, and every host writes issued/, ccd/, revoked.json and
+crl.pem from those rows (``refresh``: at start, after each issue or revocation, and every few seconds), so a
+certificate revoked through one host is in every host's CRL within that period. Without records (an operator's
+command given no database) the files alone are kept, as on a single host; the next refresh of a host records what
+such a command changed there (a revocation, a certificate) for the cluster.
+
+A refresh costs one small query when nothing changed: it compares the records' version and the timestamps of
+revoked.json, crl.pem, issued/ and ccd/ with those it saw when it last wrote them, and reads or writes no file when
+both are the same. The files are read again (each only when its timestamps changed) when another process changed
+them, and written where they differ from the records. Every writer here replaces a file (a new inode, a change to its
+directory), never edits it in place, which is what the timestamps see.
 
 A node's address is fixed by its calendar node id: 10.200.0.0/16, host part = node id + 1 (the server is .0.1).
 The client's key is the node's own key: the request must hold the key the agent enrolled with.
@@ -16,20 +32,26 @@ The client's key is the node's own key: the request must hold the key the agent 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sfa_omf.calendar.vpn_records import IssuedCertificate, VpnRecords
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 from sfa_omf.trust.pki import load_private_key, new_private_key, private_key_pem
@@ -38,6 +60,28 @@ NETWORK = ipaddress.ip_network("10.200.0.0/16")
 SERVER_ADDRESS = NETWORK.network_address + 1
 CLIENT_LIFETIME = timedelta(days=365)
 CA_LIFETIME = timedelta(days=10 * 365)
+#: The files that make a host's VPN CA: what is copied from the host that made it.
+CA_FILES = ("ca.key", "ca.pem", "server.key", "server.pem")
+#: A file changed less than this before it was looked at may change again without its timestamps showing it (they are
+#: coarse: a tick of the kernel's clock on Linux, up to 2 s on some file systems): what was seen of it is not trusted
+#: the next time (git's "racy" files).
+SETTLED_S = 2.0
+
+#: What tells that a file or a directory changed: inode, size, modification and change times (ns).
+Stamp = tuple[int, int, int, int]
+
+
+class VpnCaMismatch(GeniError):
+    """This host's DATA_DIR/vpn does not hold the cluster's VPN CA: the VPN is not started (the message says what to
+    copy from where)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Reason.UNSUPPORTED, message)
+
+
+def ca_fingerprint(ca: x509.Certificate) -> str:
+    """SHA-256 of the CA certificate (DER), hex: how the database names the cluster's CA."""
+    return hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def node_address(node_id: int) -> ipaddress.IPv4Address:
@@ -57,6 +101,34 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
     with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644), "wb") as out:
         out.write(data)
     os.replace(temporary, path)
+
+
+def _ccd(address: str) -> bytes:
+    return f"ifconfig-push {address} {NETWORK.netmask}\n".encode()
+
+
+def _stamp(path: Path) -> Stamp | None:
+    """The file's or directory's stamp, None when it is absent."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
+        return None
+    return (found.st_ino, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
+
+
+def _settled(stamp: Stamp | None, now_s: float) -> bool:
+    """True when the stamp's last change is SETTLED_S old: a later change gives another stamp."""
+    return stamp is None or now_s - stamp[3] / 1e9 >= SETTLED_S
+
+
+@dataclass
+class _Files:
+    """What a host's VPN files hold, as this process last read or wrote them (contents as bytes)."""
+
+    revoked: list[int] | None  # revoked.json, sorted; None when absent or unreadable
+    crl: bool  # crl.pem exists
+    issued: dict[str, bytes] = field(default_factory=dict)  # hostname -> issued/<hostname>.pem
+    ccd: dict[str, bytes] = field(default_factory=dict)  # hostname -> ccd/<hostname>
 
 
 def _leaf(
@@ -85,20 +157,71 @@ class VpnCa:
     """The VPN's CA on disk. One signer at a time (the CRL, the issued certificates): a lock for the threads of this
     process and a file lock for other processes (``sfa-omf node vpn-revoke`` beside the server)."""
 
-    def __init__(self, directory: str, authority_hrn: str) -> None:
+    def __init__(
+        self,
+        directory: str,
+        authority_hrn: str,
+        records: VpnRecords | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """The CA in ``directory`` (made when absent, on a single host or the cluster's first). With ``records`` it
+        must be the cluster's CA (VpnCaMismatch otherwise), and the files are written from the database at once.
+        ``clock``: the time now (epoch seconds), to tell whether the files' timestamps are settled (SETTLED_S)."""
         self.directory = Path(directory)
+        self.records = records
+        self.clock = clock
         self._lock = threading.Lock()
+        # What refresh() last saw (with records): the records' version its files were written from, and the stamps of
+        # the files after it (None when not yet settled: they are read again); the files' contents then; the bytes of
+        # each file read, by path, with its stamp (only settled ones: a file whose stamp is the same is not read).
+        self._seen: tuple[str, tuple[Stamp | None, ...] | None] | None = None
+        self._files: _Files | None = None
+        self._read_cache: dict[Path, tuple[Stamp, bytes]] = {}
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.directory / "ccd").mkdir(exist_ok=True)
         # The server and an operator's command may both be first: the CA is made once, under a lock across processes.
         with open(self.directory / "lock", "a+") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (self.directory / "ca.pem").exists():
+            if records is not None:
+                self._check_cluster_ca(records, authority_hrn)
+            elif not (self.directory / "ca.pem").exists():
                 self._create(authority_hrn)
             self.ca_key = load_private_key((self.directory / "ca.key").read_bytes())
             self.ca = x509.load_pem_x509_certificate((self.directory / "ca.pem").read_bytes())
             if not (self.directory / "crl.pem").exists():
                 self._write_crl([])
+        if records is not None:
+            self.refresh()
+
+    def _check_cluster_ca(self, records: VpnRecords, authority_hrn: str) -> None:
+        """Make sure this directory holds the cluster's CA: record it (making it first) when the cluster has none,
+        refuse another or none when it has one. Called under the directory's lock."""
+        ca_path = self.directory / "ca.pem"
+        cluster = records.cluster_ca()
+        made_here = False
+        if cluster is None:
+            if not ca_path.exists():  # the cluster's first host: its CA becomes the cluster's
+                self._create(authority_hrn)
+                made_here = True
+            local = ca_fingerprint(x509.load_pem_x509_certificate(ca_path.read_bytes()))
+            cluster = records.record_ca(local, socket.gethostname())
+            if cluster.sha256 != local and made_here:  # another host recorded its CA first: ours was never used
+                for name in CA_FILES:
+                    (self.directory / name).unlink(missing_ok=True)
+        copy = (
+            f"copy {', '.join(CA_FILES)} from DATA_DIR/vpn/ of host {cluster.made_on!r} (which made the cluster's VPN "
+            f"CA, SHA-256 {cluster.sha256}) into {self.directory}/, keeping their modes (keys 0600), then start again "
+            "(docs/operators.md, Several hosts)"
+        )
+        if not ca_path.exists():
+            raise VpnCaMismatch(f"the VPN is not started: this host's {self.directory} holds no VPN CA; {copy}")
+        local = ca_fingerprint(x509.load_pem_x509_certificate(ca_path.read_bytes()))
+        if local != cluster.sha256:
+            raise VpnCaMismatch(
+                f"the VPN is not started: this host's {self.directory} holds another VPN CA (SHA-256 {local}) than "
+                f"the cluster's: certificates it signed would not open the other hosts' tunnels. Move this host's "
+                f"{', '.join(CA_FILES)} aside and {copy}"
+            )
 
     def _create(self, authority_hrn: str) -> None:
         key = new_private_key()
@@ -139,7 +262,7 @@ class VpnCa:
     def _sign(self, hostname: str, node_id: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
         address = node_address(node_id)
         certificate = _leaf(hostname, public_key, self.ca_key, self.ca, server=False)
-        _write(self.directory / "ccd" / hostname, f"ifconfig-push {address} {NETWORK.netmask}\n".encode())
+        _write(self.directory / "ccd" / hostname, _ccd(str(address)))
         return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"), str(address)
 
     def sign_client(self, hostname: str, node_id: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
@@ -148,18 +271,30 @@ class VpnCa:
             return self._sign(hostname, node_id, public_key)
 
     def issue(self, hostname: str, node_id: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
-        """sign_client, keeping the certificate in issued/ (the previous one of the node is revoked), all at once."""
+        """sign_client, keeping the certificate in issued/ (the previous one of the node is revoked), all at once.
+        With records: recorded for the cluster first (nothing is written when that fails), then the files."""
+        if self.records is not None:
+            address = str(node_address(node_id))
+            certificate = _leaf(hostname, public_key, self.ca_key, self.ca, server=False)
+            pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+            self.records.replace(IssuedCertificate(hostname, certificate.serial_number, address, pem))
+            self.refresh()
+            return pem, address
         issued = self.directory / "issued" / f"{hostname}.pem"
         with self._locked():
             if issued.exists():
                 self._revoke(issued.read_text(), hostname)
-            certificate, address = self._sign(hostname, node_id, public_key)
+            pem, address = self._sign(hostname, node_id, public_key)
             issued.parent.mkdir(exist_ok=True)
-            _write(issued, certificate.encode("ascii"))
-        return certificate, address
+            _write(issued, pem.encode("ascii"))
+        return pem, address
 
     def revoke_node(self, hostname: str) -> bool:
         """Revoke the node's current VPN certificate (a node removed); False when it has none."""
+        if self.records is not None:
+            revoked = self.records.revoke_current(hostname) is not None
+            self.refresh()
+            return revoked
         issued = self.directory / "issued" / f"{hostname}.pem"
         with self._locked():
             if not issued.exists():
@@ -172,31 +307,175 @@ class VpnCa:
         """Revoke the node's current VPN certificate when it holds another key than ``public_key``: the node was
         re-bound to a new key (a reinstalled machine), and the old key must not keep its tunnel. Its ccd/ entry goes
         too, until the new key asks for its own certificate. False when there was nothing to revoke."""
+
+        def same_key(certificate_pem: str) -> bool:  # the same key enrolled again (a new token): its tunnel stays
+            return x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).public_key() == public_key
+
+        if self.records is not None:
+            revoked = self.records.revoke_current(hostname, keep=same_key) is not None
+            if revoked:
+                self.refresh()
+            return revoked
         issued = self.directory / "issued" / f"{hostname}.pem"
         with self._locked():
             if not issued.exists():
                 return False
             certificate_pem = issued.read_text()
-            if x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).public_key() == public_key:
-                return False  # the same key enrolled again (a new token): its tunnel stays
+            if same_key(certificate_pem):
+                return False
             self._revoke(certificate_pem, hostname)
             issued.unlink()
         return True
 
     def revoke(self, certificate_pem: str, hostname: str) -> None:
         """Revoke a client certificate (a removed node): into the CRL, and its address entry gone."""
+        if self.records is not None:
+            serial = x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).serial_number
+            self.records.revoke_serial(serial, hostname)
+            self.refresh()
+            return
         with self._locked():
             self._revoke(certificate_pem, hostname)
 
     def _revoke(self, certificate_pem: str, hostname: str) -> None:
         serial = x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).serial_number
-        path = self.directory / "revoked.json"
-        revoked: list[int] = json.loads(path.read_text()) if path.exists() else []
+        revoked = self._revoked_here()
         if serial not in revoked:
             revoked.append(serial)
-        _write(path, json.dumps(revoked).encode("ascii"))
+        _write(self.directory / "revoked.json", json.dumps(revoked).encode("ascii"))
         self._write_crl(revoked)
         (self.directory / "ccd" / hostname).unlink(missing_ok=True)
+
+    def _revoked_here(self) -> list[int]:
+        path = self.directory / "revoked.json"
+        return list(json.loads(path.read_text())) if path.exists() else []
+
+    def refresh(self) -> bool:
+        """Write this host's issued/, ccd/, revoked.json and crl.pem from the cluster's records (with records only),
+        after recording what this host's files know that the records do not (see the module's docstring). Writes
+        only what changed, and reads no file when neither the records nor the files changed since this process last
+        wrote them; True when the CRL or a client config changed. OpenVPN reads crl.pem and ccd/ at each new
+        connection."""
+        if self.records is None:
+            return False
+        seen = self._seen  # one read: another thread's refresh replaces it whole
+        if seen is not None and seen[1] is not None and self.records.version() == seen[0] and self._stamps() == seen[1]:
+            return False
+        with self._locked():
+            return self._refresh(self.records)
+
+    def _refresh(self, records: VpnRecords) -> bool:
+        """refresh() under the locks."""
+        stamps = self._stamps()  # before reading: a change made after this is seen by the next refresh
+        state = records.state()
+        files = self._files
+        if files is None or self._seen is None or self._seen[1] != stamps:
+            # First, or another process changed the files (an operator's command, another worker of this host).
+            files = self._read_files()
+            known = {certificate.hostname for certificate in state.issued}
+            unknown_revoked = set(files.revoked or []) - state.revoked
+            unknown_issued = self._unknown_certificates(files, known, state.revoked)
+            if unknown_revoked or unknown_issued:  # rare: a write only then
+                records.record_local(unknown_revoked, unknown_issued)
+                state = records.state()
+        self._files = None  # until the files are written: a failure below leaves them to be read again
+        changed = False
+        revoked = sorted(state.revoked)
+        if files.revoked != revoked or not files.crl:
+            self._write_crl(revoked)  # the CRL first: revoked.json is the record of what the CRL holds
+            _write(self.directory / "revoked.json", json.dumps(revoked).encode("ascii"))
+            files.revoked, files.crl = revoked, True
+            changed = True
+        issued_dir = self.directory / "issued"
+        issued_dir.mkdir(exist_ok=True)
+        current = {certificate.hostname: certificate for certificate in state.issued}
+        for hostname, certificate in current.items():
+            ccd = _ccd(certificate.address)
+            if files.ccd.get(hostname) != ccd:
+                _write(self.directory / "ccd" / hostname, ccd)
+                files.ccd[hostname] = ccd
+                changed = True
+            pem = certificate.certificate.encode("ascii")
+            if files.issued.get(hostname) != pem:
+                _write(issued_dir / f"{hostname}.pem", pem)
+                files.issued[hostname] = pem
+        for hostname in [hostname for hostname in files.ccd if hostname not in current]:
+            (self.directory / "ccd" / hostname).unlink(missing_ok=True)
+            del files.ccd[hostname]
+            changed = True
+        for hostname in [hostname for hostname in files.issued if hostname not in current]:
+            (issued_dir / f"{hostname}.pem").unlink(missing_ok=True)
+            del files.issued[hostname]
+        self._files = files
+        after = self._stamps()
+        now_s = self.clock()
+        self._seen = (state.version, after if all(_settled(stamp, now_s) for stamp in after) else None)
+        return changed
+
+    def _stamps(self) -> tuple[Stamp | None, ...]:
+        """The stamps that change when any VPN file a refresh writes changes: revoked.json and crl.pem (replaced: a
+        new inode each time), issued/ and ccd/ (a file in them made, replaced or removed)."""
+        d = self.directory
+        return tuple(_stamp(path) for path in (d / "revoked.json", d / "crl.pem", d / "issued", d / "ccd"))
+
+    def _read_files(self) -> _Files:
+        """This host's VPN files as they are (each file read only when its stamp changed since it was last read)."""
+        now_s = self.clock()
+        cache, self._read_cache = self._read_cache, {}
+        revoked_json = self._read(self.directory / "revoked.json", cache, now_s)
+        try:
+            revoked = None if revoked_json is None else sorted(int(serial) for serial in json.loads(revoked_json))
+        except (ValueError, TypeError):  # written anew from the records
+            revoked = None
+        files = _Files(revoked, (self.directory / "crl.pem").exists())
+        for path in (self.directory / "issued").glob("*.pem"):
+            data = self._read(path, cache, now_s)
+            if data is not None:
+                files.issued[path.name.removesuffix(".pem")] = data
+        for path in (self.directory / "ccd").iterdir():
+            if not path.name.endswith(".tmp"):  # another writer's file, being written
+                data = self._read(path, cache, now_s)
+                if data is not None:
+                    files.ccd[path.name] = data
+        return files
+
+    def _read(self, path: Path, cache: dict[Path, tuple[Stamp, bytes]], now_s: float) -> bytes | None:
+        """The file's bytes (None when absent), from ``cache`` when its stamp is the same; kept for the next read
+        when settled."""
+        stamp = _stamp(path)
+        if stamp is None:
+            return None
+        cached = cache.get(path)
+        if cached is not None and cached[0] == stamp:
+            data = cached[1]
+        else:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
+        if _settled(stamp, now_s):
+            self._read_cache[path] = (stamp, data)
+        return data
+
+    def _unknown_certificates(self, files: _Files, known: set[str], revoked: frozenset[int]) -> list[IssuedCertificate]:
+        """The certificates in this host's issued/ of nodes the records have none for, not revoked, signed by this
+        CA, with the address of their ccd/ entry (one without it cannot connect anyway: ccd-exclusive). Only these
+        are parsed."""
+        found = []
+        for hostname, data in sorted(files.issued.items()):
+            if hostname in known:
+                continue
+            try:
+                certificate = x509.load_pem_x509_certificate(data)
+                certificate.verify_directly_issued_by(self.ca)
+                address = files.ccd[hostname].decode("ascii").split()[1]
+            except (KeyError, ValueError, IndexError, TypeError, InvalidSignature):
+                continue
+            if certificate.serial_number in revoked:
+                continue
+            pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+            found.append(IssuedCertificate(hostname, certificate.serial_number, address, pem))
+        return found
 
     def _write_crl(self, revoked: list[int]) -> None:
         now = utcnow()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import functools
 import logging
+import math
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +33,13 @@ from rspec.model import (
     Manifest,
     ManifestLease,
     ManifestSliver,
+    Request,
+    RequestLease,
     SliverType,
 )
 from rspec.parse_request import RequestPolicy, parse_request
 from sfa_omf.am.advertiser import Advertiser
+from sfa_omf.am.caller_keys import KeyRefusal, RegisteredKeys
 from sfa_omf.am.containers import act as act_on_containers
 from sfa_omf.am.containers import (
     check_one_node_per_lease,
@@ -60,7 +64,7 @@ from sfa_omf.calendar.policy import Policy, human_duration
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, SliceView, SliverRecord
 from sfa_omf.calendar.slices import Contact, Slices
-from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.errors import BadArgs, GeniError, Reason, TrustError
 from sfa_omf.images.catalogue import check_requested_images, node_images
 from sfa_omf.images.instances import LIVE, Instance, Instances
 from sfa_omf.images.records import ImageRecord
@@ -70,7 +74,7 @@ from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.records import Records
 from sfa_omf.testbed.base import OperatingBackend, SliverHealth, TestbedBackend
 from sfa_omf.testbed.embedded import EmbeddedTestbed
-from sfa_omf.testbed.unix_accounts import LocalAccount, UnixAccounts
+from sfa_omf.testbed.unix_accounts import LocalAccount, UnixAccounts, WrittenKeys
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.rights import METHOD_OPERATIONS
@@ -136,6 +140,8 @@ class Aggregate:
         self.accounts = accounts or Accounts(database)
         self.unix_accounts = unix_accounts  # None: the operator manages Unix accounts (create_accounts = no)
         self.records = Records(database)  # the local registry's users: their registered SSH keys
+        # ...and their registered GIDs: a local user acts with the key the registry holds for them now.
+        self.registered_keys = RegisteredKeys(self.records, settings.authority_hrn)
         # The image repository; the aggregate only reads its rows (labels, what runs where), never the files.
         self.images = images or ImageStore(database, "")
         self.instances = instances  # containers inside bookings; None: this aggregate runs none
@@ -164,14 +170,37 @@ class Aggregate:
         call_credentials = split_credentials(credentials)
         now = self.clock()
         speaking_for = (options or {}).get("geni_speaking_for")
+        connected = caller_chain
         if speaking_for:
             self.verifier.verify_caller(caller_chain, now)  # the tool itself must be trusted
             caller_chain = verify_speaks_for(
                 caller_chain, call_credentials.speaks_for, str(speaking_for), self.verifier.roots, now
             )
-        return self.verifier.check_call(
+        verified = self.verifier.check_call(
             caller_chain, call_credentials.privilege, target_urn, METHOD_OPERATIONS[method], now
         )
+        self._check_registered_keys(connected, caller_chain, verified)
+        return verified
+
+    def _check_registered_keys(self, connected: GidChain, caller_chain: GidChain, verified: VerifiedCredential) -> None:
+        """Users of this aggregate's own authority act with the key its registry holds for them now (caller_keys.py):
+        the certificate the call is made with, the user a tool speaks for, and the credential's owner. FORBIDDEN for
+        a caller's certificate, CREDENTIAL_MISMATCH (as for an owner who is not the caller) for a credential."""
+        for chain in (connected, caller_chain) if caller_chain is not connected else (connected,):
+            leaf = chain[0] if chain else None
+            refused = self.registered_keys.refusal(leaf.urn or "", leaf.key_id) if leaf is not None else None
+            if refused is not None:
+                raise TrustError(Reason.CALLER_UNTRUSTED, _caller_refusal(refused))
+        refused = self.registered_keys.refusal(verified.owner_urn, verified.owner_key_id)
+        if refused is not None:
+            raise TrustError(
+                Reason.OWNER_MISMATCH,
+                f"this credential was issued to {refused.user_urn} with a key the registry of "
+                f"{self.settings.authority_hrn} no longer holds for that user "
+                + ("(the user was removed)" if refused.removed else "(an earlier holder of the name, or an old key)")
+                + "; ask the registry for a new credential with the registered key (sfi.py: delete the *.cred "
+                "files in ~/.sfi and call again)",
+            )
 
     # -- GetVersion -----------------------------------------------------------------------------------------------
     def get_version(self) -> dict[str, Any]:
@@ -286,12 +315,24 @@ class Aggregate:
         return self._allocate(caller_chain, slice_urn, credentials, rspec, options).answer
 
     def _allocate(
-        self, caller_chain: GidChain, slice_urn: str, credentials: Any, rspec: str, options: Mapping[str, Any]
+        self,
+        caller_chain: GidChain,
+        slice_urn: str,
+        credentials: Any,
+        rspec: str,
+        options: Mapping[str, Any],
+        take_over: bool = False,
     ) -> _Allocated:
-        """Allocate, answering also what it wrote: the leases it booked and the slice's users before it."""
+        """Allocate, answering also what it wrote: the leases it booked and the slice's users before it.
+
+        ``take_over`` (v2 CreateSliver): a requested lease that one of the slice's own allocations (allocated, never
+        provisioned, still in its time) already is, with the same nodes, slivers and window, is not booked again but
+        taken over (``_Allocated.taken``): it is what an earlier CreateSliver of this request booked before it was
+        cut short (its process killed between its Allocate and its Provision). v2 clients never Allocate, so the
+        slice's allocation is theirs, never shown to them, and retrying the call must not clash with it."""
         _check_urn(slice_urn, "slice")
         verified = self.authorize("Allocate", caller_chain, credentials, slice_urn, options)
-        users = _users_sent(options)
+        users = self._vouched_users(slice_urn, verified.owner_urn, _users_sent(options))
         now = self.clock().replace(microsecond=0)  # a booking from now starts on a whole second
         request = parse_request(
             rspec,
@@ -316,8 +357,24 @@ class Aggregate:
         if containers and self.instances is not None and self.instances.plans is not None:
             check_one_node_per_lease(request, containers)
         wanted: list[BookingRequest] = []
+        leftovers = self._leftover_allocations(slice_urn, now) if take_over else []
+        taken: list[LeaseRecord] = []
         for lease in request.leases:
             components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]
+            same = None
+            if leftovers:
+                grain_s = self._grain_s(components) if lease.start is None else 0
+                same = _matching_allocation(lease, request, components, containers, leftovers, grain_s)
+            if same is not None:
+                if same.end > verified.expires:
+                    raise GeniError(
+                        Reason.POLICY,
+                        f"the window for {', '.join(same.nodes)} ends at {format_time(same.end)}, after the slice "
+                        f"credential expires ({format_time(verified.expires)}); renew the slice at its authority first",
+                    )
+                leftovers.remove(same)
+                taken.append(same)
+                continue
             if lease.start is None:
                 # As soon as possible; with no time at all (from_now), from now itself when the nodes are free, and
                 # (no end asked for either) no later than the slice credential allows.
@@ -345,7 +402,15 @@ class Aggregate:
                         from_now=lease.from_now,
                     )
                 )
-        self._check_images(wanted, verified.owner_urn)  # before anything is written: an unknown image books nothing
+        taken_images = [
+            BookingRequest(node=sliver.node, start=lease.start, end=lease.end, disk_image=sliver.disk_image)
+            for lease in taken
+            for sliver in lease.slivers
+        ]
+        # Before anything is written: an unknown image books nothing (nor provisions a taken-over allocation).
+        self._check_images([*wanted, *taken_images], verified.owner_urn)
+        if not wanted:  # every lease asked for is an allocation of the slice already: nothing to book
+            return _Allocated(self._describe_slice(slice_urn, None), (), None, tuple(taken))
         users_before = self._users_of(slice_urn) if users else {}  # read only when there is something to put back
         result = self.bookings.book(
             slice_urn,
@@ -382,7 +447,23 @@ class Aggregate:
             }
             for conflict in result.refused
         ]
-        return _Allocated(answer, result.leases, users_before if users else None)
+        return _Allocated(answer, result.leases, users_before if users else None, tuple(taken))
+
+    def _grain_s(self, components: Sequence[str]) -> int:
+        """The slot length that fits the slots of all these nodes (as Availability.earliest_slot takes it)."""
+        grains = [max(node.grain_s, 1) for node in self.inventory.list_nodes(component_ids=set(components))]
+        return math.lcm(*grains) if grains else max(self.policy.default_grain_s, 1)
+
+    def _leftover_allocations(self, slice_urn: str, now: datetime) -> list[LeaseRecord]:
+        """The slice's allocations that a v2 CreateSliver may take over: allocated, never provisioned (every sliver
+        still geni_allocated) and still in their time to be provisioned."""
+        return [
+            lease
+            for lease in self.bookings.leases(slice_urn=slice_urn)
+            if lease.state == "allocated"
+            and all(sliver.allocation_state == Allocation.ALLOCATED for sliver in lease.slivers)
+            and not _allocation_lapsed(lease, now)
+        ]
 
     # -- CreateSliver (AM API v2) ---------------------------------------------------------------------------------
     def create_sliver(
@@ -391,9 +472,14 @@ class Aggregate:
         """AM API v2's CreateSliver: Allocate, then Provision exactly the slivers this call booked (the slice's other
         allocations stay as they are), answering the slice's manifest. v2 has no allocated-but-not-provisioned
         state, so when anything after the booking fails the call is undone whole: the leases it booked are given
-        back and the slice's users are put back as they were before it."""
-        allocated = self._allocate(caller_chain, slice_urn, credentials, rspec, options)
-        booked = [sliver.urn for lease in allocated.leases for sliver in lease.slivers]
+        back and the slice's users are put back as they were before it.
+
+        A CreateSliver cut short between its Allocate and its Provision (its process killed) leaves the slice an
+        allocation the client never saw: the same call again takes it over and provisions it instead of clashing
+        with it (``_allocate``'s ``take_over``). Taken over and not provisioned (the call fails), it stays as it was,
+        to be taken over by the next try or released when its time to be provisioned is over."""
+        allocated = self._allocate(caller_chain, slice_urn, credentials, rspec, options, take_over=True)
+        booked = [sliver.urn for lease in (*allocated.leases, *allocated.taken) for sliver in lease.slivers]
         try:
             self.provision(caller_chain, booked, credentials, options)  # (Allocate refuses a request booking nothing)
             return self._describe_slice(slice_urn, None)
@@ -405,11 +491,15 @@ class Aggregate:
         """Give back the leases a failed call booked, by id, as if never booked (nobody is told of them), and put
         the slice's users back. A failure here is logged: the call's own error is the one to report."""
         booked = {lease.id for lease in allocated.leases}
+        taken = {lease.id for lease in allocated.taken}
         try:
-            current = [lease for lease in self.bookings.leases(slice_urn=slice_urn) if lease.id in booked]
+            current = [lease for lease in self.bookings.leases(slice_urn=slice_urn) if lease.id in booked | taken]
             for lease in current:
                 if lease.state == "provisioned":  # (only when the answer failed after Provision)
                     self._end_lease(lease)
+                    if lease.id in taken:  # it is not this call's to discard: it ends as a Delete ends it
+                        self.bookings.cancel(lease.id)
+            current = [lease for lease in current if lease.id in booked]
             try:
                 self.bookings.discard(booked)
             except Exception as exc:  # the testbed keeps a record of a job it may have made (an OAR time-out)
@@ -497,6 +587,10 @@ class Aggregate:
     def provision(
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
     ) -> dict[str, Any]:
+        """Provision the slice's allocated leases (those named, or all): the testbed first, then the keys in the
+        local logins, then the calendar records them provisioned with the users sent; a failure undoes what was done
+        (docs/api-contract.md, "Nothing half-done"). With users, the leases provisioned before get them too (on the
+        testbed, in the logins, in container plans): Provision again is sfi's way to add keys."""
         slice_urn, sliver_urns = self._resolve(urns)
         verified = self.authorize("Provision", caller_chain, credentials, slice_urn, options)
         asked_at = self.clock()  # an allocation in its time now is provisioned, however long the testbed takes
@@ -507,18 +601,27 @@ class Aggregate:
             if lease.state == "allocated":
                 expiries = [to_s(sliver.expires) for sliver in lease.slivers]
                 refuse_expired_allocation(lease.id, expiries, to_s(lease.end), to_s(asked_at))
-        users = _users_sent(options)
+        users = self._vouched_users(slice_urn, verified.owner_urn, _users_sent(options))
         owner = self.accounts.login_for(verified.owner_urn, slice_urn)
-        accounts = self._local_accounts(slice_urn, also=verified.owner_urn, sent=users)
         pending = [lease for lease in leases if lease.state == "allocated"]
+        # Provision again with more users (alone or next to allocations): the leases provisioned before get them too,
+        # on the testbed and in their plans, as with geni_update_users (sfi has no geni_update_users).
+        provisioned_before = [lease for lease in leases if lease.state == "provisioned"] if users else []
+        # (What the testbed of those leases has now: they go back to it if the call fails.)
+        old_accounts = self._local_accounts(slice_urn) if provisioned_before else []
+        accounts = self._local_accounts(slice_urn, also=verified.owner_urn, sent=users)
         if self.unix_accounts is not None and pending:
             for account in accounts:  # the testbed may need them (OAR runs jobs as them); keys come after
                 self.unix_accounts.ensure(account.login)
         done: list[LeaseRecord] = []
         prepared: list[str] = []
         asked: LeaseRecord | None = None  # the lease the testbed is being asked for
+        pushed: list[LeaseRecord] = []  # provisioned before, and given the new users on the testbed
+        written: list[WrittenKeys] = []  # the logins' blocks for the slice this call changed
         keys = [key for account in accounts for key in account.ssh_keys]
         try:
+            self._users_to_testbed(provisioned_before, accounts, old_accounts)
+            pushed = provisioned_before
             for lease in pending:
                 if self.instances is not None:  # the plan first: the lease's job may start at once and read it
                     prepared.append(lease.id)  # before: a prepare that fails halfway is undone too
@@ -528,6 +631,10 @@ class Aggregate:
                 self.backend.provision(lease, owner, accounts)
                 asked = None
                 done.append(lease)
+            if self.unix_accounts is not None and (pending or provisioned_before):
+                # Before the calendar records anything (put back if the call fails). Only the caller's own login
+                # made a link fails the call: another member's is theirs to mend, and must not fail this one.
+                written = self.unix_accounts.set_slice_keys(accounts, slice_urn, required_logins={owner})
             # Recorded whole: every lease provisioned and the users sent, in one unit of work.
             self.bookings.mark_provisioned_all(
                 [lease.id for lease in pending],
@@ -538,6 +645,9 @@ class Aggregate:
             )
         except BaseException as failure:
             # Nothing half-provisioned: the retry provisions all of them again.
+            if self.unix_accounts is not None:
+                self.unix_accounts.restore_slice_keys(written, slice_urn)
+            self._users_back_on_testbed(pushed, old_accounts)
             still_held = self._release_quietly(done)
             if asked is not None and isinstance(failure, GeniError) and failure.reason == Reason.TIMEDOUT:
                 still_held.add(asked.id)  # the testbed may have made its job (the reconciler adopts it)
@@ -547,12 +657,8 @@ class Aggregate:
                     [lease_id for lease_id in prepared if lease_id not in still_held], self.clock()
                 )
             raise
-        if not pending and users:
-            self.slices.update_users(slice_urn, users)  # Provision again, with more users: they are kept
-        if self.instances is not None and users:  # the plans of leases provisioned before get the keys too
-            self.instances.rewrite_keys([lease.id for lease in leases if lease.state == "provisioned"], keys)
-        if self.unix_accounts is not None and pending:
-            self.unix_accounts.set_slice_keys(accounts, slice_urn)  # logins work once the slice is provisioned
+        if self.instances is not None and provisioned_before:  # their plans get the keys too (the rounds repair)
+            self.instances.rewrite_keys([lease.id for lease in provisioned_before], keys)
         return self._describe_slice(slice_urn, sliver_urns)
 
     def renew(
@@ -739,7 +845,7 @@ class Aggregate:
         event = operational_action(str(action))
         leases = self._leases(slice_urn, sliver_urns)
         if event == Event.UPDATE_USERS:
-            return self._update_users(slice_urn, sliver_urns, leases, options)
+            return self._update_users(slice_urn, verified.owner_urn, sliver_urns, leases, options)
         for lease in leases:
             if lease.state != "provisioned":
                 raise GeniError(
@@ -795,44 +901,77 @@ class Aggregate:
         return recorded
 
     def _update_users(
-        self, slice_urn: str, sliver_urns: set[str] | None, leases: list[LeaseRecord], options: Mapping[str, Any]
+        self,
+        slice_urn: str,
+        caller_urn: str,
+        sliver_urns: set[str] | None,
+        leases: list[LeaseRecord],
+        options: Mapping[str, Any],
     ) -> list[dict[str, Any]]:
         """geni_update_users: geni_users is the complete new set; keys left out stop working. No list is no
-        "remove all". The testbed follows first; the calendar records the new set only once it has."""
-        users = _users_sent(options)
-        if not users:
+        "remove all". The testbed follows first, then the logins; the calendar records the new set only once both
+        have (a failure puts both back). Another user's keys are only those known to be theirs (``_vouched_users``)."""
+        sent = _users_sent(options)
+        if not sent:
             raise BadArgs(
                 "geni_update_users needs the option geni_users: the complete list of users and their keys "
                 "(nothing was changed)"
             )
+        users = self._vouched_users(slice_urn, caller_urn, sent)
         old_accounts = self._local_accounts(slice_urn)
         accounts = self._local_accounts(slice_urn, sent=users, replace=True)
         provisioned = [lease for lease in leases if lease.state == "provisioned"]
-        updated: list[LeaseRecord] = []
+        self._users_to_testbed(provisioned, accounts, old_accounts)
+        written: list[WrittenKeys] = []
         try:
-            for lease in provisioned:
-                self.backend.update_users(lease, accounts)
-                updated.append(lease)
+            if self.unix_accounts is not None and provisioned:
+                # Before the calendar records the new set (put back if the call fails); only the caller's own login
+                # made a link fails the call (set_slice_keys).
+                callers = {
+                    account.login
+                    for account in accounts
+                    if any(_same_user(user_urn, caller_urn) for user_urn in account.user_urns)
+                }
+                written = self.unix_accounts.set_slice_keys(accounts, slice_urn, required_logins=callers)
+                # A user left out of the list: their account loses this slice's keys too.
+                gone = {account.login for account in old_accounts} - {account.login for account in accounts}
+                written += self.unix_accounts.remove_slice_keys(gone, slice_urn)
+            self.slices.update_users(slice_urn, users, replace=True)
         except BaseException:
-            for lease in updated:  # the call fails: the testbed goes back to the users it had
-                try:
-                    self.backend.update_users(lease, old_accounts)
-                except GeniError as exc:
-                    log.warning("lease %s keeps the new users on the testbed: %s", lease.id, exc.message)
+            if self.unix_accounts is not None:
+                self.unix_accounts.restore_slice_keys(written, slice_urn)
+            self._users_back_on_testbed(provisioned, old_accounts)
             raise
-        self.slices.update_users(slice_urn, users, replace=True)
         if self.instances is not None:  # a job yet to start makes its containers with the new keys
             # Every provisioned lease of the slice, not only those named: the users are the whole slice's.
             whole_slice = [
                 lease.id for lease in self.bookings.leases(slice_urn=slice_urn) if lease.state == "provisioned"
             ]
             self.instances.rewrite_keys(whole_slice, [key for account in accounts for key in account.ssh_keys])
-        if self.unix_accounts is not None and provisioned:
-            self.unix_accounts.set_slice_keys(accounts, slice_urn)
-            # A user left out of the list: their account loses this slice's keys too.
-            gone = {account.login for account in old_accounts} - {account.login for account in accounts}
-            self.unix_accounts.remove_slice_keys(gone, slice_urn)
         return self._sliver_dicts(slice_urn, sliver_urns)
+
+    def _users_to_testbed(
+        self, leases: Sequence[LeaseRecord], accounts: Sequence[LocalAccount], old_accounts: Sequence[LocalAccount]
+    ) -> None:
+        """The testbed's users of these provisioned leases become ``accounts``; when it fails for one, those done
+        go back to ``old_accounts`` (the call fails and writes nothing) and the error is raised."""
+        updated: list[LeaseRecord] = []
+        try:
+            for lease in leases:
+                self.backend.update_users(lease, accounts)
+                updated.append(lease)
+        except BaseException:
+            self._users_back_on_testbed(updated, old_accounts)
+            raise
+
+    def _users_back_on_testbed(self, leases: Sequence[LeaseRecord], old_accounts: Sequence[LocalAccount]) -> None:
+        """A call that gave these leases new users on the testbed fails: they go back to the users they had. A
+        failure here is logged: the call's own error is the one to report."""
+        for lease in leases:
+            try:
+                self.backend.update_users(lease, old_accounts)
+            except GeniError as exc:
+                log.warning("lease %s keeps the new users on the testbed: %s", lease.id, exc.message)
 
     def shutdown(self, caller_chain: GidChain, slice_urn: str, credentials: Any) -> bool:
         """Stop everything of the slice now; it books nothing more until an operator releases it."""
@@ -979,6 +1118,44 @@ class Aggregate:
                 still_held.add(lease.id)
         return still_held
 
+    def _vouched_users(
+        self, slice_urn: str, caller_urn: str, sent: Mapping[str, Sequence[str]]
+    ) -> dict[str, list[str]]:
+        """The users a call sent, each with the keys that may go into that user's login: keys in a user's login come
+        from that user, never from another member of the slice (with per-user accounts the login is the user's own,
+        kept across slices). The caller's own entry keeps every key, and so does every entry when the members share
+        the caller's login by design (per-slice, shared). Another user keeps only the keys known to be theirs:
+        registered for them in the local registry, or recorded for them in this slice already (which came from
+        them, or were known to be theirs). The other keys are left out (logged), but the entry is not refused and
+        its user stays a member: omni and jFed send every slice member's keys from the clearinghouse. Reads only."""
+        if self.accounts.policy != "per-user":
+            return {user_urn: list(keys) for user_urn, keys in sent.items()}
+        vouched: dict[str, list[str]] = {}
+        recorded: dict[str, list[str]] | None = None
+        for user_urn, keys in sent.items():
+            if _same_user(user_urn, caller_urn):
+                vouched[user_urn] = list(keys)
+                continue
+            if recorded is None:
+                recorded = self._users_of(slice_urn)
+            known = {_key_material(key) for key in [*recorded.get(user_urn, []), *self._registered_keys(user_urn)]}
+            vouched[user_urn] = [key for key in keys if _key_material(key) in known]
+            if len(vouched[user_urn]) < len(keys):  # routine with omni and jFed: not a warning
+                log.info(
+                    "%s sent %d SSH key(s) for %s in %s that are not known to be theirs: left out of their login "
+                    "(their own call, or their record in the local registry, puts keys there)",
+                    caller_urn,
+                    len(keys) - len(vouched[user_urn]),
+                    user_urn,
+                    slice_urn,
+                )
+        return vouched
+
+    def _registered_keys(self, user_urn: str) -> list[str]:
+        """The SSH keys the local registry holds for this user (none for a user it does not know)."""
+        record = self.records.get(parse_urn(user_urn).hrn) if is_urn(user_urn) else None
+        return list(record.keys) if record is not None and record.urn == user_urn else []
+
     def local_accounts(self, slice_urn: str) -> list[LocalAccount]:
         """The slice's local logins with their users' SSH keys (what node agents set up at a lease's start)."""
         return self._local_accounts(slice_urn)
@@ -1002,8 +1179,7 @@ class Aggregate:
             users.setdefault(also, [])
         by_login: dict[str, tuple[list[str], list[str]]] = {}
         for user_urn, keys in users.items():
-            record = self.records.get(parse_urn(user_urn).hrn) if is_urn(user_urn) else None
-            registered = list(record.keys) if record is not None and record.urn == user_urn else []
+            registered = self._registered_keys(user_urn)
             urns, login_keys = by_login.setdefault(self.accounts.login_for(user_urn, slice_urn), ([], []))
             urns.append(user_urn)
             login_keys.extend(key for key in [*keys, *registered] if key not in login_keys)
@@ -1166,6 +1342,64 @@ class _Allocated:
     answer: dict[str, Any]
     leases: tuple[LeaseRecord, ...]
     users_before: dict[str, list[str]] | None
+    taken: tuple[LeaseRecord, ...] = ()  # the slice's allocations taken over (take_over), not booked by this call
+
+
+def _matching_allocation(
+    lease: RequestLease,
+    request: Request,
+    components: Sequence[str],
+    containers: Mapping[str, Any],
+    allocations: Sequence[LeaseRecord],
+    grain_s: int,
+) -> LeaseRecord | None:
+    """The allocation that is exactly this requested lease, booked by an earlier call of the same request: the same
+    label, the same nodes with the same slivers (client_id, disk image) and the same window; for "as soon as
+    possible", the window that earlier call found: as long as asked, or (a slot from now) up to the next boundary of
+    the nodes' slots (``grain_s``). None for a lease with container slivers (their plans are made with the booking)."""
+    if any(client_id in containers for client_id in lease.nodes):
+        return None
+    slivers = sorted(
+        (component, client_id, request.node(client_id).disk_image or "")
+        for client_id, component in zip(lease.nodes, components, strict=True)
+    )
+    for allocation in allocations:
+        length = allocation.end - allocation.start
+        if lease.start is not None and (allocation.start, length) != (lease.start, lease.duration):
+            continue
+        if lease.start is None and not lease.duration <= length < lease.duration + timedelta(seconds=grain_s):
+            continue
+        held = sorted((sliver.node, sliver.client_id, sliver.disk_image) for sliver in allocation.slivers)
+        if held == slivers and allocation.client_id == (lease.client_id or ""):
+            return allocation
+    return None
+
+
+def _caller_refusal(refused: KeyRefusal) -> str:
+    """Why a local user's certificate is refused, and what to do, in words."""
+    if refused.removed:
+        return (
+            f"{refused.user_urn} is no longer registered at this aggregate's authority (the user was removed): its "
+            "certificate is not accepted here any more; ask the authority's operator to register you again"
+        )
+    return (
+        f"the certificate you call with names {refused.user_urn} but holds another key than the one this "
+        "aggregate's registry holds for that user now (an earlier holder of the name, or a certificate replaced "
+        "since): call with the certificate the registry issued you (sfi.py: delete the *.gid and *.cred files in "
+        "~/.sfi and call again)"
+    )
+
+
+def _same_user(left: str, right: str) -> bool:
+    """Two URNs of one user: prefix and type compared case-insensitively, authority and name exactly (as trust/)."""
+    if not (is_urn(left) and is_urn(right)):
+        return left == right
+    return parse_urn(left) == parse_urn(right)
+
+
+def _key_material(key: str) -> tuple[str, ...]:
+    """What makes an SSH public key the key it is: its type and base64 blob, not its comment."""
+    return tuple(key.split()[:2])
 
 
 def _users_sent(options: Mapping[str, Any]) -> dict[str, list[str]]:

@@ -11,6 +11,9 @@ from sfa_omf.errors import BadArgs
 
 SFA_TYPES = ("geni_sfa",)
 ABAC_TYPES = ("geni_abac",)
+#: Credentials one call may carry. Each is verified in turn until one allows the call (sfi.py and omni send one to
+#: a few), so this bounds the work one call can make; the request size limit alone allows hundreds.
+MAX_CREDENTIALS = 100
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ def split_credentials(credentials: Any) -> CallCredentials:
         credentials = [credentials]
     if not isinstance(credentials, Sequence):
         raise BadArgs("credentials must be a list of credential strings or {geni_type, geni_version, geni_value}")
+    if len(credentials) > MAX_CREDENTIALS:
+        raise BadArgs(
+            f"the call carries {len(credentials)} credentials; at most {MAX_CREDENTIALS} are accepted per call: "
+            "send the credentials for this call (your user or slice credential, and a speaks-for one if any)"
+        )
     privilege: list[str] = []
     speaks_for: list[str] = []
     for item in credentials:

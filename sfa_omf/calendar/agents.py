@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.agent_models import Agent, AgentReport, AgentToken
@@ -100,6 +100,14 @@ OnWritten = Callable[[AgentRecord, Callable[[], None]], None]
 #: PostgreSQL advisory lock of additions of agents' nodes to the testbed's own list (OAR resources): one at a time
 #: across every process and host of the aggregate.
 TESTBED_ADDITIONS_KEY = 0x5FA0_3F00_0ADD
+
+
+# A heartbeat's time, kept when the database already has a later one.
+_RECORD_HEARD = (
+    update(Agent)
+    .where(Agent.node_id == bindparam("node"), Agent.last_seen_s < bindparam("heard"))
+    .values(last_seen_s=bindparam("heard"))
+)
 
 
 def _hold_testbed_lock(session: Session) -> None:
@@ -330,19 +338,24 @@ class Agents:
     def record_heard(self, heard: dict[str, int]) -> None:
         """Many heartbeats in one unit of work: each node's agent was last heard at the given epoch second (kept
         when the database already has a later one). Whether a node is lost is not changed here: a lost agent's
-        heartbeat goes through ``heartbeat`` at once."""
+        heartbeat goes through ``heartbeat`` at once.
+
+        The calendar's generation is not bumped: the time an agent was last heard is in no cached answer (the
+        advertisement shows whether a node is in service, which ``sweep_lost`` and ``heartbeat`` change, and bump;
+        Status and ``agent list`` read the agent's row at each call). A bump here threw away every process's
+        advertisement at each flush, every few seconds while agents report."""
         if not heard:
             return
-        with self.database.write() as session:
-            rows = session.execute(
-                select(Agent, Node.component_id)
+        with self.database.write_connection() as connection:
+            rows = connection.execute(
+                select(Agent.node_id, Node.component_id)
                 .join(Node)
                 .where(Node.component_id.in_(list(heard)))
                 .order_by(Node.id)
-                .with_for_update()
+                .with_for_update()  # in node order, as sweep_lost locks them: flushes and sweeps never deadlock
             ).all()
-            for agent, component_id in rows:
-                agent.last_seen_s = max(agent.last_seen_s, heard[component_id])
+            if rows:
+                connection.execute(_RECORD_HEARD, [{"node": node_id, "heard": heard[urn]} for node_id, urn in rows])
 
     def sweep_lost(self, timeout_s: int) -> list[str]:
         """Agents not heard for ``timeout_s`` are lost: their nodes leave service. Returns the nodes newly lost."""

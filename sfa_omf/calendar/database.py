@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, Executable, create_engine, event, make_url
+from sqlalchemy import Connection, Engine, Executable, create_engine, event, make_url, text
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
@@ -36,6 +36,10 @@ TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 RETRY_ATTEMPTS = 6
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 OVERLAP_CONSTRAINT = "sliver_no_overlap"
+#: PostgreSQL advisory lock of schema migrations (Database.upgrade): one at a time across hosts. The aggregate's other
+#: process-wide keys are 0x5FA0_3F00_xxxx too: cluster/leadership.py (LOCK_KEY, STARTUP_KEY) and calendar/agents.py
+#: (TESTBED_ADDITIONS_KEY); the keys of URNs are 32-bit hashes (calendar/queries.py), below all of them.
+MIGRATION_KEY = 0x5FA0_3F00_DB06
 
 
 T = TypeVar("T")
@@ -195,7 +199,9 @@ class Database:
         """Bring the schema to the newest migration (``sfa-omf db upgrade``); says so in the log when it migrates.
 
         Alembic's own INFO lines are not wanted at every start (sfa-omf's logging keeps them at WARNING): one line of
-        ours tells when a migration really runs.
+        ours tells when a migration really runs. On PostgreSQL, upgrades run one at a time (MIGRATION_KEY, held until
+        the migration commits): a second ``db upgrade`` started meanwhile (another host) waits, then finds the schema
+        current. On SQLite the database's write lock, taken first, does the same.
         """
         from alembic import command  # Alembic is needed only here: commands that only read need not import it
         from alembic.config import Config
@@ -203,13 +209,51 @@ class Database:
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with _database_errors(), self.engine.begin() as connection:
+        # The writers' engine: on SQLite it begins with BEGIN IMMEDIATE, so a second upgrade waits for the first.
+        with _database_errors(), self._writer.begin() as connection:
+            if not self.is_sqlite:
+                _one_migration_at_a_time(connection)
             current = MigrationContext.configure(connection).get_current_revision()
             head = head_revision()
+            if current is not None and not _is_known_revision(current):
+                shown = make_url(self.url).render_as_string(hide_password=True)
+                raise GeniError(
+                    Reason.DATABASE,
+                    f"the calendar database {shown} is at migration {current}, which this sfa-omf (newest migration "
+                    f"{head}) does not know: a newer sfa-omf migrated it; run that version (nothing was changed)",
+                )
             if current != head:
                 log.info("migrating the calendar database from %s to %s", current or "an empty schema", head)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+
+    def require_current_schema(self) -> None:
+        """For the operator's commands other than ``db upgrade``: the schema must be this sfa-omf's newest migration.
+
+        An empty database (or an SQLite file not there yet) is created, as these commands always did on a first run.
+        A schema at another migration is refused (GeniError DATABASE, nothing written): migrating it is ``sfa-omf db
+        upgrade``'s work alone, as an operator decides, never a side effect of a command run while servers of the
+        older version still use the database (a rolling upgrade).
+        """
+        current = self.schema_revision()
+        if current is None:
+            self.upgrade()
+            return
+        head = head_revision()
+        if current == head:
+            return
+        shown = make_url(self.url).render_as_string(hide_password=True)
+        if not _is_known_revision(current):
+            raise GeniError(
+                Reason.DATABASE,
+                f"the calendar database {shown} is at migration {current}, which this sfa-omf (newest migration "
+                f"{head}) does not know: a newer sfa-omf migrated it; run that version",
+            )
+        raise GeniError(
+            Reason.DATABASE,
+            f"the calendar database {shown} is at migration {current}, this sfa-omf needs {head}: run "
+            "`sfa-omf db upgrade` (then restart the servers still running an older sfa-omf); nothing was changed",
+        )
 
     def schema_revision(self, connect_timeout_s: int = 5) -> str | None:
         """The database's migration (None: an empty database, or an SQLite file that does not exist yet).
@@ -235,6 +279,26 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _is_known_revision(revision: str) -> bool:
+    """True when ``revision`` is one of this sfa-omf's migrations."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory(str(MIGRATIONS)).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def _one_migration_at_a_time(connection: Connection) -> None:
+    """Take MIGRATION_KEY for the rest of the migration's transaction (PostgreSQL), saying so when another process
+    holds it. Taken before the schema's revision is read: read committed, the waiter then sees the other's work."""
+    if connection.execute(text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": MIGRATION_KEY}).scalar():
+        return
+    log.warning("another sfa-omf is migrating the calendar database: waiting for it to finish")
+    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_KEY})
 
 
 def head_revision() -> str:

@@ -125,6 +125,52 @@ class AccountMapping(Base):
     pinned: Mapped[bool] = mapped_column(Boolean, default=False)  # set by an operator, never recomputed
 
 
+class RetiredLogin(Base):
+    """A login whose holder was removed from the registry (migration 0019): it is never derived for anyone again, and
+    the n-th holder of a URN gets a login derived for them (registry/accounts.py), not an earlier holder's account."""
+
+    __tablename__ = "retired_login"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    urn: Mapped[str] = mapped_column(String(300), index=True)  # the removed user's (or slice's) URN
+    login: Mapped[str] = mapped_column(String(32), index=True)  # the login it had, or would have had
+    retired_s: Mapped[int] = mapped_column(BigInteger)  # when the registry removed it
+
+
+class VpnCa(Base):
+    """The nodes' VPN CA of the whole cluster (one row, migration 0021): every host's DATA_DIR/vpn must hold this CA
+    (agents/vpn.py refuses another, and never makes a second one). Its key stays in the files, not here."""
+
+    __tablename__ = "vpn_ca"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1: one CA
+    ca_sha256: Mapped[str] = mapped_column(String(64))  # SHA-256 of the CA certificate (DER), hex
+    made_on: Mapped[str] = mapped_column(String(200))  # the host that made it: where its files are copied from
+    created_s: Mapped[int] = mapped_column(BigInteger)
+
+
+class VpnIssued(Base):
+    """A node's current VPN client certificate, whichever host issued it (every host writes its ccd/ from these)."""
+
+    __tablename__ = "vpn_issued"
+
+    hostname: Mapped[str] = mapped_column(String(200), primary_key=True)
+    serial: Mapped[str] = mapped_column(String(50))  # decimal: X.509 serials are up to 159 bits
+    address: Mapped[str] = mapped_column(String(64))  # the node's fixed VPN address
+    certificate: Mapped[str] = mapped_column(Text)  # PEM
+    issued_s: Mapped[int] = mapped_column(BigInteger)
+
+
+class VpnRevoked(Base):
+    """A revoked VPN client certificate (every host writes its crl.pem from these)."""
+
+    __tablename__ = "vpn_revoked"
+
+    serial: Mapped[str] = mapped_column(String(50), primary_key=True)  # decimal
+    hostname: Mapped[str] = mapped_column(String(200))  # the node it was issued to ("" when not known)
+    revoked_s: Mapped[int] = mapped_column(BigInteger)
+
+
 class RegistryRecord(Base):
     """A record of the local authority's SFA registry: an authority, user, slice or node, with its GID."""
 

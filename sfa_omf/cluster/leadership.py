@@ -10,9 +10,18 @@ agents...). Only the leader runs them; the others stand by. The rules, all in th
   the lock at once, and a standby takes it at its next try. A leader whose host vanishes (no FIN) is noticed by the
   database's TCP keepalives, set on the session so that the lock is freed within about 2/3 of ``takeover_s``; with
   the next try the takeover stays within ``takeover_s``.
-- The leader checks its connection every ``check_s``; when the check fails (database restarted, network cut) it stops
-  leading at once (no task starts again; a task already running finishes) and then tries again like a standby. The
-  client side has keepalives and a TCP user timeout too, so that a check never hangs longer than the takeover time.
+- A leader that is stopped (SIGSTOP, a debugger) or wedged while its host still runs would keep the lock for ever:
+  the host's kernel answers the keepalives. So the session also has ``idle_session_timeout`` (PostgreSQL 14 and
+  newer) of 2/3 of ``takeover_s``: a live leader's check runs every ``check_s`` (takeover_s / 3) and is never idle
+  that long; a stopped one's session is closed, the lock freed, and a standby takes it at its next try. Older
+  PostgreSQL has no such setting: there a stopped leader keeps the lock until it resumes or dies (logged at start).
+- The leader checks its connection every ``check_s``; when the check fails (database restarted, network cut, its
+  session closed while the process was stopped) it stops leading at once (no task starts again; a task already
+  running finishes) and then tries again like a standby. The client side has keepalives and a TCP user timeout too,
+  so that a check never hangs longer than the takeover time.
+- A task starts only while the lock was confirmed less than ``1.5 * check_s`` ago (counted from when the check was
+  sent; the session cannot have been closed for idleness before ``2 * check_s`` after that): a leader resumed after a
+  stop starts no task before its next check, which finds the session gone.
 - Becoming leader starts each task at once (``at_start``) or one period later; losing it stops them. Stopping the
   Leadership waits for running tasks (bounded), then releases the lock, so that a clean restart hands over at once.
 - SQLite: there is a single process (``serve`` runs one worker on SQLite); it always leads.
@@ -26,6 +35,7 @@ This module knows nothing of Twisted: tasks run in threads of their own, one per
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -43,6 +53,10 @@ LOCK_KEY = 0x5FA0_3F00_1EAD
 STARTUP_KEY = 0x5FA0_3F00_57A7
 STARTUP_WAIT_S = 60.0
 DEFAULT_TAKEOVER_S = 15
+#: The first PostgreSQL with idle_session_timeout (what frees a stopped leader's lock).
+IDLE_SESSION_TIMEOUT_SINCE = (14,)
+#: A task starts only while the lock was confirmed less than this many check periods ago (the module docstring).
+CONFIRMED_FOR_CHECKS = 1.5
 #: How long stop() waits for a task that is running before it releases the lock anyway.
 STOP_WAIT_S = 10.0
 
@@ -85,6 +99,18 @@ class SoleProcessLock:
         return None
 
 
+def check_period_s(takeover_s: float) -> float:
+    """How often the leader checks its lock, and a standby tries to take it: a third of ``takeover_s``."""
+    return max(0.2, takeover_s / 3)
+
+
+def idle_session_timeout_ms(takeover_s: float) -> int:
+    """The leadership session's ``idle_session_timeout``: two check periods (2/3 of ``takeover_s``), so a live
+    process, which checks every period, is never idle that long; a standby's next try after it is within
+    ``takeover_s``."""
+    return int(2 * check_period_s(takeover_s) * 1000)
+
+
 def keepalive_seconds(takeover_s: float) -> tuple[int, int, int]:
     """TCP keepalive (idle, interval, count) that notice a vanished peer within about 2/3 of ``takeover_s``."""
     idle = max(1, int(takeover_s // 3))
@@ -103,6 +129,7 @@ class PostgresLock:
         self.takeover_s = takeover_s
         self._engine: Any = None
         self._connection: Any = None
+        self._warned_old_server = False
 
     def _connect(self) -> Any:
         from sqlalchemy import create_engine, text
@@ -126,22 +153,46 @@ class PostgresLock:
                 },
             )
         connection = self._engine.connect()
-        # The database's side of the session: frees the lock when this host vanishes without closing the connection.
-        connection.execute(text(f"SET tcp_keepalives_idle = {idle}"))
-        connection.execute(text(f"SET tcp_keepalives_interval = {interval}"))
-        connection.execute(text(f"SET tcp_keepalives_count = {count}"))
+        try:
+            # The database's side of the session: frees the lock when this host vanishes without closing the
+            # connection (keepalives), or when this process stops answering on a host that runs on (idle timeout).
+            connection.execute(text(f"SET tcp_keepalives_idle = {idle}"))
+            connection.execute(text(f"SET tcp_keepalives_interval = {interval}"))
+            connection.execute(text(f"SET tcp_keepalives_count = {count}"))
+            version = self._engine.dialect.server_version_info or (0,)
+            if version >= IDLE_SESSION_TIMEOUT_SINCE:
+                connection.execute(text(f"SET idle_session_timeout = {idle_session_timeout_ms(self.takeover_s)}"))
+            elif not self._warned_old_server:
+                self._warned_old_server = True
+                log.warning(
+                    "PostgreSQL %s has no idle_session_timeout (14 and newer have): a leader process that is stopped "
+                    "or hangs while its host runs on keeps the background tasks until it resumes or is killed",
+                    ".".join(str(part) for part in version),
+                )
+        except Exception:
+            connection.close()
+            raise
         return connection
 
     def try_acquire(self) -> bool:
-        from sqlalchemy import text
-
-        if self._connection is None:
-            self._connection = self._connect()
+        if self._connection is not None:
+            try:
+                return self._try_lock()
+            except Exception:
+                # Most often a session the database closed while this process was stopped or busy (idle for longer
+                # than idle_session_timeout): try once more on a new one.
+                self._drop()
+        self._connection = self._connect()
         try:
-            held = self._connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}).scalar()
+            return self._try_lock()
         except Exception:
             self._drop()
             raise
+
+    def _try_lock(self) -> bool:
+        from sqlalchemy import text
+
+        held = self._connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}).scalar()
         return bool(held)
 
     def still_held(self) -> bool:
@@ -226,12 +277,14 @@ class Leadership:
     def __init__(self, lock: LeaderLock, takeover_s: float = DEFAULT_TAKEOVER_S) -> None:
         self.lock = lock
         self.takeover_s = takeover_s
-        self.check_s = max(0.2, takeover_s / 3)
+        self.check_s = check_period_s(takeover_s)
         self._tasks: list[PeriodicTask] = []
         self._threads: list[threading.Thread] = []
         self._changed = threading.Condition()
         self._leading = False
         self._term = 0  # incremented each time this process becomes leader
+        self._confirmed_at = 0.0  # time.monotonic() when the last check that found the lock held was sent
+        self._check_wanted = False  # a task waits for the keeper to check the lock now
         self._stopping = False
         self._keeper: threading.Thread | None = None
 
@@ -281,24 +334,38 @@ class Leadership:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.lock.release()
 
-    def _set_leading(self, leading: bool) -> None:
+    def _set_leading(self, leading: bool, checked_at: float = 0.0) -> None:
         with self._changed:
             if leading and not self._leading:
                 self._term += 1
             self._leading = leading
+            if leading:
+                self._confirmed_at = checked_at
             self._changed.notify_all()
+
+    def _confirmed(self) -> bool:
+        """The lock was found held recently enough for a task to start now (call with ``_changed`` held)."""
+        return time.monotonic() - self._confirmed_at < CONFIRMED_FOR_CHECKS * self.check_s
 
     def _keep(self) -> None:
         """Take the lock when free, check it while held; a failure to reach the database is logged once."""
         failing = False
+        handed_over_at = -math.inf
         while not self._stopping:
             try:
+                checked_at = time.monotonic()  # before the check: the session was alive at least from then on
                 if not self._leading:
-                    if self.lock.try_acquire() and not self._stopping:
-                        self._set_leading(True)
+                    standing_back = time.monotonic() - handed_over_at < self.takeover_s
+                    if not standing_back and self.lock.try_acquire() and not self._stopping:
+                        self._set_leading(True, checked_at)
                         level = logging.INFO if self.lock.contended else logging.DEBUG
                         log.log(level, "this process (%s) now leads the background tasks", _whoami())
-                elif not self.lock.still_held():
+                elif self.lock.still_held():
+                    if self._unconfirmed_for_too_long(checked_at):
+                        handed_over_at = time.monotonic()  # (a standby's turn first: no try for takeover_s)
+                    else:
+                        self._set_leading(True, checked_at)
+                else:
                     self._set_leading(False)
                     log.warning("this process lost the leadership of the background tasks; they stop here")
                 failing = False
@@ -307,8 +374,29 @@ class Leadership:
                     log.warning("cannot reach the database for leadership (%s); trying again", _first_line(exc))
                 failing = True
             with self._changed:
-                if not self._stopping:
+                if not self._stopping and not self._check_wanted:
                     self._changed.wait(self.check_s)
+                self._check_wanted = False
+
+    def _unconfirmed_for_too_long(self, checked_at: float) -> bool:
+        """A check answered too late to confirm the lock (the database or this process is that slow): once no check
+        has confirmed it for ``takeover_s``, the lock is handed over (released, logged) rather than held by a process
+        that may start no task: a standby, maybe on a healthier host, takes it. True when it was."""
+        if time.monotonic() - checked_at < CONFIRMED_FOR_CHECKS * self.check_s:
+            return False
+        unconfirmed_s = time.monotonic() - self._confirmed_at
+        if unconfirmed_s < self.takeover_s:
+            return False
+        log.warning(
+            "the database answered the leadership check only %.1f s after it was sent (a task may start only within "
+            "%.1f s of one): no task ran for %.1f s, so this process hands the lead over",
+            time.monotonic() - checked_at,
+            CONFIRMED_FOR_CHECKS * self.check_s,
+            unconfirmed_s,
+        )
+        self._set_leading(False)
+        self.lock.release()
+        return True
 
     def _run_task(self, task: PeriodicTask) -> None:
         """Run ``task`` on its period during each term of leadership."""
@@ -326,6 +414,15 @@ class Leadership:
                 left = due - time.monotonic()
                 if left > 0:
                     self._changed.wait(left)
+                    continue
+                if not self._confirmed():
+                    # Resumed after a stop, or the check is late: the lock may be another process's by now. Ask the
+                    # keeper to check at once (once: the other tasks waiting here must not wake each other), and
+                    # start the task only after it found the lock held.
+                    if not self._check_wanted:
+                        self._check_wanted = True
+                        self._changed.notify_all()
+                    self._changed.wait(self.check_s)
                     continue
             try:
                 task.run()

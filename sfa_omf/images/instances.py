@@ -346,11 +346,12 @@ class Instances:
     def rewrite_keys(self, lease_ids: Iterable[str], keys: Sequence[str]) -> list[str]:
         """The slice's users changed (geni_update_users, Provision again with more users): ``keys`` (the whole new
         set) reach the containers. With plans, the plans of these leases get them (a job that has not started yet
-        reads them; the plan stays the same plan, its id kept so a run's report still counts, and its slot: the
-        lease's as recorded, which also gives one to a plan an aggregate older than slots wrote). On this host, every
-        container of these leases that exists (running, stopped, failed to start) gets them as root's
-        authorized_keys at once: a key left out is refused from the next login on (planned ones start with the
-        slice's keys of their start). A container whose file cannot be rewritten is logged and the others go on.
+        reads them; a run already running follows its plan and puts them into its containers at its next poll:
+        node_containers._follow_plan. The plan stays the same plan, its id kept so a run's report still counts, and
+        its slot: the lease's as recorded, which also gives one to a plan an aggregate older than slots wrote). On
+        this host, every container of these leases that exists (running, stopped, failed to start) gets them as
+        root's authorized_keys at once: a key left out is refused from the next login on (planned ones start with
+        the slice's keys of their start). A container whose file cannot be rewritten is logged and the others go on.
         Returns the leases whose plan, or whose containers, were rewritten."""
         if self.plans is not None:
             return self._rewrite(lease_ids, lambda plan: replace(plan, keys=plan_keys(keys)))
@@ -646,20 +647,16 @@ class Instances:
         self.images.directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.images.directory, prefix=".save-") as scratch:
             archive = Path(scratch) / "image.tar"
-            # Archived as root while the container's root may act: frozen meanwhile, it cannot swap a directory for a
-            # link to a host path under the walk (which follows no link anyway: save_rootfs).
-            frozen = host.state(instance.name) == "RUNNING"
-            if frozen:
-                host.freeze(instance.name)
+            # Archived as root while the container's root may act: frozen meanwhile (LxcHost.frozen, the node side's
+            # save too), it cannot swap a directory for a link to a host path under the walk (which follows no link
+            # anyway: save_rootfs).
             try:
-                save_rootfs(rootfs, archive, self.max_image_bytes)
+                with host.frozen(instance.name):
+                    save_rootfs(rootfs, archive, self.max_image_bytes)
             except ArchiveError as exc:
                 raise GeniError(Reason.TESTBED, f"container {instance.name} was not saved: {exc}") from exc
             except (OSError, tarfile.TarError) as exc:
                 raise GeniError(Reason.TESTBED, f"container {instance.name} could not be archived: {exc}") from exc
-            finally:
-                if frozen:
-                    host.unfreeze(instance.name)
             try:
                 check_archive(archive, self.max_image_bytes)  # what every launch of it would refuse, refused now
             except ArchiveError as exc:

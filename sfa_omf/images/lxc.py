@@ -22,7 +22,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,6 +214,21 @@ class LxcHost:
     def unfreeze(self, name: str) -> None:
         """Let a frozen container's processes run again (lxc-unfreeze)."""
         _run(["lxc-unfreeze", "-P", str(self.lxc_path), "-n", name])
+
+    @contextlib.contextmanager
+    def frozen(self, name: str) -> Iterator[None]:
+        """The container frozen while the block runs, if it runs (a stopped one has no process to freeze), and
+        unfrozen after, whatever happened in the block. A save archives a root file system as root while the
+        container's root may act: frozen, it cannot swap a directory for a link under the walk. A freeze that fails
+        raises (TESTBED) before the block runs."""
+        running = self.state(name) == "RUNNING"
+        if running:
+            self.freeze(name)
+        try:
+            yield
+        finally:
+            if running:
+                self.unfreeze(name)
 
     def destroy(self, name: str) -> None:
         """Stop (killing it) and delete the container; nothing to do when it does not exist. A directory without

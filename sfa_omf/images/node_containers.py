@@ -14,8 +14,10 @@ signed with a key listed in /etc/sfa-omf/plan-signers (sfa_omf/images/plan_signi
 experimenter is root on its node, and could write any file the nodes share), naming this node, that user and a slot
 that runs now; and, besides, a file owned by root or by an account listed in /etc/sfa-omf/plan-writers (the
 aggregate's service account, e.g. ``sfa-omf``), in directories owned likewise that nobody else may change (sticky ones
-like /tmp aside). Actions are signed likewise. Reports and save archives go into the node's own directory,
-``nodes/<node>/`` beside the plans, which an operator exports to that node alone.
+like /tmp aside). Actions are signed likewise. While it runs, it follows its plan: a newer version (its revision)
+trusted likewise, of the same plan, for this node, that user and a slot running now, gives the containers it made
+its keys (geni_update_users). Reports and save archives go into the node's own directory, ``nodes/<node>/`` beside
+the plans, which an operator exports to that node alone.
 """
 
 from __future__ import annotations
@@ -187,6 +189,10 @@ def run(plan_path: str) -> int:
     if trusted is None:
         return EXIT_PLAN_REFUSED
     plan, verifier, node = trusted
+    # The action there now is an earlier run's (not done again); read before anything is made, so that one the
+    # aggregate hands from now on (while the containers are made, or the instant they are reported) is this run's.
+    said: set[str] = set()  # each refusal is said once, not at every poll
+    earlier = _trusted_action(action_path_of(path), plan, verifier, plan_writers(), said)
     # Signals wait until the containers are made (and a record names them): none is left half-made by a signal.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     host = LxcHost(plan.bridge, lxc_path=plan.lxc_path)
@@ -220,23 +226,24 @@ def run(plan_path: str) -> int:
     _report(report, states, plan.plan_id)
     for name, state, error in outcomes:
         print(f"container {name}: {state}{f' ({error})' if error else ''}", flush=True)
-    received = _serve_actions(LeaseRun(path, plan, verifier, node, host, record.names, states))
+    lease_run = LeaseRun(path, plan, verifier, node, host, record.names, states)
+    received = _serve_actions(lease_run, earlier.seq if earlier is not None else 0, said)
     why = "the lease's slot is over" if received == SLOT_OVER else f"signal {signal.Signals(received).name}"
     print(f"{why}: destroying the containers", flush=True)
     _destroy(record)
     return 1 if any(state == NODE_FAILED for state, _ in states.values()) else 0
 
 
-def _serve_actions(lease_run: LeaseRun) -> int:
+def _serve_actions(lease_run: LeaseRun, last: int, said: set[str]) -> int:
     """Until a stop signal (returned) or the slot's end (SLOT_OVER): do each action the aggregate hands next to the
-    plan, once (by its seq), on the containers this run made, and report their states and the action done. An action
-    already there when the run begins is an earlier run's: not done again."""
+    plan, once (by its seq), on the containers this run made, and report their states and the action done; and
+    follow the plan: a newer version the aggregate signed gives those containers its keys (_follow_plan). ``last``:
+    the seq of the action that was there when the run began, an earlier run's (not done again). ``said``: the
+    refusals said already (each is said once)."""
     path, plan, verifier = lease_run.path, lease_run.plan, lease_run.verifier
     action_path = action_path_of(path)
     writers = plan_writers()
-    earlier = _trusted_action(action_path, plan, verifier, writers, said=set())
-    last = earlier.seq if earlier is not None else 0
-    said: set[str] = set()  # each refusal is said once, not at every poll
+    followed = plan
     slot_end_s = plan.slot_end_s
     report = report_path_of(path, lease_run.node)
     done: ActionDone | None = None
@@ -251,6 +258,7 @@ def _serve_actions(lease_run: LeaseRun) -> int:
             slot_end_s = _slot_end_now(path, plan, verifier, writers)
             if slot_end_s is None or time.time() >= slot_end_s:
                 return SLOT_OVER
+        followed = _follow_plan(lease_run, followed, writers, said)
         action = _trusted_action(action_path, plan, verifier, writers, said)
         if action is None or action.seq <= last:
             continue
@@ -259,6 +267,62 @@ def _serve_actions(lease_run: LeaseRun) -> int:
         _report(report, lease_run.states, plan.plan_id, done)
         failed = "".join(f"; {name}: {error}" for name, error in sorted(done.errors.items()))
         print(f"action {action.seq} {action.action}: done{failed}", flush=True)
+
+
+def _follow_plan(lease_run: LeaseRun, followed: LeasePlan, writers: frozenset[int], said: set[str]) -> LeasePlan:
+    """The version of the plan the run follows from now on: the plan file's when it is a newer version of
+    ``followed`` that the run may follow (_newer_plan), ``followed`` otherwise. When the newer version's keys differ
+    (geni_update_users, Provision again with other users), they become root's whole authorized_keys in every
+    container this run made, running or stopped (LxcHost.write_keys: dropbear reads the file at each login, so a key
+    left out is refused from the next login on). A container whose file cannot be rewritten is said on stderr, the
+    others get the keys all the same."""
+    newer = _newer_plan(lease_run.path, followed, lease_run.verifier, writers, lease_run.node, said)
+    if newer is None:
+        return followed
+    if newer.keys != followed.keys:
+        written = []
+        for name in (name for name in lease_run.made if lease_run.host.made(name)):  # a failed launch left none
+            try:
+                lease_run.host.write_keys(name, newer.keys)
+                written.append(name)
+            except GeniError as exc:
+                print(f"keys not rewritten: {exc.message}: keys left out still open it", file=sys.stderr, flush=True)
+        print(f"keys: {len(newer.keys)} of the plan written into {', '.join(written) or 'no container'}", flush=True)
+    return newer
+
+
+def _newer_plan(
+    path: Path, followed: LeasePlan, verifier: PlanVerifier, writers: frozenset[int], node: str, said: set[str]
+) -> LeasePlan | None:
+    """The plan at ``path`` if the run may follow it instead of ``followed``: trusted as the plan was when the run
+    began (the same owners, signed by the aggregate as a plan), the same plan (its plan_id), a newer version of it
+    (its revision: an earlier signed version put back in its place, with a key since removed, is refused), for this
+    node and the user whose plan the run follows, and its slot running now. None otherwise: silently when it is the
+    version followed, else saying once on stderr why it is not followed."""
+    problem = untrusted(path, writers)
+    plan = None
+    if not problem:
+        try:
+            plan = LeasePlan.from_json(open_signed(verifier, KIND_PLAN, read_bounded(path)))
+        except (OSError, PlanError) as exc:
+            problem = f"{path}: {exc}"
+    if plan is not None:
+        if plan.plan_id != followed.plan_id:
+            problem = f"{path} is now plan {plan.plan_id}, not plan {followed.plan_id} which this run follows"
+        elif plan.revision == followed.revision:
+            return None  # the version followed (read again)
+        elif plan.revision < followed.revision:
+            problem = (
+                f"{path} is an earlier version of the plan (written {_utc(plan.revision / 1e6)}) than the one this "
+                f"run follows (written {_utc(followed.revision / 1e6)}): the aggregate did not put it there"
+            )
+        else:
+            refusal = plan_refusal(plan, path, followed.user, node if node in plan.nodes else "", time.time())
+            problem = f"plan {path} {refusal}" if refusal else ""
+    if problem and problem not in said:
+        said.add(problem)
+        print(f"plan not followed: {problem}; its keys are not taken", file=sys.stderr, flush=True)
+    return None if problem else plan
 
 
 def _reassert(path: Path, states: dict[str, tuple[str, str]], plan_id: str, done: ActionDone | None) -> None:
@@ -323,7 +387,8 @@ def _act(action: LeaseAction, lease_run: LeaseRun) -> ActionDone:
             if action.action == ACTION_SAVE:
                 saved = archive_path_of(lease_run.path, lease_run.node, action.seq)
                 _node_directory(saved)
-                _archive(host.lxc_path / name / "rootfs", saved)
+                with host.frozen(name):  # as a save on the aggregate's host: its root changes nothing meanwhile
+                    _archive(host.lxc_path / name / "rootfs", saved)
                 archive, size, digest = str(saved), saved.stat().st_size, sha256_of(saved)
             else:
                 states[name] = _operate(host, name, action.action, addresses[name], plan.ssh_timeout_s)

@@ -22,6 +22,7 @@ import re
 import secrets
 import stat
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -107,10 +108,16 @@ class LeasePlan:
     # one of them (the job's first node), and reports into that node's directory, leases/nodes/<node>/. Empty only
     # in a plan an aggregate older than node directories wrote, which the node side refuses.
     nodes: tuple[str, ...] = ()
+    # When this version of the plan was written (microseconds since the epoch, UTC; more than the version it
+    # replaced): a run follows a rewritten plan (new keys) only when it is newer than the version it follows, so an
+    # earlier signed version put back in its place (a removed user's key) is not taken. Not part of what the plan says
+    # (equality ignores it); 0 in a plan an aggregate older than revisions wrote.
+    revision: int = field(default=0, compare=False)
 
     def to_json(self) -> str:
         data = {
             "plan_id": self.plan_id,
+            "revision": self.revision,
             "lease_id": self.lease_id,
             "nodes": list(self.nodes),
             "user": self.user,
@@ -151,6 +158,9 @@ class LeasePlan:
         if len({c.name for c in planned}) != len(planned):
             raise PlanError("a container name appears twice")
         start, end = _slot(data)
+        revision = data.get("revision", 0)
+        if isinstance(revision, bool) or not isinstance(revision, int) or not 0 <= revision < LAST_EPOCH_S * 10**6:
+            raise PlanError("revision must be a whole number of microseconds since the epoch")
         nodes = data.get("nodes")
         if nodes is None:
             raise PlanError(
@@ -170,6 +180,7 @@ class LeasePlan:
             containers=tuple(planned),
             slot_start_s=start,
             slot_end_s=end,
+            revision=revision,
         )
 
 
@@ -333,7 +344,8 @@ class LeasePlans:
         writers (a Renew and a geni_update_users, a Renew and a Delete, in any thread or process of this host or of
         hosts sharing the directory) never lose each other's change nor bring back a removed plan. False when the
         lease has no plan (any more) or one this aggregate did not sign (never signed over); the plan is not
-        written when the change leaves it as it is."""
+        written when the change leaves it as it is, and is written as a newer revision otherwise (the runs following
+        it take it: new keys reach running containers)."""
         with self._locked():
             plan = self.read(lease_id)
             if plan is None:
@@ -344,8 +356,11 @@ class LeasePlans:
             return True
 
     def _write(self, plan: LeasePlan) -> Path:
+        """Sign and write ``plan`` as a new revision: later than the one it was made from and than any written
+        before now (the clock), so a run following the plan tells it from every earlier version."""
         path = self.plan_path(plan.lease_id)
-        _write_at_once(path, self.signer.sign(KIND_PLAN, plan.to_json()))
+        stamped = replace(plan, revision=max(plan.revision + 1, time.time_ns() // 1000))
+        _write_at_once(path, self.signer.sign(KIND_PLAN, stamped.to_json()))
         return path
 
     @contextlib.contextmanager

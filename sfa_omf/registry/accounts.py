@@ -10,6 +10,13 @@ Policies (the operator chooses one):
 - ``per-slice``: one account per slice, derived the same way from the slice URN.
 - ``shared``: one account for every federation user (its name is configured).
 An operator can pin a mapping by hand (``sfa-omf account map URN LOGIN``); a pinned login is never recomputed.
+
+A name removed from the local registry and registered again names another person under the same URN. Removing a user
+(or a slice) retires its login (table retired_login): the mapping goes, and the login is never derived for anyone
+again. Until the name is registered again, the URN still resolves to the retired login (the removed user's leases end
+in their own account, and their slices' keys are withdrawn from it). The next holder of the name gets a login derived
+from the URN and the number of holders before them (``holder``): a login of their own, the same on every call.
+Users of other authorities are never removed here: their logins are derived as before (holder 0).
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, exists, func, select, text
+from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database, retry_transient
-from sfa_omf.calendar.models import AccountMapping
+from sfa_omf.calendar.models import AccountMapping, RegistryRecord, RetiredLogin
 from sfa_omf.errors import BadArgs
 from sfa_omf.xrn import parse_urn
 
@@ -32,12 +40,14 @@ POLICIES = ("per-user", "per-slice", "shared")
 VALID_LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
-def derived_login(urn: str, tag_length: int = 6) -> str:
-    """The login a URN maps to by rule (see the module docstring)."""
+def derived_login(urn: str, tag_length: int = 6, holder: int = 0) -> str:
+    """The login a URN maps to by rule (see the module docstring). ``holder``: how many earlier holders of the URN
+    the local registry removed (0 for the first, and for every user of another authority)."""
     name = re.sub(r"[^a-z0-9_]", "_", parse_urn(urn).name.lower())
     if not name or not (name[0].isalpha() or name[0] == "_"):
         name = f"u{name}"
-    tag = hashlib.sha256(urn.lower().encode("utf-8")).hexdigest()[:tag_length]
+    seed = urn.lower() if holder == 0 else f"{urn.lower()}#{holder}"  # holder 0: the tag as it always was
+    tag = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:tag_length]
     return f"{name[: MAX_LOGIN - len(tag) - 1]}_{tag}"
 
 
@@ -50,6 +60,54 @@ def check_login(login: str) -> None:
 
 
 _LOGIN_OF = select(AccountMapping.login).where(AccountMapping.urn == bindparam("urn"))
+#: The login of a URN's removed holder while nobody holds the name again (newest first).
+_REMOVED_HOLDERS_LOGIN = (
+    select(RetiredLogin.login)
+    .where(RetiredLogin.urn == bindparam("urn"))
+    .where(~exists().where(RegistryRecord.urn == bindparam("urn")))
+    .order_by(RetiredLogin.id.desc())
+    .limit(1)
+)
+
+
+def retire_login(session: Session, urn: str, retired_s: int) -> str:
+    """In the registry's unit of work that removes the record of ``urn`` (a user, or a slice): its mapping goes and
+    its login is retired, never derived for anyone again; the next holder of the URN gets a login of their own. A URN
+    never mapped retires the login it would have had. Returns the retired login."""
+    _one_at_a_time(session, urn)
+    mapping = session.scalar(select(AccountMapping).where(AccountMapping.urn == urn))
+    if mapping is not None:
+        login = mapping.login
+        session.delete(mapping)
+    else:
+        login = derived_login(urn, holder=_earlier_holders(session, urn))
+    session.add(RetiredLogin(urn=urn, login=login, retired_s=retired_s))
+    return login
+
+
+def retired_logins(database: Database, urn: str) -> list[str]:
+    """The logins of the removed holders of ``urn``, oldest first."""
+    with database.read() as session:
+        return list(
+            session.scalars(select(RetiredLogin.login).where(RetiredLogin.urn == urn).order_by(RetiredLogin.id))
+        )
+
+
+#: The advisory lock class of the units of work that map or retire a URN (the other number is the URN's hash).
+_URN_LOCK_CLASS = 0x5F0A
+
+
+def _one_at_a_time(session: Session, urn: str) -> None:
+    """PostgreSQL: the units of work that map a URN and retire it run one after the other (a transaction-scoped
+    advisory lock), so a first mapping made while the registry removes the URN's holder is retired with it, never
+    left to whoever is registered next. SQLite's write lock (BEGIN IMMEDIATE) does this already."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(urn.encode("utf-8")).digest()[:4], "big", signed=True)
+        session.execute(text("SELECT pg_advisory_xact_lock(:kind, :key)"), {"kind": _URN_LOCK_CLASS, "key": key})
+
+
+def _earlier_holders(session: Session, urn: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(RetiredLogin).where(RetiredLogin.urn == urn)) or 0)
 
 
 @dataclass(frozen=True)
@@ -85,17 +143,28 @@ class Accounts:
         found = self.database.fetch_all(_LOGIN_OF, {"urn": key})
         if found:
             return str(found[0][0])
+        # Removed from the registry and not registered again: the removed holder's own (retired) login, never mapped
+        # again, so that their slices' keys leave the account they were put in and nobody later inherits it.
+        removed = self.database.fetch_all(_REMOVED_HOLDERS_LOGIN, {"urn": key})
+        if removed:
+            return str(removed[0][0])
         return retry_transient(lambda: self._mapped(key))
 
     def _mapped(self, urn: str) -> str:
         with self.database.write() as session:
+            _one_at_a_time(session, urn)
             existing = session.scalar(select(AccountMapping).where(AccountMapping.urn == urn))
             if existing is not None:
                 return existing.login
+            removed = session.scalar(_REMOVED_HOLDERS_LOGIN, {"urn": urn})
+            if removed is not None:  # (removed meanwhile)
+                return removed
+            holder = _earlier_holders(session, urn)  # 0 unless the registry removed someone of this name
             for tag_length in range(6, 17):
-                login = derived_login(urn, tag_length)
-                taken = session.scalar(select(AccountMapping).where(AccountMapping.login == login))
-                if taken is None:
+                login = derived_login(urn, tag_length, holder)
+                mapped = session.scalar(select(AccountMapping.id).where(AccountMapping.login == login).limit(1))
+                retired = session.scalar(select(RetiredLogin.id).where(RetiredLogin.login == login).limit(1))
+                if mapped is None and retired is None:
                     session.add(AccountMapping(urn=urn, login=login, pinned=False))
                     return login
             raise BadArgs(f"no free login could be derived for {urn}; pin one with sfa-omf account map")

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sfa_omf.arguments import email as email_address
 from sfa_omf.config import Settings
 from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.registry.accounts import retired_logins
 from sfa_omf.registry.api import DEFAULT_SLICE_LIFETIME
 from sfa_omf.registry.authority import LocalAuthority, write_new_file
 from sfa_omf.registry.bootstrap import sfi_config
@@ -37,6 +38,7 @@ class NewUser:
 class Removed:
     record: Record
     deleted_dirs: list[str] = field(default_factory=list)  # the user's sfi.py directories, deleted with the record
+    retired_login: str = ""  # the local login it had (or would have had): never given to anyone registered later
 
 
 class RegistryAdmin:
@@ -96,7 +98,7 @@ class RegistryAdmin:
         except BaseException:
             # Left behind, any of these would block the name for good (the GID file, the directory) or half-register it.
             if recorded:
-                self.records.remove(hrn)
+                self.records.remove(hrn, retire=False)  # nobody held the name: no login to retire
             if sfi_dir:
                 delete_sfi_dir(sfi_dir)
             self.authority.forget(hrn)
@@ -117,7 +119,8 @@ class RegistryAdmin:
     def remove(self, name: str, kind: str) -> Removed:
         """Remove a user or slice record; its GID is forgotten (not revoked: it stays valid until it expires). A user
         leaves every slice and authority they were a researcher or PI of, and the sfi.py directory the registry wrote
-        for them (with their private key) is deleted, so the name can be given to someone new with nothing inherited."""
+        for them (with their private key) is deleted, so the name can be given to someone new with nothing inherited:
+        nor its local login, which is retired (never derived again; registry/accounts.py), nor that login's account."""
         if kind not in ("user", "slice"):
             raise BadArgs(f"only users and slices are removed this way, not {kind} records")
         record = self._get(name, kind)
@@ -126,7 +129,8 @@ class RegistryAdmin:
         deleted = []
         if record.type == "user":
             deleted = delete_user_sfi_dirs(self.authority.directory, self.authority.hrn, record.hrn)
-        return Removed(record, deleted)
+        retired = retired_logins(self.records.database, record.urn)
+        return Removed(record, deleted, retired[-1] if retired else "")
 
     # -- slices -------------------------------------------------------------------------------------------------
     def create_slice(self, name: str, researchers: Sequence[str], expires: datetime | None = None) -> Record:

@@ -17,6 +17,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sfa_omf.am.caller_keys import RegisteredKeys
 from sfa_omf.am.contract import credentials
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.arguments import (
@@ -398,6 +399,24 @@ class RegistryApi:
             raise GeniError(
                 Reason.INSUFFICIENT_PRIVILEGES, f"{operation} needs an authority credential of {self.authority.hrn}"
             )
+        # The trust layer takes a caller of the owner's URN with another key (as SFA does); for users of this
+        # authority the registry knows each name's one key: a removed PI's certificate, or a credential of an
+        # earlier holder of the name, must not change the registry (am/caller_keys.py, as for the AM API).
+        registered = RegisteredKeys(self.records, self.authority.hrn, ttl_s=0)
+        caller = context.caller_chain[0] if context.caller_chain else None
+        caller_urn, caller_key = (caller.urn or "", caller.key_id) if caller is not None else ("", "")
+        for urn, key_id, what in (
+            (verified.owner_urn, verified.owner_key_id, "the credential's owner"),
+            (caller_urn, caller_key, "your certificate"),
+        ):
+            refusal = registered.refusal(urn, key_id)
+            if refusal is not None:
+                why = "is no longer registered" if refusal.removed else "holds another key than the registered one"
+                raise GeniError(
+                    Reason.OWNER_MISMATCH,
+                    f"{what} ({urn}) {why}: {operation} needs the certificate and credential the registry issues to "
+                    "its users now (GetSelfCredential with the registered key)",
+                )
 
     def _record(self, hrn: str, kind: str | None) -> Record:
         record = self.records.get(hrn)

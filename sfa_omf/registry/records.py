@@ -8,12 +8,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import RegistryRecord
+from sfa_omf.calendar.models import RegistryRecord, SliceUser
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import BadArgs
+from sfa_omf.registry.accounts import retire_login
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain, load_gid_chain_file
@@ -191,14 +192,24 @@ class Records:
             )
             return [_record(row) for row in rows]
 
-    def remove(self, hrn: str) -> bool:
+    def remove(self, hrn: str, retire: bool = True) -> bool:
         """Remove a record and, in the same transaction, its HRN from every slice's researchers and every authority's
-        PIs: whoever registers the name next must not inherit the memberships. False: there was no such record."""
+        PIs, and (a user or slice, with ``retire``) its local login from the account mapping (registry/accounts.py
+        retire_login): whoever registers the name next must inherit neither the memberships nor the Unix account.
+        ``retire=False`` only undoes a registration that failed (nobody held the name). False: no such record."""
         with self.database.write() as session:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
             if row is None:
                 return False
             session.delete(row)
+            if retire and row.type in ("user", "slice"):
+                retire_login(session, row.urn, int(utcnow().timestamp()))
+            if retire and row.type == "user":
+                # The aggregate's slices forget the user and the keys they sent: whoever registers the name next
+                # (the same URN) must not get them in their login, nor have them taken for theirs (the AM's
+                # geni_users rule). The removed user's retired account keeps what is in it until the operator
+                # removes it (sfa-omf user remove says so).
+                session.execute(delete(SliceUser).where(SliceUser.user_urn == row.urn))
             holders = session.scalars(select(RegistryRecord).where(RegistryRecord.type.in_(("slice", "authority"))))
             for holder in holders:
                 researchers = [member for member in holder.researchers if member != hrn]

@@ -44,6 +44,7 @@ from sfa_omf.calendar.agents import Agents
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
+from sfa_omf.calendar.vpn_records import VpnRecords
 from sfa_omf.cluster.leadership import Leadership, PeriodicTask, lock_for, startup_writes
 from sfa_omf.config import Settings
 from sfa_omf.images.instances import instances_of
@@ -288,7 +289,17 @@ def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
             vpn_port=settings.agent_vpn_port,
         ),
         FileStore(os.path.join(settings.data_dir, "agent_files"), settings.agent_max_file_bytes),
-        VpnCa(os.path.join(settings.data_dir, "vpn"), settings.interface_hrn) if settings.agent_vpn_remote else None,
+        (
+            # On PostgreSQL (one or several hosts) the cluster's one CA, refused when this host holds another, and
+            # the CRL and ccd/ from the database; SQLite is served by one process of one host: its files suffice.
+            VpnCa(
+                os.path.join(settings.data_dir, "vpn"),
+                settings.interface_hrn,
+                None if aggregate.database.is_sqlite else VpnRecords(aggregate.database),
+            )
+            if settings.agent_vpn_remote
+            else None
+        ),
         (
             DnsZones.from_settings(
                 os.path.join(settings.data_dir, "dns"), settings.agent_dns_zone, settings.agent_dns_reload

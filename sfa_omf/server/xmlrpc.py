@@ -10,12 +10,22 @@ connection closed; XML with a DOCTYPE or entity declaration is refused before it
 than ``MAX_DEPTH`` are refused while unmarshalling; any body that is not a well-formed methodCall is a clean fault 1
 (never an HTTP 500); at most ``pool`` threads run calls at once and the rest wait their turn, while the reactor keeps
 accepting and answering (a slow client only holds its own connection).
+
+Time: no client holds a connection for ever by sending a byte now and then. A TLS handshake must end within
+``handshake_deadline_s`` of the accept (30 s), a request arrive whole within ``request_deadline_s`` of its first byte
+(408), a connection sending nothing is closed after the idle timeout, and a connection the server closes is cut off
+once ``close_grace_s`` (15 s) has passed with no byte of the answer leaving and the client not closing its side of
+TLS: the grace counts from when the answer has reached the client, never while a slow reader is still taking it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import socket
+import struct
+import termios
 import xmlrpc.client
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,11 +34,14 @@ from typing import Any
 from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import connectionDone
 from twisted.internet.threads import deferToThreadPool
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import http, resource, server
+from zope.interface import implementer  # type: ignore[import-untyped]  # Twisted's interfaces are zope's
 
 from sfa_omf.server.tls import peer_chain
 from sfa_omf.trust.gid import GidChain
@@ -37,6 +50,10 @@ from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, refuse_declarations
 log = logging.getLogger("sfa_omf.server")
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_HANDSHAKE_DEADLINE_S = 30.0  # a TLS handshake is a few round trips, even from the other side of the world
+DEFAULT_CLOSE_GRACE_S = 15.0  # as long as Twisted itself waits for a client after an idle timeout (abortTimeout)
+#: Linux's SIOCOUTQ (linux/sockios.h, equal to TIOCOUTQ): the bytes of a TCP socket the peer has not acknowledged yet.
+SIOCOUTQ = termios.TIOCOUTQ
 DEFAULT_REQUEST_DEADLINE_S = 120.0  # honest clients send a request in one go...
 SLOWEST_UPLOAD_BYTES_PER_S = 32 * 1024  # ...and a body of the largest size taken at this rate has the time it needs
 TEXT_BUFFER_BYTES = 64 * 1024  # expat hands text over in pieces of at most this (a credential: one or two)
@@ -125,42 +142,157 @@ def refuse_and_close(
     channel.loseConnection()
 
 
+def _kernel_unacknowledged_bytes(connection: socket.socket) -> int:
+    """The bytes written to ``connection`` that its peer has not acknowledged yet (the kernel's send queue); 0 where
+    the kernel does not tell (not Linux, or a socket already closed)."""
+    try:
+        answer = fcntl.ioctl(connection.fileno(), SIOCOUTQ, struct.pack("i", 0))
+    except (OSError, ValueError):
+        return 0
+    return int(struct.unpack("i", answer)[0])
+
+
+def _cancel(call: Any) -> None:
+    """Cancel a pending callLater; None, or one that ran already, is fine."""
+    if call is not None and call.active():
+        call.cancel()
+
+
+@implementer(IHandshakeListener)
 class GuardedChannel(http.HTTPChannel):
     """Twisted's HTTP channel, answering a header line over the limit with 431 and closing (the default drops the
     line and may leave a TLS connection waiting), and a request that does not arrive whole within
-    ``request_deadline_s`` of its first byte with 408 and closing."""
+    ``request_deadline_s`` of its first byte with 408 and closing; cutting off a TLS handshake not done within
+    ``handshake_deadline_s`` of the accept, and a connection being closed whose client neither closes its side nor
+    takes a byte of the answer for ``close_grace_s``."""
 
     MAX_LENGTH = MAX_HEADER_BYTES
     totalHeadersSize = MAX_HEADER_BYTES
     #: Twisted's idle timeout restarts at every byte received, so a client sending a byte now and then held a
     #: connection (and its buffers) for ever; this bounds a request's arrival as a whole. make_site sets it.
     request_deadline_s: float = DEFAULT_REQUEST_DEADLINE_S
+    #: From the accept to the end of the TLS handshake. Twisted's TLS layer hands no handshake byte to the channel,
+    #: so only the idle timeout (120 s) bounded a handshake before; a deadline of its own is shorter and says so.
+    handshake_deadline_s: float = DEFAULT_HANDSHAKE_DEADLINE_S
+    #: The grace after the server closes: TLS waits for the client's close_notify, which a client may never send
+    #: while it goes on sending bytes (every closing path: 408/431/400/413, idle timeout, Connection: close). It
+    #: counts while no byte of the answer leaves: an HTTP/1.0 or ``Connection: close`` answer is closed as soon as it
+    #: is buffered, and a slow reader may take it for minutes.
+    close_grace_s: float = DEFAULT_CLOSE_GRACE_S
+    #: Twisted's own abort after an idle timeout counts from the close, and so cut off a kept-alive slow reader
+    #: still taking its answer; None (Twisted's documented "no abort") leaves that close to the close grace too.
+    abortTimeout = None  # type: ignore[assignment]  # Twisted's stub says int; its docs allow None
     _request_deadline: Any = None
+    _request_begun = False  # a byte other than CR or LF has come since the last request was received whole
+    _handshake_deadline: Any = None
+    _close_deadline: Any = None
+    _fewest_unsent_bytes = 0  # since the close: the fewest bytes of the answer seen not yet taken by the client
+    _closing = False  # loseConnection was called: what still comes is not read
+    _lost = False  # connectionLost was called
+    _sfa_omf_refused = False
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if isinstance(self.transport, TLSMemoryBIOProtocol):  # the project's listeners are all TLS
+            self._handshake_deadline = self.callLater(self.handshake_deadline_s, self._handshake_too_slow)
+
+    def handshakeCompleted(self) -> None:
+        """Twisted's TLS layer says the handshake is done: the handshake deadline no longer applies."""
+        _cancel(self._handshake_deadline)
+        self._handshake_deadline = None
 
     def dataReceived(self, data: bytes) -> None:
-        # (Blank lines between kept-alive requests, which HTTP allows, start no request.)
-        if self._request_deadline is None and data.strip(b"\r\n") and not self._handlingRequest:
-            self._request_deadline = self.callLater(self.request_deadline_s, self._request_too_slow)
+        if self._closing:
+            return  # nothing more is read (no request starts), and a byte must not restart the idle timeout
+        if not self._handlingRequest and not self._request_begun:
+            if data.strip(b"\r\n"):
+                self._request_begun = True
+                self._start_request_deadline()  # from the request's first byte
+            elif self._request_deadline is None:
+                # Blank lines between kept-alive requests (HTTP allows them) start no request, yet lone CRs or LFs
+                # never make a line (up to 16 KiB) and each restarts the idle timeout: they are bounded too.
+                self._start_request_deadline()
         super().dataReceived(data)
 
     def allContentReceived(self) -> None:
-        self._cancel_request_deadline()
+        _cancel(self._request_deadline)
+        self._request_deadline = None
+        self._request_begun = False
         super().allContentReceived()
 
+    def loseConnection(self) -> None:
+        first_close = not self._closing
+        self._closing = True
+        super().loseConnection()  # the TLS layer queues its close_notify after the rest of the answer
+        if first_close and not self._lost:
+            self._fewest_unsent_bytes = self._unsent_bytes()
+            self._close_deadline = self.callLater(self.close_grace_s, self._check_close)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._cancel_request_deadline()
+        for call in (self._request_deadline, self._handshake_deadline, self._close_deadline):
+            _cancel(call)
+        self._request_deadline = self._handshake_deadline = self._close_deadline = None
+        self._lost = True
         super().connectionLost(reason)
+
+    def _start_request_deadline(self) -> None:
+        _cancel(self._request_deadline)
+        self._request_deadline = self.callLater(self.request_deadline_s, self._request_too_slow)
 
     def _request_too_slow(self) -> None:
         self._request_deadline = None
         log.info("a request not received whole within %g s: connection closed", self.request_deadline_s)
         refuse_and_close(self, b"408 Request Timeout")
 
-    def _cancel_request_deadline(self) -> None:
-        if self._request_deadline is not None:
-            if self._request_deadline.active():
-                self._request_deadline.cancel()
-            self._request_deadline = None
+    def _handshake_too_slow(self) -> None:
+        self._handshake_deadline = None
+        log.info(
+            "no TLS handshake within %g s of connecting (%s): connection cut off",
+            self.handshake_deadline_s,
+            self._peer(),
+        )
+        self._abort()  # nothing can be said to a client without TLS
+
+    def _unsent_bytes(self) -> int:
+        """The bytes written to this connection that the client has not taken yet: what Twisted's TLS layer holds
+        back, what its TCP transport still buffers, and what the kernel has not had acknowledged."""
+        transport: Any = self.transport
+        held_back = 0
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            held_back = sum(len(piece) for piece in transport._appSendBuffer)
+            transport = transport.transport
+        if transport is None:
+            return held_back
+        buffered: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # its FileDescriptor
+        return held_back + buffered + _kernel_unacknowledged_bytes(transport.getHandle())
+
+    def _check_close(self) -> None:
+        """A close grace has passed since the close or the last check: wait another one if the client has taken
+        bytes of the answer since (fewer are unsent than ever before), else cut the connection off. Only bytes of
+        the answer reaching the client make a new low, so a client cannot hold the connection by other means."""
+        self._close_deadline = None
+        unsent = self._unsent_bytes()
+        if unsent < self._fewest_unsent_bytes:
+            self._fewest_unsent_bytes = unsent
+            self._close_deadline = self.callLater(self.close_grace_s, self._check_close)
+            return
+        log.info(
+            "a connection closed by the server (%s), its client neither closing its side nor taking a byte of the "
+            "answer for %g s (%d bytes unsent): cut off",
+            self._peer(),
+            self.close_grace_s,
+            unsent,
+        )
+        self._abort()
+
+    def _abort(self) -> None:
+        transport: Any = self.transport  # TLSMemoryBIOProtocol (or a TCP transport): both can abort
+        if transport is not None:
+            transport.abortConnection()
+
+    def _peer(self) -> str:
+        transport: Any = self.transport
+        return str(transport.getPeer()) if transport is not None else "gone"
 
     def lineLengthExceeded(self, line: bytes) -> None:
         refuse_and_close(self, b"431 Request Header Fields Too Large")
@@ -328,12 +460,21 @@ def make_site(
     timeout_s: float,
     json_prefixes: tuple[bytes, ...] = (),
     request_deadline_s: float | None = None,
+    handshake_deadline_s: float = DEFAULT_HANDSHAKE_DEADLINE_S,
+    close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
 ) -> server.Site:
     """A Site serving ``routes`` by their first path segment (``am2``; ``resources``, the OMF backend's REST
-    inventory; ``calendar``, the web calendar); any other path (``/``, ``/RPC2``) goes to ``default``. A
-    connection idle for ``timeout_s`` is closed, and so is one whose request does not arrive whole within
-    ``request_deadline_s`` of its first byte (408; by default 120 s, or the time a body of ``max_body_bytes``
-    takes at 32 KiB/s when that is longer)."""
+    inventory; ``calendar``, the web calendar, ``agents``, the node agents' API); any other path (``/``, ``/RPC2``)
+    goes to ``default``. Every TLS listener of the project serves one of these, so its bounds hold for all:
+
+    - a TLS handshake not done within ``handshake_deadline_s`` of the accept is cut off (a client sending nothing,
+      or its handshake a byte at a time);
+    - a connection idle for ``timeout_s`` is closed;
+    - a request that does not arrive whole within ``request_deadline_s`` of its first byte is answered 408 and
+      closed (by default 120 s, or the time a body of ``max_body_bytes`` takes at 32 KiB/s when that is longer);
+    - a connection the server closes is cut off once ``close_grace_s`` passes with the client neither closing its
+      side nor taking a byte of the answer (the grace counts from when the answer has reached the client).
+    """
 
     class Root(resource.Resource):
         def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
@@ -356,6 +497,8 @@ def make_site(
         if request_deadline_s is None
         else request_deadline_s
     )
+    Channel.handshake_deadline_s = handshake_deadline_s
+    Channel.close_grace_s = close_grace_s
     site = _Site(Root(), timeout=timeout_s)
     site.protocol = Channel  # type: ignore[assignment,method-assign]
     site.requestFactory = Request

@@ -5,6 +5,10 @@ a slice's keys replaces its block only, so keys the user or the operator put the
 blocks, are never touched; removing the block takes exactly that slice's keys away again. Needs root (useradd,
 chown); the operator turns it on with ``[sfa_omf] create_accounts = yes``. ``~/.ssh`` is the user's: no link in it
 is followed.
+
+A call that fails writes nothing: what ``set_slice_keys`` and ``remove_slice_keys`` changed (``WrittenKeys``) is put
+back with ``restore_slice_keys``. A login whose ``~/.ssh`` its user made a link is that user's own doing: it fails
+a call only where the call requires that login (the caller's own), else it is logged and left alone.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import pwd
 import stat
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +43,27 @@ class LocalAccount:
     login: str
     user_urns: tuple[str, ...]
     ssh_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class WrittenKeys:
+    """One login's block for a slice as a call found it and as the call left it: what ``restore_slice_keys`` puts
+    back when the call fails after writing it."""
+
+    login: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+
+
+def block_keys(text: str, slice_urn: str) -> tuple[str, ...]:
+    """The keys in the slice's block of ``text`` (an authorized_keys file); none when it has no block."""
+    begin, end = BEGIN.format(slice_urn=slice_urn), END.format(slice_urn=slice_urn)
+    lines = text.splitlines()
+    if begin not in lines:
+        return ()
+    start = lines.index(begin) + 1
+    stop = lines.index(end, start) if end in lines[start:] else len(lines)
+    return tuple(lines[start:stop])
 
 
 def replace_block(text: str, slice_urn: str, keys: Sequence[str]) -> str:
@@ -96,39 +121,82 @@ class UnixAccounts:
             )
         return pwd.getpwnam(login)
 
-    def set_slice_keys(self, accounts: Iterable[LocalAccount], slice_urn: str) -> None:
-        """Each account exists and its block for the slice holds exactly the account's keys. Raises NotFollowed
-        when the user made ~/.ssh or authorized_keys a link (root would write or read through it)."""
-        for account in accounts:
-            keys = [key.strip() for key in account.ssh_keys if is_ssh_public_key(key.strip())]
-            self._rewrite(self.ensure(account.login), slice_urn, keys)
+    def set_slice_keys(
+        self, accounts: Iterable[LocalAccount], slice_urn: str, required_logins: Collection[str] | None = None
+    ) -> list[WrittenKeys]:
+        """Each account exists and its block for the slice holds exactly the account's keys; returns what changed
+        (for ``restore_slice_keys``). A user who made ~/.ssh or authorized_keys a link (root would write or read
+        through it) gets NotFollowed raised when their login is in ``required_logins`` (every login when None),
+        after the logins written so far are put back; any other such login is logged as a warning and left alone:
+        one member's link must not fail another member's call."""
+        written: list[WrittenKeys] = []
+        try:
+            for account in accounts:
+                keys = tuple(key.strip() for key in account.ssh_keys if is_ssh_public_key(key.strip()))
+                entry = self.ensure(account.login)
+                try:
+                    before = self._rewrite(entry, slice_urn, keys)
+                except NotFollowed as exc:
+                    if required_logins is None or account.login in required_logins:
+                        raise
+                    log.warning("%s: its block for %s is left as it was (%s)", account.login, slice_urn, exc.message)
+                    continue
+                if before is not None and before != keys:
+                    written.append(WrittenKeys(account.login, before, keys))
+        except BaseException:
+            self.restore_slice_keys(written, slice_urn)
+            raise
+        return written
 
-    def remove_slice_keys(self, logins: Iterable[str], slice_urn: str) -> None:
+    def remove_slice_keys(self, logins: Iterable[str], slice_urn: str) -> list[WrittenKeys]:
         """Take the slice's keys out of these accounts (accounts that do not exist are left alone, and so are
-        keys files the user made links)."""
-        for login in logins:
+        keys files the user made links); returns what changed (for ``restore_slice_keys``)."""
+        written: list[WrittenKeys] = []
+        try:
+            for login in logins:
+                try:
+                    entry = pwd.getpwnam(login)
+                except KeyError:
+                    continue
+                try:
+                    before = self._rewrite(entry, slice_urn, ())
+                except NotFollowed as exc:  # the user replaced the file we wrote: none of our keys are in it any more
+                    log.warning("%s", exc)
+                    continue
+                if before:
+                    written.append(WrittenKeys(login, before, ()))
+        except BaseException:
+            self.restore_slice_keys(written, slice_urn)
+            raise
+        return written
+
+    def restore_slice_keys(self, written: Iterable[WrittenKeys], slice_urn: str) -> None:
+        """Put the slice's blocks back as they were before a call that failed wrote them; a block changed since (by
+        another call, whose keys are now the last word) is left alone. Never raises: it runs while a call fails,
+        whose own error is the one to report; what cannot be put back is logged."""
+        for change in written:
             try:
-                entry = pwd.getpwnam(login)
-            except KeyError:
-                continue
-            try:
-                self._rewrite(entry, slice_urn, [])
-            except NotFollowed as exc:  # the user replaced the file we wrote: none of our keys are in it any more
-                log.warning("%s", exc)
+                self._rewrite(pwd.getpwnam(change.login), slice_urn, change.before, only_if=change.after)
+            except (KeyError, OSError, GeniError) as exc:
+                log.warning(
+                    "%s keeps the keys of a failed call in its block for %s: %s",
+                    change.login,
+                    slice_urn,
+                    exc.message if isinstance(exc, GeniError) else exc,
+                )
 
     def slice_keys(self, login: str, slice_urn: str) -> list[str]:
         """The keys in the account's block for the slice (for tests and ``sfa-omf account list``)."""
         path = os.path.join(pwd.getpwnam(login).pw_dir, ".ssh", "authorized_keys")
         if not os.path.exists(path):
             return []
-        begin, end = BEGIN.format(slice_urn=slice_urn), END.format(slice_urn=slice_urn)
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        if begin not in lines:
-            return []
-        start = lines.index(begin) + 1
-        return lines[start : lines.index(end, start)]
+        return list(block_keys(Path(path).read_text(encoding="utf-8"), slice_urn))
 
-    def _rewrite(self, entry: pwd.struct_passwd, slice_urn: str, keys: Sequence[str]) -> None:
+    def _rewrite(
+        self, entry: pwd.struct_passwd, slice_urn: str, keys: Sequence[str], only_if: Sequence[str] | None = None
+    ) -> tuple[str, ...] | None:
+        """Make the slice's block of the account hold ``keys``; returns the keys it held before. With ``only_if``,
+        only when it holds exactly those now (else None: left as it is)."""
         # Root works below the home by descriptors and never follows a link: ~/.ssh and what is in it are the
         # user's, who could point them at /root/.ssh or /etc/shadow.
         home = os.open(entry.pw_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -137,15 +205,19 @@ class UnixAccounts:
         finally:
             os.close(home)
         if ssh_dir is None:
-            return
+            return () if not only_if else None  # (no ~/.ssh: the block is empty, and ``keys`` are none)
         # One writer at a time per file (several slices may share an account); the file is replaced atomically.
         try:
             lock = _account_lock(entry.pw_name)
             try:
                 current = _read_keys(ssh_dir, entry.pw_name)
+                before = block_keys(current, slice_urn)
+                if only_if is not None and before != tuple(only_if):
+                    return None
                 updated = replace_block(current, slice_urn, keys)
                 if updated != current:
                     _replace_keys(ssh_dir, updated, entry)
+                return before
             finally:
                 os.close(lock)  # (releases it)
         finally:

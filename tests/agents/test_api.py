@@ -127,6 +127,9 @@ def test_bad_registrations_say_what_is_wrong_and_write_nothing(lab: Lab, tmp_pat
         ({**good, "properties": {"uuid": "6ba7b811-9dad-11d1-80b4-00c04fd430c8"}}, key, 400, "set by the aggregate"),
         ({**good, "properties": {"hostname": "node1.lab"}}, key, 400, "set by the aggregate"),
         ({**good, "properties": {"network_address": "10.0.0.9"}}, key, 400, "set by the aggregate"),
+        # What the OMF controllers read to switch the node (its CM card) and reach it: never the agent's word.
+        ({**good, "properties": {"cmc": "10.0.0.200"}}, key, 400, "set by the aggregate or its operator"),
+        ({**good, "properties": {"interfaces": "eth0"}}, key, 400, "set by the aggregate or its operator"),
         ({k: v for k, v in good.items() if k != "token"}, key, 400, "'token' is missing"),
         (good, new_private_key(), 403, "not the key presented at the TLS handshake"),
     ]

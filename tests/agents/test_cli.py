@@ -22,7 +22,18 @@ def test_invite_then_list(lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["node", "invite", "--pool", "desktops", "--json", "--config", lab.settings_path]) == 0
     invitation = json.loads(capsys.readouterr().out)
     assert invitation["pool"] == "desktops" and invitation["root"] == lab.root
-    enrol(lab.url, invitation["token"], invitation["root"], str(tmp_path / "a1"), "pc7", "10.1.2.3", "lan-b")
+    # The aggregate's own URN (am.gid's): the agent sends the token to a server whose certificate names it only.
+    assert invitation["aggregate"] == "urn:publicid:IDN+lab+authority+am"
+    enrol(
+        lab.url,
+        invitation["token"],
+        invitation["root"],
+        str(tmp_path / "a1"),
+        "pc7",
+        "10.1.2.3",
+        "lan-b",
+        aggregate_urn=invitation["aggregate"],
+    )
     assert main(["node", "agents", "--json", "--config", lab.settings_path]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
     assert (listed["hostname"], listed["pool"], listed["local_address"], listed["lost"]) == (
@@ -96,3 +107,21 @@ def test_removing_a_node_takes_its_dns_names_and_staged_files(
         assert "removed its DNS names" in out and "removed its staged files (2 lease folder(s)" in out, out
     finally:
         named.stop()
+
+
+def test_invite_prints_the_aggregate_for_agent_enrol(
+    lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["node", "invite", "--config", lab.settings_path]) == 0
+    printed = capsys.readouterr().out
+    assert "--aggregate urn:publicid:IDN+lab+authority+am" in printed, printed
+    token = printed.split("--token ", 1)[1].split()[0]
+    enrol_command = ["agent", "enrol", "--server", lab.url, "--token", token, "--root", lab.root, "--retry-for", "0"]
+    # An invitation naming another aggregate: the real one is refused, the token not sent (still good below).
+    other = "urn:publicid:IDN+lab:site2+authority+am"
+    assert main([*enrol_command, "--state", str(tmp_path / "a1"), "--hostname", "pc7", "--aggregate", other]) == 1
+    said = capsys.readouterr().err
+    assert f"names 'urn:publicid:IDN+lab+authority+am', not the aggregate {other!r}; the token was not sent" in said
+    aggregate = "urn:publicid:IDN+lab+authority+am"
+    assert main([*enrol_command, "--state", str(tmp_path / "a1"), "--hostname", "pc7", "--aggregate", aggregate]) == 0
+    assert "enrolled as urn:publicid:IDN+lab+node+pc7" in capsys.readouterr().out

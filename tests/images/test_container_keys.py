@@ -13,6 +13,7 @@ import pytest
 from sfa_omf.errors import GeniError
 from sfa_omf.images.instances import RUNNING, STOPPED
 from sfa_omf.images.lxc import LxcHost
+from sfa_omf.registry.records import Record
 from tests.conftest import DemoPki
 from tests.images.container_site import GENI_V3, Site, cred, ok, request, site_on_the_bridge
 from tests.images.lxc_env import key_pair, needs_lxc, ssh
@@ -63,7 +64,9 @@ def test_update_users_takes_a_left_out_key_out_of_running_and_stopped_containers
     )  # fmt: skip
     assert planted.returncode == 0 and logs_in(alice_key, first.host), planted.stderr
 
-    # The slice's users become bob alone: alice's key stops working in both running containers, bob's works.
+    # The slice's users become bob alone: alice's key stops working in both running containers, bob's works. (alice
+    # may send bob's key because the local registry holds it for him: tests/am/test_users_keys.py.)
+    site.aggregate.records.add(Record("testbed.bob", "user", BOB, "", keys=(bob_public,)))
     ok(client.PerformOperationalAction([pki.slice_urn], slice_cred, "geni_update_users", users(bob=bob_public)))
     for container in (first, second):
         assert logs_in(bob_key, container.host) and not logs_in(alice_key, container.host), container.name

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
@@ -30,12 +30,13 @@ from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniCode, GeniError
 from sfa_omf.images import node_containers
-from sfa_omf.images.archives import ArchiveError, check_archive, save_rootfs, sha256_of
+from sfa_omf.images.archives import MAX_ARCHIVE_BYTES, ArchiveError, check_archive, save_rootfs, sha256_of
 from sfa_omf.images.instances import FAILED, PLANNED, RUNNING, STOPPED, Instances
-from sfa_omf.images.lxc import LxcHost, hardware_address
+from sfa_omf.images.lxc import InstanceSpec, LxcHost, hardware_address
 from sfa_omf.images.node_plans import (
     ActionDone,
     LeaseAction,
+    LeasePlan,
     LeasePlans,
     PlanError,
     PlannedContainer,
@@ -446,13 +447,84 @@ def test_a_nodes_save_stops_writing_at_the_bound(tmp_path: Path) -> None:
     check_archive(tmp_path / "fits.tar")
 
 
-def bounded_line(stream: IO[str] | None, within_s: float = 180) -> str:
-    """The command's next line, or a failure (never a hang) when it says nothing for ``within_s``."""
-    assert stream is not None
-    ready, _, _ = select.select([stream], [], [], within_s)
-    if not ready:
-        pytest.fail(f"the node command said nothing within {within_s} s")
-    return stream.readline()
+class Lines:
+    """The lines a stream of the node command writes, read by a thread of their own into a queue: a line is never
+    missed (select() on a buffered stream waits for bytes the buffer may already hold, read ahead with the line
+    before)."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put("")  # the stream's end
+
+    def next(self, within_s: float = 180) -> str:
+        """The next line ("" at the stream's end), or a failure (never a hang) when none comes within ``within_s``."""
+        try:
+            return self._lines.get(timeout=within_s)
+        except queue.Empty:
+            pytest.fail(f"the node command said nothing within {within_s:g} s")
+
+    def rest(self) -> str:
+        """What is left to read, once the command has exited (its stream then ends)."""
+        self._reader.join(timeout=60)
+        assert not self._reader.is_alive(), "the node command's stream stayed open after it exited"
+        return "".join(iter(self._lines.get_nowait, ""))
+
+
+class NodeRun:
+    """The real node command, ``sfa-omf-lease-containers run PLAN``, in a process of its own (root, as OAR's job
+    runs it through sudo), its run records in ``runs`` and its output read line by line."""
+
+    def __init__(self, plan_path: Path, runs: Path) -> None:
+        script = node_script(runs, node_containers.SIGNERS_FILE)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", script, "run", str(plan_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out, self.err = Lines(self.process.stdout), Lines(self.process.stderr)
+
+    def stop(self) -> int:
+        """SIGTERM (the job's end): the run destroys its containers; its exit status."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=120)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def plan_on_the_bridge(
+    plan_signer: PlanSigner, tmp_path: Path, keys: tuple[str, ...], *containers: tuple[str, int]
+) -> tuple[LeasePlans, LeasePlan, Path]:
+    """A plan for this host (PLAN's node) of containers (name, host number on the tests' bridge) kept under
+    ``tmp_path``, written and signed as the aggregate writes it: the plans, the plan and its path."""
+    plan = replace(
+        PLAN,
+        bridge=bridge(),
+        lxc_path=str(tmp_path / "lxc"),
+        keys=keys,
+        containers=tuple(PlannedContainer(name, address(number), "") for name, number in containers),
+    )
+    plans = LeasePlans(tmp_path / "leases", plan_signer)
+    return plans, plan, plans.write(plan)
+
+
+def wait_until(condition: Callable[[], bool], what: str, within_s: float = 180) -> None:
+    """Return once ``condition()`` holds; a failure (never a hang) naming ``what`` when it does not within_s."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {within_s:g} s")
+        time.sleep(0.05)
 
 
 @needs_lxc
@@ -461,31 +533,19 @@ def test_the_node_command_does_each_action_once_and_reports_it(plan_signer: Plan
     is ignored; an action already done is not done again."""
     key, public = key_pair(tmp_path, "alice")
     name = "sfaomf-0f94acts-0"
-    host_address = address(233)
-    plan = replace(
-        PLAN,
-        bridge=bridge(),
-        lxc_path=str(tmp_path / "lxc"),
-        keys=(public,),
-        containers=(PlannedContainer(name, host_address, ""),),
-    )
-    plans = LeasePlans(tmp_path / "leases", plan_signer)
-    path = plans.write(plan)
+    plans, plan, path = plan_on_the_bridge(plan_signer, tmp_path, (public,), (name, 233))
     node = LxcHost(bridge(), lxc_path=plan.lxc_path)
-    script = node_script(tmp_path / "runs", node_containers.SIGNERS_FILE)
-    command = subprocess.Popen(
-        [sys.executable, "-c", script, "run", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    host = host_address.split("/")[0]
+    command = NodeRun(path, tmp_path / "runs")
+    host = address(233).split("/")[0]
 
     def act(seq: int, action: str, containers: tuple[str, ...] = ()) -> str:
         plans.write_action(plan.lease_id, LeaseAction(plan.plan_id, seq, action, containers))
-        line = bounded_line(command.stdout)
+        line = command.out.next()
         assert line.startswith(f"action {seq} {action}: done"), line
         return line
 
     try:
-        assert bounded_line(command.stdout).strip() == f"container {name}: running"
+        assert command.out.next().strip() == f"container {name}: running"
         act(1, "stop")
         assert node.state(name) == "STOPPED" and plans.states(plan.lease_id) == {name: ("stopped", "")}
         assert ssh(key, host, "true").returncode != 0
@@ -497,7 +557,7 @@ def test_the_node_command_does_each_action_once_and_reports_it(plan_signer: Plan
         untrusted.write_text(LeaseAction(plan.plan_id, 3, "stop").to_json())
         untrusted.chmod(0o666)
         untrusted.replace(plans.action_path(plan.lease_id))
-        refusal = bounded_line(command.stderr)
+        refusal = command.err.next()
         assert refusal.startswith("action refused:") and "may be changed by others" in refusal, refusal
         assert node.state(name) == "RUNNING" and plans.done(plan.lease_id) == ActionDone(2, "start", node=plan.nodes[0])
         # The same MAC at every start: hosts caching the old one would not reach it after a restart for a while.
@@ -523,15 +583,189 @@ def test_the_node_command_does_each_action_once_and_reports_it(plan_signer: Plan
         time.sleep(3 * node_containers.ACTION_POLL_S)  # (not a threshold: time for the run to see seq 5 and skip it)
         assert node.state(name) == "RUNNING"
         act(6, "stop")
-        command.send_signal(signal.SIGTERM)
-        assert command.wait(timeout=60) == 0
-        out = command.stdout.read() if command.stdout else ""
+        assert command.stop() == 0
+        out = command.out.rest()
         assert "action 5 stop" not in out and "destroying" in out
-        assert "action refused" not in (command.stderr.read() if command.stderr else "")  # said once only
+        assert "action refused" not in command.err.rest()  # said once only
         assert node.instances() == []
     finally:
-        if command.poll() is None:
-            command.kill()
-            command.wait()
+        command.kill()
         for record in node.instances():
             node.destroy(record.name)
+
+
+@needs_lxc
+def test_an_action_handed_while_the_run_makes_its_containers_is_done_once_they_run(
+    plan_signer: PlanSigner, tmp_path: Path
+) -> None:
+    """The action there when a run begins is an earlier run's (not done); one handed after it began (while it makes
+    its containers, or the instant it reports them) is this run's, done once they run. The run once read the "earlier"
+    action only after reporting its containers: an action handed in between (the aggregate hands one as soon as
+    the report says running) was taken for an earlier run's and never done."""
+    name = "sfaomf-0f94acts-1"
+    plans, plan, path = plan_on_the_bridge(plan_signer, tmp_path, (), (name, 243))
+    plans.write_action(plan.lease_id, LeaseAction(plan.plan_id, 1, "restart"))  # an earlier run's
+    node = LxcHost(bridge(), lxc_path=plan.lxc_path)
+    runs = tmp_path / "runs"
+    command = NodeRun(path, runs)
+    try:
+        # Its record is written once the plan is trusted, before any container is made: the run has begun.
+        wait_until(lambda: any(runs.glob("*.json")), "the run's record")
+        plans.write_action(plan.lease_id, LeaseAction(plan.plan_id, 2, "stop"))
+        assert command.out.next().strip() == f"container {name}: running"
+        line = command.out.next()
+        assert line.startswith("action 2 stop: done"), line
+        assert node.state(name) == "STOPPED" and plans.states(plan.lease_id) == {name: ("stopped", "")}
+        assert command.stop() == 0
+        assert "action 1" not in command.out.rest()
+    finally:
+        command.kill()
+        for record in node.instances():
+            node.destroy(record.name)
+
+
+@needs_lxc
+def test_update_users_reaches_the_containers_a_run_already_runs_on_its_node(
+    plan_signer: PlanSigner, pki: DemoPki, tmp_path: Path
+) -> None:
+    """geni_update_users on OAR: the aggregate rewrites the lease's plan (signed, a newer revision), and the run on
+    the node, which follows its plan, makes the new set root's whole authorized_keys in the containers it runs: a key
+    left out is refused from the next login on, in every container. An earlier signed version of the plan put back
+    in its place (the removed key in it) is not followed."""
+    site = provisioned(plan_signer, pki, tmp_path)
+    laptop, laptop_public = key_pair(tmp_path, "laptop")
+    desk, desk_public = key_pair(tmp_path, "desk")
+    alice = pki.users["alice"]
+
+    def update_users(*keys: str) -> None:
+        users = {"geni_users": [{"urn": alice.chain[0].urn, "keys": list(keys)}]}
+        site.am.perform_operational_action(alice.chain, [pki.slice_urn], [alice.slice_cred], "geni_update_users", users)
+
+    # The lease's node is this host, its containers on the tests' bridge (a stand-in for OAR's node: the plan is
+    # the aggregate's otherwise, and only the aggregate writes it from here on).
+    numbers = dict(zip(site.names, (241, 242), strict=True))
+    assert site.plans.update(
+        site.lease_id,
+        lambda plan: replace(
+            plan,
+            nodes=PLAN.nodes,
+            bridge=bridge(),
+            lxc_path=str(tmp_path / "lxc"),
+            containers=tuple(replace(c, address=address(numbers[c.name])) for c in plan.containers),
+        ),
+    )
+    update_users(laptop_public, desk_public)
+    both = site.plans.plan_path(site.lease_id).read_text()  # signed, with both keys
+    hosts = [address(number).split("/")[0] for number in numbers.values()]
+    node = LxcHost(bridge(), lxc_path=str(tmp_path / "lxc"))
+    command = NodeRun(site.plans.plan_path(site.lease_id), tmp_path / "runs")
+    try:
+        assert sorted(command.out.next().strip() for _ in site.names) == [f"container {n}: running" for n in site.names]
+        assert all(logs_in(laptop, host) and logs_in(desk, host) for host in hosts)
+
+        update_users(desk_public)  # the laptop's key is left out
+        line = command.out.next()
+        assert line.strip() == f"keys: 1 of the plan written into {', '.join(site.names)}", line
+        for host in hosts:
+            assert logs_in(desk, host) and not logs_in(laptop, host), host
+
+        # Root of another node sharing the plans directory puts the earlier signed version back: not followed.
+        earlier = site.plans.directory / ".earlier"
+        earlier.write_text(both)
+        earlier.replace(site.plans.plan_path(site.lease_id))
+        refusal = command.err.next()
+        assert refusal.startswith("plan not followed:") and "an earlier version of the plan" in refusal, refusal
+        for host in hosts:
+            assert not logs_in(laptop, host), host
+
+        update_users(laptop_public)  # the aggregate's next version is followed again
+        assert command.out.next().strip() == f"keys: 1 of the plan written into {', '.join(site.names)}"
+        assert all(logs_in(laptop, host) and not logs_in(desk, host) for host in hosts)
+        assert command.stop() == 0
+        assert node.instances() == []
+    finally:
+        command.kill()
+        for record in node.instances():
+            node.destroy(record.name)
+
+
+def logs_in(key: Path, host: str) -> bool:
+    return ssh(key, host, "true").returncode == 0
+
+
+def test_a_run_follows_only_a_newer_version_of_its_plan_for_its_node_user_and_slot(
+    plan_signer: PlanSigner, tmp_path: Path
+) -> None:
+    """What a run takes of its plan rewritten: a newer version the aggregate signed of the same plan, naming this
+    node and the same user, its slot running. Anything else is not followed, said once."""
+    if os.geteuid() != 0:
+        pytest.fail("the node command's tests run as root (LXC needs it; scripts/test.sh runs them so)")
+    plans = LeasePlans(tmp_path / "leases", plan_signer)
+    path = plans.write(PLAN)
+    followed = plans.read(PLAN.lease_id)
+    assert followed is not None and followed.revision > 0
+    said: set[str] = set()
+
+    def newer() -> LeasePlan | None:
+        return node_containers._newer_plan(path, followed, plan_signer.verifier, frozenset({0}), "127.0.0.1", said)
+
+    assert newer() is None and said == set()  # the version followed, read again: nothing to say
+    fewer = replace(PLAN, keys=())
+    plans.update(PLAN.lease_id, lambda plan: fewer)
+    found = newer()
+    assert found == fewer and found is not None and found.revision > followed.revision
+    refused = {
+        "for node 192.0.2.1, not this one": replace(fewer, nodes=("192.0.2.1",)),
+        "is for bob's job, not alice's": replace(fewer, user="bob"),
+        "which is over": replace(fewer, slot_start_s=1_000_000_000, slot_end_s=1_000_003_600),
+        "is now plan 0123456789abcdef": replace(fewer, plan_id="0123456789abcdef"),
+    }
+    for words, plan in refused.items():
+        plans.update(PLAN.lease_id, lambda _plan, plan=plan: plan)
+        assert newer() is None and any(words in problem for problem in said), words
+    stranger = PlanSigner(tmp_path / "stranger.key")
+    path.write_text(stranger.sign(KIND_PLAN, replace(fewer, revision=followed.revision + 10**9).to_json()))
+    assert newer() is None and any("not trusted here" in problem for problem in said)
+    path.write_text(plan_signer.sign(KIND_PLAN, replace(fewer, revision=followed.revision - 1).to_json()))
+    assert newer() is None and any("an earlier version of the plan" in problem for problem in said)
+    path.chmod(0o666)
+    assert newer() is None and any("may be changed by others" in problem for problem in said)
+    assert len(said) == 7
+
+
+@needs_lxc
+@pytest.mark.parametrize("archived", [True, False], ids=["archived", "archive fails"])
+def test_a_nodes_save_freezes_the_running_container_and_unfreezes_it_whatever_happens(
+    plan_signer: PlanSigner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, archived: bool
+) -> None:
+    """As a save on the aggregate's host: the run archives a running container frozen (its root changes nothing
+    under the walk), and it runs again after, also when the archive could not be written."""
+    name = "sfaomf-0f94acts-2"
+    plans, plan, path = plan_on_the_bridge(plan_signer, tmp_path, (), (name, 244))
+    host = LxcHost(bridge(), lxc_path=plan.lxc_path)
+    try:
+        host.launch(InstanceSpec(name, address(244), ()), plan.ssh_timeout_s)
+        lease_run = node_containers.LeaseRun(
+            path, plan, plan_signer.verifier, plan.nodes[0], host, (name,), {name: ("running", "")}
+        )
+        archive = plans.archive_path(plan.lease_id, plan.nodes[0], 1)
+        partial = archive.with_name(f".{archive.name}.tmp")
+        if not archived:  # where the run writes it first is taken (in the node's directory, made with the plan)
+            partial.write_text("taken\n")
+        seen: list[str] = []  # the container's state while its root file system is archived
+        save = node_containers.save_rootfs
+
+        def watched(rootfs: Path, into: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
+            seen.append(host.state(name))
+            save(rootfs, into, max_bytes)
+
+        monkeypatch.setattr(node_containers, "save_rootfs", watched)
+        done = node_containers._act(LeaseAction(plan.plan_id, 1, "save", (name,)), lease_run)
+        assert seen == ["FROZEN"] and host.state(name) == "RUNNING"
+        if archived:
+            assert done.errors == {} and done.archive == str(archive) and archive.is_file()
+        else:
+            assert "File exists" in done.errors[name] and not archive.exists()
+    finally:
+        for record in host.instances():
+            host.destroy(record.name)

@@ -105,6 +105,8 @@ def test_a_plan_reads_back_as_written() -> None:
         ({"slot_start_s": True, "slot_end_s": 1_800_000_000}, "epoch seconds"),
         ({"slot_start_s": None, "slot_end_s": 1_800_000_000}, "epoch seconds"),
         ({"slot_start_s": 1_800_000_000, "slot_end_s": 10**12}, "before the year 10000"),
+        ({"revision": -1}, "revision"),
+        ({"revision": True}, "revision"),
     ],
 )  # fmt: skip
 def test_a_plan_the_aggregate_would_not_write_is_refused(change: dict[str, Any], words: str) -> None:

@@ -19,6 +19,7 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.config import read_config
+from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import init_directory, register_demo
 from sfa_omf.registry.records import Record, Records
@@ -94,6 +95,8 @@ def test_a_removed_user_leaves_nothing_to_whoever_takes_the_name_next(registry: 
     person, another key) inherits neither, and the old bob's credential no longer acts as anyone."""
     old_bob_slice_cred = registry.bob.GetCredential(registry.bob_cred, "tb.demo", "slice")
     assert old_bob_slice_cred.startswith("<?xml")
+    accounts = Accounts(registry.database)
+    old_bob_login = accounts.login_for("urn:publicid:IDN+tb+user+bob", "urn:publicid:IDN+tb+slice+demo")
     assert (registry.directory / "users" / "bob" / "sfi" / "tb.bob.pkey").exists()
     assert registry.alice.Remove("tb.bob", [registry.auth_cred], "user") == 1
     assert not (registry.directory / "users" / "bob").exists(), "the sfi.py directory init wrote for bob is left"
@@ -124,6 +127,9 @@ def test_a_removed_user_leaves_nothing_to_whoever_takes_the_name_next(registry: 
     # The new bob, with the registered key, is served as usual.
     (me,) = new_bob.Resolve("tb.bob", [new_bob_cred])
     assert me["gid"] == gid
+    # ...with a local login of his own, not the removed bob's (his Unix account, home directory and files).
+    new_bob_login = accounts.login_for("urn:publicid:IDN+tb+user+bob", "urn:publicid:IDN+tb+slice+demo")
+    assert new_bob_login != old_bob_login
 
 
 #: Records Register must refuse (fault 1), and why.
@@ -191,3 +197,27 @@ def test_authority_and_node_records_cannot_be_removed(registry: Registry) -> Non
     assert refused.faultCode == 1 and "sfa-omf node remove" in refused.faultString
     assert registry.written() == before
     assert registry.alice.GetCredential(registry.alice_cred, "tb", "authority").startswith("<?xml")
+
+
+def test_a_removed_pi_s_authority_credential_no_longer_changes_the_registry(registry: Registry) -> None:
+    """bob, a PI, takes an authority credential, then is removed: his certificate and that credential (unexpired,
+    never revoked) must not Register, Update or Remove anything (22), and nothing is written; nor once the name is
+    registered again for someone else (am/caller_keys.py's rule, as for the AM API)."""
+    old_bob_auth_cred = registry.bob.GetCredential(registry.bob_cred, "tb", "authority")
+    assert registry.alice.Remove("tb.bob", [registry.auth_cred], "user") == 1
+    before = registry.written()
+    carol = {"hrn": "tb.carol", "type": "user"}
+    assert registry.fault(registry.bob.Register, carol, [old_bob_auth_cred]).faultCode == 22
+    assert registry.fault(registry.bob.Remove, "tb.alice", [old_bob_auth_cred], "user").faultCode == 22
+    update = {"hrn": "tb.alice", "email": "x@example.org"}
+    # (Update, refused as an authority's, then tries the caller's own record: there is none)
+    assert registry.fault(registry.bob.Update, update, [old_bob_auth_cred]).faultCode == 12
+    assert registry.written() == before
+
+    # The name registered again (another person, another key): the old holder's key and credential still get nothing.
+    new_key = new_private_key()
+    certificate = create_gid("urn:publicid:IDN+tb+user+bob", new_key.public_key(), new_key)
+    registry.alice.Register({"hrn": "tb.bob", "type": "user", "gid": certificate.pem()}, [registry.auth_cred])
+    assert registry.fault(registry.bob.Register, carol, [old_bob_auth_cred]).faultCode == 22
+    assert registry.records.get("tb.carol") is None
+    assert registry.alice.Register(carol, [registry.auth_cred])  # a registered PI's own key and credential act

@@ -137,8 +137,8 @@ def test_a_testbed_that_is_down(pki: DemoPki, tmp_path: Path) -> None:
 
 
 def test_backends_get_the_mapped_accounts_with_call_and_registry_keys(pki: DemoPki, tmp_path: Path) -> None:
-    """The owner is the provisioning user's login; each account carries the keys sent with the call and the keys
-    registered in the local registry."""
+    """The owner is the provisioning user's login; each account carries the keys its own user sent with the call and
+    the keys registered in the local registry (not keys another member sent for them: tests/am/test_users_keys.py)."""
     database = Database(sqlite_url(str(tmp_path / "c.sqlite")))
     database.upgrade()
     backend = FlakyTestbed()
@@ -174,4 +174,4 @@ def test_backends_get_the_mapped_accounts_with_call_and_registry_keys(pki: DemoP
     )
     assert by_login[backend.owner].user_urns == (alice_urn,)
     bob_login = aggregate.accounts.login_for(bob_urn, pki.slice_urn)
-    assert by_login[bob_login].ssh_keys == (ssh_key("bob@desk"),) and bob_login != backend.owner
+    assert by_login[bob_login].ssh_keys == () and bob_login != backend.owner  # alice cannot vouch for bob@desk

@@ -154,7 +154,14 @@ def test_a_foreign_user_books_and_logs_in_under_the_mapped_account(
         logged_in = ssh_as(login, first, sshd)
         assert logged_in.returncode == 0, logged_in.stderr
         assert logged_in.stdout.strip() == login
+        # alice cannot vouch for the key she sent for bob (no registry here holds it): it does not open his login...
+        assert ssh_as(bob_login, bobs, sshd).returncode != 0, "a member's key for another's login is left out"
+        # ...until bob sends it himself (omni sends every member again), with the credential alice delegated to him.
+        bob = proxy(url, str(sfa / "gids" / "onelab.inria.bob.gid"), str(sfa / "keys" / "onelab.inria.bob.pkey"))
+        bob_cred = (sfa / "creds" / "bob.myslice.delegated.cred").read_text()
+        ok(bob.PerformOperationalAction([MYSLICE], [bob_cred], "geni_update_users", users))
         assert ssh_as(bob_login, bobs, sshd).returncode == 0, "each user under their own account"
+        assert ssh_as(login, first, sshd).returncode == 0, "alice's key, recorded from her, stays"
         assert ssh_as(login, bobs, sshd).returncode != 0, "and not under another's"
         # geni_update_users carries the complete list: the laptop key is replaced by the desktop key.
         new_users = {"geni_users": [{"urn": ALICE, "keys": [second.with_suffix(".pub").read_text().strip()]}]}

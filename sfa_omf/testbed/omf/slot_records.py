@@ -9,18 +9,22 @@ While the end is claimed or failed (ending, end_failed), ``failures`` holds the 
 the reason it is not done yet: ``off:<node name>`` (power the node off) and ``keys:<login>`` (withdraw the lease's
 keys from that login, or close it). A step that succeeded leaves the map, so a retry redoes only what failed; a
 claim taken back after a crash keeps the steps it was claimed with (all of them are done again).
+
+For the operator (``sfa-omf omf slots``, ``sfa-omf omf retry``): ``summaries`` reads the records as plain data, every
+one or those that need attention; ``make_end_due`` brings a failed end's next try forward to now.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import Lease, Node, OmfSlot, Sliver
+from sfa_omf.calendar.models import Lease, Node, OmfSlot, Slice, Sliver
 from sfa_omf.calendar.outbox import LeaseNews, add_lease_event
 
 PROVISIONED, STARTING, READY, FAILED = "provisioned", "starting", "ready", "failed"
@@ -29,6 +33,17 @@ ENDING, ENDED, END_FAILED = "ending", "ended", "end_failed"
 HOLDING = (PROVISIONED, READY, FAILED, END_FAILED)
 #: The kinds of end steps (see the module docstring).
 END_OFF, END_KEYS = "off:", "keys:"
+#: Ends the controllers refused (or did not answer) this many times are tried with a growing wait, logged at ERROR.
+MAX_END_ATTEMPTS = 10
+#: The wait before such a try: the first, doubled each time, up to the last.
+END_RETRY_FIRST_S, END_RETRY_MAX_S = 60, 3600
+
+
+def end_retry_wait_s(attempts: int) -> int:
+    """How long an end refused ``attempts`` times waits before its next try (0: the next pass)."""
+    if attempts < MAX_END_ATTEMPTS:
+        return 0
+    return int(min(END_RETRY_FIRST_S * 2 ** min(attempts - MAX_END_ATTEMPTS, 16), END_RETRY_MAX_S))
 
 
 def end_steps_left(failures: Mapping[str, str]) -> dict[str, str]:
@@ -67,6 +82,34 @@ class SlotState:
     phase: str
     failures: Mapping[str, str]
     message: str
+
+
+@dataclass(frozen=True)
+class SlotSummary:
+    """One lease's slot work as an operator sees it (``sfa-omf omf slots``): the record and what the calendar says
+    of its lease (``slice_urn`` "" and ``lease_state`` "" when the calendar holds no such lease any more)."""
+
+    lease_id: str
+    phase: str
+    failures: Mapping[str, str]  # a failed start: node URN -> reason; an end: step left -> reason
+    message: str
+    attempts: int  # the end's tries the controllers refused
+    updated_s: int  # the last try (or change) of the work
+    slice_urn: str
+    lease_state: str
+    start_s: int
+    end_s: int
+    nodes: tuple[str, ...]  # the lease's nodes, by the name the controllers use
+
+
+@dataclass(frozen=True)
+class EndMadeDue:
+    """What ``make_end_due`` did: ``phase`` the record's phase (nothing written unless it is end_failed and was not
+    due yet), ``attempts`` its tries so far, ``moved`` whether its next try was brought forward."""
+
+    phase: str
+    attempts: int
+    moved: bool
 
 
 class SlotRecords:
@@ -239,6 +282,88 @@ class SlotRecords:
         return [
             SlotRecord(**{**record.__dict__, "nodes": tuple(nodes[lease_id])}) for lease_id, record in records.items()
         ]
+
+    def summaries(self, attention_only: bool) -> list[SlotSummary]:
+        """Every lease's slot record, or (``attention_only``) those an operator must look at: a start that failed,
+        an end that failed or waits for the testbed, a start that waits for it (or was taken back after a crash:
+        provisioned with a message). Earliest end first, with the lease's slice, state, window and nodes (one
+        column query); a record whose lease is no longer in the calendar is listed too."""
+        query = (
+            select(
+                OmfSlot.lease_id,
+                OmfSlot.phase,
+                OmfSlot.failures,
+                OmfSlot.message,
+                OmfSlot.attempts,
+                OmfSlot.updated_s,
+                Slice.urn,
+                Lease.state,
+                Lease.start_s,
+                Lease.end_s,
+                Node.component_name,
+            )
+            .outerjoin(Lease, Lease.id == OmfSlot.lease_id)
+            .outerjoin(Slice, Slice.id == Lease.slice_id)
+            .outerjoin(Sliver, Sliver.lease_id == Lease.id)
+            .outerjoin(Node, Node.id == Sliver.node_id)
+            .order_by(Lease.end_s.asc().nulls_last(), OmfSlot.lease_id, Node.component_name)
+        )
+        if attention_only:
+            query = query.where(
+                or_(
+                    OmfSlot.phase.in_((FAILED, END_FAILED)),
+                    and_(OmfSlot.phase == PROVISIONED, OmfSlot.message != ""),
+                )
+            )
+        with self.database.read() as session:
+            rows = session.execute(query).all()
+        first_rows: dict[str, Any] = {}  # lease id -> its first row (one row per node of the lease)
+        nodes: dict[str, list[str]] = {}
+        for row in rows:
+            first_rows.setdefault(row.lease_id, row)
+            names = nodes.setdefault(row.lease_id, [])
+            if row.component_name is not None:
+                names.append(row.component_name)
+        return [
+            SlotSummary(
+                lease_id,
+                row.phase,
+                dict(row.failures or {}),
+                row.message,
+                row.attempts,
+                row.updated_s,
+                row.urn or "",
+                row.state or "",
+                row.start_s or 0,
+                row.end_s or 0,
+                tuple(nodes[lease_id]),
+            )
+            for lease_id, row in first_rows.items()
+        ]
+
+    def make_end_due(self, lease_id: str, wait_s: Callable[[int], int], now_s: int) -> EndMadeDue | None:
+        """Bring the next try of a failed end (end_failed) forward to now: the time of its last try is moved back by
+        the wait ``wait_s(attempts)`` its tries call for; its tries, steps left and message are kept. Nothing is
+        written when the record is in another phase (a pass has claimed it, say) or its end is due already (no wait
+        after so few tries, or the wait is over). None when there is no record for ``lease_id``."""
+        with self.database.write() as session:
+            # Locked: a pass claiming the end meanwhile waits for this unit (or this one sees it ending).
+            row = session.execute(
+                select(OmfSlot.phase, OmfSlot.attempts, OmfSlot.updated_s)
+                .where(OmfSlot.lease_id == lease_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                return None
+            wait = wait_s(row.attempts)
+            if row.phase != END_FAILED or wait == 0 or row.updated_s + wait <= now_s:  # no wait, or it is over
+                return EndMadeDue(row.phase, row.attempts, moved=False)
+            session.execute(
+                update(OmfSlot)
+                .where(OmfSlot.lease_id == lease_id, OmfSlot.phase == END_FAILED)
+                .values(updated_s=now_s - wait)
+            )
+            return EndMadeDue(END_FAILED, row.attempts, moved=True)
 
 
 def _record(row: OmfSlot) -> SlotRecord:

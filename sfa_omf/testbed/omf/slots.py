@@ -40,22 +40,20 @@ from sfa_omf.testbed.omf.slot_records import (
     ENDED,
     FAILED,
     HOLDING,
+    MAX_END_ATTEMPTS,
     PROVISIONED,
     READY,
     STARTING,
     SlotRecord,
     SlotRecords,
     SlotState,
+    end_retry_wait_s,
     end_steps_left,
 )
 from sfa_omf.testbed.unix_accounts import LocalAccount
 
 log = logging.getLogger("sfa_omf.omf.slots")
 
-#: Ends the controllers refused (or did not answer) this many times are tried with a growing wait, logged at ERROR.
-MAX_END_ATTEMPTS = 10
-#: The wait before such a try: the first, doubled each time, up to the last.
-END_RETRY_FIRST_S, END_RETRY_MAX_S = 60, 3600
 #: Leases in these calendar states hold the testbed (until their end).
 LIVE_STATES = ("provisioned",)
 #: The calendar state of a lease whose Provision is under way (its slot row may already be written).
@@ -301,7 +299,7 @@ class SlotKeeper:
                 "lease %s: the end of its slot failed %d times, the operator must see to it (tried again in %d s): %s",
                 record.lease_id,
                 attempts,
-                _end_retry_wait_s(attempts),
+                end_retry_wait_s(attempts),
                 message,
             )
         else:
@@ -362,16 +360,9 @@ class SlotKeeper:
         return to_s(self.clock())
 
 
-def _end_retry_wait_s(attempts: int) -> int:
-    """How long an end refused ``attempts`` times waits before its next try (0: the next pass)."""
-    if attempts < MAX_END_ATTEMPTS:
-        return 0
-    return int(min(END_RETRY_FIRST_S * 2 ** min(attempts - MAX_END_ATTEMPTS, 16), END_RETRY_MAX_S))
-
-
 def _end_due(record: SlotRecord, now_s: int) -> bool:
     """Whether a failed end is to be tried in this pass."""
-    return now_s >= record.updated_s + _end_retry_wait_s(record.attempts)
+    return now_s >= record.updated_s + end_retry_wait_s(record.attempts)
 
 
 def _describe_step(step: str, reason: str) -> str:

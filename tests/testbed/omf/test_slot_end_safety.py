@@ -18,8 +18,7 @@ import pytest
 
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.testbed.omf.frcp import Signer, address, new_message
-from sfa_omf.testbed.omf.slot_records import END_FAILED, ENDED
-from sfa_omf.testbed.omf.slots import END_RETRY_FIRST_S, MAX_END_ATTEMPTS
+from sfa_omf.testbed.omf.slot_records import END_FAILED, END_RETRY_FIRST_S, ENDED, MAX_END_ATTEMPTS
 from sfa_omf.times import format_time
 from tests.sshkeys import ssh_key
 from tests.testbed.omf.omf_lab import ANN, SLICE, Lab, Running, node_urn, publish_signed, serve, slot_start, users

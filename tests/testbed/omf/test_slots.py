@@ -17,6 +17,7 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.outbox import NotifyEvents, RecordedEvent
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.records import Record
 from sfa_omf.testbed.omf.backend import make_omf_backend
 from sfa_omf.testbed.omf.frcp import address, encode, new_message
 from sfa_omf.testbed.omf.slot_records import ENDED, PROVISIONED, STARTING
@@ -392,6 +393,8 @@ def test_operational_actions_outside_the_slot_are_refused_and_switch_nothing(run
 def test_a_user_left_out_by_geni_update_users_loses_the_lease_keys_on_the_testbed(running: Running, lab: Lab) -> None:
     bob = "urn:publicid:IDN+lab+user+bob"
     both = {"geni_users": [{"urn": ANN, "keys": [ssh_key("ann@laptop")]}, {"urn": bob, "keys": [ssh_key("bob@pc")]}]}
+    # ann may put bob's key into his login because the local registry holds it for him (tests/am/test_users_keys.py)
+    running.aggregate.records.add(Record("lab.bob", "user", bob, "", keys=(ssh_key("bob@pc"),)))
     assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
     answer = running.am.Provision([SLICE], [lab.slice_cred], both)
     assert answer["code"]["geni_code"] == 0, answer["output"]

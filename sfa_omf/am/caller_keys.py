@@ -1,0 +1,103 @@
+"""The local registry's word on who holds a user name, for callers of this aggregate's own authority.
+
+The trust layer accepts a caller whose certificate names the same URN as a credential's owner even with another key,
+as gcf and every SFA/GENI aggregate do: an authority may re-issue a user's certificate. For users of *this*
+aggregate's authority the local registry knows better: it holds each user's one registered GID. A name removed from
+the registry and registered again is another person under the same URN, and the earlier holder's GID (valid for
+years, never revoked) must not work with the new holder's credentials, nor the new holder's key with the earlier
+holder's credentials. So a local user's certificate (the one the call is made with, or the user a tool speaks for)
+and a local owner's key in a credential must be the key the registry holds for that name now; a removed user (no
+record) is refused. The registry's own API applies the same rule (registry/api.py ``_caller``).
+
+The rule applies where the registry's records are in the aggregate's database: ``sfa-omf serve`` records the
+authority and every GID it issued there at start. A database without the authority's record (an aggregate whose
+calendar holds no registry) keeps the trust layer's rule alone. Users of other authorities keep it too.
+
+Cost: a record is read on the first call of a (user, key), then the verdict is kept for ``ttl_s`` seconds (the
+time a removal takes to reach every process of the cluster); refusals are never kept, so a user registered again
+can call at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sfa_omf.errors import BadArgs
+from sfa_omf.registry.records import Records, record_chain
+from sfa_omf.xrn import is_authority_for, is_urn, parse_urn
+
+#: How long an accepted (user URN, key) is believed without reading the registry again, in seconds.
+DEFAULT_TTL_S = 10.0
+#: How many accepted (user URN, key) pairs one process keeps (the oldest go first).
+DEFAULT_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class KeyRefusal:
+    """Why the registry does not vouch for a (user, key): ``removed`` (no record of the user) or another key."""
+
+    user_urn: str
+    removed: bool
+
+
+class RegisteredKeys:
+    """Whether a key is the one the local registry holds for a user of this aggregate's authority. Thread-safe."""
+
+    def __init__(
+        self,
+        records: Records,
+        authority_hrn: str,
+        ttl_s: float = DEFAULT_TTL_S,
+        size: int = DEFAULT_SIZE,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.records = records
+        self.authority_hrn = authority_hrn
+        self.ttl_s = ttl_s
+        self.size = size
+        self.monotonic = monotonic
+        self._accepted: OrderedDict[tuple[str, str], float] = OrderedDict()  # (urn, key id) -> believed until
+        self._lock = threading.Lock()
+
+    def is_local_user(self, urn: str) -> bool:
+        """A user URN under this aggregate's authority (whose registry may hold its record)."""
+        if not urn or not is_urn(urn):
+            return False
+        try:
+            parsed = parse_urn(urn)
+        except BadArgs:
+            return False
+        return parsed.type.lower() == "user" and is_authority_for(self.authority_hrn, parsed.hrn)
+
+    def refusal(self, urn: str, key_id: str) -> KeyRefusal | None:
+        """None when ``key_id`` may act as ``urn``: not a local user, no registry in this database, or the key the
+        registry holds for the user; else why not."""
+        if not self.is_local_user(urn):
+            return None
+        now = self.monotonic()
+        with self._lock:
+            until = self._accepted.get((urn, key_id))
+            if until is not None and now < until:
+                return None
+        found = self._read(urn, key_id)
+        if found is None:
+            with self._lock:
+                self._accepted[(urn, key_id)] = now + self.ttl_s
+                self._accepted.move_to_end((urn, key_id))
+                while len(self._accepted) > self.size:
+                    self._accepted.popitem(last=False)
+        return found
+
+    def _read(self, urn: str, key_id: str) -> KeyRefusal | None:
+        record = self.records.get(parse_urn(urn).hrn)
+        if record is None or record.type != "user" or not is_urn(record.urn) or parse_urn(record.urn) != parse_urn(urn):
+            if self.records.get(self.authority_hrn) is None:  # no registry in this database: the URN rule alone
+                return None
+            return KeyRefusal(urn, removed=True)
+        if record_chain(record)[0].key_id != key_id:
+            return KeyRefusal(urn, removed=False)
+        return None
