@@ -220,19 +220,23 @@ def _slice_add_researcher(args: argparse.Namespace) -> int:
 
 
 def _trust_add_root(args: argparse.Namespace) -> int:
-    from sfa_omf.times import utcnow
-    from sfa_omf.trust.roots import add_trusted_root
+    from sfa_omf.times import format_time, utcnow
+    from sfa_omf.trust.roots import trust_root
 
     settings = command_settings(args)
     with open(args.file, "rb") as handle:
-        anchor, added = add_trusted_root(settings.trusted_roots_dir, handle.read(), utcnow())
-    if added:
+        added = trust_root(settings.trusted_roots_dir, handle.read(), utcnow())
+    anchor = added.anchor
+    picked_up = "a running sfa-omf serve picks it up within seconds (at once on SIGHUP)"
+    if added.outcome == "added":
+        print(f"now trusting {anchor.hrn} ({anchor.urn}); {picked_up} and logs it")
+    elif added.outcome == "renewed":
         print(
-            f"now trusting {anchor.hrn} ({anchor.urn}); a running sfa-omf serve picks it up within seconds "
-            "(at once on SIGHUP) and logs it"
+            f"renewed {added.path}: {anchor.hrn} ({anchor.urn}) now valid until {format_time(anchor.not_after)}; "
+            f"{picked_up}"
         )
     else:
-        print(f"{anchor.hrn} is trusted already")
+        print(f"{anchor.hrn} is trusted already ({added.path})")
     return 0
 
 

@@ -30,8 +30,9 @@ from lxml import etree
 from sfa_omf.errors import BadArgs, Reason, TrustError
 from sfa_omf.times import format_time, parse_time
 from sfa_omf.trust import xmldsig
-from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain
+from sfa_omf.trust.gid import Gid, GidChain, chain_pem, load_gid_chain
 from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, parse_untrusted
+from sfa_omf.xrn import Urn, is_urn, parse_urn
 
 DSIG_NS = xmldsig.DSIG_NS
 XML_ID = "{http://www.w3.org/XML/1998/namespace}id"
@@ -176,12 +177,8 @@ def _read_credential_element(element: etree._Element, depth: int) -> Credential:
         )
     owner_chain = _read_chain(element, "owner_gid", where)
     target_chain = _read_chain(element, "target_gid", where)
-    owner_urn = _text(element, "owner_urn", where, required=False) or (owner_chain[0].urn or "")
-    target_urn = _text(element, "target_urn", where, required=False) or (target_chain[0].urn or "")
-    if owner_chain[0].urn and owner_urn.lower() != owner_chain[0].urn.lower():
-        raise _malformed(f"{where}: owner_urn {owner_urn} differs from the URN in owner_gid {owner_chain[0].urn}")
-    if target_chain[0].urn and target_urn.lower() != target_chain[0].urn.lower():
-        raise _malformed(f"{where}: target_urn {target_urn} differs from the URN in target_gid {target_chain[0].urn}")
+    owner_urn = _named_urn(element, "owner", owner_chain[0], where)
+    target_urn = _named_urn(element, "target", target_chain[0], where)
     expires_text = _text(element, "expires", where)
     try:
         expires = parse_time(expires_text)
@@ -206,6 +203,49 @@ def _read_credential_element(element: etree._Element, depth: int) -> Credential:
         privileges=privileges,
         parent=parent,
     )
+
+
+def same_urn(left: str, right: str) -> bool:
+    """URNs are equal when prefix and type match case-insensitively and authority and name match exactly; text
+    that is no URN is equal only to the same text. A URN-like text that does not parse is refused (MALFORMED)."""
+    if not (is_urn(left) and is_urn(right)):
+        return left == right
+    return _parsed_urn(left, "a URN") == _parsed_urn(right, "a URN")
+
+
+def _parsed_urn(text: str, what: str) -> Urn:
+    try:
+        return parse_urn(text)
+    except BadArgs as exc:
+        raise _malformed(f"{what} does not parse: {exc.message}") from exc
+
+
+def _named_urn(element: etree._Element, role: str, gid: Gid, where: str) -> str:
+    """The <owner_urn> or <target_urn> of a credential, checked against its GID: the naming rules (chains, issuer)
+    are judged on the GID, and authorize compares the URN, so both must name the same thing.
+
+    A GID with a URN: the text is empty (the GID's URN is used) or the same URN. A GID without one (SFA's old form,
+    the HRN only in its CN): the text is empty or a URN whose HRN is that CN.
+    """
+    text = _text(element, f"{role}_urn", where, required=False)
+    try:
+        gid_parts = gid.hrn_parts  # parses the GID's URN, or splits its CN (once per certificate: cached)
+    except BadArgs as exc:
+        raise _malformed(
+            f"{where}: the {role}_gid names {gid.urn or gid.subject_cn!r}, which does not parse: {exc.message}"
+        ) from exc
+    if not text or text == gid.urn:  # the usual case, without parsing the text again
+        return gid.urn or ""
+    written = _parsed_urn(text, f"{where}: {role}_urn {text!r}")
+    if gid.parsed_urn is not None:
+        if written != gid.parsed_urn:
+            raise _malformed(f"{where}: {role}_urn {text} differs from the URN in {role}_gid {gid.urn}")
+    elif written.hrn_parts != gid_parts:
+        raise _malformed(
+            f"{where}: {role}_urn {text} names {written.hrn!r}, but {role}_gid names {gid.subject_cn!r} (its CN; "
+            "it carries no URN): a credential's URN must name the certificate it carries"
+        )
+    return text
 
 
 def _read_chain(element: etree._Element, tag: str, where: str) -> GidChain:

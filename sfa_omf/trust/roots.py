@@ -21,9 +21,9 @@ from datetime import datetime
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from sfa_omf.errors import Reason, TrustError
+from sfa_omf.errors import BadArgs, Reason, TrustError
 from sfa_omf.times import format_time
-from sfa_omf.trust.gid import Gid, GidChain, load_gid_chain
+from sfa_omf.trust.gid import Gid, GidChain, keep_verified, load_gid_chain
 from sfa_omf.xrn import is_authority_for
 
 ROOT_SUFFIXES = (".gid", ".cert", ".pem", ".crt")
@@ -72,14 +72,20 @@ def load_trusted_roots(directory: str) -> TrustedRoots:
     """Load every *.gid/*.cert/*.pem/*.crt in directory; the first certificate of each file is the anchor."""
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"trusted roots directory {directory!r} does not exist")
-    anchors: list[Gid] = []
+    return TrustedRoots(anchors=tuple(anchor for _, anchor in _root_files(directory)), source=directory)
+
+
+def _root_files(directory: str) -> list[tuple[str, Gid]]:
+    """(path, anchor) of every root file in directory, by name."""
+    found: list[tuple[str, Gid]] = []
     for name in sorted(os.listdir(directory)):
         if not name.endswith(ROOT_SUFFIXES):
             continue
-        with open(os.path.join(directory, name), "rb") as handle:
+        path = os.path.join(directory, name)
+        with open(path, "rb") as handle:
             chain = load_gid_chain(handle.read())
-        anchors.append(chain[0])
-    return TrustedRoots(anchors=tuple(anchors), source=directory)
+        found.append((path, chain[0]))
+    return found
 
 
 def directory_signature(directory: str) -> tuple[tuple[str, int, int, int], ...] | None:
@@ -181,20 +187,30 @@ def _describe(gid: Gid) -> str:
     return gid.urn or repr(gid.subject_cn)
 
 
+def is_valid_at(gid: Gid, at: datetime) -> bool:
+    """Whether gid is inside its validity period at ``at`` (both ends included)."""
+    return gid.not_before <= at <= gid.not_after
+
+
 def check_validity(gid: Gid, at: datetime, role: str) -> None:
     """Raise CERTIFICATE_EXPIRED when gid is not valid at the time of verification."""
     if at < gid.not_before:
         raise TrustError(
             Reason.CERTIFICATE_EXPIRED,
-            f"{role} certificate {_describe(gid)} is not valid before {format_time(gid.not_before)} "
+            f"{_certificate(role)} {_describe(gid)} is not valid before {format_time(gid.not_before)} "
             f"(checked at {format_time(at)})",
         )
     if at > gid.not_after:
         raise TrustError(
             Reason.CERTIFICATE_EXPIRED,
-            f"{role} certificate {_describe(gid)} expired at {format_time(gid.not_after)} "
+            f"{_certificate(role)} {_describe(gid)} expired at {format_time(gid.not_after)} "
             f"(checked at {format_time(at)}); ask its authority for a new one",
         )
+
+
+def _certificate(role: str) -> str:
+    """The role's certificate, as messages say it: "caller certificate"; the default role once, not twice."""
+    return role if role.endswith("certificate") else f"{role} certificate"
 
 
 def _check_link(child: Gid, parent: Gid, role: str) -> None:
@@ -217,24 +233,64 @@ def _check_link(child: Gid, parent: Gid, role: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class VerifiedChain:
+    """A chain found trusted: the anchor it ends at, and the certificates the verdict rests on."""
+
+    anchor: Gid
+    #: The chain's certificates up to the one the anchor signed (or the anchor itself, when the chain holds it), and
+    #: the anchor. Certificates after them are not used: SFA/gcf chains end with a copy of their authority's root,
+    #: which after a renewal is the old root, expired while the renewed one signs the same leaves.
+    checked: tuple[Gid, ...]
+
+    @property
+    def valid_from(self) -> datetime:
+        """The latest notBefore of the certificates checked."""
+        return max(gid.not_before for gid in self.checked)
+
+    @property
+    def valid_until(self) -> datetime:
+        """The earliest notAfter of the certificates checked (included, as check_validity has it)."""
+        return min(gid.not_after for gid in self.checked)
+
+
 def verify_chain(chain: GidChain, roots: TrustedRoots, at: datetime, role: str = "certificate") -> Gid:
     """Verify chain (leaf first) against roots at time ``at``; return the trusted anchor it ends at.
 
     ``role`` names the chain in messages ("caller", "owner", "signer"...). Raises TrustError.
     """
+    return check_chain(chain, roots, at, role).anchor
+
+
+def check_chain(chain: GidChain, roots: TrustedRoots, at: datetime, role: str = "certificate") -> VerifiedChain:
+    """verify_chain, telling also which certificates the verdict rests on (see VerifiedChain.checked): a verdict
+    kept for later holds only while each of them is valid."""
     if not chain:
         raise TrustError(Reason.MALFORMED, f"{role} chain holds no certificate")
+    try:
+        return _check_chain(chain, roots, at, role)
+    except BadArgs as exc:  # the naming rules read each certificate's HRN (from its URN, else its CN)
+        raise TrustError(
+            Reason.INVALID_CHAIN,
+            f"{role} chain is invalid: a certificate in it names nothing we can read ({exc.message})",
+        ) from exc
+
+
+def _check_chain(chain: GidChain, roots: TrustedRoots, at: datetime, role: str) -> VerifiedChain:
+    # As SFA does: walk up from the leaf and stop at the first certificate that is a trusted root or that a trusted
+    # root signed; what the chain carries after it is not used, so neither its validity nor its links are checked.
     leaf = chain[0]
-    for gid in chain:
-        check_validity(gid, at, role)
     anchor: Gid | None = None
     for position, gid in enumerate(chain):
+        check_validity(gid, at, role)
         if roots.contains(gid):
             anchor = gid
             break
         issuers = roots.issuers_of(gid)
         if issuers:
             anchor = issuers[0]
+            if len(issuers) > 1:  # an authority's old and renewed roots both trusted (the same key): one valid now
+                anchor = next((issuer for issuer in issuers if is_valid_at(issuer, at)), anchor)
             check_validity(anchor, at, "trusted root")
             _check_link(gid, anchor, role)
             break
@@ -261,13 +317,78 @@ def verify_chain(chain: GidChain, roots: TrustedRoots, at: datetime, role: str =
             Reason.INVALID_CHAIN,
             f"{role} {_describe(leaf)} chains to trusted root {anchor.hrn!r}, which is no authority over {leaf.hrn!r}",
         )
-    return anchor
+    used = chain[: position + 1]
+    checked = (*used, anchor)
+    # Only now are these certificates worth keeping parsed, what a caller nobody trusts sent is not (gid.py): those
+    # checked, and the root a chain usually ends with (a copy of the anchor, or its earlier self: the same name,
+    # signed by the anchor's key), which only the root's authority can make.
+    if position + 1 < len(chain) and _is_anchor_or_its_earlier_self(chain[position + 1], anchor):
+        used = chain[: position + 2]
+    keep_verified((*used, anchor), whole_chain=chain if len(used) == len(chain) else None)
+    return VerifiedChain(anchor=anchor, checked=checked)
+
+
+def _is_anchor_or_its_earlier_self(gid: Gid, anchor: Gid) -> bool:
+    if gid.fingerprint == anchor.fingerprint:
+        return True
+    return gid.certificate.subject == anchor.certificate.subject and _signed_by(gid, anchor)
+
+
+#: The longest file name most file systems allow, in bytes.
+_MAX_FILE_NAME_BYTES = 255
+
+
+def root_file_path(directory: str, anchor: Gid) -> str:
+    """Where ``add_trusted_root`` writes a new root: ``<directory>/<hrn>.gid``. The HRN comes from the certificate,
+    so a name that is not a plain file name (a path separator, ``..``, control characters) is refused rather than
+    written somewhere else."""
+    name = anchor.hrn
+    separators = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    if (
+        not name
+        or any(separator in name for separator in separators)
+        or ".." in name
+        or any(ord(character) < 32 or ord(character) == 127 for character in name)
+        or len(f"{name}.gid".encode()) > _MAX_FILE_NAME_BYTES
+    ):
+        raise TrustError(
+            Reason.INVALID_CHAIN,
+            f"{_describe(anchor)} names the authority {name!r}, which cannot be a file name in the trusted-roots "
+            f"directory (a path separator, '..', a control character, or over {_MAX_FILE_NAME_BYTES} bytes): "
+            "refused; ask the peer for a root GID of a plain name",
+        )
+    path = os.path.join(directory, f"{name}.gid")
+    if os.path.dirname(os.path.realpath(path)) != os.path.realpath(directory):
+        raise TrustError(Reason.INVALID_CHAIN, f"{path} would not lie in the trusted-roots directory {directory}")
+    return path
+
+
+@dataclass(frozen=True)
+class RootAdded:
+    """What ``trust_root`` did: ``outcome`` is "added" (a new file), "renewed" (the file of the authority's
+    earlier root replaced), or "trusted already" (nothing written; ``anchor`` is the root kept)."""
+
+    anchor: Gid
+    path: str
+    outcome: str
 
 
 def add_trusted_root(directory: str, pem: bytes, now: datetime) -> tuple[Gid, bool]:
+    """Trust another authority (see trust_root). Returns the anchor and whether a file was written (False when it
+    was trusted already)."""
+    added = trust_root(directory, pem, now)
+    return added.anchor, added.outcome != "trusted already"
+
+
+def trust_root(directory: str, pem: bytes, now: datetime) -> RootAdded:
     """Trust another authority: write its root (the first certificate of ``pem``) into ``directory`` as
-    ``<hrn>.gid``. Returns the anchor and False when it was trusted already. Refuses what cannot be an anchor (not
-    a CA authority, expired) and a different key for an authority already trusted (a look-alike)."""
+    ``<hrn>.gid`` (see root_file_path).
+
+    An authority's renewed root replaces the file of the root it renews: the same subject, URN and key, self-signed,
+    expiring later (an older one offered again changes nothing). Refused: what cannot be an anchor (not a CA
+    authority, expired), and a look-alike of an authority already trusted: the same subject or URN with another
+    key, or with the same key but another subject or URN (a changed naming scope) or not signed by that key.
+    """
     anchor = load_gid_chain(pem)[0]
     if not anchor.is_ca or not (anchor.type or "").startswith("authority"):
         raise TrustError(
@@ -275,20 +396,70 @@ def add_trusted_root(directory: str, pem: bytes, now: datetime) -> tuple[Gid, bo
             f"{_describe(anchor)} is not an authority's CA certificate; trust the authority's root GID instead",
         )
     check_validity(anchor, now, "the new root")
-    current = load_trusted_roots(directory) if os.path.isdir(directory) else TrustedRoots(())
-    if current.contains(anchor):
-        return anchor, False
-    for existing in current.anchors:
-        if existing.certificate.subject == anchor.certificate.subject or (anchor.urn and existing.urn == anchor.urn):
-            raise TrustError(
-                Reason.UNTRUSTED_CHAIN,
-                f"{_describe(anchor)} is trusted already with another key "
-                f"(fingerprint {existing.fingerprint[:16]}...); "
-                "a look-alike is refused: remove the old root file first if the authority really changed its key",
-            )
+    current = _root_files(directory) if os.path.isdir(directory) else []
+    for path, existing in current:
+        if existing.fingerprint == anchor.fingerprint:
+            return RootAdded(anchor, path, "trusted already")
+    same_authority = [
+        (path, existing)
+        for path, existing in current
+        if existing.certificate.subject == anchor.certificate.subject or (anchor.urn and existing.urn == anchor.urn)
+    ]
+    for path, existing in same_authority:
+        _check_renewal(anchor, existing, path)
+    body = anchor.certificate.public_bytes(serialization.Encoding.PEM)
+    if same_authority:  # a renewal, or an older copy of what we trust
+        path, existing = same_authority[0]
+        if anchor.not_after <= existing.not_after:
+            return RootAdded(existing, path, "trusted already")
+        _replace_file(path, body)
+        return RootAdded(anchor, path, "renewed")
+    path = root_file_path(directory, anchor)
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"{anchor.hrn or anchor.fingerprint[:16]}.gid")
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     with os.fdopen(descriptor, "wb") as handle:
-        handle.write(anchor.certificate.public_bytes(serialization.Encoding.PEM))
-    return anchor, True
+        handle.write(body)
+    return RootAdded(anchor, path, "added")
+
+
+def _identity(gid: Gid) -> str:
+    return f"subject {gid.certificate.subject.rfc4514_string()!r}, URN {gid.urn or 'none'}"
+
+
+def _check_renewal(anchor: Gid, existing: Gid, path: str) -> None:
+    """Refuse anchor as a renewal of the trusted root existing (read from path) unless it is one: the same key,
+    subject and URN, and self-signed (by that key)."""
+    trusted = f"{_describe(existing)} (fingerprint {existing.fingerprint[:16]}..., {path})"
+    if existing.key_id != anchor.key_id:
+        raise TrustError(
+            Reason.UNTRUSTED_CHAIN,
+            f"{_describe(anchor)} is trusted already with another key: {trusted}; a look-alike is refused: remove "
+            "the old root file first if the authority really changed its key",
+        )
+    if existing.certificate.subject != anchor.certificate.subject or existing.urn != anchor.urn:
+        raise TrustError(
+            Reason.UNTRUSTED_CHAIN,
+            f"the new root ({_identity(anchor)}) has the key of the trusted root {trusted} ({_identity(existing)}) "
+            "under another name: a renewal keeps the subject and the URN, and a root that names another authority "
+            "is a look-alike; remove the old root file first if the authority really changed its name",
+        )
+    if not _signed_by(anchor, anchor):
+        raise TrustError(
+            Reason.UNTRUSTED_CHAIN,
+            f"{_describe(anchor)} claims to renew the trusted root {trusted} but is not signed by its key (not "
+            "self-signed): a look-alike is refused; ask the authority for its renewed root GID",
+        )
+
+
+def _replace_file(path: str, body: bytes) -> None:
+    """Write body to path at once (a temporary file renamed over it): a server reading the directory meanwhile sees
+    the old root or the new one, never half a file."""
+    temporary = f"{path}.{os.getpid()}.new"  # no root suffix: the watcher does not read it
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(body)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise

@@ -36,12 +36,14 @@ from sfa_omf.times import format_time
 from sfa_omf.trust import gid as gid_module
 from sfa_omf.trust import rights, xmldsig
 from sfa_omf.trust import roots as roots_module
-from sfa_omf.trust.credential import Credential, CredentialDocument, read_credential
+from sfa_omf.trust.credential import Credential, CredentialDocument, read_credential, same_urn
 from sfa_omf.trust.gid import Gid, GidChain, der_of_base64, gid_from_der
-from sfa_omf.trust.roots import TrustedRoots, verify_chain
+from sfa_omf.trust.roots import TrustedRoots, VerifiedChain, check_chain
 from sfa_omf.xrn import is_authority_for, is_urn, parse_urn
 
 _DS = f"{{{xmldsig.DSIG_NS}}}"
+#: The largest RSA key OpenSSL verifies a signature with (OPENSSL_RSA_MAX_MODULUS_BITS).
+MAX_RSA_KEY_BITS = 16_384
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,9 @@ class VerifiedCredential:
 
 @dataclass(frozen=True)
 class ChainVerdict:
-    """A caller chain found trusted: the anchor it ends at, and the span in which every certificate checked (the
-    chain's and the anchor's) is valid — [valid_from, valid_until], both ends included as check_validity has it."""
+    """A caller chain found trusted: the anchor it ends at, and the span in which every certificate checked is
+    valid (roots.VerifiedChain.checked: the chain's up to the one the anchor signed, and the anchor) —
+    [valid_from, valid_until], both ends included as check_validity has it."""
 
     anchor: Gid
     valid_from: datetime
@@ -190,29 +193,23 @@ class CredentialVerifier:
         # The same chains come back in one credential (a delegator is the parent's owner and the child's signer;
         # every step has the same target): each distinct chain is checked once, its first failure still raised
         # with the role it has where it first appears.
-        trusted: dict[tuple[str, ...], Gid] = {}
+        trusted: dict[tuple[str, ...], VerifiedChain] = {}
 
-        def check(chain: GidChain, role: str) -> Gid:
+        def check(chain: GidChain, role: str) -> None:
             key = tuple(gid.fingerprint for gid in chain)
-            anchor = trusted.get(key)
-            if anchor is None:
-                anchor = trusted[key] = verify_chain(chain, roots, at, role=role)
-            return anchor
+            if key not in trusted:
+                trusted[key] = check_chain(chain, roots, at, role=role)
+                involved.extend(trusted[key].checked)  # what the verdict rests on, not what follows in the chain
 
         for item in lineage:
-            signer_chain = signer_chains[item.xml_id]
-            anchor = check(signer_chain, f"signer of credential {item.xml_id!r}")
-            involved.extend(signer_chain)
-            involved.append(anchor)
+            check(signer_chains[item.xml_id], f"signer of credential {item.xml_id!r}")
         root_credential = lineage[-1]
         _check_issuer(root_credential, signer_chains[root_credential.xml_id][0])
         for child, parent in itertools.pairwise(lineage):
             _check_delegation(child, parent, signer_chains[child.xml_id][0])
         for item in lineage:
             for role, chain in (("owner", item.owner_chain), ("target", item.target_chain)):
-                anchor = check(chain, f"{role} of credential {item.xml_id!r}")
-                involved.extend(chain)
-                involved.append(anchor)
+                check(chain, f"{role} of credential {item.xml_id!r}")
         for item in lineage:
             if at >= item.expires:
                 raise TrustError(
@@ -289,21 +286,20 @@ class CredentialVerifier:
         With a cache, a trusted chain's verdict is kept by (the chain's certificate fingerprints, the trusted roots'
         fingerprint) and reused only while every certificate checked is valid; refusals are never kept.
         """
-        key = (tuple(gid.fingerprint for gid in caller_chain), self.roots.fingerprint)
+        # Read once: the server swaps in reloaded roots from another thread, and a verdict made with the new roots
+        # must not be kept under the old roots' fingerprint (a root removed again would stay trusted from it).
+        roots = self.roots
+        key = (tuple(gid.fingerprint for gid in caller_chain), roots.fingerprint)
         if self.cache is not None and self.cache.get_chain(key, at) is not None:
             return caller_chain[0]
         try:
-            anchor = verify_chain(caller_chain, self.roots, at, role="caller")
+            verified = check_chain(caller_chain, roots, at, role="caller")
         except TrustError as exc:
             if exc.reason in (Reason.UNTRUSTED_CHAIN, Reason.INVALID_CHAIN):
                 raise TrustError(Reason.CALLER_UNTRUSTED, exc.message) from exc
             raise
         if self.cache is not None:
-            checked = [*caller_chain, anchor]
-            self.cache.put_chain(
-                key,
-                ChainVerdict(anchor, max(gid.not_before for gid in checked), min(gid.not_after for gid in checked)),
-            )
+            self.cache.put_chain(key, ChainVerdict(verified.anchor, verified.valid_from, verified.valid_until))
         return caller_chain[0]
 
     def check_call(
@@ -339,11 +335,9 @@ class CredentialVerifier:
 _REFUSAL_RANK = {Reason.INSUFFICIENT_PRIVILEGES: 0, Reason.OWNER_MISMATCH: 2, Reason.TARGET_MISMATCH: 2}
 
 
-def _same_urn(left: str, right: str) -> bool:
-    """URNs are equal when prefix and type match case-insensitively and authority and name match exactly."""
-    if not (is_urn(left) and is_urn(right)):
-        return left == right
-    return parse_urn(left) == parse_urn(right)
+#: URN equality (credential.same_urn): a URN-like text that does not parse is a TrustError (MALFORMED), so that one
+#: crafted credential is a refusal of that credential and the call's other credentials are still tried.
+_same_urn = same_urn
 
 
 def _authority_credential_covers(verified: VerifiedCredential, target_urn: str) -> bool:
@@ -444,10 +438,17 @@ def verify_signature_element(signature: etree._Element, xml_id: str) -> GidChain
         )
     try:
         key = signer.public_key_der
+        key_bits = signer.key_bits
     except (UnsupportedAlgorithm, ValueError) as exc:  # a key cryptography cannot load: no signature can verify
         raise TrustError(
             Reason.SIGNATURE, f"the signer certificate of credential {xml_id!r} holds a key that cannot be read"
         ) from exc
+    if key_bits > MAX_RSA_KEY_BITS:  # said here rather than as a libxmlsec1 failure, and never loaded nor kept
+        raise TrustError(
+            Reason.SIGNATURE,
+            f"the signer certificate of credential {xml_id!r} holds an RSA key of {key_bits} bits; keys of up to "
+            f"{MAX_RSA_KEY_BITS} bits (OpenSSL's limit) are accepted",
+        )
     try:
         # The key is the signer certificate's, chosen by us; xmlsec may not pick one from KeyInfo.
         xmldsig.verify(signature, key)

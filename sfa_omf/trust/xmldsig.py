@@ -13,8 +13,6 @@ from typing import Any
 
 from lxml import etree
 
-from sfa_omf.trust.gid import MAX_CACHED_BYTES
-
 # python-xmlsec's bundled stubs lack most Transform and KeyFormat constants; use the module untyped, here only.
 _xmlsec: Any = importlib.import_module("xmlsec")
 
@@ -51,13 +49,15 @@ def _load_public_key(subject_public_key_info: bytes) -> Any:
 
 
 _cached_public_key = functools.lru_cache(maxsize=1024)(_load_public_key)
+#: Keys larger than this are loaded every time rather than kept: the cache is keyed by the caller's bytes and filled
+#: before the signer's chain is checked. An RSA key of 16 384 bits (the largest OpenSSL verifies with) is 2.1 KB.
+MAX_CACHED_KEY_BYTES = 4 * 1024
 
 
 def _public_key(subject_public_key_info: bytes) -> Any:
     """The xmlsec key for a DER SubjectPublicKeyInfo, loaded once per distinct key of a usual size (a signer signs
-    many credentials); larger ones are loaded every time rather than kept (the cache is keyed by the caller's
-    bytes)."""
-    if len(subject_public_key_info) > MAX_CACHED_BYTES:
+    many credentials)."""
+    if len(subject_public_key_info) > MAX_CACHED_KEY_BYTES:
         return _load_public_key(subject_public_key_info)
     return _cached_public_key(subject_public_key_info)
 

@@ -11,8 +11,8 @@ from sfa_omf.errors import Reason, TrustError
 from sfa_omf.times import utcnow
 from sfa_omf.trust import verifier as verifier_module
 from sfa_omf.trust.credential import delegate_credential
-from sfa_omf.trust.gid import Gid, GidChain
-from sfa_omf.trust.roots import TrustedRoots
+from sfa_omf.trust.gid import GidChain
+from sfa_omf.trust.roots import TrustedRoots, VerifiedChain
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from tests.conftest import DemoPki
 
@@ -80,13 +80,13 @@ def test_a_cold_check_verifies_each_distinct_chain_of_a_credential_once(
     alice, bob = pki.users["alice"], pki.users["bob"]
     delegated = delegate_credential(alice.slice_cred, bob.chain, alice.key, alice.chain, privileges=("info",))
     checked: list[tuple[str, ...]] = []
-    real = verifier_module.verify_chain
+    real = verifier_module.check_chain
 
-    def counting(chain: GidChain, roots: TrustedRoots, at: datetime, role: str = "certificate") -> Gid:
+    def counting(chain: GidChain, roots: TrustedRoots, at: datetime, role: str = "certificate") -> VerifiedChain:
         checked.append(tuple(gid.fingerprint for gid in chain))
         return real(chain, roots, at, role)
 
-    monkeypatch.setattr(verifier_module, "verify_chain", counting)
+    monkeypatch.setattr(verifier_module, "check_chain", counting)
     verified = CredentialVerifier(pki.roots).verify(delegated, utcnow())
     assert verified.owner_urn.endswith("+user+bob") and verified.depth == 1
     assert len(checked) == len(set(checked)) == 4

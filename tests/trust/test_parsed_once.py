@@ -49,7 +49,8 @@ def tree() -> dict[str, Gid]:
 def test_the_same_bytes_give_the_same_gids_and_other_bytes_their_own(tree: dict[str, Gid]) -> None:
     pem = chain_pem((tree["ann"], tree["fed"]))
     first = load_gid_chain(pem)
-    assert load_gid_chain(pem.encode("ascii")) is first  # str or bytes: the same bytes, parsed once
+    again = load_gid_chain(pem.encode("ascii"))  # str or bytes: the same certificates, parsed once
+    assert len(again) == 2 and all(one is other for one, other in zip(again, first, strict=True))
     assert first[0].urn == "urn:publicid:IDN+fed+user+ann" and first[0].hrn == "fed.ann"
     other = load_gid_chain(chain_pem((tree["forged"], tree["fed"])))
     assert other[0] is not first[0] and other[0].fingerprint != first[0].fingerprint
@@ -132,10 +133,17 @@ def test_large_inputs_are_parsed_but_not_kept(tree: dict[str, Gid]) -> None:
     padded = (block + "\n" + " " * 40_000 + "\n") * 3  # three copies of ann's certificate, each block 40 KB
     chain = load_gid_chain(padded)
     assert [g.urn for g in chain] == [tree["ann"].urn] * 3
-    assert gid_module._parse_chain.cache_info().currsize == 0  # the 120 KB text is not a key
-    assert gid_module._parse_der.cache_info().currsize == 1  # its one certificate, of a usual size, is
-    assert load_gid_chain(block)[0].urn == tree["ann"].urn  # a usual chain is kept
-    assert gid_module._parse_chain.cache_info().currsize == 1
+    # The 120 KB text is not a key; its one certificate, of a usual size, is kept among the recent ones (not verified).
+    assert gid_module.PARSED.sizes() == (0, 1, gid_module.recent_cost(len(chain[0].der or b"")), 0, 0, 0, 0)
+    assert load_gid_chain(block)[0] is chain[0]
+    assert gid_module.PARSED.sizes().chains == 0  # a chain's text only once the chain is verified
+    text = chain_pem((tree["ann"], tree["fed"]))
+    verify_chain(load_gid_chain(text), TrustedRoots(anchors=(tree["fed"],)), utcnow())
+    assert load_gid_chain(block)[0] is chain[0]
+    assert gid_module.PARSED.sizes().chains == 0  # ann alone was not the chain verified
+    kept = load_gid_chain(text)
+    assert kept[0] is chain[0] and load_gid_chain(text) is kept
+    assert gid_module.PARSED.sizes().chains == 1
 
 
 def test_a_signer_key_libxmlsec1_cannot_use_is_a_signature_that_does_not_verify(pki: DemoPki) -> None:
