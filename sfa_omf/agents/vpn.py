@@ -126,7 +126,7 @@ class _Files:
     """What a host's VPN files hold, as this process last read or wrote them (contents as bytes)."""
 
     revoked: list[int] | None  # revoked.json, sorted; None when absent or unreadable
-    crl: bool  # crl.pem exists
+    crl: list[int] | None  # the serials crl.pem revokes, sorted; None when absent, unreadable or not signed by the CA
     issued: dict[str, bytes] = field(default_factory=dict)  # hostname -> issued/<hostname>.pem
     ccd: dict[str, bytes] = field(default_factory=dict)  # hostname -> ccd/<hostname>
 
@@ -188,8 +188,8 @@ class VpnCa:
                 self._create(authority_hrn)
             self.ca_key = load_private_key((self.directory / "ca.key").read_bytes())
             self.ca = x509.load_pem_x509_certificate((self.directory / "ca.pem").read_bytes())
-            if not (self.directory / "crl.pem").exists():
-                self._write_crl([])
+            if not (self.directory / "crl.pem").exists():  # (lost: what revoked.json says is revoked stays so)
+                self._write_crl(self._revoked_here())
         if records is not None:
             self.refresh()
 
@@ -342,13 +342,17 @@ class VpnCa:
         revoked = self._revoked_here()
         if serial not in revoked:
             revoked.append(serial)
-        _write(self.directory / "revoked.json", json.dumps(revoked).encode("ascii"))
+        # The CRL first: revoked.json is the record of what the CRL holds (a stop in between leaves the CRL ahead).
         self._write_crl(revoked)
+        _write(self.directory / "revoked.json", json.dumps(revoked).encode("ascii"))
         (self.directory / "ccd" / hostname).unlink(missing_ok=True)
 
     def _revoked_here(self) -> list[int]:
         path = self.directory / "revoked.json"
-        return list(json.loads(path.read_text())) if path.exists() else []
+        try:
+            return [int(serial) for serial in json.loads(path.read_text())] if path.exists() else []
+        except (ValueError, TypeError):  # unreadable: the records (or the next revocation) write it anew
+            return []
 
     def refresh(self) -> bool:
         """Write this host's issued/, ccd/, revoked.json and crl.pem from the cluster's records (with records only),
@@ -381,10 +385,12 @@ class VpnCa:
         self._files = None  # until the files are written: a failure below leaves them to be read again
         changed = False
         revoked = sorted(state.revoked)
-        if files.revoked != revoked or not files.crl:
+        # What OpenVPN reads is crl.pem itself: it is compared with the records too, never taken on revoked.json's
+        # word (a stop between the two writes, a CRL lost or restored from elsewhere).
+        if files.revoked != revoked or files.crl != revoked:
             self._write_crl(revoked)  # the CRL first: revoked.json is the record of what the CRL holds
             _write(self.directory / "revoked.json", json.dumps(revoked).encode("ascii"))
-            files.revoked, files.crl = revoked, True
+            files.revoked, files.crl = revoked, revoked
             changed = True
         issued_dir = self.directory / "issued"
         issued_dir.mkdir(exist_ok=True)
@@ -427,7 +433,7 @@ class VpnCa:
             revoked = None if revoked_json is None else sorted(int(serial) for serial in json.loads(revoked_json))
         except (ValueError, TypeError):  # written anew from the records
             revoked = None
-        files = _Files(revoked, (self.directory / "crl.pem").exists())
+        files = _Files(revoked, self._crl_serials(self._read(self.directory / "crl.pem", cache, now_s)))
         for path in (self.directory / "issued").glob("*.pem"):
             data = self._read(path, cache, now_s)
             if data is not None:
@@ -476,6 +482,18 @@ class VpnCa:
             pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
             found.append(IssuedCertificate(hostname, certificate.serial_number, address, pem))
         return found
+
+    def _crl_serials(self, crl_pem: bytes | None) -> list[int] | None:
+        """The serials a CRL file revokes, sorted; None when there is none, or it is unreadable or not this CA's."""
+        if crl_pem is None:
+            return None
+        try:
+            crl = x509.load_pem_x509_crl(crl_pem)
+            if not crl.is_signature_valid(self.ca.public_key()):  # type: ignore[arg-type]
+                return None
+        except ValueError:
+            return None
+        return sorted(revoked.serial_number for revoked in crl)
 
     def _write_crl(self, revoked: list[int]) -> None:
         now = utcnow()

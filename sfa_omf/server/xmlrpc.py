@@ -26,6 +26,7 @@ import logging
 import socket
 import struct
 import termios
+import time
 import xmlrpc.client
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -56,6 +57,9 @@ DEFAULT_CLOSE_GRACE_S = 15.0  # as long as Twisted itself waits for a client aft
 SIOCOUTQ = termios.TIOCOUTQ
 DEFAULT_REQUEST_DEADLINE_S = 120.0  # honest clients send a request in one go...
 SLOWEST_UPLOAD_BYTES_PER_S = 32 * 1024  # ...and a body of the largest size taken at this rate has the time it needs
+#: A closed connection's answer is let go on for as long as it takes at this rate (plus a grace), however slowly its
+#: client keeps taking it: a client taking a byte per grace must not hold a connection for hours.
+SLOWEST_DOWNLOAD_BYTES_PER_S = SLOWEST_UPLOAD_BYTES_PER_S
 TEXT_BUFFER_BYTES = 64 * 1024  # expat hands text over in pieces of at most this (a credential: one or two)
 FAULT_TOOBIG = 6
 FAULT_BADARGS = 1
@@ -187,6 +191,7 @@ class GuardedChannel(http.HTTPChannel):
     _handshake_deadline: Any = None
     _close_deadline: Any = None
     _fewest_unsent_bytes = 0  # since the close: the fewest bytes of the answer seen not yet taken by the client
+    _let_go_until = 0.0  # time.monotonic() after which a closed connection is cut off, progress or not
     _closing = False  # loseConnection was called: what still comes is not read
     _lost = False  # connectionLost was called
     _sfa_omf_refused = False
@@ -226,6 +231,8 @@ class GuardedChannel(http.HTTPChannel):
         super().loseConnection()  # the TLS layer queues its close_notify after the rest of the answer
         if first_close and not self._lost:
             self._fewest_unsent_bytes = self._unsent_bytes()
+            taking_s = self._fewest_unsent_bytes / SLOWEST_DOWNLOAD_BYTES_PER_S
+            self._let_go_until = time.monotonic() + self.close_grace_s + taking_s
             self._close_deadline = self.callLater(self.close_grace_s, self._check_close)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -272,7 +279,7 @@ class GuardedChannel(http.HTTPChannel):
         the answer reaching the client make a new low, so a client cannot hold the connection by other means."""
         self._close_deadline = None
         unsent = self._unsent_bytes()
-        if unsent < self._fewest_unsent_bytes:
+        if unsent < self._fewest_unsent_bytes and time.monotonic() < self._let_go_until:
             self._fewest_unsent_bytes = unsent
             self._close_deadline = self.callLater(self.close_grace_s, self._check_close)
             return

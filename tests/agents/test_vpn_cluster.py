@@ -6,6 +6,7 @@ seen through Python's audit events (every open, listing, rename and removal of a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ import pytest
 from cryptography import x509
 from twisted.internet.threads import blockingCallFromThread
 
+import sfa_omf.agents.vpn as vpn_module
 from sfa_omf.agents.node import enrol, request_vpn
 from sfa_omf.agents.vpn import CA_FILES, VpnCa, VpnCaMismatch, client_config, node_address
 from sfa_omf.am.aggregate import Aggregate
@@ -460,3 +462,55 @@ def test_real_openvpn_of_host_a_refuses_a_certificate_revoked_through_host_b(
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(timeout=30)
+
+
+def crl_serials(directory: Path) -> set[int]:
+    return {revoked.serial_number for revoked in x509.load_pem_x509_crl((directory / "crl.pem").read_bytes())}
+
+
+def test_a_crl_that_lacks_a_recorded_revocation_is_written_again(tmp_path: Path, database: Database) -> None:
+    """What OpenVPN reads is crl.pem: a refresh compares it with the records, not revoked.json alone. (1) A host
+    upgraded from the file-only VPN whose last revocation stopped between its two writes (revoked.json written, the
+    CRL not); (2) crl.pem lost on a cluster host, which then restarts: the revoked serial is in the CRL after start."""
+    later = lambda: time.time() + 60  # noqa: E731  (the files' timestamps settled)
+    directory = tmp_path / "x" / "vpn"
+    before = VpnCa(str(directory), "lab")  # the file-only VPN of an earlier version
+    pem, _ = before.issue("n1", 1, new_private_key().public_key())
+    before._write_crl([])  # the CRL as before the revocation...
+    (directory / "revoked.json").write_text(json.dumps([serial(pem)]))  # ...revoked.json written: a stop in between
+    (directory / "issued" / "n1.pem").unlink()
+    upgraded = VpnCa(str(directory), "lab", VpnRecords(database), clock=later)
+    assert serial(pem) in VpnRecords(database).state().revoked
+    assert serial(pem) in crl_serials(directory), "the upgraded host's OpenVPN still takes the revoked certificate"
+
+    second, _ = upgraded.issue("n2", 2, new_private_key().public_key())
+    assert upgraded.revoke_node("n2") and serial(second) in crl_serials(directory)
+    (directory / "crl.pem").unlink()
+    VpnCa(str(directory), "lab", VpnRecords(database), clock=later).refresh()
+    assert {serial(pem), serial(second)} <= crl_serials(directory)
+
+
+def test_a_file_only_revocation_writes_the_crl_first_and_a_lost_crl_is_written_from_revoked_json(
+    tmp_path: Path,
+) -> None:
+    """SQLite's one host keeps files only: a revocation's CRL is written before revoked.json (the record of what the
+    CRL holds), and a start that finds no crl.pem writes one holding what revoked.json says is revoked."""
+    directory = tmp_path / "solo" / "vpn"
+    ca = VpnCa(str(directory), "lab")
+    pem, _ = ca.issue("n3", 3, new_private_key().public_key())
+    written: list[str] = []
+    original = vpn_module._write
+
+    def recording(path: Path, data: bytes, private: bool = False) -> None:
+        written.append(path.name)
+        original(path, data, private)
+
+    vpn_module._write = recording  # type: ignore[assignment]
+    try:
+        assert ca.revoke_node("n3")
+    finally:
+        vpn_module._write = original  # type: ignore[assignment]
+    assert written.index("crl.pem") < written.index("revoked.json"), written
+    (directory / "crl.pem").unlink()
+    VpnCa(str(directory), "lab")
+    assert serial(pem) in crl_serials(directory)

@@ -22,6 +22,7 @@ import pytest
 from twisted.internet.threads import blockingCallFromThread
 
 from sfa_omf.server import app
+from sfa_omf.server import xmlrpc as xmlrpc_server
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.xmlrpc import (
     DEFAULT_CLOSE_GRACE_S,
@@ -341,3 +342,29 @@ def test_a_client_that_takes_none_of_its_answer_is_cut_off_after_the_close_grace
     port, number = serve(listener, pki, close_grace_s=1.0)
     with ask_for_the_big_answer(number, pki, "POST / HTTP/1.0"):
         assert listener_lets_go(port), f"the server still held a client reading nothing after {WAIT_S:g} s"
+
+
+def test_a_client_that_takes_its_answer_a_trickle_at_a_time_is_let_go_only_as_long_as_the_answer_takes(
+    listener: Listener, pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress restarts the close grace, but not for ever: a closed connection's answer gets as long as it takes at
+    the slowest rate honest clients have (SLOWEST_DOWNLOAD_BYTES_PER_S, 1 MB/s here: about 5 s), then the connection
+    is cut off. A client taking 16 KiB per grace would otherwise hold it for minutes (hours for a slower trickle)."""
+    monkeypatch.setattr(xmlrpc_server, "SLOWEST_DOWNLOAD_BYTES_PER_S", 1_000_000)
+    port, number = serve(listener, pki, close_grace_s=1.0)
+    began = time.monotonic()
+    with ask_for_the_big_answer(number, pki, "POST / HTTP/1.0") as connection:
+        connection.settimeout(WAIT_S)
+        received = 0
+        while time.monotonic() - began < 3 * WAIT_S:
+            try:
+                piece = connection.recv(16 * 1024)
+            except OSError:  # cut off
+                break
+            if not piece:
+                break
+            received += len(piece)
+            time.sleep(0.5)  # 16 KiB per half grace: progress at every check, 4 MiB would take over 2 minutes
+    assert time.monotonic() - began < 3 * WAIT_S, "the trickling client still held the connection"
+    assert received < BIG_ANSWER_CHARACTERS, "the whole answer was taken: the trickle was not slow enough to test"
+    assert listener_lets_go(port)
