@@ -11,7 +11,8 @@ record) is refused. The registry's own API applies the same rule (registry/api.p
 
 The rule applies where the registry's records are in the aggregate's database: ``sfa-omf serve`` records the
 authority and every GID it issued there at start. A database without the authority's record (an aggregate whose
-calendar holds no registry) keeps the trust layer's rule alone. Users of other authorities keep it too.
+calendar holds no registry) keeps the trust layer's rule alone, and so does a user record without a GID (one kept
+for its e-mail: it names no key). Users of other authorities keep it too.
 
 Cost: a record is read on the first call of a (user, key), then the verdict is kept for ``ttl_s`` seconds (the
 time a removal takes to reach every process of the cluster); refusals are never kept, so a user registered again
@@ -98,6 +99,8 @@ class RegisteredKeys:
             if self.records.get(self.authority_hrn) is None:  # no registry in this database: the URN rule alone
                 return None
             return KeyRefusal(urn, removed=True)
+        if not record.gid.strip():  # a record without a GID (kept for its e-mail, say) names no key: the URN rule
+            return None
         if record_chain(record)[0].key_id != key_id:
             return KeyRefusal(urn, removed=False)
         return None
