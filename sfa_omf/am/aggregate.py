@@ -76,6 +76,7 @@ from sfa_omf.testbed.base import OperatingBackend, SliverHealth, TestbedBackend
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.testbed.unix_accounts import LocalAccount, UnixAccounts, WrittenKeys
 from sfa_omf.times import format_time, parse_time, utcnow
+from sfa_omf.trust.credential import same_urn
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.rights import METHOD_OPERATIONS
 from sfa_omf.trust.speaksfor import verify_speaks_for
@@ -930,7 +931,7 @@ class Aggregate:
                 callers = {
                     account.login
                     for account in accounts
-                    if any(_same_user(user_urn, caller_urn) for user_urn in account.user_urns)
+                    if any(same_urn(user_urn, caller_urn) for user_urn in account.user_urns)
                 }
                 written = self.unix_accounts.set_slice_keys(accounts, slice_urn, required_logins=callers)
                 # A user left out of the list: their account loses this slice's keys too.
@@ -1133,7 +1134,7 @@ class Aggregate:
         vouched: dict[str, list[str]] = {}
         recorded: dict[str, list[str]] | None = None
         for user_urn, keys in sent.items():
-            if _same_user(user_urn, caller_urn):
+            if same_urn(user_urn, caller_urn):
                 vouched[user_urn] = list(keys)
                 continue
             if recorded is None:
@@ -1388,13 +1389,6 @@ def _caller_refusal(refused: KeyRefusal) -> str:
         "since): call with the certificate the registry issued you (sfi.py: delete the *.gid and *.cred files in "
         "~/.sfi and call again)"
     )
-
-
-def _same_user(left: str, right: str) -> bool:
-    """Two URNs of one user: prefix and type compared case-insensitively, authority and name exactly (as trust/)."""
-    if not (is_urn(left) and is_urn(right)):
-        return left == right
-    return parse_urn(left) == parse_urn(right)
 
 
 def _key_material(key: str) -> tuple[str, ...]:

@@ -48,6 +48,11 @@ def logins(aggregate: Aggregate, pki: DemoPki, *names: str) -> tuple[str, ...]:
     )
 
 
+def allocate_two_leases(aggregate: Aggregate, pki: DemoPki) -> None:
+    alice = pki.users["alice"]
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+
+
 def provision(aggregate: Aggregate, pki: DemoPki, urns: list[str], options: dict[str, Any]) -> dict[str, Any]:
     alice = pki.users["alice"]
     return aggregate.provision(alice.chain, urns, [alice.slice_cred], options)
@@ -57,8 +62,7 @@ def test_provision_again_with_users_gives_them_to_the_provisioned_leases_on_the_
     setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki
 ) -> None:
     aggregate, backend = setup
-    alice = pki.users["alice"]
-    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    allocate_two_leases(aggregate, pki)
     provision(aggregate, pki, [pki.slice_urn], users_option(pki, "alice"))
     leases = {lease.id for lease in aggregate.bookings.leases(slice_urn=pki.slice_urn)}
     assert backend.users == dict.fromkeys(leases, logins(aggregate, pki, "alice"))
@@ -74,8 +78,7 @@ def test_provision_again_that_the_testbed_fails_for_one_lease_writes_nothing(
     setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki
 ) -> None:
     aggregate, backend = setup
-    alice = pki.users["alice"]
-    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    allocate_two_leases(aggregate, pki)
     provision(aggregate, pki, [pki.slice_urn], users_option(pki, "alice"))
     before, testbed_before = snapshot(aggregate, pki.slice_urn), dict(backend.users)
     backend.fail_on["update_users"] = 2  # the second lease: the first one has the new users by then
@@ -92,8 +95,7 @@ def test_provision_of_new_allocations_with_users_gives_them_to_the_leases_provis
     """One lease provisioned, another still allocated: a Provision of both with a new user provisions the second
     with the user, and the first gets them on the testbed (as its logins and container plans do)."""
     aggregate, backend = setup
-    alice = pki.users["alice"]
-    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    allocate_two_leases(aggregate, pki)
     first, second = sorted(aggregate.bookings.leases(slice_urn=pki.slice_urn), key=lambda lease: lease.start)
     provision(aggregate, pki, [first.slivers[0].urn], users_option(pki, "alice"))
     assert backend.users == {first.id: logins(aggregate, pki, "alice")}
@@ -108,8 +110,7 @@ def test_provision_of_new_allocations_that_fails_gives_the_leases_provisioned_be
     setup: tuple[Aggregate, FaultInjectingTestbed], pki: DemoPki
 ) -> None:
     aggregate, backend = setup
-    alice = pki.users["alice"]
-    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], two_leases_request(), {})
+    allocate_two_leases(aggregate, pki)
     first, _ = sorted(aggregate.bookings.leases(slice_urn=pki.slice_urn), key=lambda lease: lease.start)
     provision(aggregate, pki, [first.slivers[0].urn], users_option(pki, "alice"))
     before, testbed_before = snapshot(aggregate, pki.slice_urn), dict(backend.users)
