@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import RegistryRecord, SliceUser
+from sfa_omf.calendar.models import FeedToken, NotifySubscription, RegistryRecord, SliceUser, UserContact
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import BadArgs
 from sfa_omf.registry.accounts import retire_login
@@ -195,7 +195,8 @@ class Records:
     def remove(self, hrn: str, retire: bool = True) -> bool:
         """Remove a record and, in the same transaction, its HRN from every slice's researchers and every authority's
         PIs, and (a user or slice, with ``retire``) its local login from the account mapping (registry/accounts.py
-        retire_login): whoever registers the name next must inherit neither the memberships nor the Unix account.
+        retire_login): whoever registers the name next must inherit neither the memberships nor the Unix account,
+        nor (a user) the removed user's feed token, notification subscriptions or e-mail address.
         ``retire=False`` only undoes a registration that failed (nobody held the name). False: no such record."""
         with self.database.write() as session:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
@@ -210,6 +211,10 @@ class Records:
                 # geni_users rule). The removed user's retired account keeps what is in it until the operator
                 # removes it (sfa-omf user remove says so).
                 session.execute(delete(SliceUser).where(SliceUser.user_urn == row.urn))
+                # Nor read the removed user's private feed (its token), nor have lease news go to the removed user's
+                # e-mail address or webhook (subscriptions, the address of their last GID).
+                for table in (FeedToken, NotifySubscription, UserContact):
+                    session.execute(delete(table).where(table.user_urn == row.urn))
             holders = session.scalars(select(RegistryRecord).where(RegistryRecord.type.in_(("slice", "authority"))))
             for holder in holders:
                 researchers = [member for member in holder.researchers if member != hrn]

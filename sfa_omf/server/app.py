@@ -372,6 +372,7 @@ def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: Thread
             email_by_default=settings.notify_email_by_default,
         ),
         clock=aggregate.clock,
+        registered_keys=aggregate.registered_keys,
     )
     return WebCalendarResource(calendar, pool, reactor)
 

@@ -27,6 +27,7 @@ from urllib.parse import quote, urlencode
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from sfa_omf.am.caller_keys import RegisteredKeys
 from sfa_omf.calendar.availability import Availability
 from sfa_omf.calendar.database import Database, TransientConflict
 from sfa_omf.calendar.feeds import FeedTokens, LeaseRevisions
@@ -116,7 +117,9 @@ class WebCalendar:
         verifier: CredentialVerifier,
         settings: WebSettings,
         clock: Callable[[], datetime] = utcnow,
+        registered_keys: RegisteredKeys | None = None,
     ) -> None:
+        """``registered_keys``: the local registry's word on its users' keys (the aggregate's, so one cache)."""
         self.timeline = Timeline(database)
         self.inventory = Inventory(database)
         self.availability = Availability(database)
@@ -125,6 +128,7 @@ class WebCalendar:
         self.outbox = Outbox(database, clock)
         self.form_key = settings.form_key or secrets.token_bytes(32)
         self.verifier = verifier
+        self.registered_keys = registered_keys
         self.settings = settings
         self.event_texts = EventCache()
         self.clock = clock
@@ -186,8 +190,14 @@ class WebCalendar:
 
     def viewer(self, request: WebRequest) -> Viewer:
         """Who is looking (see viewer.py)."""
+        refusal = self.registered_keys.refusal if self.registered_keys is not None else None
         return identify(
-            request.caller_chain, self.verifier, self.settings.admins, self.timeline.slices_of_user, self.clock()
+            request.caller_chain,
+            self.verifier,
+            self.settings.admins,
+            self.timeline.slices_of_user,
+            self.clock(),
+            key_refusal=refusal,
         )
 
     # -- pages ----------------------------------------------------------------------------------------------------

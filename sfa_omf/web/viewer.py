@@ -3,6 +3,10 @@ an operator (a configured admin URN), or nobody (the public view).
 
 Privacy rule: a viewer sees the slice, users and state of a booking only for slices they belong to; an operator sees
 every booking; everyone else sees "booked" and the window.
+
+A user of the aggregate's own authority is believed only with the key its registry holds for them now, as on the
+AM API (am/caller_keys.py): a removed user's certificate stays valid for years, and must not keep showing their
+former slices, nor get feed tokens or notifications for them.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
+from sfa_omf.am.caller_keys import KeyRefusal
 from sfa_omf.errors import TrustError
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.verifier import CredentialVerifier
@@ -44,8 +49,10 @@ def identify(
     admins: Collection[str],
     slices_of_user: Callable[[str], set[str]],
     now: datetime,
+    key_refusal: Callable[[str, str], KeyRefusal | None] | None = None,
 ) -> Viewer:
-    """The viewer a TLS client chain stands for; a chain we do not trust is the public view, with the reason."""
+    """The viewer a TLS client chain stands for; a chain we do not trust is the public view, with the reason.
+    ``key_refusal`` (``RegisteredKeys.refusal``): why the registry does not vouch for the certificate's key, if not."""
     if not chain:
         return ANONYMOUS
     try:
@@ -54,6 +61,13 @@ def identify(
         return Viewer(refused=f"your certificate is not trusted here ({exc.message}); showing the public view")
     if not leaf.urn or "+user+" not in leaf.urn:
         return Viewer(refused="your certificate names no GENI user; showing the public view")
+    refused = key_refusal(leaf.urn, leaf.key_id) if key_refusal is not None else None
+    if refused is not None:
+        why = "is no longer registered here" if refused.removed else "is registered here with another certificate now"
+        return Viewer(
+            refused=f"the user your certificate names ({leaf.urn}) {why}; use the certificate your authority gives "
+            "you now; showing the public view"
+        )
     return Viewer(
         urn=leaf.urn, admin=leaf.urn in admins, slices=frozenset(slices_of_user(leaf.urn)), email=leaf.email or ""
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, delete, select, text
+from sqlalchemy import Connection, Engine, create_engine, delete, select, text
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.am.api_v3 import ApiV3
@@ -252,6 +252,18 @@ def migrate_database(database: Database, action: str, revision: str) -> None:
         getattr(command, action)(config, revision)
 
 
+def insert_authority_and_bob(connection: Connection) -> None:
+    """Authority tb and its user bob as registry rows, in SQL (for a schema older than the models)."""
+    for hrn, kind, urn in (("tb", "authority", "urn:publicid:IDN+tb+authority+sa"), ("tb.bob", "user", BOB)):
+        connection.execute(
+            text(
+                "INSERT INTO registry_record (hrn, type, urn, gid, email, keys, researchers, pis, "
+                "created_s) VALUES (:hrn, :kind, :urn, '', '', '[]', '[]', '[]', 0)"
+            ),
+            {"hrn": hrn, "kind": kind, "urn": urn},
+        )
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_migration_0019_adds_the_retired_logins_and_its_downgrade_drops_them(kind: str, tmp_path: Path) -> None:
     from sqlalchemy import inspect
@@ -293,14 +305,7 @@ def test_migration_0019_retires_the_logins_of_names_removed_before_it(kind: str,
     try:
         migrate("downgrade", "0018")
         with database.engine.begin() as connection:
-            for hrn, kind_, urn in (("tb", "authority", "urn:publicid:IDN+tb+authority+sa"), ("tb.bob", "user", BOB)):
-                connection.execute(
-                    text(
-                        "INSERT INTO registry_record (hrn, type, urn, gid, email, keys, researchers, pis, "
-                        "created_s) VALUES (:hrn, :kind, :urn, '', '', '[]', '[]', '[]', 0)"
-                    ),
-                    {"hrn": hrn, "kind": kind_, "urn": urn},
-                )
+            insert_authority_and_bob(connection)
             for urn, login, is_pinned in (
                 (ALICE, "alice_c4bdad", False),  # removed before the upgrade
                 (BOB, "bob_1", False),

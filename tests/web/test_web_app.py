@@ -17,11 +17,14 @@ from urllib.parse import parse_qs
 import pytest
 from icalendar import Calendar
 
+from sfa_omf.am.caller_keys import RegisteredKeys
 from sfa_omf.calendar.database import Database, TransientConflict
 from sfa_omf.calendar.feeds import FeedTokens, LeaseRevisions
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.calendar.timeline import Timeline
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.registry.records import Record, Records
+from sfa_omf.trust.gid import chain_pem
 from sfa_omf.trust.pki import create_gid, new_private_key
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from sfa_omf.web import gantt
@@ -227,6 +230,26 @@ def test_an_untrusted_certificate_gets_the_public_view_and_the_reason(lab: Lab, 
     stranger = create_gid(ALICE, key.public_key(), key)
     answer = lab.web.handle(WebRequest(path="/", caller_chain=(stranger,)))
     assert b"your certificate is not trusted here" in answer.body and b'class="user"' not in answer.body
+
+
+def test_a_removed_or_replaced_local_users_certificate_gets_the_public_view(lab: Lab, pki: DemoPki) -> None:
+    """The registry's word on its users' keys (am/caller_keys.py), as on the AM API: alice's GID stays valid for years
+    after the registry removed her, and must not keep showing her slices (nor get her feed tokens)."""
+    records = Records(lab.database)
+    records.import_authority(pki.authority)  # what sfa-omf serve does at start
+    lab.web.registered_keys = RegisteredKeys(records, "testbed", ttl_s=0)
+    assert DEMO in get(lab, "/", "alice", pki).body.decode(), "the control: her slice, with her registered GID"
+    # The record goes (retire=False keeps her slice membership: the viewer rule alone must hide the slice).
+    assert records.remove("testbed.alice", retire=False)
+    removed = get(lab, "/", "alice", pki).body.decode()
+    assert "is no longer registered here" in unescape(removed) and "anonymous (public view)" in removed
+    assert DEMO not in removed
+    key = new_private_key()  # the name registered again for another person (another key)
+    newcomer = create_gid(ALICE, key.public_key(), pki.authority.key, issuer=pki.authority.chain[0])
+    records.add(Record("testbed.alice", "user", ALICE, chain_pem((newcomer, *pki.authority.chain))))
+    replaced = get(lab, "/", "alice", pki).body.decode()
+    assert "registered here with another certificate" in unescape(replaced) and DEMO not in replaced
+    assert DEMO in lab.web.handle(WebRequest(path="/", caller_chain=(newcomer, *pki.authority.chain))).body.decode()
 
 
 @pytest.mark.parametrize(
