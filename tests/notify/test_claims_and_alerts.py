@@ -151,11 +151,13 @@ def test_backend_down_and_recovered_are_told_once(
     try:
         for _ in range(3):
             _backend_task(aggregate_like, task)  # type: ignore[arg-type]
-        Alerts(booked.database).backend_failed("fake-testbed", task.name, "again, from another process")
+        Alerts(booked.database, lambda: booked.clock[0]).backend_failed(
+            "fake-testbed", task.name, "again, from another process"
+        )
         port[0] = listener.getsockname()[1]
         for _ in range(2):
             _backend_task(aggregate_like, task)  # type: ignore[arg-type]
-        Alerts(booked.database).backend_worked("fake-testbed", task.name)
+        Alerts(booked.database, lambda: booked.clock[0]).backend_worked("fake-testbed", task.name)
     finally:
         listener.close()
     events = [event.event for event in NotifyEvents(booked.database).since(NOW - timedelta(days=1))]
@@ -180,7 +182,7 @@ def test_one_task_failing_while_another_works_is_down_once_and_a_multi_line_erro
 ) -> None:
     """OAR's mirror failing every 30 s while its reconciler works: one "down", no flapping; the error's several
     lines (a database's or OAR's message) make a one-line subject, and the message is delivered."""
-    alerts = Alerts(booked.database)
+    alerts = Alerts(booked.database, lambda: booked.clock[0])  # the tests' time, as every event here
     for _ in range(3):
         alerts.backend_failed("fake-testbed", "mirror", "could not connect\nis the server running?\n")
         alerts.backend_worked("fake-testbed", "reconcile")
