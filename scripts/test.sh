@@ -34,6 +34,47 @@ left_running() {
     echo "   OAR: $(bash "$REPO/scripts/oar.sh" status 2>/dev/null | grep -E '^(Almighty|apache2|API):' | paste -sd ';' -)"
     echo "   RabbitMQ: $(bash "$REPO/scripts/rabbitmq.sh" status 2>/dev/null | head -n 1)"
 }
+names_tests() {  # do the arguments name tests (a file, a folder, a test id), or only options for all of them?
+    local argument
+    for argument in "$@"; do
+        if [[ "$argument" == *::* ]] || { [[ "$argument" != -* ]] && [ -e "$argument" ]; }; then
+            return 0
+        fi
+    done
+    return 1
+}
+run_both() {  # run_both SECOND_POSTGRES_URL SYSTEM_TEST_PATH... -- PYTEST_ARGUMENT...
+    local second_url="$1" system=() ignored=() logs status_system status_rest
+    shift
+    while [ "$1" != -- ]; do
+        system+=("$1")
+        ignored+=("--ignore=$1")
+        shift
+    done
+    shift
+    logs="$(mktemp -d)"
+    echo "pytest in two processes (SFA_OMF_TEST_PROCESSES=1 runs one): ${system[*]}; and every other test"
+    "$VENV/bin/pytest" "$@" "${system[@]}" >"$logs/system.log" 2>&1 &
+    local system_pid=$!
+    SFA_OMF_TEST_POSTGRES_URL="$second_url" "$VENV/bin/pytest" "$@" tests "${ignored[@]}" >"$logs/rest.log" 2>&1 &
+    local rest_pid=$!
+    status_system=0
+    wait "$system_pid" || status_system=$?
+    status_rest=0
+    wait "$rest_pid" || status_rest=$?
+    echo "== pytest: ${system[*]} (exit status $status_system)"
+    cat "$logs/system.log"
+    echo "== pytest: every other test (exit status $status_rest)"
+    cat "$logs/rest.log"
+    rm -rf "$logs"
+    # 5 is pytest's "no test collected": a -k or -m that selects tests of one process only is no failure of the other.
+    if [ "$status_system" = 5 ] && [ "$status_rest" != 5 ]; then status_system=0; fi
+    if [ "$status_rest" = 5 ] && [ "$status_system" != 5 ]; then status_rest=0; fi
+    if [ "$status_system" != 0 ] || [ "$status_rest" != 0 ]; then
+        echo "== pytest failed: exit status $status_system (${system[*]}), $status_rest (every other test)"
+        return 1
+    fi
+}
 SFA_OMF_TEST_LXC_BRIDGE=""
 at_exit() {
     if [ -n "$SFA_OMF_TEST_LXC_BRIDGE" ]; then
@@ -71,4 +112,15 @@ echo "== ruff"
 echo "== mypy"
 "$VENV/bin/mypy"
 echo "== pytest"
-PATH="$VENV/bin:$PATH" "$VENV/bin/pytest" "$@"
+export PATH="$VENV/bin:$PATH"
+if [ "${SFA_OMF_TEST_PROCESSES:-2}" = 1 ] || names_tests "$@"; then
+    "$VENV/bin/pytest" "$@"
+else
+    # The whole suite in two pytest processes at once: most of its time is spent waiting (on OAR, on deadlines, on
+    # servers and containers starting), so two overlap well on two cores. The tests that use machine-wide things
+    # (OAR and its resources, RabbitMQ, LXC, network namespaces, Unix accounts) all run in the first; the second
+    # runs every other test (a new folder of tests lands there by itself) on a PostgreSQL database of its own.
+    SECOND_POSTGRES_URL="$(bash "$REPO/scripts/postgres.sh" sfaomf_test_second | tail -n 1)"
+    SYSTEM_TESTS=(tests/testbed tests/agents tests/images tests/am/test_users_keys.py)
+    run_both "$SECOND_POSTGRES_URL" "${SYSTEM_TESTS[@]}" -- "$@"
+fi
