@@ -8,6 +8,8 @@ import http.client
 import re
 import xmlrpc.client
 from datetime import timedelta
+from html import unescape
+from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -18,6 +20,8 @@ from sfa_omf.calendar.outbox import Outbox
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.cli import main
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.registry.authority import LocalAuthority
+from sfa_omf.registry.records import Records
 from sfa_omf.times import format_time, utcnow
 from sfa_omf.web.app import RETRY_AFTER_S, WebCalendar
 from tests.tls_harness import client_context, proxy
@@ -133,6 +137,17 @@ def test_who_am_i_by_client_certificate(served: Served) -> None:
     assert b'id="whoami" class="admin"' in served.get("/calendar", "ben")[2]
     status, content_type, script = served.get("/calendar/static/calendar.js")
     assert status == 200 and content_type.startswith("text/javascript") and b"now-line" in script
+
+
+def test_a_removed_users_certificate_gets_the_public_view_over_tls(served: Served) -> None:
+    """The served calendar asks the aggregate's registered-key rule (am/caller_keys.py) who a certificate is."""
+    records = Records(served.aggregate.database)
+    records.import_authority(LocalAuthority.load(str(Path(served.config).parent), "lab"))  # as serve records them
+    served.aggregate.registered_keys.ttl_s = 0  # (no verdict kept from before the removal)
+    assert b"urn:publicid:IDN+lab+user+ann" in served.get("/calendar/", "ann")[2]
+    assert records.remove("lab.ann")
+    body = unescape(served.get("/calendar/", "ann")[2].decode())
+    assert "is no longer registered here" in body and "anonymous (public view)" in body
 
 
 def test_xml_rpc_without_a_certificate_is_refused(served: Served) -> None:
