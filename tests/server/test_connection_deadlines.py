@@ -344,16 +344,23 @@ def test_a_client_that_takes_none_of_its_answer_is_cut_off_after_the_close_grace
         assert listener_lets_go(port), f"the server still held a client reading nothing after {WAIT_S:g} s"
 
 
+@pytest.mark.parametrize(
+    ("request_head", "timeout_s"),
+    [("POST / HTTP/1.0", LONG_S), ("POST / HTTP/1.1", 1.0)],
+    ids=["HTTP/1.0", "kept alive, idle timeout during the answer"],
+)
 def test_a_client_that_takes_its_answer_a_trickle_at_a_time_is_let_go_only_as_long_as_the_answer_takes(
-    listener: Listener, pki: DemoPki, monkeypatch: pytest.MonkeyPatch
+    listener: Listener, pki: DemoPki, monkeypatch: pytest.MonkeyPatch, request_head: str, timeout_s: float
 ) -> None:
     """Progress restarts the close grace, but not for ever: a closed connection's answer gets as long as it takes at
     the slowest rate honest clients have (SLOWEST_DOWNLOAD_BYTES_PER_S, 1 MB/s here: about 5 s), then the connection
-    is cut off. A client taking 16 KiB per grace would otherwise hold it for minutes (hours for a slower trickle)."""
+    is cut off. A client taking 16 KiB per grace would otherwise hold it for minutes (hours for a slower trickle).
+    A kept-alive connection is no way around it: its idle timeout counts from the last byte the client sent (the
+    answer's bytes do not restart it), and the close it makes is bounded the same way."""
     monkeypatch.setattr(xmlrpc_server, "SLOWEST_DOWNLOAD_BYTES_PER_S", 1_000_000)
-    port, number = serve(listener, pki, close_grace_s=1.0)
+    port, number = serve(listener, pki, close_grace_s=1.0, timeout_s=timeout_s)
     began = time.monotonic()
-    with ask_for_the_big_answer(number, pki, "POST / HTTP/1.0") as connection:
+    with ask_for_the_big_answer(number, pki, request_head) as connection:
         connection.settimeout(WAIT_S)
         received = 0
         while time.monotonic() - began < 3 * WAIT_S:
