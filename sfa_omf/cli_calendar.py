@@ -194,7 +194,7 @@ def _node_import_file(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.policy import Policy
 
     settings = command_settings(args)
-    entries = read_node_file(args.from_file)
+    entries = read_node_file(args.from_file, settings.interface_hrn)  # this authority's nodes, as node add takes them
     database = Database(settings.calendar_url)
     database.require_current_schema()  # an older schema is db upgrade's to migrate, not an import's
     report = import_nodes(database, entries, Policy(default_grain_s=settings.grain_s), progress=_progress_bar("nodes"))
@@ -341,6 +341,7 @@ def _node_remove(args: argparse.Namespace) -> int:
     from sfa_omf.registry.records import Records
 
     settings = command_settings(args)
+    args.component_id = _component_id(args, settings)
     database = Database(settings.calendar_url)
     database.require_current_schema()  # (nothing is removed when a later step would meet an older schema)
     inventory = Inventory(database)
@@ -430,10 +431,23 @@ def _remove_staged_files(settings: Settings, hostname: str) -> int:
     return removed
 
 
+def _component_id(args: argparse.Namespace, settings: Settings) -> str:
+    """The node args.component_id names: a bare name is made a URN under this authority as ``node add`` makes it
+    (BadArgs for a name node add refuses); a URN is taken as it is, so that a node stored under another authority or
+    spelling (imported before these checks, or from a broker) can still be removed or changed."""
+    from sfa_omf.calendar.inventory import node_urn
+    from sfa_omf.xrn import is_urn
+
+    text: str = args.component_id
+    return text if is_urn(text) else node_urn(text, settings.interface_hrn)
+
+
 def _node_set_state(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
 
-    record = Inventory(_database(args)).set_state(args.component_id, args.state)
+    settings = command_settings(args)
+    record = Inventory(Database(settings.calendar_url)).set_state(_component_id(args, settings), args.state)
     print(f"{record.component_id} is {record.state}")
     return 0
 
@@ -461,9 +475,12 @@ def _pool_list(args: argparse.Namespace) -> int:
 
 
 def _pool_move(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
 
-    record = Inventory(_database(args)).move_node(args.component_id, args.to_pool, from_pool=args.from_pool)
+    settings = command_settings(args)
+    inventory = Inventory(Database(settings.calendar_url))
+    record = inventory.move_node(_component_id(args, settings), args.to_pool, from_pool=args.from_pool)
     print(f"{record.component_id} is now in pool {record.pool}")
     return 0
 

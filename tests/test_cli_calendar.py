@@ -146,8 +146,11 @@ def test_node_add_makes_a_name_into_a_node_urn_and_honours_the_configured_grain(
         ("urn:publicid:IDN+testbed+node", None, "is not a GENI URN: expected urn:publicid:IDN+<authority>+<type>"),
         ("urn:publicid:IDN+testbed+node+a b", None, "the node name 'a b' may hold only letters, digits"),
         ("node 1", None, "is neither a node URN"),
-        (NODE, "0", "grain 0 s: a node's booking slot must be at least 1 s"),
+        (NODE, "0", "grain 0 s: a node's booking slot must be from 1 s to 31536000 s (a year)"),
         (NODE, "-5", "grain -5 s"),
+        (NODE, "3000000000", "grain 3000000000 s: a node's booking slot must be from 1 s to 31536000 s"),
+        (NODE, str(10**20), "grain 100000000000000000000 s"),
+        (NODE.replace("node1", "node\x07"), None, "the node name 'node\\x07' may hold only letters"),
     ],
 )
 def test_node_add_refusals(
@@ -186,3 +189,43 @@ def test_an_unreachable_database_is_one_line(
     assert (code, out) == (2, "")
     assert err.count("\n") == 1 and "Connection refused" in err
     assert err.startswith("sfa-omf: the calendar database failed: ")
+
+
+def test_node_commands_take_the_bare_name_node_add_takes(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "node", "add", "node1", "--config", config)[0] == 0
+    assert run(capsys, "pool", "create", "lab", "--config", config)[0] == 0
+    code, out, err = run(capsys, "pool", "move", "node1", "--to", "lab", "--config", config)
+    assert code == 0 and f"{NODE} is now in pool lab" in out, err
+    code, out, err = run(capsys, "node", "set-state", "node1", "maintenance", "--config", config)
+    assert code == 0 and f"{NODE} is maintenance" in out, err
+    code, _, err = run(capsys, "node", "set-state", "node 1", "usable", "--config", config)
+    assert code == 2 and "'node 1' is neither a node URN" in err
+    code, out, err = run(capsys, "node", "remove", "node1", "--config", config)
+    assert code == 0 and f"removed {NODE}" in out, err
+    assert run(capsys, "node", "list", "--config", config, "--json")[1] == "[]\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("", "a pool needs a name"), ("l\x01ab", "U+0001"), ("p" * 5000, "5000 characters long: at most 100")],
+)
+def test_pool_create_refuses_bad_names(
+    config: str, capsys: pytest.CaptureFixture[str], name: str, message: str
+) -> None:
+    code, out, err = run(capsys, "pool", "create", name, "--config", config)
+    assert (code, out) == (2, "") and err.startswith("sfa-omf: ") and message in err and "Traceback" not in err
+    code, out, _ = run(capsys, "pool", "list", "--config", config, "--json")
+    assert json.loads(out) == []  # nothing was created
+
+
+def test_node_import_takes_only_this_authoritys_nodes(
+    config: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nodes.csv"
+    path.write_text(f"component_id\n{NODE}\nurn:publicid:IDN+other+node+n1\n", encoding="utf-8")
+    code, out, err = run(capsys, "node", "import", "--from-file", str(path), "--config", config)
+    assert (code, out) == (2, "") and "nodes.csv line 3: component_id urn:publicid:IDN+other+node+n1 belongs to" in err
+    assert run(capsys, "node", "list", "--config", config, "--json")[1] == "[]\n"
+    path.write_text("component_id\nnode1\nURN:PUBLICID:IDN+testbed+NODE+node1\n", encoding="utf-8")
+    code, _, err = run(capsys, "node", "import", "--from-file", str(path), "--config", config)
+    assert code == 2 and f"line 3: {NODE} is in the file twice (first at nodes.csv line 2)" in err

@@ -26,7 +26,8 @@ from sfa_omf.agents.dns import GROUP, RESERVED_HOSTNAMES, DnsZones, NodeName
 from sfa_omf.agents.staging import FileStore
 from sfa_omf.agents.vpn import VpnCa, client_config
 from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork
-from sfa_omf.errors import GeniError, Reason
+from sfa_omf.calendar.inventory import check_node_fields
+from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.testbed.base import AgentNode, TestbedNodes
 from sfa_omf.testbed.unix_accounts import LocalAccount
@@ -277,6 +278,10 @@ class AgentService:
                 raise _bad(f"property name {name!r} is not allowed (letters, digits, '_', '.', '-')")
             if not isinstance(item, str | int | float) or isinstance(item, bool) or len(str(item)) > MAX_PROPERTY_CHARS:
                 raise _bad(f"property {name!r} must be a string or number of at most {MAX_PROPERTY_CHARS} characters")
+            try:  # what a node's row cannot hold or an advertisement cannot carry (control characters, NaN)
+                check_node_fields({"properties": {name: item}})
+            except BadArgs as exc:
+                raise _bad(exc.message) from exc
             checked[name] = str(item)
         return checked
 

@@ -9,29 +9,33 @@ objects with ``name`` and optional ``os``, ``version``, ``description``)). CSV: 
 
 Re-running updates: a node already in the inventory (same component id) gets the fields the file gives (a field
 the file leaves out keeps its value; its state, usable or maintenance, is never touched); a node is never added
-twice. The whole file is checked before anything is written, so a bad line changes nothing.
+twice. The whole file is checked before anything is written (component ids as ``sfa-omf node add`` checks them,
+text as ``Inventory.add_node`` does: ``inventory.check_node_fields``), and the nodes are written in one unit of
+work, so a bad line, or a refusal while writing, changes nothing.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.inventory import DEFAULT_POOL
-from sfa_omf.calendar.models import Node, Pool
+from sfa_omf.calendar.inventory import DEFAULT_POOL, NODE_NAME, check_node_fields, node_urn
+from sfa_omf.calendar.models import Node, Pool, Sliver
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.times import utcnow
 from sfa_omf.xrn import is_urn, parse_urn
 
-CHUNK = 1000  # nodes per write unit of work: short transactions, and a progress step
+CHUNK = 1000  # nodes per statement (bounded statements and parameter lists), and a progress step
 FIELDS = ("component_name", "pool", "hardware_type", "exclusive", "grain_s", "properties", "disk_images")
 CSV_COLUMNS = frozenset({"component_id", *FIELDS})
 IMAGE_KEYS = frozenset({"name", "os", "version", "description"})
@@ -54,19 +58,24 @@ class BulkImportReport:
     pools_created: list[str] = field(default_factory=list)
 
 
-def read_node_file(path: str | Path) -> list[NodeEntry]:
-    """The nodes a .csv or .json file describes, checked (BadArgs names the line or item at fault)."""
+def read_node_file(path: str | Path, authority_hrn: str | None = None) -> list[NodeEntry]:
+    """The nodes a .csv or .json file describes, checked (BadArgs names the line or item at fault).
+    ``authority_hrn``: this aggregate's authority; every component id must then be one of its nodes (a URN or a bare
+    name, as ``sfa-omf node add`` takes them). None: any authority, the URN's grammar and node name still checked."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark (as spreadsheets write) is not a column
     except (OSError, UnicodeDecodeError) as exc:
         raise BadArgs(f"cannot read {path}: {exc}") from exc
-    if path.suffix.lower() == ".json":
-        entries = list(_json_entries(text, path.name))
-    elif path.suffix.lower() == ".csv":
-        entries = list(_csv_entries(text, path.name))
-    else:
-        raise BadArgs(f"{path.name}: the node file must end in .csv or .json")
+    try:
+        if path.suffix.lower() == ".json":
+            entries = list(_json_entries(text, path.name, authority_hrn))
+        elif path.suffix.lower() == ".csv":
+            entries = list(_csv_entries(text, path.name, authority_hrn))
+        else:
+            raise BadArgs(f"{path.name}: the node file must end in .csv or .json")
+    except RecursionError as exc:
+        raise BadArgs(f"{path.name}: nested too deeply to read (a node's values nest a few levels at most)") from exc
     seen: dict[str, str] = {}
     for entry in entries:
         if entry.component_id in seen:
@@ -77,11 +86,13 @@ def read_node_file(path: str | Path) -> list[NodeEntry]:
     return entries
 
 
-def _json_entries(text: str, name: str) -> Iterator[NodeEntry]:
+def _json_entries(text: str, name: str, authority_hrn: str | None) -> Iterator[NodeEntry]:
     try:
-        items = json.loads(text)
+        items = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise BadArgs(f"{name}: not JSON ({exc})") from exc
+    except BadArgs as exc:  # _no_constant's
+        raise BadArgs(f"{name}: {exc.message}") from exc
     if not isinstance(items, list):
         raise BadArgs(f"{name}: expected a list of node objects")
     for index, item in enumerate(items):
@@ -93,13 +104,31 @@ def _json_entries(text: str, name: str) -> Iterator[NodeEntry]:
             raise BadArgs(
                 f"{where}: unknown key(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(CSV_COLUMNS))})"
             )
-        yield check_entry(item, where)
+        yield check_entry(item, where, authority_hrn)
 
 
-def _csv_entries(text: str, name: str) -> Iterator[NodeEntry]:
-    reader = csv.DictReader(text.splitlines())
+def _no_constant(constant: str) -> Any:
+    """NaN, Infinity and -Infinity are not JSON (Python's reader takes them): no node's value is one."""
+    raise BadArgs(f"{constant} is not a number JSON allows: give a finite number or a string")
+
+
+def _csv_entries(text: str, name: str, authority_hrn: str | None) -> Iterator[NodeEntry]:
+    # Lines end only at \n, \r or \r\n (newline=""): str.splitlines would also end one at \x0c, \x1c or \u2028
+    # inside a cell, making two nodes of one line.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        yield from _csv_rows(reader, name, authority_hrn)
+    except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
+        # (line_num counts the lines read whole: the one at fault is the next)
+        raise BadArgs(f"{name} line {reader.line_num + 1}: not CSV ({exc})") from exc
+
+
+def _csv_rows(reader: csv.DictReader[str], name: str, authority_hrn: str | None) -> Iterator[NodeEntry]:
     if reader.fieldnames is None or "component_id" not in reader.fieldnames:
         raise BadArgs(f"{name}: the first line must name the columns, component_id among them")
+    twice = sorted({column for column in reader.fieldnames if reader.fieldnames.count(column) > 1})
+    if twice:
+        raise BadArgs(f"{name} line 1: the column(s) {', '.join(map(repr, twice))} are named twice: name each once")
     for row in reader:
         where = f"{name} line {reader.line_num}"
         if None in row:
@@ -126,7 +155,7 @@ def _csv_entries(text: str, name: str) -> Iterator[NodeEntry]:
                 item[column] = value
         if properties or any(column not in CSV_COLUMNS for column in reader.fieldnames):
             item["properties"] = properties
-        yield check_entry(item, where)
+        yield check_entry(item, where, authority_hrn)
 
 
 def _csv_image(text: str, where: str) -> dict[str, str]:
@@ -144,13 +173,11 @@ def _integer(value: str, where: str) -> int:
         raise BadArgs(f"{where}: grain_s is {value!r}, not a number of seconds") from exc
 
 
-def check_entry(item: Mapping[str, Any], where: str) -> NodeEntry:
-    """Check one node's fields; the same rules whatever the format."""
-    component_id = item.get("component_id")
-    if not isinstance(component_id, str) or not is_urn(component_id) or parse_urn(component_id).type != "node":
-        raise BadArgs(
-            f"{where}: component_id {component_id!r} is not a node URN (urn:publicid:IDN+<authority>+node+<name>)"
-        )
+def check_entry(item: Mapping[str, Any], where: str, authority_hrn: str | None = None) -> NodeEntry:
+    """Check one node's fields; the same rules whatever the format. The component id becomes its canonical spelling
+    (``inventory.node_urn`` under ``authority_hrn``, as ``sfa-omf node add`` makes it), so that two spellings of one
+    URN are one node."""
+    component_id = _component_id(item.get("component_id"), where, authority_hrn)
     given = {key: item[key] for key in FIELDS if key in item}
     for key in ("component_name", "pool", "hardware_type"):
         if key in given and not isinstance(given[key], str):
@@ -174,7 +201,29 @@ def check_entry(item: Mapping[str, Any], where: str) -> NodeEntry:
         for image in images
     ):
         raise BadArgs(f"{where}: disk_images must be a list of {{name, os, version, description}} with a name")
+    check_node_fields({"component_id": component_id, **given}, where)
     return NodeEntry(component_id, given, where)
+
+
+def _component_id(value: Any, where: str, authority_hrn: str | None) -> str:
+    """The canonical node URN of a file's component_id (see check_entry), or BadArgs naming ``where``."""
+    example = "urn:publicid:IDN+<authority>+node+<name>"
+    if not isinstance(value, str):
+        raise BadArgs(f"{where}: component_id {value!r} is not a node URN ({example})")
+    check_node_fields({"component_id": value}, where)  # control characters and length, before any parsing
+    try:
+        if authority_hrn is not None:
+            return node_urn(value, authority_hrn)
+        if not is_urn(value):
+            raise BadArgs(f"{value!r} is not a node URN ({example})")
+        urn = parse_urn(value)
+    except BadArgs as exc:
+        raise BadArgs(f"{where}: component_id {exc.message}") from exc
+    if urn.type != "node" or not NODE_NAME.fullmatch(urn.name):
+        raise BadArgs(
+            f"{where}: component_id {value!r} is not a node URN ({example}; a name of letters, digits and . _ ~ - %)"
+        )
+    return str(urn)
 
 
 def import_nodes(
@@ -183,10 +232,12 @@ def import_nodes(
     policy: Policy | None = None,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> BulkImportReport:
-    """Add the entries' nodes that the inventory lacks and update the others, CHUNK nodes per unit of work.
+    """Add the entries' nodes that the inventory lacks and update the others, in one unit of work (CHUNK nodes per
+    statement): a refusal anywhere changes nothing.
 
     Pools must exist, except the default pool, which is created (federated) as ``Inventory.add_node`` does.
-    Everything is checked before the first write: an unknown pool changes nothing.
+    Everything is checked before the first write: an unknown pool changes nothing. A node's grain does not change
+    while a booking holds it now or later (its leases could not be renewed on the new grain): BadArgs names them.
     """
     policy = policy or Policy()
     report = BulkImportReport()
@@ -195,12 +246,13 @@ def import_nodes(
     missing = sorted({entry.given.get("pool", DEFAULT_POOL) for entry in entries} - set(pools) - {DEFAULT_POOL})
     if missing:
         raise GeniError(Reason.NOT_FOUND, f"there is no pool {missing[0]!r}: create it first (sfa-omf pool create)")
-    for first in range(0, len(entries), CHUNK):
-        chunk = entries[first : first + CHUNK]
-        with database.write() as session:
-            pool_ids = _pools(session, report)
-            _write_chunk(session, chunk, pool_ids, policy, report)
-        progress(first + len(chunk), len(entries))
+    now_s = int(utcnow().timestamp())
+    with database.write() as session:
+        pool_ids = _pools(session, report)
+        for first in range(0, len(entries), CHUNK):
+            chunk = entries[first : first + CHUNK]
+            _write_chunk(session, chunk, pool_ids, policy, report, now_s)
+            progress(first + len(chunk), len(entries))
     if not entries:
         progress(0, 0)
     return report
@@ -220,9 +272,15 @@ def _pools(session: Session, report: BulkImportReport) -> dict[str, int]:
 
 
 def _write_chunk(
-    session: Session, chunk: Sequence[NodeEntry], pool_ids: Mapping[str, int], policy: Policy, report: BulkImportReport
+    session: Session,
+    chunk: Sequence[NodeEntry],
+    pool_ids: Mapping[str, int],
+    policy: Policy,
+    report: BulkImportReport,
+    now_s: int,
 ) -> None:
-    """One multi-row INSERT for the new nodes, one executemany UPDATE for the changed ones."""
+    """One multi-row INSERT for the new nodes, one executemany UPDATE for the changed ones (after refusing a grain
+    change of a node a booking holds now or later)."""
     existing = {
         row.component_id: row
         for row in session.execute(
@@ -243,6 +301,7 @@ def _write_chunk(
     }
     new_rows: list[dict[str, Any]] = []
     changed_rows: list[dict[str, Any]] = []
+    regrained: dict[int, tuple[NodeEntry, int]] = {}  # node id: its entry, its grain now
     for entry in chunk:
         values = _column_values(entry.given, pool_ids)
         row = existing.get(entry.component_id)
@@ -266,6 +325,9 @@ def _write_chunk(
             report.unchanged += 1
             continue
         changed_rows.append({"id": row.id, **values})
+        if "grain_s" in values and values["grain_s"] != row.grain_s:
+            regrained[row.id] = (entry, row.grain_s)
+    _refuse_held_grain_changes(session, regrained, now_s)
     # Through the session (not its connection): the unit of work must see that it wrote, to bump the generation.
     if new_rows:
         session.execute(insert(Node), new_rows)
@@ -273,6 +335,29 @@ def _write_chunk(
     if changed_rows:
         session.execute(update(Node), changed_rows)  # bulk UPDATE by primary key, grouped by the columns given
         report.updated += len(changed_rows)
+
+
+def _refuse_held_grain_changes(session: Session, regrained: Mapping[int, tuple[NodeEntry, int]], now_s: int) -> None:
+    """BadArgs when a node whose grain the file changes is held by a booking now or later (its rows are locked: a
+    booking waits for this unit of work). The bookings' slots are on the old grain: every Renew would be refused."""
+    if not regrained:
+        return
+    held = session.execute(
+        select(Sliver.node_id, func.count(Sliver.id), func.min(Sliver.lease_id))
+        .where(Sliver.node_id.in_(list(regrained)), Sliver.holds_node.is_(True), Sliver.end_s > now_s)
+        .group_by(Sliver.node_id)
+    ).all()
+    if not held:
+        return
+    node_id, count, lease_id = min(held, key=lambda row: regrained[row[0]][0].where)
+    entry, grain_s = regrained[node_id]
+    others = f" and {count - 1} other(s)" if count > 1 else ""
+    raise BadArgs(
+        f"{entry.where}: grain_s {entry.given['grain_s']} would change the grain ({grain_s} s) of "
+        f"{entry.component_id}, which lease {lease_id}{others} hold(s) now or later ({len(held)} node(s) of the file "
+        "so): their slots are on the old grain and could no longer be renewed. Keep its grain_s until they end, or "
+        "cancel them first; nothing was imported"
+    )
 
 
 def _column_values(given: Mapping[str, Any], pool_ids: Mapping[str, int]) -> dict[str, Any]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import Select, String, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,6 +25,28 @@ from sfa_omf.xrn import URN_PREFIX, Urn, is_authority_for, is_urn, join_hrn, par
 DEFAULT_POOL = "default"
 #: A node's name in its URN: letters, digits and . _ ~ - % (a host name fits; no spaces, no '+', no ':').
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~%-]*")
+#: The longest grain (slot length) a node may have: a year, documented in docs/calendar.md. A grain longer than the
+#: policy's longest lease only makes the node unbookable; this bound keeps the column's integer (< 2**31) safe.
+MAX_GRAIN_S = 365 * 24 * 3600
+#: How deep a property's value may nest lists and objects (a deeper one is no description of a node, and deep
+#: nesting would exhaust the recursion of the JSON writers that store and advertise it).
+MAX_NESTING = 20
+
+
+# Column lengths of the node table (models.py): checked before writing, so that a value too long is a message
+# naming the field, never a database error (or a half-written import).
+def _column_length(name: str) -> int:
+    column_type = Node.__table__.c[name].type
+    assert isinstance(column_type, String) and column_type.length is not None
+    return column_type.length
+
+
+NODE_TEXT_LIMITS = {name: _column_length(name) for name in ("component_id", "component_name", "hardware_type")}
+# What an advertisement (XML 1.0) cannot carry: in names and keys no control character at all (C0, DEL, C1), in
+# free text (property values, image descriptions) none but tab and line ends; nowhere a lone surrogate, U+FFFE or
+# U+FFFF. One such node would make every ListResources fail.
+_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_NOT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
 
 def node_urn(text: str, authority_hrn: str) -> str:
@@ -54,6 +78,62 @@ def node_urn(text: str, authority_hrn: str) -> str:
             f"aggregate advertises only its own nodes (e.g. {example})"
         )
     return str(urn)
+
+
+def check_node_fields(fields: Mapping[str, Any], where: str = "") -> None:
+    """Refuse (BadArgs naming the field, after ``where``: a file's line) what a node's row cannot hold or an
+    advertisement cannot carry: control characters in its component id, name, hardware type, property keys and
+    values or disk images; text longer than its column; a grain outside 1..MAX_GRAIN_S s; a number that is not
+    finite. ``fields``: any of NodeSpec's fields by name (``Inventory.add_node`` and the bulk import check alike)."""
+    prefix = f"{where}: " if where else ""
+    for key, limit in NODE_TEXT_LIMITS.items():
+        value = fields.get(key)
+        if isinstance(value, str):
+            _check_text(value, key, prefix, _NOT_IN_NAMES)
+            if len(value) > limit:
+                raise BadArgs(f"{prefix}{key} is {len(value)} characters long: at most {limit}")
+    grain = fields.get("grain_s")
+    if grain is not None and (isinstance(grain, bool) or not isinstance(grain, int) or not 1 <= grain <= MAX_GRAIN_S):
+        raise BadArgs(
+            f"{prefix}grain {grain!r} s: a node's booking slot must be from 1 s to {MAX_GRAIN_S} s (a year), "
+            "e.g. 1800 for half-hour slots"
+        )
+    properties = fields.get("properties")
+    if isinstance(properties, Mapping):
+        for key, value in properties.items():
+            _check_text(str(key), "a property name", prefix, _NOT_IN_NAMES)
+            _check_value(value, f"property {str(key)!r}", prefix)
+    for image in fields.get("disk_images") or ():
+        if isinstance(image, Mapping):
+            for key, value in image.items():
+                refused = _NOT_IN_TEXT if key == "description" else _NOT_IN_NAMES
+                _check_value(value, f"disk image {key}", prefix, refused)
+
+
+def _check_text(text: str, what: str, prefix: str, refused: re.Pattern[str]) -> None:
+    found = refused.search(text)
+    if found:
+        raise BadArgs(
+            f"{prefix}{what} holds the control character U+{ord(found.group()):04X} at position {found.start() + 1} "
+            f"({text[:40]!r}): an advertisement cannot carry it; remove it"
+        )
+
+
+def _check_value(value: Any, what: str, prefix: str, refused: re.Pattern[str] = _NOT_IN_TEXT, depth: int = 0) -> None:
+    """A property's value (or a disk image's field), nested lists and objects included (MAX_NESTING levels)."""
+    if depth > MAX_NESTING:
+        raise BadArgs(f"{prefix}{what} nests lists or objects more than {MAX_NESTING} levels deep: flatten it")
+    if isinstance(value, str):
+        _check_text(value, what, prefix, refused)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise BadArgs(f"{prefix}{what} is {value}: give a finite number")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_text(str(key), f"{what}'s key", prefix, _NOT_IN_NAMES)
+            _check_value(item, what, prefix, depth=depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_value(item, what, prefix, depth=depth + 1)
 
 
 def node_record(node: Node) -> NodeRecord:
@@ -153,6 +233,14 @@ class Inventory:
         self.policy = policy or Policy()
 
     def create_pool(self, name: str, federated: bool = True, description: str = "") -> PoolRecord:
+        """A new pool; BadArgs for an empty name, or one (or a description) an advertisement cannot carry."""
+        limit = Pool.__table__.c.name.type.length if isinstance(Pool.__table__.c.name.type, String) else None
+        if not name.strip():
+            raise BadArgs("a pool needs a name (e.g. lab)")
+        _check_text(name, "the pool name", "", _NOT_IN_NAMES)
+        _check_text(description, "the pool description", "", _NOT_IN_TEXT)
+        if limit is not None and len(name) > limit:
+            raise BadArgs(f"the pool name is {len(name)} characters long: at most {limit}")
         try:
             with self.database.write() as session:
                 session.add(Pool(name=name, federated=federated, description=description))
@@ -172,11 +260,17 @@ class Inventory:
 
     def add_node(self, spec: NodeSpec) -> NodeRecord:
         """Add a node; its pool is created (federated) when it is the default pool and does not exist yet.
-        A grain of 0 or less is refused (None: the policy's)."""
-        if spec.grain_s is not None and spec.grain_s <= 0:
-            raise BadArgs(
-                f"grain {spec.grain_s} s: a node's booking slot must be at least 1 s (e.g. 1800 for half-hour slots)"
-            )
+        A grain outside 1..MAX_GRAIN_S is refused (None: the policy's), and so is what check_node_fields refuses."""
+        check_node_fields(
+            {
+                "component_id": spec.component_id,
+                "component_name": spec.component_name,
+                "hardware_type": spec.hardware_type,
+                "properties": spec.properties,
+                "disk_images": spec.disk_images,
+                "grain_s": spec.grain_s,
+            }
+        )
         try:
             with self.database.write() as session:
                 pool = session.scalar(select(Pool).where(Pool.name == spec.pool))
@@ -222,6 +316,7 @@ class Inventory:
 
     def update_node(self, component_id: str, component_name: str, properties: dict[str, Any]) -> NodeRecord:
         """Replace a node's name and properties (an import from the testbed refreshes what it describes)."""
+        check_node_fields({"component_name": component_name, "properties": properties})
         with self.database.write() as session:
             node = find_node(session, component_id, lock=True)
             node.component_name = component_name
@@ -242,7 +337,8 @@ class Inventory:
         """Remove a node that no current or future booking holds (history of past slivers goes with it)."""
         now_s = int(utcnow().timestamp())
         with self.database.write() as session:
-            node = find_node(session, component_id)
+            # Locked as a booking locks it: a booking committed between the count and the delete would go with it.
+            node = find_node(session, component_id, lock=True)
             holding = session.scalar(
                 select(func.count(Sliver.id)).where(
                     Sliver.node_id == node.id, Sliver.holds_node.is_(True), Sliver.end_s > now_s

@@ -130,6 +130,9 @@ def test_bad_registrations_say_what_is_wrong_and_write_nothing(lab: Lab, tmp_pat
         # What the OMF controllers read to switch the node (its CM card) and reach it: never the agent's word.
         ({**good, "properties": {"cmc": "10.0.0.200"}}, key, 400, "set by the aggregate or its operator"),
         ({**good, "properties": {"interfaces": "eth0"}}, key, 400, "set by the aggregate or its operator"),
+        # A control character would make every ListResources fail (lxml refuses it in the advertisement).
+        ({**good, "properties": {"room": "b\x07"}}, key, 400, "control character U+0007"),
+        ({**good, "properties": {"load": float("nan")}}, key, 400, "give a finite number"),
         ({k: v for k, v in good.items() if k != "token"}, key, 400, "'token' is missing"),
         (good, new_private_key(), 403, "not the key presented at the TLS handshake"),
     ]

@@ -13,9 +13,9 @@ from sfa_omf.calendar.bulk_import import import_nodes, read_node_file
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.generation import read_generation
 from sfa_omf.calendar.inventory import Inventory
-from sfa_omf.calendar.records import NodeSpec
+from sfa_omf.calendar.records import BookingRequest, NodeRecord, NodeSpec
 from sfa_omf.errors import GeniError, Reason
-from tests.calendar.conftest import Calendar, node_urn
+from tests.calendar.conftest import SLICE, SLICE_EXPIRES, Calendar, at, node_urn
 
 
 def generation(database: Database) -> int:
@@ -31,7 +31,7 @@ def write_csv(path: Path, rows: list[str]) -> Path:
 def test_csv_import_adds_then_updates_without_duplicates(
     calendar: Calendar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bulk_import, "CHUNK", 7)  # several units of work
+    monkeypatch.setattr(bulk_import, "CHUNK", 7)  # several chunks, in one unit of work
     header = "component_id,component_name,hardware_type,grain_s,disk_images,radio"
     rows = [f"{node_urn(f'b{index}')},b{index},icarus,3600,ubuntu:Linux:24.04;debian,wifi" for index in range(20)]
     path = write_csv(tmp_path / "nodes.csv", [header, *rows, f"{node_urn('n1')},renamed,,,,"])
@@ -40,7 +40,7 @@ def test_csv_import_adds_then_updates_without_duplicates(
     report = import_nodes(calendar.database, read_node_file(path), progress=lambda d, t: steps.append((d, t)))
     assert (report.added, report.updated, report.unchanged) == (20, 1, 0)
     assert steps == [(7, 21), (14, 21), (21, 21)]
-    assert generation(calendar.database) == before + 3
+    assert generation(calendar.database) == before + 1  # one unit of work, whatever the number of chunks
     nodes = {node.component_id: node for node in calendar.inventory.list_nodes()}
     assert len(nodes) == 23
     b0 = nodes[node_urn("b0")]
@@ -164,3 +164,186 @@ def test_cli_node_import_from_file(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["node", "list", "--config", config, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert sum(1 for node in listed if node["hardware_type"] == "pc") == 3
+
+
+def nodes_and_generation(database: Database) -> tuple[int, list[NodeRecord]]:
+    return generation(database), Inventory(database).list_nodes()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("nodes.csv", f"component_id,component_name\n{node_urn('a')},a\x07b\n", "line 2: component_name holds"),
+        ("nodes.csv", f"component_id,hardware_type\n{node_urn('a')},pc\x1b\n", "line 2: hardware_type holds"),
+        ("nodes.csv", f"component_id,room\n{node_urn('a')},B\x7f12\n", "line 2: property 'room' holds"),
+        ("nodes.csv", f"component_id,ro\x01om\n{node_urn('a')},B12\n", "line 2: a property name holds"),
+        ("nodes.csv", f"component_id,disk_images\n{node_urn('a')},ubu\x00ntu\n", "line 2: disk image name holds"),
+        ("nodes.csv", f"component_id\n{node_urn('a')}\x0cb\n", "line 2: component_id holds the control character"),
+        ("nodes.json", json.dumps([{"component_id": node_urn("a\u0000")}]), "item 0: component_id holds"),
+        ("nodes.json", json.dumps([{"component_id": node_urn("a"), "component_name": "a\x85"}]), "component_name"),
+        (
+            "nodes.json",
+            json.dumps([{"component_id": node_urn("a"), "properties": {"cmc": {"ip": ["10.0.0.1\x00"]}}}]),
+            "item 0: property 'cmc' holds the control character U+0000",
+        ),
+        (
+            "nodes.json",
+            json.dumps([{"component_id": node_urn("a"), "disk_images": [{"name": "u", "description": "x\x08"}]}]),
+            "item 0: disk image description holds",
+        ),
+    ],
+)
+def test_control_characters_are_refused_naming_the_field_and_line(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    """One node with a character XML cannot carry would make every ListResources fail: refused with its place."""
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(GeniError) as refused:
+        read_node_file(path, "testbed")
+    assert refused.value.reason == Reason.BAD_ARGS and message in refused.value.message
+    assert "U+" in refused.value.message
+
+
+def test_component_ids_are_checked_and_spelled_as_node_add_does(calendar: Calendar, tmp_path: Path) -> None:
+    for row, message in [
+        ("urn:publicid:IDN+other+node+x", "line 2: component_id urn:publicid:IDN+other+node+x belongs to authority"),
+        ("urn:publicid:IDN+testbed+node+a b", "line 2: component_id urn:publicid:IDN+testbed+node+a b: the node name"),
+        ("a b", "line 2: component_id 'a b' is neither a node URN nor"),
+    ]:
+        path = write_csv(tmp_path / "nodes.csv", ["component_id", row])
+        with pytest.raises(GeniError) as refused:
+            read_node_file(path, "testbed")
+        assert refused.value.reason == Reason.BAD_ARGS and message in refused.value.message.replace(" (", " nor (")
+    # Three spellings of one URN are one node; a bare name is one too.
+    spellings = ["URN:PUBLICID:IDN+testbed+NODE+n1", "urn:publicid:IDN+testbed+Node+n2", "n3", node_urn("new")]
+    path = write_csv(tmp_path / "nodes.csv", ["component_id,hardware_type", *(f"{urn},pc" for urn in spellings)])
+    report = import_nodes(calendar.database, read_node_file(path, "testbed"))
+    assert (report.added, report.updated) == (1, 3)
+    nodes = {node.component_id: node for node in calendar.inventory.list_nodes()}
+    assert sorted(nodes) == [node_urn(name) for name in ("n1", "n2", "n3", "new")]
+    assert {node.hardware_type for node in nodes.values()} == {"pc"}
+    path = write_csv(tmp_path / "nodes.csv", ["component_id", "URN:PUBLICID:IDN+testbed+NODE+n1", node_urn("n1")])
+    with pytest.raises(GeniError) as refused:
+        read_node_file(path, "testbed")
+    assert "line 3: urn:publicid:IDN+testbed+node+n1 is in the file twice (first at nodes.csv line 2)" in (
+        refused.value.message
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("component_name", "x" * 201, "line 1200: component_name is 201 characters long: at most 200"),
+        ("hardware_type", "x" * 101, "line 1200: hardware_type is 101 characters long: at most 100"),
+        ("component_id", node_urn("x" * 300), "line 1200: component_id is 330 characters long: at most 300"),
+        ("grain_s", "3000000000", "line 1200: grain 3000000000 s: a node's booking slot must be from 1 s to"),
+        ("grain_s", str(10**20), "line 1200: grain 100000000000000000000 s"),
+    ],
+)
+def test_every_limit_is_checked_before_the_first_write(
+    calendar: Calendar, tmp_path: Path, column: str, value: str, message: str
+) -> None:
+    """A value the database would refuse (too long, out of an integer's range) at node 1200 writes nothing."""
+    rows = [f"{node_urn(f'l{index}')},l{index},pc,1800" for index in range(1198)]
+    bad = {"component_id": node_urn("bad"), "component_name": "bad", "hardware_type": "pc", "grain_s": "1800"}
+    bad[column] = value
+    path = write_csv(tmp_path / "nodes.csv", ["component_id,component_name,hardware_type,grain_s", *rows])
+    with path.open("a", encoding="utf-8") as file:
+        file.write(",".join(bad.values()) + "\n")
+    before = nodes_and_generation(calendar.database)
+    with pytest.raises(GeniError) as refused:
+        import_nodes(calendar.database, read_node_file(path, "testbed"))
+    assert refused.value.reason == Reason.BAD_ARGS and message in refused.value.message
+    assert nodes_and_generation(calendar.database) == before
+
+
+def test_a_refusal_while_writing_undoes_every_chunk(
+    calendar: Calendar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grain of a booked node (refused while writing, in the last chunk) leaves the earlier chunks unwritten."""
+    monkeypatch.setattr(bulk_import, "CHUNK", 5)
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))]).leases
+    rows = [f"{node_urn(f'c{index}')},1800" for index in range(12)]
+    path = write_csv(tmp_path / "nodes.csv", ["component_id,grain_s", *rows, f"{node_urn('n1')},3600"])
+    before = nodes_and_generation(calendar.database)
+    with pytest.raises(GeniError) as refused:
+        import_nodes(calendar.database, read_node_file(path, "testbed"))
+    assert refused.value.reason == Reason.BAD_ARGS and "line 14: grain_s 3600 would change the grain (1800 s) of " in (
+        refused.value.message
+    )
+    assert f"which lease {lease.id} hold(s) now or later" in refused.value.message
+    assert nodes_and_generation(calendar.database) == before
+
+
+def test_a_grain_change_waits_for_the_bookings_of_the_node(calendar: Calendar, tmp_path: Path) -> None:
+    """Leases booked on the old grain could never be renewed on the new one: the change is refused while they hold
+    the node; the same grain, another node's grain, and the change once the lease is cancelled are fine."""
+    (lease,) = calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(1.5))]).leases
+    path = write_csv(tmp_path / "nodes.csv", ["component_id,grain_s", f"{node_urn('n1')},7200"])
+    with pytest.raises(GeniError) as refused:
+        import_nodes(calendar.database, read_node_file(path))
+    assert "Keep its grain_s until they end, or cancel them first; nothing was imported" in refused.value.message
+    assert calendar.inventory.get_node(node_urn("n1")).grain_s == 1800
+    calendar.bookings.renew(lease.id, at(2))  # the lease still renews on its grain
+    path = write_csv(tmp_path / "nodes.csv", ["component_id,grain_s", f"{node_urn('n1')},1800", f"{node_urn('n2')},60"])
+    assert import_nodes(calendar.database, read_node_file(path)).updated == 1
+    calendar.bookings.cancel(lease.id)
+    path = write_csv(tmp_path / "nodes.csv", ["component_id,grain_s", f"{node_urn('n1')},7200"])
+    assert import_nodes(calendar.database, read_node_file(path)).updated == 1
+    assert calendar.inventory.get_node(node_urn("n1")).grain_s == 7200
+
+
+def test_hostile_files_are_refused_naming_the_file(tmp_path: Path) -> None:
+    """Deep nesting and a cell over the csv module's limit: BadArgs, not a traceback."""
+    cases = {
+        "deep.json": "[" * 100_000 + "]" * 100_000,
+        "deepprop.json": json.dumps([{"component_id": node_urn("a"), "properties": {"x": "PLACE"}}]).replace(
+            '"PLACE"', "[" * 50 + "]" * 50
+        ),
+        "big.csv": f"component_id,room\n{node_urn('a')},{'x' * 200_000}\n",
+    }
+    messages = {
+        "deep.json": "deep.json: nested too deeply to read",
+        "deepprop.json": "deepprop.json item 0: property 'x' nests lists or objects more than 20 levels deep",
+        "big.csv": "big.csv line 2: not CSV (field larger than field limit",
+    }
+    for name, content in cases.items():
+        path = tmp_path / name
+        path.write_text(content, encoding="utf-8")
+        with pytest.raises(GeniError) as refused:
+            read_node_file(path)
+        assert refused.value.reason == Reason.BAD_ARGS and messages[name] in refused.value.message
+
+
+def test_csv_lines_end_only_at_line_ends(tmp_path: Path) -> None:
+    """\\u2028, \\x1c or \\x0c inside a cell do not end a CSV line (str.splitlines would make two nodes of one)."""
+    path = tmp_path / "nodes.csv"
+    path.write_text(f"component_id,note\n{node_urn('a')},one\u2028two\n{node_urn('b')},three\n", encoding="utf-8")
+    entries = read_node_file(path)
+    assert [(entry.component_id, entry.given["properties"], entry.where) for entry in entries] == [
+        (node_urn("a"), {"note": "one\u2028two"}, "nodes.csv line 2"),
+        (node_urn("b"), {"note": "three"}, "nodes.csv line 3"),
+    ]
+    path.write_text(f"component_id,note\n{node_urn('a')},one\x1ctwo\n", encoding="utf-8")
+    with pytest.raises(GeniError) as refused:
+        read_node_file(path)
+    assert "nodes.csv line 2: property 'note' holds the control character U+001C" in refused.value.message
+
+
+def test_a_byte_order_mark_duplicate_columns_and_nan(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.csv"
+    path.write_text(f"\ufeffcomponent_id,room\n{node_urn('a')},B12\n", encoding="utf-8")
+    assert [entry.component_id for entry in read_node_file(path)] == [node_urn("a")]
+    path.write_text(f"component_id,room,room\n{node_urn('a')},B12,C3\n", encoding="utf-8")
+    with pytest.raises(GeniError) as refused:
+        read_node_file(path)
+    assert "nodes.csv line 1: the column(s) 'room' are named twice" in refused.value.message
+    path = tmp_path / "nodes.json"
+    for constant in ("NaN", "Infinity", "-Infinity"):
+        path.write_text(f'[{{"component_id": "{node_urn("a")}", "properties": {{"x": {constant}}}}}]')
+        with pytest.raises(GeniError) as refused:
+            read_node_file(path)
+        assert refused.value.reason == Reason.BAD_ARGS and f"nodes.json: {constant} is not a number JSON allows" in (
+            refused.value.message
+        )
