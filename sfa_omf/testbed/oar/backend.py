@@ -90,6 +90,9 @@ OAR_OPERATIONAL_STATES: dict[str, Operational] = {
 }
 EXTERNAL_SOURCE = "oar"
 PLAN_REFUSED = "the node command refused the lease's plan"  # the start of the job row's message, FAILED for good
+# The start of a FAILED job row's message when the job's own command exited before the lease's end: reserving the slot
+# again would run it again (and fail the same way, every round, with a notice each time).
+COMMAND_ENDED = "the lease's OAR job ended by its own command's exit"
 FINAL_STATES = ("Error", "Terminated")  # an OAR job in these holds its nodes no more, for good
 RECONCILE_AHEAD = timedelta(days=366)  # how far ahead the reconciler looks for our jobs in OAR
 # How much later than "now" a job of a lease that has begun may start and still be its reservation: submitted a second
@@ -99,6 +102,9 @@ LATE_START = timedelta(minutes=2)
 # The start of a job row's message when the reconciler replaced a job and OAR still holds another window than the
 # calendar's (e.g. [sfa_oar] timezone is not the OAR server's): said once, not replaced again every round.
 OTHER_WINDOW = "OAR holds another window than the calendar's"
+# A job row's message while the aggregate deletes the lease's job to replace it (_replace): a job deleted so is never
+# told to the users as lost, whether or not the replacement or its putting back was made.
+REPLACING = "deleted by the aggregate to be replaced: OAR job"
 
 
 @dataclass
@@ -183,9 +189,11 @@ class OarTestbed:
             self.jobs.forget(lease.id)
             raise self._provision_error(lease, exc) from exc
         except (OarError, ValueError, GeniError) as exc:
-            # After a time-out OAR may have booked it: the row stays, and the next Provision or the reconciler finds
-            # the job. Otherwise OAR made nothing (unreachable, or refused before it was asked).
-            if not isinstance(exc, OarTimeout):
+            # OAR may have booked it whenever the request may have reached it (a time-out, a connection broken off
+            # after sending, a proxy's 502, an answer that does not read as OAR's or gives no job id): the row stays,
+            # with its owner, and the next Provision, Delete or the reconciler finds the job. It is forgotten only
+            # when OAR certainly made nothing: refused before it was asked, or OAR's own 4xx refusal.
+            if _nothing_made(exc):
                 self.jobs.forget(lease.id)
             error = self._provision_error(lease, exc)
             if error is exc:
@@ -230,6 +238,13 @@ class OarTestbed:
                 Reason.BOOKING_CONFLICT,
                 f"OAR refuses to extend the reservation to {format_time(new_end)}: the nodes are reserved directly "
                 f"in OAR{when}. The lease keeps its end {format_time(lease.end)}",
+            ) from exc
+        except OarTimeout as exc:
+            raise GeniError(
+                Reason.TIMEDOUT,
+                f"OAR did not answer within {self.client.timeout_s:g} s while renewing ({exc.message}); the lease "
+                f"keeps its end {format_time(lease.end)} and its reservation is restored by the reconciler: try "
+                "again later",
             ) from exc
         except OarError as exc:
             # The old job is gone and the new one not made: the reconciler puts the old window back.
@@ -368,6 +383,7 @@ class OarTestbed:
         job). One lease's trouble is listed in ``failed`` and does not end the round for the others."""
         report = ReconcileReport()
         now = self.clock()
+        round_started_s = utcnow().timestamp()  # (the rows' own clock: a row written later is a call's, meanwhile)
         named: dict[str, list[OarJob]] = defaultdict(list)  # lease id -> the jobs named after it (anyone's)
         for job in self.client.reservations(now, now + RECONCILE_AHEAD):
             lease_id = lease_of(job.name)
@@ -376,10 +392,15 @@ class OarTestbed:
         leases = {lease.id: lease for lease in self.bookings.leases(start=now)}
         rows = {row.lease_id: row for row in self.jobs.in_states(SUBMITTING, SUBMITTED, DELETING)}
         held: set[str] = set()  # leases whose job this round took over
+        # A row written within the last two time-outs may be a Provision still on its way (OAR may still be working
+        # on it, and the call may yet fail): left to that call until then.
+        settled_before = now.timestamp() - 2 * self.client.timeout_s
         # Interrupted provisions (a crash or time-out between asking OAR and recording its answer): finish them.
         for lease_id, row in sorted(rows.items()):
             lease = leases.get(lease_id)
             if row.state != SUBMITTING or not row.owner or lease is None or lease.state != "allocated":
+                continue
+            if row.updated_s >= settled_before:
                 continue
             if not named.get(lease_id):
                 continue
@@ -397,7 +418,6 @@ class OarTestbed:
             self.jobs.set(lease_id, SUBMITTED, owner=row.owner, job_id=job_id)
             held.add(lease_id)
             report.adopted.append(lease_id)
-        settled_before = now.timestamp() - 2 * self.client.timeout_s  # OAR may still be working on a newer one
         for lease_id, row in rows.items():
             lease = leases.get(lease_id)
             if lease_id in held:
@@ -419,7 +439,7 @@ class OarTestbed:
         for lease in leases.values():
             if lease.state != "provisioned" or lease.end <= now or lease.id in held:
                 continue
-            self._keep_held(lease, named.get(lease.id, []), report)
+            self._keep_held(lease, named.get(lease.id, []), report, round_started_s)
         if report.changed:
             log.info("reconciled with OAR: %s", report)
         if report.failed:
@@ -457,10 +477,17 @@ class OarTestbed:
                     continue
                 report.orphans_deleted.append(job.id)
 
-    def _keep_held(self, lease: LeaseRecord, named: Sequence[OarJob], report: ReconcileReport) -> None:
+    def _keep_held(
+        self, lease: LeaseRecord, named: Sequence[OarJob], report: ReconcileReport, round_started_s: float
+    ) -> None:
         """Make OAR hold exactly the provisioned ``lease``'s window: its job as it is, a job of ours for another
-        window replaced, or a job that vanished reserved again."""
+        window replaced, or a job that vanished reserved again. ``lease`` and ``named`` were read at the round's
+        start (``round_started_s``): a lease a call changed since (a Delete, a Renew) is left to the next round."""
         recorded = self.jobs.get(lease.id)
+        if recorded is not None and recorded.updated_s > round_started_s:
+            return  # written by a call during this round: the round's reading of OAR and the calendar is older
+        if self.bookings.lease_states([lease.id]).get(lease.id) != "provisioned":
+            return  # deleted (or ended) during this round
         owner = recorded.owner if recorded is not None and recorded.owner else ""
         if not owner:
             report.failed[lease.id] = "no owner recorded for its OAR job"
@@ -483,14 +510,26 @@ class OarTestbed:
             self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
             self._check_replacement(lease, owner, job_id, report)
             return
-        if recorded is not None and recorded.state == FAILED and recorded.message.startswith(PLAN_REFUSED):
-            return  # said once; reserving it again would be refused the same way
+        if (
+            recorded is not None
+            and recorded.state == FAILED
+            and recorded.message.startswith((PLAN_REFUSED, COMMAND_ENDED))
+        ):
+            return  # said once; reserving it again would be refused (or end) the same way
+        deleted_by_us = _deleted_by_us(recorded)
         try:  # one lease's OAR trouble (a time-out) does not end the round for the others
-            lost, refused_plan = self._job_lost(recorded)
+            # (A job we deleted to replace it, the replacement cut short: reserved again, not lost.)
+            lost, exit_status = ("", None) if deleted_by_us else self._job_lost(recorded)
         except OarError as exc:
             log.warning("lease %s: its OAR job could not be read (%s); tried again next round", lease.id, exc.message)
             return
-        if not lost and recorded is not None and recorded.job_id is not None and recorded.state == SUBMITTED:
+        if (
+            not lost
+            and not deleted_by_us
+            and recorded is not None
+            and recorded.job_id is not None
+            and recorded.state == SUBMITTED
+        ):
             # The recorded job lives but is not the lease's reservation (not listed, or on other nodes): a job
             # submitted beside it would be refused, and the lease marked failed though its reservation may run.
             report.failed[lease.id] = (
@@ -498,7 +537,7 @@ class OarTestbed:
                 "reserved again while that job lives"
             )
             return
-        if refused_plan:
+        if exit_status == EXIT_PLAN_REFUSED:
             # The node command refused the lease's plan (an untrusted plans directory, a node clock far off):
             # a job reserved again would be refused the same way, every round, with a notice each time.
             refused = (
@@ -507,6 +546,16 @@ class OarTestbed:
             )
             self.jobs.set(lease.id, FAILED, owner=owner, message=refused, news=_failed(lease.id, recorded, refused))
             report.failed[lease.id] = refused
+            return
+        if exit_status is not None:
+            # The job's command exited by itself (e.g. sudo refusing it): not lost, ended. Said once; a job reserved
+            # again would run the same command and end the same way.
+            ended = (
+                f"{COMMAND_ENDED} ({lost}, its command exited with status {exit_status}): the job's stderr on the "
+                "node says why; it is not reserved again"
+            )
+            self.jobs.set(lease.id, FAILED, owner=owner, message=ended, news=_failed(lease.id, recorded, ended))
+            report.failed[lease.id] = ended
             return
         try:
             job_id = self._submit(lease, owner)
@@ -546,31 +595,35 @@ class OarTestbed:
         report.failed[lease.id] = said
 
     # -- helpers --------------------------------------------------------------------------------------------------
-    def _job_lost(self, recorded: JobRecord | None) -> tuple[str, bool]:
-        """OAR's words on a submitted job of ours that is gone or ended (killed, deleted in OAR, ended in Error)
-        before the lease's end; "" when no job was submitted or OAR still has it in a state that is not final (the
-        users are told only of a job that really ended). One call to OAR, only for such leases. With it: whether
-        the job's command was the node command refusing the lease's plan (it exited with EXIT_PLAN_REFUSED)."""
+    def _job_lost(self, recorded: JobRecord | None) -> tuple[str, int | None]:
+        """OAR's words on a submitted job of ours that is gone or ended (killed, deleted in OAR, ended in Error, its
+        command exited) before the lease's end; "" when no job was submitted or OAR still has it in a state that is
+        not final (the users are told only of a job that really ended). One call to OAR, only for such leases. With
+        it: the exit status of the job's command when the job ended by that command's own exit (Terminated with a
+        wait status and no signal: EXIT_PLAN_REFUSED is the node command refusing the lease's plan), None when the
+        job vanished or was killed (OAR records no exit status for a job it killed)."""
         if recorded is None or recorded.job_id is None or recorded.state != SUBMITTED:
-            return "", False
+            return "", None
         job = self.client.job(recorded.job_id)
         if job is None:
-            return f"OAR no longer knows its job {recorded.job_id}", False
+            return f"OAR no longer knows its job {recorded.job_id}", None
         if job.state not in FINAL_STATES:  # (the lease has not ended: the caller looks only at those)
-            return "", False
+            return "", None
         said = f": {job.message}" if job.message else ""
-        refused = job.exit_code == EXIT_PLAN_REFUSED << 8  # a wait status: the exit status times 256
-        return f"OAR job {job.id} ended in state {job.state} before the lease's end{said}", refused
+        lost = f"OAR job {job.id} ended in state {job.state} before the lease's end{said}"
+        if job.state == "Terminated" and job.exit_code is not None and not job.exit_code & 0x7F:
+            return lost, job.exit_code >> 8  # a wait status: the exit status times 256, no signal
+        return lost, None
 
     def _reservation(self, lease: LeaseRecord) -> tuple[datetime, int, str, str]:
-        """What the lease's job asks OAR for: its start, walltime, type and command. OarError for a slot that is
-        over, GeniError for a job this testbed cannot run."""
+        """What the lease's job asks OAR for: its start, walltime, type and command. ValueError for a slot that is
+        over, GeniError for a job this testbed cannot run (both before OAR is asked)."""
         now = self.clock()
         # A slot that has begun starts now (OAR launches a past start at once, but the walltime must end in time).
         start = lease.start if lease.start >= now else now.replace(microsecond=0) + timedelta(seconds=1)
         walltime_s = math.floor((lease.end - start).total_seconds()) - 1
         if walltime_s <= 0:
-            raise OarError(f"the slot ended at {format_time(lease.end)}")
+            raise ValueError(f"the slot ended at {format_time(lease.end)}")
         job_type, command = self._job_of(lease)
         return start, walltime_s, job_type, command
 
@@ -731,9 +784,11 @@ class OarTestbed:
         OAR cannot move a reservation, and refuses one that overlaps another on the same nodes, its owner's own
         too: the old job is deleted first, then the new one submitted; if that fails, the old window is put back
         (the row records it) and the failure raised as OarError (OarRefused: with OAR's hint) or ValueError.
-        GeniError when nothing changed: the lease has begun (its job may be one OAR is waiting to launch, and
-        OAR cannot be asked for the start it had), the job has started (OAR cannot change it), it could not be
-        deleted, or the new window cannot be asked for at all (checked before anything is deleted)."""
+        GeniError when the lease has begun (its job may be one OAR is waiting to launch, and OAR cannot be asked
+        for the start it had), the job has started (OAR cannot change it), or the new window cannot be asked for at
+        all (checked before anything is deleted): nothing changed; and when deleting the job failed or it was not
+        seen gone: the old window is put back then too (OAR refuses it while the old job holds it). While it is
+        deleted, the row's message (REPLACING) says the job is gone because of us: never told as lost."""
         if lease.start <= self.clock():
             raise GeniError(
                 Reason.POLICY,
@@ -753,8 +808,18 @@ class OarTestbed:
             to_server_time(start, self.client.zone)  # ValueError: a wall-clock time that occurs twice in OAR's zone
         except (OarError, ValueError) as exc:
             raise GeniError(Reason.TESTBED, f"OAR cannot be asked for the lease's window: {_words(exc)}") from exc
-        self._oar(lambda: self.client.delete_job(job.id, user=owner))
-        self._wait_until_gone(job.id)
+        row = self.jobs.get(lease.id)
+        if row is not None:  # from here on, the job may be gone because of us: never a "lost" notice for it
+            self.jobs.set(lease.id, row.state, message=f"{REPLACING} {job.id}")
+        try:
+            self._oar(lambda: self.client.delete_job(job.id, user=owner))
+            self._wait_until_gone(job.id)
+        except GeniError:
+            # The delete may have gone through all the same (OAR deletes asynchronously): reserve the old window
+            # again, which OAR refuses while the old job still holds it.
+            self._forget_seen(job.id)
+            self._put_back(job, lease, owner)
+            raise
         self._forget_seen(job.id)
         try:
             return self._submit(lease, owner)
@@ -774,7 +839,8 @@ class OarTestbed:
             return
         row = self.jobs.get(lease.id)
         if row is not None:
-            self.jobs.set(lease.id, row.state, job_id=restored, message=row.message)
+            message = "" if row.message.startswith(REPLACING) else row.message
+            self.jobs.set(lease.id, row.state, job_id=restored, message=message)
 
     def _reservations_of_leases(self, jobs: Sequence[OarJob], now: datetime, address_of: dict[str, str]) -> set[int]:
         """The ids of the jobs among ``jobs`` that are this calendar's active leases' reservations."""
@@ -824,6 +890,12 @@ class OarTestbed:
                 f"to {format_time(lease.end)}: the nodes are reserved directly in OAR{when}. Delete this booking and "
                 "allocate another slot",
             )
+        if isinstance(exc, OarError) and not _nothing_made(exc):  # e.g. OAR's answer gave no job id
+            return GeniError(
+                Reason.TESTBED,
+                f"OAR's answer to the reservation could not be read ({exc.message}); the booking stays allocated: "
+                "call Provision again (a reservation OAR made meanwhile is found, not doubled)",
+            )
         return GeniError(Reason.TESTBED, f"OAR refused the reservation: {exc}")
 
     def _wait_until_gone(self, job_id: int, within_s: float = 30) -> None:
@@ -847,12 +919,15 @@ class OarTestbed:
             ) from None
 
     def _oar(self, call: Callable[[], T]) -> T:
+        """``call``'s answer; OAR's failures as GeniError (time-out, unavailable, or OAR's refusal with its words)."""
         try:
             return call()
         except OarTimeout as exc:
             raise GeniError(Reason.TIMEDOUT, f"OAR did not answer in time: {exc.message}") from exc
         except OarUnavailable as exc:
             raise GeniError(Reason.UNAVAILABLE, f"the OAR server does not answer: {exc.message}") from exc
+        except OarError as exc:  # OAR's own refusal (a 4xx): its words, not an internal error
+            raise GeniError(Reason.TESTBED, f"OAR refused the request: {exc.message}") from exc
 
     def _seen_job(self, job_id: int) -> OarJob | None:
         """The job as OAR reported it at most cache_s ago (Status asks per sliver; OAR takes ~0.35 s per call)."""
@@ -874,6 +949,21 @@ def _failed(lease_id: str, recorded: JobRecord | None, reason: str) -> LeaseNews
     """The lease's users are told it failed on the testbed: once per job of ours that OAR lost."""
     job = recorded.job_id if recorded is not None and recorded.job_id is not None else "none"
     return LeaseNews("failed", f"{lease_id}:failed:oar:{job}", reason)
+
+
+def _deleted_by_us(recorded: JobRecord | None) -> bool:
+    """Whether the job the row records is one the aggregate deleted itself to replace it (``_replace``)."""
+    return recorded is not None and recorded.job_id is not None and recorded.message == f"{REPLACING} {recorded.job_id}"
+
+
+def _nothing_made(exc: Exception) -> bool:
+    """Whether a reservation that failed with ``exc`` certainly made no job in OAR: refused before OAR was asked
+    (ValueError, GeniError), or refused by OAR itself (its JSON answer with a 4xx status). Anything else (no answer
+    in time, a connection broken off, a 5xx, an answer that is not OAR's or has no job id) may come after OAR booked
+    it."""
+    if isinstance(exc, ValueError | GeniError):
+        return True
+    return isinstance(exc, OarError) and not isinstance(exc, OarUnavailable | OarTimeout) and 400 <= exc.status < 500
 
 
 def _end_of(job: OarJob) -> datetime | None:

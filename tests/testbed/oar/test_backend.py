@@ -118,6 +118,12 @@ def job_of(site: Site, lease_id: str) -> int:
     return row.job_id
 
 
+def settle(site: Site, lease_id: str) -> None:
+    """Date the lease's job row long ago: the call that wrote it is surely over, and OAR not still working on it."""
+    with site.aggregate.database.write() as session:
+        session.execute(update(OarJobRow).where(OarJobRow.lease_id == lease_id).values(updated_s=0))
+
+
 def provision_timing_out(site: Site, oar_url: str) -> GeniError:
     """Provision through a client whose time-out is shorter than OAR's reservation call (about a second): the
     refusal it gets (TIMEDOUT), while OAR goes on and makes the job."""
@@ -238,12 +244,12 @@ def test_reconciler(site: Site, oar_client: OarClient, oar_jobs: OarJobs) -> Non
     accepted = oar_jobs.submit(
         user="alice", nodes=["node10"], start=site.start + 2 * HOUR, walltime_s=3599, name=job_name(interrupted)
     )
+    settle(site, interrupted)
     # A crash before OAR was asked: the row says "submitting" and OAR has nothing.
     site.allocate(["node9"], site.start + 3 * HOUR)
     never_sent = next(lease for lease in site.lease_ids() if lease not in (missing_lease, interrupted))
     backend.jobs.set(never_sent, SUBMITTING, owner="alice")
-    with site.aggregate.database.write() as session:  # ... long enough ago that OAR is surely not still working on it
-        session.execute(update(OarJobRow).where(OarJobRow.lease_id == never_sent).values(updated_s=0))
+    settle(site, never_sent)
 
     report = backend.reconcile()
     assert report.orphans_deleted == [orphan]
@@ -263,6 +269,27 @@ def test_reconciler(site: Site, oar_client: OarClient, oar_jobs: OarJobs) -> Non
     assert not again.changed, again
     site.provision()  # the booking that never reached OAR provisions normally afterwards
     assert backend.jobs.get(never_sent) is not None
+
+
+def test_a_round_leaves_a_provision_on_its_way_to_its_call(
+    site: Site, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    """A Provision on its way: its row was just written (submitting) and OAR made its job, but the call has not
+    recorded the answer yet (and may still fail). A reconcile round then neither adopts the job nor provisions the
+    lease (the call might answer an error with the lease provisioned); once the row is settled, a round does."""
+    site.allocate(["node9"], site.start)
+    (lease_id,) = site.lease_ids()
+    site.backend.jobs.set(lease_id, SUBMITTING, owner="alice")
+    made = oar_jobs.submit(user="alice", nodes=["node9"], start=site.start, walltime_s=3599, name=job_name(lease_id))
+    report = site.backend.reconcile()
+    assert report.adopted == [] and not report.changed, report
+    assert [s["geni_allocation_status"] for s in site.status()] == ["geni_allocated"]
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and (row.state, row.job_id) == (SUBMITTING, None)
+    settle(site, lease_id)
+    assert site.backend.reconcile().adopted == [lease_id]
+    assert [s["geni_allocation_status"] for s in site.status()] == ["geni_provisioned"]
+    assert job_of(site, lease_id) == made
 
 
 def test_renew_moves_the_oar_reservation_or_refuses_with_oars_hint(

@@ -24,7 +24,7 @@ from sfa_omf.testbed.oar.client import OarClient
 from sfa_omf.testbed.oar.jobs import FAILED, SUBMITTED, SUBMITTING, job_name
 from tests.testbed.oar import test_backend
 from tests.testbed.oar.conftest import OarJobs, wait_for_job
-from tests.testbed.oar.test_backend import HOUR, Site, job_of, provision_timing_out
+from tests.testbed.oar.test_backend import HOUR, Site, job_of, provision_timing_out, settle
 
 site = test_backend.site  # the fixture: an aggregate on the OAR backend, alice and bob mapped to their Unix users
 
@@ -135,6 +135,7 @@ def test_the_reconciler_finishes_a_timed_out_provision_after_the_allocation_expi
         time.sleep(0.5)
     with site.aggregate.database.write() as session:  # the allocation's 600 s are over
         session.execute(update(Sliver).where(Sliver.lease_id == lease_id).values(expires_s=int(time.time()) - 1))
+    settle(site, lease_id)  # (so is the timed-out call: the round takes its row over)
 
     report = site.backend.reconcile()
     assert report.adopted == [lease_id] and not report.failed, report
