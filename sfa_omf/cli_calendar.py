@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -206,7 +206,7 @@ def _node_import_file(args: argparse.Namespace) -> int:
 
 
 def _node_import_omf(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.bulk_import import import_nodes
+    from sfa_omf.calendar.bulk_import import import_nodes, stored_nodes
     from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.calendar.policy import Policy
@@ -230,6 +230,11 @@ def _node_import_omf(args: argparse.Namespace) -> int:
     print(f"{report.added} node(s) added, {report.updated} updated, {report.unchanged} unchanged (from {url})")
     _record_nodes(settings, Inventory(database).list_nodes())
     inventory = omf_inventory(aggregate, f"https://{settings.hostname}:{settings.aggregate_port}")
+    with database.read() as session:  # a node an older import stored under another spelling: book it as stored
+        stored = stored_nodes(session)
+    entries = [
+        replace(entry, component_id=stored.get(entry.component_id, (entry.component_id, 0))[0]) for entry in entries
+    ]
     leases, skipped = importer.broker_leases(nodes, entries, aggregate.clock())
     booked = importer.import_leases(leases, inventory.book_lease, inventory.has_lease, _progress_bar("leases"))
     print(
@@ -420,7 +425,7 @@ def _remove_staged_files(settings: Settings, hostname: str) -> int:
     reaches them any more. Returns how many lease folders held some."""
     from sfa_omf.calendar.agents import HOSTNAME
 
-    if not HOSTNAME.match(hostname):  # not an agent's name: nothing of it is there (and no pattern in the glob)
+    if not HOSTNAME.fullmatch(hostname):  # not an agent's name: nothing of it is there (and no pattern in the glob)
         return 0
     removed = 0
     for folder in sorted((Path(settings.data_dir) / "agent_files").glob(f"*/{hostname}")):
@@ -433,13 +438,29 @@ def _remove_staged_files(settings: Settings, hostname: str) -> int:
 
 def _component_id(args: argparse.Namespace, settings: Settings) -> str:
     """The node args.component_id names: a bare name is made a URN under this authority as ``node add`` makes it
-    (BadArgs for a name node add refuses); a URN is taken as it is, so that a node stored under another authority or
-    spelling (imported before these checks, or from a broker) can still be removed or changed."""
+    (BadArgs for a name node add refuses); a URN stored as typed is taken as it is (a node stored under another
+    authority, imported before these checks or from a broker, can still be removed or changed); any other spelling
+    of a URN (``URN:...+NODE+x``) finds the node stored under its canonical form, or under another spelling of it."""
+    from sqlalchemy import select
+
+    from sfa_omf.calendar.bulk_import import stored_nodes
+    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import node_urn
-    from sfa_omf.xrn import is_urn
+    from sfa_omf.calendar.models import Node
+    from sfa_omf.xrn import is_urn, parse_urn
 
     text: str = args.component_id
-    return text if is_urn(text) else node_urn(text, settings.interface_hrn)
+    if not is_urn(text):
+        return node_urn(text, settings.interface_hrn)
+    try:
+        canonical = str(parse_urn(text))
+    except BadArgs:
+        return text  # not a URN the grammar takes: looked up as typed (the lookup says there is no such node)
+    with Database(settings.calendar_url).read() as session:
+        if session.scalar(select(Node.id).where(Node.component_id == text)) is not None:
+            return text
+        found = stored_nodes(session).get(canonical)
+    return found[0] if found is not None else canonical
 
 
 def _node_set_state(args: argparse.Namespace) -> int:

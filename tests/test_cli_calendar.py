@@ -150,6 +150,7 @@ def test_node_add_makes_a_name_into_a_node_urn_and_honours_the_configured_grain(
         (NODE, "-5", "grain -5 s"),
         (NODE, "3000000000", "grain 3000000000 s: a node's booking slot must be from 1 s to 31536000 s"),
         (NODE, str(10**20), "grain 100000000000000000000 s"),
+        # A regression guard, not a fix's test: node_urn refused a control character in the name already.
         (NODE.replace("node1", "node\x07"), None, "the node name 'node\\x07' may hold only letters"),
     ],
 )
@@ -203,6 +204,31 @@ def test_node_commands_take_the_bare_name_node_add_takes(config: str, capsys: py
     code, out, err = run(capsys, "node", "remove", "node1", "--config", config)
     assert code == 0 and f"removed {NODE}" in out, err
     assert run(capsys, "node", "list", "--config", config, "--json")[1] == "[]\n"
+
+
+def test_node_commands_find_a_node_urn_typed_in_another_spelling(
+    config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URN in another spelling (case of the prefix and type) names the node stored under its canonical form, and a
+    node an older import stored under another spelling is found by the canonical one (both were "no such node")."""
+    from sfa_omf.calendar.inventory import Inventory
+    from sfa_omf.calendar.records import NodeSpec
+
+    assert run(capsys, "node", "add", "node1", "--config", config)[0] == 0
+    code, out, err = run(
+        capsys, "node", "set-state", "URN:PUBLICID:IDN+testbed+NODE+node1", "maintenance", "--config", config
+    )
+    assert code == 0 and f"{NODE} is maintenance" in out, err
+    old_spelling = "urn:publicid:idn+testbed+node+old1"
+    database = Database(read_config(config).calendar_url)
+    Inventory(database).add_node(NodeSpec(old_spelling, "old1"))
+    code, out, err = run(
+        capsys, "node", "set-state", "urn:publicid:IDN+testbed+node+old1", "maintenance", "--config", config
+    )
+    assert code == 0 and f"{old_spelling} is maintenance" in out, err
+    code, out, err = run(capsys, "node", "remove", "URN:publicid:IDN+testbed+Node+old1", "--config", config)
+    assert code == 0 and f"removed {old_spelling}" in out, err
+    assert [node.component_id for node in Inventory(database).list_nodes()] == [NODE]
 
 
 @pytest.mark.parametrize(

@@ -68,7 +68,7 @@ def _record_type(address: str) -> str:
 
 def _file_name(group: str) -> str:
     """The view and zone file of a LAN group: one per group, never shared (see GROUP)."""
-    if not GROUP.match(group):
+    if not GROUP.fullmatch(group):
         raise GeniError(Reason.BAD_ARGS, f"LAN group {group!r} may hold letters, digits, '_', '.', '-' only")
     return "lan-" + group
 

@@ -127,7 +127,7 @@ class AgentService:
         """Enrol the agent (see Agents.register): the node's URN, our certificate for its key, our root."""
         token = _text(body, "token")
         hostname = _text(body, "hostname").lower()
-        if not HOSTNAME.match(hostname):
+        if not HOSTNAME.fullmatch(hostname):
             raise _bad(f"host name {hostname!r} must be one DNS label: letters, digits and '-', at most 63")
         if hostname in RESERVED_HOSTNAMES:
             raise _bad(f"host name {hostname!r} is the DNS server's own name in the nodes' zone: choose another")
@@ -141,7 +141,7 @@ class AgentService:
                 raise _bad(f"local_address {local_address!r} has a scope: give an address without '%...'")
             local_address = str(address)  # one spelling per address (IPv6 compressed, lower case)
         lan_group = _text(body, "lan_group", required=False, limit=100)
-        if lan_group and not GROUP.match(lan_group):
+        if lan_group and not GROUP.fullmatch(lan_group):
             raise _bad(f"lan_group {lan_group!r} may hold letters, digits, '_', '.', '-' only")
         properties = self._properties(body.get("properties", {}))
         csr = self._csr(_text(body, "csr", limit=8192))
@@ -274,7 +274,7 @@ class AgentService:
                     f"property {name!r} is set by the aggregate or its operator, not by an agent: leave it out "
                     f"(reserved: {', '.join(sorted(_RESERVED_PROPERTIES))})"
                 )
-            if not _LABEL.match(name):
+            if not _LABEL.fullmatch(name):
                 raise _bad(f"property name {name!r} is not allowed (letters, digits, '_', '.', '-')")
             if not isinstance(item, str | int | float) or isinstance(item, bool) or len(str(item)) > MAX_PROPERTY_CHARS:
                 raise _bad(f"property {name!r} must be a string or number of at most {MAX_PROPERTY_CHARS} characters")
@@ -407,7 +407,7 @@ class AgentService:
     def report(self, caller_chain: GidChain, lease_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Record started / failed / ended for a lease on the caller's node (PUT: the same report is harmless)."""
         agent = self.authenticate(caller_chain)
-        if not _LEASE_ID.match(lease_id):
+        if not _LEASE_ID.fullmatch(lease_id):
             raise _bad(f"{lease_id!r} is not a lease id")
         state = _text(body, "state", limit=20)
         message = _text(body, "message", required=False, limit=2000)
@@ -419,7 +419,7 @@ class AgentService:
         agent = self.authenticate(caller_chain)
         if self.files is None:
             raise GeniError(Reason.UNSUPPORTED, "this aggregate keeps no staged files")
-        if not _LEASE_ID.match(lease_id) or not self.agents.lease_on_node(agent.node, lease_id):
+        if not _LEASE_ID.fullmatch(lease_id) or not self.agents.lease_on_node(agent.node, lease_id):
             raise GeniError(Reason.NOT_FOUND, f"lease {lease_id!r} has no sliver on {agent.node}")
         return self.files, agent
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.agent_models import Agent, AgentReport, AgentToken
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.inventory import DEFAULT_POOL
+from sfa_omf.calendar.inventory import DEFAULT_POOL, check_node_fields
 from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver
 from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
 from sfa_omf.calendar.policy import Policy
@@ -127,7 +127,7 @@ def _t(seconds: int) -> datetime:
 
 def parse_token(token: str) -> tuple[str, str]:
     """(id, secret) of a join token, or CALLER_UNTRUSTED saying it is not one."""
-    match = _TOKEN.match(token.strip()) if isinstance(token, str) else None
+    match = _TOKEN.fullmatch(token.strip()) if isinstance(token, str) else None
     if match is None:
         raise GeniError(Reason.CALLER_UNTRUSTED, "this is not a join token (sfa-omf node invite prints one)")
     return match.group(1), match.group(2)
@@ -196,6 +196,19 @@ class Agents:
         runs with the agent's record inside the unit of work, before the commit (a repeat too): if it raises,
         nothing is written."""
         token_id, secret = parse_token(enrolment.token)
+        # What it writes into the node's row, checked as every node writer does (a newline in a name or URN made
+        # every ListResources fail): whatever checked the enrolment before.
+        check_node_fields(
+            {
+                "component_id": enrolment.node_urn,
+                "component_name": enrolment.hostname,
+                "properties": {
+                    **enrolment.properties,
+                    "local_address": enrolment.local_address,
+                    "lan_group": enrolment.lan_group,
+                },
+            }
+        )
         now_s = _s(self.clock())
         with self.database.read() as session:  # refuse a made-up token before spending a signature on it
             known = session.scalar(select(AgentToken.secret_sha256).where(AgentToken.id == token_id))

@@ -9,9 +9,12 @@ objects with ``name`` and optional ``os``, ``version``, ``description``)). CSV: 
 
 Re-running updates: a node already in the inventory (same component id) gets the fields the file gives (a field
 the file leaves out keeps its value; its state, usable or maintenance, is never touched); a node is never added
-twice. The whole file is checked before anything is written (component ids as ``sfa-omf node add`` checks them,
-text as ``Inventory.add_node`` does: ``inventory.check_node_fields``), and the nodes are written in one unit of
-work, so a bad line, or a refusal while writing, changes nothing.
+twice (one an older import stored under another spelling of its URN is updated; two entries that are one node are
+refused, naming both). Rows are locked in id order across the whole import, so two imports at once (or an import
+and a booking) wait for each other, and a collision the database reports is retried (``retry_transient``). The whole
+file is checked before anything is written (component ids as ``sfa-omf node add`` checks them, text as
+``Inventory.add_node`` does: ``inventory.check_node_fields``), and the nodes are written in one unit of work, so a
+bad line, or a refusal while writing, changes nothing.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.database import Database, TransientConflict, retry_transient
 from sfa_omf.calendar.inventory import DEFAULT_POOL, NODE_NAME, check_node_fields, node_urn
 from sfa_omf.calendar.models import Node, Pool, Sliver
 from sfa_omf.calendar.policy import Policy
@@ -76,6 +80,12 @@ def read_node_file(path: str | Path, authority_hrn: str | None = None) -> list[N
             raise BadArgs(f"{path.name}: the node file must end in .csv or .json")
     except RecursionError as exc:
         raise BadArgs(f"{path.name}: nested too deeply to read (a node's values nest a few levels at most)") from exc
+    refuse_twice(entries)
+    return entries
+
+
+def refuse_twice(entries: Sequence[NodeEntry]) -> None:
+    """BadArgs naming both places when two entries are one node (their component ids, canonical, are equal)."""
     seen: dict[str, str] = {}
     for entry in entries:
         if entry.component_id in seen:
@@ -83,7 +93,6 @@ def read_node_file(path: str | Path, authority_hrn: str | None = None) -> list[N
                 f"{entry.where}: {entry.component_id} is in the file twice (first at {seen[entry.component_id]})"
             )
         seen[entry.component_id] = entry.where
-    return entries
 
 
 def _json_entries(text: str, name: str, authority_hrn: str | None) -> Iterator[NodeEntry]:
@@ -240,22 +249,73 @@ def import_nodes(
     while a booking holds it now or later (its leases could not be renewed on the new grain): BadArgs names them.
     """
     policy = policy or Policy()
-    report = BulkImportReport()
+    refuse_twice(entries)  # every caller's entries (a broker's nodes too): two INSERTs of one id would fail late
     with database.read() as session:
         pools = _pool_ids(session)
     missing = sorted({entry.given.get("pool", DEFAULT_POOL) for entry in entries} - set(pools) - {DEFAULT_POOL})
     if missing:
         raise GeniError(Reason.NOT_FOUND, f"there is no pool {missing[0]!r}: create it first (sfa-omf pool create)")
     now_s = int(utcnow().timestamp())
-    with database.write() as session:
-        pool_ids = _pools(session, report)
-        for first in range(0, len(entries), CHUNK):
-            chunk = entries[first : first + CHUNK]
-            _write_chunk(session, chunk, pool_ids, policy, report, now_s)
-            progress(first + len(chunk), len(entries))
+
+    def unit_of_work() -> BulkImportReport:
+        report = BulkImportReport()  # afresh on each attempt: a retried attempt counts from nothing
+        with database.write() as session:
+            pool_ids = _pools(session, report)
+            stored = stored_nodes(session)
+            # Rows locked in id order across the whole import (not file order, chunk by chunk): two imports, or an
+            # import and a booking (which locks in id order too), wait for each other instead of deadlocking.
+            rows = _lock_rows(
+                session, sorted({stored[entry.component_id][1] for entry in entries if entry.component_id in stored})
+            )
+            for first in range(0, len(entries), CHUNK):
+                chunk = entries[first : first + CHUNK]
+                _write_chunk(session, chunk, stored, rows, pool_ids, policy, report, now_s)
+                progress(first + len(chunk), len(entries))
+        return report
+
+    report = retry_transient(unit_of_work)  # a deadlock or serialization failure left: run it again, then BUSY
     if not entries:
         progress(0, 0)
     return report
+
+
+def stored_nodes(session: Session) -> dict[str, tuple[str, int]]:
+    """Every stored node by its canonical component id: its id as stored, and its row id. Nodes stored before the
+    import made ids canonical keep the file's spelling (``urn:publicid:idn+...``, ``...+NODE+...``): an entry of
+    that node must update that row, not add a second node of the same machine."""
+    stored: dict[str, tuple[str, int]] = {}
+    for component_id, node_id in session.execute(select(Node.component_id, Node.id).order_by(Node.id)):
+        try:
+            canonical = str(parse_urn(component_id))
+        except BadArgs:  # not a URN (stored by hand long ago): only its exact spelling finds it
+            canonical = component_id
+        if canonical not in stored or component_id == canonical:  # the canonical spelling first, else the oldest
+            stored[canonical] = (component_id, node_id)
+    return stored
+
+
+def _lock_rows(session: Session, node_ids: Sequence[int]) -> dict[int, Any]:
+    """The nodes' rows by id, locked FOR UPDATE in id order (CHUNK ids per statement)."""
+    rows: dict[int, Any] = {}
+    for first in range(0, len(node_ids), CHUNK):
+        for row in session.execute(
+            select(
+                Node.id,
+                Node.component_id,
+                Node.component_name,
+                Node.pool_id,
+                Node.hardware_type,
+                Node.exclusive,
+                Node.grain_s,
+                Node.properties,
+                Node.disk_images,
+            )
+            .where(Node.id.in_(node_ids[first : first + CHUNK]))
+            .order_by(Node.id)
+            .with_for_update()
+        ):
+            rows[row.id] = row
+    return rows
 
 
 def _pool_ids(session: Session) -> dict[str, int]:
@@ -274,37 +334,22 @@ def _pools(session: Session, report: BulkImportReport) -> dict[str, int]:
 def _write_chunk(
     session: Session,
     chunk: Sequence[NodeEntry],
+    stored: Mapping[str, tuple[str, int]],
+    rows: Mapping[int, Any],
     pool_ids: Mapping[str, int],
     policy: Policy,
     report: BulkImportReport,
     now_s: int,
 ) -> None:
     """One multi-row INSERT for the new nodes, one executemany UPDATE for the changed ones (after refusing a grain
-    change of a node a booking holds now or later)."""
-    existing = {
-        row.component_id: row
-        for row in session.execute(
-            select(
-                Node.id,
-                Node.component_id,
-                Node.component_name,
-                Node.pool_id,
-                Node.hardware_type,
-                Node.exclusive,
-                Node.grain_s,
-                Node.properties,
-                Node.disk_images,
-            )
-            .where(Node.component_id.in_([entry.component_id for entry in chunk]))
-            .with_for_update()
-        )
-    }
+    change of a node a booking holds now or later). ``stored``: stored_nodes; ``rows``: _lock_rows'."""
     new_rows: list[dict[str, Any]] = []
     changed_rows: list[dict[str, Any]] = []
     regrained: dict[int, tuple[NodeEntry, int]] = {}  # node id: its entry, its grain now
     for entry in chunk:
         values = _column_values(entry.given, pool_ids)
-        row = existing.get(entry.component_id)
+        found = stored.get(entry.component_id)
+        row = rows.get(found[1]) if found is not None else None  # None: removed meanwhile, added again
         if row is None:
             new_rows.append(
                 {
@@ -330,7 +375,12 @@ def _write_chunk(
     _refuse_held_grain_changes(session, regrained, now_s)
     # Through the session (not its connection): the unit of work must see that it wrote, to bump the generation.
     if new_rows:
-        session.execute(insert(Node), new_rows)
+        try:
+            session.execute(insert(Node), new_rows)
+        except IntegrityError as exc:
+            # Another import (or node add) committed one of these nodes after this one read the inventory (the file
+            # has each node once, checked): run it again, it then updates that node.
+            raise TransientConflict(f"a node of the file was added meanwhile ({exc.orig})") from exc
         report.added += len(new_rows)
     if changed_rows:
         session.execute(update(Node), changed_rows)  # bulk UPDATE by primary key, grouped by the columns given

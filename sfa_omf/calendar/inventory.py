@@ -269,7 +269,8 @@ class Inventory:
                 "properties": spec.properties,
                 "disk_images": spec.disk_images,
                 "grain_s": spec.grain_s,
-            }
+            },
+            f"node {spec.component_id!r}",  # repr: the id itself may hold the control character refused
         )
         try:
             with self.database.write() as session:
@@ -316,7 +317,7 @@ class Inventory:
 
     def update_node(self, component_id: str, component_name: str, properties: dict[str, Any]) -> NodeRecord:
         """Replace a node's name and properties (an import from the testbed refreshes what it describes)."""
-        check_node_fields({"component_name": component_name, "properties": properties})
+        check_node_fields({"component_name": component_name, "properties": properties}, f"node {component_id!r}")
         with self.database.write() as session:
             node = find_node(session, component_id, lock=True)
             node.component_name = component_name

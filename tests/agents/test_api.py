@@ -119,6 +119,10 @@ def test_bad_registrations_say_what_is_wrong_and_write_nothing(lab: Lab, tmp_pat
     good = {"token": lab.invite(), "hostname": "pc1", "csr": _csr(key), "local_address": "10.0.0.1"}
     cases = [
         ({**good, "hostname": "Not a name!"}, key, 400, "DNS label"),
+        # '$' matched before a last newline: it went into the node's name and URN, and into a DNS zone line.
+        ({**good, "hostname": "pc1\n"}, key, 400, "must be one DNS label"),
+        ({**good, "lan_group": "lan-a\n"}, key, 400, "may hold letters, digits"),
+        ({**good, "properties": {"room\n": "b1"}}, key, 400, "property name 'room\\n' is not allowed"),
         ({**good, "local_address": "somewhere"}, key, 400, "not an IP address"),
         ({**good, "local_address": "fe80::1%eth0"}, key, 400, "has a scope"),  # named would refuse the zone
         ({**good, "local_address": "fe80::1%a b\nc"}, key, 400, "has a scope"),

@@ -4,18 +4,23 @@ bumps the calendar's generation, and sfa-omf node import --from-file does the sa
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, event, text
 
 from sfa_omf.calendar import bulk_import
 from sfa_omf.calendar.bulk_import import import_nodes, read_node_file
-from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.database import Database, TransientConflict
 from sfa_omf.calendar.generation import read_generation
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.records import BookingRequest, NodeRecord, NodeSpec
 from sfa_omf.errors import GeniError, Reason
-from tests.calendar.conftest import SLICE, SLICE_EXPIRES, Calendar, at, node_urn
+from sfa_omf.testbed.omf.importer import node_entries
+from tests.calendar.conftest import SLICE, SLICE_EXPIRES, Calendar, at, fresh_database, node_urn
 
 
 def generation(database: Database) -> int:
@@ -347,3 +352,141 @@ def test_a_byte_order_mark_duplicate_columns_and_nan(tmp_path: Path) -> None:
         assert refused.value.reason == Reason.BAD_ARGS and f"nodes.json: {constant} is not a number JSON allows" in (
             refused.value.message
         )
+
+
+def test_a_node_stored_under_another_spelling_is_updated_not_added_again(database: Database, tmp_path: Path) -> None:
+    """Before the import made ids canonical it stored them as the file spelled them: a re-run, in that spelling or the
+    canonical one, updates that row (it added a second node of the same machine, both bookable)."""
+    inventory = Inventory(database)
+    old_spellings = ["urn:publicid:idn+testbed+node+old1", "urn:publicid:IDN+testbed+NODE+old2"]
+    for urn in old_spellings:
+        inventory.add_node(NodeSpec(urn, urn.rsplit("+", 1)[-1]))
+    for rows, hardware_type in [(old_spellings, "pc"), ([node_urn("old1"), node_urn("old2")], "icarus")]:
+        path = write_csv(
+            tmp_path / "nodes.csv", ["component_id,hardware_type", *(f"{urn},{hardware_type}" for urn in rows)]
+        )
+        report = import_nodes(database, read_node_file(path, "testbed"))
+        assert (report.added, report.updated, report.unchanged) == (0, 2, 0)
+        nodes = inventory.list_nodes()
+        assert sorted(node.component_id for node in nodes) == sorted(old_spellings)
+        assert {node.hardware_type for node in nodes} == {hardware_type}
+
+
+def test_two_spellings_of_one_broker_node_are_refused_naming_both(database: Database) -> None:
+    """The twice-in-the-file check is import_nodes' own, so a broker's nodes (omf importer.node_entries) get it too:
+    two URNs differing only in case were one id, two INSERTs, an IntegrityError traceback."""
+    broker_nodes = [
+        {"name": "n1", "urn": "urn:publicid:IDN+testbed+node+n1"},
+        {"name": "n1-again", "urn": "urn:publicid:IDN+testbed+NODE+n1"},
+    ]
+    entries = node_entries(broker_nodes, "testbed", "broker")
+    with pytest.raises(GeniError) as refused:
+        import_nodes(database, entries)
+    assert refused.value.reason == Reason.BAD_ARGS
+    assert refused.value.message == (
+        "broker node n1-again: urn:publicid:IDN+testbed+node+n1 is in the file twice (first at broker node n1)"
+    )
+    assert Inventory(database).list_nodes() == []
+
+
+def test_two_concurrent_imports_of_reversed_files_both_succeed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL: the first import holds its rows (paused after its first chunk) while a second import of the same
+    nodes in the reverse order starts. Rows locked in id order across the whole import: the second waits, then
+    updates. (Locked in file order chunk by chunk, each held one node and waited for the other: a deadlock, the
+    loser a TransientConflict traceback.) The node new to both: the second read the inventory before the first
+    added it, its INSERT is refused, and it runs again, updating it (an IntegrityError traceback)."""
+    first = fresh_database("postgresql", tmp_path)
+    second = Database(first.url)
+    watcher = create_engine(first.url)
+    inventory = Inventory(first)
+    for name in ("low", "high"):  # ids in this order
+        inventory.add_node(NodeSpec(node_urn(name), name))
+    monkeypatch.setattr(bulk_import, "CHUNK", 1)
+    forward = write_csv(
+        tmp_path / "forward.csv",
+        ["component_id,hardware_type", f"{node_urn('high')},a", f"{node_urn('low')},a", f"{node_urn('new')},a"],
+    )
+    reverse = write_csv(
+        tmp_path / "reverse.csv",
+        ["component_id,hardware_type", f"{node_urn('new')},b", f"{node_urn('low')},b", f"{node_urn('high')},b"],
+    )
+    outcome: dict[str, object] = {}
+    failed_statements: list[str] = []  # a deadlock the retry hid shows here
+
+    def record_failure(context: Any) -> None:
+        failed_statements.append(str(context.original_exception))
+
+    for engine in (first.engine, second.engine):
+        event.listen(engine, "handle_error", record_failure)
+
+    def import_reverse() -> None:
+        try:
+            outcome["reverse"] = import_nodes(second, read_node_file(reverse, "testbed"))
+        except Exception as exc:  # the assertions below report it
+            outcome["reverse"] = exc
+
+    other = threading.Thread(target=import_reverse)
+
+    def waiting_on_a_lock() -> bool:
+        with watcher.connect() as connection:
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            return bool(connection.execute(text(query)).scalar())
+
+    def after_first_chunk(done: int, _total: int) -> None:
+        if done != 1 or other.is_alive() or outcome:
+            return
+        other.start()
+        deadline = time.monotonic() + 60  # only against a hang: the other import ends or waits within milliseconds
+        while other.is_alive() and not waiting_on_a_lock():
+            assert time.monotonic() < deadline, "the other import neither ended nor waited for a lock"
+            time.sleep(0.01)
+
+    try:
+        try:
+            outcome["forward"] = import_nodes(first, read_node_file(forward, "testbed"), progress=after_first_chunk)
+        except Exception as exc:  # the assertions below report it
+            outcome["forward"] = exc
+        other.join(60)
+        assert not other.is_alive()
+        assert all(isinstance(report, bulk_import.BulkImportReport) for report in outcome.values()), outcome
+        assert not [failure for failure in failed_statements if "deadlock" in failure]  # waited, not retried
+        assert {node.hardware_type for node in inventory.list_nodes()} == {"b"}  # the second committed last
+        assert len(inventory.list_nodes()) == 3
+    finally:
+        second.dispose()
+        watcher.dispose()
+        first.dispose()
+
+
+class FaultCollisionAfterTheFirstChunk:
+    """Stands in for a deadlock or serialization failure the database reports mid-import (TransientConflict, as
+    database.py makes of SQLSTATE 40P01/40001), which cannot be caused on purpose once rows are locked in id order:
+    the first attempt writes its first chunk, then fails."""
+
+    def __init__(self) -> None:
+        self.write_chunk = bulk_import._write_chunk
+        self.calls = 0
+
+    def __call__(self, *args: Any) -> None:
+        self.write_chunk(*args)
+        self.calls += 1
+        if self.calls == 1:
+            raise TransientConflict("deadlock detected (stand-in)")
+
+
+def test_an_import_the_database_reports_a_collision_in_runs_again_and_counts_once(
+    calendar: Calendar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import is run again by retry_transient (it was a TransientConflict traceback from the CLI), with a fresh
+    report: the first attempt's counts are not added to the second's."""
+    monkeypatch.setattr(bulk_import, "CHUNK", 1)
+    monkeypatch.setattr(bulk_import, "_write_chunk", FaultCollisionAfterTheFirstChunk())
+    path = write_csv(
+        tmp_path / "nodes.csv", ["component_id,hardware_type", f"{node_urn('new')},pc", f"{node_urn('n1')},pc"]
+    )
+    report = import_nodes(calendar.database, read_node_file(path, "testbed"))
+    assert (report.added, report.updated, report.unchanged) == (1, 1, 0)
+    nodes = {node.component_id: node.hardware_type for node in calendar.inventory.list_nodes()}
+    assert (len(nodes), nodes[node_urn("new")], nodes[node_urn("n1")]) == (4, "pc", "pc")

@@ -137,13 +137,17 @@ def test_add_node_refuses_what_a_row_or_an_advertisement_cannot_hold(
     with pytest.raises(GeniError) as refusal:
         calendar.inventory.add_node(spec)
     assert refusal.value.reason == Reason.BAD_ARGS and message in refusal.value.message
+    assert f"node {spec.component_id!r}: " in refusal.value.message  # which node, when the OAR import adds many
     assert calendar.inventory.list_nodes() == before
 
 
 def test_update_node_refuses_control_characters(calendar: Calendar) -> None:
     with pytest.raises(GeniError) as refusal:
         calendar.inventory.update_node(node_urn("n1"), "n1", {"network_address": "n1\x00"})
-    assert "property 'network_address' holds the control character U+0000" in refusal.value.message
+    assert (
+        f"node {node_urn('n1')!r}: property 'network_address' holds the control character U+0000"
+        in refusal.value.message
+    )
     assert calendar.inventory.get_node(node_urn("n1")).properties == {}
 
 

@@ -25,7 +25,7 @@ from typing import Any
 from sfa_omf.calendar.bulk_import import NodeEntry, check_entry
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.times import parse_time
-from sfa_omf.xrn import hrn_to_urn, is_urn, parse_urn
+from sfa_omf.xrn import hrn_to_urn, is_urn, join_hrn, parse_urn, split_hrn
 
 #: omf_sfa lease statuses still to be honoured (past and cancelled ones are history).
 LIVE_STATUSES = ("pending", "accepted", "active")
@@ -110,7 +110,11 @@ def node_entries(nodes: Sequence[Mapping[str, Any]], authority_hrn: str, where: 
         if not isinstance(name, str) or not name:
             raise BadArgs(f"{where} node #{index + 1} has no name")
         urn = node.get("urn")
-        component_id = urn if isinstance(urn, str) and is_urn(urn) else hrn_to_urn(f"{authority_hrn}.{name}", "node")
+        component_id = (
+            urn
+            if isinstance(urn, str) and is_urn(urn)
+            else hrn_to_urn(join_hrn([*split_hrn(authority_hrn), name]), "node")
+        )
         properties = {key: node[key] for key in ("uuid", "hostname", "interfaces", "cmc") if node.get(key)}
         item: dict[str, Any] = {"component_id": component_id, "component_name": name, "properties": properties}
         if isinstance(node.get("hardware_type"), str):

@@ -142,6 +142,25 @@ def test_the_inventory_and_live_leases_arrive_once(
     assert leases_here(config) == booked
 
 
+def test_a_node_an_older_import_stored_under_another_spelling_is_updated_and_booked(
+    broker: Broker, config: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The broker's URN in its canonical spelling finds the node stored as an older import spelled it: updated, not
+    added again, and the broker's leases booked on it (they named a node the calendar does not have)."""
+    old_spelling = "urn:publicid:idn+nitos+node+node1"
+    Inventory(Database(read_config(config).calendar_url)).add_node(NodeSpec(old_spelling, "node1"))
+    code, out, err = run(capsys, broker, config)
+    assert code == 0, err
+    assert "1 node(s) added, 1 updated, 0 unchanged" in out
+    assert "2 lease(s) booked, 0 already booked, 0 refused" in out
+    nodes = Inventory(Database(read_config(config).calendar_url)).list_nodes()
+    assert sorted(node.component_id for node in nodes) == ["urn:publicid:IDN+nitos+node+node2", old_spelling]
+    assert [nodes for _, _, nodes in leases_here(config)] == [
+        ("urn:publicid:IDN+nitos+node+node2", old_spelling),
+        ("urn:publicid:IDN+nitos+node+node2",),
+    ]
+
+
 def test_a_lease_that_overlaps_one_booked_here_is_refused_and_the_rest_booked(
     broker: Broker, config: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -210,6 +229,18 @@ def test_an_answer_that_is_not_omf_sfas_is_refused_with_what_is_wrong(body: byte
     with pytest.raises(BadArgs) as refused:
         node_entries(nodes_of(body, "https://broker/resources/nodes"), "nitos", "https://broker/resources/nodes")
     assert words in refused.value.message
+
+
+def test_a_node_without_a_urn_is_named_under_this_authority_as_the_oar_import_does() -> None:
+    """The broker's name is the URN's node name, dots and all (made from "<authority>.<name>", a name node1.lab was
+    read as node "lab" of authority plc:inria:node1)."""
+    from sfa_omf.testbed.omf.importer import node_entries
+
+    entries = node_entries([{"name": "node1.lab"}, {"name": "n2"}], "plc.inria", "https://broker/resources/nodes")
+    assert [entry.component_id for entry in entries] == [
+        "urn:publicid:IDN+plc:inria+node+node1.lab",
+        "urn:publicid:IDN+plc:inria+node+n2",
+    ]
 
 
 def test_a_lease_the_calendar_cannot_read_is_reported_not_fatal() -> None:
