@@ -121,6 +121,11 @@ class GeniError(Exception):
     Its code follows from its reason through REASON_CODES.
     """
 
+    # Set by a testbed whose request may have reached it all the same (no answer in time, a 502, a connection broken
+    # off, an answer without a job id): the lease's job may exist, so what it needs (its plan, its containers'
+    # addresses) is kept, as for TIMEDOUT.
+    maybe_made: bool = False
+
     def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason

@@ -650,7 +650,11 @@ class Aggregate:
                 self.unix_accounts.restore_slice_keys(written, slice_urn)
             self._users_back_on_testbed(pushed, old_accounts)
             still_held = self._release_quietly(done)
-            if asked is not None and isinstance(failure, GeniError) and failure.reason == Reason.TIMEDOUT:
+            if (
+                asked is not None
+                and isinstance(failure, GeniError)
+                and (failure.reason == Reason.TIMEDOUT or failure.maybe_made)
+            ):
                 still_held.add(asked.id)  # the testbed may have made its job (the reconciler adopts it)
             if self.instances is not None:  # no plan left for a job, no address held: the call wrote nothing...
                 # ...except for jobs that may exist: they need their plan and their containers' addresses.

@@ -105,6 +105,9 @@ OTHER_WINDOW = "OAR holds another window than the calendar's"
 # A job row's message while the aggregate deletes the lease's job to replace it (_replace): a job deleted so is never
 # told to the users as lost, whether or not the replacement or its putting back was made.
 REPLACING = "deleted by the aggregate to be replaced: OAR job"
+# The start of OarClient's words when it could not connect to OAR's API or send it the whole request (urllib's
+# URLError, raised before any answer is read): OAR never had the request.
+NOT_REACHED = "cannot reach OAR's API"
 
 
 @dataclass
@@ -167,6 +170,19 @@ class OarTestbed:
 
     # -- the backend interface ------------------------------------------------------------------------------------
     def provision(self, lease: LeaseRecord, owner: str, accounts: Sequence[LocalAccount]) -> None:
+        """Reserve the lease's window in OAR (the module docstring). A failure after which the lease's row is kept
+        (OAR may have made the job: no answer in time, a 502, a connection broken off, no job id) is marked
+        ``maybe_made``: the aggregate keeps what that job needs, as the next Provision, Delete or the reconciler
+        finds it."""
+        try:
+            self._provision(lease, owner)
+        except GeniError as error:
+            row = self.jobs.get(lease.id)
+            if row is not None and row.owner and row.state in (SUBMITTING, SUBMITTED, DELETING):
+                error.maybe_made = True
+            raise
+
+    def _provision(self, lease: LeaseRecord, owner: str) -> None:
         row = self.jobs.get(lease.id)
         if row is not None and row.owner and row.state in (SUBMITTING, SUBMITTED, DELETING):
             # An earlier call may have reached OAR without recording the answer (a crash, a time-out), and the booking
@@ -232,6 +248,12 @@ class OarTestbed:
             )
         try:
             new_id = self._replace(job, renewed, row.owner)
+        except GeniError as exc:  # e.g. deleting the old job failed, or it was not seen gone
+            raise GeniError(
+                exc.reason,
+                f"{exc.message} while renewing; the lease keeps its end {format_time(lease.end)} and "
+                f"{self._after_failed_renewal(lease, job)}: try again later",
+            ) from exc
         except OarRefused as exc:
             when = f"; OAR says it could run at {format_time(exc.could_run_at)}" if exc.could_run_at else ""
             raise GeniError(
@@ -243,15 +265,14 @@ class OarTestbed:
             raise GeniError(
                 Reason.TIMEDOUT,
                 f"OAR did not answer within {self.client.timeout_s:g} s while renewing ({exc.message}); the lease "
-                f"keeps its end {format_time(lease.end)} and its reservation is restored by the reconciler: try "
-                "again later",
+                f"keeps its end {format_time(lease.end)} and {self._after_failed_renewal(lease, job)}: try again "
+                "later",
             ) from exc
         except OarError as exc:
-            # The old job is gone and the new one not made: the reconciler puts the old window back.
             raise GeniError(
                 Reason.UNAVAILABLE,
-                f"OAR failed while renewing ({exc.message}); the lease keeps its end {format_time(lease.end)} and its "
-                "reservation is restored by the reconciler: try again later",
+                f"OAR failed while renewing ({exc.message}); the lease keeps its end {format_time(lease.end)} and "
+                f"{self._after_failed_renewal(lease, job)}: try again later",
             ) from exc
         except ValueError as exc:
             raise GeniError(
@@ -260,6 +281,14 @@ class OarTestbed:
                 f"{format_time(lease.end)}",
             ) from exc
         self.jobs.set(lease.id, SUBMITTED, job_id=new_id)
+
+    def _after_failed_renewal(self, lease: LeaseRecord, job: OarJob) -> str:
+        """What became of the lease's reservation after a renewal that failed while replacing ``job``, its old one:
+        its old window reserved again (``_put_back``), or left to the reconciler."""
+        row = self.jobs.get(lease.id)
+        if row is not None and row.job_id is not None and row.job_id != job.id:
+            return f"its old window is reserved again as OAR job {row.job_id}"
+        return f"the reconciler reserves its old window again if OAR job {job.id} is gone"
 
     def release(self, lease: LeaseRecord) -> None:
         row = self.jobs.get(lease.id)
@@ -326,7 +355,10 @@ class OarTestbed:
         if not job.stderr_file:
             return said
         nodes = self._addresses(lease)
-        where = f"node {nodes[0]}" if len(nodes) == 1 else "the job's first node"
+        if self.job_type == "deploy":  # a deploy job's command runs on the OAR frontend
+            where = "the OAR frontend"
+        else:
+            where = f"node {nodes[0]}" if len(nodes) == 1 else "the job's first node"
         path = posixpath.join(job.launching_directory or "~" + job.owner, job.stderr_file)
         return f"{said}; its stderr is {path} on {where}"
 
@@ -392,6 +424,7 @@ class OarTestbed:
         leases = {lease.id: lease for lease in self.bookings.leases(start=now)}
         rows = {row.lease_id: row for row in self.jobs.in_states(SUBMITTING, SUBMITTED, DELETING)}
         held: set[str] = set()  # leases whose job this round took over
+        written: dict[str, JobRecord | None] = {}  # lease id -> its row as this round wrote it (not a call's write)
         # A row written within the last two time-outs may be a Provision still on its way (OAR may still be working
         # on it, and the call may yet fail): left to that call until then.
         settled_before = now.timestamp() - 2 * self.client.timeout_s
@@ -430,7 +463,11 @@ class OarTestbed:
             ):
                 self.jobs.forget(lease_id)  # OAR never got it; the booking waits for Provision as before
             elif row.state == DELETING and lease is not None and lease.state == "provisioned":
-                self.jobs.set(lease_id, SUBMITTED)  # the Delete that failed changed nothing: its job is checked below
+                # The Delete that failed changed nothing: its job is checked below. A REPLACING mark stays (a job we
+                # deleted ourselves is never told as lost).
+                kept = row.message if row.message.startswith(REPLACING) else ""
+                self.jobs.set(lease_id, SUBMITTED, message=kept)
+                written[lease_id] = self.jobs.get(lease_id)
             elif row.state == DELETING:
                 self.jobs.set(lease_id, DELETED)  # its job, if OAR still has it, is an orphan: deleted below
                 report.deleted.append(lease_id)
@@ -439,7 +476,7 @@ class OarTestbed:
         for lease in leases.values():
             if lease.state != "provisioned" or lease.end <= now or lease.id in held:
                 continue
-            self._keep_held(lease, named.get(lease.id, []), report, round_started_s)
+            self._keep_held(lease, named.get(lease.id, []), report, round_started_s, written.get(lease.id))
         if report.changed:
             log.info("reconciled with OAR: %s", report)
         if report.failed:
@@ -478,13 +515,25 @@ class OarTestbed:
                 report.orphans_deleted.append(job.id)
 
     def _keep_held(
-        self, lease: LeaseRecord, named: Sequence[OarJob], report: ReconcileReport, round_started_s: float
+        self,
+        lease: LeaseRecord,
+        named: Sequence[OarJob],
+        report: ReconcileReport,
+        round_started_s: float,
+        written_by_round: JobRecord | None = None,
     ) -> None:
         """Make OAR hold exactly the provisioned ``lease``'s window: its job as it is, a job of ours for another
         window replaced, or a job that vanished reserved again. ``lease`` and ``named`` were read at the round's
-        start (``round_started_s``): a lease a call changed since (a Delete, a Renew) is left to the next round."""
+        start (``round_started_s``): a lease a call changed since (a Delete, a Renew) is left to the next round;
+        ``written_by_round``: the row as this round itself wrote it, if it did (not a call's write)."""
         recorded = self.jobs.get(lease.id)
-        if recorded is not None and recorded.updated_s > round_started_s:
+        if (
+            recorded is not None
+            # (Whole seconds: a call's write in the round's first second is not seen here; the lease's state,
+            # read again below, still catches a Delete, and the next round sees the rest.)
+            and recorded.updated_s > round_started_s
+            and recorded != written_by_round
+        ):
             return  # written by a call during this round: the round's reading of OAR and the calendar is older
         if self.bookings.lease_states([lease.id]).get(lease.id) != "provisioned":
             return  # deleted (or ended) during this round
@@ -495,7 +544,14 @@ class OarTestbed:
         recorded_id = recorded.job_id if recorded is not None else None
         matching, stale = self._ours(lease, owner, named, recorded_id)
         if matching is not None:
-            if recorded is None or recorded.state != SUBMITTED or recorded.job_id != matching.id:
+            # (A REPLACING mark on a job alive and matching: a replacement whose delete never happened. Cleared, or
+            # the job's real loss later would be reserved again without the users ever being told.)
+            if (
+                recorded is None
+                or recorded.state != SUBMITTED
+                or recorded.job_id != matching.id
+                or _deleted_by_us(recorded)
+            ):
                 self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=matching.id)
                 report.adopted.append(lease.id)
             return
@@ -506,6 +562,8 @@ class OarTestbed:
                 job_id = self._replace(stale, lease, owner)
             except (OarError, ValueError, GeniError) as exc:
                 report.failed[lease.id] = f"OAR job {stale.id} holds another window than the calendar's: {_words(exc)}"
+                return
+            if self._changed_meanwhile(lease, recorded, job_id, owner, report):
                 return
             self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
             self._check_replacement(lease, owner, job_id, report)
@@ -550,9 +608,11 @@ class OarTestbed:
         if exit_status is not None:
             # The job's command exited by itself (e.g. sudo refusing it): not lost, ended. Said once; a job reserved
             # again would run the same command and end the same way.
+            # (A deploy job's command runs on the OAR frontend, an ordinary job's on its first node.)
+            where = "the OAR frontend" if self.job_type == "deploy" else "the job's first node"
             ended = (
-                f"{COMMAND_ENDED} ({lost}, its command exited with status {exit_status}): the job's stderr on the "
-                "node says why; it is not reserved again"
+                f"{COMMAND_ENDED} ({lost}, its command exited with status {exit_status}): the job's stderr file on "
+                f"{where} says why; it is not reserved again: Delete the lease and allocate again"
             )
             self.jobs.set(lease.id, FAILED, owner=owner, message=ended, news=_failed(lease.id, recorded, ended))
             report.failed[lease.id] = ended
@@ -567,9 +627,30 @@ class OarTestbed:
             self.jobs.set(lease.id, FAILED, owner=owner, message=refused, news=news)
             report.failed[lease.id] = _words(exc)
             return
+        if self._changed_meanwhile(lease, recorded, job_id, owner, report):
+            return
         again = _failed(lease.id, recorded, f"{lost}; its slot is reserved again as OAR job {job_id}") if lost else None
         self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id, news=again)
         report.resubmitted.append(lease.id)
+
+    def _changed_meanwhile(
+        self, lease: LeaseRecord, recorded: JobRecord | None, job_id: int, owner: str, report: ReconcileReport
+    ) -> bool:
+        """After the round made job ``job_id`` for the lease: whether a call changed the lease or its row while OAR
+        was asked (a Delete cancelling it, a Renew). If so the new job is deleted and nothing written: the round
+        would otherwise record a job for a cancelled lease, or undo the call's row."""
+        now_row = self.jobs.get(lease.id)
+        before = (recorded.state, recorded.job_id, recorded.owner) if recorded is not None else None
+        unchanged = now_row is not None and (now_row.state, now_row.job_id, now_row.owner) == before
+        if unchanged and self.bookings.lease_states([lease.id]).get(lease.id) == "provisioned":
+            return False
+        try:
+            self.client.delete_job(job_id, user=owner)
+        except OarError as exc:  # (the orphan sweep deletes it: its name and owner are the lease's)
+            report.failed[lease.id] = f"its OAR job {job_id}, made as the lease changed, was not deleted: {exc.message}"
+            return True
+        report.orphans_deleted.append(job_id)
+        return True
 
     def _check_replacement(self, lease: LeaseRecord, owner: str, job_id: int, report: ReconcileReport) -> None:
         """After the reconciler replaced a lease's job: whether OAR holds the calendar's window now. If it does not
@@ -835,7 +916,14 @@ class OarTestbed:
         try:
             restored = self._submit(old, owner)
         except (OarError, ValueError) as lost:  # taken meanwhile, or OAR went away: the reconciler sees to it
-            log.warning("lease %s: OAR job %d could not be put back: %s", lease.id, job.id, _words(lost))
+            # (OAR refuses it while the old job still holds the window: a delete that never happened)
+            log.warning(
+                "lease %s: the window of OAR job %d could not be reserved again (%s); the job may still hold it, "
+                "else the reconciler reserves it again",
+                lease.id,
+                job.id,
+                _words(lost),
+            )
             return
         row = self.jobs.get(lease.id)
         if row is not None:
@@ -958,11 +1046,13 @@ def _deleted_by_us(recorded: JobRecord | None) -> bool:
 
 def _nothing_made(exc: Exception) -> bool:
     """Whether a reservation that failed with ``exc`` certainly made no job in OAR: refused before OAR was asked
-    (ValueError, GeniError), or refused by OAR itself (its JSON answer with a 4xx status). Anything else (no answer
-    in time, a connection broken off, a 5xx, an answer that is not OAR's or has no job id) may come after OAR booked
-    it."""
+    (ValueError, GeniError), never sent to OAR (no connection), or refused by OAR itself (its JSON answer with a 4xx
+    status). Anything else (no answer in time, a connection broken off, a 5xx, an answer that is not OAR's or has no
+    job id) may come after OAR booked it."""
     if isinstance(exc, ValueError | GeniError):
         return True
+    if isinstance(exc, OarUnavailable) and exc.message.startswith(NOT_REACHED):
+        return True  # no connection made, or the request not sent whole: OAR never had it
     return isinstance(exc, OarError) and not isinstance(exc, OarUnavailable | OarTimeout) and 400 <= exc.status < 500
 
 

@@ -67,6 +67,7 @@ def test_a_job_whose_command_exits_by_itself_is_failed_once_not_reserved_again(
         row = site.backend.jobs.get(lease_id)
         assert row is not None and row.state == FAILED and row.message.startswith(COMMAND_ENDED)
         assert "its command exited with status 1" in row.message
+        assert "stderr file on the job's first node" in row.message and "Delete the lease and allocate" in row.message
         again = site.backend.reconcile()
         assert lease_id not in again.failed and again.resubmitted == [], again
         assert job_of(site, lease_id) == job_id, "no job was submitted again"

@@ -39,6 +39,7 @@ from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
 from tests.images.lxc_env import bridge, bridge_network, key_pair, needs_lxc, ssh
 from tests.testbed.oar.conftest import RIG_PLAN_KEY, wait_for_job
+from tests.testbed.oar.test_faults import FORWARD, FORWARD_THEN_502, jobs_named, oar_through_fault_proxy
 
 pytestmark = needs_lxc
 NODE = "urn:publicid:IDN+testbed+node+execnode"
@@ -168,6 +169,40 @@ def provision_running(site: Site, pki: DemoPki, tmp_path: Path) -> tuple[int, Pa
         return found if found and all(record.state == RUNNING for record in found) else []
 
     return row.job_id, key, until("the job's command reports both containers running", running, within_s=120)
+
+
+def test_a_provision_whose_answer_was_lost_keeps_the_plan_and_addresses_its_job_needs(
+    site: Site, pki: DemoPki, oar_url: str
+) -> None:
+    """OAR made the lease's job but its answer was lost (a proxy's 502 after forwarding the reservation, made by
+    test_faults.py's ``OarProxyFaultStandIn``): Provision fails, and the job OAR made (which the next Provision, Delete
+    or the reconciler finds) keeps its plan and its containers' addresses, as after a time-out: a job whose plan is
+    gone would fail when it starts, and an address given back would be handed out twice."""
+    am = site.am
+    alice = pki.users["alice"]
+    rspec = (
+        '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" '
+        'xmlns:inst="http://sfa-omf.org/rspec/ext/instances/1">'
+        f'<node client_id="n" component_id="{NODE}" exclusive="true">'
+        '<sliver_type name="lxc" inst:count="2"/></node></rspec>'
+    )
+    start = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(hours=3)  # (the job does not run)
+    window = {"geni_start_time": format_time(start), "geni_end_time": format_time(start + timedelta(minutes=5))}
+    am.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], rspec, window)
+    (lease,) = am.bookings.leases(slice_urn=pki.slice_urn)
+
+    def lose_the_reservations_answer(method: str, path: str) -> str:
+        return FORWARD_THEN_502 if (method, path) == ("POST", "/oarapi/jobs.json") else FORWARD
+
+    with oar_through_fault_proxy(site, oar_url, lose_the_reservations_answer), pytest.raises(GeniError) as failed:
+        am.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    site.jobs.extend(jobs_named(site.backend.client, lease.id, start))  # (deleted at the end by the fixture)
+    assert failed.value.maybe_made, failed.value
+    assert len(site.jobs) == 1, "OAR made the job all the same"
+    assert site.plans.plan_path(lease.id).exists(), "the plan the job runs is kept"
+    assert am.instances is not None
+    records = am.instances.of_lease(lease.id)
+    assert len(records) == 2 and all(record.address for record in records), records
 
 
 def container_states(status: dict[str, Any]) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """sfa-omf killed (SIGKILL) in the middle of a Provision, while OAR is working on the reservation; restarted, it
-loses nothing and doubles nothing: the reconciler (run at start) finishes the Provision if OAR made the reservation,
-and otherwise the booking is still allocated and Provision works. The real server (`sfa-omf serve`, configured for
-OAR through SFA_* variables, nodes from `sfa-omf node import --from-oar`) against the real OAR."""
+loses nothing and doubles nothing: if OAR made the reservation, the reconciler finishes the Provision (adopts the
+job, once the row is older than two OAR time-outs: a Provision still on its way is left to its call); otherwise the
+booking is still allocated and Provision works. The real server (`sfa-omf serve`, configured for OAR through SFA_*
+variables, with a short OAR time-out and reconcile period so that the adoption happens within the test, nodes from
+`sfa-omf node import --from-oar`) against the real OAR."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import pytest
 
 from sfa_omf.cli import main
 from sfa_omf.registry.bootstrap import init_directory
-from sfa_omf.testbed.oar.client import OarClient
+from sfa_omf.testbed.oar.client import OarClient, OarJob
 from sfa_omf.times import format_time
 from tests.ports import free_port
 from tests.testbed.oar.conftest import wait_for_job
@@ -43,6 +45,10 @@ class Server:
             "SFA_OAR_API_URL": oar_url,
             "SFA_AGGREGATE_PORT": str(self.port),
             "SFA_REGISTRY_PORT": str(free_port()),
+            # Short, so that the reconciler's rounds adopt the job of the interrupted Provision within the test (a
+            # row is adopted once older than two time-outs).
+            "SFA_OAR_TIMEOUT_S": "5",
+            "SFA_OAR_RECONCILE_S": "5",
         }
         self.config, self.log = config, log
         self.process: subprocess.Popen[bytes] | None = None
@@ -118,23 +124,21 @@ def test_a_crash_mid_provision_loses_and_doubles_nothing(server: tuple[Server, P
     provisioning.join(timeout=60)
     assert outcome and isinstance(outcome[0], Exception), "the caller never got an answer"
 
-    running.start()  # the reconciler runs at start
-    deadline = time.monotonic() + 60
-    status = ""
-    while time.monotonic() < deadline:
+    running.start()  # the reconciler runs at start, then every 5 s
+    made_by_oar = [job for job in oar_client.reservations(start, start + timedelta(hours=1)) if _lease_job(job)]
+    if made_by_oar:  # OAR made the reservation before the crash: the reconciler adopts it, Provision is not called
+        deadline = time.monotonic() + 120
+        status = ""
+        while time.monotonic() < deadline and status != "geni_provisioned":
+            time.sleep(1)
+            (current,) = ok(client().Status([SLICE], [slice_cred], {}))["geni_slivers"]
+            status = current["geni_allocation_status"]
+        assert status == "geni_provisioned", "the reconciler adopted the job OAR made"
+    else:  # OAR never got the reservation: the booking waited, allocated
         (current,) = ok(client().Status([SLICE], [slice_cred], {}))["geni_slivers"]
-        status = current["geni_allocation_status"]
-        if status == "geni_provisioned":
-            break
-        time.sleep(1)
-    if status != "geni_provisioned":  # OAR never got the reservation: the booking waited, allocated
-        assert status == "geni_allocated"
+        assert current["geni_allocation_status"] == "geni_allocated"
         ok(client().Provision([SLICE], [slice_cred], {}))
-    lease_jobs = [
-        job
-        for job in oar_client.reservations(start, start + timedelta(hours=1))
-        if job.name.startswith("sfa-omf_") and job.nodes == ("node7",)
-    ]
+    lease_jobs = [job for job in oar_client.reservations(start, start + timedelta(hours=1)) if _lease_job(job)]
     assert len(lease_jobs) == 1, lease_jobs
     (job,) = lease_jobs
     assert (job.start_time, job.walltime_s, job.owner) == (start, 3599, "alice")
@@ -143,6 +147,11 @@ def test_a_crash_mid_provision_loses_and_doubles_nothing(server: tuple[Server, P
     assert described["geni_allocation_status"] == "geni_provisioned"
     ok(client().Delete([SLICE], [slice_cred], {}))
     assert wait_for_job(oar_client, job.id, {"Error", "Terminated"}).state in ("Error", "Terminated")
+
+
+def _lease_job(job: OarJob) -> bool:
+    """Whether ``job`` is one named after a lease, on the test's node."""
+    return job.name.startswith("sfa-omf_") and job.nodes == ("node7",)
 
 
 def _call(call: Any) -> Any:

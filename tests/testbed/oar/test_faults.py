@@ -16,16 +16,19 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 import pytest
 
 from sfa_omf.calendar.outbox import NotifyEvents
 from sfa_omf.errors import GeniCode, GeniError
+from sfa_omf.testbed.oar.backend import OarTestbed
 from sfa_omf.testbed.oar.client import OarClient
-from sfa_omf.testbed.oar.jobs import DELETED, job_name
+from sfa_omf.testbed.oar.jobs import DELETED, DELETING, job_name
 from sfa_omf.times import format_time
 from tests.testbed.oar import test_backend
 from tests.testbed.oar.conftest import OarJobs, wait_for_job
+from tests.testbed.oar.test_backend import settle
 
 HOUR = timedelta(hours=1)
 Site = test_backend.Site
@@ -43,6 +46,12 @@ FORWARD_UNTIL_ENDED_THEN_504 = "forward until OAR says the job ended, then answe
 
 # A rule: (method, path) -> what the proxy does with that request.
 Rule = Callable[[str, str], str]
+
+
+class OnOar(Protocol):
+    """A test site on the OAR backend (this file's, or test_containers.py's)."""
+
+    backend: OarTestbed
 
 
 class OarProxyFaultStandIn(ThreadingHTTPServer):
@@ -125,7 +134,7 @@ _REFUSAL = (403, b'{"code": 403, "title": "Forbidden", "message": "' + REFUSAL_W
 
 @contextlib.contextmanager
 def oar_through_fault_proxy(
-    site: Site, oar_url: str, rule: Rule, timeout_s: float = 60
+    site: OnOar, oar_url: str, rule: Rule, timeout_s: float = 60
 ) -> Iterator[OarProxyFaultStandIn]:
     """The site's backend talks to OAR through an ``OarProxyFaultStandIn`` applying ``rule`` while in the block."""
     proxy = OarProxyFaultStandIn(oar_url, rule)
@@ -182,6 +191,9 @@ def test_a_reservation_made_whose_answer_was_lost_is_deleted_after_delete(
     oar_jobs.track(made, "alice")  # (deleted at the end whatever happens)
     row = site.backend.jobs.get(lease_id)
     assert row is not None and row.owner == "alice", "the owner to act as is kept"
+    assert failed.value.maybe_made, "the aggregate keeps what the job OAR may have made needs"
+    # While the lease is allocated, the job OAR made is the lease's own (its row names the owner), not an outside hold.
+    assert f"oar:{made}" not in site.backend.refresh_external().added
     if cleanup == RELEASE:
         (lease,) = site.aggregate.bookings.leases(slice_urn=site.pki.slice_urn)
         site.backend.release(lease)
@@ -190,7 +202,25 @@ def test_a_reservation_made_whose_answer_was_lost_is_deleted_after_delete(
         assert site.backend.reconcile().orphans_deleted == [made]
     wait_for_job(oar_client, made, {"Error", "Terminated"})
     assert jobs_named(oar_client, lease_id, site.start) == [], "nothing is left in OAR"
-    assert f"oar:{made}" not in site.backend.refresh_external().added, "it is not mirrored as an outside hold"
+
+
+def test_oars_own_refusal_of_a_reservation_forgets_the_row(site: Site, oar_url: str, oar_client: OarClient) -> None:
+    """OAR refuses the reservation with its JSON 4xx (a refusal the real OAR does not give on demand): it certainly
+    made nothing, so the lease's row is forgotten (nothing for Delete or the reconciler to look for), the failure is
+    not marked as one after which a job may exist, and the booking stays allocated."""
+    site.allocate(["node9"], site.start)
+    (lease_id,) = site.lease_ids()
+
+    def refuse_submitting(method: str, path: str) -> str:
+        return ANSWER_403 if (method, path) == ("POST", "/oarapi/jobs.json") else FORWARD
+
+    with oar_through_fault_proxy(site, oar_url, refuse_submitting), pytest.raises(GeniError) as refused:
+        site.provision()
+    assert refused.value.code == GeniCode.ERROR and REFUSAL_WORDS in refused.value.message, refused.value
+    assert not refused.value.maybe_made
+    assert site.backend.jobs.get(lease_id) is None, "the row is forgotten"
+    assert [s["geni_allocation_status"] for s in site.status()] == ["geni_allocated"]
+    assert jobs_named(oar_client, lease_id, site.start) == []
 
 
 def renew(site: Site, end: datetime) -> None:
@@ -228,6 +258,7 @@ def test_a_renewal_whose_old_job_is_not_seen_gone_puts_the_old_window_back(
     assert restored is not None and restored.id != first
     oar_jobs.track(restored.id, "alice")
     assert (restored.state, restored.start_time, restored.walltime_s) == ("Waiting", site.start, 3599)
+    assert f"its old window is reserved again as OAR job {restored.id}" in failed.value.message, failed.value
     assert jobs_named(oar_client, lease_id, site.start) == [restored.id]
     report = site.backend.reconcile()
     assert not report.changed and not report.failed, report
@@ -322,3 +353,140 @@ def test_a_lease_deleted_during_a_reconcile_round_is_left_alone_by_that_round(
     assert report.resubmitted == [first] and second not in report.adopted, report
     row = site.backend.jobs.get(second)
     assert row is not None and row.state == DELETED, row
+
+
+def answer_502_to(method_refused: str) -> Rule:
+    """A rule: requests of ``method_refused`` are answered 502 without being forwarded (OAR never sees them)."""
+    return lambda method, path: ANSWER_502 if method == method_refused else FORWARD
+
+
+def test_a_renewal_whose_delete_never_happened_keeps_the_job_told_as_lost_if_oar_loses_it_later(
+    site: Site, oar_url: str, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    """Renew's deletion of the old job is answered 502 by a proxy that never forwarded it: OAR still holds the old
+    job, so reserving its window again is refused; the renewal fails saying the lease keeps its end. The next round
+    finds the old job alive and the lease's: it clears the row's mark of a job the aggregate deleted itself, so that
+    when OAR really loses the job later, the round that reserves it again tells the users."""
+    site.allocate(["node8"], site.start)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    first = job_of(site, lease_id)
+    with oar_through_fault_proxy(site, oar_url, answer_502_to("DELETE")), pytest.raises(GeniError) as failed:
+        renew(site, site.start + 2 * HOUR)
+    assert "the lease keeps its end" in failed.value.message, failed.value
+    assert jobs_named(oar_client, lease_id, site.start) == [first], "OAR still holds the old job"
+    settle(site, lease_id)  # (written before the round: not a call's write during it)
+    assert site.backend.reconcile().adopted == [lease_id]
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and (row.job_id, row.message) == (first, ""), row
+    oar_client.delete_job(first, user="alice")  # now OAR really loses it (an admin's oardel)
+    wait_for_job(oar_client, first, {"Error", "Terminated"})
+    settle(site, lease_id)
+    report = site.backend.reconcile()
+    assert report.resubmitted == [lease_id], report
+    oar_jobs.track(job_of(site, lease_id), "alice")
+    (told,) = failed_notices(site)
+    assert f"OAR job {first} ended" in told, told
+
+
+def test_a_renewal_failing_after_a_failed_delete_is_reserved_again_and_not_told_as_lost(
+    site: Site, oar_url: str, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    """A Delete answered 502 (never forwarded) leaves the lease provisioned and its row DELETING; a Renew then
+    deletes the old job, and reserving the new window and the old one again both get a 502 (OAR made nothing). The
+    next round turns the row back to SUBMITTED keeping its mark (a job the aggregate deleted itself), and in that
+    same round reserves the lease's window again, without telling the users the job was lost."""
+    site.allocate(["node9"], site.start)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    first = job_of(site, lease_id)
+    with oar_through_fault_proxy(site, oar_url, answer_502_to("DELETE")), pytest.raises(GeniError):
+        site.delete()
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and row.state == DELETING, row
+    with oar_through_fault_proxy(site, oar_url, answer_502_to("POST")), pytest.raises(GeniError) as failed:
+        renew(site, site.start + 2 * HOUR)
+    assert "the lease keeps its end" in failed.value.message, failed.value
+    assert jobs_named(oar_client, lease_id, site.start) == [], "the old job is deleted, nothing replaced it"
+    settle(site, lease_id)
+    report = site.backend.reconcile()
+    assert report.resubmitted == [lease_id] and not report.failed, report
+    again = job_of(site, lease_id)
+    oar_jobs.track(again, "alice")
+    assert again != first
+    assert failed_notices(site) == [], "the job the aggregate deleted itself is not told as lost"
+
+
+def test_a_delete_landing_while_a_round_reserves_a_lease_again_leaves_no_job(
+    site: Site, oar_url: str, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    """The lease's job vanished in OAR; the round reserves its window again, and the experimenter's Delete lands
+    while OAR is being asked (the proxy lets it happen just before forwarding the reservation). The round deletes
+    the job it made and writes nothing: the row stays DELETED, and OAR holds no job for the cancelled lease."""
+    site.allocate(["node10"], site.start)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    vanished = job_of(site, lease_id)
+    oar_client.delete_job(vanished, user="alice")
+    wait_for_job(oar_client, vanished, {"Error", "Terminated"})
+    settle(site, lease_id)
+    deleted: list[str] = []
+
+    def delete_before_the_reservation(method: str, path: str) -> str:
+        if (method, path) == ("POST", "/oarapi/jobs.json") and not deleted:
+            deleted.append(lease_id)
+            site.delete()
+        return FORWARD
+
+    with oar_through_fault_proxy(site, oar_url, delete_before_the_reservation):
+        report = site.backend.reconcile()
+    for left in jobs_named(oar_client, lease_id, site.start):  # (deleted at the end whatever happens)
+        oar_jobs.track(left, "alice")
+    assert deleted == [lease_id], "the Delete landed during the round"
+    assert report.resubmitted == [] and len(report.orphans_deleted) == 1, report
+    (made,) = report.orphans_deleted
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and row.state == DELETED and row.job_id == vanished, row
+    wait_for_job(oar_client, made, {"Error", "Terminated"})
+    assert jobs_named(oar_client, lease_id, site.start) == []
+
+
+def test_a_renewal_landing_during_a_round_is_not_undone_by_it(
+    site: Site, oar_url: str, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    """A round reads OAR and the calendar at its start. A Renew of the second lease lands while the round works on
+    the first (whose job vanished): the Renew replaces the second lease's job. The round leaves the second lease
+    alone (its row was written during the round): it does not record the old job, deleted by the Renew, as its
+    reservation again."""
+    site.allocate(["node9"], site.start)
+    site.allocate(["node10"], site.start + 2 * HOUR)
+    site.provision()
+    first, second = site.lease_ids()  # (oldest first: the round's order)
+    vanished = job_of(site, first)
+    old_of_second = job_of(site, second)
+    oar_client.delete_job(vanished, user="alice")
+    wait_for_job(oar_client, vanished, {"Error", "Terminated"})
+    settle(site, first)
+    settle(site, second)
+    (renewed,) = [lease for lease in site.aggregate.bookings.leases() if lease.id == second]
+    alice = site.pki.users["alice"]
+    renewals: list[str] = []
+
+    def renew_the_second_lease_meanwhile(method: str, path: str) -> str:
+        if (method, path) == ("GET", f"/oarapi/jobs/{vanished}.json") and not renewals:
+            renewals.append(second)
+            urns = [sliver.urn for sliver in renewed.slivers]
+            new_end = format_time(renewed.end + HOUR)
+            site.aggregate.renew(alice.chain, urns, [alice.slice_cred], new_end, {})
+        return FORWARD
+
+    with oar_through_fault_proxy(site, oar_url, renew_the_second_lease_meanwhile):
+        report = site.backend.reconcile()
+    new_of_second = job_of(site, second)
+    oar_jobs.track(new_of_second, "alice")
+    oar_jobs.track(job_of(site, first), "alice")
+    assert renewals == [second], "the Renew landed during the round"
+    assert new_of_second != old_of_second, "the row records the Renew's job, not the one it deleted"
+    assert report.resubmitted == [first] and second not in report.adopted, report
+    job = oar_client.job(new_of_second)
+    assert job is not None and job.walltime_s == 2 * 3600 - 1

@@ -12,10 +12,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.models import OarJob as OarJobRow
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeSpec
 from sfa_omf.errors import GeniCode, GeniError
@@ -26,7 +28,7 @@ from sfa_omf.times import format_time
 from tests.ports import free_port
 from tests.testbed.oar import test_backend
 from tests.testbed.oar.conftest import OarJobs, wait_for_job
-from tests.testbed.oar.test_backend import HOUR, Site, job_of, node_urn, provision_timing_out
+from tests.testbed.oar.test_backend import HOUR, Site, job_of, node_urn, provision_timing_out, settle
 
 site = test_backend.site  # the fixture: an aggregate on the OAR backend, alice and bob mapped to their Unix users
 
@@ -113,6 +115,7 @@ def test_the_reconciler_replaces_a_waiting_job_for_another_window(
     (lease_id,) = site.lease_ids()
     old = job_of(site, lease_id)
     site.aggregate.bookings.renew(lease_id, site.start + 2 * HOUR)  # the calendar only
+    settle(site, lease_id)  # (written before the round: not a call's write during it)
     report = site.backend.reconcile()
     assert report.resubmitted == [lease_id] and not report.failed
     job = oar_client.job(job_of(site, lease_id), with_nodes=True)
@@ -152,9 +155,11 @@ def test_a_job_named_like_ours_is_mirrored_unless_it_is_our_leases_reservation(
 def test_the_reconciler_neither_adopts_nor_deletes_a_job_it_did_not_make(
     site: Site, oar_client: OarClient, oar_jobs: OarJobs
 ) -> None:
-    """bob names jobs after alice's leases: a 10-minute one on another node after her allocated lease (whose
-    Provision was interrupted), one after her cancelled lease. Nothing is adopted, her lease stays allocated, and only
-    her own orphan job is deleted; bob's jobs are untouched."""
+    """bob names jobs after alice's leases: one holding exactly the nodes and window of her allocated lease (whose
+    Provision was interrupted long ago: the reconciler looks for its job), one after her cancelled lease. Nothing is
+    adopted (bob's job is not hers: the owner recorded for the lease is alice), her lease stays allocated and its
+    row is forgotten (OAR holds no job of hers for it), and only her own orphan job is deleted; bob's jobs are
+    untouched."""
     site.allocate(["node9"], site.start + 5 * HOUR)
     site.provision()
     (cancelled,) = site.lease_ids()
@@ -166,15 +171,13 @@ def test_the_reconciler_neither_adopts_nor_deletes_a_job_it_did_not_make(
     site.allocate(["node10"], site.start)
     (allocated,) = site.lease_ids()
     site.backend.jobs.set(allocated, SUBMITTING, owner="alice")  # a Provision interrupted before OAR answered
-    spoof = oar_jobs.submit(
-        user="bob", nodes=["node7"], start=site.start + 3 * HOUR, walltime_s=600, name=job_name(allocated)
-    )
+    settle(site, allocated)  # long ago: the reconciler looks for its job (a recent one is left to its call)
+    spoof = oar_jobs.submit(user="bob", nodes=["node10"], start=site.start, walltime_s=3599, name=job_name(allocated))
     report = site.backend.reconcile()
     assert report.adopted == [] and report.orphans_deleted == [orphan]
     (lease,) = [lease for lease in site.aggregate.bookings.leases() if lease.id == allocated]
     assert lease.state == "allocated"
-    row = site.backend.jobs.get(allocated)
-    assert row is not None and row.job_id is None
+    assert site.backend.jobs.get(allocated) is None, "no job of alice's in OAR: the row is forgotten"
     for job_id in (spoof, spoof_of_cancelled):
         job = oar_client.job(job_id)
         assert job is not None and job.state == "Waiting", f"bob's job {job_id} is untouched"
@@ -217,6 +220,8 @@ def test_a_lease_oar_cannot_be_asked_for_does_not_stop_the_reconciler(
     ordinary = provisioned(london, "node6", winter)
     for lease in (repeated, ordinary):
         london.jobs.set(lease.id, SUBMITTED, owner="alice", job_id=999_999_999)  # a job OAR does not know (lost)
+    with london.jobs.database.write() as session:  # written before the round: not a call's write during it
+        session.execute(update(OarJobRow).values(updated_s=0))
     report = london.reconcile()
     for lease in (repeated, ordinary):
         row = london.jobs.get(lease.id)
