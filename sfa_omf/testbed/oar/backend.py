@@ -105,9 +105,6 @@ OTHER_WINDOW = "OAR holds another window than the calendar's"
 # A job row's message while the aggregate deletes the lease's job to replace it (_replace): a job deleted so is never
 # told to the users as lost, whether or not the replacement or its putting back was made.
 REPLACING = "deleted by the aggregate to be replaced: OAR job"
-# The start of OarClient's words when it could not connect to OAR's API or send it the whole request (urllib's
-# URLError, raised before any answer is read): OAR never had the request.
-NOT_REACHED = "cannot reach OAR's API"
 
 
 @dataclass
@@ -1051,7 +1048,7 @@ def _nothing_made(exc: Exception) -> bool:
     job id) may come after OAR booked it."""
     if isinstance(exc, ValueError | GeniError):
         return True
-    if isinstance(exc, OarUnavailable) and exc.message.startswith(NOT_REACHED):
+    if isinstance(exc, OarUnavailable) and exc.not_sent:
         return True  # no connection made, or the request not sent whole: OAR never had it
     return isinstance(exc, OarError) and not isinstance(exc, OarUnavailable | OarTimeout) and 400 <= exc.status < 500
 

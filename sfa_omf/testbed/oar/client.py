@@ -114,7 +114,13 @@ class OarError(Exception):
 
 class OarUnavailable(OarError):
     """OAR's API cannot be reached (connection refused, DNS, 5xx from apache when the CGI is missing), or what answers
-    is not OAR: an answer that does not read as OAR's (not its JSON, malformed fields, too long)."""
+    is not OAR: an answer that does not read as OAR's (not its JSON, malformed fields, too long). ``.not_sent``: the
+    connection could not be made or the request not sent whole (urllib's URLError, before any answer): OAR never had
+    the request, so it made nothing."""
+
+    def __init__(self, message: str, status: int = 0, *, not_sent: bool = False) -> None:
+        super().__init__(message, status)
+        self.not_sent = not_sent
 
 
 class OarTimeout(OarError):
@@ -505,7 +511,7 @@ class OarClient:
             if isinstance(exc.reason, TimeoutError):
                 raise OarTimeout(f"OAR did not answer {method} {url} within {self.timeout_s:g} s") from None
             raise OarUnavailable(
-                f"cannot reach OAR's API at {url} ({exc.reason}): is OAR's API (apache2) running?"
+                f"cannot reach OAR's API at {url} ({exc.reason}): is OAR's API (apache2) running?", not_sent=True
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise OarUnavailable(f"OAR's API at {url} broke off ({exc}): is OAR's API (apache2) running?") from None
