@@ -351,11 +351,7 @@ class OarTestbed:
         said = f"OAR job {job.id} terminated before the lease's end ({how})"
         if not job.stderr_file:
             return said
-        nodes = self._addresses(lease)
-        if self.job_type == "deploy":  # a deploy job's command runs on the OAR frontend
-            where = "the OAR frontend"
-        else:
-            where = f"node {nodes[0]}" if len(nodes) == 1 else "the job's first node"
+        where = self._command_host(self._addresses(lease))
         path = posixpath.join(job.launching_directory or "~" + job.owner, job.stderr_file)
         return f"{said}; its stderr is {path} on {where}"
 
@@ -605,8 +601,7 @@ class OarTestbed:
         if exit_status is not None:
             # The job's command exited by itself (e.g. sudo refusing it): not lost, ended. Said once; a job reserved
             # again would run the same command and end the same way.
-            # (A deploy job's command runs on the OAR frontend, an ordinary job's on its first node.)
-            where = "the OAR frontend" if self.job_type == "deploy" else "the job's first node"
+            where = self._command_host(())
             ended = (
                 f"{COMMAND_ENDED} ({lost}, its command exited with status {exit_status}): the job's stderr file on "
                 f"{where} says why; it is not reserved again: Delete the lease and allocate again"
@@ -629,6 +624,13 @@ class OarTestbed:
         again = _failed(lease.id, recorded, f"{lost}; its slot is reserved again as OAR job {job_id}") if lost else None
         self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id, news=again)
         report.resubmitted.append(lease.id)
+
+    def _command_host(self, nodes: Sequence[str]) -> str:
+        """Where the job's command runs, so its stderr file is: a deploy job's on the OAR frontend, an ordinary
+        job's on its first node (named when ``nodes`` is one node)."""
+        if self.job_type == "deploy":
+            return "the OAR frontend"
+        return f"node {nodes[0]}" if len(nodes) == 1 else "the job's first node"
 
     def _changed_meanwhile(
         self, lease: LeaseRecord, recorded: JobRecord | None, job_id: int, owner: str, report: ReconcileReport
