@@ -96,10 +96,10 @@ def _next_try_s(summary: SlotSummary) -> int | None:
     """From when the slot keeper's passes do the lease's work again: an end that failed after its wait (none for the
     first tries), a start that waits for the testbed from the slot's start; None for a start that failed (only
     geni_restart does it again) and for work under way, done or not due yet."""
-    from sfa_omf.testbed.omf.slot_records import END_FAILED, PROVISIONED, end_retry_wait_s
+    from sfa_omf.testbed.omf.slot_records import END_FAILED, PROVISIONED, end_due_s
 
     if summary.phase == END_FAILED:
-        return summary.updated_s + end_retry_wait_s(summary.attempts)
+        return end_due_s(summary.updated_s, summary.attempts, summary.retry_due_s)
     if summary.phase == PROVISIONED and summary.message:
         return summary.start_s
     return None

@@ -221,6 +221,8 @@ class OmfSlot(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     updated_s: Mapped[int] = mapped_column(BigInteger)
+    # An operator's ``omf retry``: the failed end is due from then, whatever its wait (cleared when it is claimed)
+    retry_due_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class LeaseRevision(Base):

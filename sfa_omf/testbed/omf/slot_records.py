@@ -46,6 +46,12 @@ def end_retry_wait_s(attempts: int) -> int:
     return int(min(END_RETRY_FIRST_S * 2 ** min(attempts - MAX_END_ATTEMPTS, 16), END_RETRY_MAX_S))
 
 
+def end_due_s(updated_s: int, attempts: int, retry_due_s: int | None) -> int:
+    """From when a failed end is tried again: after the wait its tries call for, or from an operator's retry."""
+    due_s = updated_s + end_retry_wait_s(attempts)
+    return due_s if retry_due_s is None else min(due_s, retry_due_s)
+
+
 def end_steps_left(failures: Mapping[str, str]) -> dict[str, str]:
     """The end steps a record's ``failures`` holds (empty when it holds none, e.g. a start's failures)."""
     return {step: reason for step, reason in failures.items() if step.startswith((END_OFF, END_KEYS))}
@@ -72,6 +78,7 @@ class SlotRecord:
     lease_state: str = ""
     start_s: int = 0
     end_s: int = 0
+    retry_due_s: int | None = None  # an operator's retry: the failed end is due from then, whatever its wait
     nodes: tuple[SlotNode, ...] = field(default=())
 
 
@@ -95,6 +102,7 @@ class SlotSummary:
     message: str
     attempts: int  # the end's tries the controllers refused
     updated_s: int  # the last try (or change) of the work
+    retry_due_s: int | None  # an operator's retry: the failed end is due from then, whatever its wait
     slice_urn: str
     lease_state: str
     start_s: int
@@ -172,7 +180,7 @@ class SlotRecords:
             result = session.execute(
                 update(OmfSlot)
                 .where(OmfSlot.lease_id == lease_id, OmfSlot.phase.in_(from_phases))
-                .values(phase=to_phase, updated_s=now_s)
+                .values(phase=to_phase, updated_s=now_s, retry_due_s=None)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -183,7 +191,7 @@ class SlotRecords:
             result = session.execute(
                 update(OmfSlot)
                 .where(OmfSlot.lease_id == lease_id, OmfSlot.phase == from_phase)
-                .values(phase=ENDING, failures=dict(steps), updated_s=now_s)
+                .values(phase=ENDING, failures=dict(steps), updated_s=now_s, retry_due_s=None)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -211,6 +219,7 @@ class SlotRecords:
                 row.failures = dict(failures)
             row.attempts = row.attempts + 1 if count_attempt else row.attempts
             row.updated_s = now_s
+            row.retry_due_s = None
 
     def release_stale(self, older_than_s: int, now_s: int) -> int:
         """Claims older than ``older_than_s`` (their process died): the work is to be done again."""
@@ -247,6 +256,7 @@ class SlotRecords:
                     OmfSlot.message,
                     OmfSlot.attempts,
                     OmfSlot.updated_s,
+                    OmfSlot.retry_due_s,
                     Lease.state,
                     Lease.start_s,
                     Lease.end_s,
@@ -275,6 +285,7 @@ class SlotRecords:
                     row.state,
                     row.start_s,
                     row.end_s,
+                    row.retry_due_s,
                 )
                 nodes[row.lease_id] = []
             if row.component_id is not None:
@@ -296,6 +307,7 @@ class SlotRecords:
                 OmfSlot.message,
                 OmfSlot.attempts,
                 OmfSlot.updated_s,
+                OmfSlot.retry_due_s,
                 Slice.urn,
                 Lease.state,
                 Lease.start_s,
@@ -332,6 +344,7 @@ class SlotRecords:
                 row.message,
                 row.attempts,
                 row.updated_s,
+                row.retry_due_s,
                 row.urn or "",
                 row.state or "",
                 row.start_s or 0,
@@ -342,31 +355,39 @@ class SlotRecords:
         ]
 
     def make_end_due(self, lease_id: str, wait_s: Callable[[int], int], now_s: int) -> EndMadeDue | None:
-        """Bring the next try of a failed end (end_failed) forward to now: the time of its last try is moved back by
-        the wait ``wait_s(attempts)`` its tries call for; its tries, steps left and message are kept. Nothing is
-        written when the record is in another phase (a pass has claimed it, say) or its end is due already (no wait
-        after so few tries, or the wait is over). None when there is no record for ``lease_id``."""
+        """Bring the next try of a failed end (end_failed) forward to now: it is due from now whatever the wait
+        ``wait_s(attempts)`` its tries call for; the time of its last try, its tries, steps left and message are
+        kept. Nothing is written when the record is in another phase (a pass has claimed it, say) or its end is due
+        already (no wait after so few tries, or the wait is over). None when there is no record for ``lease_id``."""
         with self.database.write() as session:
             # Locked: a pass claiming the end meanwhile waits for this unit (or this one sees it ending).
             row = session.execute(
-                select(OmfSlot.phase, OmfSlot.attempts, OmfSlot.updated_s)
+                select(OmfSlot.phase, OmfSlot.attempts, OmfSlot.updated_s, OmfSlot.retry_due_s)
                 .where(OmfSlot.lease_id == lease_id)
                 .with_for_update()
             ).first()
             if row is None:
                 return None
             wait = wait_s(row.attempts)
-            if row.phase != END_FAILED or wait == 0 or row.updated_s + wait <= now_s:  # no wait, or it is over
+            due_s = row.updated_s + wait if row.retry_due_s is None else min(row.retry_due_s, row.updated_s + wait)
+            if row.phase != END_FAILED or wait == 0 or due_s <= now_s:  # no wait, or it is over (or made due)
                 return EndMadeDue(row.phase, row.attempts, moved=False)
             session.execute(
                 update(OmfSlot)
                 .where(OmfSlot.lease_id == lease_id, OmfSlot.phase == END_FAILED)
-                .values(updated_s=now_s - wait)
+                .values(retry_due_s=now_s)
             )
             return EndMadeDue(END_FAILED, row.attempts, moved=True)
 
 
 def _record(row: OmfSlot) -> SlotRecord:
     return SlotRecord(
-        row.lease_id, row.phase, dict(row.accounts), dict(row.failures), row.message, row.attempts, row.updated_s
+        row.lease_id,
+        row.phase,
+        dict(row.accounts),
+        dict(row.failures),
+        row.message,
+        row.attempts,
+        row.updated_s,
+        retry_due_s=row.retry_due_s,
     )

@@ -47,6 +47,7 @@ from sfa_omf.testbed.omf.slot_records import (
     SlotRecord,
     SlotRecords,
     SlotState,
+    end_due_s,
     end_retry_wait_s,
     end_steps_left,
 )
@@ -362,7 +363,7 @@ class SlotKeeper:
 
 def _end_due(record: SlotRecord, now_s: int) -> bool:
     """Whether a failed end is to be tried in this pass."""
-    return now_s >= record.updated_s + end_retry_wait_s(record.attempts)
+    return now_s >= end_due_s(record.updated_s, record.attempts, record.retry_due_s)
 
 
 def _describe_step(step: str, reason: str) -> str:

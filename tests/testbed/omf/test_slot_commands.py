@@ -18,7 +18,7 @@ import pytest
 
 from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.calendar.database import sqlite_url
-from sfa_omf.calendar.queries import to_s
+from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.cli import main
 from sfa_omf.config import write_config
@@ -195,10 +195,11 @@ def test_retry_makes_a_waiting_end_due_at_the_next_pass_and_writes_nothing_else(
     status, out, _ = _command(capsys, site, "retry", lease)
     assert status == 0 and "is due now" in out
     after = records.get(lease)
-    assert after is not None and after.updated_s < before.updated_s
-    assert replace(after, updated_s=before.updated_s) == before, "retry wrote more than the time of the last try"
+    assert after is not None and after.retry_due_s is not None and after.retry_due_s <= to_s(utcnow())
+    assert replace(after, retry_due_s=None) == before, "retry wrote more than when the end is due"
     (listed,) = _listed(capsys, site)
     assert listed["next_try"] is not None and listed["next_try"] <= format_time(utcnow())
+    assert listed["last_try"] == format_time(from_s(before.updated_s)), "the last try shown is not the last one made"
     status, out, _ = _command(capsys, site, "slots")
     assert status == 0 and "  next pass  " in out
     # The wait is over: the next pass (still within the minute the controller's refusal asked to wait) ends it.
