@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import traceback
@@ -142,7 +143,9 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=("user", "slice", "node", "authority"),
         help="target type, when its GID must be issued",
     )
-    issue.add_argument("--days", type=float, default=30.0, help="lifetime in days (default 30)")
+    issue.add_argument(
+        "--days", type=_lifetime_days, default=30.0, help=f"lifetime in days (default 30, at most {MAX_DAYS})"
+    )
     issue.add_argument("--no-delegate", action="store_true", help="privileges may not be delegated")
     issue.add_argument("-o", "--output", help="write here instead of standard output")
     issue.set_defaults(handler=_cmd_credential_issue)
@@ -171,6 +174,22 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The longest credential ``credential issue`` makes (ten years; the authority's own GID lives five).
+MAX_DAYS = 3650
+
+
+def _lifetime_days(text: str) -> float:
+    """``credential issue --days``: above 0 (a credential that has expired already is of no use) and at most
+    MAX_DAYS."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = math.nan
+    if not 0 < days <= MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of days above 0 and at most {MAX_DAYS}")
+    return days
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.database import Database
     from sfa_omf.registry.bootstrap import (
@@ -180,9 +199,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
         init_directory,
         register_demo,
     )
+    from sfa_omf.xrn import split_hrn
 
     existing = existing_authority(args.directory)
     authority = args.authority or existing or DEFAULT_AUTHORITY
+    split_hrn(authority)  # before the directory is made: a refused name leaves nothing behind
     if args.no_demo and args.users:
         raise BadArgs("--user makes demo users: leave it out with --no-demo (sfa-omf user add registers real ones)")
     settings = None
@@ -237,7 +258,22 @@ def _new_settings(args: argparse.Namespace, authority: str) -> Settings:
     aggregate_port = args.aggregate_port or DEFAULT_AGGREGATE_PORT
     if registry_port == aggregate_port:
         raise BadArgs(f"the registry and the aggregate both on port {registry_port}: give them different ports")
+    database_url = args.database_url or ""
+    if database_url:
+        from sfa_omf.config import database_url_problem, hide_password, sqlite_url_against
+
+        problem = database_url_problem(database_url)
+        if problem:
+            raise BadArgs(f"--database-url {hide_password(database_url)}: {problem}; nothing was created")
+        # A relative SQLite path is the operator's working directory's: the file must say where that is.
+        if database_url.startswith("sqlite"):
+            database_url = sqlite_url_against(database_url, os.getcwd())
     hostname = args.hostname or ""
+    if hostname in ("0.0.0.0", "::"):
+        raise BadArgs(
+            f"--hostname {hostname} means 'every address', which no peer can call: give this machine's public DNS "
+            "name (both servers then listen on every address; --bind chooses another)"
+        )
     loopback = hostname in ("", "localhost", "::1") or hostname.startswith("127.")
     bind = args.bind or (DEFAULT_HOST if loopback else "0.0.0.0")  # a public name is reached from outside
     return Settings(
@@ -247,7 +283,7 @@ def _new_settings(args: argparse.Namespace, authority: str) -> Settings:
         registry_port=registry_port,
         aggregate_host=bind,
         aggregate_port=aggregate_port,
-        database_url=args.database_url or "",
+        database_url=database_url,
         hostname=hostname,
     )
 
@@ -359,10 +395,12 @@ def _cmd_credential_verify(args: argparse.Namespace) -> int:
 
 
 def _check_output(path: str | None) -> None:
-    """Refuse to print a credential on a terminal (checked before anything is done: a refused call writes
-    nothing): an operator who forgot -o gets a hint, not a screen of XML."""
+    """Refuse to print a credential on a terminal, or to write it over a file (checked before anything is done: a
+    refused call writes nothing): an operator who forgot -o gets a hint, not a screen of XML."""
     if not path and sys.stdout.isatty():
         raise BadArgs("a credential is XML: give -o FILE, or redirect the output (> FILE)")
+    if path and os.path.lexists(path):  # refused here, before a GID is issued for the target
+        raise BadArgs(f"-o {path}: the file exists; give another name (a credential is never written over a file)")
 
 
 def _write_output(text: str, path: str | None) -> None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from sfa_omf.config import CONFIG_FILE_NAME, Settings, read_config
+from sfa_omf.config import CONFIG_FILE_NAME, WARNING_KINDS, LoadedConfig, Settings, load_config, usable_settings
 from sfa_omf.errors import BadArgs
+
+if TYPE_CHECKING:
+    from sfa_omf.calendar.database import Database
 
 
 def command_group(commands: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]
@@ -18,14 +23,49 @@ def command_group(commands: argparse._SubParsersAction, name: str, help: str) ->
     return group.add_subparsers(title=f"{name} commands")  # type: ignore[no-any-return]
 
 
-def command_settings(args: argparse.Namespace) -> Settings:
-    """The settings of ``--config FILE``, else $SFA_OMF_CONFIG, else ./sfa-omf.conf."""
+def command_config(args: argparse.Namespace) -> LoadedConfig:
+    """The configuration of ``--config FILE``, else $SFA_OMF_CONFIG, else ./sfa-omf.conf; ValueError when a setting
+    has no usable value (as read_config)."""
     path = args.config or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
     if not os.path.exists(path):
         raise BadArgs(
             f"no configuration file {path}: give --config FILE (sfa-omf init DIR writes DIR/{CONFIG_FILE_NAME})"
         )
-    return read_config(path)
+    loaded = load_config(path)
+    usable_settings(loaded)
+    return loaded
+
+
+def config_warnings(loaded: LoadedConfig) -> list[str]:
+    """One line for each setting not taken as written (a misspelt name, a setting given twice)."""
+    return [
+        f"{problem} (sfa-omf config check lists every problem)"
+        for problem in loaded.problems
+        if problem.kind in WARNING_KINDS
+    ]
+
+
+def command_settings(args: argparse.Namespace) -> Settings:
+    """The settings of ``--config FILE``, else $SFA_OMF_CONFIG, else ./sfa-omf.conf; a setting not taken as written
+    (a misspelt name, one given twice) is a warning on standard error, the command goes on."""
+    loaded = command_config(args)
+    for warning in config_warnings(loaded):
+        print(f"sfa-omf: warning: {warning}", file=sys.stderr)
+    return loaded.settings
+
+
+def command_database(settings: Settings) -> Database:
+    """The calendar's database for an operator command: its schema must be this sfa-omf's newest migration (an empty
+    one is created, an older one refused with "run sfa-omf db upgrade" rather than a query's "no such column")."""
+    from sfa_omf.calendar.database import Database
+
+    database = Database(settings.calendar_url)
+    try:
+        database.require_current_schema()
+    except BaseException:
+        database.dispose()
+        raise
+    return database
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -56,8 +56,11 @@ def _config_check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         print(f"sfa-omf: cannot read configuration file {path}: {_reason(exc)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # not UTF-8: the message names the file and the byte
+        print(f"sfa-omf: {exc}", file=sys.stderr)
         return 2
     blocking = any(problem.kind in BLOCKING_KINDS for problem in loaded.problems)
     if not args.settings_only and not blocking:

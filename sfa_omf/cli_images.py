@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from sfa_omf.cli_common import command_settings, print_table
+from sfa_omf.cli_common import command_database, command_group, command_settings, print_table
 from sfa_omf.config import CONFIG_FILE_NAME
+from sfa_omf.errors import BadArgs
 from sfa_omf.times import format_time, utcnow
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     """Adds ``image add|remove|publish|list|show``."""
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
-    image = commands.add_parser("image", help="the disk image repository").add_subparsers(title="image commands")
+    image = command_group(commands, "image", "the disk image repository")
 
     add = image.add_parser("add", parents=[config_option], help="copy a disk image file into the repository")
     add.add_argument("file", help="the image file")
@@ -63,9 +65,7 @@ def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_image_show)
 
-    instance = commands.add_parser("instance", help="containers inside bookings").add_subparsers(
-        title="instance commands"
-    )
+    instance = command_group(commands, "instance", "containers inside bookings")
     instances = instance.add_parser(
         "list", parents=[config_option], help="the containers of leases: lease, node, state, address"
     )
@@ -78,23 +78,29 @@ def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: i
         parents=[config_option],
         help="print the line OAR nodes put in /etc/sfa-omf/plan-signers (the key is made if missing)",
     )
-    signing.add_argument("--key", help="the private key file (default: [sfa_omf] plan_signing_key)")
+    signing.add_argument(
+        "--key", help="an existing private key file (default: [sfa_omf] plan_signing_key, made if missing)"
+    )
     signing.set_defaults(handler=_instance_signing_key)
 
 
 def _instance_signing_key(args: argparse.Namespace) -> int:
     from sfa_omf.images.plan_signing import PlanSigner
 
+    if args.key and not os.path.isfile(args.key):
+        # A mistyped --key made a new key (and its directories) and printed a line no plan is signed with.
+        raise BadArgs(
+            f"--key {args.key}: no such key file (without --key, [sfa_omf] plan_signing_key is used, made on first use)"
+        )
     path = args.key or command_settings(args).plan_signing_key_path
     print(PlanSigner(path).public_line())
     return 0
 
 
 def _store(settings: Settings) -> ImageStore:
-    from sfa_omf.calendar.database import Database
     from sfa_omf.images.store import ImageStore, store_directory
 
-    return ImageStore(Database(settings.calendar_url), store_directory(settings.data_dir))
+    return ImageStore(command_database(settings), store_directory(settings.data_dir))
 
 
 def _image_add(args: argparse.Namespace) -> int:
@@ -199,15 +205,13 @@ def _as_json(record: ImageRecord) -> dict[str, Any]:
 def _instance_list(args: argparse.Namespace) -> int:
     """The recorded containers (the calendar's rows) with what LXC says of each, and any container of ours on this
     host that no row names (left by a crash: the server's next round destroys it)."""
-    from sfa_omf.calendar.database import Database
     from sfa_omf.images.instances import Instances
     from sfa_omf.images.lxc import LxcHost
 
     settings = command_settings(args)
     host = LxcHost("", lxc_path=args.lxc_path or settings.instance_lxc_path)  # listing needs no bridge
-    rows = Instances(Database(settings.calendar_url), None, settings.instance_network, _store(settings)).listing(
-        live_only=not args.all
-    )
+    store = _store(settings)
+    rows = Instances(store.database, None, settings.instance_network, store).listing(live_only=not args.all)
     on_host = {record.name: record for record in host.instances()}
     listed = [
         {

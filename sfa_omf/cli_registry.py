@@ -136,7 +136,13 @@ def _read_public_key(path: str) -> rsa.RSAPublicKey:
     if b"CERTIFICATE" in data:
         key = load_gid_chain(data)[0].certificate.public_key()
     else:
-        key = serialization.load_pem_public_key(data)
+        try:
+            key = serialization.load_pem_public_key(data)
+        except ValueError as exc:  # cryptography's words name neither the file nor what is expected
+            raise BadArgs(
+                f"{path}: not a PEM public key (-----BEGIN PUBLIC KEY-----) nor a certificate; "
+                "openssl rsa -in KEY -pubout writes one"
+            ) from exc
     if not isinstance(key, rsa.RSAPublicKey):
         raise BadArgs(f"{path}: an RSA public key is needed (SFA's GIDs are RSA)")
     return key

@@ -33,16 +33,27 @@ def add_rspec_commands(subparsers: argparse._SubParsersAction) -> None:  # type:
         help="check against the GENI v3 base schema alone (no lease or availability extensions)",
     )
     check.add_argument(
-        "--max-bytes", type=int, help="refuse larger documents (default: the RSpec library's limit, 4 MiB)"
+        "--max-bytes", type=_byte_count, help="refuse larger documents (default: the RSpec library's limit, 4 MiB)"
     )
     check.set_defaults(handler=_cmd_validate)
+
+
+def _byte_count(text: str) -> int:
+    """``--max-bytes``: a whole number of bytes, at least 1 (0 would otherwise mean the default, silently)."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of bytes, at least 1")
+    return count
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from rspec.document import RSpecLimits
     from rspec.validate import validate
 
-    limits = RSpecLimits(max_bytes=args.max_bytes) if args.max_bytes else RSpecLimits()
+    limits = RSpecLimits(max_bytes=args.max_bytes) if args.max_bytes is not None else RSpecLimits()
     verdict = 0
     for name in args.files:
         try:

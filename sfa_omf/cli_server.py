@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sfa_omf.cli_common import command_settings
+from sfa_omf.cli_common import command_config, command_settings, config_warnings
 from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, LOG_LEVELS, read_config
+from sfa_omf.errors import BadArgs
 
 if TYPE_CHECKING:
     from sfa_omf.config import Settings
@@ -44,7 +46,7 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:  # type: 
         "hostname); one line each; exit 0 when both answer (for monitoring)",
     )
     probe.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
-    probe.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for each answer (default 10)")
+    probe.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for each answer (default 10)")
     probe.set_defaults(handler=_probe)
     quick = commands.add_parser(
         "quickstart", help="init DIR if needed, add a demo inventory, and serve it on 127.0.0.1 (the embedded default)"
@@ -84,6 +86,17 @@ def _worker_count(text: str) -> int:
     return number
 
 
+def _seconds(text: str) -> float:
+    """``probe --timeout``: a number of seconds above 0 (0 would not wait at all, and say the server is down)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of seconds above 0")
+    return seconds
+
+
 def _descriptors(text: str) -> tuple[int, int]:
     aggregate, registry = (int(part) for part in text.split(","))
     return aggregate, registry
@@ -92,7 +105,8 @@ def _descriptors(text: str) -> tuple[int, int]:
 def _serve(args: argparse.Namespace) -> int:
     from sfa_omf.preflight import StartupError, check_startup
 
-    settings = command_settings(args)
+    loaded = command_config(args)
+    settings = loaded.settings
     worker = args.worker_sockets is not None
     if worker and args.worker_of:
         from sfa_omf.cluster.workers import die_with_master
@@ -112,6 +126,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not worker:
         from sfa_omf.cluster.workers import worker_count
 
+        for warning in config_warnings(loaded):  # in the log (the journal), once: not again by each worker
+            logging.getLogger("sfa_omf.server").warning("configuration: %s", warning)
         count, why = worker_count(settings, args.workers)
         if why:
             logging.getLogger("sfa_omf.server").warning(why)
@@ -158,7 +174,15 @@ def _probe(args: argparse.Namespace) -> int:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     aggregate_dir = os.path.join(settings.data_dir, "aggregate")
-    context.load_cert_chain(os.path.join(aggregate_dir, "am.gid"), os.path.join(aggregate_dir, "am.pkey"))
+    gid_path, key_path = os.path.join(aggregate_dir, "am.gid"), os.path.join(aggregate_dir, "am.pkey")
+    try:
+        context.load_cert_chain(gid_path, key_path)
+    except (OSError, ssl.SSLError) as exc:  # ssl says neither which file nor what to do
+        from sfa_omf.preflight import identity_findings
+
+        findings = identity_findings(settings)
+        reason = findings[0].message if findings else f"cannot use {gid_path} with {key_path}: {exc}"
+        raise BadArgs(f"probe presents the aggregate's certificate, and {reason}") from exc
     failures = 0
     for service, port in (("registry", settings.registry_port), ("aggregate", settings.aggregate_port)):
         url = f"https://{settings.hostname}:{port}/"
@@ -199,9 +223,10 @@ def _quickstart(args: argparse.Namespace) -> int:
     from sfa_omf.registry.nodes import record_nodes
     from sfa_omf.registry.records import Records
     from sfa_omf.server.app import build_aggregate, serve_forever
-    from sfa_omf.xrn import hrn_to_urn
+    from sfa_omf.xrn import hrn_to_urn, split_hrn
 
     authority = args.authority or existing_authority(args.directory) or DEFAULT_AUTHORITY
+    split_hrn(authority)  # before the directory is made: a refused name leaves nothing behind
     report = init_directory(args.directory, authority, ("alice", "bob"))
     settings = read_config(os.path.join(report.directory, CONFIG_FILE_NAME))
     configure_logging(settings.log_file, settings.log_level)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from sfa_omf.cli_common import command_settings
+from sfa_omf.cli_common import command_database, command_group, command_settings
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs
 
@@ -17,9 +17,7 @@ def add_web_commands(commands: argparse._SubParsersAction) -> None:  # type: ign
     """Adds the ``calendar`` command group."""
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
-    group = commands.add_parser("calendar", help="the web calendar and iCal feeds").add_subparsers(
-        title="calendar commands"
-    )
+    group = command_group(commands, "calendar", "the web calendar and iCal feeds")
     url = group.add_parser(
         "feed-url", parents=[config_option], help="make a user's private iCal feed; prints its address"
     )
@@ -31,13 +29,12 @@ def add_web_commands(commands: argparse._SubParsersAction) -> None:  # type: ign
 
 
 def _feed_url(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.feeds import FeedTokens
 
     settings = command_settings(args)
     if not settings.web_enabled:
         raise BadArgs("the web calendar is off ([sfa_web] enabled = no): no feed would be served")
-    database = Database(settings.calendar_url)
+    database = command_database(settings)
     try:
         token = FeedTokens(database).issue(args.user_urn)
     finally:
@@ -48,10 +45,9 @@ def _feed_url(args: argparse.Namespace) -> int:
 
 
 def _feed_revoke(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.feeds import FeedTokens
 
-    database = Database(command_settings(args).calendar_url)
+    database = command_database(command_settings(args))
     try:
         closed = FeedTokens(database).revoke(args.user_urn)
     finally:

@@ -356,6 +356,9 @@ _SECTIONS = frozenset({option.section for option in OPTIONS} | set(SFA_UNUSED))
 
 # Problems that leave a setting without a usable value: read_config refuses the file for these.
 BLOCKING_KINDS = frozenset({"syntax", "invalid", "missing"})
+# Problems every command and the server say in a warning: a misspelt name or a setting given twice is otherwise a
+# value silently not taken.
+WARNING_KINDS = frozenset({"unknown", "duplicate"})
 
 
 @dataclass(frozen=True)
@@ -457,13 +460,25 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> LoadedCo
     """Read a configuration file (INI or shell form) and apply ``SFA_*`` environment overrides.
 
     Returns the effective settings, the source of each and every problem found; problems never raise. Raises
-    FileNotFoundError when the file does not exist, OSError or UnicodeDecodeError when it cannot be read.
+    FileNotFoundError when the file does not exist, OSError when it cannot be read, ValueError when it is not UTF-8.
+    Relative paths written in the file (data_dir, trusted_roots, log_file, an SQLite database_url...) are relative to
+    the file's directory.
     """
     environ = os.environ if environ is None else environ
     if not os.path.exists(path):
         raise FileNotFoundError(f"cannot read configuration file {path}")
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
+    with open(path, "rb") as handle:
+        data = handle.read()
+    # A file saved by an editor that starts it with a byte order mark reads as the same file without one.
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"cannot read configuration file {path}: line {line}: byte {data[exc.start]:#04x} is not UTF-8 text "
+            "(save the file as UTF-8)"
+        ) from exc
     form = detect_form(text)
     problems: list[Problem] = []
     entries = _parse_ini(path, text, problems) if form == "ini" else _parse_shell(path, text, problems)
@@ -471,6 +486,7 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> LoadedCo
     by_field, unused = _sort_entries(entries, problems)
     values, sources = _resolve(by_field, problems)
     directory = os.path.dirname(os.path.abspath(path))
+    _resolve_relative_paths(values, sources, directory)
     _fill_derived_defaults(values, sources, directory)
     if not values["interface_hrn"]:
         problems.append(
@@ -500,7 +516,12 @@ def read_config(path: str, environ: Mapping[str, str] | None = None) -> Settings
     cannot be read, a value of the wrong type, no interface_hrn). Other problems (unknown names, an unknown testbed
     type, a missing directory) are left to ``sfa-omf config check`` and to the code that uses the setting.
     """
-    loaded = load_config(path, environ)
+    return usable_settings(load_config(path, environ))
+
+
+def usable_settings(loaded: LoadedConfig) -> Settings:
+    """The settings of a loaded configuration; ValueError naming every problem that leaves a setting without a
+    usable value (see read_config)."""
     blocking = [str(problem) for problem in loaded.problems if problem.kind in BLOCKING_KINDS]
     if blocking:
         raise ValueError("invalid configuration: " + "; ".join(blocking))
@@ -795,6 +816,39 @@ def _resolve(by_field: Mapping[str, list[_Entry]], problems: list[Problem]) -> t
     return values, sources
 
 
+#: Settings that name a file or directory: a relative one written in the file is relative to the file's directory.
+PATH_FIELDS = ("data_dir", "trusted_roots", "log_file", "plan_signing_key", "instance_lxc_path")
+
+
+def _resolve_relative_paths(values: dict[str, Any], sources: Mapping[str, Source], directory: str) -> None:
+    """Relative paths written in the file, made absolute against the file's directory: the file means the same
+    wherever the command runs (systemd starts the server in /). Values from the environment keep the working
+    directory, as a shell would."""
+    for name in PATH_FIELDS:
+        value = values[name]
+        if sources[name].kind == "file" and value and not os.path.isabs(value):
+            values[name] = os.path.normpath(os.path.join(directory, value))
+    if sources["database_url"].kind == "file" and values["database_url"].startswith("sqlite"):
+        values["database_url"] = sqlite_url_against(values["database_url"], directory)
+
+
+def sqlite_url_against(url: str, directory: str) -> str:
+    """An SQLite URL whose relative file path is made absolute against ``directory`` (others unchanged)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return url  # _check_values names the URL that cannot be parsed
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:") or os.path.isabs(database):
+        return url
+    return parsed.set(database=os.path.normpath(os.path.join(directory, database))).render_as_string(
+        hide_password=False
+    )
+
+
 def _fill_derived_defaults(values: dict[str, Any], sources: dict[str, Source], directory: str) -> None:
     """Defaults that depend on other values: say so in their source."""
     if values["interface_hrn"] is MISSING:
@@ -839,18 +893,13 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
             Problem("path", str(sources["log_file"]), f"[sfa_omf] log_file: directory {log_dir} does not exist")
         )
     if settings.database_url:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            make_url(settings.database_url)
-        except (ArgumentError, ValueError) as exc:
+        problem = database_url_problem(settings.database_url)
+        if problem:
             problems.append(
                 Problem(
                     "invalid",
                     str(sources["database_url"]),
-                    f"[sfa_omf] database_url {hide_password(settings.database_url)!r}: SQLAlchemy cannot parse it "
-                    f"({exc}); expected e.g. postgresql+psycopg://user:password@host:5432/name or sqlite:///path",
+                    f"[sfa_omf] database_url {hide_password(settings.database_url)!r}: {problem}",
                 )
             )
     if settings.default_duration_s > settings.max_duration_s:
@@ -928,6 +977,32 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
             )
         )
     return problems
+
+
+#: The database drivers sfa-omf installs and runs on: SQLite's (in Python) and psycopg 3 for PostgreSQL.
+DATABASE_DRIVERS = ("sqlite", "sqlite+pysqlite", "postgresql+psycopg")
+_URL_EXAMPLES = "expected e.g. postgresql+psycopg://user:password@host:5432/name or sqlite:///path"
+
+
+def database_url_problem(url: str) -> str:
+    """Why sfa-omf cannot use ``url`` as the calendar's database ("" when it can): SQLAlchemy cannot parse it, or it
+    names a database or driver sfa-omf does not run on (``postgresql://`` alone means psycopg2, not installed)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        drivername = make_url(url).drivername
+    except (ArgumentError, ValueError) as exc:
+        return f"SQLAlchemy cannot parse it ({exc}); {_URL_EXAMPLES}"
+    if drivername in DATABASE_DRIVERS:
+        return ""
+    backend = drivername.partition("+")[0]
+    if backend in ("postgresql", "postgres"):
+        return (
+            f"sfa-omf reaches PostgreSQL with psycopg 3: write postgresql+psycopg://... (not {drivername}://); "
+            f"{_URL_EXAMPLES}"
+        )
+    return f"the calendar is an SQLite or a PostgreSQL database, not {drivername}; {_URL_EXAMPLES}"
 
 
 def _ipv4_network(text: str) -> bool:

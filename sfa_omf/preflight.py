@@ -5,7 +5,7 @@ Each check returns ``Finding``s: one line that names the problem and says what t
 write: a missing SQLite file is not created, a port is bound only for a moment to see that it can be.
 
 - identity: the aggregate's key and GID (``data_dir/aggregate``) and the authority's (``data_dir/authority``)
-  exist and can be read;
+  exist, can be read, and each key is its GID's;
 - trusted roots: the directory exists and holds at least one root that can be read;
 - database: reachable, and at the newest migration;
 - ports: the registry's and the aggregate's host:port can be bound (``config check`` only: ``serve`` finds out by
@@ -20,9 +20,15 @@ import errno
 import os
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from sfa_omf.config import Settings
 from sfa_omf.errors import GeniError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from sfa_omf.trust.gid import Gid
 
 #: How long a database may take to answer a connection before start-up gives up on it.
 DATABASE_TIMEOUT_S = 3
@@ -63,12 +69,13 @@ def identity_findings(settings: Settings) -> list[Finding]:
         ("the authority's GID", LocalAuthority.gid_path(settings.data_dir, settings.interface_hrn), False),
     )
     findings = []
+    loaded: dict[str, Any] = {}
     for what, path, is_key in files:
         if not os.path.exists(path):
             findings.append(Finding("identity", f"{what} {path} does not exist: run {init} to create it"))
             continue
         try:
-            load_private_key_file(path) if is_key else load_gid_chain_file(path)
+            loaded[path] = load_private_key_file(path) if is_key else load_gid_chain_file(path)
         except PermissionError:
             findings.append(
                 Finding(
@@ -81,7 +88,25 @@ def identity_findings(settings: Settings) -> list[Finding]:
             findings.append(
                 Finding("identity", f"cannot use {what} {path}: {one_line(str(exc))}; restore it from a backup")
             )
+    # A key that is not the GID's (one file restored from another backup, or copied over): TLS could not use the pair.
+    for (what, key_path, _), (_, gid_path, _) in ((files[0], files[1]), (files[2], files[3])):
+        if key_path in loaded and gid_path in loaded and not _key_matches(loaded[key_path], loaded[gid_path][0]):
+            findings.append(
+                Finding(
+                    "identity",
+                    f"{what} {key_path} is not the key of {gid_path} (the GID was made for another key): put back the "
+                    "pair that belongs together from a backup",
+                )
+            )
     return findings
+
+
+def _key_matches(key: rsa.RSAPrivateKey, gid: Gid) -> bool:
+    """True when ``gid``'s certificate holds the public half of ``key``."""
+    from cryptography.hazmat.primitives import serialization
+
+    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public == gid.public_key_der
 
 
 def trusted_roots_findings(settings: Settings) -> list[Finding]:
@@ -149,7 +174,19 @@ def database_findings(settings: Settings) -> list[Finding]:
 
 
 def port_findings(settings: Settings) -> list[Finding]:
-    """The registry's and the aggregate's addresses can be listened on now."""
+    """The registry's and the aggregate's addresses can be listened on now, and are not one address."""
+    if settings.registry_port == settings.aggregate_port and _hosts_overlap(
+        settings.registry_host, settings.aggregate_host
+    ):
+        # Each would bind alone; together the second fails as if another program held the port.
+        return [
+            Finding(
+                "port",
+                f"the registry ({settings.registry_host}:{settings.registry_port}) and the aggregate "
+                f"({settings.aggregate_host}:{settings.aggregate_port}) would listen on the same port: give them "
+                "different ones ([sfa_registry] port, [sfa_aggregate] port; SFA's are 12345 and 12346)",
+            )
+        ]
     findings = []
     for service, host, port, name in (
         ("registry", settings.registry_host, settings.registry_port, "[sfa_registry] port"),
@@ -159,6 +196,13 @@ def port_findings(settings: Settings) -> list[Finding]:
         if reason:
             findings.append(Finding("port", listen_message(service, host, port, reason, name)))
     return findings
+
+
+def _hosts_overlap(first: str, second: str) -> bool:
+    """True when listening on both hosts with one port would collide: the same host, or either means every
+    address."""
+    every = ("", "0.0.0.0", "::")
+    return first == second or first in every or second in every
 
 
 def listen_message(service: str, host: str, port: int, reason: str, setting: str) -> str:

@@ -480,7 +480,7 @@ def test_config_check_cannot_read_the_file(tmp_path: Path, capsys: pytest.Captur
     binary = tmp_path / "binary.conf"
     binary.write_bytes(b"[sfa]\ninterface_hrn = \xff\xfe\n")
     code, _, err = run_check(["config", "check", str(binary)], capsys)
-    assert code == 2 and "utf-8" in err
+    assert code == 2 and "is not UTF-8 text" in err
 
 
 @pytest.mark.usefixtures("clean_environment")
@@ -520,3 +520,53 @@ def test_documentation_examples_are_the_same_settings(tmp_path: Path) -> None:
     # Only the example's directories are missing on this machine.
     assert {problem.kind for problem in from_ini.problems + from_shell.problems} == {"path"}
     assert from_ini.settings.calendar_url == "postgresql+psycopg://sfaomf:change-me@db.example.org:5432/sfaomf"
+
+
+# --- paths, encodings ------------------------------------------------------------------------------------------
+
+
+def test_relative_paths_in_the_file_are_relative_to_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd starts the server in /, an operator's shell anywhere: the file means the same from every directory."""
+    site = tmp_path / "site"
+    (site / "data").mkdir(parents=True)
+    (site / "logs").mkdir()
+    path = write(
+        site / CONFIG_FILE_NAME,
+        "[sfa]\ninterface_hrn = testbed\ndata_dir = data\n[sfa_omf]\ntrusted_roots = roots\nlog_file = logs/x.log\n"
+        "plan_signing_key = keys/plan.key\ninstance_lxc_path = lxc\ndatabase_url = sqlite:///db/calendar.sqlite\n",
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = read_config(path, environ={})
+    assert settings.data_dir == str(site / "data")
+    assert settings.trusted_roots_dir == str(site / "roots")
+    assert settings.log_file == str(site / "logs" / "x.log")
+    assert settings.plan_signing_key_path == str(site / "keys" / "plan.key")
+    assert settings.instance_lxc_path == str(site / "lxc")
+    assert settings.calendar_url == f"sqlite:///{site}/db/calendar.sqlite"
+    assert not [problem for problem in load_config(path, environ={}).problems if problem.kind == "path"]
+    # The environment is the shell's: relative to the working directory, as the operator typed it.
+    assert read_config(path, environ={"SFA_DATA_DIR": "here"}).data_dir == "here"
+
+
+def test_a_file_with_a_byte_order_mark_reads_as_without(tmp_path: Path) -> None:
+    path = tmp_path / "bom.conf"
+    path.write_bytes(b"\xef\xbb\xbf[sfa]\ninterface_hrn = testbed\n")
+    loaded = load_config(str(path), environ={})
+    assert (loaded.form, loaded.problems, loaded.settings.interface_hrn) == ("ini", (), "testbed")
+
+
+def test_a_file_that_is_not_utf8_is_named_by_every_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sfa_omf.cli import main
+
+    path = tmp_path / "latin1.conf"
+    path.write_bytes(b"[sfa]\ninterface_hrn = testbed\n[sfa_db]\npassword = mot-de-passe-\xe9t\xe9\n")
+    assert main(["node", "list", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"sfa-omf: cannot read configuration file {path}: line 4: byte 0xe9 is not UTF-8 text (save the file as "
+        "UTF-8)\n"
+    )

@@ -53,6 +53,17 @@ def _corrupt_authority_key(lab: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"cannot use the authority's private key {lab}/authority/lab.pkey"
 
 
+def _aggregate_key_of_another_gid(lab: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The authority's key copied over the aggregate's: each file reads, the pair cannot serve TLS."""
+    (lab / "aggregate" / "am.pkey").write_bytes((lab / "authority" / "lab.pkey").read_bytes())
+    return f"the aggregate's private key {lab}/aggregate/am.pkey is not the key of {lab}/aggregate/am.gid"
+
+
+def _authority_key_of_another_gid(lab: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (lab / "authority" / "lab.pkey").write_bytes((lab / "aggregate" / "am.pkey").read_bytes())
+    return f"the authority's private key {lab}/authority/lab.pkey is not the key of {lab}/authority/lab.gid"
+
+
 def _empty_trusted_roots(lab: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     for root in (lab / "trusted_roots").iterdir():
         root.unlink()
@@ -96,6 +107,8 @@ def _bind_address_elsewhere(lab: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     [
         _remove_aggregate_gid,
         _corrupt_authority_key,
+        _aggregate_key_of_another_gid,
+        _authority_key_of_another_gid,
         _empty_trusted_roots,
         _empty_database,
         _database_behind,
