@@ -16,7 +16,7 @@ from lxml import etree
 
 from rspec.model import AdvertisedNode, Advertisement, Booking, FreeWindow, LeaseView
 from rspec.namespaces import AVAILABILITY, OL, av, geni, ol
-from rspec.writing import new_root, serialize, xsd_boolean
+from rspec.writing import new_root, serialize, xml_text, xsd_boolean
 from sfa_omf.errors import BadArgs
 from sfa_omf.times import as_utc, format_time
 
@@ -195,7 +195,7 @@ def _write_node(root: etree._Element, node: AdvertisedNode, available: bool) -> 
             for name in ("os", "version", "description"):
                 value = getattr(image, name)
                 if value is not None:
-                    disk.set(name, value)
+                    disk.set(name, xml_text(value))  # free text that operators type
             if image.default:
                 disk.set("default", "true")
     if node.location is not None:

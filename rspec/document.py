@@ -38,6 +38,8 @@ class RSpecLimits:
 # CDATA sections and processing instructions every "<" followed by a name starts an element, in document order.
 _MARKUP = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<\?.*?\?>|<![^>]*>|</[^>]*>|<(?=[^\s/!?])", re.DOTALL)
 _DECLARATIONS = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
+# The encoding in an XML declaration at the very start of a text (after a byte order mark, if any).
+_DECLARED_ENCODING = re.compile(r"""^(\ufeff?<\?xml\s[^>]*?\bencoding\s*=\s*)(["'])[^"'>]*\2""")
 
 
 class Document:
@@ -65,7 +67,7 @@ class Document:
         return line, offset - self._lines[line - 1] + 1
 
     def prefixes(self) -> dict[str, str]:
-        """Every namespace prefix the document declares (for XPaths libxml2 writes with them)."""
+        """The namespace prefixes the document's elements are written with (for XPaths libxml2 writes with them)."""
         if self._elements is None:
             self._index()
         return self._prefixes
@@ -79,8 +81,11 @@ class Document:
         # Holding the elements keeps lxml's proxies alive, so the same element is the same dictionary key later.
         elements = [e for e in self.root.iter() if isinstance(e.tag, str)]
         self._elements = {e: i for i, e in enumerate(elements)}
+        # The prefixes elements are written with (libxml2's error paths name elements only). Not element.nsmap: it
+        # holds every declaration in scope, and a root declaring thousands of prefixes made that cost minutes.
         for element in elements:
-            self._prefixes.update((prefix, uri) for prefix, uri in element.nsmap.items() if prefix)
+            if element.prefix:
+                self._prefixes[element.prefix] = etree.QName(element).namespace or ""
         self._starts = [m.start() for m in _MARKUP.finditer(self._text) if m.group() == "<"]
         self._lines = [0] + [m.end() for m in re.finditer("\n", self._text)]
         # Text before the root (XML declaration, comments) holds no start tag, so index 0 is the root.
@@ -89,12 +94,13 @@ class Document:
 def load(data: bytes | str, limits: RSpecLimits | None = None, what: str = "RSpec") -> Document:
     """Parse untrusted RSpec text. Refuse (RSpecError) what is too big, deep, entity-laden or not well-formed."""
     limits = limits or RSpecLimits()
-    raw = data.encode("utf-8") if isinstance(data, str) else data
+    raw = _utf8(data, what) if isinstance(data, str) else data
     if len(raw) > limits.max_bytes:
         # Checked before parse_untrusted (which checks too) so that the message names our limit plainly.
         problem = Problem(1, 1, "", f"the {what} is {len(raw)} bytes, more than the limit of {limits.max_bytes}")
         raise RSpecError([problem], what, reason=Reason.TOO_BIG)
-    text = raw.decode("utf-8", errors="replace")
+    # Positions are counted in the text as the client wrote it (its declaration not rewritten).
+    text = data if isinstance(data, str) else raw.decode("utf-8", errors="replace")
     try:
         root = parse_untrusted(raw, limits.xml(), what)
     except UnsafeXml as exc:
@@ -110,6 +116,21 @@ def load(data: bytes | str, limits: RSpecLimits | None = None, what: str = "RSpe
         raise RSpecError(problems[: limits.max_problems], what)
     _adopt_unqualified(root)
     return document
+
+
+def _utf8(text: str, what: str) -> bytes:
+    """Text (an RSpec as XML-RPC hands it over) as the UTF-8 bytes the parser reads. Its XML declaration's encoding
+    named the bytes of the file it was read from, which are gone: left as it is, encoding="ISO-8859-1" would have
+    the UTF-8 bytes read as Latin-1 (garbled names) and encoding="UTF-16" would make the document unreadable."""
+    try:
+        return _DECLARED_ENCODING.sub(r"\g<1>\g<2>UTF-8\g<2>", text, count=1).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # A lone surrogate, which no XML document can hold: say where, in the text as sent.
+        start = next(i for i, char in enumerate(text) if "\ud800" <= char <= "\udfff")
+        before = text[:start]
+        line, column = before.count("\n") + 1, start - (before.rfind("\n") + 1) + 1
+        message = f"the {what} is not valid Unicode text: it holds U+{ord(text[start]):04X}, a lone surrogate"
+        raise RSpecError([Problem(line, column, "", message)], what) from exc
 
 
 def _declaration_position(raw: bytes) -> tuple[int, int]:

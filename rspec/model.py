@@ -81,6 +81,8 @@ class Request:
 
     nodes: tuple[RequestNode, ...]  # in document order
     leases: tuple[RequestLease, ...]  # in time order, as-soon-as-possible ones last
+    # The component_manager_ids of the nodes left to other aggregates (RequestPolicy.component_manager_id), sorted
+    left_to_others: tuple[str, ...] = ()
 
     def node(self, client_id: str) -> RequestNode:
         """The node with this client_id (KeyError if none); an index, so a request of N nodes is read in O(N)."""

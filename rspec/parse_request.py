@@ -12,8 +12,9 @@ problem found (line, column, element, what was expected) is raised together in o
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from lxml import etree
@@ -28,6 +29,7 @@ from rspec.schemas import Schema, schema_problems
 from sfa_omf.times import as_utc
 
 WHAT = "request RSpec"
+_ASCII_COUNT = re.compile(r"^[0-9]{1,9}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -40,6 +42,10 @@ class RequestPolicy:
     # SFA leases count their duration in grains of this length (advertised as <granularity grain=.../>).
     grain: timedelta = timedelta(minutes=30)
     limits: RSpecLimits = field(default_factory=RSpecLimits)
+    # This aggregate's URN. omni and jFed send a slice's whole request to each of its aggregates: a node naming
+    # another component manager is another aggregate's, and is left out (with the SFA leases' mentions of it).
+    # None reads every node.
+    component_manager_id: str | None = None
 
 
 @dataclass
@@ -66,13 +72,14 @@ def parse_request(
     if len(found) >= policy.limits.max_problems:  # reading on would only find more
         raise RSpecError(found, WHAT)
     reader = Reader(document, policy.limits.max_problems)
-    nodes = _read_nodes(reader)
+    nodes, elsewhere, other_managers = _read_nodes(reader, policy.component_manager_id)
     if reader.full:  # the rest would only add to a list already long enough
         raise RSpecError(_merge(found, reader.problems)[: policy.limits.max_problems], WHAT)
     for link in document.root.iterchildren(geni("link")):
         reader.report(link, "this aggregate has no links: remove the <link> elements")
     ol_leases = ol.read_leases(reader, document.root)
-    sfa_leases = sfa.read_leases(reader, document.root, policy.grain)
+    ol.report_foreign_leases(reader, document.root)
+    sfa_leases = _without(sfa.read_leases(reader, document.root, policy.grain), elsewhere)
     option_problems: list[Problem] = []
     slot = options.read_slot(allocate_options, now, policy.default_duration, option_problems)
     leases = _assemble(reader, nodes, ol_leases, sfa_leases, slot or options.Slot(None, policy.default_duration, True))
@@ -80,7 +87,11 @@ def parse_request(
     problems = _merge(found, reader.problems) + option_problems
     if problems:
         raise RSpecError(problems[: policy.limits.max_problems], WHAT)
-    return Request(nodes=tuple(n.node for n in nodes), leases=_in_time_order(lease for lease, _ in leases))
+    return Request(
+        nodes=tuple(n.node for n in nodes),
+        leases=_in_time_order(lease for lease, _ in leases),
+        left_to_others=tuple(sorted(other_managers)),
+    )
 
 
 def _check_root(document: Document) -> None:
@@ -97,8 +108,12 @@ def _check_root(document: Document) -> None:
         raise RSpecError([document.problem(root, message)], WHAT)
 
 
-def _read_nodes(reader: Reader) -> list[_Node]:
+def _read_nodes(reader: Reader, manager: str | None) -> tuple[list[_Node], set[str], set[str]]:
+    """The nodes for this aggregate (``manager``; None: every node), the component_ids of the others' and the
+    component_manager_ids they name."""
     nodes: list[_Node] = []
+    elsewhere: set[str] = set()
+    other_managers: set[str] = set()
     where: dict[str, etree._Element] = {}
     for element in reader.document.root.iterchildren(geni("node")):
         if reader.full:
@@ -115,13 +130,19 @@ def _read_nodes(reader: Reader) -> list[_Node]:
             reader.report(element, f"client_id {client_id!r} is already used by the node on line {line}")
             continue
         where[client_id] = element
+        component_manager_id = reader.text(element, "component_manager_id")
+        if component_manager_id is not None and _another_aggregates(component_manager_id, manager):
+            if component_id is not None:
+                elsewhere.add(component_id)
+            other_managers.add(component_manager_id)
+            continue
         hardware = _single(reader, element, "hardware_type")
         sliver = _single(reader, element, "sliver_type")
         image = _single(reader, sliver, "disk_image") if sliver is not None else None
         node = RequestNode(
             client_id=client_id,
             component_id=component_id,
-            component_manager_id=reader.text(element, "component_manager_id"),
+            component_manager_id=component_manager_id,
             component_name=reader.text(element, "component_name"),
             exclusive=reader.boolean(element, "exclusive"),
             hardware_type=reader.text(hardware, "name", required=True) if hardware is not None else None,
@@ -130,7 +151,29 @@ def _read_nodes(reader: Reader) -> list[_Node]:
             instance_count=_instance_count(reader, sliver) if sliver is not None else None,
         )
         nodes.append(_Node(element, node, ol.read_refs(reader, element)))
-    return nodes
+    return nodes, elsewhere, other_managers
+
+
+def _another_aggregates(named: str, ours: str | None) -> bool:
+    """Whether a node's component_manager_id names another aggregate than ours (None: every node is ours): another
+    authority, whatever the case and the manager's type (SFA writes ``+authority+cm``, GENI ``+authority+am``, for
+    one aggregate)."""
+    return ours is not None and _manager_authority(named) != _manager_authority(ours)
+
+
+def _manager_authority(urn: str) -> str:
+    parts = urn.strip().lower().split("+")
+    return "+".join(parts[:2]) if len(parts) == 4 and parts[2] == "authority" else urn.strip().lower()
+
+
+def _without(leases: list[sfa.SfaLease], elsewhere: set[str]) -> list[sfa.SfaLease]:
+    """The SFA leases without the nodes of other aggregates; a lease left with none books nothing here."""
+    if not elsewhere:
+        return leases
+    kept = [
+        replace(lease, component_ids=tuple(c for c in lease.component_ids if c not in elsewhere)) for lease in leases
+    ]
+    return [lease for lease in kept if lease.component_ids]
 
 
 def _instance_count(reader: Reader, sliver: etree._Element) -> int | None:
@@ -143,7 +186,8 @@ def _instance_count(reader: Reader, sliver: etree._Element) -> int | None:
         return None
     if value is None:
         return 1
-    if not value.strip().isdigit() or not 1 <= int(value) <= MAX_INSTANCE_COUNT:
+    # ASCII digits only: str.isdigit() also takes "²" (which int() refuses) and other scripts' digits.
+    if not _ASCII_COUNT.match(value.strip()) or not 1 <= int(value) <= MAX_INSTANCE_COUNT:
         reader.report(sliver, f"inst:count={value!r}: a number of containers from 1 to {MAX_INSTANCE_COUNT}")
         return None
     return int(value)
@@ -201,6 +245,16 @@ def _assemble(
         if node.node.component_id is not None:
             by_component.setdefault(node.node.component_id, node.node.client_id)
     for sfa_lease in sfa_leases:
+        # A node added for a component is named by it: that name must not be another node's client_id already.
+        named = [c for c in sfa_lease.component_ids if c not in by_component and c in order]
+        for component_id in named:
+            reader.report(
+                sfa_lease.element,
+                f"this lease books component {component_id}, which is the client_id of a node of this request "
+                f'without that component_id: give that node component_id="{component_id}", or another client_id',
+            )
+        if named:
+            continue
         client_ids = {_node_for_component(nodes, by_component, c, order) for c in sfa_lease.component_ids}
         covered |= client_ids
         result.append((RequestLease(sfa_lease.start, sfa_lease.duration, in_order(client_ids)), sfa_lease.element))
@@ -231,12 +285,28 @@ def _check_overlaps(
         n.node.client_id: (n.node.component_id, "node") if n.node.component_id else (n.node.client_id, "client node")
         for n in nodes
     }
+    elements = {n.node.client_id: n.element for n in nodes}
     slots: dict[tuple[str, str], list[tuple[datetime, datetime, etree._Element | None]]] = {}
+    # Bookings with no start are placed by the aggregate one at a time, each blind to the request's others: a node
+    # booked so and booked again by the same request would clash with itself.
+    unplaced: dict[tuple[str, str], list[etree._Element | None]] = {}
+    times_booked: dict[tuple[str, str], int] = {}
     for lease, element in leases:
-        if lease.start is None or lease.end is None:
-            continue
         for client_id in lease.nodes:
-            slots.setdefault(component[client_id], []).append((lease.start, lease.end, element))
+            key = component[client_id]
+            times_booked[key] = times_booked.get(key, 0) + 1
+            if lease.start is None or lease.end is None:
+                unplaced.setdefault(key, []).append(element if element is not None else elements[client_id])
+            else:
+                slots.setdefault(key, []).append((lease.start, lease.end, element))
+    for (name, kind), where in unplaced.items():
+        if times_booked[(name, kind)] > 1:
+            for element in dict.fromkeys(w for w in where if w is not None):
+                reader.report(
+                    element,
+                    f"{kind} {name} is booked here with no start time and booked again by this request: give each "
+                    "of its slots a start time, or ask for it once",
+                )
     for (name, kind), spans in slots.items():
         spans.sort(key=lambda span: (span[0], span[1]))
         latest_end = spans[0][1]

@@ -4,6 +4,7 @@ their verdict on a document as Problems that say where and what was expected."""
 from __future__ import annotations
 
 import functools
+import re
 import sys
 import threading
 from enum import StrEnum
@@ -52,6 +53,9 @@ FOR_TYPE = {"request": Schema.REQUEST, "advertisement": Schema.ADVERTISEMENT, "m
 _MAX_ROUNDS = 10
 # Top-level elements validated together (see _batch_is_valid).
 _BATCH = 500
+
+# A prefix in libxml2's error path: the name before the ":" of a step such as ol:lease_ref.
+_PATH_PREFIX = re.compile(r"([^\W\d][\w.-]*):")
 
 # A validator keeps its error log as its own state, so threads must not share one.
 _local = threading.local()
@@ -120,7 +124,9 @@ def schema_problems(document: Document, schema: Schema, max_problems: int = 100)
         wrapper = _wrapper(root)
         wrapper.extend(batch)
         try:
-            problems.extend(_diagnose(document, schema, validator, wrapper, max_problems - len(problems)))
+            found = _diagnose(document, schema, validator, wrapper, max_problems - len(problems))
+            # Each batch's copy of the root has the root's attributes and text: say a problem of them once.
+            problems.extend(p for p in found if p not in problems)
         finally:
             for offset, element in enumerate(batch):
                 root.insert(index + offset, element)
@@ -128,10 +134,12 @@ def schema_problems(document: Document, schema: Schema, max_problems: int = 100)
 
 
 def _wrapper(root: etree._Element) -> etree._Element:
-    """An empty copy of the root element, to validate some of its children on their own."""
+    """A copy of the root element without its children (its attributes and the text before its first child), to
+    validate some of its children on their own."""
     wrapper = etree.Element(root.tag, nsmap=root.nsmap)  # type: ignore[arg-type]  # the stubs omit the None prefix
     for name, value in root.attrib.items():
         wrapper.set(name, value)
+    wrapper.text = root.text
     return wrapper
 
 
@@ -231,7 +239,7 @@ def _element_at(document: Document, tree: etree._ElementTree, path: str | None) 
     if not path:
         return None
     try:
-        found = tree.xpath(path, namespaces=document.prefixes())
+        found = tree.xpath(path, namespaces=path_namespaces(path, document.prefixes()))
     except etree.XPathError:
         return None
     if isinstance(found, list) and found and isinstance(found[0], etree._Element):
@@ -239,11 +247,25 @@ def _element_at(document: Document, tree: etree._ElementTree, path: str | None) 
     return None
 
 
+def path_namespaces(path: str, declared: dict[str, str]) -> dict[str, str]:
+    """The prefixes of ``declared`` that an error path names. Only those go to XPath, which registers every
+    namespace it is given on each call: with all of a hostile document's tens of thousands of prefixes, each call
+    took tens of milliseconds and one refusal half a minute."""
+    return {prefix: declared[prefix] for prefix in _PATH_PREFIX.findall(path) if prefix in declared}
+
+
 def _explain(document: Document, schema: Schema, kind: str, message: str, element: etree._Element) -> Problem:
     """libxml2's message about ``element`` (kind "" when it said nothing precise), with what the schema expects."""
     path = [e.tag for e in reversed(list(element.iterancestors()))] + [element.tag]
     rules = grammar(schema)
     parent = element.getparent()
+    if kind == "RELAXNG_ERR_EXTRACONTENT" and message.rstrip(". ").endswith("extra content: text"):
+        # Text inside the element (it is the element's content that is wrong, not the element where it stands).
+        pattern = rules.element_pattern(path)
+        detail = f"text inside <{display_name(element.tag)}> is not allowed: remove it"
+        if pattern is not None:
+            detail += f"; expected content: {rules.expected_children(pattern)}"
+        return document.problem(element, detail)
     if kind in _CHILDREN and parent is not None:
         pattern = rules.element_pattern(path[:-1])
         detail = f"not allowed here, in <{display_name(parent.tag)}>"

@@ -33,7 +33,7 @@ def write_request(
 ) -> tuple[bytes, dict[str, str]]:
     """The RSpec and the Allocate options that ask for ``request`` in ``dialect``."""
     root = new_root("request", utcnow(), {"ol": OL} if dialect is Dialect.OL else {})
-    labels = [lease.client_id or f"lease{i + 1}" for i, lease in enumerate(request.leases)]
+    labels = _labels(request.leases)
     if dialect is Dialect.OL:
         for lease, label in zip(request.leases, labels, strict=True):
             _ol_lease(root, lease, label)
@@ -66,6 +66,23 @@ def write_request(
             _sfa_lease(root, lease, nodes, grain)
     options = _options(request) if dialect is Dialect.OPTIONS else {}
     return serialize(root, pretty), options
+
+
+def _labels(leases: tuple[RequestLease, ...]) -> list[str]:
+    """Each lease's ol client_id: its own, else lease1, lease2... by its position, skipping a name another lease
+    already has (two leases of one name would not read back)."""
+    taken = {name for lease in leases for name in (lease.client_id, lease.existing_id) if name is not None}
+    labels = []
+    for i, lease in enumerate(leases):
+        label = lease.client_id
+        if label is None:
+            label, n = f"lease{i + 1}", i + 1
+            while label in taken:
+                n += 1
+                label = f"lease{n}"
+            taken.add(label)
+        labels.append(label)
+    return labels
 
 
 def _ol_lease(root: etree._Element, lease: RequestLease, label: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from lxml import etree
@@ -10,6 +11,8 @@ from rspec.namespaces import GENI_SCHEMA_LOCATIONS, GENI_V3, XSI, geni
 from sfa_omf.times import format_time
 
 GENERATED_BY = "sfa-omf"
+# What XML 1.0 cannot hold: control characters but tab and newlines, surrogates, U+FFFE and U+FFFF.
+_NOT_XML = re.compile(r"[^\t\n\r\x20-\uD7FF\uE000-\uFFFD\U00010000-\U0010FFFF]")
 
 
 def new_root(
@@ -36,3 +39,9 @@ def serialize(root: etree._Element, pretty: bool) -> bytes:
 def xsd_boolean(value: bool) -> str:
     """true/false as XML Schema writes them."""
     return "true" if value else "false"
+
+
+def xml_text(value: str) -> str:
+    """Free text (an image's description) as XML can carry it: each character XML 1.0 cannot hold becomes U+FFFD.
+    lxml refuses such a character with a ValueError, which would fail the whole document for one description."""
+    return _NOT_XML.sub("\ufffd", value)

@@ -17,11 +17,12 @@ from datetime import datetime, timedelta
 from lxml import etree
 
 from rspec.model import MAX_DURATION
-from rspec.namespaces import ol
+from rspec.namespaces import GENI_V3, OL, geni, ol
 from rspec.reading import Reader
 
 LEASE = ol("lease")
 LEASE_REF = ol("lease_ref")
+NODE = geni("node")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,21 @@ def read_leases(reader: Reader, root: etree._Element) -> list[OlLease]:
         if element.getparent() is not root:
             reader.report(element, "ol:lease belongs at the top level; nodes refer to it with ol:lease_ref")
     return leases
+
+
+def report_foreign_leases(reader: Reader, root: etree._Element) -> None:
+    """Report lease and lease_ref elements of a namespace we do not read (the ol one mistyped: a trailing slash,
+    https). Left to GENI's extension rule they would pass unread, and their nodes be booked in the default slot
+    from now instead of the one asked for."""
+    for element in (*root.iterchildren(), *(c for node in root.iterchildren(NODE) for c in node.iterchildren())):
+        if not isinstance(element.tag, str) or not element.tag.startswith("{"):
+            continue
+        namespace, local = element.tag[1:].split("}", 1)
+        if local in ("lease", "lease_ref") and namespace not in (OL, GENI_V3):
+            reader.report(
+                element,
+                f'not read, so its time slot would be ignored: ol leases are in namespace "{OL}"',
+            )
 
 
 def read_refs(reader: Reader, node: etree._Element) -> list[tuple[etree._Element, str]]:

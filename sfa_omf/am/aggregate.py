@@ -339,10 +339,19 @@ class Aggregate:
             rspec,
             now=now,
             policy=RequestPolicy(
-                default_duration=self.settings.default_duration, grain=timedelta(seconds=self.policy.default_grain_s)
+                default_duration=self.settings.default_duration,
+                grain=timedelta(seconds=self.policy.default_grain_s),
+                component_manager_id=self.settings.urn,  # a slice's whole request names other aggregates' nodes too
             ),
             allocate_options=dict(options),
         )
+        if not request.nodes:
+            others = (
+                f" (its nodes are for {', '.join(request.left_to_others)}; this aggregate is {self.settings.urn})"
+                if request.left_to_others
+                else ""
+            )
+            raise BadArgs(f"the request RSpec names no node of this aggregate{others}: nothing to book")
         if len(request.nodes) > self.policy.max_nodes_per_request:
             raise GeniError(
                 Reason.POLICY,

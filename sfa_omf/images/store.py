@@ -34,6 +34,11 @@ from sfa_omf.times import format_time
 #: A label is a request's <disk_image name>, a file-name part and an argument of the site's deploy command: keep it
 #: to characters no shell or URL treats specially.
 VALID_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# What an image's advertised text may not hold: control characters (a description may hold tabs and line ends),
+# surrogates and the two non-characters XML refuses. One such character made every ListResources fail.
+_NOT_IN_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_NOT_IN_DESCRIPTION = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+MAX_FIELD_CHARS = 100  # the os and version columns, and each hardware type
 STORE_DIR_NAME = "images"
 CHUNK = 4 * 1024 * 1024  # copy buffer: large enough that the copy runs at disk speed
 _ACTIVE = ("allocated", "provisioned")
@@ -56,6 +61,22 @@ _ALL_IMAGES = select(*_COLUMNS).order_by(RepositoryImage.label)
 def store_directory(data_dir: str) -> Path:
     """The image store of a data directory."""
     return Path(data_dir) / STORE_DIR_NAME
+
+
+def check_image_text(os_name: str, version: str, description: str, hardware_types: Sequence[str]) -> None:
+    """BADARGS naming the field and the character when an image's text cannot be advertised or stored: a control
+    character, or more than its column holds."""
+    fields = [("os", os_name, _NOT_IN_TEXT), ("version", version, _NOT_IN_TEXT)]
+    fields += [("hardware type", name, _NOT_IN_TEXT) for name in hardware_types]
+    for what, value, refused in [*fields, ("description", description, _NOT_IN_DESCRIPTION)]:
+        found = refused.search(value)
+        if found is not None:
+            raise BadArgs(
+                f"the image's {what} {value[:60]!r} holds the control character U+{ord(found.group()):04X} at "
+                f"position {found.start() + 1}: remove it"
+            )
+        if what != "description" and len(value) > MAX_FIELD_CHARS:
+            raise BadArgs(f"the image's {what} is {len(value)} characters long, over the {MAX_FIELD_CHARS} allowed")
 
 
 def check_label(label: str) -> str:
@@ -91,6 +112,7 @@ class ImageStore:
         """Copy ``source`` into the store as ``label``; ALREADY_EXISTS if the label is taken, BADARGS if the source is
         no readable regular file."""
         check_label(label)
+        check_image_text(os_name, version, description, hardware_types)
         source_path = Path(source)
         if not source_path.is_file():
             raise BadArgs(f"{source}: no such regular file to add as image {label!r}")

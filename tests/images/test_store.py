@@ -119,3 +119,31 @@ def test_another_image_in_use_does_not_block(calendar: Calendar, store: ImageSto
     calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2), disk_image="other")])
     assert store.remove("base", NOW).label == "base"
     assert store.labels() == ["other"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("os_name", "Debian\x1b[31m", "os"),  # an ANSI colour pasted from a terminal
+        ("version", "12\n", "version"),
+        ("description", "base image\x00", "description"),
+        ("hardware_types", ["pc\x07"], "hardware type"),
+        ("version", "1" * 101, "version"),
+    ],
+)
+def test_text_an_advertisement_cannot_carry_is_refused_and_nothing_is_added(
+    store: ImageStore, tmp_path: Path, field: str, value: object, said: str
+) -> None:
+    """One image with a control character in its text made every ListResources fail (lxml refuses it)."""
+    with pytest.raises(GeniError) as refused:
+        store.add(image_file(tmp_path / "a.img", 5000), "base", added_by="alice", now=NOW, **{field: value})
+    assert refused.value.code == GeniCode.BADARGS and said in str(refused.value)
+    assert store.images() == []
+    assert not store.directory.exists() or not any(store.directory.iterdir())
+
+
+def test_a_description_keeps_its_line_ends_and_tabs(store: ImageStore, tmp_path: Path) -> None:
+    record = store.add(
+        image_file(tmp_path / "a.img", 5000), "base", added_by="alice", now=NOW, description="line one\n\tline two"
+    )
+    assert record.description == "line one\n\tline two"

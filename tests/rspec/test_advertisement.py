@@ -291,3 +291,24 @@ def test_chunked_writing_gives_the_bytes_of_one_tree(
 def test_chunks_hold_one_element_at_least() -> None:
     with pytest.raises(ValueError, match="chunk_elements=0"):
         write_advertisement(AD, chunk_elements=0)
+
+
+def test_image_text_that_xml_cannot_hold_does_not_fail_the_advertisement() -> None:
+    """An operator's image description with a control character (an ANSI colour pasted from a terminal) made lxml
+    raise, and every ListResources answered an internal error."""
+    image = DiskImage("ubuntu", os="Ubuntu\x00", version="22.04\x0c", description="\x1b[1mLTS\x1b[0m\ttab\uffff")
+    node = AdvertisedNode(
+        "urn:publicid:IDN+omf:testbed+node+n1",
+        CM,
+        "n1",
+        sliver_types=(SliverType("raw-pc", disk_images=(image,)),),
+    )
+    data = write_advertisement(Advertisement((node,), (), NOW, timedelta(minutes=30)))
+    assert validate(data) == []
+    disk = etree.fromstring(data).find(".//{http://www.geni.net/resources/rspec/3}disk_image")
+    assert disk is not None
+    assert (disk.get("os"), disk.get("version"), disk.get("description")) == (
+        "Ubuntu\ufffd",
+        "22.04\ufffd",
+        "\ufffd[1mLTS\ufffd[0m\ttab\ufffd",
+    )

@@ -140,3 +140,38 @@ def test_many_problems_are_capped() -> None:
     with pytest.raises(RSpecError) as raised:
         parse_request(GENI.format(nodes), now=NOW)
     assert len(raised.value.problems) == RSpecLimits().max_problems
+
+
+@pytest.mark.parametrize("count", ["²", "٣", "３", "+3", "3.0"])
+def test_container_counts_in_other_digits_are_refused_plainly(count: str) -> None:
+    """str.isdigit() takes "²" (which int() refuses, an internal error) and other scripts' digits."""
+    data = (
+        '<rspec xmlns="http://www.geni.net/resources/rspec/3" xmlns:inst="http://sfa-omf.org/rspec/ext/instances/1"'
+        f' type="request"><node client_id="n"><sliver_type name="lxc" inst:count="{count}"/></node></rspec>'
+    )
+    assert refused(data) == f"1:143: <sliver_type>: inst:count={count!r}: a number of containers from 1 to 1000"
+    assert [p.message for p in validate(data)] == [f"inst:count={count!r}: a number of containers from 1 to 1000"]
+
+
+@pytest.mark.parametrize("encoding", ["ISO-8859-1", "UTF-16", "ascii", "windows-1252"])
+def test_text_keeps_its_characters_whatever_encoding_its_declaration_names(encoding: str) -> None:
+    """XML-RPC hands the aggregate the RSpec as text: the encoding its declaration names was that of the client's
+    file, whose bytes are gone. Read as that encoding, the text's UTF-8 bytes gave garbled names (Latin-1) or an
+    unreadable document (UTF-16: "Blank needed here")."""
+    text = f"<?xml version='1.0' encoding='{encoding}' standalone='yes'?>\n" + GENI.format('<node client_id="nœud-é"/>')
+    assert [node.client_id for node in parse_request(text, now=NOW).nodes] == ["nœud-é"]
+    # Positions are those of the text as written.
+    assert (
+        refused(text.replace("nœud-é", "")) == "2:69: <node>: a node needs a client_id (GENI) or a component_id (SFA)"
+    )
+    # Bytes are read in the encoding they declare, as before.
+    if encoding in ("ISO-8859-1", "UTF-16"):
+        data = text.replace("nœud-é", "né").encode(encoding)
+        assert [node.client_id for node in parse_request(data, now=NOW).nodes] == ["né"]
+
+
+def test_text_with_a_lone_surrogate_is_refused_plainly() -> None:
+    assert refused(GENI.format('<node client_id="n\ud800"/>')) == (
+        "1:87: the request RSpec is not valid Unicode text: it holds U+D800, a lone surrogate"
+    )
+    assert "not valid Unicode text" in validate(GENI.format('<node client_id="n\ud800"/>'))[0].message

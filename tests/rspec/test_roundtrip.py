@@ -22,7 +22,8 @@ names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, ma
 @st.composite
 def requests(draw: st.DrawFn, bound: bool = True) -> Request:
     """Requests every dialect can say: nodes with component_ids (SFA names nodes by them), every node in a lease,
-    fixed leases in separate 10-hour bands (no overlaps), at most one as-soon-as-possible lease."""
+    fixed leases in separate 10-hour bands (no overlaps), at most one as-soon-as-possible lease, whose nodes are in
+    no other lease (its slot is found without knowing of the others)."""
     client_ids = draw(st.lists(names, min_size=1, max_size=6, unique=True))
     nodes = []
     for client_id in client_ids:
@@ -39,10 +40,16 @@ def requests(draw: st.DrawFn, bound: bool = True) -> Request:
             )
         )
     leases = []
+    in_asap: list[str] = []
     for band in range(draw(st.integers(1, 4))):
         asap = band == 0 and draw(st.booleans())
         start = None if asap else BASE + band * timedelta(hours=10) + draw(st.integers(0, 4)) * GRAIN
-        members = draw(st.lists(st.sampled_from(client_ids), min_size=1, unique=True))
+        free = [c for c in client_ids if c not in in_asap]
+        if not free:
+            break
+        members = draw(st.lists(st.sampled_from(free), min_size=1, unique=True))
+        if asap:
+            in_asap = members
         leases.append(
             RequestLease(start, draw(st.integers(1, 8)) * GRAIN, tuple(sorted(members, key=client_ids.index)))
         )
@@ -122,3 +129,20 @@ def test_what_a_dialect_cannot_say_is_refused() -> None:
     two = Request((RequestNode("n", "urn:n"),), (RequestLease(BASE, GRAIN, ("n",)), RequestLease(None, GRAIN, ("n",))))
     with pytest.raises(NotExpressible, match="one slot"):
         write_request(two, Dialect.OPTIONS)
+
+
+def test_made_up_lease_names_never_take_a_name_a_lease_has() -> None:
+    """An unnamed lease was written as lease<position>, even when another lease had that name: the two leases of
+    one name did not read back ("another ol:lease is already named 'lease1'")."""
+    nodes = (RequestNode("a", "urn:a"), RequestNode("b", "urn:b"), RequestNode("c", "urn:c"))
+    request = Request(
+        nodes,
+        (
+            RequestLease(BASE, GRAIN, ("a",)),
+            RequestLease(BASE + GRAIN, GRAIN, ("b",), client_id="lease1"),
+            RequestLease(BASE + 2 * GRAIN, GRAIN, ("c",), client_id="lease3"),
+        ),
+    )
+    back = read_back(request, Dialect.OL)
+    assert back == request
+    assert [lease.client_id for lease in back.leases] == ["lease2", "lease1", "lease3"]
