@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfa_omf.calendar.records import NODE_STATES  # plain data: building the parser needs no database layer
 from sfa_omf.cli_agents import add_node_agent_commands, oar_agent_nodes, revoke_vpn_of_removed_node
-from sfa_omf.cli_common import command_group, command_settings, print_table
+from sfa_omf.cli_common import command_database, command_group, command_settings, print_table
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs, GeniError, Reason
 
@@ -135,13 +135,15 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
 
 
 def _database(args: argparse.Namespace) -> Database:
-    from sfa_omf.calendar.database import Database
-
-    return Database(command_settings(args).calendar_url)
+    """The calendar for a command other than ``db upgrade``: at this sfa-omf's newest migration (an empty one is
+    created; an older one refused with what to run, rather than a query's "no such table")."""
+    return command_database(command_settings(args))
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
-    database = _database(args)
+    from sfa_omf.calendar.database import Database
+
+    database = Database(command_settings(args).calendar_url)
     database.upgrade()
     print(f"calendar database is up to date ({_safe_url(database.url)})")
     return 0
@@ -161,7 +163,6 @@ def _node_import(args: argparse.Namespace) -> int:
         return _node_import_file(args)
     if args.from_omf is not None:
         return _node_import_omf(args)
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.calendar.policy import Policy
     from sfa_omf.testbed.oar.client import OarClient, OarError
@@ -175,8 +176,7 @@ def _node_import(args: argparse.Namespace) -> int:
         resources = client.resources()
     except OarError as exc:
         raise GeniError(Reason.UNAVAILABLE, f"cannot read OAR's resources: {exc.message}") from exc
-    database = Database(settings.calendar_url)
-    database.require_current_schema()  # an older schema is db upgrade's to migrate, not an import's
+    database = command_database(settings)  # an older schema is db upgrade's to migrate, not an import's
     inventory = Inventory(database, Policy(default_grain_s=settings.grain_s))
     report = import_nodes(inventory, resources, settings.interface_hrn, progress=_progress_bar("nodes"))
     print(
@@ -189,14 +189,12 @@ def _node_import(args: argparse.Namespace) -> int:
 
 def _node_import_file(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.bulk_import import import_nodes, read_node_file
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.calendar.policy import Policy
 
     settings = command_settings(args)
     entries = read_node_file(args.from_file, settings.interface_hrn)  # this authority's nodes, as node add takes them
-    database = Database(settings.calendar_url)
-    database.require_current_schema()  # an older schema is db upgrade's to migrate, not an import's
+    database = command_database(settings)  # an older schema is db upgrade's to migrate, not an import's
     report = import_nodes(database, entries, Policy(default_grain_s=settings.grain_s), progress=_progress_bar("nodes"))
     print(
         f"{report.added} node(s) added, {report.updated} updated, {report.unchanged} unchanged (from {args.from_file})"
@@ -207,7 +205,6 @@ def _node_import_file(args: argparse.Namespace) -> int:
 
 def _node_import_omf(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.bulk_import import import_nodes, stored_nodes
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.calendar.policy import Policy
     from sfa_omf.server.app import build_aggregate
@@ -219,11 +216,7 @@ def _node_import_omf(args: argparse.Namespace) -> int:
     print(f"reading the broker's nodes from {url} ...", file=sys.stderr)
     nodes = importer.fetch_nodes(url, args.cert, args.key, args.ca, args.insecure, timeout_s=60)
     entries = importer.node_entries(nodes, settings.interface_hrn, url)
-    checked = Database(settings.calendar_url)
-    try:
-        checked.require_current_schema()  # an older schema is db upgrade's to migrate, not an import's
-    finally:
-        checked.dispose()
+    command_database(settings).dispose()  # an older schema is db upgrade's to migrate, not an import's
     aggregate = build_aggregate(settings, upgrade=False)
     database = aggregate.database
     report = import_nodes(database, entries, Policy(default_grain_s=settings.grain_s), progress=_progress_bar("nodes"))
@@ -248,7 +241,6 @@ def _node_import_omf(args: argparse.Namespace) -> int:
 
 def _record_nodes(settings: Settings, nodes: Sequence[NodeRecord]) -> None:
     """Nodes named under the local authority become registry records of type node (registry/nodes.py)."""
-    from sfa_omf.calendar.database import Database
     from sfa_omf.registry.authority import AuthorityError, LocalAuthority
     from sfa_omf.registry.nodes import record_nodes
     from sfa_omf.registry.records import Records
@@ -257,7 +249,7 @@ def _record_nodes(settings: Settings, nodes: Sequence[NodeRecord]) -> None:
         authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
     except AuthorityError:
         return  # no local authority in the data directory: no registry to keep in step
-    report = record_nodes(authority, Records(Database(settings.calendar_url)), nodes)
+    report = record_nodes(authority, Records(command_database(settings)), nodes)
     if report.added:
         print(f"{len(report.added)} node record(s) added to the registry of {authority.hrn}")
     if report.foreign:
@@ -284,7 +276,6 @@ def _progress_bar(unit: str, width: int = 30) -> Callable[[int, int], None]:
 
 
 def _node_add(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory, node_urn
     from sfa_omf.calendar.policy import Policy
     from sfa_omf.calendar.records import NodeSpec
@@ -313,7 +304,7 @@ def _node_add(args: argparse.Namespace) -> int:
         grain_s=args.grain,
     )
     # The configured grain is the default of nodes added without their own.
-    record = Inventory(Database(settings.calendar_url), Policy(default_grain_s=settings.grain_s)).add_node(spec)
+    record = Inventory(command_database(settings), Policy(default_grain_s=settings.grain_s)).add_node(spec)
     print(f"added {record.component_id} to pool {record.pool} (slots of {record.grain_s} s)")
     _record_nodes(settings, [record])
     return 0
@@ -339,7 +330,6 @@ def _node_row(node: NodeRecord) -> tuple[str, ...]:
 
 def _node_remove(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.agents import AGENT_HARDWARE_TYPE, Agents
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.registry.authority import AuthorityError, LocalAuthority
     from sfa_omf.registry.nodes import forget_node
@@ -347,7 +337,7 @@ def _node_remove(args: argparse.Namespace) -> int:
 
     settings = command_settings(args)
     args.component_id = _component_id(args, settings)
-    database = Database(settings.calendar_url)
+    database = command_database(settings)
     database.require_current_schema()  # (nothing is removed when a later step would meet an older schema)
     inventory = Inventory(database)
     node = inventory.get_node(args.component_id)
@@ -444,7 +434,6 @@ def _component_id(args: argparse.Namespace, settings: Settings) -> str:
     from sqlalchemy import select
 
     from sfa_omf.calendar.bulk_import import stored_nodes
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import node_urn
     from sfa_omf.calendar.models import Node
     from sfa_omf.xrn import is_urn, parse_urn
@@ -456,7 +445,7 @@ def _component_id(args: argparse.Namespace, settings: Settings) -> str:
         canonical = str(parse_urn(text))
     except BadArgs:
         return text  # not a URN the grammar takes: looked up as typed (the lookup says there is no such node)
-    with Database(settings.calendar_url).read() as session:
+    with command_database(settings).read() as session:
         if session.scalar(select(Node.id).where(Node.component_id == text)) is not None:
             return text
         found = stored_nodes(session).get(canonical)
@@ -464,11 +453,10 @@ def _component_id(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _node_set_state(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
 
     settings = command_settings(args)
-    record = Inventory(Database(settings.calendar_url)).set_state(_component_id(args, settings), args.state)
+    record = Inventory(command_database(settings)).set_state(_component_id(args, settings), args.state)
     print(f"{record.component_id} is {record.state}")
     return 0
 
@@ -496,11 +484,10 @@ def _pool_list(args: argparse.Namespace) -> int:
 
 
 def _pool_move(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.inventory import Inventory
 
     settings = command_settings(args)
-    inventory = Inventory(Database(settings.calendar_url))
+    inventory = Inventory(command_database(settings))
     record = inventory.move_node(_component_id(args, settings), args.to_pool, from_pool=args.from_pool)
     print(f"{record.component_id} is now in pool {record.pool}")
     return 0

@@ -203,6 +203,12 @@ def test_a_site_with_relative_paths_works_from_any_directory(lab: Path, tmp_path
         ["instance", "list"],
         ["calendar", "feed-url", "urn:publicid:IDN+lab+user+alice"],
         ["calendar", "feed-revoke", "urn:publicid:IDN+lab+user+alice"],
+        ["node", "list"],
+        ["pool", "list"],
+        ["lease", "list"],
+        ["account", "list"],
+        ["node", "add", "node9"],
+        ["node", "set-state", "node1", "maintenance"],
     ],
 )
 def test_image_and_feed_commands_refuse_an_older_schema(

@@ -12,6 +12,8 @@ from alembic.config import Config
 from sqlalchemy import text
 
 from sfa_omf.calendar.database import MIGRATIONS, Database, head_revision, sqlite_url
+from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.cli import main
 from tests.postgres import empty_postgres
 
@@ -128,7 +130,9 @@ def test_node_remove_refuses_a_schema_at_an_older_migration_and_removes_nothing(
     url = empty_postgres()
     migrate_to(url, OLDER)
     monkeypatch.setenv("SFA_OMF_DATABASE_URL", url)
-    assert main(["node", "add", NODE, "--config", config]) == 0
+    older = Database(url)  # the node added as an older sfa-omf did (node add itself refuses the older schema now)
+    Inventory(older).add_node(NodeSpec(NODE, "n1"))
+    older.dispose()
     capsys.readouterr()
     code = main(["node", "remove", NODE, "--config", config])
     out, err = capsys.readouterr()
@@ -146,3 +150,11 @@ def test_the_omf_slot_commands_refuse_a_schema_at_an_older_migration(
     assert main(["omf", "slots", "--config", config]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "run `sfa-omf db upgrade`" in err
+
+
+def test_the_newest_migration_file_is_alembics_head() -> None:
+    """Operator commands compare the stored revision with the newest migration's file name, without importing
+    Alembic: the two must agree (a migration file named otherwise than its revision would break that)."""
+    from sfa_omf.calendar.database import newest_migration_file
+
+    assert newest_migration_file() == head_revision()
