@@ -272,7 +272,9 @@ def revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
     directory = os.path.join(settings.data_dir, "vpn")
     database = Database(settings.calendar_url)
     if database.is_sqlite:
-        if not os.path.exists(os.path.join(directory, "issued", f"{hostname}.pem")):
+        # Asked under the VPN's file lock (revoke_node), never before it: a certificate being issued to the node at
+        # this moment is in issued/ once the lock is ours. No CA: none was ever issued (and none is made here).
+        if not os.path.exists(os.path.join(directory, "ca.pem")):
             return False
         return VpnCa(directory, settings.interface_hrn).revoke_node(hostname)
     # PostgreSQL: the cluster's records know what any host issued; the revocation recorded there reaches every

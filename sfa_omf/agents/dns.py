@@ -23,6 +23,7 @@ import ipaddress
 import os
 import re
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,9 @@ from sfa_omf.agents.vpn import NETWORK, SERVER_ADDRESS, node_address
 from sfa_omf.errors import GeniError, Reason
 
 TTL_S = 60
+# How long the reload command may take: rndc answers in well under a second; one that hangs (a server behind a
+# firewall, a remote command) would hold every registration and the zone's lock.
+RELOAD_TIMEOUT_S = 30.0
 # A LAN group's view and zone file are named "lan-<group>" as it is: these characters are safe in a file name and a
 # quoted view name, and naming them as they are keeps two groups apart (a rewrite of the name could make two one).
 GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -76,10 +80,13 @@ def _file_name(group: str) -> str:
 class DnsZones:
     """The zone files of ``zone`` in ``directory``; ``reload`` is the command that makes the server read them."""
 
-    def __init__(self, directory: str, zone: str, reload: Sequence[str]) -> None:
+    def __init__(
+        self, directory: str, zone: str, reload: Sequence[str], reload_timeout_s: float = RELOAD_TIMEOUT_S
+    ) -> None:
         self.directory = Path(directory)
         self.zone = zone.strip(".")
         self.reload = list(reload)
+        self.reload_timeout_s = reload_timeout_s
         self.directory.mkdir(parents=True, exist_ok=True)
 
     @classmethod
@@ -118,13 +125,45 @@ class DnsZones:
             self._write("views.conf", "".join(views))
             self._write("serial", f"{serial}\n")
             if self.reload:
-                done = subprocess.run(self.reload, capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    raise GeniError(
-                        Reason.UNAVAILABLE,
-                        f"the DNS server did not reload the zone {self.zone}: {done.stderr.strip() or done.stdout}",
-                    )
+                self._reload()
             return serial
+
+    def _reload(self) -> None:
+        """Run the reload command: UNAVAILABLE when it fails, cannot run or does not finish in time (it is killed
+        with what it started: the caller holds the zone's lock and, at a registration, its unit of work open)."""
+        command = shlex.join(self.reload)
+        try:
+            process = subprocess.Popen(
+                self.reload,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        except OSError as exc:  # not installed, not executable: say so rather than fail with a traceback
+            raise GeniError(
+                Reason.UNAVAILABLE,
+                f"the DNS server did not reload the zone {self.zone}: its reload command ({command}, [sfa_agents] "
+                f"dns_reload) could not run: {exc.strerror or exc}",
+            ) from exc
+        with process:
+            try:
+                stdout, stderr = process.communicate(timeout=self.reload_timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.communicate()
+                raise GeniError(
+                    Reason.UNAVAILABLE,
+                    f"the DNS server did not reload the zone {self.zone}: its reload command ({command}) did not "
+                    f"finish within {self.reload_timeout_s:g} s and was stopped",
+                ) from None
+        if process.returncode != 0:
+            raise GeniError(
+                Reason.UNAVAILABLE,
+                f"the DNS server did not reload the zone {self.zone}: {stderr.strip() or stdout.strip()}"
+                f" ({command} exited with {process.returncode})",
+            )
 
     def _view(self, name: str, sources: str, zone_file: str) -> str:
         return (

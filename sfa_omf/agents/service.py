@@ -447,7 +447,17 @@ class AgentService:
             raise GeniError(Reason.CALLER_UNTRUSTED, "the request must hold the key this node enrolled with")
         public_key = csr.public_key()
         assert isinstance(public_key, rsa.RSAPublicKey)  # checked by _csr
-        certificate, address = self.vpn.issue(agent.hostname, self.agents.node_number(agent.node), public_key)
+        number = self.agents.node_number(agent.node)
+
+        def enrolled() -> bool:  # a node removed meanwhile (the operator's command, another host) gets none
+            try:
+                return self.agents.node_number(agent.node) == number
+            except GeniError as exc:
+                if exc.reason is not Reason.NOT_FOUND:
+                    raise
+                return False
+
+        certificate, address = self.vpn.issue(agent.hostname, number, public_key, enrolled)
         return {
             "certificate": certificate,
             "ca": self.vpn.ca_pem,

@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import socket
 import threading
@@ -51,7 +52,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sfa_omf.calendar.vpn_records import IssuedCertificate, VpnRecords
+from sfa_omf.calendar.vpn_records import IssuedCertificate, VpnRecords, VpnState
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 from sfa_omf.trust.pki import load_private_key, new_private_key, private_key_pem
@@ -66,6 +67,7 @@ CA_FILES = ("ca.key", "ca.pem", "server.key", "server.pem")
 #: coarse: a tick of the kernel's clock on Linux, up to 2 s on some file systems): what was seen of it is not trusted
 #: the next time (git's "racy" files).
 SETTLED_S = 2.0
+log = logging.getLogger("sfa_omf.agents")
 
 #: What tells that a file or a directory changed: inode, size, modification and change times (ns).
 Stamp = tuple[int, int, int, int]
@@ -270,24 +272,70 @@ class VpnCa:
         with self._locked():
             return self._sign(hostname, node_id, public_key)
 
-    def issue(self, hostname: str, node_id: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
+    def issue(
+        self,
+        hostname: str,
+        node_id: int,
+        public_key: rsa.RSAPublicKey,
+        enrolled: Callable[[], bool] | None = None,
+    ) -> tuple[str, str]:
         """sign_client, keeping the certificate in issued/ (the previous one of the node is revoked), all at once.
-        With records: recorded for the cluster first (nothing is written when that fails), then the files."""
+        With records: recorded for the cluster together with this host's files (nothing when either fails). With
+        ``enrolled`` (whether the node's agent is still enrolled), only while it is: a node removed meanwhile gets
+        none (NOT_FOUND). It is asked under the file lock, which the removal's revocation waits for; with records
+        the agent's row is checked and locked in the unit of work that records the certificate instead."""
         if self.records is not None:
             address = str(node_address(node_id))
             certificate = _leaf(hostname, public_key, self.ca_key, self.ca, server=False)
             pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
-            self.records.replace(IssuedCertificate(hostname, certificate.serial_number, address, pem))
-            self.refresh()
+            record = IssuedCertificate(hostname, certificate.serial_number, address, pem)
+            self._issue_recorded(self.records, record, node_id if enrolled is not None else None)
             return pem, address
         issued = self.directory / "issued" / f"{hostname}.pem"
         with self._locked():
+            if enrolled is not None and not enrolled():
+                raise GeniError(
+                    Reason.NOT_FOUND, f"node {hostname} is no longer enrolled (removed): no VPN certificate is issued"
+                )
             if issued.exists():
                 self._revoke(issued.read_text(), hostname)
             pem, address = self._sign(hostname, node_id, public_key)
             issued.parent.mkdir(exist_ok=True)
             _write(issued, pem.encode("ascii"))
         return pem, address
+
+    def _issue_recorded(self, records: VpnRecords, issued: IssuedCertificate, agent_node_id: int | None) -> None:
+        """Record ``issued`` and write this host's files for it in one go: the rows are committed only once the files
+        are written, and when either fails the rows are rolled back and the files written from the records again (a
+        failed call issues nothing and revokes nothing, here or on any other host)."""
+        with self._locked():
+            try:
+                self._refresh(records)  # the files as the records are: what a failure below brings them back to
+                records.replace(issued, self._write_files_before_commit, agent_node_id)
+            except BaseException as exc:
+                self._restore_files(records)
+                if isinstance(exc, OSError):
+                    raise GeniError(
+                        Reason.UNAVAILABLE,
+                        f"node {issued.hostname}: this host's VPN files in {self.directory} could not be written "
+                        f"({exc}); no VPN certificate was issued: try again",
+                    ) from exc
+                raise
+
+    def _write_files_before_commit(self, state: VpnState) -> None:
+        files = self._files
+        if files is None:  # (set by the refresh just before)
+            files = self._read_files()
+        self._write_state(state, files)
+
+    def _restore_files(self, records: VpnRecords) -> None:
+        """After a failed issue: the files written from the records again, recording nothing from them (what the
+        failed call wrote there must not become a revocation or a certificate of the cluster)."""
+        self._files, self._seen = None, None
+        try:
+            self._write_state(records.state(), self._read_files())
+        except Exception:  # the call's own error is the answer; the next refresh tries again
+            log.exception("VPN files in %s not back in line with the records after a failed issue", self.directory)
 
     def revoke_node(self, hostname: str) -> bool:
         """Revoke the node's current VPN certificate (a node removed); False when it has none."""
@@ -350,9 +398,13 @@ class VpnCa:
     def _revoked_here(self) -> list[int]:
         path = self.directory / "revoked.json"
         try:
-            return [int(serial) for serial in json.loads(path.read_text())] if path.exists() else []
+            listed = [int(serial) for serial in json.loads(path.read_text())] if path.exists() else []
         except (ValueError, TypeError):  # unreadable: the records (or the next revocation) write it anew
-            return []
+            listed = []
+        # The CRL may be ahead of revoked.json (a stop between the two writes): what it revokes stays revoked.
+        crl_path = self.directory / "crl.pem"
+        in_crl = self._crl_serials(crl_path.read_bytes() if crl_path.exists() else None) or []
+        return listed + [serial for serial in in_crl if serial not in set(listed)]
 
     def refresh(self) -> bool:
         """Write this host's issued/, ccd/, revoked.json and crl.pem from the cluster's records (with records only),
@@ -377,11 +429,17 @@ class VpnCa:
             # First, or another process changed the files (an operator's command, another worker of this host).
             files = self._read_files()
             known = {certificate.hostname for certificate in state.issued}
-            unknown_revoked = set(files.revoked or []) - state.revoked
+            # The CRL's too: it is written before revoked.json, so a stop in between leaves a revocation there only.
+            unknown_revoked = (set(files.revoked or []) | set(files.crl or [])) - state.revoked
             unknown_issued = self._unknown_certificates(files, known, state.revoked)
             if unknown_revoked or unknown_issued:  # rare: a write only then
                 records.record_local(unknown_revoked, unknown_issued)
                 state = records.state()
+        return self._write_state(state, files)
+
+    def _write_state(self, state: VpnState, files: _Files) -> bool:
+        """Write the files where they differ from ``state`` (``files``: what they hold now); True when the CRL or a
+        client config changed. Under the locks."""
         self._files = None  # until the files are written: a failure below leaves them to be read again
         changed = False
         revoked = sorted(state.revoked)

@@ -13,14 +13,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Numeric, Select, cast, delete, func, literal, select
+from sqlalchemy import Numeric, Select, cast, delete, func, literal, select, text
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.agent_models import Agent
+from sfa_omf.calendar.database import Database, TransientConflict
 from sfa_omf.calendar.models import VpnCa, VpnIssued, VpnRevoked
 from sfa_omf.errors import GeniError, Reason
+
+#: How long issuing a certificate waits for a row another unit of work holds (a registration, a removal of the node).
+LOCK_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class VpnRecords:
             raise ValueError("the VPN's cluster records need PostgreSQL: on SQLite one host serves, its files suffice")
         self.database = database
         self.clock = clock
+        self.lock_timeout_s = LOCK_TIMEOUT_S
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
@@ -90,6 +95,12 @@ class VpnRecords:
         cheap statement, for a refresh to tell that nothing changed since it last wrote the files (every few
         seconds, in every process of every host)."""
         ((revoked, serials, issued),) = self.database.fetch_all(_VERSION)
+        return f"{revoked}:{serials}:{issued or ''}"
+
+    @staticmethod
+    def _version(session: Session) -> str:
+        """version() as ``session`` sees the records (its own writes not committed yet among them)."""
+        revoked, serials, issued = tuple(session.execute(_VERSION).one())
         return f"{revoked}:{serials}:{issued or ''}"
 
     def cluster_ca(self) -> ClusterCa | None:
@@ -113,11 +124,33 @@ class VpnRecords:
             assert recorded is not None, "the row whose insert collided is there"
             return recorded
 
-    def replace(self, issued: IssuedCertificate) -> int | None:
-        """Make ``issued`` the node's current certificate, revoking the previous one (whose serial is returned)."""
+    def replace(
+        self,
+        issued: IssuedCertificate,
+        before_commit: Callable[[VpnState], None] | None = None,
+        agent_node_id: int | None = None,
+    ) -> int | None:
+        """Make ``issued`` the node's current certificate, revoking the previous one (whose serial is returned).
+        ``before_commit(the records as they will be)`` runs before the commit (this host's files written from them):
+        when it raises, nothing is recorded. With ``agent_node_id``, only while that node's agent is enrolled under
+        this hostname (NOT_FOUND otherwise): its row is locked until the commit, so a removal of the node either
+        comes first (refused here) or waits and then revokes this certificate."""
         now = int(self.clock())
         try:
             with self._write() as session:
+                # Bounded waits for the rows' locks: the caller holds its host's VPN file lock meanwhile, which a
+                # registration holding the agent's row may be waiting for (it refreshes the files): that cycle ends
+                # here, with BUSY, instead of holding both for ever.
+                session.execute(text(f"SET LOCAL lock_timeout = {int(self.lock_timeout_s * 1000)}"))
+                if agent_node_id is not None:
+                    enrolled = select(Agent.node_id).where(
+                        Agent.node_id == agent_node_id, Agent.hostname == issued.hostname
+                    )
+                    if session.scalar(enrolled.with_for_update(read=True)) is None:
+                        raise GeniError(
+                            Reason.NOT_FOUND,
+                            f"node {issued.hostname} is no longer enrolled (removed): no VPN certificate is issued",
+                        )
                 row = session.get(VpnIssued, issued.hostname, with_for_update=True)
                 previous = None
                 if row is None:
@@ -135,10 +168,17 @@ class VpnRecords:
                     _revoke(session, previous, row.hostname, now)
                     row.serial, row.address, row.certificate = str(issued.serial), issued.address, issued.certificate
                     row.issued_s = now
+                if before_commit is not None:
+                    session.flush()
+                    before_commit(self._state(session, self._version(session)))
                 return previous
         except IntegrityError as exc:  # the node's first certificate asked through two hosts at the same moment
             raise GeniError(
                 Reason.BUSY, f"node {issued.hostname}: another VPN certificate was issued at the same moment; try again"
+            ) from exc
+        except TransientConflict as exc:  # the wait above ran out (or the database broke a deadlock)
+            raise GeniError(
+                Reason.BUSY, f"node {issued.hostname} is being registered or removed at this moment; try again"
             ) from exc
 
     def revoke_current(self, hostname: str, keep: Callable[[str], bool] = lambda _pem: False) -> int | None:
@@ -170,10 +210,14 @@ class VpnRecords:
         at least that new: a change committed in between is seen again by the next refresh, never missed)."""
         version = self.version()
         with self.database.read() as session:
-            revoked = frozenset(int(serial) for serial in session.scalars(select(VpnRevoked.serial)))
-            columns = select(VpnIssued.hostname, VpnIssued.serial, VpnIssued.address, VpnIssued.certificate)
-            rows = session.execute(columns.order_by(VpnIssued.hostname))  # plain rows: a third of the ORM's time
-            issued = tuple(IssuedCertificate(name, int(serial), address, pem) for name, serial, address, pem in rows)
+            return self._state(session, version)
+
+    @staticmethod
+    def _state(session: Session, version: str) -> VpnState:
+        revoked = frozenset(int(serial) for serial in session.scalars(select(VpnRevoked.serial)))
+        columns = select(VpnIssued.hostname, VpnIssued.serial, VpnIssued.address, VpnIssued.certificate)
+        rows = session.execute(columns.order_by(VpnIssued.hostname))  # plain rows: a third of the ORM's time
+        issued = tuple(IssuedCertificate(name, int(serial), address, pem) for name, serial, address, pem in rows)
         return VpnState(revoked, issued, version)
 
     def record_local(self, revoked: set[int], issued: list[IssuedCertificate]) -> int:

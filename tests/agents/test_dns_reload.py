@@ -1,0 +1,49 @@
+"""The DNS server's reload command when it cannot help (agents/dns.py): not installed, or hanging. The registration
+answers 503 with what went wrong and leaves nothing behind; a reload that does not finish is stopped (with what it
+started) instead of holding every registration and the zone's lock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from sfa_omf.agents.dns import DnsZones, NodeName
+from sfa_omf.agents.node import AgentCallError, enrol
+from sfa_omf.errors import GeniError, Reason
+from tests.agents.conftest import Lab
+from tests.agents.test_api import counts
+
+
+def test_a_registration_whose_reload_command_cannot_run_answers_503_and_leaves_nothing(
+    lab: Lab, tmp_path: Path
+) -> None:
+    lab.settings = replace(lab.settings, agent_dns_zone="nodes.lab", agent_dns_reload="/nonexistent/rndc reload")
+    lab.restart()
+    with pytest.raises(AgentCallError) as refused:
+        enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1", "127.3.0.2")
+    assert refused.value.status == 503, refused.value
+    assert "/nonexistent/rndc reload" in refused.value.message and "could not run" in refused.value.message
+    assert counts(lab) == (0, 0)
+    assert "pc1" not in (lab.directory / "dns" / "local.zone").read_text()
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (Z: a zombie, dead but not reaped), "" when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def test_a_reload_that_does_not_finish_is_stopped_and_answers_unavailable(tmp_path: Path) -> None:
+    pid_file = tmp_path / "sleeper.pid"
+    # A shell whose child keeps the output pipes open: killing the shell alone would leave the wait on the pipes.
+    zones = DnsZones(str(tmp_path / "dns"), "nodes.lab", ["sh", "-c", f"sleep 90 & echo $! > {pid_file}; wait"])
+    zones.reload_timeout_s = 1
+    with pytest.raises(GeniError) as failed:
+        zones.publish([NodeName("pc1", 1, "192.0.2.1")])
+    assert failed.value.reason is Reason.UNAVAILABLE
+    assert "did not finish within 1 s" in failed.value.message
+    assert _state(int(pid_file.read_text())) in ("", "Z"), "what the reload command started is stopped too"
