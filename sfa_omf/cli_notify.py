@@ -98,9 +98,17 @@ def _unsubscribe(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.outbox import Outbox
 
-    database = Database(command_settings(args).calendar_url)
+    settings = command_settings(args)
+    database = Database(settings.calendar_url)
     try:
-        removed = Outbox(database).unsubscribe(args.user_urn, args.channel)
+        outbox = Outbox(database)
+        # A user mailed at the address on record (no address of their own) is unsubscribed too: an opt-out is kept.
+        by_default = (
+            args.channel == "email"
+            and settings.notify_email_by_default
+            and args.user_urn in outbox.email_defaults([args.user_urn])
+        )
+        removed = outbox.unsubscribe(args.user_urn, args.channel) or by_default
     finally:
         database.dispose()
     print(f"{args.user_urn}: no more {args.channel} notifications" if removed else "was not subscribed")

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, or_, select, update
@@ -45,6 +45,13 @@ from sfa_omf.times import format_time, utcnow
 
 #: The address of an e-mail opt-out row: the user wants no e-mail, not even at the address on record.
 OPTED_OUT = ""
+#: The longest address (e-mail or webhook URL) and message key the tables hold (models.NotifyOutbox).
+MAX_ADDRESS = 500
+MAX_KEY = 600
+#: Tries of a subscription change against requests for the same user and channel at the same moment.
+RACE_ATTEMPTS = 20
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,9 @@ class Outbox:
         if "+user+" not in user_urn:
             raise GeniError(Reason.BAD_ARGS, f"{user_urn!r} is not a user URN (urn:publicid:IDN+AUTHORITY+user+NAME)")
         check_address(channel, address)
+        _again_if_raced(lambda: self._subscribe(user_urn, channel, address))
+
+    def _subscribe(self, user_urn: str, channel: str, address: str) -> None:
         with self.database.write() as session:
             session.execute(
                 delete(NotifySubscription).where(
@@ -93,6 +103,9 @@ class Outbox:
     def unsubscribe(self, user_urn: str, channel: str) -> bool:
         """Opt a user out of a channel; False if they had no address of their own on it. For e-mail an opt-out is
         kept (a row without address): the default address on record (``email_defaults``) is not used either."""
+        return _again_if_raced(lambda: self._unsubscribe(user_urn, channel))
+
+    def _unsubscribe(self, user_urn: str, channel: str) -> bool:
         with self.database.write() as session:
             result = session.execute(
                 delete(NotifySubscription).where(
@@ -291,6 +304,17 @@ class Outbox:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def postpone(self, message_id: int, owner: str, delay_s: int) -> bool:
+        """Release a claimed message untried, due again in ``delay_s`` (its attempts unchanged); False (and nothing
+        written) if ``owner`` no longer holds its claim."""
+        with self.database.write() as session:
+            result = session.execute(
+                update(NotifyOutbox)
+                .where(NotifyOutbox.id == message_id, NotifyOutbox.claimed_by == owner)
+                .values(next_attempt_s=to_s(self.clock()) + delay_s, claimed_by=None, claim_until_s=None)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
     def counts(self) -> OutboxCounts:
         with self.database.read() as session:
             states = list(session.scalars(select(NotifyOutbox.state)))
@@ -300,6 +324,18 @@ class Outbox:
         with self.database.read() as session:
             row = session.get(NotifyOutbox, message_id)
             return None if row is None or row.state != "pending" else from_s(row.next_attempt_s)
+
+
+def _again_if_raced(work: Callable[[], T]) -> T:
+    """Run a unit of work that replaces a user's row of a channel, again when another request for the same user and
+    channel inserted its row meanwhile (PostgreSQL refuses the second row: a double click on the page, or the page
+    and the command at once); the next try sees that row and replaces it."""
+    for _ in range(RACE_ATTEMPTS - 1):
+        try:
+            return work()
+        except IntegrityError:
+            continue
+    return work()
 
 
 @dataclass(frozen=True)
@@ -438,6 +474,8 @@ def check_address(channel: str, address: str) -> None:
             raise GeniError(Reason.BAD_ARGS, f"{address!r} is not an e-mail address (name@example.org)")
     elif not (address.startswith("http://") or address.startswith("https://")) or any(c.isspace() for c in address):
         raise GeniError(Reason.BAD_ARGS, f"{address!r} is not a webhook URL (http:// or https://)")
+    elif len(address) > MAX_ADDRESS:  # PostgreSQL would refuse it as a database failure
+        raise GeniError(Reason.BAD_ARGS, f"a webhook URL has at most {MAX_ADDRESS} characters, not {len(address)}")
 
 
 def check_self_service_webhook(address: str) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from sfa_omf.addresses import is_public_address
 
@@ -28,6 +28,11 @@ EVENT_HEADER = "X-SFA-OMF-Event"
 
 class DeliveryError(Exception):
     """The channel did not take the message (server down, refused, HTTP error); try again later."""
+
+
+class SmtpUnavailable(DeliveryError):
+    """The SMTP server could not be reached or did not answer in time (not a refusal of this message): the next
+    e-mails would fare no better now."""
 
 
 @dataclass(frozen=True)
@@ -46,25 +51,68 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
 
 
+def header_text(key: str) -> str:
+    """A message key as a header's value (X-SFA-OMF-Event): visible ASCII as it is, anything else (space too) and ``%``
+    percent-encoded (UTF-8). A key may hold a slice's name: a line break in it must not start a header of its own (the
+    libraries refuse it, so the message would never go) nor a letter outside Latin-1 stop an HTTP header; distinct
+    keys stay distinct."""
+    return "".join(char if "!" <= char <= "~" and char != "%" else quote(char, safe="") for char in key)
+
+
 def send_email(settings: SmtpSettings, to: str, key: str, subject: str, text: str) -> None:
-    """Send one plain-text e-mail; its Message-ID derives from the outbox key, so a repeat is recognisable."""
+    """Send one plain-text e-mail; its Message-ID derives from the outbox key, so a repeat is recognisable. The whole
+    exchange ends by ``settings.timeout_s`` (the notifier's claim on the message counts on it)."""
     message = EmailMessage()
     message["From"] = settings.sender
     message["To"] = to
     message["Subject"] = subject
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = make_msgid(idstring=hashlib.sha256(key.encode()).hexdigest()[:32], domain="sfa-omf")
-    message[EVENT_HEADER] = key
+    message[EVENT_HEADER] = header_text(key)
     message.set_content(text)
     try:
-        with smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout_s) as smtp:
+        with _DeadlineSMTP(settings.host, settings.port, time.monotonic() + settings.timeout_s) as smtp:
             if settings.starttls:
                 smtp.starttls(context=ssl.create_default_context())
             if settings.user:
                 smtp.login(settings.user, settings.password)
             smtp.send_message(message)
-    except (OSError, smtplib.SMTPException) as exc:
+    except (OSError, smtplib.SMTPConnectError, smtplib.SMTPServerDisconnected) as exc:
+        raise SmtpUnavailable(f"SMTP {settings.host}:{settings.port}: {exc}") from exc
+    except smtplib.SMTPException as exc:
         raise DeliveryError(f"SMTP {settings.host}:{settings.port}: {exc}") from exc
+
+
+class _DeadlineSMTP(smtplib.SMTP):
+    """An SMTP client whose whole exchange (connect, STARTTLS, every command and reply) ends by a deadline: a server
+    that answers a byte now and then would otherwise hold the notifier for ever (smtplib's timeout bounds each read),
+    and outlast the notifier's claim on its messages (another notifier would then send them again)."""
+
+    def __init__(self, host: str, port: int, deadline: float) -> None:
+        self.deadline = deadline
+        super().__init__(host, port, timeout=max(deadline - time.monotonic(), 0.001))
+
+    def _time_left(self) -> float:
+        # At least a little: smtplib turns the timeout of a send or read into SMTPServerDisconnected.
+        return max(self.deadline - time.monotonic(), 0.001)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return socket.create_connection((host, port), self._time_left(), self.source_address)
+
+    def send(self, s: Any) -> None:  # str or bytes, as smtplib sends them
+        if self.sock is not None:
+            self.sock.settimeout(self._time_left())  # sendall's timeout bounds the whole send
+        super().send(s)
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:  # after connect and after STARTTLS (a new socket)
+            self.file = io.BufferedReader(_DeadlineReader(self.sock, self.deadline))
+        return super().getreply()
+
+    def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        if self.sock is not None:
+            self.sock.settimeout(self._time_left())
+        return super().starttls(*args, **kwargs)
 
 
 def origin(url: str) -> str:
@@ -108,7 +156,7 @@ def post_webhook(
         raise DeliveryError(f"webhook {where}: not an http(s) URL")
     deadline = time.monotonic() + timeout_s
     body = json.dumps(payload, sort_keys=True).encode("utf-8")
-    headers = {"Content-Type": "application/json", EVENT_HEADER: key, "User-Agent": "sfa-omf"}
+    headers = {"Content-Type": "application/json", EVENT_HEADER: header_text(key), "User-Agent": "sfa-omf"}
     if secret:
         headers[SIGNATURE_HEADER] = sign(secret, body)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -166,7 +214,7 @@ class _DeadlineReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError("the webhook did not answer in time")
+            raise TimeoutError("no answer in time")
         self.sock.settimeout(left)
         return self.sock.recv_into(buffer)
 

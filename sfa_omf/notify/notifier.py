@@ -4,6 +4,7 @@ of the server, never in an AM call. Several notifiers may share one database: ea
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -13,9 +14,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.outbox import Message, NotifyEvents, Outbox, RecordedEvent
+from sfa_omf.calendar.outbox import MAX_KEY, Message, NotifyEvents, Outbox, RecordedEvent
 from sfa_omf.calendar.timeline import Timeline
-from sfa_omf.notify.channels import DeliveryError, SmtpSettings, origin, post_webhook, send_email
+from sfa_omf.notify.channels import (
+    DeliveryError,
+    SmtpSettings,
+    SmtpUnavailable,
+    origin,
+    post_webhook,
+    send_email,
+)
 from sfa_omf.notify.events import LeaseEvent, lease_events
 from sfa_omf.times import format_time, utcnow
 
@@ -83,12 +91,12 @@ class Notifier:
         wanted += [(e.key, e.event, self._recorded_recipients(e, members), e.payload) for e in recorded]
         subscriptions = self._subscriptions(sorted({user for _, _, users, _ in wanted for user in users}))
         messages = [
-            Message(f"{key}:{channel}:{address}", event, channel, address, body)
+            Message(message_key(key, channel, address), event, channel, address, body)
             for key, event, users, body in wanted
             for channel, address in _channels(users, subscriptions)
         ]
         messages += [
-            Message(f"{e.key}:{channel_of(address)}:{address}", e.event, channel_of(address), address, e.payload)
+            Message(message_key(e.key, channel_of(address), address), e.event, channel_of(address), address, e.payload)
             for e in recorded
             if e.slice_urn is None
             for address in self.settings.operator_addresses
@@ -118,6 +126,7 @@ class Notifier:
         """Deliver the due messages this notifier claims; how many were accepted. Failures are retried later
         (backoff), never raised."""
         sent = handled = 0
+        smtp_down = False
         hold_s = int(CLAIM_BATCH * (self.settings.smtp.timeout_s + 5))
         while handled < limit:
             batch = self.outbox.claim(self.owner, min(CLAIM_BATCH, limit - handled), hold_s)
@@ -125,10 +134,20 @@ class Notifier:
                 break
             handled += len(batch)
             for message in batch:
-                sent += self._deliver_one(message)
+                if smtp_down and message.channel == "email":
+                    # The server did not answer this round: each e-mail would wait for it in turn, ahead of the
+                    # webhooks. The next round tries again; this message's attempts are untouched.
+                    self.outbox.postpone(message.id, self.owner, self.settings.retry_base_s)
+                    continue
+                try:
+                    sent += self._deliver_one(message)
+                except SmtpUnavailable:
+                    smtp_down = True
         return sent
 
     def _deliver_one(self, message: Message) -> int:
+        """1 if the channel took the message, else 0 (marked for a retry or given up); SmtpUnavailable (after
+        marking it) when the SMTP server could not be reached."""
         try:
             self.send(message)
         except DeliveryError as exc:
@@ -140,6 +159,8 @@ class Notifier:
             log.warning(
                 "notification %s not delivered (%s)%s", shown_key(message), exc, "; giving up" if give_up else ""
             )
+            if isinstance(exc, SmtpUnavailable):
+                raise
             return 0
         except Exception as exc:  # a message that cannot even be written: trying again would fail again
             self.outbox.mark_failed(message.id, self.owner, f"cannot be sent: {exc}", None)
@@ -182,6 +203,16 @@ def shown_key(message: Message) -> str:
     return message.key
 
 
+def message_key(event_key: str, channel: str, address: str) -> str:
+    """The outbox key of an event's message to one address: ``event key:channel:address``; one longer than the
+    table's column (a long slice URN and a long URL) keeps the event key's start and a digest of the whole, the same
+    on every round (and never shows the URL)."""
+    key = f"{event_key}:{channel}:{address}"
+    if len(key) <= MAX_KEY:
+        return key
+    return f"{event_key[:200]}:{channel}:sha256:{hashlib.sha256(key.encode('utf-8')).hexdigest()}"
+
+
 def _recipients(event: LeaseEvent, members: dict[str, list[str]]) -> set[str]:
     users = set(members.get(event.slice_urn, ()))
     if event.owner_urn:
@@ -221,7 +252,8 @@ def email_text(message: Message) -> tuple[str, str]:
         details = "".join(f"  {name}: {value}\n" for name, value in sorted(data.items()) if name != "summary")
         # A header holds one line: an error's text may have several (EmailMessage refuses a line break).
         return f"[sfa-omf] {' '.join(str(data['summary']).split())}", f"{data['summary']}.\n\n{details}\n{STOP}"
-    slice_name = str(data["slice"]).rsplit("+", 1)[-1]
+    # One line, as for a recorded event's summary: a slice URN is the caller's text and may hold a line break.
+    slice_name = " ".join(str(data["slice"]).rsplit("+", 1)[-1].split())
     subject = f"[sfa-omf] lease of {slice_name} {SUBJECTS.get(message.event, message.event)}"
     nodes = ", ".join(str(node) for node in data["nodes"])
     reason = f"  why:    {data['reason']}\n" if data.get("reason") else ""  # the testbed's or operator's words

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from icalendar import Calendar, Event, Timezone, TimezoneStandard
+from icalendar import Calendar, Event, Timezone, TimezoneStandard, vText
 
 from sfa_omf.calendar.feeds import Revision
 from sfa_omf.calendar.timeline import BookingRow
@@ -120,7 +120,9 @@ def render_feed(
     calendar.add("version", "2.0")
     calendar.add("calscale", "GREGORIAN")
     calendar.add("method", "PUBLISH")
-    calendar.add("x-wr-calname", name)
+    # As TEXT (escaped): the library writes an X- property it does not know as given, and a name holds a slice's or
+    # node's name (a line break in it made the library fail, a "," ";" or "\\" made invalid TEXT).
+    calendar.add("x-wr-calname", vText(name))
     calendar.add("x-wr-timezone", "UTC")
     if not events:
         # RFC 5545 wants at least one component in a VCALENDAR: an empty feed carries UTC's (harmless) definition.
