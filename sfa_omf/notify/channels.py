@@ -77,10 +77,12 @@ def send_email(settings: SmtpSettings, to: str, key: str, subject: str, text: st
             if settings.user:
                 smtp.login(settings.user, settings.password)
             smtp.send_message(message)
-    except (OSError, smtplib.SMTPConnectError, smtplib.SMTPServerDisconnected) as exc:
+    except (smtplib.SMTPConnectError, smtplib.SMTPServerDisconnected) as exc:
         raise SmtpUnavailable(f"SMTP {settings.host}:{settings.port}: {exc}") from exc
-    except smtplib.SMTPException as exc:
+    except smtplib.SMTPException as exc:  # a refusal of this message (before OSError: SMTPException is one)
         raise DeliveryError(f"SMTP {settings.host}:{settings.port}: {exc}") from exc
+    except OSError as exc:  # the server cannot be reached, or stays silent past the deadline
+        raise SmtpUnavailable(f"SMTP {settings.host}:{settings.port}: {exc}") from exc
 
 
 class _DeadlineSMTP(smtplib.SMTP):

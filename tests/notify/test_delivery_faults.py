@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
-from sfa_omf.calendar.outbox import Outbox, check_self_service_webhook
+from sfa_omf.calendar.outbox import Message, Outbox, check_self_service_webhook
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.errors import GeniError
@@ -256,3 +257,44 @@ def test_an_smtp_server_that_does_not_answer_is_tried_once_a_round_and_webhooks_
     finally:
         database.dispose()
         server.close()
+
+
+class RefusingGone:
+    """A real SMTP server's handler (aiosmtpd) that refuses the mailbox gone@ (550) and takes the others."""
+
+    def __init__(self) -> None:
+        self.delivered_to: list[str] = []
+
+    async def handle_RCPT(self, server: object, session: object, envelope: Any, address: str, options: object) -> str:
+        if address.startswith("gone@"):
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: object, session: object, envelope: Any) -> str:
+        self.delivered_to += envelope.rcpt_tos
+        return "250 OK"
+
+
+def test_a_refused_recipient_does_not_hold_the_rounds_other_emails(tmp_path: Path) -> None:
+    """A refusal of one message (550 for a dead address) is that message's failure, not a server that is down: the
+    round's other e-mails are sent (an SMTPException is an OSError, and was taken for one)."""
+    from aiosmtpd.controller import Controller
+
+    from tests.notify.conftest import free_port
+
+    handler = RefusingGone()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    database = fresh_database("sqlite", tmp_path)
+    try:
+        addresses = ["gone@example.org", "alice@example.org", "bob@example.org"]
+        Outbox(database, clock=lambda: NOW).enqueue(
+            [Message(f"ev:email:{a}", "x", "email", a, {"summary": "something happened"}) for a in addresses]
+        )
+        settings = NotifySettings(smtp=SmtpSettings(port=controller.port, timeout_s=5))
+        assert Notifier(database, settings, clock=lambda: NOW).deliver() == 2
+        assert handler.delivered_to == ["alice@example.org", "bob@example.org"]
+    finally:
+        database.dispose()
+        controller.stop()
