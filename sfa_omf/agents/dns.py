@@ -25,6 +25,7 @@ import re
 import shlex
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ TTL_S = 60
 # How long the reload command may take: rndc answers in well under a second; one that hangs (a server behind a
 # firewall, a remote command) would hold every registration and the zone's lock.
 RELOAD_TIMEOUT_S = 30.0
+# How long to wait for the reload command once killed: it may not die (a process we may not signal, as under sudo).
+KILLED_WAIT_S = 5.0
 # A LAN group's view and zone file are named "lan-<group>" as it is: these characters are safe in a file name and a
 # quoted view name, and naming them as they are keeps two groups apart (a rewrite of the name could make two one).
 GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -132,38 +135,43 @@ class DnsZones:
         """Run the reload command: UNAVAILABLE when it fails, cannot run or does not finish in time (it is killed
         with what it started: the caller holds the zone's lock and, at a registration, its unit of work open)."""
         command = shlex.join(self.reload)
-        try:
-            process = subprocess.Popen(
-                self.reload,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-        except OSError as exc:  # not installed, not executable: say so rather than fail with a traceback
-            raise GeniError(
-                Reason.UNAVAILABLE,
-                f"the DNS server did not reload the zone {self.zone}: its reload command ({command}, [sfa_agents] "
-                f"dns_reload) could not run: {exc.strerror or exc}",
-            ) from exc
-        with process:
+        # The output to a file, not pipes: a daemon the command starts may keep them open as long as it lives, and
+        # the command's exit status is the answer.
+        with tempfile.TemporaryFile() as output:
             try:
-                stdout, stderr = process.communicate(timeout=self.reload_timeout_s)
+                process = subprocess.Popen(
+                    self.reload,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as exc:  # not installed, not executable: say so rather than fail with a traceback
+                raise GeniError(
+                    Reason.UNAVAILABLE,
+                    f"the DNS server did not reload the zone {self.zone}: its reload command ({command}, [sfa_agents] "
+                    f"dns_reload) could not run: {exc.strerror or exc}",
+                ) from exc
+            try:
+                returncode = process.wait(timeout=self.reload_timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.communicate()
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=KILLED_WAIT_S)  # bounded: a process we may not signal (sudo) lives on
+                except (OSError, subprocess.TimeoutExpired):
+                    pass  # left to the system; the answer is the same
                 raise GeniError(
                     Reason.UNAVAILABLE,
                     f"the DNS server did not reload the zone {self.zone}: its reload command ({command}) did not "
                     f"finish within {self.reload_timeout_s:g} s and was stopped",
                 ) from None
-        if process.returncode != 0:
-            raise GeniError(
-                Reason.UNAVAILABLE,
-                f"the DNS server did not reload the zone {self.zone}: {stderr.strip() or stdout.strip()}"
-                f" ({command} exited with {process.returncode})",
-            )
+            if returncode != 0:
+                output.seek(0)
+                said = output.read().decode("utf-8", "replace").strip()
+                raise GeniError(
+                    Reason.UNAVAILABLE,
+                    f"the DNS server did not reload the zone {self.zone}: {said} ({command} exited with {returncode})",
+                )
 
     def _view(self, name: str, sources: str, zone_file: str) -> str:
         return (

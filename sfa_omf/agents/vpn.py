@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -289,7 +289,12 @@ class VpnCa:
             certificate = _leaf(hostname, public_key, self.ca_key, self.ca, server=False)
             pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
             record = IssuedCertificate(hostname, certificate.serial_number, address, pem)
-            self._issue_recorded(self.records, record, node_id if enrolled is not None else None)
+            # The agent's row must still hold this key (a node re-bound to a new key meanwhile gets none for the old).
+            key_der = public_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            key_sha256 = hashlib.sha256(key_der).hexdigest()  # as agents/service.key_sha256 records it
+            self._issue_recorded(self.records, record, node_id if enrolled is not None else None, key_sha256)
             return pem, address
         issued = self.directory / "issued" / f"{hostname}.pem"
         with self._locked():
@@ -297,21 +302,46 @@ class VpnCa:
                 raise GeniError(
                     Reason.NOT_FOUND, f"node {hostname} is no longer enrolled (removed): no VPN certificate is issued"
                 )
-            if issued.exists():
-                self._revoke(issued.read_text(), hostname)
-            pem, address = self._sign(hostname, node_id, public_key)
-            issued.parent.mkdir(exist_ok=True)
-            _write(issued, pem.encode("ascii"))
+            previous = issued.read_text() if issued.exists() else None
+            # The new files first, the previous certificate revoked last: a failure leaves the node's working one.
+            try:
+                pem, address = self._sign(hostname, node_id, public_key)
+                issued.parent.mkdir(exist_ok=True)
+                _write(issued, pem.encode("ascii"))
+                if previous is not None:
+                    self._revoke(previous, hostname, keep_address=True)
+            except OSError as exc:
+                self._undo_issue(hostname, previous)
+                raise GeniError(
+                    Reason.UNAVAILABLE,
+                    f"node {hostname}: this host's VPN files in {self.directory} could not be written ({exc}); no "
+                    "VPN certificate was issued: try again",
+                ) from exc
         return pem, address
 
-    def _issue_recorded(self, records: VpnRecords, issued: IssuedCertificate, agent_node_id: int | None) -> None:
-        """Record ``issued`` and write this host's files for it in one go: the rows are committed only once the files
-        are written, and when either fails the rows are rolled back and the files written from the records again (a
-        failed call issues nothing and revokes nothing, here or on any other host)."""
+    def _undo_issue(self, hostname: str, previous: str | None) -> None:
+        """After a failed file-only issue: the previous certificate back in issued/ (its ccd/ entry is the same), or
+        no ccd/ entry when the node had none. Under the locks."""
+        issued = self.directory / "issued" / f"{hostname}.pem"
+        try:
+            if previous is None:
+                (self.directory / "ccd" / hostname).unlink(missing_ok=True)
+            elif not issued.exists() or issued.read_text() != previous:
+                _write(issued, previous.encode("ascii"))
+        except OSError:  # the call's own error is the answer
+            log.exception("VPN files in %s not put back after a failed issue for %s", self.directory, hostname)
+
+    def _issue_recorded(
+        self, records: VpnRecords, issued: IssuedCertificate, agent_node_id: int | None, agent_key_sha256: str
+    ) -> None:
+        """Record ``issued`` and write this host's files for it in one go: the rows are committed only once its
+        issued/ and ccd/ files are written, and when either fails the rows are rolled back and the files written from
+        the records again (a failed call issues nothing and revokes nothing, here or on any other host). The CRL with
+        the previous certificate's revocation is written after the commit (or by the next refresh)."""
         with self._locked():
             try:
                 self._refresh(records)  # the files as the records are: what a failure below brings them back to
-                records.replace(issued, self._write_files_before_commit, agent_node_id)
+                records.replace(issued, self._write_files_before_commit, agent_node_id, agent_key_sha256)
             except BaseException as exc:
                 self._restore_files(records)
                 if isinstance(exc, OSError):
@@ -321,12 +351,20 @@ class VpnCa:
                         f"({exc}); no VPN certificate was issued: try again",
                     ) from exc
                 raise
+            try:  # committed: the certificate is issued; a CRL not written here is written by the next refresh
+                self._refresh(records)
+            except Exception:
+                log.exception("VPN CRL in %s not written after an issue; the next refresh writes it", self.directory)
 
     def _write_files_before_commit(self, state: VpnState) -> None:
         files = self._files
         if files is None:  # (set by the refresh just before)
             files = self._read_files()
-        self._write_state(state, files)
+        # issued/ and ccd/ only, the CRL as it is: a stop before the commit must leave no revocation in the files,
+        # which the next refresh would record as an operator's command's (the node's working certificate revoked, the
+        # new one never recorded). version "": the next refresh writes the CRL from the committed records.
+        revoked = frozenset(files.crl if files.crl is not None else state.revoked)
+        self._write_state(replace(state, revoked=revoked, version=""), files)
 
     def _restore_files(self, records: VpnRecords) -> None:
         """After a failed issue: the files written from the records again, recording nothing from them (what the
@@ -385,7 +423,8 @@ class VpnCa:
         with self._locked():
             self._revoke(certificate_pem, hostname)
 
-    def _revoke(self, certificate_pem: str, hostname: str) -> None:
+    def _revoke(self, certificate_pem: str, hostname: str, keep_address: bool = False) -> None:
+        """Into revoked.json and the CRL; the node's ccd/ entry goes too unless ``keep_address`` (a re-issue)."""
         serial = x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).serial_number
         revoked = self._revoked_here()
         if serial not in revoked:
@@ -393,7 +432,8 @@ class VpnCa:
         # The CRL first: revoked.json is the record of what the CRL holds (a stop in between leaves the CRL ahead).
         self._write_crl(revoked)
         _write(self.directory / "revoked.json", json.dumps(revoked).encode("ascii"))
-        (self.directory / "ccd" / hostname).unlink(missing_ok=True)
+        if not keep_address:
+            (self.directory / "ccd" / hostname).unlink(missing_ok=True)
 
     def _revoked_here(self) -> list[int]:
         path = self.directory / "revoked.json"
@@ -404,7 +444,8 @@ class VpnCa:
         # The CRL may be ahead of revoked.json (a stop between the two writes): what it revokes stays revoked.
         crl_path = self.directory / "crl.pem"
         in_crl = self._crl_serials(crl_path.read_bytes() if crl_path.exists() else None) or []
-        return listed + [serial for serial in in_crl if serial not in set(listed)]
+        known = set(listed)  # once: a set per CRL entry made a re-issue quadratic in the revoked serials
+        return listed + [serial for serial in in_crl if serial not in known]
 
     def refresh(self) -> bool:
         """Write this host's issued/, ccd/, revoked.json and crl.pem from the cluster's records (with records only),

@@ -129,12 +129,14 @@ class VpnRecords:
         issued: IssuedCertificate,
         before_commit: Callable[[VpnState], None] | None = None,
         agent_node_id: int | None = None,
+        agent_key_sha256: str = "",
     ) -> int | None:
         """Make ``issued`` the node's current certificate, revoking the previous one (whose serial is returned).
         ``before_commit(the records as they will be)`` runs before the commit (this host's files written from them):
         when it raises, nothing is recorded. With ``agent_node_id``, only while that node's agent is enrolled under
-        this hostname (NOT_FOUND otherwise): its row is locked until the commit, so a removal of the node either
-        comes first (refused here) or waits and then revokes this certificate."""
+        this hostname and with the key of SHA-256 ``agent_key_sha256`` (the certificate's: NOT_FOUND otherwise): its
+        row is locked until the commit, so a removal of the node, or its re-binding to a new key, either comes first
+        (refused here) or waits and then revokes this certificate."""
         now = int(self.clock())
         try:
             with self._write() as session:
@@ -144,12 +146,15 @@ class VpnRecords:
                 session.execute(text(f"SET LOCAL lock_timeout = {int(self.lock_timeout_s * 1000)}"))
                 if agent_node_id is not None:
                     enrolled = select(Agent.node_id).where(
-                        Agent.node_id == agent_node_id, Agent.hostname == issued.hostname
+                        Agent.node_id == agent_node_id,
+                        Agent.hostname == issued.hostname,
+                        Agent.key_sha256 == agent_key_sha256,
                     )
                     if session.scalar(enrolled.with_for_update(read=True)) is None:
                         raise GeniError(
                             Reason.NOT_FOUND,
-                            f"node {issued.hostname} is no longer enrolled (removed): no VPN certificate is issued",
+                            f"node {issued.hostname} is no longer enrolled with this key (removed, or re-bound to "
+                            "another key): no VPN certificate is issued",
                         )
                 row = session.get(VpnIssued, issued.hostname, with_for_update=True)
                 previous = None

@@ -4,6 +4,10 @@ started) instead of holding every registration and the zone's lock."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,3 +51,44 @@ def test_a_reload_that_does_not_finish_is_stopped_and_answers_unavailable(tmp_pa
     assert failed.value.reason is Reason.UNAVAILABLE
     assert "did not finish within 1 s" in failed.value.message
     assert _state(int(pid_file.read_text())) in ("", "Z"), "what the reload command started is stopped too"
+
+
+def test_a_reload_command_that_starts_a_daemon_keeping_its_output_answers_at_its_exit(tmp_path: Path) -> None:
+    """The command exits 0 at once and leaves a daemon (its own session, as a daemonizing server does) holding the
+    output it was given: the reload is done when the command exits, not when the daemon does."""
+    pid_file = tmp_path / "daemon.pid"
+    zones = DnsZones(str(tmp_path / "dns"), "nodes.lab", ["sh", "-c", f"setsid sleep 60 & echo $! > {pid_file}"])
+    zones.reload_timeout_s = 30
+    try:
+        assert zones.publish([NodeName("pc1", 1, "192.0.2.1")]) > 0
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):  # the daemon the command left
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_reload_that_does_not_finish_and_cannot_be_stopped_answers_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hanging reload command whose process group may not be signalled (run through sudo as another user): the
+    registration still answers 503, without waiting for the command."""
+
+    def killpg_permission_fault_stand_in(_group: int, _signal: int) -> None:
+        """Stands in for killpg on a group of another user's processes (EPERM), which these tests, run as root or
+        without a second user, cannot make for real."""
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    pid_file = tmp_path / "reload.pid"
+    zones = DnsZones(str(tmp_path / "dns"), "nodes.lab", ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"])
+    zones.reload_timeout_s = 1
+    monkeypatch.setattr(os, "killpg", killpg_permission_fault_stand_in)
+    try:
+        with pytest.raises(GeniError) as failed:
+            zones.publish([NodeName("pc1", 1, "192.0.2.1")])
+    finally:
+        monkeypatch.undo()
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):  # the command the stand-in left running
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+    assert failed.value.reason is Reason.UNAVAILABLE
+    assert "did not finish within 1 s" in failed.value.message

@@ -9,6 +9,9 @@ locks the code takes (the VPN file lock, the agent's row)."""
 from __future__ import annotations
 
 import fcntl
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +22,7 @@ import pytest
 from cryptography import x509
 from sqlalchemy import text
 
+from sfa_omf.agents.service import key_sha256
 from sfa_omf.agents.vpn import VpnCa
 from sfa_omf.calendar.agents import AgentRecord, Agents, Enrolment
 from sfa_omf.calendar.database import Database, sqlite_url
@@ -26,7 +30,7 @@ from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.vpn_records import VpnRecords
 from sfa_omf.cli_agents import revoke_vpn_of_removed_node
 from sfa_omf.errors import GeniError, Reason
-from sfa_omf.trust.pki import new_private_key
+from sfa_omf.trust.pki import new_private_key, private_key_pem
 from tests.calendar.conftest import fresh_database, node_urn
 
 
@@ -130,7 +134,10 @@ def test_a_node_removed_while_its_certificate_is_being_issued_gets_none(tmp_path
     the host's VPN file lock, which the issue waits for, while the removal runs."""
     agents = Agents(database)
     token, _ = agents.create_token("default", 600)
-    agent, _ = agents.register(Enrolment(token, "n1", node_urn("n1"), "00" * 32), lambda _urn: ("", ""))
+    key = new_private_key()
+    agent, _ = agents.register(
+        Enrolment(token, "n1", node_urn("n1"), key_sha256(key.public_key())), lambda _urn: ("", "")
+    )
     records = VpnRecords(database)
     directory = tmp_path / "vpn"
     ca = VpnCa(str(directory), "lab", records, clock=settled)
@@ -138,7 +145,7 @@ def test_a_node_removed_while_its_certificate_is_being_issued_gets_none(tmp_path
 
     def issue() -> None:
         try:  # (with records, the agent's row in the database is what is checked, not what ``enrolled`` says)
-            outcome.append(ca.issue("n1", agent.number, new_private_key().public_key(), enrolled=lambda: True))
+            outcome.append(ca.issue("n1", agent.number, key.public_key(), enrolled=lambda: True))
         except BaseException as exc:  # the test looks at what it was
             outcome.append(exc)
 
@@ -156,8 +163,10 @@ def test_a_node_removed_while_its_certificate_is_being_issued_gets_none(tmp_path
 
 
 def _lock_waits(database: Database) -> int:
-    """How many lock requests are waiting in the database now."""
-    return int(database.fetch_all(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))[0][0])
+    """How many sessions of this test's database wait for a lock now (other databases of the server, other tests'
+    or a CI's, are not counted)."""
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    return int(database.fetch_all(text(waiting))[0][0])
 
 
 def test_a_certificate_asked_during_the_nodes_re_registration_does_not_hang_either(
@@ -170,7 +179,9 @@ def test_a_certificate_asked_during_the_nodes_re_registration_does_not_hang_eith
     agents = Agents(database)
     old_key, new_key = new_private_key(), new_private_key()
     first, _ = agents.create_token("default", 600)
-    agent, _ = agents.register(Enrolment(first, "n1", node_urn("n1"), "00" * 32), lambda _urn: ("", ""))
+    agent, _ = agents.register(
+        Enrolment(first, "n1", node_urn("n1"), key_sha256(old_key.public_key())), lambda _urn: ("", "")
+    )
     records = VpnRecords(database)
     records.lock_timeout_s = 1
     ca = VpnCa(str(tmp_path / "vpn"), "lab", records, clock=settled)
@@ -185,7 +196,7 @@ def test_a_certificate_asked_during_the_nodes_re_registration_does_not_hang_eith
 
     def register() -> None:
         second, _ = agents.create_token("default", 600)
-        enrolment = Enrolment(second, "n1", node_urn("n1"), "11" * 32)
+        enrolment = Enrolment(second, "n1", node_urn("n1"), key_sha256(new_key.public_key()))
         try:
             outcome["register"] = agents.register(enrolment, lambda _urn: ("", ""), revoke_old_key)
         except BaseException as exc:  # the test looks at what it was
@@ -301,3 +312,118 @@ def test_the_removal_revokes_a_certificate_issued_as_the_node_is_removed_on_sqli
     assert serial(issued[0][0]) in crl_serials(tmp_path / "vpn")
     assert not (tmp_path / "vpn" / "ccd" / "n1").exists()
     database.dispose()
+
+
+def test_a_reissue_with_thousands_of_revoked_serials_keeps_every_one_revoked(tmp_path: Path) -> None:
+    """The file-only VPN with a long CRL (revoked.json and serials in the CRL only, a revocation stopped after its
+    CRL): a re-issue revokes the previous certificate and keeps every serial revoked, each once."""
+    directory = tmp_path / "vpn"
+    ca = VpnCa(str(directory), "lab")
+    listed = list(range(10_000, 13_000))
+    only_in_crl = list(range(20_000, 20_050))
+    (directory / "revoked.json").write_text(json.dumps(listed))
+    ca._write_crl(listed + only_in_crl)
+    key = new_private_key().public_key()
+    first, _ = ca.issue("n1", 1, key)
+
+    ca.issue("n1", 1, key)
+
+    expected = [*listed, *only_in_crl, serial(first)]
+    assert json.loads((directory / "revoked.json").read_text()) == expected
+    assert crl_serials(directory) == set(expected)
+
+
+# What the crash stand-in's child process runs: the issue of the test's VpnCa, whose process dies (os._exit) right
+# after this host's files are written for the new certificate and before the rows are committed.
+_DIES_BEFORE_THE_COMMIT = """
+import os, sys, time
+from pathlib import Path
+from sfa_omf.agents.vpn import VpnCa
+from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.vpn_records import VpnRecords
+from sfa_omf.trust.pki import load_private_key
+
+url, directory, key_file = sys.argv[1:4]
+ca = VpnCa(directory, "lab", VpnRecords(Database(url)), clock=lambda: time.time() + 60)
+write_files = VpnCa._write_files_before_commit
+
+def write_files_then_die(self, state):
+    write_files(self, state)
+    os._exit(9)
+
+VpnCa._write_files_before_commit = write_files_then_die
+ca.issue("n1", 1, load_private_key(Path(key_file).read_bytes()).public_key())
+"""
+
+
+def test_a_reissue_whose_process_dies_before_the_commit_leaves_the_working_certificate(
+    tmp_path: Path, database: Database
+) -> None:
+    """CrashBeforeCommitStandIn: the issuing process is killed (os._exit in a child process, standing in for a crash
+    or a power cut, which a test cannot cause at that exact moment) between writing this host's files and the
+    commit. The next refresh of the host must not take what the dead call left in the files for an operator's
+    revocation: the node's working certificate stays current and out of the CRL."""
+    records = VpnRecords(database)
+    directory = tmp_path / "vpn"
+    ca = VpnCa(str(directory), "lab", records, clock=settled)
+    key = new_private_key()
+    (tmp_path / "node.key").write_bytes(private_key_pem(key))
+    working, _ = ca.issue("n1", 1, key.public_key())
+
+    child = [sys.executable, "-c", _DIES_BEFORE_THE_COMMIT, database.url, str(directory), str(tmp_path / "node.key")]
+    died = subprocess.run(child, cwd=Path(__file__).parents[2], capture_output=True, text=True, timeout=300)
+    assert died.returncode == 9, died.stderr
+
+    VpnCa(str(directory), "lab", records, clock=settled)  # another process of the host starts: reads the files
+    state = records.state()
+    assert [(certificate.hostname, certificate.serial) for certificate in state.issued] == [("n1", serial(working))]
+    assert serial(working) not in state.revoked, "the node's working certificate was revoked"
+    assert serial(working) not in crl_serials(directory), "OpenVPN refuses the node's working certificate"
+    assert (directory / "issued" / "n1.pem").read_text() == working
+
+
+def test_a_file_only_reissue_that_fails_writing_its_files_keeps_the_working_certificate(tmp_path: Path) -> None:
+    """The file-only VPN (SQLite's one host): the new certificate's issued/ file cannot be written (a directory in
+    the way of its temporary file, as a full disk would): the working certificate stays in issued/ and out of the
+    CRL, its address stays, and the agent is told to retry (503) instead of an internal error."""
+    directory = tmp_path / "vpn"
+    ca = VpnCa(str(directory), "lab")
+    key = new_private_key().public_key()
+    working, _ = ca.issue("n1", 1, key)
+    (directory / "issued" / "n1.pem.tmp").mkdir()
+
+    with pytest.raises(GeniError) as failed:
+        ca.issue("n1", 1, key)
+
+    assert failed.value.reason is Reason.UNAVAILABLE and "no VPN certificate was issued" in failed.value.message
+    assert serial(working) not in crl_serials(directory), "OpenVPN refuses the node's working certificate"
+    assert (directory / "issued" / "n1.pem").read_text() == working
+    assert (directory / "ccd" / "n1").exists()
+    (directory / "issued" / "n1.pem.tmp").rmdir()
+    second, _ = ca.issue("n1", 1, key)  # once the fault is gone: the new one current, the working one revoked
+    assert serial(working) in crl_serials(directory) and serial(second) not in crl_serials(directory)
+    assert (directory / "issued" / "n1.pem").read_text() == second and (directory / "ccd" / "n1").exists()
+
+
+def test_a_certificate_asked_with_the_old_key_after_the_node_is_re_bound_is_refused(
+    tmp_path: Path, database: Database
+) -> None:
+    """The request was authenticated with the node's old key, and the node's re-binding to a new key committed before
+    the certificate is recorded: the old key gets no certificate (it would open the tunnel for a year)."""
+    agents = Agents(database)
+    old_key, new_key = new_private_key(), new_private_key()
+    first, _ = agents.create_token("default", 600)
+    enrolment = Enrolment(first, "n1", node_urn("n1"), key_sha256(old_key.public_key()))
+    agent, _ = agents.register(enrolment, lambda _urn: ("", ""))
+    records = VpnRecords(database)
+    ca = VpnCa(str(tmp_path / "vpn"), "lab", records, clock=settled)
+    second, _ = agents.create_token("default", 600)  # the re-binding, committed after the request's authentication
+    agents.register(Enrolment(second, "n1", node_urn("n1"), key_sha256(new_key.public_key())), lambda _urn: ("", ""))
+
+    with pytest.raises(GeniError) as refused:
+        ca.issue("n1", agent.number, old_key.public_key(), enrolled=lambda: True)
+
+    assert refused.value.reason is Reason.NOT_FOUND
+    assert records.state().issued == () and not (tmp_path / "vpn" / "ccd" / "n1").exists()
+    pem, _ = ca.issue("n1", agent.number, new_key.public_key(), enrolled=lambda: True)  # the new key gets one
+    assert [certificate.serial for certificate in records.state().issued] == [serial(pem)]
