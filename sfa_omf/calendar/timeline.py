@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, select
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, Node, Pool, Slice, SliceUser, Sliver
@@ -90,10 +90,12 @@ class Timeline:
         node: str | None = None,
         slice_urns: Iterable[str] | None = None,
         lease_ids: Iterable[str] | None = None,
+        owner_urn: str | None = None,
         include_inactive: bool = False,
         include_ended: bool = False,
     ) -> list[BookingRow]:
-        """Bookings overlapping [start, end) (either bound may be open), by node, slice or lease, oldest first.
+        """Bookings overlapping [start, end) (either bound may be open), by node, slice, lease or the user who
+        booked them (``owner_urn``), oldest first.
 
         Active leases only, unless ``include_ended`` (and ended ones) or ``include_inactive`` (every state).
         ``lease_ids`` may be any number of leases (they are asked for in chunks)."""
@@ -125,6 +127,8 @@ class Timeline:
             query = query.where(Node.component_id == node)
         if slice_urns is not None:
             query = query.where(Slice.urn.in_(set(slice_urns)))
+        if owner_urn is not None:
+            query = query.where(Lease.owner_urn == owner_urn)
         if lease_ids is None:
             return self._rows(query)
         # A feed may name more leases than one statement takes: a statement per chunk, then the order again.
@@ -142,14 +146,11 @@ class Timeline:
             ]
 
     def slices_of_user(self, user_urn: str) -> set[str]:
-        """The slices a user belongs to here: those they booked in, and those that list them as a user."""
+        """The slices a user belongs to here now: those that list them as a user. Having booked in a slice is no
+        membership: a user removed from it (geni_update_users, the registry) must not keep seeing it."""
         with self.database.read() as session:
             rows = session.scalars(
-                select(Slice.urn)
-                .outerjoin(SliceUser, SliceUser.slice_id == Slice.id)
-                .outerjoin(Lease, Lease.slice_id == Slice.id)
-                .where(or_(SliceUser.user_urn == user_urn, Lease.owner_urn == user_urn))
-                .distinct()
+                select(Slice.urn).join(SliceUser, SliceUser.slice_id == Slice.id).where(SliceUser.user_urn == user_urn)
             )
             return set(rows)
 

@@ -226,7 +226,7 @@ class WebCalendar:
         users = self._users_for(viewer, rows)
         now_left = gantt.place(now, now, *window)[0] if window[0] <= now < window[1] else None
         step = gantt.VIEWS[view]
-        groups = gantt.layout(nodes, rows, viewer, window, users)
+        groups = _layout(nodes, rows, viewer, window, users)
         return self._page(
             "gantt.html",
             viewer=viewer,
@@ -258,7 +258,8 @@ class WebCalendar:
         )[node.component_id]
         rows = self.timeline.bookings(start=now, node=node.component_id)
         users = self._users_for(viewer, rows)
-        bars = [gantt.bar_for(row, viewer, (now, now + self.settings.horizon), users) for row in rows]
+        window = (now, now + self.settings.horizon)
+        bars = [gantt.bar_for(row, viewer.with_own_leases([row]), window, users) for row in rows]
         return self._page("node.html", viewer=viewer, node=node, record=record, windows=windows, bars=bars, now=now)
 
     # -- the viewer's own page (forms.py) ------------------------------------------------------------------------
@@ -276,7 +277,8 @@ class WebCalendar:
             channels=channels,
             defaults=self._email_default(viewer.urn),
             all_channels=CHANNEL_LABELS,
-            slices=sorted(viewer.slices),
+            # Their slices' feeds, and those of slices where they booked but are no member (their own leases only).
+            slices=sorted(viewer.slices | {row.slice_urn for row in self._feed_rows(owner=viewer.urn)}),
             token=form_token(self.form_key, viewer.urn),
             notice=notice,
             feed_url=feed_url,
@@ -332,21 +334,24 @@ class WebCalendar:
         return self._feed(f"{node.component_name} ({self.settings.host})", rows, viewer)
 
     def slice_feed(self, request: WebRequest, key: str) -> WebResponse:
-        """Every lease of a slice, for its members and operators."""
+        """Every lease of a slice, for its members and operators; to a user who is no member (any more), the leases
+        they booked in it themselves, if any."""
         viewer = self.viewer(request)
         slice_urn = self._find_slice(key, viewer)
-        if not viewer.sees(slice_urn):
+        own = self._feed_rows(slices=[slice_urn], owner=viewer.urn) if viewer.urn and not viewer.sees(slice_urn) else []
+        if not viewer.sees(slice_urn) and not own:
             who = "without a certificate" if viewer.urn is None else f"as {viewer.urn}"
             raise Forbidden(
                 f"the feed of {slice_urn} is for its members: you came {who}. Present your GENI user certificate, "
                 "or subscribe to your private feed (its address: the page /calendar/me with your certificate, or "
                 "sfa-omf calendar feed-url YOUR_URN)"
             )
-        rows = self._feed_rows(slices=[slice_urn])
+        rows = self._feed_rows(slices=[slice_urn]) if viewer.sees(slice_urn) else own
         return self._feed(f"{short_name(slice_urn)} ({self.settings.host})", rows, viewer)
 
     def user_feed(self, token: str) -> WebResponse:
-        """The leases of every slice of the token's user: a private feed a calendar client can subscribe to."""
+        """The leases of every slice the token's user is a member of, and the leases they booked themselves (in a
+        slice they have left: those only): a private feed a calendar client can subscribe to."""
         user = self.tokens.user_of(token)
         if user is None:
             raise NotFound(
@@ -355,25 +360,40 @@ class WebCalendar:
             )
         slices = self.timeline.slices_of_user(user)
         rows = self._feed_rows(slices=slices) if slices else []
+        own = [row for row in self._feed_rows(owner=user) if row.slice_urn not in slices]
+        if own:
+            rows = sorted([*rows, *own], key=lambda row: (row.start, row.lease_id, row.node))
         owner = Viewer(urn=user, admin=user in self.settings.admins, slices=frozenset(slices))
         return self._feed(f"{short_name(user)} at {self.settings.host}", rows, owner)
 
     def _feed_rows(
-        self, node: str | None = None, slices: Collection[str] | None = None, lease_ids: Collection[str] | None = None
+        self,
+        node: str | None = None,
+        slices: Collection[str] | None = None,
+        lease_ids: Collection[str] | None = None,
+        owner: str | None = None,
     ) -> list[BookingRow]:
         return self.timeline.bookings(
-            start=self.clock() - FEED_PAST, node=node, slice_urns=slices, lease_ids=lease_ids, include_inactive=True
+            start=self.clock() - FEED_PAST,
+            node=node,
+            slice_urns=slices,
+            lease_ids=lease_ids,
+            owner_urn=owner,
+            include_inactive=True,
         )
 
     def _feed(self, name: str, rows: Sequence[BookingRow], viewer: Viewer) -> WebResponse:
         """The feed of these rows as this viewer may see them: nodes of private pools only for operators and the
-        members of the slice that booked them (their own lease is no secret to them)."""
+        members of the slice that booked them (their own lease is no secret to them). A lease the viewer booked in a
+        slice they have left shows whole where no other lease of that slice is in the feed (Viewer.with_own_leases);
+        the member list only to members and operators."""
         visible = {node.component_id for node in self._visible_nodes(viewer)}
-        events = group_leases([row for row in rows if row.node in visible or viewer.sees(row.slice_urn)])
+        seeing = viewer.with_own_leases(rows)
+        events = group_leases([row for row in rows if row.node in visible or seeing.sees(row.slice_urn)])
         revisions = self.revisions.observe({event.lease_id: fingerprint(event) for event in events})
         users = self.timeline.users_of_slices({event.slice_urn for event in events if viewer.sees(event.slice_urn)})
         return WebResponse(
-            200, ICS, render_feed(name, events, revisions, viewer.sees, self.settings.host, users, self.event_texts)
+            200, ICS, render_feed(name, events, revisions, seeing.sees, self.settings.host, users, self.event_texts)
         )
 
     # -- helpers --------------------------------------------------------------------------------------------------
@@ -427,6 +447,24 @@ class WebCalendar:
             base=self.settings.base_path, status=status, title=title, message=message
         )
         return WebResponse(status, HTML, body.encode("utf-8"), headers or {})
+
+
+def _layout(
+    nodes: Sequence[NodeRow],
+    rows: Sequence[BookingRow],
+    viewer: Viewer,
+    window: tuple[datetime, datetime],
+    users: dict[str, list[str]],
+) -> list[gantt.PoolGroup]:
+    """gantt.layout with each booking decided by itself (Viewer.with_own_leases): the viewer's own lease in a slice
+    they have left shows whole, that slice's other leases as "booked"."""
+    by_node: dict[str, list[gantt.Bar]] = {}
+    for row in rows:
+        by_node.setdefault(row.node, []).append(gantt.bar_for(row, viewer.with_own_leases([row]), window, users))
+    groups: dict[str, list[gantt.NodeLine]] = {}
+    for node in nodes:
+        groups.setdefault(node.pool, []).append(gantt.NodeLine(node, tuple(by_node.get(node.component_id, ()))))
+    return [gantt.PoolGroup(name, tuple(lines)) for name, lines in groups.items()]
 
 
 def _cannot_answer_now(exc: GeniError) -> bool:

@@ -1,8 +1,9 @@
 """Who is looking: the user named by the browser's TLS client certificate (a GENI user GID, as sfi.py users have),
 an operator (a configured admin URN), or nobody (the public view).
 
-Privacy rule: a viewer sees the slice, users and state of a booking only for slices they belong to; an operator sees
-every booking; everyone else sees "booked" and the window.
+Privacy rule: a viewer sees the slice, users and state of a booking only for slices they belong to now (the slice's
+user list); an operator sees every booking; everyone else sees "booked" and the window. A user removed from a slice
+still sees the leases they booked in it themselves, and only those: not its other leases, not its member list.
 
 A user of the aggregate's own authority is believed only with the key its registry holds for them now, as on the
 AM API (am/caller_keys.py): a removed user's certificate stays valid for years, and must not keep showing their
@@ -11,11 +12,12 @@ former slices, nor get feed tokens or notifications for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sfa_omf.am.caller_keys import KeyRefusal
+from sfa_omf.calendar.timeline import BookingRow
 from sfa_omf.errors import TrustError
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.verifier import CredentialVerifier
@@ -25,13 +27,28 @@ from sfa_omf.trust.verifier import CredentialVerifier
 class Viewer:
     urn: str | None = None
     admin: bool = False
-    slices: frozenset[str] = frozenset()
+    slices: frozenset[str] = frozenset()  # the slices that list this user now
     refused: str = ""  # why a certificate that was presented is not believed (shown on the page)
     email: str = ""  # the certificate's e-mail address, if it has one (the page offers it for notifications)
 
     def sees(self, slice_urn: str) -> bool:
         """May this viewer see who booked this slice's leases and how they are doing?"""
         return self.admin or slice_urn in self.slices
+
+    def with_own_leases(self, rows: Iterable[BookingRow]) -> Viewer:
+        """This viewer for showing these rows: it also sees the slice of a lease it booked itself when every row of
+        that slice here is its own lease. The pages and feeds decide per slice (gantt.bar_for, ical.render_feed);
+        another's lease of a slice this user left must stay "booked", so such a slice is not added (call this with
+        one row to decide one booking). The member list goes by ``sees`` of the viewer itself."""
+        if self.urn is None:
+            return self
+        own: set[str] = set()
+        others: set[str] = set()
+        for row in rows:
+            if not self.sees(row.slice_urn):
+                (own if row.owner_urn == self.urn else others).add(row.slice_urn)
+        added = own - others
+        return replace(self, slices=self.slices | added) if added else self
 
     @property
     def label(self) -> str:
