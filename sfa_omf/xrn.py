@@ -22,6 +22,18 @@ URN_PREFIX = "urn:publicid:IDN+"
 AUTHORITY_ROLES = ("sa", "am", "cm", "ma", "sm", "ca")
 
 _UNESCAPED_DOT = re.compile(r"(?<!\\)\.")
+#: What no URN holds: control characters (C0, DEL, C1) and the line and paragraph separators. They would reach
+#: e-mails, iCal feeds and RSpecs (a line break starts a new header or property).
+_CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_NAMES = {
+    "\n": "a line feed",
+    "\r": "a carriage return",
+    "\t": "a tab",
+    "\x00": "NUL",
+    "\x1b": "ESC",
+    "\u2028": "a line separator",
+    "\u2029": "a paragraph separator",
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,19 @@ class Urn:
 def is_urn(text: str) -> bool:
     """True when text starts like a GENI URN (the prefix is matched case-insensitively)."""
     return text[: len(URN_PREFIX)].lower() == URN_PREFIX.lower()
+
+
+def check_no_control_characters(text: str, where: str) -> None:
+    """Raise BadArgs naming the first control character of a URN (which one, at which character) and ``where``
+    (the argument it came in)."""
+    found = _CONTROL_CHARACTER.search(text)
+    if found is not None:
+        char = found.group()
+        name = _CONTROL_NAMES.get(char, "a control character")
+        raise BadArgs(
+            f"{where}: character {found.start() + 1} of the URN is {name} (U+{ord(char):04X}); a URN holds no "
+            "control characters or line breaks: send it without them"
+        )
 
 
 def parse_urn(text: str) -> Urn:

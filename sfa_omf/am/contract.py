@@ -19,6 +19,7 @@ from sfa_omf.am.credentials import split_credentials
 from sfa_omf.arguments import Checker, Param, Signature, boolean, struct, text, time_value, urn_of_type
 from sfa_omf.errors import BadArgs
 from sfa_omf.sshkeys import ssh_public_keys
+from sfa_omf.xrn import check_no_control_characters
 
 #: Bounds that no honest client reaches: a list of URNs, a users list.
 MAX_URNS = 10_000
@@ -28,7 +29,9 @@ MAX_ACTION_CHARS = 128
 
 # -- checkers of arguments -----------------------------------------------------------------------------------------
 def slice_urn(value: Any, where: str) -> str:
-    """A slice URN."""
+    """A slice URN (without control characters: it reaches e-mails, feeds and RSpecs)."""
+    if isinstance(value, str):
+        check_no_control_characters(value, where)
     return urn_of_type(value, where, ("slice",))
 
 
@@ -42,6 +45,9 @@ def urn_list(value: Any, where: str) -> list[str]:
         raise BadArgs(f"{where} is empty: name a slice URN or sliver URNs")
     if len(value) > MAX_URNS:
         raise BadArgs(f"{where} names {len(value)} URNs; at most {MAX_URNS} per call")
+    for index, item in enumerate(value):
+        if isinstance(item, str):
+            check_no_control_characters(item, f"{where}[{index}]")
     return [urn_of_type(item, f"{where}[{index}]", ("slice", "sliver")) for index, item in enumerate(value)]
 
 

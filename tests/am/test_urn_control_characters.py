@@ -1,0 +1,105 @@
+"""Slice and sliver URNs with control characters (a line feed, ESC, NUL...) are refused at the call boundary with
+BADARGS naming the character and the argument, before any work: such a name would reach e-mails (a new header),
+iCal feeds and RSpecs. Every method of AM API v3 and v2 that takes a slice or sliver URN, through the real endpoints
+(sans-IO) with alice's real certificate, on a real SQLite calendar."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfa_omf.am.aggregate import Aggregate, AggregateSettings
+from sfa_omf.am.api_v2 import ApiV2
+from sfa_omf.am.api_v3 import ApiV3
+from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.records import NodeSpec
+from sfa_omf.errors import BadArgs
+from sfa_omf.server.xmlrpc import CallContext
+from sfa_omf.trust.verifier import CredentialVerifier
+from tests.conftest import DemoPki
+
+RSPEC = '<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3"/>'
+LATER = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+#: Each method that takes a slice or sliver URN, and its arguments with the URN as {urn}.
+V3_CALLS: dict[str, tuple[Any, ...]] = {
+    "Allocate": ("{urn}", [], RSPEC, {}),
+    "Describe": (["{urn}"], [], {}),
+    "Provision": (["{urn}"], [], {}),
+    "Status": (["{urn}"], [], {}),
+    "Renew": (["{urn}"], [], LATER, {}),
+    "Delete": (["{urn}"], [], {}),
+    "PerformOperationalAction": (["{urn}"], [], "geni_start", {}),
+    "Shutdown": ("{urn}", [], {}),
+}
+V2_CALLS: dict[str, tuple[Any, ...]] = {
+    "CreateSliver": ("{urn}", [], RSPEC, [], {}),
+    "SliverStatus": ("{urn}", [], {}),
+    "RenewSliver": ("{urn}", [], LATER, {}),
+    "DeleteSliver": ("{urn}", [], {}),
+    "Shutdown": ("{urn}", [], {}),
+    "GetTicket": ("{urn}", [], RSPEC, [], {}),
+}
+BAD_URNS = {
+    "line feed": ("urn:publicid:IDN+testbed+slice+demo\nBcc: everyone@example.org", "character 36", "U+000A"),
+    "ESC": ("urn:publicid:IDN+testbed+slice+de\x1b[31mmo", "character 34", "U+001B"),
+    "NUL": ("urn:publicid:IDN+testbed+slice+demo\x00", "character 36", "U+0000"),
+    "sliver with a carriage return": ("urn:publicid:IDN+testbed+sliver+ab\rcd", "character 35", "U+000D"),
+}
+
+
+@pytest.fixture(scope="module")
+def endpoints(tmp_path_factory: pytest.TempPathFactory, pki: DemoPki) -> tuple[ApiV3, ApiV2, Aggregate]:
+    path: Path = tmp_path_factory.mktemp("control")
+    database = Database(sqlite_url(str(path / "c.sqlite")))
+    database.upgrade()
+    aggregate = Aggregate(AggregateSettings(authority_hrn="testbed"), database, CredentialVerifier(pki.roots))
+    aggregate.inventory.add_node(NodeSpec("urn:publicid:IDN+testbed+node+n1", "n1"))
+    return ApiV3(aggregate), ApiV2(aggregate), aggregate
+
+
+def with_urn(arguments: tuple[Any, ...], urn: str) -> tuple[Any, ...]:
+    return tuple([urn] if item == ["{urn}"] else urn if item == "{urn}" else item for item in arguments)
+
+
+#: (version, method, bad URN): a sliver URN only where a list of URNs goes.
+CASES = [
+    (version, method, bad)
+    for version, calls in ((3, V3_CALLS), (2, V2_CALLS))
+    for method, arguments in calls.items()
+    for bad, (urn, _, _) in sorted(BAD_URNS.items())
+    if "+sliver+" not in urn or arguments[0] == ["{urn}"]
+]
+
+
+@pytest.mark.parametrize(("version", "method", "bad"), CASES)
+def test_a_urn_with_a_control_character_is_bad_arguments_naming_it(
+    endpoints: tuple[ApiV3, ApiV2, Aggregate], pki: DemoPki, version: int, method: str, bad: str
+) -> None:
+    v3, v2, aggregate = endpoints
+    urn, position, code = BAD_URNS[bad]
+    calls = V3_CALLS if version == 3 else V2_CALLS
+    before = aggregate.bookings.leases(active_only=False)
+    endpoint = v3 if version == 3 else v2
+    answer = endpoint(CallContext(pki.users["alice"].chain, "127.0.0.1", "/"), method, with_urn(calls[method], urn))
+    assert answer["code"]["geni_code"] == 1, answer  # BADARGS
+    assert position in answer["output"] and code in answer["output"], answer["output"]
+    assert "argument 1" in answer["output"] and "control characters" in answer["output"]
+    assert aggregate.bookings.leases(active_only=False) == before
+
+
+@pytest.mark.parametrize("bad", ["urn:publicid:IDN+testbed+slice+\nmo", "urn:publicid:IDN+testbed+slice+\u2028x"])
+def test_the_aggregate_itself_refuses_them_too(
+    endpoints: tuple[ApiV3, ApiV2, Aggregate], pki: DemoPki, bad: str
+) -> None:
+    """The core's own check (for the CLI and other callers that do not come through the contract)."""
+    aggregate = endpoints[2]
+    for call in (
+        lambda: aggregate.allocate(pki.users["alice"].chain, bad, [], RSPEC, {}),
+        lambda: aggregate.shutdown(pki.users["alice"].chain, bad, []),
+    ):
+        with pytest.raises(BadArgs) as refusal:
+            call()
+        assert "character 32 of the URN" in refusal.value.message and "the slice URN" in refusal.value.message
