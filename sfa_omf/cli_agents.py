@@ -11,7 +11,7 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
-from sfa_omf.cli_common import command_settings
+from sfa_omf.cli_common import command_database, command_settings
 from sfa_omf.errors import BadArgs
 from sfa_omf.times import format_time
 
@@ -95,12 +95,11 @@ def add_agent_commands(commands: argparse._SubParsersAction) -> None:  # type: i
 
 def _invite(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.agents import Agents
-    from sfa_omf.calendar.database import Database
     from sfa_omf.registry.authority import LocalAuthority
     from sfa_omf.xrn import hrn_to_urn
 
     settings = command_settings(args)
-    token, record = Agents(Database(settings.calendar_url)).create_token(args.pool, args.lifetime)
+    token, record = Agents(command_database(settings)).create_token(args.pool, args.lifetime)
     root = LocalAuthority.gid_path(settings.data_dir, settings.interface_hrn)
     server = f"https://{settings.hostname}:{settings.aggregate_port}/"
     # The agent sends the token only to a server whose certificate names this URN (am.gid's).
@@ -126,9 +125,8 @@ def _invite(args: argparse.Namespace) -> int:
 
 def _agents(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.agents import Agents
-    from sfa_omf.calendar.database import Database
 
-    agents = Agents(Database(command_settings(args).calendar_url)).list_agents()
+    agents = Agents(command_database(command_settings(args))).list_agents()
     rows = [
         {
             "node": agent.node,
@@ -217,12 +215,11 @@ def _run(args: argparse.Namespace) -> int:
 def _staging(args: argparse.Namespace) -> tuple[Any, Any]:
     from sfa_omf.agents.staging import FileStore
     from sfa_omf.calendar.agents import Agents
-    from sfa_omf.calendar.database import Database
     from sfa_omf.xrn import hrn_to_urn, join_hrn, split_hrn
 
     settings = command_settings(args)
     node = hrn_to_urn(join_hrn([*split_hrn(settings.interface_hrn), args.hostname]), "node")
-    if not Agents(Database(settings.calendar_url)).lease_on_node(node, args.lease_id):
+    if not Agents(command_database(settings)).lease_on_node(node, args.lease_id):
         raise BadArgs(f"lease {args.lease_id} has no sliver on {node} (sfa-omf lease list --node {node})")
     return FileStore(os.path.join(settings.data_dir, "agent_files"), settings.agent_max_file_bytes), node
 

@@ -336,9 +336,8 @@ def _node_remove(args: argparse.Namespace) -> int:
     from sfa_omf.registry.records import Records
 
     settings = command_settings(args)
-    args.component_id = _component_id(args, settings)
-    database = command_database(settings)
-    database.require_current_schema()  # (nothing is removed when a later step would meet an older schema)
+    database = command_database(settings)  # (nothing is removed when a later step would meet an older schema)
+    args.component_id = _component_id(args, settings, database)
     inventory = Inventory(database)
     node = inventory.get_node(args.component_id)
     name = node.component_name
@@ -426,7 +425,7 @@ def _remove_staged_files(settings: Settings, hostname: str) -> int:
     return removed
 
 
-def _component_id(args: argparse.Namespace, settings: Settings) -> str:
+def _component_id(args: argparse.Namespace, settings: Settings, database: Database) -> str:
     """The node args.component_id names: a bare name is made a URN under this authority as ``node add`` makes it
     (BadArgs for a name node add refuses); a URN stored as typed is taken as it is (a node stored under another
     authority, imported before these checks or from a broker, can still be removed or changed); any other spelling
@@ -445,7 +444,7 @@ def _component_id(args: argparse.Namespace, settings: Settings) -> str:
         canonical = str(parse_urn(text))
     except BadArgs:
         return text  # not a URN the grammar takes: looked up as typed (the lookup says there is no such node)
-    with command_database(settings).read() as session:
+    with database.read() as session:
         if session.scalar(select(Node.id).where(Node.component_id == text)) is not None:
             return text
         found = stored_nodes(session).get(canonical)
@@ -456,7 +455,8 @@ def _node_set_state(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.inventory import Inventory
 
     settings = command_settings(args)
-    record = Inventory(command_database(settings)).set_state(_component_id(args, settings), args.state)
+    database = command_database(settings)
+    record = Inventory(database).set_state(_component_id(args, settings, database), args.state)
     print(f"{record.component_id} is {record.state}")
     return 0
 
@@ -488,7 +488,9 @@ def _pool_move(args: argparse.Namespace) -> int:
 
     settings = command_settings(args)
     inventory = Inventory(command_database(settings))
-    record = inventory.move_node(_component_id(args, settings), args.to_pool, from_pool=args.from_pool)
+    record = inventory.move_node(
+        _component_id(args, settings, inventory.database), args.to_pool, from_pool=args.from_pool
+    )
     print(f"{record.component_id} is now in pool {record.pool}")
     return 0
 

@@ -79,7 +79,8 @@ def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: i
         help="print the line OAR nodes put in /etc/sfa-omf/plan-signers (the key is made if missing)",
     )
     signing.add_argument(
-        "--key", help="an existing private key file (default: [sfa_omf] plan_signing_key, made if missing)"
+        "--key",
+        help="the private key file, made if missing in an existing directory (default: [sfa_omf] plan_signing_key)",
     )
     signing.set_defaults(handler=_instance_signing_key)
 
@@ -87,10 +88,12 @@ def add_image_commands(commands: argparse._SubParsersAction) -> None:  # type: i
 def _instance_signing_key(args: argparse.Namespace) -> int:
     from sfa_omf.images.plan_signing import PlanSigner
 
-    if args.key and not os.path.isfile(args.key):
-        # A mistyped --key made a new key (and its directories) and printed a line no plan is signed with.
+    if args.key and not os.path.isdir(os.path.dirname(os.path.abspath(args.key))):
+        # A mistyped --key made its directories and a new key, and printed a line no plan is signed with. A key in
+        # an existing directory is made there on first use (the OAR rig's set-up makes it so).
         raise BadArgs(
-            f"--key {args.key}: no such key file (without --key, [sfa_omf] plan_signing_key is used, made on first use)"
+            f"--key {args.key}: no such directory {os.path.dirname(os.path.abspath(args.key))} (without --key, "
+            "[sfa_omf] plan_signing_key is used, made on first use)"
         )
     path = args.key or command_settings(args).plan_signing_key_path
     print(PlanSigner(path).public_line())

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from sfa_omf.calendar.records import CHANNELS
-from sfa_omf.cli_common import command_settings
+from sfa_omf.cli_common import command_database, command_settings
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs
 
@@ -40,7 +40,6 @@ def add_notify_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
 
 def _test(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.outbox import check_address
     from sfa_omf.notify.channels import DeliveryError
     from sfa_omf.notify.notifier import Notifier, test_message
@@ -49,7 +48,7 @@ def _test(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     message = test_message(args.address)
     check_address(message.channel, args.address)
-    database = Database(settings.calendar_url)
+    database = command_database(settings)
     try:
         Notifier(database, notify_settings_of(settings)).send(message)
     except DeliveryError as exc:
@@ -62,10 +61,9 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _subscribe(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.outbox import Outbox
 
-    database = Database(command_settings(args).calendar_url)
+    database = command_database(command_settings(args))
     try:
         address = args.address or _registered_email(database, args.user_urn, args.channel)
         Outbox(database).subscribe(args.user_urn, args.channel, address)
@@ -95,11 +93,10 @@ def _registered_email(database: Database, user_urn: str, channel: str) -> str:
 
 
 def _unsubscribe(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.outbox import Outbox
 
     settings = command_settings(args)
-    database = Database(settings.calendar_url)
+    database = command_database(settings)
     try:
         outbox = Outbox(database)
         # A user mailed at the address on record (no address of their own) is unsubscribed too: an opt-out is kept.
@@ -116,10 +113,9 @@ def _unsubscribe(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.outbox import Outbox
 
-    database = Database(command_settings(args).calendar_url)
+    database = command_database(command_settings(args))
     try:
         counts = Outbox(database).counts()
     finally:

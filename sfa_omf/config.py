@@ -24,7 +24,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from importlib.metadata import entry_points
 from typing import Any
 
-from sfa_omf.errors import BadArgs
+from sfa_omf.errors import BadArgs, GeniError
 from sfa_omf.images.provisioning import PROVISIONING_MODES
 from sfa_omf.xrn import split_hrn
 
@@ -47,7 +47,9 @@ OAR_JOB_TYPES = ("noop", "deploy")
 
 #: Environment variables that start like settings but are not settings (the file's path, script knobs); and every
 #: SFA_OMF_TEST_* / SFA_OMF_BENCH_* variable, which the test and benchmark scripts set.
-OTHER_ENVIRONMENT = frozenset({"SFA_OMF_CONFIG", "SFA_OMF_VENV", "SFA_OMF_VECTORS", "SFA_OMF_RABBITMQ_PORT"})
+OTHER_ENVIRONMENT = frozenset(
+    {"SFA_OMF_CONFIG", "SFA_OMF_VENV", "SFA_OMF_VECTORS", "SFA_OMF_RABBITMQ_PORT", "SFA_OMF_REINSTALL"}
+)
 OTHER_ENVIRONMENT_PREFIXES = ("SFA_OMF_TEST_", "SFA_OMF_BENCH_")
 
 
@@ -358,7 +360,7 @@ _SECTIONS = frozenset({option.section for option in OPTIONS} | set(SFA_UNUSED))
 BLOCKING_KINDS = frozenset({"syntax", "invalid", "missing"})
 # Problems every command and the server say in a warning: a misspelt name or a setting given twice is otherwise a
 # value silently not taken.
-WARNING_KINDS = frozenset({"unknown", "duplicate"})
+WARNING_KINDS = frozenset({"unknown", "duplicate", "moved"})
 
 
 @dataclass(frozen=True)
@@ -378,7 +380,7 @@ class Source:
 
 @dataclass(frozen=True)
 class Problem:
-    """Something wrong with the configuration. ``kind`` is one of syntax, invalid, missing, unknown, duplicate,
+    """Something wrong with the configuration. ``kind`` is one of syntax, invalid, missing, unknown, duplicate, moved,
     testbed, path, workers (only syntax, invalid and missing stop the server); ``where`` is ``path:line``,
     ``environment NAME`` or the file's path."""
 
@@ -486,7 +488,7 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> LoadedCo
     by_field, unused = _sort_entries(entries, problems)
     values, sources = _resolve(by_field, problems)
     directory = os.path.dirname(os.path.abspath(path))
-    _resolve_relative_paths(values, sources, directory)
+    _resolve_relative_paths(values, sources, directory, problems)
     _fill_derived_defaults(values, sources, directory)
     if not values["interface_hrn"]:
         problems.append(
@@ -559,6 +561,23 @@ def write_config(path: str, settings: Settings) -> None:
     with open(descriptor, "w", encoding="utf-8") as handle:
         handle.write("# sfa-omf configuration (SFA's sfa_config names; [sfa_omf] holds sfa-omf's own)\n")
         parser.write(handle)
+
+
+def _webhook_refusal(address: str) -> str:
+    """Why the outbox would refuse this webhook URL (length, scheme, spaces: outbox.check_address, as for users'
+    webhooks), or ""; an URL over its length would break the outbox's PostgreSQL column at every event."""
+    from sfa_omf.calendar.outbox import check_address  # the calendar's models: only when an address is a URL
+
+    try:
+        check_address("webhook", address)
+    except GeniError as exc:
+        return exc.message
+    return ""
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """The text quoted, cut after ``limit`` characters (a long URL named in a problem line)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _has_password(url: str) -> bool:
@@ -820,16 +839,46 @@ def _resolve(by_field: Mapping[str, list[_Entry]], problems: list[Problem]) -> t
 PATH_FIELDS = ("data_dir", "trusted_roots", "log_file", "plan_signing_key", "instance_lxc_path")
 
 
-def _resolve_relative_paths(values: dict[str, Any], sources: Mapping[str, Source], directory: str) -> None:
+def _resolve_relative_paths(
+    values: dict[str, Any], sources: Mapping[str, Source], directory: str, problems: list[Problem]
+) -> None:
     """Relative paths written in the file, made absolute against the file's directory: the file means the same
     wherever the command runs (systemd starts the server in /). Values from the environment keep the working
-    directory, as a shell would."""
+    directory, as a shell would. Before, they were relative to the working directory: a data directory or an SQLite
+    calendar found there and not beside the file is named in a warning ("moved"), lest a site silently start on a
+    new, empty calendar after the upgrade."""
     for name in PATH_FIELDS:
         value = values[name]
         if sources[name].kind == "file" and value and not os.path.isabs(value):
             values[name] = os.path.normpath(os.path.join(directory, value))
-    if sources["database_url"].kind == "file" and values["database_url"].startswith("sqlite"):
-        values["database_url"] = sqlite_url_against(values["database_url"], directory)
+            if name == "data_dir":
+                _warn_if_moved(value, values[name], sources[name], problems)
+    url = values["database_url"]
+    if sources["database_url"].kind == "file" and url.startswith("sqlite"):
+        values["database_url"] = sqlite_url_against(url, directory)
+        if values["database_url"] != url:
+            before, now = _sqlite_file(sqlite_url_against(url, os.getcwd())), _sqlite_file(values["database_url"])
+            _warn_if_moved(before, now, sources["database_url"], problems)
+
+
+def _sqlite_file(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).database or ""
+
+
+def _warn_if_moved(before: str, now: str, source: Source, problems: list[Problem]) -> None:
+    """A warning when what a relative path named from the working directory exists and what it names now does not."""
+    before = os.path.abspath(before)
+    if before != now and os.path.exists(before) and not os.path.exists(now):
+        problems.append(
+            Problem(
+                "moved",
+                str(source),
+                f"{now} does not exist, but {before} does: relative paths in the file are now relative to the file's "
+                "directory, not to where the command runs; write the absolute path you mean",
+            )
+        )
 
 
 def sqlite_url_against(url: str, directory: str) -> str:
@@ -842,6 +891,8 @@ def sqlite_url_against(url: str, directory: str) -> str:
     except (ArgumentError, ValueError):
         return url  # _check_values names the URL that cannot be parsed
     database = parsed.database
+    if not parsed.drivername.startswith("sqlite"):
+        return url
     if not database or database == ":memory:" or database.startswith("file:") or os.path.isabs(database):
         return url
     return parsed.set(database=os.path.normpath(os.path.join(directory, database))).render_as_string(
@@ -958,6 +1009,16 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                     "webhook URL (https://...)",
                 )
             )
+        elif address.startswith(("http://", "https://")):
+            refusal = _webhook_refusal(address)
+            if refusal:
+                problems.append(
+                    Problem(
+                        "invalid",
+                        str(sources["notify_operators"]),
+                        f"[sfa_notify] operators: the webhook {_shorten(address)}: {refusal}",
+                    )
+                )
     if not _ipv4_network(settings.instance_network):
         problems.append(
             Problem(

@@ -209,6 +209,12 @@ def test_a_site_with_relative_paths_works_from_any_directory(lab: Path, tmp_path
         ["account", "list"],
         ["node", "add", "node9"],
         ["node", "set-state", "node1", "maintenance"],
+        ["notify", "subscribe", "urn:publicid:IDN+lab+user+alice", "webhook", "https://hooks.example.org/alice"],
+        ["notify", "unsubscribe", "urn:publicid:IDN+lab+user+alice", "email"],
+        ["notify", "status"],
+        ["node", "invite", "--pool", "default"],
+        ["node", "agents"],
+        ["node", "stage-out", "node1", "lease-1", "--to", "staged-out"],
     ],
 )
 def test_image_and_feed_commands_refuse_an_older_schema(
@@ -273,14 +279,17 @@ def test_a_command_group_alone_prints_its_own_commands(group: str, capsys: pytes
     assert capsys.readouterr().out.startswith(f"usage: sfa-omf {group} [-h]")
 
 
-def test_signing_key_with_a_mistyped_key_file_makes_nothing(lab: Path, tmp_path: Path) -> None:
-    """``--key`` naming no file made a new key there (and its directories) and printed a line for it, which matches
-    no plan the aggregate signs."""
+def test_signing_key_with_a_mistyped_key_directory_makes_nothing(lab: Path, tmp_path: Path) -> None:
+    """``--key`` naming no directory made it, and a new key there, and printed a line for it, which matches no plan
+    the aggregate signs. A key in an existing directory is made there on first use, as the OAR rig's set-up needs."""
     missing = tmp_path / "typo" / "plan-signing.key"
     done = sfa_omf("instance", "signing-key", "--key", str(missing), "--config", str(lab / "sfa-omf.conf"))
     line = one_line_error(done, 2)
-    assert line.startswith(f"sfa-omf: --key {missing}: no such key file")
+    assert line.startswith(f"sfa-omf: --key {missing}: no such directory {tmp_path / 'typo'}")
     assert not (tmp_path / "typo").exists()
+    made = tmp_path / "plan-signing.key"
+    done = sfa_omf("instance", "signing-key", "--key", str(made), "--config", str(lab / "sfa-omf.conf"))
+    assert done.returncode == 0 and done.stdout.startswith("sfa-omf-plan-signer ") and made.is_file()
 
 
 def test_user_add_with_a_public_key_file_that_is_none_names_it(lab: Path, tmp_path: Path) -> None:

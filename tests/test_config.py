@@ -570,3 +570,47 @@ def test_a_file_that_is_not_utf8_is_named_by_every_command(tmp_path: Path, capsy
         f"sfa-omf: cannot read configuration file {path}: line 4: byte 0xe9 is not UTF-8 text (save the file as "
         "UTF-8)\n"
     )
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_operators_webhooks_are_checked_as_users_webhooks_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operators' webhook URL over the outbox's 500 characters broke its PostgreSQL column at every event: the check
+    and the server's start name it as a blocking problem, as they name an address that is no address."""
+    too_long = "https://hooks.example.org/" + "x" * 600
+    path = minimal(tmp_path, "[sfa_notify]", f"operators = ops@example.org, {too_long} https://ok.example.org/hook")
+    code, out, _ = run_check(["config", "check", "--settings-only", path], capsys)
+    assert code == 1
+    problem = out.splitlines()[-1]
+    assert problem.startswith(f"problem: {path}:5: [sfa_notify] operators: the webhook 'https://hooks.example.org/xx")
+    assert "(626 characters)" in problem and "a webhook URL has at most 500 characters, not 626" in problem
+    assert out.splitlines()[-2] == "1 problem:"  # the e-mail address and the short URL are fine
+    with pytest.raises(ValueError, match="a webhook URL has at most 500 characters"):
+        read_config(path, environ={})
+
+
+def test_a_calendar_and_data_left_where_the_command_ran_are_named_in_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site whose file says data_dir = data and database_url = sqlite:///cal.sqlite, used from the directory above
+    the file (as the old reading took them): after the upgrade it would silently start on a new, empty calendar."""
+    site = tmp_path / "site"
+    site.mkdir()
+    path = write(
+        site / CONFIG_FILE_NAME,
+        "[sfa]\ninterface_hrn = testbed\ndata_dir = data\n[sfa_omf]\ndatabase_url = sqlite:///cal.sqlite\n",
+    )
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "cal.sqlite").write_bytes(b"")
+    moved = [problem for problem in load_config(path, environ={}).problems if problem.kind == "moved"]
+    assert [problem.message.split(" does not exist")[0] for problem in moved] == [
+        str(site / "data"),
+        str(site / "cal.sqlite"),
+    ]
+    assert all("relative paths in the file are now relative to the file's directory" in p.message for p in moved)
+    # Beside the file (or nowhere at all), no warning.
+    (site / "data").mkdir()
+    (site / "cal.sqlite").write_bytes(b"")
+    assert [problem for problem in load_config(path, environ={}).problems if problem.kind == "moved"] == []
