@@ -39,7 +39,7 @@ class RSpecLimits:
 _MARKUP = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<\?.*?\?>|<![^>]*>|</[^>]*>|<(?=[^\s/!?])", re.DOTALL)
 _DECLARATIONS = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 # The encoding in an XML declaration at the very start of a text (after a byte order mark, if any).
-_DECLARED_ENCODING = re.compile(r"""^(\ufeff?<\?xml\s[^>]*?\bencoding\s*=\s*)(["'])[^"'>]*\2""")
+_DECLARED_ENCODING = re.compile(r"""^(\ufeff?<\?xml\s[^>]*?)(\bencoding\s*=\s*(["'])[^"'>]*\3)""")
 
 
 class Document:
@@ -123,7 +123,9 @@ def _utf8(text: str, what: str) -> bytes:
     named the bytes of the file it was read from, which are gone: left as it is, encoding="ISO-8859-1" would have
     the UTF-8 bytes read as Latin-1 (garbled names) and encoding="UTF-16" would make the document unreadable."""
     try:
-        return _DECLARED_ENCODING.sub(r"\g<1>\g<2>UTF-8\g<2>", text, count=1).encode("utf-8")
+        # Blanked with as many spaces (UTF-8 is what is read without one), so every position stays where it was.
+        blanked = _DECLARED_ENCODING.sub(lambda found: found[1] + " " * len(found[2]), text, count=1)
+        return blanked.encode("utf-8")
     except UnicodeEncodeError as exc:
         # A lone surrogate, which no XML document can hold: say where, in the text as sent.
         start = next(i for i, char in enumerate(text) if "\ud800" <= char <= "\udfff")

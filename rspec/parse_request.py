@@ -132,6 +132,14 @@ def _read_nodes(reader: Reader, manager: str | None) -> tuple[list[_Node], set[s
         where[client_id] = element
         component_manager_id = reader.text(element, "component_manager_id")
         if component_manager_id is not None and _another_aggregates(component_manager_id, manager):
+            if component_id is not None and manager is not None and _authority(component_id) == _authority(manager):
+                # A node of ours said to be another's (a stale or mistyped manager): left out, it would go unbooked
+                reader.report(
+                    element,
+                    f"node {component_id} is this aggregate's, but its component_manager_id names "
+                    f"{component_manager_id}: write {manager}",
+                )
+                continue
             if component_id is not None:
                 elsewhere.add(component_id)
             other_managers.add(component_manager_id)
@@ -158,12 +166,13 @@ def _another_aggregates(named: str, ours: str | None) -> bool:
     """Whether a node's component_manager_id names another aggregate than ours (None: every node is ours): another
     authority, whatever the case and the manager's type (SFA writes ``+authority+cm``, GENI ``+authority+am``, for
     one aggregate)."""
-    return ours is not None and _manager_authority(named) != _manager_authority(ours)
+    return ours is not None and _authority(named) != _authority(ours)
 
 
-def _manager_authority(urn: str) -> str:
+def _authority(urn: str) -> str:
+    """``urn:publicid:idn+<authority>`` of an authority's or a node's URN (lowercase), else the whole URN."""
     parts = urn.strip().lower().split("+")
-    return "+".join(parts[:2]) if len(parts) == 4 and parts[2] == "authority" else urn.strip().lower()
+    return "+".join(parts[:2]) if len(parts) == 4 and parts[2] in ("authority", "node") else urn.strip().lower()
 
 
 def _without(leases: list[sfa.SfaLease], elsewhere: set[str]) -> list[sfa.SfaLease]:
@@ -288,24 +297,22 @@ def _check_overlaps(
     elements = {n.node.client_id: n.element for n in nodes}
     slots: dict[tuple[str, str], list[tuple[datetime, datetime, etree._Element | None]]] = {}
     # Bookings with no start are placed by the aggregate one at a time, each blind to the request's others: a node
-    # booked so and booked again by the same request would clash with itself.
+    # booked so twice by the same request would clash with itself.
     unplaced: dict[tuple[str, str], list[etree._Element | None]] = {}
-    times_booked: dict[tuple[str, str], int] = {}
     for lease, element in leases:
         for client_id in lease.nodes:
             key = component[client_id]
-            times_booked[key] = times_booked.get(key, 0) + 1
             if lease.start is None or lease.end is None:
                 unplaced.setdefault(key, []).append(element if element is not None else elements[client_id])
             else:
                 slots.setdefault(key, []).append((lease.start, lease.end, element))
     for (name, kind), where in unplaced.items():
-        if times_booked[(name, kind)] > 1:
+        if len(where) > 1:
             for element in dict.fromkeys(w for w in where if w is not None):
                 reader.report(
                     element,
-                    f"{kind} {name} is booked here with no start time and booked again by this request: give each "
-                    "of its slots a start time, or ask for it once",
+                    f"{kind} {name} is booked here with no start time and booked so again by this request: give "
+                    "each of its slots a start time, or ask for it once",
                 )
     for (name, kind), spans in slots.items():
         spans.sort(key=lambda span: (span[0], span[1]))

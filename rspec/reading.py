@@ -37,8 +37,9 @@ class Reader:
         return len(self.problems) >= self.max_problems
 
     def report(self, element: etree._Element, message: str) -> None:
-        """Record a problem at ``element``."""
-        self.problems.append(self.document.problem(element, message))
+        """Record a problem at ``element`` (none once ``full``: a long list is cut there anyway)."""
+        if not self.full:
+            self.problems.append(self.document.problem(element, message))
 
     def text(self, element: etree._Element, name: str, required: bool = False) -> str | None:
         """An attribute's value, stripped; None (and a problem if required) when absent or empty."""

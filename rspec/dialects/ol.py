@@ -51,18 +51,25 @@ def read_leases(reader: Reader, root: etree._Element) -> list[OlLease]:
 
 
 def report_foreign_leases(reader: Reader, root: etree._Element) -> None:
-    """Report lease and lease_ref elements of a namespace we do not read (the ol one mistyped: a trailing slash,
-    https). Left to GENI's extension rule they would pass unread, and their nodes be booked in the default slot
-    from now instead of the one asked for."""
-    for element in (*root.iterchildren(), *(c for node in root.iterchildren(NODE) for c in node.iterchildren())):
-        if not isinstance(element.tag, str) or not element.tag.startswith("{"):
-            continue
-        namespace, local = element.tag[1:].split("}", 1)
-        if local in ("lease", "lease_ref") and namespace not in (OL, GENI_V3):
-            reader.report(
-                element,
-                f'not read, so its time slot would be ignored: ol leases are in namespace "{OL}"',
-            )
+    """Report lease and lease_ref elements in a mistyped ol namespace (a trailing slash, https, another case, or
+    omf_sfa's): left to GENI's extension rule they would pass unread, and their nodes be booked in the default slot
+    from now instead of the one asked for. Other namespaces' elements of those names are extensions, left alone."""
+    for parent in (root, *root.iterchildren(NODE)):
+        for element in parent.iterchildren("{*}lease", "{*}lease_ref"):
+            if reader.full:
+                return
+            namespace = etree.QName(element).namespace or ""
+            if namespace not in (OL, GENI_V3) and _looks_like_ol(namespace):
+                reader.report(
+                    element,
+                    f'not read, so its time slot would be ignored: ol leases are in namespace "{OL}"',
+                )
+
+
+def _looks_like_ol(namespace: str) -> bool:
+    """Whether a namespace is the ol one mistyped, or another testbed software's name for it (omf_sfa's)."""
+    bare = namespace.lower().split("://", 1)[-1].rstrip("/")
+    return bare == OL.split("://", 1)[1] or "nitlab" in bare or "mytestbed" in bare
 
 
 def read_refs(reader: Reader, node: etree._Element) -> list[tuple[etree._Element, str]]:

@@ -319,17 +319,21 @@ def test_a_node_booked_with_no_start_is_booked_once() -> None:
     request held. Said here instead, where the client can fix it."""
     fixed = '<ol:lease client_id="f" valid_from="2026-12-01T10:00:00Z" duration="3600"/>'
     asap = '<ol:lease client_id="a" duration="3600"/><ol:lease client_id="b" duration="3600"/>'
-    message = "is booked here with no start time and booked again by this request"
+    message = "is booked here with no start time and booked so again by this request"
     assert problems_of(
         f'{asap}<node client_id="n" component_id="urn:x"><ol:lease_ref id_ref="a"/><ol:lease_ref id_ref="b"/></node>'
     ) == [
         f"2:1: <ol:lease>: node urn:x {message}: give each of its slots a start time, or ask for it once",
         f"2:42: <ol:lease>: node urn:x {message}: give each of its slots a start time, or ask for it once",
     ]
-    assert problems_of(
-        f'{fixed}{asap}<node client_id="n" component_id="urn:x"><ol:lease_ref id_ref="f"/>'
-        '<ol:lease_ref id_ref="a"/></node>'
-    ) == [f"2:76: <ol:lease>: node urn:x {message}: give each of its slots a start time, or ask for it once"]
+    # One booking with no start beside timed ones is the aggregate's to place (it knows the calendar): read.
+    mixed = parse_request(
+        f'{REQUEST_HEAD}{fixed}{asap}<node client_id="n" component_id="urn:x"><ol:lease_ref id_ref="f"/>'
+        '<ol:lease_ref id_ref="a"/></node></rspec>',
+        now=NOW,
+        policy=POLICY,
+    )
+    assert [(lease.start is None, lease.nodes) for lease in mixed.leases] == [(False, ("n",)), (True, ("n",))]
     # Two nodes of the request on one component, no time given (both in the default slot), or in one ASAP lease.
     assert [
         p.split(": ")[0]
@@ -350,7 +354,12 @@ def test_a_node_booked_with_no_start_is_booked_once() -> None:
 
 
 @pytest.mark.parametrize(
-    "namespace", ["http://nitlab.inf.uth.gr/schema/sfa/rspec/1/", "https://nitlab.inf.uth.gr/schema/sfa/rspec/1"]
+    "namespace",
+    [
+        "http://nitlab.inf.uth.gr/schema/sfa/rspec/1/",
+        "https://nitlab.inf.uth.gr/schema/sfa/rspec/1",
+        "http://schema.mytestbed.net/rspec/0.1",
+    ],
 )
 def test_leases_of_a_mistyped_ol_namespace_are_refused_not_ignored(namespace: str) -> None:
     """As elements of another namespace they passed unread, and the node was booked from now for the default
@@ -364,6 +373,21 @@ def test_leases_of_a_mistyped_ol_namespace_are_refused_not_ignored(namespace: st
         f"2:1: <{{{namespace}}}lease>: {expected}",
         f"2:{106 + len(namespace)}: <{{{namespace}}}lease_ref>: {expected}",
     ]
+
+
+@pytest.mark.parametrize(
+    "namespace", ["http://www.protogeni.net/resources/rspec/ext/emulab/1", "urn:other:ext", "http://example.org/x"]
+)
+def test_extensions_named_lease_in_other_namespaces_pass(namespace: str) -> None:
+    """Only a mistyped ol namespace (or omf_sfa's) is taken for a lease meant for us: other extensions of that name
+    are GENI extensions, read by whom they are for."""
+    request = parse_request(
+        f'{REQUEST_HEAD}<node client_id="n" xmlns:x="{namespace}"><x:lease_ref id_ref="a"/><x:lease/></node>'
+        f'<x:lease xmlns:x="{namespace}" client_id="a"/></rspec>',
+        now=NOW,
+        policy=POLICY,
+    )
+    assert [node.client_id for node in request.nodes] == ["n"]
 
 
 def test_an_sfa_lease_cannot_add_a_node_under_another_nodes_client_id() -> None:
@@ -421,3 +445,19 @@ def test_nodes_of_other_aggregates_are_left_to_them() -> None:
     # Without the aggregate's URN every node is read (what `sfa-omf rspec validate` checks).
     everyone = parse_request(text, now=NOW, policy=POLICY)
     assert [node.client_id for node in everyone.nodes] == ["here", "there", "anywhere", node_urn("node2")]
+
+
+def test_a_node_of_ours_said_to_be_anothers_is_refused_not_left_out() -> None:
+    """A stale or mistyped component_manager_id on one of this aggregate's nodes: left out as another aggregate's,
+    the node went unbooked while the call answered success."""
+    wall = "urn:publicid:IDN+wall2.ilabt.iminds.be+authority+cm"
+    text = (
+        f'{REQUEST_HEAD}<node client_id="a" component_id="{node_urn("node1")}" component_manager_id="{wall}"/>'
+        f'<node client_id="b" component_id="{node_urn("node2")}" component_manager_id="{CM}"/></rspec>'
+    )
+    with pytest.raises(RSpecError) as refused:
+        parse_request(text, now=NOW, policy=dataclasses.replace(POLICY, component_manager_id=CM))
+    assert [str(problem) for problem in refused.value.problems] == [
+        f"1:124: <node>: node {node_urn('node1')} is this aggregate's, but its component_manager_id names {wall}: "
+        f"write {CM}"
+    ]
