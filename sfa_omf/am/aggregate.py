@@ -346,11 +346,10 @@ class Aggregate:
             allocate_options=dict(options),
         )
         if not request.nodes:
-            others = (
-                f" (its nodes are for {', '.join(request.left_to_others)}; this aggregate is {self.settings.urn})"
-                if request.left_to_others
-                else ""
+            named = list(request.left_to_others[:5]) + (
+                [f"{len(request.left_to_others) - 5} more"] if len(request.left_to_others) > 5 else []
             )
+            others = f" (its nodes are for {', '.join(named)}; this aggregate is {self.settings.urn})" if named else ""
             raise BadArgs(f"the request RSpec names no node of this aggregate{others}: nothing to book")
         if len(request.nodes) > self.policy.max_nodes_per_request:
             raise GeniError(

@@ -45,8 +45,8 @@ NODE_TEXT_LIMITS = {name: _column_length(name) for name in ("component_id", "com
 # What an advertisement (XML 1.0) cannot carry: in names and keys no control character at all (C0, DEL, C1), in
 # free text (property values, image descriptions) none but tab and line ends; nowhere a lone surrogate, U+FFFE or
 # U+FFFF. One such node would make every ListResources fail.
-_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
-_NOT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
+NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+NOT_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 
 
 def node_urn(text: str, authority_hrn: str) -> str:
@@ -89,7 +89,7 @@ def check_node_fields(fields: Mapping[str, Any], where: str = "") -> None:
     for key, limit in NODE_TEXT_LIMITS.items():
         value = fields.get(key)
         if isinstance(value, str):
-            _check_text(value, key, prefix, _NOT_IN_NAMES)
+            _check_text(value, key, prefix, NOT_IN_NAMES)
             if len(value) > limit:
                 raise BadArgs(f"{prefix}{key} is {len(value)} characters long: at most {limit}")
     grain = fields.get("grain_s")
@@ -101,12 +101,12 @@ def check_node_fields(fields: Mapping[str, Any], where: str = "") -> None:
     properties = fields.get("properties")
     if isinstance(properties, Mapping):
         for key, value in properties.items():
-            _check_text(str(key), "a property name", prefix, _NOT_IN_NAMES)
+            _check_text(str(key), "a property name", prefix, NOT_IN_NAMES)
             _check_value(value, f"property {str(key)!r}", prefix)
     for image in fields.get("disk_images") or ():
         if isinstance(image, Mapping):
             for key, value in image.items():
-                refused = _NOT_IN_TEXT if key == "description" else _NOT_IN_NAMES
+                refused = NOT_IN_TEXT if key == "description" else NOT_IN_NAMES
                 _check_value(value, f"disk image {key}", prefix, refused)
 
 
@@ -119,7 +119,7 @@ def _check_text(text: str, what: str, prefix: str, refused: re.Pattern[str]) -> 
         )
 
 
-def _check_value(value: Any, what: str, prefix: str, refused: re.Pattern[str] = _NOT_IN_TEXT, depth: int = 0) -> None:
+def _check_value(value: Any, what: str, prefix: str, refused: re.Pattern[str] = NOT_IN_TEXT, depth: int = 0) -> None:
     """A property's value (or a disk image's field), nested lists and objects included (MAX_NESTING levels)."""
     if depth > MAX_NESTING:
         raise BadArgs(f"{prefix}{what} nests lists or objects more than {MAX_NESTING} levels deep: flatten it")
@@ -129,7 +129,7 @@ def _check_value(value: Any, what: str, prefix: str, refused: re.Pattern[str] = 
         raise BadArgs(f"{prefix}{what} is {value}: give a finite number")
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            _check_text(str(key), f"{what}'s key", prefix, _NOT_IN_NAMES)
+            _check_text(str(key), f"{what}'s key", prefix, NOT_IN_NAMES)
             _check_value(item, what, prefix, depth=depth + 1)
     elif isinstance(value, list | tuple):
         for item in value:
@@ -237,8 +237,8 @@ class Inventory:
         limit = Pool.__table__.c.name.type.length if isinstance(Pool.__table__.c.name.type, String) else None
         if not name.strip():
             raise BadArgs("a pool needs a name (e.g. lab)")
-        _check_text(name, "the pool name", "", _NOT_IN_NAMES)
-        _check_text(description, "the pool description", "", _NOT_IN_TEXT)
+        _check_text(name, "the pool name", "", NOT_IN_NAMES)
+        _check_text(description, "the pool description", "", NOT_IN_TEXT)
         if limit is not None and len(name) > limit:
             raise BadArgs(f"the pool name is {len(name)} characters long: at most {limit}")
         try:

@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.inventory import NOT_IN_NAMES, NOT_IN_TEXT
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, RepositoryImage, Slice, Sliver
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import BadArgs, GeniError, Reason
@@ -34,10 +35,6 @@ from sfa_omf.times import format_time
 #: A label is a request's <disk_image name>, a file-name part and an argument of the site's deploy command: keep it
 #: to characters no shell or URL treats specially.
 VALID_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# What an image's advertised text may not hold: control characters (a description may hold tabs and line ends),
-# surrogates and the two non-characters XML refuses. One such character made every ListResources fail.
-_NOT_IN_TEXT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
-_NOT_IN_DESCRIPTION = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 MAX_FIELD_CHARS = 100  # the os and version columns, and each hardware type
 STORE_DIR_NAME = "images"
 CHUNK = 4 * 1024 * 1024  # copy buffer: large enough that the copy runs at disk speed
@@ -66,9 +63,11 @@ def store_directory(data_dir: str) -> Path:
 def check_image_text(os_name: str, version: str, description: str, hardware_types: Sequence[str]) -> None:
     """BADARGS naming the field and the character when an image's text cannot be advertised or stored: a control
     character, or more than its column holds."""
-    fields = [("os", os_name, _NOT_IN_TEXT), ("version", version, _NOT_IN_TEXT)]
-    fields += [("hardware type", name, _NOT_IN_TEXT) for name in hardware_types]
-    for what, value, refused in [*fields, ("description", description, _NOT_IN_DESCRIPTION)]:
+    # The inventory's rules for what an advertisement can carry: no control character in names, none but tabs and
+    # line ends in free text. One such character made every ListResources fail.
+    fields = [("os", os_name, NOT_IN_NAMES), ("version", version, NOT_IN_NAMES)]
+    fields += [("hardware type", name, NOT_IN_NAMES) for name in hardware_types]
+    for what, value, refused in [*fields, ("description", description, NOT_IN_TEXT)]:
         found = refused.search(value)
         if found is not None:
             raise BadArgs(
