@@ -296,23 +296,26 @@ def _check_overlaps(
     }
     elements = {n.node.client_id: n.element for n in nodes}
     slots: dict[tuple[str, str], list[tuple[datetime, datetime, etree._Element | None]]] = {}
-    # Bookings with no start are placed by the aggregate one at a time, each blind to the request's others: a node
-    # booked so twice by the same request would clash with itself.
+    # Bookings with no start are placed by the aggregate one at a time from the calendar, blind to the request's
+    # other bookings: a node booked so and booked again by the same request would clash with itself (answered as
+    # "booked during ..." by another, which it is not).
     unplaced: dict[tuple[str, str], list[etree._Element | None]] = {}
+    times_booked: dict[tuple[str, str], int] = {}
     for lease, element in leases:
         for client_id in lease.nodes:
             key = component[client_id]
+            times_booked[key] = times_booked.get(key, 0) + 1
             if lease.start is None or lease.end is None:
                 unplaced.setdefault(key, []).append(element if element is not None else elements[client_id])
             else:
                 slots.setdefault(key, []).append((lease.start, lease.end, element))
     for (name, kind), where in unplaced.items():
-        if len(where) > 1:
+        if times_booked[(name, kind)] > 1:
             for element in dict.fromkeys(w for w in where if w is not None):
                 reader.report(
                     element,
-                    f"{kind} {name} is booked here with no start time and booked so again by this request: give "
-                    "each of its slots a start time, or ask for it once",
+                    f"{kind} {name} is booked here with no start time and booked again by this request: give each "
+                    "of its slots a start time, or ask for it once",
                 )
     for (name, kind), spans in slots.items():
         spans.sort(key=lambda span: (span[0], span[1]))

@@ -857,8 +857,11 @@ def _resolve_relative_paths(
     if sources["database_url"].kind == "file" and url.startswith("sqlite"):
         values["database_url"] = sqlite_url_against(url, directory)
         if values["database_url"] != url:
-            before, now = _sqlite_file(sqlite_url_against(url, os.getcwd())), _sqlite_file(values["database_url"])
-            _warn_if_moved(before, now, sources["database_url"], problems)
+            try:
+                before = _sqlite_file(sqlite_url_against(url, os.getcwd()))
+            except FileNotFoundError:  # run from a directory since deleted: nothing can be there
+                return
+            _warn_if_moved(before, _sqlite_file(values["database_url"]), sources["database_url"], problems)
 
 
 def _sqlite_file(url: str) -> str:
@@ -869,7 +872,10 @@ def _sqlite_file(url: str) -> str:
 
 def _warn_if_moved(before: str, now: str, source: Source, problems: list[Problem]) -> None:
     """A warning when what a relative path named from the working directory exists and what it names now does not."""
-    before = os.path.abspath(before)
+    try:
+        before = os.path.abspath(before)
+    except FileNotFoundError:  # run from a directory since deleted: nothing can be there
+        return
     if before != now and os.path.exists(before) and not os.path.exists(now):
         problems.append(
             Problem(

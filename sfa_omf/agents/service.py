@@ -449,9 +449,12 @@ class AgentService:
         assert isinstance(public_key, rsa.RSAPublicKey)  # checked by _csr
         number = self.agents.node_number(agent.node)
 
-        def enrolled() -> bool:  # a node removed meanwhile (the operator's command, another host) gets none
+        def enrolled() -> bool:
+            # A node removed meanwhile (the operator's command, another host), or re-bound to another key (its
+            # certificate replaced), gets none.
             try:
-                return self.agents.node_number(agent.node) == number
+                still = self.agents.by_certificate(cert_sha256(caller_chain[0].certificate)) is not None
+                return still and self.agents.node_number(agent.node) == number
             except GeniError as exc:
                 if exc.reason is not Reason.NOT_FOUND:
                     raise

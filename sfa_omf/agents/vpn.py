@@ -300,7 +300,9 @@ class VpnCa:
         with self._locked():
             if enrolled is not None and not enrolled():
                 raise GeniError(
-                    Reason.NOT_FOUND, f"node {hostname} is no longer enrolled (removed): no VPN certificate is issued"
+                    Reason.NOT_FOUND,
+                    f"node {hostname} is no longer enrolled (removed, or re-bound to another key): no VPN certificate "
+                    "is issued",
                 )
             previous = issued.read_text() if issued.exists() else None
             # The new files first, the previous certificate revoked last: a failure leaves the node's working one.

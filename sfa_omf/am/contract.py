@@ -96,6 +96,8 @@ def users(value: Any, where: str) -> list[dict[str, Any]]:
         place = f"{where}[{index}]"
         if not isinstance(user, dict):
             raise BadArgs(f"{place} must be a struct {{urn, keys}}, not {type(user).__name__}")
+        if isinstance(user.get("urn"), str):  # (it reached iCal feeds; a NUL failed PostgreSQL's insert)
+            check_no_control_characters(user["urn"], f"{place}.urn")
         urn = urn_of_type(user.get("urn"), f"{place}.urn", ("user",))
         keys = ssh_public_keys(user.get("keys"), f"{place}.keys")
         checked.append({**user, "urn": urn, "keys": keys})
@@ -113,6 +115,8 @@ def rspec_version(value: Any, where: str) -> dict[str, Any]:
 
 def user_urn(value: Any, where: str) -> str:
     """A user URN (geni_speaking_for)."""
+    if isinstance(value, str):
+        check_no_control_characters(value, where)
     return urn_of_type(value, where, ("user",))
 
 

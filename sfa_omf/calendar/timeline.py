@@ -146,11 +146,21 @@ class Timeline:
             ]
 
     def slices_of_user(self, user_urn: str) -> set[str]:
-        """The slices a user belongs to here now: those that list them as a user. Having booked in a slice is no
-        membership: a user removed from it (geni_update_users, the registry) must not keep seeing it."""
+        """The slices a user belongs to here now: those that list them as a user, and those they booked in that list
+        no user at all (clients booking without geni_users, such as a bare omni allocate, make no list). Once a slice
+        lists its users, the list decides: a user removed from it (geni_update_users, the registry) must not keep
+        seeing it for having booked in it."""
+        listed = select(SliceUser.slice_id).where(SliceUser.slice_id == Slice.id).exists()
         with self.database.read() as session:
             rows = session.scalars(
-                select(Slice.urn).join(SliceUser, SliceUser.slice_id == Slice.id).where(SliceUser.user_urn == user_urn)
+                select(Slice.urn)
+                .join(SliceUser, SliceUser.slice_id == Slice.id)
+                .where(SliceUser.user_urn == user_urn)
+                .union(
+                    select(Slice.urn)
+                    .join(Lease, Lease.slice_id == Slice.id)
+                    .where(Lease.owner_urn == user_urn, ~listed)
+                )
             )
             return set(rows)
 

@@ -67,3 +67,33 @@ def test_re_enrolment_in_the_pool_revokes_the_old_vpn_certificate(lab: Lab, tmp_
     assert crl.get_revoked_certificate_by_serial_number(new_serial) is None
     assert (vpn / "ccd" / "pc1").exists()
     assert _client(lab, tmp_path / "new").call("POST", "heartbeat", {})["node"] == first.node
+
+
+def test_a_vpn_certificate_asked_by_the_old_key_while_the_node_is_re_bound_is_refused(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old key's request was authenticated, then the node was re-bound to a new key before its certificate was
+    made: the old key gets none (it would open the tunnel for a year), on SQLite (one host, no records) as on
+    PostgreSQL."""
+    from sfa_omf.agents.service import key_sha256
+    from sfa_omf.agents.vpn import VpnCa
+    from sfa_omf.calendar.agents import Enrolment
+    from sfa_omf.trust.pki import new_private_key
+
+    lab.settings = replace(lab.settings, agent_vpn_remote="127.0.0.1")
+    lab.restart()
+    first = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "old"), "pc1", "192.168.1.10")
+    issue = VpnCa.issue
+
+    def issue_after_a_re_binding(self: VpnCa, *args: object, **kwargs: object) -> object:
+        """The re-binding commits between the request's authentication and its certificate."""
+        new_key = key_sha256(new_private_key().public_key())
+        lab.agents.register(Enrolment(lab.invite(), "pc1", first.node, new_key), lambda _urn: ("", "f" * 64))
+        return issue(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(VpnCa, "issue", issue_after_a_re_binding)
+    with pytest.raises(AgentCallError) as refused:
+        request_vpn(str(tmp_path / "old"))
+    assert refused.value.status == 404 and "no VPN certificate is issued" in refused.value.message
+    assert not (lab.directory / "vpn" / "issued" / "pc1.pem").exists()
+    assert not (lab.directory / "vpn" / "ccd" / "pc1").exists()

@@ -175,3 +175,15 @@ def test_text_with_a_lone_surrogate_is_refused_plainly() -> None:
         "1:87: the request RSpec is not valid Unicode text: it holds U+D800, a lone surrogate"
     )
     assert "not valid Unicode text" in validate(GENI.format('<node client_id="n\ud800"/>'))[0].message
+
+
+@pytest.mark.parametrize("encoding", ["ISO-8859-1", "UTF-16", "utf8"])
+def test_positions_on_the_declarations_line_are_those_of_the_text_as_sent(encoding: str) -> None:
+    """The declaration's encoding is blanked, not rewritten: a problem on its line keeps its column in the text as
+    the client wrote it (a rewrite to "UTF-8" moved it by the length difference)."""
+    head = f"<?xml version='1.0' encoding='{encoding}'?>"
+    text = head + '<rspec xmlns="http://www.geni.net/resources/rspec/3" type="request"><node client_id="a"></rspec>'
+    with pytest.raises(RSpecError) as refused:
+        parse_request(text, now=NOW)
+    (problem,) = refused.value.problems
+    assert (problem.line, problem.column) == (1, len(text) + 1)  # libxml2 finds the mismatch at the end

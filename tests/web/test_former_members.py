@@ -34,6 +34,19 @@ def test_a_removed_member_is_no_member_of_the_slice(lab: Lab) -> None:
     assert timeline.slices_of_user(BOB) == {DEMO}
 
 
+def test_members_booking_without_a_user_list_see_each_others_leases(lab: Lab) -> None:
+    """A slice booked by clients that send no geni_users (a bare omni allocate) lists no user: whoever booked in it
+    belongs to it, as before. Once it lists its users, the list decides."""
+    shared = "urn:publicid:IDN+testbed+slice+shared"
+    for owner, node in ((ALICE, "n1"), (BOB, "n2")):
+        lab.bookings.book(shared, EXPIRES, [BookingRequest(node_urn(node), at(14), at(15))], owner_urn=owner)
+    timeline = Timeline(lab.database)
+    assert DEMO not in timeline.slices_of_user(BOB)
+    assert shared in timeline.slices_of_user(ALICE) and shared in timeline.slices_of_user(BOB)
+    Slices(lab.database).update_users(shared, {BOB: ["ssh-ed25519 AAAA bob"]}, replace=True)
+    assert shared not in timeline.slices_of_user(ALICE) and shared in timeline.slices_of_user(BOB)
+
+
 def test_a_removed_members_private_feed_has_their_own_lease_only(lab: Lab) -> None:
     bobs_lease = remove_alice_and_let_bob_book(lab)
     alice = events(get(lab, f"/feed/{FeedTokens(lab.database).issue(ALICE)}.ics"))
