@@ -164,6 +164,22 @@ class Timeline:
             )
             return set(rows)
 
+    def slices_booked_by(self, owner_urn: str, since: datetime) -> set[str]:
+        """The slices holding a lease (any state) ``owner_urn`` booked that ends after ``since``: one column query,
+        where the rows of every such lease would be read to the same end."""
+        with self.database.read() as session:
+            rows = session.scalars(
+                select(Slice.urn)
+                .join(Lease, Lease.slice_id == Slice.id)
+                .where(
+                    Lease.owner_urn == owner_urn,
+                    Lease.end_s > to_s(since),
+                    select(Sliver.id).where(Sliver.lease_id == Lease.id).exists(),
+                )
+                .distinct()
+            )
+            return set(rows)
+
     def users_of_slices(self, slice_urns: Iterable[str]) -> dict[str, list[str]]:
         """The users each slice lists, sorted."""
         wanted = set(slice_urns)

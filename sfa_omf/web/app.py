@@ -278,7 +278,7 @@ class WebCalendar:
             defaults=self._email_default(viewer.urn),
             all_channels=CHANNEL_LABELS,
             # Their slices' feeds, and those of slices where they booked but are no member (their own leases only).
-            slices=sorted(viewer.slices | {row.slice_urn for row in self._feed_rows(owner=viewer.urn)}),
+            slices=sorted(viewer.slices | self.timeline.slices_booked_by(viewer.urn, self.clock() - FEED_PAST)),
             token=form_token(self.form_key, viewer.urn),
             notice=notice,
             feed_url=feed_url,
