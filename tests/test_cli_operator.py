@@ -14,26 +14,14 @@ import pytest
 
 from sfa_omf.calendar.database import Database, head_revision, sqlite_url
 from sfa_omf.cli import main
+from tests import test_preflight
 from tests.calendar.test_schema_check import migrate_to
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
+lab = test_preflight.lab  # the fixture: an initialised directory of authority lab on free ports, no SFA_* variable
 # A hang is a failure: generous, so that a loaded machine does not fail the test.
 EXIT_TIMEOUT_S = 60
-
-
-@pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Path:
-    """An initialised directory (authority lab) on free ports, with no SFA_* variable of the machine running the
-    tests."""
-    for name in list(os.environ):
-        if name.startswith("SFA_"):
-            monkeypatch.delenv(name)
-    directory = tmp_path / "lab"
-    ports = ["--registry-port", str(free_port()), "--aggregate-port", str(free_port())]
-    assert main(["init", str(directory), "--authority", "lab", *ports]) == 0
-    capsys.readouterr()
-    return directory
 
 
 def sfa_omf(*argv: str, cwd: Path | None = None, **environment: str) -> subprocess.CompletedProcess[str]:

@@ -226,7 +226,7 @@ class WebCalendar:
         users = self._users_for(viewer, rows)
         now_left = gantt.place(now, now, *window)[0] if window[0] <= now < window[1] else None
         step = gantt.VIEWS[view]
-        groups = _layout(nodes, rows, viewer, window, users)
+        groups = gantt.layout(nodes, rows, viewer, window, users)
         return self._page(
             "gantt.html",
             viewer=viewer,
@@ -447,24 +447,6 @@ class WebCalendar:
             base=self.settings.base_path, status=status, title=title, message=message
         )
         return WebResponse(status, HTML, body.encode("utf-8"), headers or {})
-
-
-def _layout(
-    nodes: Sequence[NodeRow],
-    rows: Sequence[BookingRow],
-    viewer: Viewer,
-    window: tuple[datetime, datetime],
-    users: dict[str, list[str]],
-) -> list[gantt.PoolGroup]:
-    """gantt.layout with each booking decided by itself (Viewer.with_own_leases): the viewer's own lease in a slice
-    they have left shows whole, that slice's other leases as "booked"."""
-    by_node: dict[str, list[gantt.Bar]] = {}
-    for row in rows:
-        by_node.setdefault(row.node, []).append(gantt.bar_for(row, viewer.with_own_leases([row]), window, users))
-    groups: dict[str, list[gantt.NodeLine]] = {}
-    for node in nodes:
-        groups.setdefault(node.pool, []).append(gantt.NodeLine(node, tuple(by_node.get(node.component_id, ()))))
-    return [gantt.PoolGroup(name, tuple(lines)) for name, lines in groups.items()]
 
 
 def _cannot_answer_now(exc: GeniError) -> bool:

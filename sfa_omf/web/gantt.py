@@ -89,10 +89,12 @@ def layout(
     window: tuple[datetime, datetime],
     users: dict[str, list[str]],
 ) -> list[PoolGroup]:
-    """Pools in name order, each with its nodes and their bars."""
+    """Pools in name order, each with its nodes and their bars. Each booking is decided by itself
+    (Viewer.with_own_leases): the viewer's own lease in a slice they have left shows whole, that slice's other leases
+    as "booked"."""
     by_node: dict[str, list[Bar]] = {}
     for row in rows:
-        by_node.setdefault(row.node, []).append(bar_for(row, viewer, window, users))
+        by_node.setdefault(row.node, []).append(bar_for(row, viewer.with_own_leases([row]), window, users))
     groups: dict[str, list[NodeLine]] = {}
     for node in nodes:
         groups.setdefault(node.pool, []).append(NodeLine(node, tuple(by_node.get(node.component_id, ()))))

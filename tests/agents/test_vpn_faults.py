@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -141,25 +141,39 @@ def test_a_node_removed_while_its_certificate_is_being_issued_gets_none(tmp_path
     records = VpnRecords(database)
     directory = tmp_path / "vpn"
     ca = VpnCa(str(directory), "lab", records, clock=settled)
+
+    def removal() -> None:
+        Inventory(database).remove_node(node_urn("n1"))
+        assert records.revoke_current("n1") is None  # what the removal revokes: nothing issued yet
+
+    # (with records, the agent's row in the database is what is checked, not what ``enrolled`` says)
+    outcome = issued_while(directory, lambda: ca.issue("n1", agent.number, key.public_key(), lambda: True), removal)
+
+    assert records.state().issued == (), "the removed node holds a VPN certificate"
+    assert not (directory / "ccd" / "n1").exists()
+    assert isinstance(outcome[0], GeniError) and outcome[0].reason is Reason.NOT_FOUND
+
+
+def issued_while(
+    directory: Path, issue: Callable[[], tuple[str, str]], removal: Callable[[], object]
+) -> list[BaseException | tuple[str, str]]:
+    """What ``issue`` answered (or raised) when ``removal`` ran while the issue waited for the VPN file lock: the
+    test holds the lock, starts the issue, removes, then lets the issue go."""
     outcome: list[BaseException | tuple[str, str]] = []
 
-    def issue() -> None:
-        try:  # (with records, the agent's row in the database is what is checked, not what ``enrolled`` says)
-            outcome.append(ca.issue("n1", agent.number, key.public_key(), enrolled=lambda: True))
+    def run() -> None:
+        try:
+            outcome.append(issue())
         except BaseException as exc:  # the test looks at what it was
             outcome.append(exc)
 
     with open(directory / "lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        issuing = threading.Thread(target=issue)
+        issuing = threading.Thread(target=run)
         issuing.start()
-        Inventory(database).remove_node(node_urn("n1"))
-        assert records.revoke_current("n1") is None  # what the removal revokes: nothing issued yet
+        removal()
     issuing.join()
-
-    assert records.state().issued == (), "the removed node holds a VPN certificate"
-    assert not (directory / "ccd" / "n1").exists()
-    assert isinstance(outcome[0], GeniError) and outcome[0].reason is Reason.NOT_FOUND
+    return outcome
 
 
 def _lock_waits(database: Database) -> int:
@@ -245,23 +259,15 @@ def test_a_node_removed_while_its_certificate_is_being_issued_gets_none_on_sqlit
     directory = tmp_path / "vpn"
     ca = VpnCa(str(directory), "lab")
     agents = Agents(database)
-    outcome: list[BaseException | tuple[str, str]] = []
 
     def enrolled() -> bool:  # what AgentService.vpn_certificate asks
         return [row[0] for row in agents.names()] == ["n1"]
 
-    def issue() -> None:
-        try:
-            outcome.append(ca.issue("n1", agent.number, new_private_key().public_key(), enrolled))
-        except BaseException as exc:  # the test looks at what it was
-            outcome.append(exc)
-
-    with open(directory / "lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        issuing = threading.Thread(target=issue)
-        issuing.start()
-        Inventory(database).remove_node(node_urn("n1"))
-    issuing.join()
+    outcome = issued_while(
+        directory,
+        lambda: ca.issue("n1", agent.number, new_private_key().public_key(), enrolled),
+        lambda: Inventory(database).remove_node(node_urn("n1")),
+    )
 
     assert not (directory / "issued" / "n1.pem").exists() and not (directory / "ccd" / "n1").exists()
     assert isinstance(outcome[0], GeniError) and outcome[0].reason is Reason.NOT_FOUND
