@@ -19,7 +19,6 @@ from sfa_omf.am.credentials import split_credentials
 from sfa_omf.arguments import Checker, Param, Signature, boolean, struct, text, time_value, urn_of_type
 from sfa_omf.errors import BadArgs
 from sfa_omf.sshkeys import ssh_public_keys
-from sfa_omf.xrn import check_no_control_characters
 
 #: Bounds that no honest client reaches: a list of URNs, a users list.
 MAX_URNS = 10_000
@@ -29,9 +28,7 @@ MAX_ACTION_CHARS = 128
 
 # -- checkers of arguments -----------------------------------------------------------------------------------------
 def slice_urn(value: Any, where: str) -> str:
-    """A slice URN (without control characters: it reaches e-mails, feeds and RSpecs)."""
-    if isinstance(value, str):
-        check_no_control_characters(value, where)
+    """A slice URN."""
     return urn_of_type(value, where, ("slice",))
 
 
@@ -45,9 +42,6 @@ def urn_list(value: Any, where: str) -> list[str]:
         raise BadArgs(f"{where} is empty: name a slice URN or sliver URNs")
     if len(value) > MAX_URNS:
         raise BadArgs(f"{where} names {len(value)} URNs; at most {MAX_URNS} per call")
-    for index, item in enumerate(value):
-        if isinstance(item, str):
-            check_no_control_characters(item, f"{where}[{index}]")
     return [urn_of_type(item, f"{where}[{index}]", ("slice", "sliver")) for index, item in enumerate(value)]
 
 
@@ -96,8 +90,6 @@ def users(value: Any, where: str) -> list[dict[str, Any]]:
         place = f"{where}[{index}]"
         if not isinstance(user, dict):
             raise BadArgs(f"{place} must be a struct {{urn, keys}}, not {type(user).__name__}")
-        if isinstance(user.get("urn"), str):  # (it reached iCal feeds; a NUL failed PostgreSQL's insert)
-            check_no_control_characters(user["urn"], f"{place}.urn")
         urn = urn_of_type(user.get("urn"), f"{place}.urn", ("user",))
         keys = ssh_public_keys(user.get("keys"), f"{place}.keys")
         checked.append({**user, "urn": urn, "keys": keys})
@@ -115,8 +107,6 @@ def rspec_version(value: Any, where: str) -> dict[str, Any]:
 
 def user_urn(value: Any, where: str) -> str:
     """A user URN (geni_speaking_for)."""
-    if isinstance(value, str):
-        check_no_control_characters(value, where)
     return urn_of_type(value, where, ("user",))
 
 

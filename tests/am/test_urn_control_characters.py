@@ -103,3 +103,19 @@ def test_the_aggregate_itself_refuses_them_too(
         with pytest.raises(BadArgs) as refusal:
             call()
         assert "character 32 of the URN" in refusal.value.message and "the slice URN" in refusal.value.message
+
+
+@pytest.mark.parametrize("character", ["\n", "\x1b", "\x00"])
+def test_user_urns_with_a_control_character_are_refused_plainly(character: str) -> None:
+    """geni_users and geni_speaking_for: an ESC was stored as a slice user and reached the feeds; a NUL failed
+    PostgreSQL's insert (an internal error). Every URN argument goes through the one check (arguments.urn_of_type)."""
+    from sfa_omf.am import contract
+    from sfa_omf.errors import BadArgs
+
+    urn = f"urn:publicid:IDN+testbed+user+al{character}ice"
+    with pytest.raises(BadArgs) as sent_users:
+        contract.users([{"urn": urn, "keys": []}], "geni_users")
+    assert f"U+{ord(character):04X}" in str(sent_users.value) and "geni_users[0].urn" in str(sent_users.value)
+    with pytest.raises(BadArgs) as speaking_for:
+        contract.user_urn(urn, "geni_speaking_for")
+    assert f"U+{ord(character):04X}" in str(speaking_for.value)
