@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from sfa_omf.errors import BadArgs
-from sfa_omf.xrn import check_no_control_characters, is_urn, parse_urn
+from sfa_omf.xrn import check_urn_characters, is_urn, parse_urn
 
 MAX_URN_CHARS = 1024
 MAX_TEXT_CHARS = 4096
@@ -81,7 +81,7 @@ def urn_of_type(value: Any, where: str, kinds: tuple[str, ...]) -> str:
         raise BadArgs(f"{where} must be a {expected} URN string, not {type(value).__name__}")
     if len(value) > MAX_URN_CHARS:
         raise BadArgs(f"{where} is {len(value)} characters long: a URN has at most {MAX_URN_CHARS}")
-    check_no_control_characters(value, where)  # they would reach e-mails, feeds and RSpecs (a NUL, PostgreSQL too)
+    check_urn_characters(value, where)  # they would reach e-mails, feeds and RSpecs (a NUL, PostgreSQL too)
     parsed = None
     if is_urn(value):
         try:

@@ -12,6 +12,7 @@ Authority prefixes are always compared part by part, never as strings: ``onelab`
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from sfa_omf.errors import BadArgs
@@ -68,9 +69,15 @@ def is_urn(text: str) -> bool:
     return text[: len(URN_PREFIX)].lower() == URN_PREFIX.lower()
 
 
-def check_no_control_characters(text: str, where: str) -> None:
-    """Raise BadArgs naming the first control character of a URN (which one, at which character) and ``where``
-    (the argument it came in)."""
+def check_urn_characters(text: str, where: str) -> None:
+    """Raise BadArgs naming the first control character (line breaks included) or invisible formatting character of
+    a URN, which one, at which character, and ``where`` (the argument it came in).
+
+    Control characters would reach e-mails, feeds and RSpecs (a NUL, PostgreSQL too). A formatting character (Unicode
+    category Cf: bidi overrides and isolates, zero-width characters, the byte order mark, tags) is invisible or
+    reorders what follows it: a slice named with U+202E RIGHT-TO-LEFT OVERRIDE shows reversed, so that its URN can
+    read as another slice's.
+    """
     found = _CONTROL_CHARACTER.search(text)
     if found is not None:
         char = found.group()
@@ -79,6 +86,15 @@ def check_no_control_characters(text: str, where: str) -> None:
             f"{where}: character {found.start() + 1} of the URN is {name} (U+{ord(char):04X}); a URN holds no "
             "control characters or line breaks: send it without them"
         )
+    if text.isascii():  # the usual URN: no character to look up
+        return
+    for index, char in enumerate(text):
+        if unicodedata.category(char) == "Cf":
+            name = unicodedata.name(char, "a formatting character")
+            raise BadArgs(
+                f"{where}: character {index + 1} of the URN is {name} (U+{ord(char):04X}), an invisible formatting "
+                "character; a URN holds none (it would display as another URN): send it without them"
+            )
 
 
 def parse_urn(text: str) -> Urn:

@@ -82,7 +82,7 @@ from sfa_omf.trust.rights import METHOD_OPERATIONS
 from sfa_omf.trust.speaksfor import verify_speaks_for
 from sfa_omf.trust.ticket import TicketSlot, issue_ticket
 from sfa_omf.trust.verifier import CredentialVerifier, VerifiedCredential
-from sfa_omf.xrn import check_no_control_characters, hrn_to_urn, is_urn, parse_urn
+from sfa_omf.xrn import check_urn_characters, hrn_to_urn, is_urn, parse_urn
 
 log = logging.getLogger("sfa_omf.am")
 
@@ -1426,7 +1426,7 @@ def _urn_type(urn: str) -> str:
 
 
 def _check_urn(urn: str, kind: str) -> None:
-    check_no_control_characters(urn, f"the {kind} URN")
+    check_urn_characters(urn, f"the {kind} URN")
     if not is_urn(urn) or _urn_type(urn) != kind:
         raise BadArgs(f"{urn!r} is not a {kind} URN (urn:publicid:IDN+<authority>+{kind}+<name>)")
 

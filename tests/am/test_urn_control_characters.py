@@ -119,3 +119,48 @@ def test_user_urns_with_a_control_character_are_refused_plainly(character: str) 
     with pytest.raises(BadArgs) as speaking_for:
         contract.user_urn(urn, "geni_speaking_for")
     assert f"U+{ord(character):04X}" in str(speaking_for.value)
+
+
+#: Invisible formatting characters (Unicode category Cf): a bidi override, an isolate, zero-width ones, the byte
+#: order mark, a tag. Each changes how a URN displays (U+202E shows "demo" + "ecils+" reversed), so that a slice
+#: reads as another's in e-mails, feeds, the Gantt and RSpecs.
+FORMAT_CHARACTERS = ["\u202e", "\u202a", "\u2067", "\u200b", "\u200f", "\ufeff", "\u00ad", "\U000e0041"]
+
+
+@pytest.mark.parametrize("character", FORMAT_CHARACTERS, ids=lambda char: f"U+{ord(char):04X}")
+@pytest.mark.parametrize(("version", "method"), [(3, "Allocate"), (3, "Describe"), (2, "CreateSliver")])
+def test_a_urn_with_a_formatting_character_is_bad_arguments_naming_it(
+    endpoints: tuple[ApiV3, ApiV2, Aggregate], pki: DemoPki, version: int, method: str, character: str
+) -> None:
+    v3, v2, aggregate = endpoints
+    urn = f"urn:publicid:IDN+testbed+slice+de{character}mo"
+    before = aggregate.bookings.leases(active_only=False)
+    endpoint, calls = (v3, V3_CALLS) if version == 3 else (v2, V2_CALLS)
+    answer = endpoint(CallContext(pki.users["alice"].chain, "127.0.0.1", "/"), method, with_urn(calls[method], urn))
+    assert answer["code"]["geni_code"] == 1, answer  # BADARGS
+    output = answer["output"]
+    assert f"U+{ord(character):04X}" in output and "character 34 of the URN" in output, output
+    assert "argument 1" in output and "formatting character" in output, output
+    assert aggregate.bookings.leases(active_only=False) == before
+
+
+@pytest.mark.parametrize("character", ["\u202e", "\u200d"], ids=lambda char: f"U+{ord(char):04X}")
+def test_user_urns_with_a_formatting_character_are_refused_plainly(character: str) -> None:
+    """geni_users (stored as the slice's users, shown in feeds and on pages) and geni_speaking_for."""
+    from sfa_omf.am import contract
+
+    urn = f"urn:publicid:IDN+testbed+user+al{character}ice"
+    with pytest.raises(BadArgs) as sent_users:
+        contract.users([{"urn": urn, "keys": []}], "geni_users")
+    assert f"U+{ord(character):04X}" in str(sent_users.value) and "geni_users[0].urn" in str(sent_users.value)
+    with pytest.raises(BadArgs) as speaking_for:
+        contract.user_urn(urn, "geni_speaking_for")
+    assert f"U+{ord(character):04X}" in str(speaking_for.value)
+
+
+def test_letters_of_other_scripts_stay_welcome() -> None:
+    """Only formatting characters are refused: accented and non-Latin letters are names like any other."""
+    from sfa_omf.am import contract
+
+    for urn in ("urn:publicid:IDN+testbed+slice+d\u00e9mo", "urn:publicid:IDN+testbed+slice+\u0434\u0435\u043c\u043e"):
+        assert contract.slice_urn(urn, "argument 1 (slice_urn)") == urn
