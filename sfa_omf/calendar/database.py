@@ -34,6 +34,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # PostgreSQL: deadlock (two racers each waiting on the other's row), serialization failure, lock not available.
 TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 RETRY_ATTEMPTS = 6
+#: Tries of a write that requests at the same moment may race on a unique row (a user's new feed token, leases' first
+#: revisions, a subscription change): each try after the first sees the rows of the requests that won before.
+RACE_ATTEMPTS = 20
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 OVERLAP_CONSTRAINT = "sliver_no_overlap"
 #: PostgreSQL advisory lock of schema migrations (Database.upgrade): one at a time across hosts. The aggregate's other
@@ -448,4 +451,19 @@ def retry_transient(unit_of_work: Callable[[], T], attempts: int = RETRY_ATTEMPT
                     Reason.BUSY, f"the calendar is busy with concurrent bookings ({exc}); try again"
                 ) from exc
             time.sleep(random.uniform(0, 0.01 * (2**attempt)))  # back off, with jitter so racers separate
+    raise AssertionError("unreachable")
+
+
+def retry_raced(unit_of_work: Callable[[], T], what: str, attempts: int = RACE_ATTEMPTS) -> T:
+    """Run a unit of work again when a concurrent request inserted a row it meant to insert (PostgreSQL refuses the
+    second row of a unique key: IntegrityError): the next try sees that row and takes it into account. BUSY naming
+    ``what`` when every try lost its race."""
+    for attempt in range(attempts):
+        try:
+            return unit_of_work()
+        except IntegrityError as exc:
+            if attempt == attempts - 1:
+                raise GeniError(
+                    Reason.BUSY, f"{what} collided with concurrent requests {attempts} times in a row; try again"
+                ) from exc
     raise AssertionError("unreachable")

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select
-from sqlalchemy.exc import IntegrityError
 
-from sfa_omf.calendar.database import Database, retry_transient
+from sfa_omf.calendar.database import Database, retry_raced, retry_transient
 from sfa_omf.calendar.models import FeedToken, LeaseRevision
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.timeline import chunked
@@ -26,9 +25,6 @@ from sfa_omf.times import utcnow
 
 #: Bytes of randomness in a feed token (URL-safe base64: 43 characters).
 TOKEN_BYTES = 32
-#: Tries of a write that requests at the same moment may race (a user's new token, leases' first revisions): each
-#: try after the first sees the rows of the requests that won before.
-RACE_ATTEMPTS = 20
 
 
 @dataclass(frozen=True)
@@ -50,18 +46,13 @@ class LeaseRevisions:
             return {}
         known = self._known(set(fingerprints))
         changed = {lease: fp for lease, fp in fingerprints.items() if lease not in known or known[lease][1] != fp}
-        attempts = 0
-        while changed:
-            try:
-                known.update(retry_transient(lambda: self._record(changed)))
-                break
-            except IntegrityError:
-                # Another request recorded a first revision of one of these leases meanwhile (PostgreSQL): its
-                # row is there now, so recording again compares with it. Feeds of overlapping leases (a node's, a
-                # slice's, a user's) may each win one of the rows: as often as it takes, within bounds.
-                attempts += 1
-                if attempts == RACE_ATTEMPTS:
-                    raise
+        if changed:
+            # Another request may record a first revision of one of these leases meanwhile (PostgreSQL): its row is
+            # there then, so recording again compares with it. Feeds of overlapping leases (a node's, a slice's, a
+            # user's) may each win one of the rows: as often as it takes, within bounds.
+            known.update(
+                retry_raced(lambda: retry_transient(lambda: self._record(changed)), "recording the feed's revisions")
+            )
         return {lease: Revision(known[lease][0], from_s(known[lease][2])) for lease in fingerprints}
 
     def _known(self, lease_ids: set[str]) -> dict[str, tuple[int, str, int]]:
@@ -117,19 +108,16 @@ class FeedTokens:
         if not user_urn.startswith("urn:publicid:IDN+") or "+user+" not in user_urn:
             raise GeniError(Reason.BAD_ARGS, f"{user_urn!r} is not a user URN (urn:publicid:IDN+AUTHORITY+user+NAME)")
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        attempts = 0
-        while True:
-            try:
-                with self.database.write() as session:
-                    session.execute(delete(FeedToken).where(FeedToken.user_urn == user_urn))
-                    session.add(FeedToken(token_sha256=_digest(token), user_urn=user_urn, created_s=to_s(self.clock())))
-                return token
-            except IntegrityError:
-                # PostgreSQL: another request for this user inserted its token meanwhile (one per user); deleting
-                # again now sees it, so the next attempt replaces it.
-                attempts += 1
-                if attempts == RACE_ATTEMPTS:
-                    raise
+
+        def replace_token() -> None:
+            with self.database.write() as session:
+                session.execute(delete(FeedToken).where(FeedToken.user_urn == user_urn))
+                session.add(FeedToken(token_sha256=_digest(token), user_urn=user_urn, created_s=to_s(self.clock())))
+
+        # PostgreSQL: another request for this user may insert its token meanwhile (one per user); deleting again
+        # then sees it, so the next try replaces it.
+        retry_raced(replace_token, "a new feed address")
+        return token
 
     def user_of(self, token: str) -> str | None:
         """The user whose feed this token opens, or None."""

@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, or_, select, update
@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sfa_omf.addresses import is_public_address
-from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.database import Database, retry_raced
 from sfa_omf.calendar.models import (
     Lease,
     Node,
@@ -48,10 +48,6 @@ OPTED_OUT = ""
 #: The longest address (e-mail or webhook URL) and message key the tables hold (models.NotifyOutbox).
 MAX_ADDRESS = 500
 MAX_KEY = 600
-#: Tries of a subscription change against requests for the same user and channel at the same moment.
-RACE_ATTEMPTS = 20
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -89,7 +85,9 @@ class Outbox:
         if "+user+" not in user_urn:
             raise GeniError(Reason.BAD_ARGS, f"{user_urn!r} is not a user URN (urn:publicid:IDN+AUTHORITY+user+NAME)")
         check_address(channel, address)
-        _again_if_raced(lambda: self._subscribe(user_urn, channel, address))
+        # Again when another request for the same user and channel inserted its row meanwhile (PostgreSQL refuses the
+        # second row: a double click on the page, or the page and the command at once): the next try replaces it.
+        retry_raced(lambda: self._subscribe(user_urn, channel, address), "the subscription change")
 
     def _subscribe(self, user_urn: str, channel: str, address: str) -> None:
         with self.database.write() as session:
@@ -103,7 +101,7 @@ class Outbox:
     def unsubscribe(self, user_urn: str, channel: str) -> bool:
         """Opt a user out of a channel; False if they had no address of their own on it. For e-mail an opt-out is
         kept (a row without address): the default address on record (``email_defaults``) is not used either."""
-        return _again_if_raced(lambda: self._unsubscribe(user_urn, channel))
+        return retry_raced(lambda: self._unsubscribe(user_urn, channel), "the subscription change")  # (as subscribe)
 
     def _unsubscribe(self, user_urn: str, channel: str) -> bool:
         with self.database.write() as session:
@@ -324,18 +322,6 @@ class Outbox:
         with self.database.read() as session:
             row = session.get(NotifyOutbox, message_id)
             return None if row is None or row.state != "pending" else from_s(row.next_attempt_s)
-
-
-def _again_if_raced(work: Callable[[], T]) -> T:
-    """Run a unit of work that replaces a user's row of a channel, again when another request for the same user and
-    channel inserted its row meanwhile (PostgreSQL refuses the second row: a double click on the page, or the page
-    and the command at once); the next try sees that row and replaces it."""
-    for _ in range(RACE_ATTEMPTS - 1):
-        try:
-            return work()
-        except IntegrityError:
-            continue
-    return work()
 
 
 @dataclass(frozen=True)

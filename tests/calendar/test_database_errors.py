@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from sfa_omf.calendar.booking import Bookings
-from sfa_omf.calendar.database import Database, TransientConflict, retry_transient, sqlite_url
+from sfa_omf.calendar.database import Database, TransientConflict, retry_raced, retry_transient, sqlite_url
 from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.models import FeedToken
 from sfa_omf.calendar.plain_statements import MAX_LISTED
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniCode, GeniError, Reason
@@ -65,6 +66,35 @@ def test_transient_collisions_are_retried_then_busy() -> None:
         retry_transient(always_collides, attempts=3)
     assert refusal.value.reason == Reason.BUSY and refusal.value.code == GeniCode.BUSY
     assert "try again" in refusal.value.message
+
+
+def test_lost_races_on_a_unique_row_are_retried_then_busy(tmp_path: Path) -> None:
+    """retry_raced, which the feeds' and the outbox's racing writes share: a real unique-key refusal (SQLite's, as
+    PostgreSQL's when a racer inserted the row first) is tried again; when every try loses, BUSY says so."""
+    database = Database(sqlite_url(str(tmp_path / "raced.sqlite")))
+    database.upgrade()
+    with database.write() as session:
+        session.add(FeedToken(token_sha256="won", user_urn="urn:publicid:IDN+testbed+user+bob", created_s=0))
+    tries: list[str] = []
+
+    def insert(token: str) -> str:
+        tries.append(token)
+        with database.write() as session:
+            session.add(FeedToken(token_sha256=token, user_urn="urn:publicid:IDN+testbed+user+alice", created_s=0))
+        return token
+
+    # The racer's row is there for the first two tries (the same key): the third inserts another.
+    assert retry_raced(lambda: insert("won" if len(tries) < 2 else "mine"), "a test token") == "mine"
+    assert tries == ["won", "won", "mine"]
+
+    tries.clear()
+    with pytest.raises(GeniError) as refusal:
+        retry_raced(lambda: insert("won"), "a test token", attempts=4)
+    assert tries == ["won"] * 4
+    assert refusal.value.reason == Reason.BUSY and refusal.value.code == GeniCode.BUSY
+    assert "a test token collided with concurrent requests 4 times" in refusal.value.message
+    assert "try again" in refusal.value.message
+    database.dispose()
 
 
 def test_a_sqlite_writer_waits_for_another_of_its_process_then_answers_locked(
