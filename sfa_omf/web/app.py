@@ -384,16 +384,18 @@ class WebCalendar:
 
     def _feed(self, name: str, rows: Sequence[BookingRow], viewer: Viewer) -> WebResponse:
         """The feed of these rows as this viewer may see them: nodes of private pools only for operators and the
-        members of the slice that booked them (their own lease is no secret to them). A lease the viewer booked in a
-        slice they have left shows whole where no other lease of that slice is in the feed (Viewer.with_own_leases);
-        the member list only to members and operators."""
+        members of the slice that booked them (their own lease is no secret to them). Each lease is decided by itself,
+        as on the Gantt (gantt.layout): the viewer's own lease in a slice that does not list them shows whole, that
+        slice's other leases as "booked" (Viewer.with_own_leases); the member list only to members and operators."""
         visible = {node.component_id for node in self._visible_nodes(viewer)}
-        seeing = viewer.with_own_leases(rows)
-        events = group_leases([row for row in rows if row.node in visible or seeing.sees(row.slice_urn)])
+        whole = {row.lease_id for row in rows if viewer.with_own_leases([row]).sees(row.slice_urn)}
+        events = group_leases([row for row in rows if row.node in visible or row.lease_id in whole])
         revisions = self.revisions.observe({event.lease_id: fingerprint(event) for event in events})
         users = self.timeline.users_of_slices({event.slice_urn for event in events if viewer.sees(event.slice_urn)})
         return WebResponse(
-            200, ICS, render_feed(name, events, revisions, seeing.sees, self.settings.host, users, self.event_texts)
+            200,
+            ICS,
+            render_feed(name, events, revisions, whole.__contains__, self.settings.host, users, self.event_texts),
         )
 
     # -- helpers --------------------------------------------------------------------------------------------------

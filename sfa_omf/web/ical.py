@@ -5,8 +5,8 @@
   the SEQUENCE, so clients replace what they hold.
 - Cancelled and expired leases stay in the feed as STATUS:CANCELLED (a client removes the event only when told).
 - Times are UTC (``...Z``).
-- Privacy: the caller decides per slice (``sees``) whether the event names the slice, nodes' users and state, or only
-  says "booked".
+- Privacy: the caller decides per lease (``sees``, given the lease id) whether the event names the slice, nodes'
+  users and state, or only says "booked".
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ def render_feed(
     users: dict[str, list[str]] | None = None,
     cache: EventCache | None = None,
 ) -> bytes:
-    """The VCALENDAR text of these leases (each VEVENT from the cache when it has it)."""
+    """The VCALENDAR text of these leases (each VEVENT from the cache when it has it); ``sees``: whether the viewer
+    sees the lease (by its id) whole."""
     calendar = Calendar()
     calendar.add("prodid", PRODID)
     calendar.add("version", "2.0")
@@ -132,7 +133,7 @@ def render_feed(
     texts = []
     for event in events:
         revision = revisions[event.lease_id]
-        visible = sees(event.slice_urn)
+        visible = sees(event.lease_id)
         slice_users = tuple(users.get(event.slice_urn, ())) if visible else ()
         row = event.start_row
         key = (event.lease_id, revision, visible, slice_users, host, event.nodes, event.state, row.start, row.end)

@@ -37,9 +37,9 @@ class Viewer:
 
     def with_own_leases(self, rows: Iterable[BookingRow]) -> Viewer:
         """This viewer for showing these rows: it also sees the slice of a lease it booked itself when every row of
-        that slice here is its own lease. The pages and feeds decide per slice (gantt.bar_for, ical.render_feed);
-        another's lease of a slice this user left must stay "booked", so such a slice is not added (call this with
-        one row to decide one booking). The member list goes by ``sees`` of the viewer itself."""
+        that slice here is its own lease. Another's lease of a slice this user left must stay "booked", so such a
+        slice is not added: the pages and feeds call this with one row to decide each booking by itself
+        (gantt.layout, the node page, WebCalendar._feed). The member list goes by ``sees`` of the viewer itself."""
         if self.urn is None:
             return self
         own: set[str] = set()
