@@ -8,15 +8,26 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import FeedToken, NotifySubscription, RegistryRecord, SliceUser, UserContact
+from sfa_omf.calendar.models import (
+    FeedToken,
+    Lease,
+    NotifyEvent,
+    NotifySubscription,
+    RegistryRecord,
+    RepositoryImage,
+    Slice,
+    SliceUser,
+    UserContact,
+)
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import BadArgs
 from sfa_omf.registry.accounts import retire_login
 from sfa_omf.registry.authority import LocalAuthority
-from sfa_omf.times import utcnow
+from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain, load_gid_chain_file
 from sfa_omf.xrn import hrn_to_urn, is_authority_for, parse_urn, split_hrn
 
@@ -77,6 +88,28 @@ def record_email(address: str) -> str:
     if len(address) > MAX_EMAIL_CHARS:
         raise BadArgs(f"the e-mail address is {len(address)} characters long; the registry holds {MAX_EMAIL_CHARS}")
     return address
+
+
+def removed_holder(urn: str, removed: datetime) -> str:
+    """What the calendar keeps of a removed user where it recorded who did something (booked a lease, saved an image,
+    asked for a renewal): their URN and when they were removed, within the columns' 300 characters. No certificate
+    names it (names under our authority are ours to issue, and new_record_urn refuses white space), so it is nobody's
+    own: not the next holder's of the name."""
+    mark = f" (removed {format_time(removed)})"
+    return urn[: MAX_URN_CHARS - len(mark)] + mark
+
+
+#: The payload fields of a recorded event that name a user it goes to (notify/notifier.py _recorded_recipients).
+EVENT_USER_FIELDS = ("caller", "owner")
+
+
+def _rename_in_events(session: Session, user_urn: str, removed_as: str) -> None:
+    """``removed_as`` in place of ``user_urn`` wherever a recorded event of a slice names the user as a recipient:
+    the notifier reads them again for a day, and would send them to the next holder of the name."""
+    for row in session.scalars(select(NotifyEvent).where(NotifyEvent.slice_urn.is_not(None))):
+        named = [name for name in EVENT_USER_FIELDS if row.payload.get(name) == user_urn]
+        if named:
+            row.payload = {**row.payload, **dict.fromkeys(named, removed_as)}  # a new dict: the JSON column is saved
 
 
 @dataclass(frozen=True)
@@ -196,15 +229,18 @@ class Records:
         """Remove a record and, in the same transaction, its HRN from every slice's researchers and every authority's
         PIs, and (a user or slice, with ``retire``) its local login from the account mapping (registry/accounts.py
         retire_login): whoever registers the name next must inherit neither the memberships nor the Unix account,
-        nor (a user) the removed user's feed token, notification subscriptions or e-mail address.
+        nor (a user) the removed user's feed token, notification subscriptions or e-mail address, nor their leases,
+        saved images and recorded events as their own: these name ``removed_holder`` from now on; nor (a slice) the
+        users the aggregate's slice of that URN listed, with their SSH keys.
         ``retire=False`` only undoes a registration that failed (nobody held the name). False: no such record."""
+        now = utcnow()
         with self.database.write() as session:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
             if row is None:
                 return False
             session.delete(row)
             if retire and row.type in ("user", "slice"):
-                retire_login(session, row.urn, int(utcnow().timestamp()))
+                retire_login(session, row.urn, int(now.timestamp()))
             if retire and row.type == "user":
                 # The aggregate's slices forget the user and the keys they sent: whoever registers the name next
                 # (the same URN) must not get them in their login, nor have them taken for theirs (the AM's
@@ -215,13 +251,28 @@ class Records:
                 # e-mail address or webhook (subscriptions, the address of their last GID).
                 for table in (FeedToken, NotifySubscription, UserContact):
                     session.execute(delete(table).where(table.user_urn == row.urn))
+                # What they booked, saved or asked for stays for the record, as a removed user's: every reader compares
+                # it with the URN of a viewer or recipient (their feed, /calendar/me, the web calendar's "mine", lease
+                # news, the per-user limit, private images), and the next holder of the name has that URN.
+                removed_as = removed_holder(row.urn, now)
+                session.execute(update(Lease).where(Lease.owner_urn == row.urn).values(owner_urn=removed_as))
+                session.execute(
+                    update(RepositoryImage).where(RepositoryImage.added_by == row.urn).values(added_by=removed_as)
+                )
+                _rename_in_events(session, row.urn, removed_as)
+            if retire and row.type == "slice":
+                # The aggregate's record of the slice keeps its URN (its leases run to their end), but not its users
+                # and their keys: a slice registered later under the name would list them, so give them accounts
+                # with their keys on its nodes and show them its leases.
+                members = select(Slice.id).where(Slice.urn == row.urn).scalar_subquery()
+                session.execute(delete(SliceUser).where(SliceUser.slice_id == members))
             holders = session.scalars(select(RegistryRecord).where(RegistryRecord.type.in_(("slice", "authority"))))
             for holder in holders:
                 researchers = [member for member in holder.researchers if member != hrn]
                 pis = [pi for pi in holder.pis or [] if pi != hrn]
                 if researchers != list(holder.researchers) or pis != list(holder.pis or []):
                     holder.researchers, holder.pis = researchers, pis
-                    holder.updated_s = int(utcnow().timestamp())
+                    holder.updated_s = int(now.timestamp())
             return True
 
     def import_authority(
