@@ -17,7 +17,9 @@ Issued and revoked certificates are recorded in the database, and every host wri
 crl.pem from those rows (``refresh``: at start, after each issue or revocation, and every few seconds), so a
 certificate revoked through one host is in every host's CRL within that period. Without records (an operator's
 command given no database) the files alone are kept, as on a single host; the next refresh of a host records what
-such a command changed there (a revocation, a certificate) for the cluster.
+such a command changed there (a revocation, a certificate) for the cluster. The files alone (SQLite's one host): what
+revoked.json or crl.pem revokes stays revoked, both are written from that at start and before each issue, and an issue
+that fails is undone in issued/, ccd/, revoked.json and crl.pem alike.
 
 A refresh costs one small query when nothing changed: it compares the records' version and the timestamps of
 revoked.json, crl.pem, issued/ and ccd/ with those it saw when it last wrote them, and reads or writes no file when
@@ -105,6 +107,12 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
     os.replace(temporary, path)
 
 
+def _every_revoked(listed: list[int] | None, in_crl: list[int] | None) -> list[int]:
+    """revoked.json's serials (``listed``), then those only the CRL revokes (``in_crl``)."""
+    known = set(listed or [])  # once: a set per CRL entry made a re-issue quadratic in the revoked serials
+    return (listed or []) + [serial for serial in in_crl or [] if serial not in known]
+
+
 def _ccd(address: str) -> bytes:
     return f"ifconfig-push {address} {NETWORK.netmask}\n".encode()
 
@@ -190,7 +198,9 @@ class VpnCa:
                 self._create(authority_hrn)
             self.ca_key = load_private_key((self.directory / "ca.key").read_bytes())
             self.ca = x509.load_pem_x509_certificate((self.directory / "ca.pem").read_bytes())
-            if not (self.directory / "crl.pem").exists():  # (lost: what revoked.json says is revoked stays so)
+            if records is None:  # the file-only VPN: its two files agree before any use (with records: refresh)
+                self._revocation_in_line()
+            elif not (self.directory / "crl.pem").exists():  # (lost: what revoked.json says is revoked stays so)
                 self._write_crl(self._revoked_here())
         if records is not None:
             self.refresh()
@@ -305,15 +315,20 @@ class VpnCa:
                     "is issued",
                 )
             previous = issued.read_text() if issued.exists() else None
-            # The new files first, the previous certificate revoked last: a failure leaves the node's working one.
+            revocation_before: tuple[bytes | None, bytes | None] | None = None
+            # A failure is undone (the node's working certificate stays). The previous certificate is revoked before
+            # the new one replaces it in issued/: a stop in between leaves it revoked and in issued/ (the node asks
+            # again), never valid and forgotten, out of reach of the node's later revocations (removal, new key).
             try:
+                self._revocation_in_line()  # what a failure below is undone to: the CRL and revoked.json agreeing
+                revocation_before = self._revocation_files()
                 pem, address = self._sign(hostname, node_id, public_key)
-                issued.parent.mkdir(exist_ok=True)
-                _write(issued, pem.encode("ascii"))
                 if previous is not None:
                     self._revoke(previous, hostname, keep_address=True)
+                issued.parent.mkdir(exist_ok=True)
+                _write(issued, pem.encode("ascii"))
             except OSError as exc:
-                self._undo_issue(hostname, previous)
+                self._undo_issue(hostname, previous, revocation_before)
                 raise GeniError(
                     Reason.UNAVAILABLE,
                     f"node {hostname}: this host's VPN files in {self.directory} could not be written ({exc}); no "
@@ -321,15 +336,31 @@ class VpnCa:
                 ) from exc
         return pem, address
 
-    def _undo_issue(self, hostname: str, previous: str | None) -> None:
+    def _undo_issue(
+        self, hostname: str, previous: str | None, revocation_before: tuple[bytes | None, bytes | None] | None
+    ) -> None:
         """After a failed file-only issue: the previous certificate back in issued/ (its ccd/ entry is the same), or
-        no ccd/ entry when the node had none. Under the locks."""
+        no ccd/ entry when the node had none; then revoked.json and crl.pem as they were before the call
+        (``revocation_before``, from _revocation_files; None: the call failed before it changed them): a re-issue
+        whose revoked.json failed after its CRL must not leave the node's working certificate in the CRL. Under the
+        locks."""
         issued = self.directory / "issued" / f"{hostname}.pem"
         try:
             if previous is None:
                 (self.directory / "ccd" / hostname).unlink(missing_ok=True)
             elif not issued.exists() or issued.read_text() != previous:
                 _write(issued, previous.encode("ascii"))
+            if revocation_before is not None:
+                (crl_path, revoked_path), (crl_before, revoked_before) = self._revocation_paths(), revocation_before
+                # The reverse of their writes' order (revoked.json, then the CRL): a failure here stops with the CRL
+                # revoking at least what revoked.json does, which the next operation makes both say (never less).
+                for path, before in ((revoked_path, revoked_before), (crl_path, crl_before)):
+                    now = path.read_bytes() if path.exists() else None
+                    if now != before:
+                        if before is None:
+                            path.unlink()
+                        else:
+                            _write(path, before)
         except OSError:  # the call's own error is the answer
             log.exception("VPN files in %s not put back after a failed issue for %s", self.directory, hostname)
 
@@ -387,8 +418,8 @@ class VpnCa:
         with self._locked():
             if not issued.exists():
                 return False
-            self._revoke(issued.read_text(), hostname)
-            issued.unlink()
+            then = f"once they can, run `sfa-omf node vpn-revoke {hostname}`"
+            self._revoke_issued(issued.read_text(), hostname, then)
         return True
 
     def revoke_other_key(self, hostname: str, public_key: rsa.RSAPublicKey) -> bool:
@@ -411,9 +442,23 @@ class VpnCa:
             certificate_pem = issued.read_text()
             if same_key(certificate_pem):
                 return False
-            self._revoke(certificate_pem, hostname)
-            issued.unlink()
+            self._revoke_issued(certificate_pem, hostname, "try again")
         return True
+
+    def _revoke_issued(self, certificate_pem: str, hostname: str, then: str) -> None:
+        """The file-only revocation of the node's current certificate: into revoked.json and the CRL, its ccd/ entry
+        and issued/ file gone. When a write fails: UNAVAILABLE, saying ``then`` (what completes it once the files can
+        be written), instead of an internal error that names a temporary file (a removed node would keep its tunnel
+        with nobody told how to close it). Under the locks."""
+        try:
+            self._revoke(certificate_pem, hostname)
+            (self.directory / "issued" / f"{hostname}.pem").unlink()
+        except OSError as exc:  # what was written stays: a revocation in the CRL only is kept (_revoked_here)
+            raise GeniError(
+                Reason.UNAVAILABLE,
+                f"node {hostname}: its VPN certificate is not revoked, or not completely: this host's VPN files in "
+                f"{self.directory} could not be written ({exc}); {then}",
+            ) from exc
 
     def revoke(self, certificate_pem: str, hostname: str) -> None:
         """Revoke a client certificate (a removed node): into the CRL, and its address entry gone."""
@@ -437,17 +482,45 @@ class VpnCa:
         if not keep_address:
             (self.directory / "ccd" / hostname).unlink(missing_ok=True)
 
+    def _revocation_paths(self) -> tuple[Path, Path]:
+        """crl.pem and revoked.json, in the order a revocation writes them."""
+        return self.directory / "crl.pem", self.directory / "revoked.json"
+
+    def _revocation_files(self) -> tuple[bytes | None, bytes | None]:
+        """The bytes of crl.pem and revoked.json (None: absent), for an undo to write them back."""
+        crl_path, revoked_path = self._revocation_paths()
+        return (
+            crl_path.read_bytes() if crl_path.exists() else None,
+            revoked_path.read_bytes() if revoked_path.exists() else None,
+        )
+
+    def _revocation_in_line(self) -> None:
+        """The file-only VPN: crl.pem and revoked.json written again where they differ from every serial either of
+        them revokes (_revoked_here: the one list both are made from). A stop between a revocation's two writes, a
+        CRL lost, unreadable or restored from an older copy: what either revokes stays revoked, and OpenVPN's CRL
+        says so before the next certificate is issued. Under the directory's lock."""
+        listed, in_crl = self._revocation_lists()
+        revoked = _every_revoked(listed, in_crl)
+        if in_crl != sorted(revoked):
+            self._write_crl(revoked)  # the CRL first, as in _revoke
+        if listed != revoked:
+            _write(self.directory / "revoked.json", json.dumps(revoked).encode("ascii"))
+
     def _revoked_here(self) -> list[int]:
+        """Every serial revoked.json or the CRL revokes: the CRL may be ahead of revoked.json (a stop between the
+        two writes), and what it revokes stays revoked."""
+        return _every_revoked(*self._revocation_lists())
+
+    def _revocation_lists(self) -> tuple[list[int] | None, list[int] | None]:
+        """What revoked.json lists ([] when absent, None when unreadable) and the serials crl.pem revokes (sorted;
+        None when absent, unreadable or not this CA's)."""
         path = self.directory / "revoked.json"
         try:
             listed = [int(serial) for serial in json.loads(path.read_text())] if path.exists() else []
         except (ValueError, TypeError):  # unreadable: the records (or the next revocation) write it anew
-            listed = []
-        # The CRL may be ahead of revoked.json (a stop between the two writes): what it revokes stays revoked.
+            listed = None
         crl_path = self.directory / "crl.pem"
-        in_crl = self._crl_serials(crl_path.read_bytes() if crl_path.exists() else None) or []
-        known = set(listed)  # once: a set per CRL entry made a re-issue quadratic in the revoked serials
-        return listed + [serial for serial in in_crl if serial not in known]
+        return listed, self._crl_serials(crl_path.read_bytes() if crl_path.exists() else None)
 
     def refresh(self) -> bool:
         """Write this host's issued/, ccd/, revoked.json and crl.pem from the cluster's records (with records only),
