@@ -105,6 +105,12 @@ OTHER_WINDOW = "OAR holds another window than the calendar's"
 # A job row's message while the aggregate deletes the lease's job to replace it (_replace): a job deleted so is never
 # told to the users as lost, whether or not the replacement or its putting back was made.
 REPLACING = "deleted by the aggregate to be replaced: OAR job"
+# The mark once the call that replaced the job has ended without a job for the lease (its window neither reserved anew
+# nor put back): the reconciler's to reserve again at once. While the mark is REPLACING, a call may still be at work.
+NOT_REPLACED = "deleted by the aggregate, not replaced: OAR job"
+# How long a Provision waits for OAR to finish making a reservation an earlier call of the lease asked for: OAR lists
+# it with no nodes until that call's oarsub acknowledges it (client.reservations), about 0.3 s, more when loaded.
+PLACING_WAIT_S = 10.0
 
 
 @dataclass
@@ -158,6 +164,7 @@ class OarTestbed:
         self.reconcile_s = reconcile_s
         self.horizon = horizon
         self.clock = clock
+        self.placing_wait_s = PLACING_WAIT_S
         self._jobs_seen: dict[int, tuple[float, OarJob | None]] = {}  # job id -> (when read, job): Status cache
         # Jobs the reconciler made in place of others and OAR still holds in another window than the calendar's: kept,
         # not replaced again every round. Remembered until a restart, which is how a corrected [sfa_oar] timezone
@@ -293,10 +300,14 @@ class OarTestbed:
             return
         job_id = row.job_id
         if job_id is None:  # an interrupted submission: is there a job of ours after all?
-            matching, stale = self._ours(lease, row.owner, self._oar(lambda: self._jobs_named(lease)), row.job_id)
-            found = matching or stale
+            named = self._oar(lambda: self._jobs_named(lease))
+            matching, stale = self._ours(lease, row.owner, named, row.job_id)
+            # (One OAR is still making, nodes not listed yet: that submission's, named after the lease, its owner's.)
+            found = matching or stale or _being_made(named, lease, row.owner)
             if found is None:
-                self.jobs.forget(lease.id)
+                # Kept, with its owner: a job OAR has not even listed yet (it lists one only once scheduled) is then
+                # an orphan the reconciler deletes.
+                self.jobs.set(lease.id, DELETED)
                 return
             job_id = found.id
         try:
@@ -410,7 +421,8 @@ class OarTestbed:
         now = self.clock()
         round_started_s = utcnow().timestamp()  # (the rows' own clock: a row written later is a call's, meanwhile)
         named: dict[str, list[OarJob]] = defaultdict(list)  # lease id -> the jobs named after it (anyone's)
-        for job in self.client.reservations(now, now + RECONCILE_AHEAD):
+        # (Jobs OAR is still making included: a row whose job is being made is not forgotten, nor reserved twice.)
+        for job in self.client.reservations(now, now + RECONCILE_AHEAD, unplaced=True):
             lease_id = lease_of(job.name)
             if lease_id is not None:
                 named[lease_id].append(job)
@@ -454,11 +466,14 @@ class OarTestbed:
                 and (lease is None or lease.state == "allocated")
                 and not any(job.owner == row.owner for job in named.get(lease_id, ()))
             ):
-                self.jobs.forget(lease_id)  # OAR never got it; the booking waits for Provision as before
+                # OAR never got it, or has not listed it yet (it lists a reservation only once scheduled, seconds
+                # later on a loaded server): the booking waits for Provision as before, and the row keeps the owner
+                # (DELETED), so that such a job, listed later, is taken over by that Provision or deleted as an orphan.
+                self.jobs.set(lease_id, DELETED)
             elif row.state == DELETING and lease is not None and lease.state == "provisioned":
                 # The Delete that failed changed nothing: its job is checked below. A REPLACING mark stays (a job we
                 # deleted ourselves is never told as lost).
-                kept = row.message if row.message.startswith(REPLACING) else ""
+                kept = row.message if _replacement_mark(row.message) else ""
                 self.jobs.set(lease_id, SUBMITTED, message=kept)
                 written[lease_id] = self.jobs.get(lease_id)
             elif row.state == DELETING:
@@ -530,6 +545,15 @@ class OarTestbed:
             return  # written by a call during this round: the round's reading of OAR and the calendar is older
         if self.bookings.lease_states([lease.id]).get(lease.id) != "provisioned":
             return  # deleted (or ended) during this round
+        # How long a call's replacement of a job may take (_replace): the old job's deletion and the wait for it, the
+        # new job's submission and the wait for OAR to make it, putting the old one back.
+        replacing_s = 30 + 3 * self.client.timeout_s + self.placing_wait_s
+        if (
+            recorded is not None
+            and recorded.message == f"{REPLACING} {recorded.job_id}"
+            and recorded.updated_s > round_started_s - replacing_s
+        ):
+            return  # a call (a Renew) may be replacing the job now: its new job may not be listed yet
         owner = recorded.owner if recorded is not None and recorded.owner else ""
         if not owner:
             report.failed[lease.id] = "no owner recorded for its OAR job"
@@ -561,6 +585,8 @@ class OarTestbed:
             self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
             self._check_replacement(lease, owner, job_id, report)
             return
+        if _being_made(named, lease, owner) is not None:
+            return  # OAR is still making a job of ours for it (a Provision's, a replacement): the next round sees it
         if (
             recorded is not None
             and recorded.state == FAILED
@@ -611,6 +637,9 @@ class OarTestbed:
             return
         try:
             job_id = self._submit(lease, owner)
+        except OarTimeout as exc:  # OAR may have made it: the next round adopts it, or reserves it again
+            report.failed[lease.id] = _words(exc)
+            return
         except (OarError, ValueError, GeniError) as exc:
             # (ValueError, GeniError: refused before OAR was asked, e.g. a start OAR cannot be told)
             said = "OAR refused to reserve it again" if isinstance(exc, OarError) else "it cannot be reserved again"
@@ -790,7 +819,8 @@ class OarTestbed:
         """The jobs OAR holds (not ended) named after the lease within its window, whoever made them."""
         window_start = min(lease.start, self.clock())
         window_end = max(lease.end, window_start + timedelta(seconds=1))
-        return [job for job in self.client.reservations(window_start, window_end) if job.name == job_name(lease.id)]
+        jobs = self.client.reservations(window_start, window_end, unplaced=True)
+        return [job for job in jobs if job.name == job_name(lease.id)]
 
     def _made_for(
         self,
@@ -853,10 +883,26 @@ class OarTestbed:
         named after the lease, when the caller listed them already. Raises as ``_replace``."""
         if named is None:
             named = self._oar(lambda: self._jobs_named(lease))
-        matching, stale = self._ours(lease, owner, named, recorded_id)
-        if matching is not None:
-            return matching.id
-        return self._replace(stale, lease, owner) if stale is not None else None
+        deadline = time.monotonic() + self.placing_wait_s
+        while True:
+            matching, stale = self._ours(lease, owner, named, recorded_id)
+            if matching is not None:
+                return matching.id
+            if stale is not None:
+                return self._replace(stale, lease, owner)
+            being_made = _being_made(named, lease, owner)
+            if being_made is None:
+                return None
+            if time.monotonic() >= deadline:
+                # Not forgotten, not submitted again (OAR would refuse it, and the job would be nobody's).
+                raise GeniError(
+                    Reason.BUSY,
+                    f"OAR is still making OAR job {being_made.id}, the reservation an earlier call asked for this "
+                    f"lease (it is {being_made.state} after {self.placing_wait_s:g} s): call Provision again in a "
+                    "moment; it is then taken over, not doubled",
+                )
+            time.sleep(0.5)
+            named = self._oar(lambda: self._jobs_named(lease))
 
     def _replace(self, job: OarJob, lease: LeaseRecord, owner: str) -> int:
         """Replace ``job``, ours for another window, by a reservation for the lease's window; the new job's id.
@@ -908,8 +954,10 @@ class OarTestbed:
             raise
 
     def _put_back(self, job: OarJob, lease: LeaseRecord, owner: str) -> None:
-        """Reserve again the window of ``job`` (ours, deleted a moment ago) and record it in the lease's row."""
+        """Reserve again the window of ``job`` (ours, deleted a moment ago) and record it in the lease's row; when that
+        fails, the row's mark says the replacement is over (NOT_REPLACED)."""
         if job.start_time is None:
+            self._not_replaced(lease, job)
             return
         old = replace(lease, start=job.start_time, end=job.start_time + timedelta(seconds=job.walltime_s + 1))
         try:
@@ -923,11 +971,18 @@ class OarTestbed:
                 job.id,
                 _words(lost),
             )
+            self._not_replaced(lease, job)
             return
         row = self.jobs.get(lease.id)
         if row is not None:
-            message = "" if row.message.startswith(REPLACING) else row.message
+            message = "" if _replacement_mark(row.message) else row.message
             self.jobs.set(lease.id, row.state, job_id=restored, message=message)
+
+    def _not_replaced(self, lease: LeaseRecord, job: OarJob) -> None:
+        """The lease's row says its replacement of ``job`` is over with no job: the reconciler reserves it again."""
+        row = self.jobs.get(lease.id)
+        if row is not None and row.message == f"{REPLACING} {job.id}":
+            self.jobs.set(lease.id, row.state, message=f"{NOT_REPLACED} {job.id}")
 
     def _reservations_of_leases(self, jobs: Sequence[OarJob], now: datetime, address_of: dict[str, str]) -> set[int]:
         """The ids of the jobs among ``jobs`` that are this calendar's active leases' reservations."""
@@ -1038,9 +1093,33 @@ def _failed(lease_id: str, recorded: JobRecord | None, reason: str) -> LeaseNews
     return LeaseNews("failed", f"{lease_id}:failed:oar:{job}", reason)
 
 
+def _being_made(named: Sequence[OarJob], lease: LeaseRecord, owner: str) -> OarJob | None:
+    """A job among ``named`` that OAR is still making for ``lease`` as ``owner``: named after it, owned by ``owner``
+    and listed with no nodes yet, waiting for its oarsub's acknowledgement (``OarClient.reservations(unplaced=True)``;
+    a held reservation has no nodes either, and holds none); None when there is none."""
+    name = job_name(lease.id)
+    return next(
+        (
+            job
+            for job in named
+            if job.name == name and job.owner == owner and owner and not job.nodes and job.state == "toAckReservation"
+        ),
+        None,
+    )
+
+
 def _deleted_by_us(recorded: JobRecord | None) -> bool:
     """Whether the job the row records is one the aggregate deleted itself to replace it (``_replace``)."""
-    return recorded is not None and recorded.job_id is not None and recorded.message == f"{REPLACING} {recorded.job_id}"
+    return (
+        recorded is not None
+        and recorded.job_id is not None
+        and recorded.message in (f"{REPLACING} {recorded.job_id}", f"{NOT_REPLACED} {recorded.job_id}")
+    )
+
+
+def _replacement_mark(message: str) -> bool:
+    """Whether a job row's message says the aggregate deleted the lease's job itself, to replace it."""
+    return message.startswith((REPLACING, NOT_REPLACED))
 
 
 def _nothing_made(exc: Exception) -> bool:

@@ -421,10 +421,14 @@ class OarClient:
                 return
             raise
 
-    def reservations(self, start: datetime, end: datetime) -> list[OarJob]:
+    def reservations(self, start: datetime, end: datetime, *, unplaced: bool = False) -> list[OarJob]:
         """Every job that holds nodes in [start, end) and is not finished (advance reservations, but also running or
         planned batch jobs), with its nodes, by id: /jobs/details?from=&to=&state=, one request per 100 jobs in the
-        window (OAR lists future reservations with their nodes nowhere else)."""
+        window (OAR lists future reservations with their nodes nowhere else).
+
+        ``unplaced``: also the jobs listed with no nodes yet. OAR lists a reservation it has scheduled but whose
+        oarsub has not acknowledged it yet (toAckReservation, about 0.3 s, longer on a loaded server) with no nodes,
+        while it already refuses any other reservation of them."""
         start, end = as_utc(start), as_utc(end)
         if end <= start:
             raise ValueError(f"empty window: {start.isoformat()} .. {end.isoformat()}")
@@ -439,7 +443,7 @@ class OarClient:
             job = _job(item, with_nodes=True)
             # OAR's window test is loose (its third branch lists unscheduled jobs by submission time): be exact. A job
             # holds [start_time, start_time + walltime] inclusive, so it is in the window when that meets [start, end).
-            if job.start_time is None or not job.nodes or job.state not in ACTIVE_STATES:
+            if job.start_time is None or (not job.nodes and not unplaced) or job.state not in ACTIVE_STATES:
                 continue
             if job.start_time < end and job.start_time.timestamp() + job.walltime_s >= start.timestamp():
                 jobs.append(job)

@@ -261,7 +261,9 @@ def test_reconciler(site: Site, oar_client: OarClient, oar_jobs: OarJobs) -> Non
     assert row is not None and (row.state, row.job_id) == (SUBMITTED, accepted)
     states = {lease.id: lease.state for lease in site.aggregate.bookings.leases()}
     assert states[interrupted] == "provisioned", "the interrupted Provision is finished"
-    assert backend.jobs.get(never_sent) is None and states[never_sent] == "allocated"
+    never_sent_row = backend.jobs.get(never_sent)
+    assert never_sent_row is not None and (never_sent_row.state, never_sent_row.owner) == (DELETED, "alice")
+    assert states[never_sent] == "allocated"
     assert wait_for_job(oar_client, orphan, {"Error", "Terminated"})
     still = oar_client.job(foreign)
     assert still is not None and still.state == "Waiting"
@@ -651,7 +653,7 @@ class _JobInStateClient(_StateOnlyClient):
         self.state = self.known
         return super().job(job_id, with_nodes=with_nodes)
 
-    def reservations(self, start: datetime, end: datetime) -> list[OarJob]:
+    def reservations(self, start: datetime, end: datetime, *, unplaced: bool = False) -> list[OarJob]:
         return []
 
     def submit_reservation(self, **_arguments: Any) -> int:

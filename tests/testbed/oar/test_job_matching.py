@@ -23,7 +23,7 @@ from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeSpec
 from sfa_omf.errors import GeniCode, GeniError
 from sfa_omf.testbed.oar.backend import OarTestbed
 from sfa_omf.testbed.oar.client import OarClient, OarRefused
-from sfa_omf.testbed.oar.jobs import DELETING, SUBMITTED, SUBMITTING, job_name
+from sfa_omf.testbed.oar.jobs import DELETED, DELETING, SUBMITTED, SUBMITTING, job_name
 from sfa_omf.times import format_time
 from tests.ports import free_port
 from tests.testbed.oar import test_backend
@@ -177,7 +177,8 @@ def test_the_reconciler_neither_adopts_nor_deletes_a_job_it_did_not_make(
     assert report.adopted == [] and report.orphans_deleted == [orphan]
     (lease,) = [lease for lease in site.aggregate.bookings.leases() if lease.id == allocated]
     assert lease.state == "allocated"
-    assert site.backend.jobs.get(allocated) is None, "no job of alice's in OAR: the row is forgotten"
+    row = site.backend.jobs.get(allocated)
+    assert row is not None and (row.state, row.owner) == (DELETED, "alice"), "no job of alice's in OAR: none taken"
     for job_id in (spoof, spoof_of_cancelled):
         job = oar_client.job(job_id)
         assert job is not None and job.state == "Waiting", f"bob's job {job_id} is untouched"
