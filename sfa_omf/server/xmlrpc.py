@@ -100,16 +100,17 @@ class _BoundedUnmarshaller(xmlrpc.client.Unmarshaller):
         self._arrays: list[bool] = []  # for each open <array>: has its <data> begun?
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
-        if tag in ("array", "struct") and len(self._marks) >= MAX_DEPTH:
+        local = tag.rpartition(":")[2]  # the stdlib reads <x:array> as <array>: so do the bounds
+        if local in ("array", "struct") and len(self._marks) >= MAX_DEPTH:
             raise TooDeep(f"values are nested deeper than {MAX_DEPTH} levels")
-        if tag == "array":
+        if local == "array":
             self._arrays.append(False)
-        elif tag == "data" and self._arrays:
+        elif local == "data" and self._arrays:
             self._arrays[-1] = True
         super().start(tag, attrs)
 
     def end(self, tag: str) -> None:
-        if tag == "array" and not (self._arrays and self._arrays.pop()):
+        if tag.rpartition(":")[2] == "array" and not (self._arrays and self._arrays.pop()):
             raise ValueError("an <array> without <data>")
         super().end(tag)
 

@@ -250,3 +250,29 @@ def test_a_call_reads_as_the_standard_unmarshaller_reads_it() -> None:
     body = xmlrpc.client.dumps(params, "Allocate").encode("utf-8")
     assert xmlrpc_module.loads(body) == xmlrpc.client.loads(body)
     assert xmlrpc_module.loads(body) == (params, "Allocate")
+
+
+@pytest.mark.parametrize("prefix", ["", "x:"])
+def test_the_bounds_hold_for_prefixed_tags_too(prefix: str) -> None:
+    """The stdlib reads <x:array> as <array>: the depth bound and the <array> without <data> refusal must read it so
+    too (prefixed, 100 levels were accepted where plain ones are refused)."""
+    array, data, struct = f"{prefix}array", f"{prefix}data", f"{prefix}struct"
+    depth = xmlrpc_module.MAX_DEPTH + 1
+    deep = f"<value><{array}><{data}>" * depth + "<value><int>1</int></value>" + f"</{data}></{array}></value>" * depth
+    deep_struct = (
+        f"<value><{struct}><member><name>a</name>" * depth
+        + "<value><int>1</int></value>"
+        + f"</member></{struct}></value>" * depth
+    )
+    no_data = f"<value><{array}><value><int>1</int></value></{array}></value>"
+
+    def call(value: str) -> bytes:
+        return (
+            f"<methodCall><methodName>Status</methodName><params><param>{value}</param></params></methodCall>".encode()
+        )
+
+    for value in (deep, deep_struct):
+        with pytest.raises(xmlrpc_module.TooDeep):
+            xmlrpc_module.loads(call(value))
+    with pytest.raises(ValueError, match="without <data>"):
+        xmlrpc_module.loads(call(no_data))
