@@ -113,6 +113,16 @@ def _every_revoked(listed: list[int] | None, in_crl: list[int] | None) -> list[i
     return (listed or []) + [serial for serial in in_crl or [] if serial not in known]
 
 
+def _serial_of(certificate_pem: str, hostname: str) -> int | None:
+    """The serial of a node's issued certificate; None (said in the log) when the file cannot be read as one: cut
+    short by a power cut (files are not synced), it must not stop the node from getting a new one, nor its removal."""
+    try:
+        return x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).serial_number
+    except ValueError as exc:
+        log.warning("node %s: its issued VPN certificate cannot be read (%s); taken as none", hostname, exc)
+        return None
+
+
 def _ccd(address: str) -> bytes:
     return f"ifconfig-push {address} {NETWORK.netmask}\n".encode()
 
@@ -199,7 +209,10 @@ class VpnCa:
             self.ca_key = load_private_key((self.directory / "ca.key").read_bytes())
             self.ca = x509.load_pem_x509_certificate((self.directory / "ca.pem").read_bytes())
             if records is None:  # the file-only VPN: its two files agree before any use (with records: refresh)
-                self._revocation_in_line()
+                try:
+                    self._revocation_in_line()
+                except OSError as exc:  # (the CRL, written first, revokes what either does; each issue tries again)
+                    log.warning("VPN files in %s could not be brought in line at start: %s", self.directory, exc)
             elif not (self.directory / "crl.pem").exists():  # (lost: what revoked.json says is revoked stays so)
                 self._write_crl(self._revoked_here())
         if records is not None:
@@ -323,8 +336,9 @@ class VpnCa:
                 self._revocation_in_line()  # what a failure below is undone to: the CRL and revoked.json agreeing
                 revocation_before = self._revocation_files()
                 pem, address = self._sign(hostname, node_id, public_key)
-                if previous is not None:
-                    self._revoke(previous, hostname, keep_address=True)
+                previous_serial = _serial_of(previous, hostname) if previous is not None else None
+                if previous_serial is not None:
+                    self._revoke_serial(previous_serial, hostname, keep_address=True)
                 issued.parent.mkdir(exist_ok=True)
                 _write(issued, pem.encode("ascii"))
             except OSError as exc:
@@ -428,7 +442,10 @@ class VpnCa:
         too, until the new key asks for its own certificate. False when there was nothing to revoke."""
 
         def same_key(certificate_pem: str) -> bool:  # the same key enrolled again (a new token): its tunnel stays
-            return x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).public_key() == public_key
+            try:
+                return x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).public_key() == public_key
+            except ValueError:  # unreadable (an issued/ file cut short): the new key gets its own
+                return False
 
         if self.records is not None:
             revoked = self.records.revoke_current(hostname, keep=same_key) is not None
@@ -471,8 +488,18 @@ class VpnCa:
             self._revoke(certificate_pem, hostname)
 
     def _revoke(self, certificate_pem: str, hostname: str, keep_address: bool = False) -> None:
-        """Into revoked.json and the CRL; the node's ccd/ entry goes too unless ``keep_address`` (a re-issue)."""
-        serial = x509.load_pem_x509_certificate(certificate_pem.encode("ascii")).serial_number
+        """Into revoked.json and the CRL; the node's ccd/ entry goes too unless ``keep_address`` (a re-issue). A
+        certificate that cannot be read (an issued/ file cut short) is not revoked: its ccd/ entry goes all the
+        same, and OpenVPN (ccd-exclusive) lets no certificate of that name in."""
+        serial = _serial_of(certificate_pem, hostname)
+        if serial is None:
+            if not keep_address:
+                (self.directory / "ccd" / hostname).unlink(missing_ok=True)
+            return
+        self._revoke_serial(serial, hostname, keep_address)
+
+    def _revoke_serial(self, serial: int, hostname: str, keep_address: bool = False) -> None:
+        """``_revoke`` of the certificate with this serial."""
         revoked = self._revoked_here()
         if serial not in revoked:
             revoked.append(serial)
@@ -671,16 +698,16 @@ class VpnCa:
 
     def _write_crl(self, revoked: list[int]) -> None:
         now = utcnow()
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self.ca.subject)
-            .last_update(now - timedelta(minutes=5))
-            .next_update(now + CA_LIFETIME)
+        entries = [
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build() for serial in revoked
+        ]
+        # (All entries at once: adding them one by one copies the list each time, seconds for 20 000 of them.)
+        builder = x509.CertificateRevocationListBuilder(
+            issuer_name=self.ca.subject,
+            last_update=now - timedelta(minutes=5),
+            next_update=now + CA_LIFETIME,
+            revoked_certificates=entries,
         )
-        for serial in revoked:
-            builder = builder.add_revoked_certificate(
-                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
-            )
         crl = builder.sign(self.ca_key, hashes.SHA256())
         _write(self.directory / "crl.pem", crl.public_bytes(serialization.Encoding.PEM))
 

@@ -216,3 +216,45 @@ def test_a_revocation_whose_files_cannot_be_written_says_how_to_complete_it(tmp_
     (directory / "revoked.json.tmp").rmdir()
     assert ca.revoke_other_key("n2", new_private_key().public_key())  # the agent's retry
     assert serial(re_bound) in listed_revoked(directory) and not (directory / "ccd" / "n2").exists()
+
+
+@pytest.mark.parametrize("content", ["", "-----BEGIN CERTIFICATE-----\nMIIB"])
+def test_an_issued_certificate_cut_short_stops_neither_a_new_one_nor_the_removal(tmp_path: Path, content: str) -> None:
+    """issued/n1.pem empty or cut short (files are not synced: a power cut after an issue): the node still gets a new
+    certificate (the unreadable one is nothing to revoke), a re-bound key revokes it, and the node's removal takes
+    its address away. Reading it was revoking it first, which failed for ever: an internal error at every request."""
+    directory = tmp_path / "vpn"
+    ca = VpnCa(str(directory), "lab")
+    ca.issue("n1", 1, new_private_key().public_key())
+    issued = directory / "issued" / "n1.pem"
+    issued.write_text(content)
+    key = new_private_key().public_key()
+    fresh, address = ca.issue("n1", 1, key)
+    assert issued.read_text() == fresh and openssl_accepts(directory, fresh) and address
+    issued.write_text(content)
+    assert ca.revoke_other_key("n1", key), "a certificate that cannot be read is not the key's"
+    assert not issued.exists() and not (directory / "ccd" / "n1").exists()
+    ca.issue("n1", 1, key)
+    issued.write_text(content)
+    assert ca.revoke_node("n1")
+    assert not issued.exists() and not (directory / "ccd" / "n1").exists(), "OpenVPN lets no certificate of n1 in"
+
+
+def test_the_server_starts_when_the_revocation_files_cannot_be_brought_in_line(tmp_path: Path) -> None:
+    """The CRL behind revoked.json and the disk refusing writes (a directory in the way of the CRL's temporary copy,
+    as a full disk would): the aggregate still starts (the VPN is not all it serves), and the next issue, once the
+    files can be written, brings the CRL in line first."""
+    directory = tmp_path / "vpn"
+    ca = VpnCa(str(directory), "lab")
+    older_crl = (directory / "crl.pem").read_bytes()
+    revoked, _ = ca.issue("n1", 1, new_private_key().public_key())
+    assert ca.revoke_node("n1")
+    (directory / "crl.pem").write_bytes(older_crl)
+    (directory / "crl.pem.tmp").mkdir()
+
+    started = VpnCa(str(directory), "lab")
+
+    assert openssl_accepts(directory, revoked), "(the CRL could not be written yet)"
+    (directory / "crl.pem.tmp").rmdir()
+    started.issue("n2", 2, new_private_key().public_key())
+    assert not openssl_accepts(directory, revoked)
