@@ -185,8 +185,10 @@ class Aggregate:
 
     def _check_registered_keys(self, connected: GidChain, caller_chain: GidChain, verified: VerifiedCredential) -> None:
         """Users of this aggregate's own authority act with the key its registry holds for them now (caller_keys.py):
-        the certificate the call is made with, the user a tool speaks for, and the credential's owner. FORBIDDEN for
-        a caller's certificate, CREDENTIAL_MISMATCH (as for an owner who is not the caller) for a credential."""
+        the certificate the call is made with, the user a tool speaks for, and the credential's owner; and a slice of
+        the authority is the one its registry holds under that name now (the credential's target). FORBIDDEN for a
+        caller's certificate, CREDENTIAL_MISMATCH (as for an owner who is not the caller, or another target) for a
+        credential."""
         for chain in (connected, caller_chain) if caller_chain is not connected else (connected,):
             leaf = chain[0] if chain else None
             refused = self.registered_keys.refusal(leaf.urn or "", leaf.key_id) if leaf is not None else None
@@ -196,11 +198,25 @@ class Aggregate:
         if refused is not None:
             raise TrustError(
                 Reason.OWNER_MISMATCH,
-                f"this credential was issued to {refused.user_urn} with a key the registry of "
+                f"this credential was issued to {refused.urn} with a key the registry of "
                 f"{self.settings.authority_hrn} no longer holds for that user "
                 + ("(the user was removed)" if refused.removed else "(an earlier holder of the name, or an old key)")
                 + "; ask the registry for a new credential with the registered key (sfi.py: delete the *.cred "
                 "files in ~/.sfi and call again)",
+            )
+        refused = self.registered_keys.slice_refusal(verified.target_urn, verified.target_key_id)
+        if refused is not None:
+            where = f"the registry of {self.settings.authority_hrn}"
+            raise TrustError(
+                Reason.TARGET_MISMATCH,
+                (
+                    f"this credential is for slice {refused.urn}, which was removed from {where}"
+                    if refused.removed
+                    else f"this credential is for an earlier slice {refused.urn}, removed from {where} and its name "
+                    "registered again (another slice, another GID)"
+                )
+                + "; ask the registry for a new slice credential (it gives one to the researchers of the slice "
+                "registered under that name now; sfi.py: delete the slice's *.cred file in ~/.sfi and call again)",
             )
 
     # -- GetVersion -----------------------------------------------------------------------------------------------
@@ -1392,11 +1408,11 @@ def _caller_refusal(refused: KeyRefusal) -> str:
     """Why a local user's certificate is refused, and what to do, in words."""
     if refused.removed:
         return (
-            f"{refused.user_urn} is no longer registered at this aggregate's authority (the user was removed): its "
+            f"{refused.urn} is no longer registered at this aggregate's authority (the user was removed): its "
             "certificate is not accepted here any more; ask the authority's operator to register you again"
         )
     return (
-        f"the certificate you call with names {refused.user_urn} but holds another key than the one this "
+        f"the certificate you call with names {refused.urn} but holds another key than the one this "
         "aggregate's registry holds for that user now (an earlier holder of the name, or a certificate replaced "
         "since): call with the certificate the registry issued you (sfi.py: delete the *.gid and *.cred files in "
         "~/.sfi and call again)"

@@ -17,6 +17,14 @@ for its e-mail: it names no key). Users of other authorities keep it too.
 Cost: a record is read on the first call of a (user, key), then the verdict is kept for ``ttl_s`` seconds (the
 time a removal takes to reach every process of the cluster); refusals are never kept, so a user registered again
 can call at once.
+
+Slices of this authority follow the same rule (``slice_refusal``): a slice removed from the registry and registered
+again under its name is another slice under the same URN (a new GID, another key), and the earlier slice's
+credentials (valid for weeks, never revoked) must not act on it. So the GID a slice credential targets must hold the
+key of the slice's GID in the registry now; a slice the registry removed (no record now) is refused. A slice the
+registry never held (its GID issued since the start by ``sfa-omf credential issue --type slice``, recorded at the
+next one), a slice record without a GID, a database without the authority's record and slices of other authorities
+keep the URN rule. The verdicts are kept as for users.
 """
 
 from __future__ import annotations
@@ -28,8 +36,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sfa_omf.errors import BadArgs
+from sfa_omf.registry.accounts import retired_logins
 from sfa_omf.registry.records import Records, record_chain
-from sfa_omf.xrn import is_authority_for, is_urn, parse_urn
+from sfa_omf.xrn import hrn_to_urn, is_authority_for, is_urn, parse_urn
 
 #: How long an accepted (user URN, key) is believed without reading the registry again, in seconds.
 DEFAULT_TTL_S = 10.0
@@ -39,9 +48,9 @@ DEFAULT_SIZE = 4096
 
 @dataclass(frozen=True)
 class KeyRefusal:
-    """Why the registry does not vouch for a (user, key): ``removed`` (no record of the user) or another key."""
+    """Why the registry does not vouch for a (user or slice, key): ``removed`` (no record of it) or another key."""
 
-    user_urn: str
+    urn: str  # the user's or the slice's
     removed: bool
 
 
@@ -63,9 +72,21 @@ class RegisteredKeys:
         self.monotonic = monotonic
         self._accepted: OrderedDict[tuple[str, str], float] = OrderedDict()  # (urn, key id) -> believed until
         self._lock = threading.Lock()
+        # is_local_user's answer by URN: it depends on the URN alone, and parsing it twice a call (the caller, the
+        # credential's owner) cost about a twentieth of a Status. Emptied when full; a lost entry is parsed again.
+        self._local: dict[str, bool] = {}
 
     def is_local_user(self, urn: str) -> bool:
         """A user URN under this aggregate's authority (whose registry may hold its record)."""
+        known = self._local.get(urn)
+        if known is None:
+            known = self._parse_local_user(urn)
+            if len(self._local) >= self.size:
+                self._local.clear()
+            self._local[urn] = known
+        return known
+
+    def _parse_local_user(self, urn: str) -> bool:
         if not urn or not is_urn(urn):
             return False
         try:
@@ -79,12 +100,33 @@ class RegisteredKeys:
         registry holds for the user; else why not."""
         if not self.is_local_user(urn):
             return None
+        return self._judged(urn, key_id, "user")
+
+    def is_local_slice(self, urn: str) -> bool:
+        """A slice URN under this aggregate's authority (whose registry may hold its record)."""
+        if not urn or not is_urn(urn):
+            return False
+        try:
+            parsed = parse_urn(urn)
+        except BadArgs:
+            return False
+        return parsed.type.lower() == "slice" and is_authority_for(self.authority_hrn, parsed.hrn)
+
+    def slice_refusal(self, urn: str, key_id: str) -> KeyRefusal | None:
+        """None when ``key_id`` (of the GID a credential targets) is that of slice ``urn`` now: not a local slice, no
+        registry in this database, a slice the registry never held, a record without a GID, or the key of the slice's
+        registered GID; else why not."""
+        if not self.is_local_slice(urn):
+            return None
+        return self._judged(urn, key_id, "slice")
+
+    def _judged(self, urn: str, key_id: str, kind: str) -> KeyRefusal | None:
         now = self.monotonic()
         with self._lock:
             until = self._accepted.get((urn, key_id))
             if until is not None and now < until:
                 return None
-        found = self._read(urn, key_id)
+        found = self._read(urn, key_id, kind)
         if found is None:
             with self._lock:
                 self._accepted[(urn, key_id)] = now + self.ttl_s
@@ -93,10 +135,15 @@ class RegisteredKeys:
                     self._accepted.popitem(last=False)
         return found
 
-    def _read(self, urn: str, key_id: str) -> KeyRefusal | None:
+    def _read(self, urn: str, key_id: str, kind: str) -> KeyRefusal | None:
         record = self.records.get(parse_urn(urn).hrn)
-        if record is None or record.type != "user" or not is_urn(record.urn) or parse_urn(record.urn) != parse_urn(urn):
+        if record is None or record.type != kind or not is_urn(record.urn) or parse_urn(record.urn) != parse_urn(urn):
             if self.records.get(self.authority_hrn) is None:  # no registry in this database: the URN rule alone
+                return None
+            if kind == "slice" and not retired_logins(self.records.database, hrn_to_urn(parse_urn(urn).hrn, kind)):
+                # Never removed by the registry: a GID the authority issued since the start (sfa-omf credential
+                # issue --type slice), recorded at the next one. The removal of a slice retires its login (a
+                # lasting mark in the same unit of work); only removed slices are refused.
                 return None
             return KeyRefusal(urn, removed=True)
         if not record.gid.strip():  # a record without a GID (kept for its e-mail, say) names no key: the URN rule

@@ -54,6 +54,7 @@ class VerifiedCredential:
     owner_urn: str
     owner_key_id: str
     target_urn: str
+    target_key_id: str  # the key of the target's GID (a slice's: the registry tells which slice of that name)
     target_type: str
     privileges: tuple[str, ...]
     delegatable: tuple[str, ...]
@@ -226,6 +227,7 @@ class CredentialVerifier:
             owner_urn=credential.owner_urn,
             owner_key_id=credential.owner_chain[0].key_id,
             target_urn=credential.target_urn,
+            target_key_id=target.key_id,
             target_type=target.type or "",
             privileges=credential.privilege_names,
             delegatable=tuple(p.name for p in credential.privileges if p.can_delegate),
