@@ -259,7 +259,7 @@ class WebCalendar:
         rows = self.timeline.bookings(start=now, node=node.component_id)
         users = self._users_for(viewer, rows)
         window = (now, now + self.settings.horizon)
-        bars = [gantt.bar_for(row, viewer.with_own_leases([row]), window, users) for row in rows]
+        bars = [gantt.bar_for(row, viewer, window, users) for row in rows]
         return self._page("node.html", viewer=viewer, node=node, record=record, windows=windows, bars=bars, now=now)
 
     # -- the viewer's own page (forms.py) ------------------------------------------------------------------------
@@ -386,9 +386,9 @@ class WebCalendar:
         """The feed of these rows as this viewer may see them: nodes of private pools only for operators and the
         members of the slice that booked them (their own lease is no secret to them). Each lease is decided by itself,
         as on the Gantt (gantt.layout): the viewer's own lease in a slice that does not list them shows whole, that
-        slice's other leases as "booked" (Viewer.with_own_leases); the member list only to members and operators."""
+        slice's other leases as "booked" (Viewer.sees_booking); the member list only to members and operators."""
         visible = {node.component_id for node in self._visible_nodes(viewer)}
-        whole = {row.lease_id for row in rows if viewer.with_own_leases([row]).sees(row.slice_urn)}
+        whole = {row.lease_id for row in rows if viewer.sees_booking(row)}
         events = group_leases([row for row in rows if row.node in visible or row.lease_id in whole])
         revisions = self.revisions.observe({event.lease_id: fingerprint(event) for event in events})
         users = self.timeline.users_of_slices({event.slice_urn for event in events if viewer.sees(event.slice_urn)})

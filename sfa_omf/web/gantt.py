@@ -66,7 +66,7 @@ def bar_for(row: BookingRow, viewer: Viewer, window: tuple[datetime, datetime], 
         if viewer.admin:
             details.append(("source", row.client_id))
         return Bar(row.lease_id, row.start, row.end, left, width, "external", "reserved", tuple(details))
-    if viewer.sees(row.slice_urn):
+    if viewer.sees_booking(row):
         details = [
             ("window", when),
             ("slice", row.slice_urn),
@@ -76,7 +76,7 @@ def bar_for(row: BookingRow, viewer: Viewer, window: tuple[datetime, datetime], 
         ]
         if users.get(row.slice_urn):
             details.append(("users", ", ".join(users[row.slice_urn])))
-        kind = "mine" if row.slice_urn in viewer.slices else "other"
+        kind = "mine" if row.slice_urn in viewer.slices or viewer.booked(row) else "other"
         label = short_name(row.slice_urn)
         return Bar(row.lease_id, row.start, row.end, left, width, kind, label, tuple(details), ended)
     return Bar(row.lease_id, row.start, row.end, left, width, "other", "booked", (("window", when),), ended)
@@ -90,11 +90,11 @@ def layout(
     users: dict[str, list[str]],
 ) -> list[PoolGroup]:
     """Pools in name order, each with its nodes and their bars. Each booking is decided by itself
-    (Viewer.with_own_leases): the viewer's own lease in a slice they have left shows whole, that slice's other leases
+    (Viewer.sees_booking): the viewer's own lease in a slice they have left shows whole, that slice's other leases
     as "booked"."""
     by_node: dict[str, list[Bar]] = {}
     for row in rows:
-        by_node.setdefault(row.node, []).append(bar_for(row, viewer.with_own_leases([row]), window, users))
+        by_node.setdefault(row.node, []).append(bar_for(row, viewer, window, users))
     groups: dict[str, list[NodeLine]] = {}
     for node in nodes:
         groups.setdefault(node.pool, []).append(NodeLine(node, tuple(by_node.get(node.component_id, ()))))

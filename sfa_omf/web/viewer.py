@@ -12,8 +12,8 @@ former slices, nor get feed tokens or notifications for them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
 
 from sfa_omf.am.caller_keys import KeyRefusal
@@ -35,20 +35,15 @@ class Viewer:
         """May this viewer see who booked this slice's leases and how they are doing?"""
         return self.admin or slice_urn in self.slices
 
-    def with_own_leases(self, rows: Iterable[BookingRow]) -> Viewer:
-        """This viewer for showing these rows: it also sees the slice of a lease it booked itself when every row of
-        that slice here is its own lease. Another's lease of a slice this user left must stay "booked", so such a
-        slice is not added: the pages and feeds call this with one row to decide each booking by itself
-        (gantt.layout, the node page, WebCalendar._feed). The member list goes by ``sees`` of the viewer itself."""
-        if self.urn is None:
-            return self
-        own: set[str] = set()
-        others: set[str] = set()
-        for row in rows:
-            if not self.sees(row.slice_urn):
-                (own if row.owner_urn == self.urn else others).add(row.slice_urn)
-        added = own - others
-        return replace(self, slices=self.slices | added) if added else self
+    def booked(self, row: BookingRow) -> bool:
+        """Is this a lease the viewer booked themselves?"""
+        return self.urn is not None and row.owner_urn == self.urn
+
+    def sees_booking(self, row: BookingRow) -> bool:
+        """May this viewer see this booking whole? Its slice's (``sees``), or a lease they booked themselves, also in
+        a slice they have left; that slice's other leases stay "booked". Each booking is decided by itself (the
+        Gantt, the node page, the feeds); the member list goes by ``sees``."""
+        return self.sees(row.slice_urn) or self.booked(row)
 
     @property
     def label(self) -> str:
