@@ -26,6 +26,12 @@ _UNESCAPED_DOT = re.compile(r"(?<!\\)\.")
 #: What no URN holds: control characters (C0, DEL, C1) and the line and paragraph separators. They would reach
 #: e-mails, iCal feeds and RSpecs (a line break starts a new header or property).
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters shown as nothing that are not formatting ones (Unicode's Default_Ignorable_Code_Point outside Cf: the
+# combining grapheme joiner, Hangul fillers, Mongolian and other variation selectors, the unassigned U+FFF0-FFF8 and
+# U+E0000-E0FFF), and the braille blank.
+_SHOWN_AS_NOTHING = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0\ufff0-\ufff8\U000e0000-\U000e0fff]"
+)
 _CONTROL_NAMES = {
     "\n": "a line feed",
     "\r": "a carriage return",
@@ -70,13 +76,15 @@ def is_urn(text: str) -> bool:
 
 
 def check_urn_characters(text: str, where: str) -> None:
-    """Raise BadArgs naming the first control character (line breaks included) or invisible formatting character of
-    a URN, which one, at which character, and ``where`` (the argument it came in).
+    """Raise BadArgs naming the first control character (line breaks included), blank or invisible character of a
+    URN, which one, at which character, and ``where`` (the argument it came in).
 
     Control characters would reach e-mails, feeds and RSpecs (a NUL, PostgreSQL too). A formatting character (Unicode
     category Cf: bidi overrides and isolates, zero-width characters, the byte order mark, tags) is invisible or
     reorders what follows it: a slice named with U+202E RIGHT-TO-LEFT OVERRIDE shows reversed, so that its URN can
-    read as another slice's.
+    read as another slice's. Blanks (spaces of every width) and the other characters Unicode says to show as nothing
+    (a combining grapheme joiner, variation selectors, Hangul fillers) make one URN display as another too. None has
+    a place in a URN: a GENI URN writes a blank as "+", and a certificate's URN is ASCII.
     """
     found = _CONTROL_CHARACTER.search(text)
     if found is not None:
@@ -86,14 +94,21 @@ def check_urn_characters(text: str, where: str) -> None:
             f"{where}: character {found.start() + 1} of the URN is {name} (U+{ord(char):04X}); a URN holds no "
             "control characters or line breaks: send it without them"
         )
-    if text.isascii():  # the usual URN: no character to look up
+    if text.isascii():  # the usual URN: only the space to look for
+        index = text.find(" ")
+        if index >= 0:
+            raise BadArgs(
+                f"{where}: character {index + 1} of the URN is a space; a URN holds none: send it without spaces"
+            )
         return
     for index, char in enumerate(text):
-        if unicodedata.category(char) == "Cf":
-            name = unicodedata.name(char, "a formatting character")
+        category = unicodedata.category(char)
+        if category in ("Cf", "Zs") or _SHOWN_AS_NOTHING.match(char):
+            name = unicodedata.name(char, "an invisible character")
+            what = {"Cf": "an invisible formatting character", "Zs": "a blank"}.get(category, "an invisible character")
             raise BadArgs(
-                f"{where}: character {index + 1} of the URN is {name} (U+{ord(char):04X}), an invisible formatting "
-                "character; a URN holds none (it would display as another URN): send it without them"
+                f"{where}: character {index + 1} of the URN is {name} (U+{ord(char):04X}), {what}; a URN holds none "
+                "(it would display as another URN): send it without them"
             )
 
 

@@ -151,3 +151,22 @@ def test_letters_of_other_scripts_stay_welcome() -> None:
 
     for urn in ("urn:publicid:IDN+testbed+slice+d\u00e9mo", "urn:publicid:IDN+testbed+slice+\u0434\u0435\u043c\u043e"):
         assert contract.slice_urn(urn, "argument 1 (slice_urn)") == urn
+
+
+#: Blanks and characters shown as nothing outside category Cf: a trailing or no-break space, an ideographic space, the
+#: combining grapheme joiner, a variation selector, a Hangul filler, the braille blank: "de\u034fmo" displays "demo".
+BLANK_OR_INVISIBLE = [" ", "\u00a0", "\u3000", "\u034f", "\ufe0f", "\u3164", "\u2800"]
+
+
+@pytest.mark.parametrize("character", BLANK_OR_INVISIBLE, ids=lambda char: f"U+{ord(char):04X}")
+def test_a_urn_with_a_blank_or_a_character_shown_as_nothing_is_bad_arguments(
+    endpoints: tuple[ApiV3, ApiV2, Aggregate], pki: DemoPki, character: str
+) -> None:
+    v3, _, aggregate = endpoints
+    urn = f"urn:publicid:IDN+testbed+slice+de{character}mo"
+    before = aggregate.bookings.leases(active_only=False)
+    context = CallContext(pki.users["alice"].chain, "127.0.0.1", "/")
+    answer = v3(context, "Allocate", with_urn(V3_CALLS["Allocate"], urn))
+    assert answer["code"]["geni_code"] == 1, answer  # BADARGS
+    assert "character 34 of the URN" in answer["output"] and "argument 1" in answer["output"], answer["output"]
+    assert aggregate.bookings.leases(active_only=False) == before
