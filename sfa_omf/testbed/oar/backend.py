@@ -33,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from sfa_omf.am.states import Operational
@@ -188,25 +189,28 @@ class OarTestbed:
 
     def _provision(self, lease: LeaseRecord, owner: str) -> None:
         row = self.jobs.get(lease.id)
-        if row is not None and row.owner and row.state in (SUBMITTING, SUBMITTED, DELETING):
+        earlier = row if row is not None and row.owner and row.state in (SUBMITTING, SUBMITTED, DELETING) else None
+        if earlier is not None:
             # An earlier call may have reached OAR without recording the answer (a crash, a time-out), and the booking
             # may have been renewed since: take that job over (as it is, or for the calendar's window), never double it.
-            held = self._provisioning(lease, lambda: self._take_over(lease, row.owner, recorded_id=row.job_id))
+            held = self._provisioning(lease, lambda: self._take_over(lease, earlier.owner, recorded_id=earlier.job_id))
             if held is not None:
-                self.jobs.set(lease.id, SUBMITTED, owner=row.owner, job_id=held)
+                self.jobs.set(lease.id, SUBMITTED, owner=earlier.owner, job_id=held)
                 return
         self._check_account(owner)
         self.jobs.set(lease.id, SUBMITTING, owner=owner)
         try:
             job_id = self._submit(lease, owner)
         except OarRefused as exc:
-            # The slot may be held by our own job: an earlier Provision whose answer was lost (a crash, a time-out).
+            # The slot may be held by our own job: an earlier Provision whose answer was lost (a crash, a time-out),
+            # this caller's or another member's (per-user logins): OAR lists it by now, since it refused this one.
             # (If taking it over fails, the row stays: it names the owner Delete and the reconciler act as.)
-            held = self._provisioning(lease, lambda: self._take_over(lease, owner))
-            if held is not None:
-                self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=held)
-                return
-            self.jobs.forget(lease.id)
+            for maker in dict.fromkeys([owner, *([earlier.owner] if earlier is not None else [])]):
+                held = self._provisioning(lease, partial(self._take_over, lease, maker))
+                if held is not None:
+                    self.jobs.set(lease.id, SUBMITTED, owner=maker, job_id=held)
+                    return
+            self._forget_this_call(lease, earlier)
             raise self._provision_error(lease, exc) from exc
         except (OarError, ValueError, GeniError) as exc:
             # OAR may have booked it whenever the request may have reached it (a time-out, a connection broken off
@@ -214,13 +218,21 @@ class OarTestbed:
             # with its owner, and the next Provision, Delete or the reconciler finds the job. It is forgotten only
             # when OAR certainly made nothing: refused before it was asked, or OAR's own 4xx refusal.
             if _nothing_made(exc):
-                self.jobs.forget(lease.id)
+                self._forget_this_call(lease, earlier)
             error = self._provision_error(lease, exc)
             if error is exc:
                 raise
             raise error from exc
         self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
         log.info("lease %s is OAR job %d (owner %s)", lease.id, job_id, owner)
+
+    def _forget_this_call(self, lease: LeaseRecord, earlier: JobRecord | None) -> None:
+        """This Provision made nothing in OAR: the lease's row as it was before it (``earlier``: an earlier call's,
+        whose job OAR may still make, with the owner it is made as), else none."""
+        if earlier is None:
+            self.jobs.forget(lease.id)
+        else:
+            self.jobs.set(lease.id, earlier.state, owner=earlier.owner, message=earlier.message)
 
     def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
         """OAR 2.5.9 cannot move a reservation's end: a reservation that has not started is replaced by one for the
@@ -395,7 +407,8 @@ class OarTestbed:
                 label=f"OAR job {job.id} of {job.owner}",
             )
             for job in jobs
-            if job.id not in ours and job.start_time is not None
+            # (One being deleted is gone within seconds: no hold, which would refuse Allocates until the next mirror.)
+            if job.id not in ours and job.start_time is not None and not job.deleting
         ]
         report = self.external.sync(EXTERNAL_SOURCE, holds)
         if report.added or report.removed or report.clashing:
@@ -471,9 +484,13 @@ class OarTestbed:
                 # (DELETED), so that such a job, listed later, is taken over by that Provision or deleted as an orphan.
                 self.jobs.set(lease_id, DELETED)
             elif row.state == DELETING and lease is not None and lease.state == "provisioned":
-                # The Delete that failed changed nothing: its job is checked below. A REPLACING mark stays (a job we
-                # deleted ourselves is never told as lost).
-                kept = row.message if _replacement_mark(row.message) else ""
+                # The Delete that failed changed nothing here, but OAR may have deleted the job all the same (a
+                # time-out, a proxy's 502 after forwarding it): marked as a job the aggregate deleted itself, so that
+                # a job gone is reserved again without its users being told it was lost; one alive clears the mark.
+                if _replacement_mark(row.message) or row.job_id is None:
+                    kept = row.message
+                else:
+                    kept = f"{NOT_REPLACED} {row.job_id}"
                 self.jobs.set(lease_id, SUBMITTED, message=kept)
                 written[lease_id] = self.jobs.get(lease_id)
             elif row.state == DELETING:
@@ -834,8 +851,8 @@ class OarTestbed:
         ``owner`` (the login recorded for the lease) and holding exactly its nodes (``addresses``, else read). The
         job the lease's row records (``recorded_id``) may hold some of them only: OAR launches a reservation
         without the nodes that did not come back in time (SCHEDULER_REDUCE_NB_RESSOURCES_FOR_ADVANCE_RESERVATION)."""
-        if not owner or job.name != job_name(lease.id) or job.owner != owner:
-            return False
+        if not owner or job.name != job_name(lease.id) or job.owner != owner or job.deleting:
+            return False  # (a job OAR is deleting is nobody's reservation: taken over, it would be lost in seconds)
         wanted = tuple(sorted(addresses if addresses is not None else self._addresses(lease)))
         if job.nodes == wanted:
             return True
@@ -892,6 +909,13 @@ class OarTestbed:
                 return self._replace(stale, lease, owner)
             being_made = _being_made(named, lease, owner)
             if being_made is None:
+                dying = next((job for job in named if job.owner == owner and job.deleting), None)
+                if dying is not None:  # OAR refuses the lease's window until it is gone (a few seconds)
+                    raise GeniError(
+                        Reason.BUSY,
+                        f"OAR is still deleting OAR job {dying.id}, an earlier reservation of this lease, which holds "
+                        "its nodes until it is gone: call Provision again in a few seconds",
+                    )
                 return None
             if time.monotonic() >= deadline:
                 # Not forgotten, not submitted again (OAR would refuse it, and the job would be nobody's).
@@ -1102,7 +1126,12 @@ def _being_made(named: Sequence[OarJob], lease: LeaseRecord, owner: str) -> OarJ
         (
             job
             for job in named
-            if job.name == name and job.owner == owner and owner and not job.nodes and job.state == "toAckReservation"
+            if job.name == name
+            and job.owner == owner
+            and owner
+            and not job.nodes
+            and job.state == "toAckReservation"
+            and not job.deleting
         ),
         None,
     )

@@ -40,6 +40,8 @@ from sfa_omf.times import as_utc
 
 _Parsed = TypeVar("_Parsed")
 
+# The event OAR records when somebody asks it to delete a job (oardel, the API's DELETE).
+FRAG_EVENT = "FRAG_JOB_REQUEST"
 # The states of a job that holds (or will hold) its nodes; Error and Terminated jobs hold nothing.
 ACTIVE_STATES = (
     "Waiting",
@@ -172,6 +174,9 @@ class OarJob:
     exit_code: int | None = None  # the job's command's wait status (exit status * 256 + signal), once it ended
     stderr_file: str = ""  # the command's stderr, in launching_directory on the job's first node
     launching_directory: str = ""
+    # Somebody asked OAR to delete it (its FRAG_JOB_REQUEST event): OAR deletes asynchronously, and lists the job as it
+    # was (Waiting, its nodes) for up to a few seconds more, still refusing other reservations of them meanwhile.
+    deleting: bool = False
 
 
 # --- time conversions (pure) ----------------------------------------------------------------------------------------
@@ -638,4 +643,5 @@ def _read_job(item: Mapping[str, Any], *, with_nodes: bool) -> OarJob:
         exit_code=item["exit_code"] if isinstance(item.get("exit_code"), int) else None,
         stderr_file=str(item.get("stderr_file") or ""),
         launching_directory=str(item.get("launching_directory") or ""),
+        deleting=any(isinstance(event, dict) and event.get("type") == FRAG_EVENT for event in item.get("events") or ()),
     )

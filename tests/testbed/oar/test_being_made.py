@@ -217,3 +217,18 @@ def test_a_reservation_made_again_that_timed_out_is_not_told_as_failed(
     site.backend.client = oar_client
     assert site.backend.reconcile().adopted == [lease_id]
     assert [job_of(site, lease_id)] == [job.id for job in made]
+
+
+def test_another_member_provisioning_meanwhile_takes_over_the_first_members_job(
+    site: Site, oar_url: str, oar_client: OarClient
+) -> None:
+    """Per-user logins: alice's Provision timed out, and bob provisions the slice before OAR lists her job. OAR
+    refuses his reservation (hers holds the node): her job is taken over as the lease's, owned by her login, not
+    forgotten (it would hold the node for nobody) nor doubled."""
+    lease_id, job = timed_out_provision(site, oar_url, oar_client, "node7")
+    site.backend.client = ListingAckPendingStandIn(oar_url, job_name(lease_id), pending=1, listed=False)
+    provisioned = site.provision(user="bob")
+    assert [s["geni_allocation_status"] for s in provisioned["geni_slivers"]] == ["geni_provisioned"]
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and (row.job_id, row.owner) == (job.id, "alice")
+    assert made_in_oar(site, oar_client, lease_id) == [job], "no second reservation"

@@ -490,3 +490,28 @@ def test_a_renewal_landing_during_a_round_is_not_undone_by_it(
     assert report.resubmitted == [first] and second not in report.adopted, report
     job = oar_client.job(new_of_second)
     assert job is not None and job.walltime_s == 2 * 3600 - 1
+
+
+def test_a_delete_that_reached_oar_though_its_answer_was_lost_is_not_told_as_lost(
+    site: Site, oar_url: str, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    """Delete's request reaches OAR, which deletes the job, but the answer is lost (a proxy's 502): the Delete fails
+    and the lease stays provisioned. The next round reserves its window again, as the calendar has it, without
+    telling the users their job was lost: the aggregate deleted it itself."""
+    site.allocate(["node10"], site.start)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    first = job_of(site, lease_id)
+
+    def on_delete(method: str, path: str) -> str:
+        return FORWARD_THEN_502 if method == "DELETE" else FORWARD
+
+    with oar_through_fault_proxy(site, oar_url, on_delete), pytest.raises(GeniError):
+        site.delete()
+    wait_for_job(oar_client, first, {"Error", "Terminated"})  # OAR deleted it all the same
+    settle(site, lease_id)
+    assert site.backend.reconcile().resubmitted == [lease_id]
+    again = job_of(site, lease_id)
+    oar_jobs.track(again, "alice")
+    assert again != first
+    assert failed_notices(site) == [], "the job the aggregate deleted itself is not told as lost"
