@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Text, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
@@ -19,6 +20,7 @@ from sfa_omf.calendar.models import (
     NotifySubscription,
     RegistryRecord,
     RepositoryImage,
+    RetiredLogin,
     Slice,
     SliceUser,
     UserContact,
@@ -105,11 +107,34 @@ EVENT_USER_FIELDS = ("caller", "owner")
 
 def _rename_in_events(session: Session, user_urn: str, removed_as: str) -> None:
     """``removed_as`` in place of ``user_urn`` wherever a recorded event of a slice names the user as a recipient:
-    the notifier reads them again for a day, and would send them to the next holder of the name."""
-    for row in session.scalars(select(NotifyEvent).where(NotifyEvent.slice_urn.is_not(None))):
+    the notifier reads them again for a day, and would send them to the next holder of the name. The database finds
+    the few events whose JSON holds the URN as a string (nothing deletes recorded events: reading them all into Python
+    held the write lock for seconds); the exact check is made on those."""
+    # As the JSON column writes it (json.dumps: non-ASCII escaped), and raw, as another writer may have.
+    written = {json.dumps(user_urn), json.dumps(user_urn, ensure_ascii=False)}
+    payload_text = cast(NotifyEvent.payload, Text)
+    naming = or_(*(payload_text.contains(form, autoescape=True) for form in sorted(written)))
+    for row in session.scalars(select(NotifyEvent).where(NotifyEvent.slice_urn.is_not(None), naming)):
         named = [name for name in EVENT_USER_FIELDS if row.payload.get(name) == user_urn]
         if named:
             row.payload = {**row.payload, **dict.fromkeys(named, removed_as)}  # a new dict: the JSON column is saved
+
+
+def _mark_as_removed(session: Session, user_urn: str, removed_as: str) -> None:
+    """``removed_as`` in place of ``user_urn`` in what the calendar recorded as the user's: the leases they booked,
+    the images they saved, the recorded events naming them as a recipient."""
+    session.execute(update(Lease).where(Lease.owner_urn == user_urn).values(owner_urn=removed_as))
+    session.execute(update(RepositoryImage).where(RepositoryImage.added_by == user_urn).values(added_by=removed_as))
+    _rename_in_events(session, user_urn, removed_as)
+
+
+def _mark_left_after_removal(session: Session, user_urn: str) -> None:
+    """Before ``user_urn`` is registered again: what still carries it plain was written after its last removal (a
+    call in flight then, or one the aggregate let through on a key verdict it still kept), so by the removed holder,
+    and is marked as the removal marked theirs. A URN never removed (no retired login) has nothing to mark."""
+    last_removed_s = session.scalar(select(func.max(RetiredLogin.retired_s)).where(RetiredLogin.urn == user_urn))
+    if last_removed_s is not None:
+        _mark_as_removed(session, user_urn, removed_holder(user_urn, from_s(last_removed_s)))
 
 
 @dataclass(frozen=True)
@@ -164,10 +189,13 @@ class Records:
             ]
 
     def add(self, record: Record) -> None:
-        """Add a record, or merge researchers and keys into the existing one (never drops either)."""
+        """Add a record, or merge researchers and keys into the existing one (never drops either). A user registered
+        under a URN removed before does not get what the removed holder left under it (``Records.remove``)."""
         with self.database.write() as session:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == record.hrn))
             if row is None:
+                if record.type == "user":
+                    _mark_left_after_removal(session, record.urn)
                 session.add(
                     RegistryRecord(
                         hrn=record.hrn,
@@ -254,12 +282,7 @@ class Records:
                 # What they booked, saved or asked for stays for the record, as a removed user's: every reader compares
                 # it with the URN of a viewer or recipient (their feed, /calendar/me, the web calendar's "mine", lease
                 # news, the per-user limit, private images), and the next holder of the name has that URN.
-                removed_as = removed_holder(row.urn, now)
-                session.execute(update(Lease).where(Lease.owner_urn == row.urn).values(owner_urn=removed_as))
-                session.execute(
-                    update(RepositoryImage).where(RepositoryImage.added_by == row.urn).values(added_by=removed_as)
-                )
-                _rename_in_events(session, row.urn, removed_as)
+                _mark_as_removed(session, row.urn, removed_holder(row.urn, now))
             if retire and row.type == "slice":
                 # The aggregate's record of the slice keeps its URN (its leases run to their end), but not its users
                 # and their keys: a slice registered later under the name would list them, so give them accounts

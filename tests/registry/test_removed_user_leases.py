@@ -14,10 +14,11 @@ from sqlalchemy import JSON, bindparam, select, text
 
 from sfa_omf.calendar.feeds import FeedTokens
 from sfa_omf.calendar.models import NotifyEvent, NotifyOutbox
-from sfa_omf.calendar.outbox import LeaseNews, add_lease_event
+from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
 from sfa_omf.calendar.records import BookingRequest
 from sfa_omf.calendar.timeline import Timeline
 from sfa_omf.images.store import ImageStore
+from sfa_omf.notify.alerts import Alerts
 from sfa_omf.notify.notifier import Notifier, NotifySettings
 from sfa_omf.registry.records import Record, Records
 from sfa_omf.times import utcnow
@@ -203,3 +204,185 @@ def test_a_slice_registered_again_lists_none_of_the_removed_slices_users(testbed
     testbed.admin.remove("demo", "slice")
     users = testbed.aggregate.slices.get(other).users
     assert [(user.user_urn, user.ssh_keys) for user in users] == [(tb_alice, (her_key,))]
+
+
+def test_what_the_removed_user_wrote_after_the_removal_is_not_the_next_holders(
+    testbed: removed_logins.Site, tmp_path: Path
+) -> None:
+    """A call of the removed alice's in flight at her removal (or let through on a key verdict the aggregate still
+    kept) writes after it, under her plain URN: registering the name again marks those rows as the removal marked
+    hers (the same "URN (removed TIME)"), in the registration's unit of work. Rows of a URN never removed stay."""
+    tb_alice, tb_demo = removed_logins.ALICE, removed_logins.DEMO
+    tb_carol = "urn:publicid:IDN+tb+user+carol"
+    alice = load_gid_chain_file(str(testbed.directory / "users" / "alice" / "sfi" / "tb.alice.user.gid"))
+    testbed.provision(alice, testbed.slice_credential(alice), "n1")
+    timeline = Timeline(testbed.database)
+    (her_first_lease,) = timeline.bookings(owner_urn=tb_alice)
+    testbed.admin.remove("alice", "user")
+    (marked,) = timeline.bookings(slice_urns=[tb_demo])
+    removed_as = marked.owner_urn
+    assert removed_as.startswith(f"{tb_alice} (removed "), removed_as
+
+    # Her Allocate, checked before the removal, books after it; so do her renewal refused and her saved image.
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(days=2)
+    request = [BookingRequest(node_urn("n2"), start, start + timedelta(hours=1))]
+    late_lease = testbed.aggregate.bookings.book(tb_demo, start + timedelta(days=1), request, tb_alice).leases[0].id
+    Alerts(testbed.database).renewal_refused(tb_demo, tb_alice, [], start, "past the slice's end")
+    images = ImageStore(testbed.database, tmp_path / "images")
+    (tmp_path / "late.img").write_bytes(b"saved after her removal")
+    images.add(tmp_path / "late.img", "alice-late", tb_alice, utcnow(), private=True)
+    # Carol (never registered, never removed) booked before her registration: hers, and stays hers.
+    carols_lease = (
+        testbed.aggregate.bookings.book(
+            tb_demo,
+            start + timedelta(days=1),
+            [BookingRequest(node_urn("n1"), start, start + timedelta(hours=1))],
+            tb_carol,
+        )
+        .leases[0]
+        .id
+    )
+
+    testbed.admin.add_user("alice")  # another person under the name
+    testbed.admin.add_user("carol")
+
+    since = utcnow() - timedelta(days=1)
+    assert timeline.slices_booked_by(tb_alice, since) == set(), "the removed alice's late lease is the new alice's"
+    assert timeline.bookings(owner_urn=tb_alice) == []
+    owners = {row.lease_id: row.owner_urn for row in timeline.bookings(slice_urns=[tb_demo])}
+    assert owners == {her_first_lease.lease_id: removed_as, late_lease: removed_as, carols_lease: tb_carol}
+    with testbed.database.read() as session:
+        callers = [row.payload["caller"] for row in session.scalars(select(NotifyEvent))]
+    assert callers == [removed_as]
+    late_image = images.get("alice-late")
+    assert late_image is not None and late_image.added_by == removed_as and not late_image.usable_by(tb_alice)
+    # What the new alice books from now on is hers.
+    request = [BookingRequest(node_urn("n2"), start + timedelta(hours=2), start + timedelta(hours=3))]
+    hers = testbed.aggregate.bookings.book(tb_demo, start + timedelta(days=1), request, tb_alice).leases[0].id
+    assert [row.lease_id for row in timeline.bookings(owner_urn=tb_alice)] == [hers]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_removal_marks_exactly_the_recorded_events_naming_the_user(kind: str, tmp_path: Path) -> None:
+    """The database picks the recorded events whose JSON holds the user's URN (non-ASCII escaped as the JSON column
+    writes it, LIKE's '_' and '%' taken literally), the exact check the rest: the events of a slice whose caller or
+    owner is the user are marked, and nothing else (other users, other fields, operator events)."""
+    removed = ("urn:publicid:IDN+testbed+user+élise", "urn:publicid:IDN+testbed+user+al_ce%")
+    kept = (
+        "urn:publicid:IDN+testbed+user+élise2",
+        "urn:publicid:IDN+testbed+user+alxce%",  # what "al_ce%" matches in LIKE
+        "urn:publicid:IDN+elsewhere+user+élise",
+        "",
+    )
+    slice_urn = "urn:publicid:IDN+testbed+slice+s"
+    database = fresh_database(kind, tmp_path)
+    try:
+        records = Records(database)
+        records.add(Record("testbed", "authority", "urn:publicid:IDN+testbed+authority+sa", ""))
+        for number, urn in enumerate(removed):
+            register(records, f"testbed.removed{number}", urn, "")
+        payloads: dict[str, dict[str, object]] = {}
+        for caller in (*removed, *kept):
+            for owner in (*removed, *kept):
+                for on_slice in (slice_urn, None):
+                    key = f"{len(payloads)}"
+                    payloads[key] = {"caller": caller, "owner": owner, "reason": f"{caller} asked", "to": [owner]}
+                    event = RecordedEvent(key, "renewal_refused", on_slice, payloads[key], utcnow())
+                    with database.write() as session:
+                        add_event(session, event)
+        for number in range(len(removed)):
+            assert records.remove(f"testbed.removed{number}")
+        with database.read() as session:
+            now = {row.key: (row.slice_urn, row.payload) for row in session.scalars(select(NotifyEvent))}
+        assert now.keys() == payloads.keys()
+        for key, before in payloads.items():
+            on_slice, after = now[key]
+            for name, value in before.items():
+                if name in ("caller", "owner") and value in removed and on_slice is not None:
+                    assert str(after[name]).startswith(f"{value} (removed "), (key, name, after)
+                else:
+                    assert after[name] == value, (key, name, after)
+    finally:
+        database.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_migration_0024_marks_every_removed_users_rows_in_chunks_and_batches(kind: str, tmp_path: Path) -> None:
+    """More removed users than one UPDATE marks and more events than one batch reads: each removed user's lease,
+    image and events are marked (a URN of 300 characters cut to hold the mark in its column, whole in the JSON),
+    those of the registered bob and of other authorities (tbx, whose name starts as tb's; lab-é, as lab_é's with
+    LIKE's '_') are not, nor events without a slice. Non-ASCII names as the JSON column escapes them."""
+    migrated = fresh_database(kind, tmp_path)
+    tb_bob = removed_logins.BOB
+    removed = [f"urn:publicid:IDN+tb+user+u{number}" for number in range(1100)]
+    removed += ["urn:publicid:IDN+lab_é+user+zoé", "urn:publicid:IDN+lab_é:site+user+x"]
+    removed.append("urn:publicid:IDN+lab_é+user+" + "é" * (300 - len("urn:publicid:IDN+lab_é+user+")))
+    kept = [tb_bob, "urn:publicid:IDN+tbx+user+u1", "urn:publicid:IDN+lab-é+user+zoé"]
+    owners = removed + kept
+    try:
+        migrate_database(migrated, "downgrade", "0023")
+        with migrated.engine.begin() as connection:
+            insert_authority_and_bob(connection)
+            connection.execute(
+                text(
+                    "INSERT INTO registry_record (hrn, type, urn, gid, email, keys, researchers, pis, created_s) "
+                    "VALUES ('lab_é', 'authority', 'urn:publicid:IDN+lab_é+authority+sa', '', '', '[]', '[]', "
+                    "'[]', 0)"
+                )
+            )
+            connection.execute(text("INSERT INTO slice (urn, expires_s, shut_down) VALUES ('s', 0, false)"))
+            slice_id = connection.execute(text("SELECT id FROM slice")).scalar()
+            connection.execute(
+                text(
+                    "INSERT INTO lease (id, slice_id, owner_urn, start_s, end_s, state, client_id) "
+                    "VALUES (:id, :slice, :owner, 0, 3600, 'ended', '')"
+                ),
+                [{"id": f"lease-{number}", "slice": slice_id, "owner": owner} for number, owner in enumerate(owners)],
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO repository_image (label, file_name, sha256, size, os, version, description, "
+                    "hardware_types, added_by, added_s, private) "
+                    "VALUES (:label, :label, '', 0, '', '', '', '[]', :owner, 0, true)"
+                ),
+                [{"label": f"image-{number}", "owner": owner} for number, owner in enumerate(owners)],
+            )
+            events = [
+                {
+                    "key": f"event-{number}",
+                    "slice": None if number % 7 == 0 else "s",
+                    "payload": {
+                        "owner": owners[number % len(owners)],
+                        "caller": owners[(number + 1) % len(owners)],
+                        "reason": owners[number % len(owners)],
+                    },
+                }
+                for number in range(11000)
+            ]
+            connection.execute(
+                text(
+                    "INSERT INTO notify_event (key, event, slice_urn, payload, created_s) "
+                    "VALUES (:key, 'failed', :slice, :payload, 0)"
+                ).bindparams(bindparam("payload", type_=JSON)),
+                events,
+            )
+        migrate_database(migrated, "upgrade", "0024")
+        with migrated.engine.connect() as connection:
+            leases = dict(connection.execute(text("SELECT id, owner_urn FROM lease")).all())
+            images = dict(connection.execute(text("SELECT label, added_by FROM repository_image")).all())
+        with migrated.read() as session:
+            payloads = {row.key: row.payload for row in session.scalars(select(NotifyEvent))}
+        mark = leases["lease-0"][len(removed[0]) :]
+        assert mark.startswith(" (removed before ") and mark.endswith("Z)"), mark
+        for number, owner in enumerate(owners):
+            expected = owner[: 300 - len(mark)] + mark if owner in removed else owner
+            assert leases[f"lease-{number}"] == expected
+            assert images[f"image-{number}"] == expected
+        for event in events:
+            before, after = event["payload"], payloads[event["key"]]
+            for name in ("owner", "caller"):
+                marks = event["slice"] is not None and before[name] in removed
+                assert after[name] == (before[name] + mark if marks else before[name]), (event, after)
+            assert after["reason"] == before["reason"]
+    finally:
+        migrated.dispose()
