@@ -72,28 +72,36 @@ class RegisteredKeys:
         self.monotonic = monotonic
         self._accepted: OrderedDict[tuple[str, str], float] = OrderedDict()  # (urn, key id) -> believed until
         self._lock = threading.Lock()
-        # is_local_user's answer by URN: it depends on the URN alone, and parsing it twice a call (the caller, the
-        # credential's owner) cost about a twentieth of a Status. Emptied when full; a lost entry is parsed again.
-        self._local: dict[str, bool] = {}
+        self._local: dict[str, str] = {}  # URN -> its type when under this authority, else "" (_local_type)
 
     def is_local_user(self, urn: str) -> bool:
         """A user URN under this aggregate's authority (whose registry may hold its record)."""
+        return self._local_type(urn) == "user"
+
+    def is_local_slice(self, urn: str) -> bool:
+        """A slice URN under this aggregate's authority (whose registry may hold its record)."""
+        return self._local_type(urn) == "slice"
+
+    def _local_type(self, urn: str) -> str:
+        """The type of a URN under this aggregate's authority ("" for any other). Kept per URN: it depends on the URN
+        alone, and parsing it three times a call (the caller, the credential's owner and target) cost about a
+        twentieth of a Status. Emptied when full; a lost entry is parsed again."""
         known = self._local.get(urn)
         if known is None:
-            known = self._parse_local_user(urn)
+            known = self._parse_local_type(urn)
             if len(self._local) >= self.size:
                 self._local.clear()
             self._local[urn] = known
         return known
 
-    def _parse_local_user(self, urn: str) -> bool:
+    def _parse_local_type(self, urn: str) -> str:
         if not urn or not is_urn(urn):
-            return False
+            return ""
         try:
             parsed = parse_urn(urn)
         except BadArgs:
-            return False
-        return parsed.type.lower() == "user" and is_authority_for(self.authority_hrn, parsed.hrn)
+            return ""
+        return parsed.type.lower() if is_authority_for(self.authority_hrn, parsed.hrn) else ""
 
     def refusal(self, urn: str, key_id: str) -> KeyRefusal | None:
         """None when ``key_id`` may act as ``urn``: not a local user, no registry in this database, or the key the
@@ -101,16 +109,6 @@ class RegisteredKeys:
         if not self.is_local_user(urn):
             return None
         return self._judged(urn, key_id, "user")
-
-    def is_local_slice(self, urn: str) -> bool:
-        """A slice URN under this aggregate's authority (whose registry may hold its record)."""
-        if not urn or not is_urn(urn):
-            return False
-        try:
-            parsed = parse_urn(urn)
-        except BadArgs:
-            return False
-        return parsed.type.lower() == "slice" and is_authority_for(self.authority_hrn, parsed.hrn)
 
     def slice_refusal(self, urn: str, key_id: str) -> KeyRefusal | None:
         """None when ``key_id`` (of the GID a credential targets) is that of slice ``urn`` now: not a local slice, no
