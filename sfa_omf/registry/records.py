@@ -137,6 +137,28 @@ def _mark_left_after_removal(session: Session, user_urn: str) -> None:
         _mark_as_removed(session, user_urn, removed_holder(user_urn, from_s(last_removed_s)))
 
 
+def _rename_slice(session: Session, slice_urn: str, removed: datetime) -> None:
+    """The aggregate's slice of ``slice_urn`` (if it has one), with its leases, named as a slice removed then
+    (``removed_holder``) from now on; a name another removed slice took already gets a number (slice names are
+    unique)."""
+    if session.scalar(select(Slice.id).where(Slice.urn == slice_urn)) is None:
+        return
+    base = removed_holder(slice_urn, removed)  # "URN (removed TIME)"
+    taken = set(session.scalars(select(Slice.urn).where(Slice.urn.startswith(base[:-1], autoescape=True))))
+    removed_as, number = base, 1
+    while removed_as in taken:  # "URN (removed TIME #2)", ...
+        number += 1
+        removed_as = f"{base[:-1][: MAX_URN_CHARS - 8]} #{number})"
+    session.execute(update(Slice).where(Slice.urn == slice_urn).values(urn=removed_as))
+
+
+def _rename_slice_left_after_removal(session: Session, slice_urn: str) -> None:
+    """Before ``slice_urn`` is registered again: an aggregate's slice still under it was made after the slice's last
+    removal (a call in flight then) or before this rule (an upgraded calendar), so it is the removed slice's."""
+    if session.scalar(select(RetiredLogin.urn).where(RetiredLogin.urn == slice_urn).limit(1)) is not None:
+        _rename_slice(session, slice_urn, utcnow())
+
+
 @dataclass(frozen=True)
 class Record:
     hrn: str
@@ -196,6 +218,8 @@ class Records:
             if row is None:
                 if record.type == "user":
                     _mark_left_after_removal(session, record.urn)
+                elif record.type == "slice":
+                    _rename_slice_left_after_removal(session, record.urn)
                 session.add(
                     RegistryRecord(
                         hrn=record.hrn,
@@ -284,11 +308,13 @@ class Records:
                 # news, the per-user limit, private images), and the next holder of the name has that URN.
                 _mark_as_removed(session, row.urn, removed_holder(row.urn, now))
             if retire and row.type == "slice":
-                # The aggregate's record of the slice keeps its URN (its leases run to their end), but not its users
-                # and their keys: a slice registered later under the name would list them, so give them accounts
-                # with their keys on its nodes and show them its leases.
+                # The aggregate's slice of that URN loses its users and their keys (a slice registered later under the
+                # name would list them: accounts with their keys on its nodes), and its name: its leases run to their
+                # end as a removed slice's, which the next holder of the name neither sees nor acts on (Status
+                # listed them, Delete cancelled them).
                 members = select(Slice.id).where(Slice.urn == row.urn).scalar_subquery()
                 session.execute(delete(SliceUser).where(SliceUser.slice_id == members))
+                _rename_slice(session, row.urn, now)
             holders = session.scalars(select(RegistryRecord).where(RegistryRecord.type.in_(("slice", "authority"))))
             for holder in holders:
                 researchers = [member for member in holder.researchers if member != hrn]

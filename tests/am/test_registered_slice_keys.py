@@ -280,3 +280,37 @@ def test_records_without_a_gid_and_databases_without_a_registry_keep_the_urn_rul
     assert refused is not None and refused.removed, "removed by the registry: refused"
     records.remove(OURS)  # no registry in this database: the URN rule alone
     assert keys.slice_refusal(hrn_to_urn(f"{OURS}.gone", "slice"), "a-key") is None
+
+
+def test_the_next_holder_of_a_removed_slices_name_neither_sees_nor_deletes_its_slivers(
+    site: Site, sites: Sites
+) -> None:
+    """Alice's slice is removed while her sliver is booked, and its name registered again for bob: her lease runs to
+    its end as the removed slice's (renamed "URN (removed TIME)"), and bob's credential of the new slice neither lists
+    it (Status) nor cancels it (Delete); his own work in the new slice is his."""
+    alice, bob = sites.users["alice"], sites.users["bob"]
+    name = f"exp{uuid.uuid4().hex[:8]}"
+    slice_hrn = f"{OURS}.{name}"
+    slice_urn = hrn_to_urn(slice_hrn, "slice")
+    site.admin.create_slice(name, ["alice"])
+    credential = site.slice_credential(alice, slice_hrn)
+    assert code(site.call(alice, "Allocate", slice_urn, [credential], request_for("n2", 2), {})) == 0
+    (hers,) = site.aggregate.bookings.leases(slice_urn=slice_urn)
+    site.admin.remove(name, "slice")
+    assert site.aggregate.bookings.leases(slice_urn=slice_urn) == [], "the removed slice keeps no name"
+    # A call in flight at the removal (here: her credential's verdict still believed) books under the plain URN.
+    assert code(site.call(alice, "Allocate", slice_urn, [credential], request_for("n3", 2), {})) == 0
+    (late,) = site.aggregate.bookings.leases(slice_urn=slice_urn)
+    site.admin.create_slice(name, ["bob"])
+    new_credential = site.slice_credential(bob, slice_hrn)
+
+    status = site.call(bob, "Status", [slice_urn], [new_credential], {})
+    assert code(status) != 0 or status["value"]["geni_slivers"] == [], status
+    site.call(bob, "Delete", [slice_urn], [new_credential], {})
+    kept = {lease.id: lease for lease in site.aggregate.bookings.leases() if lease.id in (hers.id, late.id)}
+    assert [lease.state for lease in kept.values()] == ["allocated"] * 2, "bob cancelled the removed slice's leases"
+    assert all(lease.slice_urn.startswith(f"{slice_urn} (removed ") for lease in kept.values()), kept
+    assert kept[hers.id].slice_urn != kept[late.id].slice_urn, "two slices, two names (names are unique)"
+    assert code(site.call(bob, "Allocate", slice_urn, [new_credential], request_for("n1", 3), {})) == 0
+    (his,) = site.aggregate.bookings.leases(slice_urn=slice_urn)
+    assert his.id != hers.id
