@@ -106,6 +106,8 @@ OTHER_WINDOW = "OAR holds another window than the calendar's"
 # A job row's message while the aggregate deletes the lease's job to replace it (_replace): a job deleted so is never
 # told to the users as lost, whether or not the replacement or its putting back was made.
 REPLACING = "deleted by the aggregate to be replaced: OAR job"
+# OAR ends a job in these states as soon as it is asked to delete it; a running one may take minutes (JOBDEL_WALLTIME).
+WAITING_STATES = ("Waiting", "Hold")
 # The mark once the call that replaced the job has ended without a job for the lease (its window neither reserved anew
 # nor put back): the reconciler's to reserve again at once. While the mark is REPLACING, a call may still be at work.
 NOT_REPLACED = "deleted by the aggregate, not replaced: OAR job"
@@ -190,6 +192,9 @@ class OarTestbed:
     def _provision(self, lease: LeaseRecord, owner: str) -> None:
         row = self.jobs.get(lease.id)
         earlier = row if row is not None and row.owner and row.state in (SUBMITTING, SUBMITTED, DELETING) else None
+        # The row as it was, with the owner of a job an earlier call may have made (DELETED: none found for it yet;
+        # OAR may list it later): restored if this call makes nothing, and its owner's job taken over if OAR has one.
+        before = row if row is not None and row.owner and (earlier is not None or row.state == DELETED) else None
         if earlier is not None:
             # An earlier call may have reached OAR without recording the answer (a crash, a time-out), and the booking
             # may have been renewed since: take that job over (as it is, or for the calendar's window), never double it.
@@ -205,12 +210,17 @@ class OarTestbed:
             # The slot may be held by our own job: an earlier Provision whose answer was lost (a crash, a time-out),
             # this caller's or another member's (per-user logins): OAR lists it by now, since it refused this one.
             # (If taking it over fails, the row stays: it names the owner Delete and the reconciler act as.)
-            for maker in dict.fromkeys([owner, *([earlier.owner] if earlier is not None else [])]):
-                held = self._provisioning(lease, partial(self._take_over, lease, maker))
-                if held is not None:
-                    self.jobs.set(lease.id, SUBMITTED, owner=maker, job_id=held)
-                    return
-            self._forget_this_call(lease, earlier)
+            try:
+                for maker in dict.fromkeys([owner, *([before.owner] if before is not None else [])]):
+                    held = self._provisioning(lease, partial(self._take_over, lease, maker))
+                    if held is not None:
+                        self.jobs.set(lease.id, SUBMITTED, owner=maker, job_id=held)
+                        return
+            except GeniError:  # (BUSY, OAR down): the row names the earlier owner again, whose job may exist
+                if before is not None and before.owner != owner:
+                    self._forget_this_call(lease, before)
+                raise
+            self._forget_this_call(lease, before)
             raise self._provision_error(lease, exc) from exc
         except (OarError, ValueError, GeniError) as exc:
             # OAR may have booked it whenever the request may have reached it (a time-out, a connection broken off
@@ -218,7 +228,7 @@ class OarTestbed:
             # with its owner, and the next Provision, Delete or the reconciler finds the job. It is forgotten only
             # when OAR certainly made nothing: refused before it was asked, or OAR's own 4xx refusal.
             if _nothing_made(exc):
-                self._forget_this_call(lease, earlier)
+                self._forget_this_call(lease, before)
             error = self._provision_error(lease, exc)
             if error is exc:
                 raise
@@ -226,13 +236,13 @@ class OarTestbed:
         self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
         log.info("lease %s is OAR job %d (owner %s)", lease.id, job_id, owner)
 
-    def _forget_this_call(self, lease: LeaseRecord, earlier: JobRecord | None) -> None:
-        """This Provision made nothing in OAR: the lease's row as it was before it (``earlier``: an earlier call's,
-        whose job OAR may still make, with the owner it is made as), else none."""
-        if earlier is None:
+    def _forget_this_call(self, lease: LeaseRecord, before: JobRecord | None) -> None:
+        """This Provision made nothing in OAR: the lease's row as it was before it (``before``: an earlier call's,
+        whose job OAR may still make or list, with the owner it is made as), else none."""
+        if before is None:
             self.jobs.forget(lease.id)
         else:
-            self.jobs.set(lease.id, earlier.state, owner=earlier.owner, message=earlier.message)
+            self.jobs.set(lease.id, before.state, owner=before.owner, message=before.message)
 
     def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
         """OAR 2.5.9 cannot move a reservation's end: a reservation that has not started is replaced by one for the
@@ -407,8 +417,9 @@ class OarTestbed:
                 label=f"OAR job {job.id} of {job.owner}",
             )
             for job in jobs
-            # (One being deleted is gone within seconds: no hold, which would refuse Allocates until the next mirror.)
-            if job.id not in ours and job.start_time is not None and not job.deleting
+            # (A waiting one being deleted is gone within seconds: no hold, which would refuse Allocates until the next
+            # mirror; a running one may hold its nodes for minutes more.)
+            if job.id not in ours and job.start_time is not None and not (job.deleting and job.state in WAITING_STATES)
         ]
         report = self.external.sync(EXTERNAL_SOURCE, holds)
         if report.added or report.removed or report.clashing:
@@ -604,6 +615,8 @@ class OarTestbed:
             return
         if _being_made(named, lease, owner) is not None:
             return  # OAR is still making a job of ours for it (a Provision's, a replacement): the next round sees it
+        if any(job.owner == owner and job.deleting for job in named):
+            return  # OAR is still deleting a job of ours for it, and refuses its window until that is gone
         if (
             recorded is not None
             and recorded.state == FAILED
@@ -656,6 +669,15 @@ class OarTestbed:
             job_id = self._submit(lease, owner)
         except OarTimeout as exc:  # OAR may have made it: the next round adopts it, or reserves it again
             report.failed[lease.id] = _words(exc)
+            if lost and recorded is not None:  # the loss is told now (once: the news is keyed by the lost job)
+                told = f"{lost}; its slot is being reserved again (OAR was slow to confirm)"
+                self.jobs.set(
+                    lease.id,
+                    recorded.state,
+                    owner=owner,
+                    message=recorded.message,
+                    news=_failed(lease.id, recorded, told),
+                )
             return
         except (OarError, ValueError, GeniError) as exc:
             # (ValueError, GeniError: refused before OAR was asked, e.g. a start OAR cannot be told)

@@ -22,6 +22,7 @@ from sfa_omf.testbed.oar.jobs import DELETED, SUBMITTED, SUBMITTING, job_name
 from tests.testbed.oar import test_backend
 from tests.testbed.oar.conftest import wait_for_job
 from tests.testbed.oar.test_backend import HOUR, Site, job_of, provision_timing_out, settle
+from tests.testbed.oar.test_faults import failed_notices
 
 site = test_backend.site  # the fixture: an aggregate on the OAR backend, alice and bob mapped to their Unix users
 
@@ -213,10 +214,13 @@ def test_a_reservation_made_again_that_timed_out_is_not_told_as_failed(
     assert "did not answer" in report.failed[lease_id]
     row = site.backend.jobs.get(lease_id)
     assert row is not None and row.state == SUBMITTED, "not failed: OAR may have made it"
+    (told,) = failed_notices(site)  # the loss itself is told, once
+    assert f"OAR job {lost}" in told and "being reserved again" in told, told
     made = made_in_oar(site, oar_client, lease_id)
     site.backend.client = oar_client
     assert site.backend.reconcile().adopted == [lease_id]
     assert [job_of(site, lease_id)] == [job.id for job in made]
+    assert len(failed_notices(site)) == 1
 
 
 def test_another_member_provisioning_meanwhile_takes_over_the_first_members_job(
@@ -227,6 +231,26 @@ def test_another_member_provisioning_meanwhile_takes_over_the_first_members_job(
     forgotten (it would hold the node for nobody) nor doubled."""
     lease_id, job = timed_out_provision(site, oar_url, oar_client, "node7")
     site.backend.client = ListingAckPendingStandIn(oar_url, job_name(lease_id), pending=1, listed=False)
+    provisioned = site.provision(user="bob")
+    assert [s["geni_allocation_status"] for s in provisioned["geni_slivers"]] == ["geni_provisioned"]
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and (row.job_id, row.owner) == (job.id, "alice")
+    assert made_in_oar(site, oar_client, lease_id) == [job], "no second reservation"
+
+
+def test_a_member_provisioning_after_the_first_members_row_was_settled_takes_over_her_job(
+    site: Site, oar_url: str, oar_client: OarClient
+) -> None:
+    """Alice's Provision timed out, and a reconciler round found no job yet (OAR had not listed it): her row is kept
+    DELETED, with her login. Bob provisions: OAR refuses his reservation (hers holds the node), and her job is taken
+    over as the lease's, not forgotten (it would hold the node for nobody while bob is told of a local reservation)."""
+    lease_id, job = timed_out_provision(site, oar_url, oar_client, "node9")
+    settle(site, lease_id)
+    site.backend.client = ListingAckPendingStandIn(oar_url, job_name(lease_id), pending=1000, listed=False)
+    site.backend.reconcile()
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and (row.state, row.owner) == (DELETED, "alice")
+    site.backend.client = oar_client
     provisioned = site.provision(user="bob")
     assert [s["geni_allocation_status"] for s in provisioned["geni_slivers"]] == ["geni_provisioned"]
     row = site.backend.jobs.get(lease_id)

@@ -11,11 +11,13 @@ from datetime import datetime
 import pytest
 
 from sfa_omf.errors import GeniCode, GeniError
-from sfa_omf.testbed.oar.backend import EXTERNAL_SOURCE
+from sfa_omf.testbed.oar.backend import EXTERNAL_SOURCE, NOT_REPLACED
 from sfa_omf.testbed.oar.client import OarClient, OarJob
+from sfa_omf.testbed.oar.jobs import SUBMITTED
 from tests.testbed.oar import test_backend
 from tests.testbed.oar.conftest import OarJobs
 from tests.testbed.oar.test_backend import Site, job_of
+from tests.testbed.oar.test_faults import failed_notices
 
 site = test_backend.site  # the fixture: an aggregate on the OAR backend, alice and bob mapped to their Unix users
 
@@ -69,3 +71,39 @@ def test_provision_never_takes_over_a_job_being_deleted(site: Site, oar_url: str
     site.backend.client = oar_client
     site.backend.provision(lease, "alice", [])
     assert job_of(site, lease_id) == job_id
+
+
+def test_a_running_job_being_deleted_is_still_mirrored(site: Site, oar_url: str, oar_jobs: OarJobs) -> None:
+    """OAR ends a running job it was asked to delete only within minutes (JOBDEL_WALLTIME): it holds its nodes until
+    then, and stays mirrored (as OAR lists it: running, with the request)."""
+    local = oar_jobs.submit(user="bob", nodes=["node9"], start=site.start, walltime_s=3599, name="bobs-own")
+
+    class RunningDeletingStandIn(ListingDeletingStandIn):
+        """As ListingDeletingStandIn, the job listed as running (a slot in the future cannot run on the rig)."""
+
+        def reservations(self, start: datetime, end: datetime, *, unplaced: bool = False) -> list[OarJob]:
+            jobs = super().reservations(start, end, unplaced=unplaced)
+            return [replace(job, state="Running") if job.id == self.job_id else job for job in jobs]
+
+    site.backend.client = RunningDeletingStandIn(oar_url, local)
+    site.backend.refresh_external()
+    assert [hold.key for hold in site.backend.external.holds(EXTERNAL_SOURCE)] == [f"oar:{local}"]
+
+
+def test_the_reconciler_leaves_a_lease_whose_job_oar_is_still_deleting(
+    site: Site, oar_url: str, oar_client: OarClient
+) -> None:
+    """The aggregate deleted the lease's job itself (a Delete whose answer was lost, a replacement cut short: the row
+    says so) and OAR is still deleting it, refusing its window meanwhile: the round does not reserve it again (refused,
+    the lease would be marked failed and its users told), and leaves it to the next round."""
+    site.allocate(["node10"], site.start)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    job_id = job_of(site, lease_id)
+    site.backend.jobs.set(lease_id, SUBMITTED, job_id=job_id, message=f"{NOT_REPLACED} {job_id}")
+    site.backend.client = ListingDeletingStandIn(oar_url, job_id)
+    report = site.backend.reconcile()
+    assert lease_id not in report.failed and lease_id not in report.resubmitted, report
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and (row.state, row.job_id) == (SUBMITTED, job_id)
+    assert failed_notices(site) == []
