@@ -47,6 +47,17 @@ def openssl_accepts(directory: Path, pem: str) -> bool:
     return verified.returncode == 0
 
 
+def crl_put_back(directory: Path) -> tuple[VpnCa, str]:
+    """A file-only VPN in ``directory`` whose crl.pem was put back from a copy older than a revocation (a restored
+    backup): revoked.json lists the revoked certificate, the CRL does not. The VPN, and that certificate."""
+    ca = VpnCa(str(directory), "lab")
+    older_crl = (directory / "crl.pem").read_bytes()
+    revoked, _ = ca.issue("n1", 1, new_private_key().public_key())
+    assert ca.revoke_node("n1")
+    (directory / "crl.pem").write_bytes(older_crl)
+    return ca, revoked
+
+
 @pytest.mark.parametrize("failing", ["revoked.json", "crl.pem"])
 def test_a_reissue_whose_revocation_fails_leaves_the_crl_and_revoked_json_as_they_were(
     tmp_path: Path, failing: str
@@ -88,11 +99,7 @@ def test_a_crl_behind_revoked_json_revokes_everything_again_at_the_next_operatio
     the next process's start (a server, an operator's command) writes the CRL from every serial either file
     revokes, before any other certificate is issued; the revoked certificate no longer opens the tunnel."""
     directory = tmp_path / "vpn"
-    ca = VpnCa(str(directory), "lab")
-    older_crl = (directory / "crl.pem").read_bytes()
-    revoked, _ = ca.issue("n1", 1, new_private_key().public_key())
-    assert ca.revoke_node("n1")
-    (directory / "crl.pem").write_bytes(older_crl)
+    _ca, revoked = crl_put_back(directory)
     assert openssl_accepts(directory, revoked)  # (what the restored copy lets in)
 
     VpnCa(str(directory), "lab")
@@ -105,11 +112,7 @@ def test_the_next_issue_writes_the_crl_from_revoked_json_too(tmp_path: Path) -> 
     """The same with the server running (its VpnCa made before the CRL was put back): the next certificate it
     issues, to any node, writes the CRL first."""
     directory = tmp_path / "vpn"
-    ca = VpnCa(str(directory), "lab")
-    older_crl = (directory / "crl.pem").read_bytes()
-    revoked, _ = ca.issue("n1", 1, new_private_key().public_key())
-    assert ca.revoke_node("n1")
-    (directory / "crl.pem").write_bytes(older_crl)
+    ca, revoked = crl_put_back(directory)
 
     ca.issue("n2", 2, new_private_key().public_key())
 
@@ -245,11 +248,7 @@ def test_the_server_starts_when_the_revocation_files_cannot_be_brought_in_line(t
     as a full disk would): the aggregate still starts (the VPN is not all it serves), and the next issue, once the
     files can be written, brings the CRL in line first."""
     directory = tmp_path / "vpn"
-    ca = VpnCa(str(directory), "lab")
-    older_crl = (directory / "crl.pem").read_bytes()
-    revoked, _ = ca.issue("n1", 1, new_private_key().public_key())
-    assert ca.revoke_node("n1")
-    (directory / "crl.pem").write_bytes(older_crl)
+    _ca, revoked = crl_put_back(directory)
     (directory / "crl.pem.tmp").mkdir()
 
     started = VpnCa(str(directory), "lab")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import JSON, bindparam, select, text
 
+from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.feeds import FeedTokens
 from sfa_omf.calendar.models import NotifyEvent, NotifyOutbox
 from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
@@ -117,6 +119,17 @@ def test_the_new_holder_books_within_the_per_user_limit_of_their_own(lab: Lab) -
     assert limited.book(DEMO, EXPIRES, request, owner_urn=ALICE).leases
 
 
+def owners_after_migrating(migrated: Database) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
+    """What the database holds after a migration: each lease's owner by id, each image's saver by label, each
+    recorded event's payload by key."""
+    with migrated.engine.connect() as connection:
+        leases = dict(connection.execute(text("SELECT id, owner_urn FROM lease")).all())
+        images = dict(connection.execute(text("SELECT label, added_by FROM repository_image")).all())
+    with migrated.read() as session:
+        payloads = {row.key: row.payload for row in session.scalars(select(NotifyEvent))}
+    return leases, images, payloads
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_migration_0024_marks_what_users_removed_before_it_left(kind: str, tmp_path: Path) -> None:
     """Local users without a record: their leases, images and recorded events name them as removed; a recorded
@@ -157,11 +170,7 @@ def test_migration_0024_marks_what_users_removed_before_it_left(kind: str, tmp_p
                     {"id": f"event-{number}", "payload": {"owner": owner, "caller": owner, "lease": f"lease-{number}"}},
                 )
         migrate_database(migrated, "upgrade", "0024")
-        with migrated.engine.connect() as connection:
-            leases = dict(connection.execute(text("SELECT id, owner_urn FROM lease")).all())
-            images = dict(connection.execute(text("SELECT label, added_by FROM repository_image")).all())
-        with migrated.read() as session:
-            payloads = {row.key: row.payload for row in session.scalars(select(NotifyEvent))}
+        leases, images, payloads = owners_after_migrating(migrated)
         for number, owner in enumerate(owners):
             was_removed = owner in (tb_alice, site_erin)
             for now in (leases[f"lease-{number}"], images[f"image-{number}"], payloads[f"event-{number}"]["owner"]):
@@ -367,11 +376,7 @@ def test_migration_0024_marks_every_removed_users_rows_in_chunks_and_batches(kin
                 events,
             )
         migrate_database(migrated, "upgrade", "0024")
-        with migrated.engine.connect() as connection:
-            leases = dict(connection.execute(text("SELECT id, owner_urn FROM lease")).all())
-            images = dict(connection.execute(text("SELECT label, added_by FROM repository_image")).all())
-        with migrated.read() as session:
-            payloads = {row.key: row.payload for row in session.scalars(select(NotifyEvent))}
+        leases, images, payloads = owners_after_migrating(migrated)
         mark = leases["lease-0"][len(removed[0]) :]
         assert mark.startswith(" (removed before ") and mark.endswith("Z)"), mark
         for number, owner in enumerate(owners):

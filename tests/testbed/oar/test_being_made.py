@@ -71,6 +71,19 @@ def timed_out_provision(site: Site, oar_url: str, oar_client: OarClient, node: s
     return lease_id, job
 
 
+def settled_before_oar_listed_it(site: Site, oar_url: str, oar_client: OarClient, node: str) -> tuple[str, OarJob]:
+    """Alice's Provision of ``node`` timed out long ago, and a reconciler round found no job for it (OAR had not
+    listed it yet): her row is kept DELETED, with her login; OAR lists the job from now on. The lease and the job."""
+    lease_id, job = timed_out_provision(site, oar_url, oar_client, node)
+    settle(site, lease_id)
+    site.backend.client = ListingAckPendingStandIn(oar_url, job_name(lease_id), pending=1000, listed=False)
+    site.backend.reconcile()
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and (row.state, row.owner) == (DELETED, "alice")
+    site.backend.client = oar_client
+    return lease_id, job
+
+
 def test_provision_again_while_oar_still_makes_the_first_reservation_adopts_it(
     site: Site, oar_url: str, oar_client: OarClient
 ) -> None:
@@ -138,14 +151,8 @@ def test_a_row_whose_job_oar_has_not_listed_yet_keeps_its_owner_and_the_late_job
     """The reconciler finds no job for a Provision that timed out long ago, because OAR has not listed it yet (it
     lists a reservation only once scheduled): the row is not forgotten but kept with its owner, so that once the
     allocation is deleted, the job OAR lists later is deleted as the orphan it is."""
-    lease_id, job = timed_out_provision(site, oar_url, oar_client, "node10")
-    settle(site, lease_id)
-    site.backend.client = ListingAckPendingStandIn(oar_url, job_name(lease_id), pending=1000, listed=False)
-    site.backend.reconcile()
-    row = site.backend.jobs.get(lease_id)
-    assert row is not None and (row.state, row.owner) == (DELETED, "alice")
+    _lease_id, job = settled_before_oar_listed_it(site, oar_url, oar_client, "node10")
     site.delete()  # the allocation: no job as far as the aggregate knows
-    site.backend.client = oar_client  # OAR lists it now
     assert site.backend.reconcile().orphans_deleted == [job.id]
     gone = wait_for_job(oar_client, job.id, {"Error", "Terminated"})
     assert gone.state in ("Error", "Terminated"), "not left holding the node for nobody"
@@ -244,13 +251,7 @@ def test_a_member_provisioning_after_the_first_members_row_was_settled_takes_ove
     """Alice's Provision timed out, and a reconciler round found no job yet (OAR had not listed it): her row is kept
     DELETED, with her login. Bob provisions: OAR refuses his reservation (hers holds the node), and her job is taken
     over as the lease's, not forgotten (it would hold the node for nobody while bob is told of a local reservation)."""
-    lease_id, job = timed_out_provision(site, oar_url, oar_client, "node9")
-    settle(site, lease_id)
-    site.backend.client = ListingAckPendingStandIn(oar_url, job_name(lease_id), pending=1000, listed=False)
-    site.backend.reconcile()
-    row = site.backend.jobs.get(lease_id)
-    assert row is not None and (row.state, row.owner) == (DELETED, "alice")
-    site.backend.client = oar_client
+    lease_id, job = settled_before_oar_listed_it(site, oar_url, oar_client, "node9")
     provisioned = site.provision(user="bob")
     assert [s["geni_allocation_status"] for s in provisioned["geni_slivers"]] == ["geni_provisioned"]
     row = site.backend.jobs.get(lease_id)
