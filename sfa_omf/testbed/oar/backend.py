@@ -255,7 +255,16 @@ class OarTestbed:
             return  # nothing was ever submitted for it; the reconciler submits the calendar's window
         renewed = replace(lease, end=new_end)
         named = self._oar(lambda: self._jobs_named(lease))
-        matching, stale = self._ours(lease, row.owner, named, row.job_id)
+        # A job OAR is still making for it (a replacement or a reservation made again whose answer came too late) is
+        # waited for: passed over, it would keep the old window while the calendar has the new end.
+        matching, stale, _ = self._ours_once_placed(
+            lease,
+            row.owner,
+            named,
+            row.job_id,
+            f"it cannot be moved before OAR has made it, and the lease keeps its end {format_time(lease.end)}: call "
+            "Renew again in a moment",
+        )
         job = matching or stale
         if job is None:
             return  # nothing in OAR for it now; the reconciler submits the calendar's window
@@ -608,7 +617,9 @@ class OarTestbed:
             except (OarError, ValueError, GeniError) as exc:
                 report.failed[lease.id] = f"OAR job {stale.id} holds another window than the calendar's: {_words(exc)}"
                 return
-            if self._changed_meanwhile(lease, recorded, job_id, owner, report):
+            # (_replace recorded the job it replaced in the row: not a call's change.)
+            marked = replace(recorded, job_id=stale.id) if recorded is not None else None
+            if self._changed_meanwhile(lease, marked, job_id, owner, report):
                 return
             self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id)
             self._check_replacement(lease, owner, job_id, report)
@@ -922,30 +933,42 @@ class OarTestbed:
         named after the lease, when the caller listed them already. Raises as ``_replace``."""
         if named is None:
             named = self._oar(lambda: self._jobs_named(lease))
+        # (Not forgotten, not submitted again while OAR is still making it: OAR would refuse a second one, and the
+        # job would be nobody's.)
+        matching, stale, named = self._ours_once_placed(
+            lease, owner, named, recorded_id, "call Provision again in a moment; it is then taken over, not doubled"
+        )
+        if matching is not None:
+            return matching.id
+        if stale is not None:
+            return self._replace(stale, lease, owner)
+        dying = next((job for job in named if job.owner == owner and job.deleting), None)
+        if dying is not None:  # OAR refuses the lease's window until it is gone (a few seconds)
+            raise GeniError(
+                Reason.BUSY,
+                f"OAR is still deleting OAR job {dying.id}, an earlier reservation of this lease, which holds "
+                "its nodes until it is gone: call Provision again in a few seconds",
+            )
+        return None
+
+    def _ours_once_placed(
+        self, lease: LeaseRecord, owner: str, named: Sequence[OarJob], recorded_id: int | None, then: str
+    ) -> tuple[OarJob | None, OarJob | None, Sequence[OarJob]]:
+        """``_ours`` among ``named`` (the jobs named after the lease), once OAR has placed a job of ours it is still
+        making for the lease (``_being_made``: listed with no nodes, about 0.3 s), read again until then for up to
+        placing_wait_s; with the jobs named after the lease as last read. BUSY if OAR is still making it after that,
+        saying ``then``: what the caller can do."""
         deadline = time.monotonic() + self.placing_wait_s
         while True:
             matching, stale = self._ours(lease, owner, named, recorded_id)
-            if matching is not None:
-                return matching.id
-            if stale is not None:
-                return self._replace(stale, lease, owner)
-            being_made = _being_made(named, lease, owner)
+            being_made = _being_made(named, lease, owner) if matching is None and stale is None else None
             if being_made is None:
-                dying = next((job for job in named if job.owner == owner and job.deleting), None)
-                if dying is not None:  # OAR refuses the lease's window until it is gone (a few seconds)
-                    raise GeniError(
-                        Reason.BUSY,
-                        f"OAR is still deleting OAR job {dying.id}, an earlier reservation of this lease, which holds "
-                        "its nodes until it is gone: call Provision again in a few seconds",
-                    )
-                return None
+                return matching, stale, named
             if time.monotonic() >= deadline:
-                # Not forgotten, not submitted again (OAR would refuse it, and the job would be nobody's).
                 raise GeniError(
                     Reason.BUSY,
                     f"OAR is still making OAR job {being_made.id}, the reservation an earlier call asked for this "
-                    f"lease (it is {being_made.state} after {self.placing_wait_s:g} s): call Provision again in a "
-                    "moment; it is then taken over, not doubled",
+                    f"lease (it is {being_made.state} after {self.placing_wait_s:g} s): {then}",
                 )
             time.sleep(0.5)
             named = self._oar(lambda: self._jobs_named(lease))
@@ -982,7 +1005,9 @@ class OarTestbed:
             raise GeniError(Reason.TESTBED, f"OAR cannot be asked for the lease's window: {_words(exc)}") from exc
         row = self.jobs.get(lease.id)
         if row is not None:  # from here on, the job may be gone because of us: never a "lost" notice for it
-            self.jobs.set(lease.id, row.state, message=f"{REPLACING} {job.id}")
+            # (The row records the job the mark names, which may not be the one it recorded, e.g. a job found by its
+            # name: the mark is read only of the row's job, by the reconciler too, after a crash.)
+            self.jobs.set(lease.id, row.state, job_id=job.id, message=f"{REPLACING} {job.id}")
         try:
             self._oar(lambda: self.client.delete_job(job.id, user=owner))
             self._wait_until_gone(job.id)

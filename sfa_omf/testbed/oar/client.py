@@ -22,6 +22,7 @@ What OAR does that shapes this client (measured against a real OAR 2.5.9, see sc
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import math
 import os
@@ -58,9 +59,6 @@ SERVER_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 # /jobs/details costs OAR ~35 ms per job (a few SQL queries each, measured): 100 jobs is a ~4 s request, well inside
 # a 10 s timeout, where OAR's own cap of 500 would take ~17 s.
 DETAILED_JOBS_PAGE = 100
-# A listing whose total changes between pages may have shifted under the offsets (a job deleted meanwhile): re-read
-# it from the start, a few times at most.
-_LISTING_ATTEMPTS = 3
 # A listing of more pages than this is not OAR's (a server that ignores offsets, or pages that never end): refused.
 # 1000 pages are 100 000 detailed jobs, far beyond any testbed's horizon.
 MAX_LISTING_PAGES = 1000
@@ -256,8 +254,9 @@ class OarClient:
     ``max_answer_bytes`` of answer (OarUnavailable); errors are OarError and its subclasses.
     ``server_timezone`` is the IANA name of the OAR server's local zone (reservation strings are server-local); None
     means this host's local zone. ``admin_user`` is the identity for reads that need one (OAR's admin is ``oar``).
-    ``page_size`` is how many items a listing asks for per request (OAR's default cap is 500); detailed job
-    listings ask for at most ``DETAILED_JOBS_PAGE`` (OAR spends ~35 ms per job on them).
+    ``page_size`` is how many new items a listing asks for per request (OAR's default cap is 500), each request
+    after the first one more: the last item read, again, and after the listing shifted, up to a page more
+    (``_paged``); detailed job listings ask for at most ``DETAILED_JOBS_PAGE`` (OAR spends ~35 ms per job on them).
     """
 
     def __init__(
@@ -460,30 +459,60 @@ class OarClient:
         self, path: str, query: Mapping[str, str], *, page_size: int, user: str | None = None
     ) -> list[dict[str, Any]]:
         """All items of a paginated listing ({"items", "offset", "total"}), following offset/limit. OarUnavailable
-        for an answer that is not such a listing, or one of more than MAX_LISTING_PAGES pages."""
-        for _ in range(_LISTING_ATTEMPTS):
-            items: list[dict[str, Any]] = []
-            first_total = None
-            for _page in range(MAX_LISTING_PAGES):
-                page = self._call(
-                    "GET", path, query={**query, "offset": str(len(items)), "limit": str(page_size)}, user=user
-                )
-                batch = page.get("items") if isinstance(page, dict) else None
-                total = page.get("total") if isinstance(page, dict) else None
-                if not isinstance(batch, list) or isinstance(total, bool) or not isinstance(total, int):
-                    raise OarUnavailable(f"unexpected answer to {path}: not a listing")
-                if not all(isinstance(item, dict) for item in batch):
-                    raise OarUnavailable(f"unexpected answer to {path}: a listed item is not an object")
-                first_total = total if first_total is None else first_total
-                items.extend(batch)
-                # An empty page ends the listing even short of its total: the next offset would ask for it again.
-                if not batch or len(items) >= total:
-                    break
-            else:
-                raise OarUnavailable(f"OAR's listing {path} did not end within {MAX_LISTING_PAGES} pages")
-            if total == first_total:
+        for an answer that is not such a listing, or one of more than MAX_LISTING_PAGES pages.
+
+        OAR sorts its listings by id, and an item that leaves it (a job deleted, or ended) shifts the later ones
+        under the offsets, so each page after the first starts again where the last item read was: when the page's
+        first item is no later than it, nothing was skipped, and only the items after it are new; when it is later
+        (or there is none), items before the offset left meanwhile, and the reading steps back 1, 2, 4... places (at
+        most a page at a time) until a page starts no later than it again. So an item listed during the whole
+        listing is never missed (one that left meanwhile may be in it, as in a listing read a moment earlier).
+
+        The listing ends at the first page shorter than asked for that needed no step back: a page is one SQL query
+        (ORDER BY id LIMIT/OFFSET), so nothing after it was listed when it ran. Never at ``total``: OAR counts it in
+        another query, which also counts Running jobs that the page leaves out (one that ends before the window, or
+        has overrun its walltime), so it may never be reached."""
+        # The invariant: a page accepted (it starts at offset 0, or with an id no later than last_id) holds, up to its
+        # end, every item after last_id that OAR listed when it ran, since the listing is sorted by id. The items
+        # before its end are then read; the next page starts at its last item, so it too is accepted if nothing
+        # before that item left meanwhile.
+        items: list[dict[str, Any]] = []
+        last_id: int | None = None  # the largest id read so far
+        offset = 0  # where the next page starts: the last item of the page read last, unless items left since
+        back = 0  # how many places the reading stepped back since the last page accepted
+        for _page in range(MAX_LISTING_PAGES):
+            # After the first page: the item at the offset (read already), the places stepped back over (up to a page
+            # of them: OAR's time is per item), and a page of new ones, so a page accepted after stepping back goes on
+            # as far as one that had not needed to.
+            limit = page_size if last_id is None else page_size + min(back, page_size) + 1
+            page = self._call("GET", path, query={**query, "offset": str(offset), "limit": str(limit)}, user=user)
+            batch = page.get("items") if isinstance(page, dict) else None
+            total = page.get("total") if isinstance(page, dict) else None
+            if not isinstance(batch, list) or isinstance(total, bool) or not isinstance(total, int):
+                raise OarUnavailable(f"unexpected answer to {path}: not a listing")
+            ids = [_listed_id(path, item) for item in batch]
+            if any(later <= earlier for earlier, later in itertools.pairwise(ids)):
+                raise OarUnavailable(f"unexpected answer to {path}: a page not sorted by id")
+            if last_id is not None and offset > 0 and (not ids or ids[0] > last_id):
+                # Items before the offset left meanwhile: the last item read, and those after it, moved before it.
+                # (At offset 0 the page starts the listing: nothing can be before it.) The step doubles, so a reading
+                # catches up with departures in a few pages, however many left.
+                step = min(back + 1, page_size, offset)
+                offset -= step
+                back += step
+                continue
+            items.extend(item for item, item_id in zip(batch, ids, strict=True) if last_id is None or item_id > last_id)
+            if ids:  # (sorted: the last is the largest)
+                last_id = ids[-1] if last_id is None else max(last_id, ids[-1])
+            if len(batch) < limit:
                 return items
-        return items  # still changing: the last reading is as good as any
+            offset += len(batch) - 1
+            back = 0
+        raise OarUnavailable(
+            f"OAR's listing {path} did not end within {MAX_LISTING_PAGES} pages: either the server at {self.base_url} "
+            "is not OAR's API (it ignores offsets), or jobs leave the listing faster than it can be read; check the "
+            "URL (sfa_oar api_url), and call again once the testbed is calmer"
+        )
 
     def _call(
         self,
@@ -574,6 +603,16 @@ def _checked(pattern: re.Pattern[str], value: str, what: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ValueError(f"{what} {value!r} is not allowed (expected {pattern.pattern})")
     return value
+
+
+def _listed_id(path: str, item: Any) -> int:
+    """The id of an item of a listing (every OAR listing sorts its items by it)."""
+    if not isinstance(item, dict):
+        raise OarUnavailable(f"unexpected answer to {path}: a listed item is not an object")
+    item_id = item.get("id")
+    if isinstance(item_id, bool) or not isinstance(item_id, int):
+        raise OarUnavailable(f"unexpected answer to {path}: a listed item has no numeric id: {str(item)[:200]}")
+    return item_id
 
 
 def _job_id(job_id: int, what: str = "job") -> int:

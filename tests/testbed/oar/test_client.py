@@ -245,11 +245,20 @@ class FakeOar:
     def __init__(self, status: int, answer: bytes) -> None:
         self.status, self.answer = status, answer
         self.pages: list[dict[str, Any]] = []  # when set: 200 answers, one per request, in order
+        # When set: the listing as OAR holds it at each request, in order (the last one stays), answered as OAR does,
+        # the page at the request's offset and limit, and the listing's length as its total.
+        self.listings: list[list[dict[str, Any]]] = []
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
 
-    def next_answer(self) -> tuple[int, bytes]:
+    def next_answer(self, path: str) -> tuple[int, bytes]:
         if self.pages:
             return 200, json.dumps(self.pages.pop(0)).encode()
+        if self.listings:
+            listing = self.listings.pop(0) if len(self.listings) > 1 else self.listings[0]
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+            offset, limit = int(query["offset"][0]), int(query["limit"][0])
+            page = {"offset": offset, "total": len(listing), "items": listing[offset : offset + limit]}
+            return 200, json.dumps(page).encode()
         return self.status, self.answer
 
 
@@ -262,7 +271,7 @@ def fake_oar() -> Iterator[tuple[FakeOar, str]]:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length)) if length else None
             fake.requests.append((self.command, self.path, dict(self.headers), body))
-            status, answer = fake.next_answer()
+            status, answer = fake.next_answer(self.path)
             self.send_response(status)
             self.send_header("Content-Type", "application/json" if answer.startswith(b"{") else "text/html")
             self.send_header("Content-Length", str(len(answer)))
@@ -363,24 +372,49 @@ def test_resources_pages_by_offset(fake_oar: tuple[FakeOar, str]) -> None:
     fake, url = fake_oar
     fake.pages = [
         {"offset": 0, "total": 5, "items": [resource(1), resource(2)]},
-        {"offset": 2, "total": 5, "items": [resource(3), resource(4)]},
-        {"offset": 4, "total": 5, "items": [resource(5)]},
+        {"offset": 1, "total": 5, "items": [resource(2), resource(3), resource(4)]},
+        {"offset": 3, "total": 5, "items": [resource(4), resource(5)]},
     ]
     resources = OarClient(url, page_size=2).resources()
     assert [r.network_address for r in resources] == ["node1", "node2", "node3", "node4", "node5"]
     assert resources[0].properties == {"id": "1", "network_address": "node1", "state": "Alive", "cpu": ""}
     queries = [urllib.parse.parse_qs(urllib.parse.urlsplit(path).query) for _, path, _, _ in fake.requests]
-    assert [(q["offset"], q["limit"]) for q in queries] == [(["0"], ["2"]), (["2"], ["2"]), (["4"], ["2"])]
+    # Each page after the first starts at the last item read: it shows whether the listing shifted meanwhile.
+    assert [(q["offset"], q["limit"]) for q in queries] == [(["0"], ["2"]), (["1"], ["3"]), (["3"], ["3"])]
 
 
-def test_listing_that_changes_between_pages_is_read_again(fake_oar: tuple[FakeOar, str]) -> None:
+def test_a_listing_that_shifts_between_pages_misses_nothing(fake_oar: tuple[FakeOar, str]) -> None:
+    """Resource 1 goes away and resource 5 comes between the first two pages: the total is the same, and the later
+    items moved one place back under the offsets (read at offset 2, the second page would start at 4). The reading
+    notices (the page does not start with the last item read), steps back, and misses none of those listed all along
+    (3 among them)."""
     fake, url = fake_oar
-    fake.pages = [
-        {"offset": 0, "total": 3, "items": [resource(1), resource(2)]},
-        {"offset": 2, "total": 2, "items": []},  # resource 2 went away meanwhile: offsets shifted
-        {"offset": 0, "total": 2, "items": [resource(1), resource(3)]},
+    fake.listings = [[resource(1), resource(2), resource(3), resource(4)], [resource(n) for n in (2, 3, 4, 5)]]
+    assert [r.id for r in OarClient(url, page_size=2).resources()] == [1, 2, 3, 4, 5]
+    queries = [urllib.parse.parse_qs(urllib.parse.urlsplit(path).query) for _, path, _, _ in fake.requests]
+    # The page after the step back asks for the place stepped back over too: it still brings a page of new items.
+    assert [(q["offset"][0], q["limit"][0]) for q in queries] == [("0", "2"), ("1", "3"), ("0", "4"), ("3", "3")]
+
+
+def test_a_listing_that_loses_many_items_steps_back_by_doubling_steps(fake_oar: tuple[FakeOar, str]) -> None:
+    """Resources 2 to 7 go away between the first two pages (page of 10): the reading steps back 1, 2, then 4 places
+    (not a page each time, nor one place at a time) until a page starts no later than the last item read again, and
+    that page asks for the places stepped back over as well."""
+    fake, url = fake_oar
+    fake.listings = [
+        [resource(n) for n in range(1, 31)],
+        [resource(1), *(resource(n) for n in range(8, 31))],
     ]
-    assert [r.id for r in OarClient(url, page_size=2).resources()] == [1, 3]
+    assert [r.id for r in OarClient(url, page_size=10).resources()] == list(range(1, 31))
+    queries = [urllib.parse.parse_qs(urllib.parse.urlsplit(path).query) for _, path, _, _ in fake.requests]
+    assert [(q["offset"][0], q["limit"][0]) for q in queries] == [
+        ("0", "10"),  # 1..10
+        ("9", "11"),  # 16..26: the listing shifted (10 is at offset 3 now)
+        ("8", "12"),  # 15..26: one place back, still later than 10
+        ("6", "14"),  # 13..26: two more
+        ("2", "18"),  # 9..26: four more, 10 among them: 11..26 are new
+        ("19", "11"),  # 26..30: a short page
+    ]
 
 
 def test_reservations_query_and_window(fake_oar: tuple[FakeOar, str]) -> None:

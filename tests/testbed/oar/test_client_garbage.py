@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,12 +24,14 @@ WINDOW_END = WINDOW_START + timedelta(days=1)
 
 class MisbehavingOar:
     """A stand-in for an OAR API gone wrong (or a broken proxy in front of it), on 127.0.0.1: a real OAR cannot be made
-    to answer garbage or to drip its answer. It answers every request with ``answer`` (HTTP 200), all at once, or
-    one byte every ``drip_s`` seconds when that is set, and records how many requests it got and, for a drip, how many
-    bytes it still had to send when the connection ended."""
+    to answer garbage or to drip its answer. It answers every request with ``answer`` (HTTP 200), or when ``pages``
+    is set with ``pages(offset, limit)`` for the request's offset and limit; all at once, or one byte every ``drip_s``
+    seconds when that is set, and records how many requests it got and, for a drip, how many bytes it still had to
+    send when the connection ended."""
 
     def __init__(self) -> None:
         self.answer = b"{}"
+        self.pages: Callable[[int, int], dict[str, Any]] | None = None
         self.drip_s = 0.0
         self.requests = 0
         self.unsent: int | None = None  # bytes of the last dripped answer left unsent when the connection ended
@@ -38,6 +41,13 @@ class MisbehavingOar:
     def set_answer(self, answer: Any) -> None:
         self.answer = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
 
+    def answer_to(self, path: str) -> bytes:
+        """The answer to a request of ``path`` (with its query string)."""
+        if self.pages is None:
+            return self.answer
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
+        return json.dumps(self.pages(int(query["offset"][0]), int(query["limit"][0]))).encode()
+
 
 @pytest.fixture
 def misbehaving_oar() -> Iterator[tuple[MisbehavingOar, str]]:
@@ -46,12 +56,13 @@ def misbehaving_oar() -> Iterator[tuple[MisbehavingOar, str]]:
     class Handler(BaseHTTPRequestHandler):
         def answer(self) -> None:
             stand_in.requests += 1
+            answer = stand_in.answer_to(self.path)
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(stand_in.answer)))
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             if not stand_in.drip_s:
-                self.wfile.write(stand_in.answer)
+                self.wfile.write(answer)
                 return
             sent = 0
             try:
@@ -110,6 +121,8 @@ def listing(*items: Any, total: int | None = None) -> dict[str, Any]:
         pytest.param(listing(job(nodes=5)), id="nodes not a list"),
         pytest.param({"items": "none", "total": 0}, id="items not a list"),
         pytest.param({"items": [], "total": True}, id="total not a number"),
+        pytest.param(listing(job(id=8), job(id=7)), id="page not sorted by id"),
+        pytest.param(listing(job(id=7), job(id=7)), id="an id listed twice"),
         pytest.param(b"[" * 100_000 + b"]" * 100_000, id="JSON nested too deep"),
     ],
 )
@@ -150,13 +163,26 @@ def test_a_listing_that_never_ends_is_refused_after_a_bounded_number_of_pages(
     misbehaving_oar: tuple[MisbehavingOar, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stand_in, url = misbehaving_oar
-    # Offsets ignored: every page gives the same job and says there are a billion.
-    stand_in.set_answer(listing(job(), total=10**9))
+    # Offsets ignored: every page is full (as many jobs as asked for), and always the first ones.
+    stand_in.pages = lambda offset, limit: listing(*(job(id=number) for number in range(1, limit + 1)))
     monkeypatch.setattr(oar_client_module, "MAX_LISTING_PAGES", 5)
     with pytest.raises(OarUnavailable) as refused:
         OarClient(url, timeout_s=5).reservations(WINDOW_START, WINDOW_END)
-    assert "did not end within 5 pages" in refused.value.message
+    assert "did not end within 5 pages" in refused.value.message and "check the URL" in refused.value.message
     assert stand_in.requests == 5
+
+
+def test_a_listing_whose_total_is_never_reached_ends_at_its_last_page(
+    misbehaving_oar: tuple[MisbehavingOar, str],
+) -> None:
+    """OAR 2.5.9 counts its total in another query than the page's, which counts Running jobs the page leaves out
+    (one that ends before the window): the total is more than OAR lists, and the listing ends at its short page."""
+    stand_in, url = misbehaving_oar
+    jobs = [job(id=number) for number in (1, 2, 3)]
+    stand_in.pages = lambda offset, limit: listing(*jobs[offset : offset + limit], total=len(jobs) + 1)
+    listed = OarClient(url, timeout_s=5, page_size=2).reservations(WINDOW_START, WINDOW_END)
+    assert [listed_job.id for listed_job in listed] == [1, 2, 3]
+    assert stand_in.requests == 2
 
 
 def test_an_empty_page_ends_the_listing(misbehaving_oar: tuple[MisbehavingOar, str]) -> None:
