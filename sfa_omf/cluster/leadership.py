@@ -22,12 +22,21 @@ agents...). Only the leader runs them; the others stand by. The rules, all in th
 - A task starts only while the lock was confirmed less than ``1.5 * check_s`` ago (counted from when the check was
   sent; the session cannot have been closed for idleness before ``2 * check_s`` after that): a leader resumed after a
   stop starts no task before its next check, which finds the session gone.
+- And right before each start, the task asks the database on the lock's connection itself whether this session still
+  holds the lock (one round trip; the keeper and the tasks take turns on that connection): the keeper's last check may
+  be a period old, and a session closed since (pg_terminate_backend, a database restart) frees the lock at once for a
+  standby. Not held, or the check fails: the process stops leading at once, as when the keeper finds it lost.
 - Becoming leader starts each task at once (``at_start``) or one period later; losing it stops them. Stopping the
-  Leadership waits for running tasks (bounded), then releases the lock, so that a clean restart hands over at once.
+  Leadership starts no task more and waits for running ones (bounded), the keeper checking the lock meanwhile (its
+  session must not idle into ``idle_session_timeout``), then releases the lock, so that a clean restart hands over at
+  once. A task still running when the wait ends keeps the lock held (logged) until it ends or the process exits: no
+  other process starts it meanwhile.
 - SQLite: there is a single process (``serve`` runs one worker on SQLite); it always leads.
 
-Tasks must be safe to run twice (they are: each is a transaction on the calendar that re-reads what it needs): a
-network partition may leave the old leader finishing a task while the new one starts, for at most the takeover time.
+What is not fenced: a task that runs when the lock is lost (its session terminated, the database restarted, a network
+cut) runs to its end; its writes go through connections of the request pool, which know nothing of the lock. So that
+round of the old leader may overlap the first rounds of the new one, until it ends (no new round starts on the old
+leader). Tasks must be safe to run twice (they are: each is a transaction on the calendar that re-reads what it needs).
 
 This module knows nothing of Twisted: tasks run in threads of their own, one per task.
 """
@@ -57,7 +66,8 @@ DEFAULT_TAKEOVER_S = 15
 IDLE_SESSION_TIMEOUT_SINCE = (14,)
 #: A task starts only while the lock was confirmed less than this many check periods ago (the module docstring).
 CONFIRMED_FOR_CHECKS = 1.5
-#: How long stop() waits for a task that is running before it releases the lock anyway.
+#: How long stop() waits for a task that is running; one still running then keeps the lock held until it ends
+#: (released at the keeper's next check) or the process exits.
 STOP_WAIT_S = 10.0
 
 
@@ -284,8 +294,10 @@ class Leadership:
         self._leading = False
         self._term = 0  # incremented each time this process becomes leader
         self._confirmed_at = 0.0  # time.monotonic() when the last check that found the lock held was sent
-        self._check_wanted = False  # a task waits for the keeper to check the lock now
+        self._check_wanted = False  # the keeper should check now (a task waits for it, or stop() does)
         self._stopping = False
+        # The lock's connection is used by the keeper and by each task right before it starts: one at a time.
+        self._lock_in_use = threading.Lock()
         self._keeper: threading.Thread | None = None
 
     @property
@@ -324,15 +336,31 @@ class Leadership:
             return self._leading
 
     def stop(self, wait_s: float = STOP_WAIT_S) -> None:
-        """Stop the tasks (waiting up to ``wait_s`` for one that runs), then give leadership up."""
+        """Stop the tasks (waiting up to ``wait_s`` for one that runs), then give leadership up. A task still running
+        after ``wait_s`` keeps the lock held (the keeper goes on checking it, so the session is never idle) until it
+        ends or this process exits: another process must not start the same task meanwhile."""
         with self._changed:
             self._stopping = True
             self._leading = False
             self._changed.notify_all()
+        if self._keeper is None:  # never started
+            self.lock.release()
+            return
         deadline = time.monotonic() + wait_s
-        for thread in [*self._threads, *([self._keeper] if self._keeper else [])]:
+        for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self.lock.release()
+        with self._changed:  # the keeper releases the lock once no task runs: now, unless one outlived the wait
+            self._check_wanted = True
+            self._changed.notify_all()
+        self._keeper.join(max(0.0, deadline - time.monotonic()))
+        running = [task.name for task, thread in zip(self._tasks, self._threads, strict=True) if thread.is_alive()]
+        if running:
+            log.warning(
+                "background task %s still running %g s after the stop began: this process keeps the leadership lock "
+                "until it ends or the process exits, so that no other process starts it meanwhile",
+                ", ".join(running),
+                wait_s,
+            )
 
     def _set_leading(self, leading: bool, checked_at: float = 0.0) -> None:
         with self._changed:
@@ -348,35 +376,63 @@ class Leadership:
         return time.monotonic() - self._confirmed_at < CONFIRMED_FOR_CHECKS * self.check_s
 
     def _keep(self) -> None:
-        """Take the lock when free, check it while held; a failure to reach the database is logged once."""
+        """Take the lock when free, check it while held; a failure to reach the database is logged once. Once
+        stopping: keep checking (the session must not idle) until no task runs, then release the lock and end."""
         failing = False
         handed_over_at = -math.inf
-        while not self._stopping:
+        while True:
             try:
-                checked_at = time.monotonic()  # before the check: the session was alive at least from then on
-                if not self._leading:
-                    standing_back = time.monotonic() - handed_over_at < self.takeover_s
-                    if not standing_back and self.lock.try_acquire() and not self._stopping:
-                        self._set_leading(True, checked_at)
-                        level = logging.INFO if self.lock.contended else logging.DEBUG
-                        log.log(level, "this process (%s) now leads the background tasks", _whoami())
-                elif self.lock.still_held():
-                    if self._unconfirmed_for_too_long(checked_at):
-                        handed_over_at = time.monotonic()  # (a standby's turn first: no try for takeover_s)
+                with self._lock_in_use:
+                    checked_at = time.monotonic()  # before the check: the session was alive at least from then on
+                    if self._stopping:
+                        if not any(thread.is_alive() for thread in self._threads):
+                            self.lock.release()
+                            return
+                        self.lock.still_held()  # a task stop() waits for (or gave up on) still runs
+                    elif not self._leading:
+                        standing_back = time.monotonic() - handed_over_at < self.takeover_s
+                        if not standing_back and self.lock.try_acquire() and not self._stopping:
+                            self._set_leading(True, checked_at)
+                            level = logging.INFO if self.lock.contended else logging.DEBUG
+                            log.log(level, "this process (%s) now leads the background tasks", _whoami())
+                    elif self.lock.still_held():
+                        if self._unconfirmed_for_too_long(checked_at):
+                            handed_over_at = time.monotonic()  # (a standby's turn first: no try for takeover_s)
+                        else:
+                            self._set_leading(True, checked_at)
                     else:
-                        self._set_leading(True, checked_at)
-                else:
-                    self._set_leading(False)
-                    log.warning("this process lost the leadership of the background tasks; they stop here")
+                        self._step_down()
                 failing = False
             except Exception as exc:
                 if not failing:
                     log.warning("cannot reach the database for leadership (%s); trying again", _first_line(exc))
                 failing = True
             with self._changed:
-                if not self._stopping and not self._check_wanted:
+                if not self._check_wanted:
                     self._changed.wait(self.check_s)
                 self._check_wanted = False
+
+    def _step_down(self) -> None:
+        """The lock is lost: no task starts from now on (call with ``_lock_in_use`` held)."""
+        self._set_leading(False)
+        log.warning("this process lost the leadership of the background tasks; they stop here")
+
+    def _still_leads_now(self, term: int) -> bool:
+        """Right before a task starts: does this process still lead in ``term``, its session still holding the lock?
+        Asked on the lock's connection itself, because the keeper's last check may be a period old and the session
+        closed since (a database restart, pg_terminate_backend), the lock another process's. Not held (or the check
+        failed): step down at once, as the keeper does."""
+        with self._lock_in_use:
+            if self._stopping or not self._leading or self._term != term:
+                return False
+            try:
+                held = self.lock.still_held()
+            except Exception as exc:  # still_held answers False rather than raise; should a lock raise, not held
+                log.warning("the leadership check failed (%s)", _first_line(exc))
+                held = False
+            if not held:
+                self._step_down()
+            return held
 
     def _unconfirmed_for_too_long(self, checked_at: float) -> bool:
         """A check answered too late to confirm the lock (the database or this process is that slow): once no check
@@ -424,6 +480,9 @@ class Leadership:
                         self._changed.notify_all()
                     self._changed.wait(self.check_s)
                     continue
+                term = self._term
+            if not self._still_leads_now(term):
+                continue
             try:
                 task.run()
             except Exception as exc:  # a testbed or a database that is down must not stop the next run

@@ -151,7 +151,9 @@ class RunningServer:
         for loop in self.loops:
             if loop.running:
                 loop.stop()
-        self.leadership.stop()  # waits for a task that runs, then lets another process lead at once
+        # Waits (bounded) for a task that runs, then lets another process lead at once; a task still running keeps
+        # the lock held until this process exits, so that no other process runs it meanwhile.
+        self.leadership.stop()
 
     def abandon(self) -> None:
         """Stop the threads and loops of a server whose reactor will never run (start-up failed)."""

@@ -194,3 +194,98 @@ def test_postgresql_urls_get_the_advisory_lock_and_keepalives_fit_the_takeover_t
     assert (idle, interval, count) == (5, 1, 3)
     assert idle + interval * count < 15  # the database frees a vanished host's lock before the takeover time
     assert keepalive_seconds(1) == (1, 1, 3)  # never zero (zero means the system's default, two hours)
+
+
+def test_a_leader_whose_session_is_terminated_starts_no_task_once_another_session_holds_the_lock(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """pg_terminate_backend (what a database restart or an administrator does) closes the leader's session and frees
+    its lock, which another session takes. The leader's keeper checks only every check period (10 s here): the next
+    start of the task (due 0.01 s after its run) comes long before that check, and must find the lock gone."""
+    events: list[str] = []
+    other_session = create_engine(url, isolation_level="AUTOCOMMIT").connect()
+
+    def terminate_the_leader_once() -> None:
+        events.append("the leader's task starts")
+        if len(events) > 1:
+            return
+        (leader_pid,) = lock_holders(url)
+        other_session.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": leader_pid})
+        # Waits until the terminated session is gone and its lock free: then this session holds it.
+        other_session.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PostgresLock(url).key})
+        events.append("another session holds the lock")
+
+    leader_takeover_s = 30.0  # a check every 10 s: the task's next start comes first
+    leader = Leadership(PostgresLock(url, leader_takeover_s), leader_takeover_s)
+    leader.register(PeriodicTask("terminate", 0.01, terminate_the_leader_once))
+    try:
+        with caplog.at_level(logging.WARNING, logger="sfa_omf.cluster"):
+            leader.start()
+            wait_for(lambda: "another session holds the lock" in events, "the lock taken by another session")
+            wait_for(lambda: not leader.is_leader, "the old leader stepping down")
+        assert events == ["the leader's task starts", "another session holds the lock"], (
+            "the old leader started its task while another session held the lock"
+        )
+        assert "lost the leadership" in caplog.text
+        assert lock_holders(url) == {other_session.execute(text("SELECT pg_backend_pid()")).scalar()}
+    finally:
+        leader.stop()
+        other_session.close()
+        other_session.engine.dispose()
+
+
+class TriesCountingLock(PostgresLock):
+    """The real advisory lock, counting the tries that found it taken (a standby's tries come a check period apart)."""
+
+    def __init__(self, url: str, takeover_s: float) -> None:
+        super().__init__(url, takeover_s)
+        self.failed_tries = 0
+
+    def try_acquire(self) -> bool:
+        taken = super().try_acquire()
+        if not taken:
+            self.failed_tries += 1
+        return taken
+
+
+def test_a_leader_stopped_while_its_task_runs_keeps_the_lock_until_the_task_ends(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stop() waits for a running task up to its bound and returns; the task runs on, so the lock stays held (its
+    session kept busy, never closed for idleness) and the standby starts the same task only after it ended."""
+    events: list[str] = []
+    task_may_end = threading.Event()
+
+    def long_task() -> None:
+        events.append("first's task starts")
+        task_may_end.wait(WAIT_S)
+        events.append("first's task ends")
+
+    # A longer takeover than the other tests': the stopped leader's keeper must keep its session busy for five of
+    # the standby's tries, and a loaded CI machine may delay a check by a good part of a short check period.
+    takeover_s = 4.0
+    first = Leadership(PostgresLock(url, takeover_s), takeover_s)
+    first.register(PeriodicTask("reconcile", 3600, long_task))
+    second_lock = TriesCountingLock(url, takeover_s)
+    second = Leadership(second_lock, takeover_s)
+    second.register(PeriodicTask("reconcile", 3600, lambda: events.append("second's task starts")))
+    first.start()
+    try:
+        wait_for(lambda: events == ["first's task starts"], "the first's task running")
+        second.start()
+        with caplog.at_level(logging.WARNING, logger="sfa_omf.cluster"):
+            first.stop(wait_s=0.1)  # returns (serve's shutdown is bounded) while the task runs on
+        assert events == ["first's task starts"]
+        # Five more tries of the standby, a check period apart: longer than the first's session would live idle
+        # (idle_session_timeout, two check periods) had its keeper stopped checking.
+        tries = second_lock.failed_tries
+        wait_for(lambda: second_lock.failed_tries >= tries + 5 or second.is_leader, "five tries of the standby")
+        assert not second.is_leader, "the standby took the lock while the stopped leader's task still ran"
+        task_may_end.set()
+        wait_for(lambda: "second's task starts" in events, "the standby running the task once the first's ended")
+        assert events == ["first's task starts", "first's task ends", "second's task starts"]
+        assert "keeps the leadership lock until it ends" in caplog.text
+    finally:
+        task_may_end.set()
+        first.stop()
+        second.stop()
