@@ -55,14 +55,21 @@ from sfa_omf.am.containers import sliver_dict as container_dict
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.am.states import Allocation, Event, IllegalTransition, Operational, next_operational, operational_action
 from sfa_omf.calendar.availability import Availability
-from sfa_omf.calendar.booking import Bookings, RenewalRead, Rounding, allocation_expiry_s, refuse_expired_allocation
+from sfa_omf.calendar.booking import (
+    BookingConflict,
+    Bookings,
+    RenewalRead,
+    Rounding,
+    allocation_expiry_s,
+    refuse_expired_allocation,
+)
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.intervals import align_down
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.plain_statements import MAX_LISTED
 from sfa_omf.calendar.policy import Policy, human_duration
 from sfa_omf.calendar.queries import from_s, to_s
-from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeRecord, SliceView, SliverRecord
+from sfa_omf.calendar.records import BookingRequest, Conflict, LeaseRecord, NodeRecord, SliceView, SliverRecord
 from sfa_omf.calendar.slices import Contact, Slices
 from sfa_omf.errors import BadArgs, GeniError, Reason, TrustError
 from sfa_omf.images.catalogue import check_requested_images, node_images
@@ -384,8 +391,17 @@ class Aggregate:
         wanted: list[BookingRequest] = []
         leftovers = self._leftover_allocations(slice_urn, now) if take_over else []
         taken: list[LeaseRecord] = []
+        reused_by_id = self._reused_leases(slice_urn, request, now)
+        reused = sorted(lease.existing_id for lease in request.leases if lease.existing_id in reused_by_id)
         for lease in request.leases:
             components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]
+            kept = reused_by_id.get(lease.existing_id or "")
+            if kept is not None:
+                wanted += _added_to_kept_lease(kept, lease, request, components, containers, slice_urn)
+                if kept in leftovers:  # (v2 CreateSliver) the slice's allocation it names is provisioned with it
+                    leftovers.remove(kept)
+                    taken.append(kept)
+                continue
             same = None
             if leftovers:
                 grain_s = self._grain_s(components) if lease.start is None else 0
@@ -434,19 +450,29 @@ class Aggregate:
         ]
         # Before anything is written: an unknown image books nothing (nor provisions a taken-over allocation).
         self._check_images([*wanted, *taken_images], verified.owner_urn)
-        if not wanted:  # every lease asked for is an allocation of the slice already: nothing to book
-            return _Allocated(self._describe_slice(slice_urn, None), (), None, tuple(taken))
+        if not wanted:  # every lease asked for is the slice's already: nothing to book
+            users_before = None
+            if users:  # as a booking would have: the users sent join the slice (Provision puts their keys in)
+                users_before = self._users_of(slice_urn)
+                self.slices.update_users(slice_urn, users)
+            return _Allocated(self._describe_slice(slice_urn, None), (), users_before, tuple(taken), tuple(reused))
         users_before = self._users_of(slice_urn) if users else {}  # read only when there is something to put back
-        result = self.bookings.book(
-            slice_urn,
-            verified.expires,
-            wanted,
-            owner_urn=verified.owner_urn,
-            best_effort=bool(options.get("geni_best_effort")),
-            users=users,
-            contact=_contact(caller_chain, verified.owner_urn),
-            read_slice=True,  # the manifest's leases, nodes and users, read in the booking's transaction
-        )
+        try:
+            result = self.bookings.book(
+                slice_urn,
+                verified.expires,
+                wanted,
+                owner_urn=verified.owner_urn,
+                best_effort=bool(options.get("geni_best_effort")),
+                users=users,
+                contact=_contact(caller_chain, verified.owner_urn),
+                read_slice=True,  # the manifest's leases, nodes and users, read in the booking's transaction
+            )
+        except BookingConflict as refused:
+            note = _own_leases_note(refused.conflicts, self.bookings.leases(slice_urn=slice_urn), now)
+            if not note:
+                raise
+            raise BookingConflict(refused.conflicts, note=note) from None
         try:
             # Again once booked: an image removed meanwhile (its removal saw no lease yet) fails this call instead.
             self._check_images(wanted, verified.owner_urn)
@@ -472,12 +498,27 @@ class Aggregate:
             }
             for conflict in result.refused
         ]
-        return _Allocated(answer, result.leases, users_before if users else None, tuple(taken))
+        return _Allocated(answer, result.leases, users_before if users else None, tuple(taken), tuple(reused))
 
     def _grain_s(self, components: Sequence[str]) -> int:
         """The slot length that fits the slots of all these nodes (as Availability.earliest_slot takes it)."""
         grains = [max(node.grain_s, 1) for node in self.inventory.list_nodes(component_ids=set(components))]
         return math.lcm(*grains) if grains else max(self.policy.default_grain_s, 1)
+
+    def _reused_leases(self, slice_urn: str, request: Request, now: datetime) -> dict[str, LeaseRecord]:
+        """The slice's current leases the request names by the id the aggregate gave them (an ol:lease id seen in a
+        manifest, sent back with the request), by id. An id that names no current lease of the slice (another
+        slice's, one that ended, an allocation not provisioned in time, which the calendar is releasing, or a
+        client's own label that looks like one) is only a label: that lease is booked. Read only when the request
+        names any."""
+        ids = {lease.existing_id for lease in request.leases if lease.existing_id}
+        if not ids:
+            return {}
+        return {
+            lease.id: lease
+            for lease in self.bookings.leases(slice_urn=slice_urn)
+            if lease.id in ids and lease.end > now and not _allocation_lapsed(lease, now)
+        }
 
     def _leftover_allocations(self, slice_urn: str, now: datetime) -> list[LeaseRecord]:
         """The slice's allocations that a v2 CreateSliver may take over: allocated, never provisioned (every sliver
@@ -505,8 +546,16 @@ class Aggregate:
         to be taken over by the next try or released when its time to be provisioned is over."""
         allocated = self._allocate(caller_chain, slice_urn, credentials, rspec, options, take_over=True)
         booked = [sliver.urn for lease in (*allocated.leases, *allocated.taken) for sliver in lease.slivers]
+        if not booked:  # every lease named is one the slice holds, provisioned: there is nothing to create
+            self._undo_allocation(slice_urn, allocated)  # (the users it added)
+            raise GeniError(
+                Reason.ALREADY_EXISTS,
+                f"the slice holds every lease this request names already ({', '.join(allocated.kept)}): "
+                "CreateSliver creates new slivers only; send the new leases alone, or DeleteSliver first to start "
+                "over",
+            )
         try:
-            self.provision(caller_chain, booked, credentials, options)  # (Allocate refuses a request booking nothing)
+            self.provision(caller_chain, booked, credentials, options)
             return self._describe_slice(slice_urn, None)
         except BaseException:
             self._undo_allocation(slice_urn, allocated)
@@ -579,8 +628,11 @@ class Aggregate:
             for sliver in lease.slivers
             if sliver.urn in booked and sliver.allocation_state == Allocation.ALLOCATED
         ]
-        if not slots:
-            raise GeniError(Reason.BOOKING_CONFLICT, "nothing could be booked, so there is nothing to promise")
+        if not slots:  # (a conflict is refused by Allocate: here every lease named is the slice's already)
+            raise GeniError(
+                Reason.ALREADY_EXISTS,
+                "the slice holds every lease this request names already: a ticket promises new bookings only",
+            )
         expires = min(
             sliver.expires
             for lease in self.bookings.leases(slice_urn=slice_urn)
@@ -1372,6 +1424,79 @@ class _Allocated:
     leases: tuple[LeaseRecord, ...]
     users_before: dict[str, list[str]] | None
     taken: tuple[LeaseRecord, ...] = ()  # the slice's allocations taken over (take_over), not booked by this call
+    #: The slice's leases the request named by their ids and kept as they were (``_reused_leases``).
+    kept: tuple[str, ...] = ()
+
+
+def _added_to_kept_lease(
+    kept: LeaseRecord,
+    lease: RequestLease,
+    request: Request,
+    components: Sequence[str],
+    containers: Mapping[str, Any],
+    slice_urn: str,
+) -> list[BookingRequest]:
+    """What a requested lease that names one of the slice's current leases by its id adds to it: its nodes the lease
+    holds are kept as they are (a manifest sent back with more leases books only the new ones), its other nodes are
+    booked for the lease's window. BadArgs when the request asks for another window (moving a lease is a Renew) or
+    for containers on a node the lease holds already (they are planned when a node is booked)."""
+    asked = (lease.start, lease.duration) if lease.start is not None else (kept.start, lease.duration)
+    if asked != (kept.start, kept.end - kept.start):
+        window = (
+            f"{format_time(lease.start)} to {format_time(lease.start + lease.duration)}"
+            if lease.start is not None
+            else f"{human_duration(int(lease.duration.total_seconds()))} as soon as possible"
+        )
+        raise BadArgs(
+            f"lease {kept.id} of slice {slice_urn} holds {', '.join(kept.nodes)} from {format_time(kept.start)} "
+            f"to {format_time(kept.end)}; the request names it with another window ({window}): call Renew to move "
+            "its end, or send the new window without the lease's id (a client_id instead) to book it as a new lease"
+        )
+    added = []
+    for client_id, component in zip(lease.nodes, components, strict=True):
+        if component in kept.nodes:
+            if client_id in containers:
+                raise BadArgs(
+                    f"node {client_id!r} asks for containers in lease {kept.id}, which holds it already: containers "
+                    "are planned when a node is booked; Delete that lease's sliver and Allocate it again with them"
+                )
+            continue
+        added.append(
+            BookingRequest(
+                node=component,
+                start=kept.start,
+                end=kept.end,
+                client_id=client_id,
+                lease_label=kept.client_id,
+                disk_image="" if client_id in containers else request.node(client_id).disk_image or "",
+            )
+        )
+    return added
+
+
+def _own_leases_note(conflicts: Sequence[Conflict], own: Sequence[LeaseRecord], now: datetime) -> str:
+    """For a refused booking: which of the clashes are the calling slice's own leases, and what to do instead (a
+    manifest sent back as a request, without the leases' ids, asks for its leases again). An allocation not
+    provisioned in time is being released: the time is free again within a minute."""
+    clashes: list[str] = []
+    lapsed: list[str] = []
+    for conflict in conflicts:
+        for lease in own:
+            if conflict.node in lease.nodes and lease.start < conflict.end and conflict.start < lease.end:
+                (lapsed if _allocation_lapsed(lease, now) else clashes).append(f"{conflict.node} by lease {lease.id}")
+    notes = []
+    if clashes:
+        notes.append(
+            f"the slice holds some of these itself ({', '.join(clashes)}): a lease of the slice is not booked "
+            "again; leave it out of the request (Allocate adds to what the slice holds) or name it by its id "
+            "(<ol:lease id=...> as the manifest shows it); to change its end call Renew"
+        )
+    if lapsed:
+        notes.append(
+            f"some are the slice's allocations not provisioned in time ({', '.join(lapsed)}), which are being "
+            "released: Allocate again in a minute"
+        )
+    return "; ".join(notes)
 
 
 def _matching_allocation(
@@ -1476,7 +1601,8 @@ def _check_rspec_version(options: Mapping[str, Any], required: bool, method: str
     if kind != "geni" or number != 3:
         raise GeniError(
             Reason.BAD_VERSION,
-            f"RSpec {version.get('type')} {version.get('version')} is not supported: this aggregate speaks GENI 3",
+            f"RSpec {str(version.get('type'))[:80]!r} {str(version.get('version'))[:80]!r} is not supported: "
+            "this aggregate speaks GENI 3",
         )
 
 

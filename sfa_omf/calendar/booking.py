@@ -79,15 +79,25 @@ from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import format_time, utcnow
 
 ACTIVE_LEASE_STATES = ("allocated", "provisioned")
+UNKNOWN_NODE = "is not a node of ours"  # a Conflict's problem for a requested node the calendar does not hold
 Rounding = Literal["", "up", "down"]  # how Bookings.renew moves a new end that falls inside a slot
 
 
 class BookingConflict(GeniError):
-    """Some requested (node, window) cannot be booked; ``conflicts`` says which, why, and when they could be."""
+    """Some requested (node, window) cannot be booked; ``conflicts`` says which, why, and when they could be.
 
-    def __init__(self, conflicts: Sequence[Conflict]) -> None:
+    A request naming a node the aggregate does not have is BAD_ARGS, as one naming an image no node runs: it never
+    succeeds, and only the caller can fix it by changing the request; otherwise BOOKING_CONFLICT (it may succeed at
+    another time)."""
+
+    def __init__(self, conflicts: Sequence[Conflict], note: str = "") -> None:
         details = "; ".join(conflict.describe() for conflict in conflicts)
-        super().__init__(Reason.BOOKING_CONFLICT, f"nothing was booked: {details}")
+        unknown = any(conflict.problem == UNKNOWN_NODE for conflict in conflicts)
+        notes = [note] if note else []
+        if unknown:
+            notes.append("ListResources shows this aggregate's nodes")
+        reason = Reason.BAD_ARGS if unknown else Reason.BOOKING_CONFLICT
+        super().__init__(reason, f"nothing was booked: {details}" + (f" ({'; '.join(notes)})" if notes else ""))
         self.conflicts = tuple(conflicts)
 
 
@@ -228,7 +238,7 @@ class Bookings:
             for request in requests:
                 node = nodes.get(request.node)
                 if node is None:
-                    conflicts.append(Conflict(request.node, request.start, request.end, "is not a node of ours"))
+                    conflicts.append(Conflict(request.node, request.start, request.end, UNKNOWN_NODE))
                     continue
                 window = (to_s(request.start), to_s(request.end))
                 check_window(
@@ -672,8 +682,8 @@ class Bookings:
         if new_end_s <= start_s:
             raise GeniError(
                 Reason.BAD_ARGS,
-                f"{format_time(from_s(asked_s))} is before lease {lease_id} starts "
-                f"({format_time(from_s(start_s))}): a lease cannot end before it starts; cancel "
+                f"{format_time(from_s(asked_s))} is not after lease {lease_id} starts "
+                f"({format_time(from_s(start_s))}): a lease ends after it starts; cancel "
                 "it (Delete) or ask for a later end",
             )
         slice_expires_s = lease.slice_expires_s

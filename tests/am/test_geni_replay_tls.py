@@ -217,7 +217,9 @@ def test_renew_refusals_name_the_real_reason(site: Site) -> None:
     allocated = ok(client.Allocate(urn, credentials, plain_request("node1"), later))
     start = allocated["geni_slivers"][0]["geni_start_time"]
     refused(client.Renew([urn], credentials, format_time(now - timedelta(minutes=1)), {}), 1, "is in the past")
-    output = refused(client.Renew([urn], credentials, format_time(now + timedelta(minutes=50)), {}), 1, "before lease")
+    output = refused(
+        client.Renew([urn], credentials, format_time(now + timedelta(minutes=50)), {}), 1, "is not after lease"
+    )
     assert f"starts ({start})" in output
     output = refused(client.Renew([urn], credentials, format_time(now + timedelta(days=25)), {}), 7)
     assert "beyond the slice credential's expiry" in output and "renew the slice at its authority" in output

@@ -87,6 +87,11 @@ def test_unknown_and_maintenance_nodes(calendar: Calendar) -> None:
         calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("nx", 1, 2), ask("n2", 1, 2)])
     problems = sorted(conflict.problem for conflict in refusal.value.conflicts)
     assert problems == ["is in maintenance", "is not a node of ours"]
+    assert refusal.value.reason is Reason.BAD_ARGS, "a request naming a node we do not have cannot succeed later"
+    assert "ListResources" in refusal.value.message
+    with pytest.raises(BookingConflict) as maintenance:
+        calendar.bookings.book(SLICE, SLICE_EXPIRES, [ask("n2", 1, 2)])
+    assert maintenance.value.reason is Reason.BOOKING_CONFLICT
 
 
 @pytest.mark.parametrize(
@@ -144,6 +149,10 @@ def test_renew_extends_shortens_and_checks(calendar: Calendar) -> None:
     with pytest.raises(PolicyViolation) as policy:
         calendar.bookings.renew(lease.id, SLICE_EXPIRES + timedelta(hours=1))
     assert policy.value.rule == "slice_expiry"
+    with pytest.raises(GeniError) as at_start:
+        calendar.bookings.renew(lease.id, at(1))
+    assert at_start.value.reason is Reason.BAD_ARGS
+    assert "is not after lease" in at_start.value.message, "an end at the start is not 'before' it"
 
 
 def test_cancel_frees_the_nodes(calendar: Calendar) -> None:
