@@ -77,7 +77,28 @@ def is_urn(text: str) -> bool:
 
 def check_urn_characters(text: str, where: str) -> None:
     """Raise BadArgs naming the first control character (line breaks included), blank or invisible character of a
-    URN, which one, at which character, and ``where`` (the argument it came in).
+    URN, which one, at which character, and ``where`` (the argument it came in). See urn_character_problem."""
+    problem = urn_character_problem(text)
+    if problem is not None:
+        raise BadArgs(f"{where}: {problem}: send it without them")
+
+
+def shown_urn(text: str | None) -> str:
+    """A URN (or what a caller sent as one) for a log line: as it is when it is a URN's text, else escaped and cut
+    (repr, at most 120 characters): a line break or a bidi override in a caller's certificate or argument never forges
+    or reorders a log line. None or empty: "-"."""
+    if not text:
+        return "-"
+    if len(text) <= 300 and urn_character_problem(text) is None:
+        return text
+    shown = repr(text)
+    return shown if len(shown) <= 120 else f"{shown[:117]}... ({len(text)} characters)"
+
+
+def urn_character_problem(text: str, what: str = "the URN") -> str | None:
+    """The first character of ``text`` that no URN holds, said for a person ("character 36 of the URN is a line feed
+    (U+000A); a URN holds no control characters or line breaks"); None when there is none. ``what`` is what the text
+    is, when it is not the URN itself but what one is made from ("the CN", "the HRN"): the same rule holds for it.
 
     Control characters would reach e-mails, feeds and RSpecs (a NUL, PostgreSQL too). A formatting character (Unicode
     category Cf: bidi overrides and isolates, zero-width characters, the byte order mark, tags) is invisible or
@@ -90,26 +111,44 @@ def check_urn_characters(text: str, where: str) -> None:
     if found is not None:
         char = found.group()
         name = _CONTROL_NAMES.get(char, "a control character")
-        raise BadArgs(
-            f"{where}: character {found.start() + 1} of the URN is {name} (U+{ord(char):04X}); a URN holds no "
-            "control characters or line breaks: send it without them"
+        return (
+            f"character {found.start() + 1} of {what} is {name} (U+{ord(char):04X}); a URN holds no control "
+            "characters or line breaks"
         )
     if text.isascii():  # the usual URN: only the space to look for
         index = text.find(" ")
         if index >= 0:
-            raise BadArgs(
-                f"{where}: character {index + 1} of the URN is a space; a URN holds none: send it without spaces"
-            )
-        return
+            return f"character {index + 1} of {what} is a space; a URN holds no spaces"
+        return None
     for index, char in enumerate(text):
         category = unicodedata.category(char)
         if category in ("Cf", "Zs") or _SHOWN_AS_NOTHING.match(char):
             name = unicodedata.name(char, "an invisible character")
-            what = {"Cf": "an invisible formatting character", "Zs": "a blank"}.get(category, "an invisible character")
-            raise BadArgs(
-                f"{where}: character {index + 1} of the URN is {name} (U+{ord(char):04X}), {what}; a URN holds none "
-                "(it would display as another URN): send it without them"
+            kind = {"Cf": "an invisible formatting character", "Zs": "a blank"}.get(category, "an invisible character")
+            return (
+                f"character {index + 1} of {what} is {name} (U+{ord(char):04X}), {kind}; a URN holds none (it "
+                "would display as another URN)"
             )
+    return None
+
+
+def authority_hrn_problem(hrn: str) -> str | None:
+    """Why ``hrn`` (an HRN split_hrn reads) cannot name a local authority, said for a person; None when it can. Its
+    URN (hrn_to_urn(hrn, "authority")) is in the authority's root certificate and every certificate it issues, which
+    the trust layer refuses when their URN holds a character no URN holds (urn_character_problem): the authority
+    could not even trust its own root. The HRN is checked itself, so that the character's position is in what the
+    operator wrote: its URN adds and drops none of those characters."""
+    try:
+        urn = hrn_to_urn(hrn, "authority")
+    except BadArgs as exc:  # no HRN at all (an empty part)
+        return exc.message
+    problem = urn_character_problem(hrn, "the HRN")
+    if problem is None:
+        return None
+    return (
+        f"{hrn!r}: {problem}; it would be in the authority's URN ({urn!r}) and so in every certificate the "
+        "authority issues, and such certificates are refused"
+    )
 
 
 def parse_urn(text: str) -> Urn:

@@ -2,7 +2,9 @@
 
 v2 speaks of a slice's sliver as a whole: CreateSliver both allocates and provisions, SliverStatus, RenewSliver,
 DeleteSliver and Shutdown name the slice URN. Answers use the same envelope as v3 and every refusal is an envelope
-with its GENI code, never an XML-RPC fault; one log line per call (method, caller URN, slice, geni_code, ms).
+with its GENI code, never an XML-RPC fault (also a method name that is no name and a caller without a client
+certificate, refused by the transport through ApiEndpoint.refuse); one log line per call (method, caller URN, slice,
+geni_code, ms). Only a body that is no methodCall, or one over the size limit, is a fault: there is no call to answer.
 
 GetTicket is refused (UNSUPPORTED): CreateSliver books the time slot directly and this aggregate signs no tickets.
 """

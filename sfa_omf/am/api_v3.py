@@ -1,8 +1,10 @@
 """AM API v3 as XML-RPC methods: the arguments, checked by their signatures (contract.V3), go to the Aggregate; the
 answer is wrapped in the envelope, and one line is logged per call (method, caller URN, slice, geni_code, ms).
 
-Every refusal is an envelope with its GENI code, never an XML-RPC fault; a bug is logged with its traceback and
-answered with SERVERERROR so the server keeps serving.
+Every refusal is an envelope with its GENI code, never an XML-RPC fault (also a method name that is no name and a
+caller without a client certificate, refused by the transport through ApiEndpoint.refuse); a bug is logged with its
+traceback and answered with SERVERERROR so the server keeps serving. Only a body that is no methodCall, or one over the
+size limit, is a fault: there is no call to answer.
 """
 
 from __future__ import annotations

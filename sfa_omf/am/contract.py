@@ -24,6 +24,7 @@ from sfa_omf.sshkeys import ssh_public_keys
 MAX_URNS = 10_000
 MAX_USERS = 1_000
 MAX_ACTION_CHARS = 128
+MAX_RSPEC_VERSION_CHARS = 64  # geni_rspec_version's type and version: "GENI", "3", "ProtoGENI", "OpenFlow"...
 
 
 # -- checkers of arguments -----------------------------------------------------------------------------------------
@@ -97,11 +98,18 @@ def users(value: Any, where: str) -> list[dict[str, Any]]:
 
 
 def rspec_version(value: Any, where: str) -> dict[str, Any]:
-    """geni_rspec_version: a struct {type, version}."""
+    """geni_rspec_version: a struct {type, version}, each at most MAX_RSPEC_VERSION_CHARS characters (so a refusal
+    quoting them stays short)."""
     version = struct(value, where)
     for member in ("type", "version"):
         if not isinstance(version.get(member), str | int | float) or isinstance(version.get(member), bool):
             raise BadArgs(f"{where} needs a {member}, e.g. {{type: GENI, version: 3}}")
+        length = len(str(version[member]))
+        if length > MAX_RSPEC_VERSION_CHARS:
+            raise BadArgs(
+                f"{where}.{member} is {length} characters long; at most {MAX_RSPEC_VERSION_CHARS}, "
+                "e.g. {type: GENI, version: 3}"
+            )
     return version
 
 

@@ -13,8 +13,8 @@ from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.am.envelope import failure, success
 from sfa_omf.arguments import Signature
 from sfa_omf.errors import GeniCode, GeniError, Reason
-from sfa_omf.server.xmlrpc import CallContext
-from sfa_omf.xrn import is_urn
+from sfa_omf.server.xmlrpc import CallContext, shown_method
+from sfa_omf.xrn import is_urn, shown_urn
 
 log = logging.getLogger("sfa_omf.am")
 
@@ -50,18 +50,17 @@ class ApiEndpoint:
 
     def __call__(self, context: CallContext, method: str, params: tuple[Any, ...]) -> Any:
         started = time.perf_counter()
-        caller = context.caller_chain[0].urn if context.caller_chain else "-"
+        caller = shown_urn(context.caller_chain[0].urn if context.caller_chain else None)
+        shown = shown_method(method)  # the transport refuses names that are no names; bounded all the same
         code = GeniCode.SUCCESS
         about = "-"
         try:
             implementation = self.methods.get(method)
             if implementation is None:
                 known = ", ".join(sorted(self.methods))
-                raise GeniError(
-                    Reason.UNSUPPORTED, f"{method[:80]!r} is not an AM API v{self.version} method here ({known})"
-                )
+                raise GeniError(Reason.UNSUPPORTED, f"{shown} is not an AM API v{self.version} method here ({known})")
             args = self.signatures[method].check(params, method)
-            about = _about(method, args)
+            about = shown_urn(_about(method, args))
             value = implementation(self.aggregate, context, args)
             return success(value, geni_api=self.version) if method == "GetVersion" else success(value)
         except GeniError as error:
@@ -69,16 +68,28 @@ class ApiEndpoint:
             return failure(error)
         except Exception:
             code = GeniCode.SERVERERROR
-            log.exception("%s failed", method)
+            log.exception("%s failed", shown)
             return failure(
-                GeniError(Reason.SERVER_ERROR, f"internal error in {method}; the operator's log has the details")
+                GeniError(Reason.SERVER_ERROR, f"internal error in {shown}; the operator's log has the details")
             )
         finally:
-            log.info(
-                "%s caller=%s slice=%s geni_code=%d ms=%.1f",
-                method[:80],
-                caller,
-                about,
-                int(code),
-                (time.perf_counter() - started) * 1000,
-            )
+            self._log_call(shown, caller, about, code, started)
+
+    def refuse(self, context: CallContext, method: str, error: GeniError) -> dict[str, Any]:
+        """The transport's refusal of a call (a method name that is no name, no client certificate) as this API's
+        envelope, logged as any call is; ``method`` is shown_method()'s already."""
+        caller = shown_urn(context.caller_chain[0].urn if context.caller_chain else None)
+        self._log_call(method, caller, "-", error.code, time.perf_counter())
+        return failure(error)
+
+    @staticmethod
+    def _log_call(shown: str, caller: str | None, about: str, code: GeniCode, started: float) -> None:
+        """The one log line of a call; ``shown`` is the method as shown_method() shows it."""
+        log.info(
+            "%s caller=%s slice=%s geni_code=%d ms=%.1f",
+            shown,
+            caller,
+            about,
+            int(code),
+            (time.perf_counter() - started) * 1000,
+        )

@@ -35,12 +35,12 @@ from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
 from sfa_omf.registry.authority import DEFAULT_CREDENTIAL_LIFETIME, AuthorityError, LocalAuthority
 from sfa_omf.registry.records import Record, Records, new_record_urn, record_chain, record_email
 from sfa_omf.registry.sfi_dirs import delete_user_sfi_dirs
-from sfa_omf.server.xmlrpc import CallContext
+from sfa_omf.server.xmlrpc import CallContext, shown_method
 from sfa_omf.sshkeys import ssh_public_keys
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import chain_pem, load_gid_chain
 from sfa_omf.trust.verifier import CredentialVerifier
-from sfa_omf.xrn import is_urn, parse_urn
+from sfa_omf.xrn import is_urn, parse_urn, shown_urn
 
 log = logging.getLogger("sfa_omf.registry")
 
@@ -200,6 +200,12 @@ def record_dict(record: Record, authority_hrn: str) -> dict[str, Any]:
     }
 
 
+def _log_call(context: CallContext, shown: str, code: GeniCode, started: float) -> None:
+    """The one log line of a registry call; ``shown`` is the method as shown_method() shows it."""
+    caller = shown_urn(context.caller_chain[0].urn if context.caller_chain else None)
+    log.info("%s caller=%s geni_code=%d ms=%.1f", shown, caller, int(code), (time.perf_counter() - started) * 1000)
+
+
 class RegistryApi:
     """The handler the XML-RPC transport calls for the registry port."""
 
@@ -225,17 +231,24 @@ class RegistryApi:
             implementation = self.methods.get(method)
             if implementation is None:
                 raise GeniError(
-                    Reason.UNSUPPORTED, f"{method} is not offered by this registry ({', '.join(self.methods)})"
+                    Reason.UNSUPPORTED,
+                    f"{shown_method(method)} is not offered by this registry ({', '.join(self.methods)})",
                 )
             return implementation(context, SIGNATURES[method].check(params, method))
         except GeniError as error:
             code = error.code
             raise xmlrpc.client.Fault(int(error.code), error.message) from error
+        except Exception:
+            code = GeniCode.SERVERERROR  # (the transport logs the traceback and answers fault 5)
+            raise
         finally:
-            caller = context.caller_chain[0].urn if context.caller_chain else "-"
-            log.info(
-                "%s caller=%s geni_code=%d ms=%.1f", method, caller, int(code), (time.perf_counter() - started) * 1000
-            )
+            _log_call(context, shown_method(method), code, started)
+
+    def refuse(self, context: CallContext, method: str, error: GeniError) -> Any:
+        """The transport's refusal of a call (a method name that is no name, no client certificate): a fault, as
+        every refusal of the registry; ``method`` is shown_method()'s already."""
+        _log_call(context, method, error.code, time.perf_counter())
+        raise xmlrpc.client.Fault(int(error.code), error.message)
 
     # -- methods ------------------------------------------------------------------------------------------------
     def get_version(self, context: CallContext, params: tuple[Any, ...]) -> dict[str, Any]:

@@ -8,8 +8,15 @@ Limits: a request whose declared body is larger than ``max_body_bytes`` is answe
 the connection closed, without reading the body; a header line or header block over 16 KiB is answered 431 and the
 connection closed; XML with a DOCTYPE or entity declaration is refused before it is parsed; values nested deeper
 than ``MAX_DEPTH`` are refused while unmarshalling; any body that is not a well-formed methodCall is a clean fault 1
-(never an HTTP 500); at most ``pool`` threads run calls at once and the rest wait their turn, while the reactor keeps
-accepting and answering (a slow client only holds its own connection).
+(never an HTTP 500) saying what was wrong and in which <param>; a method name that is no name (over 64 characters,
+or other characters than letters, digits, '_' and '.') is refused before any handler runs, and shown only as a
+bounded repr; at most ``pool`` threads run calls at once and the rest wait their turn, while the reactor keeps
+accepting and answering (a slow client only holds its own connection). Any HTTP method but POST is answered 405
+(``Allow: POST``).
+
+A refusal of the transport's own once a call is read (a method name that is no name, a caller without a client
+certificate) goes to the handler's ``refuse`` when it has one (the AM API answers with its envelope), else it is an
+XML-RPC fault with the GENI code of its reason.
 
 Time: no client holds a connection for ever by sending a byte now and then. A TLS handshake must end within
 ``handshake_deadline_s`` of the accept (30 s), a request arrive whole within ``request_deadline_s`` of its first byte
@@ -23,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import re
 import socket
 import struct
 import termios
@@ -31,7 +39,7 @@ import xmlrpc.client
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
@@ -44,6 +52,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web import http, resource, server
 from zope.interface import implementer  # type: ignore[import-untyped]  # Twisted's interfaces are zope's
 
+from sfa_omf.errors import GeniError, Reason
 from sfa_omf.server.tls import peer_chain
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, refuse_declarations
@@ -64,15 +73,45 @@ TEXT_BUFFER_BYTES = 64 * 1024  # expat hands text over in pieces of at most this
 FAULT_TOOBIG = 6
 FAULT_BADARGS = 1
 FAULT_SERVERERROR = 5
-FAULT_FORBIDDEN = 3
 #: How deep XML-RPC values may nest (arrays in structs in arrays...). The AM API needs 4; 32 leaves room.
 MAX_DEPTH = 32
 #: A header line, or all the headers of a request, may be this long (Twisted's own limit for the header block).
 MAX_HEADER_BYTES = 16 * 1024
+#: What a method name may be: every method of the AM API and the registry is a short word.
+METHOD_NAME = re.compile(r"[A-Za-z0-9_.]{1,64}")
+#: Caller text quoted in a message or a log line is cut to this many characters before its repr.
+SHOWN_CHARS = 80
 
 
-class TooDeep(ValueError):
+def shown_method(method: str) -> str:
+    """A method name as a log line or a message may show it: a valid name as it is, anything else as the repr of its
+    first SHOWN_CHARS characters (never a raw newline, never megabytes)."""
+    if METHOD_NAME.fullmatch(method):
+        return method
+    return repr(method[:SHOWN_CHARS]) + (f" ({len(method)} characters)" if len(method) > SHOWN_CHARS else "")
+
+
+class BadCall(ValueError):
+    """A methodCall the transport refuses; its text is what the caller is told."""
+
+
+class TooDeep(BadCall):
     """An XML-RPC value nested deeper than MAX_DEPTH."""
+
+
+#: What a value of each XML-RPC type must be, for the message when the stdlib cannot convert one.
+_EXPECTED = {
+    **dict.fromkeys(
+        ("int", "i1", "i2", "i4", "i8", "biginteger"),
+        "must be a whole number of at most 4300 digits",  # 4300: Python's bound on int() of a string
+    ),
+    "boolean": "must be 0 or 1",
+    "double": "must be a number such as 1.5",
+    "float": "must be a number such as 1.5",
+    "bigdecimal": "must be a decimal number such as 1.5",
+    "base64": "must hold base64 data",
+    "struct": "must hold <member>s of a <name> and a <value> each",
+}
 
 
 def _checked_datetime(unmarshaller: Any, data: str) -> None:
@@ -85,34 +124,50 @@ def _checked_datetime(unmarshaller: Any, data: str) -> None:
         except ValueError:
             continue
     else:
-        raise ValueError(f"<dateTime.iso8601> {text[:40]!r} is not a time such as 20261201T10:00:00")
+        raise BadCall(f"<dateTime.iso8601> {text[:40]!r} is not a time such as 20261201T10:00:00")
     xmlrpc.client.Unmarshaller.end_dateTime(unmarshaller, text)
 
 
 class _BoundedUnmarshaller(xmlrpc.client.Unmarshaller):
     """The standard unmarshaller, refusing values nested deeper than MAX_DEPTH as soon as it meets them, an <array>
-    without its <data>, and a dateTime that is no time (the stdlib accepts both silently)."""
+    without its <data>, and a dateTime that is no time (the stdlib accepts both silently). Every refusal is a BadCall
+    naming the <param> (counted from 1) it was found in and what was expected."""
 
     dispatch = {**xmlrpc.client.Unmarshaller.dispatch, "dateTime.iso8601": _checked_datetime}  # noqa: RUF012
 
     def __init__(self, use_builtin_types: bool = False) -> None:
         super().__init__(use_builtin_types=use_builtin_types)
         self._arrays: list[bool] = []  # for each open <array>: has its <data> begun?
+        self._params_begun = 0  # the <param> elements begun so far: the last is where a value is being read
 
     def start(self, tag: str, attrs: dict[str, str]) -> None:
         local = tag.rpartition(":")[2]  # the stdlib reads <x:array> as <array>: so do the bounds
         if local in ("array", "struct") and len(self._marks) >= MAX_DEPTH:
-            raise TooDeep(f"values are nested deeper than {MAX_DEPTH} levels")
-        if local == "array":
+            raise TooDeep(self._where(f"values are nested deeper than {MAX_DEPTH} levels"))
+        if local == "param":
+            self._params_begun += 1
+        elif local == "array":
             self._arrays.append(False)
         elif local == "data" and self._arrays:
             self._arrays[-1] = True
         super().start(tag, attrs)
 
     def end(self, tag: str) -> None:
-        if tag.rpartition(":")[2] == "array" and not (self._arrays and self._arrays.pop()):
-            raise ValueError("an <array> without <data>")
-        super().end(tag)
+        local = tag.rpartition(":")[2]
+        if local == "array" and not (self._arrays and self._arrays.pop()):
+            raise BadCall(self._where("an <array> without <data>"))
+        try:
+            super().end(tag)
+        except BadCall as exc:  # ours (a dateTime): the text says what; add where
+            raise BadCall(self._where(str(exc))) from exc
+        except (ValueError, TypeError, IndexError, ArithmeticError) as exc:  # the stdlib's conversions
+            expected = _EXPECTED.get(local, "could not be read")
+            text = "".join(self._data)  # the element's own text (start() clears it, end() leaves it)
+            value = "" if local == "struct" else f", not {text[:40]!r}"
+            raise BadCall(self._where(f"<{local}> {expected}{value}")) from exc
+
+    def _where(self, message: str) -> str:
+        return f"param {self._params_begun}: {message}" if self._params_begun else message
 
 
 def loads(body: bytes) -> tuple[tuple[Any, ...], str | None]:
@@ -321,6 +376,18 @@ class CallContext:
 Handler = Callable[[CallContext, str, tuple[Any, ...]], Any]
 
 
+@runtime_checkable
+class RefusingHandler(Protocol):
+    """A handler with its own form for the transport's refusals (the AM API's envelope, the registry's fault)."""
+
+    def __call__(self, context: CallContext, method: str, params: tuple[Any, ...]) -> Any: ...
+
+    def refuse(self, context: CallContext, method: str, error: GeniError) -> Any:
+        """The answer to a call refused before it reached the handler (or raise xmlrpc.client.Fault); ``method`` is
+        already shown_method()'s, safe to log."""
+        ...
+
+
 class LimitedRequest(server.Request):
     """Refuses a body over the site's limit as soon as its length is known (or as chunks exceed it)."""
 
@@ -379,6 +446,12 @@ class XmlRpcResource(resource.Resource):
         self.reactor = reactor
         self.limits = XmlLimits(max_bytes=max_body_bytes)
 
+    def render(self, request: server.Request) -> Any:
+        """POST a call; any other HTTP method is told so (Twisted would answer PUT, OPTIONS... with "501 Huh?")."""
+        if request.method != b"POST":
+            return self.render_GET(request)
+        return super().render(request)
+
     def render_GET(self, request: server.Request) -> bytes:
         request.setResponseCode(http.NOT_ALLOWED)
         request.setHeader(b"allow", b"POST")
@@ -391,12 +464,12 @@ class XmlRpcResource(resource.Resource):
         try:
             refuse_declarations(body, self.limits, what="XML-RPC request")
             params, method = loads(body)
-        except (UnsafeXml, TooDeep) as exc:
+        except (UnsafeXml, BadCall) as exc:
             return _fault(request, FAULT_BADARGS, str(exc))
         except ExpatError as exc:
             return _fault(request, FAULT_BADARGS, f"not an XML-RPC methodCall: {exc}")
-        except Exception as exc:  # whatever the stdlib unmarshaller raises on a malformed call
-            # (a <member> without <name>, an unknown encoding, a bad int...): the caller's mistake, not ours.
+        except Exception as exc:  # whatever else the stdlib raises on a malformed call (an unknown encoding...):
+            # the caller's mistake, not ours.
             return _fault(request, FAULT_BADARGS, f"not a well-formed XML-RPC methodCall ({type(exc).__name__})")
         if not isinstance(method, str) or not method:
             return _fault(request, FAULT_BADARGS, "the XML-RPC call names no method")
@@ -405,13 +478,19 @@ class XmlRpcResource(resource.Resource):
             peer=str(request.getClientAddress()),
             path=request.path.decode("latin-1"),
         )
-        if not context.caller_chain:  # possible when the listener also serves browsers (the web calendar)
-            return _fault(
-                request,
-                FAULT_FORBIDDEN,
-                "no client certificate: call with your GID and its key as the TLS client certificate "
-                "(sfi.py and omni do this)",
+        if not METHOD_NAME.fullmatch(method):  # checked once here: no handler logs or echoes it raw
+            shown = shown_method(method)
+            message = (
+                f"{shown} is not a method: a method name has at most 64 letters, digits, '_' or '.' "
+                "(GetVersion, ListResources, Resolve...)"
             )
+            return self._refuse(request, context, shown, GeniError(Reason.UNSUPPORTED, message))
+        if not context.caller_chain:  # possible when the listener also serves browsers (the web calendar)
+            message = (
+                "no client certificate: call with your GID and its key as the TLS client certificate "
+                "(sfi.py and omni do this)"
+            )
+            return self._refuse(request, context, method, GeniError(Reason.CALLER_UNTRUSTED, message))
         deferred = deferToThreadPool(self.reactor, self.pool, self.handler, context, method, params)
         # addCallback then addErrback: a result that cannot be marshalled is an internal error too, never a hang.
         deferred.addCallback(
@@ -419,6 +498,21 @@ class XmlRpcResource(resource.Resource):
         )
         deferred.addErrback(lambda failure: _internal_error(request, method, failure))
         return server.NOT_DONE_YET
+
+    def _refuse(self, request: server.Request, context: CallContext, method: str, error: GeniError) -> bytes:
+        """The transport's refusal of a call, in the handler's form when it has one (done here, in the reactor
+        thread: a refusal does no work), else as a fault with the code of its reason."""
+        if not isinstance(self.handler, RefusingHandler):
+            return _fault(request, int(error.code), error.message)
+        try:
+            answer = self.handler.refuse(context, method, error)
+        except xmlrpc.client.Fault as fault:
+            return _fault(request, fault.faultCode, fault.faultString)
+        except Exception:  # a handler's bug: a fault 5 as for any call, never Twisted's bare 500
+            log.exception("refusing a call to %s failed", method)
+            return _fault(request, FAULT_SERVERERROR, f"internal error in {method}; the operator's log has the details")
+        request.setHeader(b"content-type", b"text/xml; charset=utf-8")
+        return xmlrpc.client.dumps((answer,), methodresponse=True, allow_none=True).encode("utf-8")
 
 
 def _caller_chain(request: server.Request) -> GidChain:
@@ -450,8 +544,9 @@ def _internal_error(request: server.Request, method: str, failure: Failure) -> N
     if isinstance(failure.value, xmlrpc.client.Fault):  # a handler's deliberate refusal (the SFA registry's way)
         _respond(request, xmlrpc.client.dumps(failure.value, methodresponse=True))
         return
-    log.error("%s failed: %s", method, failure.getTraceback())
-    fault = xmlrpc.client.Fault(FAULT_SERVERERROR, f"internal error in {method}; the operator's log has the details")
+    shown = shown_method(method)
+    log.error("%s failed: %s", shown, failure.getTraceback())
+    fault = xmlrpc.client.Fault(FAULT_SERVERERROR, f"internal error in {shown}; the operator's log has the details")
     _respond(request, xmlrpc.client.dumps(fault, methodresponse=True))
 
 

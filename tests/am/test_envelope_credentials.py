@@ -52,3 +52,10 @@ def test_bad_credentials_are_badargs(bad: object) -> None:
     with pytest.raises(BadArgs) as refusal:
         split_credentials(bad)
     assert refusal.value.code == GeniCode.BADARGS and refusal.value.message
+
+
+def test_an_unsupported_credential_type_is_named_shortened() -> None:
+    """The refusal names the caller's geni_type, cut: 4 MB of it would come back whole in the answer otherwise."""
+    with pytest.raises(BadArgs) as refusal:
+        split_credentials([{"geni_type": "x" * 4_000_000, "geni_value": "<a/>"}])
+    assert "'xxxx" in refusal.value.message and len(refusal.value.message) < 200
