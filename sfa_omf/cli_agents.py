@@ -12,7 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from sfa_omf.cli_common import command_database, command_settings
-from sfa_omf.errors import BadArgs
+from sfa_omf.errors import BadArgs, GeniError
 from sfa_omf.times import format_time
 
 if TYPE_CHECKING:
@@ -261,8 +261,34 @@ def oar_agent_nodes(settings: Any) -> OarAgentNodes | None:
     return OarAgentNodes(client)
 
 
+class VpnRevocationLeft(Exception):
+    """A removed node's VPN revocation not done, or done but not in this host's CRL: ``message`` says which, its
+    cause and what finishes it (one line, for the operator)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = " ".join(message.split())
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as every ``sfa-omf`` error says one (cli._failure): ``path: strerror``."""
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+
+
 def revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
-    """Revoke the VPN certificate issued to a node that was just removed; False when it had none (or no VPN)."""
+    """Revoke the VPN certificate issued to a node that was just removed; False when it had none (or no VPN).
+    VpnRevocationLeft when it is not done, or is recorded for the cluster but this host's CRL is not written."""
+    try:
+        return _revoke_vpn_of_removed_node(settings, hostname)
+    except (GeniError, OSError) as exc:  # (VpnRevocationLeft is neither: it goes as it is)
+        cause = os_error_text(exc) if isinstance(exc, OSError) else exc.message
+        raise VpnRevocationLeft(
+            f"its VPN certificate is not revoked (it still opens {hostname}'s tunnel): {cause}; once that is fixed, "
+            f"run `sfa-omf node vpn-revoke {hostname}`"
+        ) from exc
+
+
+def _revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
     from sfa_omf.agents.vpn import VpnCa, VpnCaMismatch
     from sfa_omf.calendar.database import Database
 
@@ -273,18 +299,37 @@ def revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
         # this moment is in issued/ once the lock is ours. No CA: none was ever issued (and none is made here).
         if not os.path.exists(os.path.join(directory, "ca.pem")):
             return False
-        return VpnCa(directory, settings.interface_hrn).revoke_node(hostname)
+        try:
+            return VpnCa(directory, settings.interface_hrn).revoke_node(hostname)
+        except GeniError as exc:  # its message says what is not done and that `node vpn-revoke` finishes it
+            raise VpnRevocationLeft(exc.message) from exc
     # PostgreSQL: the cluster's records know what any host issued; the revocation recorded there reaches every
     # serving host's CRL at its next refresh (about 5 s). On a host holding the cluster's CA, its files are recorded
     # first (a host upgraded from the file-only VPN may know a certificate the records do not yet) and its CRL is
     # written at once.
-    if os.path.exists(os.path.join(directory, "ca.pem")):
-        try:
-            return bool(cluster_vpn_ca(settings).revoke_node(hostname))
-        except VpnCaMismatch:
-            pass  # this host's CA is not the cluster's (its serve refuses to start): the records alone
     from sfa_omf.calendar.vpn_records import VpnRecords
 
+    if os.path.exists(os.path.join(directory, "ca.pem")):
+        try:
+            ca = cluster_vpn_ca(settings)
+        except VpnCaMismatch:
+            ca = None  # this host's CA is not the cluster's (its serve refuses to start): the records alone
+        if ca is not None:
+            # VpnCa.revoke_node's two steps, told apart: once the revocation is committed, a failure to write this
+            # host's CRL leaves the node revoked for the cluster (every serving host's refresh writes it).
+            revoked = ca.records.revoke_current(hostname) is not None
+            try:
+                ca.refresh()
+            except (GeniError, OSError) as exc:
+                if not revoked:
+                    raise
+                cause = os_error_text(exc) if isinstance(exc, OSError) else exc.message
+                raise VpnRevocationLeft(
+                    f"its VPN certificate's revocation is recorded for the cluster; this host's CRL file not "
+                    f"rewritten: {cause}; the server's next refresh rewrites it, or run `sfa-omf node vpn-revoke "
+                    f"{hostname}` once fixed"
+                ) from exc
+            return revoked
     return VpnRecords(database).revoke_current(hostname) is not None
 
 
@@ -318,10 +363,36 @@ def _vpn_config(args: argparse.Namespace) -> int:
 
 def _vpn_revoke(args: argparse.Namespace) -> int:
     ca, _ = _vpn_ca(args)
-    if not ca.revoke_node(args.hostname):
-        raise BadArgs(f"node {args.hostname} has no VPN certificate")
-    print(f"revoked the VPN certificate of {args.hostname}; OpenVPN reads the new CRL at the next connection")
-    return 0
+    if ca.revoke_node(args.hostname):
+        print(f"revoked the VPN certificate of {args.hostname}; OpenVPN reads the new CRL at the next connection")
+        return 0
+    # What `node remove` asks for when the revocation was recorded but this host's CRL not written: done now.
+    if _revocation_in_crl(ca, args.hostname):
+        print(f"the VPN certificate of {args.hostname} is already revoked; CRL written ({ca.directory / 'crl.pem'})")
+        return 0
+    raise BadArgs(f"node {args.hostname} has no VPN certificate")
+
+
+def _revocation_in_crl(ca: Any, hostname: str) -> bool:
+    """Whether the cluster's records hold a revocation of a certificate issued to ``hostname`` and this host's CRL
+    lists each such certificate; False without records (the file-only VPN does not record whose a revoked serial
+    was)."""
+    if ca.records is None:
+        return False
+    from cryptography import x509
+    from sqlalchemy import select
+
+    from sfa_omf.calendar.models import VpnRevoked
+
+    with ca.records.database.read() as session:
+        serials = [
+            int(serial) for serial in session.scalars(select(VpnRevoked.serial).where(VpnRevoked.hostname == hostname))
+        ]
+    crl_path = ca.directory / "crl.pem"
+    if not serials or not crl_path.exists():
+        return False
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    return all(crl.get_revoked_certificate_by_serial_number(serial) is not None for serial in serials)
 
 
 def _agent_vpn(args: argparse.Namespace) -> int:

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfa_omf.calendar.records import NODE_STATES  # plain data: building the parser needs no database layer
-from sfa_omf.cli_agents import add_node_agent_commands, oar_agent_nodes, revoke_vpn_of_removed_node
+from sfa_omf.cli_agents import (
+    VpnRevocationLeft,
+    add_node_agent_commands,
+    oar_agent_nodes,
+    os_error_text,
+    revoke_vpn_of_removed_node,
+)
 from sfa_omf.cli_common import command_database, command_group, command_settings, print_table
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs, GeniError, Reason
@@ -59,7 +65,14 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     listing.add_argument("--pool")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(handler=_node_list)
-    remove = node.add_parser("remove", parents=[config_option], help="remove a node no booking holds")
+    remove = node.add_parser(
+        "remove",
+        parents=[config_option],
+        help="remove a node no booking holds",
+        description="Remove a node no booking holds: from the calendar and, for an agent's node, its OAR resource, "
+        "VPN certificate, DNS names and staged files; then its registry record. Exit status 0: all done; 2: nothing "
+        "removed (why on stderr), or the node removed but for what the last line names, each with what finishes it.",
+    )
     remove.add_argument("component_id")
     remove.set_defaults(handler=_node_remove)
     imported = node.add_parser("import", parents=[config_option], help="fill the inventory from the testbed")
@@ -364,20 +377,36 @@ def _node_remove(args: argparse.Namespace) -> int:
                 "(oarremoveresource) or leave it: the node's next registration under this name replaces it",
                 file=sys.stderr,
             )
+    # The node is out of the calendar: from here on each step is done as far as it can be, as the OAR one above, and
+    # one that fails is said with what finishes it, the others done all the same (a VPN failure used to stop the
+    # removal before the DNS names, staged files and registry record, leaving half a node), and the exit status 2.
+    left: list[str] = []
     # A node agent's VPN access goes with the node (only agents' nodes get VPN certificates).
-    if node.hardware_type == AGENT_HARDWARE_TYPE and revoke_vpn_of_removed_node(settings, name):
-        print(f"revoked the VPN certificate of {name}")
+    if node.hardware_type == AGENT_HARDWARE_TYPE:
+        try:
+            if revoke_vpn_of_removed_node(settings, name):
+                print(f"revoked the VPN certificate of {name}")
+        except VpnRevocationLeft as exc:
+            left.append(exc.message)
     if node.hardware_type == AGENT_HARDWARE_TYPE:  # and so do its DNS names and its staged files
         _forget_agent_names(settings, database, name)
-        removed = _remove_staged_files(settings, name)
-        if removed:
-            print(f"removed its staged files ({removed} lease folder(s) under agent_files/)")
+        try:
+            removed = _remove_staged_files(settings, name)
+        except OSError as exc:
+            folders = os.path.join(settings.data_dir, "agent_files", "*", name)
+            left.append(f"its staged files are not all deleted: {os_error_text(exc)}; delete {folders} once fixed")
+        else:
+            if removed:
+                print(f"removed its staged files ({removed} lease folder(s) under agent_files/)")
     try:
         authority = LocalAuthority.load(settings.data_dir, settings.interface_hrn)
     except AuthorityError:
-        return 0  # no local registry to keep in step
-    if forget_node(authority, Records(database), args.component_id):
+        authority = None  # no local registry to keep in step
+    if authority is not None and forget_node(authority, Records(database), args.component_id):
         print(f"removed its record from the registry of {authority.hrn}")
+    if left:  # (exit 2 as a refusal's: the command's help says it may also mean this)
+        print(f"{args.component_id} is removed but for what follows: {'; '.join(left)}", file=sys.stderr)
+        return 2
     return 0
 
 

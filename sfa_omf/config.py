@@ -26,7 +26,7 @@ from typing import Any
 
 from sfa_omf.errors import BadArgs, GeniError
 from sfa_omf.images.provisioning import PROVISIONING_MODES
-from sfa_omf.xrn import split_hrn
+from sfa_omf.xrn import authority_hrn_problem, split_hrn
 
 # SQLAlchemy and the account rules are imported where they are used: reading the configuration must stay light
 # (``sfa-omf --help`` and the trust commands do not need a database layer).
@@ -930,6 +930,17 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
             split_hrn(settings.interface_hrn)
         except BadArgs as exc:
             problems.append(Problem("invalid", str(sources["interface_hrn"]), f"[sfa] interface_hrn: {exc.message}"))
+        else:
+            problem = authority_hrn_problem(settings.interface_hrn)
+            if problem is not None:
+                # (A site made before this was refused: its own root is refused now, so nothing would work.)
+                advice = (
+                    "an authority cannot be renamed: make the site again under a name without it (sfa-omf init DIR "
+                    "--authority NAME: a new root for peers to trust, users and slices registered again)"
+                )
+                problems.append(
+                    Problem("invalid", str(sources["interface_hrn"]), f"[sfa] interface_hrn {problem}: {advice}")
+                )
     known = known_testbed_types()
     if settings.aggregate_type not in known:
         problems.append(

@@ -161,6 +161,29 @@ def test_init_with_an_authority_name_it_refuses_leaves_no_directory(tmp_path: Pa
         assert not (tmp_path / "site").exists()
 
 
+@pytest.mark.parametrize("authority", ["my lab", "l\u202eab"], ids=["space", "U+202E"])
+def test_init_refuses_an_authority_name_no_urn_may_hold_before_writing_anything(tmp_path: Path, authority: str) -> None:
+    """Its URN would be in the authority's own root, which the trust layer refuses: init wrote the files, then
+    failed on that root, leaving a half-made directory."""
+    for argv in (["init", str(tmp_path / "site")], ["quickstart", str(tmp_path / "site")]):
+        line = one_line_error(sfa_omf(*argv, "--authority", authority), 2)
+        assert line.startswith(f"sfa-omf: the authority HRN (--authority) {authority!r}: character "), line
+        assert line.endswith(": give one without it"), line
+        assert not (tmp_path / "site").exists()
+
+
+def test_a_site_whose_authority_name_no_urn_may_hold_is_refused_by_every_command_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    """A site an earlier version made under such a name, after the upgrade."""
+    config = tmp_path / "sfa-omf.conf"
+    config.write_text(f"[sfa]\ninterface_hrn = my lab\ndata_dir = {tmp_path}\n", encoding="utf-8")
+    line = one_line_error(sfa_omf("node", "list", "--config", str(config)), 2)
+    assert line.startswith(f"sfa-omf: invalid configuration: {config}:2: [sfa] interface_hrn 'my lab': "), line
+    assert "an authority cannot be renamed: make the site again under a name without it" in line, line
+    assert "the authority that issued it" not in line
+
+
 # --- relative paths --------------------------------------------------------------------------------------------
 
 

@@ -376,6 +376,31 @@ def test_missing_interface_hrn_syntax_duplicates_and_bad_hrn(tmp_path: Path) -> 
     assert loaded.settings.aggregate_port == 2
 
 
+@pytest.mark.parametrize(
+    ("hrn", "character"),
+    [
+        ("my lab", "character 3 of the HRN is a space"),
+        ("l\u202eab", "character 2 of the HRN is RIGHT-TO-LEFT OVERRIDE"),
+    ],
+    ids=["space", "U+202E"],
+)
+def test_an_authority_hrn_no_urn_may_hold_is_refused_naming_the_setting_and_what_to_do(
+    tmp_path: Path, hrn: str, character: str
+) -> None:
+    """A site made under such a name by an earlier version: its own root's URN holds the character, and certificates
+    holding one are refused now. Said at loading, naming the setting (and the variable that set it), rather than the
+    server refusing its own root as a certificate "the authority that issued it" must issue again."""
+    path = write(tmp_path / "c.conf", f"[sfa]\ninterface_hrn = {hrn}\ndata_dir = {tmp_path}\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith(f"{path}:2: [sfa] interface_hrn {hrn!r}: {character}"), problem
+    assert "make the site again under a name without it (sfa-omf init DIR --authority NAME" in problem, problem
+    assert "\u202e" not in problem, "shown escaped"
+    with pytest.raises(ValueError, match="interface_hrn"):
+        read_config(path, environ={})
+    (problem,) = problems_of(minimal(tmp_path), environ={"SFA_INTERFACE_HRN": hrn})
+    assert problem.startswith(f"environment SFA_INTERFACE_HRN: [sfa] interface_hrn {hrn!r}: {character}"), problem
+
+
 def test_default_duration_longer_than_the_maximum(tmp_path: Path) -> None:
     path = minimal(tmp_path, "[sfa_omf]", "default_duration_s = 7200", "max_duration_s = 3600")
     assert problems_of(path) == [f"{path}:5: [sfa_omf] default_duration_s 7200 is longer than max_duration_s 3600"]

@@ -25,7 +25,7 @@ from sfa_omf.registry.authority import AuthorityError, LocalAuthority, write_new
 from sfa_omf.registry.records import Records
 from sfa_omf.trust.gid import GidChain, chain_pem
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
-from sfa_omf.xrn import hrn_to_urn
+from sfa_omf.xrn import authority_hrn_problem, hrn_to_urn
 
 DEFAULT_USERS = ("alice",)
 DEMO_SLICE = "demo"
@@ -56,6 +56,10 @@ def init_directory(
 ) -> InitReport:
     """Create (or complete) an authority directory; see the module docstring."""
     directory = os.path.abspath(directory)
+    # Before anything is written: the authority's own root would be refused (a directory left half made).
+    problem = authority_hrn_problem(authority_hrn)
+    if problem is not None:
+        raise AuthorityError(f"the authority HRN (--authority) {problem}: give one without it")
     for name in users:
         if not _USER_NAME.match(name):
             raise AuthorityError(

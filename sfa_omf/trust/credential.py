@@ -32,7 +32,7 @@ from sfa_omf.times import format_time, parse_time
 from sfa_omf.trust import xmldsig
 from sfa_omf.trust.gid import Gid, GidChain, chain_pem, load_gid_chain
 from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, parse_untrusted
-from sfa_omf.xrn import Urn, is_urn, parse_urn
+from sfa_omf.xrn import Urn, is_urn, parse_urn, urn_character_problem
 
 DSIG_NS = xmldsig.DSIG_NS
 XML_ID = "{http://www.w3.org/XML/1998/namespace}id"
@@ -234,8 +234,15 @@ def _named_urn(element: etree._Element, role: str, gid: Gid, where: str) -> str:
         raise _malformed(
             f"{where}: the {role}_gid names {gid.urn or gid.subject_cn!r}, which does not parse: {exc.message}"
         ) from exc
-    if not text or text == gid.urn:  # the usual case, without parsing the text again
+    if not text or text == gid.urn:  # the usual case, without parsing the text again (the GID's URN is checked)
         return gid.urn or ""
+    # The text becomes the owner's or target's name (a lease's owner), as a certificate's URN does: the same rule.
+    problem = urn_character_problem(text)
+    if problem is not None:
+        raise _malformed(
+            f"{where}: {role}_urn {text!r} refused: {problem}; the authority that issued the credential must issue "
+            "one without it"
+        )
     written = _parsed_urn(text, f"{where}: {role}_urn {text!r}")
     if gid.parsed_urn is not None:
         if written != gid.parsed_urn:

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from sfa_omf.errors import BadArgs
+from sfa_omf.errors import BadArgs, Reason, TrustError
 from sfa_omf.times import as_utc
-from sfa_omf.xrn import Urn, is_urn, join_hrn, parse_urn, split_hrn
+from sfa_omf.xrn import Urn, is_urn, join_hrn, parse_urn, split_hrn, urn_character_problem
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,39 @@ class Gid:
 
     @functools.cached_property
     def parsed_urn(self) -> Urn | None:
-        """The URN parsed (once: type, HRN and its parts come from it), None when the GID carries no URN."""
-        return parse_urn(self.urn) if self.urn else None
+        """The URN parsed (once: type, HRN and its parts come from it), None when the GID carries no URN. Raises
+        TrustError when the URN holds a character no URN holds (check_urn_characters)."""
+        if not self.urn:
+            return None
+        self.check_urn_characters()
+        return parse_urn(self.urn)
+
+    @functools.cached_property
+    def name_problem(self) -> str | None:
+        """The first character of the name this certificate gives that no URN holds, said for a person
+        (xrn.urn_character_problem): of its URN, or with none of its CN (its HRN then comes from it); None when
+        there is none."""
+        if self.urn:
+            return urn_character_problem(self.urn)
+        return urn_character_problem(self.subject_cn, "the CN")
+
+    def check_urn_characters(self, advice: str = "the authority that issued it must issue one without it") -> None:
+        """Refuse this certificate (TrustError INVALID_CHAIN, naming its subject, the character and ``advice``: what
+        to do) when its URN holds a control character, a line break, a blank or an invisible character, or, when it
+        carries no URN, its CN does (SFA's old form: the CN is its HRN). The name of a certificate an authority
+        signed becomes a caller's, an owner's or a slice's name in the calendar, e-mails and feeds, as an
+        argument's does, and is held to the same rule (xrn.check_urn_characters). Messages show the URN and subject
+        escaped (repr), never the characters themselves."""
+        problem = self.name_problem
+        if problem is None:
+            return
+        subject = self.certificate.subject.rfc4514_string()
+        issuer = self.certificate.issuer.rfc4514_string()
+        named = f"names the URN {self.urn!r}" if self.urn else "carries no URN, so its CN is its name"
+        raise TrustError(
+            Reason.INVALID_CHAIN,
+            f"certificate {subject!r} (issued by {issuer!r}) {named}, refused: {problem}; {advice}",
+        )
 
     @functools.cached_property
     def type(self) -> str | None:
@@ -59,15 +90,19 @@ class Gid:
 
     @functools.cached_property
     def hrn(self) -> str:
-        """The HRN from the URN; SFA GIDs without a URN fall back to the CN (which SFA sets to the HRN)."""
+        """The HRN from the URN; SFA GIDs without a URN fall back to the CN (which SFA sets to the HRN). Raises
+        TrustError when either holds a character no URN holds (check_urn_characters)."""
         if self.parsed_urn:
             return join_hrn(self.hrn_parts)
+        self.check_urn_characters()  # the CN becomes the name: held to a URN's rule
         return self.subject_cn
 
     @functools.cached_property
     def hrn_parts(self) -> tuple[str, ...]:
+        """The HRN's parts (see hrn); BadArgs when the CN of a GID without a URN is no HRN."""
         if self.parsed_urn:
             return self.parsed_urn.hrn_parts
+        self.check_urn_characters()  # the CN becomes the name: held to a URN's rule
         return split_hrn(self.subject_cn)
 
     @property

@@ -84,6 +84,10 @@ def _root_files(directory: str) -> list[tuple[str, Gid]]:
         path = os.path.join(directory, name)
         with open(path, "rb") as handle:
             chain = load_gid_chain(handle.read())
+        try:  # a root whose URN cannot be a name is trusted to name no one (the directory is refused, as when unread)
+            chain[0].check_urn_characters("move it out of trusted_roots/ (or ask its authority for one without it)")
+        except TrustError as exc:
+            raise TrustError(exc.reason, f"trusted root {path}: {exc.message}") from exc
         found.append((path, chain[0]))
     return found
 
@@ -282,6 +286,8 @@ def _check_chain(chain: GidChain, roots: TrustedRoots, at: datetime, role: str) 
     leaf = chain[0]
     anchor: Gid | None = None
     for position, gid in enumerate(chain):
+        # First: no refusal below may show a URN that holds a line break or a bidi override (logs, the caller).
+        gid.check_urn_characters()
         check_validity(gid, at, role)
         if roots.contains(gid):
             anchor = gid
@@ -390,6 +396,7 @@ def trust_root(directory: str, pem: bytes, now: datetime) -> RootAdded:
     key, or with the same key but another subject or URN (a changed naming scope) or not signed by that key.
     """
     anchor = load_gid_chain(pem)[0]
+    anchor.check_urn_characters("ask its authority for one without it")  # before any message shows its URN
     if not anchor.is_ca or not (anchor.type or "").startswith("authority"):
         raise TrustError(
             Reason.INVALID_CHAIN,

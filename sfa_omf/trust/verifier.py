@@ -429,6 +429,7 @@ def verify_signature_element(signature: etree._Element, xml_id: str) -> GidChain
     except Exception as exc:  # whatever the certificate parser raises on junk
         raise TrustError(Reason.SIGNATURE, f"cannot read the signer certificate of credential {xml_id!r}") from exc
     signer = chain[0]
+    signer.check_urn_characters()  # before any message below shows its URN
     # Only plain RSA keys: the signature methods allowed are RSA ones, and an RSA key restricted to PSS
     # (id-RSASSA-PSS) would lose its restriction in the SubjectPublicKeyInfo re-encoded for xmlsec.
     if signer.certificate.public_key_algorithm_oid != PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5:
