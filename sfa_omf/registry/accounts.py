@@ -17,20 +17,28 @@ again. Until the name is registered again, the URN still resolves to the retired
 in their own account, and their slices' keys are withdrawn from it). The next holder of the name gets a login derived
 from the URN and the number of holders before them (``holder``): a login of their own, the same on every call.
 Users of other authorities are never removed here: their logins are derived as before (holder 0).
+
+What the removed holder booked names them "URN (removed TIME)" from then on (records.py removed_holder; a removed
+slice is renamed so too). The login such a lease ran under is the one the removal retired (``LeaseLogins``), never
+one derived from the marked text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import bindparam, exists, func, select, text
+from sqlalchemy import ColumnElement, bindparam, exists, func, select, text
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.models import AccountMapping, RegistryRecord, RetiredLogin
+from sfa_omf.calendar.queries import to_s
 from sfa_omf.errors import BadArgs
+from sfa_omf.times import parse_time
 from sfa_omf.xrn import parse_urn
 
 MAX_LOGIN = 32
@@ -108,6 +116,141 @@ def _one_at_a_time(session: Session, urn: str) -> None:
 
 def _earlier_holders(session: Session, urn: str) -> int:
     return int(session.scalar(select(func.count()).select_from(RetiredLogin).where(RetiredLogin.urn == urn)) or 0)
+
+
+#: What records.py writes in place of a removed user's or slice's URN: "URN (removed TIME)", a renamed slice whose
+#: name was taken already "URN (removed TIME #2)"; the URN cut to fit the column when it is long.
+_REMOVED_MARK = re.compile(r"^(?P<urn>.*) \(removed (?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)(?: #\d+)?\)$", re.DOTALL)
+
+
+def removed_mark_parts(owner: str) -> tuple[str, datetime] | None:
+    """(the URN, or its beginning when it was cut to fit; when it was removed) of a marked owner or slice
+    "URN (removed TIME)" (records.py removed_holder); None for anything else (a plain URN)."""
+    found = _REMOVED_MARK.match(owner)
+    if found is None:
+        return None
+    return found["urn"], parse_time(found["time"])
+
+
+def is_removed_mark(owner: str) -> bool:
+    """Whether ``owner`` (a lease's booker, a slice's URN) is a removed holder's mark rather than a URN: the mark
+    holds " (removed ", white space no registered name has (records.py new_record_urn)."""
+    return " (removed " in owner
+
+
+@dataclass(frozen=True)
+class LeaseLogins:
+    """The logins leases ran under, as read once for an answer about some leases (the OMF inventory), for the keys
+    (bookers or slices) of those leases only: their stored mapping, the retired logins of their URNs (URN ->
+    [(retired_s, login)], oldest first) and which of those URNs are registered again."""
+
+    mapped: dict[str, str]
+    retired: dict[str, list[tuple[int, str]]]
+    registered_again: frozenset[str]
+
+    def login_of(self, urn: str) -> str | None:
+        """The login of a lease whose key (booker or slice, per the policy) is ``urn`` (one of the keys read). A URN
+        marked as removed: the login its removal retired (the account the lease ran under), None when the database
+        does not hold it (the account was removed and its login is not on record): never one derived from the
+        marked text. A plain URN: its mapping, else what ``Accounts.login_for`` would give it (the removed holder's
+        login while nobody holds the name again, else the login derived for the next holder)."""
+        mapped = self.mapped.get(urn)
+        if mapped is not None:
+            return mapped
+        if is_removed_mark(urn):
+            marked = removed_mark_parts(urn)
+            return self._retired_at(marked[0], marked[1], _may_be_cut(urn)) if marked is not None else None
+        earlier = self.retired.get(urn, [])
+        if earlier and urn not in self.registered_again:
+            return earlier[-1][1]
+        return derived_login(urn, holder=len(earlier))
+
+    def _retired_at(self, urn: str, removed: datetime, cut: bool) -> str | None:
+        """The newest login retired for ``urn`` at or before ``removed`` (a slice renamed when its name was
+        registered again is marked with that later time). A URN that may be ``cut`` to fit: the one retired URN it
+        begins, when it is not one itself."""
+        rows = self.retired.get(urn)
+        if rows is None and cut:
+            longer = {full for full in self.retired if full.startswith(urn)}
+            rows = self.retired[longer.pop()] if len(longer) == 1 else None
+        before = [login for retired_s, login in rows or () if retired_s <= to_s(removed)]
+        return before[-1] if before else None
+
+
+def _may_be_cut(mark: str) -> bool:
+    """Whether the URN in a removed holder's mark may have been cut: records.py cuts the URN, never the
+    " (removed TIME)" part, so that the whole mark fills the column exactly; a shorter mark holds its whole URN."""
+    return len(mark) >= MAX_MAPPED_URN
+
+
+#: How many keys one IN (...) holds: well within every database's limit on bound parameters.
+_KEYS_PER_QUERY = 500
+
+
+def _chunks(keys: set[str]) -> list[list[str]]:
+    ordered = sorted(keys)
+    return [ordered[at : at + _KEYS_PER_QUERY] for at in range(0, len(ordered), _KEYS_PER_QUERY)]
+
+
+def lease_logins(database: Database, keys: Iterable[str]) -> LeaseLogins:
+    """The mapping, the retired logins and which URNs are registered again, for the lease keys ``keys`` only (the
+    bookers or slices of the leases an answer shows, plain or marked as removed), in one read (``LeaseLogins``).
+    Every lookup goes through an index (account_mapping.urn, retired_login.urn, registry_record.hrn): the tables
+    hold every user the testbed ever mapped, removed or registered, and an inventory answer is read on every GET."""
+    wanted = set(keys)
+    with database.read() as session:
+        mapped: dict[str, str] = {}
+        for chunk in _chunks(wanted):
+            query = select(AccountMapping.urn, AccountMapping.login).where(AccountMapping.urn.in_(chunk))
+            mapped.update({urn: login for urn, login in session.execute(query)})
+        # The URNs whose retired logins the answer needs: an unmapped plain key's, and the URN in a mark.
+        plain = {key for key in wanted - mapped.keys() if not is_removed_mark(key)}
+        in_marks = {key: parts[0] for key in wanted - mapped.keys() if (parts := removed_mark_parts(key)) is not None}
+        retired: dict[str, list[tuple[int, str]]] = {}
+        for chunk in _chunks(plain | set(in_marks.values())):
+            retired.update(_retired(session, RetiredLogin.urn.in_(chunk)))
+        for mark, urn in in_marks.items():
+            if urn not in retired and _may_be_cut(mark):  # rare (a URN of 270 characters or more): a scan of the
+                for full, rows in _retired(session, RetiredLogin.urn.startswith(urn, autoescape=True)).items():
+                    retired.setdefault(full, rows)  # small table, not of registry_record
+        return LeaseLogins(mapped, retired, _registered(session, {urn for urn in plain if urn in retired}))
+
+
+def _retired(session: Session, which: ColumnElement[bool]) -> dict[str, list[tuple[int, str]]]:
+    """The retired logins ``which`` selects: URN -> [(retired_s, login)], oldest first."""
+    query = select(RetiredLogin.urn, RetiredLogin.retired_s, RetiredLogin.login).where(which)
+    retired: dict[str, list[tuple[int, str]]] = {}
+    for urn, retired_s, login in session.execute(query.order_by(RetiredLogin.retired_s, RetiredLogin.id)):
+        retired.setdefault(urn, []).append((retired_s, login))
+    return retired
+
+
+def _registered(session: Session, urns: set[str]) -> frozenset[str]:
+    """Which of ``urns`` a registry record holds now. Looked up by HRN (registry_record.hrn is indexed, its urn is
+    not: an EXISTS per URN read the whole table each time), a record's URN naming its HRN (records.py
+    new_record_urn); the URN is then compared exactly. A URN that names no HRN is looked up by URN (none should)."""
+    hrns: dict[str, str] = {}
+    unparsed: set[str] = set()
+    for urn in urns:
+        try:
+            hrns[urn] = parse_urn(urn).hrn
+        except BadArgs:
+            unparsed.add(urn)
+    found: set[str] = set()
+    for chunk in _chunks(set(hrns)):
+        query = select(RegistryRecord.urn).where(
+            RegistryRecord.hrn.in_({hrns[urn] for urn in chunk}), RegistryRecord.urn.in_(chunk)
+        )
+        found.update(session.scalars(query))
+    for chunk in _chunks(unparsed):
+        found.update(session.scalars(select(RegistryRecord.urn).where(RegistryRecord.urn.in_(chunk))))
+    return frozenset(found)
+
+
+def mapped_login(database: Database, urn: str) -> str | None:
+    """The stored login of ``urn`` (pinned or derived), None when it has none (an indexed read of one row)."""
+    found = database.fetch_all(_LOGIN_OF, {"urn": urn})
+    return str(found[0][0]) if found else None
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,12 @@ def removed_holder(urn: str, removed: datetime) -> str:
     asked for a renewal): their URN and when they were removed, within the columns' 300 characters. No certificate
     names it (names under our authority are ours to issue, and new_record_urn refuses white space), so it is nobody's
     own: not the next holder's of the name."""
-    mark = f" (removed {format_time(removed)})"
+    return _removed_mark(urn, f" (removed {format_time(removed)})")
+
+
+def _removed_mark(urn: str, mark: str) -> str:
+    """``urn`` followed by ``mark``, the URN cut (never the mark: registry/accounts.py reads the time back from it)
+    so that the whole fits the columns' 300 characters."""
     return urn[: MAX_URN_CHARS - len(mark)] + mark
 
 
@@ -140,16 +145,20 @@ def _mark_left_after_removal(session: Session, user_urn: str) -> None:
 def _rename_slice(session: Session, slice_urn: str, removed: datetime) -> None:
     """The aggregate's slice of ``slice_urn`` (if it has one), with its leases, named as a slice removed then
     (``removed_holder``) from now on; a name another removed slice took already gets a number (slice names are
-    unique)."""
-    if session.scalar(select(Slice.id).where(Slice.urn == slice_urn)) is None:
+    unique). Its operator leases, booked by the slice itself (omf/inventory.py book_lease), name the renamed slice
+    as their booker too: under the per-user policy their account is their booker's, and the plain URN would be the
+    next slice of the name's (its account) once that slice has one."""
+    slice_id = session.scalar(select(Slice.id).where(Slice.urn == slice_urn))
+    if slice_id is None:
         return
-    base = removed_holder(slice_urn, removed)  # "URN (removed TIME)"
-    taken = set(session.scalars(select(Slice.urn).where(Slice.urn.startswith(base[:-1], autoescape=True))))
-    removed_as, number = base, 1
-    while removed_as in taken:  # "URN (removed TIME #2)", ...
+    removed_as, number = removed_holder(slice_urn, removed), 1  # "URN (removed TIME)"
+    while session.scalar(select(Slice.id).where(Slice.urn == removed_as)) is not None:
         number += 1
-        removed_as = f"{base[:-1][: MAX_URN_CHARS - 8]} #{number})"
-    session.execute(update(Slice).where(Slice.urn == slice_urn).values(urn=removed_as))
+        removed_as = _removed_mark(slice_urn, f" (removed {format_time(removed)} #{number})")  # "URN (... #2)"
+    session.execute(update(Slice).where(Slice.id == slice_id).values(urn=removed_as))
+    session.execute(
+        update(Lease).where(Lease.slice_id == slice_id, Lease.owner_urn == slice_urn).values(owner_urn=removed_as)
+    )
 
 
 def _rename_slice_left_after_removal(session: Session, slice_urn: str) -> None:

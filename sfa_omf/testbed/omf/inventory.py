@@ -14,7 +14,9 @@ status follows the calendar and the time:
     cancelled, expired        cancelled
 
 A lease's *account* is the local login the calendar maps its booker to (registry/accounts.py: per user, per slice
-or shared); its URN is the slice's. Writes go through the same calendar (Bookings): no double booking, and a
+or shared); its URN is the slice's. A lease whose booker (or slice) the registry removed shows the login it ran
+under, which the removal retired (registry/accounts.py ``LeaseLogins``), and ``removed: true``; its name is null
+when that login is not on record. Writes go through the same calendar (Bookings): no double booking, and a
 conflict is refused with the calendar's reason. Writes need authority rights (``check_operator``).
 
 Who reads what (``check_reader``), the web calendar's privacy rule: operators (who may write leases, and the web
@@ -37,13 +39,13 @@ from sqlalchemy import select
 
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.lease_view import LeaseRow, NodeRow, account_logins, lease_rows, node_rows
+from sfa_omf.calendar.lease_view import LeaseRow, NodeRow, lease_rows, node_rows
 from sfa_omf.calendar.models import Lease, Slice, SliceUser
 from sfa_omf.calendar.queries import from_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord
 from sfa_omf.calendar.timeline import Timeline
 from sfa_omf.errors import BadArgs, GeniError, Reason, TrustError
-from sfa_omf.registry.accounts import check_login, derived_login
+from sfa_omf.registry.accounts import LeaseLogins, check_login, is_removed_mark, lease_logins, mapped_login
 from sfa_omf.registry.records import Records, record_chain
 from sfa_omf.testbed.base import TestbedBackend
 from sfa_omf.times import format_time, parse_time, utcnow
@@ -119,9 +121,20 @@ def account_uuid(slice_urn: str, login: str) -> str:
 
 @dataclass(frozen=True)
 class AccountView:
-    name: str
+    """A lease's account: ``name`` the login (None: its holder was removed and the login is not on record),
+    ``removed`` whether the registry removed the lease's booker (per user) or slice (per slice)."""
+
+    name: str | None
     urn: str
     uuid: str
+    removed: bool = False
+
+    def json(self) -> dict[str, Any]:
+        """As omf_sfa shows a lease's account; a removed holder's says so (``removed``: true)."""
+        shown: dict[str, Any] = {"uuid": self.uuid, "name": self.name, "urn": self.urn}
+        if self.removed:
+            shown["removed"] = True
+        return shown
 
 
 @dataclass(frozen=True)
@@ -264,8 +277,9 @@ class OmfInventory:
         if not nodes:
             return []
         by_node: dict[str, list[dict[str, Any]]] = {node.component_id: [] for node in nodes}
-        logins = account_logins(self.database)
-        for lease in lease_rows(self.database, nodes=list(by_node)):
+        rows = lease_rows(self.database, nodes=list(by_node))
+        logins = self._lease_logins(rows)
+        for lease in rows:
             brief = self._lease_json(lease, now, logins, components=False, reader=reader)
             for component_id, _, _ in lease.nodes:
                 if component_id in by_node:
@@ -276,11 +290,11 @@ class OmfInventory:
         status = params.get("status")
         if status is not None and status not in LEASE_STATUSES:
             raise BadArgs(f"status={status!r} is not a lease status; one of {', '.join(LEASE_STATUSES)}")
-        logins = account_logins(self.database)
         account_urn = params.get("account_urn")
         rows = lease_rows(self.database, slice_urn=account_urn, lease_id=params.get("uuid"))
         if account_urn is not None:
             rows = [row for row in rows if reader.sees(row.slice_urn)]  # whose leases they are is not for all
+        logins = self._lease_logins(rows)
         shown = self._shown_nodes(reader)
         found = []
         for row in rows:
@@ -297,11 +311,10 @@ class OmfInventory:
         ]
 
     def _accounts(self, params: Mapping[str, str], reader: Reader) -> list[dict[str, Any]]:
-        logins = account_logins(self.database)
+        rows = [row for row in lease_rows(self.database) if reader.sees(row.slice_urn)]
+        logins = self._lease_logins(rows)
         accounts: dict[str, dict[str, Any]] = {}
-        for row in lease_rows(self.database):
-            if not reader.sees(row.slice_urn):
-                continue
+        for row in rows:
             account = self._account(row, logins)
             entry = accounts.setdefault(
                 account.uuid,
@@ -312,6 +325,7 @@ class OmfInventory:
                     "urn": account.urn,
                     "type": "account",
                     "valid_until": format_time(row.slice_expires),
+                    **({"removed": True} if account.removed else {}),
                 },
             )
             entry["valid_until"] = max(entry["valid_until"], format_time(row.slice_expires))
@@ -321,15 +335,25 @@ class OmfInventory:
             if all(params.get(key) in (None, entry[key]) for key in ("name", "uuid", "urn"))
         ]
 
-    def _account(self, row: LeaseRow, logins: Mapping[str, str]) -> AccountView:
+    def _account_key(self, row: LeaseRow) -> str:
+        """Whose login a lease's account is: per user the booker's; per slice (and operator leases, booked by the
+        slice itself) the slice's."""
+        return row.slice_urn if self.account_policy == "per-slice" else row.owner_urn or row.slice_urn
+
+    def _lease_logins(self, rows: Sequence[LeaseRow]) -> LeaseLogins:
+        """The logins of the accounts of ``rows``, read for their keys only (none under the shared policy)."""
+        keys = () if self.account_policy == "shared" else {self._account_key(row) for row in rows}
+        return lease_logins(self.database, keys)
+
+    def _account(self, row: LeaseRow, logins: LeaseLogins) -> AccountView:
         if self.account_policy == "shared":
-            login = self.shared_login
-        else:
-            # Per user: the booker's login; per slice (and operator leases, booked by the slice itself): the
-            # slice's. Not mapped yet (allocated, never provisioned): the login the mapping rule will give.
-            key = row.slice_urn if self.account_policy == "per-slice" else row.owner_urn or row.slice_urn
-            login = logins.get(key) or derived_login(key)
-        return AccountView(login, row.slice_urn, account_uuid(row.slice_urn, login))
+            return AccountView(self.shared_login, row.slice_urn, account_uuid(row.slice_urn, self.shared_login))
+        # Not mapped yet (allocated, never provisioned): the login the mapping rule will give. A booker or slice the
+        # registry removed ("URN (removed TIME)"): the login the lease ran under, which the removal retired, never
+        # one derived from the marked text (a login that never existed) nor the next holder of the name's.
+        key = self._account_key(row)
+        login = logins.login_of(key)
+        return AccountView(login, row.slice_urn, account_uuid(row.slice_urn, login or ""), is_removed_mark(key))
 
     def _node_json(self, node: NodeRow, leases: list[dict[str, Any]]) -> dict[str, Any]:
         identifier = node_uuid(node)
@@ -354,7 +378,7 @@ class OmfInventory:
         self,
         row: LeaseRow,
         now: datetime,
-        logins: Mapping[str, str],
+        logins: LeaseLogins,
         components: bool,
         reader: Reader = EVERYTHING,
     ) -> dict[str, Any]:
@@ -371,7 +395,7 @@ class OmfInventory:
             "valid_from": format_time(row.start),
             "valid_until": format_time(row.end),
             "status": lease_status(row.state, row.start, row.end, now),
-            "account": {"uuid": account.uuid, "name": account.name, "urn": account.urn} if seen else None,
+            "account": account.json() if seen else None,
         }
         if components:
             lease["components"] = [
@@ -490,7 +514,7 @@ class OmfInventory:
 
     def _one_lease(self, lease_id: str) -> dict[str, Any]:
         rows = lease_rows(self.database, lease_id=lease_id)
-        lease = self._lease_json(rows[0], self.clock(), account_logins(self.database), components=True)
+        lease = self._lease_json(rows[0], self.clock(), self._lease_logins(rows[:1]), components=True)
         return {"resource_response": {"resource": lease, "about": "/resources/leases"}}
 
     def _lease_record(self, body: Mapping[str, Any]) -> LeaseRecord:
@@ -534,7 +558,7 @@ class OmfInventory:
             raise BadArgs(f"the account's slice URN is {len(slice_urn)} characters long; at most {MAX_SLICE_URN_CHARS}")
         if self.account_policy == "shared":
             return self.shared_login, slice_urn
-        mapped = account_logins(self.database).get(slice_urn)
+        mapped = mapped_login(self.database, slice_urn)
         if mapped is not None and named not in (None, mapped):
             raise BadArgs(
                 f"slice {slice_urn} uses the account {mapped!r} already, not {named!r}: post with account_attributes "
@@ -546,7 +570,7 @@ class OmfInventory:
         """The slice's account is the login the operator named, unless the slice is mapped already."""
         from sfa_omf.registry.accounts import Accounts  # the writer of the mapping table
 
-        if self.account_policy != "shared" and slice_urn not in account_logins(self.database):
+        if self.account_policy != "shared" and mapped_login(self.database, slice_urn) is None:
             Accounts(self.database, self.account_policy, self.shared_login).pin(slice_urn, login)
 
     def _components(self, components: Any) -> list[str]:
