@@ -346,8 +346,12 @@ class Aggregate:
         rspec: str,
         options: Mapping[str, Any],
         take_over: bool = False,
+        new_only: bool = False,
     ) -> _Allocated:
         """Allocate, answering also what it wrote: the leases it booked and the slice's users before it.
+
+        ``new_only`` (CreateSliver, GetTicket): a request that names only leases the slice holds (by their ids) is
+        refused (ALREADY_EXISTS) before anything is written; Allocate answers the slice's manifest instead.
 
         ``take_over`` (v2 CreateSliver): a requested lease that one of the slice's own allocations (allocated, never
         provisioned, still in its time) already is, with the same nodes, slivers and window, is not booked again but
@@ -398,14 +402,14 @@ class Aggregate:
             kept = reused_by_id.get(lease.existing_id or "")
             if kept is not None:
                 wanted += _added_to_kept_lease(kept, lease, request, components, containers, slice_urn)
-                if kept in leftovers:  # (v2 CreateSliver) the slice's allocation it names is provisioned with it
-                    leftovers.remove(kept)
-                    taken.append(kept)
-                continue
-            same = None
-            if leftovers:
-                grain_s = self._grain_s(components) if lease.start is None else 0
-                same = _matching_allocation(lease, request, components, containers, leftovers, grain_s)
+                # (v2 CreateSliver) the slice's allocation it names is provisioned with it. By id: the two reads
+                # may differ if a call changed it meanwhile; it is the same lease all the same.
+                same = next((allocation for allocation in leftovers if allocation.id == kept.id), None)
+            else:
+                same = None
+                if leftovers:
+                    grain_s = self._grain_s(components) if lease.start is None else 0
+                    same = _matching_allocation(lease, request, components, containers, leftovers, grain_s)
             if same is not None:
                 if same.end > verified.expires:
                     raise GeniError(
@@ -415,6 +419,8 @@ class Aggregate:
                     )
                 leftovers.remove(same)
                 taken.append(same)
+                continue
+            if kept is not None:
                 continue
             if lease.start is None:
                 # As soon as possible; with no time at all (from_now), from now itself when the nodes are free, and
@@ -450,12 +456,19 @@ class Aggregate:
         ]
         # Before anything is written: an unknown image books nothing (nor provisions a taken-over allocation).
         self._check_images([*wanted, *taken_images], verified.owner_urn)
+        if not wanted and not taken and new_only:
+            raise GeniError(
+                Reason.ALREADY_EXISTS,
+                f"the slice holds every lease this request names already ({', '.join(reused)}): this call books new "
+                "leases only; send the new leases alone (Renew changes a lease's end; DeleteSliver, then the request, "
+                "starts over)",
+            )
         if not wanted:  # every lease asked for is the slice's already: nothing to book
             users_before = None
             if users:  # as a booking would have: the users sent join the slice (Provision puts their keys in)
                 users_before = self._users_of(slice_urn)
                 self.slices.update_users(slice_urn, users)
-            return _Allocated(self._describe_slice(slice_urn, None), (), users_before, tuple(taken), tuple(reused))
+            return _Allocated(self._describe_slice(slice_urn, None), (), users_before, tuple(taken))
         users_before = self._users_of(slice_urn) if users else {}  # read only when there is something to put back
         try:
             result = self.bookings.book(
@@ -498,7 +511,7 @@ class Aggregate:
             }
             for conflict in result.refused
         ]
-        return _Allocated(answer, result.leases, users_before if users else None, tuple(taken), tuple(reused))
+        return _Allocated(answer, result.leases, users_before if users else None, tuple(taken))
 
     def _grain_s(self, components: Sequence[str]) -> int:
         """The slot length that fits the slots of all these nodes (as Availability.earliest_slot takes it)."""
@@ -544,16 +557,8 @@ class Aggregate:
         allocation the client never saw: the same call again takes it over and provisions it instead of clashing
         with it (``_allocate``'s ``take_over``). Taken over and not provisioned (the call fails), it stays as it was,
         to be taken over by the next try or released when its time to be provisioned is over."""
-        allocated = self._allocate(caller_chain, slice_urn, credentials, rspec, options, take_over=True)
+        allocated = self._allocate(caller_chain, slice_urn, credentials, rspec, options, take_over=True, new_only=True)
         booked = [sliver.urn for lease in (*allocated.leases, *allocated.taken) for sliver in lease.slivers]
-        if not booked:  # every lease named is one the slice holds, provisioned: there is nothing to create
-            self._undo_allocation(slice_urn, allocated)  # (the users it added)
-            raise GeniError(
-                Reason.ALREADY_EXISTS,
-                f"the slice holds every lease this request names already ({', '.join(allocated.kept)}): "
-                "CreateSliver creates new slivers only; send the new leases alone, or DeleteSliver first to start "
-                "over",
-            )
         try:
             self.provision(caller_chain, booked, credentials, options)
             return self._describe_slice(slice_urn, None)
@@ -620,7 +625,7 @@ class Aggregate:
         The slots are held until the allocation expires; Provision (v3) or CreateSliver (v2) makes them real."""
         if self.identity is None:
             raise GeniError(Reason.UNSUPPORTED, "this aggregate has no signing identity configured for tickets")
-        answer = self.allocate(caller_chain, slice_urn, credentials, rspec, options)
+        answer = self._allocate(caller_chain, slice_urn, credentials, rspec, options, new_only=True).answer
         booked = {s["geni_sliver_urn"] for s in answer["geni_slivers"] if s["geni_sliver_urn"]}
         slots = [
             TicketSlot(lease.id, sliver.node, sliver.urn, lease.start, lease.end)
@@ -628,11 +633,8 @@ class Aggregate:
             for sliver in lease.slivers
             if sliver.urn in booked and sliver.allocation_state == Allocation.ALLOCATED
         ]
-        if not slots:  # (a conflict is refused by Allocate: here every lease named is the slice's already)
-            raise GeniError(
-                Reason.ALREADY_EXISTS,
-                "the slice holds every lease this request names already: a ticket promises new bookings only",
-            )
+        if not slots:
+            raise GeniError(Reason.BOOKING_CONFLICT, "nothing could be booked, so there is nothing to promise")
         expires = min(
             sliver.expires
             for lease in self.bookings.leases(slice_urn=slice_urn)
@@ -1424,8 +1426,6 @@ class _Allocated:
     leases: tuple[LeaseRecord, ...]
     users_before: dict[str, list[str]] | None
     taken: tuple[LeaseRecord, ...] = ()  # the slice's allocations taken over (take_over), not booked by this call
-    #: The slice's leases the request named by their ids and kept as they were (``_reused_leases``).
-    kept: tuple[str, ...] = ()
 
 
 def _added_to_kept_lease(

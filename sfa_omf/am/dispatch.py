@@ -29,9 +29,9 @@ def _about(method: str, args: tuple[Any, ...]) -> str:
         return "-"
     first = args[0]
     if isinstance(first, list) and first and isinstance(first[0], str):
-        return first[0][:200]
+        return first[0]  # (shown_urn cuts a long one, saying so)
     if isinstance(first, str) and is_urn(first):
-        return first[:200]
+        return first
     return "-"
 
 

@@ -20,6 +20,8 @@ from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeSpec
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.times import format_time, utcnow
+from sfa_omf.trust.gid import load_gid_chain_file
+from sfa_omf.trust.pki import load_private_key_file
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from tests.am.test_unit_of_work import FaultInjectingTestbed, snapshot
 from tests.calendar.conftest import fresh_database, node_urn
@@ -301,3 +303,30 @@ def test_create_sliver_of_leases_the_slice_holds_already_is_refused_and_writes_n
     assert answer["code"]["geni_code"] == 17, answer  # ALREADYEXISTS
     assert kept.id in answer["output"] and "new leases alone" in answer["output"]
     assert snapshot(aggregate, pki.slice_urn) == before, "not even the users sent"
+
+
+def test_get_ticket_of_leases_the_slice_holds_already_is_refused_and_writes_nothing(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """A ticket promises new bookings: naming only the slice's own lease books nothing, so it is refused (17)
+    before the users sent join the slice."""
+    aggregate.identity = (
+        load_private_key_file(str(pki.directory / "aggregate" / "am.pkey")),
+        load_gid_chain_file(str(pki.directory / "aggregate" / "am.gid")),
+    )
+    kept = first_lease(aggregate, pki)
+    before = snapshot(aggregate, pki.slice_urn)
+    alice = pki.users["alice"]
+    bob = users_option(pki, "bob")["geni_users"]
+    params: tuple[Any, ...] = (
+        pki.slice_urn,
+        [alice.slice_cred],
+        request(ol_lease(kept.id, slot(2), by_id=True), ol_node("n1", kept.id)),
+        bob,
+        {},
+    )
+
+    answer = ApiV2(aggregate)(CallContext(alice.chain, "127.0.0.1", "/am2"), "GetTicket", params)
+
+    assert answer["code"]["geni_code"] == 17, answer  # ALREADYEXISTS
+    assert snapshot(aggregate, pki.slice_urn) == before, "bob did not join the slice"

@@ -87,6 +87,28 @@ def test_allocate_records_the_containers_planned_and_delete_forgets_them(site: S
     assert site.store.uses("tools", site.clock()) == []
 
 
+def test_containers_on_a_node_a_kept_lease_holds_are_refused(site: Site, pki: DemoPki) -> None:
+    """The manifest sent back naming its lease by id, its node now asking for containers: they are planned when a
+    node is booked, and this one is not booked again, so the request is refused (1) and nothing is planned."""
+    client = site.alice(pki)
+    slice_cred = [cred(pki.users["alice"].slice_cred)]
+    ok(client.Allocate(pki.slice_urn, slice_cred, request('<sliver_type name="raw-pc"/>'), {}))
+    (lease,) = site.aggregate.bookings.leases(slice_urn=pki.slice_urn)
+    again = (
+        f'<rspec type="request" xmlns="http://www.geni.net/resources/rspec/3" xmlns:ol="{OL}" '
+        'xmlns:inst="http://sfa-omf.org/rspec/ext/instances/1">'
+        f'<ol:lease id="{lease.id}" valid_from="{format_time(lease.start)}" valid_until="{format_time(lease.end)}"/>'
+        f'<node client_id="n1" component_id="{lease.nodes[0]}" exclusive="true">{TWO}'
+        f'<ol:lease_ref id_ref="{lease.id}"/></node></rspec>'
+    )
+
+    answer = client.Allocate(pki.slice_urn, slice_cred, again, {})
+
+    assert answer["code"]["geni_code"] == GeniCode.BADARGS, answer
+    assert f"asks for containers in lease {lease.id}" in answer["output"]
+    assert site.instances.listing() == [] and site.aggregate.bookings.leases(slice_urn=pki.slice_urn) == [lease]
+
+
 @pytest.mark.parametrize("dialect", list(Dialect))
 def test_the_count_encoding_is_plain_geni_v3_and_round_trips_in_every_dialect(dialect: Dialect) -> None:
     now = utcnow()
