@@ -428,9 +428,10 @@ def _forget_agent_names(settings: Settings, database: Database, hostname: str) -
         with agents.testbed_lock() as exclusive:
             exclusive()
             zones.publish([NodeName(*row) for row in agents.names()])
-    except GeniError as exc:
+    except (GeniError, OSError) as exc:  # (a zone file that cannot be written: a full or read-only disk)
+        why = exc.message if isinstance(exc, GeniError) else os_error_text(exc)
         print(
-            f"warning: {hostname} is still in the DNS zone {settings.agent_dns_zone}: {exc.message}; the next "
+            f"warning: {hostname} is still in the DNS zone {settings.agent_dns_zone}: {why}; the next "
             "registration of any node rewrites the zone without it",
             file=sys.stderr,
         )

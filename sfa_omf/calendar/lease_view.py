@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.external import EXTERNAL_STATE
-from sfa_omf.calendar.models import AccountMapping, Lease, Node, Slice, Sliver
+from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
 from sfa_omf.calendar.queries import from_s
 
 
@@ -110,9 +110,3 @@ def lease_rows(
         )
         for lease, values in leases.items()
     ]
-
-
-def account_logins(database: Database) -> dict[str, str]:
-    """The stored URN -> local login mapping (registry/accounts.py writes it)."""
-    with database.read() as session:
-        return {urn: login for urn, login in session.execute(select(AccountMapping.urn, AccountMapping.login))}

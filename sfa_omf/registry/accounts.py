@@ -119,8 +119,11 @@ def _earlier_holders(session: Session, urn: str) -> int:
 
 
 #: What records.py writes in place of a removed user's or slice's URN: "URN (removed TIME)", a renamed slice whose
-#: name was taken already "URN (removed TIME #2)"; the URN cut to fit the column when it is long.
-_REMOVED_MARK = re.compile(r"^(?P<urn>.*) \(removed (?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)(?: #\d+)?\)$", re.DOTALL)
+#: name was taken already "URN (removed TIME #2)"; the URN cut to fit the column when it is long. Migration 0024
+#: wrote "URN (removed before TIME)" for what it found left by earlier removals: the login is the newest retired then.
+_REMOVED_MARK = re.compile(
+    r"^(?P<urn>.*) \(removed (?:before )?(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)(?: #\d+)?\)$", re.DOTALL
+)
 
 
 def removed_mark_parts(owner: str) -> tuple[str, datetime] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,8 @@ from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain, load_gid_chain_file
 from sfa_omf.xrn import hrn_to_urn, is_authority_for, parse_urn, split_hrn
+
+log = logging.getLogger("sfa_omf.registry")
 
 #: What the registry_record columns hold (calendar/models.py); a name or address over these is refused up front.
 MAX_URN_CHARS = 300
@@ -155,10 +158,12 @@ def _rename_slice(session: Session, slice_urn: str, removed: datetime) -> None:
     while session.scalar(select(Slice.id).where(Slice.urn == removed_as)) is not None:
         number += 1
         removed_as = _removed_mark(slice_urn, f" (removed {format_time(removed)} #{number})")  # "URN (... #2)"
-    session.execute(update(Slice).where(Slice.id == slice_id).values(urn=removed_as))
+    # The leases before the slice, the order in which a Renew or a Provision locks them (lease, then slice): the
+    # other order deadlocked with a Renew of an operator lease that wrote the slice's expiry.
     session.execute(
         update(Lease).where(Lease.slice_id == slice_id, Lease.owner_urn == slice_urn).values(owner_urn=removed_as)
     )
+    session.execute(update(Slice).where(Slice.id == slice_id).values(urn=removed_as))
 
 
 def _rename_slice_left_after_removal(session: Session, slice_urn: str) -> None:
@@ -346,6 +351,14 @@ class Records:
                 continue
             chain = load_gid_chain_file(os.path.join(gids_dir, name))
             leaf = chain[0]
+            if leaf.name_problem is not None:  # issued before names were checked (a blank in a slice's name)
+                log.warning(
+                    "%s is not recorded: the name it gives is refused (%s); remove it, and its record if any "
+                    "(sfa-omf user/slice remove), and register the name again without it",
+                    os.path.join(gids_dir, name),
+                    leaf.name_problem,
+                )
+                continue
             kind = leaf.type or "user"
             members = tuple((researchers or {}).get(leaf.hrn, ())) if kind == "slice" else ()
             self.add(Record(leaf.hrn, kind, leaf.urn or "", chain_pem(chain), leaf.email or "", (), members))

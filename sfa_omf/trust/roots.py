@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -25,6 +26,8 @@ from sfa_omf.errors import BadArgs, Reason, TrustError
 from sfa_omf.times import format_time
 from sfa_omf.trust.gid import Gid, GidChain, keep_verified, load_gid_chain
 from sfa_omf.xrn import is_authority_for
+
+log = logging.getLogger("sfa_omf.trust")
 
 ROOT_SUFFIXES = (".gid", ".cert", ".pem", ".crt")
 
@@ -84,10 +87,17 @@ def _root_files(directory: str) -> list[tuple[str, Gid]]:
         path = os.path.join(directory, name)
         with open(path, "rb") as handle:
             chain = load_gid_chain(handle.read())
-        try:  # a root whose URN cannot be a name is trusted to name no one (the directory is refused, as when unread)
-            chain[0].check_urn_characters("move it out of trusted_roots/ (or ask its authority for one without it)")
-        except TrustError as exc:
-            raise TrustError(exc.reason, f"trusted root {path}: {exc.message}") from exc
+        problem = chain[0].name_problem
+        if problem is not None:
+            # Not trusted, and said (logged at every reading): its name would reach every message of what it vouches
+            # for. The others are: a site whose peer root was dropped in by hand before this rule still starts.
+            log.warning(
+                "trusted root %s is not trusted: the name its certificate gives is refused (%s); move it out of "
+                "trusted_roots/ (or ask its authority for one without it)",
+                path,
+                problem,
+            )
+            continue
         found.append((path, chain[0]))
     return found
 

@@ -197,6 +197,8 @@ def test_the_mark_reads_back_as_the_urn_and_time_it_was_made_of() -> None:
     cut, when = removed_mark_parts(removed_holder(long_urn, removed)) or ("", None)
     assert long_urn.startswith(cut) and len(cut) < len(long_urn) and when == removed
     assert removed_mark_parts(ANN) is None
+    # Migration 0024's marks of what earlier removals left: the login is the newest retired by then.
+    assert removed_mark_parts(f"{ANN} (removed before {format_time(removed)})") == (ANN, removed)
 
 
 def operator_lease(lab: Lab, node_name: str, login: str) -> None:
