@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfa_omf.cli_common import command_database, command_settings
@@ -270,6 +271,16 @@ class VpnRevocationLeft(Exception):
         self.message = " ".join(message.split())
 
 
+class VpnFilesNotRewritten(Exception):
+    """A removed node had no VPN certificate to revoke, but this host's VPN files (its CRL), out of line with the
+    cluster's records, could not be rewritten: ``message`` says so and why (a warning: nothing of the node is left,
+    the CRL lacks other nodes' revocations)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = " ".join(message.split())
+
+
 def os_error_text(exc: OSError) -> str:
     """An OSError as every ``sfa-omf`` error says one (cli._failure): ``path: strerror``."""
     return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
@@ -277,15 +288,19 @@ def os_error_text(exc: OSError) -> str:
 
 def revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
     """Revoke the VPN certificate issued to a node that was just removed; False when it had none (or no VPN).
-    VpnRevocationLeft when it is not done, or is recorded for the cluster but this host's CRL is not written."""
+    VpnRevocationLeft when it is not done, or is recorded for the cluster but this host's CRL is not written;
+    VpnFilesNotRewritten when it had none but this host's CRL could not be brought in line with the records."""
     try:
         return _revoke_vpn_of_removed_node(settings, hostname)
     except (GeniError, OSError) as exc:  # (VpnRevocationLeft is neither: it goes as it is)
-        cause = os_error_text(exc) if isinstance(exc, OSError) else exc.message
         raise VpnRevocationLeft(
-            f"its VPN certificate is not revoked (it still opens {hostname}'s tunnel): {cause}; once that is fixed, "
-            f"run `sfa-omf node vpn-revoke {hostname}`"
+            f"its VPN certificate is not revoked (it still opens {hostname}'s tunnel): {_error_text(exc)}; once that "
+            f"is fixed, run `sfa-omf node vpn-revoke {hostname}`"
         ) from exc
+
+
+def _error_text(exc: GeniError | OSError) -> str:
+    return os_error_text(exc) if isinstance(exc, OSError) else exc.message
 
 
 def _revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
@@ -309,28 +324,45 @@ def _revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
     # written at once.
     from sfa_omf.calendar.vpn_records import VpnRecords
 
+    records = VpnRecords(database)
     if os.path.exists(os.path.join(directory, "ca.pem")):
         try:
             ca = cluster_vpn_ca(settings)
         except VpnCaMismatch:
             ca = None  # this host's CA is not the cluster's (its serve refuses to start): the records alone
+        except (GeniError, OSError) as exc:
+            # Its set-up writes this host's files from the records (a CRL out of date, not writable): the records
+            # take the revocation all the same, as they do for any host.
+            raise _crl_not_written(records, directory, hostname, records.revoke_current(hostname), exc) from exc
         if ca is not None:
             # VpnCa.revoke_node's two steps, told apart: once the revocation is committed, a failure to write this
             # host's CRL leaves the node revoked for the cluster (every serving host's refresh writes it).
-            revoked = ca.records.revoke_current(hostname) is not None
+            serial = ca.records.revoke_current(hostname)
             try:
                 ca.refresh()
             except (GeniError, OSError) as exc:
-                if not revoked:
-                    raise
-                cause = os_error_text(exc) if isinstance(exc, OSError) else exc.message
-                raise VpnRevocationLeft(
-                    f"its VPN certificate's revocation is recorded for the cluster; this host's CRL file not "
-                    f"rewritten: {cause}; the server's next refresh rewrites it, or run `sfa-omf node vpn-revoke "
-                    f"{hostname}` once fixed"
-                ) from exc
-            return revoked
-    return VpnRecords(database).revoke_current(hostname) is not None
+                raise _crl_not_written(records, directory, hostname, serial, exc) from exc
+            return serial is not None
+    return records.revoke_current(hostname) is not None
+
+
+def _crl_not_written(
+    records: Any, directory: str, hostname: str, serial: int | None, exc: GeniError | OSError
+) -> VpnRevocationLeft | VpnFilesNotRewritten:
+    """What to say when this host's CRL could not be written from the records, the node's current certificate
+    (``serial``, None when the records hold none) being revoked there: left to do when the node has a revocation
+    this CRL lacks (this one, or one recorded on another host), else a warning (the node had no certificate)."""
+    cause = _error_text(exc)
+    if serial is not None or not _listed_in_crl(Path(directory) / "crl.pem", _revocations_of(records, hostname)):
+        return VpnRevocationLeft(
+            f"its VPN certificate's revocation is recorded for the cluster; this host's CRL file not rewritten: "
+            f"{cause}; the server's next refresh rewrites it, or run `sfa-omf node vpn-revoke {hostname}` once fixed"
+        )
+    return VpnFilesNotRewritten(
+        f"{hostname} had no VPN certificate to revoke, but this host's VPN files (its CRL) are not in line with the "
+        f"cluster's records and could not be rewritten: {cause}; once that is fixed, the server's next refresh "
+        "rewrites them"
+    )
 
 
 def cluster_vpn_ca(settings: Any) -> Any:
@@ -379,19 +411,32 @@ def _revocation_in_crl(ca: Any, hostname: str) -> bool:
     was)."""
     if ca.records is None:
         return False
-    from cryptography import x509
+    serials = _revocations_of(ca.records, hostname)
+    return bool(serials) and _listed_in_crl(ca.directory / "crl.pem", serials)
+
+
+def _revocations_of(records: Any, hostname: str) -> list[int]:
+    """The serials of the certificates issued to ``hostname`` that the cluster's records hold revoked."""
     from sqlalchemy import select
 
     from sfa_omf.calendar.models import VpnRevoked
 
-    with ca.records.database.read() as session:
-        serials = [
+    with records.database.read() as session:
+        return [
             int(serial) for serial in session.scalars(select(VpnRevoked.serial).where(VpnRevoked.hostname == hostname))
         ]
-    crl_path = ca.directory / "crl.pem"
-    if not serials or not crl_path.exists():
+
+
+def _listed_in_crl(crl_path: Path, serials: list[int]) -> bool:
+    """Whether the CRL file at ``crl_path`` lists each of ``serials`` (False when it is missing or unreadable)."""
+    from cryptography import x509
+
+    if not serials:
+        return True
+    try:
+        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    except (OSError, ValueError):
         return False
-    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
     return all(crl.get_revoked_certificate_by_serial_number(serial) is not None for serial in serials)
 
 

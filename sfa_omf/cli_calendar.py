@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfa_omf.calendar.records import NODE_STATES  # plain data: building the parser needs no database layer
 from sfa_omf.cli_agents import (
+    VpnFilesNotRewritten,
     VpnRevocationLeft,
     add_node_agent_commands,
     oar_agent_nodes,
@@ -388,6 +389,8 @@ def _node_remove(args: argparse.Namespace) -> int:
                 print(f"revoked the VPN certificate of {name}")
         except VpnRevocationLeft as exc:
             left.append(exc.message)
+        except VpnFilesNotRewritten as exc:  # nothing of the node left: the host's CRL lacks others' revocations
+            print(f"warning: {exc.message}", file=sys.stderr)
     if node.hardware_type == AGENT_HARDWARE_TYPE:  # and so do its DNS names and its staged files
         _forget_agent_names(settings, database, name)
         try:

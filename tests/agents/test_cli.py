@@ -253,3 +253,101 @@ def test_a_node_whose_staged_files_cannot_be_deleted_is_removed_but_for_them_wit
             subprocess.run(["chattr", "-i", str(staged)], check=True)
         else:
             staged.parent.chmod(0o700)
+
+
+def test_a_node_without_a_vpn_certificate_is_removed_when_this_hosts_crl_cannot_be_written_with_a_warning(
+    lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On PostgreSQL another host revoked pc8 in the cluster's records, and this host's CRL, out of date, cannot be
+    written (a directory in the way of its temporary copy). Removing pc7, which never had a certificate, used to say
+    "its VPN certificate is not revoked (it still opens pc7's tunnel)" and exit 2, naming `node vpn-revoke pc7`,
+    which then said pc7 has no certificate. Now the node is removed (exit 0) with a warning that this host's CRL is
+    not in line with the records. On SQLite (files only: each revocation writes the CRL) nothing is said."""
+    from cryptography import x509
+
+    from sfa_omf.cli_agents import cluster_vpn_ca
+    from sfa_omf.trust.pki import new_private_key
+
+    pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7")
+    vpn = lab.directory / "vpn"
+    ca = cluster_vpn_ca(lab.settings)
+    certificate, _ = ca.issue("pc8", 8, new_private_key().public_key())
+    (vpn / "crl.pem.tmp").mkdir()  # the fault, before the revocation: the server's refresh cannot write it either
+    if ca.records is not None:
+        ca.records.revoke_current("pc8")  # on another host: this host's CRL not rewritten yet
+    capsys.readouterr()
+
+    code = main(["node", "remove", pc7.node, "--config", lab.settings_path])
+
+    out, err = capsys.readouterr()
+    assert lab.aggregate.inventory.list_nodes() == []
+    assert code == 0, (out, err)
+    assert "not revoked" not in err and "tunnel" not in err and "vpn-revoke" not in err, err
+    if lab.aggregate.database.is_sqlite:
+        assert err == "", err
+        return
+    cause = f"{vpn / 'crl.pem.tmp'}: Is a directory"
+    assert (
+        "warning: pc7 had no VPN certificate to revoke, but this host's VPN files (its CRL) are not in line with the "
+        f"cluster's records and could not be rewritten: {cause}; once that is fixed, the server's next refresh "
+        "rewrites them"
+    ) in err, err
+    (vpn / "crl.pem.tmp").rmdir()  # the cause fixed: a refresh (as the server's) writes pc8's revocation
+    cluster_vpn_ca(lab.settings).refresh()
+    crl = x509.load_pem_x509_crl((vpn / "crl.pem").read_bytes())
+    serial = x509.load_pem_x509_certificate(certificate.encode("ascii")).serial_number
+    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+@pytest.mark.parametrize("lab", ["postgresql"], indirect=True)  # (SQLite has no cluster records: see the test above)
+def test_a_nodes_vpn_revocation_is_recorded_for_the_cluster_when_this_hosts_crl_is_out_of_date_and_unwritable(
+    lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL: this host's CRL is out of date (another host revoked pc8 in the cluster's records) and cannot be
+    written, so the CA's set-up (which writes the files from the records) fails. Removing pc7, which has a
+    certificate, used to leave its revocation unrecorded ("not revoked"): now the records take it, the command says
+    only this host's CRL is left, and `node vpn-revoke pc7` then finds it done. pc9, revoked on another host before
+    its removal here, is said the same way (its revocation is not in this host's CRL), not as having none."""
+    from cryptography import x509
+
+    from sfa_omf.calendar.agents import Agents
+    from sfa_omf.cli_agents import cluster_vpn_ca
+    from sfa_omf.trust.pki import new_private_key
+
+    agents = Agents(lab.aggregate.database)
+    pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7")
+    pc9 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a9"), "pc9")
+    vpn = lab.directory / "vpn"
+    ca = cluster_vpn_ca(lab.settings)
+    assert ca.records is not None
+    serials: dict[str, int] = {}
+    for name, node in (("pc7", pc7.node), ("pc9", pc9.node)):
+        certificate, _ = ca.issue(name, agents.node_number(node), new_private_key().public_key())
+        serials[name] = x509.load_pem_x509_certificate(certificate.encode("ascii")).serial_number
+    ca.issue("pc8", 8, new_private_key().public_key())
+    (vpn / "crl.pem.tmp").mkdir()  # the fault, before the revocations: the server's refresh cannot write it either
+    ca.records.revoke_current("pc8")  # on other hosts: this host's CRL not rewritten
+    ca.records.revoke_current("pc9")
+    capsys.readouterr()
+
+    for name, node in (("pc7", pc7.node), ("pc9", pc9.node)):
+        code = main(["node", "remove", node, "--config", lab.settings_path])
+
+        out, err = capsys.readouterr()
+        assert code == 2, (out, err)
+        cause = f"{vpn / 'crl.pem.tmp'}: Is a directory"
+        assert (
+            f"{node} is removed but for what follows: its VPN certificate's revocation is recorded for the cluster; "
+            f"this host's CRL file not rewritten: {cause}; the server's next refresh rewrites it, or run `sfa-omf "
+            f"node vpn-revoke {name}` once fixed"
+        ) in err, err
+        assert "not revoked" not in err, err
+    state = ca.records.state()
+    assert {serials["pc7"], serials["pc9"]} <= state.revoked
+    assert [issued.hostname for issued in state.issued] == []
+
+    (vpn / "crl.pem.tmp").rmdir()  # the cause fixed: what the command said to run
+    assert main(["node", "vpn-revoke", "pc7", "--config", lab.settings_path]) == 0, capsys.readouterr().err
+    assert f"the VPN certificate of pc7 is already revoked; CRL written ({vpn / 'crl.pem'})" in capsys.readouterr().out
+    crl = x509.load_pem_x509_crl((vpn / "crl.pem").read_bytes())
+    assert all(crl.get_revoked_certificate_by_serial_number(serial) is not None for serial in serials.values())
