@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 # what it needs (benchmarks/cli_startup.py measures it).
 from sfa_omf.cli_agents import add_agent_commands
 from sfa_omf.cli_calendar import add_calendar_commands
+from sfa_omf.cli_common import os_error_text
 from sfa_omf.cli_config import add_config_commands
 from sfa_omf.cli_images import add_image_commands
 from sfa_omf.cli_notify import add_notify_commands
@@ -71,7 +72,7 @@ def _failure(exc: Exception) -> tuple[int, str] | None:
     if isinstance(exc, AuthorityError | ValueError):
         return 2, str(exc)
     if isinstance(exc, OSError):
-        return 2, f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+        return 2, os_error_text(exc)
     return None
 
 

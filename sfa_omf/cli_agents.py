@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sfa_omf.cli_common import command_database, command_settings
+from sfa_omf.cli_common import command_database, command_settings, error_text
 from sfa_omf.errors import BadArgs, GeniError
 from sfa_omf.times import format_time
 
@@ -262,28 +262,23 @@ def oar_agent_nodes(settings: Any) -> OarAgentNodes | None:
     return OarAgentNodes(client)
 
 
-class VpnRevocationLeft(Exception):
+class _VpnRemovalNote(Exception):
+    """What a node's removal says of its VPN access: ``message``, one line for the operator."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = " ".join(message.split())
+
+
+class VpnRevocationLeft(_VpnRemovalNote):
     """A removed node's VPN revocation not done, or done but not in this host's CRL: ``message`` says which, its
-    cause and what finishes it (one line, for the operator)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = " ".join(message.split())
+    cause and what finishes it."""
 
 
-class VpnFilesNotRewritten(Exception):
+class VpnFilesNotRewritten(_VpnRemovalNote):
     """A removed node had no VPN certificate to revoke, but this host's VPN files (its CRL), out of line with the
-    cluster's records, could not be rewritten: ``message`` says so and why (a warning: nothing of the node is left,
-    the CRL lacks other nodes' revocations)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = " ".join(message.split())
-
-
-def os_error_text(exc: OSError) -> str:
-    """An OSError as every ``sfa-omf`` error says one (cli._failure): ``path: strerror``."""
-    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+    cluster's records, could not be rewritten: a warning, nothing of the node is left (the CRL lacks other nodes'
+    revocations)."""
 
 
 def revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
@@ -294,13 +289,9 @@ def revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
         return _revoke_vpn_of_removed_node(settings, hostname)
     except (GeniError, OSError) as exc:  # (VpnRevocationLeft is neither: it goes as it is)
         raise VpnRevocationLeft(
-            f"its VPN certificate is not revoked (it still opens {hostname}'s tunnel): {_error_text(exc)}; once that "
+            f"its VPN certificate is not revoked (it still opens {hostname}'s tunnel): {error_text(exc)}; once that "
             f"is fixed, run `sfa-omf node vpn-revoke {hostname}`"
         ) from exc
-
-
-def _error_text(exc: GeniError | OSError) -> str:
-    return os_error_text(exc) if isinstance(exc, OSError) else exc.message
 
 
 def _revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
@@ -352,7 +343,7 @@ def _crl_not_written(
     """What to say when this host's CRL could not be written from the records, the node's current certificate
     (``serial``, None when the records hold none) being revoked there: left to do when the node has a revocation
     this CRL lacks (this one, or one recorded on another host), else a warning (the node had no certificate)."""
-    cause = _error_text(exc)
+    cause = error_text(exc)
     if serial is not None or not _listed_in_crl(Path(directory) / "crl.pem", _revocations_of(records, hostname)):
         return VpnRevocationLeft(
             f"its VPN certificate's revocation is recorded for the cluster; this host's CRL file not rewritten: "

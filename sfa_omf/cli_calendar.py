@@ -22,10 +22,16 @@ from sfa_omf.cli_agents import (
     VpnRevocationLeft,
     add_node_agent_commands,
     oar_agent_nodes,
-    os_error_text,
     revoke_vpn_of_removed_node,
 )
-from sfa_omf.cli_common import command_database, command_group, command_settings, print_table
+from sfa_omf.cli_common import (
+    command_database,
+    command_group,
+    command_settings,
+    error_text,
+    os_error_text,
+    print_table,
+)
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs, GeniError, Reason
 
@@ -387,10 +393,10 @@ def _node_remove(args: argparse.Namespace) -> int:
         try:
             if revoke_vpn_of_removed_node(settings, name):
                 print(f"revoked the VPN certificate of {name}")
-        except VpnRevocationLeft as exc:
-            left.append(exc.message)
         except VpnFilesNotRewritten as exc:  # nothing of the node left: the host's CRL lacks others' revocations
             print(f"warning: {exc.message}", file=sys.stderr)
+        except VpnRevocationLeft as exc:
+            left.append(exc.message)
     if node.hardware_type == AGENT_HARDWARE_TYPE:  # and so do its DNS names and its staged files
         _forget_agent_names(settings, database, name)
         try:
@@ -432,9 +438,8 @@ def _forget_agent_names(settings: Settings, database: Database, hostname: str) -
             exclusive()
             zones.publish([NodeName(*row) for row in agents.names()])
     except (GeniError, OSError) as exc:  # (a zone file that cannot be written: a full or read-only disk)
-        why = exc.message if isinstance(exc, GeniError) else os_error_text(exc)
         print(
-            f"warning: {hostname} is still in the DNS zone {settings.agent_dns_zone}: {why}; the next "
+            f"warning: {hostname} is still in the DNS zone {settings.agent_dns_zone}: {error_text(exc)}; the next "
             "registration of any node rewrites the zone without it",
             file=sys.stderr,
         )

@@ -1,4 +1,4 @@
-"""What the operator commands share: finding the configuration file, command groups."""
+"""What the operator commands share: finding the configuration file, command groups, error texts."""
 
 from __future__ import annotations
 
@@ -9,10 +9,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sfa_omf.config import CONFIG_FILE_NAME, WARNING_KINDS, LoadedConfig, Settings, load_config, usable_settings
-from sfa_omf.errors import BadArgs
+from sfa_omf.errors import BadArgs, GeniError
 
 if TYPE_CHECKING:
     from sfa_omf.calendar.database import Database
+
+
+def os_error_text(exc: OSError) -> str:
+    """An OSError as every ``sfa-omf`` error says one: ``path: strerror``."""
+    return f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+
+
+def error_text(exc: GeniError | OSError) -> str:
+    """What a refusal or a file's failure says, for a line of a command's output."""
+    return os_error_text(exc) if isinstance(exc, OSError) else exc.message
 
 
 def command_group(commands: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:  # type: ignore[type-arg]

@@ -393,18 +393,20 @@ class Aggregate:
         if containers and self.instances is not None and self.instances.plans is not None:
             check_one_node_per_lease(request, containers)
         wanted: list[BookingRequest] = []
-        leftovers = self._leftover_allocations(slice_urn, now) if take_over else []
+        named_ids = {lease.existing_id for lease in request.leases if lease.existing_id}
+        # The slice's leases, read once, only when the request names some by id or a CreateSliver may take some over.
+        held = self.bookings.leases(slice_urn=slice_urn) if take_over or named_ids else []
+        leftovers = _leftover_allocations(held, now) if take_over else []
         taken: list[LeaseRecord] = []
-        reused_by_id = self._reused_leases(slice_urn, request, now)
-        reused = sorted(lease.existing_id for lease in request.leases if lease.existing_id in reused_by_id)
+        reused_by_id = _reused_leases(held, named_ids, now)
+        reused = sorted(reused_by_id)
         for lease in request.leases:
             components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]
             kept = reused_by_id.get(lease.existing_id or "")
             if kept is not None:
                 wanted += _added_to_kept_lease(kept, lease, request, components, containers, slice_urn)
-                # (v2 CreateSliver) the slice's allocation it names is provisioned with it. By id: the two reads
-                # may differ if a call changed it meanwhile; it is the same lease all the same.
-                same = next((allocation for allocation in leftovers if allocation.id == kept.id), None)
+                # (v2 CreateSliver) the slice's allocation it names is provisioned with it.
+                same = kept if kept in leftovers else None
             else:
                 same = None
                 if leftovers:
@@ -517,32 +519,6 @@ class Aggregate:
         """The slot length that fits the slots of all these nodes (as Availability.earliest_slot takes it)."""
         grains = [max(node.grain_s, 1) for node in self.inventory.list_nodes(component_ids=set(components))]
         return math.lcm(*grains) if grains else max(self.policy.default_grain_s, 1)
-
-    def _reused_leases(self, slice_urn: str, request: Request, now: datetime) -> dict[str, LeaseRecord]:
-        """The slice's current leases the request names by the id the aggregate gave them (an ol:lease id seen in a
-        manifest, sent back with the request), by id. An id that names no current lease of the slice (another
-        slice's, one that ended, an allocation not provisioned in time, which the calendar is releasing, or a
-        client's own label that looks like one) is only a label: that lease is booked. Read only when the request
-        names any."""
-        ids = {lease.existing_id for lease in request.leases if lease.existing_id}
-        if not ids:
-            return {}
-        return {
-            lease.id: lease
-            for lease in self.bookings.leases(slice_urn=slice_urn)
-            if lease.id in ids and lease.end > now and not _allocation_lapsed(lease, now)
-        }
-
-    def _leftover_allocations(self, slice_urn: str, now: datetime) -> list[LeaseRecord]:
-        """The slice's allocations that a v2 CreateSliver may take over: allocated, never provisioned (every sliver
-        still geni_allocated) and still in their time to be provisioned."""
-        return [
-            lease
-            for lease in self.bookings.leases(slice_urn=slice_urn)
-            if lease.state == "allocated"
-            and all(sliver.allocation_state == Allocation.ALLOCATED for sliver in lease.slivers)
-            and not _allocation_lapsed(lease, now)
-        ]
 
     # -- CreateSliver (AM API v2) ---------------------------------------------------------------------------------
     def create_sliver(
@@ -1426,6 +1402,30 @@ class _Allocated:
     leases: tuple[LeaseRecord, ...]
     users_before: dict[str, list[str]] | None
     taken: tuple[LeaseRecord, ...] = ()  # the slice's allocations taken over (take_over), not booked by this call
+
+
+def _reused_leases(held: Sequence[LeaseRecord], named_ids: set[str], now: datetime) -> dict[str, LeaseRecord]:
+    """The slice's current leases (of ``held``) the request names by the id the aggregate gave them (an ol:lease id
+    seen in a manifest, sent back with the request), by id. An id that names no current lease of the slice (another
+    slice's, one that ended, an allocation not provisioned in time, which the calendar is releasing, or a client's
+    own label that looks like one) is only a label: that lease is booked."""
+    return {
+        lease.id: lease
+        for lease in held
+        if lease.id in named_ids and lease.end > now and not _allocation_lapsed(lease, now)
+    }
+
+
+def _leftover_allocations(held: Sequence[LeaseRecord], now: datetime) -> list[LeaseRecord]:
+    """The slice's allocations (of ``held``) that a v2 CreateSliver may take over: allocated, never provisioned
+    (every sliver still geni_allocated) and still in their time to be provisioned."""
+    return [
+        lease
+        for lease in held
+        if lease.state == "allocated"
+        and all(sliver.allocation_state == Allocation.ALLOCATED for sliver in lease.slivers)
+        and not _allocation_lapsed(lease, now)
+    ]
 
 
 def _added_to_kept_lease(

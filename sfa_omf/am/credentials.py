@@ -52,9 +52,8 @@ def split_credentials(credentials: Any) -> CallCredentials:
             elif kind in ABAC_TYPES:
                 speaks_for.append(value)
             else:
-                shown = repr(item.get("geni_type"))  # the caller's text, cut: a refusal never echoes megabytes
-                shown = shown if len(shown) <= 80 else shown[:77] + "..."
-                raise BadArgs(f"credential type {shown} is not supported (geni_sfa, geni_abac are)")
+                shown = str(item.get("geni_type"))[:80]  # a refusal never echoes megabytes
+                raise BadArgs(f"credential type {shown!r} is not supported (geni_sfa, geni_abac are)")
         else:
             raise BadArgs(f"a credential is a {type(item).__name__}; expected a string or a struct")
     return CallCredentials(tuple(privilege), tuple(speaks_for))

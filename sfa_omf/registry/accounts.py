@@ -18,7 +18,7 @@ in their own account, and their slices' keys are withdrawn from it). The next ho
 from the URN and the number of holders before them (``holder``): a login of their own, the same on every call.
 Users of other authorities are never removed here: their logins are derived as before (holder 0).
 
-What the removed holder booked names them "URN (removed TIME)" from then on (records.py removed_holder; a removed
+What the removed holder booked names them "URN (removed TIME)" from then on (registry/removed_marks.py; a removed
 slice is renamed so too). The login such a lease ran under is the one the removal retired (``LeaseLogins``), never
 one derived from the marked text.
 """
@@ -38,7 +38,7 @@ from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.models import AccountMapping, RegistryRecord, RetiredLogin
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.errors import BadArgs
-from sfa_omf.times import parse_time
+from sfa_omf.registry.removed_marks import is_removed_mark, may_be_cut, removed_mark_parts
 from sfa_omf.xrn import parse_urn
 
 MAX_LOGIN = 32
@@ -118,29 +118,6 @@ def _earlier_holders(session: Session, urn: str) -> int:
     return int(session.scalar(select(func.count()).select_from(RetiredLogin).where(RetiredLogin.urn == urn)) or 0)
 
 
-#: What records.py writes in place of a removed user's or slice's URN: "URN (removed TIME)", a renamed slice whose
-#: name was taken already "URN (removed TIME #2)"; the URN cut to fit the column when it is long. Migration 0024
-#: wrote "URN (removed before TIME)" for what it found left by earlier removals: the login is the newest retired then.
-_REMOVED_MARK = re.compile(
-    r"^(?P<urn>.*) \(removed (?:before )?(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)(?: #\d+)?\)$", re.DOTALL
-)
-
-
-def removed_mark_parts(owner: str) -> tuple[str, datetime] | None:
-    """(the URN, or its beginning when it was cut to fit; when it was removed) of a marked owner or slice
-    "URN (removed TIME)" (records.py removed_holder); None for anything else (a plain URN)."""
-    found = _REMOVED_MARK.match(owner)
-    if found is None:
-        return None
-    return found["urn"], parse_time(found["time"])
-
-
-def is_removed_mark(owner: str) -> bool:
-    """Whether ``owner`` (a lease's booker, a slice's URN) is a removed holder's mark rather than a URN: the mark
-    holds " (removed ", white space no registered name has (records.py new_record_urn)."""
-    return " (removed " in owner
-
-
 @dataclass(frozen=True)
 class LeaseLogins:
     """The logins leases ran under, as read once for an answer about some leases (the OMF inventory), for the keys
@@ -162,7 +139,7 @@ class LeaseLogins:
             return mapped
         if is_removed_mark(urn):
             marked = removed_mark_parts(urn)
-            return self._retired_at(marked[0], marked[1], _may_be_cut(urn)) if marked is not None else None
+            return self._retired_at(marked[0], marked[1], may_be_cut(urn)) if marked is not None else None
         earlier = self.retired.get(urn, [])
         if earlier and urn not in self.registered_again:
             return earlier[-1][1]
@@ -178,12 +155,6 @@ class LeaseLogins:
             rows = self.retired[longer.pop()] if len(longer) == 1 else None
         before = [login for retired_s, login in rows or () if retired_s <= to_s(removed)]
         return before[-1] if before else None
-
-
-def _may_be_cut(mark: str) -> bool:
-    """Whether the URN in a removed holder's mark may have been cut: records.py cuts the URN, never the
-    " (removed TIME)" part, so that the whole mark fills the column exactly; a shorter mark holds its whole URN."""
-    return len(mark) >= MAX_MAPPED_URN
 
 
 #: How many keys one IN (...) holds: well within every database's limit on bound parameters.
@@ -213,7 +184,7 @@ def lease_logins(database: Database, keys: Iterable[str]) -> LeaseLogins:
         for chunk in _chunks(plain | set(in_marks.values())):
             retired.update(_retired(session, RetiredLogin.urn.in_(chunk)))
         for mark, urn in in_marks.items():
-            if urn not in retired and _may_be_cut(mark):  # rare (a URN of 270 characters or more): a scan of the
+            if urn not in retired and may_be_cut(mark):  # rare (a URN of 270 characters or more): a scan of the
                 for full, rows in _retired(session, RetiredLogin.urn.startswith(urn, autoescape=True)).items():
                     retired.setdefault(full, rows)  # small table, not of registry_record
         return LeaseLogins(mapped, retired, _registered(session, {urn for urn in plain if urn in retired}))

@@ -30,7 +30,8 @@ from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import BadArgs
 from sfa_omf.registry.accounts import retire_login
 from sfa_omf.registry.authority import LocalAuthority
-from sfa_omf.times import format_time, utcnow
+from sfa_omf.registry.removed_marks import removed_holder
+from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain, load_gid_chain_file
 from sfa_omf.xrn import hrn_to_urn, is_authority_for, parse_urn, split_hrn
 
@@ -95,20 +96,6 @@ def record_email(address: str) -> str:
     return address
 
 
-def removed_holder(urn: str, removed: datetime) -> str:
-    """What the calendar keeps of a removed user where it recorded who did something (booked a lease, saved an image,
-    asked for a renewal): their URN and when they were removed, within the columns' 300 characters. No certificate
-    names it (names under our authority are ours to issue, and new_record_urn refuses white space), so it is nobody's
-    own: not the next holder's of the name."""
-    return _removed_mark(urn, f" (removed {format_time(removed)})")
-
-
-def _removed_mark(urn: str, mark: str) -> str:
-    """``urn`` followed by ``mark``, the URN cut (never the mark: registry/accounts.py reads the time back from it)
-    so that the whole fits the columns' 300 characters."""
-    return urn[: MAX_URN_CHARS - len(mark)] + mark
-
-
 #: The payload fields of a recorded event that name a user it goes to (notify/notifier.py _recorded_recipients).
 EVENT_USER_FIELDS = ("caller", "owner")
 
@@ -157,7 +144,7 @@ def _rename_slice(session: Session, slice_urn: str, removed: datetime) -> None:
     removed_as, number = removed_holder(slice_urn, removed), 1  # "URN (removed TIME)"
     while session.scalar(select(Slice.id).where(Slice.urn == removed_as)) is not None:
         number += 1
-        removed_as = _removed_mark(slice_urn, f" (removed {format_time(removed)} #{number})")  # "URN (... #2)"
+        removed_as = removed_holder(slice_urn, removed, number)  # "URN (removed TIME #2)", ...
     # The leases before the slice, the order in which a Renew or a Provision locks them (lease, then slice): the
     # other order deadlocked with a Renew of an operator lease that wrote the slice's expiry.
     session.execute(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,26 @@ from sfa_omf.cli import main
 from sfa_omf.config import read_config
 from tests.agents.conftest import Lab
 from tests.agents.named import Named
+
+
+@contextlib.contextmanager
+def named_zone(lab: Lab, tmp_path: Path) -> Iterator[Named]:
+    """The lab serving the nodes' zone nodes.lab, written to the configuration file (the command reads it, as the
+    server does), with a real named answering for it; named is stopped at the end."""
+    if shutil.which("named") is None or shutil.which("dig") is None:
+        pytest.fail("bind9 is not installed: scripts/test.sh installs it (apt-get install bind9 bind9-dnsutils)")
+    (tmp_path / "named").mkdir()
+    named = Named(tmp_path / "named", lab.directory / "dns", "nodes.lab")
+    try:
+        config = Path(lab.settings_path)
+        config.write_text(
+            config.read_text() + f"\n[sfa_agents]\ndns_zone = nodes.lab\ndns_reload = {named.reload_command}\n"
+        )
+        lab.settings = read_config(lab.settings_path)
+        lab.restart()
+        yield named
+    finally:
+        named.stop()
 
 
 def test_invite_then_list(lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,18 +99,7 @@ def test_removing_a_node_revokes_its_vpn_certificate(
 def test_removing_a_node_takes_its_dns_names_and_staged_files(
     lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if shutil.which("named") is None or shutil.which("dig") is None:
-        pytest.fail("bind9 is not installed: scripts/test.sh installs it (apt-get install bind9 bind9-dnsutils)")
-    (tmp_path / "named").mkdir()
-    named = Named(tmp_path / "named", lab.directory / "dns", "nodes.lab")
-    try:
-        # In the file: the command reads it, as the server does.
-        config = Path(lab.settings_path)
-        config.write_text(
-            config.read_text() + f"\n[sfa_agents]\ndns_zone = nodes.lab\ndns_reload = {named.reload_command}\n"
-        )
-        lab.settings = read_config(lab.settings_path)
-        lab.restart()
+    with named_zone(lab, tmp_path) as named:
         pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7", "127.3.0.7")
         enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a8"), "pc8", "127.3.0.8")
         assert named.resolve(["pc7", "pc8"]) == ["127.3.0.7", "127.3.0.8"]
@@ -107,8 +118,6 @@ def test_removing_a_node_takes_its_dns_names_and_staged_files(
         assert store.list(lease, "pc7", "out") == []
         out = capsys.readouterr().out
         assert "removed its DNS names" in out and "removed its staged files (2 lease folder(s)" in out, out
-    finally:
-        named.stop()
 
 
 def test_invite_prints_the_aggregate_for_agent_enrol(
@@ -147,17 +156,7 @@ def test_a_node_whose_vpn_certificate_cannot_be_revoked_is_removed_but_for_it_sa
     from sfa_omf.registry.records import Records
     from sfa_omf.trust.pki import new_private_key
 
-    if shutil.which("named") is None or shutil.which("dig") is None:
-        pytest.fail("bind9 is not installed: scripts/test.sh installs it (apt-get install bind9 bind9-dnsutils)")
-    (tmp_path / "named").mkdir()
-    named = Named(tmp_path / "named", lab.directory / "dns", "nodes.lab")
-    try:
-        config = Path(lab.settings_path)
-        config.write_text(
-            config.read_text() + f"\n[sfa_agents]\ndns_zone = nodes.lab\ndns_reload = {named.reload_command}\n"
-        )
-        lab.settings = read_config(lab.settings_path)
-        lab.restart()
+    with named_zone(lab, tmp_path) as named:
         pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7", "127.3.0.7")
         # The registry records the nodes it does not know yet at its start (registry server, `node add`).
         records = Records(lab.aggregate.database)
@@ -209,8 +208,6 @@ def test_a_node_whose_vpn_certificate_cannot_be_revoked_is_removed_but_for_it_sa
         # A node that never had one is still told apart.
         assert main(["node", "vpn-revoke", "pc9", "--config", lab.settings_path]) == 2
         assert "node pc9 has no VPN certificate" in capsys.readouterr().err
-    finally:
-        named.stop()
 
 
 def test_a_node_whose_staged_files_cannot_be_deleted_is_removed_but_for_them_with_its_registry_record(

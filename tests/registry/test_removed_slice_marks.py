@@ -17,10 +17,11 @@ from sqlalchemy import select, text, update
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, RetiredLogin, Slice
 from sfa_omf.calendar.queries import to_s
-from sfa_omf.registry.accounts import lease_logins, removed_mark_parts
+from sfa_omf.registry.accounts import lease_logins
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import init_directory
-from sfa_omf.registry.records import MAX_URN_CHARS, Records, _rename_slice, removed_holder
+from sfa_omf.registry.records import MAX_URN_CHARS, Records, _rename_slice
+from sfa_omf.registry.removed_marks import removed_holder, removed_mark_parts
 from sfa_omf.times import format_time, utcnow
 from tests.calendar.conftest import fresh_database
 

@@ -45,8 +45,9 @@ from sfa_omf.calendar.queries import from_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord
 from sfa_omf.calendar.timeline import Timeline
 from sfa_omf.errors import BadArgs, GeniError, Reason, TrustError
-from sfa_omf.registry.accounts import LeaseLogins, check_login, is_removed_mark, lease_logins, mapped_login
+from sfa_omf.registry.accounts import LeaseLogins, check_login, lease_logins, mapped_login
 from sfa_omf.registry.records import Records, record_chain
+from sfa_omf.registry.removed_marks import is_removed_mark
 from sfa_omf.testbed.base import TestbedBackend
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.gid import Gid, GidChain

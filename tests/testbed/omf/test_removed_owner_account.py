@@ -19,11 +19,12 @@ from sfa_omf.am.api_v3 import ApiV3
 from sfa_omf.calendar.models import Lease, RetiredLogin, Slice
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.config import read_config
-from sfa_omf.registry.accounts import derived_login, lease_logins, removed_mark_parts
+from sfa_omf.registry.accounts import derived_login, lease_logins
 from sfa_omf.registry.admin import RegistryAdmin
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import init_directory
-from sfa_omf.registry.records import Records, removed_holder
+from sfa_omf.registry.records import Records
+from sfa_omf.registry.removed_marks import removed_holder, removed_mark_parts
 from sfa_omf.server.app import build_aggregate
 from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.testbed.omf.inventory import OmfInventory
