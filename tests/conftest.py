@@ -88,5 +88,13 @@ def vectors() -> Path:
     return VECTORS
 
 
+@pytest.fixture
+def register_again_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A removed user or slice name may be registered again at once: for tests of what the next holder of a name
+    gets, not of the wait itself (registry/records.py REGISTER_AGAIN_AFTER_S; tests/registry/test_register_again_wait.py
+    tests the wait)."""
+    monkeypatch.setattr("sfa_omf.registry.records.REGISTER_AGAIN_AFTER_S", 0)
+
+
 # The Twisted reactor runs once per test session, for every test that serves over TLS (tests/tls_harness.py).
 from tests.tls_harness import listener, running_reactor  # noqa: E402, F401

@@ -29,6 +29,9 @@ from tests.am.conftest import aggregate_on
 from tests.calendar.conftest import node_urn
 from tests.conftest import DemoPki
 
+# These register removed names again: what the next holder gets, not the wait before (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("register_again_at_once")
+
 ALICE_HRN = "testbed.alice"
 
 

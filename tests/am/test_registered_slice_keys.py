@@ -38,6 +38,9 @@ from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from sfa_omf.xrn import hrn_to_urn
 from tests.calendar.conftest import fresh_database
 
+# These register removed names again: what the next holder gets, not the wait before (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("register_again_at_once")
+
 OURS = "tb"  # this aggregate's authority, whose registry is in its database
 OTHER = "other"  # a federated authority the aggregate trusts
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from sfa_omf.am.caller_keys import RegisteredKeys
 from sfa_omf.errors import GeniCode
 from sfa_omf.registry.records import Records
@@ -18,6 +20,9 @@ from sfa_omf.trust.gid import load_gid_chain, load_gid_chain_file
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
 from tests.hostile.harness import AUTHORITY, Env, World, cred, judge, nothing_crashed, user_urn
 from tests.tls_harness import proxy
+
+# These register removed names again: what the next holder gets, not the wait before (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("register_again_at_once")
 
 ALICE_HRN = f"{AUTHORITY}.alice"
 

@@ -90,6 +90,7 @@ def registry(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Pat
         database.dispose()
 
 
+@pytest.mark.usefixtures("register_again_at_once")  # the name registered again at once
 def test_a_removed_user_leaves_nothing_to_whoever_takes_the_name_next(registry: Registry, tmp_path: Path) -> None:
     """Remove takes bob out of every slice's researchers and every authority's PIs at once; a new bob (another
     person, another key) inherits neither, and the old bob's credential no longer acts as anyone."""
@@ -199,6 +200,7 @@ def test_authority_and_node_records_cannot_be_removed(registry: Registry) -> Non
     assert registry.alice.GetCredential(registry.alice_cred, "tb", "authority").startswith("<?xml")
 
 
+@pytest.mark.usefixtures("register_again_at_once")  # the name registered again at once
 def test_a_removed_pi_s_authority_credential_no_longer_changes_the_registry(registry: Registry) -> None:
     """bob, a PI, takes an authority credential, then is removed: his certificate and that credential (unexpired,
     never revoked) must not Register, Update or Remove anything (22), and nothing is written; nor once the name is

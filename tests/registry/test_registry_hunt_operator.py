@@ -89,6 +89,7 @@ def test_a_node_no_gid_can_be_issued_for_is_reported_and_skipped(tmp_path: Path)
     assert not any(name.startswith("tb.nnn") for name in os.listdir(tmp_path / "tb" / "gids"))
 
 
+@pytest.mark.usefixtures("register_again_at_once")  # the name added again at once
 def test_user_add_remove_add_and_separate_sfi_directories(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     directory = tmp_path / "tb"
     init_directory(str(directory), "tb", ("alice",))

@@ -34,6 +34,9 @@ from tests.calendar.conftest import fresh_database, node_urn
 from tests.postgres import empty_postgres
 from tests.sshkeys import ssh_key
 
+# These register removed names again: what the next holder gets, not the wait before (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("register_again_at_once")
+
 ALICE = "urn:publicid:IDN+tb+user+alice"
 BOB = "urn:publicid:IDN+tb+user+bob"
 DEMO = "urn:publicid:IDN+tb+slice+demo"

@@ -17,6 +17,9 @@ from sfa_omf.registry.records import Record, Records
 from tests.calendar.conftest import fresh_database
 from tests.registry.test_removed_logins import insert_authority_and_bob, migrate_database
 
+# These register removed names again: what the next holder gets, not the wait before (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("register_again_at_once")
+
 ALICE = "urn:publicid:IDN+tb+user+alice"
 BOB = "urn:publicid:IDN+tb+user+bob"
 SITE_ERIN = "urn:publicid:IDN+tb:site2+user+erin"

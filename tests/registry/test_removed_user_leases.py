@@ -34,6 +34,9 @@ from tests.web import conftest as web_conftest
 from tests.web.conftest import ALICE, DEMO, EXPIRES, Lab, at
 from tests.web.test_web_app import events, get
 
+# These register removed names again: what the next holder gets, not the wait before (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("register_again_at_once")
+
 BOB = "urn:publicid:IDN+testbed+user+bob"
 FOREIGN_ALICE = "urn:publicid:IDN+elsewhere+user+alice"  # another authority's alice, never in this registry
 SHARED = "urn:publicid:IDN+testbed+slice+shared"  # booked without geni_users: it lists no user

@@ -33,6 +33,9 @@ from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.gid import GidChain
 from tests.calendar.conftest import fresh_database
 
+# These register removed names again: what the next holder gets, not the wait before (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("register_again_at_once")
+
 ANN = "urn:publicid:IDN+lab+user+ann"
 SLICE = "urn:publicid:IDN+lab+slice+demo"
 N1 = "urn:publicid:IDN+lab+node+node1"
