@@ -57,7 +57,7 @@ def record_nodes(authority: LocalAuthority, records: Records, nodes: Iterable[No
     node recorded already, or whose GID was issued already, is not issued another). A node that cannot be recorded is
     logged and reported in ``failed``, never raised: one odd node must not keep the registry from starting."""
     report = NodeSync()
-    known = {record.hrn for record in records.of_type("node")}
+    known = records.recorded_hrns("node")
     public_key = None
     for node in nodes:
         hrn = node_hrn(node.component_id)
