@@ -652,6 +652,7 @@ class Aggregate:
         leases = self._leases_to_act_on(slice_urn, sliver_urns)
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no allocated slivers here to provision")
+        _refuse_part_of_a_lease(leases, sliver_urns, "provisioned")
         for lease in leases:  # (the calendar refuses them too: this spares the testbed work it would undo)
             if lease.state == "allocated":
                 expiries = [to_s(sliver.expires) for sliver in lease.slivers]
@@ -761,6 +762,7 @@ class Aggregate:
         leases = self._leases_to_act_on(slice_urn, sliver_urns) if read is None else read.leases
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
+        _refuse_part_of_a_lease(leases, sliver_urns, "renewed")
         renewals: list[tuple[str, datetime, Rounding]] = []
         kept: dict[str, str] = {}  # lease id -> why geni_extend_alap leaves it as it is
         now = self.clock()
@@ -850,6 +852,7 @@ class Aggregate:
         leases = self._leases(slice_urn, sliver_urns) if read is None else read
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to delete")
+        _refuse_part_of_a_lease(leases, sliver_urns, "deleted")
         for lease in leases:
             self._end_lease(lease)
             deleted.append(self.bookings.cancel(lease.id))
@@ -862,9 +865,10 @@ class Aggregate:
         """The commonest Delete in one statement (PostgreSQL): the slivers named are all of one allocated lease (never
         provisioned: nothing to release on the testbed) of the one slice the call's credentials name, and no
         containers run here. The caller is authorized on that slice first, exactly as below; the statement cancels the
-        lease only if it is that slice's and holds every sliver named. Anything else answers None, having written
-        nothing, and the Delete takes its usual path: it reads the slivers, authorizes their own slice, and answers or
-        refuses as it always did (an unknown sliver before a bad credential)."""
+        lease only if it is that slice's and its slivers are exactly those named (some of them only: the usual path
+        refuses, in _refuse_part_of_a_lease). Anything else answers None, having written nothing, and the Delete takes
+        its usual path: it reads the slivers, authorizes their own slice, and answers or refuses as it always did (an
+        unknown sliver before a bad credential)."""
         if self.instances is not None or self.database.is_sqlite:
             return None
         named = self._named_slivers(urns)
@@ -905,6 +909,8 @@ class Aggregate:
         leases = self._leases(slice_urn, sliver_urns)
         if event == Event.UPDATE_USERS:
             return self._update_users(slice_urn, verified.owner_urn, sliver_urns, leases, options)
+        if event != Event.SAVE_IMAGE:  # (it saves one container; the users above are the whole slice's)
+            _refuse_part_of_a_lease(leases, sliver_urns, "started, stopped and restarted")
         for lease in leases:
             if lease.state != "provisioned":
                 raise GeniError(
@@ -1570,6 +1576,26 @@ def _check_urn(urn: str, kind: str) -> None:
     check_urn_characters(urn, f"the {kind} URN")
     if not is_urn(urn) or _urn_type(urn) != kind:
         raise BadArgs(f"{urn!r} is not a {kind} URN (urn:publicid:IDN+<authority>+{kind}+<name>)")
+
+
+def _refuse_part_of_a_lease(leases: Sequence[LeaseRecord], sliver_urns: set[str] | None, done_together: str) -> None:
+    """BADARGS, before anything is written, when the call names some of a lease's slivers but not all of them: the
+    lease is the unit of the calendar and of the testbeds (one OAR job, one OMF reservation for all its nodes), so an
+    operation on it acts on every one of its slivers, never on slivers the caller did not name. ``done_together``:
+    what happens to a lease's slivers together, in words ("deleted", "renewed"). A call naming the slice
+    (``sliver_urns`` None) names every sliver. geni_best_effort changes nothing: these calls are all or nothing."""
+    if sliver_urns is None:
+        return
+    for lease in leases:
+        left_out = sorted(sliver.urn for sliver in lease.slivers if sliver.urn not in sliver_urns)
+        if not left_out:
+            continue
+        shown = ", ".join(left_out[:10]) + (f" and {len(left_out) - 10} more" if len(left_out) > 10 else "")
+        raise BadArgs(
+            f"lease {lease.id} holds {len(lease.slivers)} slivers and the call names only "
+            f"{len(lease.slivers) - len(left_out)} of them; not named: {shown}. A lease's slivers are {done_together} "
+            "together (one reservation on the testbed): name all of them, or the slice URN. Nothing was changed"
+        )
 
 
 def _check_slots_running(leases: Sequence[LeaseRecord], action: str, now: datetime) -> None:

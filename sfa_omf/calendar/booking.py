@@ -62,8 +62,8 @@ from sfa_omf.calendar.plain_statements import (
     listed_count,
     listed_values,
 )
-from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
-from sfa_omf.calendar.queries import from_s, held_windows, lock_names, lock_slice, table_of, to_s
+from sfa_omf.calendar.policy import Policy, PolicyViolation, booked_start, check_window
+from sfa_omf.calendar.queries import advisory_key, from_s, held_windows, lock_names, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import (
     BookingRequest,
     BookingResult,
@@ -240,7 +240,9 @@ class Bookings:
                 if node is None:
                     conflicts.append(Conflict(request.node, request.start, request.end, UNKNOWN_NODE))
                     continue
-                window = (to_s(request.start), to_s(request.end))
+                # A start before the slot now is in: booked from that slot's start (policy.booked_start).
+                asked_start_s, end_s = to_s(request.start), to_s(request.end)
+                window = (booked_start(asked_start_s, end_s, now_s, node.grain_s), end_s)
                 check_window(
                     self.policy, window[0], window[1], now_s, node.grain_s, node.component_id, request.from_now
                 )
@@ -262,7 +264,7 @@ class Bookings:
             conflicts += clashes
             if conflicts and (not best_effort or not free):
                 raise BookingConflict(conflicts)
-            self._check_limits(session, slice_id, slice_urn, owner_urn, [(node, window) for _, node, window in free])
+            self._check_limits(session, slice_id, slice_urn, owner_urn, free)
             # The slice's users and the caller's contact before the leases: the leases' statement may bump the
             # generation (_lease_and_sliver), and a Provision writes these rows, then bumps, in this order too.
             if users:
@@ -362,40 +364,71 @@ class Bookings:
         return free, conflicts
 
     def _check_limits(
-        self, session: Session, slice_id: int, slice_urn: str, owner_urn: str, new: list[tuple[_BookedNode, Interval]]
+        self, session: Session, slice_id: int, slice_urn: str, owner_urn: str, free: list[_Wanted]
     ) -> None:
+        """The per-slice and per-user limits for what a booking adds: every lease it creates (one per window and
+        lease label, as ``_insert`` groups them) and every node-hour of it."""
+        connection = connection_of(session)
+        new_leases = sorted({(window, request.lease_label) for request, _, window in free})
+        self._check_concurrent(connection, slice_id, slice_urn, [window for window, _ in new_leases])
+        self._check_daily_hours(connection, owner_urn, [window for _, _, window in free])
+
+    @property
+    def _has_limits(self) -> bool:
+        """Whether the policy limits leases per slice or node-hours per user (checked on bookings and extensions)."""
         policy = self.policy
-        windows = sorted({window for _, window in new})
-        if policy.max_concurrent_leases_per_slice is not None:
-            existing = session.execute(
-                select(Lease.start_s, Lease.end_s).where(
-                    Lease.slice_id == slice_id, Lease.state.in_(ACTIVE_LEASE_STATES)
+        return policy.max_concurrent_leases_per_slice is not None or policy.max_hours_per_day_per_user is not None
+
+    def _check_concurrent(
+        self,
+        connection: Connection,
+        slice_id: int,
+        slice_urn: str,
+        new_windows: Sequence[Interval],
+        refusal: str = "",
+        leaving_out: str = "",
+    ) -> None:
+        """max_concurrent_leases_per_slice: the slice's active leases (but ``leaving_out``, a lease being renewed)
+        and the new windows, each new one counted with the ones before it, may never be more than the limit at the
+        same moment. ``refusal``: what the refusal's message begins with."""
+        limit = self.policy.max_concurrent_leases_per_slice
+        if limit is None or not new_windows:
+            return
+        query = select(Lease.start_s, Lease.end_s).where(
+            Lease.slice_id == slice_id, Lease.state.in_(ACTIVE_LEASE_STATES), Lease.id != leaving_out
+        )
+        held: list[Interval] = [(start, end) for start, end in connection.execute(query).all()]
+        for window in new_windows:
+            concurrent = 1 + _most_at_once(held, window)
+            if concurrent > limit:
+                raise PolicyViolation(
+                    "max_concurrent_leases_per_slice",
+                    f"{refusal}slice {slice_urn} would hold {concurrent} leases at once, more than {limit}",
                 )
-            ).all()
-            for window in windows:
-                concurrent = 1 + sum(1 for start, end in existing if overlaps((start, end), window))
-                if concurrent > policy.max_concurrent_leases_per_slice:
-                    raise PolicyViolation(
-                        "max_concurrent_leases_per_slice",
-                        f"slice {slice_urn} would hold {concurrent} leases at once, more than "
-                        f"{policy.max_concurrent_leases_per_slice}",
-                    )
-        if policy.max_hours_per_day_per_user is not None and owner_urn:
-            rows = session.execute(
-                select(Sliver.start_s, Sliver.end_s)
-                .join(Lease)
-                .where(Lease.owner_urn == owner_urn, Sliver.holds_node.is_(True))
-            ).all()
-            used = _node_seconds_per_day([(start, end) for start, end in rows])
-            added = _node_seconds_per_day([window for _, window in new])
-            for day, seconds in sorted(added.items()):
-                total_hours = (used.get(day, 0) + seconds) / 3600
-                if total_hours > policy.max_hours_per_day_per_user:
-                    raise PolicyViolation(
-                        "max_hours_per_day_per_user",
-                        f"{owner_urn} would book {total_hours:g} node-hours on {from_s(day * DAY_S):%Y-%m-%d}, more "
-                        f"than {policy.max_hours_per_day_per_user:g}",
-                    )
+            held.append(window)
+
+    def _check_daily_hours(
+        self, connection: Connection, owner_urn: str, added: Sequence[Interval], refusal: str = ""
+    ) -> None:
+        """max_hours_per_day_per_user: on every UTC day ``added`` (one window per node) falls on, the owner's booked
+        node-hours with it may not exceed the limit. ``refusal``: what the refusal's message begins with."""
+        limit = self.policy.max_hours_per_day_per_user
+        if limit is None or not owner_urn or not added:
+            return
+        rows = connection.execute(
+            select(Sliver.start_s, Sliver.end_s)
+            .join(Lease)
+            .where(Lease.owner_urn == owner_urn, Sliver.holds_node.is_(True))
+        ).all()
+        used = _node_seconds_per_day([(start, end) for start, end in rows])
+        for day, seconds in sorted(_node_seconds_per_day(added).items()):
+            total_hours = (used.get(day, 0) + seconds) / 3600
+            if total_hours > limit:
+                raise PolicyViolation(
+                    "max_hours_per_day_per_user",
+                    f"{refusal}{owner_urn} would book {total_hours:g} node-hours on "
+                    f"{from_s(day * DAY_S):%Y-%m-%d}, more than {limit:g}",
+                )
 
     def _insert(
         self,
@@ -518,7 +551,8 @@ class Bookings:
     ) -> list[LeaseRecord]:
         """Renew several leases (lease id, new end, rounding) in one unit of work: all of them or none. ``read``:
         the leases as ``leases_for_renewal`` read them for this call, which spares a one-lease renewal its own read."""
-        if len(renewals) == 1 and not self.database.is_sqlite:
+        # The one-statement renewal cannot check the per-slice and per-user limits: with limits, the unit of work.
+        if len(renewals) == 1 and not self.database.is_sqlite and not self._has_limits:
             lease_id, new_end, rounding = renewals[0]
             as_read = None if read is None else read.checks.get(lease_id)
             renewed = retry_transient(lambda: self._renew_alone(lease_id, new_end, rounding, slice_expires, as_read))
@@ -585,10 +619,13 @@ class Bookings:
         lease_id = ""
         try:
             with self.database.write_connection() as connection:
+                locked = self._lock_for_limits(connection, [lease_id for lease_id, _, _ in renewals])
                 records = []
                 for number, (lease_id, new_end, rounding) in enumerate(renewals, 1):
                     last = number == len(renewals)
-                    records.append(self._renew_in(connection, lease_id, new_end, rounding, slice_expires, now_s, last))
+                    records.append(
+                        self._renew_in(connection, lease_id, new_end, rounding, slice_expires, now_s, last, locked)
+                    )
                 if records and self.database.is_sqlite:  # (on PostgreSQL the last renewal's statement bumped it)
                     bump_on(connection)
                 return records
@@ -608,6 +645,7 @@ class Bookings:
         slice_expires: datetime | None,
         now_s: int,
         last: bool,
+        locked: frozenset[str] | None = None,
     ) -> LeaseRecord:
         # Column statements on plain rows, as the booking and the cancel: one statement locks the lease row and reads
         # it with what the checks need of its slice and its slivers' nodes; the slivers are written and answered by
@@ -615,6 +653,7 @@ class Bookings:
         # who holds it when it is not).
         target = [_RenewalRow(*row) for row in execute_plain(connection, _LOCK_RENEWED_LEASE, {"lease_id": lease_id})]
         renewal = self._checked_renewal(target, lease_id, new_end, rounding, slice_expires, now_s)
+        self._check_extension_limits(connection, lease_id, renewal, locked)
         lease, nodes, new_end_s, end_s = renewal.lease, renewal.nodes, renewal.new_end_s, renewal.lease.end_s
         if renewal.new_slice_expires_s is not None:
             expiry_parameters = {"slice_id": lease.slice_id, "new_expires_s": renewal.new_slice_expires_s}
@@ -644,6 +683,42 @@ class Bookings:
             (lease_id, lease.slice_urn, lease.owner_urn, lease.start_s, new_end_s, lease.state, lease.client_id),
             slivers,
         )
+
+    def _lock_for_limits(self, connection: Connection, lease_ids: Sequence[str]) -> frozenset[str] | None:
+        """PostgreSQL, with per-slice or per-user limits: the advisory locks a booking takes (``lock_names``) of the
+        renewed leases' slices and owners, taken before the leases' rows (in a booking's order), so that renewals and
+        bookings of one slice or one user are checked one after the other. Answers the names locked; None when there
+        is nothing to lock (SQLite's BEGIN IMMEDIATE has serialized the writers already)."""
+        if self.database.is_sqlite or not self._has_limits:
+            return None
+        names: set[str] = set()
+        for lease_id in lease_ids:
+            names.update(*execute_plain(connection, _LEASE_NAMES, {"lease_id": lease_id}))
+        names.discard("")
+        for name in sorted(names):  # sorted, as lock_names takes them: never in a cycle
+            execute_plain(connection, _LOCK_NAME, {"key": advisory_key(name)})
+        return frozenset(names)
+
+    def _check_extension_limits(
+        self, connection: Connection, lease_id: str, renewal: _Renewal, locked: frozenset[str] | None
+    ) -> None:
+        """A renewal that extends its lease is checked against the per-slice and per-user limits as a booking of
+        the new time is: the lease with its new window counted once with the slice's others (itself, as stored, left
+        out), and its owner's node-hours with the extension of each sliver that holds a node (its stored part is
+        among them already). ``locked``: the names ``_lock_for_limits`` locked (None on SQLite)."""
+        lease, new_end_s = renewal.lease, renewal.new_end_s
+        if new_end_s <= lease.end_s or not self._has_limits:
+            return
+        if locked is not None and not {lease.slice_urn, lease.owner_urn} - {""} <= locked:
+            # The lease's owner was renamed (a user removed) since its names were read: locked the wrong ones.
+            raise TransientConflict(f"lease {lease_id} changed owner while it was renewed")
+        refusal = f"lease {lease_id} cannot be extended to {format_time(from_s(new_end_s))}: "
+        window = (lease.start_s, new_end_s)
+        self._check_concurrent(connection, lease.slice_id, lease.slice_urn, [window], refusal, leaving_out=lease_id)
+        if self.policy.max_hours_per_day_per_user is not None and lease.owner_urn:
+            holding = execute_plain(connection, _HOLDING_SLIVERS, {"lease_id": lease_id})[0][0]
+            extension = [(lease.end_s, new_end_s)] * int(holding)
+            self._check_daily_hours(connection, lease.owner_urn, extension, refusal)
 
     def _checked_renewal(
         self,
@@ -754,12 +829,12 @@ class Bookings:
             return _lease_record_of(cancelled_rows[0], slivers)
 
     def cancel_allocated_holding(self, slice_urn: str, sliver_urns: Iterable[str]) -> LeaseRecord | None:
-        """PostgreSQL: the allocated lease (never provisioned) of ``slice_urn`` that holds every sliver named,
+        """PostgreSQL: the allocated lease (never provisioned) of ``slice_urn`` whose slivers are exactly those named,
         cancelled with its slivers released and the generation bumped, in one statement of its own (as ``cancel``'s).
         None, having written nothing, when no such lease holds them all: not one lease, not this slice's, provisioned,
-        no longer active, unknown (or on SQLite, or more slivers named than MAX_LISTED). The caller has authorized the
-        call on ``slice_urn`` itself: a Delete of an allocation is then one round trip instead of two (its read of the
-        slivers' slice, then the cancel)."""
+        no longer active, unknown, holding slivers not named (or on SQLite, or more slivers named than MAX_LISTED).
+        The caller has authorized the call on ``slice_urn`` itself: a Delete of an allocation is then one round trip
+        instead of two (its read of the slivers' slice, then the cancel)."""
         urns = sorted(set(sliver_urns))
         if self.database.is_sqlite or not urns or len(urns) > MAX_LISTED:
             return None
@@ -1378,6 +1453,20 @@ _RENEWED_LEASE = (
 )
 _LOCK_RENEWED_LEASE = PlainStatement(_RENEWED_LEASE.with_for_update(of=table_of(Lease)))
 _READ_RENEWED_LEASE = PlainStatement(_RENEWED_LEASE)  # the same, as last committed (Bookings._renew_alone)
+# A renewal under limits (Bookings._lock_for_limits, _check_extension_limits): the names a booking locks, read before
+# the lease's row is locked; one advisory lock; how many of the lease's slivers hold a node.
+_LEASE_NAMES = PlainStatement(
+    select(_SLICE.urn, _LEASE.owner_urn)
+    .select_from(table_of(Lease))
+    .join(table_of(Slice), _SLICE.id == _LEASE.slice_id)
+    .where(_LEASE.id == bindparam("lease_id"))
+)
+_LOCK_NAME = PlainStatement(select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger))))
+_HOLDING_SLIVERS = PlainStatement(
+    select(func.count())
+    .select_from(table_of(Sliver))
+    .where(_SLIVER.lease_id == bindparam("lease_id"), _SLIVER.holds_node.is_(True))
+)
 _NEW_END = bindparam("new_end_s", type_=BigInteger)
 _RENEW_LEASE = PlainStatement(
     update(table_of(Lease)).where(_LEASE.id == bindparam("renewed_lease")).values(end_s=_NEW_END)
@@ -1466,9 +1555,9 @@ _CANCEL_ALONE = _cancel_alone(_CANCEL_ACTIVE_LEASE.statement.cte("cancelled"))
 def _cancel_allocated_holding(count: int) -> PlainStatement[Any]:
     """``Bookings.cancel_allocated_holding``'s statement for ``count`` sliver URNs (``listed_values("sliver_urns",
     ...)``, distinct): ``_CANCEL_ALONE``'s, for the lease holding the first one, only if it is allocated, of the slice
-    ``slice_urn`` and holds all ``named_count`` of them. An UPDATE that waited for the lease's lock (a Provision
-    holding it) checks the state again on the row as that writer left it: a lease provisioned meanwhile is not
-    cancelled here."""
+    ``slice_urn`` and holds all ``named_count`` of them and no other sliver. An UPDATE that waited for the lease's lock
+    (a Provision holding it) checks the state again on the row as that writer left it: a lease provisioned meanwhile
+    is not cancelled here."""
     named = table_of(Sliver).alias("named")
     holding_all = (
         select(func.count())
@@ -1476,6 +1565,10 @@ def _cancel_allocated_holding(count: int) -> PlainStatement[Any]:
         .where(named.c.lease_id == _LEASE.id, named.c.urn.in_(listed("sliver_urns", count)))
         .scalar_subquery()
     )
+    # Named are all its slivers, not some: a lease's slivers are deleted together, and a Delete naming only some of
+    # them is refused by the usual path (the aggregate's _refuse_part_of_a_lease).
+    its_own = table_of(Sliver).alias("its_own")
+    holding_in_all = select(func.count()).select_from(its_own).where(its_own.c.lease_id == _LEASE.id).scalar_subquery()
     cancelled = (
         update(table_of(Lease))
         .where(
@@ -1483,6 +1576,7 @@ def _cancel_allocated_holding(count: int) -> PlainStatement[Any]:
             _LEASE.state == literal_column("'allocated'"),
             _LEASE.slice_id == select(_SLICE.id).where(_SLICE.urn == bindparam("slice_urn")).scalar_subquery(),
             holding_all == bindparam("named_count", type_=Integer),
+            holding_in_all == bindparam("named_count", type_=Integer),
         )
         .values(state="cancelled")
         .returning(*_CANCELLED_LEASE_COLUMNS)
@@ -1741,3 +1835,10 @@ def _node_seconds_per_day(windows: Iterable[Interval]) -> dict[int, int]:
             per_day[day] += min(end, (day + 1) * DAY_S) - max(start, day * DAY_S)
             day += 1
     return per_day
+
+
+def _most_at_once(held: Sequence[Interval], window: Interval) -> int:
+    """The most of the ``held`` windows that overlap one moment of ``window``. (Half-open windows: the most is
+    reached at the window's start or at a held window's start inside it.)"""
+    moments = [window[0]] + [start for start, _ in held if window[0] < start < window[1]]
+    return max(sum(1 for start, end in held if start <= moment < end) for moment in moments)
