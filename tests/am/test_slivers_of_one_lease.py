@@ -190,3 +190,89 @@ def test_an_operational_action_on_one_sliver_of_a_lease_is_refused_and_switches_
         alice.chain, [s.urn for s in lease.slivers], [alice.slice_cred], action, {}
     )
     assert sorted(item["geni_sliver_urn"] for item in answer) == sorted(s.urn for s in lease.slivers)
+
+
+# -- what still goes through: the refusal is only for a lease named in part ----------------------------------------
+def _slivers_of(*leases: LeaseRecord) -> list[str]:
+    return [sliver.urn for lease in leases for sliver in lease.slivers]
+
+
+def _renew_provision_and_delete(
+    aggregate: Aggregate, pki: DemoPki, leases: list[LeaseRecord], named: list[str]
+) -> None:
+    """Renew, Provision and Delete, each naming ``named``, each acting on every one of ``leases`` (as stored after)."""
+    alice = pki.users["alice"]
+    later = max(lease.end for lease in leases) + timedelta(hours=1)
+    aggregate.renew(alice.chain, named, [alice.slice_cred], later, {})
+    renewed = aggregate.bookings.leases(slice_urn=pki.slice_urn)
+    assert sorted(lease.id for lease in renewed) == sorted(lease.id for lease in leases)
+    assert {sliver.end for lease in renewed for sliver in lease.slivers} == {later}
+    aggregate.provision(alice.chain, named, [alice.slice_cred], {})
+    assert {lease.state for lease in aggregate.bookings.leases(slice_urn=pki.slice_urn)} == {"provisioned"}
+    aggregate.delete(alice.chain, named, [alice.slice_cred], {})
+    assert aggregate.bookings.leases(slice_urn=pki.slice_urn) == []
+
+
+def test_every_sliver_of_two_leases_in_one_call_acts_on_both(aggregate: Aggregate, pki: DemoPki) -> None:
+    two_nodes, one_node = _book(aggregate, pki, ("n1", "n2")), _book(aggregate, pki, ("n3",))
+    _renew_provision_and_delete(aggregate, pki, [two_nodes, one_node], _slivers_of(two_nodes, one_node))
+
+
+def test_a_sliver_named_twice_with_the_rest_of_its_lease_acts_on_the_lease(aggregate: Aggregate, pki: DemoPki) -> None:
+    lease = _book(aggregate, pki, ("n1", "n2"))
+    _renew_provision_and_delete(aggregate, pki, [lease], [_sliver_of(lease, "n1"), *_slivers_of(lease)])
+
+
+def test_a_sliver_of_a_cancelled_lease_named_with_a_whole_lease_leaves_the_cancelled_one_as_it_was(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """A cancelled lease is no longer acted on: its sliver named too does not make the live lease's call partial."""
+    alice = pki.users["alice"]
+    gone = _book(aggregate, pki, ("n3",))
+    aggregate.delete(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    (cancelled,) = aggregate.bookings.leases(active_only=False)
+    lease = _book(aggregate, pki, ("n1", "n2"))
+    _renew_provision_and_delete(aggregate, pki, [lease], [*_slivers_of(lease), *_slivers_of(gone)])
+    assert [stored for stored in aggregate.bookings.leases(active_only=False) if stored.id == gone.id] == [cancelled]
+
+
+def test_update_users_naming_one_sliver_of_a_lease_sets_the_slices_users(aggregate: Aggregate, pki: DemoPki) -> None:
+    """geni_update_users is not refused for naming part of a lease: the users are the slice's (the testbed of the
+    leases named gets them), and the lease itself is left as it was."""
+    alice = pki.users["alice"]
+    alice_urn = alice.chain[0].urn or ""
+    lease = _book(aggregate, pki, ("n1", "n2"))
+    aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    (provisioned,) = aggregate.bookings.leases(slice_urn=pki.slice_urn)
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExampleKeyOfAlice alice"
+    named = _sliver_of(lease, "n1")
+    answer = aggregate.perform_operational_action(
+        alice.chain,
+        [named],
+        [alice.slice_cred],
+        "geni_update_users",
+        {"geni_users": [{"urn": alice_urn, "keys": [key]}]},
+    )
+    assert [item["geni_sliver_urn"] for item in answer] == [named]
+    assert [(user.user_urn, user.ssh_keys) for user in aggregate.slices.get(pki.slice_urn).users] == [
+        (alice_urn, (key,))
+    ]
+    assert aggregate.bookings.leases(slice_urn=pki.slice_urn) == [provisioned]
+
+
+def test_save_image_naming_one_sliver_of_a_lease_is_not_refused_as_part_of_the_lease(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """sfa_omf_save_image saves one container, so naming one sliver is how it is called: this aggregate runs no
+    containers and says so (UNSUPPORTED), not that the lease is named in part. A save that runs needs a lease's
+    containers and their node (tests/images/test_node_actions.py); it takes no path through the refusal."""
+    alice = pki.users["alice"]
+    lease = _book(aggregate, pki, ("n1", "n2"))
+    aggregate.provision(alice.chain, [pki.slice_urn], [alice.slice_cred], {})
+    refusal = _refused_changing_nothing(
+        aggregate,
+        lambda: aggregate.perform_operational_action(
+            alice.chain, [_sliver_of(lease, "n1")], [alice.slice_cred], "sfa_omf_save_image", {"sfa_omf_label": "x"}
+        ),
+    )
+    assert refusal.code == GeniCode.UNSUPPORTED and "runs no containers" in refusal.message, refusal.message
