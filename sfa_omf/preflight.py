@@ -140,21 +140,30 @@ def trusted_roots_findings(settings: Settings) -> list[Finding]:
 
 
 def database_findings(settings: Settings) -> list[Finding]:
-    """The calendar's database answers and is at the newest migration."""
-    from sfa_omf.calendar.database import Database, head_revision
+    """The calendar's database answers and is at the newest migration (an older one: ``db upgrade``; one this
+    sfa-omf does not know: a newer sfa-omf migrated it)."""
+    from sfa_omf.calendar.database import (
+        Database,
+        DatabaseUnreachable,
+        head_revision,
+        is_known_revision,
+        unknown_revision_message,
+    )
     from sfa_omf.config import hide_password
 
     database = Database(settings.calendar_url)
     shown = hide_password(settings.calendar_url)
     try:
         current = database.schema_revision(connect_timeout_s=DATABASE_TIMEOUT_S)
-    except GeniError as exc:
+    except DatabaseUnreachable as exc:
+        return [Finding("database", f"the calendar database {exc.advice}")]
+    except GeniError as exc:  # opened, but the schema's revision could not be read
+        reason = one_line(exc.message.removeprefix("the calendar database failed: "))
         return [
             Finding(
                 "database",
-                f"the calendar database {shown} cannot be reached: "
-                f"{one_line(exc.message.removeprefix('the calendar database failed: '))}; start it, or fix "
-                "[sfa_omf] database_url / [sfa_db]",
+                f"the calendar database {shown} cannot be read: {reason}; its user must be able to read its tables "
+                "(restore a damaged one from a backup), or fix [sfa_omf] database_url",
             )
         ]
     finally:
@@ -162,6 +171,8 @@ def database_findings(settings: Settings) -> list[Finding]:
     head = head_revision()
     if current is None:
         return [Finding("database", f"the calendar database {shown} is empty: run sfa-omf db upgrade")]
+    if not is_known_revision(current):
+        return [Finding("database", unknown_revision_message(settings.calendar_url, current))]
     if current != head:
         return [
             Finding(

@@ -38,6 +38,9 @@ RETRY_ATTEMPTS = 6
 #: revisions, a subscription change): each try after the first sees the rows of the requests that won before.
 RACE_ATTEMPTS = 20
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: How long opening a PostgreSQL connection may take (libpq's connect_timeout) before the command or the call fails:
+#: a server, or anything else, that accepts the connection and never answers would otherwise hold it for ever.
+CONNECT_TIMEOUT_S = 5
 OVERLAP_CONSTRAINT = "sliver_no_overlap"
 #: PostgreSQL advisory lock of schema migrations (Database.upgrade): one at a time across hosts. The aggregate's other
 #: process-wide keys are 0x5FA0_3F00_xxxx too: cluster/leadership.py (LOCK_KEY, STARTUP_KEY) and calendar/agents.py
@@ -99,7 +102,7 @@ class Database:
         else:
             # No pre-ping per checkout (a round trip on every unit of work): a connection is pinged only when it
             # has been idle long enough for the server to have gone away meanwhile (_ping_if_idle).
-            self.engine = create_engine(url, echo=echo, **sizes)
+            self.engine = create_engine(url, echo=echo, connect_args=_connect_timeout_args(url), **sizes)
             event.listen(self.engine, "connect", _note_idle)
             event.listen(self.engine, "checkin", _note_idle)
             event.listen(self.engine, "checkout", _ping_if_idle)
@@ -213,18 +216,18 @@ class Database:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         # The writers' engine: on SQLite it begins with BEGIN IMMEDIATE, so a second upgrade waits for the first.
-        with _database_errors(), self._writer.begin() as connection:
+        with (
+            _advising(),
+            self._connected(self._writer) as connection,
+            _database_errors(),
+            connection.begin(),
+        ):
             if not self.is_sqlite:
                 _one_migration_at_a_time(connection)
             current = MigrationContext.configure(connection).get_current_revision()
             head = head_revision()
-            if current is not None and not _is_known_revision(current):
-                shown = make_url(self.url).render_as_string(hide_password=True)
-                raise GeniError(
-                    Reason.DATABASE,
-                    f"the calendar database {shown} is at migration {current}, which this sfa-omf (newest migration "
-                    f"{head}) does not know: a newer sfa-omf migrated it; run that version (nothing was changed)",
-                )
+            if current is not None and not is_known_revision(current):
+                raise GeniError(Reason.DATABASE, f"{unknown_revision_message(self.url, current)} (nothing was changed)")
             if current != head:
                 log.info("migrating the calendar database from %s to %s", current or "an empty schema", head)
             config.attributes["connection"] = connection
@@ -240,7 +243,8 @@ class Database:
         """
         if self._stored_revision() == newest_migration_file():
             return  # the usual case on SQLite, read without importing Alembic (0.2 s of a light command's start-up)
-        current = self.schema_revision()
+        with _advising():
+            current = self.schema_revision()
         if current is None:
             self.upgrade()
             return
@@ -248,12 +252,8 @@ class Database:
         if current == head:
             return
         shown = make_url(self.url).render_as_string(hide_password=True)
-        if not _is_known_revision(current):
-            raise GeniError(
-                Reason.DATABASE,
-                f"the calendar database {shown} is at migration {current}, which this sfa-omf (newest migration "
-                f"{head}) does not know: a newer sfa-omf migrated it; run that version",
-            )
+        if not is_known_revision(current):
+            raise GeniError(Reason.DATABASE, unknown_revision_message(self.url, current))
         raise GeniError(
             Reason.DATABASE,
             f"the calendar database {shown} is at migration {current}, this sfa-omf needs {head}: run "
@@ -274,33 +274,115 @@ class Database:
         except DBAPIError:
             return None
 
-    def schema_revision(self, connect_timeout_s: int = 5) -> str | None:
+    def schema_revision(self, connect_timeout_s: int = CONNECT_TIMEOUT_S) -> str | None:
         """The database's migration (None: an empty database, or an SQLite file that does not exist yet).
 
-        Reads only: a missing SQLite file is not created. Raises GeniError(DATABASE) when the database cannot be
-        reached within ``connect_timeout_s`` (PostgreSQL) or read.
+        Reads only: a missing SQLite file is not created. Raises DatabaseUnreachable when the database cannot be
+        opened (within ``connect_timeout_s`` on PostgreSQL; an SQLite file whose directory does not exist, or that is
+        not a database), GeniError(DATABASE) when it cannot be read.
         """
         from alembic.runtime.migration import MigrationContext
 
         if self.is_sqlite:
             path = make_url(self.url).database
             if path and path != ":memory:" and not Path(path).exists():
+                if not Path(path).resolve().parent.is_dir():
+                    # Not "empty, run db upgrade": db upgrade could not create the file either.
+                    raise DatabaseUnreachable(self.url, "unable to open database file")
                 return None
             engine = self.engine
         else:
             engine = create_engine(self.url, connect_args={"connect_timeout": connect_timeout_s})
         try:
-            with _database_errors(), engine.connect() as connection:
+            with self._connected(engine) as connection, _database_errors():
                 return MigrationContext.configure(connection).get_current_revision()
         finally:
             if engine is not self.engine:
                 engine.dispose()
 
+    @contextmanager
+    def _connected(self, engine: Engine) -> Iterator[Connection]:
+        """A connection of ``engine`` (this database), closed at the end; DatabaseUnreachable when it cannot be
+        opened."""
+        try:
+            connection = engine.connect()
+        except DBAPIError as exc:
+            raise DatabaseUnreachable(self.url, str(exc.orig)) from exc
+        with connection:
+            yield connection
+
     def dispose(self) -> None:
         self.engine.dispose()
 
 
-def _is_known_revision(revision: str) -> bool:
+class DatabaseUnreachable(GeniError):
+    """The calendar's database could not be opened: a PostgreSQL server down, refusing or silent, a wrong URL, an
+    SQLite file in a directory that does not exist or that is not an SQLite database.
+
+    ``message`` is the database's own words, as for any failure of the database; ``advice`` names the database and
+    says what to do, for the operator's commands and ``sfa-omf serve``'s checks (``opening_advice``).
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(Reason.DATABASE, f"the calendar database failed: {reason}")
+        self.advice = opening_advice(url, reason)
+
+
+def opening_advice(url: str, reason: str) -> str:
+    """One line after "the calendar database ": which database could not be opened, why (``reason``: the database's
+    words) and what to do."""
+    parsed = make_url(url)
+    reason = " ".join(reason.split())  # drivers answer on several lines
+    if parsed.get_backend_name() != "sqlite":
+        shown = parsed.render_as_string(hide_password=True)
+        return f"{shown} cannot be reached: {reason}; start it, or fix [sfa_omf] database_url / [sfa_db]"
+    path = parsed.database or ":memory:"
+    directory = Path(path).resolve().parent
+    if path != ":memory:" and not directory.is_dir():
+        return (
+            f"{path} cannot be created: its directory {directory} does not exist; create it (mkdir -p {directory}, "
+            "owned by the user running sfa-omf), or fix [sfa_omf] database_url"
+        )
+    if "file is not a database" in reason:  # SQLite's words for SQLITE_NOTADB
+        return (
+            f"{path} is not an SQLite database ({reason}); fix [sfa_omf] database_url, or move the file aside "
+            "(sfa-omf db upgrade then creates an empty calendar there)"
+        )
+    return (
+        f"{path} cannot be opened: {reason}; the user running sfa-omf must be able to read and write it and its "
+        "directory, or fix [sfa_omf] database_url"
+    )
+
+
+@contextmanager
+def _advising() -> Iterator[None]:
+    """For the operator's commands: a database that cannot be opened is refused naming it and what to do (the
+    DBERROR prefix kept, as for every failure of the database)."""
+    try:
+        yield
+    except DatabaseUnreachable as exc:
+        raise GeniError(Reason.DATABASE, f"the calendar database failed: {exc.advice}") from exc
+
+
+def _connect_timeout_args(url: str) -> dict[str, int]:
+    """The driver's arguments bounding how long opening a PostgreSQL connection may take: CONNECT_TIMEOUT_S, unless
+    the URL sets its own (``?connect_timeout=N``)."""
+    if "connect_timeout" in make_url(url).query:
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT_S}
+
+
+def unknown_revision_message(url: str, revision: str) -> str:
+    """The refusal of a database at ``revision``, a migration this sfa-omf does not have (``is_known_revision``): a
+    newer sfa-omf migrated it, and ``db upgrade`` cannot help."""
+    shown = make_url(url).render_as_string(hide_password=True)
+    return (
+        f"the calendar database {shown} is at migration {revision}, which this sfa-omf (newest migration "
+        f"{head_revision()}) does not know: a newer sfa-omf migrated it; run that version"
+    )
+
+
+def is_known_revision(revision: str) -> bool:
     """True when ``revision`` is one of this sfa-omf's migrations."""
     from alembic.script import ScriptDirectory
     from alembic.util import CommandError

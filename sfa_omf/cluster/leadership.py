@@ -260,9 +260,13 @@ def startup_writes(url: str, timeout_s: float = STARTUP_WAIT_S) -> Iterator[None
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
+    from sfa_omf.calendar.database import CONNECT_TIMEOUT_S
     from sfa_omf.preflight import StartupError
 
-    engine = create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    # Bounded like every connection the project opens: a database that accepts and never answers must not hang serve.
+    engine = create_engine(
+        url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+    )
     try:
         with engine.connect() as connection:
             connection.execute(text(f"SET lock_timeout = {int(timeout_s * 1000)}"))
