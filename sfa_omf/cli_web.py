@@ -29,14 +29,21 @@ def add_web_commands(commands: argparse._SubParsersAction) -> None:  # type: ign
 
 
 def _feed_url(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.feeds import FeedTokens
+    from sfa_omf.calendar.feeds import FeedTokens, check_user_urn
 
     settings = command_settings(args)
     if not settings.web_enabled:
         raise BadArgs("the web calendar is off ([sfa_web] enabled = no): no feed would be served")
+    check_user_urn(args.user_urn)  # before the database is asked who it is
     database = command_database(settings)
     try:
-        token = FeedTokens(database).issue(args.user_urn)
+        tokens = FeedTokens(database)
+        if not tokens.known_user(args.user_urn):  # an address for nobody would be handed out as working
+            raise BadArgs(
+                f"{args.user_urn} is neither a user of this registry nor a member of a slice here, nor did they book "
+                "here: no feed made; check the URN (sfa-omf user list lists this registry's users)"
+            )
+        token = tokens.issue(args.user_urn)
     finally:
         database.dispose()
     print(f"https://{settings.hostname}:{settings.aggregate_port}/calendar/feed/{token}.ics")

@@ -17,11 +17,12 @@ from datetime import datetime
 from sqlalchemy import delete, select
 
 from sfa_omf.calendar.database import Database, retry_raced, retry_transient
-from sfa_omf.calendar.models import FeedToken, LeaseRevision
+from sfa_omf.calendar.models import FeedToken, Lease, LeaseRevision, RegistryRecord, SliceUser
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.timeline import chunked
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
+from sfa_omf.xrn import urn_character_problem
 
 #: Bytes of randomness in a feed token (URL-safe base64: 43 characters).
 TOKEN_BYTES = 32
@@ -96,6 +97,16 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def check_user_urn(user_urn: str) -> None:
+    """GeniError (BAD_ARGS) unless ``user_urn`` is a user's URN holding only characters a URN may hold
+    (xrn.urn_character_problem)."""
+    if not user_urn.startswith("urn:publicid:IDN+") or "+user+" not in user_urn:
+        raise GeniError(Reason.BAD_ARGS, f"{user_urn!r} is not a user URN (urn:publicid:IDN+AUTHORITY+user+NAME)")
+    problem = urn_character_problem(user_urn)  # a line break would be stored, and no certificate holds it
+    if problem is not None:
+        raise GeniError(Reason.BAD_ARGS, f"{problem}: give the user's URN as their certificate has it")
+
+
 class FeedTokens:
     """Unguessable tokens of users' private feeds. A user has at most one; making a new one retires the old."""
 
@@ -105,8 +116,7 @@ class FeedTokens:
 
     def issue(self, user_urn: str) -> str:
         """A new token for this user (the old one, if any, stops working). Only its digest is stored."""
-        if not user_urn.startswith("urn:publicid:IDN+") or "+user+" not in user_urn:
-            raise GeniError(Reason.BAD_ARGS, f"{user_urn!r} is not a user URN (urn:publicid:IDN+AUTHORITY+user+NAME)")
+        check_user_urn(user_urn)
         token = secrets.token_urlsafe(TOKEN_BYTES)
 
         def replace_token() -> None:
@@ -118,6 +128,15 @@ class FeedTokens:
         # then sees it, so the next try replaces it.
         retry_raced(replace_token, "a new feed address")
         return token
+
+    def known_user(self, user_urn: str) -> bool:
+        """True when the local registry has this user, or a slice or a lease of the calendar names them (a foreign
+        user who is a slice member, or booked here): someone whose private feed can hold anything."""
+        with self.database.read() as session:
+            registered = select(RegistryRecord.id).where(RegistryRecord.urn == user_urn, RegistryRecord.type == "user")
+            member = select(SliceUser.id).where(SliceUser.user_urn == user_urn)
+            owner = select(Lease.id).where(Lease.owner_urn == user_urn)
+            return any(session.scalar(query.limit(1)) is not None for query in (registered, member, owner))
 
     def user_of(self, token: str) -> str | None:
         """The user whose feed this token opens, or None."""

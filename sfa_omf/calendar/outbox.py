@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -450,8 +451,31 @@ def _recorded(row: Any) -> RecordedEvent:
     return RecordedEvent(key, event, slice_urn, payload, from_s(created_s), row_id)
 
 
+#: Unicode categories of characters no address, form field or key holds: controls (a NUL, a line break), formatting
+#: characters (bidi overrides, zero-width ones: invisible, they make one text display as another) and the line and
+#: paragraph separators.
+UNFIT_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def unfit_character_problem(text: str, what: str) -> str | None:
+    """The first control or formatting character of ``text``, said for a person ("character 2 of the address is a
+    control character (U+0000); ..."); None when there is none. A NUL is refused by PostgreSQL (a database failure,
+    where it is the caller's input), stored by SQLite; the others would reach e-mail headers, webhooks and log lines."""
+    for index, char in enumerate(text):
+        category = unicodedata.category(char)
+        if category in UNFIT_CATEGORIES:
+            kind = "a formatting character" if category == "Cf" else "a control character or line break"
+            name = unicodedata.name(char, "")
+            shown = f"{name} (U+{ord(char):04X})" if name else f"U+{ord(char):04X}"
+            return f"character {index + 1} of {what} is {shown}, {kind}; it holds none"
+    return None
+
+
 def check_address(channel: str, address: str) -> None:
     """An e-mail address or an http(s) URL, as the channel needs; GeniError saying what is wrong otherwise."""
+    problem = unfit_character_problem(address, "the address")
+    if problem is not None:
+        raise GeniError(Reason.BAD_ARGS, f"{problem}: give the address without it")
     if channel == "email":
         local, _, domain = address.partition("@")
         # One address: a separator or an angle bracket would make several recipients, or a header of its own.

@@ -372,6 +372,7 @@ def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: Thread
             free_windows=aggregate.settings.free_windows,
             form_key=web_form_key(settings),
             email_by_default=settings.notify_email_by_default,
+            notify_enabled=settings.notify_enabled,
         ),
         clock=aggregate.clock,
         registered_keys=aggregate.registered_keys,

@@ -11,10 +11,10 @@ from urllib.parse import parse_qs
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web import http, resource, server
+from twisted.web import resource, server
 
 from sfa_omf.server.tls import peer_chain
-from sfa_omf.web.app import WebCalendar, WebRequest, WebResponse
+from sfa_omf.web.app import WebCalendar, WebRequest, WebResponse, cache_control
 from sfa_omf.web.forms import FORM_TYPE, MAX_FORM_BYTES, FormOrigin
 
 log = logging.getLogger("sfa_omf.server")
@@ -25,6 +25,9 @@ SECURITY_HEADERS = {
     b"x-content-type-options": b"nosniff",
     b"referrer-policy": b"no-referrer",
 }
+#: The methods Twisted hands to render_GET/render_POST; any other goes to the calendar, which answers 405 with Allow
+#: (Twisted's own answer was "501 Huh?", without the headers above).
+RENDERED_METHODS = (b"GET", b"HEAD", b"POST")
 
 
 class WebCalendarResource(resource.Resource):
@@ -39,24 +42,35 @@ class WebCalendarResource(resource.Resource):
         self.pool = pool
         self.reactor = reactor
 
+    def render(self, request: server.Request) -> Any:
+        """GET, HEAD and POST as Twisted dispatches them; any other method to the calendar (405 with Allow)."""
+        if request.method in RENDERED_METHODS:
+            return super().render(request)
+        return self._handle(request, request.method.decode("ascii", "replace"), {})
+
     def render_GET(self, request: server.Request) -> Any:
         return self._handle(request, "GET", {})
 
     def render_POST(self, request: server.Request) -> Any:
+        if getattr(request, "_too_big", False):  # LimitedRequest has answered 413 and closed
+            return b""
         content_type = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if content_type != FORM_TYPE:
-            request.setResponseCode(http.UNSUPPORTED_MEDIA_TYPE)
-            return f"A form is sent as {FORM_TYPE}.\n".encode()
+            return self._refuse(request, 415, "Unsupported media type", f"a form is sent as {FORM_TYPE}")
         body = request.content.read(MAX_FORM_BYTES + 1) if request.content is not None else b""
-        if len(body) > MAX_FORM_BYTES:
-            request.setResponseCode(http.REQUEST_ENTITY_TOO_LARGE)
-            return f"A form is at most {MAX_FORM_BYTES} bytes.\n".encode()
+        if len(body) > MAX_FORM_BYTES:  # LimitedRequest refuses it before reading; this is the last word
+            return self._refuse(request, 413, "Request entity too large", f"a form is at most {MAX_FORM_BYTES} bytes")
         form = {
             name: values[0]
             for name, values in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()
             if values
         }
         return self._handle(request, "POST", form)
+
+    def _refuse(self, request: server.Request, status: int, title: str, message: str) -> Any:
+        """The calendar's error page for a request refused here, with the headers of every answer."""
+        _write(request, self.calendar.error_page(status, title, message))
+        return server.NOT_DONE_YET
 
     def _handle(self, request: server.Request, method: str, form: dict[str, str]) -> Any:
         path = "/" + "/".join(part.decode("utf-8", "replace") for part in request.postpath or [])
@@ -84,18 +98,22 @@ class WebCalendarResource(resource.Resource):
             came_from=came_from,
         )
         deferred = deferToThreadPool(self.reactor, self.pool, self.calendar.handle, web_request)
-        deferred.addCallback(lambda answer: _write(request, answer))
+        caching = cache_control(web_request)
+        deferred.addCallback(lambda answer: _write(request, answer, caching))
         deferred.addErrback(lambda failure: _failed(request, failure))
         return server.NOT_DONE_YET
 
 
-def _write(request: server.Request, answer: WebResponse) -> None:
+def _write(request: server.Request, answer: WebResponse, caching: str = "no-store") -> None:
+    """Send the calendar's answer with the headers of every answer; ``caching``: its Cache-Control (app.py
+    cache_control; no-store for the server's own refusals and failures)."""
     if request.finished or request.channel is None:
         return
     request.setResponseCode(answer.status)
     request.setHeader(b"content-type", answer.content_type.encode("ascii"))
     for name, value in SECURITY_HEADERS.items():
         request.setHeader(name, value)
+    request.setHeader(b"cache-control", caching.encode("ascii"))
     for header, text in answer.headers.items():  # the answer's own (Retry-After on a 503)
         request.setHeader(header.encode("ascii"), text.encode("ascii"))
     request.write(answer.body)

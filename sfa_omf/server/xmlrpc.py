@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import unquote_to_bytes
 from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
@@ -189,16 +190,21 @@ def loads(body: bytes) -> tuple[tuple[Any, ...], str | None]:
 
 
 def refuse_and_close(
-    channel: Any, status: bytes, body: bytes = b"", content_type: str = "text/xml; charset=utf-8"
+    channel: Any,
+    status: bytes,
+    body: bytes = b"",
+    content_type: str = "text/xml; charset=utf-8",
+    headers: Mapping[bytes, bytes] | None = None,
 ) -> None:
-    """Answer ``status`` and close the connection now, without reading what the client still sends (refusing an
-    oversized body or header must not wait for it)."""
+    """Answer ``status`` (with these ``headers``) and close the connection now, without reading what the client still
+    sends (refusing an oversized body or header must not wait for it)."""
     if getattr(channel, "_sfa_omf_refused", False) or channel.transport is None:
         return
     channel._sfa_omf_refused = True
     head = f"HTTP/1.1 {status.decode('ascii')}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
     content_header = f"Content-Type: {content_type}\r\n" if body else ""
-    channel.transport.write((head + content_header + "\r\n").encode("ascii") + body)
+    extra = "".join(f"{name.decode('ascii')}: {value.decode('ascii')}\r\n" for name, value in (headers or {}).items())
+    channel.transport.write((head + content_header + extra + "\r\n").encode("ascii") + body)
     channel.loseConnection()
 
 
@@ -394,6 +400,9 @@ class LimitedRequest(server.Request):
     max_body_bytes = DEFAULT_MAX_BODY_BYTES
     #: Path prefixes answered in JSON (the OMF backend's REST inventory), not with an XML-RPC fault.
     json_prefixes: tuple[bytes, ...] = ()
+    #: The web calendar's first path segment (make_site's route): what is sent there is a form, refused over the web's
+    #: own limit (web/forms.py MAX_FORM_BYTES) in HTML with the web's headers, not with an XML-RPC fault.
+    web_segment = b"calendar"
     _received = 0
     _too_big = False
 
@@ -404,7 +413,7 @@ class LimitedRequest(server.Request):
         super().__init__(channel, *args, parsePOSTFormSubmission=False, **kwargs)
 
     def gotLength(self, length: int | None) -> None:
-        if length is not None and length > self.max_body_bytes:
+        if length is not None and length > self._limit():
             super().gotLength(0)  # buffer nothing of what is refused
             self._refuse_too_big(f"the request declares {length} bytes")
             return
@@ -414,15 +423,44 @@ class LimitedRequest(server.Request):
         self._received += len(data)
         if self._too_big:
             return
-        if self._received > self.max_body_bytes:  # chunked: no length was declared
+        if self._received > self._limit():  # chunked: no length was declared
             self._refuse_too_big("the request body")
             return
         super().handleContentChunk(data)
 
+    def _path(self) -> bytes:
+        """The path of the request line (known before the body; ``self.path`` is set only once it has come)."""
+        return getattr(self.channel, "_path", None) or b""
+
+    def _to_the_web(self) -> bool:
+        """Does this request go to the web calendar? Its first segment as Twisted's Site routes it (unquoted)."""
+        segments = self._path().split(b"?", 1)[0].split(b"/")
+        return len(segments) > 1 and unquote_to_bytes(segments[1]) == self.web_segment
+
+    def _limit(self) -> int:
+        if self._to_the_web():
+            from sfa_omf.web.forms import MAX_FORM_BYTES  # loaded by then: server/web.py serves /calendar
+
+            return min(MAX_FORM_BYTES, self.max_body_bytes)
+        return self.max_body_bytes
+
     def _refuse_too_big(self, what: str) -> None:
         self._too_big = True
-        message = f"{what}: over the limit of {self.max_body_bytes} bytes"
-        path = getattr(self.channel, "_path", None) or b""  # from the request line, known before the body
+        limit = self._limit()
+        message = f"{what}: over the limit of {limit} bytes"
+        path = self._path()
+        if self._to_the_web():
+            from sfa_omf.server.web import SECURITY_HEADERS
+
+            page = (
+                "<!doctype html>\n<title>413 Request entity too large</title>\n<h1>413 Request entity too large</h1>\n"
+                f"<p>{what}: a form is at most {limit} bytes.</p>\n"
+                f'<p><a href="/{self.web_segment.decode("ascii")}/">Back to the calendar</a></p>\n'
+            )
+            headers = {**SECURITY_HEADERS, b"cache-control": b"no-store"}
+            status = b"413 Request Entity Too Large"
+            refuse_and_close(self.channel, status, page.encode("utf-8"), "text/html; charset=utf-8", headers)
+            return
         if self.json_prefixes and path.startswith(self.json_prefixes):
             error = {"exception": {"code": 413, "reason": message, "geni_code": FAULT_TOOBIG, "geni_reason": "too_big"}}
             body = json.dumps(error).encode("utf-8")

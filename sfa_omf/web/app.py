@@ -3,7 +3,7 @@
 Routes under /calendar:
     /calendar/                         the Gantt view (?view=day|week&start=YYYY-MM-DD&pool=P&hw=T)
     /calendar/node/<name or URN>       a node: properties, next free windows (as advertised), bookings
-    /calendar/node/<name or URN>.ics   the node's iCal feed
+    /calendar/node/<name or URN>.ics   the node's iCal feed (a key that names a node whole is its page: cam.ics)
     /calendar/slice/<name or URN>.ics  the slice's iCal feed (its members and operators only)
     /calendar/feed/<token>.ics         a user's private feed (the token comes from ``sfa-omf calendar feed-url``
                                        or from /calendar/me)
@@ -32,16 +32,17 @@ from sfa_omf.calendar.availability import Availability
 from sfa_omf.calendar.database import Database, TransientConflict
 from sfa_omf.calendar.feeds import FeedTokens, LeaseRevisions
 from sfa_omf.calendar.inventory import Inventory
-from sfa_omf.calendar.outbox import Outbox, check_self_service_webhook
+from sfa_omf.calendar.outbox import Outbox, check_address, check_self_service_webhook, unfit_character_problem
 from sfa_omf.calendar.timeline import BookingRow, NodeRow, Timeline
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.verifier import CredentialVerifier
 from sfa_omf.web import gantt
-from sfa_omf.web.forms import FormOrigin, FormRefused, channel_field, check_form, form_token
+from sfa_omf.web.forms import FormOrigin, FormRefused, channel_field, check_form, form_token, unfit_field_problem
 from sfa_omf.web.ical import EventCache, fingerprint, group_leases, render_feed, short_name
 from sfa_omf.web.viewer import Viewer, identify
+from sfa_omf.xrn import shown_urn
 
 log = logging.getLogger("sfa_omf.web")
 
@@ -56,6 +57,12 @@ INTERNAL_ERROR = "the calendar failed to answer; the operator's log has the deta
 FIRST_DAY = datetime(2000, 1, 1, tzinfo=UTC)
 LAST_DAY = datetime(2999, 12, 31, tzinfo=UTC)
 STATIC_TYPES = {"calendar.js": "text/javascript; charset=utf-8", "calendar.css": "text/css; charset=utf-8"}
+#: The addresses of the forms of /calendar/me (POST only); every other address is read with GET (or HEAD).
+FORM_PATHS = (["me", "notify"], ["me", "feed"])
+#: Answers that depend on who asks (a certificate, a form, a private feed's token) must be kept by no cache; the
+#: others (the public view) may be kept but asked again before each use: the calendar changes at any moment.
+PRIVATE_CACHING = "no-store"
+PUBLIC_CACHING = "no-cache"
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,17 @@ class WebSettings:
     base_path: str = "/calendar"
     form_key: bytes = b""  # signs the forms' tokens (forms.py); empty: a random key of this process
     email_by_default: bool = False  # [sfa_notify] email_by_default: the page shows the address on record as on
+    # [sfa_notify] enabled (the server passes it): when off, /calendar/me says that no notifications are sent now.
+    notify_enabled: bool = True
+
+
+@dataclass
+class MyPageFacts:
+    """What /calendar/me shows of a user: their channels, the address on record used by default, their slices."""
+
+    channels: dict[str, str]  # channel -> the address they chose
+    defaults: dict[str, str]  # {"email": the address on record} when lease e-mails go there by default
+    slices: list[str]
 
 
 class NotFound(Exception):
@@ -105,7 +123,11 @@ class Forbidden(Exception):
 
 
 class NotAllowed(Exception):
-    """A method this address does not take (405)."""
+    """A method this address does not take (405); ``allow`` lists those it takes (the Allow header)."""
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
 
 
 class WebCalendar:
@@ -142,34 +164,38 @@ class WebCalendar:
         try:
             return self._route(request)
         except NotFound as exc:
-            return self._error(404, "Not found", str(exc))
+            return self.error_page(404, "Not found", str(exc))
         except BadRequest as exc:
-            return self._error(400, "Bad request", str(exc))
+            return self.error_page(400, "Bad request", str(exc))
         except (Forbidden, FormRefused) as exc:
-            return self._error(403, "Forbidden", str(exc))
+            return self.error_page(403, "Forbidden", str(exc))
         except NotAllowed as exc:
-            return self._error(405, "Method not allowed", str(exc))
+            return self.error_page(405, "Method not allowed", str(exc), {"Allow": exc.allow})
         except TransientConflict as exc:  # concurrent writers collided (outside a retry): busy, try again
             return self._unavailable(request, exc)
         except GeniError as exc:
             if _cannot_answer_now(exc):
                 return self._unavailable(request, exc)
             if exc.reason in (Reason.SERVER_ERROR, Reason.DATABASE):  # a fault of ours (a query, the schema)
-                log.error("web calendar %s failed: %s", request.path, exc, exc_info=exc)
-                return self._error(500, "Internal error", INTERNAL_ERROR)
+                log.error("web calendar %s failed: %s", shown_path(request.path), exc, exc_info=exc)
+                return self.error_page(500, "Internal error", INTERNAL_ERROR)
             if exc.reason is Reason.NOT_FOUND:  # (a node removed while the page was being made)
-                return self._error(404, "Not found", exc.message)
-            return self._error(400, "Bad request", exc.message)  # the caller's input: the message says what to change
+                return self.error_page(404, "Not found", exc.message)
+            # The caller's input: the message says what to change.
+            return self.error_page(400, "Bad request", exc.message)
         except Exception:
-            log.exception("web calendar %s failed", request.path)
-            return self._error(500, "Internal error", INTERNAL_ERROR)
+            log.exception("web calendar %s failed", shown_path(request.path))
+            return self.error_page(500, "Internal error", INTERNAL_ERROR)
 
     def _route(self, request: WebRequest) -> WebResponse:
         parts = [part for part in request.path.split("/") if part]
-        if request.method == "POST":
-            if parts in (["me", "notify"], ["me", "feed"]):
-                return self.my_form(request, parts[1])
-            raise NotAllowed(f"{self.settings.base_path}{request.path} is read with GET")
+        address = f"{self.settings.base_path}{request.path}"
+        if parts in FORM_PATHS:
+            if request.method != "POST":
+                raise NotAllowed(f"{address} takes the form of {self.settings.base_path}/me (POST)", "POST")
+            return self.my_form(request, parts[1])
+        if request.method not in ("GET", "HEAD"):
+            raise NotAllowed(f"{address} is read with GET", "GET, HEAD")
         if parts == ["me"]:
             return self.my_page(self.viewer(request))
         if not parts:
@@ -178,9 +204,12 @@ class WebCalendar:
             body = resources.files("sfa_omf.web").joinpath("static", parts[1]).read_bytes()
             return WebResponse(200, STATIC_TYPES[parts[1]], body)
         if len(parts) == 2 and parts[0] == "node":
-            if parts[1].endswith(".ics"):
-                return self.node_feed(request, parts[1].removesuffix(".ics"))
-            return self.node_page(request, parts[1])
+            # A key that names a node whole is its page, also a name ending in .ics (node cam.ics: its page at
+            # node/cam.ics, its feed at node/cam.ics.ics); any other key ending in .ics is a feed.
+            viewer = self.viewer(request)
+            if parts[1].endswith(".ics") and not self._names_a_node(parts[1], viewer):
+                return self.node_feed(viewer, parts[1].removesuffix(".ics"))
+            return self.node_page(viewer, parts[1])
         if len(parts) == 2 and parts[0] == "slice" and parts[1].endswith(".ics"):
             return self.slice_feed(request, parts[1].removesuffix(".ics"))
         if len(parts) == 2 and parts[0] == "feed" and parts[1].endswith(".ics"):
@@ -245,11 +274,12 @@ class WebCalendar:
             following=_gantt_query(view, start + step, pool, hardware),
             today=_gantt_query(view, now, pool, hardware),
             node_count=len(nodes),
+            first_day=FIRST_DAY,
+            last_day=LAST_DAY,
         )
 
-    def node_page(self, request: WebRequest, key: str) -> WebResponse:
+    def node_page(self, viewer: Viewer, key: str) -> WebResponse:
         """A node: its properties, its next free windows (the advertisement's numbers) and its bookings."""
-        viewer = self.viewer(request)
         node = self._find_node(key, viewer)
         record = self.inventory.get_node(node.component_id)
         now = self.clock()
@@ -263,59 +293,99 @@ class WebCalendar:
         return self._page("node.html", viewer=viewer, node=node, record=record, windows=windows, bars=bars, now=now)
 
     # -- the viewer's own page (forms.py) ------------------------------------------------------------------------
-    def my_page(self, viewer: Viewer, notice: str = "", feed_url: str = "") -> WebResponse:
+    def my_page(self, viewer: Viewer) -> WebResponse:
         """The certificate's user: their channels and slices' feeds, and the forms to change them."""
+        return self._my_page_answer(viewer, self._my_page_facts(viewer))
+
+    def _my_page_facts(self, viewer: Viewer) -> MyPageFacts:
+        """What /calendar/me shows of this viewer, read from the database (Forbidden without a certificate)."""
         if viewer.urn is None:
             raise Forbidden(
                 "this page is for users who present their GENI user certificate (import your GID and key into the "
                 "browser as a PKCS#12 file); " + (viewer.refused or "your browser presented none")
             )
-        channels = dict(self.outbox.subscriptions([viewer.urn]).get(viewer.urn, []))
+        return MyPageFacts(
+            channels=dict(self.outbox.subscriptions([viewer.urn]).get(viewer.urn, [])),
+            defaults=self._email_default(viewer.urn),
+            # Their slices' feeds, and those of slices where they booked but are no member (their own leases only).
+            slices=sorted(viewer.slices | self.timeline.slices_booked_by(viewer.urn, self.clock() - FEED_PAST)),
+        )
+
+    def _my_page_answer(self, viewer: Viewer, facts: MyPageFacts, notice: str = "", feed_url: str = "") -> WebResponse:
+        """/calendar/me made from facts already read: no database read, so it cannot fail after a change."""
+        assert viewer.urn is not None  # _my_page_facts refuses a viewer without a user
         return self._page(
             "me.html",
             viewer=viewer,
-            channels=channels,
-            defaults=self._email_default(viewer.urn),
+            channels=facts.channels,
+            defaults=facts.defaults,
             all_channels=CHANNEL_LABELS,
-            # Their slices' feeds, and those of slices where they booked but are no member (their own leases only).
-            slices=sorted(viewer.slices | self.timeline.slices_booked_by(viewer.urn, self.clock() - FEED_PAST)),
+            slices=facts.slices,
             token=form_token(self.form_key, viewer.urn),
             notice=notice,
             feed_url=feed_url,
+            notify_enabled=self.settings.notify_enabled,
         )
 
     def my_form(self, request: WebRequest, form_name: str) -> WebResponse:
-        """A form of /calendar/me: checked to come from our page for this user, then done (see forms.py)."""
+        """A form of /calendar/me: checked to come from our page for this user, then done (see forms.py).
+
+        The page of the answer is read before the change: once the change is made, the answer says so (and shows a
+        new feed address) whatever the database does next. A read after the write that failed would answer 503 with
+        the old feed address already dead and the new one never shown. A change that fails leaves everything as it
+        was."""
+        problem = unfit_field_problem(request.form)  # before any query: a NUL would reach the database
+        if problem is not None:
+            raise BadRequest(f"{problem}: send the form again from the page, without it")
         viewer = self.viewer(request)
         check_form(self.form_key, viewer, request.came_from, request.form)
         assert viewer.urn is not None  # check_form refuses a viewer without a user
         action = request.form.get("action", "")
         if form_name == "feed":
+            if action not in ("new", "close"):
+                raise BadRequest(f"action={action!r}: new or close")
+            facts = self._my_page_facts(viewer)
             if action == "new":
                 token = self.tokens.issue(viewer.urn)
                 url = f"https://{request.came_from.host}{self.settings.base_path}/feed/{token}.ics"
                 notice = "A new address of your private feed (the previous one, if any, no longer works)."
-                return self.my_page(viewer, notice, url)
-            if action == "close":
-                closed = self.tokens.revoke(viewer.urn)
-                return self.my_page(viewer, "Your private feed is closed." if closed else "You had no private feed.")
-            raise BadRequest(f"action={action!r}: new or close")
+                return self._my_page_answer(viewer, facts, notice, url)
+            closed = self.tokens.revoke(viewer.urn)
+            notice = "Your private feed is closed." if closed else "You had no private feed."
+            return self._my_page_answer(viewer, facts, notice)
         try:
             channel = channel_field(request.form)
         except ValueError as exc:
             raise BadRequest(str(exc)) from exc
-        if action == "subscribe":
-            address = request.form.get("address", "").strip()
+        if action not in ("subscribe", "unsubscribe"):
+            raise BadRequest(f"action={action!r}: subscribe or unsubscribe")
+        address = request.form.get("address", "").strip()
+        if action == "subscribe":  # the address is checked before anything is read: GeniError (400) says what is wrong
             if channel == "webhook":
-                check_self_service_webhook(address)  # GeniError (400) says what is wrong with it
-            self.outbox.subscribe(viewer.urn, channel, address)  # GeniError (400) says what is wrong with it
-            return self.my_page(viewer, f"You will be told by {CHANNEL_LABELS[channel]} at {address}.")
-        if action == "unsubscribe":
-            by_default = channel in self._email_default(viewer.urn)
-            was_in = self.outbox.unsubscribe(viewer.urn, channel) or by_default
-            said = "You will no longer be told by" if was_in else "You were not subscribed to"
-            return self.my_page(viewer, f"{said} {CHANNEL_LABELS[channel]}.")
-        raise BadRequest(f"action={action!r}: subscribe or unsubscribe")
+                check_self_service_webhook(address)
+            else:
+                check_address(channel, address)
+        facts = self._my_page_facts(viewer)
+        if action == "subscribe":
+            self.outbox.subscribe(viewer.urn, channel, address)
+            facts.channels[channel] = address
+            facts.defaults.pop(channel, None)  # their own address now, not the one on record
+            return self._my_page_answer(viewer, facts, self._subscribed_notice(channel, address))
+        by_default = channel in facts.defaults
+        was_in = self.outbox.unsubscribe(viewer.urn, channel) or by_default
+        facts.channels.pop(channel, None)
+        facts.defaults.pop(channel, None)  # an e-mail opt-out holds for the address on record too
+        said = "You will no longer be told by" if was_in else "You were not subscribed to"
+        return self._my_page_answer(viewer, facts, f"{said} {CHANNEL_LABELS[channel]}.")
+
+    def _subscribed_notice(self, channel: str, address: str) -> str:
+        label = CHANNEL_LABELS[channel]
+        if self.settings.notify_enabled:
+            return f"You will be told by {label} at {address}."
+        return (
+            f"Your {label} address {address} is kept, but this aggregate does not send notifications now: you will "
+            "be told there once its operator turns them on."
+        )
 
     def _email_default(self, user_urn: str) -> dict[str, str]:
         """{"email": the address on record} when lease e-mails go there by default for this user, else {}."""
@@ -325,9 +395,8 @@ class WebCalendar:
         return {"email": found[user_urn]} if user_urn in found else {}
 
     # -- feeds ----------------------------------------------------------------------------------------------------
-    def node_feed(self, request: WebRequest, key: str) -> WebResponse:
+    def node_feed(self, viewer: Viewer, key: str) -> WebResponse:
         """Every lease of a node; slice details only for the viewer's own slices (or an operator)."""
-        viewer = self.viewer(request)
         node = self._find_node(key, viewer)
         lease_ids = {row.lease_id for row in self._feed_rows(node=node.component_id)}
         rows = self._feed_rows(lease_ids=lease_ids) if lease_ids else []
@@ -336,7 +405,14 @@ class WebCalendar:
     def slice_feed(self, request: WebRequest, key: str) -> WebResponse:
         """Every lease of a slice, for its members and operators; to a user who is no member (any more), the leases
         they booked in it themselves, if any."""
+        problem = unfit_character_problem(key, "the slice's name or URN")
+        refused = f"{problem}: give the slice's URN, urn:publicid:IDN+AUTHORITY+slice+NAME"
+        if problem is not None and "\x00" in key:  # before any query: PostgreSQL fails on a NUL
+            raise BadRequest(refused)
         viewer = self.viewer(request)
+        # A slice of the viewer's own named before the aggregate refused such URNs (test_ical_names) keeps its feed.
+        if problem is not None and key not in viewer.slices:
+            raise BadRequest(refused)
         slice_urn = self._find_slice(key, viewer)
         own = self._feed_rows(slices=[slice_urn], owner=viewer.urn) if viewer.urn and not viewer.sees(slice_urn) else []
         if not viewer.sees(slice_urn) and not own:
@@ -407,6 +483,10 @@ class WebCalendar:
         nodes = self.timeline.nodes()
         return nodes if viewer.admin else [node for node in nodes if node.federated]
 
+    def _names_a_node(self, key: str, viewer: Viewer) -> bool:
+        """Is ``key`` the URN or the name of a node this viewer sees?"""
+        return any(key in (node.component_id, node.component_name) for node in self._visible_nodes(viewer))
+
     def _find_node(self, key: str, viewer: Viewer) -> NodeRow:
         nodes = self._visible_nodes(viewer)
         exact = [node for node in nodes if node.component_id == key]
@@ -436,19 +516,37 @@ class WebCalendar:
 
     def _unavailable(self, request: WebRequest, exc: Exception) -> WebResponse:
         """503 with Retry-After: the database cannot answer now. Its own words (host, port, user) go to the log only."""
-        log.warning("web calendar %s: the calendar database cannot answer: %s", request.path, exc)
-        return self._error(
+        log.warning("web calendar %s: the calendar database cannot answer: %s", shown_path(request.path), exc)
+        return self.error_page(
             503,
             "Service unavailable",
             "the calendar cannot be read just now; try again in a minute",
             {"Retry-After": str(RETRY_AFTER_S)},
         )
 
-    def _error(self, status: int, title: str, message: str, headers: Mapping[str, str] | None = None) -> WebResponse:
+    def error_page(
+        self, status: int, title: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> WebResponse:
+        """A page saying what went wrong and what to do, with a link back to the calendar."""
         body = self.templates.get_template("error.html").render(
             base=self.settings.base_path, status=status, title=title, message=message
         )
         return WebResponse(status, HTML, body.encode("utf-8"), headers or {})
+
+
+def shown_path(path: str) -> str:
+    """A request's path for a log line: as it is, or escaped and cut as xrn.shown_urn shows what a caller sent (a NUL,
+    a line break or a bidi override in a path never reaches or forges a log line)."""
+    return shown_urn(path)
+
+
+def cache_control(request: WebRequest) -> str:
+    """Cache-Control of the answer to this request (server/web.py sends it with every answer): PRIVATE_CACHING when
+    it may depend on who asks (a certificate was presented, a form was sent, the viewer's own page, a private feed's
+    token in the address), else PUBLIC_CACHING."""
+    parts = [part for part in request.path.split("/") if part]
+    private = request.caller_chain or request.method != "GET" or parts[:1] in (["me"], ["feed"])
+    return PRIVATE_CACHING if private else PUBLIC_CACHING
 
 
 def _cannot_answer_now(exc: GeniError) -> bool:

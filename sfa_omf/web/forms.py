@@ -22,6 +22,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sfa_omf.calendar.outbox import unfit_character_problem
 from sfa_omf.calendar.records import CHANNELS
 from sfa_omf.web.viewer import Viewer
 
@@ -73,3 +74,14 @@ def channel_field(form: Mapping[str, str]) -> str:
     if channel not in CHANNELS:
         raise ValueError(f"channel={channel!r}: one of {', '.join(CHANNELS)}")
     return channel
+
+
+def unfit_field_problem(form: Mapping[str, str]) -> str | None:
+    """What is wrong with the first form field holding a control or formatting character (outbox's
+    unfit_character_problem), or None: such a character is never part of an address or a token, and a NUL would reach
+    the database (PostgreSQL refuses it as a failure of its own, SQLite stores it)."""
+    for name, value in form.items():
+        problem = unfit_character_problem(name, "a field's name") or unfit_character_problem(value, f"the {name}")
+        if problem is not None:
+            return problem
+    return None

@@ -1,11 +1,25 @@
-// The calendar page's few behaviours: filters apply at once, a click or focus on a bar shows its details,
-// and the "now" line follows the clock. Plain JavaScript, no library.
+// The calendar page's few behaviours: filters apply at once (the day once it is typed whole), a click or focus
+// on a bar shows its details, and the "now" line follows the clock. Plain JavaScript, no library.
 (function () {
   "use strict";
   var filters = document.getElementById("filters");
   if (filters) {
-    filters.querySelectorAll("select, input").forEach(function (field) {
+    filters.querySelectorAll("select").forEach(function (field) {
       field.addEventListener("change", function () { filters.submit(); });
+    });
+    // A date field changes at every digit typed (the year 2027 is 0002, 0020, 0202 on the way): it is sent on
+    // Enter, or when it loses focus holding a new day the server takes (its min and max), never while typed.
+    filters.querySelectorAll("input[type=date]").forEach(function (field) {
+      var shown = field.value;
+      function send() {
+        if (field.value && field.value !== shown && field.checkValidity()) { filters.submit(); }
+      }
+      field.addEventListener("keydown", function (event) {
+        if (event.key !== "Enter") { return; }
+        event.preventDefault();
+        if (field.checkValidity()) { send(); } else { field.reportValidity(); }
+      });
+      field.addEventListener("blur", send);
     });
   }
   // One delegated listener for all bars (a week of 1 000 nodes has thousands); each lease's details are in one
