@@ -62,7 +62,7 @@ from sfa_omf.calendar.plain_statements import (
     listed_count,
     listed_values,
 )
-from sfa_omf.calendar.policy import Policy, PolicyViolation, booked_start, check_window
+from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
 from sfa_omf.calendar.queries import advisory_key, from_s, held_windows, lock_names, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import (
     BookingRequest,
@@ -240,9 +240,7 @@ class Bookings:
                 if node is None:
                     conflicts.append(Conflict(request.node, request.start, request.end, UNKNOWN_NODE))
                     continue
-                # A start before the slot now is in: booked from that slot's start (policy.booked_start).
-                asked_start_s, end_s = to_s(request.start), to_s(request.end)
-                window = (booked_start(asked_start_s, end_s, now_s, node.grain_s), end_s)
+                window = (to_s(request.start), to_s(request.end))
                 check_window(
                     self.policy, window[0], window[1], now_s, node.grain_s, node.component_id, request.from_now
                 )
@@ -619,7 +617,9 @@ class Bookings:
         lease_id = ""
         try:
             with self.database.write_connection() as connection:
-                locked = self._lock_for_limits(connection, [lease_id for lease_id, _, _ in renewals])
+                lease_ids = [lease_id for lease_id, _, _ in renewals]
+                locked = self._lock_for_limits(connection, lease_ids)
+                self._lock_in_id_order(connection, lease_ids)
                 records = []
                 for number, (lease_id, new_end, rounding) in enumerate(renewals, 1):
                     last = number == len(renewals)
@@ -682,6 +682,18 @@ class Bookings:
         return _lease_record_of(
             (lease_id, lease.slice_urn, lease.owner_urn, lease.start_s, new_end_s, lease.state, lease.client_id),
             slivers,
+        )
+
+    def _lock_in_id_order(self, connection: Connection, lease_ids: Sequence[str]) -> None:
+        """PostgreSQL, several leases: their rows locked in id order, before each is renewed in the caller's order
+        (``_renew_in`` locks its lease again, already held). Locked in the caller's order, a renewal naming [b, a]
+        held b while it waited for a, which another writer held waiting for b: a deadlock. (SQLite's BEGIN IMMEDIATE
+        has serialized the writers already; one lease is one lock, in no order.)"""
+        distinct = sorted(set(lease_ids))
+        if self.database.is_sqlite or len(distinct) < 2:
+            return
+        execute_plain(
+            connection, _lock_leases_in_id_order(listed_count(distinct)), listed_values("lease_ids", distinct)
         )
 
     def _lock_for_limits(self, connection: Connection, lease_ids: Sequence[str]) -> frozenset[str] | None:
@@ -1467,6 +1479,21 @@ _HOLDING_SLIVERS = PlainStatement(
     .select_from(table_of(Sliver))
     .where(_SLIVER.lease_id == bindparam("lease_id"), _SLIVER.holds_node.is_(True))
 )
+
+
+@functools.lru_cache(maxsize=MAX_LISTED + 1)
+def _lock_leases_in_id_order(count: int) -> PlainStatement[Any]:
+    """``Bookings._lock_in_id_order``'s statement for ``count`` lease ids (``listed_values("lease_ids", ...)``): the
+    rows sorted before they are locked (PostgreSQL locks the rows of ORDER BY ... FOR UPDATE in that order)."""
+    return PlainStatement(
+        select(_LEASE.id)
+        .select_from(table_of(Lease))
+        .where(_LEASE.id.in_(listed("lease_ids", count)))
+        .order_by(_LEASE.id)
+        .with_for_update(of=table_of(Lease))
+    )
+
+
 _NEW_END = bindparam("new_end_s", type_=BigInteger)
 _RENEW_LEASE = PlainStatement(
     update(table_of(Lease)).where(_LEASE.id == bindparam("renewed_lease")).values(end_s=_NEW_END)

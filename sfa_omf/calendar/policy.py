@@ -46,15 +46,6 @@ def human_duration(seconds: int) -> str:
     return count(seconds / DAY, "day")
 
 
-def booked_start(start_s: int, end_s: int, now_s: int, grain_s: int) -> int:
-    """Where the window [start_s, end_s) is booked from: as asked, unless it starts before the slot that ``now_s`` is
-    in and ends after that slot begins; then from that slot's start. The past is never booked nor counted in a user's
-    node-hours, and a client whose clock is a little behind still gets the slot it asked for, whole. (A window over
-    before that keeps its start: ``check_window`` refuses it as past.)"""
-    current_slot_s = align_down(now_s, grain_s)
-    return current_slot_s if start_s < current_slot_s < end_s else start_s
-
-
 def check_window(
     policy: Policy, start_s: int, end_s: int, now_s: int, grain_s: int, node: str, partial_start: bool = False
 ) -> None:

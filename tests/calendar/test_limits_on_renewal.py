@@ -1,6 +1,6 @@
 """The per-slice and per-user limits (max_concurrent_leases_per_slice, max_hours_per_day_per_user) hold for
-renewals as for bookings, and for every lease one booking creates; a window that starts in the past is booked from
-the slot now is in, and only that is counted — on SQLite and PostgreSQL."""
+renewals as for bookings, and for every lease one booking creates; a window that starts in the past is booked as
+asked, its past part counted — on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -142,16 +142,19 @@ def test_every_lease_one_booking_creates_counts_towards_the_slice_s_limit(databa
 
 
 # -- a start in the past ---------------------------------------------------------------------------------------------
-def test_a_window_that_starts_in_the_past_is_booked_and_counted_from_the_current_slot(database: Database) -> None:
-    calendar = limited(database, max_hours_per_day_per_user=1.5)
+def test_a_window_that_starts_in_the_past_is_booked_as_asked_and_its_past_part_counted(database: Database) -> None:
+    """The asked start is kept: a request sent again (a CreateSliver retried, a manifest sent back) names the lease
+    as it was booked, and the window's length is the one the policy checked."""
+    calendar = limited(database, max_hours_per_day_per_user=2, min_duration_s=3600)
     calendar.now = at(0.25)  # inside the slot [0, 0.5)
-    (lease,) = book(calendar, ask("n1", -5, 1))
-    assert (lease.start, lease.end) == (at(0), at(1))
-    assert [(sliver.start, sliver.end) for sliver in lease.slivers] == [(at(0), at(1))]
-    # A client whose clock is a little behind books the slot it names, whole.
-    calendar.now = at(1) + timedelta(seconds=20)
-    (slot,) = book(calendar, BookingRequest(node_urn("n2"), at(1), at(1.5)))
-    assert (slot.start, slot.end) == (at(1), at(1.5))
+    (lease,) = book(calendar, ask("n1", -0.5, 0.5))  # one hour: the minimum, though half of it is over
+    assert (lease.start, lease.end) == (at(-0.5), at(0.5))
+    assert [(sliver.start, sliver.end) for sliver in lease.slivers] == [(at(-0.5), at(0.5))]
+    book(calendar, ask("n2", 0.5, 1.5))  # 2 node-hours in all, the past half hour included: the limit
+    with pytest.raises(PolicyViolation) as refusal:
+        book(calendar, ask("n3", 1.5, 2.5))
+    assert refusal.value.rule == "max_hours_per_day_per_user"
+    assert "would book 3 node-hours" in refusal.value.message
 
 
 # -- through the aggregate's Renew -----------------------------------------------------------------------------------
