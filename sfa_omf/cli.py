@@ -423,7 +423,7 @@ def _cmd_credential_issue(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from sfa_omf.registry.authority import LocalAuthority
-    from sfa_omf.xrn import split_hrn
+    from sfa_omf.xrn import is_authority_for, split_hrn
 
     _check_output(args.output)
     config = read_config(os.path.join(args.dir, CONFIG_FILE_NAME))
@@ -437,6 +437,8 @@ def _cmd_credential_issue(args: argparse.Namespace) -> int:
     elif os.path.exists(authority.issued_gid_path(target_hrn)):
         target_chain = authority.issued_chain(target_hrn)
     elif args.type:
+        if args.type in ("user", "slice") and is_authority_for(authority.hrn, target_hrn):
+            _refuse_if_removed_lately(config, target_hrn, args.type)  # BUSY before the GID file is written
         target_chain, _ = authority.issue_gid(target_hrn, args.type)
     else:
         raise BadArgs(f"no GID for {target_hrn!r} yet: give --type slice (or node) to issue one")
@@ -445,6 +447,21 @@ def _cmd_credential_issue(args: argparse.Namespace) -> int:
     )
     _write_output(xml, args.output)
     return 0
+
+
+def _refuse_if_removed_lately(settings: Settings, hrn: str, kind: str) -> None:
+    """BUSY when the user or slice ``hrn``, not registered, was removed less than the registry's wait ago
+    (registry/records.py REGISTER_AGAIN_AFTER_S): a GID issued for it now could not be recorded, and left in gids/
+    would refuse the name's next ``user add`` or ``slice create``."""
+    from sfa_omf.cli_common import command_database
+    from sfa_omf.registry.records import Records
+    from sfa_omf.xrn import hrn_to_urn
+
+    database = command_database(settings)
+    try:
+        Records(database).refuse_if_removed_lately(hrn, hrn_to_urn(hrn, kind))
+    finally:
+        database.dispose()
 
 
 def _cmd_credential_delegate(args: argparse.Namespace) -> int:

@@ -16,7 +16,8 @@ for its e-mail: it names no key). Users of other authorities keep it too.
 
 Cost: a record is read on the first call of a (user, key), then the verdict is kept for ``ttl_s`` seconds (the
 time a removal takes to reach every process of the cluster); refusals are never kept, so a user registered again
-can call at once.
+can call at once. The registry gives a removed name again only REGISTER_AGAIN_AFTER_S after its removal
+(registry/records.py), longer than a verdict lives: the removed holder's last accepted calls cannot act as the next.
 
 Slices of this authority follow the same rule (``slice_refusal``): a slice removed from the registry and registered
 again under its name is another slice under the same URN (a new GID, another key), and the earlier slice's

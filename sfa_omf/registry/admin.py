@@ -75,6 +75,7 @@ class RegistryAdmin:
         email = record_email(email_address(email, "--email"))
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already (sfa-omf user show {hrn})")
+        self.records.refuse_if_removed_lately(hrn, urn)  # BUSY before the GID and the sfi.py directory are made
         keys = tuple(ssh_public_key(key) for key in ssh_keys)
         sfi_dir = self.sfi_dir(hrn) if public_key is None else ""
         if sfi_dir and os.path.exists(sfi_dir):
@@ -138,6 +139,7 @@ class RegistryAdmin:
         urn = new_record_urn(hrn, "slice")
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already")
+        self.records.refuse_if_removed_lately(hrn, urn)  # BUSY before the GID is issued
         members = tuple(self._get(member, "user").hrn for member in researchers)
         expires = expires or utcnow() + DEFAULT_SLICE_LIFETIME
         self._check_future(expires)

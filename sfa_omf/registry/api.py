@@ -320,6 +320,7 @@ class RegistryApi:
         self._authority_caller(context, params[1], "register", urn)
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already: use Update")
+        self.records.refuse_if_removed_lately(hrn, urn)  # BUSY before the GID is issued
         public_key = None
         if record.get("gid"):
             certificate = load_gid_chain(record["gid"])[0].certificate.public_key()

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from sqlalchemy.engine import make_url
 
 from rspec.model import Request, RequestLease, RequestNode
 from rspec.write_request import Dialect, write_request
@@ -25,7 +26,7 @@ from sfa_omf.registry.authority import AuthorityError, LocalAuthority, write_new
 from sfa_omf.registry.records import Records
 from sfa_omf.trust.gid import GidChain, chain_pem
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
-from sfa_omf.xrn import authority_hrn_problem, hrn_to_urn
+from sfa_omf.xrn import authority_hrn_problem, hrn_to_urn, join_hrn, split_hrn
 
 DEFAULT_USERS = ("alice",)
 DEMO_SLICE = "demo"
@@ -67,19 +68,26 @@ def init_directory(
             )
     report = InitReport(directory=directory, authority_hrn=authority_hrn, demo=demo)
     config_path = os.path.join(directory, CONFIG_FILE_NAME)
-    if os.path.exists(config_path):
+    initialised = os.path.exists(config_path)
+    if initialised:
         settings = read_config(config_path)
         if settings.interface_hrn != authority_hrn:
             raise AuthorityError(
                 f"{directory} already holds authority {settings.interface_hrn!r}, not {authority_hrn!r}; "
                 "use another directory"
             )
+    else:
+        settings = settings or Settings(interface_hrn=authority_hrn, data_dir=directory)
+    if demo:  # before any file is written: a name refused now leaves nothing behind
+        parts = split_hrn(authority_hrn)
+        names = [(join_hrn([*parts, DEMO_SLICE]), "slice"), *((join_hrn([*parts, name]), "user") for name in users)]
+        _refuse_names_removed_lately(settings, names)
+    if initialised:
         report.kept.append(config_path)
         authority = LocalAuthority.load(directory, authority_hrn)
         report.kept.append(LocalAuthority.key_path(directory, authority_hrn))
     else:
         os.makedirs(directory, exist_ok=True)
-        settings = settings or Settings(interface_hrn=authority_hrn, data_dir=directory)
         authority = LocalAuthority.create(directory, authority_hrn)
         report.created += [
             LocalAuthority.key_path(directory, authority_hrn),
@@ -95,6 +103,28 @@ def init_directory(
     for name in users:
         _ensure_user(authority, settings, name, slice_hrn, slice_chain, report)
     return report
+
+
+def _refuse_names_removed_lately(settings: Settings, names: Sequence[tuple[str, str]]) -> None:
+    """BUSY (GeniError, as the registry answers) when one of ``names`` ((HRN, "user" or "slice")) init would register
+    has no record and was removed less than ``REGISTER_AGAIN_AFTER_S`` ago: registered now, the removed holder's
+    last calls would become the new holder's (registry/records.py). Checked before init writes anything, so that the
+    name's GID file, sfi.py directory and place among the demo slice's researchers are not left without a record (and
+    in the way of registering it later). A calendar not made yet (a new directory's SQLite file) holds no removal."""
+    database = Database(settings.calendar_url)
+    try:
+        if database.is_sqlite:
+            path = make_url(database.url).database
+            if not path or path == ":memory:" or not os.path.exists(path):
+                return  # (connecting would create the file)
+        if database.schema_revision() is None:
+            return
+        database.upgrade()  # as init does next (cli.py _cmd_init): the removals are read in the current schema
+        records = Records(database)
+        for hrn, kind in names:
+            records.refuse_if_removed_lately(hrn, hrn_to_urn(hrn, kind))
+    finally:
+        database.dispose()
 
 
 def existing_authority(directory: str) -> str | None:

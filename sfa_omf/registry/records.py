@@ -138,11 +138,14 @@ def _refuse_too_soon(hrn: str, last_removed_s: int) -> None:
     """BUSY while a name removed less than ``REGISTER_AGAIN_AFTER_S`` ago: the removed holder may still act."""
     waited_s = int(utcnow().timestamp()) - last_removed_s
     if waited_s < REGISTER_AGAIN_AFTER_S:
+        # A remover whose clock runs ahead of ours stamps the removal in our future (waited_s < 0): the wait asked
+        # for is never more than the rule's whole wait.
+        wait_s = min(REGISTER_AGAIN_AFTER_S - waited_s, REGISTER_AGAIN_AFTER_S)
         raise GeniError(
             Reason.BUSY,
             f"{hrn[:200]} was removed {max(waited_s, 0)} s ago: a removed name is given again "
             f"{REGISTER_AGAIN_AFTER_S} s after its removal, once no process of the aggregate acts for its removed "
-            f"holder any more; register it again in {REGISTER_AGAIN_AFTER_S - waited_s} s",
+            f"holder any more; register it again in {wait_s} s",
         )
 
 
@@ -230,6 +233,17 @@ class Records:
                 for row in rows
                 if is_authority_for(authority_hrn, row.hrn) and len(split_hrn(row.hrn)) == depth
             ]
+
+    def refuse_if_removed_lately(self, hrn: str, urn: str) -> None:
+        """BUSY (Reason.BUSY, as ``add`` would answer) when ``hrn`` has no record and ``urn`` was removed less than
+        ``REGISTER_AGAIN_AFTER_S`` ago. Called before a GID is issued or a file written for a name about to be
+        registered, so that a refusal leaves nothing behind; ``add`` checks again in its transaction (the guarantee)."""
+        with self.database.read() as session:
+            if session.scalar(select(RegistryRecord.id).where(RegistryRecord.hrn == hrn)) is not None:
+                return  # registered: add merges into the record, nothing is registered again
+            last_removed_s = _last_removal_s(session, urn)
+        if last_removed_s is not None:
+            _refuse_too_soon(hrn, last_removed_s)
 
     def add(self, record: Record) -> None:
         """Add a record, or merge researchers and keys into the existing one (never drops either). A user or slice

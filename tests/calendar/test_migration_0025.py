@@ -34,6 +34,10 @@ ALICE = "urn:publicid:IDN+tb+user+alice"  # removed before the upgrade
 BOB = "urn:publicid:IDN+tb+user+bob"  # registered
 SITE_ERIN = "urn:publicid:IDN+tb:site2+user+erin"  # a sub-authority's user, removed before the upgrade
 FOREIGN_ALICE = "urn:publicid:IDN+onelab:inria+user+alice"  # another authority's: nothing says she was removed
+#: Registered users whose URN is spelt in two ways: carol's record as stored before 6555b1c (type upper case), the
+#: aggregate's row in the canonical form; dan's the other way round. Each names the registered user all the same.
+CAROL_RECORDED, CAROL_SENT = "urn:publicid:IDN+tb+USER+carol", "urn:publicid:IDN+tb+user+carol"
+DAN_RECORDED, DAN_SENT = "urn:publicid:IDN+tb+user+dan", "URN:publicid:idn+tb+User+dan"
 DEMO = "urn:publicid:IDN+tb+slice+demo"
 #: GENI's INSUFFICIENT_PRIVILEGES (sfa_omf/errors.py).
 INSUFFICIENT_PRIVILEGES = 3
@@ -65,14 +69,17 @@ def slice_users(database: Database) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_migration_0025_forgets_the_memberships_of_users_removed_before_it(kind: str, tmp_path: Path) -> None:
-    """Local users without a record leave researchers, PIs and slice users; a registered user, another authority's
-    user and a record nobody changed are as they were. A second run changes nothing."""
+    """Local users without a record leave researchers, PIs and slice users; a registered user (whatever the case of
+    the URN's prefix and type, in the record or the aggregate's row), another authority's user and a record nobody
+    changed are as they were. A second run changes nothing."""
     database = fresh_database(kind, tmp_path)
     try:
         migrate_database(database, "downgrade", "0024")
         with database.engine.begin() as connection:
             insert_record(connection, "tb", "authority", "urn:publicid:IDN+tb+authority+sa", [], ["tb.alice", "tb.bob"])
             insert_record(connection, "tb.bob", "user", BOB, [], [])
+            insert_record(connection, "tb.carol", "user", CAROL_RECORDED, [], [])
+            insert_record(connection, "tb.dan", "user", DAN_RECORDED, [], [])
             members = ["tb.alice", "tb.bob", "onelab.inria.alice", "tb.site2.erin"]
             insert_record(connection, "tb.demo", "slice", DEMO, members, [])
             insert_record(connection, "tb.bobs", "slice", "urn:publicid:IDN+tb+slice+bobs", ["tb.bob"], [])
@@ -80,7 +87,7 @@ def test_migration_0025_forgets_the_memberships_of_users_removed_before_it(kind:
                 text("INSERT INTO slice (urn, expires_s, shut_down) VALUES (:urn, 0, false)"), {"urn": DEMO}
             )
             slice_id = connection.execute(text("SELECT id FROM slice")).scalar()
-            for user in (ALICE, BOB, SITE_ERIN, FOREIGN_ALICE):
+            for user in (ALICE, BOB, SITE_ERIN, FOREIGN_ALICE, CAROL_SENT, DAN_SENT):
                 connection.execute(
                     text(
                         "INSERT INTO slice_user (slice_id, user_urn, ssh_keys) VALUES (:slice, :user, :keys)"
@@ -100,14 +107,16 @@ def test_migration_0025_forgets_the_memberships_of_users_removed_before_it(kind:
         assert slice_users(database) == {
             BOB: ["ssh-ed25519 AAAA bob"],
             FOREIGN_ALICE: ["ssh-ed25519 AAAA alice"],
-        }, "a removed user is still a user of the aggregate's slice, with their keys"
+            CAROL_SENT: ["ssh-ed25519 AAAA carol"],
+            DAN_SENT: ["ssh-ed25519 AAAA dan"],
+        }, "a removed user is still a user of the aggregate's slice, or a registered one lost their keys"
         assert Timeline(database).slices_of_user(ALICE) == set()
 
         # Idempotent: run again, nothing more changes (not even updated_s).
         migrate_database(database, "downgrade", "0024")
         migrate_database(database, "upgrade", "head")
         assert registry_lists(database) == lists
-        assert set(slice_users(database)) == {BOB, FOREIGN_ALICE}
+        assert set(slice_users(database)) == {BOB, FOREIGN_ALICE, CAROL_SENT, DAN_SENT}
     finally:
         database.dispose()
 

@@ -2,8 +2,12 @@
 of the aggregate's slices: whoever registers the name next (the same HRN and URN) got slice credentials for the
 removed user's slices and the authority's credential as a PI from the registry, the removed user's slices in their
 private feed, and the removed user's SSH keys in their login at the next Provision. The registry's Remove now strips
-them (registry/records.py Records.remove); this revision does the same for users removed before it: user HRNs and
-URNs under one of the local registry's authorities that have no registry record any more (as 0022 and 0024). Other
+them (registry/records.py Records.remove); this revision does the same for users removed before it (as 0022 and
+0024). Nothing tells a removed user from a name that was never registered, so it strips every user HRN and URN under
+one of the local registry's authorities that names no registry record: a user removed earlier, and also a local name
+that was listed (Register or Update ``reg-researchers`` / ``reg-pis``) or sent to the aggregate (a slice user, with
+its SSH keys) before it was registered; such a user is added again once registered. A URN is compared by the HRN it
+names, as the registry reads it (xrn.py parse_urn: prefix and type in any case), not by its spelling. Other
 authorities' users, and names that are registered, are left as they are. No schema change.
 
 Revision ID: 0025
@@ -42,14 +46,20 @@ def upgrade() -> None:
     def is_local(authority: tuple[str, ...] | None) -> bool:
         return authority is not None and any(authority[: len(parts)] == parts for parts in authorities)
 
-    recorded_hrns, recorded_urns = set(), set()
-    for hrn, urn in connection.execute(sa.text("SELECT hrn, urn FROM registry_record")):
-        recorded_hrns.add(str(hrn))
-        recorded_urns.add(str(urn))
+    recorded = [
+        (str(hrn), str(kind)) for hrn, kind in connection.execute(sa.text("SELECT hrn, type FROM registry_record"))
+    ]
+    recorded_hrns = {hrn for hrn, _ in recorded}
+    user_hrns = {hrn for hrn, kind in recorded if kind == "user"}
 
     def removed_hrn(hrn: object) -> bool:
         """A user HRN of a local authority (or one under it) that names no record: a user removed earlier."""
         return isinstance(hrn, str) and hrn not in recorded_hrns and is_local(_hrn_parts(hrn)[:-1] or None)
+
+    def removed_user(urn: str) -> bool:
+        """A user URN of a local authority (or one under it) whose HRN names no user record."""
+        parts = _user_hrn_parts(urn)
+        return parts is not None and _join_hrn(parts) not in user_hrns and is_local(parts[:-1])
 
     # Researchers and PIs: the lists of every slice and authority record (as Records.remove strips both).
     now_s = int(time.time())
@@ -73,9 +83,11 @@ def upgrade() -> None:
         ).bindparams(sa.bindparam("researchers", type_=sa.JSON), sa.bindparam("pis", type_=sa.JSON))
         connection.execute(rewrite, changes)
 
-    # The aggregate's slices: removed users' memberships, with the SSH keys they sent.
+    # The aggregate's slices: removed users' memberships, with the SSH keys they sent. A URN names a registered user
+    # by the HRN it gives, as the registry reads it (xrn.py parse_urn: its prefix and type in any case), not by its
+    # spelling: a user stored as urn:publicid:IDN+tb+USER+bob (before 6555b1c) keeps what tb.bob's URN holds.
     urns = {str(urn) for (urn,) in connection.execute(sa.text("SELECT DISTINCT user_urn FROM slice_user"))}
-    removed_urns = sorted(urn for urn in urns - recorded_urns if is_local(_user_authority(urn)))
+    removed_urns = sorted(urn for urn in urns if removed_user(urn))
     forget = sa.text("DELETE FROM slice_user WHERE user_urn IN :urns").bindparams(sa.bindparam("urns", expanding=True))
     for first in range(0, len(removed_urns), URNS_PER_DELETE):
         connection.execute(forget, {"urns": removed_urns[first : first + URNS_PER_DELETE]})
@@ -86,15 +98,25 @@ def _hrn_parts(hrn: str) -> tuple[str, ...]:
     return tuple(part.replace("\\.", ".") for part in _UNESCAPED_DOT.split(hrn))
 
 
-def _user_authority(urn: str) -> tuple[str, ...] | None:
-    """The authority's parts (as in its HRN) of ``urn:publicid:IDN+<authority>+user+<name>``; None for anything else."""
+def _join_hrn(parts: tuple[str, ...]) -> str:
+    """An HRN of its parts, a dot inside a part written ``\\.`` (xrn.py join_hrn)."""
+    return ".".join(part.replace(".", "\\.") for part in parts)
+
+
+def _user_hrn_parts(urn: str) -> tuple[str, ...] | None:
+    """The HRN's parts (the authority's, then the name) of ``urn:publicid:IDN+<authority>+user+<name>``, read as
+    xrn.py parse_urn reads a URN: prefix and type in any case, the name whatever follows the type; None for anything
+    else (another type, an empty authority part or name)."""
     prefix = "urn:publicid:idn+"
     if not urn.lower().startswith(prefix):
         return None
-    fields = urn[len(prefix) :].split("+")
-    if len(fields) != 3 or fields[1].lower() != "user":
+    fields = urn[len(prefix) :].split("+", 2)
+    if len(fields) != 3 or fields[1].lower() != "user" or not fields[2]:
         return None
-    return tuple(fields[0].split(":"))
+    authority = tuple(fields[0].split(":"))
+    if not all(authority):
+        return None
+    return (*authority, fields[2])
 
 
 def downgrade() -> None:
