@@ -58,6 +58,7 @@ from sfa_omf.calendar.availability import Availability
 from sfa_omf.calendar.booking import (
     BookingConflict,
     Bookings,
+    ProvisionHold,
     RenewalRead,
     Rounding,
     allocation_expiry_s,
@@ -657,9 +658,29 @@ class Aggregate:
             if lease.state == "allocated":
                 expiries = [to_s(sliver.expires) for sliver in lease.slivers]
                 refuse_expired_allocation(lease.id, expiries, to_s(lease.end), to_s(asked_at))
+        pending = [lease for lease in leases if lease.state == "allocated"]
+        # One short write before anything slow: the sweep leaves these allocations while the testbed works.
+        hold = self.bookings.hold_for_provision([lease.id for lease in pending], asked_at)
+        try:
+            return self._provision_held(caller_chain, slice_urn, sliver_urns, verified, leases, pending, options)
+        except BaseException:
+            self._end_provision_hold_quietly(hold)
+            raise
+
+    def _provision_held(
+        self,
+        caller_chain: GidChain,
+        slice_urn: str,
+        sliver_urns: set[str] | None,
+        verified: VerifiedCredential,
+        leases: Sequence[LeaseRecord],
+        pending: Sequence[LeaseRecord],
+        options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """``provision`` once its allocations (``pending``) are held from the sweep: the testbed, the logins, then the
+        calendar; a failure undoes what it did (``provision`` ends the hold)."""
         users = self._vouched_users(slice_urn, verified.owner_urn, _users_sent(options))
         owner = self.accounts.login_for(verified.owner_urn, slice_urn)
-        pending = [lease for lease in leases if lease.state == "allocated"]
         # Provision again with more users (alone or next to allocations): the leases provisioned before get them too,
         # on the testbed and in their plans, as with geni_update_users (sfi has no geni_update_users).
         provisioned_before = [lease for lease in leases if lease.state == "provisioned"] if users else []
@@ -693,11 +714,7 @@ class Aggregate:
                 written = self.unix_accounts.set_slice_keys(accounts, slice_urn, required_logins={owner})
             # Recorded whole: every lease provisioned and the users sent, in one unit of work.
             self.bookings.mark_provisioned_all(
-                [lease.id for lease in pending],
-                slice_urn,
-                users,
-                _contact(caller_chain, verified.owner_urn),
-                asked_at=asked_at,
+                [lease.id for lease in pending], slice_urn, users, _contact(caller_chain, verified.owner_urn)
             )
         except BaseException as failure:
             # Nothing half-provisioned: the retry provisions all of them again.
@@ -1170,6 +1187,14 @@ class Aggregate:
     def _slice_keys(self, slice_urn: str) -> list[str]:
         """Every SSH key of the slice's users (what a container's root accepts)."""
         return [key for account in self._local_accounts(slice_urn) for key in account.ssh_keys]
+
+    def _end_provision_hold_quietly(self, hold: ProvisionHold) -> None:
+        """End a failed Provision's hold on its allocations (the call's own error is the one to report): if the
+        calendar cannot be reached, the hold lapses by itself and the sweep takes them then."""
+        try:
+            self.bookings.end_provision_hold(hold)
+        except Exception as exc:
+            log.warning("could not give allocations held by a failed Provision their expiry back: %s", exc)
 
     def _release_quietly(self, leases: Sequence[LeaseRecord]) -> set[str]:
         """Give back on the testbed what a failing call had provisioned there (its error is the one to report).

@@ -83,6 +83,12 @@ UNKNOWN_NODE = "is not a node of ours"  # a Conflict's problem for a requested n
 Rounding = Literal["", "up", "down"]  # how Bookings.renew moves a new end that falls inside a slot
 
 
+#: How long a Provision in flight keeps its allocations from the sweep, from when it was asked: longer than any
+#: testbed's work for one (OAR answers within its time-out, 30 s by default; a node boots within FRCP's boot time-out,
+#: 10 minutes by default), short enough that an allocation whose Provision died midway is released the same hour.
+PROVISION_HOLD_S = 3600
+
+
 class BookingConflict(GeniError):
     """Some requested (node, window) cannot be booked; ``conflicts`` says which, why, and when they could be.
 
@@ -874,8 +880,7 @@ class Bookings:
         lease = _find_lease(session, lease_id, lock=True)
         if lease.state == "provisioned":
             return lease_record(lease)
-        if lease.state != "allocated":
-            raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state}, not allocated")
+        refuse_unless_allocated(lease_id, lease.state)
         # The slivers are read after the lease's lock, as the last writer left them. The sweep (every minute) has
         # not run yet: the allocation is expired all the same.
         expiries = [sliver.expires_s for sliver in lease.slivers] if check_expiry else []
@@ -893,18 +898,16 @@ class Bookings:
         slice_urn: str,
         users: Mapping[str, Sequence[str]] | None = None,
         contact: Contact | None = None,
-        asked_at: datetime | None = None,
     ) -> list[LeaseRecord]:
         """Provision several allocated leases of one slice, and merge the users sent with the call (and keep the
-        caller's GID e-mail), in one unit of work: a Provision is recorded whole or not at all. ``asked_at``: when
-        the Provision was asked, which decides whether an allocation was still in its time (the testbed's work in
-        between may take longer than what was left of it)."""
+        caller's GID e-mail), in one unit of work: a Provision is recorded whole or not at all. An allocation whose
+        Provision was asked in its time is still in it here however long the testbed took: ``hold_for_provision``
+        pushed its expiry before the testbed's work (to ``PROVISION_HOLD_S`` after the asking)."""
         with self.database.write() as session:
             if users:  # first, as every writer of the slice's users does: an Allocate's users and these never mix
                 lock_slice(session, slice_urn)
             now_s = to_s(self.clock())
-            asked_s = now_s if asked_at is None else to_s(asked_at)
-            records = [self._provision_one(session, lease_id, asked_s) for lease_id in lease_ids]
+            records = [self._provision_one(session, lease_id, now_s) for lease_id in lease_ids]
             record_contact(session, contact, now_s)
             if users:
                 slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn).with_for_update())
@@ -912,6 +915,74 @@ class Bookings:
                     raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has nothing here")
                 apply_users(slice_row, users)
             return records
+
+    def hold_for_provision(self, lease_ids: Sequence[str], asked_at: datetime) -> ProvisionHold:
+        """Before the testbed's work of a Provision, which may take longer than what is left of an allocation's time:
+        the allocations it provisions (``lease_ids``), in their time when it was asked (``asked_at``), are kept from
+        the sweep (``expire_unprovisioned``) until ``PROVISION_HOLD_S`` after that, their slivers' expiry pushed to
+        then in one short unit of work under the leases' locks (in the database: every process and host sees it).
+        A Provision whose process dies midway leaves them held no longer: the sweep takes them then. A Provision
+        that fails gives them back their own expiry (``end_provision_hold``). Writes nothing and refuses when one of
+        them is no longer allocated: SEARCHFAILED (Allocate again) for one the sweep expired, or whose time was over
+        when the Provision was asked. A lease another Provision finished meanwhile is left as it is."""
+        asked_s = to_s(asked_at)
+        until_s = asked_s + PROVISION_HOLD_S
+        wanted = sorted(set(lease_ids))
+
+        def unit_of_work() -> ProvisionHold:
+            earlier: dict[int, int] = {}
+            with self.database.write() as session:
+                # In id order, as the sweep locks them: the two queue, never deadlock.
+                leases = {
+                    lease.id: lease
+                    for lease in session.scalars(
+                        select(Lease).where(Lease.id.in_(wanted)).order_by(Lease.id).with_for_update()
+                    )
+                }
+                for lease_id in wanted:
+                    lease = leases.get(lease_id)
+                    if lease is None:
+                        raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
+                    if lease.state == "provisioned":
+                        continue
+                    refuse_unless_allocated(lease_id, lease.state)
+                    # (The slivers are read after the lease's lock, as the last writer left them.)
+                    expiries = [sliver.expires_s for sliver in lease.slivers]
+                    refuse_expired_allocation(lease_id, expiries, lease.end_s, asked_s)
+                    for sliver in lease.slivers:
+                        if sliver.expires_s < until_s:
+                            earlier[sliver.id] = sliver.expires_s
+                            sliver.expires_s = until_s
+            return ProvisionHold(until_s, earlier)
+
+        if not wanted:
+            return ProvisionHold(until_s, {})
+        return retry_transient(unit_of_work)
+
+    def end_provision_hold(self, hold: ProvisionHold) -> None:
+        """A Provision that failed gives the allocations it held (``hold_for_provision``) their own expiry back, so
+        the sweep takes them when it would have without it. A sliver whose expiry someone changed since (a Renew of
+        the allocation) or whose lease is no longer allocated is left as it is."""
+        if not hold.earlier_expiries:
+            return
+        sliver_ids = sorted(hold.earlier_expiries)
+
+        def unit_of_work() -> None:
+            with self.database.write() as session:
+                held_leases = select(Sliver.lease_id).where(Sliver.id.in_(sliver_ids))
+                # Every writer of a lease's slivers locks the lease first, in id order.
+                session.scalars(
+                    select(Lease.id).where(Lease.id.in_(held_leases)).order_by(Lease.id).with_for_update()
+                ).all()
+                still_held = session.scalars(
+                    select(Sliver)
+                    .join(Lease)
+                    .where(Sliver.id.in_(sliver_ids), Lease.state == "allocated", Sliver.expires_s == hold.until_s)
+                ).all()
+                for sliver in still_held:
+                    sliver.expires_s = hold.earlier_expiries[sliver.id]
+
+        retry_transient(unit_of_work)
 
     def discard(self, lease_ids: Iterable[str]) -> None:
         """Remove leases as if they had never been booked: undoes a booking whose call failed after it was written
@@ -1308,6 +1379,14 @@ class RenewalRead(NamedTuple):
 
     leases: list[LeaseRecord]
     checks: Mapping[str, tuple[_RenewalRow, ...]]
+
+
+class ProvisionHold(NamedTuple):
+    """What ``Bookings.hold_for_provision`` did: the time it holds the allocations until, and the expiry each sliver
+    it pushed had before (by sliver id), for ``end_provision_hold`` to put back if the Provision fails."""
+
+    until_s: int
+    earlier_expiries: Mapping[int, int]
 
 
 class _Renewal(NamedTuple):
@@ -1833,6 +1912,19 @@ def refuse_expired_allocation(lease_id: str, sliver_expiries: Iterable[int], end
             f"lease {lease_id} was allocated but not provisioned in time: the allocation expired at "
             f"{format_time(from_s(expires_s))} and is released within a minute; Allocate again",
         )
+
+
+def refuse_unless_allocated(lease_id: str, state: str) -> None:
+    """A lease that is no longer allocated cannot be provisioned: one the sweep expired (not provisioned in time) is
+    gone for good (SEARCHFAILED, Allocate again); one in another state is a wrong argument (BADARGS)."""
+    if state == "expired":
+        raise GeniError(
+            Reason.NOT_FOUND,
+            f"lease {lease_id} was allocated but not provisioned in time: the allocation expired and its nodes were "
+            "released; Allocate again",
+        )
+    if state != "allocated":
+        raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {state}, not allocated")
 
 
 def _unusable(node_state: str) -> str:
