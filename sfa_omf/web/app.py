@@ -3,7 +3,9 @@
 Routes under /calendar:
     /calendar/                         the Gantt view (?view=day|week&start=YYYY-MM-DD&pool=P&hw=T)
     /calendar/node/<name or URN>       a node: properties, next free windows (as advertised), bookings
-    /calendar/node/<name or URN>.ics   the node's iCal feed (a key that names a node whole is its page: cam.ics)
+    /calendar/node/<name or URN>/feed.ics  the node's iCal feed (the node page links it; no node's key can make
+                                       it another address). The former <name or URN>.ics still answers the feed
+                                       when the key names no node whole (a node cam.ics has its page there)
     /calendar/slice/<name or URN>.ics  the slice's iCal feed (its members and operators only)
     /calendar/feed/<token>.ics         a user's private feed (the token comes from ``sfa-omf calendar feed-url``
                                        or from /calendar/me)
@@ -57,12 +59,18 @@ INTERNAL_ERROR = "the calendar failed to answer; the operator's log has the deta
 FIRST_DAY = datetime(2000, 1, 1, tzinfo=UTC)
 LAST_DAY = datetime(2999, 12, 31, tzinfo=UTC)
 STATIC_TYPES = {"calendar.js": "text/javascript; charset=utf-8", "calendar.css": "text/css; charset=utf-8"}
+#: The last part of a node feed's address, node/<name or URN>/feed.ics: a third part, so no node's name or URN can
+#: make it another node's address (the former <key>.ics: node cam's feed was node cam.ics's page).
+NODE_FEED = "feed.ics"
 #: The addresses of the forms of /calendar/me (POST only); every other address is read with GET (or HEAD).
 FORM_PATHS = (["me", "notify"], ["me", "feed"])
 #: Answers that depend on who asks (a certificate, a form, a private feed's token) must be kept by no cache; the
 #: others (the public view) may be kept but asked again before each use: the calendar changes at any moment.
 PRIVATE_CACHING = "no-store"
 PUBLIC_CACHING = "no-cache"
+#: The page's script and style are the same for everyone (also for a certificate's holder) and change only with an
+#: upgrade: a browser may reuse them for 5 minutes.
+STATIC_CACHING = "max-age=300"
 
 
 @dataclass(frozen=True)
@@ -203,9 +211,12 @@ class WebCalendar:
         if parts[0] == "static" and len(parts) == 2 and parts[1] in STATIC_TYPES:
             body = resources.files("sfa_omf.web").joinpath("static", parts[1]).read_bytes()
             return WebResponse(200, STATIC_TYPES[parts[1]], body)
+        if len(parts) == 3 and parts[0] == "node" and parts[2] == NODE_FEED:
+            return self.node_feed(self.viewer(request), parts[1])
         if len(parts) == 2 and parts[0] == "node":
-            # A key that names a node whole is its page, also a name ending in .ics (node cam.ics: its page at
-            # node/cam.ics, its feed at node/cam.ics.ics); any other key ending in .ics is a feed.
+            # A key that names a node whole is its page, also a name ending in .ics (node cam.ics). The former feed
+            # address <key>.ics (subscriptions made before node/<key>/feed.ics) still answers when the key names no
+            # node whole; for node cam, cam.ics is node cam.ics's page when there is one: its feed is cam/feed.ics.
             viewer = self.viewer(request)
             if parts[1].endswith(".ics") and not self._names_a_node(parts[1], viewer):
                 return self.node_feed(viewer, parts[1].removesuffix(".ics"))
@@ -541,10 +552,12 @@ def shown_path(path: str) -> str:
 
 
 def cache_control(request: WebRequest) -> str:
-    """Cache-Control of the answer to this request (server/web.py sends it with every answer): PRIVATE_CACHING when
-    it may depend on who asks (a certificate was presented, a form was sent, the viewer's own page, a private feed's
-    token in the address), else PUBLIC_CACHING."""
+    """Cache-Control of the answer to this request (server/web.py sends it with every answer): STATIC_CACHING for
+    the page's script and style, whoever asks; PRIVATE_CACHING when it may depend on who asks (a certificate was
+    presented, a form was sent, the viewer's own page, a private feed's token in the address), else PUBLIC_CACHING."""
     parts = [part for part in request.path.split("/") if part]
+    if request.method in ("GET", "HEAD") and len(parts) == 2 and parts[0] == "static" and parts[1] in STATIC_TYPES:
+        return STATIC_CACHING
     private = request.caller_chain or request.method != "GET" or parts[:1] in (["me"], ["feed"])
     return PRIVATE_CACHING if private else PUBLIC_CACHING
 

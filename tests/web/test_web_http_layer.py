@@ -5,6 +5,7 @@ are read, a node whose name ends in .ics, and typing a day into the filter form.
 from __future__ import annotations
 
 import http.client
+import re
 import socket
 import ssl
 from typing import Any
@@ -116,7 +117,9 @@ def test_answers_say_how_they_may_be_cached(served: Served) -> None:
     token = FeedTokens(served.aggregate.database).issue(ANN)
     for path, user, expected in (
         ("/calendar/", None, "no-cache"),
-        ("/calendar/static/calendar.js", None, "no-cache"),
+        ("/calendar/static/calendar.js", None, "max-age=300"),  # the same for everyone
+        ("/calendar/static/calendar.js", "ann", "max-age=300"),  # also to a certificate's holder
+        ("/calendar/static/calendar.css", "ann", "max-age=300"),
         ("/calendar/", "ann", "no-store"),  # the certificate's user's slices
         ("/calendar/me", "ann", "no-store"),  # the form token, the addresses
         (f"/calendar/feed/{token}.ics", None, "no-store"),  # a secret address
@@ -138,6 +141,31 @@ def test_a_node_whose_name_ends_in_ics_has_its_page_and_its_feed(served: Served)
         status, headers, body = exchange(served, "GET", path)
         assert status == 200 and headers["content-type"].startswith("text/calendar"), path
     assert exchange(served, "GET", "/calendar/node/nothing.ics")[0] == 404
+
+
+def calendar_name(feed: bytes) -> bytes:
+    """The X-WR-CALNAME of a feed: whose feed it is."""
+    return re.search(rb"X-WR-CALNAME:([^\r\n]*)", feed).group(1)  # type: ignore[union-attr]
+
+
+def test_a_node_page_links_its_own_feed_whatever_other_nodes_are_named(served: Served) -> None:
+    """Nodes cam and cam.ics: cam's former feed address (cam.ics, or its URN + .ics) is cam.ics's page and URN; each
+    page links node/<URN>/feed.ics, its own feed. The former address still answers the feed of a node it alone
+    names (n1.ics)."""
+    for name in ("cam", "cam.ics", "n1"):
+        served.aggregate.inventory.add_node(NodeSpec(f"urn:publicid:IDN+lab+node+{name}", name))
+    for name in ("cam", "cam.ics"):
+        _, _, page = exchange(served, "GET", f"/calendar/node/{quote(name, safe='')}")
+        link = re.search(rb'href="([^"]*)">iCal feed of this node<', page).group(1).decode()  # type: ignore[union-attr]
+        assert link == f"/calendar/node/{quote(f'urn:publicid:IDN+lab+node+{name}', safe='')}/feed.ics"
+        for path in (link, f"/calendar/node/{quote(name, safe='')}/feed.ics"):
+            status, headers, feed = exchange(served, "GET", path)
+            assert status == 200 and headers["content-type"].startswith("text/calendar"), path
+            assert calendar_name(feed) == f"{name} (127.0.0.1)".encode(), (path, feed[:300])
+    status, _, feed = exchange(served, "GET", "/calendar/node/n1.ics")  # a subscription made before
+    assert status == 200 and calendar_name(feed) == b"n1 (127.0.0.1)"
+    for path in ("/calendar/node/nothing/feed.ics", "/calendar/node/cam/feed.txt", "/calendar/node/cam/x/feed.ics"):
+        assert exchange(served, "GET", path)[0] == 404, path
 
 
 def test_a_bad_day_in_the_address_answers_a_page_back_to_the_calendar(served: Served) -> None:
@@ -172,4 +200,53 @@ def test_typing_a_day_sends_it_once_whole(served: Served, browser: Any) -> None:
     with page.expect_navigation():
         page.click("p.legend")  # elsewhere: the field loses focus
     assert [url.split("start=")[1][:10] for url in sent] == ["2027-12-03", "2028-12-03"] and answered == [200, 200]
+    context.close()
+
+
+def test_a_day_picked_with_the_mouse_is_sent_at_once(served: Served, browser: Any) -> None:  # noqa: F811
+    """A click on the field's picker icon, then a day in chromium's popup: the popup sets the value and fires input
+    and change while the field keeps the focus (Playwright cannot reach the native popup: the same events are
+    fired). The day is sent then, not only once the user clicks elsewhere, also after a key was pressed in it."""
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    assert page.goto(f"{served.url}calendar/?start=2026-12-03").status == 200
+    field = page.locator("input[name=start]")
+    box = field.bounding_box()
+    assert box is not None
+    field.click()
+    page.keyboard.press("ArrowRight")  # a key pressed in the field first (to the month): the pick still counts
+    page.mouse.click(box["x"] + box["width"] - 10, box["y"] + box["height"] / 2)  # the picker icon
+    assert page.evaluate("document.activeElement.name") == "start"
+    with page.expect_navigation():
+        field.evaluate(
+            "f => { f.value = '2026-12-10'; f.dispatchEvent(new Event('input', {bubbles: true}));"
+            " f.dispatchEvent(new Event('change', {bubbles: true})); }"
+        )
+    assert "start=2026-12-10" in page.url
+    context.close()
+
+
+def test_the_filters_have_a_show_button(served: Served, browser: Any) -> None:  # noqa: F811
+    """A visible "Show" button sends the filters: after a day typed (one request, not a second one for the blur on
+    the way), and in a browser without JavaScript."""
+    context = browser.new_context(ignore_https_errors=True)
+    page = context.new_page()
+    page.goto(f"{served.url}calendar/?start=2026-12-03")
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url) if "/calendar/?" in request.url else None)
+    page.locator("input[name=start]").click()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")  # the year
+    page.keyboard.type("2027", delay=50)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Show").click()
+    assert "start=2027-12-03" in page.url and len(sent) == 1, sent
+    context.close()
+    context = browser.new_context(ignore_https_errors=True, java_script_enabled=False)
+    page = context.new_page()
+    page.goto(f"{served.url}calendar/?start=2026-12-03")
+    page.locator("input[name=start]").fill("2026-12-24")
+    with page.expect_navigation():
+        page.get_by_role("button", name="Show").click()
+    assert "start=2026-12-24" in page.url
     context.close()

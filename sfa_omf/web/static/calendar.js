@@ -1,4 +1,4 @@
-// The calendar page's few behaviours: filters apply at once (the day once it is typed whole), a click or focus
+// The calendar page's few behaviours: filters apply at once (a typed day once it is whole), a click or focus
 // on a bar shows its details, and the "now" line follows the clock. Plain JavaScript, no library.
 (function () {
   "use strict";
@@ -7,19 +7,25 @@
     filters.querySelectorAll("select").forEach(function (field) {
       field.addEventListener("change", function () { filters.submit(); });
     });
-    // A date field changes at every digit typed (the year 2027 is 0002, 0020, 0202 on the way): it is sent on
-    // Enter, or when it loses focus holding a new day the server takes (its min and max), never while typed.
+    // A date field changes at every digit typed (the year 2027 is 0002, 0020, 0202 on the way): once a key was
+    // pressed in it, it is sent on Enter, or when it loses focus, never while typed. A day picked with the mouse
+    // (the picker's popup: the field keeps the focus) is sent at once. Either way only a new day the server takes
+    // (the field's min and max).
     filters.querySelectorAll("input[type=date]").forEach(function (field) {
       var shown = field.value;
+      var typing = false;
       function send() {
         if (field.value && field.value !== shown && field.checkValidity()) { filters.submit(); }
       }
       field.addEventListener("keydown", function (event) {
-        if (event.key !== "Enter") { return; }
+        if (event.key !== "Enter") { typing = true; return; }
         event.preventDefault();
         if (field.checkValidity()) { send(); } else { field.reportValidity(); }
       });
-      field.addEventListener("blur", send);
+      // A click on the field (its picker icon) starts a pick with the mouse: its change is a whole day.
+      field.addEventListener("pointerdown", function () { typing = false; });
+      field.addEventListener("change", function () { if (!typing) { send(); } });
+      field.addEventListener("blur", function () { typing = false; send(); });
     });
   }
   // One delegated listener for all bars (a week of 1 000 nodes has thousands); each lease's details are in one
