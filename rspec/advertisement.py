@@ -1,6 +1,7 @@
 """Advertisement -> advertisement RSpec: the inventory, existing bookings (ol leases without slice identity,
-ol:lease_ref on the nodes they hold), "available now" as the bookings say, and each node's next free windows in
-sfa-omf's availability extension. SFA's lease view (list_leases) adds SFA's <lease> elements and <granularity>.
+ol:lease_ref on the nodes they hold), "available now" as the bookings and other holds (``held_now``) say, and each
+node's next free windows in sfa-omf's availability extension. SFA's lease view (list_leases) adds SFA's <lease>
+elements and <granularity>.
 
 Bookings that have ended are left out; the caller passes only live ones (not cancelled).
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 
 from lxml import etree
@@ -52,10 +53,18 @@ def lease_view(list_leases: object) -> LeaseView:
 
 
 def write_advertisement(
-    ad: Advertisement, view: LeaseView = LeaseView.GENI, pretty: bool = True, chunk_elements: int = CHUNK_ELEMENTS
+    ad: Advertisement,
+    view: LeaseView = LeaseView.GENI,
+    pretty: bool = True,
+    chunk_elements: int = CHUNK_ELEMENTS,
+    held_now: Collection[str] = frozenset(),
 ) -> bytes:
     """The advertisement RSpec. The GENI view is valid against the GENI v3 base schema and ours; the SFA views are
     valid against ours (SFA's lease elements are in GENI's namespace, as SFA writes them).
+
+    A node is ``<available now="true"/>`` when in service and held at ``ad.now`` neither by one of ``ad.bookings``
+    nor by a window in ``held_now`` (component ids of the nodes the calendar holds at ``ad.now``: its bookings and the
+    external reservations it mirrors, which are no bookings; a set, looked up once per node).
 
     Times in ``ad`` must be aware (UTC or any offset); they are written in UTC. The root's children are written
     ``chunk_elements`` at a time into small trees (``_ChunkedRoot``); the bytes do not depend on it.
@@ -65,7 +74,7 @@ def write_advertisement(
     namespaces = {"ol": OL, "av": AVAILABILITY} if view is not LeaseView.SFA_LEASES else {}
     root = _ChunkedRoot(lambda: new_root("advertisement", now, namespaces, ad.expires), pretty, chunk_elements)
     if view is not LeaseView.SFA_LEASES:
-        _write_geni_view(root, ad, live, now, with_sfa_granularity=view is LeaseView.SFA_ALL)
+        _write_geni_view(root, ad, live, now, held_now, with_sfa_granularity=view is LeaseView.SFA_ALL)
     if view is not LeaseView.GENI:
         _write_sfa_leases(root, live, ad.grain)
     return root.finish()
@@ -133,18 +142,27 @@ class _Times(dict[datetime, str]):
 
 
 def _write_geni_view(
-    root: _ChunkedRoot, ad: Advertisement, live: list[Booking], now: datetime, with_sfa_granularity: bool
+    root: _ChunkedRoot,
+    ad: Advertisement,
+    live: list[Booking],
+    now: datetime,
+    held_now: Collection[str],
+    with_sfa_granularity: bool,
 ) -> None:
     times = _Times()
     held: dict[str, list[Booking]] = defaultdict(list)
+    booked_now: set[str] = set()
     refs: dict[str, dict[str, str]] = {}
     for booking in live:
         etree.SubElement(
             root.parent(), _OL_LEASE, id=booking.id, valid_from=times[booking.start], valid_until=times[booking.end]
         )
         refs[booking.id] = {"id_ref": booking.id}
+        covers_now = booking.start <= now  # live: it ends after now
         for component_id in booking.component_ids:
             held[component_id].append(booking)
+            if covers_now:
+                booked_now.add(component_id)
     windows: dict[FreeWindow, dict[str, str]] = {}
     if ad.horizon is not None:
         etree.SubElement(
@@ -157,7 +175,10 @@ def _write_geni_view(
     grains: dict[timedelta, dict[str, str]] = {}
     for node in ad.nodes:
         bookings = held.get(node.component_id, [])
-        element = _write_node(root.parent(), node, _available(node, bookings, now))
+        # Every booking holds its nodes whole, exclusive="false" or not: the calendar refuses a second slice's
+        # overlapping booking of any node (calendar/booking.py).
+        available = node.in_service and node.component_id not in booked_now and node.component_id not in held_now
+        element = _write_node(root.parent(), node, available)
         if node.exclusive:
             grain = node.grain or ad.grain
             if grain not in grains:
@@ -206,13 +227,6 @@ def _write_node(root: etree._Element, node: AdvertisedNode, available: bool) -> 
             location.set("longitude", str(node.location.longitude))
     etree.SubElement(element, _AVAILABLE, now=xsd_boolean(available))
     return element
-
-
-def _available(node: AdvertisedNode, bookings: list[Booking], now: datetime) -> bool:
-    """Usable now: in service, and (for an exclusive node) held by no booking at this moment."""
-    if not node.in_service:
-        return False
-    return not node.exclusive or not any(b.start <= now < b.end for b in bookings)
 
 
 def _write_sfa_leases(root: _ChunkedRoot, live: list[Booking], grain: timedelta) -> None:

@@ -4,9 +4,10 @@ generation, and answered from the cache while nothing it shows can have changed.
 What an advertisement shows depends on the calendar (its generation says whether that changed, in any process) and
 on the second of "now": the ``generated`` stamp and the horizon's ends are "now" and "now + horizon"; everything else
 (which bookings are live, which nodes are available now, each node's free windows) changes only when "now" crosses
-a booking's start or end, a grain boundary, or the point where a booking enters the horizon. So a cached document
-is kept as a template with those two stamps left out, with the span of seconds ``[built_s, until_s)`` in which
-nothing else can change; a call inside it costs a generation read and a string join.
+the start or end of a booking or of another held window (an external reservation), a grain boundary, or the point
+where one enters the horizon. So a cached document is kept as a template with those two stamps left out, with the
+span of seconds ``[built_s, until_s)`` in which nothing else can change; a call inside it costs a generation read
+and a string join.
 """
 
 from __future__ import annotations
@@ -174,17 +175,23 @@ class Advertiser:
         return _Cached(snapshot.generation, now_s, until_s, parts, stamps)
 
     def build(self, snapshot: CalendarSnapshot, now: datetime, view: LeaseView, available_only: bool) -> str:
-        """The advertisement written from a snapshot read at ``now`` (no cache)."""
-        return write_advertisement(self.advertisement(snapshot, now, available_only), view).decode("utf-8")
+        """The advertisement written from a snapshot read at ``now`` (no cache). "Available now" is false on every
+        node held now, by a booking or an external reservation: the set geni_available leaves out."""
+        busy_now = snapshot.busy_at(to_s(now))
+        ad = self.advertisement(snapshot, now, available_only, busy_now)
+        return write_advertisement(ad, view, held_now=busy_now).decode("utf-8")
 
-    def advertisement(self, snapshot: CalendarSnapshot, now: datetime, available_only: bool) -> Advertisement:
+    def advertisement(
+        self, snapshot: CalendarSnapshot, now: datetime, available_only: bool, busy_now: set[str] | None = None
+    ) -> Advertisement:
         """What the advertisement says at ``now``, as plain data: the nodes (all federated ones, or those usable and
-        free now), their bookings and next free windows."""
+        free now), their bookings and next free windows. ``busy_now``: ``snapshot.busy_at(now)`` when the caller has
+        it already (the writer's ``held_now``, which this record does not carry)."""
         now_s = to_s(now)
         horizon_end = now + self.horizon
         nodes = snapshot.nodes
         if available_only:
-            busy = snapshot.busy_at(now_s)
+            busy = snapshot.busy_at(now_s) if busy_now is None else busy_now
             nodes = tuple(node for node in nodes if node.state == "usable" and node.component_id not in busy)
         windows = snapshot.free_windows(nodes, now_s, to_s(horizon_end), self.free_windows)
         advertised = {node.component_id for node in nodes}

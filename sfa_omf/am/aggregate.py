@@ -304,7 +304,9 @@ class Aggregate:
                 name: tuple(FreeWindow(window.start, window.end) for window in found) for name, found in windows.items()
             },
         )
-        document = write_advertisement(ad, lease_view(options.get("list_leases"))).decode("utf-8")
+        document = write_advertisement(
+            ad, lease_view(options.get("list_leases")), held_now=self.availability.busy_now(now)
+        ).decode("utf-8")
         return _maybe_compressed(document, options)
 
     def _advertised_nodes(self, nodes: Sequence[NodeRecord]) -> tuple[AdvertisedNode, ...]:

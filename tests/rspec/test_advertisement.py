@@ -50,7 +50,7 @@ NODES = (
     inventory_node("node1"),  # booked now
     inventory_node("node2"),  # booked later only
     inventory_node("node3", in_service=False),  # maintenance
-    inventory_node("node4", exclusive=False),  # shared: a booking does not make it unavailable
+    inventory_node("node4", exclusive=False),  # shared: booked all the same (the calendar books every node whole)
 )
 BOOKINGS = (
     Booking(
@@ -118,7 +118,7 @@ def test_nodes() -> None:
 def test_available_now_honours_current_bookings_and_maintenance() -> None:
     root = xml()
     now = {n.get("component_name"): n.find("g:available", NS).get("now") for n in root.iterfind("g:node", NS)}  # type: ignore[union-attr]
-    assert now == {"node1": "false", "node2": "true", "node3": "false", "node4": "true"}
+    assert now == {"node1": "false", "node2": "true", "node3": "false", "node4": "false"}
 
 
 def test_bookings_are_ol_leases_without_slice_identity_and_without_stale_ones() -> None:
