@@ -7,19 +7,31 @@ certificate, refused by the transport through ApiEndpoint.refuse); one log line 
 geni_code, ms). Only a body that is no methodCall, or one over the size limit, is a fault: there is no call to answer.
 
 GetTicket is refused (UNSUPPORTED): CreateSliver books the time slot directly and this aggregate signs no tickets.
+
+v2 has no allocated-but-not-provisioned sliver. A sliver allocated and not provisioned (by AM API v3's Allocate, or
+GetTicket) shows in SliverStatus as ``unknown`` while it may still be provisioned, ``failed`` once its time to be
+provisioned is over, each with a geni_error saying so (the states themselves stay those of sfa_omf/am/states.py);
+RenewSliver renews the slice's provisioned slivers only, and refuses a slice holding nothing else.
 """
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime
 from typing import Any
 
 from sfa_omf.am import contract
 from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.am.dispatch import ApiEndpoint, Method
 from sfa_omf.am.states import Allocation, Operational
+from sfa_omf.calendar.booking import allocation_expiry_s
+from sfa_omf.calendar.queries import from_s, to_s
+from sfa_omf.calendar.records import LeaseRecord
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.times import format_time, parse_time
+
+log = logging.getLogger("sfa_omf.am")
 
 #: v3 operational state -> v2 sliver status (ready, notready, configuring, failed, unknown; shutdown for the slice).
 V2_STATUS: dict[str, str] = {
@@ -43,7 +55,7 @@ def list_resources(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> 
     urn = options.get("geni_slice_urn")
     if urn is None:
         return am.list_resources(ctx.caller_chain, credentials, options)
-    described = am.describe(ctx.caller_chain, [urn], credentials, options)
+    described = am.describe(ctx.caller_chain, [urn], credentials, options, method="ListResources")
     if not described["geni_slivers"]:
         raise GeniError(Reason.NOT_FOUND, f"slice {urn} has no slivers here: CreateSliver first")
     return str(described["geni_rspec"])
@@ -53,6 +65,12 @@ def create_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> s
     """Allocate and provision what the RSpec asks for, or nothing: a failure gives back what this call booked and
     puts the slice's users back (Aggregate.create_sliver)."""
     slice_urn, credentials, rspec, users, options = params
+    if options.get("geni_best_effort"):  # v2 answers a manifest only: it could not say which nodes were left out
+        raise GeniError(
+            Reason.BAD_ARGS,
+            "AM API v2 CreateSliver books all or nothing; use AM API v3 Allocate with geni_best_effort, "
+            "or call CreateSliver without it",
+        )
     if users:
         options["geni_users"] = users
     return str(am.create_sliver(ctx.caller_chain, slice_urn, credentials, rspec, options)["geni_rspec"])
@@ -77,17 +95,21 @@ def sliver_status(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> d
         if _shut_down(am, slice_urn):
             return {"geni_urn": slice_urn, "geni_status": "shutdown", "geni_resources": [], "geni_expires": ""}
         raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here (none booked, or all deleted)")
+    now = am.clock()
     resources = []
     for sliver in slivers:
+        error = sliver.get("geni_error", "")
         if sliver["geni_allocation_status"] == Allocation.UNALLOCATED:
             status = "unknown"
+        elif sliver["geni_allocation_status"] == Allocation.ALLOCATED:
+            status, error = _unprovisioned_allocation(sliver, now)
         else:
             status = V2_STATUS.get(sliver["geni_operational_status"], "unknown")
         resources.append(
             {
                 "geni_urn": sliver["geni_sliver_urn"],
                 "geni_status": status,
-                "geni_error": sliver.get("geni_error", ""),
+                "geni_error": error,
                 "geni_expires": sliver["geni_expires"],
                 "geni_start_time": sliver["geni_start_time"],
                 "geni_end_time": sliver["geni_end_time"],
@@ -102,6 +124,22 @@ def sliver_status(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> d
     }
 
 
+def _unprovisioned_allocation(sliver: dict[str, Any], now: datetime) -> tuple[str, str]:
+    """The v2 status and geni_error of a sliver allocated (AM API v3, GetTicket) and not provisioned: ``unknown``
+    while it may still be provisioned (a v2 client waits on configuring/notready, never on this), ``failed`` once its
+    time to be provisioned is over (the sweep releases it within a minute)."""
+    expires = min(parse_time(sliver["geni_expires"]), parse_time(sliver.get("geni_end_time", sliver["geni_expires"])))
+    if expires <= now:
+        return "failed", (
+            "allocated (AM API v3 Allocate or GetTicket) and not provisioned in time: the allocation lapsed at "
+            f"{format_time(expires)} and is being released; CreateSliver to book it again"
+        )
+    return "unknown", (
+        "allocated (AM API v3 Allocate or GetTicket) and not provisioned: Provision it (AM API v3), or CreateSliver "
+        f"the same request, before {format_time(expires)}, or the allocation is released then"
+    )
+
+
 def _shut_down(am: Aggregate, slice_urn: str) -> bool:
     try:
         return am.slices.get(slice_urn).shut_down
@@ -112,11 +150,51 @@ def _shut_down(am: Aggregate, slice_urn: str) -> bool:
 
 
 def renew_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
+    """Renew the slice's provisioned slivers. Its slivers allocated (AM API v3, GetTicket) and not provisioned are
+    left as they are (v2 has no such sliver: True would promise a lease the sweep releases in minutes) and logged; a
+    slice holding only those is refused, saying until when they can be provisioned."""
     slice_urn, credentials, expiration, options = params
-    renewed = am.renew(ctx.caller_chain, [slice_urn], credentials, expiration, options)
+    leases = am.bookings.leases(slice_urn=slice_urn)
+    allocations = [lease for lease in leases if lease.state == "allocated"]
+    if not allocations:
+        renewed = am.renew(ctx.caller_chain, [slice_urn], credentials, expiration, options)
+    else:
+        provisioned = [sliver.urn for lease in leases if lease.state == "provisioned" for sliver in lease.slivers]
+        if not provisioned:
+            am.authorize("Renew", ctx.caller_chain, credentials, slice_urn, options)  # (a stranger learns nothing)
+            why = _allocations_not_renewed(allocations, am.clock())
+            raise GeniError(
+                Reason.NOT_FOUND,
+                f"slice {slice_urn} has no provisioned slivers here to renew (AM API v2 renews those only): {why}",
+            )
+        renewed = am.renew(ctx.caller_chain, provisioned, credentials, expiration, options)
+        why = _allocations_not_renewed(allocations, am.clock())
+        log.info("RenewSliver of %s renewed its provisioned slivers only: %s", slice_urn, why)
     if not renewed:
         raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
     return True
+
+
+def _allocation_expires(lease: LeaseRecord) -> datetime:
+    """When an allocated lease's time to be provisioned is over (as the calendar reckons it)."""
+    return from_s(allocation_expiry_s([to_s(sliver.expires) for sliver in lease.slivers], to_s(lease.end)))
+
+
+def _allocations_not_renewed(allocations: list[LeaseRecord], now: datetime) -> str:
+    """Why RenewSliver leaves these allocations (AM API v3's or GetTicket's, not provisioned) as they are, and what to
+    do."""
+    expiries = [_allocation_expires(lease) for lease in allocations]
+    live = [expires for expires in expiries if expires > now]
+    if not live:
+        return (
+            "its slivers allocated (AM API v3 Allocate or GetTicket) were not provisioned in time: the allocation "
+            f"lapsed at {format_time(max(expiries))} and is being released; CreateSliver to book them again"
+        )
+    return (
+        "its slivers allocated (AM API v3 Allocate or GetTicket) and not provisioned are not renewed: the allocation "
+        f"expires at {format_time(min(live))} unless provisioned (Provision through AM API v3, or CreateSliver the "
+        "same request), then RenewSliver"
+    )
 
 
 def delete_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
