@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
@@ -383,7 +384,11 @@ class World:
                     records.update(was.hrn, email=was.email, keys=was.keys, researchers=was.researchers, pis=was.pis)
         for hrn, record in old.items():
             if records.get(hrn) is None:
-                records.add(record)
+                # Put back as it was, not given to someone new: without the wait before a removed name is registered
+                # again (registry/records.py REGISTER_AGAIN_AFTER_S).
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr("sfa_omf.registry.records.REGISTER_AGAIN_AFTER_S", 0)
+                    records.add(record)
         for path in (self.directory / "gids").iterdir():
             if path.name not in before.gids:
                 path.unlink()
