@@ -350,6 +350,7 @@ class Aggregate:
         options: Mapping[str, Any],
         take_over: bool = False,
         new_only: bool = False,
+        method: str = "Allocate",
     ) -> _Allocated:
         """Allocate, answering also what it wrote: the leases it booked and the slice's users before it.
 
@@ -360,7 +361,13 @@ class Aggregate:
         provisioned, still in its time) already is, with the same nodes, slivers and window, is not booked again but
         taken over (``_Allocated.taken``): it is what an earlier CreateSliver of this request booked before it was
         cut short (its process killed between its Allocate and its Provision). v2 clients never Allocate, so the
-        slice's allocation is theirs, never shown to them, and retrying the call must not clash with it."""
+        slice's allocation is theirs, never shown to them, and retrying the call must not clash with it. A requested
+        lease that one of the slice's current provisioned leases already is (the same nodes and slivers; the same
+        window, or for "as soon as possible" the lease holding now or the window an earlier call found) is refused
+        (ALREADY_EXISTS) before anything is written: it is what an earlier CreateSliver of this request made, and
+        its retry must not book a second slot.
+
+        ``method`` is the API method the caller called (Allocate, CreateSliver): refusals name it and its methods."""
         _check_urn(slice_urn, "slice")
         verified = self.authorize("Allocate", caller_chain, credentials, slice_urn, options)
         users = self._vouched_users(slice_urn, verified.owner_urn, _users_sent(options))
@@ -400,6 +407,9 @@ class Aggregate:
         # The slice's leases, read once, only when the request names some by id or a CreateSliver may take some over.
         held = self.bookings.leases(slice_urn=slice_urn) if take_over or named_ids else []
         leftovers = _leftover_allocations(held, now) if take_over else []
+        # (v2 CreateSliver) the slice's current provisioned leases: a retry of the call that made one books nothing.
+        provisioned = [lease for lease in held if lease.state == "provisioned" and lease.end > now] if take_over else []
+        held_already: list[LeaseRecord] = []
         taken: list[LeaseRecord] = []
         reused_by_id = _reused_leases(held, named_ids, now)
         reused = sorted(reused_by_id)
@@ -412,9 +422,14 @@ class Aggregate:
                 same = kept if kept in leftovers else None
             else:
                 same = None
+                grain_s = self._grain_s(components) if lease.start is None and (leftovers or provisioned) else 0
                 if leftovers:
-                    grain_s = self._grain_s(components) if lease.start is None else 0
                     same = _matching_allocation(lease, request, components, containers, leftovers, grain_s)
+                if same is None and provisioned:
+                    made = _matching_allocation(lease, request, components, containers, provisioned, grain_s, now)
+                    if made is not None:
+                        held_already.append(made)
+                        continue
             if same is not None:
                 if same.end > verified.expires:
                     raise GeniError(
@@ -459,14 +474,16 @@ class Aggregate:
             for lease in taken
             for sliver in lease.slivers
         ]
+        if held_already:  # before anything is written
+            raise GeniError(Reason.ALREADY_EXISTS, _held_already_message(held_already, method))
         # Before anything is written: an unknown image books nothing (nor provisions a taken-over allocation).
         self._check_images([*wanted, *taken_images], verified.owner_urn)
         if not wanted and not taken and new_only:
             raise GeniError(
                 Reason.ALREADY_EXISTS,
-                f"the slice holds every lease this request names already ({', '.join(reused)}): this call books new "
-                "leases only; send the new leases alone (Renew changes a lease's end; DeleteSliver, then the request, "
-                "starts over)",
+                f"the slice holds every lease this request names already ({', '.join(reused)}): {method} books new "
+                f"leases only; send the new leases alone ({_renew_method(method)} changes a lease's end; "
+                "DeleteSliver, then the request, starts over)",
             )
         if not wanted:  # every lease asked for is the slice's already: nothing to book
             users_before = None
@@ -487,7 +504,7 @@ class Aggregate:
                 read_slice=True,  # the manifest's leases, nodes and users, read in the booking's transaction
             )
         except BookingConflict as refused:
-            note = _own_leases_note(refused.conflicts, self.bookings.leases(slice_urn=slice_urn), now)
+            note = _own_leases_note(refused.conflicts, self.bookings.leases(slice_urn=slice_urn), now, method)
             if not note:
                 raise
             raise BookingConflict(refused.conflicts, note=note) from None
@@ -534,9 +551,14 @@ class Aggregate:
 
         A CreateSliver cut short between its Allocate and its Provision (its process killed) leaves the slice an
         allocation the client never saw: the same call again takes it over and provisions it instead of clashing
-        with it (``_allocate``'s ``take_over``). Taken over and not provisioned (the call fails), it stays as it was,
-        to be taken over by the next try or released when its time to be provisioned is over."""
-        allocated = self._allocate(caller_chain, slice_urn, credentials, rspec, options, take_over=True, new_only=True)
+        with it (``_allocate``'s ``take_over``). A taken-over allocation is never undone by this call: when the call
+        fails (its Provision refused BUSY because the earlier call is provisioning it still, or the testbed failed),
+        it stays as the earlier call left it, to be provisioned by that call, taken over by the next try or released
+        when its time to be provisioned is over. The same call again once it succeeded is refused ALREADY_EXISTS,
+        naming the lease, and books nothing."""
+        allocated = self._allocate(
+            caller_chain, slice_urn, credentials, rspec, options, take_over=True, new_only=True, method="CreateSliver"
+        )
         booked = [sliver.urn for lease in (*allocated.leases, *allocated.taken) for sliver in lease.slivers]
         try:
             self.provision(caller_chain, booked, credentials, options)
@@ -547,17 +569,15 @@ class Aggregate:
 
     def _undo_allocation(self, slice_urn: str, allocated: _Allocated) -> None:
         """Give back the leases a failed call booked, by id, as if never booked (nobody is told of them), and put
-        the slice's users back. A failure here is logged: the call's own error is the one to report."""
+        the slice's users back. The allocations it took over are left as they are: they are an earlier call's, which
+        may have provisioned them meanwhile (or be provisioning them now). A failure here is logged: the call's own
+        error is the one to report."""
         booked = {lease.id for lease in allocated.leases}
-        taken = {lease.id for lease in allocated.taken}
         try:
-            current = [lease for lease in self.bookings.leases(slice_urn=slice_urn) if lease.id in booked | taken]
+            current = [lease for lease in self.bookings.leases(slice_urn=slice_urn) if lease.id in booked]
             for lease in current:
                 if lease.state == "provisioned":  # (only when the answer failed after Provision)
                     self._end_lease(lease)
-                    if lease.id in taken:  # it is not this call's to discard: it ends as a Delete ends it
-                        self.bookings.cancel(lease.id)
-            current = [lease for lease in current if lease.id in booked]
             try:
                 self.bookings.discard(booked)
             except Exception as exc:  # the testbed keeps a record of a job it may have made (an OAR time-out)
@@ -625,11 +645,18 @@ class Aggregate:
 
     # -- Describe, Status -------------------------------------------------------------------------------------------
     def describe(
-        self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
+        self,
+        caller_chain: GidChain,
+        urns: Sequence[str],
+        credentials: Any,
+        options: Mapping[str, Any],
+        method: str = "Describe",
     ) -> dict[str, Any]:
+        """Describe the slice or slivers named; ``method`` is the one called (v2's ListResources of a slice), which
+        a refusal names."""
         slice_urn, sliver_urns = self._resolve(urns)
         self.authorize("Describe", caller_chain, credentials, slice_urn, options)
-        _check_rspec_version(options, required=True, method="Describe")
+        _check_rspec_version(options, required=True, method=method)
         answer = self._describe_slice(slice_urn, sliver_urns)
         answer["geni_rspec"] = _maybe_compressed(answer["geni_rspec"], options)
         return answer
@@ -660,13 +687,18 @@ class Aggregate:
             if lease.state == "allocated":
                 expiries = [to_s(sliver.expires) for sliver in lease.slivers]
                 refuse_expired_allocation(lease.id, expiries, to_s(lease.end), to_s(asked_at))
-        pending = [lease for lease in leases if lease.state == "allocated"]
-        # One short write before anything slow: the sweep leaves these allocations while the testbed works.
-        hold = self.bookings.hold_for_provision([lease.id for lease in pending], asked_at)
+        # One short write before anything slow: the sweep leaves these allocations while the testbed works, and
+        # another Provision of them is refused (BUSY) until this one ends. One that another Provision finished since
+        # they were read is not held: the testbed is not asked for it again.
+        hold = self.bookings.hold_for_provision([lease.id for lease in leases if lease.state == "allocated"], asked_at)
+        pending = [lease for lease in leases if lease.id in hold.lease_ids]
+        testbed_may_hold: set[str] = set()  # filled by a failing _provision_held
         try:
-            return self._provision_held(caller_chain, slice_urn, sliver_urns, verified, leases, pending, options)
+            return self._provision_held(
+                caller_chain, slice_urn, sliver_urns, verified, leases, pending, hold, testbed_may_hold, options
+            )
         except BaseException:
-            self._end_provision_hold_quietly(hold)
+            self._end_provision_hold_quietly(hold, testbed_may_hold)
             raise
 
     def _provision_held(
@@ -677,10 +709,13 @@ class Aggregate:
         verified: VerifiedCredential,
         leases: Sequence[LeaseRecord],
         pending: Sequence[LeaseRecord],
+        hold: ProvisionHold,
+        testbed_may_hold: set[str],
         options: Mapping[str, Any],
     ) -> dict[str, Any]:
-        """``provision`` once its allocations (``pending``) are held from the sweep: the testbed, the logins, then the
-        calendar; a failure undoes what it did (``provision`` ends the hold)."""
+        """``provision`` once its allocations (``pending``) are held from the sweep (``hold``): the testbed, the
+        logins, then the calendar, which ends the hold; a failure undoes what it did and adds to ``testbed_may_hold``
+        the leases the testbed may still hold (``provision`` ends the hold but for them)."""
         users = self._vouched_users(slice_urn, verified.owner_urn, _users_sent(options))
         owner = self.accounts.login_for(verified.owner_urn, slice_urn)
         # Provision again with more users (alone or next to allocations): the leases provisioned before get them too,
@@ -716,7 +751,7 @@ class Aggregate:
                 written = self.unix_accounts.set_slice_keys(accounts, slice_urn, required_logins={owner})
             # Recorded whole: every lease provisioned and the users sent, in one unit of work.
             self.bookings.mark_provisioned_all(
-                [lease.id for lease in pending], slice_urn, users, _contact(caller_chain, verified.owner_urn)
+                [lease.id for lease in pending], slice_urn, users, _contact(caller_chain, verified.owner_urn), hold
             )
         except BaseException as failure:
             # Nothing half-provisioned: the retry provisions all of them again.
@@ -730,6 +765,7 @@ class Aggregate:
                 and (failure.reason == Reason.TIMEDOUT or failure.maybe_made)
             ):
                 still_held.add(asked.id)  # the testbed may have made its job (the reconciler adopts it)
+            testbed_may_hold.update(still_held)  # (their hold stays: the sweep leaves them to the reconciler)
             if self.instances is not None:  # no plan left for a job, no address held: the call wrote nothing...
                 # ...except for jobs that may exist: they need their plan and their containers' addresses.
                 self.instances.unprepare(
@@ -1190,13 +1226,14 @@ class Aggregate:
         """Every SSH key of the slice's users (what a container's root accepts)."""
         return [key for account in self._local_accounts(slice_urn) for key in account.ssh_keys]
 
-    def _end_provision_hold_quietly(self, hold: ProvisionHold) -> None:
-        """End a failed Provision's hold on its allocations (the call's own error is the one to report): if the
-        calendar cannot be reached, the hold lapses by itself and the sweep takes them then."""
+    def _end_provision_hold_quietly(self, hold: ProvisionHold, testbed_may_hold: set[str]) -> None:
+        """End a failed Provision's hold on its allocations but those the testbed may still hold (the call's own error
+        is the one to report): if the calendar cannot be reached, the hold lapses by itself and the sweep takes them
+        then."""
         try:
-            self.bookings.end_provision_hold(hold)
+            self.bookings.end_provision_hold(hold, testbed_may_hold)
         except Exception as exc:
-            log.warning("could not give allocations held by a failed Provision their expiry back: %s", exc)
+            log.warning("could not end the hold of a failed Provision on its allocations: %s", exc)
 
     def _release_quietly(self, leases: Sequence[LeaseRecord]) -> set[str]:
         """Give back on the testbed what a failing call had provisioned there (its error is the one to report).
@@ -1507,10 +1544,12 @@ def _added_to_kept_lease(
     return added
 
 
-def _own_leases_note(conflicts: Sequence[Conflict], own: Sequence[LeaseRecord], now: datetime) -> str:
+def _own_leases_note(
+    conflicts: Sequence[Conflict], own: Sequence[LeaseRecord], now: datetime, method: str = "Allocate"
+) -> str:
     """For a refused booking: which of the clashes are the calling slice's own leases, and what to do instead (a
     manifest sent back as a request, without the leases' ids, asks for its leases again). An allocation not
-    provisioned in time is being released: the time is free again within a minute."""
+    provisioned in time is being released: the time is free again within a minute. ``method`` is the one called."""
     clashes: list[str] = []
     lapsed: list[str] = []
     for conflict in conflicts:
@@ -1521,15 +1560,34 @@ def _own_leases_note(conflicts: Sequence[Conflict], own: Sequence[LeaseRecord], 
     if clashes:
         notes.append(
             f"the slice holds some of these itself ({', '.join(clashes)}): a lease of the slice is not booked "
-            "again; leave it out of the request (Allocate adds to what the slice holds) or name it by its id "
-            "(<ol:lease id=...> as the manifest shows it); to change its end call Renew"
+            f"again; leave it out of the request ({method} adds to what the slice holds) or name it by its id "
+            f"(<ol:lease id=...> as the manifest shows it); to change its end call {_renew_method(method)}"
         )
     if lapsed:
         notes.append(
             f"some are the slice's allocations not provisioned in time ({', '.join(lapsed)}), which are being "
-            "released: Allocate again in a minute"
+            f"released: {method} again in a minute"
         )
     return "; ".join(notes)
+
+
+def _renew_method(method: str) -> str:
+    """The method that moves a lease's end, in the API of ``method`` (AM API v2's CreateSliver, or v3)."""
+    return "RenewSliver" if method == "CreateSliver" else "Renew"
+
+
+def _held_already_message(leases: Sequence[LeaseRecord], method: str) -> str:
+    """Why a request the slice holds provisioned already books nothing, naming its leases, and what to do."""
+    held = "; ".join(
+        f"{', '.join(lease.nodes)} is booked by its lease {lease.id} from {format_time(lease.start)} to "
+        f"{format_time(lease.end)}"
+        for lease in leases
+    )
+    return (
+        f"the slice holds what this request asks for already ({held}): nothing was booked or changed. To keep it "
+        f"longer call {_renew_method(method)}; to book one more slot, give the times of another slot (and leave the "
+        f"leases the slice holds out of the request)"
+    )
 
 
 def _matching_allocation(
@@ -1539,11 +1597,14 @@ def _matching_allocation(
     containers: Mapping[str, Any],
     allocations: Sequence[LeaseRecord],
     grain_s: int,
+    current_at: datetime | None = None,
 ) -> LeaseRecord | None:
     """The allocation that is exactly this requested lease, booked by an earlier call of the same request: the same
     label, the same nodes with the same slivers (client_id, disk image) and the same window; for "as soon as
     possible", the window that earlier call found: as long as asked, or (a slot from now) up to the next boundary of
-    the nodes' slots (``grain_s``). None for a lease with container slivers (their plans are made with the booking)."""
+    the nodes' slots (``grain_s``), or, with ``current_at``, any window holding that time (a provisioned lease an
+    earlier call booked from now, renewed since). None for a lease with container slivers (their plans are made
+    with the booking)."""
     if any(client_id in containers for client_id in lease.nodes):
         return None
     slivers = sorted(
@@ -1554,7 +1615,9 @@ def _matching_allocation(
         length = allocation.end - allocation.start
         if lease.start is not None and (allocation.start, length) != (lease.start, lease.duration):
             continue
-        if lease.start is None and not lease.duration <= length < lease.duration + timedelta(seconds=grain_s):
+        found_then = lease.duration <= length < lease.duration + timedelta(seconds=grain_s)
+        holds_now = current_at is not None and allocation.start <= current_at < allocation.end
+        if lease.start is None and not (found_then or holds_now):
             continue
         held = sorted((sliver.node, sliver.client_id, sliver.disk_image) for sliver in allocation.slivers)
         if held == slivers and allocation.client_id == (lease.client_id or ""):

@@ -53,7 +53,7 @@ from sfa_omf.calendar.database import (
 )
 from sfa_omf.calendar.generation import bump_after, bump_on, bump_parameters
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
-from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice, SliceUser, Sliver
+from sfa_omf.calendar.models import Lease, LeaseInstance, Node, ProvisionHoldRow, Slice, SliceUser, Sliver
 from sfa_omf.calendar.plain_statements import (
     MAX_LISTED,
     PlainStatement,
@@ -83,10 +83,14 @@ UNKNOWN_NODE = "is not a node of ours"  # a Conflict's problem for a requested n
 Rounding = Literal["", "up", "down"]  # how Bookings.renew moves a new end that falls inside a slot
 
 
-#: How long a Provision in flight keeps its allocations from the sweep, from when it was asked: longer than any
+#: How long a Provision's hold keeps its allocations from the sweep, from when it was asked: longer than any
 #: testbed's work for one (OAR answers within its time-out, 30 s by default; a node boots within FRCP's boot time-out,
-#: 10 minutes by default), short enough that an allocation whose Provision died midway is released the same hour.
+#: 10 minutes by default) and than OAR's reconciler takes to adopt a job a timed-out Provision may have made, short
+#: enough that an allocation whose Provision died midway is released the same hour.
 PROVISION_HOLD_S = 3600
+#: The token of a hold no Provision is at work on any more: kept while the testbed may hold the lease (a time-out,
+#: a job maybe made), it keeps the sweep off until it lapses but lets another Provision take the lease over.
+LEFT_FOR_TESTBED = ""
 
 
 class BookingConflict(GeniError):
@@ -898,16 +902,21 @@ class Bookings:
         slice_urn: str,
         users: Mapping[str, Sequence[str]] | None = None,
         contact: Contact | None = None,
+        hold: ProvisionHold | None = None,
     ) -> list[LeaseRecord]:
         """Provision several allocated leases of one slice, and merge the users sent with the call (and keep the
-        caller's GID e-mail), in one unit of work: a Provision is recorded whole or not at all. An allocation whose
-        Provision was asked in its time is still in it here however long the testbed took: ``hold_for_provision``
-        pushed its expiry before the testbed's work (to ``PROVISION_HOLD_S`` after the asking)."""
+        caller's GID e-mail), in one unit of work: a Provision is recorded whole or not at all. With the Provision's
+        ``hold`` (``hold_for_provision``), an allocation is in its time if it was when the Provision was asked,
+        however long the testbed took (the hold kept the sweep off it, so it is still allocated), and the hold's rows
+        go in the same unit of work."""
         with self.database.write() as session:
             if users:  # first, as every writer of the slice's users does: an Allocate's users and these never mix
                 lock_slice(session, slice_urn)
             now_s = to_s(self.clock())
-            records = [self._provision_one(session, lease_id, now_s) for lease_id in lease_ids]
+            asked_s = now_s if hold is None else hold.asked_s
+            records = [self._provision_one(session, lease_id, asked_s) for lease_id in lease_ids]
+            if hold is not None and hold.lease_ids:
+                session.execute(delete(ProvisionHoldRow).where(ProvisionHoldRow.token == hold.token))
             record_contact(session, contact, now_s)
             if users:
                 slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn).with_for_update())
@@ -918,20 +927,25 @@ class Bookings:
 
     def hold_for_provision(self, lease_ids: Sequence[str], asked_at: datetime) -> ProvisionHold:
         """Before the testbed's work of a Provision, which may take longer than what is left of an allocation's time:
-        the allocations it provisions (``lease_ids``), in their time when it was asked (``asked_at``), are kept from
-        the sweep (``expire_unprovisioned``) until ``PROVISION_HOLD_S`` after that, their slivers' expiry pushed to
-        then in one short unit of work under the leases' locks (in the database: every process and host sees it).
-        A Provision whose process dies midway leaves them held no longer: the sweep takes them then. A Provision
-        that fails gives them back their own expiry (``end_provision_hold``). Writes nothing and refuses when one of
-        them is no longer allocated: SEARCHFAILED (Allocate again) for one the sweep expired, or whose time was over
-        when the Provision was asked. A lease another Provision finished meanwhile is left as it is."""
+        in one short unit of work under the leases' locks (in id order, as the sweep locks them), each allocation it
+        provisions (``lease_ids``) that was in its time when the Provision was asked (``asked_at``) gets a row in
+        ``provision_hold`` naming this Provision, which keeps the sweep (``expire_unprovisioned``) off it until
+        ``PROVISION_HOLD_S`` after the asking. In the database: the sweep of every process and host sees it. The
+        allocation's expiry is left as it is (Status and Renew show and change it as ever).
+
+        One Provision at a time: an allocation another Provision holds (a double click, a retry while the first is
+        at work) is refused BUSY, before any testbed work. One the sweep expired, or whose time was over when the
+        Provision was asked, is refused SEARCHFAILED (Allocate again). A refusal writes nothing. A lease another
+        Provision finished meanwhile is not held, and not in ``ProvisionHold.lease_ids``: the testbed is not asked
+        for it again. The Provision ends its hold (``mark_provisioned_all``, ``end_provision_hold``); the hold of
+        one whose process died lapses."""
         asked_s = to_s(asked_at)
-        until_s = asked_s + PROVISION_HOLD_S
         wanted = sorted(set(lease_ids))
+        token = uuid.uuid4().hex
 
         def unit_of_work() -> ProvisionHold:
-            earlier: dict[int, int] = {}
             with self.database.write() as session:
+                now_s = to_s(self.clock())
                 # In id order, as the sweep locks them: the two queue, never deadlock.
                 leases = {
                     lease.id: lease
@@ -939,6 +953,7 @@ class Bookings:
                         select(Lease).where(Lease.id.in_(wanted)).order_by(Lease.id).with_for_update()
                     )
                 }
+                held: list[str] = []
                 for lease_id in wanted:
                     lease = leases.get(lease_id)
                     if lease is None:
@@ -949,38 +964,63 @@ class Bookings:
                     # (The slivers are read after the lease's lock, as the last writer left them.)
                     expiries = [sliver.expires_s for sliver in lease.slivers]
                     refuse_expired_allocation(lease_id, expiries, lease.end_s, asked_s)
-                    for sliver in lease.slivers:
-                        if sliver.expires_s < until_s:
-                            earlier[sliver.id] = sliver.expires_s
-                            sliver.expires_s = until_s
-            return ProvisionHold(until_s, earlier)
+                    held.append(lease_id)
+                if not held:
+                    return ProvisionHold(token, asked_s, ())
+                # Read after the leases' locks: a Provision that took its hold meanwhile has committed it.
+                at_work = session.execute(
+                    select(ProvisionHoldRow.lease_id, ProvisionHoldRow.held_until_s)
+                    .where(
+                        ProvisionHoldRow.lease_id.in_(held),
+                        ProvisionHoldRow.token != LEFT_FOR_TESTBED,
+                        ProvisionHoldRow.held_until_s > now_s,
+                    )
+                    .order_by(ProvisionHoldRow.lease_id)
+                ).first()
+                if at_work is not None:
+                    # The hold's end too: a Provision whose process died holds the lease until then.
+                    raise GeniError(
+                        Reason.BUSY,
+                        f"lease {at_work.lease_id} is being provisioned by another call; ask Status, or try again in "
+                        f"a moment (should that call have stopped half-way, its hold ends at "
+                        f"{format_time(from_s(at_work.held_until_s))} at the latest)",
+                    )
+                # A lapsed hold, or one left while the testbed may hold the lease, is this Provision's now (the
+                # testbed takes over a job an earlier call may have made).
+                session.execute(delete(ProvisionHoldRow).where(ProvisionHoldRow.lease_id.in_(held)))
+                session.execute(
+                    insert(ProvisionHoldRow),
+                    [
+                        {"lease_id": lease_id, "token": token, "held_until_s": asked_s + PROVISION_HOLD_S}
+                        for lease_id in held
+                    ],
+                )
+                return ProvisionHold(token, asked_s, tuple(held))
 
         if not wanted:
-            return ProvisionHold(until_s, {})
+            return ProvisionHold(token, asked_s, ())
         return retry_transient(unit_of_work)
 
-    def end_provision_hold(self, hold: ProvisionHold) -> None:
-        """A Provision that failed gives the allocations it held (``hold_for_provision``) their own expiry back, so
-        the sweep takes them when it would have without it. A sliver whose expiry someone changed since (a Renew of
-        the allocation) or whose lease is no longer allocated is left as it is."""
-        if not hold.earlier_expiries:
+    def end_provision_hold(self, hold: ProvisionHold, testbed_may_hold: Iterable[str] = ()) -> None:
+        """A Provision that failed ends its hold (``hold_for_provision``): the sweep takes its allocations at their
+        own expiry (as the last Renew left it). Except the leases the testbed may still hold (``testbed_may_hold``:
+        it timed out, may have made the job, or could not release it): their hold stays until it lapses, no longer
+        naming a Provision at work, so the sweep leaves the lease for OAR's reconciler to adopt the job and another
+        Provision may take it over. Only this Provision's rows are touched."""
+        if not hold.lease_ids:
             return
-        sliver_ids = sorted(hold.earlier_expiries)
+        kept = sorted(set(testbed_may_hold) & set(hold.lease_ids))
 
         def unit_of_work() -> None:
             with self.database.write() as session:
-                held_leases = select(Sliver.lease_id).where(Sliver.id.in_(sliver_ids))
-                # Every writer of a lease's slivers locks the lease first, in id order.
-                session.scalars(
-                    select(Lease.id).where(Lease.id.in_(held_leases)).order_by(Lease.id).with_for_update()
-                ).all()
-                still_held = session.scalars(
-                    select(Sliver)
-                    .join(Lease)
-                    .where(Sliver.id.in_(sliver_ids), Lease.state == "allocated", Sliver.expires_s == hold.until_s)
-                ).all()
-                for sliver in still_held:
-                    sliver.expires_s = hold.earlier_expiries[sliver.id]
+                own = ProvisionHoldRow.token == hold.token
+                if kept:
+                    session.execute(
+                        update(ProvisionHoldRow)
+                        .where(own, ProvisionHoldRow.lease_id.in_(kept))
+                        .values(token=LEFT_FOR_TESTBED)
+                    )
+                session.execute(delete(ProvisionHoldRow).where(own))
 
         retry_transient(unit_of_work)
 
@@ -1015,10 +1055,16 @@ class Bookings:
             return lease_record(lease)
 
     def expire_unprovisioned(self) -> list[LeaseRecord]:
-        """Release allocations whose time to be provisioned has passed (GENI: allocated slivers expire)."""
+        """Release allocations whose time to be provisioned has passed (GENI: allocated slivers expire), but not one
+        a Provision holds (``hold_for_provision``) until its hold lapses: in the same statement, no round trip more."""
         now_s = to_s(self.clock())
         due = select(Sliver.lease_id).where(Sliver.expires_s <= now_s)
-        return self._end_leases((Lease.state == "allocated", Lease.id.in_(due)), "expired")
+        held = (
+            select(ProvisionHoldRow.lease_id)
+            .where(ProvisionHoldRow.lease_id == Lease.id, ProvisionHoldRow.held_until_s > now_s)
+            .exists()
+        )
+        return self._end_leases((Lease.state == "allocated", Lease.id.in_(due), ~held), "expired")
 
     def retire_ended(self) -> list[LeaseRecord]:
         """Provisioned leases whose slot is over become ``ended`` (their slivers unallocated: GENI's slot_ended)."""
@@ -1382,11 +1428,12 @@ class RenewalRead(NamedTuple):
 
 
 class ProvisionHold(NamedTuple):
-    """What ``Bookings.hold_for_provision`` did: the time it holds the allocations until, and the expiry each sliver
-    it pushed had before (by sliver id), for ``end_provision_hold`` to put back if the Provision fails."""
+    """A Provision's hold on its allocations (``Bookings.hold_for_provision``): the token naming the Provision in
+    ``provision_hold``, when it was asked (epoch seconds), and the leases it holds (those still allocated then)."""
 
-    until_s: int
-    earlier_expiries: Mapping[int, int]
+    token: str
+    asked_s: int
+    lease_ids: tuple[str, ...]
 
 
 class _Renewal(NamedTuple):

@@ -204,6 +204,21 @@ class OarJob(Base):
     updated_s: Mapped[int] = mapped_column(BigInteger)
 
 
+class ProvisionHoldRow(Base):
+    """An allocation a Provision holds from the expiry sweep while the testbed works (booking.py
+    ``Bookings.hold_for_provision``): the sweep leaves the lease until ``held_until_s``, whatever its slivers' expiry
+    (which a hold never changes). ``token`` names the Provision at work; empty once that Provision ended while the
+    testbed may still hold the lease (a time-out, a job maybe made): the row then only keeps the sweep off until
+    OAR's reconciler adopts the job, and no longer keeps another Provision out. One row a lease. No foreign key: a
+    lease discarded after a failed call may leave its row behind, which lapses."""
+
+    __tablename__ = "provision_hold"
+
+    lease_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    token: Mapped[str] = mapped_column(String(32))
+    held_until_s: Mapped[int] = mapped_column(BigInteger)
+
+
 class OmfSlot(Base):
     """The OMF backend's work at a provisioned lease's slot boundaries (sfa_omf/testbed/omf/slots.py). ``phase``:
     provisioned (accounts made, slot not started), starting, ready, failed (the start failed: ``failures`` holds
