@@ -504,7 +504,9 @@ class Aggregate:
                 read_slice=True,  # the manifest's leases, nodes and users, read in the booking's transaction
             )
         except BookingConflict as refused:
-            note = _own_leases_note(refused.conflicts, self.bookings.leases(slice_urn=slice_urn), now, method)
+            own = self.bookings.leases(slice_urn=slice_urn)
+            holds = self.bookings.provision_holds(lease.id for lease in own if _allocation_lapsed(lease, now))
+            note = _own_leases_note(refused.conflicts, own, now, method, holds)
             if not note:
                 raise
             raise BookingConflict(refused.conflicts, note=note) from None
@@ -683,10 +685,15 @@ class Aggregate:
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no allocated slivers here to provision")
         _refuse_part_of_a_lease(leases, sliver_urns, "provisioned")
-        for lease in leases:  # (the calendar refuses them too: this spares the testbed work it would undo)
-            if lease.state == "allocated":
-                expiries = [to_s(sliver.expires) for sliver in lease.slivers]
-                refuse_expired_allocation(lease.id, expiries, to_s(lease.end), to_s(asked_at))
+        # (The calendar refuses them too: this spares the testbed work it would undo.) The holds are read only for a
+        # lapsed allocation: one a Provision cut short holds is not released before the hold ends.
+        lapsed = [lease for lease in leases if lease.state == "allocated" and _allocation_lapsed(lease, asked_at)]
+        holds = self.bookings.provision_holds(lease.id for lease in lapsed)
+        for lease in lapsed:
+            expiries = [to_s(sliver.expires) for sliver in lease.slivers]
+            held_until = holds.get(lease.id)
+            held_until_s = None if held_until is None else to_s(held_until)
+            refuse_expired_allocation(lease.id, expiries, to_s(lease.end), to_s(asked_at), held_until_s)
         # One short write before anything slow: the sweep leaves these allocations while the testbed works, and
         # another Provision of them is refused (BUSY) until this one ends. One that another Provision finished since
         # they were read is not held: the testbed is not asked for it again.
@@ -759,13 +766,18 @@ class Aggregate:
                 self.unix_accounts.restore_slice_keys(written, slice_urn)
             self._users_back_on_testbed(pushed, old_accounts)
             still_held = self._release_quietly(done)
+            # Their hold stays (the sweep leaves them to the reconciler): leases the testbed could not release...
+            testbed_may_hold.update(still_held)
             if (
                 asked is not None
                 and isinstance(failure, GeniError)
                 and (failure.reason == Reason.TIMEDOUT or failure.maybe_made)
             ):
-                still_held.add(asked.id)  # the testbed may have made its job (the reconciler adopts it)
-            testbed_may_hold.update(still_held)  # (their hold stays: the sweep leaves them to the reconciler)
+                still_held.add(asked.id)  # the testbed may have made its job: its plan is kept
+                if failure.maybe_made:
+                    # ...and the one it says it may hold (OAR keeps its job row for its reconciler, which ends the
+                    # hold): a time-out alone (OMF: nothing to adopt) leaves the allocation to the sweep.
+                    testbed_may_hold.add(asked.id)
             if self.instances is not None:  # no plan left for a job, no address held: the call wrote nothing...
                 # ...except for jobs that may exist: they need their plan and their containers' addresses.
                 self.instances.unprepare(
@@ -1545,17 +1557,30 @@ def _added_to_kept_lease(
 
 
 def _own_leases_note(
-    conflicts: Sequence[Conflict], own: Sequence[LeaseRecord], now: datetime, method: str = "Allocate"
+    conflicts: Sequence[Conflict],
+    own: Sequence[LeaseRecord],
+    now: datetime,
+    method: str = "Allocate",
+    holds: Mapping[str, datetime] | None = None,
 ) -> str:
     """For a refused booking: which of the clashes are the calling slice's own leases, and what to do instead (a
     manifest sent back as a request, without the leases' ids, asks for its leases again). An allocation not
-    provisioned in time is being released: the time is free again within a minute. ``method`` is the one called."""
+    provisioned in time is being released: the time is free again within a minute, or, held by a Provision cut
+    short (``holds``: when each live hold ends, by lease id), when the hold ends or a Delete frees it. ``method`` is
+    the one called."""
     clashes: list[str] = []
     lapsed: list[str] = []
+    held: list[str] = []
     for conflict in conflicts:
         for lease in own:
             if conflict.node in lease.nodes and lease.start < conflict.end and conflict.start < lease.end:
-                (lapsed if _allocation_lapsed(lease, now) else clashes).append(f"{conflict.node} by lease {lease.id}")
+                clash = f"{conflict.node} by lease {lease.id}"
+                if not _allocation_lapsed(lease, now):
+                    clashes.append(clash)
+                elif holds and lease.id in holds:
+                    held.append(f"{clash}, held until {format_time(holds[lease.id])}")
+                else:
+                    lapsed.append(clash)
     notes = []
     if clashes:
         notes.append(
@@ -1567,6 +1592,12 @@ def _own_leases_note(
         notes.append(
             f"some are the slice's allocations not provisioned in time ({', '.join(lapsed)}), which are being "
             f"released: {method} again in a minute"
+        )
+    if held:
+        notes.append(
+            f"some are the slice's allocations not provisioned in time but held by a Provision ({'; '.join(held)}), "
+            f"released when the hold ends, not before: if no call of yours is at work on them, Delete them to free "
+            f"them now, then {method} again"
         )
     return "; ".join(notes)
 

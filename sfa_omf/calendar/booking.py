@@ -21,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Connection,
+    Delete,
     Insert,
     Integer,
     Select,
@@ -86,7 +87,9 @@ Rounding = Literal["", "up", "down"]  # how Bookings.renew moves a new end that 
 #: How long a Provision's hold keeps its allocations from the sweep, from when it was asked: longer than any
 #: testbed's work for one (OAR answers within its time-out, 30 s by default; a node boots within FRCP's boot time-out,
 #: 10 minutes by default) and than OAR's reconciler takes to adopt a job a timed-out Provision may have made, short
-#: enough that an allocation whose Provision died midway is released the same hour.
+#: enough that an allocation whose Provision died midway is released the same hour. (Those time-outs are operators'
+#: settings, unknown to the calendar, not constants: an hour stays well above their defaults. A hold left by a
+#: Provision that died is ended at once by a Delete of the allocation.)
 PROVISION_HOLD_S = 3600
 #: The token of a hold no Provision is at work on any more: kept while the testbed may hold the lease (a time-out,
 #: a job maybe made), it keeps the sweep off until it lapses but lets another Provision take the lease over.
@@ -963,7 +966,13 @@ class Bookings:
                     refuse_unless_allocated(lease_id, lease.state)
                     # (The slivers are read after the lease's lock, as the last writer left them.)
                     expiries = [sliver.expires_s for sliver in lease.slivers]
-                    refuse_expired_allocation(lease_id, expiries, lease.end_s, asked_s)
+                    if allocation_expiry_s(expiries, lease.end_s) <= asked_s:  # refused: with its live hold's end
+                        held_until_s = session.scalar(
+                            select(func.max(ProvisionHoldRow.held_until_s)).where(
+                                ProvisionHoldRow.lease_id == lease_id, ProvisionHoldRow.held_until_s > now_s
+                            )
+                        )
+                        refuse_expired_allocation(lease_id, expiries, lease.end_s, asked_s, held_until_s)
                     held.append(lease_id)
                 if not held:
                     return ProvisionHold(token, asked_s, ())
@@ -981,9 +990,10 @@ class Bookings:
                     # The hold's end too: a Provision whose process died holds the lease until then.
                     raise GeniError(
                         Reason.BUSY,
-                        f"lease {at_work.lease_id} is being provisioned by another call; ask Status, or try again in "
-                        f"a moment (should that call have stopped half-way, its hold ends at "
-                        f"{format_time(from_s(at_work.held_until_s))} at the latest)",
+                        f"lease {at_work.lease_id} is being provisioned by another call; ask Status (SliverStatus on "
+                        f"AM API v2), or try again in a moment. Should that call have stopped half-way, its hold ends "
+                        f"at {format_time(from_s(at_work.held_until_s))} at the latest; if no call of yours is at "
+                        "work on it, Delete the allocation and Allocate (CreateSliver on AM API v2) again",
                     )
                 # A lapsed hold, or one left while the testbed may hold the lease, is this Provision's now (the
                 # testbed takes over a job an earlier call may have made).
@@ -1024,6 +1034,37 @@ class Bookings:
 
         retry_transient(unit_of_work)
 
+    def end_testbed_hold(self, lease_id: str) -> None:
+        """The testbed's reconciler is done with a lease a failed Provision left to it (``end_provision_hold``'s
+        ``testbed_may_hold``): it adopted the job (the lease is provisioned) or found the testbed never got it (the
+        allocation is the sweep's again, at its own expiry). Ends that hold only: a Provision at work on the lease
+        keeps its own."""
+
+        def unit_of_work() -> None:
+            with self.database.write() as session:
+                session.execute(
+                    delete(ProvisionHoldRow).where(
+                        ProvisionHoldRow.lease_id == lease_id, ProvisionHoldRow.token == LEFT_FOR_TESTBED
+                    )
+                )
+
+        retry_transient(unit_of_work)
+
+    def provision_holds(self, lease_ids: Iterable[str]) -> dict[str, datetime]:
+        """When the live Provision hold on each of these leases ends (leases without one are left out): a lapsed
+        allocation so held is not released before then."""
+        wanted = sorted(set(lease_ids))
+        if not wanted:
+            return {}
+        now_s = to_s(self.clock())
+        with self.database.read() as session:
+            rows = session.execute(
+                select(ProvisionHoldRow.lease_id, ProvisionHoldRow.held_until_s).where(
+                    ProvisionHoldRow.lease_id.in_(wanted), ProvisionHoldRow.held_until_s > now_s
+                )
+            )
+            return {lease_id: from_s(held_until_s) for lease_id, held_until_s in rows}
+
     def discard(self, lease_ids: Iterable[str]) -> None:
         """Remove leases as if they had never been booked: undoes a booking whose call failed after it was written
         (the call answered an error, so nobody holds these leases)."""
@@ -1056,7 +1097,9 @@ class Bookings:
 
     def expire_unprovisioned(self) -> list[LeaseRecord]:
         """Release allocations whose time to be provisioned has passed (GENI: allocated slivers expire), but not one
-        a Provision holds (``hold_for_provision``) until its hold lapses: in the same statement, no round trip more."""
+        a Provision holds (``hold_for_provision``) until its hold lapses: in the same statement, no round trip more.
+        Lapsed holds are removed in the same unit of work (one statement): nothing else removes a hold whose
+        Provision died, or one left to a testbed that never took it up."""
         now_s = to_s(self.clock())
         due = select(Sliver.lease_id).where(Sliver.expires_s <= now_s)
         held = (
@@ -1064,22 +1107,29 @@ class Bookings:
             .where(ProvisionHoldRow.lease_id == Lease.id, ProvisionHoldRow.held_until_s > now_s)
             .exists()
         )
-        return self._end_leases((Lease.state == "allocated", Lease.id.in_(due), ~held), "expired")
+        lapsed_holds = delete(ProvisionHoldRow).where(ProvisionHoldRow.held_until_s <= now_s)
+        return self._end_leases((Lease.state == "allocated", Lease.id.in_(due), ~held), "expired", lapsed_holds)
 
     def retire_ended(self) -> list[LeaseRecord]:
         """Provisioned leases whose slot is over become ``ended`` (their slivers unallocated: GENI's slot_ended)."""
         now_s = to_s(self.clock())
         return self._end_leases((Lease.state == "provisioned", Lease.end_s <= now_s), "ended")
 
-    def _end_leases(self, due: tuple[ColumnElement[bool], ...], new_state: str) -> list[LeaseRecord]:
+    def _end_leases(
+        self, due: tuple[ColumnElement[bool], ...], new_state: str, also: Delete | None = None
+    ) -> list[LeaseRecord]:
         """The leases that are ``due`` become ``new_state``, their slivers released. The leases found due are locked
         first (every writer of a lease or its slivers locks the lease), then read again: a renewal or a Provision
         that committed meanwhile (after the first read's snapshot, on PostgreSQL) is seen, and a lease it made no
-        longer due is left as it made it. (SQLite: BEGIN IMMEDIATE has serialized the writers already.)"""
+        longer due is left as it made it. (SQLite: BEGIN IMMEDIATE has serialized the writers already.) ``also``, a
+        statement run in the same unit of work, after the leases' locks (as ``hold_for_provision`` takes them before
+        its hold rows: the two never wait on each other crosswise)."""
 
         def unit_of_work() -> list[LeaseRecord]:
             with self.database.write() as session:
                 found = session.scalars(select(Lease.id).where(*due).order_by(Lease.id).with_for_update()).all()
+                if also is not None:
+                    session.execute(also)
                 if not found:
                     return []
                 leases = session.scalars(
@@ -1948,17 +1998,30 @@ def allocation_expiry_s(sliver_expiries: Iterable[int], end_s: int) -> int:
     return min([*sliver_expiries, end_s])
 
 
-def refuse_expired_allocation(lease_id: str, sliver_expiries: Iterable[int], end_s: int, now_s: int) -> None:
+def refuse_expired_allocation(
+    lease_id: str, sliver_expiries: Iterable[int], end_s: int, now_s: int, held_until_s: int | None = None
+) -> None:
     """An allocated lease whose time to be provisioned is over is expired, whether or not the sweep
     (``expire_unprovisioned``) has run yet: Provision and Renew refuse it as they do once the sweep has, with
-    SEARCHFAILED."""
+    SEARCHFAILED. ``held_until_s``: the end of a live Provision hold on it, which keeps the sweep off until then."""
     expires_s = allocation_expiry_s(sliver_expiries, end_s)
     if expires_s <= now_s:
         raise GeniError(
             Reason.NOT_FOUND,
             f"lease {lease_id} was allocated but not provisioned in time: the allocation expired at "
-            f"{format_time(from_s(expires_s))} and is released within a minute; Allocate again",
+            f"{format_time(from_s(expires_s))} and {lapsed_allocation_freed(held_until_s)}",
         )
+
+
+def lapsed_allocation_freed(held_until_s: int | None, method: str = "Allocate") -> str:
+    """When an allocation not provisioned in time is released, and what to do (``method`` books again): within a
+    minute (the sweep), or, held by a Provision (one cut short), at the hold's end, unless a Delete frees it now."""
+    if held_until_s is None:
+        return f"is released within a minute; {method} again"
+    return (
+        f"is held by a Provision until {format_time(from_s(held_until_s))} (released then, not before); if no call "
+        f"of yours is at work on it, Delete the allocation to free it now, then {method} again"
+    )
 
 
 def refuse_unless_allocated(lease_id: str, state: str) -> None:

@@ -24,6 +24,7 @@ from sfa_omf.errors import GeniCode, GeniError, Reason
 from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import utcnow
 from tests.am.conftest import aggregate_on
+from tests.am.test_create_sliver_retries import timed_request
 from tests.am.test_lapsed_allocations import book, stored
 from tests.am.test_unit_of_work import FaultInjectingTestbed
 from tests.calendar.conftest import node_urn
@@ -240,10 +241,12 @@ class TimesOutStandIn(FaultInjectingTestbed):
 
 
 def may_have_made_it(kind: str) -> GeniError:
-    """A Provision's failure after which the testbed may hold the lease: OAR's time-out, or a job maybe made."""
+    """A Provision's failure after which the testbed may hold the lease: OAR's time-out or its proxy's 502, each
+    marked ``maybe_made`` as OAR's backend marks them when it keeps the job's row for its reconciler."""
     if kind == "timed_out":
-        return GeniError(Reason.TIMEDOUT, "OAR did not answer within 30 s")
-    error = GeniError(Reason.UNAVAILABLE, "OAR's proxy answered 502 Bad Gateway")
+        error = GeniError(Reason.TIMEDOUT, "OAR did not answer within 30 s")
+    else:
+        error = GeniError(Reason.UNAVAILABLE, "OAR's proxy answered 502 Bad Gateway")
     error.maybe_made = True
     return error
 
@@ -334,3 +337,93 @@ def test_a_renew_during_a_provision_stands_when_the_provision_fails(aggregate: A
     renewed = stored(aggregate, lease.id).slivers[0].expires
     set_clock(aggregate, renewed)
     assert swept_ids(aggregate) == [lease.id]
+
+
+def test_a_time_out_after_which_the_testbed_holds_nothing_leaves_the_allocation_to_the_sweep(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """A time-out not marked ``maybe_made`` (OMF: no reconciler adopts anything; OAR: no job row kept) keeps no
+    hold: the allocation, past its time, is the sweep's at once, not an hour later."""
+    alice = pki.users["alice"]
+    set_clock(aggregate, utcnow())
+    lease = book(aggregate, pki, "n1", in_three_hours())
+    aggregate.backend = TimesOutStandIn(aggregate, GeniError(Reason.TIMEDOUT, "no answer in time"), late=True)
+
+    with pytest.raises(GeniError):
+        aggregate.provision(alice.chain, [lease.slivers[0].urn], [alice.slice_cred], {})
+
+    assert hold_rows(aggregate) == []
+    assert swept_ids(aggregate) == [lease.id]
+
+
+def test_the_reconciler_ends_the_hold_left_for_it_and_no_provisions(aggregate: Aggregate, pki: DemoPki) -> None:
+    """``end_testbed_hold`` (OAR's reconciler, once it adopted the job or found OAR never got it) ends the hold a
+    failed Provision left to the testbed, and never the hold of a Provision at work."""
+    alice = pki.users["alice"]
+    asked_at = utcnow()
+    set_clock(aggregate, asked_at)
+    left = book(aggregate, pki, "n1", in_three_hours())
+    at_work = book(aggregate, pki, "n2", in_three_hours())
+    aggregate.backend = TimesOutStandIn(aggregate, may_have_made_it("timed_out"), late=False)
+    with pytest.raises(GeniError):
+        aggregate.provision(alice.chain, [left.slivers[0].urn], [alice.slice_cred], {})
+    working = aggregate.bookings.hold_for_provision([at_work.id], asked_at)
+
+    aggregate.bookings.end_testbed_hold(left.id)
+    aggregate.bookings.end_testbed_hold(at_work.id)
+
+    assert [(lease_id, token) for lease_id, token, _ in hold_rows(aggregate)] == [(at_work.id, working.token)]
+    set_clock(aggregate, past_the_allocations_time(aggregate, asked_at))
+    assert swept_ids(aggregate) == [left.id], "the allocation left to the testbed is the sweep's again"
+
+
+def test_lapsed_holds_are_removed_by_the_sweep(aggregate: Aggregate, pki: DemoPki) -> None:
+    """A hold whose Provision died, on a lease since deleted (nothing else removes it), is gone after the sweep
+    that runs once it lapsed; a live hold stays."""
+    alice = pki.users["alice"]
+    asked_at = utcnow()
+    set_clock(aggregate, asked_at)
+    deleted = book(aggregate, pki, "n1", in_three_hours())
+    aggregate.bookings.hold_for_provision([deleted.id], asked_at)  # ...and the Provision dies
+    aggregate.delete(alice.chain, [deleted.slivers[0].urn], [alice.slice_cred], {})
+    later = asked_at + timedelta(seconds=PROVISION_HOLD_S)
+    live = book(aggregate, pki, "n2", in_three_hours())
+    live_hold = aggregate.bookings.hold_for_provision([live.id], asked_at + timedelta(seconds=1))
+
+    set_clock(aggregate, later)
+    swept_ids(aggregate)
+
+    assert [token for _, token, _ in hold_rows(aggregate)] == [live_hold.token]
+
+
+def test_a_provision_cut_short_is_refused_saying_that_delete_frees_the_allocation(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """A Provision whose process died after taking its hold: a retry is told, besides waiting, to Delete and
+    Allocate again; once the allocation's own time is over, Provision and Allocate say it is held until the hold's
+    end (not "released within a minute") and that a Delete frees it now, which it does."""
+    alice = pki.users["alice"]
+    asked_at = utcnow()
+    set_clock(aggregate, asked_at)
+    lease = book(aggregate, pki, "n1", in_three_hours())
+    aggregate.bookings.hold_for_provision([lease.id], asked_at)  # ...and the process providing it dies here
+    urns = [lease.slivers[0].urn]
+
+    with pytest.raises(GeniError) as busy:
+        aggregate.provision(alice.chain, urns, [alice.slice_cred], {})
+    assert busy.value.code == GeniCode.BUSY
+    assert "Delete the allocation and Allocate (CreateSliver on AM API v2) again" in busy.value.message
+
+    set_clock(aggregate, past_the_allocations_time(aggregate, asked_at))
+    with pytest.raises(GeniError) as lapsed:
+        aggregate.provision(alice.chain, urns, [alice.slice_cred], {})
+    assert lapsed.value.reason == Reason.NOT_FOUND
+    assert "within a minute" not in lapsed.value.message
+    assert "held by a Provision until" in lapsed.value.message and "Delete the allocation" in lapsed.value.message
+    with pytest.raises(GeniError) as clash:
+        aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], timed_request(("n1",), lease.start), {})
+    assert "in a minute" not in clash.value.message
+    assert f"n1 by lease {lease.id}, held until" in clash.value.message and "Delete them" in clash.value.message
+
+    aggregate.delete(alice.chain, urns, [alice.slice_cred], {})
+    aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], timed_request(("n1",), lease.start), {})

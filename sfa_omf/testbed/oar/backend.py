@@ -487,6 +487,8 @@ class OarTestbed:
                 report.failed[lease_id] = _words(exc)
                 continue
             self.jobs.set(lease_id, SUBMITTED, owner=row.owner, job_id=job_id)
+            # The hold a failed Provision left for this job (the sweep kept off the lease) has done its work.
+            self.bookings.end_testbed_hold(lease_id)
             held.add(lease_id)
             report.adopted.append(lease_id)
         for lease_id, row in rows.items():
@@ -503,6 +505,9 @@ class OarTestbed:
                 # later on a loaded server): the booking waits for Provision as before, and the row keeps the owner
                 # (DELETED), so that such a job, listed later, is taken over by that Provision or deleted as an orphan.
                 self.jobs.set(lease_id, DELETED)
+                # Nothing to adopt: the hold a failed Provision left for the job ends, the sweep takes the allocation
+                # at its own expiry (a Provision at work on it keeps its own hold).
+                self.bookings.end_testbed_hold(lease_id)
             elif row.state == DELETING and lease is not None and lease.state == "provisioned":
                 # The Delete that failed changed nothing here, but OAR may have deleted the job all the same (a
                 # time-out, a proxy's 502 after forwarding it): marked as a job the aggregate deleted itself, so that
