@@ -688,12 +688,10 @@ class Aggregate:
         # (The calendar refuses them too: this spares the testbed work it would undo.) The holds are read only for a
         # lapsed allocation: one a Provision cut short holds is not released before the hold ends.
         lapsed = [lease for lease in leases if lease.state == "allocated" and _allocation_lapsed(lease, asked_at)]
-        holds = self.bookings.provision_holds(lease.id for lease in lapsed)
+        holds = self.bookings.provision_hold_ends(lease.id for lease in lapsed)
         for lease in lapsed:
             expiries = [to_s(sliver.expires) for sliver in lease.slivers]
-            held_until = holds.get(lease.id)
-            held_until_s = None if held_until is None else to_s(held_until)
-            refuse_expired_allocation(lease.id, expiries, to_s(lease.end), to_s(asked_at), held_until_s)
+            refuse_expired_allocation(lease.id, expiries, to_s(lease.end), to_s(asked_at), holds.get(lease.id))
         # One short write before anything slow: the sweep leaves these allocations while the testbed works, and
         # another Provision of them is refused (BUSY) until this one ends. One that another Provision finished since
         # they were read is not held: the testbed is not asked for it again.

@@ -590,7 +590,9 @@ class Bookings:
         if target is None:
             rows = self.database.fetch_all(_READ_RENEWED_LEASE, {"lease_id": lease_id})
             target = [_RenewalRow(*row) for row in rows]
-        renewal = self._checked_renewal(target, lease_id, new_end, rounding, slice_expires, now_s)
+        renewal = self._checked_renewal(
+            target, lease_id, new_end, rounding, slice_expires, now_s, lambda: self._live_hold_alone(lease_id, now_s)
+        )
         if renewal.new_slice_expires_s is not None:
             return None
         lease = renewal.lease
@@ -665,7 +667,9 @@ class Bookings:
         # one UPDATE ... RETURNING that also checks the extension is free (the held windows are read only to say
         # who holds it when it is not).
         target = [_RenewalRow(*row) for row in execute_plain(connection, _LOCK_RENEWED_LEASE, {"lease_id": lease_id})]
-        renewal = self._checked_renewal(target, lease_id, new_end, rounding, slice_expires, now_s)
+        renewal = self._checked_renewal(
+            target, lease_id, new_end, rounding, slice_expires, now_s, lambda: _live_hold(connection, lease_id, now_s)
+        )
         self._check_extension_limits(connection, lease_id, renewal, locked)
         lease, nodes, new_end_s, end_s = renewal.lease, renewal.nodes, renewal.new_end_s, renewal.lease.end_s
         if renewal.new_slice_expires_s is not None:
@@ -753,10 +757,12 @@ class Bookings:
         rounding: Rounding,
         slice_expires: datetime | None,
         now_s: int,
+        read_hold: Callable[[], HoldEnd | None],
     ) -> _Renewal:
         """The renewal of the lease read as ``target`` (rows of ``_LOCK_RENEWED_LEASE``), once every check passed:
         the lease is there and active, the new end (rounded as asked) is in the future, after its start, within the
-        slice's expiry and the policy's limits; raises with the reason otherwise. Writes nothing."""
+        slice's expiry and the policy's limits; raises with the reason otherwise. Writes nothing. ``read_hold``: the
+        live Provision hold on the lease, read only to refuse a lapsed allocation (its refusal says until when)."""
         asked_s = new_end_s = to_s(new_end)
         if not target:
             raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
@@ -765,7 +771,8 @@ class Bookings:
             raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {lease.state} and cannot be renewed")
         if lease.state == "allocated":  # an allocation past its time to be provisioned is not revived by a renewal
             expiries = [row.allocation_expires_s for row in target if row.allocation_expires_s is not None]
-            refuse_expired_allocation(lease_id, expiries, lease.end_s, now_s)
+            if allocation_expiry_s(expiries, lease.end_s) <= now_s:  # (the hold read on the refusal's path only)
+                refuse_expired_allocation(lease_id, expiries, lease.end_s, now_s, read_hold())
         if asked_s <= now_s:
             raise GeniError(
                 Reason.BAD_ARGS,
@@ -891,7 +898,8 @@ class Bookings:
         # The slivers are read after the lease's lock, as the last writer left them. The sweep (every minute) has
         # not run yet: the allocation is expired all the same.
         expiries = [sliver.expires_s for sliver in lease.slivers] if check_expiry else []
-        refuse_expired_allocation(lease_id, expiries, lease.end_s, now_s)
+        if allocation_expiry_s(expiries, lease.end_s) <= now_s:  # (the hold read on the refusal's path only)
+            refuse_expired_allocation(lease_id, expiries, lease.end_s, now_s, _live_hold(session, lease_id, now_s))
         lease.state = "provisioned"
         for sliver in lease.slivers:
             sliver.allocation_state = "geni_provisioned"
@@ -967,12 +975,8 @@ class Bookings:
                     # (The slivers are read after the lease's lock, as the last writer left them.)
                     expiries = [sliver.expires_s for sliver in lease.slivers]
                     if allocation_expiry_s(expiries, lease.end_s) <= asked_s:  # refused: with its live hold's end
-                        held_until_s = session.scalar(
-                            select(func.max(ProvisionHoldRow.held_until_s)).where(
-                                ProvisionHoldRow.lease_id == lease_id, ProvisionHoldRow.held_until_s > now_s
-                            )
-                        )
-                        refuse_expired_allocation(lease_id, expiries, lease.end_s, asked_s, held_until_s)
+                        hold = _live_hold(session, lease_id, now_s)
+                        refuse_expired_allocation(lease_id, expiries, lease.end_s, asked_s, hold)
                     held.append(lease_id)
                 if not held:
                     return ProvisionHold(token, asked_s, ())
@@ -993,7 +997,8 @@ class Bookings:
                         f"lease {at_work.lease_id} is being provisioned by another call; ask Status (SliverStatus on "
                         f"AM API v2), or try again in a moment. Should that call have stopped half-way, its hold ends "
                         f"at {format_time(from_s(at_work.held_until_s))} at the latest; if no call of yours is at "
-                        "work on it, Delete the allocation and Allocate (CreateSliver on AM API v2) again",
+                        "work on it, Delete the allocation (DeleteSliver on AM API v2 deletes the whole slice's "
+                        "slivers) and Allocate (CreateSliver on AM API v2) again",
                     )
                 # A lapsed hold, or one left while the testbed may hold the lease, is this Provision's now (the
                 # testbed takes over a job an earlier call may have made).
@@ -1034,17 +1039,22 @@ class Bookings:
 
         retry_transient(unit_of_work)
 
-    def end_testbed_hold(self, lease_id: str) -> None:
+    def end_testbed_hold(self, lease_id: str, round_started: datetime) -> None:
         """The testbed's reconciler is done with a lease a failed Provision left to it (``end_provision_hold``'s
         ``testbed_may_hold``): it adopted the job (the lease is provisioned) or found the testbed never got it (the
         allocation is the sweep's again, at its own expiry). Ends that hold only: a Provision at work on the lease
-        keeps its own."""
+        keeps its own. And only a hold asked before ``round_started`` (when the reconciler read what it acts on): one
+        a newer Provision left meanwhile (a job the round has not seen) is left to the next round."""
+        # held_until = asked + PROVISION_HOLD_S (whole seconds): asked in the round's first second counts as after.
+        newest_held_until_s = to_s(round_started) - 1 + PROVISION_HOLD_S
 
         def unit_of_work() -> None:
             with self.database.write() as session:
                 session.execute(
                     delete(ProvisionHoldRow).where(
-                        ProvisionHoldRow.lease_id == lease_id, ProvisionHoldRow.token == LEFT_FOR_TESTBED
+                        ProvisionHoldRow.lease_id == lease_id,
+                        ProvisionHoldRow.token == LEFT_FOR_TESTBED,
+                        ProvisionHoldRow.held_until_s <= newest_held_until_s,
                     )
                 )
 
@@ -1053,17 +1063,27 @@ class Bookings:
     def provision_holds(self, lease_ids: Iterable[str]) -> dict[str, datetime]:
         """When the live Provision hold on each of these leases ends (leases without one are left out): a lapsed
         allocation so held is not released before then."""
+        return {lease_id: from_s(hold.until_s) for lease_id, hold in self.provision_hold_ends(lease_ids).items()}
+
+    def provision_hold_ends(self, lease_ids: Iterable[str]) -> dict[str, HoldEnd]:
+        """The live Provision hold on each of these leases (leases without one are left out): when it ends, and
+        whether a Provision is at work or it was left for the testbed (``HoldEnd``)."""
         wanted = sorted(set(lease_ids))
         if not wanted:
             return {}
         now_s = to_s(self.clock())
         with self.database.read() as session:
             rows = session.execute(
-                select(ProvisionHoldRow.lease_id, ProvisionHoldRow.held_until_s).where(
+                select(ProvisionHoldRow.lease_id, ProvisionHoldRow.held_until_s, ProvisionHoldRow.token).where(
                     ProvisionHoldRow.lease_id.in_(wanted), ProvisionHoldRow.held_until_s > now_s
                 )
             )
-            return {lease_id: from_s(held_until_s) for lease_id, held_until_s in rows}
+            return {lease_id: HoldEnd(until_s, token == LEFT_FOR_TESTBED) for lease_id, until_s, token in rows}
+
+    def _live_hold_alone(self, lease_id: str, now_s: int) -> HoldEnd | None:
+        """``_live_hold`` in a read of its own (no unit of work open)."""
+        with self.database.read() as session:
+            return _live_hold(session, lease_id, now_s)
 
     def discard(self, lease_ids: Iterable[str]) -> None:
         """Remove leases as if they had never been booked: undoes a booking whose call failed after it was written
@@ -1998,29 +2018,56 @@ def allocation_expiry_s(sliver_expiries: Iterable[int], end_s: int) -> int:
     return min([*sliver_expiries, end_s])
 
 
+class HoldEnd(NamedTuple):
+    """A live Provision hold on a lease: when it ends at the latest (epoch seconds) and whether it was left for the
+    testbed (``LEFT_FOR_TESTBED``: a failed Provision after which the testbed may hold the lease) rather than naming
+    a Provision at work (or one cut short)."""
+
+    until_s: int
+    left_for_testbed: bool
+
+
+def _live_hold(executor: Session | Connection, lease_id: str, now_s: int) -> HoldEnd | None:
+    """The live Provision hold on the lease (one row a lease), read in the caller's unit of work, or None."""
+    row = executor.execute(
+        select(ProvisionHoldRow.held_until_s, ProvisionHoldRow.token).where(
+            ProvisionHoldRow.lease_id == lease_id, ProvisionHoldRow.held_until_s > now_s
+        )
+    ).first()
+    return None if row is None else HoldEnd(row.held_until_s, row.token == LEFT_FOR_TESTBED)
+
+
 def refuse_expired_allocation(
-    lease_id: str, sliver_expiries: Iterable[int], end_s: int, now_s: int, held_until_s: int | None = None
+    lease_id: str, sliver_expiries: Iterable[int], end_s: int, now_s: int, hold: HoldEnd | None = None
 ) -> None:
     """An allocated lease whose time to be provisioned is over is expired, whether or not the sweep
     (``expire_unprovisioned``) has run yet: Provision and Renew refuse it as they do once the sweep has, with
-    SEARCHFAILED. ``held_until_s``: the end of a live Provision hold on it, which keeps the sweep off until then."""
+    SEARCHFAILED. ``hold``: the live Provision hold on it, which keeps the sweep off until it ends."""
     expires_s = allocation_expiry_s(sliver_expiries, end_s)
     if expires_s <= now_s:
         raise GeniError(
             Reason.NOT_FOUND,
             f"lease {lease_id} was allocated but not provisioned in time: the allocation expired at "
-            f"{format_time(from_s(expires_s))} and {lapsed_allocation_freed(held_until_s)}",
+            f"{format_time(from_s(expires_s))} and {lapsed_allocation_freed(hold)}",
         )
 
 
-def lapsed_allocation_freed(held_until_s: int | None, method: str = "Allocate") -> str:
+def lapsed_allocation_freed(hold: HoldEnd | None, method: str = "Allocate") -> str:
     """When an allocation not provisioned in time is released, and what to do (``method`` books again): within a
-    minute (the sweep), or, held by a Provision (one cut short), at the hold's end, unless a Delete frees it now."""
-    if held_until_s is None:
+    minute (the sweep); held by a Provision (one cut short), at the hold's end; kept for the testbed (a failed
+    Provision's job it may have made), at the hold's end at the latest (OAR's reconciler may adopt the job or end
+    the hold sooner). A Delete frees it now."""
+    if hold is None:
         return f"is released within a minute; {method} again"
+    until = format_time(from_s(hold.until_s))
+    if hold.left_for_testbed:
+        return (
+            f"is kept for the testbed, which may have made its job, until {until} at the latest; Delete the "
+            f"allocation to free it now, then {method} again"
+        )
     return (
-        f"is held by a Provision until {format_time(from_s(held_until_s))} (released then, not before); if no call "
-        f"of yours is at work on it, Delete the allocation to free it now, then {method} again"
+        f"is held by a Provision until {until} (released then, not before); if no call of yours is at work on it, "
+        f"Delete the allocation to free it now, then {method} again"
     )
 
 

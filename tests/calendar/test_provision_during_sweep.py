@@ -369,8 +369,9 @@ def test_the_reconciler_ends_the_hold_left_for_it_and_no_provisions(aggregate: A
         aggregate.provision(alice.chain, [left.slivers[0].urn], [alice.slice_cred], {})
     working = aggregate.bookings.hold_for_provision([at_work.id], asked_at)
 
-    aggregate.bookings.end_testbed_hold(left.id)
-    aggregate.bookings.end_testbed_hold(at_work.id)
+    round_started = asked_at + timedelta(seconds=1)
+    aggregate.bookings.end_testbed_hold(left.id, round_started)
+    aggregate.bookings.end_testbed_hold(at_work.id, round_started)
 
     assert [(lease_id, token) for lease_id, token, _ in hold_rows(aggregate)] == [(at_work.id, working.token)]
     set_clock(aggregate, past_the_allocations_time(aggregate, asked_at))
@@ -412,7 +413,9 @@ def test_a_provision_cut_short_is_refused_saying_that_delete_frees_the_allocatio
     with pytest.raises(GeniError) as busy:
         aggregate.provision(alice.chain, urns, [alice.slice_cred], {})
     assert busy.value.code == GeniCode.BUSY
-    assert "Delete the allocation and Allocate (CreateSliver on AM API v2) again" in busy.value.message
+    assert "Delete the allocation (DeleteSliver on AM API v2 deletes the whole slice's slivers) and Allocate" in (
+        busy.value.message
+    )
 
     set_clock(aggregate, past_the_allocations_time(aggregate, asked_at))
     with pytest.raises(GeniError) as lapsed:
@@ -427,3 +430,52 @@ def test_a_provision_cut_short_is_refused_saying_that_delete_frees_the_allocatio
 
     aggregate.delete(alice.chain, urns, [alice.slice_cred], {})
     aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], timed_request(("n1",), lease.start), {})
+
+
+def test_the_reconciler_ends_no_hold_left_after_its_round_began(aggregate: Aggregate, pki: DemoPki) -> None:
+    """A reconciler's round acts on what it read at its start: the hold a newer Provision left meanwhile (asked
+    after the round began, failed ``maybe_made``) is the next round's, not ended on the round's stale read."""
+    alice = pki.users["alice"]
+    asked_at = utcnow()
+    set_clock(aggregate, asked_at)
+    lease = book(aggregate, pki, "n1", in_three_hours())
+    aggregate.backend = TimesOutStandIn(aggregate, may_have_made_it("maybe_made"), late=False)
+    with pytest.raises(GeniError):
+        aggregate.provision(alice.chain, [lease.slivers[0].urn], [alice.slice_cred], {})
+    left = hold_rows(aggregate)
+
+    aggregate.bookings.end_testbed_hold(lease.id, asked_at - timedelta(minutes=1))
+
+    assert hold_rows(aggregate) == left != [], "a hold left after the round began is kept"
+    aggregate.bookings.end_testbed_hold(lease.id, asked_at + timedelta(minutes=1))
+    assert hold_rows(aggregate) == []
+
+
+def test_lapsed_allocations_a_hold_keeps_are_not_said_to_be_released_within_a_minute(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """Renew and the calendar's own Provision check say what keeps a lapsed allocation: a Provision cut short (held
+    until T), or a failed Provision's job the testbed may have made (kept for the testbed until T at the latest)."""
+    alice = pki.users["alice"]
+    asked_at = utcnow()
+    set_clock(aggregate, asked_at)
+    cut_short = book(aggregate, pki, "n1", in_three_hours())
+    aggregate.bookings.hold_for_provision([cut_short.id], asked_at)  # ...and the process providing it dies here
+    left = book(aggregate, pki, "n2", in_three_hours())
+    aggregate.backend = TimesOutStandIn(aggregate, may_have_made_it("maybe_made"), late=False)
+    with pytest.raises(GeniError):
+        aggregate.provision(alice.chain, [left.slivers[0].urn], [alice.slice_cred], {})
+    set_clock(aggregate, past_the_allocations_time(aggregate, asked_at))
+    expected = {cut_short.id: "is held by a Provision until", left.id: "is kept for the testbed, which may have made"}
+
+    for lease in (cut_short, left):
+        with pytest.raises(GeniError) as renewed:
+            aggregate.renew(alice.chain, [lease.slivers[0].urn], [alice.slice_cred], lease.end, {})
+        with pytest.raises(GeniError) as provisioned:
+            aggregate.bookings.mark_provisioned(lease.id)
+        for refused in (renewed.value, provisioned.value):
+            assert refused.reason == Reason.NOT_FOUND
+            assert "within a minute" not in refused.message and expected[lease.id] in refused.message
+    with pytest.raises(GeniError) as provision:
+        aggregate.provision(alice.chain, [left.slivers[0].urn], [alice.slice_cred], {})
+    assert expected[left.id] in provision.value.message

@@ -466,6 +466,15 @@ class OarTestbed:
         # A row written within the last two time-outs may be a Provision still on its way (OAR may still be working
         # on it, and the call may yet fail): left to that call until then.
         settled_before = now.timestamp() - 2 * self.client.timeout_s
+
+        def end_testbed_hold(lease_id: str) -> None:
+            # Only a hold left before this round's read (``now``): one a newer Provision left meanwhile is the next
+            # round's. A failure (DBERROR) is the lease's alone: listed, the round goes on (the hold lapses).
+            try:
+                self.bookings.end_testbed_hold(lease_id, now)
+            except GeniError as exc:
+                report.failed[lease_id] = f"the Provision hold left for its job could not be ended: {exc.message}"
+
         # Interrupted provisions (a crash or time-out between asking OAR and recording its answer): finish them.
         for lease_id, row in sorted(rows.items()):
             lease = leases.get(lease_id)
@@ -487,10 +496,10 @@ class OarTestbed:
                 report.failed[lease_id] = _words(exc)
                 continue
             self.jobs.set(lease_id, SUBMITTED, owner=row.owner, job_id=job_id)
-            # The hold a failed Provision left for this job (the sweep kept off the lease) has done its work.
-            self.bookings.end_testbed_hold(lease_id)
             held.add(lease_id)
             report.adopted.append(lease_id)
+            # The hold a failed Provision left for this job (the sweep kept off the lease) has done its work.
+            end_testbed_hold(lease_id)
         for lease_id, row in rows.items():
             lease = leases.get(lease_id)
             if lease_id in held:
@@ -507,7 +516,7 @@ class OarTestbed:
                 self.jobs.set(lease_id, DELETED)
                 # Nothing to adopt: the hold a failed Provision left for the job ends, the sweep takes the allocation
                 # at its own expiry (a Provision at work on it keeps its own hold).
-                self.bookings.end_testbed_hold(lease_id)
+                end_testbed_hold(lease_id)
             elif row.state == DELETING and lease is not None and lease.state == "provisioned":
                 # The Delete that failed changed nothing here, but OAR may have deleted the job all the same (a
                 # time-out, a proxy's 502 after forwarding it): marked as a job the aggregate deleted itself, so that
@@ -521,6 +530,10 @@ class OarTestbed:
             elif row.state == DELETING:
                 self.jobs.set(lease_id, DELETED)  # its job, if OAR still has it, is an orphan: deleted below
                 report.deleted.append(lease_id)
+                if lease is not None and lease.state == "allocated":
+                    # A failed Provision whose release failed left its hold for this: the release is done, the sweep
+                    # takes the allocation at its own expiry (and its job, if any, is then an orphan, deleted).
+                    end_testbed_hold(lease_id)
         self._delete_orphans(named, leases, now, report)
         # Provisioned leases whose slot is not over: OAR must hold exactly their window.
         for lease in leases.values():
