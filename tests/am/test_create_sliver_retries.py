@@ -28,6 +28,7 @@ from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
+from tests.am.conftest import Clock
 from tests.am.test_unit_of_work import snapshot
 from tests.calendar.conftest import fresh_database, node_urn
 from tests.conftest import DemoPki
@@ -197,21 +198,6 @@ def test_a_retry_while_the_first_call_provisions_is_answered_busy_and_undoes_not
 
 
 # -- a retry once the first call succeeded, and the v2 refusals' words --------------------------------------------
-class Clock:
-    """The aggregate's clock: now, or later (``ahead``), to let an allocation lapse."""
-
-    def __init__(self) -> None:
-        self.ahead = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return utcnow() + self.ahead
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki, clock: Clock) -> Iterator[Aggregate]:
     """An aggregate (nodes n1, n2; the embedded testbed) on a fresh calendar, with the test's clock."""

@@ -23,6 +23,7 @@ from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.gid import load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key_file
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
+from tests.am.conftest import Clock
 from tests.am.test_unit_of_work import FaultInjectingTestbed, snapshot
 from tests.calendar.conftest import fresh_database, node_urn
 from tests.conftest import DemoPki
@@ -30,21 +31,6 @@ from tests.sshkeys import ssh_key
 
 OL = "http://nitlab.inf.uth.gr/schema/sfa/rspec/1"
 OTHER_SLICE = "urn:publicid:IDN+testbed+slice+other"
-
-
-class Clock:
-    """The aggregate's clock: now, or later (``later``), to let an allocation lapse."""
-
-    def __init__(self) -> None:
-        self.ahead = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return utcnow() + self.ahead
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
