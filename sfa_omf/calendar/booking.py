@@ -1149,7 +1149,9 @@ class Bookings:
             with self.database.write() as session:
                 found = session.scalars(select(Lease.id).where(*due).order_by(Lease.id).with_for_update()).all()
                 if also is not None:
-                    session.execute(also)
+                    # On the connection: a hold is no state of the calendar's answers, and a session's DML would bump
+                    # the generation at every sweep, throwing away every cached answer every minute.
+                    session.connection().execute(also)
                 if not found:
                     return []
                 leases = session.scalars(

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.calendar.booking import PROVISION_HOLD_S
+from sfa_omf.calendar.generation import read_generation
 from sfa_omf.calendar.models import ProvisionHoldRow
 from sfa_omf.calendar.records import LeaseRecord, NodeSpec
 from sfa_omf.errors import GeniCode, GeniError, Reason
@@ -395,6 +396,27 @@ def test_lapsed_holds_are_removed_by_the_sweep(aggregate: Aggregate, pki: DemoPk
     swept_ids(aggregate)
 
     assert [token for _, token, _ in hold_rows(aggregate)] == [live_hold.token]
+
+
+def test_a_sweep_that_ends_nothing_leaves_the_calendars_generation(aggregate: Aggregate, pki: DemoPki) -> None:
+    """The sweep removes lapsed holds every minute: that is no change of what the calendar answers, so the
+    generation (every cached answer's key) stays, with or without a lapsed hold to remove."""
+    alice = pki.users["alice"]
+    asked_at = utcnow()
+    set_clock(aggregate, asked_at)
+    lease = book(aggregate, pki, "n1", in_three_hours())
+    aggregate.bookings.hold_for_provision([lease.id], asked_at)  # ...and the Provision dies
+    aggregate.delete(alice.chain, [lease.slivers[0].urn], [alice.slice_cred], {})  # no lease is due any more
+    set_clock(aggregate, asked_at + timedelta(seconds=PROVISION_HOLD_S))  # the hold lapsed
+    with aggregate.database.read() as session:
+        before = read_generation(session)
+
+    assert swept_ids(aggregate) == []
+    swept_ids(aggregate)
+
+    with aggregate.database.read() as session:
+        assert read_generation(session) == before
+    assert hold_rows(aggregate) == []
 
 
 def test_a_provision_cut_short_is_refused_saying_that_delete_frees_the_allocation(
