@@ -15,22 +15,20 @@ from typing import Any
 import pytest
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
-from sfa_omf.am.api_v2 import ApiV2, overall_status
-from sfa_omf.am.api_v3 import ApiV3
+from sfa_omf.am.api_v2 import overall_status
 from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniError, Reason
-from sfa_omf.server.tls import ServerTls
-from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import load_gid_chain_file
 from sfa_omf.trust.pki import create_gid, load_private_key_file, new_private_key
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
+from tests.am.conftest import listen_v2_and_v3
 from tests.am.test_api_v3_tls import GENI_V3, NODES, cred, node_urn, ok, ol_request, refused, slot
 from tests.conftest import DemoPki
 from tests.sshkeys import ssh_key
-from tests.tls_harness import Listener, proxy, reactor
+from tests.tls_harness import Listener, proxy
 
 
 @dataclass
@@ -69,16 +67,7 @@ def serve_v2_and_v3(listener: Listener, pki: DemoPki, tmp_path: Path, clock: Cal
     )
     for name in NODES:
         aggregate.inventory.add_node(NodeSpec(node_urn(name), name, hardware_type="icarus"))
-    pool = listener.pool(8)
-    limit = 4 * 1024 * 1024
-    site = make_site(
-        {b"am2": XmlRpcResource(ApiV2(aggregate), pool, reactor, limit)},
-        XmlRpcResource(ApiV3(aggregate), pool, reactor, limit),
-        limit,
-        60,
-    )
-    tls = ServerTls(str(pki.directory / "aggregate" / "am.pkey"), str(pki.directory / "aggregate" / "am.gid"))
-    base = f"https://127.0.0.1:{listener.listen(site, tls)}"
+    base = listen_v2_and_v3(listener, aggregate, pki, 8)
     return Am2(base=base, v3_url=f"{base}/", v2_url=f"{base}/am2", aggregate=aggregate)
 
 

@@ -16,24 +16,22 @@ import pytest
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.am.api_v2 import ApiV2
-from sfa_omf.am.api_v3 import ApiV3
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.records import LeaseRecord, NodeSpec, SliverRecord
 from sfa_omf.errors import GeniCode, GeniError, Reason
-from sfa_omf.server.tls import ServerTls
-from sfa_omf.server.xmlrpc import CallContext, XmlRpcResource, make_site
+from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
-from tests.am.conftest import Clock
+from tests.am.conftest import Clock, listen_v2_and_v3
 from tests.am.test_unit_of_work import snapshot
 from tests.calendar.conftest import fresh_database, node_urn
 from tests.conftest import DemoPki
 from tests.sshkeys import ssh_key
-from tests.tls_harness import Listener, proxy, reactor
+from tests.tls_harness import Listener, proxy
 
 OL = "http://nitlab.inf.uth.gr/schema/sfa/rspec/1"
 GENI_V3 = {"type": "GENI", "version": "3"}
@@ -121,16 +119,7 @@ def served(
         )
         for name in ("n1", "n2"):
             aggregate.inventory.add_node(NodeSpec(node_urn(name), name))
-        pool = listener.pool(4)
-        limit = 4 * 1024 * 1024
-        site = make_site(
-            {b"am2": XmlRpcResource(ApiV2(aggregate), pool, reactor, limit)},
-            XmlRpcResource(ApiV3(aggregate), pool, reactor, limit),
-            limit,
-            60,
-        )
-        tls = ServerTls(str(pki.directory / "aggregate" / "am.pkey"), str(pki.directory / "aggregate" / "am.gid"))
-        yield aggregate, f"https://127.0.0.1:{listener.listen(site, tls)}/am2"
+        yield aggregate, f"{listen_v2_and_v3(listener, aggregate, pki, 4)}/am2"
     finally:
         database.dispose()
 

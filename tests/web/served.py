@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import http.client
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,10 +62,15 @@ class Served:
             connection.close()
 
 
-@pytest.fixture
-def served(running_reactor: Any, tmp_path: Path) -> Iterator[Served]:
+@contextmanager
+def serving(running_reactor: Any, tmp_path: Path, database_url: str = "") -> Iterator[Served]:
+    """The lab (users ann, ben, cid) served by ``sfa-omf serve``'s code; ``database_url``: its calendar instead of
+    the SQLite file init makes, written into the configuration file so that the CLI works on what is served."""
     report = init_directory(str(tmp_path / "lab"), "lab", ("ann", "ben", "cid"))
-    settings = dataclasses.replace(read_config(str(tmp_path / "lab" / "sfa-omf.conf")), web_admins=ADMIN)
+    config = tmp_path / "lab" / "sfa-omf.conf"
+    if database_url:
+        config.write_text(re.sub(r"(?m)^database_url = .*$", f"database_url = {database_url}", config.read_text()))
+    settings = dataclasses.replace(read_config(str(config)), web_admins=ADMIN)
     aggregate = build_aggregate(settings)
     server = blockingCallFromThread(running_reactor, start_aggregate, settings, aggregate, 0)
     try:
@@ -71,8 +78,14 @@ def served(running_reactor: Any, tmp_path: Path) -> Iterator[Served]:
             f"https://127.0.0.1:{server.port_number}/",
             aggregate,
             {name: Path(path) for name, path in report.sfi_dirs.items()},
-            str(tmp_path / "lab" / "sfa-omf.conf"),
+            str(config),
         )
     finally:
         blockingCallFromThread(running_reactor, server.stop)
         aggregate.database.dispose()
+
+
+@pytest.fixture
+def served(running_reactor: Any, tmp_path: Path) -> Iterator[Served]:
+    with serving(running_reactor, tmp_path) as lab:
+        yield lab

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import threading
@@ -24,7 +23,6 @@ from urllib.parse import urlencode
 
 import pytest
 from sqlalchemy import create_engine, text
-from twisted.internet.threads import blockingCallFromThread
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import FeedToken
@@ -34,15 +32,13 @@ from sfa_omf.cli import main
 from sfa_omf.config import read_config
 from sfa_omf.errors import GeniError
 from sfa_omf.registry.authority import LocalAuthority
-from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.registry.records import Records
-from sfa_omf.server.app import build_aggregate, start_aggregate
 from sfa_omf.times import utcnow
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
 from sfa_omf.web.app import WebCalendar, WebRequest, WebSettings
 from tests.conftest import DemoPki
 from tests.postgres import empty_postgres
-from tests.web.served import ADMIN, Served
+from tests.web.served import Served, serving
 
 ANN = "urn:publicid:IDN+lab+user+ann"
 SLICE = "urn:publicid:IDN+lab+slice+demo"
@@ -55,25 +51,10 @@ BROWSER = {"Sec-Fetch-Site": "same-origin", "Content-Type": "application/x-www-f
 def served_on(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Path) -> Iterator[Served]:
     """tests/web/served.py's aggregate, on SQLite or PostgreSQL; the configuration file names the same database, so
     that the CLI works on what the server serves."""
-    report = init_directory(str(tmp_path / "lab"), "lab", ("ann", "ben", "cid"))
-    config = tmp_path / "lab" / "sfa-omf.conf"
-    if request.param == "postgresql":
-        url = empty_postgres()
-        config.write_text(re.sub(r"(?m)^database_url = .*$", f"database_url = {url}", config.read_text()))
-    settings = dataclasses.replace(read_config(str(config)), web_admins=ADMIN)
-    assert request.param in settings.database_url and not settings.notify_enabled  # notifications: off by default
-    aggregate = build_aggregate(settings)
-    server = blockingCallFromThread(running_reactor, start_aggregate, settings, aggregate, 0)
-    try:
-        yield Served(
-            f"https://127.0.0.1:{server.port_number}/",
-            aggregate,
-            {name: Path(path) for name, path in report.sfi_dirs.items()},
-            str(config),
-        )
-    finally:
-        blockingCallFromThread(running_reactor, server.stop)
-        aggregate.database.dispose()
+    with serving(running_reactor, tmp_path, empty_postgres() if request.param == "postgresql" else "") as lab:
+        settings = read_config(lab.config)
+        assert request.param in settings.database_url and not settings.notify_enabled  # notifications: off by default
+        yield lab
 
 
 def form_token_of(served: Served, user: str = "ann") -> str:
