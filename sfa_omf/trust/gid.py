@@ -18,13 +18,15 @@ from datetime import datetime
 from typing import NamedTuple
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from sfa_omf.errors import BadArgs, Reason, TrustError
 from sfa_omf.times import as_utc
-from sfa_omf.xrn import Urn, is_urn, join_hrn, parse_urn, split_hrn, urn_character_problem
+from sfa_omf.xrn import Urn, is_urn, join_hrn, parse_urn, shown_urn, split_hrn, urn_character_problem
 
 
 @dataclass(frozen=True)
@@ -119,16 +121,30 @@ class Gid:
 
     @functools.cached_property
     def public_key_der(self) -> bytes:
-        """The subject public key as DER SubjectPublicKeyInfo (the key a signature by this GID is checked with)."""
-        return self.certificate.public_key().public_bytes(
+        """The subject public key as DER SubjectPublicKeyInfo (the key a signature by this GID is checked with).
+        Raises TrustError (MALFORMED) for a key the cryptography library cannot read (an unknown algorithm): a
+        refusal of the credential or chain that carries it, so the caller's other credentials are still tried."""
+        return self._public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
     @functools.cached_property
     def key_bits(self) -> int:
-        """The size of the subject's RSA key in bits; 0 for a key of another algorithm."""
-        key = self.certificate.public_key()
+        """The size of the subject's RSA key in bits; 0 for a key of another algorithm (TrustError as
+        ``public_key_der`` for one that cannot be read)."""
+        key = self._public_key()
         return key.key_size if isinstance(key, rsa.RSAPublicKey) else 0
+
+    def _public_key(self) -> CertificatePublicKeyTypes:
+        try:
+            return self.certificate.public_key()
+        except (UnsupportedAlgorithm, ValueError) as exc:
+            who = shown_urn(self.urn or self.subject_cn)  # (escaped: it comes from the caller)
+            raise TrustError(
+                Reason.MALFORMED,
+                f"certificate {who} holds a public key that cannot be read ({exc}); GENI certificates hold RSA keys: "
+                "the authority that issued it must issue one with an RSA key",
+            ) from exc
 
     @functools.cached_property
     def key_id(self) -> str:  # cached: compared on every call
