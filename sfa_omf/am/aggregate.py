@@ -58,6 +58,7 @@ from sfa_omf.calendar.availability import Availability
 from sfa_omf.calendar.booking import (
     BookingConflict,
     Bookings,
+    HoldEnd,
     ProvisionHold,
     RenewalRead,
     Rounding,
@@ -505,7 +506,7 @@ class Aggregate:
             )
         except BookingConflict as refused:
             own = self.bookings.leases(slice_urn=slice_urn)
-            holds = self.bookings.provision_holds(lease.id for lease in own if _allocation_lapsed(lease, now))
+            holds = self.bookings.provision_hold_ends(lease.id for lease in own if _allocation_lapsed(lease, now))
             note = _own_leases_note(refused.conflicts, own, now, method, holds)
             if not note:
                 raise
@@ -1559,16 +1560,17 @@ def _own_leases_note(
     own: Sequence[LeaseRecord],
     now: datetime,
     method: str = "Allocate",
-    holds: Mapping[str, datetime] | None = None,
+    holds: Mapping[str, HoldEnd] | None = None,
 ) -> str:
     """For a refused booking: which of the clashes are the calling slice's own leases, and what to do instead (a
     manifest sent back as a request, without the leases' ids, asks for its leases again). An allocation not
     provisioned in time is being released: the time is free again within a minute, or, held by a Provision cut
-    short (``holds``: when each live hold ends, by lease id), when the hold ends or a Delete frees it. ``method`` is
-    the one called."""
+    short or kept for the testbed after a failed one (``holds``: the live holds, by lease id), when the hold ends or
+    a Delete frees it. ``method`` is the one called."""
     clashes: list[str] = []
     lapsed: list[str] = []
     held: list[str] = []
+    kept: list[str] = []
     for conflict in conflicts:
         for lease in own:
             if conflict.node in lease.nodes and lease.start < conflict.end and conflict.start < lease.end:
@@ -1576,7 +1578,12 @@ def _own_leases_note(
                 if not _allocation_lapsed(lease, now):
                     clashes.append(clash)
                 elif holds and lease.id in holds:
-                    held.append(f"{clash}, held until {format_time(holds[lease.id])}")
+                    hold = holds[lease.id]
+                    until = format_time(from_s(hold.until_s))
+                    if hold.left_for_testbed:
+                        kept.append(f"{clash}, kept until {until} at the latest")
+                    else:
+                        held.append(f"{clash}, held until {until}")
                 else:
                     lapsed.append(clash)
     notes = []
@@ -1596,6 +1603,12 @@ def _own_leases_note(
             f"some are the slice's allocations not provisioned in time but held by a Provision ({'; '.join(held)}), "
             f"released when the hold ends, not before: if no call of yours is at work on them, Delete them to free "
             f"them now, then {method} again"
+        )
+    if kept:
+        notes.append(
+            f"some are the slice's allocations not provisioned in time but kept for the testbed, which may have made "
+            f"their jobs in a Provision that failed ({'; '.join(kept)}): Delete them to free them now, then {method} "
+            "again"
         )
     return "; ".join(notes)
 

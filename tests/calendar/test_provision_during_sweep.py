@@ -501,3 +501,33 @@ def test_lapsed_allocations_a_hold_keeps_are_not_said_to_be_released_within_a_mi
     with pytest.raises(GeniError) as provision:
         aggregate.provision(alice.chain, [left.slivers[0].urn], [alice.slice_cred], {})
     assert expected[left.id] in provision.value.message
+
+
+def test_allocate_says_which_lapsed_allocations_a_provision_holds_and_which_are_kept_for_the_testbed(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """Allocate's note on a clash with the slice's own lapsed allocations words each hold as what it is: a Provision
+    cut short holds one; the other is kept for the testbed after a Provision that failed (not "held by a
+    Provision", which would have the experimenter wait for a call that is over)."""
+    alice = pki.users["alice"]
+    asked_at = utcnow()
+    set_clock(aggregate, asked_at)
+    window = in_three_hours()
+    cut_short = book(aggregate, pki, "n1", window)
+    aggregate.bookings.hold_for_provision([cut_short.id], asked_at)  # ...and the process providing it dies here
+    left = book(aggregate, pki, "n2", window)
+    aggregate.backend = TimesOutStandIn(aggregate, may_have_made_it("maybe_made"), late=False)
+    with pytest.raises(GeniError):
+        aggregate.provision(alice.chain, [left.slivers[0].urn], [alice.slice_cred], {})
+    set_clock(aggregate, past_the_allocations_time(aggregate, asked_at))
+
+    with pytest.raises(GeniError) as clash:
+        aggregate.allocate(
+            alice.chain, pki.slice_urn, [alice.slice_cred], timed_request(("n1", "n2"), cut_short.start), {}
+        )
+
+    note = clash.value.message
+    held, _, kept = note.partition("kept for the testbed")
+    assert f"n1 by lease {cut_short.id}, held until" in held and "held by a Provision" in held
+    assert f"n2 by lease {left.id}, kept until" in kept and "at the latest" in kept and "Delete them" in kept
+    assert f"n2 by lease {left.id}" not in held, "the testbed's hold is not worded as a Provision's"
