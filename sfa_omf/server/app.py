@@ -440,7 +440,7 @@ def watch_trusted_roots(verifier: CredentialVerifier, period_s: float = ROOTS_CH
             verifier.roots = change.roots
             log.info("trusted roots reloaded from %s: %s", watcher.directory, change.describe())
 
-    LoopingCall(check).start(period_s, now=False)
+    LoopingCall(check).start(period_s, now=True)  # at once too: the roots were loaded before the start-up wait
     if threading.current_thread() is threading.main_thread():  # signals can only be set there (not in tests)
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(check))
     return watcher

@@ -143,15 +143,21 @@ class TrustedRootsWatcher:
     def __init__(self, directory: str, roots: TrustedRoots) -> None:
         self.directory = directory
         self.roots = roots
-        self._signature = directory_signature(directory)
+        # Not looked at yet: ``roots`` were loaded some time before (a server waits for the start-up lock between),
+        # and a change made meanwhile would be in a signature taken now, never noticed. The first check loads the
+        # directory and compares its certificates with ``roots``.
+        self._signature: tuple[tuple[str, int, int, int], ...] | None = None
+        self._looked = False
 
     def check(self) -> RootsChange | None:
-        """The new roots when the directory changed since the last check, else None. Raises what
-        load_trusted_roots raises when the directory cannot be read; the roots in use stay as they were then, and
-        the same state of the directory is not tried again (one warning per change, not one per check)."""
+        """The new roots when the directory changed since the last check (at the first check: when what it holds
+        differs from the roots given), else None. Raises what load_trusted_roots raises when the directory cannot be
+        read; the roots in use stay as they were then, and the same state of the directory is not tried again (one
+        warning per change, not one per check)."""
         signature = directory_signature(self.directory)
-        if signature == self._signature:
+        if self._looked and signature == self._signature:
             return None
+        self._looked = True
         self._signature = signature
         roots = load_trusted_roots(self.directory)
         if roots.fingerprint == self.roots.fingerprint:

@@ -162,6 +162,30 @@ def test_trusted_roots_directory(tmp_path: Path, tree: dict[str, Gid]) -> None:
     assert load_trusted_roots(str(tmp_path)).fingerprint != before
 
 
+def test_watcher_sees_roots_changed_between_loading_and_watching(tmp_path: Path, tree: dict[str, Gid]) -> None:
+    """A server loads its roots, then waits (the cluster's start-up lock, the authority's import) before it watches
+    the directory: a root removed (or added) in between is noticed at the first check, not kept for good."""
+    from sfa_omf.trust.roots import TrustedRootsWatcher
+
+    (tmp_path / "fed.gid").write_text(tree["fed"].pem())
+    (tmp_path / "other.gid").write_text(root("other").pem())
+    loaded = load_trusted_roots(str(tmp_path))
+    (tmp_path / "other.gid").unlink()  # ...while the server waits for the start-up lock
+    watcher = TrustedRootsWatcher(str(tmp_path), loaded)
+
+    removed = watcher.check()
+    assert removed is not None and removed.removed == ("urn:publicid:IDN+other+authority+sa",)
+    assert [anchor.hrn for anchor in removed.roots.anchors] == ["fed"]
+    assert watcher.check() is None
+
+    (tmp_path / "other.gid").write_text(root("other").pem())
+    loaded = load_trusted_roots(str(tmp_path))
+    assert TrustedRootsWatcher(str(tmp_path), loaded).check() is None, "nothing changed: nothing reported"
+    (tmp_path / "third.gid").write_text(root("third").pem())  # ...added in the gap, as `trust add-root` would
+    added = TrustedRootsWatcher(str(tmp_path), loaded).check()
+    assert added is not None and added.added == ("urn:publicid:IDN+third+authority+sa",)
+
+
 def test_demo_authority_chains_verify_with_openssl_rules(pki: DemoPki) -> None:
     for user in pki.users.values():
         assert verify_chain(user.chain, pki.roots, utcnow()).hrn == "testbed"
