@@ -1,9 +1,10 @@
 """What the iCal feeds need to remember: the revision each lease was last published at, and private feed tokens.
 
 A calendar client replaces an event it holds only when the new one carries a higher SEQUENCE. The revision table
-keeps, per lease, a fingerprint of what was published (window, state, nodes) and its sequence: when a feed is made
-and a lease's fingerprint differs, the sequence goes up by one and the change's time becomes the DTSTAMP. Nothing is
-written while nothing changed, so reading feeds does not contend with bookings.
+keeps, per lease, a fingerprint of what was published (web/ical.py ``fingerprint``: window, state, slice, booker,
+nodes) and its sequence: when a feed is made and a lease's fingerprint differs, the sequence goes up by one and the
+change's time becomes the DTSTAMP. Nothing is written while nothing changed, so reading feeds does not contend with
+bookings; and what is written does not bump the calendar's generation (``LeaseRevisions._record``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database, retry_raced, retry_transient
 from sfa_omf.calendar.models import FeedToken, Lease, LeaseRevision, RegistryRecord, SliceUser
@@ -69,9 +71,13 @@ class LeaseRevisions:
         return known
 
     def _record(self, changed: Mapping[str, str]) -> dict[str, tuple[int, str, int]]:
+        """Record these fingerprints (a new revision where one differs from the row's) in one unit of work that
+        does not bump the calendar's generation: ``Database.write()`` would, and a feed read (anonymous, a GET) would
+        throw away every process's cached answers (the advertisement). No cached answer reads the revisions: the
+        feeds' events key on the revision itself (web/ical.py ``EventInputs``)."""
         now_s = to_s(self.clock())
         recorded: dict[str, tuple[int, str, int]] = {}
-        with self.database.write() as session:
+        with self.database.write_connection() as connection, Session(connection) as session:
             # Read again under the write lock: another request may have recorded the same change meanwhile.
             rows = {
                 row.lease_id: row
@@ -90,6 +96,7 @@ class LeaseRevisions:
                     row.fingerprint = fingerprint
                     row.stamp_s = now_s
                 recorded[lease_id] = (row.sequence, row.fingerprint, row.stamp_s)
+            session.flush()  # into the connection's transaction, which write_connection commits
         return recorded
 
 

@@ -1,8 +1,9 @@
 """iCal (RFC 5545) feeds of leases with the icalendar library: one VEVENT per lease.
 
 - UID ``<lease id>@<aggregate host>``: the same in every feed and forever, so a client updates rather than adds.
-- SEQUENCE and DTSTAMP come from the calendar's published revisions (calendar/feeds.py): a renew or a delete raises
-  the SEQUENCE, so clients replace what they hold.
+- SEQUENCE and DTSTAMP come from the calendar's published revisions (calendar/feeds.py): a renew, a delete or the
+  registry's removal of the slice or of the booker (their names become "URN (removed TIME)") raises the SEQUENCE, so
+  clients replace what they hold.
 - Cancelled and expired leases stay in the feed as STATUS:CANCELLED (a client removes the event only when told).
 - Times are UTC (``...Z``).
 - Privacy: the caller decides per lease (``sees``, given the lease id) whether the event names the slice, nodes'
@@ -11,8 +12,8 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,15 +39,16 @@ STATUS = {
 
 @dataclass(frozen=True)
 class LeaseEvent:
-    """One lease as the feeds show it: its rows grouped."""
+    """One lease as the feeds show it: its rows grouped. Every field but ``lease_id`` is in its ``fingerprint``."""
 
     lease_id: str
-    slice_urn: str
-    owner_urn: str
+    slice_urn: str  # "URN (removed TIME)" once the slice is removed (registry/removed_marks.py)
+    owner_urn: str  # likewise once its booker is removed
     state: str
     client_id: str
     nodes: tuple[str, ...]
-    start_row: BookingRow
+    start: datetime
+    end: datetime
 
 
 def group_leases(rows: Sequence[BookingRow]) -> list[LeaseEvent]:
@@ -62,17 +64,28 @@ def group_leases(rows: Sequence[BookingRow]) -> list[LeaseEvent]:
             state=items[0].state,
             client_id=items[0].client_id,
             nodes=tuple(sorted({row.node for row in items})),
-            start_row=items[0],
+            start=items[0].start,
+            end=items[0].end,
         )
         for lease_id, items in grouped.items()
     ]
 
 
 def fingerprint(event: LeaseEvent) -> str:
-    """What a client must be told about when it changes: the window and the state (a lease's nodes never change)."""
-    row = event.start_row
-    text = f"{int(row.start.timestamp())}|{int(row.end.timestamp())}|{event.state}"
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
+    """What a client must be told about when it changes (its SEQUENCE grows then): everything of the lease its event
+    shows. The window and the state, and also the slice and the booker, which a removal from the registry turns into
+    "URN (removed TIME)": a client replaces an event it holds only when the SEQUENCE grew, so it would keep the old
+    names."""
+    shown = (
+        int(event.start.timestamp()),
+        int(event.end.timestamp()),
+        event.state,
+        event.slice_urn,
+        event.owner_urn,
+        event.client_id,
+        list(event.nodes),
+    )
+    return hashlib.sha256(json.dumps(shown).encode("utf-8")).hexdigest()
 
 
 def short_name(urn: str) -> str:
@@ -80,8 +93,20 @@ def short_name(urn: str) -> str:
     return urn.rsplit("+", 1)[-1]
 
 
+@dataclass(frozen=True)
+class EventInputs:
+    """Everything one VEVENT's text is made of: ``_event`` reads these and nothing else, and the cache keys on them,
+    so a change of any of them (a renamed booker, a new member list) is a new text in every process."""
+
+    lease: LeaseEvent
+    revision: Revision
+    visible: bool  # the viewer sees the lease whole
+    host: str
+    slice_users: tuple[str, ...]  # the slice's members, when visible (else empty)
+
+
 class EventCache:
-    """The text of events already rendered, by everything that shapes it (lease, revision, visibility, users).
+    """The text of events already rendered, by their ``EventInputs``.
 
     The icalendar library takes about a millisecond per event; a feed of thousands of leases that did not change
     is mostly these. Bounded: when full, it is emptied (the next feeds render again). Thread-safe.
@@ -89,15 +114,15 @@ class EventCache:
 
     def __init__(self, capacity: int = 100_000) -> None:
         self.capacity = capacity
-        self._texts: dict[tuple[object, ...], bytes] = {}
+        self._texts: dict[EventInputs, bytes] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[object, ...], make: Callable[[], bytes]) -> bytes:
-        """The cached text for key, made (and kept) if missing."""
+    def get(self, key: EventInputs) -> bytes:
+        """The event's text, made (and kept) if missing."""
         with self._lock:
             text = self._texts.get(key)
         if text is None:
-            text = make()
+            text = bytes(_event(key).to_ical())
             with self._lock:
                 if len(self._texts) >= self.capacity:
                     self._texts.clear()
@@ -132,12 +157,9 @@ def render_feed(
     users = users or {}
     texts = []
     for event in events:
-        revision = revisions[event.lease_id]
         visible = sees(event.lease_id)
         slice_users = tuple(users.get(event.slice_urn, ())) if visible else ()
-        row = event.start_row
-        key = (event.lease_id, revision, visible, slice_users, host, event.nodes, event.state, row.start, row.end)
-        texts.append(cache.get(key, functools.partial(_event_text, event, revision, visible, host, users)))
+        texts.append(cache.get(EventInputs(event, revisions[event.lease_id], visible, host, slice_users)))
     # The calendar's own lines, with the events spliced in before its END line.
     head, end = bytes(calendar.to_ical()).rsplit(b"END:VCALENDAR", 1)
     return head + b"".join(texts) + b"END:VCALENDAR" + end
@@ -156,19 +178,16 @@ def _utc_timezone() -> Timezone:
     return timezone
 
 
-def _event_text(lease: LeaseEvent, revision: Revision, visible: bool, host: str, users: dict[str, list[str]]) -> bytes:
-    return bytes(_event(lease, revision, visible, host, users).to_ical())
-
-
-def _event(lease: LeaseEvent, revision: Revision, visible: bool, host: str, users: dict[str, list[str]]) -> Event:
-    row = lease.start_row
+def _event(inputs: EventInputs) -> Event:
+    """The VEVENT of these inputs: read from ``inputs`` alone (the cache's key)."""
+    lease, revision, visible = inputs.lease, inputs.revision, inputs.visible
     event = Event()
-    event.add("uid", f"{lease.lease_id}@{host}")
+    event.add("uid", f"{lease.lease_id}@{inputs.host}")
     event.add("sequence", revision.sequence)
     event.add("dtstamp", revision.stamp)
     event.add("last-modified", revision.stamp)
-    event.add("dtstart", row.start)
-    event.add("dtend", row.end)
+    event.add("dtstart", lease.start)
+    event.add("dtend", lease.end)
     event.add("status", STATUS.get(lease.state, "CONFIRMED"))
     event.add("transp", "OPAQUE")
     node_names = ", ".join(short_name(node) for node in lease.nodes)
@@ -184,8 +203,8 @@ def _event(lease: LeaseEvent, revision: Revision, visible: bool, host: str, user
             f"nodes: {', '.join(lease.nodes)}",
             f"booked by: {lease.owner_urn or 'unknown'}",
         ]
-        if users.get(lease.slice_urn):
-            lines.append(f"users: {', '.join(users[lease.slice_urn])}")
+        if inputs.slice_users:
+            lines.append(f"users: {', '.join(inputs.slice_users)}")
         event.add("description", "\n".join(lines))
     else:
         event.add("summary", f"booked: {node_names}")
