@@ -495,8 +495,9 @@ class OarTestbed:
             except (OarError, ValueError, GeniError) as exc:
                 report.failed[lease_id] = _words(exc)
                 continue
-            self.jobs.set(lease_id, SUBMITTED, owner=row.owner, job_id=job_id)
-            held.add(lease_id)
+            held.add(lease_id)  # (either way: this round's reading of the lease is done with)
+            if not self.jobs.set_if_unchanged(row, SUBMITTED, job_id=job_id):
+                continue  # a call wrote the row since the round read it (a newer Provision): its row, and hold, stand
             report.adopted.append(lease_id)
             # The hold a failed Provision left for this job (the sweep kept off the lease) has done its work.
             end_testbed_hold(lease_id)
@@ -513,10 +514,12 @@ class OarTestbed:
                 # OAR never got it, or has not listed it yet (it lists a reservation only once scheduled, seconds
                 # later on a loaded server): the booking waits for Provision as before, and the row keeps the owner
                 # (DELETED), so that such a job, listed later, is taken over by that Provision or deleted as an orphan.
-                self.jobs.set(lease_id, DELETED)
-                # Nothing to adopt: the hold a failed Provision left for the job ends, the sweep takes the allocation
-                # at its own expiry (a Provision at work on it keeps its own hold).
-                end_testbed_hold(lease_id)
+                # Only the row the round read: one a newer Provision wrote since names its job, which OAR had not
+                # listed when the round asked it, and that Provision's hold is kept for it.
+                if self.jobs.set_if_unchanged(row, DELETED):
+                    # Nothing to adopt: the hold a failed Provision left for the job ends, the sweep takes the
+                    # allocation at its own expiry (a Provision at work on it keeps its own hold).
+                    end_testbed_hold(lease_id)
             elif row.state == DELETING and lease is not None and lease.state == "provisioned":
                 # The Delete that failed changed nothing here, but OAR may have deleted the job all the same (a
                 # time-out, a proxy's 502 after forwarding it): marked as a job the aggregate deleted itself, so that
@@ -525,10 +528,12 @@ class OarTestbed:
                     kept = row.message
                 else:
                     kept = f"{NOT_REPLACED} {row.job_id}"
-                self.jobs.set(lease_id, SUBMITTED, message=kept)
-                written[lease_id] = self.jobs.get(lease_id)
+                if self.jobs.set_if_unchanged(row, SUBMITTED, message=kept):  # (a call's row since: left to it)
+                    written[lease_id] = self.jobs.get(lease_id)
             elif row.state == DELETING:
-                self.jobs.set(lease_id, DELETED)  # its job, if OAR still has it, is an orphan: deleted below
+                # Its job, if OAR still has it, is an orphan: deleted below. (A call's row since: left to it.)
+                if not self.jobs.set_if_unchanged(row, DELETED):
+                    continue
                 report.deleted.append(lease_id)
                 if lease is not None and lease.state == "allocated":
                     # A failed Provision whose release failed left its hold for this: the release is done, the sweep

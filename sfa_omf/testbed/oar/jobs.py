@@ -77,6 +77,22 @@ class OarJobs:
                 row.job_id = job_id
             row.updated_s = int(utcnow().timestamp())
 
+    def set_if_unchanged(self, read: JobRecord, state: str, job_id: int | None = None, message: str = "") -> bool:
+        """As ``set``, but only while the lease's row is still ``read`` (as a reconcile round read it: its state, job,
+        owner, message and when it was written); False, having written nothing, when a call wrote it since. A round
+        acting on its older reading would otherwise overwrite a newer Provision's row, and lose track of its job."""
+        with self.database.write() as session:
+            # (Locked, then compared: on PostgreSQL a call's write waits for this unit, or this one reads the call's.)
+            row = session.get(OarJob, read.lease_id, with_for_update=True)
+            if row is None or _record(row) != read:
+                return False
+            row.state = state
+            row.message = message
+            if job_id is not None:
+                row.job_id = job_id
+            row.updated_s = int(utcnow().timestamp())
+            return True
+
     def forget(self, lease_id: str) -> None:
         with self.database.write() as session:
             row = session.get(OarJob, lease_id)
