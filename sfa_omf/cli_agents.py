@@ -194,13 +194,31 @@ def _enrol(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from sfa_omf.agents.host import DirectoryHost, Host, UnixHost
-    from sfa_omf.agents.node import Agent
+    from sfa_omf.agents.node import Agent, AgentCallError, ServerNotTrusted
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     host: Host = DirectoryHost(args.root_dir, args.state) if args.root_dir else UnixHost(args.state)
     agent = Agent(args.state, host, args.interval)
     if args.once:
-        agent.run_once()
+        # One line, as for `agent enrol` (the loop below logs these and tries again at the next heartbeat).
+        try:
+            agent.run_once()
+        except ServerNotTrusted as exc:
+            print(
+                f"sfa-omf agent: {agent.server} is not the aggregate this node enrolled with: {exc.message}; nothing "
+                "was sent (check the server's address, or enrol again)",
+                file=sys.stderr,
+            )
+            return 1
+        except AgentCallError as exc:
+            said = f"{exc.message} ({exc.status} {exc.reason})"
+            print(
+                f"sfa-omf agent: the server refused: {said}; {_after_refusal(exc.status, args.state)}", file=sys.stderr
+            )
+            return 1
+        except OSError as exc:
+            print(f"sfa-omf agent: no answer from {agent.server} ({exc}); try again later", file=sys.stderr)
+            return 1
         return 0
     stop = threading.Event()
 
@@ -211,6 +229,17 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stopping)
     agent.run(stop)
     return 0
+
+
+def _after_refusal(status: int, state: str) -> str:
+    """What to do when the aggregate refuses a running agent's call with HTTP ``status``."""
+    if status in (401, 403):
+        # The server no longer knows this node's certificate: the node was removed, or its certificate revoked.
+        return (
+            "this node is no longer enrolled at the aggregate (removed, or its certificate revoked): ask the operator "
+            f"for a new invitation (sfa-omf node invite) and enrol again (sfa-omf agent enrol --state {state} ...)"
+        )
+    return "the aggregate's log says more; try again later, or ask its operator"
 
 
 def _staging(args: argparse.Namespace) -> tuple[Any, Any]:

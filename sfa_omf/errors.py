@@ -72,7 +72,6 @@ class Reason(enum.StrEnum):
     ALREADY_EXISTS = "already_exists"
     BOOKING_CONFLICT = "booking_conflict"  # the node is booked for (part of) the window
     POLICY = "policy"  # a rule the operator set (grain, durations, how far ahead, limits)
-    NODE_UNAVAILABLE = "node_unavailable"  # the node is in maintenance
     UNAVAILABLE = "unavailable"  # the testbed behind the aggregate does not answer; retry later
     TIMEDOUT = "timedout"  # the testbed answered too slowly; retry later
     TESTBED = "testbed"  # the testbed refused or failed an operation; its own words are in the message
@@ -106,7 +105,6 @@ REASON_CODES: dict[Reason, GeniCode] = {
     Reason.ALREADY_EXISTS: GeniCode.ALREADYEXISTS,
     Reason.BOOKING_CONFLICT: GeniCode.REFUSED,
     Reason.POLICY: GeniCode.REFUSED,
-    Reason.NODE_UNAVAILABLE: GeniCode.UNAVAILABLE,
     Reason.UNAVAILABLE: GeniCode.UNAVAILABLE,
     Reason.TIMEDOUT: GeniCode.TIMEDOUT,
     Reason.TESTBED: GeniCode.ERROR,

@@ -97,7 +97,7 @@ log = logging.getLogger("sfa_omf.am")
 
 GENI_NS = "http://www.geni.net/resources/rspec/3"
 #: A Renew refused for these reasons is a "refused renewal" the slice's users are told of (bad arguments are not).
-RENEWAL_REFUSALS = frozenset({Reason.POLICY, Reason.BOOKING_CONFLICT, Reason.NODE_UNAVAILABLE})
+RENEWAL_REFUSALS = frozenset({Reason.POLICY, Reason.BOOKING_CONFLICT})
 OL_NS = "http://nitlab.inf.uth.gr/schema/sfa/rspec/1"
 AVAILABILITY_NS = "http://sfa-omf.org/rspec/ext/availability/1"
 

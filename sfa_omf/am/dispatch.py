@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sfa_omf.am.aggregate import Aggregate
+from sfa_omf.am.contract import CREDENTIALS
 from sfa_omf.am.envelope import failure, success
 from sfa_omf.arguments import Signature
 from sfa_omf.errors import GeniCode, GeniError, Reason
@@ -22,11 +23,17 @@ log = logging.getLogger("sfa_omf.am")
 Method = Callable[[Aggregate, CallContext, tuple[Any, ...]], Any]
 
 
-def _about(method: str, args: tuple[Any, ...]) -> str:
+def _about(signature: Signature, args: tuple[Any, ...]) -> str:
     """What the call is about, for the log line: the slice URN or the first URN named (checked values only, so
     nothing hostile is ever turned into text here)."""
     if not args:
         return "-"
+    if signature.params[0] is CREDENTIALS:
+        # ListResources, ListSlices: the first argument is the caller's credentials, never shown in the log; a
+        # slice is named only by the geni_slice_urn option (checked as a slice URN by the options' checker).
+        options = args[-1] if isinstance(args[-1], dict) else {}
+        slice_urn = options.get("geni_slice_urn")
+        return slice_urn if isinstance(slice_urn, str) else "-"
     first = args[0]
     if isinstance(first, list) and first and isinstance(first[0], str):
         return first[0]  # (shown_urn cuts a long one, saying so)
@@ -60,7 +67,7 @@ class ApiEndpoint:
                 known = ", ".join(sorted(self.methods))
                 raise GeniError(Reason.UNSUPPORTED, f"{shown} is not an AM API v{self.version} method here ({known})")
             args = self.signatures[method].check(params, method)
-            about = shown_urn(_about(method, args))
+            about = shown_urn(_about(self.signatures[method], args))
             value = implementation(self.aggregate, context, args)
             return success(value, geni_api=self.version) if method == "GetVersion" else success(value)
         except GeniError as error:

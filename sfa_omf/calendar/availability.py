@@ -13,11 +13,12 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from sfa_omf.calendar.booking import BookingConflict, unusable_why
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.intervals import align_down, align_up, earliest_common_start, free_windows, is_free, merge
 from sfa_omf.calendar.models import Node, Pool, Sliver
 from sfa_omf.calendar.queries import from_s, held_windows, to_s
-from sfa_omf.calendar.records import FreeWindow
+from sfa_omf.calendar.records import Conflict, FreeWindow
 from sfa_omf.errors import GeniError, Reason
 
 
@@ -113,7 +114,10 @@ class Availability:
                 raise GeniError(Reason.NOT_FOUND, f"no such node(s): {', '.join(missing)}")
             down = [name for name in nodes if known[name].state != "usable"]
             if down:
-                raise GeniError(Reason.NODE_UNAVAILABLE, f"in maintenance: {', '.join(down)}")
+                # Refused as a booking of a window on these nodes is (geni_code 7, the same words): whatever form the
+                # request takes, a node in maintenance (or lost) is a node that cannot be booked.
+                window = (from_s(after_s), from_s(after_s + duration_s))
+                raise BookingConflict([Conflict(name, *window, unusable_why(known[name].state)) for name in down])
             needed = len(set(nodes))
         else:
             needed = count or 1

@@ -264,7 +264,7 @@ class Bookings:
                         f"({format_time(from_s(expires_s))}); renew the slice at its authority first",
                     )
                 if node.state != "usable":
-                    conflicts.append(Conflict(node.component_id, request.start, request.end, _unusable(node.state)))
+                    conflicts.append(Conflict(node.component_id, request.start, request.end, unusable_why(node.state)))
                     continue
                 wanted.append((request, node, window))
             current = self.database.is_sqlite
@@ -815,7 +815,7 @@ class Bookings:
             check_window(self.policy, start_s, new_end_s, now_s, node.grain_s, node.component_id, partial_start)
         if new_end_s > lease.end_s:  # a node out of use takes no new time; a lease on it may still end earlier
             refused = [
-                Conflict(node.component_id, from_s(lease.end_s), from_s(new_end_s), _unusable(node.node_state))
+                Conflict(node.component_id, from_s(lease.end_s), from_s(new_end_s), unusable_why(node.node_state))
                 for node in nodes
                 if node.node_state != "usable"
             ]
@@ -2086,7 +2086,7 @@ def refuse_unless_allocated(lease_id: str, state: str) -> None:
         raise GeniError(Reason.BAD_ARGS, f"lease {lease_id} is {state}, not allocated")
 
 
-def _unusable(node_state: str) -> str:
+def unusable_why(node_state: str) -> str:
     """Why a node that is not usable takes no booking nor extension (a conflict's problem)."""
     # "lost": a node agent stopped reporting (calendar/agents.py); it is bookable again once heard.
     return "has lost contact (its agent is silent)" if node_state == "lost" else "is in maintenance"

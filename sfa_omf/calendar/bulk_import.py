@@ -406,7 +406,8 @@ def _refuse_held_grain_changes(session: Session, regrained: Mapping[int, tuple[N
         f"{entry.where}: grain_s {entry.given['grain_s']} would change the grain ({grain_s} s) of "
         f"{entry.component_id}, which lease {lease_id}{others} hold(s) now or later ({len(held)} node(s) of the file "
         "so): their slots are on the old grain and could no longer be renewed. Keep its grain_s until they end, or "
-        "cancel them first; nothing was imported"
+        "cancel them first (`sfa-omf slice shutdown SLICE_URN` cancels all of a slice's leases and refuses it new "
+        "ones until `sfa-omf slice release SLICE_URN`); nothing was imported"
     )
 
 

@@ -278,8 +278,8 @@ class Database:
         """The database's migration (None: an empty database, or an SQLite file that does not exist yet).
 
         Reads only: a missing SQLite file is not created. Raises DatabaseUnreachable when the database cannot be
-        opened (within ``connect_timeout_s`` on PostgreSQL; an SQLite file whose directory does not exist, or that is
-        not a database), GeniError(DATABASE) when it cannot be read.
+        opened (within ``connect_timeout_s`` on PostgreSQL, or the URL's own ``?connect_timeout=N``; an SQLite file
+        whose directory does not exist, or that is not a database), GeniError(DATABASE) when it cannot be read.
         """
         from alembic.runtime.migration import MigrationContext
 
@@ -292,7 +292,11 @@ class Database:
                 return None
             engine = self.engine
         else:
-            engine = create_engine(self.url, connect_args={"connect_timeout": connect_timeout_s})
+            # The URL's own ?connect_timeout=N wins, as for the engine (_connect_timeout_args): the driver's
+            # arguments would override it.
+            url_sets_it = "connect_timeout" in make_url(self.url).query
+            connect_args = {} if url_sets_it else {"connect_timeout": connect_timeout_s}
+            engine = create_engine(self.url, connect_args=connect_args)
         try:
             with self._connected(engine) as connection, _database_errors():
                 return MigrationContext.configure(connection).get_current_revision()

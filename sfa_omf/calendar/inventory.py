@@ -348,8 +348,11 @@ class Inventory:
             if holding:
                 raise GeniError(
                     Reason.BAD_ARGS,
-                    f"node {component_id} has {holding} current or future booking(s): cancel them or set the node "
-                    "to maintenance instead",
+                    f"node {component_id} has {holding} current or future booking(s): wait for them to end, cancel "
+                    f"them (`sfa-omf lease list --node {component_id}` names their slices; `sfa-omf slice shutdown "
+                    "SLICE_URN` cancels all of a slice's leases and refuses it new ones until `sfa-omf slice release "
+                    f"SLICE_URN`), or keep the node and set it to maintenance (`sfa-omf node set-state {component_id} "
+                    "maintenance`)",
                 )
             for sliver in session.scalars(select(Sliver).where(Sliver.node_id == node.id)):
                 session.delete(sliver)

@@ -86,7 +86,13 @@ def _root_files(directory: str) -> list[tuple[str, Gid]]:
             continue
         path = os.path.join(directory, name)
         with open(path, "rb") as handle:
-            chain = load_gid_chain(handle.read())
+            try:
+                chain = load_gid_chain(handle.read())
+            except BadArgs as exc:  # named: the reader's words alone do not say which file of the directory it is
+                raise BadArgs(
+                    f"trusted root file {path}: {exc.message}; put the authority's root certificate (PEM) there, or "
+                    "move the file out of the directory"
+                ) from exc
         problem = chain[0].name_problem
         if problem is not None:
             # Not trusted, and said (logged at every reading): its name would reach every message of what it vouches

@@ -83,4 +83,4 @@ def test_earliest_slot_refusals(calendar: Calendar) -> None:
     calendar.inventory.set_state(node_urn("n1"), "maintenance")
     with pytest.raises(GeniError) as refusal:
         calendar.availability.earliest_slot(3600, NOW, nodes=[node_urn("n1")])
-    assert refusal.value.reason == Reason.NODE_UNAVAILABLE
+    assert refusal.value.reason == Reason.BOOKING_CONFLICT  # as a booking of a window on it (geni_code 7)

@@ -288,7 +288,10 @@ def test_a_grain_change_waits_for_the_bookings_of_the_node(calendar: Calendar, t
     path = write_csv(tmp_path / "nodes.csv", ["component_id,grain_s", f"{node_urn('n1')},7200"])
     with pytest.raises(GeniError) as refused:
         import_nodes(calendar.database, read_node_file(path))
-    assert "Keep its grain_s until they end, or cancel them first; nothing was imported" in refused.value.message
+    assert (
+        "Keep its grain_s until they end, or cancel them first (`sfa-omf slice shutdown SLICE_URN` cancels all of a "
+        "slice's leases and refuses it new ones until `sfa-omf slice release SLICE_URN`); nothing was imported"
+    ) in refused.value.message
     assert calendar.inventory.get_node(node_urn("n1")).grain_s == 1800
     calendar.bookings.renew(lease.id, at(2))  # the lease still renews on its grain
     path = write_csv(tmp_path / "nodes.csv", ["component_id,grain_s", f"{node_urn('n1')},1800", f"{node_urn('n2')},60"])
