@@ -39,7 +39,8 @@ STATUS = {
 
 @dataclass(frozen=True)
 class LeaseEvent:
-    """One lease as the feeds show it: its rows grouped. Every field but ``lease_id`` is in its ``fingerprint``."""
+    """One lease as the feeds show it: its rows grouped. Every field but ``lease_id`` and ``nodes`` is in its
+    ``fingerprint``."""
 
     lease_id: str
     slice_urn: str  # "URN (removed TIME)" once the slice is removed (registry/removed_marks.py)
@@ -72,10 +73,11 @@ def group_leases(rows: Sequence[BookingRow]) -> list[LeaseEvent]:
 
 
 def fingerprint(event: LeaseEvent) -> str:
-    """What a client must be told about when it changes (its SEQUENCE grows then): everything of the lease its event
-    shows. The window and the state, and also the slice and the booker, which a removal from the registry turns into
-    "URN (removed TIME)": a client replaces an event it holds only when the SEQUENCE grew, so it would keep the old
-    names."""
+    """What a client must be told about when it changes (its SEQUENCE grows then): the window and the state, and also
+    the slice and the booker, which a removal from the registry turns into "URN (removed TIME)" (a client replaces an
+    event it holds only when the SEQUENCE grew, so it would keep the old names), and the label. Not the nodes: a
+    lease's nodes never change, and the nodes an event lists depend on who reads the feed (a private pool's are left
+    out for others), so two readers would record two fingerprints of one lease, each read raising its SEQUENCE."""
     shown = (
         int(event.start.timestamp()),
         int(event.end.timestamp()),
@@ -83,7 +85,6 @@ def fingerprint(event: LeaseEvent) -> str:
         event.slice_urn,
         event.owner_urn,
         event.client_id,
-        list(event.nodes),
     )
     return hashlib.sha256(json.dumps(shown).encode("utf-8")).hexdigest()
 

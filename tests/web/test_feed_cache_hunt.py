@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sfa_omf.calendar.feeds import Revision
 from sfa_omf.calendar.generation import read_generation
 from sfa_omf.calendar.models import LeaseRevision
-from sfa_omf.calendar.records import BookingRequest
+from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.registry.records import Record, Records
 from sfa_omf.web.ical import EventCache, LeaseEvent, fingerprint, render_feed
 from tests.calendar.conftest import NOW, node_urn
@@ -85,8 +85,9 @@ def test_the_event_cache_keys_on_every_field_of_the_lease() -> None:
 
 
 def test_the_fingerprint_changes_with_every_field_of_the_lease_the_event_shows() -> None:
-    """Every field of LeaseEvent but its id is shown by its event: a change of any must raise the SEQUENCE (a field
-    added later and left out of the fingerprint fails here)."""
+    """Every field of LeaseEvent but its id and its nodes is shown by its event the same to every reader: a change of
+    any must raise the SEQUENCE (a field added later and left out of the fingerprint fails here). The nodes shown
+    depend on the reader, and a lease's nodes never change: they are not in it."""
     lease = LeaseEvent(
         lease_id="lease-1",
         slice_urn=DEMO,
@@ -106,12 +107,31 @@ def test_the_fingerprint_changes_with_every_field_of_the_lease_the_event_shows()
         "start": NOW - timedelta(hours=1),
         "end": NOW + timedelta(hours=2),
     }
-    shown = [field.name for field in dataclasses.fields(LeaseEvent) if field.name != "lease_id"]
-    assert sorted(shown) == sorted(other_values), "a new field of LeaseEvent: give it another value here"
+    shown = [field.name for field in dataclasses.fields(LeaseEvent) if field.name not in ("lease_id", "nodes")]
+    assert sorted([*shown, "nodes"]) == sorted(other_values), "a new field of LeaseEvent: give it another value here"
     for name in shown:
         changed = dataclasses.replace(lease, **{name: other_values[name]})
         assert fingerprint(changed) != fingerprint(lease), f"the fingerprint ignores {name}"
     assert fingerprint(dataclasses.replace(lease, lease_id="lease-2")) == fingerprint(lease)
+    assert fingerprint(dataclasses.replace(lease, nodes=other_values["nodes"])) == fingerprint(lease)  # type: ignore[arg-type]
+
+
+def test_readers_who_see_different_nodes_of_a_lease_do_not_raise_its_sequence(lab: Lab, pki: DemoPki) -> None:
+    """A lease on a federated node and a private pool's node: an anonymous reader's event lists the first only, the
+    operator's both. Reading in turns changes nothing about the lease: no SEQUENCE grows, no revision is written."""
+    lab.inventory.add_node(NodeSpec(node_urn("h1"), "h1", pool="hidden", hardware_type="icarus"))
+    requests = [BookingRequest(node_urn("n1"), at(20), at(22)), BookingRequest(node_urn("h1"), at(20), at(22))]
+    lease = lab.bookings.book(OTHER, EXPIRES, requests, owner_urn="").leases[0].id
+    seen = []
+    for _ in range(3):
+        anonymous = events(get(lab, "/node/n1.ics"))[lease]
+        operator = events(get(lab, "/node/n1.ics", "carol", pki))[lease]
+        assert "h1" not in str(anonymous.get("summary", "")) and "h1" in str(operator["summary"])  # the control
+        seen += [anonymous["sequence"], operator["sequence"]]
+
+    with lab.database.read() as session:
+        stored = session.scalar(select(LeaseRevision.sequence).where(LeaseRevision.lease_id == lease))
+    assert seen == [0] * 6 and stored == 0, "nothing about the lease changed between the reads"
 
 
 def test_reading_a_feed_records_revisions_without_bumping_the_generation(lab: Lab) -> None:
