@@ -153,13 +153,26 @@ def authority_hrn_problem(hrn: str) -> str | None:
 
 
 #: URNs parsed lately, kept parsed: a Status parses the same few URNs (the slice's, the caller's, the credential's
-#: owner and target) seven times (about 6 % of the call's own work). Bounded; a refusal is raised, never kept.
+#: owner and target) seven times (about 6 % of the call's own work). Bounded in number and in size: a URN longer
+#: than any a caller may send (arguments are cut at 1 024 characters; certificates inside credentials are not) is
+#: parsed each time, never kept. A refusal is raised, never kept.
 PARSED_URNS_KEPT = 4096
+LONGEST_URN_KEPT = 1024
+
+
+def parse_urn(text: str) -> Urn:
+    """Parse a GENI URN; raise BadArgs naming what is wrong. The Urn is frozen, so one kept is shared."""
+    if len(text) <= LONGEST_URN_KEPT:
+        return _parse_urn_kept(text)
+    return _parse_urn(text)
 
 
 @functools.lru_cache(maxsize=PARSED_URNS_KEPT)
-def parse_urn(text: str) -> Urn:
-    """Parse a GENI URN; raise BadArgs naming what is wrong. The Urn is frozen, so the one kept is shared."""
+def _parse_urn_kept(text: str) -> Urn:
+    return _parse_urn(text)
+
+
+def _parse_urn(text: str) -> Urn:
     if not is_urn(text):
         raise BadArgs(f"{text!r} is not a GENI URN: it must start with {URN_PREFIX!r}")
     body = text[len(URN_PREFIX) :]

@@ -96,3 +96,19 @@ def test_round_trip(parts: list[str], type_: str) -> None:
     assert split_hrn(hrn) == tuple(parts)
     urn = hrn_to_urn(hrn, type_)
     assert urn_to_hrn(urn) == (hrn, type_)
+
+
+def test_parsed_urns_are_kept_only_up_to_the_longest_a_caller_may_send() -> None:
+    """A URN from a certificate inside a refused credential may be hundreds of kilobytes: parsed, never kept (a full
+    cache of such would hold gigabytes); a usual one is kept and parsed once."""
+    from sfa_omf import xrn
+
+    xrn._parse_urn_kept.cache_clear()
+    usual = "urn:publicid:IDN+testbed+slice+kept"
+    assert xrn.parse_urn(usual) is xrn.parse_urn(usual)
+    long_name = "x" * 380_000
+    parsed = xrn.parse_urn(f"urn:publicid:IDN+testbed+user+{long_name}")
+    assert parsed.name == long_name
+    assert xrn._parse_urn_kept.cache_info().currsize == 1, "only the usual URN is kept"
+    with pytest.raises(BadArgs):
+        xrn.parse_urn("urn:publicid:IDN+" + "y" * (xrn.LONGEST_URN_KEPT + 1))  # refused whatever its length
