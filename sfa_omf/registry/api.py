@@ -31,7 +31,7 @@ from sfa_omf.arguments import (
     text,
     time_value,
 )
-from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
+from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason, TrustError
 from sfa_omf.registry.authority import DEFAULT_CREDENTIAL_LIFETIME, AuthorityError, LocalAuthority
 from sfa_omf.registry.records import Record, Records, new_record_urn, record_chain, record_email
 from sfa_omf.registry.sfi_dirs import delete_user_sfi_dirs
@@ -323,10 +323,13 @@ class RegistryApi:
         self.records.refuse_if_removed_lately(hrn, urn)  # BUSY before the GID is issued
         public_key = None
         if record.get("gid"):
-            certificate = load_gid_chain(record["gid"])[0].certificate.public_key()
-            if not isinstance(certificate, rsa.RSAPublicKey):
+            try:
+                key = load_gid_chain(record["gid"])[0].public_key()
+            except TrustError as exc:  # a key of an algorithm nobody reads: the caller's argument, not our fault
+                raise BadArgs(f"the record's certificate must hold an RSA key: {exc.message}") from exc
+            if not isinstance(key, rsa.RSAPublicKey):
                 raise BadArgs("the record's certificate must hold an RSA key")
-            public_key = certificate
+            public_key = key
         expires = record.get("expires")
         if kind == "slice" and expires is None:
             expires = utcnow() + DEFAULT_SLICE_LIFETIME

@@ -124,7 +124,7 @@ class Gid:
         """The subject public key as DER SubjectPublicKeyInfo (the key a signature by this GID is checked with).
         Raises TrustError (MALFORMED) for a key the cryptography library cannot read (an unknown algorithm): a
         refusal of the credential or chain that carries it, so the caller's other credentials are still tried."""
-        return self._public_key().public_bytes(
+        return self.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
@@ -132,10 +132,11 @@ class Gid:
     def key_bits(self) -> int:
         """The size of the subject's RSA key in bits; 0 for a key of another algorithm (TrustError as
         ``public_key_der`` for one that cannot be read)."""
-        key = self._public_key()
+        key = self.public_key()
         return key.key_size if isinstance(key, rsa.RSAPublicKey) else 0
 
-    def _public_key(self) -> CertificatePublicKeyTypes:
+    def public_key(self) -> CertificatePublicKeyTypes:
+        """The subject's public key; TrustError (MALFORMED) for one the cryptography library cannot read."""
         try:
             return self.certificate.public_key()
         except (UnsupportedAlgorithm, ValueError) as exc:

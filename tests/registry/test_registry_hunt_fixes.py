@@ -223,3 +223,20 @@ def test_a_removed_pi_s_authority_credential_no_longer_changes_the_registry(regi
     assert registry.fault(registry.bob.Register, carol, [old_bob_auth_cred]).faultCode == 22
     assert registry.records.get("tb.carol") is None
     assert registry.alice.Register(carol, [registry.auth_cred])  # a registered PI's own key and credential act
+
+
+def test_register_refuses_a_certificate_whose_key_cannot_be_read_as_a_bad_argument(registry: Registry) -> None:
+    """A record's certificate with a key of an algorithm nobody reads: BADARGS saying what the certificate must
+    hold, nothing registered (was an internal error, fault 5, with a traceback in the log)."""
+    from tests.trust.test_unreadable_key import _with_unknown_key_algorithm
+
+    key = new_private_key()
+    unreadable = _with_unknown_key_algorithm(create_gid("urn:publicid:IDN+tb+user+dave", key.public_key(), key).pem())
+
+    fault = registry.fault(
+        registry.alice.Register, {"hrn": "tb.dave", "type": "user", "gid": unreadable}, [registry.auth_cred]
+    )
+
+    assert fault.faultCode == 1, fault.faultString  # BADARGS
+    assert "must hold an RSA key" in fault.faultString
+    assert registry.records.get("tb.dave") is None
