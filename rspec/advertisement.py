@@ -8,20 +8,17 @@ Bookings that have ended are left out; the caller passes only live ones (not can
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from lxml import etree
 
 from rspec.model import AdvertisedNode, Advertisement, Booking, FreeWindow, LeaseView
 from rspec.namespaces import AVAILABILITY, OL, av, geni, ol
-from rspec.writing import new_root, serialize, xml_text, xsd_boolean
+from rspec.writing import new_root, serialize, sfa_lease_slot, xml_text, xsd_boolean
 from sfa_omf.errors import BadArgs
 from sfa_omf.times import as_utc, format_time
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Tags, made once: an advertisement of 10 000 nodes makes hundreds of thousands of elements.
 _NODE = geni("node")
@@ -76,7 +73,7 @@ def write_advertisement(
     if view is not LeaseView.SFA_LEASES:
         _write_geni_view(root, ad, live, now, held_now, with_sfa_granularity=view is LeaseView.SFA_ALL)
     if view is not LeaseView.GENI:
-        _write_sfa_leases(root, live, ad.grain)
+        _write_sfa_leases(root, live, ad)
     return root.finish()
 
 
@@ -229,19 +226,22 @@ def _write_node(root: etree._Element, node: AdvertisedNode, available: bool) -> 
     return element
 
 
-def _write_sfa_leases(root: _ChunkedRoot, live: list[Booking], grain: timedelta) -> None:
-    """SFA's view: one <lease> per (slice_id, start_time, duration), the nodes it holds inside."""
-    groups: dict[tuple[str | None, int, int], list[str]] = {}
+def _write_sfa_leases(root: _ChunkedRoot, live: list[Booking], ad: Advertisement) -> None:
+    """SFA's view: one <lease> per (slice_id, start, end, grain), the nodes it holds inside. Its duration counts
+    grains of its nodes' own grain (advertised per node as <granularity>), so a booking holding nodes of two grains is
+    two SFA leases; ``sfa_lease_slot`` writes the slot."""
+    own_grain = {node.component_id: node.grain for node in ad.nodes if node.grain is not None}
+    groups: dict[tuple[str | None, datetime, datetime, timedelta], dict[str, None]] = {}  # nodes: an ordered set
     for booking in live:
-        start = _seconds(as_utc(booking.start) - _EPOCH)
-        grains = max(1, math.ceil((booking.end - booking.start) / grain))
-        nodes = groups.setdefault((booking.slice_urn, start, grains), [])
-        nodes.extend(c for c in booking.component_ids if c not in nodes)
-    for (slice_urn, start, grains), nodes in groups.items():
+        for component_id in booking.component_ids:
+            grain = own_grain.get(component_id, ad.grain)
+            groups.setdefault((booking.slice_urn, booking.start, booking.end, grain), {})[component_id] = None
+    for (slice_urn, start, end, grain), nodes in groups.items():
+        start_time, grains = sfa_lease_slot(start, end, grain)
         lease = etree.SubElement(root.parent(), _LEASE)
         if slice_urn is not None:
             lease.set("slice_id", slice_urn)
-        lease.set("start_time", str(start))
+        lease.set("start_time", str(start_time))
         lease.set("duration", str(grains))
         for component_id in nodes:
             etree.SubElement(lease, _NODE, component_id=component_id)

@@ -1,20 +1,17 @@
 """Manifest -> manifest RSpec: the slice's leases (ol:lease with id, the client's client_id, sliver_id and times),
-its slivers (nodes with sliver_id, ol:lease_ref, host and login services). SFA's <lease> elements can be added
-for sfi users."""
+its nodes (one per client_id and node, with sliver_id, an ol:lease_ref per lease holding it, host and login
+services). SFA's <lease> elements can be added for sfi users."""
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime
+from datetime import timedelta
 
 from lxml import etree
 
 from rspec.model import Manifest, ManifestSliver
 from rspec.namespaces import OL, geni, ol
-from rspec.writing import new_root, serialize, xsd_boolean
-from sfa_omf.times import as_utc, format_time
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from rspec.writing import new_root, serialize, sfa_lease_slot, xsd_boolean
+from sfa_omf.times import format_time
 
 
 def write_manifest(manifest: Manifest, sfa_leases: bool = False, pretty: bool = True) -> bytes:
@@ -70,16 +67,26 @@ def _write_sliver(root: etree._Element, sliver: ManifestSliver) -> None:
 
 
 def _write_sfa_leases(root: etree._Element, manifest: Manifest) -> None:
+    """SFA's <lease> per lease and grain of its nodes (a node's own grain, else the manifest's), as the
+    advertisement writes them (``sfa_lease_slot``)."""
     if manifest.grain is None:
         raise ValueError("SFA leases in a manifest need the grain (Manifest.grain)")
+    own_grain: dict[str, timedelta] = {}
+    for sliver in manifest.slivers:
+        if sliver.grain is not None:  # (a container's sliver names no grain: its node's sliver does)
+            own_grain.setdefault(sliver.component_id, sliver.grain)
     for lease in manifest.leases:
-        nodes = [s.component_id for s in manifest.slivers if lease.id in s.lease_ids]
-        if not nodes:
-            continue
-        element = etree.SubElement(root, geni("lease"))
-        if manifest.slice_urn is not None:
-            element.set("slice_id", manifest.slice_urn)
-        element.set("start_time", str(int((as_utc(lease.start) - _EPOCH).total_seconds())))
-        element.set("duration", str(max(1, math.ceil((lease.end - lease.start) / manifest.grain))))
-        for component_id in dict.fromkeys(nodes):
-            etree.SubElement(element, geni("node"), component_id=component_id)
+        by_grain: dict[timedelta, dict[str, None]] = {}  # nodes: an ordered set
+        for sliver in manifest.slivers:
+            if lease.id in sliver.lease_ids:
+                grain = own_grain.get(sliver.component_id, manifest.grain)
+                by_grain.setdefault(grain, {})[sliver.component_id] = None
+        for grain, nodes in by_grain.items():
+            start_time, grains = sfa_lease_slot(lease.start, lease.end, grain)
+            element = etree.SubElement(root, geni("lease"))
+            if manifest.slice_urn is not None:
+                element.set("slice_id", manifest.slice_urn)
+            element.set("start_time", str(start_time))
+            element.set("duration", str(grains))
+            for component_id in nodes:
+                etree.SubElement(element, geni("node"), component_id=component_id)

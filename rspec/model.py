@@ -212,7 +212,8 @@ class Login:
 
 @dataclass(frozen=True)
 class ManifestLease:
-    """One of the slice's leases. ``client_id`` is the client's label when it gave one."""
+    """One of the slice's leases. ``client_id`` is the client's label when it gave one; ``sliver_id`` the sliver
+    that is the lease when it holds one node (a lease of several nodes has a sliver per node, and none here)."""
 
     id: str
     start: datetime
@@ -223,7 +224,9 @@ class ManifestLease:
 
 @dataclass(frozen=True)
 class ManifestSliver:
-    """A node granted to the slice, with the leases that hold it and how to log in."""
+    """A node granted to the slice, with the leases that hold it and how to log in: one per client_id and node, however
+    many leases hold it (``sliver_id`` is then its sliver in the first of them). ``grain`` is the node's slot
+    granularity when it differs from the manifest's (Manifest.grain)."""
 
     sliver_id: str
     client_id: str
@@ -236,12 +239,13 @@ class ManifestSliver:
     lease_ids: tuple[str, ...] = ()
     hostname: str | None = None
     logins: tuple[Login, ...] = ()
+    grain: timedelta | None = None
 
 
 @dataclass(frozen=True)
 class Manifest:
     """What Allocate/Provision/Describe answer with. ``slice_urn`` and ``grain`` are needed only for SFA's lease
-    view of the manifest."""
+    view of the manifest. ``expires``: when the slice's slivers expire (the latest of them), written on the root."""
 
     slivers: tuple[ManifestSliver, ...]
     leases: tuple[ManifestLease, ...]

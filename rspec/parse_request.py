@@ -13,7 +13,7 @@ problem found (line, column, element, what was expected) is raised together in o
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -34,18 +34,35 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
+class KnownNode:
+    """One of this aggregate's nodes, as its calendar holds it: its component_id as spelt there, and its grain."""
+
+    component_id: str
+    grain: timedelta
+
+
+#: Given the component_ids a request names for this aggregate, the nodes it holds among them, by the component_id as
+#: the request wrote it (found whatever the case of the URN's prefix, authority and type).
+NodeLookup = Callable[[frozenset[str]], Mapping[str, KnownNode]]
+
+
+@dataclass(frozen=True)
 class RequestPolicy:
-    """The operator's choices that reading a request depends on."""
+    """The operator's choices that reading a request depends on, and the aggregate's nodes it reads them against."""
 
     # How long a node is booked when the client gives no time at all.
     default_duration: timedelta = timedelta(hours=1)
-    # SFA leases count their duration in grains of this length (advertised as <granularity grain=.../>).
+    # SFA leases count their duration in grains of their nodes' own grain (advertised as <granularity grain=.../>):
+    # this one for a node ``known_nodes`` does not give (every node, without it).
     grain: timedelta = timedelta(minutes=30)
     limits: RSpecLimits = field(default_factory=RSpecLimits)
     # This aggregate's URN. omni and jFed send a slice's whole request to each of its aggregates: a node naming
     # another component manager is another aggregate's, and is left out (with the SFA leases' mentions of it).
     # None reads every node.
     component_manager_id: str | None = None
+    # This aggregate's nodes (their grains, and their component_ids as the calendar spells them): None reads every
+    # component_id as written, in ``grain``.
+    known_nodes: NodeLookup | None = None
 
 
 @dataclass
@@ -61,9 +78,11 @@ def parse_request(
     now: datetime,
     policy: RequestPolicy | None = None,
     allocate_options: Mapping[str, object] | None = None,
+    slice_urn: str | None = None,
 ) -> Request:
-    """Read a request RSpec (and the Allocate options that may carry its times). Raise RSpecError (BADARGS; TOOBIG
-    for an oversized document) listing every problem, or return the Request."""
+    """Read a request RSpec (and the Allocate options that may carry its times) for the slice ``slice_urn`` (SFA
+    leases naming another slice are left out; None reads them all). Raise RSpecError (BADARGS; TOOBIG for an
+    oversized document) listing every problem, or return the Request."""
     policy = policy or RequestPolicy()
     now = as_utc(now)
     document = load(data, policy.limits, WHAT)
@@ -79,7 +98,12 @@ def parse_request(
         reader.report(link, "this aggregate has no links: remove the <link> elements")
     ol_leases = ol.read_leases(reader, document.root)
     ol.report_foreign_leases(reader, document.root)
-    sfa_leases = _without(sfa.read_leases(reader, document.root, policy.grain), elsewhere)
+    sfa_asked = sfa.without_nodes(sfa.read_asked(reader, document.root, slice_urn), elsewhere)
+    known = _known_nodes(policy, nodes, sfa_asked)
+    nodes = [_spelt_as_known(node, known) for node in nodes]
+    sfa_asked = sfa.with_component_ids(sfa_asked, {named: node.component_id for named, node in known.items()})
+    grain_of = {node.component_id: node.grain for node in known.values()}
+    sfa_leases = sfa.in_grains(reader, sfa_asked, grain_of, policy.grain)
     option_problems: list[Problem] = []
     slot = options.read_slot(allocate_options, now, policy.default_duration, option_problems)
     leases = _assemble(reader, nodes, ol_leases, sfa_leases, slot or options.Slot(None, policy.default_duration, True))
@@ -175,14 +199,41 @@ def _authority(urn: str) -> str:
     return "+".join(parts[:2]) if len(parts) == 4 and parts[2] in ("authority", "node") else urn.strip().lower()
 
 
-def _without(leases: list[sfa.SfaLease], elsewhere: set[str]) -> list[sfa.SfaLease]:
-    """The SFA leases without the nodes of other aggregates; a lease left with none books nothing here."""
-    if not elsewhere:
-        return leases
-    kept = [
-        replace(lease, component_ids=tuple(c for c in lease.component_ids if c not in elsewhere)) for lease in leases
-    ]
-    return [lease for lease in kept if lease.component_ids]
+def _known_nodes(
+    policy: RequestPolicy, nodes: list[_Node], sfa_leases: list[sfa.SfaLeaseAsked]
+) -> Mapping[str, KnownNode]:
+    """The aggregate's nodes among those the request names (one look-up for them all), by the component_id as
+    written. Looked up: the nodes of SFA leases (their grains count the leases' durations), and nodes whose URN is
+    not spelled as this aggregate spells its nodes (a prefix or authority in another case). A request naming its
+    nodes as the advertisement does, with ol leases, is read without a look-up: Allocate's booking finds them."""
+    if policy.known_nodes is None:
+        return {}
+    spelt_as_ours = _node_prefix(policy.component_manager_id)
+    named = {
+        n.node.component_id
+        for n in nodes
+        if n.node.component_id is not None
+        and not (spelt_as_ours is not None and n.node.component_id.startswith(spelt_as_ours))
+    }
+    named.update(c for lease in sfa_leases for c in lease.component_ids)
+    return policy.known_nodes(frozenset(named)) if named else {}
+
+
+def _node_prefix(manager: str | None) -> str | None:
+    """``urn:publicid:IDN+<authority>+node+``, as the aggregate whose URN is ``manager`` spells its nodes' URNs;
+    None when that is not known."""
+    parts = manager.split("+") if manager is not None else []
+    if len(parts) != 4 or parts[0] != "urn:publicid:IDN" or parts[2] != "authority":
+        return None
+    return f"{parts[0]}+{parts[1]}+node+"
+
+
+def _spelt_as_known(node: _Node, known: Mapping[str, KnownNode]) -> _Node:
+    """The node with its component_id as the aggregate spells it (a URN's authority may come in another case)."""
+    found = known.get(node.node.component_id or "")
+    if found is None or found.component_id == node.node.component_id:
+        return node
+    return _Node(node.element, replace(node.node, component_id=found.component_id), node.refs)
 
 
 def _instance_count(reader: Reader, sliver: etree._Element) -> int | None:
@@ -253,7 +304,21 @@ def _assemble(
     for node in nodes:
         if node.node.component_id is not None:
             by_component.setdefault(node.node.component_id, node.node.client_id)
-    for sfa_lease in sfa_leases:
+    # A manifest sent back may write each of the slice's leases both ways (ol:lease, and SFA's <lease> for sfi
+    # users): an SFA lease's node that an ol:lease books until the same end, from a start within the SFA lease's
+    # first grain (SFA's view floors a partial first grain), is that booking, not a second one.
+    component_of = {n.node.client_id: n.node.component_id for n in nodes}
+    ol_windows: dict[str | None, list[tuple[datetime, datetime]]] = {}
+    for booked, _ in result:
+        if booked.start is not None and booked.end is not None:
+            for client_id in booked.nodes:
+                ol_windows.setdefault(component_of[client_id], []).append((booked.start, booked.end))
+    for asked in sfa_leases:
+        sfa_lease = replace(
+            asked, component_ids=tuple(c for c in asked.component_ids if not _written_as_ol(asked, ol_windows.get(c)))
+        )
+        if not sfa_lease.component_ids:
+            continue
         # A node added for a component is named by it: that name must not be another node's client_id already.
         named = [c for c in sfa_lease.component_ids if c not in by_component and c in order]
         for component_id in named:
@@ -272,6 +337,14 @@ def _assemble(
         rest = RequestLease(fallback.start, fallback.duration, in_order(uncovered), from_now=fallback.from_now)
         result.append((rest, None))
     return result
+
+
+def _written_as_ol(lease: sfa.SfaLease, ol_windows: list[tuple[datetime, datetime]] | None) -> bool:
+    """Whether an SFA lease is, for one node, one of the node's ol leases (``ol_windows``) written in SFA's view."""
+    if lease.start is None or not ol_windows:
+        return False
+    end = lease.start + lease.duration
+    return any(end == until and lease.start <= start < lease.start + lease.grain for start, until in ol_windows)
 
 
 def _node_for_component(

@@ -13,7 +13,7 @@ import logging
 import math
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from rspec.model import (
     DiskImage,
     FreeWindow,
     Horizon,
+    LeaseView,
     Login,
     Manifest,
     ManifestLease,
@@ -37,7 +38,7 @@ from rspec.model import (
     RequestLease,
     SliverType,
 )
-from rspec.parse_request import RequestPolicy, parse_request
+from rspec.parse_request import KnownNode, RequestPolicy, parse_request
 from sfa_omf.am.advertiser import Advertiser
 from sfa_omf.am.caller_keys import KeyRefusal, RegisteredKeys
 from sfa_omf.am.containers import act as act_on_containers
@@ -380,8 +381,10 @@ class Aggregate:
                 default_duration=self.settings.default_duration,
                 grain=timedelta(seconds=self.policy.default_grain_s),
                 component_manager_id=self.settings.urn,  # a slice's whole request names other aggregates' nodes too
+                known_nodes=self._known_nodes,  # SFA durations count grains of each node's own grain
             ),
             allocate_options=dict(options),
+            slice_urn=slice_urn,  # SFA leases of other slices, sent back from an advertisement, are left out
         )
         if not request.nodes:
             named = list(request.left_to_others[:5]) + (
@@ -538,6 +541,15 @@ class Aggregate:
         ]
         return _Allocated(answer, result.leases, users_before if users else None, tuple(taken))
 
+    def _known_nodes(self, component_ids: frozenset[str]) -> dict[str, KnownNode]:
+        """The calendar's nodes among these component_ids (a URN's authority in any case), for reading a request."""
+        if len(component_ids) > self.policy.max_nodes_per_request:
+            return {}  # the request is refused for its size once read: its nodes need no look-up
+        return {
+            named: KnownNode(node.component_id, timedelta(seconds=max(node.grain_s, 1)))
+            for named, node in self.inventory.find_nodes(component_ids).items()
+        }
+
     def _grain_s(self, components: Sequence[str]) -> int:
         """The slot length that fits the slots of all these nodes (as Availability.earliest_slot takes it)."""
         grains = [max(node.grain_s, 1) for node in self.inventory.list_nodes(component_ids=set(components))]
@@ -660,7 +672,8 @@ class Aggregate:
         slice_urn, sliver_urns = self._resolve(urns)
         self.authorize("Describe", caller_chain, credentials, slice_urn, options)
         _check_rspec_version(options, required=True, method=method)
-        answer = self._describe_slice(slice_urn, sliver_urns)
+        sfa_leases = lease_view(options.get("list_leases")) is not LeaseView.GENI  # as ListResources reads it
+        answer = self._describe_slice(slice_urn, sliver_urns, sfa_leases=sfa_leases)
         answer["geni_rspec"] = _maybe_compressed(answer["geni_rspec"], options)
         return answer
 
@@ -1412,10 +1425,11 @@ class Aggregate:
         return found
 
     def _describe_slice(
-        self, slice_urn: str, sliver_urns: set[str] | None, view: SliceView | None = None
+        self, slice_urn: str, sliver_urns: set[str] | None, view: SliceView | None = None, sfa_leases: bool = False
     ) -> dict[str, Any]:
         """The slice's manifest and sliver statuses; ``view``: the slice as a booking just read it (Allocate), in
-        place of reading its leases, their nodes and its users here."""
+        place of reading its leases, their nodes and its users here; ``sfa_leases``: the manifest has SFA's <lease>
+        elements too (list_leases "all" or "leases")."""
         if view is None:
             view = self._slice_view(slice_urn, sliver_urns)
         leases = list(view.leases)
@@ -1423,30 +1437,42 @@ class Aggregate:
         users = view.users if leases else ()
         # Once per user, not per sliver: the first use creates the mapping (registry/accounts.py).
         logins = [self.accounts.login_for(user.user_urn, slice_urn) for user in users]
-        manifest_slivers = []
+        manifest_slivers: list[ManifestSliver] = []
+        # One <node> per client_id and node, however many leases hold it: jFed and omni match manifest nodes to the
+        # request's by client_id, and a manifest sent back would name a client_id twice. Index in manifest_slivers.
+        node_elements: dict[tuple[str, str], int] = {}
+        grains = self._own_grains(leases) if sfa_leases else {}  # read only for SFA's view
         containers = self._containers_of(leases)
         for lease in leases:
             for sliver in lease.slivers:
                 node = nodes.get(sliver.node)
                 mine = containers.get(sliver.urn, [])
-                manifest_slivers.append(
-                    ManifestSliver(
-                        sliver_id=sliver.urn,
-                        client_id=sliver.client_id or (node.component_name if node else sliver.node),
-                        component_id=sliver.node,
-                        component_manager_id=self.settings.urn,
-                        component_name=node.component_name if node else None,
-                        exclusive=node.exclusive if node else True,
-                        # The manifest shows the image under the one sliver type advertised (GENI puts it there).
-                        sliver_type=CONTAINER_SLIVER_TYPE if mine else "raw-pc" if sliver.disk_image else None,
-                        disk_image=sliver.disk_image or None,
-                        lease_ids=(lease.id,),
-                        hostname=node.component_name if node else None,
-                        logins=tuple(
-                            Login(username=login, hostname=node.component_name if node else "") for login in logins
-                        ),
+                client_id = sliver.client_id or (node.component_name if node else sliver.node)
+                shown = node_elements.get((client_id, sliver.node))
+                if shown is not None:  # its sliver_id stays the first lease's; this one's is in geni_slivers
+                    first = manifest_slivers[shown]
+                    manifest_slivers[shown] = replace(first, lease_ids=(*first.lease_ids, lease.id))
+                else:
+                    node_elements[(client_id, sliver.node)] = len(manifest_slivers)
+                    manifest_slivers.append(
+                        ManifestSliver(
+                            sliver_id=sliver.urn,
+                            client_id=client_id,
+                            component_id=sliver.node,
+                            component_manager_id=self.settings.urn,
+                            component_name=node.component_name if node else None,
+                            exclusive=node.exclusive if node else True,
+                            # The manifest shows the image under the one sliver type advertised (GENI puts it there).
+                            sliver_type=CONTAINER_SLIVER_TYPE if mine else "raw-pc" if sliver.disk_image else None,
+                            disk_image=sliver.disk_image or None,
+                            lease_ids=(lease.id,),
+                            hostname=node.component_name if node else None,
+                            logins=tuple(
+                                Login(username=login, hostname=node.component_name if node else "") for login in logins
+                            ),
+                            grain=grains.get(sliver.node),
+                        )
                     )
-                )
                 manifest_slivers += [
                     container_manifest_sliver(
                         instance,
@@ -1457,20 +1483,40 @@ class Aggregate:
                     )
                     for instance in mine
                 ]
+        slivers = self._sliver_dicts(slice_urn, sliver_urns, leases)
         manifest = Manifest(
             slivers=tuple(manifest_slivers),
             leases=tuple(
-                ManifestLease(id=lease.id, start=lease.start, end=lease.end, client_id=lease.client_id or None)
+                ManifestLease(
+                    id=lease.id,
+                    start=lease.start,
+                    end=lease.end,
+                    client_id=lease.client_id or None,
+                    # The lease's sliver when it holds one node; one of several nodes' would name a part of it.
+                    sliver_id=lease.slivers[0].urn if len(lease.slivers) == 1 else None,
+                )
                 for lease in leases
             ),
             generated=self.clock(),
+            # When the slivers answered expire: the latest of them (an allocation expires before its lease ends).
+            expires=max((parse_time(entry["geni_expires"]) for entry in slivers), default=None),
             slice_urn=slice_urn,
             grain=timedelta(seconds=self.policy.default_grain_s),
         )
         return {
             "geni_urn": slice_urn,
-            "geni_rspec": write_manifest(manifest).decode("utf-8"),
-            "geni_slivers": self._sliver_dicts(slice_urn, sliver_urns, leases),
+            "geni_rspec": write_manifest(manifest, sfa_leases=sfa_leases).decode("utf-8"),
+            "geni_slivers": slivers,
+        }
+
+    def _own_grains(self, leases: Sequence[LeaseRecord]) -> dict[str, timedelta]:
+        """The nodes of these leases whose grain differs from the aggregate's, with their grain (SFA's lease view of
+        a manifest counts each lease's duration in grains of its nodes)."""
+        held = {sliver.node for lease in leases for sliver in lease.slivers}
+        return {
+            node.component_id: timedelta(seconds=node.grain_s)
+            for node in self.inventory.list_nodes(component_ids=held)
+            if node.grain_s > 0 and node.grain_s != self.policy.default_grain_s
         }
 
 

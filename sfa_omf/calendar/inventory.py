@@ -193,6 +193,22 @@ def node_record_of_row(
     )
 
 
+#: How many component_ids Inventory.find_nodes looks up in one statement (SQLite bounds a statement's parameters).
+_LOOKED_UP_AT_ONCE = 1000
+
+
+def _loose_urn(text: str) -> tuple[tuple[str, ...], str, str] | None:
+    """A node URN as Inventory.find_nodes compares it: authority parts in lower case, type, name as it is; None for
+    text that is no URN."""
+    if not is_urn(text):
+        return None
+    try:
+        urn = parse_urn(text)
+    except BadArgs:
+        return None
+    return tuple(part.lower() for part in urn.authority), urn.type, urn.name
+
+
 def find_pool(session: Session, name: str) -> Pool:
     pool = session.scalar(select(Pool).where(Pool.name == name))
     if pool is None:
@@ -310,6 +326,33 @@ class Inventory:
             parameters["pool"] = pool
         query = _node_query(ids_listed, pool is not None, federated_only)
         return [node_record_of_row(*row) for row in self.database.fetch_all(query, parameters)]
+
+    def find_nodes(self, component_ids: set[str] | frozenset[str]) -> dict[str, NodeRecord]:
+        """The nodes these component_ids name, by the id as given: the node of that id, else the one whose URN
+        differs from it only in the case of its prefix, authority and type (a request's reader takes such a URN
+        as this aggregate's; a node's name keeps its case). Ids naming no node, or several, are left out."""
+        asked_ids = sorted(component_ids)
+        found: dict[str, NodeRecord] = {}
+        for first in range(0, len(asked_ids), _LOOKED_UP_AT_ONCE):  # a statement's parameters are bounded (SQLite)
+            chunk = set(asked_ids[first : first + _LOOKED_UP_AT_ONCE])
+            found.update((node.component_id, node) for node in self.list_nodes(component_ids=chunk))
+        result = {asked: found[asked] for asked in asked_ids if asked in found}
+        loose = {asked: key for asked in asked_ids if asked not in found and (key := _loose_urn(asked))}
+        if not loose:
+            return result
+        lowered = sorted({asked.lower() for asked in loose})
+        candidates: dict[tuple[tuple[str, ...], str, str] | None, list[NodeRecord]] = {}
+        with self.database.read() as session:
+            for first in range(0, len(lowered), _LOOKED_UP_AT_ONCE):
+                # lower() narrows the rows to read; _loose_urn decides (the name's case counts).
+                narrowed = lowered[first : first + _LOOKED_UP_AT_ONCE]
+                for row in session.scalars(select(Node).where(func.lower(Node.component_id).in_(narrowed))):
+                    candidates.setdefault(_loose_urn(row.component_id), []).append(node_record(row))
+        for asked, key in loose.items():
+            matching = candidates.get(key, [])
+            if len(matching) == 1:
+                result[asked] = matching[0]
+        return result
 
     def get_node(self, component_id: str) -> NodeRecord:
         with self.database.read() as session:

@@ -189,8 +189,9 @@ def test_sfa_lease_view() -> None:
         for lease in root.iterfind("g:lease", NS)
     ]
     start = int(BOOKINGS[0].start.timestamp())
+    # lease-shared, 09:15 to 11:15 (off the 30-minute grain), is shown as the grains it touches: 09:00, five grains.
     assert leases == [
-        (None, str(int(BOOKINGS[3].start.timestamp())), "4", [node_urn("node4")]),
+        (None, str(int((BOOKINGS[3].start - 15 * timedelta(minutes=1)).timestamp())), "5", [node_urn("node4")]),
         (SLICE, str(start), "2", [node_urn("node1")]),
         (SLICE, str(int(BOOKINGS[1].start.timestamp())), "4", [node_urn("node1"), node_urn("node2")]),
     ]

@@ -308,8 +308,8 @@ def test_extensions_of_other_namespaces_pass_and_ours_are_checked_where_they_bel
     assert parse_request(f"{REQUEST_HEAD}{unknown}</rspec>", now=NOW).nodes == (RequestNode("n"),)
     assert problems_of('<node client_id="n" colour="blue"/>') == [
         "2:1: <node>: Invalid attribute colour for element node; expected attributes: client_id?, component_id?, "
-        "component_manager_id?, component_name?, exclusive (true or false)?, colocate?, and attributes of other "
-        "namespaces"
+        "component_manager_id?, component_name?, exclusive (true or false)?, colocate?, sliver_id?, and attributes "
+        "of other namespaces"
     ]
 
 

@@ -193,7 +193,8 @@ def test_text_inside_an_element_is_said_to_be_the_text() -> None:
     )
     assert [str(p) for p in problems] == [
         "1:124: <node>: text inside <node> is not allowed: remove it; expected content: relation, location, services, "
-        "interface, hardware_type, sliver_type, ol:lease_ref, available, granularity, and elements of other namespaces",
+        "interface, hardware_type, sliver_type, host, ol:lease_ref, available, granularity, and elements of other "
+        "namespaces",
         "1:156: <ol:lease>: text inside <ol:lease> is not allowed: remove it; expected content: no elements",
     ]
 
