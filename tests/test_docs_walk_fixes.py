@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database, DatabaseUnreachable
 from sfa_omf.calendar.records import BookingRequest
-from sfa_omf.cli import main
 from sfa_omf.config import read_config
 from sfa_omf.preflight import DATABASE_TIMEOUT_S
 from sfa_omf.times import utcnow
+from tests import test_cli_calendar
+from tests.test_cli_calendar import run
 from tests.test_database_start_messages import SilentPostgresStandIn
 
 NODE = "urn:publicid:IDN+testbed+node+node1"
@@ -44,17 +44,7 @@ def test_the_start_up_check_reads_the_urls_own_connect_timeout(silent_postgres: 
     assert "bad value for connect_timeout: 'soon'" in refused.value.advice, refused.value.advice
 
 
-@pytest.fixture
-def config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    assert main(["init", str(tmp_path / "tb")]) == 0
-    capsys.readouterr()
-    return str(tmp_path / "tb" / "sfa-omf.conf")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+config = test_cli_calendar.config  # the fixture: an `sfa-omf init` directory's configuration file
 
 
 def test_node_remove_of_a_booked_node_names_commands_that_cancel_its_leases(

@@ -87,6 +87,17 @@ def site(oar_url: str, oar_users: tuple[str, ...], pki: DemoPki, tmp_path: Path)
     """An aggregate on the OAR backend; alice and bob of the demo authority are the Unix users alice and bob."""
     database = Database(sqlite_url(str(tmp_path / "oar-site.sqlite")))
     database.upgrade()
+    made = oar_site(database, oar_url, oar_users, pki)
+    yield made
+    for lease in made.aggregate.bookings.leases():  # leave nothing in OAR
+        with contextlib.suppress(GeniError):
+            made.backend.release(lease)
+
+
+def oar_site(database: Database, oar_url: str, oar_users: tuple[str, ...], pki: DemoPki) -> Site:
+    """An aggregate on the OAR backend over ``database``, alice and bob mapped to their Unix users, the test nodes
+    added, and a random grain-aligned slot 2 to 20 days ahead (within the demo slice credential's 30 days): reruns
+    against the same OAR do not collide."""
     backend = OarTestbed(OarClient(oar_url, timeout_s=60), database, "testbed", cache_s=1, horizon=timedelta(days=30))
     accounts = Accounts(database)
     for user in oar_users:
@@ -101,15 +112,8 @@ def site(oar_url: str, oar_users: tuple[str, ...], pki: DemoPki, tmp_path: Path)
     )
     for name in NODES:
         aggregate.inventory.add_node(NodeSpec(node_urn(name), name))
-    # A random grain-aligned slot 2 to 20 days ahead (within the demo slice credential's 30 days): reruns against
-    # the same OAR do not collide.
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    start = now + timedelta(days=2, hours=random.randrange(18 * 24))
-    made = Site(aggregate, backend, pki, start)
-    yield made
-    for lease in aggregate.bookings.leases():  # leave nothing in OAR
-        with contextlib.suppress(GeniError):
-            backend.release(lease)
+    return Site(aggregate, backend, pki, now + timedelta(days=2, hours=random.randrange(18 * 24)))
 
 
 def job_of(site: Site, lease_id: str) -> int:

@@ -15,35 +15,27 @@ real."""
 from __future__ import annotations
 
 import contextlib
-import random
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.booking import LEFT_FOR_TESTBED, PROVISION_HOLD_S
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import ProvisionHoldRow
 from sfa_omf.calendar.outbox import LeaseNews
-from sfa_omf.calendar.policy import Policy
-from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniCode, GeniError
-from sfa_omf.registry.accounts import Accounts
-from sfa_omf.testbed.oar.backend import OarTestbed
 from sfa_omf.testbed.oar.client import OarClient
 from sfa_omf.testbed.oar.jobs import DELETING, SUBMITTED, SUBMITTING, JobRecord, OarJobs
 from sfa_omf.times import utcnow
-from sfa_omf.trust.verifier import CredentialVerifier
 from tests.calendar.conftest import fresh_database
 from tests.conftest import DemoPki
 from tests.testbed.oar.conftest import OarJobs as OarJobsMade
 from tests.testbed.oar.conftest import wait_for_job
-from tests.testbed.oar.test_backend import NODES, Site, node_urn, settle
+from tests.testbed.oar.test_backend import Site, oar_site, settle
 from tests.testbed.oar.test_being_made import ImpatientSubmissions, made_in_oar
 
 WAIT_S = 120  # a bound on waiting for the other side of the race: only a hung test reaches it
@@ -97,26 +89,11 @@ def site(
     """test_backend's site (an aggregate on the OAR backend, alice and bob mapped to their Unix users) on either
     database."""
     database = fresh_database(request.param, tmp_path)
-    backend = OarTestbed(OarClient(oar_url, timeout_s=60), database, "testbed", cache_s=1, horizon=timedelta(days=30))
-    accounts = Accounts(database)
-    for user in oar_users:
-        accounts.pin(pki.users[user].chain[0].urn or "", user)
-    aggregate = Aggregate(
-        AggregateSettings(authority_hrn="testbed"),
-        database,
-        CredentialVerifier(pki.roots),
-        Policy(max_advance_s=40 * 86400, min_duration_s=60),
-        backend=backend,
-        accounts=accounts,
-    )
-    for name in NODES:
-        aggregate.inventory.add_node(NodeSpec(node_urn(name), name))
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    made = Site(aggregate, backend, pki, now + timedelta(days=2, hours=random.randrange(18 * 24)))
+    made = oar_site(database, oar_url, oar_users, pki)
     yield made
-    for lease in aggregate.bookings.leases():  # leave nothing in OAR (the tests track the jobs made, too)
+    for lease in made.aggregate.bookings.leases():  # leave nothing in OAR (the tests track the jobs made, too)
         with contextlib.suppress(GeniError):
-            backend.release(lease)
+            made.backend.release(lease)
     database.dispose()
 
 
