@@ -106,7 +106,19 @@ def parse_request(
     sfa_leases = sfa.in_grains(reader, sfa_asked, grain_of, policy.grain)
     option_problems: list[Problem] = []
     slot = options.read_slot(allocate_options, now, policy.default_duration, option_problems)
-    leases = _assemble(reader, nodes, ol_leases, sfa_leases, slot or options.Slot(None, policy.default_duration, True))
+    others = sfa.other_slices_leases(document.root, slice_urn) if slice_urn is not None else []
+    # With SFA leases (sfi's way), only leases book: sfi sends back every node an advertisement listed, and a node
+    # no lease names (free, or only another slice's lease names it) is not one asked for from now.
+    only_leases_book = any(True for _ in document.root.iterchildren(sfa.LEASE))
+    fallback = None if only_leases_book else slot or options.Slot(None, policy.default_duration, True)
+    leases = _assemble(reader, nodes, ol_leases, sfa_leases, fallback)
+    if not leases and others:
+        named = ", ".join(sorted({repr(lease.slice_id) for lease in others}))
+        reader.report(
+            others[0].element,
+            f"every SFA lease of this request names another slice (slice_id {named}) than the one called for "
+            f'({slice_urn}): nothing to book; write slice_id="{slice_urn}" on your leases, or leave slice_id out',
+        )
     _check_overlaps(reader, nodes, leases)
     problems = _merge(found, reader.problems) + option_problems
     if problems:
@@ -271,9 +283,10 @@ def _assemble(
     nodes: list[_Node],
     ol_leases: list[ol.OlLease],
     sfa_leases: list[sfa.SfaLease],
-    fallback: options.Slot,
+    fallback: options.Slot | None,
 ) -> list[tuple[RequestLease, etree._Element | None]]:
-    """The leases with their nodes (client_ids in node order), each with its element for messages."""
+    """The leases with their nodes (client_ids in node order), each with its element for messages. A node no lease
+    books is booked in ``fallback`` (from now, or the Allocate options' window); with None it is left out."""
     by_name: dict[str, int] = {}
     for index, lease in enumerate(ol_leases):
         for name in lease.names:
@@ -333,7 +346,7 @@ def _assemble(
         covered |= client_ids
         result.append((RequestLease(sfa_lease.start, sfa_lease.duration, in_order(client_ids)), sfa_lease.element))
     uncovered = {n.node.client_id for n in nodes} - covered
-    if uncovered:
+    if uncovered and fallback is not None:
         rest = RequestLease(fallback.start, fallback.duration, in_order(uncovered), from_now=fallback.from_now)
         result.append((rest, None))
     return result

@@ -24,7 +24,7 @@ from rspec.model import MAX_DURATION
 from rspec.namespaces import geni
 from rspec.reading import Reader
 from sfa_omf.errors import BadArgs
-from sfa_omf.xrn import Urn, parse_urn
+from sfa_omf.xrn import parse_urn
 
 LEASE = geni("lease")
 NODE = geni("node")
@@ -39,7 +39,7 @@ class SfaLeaseAsked:
     start: datetime | None
     grains: int
     component_ids: tuple[str, ...]
-    slice_key: Urn | str | None
+    slice_key: str | None
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,24 @@ def read_leases(reader: Reader, root: etree._Element, grain: timedelta, slice_ur
     return in_grains(reader, read_asked(reader, root, slice_urn), {}, grain)
 
 
+@dataclass(frozen=True)
+class OtherSliceLease:
+    """An SFA lease of another slice than the call's, left out (an advertisement's booking sent back): its element,
+    its slice_id and the component_ids it names (its nodes are not booked for the caller either)."""
+
+    element: etree._Element
+    slice_id: str
+    component_ids: tuple[str, ...]
+
+
 def read_asked(reader: Reader, root: etree._Element, slice_urn: str | None) -> list[SfaLeaseAsked]:
     """Every top-level SFA lease of a request for the slice ``slice_urn`` (None: every lease, grouped by slice_id)
-    as written, those of other slices left out; bad ones reported and left out."""
+    as written, those of other slices left out (``other_slices_leases`` gives them); bad ones reported and left
+    out."""
     leases = []
     for element in root.iterchildren(LEASE):
         slice_id = reader.text(element, "slice_id")
-        if slice_id is not None and slice_urn is not None and _comparable(slice_id) != _comparable(slice_urn):
+        if slice_id is not None and slice_urn is not None and not names_the_slice(slice_id, slice_urn):
             continue  # another slice's booking shown to the caller, sent back: not the caller's to book
         before = len(reader.problems)
         if _is_zero(element.get("start_time")):  # IoT-LAB's "as soon as possible", here 1970
@@ -84,7 +95,7 @@ def read_asked(reader: Reader, root: etree._Element, slice_urn: str | None) -> l
             continue
         known = tuple(dict.fromkeys(c for c in component_ids if c is not None))
         # Grouped by slice only when no call names one: then every kept lease is the call's.
-        slice_key = _comparable(slice_id) if slice_id is not None and slice_urn is None else None
+        slice_key = slice_id.strip().lower() if slice_id is not None and slice_urn is None else None
         leases.append(SfaLeaseAsked(element, start, grains, known, slice_key))
     return leases
 
@@ -96,9 +107,7 @@ def in_grains(
     not hold), those of one slice with the same slot merged; a lease whose nodes' grains differ is reported."""
     # Per slot: its first element and its component_ids in order (a dict, so merging thousands of one-node leases of
     # one slot stays linear: a tuple searched and copied for each was quadratic, minutes for a 4 MB request).
-    slots: dict[
-        tuple[Urn | str | None, datetime | None, timedelta, timedelta], tuple[etree._Element, dict[str, None]]
-    ] = {}
+    slots: dict[tuple[str | None, datetime | None, timedelta, timedelta], tuple[etree._Element, dict[str, None]]] = {}
     for lease in leases:
         grains = {c: grain_of.get(c, grain) for c in lease.component_ids}
         if len(set(grains.values())) > 1:
@@ -146,13 +155,28 @@ def with_component_ids(leases: list[SfaLeaseAsked], spelt: Mapping[str, str]) ->
     ]
 
 
-def _comparable(text: str) -> Urn | str:
-    """A slice_id as URNs compare (sfa_omf.trust.credential.same_urn: prefix and type in any case, authority and
-    name exactly): a URN parsed; text that is no URN, as it is."""
+def other_slices_leases(root: etree._Element, slice_urn: str) -> list[OtherSliceLease]:
+    """The top-level SFA leases of a request whose slice_id names another slice than ``slice_urn``."""
+    found = []
+    for element in root.iterchildren(LEASE):
+        slice_id = element.get("slice_id")
+        if slice_id is not None and slice_id.strip() and not names_the_slice(slice_id, slice_urn):
+            named = (node.get("component_id") for node in element.iterchildren(NODE))
+            found.append(OtherSliceLease(element, slice_id, tuple(c.strip() for c in named if c and c.strip())))
+    return found
+
+
+def names_the_slice(slice_id: str, slice_urn: str) -> bool:
+    """Whether an SFA lease's slice_id names the slice ``slice_urn``: its URN or its HRN (``testbed.demo``), in any
+    case. Lenient on purpose: a lease taken for another slice's is left out, and a caller's own lease so lost would
+    book nothing (or its nodes from now)."""
+    given = slice_id.strip().lower()
+    if given == slice_urn.strip().lower():
+        return True
     try:
-        return parse_urn(text)
+        return given == parse_urn(slice_urn.strip()).hrn.lower()
     except BadArgs:
-        return text
+        return False
 
 
 def _is_zero(value: str | None) -> bool:

@@ -417,7 +417,28 @@ class Aggregate:
         taken: list[LeaseRecord] = []
         reused_by_id = _reused_leases(held, named_ids, now)
         reused = sorted(reused_by_id)
+        # Other slices' current leases named by id with their own windows: bookings an advertisement showed (sfi's
+        # `-l all` sent back), not the caller's to book again. Named with another window, an id is only a label.
+        # Read only when the request names leases the slice does not hold.
+        windows = self.bookings.current_windows(named_ids - {lease.id for lease in held})
+        others_shown = {
+            lease.existing_id
+            for lease in request.leases
+            if lease.existing_id in windows
+            and lease.start is not None
+            and (lease.start, lease.start + lease.duration) == windows[lease.existing_id]
+        }
+        if others_shown and all(lease.existing_id in others_shown for lease in request.leases):
+            raise GeniError(
+                Reason.BAD_ARGS,
+                f"every lease of this request is another slice's current booking "
+                f"({', '.join(sorted(others_shown))}), as an advertisement shows them: nothing to book for "
+                f"{slice_urn}; add leases of your own (an <ol:lease client_id=...> without id, or an SFA <lease> "
+                "with your slice_id)",
+            )
         for lease in request.leases:
+            if lease.existing_id in others_shown:
+                continue  # another slice's booking, shown by an advertisement and sent back
             components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]
             kept = reused_by_id.get(lease.existing_id or "")
             if kept is not None:
@@ -1439,8 +1460,10 @@ class Aggregate:
         logins = [self.accounts.login_for(user.user_urn, slice_urn) for user in users]
         manifest_slivers: list[ManifestSliver] = []
         # One <node> per client_id and node, however many leases hold it: jFed and omni match manifest nodes to the
-        # request's by client_id, and a manifest sent back would name a client_id twice. Index in manifest_slivers.
-        node_elements: dict[tuple[str, str], int] = {}
+        # request's by client_id, and a manifest sent back would name a client_id twice. Only leases that show the
+        # node alike share it (the same image, no containers): a <node> holds one image, and one lease's would hide
+        # the other's. Index in manifest_slivers, by (client_id, node, image).
+        node_elements: dict[tuple[str, str, str], int] = {}
         grains = self._own_grains(leases) if sfa_leases else {}  # read only for SFA's view
         containers = self._containers_of(leases)
         for lease in leases:
@@ -1448,12 +1471,14 @@ class Aggregate:
                 node = nodes.get(sliver.node)
                 mine = containers.get(sliver.urn, [])
                 client_id = sliver.client_id or (node.component_name if node else sliver.node)
-                shown = node_elements.get((client_id, sliver.node))
+                alike = (client_id, sliver.node, sliver.disk_image or "")
+                shown = node_elements.get(alike) if not mine else None
                 if shown is not None:  # its sliver_id stays the first lease's; this one's is in geni_slivers
                     first = manifest_slivers[shown]
                     manifest_slivers[shown] = replace(first, lease_ids=(*first.lease_ids, lease.id))
                 else:
-                    node_elements[(client_id, sliver.node)] = len(manifest_slivers)
+                    if not mine:
+                        node_elements[alike] = len(manifest_slivers)
                     manifest_slivers.append(
                         ManifestSliver(
                             sliver_id=sliver.urn,
@@ -1533,9 +1558,9 @@ class _Allocated:
 
 def _reused_leases(held: Sequence[LeaseRecord], named_ids: set[str], now: datetime) -> dict[str, LeaseRecord]:
     """The slice's current leases (of ``held``) the request names by the id the aggregate gave them (an ol:lease id
-    seen in a manifest, sent back with the request), by id. An id that names no current lease of the slice (another
-    slice's, one that ended, an allocation not provisioned in time, which the calendar is releasing, or a client's
-    own label that looks like one) is only a label: that lease is booked."""
+    seen in a manifest, sent back with the request), by id. An id that names no current lease of the slice (one that
+    ended, an allocation not provisioned in time, which the calendar is releasing, or a client's own label that looks
+    like one) is only a label: that lease is booked. (Another slice's current lease is left out by ``_allocate``.)"""
     return {
         lease.id: lease
         for lease in held

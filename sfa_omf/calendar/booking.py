@@ -1177,6 +1177,19 @@ class Bookings:
             rows = session.execute(select(Lease.id, Lease.state).where(Lease.id.in_(wanted)))
             return {lease_id: state for lease_id, state in rows}
 
+    def current_windows(self, lease_ids: Iterable[str]) -> dict[str, tuple[datetime, datetime]]:
+        """The window of each of these leases that is allocated or provisioned (others, and unknown ids, left out)."""
+        wanted = set(lease_ids)
+        if not wanted:
+            return {}
+        with self.database.read() as session:
+            rows = session.execute(
+                select(Lease.id, Lease.start_s, Lease.end_s).where(
+                    Lease.id.in_(wanted), Lease.state.in_(ACTIVE_LEASE_STATES)
+                )
+            )
+            return {lease_id: (from_s(start_s), from_s(end_s)) for lease_id, start_s, end_s in rows}
+
     def slices_of_slivers(self, sliver_urns: Iterable[str]) -> set[str]:
         """The URNs of the slices the named slivers belong to."""
         urns = sorted(set(sliver_urns))

@@ -155,6 +155,74 @@ def test_an_sfa_lease_of_the_calls_slice_or_of_none_is_the_callers(aggregate: Ag
     ]
 
 
+@pytest.mark.parametrize("spelling", ["urn:publicid:IDN+TestBed+slice+Demo", "testbed.demo", "TESTBED.DEMO"])
+def test_an_sfa_lease_naming_the_calls_slice_in_another_spelling_is_the_callers(
+    aggregate: Aggregate, pki: DemoPki, spelling: str
+) -> None:
+    """The call's slice with its authority or name in another case, or as its HRN (sfi writes either): the caller's
+    lease, booked for the window it asks (was left out as another slice's, and its node booked from now instead)."""
+    start = _hour(3)
+    body = f'<node client_id="n1" component_id="{node_urn("n1")}"/>' + _sfa_lease(node_urn("n1"), start, spelling)
+    _allocate(aggregate, pki, _request(body))
+    assert _slots(aggregate, pki.slice_urn) == [(start, start + timedelta(hours=1), (node_urn("n1"),))]
+
+
+def test_a_node_only_another_slices_lease_names_is_not_booked_from_now(aggregate: Aggregate, pki: DemoPki) -> None:
+    """sfi's -l all view sent back: every advertised <node>, other slices' leases, and the caller's lease on n2. The
+    nodes only the other slice's lease names are its booking shown, not nodes asked for from now."""
+    start = _hour(3)
+    body = (
+        f'<node client_id="n1" component_id="{node_urn("n1")}"/><node client_id="n2" component_id="{node_urn("n2")}"/>'
+        + _sfa_lease(node_urn("n1"), start + timedelta(hours=2), OTHER_SLICE)
+        + _sfa_lease(node_urn("n2"), start, pki.slice_urn)
+    )
+    _allocate(aggregate, pki, _request(body))
+    assert _slots(aggregate, pki.slice_urn) == [(start, start + timedelta(hours=1), (node_urn("n2"),))]
+
+
+def test_a_request_whose_sfa_leases_all_name_other_slices_is_refused_saying_so(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    start = _hour(3)
+    body = f'<node client_id="n1" component_id="{node_urn("n1")}"/>' + _sfa_lease(node_urn("n1"), start, OTHER_SLICE)
+    refused = _refusal(aggregate, pki, _request(body))
+    assert refused.reason == Reason.BAD_ARGS
+    assert f"names another slice (slice_id '{OTHER_SLICE}')" in refused.message
+    assert f'write slice_id="{pki.slice_urn}"' in refused.message
+    assert _slots(aggregate, pki.slice_urn) == []
+
+
+def test_sfis_all_view_sent_back_with_ones_own_lease_books_only_that_lease(aggregate: Aggregate, pki: DemoPki) -> None:
+    """`sfi resources -l all`, one's own lease added, allocate: the view lists every node (n1 with the other slice's
+    booking as an ol:lease and an SFA lease, n2 and big free). Only the caller's lease is booked: not the other
+    slice's booking (it was read as the caller's and refused 7), nor the free nodes from now."""
+    start = _hour(3)
+    _book_for_other_slice(aggregate, pki, "n1", start + timedelta(hours=3))
+    bob = pki.users["bob"]
+    advertised = aggregate.list_resources(bob.chain, [bob.user_cred], {**V3, "list_leases": "all"})
+    mine = _sfa_lease(node_urn("n2"), start, pki.slice_urn)
+    request = (
+        advertised.split("?>", 1)[1]
+        .replace('type="advertisement"', 'type="request"')
+        .replace("</rspec>", f"{mine}</rspec>")
+    )
+    _allocate(aggregate, pki, request)
+    assert _slots(aggregate, pki.slice_urn) == [(start, start + timedelta(hours=1), (node_urn("n2"),))]
+
+
+def test_a_request_of_other_slices_ol_leases_only_is_refused_saying_so(aggregate: Aggregate, pki: DemoPki) -> None:
+    """An advertisement's ol:lease of another slice's booking, sent back alone: nothing of the caller's to book."""
+    other = _book_for_other_slice(aggregate, pki, "n1", _hour(3))
+    body = (
+        f'<ol:lease id="{other.id}" valid_from="{format_time(other.start)}" valid_until="{format_time(other.end)}"/>'
+        f'<node client_id="n1" component_id="{node_urn("n1")}"><ol:lease_ref id_ref="{other.id}"/></node>'
+    )
+    refused = _refusal(aggregate, pki, _request(body))
+    assert refused.reason == Reason.BAD_ARGS
+    assert f"another slice's current booking ({other.id})" in refused.message
+    assert _slots(aggregate, pki.slice_urn) == []
+
+
 def test_with_no_calls_slice_leases_of_one_slot_are_grouped_by_slice() -> None:
     body = "".join(
         f'<lease slice_id="urn:publicid:IDN+testbed+slice+{name}" start_time="1796119200" duration="2">'

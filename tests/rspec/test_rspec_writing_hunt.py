@@ -24,7 +24,7 @@ from sfa_omf.calendar.records import LeaseRecord, NodeSpec
 from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.verifier import CredentialVerifier, VerdictCache
-from tests.am.conftest import Clock
+from tests.am.conftest import Clock, aggregate_on
 from tests.calendar.conftest import fresh_database, node_urn
 from tests.conftest import DemoPki
 
@@ -225,6 +225,29 @@ def test_a_node_booked_in_two_leases_is_one_manifest_node_with_both_lease_refs(
         assert ol_leases == [(lease_a.id, "a", sliver_a.urn), (lease_b.id, "b", sliver_b.urn)]
         assert validate(manifest.encode()) == [] and validate(manifest.encode(), geni_base=True) == []
     assert [sliver["geni_sliver_urn"] for sliver in answer["geni_slivers"]] == [sliver_a.urn, sliver_b.urn]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_node_booked_with_another_image_in_each_lease_is_a_manifest_node_each(
+    backend: str, tmp_path: Path, pki: DemoPki
+) -> None:
+    """Node x with ubuntu in lease a and debian in lease b: a <node> holds one image, so each lease's shows in a node
+    of its own (merged, lease b's image was hidden, and a manifest sent back asked for ubuntu)."""
+    images = ({"name": "ubuntu", "os": "Linux"}, {"name": "debian", "os": "Linux"})
+    with aggregate_on(backend, tmp_path, pki, NodeSpec(node_urn("m1"), "m1", disk_images=images)) as made:
+        for label, hours, image in (("a", 2, "ubuntu"), ("b", 5, "debian")):
+            node = (
+                f'<node client_id="x" component_id="{node_urn("m1")}" exclusive="true"><ol:lease_ref id_ref="{label}"/>'
+                f'<sliver_type name="raw-pc"><disk_image name="{image}"/></sliver_type></node>'
+            )
+            _allocate(made, pki, _ol_lease(label, _hour(hours)) + node)
+        root = etree.fromstring(_describe(made, pki)["geni_rspec"].encode())
+
+    shown = [
+        (node.get("client_id"), [image.get("name") for image in node.iterfind("g:sliver_type/g:disk_image", NS)])
+        for node in root.iterfind("g:node", NS)
+    ]
+    assert shown == [("x", ["ubuntu"]), ("x", ["debian"])]
 
 
 def test_a_lease_of_several_nodes_names_no_one_sliver(aggregate: Aggregate, pki: DemoPki) -> None:
