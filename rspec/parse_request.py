@@ -107,17 +107,31 @@ def parse_request(
     option_problems: list[Problem] = []
     slot = options.read_slot(allocate_options, now, policy.default_duration, option_problems)
     others = sfa.other_slices_leases(document.root, slice_urn) if slice_urn is not None else []
-    # With SFA leases (sfi's way), only leases book: sfi sends back every node an advertisement listed, and a node
-    # no lease names (free, or only another slice's lease names it) is not one asked for from now.
-    only_leases_book = any(True for _ in document.root.iterchildren(sfa.LEASE))
-    fallback = None if only_leases_book else slot or options.Slot(None, policy.default_duration, True)
-    leases = _assemble(reader, nodes, ol_leases, sfa_leases, fallback)
+    # Not booked from now for want of a lease: a node another slice's SFA lease names (that slice's booking, shown),
+    # and, in a request with SFA leases (sfi's way: it sends back every node an advertisement listed), a node that
+    # carries what an advertisement lists (<available>). A plain <node> with no lease is booked from now, as ever.
+    others_nodes = {c for lease in others for c in lease.component_ids}
+    with_sfa_leases = any(True for _ in document.root.iterchildren(sfa.LEASE))
+    not_from_now = {
+        n.node.client_id
+        for n in nodes
+        if n.node.component_id in others_nodes or (with_sfa_leases and _listed_by_an_advertisement(n.element))
+    }
+    fallback = slot or options.Slot(None, policy.default_duration, True)
+    leases = _assemble(reader, nodes, ol_leases, sfa_leases, fallback, not_from_now)
     if not leases and others:
         named = ", ".join(sorted({repr(lease.slice_id) for lease in others}))
         reader.report(
             others[0].element,
             f"every SFA lease of this request names another slice (slice_id {named}) than the one called for "
             f'({slice_urn}): nothing to book; write slice_id="{slice_urn}" on your leases, or leave slice_id out',
+        )
+    elif not leases and not_from_now:
+        listed = ", ".join(sorted(not_from_now)[:5]) + (", ..." if len(not_from_now) > 5 else "")
+        reader.report(
+            document.root,
+            f"nothing to book: no lease names the nodes this request lists as an advertisement lists them ({listed}); "
+            "add a lease for each node you want (an SFA <lease> with your slice_id, or an <ol:lease>)",
         )
     _check_overlaps(reader, nodes, leases)
     problems = _merge(found, reader.problems) + option_problems
@@ -283,10 +297,12 @@ def _assemble(
     nodes: list[_Node],
     ol_leases: list[ol.OlLease],
     sfa_leases: list[sfa.SfaLease],
-    fallback: options.Slot | None,
+    fallback: options.Slot,
+    not_from_now: set[str],
 ) -> list[tuple[RequestLease, etree._Element | None]]:
     """The leases with their nodes (client_ids in node order), each with its element for messages. A node no lease
-    books is booked in ``fallback`` (from now, or the Allocate options' window); with None it is left out."""
+    books is booked in ``fallback`` (from now, or the Allocate options' window), but for those of ``not_from_now``
+    (client_ids), left out."""
     by_name: dict[str, int] = {}
     for index, lease in enumerate(ol_leases):
         for name in lease.names:
@@ -345,11 +361,17 @@ def _assemble(
         client_ids = {_node_for_component(nodes, by_component, c, order) for c in sfa_lease.component_ids}
         covered |= client_ids
         result.append((RequestLease(sfa_lease.start, sfa_lease.duration, in_order(client_ids)), sfa_lease.element))
-    uncovered = {n.node.client_id for n in nodes} - covered
-    if uncovered and fallback is not None:
+    uncovered = {n.node.client_id for n in nodes} - covered - not_from_now
+    if uncovered:
         rest = RequestLease(fallback.start, fallback.duration, in_order(uncovered), from_now=fallback.from_now)
         result.append((rest, None))
     return result
+
+
+def _listed_by_an_advertisement(element: etree._Element | None) -> bool:
+    """Whether a request's <node> carries what only an advertisement writes (<available>): one sent back as sfi users
+    send back `sfi resources -l all`, listing every node."""
+    return element is not None and element.find(geni("available")) is not None
 
 
 def _written_as_ol(lease: sfa.SfaLease, ol_windows: list[tuple[datetime, datetime]] | None) -> bool:

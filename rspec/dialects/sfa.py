@@ -95,7 +95,7 @@ def read_asked(reader: Reader, root: etree._Element, slice_urn: str | None) -> l
             continue
         known = tuple(dict.fromkeys(c for c in component_ids if c is not None))
         # Grouped by slice only when no call names one: then every kept lease is the call's.
-        slice_key = slice_id.strip().lower() if slice_id is not None and slice_urn is None else None
+        slice_key = slice_id.strip() if slice_id is not None and slice_urn is None else None
         leases.append(SfaLeaseAsked(element, start, grains, known, slice_key))
     return leases
 
@@ -167,16 +167,18 @@ def other_slices_leases(root: etree._Element, slice_urn: str) -> list[OtherSlice
 
 
 def names_the_slice(slice_id: str, slice_urn: str) -> bool:
-    """Whether an SFA lease's slice_id names the slice ``slice_urn``: its URN or its HRN (``testbed.demo``), in any
-    case. Lenient on purpose: a lease taken for another slice's is left out, and a caller's own lease so lost would
-    book nothing (or its nodes from now)."""
-    given = slice_id.strip().lower()
-    if given == slice_urn.strip().lower():
-        return True
+    """Whether an SFA lease's slice_id names the slice ``slice_urn``: its URN as URNs compare here (prefix and type in
+    any case, authority and name exactly: ``...+slice+Demo`` is another slice than ``...+slice+demo``), or its HRN
+    (``testbed.demo``) exactly."""
+    given = slice_id.strip()
     try:
-        return given == parse_urn(slice_urn.strip()).hrn.lower()
+        wanted = parse_urn(slice_urn.strip())
     except BadArgs:
-        return False
+        return given == slice_urn.strip()
+    try:
+        return parse_urn(given) == wanted
+    except BadArgs:  # no URN: an HRN, or text that names no slice
+        return given == wanted.hrn
 
 
 def _is_zero(value: str | None) -> bool:

@@ -418,27 +418,35 @@ class Aggregate:
         reused_by_id = _reused_leases(held, named_ids, now)
         reused = sorted(reused_by_id)
         # Other slices' current leases named by id with their own windows: bookings an advertisement showed (sfi's
-        # `-l all` sent back), not the caller's to book again. Named with another window, an id is only a label.
-        # Read only when the request names leases the slice does not hold.
+        # `-l all` sent back), not the caller's to book again: the nodes they hold are left out of such a lease (a
+        # node added under it is the caller's, booked with the id as a label). Named with another window, an id is
+        # only a label. Read only when the request names leases the slice does not hold.
         windows = self.bookings.current_windows(named_ids - {lease.id for lease in held})
-        others_shown = {
-            lease.existing_id
-            for lease in request.leases
-            if lease.existing_id in windows
-            and lease.start is not None
-            and (lease.start, lease.start + lease.duration) == windows[lease.existing_id]
-        }
-        if others_shown and all(lease.existing_id in others_shown for lease in request.leases):
+        shown: dict[str, frozenset[str]] = {}  # request client_ids left out, by the other slice's lease id
+        for lease in request.leases:
+            other = windows.get(lease.existing_id or "")
+            if (
+                other is not None
+                and lease.start is not None
+                and (lease.start, lease.start + lease.duration) == other[:2]
+            ):
+                theirs = {c for c in lease.nodes if self._component_of(request.node(c)) in other[2]}
+                shown[lease.existing_id or ""] = frozenset(theirs)
+        if shown and all(
+            set(lease.nodes) <= shown.get(lease.existing_id or "", frozenset()) for lease in request.leases
+        ):
             raise GeniError(
                 Reason.BAD_ARGS,
-                f"every lease of this request is another slice's current booking "
-                f"({', '.join(sorted(others_shown))}), as an advertisement shows them: nothing to book for "
-                f"{slice_urn}; add leases of your own (an <ol:lease client_id=...> without id, or an SFA <lease> "
-                "with your slice_id)",
+                f"every lease of this request is another slice's current booking ({', '.join(sorted(shown))}), as "
+                f"an advertisement shows them: nothing to book for {slice_urn}; add leases of your own (an "
+                "<ol:lease client_id=...> without id, or an SFA <lease> with your slice_id)",
             )
         for lease in request.leases:
-            if lease.existing_id in others_shown:
-                continue  # another slice's booking, shown by an advertisement and sent back
+            left_out = shown.get(lease.existing_id or "")
+            if left_out:
+                if set(lease.nodes) <= left_out:
+                    continue  # another slice's booking, shown by an advertisement and sent back
+                lease = replace(lease, nodes=tuple(c for c in lease.nodes if c not in left_out))
             components = [self._component_of(request.node(client_id)) for client_id in lease.nodes]
             kept = reused_by_id.get(lease.existing_id or "")
             if kept is not None:

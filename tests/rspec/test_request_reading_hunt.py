@@ -155,16 +155,51 @@ def test_an_sfa_lease_of_the_calls_slice_or_of_none_is_the_callers(aggregate: Ag
     ]
 
 
-@pytest.mark.parametrize("spelling", ["urn:publicid:IDN+TestBed+slice+Demo", "testbed.demo", "TESTBED.DEMO"])
-def test_an_sfa_lease_naming_the_calls_slice_in_another_spelling_is_the_callers(
-    aggregate: Aggregate, pki: DemoPki, spelling: str
-) -> None:
-    """The call's slice with its authority or name in another case, or as its HRN (sfi writes either): the caller's
-    lease, booked for the window it asks (was left out as another slice's, and its node booked from now instead)."""
+def test_an_sfa_lease_naming_the_calls_slice_by_its_hrn_is_the_callers(aggregate: Aggregate, pki: DemoPki) -> None:
+    """sfi may write the slice's HRN: the caller's lease, booked for the window it asks."""
     start = _hour(3)
-    body = f'<node client_id="n1" component_id="{node_urn("n1")}"/>' + _sfa_lease(node_urn("n1"), start, spelling)
+    body = f'<node client_id="n1" component_id="{node_urn("n1")}"/>' + _sfa_lease(node_urn("n1"), start, "testbed.demo")
     _allocate(aggregate, pki, _request(body))
     assert _slots(aggregate, pki.slice_urn) == [(start, start + timedelta(hours=1), (node_urn("n1"),))]
+
+
+@pytest.mark.parametrize("spelling", ["urn:publicid:IDN+testbed+slice+Demo", "urn:publicid:IDN+TestBed+slice+demo"])
+def test_a_slice_id_differing_in_case_is_another_slice_and_its_node_is_not_booked_from_now(
+    aggregate: Aggregate, pki: DemoPki, spelling: str
+) -> None:
+    """URNs compare with authority and name exactly (docs/trust.md): ...+slice+Demo is another slice. Its lease is
+    left out, the node it names is not booked from now instead (it was, answering 0), and the refusal says why."""
+    start = _hour(3)
+    body = f'<node client_id="n1" component_id="{node_urn("n1")}"/>' + _sfa_lease(node_urn("n1"), start, spelling)
+    refused = _refusal(aggregate, pki, _request(body))
+    assert refused.reason == Reason.BAD_ARGS
+    assert f"names another slice (slice_id '{spelling}')" in refused.message
+    assert _slots(aggregate, pki.slice_urn) == []
+
+
+def test_a_plain_node_beside_an_sfa_lease_is_booked_from_now_as_ever(aggregate: Aggregate, pki: DemoPki) -> None:
+    """A <node> without lease and without an advertisement's <available> is asked for from now, SFA leases or not."""
+    start = _hour(3)
+    body = f'<node client_id="n2" component_id="{node_urn("n2")}"/>' + _sfa_lease(node_urn("n1"), start, pki.slice_urn)
+    _allocate(aggregate, pki, _request(body))
+    booked = _slots(aggregate, pki.slice_urn)
+    assert (start, start + timedelta(hours=1), (node_urn("n1"),)) in booked
+    assert [nodes for _, _, nodes in booked] == [(node_urn("n2"),), (node_urn("n1"),)], "n2 from now, then n1"
+
+
+def test_a_node_of_ours_beside_an_sfa_lease_of_another_aggregates_node_is_booked_from_now(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """omni sends a slice's whole request to each aggregate: an SFA lease naming only another aggregate's node books
+    nothing here, and our plain node is booked from now (it was left out: nothing booked, answering 0)."""
+    elsewhere, its_manager = "urn:publicid:IDN+elsewhere+node+x", "urn:publicid:IDN+elsewhere+authority+am"
+    body = (
+        f'<node client_id="n1" component_id="{node_urn("n1")}"/>'
+        f'<node client_id="x" component_id="{elsewhere}" component_manager_id="{its_manager}"/>'
+        + _sfa_lease(elsewhere, _hour(3), pki.slice_urn)
+    )
+    _allocate(aggregate, pki, _request(body))
+    assert [nodes for _, _, nodes in _slots(aggregate, pki.slice_urn)] == [(node_urn("n1"),)]
 
 
 def test_a_node_only_another_slices_lease_names_is_not_booked_from_now(aggregate: Aggregate, pki: DemoPki) -> None:
@@ -221,6 +256,22 @@ def test_a_request_of_other_slices_ol_leases_only_is_refused_saying_so(aggregate
     assert refused.reason == Reason.BAD_ARGS
     assert f"another slice's current booking ({other.id})" in refused.message
     assert _slots(aggregate, pki.slice_urn) == []
+
+
+def test_a_node_added_under_another_slices_lease_id_is_booked_with_the_id_as_a_label(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """An advertisement's ol:lease of another slice's booking on n1, with a new node n2 put under it: n1 is that
+    slice's booking shown (left out), n2 the caller's, booked in that window."""
+    other = _book_for_other_slice(aggregate, pki, "n1", _hour(3))
+    body = (
+        f'<ol:lease id="{other.id}" valid_from="{format_time(other.start)}" valid_until="{format_time(other.end)}"/>'
+        f'<node client_id="n1" component_id="{node_urn("n1")}"><ol:lease_ref id_ref="{other.id}"/></node>'
+        f'<node client_id="n2" component_id="{node_urn("n2")}"><ol:lease_ref id_ref="{other.id}"/></node>'
+    )
+    _allocate(aggregate, pki, _request(body))
+    assert _slots(aggregate, pki.slice_urn) == [(other.start, other.end, (node_urn("n2"),))]
+    assert [lease.nodes for lease in aggregate.bookings.leases(slice_urn=OTHER_SLICE)] == [(node_urn("n1"),)]
 
 
 def test_with_no_calls_slice_leases_of_one_slot_are_grouped_by_slice() -> None:
