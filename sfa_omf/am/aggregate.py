@@ -417,20 +417,21 @@ class Aggregate:
         taken: list[LeaseRecord] = []
         reused_by_id = _reused_leases(held, named_ids, now)
         reused = sorted(reused_by_id)
-        # Other slices' current leases named by id with their own windows: bookings an advertisement showed (sfi's
-        # `-l all` sent back), not the caller's to book again: the nodes they hold are left out of such a lease (a
-        # node added under it is the caller's, booked with the id as a label). Named with another window, an id is
-        # only a label. Read only when the request names leases the slice does not hold.
-        windows = self.bookings.current_windows(named_ids - {lease.id for lease in held})
+        # Other slices' leases named by id with their own windows (ended or not): bookings an advertisement showed
+        # (sfi's `-l all` sent back), not the caller's to book. The nodes they hold are left out of such a lease; a
+        # node the caller added under one is booked as a new lease. Named with another window, or naming no other
+        # slice's lease, an id is only a label. Read only when the request names leases the slice does not hold.
+        windows = self.bookings.windows_of(named_ids - {lease.id for lease in held})
         shown: dict[str, frozenset[str]] = {}  # request client_ids left out, by the other slice's lease id
         for lease in request.leases:
             other = windows.get(lease.existing_id or "")
             if (
                 other is not None
+                and other[0] != slice_urn
                 and lease.start is not None
-                and (lease.start, lease.start + lease.duration) == other[:2]
+                and (lease.start, lease.start + lease.duration) == other[1:3]
             ):
-                theirs = {c for c in lease.nodes if self._component_of(request.node(c)) in other[2]}
+                theirs = {c for c in lease.nodes if self._component_of(request.node(c)) in other[3]}
                 shown[lease.existing_id or ""] = frozenset(theirs)
         if shown and all(
             set(lease.nodes) <= shown.get(lease.existing_id or "", frozenset()) for lease in request.leases

@@ -1177,23 +1177,25 @@ class Bookings:
             rows = session.execute(select(Lease.id, Lease.state).where(Lease.id.in_(wanted)))
             return {lease_id: state for lease_id, state in rows}
 
-    def current_windows(self, lease_ids: Iterable[str]) -> dict[str, tuple[datetime, datetime, frozenset[str]]]:
-        """The window and nodes (component_ids) of each of these leases that is allocated or provisioned (others,
-        and unknown ids, left out)."""
+    def windows_of(self, lease_ids: Iterable[str]) -> dict[str, tuple[str, datetime, datetime, frozenset[str]]]:
+        """The slice (URN), window and nodes (component_ids) of each of these leases, whatever its state (unknown
+        ids left out)."""
         wanted = set(lease_ids)
         if not wanted:
             return {}
-        found: dict[str, tuple[datetime, datetime, set[str]]] = {}
+        found: dict[str, tuple[str, datetime, datetime, set[str]]] = {}
         with self.database.read() as session:
             rows = session.execute(
-                select(Lease.id, Lease.start_s, Lease.end_s, Node.component_id)
+                select(Lease.id, Slice.urn, Lease.start_s, Lease.end_s, Node.component_id)
+                .join(Slice, Slice.id == Lease.slice_id)
                 .join(Sliver, Sliver.lease_id == Lease.id)
                 .join(Node, Node.id == Sliver.node_id)
-                .where(Lease.id.in_(wanted), Lease.state.in_(ACTIVE_LEASE_STATES))
+                .where(Lease.id.in_(wanted))
             )
-            for lease_id, start_s, end_s, component_id in rows:
-                found.setdefault(lease_id, (from_s(start_s), from_s(end_s), set()))[2].add(component_id)
-        return {lease_id: (start, end, frozenset(nodes)) for lease_id, (start, end, nodes) in found.items()}
+            for lease_id, slice_urn, start_s, end_s, component_id in rows:
+                entry = found.setdefault(lease_id, (slice_urn, from_s(start_s), from_s(end_s), set()))
+                entry[3].add(component_id)
+        return {lease_id: (urn, start, end, frozenset(nodes)) for lease_id, (urn, start, end, nodes) in found.items()}
 
     def slices_of_slivers(self, sliver_urns: Iterable[str]) -> set[str]:
         """The URNs of the slices the named slivers belong to."""

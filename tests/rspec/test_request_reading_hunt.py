@@ -258,11 +258,11 @@ def test_a_request_of_other_slices_ol_leases_only_is_refused_saying_so(aggregate
     assert _slots(aggregate, pki.slice_urn) == []
 
 
-def test_a_node_added_under_another_slices_lease_id_is_booked_with_the_id_as_a_label(
+def test_a_node_added_under_another_slices_lease_id_is_booked_as_a_new_lease(
     aggregate: Aggregate, pki: DemoPki
 ) -> None:
     """An advertisement's ol:lease of another slice's booking on n1, with a new node n2 put under it: n1 is that
-    slice's booking shown (left out), n2 the caller's, booked in that window."""
+    slice's booking shown (left out), n2 the caller's, booked in that window as a new lease."""
     other = _book_for_other_slice(aggregate, pki, "n1", _hour(3))
     body = (
         f'<ol:lease id="{other.id}" valid_from="{format_time(other.start)}" valid_until="{format_time(other.end)}"/>'
@@ -272,6 +272,25 @@ def test_a_node_added_under_another_slices_lease_id_is_booked_with_the_id_as_a_l
     _allocate(aggregate, pki, _request(body))
     assert _slots(aggregate, pki.slice_urn) == [(other.start, other.end, (node_urn("n2"),))]
     assert [lease.nodes for lease in aggregate.bookings.leases(slice_urn=OTHER_SLICE)] == [(node_urn("n1"),)]
+
+
+def test_another_slices_booking_sent_back_after_it_ended_is_not_booked_for_the_caller(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """sfi's `-l all` view, sent back after the other slice's lease on n1 ended: its ol:lease (id, window) is still
+    that slice's booking, not a label under which n1 is booked for the caller."""
+    start = _hour(3)
+    other = _book_for_other_slice(aggregate, pki, "n1", start)
+    aggregate.bookings.cancel(other.id)  # ...after the view was fetched
+    body = (
+        f'<ol:lease id="{other.id}" valid_from="{format_time(other.start)}" valid_until="{format_time(other.end)}"/>'
+        f'<node client_id="n1" component_id="{node_urn("n1")}"><ol:lease_ref id_ref="{other.id}"/></node>'
+        + _sfa_lease(node_urn("n2"), start + timedelta(hours=2), pki.slice_urn)
+    )
+    _allocate(aggregate, pki, _request(body))
+    assert _slots(aggregate, pki.slice_urn) == [
+        (start + timedelta(hours=2), start + timedelta(hours=3), (node_urn("n2"),))
+    ]
 
 
 def test_with_no_calls_slice_leases_of_one_slot_are_grouped_by_slice() -> None:
