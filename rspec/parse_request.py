@@ -107,32 +107,11 @@ def parse_request(
     option_problems: list[Problem] = []
     slot = options.read_slot(allocate_options, now, policy.default_duration, option_problems)
     others = sfa.other_slices_leases(document.root, slice_urn) if slice_urn is not None else []
-    # Not booked from now for want of a lease: a node another slice's SFA lease names (that slice's booking, shown),
-    # and, in a request with SFA leases (sfi's way: it sends back every node an advertisement listed), a node that
-    # carries what an advertisement lists (<available>). A plain <node> with no lease is booked from now, as ever.
-    others_nodes = {c for lease in others for c in lease.component_ids}
-    with_sfa_leases = any(True for _ in document.root.iterchildren(sfa.LEASE))
-    not_from_now = {
-        n.node.client_id
-        for n in nodes
-        if n.node.component_id in others_nodes or (with_sfa_leases and _listed_by_an_advertisement(n.element))
-    }
+    not_from_now = _not_from_now(document.root, nodes, others)
     fallback = slot or options.Slot(None, policy.default_duration, True)
     leases = _assemble(reader, nodes, ol_leases, sfa_leases, fallback, not_from_now)
-    if not leases and others:
-        named = ", ".join(sorted({repr(lease.slice_id) for lease in others}))
-        reader.report(
-            others[0].element,
-            f"every SFA lease of this request names another slice (slice_id {named}) than the one called for "
-            f'({slice_urn}): nothing to book; write slice_id="{slice_urn}" on your leases, or leave slice_id out',
-        )
-    elif not leases and not_from_now:
-        listed = ", ".join(sorted(not_from_now)[:5]) + (", ..." if len(not_from_now) > 5 else "")
-        reader.report(
-            document.root,
-            f"nothing to book: no lease names the nodes this request lists as an advertisement lists them ({listed}); "
-            "add a lease for each node you want (an SFA <lease> with your slice_id, or an <ol:lease>)",
-        )
+    if not leases:
+        _report_nothing_to_book(reader, slice_urn, others, not_from_now)
     _check_overlaps(reader, nodes, leases)
     problems = _merge(found, reader.problems) + option_problems
     if problems:
@@ -142,6 +121,41 @@ def parse_request(
         leases=_in_time_order(lease for lease, _ in leases),
         left_to_others=tuple(sorted(other_managers)),
     )
+
+
+def _not_from_now(root: etree._Element, nodes: list[_Node], others: list[sfa.OtherSliceLease]) -> set[str]:
+    """The nodes (client_ids) not booked from now for want of a lease: a node another slice's SFA lease names (that
+    slice's booking, shown), and, in a request with SFA leases (sfi's way: it sends back every node an advertisement
+    listed), a node that carries what an advertisement lists (<available>). A plain <node> with no lease is booked
+    from now, as ever."""
+    others_nodes = {c for lease in others for c in lease.component_ids}
+    with_sfa_leases = any(True for _ in root.iterchildren(sfa.LEASE))
+    return {
+        n.node.client_id
+        for n in nodes
+        if n.node.component_id in others_nodes or (with_sfa_leases and _listed_by_an_advertisement(n.element))
+    }
+
+
+def _report_nothing_to_book(
+    reader: Reader, slice_urn: str | None, others: list[sfa.OtherSliceLease], not_from_now: set[str]
+) -> None:
+    """Why a request that names nodes books none of them, when it is other slices' leases or an advertisement's
+    listing (a request naming no node at all is refused by the aggregate, which says so)."""
+    if others:
+        named = ", ".join(sorted({repr(lease.slice_id) for lease in others}))
+        reader.report(
+            others[0].element,
+            f"every SFA lease of this request names another slice (slice_id {named}) than the one called for "
+            f'({slice_urn}): nothing to book; write slice_id="{slice_urn}" on your leases, or leave slice_id out',
+        )
+    elif not_from_now:
+        listed = ", ".join(sorted(not_from_now)[:5]) + (", ..." if len(not_from_now) > 5 else "")
+        reader.report(
+            reader.document.root,
+            f"nothing to book: no lease names the nodes this request lists as an advertisement lists them ({listed}); "
+            "add a lease for each node you want (an SFA <lease> with your slice_id, or an <ol:lease>)",
+        )
 
 
 def _check_root(document: Document) -> None:
