@@ -1407,11 +1407,10 @@ class Aggregate:
         return self.backend.health(sliver, lease, now)
 
     def _sliver_dict(self, sliver: SliverRecord, lease: LeaseRecord) -> dict[str, Any]:
-        allocated = sliver.allocation_state == Allocation.ALLOCATED  # expires unless provisioned in time
         health = self._health(sliver, lease)
         return {
             "geni_sliver_urn": sliver.urn,
-            "geni_expires": format_time(sliver.expires if allocated else lease.end),
+            "geni_expires": format_time(_sliver_expiry(sliver, lease)),
             "geni_allocation_status": str(sliver.allocation_state),
             "geni_operational_status": str(health.operational_state),
             "geni_error": health.error,
@@ -1532,8 +1531,17 @@ class Aggregate:
                 for lease in leases
             ),
             generated=self.clock(),
-            # When the slivers answered expire: the latest of them (an allocation expires before its lease ends).
-            expires=max((parse_time(entry["geni_expires"]) for entry in slivers), default=None),
+            # When the slivers answered expire: the latest of them (an allocation expires before its lease ends; a
+            # container, a sliver of its own, with its lease).
+            expires=max(
+                (
+                    lease.end if containers.get(sliver.urn) else _sliver_expiry(sliver, lease)
+                    for lease in leases
+                    for sliver in lease.slivers
+                    if sliver_urns is None or sliver.urn in sliver_urns
+                ),
+                default=None,
+            ),
             slice_urn=slice_urn,
             grain=timedelta(seconds=self.policy.default_grain_s),
         )
@@ -1563,6 +1571,11 @@ class _Allocated:
     leases: tuple[LeaseRecord, ...]
     users_before: dict[str, list[str]] | None
     taken: tuple[LeaseRecord, ...] = ()  # the slice's allocations taken over (take_over), not booked by this call
+
+
+def _sliver_expiry(sliver: SliverRecord, lease: LeaseRecord) -> datetime:
+    """When a sliver expires: an allocation at its own expiry unless provisioned in time, else with its lease."""
+    return sliver.expires if sliver.allocation_state == Allocation.ALLOCATED else lease.end
 
 
 def _reused_leases(held: Sequence[LeaseRecord], named_ids: set[str], now: datetime) -> dict[str, LeaseRecord]:

@@ -1060,11 +1060,6 @@ class Bookings:
 
         retry_transient(unit_of_work)
 
-    def provision_holds(self, lease_ids: Iterable[str]) -> dict[str, datetime]:
-        """When the live Provision hold on each of these leases ends (leases without one are left out): a lapsed
-        allocation so held is not released before then."""
-        return {lease_id: from_s(hold.until_s) for lease_id, hold in self.provision_hold_ends(lease_ids).items()}
-
     def provision_hold_ends(self, lease_ids: Iterable[str]) -> dict[str, HoldEnd]:
         """The live Provision hold on each of these leases (leases without one are left out): when it ends, and
         whether a Provision is at work or it was left for the testbed (``HoldEnd``)."""

@@ -91,6 +91,14 @@ def _book_for_other_slice(aggregate: Aggregate, pki: DemoPki, node: str, start: 
     return lease
 
 
+def _view_sent_back(aggregate: Aggregate, pki: DemoPki, list_leases: str, added: str) -> str:
+    """sfi's workflow: the advertisement (``list_leases`` view) another user sees, made a request, ``added`` in it."""
+    bob = pki.users["bob"]
+    advertised = aggregate.list_resources(bob.chain, [bob.user_cred], {**V3, "list_leases": list_leases})
+    request = advertised.split("?>", 1)[1].replace('type="advertisement"', 'type="request"')
+    return request.replace("</rspec>", f"{added}</rspec>")
+
+
 # -- 1. an SFA lease's duration counts grains of its nodes' own grain -------------------------------------------------
 
 
@@ -125,15 +133,8 @@ def test_other_slices_leases_sent_back_from_an_advertisement_are_left_out(aggreg
     slot) was merged into the caller's and refused (n1 is booked), or booked for the caller when n1 was free."""
     start = _hour(3)
     _book_for_other_slice(aggregate, pki, "n1", start)
-    bob = pki.users["bob"]
-    advertised = aggregate.list_resources(bob.chain, [bob.user_cred], {**V3, "list_leases": "leases"})
-    assert f'slice_id="{OTHER_SLICE}"' in advertised  # the view sfi users edit holds the other slice's lease
-    mine = _sfa_lease(node_urn("n2"), start, pki.slice_urn)
-    request = (
-        advertised.split("?>", 1)[1]
-        .replace('type="advertisement"', 'type="request"')
-        .replace("</rspec>", f"{mine}</rspec>")
-    )
+    request = _view_sent_back(aggregate, pki, "leases", _sfa_lease(node_urn("n2"), start, pki.slice_urn))
+    assert f'slice_id="{OTHER_SLICE}"' in request  # the view sfi users edit holds the other slice's lease
     _allocate(aggregate, pki, request)
     assert _slots(aggregate, pki.slice_urn) == [(start, start + timedelta(hours=1), (node_urn("n2"),))]
 
@@ -233,15 +234,7 @@ def test_sfis_all_view_sent_back_with_ones_own_lease_books_only_that_lease(aggre
     slice's booking (it was read as the caller's and refused 7), nor the free nodes from now."""
     start = _hour(3)
     _book_for_other_slice(aggregate, pki, "n1", start + timedelta(hours=3))
-    bob = pki.users["bob"]
-    advertised = aggregate.list_resources(bob.chain, [bob.user_cred], {**V3, "list_leases": "all"})
-    mine = _sfa_lease(node_urn("n2"), start, pki.slice_urn)
-    request = (
-        advertised.split("?>", 1)[1]
-        .replace('type="advertisement"', 'type="request"')
-        .replace("</rspec>", f"{mine}</rspec>")
-    )
-    _allocate(aggregate, pki, request)
+    _allocate(aggregate, pki, _view_sent_back(aggregate, pki, "all", _sfa_lease(node_urn("n2"), start, pki.slice_urn)))
     assert _slots(aggregate, pki.slice_urn) == [(start, start + timedelta(hours=1), (node_urn("n2"),))]
 
 
