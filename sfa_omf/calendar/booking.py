@@ -296,13 +296,17 @@ class Bookings:
             return BookingResult(leases=tuple(leases), refused=tuple(conflicts), slice_view=view)
 
     def _serialize_slice(self, session: Session, slice_urn: str, owner_urn: str, contact: Contact | None) -> bool:
-        """On PostgreSQL, serialize bookings of one slice and one user so limit checks see each other. Answers
-        whether the caller's contact may differ from the stored one: the same round trip reads it (on PostgreSQL;
-        it is nearly always unchanged, and its upsert would be a round trip of its own). The e-mail is read from
-        the statement's snapshot, taken before its locks were waited for: a racing call of the same user with another
-        GID e-mail may commit meanwhile; then this call's e-mail, seen already stored, is not written again, as if it
-        had been written just before the racer's (the upsert answers the same when the calls run in that order)."""
-        stored = lock_names(session, slice_urn, owner_urn, read_email_of=contact.user_urn if contact else "")
+        """On PostgreSQL, serialize bookings of one slice, and of one user when the policy limits node-hours per user,
+        so limit checks see each other. Answers whether the caller's contact may differ from the stored one: the same
+        round trip reads it (on PostgreSQL; it is nearly always unchanged, and its upsert would be a round trip of its
+        own). The e-mail is read from the statement's snapshot, taken before its locks were waited for: a racing call
+        of the same user with another GID e-mail may commit meanwhile; then this call's e-mail, seen already stored,
+        is not written again, as if it had been written just before the racer's (the upsert answers the same when
+        the calls run in that order)."""
+        # The booker's lock only serializes what the per-user limit counts; without that limit, bookings of one user
+        # in different slices run in parallel (the contact's write is an upsert, safe without it).
+        booker = owner_urn if self.policy.max_hours_per_day_per_user is not None else ""
+        stored = lock_names(session, slice_urn, booker, read_email_of=contact.user_urn if contact else "")
         return contact is not None and stored != contact.gid_email
 
     def _slice_for_booking(

@@ -101,8 +101,8 @@ _ADVISORY_LOCKS_READING_EMAIL = [PlainStatement(select(*locks, _STORED_EMAIL)) f
 def lock_names(session: Session, *names: str, read_email_of: str = "") -> str | None:
     """Take the advisory locks of these URNs until the end of the transaction, in sorted order (never in a cycle).
     Every unit of work that changes what a slice books or who its users are takes its slice's lock first, so they
-    happen one after the other (bookings take their booker's too). PostgreSQL only: on SQLite every writer is
-    serialized by BEGIN IMMEDIATE already.
+    happen one after the other (bookings take their booker's too under a per-user limit). PostgreSQL only: on SQLite
+    every writer is serialized by BEGIN IMMEDIATE already.
 
     ``read_email_of``: a user URN whose stored GID e-mail (slices.record_contact) the same round trip reads and
     answers (None: not stored, or not read because there was no lock to take)."""
