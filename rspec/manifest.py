@@ -72,15 +72,17 @@ def _write_sfa_leases(root: etree._Element, manifest: Manifest) -> None:
     if manifest.grain is None:
         raise ValueError("SFA leases in a manifest need the grain (Manifest.grain)")
     own_grain: dict[str, timedelta] = {}
+    slivers_of: dict[str, list[ManifestSliver]] = {}  # by lease id, in the manifest's order: one pass, not one a lease
     for sliver in manifest.slivers:
         if sliver.grain is not None:  # (a container's sliver names no grain: its node's sliver does)
             own_grain.setdefault(sliver.component_id, sliver.grain)
+        for lease_id in dict.fromkeys(sliver.lease_ids):
+            slivers_of.setdefault(lease_id, []).append(sliver)
     for lease in manifest.leases:
         by_grain: dict[timedelta, dict[str, None]] = {}  # nodes: an ordered set
-        for sliver in manifest.slivers:
-            if lease.id in sliver.lease_ids:
-                grain = own_grain.get(sliver.component_id, manifest.grain)
-                by_grain.setdefault(grain, {})[sliver.component_id] = None
+        for sliver in slivers_of.get(lease.id, ()):
+            grain = own_grain.get(sliver.component_id, manifest.grain)
+            by_grain.setdefault(grain, {})[sliver.component_id] = None
         for grain, nodes in by_grain.items():
             start_time, grains = sfa_lease_slot(lease.start, lease.end, grain)
             element = etree.SubElement(root, geni("lease"))
