@@ -55,7 +55,7 @@ from sfa_omf.am.containers import plan as plan_containers
 from sfa_omf.am.containers import sliver_dict as container_dict
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.am.states import Allocation, Event, IllegalTransition, Operational, next_operational, operational_action
-from sfa_omf.calendar.availability import Availability
+from sfa_omf.calendar.availability import Availability, CommonSlot
 from sfa_omf.calendar.booking import (
     BookingConflict,
     Bookings,
@@ -407,6 +407,9 @@ class Aggregate:
         if containers and self.instances is not None and self.instances.plans is not None:
             check_one_node_per_lease(request, containers)
         wanted: list[BookingRequest] = []
+        best_effort = bool(options.get("geni_best_effort"))
+        # (geni_best_effort) nodes in maintenance, or lost, of leases with no start: refused, as Bookings refuses them.
+        down_refused: list[Conflict] = []
         named_ids = {lease.existing_id for lease in request.leases if lease.existing_id}
         # The slice's leases, read once, only when the request names some by id or a CreateSliver may take some over.
         held = self.bookings.leases(slice_urn=slice_urn) if take_over or named_ids else []
@@ -476,20 +479,23 @@ class Aggregate:
                 continue
             if kept is not None:
                 continue
+            down: set[str] = set()
             if lease.start is None:
                 # As soon as possible; with no time at all (from_now), from now itself when the nodes are free, and
                 # (no end asked for either) no later than the slice credential allows.
-                slot = self.availability.earliest_slot(
-                    int(lease.duration.total_seconds()),
-                    now,
-                    nodes=components,
-                    from_now=lease.from_now,
-                    ends_by=verified.expires,
+                slot, refused_down = self._earliest_slot_of_usable(
+                    lease, components, now, verified.expires, best_effort
                 )
+                down_refused += refused_down
+                down = {conflict.node for conflict in refused_down}
+                if slot is None:
+                    continue  # every node of this lease is down: refused, nothing of it to book
                 start, end = slot.start, slot.end
             else:
                 start, end = lease.start, lease.start + lease.duration
             for client_id, component in zip(lease.nodes, components, strict=True):
+                if component in down:
+                    continue
                 node = request.node(client_id)
                 wanted.append(
                     BookingRequest(
@@ -512,6 +518,9 @@ class Aggregate:
             raise GeniError(Reason.ALREADY_EXISTS, _held_already_message(held_already, method))
         # Before anything is written: an unknown image books nothing (nor provisions a taken-over allocation).
         self._check_images([*wanted, *taken_images], verified.owner_urn)
+        if not wanted and down_refused:
+            # Best effort that can book nothing at all is refused whole, as Bookings.book refuses it.
+            raise BookingConflict(down_refused)
         if not wanted and not taken and new_only:
             raise GeniError(
                 Reason.ALREADY_EXISTS,
@@ -532,7 +541,7 @@ class Aggregate:
                 verified.expires,
                 wanted,
                 owner_urn=verified.owner_urn,
-                best_effort=bool(options.get("geni_best_effort")),
+                best_effort=best_effort,
                 users=users,
                 contact=_contact(caller_chain, verified.owner_urn),
                 read_slice=True,  # the manifest's leases, nodes and users, read in the booking's transaction
@@ -541,9 +550,10 @@ class Aggregate:
             own = self.bookings.leases(slice_urn=slice_urn)
             holds = self.bookings.provision_hold_ends(lease.id for lease in own if _allocation_lapsed(lease, now))
             note = _own_leases_note(refused.conflicts, own, now, method, holds)
-            if not note:
+            if not note and not down_refused:
                 raise
-            raise BookingConflict(refused.conflicts, note=note) from None
+            # Nothing was booked: the down nodes of leases with no start are named with the nodes Bookings refused.
+            raise BookingConflict([*refused.conflicts, *down_refused], note=note) from None
         try:
             # Again once booked: an image removed meanwhile (its removal saw no lease yet) fails this call instead.
             self._check_images(wanted, verified.owner_urn)
@@ -567,9 +577,42 @@ class Aggregate:
                 "geni_start_time": format_time(conflict.start),
                 "geni_end_time": format_time(conflict.end),
             }
-            for conflict in result.refused
+            for conflict in (*result.refused, *down_refused)
         ]
         return _Allocated(answer, result.leases, users_before if users else None, tuple(taken))
+
+    def _earliest_slot_of_usable(
+        self,
+        lease: RequestLease,
+        components: Sequence[str],
+        now: datetime,
+        ends_by: datetime,
+        best_effort: bool,
+    ) -> tuple[CommonSlot | None, list[Conflict]]:
+        """The earliest slot of a lease with no start (``components``: its nodes), and the refusals of its nodes that
+        are down (in maintenance, or lost).
+
+        Without ``best_effort`` a down node refuses the whole request (``Availability.earliest_slot``'s
+        BookingConflict, before anything is written). With it, the lease's other nodes get the earliest slot where
+        they are all free, and each down node is refused for that window, as ``Bookings.book`` refuses a down node of
+        a best-effort booking; every node down: no slot, each refused for the window earliest_slot names."""
+        asked = list(components)
+        down: list[Conflict] = []
+        while True:
+            try:
+                slot = self.availability.earliest_slot(
+                    int(lease.duration.total_seconds()), now, nodes=asked, from_now=lease.from_now, ends_by=ends_by
+                )
+            except BookingConflict as refused:
+                if not best_effort:
+                    raise
+                down += refused.conflicts
+                gone = {conflict.node for conflict in refused.conflicts}
+                asked = [component for component in asked if component not in gone]
+                if not asked:
+                    return None, down
+                continue  # again without them (another may have gone down meanwhile)
+            return slot, [replace(conflict, start=slot.start, end=slot.end) for conflict in down]
 
     def _known_nodes(self, component_ids: frozenset[str]) -> dict[str, KnownNode]:
         """The calendar's nodes among these component_ids (a URN's authority in any case), for reading a request."""
