@@ -477,12 +477,19 @@ class WebCalendar:
         visible = {node.component_id for node in self._visible_nodes(viewer)}
         whole = {row.lease_id for row in rows if viewer.sees_booking(row)}
         events = group_leases([row for row in rows if row.node in visible or row.lease_id in whole])
-        revisions = self.revisions.observe({event.lease_id: fingerprint(event) for event in events})
-        users = self.timeline.users_of_slices({event.slice_urn for event in events if viewer.sees(event.slice_urn)})
+        # The members of every slice of the feed, in one query: a change of them is a new revision of the slice's
+        # leases for every reader alike (else readers who are and are not shown them would each record their own).
+        members = self.timeline.users_of_slices({event.slice_urn for event in events})
+        revisions = self.revisions.observe(
+            {event.lease_id: fingerprint(event, members.get(event.slice_urn, ())) for event in events}
+        )
+        shown_members = {slice_urn: users for slice_urn, users in members.items() if viewer.sees(slice_urn)}
         return WebResponse(
             200,
             ICS,
-            render_feed(name, events, revisions, whole.__contains__, self.settings.host, users, self.event_texts),
+            render_feed(
+                name, events, revisions, whole.__contains__, self.settings.host, shown_members, self.event_texts
+            ),
         )
 
     # -- helpers --------------------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """iCal (RFC 5545) feeds of leases with the icalendar library: one VEVENT per lease.
 
 - UID ``<lease id>@<aggregate host>``: the same in every feed and forever, so a client updates rather than adds.
-- SEQUENCE and DTSTAMP come from the calendar's published revisions (calendar/feeds.py): a renew, a delete or the
-  registry's removal of the slice or of the booker (their names become "URN (removed TIME)") raises the SEQUENCE, so
-  clients replace what they hold.
+- SEQUENCE and DTSTAMP come from the calendar's published revisions (calendar/feeds.py): a renew, a delete, a
+  change of the slice's members or the registry's removal of the slice or of the booker (their names become
+  "URN (removed TIME)") raises the SEQUENCE, so clients replace what they hold.
 - Cancelled and expired leases stay in the feed as STATUS:CANCELLED (a client removes the event only when told).
 - Times are UTC (``...Z``).
 - Privacy: the caller decides per lease (``sees``, given the lease id) whether the event names the slice, nodes'
@@ -72,12 +72,14 @@ def group_leases(rows: Sequence[BookingRow]) -> list[LeaseEvent]:
     ]
 
 
-def fingerprint(event: LeaseEvent) -> str:
+def fingerprint(event: LeaseEvent, members: Sequence[str] = ()) -> str:
     """What a client must be told about when it changes (its SEQUENCE grows then): the window and the state, and also
     the slice and the booker, which a removal from the registry turns into "URN (removed TIME)" (a client replaces an
-    event it holds only when the SEQUENCE grew, so it would keep the old names), and the label. Not the nodes: a
-    lease's nodes never change, and the nodes an event lists depend on who reads the feed (a private pool's are left
-    out for others), so two readers would record two fingerprints of one lease, each read raising its SEQUENCE."""
+    event it holds only when the SEQUENCE grew, so it would keep the old names), the label, and ``members``: the
+    slice's users (``Timeline.users_of_slices``), which an event seen whole lists. Not the nodes: a lease's nodes never
+    change, and the nodes an event lists depend on who reads the feed (a private pool's are left out for others), so
+    two readers would record two fingerprints of one lease, each read raising its SEQUENCE. The members are given for
+    every reader alike, also those who are not shown them, for the same reason."""
     shown = (
         int(event.start.timestamp()),
         int(event.end.timestamp()),
@@ -85,6 +87,7 @@ def fingerprint(event: LeaseEvent) -> str:
         event.slice_urn,
         event.owner_urn,
         event.client_id,
+        sorted(set(members)),  # the order they were read or added in is no change
     )
     return hashlib.sha256(json.dumps(shown).encode("utf-8")).hexdigest()
 
@@ -141,7 +144,8 @@ def render_feed(
     cache: EventCache | None = None,
 ) -> bytes:
     """The VCALENDAR text of these leases (each VEVENT from the cache when it has it); ``sees``: whether the viewer
-    sees the lease (by its id) whole."""
+    sees the lease (by its id) whole; ``users``: the members of the slices whose members the viewer may be shown (an
+    event seen whole lists them)."""
     calendar = Calendar()
     calendar.add("prodid", PRODID)
     calendar.add("version", "2.0")
