@@ -235,3 +235,14 @@ def is_authority_for(authority_hrn: str, hrn: str) -> bool:
     auth_parts = split_hrn(authority_hrn)
     parts = split_hrn(hrn)
     return len(auth_parts) <= len(parts) and parts[: len(auth_parts)] == auth_parts
+
+
+def is_authority_over_urn(authority_hrn: str, urn: Urn) -> bool:
+    """True when the authority ``authority_hrn`` may name what ``urn`` names. An authority URN: the authority itself
+    or one under it (is_authority_for). Anything else: the authority is over the URN's authority field, not merely
+    over its HRN: ``fed.sub`` names ``urn:publicid:IDN+fed:sub+user+x``, but not ``urn:publicid:IDN+fed+user+sub``
+    (a user of ``fed``), whose HRN is ``fed.sub`` too."""
+    if urn.is_authority:
+        return is_authority_for(authority_hrn, urn.hrn)
+    auth_parts = split_hrn(authority_hrn)
+    return len(auth_parts) <= len(urn.authority) and urn.authority[: len(auth_parts)] == auth_parts

@@ -195,10 +195,10 @@ class Aggregate:
 
     def _check_registered_keys(self, connected: GidChain, caller_chain: GidChain, verified: VerifiedCredential) -> None:
         """Users of this aggregate's own authority act with the key its registry holds for them now (caller_keys.py):
-        the certificate the call is made with, the user a tool speaks for, and the credential's owner; and a slice of
-        the authority is the one its registry holds under that name now (the credential's target). FORBIDDEN for a
-        caller's certificate, CREDENTIAL_MISMATCH (as for an owner who is not the caller, or another target) for a
-        credential."""
+        the certificate the call is made with, the user a tool speaks for, the credential's owner and each user who
+        delegated it; and a slice of the authority is the one its registry holds under that name now (the
+        credential's target). FORBIDDEN for a caller's certificate, CREDENTIAL_MISMATCH (as for an owner who is not
+        the caller, or another target) for a credential."""
         for chain in (connected, caller_chain) if caller_chain is not connected else (connected,):
             leaf = chain[0] if chain else None
             refused = self.registered_keys.refusal(leaf.urn or "", leaf.key_id) if leaf is not None else None
@@ -214,6 +214,19 @@ class Aggregate:
                 + "; ask the registry for a new credential with the registered key (sfi.py: delete the *.cred "
                 "files in ~/.sfi and call again)",
             )
+        # Whoever delegated the credential answers for it on every use: a local user removed (or whose key the
+        # registry no longer holds) no longer lends their rights through credentials they delegated earlier.
+        for delegator_urn, delegator_key_id in verified.delegators:
+            refused = self.registered_keys.refusal(delegator_urn, delegator_key_id)
+            if refused is not None:
+                raise TrustError(
+                    Reason.OWNER_MISMATCH,
+                    f"this credential was delegated by {refused.urn}, whom the registry of "
+                    f"{self.settings.authority_hrn} "
+                    + ("no longer registers (the user was removed)" if refused.removed else "holds with another key")
+                    + ": a delegation lasts only while its delegator is registered; ask a researcher of the slice "
+                    "(or the registry) for a new credential",
+                )
         refused = self.registered_keys.slice_refusal(verified.target_urn, verified.target_key_id)
         if refused is not None:
             where = f"the registry of {self.settings.authority_hrn}"

@@ -422,8 +422,11 @@ class RegistryApi:
         registered = RegisteredKeys(self.records, self.authority.hrn, ttl_s=0)
         caller = context.caller_chain[0] if context.caller_chain else None
         caller_urn, caller_key = (caller.urn or "", caller.key_id) if caller is not None else ("", "")
+        # Whoever delegated the credential answers for it too: a removed PI's delegation changes nothing any more.
+        delegators = [(urn, key_id, "the credential's delegator") for urn, key_id in verified.delegators]
         for urn, key_id, what in (
             (verified.owner_urn, verified.owner_key_id, "the credential's owner"),
+            *delegators,
             (caller_urn, caller_key, "your certificate"),
         ):
             refusal = registered.refusal(urn, key_id)

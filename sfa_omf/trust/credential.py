@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 
 from sfa_omf.errors import BadArgs, Reason, TrustError
-from sfa_omf.times import format_time, parse_time
+from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust import xmldsig
 from sfa_omf.trust.gid import Gid, GidChain, chain_pem, load_gid_chain
 from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, parse_untrusted
@@ -225,7 +225,8 @@ def _named_urn(element: etree._Element, role: str, gid: Gid, where: str) -> str:
     are judged on the GID, and authorize compares the URN, so both must name the same thing.
 
     A GID with a URN: the text is empty (the GID's URN is used) or the same URN. A GID without one (SFA's old form,
-    the HRN only in its CN): the text is empty or a URN whose HRN is that CN.
+    the HRN only in its CN): the text is empty or a URN whose HRN is that CN. The owner's URN is returned in its
+    canonical form (str(parse_urn(...))), the name its logins and leases are kept under.
     """
     text = _text(element, f"{role}_urn", where, required=False)
     try:
@@ -235,6 +236,9 @@ def _named_urn(element: etree._Element, role: str, gid: Gid, where: str) -> str:
             f"{where}: the {role}_gid names {gid.urn or gid.subject_cn!r}, which does not parse: {exc.message}"
         ) from exc
     if not text or text == gid.urn:  # the usual case, without parsing the text again (the GID's URN is checked)
+        if role == "owner" and gid.parsed_urn is not None:
+            # The canonical form (prefix and type in lower case): the owner's name keys logins and leases.
+            return str(gid.parsed_urn)
         return gid.urn or ""
     # The text becomes the owner's or target's name (a lease's owner), as a certificate's URN does: the same rule.
     problem = urn_character_problem(text)
@@ -252,7 +256,9 @@ def _named_urn(element: etree._Element, role: str, gid: Gid, where: str) -> str:
             f"{where}: {role}_urn {text} names {written.hrn!r}, but {role}_gid names {gid.subject_cn!r} (its CN; "
             "it carries no URN): a credential's URN must name the certificate it carries"
         )
-    return text
+    # The owner's name keys logins and leases: `URN:PUBLICID:IDN+tb+USER+alice` is alice, under her one spelling.
+    # (A target is only compared, case-insensitively where URNs are: kept as written.)
+    return str(written) if role == "owner" else text
 
 
 def _read_chain(element: etree._Element, tag: str, where: str) -> GidChain:
@@ -404,8 +410,8 @@ def delegate_credential(
     """Delegate a credential to another owner, signed by the parent's owner (the delegator).
 
     By default every privilege is passed on, without the right to delegate further, with the parent's expiry.
-    Refuses (BadArgs) what a verifier would refuse: a privilege the parent cannot delegate, a later expiry, or a
-    delegator who does not own the parent.
+    Refuses (BadArgs) what a verifier would refuse: a privilege the parent cannot delegate, a later expiry, an
+    expiry not after now (the parent's too: an expired credential), or a delegator who does not own the parent.
     """
     _check_signer(key, delegator_chain)
     parsed = read_credential(parent_xml)
@@ -420,6 +426,12 @@ def delegate_credential(
         if not held[name].can_delegate:
             raise BadArgs(f"cannot delegate {name!r}: the credential does not allow delegating it")
     new_expires = expires or parent.expires
+    now = utcnow()
+    if new_expires <= now:  # a dead credential is of no use to anyone: say so rather than write it
+        raise BadArgs(
+            f"the expiry {format_time(new_expires)} is not after now ({format_time(now)}): give a later --expires"
+            + ("" if expires is not None else f" (the credential itself expired at {format_time(parent.expires)})")
+        )
     if new_expires > parent.expires:
         raise BadArgs(f"a delegated credential cannot outlive its parent ({format_time(parent.expires)})")
     used_ids = {element.get(XML_ID) for element in parsed.root.iter() if element.get(XML_ID)}

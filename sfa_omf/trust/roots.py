@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from sfa_omf.errors import BadArgs, Reason, TrustError
 from sfa_omf.times import format_time
 from sfa_omf.trust.gid import Gid, GidChain, keep_verified, load_gid_chain
-from sfa_omf.xrn import is_authority_for
+from sfa_omf.xrn import is_authority_for, is_authority_over_urn
 
 log = logging.getLogger("sfa_omf.trust")
 
@@ -251,12 +251,22 @@ def _check_link(child: Gid, parent: Gid, role: str) -> None:
             f"{role} chain is invalid: {_describe(parent)} signs {_describe(child)} but is not an authority "
             "(it needs basicConstraints CA:TRUE and an authority URN)",
         )
-    if not is_authority_for(parent.hrn, child.hrn):
+    if not may_name(parent, child):
         raise TrustError(
             Reason.INVALID_CHAIN,
-            f"{role} chain is invalid: authority {parent.hrn!r} may not name {child.hrn!r} "
-            "(an authority only names what lies under it)",
+            f"{role} chain is invalid: authority {parent.hrn!r} may not name {child.urn or child.hrn!r} "
+            "(an authority only names what lies under it: a user or slice by its URN's authority)",
         )
+
+
+def may_name(authority: Gid, named: Gid) -> bool:
+    """SFA's naming rule between certificates: ``authority`` is over the name ``named`` carries. With a URN, by
+    xrn.is_authority_over_urn (a user's or slice's by the URN's authority field: sub-authority ``fed:sub`` may not
+    name ``urn:publicid:IDN+fed+user+sub``, though its HRN is ``fed.sub``); without one (SFA's old form), by the HRN
+    its CN gives."""
+    if named.parsed_urn is not None:
+        return is_authority_over_urn(authority.hrn, named.parsed_urn)
+    return is_authority_for(authority.hrn, named.hrn)
 
 
 @dataclass(frozen=True)
@@ -340,7 +350,7 @@ def _check_chain(chain: GidChain, roots: TrustedRoots, at: datetime, role: str) 
             "its root certificate to trusted_roots/",
         )
     assert anchor is not None
-    if not is_authority_for(anchor.hrn, leaf.hrn):
+    if not may_name(anchor, leaf):
         raise TrustError(
             Reason.INVALID_CHAIN,
             f"{role} {_describe(leaf)} chains to trusted root {anchor.hrn!r}, which is no authority over {leaf.hrn!r}",

@@ -38,8 +38,8 @@ from sfa_omf.trust import rights, xmldsig
 from sfa_omf.trust import roots as roots_module
 from sfa_omf.trust.credential import Credential, CredentialDocument, read_credential, same_urn
 from sfa_omf.trust.gid import Gid, GidChain, der_of_base64, gid_from_der
-from sfa_omf.trust.roots import TrustedRoots, VerifiedChain, check_chain
-from sfa_omf.xrn import is_authority_for, is_urn, parse_urn
+from sfa_omf.trust.roots import TrustedRoots, VerifiedChain, check_chain, may_name
+from sfa_omf.xrn import is_authority_over_urn, is_urn, parse_urn
 
 _DS = f"{{{xmldsig.DSIG_NS}}}"
 #: The largest RSA key OpenSSL verifies a signature with (OPENSSL_RSA_MAX_MODULUS_BITS).
@@ -62,6 +62,10 @@ class VerifiedCredential:
     valid_from: datetime  # latest notBefore of every certificate involved
     valid_until: datetime  # earliest of every expiry involved (credentials and certificates)
     depth: int  # 0 = issued directly by an authority
+    #: (owner URN, owner key id) of each credential up the delegation chain above this one, the delegator of this
+    #: one first, the root credential's owner last: whoever delegated it answers for it on every use (an aggregate
+    #: refuses a delegation by a local user its registry no longer holds, am/caller_keys.py).
+    delegators: tuple[tuple[str, str], ...] = ()
 
     @property
     def delegated(self) -> bool:
@@ -235,6 +239,7 @@ class CredentialVerifier:
             valid_from=valid_from,
             valid_until=valid_until,
             depth=credential.depth,
+            delegators=tuple((item.owner_urn, item.owner_chain[0].key_id) for item in lineage[1:]),
         )
 
     # -- step 2 ---------------------------------------------------------------------------------------------
@@ -249,8 +254,16 @@ class CredentialVerifier:
         """Check the use of a verified credential by caller on target_urn for operation. Raise TrustError.
 
         The caller is a verified certificate (same key as the owner's, or same URN) or, for offline checks by an
-        operator, just a URN. None of them: the owner is not checked.
+        operator, just a URN. None of them: the owner is not checked. A credential that names no owner (an owner
+        GID without a URN, SFA's old form, and an empty <owner_urn>) is of no use: OWNER_MISMATCH.
         """
+        if not verified.owner_urn:
+            # Nothing could be booked or recorded under an owner with no name (a lease's owner is a URN).
+            raise TrustError(
+                Reason.OWNER_MISMATCH,
+                "this credential names no owner: its owner certificate carries no URN (SFA's old form) and its "
+                "<owner_urn> is empty; ask its authority for a credential that names you by URN",
+            )
         if caller is not None:
             same_key = caller.key_id == verified.owner_key_id
             same_urn = bool(caller.urn) and _same_urn(caller.urn or "", verified.owner_urn)
@@ -348,7 +361,9 @@ def _authority_credential_covers(verified: VerifiedCredential, target_urn: str) 
         return False
     if not {"authority", "sa"} & {name.lower() for name in verified.privileges}:
         return False
-    return is_authority_for(parse_urn(verified.target_urn).hrn, parse_urn(target_urn).hrn)
+    # By the target's URN authority field (xrn.is_authority_over_urn): the credential of sub-authority fed.sub does
+    # not cover urn:publicid:IDN+fed+slice+sub, a slice of fed whose HRN is fed.sub too.
+    return is_authority_over_urn(parse_urn(verified.target_urn).hrn, parse_urn(target_urn))
 
 
 # -- the rules ----------------------------------------------------------------------------------------------------
@@ -467,7 +482,7 @@ def verify_signature_element(signature: etree._Element, xml_id: str) -> GidChain
 def _check_issuer(root_credential: Credential, signer: Gid) -> None:
     """The credential an authority issued must be signed by an authority over its target."""
     target = root_credential.target_chain[0]
-    if signer.is_authority and is_authority_for(signer.hrn, target.hrn):
+    if signer.is_authority and may_name(signer, target):
         return
     raise TrustError(
         Reason.ISSUER,
