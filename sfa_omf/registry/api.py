@@ -38,9 +38,10 @@ from sfa_omf.registry.sfi_dirs import delete_user_sfi_dirs
 from sfa_omf.server.xmlrpc import CallContext, shown_method
 from sfa_omf.sshkeys import ssh_public_keys
 from sfa_omf.times import format_time, parse_time, utcnow
-from sfa_omf.trust.gid import chain_pem, load_gid_chain
+from sfa_omf.trust.credential import same_urn
+from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain
 from sfa_omf.trust.verifier import CredentialVerifier
-from sfa_omf.xrn import is_urn, parse_urn, shown_urn
+from sfa_omf.xrn import is_authority_for, is_urn, parse_urn, shown_urn
 
 log = logging.getLogger("sfa_omf.registry")
 
@@ -317,6 +318,9 @@ class RegistryApi:
             raise BadArgs(f"the record's hrn {hrn[:80]} and urn {record['urn'][:100]} name different records")
         urn = new_record_urn(hrn, kind)  # a name that maps to exactly this URN, within what the database holds
         email = record_email(record.get("email") or "")
+        expires = record.get("expires")
+        if expires is not None and expires <= utcnow():  # as Update and sfa-omf slice create: nothing issued for it
+            raise BadArgs(f"the expiry {format_time(expires)} is in the past: give a time to come")
         self._authority_caller(context, params[1], "register", urn)
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already: use Update")
@@ -330,7 +334,6 @@ class RegistryApi:
             if not isinstance(key, rsa.RSAPublicKey):
                 raise BadArgs("the record's certificate must hold an RSA key")
             public_key = key
-        expires = record.get("expires")
         if kind == "slice" and expires is None:
             expires = utcnow() + DEFAULT_SLICE_LIFETIME
         try:
@@ -448,6 +451,11 @@ class RegistryApi:
     def _caller(self, context: CallContext, credentials: Any, operation: str) -> Record:
         """The calling user's record, after checking their credential allows ``operation``.
 
+        First, as the write calls do (_authority_caller): an authority credential of this authority lets its holder
+        read, a PI here or a user of another authority a PI here delegated it to (_authority_holder). Otherwise the
+        credential must be the caller's own user credential, or an authority credential of a user of this
+        authority, and the caller a user of this authority: users of other authorities are FORBIDDEN.
+
         As SFA's registry does, the caller may connect with a self-signed certificate (sfi.py's bootstrap): what
         proves who they are is that the TLS key is the key of the credential's owner, and the credential itself is
         verified against the trusted roots.
@@ -457,6 +465,12 @@ class RegistryApi:
             raise GeniError(
                 Reason.NO_CREDENTIAL, f"{operation} needs your user credential (GetSelfCredential gives it)"
             )
+        try:
+            self._authority_caller(context, credentials, operation, self.authority.urn)
+        except GeniError as refused:
+            authority_refusal = refused
+        else:
+            return self._authority_holder(context.caller_chain)
         caller_key = context.caller_chain[0].key_id
         refusals: list[GeniError] = []
         for credential in texts:
@@ -467,8 +481,30 @@ class RegistryApi:
                         Reason.OWNER_MISMATCH,
                         f"this credential belongs to {verified.owner_urn}, not to the key you connect with",
                     )
+                owner_hrn = parse_urn(verified.owner_urn).hrn
+                local_owner = is_authority_for(self.authority.hrn, owner_hrn)
+                if verified.target_type == "authority":
+                    # An authority credential the authority check refused: for a user of another authority, or
+                    # over a TLS chain that is not trusted, that refusal is the cause, not a missing user record.
+                    if not local_owner or authority_refusal.reason == Reason.CALLER_UNTRUSTED:
+                        raise self._authority_refusal_shown(authority_refusal, local_owner)
+                elif verified.target_type != "user" or not same_urn(verified.target_urn, verified.owner_urn):
+                    # A slice credential (or another user's) names no caller: it must not act as one.
+                    raise GeniError(
+                        Reason.TARGET_MISMATCH,
+                        f"this is a {verified.target_type or 'typeless'} credential for {verified.target_urn}: "
+                        f"{operation} needs your own user credential (GetSelfCredential gives it) or an authority "
+                        f"credential of {self.authority.hrn}",
+                    )
                 self.verifier.authorize(verified, None, None, operation)
-                record = self._record(parse_urn(verified.owner_urn).hrn, "user")
+                if not local_owner:
+                    raise GeniError(
+                        Reason.INSUFFICIENT_PRIVILEGES,
+                        f"{owner_hrn} is a user of another authority: users of other authorities need an authority "
+                        f"credential of {self.authority.hrn} for {operation} here (a PI of {self.authority.hrn} can "
+                        "delegate theirs to you)",
+                    )
+                record = self._record(owner_hrn, "user")
                 # The name alone is not enough: a user removed and registered again under the same name (another
                 # person, another key) must not be reachable with the credential of the earlier one.
                 if record_chain(record)[0].key_id != verified.owner_key_id:
@@ -481,3 +517,29 @@ class RegistryApi:
             except GeniError as exc:
                 refusals.append(exc)
         raise refusals[0]
+
+    def _authority_refusal_shown(self, refusal: GeniError, local_owner: bool) -> GeniError:
+        """The authority check's refusal as _caller reports it: what to do added to the trust layer's words."""
+        if refusal.reason == Reason.CALLER_UNTRUSTED:
+            return GeniError(
+                refusal.reason,
+                f"the chain of your TLS client certificate is not trusted here ({refusal.message}); an authority "
+                "credential acts only over a trusted certificate: connect with the certificate your authority issued "
+                "you (not a self-signed one)",
+            )
+        if local_owner:
+            return refusal
+        return GeniError(
+            refusal.reason,
+            f"{refusal.message} (users of other authorities need an authority credential of {self.authority.hrn}, "
+            f"which a PI of {self.authority.hrn} can delegate to them)",
+        )
+
+    def _authority_holder(self, caller_chain: GidChain) -> Record:
+        """Who holds an authority credential that passed the authority check: their user record here, or, for a
+        user of another authority, a record made from their (verified) TLS certificate chain, never stored."""
+        caller = caller_chain[0]
+        record = self.records.get(caller.hrn)
+        if record is not None and record.type == "user" and record_chain(record)[0].key_id == caller.key_id:
+            return record
+        return Record(caller.hrn, "user", caller.urn or "", chain_pem(caller_chain))
