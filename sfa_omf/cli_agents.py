@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfa_omf.cli_common import command_database, command_settings, error_text
 from sfa_omf.errors import BadArgs, GeniError
-from sfa_omf.times import format_time
+from sfa_omf.times import UtcLogFormatter, format_time
 
 if TYPE_CHECKING:
     from sfa_omf.testbed.oar.agent_nodes import OarAgentNodes
@@ -196,7 +196,9 @@ def _run(args: argparse.Namespace) -> int:
     from sfa_omf.agents.host import DirectoryHost, Host, UnixHost
     from sfa_omf.agents.node import Agent, AgentCallError, ServerNotTrusted
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(UtcLogFormatter("%(asctime)s %(name)s %(message)s"))  # UTC with a Z, as the server's lines
+    logging.basicConfig(level=logging.INFO, handlers=[stderr])
     host: Host = DirectoryHost(args.root_dir, args.state) if args.root_dir else UnixHost(args.state)
     agent = Agent(args.state, host, args.interval)
     if args.once:

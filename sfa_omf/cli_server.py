@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sfa_omf.cli_common import command_config, command_settings, config_warnings
 from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, LOG_LEVELS, read_config
 from sfa_omf.errors import BadArgs
+from sfa_omf.times import UtcLogFormatter
 
 if TYPE_CHECKING:
     from sfa_omf.config import Settings
@@ -60,14 +61,17 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
 def configure_logging(log_file: str, level: str, worker: int = 0) -> None:
     """One line per event, at ``level`` and above, to ``log_file`` or standard error. Under systemd (JOURNAL_STREAM
-    is set) the journal adds the time itself, so the line has none. Alembic's INFO lines are left out: the calendar
+    is set) the journal adds the time itself, so the line has none; elsewhere it begins with the time in UTC
+    (2026-12-02T20:08:59.746Z). Alembic's INFO lines are left out: the calendar
     logs its own line when a migration really runs. ``worker``: the number of a worker process of ``serve
     --workers``, named in its lines (as ``worker 2``) to tell them from the others'."""
     handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     journal = not log_file and bool(os.environ.get("JOURNAL_STREAM"))
     name = f"%(name)s[worker {worker}]" if worker else "%(name)s"
     line = f"%(levelname)s {name} %(message)s" if journal else f"%(asctime)s %(levelname)s {name} %(message)s"
-    logging.basicConfig(level=level, handlers=[handler], format=line, force=True)
+    # UTC with a Z, as every time in the messages: a server-local stamp beside "...Z" times misleads the reader.
+    handler.setFormatter(UtcLogFormatter(line))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 

@@ -46,6 +46,28 @@ def human_duration(seconds: int) -> str:
     return count(seconds / DAY, "day")
 
 
+def exact_duration(seconds: int) -> str:
+    """A duration to the second, in its largest units: "7 days 30 minutes", "1 hour 5 s", "0 s"."""
+    parts = []
+    rest = abs(seconds)
+    for unit_s, unit in ((DAY, "day"), (3600, "hour"), (60, "minute")):
+        if rest >= unit_s:
+            parts.append(f"{rest // unit_s} {unit}" + ("" if rest // unit_s == 1 else "s"))
+            rest %= unit_s
+    if rest or not parts:
+        parts.append(f"{rest} s")
+    return ("-" if seconds < 0 else "") + " ".join(parts)
+
+
+def compared_durations(asked_s: int, limit_s: int) -> tuple[str, str]:
+    """Two durations as a refusal compares them: as a person says them, or exactly when rounding makes them read
+    the same ("7 days is longer than the maximum of 7 days" for 7 days 30 minutes)."""
+    asked, limit = human_duration(asked_s), human_duration(limit_s)
+    if asked == limit and asked_s != limit_s:
+        return exact_duration(asked_s), exact_duration(limit_s)
+    return asked, limit
+
+
 def check_window(
     policy: Policy, start_s: int, end_s: int, now_s: int, grain_s: int, node: str, partial_start: bool = False
 ) -> None:
@@ -68,15 +90,11 @@ def check_window(
         raise PolicyViolation("past", f"the window for {node} is already over")
     duration = end_s - align_down(start_s, grain_s) if partial_start else end_s - start_s
     if duration < policy.min_duration_s:
-        raise PolicyViolation(
-            "min_duration",
-            f"{human_duration(duration)} is shorter than the minimum of {human_duration(policy.min_duration_s)}",
-        )
+        asked, minimum = compared_durations(duration, policy.min_duration_s)
+        raise PolicyViolation("min_duration", f"{asked} is shorter than the minimum of {minimum}")
     whole_slots = end_s - align_up(start_s, grain_s) if partial_start else duration
     if whole_slots > policy.max_duration_s:
-        raise PolicyViolation(
-            "max_duration",
-            f"{human_duration(whole_slots)} is longer than the maximum of {human_duration(policy.max_duration_s)}",
-        )
+        asked, maximum = compared_durations(whole_slots, policy.max_duration_s)
+        raise PolicyViolation("max_duration", f"{asked} is longer than the maximum of {maximum}")
     if start_s - now_s > policy.max_advance_s:
         raise PolicyViolation("max_advance", f"bookings may start at most {human_duration(policy.max_advance_s)} ahead")

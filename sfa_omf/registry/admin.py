@@ -22,7 +22,7 @@ from sfa_omf.registry.bootstrap import sfi_config
 from sfa_omf.registry.records import Record, Records, new_record_urn, record_email
 from sfa_omf.registry.sfi_dirs import delete_sfi_dir, delete_user_sfi_dirs, user_sfi_dir
 from sfa_omf.sshkeys import ssh_public_key
-from sfa_omf.times import utcnow
+from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.gid import chain_pem
 from sfa_omf.trust.pki import private_key_pem
 from sfa_omf.xrn import is_urn, parse_urn, split_hrn
@@ -187,4 +187,4 @@ class RegistryAdmin:
     @staticmethod
     def _check_future(expires: datetime) -> None:
         if expires <= utcnow():
-            raise BadArgs(f"the expiry {expires.isoformat()} is in the past")
+            raise BadArgs(f"the expiry {format_time(expires)} is in the past: give a later time (e.g. +30d)")

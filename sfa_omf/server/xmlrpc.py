@@ -38,12 +38,13 @@ import time
 import xmlrpc.client
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote_to_bytes
 from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
+from dateutil import parser as dateutil_parser
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import connectionDone
 from twisted.internet.threads import deferToThreadPool
@@ -116,17 +117,29 @@ _EXPECTED = {
 
 
 def _checked_datetime(unmarshaller: Any, data: str) -> None:
-    """<dateTime.iso8601> must hold a time (the stdlib keeps any text), e.g. 20261201T10:00:00."""
+    """<dateTime.iso8601> must hold a time (the stdlib keeps any text): ISO 8601 in any of its forms, basic or
+    extended (20261201T10:00:00, 2026-12-01T10:00:00Z, 20261201T100000, an offset, a fraction of a second). A time
+    with an offset is converted to UTC; one without is UTC already. The value is kept in the stdlib's form
+    (20261201T10:00:00, with the fraction when there is one), so that whoever reads it reads UTC."""
     text = data.strip()
-    for form in ("%Y%m%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S"):
-        try:
-            datetime.strptime(text, form)
-            break
-        except ValueError:
-            continue
-    else:
-        raise BadCall(f"<dateTime.iso8601> {text[:40]!r} is not a time such as 20261201T10:00:00")
-    xmlrpc.client.Unmarshaller.end_dateTime(unmarshaller, text)
+    try:
+        moment = dateutil_parser.isoparse(text)
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)  # OverflowError for year 1 with an offset
+    except (ValueError, OverflowError) as exc:
+        raise BadCall(
+            f"<dateTime.iso8601> {text[:40]!r} is not a time such as 20261201T10:00:00 or 2026-12-01T10:00:00Z"
+        ) from exc
+    xmlrpc.client.Unmarshaller.end_dateTime(unmarshaller, _stdlib_datetime_text(moment))
+
+
+def _stdlib_datetime_text(moment: datetime) -> str:
+    """A naive UTC datetime as the stdlib writes a dateTime (20261201T10:00:00), with its fraction if any; the year
+    always in four digits (strftime writes year 1 as "1")."""
+    text = (
+        f"{moment.year:04d}{moment.month:02d}{moment.day:02d}T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    )
+    return text + (f".{moment.microsecond:06d}" if moment.microsecond else "")
 
 
 class _BoundedUnmarshaller(xmlrpc.client.Unmarshaller):
