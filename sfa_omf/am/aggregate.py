@@ -372,11 +372,12 @@ class Aggregate:
         ``new_only`` (CreateSliver, GetTicket): a request that names only leases the slice holds (by their ids) is
         refused (ALREADY_EXISTS) before anything is written; Allocate answers the slice's manifest instead.
 
-        ``take_over`` (v2 CreateSliver): a requested lease that one of the slice's own allocations (allocated, never
-        provisioned, still in its time) already is, with the same nodes, slivers and window, is not booked again but
-        taken over (``_Allocated.taken``): it is what an earlier CreateSliver of this request booked before it was
-        cut short (its process killed between its Allocate and its Provision). v2 clients never Allocate, so the
-        slice's allocation is theirs, never shown to them, and retrying the call must not clash with it. A requested
+        ``take_over`` (v2 CreateSliver): a requested lease that one of the caller's own allocations in the slice
+        (allocated, never provisioned, still in its time) already is, with the same nodes, slivers and window, is not
+        booked again but taken over (``_Allocated.taken``): it is what an earlier CreateSliver of this request booked
+        before it was cut short (its process killed between its Allocate and its Provision), never shown to the
+        caller, and retrying the call must not clash with it. Another member's allocation is never taken over (it
+        waits for that member's own Provision, with their users): it stays allocated. A requested
         lease that one of the slice's current provisioned leases already is (the same nodes and slivers; the same
         window, or for "as soon as possible" the lease holding now or the window an earlier call found) is refused
         (ALREADY_EXISTS) before anything is written: it is what an earlier CreateSliver of this request made, and
@@ -426,7 +427,7 @@ class Aggregate:
         named_ids = {lease.existing_id for lease in request.leases if lease.existing_id}
         # The slice's leases, read once, only when the request names some by id or a CreateSliver may take some over.
         held = self.bookings.leases(slice_urn=slice_urn) if take_over or named_ids else []
-        leftovers = _leftover_allocations(held, now) if take_over else []
+        leftovers = _leftover_allocations(held, now, verified.owner_urn) if take_over else []
         # (v2 CreateSliver) the slice's current provisioned leases: a retry of the call that made one books nothing.
         provisioned = [lease for lease in held if lease.state == "provisioned" and lease.end > now] if take_over else []
         held_already: list[LeaseRecord] = []
@@ -1001,7 +1002,8 @@ class Aggregate:
                 ),
             ]
             limit, why = min(limits, key=lambda found: found[0])
-            grain = max((grain_of.get(node, 1) for node in lease.nodes), default=1)
+            # The calendar's rounding (Bookings' renewal): a boundary of every node's slots, their grains' lcm.
+            grain = math.lcm(*(grain_of.get(node, 1) for node in lease.nodes)) if lease.nodes else 1
             ends[lease.id] = (from_s(align_down(to_s(limit), grain)), f"{why}; leases end on slot boundaries")
         return ends
 
@@ -1646,13 +1648,16 @@ def _reused_leases(held: Sequence[LeaseRecord], named_ids: set[str], now: dateti
     }
 
 
-def _leftover_allocations(held: Sequence[LeaseRecord], now: datetime) -> list[LeaseRecord]:
-    """The slice's allocations (of ``held``) that a v2 CreateSliver may take over: allocated, never provisioned
-    (every sliver still geni_allocated) and still in their time to be provisioned."""
+def _leftover_allocations(held: Sequence[LeaseRecord], now: datetime, owner_urn: str) -> list[LeaseRecord]:
+    """The slice's allocations (of ``held``) that a v2 CreateSliver by ``owner_urn`` may take over: that user's own
+    (what an earlier CreateSliver of theirs, cut short, left), allocated, never provisioned (every sliver still
+    geni_allocated) and still in their time to be provisioned. Another member's allocation (a v3 Allocate waiting for
+    its own Provision, with its own users) is never taken over: it stays allocated."""
     return [
         lease
         for lease in held
-        if lease.state == "allocated"
+        if lease.owner_urn == owner_urn
+        and lease.state == "allocated"
         and all(sliver.allocation_state == Allocation.ALLOCATED for sliver in lease.slivers)
         and not _allocation_lapsed(lease, now)
     ]

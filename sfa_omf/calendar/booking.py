@@ -9,6 +9,7 @@ the check, which then reports the winner's booking as the conflict.
 from __future__ import annotations
 
 import functools
+import math
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -785,7 +786,9 @@ class Bookings:
             )
         nodes = [node for node in target if node.node_id is not None]  # (a lease without slivers has no node)
         start_s = lease.start_s
-        grain_s = max((node.grain_s for node in nodes), default=1)
+        # A slot boundary of every node: the least common multiple of their grains (45 and 30 minutes: 90), not the
+        # largest grain, whose boundaries are not all boundaries of the others.
+        grain_s = math.lcm(*(max(node.grain_s, 1) for node in nodes)) if nodes else 1
         if rounding == "up":
             new_end_s = align_up(new_end_s, grain_s)
         elif rounding == "down":
