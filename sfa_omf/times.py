@@ -5,7 +5,7 @@ Accepted inputs (what sfi.py and omni send):
   ``2026-12-01T10:00`` (UTC), a date ``2026-12-01`` (midnight UTC);
 - ISO 8601 basic form, all digits: ``20261201`` (a date), ``202612011000`` and ``20261201100000`` (date and time,
   UTC); with a T (``20261201T1000``) it is read like any ISO 8601 time;
-- epoch seconds as a number, or as a string of 9 to 12 digits (optionally with a fraction) that is not a date of
+- epoch seconds as a number, or as a string of 9 to 11 digits (optionally with a fraction) that is not a date of
   the form above: ``1764583200`` (SFA's start_time);
 - sfi's shorthands relative to now: ``+5d`` days, ``+3w`` weeks, ``+2m`` months of four weeks (sfi's own meaning),
   and ``+6h`` hours.
@@ -39,11 +39,12 @@ _DIGITS = re.compile(r"^([0-9]+)(\.[0-9]+)?$")  # ASCII digits only
 #: ISO 8601 basic form without a T, by length: YYYYMMDD, YYYYMMDDHHMM, YYYYMMDDHHMMSS.
 _COMPACT_LENGTHS = (8, 12, 14)
 _COMPACT_FIELDS = ((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14))  # year, month, day, hour, minute, second
-#: An all-digit string of this many digits that is no compact date is epoch seconds: 1973-03-03 up to year 8999
-#: (longer ones would be out of range anyway, shorter ones read as a moment of 1970 that nobody means).
-_EPOCH_LENGTHS = range(9, 13)
+#: An all-digit string of this many digits that is no compact date is epoch seconds: 1973-03-03 up to 5138-11-16
+#: (shorter ones read as a moment of 1970 that nobody means; 12 digits would be year 5138 or later, and a 12-digit
+#: string that fails to be a date, 202612011260, is a mistyped date, not a moment of the year 8390).
+_EPOCH_LENGTHS = range(9, 12)
 #: The start of a time in RFC 3339 / ISO 8601 form, to say which part of a well-formed but impossible time is wrong.
-_TIME_FIELDS = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})(?:[T ](\d{2})(?::?(\d{2})(?::?(\d{2}))?)?)?")
+_TIME_FIELDS = re.compile(r"^([0-9]{4})-?([0-9]{2})-?([0-9]{2})(?:[T ]([0-9]{2})(?::?([0-9]{2})(?::?([0-9]{2}))?)?)?")
 
 
 def utcnow() -> datetime:
@@ -120,7 +121,7 @@ def _parse(value: str | int | float | datetime, now: datetime | None) -> datetim
 
 
 def _all_digits(text: str, whole: str, fraction: bool) -> datetime:
-    """An all-digit string: a compact ISO 8601 date, else epoch seconds of 9 to 12 digits, else refused naming both
+    """An all-digit string: a compact ISO 8601 date, else epoch seconds of 9 to 11 digits, else refused naming both
     readings (``20270101`` is 2027-01-01, never 1970-08-23)."""
     compact = _compact_date(whole)
     if compact is not None and not fraction:
@@ -134,13 +135,16 @@ def _all_digits(text: str, whole: str, fraction: bool) -> datetime:
     else:
         as_date = "no date (a compact date has 8, 12 or 14 digits: YYYYMMDD, YYYYMMDDHHMM, YYYYMMDDHHMMSS)"
     try:
-        as_epoch = format_time(_from_epoch(float(text)))
+        epoch_moment = _from_epoch(float(text))
+        as_epoch = format_time(epoch_moment)
+        if not EARLIEST <= epoch_moment < LATEST:
+            as_epoch += " (out of range: times from 1970 to before 9000)"
     except (OverflowError, OSError, ValueError):
         as_epoch = "out of range"
     why_not_epoch = (
         "a string that is also a date is read as the date"
         if len(whole) in _EPOCH_LENGTHS
-        else "epoch seconds are read from 9 to 12 digits only"
+        else "epoch seconds are read from 9 to 11 digits only"
     )
     raise BadArgs(
         f"cannot read {text[:40]!r} as a time: as ISO 8601 it is {as_date}; as epoch seconds it would be "
@@ -154,10 +158,13 @@ def _compact_date(whole: str) -> datetime | None:
         return None
     padded = whole.ljust(14, "0")  # YYYYMMDD means its midnight, YYYYMMDDHHMM its minute's second 0
     year, month, day, hour, minute, second = (int(padded[start:end]) for start, end in _COMPACT_FIELDS)
+    # ISO 8601's 24:00 is the end of the day, the next day's 00:00 (as isoparse reads 20261203T2400).
+    end_of_day = (hour, minute, second) == (24, 0, 0)
     try:
-        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+        moment = datetime(year, month, day, 0 if end_of_day else hour, minute, second, tzinfo=UTC)
     except ValueError:
         return None
+    return moment + timedelta(days=1) if end_of_day else moment
 
 
 def _impossible(text: str) -> str:

@@ -37,7 +37,8 @@ from sfa_omf.times import parse_time, utcnow
         ("1795316400", datetime(2026, 11, 22, 3, tzinfo=UTC)),  # SFA's start_time: epoch seconds
         ("1795316400.5", datetime(2026, 11, 22, 3, 0, 0, 500_000, tzinfo=UTC)),
         ("100000000", datetime(1973, 3, 3, 9, 46, 40, tzinfo=UTC)),  # 9 digits: epoch
-        ("221845391999", datetime(8999, 12, 31, 23, 59, 59, tzinfo=UTC)),  # 12 digits, no date: epoch
+        ("99999999999", datetime(5138, 11, 16, 9, 46, 39, tzinfo=UTC)),  # 11 digits, the longest epoch
+        ("202612032400", datetime(2026, 12, 4, tzinfo=UTC)),  # 24:00, the end of the day
     ],
 )
 def test_an_all_digit_time_is_a_compact_date_before_epoch_seconds(text: str, expected: datetime) -> None:
@@ -51,6 +52,8 @@ def test_an_all_digit_time_is_a_compact_date_before_epoch_seconds(text: str, exp
         ("20271301", "1970-08-23T14:55:01Z"),  # no month 13
         ("0", "1970-01-01T00:00:00Z"),
         ("202701011200.5", "8393-05-04T12:26:40Z"),  # a date with a fraction
+        ("202612011260", "8390-07-09T10:14:20Z"),  # 12 digits that are no date: a mistyped date, not the year 8390
+        ("202702301200", "8393-05-19T10:46:40Z"),  # no 30 February
     ],
 )
 def test_an_all_digit_time_that_is_neither_is_refused_naming_both_readings(text: str, as_epoch: str) -> None:

@@ -124,12 +124,18 @@ def _checked_datetime(unmarshaller: Any, data: str) -> None:
     text = data.strip()
     try:
         moment = dateutil_parser.isoparse(text)
-        if moment.tzinfo is not None:
-            moment = moment.astimezone(UTC).replace(tzinfo=None)  # OverflowError for year 1 with an offset
-    except (ValueError, OverflowError) as exc:
+    except ValueError as exc:
         raise BadCall(
             f"<dateTime.iso8601> {text[:40]!r} is not a time such as 20261201T10:00:00 or 2026-12-01T10:00:00Z"
         ) from exc
+    if moment.tzinfo is not None:
+        try:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError as exc:  # year 1 or 9999 moved out of the calendar by its offset
+            raise BadCall(
+                f"<dateTime.iso8601> {text[:40]!r} is out of range once converted to UTC (times from 1970 to before "
+                "9000 are accepted)"
+            ) from exc
     xmlrpc.client.Unmarshaller.end_dateTime(unmarshaller, _stdlib_datetime_text(moment))
 
 

@@ -117,8 +117,8 @@ BEYOND_POLICY_TIMES: list[tuple[str, str]] = [
 
 def absurd_word(name: str) -> str:
     """What the refusal of an absurd time says: outside 1970..8999 is "out of range" (BADARGS, never arithmetic on
-    it); "0" is too short to be read as epoch seconds (9 to 12 digits: shorter ones could be a year or a date)."""
-    return "9 to 12 digits" if name == "epoch-0" else "out of range"
+    it); "0" is too short to be read as epoch seconds (9 to 11 digits: shorter ones could be a year or a date)."""
+    return "9 to 11 digits" if name == "epoch-0" else "out of range"
 
 
 UNREADABLE_TIMES: list[tuple[str, str]] = [

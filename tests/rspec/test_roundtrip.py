@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rspec.model import Request, RequestLease, RequestNode
+from rspec.model import CONTAINER_SLIVER_TYPE, Request, RequestLease, RequestNode
 from rspec.parse_request import RequestPolicy, parse_request
 from rspec.write_request import Dialect, NotExpressible, write_request
 from tests.rspec.conftest import CM, NOW
@@ -37,6 +37,8 @@ def requests(draw: st.DrawFn, bound: bool = True) -> Request:
                 hardware_type=draw(st.none() | names),
                 sliver_type=sliver,
                 disk_image=draw(st.none() | names) if sliver else None,
+                # A container sliver type without inst:count asks for one container: the reader says 1.
+                instance_count=1 if sliver == CONTAINER_SLIVER_TYPE else None,
             )
         )
     leases = []
