@@ -1960,6 +1960,7 @@ def _contact(caller_chain: GidChain, owner_urn: str) -> Contact | None:
     """The caller's GID e-mail, when the GID is the booking user's own (a tool speaking for a user presents its
     own GID: no address from it)."""
     leaf = caller_chain[0] if caller_chain else None
-    if leaf is None or leaf.urn != owner_urn or not leaf.email:
+    # As URNs compare (the owner's is canonical, the certificate's as written: ...+USER+alice is alice).
+    if leaf is None or not leaf.urn or not leaf.email or not same_urn(leaf.urn, owner_urn):
         return None
     return Contact(owner_urn, leaf.email)

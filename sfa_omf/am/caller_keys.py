@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from sfa_omf.errors import BadArgs
 from sfa_omf.registry.accounts import retired_logins
 from sfa_omf.registry.records import Records, record_chain
-from sfa_omf.xrn import hrn_to_urn, is_authority_for, is_urn, parse_urn
+from sfa_omf.xrn import hrn_to_urn, is_authority_over_urn, is_urn, parse_urn
 
 #: How long an accepted (user URN, key) is believed without reading the registry again, in seconds.
 DEFAULT_TTL_S = 10.0
@@ -102,7 +102,9 @@ class RegisteredKeys:
             parsed = parse_urn(urn)
         except BadArgs:
             return ""
-        return parsed.type.lower() if is_authority_for(self.authority_hrn, parsed.hrn) else ""
+        # By the URN's authority field, as certificate chains are judged (xrn.is_authority_over_urn): for authority
+        # fed.sub, urn:publicid:IDN+fed+user+sub is a user of fed, though its HRN reads fed.sub too.
+        return parsed.type.lower() if is_authority_over_urn(self.authority_hrn, parsed) else ""
 
     def refusal(self, urn: str, key_id: str) -> KeyRefusal | None:
         """None when ``key_id`` may act as ``urn``: not a local user, no registry in this database, or the key the
