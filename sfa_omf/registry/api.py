@@ -40,8 +40,8 @@ from sfa_omf.sshkeys import ssh_public_keys
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.credential import same_urn
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain
-from sfa_omf.trust.verifier import CredentialVerifier
-from sfa_omf.xrn import is_authority_for, is_urn, parse_urn, shown_urn
+from sfa_omf.trust.verifier import CredentialVerifier, VerifiedCredential
+from sfa_omf.xrn import is_authority_for, is_urn, join_hrn, parse_urn, shown_urn, split_hrn
 
 log = logging.getLogger("sfa_omf.registry")
 
@@ -321,7 +321,15 @@ class RegistryApi:
         expires = record.get("expires")
         if expires is not None and expires <= utcnow():  # as Update and sfa-omf slice create: nothing issued for it
             raise BadArgs(f"the expiry {format_time(expires)} is in the past: give a time to come")
-        self._authority_caller(context, params[1], "register", urn)
+        authority_credential = self._authority_caller(context, params[1], "register", urn)
+        if kind == "user" and authority_credential.delegated and self._named_pi_of(hrn):
+            # Whoever holds this name is a PI (named before it was registered): a delegate registering it with their
+            # own key would get a fresh, undelegated authority credential, as changing the PIs would give them.
+            raise GeniError(
+                Reason.INSUFFICIENT_PRIVILEGES,
+                f"{hrn} is named a PI of {self._named_pi_of(hrn)}: registering it needs a PI's own authority "
+                "credential (not a delegated one); ask a PI to register it",
+            )
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already: use Update")
         self.records.refuse_if_removed_lately(hrn, urn)  # BUSY before the GID is issued
@@ -363,8 +371,9 @@ class RegistryApi:
         """Update(record, credentials): users update their own email and keys; an authority credential anything."""
         record = params[0]
         target = self._record(*_named(record.get("hrn") or record.get("urn"), record.get("type") or None))
+        pis = record.get("reg-pis", record.get("pis"))
         try:
-            self._authority_caller(context, params[1], "update", target.urn)
+            authority_credential = self._authority_caller(context, params[1], "update", target.urn)
         except GeniError:
             caller = self._caller(context, params[1], "update")  # "refresh" lets users update their own record
             if caller.hrn != target.hrn or AUTHORITY_ONLY_FIELDS.intersection(record):
@@ -372,13 +381,21 @@ class RegistryApi:
                     Reason.INSUFFICIENT_PRIVILEGES,
                     f"{caller.hrn} may update only their own email and keys; an authority credential updates the rest",
                 ) from None
+        else:
+            # The PIs are who GetCredential gives a fresh, undelegated authority credential: a delegate naming
+            # himself (or a user record he registered with his own key) would outgrow the delegation, and outlive it.
+            if target.type == "authority" and pis is not None and authority_credential.delegated:
+                raise GeniError(
+                    Reason.INSUFFICIENT_PRIVILEGES,
+                    f"changing the PIs of {target.hrn} needs a PI's own authority credential (not a delegated one): "
+                    f"ask a PI of {target.hrn} to make the change",
+                )
         email = record_email(record["email"]) if record.get("email") is not None else None
         expires = record.get("expires")
         if expires is not None and expires <= utcnow():
             raise BadArgs(f"the expiry {format_time(expires)} is in the past: give a time to come")
         keys = record.get("reg-keys", record.get("keys"))
         members = record.get("reg-researchers", record.get("researchers"))
-        pis = record.get("reg-pis", record.get("pis"))
         self.records.update(
             target.hrn,
             email=email,
@@ -411,8 +428,11 @@ class RegistryApi:
         return 1
 
     # -- helpers ------------------------------------------------------------------------------------------------
-    def _authority_caller(self, context: CallContext, credentials: Any, operation: str, target_urn: str) -> None:
-        """Only an authority credential over the target's authority may change the registry."""
+    def _authority_caller(
+        self, context: CallContext, credentials: Any, operation: str, target_urn: str
+    ) -> VerifiedCredential:
+        """Only an authority credential over the target's authority may change the registry: the one that allows
+        the call (its ``delegated`` tells a PI's own from a delegation)."""
         texts = split_credentials(credentials).privilege
         verified = self.verifier.check_call(context.caller_chain, texts, target_urn, operation, utcnow())
         if verified.target_type != "authority":
@@ -440,6 +460,16 @@ class RegistryApi:
                     f"{what} ({urn}) {why}: {operation} needs the certificate and credential the registry issues to "
                     "its users now (GetSelfCredential with the registered key)",
                 )
+        return verified
+
+    def _named_pi_of(self, hrn: str) -> str:
+        """The authority (of this registry, the user's own or one above it) whose PIs name ``hrn``; "" for none."""
+        parts = split_hrn(hrn)[:-1]
+        for length in range(len(parts), 0, -1):
+            authority = self.records.get(join_hrn(parts[:length]))
+            if authority is not None and authority.type == "authority" and hrn in authority.pis:
+                return authority.hrn
+        return ""
 
     def _record(self, hrn: str, kind: str | None) -> Record:
         record = self.records.get(hrn)
@@ -481,6 +511,9 @@ class RegistryApi:
                         Reason.OWNER_MISMATCH,
                         f"this credential belongs to {verified.owner_urn}, not to the key you connect with",
                     )
+                # A credential naming no owner (SFA's old form) is refused as the trust layer refuses it (22), before
+                # its empty owner URN is read as a name.
+                self.verifier.authorize(verified, None, None, None)
                 owner_hrn = parse_urn(verified.owner_urn).hrn
                 local_owner = is_authority_for(self.authority.hrn, owner_hrn)
                 if verified.target_type == "authority":
@@ -537,9 +570,22 @@ class RegistryApi:
 
     def _authority_holder(self, caller_chain: GidChain) -> Record:
         """Who holds an authority credential that passed the authority check: their user record here, or, for a
-        user of another authority, a record made from their (verified) TLS certificate chain, never stored."""
+        caller whose HRN names no record here (a user of another authority), a record made from their (verified) TLS
+        certificate chain, never stored. A record of that HRN that is not this caller's own user record (another
+        type, URN or key) is refused (OWNER_MISMATCH): a record made under its name would carry its memberships."""
         caller = caller_chain[0]
         record = self.records.get(caller.hrn)
-        if record is not None and record.type == "user" and record_chain(record)[0].key_id == caller.key_id:
+        if record is None:
+            return Record(caller.hrn, "user", caller.urn or "", chain_pem(caller_chain))
+        if (
+            record.type == "user"
+            and same_urn(record.urn, caller.urn or "")
+            and record_chain(record)[0].key_id == caller.key_id
+        ):
             return record
-        return Record(caller.hrn, "user", caller.urn or "", chain_pem(caller_chain))
+        raise GeniError(
+            Reason.OWNER_MISMATCH,
+            f"your TLS certificate ({shown_urn(caller.urn)}) has the name {record.hrn} of the {record.type} record "
+            f"{record.urn} here but is not the certificate registered for it: connect with your own user "
+            "certificate (the one this registry or your own authority issued you)",
+        )

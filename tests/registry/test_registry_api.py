@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import xmlrpc.client
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -145,6 +146,10 @@ def test_register_update_remove(running_reactor: Any, tmp_path: Path) -> None:
         blockingCallFromThread(running_reactor, port.stopListening)
 
 
+#: What the monkeypatched authority check answers: a PI's own (undelegated) authority credential.
+UNDELEGATED = SimpleNamespace(delegated=False)
+
+
 def test_a_register_whose_record_cannot_be_written_leaves_no_gid(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -160,7 +165,7 @@ def test_a_register_whose_record_cannot_be_written_leaves_no_gid(
     database.upgrade()
     records = Records(database)
     api = RegistryApi(authority, records, None)  # type: ignore[arg-type]
-    monkeypatch.setattr(api, "_authority_caller", lambda *args: None)  # the caller's rights are not the point here
+    monkeypatch.setattr(api, "_authority_caller", lambda *args: UNDELEGATED)  # the caller's rights are not the point
 
     def database_down(record: object) -> None:
         raise RuntimeError("injected: the registry's database failed")
@@ -171,5 +176,5 @@ def test_a_register_whose_record_cannot_be_written_leaves_no_gid(
         api.register(context, ({"hrn": "lab.newuser", "type": "user"}, []))
     assert not os.path.exists(authority.issued_gid_path("lab.newuser"))
     monkeypatch.undo()
-    monkeypatch.setattr(api, "_authority_caller", lambda *args: None)
+    monkeypatch.setattr(api, "_authority_caller", lambda *args: UNDELEGATED)
     assert "BEGIN CERTIFICATE" in api.register(context, ({"hrn": "lab.newuser", "type": "user"}, []))
