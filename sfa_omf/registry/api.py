@@ -322,12 +322,13 @@ class RegistryApi:
         if expires is not None and expires <= utcnow():  # as Update and sfa-omf slice create: nothing issued for it
             raise BadArgs(f"the expiry {format_time(expires)} is in the past: give a time to come")
         authority_credential = self._authority_caller(context, params[1], "register", urn)
-        if kind == "user" and authority_credential.delegated and self._named_pi_of(hrn):
+        named_pi_of = self._named_pi_of(hrn) if kind == "user" and authority_credential.delegated else ""
+        if named_pi_of:
             # Whoever holds this name is a PI (named before it was registered): a delegate registering it with their
             # own key would get a fresh, undelegated authority credential, as changing the PIs would give them.
             raise GeniError(
                 Reason.INSUFFICIENT_PRIVILEGES,
-                f"{hrn} is named a PI of {self._named_pi_of(hrn)}: registering it needs a PI's own authority "
+                f"{hrn} is named a PI of {named_pi_of}: registering it needs a PI's own authority "
                 "credential (not a delegated one); ask a PI to register it",
             )
         if self.records.get(hrn) is not None:

@@ -10,53 +10,23 @@ databases, the registry's records in the aggregate's database as ``sfa-omf serve
 from __future__ import annotations
 
 import xmlrpc.client
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.am.api_v3 import ApiV3
-from sfa_omf.am.caller_keys import DEFAULT_TTL_S
-from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.errors import GeniCode
 from sfa_omf.registry.records import Records
 from sfa_omf.server.xmlrpc import CallContext
 from sfa_omf.trust.credential import delegate_credential
 from sfa_omf.trust.gid import GidChain, load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key_file
-from tests.am.conftest import aggregate_on
-from tests.calendar.conftest import node_urn
+from tests.am.test_registered_caller_keys import aggregate as aggregate  # (fixture) its clock moved by later()
+from tests.am.test_registered_caller_keys import later
 from tests.conftest import DemoPki
 from tests.registry.test_registry_hunt_fixes import Registry
 from tests.registry.test_registry_hunt_fixes import registry as registry  # the running registry of tb (fixture)
-
-
-@dataclass
-class Clock:
-    """The registered-keys monotonic clock, moved by the test (no sleeping, no timing)."""
-
-    now: float = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> Iterator[Aggregate]:
-    with aggregate_on(request.param, tmp_path, pki, NodeSpec(node_urn("n1"), "n1")) as made:
-        Records(made.database).import_authority(pki.authority)  # what sfa-omf serve does at start
-        made.registered_keys.monotonic = Clock()
-        yield made
-
-
-def later(aggregate: Aggregate) -> None:
-    """Past the time an accepted (user, key) is believed without reading the registry again (docs/trust.md)."""
-    clock = aggregate.registered_keys.monotonic
-    assert isinstance(clock, Clock)
-    clock.now += DEFAULT_TTL_S + 1
 
 
 def status(aggregate: Aggregate, pki: DemoPki, chain: GidChain, credential: str) -> Any:
