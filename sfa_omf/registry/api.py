@@ -41,7 +41,7 @@ from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.credential import same_urn
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain
 from sfa_omf.trust.verifier import CredentialVerifier, VerifiedCredential
-from sfa_omf.xrn import is_authority_for, is_urn, join_hrn, parse_urn, shown_urn, split_hrn
+from sfa_omf.xrn import is_authority_over_urn, is_urn, join_hrn, parse_urn, shown_urn, split_hrn
 
 log = logging.getLogger("sfa_omf.registry")
 
@@ -515,8 +515,11 @@ class RegistryApi:
                 # A credential naming no owner (SFA's old form) is refused as the trust layer refuses it (22), before
                 # its empty owner URN is read as a name.
                 self.verifier.authorize(verified, None, None, None)
-                owner_hrn = parse_urn(verified.owner_urn).hrn
-                local_owner = is_authority_for(self.authority.hrn, owner_hrn)
+                owner = parse_urn(verified.owner_urn)
+                owner_hrn = owner.hrn
+                # By the URN's authority field, as certificate chains are judged (xrn.is_authority_over_urn): for
+                # authority fed.sub, urn:publicid:IDN+fed+user+sub is a user of fed, though its HRN reads fed.sub too.
+                local_owner = is_authority_over_urn(self.authority.hrn, owner)
                 if verified.target_type == "authority":
                     # An authority credential the authority check refused: for a user of another authority, or
                     # over a TLS chain that is not trusted, that refusal is the cause, not a missing user record.
@@ -573,10 +576,15 @@ class RegistryApi:
         """Who holds an authority credential that passed the authority check: their user record here, or, for a
         caller whose HRN names no record here (a user of another authority), a record made from their (verified) TLS
         certificate chain, never stored. A record of that HRN that is not this caller's own user record (another
-        type, URN or key) is refused (OWNER_MISMATCH): a record made under its name would carry its memberships."""
+        type, URN or key) is refused (OWNER_MISMATCH): a record made under its name would carry its memberships.
+        Except an authority record for a caller of another authority by the URN's authority field
+        (xrn.is_authority_over_urn): for authority fed.sub, fed's user urn:publicid:IDN+fed+user+sub has the HRN
+        fed.sub of this authority's own record, which is no user and holds no user's memberships."""
         caller = caller_chain[0]
         record = self.records.get(caller.hrn)
-        if record is None:
+        parsed = caller.parsed_urn
+        of_another_authority = parsed is not None and not is_authority_over_urn(self.authority.hrn, parsed)
+        if record is None or (of_another_authority and record.type == "authority"):
             return Record(caller.hrn, "user", caller.urn or "", chain_pem(caller_chain))
         if (
             record.type == "user"
