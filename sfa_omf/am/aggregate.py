@@ -145,7 +145,9 @@ class Aggregate:
         self.verifier = verifier
         self.clock = clock
         self.inventory = Inventory(database, self.policy)
-        self.bookings = Bookings(database, self.policy, settings.authority_hrn, clock=clock)
+        # (A backend with a reconciler says how long it takes to finish a call cut short: Provision's BUSY tells it.)
+        settle_s = getattr(self.backend, "settle_s", None)
+        self.bookings = Bookings(database, self.policy, settings.authority_hrn, clock=clock, testbed_settle_s=settle_s)
         self.availability = Availability(database)
         self.slices = Slices(database)
         self.accounts = accounts or Accounts(database)
@@ -1224,6 +1226,28 @@ class Aggregate:
         if any(lease.state == "provisioned" for lease in self.bookings.leases(slice_urn=slice_urn)):
             return
         self.unix_accounts.remove_slice_keys([account.login for account in self._local_accounts(slice_urn)], slice_urn)
+
+    def finish_testbed_cancellations(self, lease_ids: Sequence[str]) -> None:
+        """Leases the testbed's reconciler cancelled in the calendar itself (an OAR Delete whose answer came too late,
+        finished by the reconciler): what Delete does after the calendar is done here, run by the server after the
+        round. Each lease's containers are destroyed, and its slice's keys taken out of the local accounts when it
+        has no provisioned lease left. A failure is logged; the other leases are done all the same."""
+        for lease_id in lease_ids:
+            try:
+                window = self.bookings.windows_of([lease_id]).get(lease_id)
+                if window is None:
+                    log.warning("lease %s, cancelled by the testbed's reconciler, is not in the calendar", lease_id)
+                    continue
+                slice_urn = window[0]
+                # (Cancelled: read with the inactive leases.)
+                for lease in self.bookings.leases(slice_urn=slice_urn, active_only=False):
+                    if lease.id == lease_id:
+                        self._destroy_containers(lease)
+                self.withdraw_keys_if_done(slice_urn)
+            except Exception as exc:  # (the next lease's are still to do)
+                log.warning(
+                    "lease %s: what its Delete does after the calendar could not be finished: %s", lease_id, exc
+                )
 
     def retire_ended(self) -> int:
         """Provisioned leases whose slot is over: release them on the testbed, take their slices' keys away.

@@ -64,7 +64,7 @@ from sfa_omf.calendar.plain_statements import (
     listed_count,
     listed_values,
 )
-from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window
+from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window, exact_duration
 from sfa_omf.calendar.queries import advisory_key, from_s, held_windows, lock_names, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import (
     BookingRequest,
@@ -152,11 +152,15 @@ class Bookings:
         policy: Policy | None = None,
         sliver_authority: str = "testbed",
         clock: Callable[[], datetime] = utcnow,
+        testbed_settle_s: int | None = None,
     ) -> None:
         self.database = database
         self.policy = policy or Policy()
         self.sliver_authority = sliver_authority.replace(".", ":")
         self.clock = clock
+        # About how long the testbed's reconciler takes to finish a Provision cut short (OAR: its settle_s), told to
+        # a Provision that finds the lease held by another call; None: "its next round".
+        self.testbed_settle_s = testbed_settle_s
 
     # -- booking ----------------------------------------------------------------------------------------------
     def book(
@@ -805,13 +809,20 @@ class Bookings:
             slice_expires_s = to_s(slice_expires)
         if new_end_s > slice_expires_s:
             expiry = format_time(from_s(slice_expires_s))
-            rounded = (
-                f" (leases end on slot boundaries: {format_time(from_s(asked_s))} would end at "
-                f"{format_time(from_s(new_end_s))}; ask for "
-                f"{format_time(from_s(align_down(slice_expires_s, grain_s)))} at most)"
-                if asked_s <= slice_expires_s
-                else ""
-            )
+            latest_s = align_down(slice_expires_s, grain_s)  # the last boundary of every node's slots before expiry
+            if asked_s > slice_expires_s:
+                rounded = ""
+            elif latest_s <= lease.end_s:  # (slots of nodes with unlike grains meet seldom: their lcm may be hours)
+                rounded = (
+                    f" (leases end on a boundary of every node's slots, every {exact_duration(grain_s)} here: "
+                    f"{format_time(from_s(asked_s))} would end at {format_time(from_s(new_end_s))}, and none falls "
+                    f"between the lease's end {format_time(from_s(lease.end_s))} and the slice's expiry)"
+                )
+            else:
+                rounded = (
+                    f" (leases end on slot boundaries: {format_time(from_s(asked_s))} would end at "
+                    f"{format_time(from_s(new_end_s))}; ask for {format_time(from_s(latest_s))} at most)"
+                )
             raise PolicyViolation(
                 "slice_expiry",
                 f"lease {lease_id} cannot end after the slice credential expires ({expiry}){rounded}; renew "
@@ -999,13 +1010,21 @@ class Bookings:
                 ).first()
                 if at_work is not None:
                     # The hold's end too: a Provision whose process died holds the lease until then.
+                    held_until = format_time(from_s(at_work.held_until_s))
+                    if self.testbed_settle_s is not None:  # a testbed whose reconciler finishes what a call began
+                        half_way = (
+                            f"the testbed's reconciler finishes what it began within about {self.testbed_settle_s} "
+                            f"s: retry Provision then. Its hold ends at {held_until} at the latest; if Provision is "
+                            "still refused after the reconciler's time"
+                        )
+                    else:
+                        half_way = f"its hold ends at {held_until} at the latest; if Provision is still refused then"
                     raise GeniError(
                         Reason.BUSY,
                         f"lease {at_work.lease_id} is being provisioned by another call; ask Status (SliverStatus on "
-                        f"AM API v2), or try again in a moment. Should that call have stopped half-way, its hold ends "
-                        f"at {format_time(from_s(at_work.held_until_s))} at the latest; if no call of yours is at "
-                        "work on it, Delete the allocation (DeleteSliver on AM API v2 deletes the whole slice's "
-                        "slivers) and Allocate (CreateSliver on AM API v2) again",
+                        f"AM API v2), or try again in a moment. Should that call have stopped half-way, {half_way} "
+                        "and no call of yours is at work on it, Delete the allocation (DeleteSliver on AM API v2 "
+                        "deletes the whole slice's slivers) and Allocate (CreateSliver on AM API v2) again",
                     )
                 # A lapsed hold, or one left while the testbed may hold the lease, is this Provision's now (the
                 # testbed takes over a job an earlier call may have made).

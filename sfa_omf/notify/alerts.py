@@ -18,9 +18,11 @@ Recording never raises: an event that cannot be written is logged, and the call 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.outbox import NotifyEvents, RecordedEvent
@@ -79,20 +81,24 @@ class Alerts:
             summary = f"testbed backend {backend} has recovered ({task} works again)"
             self._backend_event("backend_recovered", backend, task, last, summary)
 
-    def repaired(self, backend: str, task: str, report: str) -> None:
-        """The backend's reconciler changed something to make the testbed and the calendar agree."""
+    def repaired(self, backend: str, task: str, details: Mapping[str, Any]) -> None:
+        """The backend's reconciler changed something to make the testbed and the calendar agree. ``details``: plain,
+        JSON-able data from the backend (its report's ``alert()``, else ``{"report": its text}``); ``report`` is
+        the repairs in one line, an optional ``text`` the e-mail's body."""
         now = self.clock()
-        digest = hashlib.sha256(report.encode("utf-8")).hexdigest()[:16]
+        identity = json.dumps(details, sort_keys=True, default=str)
+        digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
         self._record(
             RecordedEvent(
                 key=f"reconciler_repaired:{backend}:{int(now.timestamp())}:{digest}",
                 event="reconciler_repaired",
                 slice_urn=None,
                 payload={
+                    **details,  # first: the backend's details never replace the event's own fields
                     "event": "reconciler_repaired",
                     "summary": f"{task} repaired a mismatch",
                     "backend": backend,
-                    "report": report,
+                    "task": task,
                 },
                 created=now,
             )

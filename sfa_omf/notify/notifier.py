@@ -248,6 +248,10 @@ def email_text(message: Message) -> tuple[str, str]:
     data = message.payload
     if message.event == "test":
         return "sfa-omf test message", "This is a test message from sfa-omf: notifications reach you here.\n"
+    if message.event == "reconciler_repaired" and isinstance(data.get("text"), str):  # the backend's own words
+        return f"[sfa-omf] {' '.join(str(data['summary']).split())}", (
+            f"{data['summary']} ({data['backend']}).\n\n{data['text']}\n{STOP}"
+        )
     if "summary" in data:  # a recorded event (alerts.py): its summary, then its details
         details = "".join(f"  {name}: {value}\n" for name, value in sorted(data.items()) if name != "summary")
         # A header holds one line: an error's text may have several (EmailMessage refuses a line break).

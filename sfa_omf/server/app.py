@@ -454,7 +454,8 @@ def _background(task: PeriodicTask) -> None:
 
 
 def _backend_task(aggregate: Aggregate, task: BackgroundTask) -> None:
-    """Run a testbed's periodic task; its failing or working again, and its repairs, are operators' events."""
+    """Run a testbed's periodic task; its failing or working again, and its repairs, are operators' events. Leases
+    its result says it cancelled (``cancelled``) are finished by the aggregate (containers, keys)."""
     backend = aggregate.backend.name
     try:
         result = task.run()
@@ -463,8 +464,14 @@ def _backend_task(aggregate: Aggregate, task: BackgroundTask) -> None:
         aggregate.alerts.backend_failed(backend, task.name, str(exc))
         return
     aggregate.alerts.backend_worked(backend, task.name)
+    cancelled = getattr(result, "cancelled", None)  # leases the testbed's reconciler cancelled in the calendar itself
+    if cancelled:
+        # What Delete does after the calendar (containers, the slice's keys): the backend knows no aggregate.
+        aggregate.finish_testbed_cancellations(list(cancelled))
     if task.repairs and getattr(result, "changed", False):
-        aggregate.alerts.repaired(backend, task.name, str(result))
+        alert = getattr(result, "alert", None)  # a report that tells its repairs as data (the OAR reconciler's)
+        details = alert() if callable(alert) else {"report": str(result)}
+        aggregate.alerts.repaired(backend, task.name, details)
 
 
 def _expire(aggregate: Aggregate) -> None:

@@ -23,7 +23,11 @@ class BackgroundTask:
     name: str
     period_s: int
     run: Callable[[], object]
-    # A reconciler: what it returns has ``changed`` (true when it repaired a mismatch; the operators are told).
+    # A reconciler: what it returns has ``changed`` (true when it repaired a mismatch; the operators are told), and
+    # may have ``alert()``: the operators' event's details as plain data (``report``: one line; ``text``: the
+    # e-mail's body), else the event tells its text. A task's result may have ``cancelled``: ids of leases it
+    # cancelled in the calendar itself (a Delete the testbed confirmed late); the server has the aggregate finish what
+    # Delete does after the calendar (Aggregate.finish_testbed_cancellations: containers, the slice's keys).
     repairs: bool = False
 
 

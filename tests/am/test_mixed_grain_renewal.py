@@ -12,6 +12,7 @@ import pytest
 
 from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.calendar.intervals import align_up
+from sfa_omf.calendar.policy import PolicyViolation
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeSpec
 from sfa_omf.times import format_time, utcnow
@@ -101,3 +102,42 @@ def test_renew_alap_says_why_a_lease_short_of_a_common_boundary_keeps_its_end(
         note = answer["sfa_omf_renewal"]
         assert note.startswith(f"unchanged: lease {lease.id} keeps its end {format_time(lease.end)}"), note
         assert f"the end asked for is {format_time(asked)}; leases end on slot boundaries" in note, note
+
+
+def test_renew_past_the_slice_expiry_says_no_common_boundary_is_left_before_it(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """The slice expires 80 minutes after the lease's end: a renewal to 70 minutes past the end rounds up to the next
+    common boundary (90 minutes past), after the expiry. No common boundary lies between the end and the expiry, so
+    the refusal says so instead of advising an end at or before the lease's own (it advised the lease's end)."""
+    lease = book_both_nodes(aggregate, pki)
+    slice_expires = lease.end + timedelta(minutes=80)
+    asked = lease.end + timedelta(minutes=70)
+
+    with pytest.raises(PolicyViolation) as refused:
+        aggregate.bookings.renew(lease.id, asked, rounding="up", slice_expires=slice_expires)
+
+    message = refused.value.message
+    assert "at most" not in message, message
+    assert (
+        f"leases end on a boundary of every node's slots, every 1 hour 30 minutes here: {format_time(asked)} would "
+        f"end at {format_time(lease.end + timedelta(seconds=COMMON_SLOT))}, and none falls between the lease's end "
+        f"{format_time(lease.end)} and the slice's expiry"
+    ) in message, message
+    assert stored_end(aggregate, lease.id) == lease.end
+
+
+def test_renew_past_the_slice_expiry_advises_the_last_common_boundary_before_it(
+    aggregate: Aggregate, pki: DemoPki
+) -> None:
+    """The slice expires 100 minutes after the lease's end: the common boundary 90 minutes past the end is before it,
+    and the refusal of a renewal rounding up past the expiry names that boundary."""
+    lease = book_both_nodes(aggregate, pki)
+    slice_expires = lease.end + timedelta(minutes=100)
+    asked = lease.end + timedelta(minutes=95)
+
+    with pytest.raises(PolicyViolation) as refused:
+        aggregate.bookings.renew(lease.id, asked, rounding="up", slice_expires=slice_expires)
+
+    latest = lease.end + timedelta(seconds=COMMON_SLOT)
+    assert f"ask for {format_time(latest)} at most)" in refused.value.message, refused.value.message

@@ -68,7 +68,9 @@ from sfa_omf.testbed.oar.jobs import (
     OarJobs,
     job_name,
     lease_of,
+    renewal_of,
 )
+from sfa_omf.testbed.oar.repairs import alert_details, lease_details, one_line, report_lists
 from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import format_time, utcnow
 
@@ -111,6 +113,10 @@ WAITING_STATES = ("Waiting", "Hold")
 # The mark once the call that replaced the job has ended without a job for the lease (its window neither reserved anew
 # nor put back): the reconciler's to reserve again at once. While the mark is REPLACING, a call may still be at work.
 NOT_REPLACED = "deleted by the aggregate, not replaced: OAR job"
+# A job row's message (state DELETING, the lease still provisioned) after a Delete OAR did not confirm in time: OAR may
+# have deleted the job all the same. Until a retried Delete or the reconciler finds the job gone (and cancels the
+# lease), Status does not tell the job's end as a failure and the reconciler never reserves the lease again.
+DELETE_ASKED = "a Delete was asked and OAR did not confirm it in time: OAR job"
 # How long a Provision waits for OAR to finish making a reservation an earlier call of the lease asked for: OAR lists
 # it with no nodes until that call's oarsub acknowledges it (client.reservations), about 0.3 s, more when loaded.
 PLACING_WAIT_S = 10.0
@@ -123,12 +129,26 @@ class ReconcileReport:
     adopted: list[str] = field(default_factory=list)  # interrupted provisions finished (lease ids)
     deleted: list[str] = field(default_factory=list)  # interrupted deletions finished (lease ids)
     failed: dict[str, str] = field(default_factory=dict)  # lease id -> OAR's words
+    # Leases this round cancelled in the calendar itself (a Delete OAR did not confirm in time, finished here; also in
+    # ``deleted``): what the aggregate's Delete does after the calendar (containers, the slice's keys) is still to do.
+    cancelled: list[str] = field(default_factory=list)
+    # The listed leases' slice, nodes, window and OAR job, read at the end of a round that repaired something
+    # (repairs.lease_details): the operators' alert tells them.
+    leases: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
         """Whether the round repaired anything (the operators' alert): a lease OAR keeps refusing is no repair, and
         would otherwise raise the alert every round."""
         return bool(self.orphans_deleted or self.resubmitted or self.adopted or self.deleted)
+
+    def lists(self) -> dict[str, Any]:
+        """The repairs as JSON-able lists per category (repairs.report_lists)."""
+        return report_lists(self.resubmitted, self.adopted, self.deleted, self.orphans_deleted, self.failed)
+
+    def alert(self) -> dict[str, Any]:
+        """The operators' ``reconciler_repaired`` event's details, as plain data (repairs.alert_details)."""
+        return alert_details(self.lists(), self.leases)
 
 
 CONTAINER_COMMAND = "/usr/local/sbin/sfa-omf-lease-containers"  # on the nodes (scripts/oar.sh installs it)
@@ -221,7 +241,7 @@ class OarTestbed:
                     self._forget_this_call(lease, before)
                 raise
             self._forget_this_call(lease, before)
-            raise self._provision_error(lease, exc) from exc
+            raise self._refusal_of(lease, exc) from exc
         except (OarError, ValueError, GeniError) as exc:
             # OAR may have booked it whenever the request may have reached it (a time-out, a connection broken off
             # after sending, a proxy's 502, an answer that does not read as OAR's or gives no job id): the row stays,
@@ -245,6 +265,32 @@ class OarTestbed:
             self.jobs.set(lease.id, before.state, owner=before.owner, message=before.message)
 
     def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
+        """Move the lease's reservation to end at ``new_end`` (``_renew_job``), the lease's job row marked meanwhile
+        (``RENEWING``, before OAR is asked anything): the calendar holds the new end already, and puts the old one
+        back if this fails, so a reconcile round (of any process) must not reserve the new window in the meantime."""
+        self.jobs.mark_renewal(lease.id, new_end)
+        try:
+            self._renew_job(lease, new_end)
+        except BaseException:
+            # Marked again: a failure may have rewritten the row (the old window put back), and the aggregate puts
+            # the calendar's old end back only after this returns. The next round, seeing the calendar's end is not
+            # the mark's, ends the mark.
+            try:
+                self.jobs.mark_renewal(lease.id, new_end)
+            except Exception as exc:  # (the database gone too: the first mark stays, the renewal's failure is told)
+                log.warning("lease %s: its job row could not be marked again after a failed renewal: %s", lease.id, exc)
+            raise
+        try:
+            row = self.jobs.get(lease.id)
+            # (Only this Renew's mark: one that wrote the row ended it already, and a newer Renew's is that one's.)
+            if row is not None and renewal_of(row.message)[0] == new_end.replace(microsecond=0):
+                self.jobs.end_renewal_mark(row)
+        except Exception as exc:
+            # OAR holds the new window: the Renew succeeded, and failing it would put the calendar's old end back.
+            # The mark left is stale; a reconcile round ends it (_renewal_over).
+            log.warning("lease %s: renewed, but its job row's renewal mark could not be ended: %s", lease.id, exc)
+
+    def _renew_job(self, lease: LeaseRecord, new_end: datetime) -> None:
         """OAR 2.5.9 cannot move a reservation's end: a reservation that has not started is replaced by one for the
         new window (if OAR refuses it, the old one is put back and the renewal refused with OAR's hint); one whose
         lease has begun cannot change (even while OAR waits for a node to launch it, replacing it would lose its
@@ -325,7 +371,16 @@ class OarTestbed:
             return f"its old window is reserved again as OAR job {row.job_id}"
         return f"the reconciler reserves its old window again if OAR job {job.id} is gone"
 
+    @property
+    def settle_s(self) -> int:
+        """About how long the reconciler may take to finish what a call left half-made (a Provision cut short, a
+        Delete OAR did not confirm): a row is left to its call for two time-outs, then the next round acts."""
+        return math.ceil(2 * self.client.timeout_s) + self.reconcile_s
+
     def release(self, lease: LeaseRecord) -> None:
+        """Delete the lease's OAR job. OAR not answering in time (TIMEDOUT): the row keeps DELETING marked
+        DELETE_ASKED (OAR may have deleted the job, or never got the request), finished by the next Delete or by the
+        reconciler (``_finish_asked_deletion``, which asks OAR again once the row is settled)."""
         row = self.jobs.get(lease.id)
         if row is None or row.state in (DELETED, FAILED):
             return
@@ -343,7 +398,20 @@ class OarTestbed:
             job_id = found.id
         try:
             self.client.delete_job(job_id, user=row.owner or self.client.admin_user)
-        except (OarUnavailable, OarTimeout) as exc:
+        except OarTimeout as exc:
+            # OAR goes on after the time-out and may have deleted the job: the row says the Delete was asked, so that
+            # the job's end is not told as a failure nor reserved again, and the next Delete or round finishes it.
+            self.jobs.set(lease.id, DELETING, job_id=job_id, message=f"{DELETE_ASKED} {job_id}")
+            self._forget_seen(job_id)
+            raise GeniError(
+                Reason.TIMEDOUT,
+                f"OAR did not confirm the deletion of job {job_id} within {self.client.timeout_s:g} s "
+                f"({exc.message}): it may have deleted it all the same. The lease stays provisioned until that is "
+                "known and is not reserved again: call Delete again to finish it, or the reconciler cancels it "
+                f"within about {self.settle_s + self.reconcile_s} s (asking OAR to delete the job again should OAR "
+                "still hold it)",
+            ) from exc
+        except OarUnavailable as exc:
             self.jobs.set(lease.id, DELETING, job_id=job_id, message=exc.message)
             raise GeniError(
                 Reason.UNAVAILABLE,
@@ -356,6 +424,43 @@ class OarTestbed:
             # It ended by itself (the slot is over) or is gone: nothing left to delete.
         self.jobs.set(lease.id, DELETED, job_id=job_id)
         self._forget_seen(job_id)
+
+    def _finish_asked_deletion(
+        self, lease: LeaseRecord, row: JobRecord, report: ReconcileReport, settled_before: float
+    ) -> None:
+        """A Delete OAR did not confirm in time (DELETE_ASKED): once OAR has ended the job, the lease is cancelled
+        as that Delete asked (listed in ``deleted`` and ``cancelled``). A job still alive once the row is older than
+        two time-outs (``settled_before``) never got that Delete (a connect time-out): OAR is asked again, as the
+        row's owner; the lease is cancelled once OAR lists the job ended (this round, or a later one)."""
+        job_id = row.job_id
+        if job_id is None:  # (never so: _delete_asked)
+            return
+        try:
+            job = self.client.job(job_id)
+            if job is not None and job.state in ACTIVE_STATES:
+                # (A Delete still on its way, or asked again by its user, is left to that call.)
+                if row.updated_s >= settled_before or self.jobs.get(lease.id) != row:
+                    return
+                # The user's Delete is recorded: asked again, so that the lease is not kept booked until its end.
+                self.client.delete_job(job_id, user=row.owner or self.client.admin_user)
+                job = self.client.job(job_id)
+        except OarError as exc:
+            report.failed[lease.id] = f"the Delete of its OAR job {job_id} could not be finished: {exc.message}"
+            return
+        if job is not None and job.state in ACTIVE_STATES:
+            return  # OAR ends a deleted job within seconds: the next round cancels the lease
+        if self.jobs.get(lease.id) != row:
+            return  # a call (a Delete asked again) wrote the row since the round read it: its doing
+        try:
+            # The calendar first: a row marked deleted for a lease still provisioned would be reserved again.
+            self.bookings.cancel(lease.id)
+        except GeniError as exc:
+            report.failed[lease.id] = f"its Delete could not be finished in the calendar: {exc.message}"
+            return
+        self.jobs.set_if_unchanged(row, DELETED, job_id=job_id)
+        self._forget_seen(job_id)
+        report.deleted.append(lease.id)
+        report.cancelled.append(lease.id)
 
     def health(self, sliver: SliverRecord, lease: LeaseRecord, now: datetime) -> SliverHealth:
         if sliver.operational_state == Operational.NOTREADY:  # the experimenter stopped it
@@ -374,6 +479,20 @@ class OarTestbed:
         except OarError as exc:
             calendar_view = Operational.READY if lease.start <= now < lease.end else Operational.NOTREADY
             return SliverHealth(calendar_view, f"OAR did not answer ({exc.message}); state from the calendar")
+        if _delete_asked(row):
+            # The user's own Delete, unconfirmed: the job's end is its doing, not the lease's failure.
+            if job is None or job.state not in ACTIVE_STATES:
+                return SliverHealth(
+                    Operational.NOTREADY,
+                    f"the Delete asked for this lease has ended OAR job {row.job_id} (OAR did not confirm it in "
+                    f"time): call Delete again to finish it, or the reconciler cancels the lease within about "
+                    f"{self.settle_s} s",
+                )
+            return SliverHealth(
+                OAR_OPERATIONAL_STATES.get(job.state, Operational.NOTREADY),
+                f"a Delete was asked for this lease but OAR did not confirm it in time, and OAR job {job.id} is still "
+                f"{job.state}: call Delete again",
+            )
         if job is None:
             return SliverHealth(Operational.FAILED, f"OAR no longer knows job {row.job_id}; the reconciler resubmits")
         state = OAR_OPERATIONAL_STATES.get(job.state, Operational.NOTREADY)
@@ -520,6 +639,9 @@ class OarTestbed:
                     # Nothing to adopt: the hold a failed Provision left for the job ends, the sweep takes the
                     # allocation at its own expiry (a Provision at work on it keeps its own hold).
                     end_testbed_hold(lease_id)
+            elif _delete_asked(row) and lease is not None and lease.state == "provisioned":
+                held.add(lease_id)  # (the user asked to delete it: never reserved again by this round)
+                self._finish_asked_deletion(lease, row, report, settled_before)
             elif row.state == DELETING and lease is not None and lease.state == "provisioned":
                 # The Delete that failed changed nothing here, but OAR may have deleted the job all the same (a
                 # time-out, a proxy's 502 after forwarding it): marked as a job the aggregate deleted itself, so that
@@ -532,9 +654,11 @@ class OarTestbed:
                     written[lease_id] = self.jobs.get(lease_id)
             elif row.state == DELETING:
                 # Its job, if OAR still has it, is an orphan: deleted below. (A call's row since: left to it.)
+                ended_in_oar = self._ended_in_oar(row, named.get(lease_id, ()))
                 if not self.jobs.set_if_unchanged(row, DELETED):
                     continue
-                report.deleted.append(lease_id)
+                if not ended_in_oar:  # (a job OAR had ended already, with its slot: released, nothing repaired)
+                    report.deleted.append(lease_id)
                 if lease is not None and lease.state == "allocated":
                     # A failed Provision whose release failed left its hold for this: the release is done, the sweep
                     # takes the allocation at its own expiry (and its job, if any, is then an orphan, deleted).
@@ -546,7 +670,8 @@ class OarTestbed:
                 continue
             self._keep_held(lease, named.get(lease.id, []), report, round_started_s, written.get(lease.id))
         if report.changed:
-            log.info("reconciled with OAR: %s", report)
+            report.leases = lease_details(self.bookings.database, self.jobs, report.lists())
+            log.info("reconciled with OAR: %s", one_line(report.lists(), report.leases))
         if report.failed:
             log.warning("OAR would not reserve these leases again: %s", report.failed)
         return report
@@ -570,10 +695,8 @@ class OarTestbed:
             row = self.jobs.get(lease_id)
             if row is None or not row.owner:
                 continue  # no owner recorded: nothing proves the job is ours
-            record = records.get(lease_id)
-            nodes = tuple(self._addresses(record)) if record is not None else None
             for job in named[lease_id]:
-                if job.owner != row.owner or (job.id != row.job_id and job.nodes != nodes):
+                if not self._is_our_orphan(job, row, records.get(lease_id)):
                     continue  # somebody else's job, named after the lease
                 try:
                     self.client.delete_job(job.id, user=row.owner)
@@ -581,6 +704,19 @@ class OarTestbed:
                     report.failed[lease_id] = f"its orphan OAR job {job.id} could not be deleted: {exc.message}"
                     continue
                 report.orphans_deleted.append(job.id)
+
+    def _ended_in_oar(self, row: JobRecord, named: Sequence[OarJob]) -> bool:
+        """Whether the job a failed release left to the reconciler (``row``, DELETING) had ended in OAR already
+        (Terminated or Error: e.g. a lease whose slot ended while OAR did not answer): finishing its release is then
+        no repair. False when OAR holds a job of the row's owner named after the lease, or cannot tell."""
+        if row.job_id is None or any(job.owner == row.owner for job in named):
+            return False
+        try:
+            job = self.client.job(row.job_id)
+        except OarError as exc:
+            log.warning("lease %s: its OAR job %d could not be read (%s)", row.lease_id, row.job_id, exc.message)
+            return False
+        return job is not None and job.state in FINAL_STATES
 
     def _keep_held(
         self,
@@ -614,6 +750,10 @@ class OarTestbed:
             and recorded.updated_s > round_started_s - replacing_s
         ):
             return  # a call (a Renew) may be replacing the job now: its new job may not be listed yet
+        if recorded is not None and renewal_of(recorded.message)[0] is not None:
+            recorded = self._renewal_over(lease, recorded, round_started_s, replacing_s)
+            if recorded is None:
+                return  # a Renew may be at work: the window may yet be put back (the next round looks again)
         owner = recorded.owner if recorded is not None and recorded.owner else ""
         if not owner:
             report.failed[lease.id] = "no owner recorded for its OAR job"
@@ -635,6 +775,8 @@ class OarTestbed:
         if stale is not None:
             if stale.id in self._kept_in_other_window:
                 return  # said once: a job OAR keeps in another window would be replaced by another such, every round
+            if recorded is None or not self._still_as_read(lease, recorded):
+                return  # a call changed the lease or its row since the round read them (a Renew): the next round's
             try:
                 job_id = self._replace(stale, lease, owner)
             except (OarError, ValueError, GeniError) as exc:
@@ -699,6 +841,8 @@ class OarTestbed:
             self.jobs.set(lease.id, FAILED, owner=owner, message=ended, news=_failed(lease.id, recorded, ended))
             report.failed[lease.id] = ended
             return
+        if recorded is None or not self._still_as_read(lease, recorded):
+            return  # a call changed the lease or its row since the round read them (a Renew): the next round's
         try:
             job_id = self._submit(lease, owner)
         except OarTimeout as exc:  # OAR may have made it: the next round adopts it, or reserves it again
@@ -726,6 +870,37 @@ class OarTestbed:
         again = _failed(lease.id, recorded, f"{lost}; its slot is reserved again as OAR job {job_id}") if lost else None
         self.jobs.set(lease.id, SUBMITTED, owner=owner, job_id=job_id, news=again)
         report.resubmitted.append(lease.id)
+
+    def _renewal_over(
+        self, lease: LeaseRecord, recorded: JobRecord, round_started_s: float, replacing_s: float
+    ) -> JobRecord | None:
+        """The lease's row ``recorded``, which a Renew marked (``RENEWING``), with the mark ended once that Renew is
+        over: the calendar no longer holds the end it renewed to (it failed, and the old end is back), or the mark is
+        older than any Renew's work on OAR (its process died). None while the Renew may be at work, or when the
+        lease or its row changed since the round read them: the next round looks again."""
+        renewed_to, _ = renewal_of(recorded.message)
+        window = self.bookings.windows_of([lease.id]).get(lease.id)
+        if window is None or (window[1], window[2]) != (lease.start, lease.end):
+            return None  # the calendar changed since the round read it (a Renew's new end, or its old one put back)
+        # A Renew's work on OAR: listing the lease's jobs, waiting for one OAR is making, then replacing it.
+        renewing_s = replacing_s + 2 * self.client.timeout_s + self.placing_wait_s
+        if lease.end == renewed_to and recorded.updated_s > round_started_s - renewing_s:
+            return None  # the calendar holds the Renew's end: the Renew may still fail and put the old one back
+        return self.jobs.end_renewal_mark(recorded)
+
+    def _still_as_read(self, lease: LeaseRecord, recorded: JobRecord) -> bool:
+        """Right before the round deletes or submits a job for ``lease``: whether the calendar still holds it
+        provisioned in the window the round read, and its job row is still ``recorded``. A Renew changes the first
+        (its new end, or its old one put back) and marks the second before asking OAR anything: acting on the
+        round's older reading would reserve a window that Renew may still put back."""
+        if self.jobs.get(lease.id) != recorded:
+            return False
+        window = self.bookings.windows_of([lease.id]).get(lease.id)
+        return (
+            window is not None
+            and (window[1], window[2]) == (lease.start, lease.end)
+            and self.bookings.lease_states([lease.id]).get(lease.id) == "provisioned"
+        )
 
     def _command_host(self, nodes: Sequence[str]) -> str:
         """Where the job's command runs, so its stderr file is: a deploy job's on the OAR frontend, an ordinary
@@ -1103,6 +1278,75 @@ class OarTestbed:
         except (OarError, ValueError) as exc:
             raise self._provision_error(lease, exc) from exc
 
+    def _refusal_of(self, lease: LeaseRecord, refused: OarRefused) -> GeniError:
+        """What Provision answers when OAR refused the lease's reservation: BUSY when the job in the way is our own
+        earlier reservation of a lease since deleted (an orphan, say of a Provision cut short whose allocation was
+        deleted and booked again), which this call deletes as the reconciler would; else the refusal (7, OAR's
+        hint)."""
+        found = self._our_old_job_in_the_way(lease)
+        if found is None:
+            return self._provision_error(lease, refused)
+        job, old_lease_id, owner = found
+        held = (
+            f"OAR refuses the reservation of {', '.join(self._addresses(lease))} from {format_time(lease.start)} to "
+            f"{format_time(lease.end)} because our own earlier reservation, OAR job {job.id} of lease {old_lease_id} "
+            "(deleted), still holds them"
+        )
+        try:
+            self.client.delete_job(job.id, user=owner)
+        except OarError as exc:
+            log.warning("lease %s: orphan OAR job %d in its way not deleted (%s)", lease.id, job.id, exc.message)
+            return GeniError(
+                Reason.BUSY,
+                f"{held}; deleting it failed ({exc.message}), the reconciler deletes it within about "
+                f"{self.settle_s} s: the booking stays allocated, retry Provision then",
+            )
+        log.info("lease %s: orphan OAR job %d of lease %s in its way deleted", lease.id, job.id, old_lease_id)
+        return GeniError(
+            Reason.BUSY,
+            f"{held}; it has been deleted now and OAR frees the nodes within seconds: the booking stays allocated, "
+            "retry Provision in a few seconds",
+        )
+
+    def _our_old_job_in_the_way(self, lease: LeaseRecord) -> tuple[OarJob, str, str] | None:
+        """A job holding some of the lease's nodes in its window that the reconciler would delete as an orphan
+        (``_is_our_orphan``): ours, for a lease of this calendar that is no longer active (cancelled, expired,
+        ended). With that lease's id and the login the job was made as; None when there is none (or OAR cannot
+        say: the refusal is then answered as it is)."""
+        try:
+            jobs = self.client.reservations(lease.start, lease.end)
+        except (OarError, ValueError):
+            return None
+        addresses = set(self._addresses(lease))
+        in_the_way = [
+            (job, other)
+            for job in jobs
+            if (other := lease_of(job.name)) is not None and other != lease.id and addresses & set(job.nodes)
+        ]
+        if not in_the_way:
+            return None
+        states = self.bookings.lease_states(other for _, other in in_the_way)
+        gone = {other for _, other in in_the_way if states.get(other) in ("cancelled", "expired", "ended")}
+        records = {
+            record.id: record
+            for record in self.bookings.leases(start=lease.start, end=lease.end, active_only=False)
+            if record.id in gone
+        }
+        for job, other in in_the_way:
+            row = self.jobs.get(other) if other in gone else None
+            if row is not None and self._is_our_orphan(job, row, records.get(other)):
+                return job, other, row.owner
+        return None
+
+    def _is_our_orphan(self, job: OarJob, row: JobRecord, record: LeaseRecord | None) -> bool:
+        """Whether ``job``, named after a lease no longer active here, is the reservation this aggregate made for it
+        (``row``: the lease's job row; ``record``: the lease, None when not read): made as the login recorded for it
+        (a job anybody names after the lease is not proof), and the job recorded or exactly the lease's nodes."""
+        if not row.owner or job.owner != row.owner:
+            return False
+        nodes = tuple(self._addresses(record)) if record is not None else None
+        return job.id == row.job_id or job.nodes == nodes
+
     def _provision_error(self, lease: LeaseRecord, exc: Exception) -> GeniError:
         """What Provision answers when asking OAR failed with ``exc``."""
         if isinstance(exc, GeniError):  # refused before OAR was asked (e.g. two disk images in one deploy lease)
@@ -1214,6 +1458,11 @@ def _deleted_by_us(recorded: JobRecord | None) -> bool:
         and recorded.job_id is not None
         and recorded.message in (f"{REPLACING} {recorded.job_id}", f"{NOT_REPLACED} {recorded.job_id}")
     )
+
+
+def _delete_asked(row: JobRecord) -> bool:
+    """Whether the row is a Delete OAR did not confirm in time (the job may be deleted): see DELETE_ASKED."""
+    return row.state == DELETING and row.job_id is not None and row.message == f"{DELETE_ASKED} {row.job_id}"
 
 
 def _replacement_mark(message: str) -> bool:

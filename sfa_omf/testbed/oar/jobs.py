@@ -7,13 +7,14 @@ the reconciler finishes (it finds the job by its name in OAR, or submits it). No
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import select
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import OarJob
 from sfa_omf.calendar.outbox import LeaseNews, add_lease_event
-from sfa_omf.times import utcnow
+from sfa_omf.times import format_time, utcnow
 
 SUBMITTING, SUBMITTED, DELETING, DELETED, FAILED = "submitting", "submitted", "deleting", "deleted", "failed"
 JOB_NAME_PREFIX = "sfa-omf_"  # + the lease id: how the reconciler recognises our jobs in OAR
@@ -26,6 +27,28 @@ def job_name(lease_id: str) -> str:
 def lease_of(name: str) -> str | None:
     """The lease id in one of our job names; None for a job somebody made directly in OAR."""
     return name[len(JOB_NAME_PREFIX) :] if name.startswith(JOB_NAME_PREFIX) else None
+
+
+# The start of a job row's message while a Renew moves the lease's reservation (OarTestbed.renew), and after it failed
+# until the aggregate has put the calendar's old end back: "<RENEWING> <new end>; <the message before>". A reconcile
+# round leaves such a lease alone while the calendar holds that end: the Renew may still put the old one back.
+RENEWING = "a Renew is moving this reservation to end at"
+
+
+def renewal_mark(new_end: datetime, message: str) -> str:
+    """The row's message while a Renew to ``new_end`` is at work, keeping ``message`` (an earlier mark's inner)."""
+    return f"{RENEWING} {format_time(new_end)}; {renewal_of(message)[1]}"
+
+
+def renewal_of(message: str) -> tuple[datetime | None, str]:
+    """The end (to the second) a Renew marked the row for, None when not marked; and the message the mark keeps."""
+    if not message.startswith(f"{RENEWING} "):
+        return None, message
+    end, _, before = message[len(RENEWING) + 1 :].partition("; ")
+    try:
+        return datetime.fromisoformat(end), before
+    except ValueError:
+        return None, message
 
 
 @dataclass(frozen=True)
@@ -92,6 +115,31 @@ class OarJobs:
                 row.job_id = job_id
             row.updated_s = int(utcnow().timestamp())
             return True
+
+    def mark_renewal(self, lease_id: str, new_end: datetime) -> None:
+        """Mark the lease's row, when it records a submitted job: a Renew to ``new_end`` is at work on its reservation
+        (``RENEWING``). Its state and job stay; a round that read the row before sees it changed. (Another row's
+        message is what Status shows, or what a Delete left for the reconciler: left as it is.)"""
+        with self.database.write() as session:
+            row = session.get(OarJob, lease_id, with_for_update=True)
+            if row is None or row.state != SUBMITTED:
+                return
+            row.message = renewal_mark(new_end, row.message)
+            row.updated_s = int(utcnow().timestamp())
+
+    def end_renewal_mark(self, read: JobRecord) -> JobRecord | None:
+        """The row ``read`` (marked by a Renew) with the message it had before the mark, written while the row is
+        still as read; None, having written nothing, when a call wrote it since or it carries no mark."""
+        end, before = renewal_of(read.message)
+        if end is None:
+            return None
+        with self.database.write() as session:
+            row = session.get(OarJob, read.lease_id, with_for_update=True)
+            if row is None or _record(row) != read:
+                return None
+            row.message = before
+            row.updated_s = int(utcnow().timestamp())
+            return _record(row)
 
     def forget(self, lease_id: str) -> None:
         with self.database.write() as session:
