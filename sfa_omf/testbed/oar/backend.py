@@ -1344,8 +1344,10 @@ class OarTestbed:
         (a job anybody names after the lease is not proof), and the job recorded or exactly the lease's nodes."""
         if not row.owner or job.owner != row.owner:
             return False
-        nodes = tuple(self._addresses(record)) if record is not None else None
-        return job.id == row.job_id or job.nodes == nodes
+        if job.id == row.job_id:
+            return True
+        # (The nodes' addresses, an inventory read, only for a job other than the one recorded.)
+        return record is not None and job.nodes == tuple(self._addresses(record))
 
     def _provision_error(self, lease: LeaseRecord, exc: Exception) -> GeniError:
         """What Provision answers when asking OAR failed with ``exc``."""

@@ -75,6 +75,28 @@ def named_in_oar(site: Site, oar_client: OarClient, lease_id: str) -> list[OarJo
     return [job for job in listed if job.name == job_name(lease_id)]
 
 
+def assert_renew_failed_and_oar_kept_the_old_window(
+    site: Site,
+    oar_client: OarClient,
+    oar_jobs: OarJobsMade,
+    lease_id: str,
+    first: int,
+    renewing: threading.Thread,
+    failures: list[GeniError],
+) -> None:
+    """The Renew (an hour more) ended refused TIMEDOUT; the calendar keeps the old end and OAR holds that window with
+    the job it always had (``first``). The lease's jobs in OAR are tracked for deletion."""
+    for job in named_in_oar(site, oar_client, lease_id):
+        oar_jobs.track(job.id, "alice")
+    assert not renewing.is_alive()
+    assert [failure.code for failure in failures] == [GeniCode.TIMEDOUT], failures
+    (lease,) = site.aggregate.bookings.leases(slice_urn=site.pki.slice_urn)
+    assert lease.end == site.start + HOUR, "the calendar keeps the old end"
+    assert [(job.id, job.state, job.walltime_s) for job in named_in_oar(site, oar_client, lease_id)] == [
+        (first, "Waiting", 3599)
+    ]
+
+
 def test_a_round_leaves_alone_a_lease_whose_renew_is_at_work(
     site: Site, oar_url: str, oar_client: OarClient, oar_jobs: OarJobsMade
 ) -> None:
@@ -114,17 +136,9 @@ def test_a_round_leaves_alone_a_lease_whose_renew_is_at_work(
     finally:
         slow.round_done.set()
         renewing.join(WAIT_S)
-    for job in named_in_oar(site, oar_client, lease_id):
-        oar_jobs.track(job.id, "alice")
-    assert not renewing.is_alive()
-    assert [failure.code for failure in failures] == [GeniCode.TIMEDOUT], failures
+    assert_renew_failed_and_oar_kept_the_old_window(site, oar_client, oar_jobs, lease_id, first, renewing, failures)
     assert not during.changed, f"the round acted on the Renew at work: {during}"
-    (lease,) = site.aggregate.bookings.leases(slice_urn=site.pki.slice_urn)
-    assert lease.end == site.start + HOUR, "the calendar keeps the old end"
-    # OAR holds the calendar's window with the job it always had; the next round finds nothing to repair.
-    assert [(job.id, job.state, job.walltime_s) for job in named_in_oar(site, oar_client, lease_id)] == [
-        (first, "Waiting", 3599)
-    ]
+    # The next round finds nothing to repair either.
     after = other_host.reconcile()
     assert not after.changed, after
     row = other_host.jobs.get(lease_id)
@@ -204,16 +218,8 @@ def test_a_round_that_read_before_the_renew_marked_the_row_does_not_act(
     finally:
         moment["round_read"].set()
         renewing.join(WAIT_S)
-    for job in named_in_oar(site, oar_client, lease_id):
-        oar_jobs.track(job.id, "alice")
-    assert not renewing.is_alive()
-    assert [failure.code for failure in failures] == [GeniCode.TIMEDOUT], failures
+    assert_renew_failed_and_oar_kept_the_old_window(site, oar_client, oar_jobs, lease_id, first, renewing, failures)
     assert not during.changed, f"the round acted on its reading older than the Renew's mark: {during}"
-    (lease,) = site.aggregate.bookings.leases(slice_urn=site.pki.slice_urn)
-    assert lease.end == site.start + HOUR, "the calendar keeps the old end"
-    assert [(job.id, job.state, job.walltime_s) for job in named_in_oar(site, oar_client, lease_id)] == [
-        (first, "Waiting", 3599)
-    ]
 
 
 class DatabaseFailsOnceOarTookTheRenewalStandIn(OarJobs):
