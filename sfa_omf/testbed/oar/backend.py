@@ -129,6 +129,10 @@ class ReconcileReport:
     adopted: list[str] = field(default_factory=list)  # interrupted provisions finished (lease ids)
     deleted: list[str] = field(default_factory=list)  # interrupted deletions finished (lease ids)
     failed: dict[str, str] = field(default_factory=dict)  # lease id -> OAR's words
+    # Leases whose user's Delete OAR did not confirm in time (DELETE_ASKED) and did not confirm again when this round
+    # asked it (or could not be read): lease id -> OAR's words. Still provisioned, never reserved again; the next round
+    # asks OAR again. Not a failure to reserve: told in words of its own.
+    deletes_unconfirmed: dict[str, str] = field(default_factory=dict)
     # Leases this round cancelled in the calendar itself (a Delete OAR did not confirm in time, finished here; also in
     # ``deleted``): what the aggregate's Delete does after the calendar (containers, the slice's keys) is still to do.
     cancelled: list[str] = field(default_factory=list)
@@ -144,7 +148,9 @@ class ReconcileReport:
 
     def lists(self) -> dict[str, Any]:
         """The repairs as JSON-able lists per category (repairs.report_lists)."""
-        return report_lists(self.resubmitted, self.adopted, self.deleted, self.orphans_deleted, self.failed)
+        return report_lists(
+            self.resubmitted, self.adopted, self.deleted, self.orphans_deleted, self.failed, self.deletes_unconfirmed
+        )
 
     def alert(self) -> dict[str, Any]:
         """The operators' ``reconciler_repaired`` event's details, as plain data (repairs.alert_details)."""
@@ -431,12 +437,18 @@ class OarTestbed:
         """A Delete OAR did not confirm in time (DELETE_ASKED): once OAR has ended the job, the lease is cancelled
         as that Delete asked (listed in ``deleted`` and ``cancelled``). A job still alive once the row is older than
         two time-outs (``settled_before``) never got that Delete (a connect time-out): OAR is asked again, as the
-        row's owner; the lease is cancelled once OAR lists the job ended (this round, or a later one)."""
+        row's owner; the lease is cancelled once OAR lists the job ended (this round, or a later one). OAR failing
+        to answer (or to confirm that deletion again) lists the lease in ``deletes_unconfirmed``: the next round asks
+        again."""
         job_id = row.job_id
         if job_id is None:  # (never so: _delete_asked)
             return
         try:
             job = self.client.job(job_id)
+        except OarError as exc:
+            report.deletes_unconfirmed[lease.id] = f"OAR could not say whether job {job_id} is gone: {exc.message}"
+            return
+        try:
             if job is not None and job.state in ACTIVE_STATES:
                 # (A Delete still on its way, or asked again by its user, is left to that call.)
                 if row.updated_s >= settled_before or self.jobs.get(lease.id) != row:
@@ -445,7 +457,9 @@ class OarTestbed:
                 self.client.delete_job(job_id, user=row.owner or self.client.admin_user)
                 job = self.client.job(job_id)
         except OarError as exc:
-            report.failed[lease.id] = f"the Delete of its OAR job {job_id} could not be finished: {exc.message}"
+            report.deletes_unconfirmed[lease.id] = (
+                f"OAR did not confirm the deletion of job {job_id} again: {exc.message}"
+            )
             return
         if job is not None and job.state in ACTIVE_STATES:
             return  # OAR ends a deleted job within seconds: the next round cancels the lease
@@ -488,10 +502,12 @@ class OarTestbed:
                     f"time): call Delete again to finish it, or the reconciler cancels the lease within about "
                     f"{self.settle_s} s",
                 )
+            # (Asked again once the row is settled, then cancelled once OAR lists the job ended: a round more.)
             return SliverHealth(
                 OAR_OPERATIONAL_STATES.get(job.state, Operational.NOTREADY),
                 f"a Delete was asked for this lease but OAR did not confirm it in time, and OAR job {job.id} is still "
-                f"{job.state}: call Delete again",
+                f"{job.state}: call Delete again to finish it, or the reconciler asks OAR again to delete it and "
+                f"cancels the lease within about {self.settle_s + self.reconcile_s} s",
             )
         if job is None:
             return SliverHealth(Operational.FAILED, f"OAR no longer knows job {row.job_id}; the reconciler resubmits")
@@ -674,6 +690,11 @@ class OarTestbed:
             log.info("reconciled with OAR: %s", one_line(report.lists(), report.leases))
         if report.failed:
             log.warning("OAR would not reserve these leases again: %s", report.failed)
+        if report.deletes_unconfirmed:
+            log.warning(
+                "OAR did not confirm these leases' Delete again (asked again next round): %s",
+                report.deletes_unconfirmed,
+            )
         return report
 
     def _delete_orphans(

@@ -8,6 +8,9 @@ sentences for e-mail. The notifier knows nothing of OAR: it sends what ``alert_d
 | deleted | lease ids | its interrupted deletion was finished |
 | orphans_deleted | OAR job ids | the job had no live lease here and was deleted |
 | failed | lease id -> why (OAR's words) | not repaired: why, and what the operator may do |
+| deletes_unconfirmed | lease id -> why (OAR's words) | its users' Delete still unconfirmed: asked next round |
+
+``reasons`` holds the words of both ``failed`` and ``deletes_unconfirmed`` leases.
 
 The leases' slice, nodes, window and current OAR job are read from the calendar at the end of the round that
 repaired them (``lease_details``): the message is written later, when the lease may be gone.
@@ -36,16 +39,19 @@ def report_lists(
     deleted: Sequence[str],
     orphans_deleted: Sequence[int],
     failed: Mapping[str, str],
+    deletes_unconfirmed: Mapping[str, str],
 ) -> dict[str, Any]:
     """The report's categories as JSON-able data: lists of lease ids (``resubmitted``, ``adopted``, ``deleted``,
-    ``failed``), of OAR job ids (``orphans_deleted``), and ``reasons`` (failed lease id -> why, OAR's words)."""
+    ``failed``, ``deletes_unconfirmed``), of OAR job ids (``orphans_deleted``), and ``reasons`` (failed or
+    unconfirmed lease id -> why, OAR's words)."""
     return {
         "resubmitted": [str(lease_id) for lease_id in resubmitted],
         "adopted": [str(lease_id) for lease_id in adopted],
         "deleted": [str(lease_id) for lease_id in deleted],
         "orphans_deleted": [int(job_id) for job_id in orphans_deleted],
         "failed": sorted(str(lease_id) for lease_id in failed),
-        "reasons": {str(lease_id): str(words) for lease_id, words in failed.items()},
+        "deletes_unconfirmed": sorted(str(lease_id) for lease_id in deletes_unconfirmed),
+        "reasons": {str(lease_id): str(words) for lease_id, words in {**failed, **deletes_unconfirmed}.items()},
     }
 
 
@@ -64,7 +70,9 @@ def lease_details(database: Database, jobs: OarJobs, lists: Mapping[str, Any]) -
     """What the calendar knows of the report's leases now: slice, nodes, window, and (made again or adopted) the OAR
     job that holds it. A lease the calendar does not have is left out; a database error leaves them all out (the
     alert still goes, with the lease ids)."""
-    lease_ids = sorted({lease_id for name in (*LEASE_CATEGORIES, "failed") for lease_id in lists[name]})
+    lease_ids = sorted(
+        {lease_id for name in (*LEASE_CATEGORIES, "failed", "deletes_unconfirmed") for lease_id in lists[name]}
+    )
     if not lease_ids:
         return {}
     try:
@@ -111,6 +119,11 @@ def one_line(lists: Mapping[str, Any], leases: Mapping[str, Mapping[str, Any]]) 
     if lists["failed"]:
         failed = ", ".join(lists["failed"])
         parts.append(f"{_count(lists['failed'], 'lease', 'leases')} not repaired: {failed}")
+    if lists["deletes_unconfirmed"]:
+        unconfirmed = ", ".join(lists["deletes_unconfirmed"])
+        parts.append(
+            f"{_count(lists['deletes_unconfirmed'], 'Delete', 'Deletes')} still not confirmed by OAR: {unconfirmed}"
+        )
     return "; ".join(parts) if parts else "nothing repaired"
 
 
@@ -140,6 +153,16 @@ def sentences(payload: Mapping[str, Any], leases: Mapping[str, Mapping[str, Any]
     for job_id in payload.get("orphans_deleted", ()):
         told.append(f"OAR job {job_id} had no live lease here (cancelled, expired or ended) and was deleted.")
     repaired = len(told)
+    for lease_id in payload.get("deletes_unconfirmed", ()):
+        # Not a reservation OAR refuses: the user's own Delete, which the next round asks OAR for again.
+        told.append(
+            f"{_lease(lease_id, leases)}: its users' Delete, which OAR did not confirm in time, is still not "
+            f"confirmed ({reasons.get(lease_id, 'no reason given')}). The lease stays provisioned and is not "
+            "reserved again; the reconciler asks OAR again next round and cancels the lease once OAR has ended its "
+            "job.\n"
+            f"  What you may do: nothing while OAR is only slow or down; if it keeps failing, look at OAR's job named "
+            f"{job_name(lease_id)} (oarstat) and delete it as its owner (oardel): the next round cancels the lease."
+        )
     for lease_id in payload.get("failed", ()):
         told.append(
             f"{_lease(lease_id, leases)}: not repaired: {reasons.get(lease_id, '(no reason given)')}\n"
