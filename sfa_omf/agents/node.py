@@ -21,18 +21,19 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from sfa_omf.agents.host import Host
-from sfa_omf.errors import BadArgs
+from sfa_omf.agents.staging import check_name
+from sfa_omf.errors import BadArgs, GeniError
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import gid_from_der, load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key, new_private_key, private_key_pem
@@ -44,6 +45,10 @@ KEY, CERT, ROOT, CONFIG, APPLIED = "node.pkey", "node.gid", "root.gid", "agent.j
 STAGE_IN, STAGE_OUT = "stage-in", "stage-out"  # folders in each account's home for a lease's files
 #: The largest file staged out when the server does not say (an older server): its default limit.
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024
+#: Rounds a finished lease's accounts are kept while some of its files could not be staged out yet (no answer, the
+#: server busy or answering what we cannot read): then they go all the same, and the files left are named in the log
+#: and in the lease's "ended" report. The lease's users keep their access that long: not for ever.
+STAGE_OUT_ROUNDS = 20
 
 
 class AgentCallError(Exception):
@@ -54,6 +59,16 @@ class AgentCallError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+
+
+#: The reason of an AgentCallError for an answer that is not a JSON object: nothing says the call was done.
+NOT_JSON = "not_json"
+
+
+def is_refusal(exc: AgentCallError) -> bool:
+    """The server read the call and refused it in its own words (a 4xx JSON answer): the same call would be refused
+    again. Anything else (5xx, an answer that is not JSON, whatever its status) may go through when tried again."""
+    return 400 <= exc.status < 500 and exc.reason != NOT_JSON
 
 
 class ServerNotTrusted(AgentCallError):
@@ -179,12 +194,14 @@ class Client:
     def put_file(self, lease_id: str, name: str, data: bytes) -> dict[str, Any]:
         """Stage a file out for a lease, with its SHA-256 (the server checks it)."""
         headers = {"content-type": "application/octet-stream", "x-content-sha256": hashlib.sha256(data).hexdigest()}
-        status, raw, _ = self._exchange("PUT", f"files/{lease_id}/out/{name}", data, headers)
+        # Quoted: a space, '?', '#', '%' or a non-ASCII letter in a user's file name must not break the request line
+        # (http.client raises on them); the server unquotes the segment and checks the name itself.
+        status, raw, _ = self._exchange("PUT", f"files/{lease_id}/out/{quote(name, safe='')}", data, headers)
         return self._decode(status, raw)
 
     def get_file(self, lease_id: str, name: str) -> bytes:
         """A file staged in for a lease, checked against the SHA-256 the server declares."""
-        status, raw, declared = self._exchange("GET", f"files/{lease_id}/in/{name}", None, {})
+        status, raw, declared = self._exchange("GET", f"files/{lease_id}/in/{quote(name, safe='')}", None, {})
         if status != 200:
             self._decode(status, raw)
         if hashlib.sha256(raw).hexdigest() != declared:
@@ -193,12 +210,15 @@ class Client:
 
     @staticmethod
     def _decode(status: int, raw: bytes) -> dict[str, Any]:
+        """The server's JSON object; AgentCallError for a refusal, and for any answer that is not a JSON object
+        whatever its status (a 200 from something else than the agent API, e.g. an XML-RPC fault, is no success)."""
         try:
             answer = json.loads(raw)
-        except ValueError:
-            answer = {"error": "server_error", "message": raw[:200].decode("utf-8", "replace")}
+        except ValueError:  # UnicodeDecodeError included
+            answer = None
         if not isinstance(answer, dict):
-            raise AgentCallError(status, "server_error", "the answer is not a JSON object")
+            text = raw[:200].decode("utf-8", "replace")
+            raise AgentCallError(status, NOT_JSON, f"the server's answer is not a JSON object: {text!r}")
         if status != 200:
             raise AgentCallError(status, str(answer.get("error", "")), str(answer.get("message", "")))
         return answer
@@ -319,10 +339,29 @@ def request_vpn(state_dir: str) -> tuple[str, str]:
     return str(state / "vpn.conf"), str(answer["address"])
 
 
+@dataclass
+class StageOut:
+    """What became of a finished lease's ~/stage-out files."""
+
+    #: Files that were not and will not be staged out, each with why (for the log and the "ended" report).
+    lost: list[str] = field(default_factory=list)
+    #: Files that may go through when sent again: the accounts (and their files) are kept for another round.
+    pending: list[str] = field(default_factory=list)
+
+    def report(self) -> str:
+        """The "ended" report's message: the files not staged out (the aggregate keeps up to 2000 characters)."""
+        if not (self.lost or self.pending):
+            return ""
+        text = "files not staged out: " + "; ".join(self.lost + self.pending)
+        return text if len(text) <= 1900 else text[:1900] + " ..."
+
+
 class Agent:
     """The loop of an enrolled node. ``run_once`` is one round; ``run`` repeats it until ``stop`` is set."""
 
-    def __init__(self, state_dir: str, host: Host, interval_s: float | None = None) -> None:
+    def __init__(
+        self, state_dir: str, host: Host, interval_s: float | None = None, stage_out_rounds: int = STAGE_OUT_ROUNDS
+    ) -> None:
         self.state = Path(state_dir)
         config = json.loads((self.state / CONFIG).read_text())
         self.node = str(config["node"])
@@ -337,6 +376,9 @@ class Agent:
         self.applied: dict[str, list[str]] = json.loads(path.read_text()) if path.exists() else {}
         staged = self.state / "staged.json"
         self.staged: dict[str, dict[str, str]] = json.loads(staged.read_text()) if staged.exists() else {}
+        self.stage_out_rounds = stage_out_rounds
+        # lease id -> rounds its stage-out was left incomplete (in memory: a restarted agent tries as many again).
+        self.stage_out_tries: dict[str, int] = {}
 
     def _client(self) -> Client:
         """A client with the certificate on disk now (``agent enrol`` again replaces it under a running agent)."""
@@ -396,11 +438,25 @@ class Agent:
                 self._report(lease_id, "started")
         finished = {str(item["lease_id"]) for item in work.get("finished", [])}
         for lease_id in sorted((set(self.applied) - active_ids) | finished):
-            self._stage_out(lease_id, self.applied.get(lease_id, []), int(work.get("max_file_bytes") or 0))
-            self.host.remove(lease_id, self.applied.get(lease_id, []))
+            logins = self.applied.get(lease_id, [])
+            stage_out = self._stage_out(lease_id, logins, int(work.get("max_file_bytes") or 0))
+            if stage_out.pending:
+                tries = self.stage_out_tries[lease_id] = self.stage_out_tries.get(lease_id, 0) + 1
+                if tries < self.stage_out_rounds:
+                    log.warning(
+                        "lease %s: its accounts are kept until its files are staged out (round %d of %d)",
+                        lease_id, tries, self.stage_out_rounds,
+                    )  # fmt: skip
+                    continue
+                log.error(
+                    "lease %s: stage-out still fails after %d rounds: its accounts go all the same", lease_id, tries
+                )
+            self.host.remove(lease_id, logins)
             self.applied.pop(lease_id, None)
+            self.staged.pop(lease_id, None)
+            self.stage_out_tries.pop(lease_id, None)
             self._save()
-            self._report(lease_id, "ended")
+            self._report(lease_id, "ended", stage_out.report())
         return work
 
     def _stage_in(self, lease_id: str, files: list[dict[str, Any]], logins: list[str]) -> None:
@@ -416,16 +472,44 @@ class Agent:
             done[name] = sha256
             _write_private(self.state / "staged.json", json.dumps(self.staged, sort_keys=True).encode("utf-8"))
 
-    def _stage_out(self, lease_id: str, logins: list[str], max_bytes: int) -> None:
-        """Send back each account's ~/stage-out files before the account goes (a refused file is logged). A file
-        larger than the server takes (``max_bytes``) is not read: the user's file must not fill root's memory."""
+    def _stage_out(self, lease_id: str, logins: list[str], max_bytes: int) -> StageOut:
+        """Send back each account's ~/stage-out files before the account goes. A file larger than the server takes
+        (``max_bytes``) is not read: the user's file must not fill root's memory. One file's failure stops no other
+        file and no teardown: a name the server does not keep is not sent, a refusal is final; both are logged and
+        named in the result. A file that may go through later (no answer, a 5xx, an answer that is not JSON) makes
+        the result ``pending``: sending again is harmless (PUT is idempotent)."""
+        result = StageOut()
         for login in logins:
-            for name, data in self.host.read_files(login, STAGE_OUT, max_bytes or DEFAULT_MAX_FILE_BYTES):
+            try:
+                files = self.host.read_files(login, STAGE_OUT, max_bytes or DEFAULT_MAX_FILE_BYTES)
+            except OSError as exc:
+                log.warning("lease %s: %s/%s could not be read, not staged out: %s", lease_id, login, STAGE_OUT, exc)
+                result.lost.append(f"{login}/{STAGE_OUT} (unreadable: {exc})")
+                continue
+            for name, data in files:
+                where = f"{login}/{STAGE_OUT}/{name}"
                 try:
+                    check_name(name)  # the server's own rule: sending it would only be refused
                     self.client.put_file(lease_id, name, data)
+                except GeniError as exc:
+                    log.warning("lease %s: %r not staged out: %s", lease_id, where, exc.message)
+                    result.lost.append(
+                        f"{where!r} (not a name the aggregate keeps: use letters, digits, '.', '_', '-')"
+                    )
                 except AgentCallError as exc:
-                    log.warning("lease %s: %s/%s/%s not staged out: %s", lease_id, login, STAGE_OUT, name, exc)
-        self.staged.pop(lease_id, None)
+                    if is_refusal(exc):
+                        log.warning("lease %s: %r not staged out, refused: %s", lease_id, where, exc)
+                        result.lost.append(f"{where!r} ({exc})")
+                    else:
+                        log.warning("lease %s: %r not staged out yet: %s", lease_id, where, exc)
+                        result.pending.append(f"{where!r} ({exc})")
+                except (OSError, http.client.HTTPException) as exc:  # no answer: the server may be back next round
+                    log.warning("lease %s: %r not staged out yet (no answer: %s)", lease_id, where, exc)
+                    result.pending.append(f"{where!r} (no answer: {exc})")
+                except Exception:  # a failure of ours with this one file: it must not keep the lease's accounts
+                    log.exception("lease %s: %r not staged out (agent error)", lease_id, where)
+                    result.lost.append(f"{where!r} (agent error: see the agent's log)")
+        return result
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop``; a server that cannot be reached (restarting, network down) is tried again."""

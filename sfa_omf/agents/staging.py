@@ -22,9 +22,11 @@ from pathlib import Path
 from sfa_omf.errors import GeniError, Reason
 
 DIRECTIONS = ("in", "out")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_LEASE_ID = re.compile(r"^[0-9a-f-]{36}$")
+# Checked with fullmatch: with match, '$' also matches before a final newline ("evil.sha256\n" would pass).
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_LEASE_ID = re.compile(r"[0-9a-f-]{36}")
+_HOSTNAME = re.compile(r"[a-z0-9-]+")
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class StagedFile:
 
 def check_name(name: str) -> None:
     """A plain file name: letters, digits, '.', '_', '-', not starting with a dot, at most 100 characters."""
-    if not _NAME.match(name) or name.endswith(".sha256") or name.endswith(".tmp"):
+    if not _NAME.fullmatch(name) or name.endswith(".sha256") or name.endswith(".tmp"):
         raise GeniError(
             Reason.BAD_ARGS,
             f"{name!r} is not a file name we keep: letters, digits, '.', '_', '-', not starting with '.', "
@@ -52,7 +54,7 @@ class FileStore:
         self.max_bytes = max_bytes
 
     def _folder(self, lease_id: str, hostname: str, direction: str) -> Path:
-        if direction not in DIRECTIONS or not _LEASE_ID.match(lease_id) or not re.match(r"^[a-z0-9-]+$", hostname):
+        if direction not in DIRECTIONS or not _LEASE_ID.fullmatch(lease_id) or not _HOSTNAME.fullmatch(hostname):
             raise GeniError(
                 Reason.BAD_ARGS, f"no staging area for lease {lease_id!r}, node {hostname!r}, {direction!r}"
             )
@@ -62,7 +64,7 @@ class FileStore:
         """Keep ``data`` as ``name``; True when it changed anything. Refused (nothing written) when the declared
         SHA-256 is not the data's, the name is not plain, or the data is over the limit."""
         check_name(name)
-        if not _SHA256.match(sha256 or ""):
+        if not _SHA256.fullmatch(sha256 or ""):
             raise GeniError(Reason.BAD_ARGS, "declare the file's SHA-256 (64 lower-case hex digits)")
         if len(data) > self.max_bytes:
             raise GeniError(Reason.TOO_BIG, f"{name} is {len(data)} bytes, over the limit of {self.max_bytes}")
