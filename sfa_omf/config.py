@@ -134,7 +134,7 @@ class Settings:
     agent_heartbeat_s: int = 30  # how often node agents report (sfa_omf/agents)
     agent_timeout_s: int = 120  # an agent silent this long is lost: its node leaves service
     agent_max_body_bytes: int = 64 * 1024
-    agent_max_file_bytes: int = 1024 * 1024  # a staged file (at most max_request_bytes, the server's own limit)
+    agent_max_file_bytes: int = 1024 * 1024  # a staged file (its own limit: may exceed max_request_bytes)
     agent_vpn_remote: str = ""  # empty: no VPN for nodes; else the address agents reach OpenVPN at
     agent_vpn_port: int = 1194
     agent_dns_zone: str = ""  # empty: no DNS names for nodes; else the zone (bind9 views, sfa_omf/agents/dns.py)

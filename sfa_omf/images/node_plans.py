@@ -44,8 +44,9 @@ NODE_STATES = (NODE_RUNNING, NODE_FAILED, NODE_DESTROYED, NODE_STOPPED)
 # sfa_omf_save_image): start as it is, stop, stop then start, archive one container's root file system.
 ACTION_START, ACTION_STOP, ACTION_RESTART, ACTION_SAVE = "start", "stop", "restart", "save"
 ACTIONS = (ACTION_START, ACTION_STOP, ACTION_RESTART, ACTION_SAVE)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")  # a lease id, a container's name, a bridge, a login
-_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}$")  # a node as OAR reaches it: host name, IPv4 or IPv6
+# _NAME and _NODE are used with fullmatch: with match, "$" would let a trailing newline into a path or a command.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # a lease id, a container's name, a bridge, a login
+_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")  # a node as OAR reaches it: host name, IPv4 or IPv6
 _KEY = re.compile(r"^[A-Za-z0-9@._+-]+ [A-Za-z0-9+/=]+( [^\n\r]*)?$")  # one OpenSSH public key line
 
 
@@ -208,7 +209,7 @@ class LeaseAction:
             raise PlanError("seq must be a positive whole number")
         if action not in ACTIONS:
             raise PlanError(f"action must be one of {', '.join(ACTIONS)}")
-        if not isinstance(names, list) or not all(isinstance(name, str) and _NAME.match(name) for name in names):
+        if not isinstance(names, list) or not all(isinstance(name, str) and _NAME.fullmatch(name) for name in names):
             raise PlanError("containers must be a list of container names")
         if action == ACTION_SAVE and len(names) != 1:
             raise PlanError("a save names exactly one container")
@@ -459,7 +460,7 @@ def report_text(states: dict[str, tuple[str, str]], plan_id: str, done: ActionDo
 
 def is_node_name(value: str) -> bool:
     """Whether ``value`` can name a node in a plan and its report directory (a host name, an IPv4 or IPv6 address)."""
-    return bool(_NODE.match(value))
+    return bool(_NODE.fullmatch(value))
 
 
 def read_states(text: str) -> dict[str, tuple[str, str]]:
@@ -512,7 +513,7 @@ def _text(data: dict[str, Any], key: str, empty: bool = False) -> str:
 
 def _named(data: dict[str, Any], key: str) -> str:
     value = _text(data, key)
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise PlanError(f"{key} {value!r} is not a plain name (letters, digits, _ . -)")
     return value
 
@@ -549,7 +550,7 @@ def _remove_file(path: Path) -> None:
 
 
 def _checked_name(value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a plain name")
     return value
 

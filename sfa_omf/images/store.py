@@ -34,7 +34,7 @@ from sfa_omf.times import format_time
 
 #: A label is a request's <disk_image name>, a file-name part and an argument of the site's deploy command: keep it
 #: to characters no shell or URL treats specially.
-VALID_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+VALID_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: "$" would let a trailing newline in
 MAX_FIELD_CHARS = 100  # the os and version columns, and each hardware type
 STORE_DIR_NAME = "images"
 CHUNK = 4 * 1024 * 1024  # copy buffer: large enough that the copy runs at disk speed
@@ -80,7 +80,7 @@ def check_image_text(os_name: str, version: str, description: str, hardware_type
 
 def check_label(label: str) -> str:
     """The label if it is usable, else BADARGS saying which characters are."""
-    if not VALID_LABEL.match(label or ""):
+    if not VALID_LABEL.fullmatch(label or ""):
         raise BadArgs(
             f"image label {label!r} is not valid: 1 to 100 characters, letters, digits, '.', '_' or '-', starting with "
             "a letter or a digit"

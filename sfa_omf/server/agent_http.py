@@ -63,9 +63,35 @@ class AgentResource(resource.Resource):
         self.reactor = reactor
         self.max_body_bytes = max_body_bytes
 
+    def body_limit(self, segments: list[bytes]) -> int:
+        """The largest body taken at /agents/<segments>: a staged-out file's upload is a file (``max_file_bytes``),
+        any other call a JSON body (``max_body_bytes``). The site applies it as soon as a request's length is
+        known (server/xmlrpc.py's OwnBodyLimits), so a body over it is never read."""
+        return self.max_file_bytes if _is_file_upload(_agent_path(segments)) else self.max_body_bytes
+
+    def largest_body_limit(self) -> int:
+        """The largest body any call of the agent API takes."""
+        return max(self.max_body_bytes, self.max_file_bytes)
+
+    def too_big_answer(self, segments: list[bytes], what: str) -> tuple[bytes, str]:
+        """The agent API's 413 (its JSON refusal, never an XML-RPC fault) for a body over body_limit(segments)."""
+        if _is_file_upload(_agent_path(segments)):
+            message = (
+                f"{what}: a staged file is at most {self.max_file_bytes} bytes ([sfa_agents] max_file_bytes; the work "
+                "answer's max_file_bytes): keep the files of the stage-out directory under it, or ask the testbed's "
+                "operator to raise it"
+            )
+        else:
+            message = (
+                f"{what}: an agent API call's JSON body is at most {self.max_body_bytes} bytes ([sfa_agents] "
+                "max_body_bytes): send a smaller body (an agent's calls take a few kilobytes; check the agent's "
+                "version)"
+            )
+        return json.dumps({"error": str(Reason.TOO_BIG), "message": message}).encode("utf-8"), "application/json"
+
     def render(self, request: server.Request) -> Any:
         method = request.method.decode("ascii", "replace")
-        path = [part.decode("utf-8", "replace") for part in request.postpath or [] if part]
+        path = _agent_path(request.postpath or [])
         if path[:1] != ["v1"]:
             return _answer(request, 404, {"error": "not_found", "message": "the agent API lives under /agents/v1/"})
         route = path[1:]
@@ -82,7 +108,7 @@ class AgentResource(resource.Resource):
         elif len(route) == 2 and route[0] == "work":
             lease_id = route[1]
             allowed, call = "PUT", lambda chain, body: self.service.report(chain, lease_id, body)
-        if len(route) == 4 and route[0] == "files" and route[2] in ("in", "out"):
+        if _is_file_route(route):
             return self._file(request, method, route[1], route[2], route[3])
         if call is None:
             return _answer(request, 404, {"error": "not_found", "message": f"no agent API call at {request.path!r}"})
@@ -137,6 +163,22 @@ class AgentResource(resource.Resource):
             deferred.addCallback(lambda result: _finish_bytes(request, result[0], result[1]))
         deferred.addErrback(lambda failure: _failed(request, ["files", direction], failure))
         return server.NOT_DONE_YET
+
+
+def _agent_path(segments: list[bytes]) -> list[str]:
+    """The path under /agents/ as the API reads it, from its segments (Twisted's postpath: split and unquoted):
+    decoded, empty segments dropped. ``["v1", "files", lease_id, "out", name]`` for a stage-out."""
+    return [part.decode("utf-8", "replace") for part in segments if part]
+
+
+def _is_file_route(route: list[str]) -> bool:
+    """Is ``route`` (the path after ``v1``) a staged file's, ``files/<lease_id>/<in|out>/<name>``?"""
+    return len(route) == 4 and route[0] == "files" and route[2] in ("in", "out")
+
+
+def _is_file_upload(path: list[str]) -> bool:
+    """Does ``path`` (from _agent_path) take a file as its body: a stage-out, ``v1/files/<lease_id>/out/<name>``?"""
+    return path[:1] == ["v1"] and _is_file_route(path[1:]) and path[3] == "out"
 
 
 def _finish_bytes(request: server.Request, data: bytes, sha256: str) -> None:

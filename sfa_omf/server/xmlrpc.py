@@ -4,15 +4,16 @@ The transport knows nothing of GENI: it unmarshals the call, hands (caller chain
 worker thread, and marshals what comes back. A handler's answer is plain Python data; a handler that raises is a bug,
 answered with an XML-RPC fault and logged with its traceback, and the server keeps serving.
 
-Limits: a request whose declared body is larger than ``max_body_bytes`` is answered at once (fault 6) and
-the connection closed, without reading the body; a header line or header block over 16 KiB is answered 431 and the
-connection closed; XML with a DOCTYPE or entity declaration is refused before it is parsed; values nested deeper
-than ``MAX_DEPTH`` are refused while unmarshalling; any body that is not a well-formed methodCall is a clean fault 1
-(never an HTTP 500) saying what was wrong and in which <param>; a method name that is no name (over 64 characters,
-or other characters than letters, digits, '_' and '.') is refused before any handler runs, and shown only as a
-bounded repr; at most ``pool`` threads run calls at once and the rest wait their turn, while the reactor keeps
-accepting and answering (a slow client only holds its own connection). Any HTTP method but POST is answered 405
-(``Allow: POST``).
+Limits: a request whose declared body is larger than ``max_body_bytes`` is answered at once (fault 6) and the
+connection closed, without reading the body (a route with limits of its own, the node agents' JSON API, is held to
+those instead, and answers its own 413 in its own form); a header line or header block over 16 KiB is answered 431
+and the connection closed; XML with a DOCTYPE or entity declaration is refused before it is parsed; values nested
+deeper than ``MAX_DEPTH`` are refused while unmarshalling; any body that is not a well-formed methodCall is a clean
+fault 1 (never an HTTP 500) saying what was wrong and in which <param>; a method name that is no name (over 64
+characters, or other characters than letters, digits, '_' and '.') is refused before any handler runs, and shown
+only as a bounded repr; at most ``pool`` threads run calls at once and the rest wait their turn, while the reactor
+keeps accepting and answering (a slow client only holds its own connection). Any HTTP method but POST is answered
+405 (``Allow: POST``).
 
 A refusal of the transport's own once a call is read (a method name that is no name, a caller without a client
 certificate) goes to the handler's ``refuse`` when it has one (the AM API answers with its envelope), else it is an
@@ -39,6 +40,7 @@ import xmlrpc.client
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote_to_bytes
 from xml.parsers import expat
@@ -413,10 +415,32 @@ class RefusingHandler(Protocol):
         ...
 
 
+@runtime_checkable
+class OwnBodyLimits(Protocol):
+    """A route (a first path segment's resource) with body limits of its own and its own 413 answer, such as the
+    node agents' JSON API: its requests are held to its limits instead of the XML-RPC one, as soon as their length
+    is known, and are never answered with an XML-RPC fault."""
+
+    def body_limit(self, segments: list[bytes]) -> int:
+        """The largest body taken at the path whose segments after the route's own are ``segments`` (unquoted, as
+        Twisted's postpath)."""
+        ...
+
+    def largest_body_limit(self) -> int:
+        """The largest body_limit of any path of the route (for the time a request may take to arrive)."""
+        ...
+
+    def too_big_answer(self, segments: list[bytes], what: str) -> tuple[bytes, str]:
+        """(body, content type) of the 413 for a body over body_limit(segments); ``what`` says what was too big."""
+        ...
+
+
 class LimitedRequest(server.Request):
     """Refuses a body over the site's limit as soon as its length is known (or as chunks exceed it)."""
 
     max_body_bytes = DEFAULT_MAX_BODY_BYTES
+    #: The routes (by their first path segment) holding requests to their own limits; make_site sets it.
+    own_limits: Mapping[bytes, OwnBodyLimits] = MappingProxyType({})
     #: Path prefixes answered in JSON (the OMF backend's REST inventory), not with an XML-RPC fault.
     json_prefixes: tuple[bytes, ...] = ()
     #: The web calendar's first path segment (make_site's route): what is sent there is a form, refused over the web's
@@ -424,6 +448,7 @@ class LimitedRequest(server.Request):
     web_segment = b"calendar"
     _received = 0
     _too_big = False
+    _known_limit: int | None = None  # the limit of this request's path, once worked out (a path does not change)
 
     def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
         # No endpoint takes a form from request.args (the web calendar parses its own forms from the body): Twisted
@@ -456,11 +481,29 @@ class LimitedRequest(server.Request):
         segments = self._path().split(b"?", 1)[0].split(b"/")
         return len(segments) > 1 and unquote_to_bytes(segments[1]) == self.web_segment
 
+    def _own_limits(self) -> tuple[OwnBodyLimits, list[bytes]] | None:
+        """The route with its own limits this request goes to, and the path's segments after the route's, split and
+        unquoted as Twisted's Site routes them; None for any other route."""
+        if not self.own_limits:
+            return None
+        segments = [unquote_to_bytes(part) for part in self._path().split(b"?", 1)[0][1:].split(b"/")]
+        route = self.own_limits.get(segments[0])
+        return None if route is None else (route, segments[1:])
+
     def _limit(self) -> int:
+        if self._known_limit is None:
+            self._known_limit = self._work_out_limit()
+        return self._known_limit
+
+    def _work_out_limit(self) -> int:
         if self._to_the_web():
             from sfa_omf.web.forms import MAX_FORM_BYTES  # loaded by then: server/web.py serves /calendar
 
             return min(MAX_FORM_BYTES, self.max_body_bytes)
+        own = self._own_limits()
+        if own is not None:
+            route, segments = own
+            return route.body_limit(segments)
         return self.max_body_bytes
 
     def _refuse_too_big(self, what: str) -> None:
@@ -479,6 +522,12 @@ class LimitedRequest(server.Request):
             headers = {**SECURITY_HEADERS, b"cache-control": b"no-store"}
             status = b"413 Request Entity Too Large"
             refuse_and_close(self.channel, status, page.encode("utf-8"), "text/html; charset=utf-8", headers)
+            return
+        own = self._own_limits()
+        if own is not None:
+            route, segments = own
+            body, content_type = route.too_big_answer(segments, what)
+            refuse_and_close(self.channel, b"413 Request Entity Too Large", body, content_type)
             return
         if self.json_prefixes and path.startswith(self.json_prefixes):
             error = {"exception": {"code": 413, "reason": message, "geni_code": FAULT_TOOBIG, "geni_reason": "too_big"}}
@@ -631,7 +680,10 @@ def make_site(
       or its handshake a byte at a time);
     - a connection idle for ``timeout_s`` is closed;
     - a request that does not arrive whole within ``request_deadline_s`` of its first byte is answered 408 and
-      closed (by default 120 s, or the time a body of ``max_body_bytes`` takes at 32 KiB/s when that is longer);
+      closed (by default 120 s, or the time the largest body taken takes at 32 KiB/s when that is longer: that of
+      ``max_body_bytes``, or of a route's own limit (OwnBodyLimits) when it is higher);
+    - a body over its limit is refused as soon as its length is known: over ``max_body_bytes`` with an XML-RPC fault
+      (JSON under ``json_prefixes``), over a route's own limit with the route's own 413;
     - a connection the server closes is cut off once ``close_grace_s`` passes with the client neither closing its
       side nor taking a byte of the answer (the grace counts from when the answer has reached the client).
     """
@@ -648,12 +700,15 @@ def make_site(
 
     Request.max_body_bytes = max_body_bytes
     Request.json_prefixes = json_prefixes
+    Request.own_limits = {segment: route for segment, route in routes.items() if isinstance(route, OwnBodyLimits)}
+    # A request may take the time its largest body takes: a route's own limit may be above the XML-RPC one.
+    largest_body = max([max_body_bytes, *(route.largest_body_limit() for route in Request.own_limits.values())])
 
     class Channel(GuardedChannel):
         pass
 
     Channel.request_deadline_s = (
-        max(DEFAULT_REQUEST_DEADLINE_S, max_body_bytes / SLOWEST_UPLOAD_BYTES_PER_S)
+        max(DEFAULT_REQUEST_DEADLINE_S, largest_body / SLOWEST_UPLOAD_BYTES_PER_S)
         if request_deadline_s is None
         else request_deadline_s
     )
