@@ -171,6 +171,8 @@ def test_every_command_of_the_operators_guide_runs(tmp_path: Path) -> None:
     assert "urn:publicid:IDN+doclab+node+node3" in out and "now trusting peerlab" in out
     assert "registered user doclab.ann" in out and "registered slice doclab.exp1" in out
     assert "no problems" in out  # config check on the new site
+    # The guide's "which process leads" query finds the running server (it named another key's halves, finding none).
+    assert re.search(r"^\s*leader\s*\n-+\n\s*sfa-omf ", out, re.MULTILINE), out
     assert f"serving AM API v3 on https://127.0.0.1:{aggregate_port}/ (advertised as localhost)" in log
     assert "stopped" in log  # stopped cleanly after the last block
     assert "Traceback" not in done.stderr + log
