@@ -126,8 +126,8 @@ def register_at_once(server: Server, directory: Path, root: str, count: int, nam
         began = time.perf_counter()
         try:
             state = str(directory / "reg" / f"a{number}")
-            # Local addresses 127.1.x.y: what the DNS's "local" view (asked from 127.0.0.1) answers.
-            enrol(server.url, tokens[number], root, state, f"reg{number}", f"127.1.{number // 250}.{number % 250 + 1}")
+            # Local addresses 10.1.x.y: what the DNS's "local" view (asked from 127.0.0.1) answers.
+            enrol(server.url, tokens[number], root, state, f"reg{number}", f"10.1.{number // 250}.{number % 250 + 1}")
         except Exception as exc:
             errors.append(f"reg{number}: {exc}")
         latencies[number] = time.perf_counter() - began
@@ -147,7 +147,7 @@ def register_at_once(server: Server, directory: Path, root: str, count: int, nam
         raise SystemExit(f"registrations failed ({bookable}/{count} bookable): {errors[:5]}")
     resolvable = "-"
     if named is not None:
-        expected = [f"127.1.{number // 250}.{number % 250 + 1}" for number in range(count)]
+        expected = [f"10.1.{number // 250}.{number % 250 + 1}" for number in range(count)]
         while named.resolve([f"reg{number}" for number in range(count)]) != expected:
             if time.perf_counter() - began > 120:
                 raise SystemExit("the names did not all resolve within 120 s")

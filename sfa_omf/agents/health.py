@@ -7,12 +7,20 @@ from datetime import datetime
 
 from sfa_omf.am.states import Operational
 from sfa_omf.calendar.agents import Agents
+from sfa_omf.calendar.inventory import NOT_IN_TEXT
 from sfa_omf.calendar.records import LeaseRecord, SliverRecord
 from sfa_omf.testbed.base import SliverHealth
 
 LOST_CONTACT = "node lost contact"
 
 NodeHealth = Callable[[SliverRecord, LeaseRecord, datetime], SliverHealth | None]
+
+
+def shown_agent_message(message: str) -> str:
+    """An agent's message as Status shows it: characters XML cannot carry escaped (\\x1b, \\x00, \\ud800). Reports
+    are checked when they arrive; one stored by an older version may hold them, and would make every Status of the
+    slice unreadable (not well-formed XML-RPC)."""
+    return NOT_IN_TEXT.sub(lambda found: found.group().encode("unicode_escape").decode("ascii"), message)
 
 
 def agent_health(agents: Agents) -> NodeHealth:
@@ -30,7 +38,9 @@ def agent_health(agents: Agents) -> NodeHealth:
         if lost:
             return SliverHealth(Operational.FAILED, LOST_CONTACT)
         if reported == "failed":
-            return SliverHealth(Operational.FAILED, f"the node's agent failed to set the lease up: {message}")
+            return SliverHealth(
+                Operational.FAILED, f"the node's agent failed to set the lease up: {shown_agent_message(message)}"
+            )
         if reported == "started":
             return SliverHealth(Operational.READY)
         return SliverHealth(Operational.CONFIGURING)

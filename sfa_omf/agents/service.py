@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfa_omf.agents.dns import GROUP, RESERVED_HOSTNAMES, DnsZones, NodeName
 from sfa_omf.agents.staging import FileStore
+from sfa_omf.agents.vpn import NETWORK as VPN_NETWORK
 from sfa_omf.agents.vpn import VpnCa, client_config
-from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork
+from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork, check_agent_text
 from sfa_omf.calendar.inventory import check_node_fields
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.registry.authority import LocalAuthority
@@ -74,12 +75,45 @@ def _bad(message: str) -> GeniError:
 
 
 def _text(body: Mapping[str, Any], name: str, required: bool = True, limit: int = 200) -> str:
+    """The string field ``name`` of an agent's body: at most ``limit`` characters, and none that XML cannot carry
+    (what an agent sends can reach Status answers, notifications and the database)."""
     value = body.get(name, None if required else "")
     if value is None:
         raise _bad(f"{name!r} is missing")
     if not isinstance(value, str) or len(value) > limit:
         raise _bad(f"{name!r} must be a string of at most {limit} characters")
+    check_agent_text(value, repr(name))
     return value
+
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")  # "this host on this network" (RFC 1122): never a destination
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+_GIVE_LAN_ADDRESS = "give the node's own address on its LAN (where the other nodes of its LAN group reach it)"
+
+
+def local_address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why ``address`` cannot be a node's local address (what DNS publishes for it and OAR is told), said for the
+    agent's operator; None when it can. Refused: addresses that name no one host (unspecified, broadcast,
+    multicast), every host itself (loopback), a host only on one link (link-local: DNS carries no scope), reserved
+    ranges, and the nodes' VPN network (a node's VPN address is the aggregate's to give)."""
+    if address.is_unspecified or (isinstance(address, ipaddress.IPv4Address) and address in _THIS_NETWORK):
+        return f"local_address {address} means 'this host' (the unspecified address): no one reaches a node there"
+    if address.is_loopback:
+        return f"local_address {address} is a loopback address: every host reaches itself there, not this node"
+    if address == _BROADCAST:
+        return f"local_address {address} is the broadcast address: it reaches every host of the LAN, not this node"
+    if address.is_multicast:
+        return f"local_address {address} is a multicast address: it names a group of receivers, not this node"
+    if address.is_link_local:
+        return f"local_address {address} is a link-local address: it holds on one link only, which DNS cannot say"
+    if address.is_reserved:
+        return f"local_address {address} is in a reserved range that no host is given"
+    if isinstance(address, ipaddress.IPv4Address) and address in VPN_NETWORK:
+        return (
+            f"local_address {address} is in the nodes' VPN network {VPN_NETWORK}, whose addresses the aggregate "
+            "gives (each node's VPN address)"
+        )
+    return None
 
 
 class AgentService:
@@ -139,6 +173,11 @@ class AgentService:
                 raise _bad(f"local_address {local_address!r} is not an IP address") from exc
             if "%" in local_address:  # a scope (fe80::1%eth0) means nothing to others, and named refuses the zone
                 raise _bad(f"local_address {local_address!r} has a scope: give an address without '%...'")
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped  # ::ffff:a.b.c.d is the IPv4 host: checked and kept as that
+            problem = local_address_problem(address)
+            if problem is not None:
+                raise _bad(f"{problem}; {_GIVE_LAN_ADDRESS}")
             local_address = str(address)  # one spelling per address (IPv6 compressed, lower case)
         lan_group = _text(body, "lan_group", required=False, limit=100)
         if lan_group and not GROUP.fullmatch(lan_group):

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.agent_models import Agent, AgentReport, AgentToken
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.inventory import DEFAULT_POOL, check_node_fields
+from sfa_omf.calendar.inventory import DEFAULT_POOL, NOT_IN_TEXT, check_node_fields
 from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver
 from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
 from sfa_omf.calendar.policy import Policy
@@ -123,6 +123,21 @@ def _s(moment: datetime) -> int:
 
 def _t(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def check_agent_text(text: str, what: str) -> None:
+    """Refuse (BAD_ARGS naming the character and its position) text an agent sent that holds a character XML 1.0
+    cannot carry (NOT_IN_TEXT: control characters but tab and line ends, lone surrogates, U+FFFE, U+FFFF). Such text
+    reaches Status answers (an experimenter's XML-RPC client then cannot read the answer at all), notifications and,
+    for a NUL, PostgreSQL (which refuses it as a database failure, so the agent would retry for ever)."""
+    found = NOT_IN_TEXT.search(text)
+    if found is not None:
+        raise GeniError(
+            Reason.BAD_ARGS,
+            f"{what} holds the character U+{ord(found.group()):04X} at position {found.start() + 1} "
+            f"({text[:40]!r}), a control character that answers and notifications cannot carry; send it without "
+            "(tabs and line ends are fine)",
+        )
 
 
 def parse_token(token: str) -> tuple[str, str]:
@@ -276,6 +291,7 @@ class Agents:
                     f"{token.pool!r}: enrol under another host name, or ask the operator for a token of pool "
                     f"{node.pool.name!r}",
                 )
+            self._refuse_address_of_another(session, enrolment, node.id)
             if agent is None:
                 other = session.scalar(select(Agent).where(Agent.hostname == enrolment.hostname))
                 if other is not None:  # cannot happen while host name and node URN go together; say so if it does
@@ -297,6 +313,31 @@ class Agents:
             if on_written is not None:
                 on_written(record, lambda: _hold_testbed_lock(session))
             return record, True
+
+    @staticmethod
+    def _refuse_address_of_another(session: Session, enrolment: Enrolment, node_id: int) -> None:
+        """ALREADY_EXISTS when another agent's node of the enrolment's LAN group holds its local address: DNS would
+        give the other nodes of the group two nodes at one address, and OAR would be told it for both. (Nodes of
+        different groups are on different LANs, where the same private address is two hosts.)"""
+        if not enrolment.local_address or not enrolment.lan_group:
+            return
+        # Registrations are taken one at a time from here to their commit (PostgreSQL; a SQLite write holds the
+        # database already): two nodes claiming one address at once cannot both find it free.
+        _hold_testbed_lock(session)
+        holder = session.scalar(
+            select(Agent.hostname).where(
+                Agent.lan_group == enrolment.lan_group,
+                Agent.local_address == enrolment.local_address,
+                Agent.node_id != node_id,
+            )
+        )
+        if holder is not None:
+            raise GeniError(
+                Reason.ALREADY_EXISTS,
+                f"local address {enrolment.local_address} is node {holder}'s in LAN group {enrolment.lan_group!r}: "
+                f"give this node's own address on the LAN; if {holder} is gone or moved, the operator removes it "
+                f"first (sfa-omf node remove {holder})",
+            )
 
     @contextmanager
     def testbed_lock(self) -> Iterator[Callable[[], None]]:
@@ -470,6 +511,7 @@ class Agents:
         """Record what the agent says about a lease on its node (the same report again changes nothing)."""
         if state not in REPORT_STATES:
             raise GeniError(Reason.BAD_ARGS, f"state {state!r} is not one of {', '.join(REPORT_STATES)}")
+        check_agent_text(message, "the report's message")  # it goes into Status and the users' notification
         now_s = _s(self.clock())
         with self.database.write() as session:
             node_id = session.scalar(select(Node.id).where(Node.component_id == node_urn))

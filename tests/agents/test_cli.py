@@ -100,9 +100,9 @@ def test_removing_a_node_takes_its_dns_names_and_staged_files(
     lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with named_zone(lab, tmp_path) as named:
-        pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7", "127.3.0.7")
-        enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a8"), "pc8", "127.3.0.8")
-        assert named.resolve(["pc7", "pc8"]) == ["127.3.0.7", "127.3.0.8"]
+        pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7", "192.0.2.7")
+        enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a8"), "pc8", "192.0.2.8")
+        assert named.resolve(["pc7", "pc8"]) == ["192.0.2.7", "192.0.2.8"]
         store = FileStore(str(lab.directory / "agent_files"), 1024)
         lease, other_lease = "0" * 8 + "-0000-4000-8000-" + "0" * 12, "1" * 8 + "-0000-4000-8000-" + "0" * 12
         for lease_id, hostname in ((lease, "pc7"), (lease, "pc8"), (other_lease, "pc7")):
@@ -112,7 +112,7 @@ def test_removing_a_node_takes_its_dns_names_and_staged_files(
         for zone_file in ("local.zone", "vpn.zone"):
             text = (lab.directory / "dns" / zone_file).read_text()
             assert "pc7" not in text and "pc8 IN A" in text, text
-        assert named.resolve(["pc7"]) == [""] and named.resolve(["pc8"]) == ["127.3.0.8"]
+        assert named.resolve(["pc7"]) == [""] and named.resolve(["pc8"]) == ["192.0.2.8"]
         assert sorted(path.name for path in (lab.directory / "agent_files").iterdir()) == [lease]
         assert [file.name for file in store.list(lease, "pc8", "out")] == ["result.txt"]
         assert store.list(lease, "pc7", "out") == []
@@ -157,7 +157,7 @@ def test_a_node_whose_vpn_certificate_cannot_be_revoked_is_removed_but_for_it_sa
     from sfa_omf.trust.pki import new_private_key
 
     with named_zone(lab, tmp_path) as named:
-        pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7", "127.3.0.7")
+        pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7", "192.0.2.7")
         # The registry records the nodes it does not know yet at its start (registry server, `node add`).
         records = Records(lab.aggregate.database)
         record_nodes(LocalAuthority.load(str(lab.directory), "lab"), records, lab.aggregate.inventory.list_nodes())
@@ -220,7 +220,7 @@ def test_a_node_whose_staged_files_cannot_be_deleted_is_removed_but_for_them_wit
     from sfa_omf.registry.nodes import record_nodes
     from sfa_omf.registry.records import Records
 
-    pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7", "127.3.0.7")
+    pc7 = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a7"), "pc7", "192.0.2.7")
     records = Records(lab.aggregate.database)
     record_nodes(LocalAuthority.load(str(lab.directory), "lab"), records, lab.aggregate.inventory.list_nodes())
     store = FileStore(str(lab.directory / "agent_files"), 1024)

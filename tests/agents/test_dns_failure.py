@@ -27,13 +27,13 @@ def test_a_registration_the_dns_server_cannot_take_leaves_nothing_and_its_retry_
     try:
         lab.settings = replace(lab.settings, agent_dns_zone=ZONE, agent_dns_reload=named.reload_command)
         lab.restart()
-        enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a0"), "pc0", "127.3.0.1")
-        assert named.resolve(["pc0"]) == ["127.3.0.1"]
+        enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a0"), "pc0", "192.0.2.1")
+        assert named.resolve(["pc0"]) == ["192.0.2.1"]
 
         named.stop()
         token = lab.invite()
         with pytest.raises(AgentCallError) as refused:
-            enrol(lab.url, token, lab.root, str(tmp_path / "a1"), "pc1", "127.3.0.2")
+            enrol(lab.url, token, lab.root, str(tmp_path / "a1"), "pc1", "192.0.2.2")
         assert refused.value.status == 503, refused.value
         assert "did not reload" in refused.value.message
         assert counts(lab) == (1, 1)  # pc0 alone
@@ -43,10 +43,10 @@ def test_a_registration_the_dns_server_cannot_take_leaves_nothing_and_its_retry_
             assert "pc0 IN A" in text and "pc1" not in text
 
         named.start()
-        assert named.resolve(["pc0"]) == ["127.3.0.1"] and named.resolve(["pc1"]) == [""]  # the zone without pc1
-        enrolled = enrol(lab.url, token, lab.root, str(tmp_path / "a1"), "pc1", "127.3.0.2")  # the same token
+        assert named.resolve(["pc0"]) == ["192.0.2.1"] and named.resolve(["pc1"]) == [""]  # the zone without pc1
+        enrolled = enrol(lab.url, token, lab.root, str(tmp_path / "a1"), "pc1", "192.0.2.2")  # the same token
         assert lab.aggregate.inventory.get_node(enrolled.node).state == "usable"
         assert counts(lab) == (2, 2)
-        assert named.resolve(["pc0", "pc1"]) == ["127.3.0.1", "127.3.0.2"]
+        assert named.resolve(["pc0", "pc1"]) == ["192.0.2.1", "192.0.2.2"]
     finally:
         named.stop()

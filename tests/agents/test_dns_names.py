@@ -47,9 +47,9 @@ def test_an_ipv6_local_address_is_an_aaaa_record_and_the_zone_still_loads(
     lab: Lab, named: Named, tmp_path: Path
 ) -> None:
     enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a6"), "pc6", "2001:db8::5")
-    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1", "127.3.0.1")
+    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1", "192.0.2.1")
     _zone_loads(lab, "local.zone")
-    assert named.resolve(["pc1"]) == ["127.3.0.1"]
+    assert named.resolve(["pc1"]) == ["192.0.2.1"]
     assert named.resolve(["pc6"], "AAAA") == ["2001:db8::5"]
     assert named.resolve(["pc6"]) == [""]  # no A record of it
 
@@ -57,23 +57,23 @@ def test_an_ipv6_local_address_is_an_aaaa_record_and_the_zone_still_loads(
 def test_lan_groups_differing_only_in_punctuation_have_views_of_their_own(
     lab: Lab, named: Named, tmp_path: Path
 ) -> None:
-    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1", "127.3.0.1", "lab.a")
-    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a2"), "pc2", "127.3.0.2", "lab_a")
+    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1", "192.0.2.1", "lab.a")
+    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a2"), "pc2", "192.0.2.2", "lab_a")
     views = (lab.directory / "dns" / "views.conf").read_text()
     assert 'view "lan-lab.a"' in views and 'view "lan-lab_a"' in views
     for zone_file in ("lan-lab.a.zone", "lan-lab_a.zone", "local.zone", "vpn.zone"):
         _zone_loads(lab, zone_file)
-    assert named.resolve(["pc1", "pc2"]) == ["127.3.0.1", "127.3.0.2"]
+    assert named.resolve(["pc1", "pc2"]) == ["192.0.2.1", "192.0.2.2"]
     # A third node of a group already there joins its view; the server reloads as before.
-    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a3"), "pc3", "127.3.0.3", "lab.a")
-    assert named.resolve(["pc3"]) == ["127.3.0.3"]
+    enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a3"), "pc3", "192.0.2.3", "lab.a")
+    assert named.resolve(["pc3"]) == ["192.0.2.3"]
 
 
 def test_the_name_of_the_dns_server_is_refused(lab: Lab, named: Named, tmp_path: Path) -> None:
     token = lab.invite()
     with pytest.raises(AgentCallError) as refused:
-        enrol(lab.url, token, lab.root, str(tmp_path / "a1"), "ns", "127.3.0.9")
+        enrol(lab.url, token, lab.root, str(tmp_path / "a1"), "ns", "192.0.2.9")
     assert refused.value.status == 400 and "DNS server's own name" in refused.value.message, refused.value
     assert counts(lab) == (0, 0)
-    enrol(lab.url, token, lab.root, str(tmp_path / "a1"), "pc1", "127.3.0.1")  # the token was not spent
-    assert named.resolve(["ns", "pc1"]) == ["10.200.0.1", "127.3.0.1"]
+    enrol(lab.url, token, lab.root, str(tmp_path / "a1"), "pc1", "192.0.2.1")  # the token was not spent
+    assert named.resolve(["ns", "pc1"]) == ["10.200.0.1", "192.0.2.1"]

@@ -26,7 +26,7 @@ def test_a_registration_whose_reload_command_cannot_run_answers_503_and_leaves_n
     lab.settings = replace(lab.settings, agent_dns_zone="nodes.lab", agent_dns_reload="/nonexistent/rndc reload")
     lab.restart()
     with pytest.raises(AgentCallError) as refused:
-        enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1", "127.3.0.2")
+        enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1"), "pc1", "192.0.2.2")
     assert refused.value.status == 503, refused.value
     assert "/nonexistent/rndc reload" in refused.value.message and "could not run" in refused.value.message
     assert counts(lab) == (0, 0)
