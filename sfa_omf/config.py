@@ -656,7 +656,7 @@ def _to_login(value: str) -> str:
     from sfa_omf.registry.accounts import VALID_LOGIN
 
     login = value.strip()
-    if not VALID_LOGIN.match(login):
+    if not VALID_LOGIN.fullmatch(login):
         raise ValueError("a Unix login: at most 32 of a-z 0-9 _ -, starting with a letter or _")
     return login
 

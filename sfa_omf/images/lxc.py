@@ -33,7 +33,7 @@ from sfa_omf.images.archives import link_climbs_out
 log = logging.getLogger("sfa_omf.lxc")
 DEFAULT_PREFIX = "sfaomf-"
 DROPBEAR = "/usr/sbin/dropbear"
-VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # fullmatch: "$" lets a final line break through
 MADE_MARK = "sfa-omf-made"  # beside the container's config, once create() has finished it
 SECCOMP_PROFILE = "/usr/share/lxc/config/common.seccomp"  # Debian's lxc: no kernel modules, kexec, open_by_handle_at
 # The devices a container may read or write: null, zero, full, random, urandom, tty, console, ptmx and the pty
@@ -123,7 +123,7 @@ class LxcHost:
         tar archive of a root file system, as ``sfa_omf_save_image`` makes them) and configure its address, SSH
         server and keys (after the image, so that an image never removes the way in). lxc-create refuses a name that
         exists (nothing is touched then); past it, a failure destroys the container this call made."""
-        if not VALID_NAME.match(spec.name):
+        if not VALID_NAME.fullmatch(spec.name):
             raise GeniError(Reason.BAD_ARGS, f"container name {spec.name!r} is not valid for LXC")
         if not os.path.exists(DROPBEAR):
             raise GeniError(Reason.TESTBED, f"{DROPBEAR} is missing on this host: run scripts/lxc.sh up")

@@ -45,7 +45,7 @@ MAX_LOGIN = 32
 #: What account_mapping.urn holds (calendar/models.py): a longer URN is refused before the database sees it.
 MAX_MAPPED_URN = 300
 POLICIES = ("per-user", "per-slice", "shared")
-VALID_LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+VALID_LOGIN = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # fullmatch: "$" lets a final line break through
 
 
 def derived_login(urn: str, tag_length: int = 6, holder: int = 0) -> str:
@@ -60,7 +60,7 @@ def derived_login(urn: str, tag_length: int = 6, holder: int = 0) -> str:
 
 
 def check_login(login: str) -> None:
-    if not VALID_LOGIN.match(login):
+    if not VALID_LOGIN.fullmatch(login):
         raise BadArgs(
             f"{login!r} is not a usable Unix login: at most 32 characters, lower-case letters, digits, '_' and '-', "
             "starting with a letter or '_'"

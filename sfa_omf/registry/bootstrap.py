@@ -33,7 +33,7 @@ DEMO_SLICE = "demo"
 SSH_KEY_NAME = "id_ed25519"  # a demo user's SSH key pair, beside the sfi.py files (the .pub is registered)
 #: The example requests quickstart writes into DIR/rspecs, one per way of asking for time (docs/experimenters.md).
 EXAMPLE_REQUESTS = ("request-ol-lease.xml", "request-sfa-lease.xml", "request-no-time.xml", "request-asap.xml")
-_USER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_USER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # fullmatch: "$" lets a final line break through
 
 
 @dataclass
@@ -62,7 +62,7 @@ def init_directory(
     if problem is not None:
         raise AuthorityError(f"the authority HRN (--authority) {problem}: give one without it")
     for name in users:
-        if not _USER_NAME.match(name):
+        if not _USER_NAME.fullmatch(name):
             raise AuthorityError(
                 f"user name {name!r} is not usable: lower-case letters, digits, '-' and '_', starting with a letter"
             )
