@@ -6,6 +6,7 @@ Twisted and the server are imported by the commands that run them, not by ``sfa-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sfa_omf.cli_common import command_config, command_settings, config_warnings
 from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, LOG_LEVELS, read_config
-from sfa_omf.errors import BadArgs
+from sfa_omf.errors import BadArgs, GeniError
 from sfa_omf.times import UtcLogFormatter
 
 if TYPE_CHECKING:
@@ -139,7 +140,42 @@ def _serve(args: argparse.Namespace) -> int:
             return _serve_with_workers(settings, args, count)
     from sfa_omf.server.app import serve_forever
 
-    return serve_forever(settings, checked=True, sockets=args.worker_sockets or ())
+    if worker:
+        return _serve_as_worker(settings, args.worker_sockets)
+    return serve_forever(settings, checked=True)
+
+
+def _serve_as_worker(settings: Settings, sockets: tuple[int, int]) -> int:
+    """A worker of ``serve --workers``: serve the master's sockets. A worker that cannot start also tells the master
+    why (STATUS=, on the notification socket, before its one line on standard error), so that the master's line
+    about it says it: a replacement started while the database refuses connections, for example."""
+    from sfa_omf.preflight import StartupError, one_line
+    from sfa_omf.server.app import reactor, serve_forever
+    from sfa_omf.server.systemd import notify_systemd
+
+    # Twisted serves a copy (dup) of each inherited socket and closes that copy when the stop begins; the inherited
+    # descriptor would keep the port listening until this process exits, so that, while it finishes its calls, new
+    # connections queue where nobody accepts them. Closed once the reactor runs: serve_forever listens on both before.
+    inherited = {fd: os.fstat(fd).st_ino for fd in sockets}
+    reactor.callWhenRunning(_close_inherited, inherited)
+    try:
+        return serve_forever(settings, checked=True, sockets=sockets)
+    except (StartupError, GeniError) as exc:
+        reason = exc.message if isinstance(exc, GeniError) else str(exc)
+        with contextlib.suppress(OSError):  # the master is gone: nobody to tell
+            notify_systemd(f"STATUS={one_line(reason)}")
+        raise
+
+
+def _close_inherited(inherited: dict[int, int]) -> None:
+    """Close each inherited descriptor (``inherited``: descriptor -> its socket's inode) that is still that socket."""
+    for fd, inode in inherited.items():
+        try:
+            still_it = os.fstat(fd).st_ino == inode
+        except OSError:  # closed already
+            continue
+        if still_it:
+            os.close(fd)
 
 
 def _serve_with_workers(settings: Settings, args: argparse.Namespace, count: int) -> int:

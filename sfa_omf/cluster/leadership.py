@@ -61,6 +61,8 @@ LOCK_KEY = 0x5FA0_3F00_1EAD
 #: The advisory lock of start-up writes (startup_writes).
 STARTUP_KEY = 0x5FA0_3F00_57A7
 STARTUP_WAIT_S = 60.0
+#: PostgreSQL's SQLSTATE of a lock wait that reached lock_timeout.
+LOCK_NOT_AVAILABLE = "55P03"
 DEFAULT_TAKEOVER_S = 15
 #: The first PostgreSQL with idle_session_timeout (what frees a stopped leader's lock).
 IDLE_SESSION_TIMEOUT_SINCE = (14,)
@@ -252,15 +254,17 @@ def lock_for(url: str, takeover_s: float = DEFAULT_TAKEOVER_S) -> LeaderLock:
 def startup_writes(url: str, timeout_s: float = STARTUP_WAIT_S) -> Iterator[None]:
     """Make the start-up writes of this process (the registry's records of the authority and the nodes) one process
     of the cluster at a time: a PostgreSQL advisory lock (STARTUP_KEY) held for the block on a connection of its own.
-    Nothing to do on SQLite (one process). Raises StartupError when another process holds it longer than
-    ``timeout_s``."""
+    Nothing to do on SQLite (one process). Raises StartupError (one line: the problem and the fix) when the database
+    cannot be reached (a worker started while it refuses connections, e.g. during a failover: the master checked it
+    only before the first workers), or when another process holds the lock longer than ``timeout_s``."""
     if url.startswith("sqlite"):
         yield
         return
     from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
-    from sfa_omf.calendar.database import CONNECT_TIMEOUT_S
+    from sfa_omf.calendar.database import CONNECT_TIMEOUT_S, opening_advice
     from sfa_omf.preflight import StartupError
 
     # Bounded like every connection the project opens: a database that accepts and never answers must not hang serve.
@@ -268,11 +272,17 @@ def startup_writes(url: str, timeout_s: float = STARTUP_WAIT_S) -> Iterator[None
         url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
     )
     try:
-        with engine.connect() as connection:
-            connection.execute(text(f"SET lock_timeout = {int(timeout_s * 1000)}"))
+        try:
+            connection = engine.connect()
+        except DBAPIError as exc:
+            raise StartupError(f"the calendar database {opening_advice(url, str(exc.orig))}") from exc
+        with connection:
             try:
+                connection.execute(text(f"SET lock_timeout = {int(timeout_s * 1000)}"))
                 connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_KEY})
-            except Exception as exc:
+            except DBAPIError as exc:
+                if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:  # the connection failed meanwhile
+                    raise StartupError(f"the calendar database {opening_advice(url, str(exc.orig))}") from exc
                 raise StartupError(
                     f"another sfa-omf process has been starting for over {timeout_s:g} s on this database "
                     f"({_first_line(exc)}); is one stuck? (SELECT application_name FROM pg_stat_activity)"
@@ -280,7 +290,10 @@ def startup_writes(url: str, timeout_s: float = STARTUP_WAIT_S) -> Iterator[None
             try:
                 yield
             finally:
-                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_KEY})
+                try:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STARTUP_KEY})
+                except DBAPIError:  # the connection broke: its session, and the lock with it, are gone anyway
+                    log.debug("releasing the start-up lock on a broken connection", exc_info=True)
     finally:
         engine.dispose()
 
@@ -380,9 +393,11 @@ class Leadership:
         return time.monotonic() - self._confirmed_at < CONFIRMED_FOR_CHECKS * self.check_s
 
     def _keep(self) -> None:
-        """Take the lock when free, check it while held; a failure to reach the database is logged once. Once
-        stopping: keep checking (the session must not idle) until no task runs, then release the lock and end."""
-        failing = False
+        """Take the lock when free, check it while held; a failure to reach the database is logged once (before the
+        database ever answered: only once it outlasts a check period). Once stopping: keep checking (the session must
+        not idle) until no task runs, then release the lock and end."""
+        failures = 0  # tries in a row that could not reach the database
+        reached = False  # the database answered this keeper at least once
         handed_over_at = -math.inf
         while True:
             try:
@@ -406,11 +421,14 @@ class Leadership:
                             self._set_leading(True, checked_at)
                     else:
                         self._step_down()
-                failing = False
+                failures = 0
+                reached = True
             except Exception as exc:
-                if not failing:
+                failures += 1
+                # Before the database ever answered, this process is starting, and a database down then fails the
+                # start itself with one line that says so (startup_writes): a line here too would only repeat it.
+                if failures == (1 if reached else 2):
                     log.warning("cannot reach the database for leadership (%s); trying again", _first_line(exc))
-                failing = True
             with self._changed:
                 if not self._check_wanted:
                     self._changed.wait(self.check_s)

@@ -24,6 +24,7 @@ import secrets
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -90,6 +91,8 @@ class Worker:
     number: int
     process: subprocess.Popen[bytes]
     started: float = field(default_factory=time.monotonic)
+    ready: bool = False  # it said READY=1: it serves
+    status: str = ""  # its last STATUS= (a worker that cannot start says why there: worker_failed)
 
 
 class Supervisor:
@@ -106,6 +109,8 @@ class Supervisor:
         self.reload = False
         # Workers say READY=1 here, as they would to systemd (an abstract socket: nothing to clean up).
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if PASS_CREDENTIALS is not None:  # the kernel names the sender of each message: which worker said READY=1
+            self.notify.setsockopt(socket.SOL_SOCKET, PASS_CREDENTIALS, 1)
         self.notify_address = f"@sfa-omf-master-{os.getpid()}-{secrets.token_hex(4)}"
         self.notify.bind("\0" + self.notify_address[1:])
         self.notify.setblocking(False)
@@ -143,6 +148,9 @@ class Supervisor:
             self._spawn(number)
         try:
             if not self._wait_ready():
+                if self.stopping:  # SIGTERM (systemctl stop) while starting: a stop asked for, not a failure
+                    log.info("stopped while starting")
+                    return 0
                 return 1
             notify_systemd("READY=1")
             log.info(
@@ -155,22 +163,37 @@ class Supervisor:
             self._stop_all()
             self.notify.close()
 
-    def _ready_messages(self, timeout_s: float) -> int:
+    def _read_notifications(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for the workers' messages, then read all there are: READY=1 marks its sender
+        ready, STATUS= is kept as its status."""
         readable, _, _ = select.select([self.notify], [], [], timeout_s)
-        count = 0
         while readable:
             try:
-                message = self.notify.recv(4096)
+                message, ancillary, _, _ = self.notify.recvmsg(4096, socket.CMSG_SPACE(CREDENTIALS.size))
             except BlockingIOError:
                 break
-            count += message.split(b"\n").count(b"READY=1")
-        return count
+            worker = self._sender(ancillary)
+            if worker is None:  # a process that has been replaced meanwhile
+                continue
+            for line in message.decode("utf-8", "replace").split("\n"):
+                if line == "READY=1":
+                    worker.ready = True
+                elif line.startswith("STATUS="):
+                    worker.status = line.removeprefix("STATUS=")
+
+    def _sender(self, ancillary: list[tuple[int, int, bytes]]) -> Worker | None:
+        """The worker that sent a message, by the pid the kernel gives (SCM_CREDENTIALS). Without credentials (not
+        Linux): the first worker not ready yet, as the messages are READY=1 in the order the workers start."""
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == CREDENTIALS_MESSAGE and len(data) >= CREDENTIALS.size:
+                pid = CREDENTIALS.unpack(data[: CREDENTIALS.size])[0]
+                return next((worker for worker in self.workers.values() if worker.process.pid == pid), None)
+        return next((worker for worker in self.workers.values() if not worker.ready), None)
 
     def _wait_ready(self) -> bool:
         """True once every worker said READY=1; False when one exits first, time runs out, or we are stopped."""
-        ready = 0
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while ready < self.count:
+        while not all(worker.ready for worker in self.workers.values()):
             if self.stopping:
                 return False
             for worker in self.workers.values():
@@ -181,12 +204,12 @@ class Supervisor:
             if time.monotonic() > deadline:
                 log.error("the workers did not start within %d s; stopping", READY_TIMEOUT_S)
                 return False
-            ready += self._ready_messages(POLL_S)
+            self._read_notifications(POLL_S)
         return True
 
     def _supervise(self) -> int:
         while not self.stopping:
-            self._ready_messages(POLL_S)  # restarted workers say READY=1 too; nothing to wait for
+            self._read_notifications(POLL_S)  # restarted workers say READY=1 too; nothing to wait for
             if self.reload:
                 self.reload = False
                 for worker in self.workers.values():
@@ -195,7 +218,8 @@ class Supervisor:
                 code = worker.process.poll()
                 if code is None or self.stopping:
                     continue
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+                self._read_notifications(0)  # what it said just before it exited (sent before, so queued by now)
+                how = ended(worker)
                 now = time.monotonic()
                 self.restarts = [moment for moment in self.restarts if now - moment < RESTART_WINDOW_S]
                 if len(self.restarts) >= MAX_RESTARTS:
@@ -210,17 +234,26 @@ class Supervisor:
                     return 1
                 self.restarts.append(now)
                 replacement = self._spawn(number)
+                # One that never said READY=1 served no call: it lost none.
+                lost = "; its calls in progress were lost" if worker.ready else ""
                 log.warning(
-                    "worker %d (pid %d) %s; its calls in progress were lost; started pid %d in its place",
+                    "worker %d (pid %d) %s%s; started pid %d in its place",
                     number,
                     worker.process.pid,
                     how,
+                    lost,
                     replacement.process.pid,
                 )
         return 0
 
     def _stop_all(self) -> None:
-        """SIGTERM to every worker, SIGKILL to those still running after STOP_TIMEOUT_S."""
+        """Close the master's copies of the listening sockets, then SIGTERM to every worker, SIGKILL to those still
+        running after STOP_TIMEOUT_S."""
+        # At once: the ports then refuse new connections as soon as each worker closed its own copy (the first thing
+        # a worker does when it stops), rather than the kernel queueing connections nobody will accept until the
+        # last worker exits.
+        for listening in self.sockets:
+            listening.close()
         running = [worker.process for worker in self.workers.values() if worker.process.poll() is None]
         for process in running:
             process.send_signal(signal.SIGTERM)
@@ -235,6 +268,19 @@ class Supervisor:
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2)
+#: Linux's SO_PASSCRED and SCM_CREDENTIALS (struct ucred: pid, uid, gid); None elsewhere.
+PASS_CREDENTIALS: int | None = getattr(socket, "SO_PASSCRED", None)
+CREDENTIALS_MESSAGE: int | None = getattr(socket, "SCM_CREDENTIALS", None)
+CREDENTIALS = struct.Struct("iII")
+
+
+def ended(worker: Worker) -> str:
+    """How an ended worker ended, for the log: what it said when it could not start, or its exit status."""
+    code = worker.process.returncode
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    if worker.ready:
+        return how
+    return f"failed to start: {worker.status}" if worker.status else f"failed to start: it {how}"
 
 
 def _ignore_sighup() -> None:

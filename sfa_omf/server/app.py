@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,8 +29,11 @@ from typing import Any, TypeVar
 
 from twisted.internet import reactor as _reactor
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from sfa_omf.agents.dns import DnsZones
@@ -62,7 +66,7 @@ from sfa_omf.server.gc_tuning import freeze_start_up_objects
 from sfa_omf.server.systemd import notify_systemd
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.web import WebCalendarResource
-from sfa_omf.server.xmlrpc import XmlRpcResource, make_site
+from sfa_omf.server.xmlrpc import GuardedChannel, XmlRpcResource, make_site
 from sfa_omf.testbed.base import BackgroundTask, TestbedNodes
 from sfa_omf.testbed.registry import load_backend
 from sfa_omf.testbed.unix_accounts import UnixAccounts
@@ -161,17 +165,94 @@ class RunningServer:
         self.port.stopListening()
         self.pool.stop()
 
-    def stop(self) -> Any:
-        """Stop listening, the background tasks and the threads (call in the reactor thread)."""
-        self._stop_loops()
-        deferred = self.port.stopListening()
+    def stop(self) -> Deferred[None]:
+        """Stop serving without losing an answer (call in the reactor thread; see stop_serving), and the background
+        tasks meanwhile. The Deferred fires once the calls are answered and the tasks stopped."""
+        for loop in self.loops:
+            if loop.running:
+                loop.stop()
+        # The leadership's stop waits (bounded) for a task that runs: in a thread too, beside the calls.
+        return stop_serving("aggregate", [self.port], [self.pool.stop, self.leadership.stop], _in_progress(self.pool))
 
-        def stop_pool(result: Any) -> Any:
-            self.pool.stop()
-            return result
 
-        deferred.addBoth(stop_pool)
-        return deferred
+#: At a stop, once the last call is answered: how long the answers may still take to reach their clients before the
+#: connections are cut. Bounded, so that a client that takes nothing cannot hold the stop.
+STOP_FLUSH_S = 3.0
+STOP_CHECK_S = 0.05  # how often a stop looks at its connections
+
+
+def stop_serving(
+    name: str,
+    ports: Sequence[Any],
+    stops: Sequence[Callable[[], None]],
+    calls_in_progress: int = 0,
+    flush_s: float = STOP_FLUSH_S,
+) -> Deferred[None]:
+    """Stop serving on ``ports`` without losing an answer (call in the reactor thread); the Deferred fires when done.
+
+    Listening stops at once: a new connection is refused (or, of a worker, taken by the other workers). A connection
+    with no call in progress is closed at once, so a kept-alive client's next call goes elsewhere instead of into a
+    server that no longer takes calls. ``stops`` (the call threads' ``stop``, which lets the calls handed over
+    finish) each run in a thread of their own: the reactor thread goes on meanwhile, writing each answer as its call
+    ends and then closing its connection. Once all have returned, the answers have up to ``flush_s`` to reach their
+    clients; Twisted's shutdown then cuts what is left. ``calls_in_progress``, when any, are logged as the stop
+    begins, with ``name``, once listening has stopped. (The reactor thread used to wait in the threads' stop itself:
+    the answers queued behind it, and the shutdown closed every connection before writing them, though the calls'
+    work, a booking, was done.)"""
+    listening = gatherResults([maybeDeferred(port.stopListening) for port in ports], consumeErrors=True)
+    if calls_in_progress:  # why this stop takes a while
+        listening.addBoth(
+            lambda _: log.info(
+                "%s stopping: listening no more; answering the %d call(s) in progress first", name, calls_in_progress
+            )
+        )
+    stopped: list[bool] = []  # every stop returned: no answer is to come any more
+    flush_until: list[float] = []
+
+    def check() -> None:
+        channels = _channels_of(ports)
+        for channel in channels:
+            if not channel._handlingRequest and not channel._closing:
+                channel.loseConnection()  # flushes what was written, then closes
+        if not stopped:
+            return
+        if not flush_until:
+            flush_until.append(time.monotonic() + flush_s)
+        if all(channel._unsent_bytes() == 0 for channel in channels) or time.monotonic() >= flush_until[0]:
+            checks.stop()
+
+    def all_stopped(result: object) -> None:
+        if isinstance(result, Failure):  # a bug: log it, and end the stop all the same
+            log.error("stopping the server failed: %s", result.getTraceback())
+        stopped.append(True)
+        if checks.running:
+            check()  # at once: the answers written last are closed and flushed from now
+
+    checks = LoopingCall(check)
+    done = checks.start(STOP_CHECK_S, now=True)
+    # Each stop's end reaches the reactor thread after the answers its threads handed over (callFromThread keeps
+    # their order), so by then every answer is written.
+    gatherResults([deferToThread(stop) for stop in stops], consumeErrors=True).addBoth(all_stopped)
+    return done.addCallback(lambda _: None)
+
+
+def _in_progress(pool: ThreadPool) -> int:
+    return pool.in_progress() if isinstance(pool, CallThreads) else 0
+
+
+def _channels_of(ports: Sequence[Any]) -> list[GuardedChannel]:
+    """The HTTP channels of the connections accepted on ``ports`` that the reactor watches (a connection whose call
+    is in progress is watched again once its answer is written)."""
+    channels: dict[int, GuardedChannel] = {}
+    for selectable in [*reactor.getReaders(), *reactor.getWriters()]:
+        if not isinstance(selectable, tcp.Server) or not any(selectable.server is port for port in ports):
+            continue
+        protocol: Any = selectable.protocol
+        while not isinstance(protocol, GuardedChannel) and hasattr(protocol, "wrappedProtocol"):
+            protocol = protocol.wrappedProtocol  # the TLS layer's
+        if isinstance(protocol, GuardedChannel):
+            channels[id(protocol)] = protocol
+    return list(channels.values())
 
 
 class _SharedPort(tcp.Port):
@@ -415,7 +496,10 @@ def start_registry(
         settings.registry_port if port is None else port, site, tls, settings.registry_host, listening_fd
     )
     pool.start()
-    reactor.addSystemEventTrigger("before", "shutdown", pool.stop)
+    # Not pool.stop itself: it would hold the reactor thread, and the answers with it (stop_serving).
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: stop_serving("registry", [listening], [pool.stop], pool.in_progress())
+    )
     return listening
 
 

@@ -35,6 +35,7 @@ class CallThreads(ThreadPool):
         self.size = size
         self._calls: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
         self._running: list[threading.Thread] = []
+        self._busy = [False] * size  # by thread: running a call (each thread writes only its own)
         self._stopped = False
 
     def start(self) -> None:
@@ -42,7 +43,7 @@ class CallThreads(ThreadPool):
             return
         self.started = True
         for number in range(self.size):
-            thread = threading.Thread(target=self._work, name=f"{self.name}-{number}", daemon=True)
+            thread = threading.Thread(target=self._work, args=(number,), name=f"{self.name}-{number}", daemon=True)
             thread.start()
             self._running.append(thread)
 
@@ -55,6 +56,13 @@ class CallThreads(ThreadPool):
             return
         self._calls.put((func, args, kw, onResult))
 
+    def in_progress(self) -> int:
+        """The calls handed over and not finished yet (running or waiting for a thread), as a stop begins. A glimpse:
+        calls come and go meanwhile."""
+        if self._stopped:
+            return sum(self._busy)
+        return self._calls.qsize() + sum(self._busy)
+
     def stop(self) -> None:
         self._stopped = True
         self.started = False
@@ -65,11 +73,12 @@ class CallThreads(ThreadPool):
             thread.join()
         self._running = []
 
-    def _work(self) -> None:
+    def _work(self, number: int) -> None:
         while True:
             work = self._calls.get()
             if work is None:
                 return
+            self._busy[number] = True
             func, args, kw, on_result = work
             del work  # the call's arguments and result are not kept alive by this thread while it waits
             try:
@@ -87,3 +96,4 @@ class CallThreads(ThreadPool):
             except BaseException:  # the thread must live on to take the next call
                 log.exception("handing a result over failed in %s", self.name)
             del on_result, result
+            self._busy[number] = False
