@@ -1,7 +1,10 @@
 """Accounts and keys on an OMF 6 testbed through its user_factory controller (FRCP), as omf_sfa's broker does:
 
 1. ``create {type: user, hrn, username}`` on user_factory: the Unix account and an SSH key pair in ~/.ssh (an
-   existing account is reached again the same way); the answer (CREATION.OK) names the child and its public key;
+   existing account is reached again the same way); the answer (CREATION.OK) names the child (res_id). Once useradd
+   has run, the child informs on its own topic STATUS {status_type: APP_EVENT, event: EXIT, exit_code, msg, uid,
+   pub_key} (omf.md), with no cid: we subscribe to the child and wait for it. A non-zero exit_code is useradd's
+   failure; pub_key is the account's public key, in PEM (NITOS' controller) or OpenSSH form;
 2. ``configure {cert: PEM}`` on the child: the account's certificate in ~/.omf/user_cert.pem, minted here by the
    local authority with the account name in the subject's emailAddress (what the testbed's controllers read to
    decide whose lease a signed request falls under);
@@ -23,7 +26,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from sfa_omf.errors import GeniError, Reason
-from sfa_omf.testbed.omf.frcp import FrcpClient, FrcpError, FrcpSession, FrcpTimeout, FrcpUnavailable, Signer
+from sfa_omf.testbed.omf.frcp import (
+    INFORM_CLOCK_SKEW_S,
+    FrcpClient,
+    FrcpError,
+    FrcpMessage,
+    FrcpSession,
+    FrcpTimeout,
+    FrcpUnavailable,
+    Signer,
+    topic_of,
+)
 from sfa_omf.testbed.unix_accounts import LocalAccount
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain, gid_from_certificate
@@ -43,13 +56,20 @@ class AccountCertificates:
     authority_hrn: str
     domain: str
 
-    def mint(self, login: str, ssh_public_key: str) -> str:
-        """The PEM certificate of ``login`` for the public key user_factory made for it (OpenSSH form)."""
+    def mint(self, login: str, answered_public_key: str) -> str:
+        """The PEM certificate of ``login`` for the public key user_factory made for it: PEM (SubjectPublicKeyInfo
+        or PKCS#1, as NITOS' controller sends it) or OpenSSH form."""
+        text = answered_public_key.strip()
         try:
-            public_key = serialization.load_ssh_public_key(ssh_public_key.encode("ascii"))
+            if text.startswith("-----BEGIN"):
+                public_key = serialization.load_pem_public_key(text.encode("ascii"))
+            else:
+                public_key = serialization.load_ssh_public_key(text.encode("ascii"))
         except (ValueError, UnicodeEncodeError) as exc:
             raise GeniError(
-                Reason.TESTBED, f"user_factory answered {login}'s public key in a form we cannot read: {exc}"
+                Reason.TESTBED,
+                f"user_factory answered {login}'s public key in a form we cannot read (PEM or OpenSSH expected): "
+                f"{exc}; no certificate was installed",
             ) from exc
         if not isinstance(public_key, rsa.RSAPublicKey):
             raise GeniError(Reason.TESTBED, f"user_factory made {login} a {type(public_key).__name__}, not RSA")
@@ -136,8 +156,26 @@ class UserFactory:
         if not isinstance(child, str) or not child:
             raise GeniError(Reason.TESTBED, f"user_factory created {login} but named no child resource (res_id)")
         try:
-            public_key = created.props.get("pub_key")
-            if with_certificate and self.certificates is not None and isinstance(public_key, str) and public_key:
+            # The child informs once useradd has run; informs are not queued: listen before anything else.
+            session.subscribe_address(child)
+            exited = _wait_for_exit(session, child, created.ts, f"useradd of {login}")
+            exit_code = exited.props.get("exit_code")
+            if exit_code not in (0, "0"):
+                words = exited.props.get("msg") or exited.props.get("reason") or "no words"
+                raise GeniError(
+                    Reason.TESTBED,
+                    f"the testbed's user_factory could not create the account {login}: useradd exited with "
+                    f"{exit_code!r} ({words}); nothing was installed for it, the booking stays as it was: ask the "
+                    "testbed's operator to look at user_factory's log",
+                )
+            if with_certificate and self.certificates is not None:
+                public_key = exited.props.get("pub_key")
+                if not isinstance(public_key, str) or not public_key.strip():
+                    raise GeniError(
+                        Reason.TESTBED,
+                        f"the testbed's user_factory created the account {login} but sent no public key (pub_key "
+                        "in its EXIT inform): no certificate could be minted for it; ask the testbed's operator",
+                    )
                 session.request(child, "configure", {"cert": self.certificates.mint(login, public_key)})
             if keys is not None:
                 session.request(child, "configure", {"auth_keys": list(keys)})
@@ -166,3 +204,29 @@ class UserFactory:
                 Reason.TESTBED,
                 f"the testbed's user_factory refused to {what}: {exc.reason} (the booking stays as it was)",
             ) from exc
+
+
+def _wait_for_exit(session: FrcpSession, child: str, created_ts: int, what: str) -> FrcpMessage:
+    """The child's STATUS {status_type: APP_EVENT, event: EXIT}, informed on its own topic with no cid (FrcpError
+    for its error inform); FrcpTimeout when none comes within the client's time-out. Informs older than the create
+    (less the clocks' tolerance) are not its answer; other informs stay kept for the session's later waits."""
+    child_topic = topic_of(child)
+    not_before = created_ts - INFORM_CLOCK_SKEW_S
+
+    def is_the_exit(inform: FrcpMessage) -> bool:
+        return inform.op == "inform" and inform.ts >= not_before and _is_exit_of(inform, child_topic)
+
+    exited = session.wait_for(is_the_exit, None, f"the {what} (an EXIT inform from {child_topic})")
+    if exited.is_error:
+        raise FrcpError(str(exited.props.get("reason") or exited.itype or "error"), exited)
+    return exited
+
+
+def _is_exit_of(inform: FrcpMessage, child_topic: str) -> bool:
+    """Whether ``inform`` is the child's end of useradd: an APP_EVENT EXIT from the child, or an error from it."""
+    if topic_of(inform.src) != child_topic:
+        return False
+    props = inform.props
+    return inform.is_error or (
+        inform.itype == "STATUS" and props.get("status_type") == "APP_EVENT" and props.get("event") == "EXIT"
+    )

@@ -11,7 +11,10 @@ FRCP on AMQP, the facts this module follows:
   it publishes, and matches replies by cid (cm_factory's informs carry none: they are matched on props.node_name).
 - Signed messages are a JWT (RS256) whose claims are {cnt: the JSON message, iss: the signer, crt: the signer's
   certificate chain in PEM}; the AMQP content type is then ``jwt`` instead of ``text/json``. The receiver checks
-  the chain against its trusted roots and the signature with the leaf's key.
+  the chain against its trusted roots and the signature with the leaf's key. Ours also carry the standard JWT
+  claims iat, exp (now plus the request's time-out, within ``TOKEN_LIFETIME_*_S``) and jti (random), so
+  that a request captured on the broker cannot be replayed later; a message whose exp has passed is refused (OMF's
+  controllers sign without exp: a message without one is still accepted).
 - Only the testbed's controllers may answer (``ControllerSigners``): a trusted chain is not enough for an inform,
   since the local authority also certifies users and the slices' testbed accounts (whose keys their users can
   read), and federation roots certify their own users. An inform older than the request it would answer (its ts,
@@ -26,10 +29,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +61,12 @@ CONTENT_JSON = "text/json"
 CONTENT_JWT = "jwt"
 #: How far a controller's clock may lag ours: an inform stamped earlier than this before the request is ignored.
 INFORM_CLOCK_SKEW_S = 30
+#: A signed message's lifetime (JWT exp - ts) is the request's time-out kept within these bounds: long enough for a
+#: receiver whose clock runs a little ahead of ours, short enough that a captured request is useless soon after.
+TOKEN_LIFETIME_MIN_S = 60
+TOKEN_LIFETIME_MAX_S = 600
+#: At most this many informs that no wait has claimed yet are kept per session (a flood must not fill the memory).
+UNCLAIMED_INFORMS_MAX = 1000
 
 
 class FrcpUnavailable(Exception):
@@ -119,9 +130,12 @@ class FrcpMessage:
         if isinstance(ts, bool) or not isinstance(ts, int | float | str):
             raise BadMessage("the message has no ts (seconds)")
         try:
-            seconds = int(float(ts))
+            number = float(ts)
         except ValueError as exc:
             raise BadMessage(f"ts {ts!r} is not a number of seconds") from exc
+        if not math.isfinite(number):  # "inf", 1e999, "nan": no moment at all
+            raise BadMessage(f"ts {ts!r} is not a finite number of seconds")
+        seconds = int(number)
         props = document.get("props", {})
         if not isinstance(props, dict):
             raise BadMessage("props is not an object")
@@ -177,8 +191,19 @@ class Signer:
     chain: GidChain
     issuer: str
 
-    def sign(self, message: FrcpMessage) -> str:
-        claims = {"cnt": json.dumps(message.to_json()), "iss": self.issuer, "crt": chain_pem(self.chain)}
+    def sign(self, message: FrcpMessage, lifetime_s: float = TOKEN_LIFETIME_MIN_S) -> str:
+        """The JWT of ``message``: OMF's claims, plus iat (now), exp (valid ``lifetime_s`` from now, kept within
+        TOKEN_LIFETIME_MIN_S..TOKEN_LIFETIME_MAX_S) and a random jti, so that it cannot be replayed later."""
+        lifetime = int(min(max(lifetime_s, TOKEN_LIFETIME_MIN_S), TOKEN_LIFETIME_MAX_S))
+        now = int(time.time())
+        claims = {
+            "cnt": json.dumps(message.to_json()),
+            "iss": self.issuer,
+            "crt": chain_pem(self.chain),
+            "iat": now,
+            "exp": now + lifetime,
+            "jti": uuid.uuid4().hex,
+        }
         return jwt.encode(claims, self.key, algorithm="RS256")
 
 
@@ -233,22 +258,24 @@ class SignatureChecker:
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
             chain = load_gid_chain(str(unverified["crt"]))
-        except (jwt.PyJWTError, KeyError, ValueError, TypeError) as exc:
-            raise BadMessage(f"not a signed FRCP message: {exc}") from exc
+        except (jwt.PyJWTError, KeyError, ValueError, TypeError, RecursionError) as exc:
+            raise BadMessage(f"not a signed FRCP message: {_brief(exc)}") from exc
         try:
             verify_chain(chain, self.roots, self.clock(), role="FRCP signer")
         except TrustError as exc:
             raise BadMessage(exc.message) from exc
         public_key: Any = chain[0].certificate.public_key()
         try:
-            claims = jwt.decode(token, public_key, algorithms=["RS256"])
-        except jwt.PyJWTError as exc:
-            raise BadMessage(f"the signature of the FRCP message does not verify: {exc}") from exc
+            # exp is checked below against our clock (the one the chain is checked with), with some tolerance.
+            claims = jwt.decode(token, public_key, algorithms=["RS256"], options={"verify_exp": False})
+        except (jwt.PyJWTError, RecursionError) as exc:
+            raise BadMessage(f"the signature of the FRCP message does not verify: {_brief(exc)}") from exc
+        self._check_expiry(claims)
         content = claims.get("cnt")
         try:
             document = json.loads(content) if isinstance(content, str) else content
-        except json.JSONDecodeError as exc:
-            raise BadMessage(f"the signed content is not JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # not JSON, or nested too deep to read
+            raise BadMessage(f"the signed content is not JSON: {_brief(exc)}") from exc
         message = FrcpMessage.from_json(document)
         if self.controllers is not None and message.op == "inform":
             refusal = self.controllers.refusal(chain[0])
@@ -256,12 +283,28 @@ class SignatureChecker:
                 raise BadMessage(refusal)
         return SignedBy(message, chain[0])
 
+    def _check_expiry(self, claims: Mapping[str, Any]) -> None:
+        """BadMessage if the JWT's exp has passed (more than INFORM_CLOCK_SKEW_S ago by our clock); a message without
+        exp passes (OMF's controllers sign none)."""
+        if "exp" not in claims:
+            return
+        expiry = claims["exp"]
+        if isinstance(expiry, bool) or not isinstance(expiry, int | float) or not math.isfinite(expiry):
+            raise BadMessage(f"the signed message's exp {expiry!r} is not a number of seconds")
+        now = self.clock().timestamp()
+        if expiry < now - INFORM_CLOCK_SKEW_S:
+            raise BadMessage(
+                f"the signed message expired {int(now - expiry)} s ago (exp {int(expiry)}): a replay of an old "
+                "message, or the sender's clock is off: refused"
+            )
 
-def encode(message: FrcpMessage, signer: Signer | None) -> tuple[bytes, str]:
-    """(AMQP body, content type) of a message, signed when there is a signer."""
+
+def encode(message: FrcpMessage, signer: Signer | None, lifetime_s: float = TOKEN_LIFETIME_MIN_S) -> tuple[bytes, str]:
+    """(AMQP body, content type) of a message, signed (valid ``lifetime_s``, see Signer.sign) when there is a
+    signer."""
     if signer is None:
         return json.dumps(message.to_json()).encode("utf-8"), CONTENT_JSON
-    return signer.sign(message).encode("ascii"), CONTENT_JWT
+    return signer.sign(message, lifetime_s).encode("ascii"), CONTENT_JWT
 
 
 def decode(body: bytes, content_type: str | None, checker: SignatureChecker | None) -> SignedBy | FrcpMessage:
@@ -275,9 +318,10 @@ def decode(body: bytes, content_type: str | None, checker: SignatureChecker | No
     if signed:
         raise BadMessage("a signed message arrived but no trusted roots are configured to check it")
     try:
-        return FrcpMessage.from_json(json.loads(text))
-    except json.JSONDecodeError as exc:
-        raise BadMessage(f"not JSON: {exc}") from exc
+        document = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # not JSON, or nested too deep to read
+        raise BadMessage(f"not JSON: {_brief(exc)}") from exc
+    return FrcpMessage.from_json(document)
 
 
 # -- the client ---------------------------------------------------------------------------------------------------
@@ -348,6 +392,8 @@ class FrcpSession:
         self.src = address(client.host, client.topic)
         self.opened_ts = int(time.time())  # no inform older than the session answers anything in it
         self.refused: list[str] = []  # informs dropped (unsigned, untrusted, malformed): for the operator's log
+        # Informs read while waiting for something else, for the waits that follow (oldest first, bounded).
+        self.unclaimed: deque[FrcpMessage] = deque(maxlen=UNCLAIMED_INFORMS_MAX)
 
     def subscribe(self, topic: str) -> None:
         """Receive the informs published on ``topic`` (before asking it anything: informs are not queued)."""
@@ -367,7 +413,8 @@ class FrcpSession:
 
     def send(self, topic: str, message: FrcpMessage) -> None:
         """Publish a request on ``topic`` (routing key o.op; o.info for informs)."""
-        body, content_type = encode(message, self.client.signer)
+        # Valid for as long as we wait for its answer: a copy taken off the broker is refused after that.
+        body, content_type = encode(message, self.client.signer, self.client.timeout_s)
         self.channel.basic_publish(
             exchange=topic,
             routing_key=ROUTING_INFO if message.op == "inform" else ROUTING_OP,
@@ -399,30 +446,30 @@ class FrcpSession:
         self, mid: str, timeout_s: float | None, node_name: str | None, what: str, sent_ts: int | None = None
     ) -> FrcpMessage:
         """The inform answering the request ``mid`` sent at ``sent_ts`` (default: the session's start; older
-        informs are ignored), see ``request``."""
+        informs are ignored), see ``request``. Informs that arrive meanwhile and answer something else are kept for
+        the waits that follow (``unclaimed``): a frisbee client's EXIT may come while we wait for another's
+        CREATION.OK."""
         limit = self.client.timeout_s if timeout_s is None else timeout_s
         not_before = (self.opened_ts if sent_ts is None else sent_ts) - INFORM_CLOCK_SKEW_S
-        deadline = time.monotonic() + limit
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise FrcpTimeout(f"no answer to {what} within {limit:g} s")
-            for method, properties, body in self.channel.consume(
-                self.queue, auto_ack=True, inactivity_timeout=remaining
-            ):
-                if method is None:  # inactivity: the time is up
-                    break
-                inform = self._read(body, getattr(properties, "content_type", None))
-                # Our own requests come back on the topics we listen to, and other conversations' informs pass by.
-                matches = inform is not None and inform.op == "inform" and _answers(inform, mid, node_name)
-                if inform is not None and matches and self._fresh(inform, not_before):
-                    self.channel.cancel()
-                    if inform.is_error:
-                        raise FrcpError(_reason(inform), inform)
-                    return inform
-                if time.monotonic() >= deadline:  # a stream of other messages must not keep us past the limit
-                    break
-            self.channel.cancel()
+
+        def answers(inform: FrcpMessage) -> bool:
+            return _answers(inform, mid, node_name) and self._fresh(inform, not_before)
+
+        answer = self._claim(answers) or self._receive(answers, time.monotonic() + limit)
+        if answer is None:
+            raise FrcpTimeout(f"no answer to {what} within {limit:g} s")
+        if answer.is_error:
+            raise FrcpError(_reason(answer), answer)
+        return answer
+
+    def wait_for(self, wanted: Callable[[FrcpMessage], bool], timeout_s: float | None, what: str) -> FrcpMessage:
+        """The first inform ``wanted`` accepts, among those kept (``unclaimed``) and then those that arrive; others
+        are kept for later waits. FrcpTimeout when none comes in time (errors are returned, not raised)."""
+        limit = self.client.timeout_s if timeout_s is None else timeout_s
+        found = self._claim(wanted) or self._receive(wanted, time.monotonic() + limit)
+        if found is None:
+            raise FrcpTimeout(f"no answer to {what} within {limit:g} s")
+        return found
 
     def about_nodes(
         self,
@@ -431,41 +478,80 @@ class FrcpSession:
         timeout_s: float | None,
         what: str,
         sent_ts: int | None = None,
+        ours: Callable[[FrcpMessage], bool] | None = None,
     ) -> dict[str, NodeAnswer]:
         """For each node, the first inform about it (props.node_name or props.node: cm_factory and frisbee send no
-        cid) that is an error or that ``done`` accepts; informs that are neither (progress), and informs older than
-        the requests (``sent_ts``, default the session's start), are skipped. A node with no such inform within the
-        time gets a time-out answer: one slow node does not hide the others'."""
+        cid) that ``done`` accepts, or else an error about it; informs that are neither (progress), and informs
+        older than the requests (``sent_ts``, default the session's start), are skipped. An error counts at once
+        only if ``ours`` says it answers our own request (its cid, the topic of a child we created); any other
+        error naming the node may be cm_factory refusing someone else's request, so it is only kept, and reported
+        (in its own words) if nothing ``done`` accepts comes before the time is up. A node with no inform at all
+        gets a time-out answer: one slow node does not hide the others'."""
         limit = self.client.timeout_s if timeout_s is None else timeout_s
         not_before = (self.opened_ts if sent_ts is None else sent_ts) - INFORM_CLOCK_SKEW_S
-        deadline = time.monotonic() + limit
         answers: dict[str, NodeAnswer] = {}
+        provisional: dict[str, FrcpMessage] = {}  # node -> an error that may be another request's
         waiting = set(nodes)
-        while waiting:
+
+        def takes(inform: FrcpMessage) -> bool:
+            """Whether ``inform`` is about a node we wait for (then noted: an answer, or a provisional error)."""
+            node = _node_of(inform)
+            if node not in waiting or not (inform.is_error or done(inform)) or not self._fresh(inform, not_before):
+                return False
+            if inform.is_error and not (ours is not None and ours(inform)):
+                provisional.setdefault(node, inform)
+            else:
+                answers[node] = NodeAnswer(node, inform, _reason(inform) if inform.is_error else "")
+                waiting.discard(node)
+            return True
+
+        deadline = time.monotonic() + limit
+        while waiting and self._claim(takes) is not None:
+            pass
+        while waiting and self._receive(takes, deadline) is not None:
+            pass
+        for node in waiting:
+            error = provisional.get(node)
+            if error is not None:
+                answers[node] = NodeAnswer(node, error, _reason(error))
+            else:
+                answers[node] = NodeAnswer(node, None, f"no answer about {node} to {what} within {limit:g} s")
+        return answers
+
+    def _claim(self, wanted: Callable[[FrcpMessage], bool]) -> FrcpMessage | None:
+        """The first kept inform ``wanted`` takes (removed from ``unclaimed``), else None. ``wanted`` is called on
+        each kept inform in turn until it takes one; an inform it looked at and refused stays kept."""
+        for index, inform in enumerate(self.unclaimed):
+            if wanted(inform):
+                del self.unclaimed[index]
+                return inform
+        return None
+
+    def _receive(self, wanted: Callable[[FrcpMessage], bool], deadline: float) -> FrcpMessage | None:
+        """Read informs off our queue until ``wanted`` takes one (returned) or ``deadline`` (None). Every inform it
+        does not take is kept in ``unclaimed`` for later waits: once read and acknowledged, an inform is nowhere
+        else. Messages are acknowledged one by one as they are read, so that those pika holds unread when we stop
+        consuming go back to the queue (with auto-ack, they would be lost)."""
+        while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                break
+                return None
             for method, properties, body in self.channel.consume(
-                self.queue, auto_ack=True, inactivity_timeout=remaining
+                self.queue, auto_ack=False, inactivity_timeout=remaining
             ):
-                if method is None:
+                if method is None:  # inactivity: the time is up
                     break
+                self.channel.basic_ack(method.delivery_tag)
                 inform = self._read(body, getattr(properties, "content_type", None))
-                node = _node_of(inform) if inform is not None and inform.op == "inform" else ""
-                if (
-                    inform is not None
-                    and node in waiting
-                    and (inform.is_error or done(inform))
-                    and self._fresh(inform, not_before)
-                ):
-                    answers[node] = NodeAnswer(node, inform, _reason(inform) if inform.is_error else "")
-                    waiting.discard(node)
-                if not waiting or time.monotonic() >= deadline:
+                # Our own requests come back on the topics we listen to: only informs are kept.
+                if inform is not None and inform.op == "inform":
+                    if wanted(inform):
+                        self.channel.cancel()
+                        return inform
+                    self.unclaimed.append(inform)
+                if time.monotonic() >= deadline:  # a stream of other messages must not keep us past the limit
                     break
             self.channel.cancel()
-        for node in waiting:
-            answers[node] = NodeAnswer(node, None, f"no answer about {node} to {what} within {limit:g} s")
-        return answers
 
     def _fresh(self, inform: FrcpMessage, not_before: int) -> bool:
         """Whether an inform that would answer the request is recent enough (stamped at ``not_before`` or later)."""
@@ -480,11 +566,18 @@ class FrcpSession:
         return False
 
     def _read(self, body: bytes, content_type: str | None) -> FrcpMessage | None:
+        """The message in an AMQP body, or None (logged, kept in ``refused``) for anything we cannot read: one bad
+        message on a topic we listen to must never end a wait (nor a slot pass) with an exception."""
         try:
             decoded = decode(body, content_type, self.client.checker)
         except BadMessage as exc:
             self.refused.append(str(exc))
             log.warning("dropped an FRCP message: %s", exc)
+            return None
+        except Exception as exc:
+            reason = f"unreadable ({type(exc).__name__}: {_brief(exc)})"
+            self.refused.append(reason)
+            log.warning("dropped an FRCP message: %s", reason)
             return None
         return decoded.message if isinstance(decoded, SignedBy) else decoded
 
@@ -519,6 +612,12 @@ def _answers(inform: FrcpMessage, mid: str, node_name: str | None) -> bool:
     if inform.cid is not None:
         return inform.cid == mid
     return node_name is not None and inform.props.get("node_name") == node_name
+
+
+def _brief(error: BaseException) -> str:
+    """An exception's words, cut short (a crafted message must not flood the log)."""
+    words = str(error)
+    return words if len(words) <= 200 else f"{words[:200]}..."
 
 
 def _safe(url: str) -> str:

@@ -96,6 +96,11 @@ def nodes_of(body: bytes, where: str) -> list[dict[str, Any]]:
         resources = document["resource_response"]["resources"]
     except (ValueError, KeyError, TypeError) as exc:
         raise BadArgs(f"{where} did not answer omf_sfa's resource_response with resources: {exc}") from exc
+    except RecursionError as exc:  # the decoder recurses once per nesting level
+        raise BadArgs(
+            f"{where} answered JSON nested too deeply to read; omf_sfa's node list is a few levels deep: check that "
+            "the URL is the broker's /resources/nodes"
+        ) from exc
     if not isinstance(resources, list) or not all(isinstance(node, dict) for node in resources):
         raise BadArgs(f"{where}: resources is not a list of nodes")
     return resources
@@ -215,5 +220,5 @@ def _ended(lease: Mapping[str, Any], now: datetime) -> bool:
 def _reason(error: urllib.error.HTTPError) -> str:
     try:
         return str(json.loads(error.read())["exception"]["reason"])
-    except (ValueError, KeyError, TypeError, OSError):
+    except (ValueError, KeyError, TypeError, OSError, RecursionError):  # its words when they can be read
         return str(error.reason)

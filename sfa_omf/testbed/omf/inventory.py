@@ -28,6 +28,7 @@ of other authorities, even trusted ones, read nothing.
 
 from __future__ import annotations
 
+import pwd
 import unicodedata
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -67,6 +68,17 @@ LEASE_FIELDS = ("uuid", "name", "valid_from", "valid_until", "account_attributes
 #: The longest lease name (the calendar's client_id column) and slice URN (the slice and account tables' column).
 MAX_LEASE_NAME_CHARS = 200
 MAX_SLICE_URN_CHARS = 300
+#: Logins a lease's account may never be, whatever this host's passwd says: the testbed's nodes and servers have
+#: them, and OMF's controllers let root do anything.
+SYSTEM_LOGINS = frozenset(
+    {
+        "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data",
+        "backup", "list", "irc", "gnats", "nobody", "_apt", "sshd", "messagebus", "syslog", "postgres", "rabbitmq",
+        "oar", "omf", "admin", "adm", "operator", "wheel", "sudo", "ftp", "halt", "shutdown",
+    }
+)  # fmt: skip
+#: The first uid useradd gives a person (Debian's FIRST_UID): a login below it on this host is a system user's.
+FIRST_USER_UID = 1000
 
 
 def check_text(text: str, where: str) -> str:
@@ -172,6 +184,7 @@ class OmfInventory:
         clock: Callable[[], datetime] = utcnow,
         controllers: Collection[str] = (),
         admins: Collection[str] = (),
+        frcp_account: str = "root",
     ) -> None:
         self.database = database
         self.bookings = bookings
@@ -184,6 +197,7 @@ class OmfInventory:
         self.clock = clock
         self.controllers = frozenset(controllers)  # [sfa_frcp] controllers: certificate URNs (or subject CNs)
         self.admins = frozenset(admins)  # [sfa_web] admins: user URNs
+        self.frcp_account = frcp_account  # [sfa_frcp] account: never a lease's account
         self.records = Records(database)
         self.timeline = Timeline(database)
 
@@ -558,14 +572,26 @@ class OmfInventory:
         if len(slice_urn) > MAX_SLICE_URN_CHARS:
             raise BadArgs(f"the account's slice URN is {len(slice_urn)} characters long; at most {MAX_SLICE_URN_CHARS}")
         if self.account_policy == "shared":
-            return self.shared_login, slice_urn
+            return self._lease_login(self.shared_login, slice_urn), slice_urn
         mapped = mapped_login(self.database, slice_urn)
         if mapped is not None and named not in (None, mapped):
             raise BadArgs(
                 f"slice {slice_urn} uses the account {mapped!r} already, not {named!r}: post with account_attributes "
                 f"{{name: {mapped!r}}} or {{urn: {slice_urn!r}}}"
             )
-        return mapped or named or _login_of(parse_urn(slice_urn).name), slice_urn
+        return self._lease_login(mapped or named or _login_of(parse_urn(slice_urn).name), slice_urn), slice_urn
+
+    def _lease_login(self, login: str, slice_urn: str) -> str:
+        """``login``, unless a system login (``system_login``): user_factory would create or reach it, install a
+        certificate naming it and the slice's keys, and close it at the slot's end."""
+        why = system_login(login, self.frcp_account)
+        if why:
+            raise BadArgs(
+                f"the lease's account {login!r} (slice {slice_urn}) is {why}: a lease's account is a Unix account its "
+                "slice's users log in to and that is closed when the lease ends, so it may not be one; nothing was "
+                "booked: name an account of the lease's own, e.g. account_attributes {name: maintenance}"
+            )
+        return login
 
     def _map_account(self, slice_urn: str, login: str) -> None:
         """The slice's account is the login the operator named, unless the slice is mapped already."""
@@ -614,6 +640,22 @@ def _slice_urn(hrn: str) -> str:
     if parsed.type != "slice" or parsed.hrn_parts != parts:
         raise BadArgs(f"account {hrn!r} is not a slice HRN")
     return urn
+
+
+def system_login(login: str, frcp_account: str) -> str:
+    """Why ``login`` is no login a lease's account may be ("" when it may be): root, the account the aggregate signs
+    FRCP as, a built-in system login, or a system user of this host (uid below FIRST_USER_UID)."""
+    if login == frcp_account:
+        return "the account this aggregate signs FRCP messages as ([sfa_frcp] account)"
+    if login in SYSTEM_LOGINS:
+        return "a system login"
+    try:
+        uid = pwd.getpwnam(login).pw_uid
+    except KeyError:
+        return ""  # not on this host: a login for a person
+    if uid < FIRST_USER_UID:
+        return f"a system user of this host (uid {uid})"
+    return ""
 
 
 def _login_of(name: str) -> str:

@@ -22,6 +22,7 @@ from twisted.web import resource, server
 
 from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason
 from sfa_omf.server.tls import peer_chain
+from sfa_omf.testbed.omf.accounts import account_of
 from sfa_omf.testbed.omf.inventory import OmfInventory, check_text, check_texts
 
 log = logging.getLogger("sfa_omf.omf.rest")
@@ -102,10 +103,9 @@ class InventoryResource(resource.Resource):
                 Reason.UNSUPPORTED, f"/resources/{collection} is read-only here; operator tools write /resources/leases"
             )
         body = _body(request)
-        query = _query(request)
-        uuid = identifier or (query.get("uuid") or [""])[0]
-        if uuid and "uuid" not in body:
-            body["uuid"] = uuid
+        lease = _lease_named(identifier, _query(request), body)
+        if lease:
+            body["uuid"] = lease
         return action(chain, body)
 
     # -- plumbing -----------------------------------------------------------------------------------------------
@@ -137,6 +137,25 @@ def _query(request: server.Request) -> dict[str, list[str]]:
         raise BadArgs("the query string is not UTF-8") from exc
     check_texts(query, "the query string")
     return query
+
+
+def _lease_named(identifier: str, query: dict[str, list[str]], body: dict[str, Any]) -> Any:
+    """The lease a write names in its path (/resources/leases/<uuid>), its query (?uuid=) and its body ({uuid}):
+    "" when none does, BadArgs when two of them name different leases (acting on either could be the wrong one)."""
+    named: dict[str, Any] = {}
+    if identifier:
+        named["the path"] = identifier
+    for value in query.get("uuid", []):
+        named.setdefault("the query", value)
+        if value != named["the query"]:
+            raise BadArgs(f"the query names the leases {named['the query']!r} and {value!r}; name one lease")
+    if "uuid" in body:
+        named["the body"] = body["uuid"]
+    values = list(named.values())
+    if any(value != values[0] for value in values[1:]):
+        which = " but ".join(f"{where} names lease {value!r}" for where, value in named.items())
+        raise BadArgs(f"{which}: nothing was changed; name the same lease everywhere, or only in the path")
+    return values[0] if values else ""
 
 
 def _body(request: server.Request) -> dict[str, Any]:
@@ -197,4 +216,15 @@ def omf_inventory(aggregate: Any, base_url: str, settings: Any = None) -> OmfInv
         clock=aggregate.clock,
         controllers=settings.frcp_controller_urns if settings is not None else (),
         admins=settings.web_admin_urns if settings is not None else (),
+        frcp_account=frcp_account(aggregate, settings),
     )
+
+
+def frcp_account(aggregate: Any, settings: Any = None) -> str:
+    """The account the aggregate signs FRCP as (never a lease's account): the emailAddress of its signer's
+    certificate when it talks to user_factory, else ``[sfa_frcp] account`` (default root)."""
+    user_factory = getattr(aggregate.backend, "user_factory", None)
+    signer = user_factory.client.signer if user_factory is not None else None
+    if signer is not None and account_of(signer.chain[0].certificate):
+        return account_of(signer.chain[0].certificate)
+    return str(getattr(settings, "frcp_account", "root"))

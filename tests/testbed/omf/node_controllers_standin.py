@@ -13,10 +13,13 @@ into ``<root>/disks/<node>`` (the image's bytes, read from ``<root>/images/<imag
 - frisbee_factory topic: ``request {ports}`` -> STATUS {ports}; ``create {type: frisbeed, image, port}`` and
   ``create {type: frisbee, port, node_topic}`` -> CREATION.OK {res_id}; a frisbee client then informs, on its own
   topic and a moment later (writing a disk takes time), STDOUT {node, msg: "50%"} and EXIT {node, msg};
-  ``release {rid}`` -> RELEASED.
+  ``release {rid}`` -> RELEASED. A create's ``uid`` names the child (its topic), as OMF 6's resource proxies do.
 
 ``fail[(node, status)] = (event_type, msg)`` makes cm_factory answer that error; a node in ``silent`` is never
 answered (a controller that hangs); ``frisbee_fail[node] = msg`` makes that node's disk write fail.
+``late_creation`` (node names): frisbee_factory answers the creation of those nodes' clients only once every client
+created so far has finished writing (a busy factory, and the CREATION.OK race omf_sfa's users met): their EXITs come
+before that CREATION.OK, and the earlier clients' EXITs while the aggregate waits for it.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class NodeControllersStandIn(FrcpStandIn):
         self.frisbee_fail: dict[str, str] = {}
         self.servers: dict[str, tuple[str, int]] = {}  # frisbeed child topic -> (image, port)
         self.clients: dict[str, tuple[str, int]] = {}  # frisbee child topic -> (node, port)
+        self.late_creation: set[str] = set()
+        self._writing: set[str] = set()  # frisbee clients still writing
+        self._held_creations: list[FrcpMessage] = []  # CREATION.OKs held back (late_creation)
         self._next_port = FIRST_PORT
 
     def start(self) -> None:
@@ -109,17 +115,23 @@ class NodeControllersStandIn(FrcpStandIn):
             return self._created(message, child)
         if message.op == "create" and props.get("type") == "frisbee":
             node = str(props.get("node_topic", ""))
-            child = f"frisbee-{node}-{self.frisbee_topic}"
+            child = str(props.get("uid") or f"frisbee-{node}-{self.frisbee_topic}")
             self.clients[child] = (node, int(props.get("port", 0)))
             self.steps.append(("frisbee", node))
             self.listen(child)
+            self._writing.add(child)
             self.later(WRITE_DELAY_S, lambda: self._write_disk(child))
+            if node in self.late_creation:
+                self._held_creations.append(self._created(message, child))
+                return None
             return self._created(message, child)
         if message.op == "release":
             child = topic_of(message.rid or "")
+            # The step names the kind released (a client's topic may be the uid its create gave).
+            kind = "frisbeed" if child in self.servers else "frisbee" if child in self.clients else child.split("-")[0]
             self.servers.pop(child, None)
             self.clients.pop(child, None)
-            self.steps.append(("release", child.split("-")[0]))
+            self.steps.append(("release", kind))
             return self.inform(message, "RELEASED", {"res_id": message.rid}, self.frisbee_topic)
         return self.inform(message, "ERROR", {"reason": f"frisbee_factory does not {message.op} {sorted(props)}"})
 
@@ -127,7 +139,16 @@ class NodeControllersStandIn(FrcpStandIn):
         return self.inform(message, "CREATION.OK", {"res_id": address(self.host, child)}, self.frisbee_topic)
 
     def _write_disk(self, child: str) -> None:
-        """What the frisbee client on the node does: receive the image from frisbeed's port, write the disk."""
+        """What the frisbee client on the node does: receive the image from frisbeed's port, write the disk; then
+        the CREATION.OKs held back (late_creation) go out once no client is writing any more."""
+        self._write_disk_now(child)
+        self._writing.discard(child)
+        if not self._writing:
+            for created in self._held_creations:
+                self.publish(self.frisbee_topic, created)
+            self._held_creations.clear()
+
+    def _write_disk_now(self, child: str) -> None:
         node, port = self.clients.get(child, ("", 0))
         served = [image for image, server_port in self.servers.values() if server_port == port]
         progress = {"status_type": "FRISBEE", "event": "STDOUT", "node": node, "msg": "50%"}

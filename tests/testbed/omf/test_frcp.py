@@ -16,6 +16,8 @@ from pathlib import Path
 import jwt
 import pika
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.testbed.omf.frcp import (
@@ -75,8 +77,16 @@ def test_user_factory_account_flow(factory: Factory, pki: DemoPki) -> None:
         created = session.request(factory.topic, "create", {"type": "user", "hrn": "alice", "username": "alice_1a2b3c"})
         assert created.itype == "CREATION.OK" and created.props["username"] == "alice_1a2b3c"
         child = created.props["res_id"]
+        assert "pub_key" not in created.props  # the key comes in the child's EXIT, once useradd has run
+        session.subscribe_address(child)
+        exited = session.wait_for(lambda inform: inform.props.get("event") == "EXIT", None, "useradd's EXIT")
+        assert (exited.itype, exited.props["status_type"], exited.props["exit_code"]) == ("STATUS", "APP_EVENT", 0)
         assert (home / ".ssh" / "id_rsa").exists()
-        assert created.props["pub_key"] == (home / ".ssh" / "id_rsa.pub").read_text().strip()
+        # The key pair useradd made, its public half in PEM (as NITOS' user_factory sends it).
+        sent = serialization.load_pem_public_key(exited.props["pub_key"].encode("ascii"))
+        made = serialization.load_ssh_public_key((home / ".ssh" / "id_rsa.pub").read_bytes())
+        assert isinstance(sent, rsa.RSAPublicKey) and isinstance(made, rsa.RSAPublicKey)
+        assert sent.public_numbers() == made.public_numbers()
         status = session.request(child, "configure", {"cert": "-----BEGIN CERTIFICATE-----\nX\n"})
         assert status.itype == "STATUS" and status.props["exit_code"] == 0
         assert (home / ".omf" / "user_cert.pem").read_text() == "-----BEGIN CERTIFICATE-----\nX\n"
@@ -84,7 +94,9 @@ def test_user_factory_account_flow(factory: Factory, pki: DemoPki) -> None:
 
         # Keys at provision time: the same user created again (its key pair is kept), auth_keys overwrite.
         again = session.request(factory.topic, "create", {"type": "user", "username": "alice_1a2b3c"})
-        assert again.props["pub_key"] == created.props["pub_key"]
+        session.subscribe_address(again.props["res_id"])
+        exited_again = session.wait_for(lambda inform: inform.props.get("event") == "EXIT", None, "the second EXIT")
+        assert exited_again.props["pub_key"] == exited.props["pub_key"]
         keys = [ssh_key("alice@laptop"), ssh_key("alice@desk")]
         session.request(again.props["res_id"], "configure", {"auth_keys": keys})
         assert (home / ".ssh" / "authorized_keys").read_text() == "".join(f"{key}\n" for key in keys)
@@ -193,7 +205,7 @@ def test_messages_round_trip_and_bad_ones_are_named(pki: DemoPki) -> None:
     signed = decode(body, content_type, SignatureChecker(pki.roots))
     assert not isinstance(signed, FrcpMessage) and signed.message == message
     claims = jwt.decode(body.decode(), options={"verify_signature": False})
-    assert set(claims) == {"cnt", "iss", "crt"} and json.loads(claims["cnt"])["mid"] == message.mid
+    assert set(claims) == {"cnt", "iss", "crt", "iat", "exp", "jti"} and json.loads(claims["cnt"])["mid"] == message.mid
     for document, words in [
         ([], "a JSON object"),
         ({"op": "explode", "mid": "m", "src": "s", "ts": 1}, "op 'explode'"),

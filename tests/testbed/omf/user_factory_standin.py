@@ -7,9 +7,16 @@ every request's JWT signature against trusted roots (an unsigned, tampered or un
 answered with nothing, as the Ruby controller drops it), signs its own informs, and does user_factory's real work in
 a throwaway directory instead of the system:
 
-- ``create {type: user, username}`` -> ``<root>/home/<username>/.ssh/id_rsa[.pub]`` (a real RSA key pair, kept if
-  it exists: creating an existing user is how the broker reaches it again) and an entry in ``<root>/passwd.json``;
-  answers CREATION.OK {res_id: the child's address, uid, username, pub_key}, or CREATION.FAILED {reason};
+- ``create {type: user, username}`` -> "useradd": ``<root>/home/<username>/.ssh/id_rsa[.pub]`` (a real RSA key
+  pair, kept if it exists: creating an existing user is how the broker reaches it again) and an entry in
+  ``<root>/passwd.json``; answers CREATION.OK {res_id: the child's address, uid, username, hrn} (no key), or
+  CREATION.FAILED {reason}; then the child informs on its own topic
+  STATUS {status_type: APP_EVENT, event: EXIT, exit_code, msg, uid, pub_key: the public key in PEM} with no cid, as
+  omf.md describes NITOS' user controller (``useradd_fails_with`` makes useradd fail: exit_code and msg, no key).
+  The real controller sleeps before informing so that the broker has subscribed to the child; this stand-in
+  instead publishes the EXIT "mandatory" on a confirmed channel and tries again until the broker routes it to a
+  subscriber of the child's topic (not the stand-in itself, which listens to o.op only there), or the child is
+  released (no timing: the test cannot lose the EXIT to a slow subscriber);
 - on the child's topic, ``configure {cert: PEM}`` -> ``~/.omf/user_cert.pem``; ``configure {auth_keys: [...]}``
   -> ``~/.ssh/authorized_keys`` (overwritten); answers STATUS {status_type: APP_EVENT, event: EXIT, exit_code: 0};
 - ``release {rid: child}`` on the factory's topic -> RELEASED {res_id};
@@ -24,10 +31,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pika
+import pika.exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sfa_omf.testbed.omf.frcp import FrcpMessage, SignatureChecker, Signer, address, topic_of
+from sfa_omf.testbed.omf.frcp import FrcpMessage, SignatureChecker, Signer, address, declare_topic, encode, topic_of
 from tests.testbed.omf.frcp_standin import FrcpStandIn
 
 LOGIN = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -42,6 +51,9 @@ class UserFactoryStandIn(FrcpStandIn):
         self.children: dict[str, str] = {}  # child topic -> username
         # When set, create is answered CREATION.FAILED with these words (the controller failing, e.g. a full disk).
         self.fail_with = ""
+        # When set, create is answered CREATION.OK but useradd then fails: the EXIT carries (exit_code, msg).
+        self.useradd_fails_with: tuple[int, str] | None = None
+        self._confirmed: Any = None  # a channel with publisher confirms, for the EXIT informs (see _exit)
 
     # -- user_factory's work ----------------------------------------------------------------------------------
     def work(self, topic: str, message: FrcpMessage) -> FrcpMessage:
@@ -53,7 +65,7 @@ class UserFactoryStandIn(FrcpStandIn):
                 child = topic_of(message.rid or "")
                 if child not in self.children:
                     return self.inform(message, "ERROR", {"reason": f"no child {message.rid!r}"})
-                self.unlisten(child)
+                self.channel.queue_unbind(queue=self.queue, exchange=child, routing_key="o.op")
                 del self.children[child]
                 return self.inform(message, "RELEASED", {"res_id": message.rid})
             if message.op == "configure" and isinstance(props.get("deluser"), dict):
@@ -93,6 +105,29 @@ class UserFactoryStandIn(FrcpStandIn):
             return self.inform(message, "CREATION.FAILED", {"reason": f"useradd: invalid user name '{username}'"})
         if self.fail_with:
             return self.inform(message, "CREATION.FAILED", {"reason": self.fail_with})
+        child = f"user-{username}"
+        self.children[child] = username
+        # Requests only: the child's informs must reach the broker's subscription, not our own queue (see _exit).
+        declare_topic(self.channel, child)
+        self.channel.queue_bind(queue=self.queue, exchange=child, routing_key="o.op")
+        exited = self._useradd(username)
+        self.later(0, lambda: self._exit(child, exited))
+        return self.inform(
+            message,
+            "CREATION.OK",
+            {
+                "res_id": address(self.host, child),
+                "uid": exited.get("uid"),
+                "username": username,
+                "hrn": props.get("hrn", username),
+            },
+        )
+
+    def _useradd(self, username: str) -> dict[str, Any]:
+        """useradd's work in the throwaway root, and the EXIT's props."""
+        if self.useradd_fails_with is not None:
+            exit_code, words = self.useradd_fails_with
+            return {"status_type": "APP_EVENT", "event": "EXIT", "exit_code": exit_code, "msg": words}
         home = self._home(username)
         ssh = home / ".ssh"
         ssh.mkdir(parents=True, exist_ok=True)
@@ -110,20 +145,36 @@ class UserFactoryStandIn(FrcpStandIn):
         passwd = self._passwd()
         uid = passwd.setdefault(username, 2000 + len(passwd))
         self._write_passwd(passwd)
-        child = f"user-{username}"
-        self.children[child] = username
-        self.listen(child)
-        return self.inform(
-            message,
-            "CREATION.OK",
-            {
-                "res_id": address(self.host, child),
-                "uid": uid,
-                "username": username,
-                "hrn": props.get("hrn", username),
-                "pub_key": (ssh / "id_rsa.pub").read_text().strip(),
-            },
-        )
+        public_key = serialization.load_ssh_public_key((ssh / "id_rsa.pub").read_bytes())
+        pem = public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return {
+            "status_type": "APP_EVENT",
+            "event": "EXIT",
+            "exit_code": 0,
+            "msg": 0,
+            "uid": uid,
+            "pub_key": pem.decode("ascii"),
+        }
+
+    def _exit(self, child: str, props: dict[str, Any]) -> None:
+        """Inform the EXIT on the child's topic once someone listens there (tried again until then, or until the
+        child is released): an inform published to nobody is lost, as with the real controller."""
+        if child not in self.children:
+            return
+        if self._confirmed is None:
+            self._confirmed = self.channel.connection.channel()
+            self._confirmed.confirm_delivery()
+        body, content_type = encode(self.inform(None, "STATUS", props, child), self.signer)
+        try:
+            self._confirmed.basic_publish(
+                exchange=child,
+                routing_key="o.info",
+                body=body,
+                properties=pika.BasicProperties(content_type=content_type),
+                mandatory=True,
+            )
+        except pika.exceptions.UnroutableError:
+            self.later(0.02, lambda: self._exit(child, props))
 
     def _check_login(self, username: str) -> None:
         if not LOGIN.match(username):
