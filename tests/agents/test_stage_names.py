@@ -88,14 +88,20 @@ def test_unkept_names_do_not_keep_the_account_after_the_lease(
     assert "zz-result.txt" not in message
 
 
-def test_a_failed_put_keeps_the_account_until_the_file_is_staged_out(lab: Lab, tmp_path: Path) -> None:
-    node = Node(lab, tmp_path)
+def _ended_with_a_file_the_server_cannot_keep(lab: Lab, node: Node) -> Path:
+    """``result.txt`` in the node's ~/stage-out, a plain file where the server's folder for it goes (the server
+    answers its PUT 500: a failure, not a refusal), and the lease ended. The obstacle's path."""
     (node.stage_out / "result.txt").write_bytes(b"42\n")
-    # The server cannot keep the file (a plain file where its folder goes): it answers 500, a failure, not a refusal.
     obstacle = lab.directory / "agent_files" / node.lease_id / "pc1" / "out"
     obstacle.parent.mkdir(parents=True)
     obstacle.write_bytes(b"")
     _end_lease(lab)
+    return obstacle
+
+
+def test_a_failed_put_keeps_the_account_until_the_file_is_staged_out(lab: Lab, tmp_path: Path) -> None:
+    node = Node(lab, tmp_path)
+    obstacle = _ended_with_a_file_the_server_cannot_keep(lab, node)
     node.agent.run_once()
     assert node.host.logins() == [node.login] and (node.stage_out / "result.txt").exists()
     assert lab.agents.node_health(NODE, node.lease_id) != (False, "ended", "")
@@ -108,11 +114,7 @@ def test_a_failed_put_keeps_the_account_until_the_file_is_staged_out(lab: Lab, t
 
 def test_a_stage_out_that_keeps_failing_ends_the_lease_after_its_rounds(lab: Lab, tmp_path: Path) -> None:
     node = Node(lab, tmp_path, stage_out_rounds=2)
-    (node.stage_out / "result.txt").write_bytes(b"42\n")
-    obstacle = lab.directory / "agent_files" / node.lease_id / "pc1" / "out"
-    obstacle.parent.mkdir(parents=True)
-    obstacle.write_bytes(b"")
-    _end_lease(lab)
+    _ended_with_a_file_the_server_cannot_keep(lab, node)
     node.agent.run_once()
     assert node.host.logins() == [node.login]
     node.agent.run_once()

@@ -3,10 +3,12 @@ one instance with several workers; the lab they serve (authority lab, user ann, 
 
 from __future__ import annotations
 
+import http.client
 import os
 import queue
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -29,6 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 NODE = "urn:publicid:IDN+lab+node+n1"
 START_TIMEOUT_S = 90  # bounds on things that must happen (a hang is a failure), generous for a loaded machine
 STOP_TIMEOUT_S = 30
+#: What a client sees when the process holding its connection dies or cuts it: never an answer, right or wrong.
+CONNECTION_ERRORS = (ConnectionError, http.client.HTTPException, ssl.SSLError, OSError)
 
 
 @dataclass

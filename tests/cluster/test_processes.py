@@ -4,42 +4,29 @@ while the others serve costs only its own calls in progress, seen by their clien
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import signal
-import ssl
 import threading
 import time
 import xmlrpc.client
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sfa_omf.errors import GeniCode
-from tests.cluster.harness import NODE, Lab, Serve, make_lab, request, window
+from tests.cluster.harness import CONNECTION_ERRORS, NODE, Lab, Serve, make_lab, request, window
 from tests.postgres import empty_postgres
 
 CLIENTS = 32
 ROUNDS = 3
 TAKEOVER_S = 3
-# What a client sees when the process holding its connection dies: never an answer, right or wrong.
-CONNECTION_ERRORS = (ConnectionError, http.client.HTTPException, ssl.SSLError, OSError)
 
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Lab:
     return make_lab(tmp_path, empty_postgres(), CLIENTS)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Serve]]:
-    started: list[Serve] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 def code(answer: dict[str, Any]) -> int:

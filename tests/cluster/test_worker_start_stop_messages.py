@@ -6,7 +6,6 @@ stop while the workers start is a stop, not a failure."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import signal
 import socket
@@ -22,14 +21,12 @@ from sqlalchemy import Connection, create_engine, make_url, text
 
 from sfa_omf.cluster.leadership import STARTUP_KEY
 from sfa_omf.cluster.workers import STOP_TIMEOUT_S as WORKER_STOP_TIMEOUT_S
-from tests.cluster.harness import START_TIMEOUT_S, STOP_TIMEOUT_S, Lab, Serve, make_lab
+from tests.cluster.harness import CONNECTION_ERRORS, START_TIMEOUT_S, STOP_TIMEOUT_S, Lab, Serve, make_lab
 from tests.postgres import empty_postgres
 
 #: Only a bound on a connection that hangs (the defect): a refused one ends at once. Below the master's bound on a
 #: worker's stop: past it, the held worker is killed and a connection queued at its socket is reset, as if refused.
 HANG_GUARD_S = WORKER_STOP_TIMEOUT_S / 2
-#: What the held call's client may see: not this test's subject.
-CONNECTION_ERRORS = (ConnectionError, http.client.HTTPException, ssl.SSLError, OSError)
 #: Connections tried while the server stops: one may still reach a worker that has not begun its stop yet.
 STOP_CONNECT_TRIES = 20
 
@@ -37,14 +34,6 @@ STOP_CONNECT_TRIES = 20
 @pytest.fixture
 def lab(tmp_path: Path) -> Lab:
     return make_lab(tmp_path, empty_postgres(), 1)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Serve]]:
-    started: list[Serve] = []
-    yield started
-    for server in started:
-        server.stop()
 
 
 @contextmanager

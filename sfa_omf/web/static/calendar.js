@@ -11,6 +11,10 @@
     // pressed in it, it is sent on Enter, or when it loses focus, never while typed. A day picked with the mouse
     // (the picker's popup: the field keeps the focus) is sent at once. Either way only a new day the server takes
     // (the field's min and max).
+    var showPressed = false;
+    filters.querySelectorAll("button[type=submit]").forEach(function (button) {
+      button.addEventListener("pointerdown", function () { showPressed = true; });
+    });
     filters.querySelectorAll("input[type=date]").forEach(function (field) {
       var shown = field.value;
       var typing = false;
@@ -25,7 +29,12 @@
       // A click on the field (its picker icon) starts a pick with the mouse: its change is a whole day.
       field.addEventListener("pointerdown", function () { typing = false; });
       field.addEventListener("change", function () { if (!typing) { send(); } });
-      field.addEventListener("blur", function () { typing = false; send(); });
+      // Left with a press on the Show button, the button sends the form: sent here too, the second submission
+      // cancelled the first, now and then as it was on its way. (Left with Tab, it is sent here.)
+      field.addEventListener("blur", function () {
+        typing = false;
+        if (!showPressed) { send(); }
+      });
     });
   }
   // One delegated listener for all bars (a week of 1 000 nodes has thousands); each lease's details are in one

@@ -11,36 +11,19 @@ from __future__ import annotations
 import pytest
 
 from sfa_omf.errors import GeniCode, GeniError
-from sfa_omf.testbed.oar.backend import DELETE_ASKED
 from sfa_omf.testbed.oar.client import OarClient
-from sfa_omf.testbed.oar.jobs import DELETED, DELETING
+from sfa_omf.testbed.oar.jobs import DELETED
 from tests.testbed.oar import test_backend
 from tests.testbed.oar.conftest import OarJobs, wait_for_job
-from tests.testbed.oar.test_backend import HOUR, Site, job_of, settle
-from tests.testbed.oar.test_delete_timeout import OarNeverGotTheDeleteStandIn
+from tests.testbed.oar.test_backend import Site, job_of, settle
+from tests.testbed.oar.test_delete_timeout import (
+    OarNeverGotTheDeleteStandIn,
+    oar_client_in_place,
+    provisioned_with_a_delete_never_sent,
+)
 from tests.testbed.oar.test_orphan_in_the_way import provision_cut_short
 
 site = test_backend.site  # the fixture: an aggregate on the OAR backend, alice and bob mapped to their Unix users
-
-
-def provisioned_with_a_delete_never_sent(site: Site, oar_url: str, node: str) -> tuple[str, int]:
-    """Provision ``node``, then Delete it through a client whose deletion times out before reaching OAR: the lease
-    stays provisioned, its row marked "Delete asked", its job alive in OAR. The lease's id and the job's. The real
-    client is back after (the fixture's clean-up deletes the job through it)."""
-    site.allocate([node], site.start + 3 * HOUR)
-    site.provision()
-    (lease_id,) = site.lease_ids()
-    job_id = job_of(site, lease_id)
-    site.backend.client = OarNeverGotTheDeleteStandIn(oar_url, timeout_s=60)
-    try:
-        with pytest.raises(GeniError) as late:
-            site.delete()
-    finally:
-        site.backend.client = OarClient(oar_url, timeout_s=60)
-    assert late.value.code == GeniCode.TIMEDOUT, late.value
-    row = site.backend.jobs.get(lease_id)
-    assert row is not None and (row.state, row.message) == (DELETING, f"{DELETE_ASKED} {job_id}")
-    return lease_id, job_id
 
 
 def test_status_of_a_delete_asked_whose_job_is_alive_names_the_reconciler_too(site: Site, oar_url: str) -> None:
@@ -62,11 +45,8 @@ def test_a_re_asked_delete_oar_does_not_confirm_is_told_as_such_and_asked_again_
     settle(site, lease_id)  # older than two time-outs: the round asks OAR again (and times out again)
     asked = site.backend.jobs.get(lease_id)
 
-    site.backend.client = OarNeverGotTheDeleteStandIn(oar_url, timeout_s=60)
-    try:
+    with oar_client_in_place(site, OarNeverGotTheDeleteStandIn(oar_url, timeout_s=60), oar_url):
         report = site.backend.reconcile()
-    finally:
-        site.backend.client = OarClient(oar_url, timeout_s=60)
     assert report.failed == {} and report.deleted == [] and report.cancelled == [], report
     assert list(report.deletes_unconfirmed) == [lease_id], report
     assert f"OAR did not confirm the deletion of job {job_id} again" in report.deletes_unconfirmed[lease_id]
@@ -104,12 +84,9 @@ def test_provision_failing_to_delete_our_orphan_in_its_way_answers_busy_and_leav
     (new_lease,) = site.lease_ids()
     old_row = site.backend.jobs.get(old_lease)
 
-    site.backend.client = OarNeverGotTheDeleteStandIn(oar_url, timeout_s=60)
-    try:
-        with pytest.raises(GeniError) as busy:
-            site.provision()
-    finally:
-        site.backend.client = OarClient(oar_url, timeout_s=60)
+    never_got_it = OarNeverGotTheDeleteStandIn(oar_url, timeout_s=60)
+    with oar_client_in_place(site, never_got_it, oar_url), pytest.raises(GeniError) as busy:
+        site.provision()
     assert busy.value.code == GeniCode.BUSY, busy.value
     assert f"our own earlier reservation, OAR job {orphan} of lease {old_lease}" in busy.value.message
     assert "deleting it failed (timed out connecting to OAR" in busy.value.message, busy.value

@@ -226,26 +226,41 @@ class OarNeverGotTheDeleteStandIn(OarClient):
         raise OarTimeout(f"timed out connecting to OAR (the deletion of job {job_id} was never sent)")
 
 
+@contextlib.contextmanager
+def oar_client_in_place(site: Site, client: OarClient, oar_url: str) -> Iterator[None]:
+    """``client`` (a stand-in) in place of the backend's for the block; the real client back after, whatever
+    happened (the fixture's clean-up deletes the jobs through it)."""
+    site.backend.client = client
+    try:
+        yield
+    finally:
+        site.backend.client = OarClient(oar_url, timeout_s=60)
+
+
+def provisioned_with_a_delete_never_sent(site: Site, oar_url: str, node: str) -> tuple[str, int]:
+    """Provision ``node``, then Delete it through a client whose deletion times out before reaching OAR: the lease
+    stays provisioned, its row marked "Delete asked", its job alive in OAR. The lease's id and the job's."""
+    site.allocate([node], site.start + 3 * HOUR)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    job_id = job_of(site, lease_id)
+    never_got_it = OarNeverGotTheDeleteStandIn(oar_url, timeout_s=60)
+    with oar_client_in_place(site, never_got_it, oar_url), pytest.raises(GeniError) as late:
+        site.delete()
+    assert late.value.code == GeniCode.TIMEDOUT, late.value
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and (row.state, row.message) == (DELETING, f"{DELETE_ASKED} {job_id}")
+    return lease_id, job_id
+
+
 def test_the_reconciler_deletes_again_a_job_whose_delete_never_reached_oar(
     site: Site, oar_url: str, oar_client: OarClient
 ) -> None:
     """A Delete that timed out before reaching OAR left the job alive: once the row is settled, the round asks OAR
     to delete it again (as its owner) and the lease is cancelled (this round, or the next once OAR ended the job)."""
-    site.allocate(["node10"], site.start + 3 * HOUR)
-    site.provision()
-    (lease_id,) = site.lease_ids()
-    job_id = job_of(site, lease_id)
-    site.backend.client = OarNeverGotTheDeleteStandIn(oar_url, timeout_s=60)
-    try:
-        with pytest.raises(GeniError) as late:
-            site.delete()
-    finally:
-        site.backend.client = OarClient(oar_url, timeout_s=60)
-    assert late.value.code == GeniCode.TIMEDOUT, late.value
+    lease_id, job_id = provisioned_with_a_delete_never_sent(site, oar_url, "node10")
     job = oar_client.job(job_id)
     assert job is not None and job.state == "Waiting", "OAR never got the deletion"
-    row = site.backend.jobs.get(lease_id)
-    assert row is not None and (row.state, row.message) == (DELETING, f"{DELETE_ASKED} {job_id}")
 
     settle(site, lease_id)  # older than two time-outs: the Delete is surely over
     reports = [site.backend.reconcile()]
