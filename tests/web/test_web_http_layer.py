@@ -226,18 +226,25 @@ def test_a_day_picked_with_the_mouse_is_sent_at_once(served: Served, browser: An
     context.close()
 
 
-def test_a_typed_day_is_sent_once_when_the_field_is_left_with_tab(served: Served, browser: Any) -> None:  # noqa: F811
-    """Leaving the date field with the keyboard sends the day typed, once (only a press on Show leaves the sending
-    to the button, whose own submission the field's would cancel)."""
-    context = browser.new_context(ignore_https_errors=True)
+def _year_typed(context: Any, url: str) -> tuple[Any, list[str]]:
+    """A calendar page of 2026-12-03 whose date field got the year 2027 typed (not sent yet), and the list the
+    calendar's requests from then on are added to."""
     page = context.new_page()
-    page.goto(f"{served.url}calendar/?start=2026-12-03")
+    page.goto(f"{url}calendar/?start=2026-12-03")
     sent: list[str] = []
     page.on("request", lambda request: sent.append(request.url) if "/calendar/?" in request.url else None)
     page.locator("input[name=start]").click()
     page.keyboard.press("ArrowRight")
     page.keyboard.press("ArrowRight")  # the year
     page.keyboard.type("2027", delay=50)
+    return page, sent
+
+
+def test_a_typed_day_is_sent_once_when_the_field_is_left_with_tab(served: Served, browser: Any) -> None:  # noqa: F811
+    """Leaving the date field with the keyboard sends the day typed, once (only a press on Show leaves the sending
+    to the button, whose own submission the field's would cancel)."""
+    context = browser.new_context(ignore_https_errors=True)
+    page, sent = _year_typed(context, served.url)
     page.keyboard.press("Tab")  # to the field's own picker button: still in the field, nothing sent
     assert page.evaluate("document.activeElement.name") == "start" and sent == [], sent
     with page.expect_navigation():
@@ -250,14 +257,7 @@ def test_the_filters_have_a_show_button(served: Served, browser: Any) -> None:  
     """A visible "Show" button sends the filters: after a day typed (one request, not a second one for the blur on
     the way), and in a browser without JavaScript."""
     context = browser.new_context(ignore_https_errors=True)
-    page = context.new_page()
-    page.goto(f"{served.url}calendar/?start=2026-12-03")
-    sent: list[str] = []
-    page.on("request", lambda request: sent.append(request.url) if "/calendar/?" in request.url else None)
-    page.locator("input[name=start]").click()
-    page.keyboard.press("ArrowRight")
-    page.keyboard.press("ArrowRight")  # the year
-    page.keyboard.type("2027", delay=50)
+    page, sent = _year_typed(context, served.url)
     with page.expect_navigation():
         page.get_by_role("button", name="Show").click()
     assert "start=2027-12-03" in page.url and len(sent) == 1, sent
