@@ -42,10 +42,20 @@ class UnsafeXml(ValueError):
 
 @dataclass(frozen=True)
 class XmlLimits:
-    """What an untrusted document may cost us."""
+    """What an untrusted document may cost us. ``max_attributes`` and ``max_namespace_declarations`` (None: no
+    limit) bound documents that are canonicalized (signed ones): libxml2's C14N sorts an element's attributes and
+    namespaces in quadratic time, so a megabyte of them on one element costs a minute of CPU."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_depth: int = DEFAULT_MAX_DEPTH
+    max_attributes: int | None = None
+    max_namespace_declarations: int | None = None
+
+
+_ALL_ATTRIBUTES_COUNT = etree.XPath("count(//@*)")
+#: Encodings in which every namespace declaration is the bytes "xmlns" (a name has no escaped form): counted in the
+#: document as received. Any other document is counted in its UTF-8 serialization.
+_ASCII_NAMED_ENCODINGS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 
 
 def _parser() -> etree.XMLParser:
@@ -96,6 +106,19 @@ def parse_untrusted(data: bytes | str, limits: XmlLimits | None = None, what: st
         # A DOCTYPE in an encoding our byte scan could not see (UTF-16, say).
         raise UnsafeXml(f"{what} has a DOCTYPE: DTDs are refused")
     _check_depth_and_entities(root, limits.max_depth, what)
+    if limits.max_namespace_declarations is not None:
+        # An upper bound (the word may also appear in text): every declaration spells "xmlns".
+        plain = (tree.docinfo.encoding or "").lower() in _ASCII_NAMED_ENCODINGS
+        declarations = (raw if plain else etree.tostring(root)).count(b"xmlns")
+        if declarations > limits.max_namespace_declarations:
+            raise UnsafeXml(
+                f"{what} declares {declarations} namespaces (or says xmlns that often), more than the limit of "
+                f"{limits.max_namespace_declarations}"
+            )
+    if limits.max_attributes is not None:
+        attributes = int(_ALL_ATTRIBUTES_COUNT(root))  # type: ignore[arg-type]
+        if attributes > limits.max_attributes:
+            raise UnsafeXml(f"{what} has {attributes} attributes, more than the limit of {limits.max_attributes}")
     return root
 
 

@@ -42,8 +42,9 @@ _ROOT_ATTRIBUTES = {
     f"{{{XSI_NS}}}schemaLocation": "http://www.planet-lab.org/resources/sfa/ext/policy/1 "
     "http://www.planet-lab.org/resources/sfa/ext/policy/1/policy.xsd",
 }
-#: Credentials are small (a few certificates per delegation level); a megabyte is far beyond any real one.
-CREDENTIAL_LIMITS = XmlLimits(max_bytes=1024 * 1024, max_depth=32)
+#: Credentials are small (a few certificates per delegation level); a megabyte is far beyond any real one. A real
+#: one has about ten attributes and two namespace declarations per delegation level (MAX_DELEGATION_DEPTH of 8).
+CREDENTIAL_LIMITS = XmlLimits(max_bytes=1024 * 1024, max_depth=32, max_attributes=1024, max_namespace_declarations=128)
 MAX_DELEGATION_DEPTH = 8
 _REPEATED_ID = re.compile(r"ID (\S+) already defined")
 

@@ -34,7 +34,7 @@ from sfa_omf.trust.verifier import signature_reference, verify_signature_element
 from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, parse_untrusted
 from sfa_omf.xrn import parse_urn
 
-ABAC_LIMITS = XmlLimits(max_bytes=256 * 1024, max_depth=16)
+ABAC_LIMITS = XmlLimits(max_bytes=256 * 1024, max_depth=16, max_attributes=256, max_namespace_declarations=32)
 
 
 def key_id(gid: Gid) -> str:

@@ -150,16 +150,28 @@ def _rsa_key(subject_public_key_info: bytes) -> rsa.RSAPublicKey | None:
     return _cached_rsa_key(subject_public_key_info)
 
 
-def _only(parent: etree._Element, tag: str) -> etree._Element | None:
-    found = [child for child in parent if child.tag == tag]
-    return found[0] if len(found) == 1 else None
+def _children_named(parent: etree._Element, *names: str) -> list[etree._Element] | None:
+    """The element children of ``parent`` when they are exactly ``names`` (local names in the XML-DSig namespace),
+    in that order; a trailing ``KeyInfo?`` name may be missing. None for any other children: libxmlsec1 refuses
+    elements out of the schema's order, or unknown ones, and the direct check must not accept what it refuses."""
+    children = [child for child in parent if isinstance(child.tag, str)]
+    wanted = [f"{_DS}{name.rstrip('?')}" for name in names]
+    if names and names[-1].endswith("?") and len(children) == len(wanted) - 1:
+        wanted = wanted[:-1]
+    if [child.tag for child in children] != wanted:
+        return None
+    return children
 
 
-def _base64(element: etree._Element | None) -> bytes | None:
-    if element is None or len(element):
+#: XML's whitespace, the only characters libxmlsec1 skips in base64 content (str.split would also skip NBSP & co).
+_XML_WHITESPACE = str.maketrans("", "", " \t\r\n")
+
+
+def _base64(element: etree._Element) -> bytes | None:
+    if len(element):
         return None
     try:
-        return base64.b64decode("".join((element.text or "").split()), validate=True)
+        return base64.b64decode((element.text or "").translate(_XML_WHITESPACE), validate=True)
     except (binascii.Error, ValueError):
         return None
 
@@ -194,23 +206,27 @@ def _direct_verdict(signature: etree._Element, subject_public_key_info: bytes) -
     check that failed here). The shape: one SignedInfo canonicalized with C14N 1.0; an RSA method; one Reference
     to "#id" of an element outside the Signature, whose transforms are the enveloped one alone (optionally followed
     by C14N 1.0); a SHA digest; base64 values."""
-    signed_info = _only(signature, f"{_DS}SignedInfo")
-    if signed_info is None:
+    # The schema's order, nothing else: SignedInfo, SignatureValue, KeyInfo (no Object: the verifier refuses it).
+    parts = _children_named(signature, "SignedInfo", "SignatureValue", "KeyInfo?")
+    if parts is None:
         return False
-    method = _only(signed_info, f"{_DS}SignatureMethod")
-    c14n = _only(signed_info, f"{_DS}CanonicalizationMethod")
-    reference = _only(signed_info, f"{_DS}Reference")
-    if method is None or c14n is None or reference is None or len(c14n) or len(method):
+    signed_info, signature_value_element = parts[0], parts[1]
+    signed_parts = _children_named(signed_info, "CanonicalizationMethod", "SignatureMethod", "Reference")
+    if signed_parts is None:
+        return False
+    c14n, method, reference = signed_parts
+    if len(c14n) or len(method):
         return False
     hash_algorithm = _RSA_HASHES.get(method.get("Algorithm", ""))
     if hash_algorithm is None or c14n.get("Algorithm") != _DIRECT_C14N:
         return False
-    if not _usual_transforms(reference):
+    reference_parts = _children_named(reference, "Transforms", "DigestMethod", "DigestValue")
+    if reference_parts is None or not _usual_transforms(reference_parts[0]):
         return False
-    digest_method = _only(reference, f"{_DS}DigestMethod")
-    digest_name = None if digest_method is None else _DIGESTS_BY_URI.get(digest_method.get("Algorithm", ""))
-    digest_value = _base64(_only(reference, f"{_DS}DigestValue"))
-    signature_value = _base64(_only(signature, f"{_DS}SignatureValue"))
+    digest_method, digest_value_element = reference_parts[1], reference_parts[2]
+    digest_name = _DIGESTS_BY_URI.get(digest_method.get("Algorithm", "")) if not len(digest_method) else None
+    digest_value = _base64(digest_value_element)
+    signature_value = _base64(signature_value_element)
     uri = reference.get("URI") or ""
     if digest_name is None or digest_value is None or signature_value is None or not uri.startswith("#"):
         return False
@@ -240,12 +256,9 @@ def _direct_verdict(signature: etree._Element, subject_public_key_info: bytes) -
     return True
 
 
-def _usual_transforms(reference: etree._Element) -> bool:
+def _usual_transforms(transforms_element: etree._Element) -> bool:
     """The Reference's transforms are exactly the enveloped one, or it followed by C14N 1.0 without comments."""
-    transforms_elements = [child for child in reference if child.tag == f"{_DS}Transforms"]
-    if len(transforms_elements) != 1:
-        return False
-    transforms = [child for child in transforms_elements[0] if isinstance(child.tag, str)]
+    transforms = [child for child in transforms_element if isinstance(child.tag, str)]
     if any(transform.tag != f"{_DS}Transform" or len(transform) for transform in transforms):
         return False
     algorithms = [transform.get("Algorithm") for transform in transforms]

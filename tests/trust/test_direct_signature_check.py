@@ -170,3 +170,41 @@ def test_real_sfa_and_gcf_credentials_are_checked_without_libxmlsec1(
                 accepted += 1
     assert accepted >= 10
     assert len(asked) == tampered
+
+
+def _moved_first(root: etree._Element, tag: str) -> etree._Element:
+    """A copy whose Signature has its child ``tag`` (or a new foreign element, for "junk") moved to the front."""
+    copy = etree.fromstring(etree.tostring(root), PARSER)
+    signature = next(copy.iter(f"{DS}Signature"))
+    moved = signature.find(f"{DS}{tag}") if tag != "junk" else etree.Element("{urn:other}junk")
+    assert moved is not None
+    signature.insert(0, moved)
+    return etree.fromstring(etree.tostring(copy), PARSER)
+
+
+@pytest.mark.parametrize("first", ["SignatureValue", "KeyInfo", "junk"])
+def test_a_signature_out_of_the_schemas_order_is_never_accepted_directly(first: str) -> None:
+    """libxmlsec1 refuses a Signature whose children are out of order or unknown: so must the direct check (it
+    accepted them, as it looked for each child anywhere)."""
+    root = _signed(DOCUMENTS["plain"])
+    signature = next(root.iter(f"{DS}Signature"))
+    etree.SubElement(signature, f"{DS}KeyInfo")
+    shuffled = next(_moved_first(root, first).iter(f"{DS}Signature"))
+    assert not _libxmlsec1_accepts(shuffled)
+    assert xmldsig._direct_verdict(shuffled, SPKI) is False
+    with pytest.raises(xmldsig.SignatureInvalid):
+        xmldsig.verify(shuffled, SPKI)
+
+
+@pytest.mark.parametrize("blank", ["\u00a0", "\u2028", "\u0085", "\u3000"])
+def test_only_xml_whitespace_is_skipped_in_a_signature_value(blank: str) -> None:
+    """libxmlsec1 skips space, tab, CR and LF in base64, not the other Unicode blanks str.split() skips."""
+    root = _signed(DOCUMENTS["plain"])
+    value = root.find(f".//{DS}SignatureValue")
+    assert value is not None and value.text
+    value.text = value.text[:8] + blank + value.text[8:]
+    signature = next(root.iter(f"{DS}Signature"))
+    assert not _libxmlsec1_accepts(signature)
+    assert xmldsig._direct_verdict(signature, SPKI) is False
+    value.text = value.text.replace(blank, "\r\n\t ")
+    assert xmldsig._direct_verdict(signature, SPKI) is True
