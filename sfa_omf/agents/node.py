@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from sfa_omf.agents.host import Host
-from sfa_omf.agents.staging import check_name
+from sfa_omf.agents.staging import MAX_NAME_LENGTH, check_name
 from sfa_omf.errors import BadArgs, GeniError
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import gid_from_der, load_gid_chain_file
@@ -356,6 +356,27 @@ class StageOut:
         return text if len(text) <= 1900 else text[:1900] + " ..."
 
 
+def staged_out_name(login: str, name: str, accounts: int) -> str:
+    """The name a file of ``login``'s ~/stage-out is sent (and kept) under, for a lease with ``accounts`` accounts
+    on the node: ``name`` itself for one account (as it always was), ``<login>.<name>`` for more, so that files of
+    the same name from two accounts are both kept and say whose they are. A login holds no '.', so the first '.'
+    of the kept name ends the login."""
+    return name if accounts <= 1 else f"{login}.{name}"
+
+
+def _unkept_name_advice(name: str, sent_name: str) -> str:
+    """Why a file of ~/stage-out was not sent, for the lease's "ended" report: its name, or the name with the
+    account's login in front, is not one the aggregate keeps."""
+    rule = f"letters, digits, '.', '_', '-', at most {MAX_NAME_LENGTH} characters"
+    if sent_name == name:
+        return f"not a name the aggregate keeps: use {rule}"
+    return (
+        f"with the account's login in front, as for every file of a lease with several accounts, its name is "
+        f"{len(sent_name)} characters long ({sent_name[:24]}...), not a name the aggregate keeps: use {rule} "
+        "for the login, '.' and the name together"
+    )
+
+
 class Agent:
     """The loop of an enrolled node. ``run_once`` is one round; ``run`` repeats it until ``stop`` is set."""
 
@@ -477,7 +498,9 @@ class Agent:
         (``max_bytes``) is not read: the user's file must not fill root's memory. One file's failure stops no other
         file and no teardown: a name the server does not keep is not sent, a refusal is final; both are logged and
         named in the result. A file that may go through later (no answer, a 5xx, an answer that is not JSON) makes
-        the result ``pending``: sending again is harmless (PUT is idempotent)."""
+        the result ``pending``: sending again is harmless (PUT is idempotent). With more than one account on the
+        node each file goes as ``<login>.<name>`` (see ``staged_out_name``): two accounts' ``results.txt`` are both
+        kept."""
         result = StageOut()
         for login in logins:
             try:
@@ -488,14 +511,13 @@ class Agent:
                 continue
             for name, data in files:
                 where = f"{login}/{STAGE_OUT}/{name}"
+                sent_name = staged_out_name(login, name, len(logins))
                 try:
-                    check_name(name)  # the server's own rule: sending it would only be refused
-                    self.client.put_file(lease_id, name, data)
+                    check_name(sent_name)  # the server's own rule: sending it would only be refused
+                    self.client.put_file(lease_id, sent_name, data)
                 except GeniError as exc:
-                    log.warning("lease %s: %r not staged out: %s", lease_id, where, exc.message)
-                    result.lost.append(
-                        f"{where!r} (not a name the aggregate keeps: use letters, digits, '.', '_', '-')"
-                    )
+                    log.warning("lease %s: %r not staged out as %r: %s", lease_id, where, sent_name, exc.message)
+                    result.lost.append(f"{where!r} ({_unkept_name_advice(name, sent_name)})")
                 except AgentCallError as exc:
                     if is_refusal(exc):
                         log.warning("lease %s: %r not staged out, refused: %s", lease_id, where, exc)

@@ -8,7 +8,10 @@
 Every file has a SHA-256 beside it (``<name>.sha256``) that the sender declared and the receiver checked; a body whose
 digest differs, a name that is not a plain file name, or a file over the size limit is refused and nothing is
 written. Files are written to a temporary name and renamed, so a reader sees the old file or the new one, never a
-part; putting the same content again changes nothing (PUT is idempotent).
+part; putting the same content again changes nothing (PUT is idempotent). A staged-out file is never replaced by
+another content (ALREADY_EXISTS): two accounts of a lease may send files of the same name (an agent sends them as
+``<login>.<name>`` when the lease has several accounts, an older one does not), and neither may be lost unseen. The
+operator's stage-in may replace an input with a newer one.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from pathlib import Path
 from sfa_omf.errors import GeniError, Reason
 
 DIRECTIONS = ("in", "out")
+#: The longest file name kept.
+MAX_NAME_LENGTH = 100
 # Checked with fullmatch: with match, '$' also matches before a final newline ("evil.sha256\n" would pass).
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LEASE_ID = re.compile(r"[0-9a-f-]{36}")
 _HOSTNAME = re.compile(r"[a-z0-9-]+")
@@ -42,7 +47,7 @@ def check_name(name: str) -> None:
         raise GeniError(
             Reason.BAD_ARGS,
             f"{name!r} is not a file name we keep: letters, digits, '.', '_', '-', not starting with '.', "
-            "not ending in .sha256 or .tmp",
+            f"not ending in .sha256 or .tmp, at most {MAX_NAME_LENGTH} characters",
         )
 
 
@@ -62,7 +67,8 @@ class FileStore:
 
     def put(self, lease_id: str, hostname: str, direction: str, name: str, data: bytes, sha256: str) -> bool:
         """Keep ``data`` as ``name``; True when it changed anything. Refused (nothing written) when the declared
-        SHA-256 is not the data's, the name is not plain, or the data is over the limit."""
+        SHA-256 is not the data's, the name is not plain, the data is over the limit, or (staged out) another
+        content is already kept under the name."""
         check_name(name)
         if not _SHA256.fullmatch(sha256 or ""):
             raise GeniError(Reason.BAD_ARGS, "declare the file's SHA-256 (64 lower-case hex digits)")
@@ -78,6 +84,15 @@ class FileStore:
         digest = folder / f"{name}.sha256"
         if digest.exists() and digest.read_text().strip() == sha256 and path.exists():
             return False
+        # The kept file's own bytes, not its .sha256 (which a crash may have left unwritten), say what it holds.
+        if direction == "out" and path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() != sha256:
+            raise GeniError(
+                Reason.ALREADY_EXISTS,
+                f"{name}: a file of this name with other content is already staged out for lease {lease_id} from "
+                f"{hostname}; it is kept and this one is not (nothing staged out is replaced). An up-to-date agent "
+                "sends the files of a lease's several accounts as <login>.<name>: update the node's agent, or give "
+                "the accounts' files different names",
+            )
         folder.mkdir(parents=True, exist_ok=True)
         for target, content in ((path, data), (digest, f"{sha256}\n".encode("ascii"))):
             temporary = target.with_name(target.name + ".tmp")
