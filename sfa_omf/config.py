@@ -108,6 +108,8 @@ class Settings:
     frcp_cm_factory: str = "cm_factory"  # empty: nodes are not powered (nor images loaded) at slot boundaries
     frcp_frisbee_factory: str = "frisbee_factory"
     frcp_boot_timeout_s: int = 600
+    # An error about a node that may be cm_factory refusing someone else's request waits this long for our success.
+    frcp_foreign_error_grace_s: int = 5
     frcp_slot_period_s: int = 15
     frcp_controllers: str = ""  # certificate URNs (space or comma separated) of the controllers: they read every lease
     web_enabled: bool = True  # the web calendar and iCal feeds under /calendar on the aggregate's server
@@ -297,6 +299,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("frcp_cm_factory", "sfa_frcp", "cm_factory", "text", "FRCP topic of cm_factory (empty: no power control)"),
     Option("frcp_frisbee_factory", "sfa_frcp", "frisbee_factory", "text", "the FRCP topic of frisbee_factory"),
     Option("frcp_boot_timeout_s", "sfa_frcp", "boot_timeout_s", "count", "seconds a node may take to boot or load"),
+    Option(
+        "frcp_foreign_error_grace_s",
+        "sfa_frcp",
+        "foreign_error_grace_s",
+        "count",
+        "seconds a cm_factory error about a node (perhaps someone else's refusal) waits for our success",
+    ),
     Option("frcp_slot_period_s", "sfa_frcp", "slot_period_s", "count", "seconds between slot-boundary passes"),
     Option("frcp_controllers", "sfa_frcp", "controllers", "text", "certificate URNs of the testbed's controllers"),
     Option("web_enabled", "sfa_web", "enabled", "flag", "serve the web calendar and iCal feeds under /calendar"),
@@ -977,6 +986,16 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 str(sources["default_duration_s"]),
                 f"[sfa_omf] default_duration_s {settings.default_duration_s} is longer than max_duration_s "
                 f"{settings.max_duration_s}",
+            )
+        )
+    if settings.frcp_foreign_error_grace_s >= settings.frcp_boot_timeout_s:
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["frcp_foreign_error_grace_s"]),
+                f"[sfa_frcp] foreign_error_grace_s {settings.frcp_foreign_error_grace_s} is not shorter than "
+                f"boot_timeout_s {settings.frcp_boot_timeout_s}: a refusal would be held until the time-out; a few "
+                "seconds are enough (default 5)",
             )
         )
     if settings.workers > 1 and settings.calendar_url.startswith("sqlite"):

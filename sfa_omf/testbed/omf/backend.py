@@ -147,7 +147,11 @@ def make_omf_backend(settings: Any, database: Database | None = None) -> OmfTest
     controllers = None
     if settings.frcp_cm_factory:
         controllers = Controllers(
-            client, settings.frcp_cm_factory, settings.frcp_frisbee_factory, settings.frcp_boot_timeout_s
+            client,
+            settings.frcp_cm_factory,
+            settings.frcp_frisbee_factory,
+            settings.frcp_boot_timeout_s,
+            settings.frcp_foreign_error_grace_s,
         )
     # A claim older than the longest start (PXE, load, boot off PXE, power on) belongs to a process that died.
     stale_after_s = 4 * settings.frcp_boot_timeout_s + 10 * settings.frcp_timeout_s

@@ -20,7 +20,9 @@ CREATION.OK reaches us. So we name it ourselves: OMF 6's resource proxies take t
 new resource's id and topic (omf_rc AbstractResource#initialize), and we subscribe to that topic before we ask.
 
 cm_factory's informs name only the node, so an ERROR about a node may be its refusal of someone else's request (an
-experimenter's omf_ec without a lease); it is taken as the answer to ours all the same (see ``_cm``).
+experimenter's omf_ec without a lease, a stray script). Such an error is held for ``foreign_error_grace_s``
+(``[sfa_frcp] foreign_error_grace_s``): the STATUS answering our request within it wins; else the error is the node's
+answer as soon as the grace ends, not minutes later at ``boot_timeout_s`` (see ``_cm``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ log = logging.getLogger("sfa_omf.omf.controllers")
 POWER_OF_ACTION = {"geni_start": "on", "geni_stop": "off", "geni_restart": "reset"}
 #: cm_factory status -> the ``desired`` its STATUS inform carries once it has done it.
 DESIRED_OF_STATUS = {"on": "running", "off": "stopped", "reset": "resetted"}
+#: The default of ``[sfa_frcp] foreign_error_grace_s`` (sfa_omf/config.py): how long an error about a node, which may
+#: be cm_factory refusing someone else's request, waits for the STATUS answering ours before it is the node's answer.
+FOREIGN_ERROR_GRACE_S = 5
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,22 @@ class NodeOutcome:
 
 class Controllers:
     """cm_factory and frisbee_factory on one AMQP broker. ``boot_timeout_s``: how long a node may take to answer a
-    power, PXE or load step (booting and writing a disk take minutes, not the seconds of an account)."""
+    power, PXE or load step (booting and writing a disk take minutes, not the seconds of an account).
+    ``foreign_error_grace_s``: how long a cm_factory error about a node waits for our success before it counts."""
 
-    def __init__(self, client: FrcpClient, cm_topic: str, frisbee_topic: str, boot_timeout_s: float) -> None:
+    def __init__(
+        self,
+        client: FrcpClient,
+        cm_topic: str,
+        frisbee_topic: str,
+        boot_timeout_s: float,
+        foreign_error_grace_s: float = FOREIGN_ERROR_GRACE_S,
+    ) -> None:
         self.client = client
         self.cm_topic = cm_topic
         self.frisbee_topic = frisbee_topic
         self.boot_timeout_s = boot_timeout_s
+        self.foreign_error_grace_s = foreign_error_grace_s
 
     def power(self, nodes: Sequence[str], status: str) -> dict[str, NodeOutcome]:
         """Switch nodes on, off or reset them; each node's outcome. FrcpUnavailable when the broker is down."""
@@ -131,14 +145,16 @@ class Controllers:
                 return inform.props.get("current") == current
             return bool(desired) and inform.props.get("desired") == desired
 
-        def ours(inform: FrcpMessage) -> bool:
-            # cm_factory sends no cid, so an error naming the node may be its refusal of someone else's request
-            # (omf_ec without a lease). Telling the two apart needs waiting for a success after it, which would hold
-            # every real refusal of ours as long: until that is weighed, every error about the node counts.
-            return True
-
+        # cm_factory sends no cid, so no error naming a node can be proven ours: it may be its refusal of someone
+        # else's request (omf_ec without a lease). Each is held for a short grace, in which the STATUS answering
+        # our request wins; a real refusal of ours then costs the grace, not boot_timeout_s.
         answers = session.about_nodes(
-            nodes, done, self.boot_timeout_s, f"{what} (cm_factory)", sent_ts=sent_ts, ours=ours
+            nodes,
+            done,
+            self.boot_timeout_s,
+            f"{what} (cm_factory)",
+            sent_ts=sent_ts,
+            foreign_error_grace_s=self.foreign_error_grace_s,
         )
         return _outcomes(answers.values(), f"cm_factory could not {what}")
 

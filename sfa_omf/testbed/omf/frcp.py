@@ -479,40 +479,56 @@ class FrcpSession:
         what: str,
         sent_ts: int | None = None,
         ours: Callable[[FrcpMessage], bool] | None = None,
+        foreign_error_grace_s: float | None = None,
     ) -> dict[str, NodeAnswer]:
         """For each node, the first inform about it (props.node_name or props.node: cm_factory and frisbee send no
         cid) that ``done`` accepts, or else an error about it; informs that are neither (progress), and informs
         older than the requests (``sent_ts``, default the session's start), are skipped. An error counts at once
         only if ``ours`` says it answers our own request (its cid, the topic of a child we created); any other
-        error naming the node may be cm_factory refusing someone else's request, so it is only kept, and reported
-        (in its own words) if nothing ``done`` accepts comes before the time is up. A node with no inform at all
-        gets a time-out answer: one slow node does not hide the others'."""
+        error naming the node may be cm_factory refusing someone else's request, so it is held: if something
+        ``done`` accepts comes for the node meanwhile, the node succeeds; else the held error (in its own words) is
+        the node's answer once ``foreign_error_grace_s`` have passed since we took it (None: once the time is up).
+        A node with no inform at all gets a time-out answer: one slow node does not hide the others'."""
         limit = self.client.timeout_s if timeout_s is None else timeout_s
         not_before = (self.opened_ts if sent_ts is None else sent_ts) - INFORM_CLOCK_SKEW_S
+        deadline = time.monotonic() + limit
         answers: dict[str, NodeAnswer] = {}
-        provisional: dict[str, FrcpMessage] = {}  # node -> an error that may be another request's
+        held: dict[str, tuple[FrcpMessage, float]] = {}  # node -> (an error that may be another request's, held until)
         waiting = set(nodes)
 
         def takes(inform: FrcpMessage) -> bool:
-            """Whether ``inform`` is about a node we wait for (then noted: an answer, or a provisional error)."""
+            """Whether ``inform`` is about a node we wait for (then noted: an answer, or a held error)."""
             node = _node_of(inform)
             if node not in waiting or not (inform.is_error or done(inform)) or not self._fresh(inform, not_before):
                 return False
             if inform.is_error and not (ours is not None and ours(inform)):
-                provisional.setdefault(node, inform)
+                if node not in held:  # the grace runs from the first such error
+                    grace_s = limit if foreign_error_grace_s is None else foreign_error_grace_s
+                    held[node] = (inform, min(time.monotonic() + grace_s, deadline))
             else:
                 answers[node] = NodeAnswer(node, inform, _reason(inform) if inform.is_error else "")
                 waiting.discard(node)
             return True
 
-        deadline = time.monotonic() + limit
+        def answer_held_errors(now: float) -> None:
+            """The held errors whose grace has ended become their nodes' answers."""
+            for node in [node for node in waiting if node in held and held[node][1] <= now]:
+                error = held[node][0]
+                answers[node] = NodeAnswer(node, error, _reason(error))
+                waiting.discard(node)
+
         while waiting and self._claim(takes) is not None:
             pass
-        while waiting and self._receive(takes, deadline) is not None:
-            pass
+        while waiting:
+            now = time.monotonic()
+            answer_held_errors(now)
+            if not waiting or now >= deadline:
+                break
+            # Wake up when the next held error's grace ends, even if nothing arrives.
+            self._receive(takes, min([deadline, *(held[node][1] for node in waiting if node in held)]))
         for node in waiting:
-            error = provisional.get(node)
-            if error is not None:
+            if node in held:
+                error = held[node][0]
                 answers[node] = NodeAnswer(node, error, _reason(error))
             else:
                 answers[node] = NodeAnswer(node, None, f"no answer about {node} to {what} within {limit:g} s")

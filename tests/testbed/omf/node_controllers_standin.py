@@ -16,7 +16,10 @@ into ``<root>/disks/<node>`` (the image's bytes, read from ``<root>/images/<imag
   ``release {rid}`` -> RELEASED. A create's ``uid`` names the child (its topic), as OMF 6's resource proxies do.
 
 ``fail[(node, status)] = (event_type, msg)`` makes cm_factory answer that error; a node in ``silent`` is never
-answered (a controller that hangs); ``frisbee_fail[node] = msg`` makes that node's disk write fail.
+answered (a controller that hangs); ``foreign_error[node] = (event_type, msg)``: when a request about the node comes,
+cm_factory first informs that error about it, as its refusal of someone else's request about the node (no cid: it
+reads like a refusal of ours), and answers the request itself ``FOREIGN_ERROR_LEAD_S`` later;
+``frisbee_fail[node] = msg`` makes that node's disk write fail.
 ``late_creation`` (node names): frisbee_factory answers the creation of those nodes' clients only once every client
 created so far has finished writing (a busy factory, and the CREATION.OK race omf_sfa's users met): their EXITs come
 before that CREATION.OK, and the earlier clients' EXITs while the aggregate waits for it.
@@ -41,6 +44,8 @@ CM_ANSWERS = {
 POWER_AFTER = {"on": "on", "off": "off", "reset": "on", "start_on_pxe": "on", "start_without_pxe": "on"}
 FIRST_PORT = 7000
 WRITE_DELAY_S = 0.2
+#: How long after a foreign error (``foreign_error``) cm_factory answers the request it is working on.
+FOREIGN_ERROR_LEAD_S = 0.3
 
 
 class NodeControllersStandIn(FrcpStandIn):
@@ -56,6 +61,7 @@ class NodeControllersStandIn(FrcpStandIn):
         self.steps: list[tuple[str, str]] = []
         self.fail: dict[tuple[str, str], tuple[str, str]] = {}
         self.silent: set[str] = set()
+        self.foreign_error: dict[str, tuple[str, str]] = {}
         self.frisbee_fail: dict[str, str] = {}
         self.servers: dict[str, tuple[str, int]] = {}  # frisbeed child topic -> (image, port)
         self.clients: dict[str, tuple[str, int]] = {}  # frisbee child topic -> (node, port)
@@ -88,6 +94,17 @@ class NodeControllersStandIn(FrcpStandIn):
         self.steps.append((status, node))
         if node in self.silent:
             return None
+        if node in self.foreign_error:
+            event_type, msg = self.foreign_error[node]
+            props_of_refusal = {"event_type": event_type, "exit_code": "-1", "node_name": node, "msg": msg}
+            self.publish(self.topic, self.inform(None, "ERROR", props_of_refusal))
+            answer = self._cm_answer(node, status)
+            self.later(FOREIGN_ERROR_LEAD_S, lambda: self.publish(self.topic, answer))
+            return None
+        return self._cm_answer(node, status)
+
+    def _cm_answer(self, node: str, status: str) -> FrcpMessage:
+        """cm_factory's inform after doing ``status`` on ``node`` (or its refusal, ``fail``)."""
         if (node, status) in self.fail:
             event_type, msg = self.fail[(node, status)]
             props: dict[str, Any] = {"event_type": event_type, "exit_code": "-1", "node_name": node, "msg": msg}
