@@ -554,7 +554,13 @@ class WebCalendar:
 
 def shown_path(path: str) -> str:
     """A request's path for a log line: as it is, or escaped and cut as xrn.shown_urn shows what a caller sent (a NUL,
-    a line break or a bidi override in a path never reaches or forges a log line)."""
+    a line break or a bidi override in a path never reaches or forges a log line). A private feed's token is its
+    owner's secret (the database keeps only its SHA-256): /feed/<token>.ics is logged as that, never the token."""
+    parts = path.split("/")
+    named = [index for index, part in enumerate(parts) if part]
+    if len(named) >= 2 and parts[named[0]] == "feed":
+        parts[named[1]] = "<token>.ics"
+        path = "/".join(parts[: named[1] + 1])
     return shown_urn(path)
 
 

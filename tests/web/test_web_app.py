@@ -271,6 +271,9 @@ def test_a_database_that_cannot_answer_is_503_without_its_details(
             for detail in ("127.0.0.1", "port 1", "refused", "no-such-directory", "unable to open", "database failed"):
                 assert detail not in page, (path, detail)
             assert "the calendar database failed" in caplog.text  # the operator's log has the database's words
+            # A private feed's token is its owner's secret (only its SHA-256 is stored): never in the log.
+            assert "A" * 43 not in caplog.text
+            assert ("/feed/<token>.ics" in caplog.text) == path.startswith("/feed/")
             caplog.clear()
     finally:
         database.dispose()
