@@ -92,12 +92,16 @@ class Outbox:
 
     def _subscribe(self, user_urn: str, channel: str, address: str) -> None:
         with self.database.write() as session:
+            before = addresses_of(session, user_urn)
             session.execute(
                 delete(NotifySubscription).where(
                     NotifySubscription.user_urn == user_urn, NotifySubscription.channel == channel
                 )
             )
             session.add(NotifySubscription(user_urn=user_urn, channel=channel, address=address))
+            session.flush()
+            # What was queued for the address replaced (or the one on record) is not sent there any more.
+            drop_queued(session, user_urn, before - addresses_of(session, user_urn), ADDRESS_CHANGED)
 
     def unsubscribe(self, user_urn: str, channel: str) -> bool:
         """Opt a user out of a channel; False if they had no address of their own on it. For e-mail an opt-out is
@@ -106,6 +110,7 @@ class Outbox:
 
     def _unsubscribe(self, user_urn: str, channel: str) -> bool:
         with self.database.write() as session:
+            before = addresses_of(session, user_urn)
             result = session.execute(
                 delete(NotifySubscription).where(
                     NotifySubscription.user_urn == user_urn,
@@ -119,6 +124,9 @@ class Outbox:
                 )
             ):
                 session.add(NotifySubscription(user_urn=user_urn, channel=channel, address=OPTED_OUT))
+            session.flush()
+            # "It stays off": what was queued for the channel (retries included) is not sent either.
+            drop_queued(session, user_urn, before - addresses_of(session, user_urn), UNSUBSCRIBED)
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def subscriptions(self, user_urns: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
@@ -140,36 +148,10 @@ class Outbox:
         """user -> the address on record, for those of these users who neither chose an e-mail address nor opted
         out: the local registry's record, else the e-mail in the GID they presented here (Allocate, Provision).
         Column queries; an address that is not one is left out."""
-        found: dict[str, str] = {}
         if not user_urns:
-            return found
-        wanted = set(user_urns)
+            return {}
         with self.database.read() as session:
-            chose = set(
-                session.scalars(
-                    select(NotifySubscription.user_urn).where(
-                        NotifySubscription.user_urn.in_(wanted), NotifySubscription.channel == "email"
-                    )
-                )
-            )
-            wanted -= chose
-            if not wanted:
-                return found
-            presented = session.execute(
-                select(UserContact.user_urn, UserContact.gid_email).where(UserContact.user_urn.in_(wanted))
-            )
-            registered = session.execute(
-                select(RegistryRecord.urn, RegistryRecord.email).where(
-                    RegistryRecord.urn.in_(wanted), RegistryRecord.type == "user", RegistryRecord.email != ""
-                )
-            )
-            for user, address in [*presented, *registered]:  # the registry's record wins over the GID's
-                try:
-                    check_address("email", address)
-                except GeniError:
-                    continue
-                found[user] = address
-        return found
+            return _email_defaults(session, set(user_urns))
 
     # -- the outbox -----------------------------------------------------------------------------------------------
     def enqueue(self, messages: Sequence[Message]) -> int:
@@ -323,6 +305,112 @@ class Outbox:
         with self.database.read() as session:
             row = session.get(NotifyOutbox, message_id)
             return None if row is None or row.state != "pending" else from_s(row.next_attempt_s)
+
+
+#: Why queued messages were given up unsent (``last_error`` of their outbox rows): the user changed their channels.
+UNSUBSCRIBED = "not sent: the user unsubscribed"
+ADDRESS_CHANGED = "not sent: the user changed this address"
+USER_REMOVED = "not sent: the user was removed from the registry"
+
+
+def _email_defaults(session: Session, wanted: set[str]) -> dict[str, str]:
+    """Outbox.email_defaults in this unit of work."""
+    found: dict[str, str] = {}
+    chose = set(
+        session.scalars(
+            select(NotifySubscription.user_urn).where(
+                NotifySubscription.user_urn.in_(wanted), NotifySubscription.channel == "email"
+            )
+        )
+    )
+    wanted = wanted - chose
+    if not wanted:
+        return found
+    presented = session.execute(
+        select(UserContact.user_urn, UserContact.gid_email).where(UserContact.user_urn.in_(wanted))
+    )
+    registered = session.execute(
+        select(RegistryRecord.urn, RegistryRecord.email).where(
+            RegistryRecord.urn.in_(wanted), RegistryRecord.type == "user", RegistryRecord.email != ""
+        )
+    )
+    for user, address in [*presented, *registered]:  # the registry's record wins over the GID's
+        try:
+            check_address("email", address)
+        except GeniError:
+            continue
+        found[user] = address
+    return found
+
+
+def addresses_of(session: Session, user_urn: str) -> set[tuple[str, str]]:
+    """The (channel, address) pairs the user's messages may go to now, read in this unit of work: the addresses they
+    chose, and e-mail at the address on record if they neither chose one nor opted out (``email_defaults``; taken
+    whatever ``[sfa_notify] email_by_default`` says, which this layer does not know)."""
+    pairs: set[tuple[str, str]] = {
+        (channel, address)
+        for channel, address in session.execute(
+            select(NotifySubscription.channel, NotifySubscription.address).where(
+                NotifySubscription.user_urn == user_urn, NotifySubscription.address != OPTED_OUT
+            )
+        )
+    }
+    pairs.update(("email", address) for address in _email_defaults(session, {user_urn}).values())
+    return pairs
+
+
+def drop_queued(session: Session, user_urn: str, dropped: set[tuple[str, str]], reason: str) -> int:
+    """In the unit of work that took these (channel, address) pairs from the user (an opt-out, a replaced address,
+    the user's removal), mark the messages still pending for them failed with ``reason``, so that no notifier sends
+    them after it commits (nor before: it is one commit). An address another user still has (chose, or has on
+    record) keeps its messages: an outbox row does not say for whom it is, and one row serves every user of an
+    address. A row a notifier is sending at this moment keeps its claim: if the channel takes it, it is marked sent
+    (it did go), else it stays failed. How many rows were marked."""
+    marked = 0
+    for channel, address in sorted(dropped):  # one order in every process: concurrent changes do not deadlock
+        if _used_by_another(session, user_urn, channel, address):
+            continue
+        result = session.execute(
+            update(NotifyOutbox)
+            .where(
+                NotifyOutbox.channel == channel,
+                NotifyOutbox.address == address,
+                NotifyOutbox.state == "pending",
+            )
+            .values(state="failed", last_error=reason)
+        )
+        marked += result.rowcount  # type: ignore[attr-defined]
+    return marked
+
+
+def _used_by_another(session: Session, user_urn: str, channel: str, address: str) -> bool:
+    """Whether a user other than ``user_urn`` has this address on this channel now (chosen, or e-mail on record)."""
+    chosen = session.scalar(
+        select(NotifySubscription.id)
+        .where(
+            NotifySubscription.channel == channel,
+            NotifySubscription.address == address,
+            NotifySubscription.user_urn != user_urn,
+        )
+        .limit(1)
+    )
+    if chosen is not None:
+        return True
+    if channel != "email":
+        return False
+    on_record = set(
+        session.scalars(
+            select(RegistryRecord.urn).where(
+                RegistryRecord.type == "user", RegistryRecord.email == address, RegistryRecord.urn != user_urn
+            )
+        )
+    )
+    on_record.update(
+        session.scalars(
+            select(UserContact.user_urn).where(UserContact.gid_email == address, UserContact.user_urn != user_urn)
+        )
+    )
+    return bool(on_record) and address in _email_defaults(session, on_record).values()
 
 
 @dataclass(frozen=True)

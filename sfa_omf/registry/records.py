@@ -26,6 +26,7 @@ from sfa_omf.calendar.models import (
     SliceUser,
     UserContact,
 )
+from sfa_omf.calendar.outbox import ADDRESS_CHANGED, USER_REMOVED, addresses_of, drop_queued
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.registry.accounts import retire_login
@@ -295,7 +296,13 @@ class Records:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
             if row is None:
                 return None
-            if email is not None:
+            if email is not None and email != row.email and row.type == "user":
+                # Lease e-mails queued for the old address on record (the user's default) are not sent there any more.
+                before = addresses_of(session, row.urn)
+                row.email = email
+                session.flush()
+                drop_queued(session, row.urn, before - addresses_of(session, row.urn), ADDRESS_CHANGED)
+            elif email is not None:
                 row.email = email
             if keys is not None:
                 row.keys = list(keys)
@@ -335,6 +342,8 @@ class Records:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
             if row is None:
                 return False
+            # Where the user's messages went (chosen addresses, the one on record): read before the rows go.
+            addresses = addresses_of(session, row.urn) if retire and row.type == "user" else set()
             session.delete(row)
             if retire and row.type in ("user", "slice"):
                 retire_login(session, row.urn, int(now.timestamp()))
@@ -348,6 +357,10 @@ class Records:
                 # e-mail address or webhook (subscriptions, the address of their last GID).
                 for table in (FeedToken, NotifySubscription, UserContact):
                     session.execute(delete(table).where(table.user_urn == row.urn))
+                # Nor get what was already queued for them (an e-mail waiting for the SMTP server, a webhook's
+                # retries), unless another user still has that address.
+                session.flush()
+                drop_queued(session, row.urn, addresses, USER_REMOVED)
                 # What they booked, saved or asked for stays for the record, as a removed user's: every reader compares
                 # it with the URN of a viewer or recipient (their feed, /calendar/me, the web calendar's "mine", lease
                 # news, the per-user limit, private images), and the next holder of the name has that URN.
