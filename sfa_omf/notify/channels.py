@@ -10,13 +10,14 @@ import http.client
 import io
 import ipaddress
 import json
+import re
 import smtplib
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate, parseaddr
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -33,6 +34,11 @@ class DeliveryError(Exception):
 class SmtpUnavailable(DeliveryError):
     """The SMTP server could not be reached or did not answer in time (not a refusal of this message): the next
     e-mails would fare no better now."""
+
+
+class WebhookUnavailable(DeliveryError):
+    """A webhook's host could not be resolved or reached, or did not answer in time (not an HTTP answer refusing
+    this message): the next messages to the same origin would fare no better now."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,7 @@ def send_email(settings: SmtpSettings, to: str, key: str, subject: str, text: st
     message["To"] = to
     message["Subject"] = subject
     message["Date"] = formatdate(usegmt=True)
-    message["Message-ID"] = make_msgid(idstring=hashlib.sha256(key.encode()).hexdigest()[:32], domain="sfa-omf")
+    message["Message-ID"] = message_id(key, settings.sender)
     message[EVENT_HEADER] = header_text(key)
     message.set_content(text)
     try:
@@ -83,6 +89,20 @@ def send_email(settings: SmtpSettings, to: str, key: str, subject: str, text: st
         raise DeliveryError(f"SMTP {settings.host}:{settings.port}: {exc}") from exc
     except OSError as exc:  # the server cannot be reached, or stays silent past the deadline
         raise SmtpUnavailable(f"SMTP {settings.host}:{settings.port}: {exc}") from exc
+
+
+#: What may stand as a Message-ID's domain part unquoted (a dot-atom of letters, digits and hyphens).
+_MESSAGE_ID_DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*")
+
+
+def message_id(key: str, sender: str) -> str:
+    """The e-mail's Message-ID for an outbox key: ``<first 40 hex digits of sha256(key)@domain>``, the domain being
+    that of the sender address (``[sfa_notify] from``), else ``sfa-omf``. The same on every send and in every process,
+    so a repeat of a message (see the outbox) can be recognised by it."""
+    domain = parseaddr(sender)[1].rpartition("@")[2]
+    if not _MESSAGE_ID_DOMAIN.fullmatch(domain):
+        domain = "sfa-omf"
+    return f"<{hashlib.sha256(key.encode('utf-8')).hexdigest()[:40]}@{domain}>"
 
 
 class _DeadlineSMTP(smtplib.SMTP):
@@ -143,7 +163,8 @@ def post_webhook(
     unless every one is public (``is_public_address``); the connection then goes to that checked address, so a DNS
     answer that changes in between cannot send it elsewhere (TLS still verifies the URL's host name). ``timeout_s``
     bounds the whole exchange, not each read: a receiver that drips its answer cannot hold the notifier. The answer's
-    body is never read. Messages name only ``origin(url)``."""
+    body is never read. Messages name only ``origin(url)``. WebhookUnavailable when the host cannot be resolved or
+    reached or does not answer in time, DeliveryError for any other failure."""
     where = origin(url)
     try:
         parts = urlsplit(url)
@@ -175,8 +196,10 @@ def post_webhook(
             status, reason = response.status, response.reason
         finally:
             connection.close()
-    except (OSError, http.client.HTTPException) as exc:
-        # HTTPException: a malformed answer (bad status line, header line too long ...), worth trying again.
+    except OSError as exc:  # refused, reset, TLS failed, or no answer by the deadline: the origin is unreachable now
+        raise WebhookUnavailable(f"webhook {where}: {type(exc).__name__}: {exc}") from exc
+    except http.client.HTTPException as exc:
+        # A malformed answer (bad status line, header line too long ...): the receiver answered; worth trying again.
         raise DeliveryError(f"webhook {where}: {type(exc).__name__}: {exc}") from exc
     if 300 <= status < 400:
         raise DeliveryError(f"webhook {where} answered {status} {reason}: redirects are not followed")
@@ -190,7 +213,7 @@ def _addresses_to_use(host: str, port: int, public_only: bool, where: str) -> li
     try:
         found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise DeliveryError(f"webhook {where}: cannot resolve the host: {exc}") from exc
+        raise WebhookUnavailable(f"webhook {where}: cannot resolve the host: {exc}") from exc
     addresses = [str(sockaddr[0]) for _, _, _, _, sockaddr in found]
     if not addresses:
         raise DeliveryError(f"webhook {where}: the host has no address")

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.outbox import MAX_KEY, Message, NotifyEvents, Outbox, RecordedEvent
@@ -20,6 +21,7 @@ from sfa_omf.notify.channels import (
     DeliveryError,
     SmtpSettings,
     SmtpUnavailable,
+    WebhookUnavailable,
     origin,
     post_webhook,
     send_email,
@@ -55,6 +57,7 @@ CLAIM_BATCH = 10
 class NotifySettings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     webhook_secret: str = ""
+    webhook_timeout_s: float = 30  # a webhook's whole exchange ends by this
     lead: timedelta = timedelta(minutes=15)
     retry_base_s: int = 30  # first retry after this; doubles each time
     retry_max_s: int = 3600
@@ -127,7 +130,9 @@ class Notifier:
         (backoff), never raised."""
         sent = handled = 0
         smtp_down = False
-        hold_s = int(CLAIM_BATCH * (self.settings.smtp.timeout_s + 5))
+        # The origins (scheme://host:port) of the webhooks that were unreachable or silent this round.
+        webhooks_down: set[str] = set()
+        hold_s = int(CLAIM_BATCH * (max(self.settings.smtp.timeout_s, self.settings.webhook_timeout_s) + 5))
         while handled < limit:
             batch = self.outbox.claim(self.owner, min(CLAIM_BATCH, limit - handled), hold_s)
             if not batch:
@@ -139,15 +144,23 @@ class Notifier:
                     # webhooks. The next round tries again; this message's attempts are untouched.
                     self.outbox.postpone(message.id, self.owner, self.settings.retry_base_s)
                     continue
+                if message.channel == "webhook" and webhook_origin(message.address) in webhooks_down:
+                    # The same for a webhook's origin: one silent receiver would hold every other user's messages
+                    # its time-out per message (and its own failed message, due again, would be tried again).
+                    self.outbox.postpone(message.id, self.owner, self.settings.retry_base_s)
+                    continue
                 try:
                     sent += self._deliver_one(message)
                 except SmtpUnavailable:
                     smtp_down = True
+                except WebhookUnavailable:
+                    webhooks_down.add(webhook_origin(message.address))
         return sent
 
     def _deliver_one(self, message: Message) -> int:
         """1 if the channel took the message, else 0 (marked for a retry or given up); SmtpUnavailable (after
-        marking it) when the SMTP server could not be reached."""
+        marking it) when the SMTP server could not be reached, WebhookUnavailable (likewise) when the webhook's host
+        could not be reached or did not answer in time."""
         try:
             self.send(message)
         except DeliveryError as exc:
@@ -159,7 +172,7 @@ class Notifier:
             log.warning(
                 "notification %s not delivered (%s)%s", shown_key(message), exc, "; giving up" if give_up else ""
             )
-            if isinstance(exc, SmtpUnavailable):
+            if isinstance(exc, (SmtpUnavailable, WebhookUnavailable)):
                 raise
             return 0
         except Exception as exc:  # a message that cannot even be written: trying again would fail again
@@ -184,6 +197,7 @@ class Notifier:
                 key,
                 {**message.payload, "key": key},
                 self.settings.webhook_secret,
+                timeout_s=self.settings.webhook_timeout_s,
                 public_only=self.may_be_self_service(message.address),
             )
 
@@ -196,11 +210,26 @@ class Notifier:
 
 
 def shown_key(message: Message) -> str:
-    """The message's key as logged and sent (X-SFA-OMF-Event): a webhook's URL in it cut to its origin
-    (``scheme://host[:port]``), since its path or query often holds a token."""
+    """The message's key as logged and sent (X-SFA-OMF-Event): a webhook's URL in it shown as its origin
+    (``scheme://host[:port]``), since its path or query often holds a token, followed by ``#`` and the first 12 hex
+    digits of the whole URL's SHA-256, so that two webhooks at one origin (two users' tokens at one provider) get
+    distinct keys. The same on every retry."""
     if message.channel == "webhook" and message.key.endswith(message.address):
-        return message.key[: len(message.key) - len(message.address)] + origin(message.address)
+        digest = hashlib.sha256(message.address.encode("utf-8")).hexdigest()[:12]
+        return f"{message.key[: len(message.key) - len(message.address)]}{origin(message.address)}#{digest}"
     return message.key
+
+
+def webhook_origin(url: str) -> str:
+    """The webhook's origin with its port always written (``https://h`` and ``https://h:443`` are one receiver): what
+    one unreachable receiver holds back in a delivery round."""
+    shown = origin(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # malformed: post_webhook refuses it before connecting anywhere
+        return shown
+    return shown if shown.endswith(f":{port}") else f"{shown}:{port}"
 
 
 def message_key(event_key: str, channel: str, address: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -127,3 +128,9 @@ def booked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Booked]:
     ).leases[0]
     yield Booked(database, bookings, lease.id, clock)
     database.dispose()
+
+
+def url_digest(url: str) -> str:
+    """The digest a webhook's key carries after its origin (notifier.shown_key): the first 12 hex digits of the
+    whole URL's SHA-256."""
+    return hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]

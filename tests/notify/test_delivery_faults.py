@@ -26,7 +26,7 @@ from sfa_omf.notify.alerts import Alerts
 from sfa_omf.notify.channels import DeliveryError, SmtpSettings, send_email
 from sfa_omf.notify.notifier import Notifier, NotifySettings
 from tests.calendar.conftest import NOW, fresh_database, node_urn
-from tests.notify.conftest import ALICE, SECRET, Receiver, SmtpServer
+from tests.notify.conftest import ALICE, SECRET, Receiver, SmtpServer, url_digest
 
 
 class DrippingServer:
@@ -193,7 +193,10 @@ def test_an_event_key_with_a_line_break_and_non_latin_letters_reaches_mail_and_w
         assert all(m["X-Injected"] is None for m in smtp.mailbox.messages)
         refused_hooks = [(h, json.loads(b)) for h, b in receiver.received if b'"renewal_refused"' in b]
         ((headers, body),) = refused_hooks
-        assert headers["x-sfa-omf-event"] == f"{encoded}:webhook:{receiver.url.rsplit('/', 1)[0]}"
+        assert (
+            headers["x-sfa-omf-event"]
+            == f"{encoded}:webhook:{receiver.url.rsplit('/', 1)[0]}#{url_digest(receiver.url)}"
+        )
         assert body["slice"] == hostile and "x-injected" not in headers
     finally:
         calendar.database.dispose()
