@@ -163,8 +163,16 @@ def test_sigterm_while_the_workers_start_stops_with_a_line_and_status_0(
         holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STARTUP_KEY})
         server = Serve(lab, tmp_path, "a", "--workers", "2")
         servers.append(server)
-        waiting = text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
-        wait_until("worker waiting for the start-up lock", lambda: bool(watcher.execute(waiting).scalar()), server)
+        # Waiting for the lock the holder took: only this server's workers (pg_locks is the whole PostgreSQL
+        # server's, where other tests' processes wait for other advisory locks; one of them satisfied a test for any
+        # waiter, and the master got SIGTERM before it had set its handler).
+        holder_pid = holder.execute(text("SELECT pg_backend_pid()")).scalar()
+        waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted AND :holder = ANY(pg_blocking_pids(pid))")
+        wait_until(
+            "worker waiting for the start-up lock",
+            lambda: bool(watcher.execute(waiting, {"holder": holder_pid}).scalar()),
+            server,
+        )
         server.process.send_signal(signal.SIGTERM)
         server.process.wait(STOP_TIMEOUT_S)
     assert server.stop() == 0, server.lines
