@@ -349,7 +349,7 @@ def _node_row(node: NodeRecord) -> tuple[str, ...]:
 
 
 def _node_remove(args: argparse.Namespace) -> int:
-    from sfa_omf.calendar.agents import AGENT_HARDWARE_TYPE, Agents
+    from sfa_omf.calendar.agents import Agents
     from sfa_omf.calendar.inventory import Inventory
     from sfa_omf.registry.authority import AuthorityError, LocalAuthority
     from sfa_omf.registry.nodes import forget_node
@@ -360,13 +360,16 @@ def _node_remove(args: argparse.Namespace) -> int:
     args.component_id = _component_id(args, settings, database)
     inventory = Inventory(database)
     node = inventory.get_node(args.component_id)
-    name = node.component_name
+    # Whether the node is an agent's, and the host name its VPN certificate, DNS names, OAR resource and staged
+    # files go by, are the agent row's, read before the row goes with the node: not the node's hardware type and
+    # name, which `node import --from-file` may have changed since (an agent's node left with its certificate
+    # valid, or another agent's certificate revoked under the node's new name).
+    agent = next((row for row in Agents(database).list_agents() if row.node == node.component_id), None)
     # An agent's node is also an OAR resource with the OAR backend: out of OAR's pool first (nothing is removed if
     # OAR cannot be told), back in its state before if the calendar refuses, deleted from OAR once the calendar let
     # it go. The node's VPN access and registry record go with it even when OAR fails that last step.
-    oar = oar_agent_nodes(settings) if node.hardware_type == AGENT_HARDWARE_TYPE else None
-    number = Agents(database).node_number(args.component_id)
-    before = oar.set_lost(name, number, True) if oar is not None else {}
+    oar = oar_agent_nodes(settings) if agent is not None else None
+    before = oar.set_lost(agent.hostname, agent.number, True) if oar is not None and agent is not None else {}
     try:
         inventory.remove_node(args.component_id)
     except Exception:
@@ -374,35 +377,34 @@ def _node_remove(args: argparse.Namespace) -> int:
             oar.restore(before)
         raise
     print(f"removed {args.component_id}")
-    if oar is not None:
+    if oar is not None and agent is not None:
         try:
-            if oar.remove(name, number):
-                print(f"removed its resource from OAR ({name})")
+            if oar.remove(agent.hostname, agent.number):
+                print(f"removed its resource from OAR ({agent.hostname})")
         except GeniError as exc:  # it is Dead in OAR already: no job is given to it
             print(
-                f"warning: its OAR resource ({name}, Dead) could not be deleted: {exc.message}; delete it in OAR "
-                "(oarremoveresource) or leave it: the node's next registration under this name replaces it",
+                f"warning: its OAR resource ({agent.hostname}, Dead) could not be deleted: {exc.message}; delete it "
+                "in OAR (oarremoveresource) or leave it: the node's next registration under this name replaces it",
                 file=sys.stderr,
             )
     # The node is out of the calendar: from here on each step is done as far as it can be, as the OAR one above, and
     # one that fails is said with what finishes it, the others done all the same (a VPN failure used to stop the
     # removal before the DNS names, staged files and registry record, leaving half a node), and the exit status 2.
     left: list[str] = []
-    # A node agent's VPN access goes with the node (only agents' nodes get VPN certificates).
-    if node.hardware_type == AGENT_HARDWARE_TYPE:
+    # A node agent's VPN access, DNS names and staged files go with the node (only agents get VPN certificates).
+    if agent is not None:
         try:
-            if revoke_vpn_of_removed_node(settings, name):
-                print(f"revoked the VPN certificate of {name}")
+            if revoke_vpn_of_removed_node(settings, agent.hostname):
+                print(f"revoked the VPN certificate of {agent.hostname}")
         except VpnFilesNotRewritten as exc:  # nothing of the node left: the host's CRL lacks others' revocations
             print(f"warning: {exc.message}", file=sys.stderr)
         except VpnRevocationLeft as exc:
             left.append(exc.message)
-    if node.hardware_type == AGENT_HARDWARE_TYPE:  # and so do its DNS names and its staged files
-        _forget_agent_names(settings, database, name)
+        _forget_agent_names(settings, database, agent.hostname)
         try:
-            removed = _remove_staged_files(settings, name)
+            removed = _remove_staged_files(settings, agent.hostname)
         except OSError as exc:
-            folders = os.path.join(settings.data_dir, "agent_files", "*", name)
+            folders = os.path.join(settings.data_dir, "agent_files", "*", agent.hostname)
             left.append(f"its staged files are not all deleted: {os_error_text(exc)}; delete {folders} once fixed")
         else:
             if removed:
@@ -427,9 +429,8 @@ def _forget_agent_names(settings: Settings, database: Database, hostname: str) -
     from sfa_omf.agents.dns import DnsZones, NodeName
     from sfa_omf.calendar.agents import Agents
 
-    zones = DnsZones.from_settings(
-        os.path.join(settings.data_dir, "dns"), settings.agent_dns_zone, settings.agent_dns_reload
-    )
+    directory = os.path.join(settings.data_dir, "dns")
+    zones = DnsZones.from_settings(directory, settings.agent_dns_zone, settings.agent_dns_reload)
     agents = Agents(database)
     try:
         # As the server's own rewrite after a failed registration: a registration between its rewrite and its
