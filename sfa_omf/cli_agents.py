@@ -475,7 +475,11 @@ def _agent_vpn(args: argparse.Namespace) -> int:
 
 
 def _dns_config(args: argparse.Namespace) -> int:
-    from sfa_omf.agents.dns import DnsZones
+    """Print the line named.conf needs, after writing the zone files it names from the calendar's agents (named
+    will not start on an include of a file that does not exist; no reload: the server's next heartbeats' flush
+    reloads a running named)."""
+    from sfa_omf.agents.dns import DnsZones, NodeName
+    from sfa_omf.calendar.agents import Agents
 
     settings = command_settings(args)
     if not settings.agent_dns_zone:
@@ -483,5 +487,7 @@ def _dns_config(args: argparse.Namespace) -> int:
     zones = DnsZones.from_settings(
         os.path.join(settings.data_dir, "dns"), settings.agent_dns_zone, settings.agent_dns_reload
     )
+    names = Agents(command_database(settings)).names()
+    zones.publish([NodeName(*row) for row in names], reload=False)
     print(zones.server_config(), end="")
     return 0

@@ -988,6 +988,19 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 f"{settings.max_duration_s}",
             )
         )
+    if settings.agent_dns_zone:
+        from sfa_omf.agents.dns import zone_name_problem  # (the agents' modules load only with DNS names on)
+
+        problem = zone_name_problem(settings.agent_dns_zone)
+        if problem is not None:
+            problems.append(
+                Problem(
+                    "invalid",
+                    str(sources["agent_dns_zone"]),
+                    f"[sfa_agents] dns_zone {settings.agent_dns_zone!r} {problem}: named would refuse the zone and "
+                    "no node would be named; give a DNS name such as nodes.example.org",
+                )
+            )
     if settings.frcp_foreign_error_grace_s >= settings.frcp_boot_timeout_s:
         problems.append(
             Problem(

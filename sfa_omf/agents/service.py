@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sfa_omf.agents.dns import GROUP, RESERVED_HOSTNAMES, DnsZones, NodeName
+from sfa_omf.agents.dns import GROUP, RESERVED_HOSTNAMES, DnsZones, NodeName, names_fingerprint
 from sfa_omf.agents.staging import FileStore
 from sfa_omf.agents.vpn import NETWORK as VPN_NETWORK
 from sfa_omf.agents.vpn import VpnCa, client_config
@@ -152,6 +153,8 @@ class AgentService:
         self._dns_published = 0
         # Names of registrations written but not committed yet: every rewrite publishes them with the calendar's.
         self._dns_pending: dict[str, NodeName] = {}
+        # The last warning of the periodic zone refresh: said once, not every round while it lasts.
+        self._dns_refresh_warning = ""
 
     def node_urn(self, hostname: str) -> str:
         return hrn_to_urn(join_hrn([*split_hrn(self.authority.hrn), hostname]), "node")
@@ -165,6 +168,10 @@ class AgentService:
             raise _bad(f"host name {hostname!r} must be one DNS label: letters, digits and '-', at most 63")
         if hostname in RESERVED_HOSTNAMES:
             raise _bad(f"host name {hostname!r} is the DNS server's own name in the nodes' zone: choose another")
+        if self.dns is not None:
+            too_long = self.dns.full_name_problem(hostname)
+            if too_long is not None:
+                raise _bad(too_long)
         local_address = _text(body, "local_address", required=False, limit=64)
         if local_address:
             try:
@@ -279,6 +286,41 @@ class AgentService:
         """Rewrite the nodes' DNS zone from the calendar (every agent), when this aggregate keeps one."""
         self._publish(None)
 
+    def write_names(self) -> None:
+        """At start: the zone files from the calendar, without asking the DNS server to reload. named may not run yet
+        (it reads them when it starts, and its configuration's include needs them); a running one is reloaded by the
+        first heartbeats' flush (refresh_names), as the files are not marked read by the server. A failure is a
+        warning: that flush tries again."""
+        if self.dns is None:
+            return
+        try:
+            self.dns.publish([NodeName(*row) for row in self.agents.names()], reload=False)
+        except (GeniError, OSError) as exc:
+            log.warning("nodes' DNS zone files not written at start (the heartbeats' flush tries again): %s", exc)
+
+    def refresh_names(self) -> None:
+        """Rewrite and reload the zone when the calendar's names are not those the DNS server was last reloaded with:
+        a registration or removal made through another host of the cluster, DNS turned on after nodes enrolled, a
+        failed reload. When nothing changed, one column query (Agents.names) and a small file's read. Errors are
+        logged (once while they last): the next round tries again."""
+        if self.dns is None:
+            return
+        try:
+            calendar = names_fingerprint(NodeName(*row) for row in self.agents.names())
+            if calendar == self.dns.published_fingerprint():
+                self._dns_refresh_warning = ""
+                return
+            self._republish_alone()
+            log.info("nodes' DNS zone %s brought in line with the calendar", self.dns.zone)
+            self._dns_refresh_warning = ""
+        except (GeniError, OSError) as exc:  # the DNS server or the database away a moment
+            warning = f"nodes' DNS zone {self.dns.zone} not brought in line with the calendar (next round): {exc}"
+            if warning != self._dns_refresh_warning:
+                log.warning("%s", warning)
+            self._dns_refresh_warning = warning
+        except Exception:  # never in the way of the heartbeats' flush, which follows
+            log.exception("nodes' DNS zone not brought in line with the calendar (next round)")
+
     def _publish(self, pending: NodeName | None) -> None:
         """Rewrite the zone from the calendar plus the names of registrations not committed yet (``pending`` among
         them). Returns once a rewrite that started after this call has finished; concurrent callers share one
@@ -290,7 +332,16 @@ class AgentService:
                 self._dns_pending[pending.hostname] = pending
             self._dns_requested += 1
             ticket = self._dns_requested
-        with self._dns_publish_lock:
+        # One limit for the wait for another rewrite and this one's own (see DnsZones.publish): a registration holds
+        # its unit of work, on SQLite the database's write lock, for that long at most.
+        deadline = time.monotonic() + self.dns.reload_timeout_s
+        if not self._dns_publish_lock.acquire(timeout=self.dns.reload_timeout_s):
+            raise GeniError(
+                Reason.UNAVAILABLE,
+                f"the DNS zone {self.dns.zone} is being rewritten and its DNS reload has not finished within "
+                f"{self.dns.reload_timeout_s:g} s: try again later",
+            )
+        try:
             if self._dns_published >= ticket:
                 return  # a rewrite that read the calendar and the pending names after this call's own has finished
             with self._dns_counter_lock:
@@ -299,8 +350,10 @@ class AgentService:
             # The calendar is read after the pending names: a registration that left them had committed first.
             names = {row[0]: NodeName(*row) for row in self.agents.names()}
             names.update((name.hostname, name) for name in uncommitted)
-            self.dns.publish(list(names.values()))
+            self.dns.publish(list(names.values()), deadline=deadline)
             self._dns_published = target
+        finally:
+            self._dns_publish_lock.release()
 
     @staticmethod
     def _properties(value: Any) -> dict[str, str]:
@@ -365,8 +418,9 @@ class AgentService:
         """Write the heartbeats gathered since the last flush; how many agents that was. Every process runs it every
         few seconds, so it also brings this host's VPN files (CRL, ccd/) in line with the cluster's records: a
         certificate revoked through another host is refused here from then on (when nothing changed, one small
-        query and a few stats: VpnCa.refresh)."""
+        query and a few stats: VpnCa.refresh), and this host's DNS zone with the calendar's names (refresh_names)."""
         self._refresh_vpn()
+        self.refresh_names()
         with self._heard_lock:
             heard, self._heard = self._heard, {}
         try:

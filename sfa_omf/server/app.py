@@ -300,6 +300,7 @@ def start_aggregate(
         routes[b"resources"] = inventory_resource(aggregate, base_url, pool, reactor, settings)
     agents = _agent_api(settings, aggregate)
     if agents is not None:
+        agents.write_names()  # the nodes' zone files, for a DNS server yet to start (or reload)
         routes[b"agents"] = AgentResource(
             agents, pool, reactor, settings.agent_max_body_bytes, settings.agent_max_file_bytes
         )
