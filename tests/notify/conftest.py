@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -134,3 +135,31 @@ def url_digest(url: str) -> str:
     """The digest a webhook's key carries after its origin (notifier.shown_key): the first 12 hex digits of the
     whole URL's SHA-256."""
     return hashlib.sha256(url.encode("utf-8")).hexdigest()[:12]
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never says a word (an SMTP server hung or overloaded, a webhook
+    receiver that never answers): each client waits until its own deadline. Keeps the connections (``held``)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"  # as a webhook
+        self.held: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            self.held.append(connection)
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone does not)
+        self.thread.join()
+        self.listener.close()
+        for connection in self.held:
+            connection.close()

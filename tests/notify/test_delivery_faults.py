@@ -26,7 +26,7 @@ from sfa_omf.notify.alerts import Alerts
 from sfa_omf.notify.channels import DeliveryError, SmtpSettings, send_email
 from sfa_omf.notify.notifier import Notifier, NotifySettings
 from tests.calendar.conftest import NOW, fresh_database, node_urn
-from tests.notify.conftest import ALICE, SECRET, Receiver, SmtpServer, url_digest
+from tests.notify.conftest import ALICE, SECRET, Receiver, SilentServer, SmtpServer, url_digest
 
 
 class DrippingServer:
@@ -200,33 +200,6 @@ def test_an_event_key_with_a_line_break_and_non_latin_letters_reaches_mail_and_w
         assert body["slice"] == hostile and "x-injected" not in headers
     finally:
         calendar.database.dispose()
-
-
-class SilentServer:
-    """A TCP server that accepts connections and never says a word (an SMTP server hung or overloaded): each
-    client waits for its greeting until its own deadline. Counts the connections."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:  # closed: the test is over
-                return
-            self.held.append(connection)
-
-    def close(self) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone does not)
-        self.thread.join()
-        self.listener.close()
-        for connection in self.held:
-            connection.close()
 
 
 def test_an_smtp_server_that_does_not_answer_is_tried_once_a_round_and_webhooks_go_on(

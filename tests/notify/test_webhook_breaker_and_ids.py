@@ -4,10 +4,8 @@ that accepts and never answers, and a port nothing listens on; the outbox on SQL
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +18,7 @@ from sfa_omf.calendar.outbox import Message, Outbox
 from sfa_omf.notify.channels import SmtpSettings, send_email
 from sfa_omf.notify.notifier import Notifier, NotifySettings, message_key
 from tests.calendar.conftest import NOW, fresh_database
-from tests.notify.conftest import Receiver, SmtpServer
+from tests.notify.conftest import Receiver, SilentServer, SmtpServer
 from tests.ports import free_port
 
 BOB_MAIL = "bob@example.org"
@@ -34,31 +32,6 @@ LEASE_NEWS = {
 }
 
 
-class SilentListener:
-    """A TCP listener that accepts every connection and never sends a byte (a hung webhook receiver); counts the
-    connections it was given."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
-        self.held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:  # closed: the test is over
-                return
-            self.held.append(connection)  # kept open and silent until close()
-
-    def close(self) -> None:
-        self.listener.close()
-        for connection in self.held:
-            connection.close()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     db = fresh_database(request.param, tmp_path)
@@ -67,8 +40,8 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 
 
 @pytest.fixture
-def silent() -> Iterator[SilentListener]:
-    listener = SilentListener()
+def silent() -> Iterator[SilentServer]:
+    listener = SilentServer()
     yield listener
     listener.close()
 
@@ -106,7 +79,7 @@ def _attempts_and_due(database: Database) -> dict[str, tuple[int, timedelta | No
 def test_a_dead_webhook_is_tried_once_a_round_and_others_go_out_in_that_round(
     dead: str,
     database: Database,
-    silent: SilentListener,
+    silent: SilentServer,
     smtp: SmtpServer,
     receiver: Receiver,
 ) -> None:
@@ -131,7 +104,7 @@ def test_a_dead_webhook_is_tried_once_a_round_and_others_go_out_in_that_round(
 
 
 def test_a_dead_webhook_due_again_is_not_tried_again_in_the_same_round(
-    database: Database, silent: SilentListener, smtp: SmtpServer, receiver: Receiver
+    database: Database, silent: SilentServer, smtp: SmtpServer, receiver: Receiver
 ) -> None:
     """With no backoff (retry_base_s 0) the failed message is due again at once and claimed again in the same round:
     its origin stays held back for that round instead of being waited for once more."""
