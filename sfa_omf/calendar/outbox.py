@@ -13,16 +13,17 @@ X-SFA-OMF-Event) so receivers can drop it.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import socket
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,6 +50,10 @@ OPTED_OUT = ""
 #: The longest address (e-mail or webhook URL) and message key the tables hold (models.NotifyOutbox).
 MAX_ADDRESS = 500
 MAX_KEY = 600
+#: PostgreSQL advisory lock class (the other number is a hash of a user's URN, ``lock_recipients``) of the units of work
+#: that take addresses from a user (``drop_queued``) and of the enqueue that checks its users still have them. Two
+#: numbers: a key space of their own, apart from the one-number keys of slices and bookers (calendar/queries.py).
+RECIPIENT_LOCK_CLASS = 0x5F0B
 
 
 @dataclass(frozen=True)
@@ -154,25 +159,44 @@ class Outbox:
             return _email_defaults(session, set(user_urns))
 
     # -- the outbox -----------------------------------------------------------------------------------------------
-    def enqueue(self, messages: Sequence[Message]) -> int:
+    def enqueue(
+        self,
+        messages: Sequence[Message],
+        recipients: Mapping[str, Collection[str]] | None = None,
+        email_by_default: bool = True,
+    ) -> int:
         """Add the messages not already there, in one unit of work; how many were new. Should a racer add one of the
-        same keys meanwhile (the unique key refuses ours), they are added one by one instead."""
+        same keys meanwhile (the unique key refuses ours), they are added one by one instead.
+
+        ``recipients``: message key -> the users it is for. Such a message is added only if one of them has its
+        address at this commit (chosen, or with ``email_by_default`` the e-mail on record: ``current_addresses``),
+        checked in this unit of work under their locks (``lock_recipients``), which every change taking an address
+        from a user takes too (``drop_queued``): an opt-out, a replaced address or a removal committed after the
+        caller read the subscriptions is seen here, and one committed after this check sees the rows added here.
+        A message not listed (an operator's address from the configuration) is added as it is."""
         if not messages:
             return 0
+        wanted_by = recipients or {}
         try:
             with self.database.write() as session:
-                return self._insert_new(session, messages)
+                return self._insert_new(session, messages, wanted_by, email_by_default)
         except IntegrityError:
             added = 0
             for message in messages:
                 try:
                     with self.database.write() as session:
-                        added += self._insert_new(session, [message])
+                        added += self._insert_new(session, [message], wanted_by, email_by_default)
                 except IntegrityError:
                     continue  # another process enqueued this key meanwhile: already there
             return added
 
-    def _insert_new(self, session: Session, messages: Sequence[Message]) -> int:
+    def _insert_new(
+        self,
+        session: Session,
+        messages: Sequence[Message],
+        recipients: Mapping[str, Collection[str]],
+        email_by_default: bool,
+    ) -> int:
         now_s = to_s(self.clock())
         wanted = {message.key: message for message in messages}
         known: set[str] = set()
@@ -182,6 +206,8 @@ class Outbox:
                 session.scalars(select(NotifyOutbox.key).where(NotifyOutbox.key.in_(keys[first : first + 500])))
             )
         new = [message for key, message in wanted.items() if key not in known]
+        if any(message.key in recipients for message in new):  # (a round with nothing new checks nothing)
+            new = _still_wanted(session, new, recipients, email_by_default)
         session.add_all(
             NotifyOutbox(
                 key=message.key,
@@ -347,16 +373,62 @@ def addresses_of(session: Session, user_urn: str) -> set[tuple[str, str]]:
     """The (channel, address) pairs the user's messages may go to now, read in this unit of work: the addresses they
     chose, and e-mail at the address on record if they neither chose one nor opted out (``email_defaults``; taken
     whatever ``[sfa_notify] email_by_default`` says, which this layer does not know)."""
-    pairs: set[tuple[str, str]] = {
-        (channel, address)
-        for channel, address in session.execute(
-            select(NotifySubscription.channel, NotifySubscription.address).where(
-                NotifySubscription.user_urn == user_urn, NotifySubscription.address != OPTED_OUT
+    return current_addresses(session, [user_urn], email_by_default=True).get(user_urn, set())
+
+
+def current_addresses(
+    session: Session, user_urns: Iterable[str], email_by_default: bool
+) -> dict[str, set[tuple[str, str]]]:
+    """user -> the (channel, address) pairs their messages may go to now, read in this unit of work: the addresses
+    they chose, and (``email_by_default``) e-mail at the address on record for those who neither chose one nor opted
+    out. Users with none are left out."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    users = sorted(set(user_urns))
+    for first in range(0, len(users), 500):  # bounded IN lists
+        chunk = users[first : first + 500]
+        rows = session.execute(
+            select(NotifySubscription.user_urn, NotifySubscription.channel, NotifySubscription.address).where(
+                NotifySubscription.user_urn.in_(chunk), NotifySubscription.address != OPTED_OUT
             )
         )
-    }
-    pairs.update(("email", address) for address in _email_defaults(session, {user_urn}).values())
-    return pairs
+        for user, channel, address in rows:
+            found.setdefault(user, set()).add((channel, address))
+        if email_by_default:
+            for user, address in _email_defaults(session, set(chunk)).items():
+                found.setdefault(user, set()).add(("email", address))
+    return found
+
+
+def lock_recipients(session: Session, user_urns: Iterable[str]) -> None:
+    """PostgreSQL: take these users' recipient locks (RECIPIENT_LOCK_CLASS) until the end of the transaction, in the
+    order of their keys (never in a cycle), each statement after the other: a read that follows sees what every
+    earlier holder committed. SQLite's write lock (BEGIN IMMEDIATE) serializes these units of work already."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = sorted({_recipient_key(urn) for urn in user_urns})
+    for first in range(0, len(keys), 100):  # PostgreSQL evaluates a select list in order
+        locks = [func.pg_advisory_xact_lock(RECIPIENT_LOCK_CLASS, key) for key in keys[first : first + 100]]
+        session.execute(select(*locks))
+
+
+def _recipient_key(user_urn: str) -> int:
+    return int.from_bytes(hashlib.sha256(user_urn.encode("utf-8")).digest()[:4], "big", signed=True)
+
+
+def _still_wanted(
+    session: Session, messages: Sequence[Message], recipients: Mapping[str, Collection[str]], email_by_default: bool
+) -> list[Message]:
+    """Those of ``messages`` that one of their users (``recipients``) has the address of at this commit, or that have
+    no users listed (Outbox.enqueue)."""
+    users = {user for message in messages for user in recipients.get(message.key, ())}
+    lock_recipients(session, users)  # before the read: it sees every change that took the lock first
+    current = current_addresses(session, users, email_by_default)
+    return [
+        message
+        for message in messages
+        if message.key not in recipients
+        or any((message.channel, message.address) in current.get(user, ()) for user in recipients[message.key])
+    ]
 
 
 def drop_queued(session: Session, user_urn: str, dropped: set[tuple[str, str]], reason: str) -> int:
@@ -365,8 +437,14 @@ def drop_queued(session: Session, user_urn: str, dropped: set[tuple[str, str]], 
     them after it commits (nor before: it is one commit). An address another user still has (chose, or has on
     record) keeps its messages: an outbox row does not say for whom it is, and one row serves every user of an
     address. A row a notifier is sending at this moment keeps its claim: if the channel takes it, it is marked sent
-    (it did go), else it stays failed. How many rows were marked."""
+    (it did go), else it stays failed. How many rows were marked.
+
+    On PostgreSQL it takes the user's recipient lock first (``lock_recipients``), as an enqueue of messages for the
+    user does before it checks their addresses: an enqueue that checked before this change committed commits its
+    rows first, and they are marked here (SQLite's write lock serializes the two already)."""
     marked = 0
+    if dropped:
+        lock_recipients(session, [user_urn])
     for channel, address in sorted(dropped):  # one order in every process: concurrent changes do not deadlock
         if _used_by_another(session, user_urn, channel, address):
             continue

@@ -7,13 +7,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Insert, bindparam, select
+from sqlalchemy import Insert, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, selectinload
 
 from sfa_omf.calendar.database import Database, connection_of, retry_transient
 from sfa_omf.calendar.models import Slice, SliceUser, UserContact
+from sfa_omf.calendar.outbox import ADDRESS_CHANGED, addresses_of, drop_queued
 from sfa_omf.calendar.plain_statements import PlainStatement, execute_plain
 from sfa_omf.calendar.queries import from_s, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import SliceUserRecord
@@ -75,21 +76,39 @@ class Contact:
 
 
 def record_contact(session: Session, contact: Contact | None, now_s: int) -> None:
-    """Keep the caller's GID e-mail (the default address of their lease e-mails), in the caller's unit of work."""
+    """Keep the caller's GID e-mail (the default address of their lease e-mails), in the caller's unit of work. When
+    it replaces another, what is still queued for the old one is not sent there (``replace_contact``)."""
     if contact is None or not contact.gid_email:
         return
     # One statement (an upsert): two first calls of the same user at once (Provision is not serialised per user
-    # like Allocate) would otherwise both insert, and the second fail on the key.
+    # like Allocate) would otherwise both insert, and the second fail on the key. It writes a new user's e-mail, and
+    # answers the one stored when it differs (that row is locked, left as it is); the same e-mail again: no row.
     parameters = {"user_urn": contact.user_urn, "gid_email": contact.gid_email, "updated_s": now_s}
     # On the connection, on the table: as an ORM-enabled statement it went through the ORM's bulk insert machinery,
     # several times the cost of the statement itself.
     connection = connection_of(session, writes=True)
-    execute_plain(connection, _contact_upsert(connection.dialect.name), parameters)
+    stored = execute_plain(connection, _contact_upsert(connection.dialect.name), parameters)
+    if stored and stored[0][0] != contact.gid_email:  # (a new user's row answers the e-mail just written)
+        replace_contact(session, contact, now_s)
+
+
+def replace_contact(session: Session, contact: Contact, now_s: int) -> None:
+    """The user's stored GID e-mail becomes ``contact``'s, and what is still queued for the address they no longer
+    have (the old e-mail, when it was their default: no address chosen, none in the registry) is marked failed in
+    this unit of work, as a changed registry e-mail is (registry/records.py)."""
+    before = addresses_of(session, contact.user_urn)
+    session.execute(
+        update(UserContact)
+        .where(UserContact.user_urn == contact.user_urn)
+        .values(gid_email=contact.gid_email, updated_s=now_s)
+    )
+    drop_queued(session, contact.user_urn, before - addresses_of(session, contact.user_urn), ADDRESS_CHANGED)
 
 
 @functools.lru_cache(maxsize=2)
 def _contact_upsert(dialect: str) -> PlainStatement[Insert]:
-    """``record_contact``'s statement for one dialect, with bound parameters, built once (Allocate runs it)."""
+    """``record_contact``'s statement for one dialect, with bound parameters, built once (Allocate runs it): the
+    stored e-mail is answered where it differs, and not changed (the update sets a column to itself)."""
     insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
     contacts = table_of(UserContact)
     statement = insert(contacts).values(
@@ -98,9 +117,9 @@ def _contact_upsert(dialect: str) -> PlainStatement[Insert]:
     return PlainStatement(
         statement.on_conflict_do_update(
             index_elements=[contacts.c.user_urn],
-            set_={"gid_email": statement.excluded.gid_email, "updated_s": statement.excluded.updated_s},
+            set_={"updated_s": contacts.c.updated_s},
             where=contacts.c.gid_email != statement.excluded.gid_email,
-        )
+        ).returning(contacts.c.gid_email)
     )
 
 

@@ -93,18 +93,24 @@ class Notifier:
         ]
         wanted += [(e.key, e.event, self._recorded_recipients(e, members), e.payload) for e in recorded]
         subscriptions = self._subscriptions(sorted({user for _, _, users, _ in wanted for user in users}))
-        messages = [
-            Message(message_key(key, channel, address), event, channel, address, body)
-            for key, event, users, body in wanted
-            for channel, address in _channels(users, subscriptions)
-        ]
-        messages += [
-            Message(message_key(e.key, channel_of(address), address), e.event, channel_of(address), address, e.payload)
-            for e in recorded
-            if e.slice_urn is None
-            for address in self.settings.operator_addresses
-        ]
-        return self.outbox.enqueue(messages)
+        messages: list[Message] = []
+        # Message key -> the users it is for: the outbox adds it only if one of them still has its address when it
+        # commits (an opt-out, a new address or a removal may commit between the read above and the enqueue).
+        recipients: dict[str, set[str]] = {}
+        for key, event, users, body in wanted:
+            for channel, address in _channels(users, subscriptions):
+                message = Message(message_key(key, channel, address), event, channel, address, body)
+                messages.append(message)
+                recipients.setdefault(message.key, set()).update(users)
+        for e in recorded:
+            if e.slice_urn is not None:
+                continue
+            for address in self.settings.operator_addresses:  # the configuration's: for no user, not checked
+                channel = channel_of(address)
+                message = Message(message_key(e.key, channel, address), e.event, channel, address, e.payload)
+                messages.append(message)
+                recipients.pop(message.key, None)
+        return self.outbox.enqueue(messages, recipients, self.settings.email_by_default)
 
     def _subscriptions(self, users: list[str]) -> dict[str, list[tuple[str, str]]]:
         """The channels of these users: what they chose, and (``email_by_default``) e-mail at the address on record
