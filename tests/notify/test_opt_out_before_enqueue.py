@@ -193,3 +193,23 @@ def test_a_new_gid_email_drops_what_was_queued_for_the_old_one(booked: Booked, c
         assert [row for row in outbox_rows(booked) if row[0] == OLD] == [(OLD, "failed", ADDRESS_CHANGED)] * 2
     finally:
         server.stop()
+
+
+def test_a_registry_email_given_later_drops_what_was_queued_for_the_gid_email(booked: Booked) -> None:
+    """Alice's lease e-mails wait (SMTP down) for the e-mail of her GID, her default address; the registry then
+    records her with an e-mail of its own (Register, ``sfa-omf user add``), which becomes her default: the queued
+    ones are not sent to the GID's."""
+    book_as_alice(booked, 6, OLD)
+    port = free_port()
+    note = notifier(booked, port)
+    assert note.notice() == 2 and note.deliver() == 0  # the two leases' "allocated", at the GID's e-mail
+    Records(booked.database).add(Record("testbed.alice", "user", ALICE, "", email=NEW))
+    assert outbox_rows(booked) == [(OLD, "failed", ADDRESS_CHANGED)] * 2
+    booked.clock[0] = NOW + timedelta(seconds=30)
+    server = SmtpServer(port).start()
+    try:
+        note.notice()
+        note.deliver()
+        assert {str(message["To"]) for message in server.mailbox.messages} == {NEW}
+    finally:
+        server.stop()
