@@ -3,16 +3,21 @@ calendar so that every check that keeps bookings apart, the free windows and "av
 
 A mirrored reservation is a lease in state ``external`` of a per-source pseudo-slice, with one node-holding sliver per
 node; its ``client_id`` is the source's key (``oar:12``). ``sync`` makes the mirror equal to what the source reports:
-new reservations are added, changed ones replaced, vanished ones released. A reservation that overlaps a booking the
-calendar already holds cannot be mirrored on that booking's nodes (the calendar's guarantee wins); it is reported as a
-clash so the operator sees it, and the testbed itself refuses our overlapping provision (OAR: "could run at ...").
-Its other nodes are mirrored all the same: the source holds them, so the calendar must not give them away.
+new reservations are added, changed ones replaced, vanished ones released. A vanished reservation that had started
+ran (OAR lists unfinished jobs only): it becomes ``ended`` (its end cut to the sync's time if it ended early), as a
+lease of ours that ran to its end, and stays on the Gantt and in the feeds as the testbed's (``is_external``); one
+that vanished before it started is ``cancelled``.
+
+A reservation that overlaps a booking the calendar already holds cannot be mirrored on that booking's nodes (the
+calendar's guarantee wins); it is reported as a clash so the operator sees it, and the testbed itself refuses our
+overlapping provision (OAR: "could run at ..."). Its other nodes are mirrored all the same: the source holds them, so
+the calendar must not give them away.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -24,8 +29,12 @@ from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.intervals import overlaps
 from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
 from sfa_omf.calendar.queries import from_s, held_windows, to_s
+from sfa_omf.times import utcnow
 
 EXTERNAL_STATE = "external"
+#: A mirrored reservation that ran is ``ended`` in its source's pseudo-slice (``is_external`` tells it from ours).
+ENDED_STATE = "ended"
+_SLICE_NAME_PREFIX = "external-"
 _FAR_FUTURE_S = 2**62  # pseudo-slices never expire
 
 
@@ -43,7 +52,8 @@ class ExternalHold:
 @dataclass
 class SyncReport:
     added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # vanished: released (those that had started among ``ended``)
+    ended: list[str] = field(default_factory=list)  # vanished after their start: they ran, now ``ended``
     kept: int = 0
     # overlap a booking of ours: not mirrored on that booking's nodes (mirrored on the others, if any)
     clashing: list[str] = field(default_factory=list)
@@ -51,13 +61,24 @@ class SyncReport:
 
 
 def source_slice_urn(authority_hrn: str, source: str) -> str:
-    return f"urn:publicid:IDN+{authority_hrn.replace('.', ':')}+slice+external-{source}"
+    return f"urn:publicid:IDN+{authority_hrn.replace('.', ':')}+slice+{_SLICE_NAME_PREFIX}{source}"
+
+
+def is_external(state: str, slice_urn: str, owner_urn: str) -> bool:
+    """Whether a lease (its state, slice and booker) is a mirrored reservation: ``external`` while it holds its
+    nodes; once it ran, ``ended`` in a source's pseudo-slice, which no one booked (``owner_urn`` empty)."""
+    if state == EXTERNAL_STATE:
+        return True
+    name = slice_urn.rsplit("+slice+", 1)[-1] if "+slice+" in slice_urn else ""
+    return state == ENDED_STATE and not owner_urn and name.startswith(_SLICE_NAME_PREFIX)
 
 
 class ExternalHolds:
-    def __init__(self, database: Database, authority_hrn: str) -> None:
+    def __init__(self, database: Database, authority_hrn: str, clock: Callable[[], datetime] = utcnow) -> None:
+        """``clock``: now, which tells a vanished reservation that ran (ended) from one that never started."""
         self.database = database
         self.authority_hrn = authority_hrn
+        self.clock = clock
 
     def sync(self, source: str, holds: Sequence[ExternalHold]) -> SyncReport:
         """Make the mirror of ``source`` equal to ``holds`` (one transaction)."""
@@ -65,6 +86,7 @@ class ExternalHolds:
 
     def _sync_once(self, source: str, holds: Sequence[ExternalHold]) -> SyncReport:
         report = SyncReport()
+        now_s = to_s(self.clock())
         slice_urn = source_slice_urn(self.authority_hrn, source)
         with self.database.write() as session:
             slice_row = session.scalar(select(Slice).where(Slice.urn == slice_urn))
@@ -94,8 +116,17 @@ class ExternalHolds:
                             report.clashing.append(key)
                         kept.add(key)
                         continue
-                lease.state = "cancelled"  # vanished or changed: released (a changed one is added again below)
                 release_slivers(lease.slivers)
+                if hold is None and lease.start_s < now_s:
+                    # It ran (the source lists unfinished reservations only): ended, at the latest now.
+                    lease.state = ENDED_STATE
+                    lease.end_s = min(lease.end_s, now_s)
+                    for sliver in lease.slivers:
+                        sliver.end_s = min(sliver.end_s, now_s)
+                        sliver.expires_s = min(sliver.expires_s, now_s)
+                    report.ended.append(key)
+                else:
+                    lease.state = "cancelled"  # vanished before its start, or changed (added again below)
                 if hold is None:
                     report.removed.append(key)
             session.flush()

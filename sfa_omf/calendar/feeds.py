@@ -2,10 +2,10 @@
 
 A calendar client replaces an event it holds only when the new one carries a higher SEQUENCE. The revision table
 keeps, per lease, a fingerprint of what was published (web/ical.py ``fingerprint``: window, state, slice, booker,
-label, the slice's members) and its sequence: when a feed is made and a lease's fingerprint differs, the sequence
-goes up by one and the change's time becomes the DTSTAMP. Nothing is written while nothing changed, so reading
-feeds does not contend with bookings; and what is written does not bump the calendar's generation
-(``LeaseRevisions._record``).
+label, the slice's members, its nodes' names and pools' federation) and its sequence: when a feed is made and a
+lease's fingerprint differs, the sequence goes up by one and the change's time becomes the DTSTAMP. Nothing is
+written while nothing changed, so reading feeds does not contend with bookings; and what is written does not bump
+the calendar's generation (``LeaseRevisions._record``).
 """
 
 from __future__ import annotations

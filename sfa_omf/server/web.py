@@ -4,6 +4,7 @@ Twisted goes further."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 from urllib.parse import parse_qs
@@ -25,6 +26,10 @@ SECURITY_HEADERS = {
     b"x-content-type-options": b"nosniff",
     b"referrer-policy": b"no-referrer",
 }
+#: Methods whose 200 answers carry an ETag, and which a matching If-None-Match answers 304 (RFC 9110 13.1.2).
+VALIDATED_METHODS = (b"GET", b"HEAD")
+#: Hex digits of the body's SHA-256 in an ETag (128 bits: no two bodies a client holds share one).
+ETAG_HEX_DIGITS = 32
 #: The methods Twisted hands to render_GET/render_POST; any other goes to the calendar, which answers 405 with Allow
 #: (Twisted's own answer was "501 Huh?", without the headers above).
 RENDERED_METHODS = (b"GET", b"HEAD", b"POST")
@@ -106,18 +111,48 @@ class WebCalendarResource(resource.Resource):
 
 def _write(request: server.Request, answer: WebResponse, caching: str = "no-store") -> None:
     """Send the calendar's answer with the headers of every answer; ``caching``: its Cache-Control (app.py
-    cache_control; no-store for the server's own refusals and failures)."""
+    cache_control; no-store for the server's own refusals and failures). A 200 answer to GET or HEAD carries a strong
+    ETag of its body (a feed's or page's body depends on who reads it: so does its ETag); when the request's
+    If-None-Match names it, the answer is 304 without a body (same ETag and Cache-Control): a calendar client that
+    polls a feed gets the feed again only when it changed."""
     if request.finished or request.channel is None:
         return
-    request.setResponseCode(answer.status)
-    request.setHeader(b"content-type", answer.content_type.encode("ascii"))
+    tag = etag(answer.body) if answer.status == 200 and request.method in VALIDATED_METHODS else None
+    not_modified = tag is not None and matches(request.getHeader("if-none-match"), tag)
+    request.setResponseCode(304 if not_modified else answer.status)
+    if not not_modified:
+        request.setHeader(b"content-type", answer.content_type.encode("ascii"))
     for name, value in SECURITY_HEADERS.items():
         request.setHeader(name, value)
     request.setHeader(b"cache-control", caching.encode("ascii"))
+    if tag is not None:
+        request.setHeader(b"etag", tag.encode("ascii"))
     for header, text in answer.headers.items():  # the answer's own (Retry-After on a 503)
         request.setHeader(header.encode("ascii"), text.encode("ascii"))
-    request.write(answer.body)
+    if not not_modified:
+        request.write(answer.body)
     request.finish()
+
+
+def etag(body: bytes) -> str:
+    """The strong ETag of a body: its SHA-256's first ETAG_HEX_DIGITS hex digits, quoted."""
+    return f'"{hashlib.sha256(body).hexdigest()[:ETAG_HEX_DIGITS]}"'
+
+
+def matches(if_none_match: str | None, tag: str) -> bool:
+    """Whether an If-None-Match header names ``tag``: ``*``, or a list of entity tags of which one is the same by the
+    weak comparison (a ``W/`` prefix ignored), as RFC 9110 13.1.2 has GET and HEAD compare."""
+    if not if_none_match:
+        return False
+    for item in if_none_match.split(","):
+        candidate = item.strip()
+        if candidate == "*":
+            return True
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate == tag:
+            return True
+    return False
 
 
 def _failed(request: server.Request, failure: Failure) -> None:

@@ -42,12 +42,19 @@ from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.verifier import CredentialVerifier
 from sfa_omf.web import gantt
 from sfa_omf.web.forms import FormOrigin, FormRefused, channel_field, check_form, form_token, unfit_field_problem
-from sfa_omf.web.ical import EventCache, fingerprint, group_leases, render_feed, short_name
+from sfa_omf.web.ical import EventCache, NodePlace, fingerprint, group_leases, placements, render_feed, short_name
 from sfa_omf.web.viewer import Viewer, identify
 from sfa_omf.xrn import shown_urn
 
 log = logging.getLogger("sfa_omf.web")
 
+#: Node properties the node page shows to operators only (the advertisement shows no property): where a node is
+#: reached and how it is managed. The aggregate stores local_address and lan_group at an agent's enrolment (a
+#: volunteer's LAN address and group name, calendar/agents.py); the others are the operator's (agents may not set
+#: them: agents/service.py NOT_FROM_AGENTS).
+OPERATOR_PROPERTIES = frozenset(
+    {"local_address", "lan_group", "network_address", "hostname", "uuid", "cmc", "interfaces"}
+)
 #: Feeds show leases that ended at most this long ago (older ones are history, not schedule).
 FEED_PAST = timedelta(days=30)
 ICS = "text/calendar; charset=utf-8"
@@ -301,7 +308,19 @@ class WebCalendar:
         users = self._users_for(viewer, rows)
         window = (now, now + self.settings.horizon)
         bars = [gantt.bar_for(row, viewer, window, users) for row in rows]
-        return self._page("node.html", viewer=viewer, node=node, record=record, windows=windows, bars=bars, now=now)
+        properties = {
+            name: value for name, value in record.properties.items() if viewer.admin or name not in OPERATOR_PROPERTIES
+        }
+        return self._page(
+            "node.html",
+            viewer=viewer,
+            node=node,
+            record=record,
+            properties=properties,
+            windows=windows,
+            bars=bars,
+            now=now,
+        )
 
     # -- the viewer's own page (forms.py) ------------------------------------------------------------------------
     def my_page(self, viewer: Viewer) -> WebResponse:
@@ -474,14 +493,25 @@ class WebCalendar:
         members of the slice that booked them (their own lease is no secret to them). Each lease is decided by itself,
         as on the Gantt (gantt.layout): the viewer's own lease in a slice that does not list them shows whole, that
         slice's other leases as "booked" (Viewer.sees_booking); the member list only to members and operators."""
-        visible = {node.component_id for node in self._visible_nodes(viewer)}
+        all_nodes = self.timeline.nodes()
+        visible = {node.component_id for node in all_nodes if viewer.admin or node.federated}
         whole = {row.lease_id for row in rows if viewer.sees_booking(row)}
-        events = group_leases([row for row in rows if row.node in visible or row.lease_id in whole])
+        names = {node.component_id: node.component_name for node in all_nodes}
+        events = group_leases([row for row in rows if row.node in visible or row.lease_id in whole], names)
+        # Every node of each lease (also those this reader is not shown), named and placed: a renamed node or one
+        # moved to or from a private pool is a new revision for every reader alike.
+        places = {
+            node.component_id: NodePlace(node.component_id, node.component_name, node.federated) for node in all_nodes
+        }
+        placed = placements(rows, places)
         # The members of every slice of the feed, in one query: a change of them is a new revision of the slice's
         # leases for every reader alike (else readers who are and are not shown them would each record their own).
         members = self.timeline.users_of_slices({event.slice_urn for event in events})
         revisions = self.revisions.observe(
-            {event.lease_id: fingerprint(event, members.get(event.slice_urn, ())) for event in events}
+            {
+                event.lease_id: fingerprint(event, members.get(event.slice_urn, ()), placed.get(event.lease_id, ()))
+                for event in events
+            }
         )
         shown_members = {slice_urn: users for slice_urn, users in members.items() if viewer.sees(slice_urn)}
         return WebResponse(

@@ -9,11 +9,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from sfa_omf.calendar.external import is_external
 from sfa_omf.calendar.timeline import BookingRow, NodeRow
 from sfa_omf.web.ical import short_name
 from sfa_omf.web.viewer import Viewer
 
 VIEWS = {"day": timedelta(days=1), "week": timedelta(days=7)}
+#: The stored operational state of a provisioned lease's slivers is what Provision and PerformOperationalAction asked
+#: for (set lease-wide), not what the nodes do (Status asks the testbed): shown as asked for, not as the node's state.
+REQUESTED = {"geni_ready": "running", "geni_notready": "stopped"}
 
 
 @dataclass(frozen=True)
@@ -61,19 +65,22 @@ def bar_for(row: BookingRow, viewer: Viewer, window: tuple[datetime, datetime], 
     left, width = place(row.start, row.end, *window)
     when = f"{row.start:%Y-%m-%d %H:%M} – {row.end:%Y-%m-%d %H:%M} UTC"
     ended = row.state == "ended"
-    if row.state == "external":
+    if is_external(row.state, row.slice_urn, row.owner_urn):  # a reservation of the testbed's (ended once it ran)
         details: list[tuple[str, str]] = [("window", when), ("held", "outside sfa-omf (the testbed's own job)")]
         if viewer.admin:
             details.append(("source", row.client_id))
-        return Bar(row.lease_id, row.start, row.end, left, width, "external", "reserved", tuple(details))
+        return Bar(row.lease_id, row.start, row.end, left, width, "external", "reserved", tuple(details), ended)
     if viewer.sees_booking(row):
         details = [
             ("window", when),
             ("slice", row.slice_urn),
             ("state", row.state),
-            ("sliver", row.operational_state),
             ("booked by", row.owner_urn or "unknown"),
         ]
+        requested = REQUESTED.get(row.operational_state)
+        if requested and row.state == "provisioned":
+            # What Provision asked for, stored for the whole lease: not the node's state (Status asks the testbed).
+            details.insert(3, ("requested", requested))
         if users.get(row.slice_urn):
             details.append(("users", ", ".join(users[row.slice_urn])))
         kind = "mine" if row.slice_urn in viewer.slices or viewer.booked(row) else "other"

@@ -8,6 +8,9 @@
 - Times are UTC (``...Z``).
 - Privacy: the caller decides per lease (``sees``, given the lease id) whether the event names the slice, nodes'
   users and state, or only says "booked".
+- Nodes are named by their names (component_name) in SUMMARY and LOCATION, as the pages name them; DESCRIPTION
+  lists their URNs.
+- A reservation made outside sfa-omf (calendar/external.py) says "reserved in the testbed", also once it ran.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from icalendar import Calendar, Event, Timezone, TimezoneStandard, vText
 
+from sfa_omf.calendar.external import is_external
 from sfa_omf.calendar.feeds import Revision
 from sfa_omf.calendar.timeline import BookingRow
 
@@ -39,47 +43,75 @@ STATUS = {
 
 @dataclass(frozen=True)
 class LeaseEvent:
-    """One lease as the feeds show it: its rows grouped. Every field but ``lease_id`` and ``nodes`` is in its
-    ``fingerprint``."""
+    """One lease as the feeds show it: its rows grouped. Every field but ``lease_id``, ``nodes`` and ``node_names``
+    (which depend on the reader) is in its ``fingerprint``; the nodes are, as ``placement``."""
 
     lease_id: str
     slice_urn: str  # "URN (removed TIME)" once the slice is removed (registry/removed_marks.py)
     owner_urn: str  # likewise once its booker is removed
     state: str
     client_id: str
-    nodes: tuple[str, ...]
+    nodes: tuple[str, ...]  # the component ids the reader is shown, sorted
     start: datetime
     end: datetime
+    node_names: tuple[str, ...] = ()  # the names of ``nodes`` (component_name), in their order
 
 
-def group_leases(rows: Sequence[BookingRow]) -> list[LeaseEvent]:
-    """The rows of each lease together, in the rows' order."""
+@dataclass(frozen=True)
+class NodePlace:
+    """A node of a lease as its event shows it, whoever reads: its component id, name and whether its pool is
+    federated (the nodes of a private pool are left out of the events of those who may not see them)."""
+
+    component_id: str
+    name: str
+    federated: bool
+
+
+def group_leases(rows: Sequence[BookingRow], names: Mapping[str, str] | None = None) -> list[LeaseEvent]:
+    """The rows of each lease together, in the rows' order; ``names``: each node's name by component id (a node
+    left out is named by the end of its URN)."""
+    names = names or {}
     grouped: dict[str, list[BookingRow]] = {}
     for row in rows:
         grouped.setdefault(row.lease_id, []).append(row)
-    return [
-        LeaseEvent(
-            lease_id=lease_id,
-            slice_urn=items[0].slice_urn,
-            owner_urn=items[0].owner_urn,
-            state=items[0].state,
-            client_id=items[0].client_id,
-            nodes=tuple(sorted({row.node for row in items})),
-            start=items[0].start,
-            end=items[0].end,
+    events = []
+    for lease_id, items in grouped.items():
+        nodes = tuple(sorted({row.node for row in items}))
+        events.append(
+            LeaseEvent(
+                lease_id=lease_id,
+                slice_urn=items[0].slice_urn,
+                owner_urn=items[0].owner_urn,
+                state=items[0].state,
+                client_id=items[0].client_id,
+                nodes=nodes,
+                start=items[0].start,
+                end=items[0].end,
+                node_names=tuple(names.get(node) or short_name(node) for node in nodes),
+            )
         )
-        for lease_id, items in grouped.items()
-    ]
+    return events
 
 
-def fingerprint(event: LeaseEvent, members: Sequence[str] = ()) -> str:
+def placements(rows: Sequence[BookingRow], places: Mapping[str, NodePlace]) -> dict[str, list[NodePlace]]:
+    """Every node of each lease of ``rows`` (all of them, whoever reads: give the rows before a reader's nodes are
+    left out), as ``fingerprint`` takes them; ``places``: every node by component id."""
+    found: dict[str, dict[str, NodePlace]] = {}
+    for row in rows:
+        place = places.get(row.node) or NodePlace(row.node, short_name(row.node), False)
+        found.setdefault(row.lease_id, {})[row.node] = place
+    return {lease_id: list(nodes.values()) for lease_id, nodes in found.items()}
+
+
+def fingerprint(event: LeaseEvent, members: Sequence[str] = (), placement: Sequence[NodePlace] = ()) -> str:
     """What a client must be told about when it changes (its SEQUENCE grows then): the window and the state, and also
     the slice and the booker, which a removal from the registry turns into "URN (removed TIME)" (a client replaces an
-    event it holds only when the SEQUENCE grew, so it would keep the old names), the label, and ``members``: the
-    slice's users (``Timeline.users_of_slices``), which an event seen whole lists. Not the nodes: a lease's nodes never
-    change, and the nodes an event lists depend on who reads the feed (a private pool's are left out for others), so
-    two readers would record two fingerprints of one lease, each read raising its SEQUENCE. The members are given for
-    every reader alike, also those who are not shown them, for the same reason."""
+    event it holds only when the SEQUENCE grew, so it would keep the old names), the label, ``members``: the slice's
+    users (``Timeline.users_of_slices``), which an event seen whole lists, and ``placement``: every node of the lease,
+    its name and whether its pool is federated (a node renamed, or moved to or from a private pool, changes the
+    SUMMARY and LOCATION of events). Not ``event.nodes``: the nodes an event lists depend on who reads the feed (a
+    private pool's are left out for others), so two readers would record two fingerprints of one lease, each read
+    raising its SEQUENCE; ``placement`` and the members are given for every reader alike, for the same reason."""
     shown = (
         int(event.start.timestamp()),
         int(event.end.timestamp()),
@@ -88,6 +120,7 @@ def fingerprint(event: LeaseEvent, members: Sequence[str] = ()) -> str:
         event.owner_urn,
         event.client_id,
         sorted(set(members)),  # the order they were read or added in is no change
+        sorted({(place.component_id, place.name, place.federated) for place in placement}),
     )
     return hashlib.sha256(json.dumps(shown).encode("utf-8")).hexdigest()
 
@@ -195,9 +228,9 @@ def _event(inputs: EventInputs) -> Event:
     event.add("dtend", lease.end)
     event.add("status", STATUS.get(lease.state, "CONFIRMED"))
     event.add("transp", "OPAQUE")
-    node_names = ", ".join(short_name(node) for node in lease.nodes)
+    node_names = ", ".join(lease.node_names or [short_name(node) for node in lease.nodes])
     event.add("location", node_names)
-    if lease.state == "external":
+    if is_external(lease.state, lease.slice_urn, lease.owner_urn):  # held by the testbed, or was: it ran
         event.add("summary", f"reserved in the testbed: {node_names}")
         event.add("description", f"held outside sfa-omf ({lease.client_id})" if visible else "held outside sfa-omf")
     elif visible:

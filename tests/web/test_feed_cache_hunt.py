@@ -85,9 +85,9 @@ def test_the_event_cache_keys_on_every_field_of_the_lease() -> None:
 
 
 def test_the_fingerprint_changes_with_every_field_of_the_lease_the_event_shows() -> None:
-    """Every field of LeaseEvent but its id and its nodes is shown by its event the same to every reader: a change of
-    any must raise the SEQUENCE (a field added later and left out of the fingerprint fails here). The nodes shown
-    depend on the reader, and a lease's nodes never change: they are not in it."""
+    """Every field of LeaseEvent but its id and its nodes (and their names) is shown by its event the same to every
+    reader: a change of any must raise the SEQUENCE (a field added later and left out of the fingerprint fails here).
+    The nodes shown depend on the reader: they are not in it; every node of the lease is, as the placement."""
     lease = LeaseEvent(
         lease_id="lease-1",
         slice_urn=DEMO,
@@ -106,14 +106,17 @@ def test_the_fingerprint_changes_with_every_field_of_the_lease_the_event_shows()
         "nodes": (node_urn("n1"), node_urn("n2")),
         "start": NOW - timedelta(hours=1),
         "end": NOW + timedelta(hours=2),
+        "node_names": ("n1", "n2"),
     }
-    shown = [field.name for field in dataclasses.fields(LeaseEvent) if field.name not in ("lease_id", "nodes")]
-    assert sorted([*shown, "nodes"]) == sorted(other_values), "a new field of LeaseEvent: give it another value here"
+    per_reader = ("nodes", "node_names")
+    shown = [field.name for field in dataclasses.fields(LeaseEvent) if field.name not in ("lease_id", *per_reader)]
+    assert sorted([*shown, *per_reader]) == sorted(other_values), "a new field of LeaseEvent: give it another value"
     for name in shown:
         changed = dataclasses.replace(lease, **{name: other_values[name]})
         assert fingerprint(changed) != fingerprint(lease), f"the fingerprint ignores {name}"
     assert fingerprint(dataclasses.replace(lease, lease_id="lease-2")) == fingerprint(lease)
     assert fingerprint(dataclasses.replace(lease, nodes=other_values["nodes"])) == fingerprint(lease)  # type: ignore[arg-type]
+    assert fingerprint(dataclasses.replace(lease, node_names=("n2",))) == fingerprint(lease)
 
 
 def test_readers_who_see_different_nodes_of_a_lease_do_not_raise_its_sequence(lab: Lab, pki: DemoPki) -> None:
