@@ -182,7 +182,7 @@ class OarTestbed:
         self.jobs = OarJobs(database)
         self.inventory = Inventory(database)
         self.bookings = Bookings(database, sliver_authority=authority_hrn, clock=clock)
-        self.external = ExternalHolds(database, authority_hrn)
+        self.external = ExternalHolds(database, authority_hrn, clock=clock)
         self.job_type = job_type
         self.deploy_command = deploy_command
         self.provisioning_mode = provisioning_mode  # perjob or ondemand: which nodes a deploy job reinstalls
