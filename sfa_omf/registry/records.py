@@ -262,7 +262,7 @@ class Records:
                         _rename_slice_left_after_removal(session, record.urn)
                 # A user's e-mail on record replaces the e-mail of their GID as their default address: what is queued
                 # for the GID's is not sent there any more (as Update's change of the address on record).
-                before = addresses_of(session, record.urn) if record.type == "user" and record.email else set()
+                addresses = addresses_of(session, record.urn) if record.type == "user" and record.email else set()
                 session.add(
                     RegistryRecord(
                         hrn=record.hrn,
@@ -277,9 +277,9 @@ class Records:
                         created_s=int(utcnow().timestamp()),
                     )
                 )
-                if before:
+                if addresses:
                     session.flush()
-                    drop_queued(session, record.urn, before - addresses_of(session, record.urn), ADDRESS_CHANGED)
+                    drop_queued(session, record.urn, addresses - addresses_of(session, record.urn), ADDRESS_CHANGED)
                 return
             before = (list(row.keys), list(row.researchers), list(row.pis or []))
             row.keys = list(dict.fromkeys([*row.keys, *record.keys]))
