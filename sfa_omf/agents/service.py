@@ -249,6 +249,7 @@ class AgentService:
                 # Held until this registration commits: another process's rewrite of the zone (which knows only its
                 # own uncommitted names) waits, and then reads this one from the calendar.
                 exclusive()
+                # (NodeName's node_id is the agent's VPN number, what the zone's VPN address is made from.)
                 pending.append(NodeName(record.hostname, record.number, record.local_address, record.lan_group))
                 self._publish(pending[0])
             if self.vpn is not None and self.vpn.revoke_other_key(record.hostname, public_key):
@@ -540,7 +541,7 @@ class AgentService:
             raise GeniError(Reason.CALLER_UNTRUSTED, "the request must hold the key this node enrolled with")
         public_key = csr.public_key()
         assert isinstance(public_key, rsa.RSAPublicKey)  # checked by _csr
-        number = self.agents.node_number(agent.node)
+        number = self.agents.node_number(agent.node)  # the agent's VPN number: its fixed address
 
         def enrolled() -> bool:
             # A node removed meanwhile (the operator's command, another host), or re-bound to another key (its

@@ -1,5 +1,5 @@
 """The nodes' VPN (OpenVPN from Debian): a CA of the aggregate's own for it, client certificates signed from the
-agents' certificate signing requests, a stable address per node, revocation with a CRL, and the configurations.
+agents' certificate signing requests, a stable address per node's agent, revocation with a CRL, and the configurations.
 
 Layout, in ``DATA_DIR/vpn/`` (made on first use; keys 0600)::
 
@@ -27,7 +27,8 @@ both are the same. The files are read again (each only when its timestamps chang
 them, and written where they differ from the records. Every writer here replaces a file (a new inode, a change to its
 directory), never edits it in place, which is what the timestamps see.
 
-A node's address is fixed by its calendar node id: 10.200.0.0/16, host part = node id + 1 (the server is .0.1).
+A node's address is fixed by its agent's VPN number (calendar/agents.py: 1..VPN_NUMBERS, the lowest free one at
+registration, free again once the node is removed): 10.200.0.0/16, host part = number + 1 (the server is .0.1).
 The client's key is the node's own key: the request must hold the key the agent enrolled with.
 """
 
@@ -54,6 +55,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sfa_omf.calendar.agents import VPN_NUMBERS
 from sfa_omf.calendar.vpn_records import IssuedCertificate, VpnRecords, VpnState
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
@@ -88,12 +90,12 @@ def ca_fingerprint(ca: x509.Certificate) -> str:
     return hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
-def node_address(node_id: int) -> ipaddress.IPv4Address:
-    """The node's fixed VPN address (node ids start at 1; .0.1 is the server)."""
-    address = NETWORK.network_address + 1 + node_id
-    if address not in NETWORK or address == NETWORK.broadcast_address:
-        raise GeniError(Reason.UNSUPPORTED, f"node id {node_id} is past the VPN's {NETWORK} addresses")
-    return ipaddress.IPv4Address(address)
+def node_address(number: int) -> ipaddress.IPv4Address:
+    """The fixed VPN address of the node whose agent has VPN number ``number`` (1..VPN_NUMBERS; .0.1 is the
+    server)."""
+    if not 1 <= number <= VPN_NUMBERS:
+        raise GeniError(Reason.UNSUPPORTED, f"VPN number {number} is not one of the VPN's 1..{VPN_NUMBERS}")
+    return ipaddress.IPv4Address(NETWORK.network_address + 1 + number)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -284,31 +286,33 @@ class VpnCa:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def _sign(self, hostname: str, node_id: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
-        address = node_address(node_id)
+    def _sign(self, hostname: str, number: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
+        address = node_address(number)
         certificate = _leaf(hostname, public_key, self.ca_key, self.ca, server=False)
         _write(self.directory / "ccd" / hostname, _ccd(str(address)))
         return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii"), str(address)
 
-    def sign_client(self, hostname: str, node_id: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
-        """A client certificate (CN = hostname) for the node's key, and its fixed address (written to ccd/)."""
+    def sign_client(self, hostname: str, number: int, public_key: rsa.RSAPublicKey) -> tuple[str, str]:
+        """A client certificate (CN = hostname) for the node's key, and its fixed address (written to ccd/) from its
+        agent's VPN number."""
         with self._locked():
-            return self._sign(hostname, node_id, public_key)
+            return self._sign(hostname, number, public_key)
 
     def issue(
         self,
         hostname: str,
-        node_id: int,
+        number: int,
         public_key: rsa.RSAPublicKey,
         enrolled: Callable[[], bool] | None = None,
     ) -> tuple[str, str]:
-        """sign_client, keeping the certificate in issued/ (the previous one of the node is revoked), all at once.
-        With records: recorded for the cluster together with this host's files (nothing when either fails). With
-        ``enrolled`` (whether the node's agent is still enrolled), only while it is: a node removed meanwhile gets
-        none (NOT_FOUND). It is asked under the file lock, which the removal's revocation waits for; with records
-        the agent's row is checked and locked in the unit of work that records the certificate instead."""
+        """sign_client (``number``: the agent's VPN number), keeping the certificate in issued/ (the previous one of
+        the node is revoked), all at once. With records: recorded for the cluster together with this host's files
+        (nothing when either fails). With ``enrolled`` (whether the node's agent is still enrolled), only while it
+        is: a node removed meanwhile gets none (NOT_FOUND). It is asked under the file lock, which the removal's
+        revocation waits for; with records the agent's row (holding ``number``) is checked and locked in the unit of
+        work that records the certificate instead."""
         if self.records is not None:
-            address = str(node_address(node_id))
+            address = str(node_address(number))
             certificate = _leaf(hostname, public_key, self.ca_key, self.ca, server=False)
             pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
             record = IssuedCertificate(hostname, certificate.serial_number, address, pem)
@@ -317,7 +321,7 @@ class VpnCa:
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
             key_sha256 = hashlib.sha256(key_der).hexdigest()  # as agents/service.key_sha256 records it
-            self._issue_recorded(self.records, record, node_id if enrolled is not None else None, key_sha256)
+            self._issue_recorded(self.records, record, number if enrolled is not None else None, key_sha256)
             return pem, address
         issued = self.directory / "issued" / f"{hostname}.pem"
         with self._locked():
@@ -335,7 +339,7 @@ class VpnCa:
             try:
                 self._revocation_in_line()  # what a failure below is undone to: the CRL and revoked.json agreeing
                 revocation_before = self._revocation_files()
-                pem, address = self._sign(hostname, node_id, public_key)
+                pem, address = self._sign(hostname, number, public_key)
                 previous_serial = _serial_of(previous, hostname) if previous is not None else None
                 if previous_serial is not None:
                     self._revoke_serial(previous_serial, hostname, keep_address=True)
@@ -379,7 +383,7 @@ class VpnCa:
             log.exception("VPN files in %s not put back after a failed issue for %s", self.directory, hostname)
 
     def _issue_recorded(
-        self, records: VpnRecords, issued: IssuedCertificate, agent_node_id: int | None, agent_key_sha256: str
+        self, records: VpnRecords, issued: IssuedCertificate, agent_number: int | None, agent_key_sha256: str
     ) -> None:
         """Record ``issued`` and write this host's files for it in one go: the rows are committed only once its
         issued/ and ccd/ files are written, and when either fails the rows are rolled back and the files written from
@@ -388,7 +392,7 @@ class VpnCa:
         with self._locked():
             try:
                 self._refresh(records)  # the files as the records are: what a failure below brings them back to
-                records.replace(issued, self._write_files_before_commit, agent_node_id, agent_key_sha256)
+                records.replace(issued, self._write_files_before_commit, agent_number, agent_key_sha256)
             except BaseException as exc:
                 self._restore_files(records)
                 if isinstance(exc, OSError):

@@ -1,12 +1,13 @@
 """The tables of node agents (sfa_omf/agents): join tokens, enrolled agents and what they reported per lease.
 
 Kept in calendar/ so that an agent's node and its calendar rows commit together; nothing outside calendar/ sees
-these objects (calendar/agents.py hands out plain records). Migration 0009 creates them.
+these objects (calendar/agents.py hands out plain records). Migration 0009 creates them; 0027 adds the agents' VPN
+numbers.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, String, Text
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sfa_omf.calendar.models import Base
@@ -43,6 +44,9 @@ class Agent(Base):
     registered_s: Mapped[int] = mapped_column(BigInteger)
     last_seen_s: Mapped[int] = mapped_column(BigInteger)
     lost: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The agent's own number, 1..VPN_NUMBERS (calendar/agents.py): its VPN address is 10.200.0.0 + 1 + number and its
+    # OAR resource's vpn_number. Given at registration (the lowest free one), freed when the node goes.
+    vpn_number: Mapped[int] = mapped_column(Integer, unique=True)
 
 
 class AgentReport(Base):

@@ -4,6 +4,12 @@ Everything here is one unit of work on the calendar's database and hands out pla
 ordinary calendar node: booking it goes through Bookings like any other. A node whose agent stopped reporting is put
 in the state ``lost`` (not bookable, advertised out of service) by ``sweep_lost`` and back to ``usable`` by its next
 heartbeat; an operator's ``maintenance`` is never overridden.
+
+Each agent has a VPN number of its own (``Agent.vpn_number``, 1..VPN_NUMBERS): its node's address in the nodes' VPN
+(agents/vpn.py) and its OAR resource's ``vpn_number``. A registration that makes the agent's row gives it the lowest
+number no agent holds, and the number is free again once the node is removed (its row goes with the node). It is not
+the node's row id: ids are never given back (PostgreSQL spends one on every insert, a failed registration's too, and
+``node add`` and ``node import`` spend theirs), so an aggregate whose ids passed the VPN's size could enrol no agent.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
 
 from sfa_omf.calendar.agent_models import Agent, AgentReport, AgentToken
 from sfa_omf.calendar.database import Database
@@ -36,6 +43,9 @@ REPORT_STATES = ("started", "failed", "ended")
 # One DNS label, lower case: the name becomes the node's URN name (and, later, its DNS name).
 HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TOKEN = re.compile(r"^([0-9a-f]{12})\.([A-Za-z0-9_-]{20,64})$")
+#: How many agents the nodes' VPN holds: 10.200.0.0/16 (agents/vpn.py) less its network, server (.0.1) and broadcast
+#: addresses. Agent number n is at 10.200.0.0 + 1 + n.
+VPN_NUMBERS = 65533
 
 
 @dataclass(frozen=True)
@@ -57,7 +67,7 @@ class AgentRecord:
     registered: datetime
     last_seen: datetime
     lost: bool
-    number: int = 0  # the node's row id: stable while the node exists (its VPN address comes from it)
+    number: int = 0  # the agent's VPN number: stable while the node exists (its VPN address comes from it)
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,7 @@ def _agent_record(agent: Agent, node: Node) -> AgentRecord:
         registered=_t(agent.registered_s),
         last_seen=_t(agent.last_seen_s),
         lost=agent.lost,
-        number=node.id,
+        number=agent.vpn_number,
     )
 
 
@@ -296,7 +306,12 @@ class Agents:
                 other = session.scalar(select(Agent).where(Agent.hostname == enrolment.hostname))
                 if other is not None:  # cannot happen while host name and node URN go together; say so if it does
                     raise GeniError(Reason.ALREADY_EXISTS, f"host name {enrolment.hostname} belongs to another node")
-                agent = Agent(node_id=node.id, hostname=enrolment.hostname, registered_s=now_s)
+                agent = Agent(
+                    node_id=node.id,
+                    hostname=enrolment.hostname,
+                    registered_s=now_s,
+                    vpn_number=self._free_vpn_number(session),
+                )
                 session.add(agent)
             # A new token is the operator's word that this key now speaks for the node (a reinstalled host).
             agent.key_sha256 = enrolment.key_sha256
@@ -308,11 +323,41 @@ class Agents:
             token.used_s = now_s
             token.key_sha256 = enrolment.key_sha256
             token.hostname = enrolment.hostname
-            session.flush()
+            try:
+                session.flush()
+            except IntegrityError as exc:  # the unique VPN number (or host name): the last guard behind the lock
+                raise GeniError(
+                    Reason.BUSY,
+                    f"node {enrolment.hostname}: another registration took the same VPN number or host name at the "
+                    "same moment; try again",
+                ) from exc
             record = _agent_record(agent, node)
             if on_written is not None:
                 on_written(record, lambda: _hold_testbed_lock(session))
             return record, True
+
+    @staticmethod
+    def _free_vpn_number(session: Session) -> int:
+        """The lowest VPN number no agent holds, for a new agent's row; ALREADY_EXISTS (409: the agent does not
+        retry) when every number is held. Registrations take it one at a time until their commit (PostgreSQL: the
+        testbed additions' lock; SQLite: the database's write lock), so two never get the same one."""
+        _hold_testbed_lock(session)
+        if session.scalar(select(Agent.vpn_number).where(Agent.vpn_number == 1)) is None:
+            return 1
+        following = aliased(Agent)
+        after_a_held_one = select(func.min(Agent.vpn_number + 1)).where(
+            Agent.vpn_number < VPN_NUMBERS,
+            ~exists().where(following.vpn_number == Agent.vpn_number + 1),
+        )
+        number = session.scalar(after_a_held_one)
+        if number is None:
+            raise GeniError(
+                Reason.ALREADY_EXISTS,
+                f"the nodes' VPN has no free address: its {VPN_NUMBERS} numbers are all held by enrolled agents' "
+                "nodes. The operator removes nodes that are gone (sfa-omf agent list; sfa-omf node remove "
+                "HOSTNAME), then this node enrols again (its token was not spent)",
+            )
+        return int(number)
 
     @staticmethod
     def _refuse_address_of_another(session: Session, enrolment: Enrolment, node_id: int) -> None:
@@ -489,11 +534,11 @@ class Agents:
         )
 
     def node_number(self, node_urn: str) -> int:
-        """The node's row id: stable while the node exists (the VPN derives its fixed address from it)."""
+        """The VPN number of the node's agent: stable while the node exists (the VPN's fixed address of the node)."""
         with self.database.read() as session:
-            number = session.scalar(select(Node.id).where(Node.component_id == node_urn))
+            number = session.scalar(select(Agent.vpn_number).join(Node).where(Node.component_id == node_urn))
             if number is None:
-                raise GeniError(Reason.NOT_FOUND, f"there is no node {node_urn}")
+                raise GeniError(Reason.NOT_FOUND, f"node {node_urn} has no agent (any more)")
             return int(number)
 
     def lease_on_node(self, node_urn: str, lease_id: str) -> bool:
@@ -547,21 +592,22 @@ class Agents:
             return (bool(lost), report[0], report[1]) if report else (bool(lost), "", "")
 
     def names(self) -> list[tuple[str, int, str, str]]:
-        """(hostname, node id, local address, LAN group) of every agent: what DNS publishes. One column query."""
+        """(hostname, VPN number, local address, LAN group) of every agent: what DNS publishes (NodeName). One
+        column query."""
         with self.database.read() as session:
             rows = session.execute(
-                select(Agent.hostname, Agent.node_id, Agent.local_address, Agent.lan_group).order_by(Agent.hostname)
+                select(Agent.hostname, Agent.vpn_number, Agent.local_address, Agent.lan_group).order_by(Agent.hostname)
             )
-            return [(hostname, int(node_id), address, group) for hostname, node_id, address, group in rows]
+            return [(hostname, int(number), address, group) for hostname, number, address, group in rows]
 
     def presence(self) -> list[tuple[str, int, str, bool]]:
-        """(hostname, node id, local address, lost) of every agent: what the testbed's own list of nodes follows.
-        One column query."""
+        """(hostname, VPN number, local address, lost) of every agent: what the testbed's own list of nodes follows
+        (AgentNode). One column query."""
         with self.database.read() as session:
             rows = session.execute(
-                select(Agent.hostname, Agent.node_id, Agent.local_address, Agent.lost).order_by(Agent.hostname)
+                select(Agent.hostname, Agent.vpn_number, Agent.local_address, Agent.lost).order_by(Agent.hostname)
             )
-            return [(hostname, int(node_id), address, bool(lost)) for hostname, node_id, address, lost in rows]
+            return [(hostname, int(number), address, bool(lost)) for hostname, number, address, lost in rows]
 
     def list_agents(self) -> list[AgentRecord]:
         with self.database.read() as session:

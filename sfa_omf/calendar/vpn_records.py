@@ -128,15 +128,16 @@ class VpnRecords:
         self,
         issued: IssuedCertificate,
         before_commit: Callable[[VpnState], None] | None = None,
-        agent_node_id: int | None = None,
+        agent_number: int | None = None,
         agent_key_sha256: str = "",
     ) -> int | None:
         """Make ``issued`` the node's current certificate, revoking the previous one (whose serial is returned).
         ``before_commit(the records as they will be)`` runs before the commit (this host's files written from them):
-        when it raises, nothing is recorded. With ``agent_node_id``, only while that node's agent is enrolled under
-        this hostname and with the key of SHA-256 ``agent_key_sha256`` (the certificate's: NOT_FOUND otherwise): its
-        row is locked until the commit, so a removal of the node, or its re-binding to a new key, either comes first
-        (refused here) or waits and then revokes this certificate."""
+        when it raises, nothing is recorded. With ``agent_number``, only while the node's agent is enrolled under
+        this hostname, with that VPN number (the certificate's address) and with the key of SHA-256
+        ``agent_key_sha256`` (the certificate's: NOT_FOUND otherwise): its row is locked until the commit, so a
+        removal of the node, or its re-binding to a new key, either comes first (refused here) or waits and then
+        revokes this certificate."""
         now = int(self.clock())
         try:
             with self._write() as session:
@@ -144,9 +145,9 @@ class VpnRecords:
                 # registration holding the agent's row may be waiting for (it refreshes the files): that cycle ends
                 # here, with BUSY, instead of holding both for ever.
                 session.execute(text(f"SET LOCAL lock_timeout = {int(self.lock_timeout_s * 1000)}"))
-                if agent_node_id is not None:
+                if agent_number is not None:
                     enrolled = select(Agent.node_id).where(
-                        Agent.node_id == agent_node_id,
+                        Agent.vpn_number == agent_number,
                         Agent.hostname == issued.hostname,
                         Agent.key_sha256 == agent_key_sha256,
                     )
