@@ -92,14 +92,14 @@ def zone_name_problem(zone: str) -> str | None:
 
 def names_fingerprint(nodes: Iterable[NodeName]) -> str:
     """A digest of what the zone files hold for ``nodes`` (their order does not matter)."""
-    rows = sorted(f"{node.hostname} {node.node_id} {node.local_address} {node.lan_group}" for node in nodes)
+    rows = sorted(f"{node.hostname} {node.vpn_number} {node.local_address} {node.lan_group}" for node in nodes)
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
 class NodeName:
     hostname: str
-    node_id: int
+    vpn_number: int  # its agent's (calendar/agents.py): its address in the nodes' VPN
     local_address: str
     lan_group: str = ""
 
@@ -244,7 +244,7 @@ class DnsZones:
     def _files(self, nodes: Sequence[NodeName], serial: int) -> dict[str, str]:
         """Every zone file and views.conf (last), by file name."""
         ordered = sorted(nodes, key=lambda node: node.hostname)
-        vpn = {node.hostname: str(node_address(node.node_id)) for node in ordered}
+        vpn = {node.hostname: str(node_address(node.vpn_number)) for node in ordered}
         local = {node.hostname: node.local_address for node in ordered}
         files = {
             "vpn.zone": _zone(self.zone, serial, vpn.items()),
