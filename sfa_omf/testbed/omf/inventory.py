@@ -24,6 +24,12 @@ calendar's ``[sfa_web] admins``) and the testbed's controllers (``[sfa_frcp] con
 certificate issued under this testbed's authority (its users, the testbed accounts' certificates) sees the federated
 pools' nodes, every lease's window and status, and the account and name of its own slices' leases only; certificates
 of other authorities, even trusted ones, read nothing.
+
+History is bounded: a node (and ``/resources/accounts``) carries the leases that have not ended and those whose
+window ended (or, cancelled, would have ended) within ``RECENT_LEASES_S``, read so in SQL, so that the controllers'
+question on every request costs what the recent bookings do, not a year of slots. ``/resources/leases`` answers the
+same unless asked for history: ``status=past`` or ``status=cancelled``, ``uuid`` or ``account_urn`` list every
+matching lease.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.lease_view import LeaseRow, NodeRow, lease_rows, node_rows
 from sfa_omf.calendar.models import Lease, Slice, SliceUser
-from sfa_omf.calendar.queries import from_s
+from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord
 from sfa_omf.calendar.timeline import Timeline
 from sfa_omf.errors import BadArgs, GeniError, Reason, TrustError
@@ -77,6 +83,11 @@ SYSTEM_LOGINS = frozenset(
         "oar", "omf", "admin", "adm", "operator", "wheel", "sudo", "ftp", "halt", "shutdown",
     }
 )  # fmt: skip
+#: How long after the end of its window a lease stays in the node and account listings (and in the lease listing
+#: when it is not asked for history): a day of slots, whatever the node's history holds.
+RECENT_LEASES_S = 24 * 3600
+#: The lease statuses that ask the lease listing for history: with one of them, every matching lease is listed.
+HISTORY_STATUSES = ("past", "cancelled")
 #: The first uid useradd gives a person (Debian's FIRST_UID): a login below it on this host is a system user's.
 FIRST_USER_UID = 1000
 
@@ -117,6 +128,11 @@ def lease_status(state: str, start: datetime, end: datetime, now: datetime) -> s
     if state == "ended":
         return "past"
     return "cancelled"
+
+
+def recent_after_s(now: datetime) -> int:
+    """The bound of the listings without history: leases whose window ends after this (epoch seconds)."""
+    return to_s(now) - RECENT_LEASES_S
 
 
 def node_uuid(node: NodeRow) -> str:
@@ -266,7 +282,7 @@ class OmfInventory:
         elif collection == "leases":
             found = self._leases(params, now, reader)
         else:
-            found = self._accounts(params, reader)
+            found = self._accounts(params, now, reader)
         about = f"/resources/{collection}"
         if "uuid" in params or "name" in params:
             if not found:
@@ -292,7 +308,7 @@ class OmfInventory:
         if not nodes:
             return []
         by_node: dict[str, list[dict[str, Any]]] = {node.component_id: [] for node in nodes}
-        rows = lease_rows(self.database, nodes=list(by_node))
+        rows = lease_rows(self.database, nodes=list(by_node), ending_after_s=recent_after_s(now))
         logins = self._lease_logins(rows)
         for lease in rows:
             brief = self._lease_json(lease, now, logins, components=False, reader=reader)
@@ -306,7 +322,14 @@ class OmfInventory:
         if status is not None and status not in LEASE_STATUSES:
             raise BadArgs(f"status={status!r} is not a lease status; one of {', '.join(LEASE_STATUSES)}")
         account_urn = params.get("account_urn")
-        rows = lease_rows(self.database, slice_urn=account_urn, lease_id=params.get("uuid"))
+        # History (every matching lease) when asked for: past or cancelled ones, one lease, one slice's leases.
+        history = status in HISTORY_STATUSES or "uuid" in params or account_urn is not None
+        rows = lease_rows(
+            self.database,
+            slice_urn=account_urn,
+            lease_id=params.get("uuid"),
+            ending_after_s=None if history else recent_after_s(now),
+        )
         if account_urn is not None:
             rows = [row for row in rows if reader.sees(row.slice_urn)]  # whose leases they are is not for all
         logins = self._lease_logins(rows)
@@ -325,8 +348,10 @@ class OmfInventory:
             if status in (None, lease["status"]) and params.get("name") in (None, lease["name"])
         ]
 
-    def _accounts(self, params: Mapping[str, str], reader: Reader) -> list[dict[str, Any]]:
-        rows = [row for row in lease_rows(self.database) if reader.sees(row.slice_urn)]
+    def _accounts(self, params: Mapping[str, str], now: datetime, reader: Reader) -> list[dict[str, Any]]:
+        """The accounts of the leases not ended or ended recently (RECENT_LEASES_S)."""
+        recent = lease_rows(self.database, ending_after_s=recent_after_s(now))
+        rows = [row for row in recent if reader.sees(row.slice_urn)]
         logins = self._lease_logins(rows)
         accounts: dict[str, dict[str, Any]] = {}
         for row in rows:
