@@ -54,7 +54,15 @@ from sfa_omf.am.containers import manifest_sliver as container_manifest_sliver
 from sfa_omf.am.containers import plan as plan_containers
 from sfa_omf.am.containers import sliver_dict as container_dict
 from sfa_omf.am.credentials import split_credentials
-from sfa_omf.am.states import Allocation, Event, IllegalTransition, Operational, next_operational, operational_action
+from sfa_omf.am.states import (
+    Allocation,
+    Event,
+    IllegalTransition,
+    Operational,
+    next_allocation,
+    next_operational,
+    operational_action,
+)
 from sfa_omf.calendar.availability import Availability, CommonSlot
 from sfa_omf.calendar.booking import (
     BookingConflict,
@@ -67,7 +75,7 @@ from sfa_omf.calendar.booking import (
     refuse_expired_allocation,
 )
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.intervals import align_down
+from sfa_omf.calendar.intervals import align_down, align_up
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.plain_statements import MAX_LISTED
 from sfa_omf.calendar.policy import Policy, human_duration
@@ -788,6 +796,8 @@ class Aggregate:
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no allocated slivers here to provision")
         _refuse_part_of_a_lease(leases, sliver_urns, "provisioned")
+        self._refuse_unknown_slivers(slice_urn, sliver_urns, leases)
+        _refuse_ended(leases, asked_at)
         # (The calendar refuses them too: this spares the testbed work it would undo.) The holds are read only for a
         # lapsed allocation: one a Provision cut short holds is not released before the hold ends.
         lapsed = [lease for lease in leases if lease.state == "allocated" and _allocation_lapsed(lease, asked_at)]
@@ -858,7 +868,7 @@ class Aggregate:
                 # made a link fails the call: another member's is theirs to mend, and must not fail this one.
                 written = self.unix_accounts.set_slice_keys(accounts, slice_urn, required_logins={owner})
             # Recorded whole: every lease provisioned and the users sent, in one unit of work.
-            self.bookings.mark_provisioned_all(
+            recorded = self.bookings.mark_provisioned_all(
                 [lease.id for lease in pending], slice_urn, users, _contact(caller_chain, verified.owner_urn), hold
             )
         except BaseException as failure:
@@ -885,24 +895,70 @@ class Aggregate:
                     [lease_id for lease_id in prepared if lease_id not in still_held], self.clock()
                 )
             raise
+        self._testbed_follows_renewals(slice_urn, verified.owner_urn, pending, recorded)
         if self.instances is not None and provisioned_before:  # their plans get the keys too (the rounds repair)
             self.instances.rewrite_keys([lease.id for lease in provisioned_before], keys)
         return self._describe_slice(slice_urn, sliver_urns)
 
+    def _testbed_follows_renewals(
+        self, slice_urn: str, owner_urn: str, given: Sequence[LeaseRecord], recorded: Sequence[LeaseRecord]
+    ) -> None:
+        """A Renew that ran while the testbed was provisioning (``given``: the leases as the testbed got them) moved
+        an end the testbed did not see: the Renew found the lease allocated, with no reservation to move, and the
+        calendar recorded it provisioned with the new end (``recorded``). The testbed's reservation follows it now.
+        If the testbed cannot follow, the renewal is undone as a Renew whose testbed cannot follow is: the lease
+        keeps the end the testbed holds (the slice's users are told that the renewal was refused); the Provision
+        itself is done (a failure here is logged, the reconciler compares the testbed with the calendar)."""
+        as_given = {lease.id: lease for lease in given}
+        followed: list[str] = []
+        for after in recorded:
+            before = as_given.get(after.id)
+            if before is None or after.end == before.end:
+                continue
+            try:
+                self.backend.renew(before, after.end)
+                followed.append(after.id)
+            except GeniError as exc:
+                why = (
+                    f"lease {after.id} was renewed to {format_time(after.end)} while it was being provisioned and "
+                    f"the testbed could not follow ({exc.message}): it keeps its end {format_time(before.end)}"
+                )
+                log.warning("%s", why)
+                try:
+                    self.bookings.renew_all([(after.id, before.end, "")])
+                except GeniError as back:
+                    log.warning("lease %s keeps its renewed end in the calendar: %s", after.id, back.message)
+                self.alerts.renewal_refused(
+                    slice_urn, owner_urn, sorted(sliver.urn for sliver in after.slivers), after.end, why
+                )
+        if self.instances is not None and followed:  # the plans of the leases' containers follow their slot
+            self.instances.refresh_slots(followed)
+
     def renew(
-        self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, expiration: Any, options: Mapping[str, Any]
+        self,
+        caller_chain: GidChain,
+        urns: Sequence[str],
+        credentials: Any,
+        expiration: Any,
+        options: Mapping[str, Any],
+        slice_named: bool = False,
     ) -> list[dict[str, Any]]:
         """Move the end of the slivers' leases. A new end inside a slot rounds up to the slot's end (never less than
-        asked); with geni_extend_alap, an end past the slice credential's expiry (or the maximum duration) becomes the
-        last whole slot before it, and a lease that cannot end later than it does keeps its end (never shortened).
-        The slice credential of this call decides how far a lease may go (the slice may have been renewed at its
-        authority since Allocate). Each sliver says what changed (sfa_omf_renewal)."""
+        asked). With geni_extend_alap a lease goes to the end asked for (rounded up the same way) unless the slice
+        credential's expiry, the maximum duration or the next booking of one of its nodes comes first: then to the
+        last whole slot before that; a lease that cannot end later than it does keeps its end (never shortened).
+        A Renew naming the slice (``slice_named``: AM API v2's RenewSliver, which names it, renews the slivers it
+        picks) never shortens either: a lease that starts or ends after the end asked for keeps its end, and the
+        call is refused only if it can renew no lease at all. The slice credential of this call decides how far a
+        lease may go (the slice may have been renewed at its authority since Allocate). Each sliver says what
+        changed (sfa_omf_renewal)."""
         slice_urn, sliver_urns, read = self._resolve_for_renewal(urns)
         verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
         new_end = parse_time(expiration, now=self.clock(), what="expiration time")
         try:
             alap = bool(options.get("geni_extend_alap"))
-            return self._renew(slice_urn, sliver_urns, verified, new_end, alap, read)
+            whole = slice_named or sliver_urns is None
+            return self._renew(slice_urn, sliver_urns, verified, new_end, alap, read, whole)
         except GeniError as exc:
             if exc.reason in RENEWAL_REFUSALS:  # the slice's users hear of it (notify/alerts.py), after the fact
                 self.alerts.renewal_refused(
@@ -918,8 +974,10 @@ class Aggregate:
         new_end: datetime,
         alap: bool,
         read: RenewalRead | None,
+        slice_named: bool = False,
     ) -> list[dict[str, Any]]:
-        """``read``: the leases, when ``_resolve_for_renewal`` read them already (else they are read here)."""
+        """``read``: the leases, when ``_resolve_for_renewal`` read them already (else they are read here);
+        ``slice_named``: the call names the slice (a lease after the end asked for is left as it is)."""
         if new_end > verified.expires and not alap:  # a sliver never outlives the slice credential
             raise GeniError(
                 Reason.POLICY,
@@ -931,32 +989,53 @@ class Aggregate:
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to renew")
         _refuse_part_of_a_lease(leases, sliver_urns, "renewed")
-        renewals: list[tuple[str, datetime, Rounding]] = []
-        kept: dict[str, str] = {}  # lease id -> why geni_extend_alap leaves it as it is
+        if read is None:  # (a read of the call holds every sliver it names)
+            self._refuse_unknown_slivers(slice_urn, sliver_urns, leases)
         now = self.clock()
-        alap_ends = self._alap_ends(leases, new_end, verified.expires) if alap and new_end > now else {}
+        _refuse_ended(leases, now)
+        renewals: list[tuple[str, datetime, Rounding]] = []
+        kept: dict[str, str] = {}  # lease id -> why it keeps its end
+        extending = alap and new_end > now
+        # Neither with geni_extend_alap nor naming the slice is a lease shortened: one that ends after the end asked
+        # for (rounded up to its slots) keeps its end. (An end in the past is refused as without them.)
+        sparing = (alap or slice_named) and new_end > now
+        after_asked = {lease.id for lease in leases if lease.end > new_end} if sparing else set()
+        grains = self._lease_grains(leases) if extending or after_asked else {}
+        alap_ends = self._alap_ends(leases, new_end, verified.expires, grains) if extending else {}
         for lease in leases:
-            # "As long as possible" is about extending: asked for an end no later than the lease's, or for a lapsed
-            # allocation (which the calendar refuses), or in the past, a Renew goes as without it.
-            if lease.id in alap_ends and new_end > lease.end and not _allocation_lapsed(lease, now):
+            lapsed = _allocation_lapsed(lease, now)  # (the calendar refuses it: as without alap, it says why)
+            if lease.id in after_asked and not lapsed and to_s(lease.end) > align_up(to_s(new_end), grains[lease.id]):
+                kept[lease.id] = _spared_because(lease, new_end, slice_named)
+            elif lease.id in alap_ends and new_end > lease.end and not lapsed:
                 # It extends, never shortens: a lease that cannot end later stays as it is.
                 reachable, why = alap_ends[lease.id]
                 if reachable <= lease.end:
-                    kept[lease.id] = why
+                    kept[lease.id] = f"geni_extend_alap cannot extend it: {why}"
                 else:
                     renewals.append((lease.id, reachable, "down"))
             else:
                 renewals.append((lease.id, new_end, "up"))
+        if not renewals and not alap:  # (named by the slice: every lease starts or ends after the end asked for)
+            because = "; ".join(f"lease {lease.id} {_after_the_end(lease, new_end)}" for lease in leases)
+            raise BadArgs(
+                f"nothing to renew to {format_time(new_end)} in slice {slice_urn}: {because}. A Renew naming the "
+                "slice extends leases and never shortens one: ask for a later end, or name a lease's slivers to end "
+                "it earlier (Delete to cancel it)"
+            )
         # The calendar first, every lease in one unit of work; then the testbed, and if it cannot follow, every
         # lease goes back as it was (on the testbed too): a Renew is done whole or not at all.
-        written = self.bookings.renew_all(renewals, slice_expires=verified.expires, read=read) if renewals else []
+        try:
+            written = self.bookings.renew_all(renewals, slice_expires=verified.expires, read=read) if renewals else []
+        except BookingConflict as refused:
+            raise self._renewal_conflict(refused, leases) from None
         by_id = {lease.id: lease for lease in written}
         renewed = [by_id.get(lease.id, lease) for lease in leases]
         followed: list[LeaseRecord] = []
         try:
             for before, after in zip(leases, renewed, strict=True):
                 # The state as the renewal found it, under the lease's lock: a Provision that committed since the
-                # leases were read (before authorizing) made a testbed reservation that must follow too.
+                # leases were read (before authorizing) made a testbed reservation that must follow too. (One that
+                # was still at work on the testbed moves the reservation itself, once it recorded the lease.)
                 if after.state == "provisioned" and after.end != before.end:
                     self.backend.renew(before, after.end)
                     followed.append(before)
@@ -980,34 +1059,94 @@ class Aggregate:
             ]
         return answer
 
-    def _alap_ends(
-        self, leases: Sequence[LeaseRecord], asked: datetime, credential_expires: datetime
-    ) -> dict[str, tuple[datetime, str]]:
-        """geni_extend_alap: each lease's latest reachable end, on its slot boundary (rounded down as the calendar
-        rounds it), with what limits it in words: the end asked for, the slice credential's expiry or the operator's
-        maximum duration (counted from the lease's start)."""
+    def _lease_grains(self, leases: Sequence[LeaseRecord]) -> dict[str, int]:
+        """Each lease's slot length as the calendar's renewal rounds its end: a boundary of every node's slots, the
+        lcm of their grains (by lease id; one read of the nodes)."""
         nodes = self.inventory.list_nodes(component_ids={node for lease in leases for node in lease.nodes})
         grain_of = {node.component_id: max(node.grain_s, 1) for node in nodes}
+        return {
+            lease.id: math.lcm(*(grain_of.get(node, 1) for node in lease.nodes)) if lease.nodes else 1
+            for lease in leases
+        }
+
+    def _alap_ends(
+        self, leases: Sequence[LeaseRecord], asked: datetime, credential_expires: datetime, grains: Mapping[str, int]
+    ) -> dict[str, tuple[datetime, str]]:
+        """geni_extend_alap: each lease's latest reachable end, with what limits it in words. The end asked for,
+        rounded up to the lease's slots as a plain Renew rounds it, unless something comes first: the slice
+        credential's expiry, the operator's maximum duration (counted from the lease's start) or the next booking
+        of one of its nodes (one read of the bookings after the leases' ends); then the last slot boundary before
+        it (``grains``: each lease's slot length, ``_lease_grains``)."""
         longest = self.policy.max_duration_s
-        ends: dict[str, tuple[datetime, str]] = {}
+        caps: dict[str, tuple[int, str]] = {}
         for lease in leases:
+            grain = grains[lease.id]
             limits = [
-                (asked, f"the end asked for is {format_time(asked)}"),
                 (
-                    credential_expires,
+                    align_down(to_s(credential_expires), grain),
                     f"the slice credential expires at {format_time(credential_expires)} (renew the slice at its "
-                    "authority, then renew the lease with the new slice credential)",
+                    "authority, then renew the lease with the new slice credential); leases end on slot boundaries",
                 ),
                 (
-                    lease.start + timedelta(seconds=longest),
-                    f"a lease lasts at most {human_duration(longest)} from its start ({format_time(lease.start)})",
+                    align_down(to_s(lease.start) + longest, grain),
+                    f"a lease lasts at most {human_duration(longest)} from its start ({format_time(lease.start)}); "
+                    "leases end on slot boundaries",
                 ),
             ]
-            limit, why = min(limits, key=lambda found: found[0])
-            # The calendar's rounding (Bookings' renewal): a boundary of every node's slots, their grains' lcm.
-            grain = math.lcm(*(grain_of.get(node, 1) for node in lease.nodes)) if lease.nodes else 1
-            ends[lease.id] = (from_s(align_down(to_s(limit), grain)), f"{why}; leases end on slot boundaries")
+            ceiling = min(limits, key=lambda found: found[0])
+            asked_up = align_up(to_s(asked), grain)
+            asked_for = (asked_up, f"the end asked for is {format_time(asked)}")
+            caps[lease.id] = asked_for if asked_up <= ceiling[0] else ceiling
+        busy = self._held_between(leases, max(end_s for end_s, _ in caps.values()))
+        ends: dict[str, tuple[datetime, str]] = {}
+        for lease in leases:
+            end_s, why = caps[lease.id]
+            lease_end_s = to_s(lease.end)
+            # Another booking of one of its nodes after its end (its own slivers end at its end).
+            clashes = [
+                (start_s, node)
+                for node in lease.nodes
+                for start_s, held_until_s in busy.get(node, [])
+                if held_until_s > lease_end_s and start_s < end_s
+            ]
+            if clashes:
+                first_s, node = min(clashes)
+                end_s = max(align_down(first_s, grains[lease.id]), lease_end_s)
+                why = f"{node} is booked from {format_time(from_s(first_s))} by another lease"
+            ends[lease.id] = (from_s(end_s), why)
         return ends
+
+    def _held_between(self, leases: Sequence[LeaseRecord], until_s: int) -> dict[str, list[tuple[int, int]]]:
+        """The windows held on the leases' nodes that end after the earliest of their ends and start before
+        ``until_s``, by node: one read."""
+        after_s = min((to_s(lease.end) for lease in leases), default=0)
+        return self.bookings.held_windows_of({node for lease in leases for node in lease.nodes}, after_s, until_s)
+
+    def _renewal_conflict(self, refused: BookingConflict, leases: Sequence[LeaseRecord]) -> GeniError:
+        """A Renew's extension that another booking holds (or a node out of use refuses), in a Renew's words: which
+        lease cannot be extended to what, who holds the time, and how far it can go."""
+        grains = self._lease_grains(leases)
+        said: list[str] = []
+        for conflict in refused.conflicts:
+            lease = next(
+                (found for found in leases if conflict.node in found.nodes and found.end == conflict.start), None
+            )
+            if lease is None:
+                said.append(conflict.describe())
+                continue
+            reach = lease.end
+            if conflict.clashing:
+                first = min(start for start, _ in conflict.clashing)
+                reach = max(from_s(align_down(to_s(first), grains[lease.id])), lease.end)
+            how_far = (
+                f"it can be extended to {format_time(reach)} at the latest (ask for that end, or for geni_extend_alap)"
+                if reach > lease.end
+                else f"it cannot be extended now and keeps its end {format_time(lease.end)}"
+            )
+            said.append(
+                f"lease {lease.id} cannot be extended to {format_time(conflict.end)}: {conflict.describe()}; {how_far}"
+            )
+        return GeniError(Reason.BOOKING_CONFLICT, f"nothing was renewed: {'; '.join(said)}")
 
     def delete(
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
@@ -1022,6 +1161,8 @@ class Aggregate:
         if not leases:
             raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to delete")
         _refuse_part_of_a_lease(leases, sliver_urns, "deleted")
+        if read is None:  # (a read of the call holds every sliver it names)
+            self._refuse_unknown_slivers(slice_urn, sliver_urns, leases)
         for lease in leases:
             self._end_lease(lease)
             deleted.append(self.bookings.cancel(lease.id))
@@ -1076,6 +1217,13 @@ class Aggregate:
         verified = self.authorize("PerformOperationalAction", caller_chain, credentials, slice_urn, options)
         event = operational_action(str(action))
         leases = self._leases(slice_urn, sliver_urns)
+        now = self.clock()
+        if sliver_urns is None:  # the slice's leases whose slot is over are being released: not acted on
+            leases = [lease for lease in leases if not _lease_ended(lease, now)] or leases
+        if not leases:
+            raise GeniError(Reason.NOT_FOUND, f"slice {slice_urn} has no slivers here to act on")
+        self._refuse_unknown_slivers(slice_urn, sliver_urns, leases)
+        _refuse_ended(leases, now)
         if event == Event.UPDATE_USERS:
             return self._update_users(slice_urn, verified.owner_urn, sliver_urns, leases, options)
         if event != Event.SAVE_IMAGE:  # (it saves one container; the users above are the whole slice's)
@@ -1094,7 +1242,6 @@ class Aggregate:
                 options = {**options, "sfa_omf_instance": named[0]}  # the one container named by its URN
             save_image(self.instances, leases, options, verified.owner_urn, self.clock())
             return self._sliver_dicts(slice_urn, sliver_urns)
-        now = self.clock()
         _check_slots_running(leases, action, now)  # the checks before anything acts: a refusal changes nothing
         if self.instances is not None:
             self.instances.check_operable(str(action), [lease.id for lease in leases])
@@ -1207,10 +1354,13 @@ class Aggregate:
             except GeniError as exc:
                 log.warning("lease %s keeps the new users on the testbed: %s", lease.id, exc.message)
 
-    def shutdown(self, caller_chain: GidChain, slice_urn: str, credentials: Any) -> bool:
-        """Stop everything of the slice now; it books nothing more until an operator releases it."""
+    def shutdown(
+        self, caller_chain: GidChain, slice_urn: str, credentials: Any, options: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Stop everything of the slice now; it books nothing more until an operator releases it. ``options``: the
+        call's (geni_speaking_for: a tool shuts the slice down for a user, as with every other method)."""
         _check_urn(slice_urn, "slice")
-        verified = self.authorize("Shutdown", caller_chain, credentials, slice_urn)
+        verified = self.authorize("Shutdown", caller_chain, credentials, slice_urn, options)
         self.slices.set_shut_down(slice_urn, True, expires=verified.expires)  # first: no new booking slips in
         for lease in self.bookings.leases(slice_urn=slice_urn):
             self._end_lease(lease)
@@ -1458,14 +1608,37 @@ class Aggregate:
 
     def _leases_to_act_on(self, slice_urn: str, sliver_urns: set[str] | None) -> list[LeaseRecord]:
         """``_leases`` for Provision and Renew: a call naming the whole slice leaves out allocations whose time to be
-        provisioned is over (the sweep releases them within a minute; the calendar refuses to provision or renew
-        them, which would refuse the whole call). Named by their sliver URNs, they are kept: the refusal says why."""
+        provisioned is over, and provisioned leases whose slot is over (the sweeps release them within a minute; they
+        are refused, which would refuse the whole call). Named by their sliver URNs, they are kept: the refusal says
+        why."""
         leases = self._leases(slice_urn, sliver_urns)
         if sliver_urns is not None:
             return leases
         now = self.clock()
-        live = [lease for lease in leases if not _allocation_lapsed(lease, now)]
-        return live or leases  # (only lapsed ones: the calendar's refusal names them)
+        live = [lease for lease in leases if not _allocation_lapsed(lease, now) and not _lease_ended(lease, now)]
+        return live or leases  # (only lapsed or ended ones: the refusal names them)
+
+    def _refuse_unknown_slivers(
+        self, slice_urn: str, sliver_urns: set[str] | None, leases: Sequence[LeaseRecord]
+    ) -> None:
+        """SEARCHFAILED, before anything is done, for sliver URNs named that the slice never held here (a typo,
+        another aggregate's sliver) next to ones it holds (``leases``: its active leases holding those named). A
+        sliver of a lease of the slice deleted (or ended) already is not refused: it changes nothing (Delete twice).
+        The slice's past leases are read only when a sliver named is not among ``leases``."""
+        if sliver_urns is None:
+            return
+        missing = sliver_urns - {sliver.urn for lease in leases for sliver in lease.slivers}
+        if not missing:
+            return
+        held_ever = self.bookings.leases(slice_urn=slice_urn, active_only=False)
+        unknown = sorted(missing - {sliver.urn for lease in held_ever for sliver in lease.slivers})
+        if unknown:
+            shown = ", ".join(unknown[:10]) + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            raise GeniError(
+                Reason.NOT_FOUND,
+                f"no such sliver here: {shown} (slice {slice_urn} never held it at this aggregate); nothing was "
+                "changed: name only the slice's slivers, or the slice URN",
+            )
 
     def _slice_view(self, slice_urn: str, sliver_urns: set[str] | None) -> SliceView:
         """The slice's leases (those holding these slivers), their nodes and the slice's users (none when it holds no
@@ -1489,11 +1662,21 @@ class Aggregate:
         return self.backend.health(sliver, lease, now)
 
     def _sliver_dict(self, sliver: SliverRecord, lease: LeaseRecord) -> dict[str, Any]:
-        health = self._health(sliver, lease)
+        allocation = str(sliver.allocation_state)
+        if allocation == Allocation.PROVISIONED and lease.end <= self.clock():
+            # Its slot is over and the sweep has yet to release it: shown as the states table has it once over.
+            allocation = str(next_allocation(Allocation.PROVISIONED, Event.SLOT_ENDED))
+            health = SliverHealth(
+                Operational.PENDING_ALLOCATION,
+                f"the slot of lease {lease.id} ended at {format_time(lease.end)} and it is being released; Allocate "
+                "again",
+            )
+        else:
+            health = self._health(sliver, lease)
         return {
             "geni_sliver_urn": sliver.urn,
             "geni_expires": format_time(_sliver_expiry(sliver, lease)),
-            "geni_allocation_status": str(sliver.allocation_state),
+            "geni_allocation_status": allocation,
             "geni_operational_status": str(health.operational_state),
             "geni_error": health.error,
             "geni_start_time": format_time(lease.start),
@@ -1963,12 +2146,9 @@ def _allocation_lapsed(lease: LeaseRecord, now: datetime) -> bool:
 
 def _renewal_note(before: LeaseRecord, after: LeaseRecord, kept_because: str = "") -> str:
     """What a renewal changed, in words: the lease's new end (and, for an allocation, until when it waits to be
-    provisioned), or that nothing changed (``kept_because``: why geni_extend_alap could not extend it)."""
+    provisioned), or that nothing changed (``kept_because``: why the call left it as it is)."""
     if kept_because:
-        note = (
-            f"unchanged: lease {after.id} keeps its end {format_time(after.end)}, as geni_extend_alap cannot extend "
-            f"it: {kept_because}"
-        )
+        note = f"unchanged: lease {after.id} keeps its end {format_time(after.end)}, as {kept_because}"
     elif after.end == before.end:
         note = f"unchanged: lease {after.id} already ends at {format_time(after.end)}"
     else:
@@ -1978,6 +2158,42 @@ def _renewal_note(before: LeaseRecord, after: LeaseRecord, kept_because: str = "
         waits = min(sliver.expires for sliver in after.slivers)
         note += f"; still to be provisioned before {format_time(waits)} or it is released"
     return note
+
+
+def _spared_because(lease: LeaseRecord, asked: datetime, slice_named: bool) -> str:
+    """Why a Renew naming the slice, or with geni_extend_alap, leaves a lease that ends after the end asked for as it
+    is, in words (``_renewal_note``'s ``kept_because``)."""
+    when = f"it {_after_the_end(lease, asked)}"
+    if slice_named:
+        return (
+            f"{when}: a Renew naming the slice never shortens a lease (name its slivers to end it earlier, or Delete "
+            "it)"
+        )
+    return f"{when}: geni_extend_alap never shortens a lease (renew without it to end it earlier)"
+
+
+def _after_the_end(lease: LeaseRecord, asked: datetime) -> str:
+    """How a lease lies after an end asked for, in words: "starts at S, after ..." or "ends at E, after ..."."""
+    if lease.start >= asked:
+        return f"starts at {format_time(lease.start)}, after the end asked for ({format_time(asked)})"
+    return f"ends at {format_time(lease.end)}, after the end asked for ({format_time(asked)})"
+
+
+def _lease_ended(lease: LeaseRecord, now: datetime) -> bool:
+    """A provisioned lease whose slot is over: the sweep (retire_ended) has yet to release it."""
+    return lease.state == "provisioned" and lease.end <= now
+
+
+def _refuse_ended(leases: Sequence[LeaseRecord], now: datetime) -> None:
+    """SEARCHFAILED, before anything is done, for a provisioned lease whose slot is over: it is being released (the
+    sweep runs every minute) and nothing brings it back."""
+    for lease in leases:
+        if _lease_ended(lease, now):
+            raise GeniError(
+                Reason.NOT_FOUND,
+                f"lease {lease.id} ended at {format_time(lease.end)}; Allocate again (it is being released; "
+                "nothing was changed)",
+            )
 
 
 def _contact(caller_chain: GidChain, owner_urn: str) -> Contact | None:

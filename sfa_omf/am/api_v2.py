@@ -150,7 +150,8 @@ def _shut_down(am: Aggregate, slice_urn: str) -> bool:
 
 
 def renew_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
-    """Renew the slice's provisioned slivers. Its slivers allocated (AM API v3, GetTicket) and not provisioned are
+    """Renew the slice's provisioned slivers, as a Renew naming the slice (a lease that starts or ends after the
+    time asked for keeps its end, Aggregate.renew). Its slivers allocated (AM API v3, GetTicket) and not provisioned are
     left as they are (v2 has no such sliver: True would promise a lease the sweep releases in minutes) and logged; a
     slice holding only those is refused, saying until when they can be provisioned."""
     slice_urn, credentials, expiration, options = params
@@ -167,7 +168,7 @@ def renew_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bo
                 Reason.NOT_FOUND,
                 f"slice {slice_urn} has no provisioned slivers here to renew (AM API v2 renews those only): {why}",
             )
-        renewed = am.renew(ctx.caller_chain, provisioned, credentials, expiration, options)
+        renewed = am.renew(ctx.caller_chain, provisioned, credentials, expiration, options, slice_named=True)
         why = _allocations_not_renewed(allocations, am.clock())
         log.info("RenewSliver of %s renewed its provisioned slivers only: %s", slice_urn, why)
     if not renewed:
@@ -206,8 +207,8 @@ def delete_sliver(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> b
 
 
 def shutdown(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> bool:
-    slice_urn, credentials, _ = params
-    return am.shutdown(ctx.caller_chain, slice_urn, credentials)
+    slice_urn, credentials, options = params
+    return am.shutdown(ctx.caller_chain, slice_urn, credentials, options)
 
 
 def list_slices(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> list[str]:

@@ -24,7 +24,7 @@ METHODS: dict[str, Method] = {
     "Renew": lambda am, ctx, a: am.renew(ctx.caller_chain, a[0], a[1], a[2], a[3]),
     "Delete": lambda am, ctx, a: am.delete(ctx.caller_chain, a[0], a[1], a[2]),
     "PerformOperationalAction": lambda am, ctx, a: am.perform_operational_action(ctx.caller_chain, *a),
-    "Shutdown": lambda am, ctx, a: am.shutdown(ctx.caller_chain, a[0], a[1]),
+    "Shutdown": lambda am, ctx, a: am.shutdown(ctx.caller_chain, a[0], a[1], a[2]),
 }
 
 

@@ -830,7 +830,20 @@ class Bookings:
             )
         partial_start = bool(start_s % grain_s)  # booked from now, inside a slot
         for node in nodes:
-            check_window(self.policy, start_s, new_end_s, now_s, node.grain_s, node.component_id, partial_start)
+            try:
+                check_window(self.policy, start_s, new_end_s, now_s, node.grain_s, node.component_id, partial_start)
+            except PolicyViolation as too_long:
+                if too_long.rule != "max_duration":
+                    raise
+                # The latest end the rule allows this lease (its partial first slot does not count), on a boundary.
+                counted_from_s = min(align_up(start_s, n.grain_s) if partial_start else start_s for n in nodes)
+                latest_s = align_down(counted_from_s + self.policy.max_duration_s, grain_s)
+                raise PolicyViolation(
+                    "max_duration",
+                    f"lease {lease_id} cannot end at {format_time(from_s(new_end_s))}: {too_long.detail}; it may end "
+                    f"at {format_time(from_s(latest_s))} at the latest (ask for that end, or for geni_extend_alap, "
+                    "which goes as far as allowed)",
+                ) from None
         if new_end_s > lease.end_s:  # a node out of use takes no new time; a lease on it may still end earlier
             refused = [
                 Conflict(node.component_id, from_s(lease.end_s), from_s(new_end_s), unusable_why(node.node_state))
@@ -1100,6 +1113,27 @@ class Bookings:
                 )
             )
             return {lease_id: HoldEnd(until_s, token == LEFT_FOR_TESTBED) for lease_id, until_s, token in rows}
+
+    def held_windows_of(self, component_ids: Iterable[str], after_s: int, until_s: int) -> dict[str, list[Interval]]:
+        """The windows held on these nodes (any lease's, external reservations' too) that end after ``after_s`` and
+        start before ``until_s``, by component id: one column query (geni_extend_alap's look at the next bookings)."""
+        nodes = sorted(set(component_ids))
+        if not nodes:
+            return {}
+        rows = self.database.fetch_all(
+            select(Node.component_id, Sliver.start_s, Sliver.end_s)
+            .join(Node, Sliver.node_id == Node.id)
+            .where(
+                Sliver.holds_node.is_(True),
+                Node.component_id.in_(nodes),
+                Sliver.end_s > after_s,
+                Sliver.start_s < until_s,
+            )
+        )
+        held: dict[str, list[Interval]] = {}
+        for node, start_s, end_s in rows:
+            held.setdefault(node, []).append((start_s, end_s))
+        return held
 
     def _live_hold_alone(self, lease_id: str, now_s: int) -> HoldEnd | None:
         """``_live_hold`` in a read of its own (no unit of work open)."""

@@ -28,6 +28,7 @@ class PolicyViolation(GeniError):
     def __init__(self, rule: str, message: str) -> None:
         super().__init__(Reason.POLICY, f"{message} (policy rule {rule})")
         self.rule = rule
+        self.detail = message  # without the rule's name (a caller that says more puts it in its own words)
 
 
 def human_duration(seconds: int) -> str:

@@ -66,9 +66,10 @@ def test_renew_rounds_up_to_a_boundary_of_every_nodes_slots(aggregate: Aggregate
     assert {answer["geni_end_time"] for answer in answers} == {format_time(expected)}
 
 
-def test_renew_alap_extends_to_the_last_boundary_of_every_nodes_slots(aggregate: Aggregate, pki: DemoPki) -> None:
-    """geni_extend_alap to a time between common boundaries extends to the last common boundary before it (it used
-    to aim at a 45-minute boundary the calendar refused, so the whole Renew failed)."""
+def test_renew_alap_extends_to_a_boundary_of_every_nodes_slots(aggregate: Aggregate, pki: DemoPki) -> None:
+    """geni_extend_alap to a time between common boundaries, with nothing limiting the lease, ends at the next common
+    boundary, as a plain Renew does (it used to aim at a 45-minute boundary the calendar refused, so the whole Renew
+    failed; then at the last common boundary before the time asked for, short of what a plain Renew gives)."""
     alice = pki.users["alice"]
     lease = book_both_nodes(aggregate, pki)
     # Past the second common boundary after the end, by more than 45 minutes: a 45-minute boundary lies between.
@@ -78,7 +79,7 @@ def test_renew_alap_extends_to_the_last_boundary_of_every_nodes_slots(aggregate:
         alice.chain, [pki.slice_urn], [alice.slice_cred], format_time(asked), {"geni_extend_alap": True}
     )
 
-    expected = lease.end + timedelta(seconds=2 * COMMON_SLOT)
+    expected = lease.end + timedelta(seconds=3 * COMMON_SLOT)
     assert stored_end(aggregate, lease.id) == expected
     assert {answer["geni_end_time"] for answer in answers} == {format_time(expected)}
     assert all(answer["sfa_omf_renewal"].startswith(f"lease {lease.id} extended") for answer in answers)
@@ -87,21 +88,21 @@ def test_renew_alap_extends_to_the_last_boundary_of_every_nodes_slots(aggregate:
 def test_renew_alap_says_why_a_lease_short_of_a_common_boundary_keeps_its_end(
     aggregate: Aggregate, pki: DemoPki
 ) -> None:
-    """geni_extend_alap to 50 minutes past the end: no common boundary lies between, so the lease keeps its end and
-    the note says why (with the largest grain, a 45-minute boundary seemed reachable, and the note said nothing)."""
+    """geni_extend_alap with a slice credential that expires 50 minutes after the lease's end: no common boundary
+    lies between, so the lease keeps its end and the note says why (with the largest grain, a 45-minute boundary
+    seemed reachable, and the note said nothing)."""
     alice = pki.users["alice"]
     lease = book_both_nodes(aggregate, pki)
-    asked = lease.end + timedelta(minutes=50)
+    lifetime = lease.end + timedelta(minutes=50) - utcnow()
+    credential = pki.authority.credential(alice.chain, pki.authority.issued_chain("testbed.demo"), lifetime)
 
-    answers = aggregate.renew(
-        alice.chain, [pki.slice_urn], [alice.slice_cred], format_time(asked), {"geni_extend_alap": True}
-    )
+    answers = aggregate.renew(alice.chain, [pki.slice_urn], [credential], "+30d", {"geni_extend_alap": True})
 
     assert stored_end(aggregate, lease.id) == lease.end
     for answer in answers:
         note = answer["sfa_omf_renewal"]
         assert note.startswith(f"unchanged: lease {lease.id} keeps its end {format_time(lease.end)}"), note
-        assert f"the end asked for is {format_time(asked)}; leases end on slot boundaries" in note, note
+        assert "the slice credential expires at" in note and "leases end on slot boundaries" in note, note
 
 
 def test_renew_past_the_slice_expiry_says_no_common_boundary_is_left_before_it(

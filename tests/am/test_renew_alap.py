@@ -107,8 +107,9 @@ def test_alap_still_extends_what_it_can_and_keeps_the_rest(aggregate: Aggregate,
     assert isinstance(testbed, RenewRecordingTestbed) and testbed.renewed == [(early.id, reachable)]
 
 
-def test_alap_with_an_earlier_end_shortens_as_without_it(aggregate: Aggregate, pki: DemoPki) -> None:
-    """geni_extend_alap is about extending: an end before the lease's is granted as a plain Renew grants it."""
+def test_alap_with_an_earlier_end_keeps_the_lease_as_it_is(aggregate: Aggregate, pki: DemoPki) -> None:
+    """geni_extend_alap never shortens (docs/api-contract.md): an end before the lease's leaves it as it is, and its
+    note says so (it used to be granted as a plain Renew grants it: shortened); a plain Renew still shortens."""
     alice = pki.users["alice"]
     start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     lease = book(aggregate, pki, "n1", start, hours=3)
@@ -118,8 +119,13 @@ def test_alap_with_an_earlier_end_shortens_as_without_it(aggregate: Aggregate, p
         alice.chain, [lease.slivers[0].urn], [alice.slice_cred], format_time(earlier), {"geni_extend_alap": True}
     )
 
+    assert stored_end(aggregate, lease.id) == lease.end
+    note = answer["sfa_omf_renewal"]
+    assert note.startswith(f"unchanged: lease {lease.id} keeps its end {format_time(lease.end)}"), note
+    assert "geni_extend_alap never shortens a lease" in note, note
+    (plain,) = aggregate.renew(alice.chain, [lease.slivers[0].urn], [alice.slice_cred], format_time(earlier), {})
     assert stored_end(aggregate, lease.id) == earlier
-    assert answer["sfa_omf_renewal"].startswith(f"lease {lease.id} shortened"), answer["sfa_omf_renewal"]
+    assert plain["sfa_omf_renewal"].startswith(f"lease {lease.id} shortened"), plain["sfa_omf_renewal"]
 
 
 def test_alap_does_not_keep_a_lapsed_allocation_quietly(aggregate: Aggregate, pki: DemoPki) -> None:

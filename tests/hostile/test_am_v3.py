@@ -611,7 +611,7 @@ def _typed() -> list[Case]:
             Env(1, "geni_users"),
         ),
         v3("typed", "Renew", "past-the-credential", urn_call("Renew", third="+8w"), Env(7, "geni_extend_alap")),
-        v3("typed", "Renew", "before-the-start", urn_call("Renew", third=lambda w: w.window[0]), Env(1, "not after")),
+        v3("typed", "Renew", "before-the-start", urn_call("Renew", third=lambda w: w.window[0]), Env(1, "starts at")),
         v3("typed", "Delete", "other-slice-cred", urn_call("Delete", creds=named("alice_other")), Env(22)),
         v3("typed", "Shutdown", "user-cred", shutdown(DEFAULT, named("alice_user")), Env(22)),
         v3("typed", "Shutdown", "info-only", shutdown(DEFAULT, named("info_only")), Env(3)),
