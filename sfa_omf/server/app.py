@@ -192,7 +192,10 @@ def stop_serving(
 
     Listening stops at once: a new connection is refused (or, of a worker, taken by the other workers). A connection
     with no call in progress is closed at once, so a kept-alive client's next call goes elsewhere instead of into a
-    server that no longer takes calls. ``stops`` (the call threads' ``stop``, which lets the calls handed over
+    server that no longer takes calls. A connection with a call in progress is closed right after its answer, which
+    says ``Connection: close``: a call its client pipelined behind that one is never read, never run (it used to be
+    read and handed to call threads that no longer took calls: no answer, and no sign whether it ran), and its client
+    may send it again. ``stops`` (the call threads' ``stop``, which lets the calls handed over
     finish) each run in a thread of their own: the reactor thread goes on meanwhile, writing each answer as its call
     ends and then closing its connection. Once all have returned, the answers have up to ``flush_s`` to reach their
     clients; Twisted's shutdown then cuts what is left. ``calls_in_progress``, when any, are logged as the stop
@@ -212,13 +215,12 @@ def stop_serving(
     def check() -> None:
         channels = _channels_of(ports)
         for channel in channels:
-            if not channel._handlingRequest and not channel._closing:
-                channel.loseConnection()  # flushes what was written, then closes
+            channel.close_after_answer()
         if not stopped:
             return
         if not flush_until:
             flush_until.append(time.monotonic() + flush_s)
-        if all(channel._unsent_bytes() == 0 for channel in channels) or time.monotonic() >= flush_until[0]:
+        if all(channel.unsent_bytes() == 0 for channel in channels) or time.monotonic() >= flush_until[0]:
             checks.stop()
 
     def all_stopped(result: object) -> None:
@@ -241,18 +243,18 @@ def _in_progress(pool: ThreadPool) -> int:
 
 
 def _channels_of(ports: Sequence[Any]) -> list[GuardedChannel]:
-    """The HTTP channels of the connections accepted on ``ports`` that the reactor watches (a connection whose call
-    is in progress is watched again once its answer is written)."""
-    channels: dict[int, GuardedChannel] = {}
-    for selectable in [*reactor.getReaders(), *reactor.getWriters()]:
-        if not isinstance(selectable, tcp.Server) or not any(selectable.server is port for port in ports):
-            continue
-        protocol: Any = selectable.protocol
-        while not isinstance(protocol, GuardedChannel) and hasattr(protocol, "wrappedProtocol"):
-            protocol = protocol.wrappedProtocol  # the TLS layer's
-        if isinstance(protocol, GuardedChannel):
-            channels[id(protocol)] = protocol
-    return list(channels.values())
+    """The HTTP channels of the connections accepted on ``ports`` and still open: those its TLS factory keeps (a
+    WrappingFactory's ``protocols``), watched by the reactor or not. (The reactor's readers missed a connection whose
+    call was in progress while Twisted had stopped reading it: a client pipelining over 16 KiB behind that call.)"""
+    channels: list[GuardedChannel] = []
+    for port in ports:
+        for wrapper in list(getattr(port.factory, "protocols", {})):
+            protocol: Any = wrapper
+            while not isinstance(protocol, GuardedChannel) and hasattr(protocol, "wrappedProtocol"):
+                protocol = protocol.wrappedProtocol  # the TLS layer's
+            if isinstance(protocol, GuardedChannel):
+                channels.append(protocol)
+    return channels
 
 
 class _SharedPort(tcp.Port):

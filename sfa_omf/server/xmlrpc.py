@@ -276,6 +276,7 @@ class GuardedChannel(http.HTTPChannel):
     _fewest_unsent_bytes = 0  # since the close: the fewest bytes of the answer seen not yet taken by the client
     _let_go_until = 0.0  # time.monotonic() after which a closed connection is cut off, progress or not
     _closing = False  # loseConnection was called: what still comes is not read
+    _last_answer = False  # close_after_answer was called: the answer in progress is the connection's last
     _lost = False  # connectionLost was called
     _sfa_omf_refused = False
 
@@ -313,10 +314,32 @@ class GuardedChannel(http.HTTPChannel):
         self._closing = True
         super().loseConnection()  # the TLS layer queues its close_notify after the rest of the answer
         if first_close and not self._lost:
-            self._fewest_unsent_bytes = self._unsent_bytes()
+            self._fewest_unsent_bytes = self.unsent_bytes()
             taking_s = self._fewest_unsent_bytes / SLOWEST_DOWNLOAD_BYTES_PER_S
             self._let_go_until = time.monotonic() + self.close_grace_s + taking_s
             self._close_deadline = self.callLater(self.close_grace_s, self._check_close)
+
+    def close_after_answer(self) -> None:
+        """Serve no further request on this connection (a stop): close it now when no request is in progress, else
+        right after the answer to the one in progress, which says ``Connection: close``. A request the client
+        pipelined behind that one is never read, so never run: the close tells its client to send it again."""
+        if self._closing:
+            return
+        if not self._handlingRequest:
+            self.loseConnection()  # flushes what was written, then closes
+            return
+        self._last_answer = True
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        if self._last_answer:
+            headers.setRawHeaders(b"connection", [b"close"])
+            self.persistent = False
+        super().writeHeaders(version, code, reason, headers)
+
+    def requestDone(self, request: http.Request) -> None:
+        if self._last_answer:
+            self.persistent = False  # the answer's head may have left before the stop: close all the same
+        super().requestDone(request)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         for call in (self._request_deadline, self._handshake_deadline, self._close_deadline):
@@ -343,7 +366,7 @@ class GuardedChannel(http.HTTPChannel):
         )
         self._abort()  # nothing can be said to a client without TLS
 
-    def _unsent_bytes(self) -> int:
+    def unsent_bytes(self) -> int:
         """The bytes written to this connection that the client has not taken yet: what Twisted's TLS layer holds
         back, what its TCP transport still buffers, and what the kernel has not had acknowledged."""
         transport: Any = self.transport
@@ -361,7 +384,7 @@ class GuardedChannel(http.HTTPChannel):
         bytes of the answer since (fewer are unsent than ever before), else cut the connection off. Only bytes of
         the answer reaching the client make a new low, so a client cannot hold the connection by other means."""
         self._close_deadline = None
-        unsent = self._unsent_bytes()
+        unsent = self.unsent_bytes()
         if unsent < self._fewest_unsent_bytes and time.monotonic() < self._let_go_until:
             self._fewest_unsent_bytes = unsent
             self._close_deadline = self.callLater(self.close_grace_s, self._check_close)
