@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from sfa_omf.am import contract
-from sfa_omf.am.aggregate import Aggregate
+from sfa_omf.am.aggregate import LAPSED_ALLOCATION, Aggregate
 from sfa_omf.am.dispatch import ApiEndpoint, Method
 from sfa_omf.am.states import Allocation, Operational
 from sfa_omf.calendar.booking import allocation_expiry_s
@@ -99,7 +99,9 @@ def sliver_status(am: Aggregate, ctx: CallContext, params: tuple[Any, ...]) -> d
     resources = []
     for sliver in slivers:
         error = sliver.get("geni_error", "")
-        if sliver["geni_allocation_status"] == Allocation.UNALLOCATED:
+        if sliver["geni_allocation_status"] == Allocation.UNALLOCATED and LAPSED_ALLOCATION in error:
+            status, error = _unprovisioned_allocation(sliver, now)  # not provisioned in time, not yet released
+        elif sliver["geni_allocation_status"] == Allocation.UNALLOCATED:
             status = "unknown"
         elif sliver["geni_allocation_status"] == Allocation.ALLOCATED:
             status, error = _unprovisioned_allocation(sliver, now)

@@ -29,7 +29,9 @@ from sfa_omf.calendar.database import Database, retry_transient
 from sfa_omf.calendar.intervals import overlaps
 from sfa_omf.calendar.models import Lease, Node, Slice, Sliver
 from sfa_omf.calendar.queries import from_s, held_windows, to_s
+from sfa_omf.errors import BadArgs
 from sfa_omf.times import utcnow
+from sfa_omf.xrn import parse_urn, split_hrn
 
 EXTERNAL_STATE = "external"
 #: A mirrored reservation that ran is ``ended`` in its source's pseudo-slice (``is_external`` tells it from ours).
@@ -62,6 +64,23 @@ class SyncReport:
 
 def source_slice_urn(authority_hrn: str, source: str) -> str:
     return f"urn:publicid:IDN+{authority_hrn.replace('.', ':')}+slice+{_SLICE_NAME_PREFIX}{source}"
+
+
+def is_source_slice_name(name: str) -> bool:
+    """Whether a slice name (the last part of its HRN or URN) is reserved for the pseudo-slices that hold the
+    reservations made directly in the testbed (``source_slice_urn``): it starts with ``external-``, in any case."""
+    return name.lower().startswith(_SLICE_NAME_PREFIX)
+
+
+def is_source_slice(slice_urn: str, authority_hrn: str) -> bool:
+    """Whether a slice URN names a pseudo-slice of this authority's mirror (``source_slice_urn`` of any source): its
+    authority is ``authority_hrn`` and its name is reserved (``is_source_slice_name``). Text that is no slice URN is
+    not one."""
+    try:
+        urn = parse_urn(slice_urn)
+    except BadArgs:
+        return False
+    return urn.type == "slice" and urn.authority == split_hrn(authority_hrn) and is_source_slice_name(urn.name)
 
 
 def is_external(state: str, slice_urn: str, owner_urn: str) -> bool:

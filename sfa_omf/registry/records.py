@@ -14,6 +14,7 @@ from sqlalchemy import Text, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.external import is_source_slice_name
 from sfa_omf.calendar.models import (
     FeedToken,
     Lease,
@@ -76,6 +77,14 @@ def new_record_urn(hrn: str, kind: str) -> str:
                 f"the HRN part {part[:60]!r} holds {', '.join(bad)}: parts of a registered name may not hold ':', "
                 "'+', '/', white space or control characters (use letters, digits, '-' and '_')"
             )
+    if kind == "slice" and is_source_slice_name(split_hrn(hrn)[-1]):
+        # The slice would be the pseudo-slice of the testbed's mirror (calendar/external.py): the aggregate would mix
+        # its bookings with the reservations made directly in the testbed.
+        raise BadArgs(
+            f"the slice name {split_hrn(hrn)[-1][:60]!r} is refused: names starting with 'external-' are reserved for "
+            "the testbed's own reservations (those made directly in the testbed, which the aggregate mirrors); "
+            "choose another name"
+        )
     urn = hrn_to_urn(hrn, kind)
     if len(urn) > MAX_URN_CHARS:
         raise BadArgs(f"the URN {urn[:60]}... is {len(urn)} characters long; the registry holds {MAX_URN_CHARS}")
