@@ -84,6 +84,7 @@ def test_a_node_lost_while_a_lease_runs_on_it_fails_the_lease_for_its_users(book
                 registered_s=heard_s,
                 last_seen_s=heard_s,
                 lost=False,
+                vpn_number=1,
             )
         )
     Outbox(booked.database).subscribe(ALICE, "email", "alice@example.org")
