@@ -18,12 +18,16 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from sqlalchemy import select
 
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.models import NotifyOutbox
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
+from sfa_omf.notify.channels import SmtpSettings
+from sfa_omf.notify.notifier import Notifier, NotifySettings
 from tests.calendar.conftest import NOW, fresh_database, node_urn
 from tests.ports import free_port
 
@@ -163,3 +167,20 @@ class SilentServer:
         self.listener.close()
         for connection in self.held:
             connection.close()
+
+
+def smtp_notifier(booked: Booked, smtp_port: int) -> Notifier:
+    """A notifier of the booked calendar sending through the SMTP server at ``smtp_port`` (5 s time-out), on the
+    booked calendar's clock."""
+    return Notifier(
+        booked.database, NotifySettings(smtp=SmtpSettings(port=smtp_port, timeout_s=5)), lambda: booked.clock[0]
+    )
+
+
+def outbox_rows(booked: Booked) -> list[tuple[str, str, str]]:
+    """(address, state, last_error) of every outbox row, in the order they were queued."""
+    with booked.database.read() as session:
+        rows = session.execute(
+            select(NotifyOutbox.address, NotifyOutbox.state, NotifyOutbox.last_error).order_by(NotifyOutbox.id)
+        )
+        return [(address, state, error) for address, state, error in rows]

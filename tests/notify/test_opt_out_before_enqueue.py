@@ -12,38 +12,21 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import event, text
 
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import NotifyOutbox
 from sfa_omf.calendar.outbox import ADDRESS_CHANGED, UNSUBSCRIBED, Message, Outbox
 from sfa_omf.calendar.records import BookingRequest
 from sfa_omf.calendar.slices import Contact
-from sfa_omf.notify.channels import SmtpSettings
-from sfa_omf.notify.notifier import Notifier, NotifySettings
+from sfa_omf.notify.notifier import Notifier
 from sfa_omf.registry.records import Record, Records
 from tests.calendar.conftest import NOW, node_urn
-from tests.notify.conftest import ALICE, SLICE, Booked, Receiver, SmtpServer
+from tests.notify.conftest import ALICE, SLICE, Booked, Receiver, SmtpServer, outbox_rows, smtp_notifier
 from tests.ports import free_port
 
 ALICE_HRN = "testbed.alice"
 OLD = "alice@old.example.org"
 NEW = "alice@new.example.org"
-
-
-def notifier(booked: Booked, smtp_port: int) -> Notifier:
-    return Notifier(
-        booked.database, NotifySettings(smtp=SmtpSettings(port=smtp_port, timeout_s=5)), lambda: booked.clock[0]
-    )
-
-
-def outbox_rows(booked: Booked) -> list[tuple[str, str, str]]:
-    """(address, state, last_error) of every outbox row, in the order they were queued."""
-    with booked.database.read() as session:
-        rows = session.execute(
-            select(NotifyOutbox.address, NotifyOutbox.state, NotifyOutbox.last_error).order_by(NotifyOutbox.id)
-        )
-        return [(address, state, error) for address, state, error in rows]
 
 
 def change_before_the_enqueue(note: Notifier, change: Callable[[], object]) -> None:
@@ -73,7 +56,7 @@ def book_as_alice(booked: Booked, hours: int, email: str) -> str:
 def test_an_opt_out_committed_after_the_read_gets_nothing_queued(booked: Booked) -> None:
     port = free_port()
     Outbox(booked.database).subscribe(ALICE, "email", OLD)
-    note = notifier(booked, port)
+    note = smtp_notifier(booked, port)
     change_before_the_enqueue(note, lambda: Outbox(booked.database).unsubscribe(ALICE, "email"))
     assert note.notice() == 0
     assert outbox_rows(booked) == [], "the round's e-mail was queued for the address its user had dropped"
@@ -87,7 +70,7 @@ def test_an_opt_out_committed_after_the_read_gets_nothing_queued(booked: Booked)
 def test_a_webhook_replaced_after_the_read_gets_nothing_queued(booked: Booked, receiver: Receiver) -> None:
     old, new = receiver.url + "?token=old", receiver.url + "?token=new"
     Outbox(booked.database).subscribe(ALICE, "webhook", old)
-    note = notifier(booked, free_port())
+    note = smtp_notifier(booked, free_port())
     change_before_the_enqueue(note, lambda: Outbox(booked.database).subscribe(ALICE, "webhook", new))
     assert note.notice() == 0
     assert outbox_rows(booked) == []
@@ -100,7 +83,7 @@ def test_a_webhook_replaced_after_the_read_gets_nothing_queued(booked: Booked, r
 def test_a_user_removed_after_the_read_gets_nothing_queued(booked: Booked, receiver: Receiver) -> None:
     Records(booked.database).add(Record(ALICE_HRN, "user", ALICE, "", email=OLD))
     Outbox(booked.database).subscribe(ALICE, "webhook", receiver.url)
-    note = notifier(booked, free_port())
+    note = smtp_notifier(booked, free_port())
     change_before_the_enqueue(note, lambda: Records(booked.database).remove(ALICE_HRN))
     assert note.notice() == 0
     assert outbox_rows(booked) == [] and receiver.received == []
@@ -110,7 +93,7 @@ def test_a_gid_email_replaced_after_the_read_gets_nothing_queued(booked: Booked)
     """Alice is mailed at the e-mail of her last GID (no address chosen, no registry record): an Allocate presenting a
     GID with a new e-mail commits between the round's read and its enqueue."""
     book_as_alice(booked, 6, OLD)
-    note = notifier(booked, free_port())
+    note = smtp_notifier(booked, free_port())
     change_before_the_enqueue(note, lambda: book_as_alice(booked, 8, NEW))
     assert note.notice() == 0
     assert outbox_rows(booked) == [], "the round's e-mails were queued for her old GID e-mail"
@@ -123,7 +106,7 @@ def test_an_opt_out_committing_during_the_enqueue_marks_what_it_added(booked: Bo
     the rows it committed; without the wait the opt-out would miss them (they were not committed) and they would be
     sent after it."""
     Outbox(booked.database).subscribe(ALICE, "email", OLD)
-    note = notifier(booked, free_port())
+    note = smtp_notifier(booked, free_port())
     opt_out = threading.Thread(target=lambda: Outbox(booked.database).unsubscribe(ALICE, "email"))
     inserts: list[str] = []
 
@@ -164,7 +147,7 @@ def test_a_new_gid_email_drops_what_was_queued_for_the_old_one(booked: Booked, c
     presents a GID with a new e-mail: the queued ones are not sent to the old one."""
     lease_id = book_as_alice(booked, 6, OLD)
     port = free_port()  # nothing listens yet: the SMTP server is down
-    note = notifier(booked, port)
+    note = smtp_notifier(booked, port)
     assert note.notice() == 2 and note.deliver() == 0  # the two leases' "allocated", at the old e-mail
     assert [row[:2] for row in outbox_rows(booked)] == [(OLD, "pending")] * 2
     if call == "Allocate":
@@ -201,7 +184,7 @@ def test_a_registry_email_given_later_drops_what_was_queued_for_the_gid_email(bo
     ones are not sent to the GID's."""
     book_as_alice(booked, 6, OLD)
     port = free_port()
-    note = notifier(booked, port)
+    note = smtp_notifier(booked, port)
     assert note.notice() == 2 and note.deliver() == 0  # the two leases' "allocated", at the GID's e-mail
     Records(booked.database).add(Record("testbed.alice", "user", ALICE, "", email=NEW))
     assert outbox_rows(booked) == [(OLD, "failed", ADDRESS_CHANGED)] * 2

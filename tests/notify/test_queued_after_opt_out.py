@@ -7,25 +7,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import select
-
-from sfa_omf.calendar.models import NotifyOutbox
 from sfa_omf.calendar.outbox import ADDRESS_CHANGED, UNSUBSCRIBED, USER_REMOVED, Outbox
-from sfa_omf.notify.channels import SmtpSettings
-from sfa_omf.notify.notifier import Notifier, NotifySettings
+from sfa_omf.notify.notifier import Notifier
 from sfa_omf.registry.records import Record, Records
 from tests.calendar.conftest import NOW
-from tests.notify.conftest import ALICE, Booked, Receiver, SmtpServer
+from tests.notify.conftest import ALICE, Booked, Receiver, SmtpServer, outbox_rows, smtp_notifier
 from tests.ports import free_port
 
 BOB = "urn:publicid:IDN+testbed+user+bob"
 ALICE_HRN = "testbed.alice"
-
-
-def notifier(booked: Booked, smtp_port: int) -> Notifier:
-    return Notifier(
-        booked.database, NotifySettings(smtp=SmtpSettings(port=smtp_port, timeout_s=5)), lambda: booked.clock[0]
-    )
 
 
 def queue_undelivered(booked: Booked, note: Notifier) -> None:
@@ -42,19 +32,10 @@ def retry_later(booked: Booked, note: Notifier) -> int:
     return note.deliver()
 
 
-def outbox_rows(booked: Booked) -> list[tuple[str, str, str]]:
-    """(address, state, last_error) of every outbox row, in the order they were queued."""
-    with booked.database.read() as session:
-        rows = session.execute(
-            select(NotifyOutbox.address, NotifyOutbox.state, NotifyOutbox.last_error).order_by(NotifyOutbox.id)
-        )
-        return [(address, state, error) for address, state, error in rows]
-
-
 def test_an_email_queued_before_the_opt_out_is_not_sent(booked: Booked) -> None:
     port = free_port()  # nothing listens yet: the SMTP server is down
     Outbox(booked.database).subscribe(ALICE, "email", "alice@example.org")
-    note = notifier(booked, port)
+    note = smtp_notifier(booked, port)
     queue_undelivered(booked, note)
     assert Outbox(booked.database).unsubscribe(ALICE, "email")  # what `notify unsubscribe` and /calendar/me call
     server = SmtpServer(port).start()
@@ -70,7 +51,7 @@ def test_an_email_queued_for_the_address_on_record_is_not_sent_after_the_opt_out
     """A user mailed by default (no address of their own) who turns e-mail off."""
     Records(booked.database).add(Record(ALICE_HRN, "user", ALICE, "", email="alice@lab.example.org"))
     port = free_port()
-    note = notifier(booked, port)
+    note = smtp_notifier(booked, port)
     queue_undelivered(booked, note)
     assert not Outbox(booked.database).unsubscribe(ALICE, "email")  # no address of her own: an opt-out is written
     server = SmtpServer(port).start()
@@ -85,7 +66,7 @@ def test_an_email_queued_for_the_address_on_record_is_not_sent_after_the_opt_out
 def test_a_replaced_webhook_gets_no_retries(booked: Booked, receiver: Receiver) -> None:
     old, new = receiver.url + "?token=old", receiver.url + "?token=new"
     Outbox(booked.database).subscribe(ALICE, "webhook", old)
-    note = notifier(booked, free_port())
+    note = smtp_notifier(booked, free_port())
     receiver.status = 503
     queue_undelivered(booked, note)
     Outbox(booked.database).subscribe(ALICE, "webhook", new)  # the user replaces the URL
@@ -99,7 +80,7 @@ def test_a_changed_address_on_record_gets_nothing_queued(booked: Booked) -> None
     """The registry's record of the user (their default e-mail address) changes (Update, ``sfa-omf user``)."""
     Records(booked.database).add(Record(ALICE_HRN, "user", ALICE, "", email="alice@old.example.org"))
     port = free_port()
-    note = notifier(booked, port)
+    note = smtp_notifier(booked, port)
     queue_undelivered(booked, note)
     Records(booked.database).update(ALICE_HRN, email="alice@new.example.org")
     server = SmtpServer(port).start()
@@ -118,7 +99,7 @@ def test_a_removed_user_gets_nothing_queued(booked: Booked, receiver: Receiver) 
     Records(booked.database).add(Record(ALICE_HRN, "user", ALICE, "", email="alice@lab.example.org"))
     Outbox(booked.database).subscribe(ALICE, "webhook", receiver.url)
     port = free_port()
-    note = notifier(booked, port)
+    note = smtp_notifier(booked, port)
     receiver.status = 503
     queue_undelivered(booked, note)
     assert Records(booked.database).remove(ALICE_HRN)
@@ -140,7 +121,7 @@ def test_an_address_another_user_still_has_keeps_its_messages(booked: Booked) ->
     port = free_port()
     Outbox(booked.database).subscribe(ALICE, "email", "team@example.org")
     Outbox(booked.database).subscribe(BOB, "email", "team@example.org")
-    note = notifier(booked, port)
+    note = smtp_notifier(booked, port)
     queue_undelivered(booked, note)
     assert Outbox(booked.database).unsubscribe(ALICE, "email")
     server = SmtpServer(port).start()
