@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,8 @@ POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
 # A hang is a failure: generous, so that a loaded machine does not fail the test (the exit takes about a second).
 EXIT_TIMEOUT_S = 20
 READY_TIMEOUT_S = 60  # a started server's READY=1, a log line: bounded too
+READY_POLL_S = 0.5  # how often wait_ready looks whether the server exited instead
+PORT_RACE_STARTS = 3  # starts of a server whose port another process took meanwhile
 
 
 @pytest.fixture
@@ -183,14 +186,22 @@ class Server:
     """``sfa-omf serve`` in a subprocess; its log lines are read in a thread so that a test can wait for one."""
 
     def __init__(self, directory: Path, tmp_path: Path, command: tuple[str, ...] = ()) -> None:
-        self.registry_port, self.aggregate_port = free_port(), free_port()
-        notify_path = str(tmp_path / "notify.sock")
+        self.arguments = command or ("serve", "--config", str(directory / "sfa-omf.conf"))
+        self.notify_path = str(tmp_path / "notify.sock")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(notify_path)
-        self.notify.settimeout(READY_TIMEOUT_S)
-        environment = serve_env(self.registry_port, self.aggregate_port, NOTIFY_SOCKET=notify_path)
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(READY_POLL_S)
+        self.starts = 0
+        self._start()
+
+    def _start(self) -> None:
+        # free_port cannot hold the port: another process (the other pytest process of the suite) may take it before
+        # the server listens. wait_ready starts the server again on new ports when that happened.
+        self.starts += 1
+        self.registry_port, self.aggregate_port = free_port(), free_port()
+        environment = serve_env(self.registry_port, self.aggregate_port, NOTIFY_SOCKET=self.notify_path)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sfa_omf.cli", *(command or ("serve", "--config", str(directory / "sfa-omf.conf")))],
+            [sys.executable, "-m", "sfa_omf.cli", *self.arguments],
             env=environment,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -206,7 +217,24 @@ class Server:
             self.lines.put(line.rstrip("\n"))
 
     def wait_ready(self) -> str:
-        return self.notify.recv(4096).decode()
+        """The notification the server sends once it serves (READY=1). A server that exits first fails the test with
+        its log, unless it lost a port to another process, then it is started again on new ports (three times)."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                return self.notify.recv(4096).decode()
+            except TimeoutError:
+                pass
+            code = self.process.poll()
+            if code is not None:
+                self.reader.join(timeout=EXIT_TIMEOUT_S)
+                log = list(self.lines.queue)
+                if any("address already in use" in line.lower() for line in log) and self.starts < PORT_RACE_STARTS:
+                    self._start()
+                    continue
+                raise AssertionError(f"serve exited with {code} before READY=1: {log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no READY=1 within {READY_TIMEOUT_S} s: {list(self.lines.queue)}")
 
     def wait_for_line(self, needle: str) -> str:
         while True:
