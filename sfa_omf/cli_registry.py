@@ -193,7 +193,12 @@ def _remove(args: argparse.Namespace) -> int:
     print(f"removed {record.type} {record.hrn} (its GID stays valid until it expires; it is no longer registered)")
     for directory in removed.deleted_dirs:
         print(f"  deleted its sfi.py directory {directory} (with its private key)")
-    if removed.retired_login:
+    if removed.retired_login and removed.login_used_by:
+        print(
+            f"  its local login {removed.retired_login} is still used by {', '.join(removed.login_used_by)} "
+            "(pinned for them too): keep its Unix account"
+        )
+    elif removed.retired_login:
         print(
             f"  its local login {removed.retired_login} is retired: nobody registered later under this name gets it "
             "(the Unix account, if one was made, stays with its home directory: userdel -r it when it is no longer "

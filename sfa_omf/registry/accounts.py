@@ -81,16 +81,44 @@ _REMOVED_HOLDERS_LOGIN = (
 def retire_login(session: Session, urn: str, retired_s: int) -> str:
     """In the registry's unit of work that removes the record of ``urn`` (a user, or a slice): its mapping goes and
     its login is retired, never derived for anyone again; the next holder of the URN gets a login of their own. A URN
-    never mapped retires the login it would have had. Returns the retired login."""
+    never mapped retires the login it would have had (``Accounts.login_for``), never one another URN holds: the
+    logins of tb.Bob and tb.bob are derived alike (the URN read in lower case), and removing the one never given a
+    login must leave the other's in use. Returns the retired login."""
     _one_at_a_time(session, urn)
     mapping = session.scalar(select(AccountMapping).where(AccountMapping.urn == urn))
     if mapping is not None:
         login = mapping.login
         session.delete(mapping)
     else:
-        login = derived_login(urn, holder=_earlier_holders(session, urn))
+        holder = _earlier_holders(session, urn)
+        login = _free_login(session, urn, holder) or _unmapped_login(session, urn, holder)
     session.add(RetiredLogin(urn=urn, login=login, retired_s=retired_s))
     return login
+
+
+#: How long the tag of a derived login grows (``derived_login``) while the shorter one is taken.
+_TAG_LENGTHS = range(6, 17)
+
+
+def _free_login(session: Session, urn: str, holder: int) -> str | None:
+    """The login derived for ``urn`` that nobody holds and nobody held: what its first mapping gets."""
+    for tag_length in _TAG_LENGTHS:
+        login = derived_login(urn, tag_length, holder)
+        mapped = session.scalar(select(AccountMapping.id).where(AccountMapping.login == login).limit(1))
+        retired = session.scalar(select(RetiredLogin.id).where(RetiredLogin.login == login).limit(1))
+        if mapped is None and retired is None:
+            return login
+    return None
+
+
+def _unmapped_login(session: Session, urn: str, holder: int) -> str:
+    """A login derived for ``urn`` that no URN holds now (one retired before): what retiring a URN never mapped names
+    when every login derived for it was given out once (never in practice)."""
+    for tag_length in _TAG_LENGTHS:
+        login = derived_login(urn, tag_length, holder)
+        if session.scalar(select(AccountMapping.id).where(AccountMapping.login == login).limit(1)) is None:
+            return login
+    raise BadArgs(f"every login derived for {urn} is another URN's: pin one for it first with sfa-omf account map")
 
 
 def retired_logins(database: Database, urn: str) -> list[str]:
@@ -221,6 +249,13 @@ def _registered(session: Session, urns: set[str]) -> frozenset[str]:
     return frozenset(found)
 
 
+def urns_of_login(database: Database, login: str) -> list[str]:
+    """The URNs the account mapping gives ``login`` now (several for a login pinned for several on purpose)."""
+    with database.read() as session:
+        query = select(AccountMapping.urn).where(AccountMapping.login == login).order_by(AccountMapping.urn)
+        return list(session.scalars(query))
+
+
 def mapped_login(database: Database, urn: str) -> str | None:
     """The stored login of ``urn`` (pinned or derived), None when it has none (an indexed read of one row)."""
     found = database.fetch_all(_LOGIN_OF, {"urn": urn})
@@ -277,14 +312,11 @@ class Accounts:
             if removed is not None:  # (removed meanwhile)
                 return removed
             holder = _earlier_holders(session, urn)  # 0 unless the registry removed someone of this name
-            for tag_length in range(6, 17):
-                login = derived_login(urn, tag_length, holder)
-                mapped = session.scalar(select(AccountMapping.id).where(AccountMapping.login == login).limit(1))
-                retired = session.scalar(select(RetiredLogin.id).where(RetiredLogin.login == login).limit(1))
-                if mapped is None and retired is None:
-                    session.add(AccountMapping(urn=urn, login=login, pinned=False))
-                    return login
-            raise BadArgs(f"no free login could be derived for {urn}; pin one with sfa-omf account map")
+            login = _free_login(session, urn, holder)
+            if login is None:
+                raise BadArgs(f"no free login could be derived for {urn}; pin one with sfa-omf account map")
+            session.add(AccountMapping(urn=urn, login=login, pinned=False))
+            return login
 
     def pin(self, urn: str, login: str) -> AccountRecord:
         """An operator's choice: ``urn`` uses ``login`` (several URNs may share a pinned login on purpose)."""

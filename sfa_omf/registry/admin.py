@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sfa_omf.arguments import email as email_address
 from sfa_omf.config import Settings
 from sfa_omf.errors import BadArgs, GeniError, Reason
-from sfa_omf.registry.accounts import retired_logins
+from sfa_omf.registry.accounts import retired_logins, urns_of_login
 from sfa_omf.registry.api import DEFAULT_SLICE_LIFETIME
 from sfa_omf.registry.authority import LocalAuthority, write_new_file
 from sfa_omf.registry.bootstrap import sfi_config
@@ -39,6 +39,7 @@ class Removed:
     record: Record
     deleted_dirs: list[str] = field(default_factory=list)  # the user's sfi.py directories, deleted with the record
     retired_login: str = ""  # the local login it had (or would have had): never given to anyone registered later
+    login_used_by: tuple[str, ...] = ()  # the URNs that still use that login (one pinned for several): keep its account
 
 
 class RegistryAdmin:
@@ -75,6 +76,7 @@ class RegistryAdmin:
         email = record_email(email_address(email, "--email"))
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already (sfa-omf user show {hrn})")
+        self.records.refuse_same_but_for_case(hrn)  # tb.Bob beside tb.bob: one login for both
         self.records.refuse_if_removed_lately(hrn, urn)  # BUSY before the GID and the sfi.py directory are made
         keys = tuple(ssh_public_key(key) for key in ssh_keys)
         sfi_dir = self.sfi_dir(hrn) if public_key is None else ""
@@ -131,7 +133,9 @@ class RegistryAdmin:
         if record.type == "user":
             deleted = delete_user_sfi_dirs(self.authority.directory, self.authority.hrn, record.hrn)
         retired = retired_logins(self.records.database, record.urn)
-        return Removed(record, deleted, retired[-1] if retired else "")
+        login = retired[-1] if retired else ""
+        used_by = tuple(urns_of_login(self.records.database, login)) if login else ()
+        return Removed(record, deleted, login, used_by)
 
     # -- slices -------------------------------------------------------------------------------------------------
     def create_slice(self, name: str, researchers: Sequence[str], expires: datetime | None = None) -> Record:
@@ -139,8 +143,9 @@ class RegistryAdmin:
         urn = new_record_urn(hrn, "slice")
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already")
+        self.records.refuse_same_but_for_case(hrn)  # tb.Demo beside tb.demo: one login for both (per-slice)
         self.records.refuse_if_removed_lately(hrn, urn)  # BUSY before the GID is issued
-        members = tuple(self._get(member, "user").hrn for member in researchers)
+        members = tuple(dict.fromkeys(self._get(member, "user").hrn for member in researchers))
         expires = expires or utcnow() + DEFAULT_SLICE_LIFETIME
         self._check_future(expires)
         chain, _ = self.authority.issue_gid(hrn, "slice")

@@ -31,8 +31,10 @@ from sfa_omf.arguments import (
     text,
     time_value,
 )
+from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason, TrustError
-from sfa_omf.registry.authority import DEFAULT_CREDENTIAL_LIFETIME, AuthorityError, LocalAuthority
+from sfa_omf.registry.authority import DEFAULT_CREDENTIAL_LIFETIME, AuthorityError, IssuedAlready, LocalAuthority
+from sfa_omf.registry.nodes import forget_node, node_hrn
 from sfa_omf.registry.records import Record, Records, new_record_urn, record_chain, record_email
 from sfa_omf.registry.sfi_dirs import delete_user_sfi_dirs
 from sfa_omf.server.xmlrpc import CallContext, shown_method
@@ -50,6 +52,17 @@ log = logging.getLogger("sfa_omf.registry")
 DEFAULT_SLICE_LIFETIME = timedelta(days=30)
 #: Fields only an authority credential may change (a user may change their own email and keys).
 AUTHORITY_ONLY_FIELDS = frozenset({"reg-researchers", "researchers", "reg-pis", "pis", "expires"})
+#: The record type each field Register and Update write belongs to: given (not empty) for a record of another type,
+#: it is refused, never stored. (Not ``email``: slice GIDs carry one too, and records shown with one go back as shown.)
+FIELD_TYPES: dict[str, str] = {
+    "keys": "user",
+    "reg-keys": "user",
+    "researchers": "slice",
+    "reg-researchers": "slice",
+    "expires": "slice",
+    "pis": "authority",
+    "reg-pis": "authority",
+}
 
 
 def slice_lifetime(record: Record) -> timedelta:
@@ -83,6 +96,30 @@ def _named(xrn: Any, kind: str | None = None) -> tuple[str, str | None]:
     if wanted is not None and urn.type != wanted:
         raise BadArgs(f"{xrn[:100]} names a {urn.type} but the type given is {wanted}: give a matching type")
     return urn.hrn, urn.type
+
+
+def _record_named(record: dict[str, Any], kind: str | None) -> tuple[str, str | None]:
+    """The HRN a Register or Update record names, and the type it requires (``_named``): its hrn, else its urn. Both
+    given, they must name the same record, and the urn's type is the type required."""
+    hrn, wanted = _named(record.get("hrn") or record.get("urn"), kind)
+    if record.get("hrn") and record.get("urn"):
+        urn_hrn, wanted = _named(record["urn"], kind)
+        if urn_hrn != hrn:
+            raise BadArgs(
+                f"the record's hrn {hrn[:80]} and urn {record['urn'][:100]} name different records: give one of them, "
+                "or both naming the same record"
+            )
+    return hrn, wanted
+
+
+def _refuse_fields_of_other_types(record: dict[str, Any], kind: str) -> None:
+    """BadArgs naming a field given (not empty) that a record of type ``kind`` does not have (FIELD_TYPES)."""
+    base = kind.partition("+")[0]
+    for name, owner in FIELD_TYPES.items():
+        if record.get(name) not in (None, "", []) and owner != base:
+            raise BadArgs(
+                f"a {base} record has no field {name!r} (only a {owner} record has): leave it out of the record"
+            )
 
 
 # -- the typed contract: every argument of every method checked before any work -----------------------------------
@@ -307,16 +344,22 @@ class RegistryApi:
         return [record_dict(record, self.authority.hrn) for record in self.records.under(_hrn(params[0]))]
 
     def register(self, context: CallContext, params: tuple[Any, ...]) -> str:
-        """Register(record, credentials): an authority credential adds a user, slice or node under the authority.
-        The authority issues the GID (a new key pair unless the record carries a certificate); returns it (PEM)."""
+        """Register(record, credentials): an authority credential adds a user or slice under the authority (nodes
+        follow the testbed's inventory: the operator adds them). The authority issues the GID (a new key pair unless
+        the record carries a certificate); returns it (PEM)."""
         record = params[0]
         kind = str(record.get("type", ""))
-        if kind not in ("user", "slice", "node"):
-            raise BadArgs(f"record type {kind!r}: Register takes user, slice or node records")
-        hrn, _ = _named(record.get("hrn") or record.get("urn"), kind)
-        if record.get("hrn") and record.get("urn") and _named(record["urn"], kind)[0] != hrn:
-            raise BadArgs(f"the record's hrn {hrn[:80]} and urn {record['urn'][:100]} name different records")
+        if kind == "node":
+            raise BadArgs(
+                "Register takes user and slice records, not nodes: node records follow the testbed's inventory; the "
+                "operator adds a node with sfa-omf node add (or node import), which records it"
+            )
+        if kind not in ("user", "slice"):
+            raise BadArgs(f"record type {kind!r}: Register takes user and slice records")
+        hrn, _ = _record_named(record, kind)
+        _refuse_fields_of_other_types(record, kind)
         urn = new_record_urn(hrn, kind)  # a name that maps to exactly this URN, within what the database holds
+        members = self._members(record, "researchers")
         email = record_email(record.get("email") or "")
         expires = record.get("expires")
         if expires is not None and expires <= utcnow():  # as Update and sfa-omf slice create: nothing issued for it
@@ -333,7 +376,14 @@ class RegistryApi:
             )
         if self.records.get(hrn) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"{hrn} is registered already: use Update")
+        self.records.refuse_same_but_for_case(hrn)  # tb.Bob beside tb.bob: one login for both
         self.records.refuse_if_removed_lately(hrn, urn)  # BUSY before the GID is issued
+        if self.authority.has_issued(hrn):
+            raise GeniError(
+                Reason.ALREADY_EXISTS,
+                f"a GID was issued for {hrn} already (sfa-omf credential issue) though it is not registered yet: the "
+                "registry records it when it next starts; choose another name, or ask the operator",
+            )
         public_key = None
         if record.get("gid"):
             try:
@@ -347,6 +397,8 @@ class RegistryApi:
             expires = utcnow() + DEFAULT_SLICE_LIFETIME
         try:
             chain, _ = self.authority.issue_gid(hrn, kind, public_key=public_key, email=email or None)
+        except IssuedAlready as exc:  # (issued meanwhile)
+            raise GeniError(Reason.ALREADY_EXISTS, f"a GID was issued for {hrn} already: choose another name") from exc
         except AuthorityError as exc:
             raise GeniError(Reason.BAD_ARGS, str(exc)) from exc
         try:
@@ -358,7 +410,7 @@ class RegistryApi:
                     chain_pem(chain),
                     email,
                     tuple(str(key) for key in record.get("reg-keys") or record.get("keys") or []),
-                    tuple(_hrn(member) for member in record.get("reg-researchers") or record.get("researchers") or []),
+                    tuple(members or ()),
                     expires=expires,
                 )
             )
@@ -371,8 +423,8 @@ class RegistryApi:
     def update(self, context: CallContext, params: tuple[Any, ...]) -> int:
         """Update(record, credentials): users update their own email and keys; an authority credential anything."""
         record = params[0]
-        target = self._record(*_named(record.get("hrn") or record.get("urn"), record.get("type") or None))
-        pis = record.get("reg-pis", record.get("pis"))
+        target = self._record(*_record_named(record, record.get("type") or None))
+        changes_pis = record.get("reg-pis", record.get("pis")) is not None
         try:
             authority_credential = self._authority_caller(context, params[1], "update", target.urn)
         except GeniError:
@@ -385,42 +437,55 @@ class RegistryApi:
         else:
             # The PIs are who GetCredential gives a fresh, undelegated authority credential: a delegate naming
             # himself (or a user record he registered with his own key) would outgrow the delegation, and outlive it.
-            if target.type == "authority" and pis is not None and authority_credential.delegated:
+            if target.type == "authority" and changes_pis and authority_credential.delegated:
                 raise GeniError(
                     Reason.INSUFFICIENT_PRIVILEGES,
                     f"changing the PIs of {target.hrn} needs a PI's own authority credential (not a delegated one): "
                     f"ask a PI of {target.hrn} to make the change",
                 )
+        _refuse_fields_of_other_types(record, target.type)
         email = record_email(record["email"]) if record.get("email") is not None else None
         expires = record.get("expires")
         if expires is not None and expires <= utcnow():
             raise BadArgs(f"the expiry {format_time(expires)} is in the past: give a time to come")
         keys = record.get("reg-keys", record.get("keys"))
-        members = record.get("reg-researchers", record.get("researchers"))
+        researchers, pis = self._members(record, "researchers"), self._members(record, "pis")
         self.records.update(
             target.hrn,
             email=email,
             keys=keys,
-            researchers=[_hrn(member) for member in members] if members is not None else None,
-            pis=[_hrn(pi) for pi in pis] if pis is not None else None,
+            researchers=researchers,
+            pis=pis,
             expires=expires,
         )
         return 1
 
     def remove(self, context: CallContext, params: tuple[Any, ...]) -> int:
         """Remove(xrn, credentials, type): an authority credential removes a user or slice record. A user leaves
-        every slice and authority they were a member or PI of, so whoever registers the name next inherits nothing."""
+        every slice and authority they were a member or PI of, so whoever registers the name next inherits nothing.
+        A node record goes only when the inventory has no such node (one Register made before it refused nodes)."""
         target = self._record(*_named(params[0], params[2] or None))
-        self._authority_caller(context, params[1], "remove", target.urn)
+        authority_credential = self._authority_caller(context, params[1], "remove", target.urn)
         if target.type == "authority":
             raise BadArgs(
                 f"{target.hrn} is an authority: its record cannot be removed (its PIs would lose their rights for "
                 "good); to change who its PIs are, Update it with reg-pis"
             )
         if target.type == "node":
-            raise BadArgs(
-                f"{target.hrn} is a node: node records follow the testbed's inventory; the operator removes the node "
-                "with sfa-omf node remove"
+            if self._in_inventory(target):
+                raise BadArgs(
+                    f"{target.hrn} is a node of the inventory: node records follow the testbed's inventory; the "
+                    "operator removes the node with sfa-omf node remove"
+                )
+            forget_node(self.authority, self.records, target.urn)  # not in the inventory: nothing else holds it
+            return 1
+        pi_of = self._pi_of(target.hrn) if target.type == "user" and authority_credential.delegated else ()
+        if pi_of:
+            # Removing a PI takes them out of the authorities' PIs: as changing the PIs (update), a delegate may not.
+            raise GeniError(
+                Reason.INSUFFICIENT_PRIVILEGES,
+                f"{target.hrn} is a PI of {', '.join(pi_of)}: removing them changes the PIs, which needs a PI's own "
+                f"authority credential (not a delegated one): ask a PI of {', '.join(pi_of)} to remove them",
             )
         self.records.remove(target.hrn)
         self.authority.forget(target.hrn)  # else the next start would import it again from gids/
@@ -429,6 +494,30 @@ class RegistryApi:
         return 1
 
     # -- helpers ------------------------------------------------------------------------------------------------
+    def _members(self, record: dict[str, Any], field: str) -> tuple[str, ...] | None:
+        """The user HRNs a record's ``reg-<field>`` (or ``<field>``: researchers, pis) lists, each once in the order
+        given; None when the record does not give it. A URN of another type than user, or the name of a record here
+        that is not a user, is refused (users of other authorities, and users not registered yet, may be named)."""
+        given = f"reg-{field}" if record.get(f"reg-{field}") is not None else field
+        names = record.get(given)
+        if names is None:
+            return None
+        members: dict[str, None] = {}  # (each once, in the order given)
+        for index, name in enumerate(names):
+            where = f"{given}[{index}]"
+            if is_urn(name) and parse_urn(name).type != "user":
+                raise BadArgs(
+                    f"{where} {name[:100]} names a record of type {parse_urn(name).type[:40]}: {field} are users"
+                )
+            hrn = _hrn(name)
+            found = self.records.get(hrn)
+            if found is not None and found.type != "user":
+                raise BadArgs(
+                    f"{where} {hrn[:100]} is a record of type {found.type} here, not a user: {field} are users"
+                )
+            members[hrn] = None
+        return tuple(members)
+
     def _authority_caller(
         self, context: CallContext, credentials: Any, operation: str, target_urn: str
     ) -> VerifiedCredential:
@@ -462,6 +551,17 @@ class RegistryApi:
                     "its users now (GetSelfCredential with the registered key)",
                 )
         return verified
+
+    def _pi_of(self, hrn: str) -> tuple[str, ...]:
+        """The authorities whose PIs name ``hrn`` (all of them: Remove takes the user out of each)."""
+        return tuple(record.hrn for record in self.records.of_type("authority") if hrn in record.pis)
+
+    def _in_inventory(self, node: Record) -> bool:
+        """Whether the inventory holds the node of this record (by its component ID, or a URN naming its HRN)."""
+        inventory = Inventory(self.records.database)
+        if inventory.find_nodes({node.urn}):
+            return True
+        return any(node_hrn(known.component_id) == node.hrn for known in inventory.list_nodes())
 
     def _named_pi_of(self, hrn: str) -> str:
         """The authority (of this registry, the user's own or one above it) whose PIs name ``hrn``; "" for none."""
@@ -541,7 +641,15 @@ class RegistryApi:
                         f"credential of {self.authority.hrn} for {operation} here (a PI of {self.authority.hrn} can "
                         "delegate theirs to you)",
                     )
-                record = self._record(owner_hrn, "user")
+                record = self.records.get(owner_hrn)
+                if record is None or record.type != "user":
+                    # Issued here to a user since removed (the docs: 22, as for an earlier holder of a name).
+                    raise GeniError(
+                        Reason.OWNER_MISMATCH,
+                        f"this credential's owner {owner_hrn} is no longer registered here (no user record "
+                        f"{owner_hrn} in the registry of {self.authority.hrn}): a PI of {self.authority.hrn} or its "
+                        "operator can register you again; then ask for a new credential (GetSelfCredential)",
+                    )
                 # The name alone is not enough: a user removed and registered again under the same name (another
                 # person, another key) must not be reachable with the credential of the earlier one.
                 if record_chain(record)[0].key_id != verified.owner_key_id:

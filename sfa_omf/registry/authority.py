@@ -35,6 +35,10 @@ class AuthorityError(Exception):
     """The authority directory is missing, inconsistent, or would be overwritten."""
 
 
+class IssuedAlready(AuthorityError):
+    """A GID for the name was issued already (its file in gids/ would be overwritten)."""
+
+
 def write_new_file(path: str, data: bytes, private: bool = False) -> None:
     """Write a file that must not exist yet (never overwrite keys or GIDs)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -126,7 +130,7 @@ class LocalAuthority:
             raise BadArgs(f"no GID can be issued for {hrn[:80]!r}: {exc}") from None
         chain = (gid, *self.chain)
         if os.path.exists(path):
-            raise AuthorityError(f"a GID for {hrn!r} exists already in {path}")
+            raise IssuedAlready(f"a GID for {hrn!r} exists already in {path}")
         write_new_file(path, chain_pem(chain).encode("ascii"))
         return chain, new_key
 
@@ -136,6 +140,10 @@ class LocalAuthority:
         path = self.issued_gid_path(hrn)
         if os.path.exists(path):
             os.remove(path)
+
+    def has_issued(self, hrn: str) -> bool:
+        """Whether a GID this authority issued for ``hrn`` is on record (gids/), registered or not."""
+        return os.path.exists(self.issued_gid_path(hrn))
 
     def issued_chain(self, hrn: str) -> GidChain:
         path = self.issued_gid_path(hrn)

@@ -108,9 +108,11 @@ def init_directory(
 def _refuse_names_removed_lately(settings: Settings, names: Sequence[tuple[str, str]]) -> None:
     """BUSY (GeniError, as the registry answers) when one of ``names`` ((HRN, "user" or "slice")) init would register
     has no record and was removed less than ``REGISTER_AGAIN_AFTER_S`` ago: registered now, the removed holder's
-    last calls would become the new holder's (registry/records.py). Checked before init writes anything, so that the
-    name's GID file, sfi.py directory and place among the demo slice's researchers are not left without a record (and
-    in the way of registering it later). A calendar not made yet (a new directory's SQLite file) holds no removal."""
+    last calls would become the new holder's (registry/records.py); ALREADY_EXISTS when it has no record but differs
+    from a registered name only in case (tb.bob beside tb.Bob would share its local login). Checked before init
+    writes anything, so that the name's GID file, sfi.py directory and place among the demo slice's researchers are
+    not left without a record (and in the way of registering it later). A calendar not made yet (a new directory's
+    SQLite file) holds no removal."""
     database = Database(settings.calendar_url)
     try:
         if database.is_sqlite:
@@ -122,6 +124,8 @@ def _refuse_names_removed_lately(settings: Settings, names: Sequence[tuple[str, 
         database.upgrade()  # as init does next (cli.py _cmd_init): the removals are read in the current schema
         records = Records(database)
         for hrn, kind in names:
+            if records.get(hrn) is None:
+                records.refuse_same_but_for_case(hrn)
             records.refuse_if_removed_lately(hrn, hrn_to_urn(hrn, kind))
     finally:
         database.dispose()

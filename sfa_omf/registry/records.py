@@ -9,6 +9,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NoReturn
 
 from sqlalchemy import Text, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -58,7 +59,8 @@ _FORBIDDEN_IN_PART = frozenset(":+/")
 
 def new_record_urn(hrn: str, kind: str) -> str:
     """The URN of a record about to be registered, after checking its HRN names exactly one URN and back: no ':',
-    '+', '/', white space or control characters in a part, and within what the database columns hold."""
+    '+', '/', white space, control characters or characters that are not ASCII in a part (a GID's URI must be
+    ASCII), and within what the database columns hold."""
     if len(hrn.encode("utf-8")) > MAX_HRN_BYTES:
         raise BadArgs(
             f"the HRN {hrn[:60]}... is {len(hrn.encode('utf-8'))} bytes long (UTF-8); the registry holds at most "
@@ -69,13 +71,17 @@ def new_record_urn(hrn: str, kind: str) -> str:
             {
                 repr(char)
                 for char in part
-                if char in _FORBIDDEN_IN_PART or char.isspace() or unicodedata.category(char).startswith("C")
+                if char in _FORBIDDEN_IN_PART
+                or char.isspace()
+                or unicodedata.category(char).startswith("C")
+                or not char.isascii()
             }
         )
         if bad:
             raise BadArgs(
                 f"the HRN part {part[:60]!r} holds {', '.join(bad)}: parts of a registered name may not hold ':', "
-                "'+', '/', white space or control characters (use letters, digits, '-' and '_')"
+                "'+', '/', white space, control characters or characters that are not ASCII (use letters, digits, "
+                "'-' and '_')"
             )
     if kind == "slice" and is_source_slice_name(split_hrn(hrn)[-1]):
         # The slice would be the pseudo-slice of the testbed's mirror (calendar/external.py): the aggregate would mix
@@ -193,6 +199,21 @@ def _rename_slice_left_after_removal(session: Session, slice_urn: str) -> None:
     _rename_slice(session, slice_urn, utcnow())
 
 
+def _same_but_for_case(session: Session, hrn: str) -> RegistryRecord | None:
+    """The record whose HRN differs from ``hrn`` only in case (a scan: registering is rare)."""
+    query = select(RegistryRecord).where(func.lower(RegistryRecord.hrn) == hrn.lower(), RegistryRecord.hrn != hrn)
+    return session.scalars(query.limit(1)).first()
+
+
+def _refuse_twin(hrn: str, registered_hrn: str, registered_type: str) -> NoReturn:
+    raise GeniError(
+        Reason.ALREADY_EXISTS,
+        f"{hrn[:200]} differs from the registered {registered_type} {registered_hrn[:200]} only in the case of its "
+        "letters: the testbed's local logins do not tell such names apart, so both would share one Unix account; "
+        f"choose another name (or use {registered_hrn[:200]})",
+    )
+
+
 @dataclass(frozen=True)
 class Record:
     hrn: str
@@ -244,6 +265,20 @@ class Records:
                 if is_authority_for(authority_hrn, row.hrn) and len(split_hrn(row.hrn)) == depth
             ]
 
+    def same_but_for_case(self, hrn: str) -> Record | None:
+        """A record whose HRN is ``hrn`` but for the case of its letters (tb.Bob for tb.bob), None when there is none:
+        local logins are derived from URNs read in lower case (registry/accounts.py), so two such names would be one
+        user's (or slice's) login."""
+        with self.database.read() as session:
+            row = _same_but_for_case(session, hrn)
+            return _record(row) if row is not None else None
+
+    def refuse_same_but_for_case(self, hrn: str) -> None:
+        """ALREADY_EXISTS naming the record whose HRN is ``hrn`` but for case (``same_but_for_case``), if any."""
+        twin = self.same_but_for_case(hrn)
+        if twin is not None:
+            _refuse_twin(hrn, twin.hrn, twin.type)
+
     def refuse_if_removed_lately(self, hrn: str, urn: str) -> None:
         """BUSY (Reason.BUSY, as ``add`` would answer) when ``hrn`` has no record and ``urn`` was removed less than
         ``REGISTER_AGAIN_AFTER_S`` ago. Called before a GID is issued or a file written for a name about to be
@@ -262,6 +297,9 @@ class Records:
         with self.database.write() as session:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == record.hrn))
             if row is None:
+                twin = _same_but_for_case(session, record.hrn) if record.type in ("user", "slice") else None
+                if twin is not None:  # checked again here, in the transaction that adds the record
+                    _refuse_twin(record.hrn, twin.hrn, twin.type)
                 last_removed_s = _last_removal_s(session, record.urn) if record.type in ("user", "slice") else None
                 if last_removed_s is not None:  # a name removed before: nothing of its removed holder's passes
                     _refuse_too_soon(record.hrn, last_removed_s)
@@ -279,9 +317,9 @@ class Records:
                         urn=record.urn,
                         gid=record.gid,
                         email=record.email,
-                        keys=list(record.keys),
-                        researchers=list(record.researchers),
-                        pis=list(record.pis),
+                        keys=list(dict.fromkeys(record.keys)),
+                        researchers=list(dict.fromkeys(record.researchers)),
+                        pis=list(dict.fromkeys(record.pis)),
                         expires_s=to_s(record.expires) if record.expires is not None else None,
                         created_s=int(utcnow().timestamp()),
                     )
@@ -319,12 +357,12 @@ class Records:
                 drop_queued(session, row.urn, before - addresses_of(session, row.urn), ADDRESS_CHANGED)
             elif email is not None:
                 row.email = email
-            if keys is not None:
-                row.keys = list(keys)
+            if keys is not None:  # (each once, in the order given)
+                row.keys = list(dict.fromkeys(keys))
             if researchers is not None:
-                row.researchers = list(researchers)
+                row.researchers = list(dict.fromkeys(researchers))
             if pis is not None:
-                row.pis = list(pis)
+                row.pis = list(dict.fromkeys(pis))
             if expires is not None:
                 row.expires_s = to_s(expires)
             row.updated_s = int(utcnow().timestamp())
@@ -429,6 +467,14 @@ class Records:
             try:
                 self.add(Record(leaf.hrn, kind, leaf.urn or "", chain_pem(chain), leaf.email or "", (), members))
             except GeniError as exc:
+                if exc.reason is Reason.ALREADY_EXISTS:
+                    # A GID issued for a name another record holds but for case (credential issue --type slice).
+                    log.warning(
+                        "%s is not recorded: %s; remove the file if nobody uses it",
+                        os.path.join(gids_dir, name),
+                        exc.message,
+                    )
+                    continue
                 if exc.reason is not Reason.BUSY:
                     raise
                 # A GID issued for a name just removed (credential issue --type slice): recorded at the next start.

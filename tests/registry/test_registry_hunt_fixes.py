@@ -212,8 +212,8 @@ def test_a_removed_pi_s_authority_credential_no_longer_changes_the_registry(regi
     assert registry.fault(registry.bob.Register, carol, [old_bob_auth_cred]).faultCode == 22
     assert registry.fault(registry.bob.Remove, "tb.alice", [old_bob_auth_cred], "user").faultCode == 22
     update = {"hrn": "tb.alice", "email": "x@example.org"}
-    # (Update, refused as an authority's, then tries the caller's own record: there is none)
-    assert registry.fault(registry.bob.Update, update, [old_bob_auth_cred]).faultCode == 12
+    # (Update, refused as an authority's, then tries the caller's own record: there is none, 22 as for Resolve)
+    assert registry.fault(registry.bob.Update, update, [old_bob_auth_cred]).faultCode == 22
     assert registry.written() == before
 
     # The name registered again (another person, another key): the old holder's key and credential still get nothing.
