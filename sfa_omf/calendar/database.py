@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.pool import QueuePool
 
+from sfa_omf.calendar.fence import check_term, fence_term
 from sfa_omf.calendar.generation import bump_generation
 from sfa_omf.calendar.plain_statements import PlainStatement, run_plain
 from sfa_omf.errors import GeniError, Reason
@@ -116,6 +117,9 @@ class Database:
         # SQLAlchemy for AUTOCOMMIT there would set pysqlite's own transaction handling back on at check-in.
         single = {"sfa_omf_single_read": True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
         self._single_reader = self.engine.execution_options(**single)
+        # PostgreSQL: the writes of a background task's thread are fenced by its leadership term (calendar/fence.py);
+        # SQLite has one process, which always leads: nothing to fence.
+        self._fences = not self.is_sqlite
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -123,13 +127,20 @@ class Database:
         anything, the calendar's generation is bumped in the same transaction (caches of answers key on it).
         Write through the session (ORM objects or ``session.execute``), or through ``connection_of(session,
         writes=True)``, never ``session.connection()`` alone: only the session's events tell that something was
-        written."""
+        written.
+
+        In a background task's thread (``fence.fenced``, PostgreSQL) it first checks the leadership term, in the same
+        transaction: LeadershipLost, nothing written, when another process leads since. Other threads run no
+        statement more."""
+        term = fence_term() if self._fences else None
         with (
             _queued(self._local_writers),
             _database_errors(),
             CalendarSession(self._writer, expire_on_commit=False) as session,
             session.begin(),
         ):
+            if term is not None:
+                check_term(session.connection(), term)
             yield session
             session.flush()
             if session.info.get(WROTE) and not session.info.get(BUMPED):
@@ -140,8 +151,11 @@ class Database:
         """A unit of work of Core statements on one connection, without an ORM session (0.06-0.1 ms less than
         ``write()`` a unit on SQLite, measured on the cancel): begun as ``write()`` begins (BEGIN IMMEDIATE on
         SQLite), committed at the end, rolled back on any exception. No event sees its statements: the caller bumps
-        the generation in it (``generation.bump_on``) when it wrote."""
+        the generation in it (``generation.bump_on``) when it wrote. Fenced as ``write()`` is."""
+        term = fence_term() if self._fences else None
         with _queued(self._local_writers), _database_errors(), self._writer.begin() as connection:
+            if term is not None:
+                check_term(connection, term)
             yield connection
 
     @contextmanager
@@ -163,10 +177,25 @@ class Database:
     ) -> Sequence[Sequence[Any]]:
         """PostgreSQL: one writing statement as a unit of work of its own (autocommit: no BEGIN and COMMIT, one round
         trip instead of three), answering its rows. The statement must bump the generation itself when it writes
-        (generation.bump_after): ``write()``'s bump is not there. A failure raises as in ``write()``."""
+        (generation.bump_after): ``write()``'s bump is not there. A failure raises as in ``write()``. In a background
+        task's thread (``fence.fenced``) it runs in a transaction after the leadership term's check instead (as
+        ``write_connection()``): LeadershipLost, nothing written, when another process leads since."""
         if self.is_sqlite:
             raise ValueError("write_alone is for PostgreSQL (an SQLite writer must begin with BEGIN IMMEDIATE)")
+        term = fence_term()
+        if term is not None:
+            return self._fenced_alone(statement, parameters or {}, term)
         return self._alone(statement, parameters or {})
+
+    def _fenced_alone(
+        self, statement: Executable | PlainStatement[Any], parameters: Mapping[str, Any], term: int
+    ) -> Sequence[Sequence[Any]]:
+        """``write_alone``'s statement in a transaction of its own, after the check of the leadership ``term``."""
+        executable = statement.statement if isinstance(statement, PlainStatement) else statement
+        with _database_errors(), self._writer.begin() as connection:
+            check_term(connection, term)
+            result = connection.execute(executable, parameters)
+            return result.all() if result.returns_rows else []
 
     def _alone(
         self, statement: Executable | PlainStatement[Any], parameters: Mapping[str, Any]

@@ -12,7 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -375,6 +387,20 @@ class CalendarGeneration(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
+
+
+class LeadershipTerm(Base):
+    """The cluster's leadership term (one row, id 1, migration 0028): the process that takes the leadership lock
+    adds 1 to ``term`` before its background tasks run (``holder``: its host:pid, ``since_s``: when); each write of
+    a background task reads it FOR SHARE and is refused once it is not its process's term (calendar/fence.py)."""
+
+    __tablename__ = "leadership_term"
+    __table_args__ = (CheckConstraint("id = 1", name="leadership_term_one_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    term: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(Text)
+    since_s: Mapped[int] = mapped_column(BigInteger)
 
 
 # The node agents' tables live in their own module; importing it here puts them in Base.metadata (migrations, tests).

@@ -33,10 +33,16 @@ agents...). Only the leader runs them; the others stand by. The rules, all in th
   other process starts it meanwhile.
 - SQLite: there is a single process (``serve`` runs one worker on SQLite); it always leads.
 
-What is not fenced: a task that runs when the lock is lost (its session terminated, the database restarted, a network
-cut) runs to its end; its writes go through connections of the request pool, which know nothing of the lock. So that
-round of the old leader may overlap the first rounds of the new one, until it ends (no new round starts on the old
-leader). Tasks must be safe to run twice (they are: each is a transaction on the calendar that re-reads what it needs).
+What is fenced: a task that runs when the lock is lost (its session terminated, the database restarted, a network
+cut) is not interrupted, and its writes go through connections of the request pool, which know nothing of the lock.
+So on PostgreSQL they are fenced by the cluster's durable leadership term (``terms``, a TermKeeper: calendar/fence.py):
+a process that has just taken the lock begins the next term in the database before any of its tasks runs (waiting for
+a write of the old leader that holds the term; when that takes too long it does not lead yet, keeps the lock and
+tries again at its next check), and each write unit of work of a task begins by reading the term, refused
+(LeadershipLost, nothing written) once it is not its process's. A task refused so logs it and the process stops
+leading at once. What is still not fenced: what the old leader's task did outside the database before its first
+refused write (an OAR job submitted, a mail sent), and its reads; tasks stay safe to run twice (each is a transaction
+on the calendar that re-reads what it needs). SQLite needs no fence (one process).
 
 This module knows nothing of Twisted: tasks run in threads of their own, one per task.
 """
@@ -50,7 +56,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -81,6 +87,26 @@ class PeriodicTask:
     period_s: float
     run: Callable[[], object]
     at_start: bool = True
+
+
+class LeadershipLost(Exception):
+    """A write of a background task was refused: the cluster's durable term is no longer the one its process began
+    (another process took the lead meanwhile); nothing of that unit of work was written."""
+
+    def __init__(self, term: int, current: int | None) -> None:
+        super().__init__(f"this write belongs to leadership term {term}, the cluster is at term {current}: refused")
+        self.term = term
+        self.current = current
+
+
+class TermKeeper(Protocol):
+    """The cluster's durable leadership terms (calendar/fence.py on PostgreSQL): ``begin_term`` starts the term of a
+    process that just took the lock (None: not yet, an old leader's write still holds it; try again later);
+    ``fenced(term)`` makes the writes of the block refused (LeadershipLost) once the cluster is past ``term``."""
+
+    def begin_term(self) -> int | None: ...
+
+    def fenced(self, term: int) -> AbstractContextManager[None]: ...
 
 
 class LeaderLock(Protocol):
@@ -301,8 +327,12 @@ def startup_writes(url: str, timeout_s: float = STARTUP_WAIT_S) -> Iterator[None
 class Leadership:
     """Runs registered periodic tasks while this process is the cluster's leader (see the module docstring)."""
 
-    def __init__(self, lock: LeaderLock, takeover_s: float = DEFAULT_TAKEOVER_S) -> None:
+    def __init__(
+        self, lock: LeaderLock, takeover_s: float = DEFAULT_TAKEOVER_S, terms: TermKeeper | None = None
+    ) -> None:
+        """``terms``: the durable terms that fence the tasks' writes (PostgreSQL); None: not fenced (SQLite)."""
         self.lock = lock
+        self.terms = terms
         self.takeover_s = takeover_s
         self.check_s = check_period_s(takeover_s)
         self._tasks: list[PeriodicTask] = []
@@ -310,6 +340,8 @@ class Leadership:
         self._changed = threading.Condition()
         self._leading = False
         self._term = 0  # incremented each time this process becomes leader
+        self._durable_term: int | None = None  # the cluster's term this process began (terms), None without terms
+        self._waited_for_term = False  # the lock is held but the term could not begin yet (logged once)
         self._confirmed_at = 0.0  # time.monotonic() when the last check that found the lock held was sent
         self._check_wanted = False  # the keeper should check now (a task waits for it, or stop() does)
         self._stopping = False
@@ -379,10 +411,11 @@ class Leadership:
                 wait_s,
             )
 
-    def _set_leading(self, leading: bool, checked_at: float = 0.0) -> None:
+    def _set_leading(self, leading: bool, checked_at: float = 0.0, durable_term: int | None = None) -> None:
         with self._changed:
             if leading and not self._leading:
                 self._term += 1
+                self._durable_term = durable_term
             self._leading = leading
             if leading:
                 self._confirmed_at = checked_at
@@ -411,9 +444,11 @@ class Leadership:
                     elif not self._leading:
                         standing_back = time.monotonic() - handed_over_at < self.takeover_s
                         if not standing_back and self.lock.try_acquire() and not self._stopping:
-                            self._set_leading(True, checked_at)
-                            level = logging.INFO if self.lock.contended else logging.DEBUG
-                            log.log(level, "this process (%s) now leads the background tasks", _whoami())
+                            began, durable_term = self._begin_term()
+                            if began:
+                                self._set_leading(True, checked_at, durable_term)
+                                level = logging.INFO if self.lock.contended else logging.DEBUG
+                                log.log(level, "this process (%s) now leads the background tasks", _whoami())
                     elif self.lock.still_held():
                         if self._unconfirmed_for_too_long(checked_at):
                             handed_over_at = time.monotonic()  # (a standby's turn first: no try for takeover_s)
@@ -433,6 +468,25 @@ class Leadership:
                 if not self._check_wanted:
                     self._changed.wait(self.check_s)
                 self._check_wanted = False
+
+    def _begin_term(self) -> tuple[bool, int | None]:
+        """Right after the lock was taken, before any task runs: begin the cluster's next durable term (call with
+        ``_lock_in_use`` held). (False, None) when it cannot begin yet: a write of the previous leader holds the
+        term; this process keeps the lock and tries again at its next check. Without terms: (True, None)."""
+        if self.terms is None:
+            return True, None
+        durable_term = self.terms.begin_term()
+        if durable_term is None:
+            if not self._waited_for_term:
+                self._waited_for_term = True
+                log.warning(
+                    "this process holds the leadership lock, but a write of the previous leader still holds the "
+                    "leadership term: it leads once that write ends (trying again every %g s)",
+                    self.check_s,
+                )
+            return False, None
+        self._waited_for_term = False
+        return True, durable_term
 
     def _step_down(self) -> None:
         """The lock is lost: no task starts from now on (call with ``_lock_in_use`` held)."""
@@ -455,6 +509,19 @@ class Leadership:
             if not held:
                 self._step_down()
             return held
+
+    def _fenced(self, durable_term: int | None) -> AbstractContextManager[None]:
+        """Where a task runs: its writes fenced by this process's durable term (none without terms)."""
+        if self.terms is None or durable_term is None:
+            return nullcontext()
+        return self.terms.fenced(durable_term)
+
+    def _lost_term(self, term: int) -> None:
+        """A task's write found the cluster past this process's durable term: another process leads. Stop leading
+        (no task starts from now on); the keeper then tries the lock again like a standby's."""
+        with self._lock_in_use:
+            if self._term == term and self._leading:
+                self._set_leading(False)
 
     def _unconfirmed_for_too_long(self, checked_at: float) -> bool:
         """A check answered too late to confirm the lock (the database or this process is that slow): once no check
@@ -503,10 +570,21 @@ class Leadership:
                     self._changed.wait(self.check_s)
                     continue
                 term = self._term
+                durable_term = self._durable_term
             if not self._still_leads_now(term):
                 continue
             try:
-                task.run()
+                with self._fenced(durable_term):
+                    task.run()
+            except LeadershipLost as lost:
+                log.warning(
+                    "this process no longer leads (term %s, the cluster is at term %s): %s stops here",
+                    lost.term,
+                    lost.current,
+                    task.name,
+                )
+                self._lost_term(term)
+                continue
             except Exception as exc:  # a testbed or a database that is down must not stop the next run
                 log.warning("%s failed (%s); will try again in %g s", task.name, _first_line(exc), task.period_s)
             due = time.monotonic() + task.period_s

@@ -35,9 +35,11 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.fence import fence_of_this_thread, fenced_as
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice
 from sfa_omf.calendar.queries import to_s
 from sfa_omf.calendar.records import network_address
+from sfa_omf.cluster.leadership import LeadershipLost
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.images.archives import MAX_ARCHIVE_BYTES, ArchiveError, check_archive, save_rootfs, take
 from sfa_omf.images.archives import SECRETS as SECRETS
@@ -808,18 +810,25 @@ class Instances:
             return
         done = threading.Event()
         began = time.monotonic()
+        fence = fence_of_this_thread()  # the renewals are the start's writes: fenced as its task's (calendar/fence.py)
 
         def renew() -> None:
-            while not done.wait(CLAIM_RENEWAL_S):
-                try:
-                    with self.database.write() as session:
-                        session.execute(
-                            update(LeaseInstance)
-                            .where(LeaseInstance.name.in_(names), LeaseInstance.state == STARTING)
-                            .values(updated_s=to_s(now) + int(time.monotonic() - began))
-                        )
-                except GeniError as exc:  # the next renewal tries again; the start goes on
-                    log.warning("the claim of containers %s could not be renewed: %s", ", ".join(names), exc.message)
+            try:
+                with fenced_as(fence):
+                    while not done.wait(CLAIM_RENEWAL_S):
+                        try:
+                            with self.database.write() as session:
+                                session.execute(
+                                    update(LeaseInstance)
+                                    .where(LeaseInstance.name.in_(names), LeaseInstance.state == STARTING)
+                                    .values(updated_s=to_s(now) + int(time.monotonic() - began))
+                                )
+                        except GeniError as exc:  # the next renewal tries again; the start goes on
+                            log.warning(
+                                "the claim of containers %s could not be renewed: %s", ", ".join(names), exc.message
+                            )
+            except LeadershipLost:  # another process leads: its recovery may start them again
+                log.warning("the claim of containers %s is no longer renewed: this process no longer leads", names)
 
         renewer = threading.Thread(target=renew, name="container-claims", daemon=True)
         renewer.start()

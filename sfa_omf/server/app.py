@@ -46,10 +46,11 @@ from sfa_omf.am.api_v2 import ApiV2
 from sfa_omf.am.api_v3 import ApiV3
 from sfa_omf.calendar.agents import Agents
 from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.fence import terms_for
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.vpn_records import VpnRecords
-from sfa_omf.cluster.leadership import Leadership, PeriodicTask, lock_for, startup_writes
+from sfa_omf.cluster.leadership import Leadership, LeadershipLost, PeriodicTask, lock_for, startup_writes
 from sfa_omf.config import Settings
 from sfa_omf.images.instances import instances_of
 from sfa_omf.images.store import ImageStore, store_directory
@@ -325,7 +326,12 @@ def start_aggregate(
         settings.aggregate_port if port is None else port, site, tls, settings.aggregate_host, listening_fd
     )
     pool.start()
-    leadership = Leadership(lock_for(settings.calendar_url, settings.leader_takeover_s), settings.leader_takeover_s)
+    # PostgreSQL: the tasks' writes are fenced by the cluster's durable leadership term (calendar/fence.py).
+    leadership = Leadership(
+        lock_for(settings.calendar_url, settings.leader_takeover_s),
+        settings.leader_takeover_s,
+        terms_for(settings.calendar_url, settings.leader_takeover_s),
+    )
     for task in background_tasks(settings, aggregate, agents):
         leadership.register(task)
     leadership.start()
@@ -440,6 +446,8 @@ def _notify(notifier: Notifier) -> None:
     try:
         notifier.notice()
         notifier.deliver()
+    except LeadershipLost:  # another process leads: Leadership says so once and stops leading
+        raise
     except Exception:  # a database hiccup must not stop the next round
         log.exception("notifications failed; will try again")
 
@@ -536,6 +544,8 @@ def watch_trusted_roots(verifier: CredentialVerifier, period_s: float = ROOTS_CH
 def _background(task: PeriodicTask) -> None:
     try:
         task.run()
+    except LeadershipLost:  # another process leads: Leadership says so once and stops leading
+        raise
     except Exception as exc:  # a testbed that is down must not stop the next run
         log.warning("%s failed (%s); will try again in %d s", task.name, exc, task.period_s)
 
@@ -546,6 +556,8 @@ def _backend_task(aggregate: Aggregate, task: BackgroundTask) -> None:
     backend = aggregate.backend.name
     try:
         result = task.run()
+    except LeadershipLost:  # another process leads: Leadership says so once and stops leading
+        raise
     except Exception as exc:  # a testbed that is down must not stop the next run
         log.warning("%s failed (%s); will try again in %d s", task.name, exc, task.period_s)
         aggregate.alerts.backend_failed(backend, task.name, str(exc))
@@ -569,6 +581,8 @@ def _expire(aggregate: Aggregate) -> None:
         ended = aggregate.retire_ended()
         if ended:
             log.info("%d lease(s) reached the end of their slot", ended)
+    except LeadershipLost:  # another process leads: Leadership says so once and stops leading
+        raise
     except Exception:
         log.exception("releasing unprovisioned allocations failed; will try again")
 
