@@ -662,11 +662,14 @@ def _to_policy(value: str) -> str:
 
 
 def _to_login(value: str) -> str:
-    from sfa_omf.registry.accounts import VALID_LOGIN
+    from sfa_omf.registry.accounts import VALID_LOGIN, system_login_reason
 
     login = value.strip()
     if not VALID_LOGIN.fullmatch(login):
         raise ValueError("a Unix login: at most 32 of a-z 0-9 _ -, starting with a letter or _")
+    reason = system_login_reason(login)
+    if reason:
+        raise ValueError(f"a login of the experimenters' own, not {login!r} ({reason}: their SSH keys would open it)")
     return login
 
 

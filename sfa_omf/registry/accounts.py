@@ -26,6 +26,7 @@ one derived from the marked text.
 from __future__ import annotations
 
 import hashlib
+import pwd
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,6 +58,33 @@ def derived_login(urn: str, tag_length: int = 6, holder: int = 0) -> str:
     seed = urn.lower() if holder == 0 else f"{urn.lower()}#{holder}"  # holder 0: the tag as it always was
     tag = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:tag_length]
     return f"{name[: MAX_LOGIN - len(tag) - 1]}_{tag}"
+
+
+#: Logins no federation user's account may be, whatever this host's passwd says: the testbed's nodes and servers
+#: have them (their keys would open them), and OMF's controllers let root do anything.
+SYSTEM_LOGINS = frozenset(
+    {
+        "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data",
+        "backup", "list", "irc", "gnats", "nobody", "_apt", "sshd", "messagebus", "syslog", "postgres", "rabbitmq",
+        "oar", "omf", "admin", "adm", "operator", "wheel", "sudo", "ftp", "halt", "shutdown",
+    }
+)  # fmt: skip
+#: The first uid useradd gives a person (Debian's FIRST_UID): a login below it on this host is a system user's.
+FIRST_USER_UID = 1000
+
+
+def system_login_reason(login: str) -> str:
+    """Why ``login`` is a system login that no federation user may be given ("" when it is not): a built-in system
+    login (SYSTEM_LOGINS), or a system user of this host (uid below FIRST_USER_UID)."""
+    if login in SYSTEM_LOGINS:
+        return "a system login"
+    try:
+        uid = pwd.getpwnam(login).pw_uid
+    except KeyError:
+        return ""  # not on this host: a login for a person
+    if uid < FIRST_USER_UID:
+        return f"a system user of this host (uid {uid})"
+    return ""
 
 
 def check_login(login: str) -> None:
@@ -324,6 +352,12 @@ class Accounts:
         if len(urn) > MAX_MAPPED_URN:
             raise BadArgs(f"the URN is {len(urn)} characters long; the account mapping holds at most {MAX_MAPPED_URN}")
         check_login(login)
+        reason = system_login_reason(login)
+        if reason:
+            raise BadArgs(
+                f"{login!r} is {reason}: a user's SSH keys would open it; pin a login of the user's own (or leave the "
+                "URN unpinned: it gets one derived from its name)"
+            )
         with self.database.write() as session:
             existing = session.scalar(select(AccountMapping).where(AccountMapping.urn == urn))
             if existing is None:

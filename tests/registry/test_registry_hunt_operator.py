@@ -167,3 +167,29 @@ def test_the_account_mapping_refuses_a_urn_its_column_cannot_hold(kind: str, tmp
     assert accounts.list() == []
     assert accounts.login_for("urn:publicid:IDN+ple:inria+user+bob", "urn:publicid:IDN+tb+slice+x").startswith("bob_")
     database.dispose()
+
+
+@pytest.mark.parametrize("login", ["root", "www-data", "postgres"])
+def test_a_system_login_is_never_pinned_for_a_user_nor_shared(
+    login: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """root or a system user of the host would get a federation user's SSH keys: `account map` refuses it (2, one
+    line, nothing written), and so does [sfa_omf] shared_login."""
+    database = Database(sqlite_url(str(tmp_path / "a.sqlite")))
+    database.upgrade()
+    accounts = Accounts(database)
+    with pytest.raises(BadArgs, match=f"'{login}' is a system"):
+        accounts.pin("urn:publicid:IDN+tb+user+alice", login)
+    assert accounts.list() == []
+    assert accounts.pin("urn:publicid:IDN+tb+user+alice", "alice").login == "alice"
+    database.dispose()
+    directory = tmp_path / "site"
+    init_directory(str(directory), "tb", ("alice",))
+    capsys.readouterr()
+    config = directory / "sfa-omf.conf"
+    code = main(["account", "map", "urn:publicid:IDN+tb+user+alice", login, "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert code == 2 and "system" in err and "Traceback" not in err, (out, err)
+    config.write_text(config.read_text() + f"\n[sfa_omf]\nshared_login = {login}\n")
+    with pytest.raises(Exception, match="not '" + login):
+        read_config(str(config))

@@ -34,7 +34,6 @@ matching lease.
 
 from __future__ import annotations
 
-import pwd
 import unicodedata
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -52,7 +51,7 @@ from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord
 from sfa_omf.calendar.timeline import Timeline
 from sfa_omf.errors import BadArgs, GeniError, Reason, TrustError
-from sfa_omf.registry.accounts import LeaseLogins, check_login, lease_logins, mapped_login
+from sfa_omf.registry.accounts import LeaseLogins, check_login, lease_logins, mapped_login, system_login_reason
 from sfa_omf.registry.records import Records, record_chain
 from sfa_omf.registry.removed_marks import is_removed_mark
 from sfa_omf.testbed.base import TestbedBackend
@@ -74,22 +73,11 @@ LEASE_FIELDS = ("uuid", "name", "valid_from", "valid_until", "account_attributes
 #: The longest lease name (the calendar's client_id column) and slice URN (the slice and account tables' column).
 MAX_LEASE_NAME_CHARS = 200
 MAX_SLICE_URN_CHARS = 300
-#: Logins a lease's account may never be, whatever this host's passwd says: the testbed's nodes and servers have
-#: them, and OMF's controllers let root do anything.
-SYSTEM_LOGINS = frozenset(
-    {
-        "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data",
-        "backup", "list", "irc", "gnats", "nobody", "_apt", "sshd", "messagebus", "syslog", "postgres", "rabbitmq",
-        "oar", "omf", "admin", "adm", "operator", "wheel", "sudo", "ftp", "halt", "shutdown",
-    }
-)  # fmt: skip
 #: How long after the end of its window a lease stays in the node and account listings (and in the lease listing
 #: when it is not asked for history): a day of slots, whatever the node's history holds.
 RECENT_LEASES_S = 24 * 3600
 #: The lease statuses that ask the lease listing for history: with one of them, every matching lease is listed.
 HISTORY_STATUSES = ("past", "cancelled")
-#: The first uid useradd gives a person (Debian's FIRST_UID): a login below it on this host is a system user's.
-FIRST_USER_UID = 1000
 
 
 def check_text(text: str, where: str) -> str:
@@ -669,18 +657,10 @@ def _slice_urn(hrn: str) -> str:
 
 def system_login(login: str, frcp_account: str) -> str:
     """Why ``login`` is no login a lease's account may be ("" when it may be): root, the account the aggregate signs
-    FRCP as, a built-in system login, or a system user of this host (uid below FIRST_USER_UID)."""
+    FRCP as, a built-in system login, or a system user of this host (registry/accounts.py system_login_reason)."""
     if login == frcp_account:
         return "the account this aggregate signs FRCP messages as ([sfa_frcp] account)"
-    if login in SYSTEM_LOGINS:
-        return "a system login"
-    try:
-        uid = pwd.getpwnam(login).pw_uid
-    except KeyError:
-        return ""  # not on this host: a login for a person
-    if uid < FIRST_USER_UID:
-        return f"a system user of this host (uid {uid})"
-    return ""
+    return system_login_reason(login)
 
 
 def _login_of(name: str) -> str:

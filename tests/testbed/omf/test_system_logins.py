@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from sfa_omf.errors import BadArgs
-from sfa_omf.testbed.omf.inventory import FIRST_USER_UID, SYSTEM_LOGINS, system_login
+from sfa_omf.registry.accounts import FIRST_USER_UID, SYSTEM_LOGINS
+from sfa_omf.testbed.omf.inventory import system_login
 from sfa_omf.testbed.omf.rest import omf_inventory
 from sfa_omf.times import format_time
 from tests.testbed.omf.omf_lab import Lab, Running, serve, slot_start
