@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -199,6 +200,20 @@ def _rename_slice_left_after_removal(session: Session, slice_urn: str) -> None:
     _rename_slice(session, slice_urn, utcnow())
 
 
+#: PostgreSQL advisory locks (class, key) of registered names in lower case: two registrations of names that differ
+#: only in case (tb.Bob, tb.bob) check for each other one after the other.
+NAME_LOCK_CLASS = 0x5F0C
+
+
+def _lock_name_but_for_case(session: Session, hrn: str) -> None:
+    """PostgreSQL: until the end of the transaction, the lock of ``hrn`` in lower case, so that the twin check that
+    follows sees a twin registered meanwhile (SQLite's BEGIN IMMEDIATE serializes the writers already)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    key = int.from_bytes(hashlib.sha256(hrn.lower().encode("utf-8")).digest()[:4], "big", signed=True)
+    session.execute(select(func.pg_advisory_xact_lock(NAME_LOCK_CLASS, key)))
+
+
 def _same_but_for_case(session: Session, hrn: str) -> RegistryRecord | None:
     """The record whose HRN differs from ``hrn`` only in case (a scan: registering is rare)."""
     query = select(RegistryRecord).where(func.lower(RegistryRecord.hrn) == hrn.lower(), RegistryRecord.hrn != hrn)
@@ -297,6 +312,8 @@ class Records:
         with self.database.write() as session:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == record.hrn))
             if row is None:
+                if record.type in ("user", "slice"):
+                    _lock_name_but_for_case(session, record.hrn)
                 twin = _same_but_for_case(session, record.hrn) if record.type in ("user", "slice") else None
                 if twin is not None:  # checked again here, in the transaction that adds the record
                     _refuse_twin(record.hrn, twin.hrn, twin.type)

@@ -8,10 +8,14 @@ Every refusal leaves the GID files and the records as they were."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select, text
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import RegistryRecord
@@ -21,9 +25,10 @@ from sfa_omf.registry.accounts import Accounts, mapped_login
 from sfa_omf.registry.admin import RegistryAdmin
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import init_directory, register_demo
-from sfa_omf.registry.records import Record, Records
+from sfa_omf.registry.records import NAME_LOCK_CLASS, Record, Records
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import chain_pem
+from tests.postgres import empty_postgres
 from tests.registry.test_registry_callers import Site, site  # noqa: F401 (dave holds tb's credential, delegated)
 from tests.registry.test_registry_hunt_fixes import Registry, registry  # noqa: F401 (the registry over TLS)
 from tests.sshkeys import ssh_key
@@ -277,3 +282,62 @@ def test_a_name_whose_gid_was_issued_but_not_registered_is_refused_as_existing(r
     assert "a GID was issued for tb.pending already" in fault.faultString
     assert str(registry.directory) not in fault.faultString and "gids" not in fault.faultString
     assert registry.written() == before  # (the issued GID is not the call's to delete)
+
+
+def test_two_registrations_of_names_differing_only_in_case_check_one_after_the_other() -> None:
+    """PostgreSQL: while a registration of tb.bob holds its name's lock (not committed yet), one of tb.Bob waits for
+    it, then finds it and is refused; without the lock both would be stored."""
+    database = Database(empty_postgres())
+    database.upgrade()
+    records = Records(database)
+    twin = Record("tb.Bob", "user", "urn:publicid:IDN+tb+user+Bob", "")
+    outcome: list[BaseException | None] = []
+
+    def register_twin() -> None:
+        try:
+            records.add(twin)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=register_twin)
+    try:
+        with database.write() as session:  # a registration of tb.bob, in progress
+            session.execute(select(func.pg_advisory_xact_lock(NAME_LOCK_CLASS, _name_key("tb.bob"))))
+            session.add(
+                RegistryRecord(
+                    hrn="tb.bob", type="user", urn="urn:publicid:IDN+tb+user+bob", gid="", email="", created_s=0
+                )
+            )
+            session.flush()
+            worker.start()
+            _wait_for_advisory_lock_waiter(database)
+        worker.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], GeniError), outcome
+        assert outcome[0].reason == Reason.ALREADY_EXISTS and "only in the case" in outcome[0].message
+        assert records.get("tb.Bob") is None
+    finally:
+        if worker.is_alive():
+            worker.join(30)
+        database.dispose()
+
+
+def _name_key(hrn: str) -> int:
+    return int.from_bytes(hashlib.sha256(hrn.lower().encode("utf-8")).digest()[:4], "big", signed=True)
+
+
+def _wait_for_advisory_lock_waiter(database: Database) -> None:
+    """Until a session of this database waits for an advisory lock (bounded: a hang is a failure)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with database.engine.connect() as connection:
+            waiting = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+                )
+            ).scalar()
+        if waiting:
+            return
+        time.sleep(0.02)
+    raise AssertionError("no registration waited for the name's lock")
