@@ -202,6 +202,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
     )
     from sfa_omf.xrn import split_hrn
 
+    if os.path.exists(args.directory) and not os.path.isdir(args.directory):
+        raise BadArgs(f"{args.directory} is a file, not a directory: give the site's directory (init makes a new one)")
     existing = existing_authority(args.directory)
     authority = args.authority or existing or DEFAULT_AUTHORITY
     split_hrn(authority)  # before the directory is made: a refused name leaves nothing behind
@@ -210,16 +212,26 @@ def _cmd_init(args: argparse.Namespace) -> int:
     settings = None
     if existing is None:
         settings = _new_settings(args, authority)
-        if args.database_url:
-            _check_database(settings.calendar_url)  # before anything is written: a failed init leaves nothing
-    elif _site_options(args):
+        if args.database_url:  # checked before anything is written: a failed init leaves nothing
+            _check_database(settings.calendar_url, authority)
+    elif authority == existing:  # (another one is refused by init_directory: the directory holds this one)
+        _check_database_owner(read_config(os.path.join(args.directory, CONFIG_FILE_NAME)).calendar_url, authority)
+    if existing is not None and _site_options(args):
         print(
             f"sfa-omf: {args.directory} exists: its configuration is kept; change {_site_options(args)} "
             f"in {os.path.join(args.directory, CONFIG_FILE_NAME)}",
             file=sys.stderr,
         )
-    users = () if args.no_demo else tuple(args.users or DEFAULT_USERS)
-    report = init_directory(args.directory, authority, users, settings, demo=not args.no_demo)
+    demo = not args.no_demo
+    if existing is not None and demo and not args.users and not _made_with_demo(args.directory, authority):
+        # A site made with --no-demo: init again adds what is missing of it, not a demo user to its registry.
+        demo = False
+        print(
+            f"sfa-omf: {args.directory} was made without demo users (--no-demo): none added (--user NAME adds one)",
+            file=sys.stderr,
+        )
+    users = tuple(args.users or DEFAULT_USERS) if demo else ()
+    report = init_directory(args.directory, authority, users, settings, demo=demo)
     settings = read_config(os.path.join(report.directory, CONFIG_FILE_NAME))
     database = Database(settings.calendar_url)
     database.upgrade()  # the calendar is ready to use
@@ -242,6 +254,16 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _made_with_demo(directory: str, authority: str) -> bool:
+    """Whether the initialised ``directory`` was made with the demo users: only then has its authority issued the
+    demo slice's GID (init makes it with them; --no-demo makes none)."""
+    from sfa_omf.registry.bootstrap import DEMO_SLICE
+    from sfa_omf.xrn import join_hrn, split_hrn
+
+    demo_slice = join_hrn([*split_hrn(authority), DEMO_SLICE])
+    return os.path.exists(os.path.join(directory, "gids", f"{demo_slice}.gid"))
+
+
 def _site_options(args: argparse.Namespace) -> str:
     """The site options given on the command line, as the operator spelled them."""
     names = ("hostname", "bind", "registry_port", "aggregate_port", "database_url")
@@ -250,7 +272,7 @@ def _site_options(args: argparse.Namespace) -> str:
 
 def _new_settings(args: argparse.Namespace, authority: str) -> Settings:
     """The settings of a new directory from init's options (ports checked as the configuration would)."""
-    from sfa_omf.config import DEFAULT_AGGREGATE_PORT, DEFAULT_REGISTRY_PORT
+    from sfa_omf.config import DEFAULT_AGGREGATE_PORT, DEFAULT_REGISTRY_PORT, host_problem
 
     for option, port in (("--registry-port", args.registry_port), ("--aggregate-port", args.aggregate_port)):
         if port is not None and not 1 <= port <= 65535:
@@ -270,6 +292,14 @@ def _new_settings(args: argparse.Namespace, authority: str) -> Settings:
         if database_url.startswith("sqlite"):
             database_url = sqlite_url_against(database_url, os.getcwd())
     hostname = args.hostname or ""
+    host_refusal = host_problem(hostname, "--registry-port and --aggregate-port set the ports") if hostname else None
+    if host_refusal is not None:
+        raise BadArgs(f"--hostname {hostname!r} {host_refusal}; nothing was created")
+    if args.bind is not None and not _is_ip_address(args.bind):
+        raise BadArgs(
+            f"--bind {args.bind!r} is not an IP address: give the address both servers listen on (127.0.0.1, an "
+            "address of this machine, or 0.0.0.0 for every address); nothing was created"
+        )
     if hostname in ("0.0.0.0", "::"):
         raise BadArgs(
             f"--hostname {hostname} means 'every address', which no peer can call: give this machine's public DNS "
@@ -289,21 +319,57 @@ def _new_settings(args: argparse.Namespace, authority: str) -> Settings:
     )
 
 
-def _check_database(url: str) -> None:
-    """Refuse a database URL that cannot be reached (one line, the database's own words)."""
+def _is_ip_address(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_database(url: str, authority: str) -> None:
+    """Refuse a database URL that cannot be reached (one line, the database's own words), or that holds another
+    authority's registry."""
     from sfa_omf.calendar.database import Database
     from sfa_omf.config import hide_password
-    from sfa_omf.preflight import DATABASE_TIMEOUT_S, one_line
+    from sfa_omf.preflight import DATABASE_TIMEOUT_S, database_owner, one_line
 
     database = Database(url)
     try:
-        database.schema_revision(connect_timeout_s=DATABASE_TIMEOUT_S)
+        revision = database.schema_revision(connect_timeout_s=DATABASE_TIMEOUT_S)
+        owner = database_owner(database, authority) if revision is not None else None
     except GeniError as exc:
         raise BadArgs(
             f"--database-url {hide_password(url)}: cannot reach it ({one_line(exc.message)}); nothing was created"
         ) from exc
     finally:
         database.dispose()
+    if owner is not None:
+        raise BadArgs(
+            f"--database-url {hide_password(url)} belongs to {owner}: use another database, or --authority "
+            f"{owner.hrn}; nothing was created"
+        )
+
+
+def _check_database_owner(url: str, authority: str) -> None:
+    """Refuse to complete a directory whose database holds another authority's registry (see preflight's
+    database_owner): init would record this authority in it, beside the other's users, slices and nodes."""
+    from sfa_omf.calendar.database import Database
+    from sfa_omf.config import hide_password
+    from sfa_omf.preflight import database_owner
+
+    database = Database(url)
+    try:
+        owner = database_owner(database, authority) if database.schema_revision() is not None else None
+    finally:
+        database.dispose()
+    if owner is not None:
+        raise BadArgs(
+            f"the calendar database {hide_password(url)} ([sfa_omf] database_url) belongs to {owner}, not to "
+            f"{authority}: set database_url to this site's own database; nothing was changed"
+        )
 
 
 def _gid_facts(gid: Gid) -> dict[str, Any]:

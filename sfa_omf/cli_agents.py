@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sfa_omf.cli_common import command_database, command_settings, error_text
+from sfa_omf.cli_common import command_database, command_group, command_settings, error_text
 from sfa_omf.errors import BadArgs, GeniError
 from sfa_omf.times import UtcLogFormatter, format_time
 
@@ -58,7 +58,7 @@ def add_node_agent_commands(node: argparse._SubParsersAction, config_option: arg
 
 def add_agent_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """``agent enrol`` and ``agent run``: the node's side."""
-    agent = commands.add_parser("agent", help="run this host as a node agent").add_subparsers(title="agent commands")
+    agent = command_group(commands, "agent", "run this host as a node agent")
     enrol = agent.add_parser("enrol", help="join the testbed with a token from 'sfa-omf node invite'")
     enrol.add_argument("--server", required=True, help="the aggregate, https://HOST:PORT/")
     enrol.add_argument("--token", required=True)
@@ -410,6 +410,16 @@ def _vpn_ca(args: argparse.Namespace) -> Any:
 
 
 def _vpn_config(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(args.listen)
+    except ValueError:
+        # Written into OpenVPN's configuration as it is: a line break would add directives of its own.
+        raise BadArgs(
+            f"--listen {args.listen!r} is not an IP address: give the address OpenVPN listens on (one of this "
+            "machine's, e.g. 192.0.2.10, or 0.0.0.0 for every address)"
+        ) from None
     ca, settings = _vpn_ca(args)
     print(ca.server_config(args.listen, settings.agent_vpn_port), end="")
     return 0

@@ -310,8 +310,8 @@ def _node_add(args: argparse.Namespace) -> int:
     properties: dict[str, Any] = {}
     for text in args.property:
         key, equals, value = text.partition("=")
-        if not equals:
-            raise BadArgs(f"--property {text!r}: expected KEY=VALUE")
+        if not equals or not key.strip():
+            raise BadArgs(f"--property {text!r}: expected KEY=VALUE, with a KEY")
         properties[key] = value
     spec = NodeSpec(
         component_id=component_id,
@@ -601,12 +601,14 @@ def _lease_list(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.booking import Bookings
     from sfa_omf.times import format_time, parse_time
 
+    start = parse_time(args.start) if args.start else None
+    end = parse_time(args.end) if args.end else None
+    if start is not None and end is not None and start > end:
+        raise BadArgs(
+            f"--from {format_time(start)} is later than --to {format_time(end)}: no lease could match; swap them"
+        )
     leases = Bookings(_database(args)).leases(
-        node=args.node,
-        slice_urn=args.slice,
-        start=parse_time(args.start) if args.start else None,
-        end=parse_time(args.end) if args.end else None,
-        active_only=not args.all,
+        node=args.node, slice_urn=args.slice, start=start, end=end, active_only=not args.all
     )
     if args.json:
         print(json.dumps([_lease_json(lease) for lease in leases], indent=1))

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from sfa_omf.calendar.records import CHANNELS
-from sfa_omf.cli_common import command_database, command_settings
+from sfa_omf.cli_common import command_database, command_group, command_settings
 from sfa_omf.config import CONFIG_FILE_NAME
 from sfa_omf.errors import BadArgs
 
@@ -18,9 +18,7 @@ def add_notify_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     """Adds the ``notify`` command group."""
     config_option = argparse.ArgumentParser(add_help=False)
     config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
-    group = commands.add_parser("notify", help="notifications by e-mail and webhooks").add_subparsers(
-        title="notify commands"
-    )
+    group = command_group(commands, "notify", "notifications by e-mail and webhooks")
     test = group.add_parser("test", parents=[config_option], help="send a test message to an address or URL now")
     test.add_argument("address", help="an e-mail address or a webhook URL")
     test.set_defaults(handler=_test)

@@ -1071,6 +1071,15 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                         f"[sfa_notify] operators: the webhook {_shorten(address)}: {refusal}",
                     )
                 )
+    hosts = (
+        ("registry_host", "[sfa_registry] host", settings.registry_host),
+        ("aggregate_host", "[sfa_aggregate] host", settings.aggregate_host),
+        ("hostname", "[sfa_omf] hostname", settings.hostname if sources["hostname"].kind != "default" else ""),
+    )
+    for name, spelled, host in hosts:
+        problem = host_problem(host) if host else None
+        if problem is not None:
+            problems.append(Problem("invalid", str(sources[name]), f"{spelled} {host!r} {problem}"))
     if not _ipv4_network(settings.instance_network):
         problems.append(
             Problem(
@@ -1116,6 +1125,35 @@ def database_url_problem(url: str) -> str:
             f"{_URL_EXAMPLES}"
         )
     return f"the calendar is an SQLite or a PostgreSQL database, not {drivername}; {_URL_EXAMPLES}"
+
+
+#: A DNS label: letters, digits and '-', not at either end, at most 63 characters.
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def host_problem(text: str, ports: str = "the ports are settings of their own") -> str | None:
+    """Why ``text`` is not a host (a DNS name such as am.example.org, or an IP address): said after the value, with
+    what to write instead; None when it is one. A URL, a port or a path would end up inside every URL made from it
+    (``http://https://x.org:12345/`` in each sfi_config)."""
+    try:
+        ipaddress.ip_address(text)
+        return None
+    except ValueError:
+        pass
+    scheme, separator, rest = text.partition("://")
+    if separator:
+        host = rest.split("/")[0].rsplit(":", 1)[0] if rest else ""
+        return f"is a URL: write the host alone ({host or 'am.example.org'}), without {scheme}:// ({ports})"
+    if any(character.isspace() for character in text):
+        return "holds a space: write one DNS name (am.example.org) or IP address"
+    if "/" in text:
+        return "holds a '/': write the host alone, a DNS name (am.example.org) or an IP address, without a path"
+    if ":" in text:
+        return f"holds a ':': write the host alone, without a port ({ports})"
+    name = text[:-1] if text.endswith(".") else text
+    if len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in name.split(".")):
+        return "is not a DNS name (letters, digits, '-' and '.') nor an IP address: write one such as am.example.org"
+    return None
 
 
 def _ipv4_network(text: str) -> bool:

@@ -28,6 +28,7 @@ from sfa_omf.errors import GeniError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
+    from sfa_omf.calendar.database import Database
     from sfa_omf.trust.gid import Gid
 
 #: How long a database may take to answer a connection before start-up gives up on it.
@@ -86,7 +87,7 @@ def identity_findings(settings: Settings) -> list[Finding]:
             )
         except (OSError, ValueError, GeniError) as exc:
             findings.append(
-                Finding("identity", f"cannot use {what} {path}: {one_line(str(exc))}; restore it from a backup")
+                Finding("identity", f"cannot use {what} {path}: {_failure_text(exc, path)}; restore it from a backup")
             )
     # A key that is not the GID's (one file restored from another backup, or copied over): TLS could not use the pair.
     for (what, key_path, _), (_, gid_path, _) in ((files[0], files[1]), (files[2], files[3])):
@@ -99,6 +100,20 @@ def identity_findings(settings: Settings) -> list[Finding]:
                 )
             )
     return findings
+
+
+def _failure_text(exc: Exception, path: str) -> str:
+    """Why a file could not be used, one line: a GeniError's message (not its reason code), an OSError's words
+    (without the path when the message names it already)."""
+    from sfa_omf.cli_common import os_error_text
+
+    if isinstance(exc, GeniError):
+        return one_line(exc.message)
+    if isinstance(exc, OSError):
+        if exc.strerror and exc.filename == path:
+            return exc.strerror
+        return one_line(os_error_text(exc))
+    return one_line(str(exc))
 
 
 def _key_matches(key: rsa.RSAPrivateKey, gid: Gid) -> bool:
@@ -126,7 +141,7 @@ def trusted_roots_findings(settings: Settings) -> list[Finding]:
     try:
         roots = load_trusted_roots(directory)
     except (OSError, ValueError, GeniError) as exc:
-        return [Finding("trusted_roots", f"cannot read the trusted roots in {directory}: {one_line(str(exc))}")]
+        return [Finding("trusted_roots", f"cannot read the trusted roots in {directory}: {_failure_text(exc, '')}")]
     if not roots.anchors:
         return [
             Finding(
@@ -181,7 +196,71 @@ def database_findings(settings: Settings) -> list[Finding]:
                 "run sfa-omf db upgrade",
             )
         ]
+    database = Database(settings.calendar_url)
+    try:
+        owner = database_owner(database, settings.interface_hrn)
+    except GeniError as exc:
+        return [Finding("database", f"the calendar database {shown} cannot be read: {one_line(exc.message)}")]
+    finally:
+        database.dispose()
+    if owner is not None:
+        return [
+            Finding(
+                "database",
+                f"the calendar database {shown} belongs to {owner}, not to {settings.interface_hrn} ([sfa] "
+                f"interface_hrn): set [sfa_omf] database_url to {settings.interface_hrn}'s own database, or serve it "
+                f"from the directory of authority {owner.hrn}",
+            )
+        ]
     return []
+
+
+@dataclass(frozen=True)
+class DatabaseOwner:
+    """Another authority whose registry a database holds: its HRN and how many registry records are under it."""
+
+    hrn: str
+    records: int
+
+    def __str__(self) -> str:
+        return f"authority {self.hrn} (its registry: {self.records} record{'s' if self.records != 1 else ''})"
+
+
+def database_owner(database: Database, authority_hrn: str) -> DatabaseOwner | None:
+    """The other authority a calendar database belongs to, or None when it is this one's (or no authority's yet).
+
+    The registry records its own authority (``import_authority``: at init and at each start) and never another's:
+    peers' users and authorities are not stored. So an authority record that is neither ``authority_hrn`` nor under
+    it tells that the database was made for that other authority; served under ``authority_hrn``, its users, slices
+    and nodes would be served as this authority's. ``database`` (a calendar Database) must have a schema: a missing
+    SQLite file would be created."""
+    from sqlalchemy import inspect, select
+
+    from sfa_omf.calendar.models import RegistryRecord
+
+    with database.read() as session:
+        if not inspect(session.connection()).has_table(RegistryRecord.__tablename__):
+            return None
+        # The authority records only (a few): the users' and slices' are read only when another authority is found.
+        authorities = session.scalars(
+            select(RegistryRecord.hrn).where(RegistryRecord.type == "authority").order_by(RegistryRecord.hrn)
+        ).all()
+        others = [hrn for hrn in authorities if not _is_under(authority_hrn, hrn)]
+        if not others:
+            return None
+        owner = others[0]
+        names = session.scalars(select(RegistryRecord.hrn)).all()
+    return DatabaseOwner(owner, sum(1 for hrn in names if _is_under(owner, hrn)))
+
+
+def _is_under(authority_hrn: str, hrn: str) -> bool:
+    """``hrn`` is ``authority_hrn`` or named under it; False for a name that is no HRN."""
+    from sfa_omf.xrn import is_authority_for
+
+    try:
+        return is_authority_for(authority_hrn, hrn)
+    except GeniError:
+        return False
 
 
 def port_findings(settings: Settings) -> list[Finding]:

@@ -15,6 +15,7 @@ import pytest
 from sfa_omf.cli import main
 from sfa_omf.config import read_config
 from tests.conftest import REPO, DemoPki
+from tests.postgres import empty_postgres
 
 POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
 
@@ -303,6 +304,7 @@ def test_init_refusals_write_nothing(
 @pytest.mark.skipif(not POSTGRES_URL, reason="SFA_OMF_TEST_POSTGRES_URL is not set (scripts/postgres.sh)")
 def test_init_on_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert POSTGRES_URL
+    empty_postgres()  # a new site's database: one holding another authority's registry is refused
     code, _, err = run(capsys, "init", str(tmp_path / "d"), "--database-url", POSTGRES_URL, "--no-demo")
     assert code == 0, err
     settings = read_config(str(tmp_path / "d" / "sfa-omf.conf"), environ={})

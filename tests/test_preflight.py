@@ -15,6 +15,7 @@ from sfa_omf.calendar.database import head_revision
 from sfa_omf.cli import main
 from sfa_omf.config import read_config
 from tests.ports import free_port
+from tests.postgres import empty_postgres
 
 POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
 
@@ -156,6 +157,7 @@ def test_postgres_database_at_the_newest_migration(
     lab: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert POSTGRES_URL
+    empty_postgres()  # lab's own database: one holding another authority's registry is a problem
     monkeypatch.setenv("SFA_OMF_DATABASE_URL", POSTGRES_URL)
     assert main(["db", "upgrade", "--config", str(lab / "sfa-omf.conf")]) == 0
     capsys.readouterr()

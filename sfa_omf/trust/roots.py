@@ -21,11 +21,12 @@ from datetime import datetime
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from sfa_omf.errors import BadArgs, Reason, TrustError
 from sfa_omf.times import format_time
 from sfa_omf.trust.gid import Gid, GidChain, keep_verified, load_gid_chain
-from sfa_omf.xrn import is_authority_for, is_authority_over_urn
+from sfa_omf.xrn import is_authority_for, is_authority_over_urn, shown_urn
 
 log = logging.getLogger("sfa_omf.trust")
 
@@ -446,6 +447,8 @@ def trust_root(directory: str, pem: bytes, now: datetime) -> RootAdded:
     ]
     for path, existing in same_authority:
         _check_renewal(anchor, existing, path)
+    if not same_authority:
+        _check_self_signed(anchor)
     body = anchor.certificate.public_bytes(serialization.Encoding.PEM)
     if same_authority:  # a renewal, or an older copy of what we trust
         path, existing = same_authority[0]
@@ -461,6 +464,23 @@ def trust_root(directory: str, pem: bytes, now: datetime) -> RootAdded:
     return RootAdded(anchor, path, "added")
 
 
+def _check_self_signed(anchor: Gid) -> None:
+    """Refuse a new root that is not self-signed (signed by its own key): a certificate an authority issued, such as
+    its aggregate's GID (the authority's name, CA, but signed by the authority's root), would be trusted in place of
+    the root, and the real root then refused as a look-alike."""
+    if _signed_by(anchor, anchor):
+        return
+    issuer = anchor.certificate.issuer
+    names = issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    issuer_hrn = str(names[0].value) if names else ""
+    where = f" (its authority/{shown_urn(issuer_hrn)}.gid)" if issuer_hrn else ""
+    raise TrustError(
+        Reason.INVALID_CHAIN,
+        f"{_describe(anchor)} is no root: this certificate is issued by {shown_urn(issuer.rfc4514_string())}, not "
+        f"self-signed; trust that authority's root GID{where} instead",
+    )
+
+
 def _identity(gid: Gid) -> str:
     return f"subject {gid.certificate.subject.rfc4514_string()!r}, URN {gid.urn or 'none'}"
 
@@ -469,6 +489,12 @@ def _check_renewal(anchor: Gid, existing: Gid, path: str) -> None:
     """Refuse anchor as a renewal of the trusted root existing (read from path) unless it is one: the same key,
     subject and URN, and self-signed (by that key)."""
     trusted = f"{_describe(existing)} (fingerprint {existing.fingerprint[:16]}..., {path})"
+    if existing.key_id != anchor.key_id and _signed_by(anchor, existing):
+        raise TrustError(
+            Reason.INVALID_CHAIN,
+            f"{_describe(anchor)} is no root: this certificate is issued by the trusted root {trusted}, which is "
+            "the one to trust; nothing to add",
+        )
     if existing.key_id != anchor.key_id:
         raise TrustError(
             Reason.UNTRUSTED_CHAIN,
