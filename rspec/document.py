@@ -28,6 +28,21 @@ class RSpecLimits:
     max_attribute_chars: int = 64 * 1024
     # Past this many, more problems only hide the first ones.
     max_problems: int = 100
+    # Real RSpecs write a handful per element (GENI's node: five; jFed adds a few of its own). libxml2's schema
+    # validation and lxml's attribute access cost the square of an element's attribute count: one element with
+    # 16 000 foreign attributes (190 KB) took 18 s to read.
+    max_attributes_per_element: int = 256
+    # In the whole document: about one per 20 bytes of a 4 MB document (ours write one per 60 or more).
+    max_attributes: int = 200_000
+    # libxml2 validates an element's children (GENI's extension wildcard is allowed everywhere) in the square of
+    # their number: a node with 40 000 children took 4 s, 60 nodes of 10 000 (3.6 MB) 19 s, 120 of 5 000 5 s (3 s
+    # of it what 600 000 elements cost anyway). The root's are validated in batches, so it has no limit; a node
+    # holds a few interfaces, images and lease references, an SFA lease its nodes (1000 at most by default policy).
+    max_children_per_element: int = 5_000
+    # Real RSpecs declare a dozen namespaces on the root. The root's children are validated in batches under a copy
+    # of it, and each one lent and put back is matched against the root's declarations: 20 000 declarations and as
+    # many nodes (1 MB) took 8 s.
+    max_namespaces_on_root: int = 256
 
     def xml(self) -> XmlLimits:
         """The limits sfa_omf.xmlsafe enforces."""
@@ -111,6 +126,7 @@ def load(data: bytes | str, limits: RSpecLimits | None = None, what: str = "RSpe
         message = str(exc.msg).split(", line ")[0]
         raise RSpecError([Problem(line or 1, column or 1, "", f"not well-formed XML: {message}")], what) from exc
     document = Document(root, text)
+    _check_counts(document, limits, what)
     problems = _long_attributes(document, limits.max_attribute_chars)
     if problems:
         raise RSpecError(problems[: limits.max_problems], what)
@@ -141,6 +157,33 @@ def _declaration_position(raw: bytes) -> tuple[int, int]:
         return 1, 1
     before = raw[: found.start()]
     return before.count(b"\n") + 1, found.start() - (before.rfind(b"\n") + 1) + 1
+
+
+def _check_counts(document: Document, limits: RSpecLimits, what: str) -> None:
+    """Refuse a root declaring more namespaces than ``max_namespaces_on_root``, an element with more attributes than
+    ``max_attributes_per_element`` or (the root apart) more children than ``max_children_per_element`` (the first
+    such element, with its line), or a document with more than ``max_attributes`` attributes in all. One pass: lxml
+    counts an element's attributes and children without building them."""
+    declared = len(document.root.nsmap)  # the root's own declarations: it has no ancestors
+    if declared > limits.max_namespaces_on_root:
+        message = f"declares {declared} namespaces, more than the limit of {limits.max_namespaces_on_root} on the root"
+        raise RSpecError([document.problem(document.root, message)], what)
+    total = 0
+    for element in document.root.iter(etree.Element):
+        count = len(element.attrib)
+        if count > limits.max_attributes_per_element:
+            message = f"has {count} attributes, more than the limit of {limits.max_attributes_per_element} per element"
+            raise RSpecError([document.problem(element, message)], what)
+        children = len(element)
+        if children > limits.max_children_per_element and element is not document.root:
+            message = (
+                f"has {children} child elements, more than the limit of {limits.max_children_per_element} per element"
+            )
+            raise RSpecError([document.problem(element, message)], what)
+        total += count
+        if total > limits.max_attributes:
+            problem = Problem(1, 1, "", f"the {what} has more than {limits.max_attributes} attributes, the limit")
+            raise RSpecError([problem], what)
 
 
 def _long_attributes(document: Document, max_chars: int) -> list[Problem]:

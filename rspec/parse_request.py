@@ -12,6 +12,7 @@ problem found (line, column, element, what was expected) is raised together in o
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -125,15 +126,15 @@ def parse_request(
 
 def _not_from_now(root: etree._Element, nodes: list[_Node], others: list[sfa.OtherSliceLease]) -> set[str]:
     """The nodes (client_ids) not booked from now for want of a lease: a node another slice's SFA lease names (that
-    slice's booking, shown), and, in a request with SFA leases (sfi's way: it sends back every node an advertisement
-    listed), a node that carries what an advertisement lists (<available>). A plain <node> with no lease is booked
-    from now, as ever."""
+    slice's booking, shown), and, in a request with leases (SFA or ol: an advertisement sent back, every node it
+    listed, with the leases one added), a node that carries what an advertisement lists (<available>). A plain
+    <node> with no lease is booked from now, as ever."""
     others_nodes = {c for lease in others for c in lease.component_ids}
-    with_sfa_leases = any(True for _ in root.iterchildren(sfa.LEASE))
+    with_leases = any(True for _ in root.iterchildren(sfa.LEASE, ol.LEASE))
     return {
         n.node.client_id
         for n in nodes
-        if n.node.component_id in others_nodes or (with_sfa_leases and _listed_by_an_advertisement(n.element))
+        if n.node.component_id in others_nodes or (with_leases and _listed_by_an_advertisement(n.element))
     }
 
 
@@ -350,16 +351,20 @@ def _assemble(
     # A manifest sent back may write each of the slice's leases both ways (ol:lease, and SFA's <lease> for sfi
     # users): an SFA lease's node that an ol:lease books until the same end, from a start within the SFA lease's
     # first grain (SFA's view floors a partial first grain), is that booking, not a second one.
+    # The ol leases' starts by node and end, sorted: each SFA lease's node is looked up in log time (a scan of the
+    # node's every ol lease made a manifest of thousands of leases written both ways take a minute).
     component_of = {n.node.client_id: n.node.component_id for n in nodes}
-    ol_windows: dict[str | None, list[tuple[datetime, datetime]]] = {}
+    ol_starts: dict[tuple[str | None, datetime], list[datetime]] = {}
     for booked, _ in result:
         if booked.start is not None and booked.end is not None:
             for client_id in booked.nodes:
-                ol_windows.setdefault(component_of[client_id], []).append((booked.start, booked.end))
+                ol_starts.setdefault((component_of[client_id], booked.end), []).append(booked.start)
+    for starts in ol_starts.values():
+        starts.sort()
     for asked in sfa_leases:
-        sfa_lease = replace(
-            asked, component_ids=tuple(c for c in asked.component_ids if not _written_as_ol(asked, ol_windows.get(c)))
-        )
+        end = asked.start + asked.duration if asked.start is not None else None
+        repeated = {c for c in asked.component_ids if end and _written_as_ol(asked, ol_starts.get((c, end)))}
+        sfa_lease = replace(asked, component_ids=tuple(c for c in asked.component_ids if c not in repeated))
         if not sfa_lease.component_ids:
             continue
         # A node added for a component is named by it: that name must not be another node's client_id already.
@@ -388,12 +393,13 @@ def _listed_by_an_advertisement(element: etree._Element | None) -> bool:
     return element is not None and element.find(geni("available")) is not None
 
 
-def _written_as_ol(lease: sfa.SfaLease, ol_windows: list[tuple[datetime, datetime]] | None) -> bool:
-    """Whether an SFA lease is, for one node, one of the node's ol leases (``ol_windows``) written in SFA's view."""
-    if lease.start is None or not ol_windows:
+def _written_as_ol(lease: sfa.SfaLease, ol_starts: list[datetime] | None) -> bool:
+    """Whether an SFA lease is, for one node, one of the node's ol leases written in SFA's view: ``ol_starts`` are
+    the sorted starts of the node's ol leases that end when it does; one must be within its first grain."""
+    if lease.start is None or not ol_starts:
         return False
-    end = lease.start + lease.duration
-    return any(end == until and lease.start <= start < lease.start + lease.grain for start, until in ol_windows)
+    first = bisect.bisect_left(ol_starts, lease.start)
+    return first < len(ol_starts) and ol_starts[first] < lease.start + lease.grain
 
 
 def _node_for_component(

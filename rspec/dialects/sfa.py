@@ -9,7 +9,8 @@ may have its own, advertised as <granularity grain="3600"/>; else the aggregate'
 must have the same grain. A lease without start_time asks for the earliest slot in which all its nodes are free
 (start_time="0", IoT-LAB's "as soon as possible", is refused: it would read as 1970). A lease whose slice_id names
 another slice than the call's is left out: sfi users send back the other slices' leases an advertisement showed
-them. Leases of one slice with the same slot are one lease, as SFA groups them.
+them. Leases of one slice with the same start and duration are one lease, as SFA groups them; a lease without a
+start is one of its own (its nodes share the earliest slot in which all are free, not other leases' nodes).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class SfaLease:
 
 def read_leases(reader: Reader, root: etree._Element, grain: timedelta, slice_urn: str | None = None) -> list[SfaLease]:
     """Every top-level SFA lease of a request for the slice ``slice_urn`` (None: every slice's), those of one slice
-    with the same slot merged, every node counted in ``grain``; bad ones reported and left out."""
+    with the same start and duration merged, every node counted in ``grain``; bad ones reported and left out."""
     return in_grains(reader, read_asked(reader, root, slice_urn), {}, grain)
 
 
@@ -104,10 +105,15 @@ def in_grains(
     reader: Reader, leases: list[SfaLeaseAsked], grain_of: Mapping[str, timedelta], grain: timedelta
 ) -> list[SfaLease]:
     """The leases with their durations, counted in their nodes' grain (``grain_of``; ``grain`` for a node it does
-    not hold), those of one slice with the same slot merged; a lease whose nodes' grains differ is reported."""
+    not hold), those of one slice with the same start and duration merged (a lease without a start stays one of its
+    own: merged, a free node waited for a busy one); a lease whose nodes' grains differ is reported."""
     # Per slot: its first element and its component_ids in order (a dict, so merging thousands of one-node leases of
-    # one slot stays linear: a tuple searched and copied for each was quadratic, minutes for a 4 MB request).
-    slots: dict[tuple[str | None, datetime | None, timedelta, timedelta], tuple[etree._Element, dict[str, None]]] = {}
+    # one slot stays linear: a tuple searched and copied for each was quadratic, minutes for a 4 MB request). A slot
+    # with no start is its element's.
+    slots: dict[
+        tuple[str | None, datetime | None, timedelta, timedelta, etree._Element | None],
+        tuple[etree._Element, dict[str, None]],
+    ] = {}
     for lease in leases:
         grains = {c: grain_of.get(c, grain) for c in lease.component_ids}
         if len(set(grains.values())) > 1:
@@ -126,12 +132,13 @@ def in_grains(
                 f"{int(node_grain.total_seconds())} s (ten years)",
             )
             continue
-        slot = (lease.slice_key, lease.start, lease.grains * node_grain, node_grain)
+        own = lease.element if lease.start is None else None
+        slot = (lease.slice_key, lease.start, lease.grains * node_grain, node_grain, own)
         known = slots.setdefault(slot, (lease.element, {}))[1]
         known.update((c, None) for c in lease.component_ids)
     return [
         SfaLease(first, start, duration, tuple(known), node_grain)
-        for (_, start, duration, node_grain), (first, known) in slots.items()
+        for (_, start, duration, node_grain, _), (first, known) in slots.items()
     ]
 
 

@@ -627,13 +627,27 @@ class Aggregate:
         Without ``best_effort`` a down node refuses the whole request (``Availability.earliest_slot``'s
         BookingConflict, before anything is written). With it, the lease's other nodes get the earliest slot where
         they are all free, and each down node is refused for that window, as ``Bookings.book`` refuses a down node of
-        a best-effort booking; every node down: no slot, each refused for the window earliest_slot names."""
+        a best-effort booking; every node down: no slot, each refused for the window earliest_slot names.
+
+        A duration the client gave (not ``from_now``) must be whole slots of the nodes' grain, as with a start: it
+        was rounded up silently (3000 s booked as an hour), where the same lease with a start is refused."""
         asked = list(components)
+        duration_s = int(lease.duration.total_seconds())
+        grain_s = self._grain_s(asked)
+        if not lease.from_now and duration_s % grain_s:
+            shorter, longer = align_down(duration_s, grain_s), align_up(duration_s, grain_s)
+            whole = [f"{seconds} s ({human_duration(seconds)})" for seconds in (shorter, longer) if seconds > 0]
+            named = ", ".join(asked[:3]) + (", ..." if len(asked) > 3 else "")
+            raise GeniError(
+                Reason.BAD_ARGS,
+                f"{named}: booked in slots of {human_duration(grain_s)}, and a duration of {duration_s} s is not a "
+                f"whole number of them; ask for {' or '.join(whole)}",
+            )
         down: list[Conflict] = []
         while True:
             try:
                 slot = self.availability.earliest_slot(
-                    int(lease.duration.total_seconds()), now, nodes=asked, from_now=lease.from_now, ends_by=ends_by
+                    duration_s, now, nodes=asked, from_now=lease.from_now, ends_by=ends_by
                 )
             except BookingConflict as refused:
                 if not best_effort:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sfa_omf.calendar.intervals import DAY_S as DAY
 from sfa_omf.calendar.intervals import align_down, align_up
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.times import format_time
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,11 @@ def exact_duration(seconds: int) -> str:
     return ("-" if seconds < 0 else "") + " ".join(parts)
 
 
+def _utc(moment_s: int) -> str:
+    """Seconds since the epoch as a refusal writes a time: 2026-12-01T10:00:00Z."""
+    return format_time(datetime.fromtimestamp(moment_s, UTC))
+
+
 def compared_durations(asked_s: int, limit_s: int) -> tuple[str, str]:
     """Two durations as a refusal compares them: as a person says them, or exactly when rounding makes them read
     the same ("7 days is longer than the maximum of 7 days" for 7 days 30 minutes)."""
@@ -82,10 +89,17 @@ def check_window(
         raise PolicyViolation("window", f"the window for {node} ends before it starts")
     start_off_grain = start_s % grain_s and not (partial_start and start_s <= now_s)
     if start_off_grain or end_s % grain_s:
+        off = [("start", start_s)] if start_off_grain else []
+        off += [("end", end_s)] if end_s % grain_s else []
+        nearest = "; ".join(
+            f"{name} {_utc(moment_s)} is not: {_utc(align_down(moment_s, grain_s))} or "
+            f"{_utc(align_up(moment_s, grain_s))} is"
+            for name, moment_s in off
+        )
         raise PolicyViolation(
             "grain",
             f"{node} is booked in slots of {human_duration(grain_s)}: start and end must be multiples of {grain_s} s "
-            "since the epoch (e.g. on the hour or half past)",
+            f"since the epoch; {nearest}",
         )
     if end_s <= now_s:
         raise PolicyViolation("past", f"the window for {node} is already over")

@@ -165,11 +165,27 @@ def test_reusing_an_existing_lease() -> None:
     assert lease.nodes == ("node1",)
 
 
-def test_sfa_leases_with_the_same_slot_are_one_lease() -> None:
+def test_sfa_leases_with_the_same_start_and_duration_are_one_lease() -> None:
+    node1 = b'<node component_id="urn:publicid:IDN+omf:testbed+node+node1"/>'
+    slot = b'slice_id="urn:publicid:IDN+onelab:inria+slice+myslice" start_time="1796119200" duration="2"'
+    split = b"</lease><lease " + slot + b">"
+    text = read("two-slots-sfa-sfi.xml").replace(node1, split + node1, 1)
+    assert text.count(b"<lease ") == 3
+    assert parse_request(text, now=NOW, policy=POLICY) == parse("two-slots-sfa-sfi.xml")
+
+
+def test_sfa_leases_without_a_start_are_each_one_slot_of_their_own() -> None:
+    """Merged, as leases with the same slot are, n1 free now waited with n2 for the end of n2's booking. One
+    <lease> listing both nodes still asks for one slot for both."""
     first = b'<lease duration="4"><node component_id="urn:publicid:IDN+omf:testbed+node+node1"/>'
     text = read("asap-sfa.xml").replace(first, first + b'</lease><lease duration="4">')
     assert text.count(b"<lease ") == 2
-    assert parse_request(text, now=NOW, policy=POLICY) == parse("asap-sfa.xml")
+    assert [(lease.start, lease.duration, lease.nodes) for lease in parse_request(text, now=NOW).leases] == [
+        (None, 2 * H, ("node1",)),
+        (None, 2 * H, ("node2",)),
+    ]
+    ((_, _, together),) = [(lease.start, lease.duration, lease.nodes) for lease in parse("asap-sfa.xml").leases]
+    assert together == ("node1", "node2")
 
 
 def test_sfa_duration_counts_the_operators_grain() -> None:
