@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.testbed.omf.omf_lab import Lab, Running, make_lab, serve
+from tests.testbed.omf.omf_lab import Lab, Running, begin_test_hour, end_test_hour, make_lab, serve
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +33,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Lab:
 def running(running_reactor: Any, lab: Lab, tmp_path: Path, rabbitmq_url: str) -> Iterator[Running]:
     """The lab's aggregate (``type = omf``) with the controllers' stand-ins, on topics of this test."""
     yield from serve(running_reactor, lab, tmp_path, rabbitmq_url)
+
+
+@pytest.fixture(autouse=True)
+def test_hour() -> Iterator[None]:
+    """slot_start() is the same all through a test, even one that runs across the hour (it booked from the hour it
+    began in, and looked for the lease an hour later: the clean-clone CI at 18:00)."""
+    begin_test_hour()
+    yield
+    end_test_hour()

@@ -136,8 +136,26 @@ def serve(running_reactor: Any, lab: Lab, tmp_path: Path, url: str, **frcp: Any)
         nodes.stop()
 
 
+#: The hour the running test began in (conftest.py sets it for each test): the tests book slot_start() and read it
+#: again later, by which time the clock may have passed the hour.
+_test_hour: datetime | None = None
+
+
+def begin_test_hour() -> None:
+    """Count this test's slots from the hour it begins in (conftest.py, before each test)."""
+    global _test_hour
+    _test_hour = utcnow().replace(minute=0, second=0, microsecond=0)
+
+
+def end_test_hour() -> None:
+    global _test_hour
+    _test_hour = None
+
+
 def slot_start() -> datetime:
-    return utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    """The start of the slot the tests book: two hours after the hour the test began in."""
+    hour = _test_hour if _test_hour is not None else utcnow().replace(minute=0, second=0, microsecond=0)
+    return hour + timedelta(hours=2)
 
 
 def rspec(images: dict[str, str] | None = None) -> str:
