@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from sfa_omf.cluster.leadership import LeadershipLost, check_period_s, keepalive_seconds
+from sfa_omf.cluster.leadership import LeadershipLost, bounded_connect_args, check_period_s
 
 #: The write of a background task reads the term first, holding the row until it commits; in the same statement, its
 #: transaction is bounded in idleness (:idle_ms): a leader stopped inside it (SIGSTOP, a debugger) would hold the row,
@@ -133,18 +133,8 @@ class DatabaseTerms:
         from sqlalchemy.pool import NullPool
 
         if self._engine is None:
-            idle, interval, count = keepalive_seconds(self.takeover_s)
             self._engine = create_engine(
-                self.url,
-                poolclass=NullPool,
-                connect_args={
-                    "connect_timeout": max(1, int(self.takeover_s // 3)),
-                    "keepalives": 1,
-                    "keepalives_idle": idle,
-                    "keepalives_interval": interval,
-                    "keepalives_count": count,
-                    "tcp_user_timeout": int(self.takeover_s * 1000 * 2 / 3),
-                },
+                self.url, poolclass=NullPool, connect_args=bounded_connect_args(self.takeover_s)
             )
         try:
             with self._engine.begin() as connection:

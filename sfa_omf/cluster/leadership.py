@@ -156,6 +156,20 @@ def keepalive_seconds(takeover_s: float) -> tuple[int, int, int]:
     return idle, interval, 3
 
 
+def bounded_connect_args(takeover_s: float) -> dict[str, int]:
+    """libpq's settings for a connection of the leadership (the lock's, the term's): connecting, and noticing a
+    vanished database, take a bounded part of ``takeover_s`` (keepalives, TCP user timeout)."""
+    idle, interval, count = keepalive_seconds(takeover_s)
+    return {
+        "connect_timeout": max(1, int(takeover_s // 3)),
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": interval,
+        "keepalives_count": count,
+        "tcp_user_timeout": int(takeover_s * 1000 * 2 / 3),
+    }
+
+
 class PostgresLock:
     """A PostgreSQL session advisory lock on a connection of its own (autocommit, keepalives on both sides)."""
 
@@ -180,12 +194,7 @@ class PostgresLock:
                 poolclass=NullPool,
                 isolation_level="AUTOCOMMIT",
                 connect_args={
-                    "connect_timeout": max(1, int(self.takeover_s // 3)),
-                    "keepalives": 1,
-                    "keepalives_idle": idle,
-                    "keepalives_interval": interval,
-                    "keepalives_count": count,
-                    "tcp_user_timeout": int(self.takeover_s * 1000 * 2 / 3),
+                    **bounded_connect_args(self.takeover_s),
                     # Who leads, for operators: SELECT application_name FROM pg_stat_activity (docs/operators.md).
                     "application_name": f"sfa-omf {_whoami()}"[:63],
                 },

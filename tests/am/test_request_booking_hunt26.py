@@ -9,17 +9,17 @@ import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
-from sfa_omf.errors import GeniError, Reason
+from sfa_omf.errors import Reason
 from sfa_omf.times import format_time, utcnow
 from tests.am.conftest import aggregate_on
 from tests.calendar.conftest import node_urn
 from tests.conftest import DemoPki
+from tests.rspec.test_request_reading_hunt import _allocate, _refusal, _slots
 
 GENI = "http://www.geni.net/resources/rspec/3"
 OL = "http://nitlab.inf.uth.gr/schema/sfa/rspec/1"
@@ -42,21 +42,6 @@ def _hour(hours: int) -> datetime:
 
 def _request(body: str) -> str:
     return f'<rspec type="request" xmlns="{GENI}" xmlns:ol="{OL}">{body}</rspec>'
-
-
-def _allocate(aggregate: Aggregate, pki: DemoPki, rspec: str) -> dict[str, Any]:
-    alice = pki.users["alice"]
-    return aggregate.allocate(alice.chain, pki.slice_urn, [alice.slice_cred], rspec, {})
-
-
-def _refusal(aggregate: Aggregate, pki: DemoPki, rspec: str) -> GeniError:
-    with pytest.raises(GeniError) as refused:
-        _allocate(aggregate, pki, rspec)
-    return refused.value
-
-
-def _slots(aggregate: Aggregate, slice_urn: str) -> list[tuple[datetime, datetime, tuple[str, ...]]]:
-    return sorted((lease.start, lease.end, lease.nodes) for lease in aggregate.bookings.leases(slice_urn=slice_urn))
 
 
 def _book_for_other_slice(aggregate: Aggregate, pki: DemoPki, node: str, start: datetime, end: datetime) -> None:
