@@ -43,37 +43,41 @@ names_tests() {  # do the arguments name tests (a file, a folder, a test id), or
     done
     return 1
 }
-run_both() {  # run_both SECOND_POSTGRES_URL SYSTEM_TEST_PATH... -- PYTEST_ARGUMENT...
-    local second_url="$1" system=() ignored=() logs status_system status_rest
-    shift
+GROUP_PIDS=()
+GROUP_NAMES=()
+start_group() {  # start_group NAME POSTGRES_URL PATH_OR_OPTION... -- PYTEST_ARGUMENT...   (in the background)
+    local name="$1" url="$2" paths=()
+    shift 2
     while [ "$1" != -- ]; do
-        system+=("$1")
-        ignored+=("--ignore=$1")
+        paths+=("$1")
         shift
     done
     shift
-    logs="$(mktemp -d)"
-    echo "pytest in two processes (SFA_OMF_TEST_PROCESSES=1 runs one): ${system[*]}; and every other test"
-    "$VENV/bin/pytest" "$@" "${system[@]}" >"$logs/system.log" 2>&1 &
-    local system_pid=$!
-    SFA_OMF_TEST_POSTGRES_URL="$second_url" "$VENV/bin/pytest" "$@" tests "${ignored[@]}" >"$logs/rest.log" 2>&1 &
-    local rest_pid=$!
-    status_system=0
-    wait "$system_pid" || status_system=$?
-    status_rest=0
-    wait "$rest_pid" || status_rest=$?
-    echo "== pytest: ${system[*]} (exit status $status_system)"
-    cat "$logs/system.log"
-    echo "== pytest: every other test (exit status $status_rest)"
-    cat "$logs/rest.log"
-    rm -rf "$logs"
-    # 5 is pytest's "no test collected": a -k or -m that selects tests of one process only is no failure of the other.
-    if [ "$status_system" = 5 ] && [ "$status_rest" != 5 ]; then status_system=0; fi
-    if [ "$status_rest" = 5 ] && [ "$status_system" != 5 ]; then status_rest=0; fi
-    if [ "$status_system" != 0 ] || [ "$status_rest" != 0 ]; then
-        echo "== pytest failed: exit status $status_system (${system[*]}), $status_rest (every other test)"
-        return 1
-    fi
+    SFA_OMF_TEST_POSTGRES_URL="$url" "$VENV/bin/pytest" "$@" "${paths[@]}" >"$GROUP_LOGS/${#GROUP_PIDS[@]}.log" 2>&1 &
+    GROUP_PIDS+=("$!")
+    GROUP_NAMES+=("$name")
+}
+wait_groups() {  # the status of every group started, their logs; fails when one failed
+    local i statuses=() status failed=0 ran=0
+    for i in "${!GROUP_PIDS[@]}"; do
+        status=0
+        wait "${GROUP_PIDS[$i]}" || status=$?
+        statuses+=("$status")
+        if [ "$status" != 5 ]; then ran=1; fi
+    done
+    for i in "${!GROUP_NAMES[@]}"; do
+        echo "== pytest: ${GROUP_NAMES[$i]} (exit status ${statuses[$i]})"
+        cat "$GROUP_LOGS/$i.log"
+    done
+    for i in "${!GROUP_NAMES[@]}"; do
+        # 5 is pytest's "no test collected": a -k or -m that selects tests of some groups only is no failure of the
+        # others (unless no group ran any).
+        if [ "${statuses[$i]}" != 0 ] && { [ "${statuses[$i]}" != 5 ] || [ "$ran" = 0 ]; }; then
+            echo "== pytest failed: ${GROUP_NAMES[$i]} (exit status ${statuses[$i]})"
+            failed=1
+        fi
+    done
+    return "$failed"
 }
 SFA_OMF_TEST_LXC_BRIDGE=""
 at_exit() {
@@ -116,11 +120,27 @@ export PATH="$VENV/bin:$PATH"
 if [ "${SFA_OMF_TEST_PROCESSES:-2}" = 1 ] || names_tests "$@"; then
     "$VENV/bin/pytest" "$@"
 else
-    # The whole suite in two pytest processes at once: most of its time is spent waiting (on OAR, on deadlines, on
-    # servers and containers starting), so two overlap well on two cores. The tests that use machine-wide things
-    # (OAR and its resources, RabbitMQ, LXC, network namespaces, Unix accounts) all run in the first; the second
-    # runs every other test (a new folder of tests lands there by itself) on a PostgreSQL database of its own.
-    SECOND_POSTGRES_URL="$(bash "$REPO/scripts/postgres.sh" sfaomf_test_second | tail -n 1)"
-    SYSTEM_TESTS=(tests/testbed tests/agents tests/images tests/am/test_users_keys.py)
-    run_both "$SECOND_POSTGRES_URL" "${SYSTEM_TESTS[@]}" -- "$@"
+    # The whole suite in three pytest processes at once: most of its time is spent waiting (on OAR, on deadlines, on
+    # servers and containers starting), so three overlap well on two cores. Each has a PostgreSQL database of its
+    # own. Tests that use one machine-wide thing run in one process: OAR (its API is stopped by some) and LXC (the
+    # aggregates of different databases would give containers the same addresses on the bridge) in the first, with
+    # the SSH login test that makes the Unix account an OAR test makes too; RabbitMQ, network namespaces and the
+    # agents' Unix accounts in the second; every other test (a new folder of tests lands there by itself) in the third.
+    GROUP_LOGS="$(mktemp -d)"
+    OAR_LXC_TESTS=(tests/testbed/oar tests/images tests/agents/test_oar_nodes.py tests/testbed/test_foreign_login.py
+        tests/calendar/test_external_partial_clash.py tests/notify/test_repaired_alert.py)
+    SYSTEM_TESTS=(tests/testbed tests/agents tests/am/test_users_keys.py)
+    ignore_oar_lxc=("${OAR_LXC_TESTS[@]/#/--ignore=}")
+    ignore_system=("${SYSTEM_TESTS[@]/#/--ignore=}")
+    echo "pytest in three processes (SFA_OMF_TEST_PROCESSES=1 runs one): ${OAR_LXC_TESTS[*]}; ${SYSTEM_TESTS[*]}" \
+        "(without the first's); every other test"
+    start_group "OAR and LXC" "$SFA_OMF_TEST_POSTGRES_URL" "${OAR_LXC_TESTS[@]}" -- "$@"
+    start_group "RabbitMQ, namespaces, accounts" "$(bash "$REPO/scripts/postgres.sh" sfaomf_test_third | tail -n 1)" \
+        "${SYSTEM_TESTS[@]}" "${ignore_oar_lxc[@]}" -- "$@"
+    start_group "every other test" "$(bash "$REPO/scripts/postgres.sh" sfaomf_test_second | tail -n 1)" \
+        tests "${ignore_oar_lxc[@]}" "${ignore_system[@]}" -- "$@"
+    status=0
+    wait_groups || status=$?
+    rm -rf "$GROUP_LOGS"
+    exit "$status"
 fi

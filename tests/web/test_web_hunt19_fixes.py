@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
+import traceback
 from collections.abc import Iterator
 from datetime import timedelta
 from html import unescape
@@ -102,11 +104,28 @@ def fail_while_locked(served: Served, table: str, path: str, form: dict[str, str
                     threading.Event().wait(0.01)
             assert killed >= 1, "the POST never waited for the locked table"
             sender.join(timeout=60)
+            # What the POST waited for if it never answered (a clean-clone CI run once saw that: kept for the next).
+            stuck = "" if answer else what_waits(engine, locker_pid)
             locker.rollback()
     finally:
         engine.dispose()
-    assert len(answer) == 1
+    assert len(answer) == 1, f"the POST never answered (killed {killed} waiting sessions); {stuck}"
     return answer[0]
+
+
+def what_waits(engine: Any, locker_pid: object) -> str:
+    """The database's sessions (what each waits for, its query) and this process's thread stacks, for a failure."""
+    with engine.connect() as looker:
+        sessions = looker.execute(
+            text(
+                "SELECT pid, state, wait_event_type, wait_event, pg_blocking_pids(pid), left(query, 160) "
+                "FROM pg_stat_activity WHERE datname = current_database() AND pid != pg_backend_pid()"
+            )
+        ).all()
+    frames = sys._current_frames().items()
+    stacks = "\n".join(f"thread {ident}:\n{''.join(traceback.format_stack(frame)[-8:])}" for ident, frame in frames)
+    listed = "\n".join(map(str, sessions))
+    return f"the locker is {locker_pid}; sessions:\n{listed}\nthreads:\n{stacks}"
 
 
 @pytest.mark.parametrize("served_on", ["postgresql"], indirect=True)  # a killed PostgreSQL session
