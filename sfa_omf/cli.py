@@ -246,8 +246,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
         print(f"    SSH key (registered; logins the manifest names accept it): {os.path.join(sfi_dir, SSH_KEY_NAME)}")
     print(f"  trusted roots: {os.path.join(report.directory, 'trusted_roots')} (add another authority's root there)")
     print(
-        f"  registry https://{settings.hostname}:{settings.registry_port}/, "
-        f"aggregate https://{settings.hostname}:{settings.aggregate_port}/ "
+        f"  registry {settings.https_url(settings.registry_port)}/, "
+        f"aggregate {settings.https_url(settings.aggregate_port)}/ "
         f"(listening on {settings.aggregate_host}); start: sfa-omf serve --config "
         f"{os.path.join(report.directory, CONFIG_FILE_NAME)}"
     )

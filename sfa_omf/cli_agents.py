@@ -102,7 +102,7 @@ def _invite(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     token, record = Agents(command_database(settings)).create_token(args.pool, args.lifetime)
     root = LocalAuthority.gid_path(settings.data_dir, settings.interface_hrn)
-    server = f"https://{settings.hostname}:{settings.aggregate_port}/"
+    server = f"{settings.https_url(settings.aggregate_port)}/"
     # The agent sends the token only to a server whose certificate names this URN (am.gid's).
     aggregate = hrn_to_urn(settings.interface_hrn, "authority+am")
     if args.json:

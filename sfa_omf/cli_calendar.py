@@ -242,7 +242,7 @@ def _node_import_omf(args: argparse.Namespace) -> int:
     report = import_nodes(database, entries, Policy(default_grain_s=settings.grain_s), progress=_progress_bar("nodes"))
     print(f"{report.added} node(s) added, {report.updated} updated, {report.unchanged} unchanged (from {url})")
     _record_nodes(settings, Inventory(database).list_nodes())
-    inventory = omf_inventory(aggregate, f"https://{settings.hostname}:{settings.aggregate_port}")
+    inventory = omf_inventory(aggregate, settings.https_url(settings.aggregate_port))
     with database.read() as session:  # a node an older import stored under another spelling: book it as stored
         stored = stored_nodes(session)
     entries = [

@@ -225,7 +225,7 @@ def _probe(args: argparse.Namespace) -> int:
         raise BadArgs(f"probe presents the aggregate's certificate, and {reason}") from exc
     failures = 0
     for service, port in (("registry", settings.registry_port), ("aggregate", settings.aggregate_port)):
-        url = f"https://{settings.hostname}:{port}/"
+        url = f"{settings.https_url(port)}/"
         server = xmlrpc.client.ServerProxy(url, context=context, allow_none=True)
         started = time.monotonic()
         try:
@@ -301,13 +301,13 @@ def first_steps(directory: str, settings: Settings, sfi: str, requests: Sequence
 
     auth = settings.interface_hrn
     slice_hrn = f"{auth}.{DEMO_SLICE}"
-    url = f"https://{settings.aggregate_host}:{settings.aggregate_port}/"
+    url = f"{settings.https_url(settings.aggregate_port, settings.aggregate_host)}/"
     user_files = os.path.join(sfi, f"{auth}.alice")
     sfi_py = f"sfi.py -d {sfi}"
     request = requests[0] if requests else "REQUEST.xml"
     lines = [
         f"sfa-omf aggregate {hrn_to_urn(auth, 'authority+am')} on {url} (AM API v3; v2 at {url}am2)",
-        f"  registry of {auth} on https://{settings.registry_host}:{settings.registry_port}/",
+        f"  registry of {auth} on {settings.https_url(settings.registry_port, settings.registry_host)}/",
         f"  authority directory: {directory} (sfa-omf node list --config {os.path.join(directory, CONFIG_FILE_NAME)})",
         "  example requests (rewritten at each start, their times ahead):",
         *(f"    {path}" for path in requests),

@@ -46,7 +46,7 @@ def _feed_url(args: argparse.Namespace) -> int:
         token = tokens.issue(args.user_urn)
     finally:
         database.dispose()
-    print(f"https://{settings.hostname}:{settings.aggregate_port}/calendar/feed/{token}.ics")
+    print(f"{settings.https_url(settings.aggregate_port)}/calendar/feed/{token}.ics")
     print("(a new address: the previous one, if any, no longer works)")
     return 0
 

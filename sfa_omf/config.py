@@ -182,7 +182,7 @@ class Settings:
     def registry_url(self) -> str:
         """The registry's URL for sfi_config: the advertised hostname (not the listening address, which may be
         0.0.0.0). sfi.py wants http:// here and speaks TLS anyway (it mangles https:// URLs)."""
-        return f"http://{self.hostname}:{self.registry_port}/"
+        return f"http://{url_host(self.hostname)}:{self.registry_port}/"
 
     @property
     def web_admin_urns(self) -> frozenset[str]:
@@ -203,7 +203,12 @@ class Settings:
     @property
     def aggregate_url(self) -> str:
         """The aggregate's URL for sfi_config (see registry_url)."""
-        return f"http://{self.hostname}:{self.aggregate_port}/"
+        return f"http://{url_host(self.hostname)}:{self.aggregate_port}/"
+
+    def https_url(self, port: int, host: str = "") -> str:
+        """https://HOST:PORT (no final slash) for the advertised hostname, or for ``host``: an IPv6 address in
+        brackets, as URLs must write it (``https://2001:db8::1:12346`` names no port)."""
+        return f"https://{url_host(host or self.hostname)}:{port}"
 
 
 @dataclass(frozen=True)
@@ -1129,6 +1134,14 @@ def database_url_problem(url: str) -> str:
 
 #: A DNS label: letters, digits and '-', not at either end, at most 63 characters.
 _DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def url_host(host: str) -> str:
+    """``host`` as the host part of a URL: an IPv6 address in brackets, anything else as it is."""
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
 
 
 def host_problem(text: str, ports: str = "the ports are settings of their own") -> str | None:

@@ -22,6 +22,7 @@ import pytest
 
 from sfa_omf.calendar.database import sqlite_url
 from sfa_omf.cli import main
+from sfa_omf.config import read_config
 from sfa_omf.registry.bootstrap import init_directory
 from tests import test_preflight
 from tests.ports import free_port
@@ -190,6 +191,24 @@ def test_init_takes_a_dns_name_or_an_ip_address_as_hostname(tmp_path: Path, caps
     for number, hostname in enumerate(("am.example.org", "192.0.2.7")):
         assert main(["init", str(tmp_path / f"site{number}"), "--hostname", hostname, *ports()]) == 0
         assert f"hostname = {hostname}\n" in (tmp_path / f"site{number}" / "sfa-omf.conf").read_text()
+
+
+def test_an_ipv6_hostname_is_in_brackets_in_every_url(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``https://2001:db8::7:12346/`` names no port: sfi.py and every browser read it as a broken host."""
+    site = tmp_path / "site"
+    assert main(["init", str(site), "--hostname", "2001:db8::7", *ports()]) == 0
+    out, _ = capsys.readouterr()
+    settings = read_config(str(site / "sfa-omf.conf"))
+    aggregate = f"https://[2001:db8::7]:{settings.aggregate_port}"
+    assert f"aggregate {aggregate}/" in out and "https://2001:db8::7:" not in out
+    sfi_configs = list(site.rglob("sfi_config"))
+    assert sfi_configs
+    for sfi_config in sfi_configs:
+        text = sfi_config.read_text()
+        assert f"http://[2001:db8::7]:{settings.aggregate_port}/" in text, text
+        assert f"http://[2001:db8::7]:{settings.registry_port}/" in text, text
+    assert settings.https_url(settings.aggregate_port) == aggregate
+    assert settings.https_url(1, "192.0.2.7") == "https://192.0.2.7:1"
 
 
 def test_init_refuses_a_bind_address_that_is_no_ip_address(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -113,7 +113,7 @@ def build_aggregate(settings: Settings, upgrade: bool = True) -> Aggregate:
         allocation_ttl_s=settings.allocation_ttl_s,
     )
     verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
-    url = f"https://{settings.hostname}:{settings.aggregate_port}/"
+    url = f"{settings.https_url(settings.aggregate_port)}/"
     aggregate = Aggregate(
         AggregateSettings(
             authority_hrn=settings.interface_hrn,
@@ -299,7 +299,7 @@ def start_aggregate(
     if aggregate.backend.name == "omf":  # omf_sfa's REST inventory, for the testbed's controllers and tools
         from sfa_omf.testbed.omf.rest import inventory_resource
 
-        base_url = f"https://{settings.hostname}:{settings.aggregate_port}"
+        base_url = settings.https_url(settings.aggregate_port)
         routes[b"resources"] = inventory_resource(aggregate, base_url, pool, reactor, settings)
     agents = _agent_api(settings, aggregate)
     if agents is not None:
