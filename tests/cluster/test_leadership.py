@@ -223,10 +223,11 @@ def test_a_leader_whose_session_is_terminated_starts_no_task_once_another_sessio
             leader.start()
             wait_for(lambda: "another session holds the lock" in events, "the lock taken by another session")
             wait_for(lambda: not leader.is_leader, "the old leader stepping down")
+            # (It says so just after it stepped down.)
+            wait_for(lambda: "lost the leadership" in caplog.text, "the old leader saying it lost the leadership")
         assert events == ["the leader's task starts", "another session holds the lock"], (
             "the old leader started its task while another session held the lock"
         )
-        assert "lost the leadership" in caplog.text
         assert lock_holders(url) == {other_session.execute(text("SELECT pg_backend_pid()")).scalar()}
     finally:
         leader.stop()
