@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import socket
 import uuid
@@ -76,6 +77,10 @@ class Notifier:
         self.clock = clock
         # Who holds a claim on outbox rows: unique per notifier, readable in the table when debugging.
         self.owner = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        # Webhook origins (scheme://host:port) that were unreachable or silent: origin -> (not tried again before,
+        # failures in a row). Kept across rounds: each dead receiver costs one time-out per its own backoff, not one
+        # per round, however many messages are due to it (a round waited for each dead origin in turn).
+        self._origins_down: dict[str, tuple[datetime, int]] = {}
 
     def notice(self) -> int:
         """Write every event that happened (and is not in the outbox yet) for every subscribed recipient."""
@@ -136,8 +141,9 @@ class Notifier:
         (backoff), never raised."""
         sent = handled = 0
         smtp_down = False
-        # The origins (scheme://host:port) of the webhooks that were unreachable or silent this round.
-        webhooks_down: set[str] = set()
+        failed_this_round: set[str] = set()  # webhook origins that did not answer in this round
+        forgotten = self.clock() - timedelta(seconds=self.settings.retry_max_s)
+        self._origins_down = {origin: down for origin, down in self._origins_down.items() if down[0] > forgotten}
         hold_s = int(CLAIM_BATCH * (max(self.settings.smtp.timeout_s, self.settings.webhook_timeout_s) + 5))
         while handled < limit:
             batch = self.outbox.claim(self.owner, min(CLAIM_BATCH, limit - handled), hold_s)
@@ -150,18 +156,36 @@ class Notifier:
                     # webhooks. The next round tries again; this message's attempts are untouched.
                     self.outbox.postpone(message.id, self.owner, self.settings.retry_base_s)
                     continue
-                if message.channel == "webhook" and webhook_origin(message.address) in webhooks_down:
+                origin = webhook_origin(message.address) if message.channel == "webhook" else ""
+                if origin and (origin in failed_this_round or self._resting(origin)):
                     # The same for a webhook's origin: one silent receiver would hold every other user's messages
                     # its time-out per message (and its own failed message, due again, would be tried again).
-                    self.outbox.postpone(message.id, self.owner, self.settings.retry_base_s)
+                    self.outbox.postpone(message.id, self.owner, self._rest_left_s(origin))
                     continue
                 try:
                     sent += self._deliver_one(message)
                 except SmtpUnavailable:
                     smtp_down = True
                 except WebhookUnavailable:
-                    webhooks_down.add(webhook_origin(message.address))
+                    self._origin_failed(origin)
+                    failed_this_round.add(origin)
+                else:
+                    self._origins_down.pop(origin, None)
         return sent
+
+    def _resting(self, origin: str) -> bool:
+        """True while a webhook origin that did not answer is held back (its backoff)."""
+        return self._rest_left_s(origin) > 0
+
+    def _rest_left_s(self, origin: str) -> int:
+        down = self._origins_down.get(origin)
+        return 0 if down is None else max(0, math.ceil((down[0] - self.clock()).total_seconds()))
+
+    def _origin_failed(self, origin: str) -> None:
+        """The origin did not answer: held back for retry_base_s, doubled with each failure in a row."""
+        _, failures = self._origins_down.get(origin, (self.clock(), 0))
+        rest_s = min(self.settings.retry_base_s * 2**failures, self.settings.retry_max_s)
+        self._origins_down[origin] = (self.clock() + timedelta(seconds=rest_s), failures + 1)
 
     def _deliver_one(self, message: Message) -> int:
         """1 if the channel took the message, else 0 (marked for a retry or given up); SmtpUnavailable (after

@@ -117,6 +117,37 @@ def test_a_dead_webhook_due_again_is_not_tried_again_in_the_same_round(
     assert [str(m["To"]) for m in smtp.mailbox.messages] == [BOB_MAIL]
 
 
+def test_a_dead_webhook_is_not_waited_for_again_before_its_backoff_in_later_rounds(
+    database: Database, silent: SilentServer, smtp: SmtpServer, receiver: Receiver
+) -> None:
+    """A round is a few seconds: before, each round tried the dead origin again (one time-out each, ahead of other
+    users' messages) as long as any message to it was due. Now it rests for its backoff, doubled at each failure."""
+    now = [NOW]
+    outbox = Outbox(database, clock=lambda: now[0])
+    settings = NotifySettings(smtp=SmtpSettings(port=smtp.port), webhook_timeout_s=0.5, retry_base_s=30)
+    notifier = Notifier(database, settings, clock=lambda: now[0])
+
+    def news(round_number: int, address: str) -> Message:
+        key = message_key(f"r{round_number}:started", "webhook", address)
+        return Message(key, "started", "webhook", address, {"event": "started"})
+
+    outbox.enqueue([news(1, silent.url)])
+    assert notifier.deliver() == 0 and len(silent.held) == 1  # tried: silent, 30 s of rest
+    now[0] += timedelta(seconds=10)
+    outbox.enqueue([news(2, silent.url), news(2, receiver.url)])
+    assert notifier.deliver() == 1  # the other receiver's; the dead one not tried in its rest
+    assert len(silent.held) == 1 and len(receiver.received) == 1
+    now[0] += timedelta(seconds=25)  # 35 s after the failure: tried again (the second message), silent again
+    assert notifier.deliver() == 0 and len(silent.held) == 2
+    now[0] += timedelta(seconds=40)  # its rest is 60 s now: not yet
+    outbox.enqueue([news(3, silent.url)])
+    assert notifier.deliver() == 0 and len(silent.held) == 2
+    outbox.enqueue([news(3, receiver.url)])
+    assert notifier.deliver() == 1 and len(receiver.received) == 2  # others' messages go out meanwhile
+    now[0] += timedelta(seconds=25)  # 65 s after the second failure: tried again
+    assert notifier.deliver() == 0 and len(silent.held) == 3
+
+
 def test_a_webhook_that_answers_an_error_does_not_hold_back_its_origin(database: Database, receiver: Receiver) -> None:
     """Only an unreachable or silent receiver holds its origin back: a 500 is that message's own failure, and the
     next message to the same receiver is still tried in the round."""
