@@ -29,6 +29,7 @@ from sfa_omf.agents.vpn import NETWORK as VPN_NETWORK
 from sfa_omf.agents.vpn import VpnCa, client_config
 from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork, check_agent_text
 from sfa_omf.calendar.inventory import check_node_fields
+from sfa_omf.cluster.leadership import LeadershipLost
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.testbed.base import AgentNode, TestbedNodes
@@ -314,6 +315,8 @@ class AgentService:
             self._republish_alone()
             log.info("nodes' DNS zone %s brought in line with the calendar", self.dns.zone)
             self._dns_refresh_warning = ""
+        except LeadershipLost:  # another process leads: the flush stops, Leadership logs it once
+            raise
         except (GeniError, OSError) as exc:  # the DNS server or the database away a moment
             warning = f"nodes' DNS zone {self.dns.zone} not brought in line with the calendar (next round): {exc}"
             if warning != self._dns_refresh_warning:
@@ -439,6 +442,8 @@ class AgentService:
         try:
             if self.vpn.refresh():
                 log.info("VPN files (CRL, client configs) brought in line with the cluster's records")
+        except LeadershipLost:  # another process leads: the flush stops, Leadership logs it once
+            raise
         except (GeniError, OSError) as exc:  # the database away a moment: the next round tries again
             log.warning("VPN files not brought in line with the cluster's records (next round): %s", exc)
         except Exception:  # never in the way of the heartbeats' flush, which follows

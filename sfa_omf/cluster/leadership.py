@@ -33,16 +33,19 @@ agents...). Only the leader runs them; the others stand by. The rules, all in th
   other process starts it meanwhile.
 - SQLite: there is a single process (``serve`` runs one worker on SQLite); it always leads.
 
-What is fenced: a task that runs when the lock is lost (its session terminated, the database restarted, a network
-cut) is not interrupted, and its writes go through connections of the request pool, which know nothing of the lock.
-So on PostgreSQL they are fenced by the cluster's durable leadership term (``terms``, a TermKeeper: calendar/fence.py):
-a process that has just taken the lock begins the next term in the database before any of its tasks runs (waiting for
-a write of the old leader that holds the term; when that takes too long it does not lead yet, keeps the lock and
-tries again at its next check), and each write unit of work of a task begins by reading the term, refused
-(LeadershipLost, nothing written) once it is not its process's. A task refused so logs it and the process stops
-leading at once. What is still not fenced: what the old leader's task did outside the database before its first
-refused write (an OAR job submitted, a mail sent), and its reads; tasks stay safe to run twice (each is a transaction
-on the calendar that re-reads what it needs). SQLite needs no fence (one process).
+What is fenced: a task that runs when the lock is lost (its session terminated, the database restarted, a network cut)
+is not interrupted, and its writes go through connections of the request pool, which know nothing of the lock. So on
+PostgreSQL they are fenced by the cluster's durable leadership term (``terms``, a TermKeeper: calendar/fence.py): a
+process that has just taken the lock begins the next term in the database before any of its tasks runs (waiting for
+writes of the old leader that hold the term, its UPDATE half a check period at most in all: its lock session never idles
+into its idle_session_timeout meanwhile; when that is not enough it does not lead yet, keeps the lock and tries again at
+its next check), and each write unit of work of a task begins by reading the term, refused (LeadershipLost, nothing
+written) once it is not its process's. A task refused so logs it and the process stops leading at once. Neither a
+process stopped (or cut off) while it begins its term, nor one stopped while a task's write holds the term (idle, or
+waiting for a lock), holds the term for longer than about ``takeover_s``: the database ends those transactions. What is
+still not fenced: what the old leader's task did outside the database before its first refused write (an OAR job
+submitted, a mail sent), and its reads; tasks stay safe to run twice (each is a transaction on the calendar that
+re-reads what it needs). SQLite needs no fence (one process).
 
 This module knows nothing of Twisted: tasks run in threads of their own, one per task.
 """
@@ -420,8 +423,13 @@ class Leadership:
                 wait_s,
             )
 
-    def _set_leading(self, leading: bool, checked_at: float = 0.0, durable_term: int | None = None) -> None:
+    def _set_leading(self, leading: bool, checked_at: float = 0.0, durable_term: int | None = None) -> bool:
+        """Lead, or stop leading; answers whether this process leads now. Once stop() began, never leads again: the
+        keeper's check (or term) that was in flight when stop() cleared ``_leading`` must not set it back, the lock
+        about to be released."""
         with self._changed:
+            if leading and self._stopping:
+                return False
             if leading and not self._leading:
                 self._term += 1
                 self._durable_term = durable_term
@@ -429,6 +437,7 @@ class Leadership:
             if leading:
                 self._confirmed_at = checked_at
             self._changed.notify_all()
+            return leading
 
     def _confirmed(self) -> bool:
         """The lock was found held recently enough for a task to start now (call with ``_changed`` held)."""
@@ -454,8 +463,7 @@ class Leadership:
                         standing_back = time.monotonic() - handed_over_at < self.takeover_s
                         if not standing_back and self.lock.try_acquire() and not self._stopping:
                             began, durable_term = self._begin_term()
-                            if began:
-                                self._set_leading(True, checked_at, durable_term)
+                            if began and self._set_leading(True, checked_at, durable_term):
                                 level = logging.INFO if self.lock.contended else logging.DEBUG
                                 log.log(level, "this process (%s) now leads the background tasks", _whoami())
                     elif self.lock.still_held():
@@ -480,8 +488,9 @@ class Leadership:
 
     def _begin_term(self) -> tuple[bool, int | None]:
         """Right after the lock was taken, before any task runs: begin the cluster's next durable term (call with
-        ``_lock_in_use`` held). (False, None) when it cannot begin yet: a write of the previous leader holds the
-        term; this process keeps the lock and tries again at its next check. Without terms: (True, None)."""
+        ``_lock_in_use`` held; its UPDATE waits half a check period at most, DatabaseTerms.lock_timeout_ms). (False,
+        None) when it cannot begin yet: writes of the previous leader hold the term; this process keeps the lock and
+        tries again at its next check. Without terms: (True, None)."""
         if self.terms is None:
             return True, None
         durable_term = self.terms.begin_term()

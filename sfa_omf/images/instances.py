@@ -34,7 +34,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 
-from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.database import Database, TransientConflict
 from sfa_omf.calendar.fence import fence_of_this_thread, fenced_as
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Slice
 from sfa_omf.calendar.queries import to_s
@@ -826,6 +826,12 @@ class Instances:
                         except GeniError as exc:  # the next renewal tries again; the start goes on
                             log.warning(
                                 "the claim of containers %s could not be renewed: %s", ", ".join(names), exc.message
+                            )
+                        except TransientConflict as exc:  # a lock wait reached its bound (fence.py): the next one
+                            log.warning(
+                                "the claim of containers %s could not be renewed (the calendar was busy: %s)",
+                                ", ".join(names),
+                                exc,
                             )
             except LeadershipLost:  # another process leads: its recovery may start them again
                 log.warning("the claim of containers %s is no longer renewed: this process no longer leads", names)

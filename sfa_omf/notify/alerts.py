@@ -12,7 +12,9 @@ delivered by the notifier like the lease events, exactly once each:
 | backend_recovered | the operators | the server's background loop: a testbed task worked again after failing |
 | reconciler_repaired | the operators | the server's background loop: the testbed's reconciler changed something |
 
-Recording never raises: an event that cannot be written is logged, and the call or loop goes on.
+Recording never raises: an event that cannot be written is logged, and the call or loop goes on. Except in a
+background task of a process that no longer leads (LeadershipLost: its write refused, cluster/leadership.py): that
+goes on up to the task's end, where Leadership says so once and stops leading.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.database import Database, TransientConflict
 from sfa_omf.calendar.outbox import NotifyEvents, RecordedEvent
+from sfa_omf.cluster.leadership import LeadershipLost
 from sfa_omf.errors import GeniError
 from sfa_omf.times import format_time, utcnow
 
@@ -122,8 +125,12 @@ class Alerts:
     def _record(self, event: RecordedEvent) -> None:
         try:
             self.events.record(event)
+        except LeadershipLost:  # another process leads: the task stops, Leadership logs it (no failure of recording)
+            raise
         except GeniError as exc:  # the database is down: the event is lost, the caller's work is not
             log.warning("could not record the %s event (%s)", event.event, exc.message)
+        except TransientConflict as exc:  # a lock wait of a background task's write reached its bound (fence.py)
+            log.warning("could not record the %s event (the calendar was busy: %s)", event.event, exc)
         except Exception:  # recording never replaces the caller's own answer (e.g. Renew's refusal)
             log.exception("could not record the %s event", event.event)
 
