@@ -337,7 +337,7 @@ def _revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
         if not os.path.exists(os.path.join(directory, "ca.pem")):
             return False
         try:
-            return VpnCa(directory, settings.interface_hrn).revoke_node(hostname)
+            return revoke_in_files_recorded(VpnCa(directory, settings.interface_hrn), database, hostname)
         except GeniError as exc:  # its message says what is not done and that `node vpn-revoke` finishes it
             raise VpnRevocationLeft(exc.message) from exc
     # PostgreSQL: the cluster's records know what any host issued; the revocation recorded there reaches every
@@ -366,6 +366,30 @@ def _revoke_vpn_of_removed_node(settings: Any, hostname: str) -> bool:
                 raise _crl_not_written(records, directory, hostname, serial, exc) from exc
             return serial is not None
     return records.revoke_current(hostname) is not None
+
+
+def revoke_in_files_recorded(ca: Any, database: Any, hostname: str) -> bool:
+    """The file-only VPN's revocation of the node's certificate (``ca``: a VpnCa without records, SQLite's), recorded
+    in the calendar ``database`` with the node's VPN number, which no other node gets until its quarantine has passed
+    (calendar/agents.py: the node's tunnel may last that long). False when it had no certificate. A revocation not
+    recorded is a VpnRevocationLeft saying so (the CRL revokes it)."""
+    import time
+
+    from sfa_omf.calendar.agents import VPN_NUMBER_QUARANTINE_S
+    from sfa_omf.calendar.vpn_records import record_file_revocation
+
+    revoked = ca.revoke_node_files(hostname)
+    if revoked is None:
+        return False
+    if revoked.serial is not None:
+        try:
+            record_file_revocation(database, revoked.serial, hostname, revoked.number, int(time.time()))
+        except GeniError as exc:
+            raise VpnRevocationLeft(
+                f"its VPN certificate is revoked (CRL) but not recorded in the calendar: {exc.message}; its VPN "
+                f"address may go to a node enrolled in the next {VPN_NUMBER_QUARANTINE_S} s, while its tunnel lasts"
+            ) from exc
+    return True
 
 
 def _crl_not_written(
@@ -426,9 +450,24 @@ def _vpn_config(args: argparse.Namespace) -> int:
 
 
 def _vpn_revoke(args: argparse.Namespace) -> int:
-    ca, _ = _vpn_ca(args)
-    if ca.revoke_node(args.hostname):
-        print(f"revoked the VPN certificate of {args.hostname}; OpenVPN reads the new CRL at the next connection")
+    ca, settings = _vpn_ca(args)
+    if ca.records is None:  # SQLite's file-only VPN: the revocation recorded in the calendar too, for its quarantine
+        from sfa_omf.calendar.database import Database
+
+        try:
+            revoked = revoke_in_files_recorded(ca, Database(settings.calendar_url), args.hostname)
+        except VpnRevocationLeft as exc:
+            print(f"revoked the VPN certificate of {args.hostname}; warning: {exc.message}", file=sys.stderr)
+            return 2
+    else:
+        revoked = ca.revoke_node(args.hostname)
+    if revoked:
+        from sfa_omf.calendar.agents import VPN_KEY_TRANSITION_S, VPN_RENEGOTIATION_S
+
+        print(
+            f"revoked the VPN certificate of {args.hostname}; OpenVPN reads the new CRL at each connection and "
+            f"renegotiation (a tunnel that is up ends within {VPN_RENEGOTIATION_S + VPN_KEY_TRANSITION_S} s)"
+        )
         return 0
     # What `node remove` asks for when the revocation was recorded but this host's CRL not written: done now.
     if _revocation_in_crl(ca, args.hostname):

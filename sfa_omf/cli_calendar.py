@@ -377,6 +377,21 @@ def _node_remove(args: argparse.Namespace) -> int:
             oar.restore(before)
         raise
     print(f"removed {args.component_id}")
+    # The node is out of the calendar: from here on each step is done as far as it can be, and one that fails is said
+    # with what finishes it, the others done all the same (a VPN failure used to stop the removal before the DNS
+    # names, staged files and registry record, leaving half a node), and the exit status 2.
+    left: list[str] = []
+    # A node agent's VPN access, DNS names and staged files go with the node (only agents get VPN certificates). The
+    # VPN first, at once: its number is free from the calendar's commit above until its revocation is recorded (which
+    # puts it in quarantine), and a node registering meanwhile would get the address of the tunnel still up.
+    if agent is not None:
+        try:
+            if revoke_vpn_of_removed_node(settings, agent.hostname):
+                print(f"revoked the VPN certificate of {agent.hostname}")
+        except VpnFilesNotRewritten as exc:  # nothing of the node left: the host's CRL lacks others' revocations
+            print(f"warning: {exc.message}", file=sys.stderr)
+        except VpnRevocationLeft as exc:
+            left.append(exc.message)
     if oar is not None and agent is not None:
         try:
             if oar.remove(agent.hostname, agent.number):
@@ -387,19 +402,7 @@ def _node_remove(args: argparse.Namespace) -> int:
                 "in OAR (oarremoveresource) or leave it: the node's next registration under this name replaces it",
                 file=sys.stderr,
             )
-    # The node is out of the calendar: from here on each step is done as far as it can be, as the OAR one above, and
-    # one that fails is said with what finishes it, the others done all the same (a VPN failure used to stop the
-    # removal before the DNS names, staged files and registry record, leaving half a node), and the exit status 2.
-    left: list[str] = []
-    # A node agent's VPN access, DNS names and staged files go with the node (only agents get VPN certificates).
     if agent is not None:
-        try:
-            if revoke_vpn_of_removed_node(settings, agent.hostname):
-                print(f"revoked the VPN certificate of {agent.hostname}")
-        except VpnFilesNotRewritten as exc:  # nothing of the node left: the host's CRL lacks others' revocations
-            print(f"warning: {exc.message}", file=sys.stderr)
-        except VpnRevocationLeft as exc:
-            left.append(exc.message)
         _forget_agent_names(settings, database, agent.hostname)
         try:
             removed = _remove_staged_files(settings, agent.hostname)

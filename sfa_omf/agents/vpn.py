@@ -28,7 +28,11 @@ them, and written where they differ from the records. Every writer here replaces
 directory), never edits it in place, which is what the timestamps see.
 
 A node's address is fixed by its agent's VPN number (calendar/agents.py: 1..VPN_NUMBERS, the lowest free one at
-registration, free again once the node is removed): 10.200.0.0/16, host part = number + 1 (the server is .0.1).
+registration, free again once the node is removed and VPN_NUMBER_QUARANTINE_S has passed since its certificate's
+revocation): 10.200.0.0/16, host part = number + 1 (the server is .0.1). OpenVPN checks the CRL only at a handshake:
+the server renegotiates every VPN_RENEGOTIATION_S and keeps a tunnel's old key VPN_KEY_TRANSITION_S after that
+(server_config), so a revoked node's established tunnel ends within their sum of the CRL naming it; until then its
+number is nobody else's.
 The client's key is the node's own key: the request must hold the key the agent enrolled with.
 """
 
@@ -55,13 +59,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sfa_omf.calendar.agents import VPN_NUMBERS
+from sfa_omf.calendar.agents import VPN_KEY_TRANSITION_S, VPN_NETWORK, VPN_NUMBERS, VPN_RENEGOTIATION_S, vpn_number_of
 from sfa_omf.calendar.vpn_records import IssuedCertificate, VpnRecords, VpnState
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 from sfa_omf.trust.pki import load_private_key, new_private_key, private_key_pem
 
-NETWORK = ipaddress.ip_network("10.200.0.0/16")
+NETWORK = VPN_NETWORK
 SERVER_ADDRESS = NETWORK.network_address + 1
 CLIENT_LIFETIME = timedelta(days=365)
 CA_LIFETIME = timedelta(days=10 * 365)
@@ -127,6 +131,25 @@ def _serial_of(certificate_pem: str, hostname: str) -> int | None:
 
 def _ccd(address: str) -> bytes:
     return f"ifconfig-push {address} {NETWORK.netmask}\n".encode()
+
+
+def _ccd_number(path: Path) -> int | None:
+    """The VPN number of the address a ccd/ entry gives its node; None when it is absent or unreadable."""
+    try:
+        words = path.read_text(encoding="ascii").split()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return vpn_number_of(words[1]) if len(words) > 1 else None
+
+
+@dataclass(frozen=True)
+class RevokedNode:
+    """What the file-only VPN revoked of a node: its certificate's serial (None: its issued/ file could not be read,
+    so the CRL does not name it; its ccd/ entry went all the same) and the VPN number its ccd/ entry gave it (None
+    when it had none)."""
+
+    serial: int | None
+    number: int | None
 
 
 def _stamp(path: Path) -> Stamp | None:
@@ -432,13 +455,19 @@ class VpnCa:
             revoked = self.records.revoke_current(hostname) is not None
             self.refresh()
             return revoked
+        return self.revoke_node_files(hostname) is not None
+
+    def revoke_node_files(self, hostname: str) -> RevokedNode | None:
+        """The file-only VPN's revoke_node, saying what it revoked (for the calendar's record of the node's number,
+        which the caller makes once this host's file lock is let go); None when the node has no certificate."""
         issued = self.directory / "issued" / f"{hostname}.pem"
         with self._locked():
             if not issued.exists():
-                return False
+                return None
+            number = _ccd_number(self.directory / "ccd" / hostname)
             then = f"once they can, run `sfa-omf node vpn-revoke {hostname}`"
-            self._revoke_issued(issued.read_text(), hostname, then)
-        return True
+            serial = self._revoke_issued(issued.read_text(), hostname, then)
+        return RevokedNode(serial, number)
 
     def revoke_other_key(self, hostname: str, public_key: rsa.RSAPublicKey) -> bool:
         """Revoke the node's current VPN certificate when it holds another key than ``public_key``: the node was
@@ -466,13 +495,14 @@ class VpnCa:
             self._revoke_issued(certificate_pem, hostname, "try again")
         return True
 
-    def _revoke_issued(self, certificate_pem: str, hostname: str, then: str) -> None:
+    def _revoke_issued(self, certificate_pem: str, hostname: str, then: str) -> int | None:
         """The file-only revocation of the node's current certificate: into revoked.json and the CRL, its ccd/ entry
         and issued/ file gone. When a write fails: UNAVAILABLE, saying ``then`` (what completes it once the files can
         be written), instead of an internal error that names a temporary file (a removed node would keep its tunnel
-        with nobody told how to close it). Under the locks."""
+        with nobody told how to close it). The serial revoked (None: the certificate could not be read). Under the
+        locks."""
         try:
-            self._revoke(certificate_pem, hostname)
+            serial = self._revoke(certificate_pem, hostname)
             (self.directory / "issued" / f"{hostname}.pem").unlink()
         except OSError as exc:  # what was written stays: a revocation in the CRL only is kept (_revoked_here)
             raise GeniError(
@@ -480,6 +510,7 @@ class VpnCa:
                 f"node {hostname}: its VPN certificate is not revoked, or not completely: this host's VPN files in "
                 f"{self.directory} could not be written ({exc}); {then}",
             ) from exc
+        return serial
 
     def revoke(self, certificate_pem: str, hostname: str) -> None:
         """Revoke a client certificate (a removed node): into the CRL, and its address entry gone."""
@@ -491,16 +522,18 @@ class VpnCa:
         with self._locked():
             self._revoke(certificate_pem, hostname)
 
-    def _revoke(self, certificate_pem: str, hostname: str, keep_address: bool = False) -> None:
+    def _revoke(self, certificate_pem: str, hostname: str, keep_address: bool = False) -> int | None:
         """Into revoked.json and the CRL; the node's ccd/ entry goes too unless ``keep_address`` (a re-issue). A
         certificate that cannot be read (an issued/ file cut short) is not revoked: its ccd/ entry goes all the
-        same, and OpenVPN (ccd-exclusive) lets no certificate of that name in."""
+        same, and OpenVPN (ccd-exclusive) lets no certificate of that name in. The serial revoked (None: that
+        case)."""
         serial = _serial_of(certificate_pem, hostname)
         if serial is None:
             if not keep_address:
                 (self.directory / "ccd" / hostname).unlink(missing_ok=True)
-            return
+            return None
         self._revoke_serial(serial, hostname, keep_address)
+        return serial
 
     def _revoke_serial(self, serial: int, hostname: str, keep_address: bool = False) -> None:
         """``_revoke`` of the certificate with this serial."""
@@ -715,8 +748,20 @@ class VpnCa:
         crl = builder.sign(self.ca_key, hashes.SHA256())
         _write(self.directory / "crl.pem", crl.public_bytes(serialization.Encoding.PEM))
 
-    def server_config(self, listen: str, port: int) -> str:
-        """An OpenVPN server configuration for this CA (topology subnet; only known nodes, at their addresses)."""
+    def server_config(
+        self,
+        listen: str,
+        port: int,
+        renegotiation_s: int = VPN_RENEGOTIATION_S,
+        key_transition_s: int = VPN_KEY_TRANSITION_S,
+    ) -> str:
+        """An OpenVPN server configuration for this CA (topology subnet; only known nodes, at their addresses).
+
+        OpenVPN reads the CRL (and ccd/) only at a handshake: a certificate revoked while its tunnel is up keeps it
+        until the next. The server renegotiates every ``renegotiation_s`` (reneg-sec: whichever side's timer fires
+        first starts it, so the nodes' configurations need nothing), and keeps the old key ``key_transition_s`` more
+        (tran-window), also when the new handshake fails, as a revoked certificate's does: such a tunnel ends within
+        their sum of the CRL naming it (calendar/agents.py keeps its number from other nodes longer)."""
         d = self.directory
         return "\n".join(
             [
@@ -736,6 +781,8 @@ class VpnCa:
                 "remote-cert-tls client",
                 "client-to-client",
                 "keepalive 2 10",
+                f"reneg-sec {renegotiation_s}",
+                f"tran-window {key_transition_s}",
                 "persist-tun",
                 "verb 3",
                 "",

@@ -7,15 +7,19 @@ heartbeat; an operator's ``maintenance`` is never overridden.
 
 Each agent has a VPN number of its own (``Agent.vpn_number``, 1..VPN_NUMBERS): its node's address in the nodes' VPN
 (agents/vpn.py) and its OAR resource's ``vpn_number``. A registration that makes the agent's row gives it the lowest
-number no agent holds, and the number is free again once the node is removed (its row goes with the node). It is not
-the node's row id: ids are never given back (PostgreSQL spends one on every insert, a failed registration's too, and
-``node add`` and ``node import`` spend theirs), so an aggregate whose ids passed the VPN's size could enrol no agent.
+number no agent holds and no certificate revoked in the last VPN_NUMBER_QUARANTINE_S had: a removed node's number is
+free again once that quarantine has passed since its VPN certificate's revocation (its row goes with the node; the
+revocation, with its number, is in vpn_revoked). Until then its tunnel may still be up (OpenVPN checks the CRL only
+at a handshake): a node given its address at once would share it with the removed one. It is not the node's row
+id: ids are never given back (PostgreSQL spends one on every insert, a failed registration's too, and ``node add``
+and ``node import`` spend theirs), so an aggregate whose ids passed the VPN's size could enrol no agent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 from collections.abc import Callable, Iterator
@@ -24,14 +28,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy import bindparam, exists, func, literal, select, union_all, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.agent_models import Agent, AgentReport, AgentToken
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import DEFAULT_POOL, NOT_IN_TEXT, check_node_fields
-from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver
+from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver, VpnRevoked
 from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.errors import GeniError, Reason
@@ -43,9 +47,22 @@ REPORT_STATES = ("started", "failed", "ended")
 # One DNS label, lower case: the name becomes the node's URN name (and, later, its DNS name).
 HOSTNAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TOKEN = re.compile(r"^([0-9a-f]{12})\.([A-Za-z0-9_-]{20,64})$")
+#: The nodes' VPN (agents/vpn.py): agent number n is at its network address + 1 + n (the server is at + 1).
+VPN_NETWORK = ipaddress.ip_network("10.200.0.0/16")
 #: How many agents the nodes' VPN holds: 10.200.0.0/16 (agents/vpn.py) less its network, server (.0.1) and broadcast
 #: addresses. Agent number n is at 10.200.0.0 + 1 + n.
 VPN_NUMBERS = 65533
+#: The OpenVPN server renegotiates each tunnel's keys this often (agents/vpn.py: reneg-sec; OpenVPN's default is an
+#: hour). OpenVPN checks the CRL only at a handshake: a revoked certificate's established tunnel lasts until the next.
+VPN_RENEGOTIATION_S = 60
+#: How long the server keeps using a tunnel's old key once a renegotiation began (agents/vpn.py: tran-window, default
+#: an hour), also when the renegotiation fails: a revoked node's tunnel ends at most this long after the handshake its
+#: certificate fails. As long as OpenVPN's hand-window (60 s): a node's handshake may take that long.
+VPN_KEY_TRANSITION_S = 60
+#: A number whose certificate was revoked is not given to another node for this long after the revocation: the removed
+#: node's tunnel ends within VPN_RENEGOTIATION_S + VPN_KEY_TRANSITION_S of its CRL, and a minute more covers every
+#: host's refresh of its CRL (a few seconds) and the hosts' clocks.
+VPN_NUMBER_QUARANTINE_S = VPN_RENEGOTIATION_S + VPN_KEY_TRANSITION_S + 60
 
 
 @dataclass(frozen=True)
@@ -118,6 +135,15 @@ _RECORD_HEARD = (
     .where(Agent.node_id == bindparam("node"), Agent.last_seen_s < bindparam("heard"))
     .values(last_seen_s=bindparam("heard"))
 )
+
+
+def vpn_number_of(address: str) -> int | None:
+    """The VPN number whose node's address ``address`` is (VPN_NETWORK + 1 + number); None when it is none."""
+    try:
+        number = int(ipaddress.IPv4Address(address)) - int(VPN_NETWORK.network_address) - 1
+    except ValueError:
+        return None
+    return number if 1 <= number <= VPN_NUMBERS else None
 
 
 def _hold_testbed_lock(session: Session) -> None:
@@ -310,7 +336,7 @@ class Agents:
                     node_id=node.id,
                     hostname=enrolment.hostname,
                     registered_s=now_s,
-                    vpn_number=self._free_vpn_number(session),
+                    vpn_number=self._free_vpn_number(session, now_s),
                 )
                 session.add(agent)
             # A new token is the operator's word that this key now speaks for the node (a reinstalled host).
@@ -337,27 +363,52 @@ class Agents:
             return record, True
 
     @staticmethod
-    def _free_vpn_number(session: Session) -> int:
-        """The lowest VPN number no agent holds, for a new agent's row; ALREADY_EXISTS (409: the agent does not
-        retry) when every number is held. Registrations take it one at a time until their commit (PostgreSQL: the
-        testbed additions' lock; SQLite: the database's write lock), so two never get the same one."""
+    def _free_vpn_number(session: Session, now_s: int) -> int:
+        """The lowest VPN number no agent holds and no certificate revoked in the last VPN_NUMBER_QUARANTINE_S had (a
+        removed node's tunnel may last that long), for a new agent's row, in one query; ALREADY_EXISTS (409: the agent
+        does not retry) when every number is held, BUSY (503: it retries) saying when the next one is free when only
+        the quarantine keeps them. Registrations take it one at a time until their commit (PostgreSQL: the testbed
+        additions' lock; SQLite: the database's write lock), so two never get the same one."""
         _hold_testbed_lock(session)
-        if session.scalar(select(Agent.vpn_number).where(Agent.vpn_number == 1)) is None:
-            return 1
-        following = aliased(Agent)
-        after_a_held_one = select(func.min(Agent.vpn_number + 1)).where(
-            Agent.vpn_number < VPN_NUMBERS,
-            ~exists().where(following.vpn_number == Agent.vpn_number + 1),
-        )
-        number = session.scalar(after_a_held_one)
-        if number is None:
-            raise GeniError(
-                Reason.ALREADY_EXISTS,
-                f"the nodes' VPN has no free address: its {VPN_NUMBERS} numbers are all held by enrolled agents' "
-                "nodes. The operator removes nodes that are gone (sfa-omf agent list; sfa-omf node remove "
-                "HOSTNAME), then this node enrols again (its token was not spent)",
+        quarantined = (VpnRevoked.vpn_number.is_not(None), VpnRevoked.revoked_s > now_s - VPN_NUMBER_QUARANTINE_S)
+        # The lowest free number is 1 or follows a taken one.
+        candidates = union_all(
+            select(literal(1).label("number")),
+            select((Agent.vpn_number + 1).label("number")),
+            select((VpnRevoked.vpn_number + 1).label("number")).where(*quarantined),
+        ).subquery()
+        candidate = candidates.c.number
+        number = session.scalar(
+            select(func.min(candidate)).where(
+                candidate <= VPN_NUMBERS,
+                ~exists().where(Agent.vpn_number == candidate),
+                ~exists().where(VpnRevoked.vpn_number == candidate, *quarantined),
             )
-        return int(number)
+        )
+        if number is not None:
+            return int(number)
+        # Refused: when does the first number in quarantine (and no agent's) come out of it?
+        last_revoked = (
+            select(func.max(VpnRevoked.revoked_s).label("revoked_s"))
+            .where(*quarantined, ~exists().where(Agent.vpn_number == VpnRevoked.vpn_number))
+            .group_by(VpnRevoked.vpn_number)
+            .subquery()
+        )
+        first = session.scalar(select(func.min(last_revoked.c.revoked_s)))
+        if first is not None:
+            raise GeniError(
+                Reason.BUSY,
+                f"the nodes' VPN has no free address now: its {VPN_NUMBERS} numbers are held by enrolled agents' "
+                f"nodes or were removed nodes' less than {VPN_NUMBER_QUARANTINE_S} s ago (their tunnels may last "
+                f"until then); the next one is free at {format_time(_t(int(first) + VPN_NUMBER_QUARANTINE_S))}: "
+                "this node enrols again then (its token was not spent)",
+            )
+        raise GeniError(
+            Reason.ALREADY_EXISTS,
+            f"the nodes' VPN has no free address: its {VPN_NUMBERS} numbers are all held by enrolled agents' "
+            "nodes. The operator removes nodes that are gone (sfa-omf agent list; sfa-omf node remove "
+            "HOSTNAME), then this node enrols again (its token was not spent)",
+        )
 
     @staticmethod
     def _refuse_address_of_another(session: Session, enrolment: Enrolment, node_id: int) -> None:

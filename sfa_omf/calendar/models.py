@@ -174,13 +174,17 @@ class VpnIssued(Base):
 
 
 class VpnRevoked(Base):
-    """A revoked VPN client certificate (every host writes its crl.pem from these)."""
+    """A revoked VPN client certificate (every host writes its crl.pem from these). On SQLite (the file-only VPN,
+    whose CRL is its files) a removed node's revocation is recorded here too, for its number's quarantine only."""
 
     __tablename__ = "vpn_revoked"
 
     serial: Mapped[str] = mapped_column(String(50), primary_key=True)  # decimal
     hostname: Mapped[str] = mapped_column(String(200))  # the node it was issued to ("" when not known)
-    revoked_s: Mapped[int] = mapped_column(BigInteger)
+    revoked_s: Mapped[int] = mapped_column(BigInteger, index=True)
+    # The VPN number of the certificate's address (migration 0029; None when not known, as for older rows): no node
+    # gets it for VPN_NUMBER_QUARANTINE_S after revoked_s, while the revoked tunnel may be up (calendar/agents.py).
+    vpn_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class RegistryRecord(Base):

@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.agent_models import Agent
+from sfa_omf.calendar.agents import vpn_number_of
 from sfa_omf.calendar.database import Database, TransientConflict
 from sfa_omf.calendar.models import VpnCa, VpnIssued, VpnRevoked
 from sfa_omf.errors import GeniError, Reason
@@ -171,7 +172,7 @@ class VpnRecords:
                     )
                 else:
                     previous = int(row.serial)
-                    _revoke(session, previous, row.hostname, now)
+                    _revoke(session, previous, row.hostname, now, row.address)
                     row.serial, row.address, row.certificate = str(issued.serial), issued.address, issued.certificate
                     row.issued_s = now
                 if before_commit is not None:
@@ -195,7 +196,7 @@ class VpnRecords:
             if row is None or keep(row.certificate):
                 return None
             serial = int(row.serial)
-            _revoke(session, serial, hostname, int(self.clock()))
+            _revoke(session, serial, hostname, int(self.clock()), row.address)
             session.delete(row)
             return serial
 
@@ -204,7 +205,8 @@ class VpnRecords:
         for attempt in (1, 2):
             try:
                 with self._write() as session:
-                    _revoke(session, serial, hostname, int(self.clock()))
+                    address = session.scalar(select(VpnIssued.address).where(VpnIssued.serial == str(serial)))
+                    _revoke(session, serial, hostname, int(self.clock()), address)
                     session.execute(delete(VpnIssued).where(VpnIssued.serial == str(serial)))
                 return
             except IntegrityError:  # another host revoked it at the same moment: then it is revoked
@@ -242,8 +244,11 @@ class VpnRecords:
             known = set(session.scalars(select(VpnRevoked.serial)))
             for serial in sorted(revoked):
                 if str(serial) not in known:
-                    hostname = session.scalar(select(VpnIssued.hostname).where(VpnIssued.serial == str(serial)))
-                    _revoke(session, serial, hostname or "", now)
+                    current = session.execute(
+                        select(VpnIssued.hostname, VpnIssued.address).where(VpnIssued.serial == str(serial))
+                    ).first()
+                    hostname, address = (current[0], current[1]) if current is not None else ("", None)
+                    _revoke(session, serial, hostname, now, address)
                     session.execute(delete(VpnIssued).where(VpnIssued.serial == str(serial)))
                     known.add(str(serial))
                     added += 1
@@ -263,6 +268,19 @@ class VpnRecords:
         return added
 
 
-def _revoke(session: Session, serial: int, hostname: str, now_s: int) -> None:
+def _revoke(session: Session, serial: int, hostname: str, now_s: int, address: str | None) -> None:
+    """Record the revocation, with the VPN number of the certificate's ``address`` (None: not known): that number's
+    quarantine (calendar/agents.py)."""
     if session.get(VpnRevoked, str(serial)) is None:
-        session.add(VpnRevoked(serial=str(serial), hostname=hostname, revoked_s=now_s))
+        number = vpn_number_of(address) if address is not None else None
+        session.add(VpnRevoked(serial=str(serial), hostname=hostname, revoked_s=now_s, vpn_number=number))
+
+
+def record_file_revocation(database: Database, serial: int, hostname: str, number: int | None, now_s: int) -> None:
+    """The file-only VPN (SQLite's one host, no VpnRecords): a removed node's revocation, which its files hold, recorded
+    in the calendar's database too, for its VPN ``number``'s quarantine (calendar/agents.py) only: OpenVPN reads the
+    files, and nothing writes them from these rows. Its own unit of work (no bump of the calendar's generation)."""
+    with database.write_connection() as connection, Session(connection) as session:
+        if session.get(VpnRevoked, str(serial)) is None:
+            session.add(VpnRevoked(serial=str(serial), hostname=hostname, revoked_s=now_s, vpn_number=number))
+        session.flush()
