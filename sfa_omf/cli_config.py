@@ -24,6 +24,7 @@ from sfa_omf.config import (
     Problem,
     format_value,
     hide_password,
+    hide_url_password,
     load_config,
 )
 
@@ -104,7 +105,8 @@ def format_check(loaded: LoadedConfig) -> str:
 
 
 def _shown_value(loaded: LoadedConfig, option: Option) -> str:
-    """The effective value, passwords hidden; empty defaults show what they stand for."""
+    """The effective value, passwords hidden (those of URLs too: ``https://user:***@host``); empty defaults show what
+    they stand for."""
     settings = loaded.settings
     if option.field == "database_url":
         return hide_password(settings.calendar_url)
@@ -114,5 +116,5 @@ def _shown_value(loaded: LoadedConfig, option: Option) -> str:
         return "***" if getattr(settings, option.field) else '""'
     if option.field == "trusted_roots":
         return settings.trusted_roots_dir
-    value = format_value(option, getattr(settings, option.field))
+    value = hide_url_password(format_value(option, getattr(settings, option.field)))
     return value if value else '""'

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
+import logging.handlers
 import math
 import os
 import sys
@@ -15,7 +17,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sfa_omf.cli_common import command_config, command_settings, config_warnings
-from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, LOG_LEVELS, read_config
+from sfa_omf.config import (
+    CONFIG_CHANGED_WARNING,
+    CONFIG_FILE_NAME,
+    DEFAULT_AUTHORITY,
+    LOG_LEVELS,
+    LoadedConfig,
+    file_changed,
+    load_config,
+    read_config,
+    usable_settings,
+)
 from sfa_omf.errors import BadArgs, GeniError
 from sfa_omf.times import UtcLogFormatter
 
@@ -41,6 +53,8 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     serve.add_argument("--worker-sockets", type=_descriptors, help=argparse.SUPPRESS)
     serve.add_argument("--worker-number", type=int, default=0, help=argparse.SUPPRESS)
     serve.add_argument("--worker-of", type=int, default=0, help=argparse.SUPPRESS)  # the master's pid
+    # The configuration file as the master read it (an inherited descriptor): every worker serves the same settings.
+    serve.add_argument("--worker-config", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(handler=_serve)
     probe = commands.add_parser(
         "probe",
@@ -65,8 +79,11 @@ def configure_logging(log_file: str, level: str, worker: int = 0) -> None:
     is set) the journal adds the time itself, so the line has none; elsewhere it begins with the time in UTC
     (2026-12-02T20:08:59.746Z). Alembic's INFO lines are left out: the calendar
     logs its own line when a migration really runs. ``worker``: the number of a worker process of ``serve
-    --workers``, named in its lines (as ``worker 2``) to tell them from the others'."""
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    --workers``, named in its lines (as ``worker 2``) to tell them from the others'. A log file is opened again when
+    it is renamed or removed (logrotate), rather than written on into the rotated file."""
+    handler: logging.Handler = (
+        logging.handlers.WatchedFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    )
     journal = not log_file and bool(os.environ.get("JOURNAL_STREAM"))
     name = f"%(name)s[worker {worker}]" if worker else "%(name)s"
     line = f"%(levelname)s {name} %(message)s" if journal else f"%(asctime)s %(levelname)s {name} %(message)s"
@@ -110,9 +127,10 @@ def _descriptors(text: str) -> tuple[int, int]:
 def _serve(args: argparse.Namespace) -> int:
     from sfa_omf.preflight import StartupError, check_startup
 
-    loaded = command_config(args)
-    settings = loaded.settings
     worker = args.worker_sockets is not None
+    # A worker serves what its master read at its start, not the file as it may have been edited since.
+    loaded = _master_config(args) if worker and args.worker_config is not None else command_config(args)
+    settings = loaded.settings
     if worker and args.worker_of:
         from sfa_omf.cluster.workers import die_with_master
 
@@ -137,12 +155,34 @@ def _serve(args: argparse.Namespace) -> int:
         if why:
             logging.getLogger("sfa_omf.server").warning(why)
         if count > 1:
-            return _serve_with_workers(settings, args, count)
-    from sfa_omf.server.app import serve_forever
+            return _serve_with_workers(loaded, args, count)
+    from sfa_omf.server.app import RELOAD_HOOKS, serve_forever
 
     if worker:
         return _serve_as_worker(settings, args.worker_sockets)
-    return serve_forever(settings, checked=True)
+    hook = functools.partial(_warn_if_changed, loaded)
+    RELOAD_HOOKS.append(hook)
+    try:
+        return serve_forever(settings, checked=True)
+    finally:
+        RELOAD_HOOKS.remove(hook)
+
+
+def _master_config(args: argparse.Namespace) -> LoadedConfig:
+    """A worker's configuration: the file as its master read it at its start (``--worker-config``), not as it may
+    have been edited since; ``--config`` names it (messages, relative paths)."""
+    from sfa_omf.cluster.workers import read_config_descriptor
+
+    path = args.config or os.environ.get("SFA_OMF_CONFIG") or CONFIG_FILE_NAME
+    loaded = load_config(path, data=read_config_descriptor(args.worker_config))
+    usable_settings(loaded)
+    return loaded
+
+
+def _warn_if_changed(loaded: LoadedConfig) -> None:
+    """On SIGHUP: a reload applies only the trusted roots; say so when the file is no longer what is served."""
+    if file_changed(loaded.path, loaded.data):
+        logging.getLogger("sfa_omf.server").warning(CONFIG_CHANGED_WARNING, loaded.path)
 
 
 def _serve_as_worker(settings: Settings, sockets: tuple[int, int]) -> int:
@@ -178,11 +218,13 @@ def _close_inherited(inherited: dict[int, int]) -> None:
             os.close(fd)
 
 
-def _serve_with_workers(settings: Settings, args: argparse.Namespace, count: int) -> int:
-    """Bind both ports here, then let ``count`` worker processes serve them (sfa_omf/cluster/workers.py)."""
+def _serve_with_workers(loaded: LoadedConfig, args: argparse.Namespace, count: int) -> int:
+    """Bind both ports here, then let ``count`` worker processes serve them (sfa_omf/cluster/workers.py), each with
+    the configuration read here."""
     from sfa_omf.cluster.workers import Supervisor, bind_listening, worker_command
     from sfa_omf.preflight import StartupError, listen_message
 
+    settings = loaded.settings
     sockets = []
     for service, host, port, setting in (
         ("aggregate", settings.aggregate_host, settings.aggregate_port, "[sfa_aggregate] port"),
@@ -196,7 +238,8 @@ def _serve_with_workers(settings: Settings, args: argparse.Namespace, count: int
             reason = (exc.strerror or str(exc)).lower()
             raise StartupError(listen_message(service, host, port, reason, setting)) from exc
     try:
-        return Supervisor(worker_command(args.config, args.log_level), count, sockets).run()
+        command = worker_command(loaded.path, args.log_level)
+        return Supervisor(command, count, sockets, config_path=loaded.path, config_data=loaded.data).run()
     finally:
         for listening in sockets:
             listening.close()

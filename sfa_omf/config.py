@@ -18,6 +18,8 @@ import difflib
 import ipaddress
 import os
 import re
+import shlex
+import urllib.parse
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -374,7 +376,20 @@ _SECTIONS = frozenset({option.section for option in OPTIONS} | set(SFA_UNUSED))
 BLOCKING_KINDS = frozenset({"syntax", "invalid", "missing"})
 # Problems every command and the server say in a warning: a misspelt name or a setting given twice is otherwise a
 # value silently not taken.
-WARNING_KINDS = frozenset({"unknown", "duplicate", "moved"})
+WARNING_KINDS = frozenset({"unknown", "duplicate", "moved", "comment"})
+#: Settings that hold a password or a key, or a URL that may hold one: a comment cut from such a value is warned of
+#: (``password = abc #def`` is the password ``abc``).
+SECRET_FIELDS = frozenset(
+    {
+        "db_password",
+        "notify_smtp_password",
+        "notify_webhook_key",
+        "database_url",
+        "frcp_amqp_url",
+        "oar_api_url",
+        "notify_operators",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -395,7 +410,7 @@ class Source:
 @dataclass(frozen=True)
 class Problem:
     """Something wrong with the configuration. ``kind`` is one of syntax, invalid, missing, unknown, duplicate, moved,
-    testbed, path, workers (only syntax, invalid and missing stop the server); ``where`` is ``path:line``,
+    comment, testbed, path, workers (only syntax, invalid and missing stop the server); ``where`` is ``path:line``,
     ``environment NAME`` or the file's path."""
 
     kind: str
@@ -416,6 +431,7 @@ class LoadedConfig:
     sources: Mapping[str, Source]  # by Settings field name
     problems: tuple[Problem, ...]
     unused: tuple[str, ...]  # SFA settings sfa-omf does not use, as "where: name"
+    data: bytes = field(default=b"", repr=False)  # the file as read: what a server runs (workers get these bytes)
 
     @property
     def ok(self) -> bool:
@@ -431,6 +447,7 @@ class _Entry:
     value: str
     source: Source
     spelled: str  # as the operator wrote it, for messages
+    commented: bool = False  # a `` # comment`` was cut from its unquoted value
 
 
 def known_testbed_types() -> list[str]:
@@ -472,19 +489,22 @@ def shell_name_to_key(name: str) -> tuple[str, str] | None:
     return best, lowered[len(best) + 1 :]
 
 
-def load_config(path: str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+def load_config(path: str, environ: Mapping[str, str] | None = None, data: bytes | None = None) -> LoadedConfig:
     """Read a configuration file (INI or shell form) and apply ``SFA_*`` environment overrides.
 
     Returns the effective settings, the source of each and every problem found; problems never raise. Raises
     FileNotFoundError when the file does not exist, OSError when it cannot be read, ValueError when it is not UTF-8.
     Relative paths written in the file (data_dir, trusted_roots, log_file, an SQLite database_url...) are relative to
-    the file's directory.
+    the file's directory. ``data``: the file's bytes as read earlier (a workers' master hands its workers the file it
+    read at its start), read instead of the file itself; ``path`` still names it in messages and relative paths.
     """
     environ = os.environ if environ is None else environ
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"cannot read configuration file {path}")
-    with open(path, "rb") as handle:
-        data = handle.read()
+    if data is None:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"cannot read configuration file {path}")
+        with open(path, "rb") as handle:
+            data = handle.read()
+    raw = data
     # A file saved by an editor that starts it with a byte order mark reads as the same file without one.
     data = data.removeprefix(b"\xef\xbb\xbf")
     try:
@@ -521,7 +541,24 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> LoadedCo
         sources=sources,
         problems=tuple(sorted(problems, key=lambda problem: _problem_order(path, problem))),
         unused=tuple(unused),
+        data=raw,
     )
+
+
+#: Logged on SIGHUP (``systemctl reload``) when the file is no longer what the server runs.
+CONFIG_CHANGED_WARNING = (
+    "the configuration file %s changed; restart the service to apply it (a reload re-reads only the trusted roots)"
+)
+
+
+def file_changed(path: str, data: bytes) -> bool:
+    """True when the file at ``path`` no longer holds ``data`` (what a server read at its start): edited, replaced,
+    removed or unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read() != data
+    except OSError:
+        return True
 
 
 def read_config(path: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -701,20 +738,24 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
 }
 
 
-def _unquote(value: str) -> tuple[str, bool]:
-    """The value without surrounding quotes and without a trailing `` # comment``; False when a quote is unclosed
-    or text follows the closing quote."""
+def _unquote(value: str) -> tuple[str, bool, bool]:
+    """An INI value without surrounding quotes and without a trailing `` # comment``: (value, closed, commented);
+    closed is False when a quote is unclosed or text follows the closing quote, commented True when a comment was
+    cut from an unquoted value. Only `` #`` begins a comment (docs/configuration.md): a ``;`` is part of the value."""
     value = value.strip()
     if value[:1] in ('"', "'"):
         closing = value.find(value[0], 1)
         if closing < 0:
-            return value, False
+            return value, False, False
         rest = value[closing + 1 :].strip()
-        return value[1:closing], not rest or rest.startswith("#")
-    return re.split(r"\s+[#;]", value, maxsplit=1)[0].strip(), True
+        return value[1:closing], not rest or rest.startswith("#"), False
+    parts = re.split(r"\s+#", value, maxsplit=1)
+    return parts[0].strip(), True, len(parts) > 1
 
 
 def _parse_ini(path: str, text: str, problems: list[Problem]) -> list[_Entry]:
+    """The entries of an INI file. A line that cannot be read is named by its line number and key, never shown:
+    it may hold a password, and the problem goes to the journal."""
     entries: list[_Entry] = []
     section = ""
     for number, line in enumerate(text.splitlines(), start=1):
@@ -724,25 +765,65 @@ def _parse_ini(path: str, text: str, problems: list[Problem]) -> list[_Entry]:
             continue
         if stripped.startswith("["):
             if not stripped.endswith("]"):
-                problems.append(Problem("syntax", where, f"cannot read {stripped!r}: a section header is [name]"))
+                problems.append(
+                    Problem("syntax", where, "cannot read this line: a section header is [name] on a line of its own")
+                )
                 section = ""
                 continue
             section = stripped[1:-1].strip().lower()
             continue
         match = re.match(r"([^=:]+?)\s*[=:](.*)$", stripped)
-        if not match or not section:
-            problems.append(Problem("syntax", where, f"cannot read {stripped!r}: expected key = value in a [section]"))
+        if not match:
+            problems.append(
+                Problem("syntax", where, "cannot read this line (not shown): expected key = value in a [section]")
+            )
             continue
         key = match.group(1).strip().lower()
-        value, closed = _unquote(match.group(2))
-        if not closed:
-            problems.append(Problem("syntax", where, f"cannot read {stripped!r}: unbalanced quotes"))
+        if not section:
+            problems.append(Problem("syntax", where, f"cannot read {key}: key = value must come after a [section]"))
             continue
-        entries.append(_Entry(section, key, value, Source("file", where), f"[{section}] {key}"))
+        value, closed, commented = _unquote(match.group(2))
+        if not closed:
+            problems.append(
+                Problem("syntax", where, f"cannot read [{section}] {key}: unbalanced quotes (the value is not shown)")
+            )
+            continue
+        entries.append(_Entry(section, key, value, Source("file", where), f"[{section}] {key}", commented))
     return entries
 
 
+def _shell_value(text: str) -> tuple[str, str] | None:
+    """A shell-form value as a shell reads it: (the first word, quotes and backslashes removed as the shell removes
+    them (shlex), the text after it); None when a quote is not closed."""
+    text = text.strip()
+    quote = ""
+    index = 0
+    while index < len(text):
+        character = text[index]
+        if quote == "'":
+            quote = "" if character == "'" else quote
+        elif character == "\\":
+            index += 1  # the next character is taken as it is
+        elif quote == '"':
+            quote = "" if character == '"' else quote
+        elif character in "'\"":
+            quote = character
+        elif character.isspace():
+            break
+        index += 1
+    if quote:
+        return None
+    word = text[:index]
+    try:
+        words = shlex.split(word) if word else [""]
+    except ValueError:  # a backslash at the very end
+        return None
+    return (words[0] if words else ""), text[index:].strip()
+
+
 def _parse_shell(path: str, text: str, problems: list[Problem]) -> list[_Entry]:
+    """The entries of a shell-form file, each value read as a shell reads it (``'it'\\''s'``, ``"a \\"b\\""``, a
+    `` # comment`` after it). A line that cannot be read is named by its line number and name, never shown."""
     entries: list[_Entry] = []
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -752,21 +833,32 @@ def _parse_shell(path: str, text: str, problems: list[Problem]) -> list[_Entry]:
         match = re.match(r"(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)$", stripped)
         if not match:
             hint = " (an INI [section] must come first in the file)" if stripped.startswith("[") else ""
-            problems.append(Problem("syntax", where, f"cannot read {stripped!r}: expected NAME=value{hint}"))
+            problems.append(Problem("syntax", where, f"cannot read this line (not shown): expected NAME=value{hint}"))
             continue
         name = match.group(1).upper()
-        value, closed = _unquote(match.group(2))
-        if not closed:
-            problems.append(Problem("syntax", where, f"cannot read {stripped!r}: unbalanced quotes"))
+        read = _shell_value(match.group(2))
+        if read is None:
+            problems.append(Problem("syntax", where, f"cannot read {name}: unbalanced quotes (the value is not shown)"))
             continue
-        entries.append(_shell_entry(name, value, Source("file", where)))
+        value, rest = read
+        if rest and not rest.startswith("#"):
+            problems.append(
+                Problem(
+                    "syntax",
+                    where,
+                    f"cannot read {name}: text follows the value (not shown); a shell reads only the first word: "
+                    'quote a value that holds spaces (NAME="...")',
+                )
+            )
+            continue
+        entries.append(_shell_entry(name, value, Source("file", where), commented=bool(rest)))
     return entries
 
 
-def _shell_entry(name: str, value: str, source: Source) -> _Entry:
+def _shell_entry(name: str, value: str, source: Source, commented: bool = False) -> _Entry:
     """The entry of a shell name; its section is empty when the name starts with no SFA section."""
     section, key = shell_name_to_key(name) or ("", "")
-    return _Entry(section, key, value, source, name)
+    return _Entry(section, key, value, source, name, commented)
 
 
 def _environment_entries(environ: Mapping[str, str]) -> list[_Entry]:
@@ -844,6 +936,15 @@ def _resolve(by_field: Mapping[str, list[_Entry]], problems: list[Problem]) -> t
                         )
                     )
                 seen_in_file = entry.source
+            if entry.commented and option.field in SECRET_FIELDS:
+                problems.append(
+                    Problem(
+                        "comment",
+                        str(entry.source),
+                        f"{entry.spelled}: the text after ' #' is taken as a comment, not as part of the value; quote "
+                        'the value ("...") if it is part of it, or put the comment on a line of its own',
+                    )
+                )
             try:
                 values[option.field] = _CONVERTERS[option.kind](entry.value)
                 sources[option.field] = entry.source
@@ -987,6 +1088,60 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                     f"[sfa_omf] database_url {hide_password(settings.database_url)!r}: {problem}",
                 )
             )
+    problems += _limit_problems(settings, sources)
+    if settings.grain_s > settings.max_duration_s:
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["grain_s"]),
+                f"[sfa_omf] grain_s {settings.grain_s} is longer than max_duration_s {settings.max_duration_s}: "
+                "grain_s is also the shortest lease, so no lease could be booked; lower grain_s or raise "
+                "max_duration_s",
+            )
+        )
+    if settings.default_duration_s < settings.grain_s:
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["default_duration_s"]),
+                f"[sfa_omf] default_duration_s {settings.default_duration_s} is shorter than grain_s "
+                f"{settings.grain_s}, the shortest lease: every request that gives no end would be refused; make "
+                "default_duration_s at least grain_s (a multiple of it)",
+            )
+        )
+    least_timeout_s = 2 * settings.agent_heartbeat_s + min(AGENT_FLUSH_S, settings.agent_heartbeat_s)
+    if settings.agent_timeout_s < least_timeout_s:
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["agent_timeout_s"]),
+                f"[sfa_agents] timeout_s {settings.agent_timeout_s} is shorter than twice heartbeat_s "
+                f"({settings.agent_heartbeat_s}) plus the {min(AGENT_FLUSH_S, settings.agent_heartbeat_s)} s in which "
+                "heartbeats are written: a node whose agent misses one heartbeat, or is heard just after the check, "
+                "would be lost and its running leases failed; make timeout_s at least "
+                f"{least_timeout_s} (default 120 with heartbeat_s 30)",
+            )
+        )
+    oar_url_problem = http_url_problem(settings.oar_api_url)
+    if oar_url_problem:
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["oar_api_url"]),
+                f"[sfa_oar] api_url {hide_url_password(settings.oar_api_url)!r} {oar_url_problem} "
+                "(e.g. http://127.0.0.1:6668/oarapi)",
+            )
+        )
+    reload_problem = command_problem(settings.agent_dns_reload)
+    if reload_problem or (settings.agent_dns_zone and not settings.agent_dns_reload.strip()):
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["agent_dns_reload"]),
+                f"[sfa_agents] dns_reload {reload_problem or 'is empty'}: it is the command run after each zone "
+                "rewrite, split into words as a shell does (e.g. rndc reload)",
+            )
+        )
     if settings.default_duration_s > settings.max_duration_s:
         problems.append(
             Problem(
@@ -1062,8 +1217,8 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 Problem(
                     "invalid",
                     str(sources["notify_operators"]),
-                    f"[sfa_notify] operators: {address!r} is neither an e-mail address (ops@example.org) nor a "
-                    "webhook URL (https://...)",
+                    f"[sfa_notify] operators: {hide_url_password(address)!r} is neither an e-mail address "
+                    "(ops@example.org) nor a webhook URL (https://...)",
                 )
             )
         elif address.startswith(("http://", "https://")):
@@ -1073,7 +1228,7 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                     Problem(
                         "invalid",
                         str(sources["notify_operators"]),
-                        f"[sfa_notify] operators: the webhook {_shorten(address)}: {refusal}",
+                        f"[sfa_notify] operators: the webhook {_shorten(hide_url_password(address))}: {refusal}",
                     )
                 )
     hosts = (
@@ -1104,6 +1259,97 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
             )
         )
     return problems
+
+
+#: Heartbeats of node agents are written to the database at most this often (sfa_omf/server/app.py AGENT_FLUSH_S):
+#: part of how late a heartbeat may be seen.
+AGENT_FLUSH_S = 5
+#: Durations of leases and of notices about them: at most ten years.
+MAX_LEASE_SECONDS = 3650 * DAY_S
+#: Time-outs and periods: at most a day.
+MAX_PERIOD_SECONDS = DAY_S
+#: The keepalive of the leadership's connections is a third of leader_takeover_s (sfa_omf/cluster/leadership.py) and
+#: Linux takes at most 32767 s: a day keeps it well under.
+MAX_LEADER_TAKEOVER_S = DAY_S
+#: The largest value of each number setting (all are at least 1): larger ones are refused by config check and serve.
+MAXIMA: dict[str, int] = {
+    "grain_s": MAX_LEASE_SECONDS,
+    "default_duration_s": MAX_LEASE_SECONDS,
+    "allocation_ttl_s": MAX_LEASE_SECONDS,
+    "max_duration_s": MAX_LEASE_SECONDS,
+    "max_advance_s": MAX_LEASE_SECONDS,
+    "max_nodes_per_request": 1_000_000,
+    "horizon_days": 3650,
+    "free_windows": 10_000,
+    "max_request_bytes": 1024**3,
+    "threads": 1024,
+    "workers": 1024,
+    "leader_takeover_s": MAX_LEADER_TAKEOVER_S,
+    "max_instances_per_node": 4096,
+    "instance_action_timeout_s": MAX_PERIOD_SECONDS,
+    "oar_timeout_s": MAX_PERIOD_SECONDS,
+    "oar_cache_s": MAX_PERIOD_SECONDS,
+    "oar_reconcile_s": MAX_PERIOD_SECONDS,
+    "frcp_timeout_s": MAX_PERIOD_SECONDS,
+    "frcp_boot_timeout_s": MAX_PERIOD_SECONDS,
+    "frcp_foreign_error_grace_s": MAX_PERIOD_SECONDS,
+    "frcp_slot_period_s": MAX_PERIOD_SECONDS,
+    "notify_lead_s": MAX_LEASE_SECONDS,
+    "agent_heartbeat_s": MAX_PERIOD_SECONDS,
+    "agent_timeout_s": MAX_PERIOD_SECONDS,
+    "agent_max_body_bytes": 1024**3,
+    "agent_max_file_bytes": 1024**4,
+}
+
+
+def _limit_problems(settings: Settings, sources: Mapping[str, Source]) -> list[Problem]:
+    """A number above its maximum (MAXIMA): a horizon of a million days, a takeover no keepalive can wait for."""
+    problems: list[Problem] = []
+    for option in OPTIONS:
+        maximum = MAXIMA.get(option.field)
+        value = getattr(settings, option.field)
+        if maximum is not None and value > maximum:
+            problems.append(
+                Problem(
+                    "invalid",
+                    str(sources[option.field]),
+                    f"{option.ini_name} {value} is above its maximum, {maximum}",
+                )
+            )
+    return problems
+
+
+def http_url_problem(url: str) -> str:
+    """Why ``url`` is not an http(s) URL with a host ("" when it is), said after the URL."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        host = parsed.hostname
+        parsed.port  # noqa: B018  # (raises ValueError for a port that is not a number)
+    except ValueError as exc:
+        return f"cannot be read as a URL ({exc})"
+    if parsed.scheme not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    if not host:
+        return "names no host"
+    return ""
+
+
+def command_problem(command: str) -> str:
+    """Why a command cannot be split into words as a shell does (shlex) ("" when it can), said after it."""
+    try:
+        shlex.split(command)
+    except ValueError as exc:
+        return f"cannot be split into words ({exc})"
+    return ""
+
+
+#: ``scheme://user:password@``: the password part of a URL (up to the last @ before the path).
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s,/?#@:]*:)[^\s,/?#]*@")
+
+
+def hide_url_password(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***`` (``https://user:***@host/``)."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
 
 
 #: The database drivers sfa-omf installs and runs on: SQLite's (in Python) and psycopg 3 for PostgreSQL.

@@ -11,7 +11,8 @@ write: a missing SQLite file is not created, a port is bound only for a moment t
 - ports: the registry's and the aggregate's host:port can be bound (``config check`` only: ``serve`` finds out by
   listening);
 - hostname: the name advertised to the federation (``[sfa_omf] hostname``) is an address of this machine
-  (``config check`` only).
+  (``config check`` only);
+- log file: ``[sfa_omf] log_file`` can be written (``config check`` only).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ DATABASE_TIMEOUT_S = 3
 @dataclass(frozen=True)
 class Finding:
     """A problem that would stop the server or keep the federation from reaching it. ``check`` is one of identity,
-    trusted_roots, database, port, hostname; ``message`` is one line: the problem, then what to do."""
+    trusted_roots, database, port, hostname, log_file; ``message`` is one line: the problem, then what to do."""
 
     check: str
     message: str
@@ -367,14 +368,38 @@ def hostname_findings(settings: Settings) -> list[Finding]:
     ]
 
 
+def log_file_findings(settings: Settings) -> list[Finding]:
+    """The log file cannot be written (``config check`` only: ``serve`` says so when it opens it). A missing directory
+    is a problem of the file (config.py)."""
+    if not settings.log_file:
+        return []
+    directory = os.path.dirname(os.path.abspath(settings.log_file))
+    if not os.path.isdir(directory):
+        return []
+    target = settings.log_file if os.path.exists(settings.log_file) else directory
+    if os.access(target, os.W_OK):
+        return []
+    what = f"the log file {settings.log_file}" if target == settings.log_file else f"the log directory {directory}"
+    return [
+        Finding(
+            "log_file",
+            f"{what} is not writable by this user: give the service's user write access (the unit "
+            "config/sfa-omf.service may write only /var/lib/sfa-omf and, with LogsDirectory=sfa-omf, "
+            "/var/log/sfa-omf), or leave [sfa_omf] log_file empty (standard error: the journal under systemd)",
+        )
+    ]
+
+
 def startup_findings(settings: Settings) -> list[Finding]:
     """What stops ``sfa-omf serve``: identity files, trusted roots, the database."""
     return identity_findings(settings) + trusted_roots_findings(settings) + database_findings(settings)
 
 
 def deployment_findings(settings: Settings) -> list[Finding]:
-    """Everything ``config check`` looks at beyond the file: start-up, ports, hostname."""
-    return startup_findings(settings) + port_findings(settings) + hostname_findings(settings)
+    """Everything ``config check`` looks at beyond the file: start-up, ports, hostname, log file."""
+    return (
+        startup_findings(settings) + port_findings(settings) + hostname_findings(settings) + log_file_findings(settings)
+    )
 
 
 def check_startup(settings: Settings, ports: bool = False) -> None:

@@ -357,15 +357,16 @@ def test_database_url_sqlalchemy_cannot_parse_hides_the_password(tmp_path: Path)
 def test_missing_interface_hrn_syntax_duplicates_and_bad_hrn(tmp_path: Path) -> None:
     path = write(tmp_path / "c.conf", f"[sfa]\ndata_dir = {tmp_path}\njust some words\n")
     assert problems_of(path) == [
-        f"{path}:3: cannot read 'just some words': expected key = value in a [section]",
+        f"{path}:3: cannot read this line (not shown): expected key = value in a [section]",
         f"{path}: [sfa] interface_hrn (SFA_INTERFACE_HRN) is required: the authority this testbed speaks for",
     ]
     with pytest.raises(ValueError, match="interface_hrn"):
         read_config(path, environ={})
     shell = write(tmp_path / "s.conf", 'SFA_INTERFACE_HRN="testbed\n[sfa]\nSFA_INTERFACE_HRN=a..b\n')
     assert problems_of(shell) == [
-        f"{shell}:1: cannot read 'SFA_INTERFACE_HRN=\"testbed': unbalanced quotes",
-        f"{shell}:2: cannot read '[sfa]': expected NAME=value (an INI [section] must come first in the file)",
+        f"{shell}:1: cannot read SFA_INTERFACE_HRN: unbalanced quotes (the value is not shown)",
+        f"{shell}:2: cannot read this line (not shown): expected NAME=value "
+        "(an INI [section] must come first in the file)",
         f"{shell}:3: [sfa] interface_hrn: HRN 'a..b' has an empty part",
     ]
     path = minimal(tmp_path, "[sfa_aggregate]", "port = 1", "port = 2")

@@ -10,6 +10,9 @@ The design (docs/operators.md, "Several workers and several hosts"):
 - The master imports neither Twisted nor the database layer, and serves no call: it forwards SIGTERM/SIGINT (stop)
   and SIGHUP (reload the trusted roots) to the workers, and tells systemd READY=1 once every worker has said it to
   the master (the workers' NOTIFY_SOCKET is the master's own datagram socket).
+- Every worker, a replacement too, serves the configuration the master read at its start: the master hands the
+  file's bytes to each in an inherited anonymous file (``--worker-config FD``), so that a file edited since (or
+  half-edited: invalid) changes nothing until the service restarts. On SIGHUP the master says when the file differs.
 - A worker that dies while serving is replaced at once (a warning names it and how it ended); its in-flight calls are
   lost (their clients see the connection close, never a wrong answer: a call is one database transaction). A worker
   that fails before it is ready, or workers dying more than MAX_RESTARTS times in RESTART_WINDOW_S, stop the whole
@@ -27,12 +30,13 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sfa_omf.config import AUTO_WORKERS, Settings
+from sfa_omf.config import AUTO_WORKERS, CONFIG_CHANGED_WARNING, Settings, file_changed
 from sfa_omf.server.systemd import notify_systemd
 
 log = logging.getLogger("sfa_omf.server")
@@ -97,12 +101,23 @@ class Worker:
 
 class Supervisor:
     """Starts ``count`` workers running ``command`` (the serve command line without the sockets), keeps them running,
-    stops them on SIGTERM/SIGINT. ``run()`` returns the exit status."""
+    stops them on SIGTERM/SIGINT. ``run()`` returns the exit status. ``config_data``: the configuration file
+    (``config_path``) as the master read it, handed to every worker it starts (None: workers read the file)."""
 
-    def __init__(self, command: Sequence[str], count: int, sockets: Sequence[socket.socket]) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        count: int,
+        sockets: Sequence[socket.socket],
+        config_path: str = "",
+        config_data: bytes | None = None,
+    ) -> None:
         self.command = list(command)
         self.count = count
         self.sockets = list(sockets)
+        self.config_path = config_path
+        self.config_data = config_data
+        self.config_fd = config_descriptor(config_data) if config_data is not None else None
         self.workers: dict[int, Worker] = {}
         self.restarts: list[float] = []
         self.stopping = False
@@ -122,10 +137,21 @@ class Supervisor:
 
     def _spawn(self, number: int) -> Worker:
         fds = ",".join(str(listening.fileno()) for listening in self.sockets)
+        config = [] if self.config_fd is None else ["--worker-config", str(self.config_fd)]
+        inherited = [listening.fileno() for listening in self.sockets]
         process = subprocess.Popen(
-            [*self.command, "--worker-sockets", fds, "--worker-number", str(number), "--worker-of", str(os.getpid())],
+            [
+                *self.command,
+                *config,
+                "--worker-sockets",
+                fds,
+                "--worker-number",
+                str(number),
+                "--worker-of",
+                str(os.getpid()),
+            ],
             env=self._environment(),
-            pass_fds=[listening.fileno() for listening in self.sockets],
+            pass_fds=inherited if self.config_fd is None else [*inherited, self.config_fd],
             # Born ignoring SIGHUP (kept across exec) until it installs its own reload handler: a reload forwarded
             # while it still imports would otherwise kill it. The master has no threads, so preexec_fn is safe.
             preexec_fn=_ignore_sighup,
@@ -162,6 +188,9 @@ class Supervisor:
         finally:
             self._stop_all()
             self.notify.close()
+            if self.config_fd is not None:
+                os.close(self.config_fd)
+                self.config_fd = None
 
     def _read_notifications(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for the workers' messages, then read all there are: READY=1 marks its sender
@@ -212,6 +241,8 @@ class Supervisor:
             self._read_notifications(POLL_S)  # restarted workers say READY=1 too; nothing to wait for
             if self.reload:
                 self.reload = False
+                if self.config_data is not None and file_changed(self.config_path, self.config_data):
+                    log.warning(CONFIG_CHANGED_WARNING, self.config_path)
                 for worker in self.workers.values():
                     worker.process.send_signal(signal.SIGHUP)
             for number, worker in list(self.workers.items()):
@@ -299,6 +330,34 @@ def die_with_master(master_pid: int) -> None:
         return
     if os.getppid() != master_pid:  # the master died before the signal was asked for
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def config_descriptor(data: bytes) -> int:
+    """A descriptor of an anonymous file holding ``data`` (memfd on Linux: nothing on disk, and the file may hold
+    passwords), for the workers to inherit and read with read_config_descriptor."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("sfa-omf.conf", os.MFD_CLOEXEC)
+    else:  # (not Linux) a temporary file, removed at once: only the descriptor names it
+        fd, name = tempfile.mkstemp(prefix="sfa-omf-conf-")
+        os.unlink(name)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    return fd
+
+
+def read_config_descriptor(fd: int) -> bytes:
+    """In a worker: the configuration its master handed down (config_descriptor), read from the start whatever the
+    shared offset (pread), then the descriptor closed (nothing this worker starts inherits it)."""
+    chunks: list[bytes] = []
+    offset = 0
+    try:
+        while chunk := os.pread(fd, 65536, offset):
+            chunks.append(chunk)
+            offset += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def worker_command(config: str | None, log_level: str | None) -> list[str]:

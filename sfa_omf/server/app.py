@@ -514,6 +514,11 @@ def start_registry(
     return listening
 
 
+#: Called on SIGHUP before the trusted roots are looked at, in the reactor thread: ``serve`` adds its check of the
+#: configuration file (a reload does not apply it: it warns when the file differs from what is served).
+RELOAD_HOOKS: list[Callable[[], None]] = []
+
+
 def watch_trusted_roots(verifier: CredentialVerifier, period_s: float = ROOTS_CHECK_PERIOD_S) -> TrustedRootsWatcher:
     """Keep ``verifier``'s trusted roots in step with its directory (call in the reactor thread): the directory is
     looked at every ``period_s`` and on SIGHUP; each change is logged, and a directory that cannot be read leaves the
@@ -535,9 +540,14 @@ def watch_trusted_roots(verifier: CredentialVerifier, period_s: float = ROOTS_CH
             verifier.roots = change.roots
             log.info("trusted roots reloaded from %s: %s", watcher.directory, change.describe())
 
+    def reload() -> None:
+        for hook in RELOAD_HOOKS:
+            hook()
+        check()
+
     LoopingCall(check).start(period_s, now=True)  # at once too: the roots were loaded before the start-up wait
     if threading.current_thread() is threading.main_thread():  # signals can only be set there (not in tests)
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(check))
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload))
     return watcher
 
 

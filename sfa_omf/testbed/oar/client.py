@@ -37,6 +37,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sfa_omf.config import hide_url_password
 from sfa_omf.times import as_utc
 
 _Parsed = TypeVar("_Parsed")
@@ -271,10 +272,11 @@ class OarClient:
     ) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"{base_url!r} is not an http(s) URL of OAR's API")
+            raise ValueError(f"{hide_url_password(base_url)!r} is not an http(s) URL of OAR's API")
         if timeout_s <= 0 or page_size <= 0 or max_answer_bytes <= 0:
             raise ValueError("timeout_s, page_size and max_answer_bytes must be positive")
         self.base_url = base_url.rstrip("/")
+        self.shown_url = hide_url_password(self.base_url)  # in messages: the password of user:password@ hidden
         self.timeout_s = timeout_s
         self.zone = server_zone(server_timezone)
         self.admin_user = _checked(_LOGIN, admin_user, "admin user")
@@ -509,7 +511,7 @@ class OarClient:
             offset += len(batch) - 1
             back = 0
         raise OarUnavailable(
-            f"OAR's listing {path} did not end within {MAX_LISTING_PAGES} pages: either the server at {self.base_url} "
+            f"OAR's listing {path} did not end within {MAX_LISTING_PAGES} pages: either the server at {self.shown_url} "
             "is not OAR's API (it ignores offsets), or jobs leave the listing faster than it can be read; check the "
             "URL (sfa_oar api_url), and call again once the testbed is calmer"
         )
@@ -527,8 +529,11 @@ class OarClient:
         ``timeout_s`` (each read is also bounded by it, so the call ends at most one read's timeout after the
         deadline): a server that drips its answer is an OarTimeout, one that sends too much OarUnavailable."""
         deadline = time.monotonic() + self.timeout_s
-        url = self.base_url + path + ("?" + urllib.parse.urlencode(query) if query else "")
-        request = urllib.request.Request(url, method=method, headers={"Accept": "application/json"})
+        query_text = "?" + urllib.parse.urlencode(query) if query else ""
+        request = urllib.request.Request(
+            self.base_url + path + query_text, method=method, headers={"Accept": "application/json"}
+        )
+        url = self.shown_url + path + query_text  # for messages only
         if user is not None:
             request.add_header("X-Remote-Ident", user)
         if body is not None:
