@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -45,6 +45,7 @@ from sfa_omf.images import instances as instances_module
 from sfa_omf.images.instances import Instances
 from sfa_omf.notify.alerts import Alerts
 from tests.cluster.harness import REPO
+from tests.cluster.test_fenced_writes import wait_for
 from tests.postgres import empty_postgres
 
 TAKEOVER_S = 1.5
@@ -93,13 +94,6 @@ except Exception as exc:
     print(f"task: {type(exc).__name__}", flush=True)
 thread.join()
 """
-
-
-def wait_for(condition: Callable[[], object], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {WAIT_S} s"
-        time.sleep(0.02)
 
 
 @pytest.fixture
