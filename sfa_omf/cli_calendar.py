@@ -499,6 +499,12 @@ def _node_set_state(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     database = command_database(settings)
     record = Inventory(database).set_state(_component_id(args, settings, database), args.state)
+    if record.state != args.state:  # usable asked for a node whose agent is silent: lost until it is heard
+        print(
+            f"{record.component_id} is {record.state}: its agent has not been heard within the time-out; it becomes "
+            "usable at the agent's next heartbeat (sfa-omf node agents shows when it was last heard)"
+        )
+        return 0
     print(f"{record.component_id} is {record.state}")
     return 0
 
@@ -610,9 +616,12 @@ def _lease_list(args: argparse.Namespace) -> int:
         raise BadArgs(
             f"--from {format_time(start)} is later than --to {format_time(end)}: no lease could match; swap them"
         )
-    leases = Bookings(_database(args)).leases(
-        node=args.node, slice_urn=args.slice, start=start, end=end, active_only=not args.all
-    )
+    settings = command_settings(args)
+    database = command_database(settings)
+    node = None
+    if args.node:  # a bare name, or another spelling of a URN, names the node as the node commands take it
+        node = _component_id(argparse.Namespace(component_id=args.node), settings, database)
+    leases = Bookings(database).leases(node=node, slice_urn=args.slice, start=start, end=end, active_only=not args.all)
     if args.json:
         print(json.dumps([_lease_json(lease) for lease in leases], indent=1))
         return 0

@@ -73,6 +73,7 @@ from sfa_omf.calendar.booking import (
     Rounding,
     allocation_expiry_s,
     refuse_expired_allocation,
+    unusable_why,
 )
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.external import is_source_slice
@@ -404,6 +405,9 @@ class Aggregate:
                 "mirrors); register a slice with another name and book in it (nothing was booked)"
             )
         verified = self.authorize("Allocate", caller_chain, credentials, slice_urn, options)
+        # A caller who is not a user of this aggregate's authority books federated nodes only: a private pool's node
+        # is refused to them as a node the aggregate does not have, in the same words (its existence stays unknown).
+        foreign = not self.registered_keys.is_local_user(verified.owner_urn)
         users = self._vouched_users(slice_urn, verified.owner_urn, _users_sent(options))
         now = self.clock().replace(microsecond=0)  # a booking from now starts on a whole second
         request = parse_request(
@@ -413,7 +417,8 @@ class Aggregate:
                 default_duration=self.settings.default_duration,
                 grain=timedelta(seconds=self.policy.default_grain_s),
                 component_manager_id=self.settings.urn,  # a slice's whole request names other aggregates' nodes too
-                known_nodes=self._known_nodes,  # SFA durations count grains of each node's own grain
+                # SFA durations count grains of each node's own grain
+                known_nodes=functools.partial(self._known_nodes, federated_only=foreign),
             ),
             allocate_options=dict(options),
             slice_urn=slice_urn,  # SFA leases of other slices, sent back from an advertisement, are left out
@@ -491,7 +496,11 @@ class Aggregate:
                 same = kept if kept in leftovers else None
             else:
                 same = None
-                grain_s = self._grain_s(components) if lease.start is None and (leftovers or provisioned) else 0
+                grain_s = (
+                    self._grain_s(components, federated_only=foreign)
+                    if lease.start is None and (leftovers or provisioned)
+                    else 0
+                )
                 if leftovers:
                     same = _matching_allocation(lease, request, components, containers, leftovers, grain_s)
                 if same is None and provisioned:
@@ -516,7 +525,7 @@ class Aggregate:
                 # As soon as possible; with no time at all (from_now), from now itself when the nodes are free, and
                 # (no end asked for either) no later than the slice credential allows.
                 slot, refused_down = self._earliest_slot_of_usable(
-                    lease, components, now, verified.expires, best_effort
+                    lease, components, now, verified.expires, best_effort, federated_only=foreign
                 )
                 down_refused += refused_down
                 down = {conflict.node for conflict in refused_down}
@@ -549,7 +558,7 @@ class Aggregate:
         if held_already:  # before anything is written
             raise GeniError(Reason.ALREADY_EXISTS, _held_already_message(held_already, method))
         # Before anything is written: an unknown image books nothing (nor provisions a taken-over allocation).
-        self._check_images([*wanted, *taken_images], verified.owner_urn)
+        self._check_images([*wanted, *taken_images], verified.owner_urn, federated_only=foreign)
         if not wanted and down_refused:
             # Best effort that can book nothing at all is refused whole, as Bookings.book refuses it.
             raise BookingConflict(down_refused)
@@ -577,6 +586,7 @@ class Aggregate:
                 users=users,
                 contact=_contact(caller_chain, verified.owner_urn),
                 read_slice=True,  # the manifest's leases, nodes and users, read in the booking's transaction
+                federated_only=foreign,
             )
         except BookingConflict as refused:
             own = self.bookings.leases(slice_urn=slice_urn)
@@ -588,7 +598,7 @@ class Aggregate:
             raise BookingConflict([*refused.conflicts, *down_refused], note=note) from None
         try:
             # Again once booked: an image removed meanwhile (its removal saw no lease yet) fails this call instead.
-            self._check_images(wanted, verified.owner_urn)
+            self._check_images(wanted, verified.owner_urn, federated_only=foreign)
             plan_containers(self.instances, result.leases, containers, now)
             answer = self._describe_slice(slice_urn, None, result.slice_view)
         except BaseException:
@@ -620,6 +630,7 @@ class Aggregate:
         now: datetime,
         ends_by: datetime,
         best_effort: bool,
+        federated_only: bool = False,
     ) -> tuple[CommonSlot | None, list[Conflict]]:
         """The earliest slot of a lease with no start (``components``: its nodes), and the refusals of its nodes that
         are down (in maintenance, or lost).
@@ -630,10 +641,13 @@ class Aggregate:
         a best-effort booking; every node down: no slot, each refused for the window earliest_slot names.
 
         A duration the client gave (not ``from_now``) must be whole slots of the nodes' grain, as with a start: it
-        was rounded up silently (3000 s booked as an hour), where the same lease with a start is refused."""
+        was rounded up silently (3000 s booked as an hour), where the same lease with a start is refused.
+
+        ``federated_only`` (a caller of another authority): a private pool's node is refused as a node the calendar
+        does not hold is (Availability.earliest_slot's NOT_FOUND, the same words)."""
         asked = list(components)
         duration_s = int(lease.duration.total_seconds())
-        grain_s = self._grain_s(asked)
+        grain_s = self._grain_s(asked, federated_only=federated_only)
         if not lease.from_now and duration_s % grain_s:
             shorter, longer = align_down(duration_s, grain_s), align_up(duration_s, grain_s)
             whole = [f"{seconds} s ({human_duration(seconds)})" for seconds in (shorter, longer) if seconds > 0]
@@ -643,6 +657,13 @@ class Aggregate:
                 f"{named}: booked in slots of {human_duration(grain_s)}, and a duration of {duration_s} s is not a "
                 f"whole number of them; ask for {' or '.join(whole)}",
             )
+        if federated_only:
+            shown = {
+                node.component_id for node in self.inventory.list_nodes(component_ids=set(asked)) if node.federated
+            }
+            missing = [name for name in asked if name not in shown]
+            if missing:
+                raise GeniError(Reason.NOT_FOUND, f"no such node(s): {', '.join(missing)}")
         down: list[Conflict] = []
         while True:
             try:
@@ -660,18 +681,25 @@ class Aggregate:
                 continue  # again without them (another may have gone down meanwhile)
             return slot, [replace(conflict, start=slot.start, end=slot.end) for conflict in down]
 
-    def _known_nodes(self, component_ids: frozenset[str]) -> dict[str, KnownNode]:
-        """The calendar's nodes among these component_ids (a URN's authority in any case), for reading a request."""
+    def _known_nodes(self, component_ids: frozenset[str], federated_only: bool = False) -> dict[str, KnownNode]:
+        """The calendar's nodes among these component_ids (a URN's authority in any case), for reading a request;
+        ``federated_only``: but those of private pools (for a caller of another authority)."""
         if len(component_ids) > self.policy.max_nodes_per_request:
             return {}  # the request is refused for its size once read: its nodes need no look-up
         return {
             named: KnownNode(node.component_id, timedelta(seconds=max(node.grain_s, 1)))
             for named, node in self.inventory.find_nodes(component_ids).items()
+            if node.federated or not federated_only
         }
 
-    def _grain_s(self, components: Sequence[str]) -> int:
-        """The slot length that fits the slots of all these nodes (as Availability.earliest_slot takes it)."""
-        grains = [max(node.grain_s, 1) for node in self.inventory.list_nodes(component_ids=set(components))]
+    def _grain_s(self, components: Sequence[str], federated_only: bool = False) -> int:
+        """The slot length that fits the slots of all these nodes (as Availability.earliest_slot takes it);
+        ``federated_only``: of those in federated pools only (a caller of another authority)."""
+        grains = [
+            max(node.grain_s, 1)
+            for node in self.inventory.list_nodes(component_ids=set(components))
+            if node.federated or not federated_only
+        ]
         return math.lcm(*grains) if grains else max(self.policy.default_grain_s, 1)
 
     # -- CreateSliver (AM API v2) ---------------------------------------------------------------------------------
@@ -725,14 +753,17 @@ class Aggregate:
         except Exception:
             log.exception("could not undo the allocation of leases %s in %s", ", ".join(sorted(booked)), slice_urn)
 
-    def _check_images(self, wanted: Sequence[BookingRequest], user: str) -> None:
+    def _check_images(self, wanted: Sequence[BookingRequest], user: str, federated_only: bool = False) -> None:
         """Every disk image the request names runs on its node (the repository's or the node's own) and ``user``
-        may use it (not somebody else's private image), else BADARGS naming the images that node can run."""
+        may use it (not somebody else's private image), else BADARGS naming the images that node can run.
+        ``federated_only`` (a caller of another authority): a private pool's node is left to the booking, as a node
+        the calendar does not hold is (which refuses both in the same words)."""
         asked = {(request.node, request.disk_image) for request in wanted if request.disk_image}
         if not asked:
             return
         nodes = self.inventory.list_nodes(component_ids={node for node, _ in asked})
-        check_requested_images(sorted(asked), {node.component_id: node for node in nodes}, self.images.images(), user)
+        shown = {node.component_id: node for node in nodes if node.federated or not federated_only}
+        check_requested_images(sorted(asked), shown, self.images.images(), user)
 
     def _component_of(self, node: Any) -> str:
         if not node.component_id:
@@ -1022,8 +1053,10 @@ class Aggregate:
         # for (rounded up to its slots) keeps its end. (An end in the past is refused as without them.)
         sparing = (alap or slice_named) and new_end > now
         after_asked = {lease.id for lease in leases if lease.end > new_end} if sparing else set()
-        grains = self._lease_grains(leases) if extending or after_asked else {}
-        alap_ends = self._alap_ends(leases, new_end, verified.expires, grains) if extending else {}
+        grains, states = self._lease_grains_and_states(leases) if extending or after_asked else ({}, {})
+        if extending and read is not None:  # the node states as the renewal read them (its statement checks again)
+            states = {row.component_id: row.node_state for rows in read.checks.values() for row in rows}
+        alap_ends = self._alap_ends(leases, new_end, verified.expires, grains, states) if extending else {}
         for lease in leases:
             lapsed = _allocation_lapsed(lease, now)  # (the calendar refuses it: as without alap, it says why)
             if lease.id in after_asked and not lapsed and to_s(lease.end) > align_up(to_s(new_end), grains[lease.id]):
@@ -1084,21 +1117,33 @@ class Aggregate:
     def _lease_grains(self, leases: Sequence[LeaseRecord]) -> dict[str, int]:
         """Each lease's slot length as the calendar's renewal rounds its end: a boundary of every node's slots, the
         lcm of their grains (by lease id; one read of the nodes)."""
+        return self._lease_grains_and_states(leases)[0]
+
+    def _lease_grains_and_states(self, leases: Sequence[LeaseRecord]) -> tuple[dict[str, int], dict[str, str]]:
+        """``_lease_grains``, and the state of each of the leases' nodes (by component id), from the same read."""
         nodes = self.inventory.list_nodes(component_ids={node for lease in leases for node in lease.nodes})
         grain_of = {node.component_id: max(node.grain_s, 1) for node in nodes}
-        return {
+        grains = {
             lease.id: math.lcm(*(grain_of.get(node, 1) for node in lease.nodes)) if lease.nodes else 1
             for lease in leases
         }
+        return grains, {node.component_id: node.state for node in nodes}
 
     def _alap_ends(
-        self, leases: Sequence[LeaseRecord], asked: datetime, credential_expires: datetime, grains: Mapping[str, int]
+        self,
+        leases: Sequence[LeaseRecord],
+        asked: datetime,
+        credential_expires: datetime,
+        grains: Mapping[str, int],
+        node_states: Mapping[str, str],
     ) -> dict[str, tuple[datetime, str]]:
         """geni_extend_alap: each lease's latest reachable end, with what limits it in words. The end asked for,
         rounded up to the lease's slots as a plain Renew rounds it, unless something comes first: the slice
         credential's expiry, the operator's maximum duration (counted from the lease's start) or the next booking
         of one of its nodes (one read of the bookings after the leases' ends); then the last slot boundary before
-        it (``grains``: each lease's slot length, ``_lease_grains``)."""
+        it (``grains``: each lease's slot length, ``_lease_grains``). A lease with a node that is not usable (in
+        maintenance, or lost: ``node_states`` by component id) reaches only its own end: it is kept, not extended,
+        while the other leases are (a plain Renew of it is refused, as a booking of the node is)."""
         longest = self.policy.max_duration_s
         caps: dict[str, tuple[int, str]] = {}
         for lease in leases:
@@ -1122,6 +1167,10 @@ class Aggregate:
         busy = self._held_between(leases, max(end_s for end_s, _ in caps.values()))
         ends: dict[str, tuple[datetime, str]] = {}
         for lease in leases:
+            down = [node for node in lease.nodes if node_states.get(node, "usable") != "usable"]
+            if down:
+                ends[lease.id] = (lease.end, f"{down[0]} {unusable_why(node_states[down[0]])}")
+                continue
             end_s, why = caps[lease.id]
             lease_end_s = to_s(lease.end)
             # Another booking of one of its nodes after its end (its own slivers end at its end).

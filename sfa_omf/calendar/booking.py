@@ -55,7 +55,7 @@ from sfa_omf.calendar.database import (
 )
 from sfa_omf.calendar.generation import bump_after, bump_on, bump_parameters
 from sfa_omf.calendar.intervals import DAY_S, Interval, align_down, align_up, earliest_start, merge, overlaps
-from sfa_omf.calendar.models import Lease, LeaseInstance, Node, ProvisionHoldRow, Slice, SliceUser, Sliver
+from sfa_omf.calendar.models import Lease, LeaseInstance, Node, Pool, ProvisionHoldRow, Slice, SliceUser, Sliver
 from sfa_omf.calendar.plain_statements import (
     MAX_LISTED,
     PlainStatement,
@@ -173,6 +173,7 @@ class Bookings:
         users: Mapping[str, Sequence[str]] | None = None,
         contact: Contact | None = None,
         read_slice: bool = False,
+        federated_only: bool = False,
     ) -> BookingResult:
         """Book every request for the slice, or nothing (BookingConflict lists every conflict).
 
@@ -181,6 +182,8 @@ class Bookings:
         URN -> SSH keys, sent with the call) are merged into the slice's in the same unit of work: written with the
         booking or not at all; so is the caller's GID e-mail (``contact``). ``read_slice``: answer the slice as the
         booking left it (``BookingResult.slice_view``), read in its transaction, for the caller's manifest.
+        ``federated_only`` (a caller who is not a user of this aggregate's authority): a node of a private pool is
+        refused as a node the calendar does not hold is (UNKNOWN_NODE), so that its existence is not revealed.
         """
         if not requests:
             raise GeniError(Reason.BAD_ARGS, "the request books no node")
@@ -195,6 +198,7 @@ class Bookings:
                 users or {},
                 contact,
                 read_slice,
+                federated_only,
                 held_read_after_lock=attempt > 0,
             )
             try:
@@ -217,6 +221,7 @@ class Bookings:
         users: Mapping[str, Sequence[str]],
         contact: Contact | None = None,
         read_slice: bool = False,
+        federated_only: bool = False,
         held_read_after_lock: bool = False,
     ) -> BookingResult:
         """One attempt of ``book``. ``held_read_after_lock``: read what the nodes hold in a statement of its own after
@@ -246,7 +251,9 @@ class Bookings:
             )
             nodes: dict[str, _BookedNode] = {}
             busy: dict[int, list[Interval]] = {}
-            for *node_columns, held_start_s, held_end_s in locked:
+            for *node_columns, federated, held_start_s, held_end_s in locked:
+                if federated_only and not federated:
+                    continue  # a private pool's node: as if the calendar did not hold it
                 locked_node = _BookedNode(*node_columns)
                 nodes[locked_node.component_id] = locked_node
                 if held_start_s is not None:
@@ -1617,7 +1624,7 @@ _SLICE_EXPIRES = PlainStatement(
 def _nodes_for_booking(count: int) -> PlainStatement[Select[*tuple[Any, ...]]]:
     """The booked nodes' rows, locked in id order, each with the windows held on it between ``after_s`` and
     ``before_s`` (a row per window, by start; a node holding none: one row whose window is NULL): ``count`` component
-    ids (``listed_values("component_ids", ...)``). A node's columns are ``_BookedNode``'s."""
+    ids (``listed_values("component_ids", ...)``). A node's columns are ``_BookedNode``'s, then its pool's federated."""
     held = and_(
         Sliver.node_id == Node.id,
         Sliver.holds_node.is_(True),
@@ -1632,10 +1639,12 @@ def _nodes_for_booking(count: int) -> PlainStatement[Select[*tuple[Any, ...]]]:
             Node.state,
             Node.component_name,
             Node.exclusive,
+            Pool.federated,
             Sliver.start_s,
             Sliver.end_s,
         )
         .select_from(Node)
+        .join(Pool, Pool.id == Node.pool_id)
         .outerjoin(Sliver, held)
         .where(Node.component_id.in_(listed("component_ids", count)))
         .order_by(Node.id, Sliver.start_s)

@@ -12,6 +12,7 @@ from sqlalchemy import Select, String, bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from sfa_omf.calendar.agent_models import Agent
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, Node, Pool, Sliver
 from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
@@ -368,12 +369,19 @@ class Inventory:
             return node_record(node)
 
     def set_state(self, component_id: str, state: str) -> NodeRecord:
+        """An operator's state for the node. ``usable`` for a node whose agent is lost (silent past the time-out,
+        maybe while the node was in maintenance: the sweep marks an agent lost once) puts it in ``lost`` instead: it
+        becomes usable at its agent's next heartbeat, as any lost node does (calendar/agents.py)."""
         if state not in NODE_STATES:
             raise GeniError(Reason.BAD_ARGS, f"node state {state!r} is not one of {', '.join(NODE_STATES)}")
         with self.database.write() as session:
             node = find_node(session, component_id, lock=True)
             if state == "maintenance" and node.state != "maintenance":
                 _tell_maintenance(session, node)
+            # The agent's row is read, not locked: a heartbeat locks it with the node's, which this call holds; one
+            # committed before this read is seen here, one waiting for the node's lock makes the node usable after.
+            if state == "usable" and session.scalar(select(Agent.lost).where(Agent.node_id == node.id)):
+                state = "lost"  # (calendar/agents.py's LOST)
             node.state = state
             return node_record(node)
 

@@ -102,7 +102,7 @@ class Conflict:
     node: str
     start: datetime
     end: datetime
-    problem: str  # "booked", "maintenance", "unknown node", "not federated"
+    problem: str  # "booked", "maintenance", "unknown node" (a private pool's node too, for another authority's user)
     clashing: tuple[tuple[datetime, datetime], ...] = ()
     next_free_start: datetime | None = None
 
