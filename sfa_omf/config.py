@@ -376,7 +376,7 @@ _SECTIONS = frozenset({option.section for option in OPTIONS} | set(SFA_UNUSED))
 BLOCKING_KINDS = frozenset({"syntax", "invalid", "missing"})
 # Problems every command and the server say in a warning: a misspelt name or a setting given twice is otherwise a
 # value silently not taken.
-WARNING_KINDS = frozenset({"unknown", "duplicate", "moved", "comment"})
+WARNING_KINDS = frozenset({"unknown", "duplicate", "moved", "comment", "doubtful"})
 #: Settings that hold a password or a key, or a URL that may hold one: a comment cut from such a value is warned of
 #: (``password = abc #def`` is the password ``abc``).
 SECRET_FIELDS = frozenset(
@@ -410,8 +410,8 @@ class Source:
 @dataclass(frozen=True)
 class Problem:
     """Something wrong with the configuration. ``kind`` is one of syntax, invalid, missing, unknown, duplicate, moved,
-    comment, testbed, path, workers (only syntax, invalid and missing stop the server); ``where`` is ``path:line``,
-    ``environment NAME`` or the file's path."""
+    comment, doubtful, testbed, path, workers (only syntax, invalid and missing stop the server); ``where`` is
+    ``path:line``, ``environment NAME`` or the file's path."""
 
     kind: str
     where: str
@@ -949,7 +949,12 @@ def _resolve(by_field: Mapping[str, list[_Entry]], problems: list[Problem]) -> t
                 values[option.field] = _CONVERTERS[option.kind](entry.value)
                 sources[option.field] = entry.source
             except ValueError as exc:
-                problems.append(Problem("invalid", str(entry.source), f"{entry.spelled} = {entry.value!r}: {exc}"))
+                # (An INI line of SFA's Python 2 era may end in " ; comment": no comment here since ';' may be in a
+                # password.)
+                hint = "; ';' does not begin a comment here, ' #' does" if " ;" in entry.value else ""
+                problems.append(
+                    Problem("invalid", str(entry.source), f"{entry.spelled} = {entry.value!r}: {exc}{hint}")
+                )
     return values, sources
 
 
@@ -1099,22 +1104,16 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 "max_duration_s",
             )
         )
-    if settings.default_duration_s < settings.grain_s:
-        problems.append(
-            Problem(
-                "invalid",
-                str(sources["default_duration_s"]),
-                f"[sfa_omf] default_duration_s {settings.default_duration_s} is shorter than grain_s "
-                f"{settings.grain_s}, the shortest lease: every request that gives no end would be refused; make "
-                "default_duration_s at least grain_s (a multiple of it)",
-            )
-        )
     least_timeout_s = 2 * settings.agent_heartbeat_s + min(AGENT_FLUSH_S, settings.agent_heartbeat_s)
     if settings.agent_timeout_s < least_timeout_s:
+        # A warning, not a refusal: a site without node agents never uses either, and one that raised heartbeat_s
+        # served before this check. Named where the operator wrote one of the two.
+        timeout_source = sources["agent_timeout_s"]
+        written = timeout_source if timeout_source.kind != "default" else sources["agent_heartbeat_s"]
         problems.append(
             Problem(
-                "invalid",
-                str(sources["agent_timeout_s"]),
+                "doubtful",
+                str(written),
                 f"[sfa_agents] timeout_s {settings.agent_timeout_s} is shorter than twice heartbeat_s "
                 f"({settings.agent_heartbeat_s}) plus the {min(AGENT_FLUSH_S, settings.agent_heartbeat_s)} s in which "
                 "heartbeats are written: a node whose agent misses one heartbeat, or is heard just after the check, "
@@ -1122,7 +1121,8 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 f"{least_timeout_s} (default 120 with heartbeat_s 30)",
             )
         )
-    oar_url_problem = http_url_problem(settings.oar_api_url)
+    # Checked as the backend and the zone's writer use them: only on a site that uses them.
+    oar_url_problem = http_url_problem(settings.oar_api_url) if settings.aggregate_type == "oar" else ""
     if oar_url_problem:
         problems.append(
             Problem(
@@ -1132,14 +1132,15 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 "(e.g. http://127.0.0.1:6668/oarapi)",
             )
         )
-    reload_problem = command_problem(settings.agent_dns_reload)
-    if reload_problem or (settings.agent_dns_zone and not settings.agent_dns_reload.strip()):
+    # (Empty: no reload, the DNS server reads the zone files by itself.)
+    reload_problem = command_problem(settings.agent_dns_reload) if settings.agent_dns_zone else ""
+    if reload_problem:
         problems.append(
             Problem(
                 "invalid",
                 str(sources["agent_dns_reload"]),
-                f"[sfa_agents] dns_reload {reload_problem or 'is empty'}: it is the command run after each zone "
-                "rewrite, split into words as a shell does (e.g. rndc reload)",
+                f"[sfa_agents] dns_reload {reload_problem}: it is the command run after each zone rewrite, split "
+                "into words as a shell does (e.g. rndc reload)",
             )
         )
     if settings.default_duration_s > settings.max_duration_s:

@@ -165,12 +165,11 @@ def test_grain_longer_than_the_longest_lease_is_refused(tmp_path: Path) -> None:
     assert main(["config", "check", "--settings-only", path]) == 1
 
 
-def test_default_duration_shorter_than_the_grain_is_refused(tmp_path: Path) -> None:
-    path = site_file(tmp_path, "[sfa_omf]", "grain_s = 1800", "default_duration_s = 600")
-    (problem,) = messages(loaded(path), "invalid")
-    assert "default_duration_s 600 is shorter than grain_s 1800" in problem, problem
-    assert "make default_duration_s at least grain_s" in problem
-    assert messages(loaded(site_file(tmp_path, "[sfa_omf]", "grain_s = 1800", "default_duration_s = 1800"))) == []
+def test_default_duration_shorter_than_the_grain_is_taken(tmp_path: Path) -> None:
+    """A request with neither start nor end books up to the next slot boundary: grain_s alone raised to 2 hours
+    served before, and must still start (a review found the refusal of it)."""
+    path = site_file(tmp_path, "[sfa_omf]", "grain_s = 7200")
+    assert messages(loaded(path), "invalid") == []
 
 
 def test_the_docs_say_grain_is_the_shortest_lease() -> None:
@@ -183,11 +182,21 @@ def test_the_docs_say_grain_is_the_shortest_lease() -> None:
 
 
 @pytest.mark.parametrize(("heartbeat_s", "timeout_s"), [(300, 120), (30, 30), (30, 64), (2, 5)])
-def test_an_agent_timeout_within_two_heartbeats_is_refused(tmp_path: Path, heartbeat_s: int, timeout_s: int) -> None:
+def test_an_agent_timeout_within_two_heartbeats_is_warned_of(tmp_path: Path, heartbeat_s: int, timeout_s: int) -> None:
+    """A warning, not a refusal: a site without agents never uses either (a review found sites that raised
+    heartbeat_s refused after an upgrade)."""
     path = site_file(tmp_path, "[sfa_agents]", f"heartbeat_s = {heartbeat_s}", f"timeout_s = {timeout_s}")
-    (problem,) = messages(loaded(path), "invalid")
+    config = loaded(path)
+    assert messages(config, "invalid") == []
+    (problem,) = messages(config, "doubtful")
     assert f"[sfa_agents] timeout_s {timeout_s} is shorter than twice heartbeat_s ({heartbeat_s})" in problem
-    assert "would be lost" in problem
+    assert "would be lost" in problem and problem.startswith(f"{tmp_path}/site.conf:"), problem
+
+
+def test_an_agent_timeout_left_at_its_default_is_warned_of_at_the_heartbeat_written(tmp_path: Path) -> None:
+    path = site_file(tmp_path, "[sfa_agents]", "heartbeat_s = 60")
+    (problem,) = messages(loaded(path), "doubtful")
+    assert problem.startswith(f"{tmp_path}/site.conf:5: [sfa_agents] timeout_s 120"), problem
 
 
 @pytest.mark.parametrize(("heartbeat_s", "timeout_s"), [(30, 65), (30, 120), (2, 6), (1, 120)])
@@ -321,16 +330,25 @@ def test_the_shell_form_is_read_as_a_shell_reads_it(tmp_path: Path) -> None:
 
 def test_an_oar_api_url_serve_would_refuse_is_refused(tmp_path: Path) -> None:
     for url in ("oar.example.org:6668/oarapi", "https:///oarapi", "ftp://oar.example.org/oarapi"):
-        (problem,) = messages(loaded(site_file(tmp_path, "[sfa_oar]", f"api_url = {url}")), "invalid")
-        assert problem.startswith(f"{tmp_path}/site.conf:5: [sfa_oar] api_url {url!r}"), problem
+        path = site_file(tmp_path, "[sfa_aggregate]", "type = oar", "[sfa_oar]", f"api_url = {url}")
+        (problem,) = messages(loaded(path), "invalid")
+        assert problem.startswith(f"{tmp_path}/site.conf:7: [sfa_oar] api_url {url!r}"), problem
+    # A site of another testbed type never uses it (a review found such sites refused whole).
+    assert messages(loaded(site_file(tmp_path, "[sfa_oar]", "api_url =")), "invalid") == []
 
 
 def test_a_dns_reload_that_does_not_split_is_refused(tmp_path: Path) -> None:
-    (problem,) = messages(loaded(site_file(tmp_path, "[sfa_agents]", 'dns_reload = rndc "reload')), "invalid")
+    zone = "dns_zone = nodes.example.org"
+    (problem,) = messages(loaded(site_file(tmp_path, "[sfa_agents]", zone, 'dns_reload = rndc "reload')), "invalid")
     assert "[sfa_agents] dns_reload cannot be split into words (No closing quotation)" in problem, problem
-    empty = site_file(tmp_path, "[sfa_agents]", "dns_zone = nodes.example.org", "dns_reload =")
-    (problem,) = messages(loaded(empty), "invalid")
-    assert "[sfa_agents] dns_reload is empty" in problem, problem
+    # Empty: no reload (the DNS server reads the files itself); without a zone it is never run.
+    assert messages(loaded(site_file(tmp_path, "[sfa_agents]", zone, "dns_reload =")), "invalid") == []
+    assert messages(loaded(site_file(tmp_path, "[sfa_agents]", 'dns_reload = rndc "reload')), "invalid") == []
+
+
+def test_a_number_with_an_sfa_style_comment_says_that_semicolons_begin_none(tmp_path: Path) -> None:
+    (problem,) = messages(loaded(site_file(tmp_path, "[sfa_omf]", "threads = 8 ; more later")), "invalid")
+    assert "not a whole number; ';' does not begin a comment here, ' #' does" in problem, problem
 
 
 def test_config_check_hides_the_passwords_of_urls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
