@@ -7,12 +7,13 @@ heartbeat; an operator's ``maintenance`` is never overridden.
 
 Each agent has a VPN number of its own (``Agent.vpn_number``, 1..VPN_NUMBERS): its node's address in the nodes' VPN
 (agents/vpn.py) and its OAR resource's ``vpn_number``. A registration that makes the agent's row gives it the lowest
-number no agent holds and no certificate revoked in the last VPN_NUMBER_QUARANTINE_S had: a removed node's number is
-free again once that quarantine has passed since its VPN certificate's revocation (its row goes with the node; the
-revocation, with its number, is in vpn_revoked). Until then its tunnel may still be up (OpenVPN checks the CRL only
-at a handshake): a node given its address at once would share it with the removed one. It is not the node's row
-id: ids are never given back (PostgreSQL spends one on every insert, a failed registration's too, and ``node add``
-and ``node import`` spend theirs), so an aggregate whose ids passed the VPN's size could enrol no agent.
+number no agent holds and none in quarantine: a removed node's number is free again VPN_NUMBER_QUARANTINE_S after
+the removal (its row goes with the node; the removal writes vpn_number_release in the same transaction) and after
+the revocation of its VPN certificate (vpn_revoked, with its number). Until then its tunnel may still be up (OpenVPN
+checks the CRL only at a handshake): a node given its address at once would share it with the removed one. It is
+not the node's row id: ids are never given back (PostgreSQL spends one on every insert, a failed registration's
+too, and ``node add`` and ``node import`` spend theirs), so an aggregate whose ids passed the VPN's size could enrol
+no agent.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from sqlalchemy.orm import Session
 from sfa_omf.calendar.agent_models import Agent, AgentReport, AgentToken
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import DEFAULT_POOL, NOT_IN_TEXT, check_node_fields
-from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver, VpnRevoked
+from sfa_omf.calendar.models import Lease, Node, Pool, Slice, Sliver, VpnNumberRelease, VpnRevoked
 from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.errors import GeniError, Reason
@@ -364,37 +365,48 @@ class Agents:
 
     @staticmethod
     def _free_vpn_number(session: Session, now_s: int) -> int:
-        """The lowest VPN number no agent holds and no certificate revoked in the last VPN_NUMBER_QUARANTINE_S had (a
-        removed node's tunnel may last that long), for a new agent's row, in one query; ALREADY_EXISTS (409: the agent
-        does not retry) when every number is held, BUSY (503: it retries) saying when the next one is free when only
-        the quarantine keeps them. Registrations take it one at a time until their commit (PostgreSQL: the testbed
-        additions' lock; SQLite: the database's write lock), so two never get the same one."""
+        """The lowest VPN number no agent holds, that no node removed in the last VPN_NUMBER_QUARANTINE_S gave back and
+        no certificate revoked in that time had (a removed node's tunnel may last that long), for a new agent's row;
+        ALREADY_EXISTS (409: the agent does not retry) when every number is held, BUSY (503: it retries) saying when
+        the next one is free when only the quarantine keeps them. Registrations take it one at a time until their
+        commit (PostgreSQL: the testbed additions' lock; SQLite: the database's write lock), so two never get the
+        same one."""
         _hold_testbed_lock(session)
-        quarantined = (VpnRevoked.vpn_number.is_not(None), VpnRevoked.revoked_s > now_s - VPN_NUMBER_QUARANTINE_S)
+        # The numbers in quarantine, with when it began: given back by a node's removal (written with it), or whose
+        # certificate was revoked (a revocation without the removal, or recorded before migration 0030).
+        since = now_s - VPN_NUMBER_QUARANTINE_S
+        quarantine = union_all(
+            select(VpnNumberRelease.number.label("number"), VpnNumberRelease.released_s.label("since_s")).where(
+                VpnNumberRelease.released_s > since
+            ),
+            select(VpnRevoked.vpn_number.label("number"), VpnRevoked.revoked_s.label("since_s")).where(
+                VpnRevoked.vpn_number.is_not(None), VpnRevoked.revoked_s > since
+            ),
+        ).subquery()
         # The lowest free number is 1 or follows a taken one.
         candidates = union_all(
             select(literal(1).label("number")),
             select((Agent.vpn_number + 1).label("number")),
-            select((VpnRevoked.vpn_number + 1).label("number")).where(*quarantined),
+            select((quarantine.c.number + 1).label("number")),
         ).subquery()
         candidate = candidates.c.number
         number = session.scalar(
             select(func.min(candidate)).where(
                 candidate <= VPN_NUMBERS,
                 ~exists().where(Agent.vpn_number == candidate),
-                ~exists().where(VpnRevoked.vpn_number == candidate, *quarantined),
+                ~exists().where(quarantine.c.number == candidate),
             )
         )
         if number is not None:
             return int(number)
         # Refused: when does the first number in quarantine (and no agent's) come out of it?
-        last_revoked = (
-            select(func.max(VpnRevoked.revoked_s).label("revoked_s"))
-            .where(*quarantined, ~exists().where(Agent.vpn_number == VpnRevoked.vpn_number))
-            .group_by(VpnRevoked.vpn_number)
+        last_since = (
+            select(func.max(quarantine.c.since_s).label("since_s"))
+            .where(~exists().where(Agent.vpn_number == quarantine.c.number))
+            .group_by(quarantine.c.number)
             .subquery()
         )
-        first = session.scalar(select(func.min(last_revoked.c.revoked_s)))
+        first = session.scalar(select(func.min(last_since.c.since_s)))
         if first is not None:
             raise GeniError(
                 Reason.BUSY,

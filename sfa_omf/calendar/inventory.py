@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from sfa_omf.calendar.agent_models import Agent
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.models import Lease, Node, Pool, Sliver
+from sfa_omf.calendar.models import Lease, Node, Pool, Sliver, VpnNumberRelease
 from sfa_omf.calendar.outbox import LeaseNews, RecordedEvent, add_event, add_lease_event
 from sfa_omf.calendar.plain_statements import MAX_LISTED, PlainStatement, listed, listed_count, listed_values
 from sfa_omf.calendar.policy import Policy
@@ -407,6 +407,11 @@ class Inventory:
                 )
             for sliver in session.scalars(select(Sliver).where(Sliver.node_id == node.id)):
                 session.delete(sliver)
+            # Its agent's VPN number is given back with the agent row (a cascade): its quarantine starts here, in
+            # the same transaction, not at the revocation of its VPN certificate that follows (calendar/agents.py).
+            number = session.scalar(select(Agent.vpn_number).where(Agent.node_id == node.id))
+            if number is not None:
+                session.merge(VpnNumberRelease(number=number, released_s=now_s))
             session.delete(node)
 
     def move_node(self, component_id: str, to_pool: str, from_pool: str | None = None) -> NodeRecord:

@@ -187,6 +187,16 @@ class VpnRevoked(Base):
     vpn_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class VpnNumberRelease(Base):
+    """When a removed node gave its VPN number back (migration 0030), written with the removal: no node gets the
+    number for VPN_NUMBER_QUARANTINE_S after it, while the removed node's tunnel may be up (calendar/agents.py)."""
+
+    __tablename__ = "vpn_number_release"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    released_s: Mapped[int] = mapped_column(BigInteger)
+
+
 class RegistryRecord(Base):
     """A record of the local authority's SFA registry: an authority, user, slice or node, with its GID."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sfa_omf.agents.node import enrol, request_vpn
 from sfa_omf.agents.vpn import VpnCa, node_address
 from sfa_omf.calendar import agents as agents_module
-from sfa_omf.calendar.agents import Agents, Enrolment
+from sfa_omf.calendar.agents import VPN_NUMBER_QUARANTINE_S, Agents, Enrolment
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.models import Node
@@ -30,6 +31,7 @@ from sfa_omf.config import read_config
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.server.agent_http import STATUS
+from sfa_omf.times import utcnow
 from sfa_omf.trust.pki import new_private_key
 from tests.agents.conftest import Lab
 from tests.calendar.conftest import fresh_database, node_urn
@@ -63,10 +65,17 @@ def push_node_ids_past_the_vpn(database: Database) -> None:
             connection.execute(text("SELECT setval('node_id_seq', :id)"), {"id": PAST_THE_VPN})
 
 
+def after_the_quarantine() -> datetime:
+    """A registrations' clock past the quarantine of a number given back now (tests/agents/test_vpn_number_quarantine.py
+    tests the quarantine itself)."""
+    return utcnow() + timedelta(seconds=VPN_NUMBER_QUARANTINE_S + 1)
+
+
 def test_a_removed_node_s_number_is_given_again_and_names_carry_the_numbers(database: Database) -> None:
     agents = Agents(database)
     assert [register(agents, name) for name in ("a1", "a2", "a3")] == [1, 2, 3]
     Inventory(database).remove_node(node_urn("a2"))
+    agents = Agents(database, clock=after_the_quarantine)
     assert register(agents, "a4") == 2  # the lowest free one, not the new node's id (4)
     assert register(agents, "a5") == 4
     assert agents.node_number(node_urn("a4")) == 2
@@ -107,7 +116,7 @@ def test_when_every_number_is_held_registration_is_refused_saying_what_to_do(
     assert node_urn("a4") not in [node.component_id for node in Inventory(database).list_nodes()]
 
     Inventory(database).remove_node(node_urn("a1"))
-    record, _ = agents.register(enrolment, lambda _urn: ("", ""))
+    record, _ = Agents(database, clock=after_the_quarantine).register(enrolment, lambda _urn: ("", ""))
     assert record.number == 1
 
 
@@ -119,6 +128,7 @@ def test_concurrent_registrations_get_distinct_numbers_on_postgresql(tmp_path: P
         agents = Agents(database)
         assert [register(agents, name) for name in ("a1", "a2", "a3")] == [1, 2, 3]
         Inventory(database).remove_node(node_urn("a2"))
+        agents = Agents(database, clock=after_the_quarantine)
         racers = 8
         tokens = [agents.create_token("default", 600)[0] for _ in range(racers)]
         start = threading.Barrier(racers)
