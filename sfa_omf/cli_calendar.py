@@ -382,8 +382,8 @@ def _node_remove(args: argparse.Namespace) -> int:
     # names, staged files and registry record, leaving half a node), and the exit status 2.
     left: list[str] = []
     # A node agent's VPN access, DNS names and staged files go with the node (only agents get VPN certificates). The
-    # VPN first, at once: its number is free from the calendar's commit above until its revocation is recorded (which
-    # puts it in quarantine), and a node registering meanwhile would get the address of the tunnel still up.
+    # VPN first, at once: the sooner the CRL names the node, the sooner its tunnel ends (its number is in quarantine
+    # since the calendar's commit above).
     if agent is not None:
         try:
             if revoke_vpn_of_removed_node(settings, agent.hostname):

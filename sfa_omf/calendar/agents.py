@@ -418,7 +418,7 @@ class Agents:
         raise GeniError(
             Reason.ALREADY_EXISTS,
             f"the nodes' VPN has no free address: its {VPN_NUMBERS} numbers are all held by enrolled agents' "
-            "nodes. The operator removes nodes that are gone (sfa-omf agent list; sfa-omf node remove "
+            "nodes. The operator removes nodes that are gone (sfa-omf node agents; sfa-omf node remove "
             "HOSTNAME), then this node enrols again (its token was not spent)",
         )
 
