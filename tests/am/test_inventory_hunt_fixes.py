@@ -26,7 +26,6 @@ from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.models import Node
 from sfa_omf.calendar.outbox import NotifyEvents
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord, NodeSpec
-from sfa_omf.cli import main
 from sfa_omf.config import read_config
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.server.xmlrpc import CallContext
@@ -38,6 +37,7 @@ from tests.am.conftest import aggregate_on
 from tests.am.test_unit_of_work import FaultInjectingTestbed
 from tests.calendar.conftest import fresh_database, node_urn
 from tests.conftest import DemoPki
+from tests.test_cli_calendar import config, run  # noqa: F401 (the fixture: an init site)
 
 OL_NS = "http://nitlab.inf.uth.gr/schema/sfa/rspec/1"
 SECRET = node_urn("secret")  # a node of the private pool
@@ -322,20 +322,10 @@ def test_a_node_whose_agent_is_heard_or_absent_is_made_usable(database: Database
 
 
 # -- 2 and 4 on the command line ----------------------------------------------------------------------------------
-@pytest.fixture
-def config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    assert main(["init", str(tmp_path / "tb")]) == 0
-    capsys.readouterr()
-    return str(tmp_path / "tb" / "sfa-omf.conf")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    answer = main(list(argv))
-    out, err = capsys.readouterr()
-    return answer, out, err
-
-
-def test_set_state_says_a_silent_agents_node_is_lost(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_set_state_says_a_silent_agents_node_is_lost(
+    config: str,  # noqa: F811 (the fixture)
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     database = Database(read_config(config).calendar_url)
     clock = Clock()
     agents = enrolled(database, clock)
@@ -351,7 +341,10 @@ def test_set_state_says_a_silent_agents_node_is_lost(config: str, capsys: pytest
     assert "usable at the agent's next heartbeat" in out
 
 
-def test_lease_list_takes_a_bare_node_name(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_lease_list_takes_a_bare_node_name(
+    config: str,  # noqa: F811 (the fixture)
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert run(capsys, "node", "add", "n1", "--config", config)[0] == 0
     database = Database(read_config(config).calendar_url)
     start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
