@@ -90,6 +90,7 @@ class Settings:
     threads: int = 8
     workers: int = 0  # serving processes; 0 (auto): the number of cores on PostgreSQL, 1 on SQLite
     leader_takeover_s: int = 15  # a standby takes the background tasks over this soon after the leader dies
+    database_timeout_s: int = 30  # longest run of a serving process's statement on PostgreSQL, lock waits included
     log_file: str = ""  # empty: standard error (the journal, under systemd)
     log_level: str = "INFO"  # DEBUG, INFO, WARNING or ERROR
     account_policy: str = "per-user"  # per-user, per-slice or shared (sfa_omf/registry/accounts.py)
@@ -271,6 +272,13 @@ OPTIONS: tuple[Option, ...] = (
         "leader_takeover_s",
         "count",
         "seconds within which another process takes the background tasks over when their leader dies",
+    ),
+    Option(
+        "database_timeout_s",
+        "sfa_omf",
+        "database_timeout_s",
+        "count",
+        "seconds a serving process's statement may wait on PostgreSQL (locks included) before the call answers busy",
     ),
     Option("log_file", "sfa_omf", "log_file", "text", "log file; empty: standard error"),
     Option("log_level", "sfa_omf", "log_level", "level", "least important log lines kept: DEBUG, INFO, WARNING, ERROR"),
@@ -1286,6 +1294,7 @@ MAXIMA: dict[str, int] = {
     "threads": 1024,
     "workers": 1024,
     "leader_takeover_s": MAX_LEADER_TAKEOVER_S,
+    "database_timeout_s": MAX_PERIOD_SECONDS,
     "max_instances_per_node": 4096,
     "instance_action_timeout_s": MAX_PERIOD_SECONDS,
     "oar_timeout_s": MAX_PERIOD_SECONDS,

@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.pool import QueuePool
 
-from sfa_omf.calendar.fence import check_term, fence_term
+from sfa_omf.calendar.fence import QUERY_CANCELED, check_term, fence_term
 from sfa_omf.calendar.generation import bump_generation
 from sfa_omf.calendar.plain_statements import PlainStatement, run_plain
 from sfa_omf.errors import GeniError, Reason
@@ -87,10 +87,19 @@ def _note_statement(state: ORMExecuteState) -> None:
 class Database:
     """One database, shared by every thread of a process. ``write()`` and ``read()`` give sessions."""
 
-    def __init__(self, url: str, echo: bool = False, connections: int = DEFAULT_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        url: str,
+        echo: bool = False,
+        connections: int = DEFAULT_CONNECTIONS,
+        statement_timeout_s: int | None = None,
+    ) -> None:
         """``connections``: how many connections the pool keeps open, at least as many as threads use the database
         at once (a server: its call threads). Beyond it, each unit of work opens a connection and closes it after
-        (on PostgreSQL a server process started and ended per call); up to ``OVERFLOW_CONNECTIONS`` more at once."""
+        (on PostgreSQL a server process started and ended per call); up to ``OVERFLOW_CONNECTIONS`` more at once.
+        ``statement_timeout_s`` (PostgreSQL; a serving process: [sfa_omf] database_timeout_s): how long one
+        statement may run, its lock waits included, before the database cancels it and the call answers BUSY;
+        None: unbounded (commands, which an operator can interrupt)."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         sizes = _pool_sizes(url, connections)
@@ -103,7 +112,8 @@ class Database:
         else:
             # No pre-ping per checkout (a round trip on every unit of work): a connection is pinged only when it
             # has been idle long enough for the server to have gone away meanwhile (_ping_if_idle).
-            self.engine = create_engine(url, echo=echo, connect_args=_connect_timeout_args(url), **sizes)
+            connect_args = {**_connect_timeout_args(url), **_bounded_wait_args(url, statement_timeout_s)}
+            self.engine = create_engine(url, echo=echo, connect_args=connect_args, **sizes)
             event.listen(self.engine, "connect", _note_idle)
             event.listen(self.engine, "checkin", _note_idle)
             event.listen(self.engine, "checkout", _ping_if_idle)
@@ -252,6 +262,8 @@ class Database:
             connection.begin(),
         ):
             if not self.is_sqlite:
+                # A migration may take long on a large calendar, and waits for another host's: not bounded.
+                connection.execute(text("SET LOCAL statement_timeout = 0"))
                 _one_migration_at_a_time(connection)
             current = MigrationContext.configure(connection).get_current_revision()
             head = head_revision()
@@ -405,6 +417,31 @@ def _connect_timeout_args(url: str) -> dict[str, int]:
     return {"connect_timeout": CONNECT_TIMEOUT_S}
 
 
+#: TCP keepalives of PostgreSQL connections (idle, interval, count): a database host that vanished while a statement
+#: ran (a network cut, a crash) is noticed within about 25 s instead of the kernel's two hours.
+KEEPALIVES = (10, 5, 3)
+
+
+def _bounded_wait_args(url: str, statement_timeout_s: int | None) -> dict[str, int | str]:
+    """The driver's arguments bounding how long a statement may wait: TCP keepalives always (unless the URL sets
+    its own); with ``statement_timeout_s``, PostgreSQL's statement_timeout for the session (added to the URL's own
+    ``options``, unless those set one) and a TCP user timeout as long (data the database never acknowledges)."""
+    query = make_url(url).query
+    args: dict[str, int | str] = {}
+    if "keepalives" not in query:
+        idle, interval, count = KEEPALIVES
+        args.update(keepalives=1, keepalives_idle=idle, keepalives_interval=interval, keepalives_count=count)
+    if statement_timeout_s is None:
+        return args
+    if "tcp_user_timeout" not in query:
+        args["tcp_user_timeout"] = statement_timeout_s * 1000
+    own = query.get("options", "")
+    options = " ".join(own) if isinstance(own, tuple) else own
+    if "statement_timeout" not in options:
+        args["options"] = f"{options} -c statement_timeout={statement_timeout_s * 1000}".strip()
+    return args
+
+
 def unknown_revision_message(url: str, revision: str) -> str:
     """The refusal of a database at ``revision``, a migration this sfa-omf does not have (``is_known_revision``): a
     newer sfa-omf migrated it, and ``db upgrade`` cannot help."""
@@ -550,8 +587,17 @@ def _database_errors() -> Iterator[None]:
     except IntegrityError:
         raise  # the calendar turns these into conflicts
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+        sqlstate = getattr(exc.orig, "sqlstate", None)
+        if sqlstate in TRANSIENT_SQLSTATES:
             raise TransientConflict(str(exc.orig)) from exc
+        if sqlstate == QUERY_CANCELED:
+            # statement_timeout (Database's statement_timeout_s), or an operator's pg_cancel_backend: the
+            # transaction is rolled back whole.
+            raise GeniError(
+                Reason.BUSY,
+                f"the calendar database did not answer in time ({str(exc.orig).strip()}): a row this call needs is "
+                "locked by another session, or the database is overloaded; nothing was changed, try again",
+            ) from exc
         raise GeniError(Reason.DATABASE, f"the calendar database failed: {exc.orig}") from exc
 
 

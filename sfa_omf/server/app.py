@@ -99,7 +99,11 @@ def database_connections(settings: Settings) -> int:
 def build_aggregate(settings: Settings, upgrade: bool = True) -> Aggregate:
     """The synchronous core, ready for calls. ``upgrade``: bring the database schema up to date first (quickstart,
     tests); ``serve`` does not, it refuses to start on an old schema (check_startup)."""
-    database = Database(settings.calendar_url, connections=database_connections(settings))
+    database = Database(
+        settings.calendar_url,
+        connections=database_connections(settings),
+        statement_timeout_s=settings.database_timeout_s,
+    )
     if upgrade:
         database.upgrade()
     images = ImageStore(database, store_directory(settings.data_dir))
