@@ -137,7 +137,8 @@ def health(
     instance: Instance, lease: LeaseRecord, now: datetime, answering: Set[str], pending: str = ""
 ) -> SliverHealth:
     """A container's GENI operational state: ready only when it runs and its SSH server answered (``answering``: the
-    hosts ssh_answering found); ``pending``: an action handed to its node that the node has not reported done."""
+    hosts ssh_answering found); not ready when stopped, with why when it stopped by itself (and that geni_start starts
+    it again); ``pending``: an action handed to its node that the node has not reported done."""
     if pending in ACTION_WORDS and instance.state in (RUNNING, STOPPED, FAILED):
         word = ACTION_WORDS[pending]
         waiting = f"{word} handed to the lease's job on its node: in progress"
@@ -150,6 +151,8 @@ def health(
         if instance.host in answering:
             return SliverHealth(Operational.READY)
         return SliverHealth(Operational.CONFIGURING, f"container {instance.name} runs but SSH does not answer yet")
+    if instance.state == STOPPED and instance.error:  # stopped by itself (Instances.tick found it): says so, and
+        return SliverHealth(Operational.NOTREADY, instance.error)  # that geni_start starts it again
     if instance.state in (PLANNED, STARTING) and lease.state == "provisioned" and lease.start <= now < lease.end:
         return SliverHealth(Operational.CONFIGURING)  # the slot began: it is being started
     return SliverHealth(Operational.NOTREADY)

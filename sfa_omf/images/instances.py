@@ -62,6 +62,7 @@ log = logging.getLogger("sfa_omf.instances")
 
 PLANNED, RUNNING, STOPPED, FAILED, DESTROYED = "planned", "running", "stopped", "failed", "destroyed"
 STARTING = "starting"  # claimed by one start (a conditional update): no other start touches it meanwhile
+NOT_RUNNING = ("STOPPED", "")  # what LxcHost.state says of a container that stopped by itself, or of one gone
 LIVE = (PLANNED, STARTING, RUNNING, STOPPED, FAILED)  # rows whose container may exist (or is still to come)
 LOGIN = "root"  # the slice users' keys go to root's authorized_keys inside the container
 ADDRESS_ATTEMPTS = 3  # starts of other leases racing for the same free addresses (PostgreSQL)
@@ -223,12 +224,16 @@ class Instances:
         if self.plans is not None:
             self.sync_plans(provisioned, keys_of)
             return self._follow_nodes([lease_id for lease_id, _, _ in due], now), destroyed
-        live = {record.name for record in self.listing()}
-        for orphan in self.host.instances():  # ours by name, but no live row: left by a crash
+        records = self.listing()
+        live = {record.name for record in records}
+        on_host = self.host.instances()
+        for orphan in on_host:  # ours by name, but no live row: left by a crash
             if orphan.name not in live:
                 log.warning("destroying container %s: no current lease has it", orphan.name)
                 self.host.destroy(orphan.name)
                 destroyed.append(orphan.name)
+        lxc_says = {record.name: record.state for record in on_host}
+        self._note_stopped([record for record in records if lxc_says.get(record.name, "") in NOT_RUNNING], now)
         started: list[str] = []
         for lease_id, slice_urn, states in due:
             if PLANNED not in states:
@@ -242,6 +247,22 @@ class Instances:
                 continue
             started += [record.name for record in records if record.state == RUNNING]
         return started, destroyed
+
+    def _note_stopped(self, candidates: Sequence[Instance], now: datetime) -> None:
+        """Rows that say running whose container LXC found stopped (its processes ended: poweroff inside, a crash,
+        the kernel's OOM killer) or gone: recorded stopped, saying so and what to do (Status shows it; geni_start
+        starts it again, keeping its disk). Asked again of LXC just before (a geni_restart may have stopped it
+        meanwhile, and started it again), and written only over running (a start claims its rows first)."""
+        assert self.host is not None
+        changes = []
+        for record in candidates:
+            if record.state != RUNNING:
+                continue
+            state = self.host.state(record.name)
+            if state in NOT_RUNNING:
+                changes.append((record.name, STOPPED, stopped_by_itself(record.name, gone=not state)))
+                log.warning("container %s is %s: recorded stopped", record.name, "gone" if not state else "stopped")
+        self._set_states(changes, now, expected=RUNNING)
 
     def _round(
         self, now: datetime, testbed_state: Callable[[str, str], SliverHealth | None]
@@ -556,7 +577,7 @@ class Instances:
             for record in self.of_lease(lease_id)
             if record.state in LIVE
             and record.state != STARTING
-            and (record.state != RUNNING or not host.state(record.name))
+            and (record.state != RUNNING or host.state(record.name) in NOT_RUNNING)  # stopped by itself, or gone
         ]
         claimed = self._claim(wanted, now)
         mine = [record for record in wanted if record.name in claimed]
@@ -576,17 +597,29 @@ class Instances:
             raise
         specs = [InstanceSpec(r.name, r.address, tuple(keys), LOGIN) for r in addressed]
         images = {r.name: self._image_path(r.image) for r in addressed}
-        with self._renewing_claims([record.name for record in mine], now):
-            with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
-                outcomes = list(pool.map(lambda spec: self._launch(spec, images[spec.name]), specs))
-            for record in to_start:
-                if host.state(record.name) == "RUNNING":  # left running by an interrupted start: only SSH is left
-                    state, error = RUNNING, ""
-                else:
-                    state, error = self._attempt(functools.partial(host.start, record.name))
-                if state == RUNNING and not wait_for_ssh(record.host, self.ssh_timeout_s):
-                    state, error = FAILED, f"container {record.name} started but its SSH server did not answer"
-                outcomes.append((record.name, state, error))
+        outcomes: list[tuple[str, str, str]] = []
+        try:
+            with self._renewing_claims([record.name for record in mine], now):
+                with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
+                    outcomes += pool.map(lambda spec: self._launch(spec, images[spec.name]), specs)
+                for record in to_start:
+                    if host.state(record.name) == "RUNNING":  # left running by an interrupted start: only SSH is left
+                        state, error = RUNNING, ""
+                    else:
+                        state, error = self._attempt(functools.partial(host.start, record.name), record.name)
+                    if state == RUNNING and not wait_for_ssh(record.host, self.ssh_timeout_s):
+                        state, error = FAILED, f"container {record.name} started but its SSH server did not answer"
+                    outcomes.append((record.name, state, error))
+        except Exception as exc:
+            # Never left starting until the stale-start recovery (which would only try, and fail, again): what
+            # this start did not finish is failed with why; geni_start tries again.
+            log.exception("lease %s: its containers' start failed", lease_id)
+            reason = unexpected_failure(f"the start of the containers of lease {lease_id} failed", exc)
+            done = {name for name, _, _ in outcomes}
+            self._set_states(
+                outcomes + [(r.name, FAILED, reason) for r in mine if r.name not in done], now, expected=STARTING
+            )
+            raise
         gone = self._set_states(outcomes, now, expected=STARTING)
         for name in gone & {name for name, state, _ in outcomes if state == RUNNING}:
             log.warning("container %s: its lease's containers were destroyed while it started: destroying it", name)
@@ -600,7 +633,7 @@ class Instances:
         outcomes = []
         for record in self.of_lease(lease_id):
             if record.state == RUNNING:
-                done, error = self._attempt(functools.partial(host.stop, record.name))
+                done, error = self._attempt(functools.partial(host.stop, record.name), record.name)
                 outcomes.append((record.name, STOPPED if done == RUNNING else FAILED, error))
         self._set_states(outcomes, now, expected=RUNNING)
         return self.of_lease(lease_id)
@@ -739,15 +772,21 @@ class Instances:
 
     def _launch(self, spec: InstanceSpec, image: str) -> tuple[str, str, str]:
         host = self._host()
-        state, error = self._attempt(lambda: host.launch(spec, self.ssh_timeout_s, image=image))
+        state, error = self._attempt(lambda: host.launch(spec, self.ssh_timeout_s, image=image), spec.name)
         return spec.name, state, error
 
     @staticmethod
-    def _attempt(action: Callable[[], object]) -> tuple[str, str]:
+    def _attempt(action: Callable[[], object], name: str = "") -> tuple[str, str]:
+        """(RUNNING, "") when ``action`` on container ``name`` went through, else (FAILED, why): LXC's words, or
+        for anything else it raised (a bug, an image tarfile cannot lay out) its kind and words, logged with where it
+        came from: one container's failure is that container's, never its lease's start's."""
         try:
             action()
         except GeniError as exc:
             return FAILED, exc.message
+        except Exception as exc:
+            log.exception("container %s: unexpected failure", name)
+            return FAILED, unexpected_failure(f"container {name} failed", exc)
         return RUNNING, ""
 
     def _assign_addresses(self, records: Sequence[Instance], now: datetime) -> list[Instance]:
@@ -895,6 +934,28 @@ class Instances:
                 if cast("CursorResult[Any]", done).rowcount != 1:
                     missed.add(name)
         return missed
+
+
+def unexpected_failure(what: str, exc: BaseException) -> str:
+    """What a person is told of a failure nothing foresaw (``what``: e.g. "container X failed"): the exception's
+    kind and words, where its details are, and what to do."""
+    return (
+        f"{what}: unexpected {type(exc).__name__}: {str(exc) or 'no message'} (the aggregate's log has the details for "
+        "its operator; geni_start tries again)"
+    )
+
+
+def stopped_by_itself(name: str, gone: bool = False) -> str:
+    """What Status says of a container that was running and no longer runs (``gone``: no longer exists)."""
+    if gone:
+        return (
+            f"container {name} no longer exists on its host (removed there): geni_start makes it again from its "
+            "image (what its disk held is lost)"
+        )
+    return (
+        f"container {name} stopped by itself (its processes ended: a poweroff inside it, a crash, out of memory): "
+        "geni_start starts it again, with its disk as it was left"
+    )
 
 
 def _plan_with(start_s: int, end_s: int, keys: tuple[str, ...]) -> Callable[[LeasePlan], LeasePlan]:

@@ -371,15 +371,27 @@ def answering_ssh(endpoints: Iterable[tuple[str, int]], budget_s: float, workers
         return {endpoint for endpoint, up in zip(wanted, pool.map(answers, wanted), strict=True) if up}
 
 
+class LinkOverArchiveMember(tarfile.FilterError):
+    """A link member named like an earlier member of the archive, or above one: laying it would put a link where
+    the archive already wrote (and tarfile sets an archived directory's owner and mode at the end, through that
+    name)."""
+
+    def __init__(self, tarinfo: tarfile.TarInfo) -> None:
+        self.tarinfo = tarinfo
+        super().__init__(f"{tarinfo.name!r} is a link where the archive already laid out files")
+
+
 def _extract(image: str, rootfs: Path, name: str) -> None:
+    """Lay the image's files over the root file system (_ImageFilter: modes kept, nothing written outside it);
+    TESTBED saying why when it cannot be done."""
     try:
         with tarfile.open(image) as tar:
-            tar.extractall(rootfs, filter=_inside_root)
+            tar.extractall(rootfs, filter=_ImageFilter())
     except tarfile.FilterError as exc:
         raise GeniError(
             Reason.TESTBED,
-            f"container {name}: image {image} was refused: {exc} (a link of an image must stay inside the root "
-            "file system)",
+            f"container {name}: image {image} was refused: {exc} (every member of an image, and every link's target, "
+            "must stay inside the root file system, and an image names each path once)",
         ) from exc
     except (OSError, tarfile.TarError) as exc:
         raise GeniError(
@@ -387,9 +399,53 @@ def _extract(image: str, rootfs: Path, name: str) -> None:
         ) from exc
 
 
+class _ImageFilter:
+    """The extraction filter of one image (tarfile calls it on each member just before laying it): _inside_root,
+    and the place of a link made free. The template made the root file system the image is laid over, and an image
+    may hold a link where the template has a directory or a file (Debian's var/run -> /run, tmp -> var/tmp): that
+    directory (all it holds) or file is removed, and the link laid. Only a template's: a link where the archive
+    itself laid a member (or above one) is refused (LinkOverArchiveMember)."""
+
+    def __init__(self) -> None:
+        self.laid: set[str] = {"."}  # the members laid so far and the directories above them, by normalised name
+
+    def __call__(self, member: tarfile.TarInfo, rootfs: str) -> tarfile.TarInfo:
+        member = _inside_root(member, rootfs)
+        name = os.path.normpath(member.name)
+        if member.issym() or member.islnk():
+            if name in self.laid:
+                raise LinkOverArchiveMember(member)
+            _free_place(rootfs, name, directory_too=True)
+        elif not member.isdir():
+            _free_place(rootfs, name, directory_too=False)  # a file is never written through a link found there
+        while name not in self.laid:
+            self.laid.add(name)
+            name = os.path.dirname(name) or "."
+        return member
+
+
+def _free_place(rootfs: str, name: str, directory_too: bool) -> None:
+    """Remove what is at ``name`` (relative, inside ``rootfs``: _inside_root checked it) before a member is laid
+    there: a file or a link, and with ``directory_too`` (a link's place) a directory with all it holds. Nothing is
+    followed: the directory above is resolved (_inside_root found it inside the root file system), the name itself
+    never (shutil.rmtree does not follow links, os.unlink removes a link itself)."""
+    root = os.path.realpath(rootfs)
+    parent = os.path.realpath(os.path.join(root, os.path.dirname(name)))
+    if os.path.commonpath([parent, root]) != root:  # (_inside_root refused it already: never removed outside)
+        raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), parent)
+    place = os.path.join(parent, os.path.basename(name))
+    if os.path.isdir(place) and not os.path.islink(place):
+        if directory_too:
+            shutil.rmtree(place)
+    elif os.path.lexists(place):
+        os.unlink(place)
+
+
 def _inside_root(member: tarfile.TarInfo, rootfs: str) -> tarfile.TarInfo:
-    """tarfile's "tar" filter (owners and modes kept, as a root file system needs; no member written through a link
-    to outside the root file system) and no link leading out, which "tar" lets through:
+    """tarfile's "tar" filter for the names (no absolute name, none with '..', no member written through a link to
+    outside the root file system), owners and the archive's modes kept whole (a root file system needs /tmp's
+    sticky bit, setuid programs, group-writable directories: the "tar" filter would mask them with 0o755), and no
+    link leading out, which "tar" lets through:
     - a symbolic link whose relative target climbs out of the root, read by name (archives.link_climbs_out): in the
       container every target resolves inside its root, and on this host no link of the tree is followed
       (_configure, write_keys and save_rootfs open nothing through one; "tar" refuses a member written through
@@ -398,7 +454,10 @@ def _inside_root(member: tarfile.TarInfo, rootfs: str) -> tarfile.TarInfo:
       target is the container's own path: kept;
     - a hard link to a file outside: os.link does resolve its target on this host, through any link the image
       already laid out, so it is checked as the host resolves it (and an absolute one is a host path: refused)."""
-    member = tarfile.tar_filter(member, rootfs)
+    filtered = tarfile.tar_filter(member, rootfs)
+    if filtered.mode != member.mode:  # the names as "tar" made them, the modes as archived
+        filtered = filtered.replace(mode=member.mode, deep=False)
+    member = filtered
     if member.issym():
         if link_climbs_out(os.path.dirname(os.path.normpath(member.name)), member.linkname):
             raise tarfile.LinkOutsideDestinationError(member, member.linkname)

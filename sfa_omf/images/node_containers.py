@@ -33,6 +33,7 @@ import stat
 import sys
 import tarfile
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,6 +78,7 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 SLOT_EARLY_S = 120
 SLOT_OVER = 0  # what _serve_actions returns when the lease's slot ended (no signal is 0)
 ACTION_POLL_S = 1.0  # while it waits for its stop signal, a run looks for the aggregate's action this often
+STATE_POLLS = 5  # and every this many polls, whether the containers it reports running still run (_note_stopped)
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,10 @@ def run(plan_path: str) -> int:
             host.launch(spec, plan.ssh_timeout_s, image=container.image)
         except GeniError as exc:
             return container.name, NODE_FAILED, exc.message
+        except Exception as exc:  # one container's failure, whatever it is: the others still run, all are reported
+            print(f"container {container.name}: unexpected failure", file=sys.stderr, flush=True)
+            traceback.print_exc()
+            return container.name, NODE_FAILED, unexpected_failure(container.name, exc)
         return container.name, NODE_RUNNING, ""
 
     with ThreadPoolExecutor(max_workers=LAUNCH_WORKERS) as pool:
@@ -247,10 +253,14 @@ def _serve_actions(lease_run: LeaseRun, last: int, said: set[str]) -> int:
     slot_end_s = plan.slot_end_s
     report = report_path_of(path, lease_run.node)
     done: ActionDone | None = None
+    polls = 0
     while True:
         received = signal.sigtimedwait(STOP_SIGNALS, ACTION_POLL_S)
         if received is not None:
             return received.si_signo
+        polls += 1
+        if polls % STATE_POLLS == 0 and _note_stopped(lease_run):
+            _report(report, lease_run.states, plan.plan_id, done)
         _reassert(report, lease_run.states, plan.plan_id, done)
         if slot_end_s is not None and time.time() >= slot_end_s:
             # The containers are the lease's until its slot's end, whoever started this run (its job, or the plan's
@@ -267,6 +277,23 @@ def _serve_actions(lease_run: LeaseRun, last: int, said: set[str]) -> int:
         _report(report, lease_run.states, plan.plan_id, done)
         failed = "".join(f"; {name}: {error}" for name, error in sorted(done.errors.items()))
         print(f"action {action.seq} {action.action}: done{failed}", flush=True)
+
+
+def _note_stopped(lease_run: LeaseRun) -> bool:
+    """The containers this run made and reports running that LXC finds stopped (a poweroff inside, a crash, the
+    kernel's OOM killer) are reported stopped, saying so and that geni_start starts them again (_operate: as they
+    are, their disk kept). True when one was. Actions run in this same loop: none is half done meanwhile."""
+    noted = False
+    for name in lease_run.made:
+        if lease_run.states.get(name, ("", ""))[0] == NODE_RUNNING and lease_run.host.state(name) == "STOPPED":
+            lease_run.states[name] = (
+                NODE_STOPPED,
+                f"container {name} stopped by itself (its processes ended: a poweroff inside it, a crash, out of "
+                "memory): geni_start starts it again, with its disk as it was left",
+            )
+            print(f"container {name}: stopped by itself", flush=True)
+            noted = True
+    return noted
 
 
 def _follow_plan(lease_run: LeaseRun, followed: LeasePlan, writers: frozenset[int], said: set[str]) -> LeasePlan:
@@ -413,6 +440,15 @@ def _operate(host: LxcHost, name: str, action: str, address: str, ssh_timeout_s:
     if not wait_for_ssh(address, ssh_timeout_s):
         return NODE_FAILED, f"container {name} started but its SSH server at {address}:22 did not answer"
     return NODE_RUNNING, ""
+
+
+def unexpected_failure(name: str, exc: BaseException) -> str:
+    """What the aggregate's Status says of a container whose launch failed in a way nothing foresaw: the exception's
+    kind and words, and where its details are."""
+    return (
+        f"container {name} could not be launched: unexpected {type(exc).__name__}: {str(exc) or 'no message'} (the "
+        "details are on the lease job's stderr on its node, for the operator)"
+    )
 
 
 def _archive(rootfs: Path, archive: Path) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
+from sfa_omf.am.states import Operational
 from sfa_omf.calendar.records import LeaseRecord
 
 PERJOB = "perjob"
@@ -55,17 +57,49 @@ def plan_lease(mode: str, lease: LeaseRecord, running_before: Callable[[str], st
     )
 
 
-def image_left_by_previous_lease(
-    leases_before: Callable[[str], Sequence[LeaseRecord]], node: str, lease: LeaseRecord
-) -> str:
-    """The image the node's previous provisioned (or ended) lease installed: what it runs when ``lease`` starts.
-    ``leases_before(node)`` gives the node's leases of any state that start before ``lease`` ends."""
-    earlier = [
-        other
-        for other in leases_before(node)
-        if other.id != lease.id and other.start < lease.start and other.state in ("provisioned", "ended")
-    ]
-    if not earlier:
+def image_left(lease: LeaseRecord, node: str) -> str | None:
+    """What ``lease`` leaves on ``node`` for the node's later leases: the image it asks for there when it is
+    provisioned or ended (installed at its start, or kept there under ondemand); "" (an unknown image, so the next
+    lease reinstalls) for a reservation made outside sfa-omf (mirrored, ``external`` or ``ended``: whatever its user
+    installed) and for a lease cancelled after it was provisioned (a Delete, possibly during its slot: its image may
+    have been installed, or half installed, and its user may have used the node; the calendar does not record when
+    it was cancelled); None when it left nothing: allocated, expired or cancelled without having been provisioned.
+    A provisioned lease's slivers keep an operational state other than ``geni_pending_allocation`` when it is
+    cancelled (only Allocate writes that one)."""
+    sliver = next((sliver for sliver in lease.slivers if sliver.node == node), None)
+    if lease.state in ("provisioned", "ended"):
+        return sliver.disk_image if sliver is not None else ""
+    if lease.state == "external":
         return ""
-    previous = max(earlier, key=lambda other: other.start)
-    return next((sliver.disk_image for sliver in previous.slivers if sliver.node == node), "")
+    if lease.state == "cancelled" and any(
+        other.operational_state != Operational.PENDING_ALLOCATION for other in lease.slivers
+    ):
+        return ""
+    return None
+
+
+def image_left_by_previous_lease(
+    leases_before: Callable[[str], Sequence[LeaseRecord]],
+    node: str,
+    lease: LeaseRecord,
+    left_by: Callable[[LeaseRecord, str], str | None] = image_left,
+) -> str:
+    """The image the node's previous lease that left one (``left_by``, by default ``image_left``) left on it: what
+    it runs when ``lease`` starts ("" unknown, or none). ``leases_before(node)`` gives the node's leases of any state
+    that start before ``lease`` ends. Leases that start at the same moment and left different images: unknown (the
+    safe side: reinstall)."""
+    earlier = sorted(
+        (other for other in leases_before(node) if other.id != lease.id and other.start < lease.start),
+        key=lambda other: other.start,
+        reverse=True,
+    )
+    latest: datetime | None = None
+    found: set[str] = set()
+    for other in earlier:  # the latest first; ``left_by`` asked only back to the first lease that left something
+        if latest is not None and other.start < latest:
+            break
+        left = left_by(other, node)
+        if left is not None:
+            latest = other.start
+            found.add(left)
+    return found.pop() if len(found) == 1 else ""

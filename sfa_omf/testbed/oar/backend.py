@@ -45,7 +45,7 @@ from sfa_omf.calendar.outbox import LeaseNews
 from sfa_omf.calendar.records import LeaseRecord, NodeRecord, SliverRecord, network_address
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.images.node_plans import EXIT_PLAN_REFUSED, LeasePlans, lease_plans
-from sfa_omf.images.provisioning import ONDEMAND, plan_lease
+from sfa_omf.images.provisioning import ONDEMAND, image_left, image_left_by_previous_lease, plan_lease
 from sfa_omf.images.store import store_directory
 from sfa_omf.testbed.base import BackgroundTask, SliverHealth
 from sfa_omf.testbed.oar.client import (
@@ -1035,8 +1035,8 @@ class OarTestbed:
     def _deploy_command(self, lease: LeaseRecord) -> str:
         """For deploy jobs: ``COMMAND IMAGE NODE,...`` for the nodes the provisioning mode says to reprovision:
         perjob, all of them; ondemand, those that will not run the lease's disk image at its start, that is whose
-        previous lease on the calendar ran another one. "" when no node is to be reprovisioned or no image is asked
-        for (the reservation then just holds the nodes)."""
+        previous lease on the calendar left another one, or one not known (``_image_left``). "" when no node is to be
+        reprovisioned or no image is asked for (the reservation then just holds the nodes)."""
         if self.job_type != "deploy":
             return ""
         images = {sliver.disk_image for sliver in lease.slivers}
@@ -1056,25 +1056,33 @@ class OarTestbed:
         return f"{self.deploy_command} {image} {','.join(sorted(addresses.values()))}"
 
     def _image_before(self, node: str, lease: LeaseRecord) -> str:
-        """The disk image the node's previous provisioned (or ended) lease installed: what it runs when ``lease``
-        starts. A lease of the same Provision call counts once its job is submitted (the calendar records the whole
-        call at its end). A lease booked later into the gap before ``lease`` does not re-plan it (documented)."""
-        earlier = [
-            other
-            for other in self.bookings.leases(node=node, end=lease.start, active_only=False)
-            if other.id != lease.id and other.start < lease.start and self._holds_its_slot(other)
-        ]
-        if not earlier:
-            return ""
-        previous = max(earlier, key=lambda other: other.start)
-        return next((sliver.disk_image for sliver in previous.slivers if sliver.node == node), "")
+        """The disk image the node's previous lease that left one there (``_image_left``) left: what it runs when
+        ``lease`` starts ("" unknown). A lease booked later into the gap before ``lease`` does not re-plan it
+        (documented)."""
+        return image_left_by_previous_lease(
+            lambda name: self.bookings.leases(node=name, end=lease.start, active_only=False),
+            node,
+            lease,
+            self._image_left,
+        )
 
-    def _holds_its_slot(self, lease: LeaseRecord) -> bool:
-        """Provisioned or ended in the calendar, or allocated with its OAR job already submitted."""
-        if lease.state in ("provisioned", "ended"):
-            return True
-        row = self.jobs.get(lease.id) if lease.state == "allocated" else None
-        return row is not None and row.state == SUBMITTED
+    def _image_left(self, lease: LeaseRecord, node: str) -> str | None:
+        """What ``lease`` leaves on ``node`` (``image_left``: provisioned or ended, its image; mirrored, or cancelled
+        after it was provisioned, unknown), and on OAR's side: a lease of the same Provision call counts once its job
+        is submitted (the calendar records the whole call at its end); one cancelled or expired without having been
+        provisioned in the calendar for which OAR had a job (a Provision that failed after OAR made it) left an
+        unknown image: the job may have run its deploy command."""
+        left = image_left(lease, node)
+        if left is not None or lease.state not in ("allocated", "cancelled", "expired"):
+            return left
+        row = self.jobs.get(lease.id)
+        if row is None:
+            return None
+        if lease.state == "allocated":
+            if row.state != SUBMITTED:
+                return None
+            return next((sliver.disk_image for sliver in lease.slivers if sliver.node == node), "")
+        return "" if row.job_id is not None else None
 
     def _addresses(self, lease: LeaseRecord) -> list[str]:
         """The OAR network addresses of the lease's nodes (``network_address`` property, else the node's name)."""
