@@ -1,50 +1,114 @@
 """What an SSH public key looks like: the one check used wherever keys come in (AM API geni_users/sfa_users, the
-registry's Register/Update, the operator's commands) before they can reach an authorized_keys file."""
+registry's Register/Update, the operator's commands) before they can reach an authorized_keys file.
+
+A key is taken only when OpenSSH (9, as Debian 12 ships it) would use it: one line of printable characters, of a type
+sshd accepts by default, whose base64 blob is a well-formed key of that type (RSA of at least 1024 bits). A DSA key,
+a short RSA key or a made-up type would be written and then never open the login: it is refused at once, saying
+what was sent and what is accepted.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import struct
+import unicodedata
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sfa_omf.errors import BadArgs
 
-#: Longest key line accepted (an RSA 16384-bit key is about 2.8 KB; certificates are longer but still bounded).
+#: Longest key line accepted (an RSA 16384-bit key is about 2.8 KB).
 MAX_KEY_CHARS = 16 * 1024
-KEY_TYPE_PREFIXES = ("ssh-", "ecdsa-", "sk-")
+#: Smallest RSA key OpenSSH 9 accepts (its RequiredRSASize default).
+MIN_RSA_BITS = 1024
+#: The key types written to authorized_keys: those sshd accepts by default.
+CRYPTOGRAPHY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+SK_ED25519 = "sk-ssh-ed25519@openssh.com"
+SK_ECDSA = "sk-ecdsa-sha2-nistp256@openssh.com"
+KEY_TYPES = (*CRYPTOGRAPHY_TYPES, SK_ED25519, SK_ECDSA)
+ACCEPTED = (
+    "ssh-ed25519 (advised: ssh-keygen -t ed25519), ecdsa-sha2-nistp256/384/521, "
+    f"ssh-rsa of at least {MIN_RSA_BITS} bits, {SK_ED25519}, {SK_ECDSA}"
+)
+#: Characters Python's str.splitlines breaks a line at (OpenSSH only at \n): none may be in a key, or a rewrite of
+#: authorized_keys that split the file with it would turn the rest of the key into a line of its own.
+LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+
+
+def key_problem(key: object) -> str | None:
+    """Why ``key`` is not an SSH public key sfa-omf writes to authorized_keys, or None when it is one.
+
+    A key is one line "type base64 [comment]" of printable characters: no control character (C0, DEL, C1: a newline
+    or any other line break would start a second line; tab included), no lone surrogate, no options such as
+    command="...". Its type is one of KEY_TYPES, and its base64 blob a well-formed key of that type.
+    """
+    if not isinstance(key, str):
+        return f"it is a {type(key).__name__}, not a string"
+    if len(key) > MAX_KEY_CHARS:
+        return f"it is {len(key)} characters long; at most {MAX_KEY_CHARS}"
+    for position, character in enumerate(key):
+        if character in LINE_BREAKS or unicodedata.category(character) in ("Cc", "Cs"):
+            return (
+                f"it holds U+{ord(character):04X} at position {position}, a control, line-break or surrogate "
+                "character (a key is one line of printable characters)"
+            )
+    kind, _, rest = key.partition(" ")
+    blob_text = rest.lstrip(" ").partition(" ")[0]
+    if kind == "ssh-dss":
+        return f"it is a DSA (ssh-dss) key, which OpenSSH 9 refuses; accepted: {ACCEPTED}"
+    if kind not in KEY_TYPES:
+        return (
+            f"it starts with {kind[:40]!r}, not a key type sfa-omf writes (no options such as command=...); "
+            f"accepted: {ACCEPTED}"
+        )
+    try:
+        blob = base64.b64decode(blob_text, validate=True)
+    except (binascii.Error, ValueError):
+        return f"the text after {kind!r} is not the key's base64 blob"
+    declared = _ssh_string(blob, 0)
+    if declared is None or declared[0] != kind.encode("ascii"):
+        return f"its base64 blob is not a key of the type {kind}"
+    malformed = f"its base64 blob is not a well-formed key of the type {kind}"
+    if kind == SK_ED25519:
+        return None if _is_sk_ed25519(blob, declared[1]) else malformed
+    if kind == SK_ECDSA:
+        return None if _is_sk_ecdsa(blob, declared[1]) else malformed
+    try:
+        public = serialization.load_ssh_public_key(f"{kind} {blob_text}".encode("ascii"))
+    except (ValueError, UnsupportedAlgorithm):
+        return malformed
+    if isinstance(public, rsa.RSAPublicKey) and public.key_size < MIN_RSA_BITS:
+        return (
+            f"it is an RSA key of {public.key_size} bits, which OpenSSH refuses (at least {MIN_RSA_BITS}; "
+            "3072 advised, or ssh-keygen -t ed25519)"
+        )
+    return None
 
 
 def is_ssh_public_key(key: str) -> bool:
-    """One line, "type base64 [comment]", whose base64 blob is a key of the type it declares.
+    """One line, "type base64 [comment]", whose base64 blob is a key of the type it declares, one sshd accepts.
 
-    Anything else (options such as command="...", a newline that starts a second line, text that only looks like a
-    key) could change what the key allows once written to authorized_keys, so it is not a key here.
+    Anything else (options such as command="...", a line break that starts a second line, text that only looks like
+    a key, a key type sshd refuses) could change what the key allows once written to authorized_keys, or never work,
+    so it is not a key here (``key_problem`` says why).
     """
-    if not isinstance(key, str) or len(key) > MAX_KEY_CHARS or "\n" in key or "\r" in key or "\0" in key:
-        return False
-    parts = key.split()
-    if len(parts) < 2 or not parts[0].startswith(KEY_TYPE_PREFIXES):
-        return False
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    # The blob starts with the key type as an SSH string (uint32 length, then the name): it must match.
-    if len(blob) < 4:
-        return False
-    (length,) = struct.unpack(">I", blob[:4])
-    return blob[4 : 4 + length] == parts[0].encode("ascii", "replace")
+    return key_problem(key) is None
 
 
 def ssh_public_key(value: object, where: str = "key") -> str:
-    """``value`` stripped if it is an SSH public key, else BadArgs naming ``where`` and the expected form."""
+    """``value`` stripped if it is an SSH public key, else BadArgs naming ``where``, what is wrong and the expected
+    form."""
     if not isinstance(value, str):
         raise BadArgs(f"{where} must be an SSH public key string, not {type(value).__name__}")
     key = value.strip()
-    if not is_ssh_public_key(key):
+    problem = key_problem(key)
+    if problem is not None:
         raise BadArgs(
             f"{where} is not an SSH public key of one line (expected 'ssh-ed25519 AAAAC3... comment', no options): "
-            f"{key[:40]!r}"
+            f"{problem}: {key[:40]!r}"
         )
     return key
 
@@ -56,3 +120,41 @@ def ssh_public_keys(value: object, where: str = "keys") -> list[str]:
     if not isinstance(value, list):
         raise BadArgs(f"{where} must be a list of SSH public key strings, not {type(value).__name__}")
     return [ssh_public_key(item, f"{where}[{index}]") for index, item in enumerate(value)]
+
+
+def _ssh_string(blob: bytes, offset: int) -> tuple[bytes, int] | None:
+    """The SSH string (uint32 length, then the bytes) at ``offset`` of ``blob`` and the offset after it; None when
+    the blob is too short for it."""
+    if len(blob) < offset + 4:
+        return None
+    (length,) = struct.unpack(">I", blob[offset : offset + 4])
+    end = offset + 4 + length
+    if len(blob) < end:
+        return None
+    return blob[offset + 4 : end], end
+
+
+def _is_sk_ed25519(blob: bytes, offset: int) -> bool:
+    """The rest of a sk-ssh-ed25519@openssh.com blob: the 32-byte public key, the application, no more."""
+    public = _ssh_string(blob, offset)
+    if public is None or len(public[0]) != 32:
+        return False
+    application = _ssh_string(blob, public[1])
+    return application is not None and application[1] == len(blob)
+
+
+def _is_sk_ecdsa(blob: bytes, offset: int) -> bool:
+    """The rest of a sk-ecdsa-sha2-nistp256@openssh.com blob: the curve "nistp256", a point of that curve, the
+    application, no more."""
+    curve = _ssh_string(blob, offset)
+    if curve is None or curve[0] != b"nistp256":
+        return False
+    point = _ssh_string(blob, curve[1])
+    if point is None:
+        return False
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point[0])
+    except ValueError:
+        return False
+    application = _ssh_string(blob, point[1])
+    return application is not None and application[1] == len(blob)

@@ -133,22 +133,67 @@ def urn_character_problem(text: str, what: str = "the URN") -> str | None:
     return None
 
 
+#: Characters no part of a registered HRN may hold: ':' and '+' are the URN's separators (tb.x:y.carol would get
+#: tb.x.y.carol's URN, so their identity), '/' would make a subdirectory of gids/.
+_FORBIDDEN_IN_PART = frozenset(":+/")
+
+
+def hrn_part_problem(part: str) -> str | None:
+    """Why the registry refuses ``part`` (one part of an HRN, unescaped) in a name it registers, said for a person;
+    None when it takes it. No ':', '+', '/', white space, control characters or characters that are not ASCII (a
+    GID's URI must be ASCII). The registry (registry/records.py new_record_urn) and ``authority_hrn_problem`` apply
+    this one rule."""
+    bad = sorted(
+        {
+            repr(char)
+            for char in part
+            if char in _FORBIDDEN_IN_PART
+            or char.isspace()
+            or unicodedata.category(char).startswith("C")
+            or not char.isascii()
+        }
+    )
+    if not bad:
+        return None
+    return (
+        f"the HRN part {part[:60]!r} holds {', '.join(bad)}: parts of a registered name may not hold ':', "
+        "'+', '/', white space, control characters or characters that are not ASCII (use letters, digits, "
+        "'-' and '_')"
+    )
+
+
 def authority_hrn_problem(hrn: str) -> str | None:
     """Why ``hrn`` (an HRN split_hrn reads) cannot name a local authority, said for a person; None when it can. Its
     URN (hrn_to_urn(hrn, "authority")) is in the authority's root certificate and every certificate it issues, which
     the trust layer refuses when their URN holds a character no URN holds (urn_character_problem): the authority
     could not even trust its own root. The HRN is checked itself, so that the character's position is in what the
-    operator wrote: its URN adds and drops none of those characters."""
+    operator wrote: its URN adds and drops none of those characters. Then each part passes the registry's rule
+    (hrn_part_problem): the names of the authority's users, slices and nodes start with its parts, so under a part
+    the registry refuses (onelab:mylab) none could be registered. A ':' is taken for the URN's level separator: the
+    dotted form is suggested."""
     try:
         urn = hrn_to_urn(hrn, "authority")
     except BadArgs as exc:  # no HRN at all (an empty part)
         return exc.message
     problem = urn_character_problem(hrn, "the HRN")
-    if problem is None:
+    if problem is not None:
+        return (
+            f"{hrn!r}: {problem}; it would be in the authority's URN ({urn!r}) and so in every certificate the "
+            "authority issues, and such certificates are refused"
+        )
+    for part in split_hrn(hrn):
+        problem = hrn_part_problem(part)
+        if problem is not None:
+            break
+    else:
         return None
+    dotted = hrn.replace(":", ".")
+    hint = ""
+    if ":" in hrn and authority_hrn_problem(dotted) is None:  # (not for "a:": "a." has an empty part)
+        hint = f" (an HRN's levels are separated by '.', a URN's by ':': write {dotted!r})"
     return (
-        f"{hrn!r}: {problem}; it would be in the authority's URN ({urn!r}) and so in every certificate the "
-        "authority issues, and such certificates are refused"
+        f"{hrn!r}: {problem}; no user, slice or node could be registered under the authority, whose names start "
+        f"with its HRN{hint}"
     )
 
 

@@ -4,7 +4,8 @@ Each lease owns one block of an account's ``authorized_keys`` (the same marker l
 testbed/unix_accounts.py), so keys put there by others are never touched. ``UnixHost`` makes real accounts
 (``useradd``, root needed); ``DirectoryHost`` does the same inside a directory standing for the host's root
 (``sfa-omf agent run --root DIR``; the tests use a throwaway one): ``DIR/etc/passwd`` lines and
-``DIR/home/LOGIN/.ssh/authorized_keys``. An account is removed when the agent made it and no lease uses it any more.
+``DIR/home/LOGIN/.ssh/authorized_keys``. An account is removed when the agent made it and no lease uses it any more
+(its processes killed first; an account userdel could not remove stays in the ledger, and is tried again).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +31,10 @@ from sfa_omf.sshkeys import is_ssh_public_key
 from sfa_omf.testbed.unix_accounts import LocalAccount, UnixAccounts, replace_block
 
 log = logging.getLogger("sfa_omf.agent")
+#: How long the end of a lease waits for a login's processes to be gone (SIGKILL) before trying userdel all the same.
+STOP_PROCESSES_S = 5.0
+#: authorized_keys is read and written with this: bytes that are not UTF-8 (a Latin-1 comment) are kept as they were.
+ENCODING_ERRORS = "surrogateescape"
 
 
 class Host(Protocol):
@@ -51,9 +58,14 @@ def _valid_keys(keys: Sequence[str]) -> list[str]:
 
 def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w", encoding="utf-8") as out:
-        out.write(text)
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as out:
+        out.write(text.encode("utf-8", ENCODING_ERRORS))
     os.replace(temporary, path)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text as it is (no newline translation; bytes that are not UTF-8 kept, see ENCODING_ERRORS)."""
+    return path.read_bytes().decode("utf-8", ENCODING_ERRORS)
 
 
 class _Ledger:
@@ -68,6 +80,10 @@ class _Ledger:
         leases = self.uses.setdefault(login, [])
         if lease_id not in leases:
             leases.append(lease_id)
+
+    def last_use(self, login: str, lease_id: str) -> bool:
+        """True when the agent made the account and no lease but ``lease_id`` uses it (the ledger is unchanged)."""
+        return login in self.uses and all(lease == lease_id for lease in self.uses[login])
 
     def release(self, login: str, lease_id: str) -> bool:
         """Drop the lease's use; True when the agent made the account and nothing uses it any more."""
@@ -101,7 +117,7 @@ class DirectoryHost:
 
     def authorized_keys(self, login: str) -> str:
         path = self.root / "home" / login / ".ssh" / "authorized_keys"
-        return path.read_text() if path.exists() else ""
+        return _read_text(path) if path.exists() else ""
 
     def apply(self, lease_id: str, accounts: Mapping[str, Sequence[str]]) -> None:
         for login, keys in accounts.items():
@@ -116,7 +132,7 @@ class DirectoryHost:
             ssh = self.root / "home" / login / ".ssh"
             ssh.mkdir(parents=True, exist_ok=True, mode=0o700)
             path = ssh / "authorized_keys"
-            current = path.read_text() if path.exists() else ""
+            current = _read_text(path) if path.exists() else ""
             _write_atomic(path, replace_block(current, lease_id, _valid_keys(keys)))
         self.ledger.save()
 
@@ -124,7 +140,7 @@ class DirectoryHost:
         for login in logins:
             path = self.root / "home" / login / ".ssh" / "authorized_keys"
             if path.exists():
-                _write_atomic(path, replace_block(path.read_text(), lease_id, []))
+                _write_atomic(path, replace_block(_read_text(path), lease_id, []))
             if self.ledger.release(login, lease_id):
                 kept = [line for line in self._passwd().read_text().splitlines() if line.split(":", 1)[0] != login]
                 _write_atomic(self._passwd(), "".join(f"{line}\n" for line in kept), 0o644)
@@ -236,7 +252,7 @@ def _read_one(folder_fd: int, name: str, max_bytes: int, owner_uid: int | None) 
 
 class UnixHost:
     """Real accounts on this host (root needed): ``useradd`` through testbed/unix_accounts.py, ``userdel`` at the
-    end for accounts the agent made."""
+    end for accounts the agent made (their processes killed first: userdel refuses a user who still runs one)."""
 
     def __init__(self, state_dir: str) -> None:
         self.accounts = UnixAccounts()
@@ -257,13 +273,22 @@ class UnixHost:
             self.ledger.save()
 
     def remove(self, lease_id: str, logins: Sequence[str]) -> None:
+        """The lease's keys go; an account the agent made that no other lease uses goes too, its processes killed
+        first. An account that could not be removed stays in the ledger with the lease (saved), and GeniError is
+        raised once every login was tried: the agent keeps the lease and calls this again at its next round."""
         self.accounts.remove_slice_keys(logins, lease_id)
+        failures: list[str] = []
         for login in logins:
-            if self.ledger.release(login, lease_id):
-                done = subprocess.run(["userdel", "--remove", login], capture_output=True, text=True, check=False)
-                if done.returncode not in (0, 6):  # 6: no such user
-                    raise GeniError(Reason.TESTBED, f"userdel {login} failed: {done.stderr.strip()}")
+            if self.ledger.last_use(login, lease_id):
+                failure = _delete_account(login)
+                if failure is not None:
+                    log.error("lease %s: %s; the agent tries again at its next round", lease_id, failure)
+                    failures.append(failure)
+                    continue  # the ledger keeps the lease's use of the account
+            self.ledger.release(login, lease_id)
         self.ledger.save()
+        if failures:
+            raise GeniError(Reason.TESTBED, "; ".join(failures) + " (the agent tries again at its next round)")
 
     def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
         entry = pwd.getpwnam(login)
@@ -275,3 +300,71 @@ class UnixHost:
         except KeyError:
             return []
         return _read_from(Path(entry.pw_dir), folder, max_bytes, entry.pw_uid)
+
+
+def _delete_account(login: str) -> str | None:
+    """Kill the login's processes, then ``userdel --remove`` it; None when the account is gone (or was), else why
+    not."""
+    _stop_processes(login)
+    done = subprocess.run(["userdel", "--remove", login], capture_output=True, text=True, check=False)
+    if done.returncode in (0, 6):  # 6: no such user
+        return None
+    if done.returncode == 12:  # the account is gone, its home directory could not be removed
+        log.warning("userdel %s: the account is removed, not all of its home: %s", login, done.stderr.strip())
+        return None
+    return f"userdel {login} failed (exit {done.returncode}): {done.stderr.strip()}"
+
+
+def _stop_processes(login: str) -> None:
+    """SIGKILL every process of the login (its real, effective or saved user), again until none is left or
+    STOP_PROCESSES_S have passed (userdel then says what is left). Root's processes are never touched."""
+    try:
+        uid = pwd.getpwnam(login).pw_uid
+    except KeyError:
+        return
+    if uid == 0 or uid == os.getuid():
+        log.warning("%s is uid %d: its processes are not killed", login, uid)
+        return
+    deadline = time.monotonic() + STOP_PROCESSES_S
+    while _kill_processes_of(uid):
+        if time.monotonic() > deadline:
+            log.warning("%s still has processes after %.0f s", login, STOP_PROCESSES_S)
+            return
+        time.sleep(0.05)
+
+
+def _kill_processes_of(uid: int) -> int:
+    """SIGKILL the live processes (not zombies: those are dead already) whose real, effective or saved user is
+    ``uid``; returns how many there were. Each is held by a pidfd before its owner is read, so a number reused by
+    another process meanwhile is never signalled."""
+    found = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            pidfd = os.pidfd_open(int(name))
+        except OSError:  # gone meanwhile
+            continue
+        try:
+            if uid not in _process_uids(int(name))[:3]:
+                continue
+            found += 1
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except OSError:  # gone meanwhile
+            continue
+        finally:
+            os.close(pidfd)
+    return found
+
+
+def _process_uids(pid: int) -> list[int]:
+    """The real, effective, saved and filesystem uids of a live process; none for a zombie."""
+    uids: list[int] = []
+    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as status:
+        for line in status:
+            if line.startswith("State:") and line.split()[1] == "Z":
+                return []
+            if line.startswith("Uid:"):
+                uids = [int(field) for field in line.split()[1:]]
+    return uids

@@ -90,8 +90,9 @@ from sfa_omf.images.instances import LIVE, Instance, Instances
 from sfa_omf.images.records import ImageRecord
 from sfa_omf.images.store import ImageStore
 from sfa_omf.notify.alerts import Alerts
-from sfa_omf.registry.accounts import Accounts
+from sfa_omf.registry.accounts import Accounts, LeaseLogins, lease_logins
 from sfa_omf.registry.records import Records
+from sfa_omf.registry.removed_marks import is_removed_mark, may_be_cut, removed_mark_parts
 from sfa_omf.testbed.base import OperatingBackend, SliverHealth, TestbedBackend
 from sfa_omf.testbed.embedded import EmbeddedTestbed
 from sfa_omf.testbed.unix_accounts import LocalAccount, UnixAccounts, WrittenKeys
@@ -162,6 +163,8 @@ class Aggregate:
         self.slices = Slices(database)
         self.accounts = accounts or Accounts(database)
         self.unix_accounts = unix_accounts  # None: the operator manages Unix accounts (create_accounts = no)
+        # Slices whose keys could not be taken out of their logins, and why: retire_ended tries again at every pass.
+        self.withdrawals_due: dict[str, str] = {}
         self.records = Records(database)  # the local registry's users: their registered SSH keys
         # ...and their registered GIDs: a local user acts with the key the registry holds for them now.
         self.registered_keys = RegisteredKeys(self.records, settings.authority_hrn)
@@ -896,8 +899,11 @@ class Aggregate:
         old_accounts = self._local_accounts(slice_urn) if provisioned_before else []
         accounts = self._local_accounts(slice_urn, also=verified.owner_urn, sent=users)
         if self.unix_accounts is not None and pending:
-            for account in accounts:  # the testbed may need them (OAR runs jobs as them); keys come after
-                self.unix_accounts.ensure(account.login)
+            # The testbed may need them (OAR runs jobs as the caller's); keys come after. Only the accounts that
+            # get a key, and the caller's (_write_slice_keys).
+            for account in accounts:
+                if account.ssh_keys or account.login == owner:
+                    self.unix_accounts.ensure(account.login)
         done: list[LeaseRecord] = []
         prepared: list[str] = []
         asked: LeaseRecord | None = None  # the lease the testbed is being asked for
@@ -919,7 +925,7 @@ class Aggregate:
             if self.unix_accounts is not None and (pending or provisioned_before):
                 # Before the calendar records anything (put back if the call fails). Only the caller's own login
                 # made a link fails the call: another member's is theirs to mend, and must not fail this one.
-                written = self.unix_accounts.set_slice_keys(accounts, slice_urn, required_logins={owner})
+                written = self._write_slice_keys(accounts, slice_urn, {owner}, verified.owner_urn)
             # Recorded whole: every lease provisioned and the users sent, in one unit of work.
             recorded = self.bookings.mark_provisioned_all(
                 [lease.id for lease in pending], slice_urn, users, _contact(caller_chain, verified.owner_urn), hold
@@ -1384,7 +1390,7 @@ class Aggregate:
                     for account in accounts
                     if any(same_urn(user_urn, caller_urn) for user_urn in account.user_urns)
                 }
-                written = self.unix_accounts.set_slice_keys(accounts, slice_urn, required_logins=callers)
+                written = self._write_slice_keys(accounts, slice_urn, callers, caller_urn)
                 # A user left out of the list: their account loses this slice's keys too.
                 gone = {account.login for account in old_accounts} - {account.login for account in accounts}
                 written += self.unix_accounts.remove_slice_keys(gone, slice_urn)
@@ -1401,6 +1407,36 @@ class Aggregate:
             ]
             self.instances.rewrite_keys(whole_slice, [key for account in accounts for key in account.ssh_keys])
         return self._sliver_dicts(slice_urn, sliver_urns)
+
+    def _write_slice_keys(
+        self, accounts: Sequence[LocalAccount], slice_urn: str, callers: set[str], caller_urn: str
+    ) -> list[WrittenKeys]:
+        """The slice's block of each login holds the login's keys (``UnixAccounts.set_slice_keys``; a link in one of
+        ``callers`` fails the call). A login is made (useradd) only for the caller and for users with a key accepted
+        for this slice (sent by themselves, registered here, recorded for them): a member naming users with no such
+        key (made up, of any authority, up to geni_users' bound per call) makes no account for them. Such a login
+        that exists already gets its block emptied (``remove_slice_keys``, which makes none). What changed is
+        returned for ``restore_slice_keys``."""
+        assert self.unix_accounts is not None
+        keyed = [account for account in accounts if account.ssh_keys or account.login in callers]
+        keyless = sorted({account.login for account in accounts} - {account.login for account in keyed})
+        if keyless:
+            log.info(
+                "%s named %d user(s) in %s with no SSH key accepted for them: no local account is made for them "
+                "(%s); their own call, or a key registered for them here, makes it",
+                caller_urn,
+                len(keyless),
+                slice_urn,
+                ", ".join(keyless[:5]) + (", ..." if len(keyless) > 5 else ""),
+            )
+        written = self.unix_accounts.set_slice_keys(keyed, slice_urn, required_logins=callers)
+        if keyless:
+            try:
+                written += self.unix_accounts.remove_slice_keys(keyless, slice_urn)
+            except BaseException:
+                self.unix_accounts.restore_slice_keys(written, slice_urn)
+                raise
+        return written
 
     def _users_to_testbed(
         self, leases: Sequence[LeaseRecord], accounts: Sequence[LocalAccount], old_accounts: Sequence[LocalAccount]
@@ -1436,17 +1472,76 @@ class Aggregate:
         for lease in self.bookings.leases(slice_urn=slice_urn):
             self._end_lease(lease)
             self.bookings.cancel(lease.id)
-        self.withdraw_keys_if_done(slice_urn)
+        self._withdraw_keys_or_retry(slice_urn)
         return True
 
     def withdraw_keys_if_done(self, slice_urn: str) -> None:
         """A slice with no provisioned lease left loses its keys in the local accounts: users log in during their
-        slots, not after them."""
+        slots, not after them. A slice the registry removed (``slice_urn`` marked): the logins its members' keys were
+        written in, under the slice's own URN (``_removed_slice_blocks``)."""
         if self.unix_accounts is None:
             return
         if any(lease.state == "provisioned" for lease in self.bookings.leases(slice_urn=slice_urn)):
             return
+        if is_removed_mark(slice_urn):
+            blocks = self._removed_slice_blocks(slice_urn)
+            if blocks is not None:
+                self.unix_accounts.remove_slice_keys(blocks[1], blocks[0])
+            return
         self.unix_accounts.remove_slice_keys([account.login for account in self._local_accounts(slice_urn)], slice_urn)
+
+    def _removed_slice_blocks(self, marked_urn: str) -> tuple[str, list[str]] | None:
+        """A slice the registry removed, renamed ``marked_urn`` ("URN (removed TIME)", registry/records.py): the URN
+        its blocks are labelled with, and the logins they were written in, read from what the removal kept (the
+        login it retired for the slice, its members' URNs marked) and never derived anew (a login derived now could
+        be another user's). A login the slice registered again under that URN uses now, while it has a provisioned
+        lease, keeps its block (the same label: the new slice's keys). None (logged) when the URN, cut to fit the
+        mark, cannot be told."""
+        marked = removed_mark_parts(marked_urn)
+        if marked is None:
+            return None
+        members = []
+        for user in self.slices.get(marked_urn).users:
+            parts = removed_mark_parts(user.user_urn)
+            members.append(parts[0] if parts is not None else user.user_urn)
+        found = lease_logins(self.database, [marked_urn, *members])
+        slice_urn = marked[0]
+        if may_be_cut(marked_urn):
+            longer = sorted(urn for urn in found.retired if urn.startswith(slice_urn))
+            if len(longer) != 1:
+                log.warning("the keys of the removed slice %s stay in its logins: its URN cannot be told", marked_urn)
+                return None
+            slice_urn = longer[0]
+        logins: set[str] = set()
+        if self.accounts.policy == "shared":
+            logins.add(self.accounts.shared_login)
+        elif self.accounts.policy == "per-slice":
+            login = found.login_of(marked_urn)  # the one its removal retired
+            if login is not None:
+                logins.add(login)
+        else:
+            logins.update(login for member in members if (login := _written_login(found, member)) is not None)
+        if any(lease.state == "provisioned" for lease in self.bookings.leases(slice_urn=slice_urn)):
+            logins -= {account.login for account in self._local_accounts(slice_urn)}
+        return slice_urn, sorted(logins)
+
+    def _withdraw_keys_or_retry(self, slice_urn: str) -> None:
+        """``withdraw_keys_if_done``; a failure is logged with the slice and why, and the slice stays due
+        (``withdrawals_due``): retire_ended tries again at each of its passes until it succeeds."""
+        try:
+            self.withdraw_keys_if_done(slice_urn)
+        except Exception as exc:  # (the other slices are still to do)
+            reason = exc.message if isinstance(exc, GeniError) else f"{type(exc).__name__}: {exc}"
+            if self.withdrawals_due.get(slice_urn) != reason:  # once per reason, not at every pass
+                log.warning(
+                    "the keys of slice %s could not be taken out of its logins (%s); tried again at the next pass",
+                    slice_urn,
+                    reason,
+                )
+            self.withdrawals_due[slice_urn] = reason
+            return
+        if self.withdrawals_due.pop(slice_urn, None) is not None:
+            log.info("the keys of slice %s are out of its logins now", slice_urn)
 
     def finish_testbed_cancellations(self, lease_ids: Sequence[str]) -> None:
         """Leases the testbed's reconciler cancelled in the calendar itself (an OAR Delete whose answer came too late,
@@ -1464,7 +1559,7 @@ class Aggregate:
                 for lease in self.bookings.leases(slice_urn=slice_urn, active_only=False):
                     if lease.id == lease_id:
                         self._destroy_containers(lease)
-                self.withdraw_keys_if_done(slice_urn)
+                self._withdraw_keys_or_retry(slice_urn)
             except Exception as exc:  # (the next lease's are still to do)
                 log.warning(
                     "lease %s: what its Delete does after the calendar could not be finished: %s", lease_id, exc
@@ -1472,15 +1567,17 @@ class Aggregate:
 
     def retire_ended(self) -> int:
         """Provisioned leases whose slot is over: release them on the testbed, take their slices' keys away.
-        Run periodically by the server; returns how many leases ended."""
+        Run periodically by the server; returns how many leases ended. Each slice's keys are withdrawn on their own:
+        one that fails (logged) fails no other, and is tried again at every later pass until it succeeds (the
+        leases are ended already: only ``withdrawals_due`` remembers it, in this process)."""
         ended = self.bookings.retire_ended()
         for lease in ended:
             try:
                 self._end_lease(lease, provisioned=True)
             except GeniError as exc:  # the testbed ends the reservation itself at its end; its reconciler checks
                 log.warning("lease %s ended but the testbed did not release it: %s", lease.id, exc.message)
-        for slice_urn in {lease.slice_urn for lease in ended}:
-            self.withdraw_keys_if_done(slice_urn)
+        for slice_urn in sorted({lease.slice_urn for lease in ended} | set(self.withdrawals_due)):
+            self._withdraw_keys_or_retry(slice_urn)
         return len(ended)
 
     # -- helpers -----------------------------------------------------------------------------------------------
@@ -1657,7 +1754,9 @@ class Aggregate:
         (geni_users, sfa_users) and those registered in the local registry. ``also``: a user (the caller) who
         must have an account even without keys. ``sent``: users of this call, not written yet, merged in (or, with
         ``replace``, instead of the slice's)."""
-        users = {} if replace else {user.user_urn: list(user.ssh_keys) for user in self.slices.get(slice_urn).users}
+        recorded = [] if replace else self.slices.get(slice_urn).users
+        # (A removed slice's members are kept marked, for withdraw_keys_if_done only: no login of theirs is made.)
+        users = {user.user_urn: list(user.ssh_keys) for user in recorded if not is_removed_mark(user.user_urn)}
         for user_urn, keys in (sent or {}).items():
             known = users.setdefault(user_urn, [])
             known.extend(key for key in keys if key not in known)
@@ -2137,6 +2236,16 @@ def _users_sent(options: Mapping[str, Any]) -> dict[str, list[str]]:
             keys = users.setdefault(user["urn"], [])
             keys.extend(key for key in user["keys"] if key not in keys)
     return users
+
+
+def _written_login(found: LeaseLogins, user_urn: str) -> str | None:
+    """The login a member of a removed slice had (per-user policy): their mapping, else (removed since) the login
+    their removal retired; never one derived now."""
+    mapped = found.mapped.get(user_urn)
+    if mapped is not None:
+        return mapped
+    retired = found.retired.get(user_urn)
+    return retired[-1][1] if retired else None
 
 
 def _urn_type(urn: str) -> str:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,10 +33,10 @@ from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import BadArgs, GeniError, Reason
 from sfa_omf.registry.accounts import retire_login
 from sfa_omf.registry.authority import LocalAuthority
-from sfa_omf.registry.removed_marks import removed_holder
+from sfa_omf.registry.removed_marks import is_removed_mark, removed_holder
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain, load_gid_chain_file
-from sfa_omf.xrn import hrn_to_urn, is_authority_for, parse_urn, split_hrn
+from sfa_omf.xrn import hrn_part_problem, hrn_to_urn, is_authority_for, parse_urn, split_hrn
 
 log = logging.getLogger("sfa_omf.registry")
 
@@ -53,9 +52,6 @@ MAX_HRN_BYTES = 200
 #: name's next holder would get what they write (a lease under their URN). 60 s covers both, with clocks of the
 #: cluster's hosts a few seconds apart.
 REGISTER_AGAIN_AFTER_S = 60
-#: Characters no HRN part may hold: ':' and '+' are the URN's separators (tb.x:y.carol would get tb.x.y.carol's
-#: URN, so their identity), '/' would make a subdirectory of gids/.
-_FORBIDDEN_IN_PART = frozenset(":+/")
 
 
 def new_record_urn(hrn: str, kind: str) -> str:
@@ -68,22 +64,9 @@ def new_record_urn(hrn: str, kind: str) -> str:
             f"{MAX_HRN_BYTES} (its files are named after it): choose a shorter name"
         )
     for part in split_hrn(hrn):
-        bad = sorted(
-            {
-                repr(char)
-                for char in part
-                if char in _FORBIDDEN_IN_PART
-                or char.isspace()
-                or unicodedata.category(char).startswith("C")
-                or not char.isascii()
-            }
-        )
-        if bad:
-            raise BadArgs(
-                f"the HRN part {part[:60]!r} holds {', '.join(bad)}: parts of a registered name may not hold ':', "
-                "'+', '/', white space, control characters or characters that are not ASCII (use letters, digits, "
-                "'-' and '_')"
-            )
+        problem = hrn_part_problem(part)
+        if problem is not None:
+            raise BadArgs(problem)
     if kind == "slice" and is_source_slice_name(split_hrn(hrn)[-1]):
         # The slice would be the pseudo-slice of the testbed's mirror (calendar/external.py): the aggregate would mix
         # its bookings with the reservations made directly in the testbed.
@@ -192,6 +175,26 @@ def _rename_slice(session: Session, slice_urn: str, removed: datetime) -> None:
         update(Lease).where(Lease.slice_id == slice_id, Lease.owner_urn == slice_urn).values(owner_urn=removed_as)
     )
     session.execute(update(Slice).where(Slice.id == slice_id).values(urn=removed_as))
+
+
+def _mark_slice_members(session: Session, slice_urn: str, removed: datetime) -> None:
+    """The users of the aggregate's slice of ``slice_urn`` (if it has one), removed with it: their keys go, and each
+    is kept as the removed slice's member "URN (removed TIME)" (``removed_holder``), which no reader takes for the
+    user (their slices, feed, lease news). Kept for the aggregate: at the end of the slice's last provisioned lease
+    it takes the slice's keys out of the logins it wrote them in, these members' (am/aggregate.py
+    withdraw_keys_if_done); deleted, the keys stayed in their logins for ever."""
+    slice_id = session.scalar(select(Slice.id).where(Slice.urn == slice_urn))
+    if slice_id is None:
+        return
+    marked: set[str] = set()
+    members = list(session.scalars(select(SliceUser).where(SliceUser.slice_id == slice_id).order_by(SliceUser.id)))
+    for member in members:
+        mark = member.user_urn if is_removed_mark(member.user_urn) else removed_holder(member.user_urn, removed)
+        if mark in marked:  # two URNs long enough to be cut alike: one row (their slice lists each once)
+            session.delete(member)
+            continue
+        marked.add(mark)
+        member.user_urn, member.ssh_keys = mark, []
 
 
 def _rename_slice_left_after_removal(session: Session, slice_urn: str) -> None:
@@ -440,8 +443,7 @@ class Records:
                 # name would list them: accounts with their keys on its nodes), and its name: its leases run to their
                 # end as a removed slice's, which the next holder of the name neither sees nor acts on (Status
                 # listed them, Delete cancelled them).
-                members = select(Slice.id).where(Slice.urn == row.urn).scalar_subquery()
-                session.execute(delete(SliceUser).where(SliceUser.slice_id == members))
+                _mark_slice_members(session, row.urn, now)
                 _rename_slice(session, row.urn, now)
             holders = session.scalars(select(RegistryRecord).where(RegistryRecord.type.in_(("slice", "authority"))))
             for holder in holders:

@@ -8,7 +8,9 @@ is followed.
 
 A call that fails writes nothing: what ``set_slice_keys`` and ``remove_slice_keys`` changed (``WrittenKeys``) is put
 back with ``restore_slice_keys``. A login whose ``~/.ssh`` its user made a link is that user's own doing: it fails
-a call only where the call requires that login (the caller's own), else it is logged and left alone.
+a call only where the call requires that login (the caller's own), else it is logged and left alone; the same holds
+for a file that cannot be rewritten. The file is read and written as bytes: what is not UTF-8 in it (a Latin-1
+comment) is kept as it was. Lines are split at line feeds only, as sshd splits them.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ from pathlib import Path
 
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.registry.accounts import check_login
-from sfa_omf.sshkeys import is_ssh_public_key
+from sfa_omf.sshkeys import key_problem
 
 BEGIN = "# >>> sfa-omf slice {slice_urn} (managed by sfa-omf; edits inside are replaced)"
 END = "# <<< sfa-omf slice {slice_urn}"
 AUTHORIZED_KEYS = "authorized_keys"
 #: Where the accounts' key locks are (root's: see _account_lock).
 LOCK_DIR = Path("/run/sfa-omf/account-keys")
+#: authorized_keys is read and written with this: bytes that are not UTF-8 (a Latin-1 comment the user wrote) come
+#: back exactly as they were, and never stop the sfa-omf blocks from being written or taken out.
+ENCODING_ERRORS = "surrogateescape"
 log = logging.getLogger(__name__)
 
 
@@ -55,10 +60,20 @@ class WrittenKeys:
     after: tuple[str, ...]
 
 
+def lines_of(text: str) -> list[str]:
+    """The lines of ``text`` (an authorized_keys file) as sshd reads them: split at line feeds only (str.splitlines
+    would also split at U+001C, U+0085, U+2028 ..., which sshd reads as part of a line), a carriage return before
+    the line feed dropped."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line.removesuffix("\r") for line in lines]
+
+
 def block_keys(text: str, slice_urn: str) -> tuple[str, ...]:
     """The keys in the slice's block of ``text`` (an authorized_keys file); none when it has no block."""
     begin, end = BEGIN.format(slice_urn=slice_urn), END.format(slice_urn=slice_urn)
-    lines = text.splitlines()
+    lines = lines_of(text)
     if begin not in lines:
         return ()
     start = lines.index(begin) + 1
@@ -71,7 +86,7 @@ def replace_block(text: str, slice_urn: str, keys: Sequence[str]) -> str:
     begin, end = BEGIN.format(slice_urn=slice_urn), END.format(slice_urn=slice_urn)
     kept: list[str] = []
     inside = False
-    for line in text.splitlines():
+    for line in lines_of(text):
         if line == begin:
             inside = True
         elif line == end and inside:
@@ -128,18 +143,19 @@ class UnixAccounts:
         (for ``restore_slice_keys``). A user who made ~/.ssh or authorized_keys a link (root would write or read
         through it) gets NotFollowed raised when their login is in ``required_logins`` (every login when None),
         after the logins written so far are put back; any other such login is logged as a warning and left alone:
-        one member's link must not fail another member's call."""
+        one member's link must not fail another member's call. The same holds for any other failure to write a
+        login's file (an OSError): raised for a required login, else logged and left alone."""
         written: list[WrittenKeys] = []
         try:
             for account in accounts:
-                keys = tuple(key.strip() for key in account.ssh_keys if is_ssh_public_key(key.strip()))
+                keys = _usable_keys(account)
                 entry = self.ensure(account.login)
                 try:
                     before = self._rewrite(entry, slice_urn, keys)
-                except NotFollowed as exc:
+                except (NotFollowed, OSError, ValueError) as exc:
                     if required_logins is None or account.login in required_logins:
                         raise
-                    log.warning("%s: its block for %s is left as it was (%s)", account.login, slice_urn, exc.message)
+                    log.warning("%s: its block for %s is left as it was (%s)", account.login, slice_urn, _why(exc))
                     continue
                 if before is not None and before != keys:
                     written.append(WrittenKeys(account.login, before, keys))
@@ -150,7 +166,9 @@ class UnixAccounts:
 
     def remove_slice_keys(self, logins: Iterable[str], slice_urn: str) -> list[WrittenKeys]:
         """Take the slice's keys out of these accounts (accounts that do not exist are left alone, and so are
-        keys files the user made links); returns what changed (for ``restore_slice_keys``)."""
+        keys files the user made links); returns what changed (for ``restore_slice_keys``). A login whose file
+        cannot be rewritten (an OSError) is logged as an error and left: it must not keep the slice's keys in the
+        other logins (a lease's end runs this once)."""
         written: list[WrittenKeys] = []
         try:
             for login in logins:
@@ -162,6 +180,9 @@ class UnixAccounts:
                     before = self._rewrite(entry, slice_urn, ())
                 except NotFollowed as exc:  # the user replaced the file we wrote: none of our keys are in it any more
                     log.warning("%s", exc)
+                    continue
+                except (OSError, ValueError) as exc:
+                    log.error("%s keeps its block for %s: it could not be taken out (%s)", login, slice_urn, exc)
                     continue
                 if before:
                     written.append(WrittenKeys(login, before, ()))
@@ -177,12 +198,9 @@ class UnixAccounts:
         for change in written:
             try:
                 self._rewrite(pwd.getpwnam(change.login), slice_urn, change.before, only_if=change.after)
-            except (KeyError, OSError, GeniError) as exc:
+            except Exception as exc:  # (KeyError, OSError, GeniError, ...): logged, the call's error is reported
                 log.warning(
-                    "%s keeps the keys of a failed call in its block for %s: %s",
-                    change.login,
-                    slice_urn,
-                    exc.message if isinstance(exc, GeniError) else exc,
+                    "%s keeps the keys of a failed call in its block for %s: %s", change.login, slice_urn, _why(exc)
                 )
 
     def slice_keys(self, login: str, slice_urn: str) -> list[str]:
@@ -190,7 +208,7 @@ class UnixAccounts:
         path = os.path.join(pwd.getpwnam(login).pw_dir, ".ssh", "authorized_keys")
         if not os.path.exists(path):
             return []
-        return list(block_keys(Path(path).read_text(encoding="utf-8"), slice_urn))
+        return list(block_keys(Path(path).read_bytes().decode("utf-8", ENCODING_ERRORS), slice_urn))
 
     def _rewrite(
         self, entry: pwd.struct_passwd, slice_urn: str, keys: Sequence[str], only_if: Sequence[str] | None = None
@@ -222,6 +240,26 @@ class UnixAccounts:
                 os.close(lock)  # (releases it)
         finally:
             os.close(ssh_dir)
+
+
+def _usable_keys(account: LocalAccount) -> tuple[str, ...]:
+    """The account's keys that are SSH public keys sshd takes; another (one recorded before sfa-omf refused its kind,
+    such as a DSA key) is logged and left out."""
+    keys = []
+    for sent in account.ssh_keys:
+        key = sent.strip()
+        if not key:
+            continue
+        problem = key_problem(key)
+        if problem is None:
+            keys.append(key)
+        else:
+            log.warning("%s: a key is left out of its authorized_keys (%s): %r", account.login, problem, key[:40])
+    return tuple(keys)
+
+
+def _why(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, GeniError) else str(exc)
 
 
 class NotFollowed(GeniError):
@@ -273,8 +311,8 @@ def _read_keys(ssh_dir: int, login: str) -> str:
     if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
         os.close(fd)
         raise NotFollowed(login, f".ssh/{AUTHORIZED_KEYS}")
-    with open(fd, encoding="utf-8") as source:
-        return source.read()
+    with open(fd, "rb") as source:
+        return source.read().decode("utf-8", ENCODING_ERRORS)
 
 
 def _replace_keys(ssh_dir: int, text: str, entry: pwd.struct_passwd) -> None:
@@ -283,7 +321,7 @@ def _replace_keys(ssh_dir: int, text: str, entry: pwd.struct_passwd) -> None:
     with contextlib.suppress(FileNotFoundError):  # a leftover, or a link planted there: the name only goes
         os.unlink(temporary, dir_fd=ssh_dir)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    with open(os.open(temporary, flags, 0o600, dir_fd=ssh_dir), "w", encoding="utf-8") as out:
+    with open(os.open(temporary, flags, 0o600, dir_fd=ssh_dir), "wb") as out:
         os.fchown(out.fileno(), entry.pw_uid, entry.pw_gid)
-        out.write(text)
+        out.write(text.encode("utf-8", ENCODING_ERRORS))
     os.replace(temporary, AUTHORIZED_KEYS, src_dir_fd=ssh_dir, dst_dir_fd=ssh_dir)
