@@ -28,21 +28,41 @@ python_ready() {
     fi
 }
 
-# venv_install EXTRAS: create the virtualenv and install the project (editable) with the given extras. Skipped when
-# the virtualenv already holds an install made from the same pyproject.toml and setup.py with the same extras (the
-# install is editable: changed Python files need no reinstall); SFA_OMF_REINSTALL=1 forces it.
+# extras_names EXTRAS...: the extras named by arguments like "[test]" or "[a,b]" ("" names none), one a line, sorted.
+extras_names() {
+    local extras
+    for extras in "$@"; do
+        extras=${extras#[}
+        tr ',' '\n' <<<"${extras%]}"
+    done | tr -d ' ' | sed '/^$/d' | LC_ALL=C sort -u
+}
+
+# venv_install EXTRAS: create the virtualenv and install the project (editable) with the given extras ("" or
+# "[test]"). Skipped when the virtualenv already holds an install made from the same pyproject.toml and setup.py with
+# these extras or more (the install is editable: changed Python files need no reinstall): demo.sh's "" after test.sh's
+# "[test]" installs nothing. An install keeps the extras installed before (the stamp names them all);
+# SFA_OMF_REINSTALL=1 forces it.
 venv_install() {
-    local stamp="$VENV/.sfa-omf-install" wanted
-    wanted="$(cat "$REPO/pyproject.toml" "$REPO/setup.py" | sha256sum | cut -d' ' -f1) extras=$1 repo=$REPO"
-    if [ "${SFA_OMF_REINSTALL:-0}" != 1 ] && [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$wanted" ] &&
+    local stamp="$VENV/.sfa-omf-install" digest had_digest="" had="" had_repo="" names extras
+    digest="$(cat "$REPO/pyproject.toml" "$REPO/setup.py" | sha256sum | cut -d' ' -f1)"
+    if [ -x "$VENV/bin/python" ] && [ -s "$stamp" ]; then  # "DIGEST extras=[...] repo=PATH"
+        read -r had_digest had had_repo <"$stamp" || true
+        had=${had#extras=}
+        had_repo=${had_repo#repo=}
+        [[ "$had" =~ ^(\[[A-Za-z0-9_.,-]*\])?$ ]] || had=""
+    fi
+    if [ "${SFA_OMF_REINSTALL:-0}" != 1 ] && [ "$had_digest" = "$digest" ] && [ "$had_repo" = "$REPO" ] &&
+        [ -z "$(LC_ALL=C comm -13 <(extras_names "$had") <(extras_names "$1"))" ] &&
         "$VENV/bin/python" -c "import sfa_omf, lxml, xmlsec" 2>/dev/null; then
         return 0
     fi
+    names=$(extras_names "$had" "$1" | paste -sd, -)
+    extras=${names:+[$names]}
     python_ready
     [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-    echo "== installing sfa-omf$1 into $VENV" >&2
+    echo "== installing sfa-omf$extras into $VENV" >&2
     "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-    "$VENV/bin/python" -m pip install -q -e "$REPO$1" 2>&1 | grep -v "^WARNING: Location" || true
+    "$VENV/bin/python" -m pip install -q -e "$REPO$extras" 2>&1 | grep -v "^WARNING: Location" || true
     "$VENV/bin/python" -c "import sfa_omf, lxml, xmlsec" # fail here, clearly, if the install did not work
-    echo "$wanted" >"$stamp"
+    echo "$digest extras=$extras repo=$REPO" >"$stamp"
 }

@@ -39,7 +39,8 @@ up)
     echo "amqp://$USER_NAME:$USER_NAME@127.0.0.1:$PORT/$VHOST"
     ;;
 down)
-    running && ctl stop
+    # Already stopped is done too: test.sh --down goes on to the next service.
+    if running; then ctl stop; fi
     ;;
 status)
     running && echo "RabbitMQ is running on 127.0.0.1:$PORT" || { echo "RabbitMQ is not running"; exit 1; }

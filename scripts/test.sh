@@ -17,9 +17,15 @@
 # bridge is removed when the tests end.
 source "$(dirname "$0")/lib.sh"
 if [ "${1:-}" = --down ]; then
-    bash "$REPO/scripts/oar.sh" down
-    bash "$REPO/scripts/rabbitmq.sh" down
-    bash "$REPO/scripts/postgres.sh" down
+    # Each service's down succeeds when it is stopped already; one that fails does not keep the next from stopping.
+    not_stopped=()
+    for service in oar rabbitmq postgres; do
+        bash "$REPO/scripts/$service.sh" down || not_stopped+=("$service")
+    done
+    if [ ${#not_stopped[@]} -gt 0 ]; then
+        echo "test.sh --down: could not stop: ${not_stopped[*]} (see the lines above)" >&2
+        exit 1
+    fi
     exit 0
 fi
 apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client iproute2 openvpn bind9 bind9-dnsutils

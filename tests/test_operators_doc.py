@@ -5,7 +5,9 @@ this test cannot drift apart.
 A block is skipped only when the paragraph right above it starts with "*Not run by the test" and gives a reason;
 the block after a paragraph starting with "*Run in the background by the test" is ``sfa-omf serve``: it runs in the
 background, the script waits (at most READY_TIMEOUT_S) until the server says READY=1 (systemd's notify protocol, on a
-socket this test listens on, relayed through a FIFO), and the server is stopped after the last block.
+socket this test listens on, relayed through a FIFO), and the server is stopped after the last block, or before the
+block after a paragraph starting with "*Run by the test once it has stopped its server" (the restore of a backup,
+which the page checks itself).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ DOC = REPO / "docs" / "operators.md"
 POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
 NOT_RUN = "*Not run by the test"
 BACKGROUND = "*Run in the background by the test"
+STOPPED = "*Run by the test once it has stopped its server"
 READY_TIMEOUT_S = 60  # from the server's launch: one that never gets ready fails the test instead of hanging it
 SCRIPT_TIMEOUT_S = 600  # the whole page; a busy machine runs its ~30 sfa-omf processes slowly
 
@@ -69,6 +72,9 @@ def test_the_document_marks_what_is_not_run() -> None:
         assert re.match(re.escape(NOT_RUN) + r": \S", block.note), f"line {block.line}: say why it is not run"
     background = [block for block in blocks if block.note.startswith(BACKGROUND)]
     assert [block.text for block in background] == ["sfa-omf serve"]
+    stopped = [block for block in blocks if block.note.startswith(STOPPED)]
+    assert len(stopped) == 1 and stopped[0].line > background[0].line, "the restore, once, after the server started"
+    assert "psql" in stopped[0].text and "cmp" in stopped[0].text, "the restore checks what it restored"
     assert len(blocks) - len(skipped) >= 10, "most of the page runs"
     assert len(skipped) <= 10, "keep the blocks that are not run few"
 
@@ -84,6 +90,8 @@ def _script(blocks: list[Block], ready_fifo: Path, server_log: Path) -> str:
         if block.note.startswith(NOT_RUN):
             continue
         parts.append(f"echo '### operators.md line {block.line}'")
+        if block.note.startswith(STOPPED):
+            parts.append("stop_server; SERVE_PID=")
         if block.note.startswith(BACKGROUND):
             parts.append(f'{block.text} 2>"{server_log}" &')
             parts.append("SERVE_PID=$!")
@@ -179,3 +187,5 @@ def test_every_command_of_the_operators_guide_runs(tmp_path: Path) -> None:
     backup = tmp_path / "backup"
     assert (backup / "data-dir.tar.gz").stat().st_size > 0
     assert "CREATE TABLE public.node" in (backup / "calendar.sql").read_text()
+    # The restore block checked itself (its `cmp` failing fails the script): node3, removed after the backup, is back.
+    assert f"restored from {backup}" in out

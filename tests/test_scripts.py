@@ -44,8 +44,34 @@ def test_demo_does_not_reinstall_when_nothing_changed(tmp_path: Path) -> None:
     again = venv_install(venv, "")
     assert again.returncode == 0 and again.stderr == ""
     assert (venv / "calls").read_text().splitlines() == ["-c import sfa_omf, lxml, xmlsec"]  # the check, no pip
-    other_extras = venv_install(venv, "[test]")
-    assert "== installing sfa-omf[test]" in other_extras.stderr
+    more_extras = venv_install(venv, "[test]")
+    assert "== installing sfa-omf[test]" in more_extras.stderr
+
+
+def test_demo_and_test_alternating_install_once(tmp_path: Path) -> None:
+    """test.sh installs "[test]", demo.sh "": demo's extras are among test's, so alternating the two installs
+    nothing more (it reinstalled each time, needing the network, though pyproject.toml had not changed)."""
+    venv = fake_venv(tmp_path)
+    first = venv_install(venv, "[test]")
+    assert first.returncode == 0 and "== installing sfa-omf[test] into" in first.stderr, first.stderr
+    (venv / "calls").unlink()
+    for extras in ("", "[test]", "", "[test]"):
+        again = venv_install(venv, extras)
+        assert again.returncode == 0 and again.stderr == "", (extras, again.stderr)
+    assert set((venv / "calls").read_text().splitlines()) == {"-c import sfa_omf, lxml, xmlsec"}  # never pip
+    assert " extras=[test] " in (venv / ".sfa-omf-install").read_text()
+
+
+def test_an_install_keeps_the_extras_installed_before(tmp_path: Path) -> None:
+    """pyproject.toml changed (a stamp of another digest) after test.sh's install: demo.sh installs again, with the
+    "[test]" extras the virtualenv holds, so that they follow pyproject.toml too and test.sh needs no install next."""
+    venv = fake_venv(tmp_path)
+    assert venv_install(venv, "[test]").returncode == 0
+    stamp = venv / ".sfa-omf-install"
+    stamp.write_text("0" * 64 + stamp.read_text()[64:])
+    demo = venv_install(venv, "")
+    assert "== installing sfa-omf[test] into" in demo.stderr, demo.stderr
+    assert venv_install(venv, "[test]").stderr == ""
 
 
 def test_scripts_parse() -> None:
