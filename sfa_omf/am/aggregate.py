@@ -73,6 +73,7 @@ from sfa_omf.calendar.booking import (
     Rounding,
     allocation_expiry_s,
     refuse_expired_allocation,
+    unknown_nodes_refusal,
     unusable_why,
 )
 from sfa_omf.calendar.database import Database
@@ -647,7 +648,8 @@ class Aggregate:
         was rounded up silently (3000 s booked as an hour), where the same lease with a start is refused.
 
         ``federated_only`` (a caller of another authority): a private pool's node is refused as a node the calendar
-        does not hold is (Availability.earliest_slot's NOT_FOUND, the same words)."""
+        does not hold is (``unknown_nodes_refusal``: the words and code of Availability.earliest_slot's, and of a
+        booking's)."""
         asked = list(components)
         duration_s = int(lease.duration.total_seconds())
         grain_s = self._grain_s(asked, federated_only=federated_only)
@@ -666,7 +668,7 @@ class Aggregate:
             }
             missing = [name for name in asked if name not in shown]
             if missing:
-                raise GeniError(Reason.NOT_FOUND, f"no such node(s): {', '.join(missing)}")
+                raise unknown_nodes_refusal(missing)
         down: list[Conflict] = []
         while True:
             try:

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from sfa_omf.calendar.booking import BookingConflict, unusable_why
+from sfa_omf.calendar.booking import BookingConflict, unknown_nodes_refusal, unusable_why
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.intervals import align_down, align_up, earliest_common_start, free_windows, is_free, merge
 from sfa_omf.calendar.models import Node, Pool, Sliver
@@ -111,7 +111,7 @@ class Availability:
             known = {row.component_id: row for row in candidates}
             missing = [name for name in nodes if name not in known]
             if missing:
-                raise GeniError(Reason.NOT_FOUND, f"no such node(s): {', '.join(missing)}")
+                raise unknown_nodes_refusal(missing)
             down = [name for name in nodes if known[name].state != "usable"]
             if down:
                 # Refused as a booking of a window on these nodes is (geni_code 7, the same words): whatever form the

@@ -115,6 +115,15 @@ class BookingConflict(GeniError):
         self.conflicts = tuple(conflicts)
 
 
+def unknown_nodes_refusal(names: Sequence[str]) -> GeniError:
+    """The refusal of a request for the earliest slot of nodes the calendar does not hold (or a private pool's, for
+    a caller of another authority): the code and words of a booking of a window on them (BookingConflict's
+    UNKNOWN_NODE: BAD_ARGS), whatever form the request takes. Not a BookingConflict: a best-effort request is
+    refused whole, as before (only nodes that are down or busy are left out of one)."""
+    details = "; ".join(f"{name} {UNKNOWN_NODE}" for name in names)
+    return GeniError(Reason.BAD_ARGS, f"nothing was booked: {details} (ListResources shows this aggregate's nodes)")
+
+
 def sliver_record(sliver: Sliver) -> SliverRecord:
     return SliverRecord(
         urn=sliver.urn,

@@ -77,9 +77,12 @@ def test_earliest_slot_refusals(calendar: Calendar) -> None:
     with pytest.raises(GeniError) as refusal:
         calendar.availability.earliest_slot(3600, NOW, hardware_type="wifi", count=1)
     assert refusal.value.reason == Reason.NOT_FOUND
-    with pytest.raises(GeniError) as refusal:
+    with pytest.raises(GeniError) as refusal:  # as a booking of a window on it (geni_code 1, the same words)
         calendar.availability.earliest_slot(3600, NOW, nodes=[node_urn("nope")])
-    assert refusal.value.reason == Reason.NOT_FOUND
+    assert refusal.value.reason == Reason.BAD_ARGS
+    assert refusal.value.message == (
+        f"nothing was booked: {node_urn('nope')} is not a node of ours (ListResources shows this aggregate's nodes)"
+    )
     calendar.inventory.set_state(node_urn("n1"), "maintenance")
     with pytest.raises(GeniError) as refusal:
         calendar.availability.earliest_slot(3600, NOW, nodes=[node_urn("n1")])
