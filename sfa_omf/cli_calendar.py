@@ -237,7 +237,7 @@ def _node_import_omf(args: argparse.Namespace) -> int:
     nodes = importer.fetch_nodes(url, args.cert, args.key, args.ca, args.insecure, timeout_s=60)
     entries = importer.node_entries(nodes, settings.interface_hrn, url)
     command_database(settings).dispose()  # an older schema is db upgrade's to migrate, not an import's
-    aggregate = build_aggregate(settings, upgrade=False)
+    aggregate = build_aggregate(settings, upgrade=False, serving=False)
     database = aggregate.database
     report = import_nodes(database, entries, Policy(default_grain_s=settings.grain_s), progress=_progress_bar("nodes"))
     print(f"{report.added} node(s) added, {report.updated} updated, {report.unchanged} unchanged (from {url})")

@@ -10,7 +10,9 @@ application does; ``is_overlap_violation`` recognises its error so the caller ca
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import random
 import threading
 import time
@@ -114,6 +116,8 @@ class Database:
             # has been idle long enough for the server to have gone away meanwhile (_ping_if_idle).
             connect_args = {**_connect_timeout_args(url), **_bounded_wait_args(url, statement_timeout_s)}
             self.engine = create_engine(url, echo=echo, connect_args=connect_args, **sizes)
+            if statement_timeout_s is not None and not _sets_statement_timeout(url):
+                event.listen(self.engine, "connect", functools.partial(_bound_statements, statement_timeout_s))
             event.listen(self.engine, "connect", _note_idle)
             event.listen(self.engine, "checkin", _note_idle)
             event.listen(self.engine, "checkout", _ping_if_idle)
@@ -422,24 +426,41 @@ def _connect_timeout_args(url: str) -> dict[str, int]:
 KEEPALIVES = (10, 5, 3)
 
 
-def _bounded_wait_args(url: str, statement_timeout_s: int | None) -> dict[str, int | str]:
+def _bounded_wait_args(url: str, statement_timeout_s: int | None) -> dict[str, int]:
     """The driver's arguments bounding how long a statement may wait: TCP keepalives always (unless the URL sets
-    its own); with ``statement_timeout_s``, PostgreSQL's statement_timeout for the session (added to the URL's own
-    ``options``, unless those set one) and a TCP user timeout as long (data the database never acknowledges)."""
+    its own); with ``statement_timeout_s``, a TCP user timeout as long (data the database never acknowledges). The
+    statement_timeout itself is set on each new connection (_bound_statements): libpq's ``options`` parameter would
+    replace the operator's own (PGOPTIONS, a service file's search_path)."""
     query = make_url(url).query
-    args: dict[str, int | str] = {}
+    args: dict[str, int] = {}
     if "keepalives" not in query:
         idle, interval, count = KEEPALIVES
         args.update(keepalives=1, keepalives_idle=idle, keepalives_interval=interval, keepalives_count=count)
-    if statement_timeout_s is None:
-        return args
-    if "tcp_user_timeout" not in query:
+    if statement_timeout_s is not None and "tcp_user_timeout" not in query:
         args["tcp_user_timeout"] = statement_timeout_s * 1000
-    own = query.get("options", "")
-    options = " ".join(own) if isinstance(own, tuple) else own
-    if "statement_timeout" not in options:
-        args["options"] = f"{options} -c statement_timeout={statement_timeout_s * 1000}".strip()
     return args
+
+
+def _sets_statement_timeout(url: str) -> bool:
+    """True when the operator sets statement_timeout for the connections already: in the URL's ``options`` or in
+    PGOPTIONS (theirs wins)."""
+    own = make_url(url).query.get("options", "")
+    options = " ".join(own) if isinstance(own, tuple) else own
+    return "statement_timeout" in options or "statement_timeout" in os.environ.get("PGOPTIONS", "")
+
+
+def _bound_statements(statement_timeout_s: int, dbapi_connection: Any, _record: Any) -> None:
+    """A new connection's statement_timeout (Database's ``statement_timeout_s``), set for its session."""
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True  # nothing left open: the pool hands it over outside a transaction
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET statement_timeout = {int(statement_timeout_s) * 1000}")
+        finally:
+            cursor.close()
+    finally:
+        dbapi_connection.autocommit = autocommit
 
 
 def unknown_revision_message(url: str, revision: str) -> str:

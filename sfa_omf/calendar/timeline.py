@@ -17,12 +17,15 @@ from sqlalchemy import Select, select
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import Lease, Node, Pool, Slice, SliceUser, Sliver
 from sfa_omf.calendar.queries import from_s, to_s
+from sfa_omf.registry.removed_marks import MARK_TEXT
 
 ACTIVE_STATES = ("allocated", "provisioned", "external")
 #: Active leases and those that ran to their end (their time was taken; cancelled and expired ones never were).
 TAKEN_STATES = (*ACTIVE_STATES, "ended")
 #: The most values one IN list of ours names: PostgreSQL takes at most 65 535 parameters a statement.
 IN_LIST_LIMIT = 10_000
+#: A slice's user row that is a member (a removed slice's are kept marked "URN (removed TIME)": registry/records.py).
+_A_MEMBER = ~SliceUser.user_urn.contains(MARK_TEXT)
 
 
 def chunked(values: Iterable[str], size: int | None = None) -> Iterator[list[str]]:
@@ -150,7 +153,8 @@ class Timeline:
         no user at all (clients booking without geni_users, such as a bare omni allocate, make no list). Once a slice
         lists its users, the list decides: a user removed from it (geni_update_users, the registry) must not keep
         seeing it for having booked in it."""
-        listed = select(SliceUser.slice_id).where(SliceUser.slice_id == Slice.id).exists()
+        # (A removed slice's members are kept marked, for its keys' withdrawal: they list nobody.)
+        listed = select(SliceUser.slice_id).where(SliceUser.slice_id == Slice.id, _A_MEMBER).exists()
         with self.database.read() as session:
             rows = session.scalars(
                 select(Slice.urn)
@@ -181,14 +185,14 @@ class Timeline:
             return set(rows)
 
     def users_of_slices(self, slice_urns: Iterable[str]) -> dict[str, list[str]]:
-        """The users each slice lists, sorted."""
+        """The users each slice lists, sorted (not a removed slice's members, kept marked)."""
         wanted = set(slice_urns)
         users: dict[str, list[str]] = defaultdict(list)
         if not wanted:
             return users
         with self.database.read() as session:
             for slice_urn, user_urn in session.execute(
-                select(Slice.urn, SliceUser.user_urn).join(SliceUser).where(Slice.urn.in_(wanted))
+                select(Slice.urn, SliceUser.user_urn).join(SliceUser).where(Slice.urn.in_(wanted), _A_MEMBER)
             ):
                 users[slice_urn].append(user_urn)
         for names in users.values():

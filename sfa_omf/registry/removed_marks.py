@@ -24,6 +24,10 @@ _MARK = re.compile(
 )
 
 
+#: What every mark holds and no URN does (white space): is_removed_mark's test, also usable in a query (LIKE).
+MARK_TEXT = " (removed "
+
+
 def removed_holder(urn: str, removed: datetime, number: int = 1) -> str:
     """What the calendar keeps of ``urn`` removed at ``removed``: the URN (cut, never the mark, so that the whole
     fits the columns) and when. ``number`` > 1: the n-th slice of that name removed in that second. No certificate
@@ -45,7 +49,7 @@ def removed_mark_parts(owner: str) -> tuple[str, datetime] | None:
 def is_removed_mark(owner: str) -> bool:
     """Whether ``owner`` (a lease's booker, a slice's URN) is a mark rather than a URN: the mark holds " (removed ",
     white space no registered name has."""
-    return " (removed " in owner
+    return MARK_TEXT in owner
 
 
 def may_be_cut(mark: str) -> bool:

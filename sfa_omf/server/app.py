@@ -96,13 +96,15 @@ def database_connections(settings: Settings) -> int:
     return 2 * settings.threads + BACKGROUND_CONNECTIONS
 
 
-def build_aggregate(settings: Settings, upgrade: bool = True) -> Aggregate:
+def build_aggregate(settings: Settings, upgrade: bool = True, serving: bool = True) -> Aggregate:
     """The synchronous core, ready for calls. ``upgrade``: bring the database schema up to date first (quickstart,
-    tests); ``serve`` does not, it refuses to start on an old schema (check_startup)."""
+    tests); ``serve`` does not, it refuses to start on an old schema (check_startup). ``serving``: its statements
+    are bounded by ``database_timeout_s`` (a command's, e.g. node import --from-omf, are not: an operator can
+    interrupt it, and a long import must not be cut halfway)."""
     database = Database(
         settings.calendar_url,
         connections=database_connections(settings),
-        statement_timeout_s=settings.database_timeout_s,
+        statement_timeout_s=settings.database_timeout_s if serving else None,
     )
     if upgrade:
         database.upgrade()

@@ -160,7 +160,12 @@ def test_a_removed_slices_keys_leave_its_members_logins_at_its_leases_end(
     members = aggregate.slices.get(lease.slice_urn).users
     assert members and all(is_removed_mark(user.user_urn) and user.ssh_keys == () for user in members), members
     assert aggregate.local_accounts(lease.slice_urn) == []
-    assert Timeline(aggregate.database).slices_of_user(urn_of(pki, "alice")) == set()
+    # Nor the calendar's readers: the slice lists no member (feeds, web pages), and its booker still sees its lease,
+    # which runs to its end, as before the removal kept the marked rows (they made the slice "listed").
+    timeline = Timeline(aggregate.database)
+    assert timeline.users_of_slices([lease.slice_urn]) == {}
+    assert timeline.slices_of_user(urn_of(pki, "alice")) == {lease.slice_urn}
+    assert timeline.slices_of_user(urn_of(pki, "bob")) == set()
 
 
 def test_a_removed_slices_keys_leave_its_per_slice_login_at_its_leases_end(pki: DemoPki, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import Connection, create_engine, func, select, text
 
 from sfa_omf.calendar.booking import Bookings
@@ -104,14 +105,17 @@ def test_a_migration_waiting_for_another_host_is_not_cut_by_the_bound() -> None:
         other_host.dispose()
 
 
-def test_connections_have_keepalives_and_the_urls_own_options_win() -> None:
+def test_connections_have_keepalives_and_the_operators_own_options_win(monkeypatch: pytest.MonkeyPatch) -> None:
     url = empty_postgres()
-    for database, timeout in (
+    # An operator's own options (PGOPTIONS) are kept: libpq's options parameter, had it been used, would replace them.
+    monkeypatch.setenv("PGOPTIONS", "-c search_path=public,pg_catalog")
+    cases = (
         (Database(url), "0"),  # commands: unbounded, keepalives still
         (Database(url, statement_timeout_s=7), "7s"),
         (Database(f"{url}?options=-c%20statement_timeout%3D3000", statement_timeout_s=7), "3s"),
         (Database(f"{url}?options=-c%20work_mem%3D8MB", statement_timeout_s=7), "7s"),  # its options kept too
-    ):
+    )
+    for database, timeout in cases:
         try:
             with database.engine.connect() as connection:
                 assert connection.execute(text("SHOW statement_timeout")).scalar() == timeout
@@ -120,19 +124,30 @@ def test_connections_have_keepalives_and_the_urls_own_options_win() -> None:
                 assert parameters["keepalives_count"] == str(KEEPALIVES[2])
                 if "work_mem" in database.url:
                     assert connection.execute(text("SHOW work_mem")).scalar() == "8MB"
+                elif "options" not in database.url:  # (a URL's options replace PGOPTIONS: libpq's rule)
+                    assert connection.execute(text("SHOW search_path")).scalar() == "public,pg_catalog"
         finally:
             database.dispose()
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=4000")
+    theirs = Database(url, statement_timeout_s=7)
+    try:
+        with theirs.engine.connect() as connection:
+            assert connection.execute(text("SHOW statement_timeout")).scalar() == "4s"
+    finally:
+        theirs.dispose()
 
 
 def test_the_servers_database_takes_database_timeout_s(tmp_path: Path) -> None:
     lab = make_lab(tmp_path, empty_postgres(), 0)
     environment = {"SFA_OMF_DATABASE_URL": lab.database_url, "SFA_OMF_DATABASE_TIMEOUT_S": "12"}
-    aggregate = build_aggregate(load_config(lab.config, environ=environment).settings, upgrade=False)
-    try:
-        with aggregate.bookings.database.engine.connect() as connection:
-            assert connection.execute(text("SHOW statement_timeout")).scalar() == "12s"
-    finally:
-        aggregate.bookings.database.dispose()
+    settings = load_config(lab.config, environ=environment).settings
+    for serving, bound in ((True, "12s"), (False, "0")):  # a command's (node import --from-omf) is not bounded
+        aggregate = build_aggregate(settings, upgrade=False, serving=serving)
+        try:
+            with aggregate.bookings.database.engine.connect() as connection:
+                assert connection.execute(text("SHOW statement_timeout")).scalar() == bound
+        finally:
+            aggregate.bookings.database.dispose()
 
 
 def test_allocate_over_tls_answers_busy_while_the_node_is_locked_then_books(
