@@ -1,16 +1,24 @@
 """What an SSH public key looks like: the one check used wherever keys come in (AM API geni_users/sfa_users, the
 registry's Register/Update, the operator's commands) before they can reach an authorized_keys file.
 
-A key is taken only when OpenSSH (9, as Debian 12 ships it) would use it: one line of printable characters, of a type
-sshd accepts by default, whose base64 blob is a well-formed key of that type (RSA of at least 1024 bits). A DSA key,
-a short RSA key or a made-up type would be written and then never open the login: it is refused at once, saying
-what was sent and what is accepted.
+Two questions, two answers:
+
+- Could the text do harm written to authorized_keys (``key_danger``)? It must be one line "type base64 [comment]"
+  (type, blob and comment separated by spaces or tabs, as OpenSSH reads them) of printable characters (a tab
+  aside): no line break of any kind, no other control character, no options such as command="...", a base64 blob
+  declaring the type the line names. Anything else is refused wherever it comes from.
+- Would sshd use it (``key_problem``)? OpenSSH 9 (as Debian 12 ships it) takes only some types, and a well-formed key
+  of them (RSA of at least 1024 bits). A harmless key it would not use (DSA, short RSA, a certificate, an unknown type,
+  a malformed blob) is refused where a person types it (the registry, the operator's commands: they can act on the
+  message), and left out of what is written, logged, where clients send every key a clearinghouse holds
+  (``usable_ssh_public_keys``, the AM API's users): one member's old DSA key must not fail the caller's call.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import struct
 import unicodedata
 
@@ -36,41 +44,66 @@ ACCEPTED = (
 #: Characters Python's str.splitlines breaks a line at (OpenSSH only at \n): none may be in a key, or a rewrite of
 #: authorized_keys that split the file with it would turn the rest of the key into a line of its own.
 LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
+#: The one control character a key may hold: OpenSSH separates type, blob and comment by spaces or tabs, and a tab in
+#: the comment is neither a line break for sshd nor for Python's splitlines.
+TAB = "\t"
+#: What separates a key's type, blob and comment (OpenSSH: spaces and tabs, any number).
+_SEPARATOR = re.compile("[ \t]+")
+#: What a key type's name looks like (ssh-ed25519, sk-ssh-ed25519@openssh.com, ssh-rsa-cert-v01@openssh.com):
+#: never an option list such as command="..." or no-pty,restrict.
+_TYPE_NAME = re.compile("[A-Za-z0-9][A-Za-z0-9@._-]{0,63}")
 
 
-def key_problem(key: object) -> str | None:
-    """Why ``key`` is not an SSH public key sfa-omf writes to authorized_keys, or None when it is one.
+def key_danger(key: object) -> str | None:
+    """Why ``key`` could change what authorized_keys grants once written there, or None when it is harmless.
 
-    A key is one line "type base64 [comment]" of printable characters: no control character (C0, DEL, C1: a newline
-    or any other line break would start a second line; tab included), no lone surrogate, no options such as
-    command="...". Its type is one of KEY_TYPES, and its base64 blob a well-formed key of that type.
+    Harmless: one line "type base64 [comment]" (separated by spaces or tabs), at most MAX_KEY_CHARS long, with no
+    control character but tab (C0, DEL, C1: a newline or any other line break would start a second line), no lone
+    surrogate, a type that is a key type's name (no options such as command="..."), and a base64 blob that declares
+    that type. Whether sshd would use it is ``key_problem``'s question.
     """
     if not isinstance(key, str):
         return f"it is a {type(key).__name__}, not a string"
     if len(key) > MAX_KEY_CHARS:
         return f"it is {len(key)} characters long; at most {MAX_KEY_CHARS}"
     for position, character in enumerate(key):
-        if character in LINE_BREAKS or unicodedata.category(character) in ("Cc", "Cs"):
+        if character != TAB and (character in LINE_BREAKS or unicodedata.category(character) in ("Cc", "Cs")):
             return (
                 f"it holds U+{ord(character):04X} at position {position}, a control, line-break or surrogate "
-                "character (a key is one line of printable characters)"
+                "character (a key is one line of printable characters; a tab may separate its parts)"
             )
-    kind, _, rest = key.partition(" ")
-    blob_text = rest.lstrip(" ").partition(" ")[0]
-    if kind == "ssh-dss":
-        return f"it is a DSA (ssh-dss) key, which OpenSSH 9 refuses; accepted: {ACCEPTED}"
-    if kind not in KEY_TYPES:
-        return (
-            f"it starts with {kind[:40]!r}, not a key type sfa-omf writes (no options such as command=...); "
-            f"accepted: {ACCEPTED}"
-        )
-    try:
-        blob = base64.b64decode(blob_text, validate=True)
-    except (binascii.Error, ValueError):
+    kind, blob_text = _type_and_blob(key)
+    if not _TYPE_NAME.fullmatch(kind):
+        return f"it starts with {kind[:40]!r}, not a key type (no options such as command=...); accepted: {ACCEPTED}"
+    blob = _blob(blob_text)
+    if blob is None:
         return f"the text after {kind!r} is not the key's base64 blob"
     declared = _ssh_string(blob, 0)
     if declared is None or declared[0] != kind.encode("ascii"):
         return f"its base64 blob is not a key of the type {kind}"
+    return None
+
+
+def key_problem(key: object) -> str | None:
+    """Why ``key`` is not an SSH public key sfa-omf writes to authorized_keys, or None when it is one.
+
+    A harmless key (``key_danger``) of one of KEY_TYPES whose base64 blob is a well-formed key of that type (RSA of at
+    least MIN_RSA_BITS): one sshd uses.
+    """
+    danger = key_danger(key)
+    if danger is not None:
+        return danger
+    assert isinstance(key, str)  # (key_danger refuses anything else)
+    kind, blob_text = _type_and_blob(key)
+    blob = _blob(blob_text)
+    assert blob is not None
+    if kind == "ssh-dss":
+        return f"it is a DSA (ssh-dss) key, which OpenSSH 9 refuses; accepted: {ACCEPTED}"
+    if kind not in KEY_TYPES:
+        what = "an OpenSSH certificate, which" if kind.endswith("-cert-v01@openssh.com") else "a type"
+        return f"its type {kind!r} is {what} sshd does not take as a user's key; accepted: {ACCEPTED}"
+    declared = _ssh_string(blob, 0)
+    assert declared is not None
     malformed = f"its base64 blob is not a well-formed key of the type {kind}"
     if kind == SK_ED25519:
         return None if _is_sk_ed25519(blob, declared[1]) else malformed
@@ -120,6 +153,49 @@ def ssh_public_keys(value: object, where: str = "keys") -> list[str]:
     if not isinstance(value, list):
         raise BadArgs(f"{where} must be a list of SSH public key strings, not {type(value).__name__}")
     return [ssh_public_key(item, f"{where}[{index}]") for index, item in enumerate(value)]
+
+
+def usable_ssh_public_keys(value: object, where: str = "keys") -> tuple[list[str], list[tuple[str, str]]]:
+    """The keys of ``value`` (a list, as ``ssh_public_keys``) split in two: those sshd uses, stripped, and those it
+    would not use, each with why (``key_problem``), to be left out. A key that could do harm (``key_danger``:
+    options, a second line, a control character) is BadArgs naming ``where`` as ``ssh_public_key`` does: never
+    left out in silence."""
+    if value is None:
+        return [], []
+    if not isinstance(value, list):
+        raise BadArgs(f"{where} must be a list of SSH public key strings, not {type(value).__name__}")
+    usable: list[str] = []
+    unusable: list[tuple[str, str]] = []
+    for index, item in enumerate(value):
+        place = f"{where}[{index}]"
+        if not isinstance(item, str):
+            raise BadArgs(f"{place} must be an SSH public key string, not {type(item).__name__}")
+        key = item.strip()
+        danger = key_danger(key)
+        if danger is not None:
+            raise BadArgs(
+                f"{place} is not an SSH public key of one line (expected 'ssh-ed25519 AAAAC3... comment', no "
+                f"options): {danger}: {key[:40]!r}"
+            )
+        problem = key_problem(key)
+        if problem is None:
+            usable.append(key)
+        else:
+            unusable.append((key, f"{place}: {problem}"))
+    return usable, unusable
+
+
+def _type_and_blob(key: str) -> tuple[str, str]:
+    """The key's type and base64 text, as OpenSSH splits the line (spaces or tabs)."""
+    fields = _SEPARATOR.split(key, maxsplit=2)
+    return fields[0], fields[1] if len(fields) > 1 else ""
+
+
+def _blob(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _ssh_string(blob: bytes, offset: int) -> tuple[bytes, int] | None:

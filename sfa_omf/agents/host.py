@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import pwd
 import shutil
 import signal
 import stat
+import struct
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +35,10 @@ from sfa_omf.testbed.unix_accounts import LocalAccount, UnixAccounts, replace_bl
 log = logging.getLogger("sfa_omf.agent")
 #: How long the end of a lease waits for a login's processes to be gone (SIGKILL) before trying userdel all the same.
 STOP_PROCESSES_S = 5.0
+#: ioctls on a namespace's file (linux/nsfs.h): the user namespace a namespace belongs to; the uid that made a user
+#: namespace.
+NS_GET_USERNS = 0xB701
+NS_GET_OWNER_UID = 0xB704
 #: authorized_keys is read and written with this: bytes that are not UTF-8 (a Latin-1 comment) are kept as they were.
 ENCODING_ERRORS = "surrogateescape"
 
@@ -336,7 +342,14 @@ def _stop_processes(login: str) -> None:
 def _kill_processes_of(uid: int) -> int:
     """SIGKILL the live processes (not zombies: those are dead already) whose real, effective or saved user is
     ``uid``; returns how many there were. Each is held by a pidfd before its owner is read, so a number reused by
-    another process meanwhile is never signalled."""
+    another process meanwhile is never signalled. Only processes in the agent's own PID and user namespaces are this
+    host's login's: one in another (a container without user namespaces, whose image user has the same uid number,
+    maybe the next lease's) is left alone, and so is one whose namespaces cannot be read; but one in namespaces the
+    login made itself (``unshare --user --pid``) is the login's, and killed (``_in_reach``)."""
+    own = _namespaces("self")
+    if own is None:
+        log.warning("the agent's own namespaces cannot be read: no process of uid %d is killed", uid)
+        return 0
     found = 0
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -346,7 +359,7 @@ def _kill_processes_of(uid: int) -> int:
         except OSError:  # gone meanwhile
             continue
         try:
-            if uid not in _process_uids(int(name))[:3]:
+            if uid not in _process_uids(int(name))[:3] or not _in_reach(name, own, uid):
                 continue
             found += 1
             with contextlib.suppress(ProcessLookupError):
@@ -356,6 +369,46 @@ def _kill_processes_of(uid: int) -> int:
         finally:
             os.close(pidfd)
     return found
+
+
+def _in_reach(pid: str, own: tuple[str, str], uid: int) -> bool:
+    """Process ``pid`` is one the login's removal kills: its PID namespace is the agent's or one made in a user
+    namespace ``uid`` made, and its user namespace is the agent's or one ``uid`` made (``unshare --user --pid`` by
+    the login itself). A container's namespaces, made by root, are not; nor are namespaces that cannot be read."""
+    spaces = _namespaces(pid)
+    if spaces is None:
+        return False
+    pid_ours = spaces[0] == own[0] or _made_by(pid, "pid") == uid
+    return pid_ours and (spaces[1] == own[1] or _made_by(pid, "user") == uid)
+
+
+def _made_by(pid: str, kind: str) -> int | None:
+    """The uid that made the user namespace process ``pid``'s ``kind`` namespace ("pid" or "user") belongs to (for
+    "user": is), by the ioctls NS_GET_USERNS and NS_GET_OWNER_UID; None when unknown."""
+    try:
+        descriptor = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if kind == "pid":
+            owning = fcntl.ioctl(descriptor, NS_GET_USERNS)
+            os.close(descriptor)
+            descriptor = owning
+        owner: int = struct.unpack("=I", fcntl.ioctl(descriptor, NS_GET_OWNER_UID, bytes(4)))[0]
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+    return owner
+
+
+def _namespaces(pid: str) -> tuple[str, str] | None:
+    """The PID and user namespaces of process ``pid`` ("self": the agent's), as /proc names them ("pid:[4026531836]");
+    None when they cannot be read (gone, or not ours to read)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid"), os.readlink(f"/proc/{pid}/ns/user")
+    except OSError:
+        return None
 
 
 def _process_uids(pid: int) -> list[int]:

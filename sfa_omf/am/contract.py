@@ -11,6 +11,7 @@ Options this aggregate does not know are passed through untouched (clients send 
 
 from __future__ import annotations
 
+import logging
 import xmlrpc.client
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +19,9 @@ from typing import Any
 from sfa_omf.am.credentials import split_credentials
 from sfa_omf.arguments import Checker, Param, Signature, boolean, struct, text, time_value, urn_of_type
 from sfa_omf.errors import BadArgs
-from sfa_omf.sshkeys import ssh_public_keys
+from sfa_omf.sshkeys import usable_ssh_public_keys
+
+log = logging.getLogger("sfa_omf.am")
 
 #: Bounds that no honest client reaches: a list of URNs, a users list.
 MAX_URNS = 10_000
@@ -78,7 +81,10 @@ def users(value: Any, where: str) -> list[dict[str, Any]]:
     """geni_users / sfa_users: [{urn: user URN, keys: [SSH public key, ...]}, ...]; nil is none.
 
     Other members of a user's struct (email, person_hrn ...) are kept as sent; keys are checked one by one, so a
-    string is never read one character per key and a key with options or a second line never reaches an account.
+    string is never read one character per key and a key with options or a second line never reaches an account
+    (BADARGS). A harmless key sshd would not use (DSA, RSA under 1024 bits, a certificate, an unknown type:
+    sshkeys.key_problem) is left out, logged with the user and why, and fails nothing: clients (omni, jFed) send
+    every key the clearinghouse holds for every member, and one member's old key must not fail the caller's call.
     """
     if value is None or value == "":  # AM API v2 clients send "" for no users
         return []
@@ -92,7 +98,11 @@ def users(value: Any, where: str) -> list[dict[str, Any]]:
         if not isinstance(user, dict):
             raise BadArgs(f"{place} must be a struct {{urn, keys}}, not {type(user).__name__}")
         urn = urn_of_type(user.get("urn"), f"{place}.urn", ("user",))
-        keys = ssh_public_keys(user.get("keys"), f"{place}.keys")
+        keys, unusable = usable_ssh_public_keys(user.get("keys"), f"{place}.keys")
+        for key, problem in unusable:
+            log.warning(
+                "%s: a key of %s is left out (not written to authorized_keys): %s: %r", where, urn, problem, key[:40]
+            )
         checked.append({**user, "urn": urn, "keys": keys})
     return checked
 

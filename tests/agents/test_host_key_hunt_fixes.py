@@ -7,15 +7,21 @@
 - A key whose comment holds U+001C (a line break for Python's splitlines, not for sshd) put a line of its own into
   authorized_keys at the next rewrite, outside the lease's block: it survived the lease's end.
 - A user's own authorized_keys with bytes that are not UTF-8 failed every rewrite of it.
+- The end of a lease killed every process of the login's uid on the whole host, those of a container without user
+  namespaces too (the next lease's, whose image user has the same uid number): processes in a PID or user namespace
+  root made are left alone; those in namespaces the login made itself (``unshare --user --pid``) are still killed.
 
 Real accounts (useradd; the tests run as root) named ``sfahk...``, removed at the end with their processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pwd
 import secrets
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +173,57 @@ def test_a_users_own_latin1_comment_fails_no_lease_and_is_kept(login: str, tmp_p
     host.remove(L2, [login])
     assert _exists(login), "not the agent's account: it stays"
     assert (ssh / "authorized_keys").read_bytes() == own_line
+
+
+def _started(command: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    """``command`` running ``sh`` that says "ready" then becomes ``sleep 600``; the process and the pid of that
+    sleep (the last of its descendants: unshare --fork runs it in a child)."""
+    process = subprocess.Popen([*command, "sh", "-c", "echo ready; exec sleep 600"], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    assert process.stdout.readline() == b"ready\n"
+    pid = process.pid
+    while children := Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        pid = int(children[0])
+    return process, pid
+
+
+def _alive(pid: int) -> bool:
+    """Process ``pid`` runs (not a zombie, not gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.parametrize(
+    ("where", "survives"),
+    [("a PID namespace root made (a container)", True), ("namespaces the login made", False)],
+)
+def test_the_end_of_a_lease_kills_no_process_in_a_containers_namespace(login: str, where: str, survives: bool) -> None:
+    """A process of the login's uid number in another PID namespace made by root (a container without user
+    namespaces, maybe the next lease's, whose image user has that uid) survives the removal of the login (it was
+    killed); the login's own process is killed, and so is one it ran in a user and PID namespace of its own."""
+    subprocess.run(["useradd", "--create-home", login], check=True, capture_output=True)
+    entry = pwd.getpwnam(login)
+    as_login = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+    if survives:
+        command = ["unshare", "--pid", "--fork", "--mount-proc", *as_login]
+    else:
+        command = [*as_login, "unshare", "--user", "--map-root-user", "--pid", "--fork"]
+    own = _run_as(login)
+    other, other_pid = _started(command)
+    pidfd = os.pidfd_open(other_pid)
+    try:
+        assert f"\nUid:\t{entry.pw_uid}\t" in Path(f"/proc/{other_pid}/status").read_text()
+        host_module._stop_processes(login)
+        assert own.wait(timeout=60) == -9
+        assert _alive(other_pid) == survives, f"a process in {where}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+        other.kill()
+        other.wait()
+        own.kill()
+        own.wait()

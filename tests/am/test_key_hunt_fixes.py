@@ -9,8 +9,11 @@
   other members' geni_update_users answered 5, and at the lease's end the slice's keys stayed in every login. The
   file is read and written as bytes kept as they are; a login whose file cannot be rewritten is logged and left,
   never failing another member's call or keeping the keys of the other logins.
-- ssh-dss keys, RSA keys under 1024 bits and made-up key types with hand-made blobs were written to authorized_keys
-  and never worked (OpenSSH 9 refuses them): they are refused at the call, saying what was sent and what is taken.
+- ssh-dss keys, RSA keys under 1024 bits, certificates and made-up key types with hand-made blobs were written to
+  authorized_keys and never worked (OpenSSH 9 refuses them): the registry refuses them, saying what was sent and what
+  is taken; the AM API leaves them out of what it writes (logged), failing nothing: omni and jFed send every key the
+  clearinghouse holds for every member, and one member's old DSA key refused the caller's whole Provision.
+- A tab between a key's type, blob and comment (OpenSSH takes it) was refused as a control character: taken, written.
 
 Real parts as tests/am/test_users_keys.py: useradd accounts (``akh_*``, this file's own), a real sshd on 127.0.0.1,
 the calendar on SQLite and PostgreSQL. Needs root and openssh-server.
@@ -25,7 +28,7 @@ import secrets
 import shutil
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -50,7 +53,7 @@ from sfa_omf.testbed.unix_accounts import (
     replace_block,
 )
 from sfa_omf.times import utcnow
-from tests.am.test_users_keys import GENI_V3, REQUEST, Member, _aggregate, _remove_accounts, public, urn_of
+from tests.am.test_users_keys import GENI_V3, Member, _aggregate, _remove_accounts, public, urn_of
 from tests.conftest import DemoPki
 from tests.sshkeys import ssh_key
 from tests.testbed.test_foreign_login import ssh_as, sshd, user_key
@@ -142,7 +145,7 @@ def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> I
 
 
 # -- 1. line breaks Python sees and sshd does not ----------------------------------------------------------------------
-CONTROL = sorted(LINE_BREAKS | {"\t", "\x00", "\x01", "\x1b", "\x1f", "\x7f", "\x80", "\x9f", "\udcf6"})
+CONTROL = sorted(LINE_BREAKS | {"\x00", "\x01", "\x1b", "\x1f", "\x7f", "\x80", "\x9f", "\udcf6"})
 
 
 @pytest.mark.parametrize("character", CONTROL, ids=[f"U+{ord(character):04X}" for character in CONTROL])
@@ -303,33 +306,85 @@ def test_putting_keys_back_never_raises(monkeypatch: pytest.MonkeyPatch, caplog:
 
 
 # -- 3. key types sshd refuses ----------------------------------------------------------------------------------------
+def certificate(tmp_path: Path) -> str:
+    """An ed25519 user certificate made by ssh-keygen (-s): OpenSSH reads it, sshd takes none in authorized_keys."""
+    ca, user = tmp_path / "ca", tmp_path / "certified"
+    for path in (ca, user):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-s", str(ca), "-I", "alice", "-n", "alice", f"{user}.pub"], check=True)
+    return Path(f"{user}-cert.pub").read_text().strip()
+
+
+UNUSABLE: list[tuple[Callable[[Path], str], str]] = [
+    (lambda tmp_path: dsa_key(), "DSA (ssh-dss) key, which OpenSSH 9 refuses"),
+    (lambda tmp_path: rsa_key_of(768), "RSA key of 768 bits"),
+    (lambda tmp_path: rsa_key_of(1023), "RSA key of 1023 bits"),
+    (certificate, "is an OpenSSH certificate"),
+    (lambda tmp_path: _line("ssh-foo", _string(b"ssh-foo") + _string(b"x")), "its type 'ssh-foo' is a type"),
+    (
+        lambda tmp_path: _line("ecdsa-sha2-nistp999", _string(b"ecdsa-sha2-nistp999")),
+        "its type 'ecdsa-sha2-nistp999' is a type",
+    ),
+    (lambda tmp_path: _line("ssh-ed25519", _string(b"ssh-ed25519") + _string(b"short")), "not a well-formed key"),
+    (lambda tmp_path: sk_ed25519_key(trailing=b"more"), "not a well-formed key of the type sk-ssh-ed25519"),
+    (lambda tmp_path: sk_ecdsa_key(point=b"\x04" + bytes(64)), "not a well-formed key of the type sk-ecdsa"),
+]
+UNUSABLE_IDS = [
+    "dsa",
+    "rsa768",
+    "rsa1023",
+    "certificate",
+    "made-up",
+    "made-up-curve",
+    "bad-ed25519",
+    "sk-ed25519-trailing",
+    "sk-ecdsa-point",
+]
+
+
+@pytest.mark.parametrize(("make", "words"), UNUSABLE, ids=UNUSABLE_IDS)
+def test_the_registry_refuses_keys_sshd_refuses_saying_what_is_taken(
+    make: Callable[[Path], str], words: str, tmp_path: Path
+) -> None:
+    """A person registering a key can act on the refusal: it names what is wrong and what to send instead."""
+    with pytest.raises(BadArgs) as refusal:
+        record_fields({"hrn": "testbed.alice", "type": "user", "keys": [ssh_key("good"), make(tmp_path)]}, "record")
+    assert "keys[1] is not an SSH public key" in refusal.value.message and words in refusal.value.message
+    assert "ssh-ed25519" in refusal.value.message  # what to send instead
+
+
+@pytest.mark.parametrize(("make", "words"), UNUSABLE, ids=UNUSABLE_IDS)
+def test_the_am_api_leaves_keys_sshd_refuses_out_saying_whose_and_why(
+    make: Callable[[Path], str], words: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """geni_users with such a key next to a good one: the call's users keep the good key only, and the log names the
+    user, the key's place and why (the whole call was refused, 1)."""
+    caplog.set_level(logging.WARNING, logger="sfa_omf.am")
+    unusable = make(tmp_path)
+    checked = contract.options({"geni_users": [{"urn": USER, "keys": [ssh_key("good"), unusable]}]}, "options")
+    assert checked["geni_users"] == [{"urn": USER, "keys": [ssh_key("good")]}]
+    (record,) = [record for record in caplog.records if "left out" in record.getMessage()]
+    assert USER in record.getMessage() and "geni_users[0].keys[1]" in record.getMessage()
+    assert words in record.getMessage()
+
+
 @pytest.mark.parametrize(
-    ("make", "words"),
+    "key",
     [
-        (dsa_key, "DSA (ssh-dss) key, which OpenSSH 9 refuses"),
-        (lambda: rsa_key_of(768), "RSA key of 768 bits"),
-        (lambda: rsa_key_of(1023), "RSA key of 1023 bits"),
-        (lambda: _line("ssh-foo", _string(b"ssh-foo") + _string(b"x")), "starts with 'ssh-foo'"),
-        (lambda: _line("ecdsa-sha2-nistp999", _string(b"ecdsa-sha2-nistp999")), "starts with 'ecdsa-sha2-nistp999'"),
-        (lambda: _line("ssh-ed25519", _string(b"ssh-ed25519") + _string(b"short")), "not a well-formed key"),
-        (lambda: sk_ed25519_key(trailing=b"more"), "not a well-formed key of the type sk-ssh-ed25519"),
-        (lambda: sk_ecdsa_key(point=b"\x04" + bytes(64)), "not a well-formed key of the type sk-ecdsa"),
+        'command="/bin/sh" ' + ssh_key("x"),
+        "restrict " + ssh_key("x"),
+        "no-pty,no-port-forwarding " + ssh_key("x"),
+        'from="*" ' + ssh_key("x"),
+        "ssh-ed25519 not-base64",
+        "ssh-ed25519 " + base64.b64encode(_string(b"ssh-rsa") + _string(b"x")).decode(),
+        "ssh-dss",
     ],
-    ids=[
-        "dsa",
-        "rsa768",
-        "rsa1023",
-        "made-up",
-        "made-up-curve",
-        "bad-ed25519",
-        "sk-ed25519-trailing",
-        "sk-ecdsa-point",
-    ],
+    ids=["command", "restrict", "no-pty", "from", "not-base64", "other-type-blob", "no-blob"],
 )
-def test_keys_sshd_refuses_are_refused_saying_what_is_taken(make: Any, words: str) -> None:
-    message = refusal_of([{"urn": USER, "keys": [ssh_key("good"), make()]}])
-    assert "keys[1] is not an SSH public key" in message and words in message
-    assert "ssh-ed25519" in message  # what to send instead (the refusal names what is accepted, or the advice)
+def test_the_am_api_still_refuses_what_is_not_a_key_of_one_line(key: str) -> None:
+    """Options or text that is no key at all are refused (1) even next to a good key: only harmless keys sshd would
+    not use are left out."""
+    assert "keys[1] is not an SSH public key" in refusal_of([{"urn": USER, "keys": [ssh_key("good"), key]}])
 
 
 @pytest.mark.parametrize(
@@ -348,19 +403,56 @@ def test_security_key_keys_are_taken(make: Any, tmp_path: Path) -> None:
     assert ssh_public_key(key) == key
 
 
-def test_a_dsa_key_is_refused_by_provision_before_any_work(
+def test_a_members_dsa_key_next_to_the_callers_ed25519_key_fails_nothing(
+    aggregate: Aggregate, pki: DemoPki, sshd: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """omni sends every key the clearinghouse holds: alice's old DSA key next to her ed25519 one, bob's DSA key only.
+    Provision succeeds (it answered 1, BADARGS, and provisioned nothing); alice's ed25519 key opens her login, no DSA
+    key is written anywhere, and the log says whose keys were left out."""
+    caplog.set_level(logging.WARNING, logger="sfa_omf.am")
+    alices, alices_dsa, bobs_dsa = user_key(tmp_path, "alice"), tmp_path / "alice_dsa", tmp_path / "bob_dsa"
+    for dsa in (alices_dsa, bobs_dsa):
+        subprocess.run(["ssh-keygen", "-q", "-t", "dsa", "-N", "", "-f", str(dsa)], check=True)
+    alice = Member(aggregate, pki, "alice")
+    alice.allocate_and_provision(
+        [
+            {"urn": urn_of(pki, "alice"), "keys": [public(alices_dsa), public(alices)]},
+            {"urn": urn_of(pki, "bob"), "keys": [public(bobs_dsa)]},
+        ]
+    )
+    assert {lease.state for lease in aggregate.bookings.leases(slice_urn=pki.slice_urn)} == {"provisioned"}
+    assert ssh_as("akh_alice", alices, sshd).returncode == 0
+    keys_file = Path(pwd.getpwnam("akh_alice").pw_dir) / ".ssh" / "authorized_keys"
+    assert public(alices) in keys_file.read_text() and "ssh-dss" not in keys_file.read_text()
+    try:
+        bobs_file: Path | None = Path(pwd.getpwnam("akh_bob").pw_dir) / ".ssh" / "authorized_keys"
+    except KeyError:
+        bobs_file = None  # no key of bob's to write: no login made for him
+    assert bobs_file is None or not bobs_file.exists() or "ssh-dss" not in bobs_file.read_text()
+    left_out = [record.getMessage() for record in caplog.records if "left out" in record.getMessage()]
+    assert any(urn_of(pki, "alice") in message and "DSA" in message for message in left_out)
+    assert any(urn_of(pki, "bob") in message and "DSA" in message for message in left_out)
+
+
+# -- 4. tabs between a key's parts ------------------------------------------------------------------------------------
+def test_a_key_separated_by_tabs_is_taken_by_the_registry_and_the_am_api() -> None:
+    kind, blob, _ = ssh_key("x").split(" ")
+    for key in (f"{kind}\t{blob}\tlaptop", f"{kind} {blob} alice\tat\twork", f"{kind}\t\t{blob}"):
+        assert ssh_public_key(key) == key
+        checked = contract.options({"geni_users": [{"urn": USER, "keys": [key]}]}, "options")
+        assert checked["geni_users"][0]["keys"] == [key]
+        assert record_fields({"hrn": "testbed.alice", "type": "user", "keys": [key]}, "record")["keys"] == [key]
+
+
+def test_a_key_separated_by_tabs_is_written_and_opens_the_login(
     aggregate: Aggregate, pki: DemoPki, sshd: int, tmp_path: Path
 ) -> None:
-    """A DSA key made by ssh-keygen: Provision answers 1 saying why (it provisioned, and sshd refused the key at
-    login); the lease stays allocated and no account is made."""
-    dsa = tmp_path / "dsa"
-    subprocess.run(["ssh-keygen", "-q", "-t", "dsa", "-N", "", "-f", str(dsa)], check=True)
-    alice = Member(aggregate, pki, "alice")
-    alice.call("Allocate", pki.slice_urn, alice.credentials, REQUEST, {})
-    options = {"geni_rspec_version": GENI_V3, "geni_users": [{"urn": urn_of(pki, "alice"), "keys": [public(dsa)]}]}
-    answer = alice.v3(alice.context, "Provision", ([pki.slice_urn], alice.credentials, options))
-    assert answer["code"]["geni_code"] == BADARGS, answer["output"]
-    assert "DSA (ssh-dss)" in answer["output"] and "ssh-ed25519" in answer["output"]
-    assert {lease.state for lease in aggregate.bookings.leases(slice_urn=pki.slice_urn)} == {"allocated"}
-    with pytest.raises(KeyError):
-        pwd.getpwnam("akh_alice")
+    """ "ssh-ed25519<TAB>AAAA...<TAB>alice<TAB>laptop": Provision writes it as sent and sshd takes it (it was refused,
+    U+0009)."""
+    alices = user_key(tmp_path, "alice")
+    kind, blob = public(alices).split()[:2]
+    tabbed = f"{kind}\t{blob}\talice\tlaptop"
+    Member(aggregate, pki, "alice").allocate_and_provision([{"urn": urn_of(pki, "alice"), "keys": [tabbed]}])
+    keys_file = Path(pwd.getpwnam("akh_alice").pw_dir) / ".ssh" / "authorized_keys"
+    assert tabbed + "\n" in keys_file.read_text()
+    assert ssh_as("akh_alice", alices, sshd).returncode == 0
