@@ -11,9 +11,11 @@ Every failure is a GeniError (TESTBED) with LXC's own words, and a container tha
 from __future__ import annotations
 
 import contextlib
+import grp
 import hashlib
 import logging
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -372,21 +374,35 @@ def answering_ssh(endpoints: Iterable[tuple[str, int]], budget_s: float, workers
 
 
 class LinkOverArchiveMember(tarfile.FilterError):
-    """A link member named like an earlier member of the archive, or above one: laying it would put a link where
-    the archive already wrote (and tarfile sets an archived directory's owner and mode at the end, through that
-    name)."""
+    """A member other than a directory (a symbolic or hard link, a file...) laid where the archive already laid a
+    member, above one, or at a link its names went through, wherever it is spelled from (the place is resolved):
+    laying it would remove or replace what the archive laid, or put a link where a directory it set up was."""
 
     def __init__(self, tarinfo: tarfile.TarInfo) -> None:
         self.tarinfo = tarinfo
-        super().__init__(f"{tarinfo.name!r} is a link where the archive already laid out files")
+        super().__init__(f"{tarinfo.name!r} would replace what the archive already laid out there")
+
+
+class ImageMemberRefused(tarfile.FilterError):
+    """A member laying which could go somewhere other than where its name was checked: a name (or a hard link's
+    target) with '..', a hard link to anything but a file, a member whose name goes through what it replaces, a
+    directory the archive laid that is no longer where it was when its owner and mode are set."""
+
+    def __init__(self, tarinfo: tarfile.TarInfo, why: str) -> None:
+        self.tarinfo = tarinfo
+        super().__init__(f"{tarinfo.name!r}: {why}")
 
 
 def _extract(image: str, rootfs: Path, name: str) -> None:
-    """Lay the image's files over the root file system (_ImageFilter: modes kept, nothing written outside it);
-    TESTBED saying why when it cannot be done."""
+    """Lay the image's files over the root file system (_ImageFilter: modes kept, nothing written outside it, every
+    directory's owner and mode set at the end without following any link); TESTBED saying why when it cannot be
+    done."""
     try:
         with tarfile.open(image) as tar:
-            tar.extractall(rootfs, filter=_ImageFilter())
+            image_filter = _ImageFilter(str(rootfs))
+            for member in tar:  # not extractall: it sets directories' owner and mode at the end by name, through links
+                tar.extract(member, str(rootfs), set_attrs=not member.isdir(), filter=image_filter)
+            image_filter.set_directory_attributes()
     except tarfile.FilterError as exc:
         raise GeniError(
             Reason.TESTBED,
@@ -403,37 +419,133 @@ class _ImageFilter:
     """The extraction filter of one image (tarfile calls it on each member just before laying it): _inside_root,
     and the place of a link made free. The template made the root file system the image is laid over, and an image
     may hold a link where the template has a directory or a file (Debian's var/run -> /run, tmp -> var/tmp): that
-    directory (all it holds) or file is removed, and the link laid. Only a template's: a link where the archive
-    itself laid a member (or above one) is refused (LinkOverArchiveMember)."""
+    directory (all it holds) or file is removed, and the link laid; a file replaces a template's link.
 
-    def __init__(self) -> None:
-        self.laid: set[str] = {"."}  # the members laid so far and the directories above them, by normalised name
+    Only a template's: every place the archive lays something at is recorded as it is resolved on this host (the
+    directory above resolved, ``bin/x`` is ``usr/bin/x`` through the template's ``bin -> usr/bin``), with every
+    directory above it and the place of every name above it (the links its name went through); a member other than a
+    directory at a recorded place, however spelled, is refused (LinkOverArchiveMember), and nothing recorded is ever
+    removed (a place not recorded has nothing recorded below it). The directories' owners, modes and times are set
+    at the end (set_directory_attributes) on the directory laid, reached from the root without following any link."""
+
+    def __init__(self, rootfs: str) -> None:
+        self.root = os.path.realpath(rootfs)
+        self.recorded: set[str] = {self.root}  # absolute, resolved: what the archive laid, went through or is above
+        self.directories: list[tuple[str, tarfile.TarInfo]] = []  # (the directory laid, resolved; its member)
+        self.names_above: set[str] = set()  # the names whose place is recorded already (each resolved once)
 
     def __call__(self, member: tarfile.TarInfo, rootfs: str) -> tarfile.TarInfo:
         member = _inside_root(member, rootfs)
+        if ".." in member.name.split("/") or (member.islnk() and ".." in member.linkname.split("/")):
+            raise ImageMemberRefused(member, "a name with '..' (resolved through links it may lead elsewhere)")
         name = os.path.normpath(member.name)
-        if member.issym() or member.islnk():
-            if name in self.laid:
+        above = [self._place(prefix) for prefix in _names_above(name) if prefix not in self.names_above]
+        self.names_above.update(_names_above(name))
+        place = self._place(name)
+        if member.isdir():
+            target = os.path.realpath(place)  # a directory, or a template's link to one (_inside_root: inside)
+            self.directories.append((target, member))
+        else:
+            if place in self.recorded:
                 raise LinkOverArchiveMember(member)
-            _free_place(rootfs, name, directory_too=True)
-        elif not member.isdir():
-            _free_place(rootfs, name, directory_too=False)  # a file is never written through a link found there
-        while name not in self.laid:
-            self.laid.add(name)
-            name = os.path.dirname(name) or "."
+            if member.islnk():
+                self._check_hard_link(member)
+            _free_place(place, directory_too=member.issym() or member.islnk())
+            if self._place(name) != place:  # what was freed was on the way to it
+                raise ImageMemberRefused(member, "its name goes through what it replaces")
+            target = place
+        for laid in (*above, place, target):
+            self._record(laid)
         return member
 
+    def _place(self, name: str) -> str:
+        """Where ``name`` (normalised, relative) is laid on this host now: the directory above resolved, the name
+        itself not."""
+        if name == ".":
+            return self.root
+        parent = os.path.realpath(os.path.join(self.root, os.path.dirname(name)))
+        if os.path.commonpath([parent, self.root]) != self.root:  # (_inside_root refused it already)
+            raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), parent)
+        return os.path.join(parent, os.path.basename(name))
 
-def _free_place(rootfs: str, name: str, directory_too: bool) -> None:
-    """Remove what is at ``name`` (relative, inside ``rootfs``: _inside_root checked it) before a member is laid
-    there: a file or a link, and with ``directory_too`` (a link's place) a directory with all it holds. Nothing is
-    followed: the directory above is resolved (_inside_root found it inside the root file system), the name itself
-    never (shutil.rmtree does not follow links, os.unlink removes a link itself)."""
-    root = os.path.realpath(rootfs)
-    parent = os.path.realpath(os.path.join(root, os.path.dirname(name)))
-    if os.path.commonpath([parent, root]) != root:  # (_inside_root refused it already: never removed outside)
-        raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), parent)
-    place = os.path.join(parent, os.path.basename(name))
+    def _record(self, place: str) -> None:
+        while place not in self.recorded and os.path.commonpath([place, self.root]) == self.root:
+            self.recorded.add(place)
+            place = os.path.dirname(place)
+
+    def _check_hard_link(self, member: tarfile.TarInfo) -> None:
+        """A hard link names a file already there: never a directory (tarfile would copy the archive's member
+        instead, unchecked), a symbolic link (os.link follows it) or nothing."""
+        target = self._place(os.path.normpath(member.linkname))
+        if os.path.islink(target) or not os.path.lexists(target) or os.path.isdir(target):
+            raise ImageMemberRefused(member, f"a hard link to {member.linkname!r}, which is not a file laid before it")
+
+    def set_directory_attributes(self) -> None:
+        """Set each directory member's owner, times and mode (as tarfile would: names mapped on this host when
+        root), deepest first, on the directory laid: opened from the root one name at a time, never through a link
+        (ImageMemberRefused if one is no longer a directory)."""
+        root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for target, member in sorted(self.directories, key=lambda laid: laid[0], reverse=True):
+                parts = os.path.relpath(target, self.root).split(os.sep)
+                try:
+                    directory = _open_existing_directory(root, [part for part in parts if part != "."])
+                except OSError as exc:
+                    why = f"the directory laid was replaced before its mode was set: {exc}"
+                    raise ImageMemberRefused(member, why) from exc
+                try:
+                    _set_attributes(directory, member)
+                finally:
+                    os.close(directory)
+        finally:
+            os.close(root)
+
+
+def _names_above(name: str) -> list[str]:
+    """``a``, ``a/b`` for ``a/b/c``."""
+    parts = name.split("/")
+    return ["/".join(parts[:count]) for count in range(1, len(parts))] if name != "." else []
+
+
+def _open_existing_directory(root: int, parts: Sequence[str]) -> int:
+    """A descriptor of the existing directory ``parts`` under the open ``root``, no link followed (OSError else)."""
+    current = os.dup(root)
+    try:
+        for part in parts:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
+            os.close(current)
+            current = child
+    except BaseException:
+        os.close(current)
+        raise
+    return current
+
+
+def _set_attributes(directory: int, member: tarfile.TarInfo) -> None:
+    """tarfile's chown, utime and chmod of a directory, on its descriptor; a failure is logged (tarfile's too)."""
+    try:
+        if os.geteuid() == 0:
+            uid, gid = member.uid, member.gid
+            with contextlib.suppress(KeyError):
+                if member.gname:
+                    gid = grp.getgrnam(member.gname).gr_gid
+            with contextlib.suppress(KeyError):
+                if member.uname:
+                    uid = pwd.getpwnam(member.uname).pw_uid
+            os.fchown(directory, uid, gid)
+        if member.mtime is not None:
+            os.utime(directory, (member.mtime, member.mtime))
+        if member.mode is not None:
+            os.fchmod(directory, member.mode)
+    except (OSError, OverflowError) as exc:
+        log.warning("image directory %s: owner, time or mode not set: %s", member.name, exc)
+
+
+def _free_place(place: str, directory_too: bool) -> None:
+    """Remove what is at ``place`` (absolute, inside the root file system, its directory resolved: _ImageFilter
+    found it recorded by no member of the archive) before a member is laid there: a file or a link, and with
+    ``directory_too`` (a link's place) a directory with all it holds. Nothing is followed (shutil.rmtree does not
+    follow links, os.unlink removes a link itself)."""
     if os.path.isdir(place) and not os.path.islink(place):
         if directory_too:
             shutil.rmtree(place)

@@ -1,9 +1,10 @@
 """What the LXC hunt found, fixed: an image holding a link where the template has a directory (Debian's var/run ->
 /run, tmp -> var/tmp) is laid out as the archive says and its lease starts; a container's files keep the image's modes
-(/tmp's sticky bit, setuid programs, group-writable directories); one container's launch failing in a way nothing
-foresaw fails that container only, saying what happened, on the aggregate and on a node, and never leaves rows
-starting; a container that stops by itself (a poweroff inside it) is shown stopped, saying so, and geni_start starts
-it again. LXC is real where the finding needs it."""
+(/tmp's sticky bit, setuid programs, group-writable directories) and no image reaches a host directory through a
+link laid over a place it laid, however spelled (tarfile set directories' owner and mode at the end, by name); one
+container's launch failing in a way nothing foresaw fails that container only, saying what happened, on the
+aggregate and on a node, and never leaves rows starting; a container that stops by itself (a poweroff inside it) is
+shown stopped, saying so, and geni_start starts it again. LXC is real where the finding needs it."""
 
 from __future__ import annotations
 
@@ -141,6 +142,130 @@ def test_unpacking_keeps_the_archives_modes_and_still_refuses_names_leading_out(
     with pytest.raises(GeniError, match="was refused"):
         lxc._extract(str(climbing), rootfs, "c1")
     assert not (tmp_path / "escaped").exists()
+
+
+# -- an image reaching out of the root file system through a link laid over a place it went through ---------------
+def beside_the_root(tmp_path: Path) -> tuple[Path, Path]:
+    """The root file system and a host directory next to it (``outside``, with ``outside/x``), mode 0700, owned by
+    4321:4321, which no image may change."""
+    rootfs, outside = tmp_path / "rootfs", tmp_path / "outside"
+    (rootfs / "usr" / "bin").mkdir(parents=True)
+    (outside / "inner").mkdir(parents=True)
+    (outside / "x").mkdir()
+    for directory in (outside, outside / "x"):
+        os.chmod(directory, 0o700)
+        os.chown(directory, 4321, 4321)
+    return rootfs, outside
+
+
+def untouched(outside: Path) -> bool:
+    return all(
+        (mode_of(directory), os.lstat(directory).st_uid, os.lstat(directory).st_gid) == (0o700, 4321, 4321)
+        for directory in (outside, outside / "x")
+    )
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        # The template's bin -> usr/bin (merged /usr): bin/x is the place of usr/bin/x, a directory of the archive.
+        [member("usr/bin/x", tarfile.DIRTYPE, 0o4777), member("bin/x", tarfile.SYMTYPE, target="OUTSIDE")],
+        # A link of the archive itself: alias/x is usr/x.
+        [
+            member("alias", tarfile.SYMTYPE, target="usr"),
+            member("usr/x", tarfile.DIRTYPE, 0o777),
+            member("alias/x", tarfile.SYMTYPE, target="OUTSIDE"),
+        ],
+        # Above a directory of the archive, spelled through the template's link.
+        [member("usr/bin/x/y", tarfile.DIRTYPE, 0o777), member("bin/x", tarfile.SYMTYPE, target="OUTSIDE")],
+        # The template's link the archive's names went through, replaced after.
+        [member("bin/x", tarfile.DIRTYPE, 0o777), member("bin", tarfile.SYMTYPE, target="OUTSIDE")],
+        # A hard link at a directory of the archive, spelled another way.
+        [member("usr/bin/x", tarfile.DIRTYPE, 0o777), member("bin/x", tarfile.LNKTYPE, target="usr/bin/f")],
+    ],
+    ids=["template link", "archive link", "above, through the template link", "the link gone through", "hard link"],
+)
+def test_a_link_over_a_place_the_archive_laid_is_refused_however_it_is_spelled(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]]
+) -> None:
+    """tarfile sets archived directories' owner and mode at the end, by name through links: a link laid over a
+    directory of the archive, named another way, made the image chmod and chown any host directory."""
+    rootfs, outside = beside_the_root(tmp_path)
+    os.symlink("usr/bin", rootfs / "bin")  # as Debian 12's template makes it
+    (rootfs / "usr" / "bin" / "f").write_text("the template's\n")
+    for info, _ in members:
+        if info.linkname == "OUTSIDE":
+            info.linkname = str(outside)
+    refusal = ""
+    try:
+        lxc._extract(str(archive(tmp_path / "image.tar", *members)), rootfs, "c1")
+    except GeniError as exc:
+        refusal = str(exc)
+    assert untouched(outside) and sorted(path.name for path in outside.iterdir()) == ["inner", "x"]
+    assert "was refused" in refusal
+
+
+def test_a_template_link_replaced_after_the_archives_names_went_through_it_changes_nothing_outside(
+    tmp_path: Path,
+) -> None:
+    """a -> bin/.. is usr (through the template's bin -> usr/bin), a/x the directory usr/x; bin, a link of the
+    template no member's own name went through, may be replaced (as Debian's var/run), here by a link to a host
+    directory: a/x then named outside/x, whose owner and mode tarfile set at the end. They are set on usr/x."""
+    rootfs, outside = beside_the_root(tmp_path)
+    os.symlink("usr/bin", rootfs / "bin")
+    image = archive(
+        tmp_path / "image.tar",
+        member("usr/bin/d", tarfile.DIRTYPE, 0o755),
+        member("a", tarfile.SYMTYPE, target="bin/.."),
+        member("a/x", tarfile.DIRTYPE, 0o4777),
+        member("bin", tarfile.SYMTYPE, target=str(outside / "inner")),
+    )
+    lxc._extract(str(image), rootfs, "c1")
+    assert untouched(outside)
+    assert mode_of(rootfs / "usr" / "x") == 0o4777 and os.readlink(rootfs / "bin") == str(outside / "inner")
+
+
+@pytest.mark.parametrize(
+    "members",
+    [
+        # A hard link to a directory: tarfile copies the archive's member instead (here a link climbing out).
+        [member("a/b/s", tarfile.SYMTYPE, target="../.."), member("h", tarfile.LNKTYPE, target="a/b/s")],
+        [member("d", tarfile.DIRTYPE, 0o755), member("h", tarfile.LNKTYPE, target="d")],
+        # '..' after a link: bin/../f is usr/f, not f.
+        [member("usr/f", data=b"the archive's\n"), member("bin/../f", tarfile.SYMTYPE, target="/etc/passwd")],
+        # A file where the archive laid a link its later names went through.
+        [
+            member("alias", tarfile.SYMTYPE, target="usr"),
+            member("alias/x", tarfile.DIRTYPE, 0o755),
+            member("alias", data=b"a file\n"),
+        ],
+    ],
+    ids=["hard link to a link to a directory", "hard link to a directory", "dot-dot after a link", "file over link"],
+)
+def test_members_that_would_land_elsewhere_than_checked_or_replace_the_archives_own_are_refused(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]]
+) -> None:
+    rootfs, _ = beside_the_root(tmp_path)
+    os.symlink("usr/bin", rootfs / "bin")
+    with pytest.raises(GeniError, match="was refused"):
+        lxc._extract(str(archive(tmp_path / "image.tar", *members)), rootfs, "c1")
+    assert not os.path.islink(rootfs / "h")
+
+
+def test_directories_owner_and_mode_are_never_set_through_a_link(tmp_path: Path) -> None:
+    """The last pass opens each directory laid from the root without following links: one replaced by a link since
+    (whatever let it) refuses the image, the link's target untouched."""
+    rootfs, outside = beside_the_root(tmp_path)
+    image_filter = lxc._ImageFilter(str(rootfs))
+    laid = image_filter(member("d", tarfile.DIRTYPE, 0o777)[0], str(rootfs))
+    (rootfs / "d").mkdir()
+    image_filter.set_directory_attributes()
+    assert mode_of(rootfs / "d") == laid.mode == 0o777
+    (rootfs / "d").rmdir()
+    os.symlink(outside / "x", rootfs / "d")
+    with pytest.raises(tarfile.FilterError, match="replaced before its mode was set"):
+        image_filter.set_directory_attributes()
+    assert untouched(outside)
 
 
 # -- a start whose launch fails in a way nothing foresaw (no LXC command runs) --------------------------------------
