@@ -489,7 +489,7 @@ class _ImageFilter:
             for target, member in sorted(self.directories, key=lambda laid: laid[0], reverse=True):
                 parts = os.path.relpath(target, self.root).split(os.sep)
                 try:
-                    directory = _open_existing_directory(root, [part for part in parts if part != "."])
+                    directory = _open_directory(root, [part for part in parts if part != "."], make=False)
                 except OSError as exc:
                     why = f"the directory laid was replaced before its mode was set: {exc}"
                     raise ImageMemberRefused(member, why) from exc
@@ -505,20 +505,6 @@ def _names_above(name: str) -> list[str]:
     """``a``, ``a/b`` for ``a/b/c``."""
     parts = name.split("/")
     return ["/".join(parts[:count]) for count in range(1, len(parts))] if name != "." else []
-
-
-def _open_existing_directory(root: int, parts: Sequence[str]) -> int:
-    """A descriptor of the existing directory ``parts`` under the open ``root``, no link followed (OSError else)."""
-    current = os.dup(root)
-    try:
-        for part in parts:
-            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
-            os.close(current)
-            current = child
-    except BaseException:
-        os.close(current)
-        raise
-    return current
 
 
 def _set_attributes(directory: int, member: tarfile.TarInfo) -> None:
@@ -584,15 +570,16 @@ def _inside_root(member: tarfile.TarInfo, rootfs: str) -> tarfile.TarInfo:
     return member
 
 
-def _open_directory(root: int, parts: Sequence[str], mode: int = 0o755) -> int:
-    """A descriptor of the directory ``parts`` under the open directory ``root``, made (``mode``) where missing;
-    OSError (ELOOP, ENOTDIR) when one of them is a link or not a directory: never followed out of the root file
-    system."""
+def _open_directory(root: int, parts: Sequence[str], mode: int = 0o755, make: bool = True) -> int:
+    """A descriptor of the directory ``parts`` under the open directory ``root``, made (``mode``) where missing
+    unless not ``make``; OSError (ELOOP, ENOTDIR, ENOENT) when one of them is a link, not a directory or (not
+    ``make``) missing: never followed out of the root file system."""
     current = os.dup(root)
     try:
         for part in parts:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, mode, dir_fd=current)
+            if make:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, mode, dir_fd=current)
             child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
             os.close(current)
             current = child
