@@ -373,6 +373,11 @@ def answering_ssh(endpoints: Iterable[tuple[str, int]], budget_s: float, workers
         return {endpoint for endpoint, up in zip(wanted, pool.map(answers, wanted), strict=True) if up}
 
 
+#: Linux's longest file name and path (NAME_MAX, PATH_MAX less its NUL), in bytes.
+NAME_MAX_BYTES = 255
+PATH_MAX_BYTES = 4095
+
+
 class LinkOverArchiveMember(tarfile.FilterError):
     """A member other than a directory (a symbolic or hard link, a file...) laid where the archive already laid a
     member, above one, or at a link its names went through, wherever it is spelled from (the place is resolved):
@@ -413,6 +418,10 @@ def _extract(image: str, rootfs: Path, name: str) -> None:
         raise GeniError(
             Reason.TESTBED, f"container {name}: image {image} is not a readable tar archive: {exc}"
         ) from exc
+    except RecursionError as exc:  # tarfile's fallback from link to link, should a case the filter misses reach it
+        raise GeniError(
+            Reason.TESTBED, f"container {name}: image {image} was refused: its links lead to one another ({exc})"
+        ) from exc
 
 
 class _ImageFilter:
@@ -438,6 +447,17 @@ class _ImageFilter:
         member = _inside_root(member, rootfs)
         if ".." in member.name.split("/") or (member.islnk() and ".." in member.linkname.split("/")):
             raise ImageMemberRefused(member, "a name with '..' (resolved through links it may lead elsewhere)")
+        for text in (member.name, member.linkname):
+            # Linux's limits: a link os.symlink or os.link cannot make sends tarfile to lay another member of the
+            # archive in its place, unfiltered (and, from link to link, in a loop).
+            if len(os.fsencode(text)) > PATH_MAX_BYTES or any(
+                len(os.fsencode(part)) > NAME_MAX_BYTES for part in text.split("/")
+            ):
+                raise ImageMemberRefused(
+                    member,
+                    f"a name or link target longer than Linux allows ({NAME_MAX_BYTES} bytes a name, "
+                    f"{PATH_MAX_BYTES} a path)",
+                )
         name = os.path.normpath(member.name)
         above = [self._place(prefix) for prefix in _names_above(name) if prefix not in self.names_above]
         self.names_above.update(_names_above(name))

@@ -239,8 +239,24 @@ def test_a_template_link_replaced_after_the_archives_names_went_through_it_chang
             member("alias/x", tarfile.DIRTYPE, 0o755),
             member("alias", data=b"a file\n"),
         ],
+        # Links Linux cannot make (a target, a name longer than it allows): tarfile then lays another member of the
+        # archive in their place, unfiltered, from link to link (RecursionError, found by the second review).
+        [
+            member("victim", tarfile.SYMTYPE, target="a/" * 2100 + "x"),
+            member("a/" * 2100 + "x", tarfile.LNKTYPE, target="victim"),
+        ],
+        [member("h", data=b"h\n"), member("s", tarfile.SYMTYPE, target="x" * 5000)],
+        [member("h", data=b"h\n"), member("sub/" + "x" * 300, tarfile.LNKTYPE, target="h")],
     ],
-    ids=["hard link to a link to a directory", "hard link to a directory", "dot-dot after a link", "file over link"],
+    ids=[
+        "hard link to a link to a directory",
+        "hard link to a directory",
+        "dot-dot after a link",
+        "file over link",
+        "links too long, in a loop",
+        "link target too long",
+        "name too long",
+    ],
 )
 def test_members_that_would_land_elsewhere_than_checked_or_replace_the_archives_own_are_refused(
     tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes]]
