@@ -30,7 +30,7 @@ from sfa_omf.registry.records import Record
 from sfa_omf.registry.removed_marks import is_removed_mark
 from sfa_omf.testbed.unix_accounts import UnixAccounts, WrittenKeys
 from sfa_omf.times import utcnow
-from tests.am.test_users_keys import Member, _aggregate, _remove_accounts, public, urn_of
+from tests.am.test_users_keys import Member, _aggregate, _remove_accounts, pinned_aggregate, public, urn_of
 from tests.calendar.conftest import node_urn
 from tests.conftest import DemoPki
 from tests.testbed.test_foreign_login import ssh_as, sshd, user_key
@@ -47,15 +47,7 @@ MADE_UP = [f"urn:publicid:IDN+made.up+user+afxfake{number}" for number in range(
 @pytest.fixture(params=["sqlite", "postgresql"])
 def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> Iterator[Aggregate]:
     """Per-user accounts, real Unix accounts; alice, bob and carol on logins of this file's own."""
-    made = _aggregate(request.param, tmp_path, pki, "per-user")
-    for name, login in LOGINS.items():
-        made.accounts.pin(urn_of(pki, name), login)
-    _remove_accounts(list(LOGINS.values()))  # a previous run's
-    try:
-        yield made
-    finally:
-        _remove_accounts(list(LOGINS.values()))
-        made.database.dispose()
+    yield from pinned_aggregate(request.param, tmp_path, pki, LOGINS)
 
 
 class Clock:

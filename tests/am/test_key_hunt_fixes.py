@@ -53,7 +53,7 @@ from sfa_omf.testbed.unix_accounts import (
     replace_block,
 )
 from sfa_omf.times import utcnow
-from tests.am.test_users_keys import GENI_V3, Member, _aggregate, _remove_accounts, public, urn_of
+from tests.am.test_users_keys import GENI_V3, Member, pinned_aggregate, public, urn_of
 from tests.conftest import DemoPki
 from tests.sshkeys import ssh_key
 from tests.testbed.test_foreign_login import ssh_as, sshd, user_key
@@ -131,15 +131,9 @@ def refusal_of(users: list[dict[str, Any]]) -> str:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> Iterator[Aggregate]:
     """Per-user accounts, real Unix accounts; alice, bob and carol on logins of this file's own."""
-    made = _aggregate(request.param, tmp_path, pki, "per-user")
-    for name, login in LOGINS.items():
-        made.accounts.pin(urn_of(pki, name), login)
-    _remove_accounts(list(LOGINS.values()))  # a previous run's
     try:
-        yield made
+        yield from pinned_aggregate(request.param, tmp_path, pki, LOGINS)
     finally:
-        _remove_accounts(list(LOGINS.values()))
-        made.database.dispose()
         for login in LOGINS.values():
             (LOCK_DIR / f"{login}.lock").unlink(missing_ok=True)
 

@@ -72,18 +72,24 @@ def _aggregate(backend: str, tmp_path: Path, pki: DemoPki, policy: str) -> Aggre
     return made
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> Iterator[Aggregate]:
-    """Per-user accounts, real Unix accounts; alice, bob and carol on logins of this file's own."""
-    made = _aggregate(request.param, tmp_path, pki, "per-user")
-    for name, login in LOGINS.items():
+def pinned_aggregate(backend: str, tmp_path: Path, pki: DemoPki, logins: dict[str, str]) -> Iterator[Aggregate]:
+    """A per-user aggregate with real Unix accounts, the demo users pinned to ``logins`` (name -> login: each test
+    file its own, as files may run at the same time), those accounts removed before and after."""
+    made = _aggregate(backend, tmp_path, pki, "per-user")
+    for name, login in logins.items():
         made.accounts.pin(urn_of(pki, name), login)
-    _remove_accounts(list(LOGINS.values()))  # a previous run's
+    _remove_accounts(list(logins.values()))  # a previous run's
     try:
         yield made
     finally:
-        _remove_accounts(list(LOGINS.values()))
+        _remove_accounts(list(logins.values()))
         made.database.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def aggregate(request: pytest.FixtureRequest, tmp_path: Path, pki: DemoPki) -> Iterator[Aggregate]:
+    """Per-user accounts, real Unix accounts; alice, bob and carol on logins of this file's own."""
+    yield from pinned_aggregate(request.param, tmp_path, pki, LOGINS)
 
 
 def urn_of(pki: DemoPki, name: str) -> str:
