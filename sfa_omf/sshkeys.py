@@ -94,6 +94,11 @@ def key_problem(key: object) -> str | None:
     if danger is not None:
         return danger
     assert isinstance(key, str)  # (key_danger refuses anything else)
+    return _unusable(key)
+
+
+def _unusable(key: str) -> str | None:
+    """``key_problem`` of a key ``key_danger`` found harmless: why sshd would not use it, or None."""
     kind, blob_text = _type_and_blob(key)
     blob = _blob(blob_text)
     assert blob is not None
@@ -134,25 +139,16 @@ def is_ssh_public_key(key: str) -> bool:
 def ssh_public_key(value: object, where: str = "key") -> str:
     """``value`` stripped if it is an SSH public key, else BadArgs naming ``where``, what is wrong and the expected
     form."""
-    if not isinstance(value, str):
-        raise BadArgs(f"{where} must be an SSH public key string, not {type(value).__name__}")
-    key = value.strip()
-    problem = key_problem(key)
+    key = _harmless_key(value, where)
+    problem = _unusable(key)
     if problem is not None:
-        raise BadArgs(
-            f"{where} is not an SSH public key of one line (expected 'ssh-ed25519 AAAAC3... comment', no options): "
-            f"{problem}: {key[:40]!r}"
-        )
+        raise BadArgs(_not_a_key(where, problem, key))
     return key
 
 
 def ssh_public_keys(value: object, where: str = "keys") -> list[str]:
     """A list of SSH public keys (nil is none). One string is refused rather than read one character per key."""
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise BadArgs(f"{where} must be a list of SSH public key strings, not {type(value).__name__}")
-    return [ssh_public_key(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    return [ssh_public_key(item, f"{where}[{index}]") for index, item in enumerate(_key_list(value, where))]
 
 
 def usable_ssh_public_keys(value: object, where: str = "keys") -> tuple[list[str], list[tuple[str, str]]]:
@@ -160,29 +156,45 @@ def usable_ssh_public_keys(value: object, where: str = "keys") -> tuple[list[str
     would not use, each with why (``key_problem``), to be left out. A key that could do harm (``key_danger``:
     options, a second line, a control character) is BadArgs naming ``where`` as ``ssh_public_key`` does: never
     left out in silence."""
-    if value is None:
-        return [], []
-    if not isinstance(value, list):
-        raise BadArgs(f"{where} must be a list of SSH public key strings, not {type(value).__name__}")
     usable: list[str] = []
     unusable: list[tuple[str, str]] = []
-    for index, item in enumerate(value):
+    for index, item in enumerate(_key_list(value, where)):
         place = f"{where}[{index}]"
-        if not isinstance(item, str):
-            raise BadArgs(f"{place} must be an SSH public key string, not {type(item).__name__}")
-        key = item.strip()
-        danger = key_danger(key)
-        if danger is not None:
-            raise BadArgs(
-                f"{place} is not an SSH public key of one line (expected 'ssh-ed25519 AAAAC3... comment', no "
-                f"options): {danger}: {key[:40]!r}"
-            )
-        problem = key_problem(key)
+        key = _harmless_key(item, place)
+        problem = _unusable(key)
         if problem is None:
             usable.append(key)
         else:
             unusable.append((key, f"{place}: {problem}"))
     return usable, unusable
+
+
+def _key_list(value: object, where: str) -> list[object]:
+    """The list of keys ``value`` is (nil: none); BadArgs for anything else (a string would be read one character
+    per key)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadArgs(f"{where} must be a list of SSH public key strings, not {type(value).__name__}")
+    return value
+
+
+def _harmless_key(value: object, where: str) -> str:
+    """``value`` stripped when it is a string that can do no harm in authorized_keys (``key_danger``), else BadArgs."""
+    if not isinstance(value, str):
+        raise BadArgs(f"{where} must be an SSH public key string, not {type(value).__name__}")
+    key = value.strip()
+    danger = key_danger(key)
+    if danger is not None:
+        raise BadArgs(_not_a_key(where, danger, key))
+    return key
+
+
+def _not_a_key(where: str, why: str, key: str) -> str:
+    return (
+        f"{where} is not an SSH public key of one line (expected 'ssh-ed25519 AAAAC3... comment', no options): "
+        f"{why}: {key[:40]!r}"
+    )
 
 
 def _type_and_blob(key: str) -> tuple[str, str]:
