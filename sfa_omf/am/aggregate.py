@@ -81,7 +81,7 @@ from sfa_omf.calendar.external import is_source_slice
 from sfa_omf.calendar.intervals import align_down, align_up
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.plain_statements import MAX_LISTED
-from sfa_omf.calendar.policy import Policy, human_duration
+from sfa_omf.calendar.policy import Policy, human_duration, max_duration_counted_from
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import BookingRequest, Conflict, LeaseRecord, NodeRecord, SliceView, SliverRecord
 from sfa_omf.calendar.slices import Contact, Slices
@@ -1061,10 +1061,12 @@ class Aggregate:
         # for (rounded up to its slots) keeps its end. (An end in the past is refused as without them.)
         sparing = (alap or slice_named) and new_end > now
         after_asked = {lease.id for lease in leases if lease.end > new_end} if sparing else set()
-        grains, states = self._lease_grains_and_states(leases) if extending or after_asked else ({}, {})
+        grains, states, node_grains = (
+            self._lease_grains_and_states(leases) if extending or after_asked else ({}, {}, {})
+        )
         if extending and read is not None:  # the node states as the renewal read them (its statement checks again)
             states = {row.component_id: row.node_state for rows in read.checks.values() for row in rows}
-        alap_ends = self._alap_ends(leases, new_end, verified.expires, grains, states) if extending else {}
+        alap_ends = self._alap_ends(leases, new_end, verified.expires, grains, states, node_grains) if extending else {}
         for lease in leases:
             lapsed = _allocation_lapsed(lease, now)  # (the calendar refuses it: as without alap, it says why)
             if lease.id in after_asked and not lapsed and to_s(lease.end) > align_up(to_s(new_end), grains[lease.id]):
@@ -1127,15 +1129,18 @@ class Aggregate:
         lcm of their grains (by lease id; one read of the nodes)."""
         return self._lease_grains_and_states(leases)[0]
 
-    def _lease_grains_and_states(self, leases: Sequence[LeaseRecord]) -> tuple[dict[str, int], dict[str, str]]:
-        """``_lease_grains``, and the state of each of the leases' nodes (by component id), from the same read."""
+    def _lease_grains_and_states(
+        self, leases: Sequence[LeaseRecord]
+    ) -> tuple[dict[str, int], dict[str, str], dict[str, int]]:
+        """``_lease_grains``, and the state and the slot length of each of the leases' nodes (by component id), from
+        the same read."""
         nodes = self.inventory.list_nodes(component_ids={node for lease in leases for node in lease.nodes})
         grain_of = {node.component_id: max(node.grain_s, 1) for node in nodes}
         grains = {
             lease.id: math.lcm(*(grain_of.get(node, 1) for node in lease.nodes)) if lease.nodes else 1
             for lease in leases
         }
-        return grains, {node.component_id: node.state for node in nodes}
+        return grains, {node.component_id: node.state for node in nodes}, grain_of
 
     def _alap_ends(
         self,
@@ -1144,18 +1149,28 @@ class Aggregate:
         credential_expires: datetime,
         grains: Mapping[str, int],
         node_states: Mapping[str, str],
+        node_grains: Mapping[str, int],
     ) -> dict[str, tuple[datetime, str]]:
         """geni_extend_alap: each lease's latest reachable end, with what limits it in words. The end asked for,
         rounded up to the lease's slots as a plain Renew rounds it, unless something comes first: the slice
-        credential's expiry, the operator's maximum duration (counted from the lease's start) or the next booking
-        of one of its nodes (one read of the bookings after the leases' ends); then the last slot boundary before
-        it (``grains``: each lease's slot length, ``_lease_grains``). A lease with a node that is not usable (in
+        credential's expiry, the operator's maximum duration (counted as the calendar's renewal counts it:
+        ``max_duration_counted_from``, over ``node_grains`` by component id) or the next booking of one of its nodes
+        (one read of the bookings after the leases' ends); then the last slot boundary before it (``grains``: each
+        lease's slot length, ``_lease_grains``). A lease with a node that is not usable (in
         maintenance, or lost: ``node_states`` by component id) reaches only its own end: it is kept, not extended,
         while the other leases are (a plain Renew of it is refused, as a booking of the node is)."""
         longest = self.policy.max_duration_s
         caps: dict[str, tuple[int, str]] = {}
         for lease in leases:
             grain = grains[lease.id]
+            start_s = to_s(lease.start)
+            counted_from_s = max_duration_counted_from(start_s, (node_grains.get(node, 1) for node in lease.nodes))
+            since = (
+                f"its start ({format_time(lease.start)})"
+                if counted_from_s == start_s
+                else f"its first whole slot ({format_time(from_s(counted_from_s))}; it was booked from now, at "
+                f"{format_time(lease.start)}, and the part of a slot it began in is not counted)"
+            )
             limits = [
                 (
                     align_down(to_s(credential_expires), grain),
@@ -1163,9 +1178,8 @@ class Aggregate:
                     "authority, then renew the lease with the new slice credential); leases end on slot boundaries",
                 ),
                 (
-                    align_down(to_s(lease.start) + longest, grain),
-                    f"a lease lasts at most {human_duration(longest)} from its start ({format_time(lease.start)}); "
-                    "leases end on slot boundaries",
+                    align_down(counted_from_s + longest, grain),
+                    f"a lease lasts at most {human_duration(longest)} from {since}; leases end on slot boundaries",
                 ),
             ]
             ceiling = min(limits, key=lambda found: found[0])
@@ -1307,12 +1321,13 @@ class Aggregate:
             return self._update_users(slice_urn, verified.owner_urn, sliver_urns, leases, options)
         if event != Event.SAVE_IMAGE:  # (it saves one container; the users above are the whole slice's)
             _refuse_part_of_a_lease(leases, sliver_urns, "started, stopped and restarted")
-        for lease in leases:
-            if lease.state != "provisioned":
-                raise GeniError(
-                    Reason.BAD_ARGS,
-                    f"{action} needs provisioned slivers; lease {lease.id} is {lease.state}: Provision first",
-                )
+        left_out: dict[str, str] = {}  # lease id -> why a call naming the slice left it as it is
+        if event != Event.SAVE_IMAGE and sliver_urns is None:
+            # Named by the slice: the leases running now are acted on, the others left as they are (as Provision
+            # and Renew naming the slice leave out what they cannot act on); refused only if none runs.
+            leases, left_out = _leases_running_now(slice_urn, leases, str(action), now)
+        else:
+            _refuse_unprovisioned(leases, str(action))
         if event == Event.SAVE_IMAGE:
             if self.instances is None:
                 raise GeniError(Reason.UNSUPPORTED, "this aggregate runs no containers: there is nothing to save")
@@ -1321,7 +1336,7 @@ class Aggregate:
                 options = {**options, "sfa_omf_instance": named[0]}  # the one container named by its URN
             save_image(self.instances, leases, options, verified.owner_urn, self.clock())
             return self._sliver_dicts(slice_urn, sliver_urns)
-        _check_slots_running(leases, action, now)  # the checks before anything acts: a refusal changes nothing
+        _check_slots_running(leases, str(action), now)  # the checks before anything acts: a refusal changes nothing
         if self.instances is not None:
             self.instances.check_operable(str(action), [lease.id for lease in leases])
         # On OAR with containers the job (the node sliver) runs on: the action is the containers', checked above.
@@ -1339,7 +1354,7 @@ class Aggregate:
         }
         for state in sorted(set(recorded.values())):  # (one write, but for a geni_start of running and stopped ones)
             self.bookings.set_operational_states([lease_id for lease_id, to in recorded.items() if to == state], state)
-        return self._sliver_dicts(slice_urn, sliver_urns)
+        return self._sliver_dicts(slice_urn, sliver_urns, left_out=left_out)
 
     def _checked_transitions(self, leases: Sequence[LeaseRecord], event: Event) -> dict[str, Operational]:
         """The operational state each lease is to record after ``event``, from the one transition table
@@ -1866,9 +1881,16 @@ class Aggregate:
         }
 
     def _sliver_dicts(
-        self, slice_urn: str, sliver_urns: set[str] | None, leases: list[LeaseRecord] | None = None
+        self,
+        slice_urn: str,
+        sliver_urns: set[str] | None,
+        leases: list[LeaseRecord] | None = None,
+        left_out: Mapping[str, str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Each sliver's status, each followed by its containers' (a container is a sliver of its own)."""
+        """Each sliver's status, each followed by its containers' (a container is a sliver of its own). ``left_out``:
+        lease id -> why a PerformOperationalAction did not act on it, in the geni_resource_status of its slivers and
+        containers (AM API v3's field for an aggregate's own word on a sliver in that answer; geni_error is for an
+        action that failed, and omni would report the call as failed at the aggregate)."""
         chosen = leases if leases is not None else self._leases(slice_urn, sliver_urns)
         containers = self._containers_of(chosen)
         answering = ssh_answering(i for found in containers.values() for i in found)  # at once, 1 s for them all
@@ -1884,9 +1906,13 @@ class Aggregate:
                 failed = node_health(mine)
                 if failed is not None and entry["geni_operational_status"] != str(Operational.PENDING_ALLOCATION):
                     entry.update(geni_operational_status=str(failed.operational_state), geni_error=failed.error)
-                answer.append(entry)
                 allocation, waiting = entry["geni_allocation_status"], pending.get(lease.id, "")
-                answer += [container_dict(i, lease, now, allocation, answering, waiting) for i in mine]
+                entries = [entry] + [container_dict(i, lease, now, allocation, answering, waiting) for i in mine]
+                why = (left_out or {}).get(lease.id)
+                if why:
+                    for each in entries:
+                        each["geni_resource_status"] = why
+                answer += entries
         return answer
 
     def _containers_of(self, leases: Sequence[LeaseRecord]) -> dict[str, list[Instance]]:
@@ -2285,13 +2311,62 @@ def _refuse_part_of_a_lease(leases: Sequence[LeaseRecord], sliver_urns: set[str]
 
 def _check_slots_running(leases: Sequence[LeaseRecord], action: str, now: datetime) -> None:
     """BADARGS unless every lease's slot runs at ``now``: a provisioned lease for later must not switch nodes that
-    another slice holds now."""
+    another slice holds now. The refusal says what to do instead."""
     for lease in leases:
         if not lease.start <= now < lease.end:
             raise BadArgs(
                 f"{action}: the slot of lease {lease.id} is {format_time(lease.start)} to {format_time(lease.end)}, "
-                "not now; geni_start/stop/restart act during the slot (nothing was changed)"
+                f"not now; geni_start/stop/restart act during the slot (nothing was changed): "
+                f"{_during_the_slot(lease, action)}"
             )
+
+
+def _during_the_slot(lease: LeaseRecord, action: str) -> str:
+    """What to do about ``action`` on a lease whose slot is ahead, in words."""
+    start = format_time(lease.start)
+    if lease.state != "provisioned":
+        return f"Provision it before its slot begins, at {start}: a provisioned lease starts by itself then"
+    if action == Event.START:
+        return f"a provisioned lease starts by itself when its slot begins, at {start}; nothing to do now"
+    return f"call {action} again from {start}, when its slot begins (or Delete the lease to give the slot up)"
+
+
+def _refuse_unprovisioned(leases: Sequence[LeaseRecord], action: str) -> None:
+    """BADARGS for a lease that is not provisioned: operational actions act on provisioned slivers only."""
+    for lease in leases:
+        if lease.state != "provisioned":
+            raise BadArgs(f"{action} needs provisioned slivers; lease {lease.id} is {lease.state}: Provision first")
+
+
+def _leases_running_now(
+    slice_urn: str, leases: Sequence[LeaseRecord], action: str, now: datetime
+) -> tuple[list[LeaseRecord], dict[str, str]]:
+    """geni_start/stop/restart naming the slice: the provisioned leases whose slot runs at ``now``, to act on, and
+    for each other lease (its slot ahead, or not provisioned) why it is left as it is. BADARGS, before anything
+    acts, when no lease runs: naming an allocation of the current slot to Provision, or when the next slot begins."""
+    running = [lease for lease in leases if lease.state == "provisioned" and lease.start <= now < lease.end]
+    acting = {lease.id for lease in running}
+    left_out: dict[str, str] = {}
+    for lease in leases:
+        if lease.id in acting:
+            continue
+        if lease.start > now:
+            why = f"its slot is {format_time(lease.start)} to {format_time(lease.end)}, not now: "
+            why += _during_the_slot(lease, action)
+        elif _allocation_lapsed(lease, now):
+            why = f"it {LAPSED_ALLOCATION} {format_time(_allocation_expiry(lease))}; Allocate again"
+        else:
+            why = f"it is {lease.state}: Provision it first"
+        left_out[lease.id] = f"{action} left lease {lease.id} as it is: {why}"
+    if running:
+        return running, left_out
+    _refuse_unprovisioned([lease for lease in leases if lease.start <= now], action)
+    upcoming = min(leases, key=lambda lease: lease.start)
+    raise BadArgs(
+        f"{action}: no lease of slice {slice_urn} runs now; the next, lease {upcoming.id}, runs from "
+        f"{format_time(upcoming.start)} to {format_time(upcoming.end)}; geni_start/stop/restart act during the slot "
+        f"(nothing was changed): {_during_the_slot(upcoming, action)}"
+    )
 
 
 def _check_rspec_version(options: Mapping[str, Any], required: bool, method: str) -> None:

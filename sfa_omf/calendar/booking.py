@@ -64,7 +64,13 @@ from sfa_omf.calendar.plain_statements import (
     listed_count,
     listed_values,
 )
-from sfa_omf.calendar.policy import Policy, PolicyViolation, check_window, exact_duration
+from sfa_omf.calendar.policy import (
+    Policy,
+    PolicyViolation,
+    check_window,
+    exact_duration,
+    max_duration_counted_from,
+)
 from sfa_omf.calendar.queries import advisory_key, from_s, held_windows, lock_names, lock_slice, table_of, to_s
 from sfa_omf.calendar.records import (
     BookingRequest,
@@ -852,7 +858,7 @@ class Bookings:
                 if too_long.rule != "max_duration":
                     raise
                 # The latest end the rule allows this lease (its partial first slot does not count), on a boundary.
-                counted_from_s = min(align_up(start_s, n.grain_s) if partial_start else start_s for n in nodes)
+                counted_from_s = max_duration_counted_from(start_s, [n.grain_s for n in nodes])
                 latest_s = align_down(counted_from_s + self.policy.max_duration_s, grain_s)
                 raise PolicyViolation(
                     "max_duration",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -76,6 +78,17 @@ def compared_durations(asked_s: int, limit_s: int) -> tuple[str, str]:
     return asked, limit
 
 
+def max_duration_counted_from(start_s: int, grains_s: Iterable[int]) -> int:
+    """Where the maximum duration of a lease starting at ``start_s`` on nodes of these slot lengths is counted from:
+    its start; or, for a lease booked from now whose start falls inside a slot (off the boundaries every node's slots
+    share), the first boundary of one of its nodes' slots after it, as ``check_window`` counts its whole slots (the
+    partial first slot is a bonus). One rule for the renewal's refusal and for geni_extend_alap's reach."""
+    grains = [max(grain_s, 1) for grain_s in grains_s]
+    if not grains or start_s % math.lcm(*grains) == 0:
+        return start_s
+    return min(align_up(start_s, grain_s) for grain_s in grains)
+
+
 def check_window(
     policy: Policy, start_s: int, end_s: int, now_s: int, grain_s: int, node: str, partial_start: bool = False
 ) -> None:
@@ -107,7 +120,7 @@ def check_window(
     if duration < policy.min_duration_s:
         asked, minimum = compared_durations(duration, policy.min_duration_s)
         raise PolicyViolation("min_duration", f"{asked} is shorter than the minimum of {minimum}")
-    whole_slots = end_s - align_up(start_s, grain_s) if partial_start else duration
+    whole_slots = end_s - max_duration_counted_from(start_s, [grain_s]) if partial_start else duration
     if whole_slots > policy.max_duration_s:
         asked, maximum = compared_durations(whole_slots, policy.max_duration_s)
         raise PolicyViolation("max_duration", f"{asked} is longer than the maximum of {maximum}")
