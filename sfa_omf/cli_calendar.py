@@ -191,7 +191,7 @@ def _node_import(args: argparse.Namespace) -> int:
     settings = command_settings(args)
     url = args.from_oar or settings.oar_api_url
     client = OarClient(url, timeout_s=settings.oar_timeout_s, server_timezone=settings.oar_timezone or None)
-    print(f"reading OAR's resources from {url} ...", file=sys.stderr)
+    print(f"reading OAR's resources from {client.shown_url} ...", file=sys.stderr)
     try:
         resources = client.resources()
     except OarError as exc:

@@ -3,7 +3,8 @@
 ``check`` prints every effective setting (INI name, shell name, value, where it came from), the SFA settings sfa-omf
 does not use, then the problems, one a line: those of the file, then what would fail when the server starts (key and
 GID files, trusted roots, the database and its migration, ports that cannot be bound, a hostname that is not this
-machine's; ``--settings-only`` leaves these out, to check a file meant for another machine). Exit 0 without
+machine's, a configuration file, trusted roots or key directory others may change; ``--settings-only`` leaves these
+out, to check a file meant for another machine). Exit 0 without
 problems, 1 with problems, 2 when the file cannot be read. Without FILE it reads $SFA_OMF_CONFIG or ./sfa-omf.conf.
 """
 
@@ -25,6 +26,7 @@ from sfa_omf.config import (
     format_value,
     hide_password,
     hide_url_password,
+    hide_webhooks,
     load_config,
 )
 
@@ -65,9 +67,10 @@ def _config_check(args: argparse.Namespace) -> int:
         return 2
     blocking = any(problem.kind in BLOCKING_KINDS for problem in loaded.problems)
     if not args.settings_only and not blocking:
-        from sfa_omf.preflight import deployment_findings
+        from sfa_omf.preflight import deployment_findings, permission_findings
 
-        found = [Problem(finding.check, "", finding.message) for finding in deployment_findings(loaded.settings)]
+        findings = deployment_findings(loaded.settings) + permission_findings(loaded.settings, path)
+        found = [Problem(finding.check, "", finding.message) for finding in findings]
         loaded = dataclasses.replace(loaded, problems=(*loaded.problems, *found))
     print(format_check(loaded))
     return 0 if loaded.ok else 1
@@ -116,5 +119,7 @@ def _shown_value(loaded: LoadedConfig, option: Option) -> str:
         return "***" if getattr(settings, option.field) else '""'
     if option.field == "trusted_roots":
         return settings.trusted_roots_dir
-    value = hide_url_password(format_value(option, getattr(settings, option.field)))
+    value = format_value(option, getattr(settings, option.field))
+    # A webhook's path or query often holds a token: shown as the notifier shows it (origin and a digest).
+    value = hide_url_password(hide_webhooks(value) if option.field == "notify_operators" else value)
     return value if value else '""'

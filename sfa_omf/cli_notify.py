@@ -54,7 +54,7 @@ def _test(args: argparse.Namespace) -> int:
         return 1
     finally:
         database.dispose()
-    print(f"sent a test message to {args.address} ({message.channel})")
+    print(f"sent a test message to {_shown_address(message.channel, args.address)} ({message.channel})")
     return 0
 
 
@@ -67,8 +67,16 @@ def _subscribe(args: argparse.Namespace) -> int:
         Outbox(database).subscribe(args.user_urn, args.channel, address)
     finally:
         database.dispose()
-    print(f"{args.user_urn} gets {args.channel} notifications at {address}")
+    print(f"{args.user_urn} gets {args.channel} notifications at {_shown_address(args.channel, address)}")
     return 0
+
+
+def _shown_address(channel: str, address: str) -> str:
+    """An address as the commands print it: a webhook by its origin and digest (its path and query often hold a
+    token, and a terminal's output ends up in logs and bug reports), an e-mail address as it is."""
+    from sfa_omf.notify.channels import shown_webhook
+
+    return shown_webhook(address) if channel == "webhook" else address
 
 
 def _registered_email(database: Database, user_urn: str, channel: str) -> str:

@@ -39,6 +39,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_REGISTRY_PORT = 12345  # SFA's registry port
 DEFAULT_AGGREGATE_PORT = 12346  # SFA's aggregate port
 DEFAULT_DB_PORT = 5432  # SFA's database port (PostgreSQL's)
+SMTPS_PORT = 465  # SMTP over TLS from the first byte (RFC 8314): [sfa_notify] smtp_port's default with smtp_tls
 DAY_S = 24 * 3600
 
 #: Testbed backends sfa-omf ships; others register a Python entry point in TESTBED_ENTRY_POINT_GROUP.
@@ -121,6 +122,7 @@ class Settings:
     notify_smtp_host: str = "127.0.0.1"
     notify_smtp_port: int = 25
     notify_smtp_starttls: bool = False
+    notify_smtp_tls: bool = False  # TLS from the first byte (SMTPS, port 465) instead of STARTTLS
     notify_smtp_user: str = ""
     notify_smtp_password: str = field(default="", repr=False)
     notify_from: str = "sfa-omf@localhost"
@@ -329,6 +331,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify_smtp_host", "sfa_notify", "smtp_host", "text", "SMTP server for e-mail notifications"),
     Option("notify_smtp_port", "sfa_notify", "smtp_port", "port", "SMTP port"),
     Option("notify_smtp_starttls", "sfa_notify", "smtp_starttls", "flag", "use STARTTLS with the SMTP server"),
+    Option("notify_smtp_tls", "sfa_notify", "smtp_tls", "flag", "TLS from the start with the SMTP server (port 465)"),
     Option("notify_smtp_user", "sfa_notify", "smtp_user", "text", "SMTP login (empty: no login)"),
     Option("notify_smtp_password", "sfa_notify", "smtp_password", "text", "SMTP password"),
     Option("notify_from", "sfa_notify", "from", "text", "sender address of e-mail notifications"),
@@ -383,8 +386,9 @@ _SECTIONS = frozenset({option.section for option in OPTIONS} | set(SFA_UNUSED))
 # Problems that leave a setting without a usable value: read_config refuses the file for these.
 BLOCKING_KINDS = frozenset({"syntax", "invalid", "missing"})
 # Problems every command and the server say in a warning: a misspelt name or a setting given twice is otherwise a
-# value silently not taken.
-WARNING_KINDS = frozenset({"unknown", "duplicate", "moved", "comment", "doubtful"})
+# value silently not taken; "insecure" (an SMTP password that would cross the network in clear) is refused where it
+# would be used (the notifier keeps the e-mails), the rest goes on.
+WARNING_KINDS = frozenset({"unknown", "duplicate", "moved", "comment", "doubtful", "insecure"})
 #: Settings that hold a password or a key, or a URL that may hold one: a comment cut from such a value is warned of
 #: (``password = abc #def`` is the password ``abc``).
 SECRET_FIELDS = frozenset(
@@ -418,8 +422,8 @@ class Source:
 @dataclass(frozen=True)
 class Problem:
     """Something wrong with the configuration. ``kind`` is one of syntax, invalid, missing, unknown, duplicate, moved,
-    comment, doubtful, testbed, path, workers (only syntax, invalid and missing stop the server); ``where`` is
-    ``path:line``, ``environment NAME`` or the file's path."""
+    comment, doubtful, insecure, testbed, path, workers (only syntax, invalid and missing stop the server); ``where``
+    is ``path:line``, ``environment NAME`` or the file's path."""
 
     kind: str
     where: str
@@ -592,7 +596,8 @@ def usable_settings(loaded: LoadedConfig) -> Settings:
 def write_config(path: str, settings: Settings) -> None:
     """Write settings as an SFA-style INI file (refuses to overwrite an existing one).
 
-    The file is private (mode 0600) when it holds a database password.
+    The file's mode is 0644, whatever the umask; 0600 when it holds a secret (a database password, any password or
+    key in SECRET_FIELDS).
     """
     parser = configparser.ConfigParser(interpolation=None)
     parser["sfa"] = {"interface_hrn": settings.interface_hrn, "data_dir": settings.data_dir}
@@ -615,11 +620,35 @@ def write_config(path: str, settings: Settings) -> None:
             continue  # left out, it follows the aggregate host
         own[option.key] = format_value(option, getattr(settings, option.field))
     parser["sfa_omf"] = own
-    secret = bool(settings.db_password) or _has_password(database_url)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o666)
+    secret = any(
+        _is_secret(option.field, parser[option.section][option.key])
+        for option in OPTIONS
+        if parser.has_option(option.section, option.key)
+    )
+    # The mode is set explicitly, whatever the umask: the file names commands the server runs (dns_reload) and where
+    # its keys and database are, so only its owner may change it; one holding a secret only its owner may read.
+    mode = 0o600 if secret else 0o644
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(descriptor, mode)
+    except BaseException:
+        os.close(descriptor)
+        raise
     with open(descriptor, "w", encoding="utf-8") as handle:
         handle.write("# sfa-omf configuration (SFA's sfa_config names; [sfa_omf] holds sfa-omf's own)\n")
         parser.write(handle)
+
+
+def _is_secret(name: str, value: str) -> bool:
+    """Whether a setting's value, as written, holds a secret: a password or a key, a URL with a password, a webhook
+    URL (its path or query often holds a token)."""
+    if name not in SECRET_FIELDS or not value:
+        return False
+    if name == "notify_operators":
+        return "://" in value
+    if name.endswith("_url"):
+        return _has_password(value)
+    return True
 
 
 def _webhook_refusal(address: str) -> str:
@@ -630,13 +659,8 @@ def _webhook_refusal(address: str) -> str:
     try:
         check_address("webhook", address)
     except GeniError as exc:
-        return exc.message
+        return exc.message.replace(repr(address), hide_webhooks(address))  # (its token not shown)
     return ""
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    """The text quoted, cut after ``limit`` characters (a long URL named in a problem line)."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _has_password(url: str) -> bool:
@@ -1048,6 +1072,9 @@ def _fill_derived_defaults(values: dict[str, Any], sources: dict[str, Source], d
         sources["hostname"] = Source("default", "the aggregate host")
     if sources["trusted_roots"].kind == "default" or not values["trusted_roots"]:
         sources["trusted_roots"] = Source("default", "data_dir/trusted_roots")
+    if values["notify_smtp_tls"] and sources["notify_smtp_port"].kind == "default":
+        values["notify_smtp_port"] = SMTPS_PORT
+        sources["notify_smtp_port"] = Source("default", f"{SMTPS_PORT} with smtp_tls")
     if not values["database_url"]:
         uses_db = bool(values["db_host"] or values["db_name"])
         sources["database_url"] = Source("default", "built from [sfa_db]" if uses_db else "SQLite in data_dir")
@@ -1140,6 +1167,16 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 "(e.g. http://127.0.0.1:6668/oarapi)",
             )
         )
+    oar_credentials_problem = url_credentials_problem(settings.oar_api_url) if settings.aggregate_type == "oar" else ""
+    if oar_credentials_problem and not oar_url_problem:
+        # Refused as the client refuses it (OarClient): the backend could not start.
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["oar_api_url"]),
+                f"[sfa_oar] api_url {hide_url_password(settings.oar_api_url)!r} {oar_credentials_problem}",
+            )
+        )
     # (Empty: no reload, the DNS server reads the zone files by itself.)
     reload_problem = command_problem(settings.agent_dns_reload) if settings.agent_dns_zone else ""
     if reload_problem:
@@ -1211,6 +1248,25 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 "(amqp://user:password@host:5672/vhost, or amqps:// for TLS)",
             )
         )
+    smtp_problem = smtp_credentials_problem(
+        settings.notify_smtp_host,
+        settings.notify_smtp_user,
+        settings.notify_smtp_starttls,
+        settings.notify_smtp_tls,
+    )
+    if smtp_problem:
+        # Not blocking: the notifier refuses to log in so (the e-mails wait in the outbox, saying why), the rest runs.
+        problems.append(Problem("insecure", str(sources["notify_smtp_user"]), f"[sfa_notify] {smtp_problem}"))
+    if settings.notify_smtp_starttls and settings.notify_smtp_tls:
+        problems.append(
+            Problem(
+                "invalid",
+                str(sources["notify_smtp_tls"]),
+                "[sfa_notify] smtp_tls and smtp_starttls are both yes: smtp_tls speaks TLS from the first byte (port "
+                "465), smtp_starttls asks for it after a plain greeting (port 25 or 587); set the one the server "
+                "offers",
+            )
+        )
     if settings.oar_job_type not in OAR_JOB_TYPES:
         problems.append(
             Problem(
@@ -1237,7 +1293,8 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                     Problem(
                         "invalid",
                         str(sources["notify_operators"]),
-                        f"[sfa_notify] operators: the webhook {_shorten(hide_url_password(address))}: {refusal}",
+                        f"[sfa_notify] operators: the webhook {hide_webhooks(address)} ({len(address)} characters): "
+                        f"{refusal}",
                     )
                 )
     hosts = (
@@ -1362,6 +1419,69 @@ _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s,/?#@:]*:)[^\s,/?#]*
 def hide_url_password(text: str) -> str:
     """``text`` with the password of every URL in it replaced by ``***`` (``https://user:***@host/``)."""
     return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+#: An http(s) URL in a list of addresses (``[sfa_notify] operators`` separates them by spaces or commas).
+_WEBHOOK_URL = re.compile(r"https?://[^\s,]+", re.IGNORECASE)
+
+
+def hide_webhooks(text: str) -> str:
+    """``text`` with every http(s) URL in it shown as the outbox shows a webhook (``notify.channels.shown_webhook``:
+    its origin and a digest of the whole URL), since a webhook's path, query or user part often holds a token."""
+    from sfa_omf.notify.channels import shown_webhook  # the notifier's form, in one place
+
+    return _WEBHOOK_URL.sub(lambda match: shown_webhook(match.group(0)), text)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback: ``localhost`` or a loopback address written as one
+    (127.0.0.0/8, ``::1``, an IPv4-mapped loopback); what goes there never crosses a network. Any other name, or an
+    address in another form (``127.1``), is taken as a remote host."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+#: What ``smtp_credentials_problem`` asks for: either way the password goes inside TLS.
+SMTP_TLS_FIX = "set [sfa_notify] smtp_starttls = yes (STARTTLS), or smtp_tls = yes (TLS from the start, port 465)"
+
+
+def smtp_credentials_problem(host: str, user: str, starttls: bool, tls: bool) -> str:
+    """Why the SMTP login would send the password in clear ("" when it would not): a login (``user`` set) to a host
+    that is not this machine's loopback over a connection without TLS. The notifier refuses to send then (before it
+    connects), and ``config check`` says so."""
+    if not user or starttls or tls or is_loopback_host(host):
+        return ""
+    return (
+        f"the SMTP login (smtp_user {user!r}) to {host} would send the password in clear: the connection is not "
+        f"encrypted (smtp_starttls and smtp_tls are no) and {host} is not this machine (127.0.0.1, ::1, localhost); "
+        f"{SMTP_TLS_FIX}"
+    )
+
+
+def url_credentials_problem(url: str) -> str:
+    """Why the user and password in ``url`` would cross the network in clear ("" when they would not): an http://
+    URL with a user part to a host that is not this machine's loopback. Said after the URL."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return ""  # http_url_problem names it
+    if parts.scheme.lower() != "http" or (parts.username is None and parts.password is None):
+        return ""
+    host = parts.hostname or ""
+    if is_loopback_host(host):
+        return ""
+    return (
+        f"holds a user and password, which would cross the network to {host} in clear over http://: use https:// "
+        "(OAR's apache with TLS, or a TLS proxy in front of it), or reach the API on this machine (127.0.0.1)"
+    )
 
 
 #: The database drivers sfa-omf installs and runs on: SQLite's (in Python) and psycopg 3 for PostgreSQL.

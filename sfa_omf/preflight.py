@@ -12,14 +12,18 @@ write: a missing SQLite file is not created, a port is bound only for a moment t
   listening);
 - hostname: the name advertised to the federation (``[sfa_omf] hostname``) is an address of this machine
   (``config check`` only);
-- log file: ``[sfa_omf] log_file`` can be written (``config check`` only).
+- log file: ``[sfa_omf] log_file`` can be written (``config check`` only);
+- permissions: the configuration file, the data, trusted roots and key directories are owned by root or the running
+  user and writable by nobody else (``config check`` only).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
+import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +43,8 @@ DATABASE_TIMEOUT_S = 3
 @dataclass(frozen=True)
 class Finding:
     """A problem that would stop the server or keep the federation from reaching it. ``check`` is one of identity,
-    trusted_roots, database, port, hostname, log_file; ``message`` is one line: the problem, then what to do."""
+    trusted_roots, database, port, hostname, log_file, permissions; ``message`` is one line: the problem, then what to
+    do."""
 
     check: str
     message: str
@@ -388,6 +393,72 @@ def log_file_findings(settings: Settings) -> list[Finding]:
             "/var/log/sfa-omf), or leave [sfa_omf] log_file empty (standard error: the journal under systemd)",
         )
     ]
+
+
+def permission_findings(settings: Settings, config_path: str) -> list[Finding]:
+    """What another local user could change (``config check`` only): the configuration file (it names commands the
+    server runs, such as ``[sfa_agents] dns_reload``), the data directory, the trusted roots directory and the key
+    directories (``authority/``, ``aggregate/``) and what they hold: each must be owned by root or by the user
+    running this command (run as root: also by the data directory's owner, the service's user when the site was
+    given to it with chown -R, as docs/operators.md does), and writable by no group and no other user. (A missing one
+    is said by the other checks.)"""
+    owners = {0, os.geteuid()}
+    hint = os.geteuid()  # whom a chown should give a path to
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):  # missing: the file's own check says so
+            hint = os.stat(settings.data_dir).st_uid
+        owners.add(hint)
+    directories = (
+        settings.data_dir,
+        settings.trusted_roots_dir,
+        os.path.join(settings.data_dir, "authority"),
+        os.path.join(settings.data_dir, "aggregate"),
+    )
+    paths = [config_path]
+    for directory in dict.fromkeys(os.path.abspath(directory) for directory in directories):
+        paths.append(directory)
+        try:
+            paths += sorted(os.path.join(directory, name) for name in os.listdir(directory))
+        except OSError:
+            continue  # missing or unreadable: identity_findings and trusted_roots_findings say so
+    findings = []
+    for path in dict.fromkeys(paths):
+        problem = _changeable_by_others(path, owners, hint)
+        if problem:
+            findings.append(Finding("permissions", problem))
+    return findings
+
+
+def _changeable_by_others(path: str, owners: set[int], hint: int) -> str:
+    """Why users other than ``owners`` could change ``path`` (followed if a link), with the command that stops it
+    (a chown to ``hint``); "" when they could not (or it does not exist)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return ""
+    kind = "directory" if stat.S_ISDIR(status.st_mode) else "file"
+    if status.st_uid not in owners:
+        return (
+            f"the {kind} {path} is owned by {_user_name(status.st_uid)}, not by root or by the user running sfa-omf "
+            f"({_user_name(os.geteuid())}): that user could change it; chown {_user_name(hint)} {path}"
+        )
+    writable = [who for who, bit in (("its group", stat.S_IWGRP), ("every user", stat.S_IWOTH)) if status.st_mode & bit]
+    if not writable:
+        return ""
+    return (
+        f"the {kind} {path} is writable by {' and '.join(writable)} (mode {stat.S_IMODE(status.st_mode):04o}): another "
+        f"local user could change {'what it holds' if kind == 'directory' else 'it'}; chmod go-w {path}"
+    )
+
+
+def _user_name(uid: int) -> str:
+    """A user's login, else ``uid N``."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 def startup_findings(settings: Settings) -> list[Finding]:

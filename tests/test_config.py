@@ -609,7 +609,9 @@ def test_operators_webhooks_are_checked_as_users_webhooks_are(
     code, out, _ = run_check(["config", "check", "--settings-only", path], capsys)
     assert code == 1
     problem = out.splitlines()[-1]
-    assert problem.startswith(f"problem: {path}:5: [sfa_notify] operators: the webhook 'https://hooks.example.org/xx")
+    # (shown by its origin and digest: a webhook's path and query often hold a token)
+    assert problem.startswith(f"problem: {path}:5: [sfa_notify] operators: the webhook https://hooks.example.org#")
+    assert "/xx" not in problem
     assert "(626 characters)" in problem and "a webhook URL has at most 500 characters, not 626" in problem
     assert out.splitlines()[-2] == "1 problem:"  # the e-mail address and the short URL are fine
     with pytest.raises(ValueError, match="a webhook URL has at most 500 characters"):

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import configparser
+import hashlib
 import logging
 import logging.handlers
 import os
@@ -364,7 +365,8 @@ def test_config_check_hides_the_passwords_of_urls(tmp_path: Path, capsys: pytest
     assert SECRET not in out + err
     assert "[sfa_notify] operators: 'ftp://ftp:***@files' is neither an e-mail address" in out
     assert "https://oar:***@oar.example.org/oarapi" in out
-    assert "https://hook:***@hooks.example.org/x ops@example.org" in out
+    webhook = f"https://hook:{SECRET}@hooks.example.org/x"  # shown by origin and digest: the path may hold a token
+    assert f"https://hooks.example.org#{hashlib.sha256(webhook.encode()).hexdigest()[:12]} ops@example.org" in out
 
 
 def test_the_oar_client_hides_the_password_in_its_messages() -> None:

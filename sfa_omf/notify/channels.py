@@ -1,5 +1,6 @@
-"""Delivering one message: e-mail over SMTP (STARTTLS and login when configured), or a webhook (an HTTP POST of JSON
-signed with HMAC-SHA256). Each raises DeliveryError with the peer's words when the message was not accepted."""
+"""Delivering one message: e-mail over SMTP (STARTTLS or TLS from the start, and login, when configured), or a webhook
+(an HTTP POST of JSON signed with HMAC-SHA256). Each raises DeliveryError with the peer's words when the message was
+not accepted."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from sfa_omf.addresses import is_public_address
+from sfa_omf.config import smtp_credentials_problem
 
 SIGNATURE_HEADER = "X-SFA-OMF-Signature"
 EVENT_HEADER = "X-SFA-OMF-Event"
@@ -41,6 +43,12 @@ class WebhookUnavailable(DeliveryError):
     this message): the next messages to the same origin would fare no better now."""
 
 
+class SmtpInsecure(SmtpUnavailable):
+    """The configuration would send the SMTP password in clear (a login without TLS to a host that is not this
+    machine's loopback): nothing was sent, no connection made; every e-mail would be refused alike until the operator
+    turns TLS on."""
+
+
 @dataclass(frozen=True)
 class SmtpSettings:
     host: str = "127.0.0.1"
@@ -50,6 +58,7 @@ class SmtpSettings:
     password: str = field(default="", repr=False)
     sender: str = "sfa-omf@localhost"
     timeout_s: float = 30
+    tls: bool = False  # TLS from the first byte (SMTPS, port 465) instead of STARTTLS
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -67,7 +76,8 @@ def header_text(key: str) -> str:
 
 def send_email(settings: SmtpSettings, to: str, key: str, subject: str, text: str) -> None:
     """Send one plain-text e-mail; its Message-ID derives from the outbox key, so a repeat is recognisable. The whole
-    exchange ends by ``settings.timeout_s`` (the notifier's claim on the message counts on it)."""
+    exchange ends by ``settings.timeout_s`` (the notifier's claim on the message counts on it). A login that would
+    send the password in clear (``smtp_credentials_problem``) is SmtpInsecure, before any connection."""
     message = EmailMessage()
     message["From"] = settings.sender
     message["To"] = to
@@ -76,9 +86,14 @@ def send_email(settings: SmtpSettings, to: str, key: str, subject: str, text: st
     message["Message-ID"] = message_id(key, settings.sender)
     message[EVENT_HEADER] = header_text(key)
     message.set_content(text)
+    # Decided before connecting: a password must not cross the network in clear, however the server offers AUTH.
+    insecure = smtp_credentials_problem(settings.host, settings.user, settings.starttls, settings.tls)
+    if insecure:
+        raise SmtpInsecure(f"SMTP {settings.host}:{settings.port}: not sent: {insecure}")
+    client = _DeadlineSMTPS if settings.tls else _DeadlineSMTP
     try:
-        with _DeadlineSMTP(settings.host, settings.port, time.monotonic() + settings.timeout_s) as smtp:
-            if settings.starttls:
+        with client(settings.host, settings.port, time.monotonic() + settings.timeout_s) as smtp:
+            if settings.starttls and not settings.tls:
                 smtp.starttls(context=ssl.create_default_context())
             if settings.user:
                 smtp.login(settings.user, settings.password)
@@ -137,6 +152,21 @@ class _DeadlineSMTP(smtplib.SMTP):
         return super().starttls(*args, **kwargs)
 
 
+class _DeadlineSMTPS(_DeadlineSMTP):
+    """The same over TLS from the first byte (SMTPS, port 465), the server's certificate verified against the host
+    name."""
+
+    default_port = smtplib.SMTP_SSL_PORT
+
+    def __init__(self, host: str, port: int, deadline: float) -> None:
+        self.context = ssl.create_default_context()
+        super().__init__(host, port, deadline)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = super()._get_socket(host, port, timeout)  # its timeout is the time left: the handshake is bounded
+        return self.context.wrap_socket(sock, server_hostname=host)
+
+
 def origin(url: str) -> str:
     """The URL without its path and query (``scheme://host[:port]``): what may be logged or shown of a webhook, whose
     path and query often hold a bearer token. A URL too malformed to split is shown as ``<malformed URL>``."""
@@ -152,6 +182,13 @@ def origin(url: str) -> str:
     except ValueError:
         port = None
     return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def shown_webhook(url: str) -> str:
+    """A webhook as it may be shown (logs, keys, ``config check``): its origin, ``#`` and the first 12 hex digits of
+    the whole URL's SHA-256 (``https://hooks.example.org:8443#5d41402abc4b``): its path and query, which often hold a
+    token, are not shown, and two webhooks at one origin stay distinct."""
+    return f"{origin(url)}#{hashlib.sha256(url.encode('utf-8')).hexdigest()[:12]}"
 
 
 def post_webhook(
@@ -197,14 +234,24 @@ def post_webhook(
         finally:
             connection.close()
     except OSError as exc:  # refused, reset, TLS failed, or no answer by the deadline: the origin is unreachable now
-        raise WebhookUnavailable(f"webhook {where}: {type(exc).__name__}: {exc}") from exc
+        raise WebhookUnavailable(f"webhook {where}: {type(exc).__name__}: {_unshown(exc, url, target)}") from exc
     except http.client.HTTPException as exc:
         # A malformed answer (bad status line, header line too long ...): the receiver answered; worth trying again.
-        raise DeliveryError(f"webhook {where}: {type(exc).__name__}: {exc}") from exc
+        raise DeliveryError(f"webhook {where}: {type(exc).__name__}: {_unshown(exc, url, target)}") from exc
     if 300 <= status < 400:
         raise DeliveryError(f"webhook {where} answered {status} {reason}: redirects are not followed")
     if not 200 <= status < 300:
         raise DeliveryError(f"webhook {where} answered {status} {reason}")
+
+
+def _unshown(exc: Exception, url: str, target: str) -> str:
+    """An error's words without the webhook's URL or path and query (http.client quotes a path it refuses): they go
+    to the log and the outbox, and often hold a token."""
+    text = str(exc)
+    # As they are, and as repr() writes them inside quotes (a control character escaped).
+    for shown in (url, repr(url)[1:-1], target, repr(target)[1:-1]):
+        text = text.replace(shown, "<path not shown>")
+    return text
 
 
 def _addresses_to_use(host: str, port: int, public_only: bool, where: str) -> list[str]:

@@ -26,6 +26,7 @@ from sfa_omf.notify.channels import (
     origin,
     post_webhook,
     send_email,
+    shown_webhook,
 )
 from sfa_omf.notify.events import LeaseEvent, lease_events
 from sfa_omf.times import format_time, utcnow
@@ -245,8 +246,7 @@ def shown_key(message: Message) -> str:
     digits of the whole URL's SHA-256, so that two webhooks at one origin (two users' tokens at one provider) get
     distinct keys. The same on every retry."""
     if message.channel == "webhook" and message.key.endswith(message.address):
-        digest = hashlib.sha256(message.address.encode("utf-8")).hexdigest()[:12]
-        return f"{message.key[: len(message.key) - len(message.address)]}{origin(message.address)}#{digest}"
+        return f"{message.key[: len(message.key) - len(message.address)]}{shown_webhook(message.address)}"
     return message.key
 
 
@@ -340,10 +340,11 @@ def notify_settings(
     operator_urns: frozenset[str] = frozenset(),
     operator_addresses: tuple[str, ...] = (),
     email_by_default: bool = True,
+    tls: bool = False,
 ) -> NotifySettings:
-    """NotifySettings from the configuration's [sfa_notify] values."""
+    """NotifySettings from the configuration's [sfa_notify] values (``tls``: smtp_tls)."""
     return NotifySettings(
-        smtp=SmtpSettings(smtp_host, smtp_port, starttls, user, password, sender),
+        smtp=SmtpSettings(smtp_host, smtp_port, starttls, user, password, sender, tls=tls),
         webhook_secret=webhook_secret,
         lead=timedelta(seconds=lead_s),
         operator_urns=operator_urns,

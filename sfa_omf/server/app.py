@@ -445,6 +445,7 @@ def notify_settings_of(settings: Settings) -> NotifySettings:
         operator_urns=settings.web_admin_urns,
         operator_addresses=settings.notify_operator_addresses,
         email_by_default=settings.notify_email_by_default,
+        tls=settings.notify_smtp_tls,
     )
 
 

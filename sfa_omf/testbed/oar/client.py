@@ -21,6 +21,7 @@ What OAR does that shapes this client (measured against a real OAR 2.5.9, see sc
 
 from __future__ import annotations
 
+import base64
 import http.client
 import itertools
 import json
@@ -37,7 +38,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sfa_omf.config import hide_url_password
+from sfa_omf.config import hide_url_password, url_credentials_problem
 from sfa_omf.times import as_utc
 
 _Parsed = TypeVar("_Parsed")
@@ -251,6 +252,10 @@ def refusal(message: str, status: int, zone: tzinfo) -> OarRefused:
 class OarClient:
     """OAR's REST API at ``base_url`` (e.g. ``http://127.0.0.1:6668/oarapi``).
 
+    A ``user:password@`` in the URL (an apache or a proxy that asks for HTTP Basic authentication) is sent as an
+    ``Authorization: Basic`` header, percent-decoded, and never to where a redirect points; over ``http://`` only to
+    this machine's loopback (ValueError otherwise: the password would cross the network in clear).
+
     Every call is one or a few HTTP requests, each given ``timeout_s`` to answer in full (OarTimeout) and at most
     ``max_answer_bytes`` of answer (OarUnavailable); errors are OarError and its subclasses.
     ``server_timezone`` is the IANA name of the OAR server's local zone (reservation strings are server-local); None
@@ -275,8 +280,15 @@ class OarClient:
             raise ValueError(f"{hide_url_password(base_url)!r} is not an http(s) URL of OAR's API")
         if timeout_s <= 0 or page_size <= 0 or max_answer_bytes <= 0:
             raise ValueError("timeout_s, page_size and max_answer_bytes must be positive")
-        self.base_url = base_url.rstrip("/")
-        self.shown_url = hide_url_password(self.base_url)  # in messages: the password of user:password@ hidden
+        insecure = url_credentials_problem(base_url)
+        if insecure:
+            raise ValueError(f"OAR's API URL {hide_url_password(base_url)!r} {insecure}")
+        self.shown_url = hide_url_password(base_url.rstrip("/"))  # in messages: the password of user:password@ hidden
+        # A user and password in the URL go in an Authorization header (HTTP Basic), never in the host part: urllib
+        # would take "user:password@host" for the host's name (and send the password to the resolver).
+        self._authorization = _basic_authorization(parsed)
+        host_and_port = parsed.netloc.rpartition("@")[2]
+        self.base_url = urllib.parse.urlunsplit(parsed._replace(netloc=host_and_port)).rstrip("/")
         self.timeout_s = timeout_s
         self.zone = server_zone(server_timezone)
         self.admin_user = _checked(_LOGIN, admin_user, "admin user")
@@ -534,6 +546,9 @@ class OarClient:
             self.base_url + path + query_text, method=method, headers={"Accept": "application/json"}
         )
         url = self.shown_url + path + query_text  # for messages only
+        if self._authorization:
+            # Not sent on to where a redirect points (urllib copies the other headers): another host, or http://.
+            request.add_unredirected_header("Authorization", self._authorization)
         if user is not None:
             request.add_header("X-Remote-Ident", user)
         if body is not None:
@@ -599,6 +614,16 @@ class OarClient:
         if _REFUSED in message:
             return refusal(message, status, self.zone)
         return OarError(message, status)
+
+
+def _basic_authorization(parsed: urllib.parse.SplitResult) -> str:
+    """The ``Authorization: Basic`` header's value for the URL's ``user:password@`` ("" without one), the user and
+    password percent-decoded (``p%40ss`` is ``p@ss``) as RFC 3986 writes them in a URL."""
+    if parsed.username is None and parsed.password is None:
+        return ""
+    user = urllib.parse.unquote(parsed.username or "")
+    password = urllib.parse.unquote(parsed.password or "")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 # --- parsing --------------------------------------------------------------------------------------------------------
