@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import io
 import logging
 import logging.handlers
 import math
@@ -29,6 +30,7 @@ from sfa_omf.config import (
     usable_settings,
 )
 from sfa_omf.errors import BadArgs, GeniError
+from sfa_omf.files import open_append
 from sfa_omf.times import UtcLogFormatter
 
 if TYPE_CHECKING:
@@ -81,9 +83,7 @@ def configure_logging(log_file: str, level: str, worker: int = 0) -> None:
     logs its own line when a migration really runs. ``worker``: the number of a worker process of ``serve
     --workers``, named in its lines (as ``worker 2``) to tell them from the others'. A log file is opened again when
     it is renamed or removed (logrotate), rather than written on into the rotated file."""
-    handler: logging.Handler = (
-        logging.handlers.WatchedFileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    )
+    handler: logging.Handler = _LogFile(log_file) if log_file else logging.StreamHandler(sys.stderr)
     journal = not log_file and bool(os.environ.get("JOURNAL_STREAM"))
     name = f"%(name)s[worker {worker}]" if worker else "%(name)s"
     line = f"%(levelname)s {name} %(message)s" if journal else f"%(asctime)s %(levelname)s {name} %(message)s"
@@ -91,6 +91,20 @@ def configure_logging(log_file: str, level: str, worker: int = 0) -> None:
     handler.setFormatter(UtcLogFormatter(line))
     logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+#: A log file serve makes: the service user writes it, its group (adm, for logrotate and readers) reads it.
+LOG_FILE_MODE = 0o640
+
+
+class _LogFile(logging.handlers.WatchedFileHandler):
+    """A log file opened again when renamed or removed; one it makes (at the start, or after logrotate moved the old
+    one) is LOG_FILE_MODE whatever the umask: under a umask of 000 any local user could write lines into it. A file
+    that exists keeps its mode (logrotate's ``create`` may set one)."""
+
+    def _open(self) -> io.TextIOWrapper:
+        descriptor = open_append(self.baseFilename, LOG_FILE_MODE)
+        return os.fdopen(descriptor, "a", encoding=self.encoding, errors=self.errors)
 
 
 def _worker_count(text: str) -> int:

@@ -111,6 +111,9 @@ class Database:
             )
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
+            path = _sqlite_file(url)
+            if path is not None:
+                event.listen(self.engine, "do_connect", functools.partial(_make_private_file, path))
         else:
             # No pre-ping per checkout (a round trip on every unit of work): a connection is pinged only when it
             # has been idle long enough for the server to have gone away meanwhile (_ping_if_idle).
@@ -531,6 +534,33 @@ def _queued(writers: threading.RLock | None) -> Iterator[None]:
         yield
     finally:
         writers.release()
+
+
+#: The SQLite calendar's mode: it holds users' e-mail addresses, webhook URLs (with their tokens) and the outbox. Its
+#: -wal and -shm files take the same (SQLite gives them the database file's mode).
+SQLITE_FILE_MODE = 0o600
+
+
+def _sqlite_file(url: str) -> str | None:
+    """The file an SQLite URL names; None for an in-memory database or a ``file:`` URI (left to SQLite)."""
+    parsed = make_url(url)
+    path = parsed.database
+    if not path or path == ":memory:" or "uri" in parsed.query:
+        return None
+    return path
+
+
+def _make_private_file(path: str, *_connect: Any) -> None:
+    """Before SQLite opens ``path``: make it, empty (an empty file is an empty database), with SQLITE_FILE_MODE
+    whatever the umask, when it does not exist; SQLite itself would make it 0644, readable by every local user."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, SQLITE_FILE_MODE)
+    except OSError:  # there already (the usual case); or a directory missing or not writable, as SQLite then says
+        return
+    try:
+        os.fchmod(descriptor, SQLITE_FILE_MODE)
+    finally:
+        os.close(descriptor)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from sfa_omf.files import PRIVATE_FILE, PUBLIC_DIRECTORY, create_file, make_directories
 
 KIND_PLAN, KIND_ACTION = "plan", "action"
 KEY_LINE_TYPE = "sfa-omf-plan-signer"  # the first word of a public key line in /etc/sfa-omf/plan-signers
@@ -126,20 +128,16 @@ def _load_or_make(path: Path) -> Ed25519PrivateKey:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
-        partial = Path(name)
-        try:
-            with os.fdopen(descriptor, "wb") as out:
-                if os.geteuid() == 0:  # made by root (an operator's command): the data directory's owner serves
-                    directory = path.parent.stat()
-                    os.fchown(out.fileno(), directory.st_uid, directory.st_gid)
-                out.write(pem)
-            os.link(partial, path)  # fails if another process made it meanwhile: theirs is kept, read below
-        except FileExistsError:
-            pass
-        finally:
-            partial.unlink(missing_ok=True)
+        # 0755, not 0700: root may make it (an operator's command), and the service user must reach its own key in it.
+        make_directories(str(path.parent), PUBLIC_DIRECTORY)
+        owner = None
+        if os.geteuid() == 0:  # made by root (an operator's command): the data directory's owner serves
+            directory = path.parent.stat()
+            owner = (directory.st_uid, directory.st_gid)
+        # Whole or not at all (a crash leaves no empty key); fails if another process made it meanwhile: theirs is
+        # kept, read below.
+        with contextlib.suppress(FileExistsError):
+            create_file(str(path), pem, PRIVATE_FILE, owner)
     try:
         loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:  # not PEM, or a key with a passphrase

@@ -9,25 +9,33 @@ Layout of an authority directory (``sfa-omf init DIR``)::
     DIR/gids/<hrn>.gid                   GID chains the authority issued (users, slices, nodes)
     DIR/users/<name>/sfi/                a ready sfi.py directory per demo user
 
-Keys are written once with mode 0600 and never overwritten.
+Keys are written once with mode 0600 and never overwritten, GIDs 0644, whole or not at all (sfa_omf/files.py): the
+key directories (authority/, aggregate/, users/NAME/sfi/) are made 0700, trusted_roots/ and gids/ 0755, whatever the
+umask. An empty key file, which a crash left (versions before wrote keys in place), holds no key to lose: ``init``
+replaces it when nothing certifies it yet.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from dataclasses import dataclass
 from datetime import timedelta
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfa_omf.errors import BadArgs
+from sfa_omf.files import PRIVATE_DIRECTORY, PRIVATE_FILE, PUBLIC_DIRECTORY, PUBLIC_FILE, create_file, make_directories
 from sfa_omf.times import utcnow
 from sfa_omf.trust.credential import CredentialRequest, Privilege, issue_credential
-from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain_file
+from sfa_omf.trust.gid import Gid, GidChain, chain_pem, load_gid_chain_file
 from sfa_omf.trust.pki import create_gid, load_private_key_file, new_private_key, private_key_pem
 from sfa_omf.trust.rights import DEFAULT_PRIVILEGES
 from sfa_omf.xrn import hrn_to_urn, join_hrn, split_hrn
 
+log = logging.getLogger("sfa_omf.registry")
 DEFAULT_CREDENTIAL_LIFETIME = timedelta(days=30)
 
 
@@ -40,12 +48,48 @@ class IssuedAlready(AuthorityError):
 
 
 def write_new_file(path: str, data: bytes, private: bool = False) -> None:
-    """Write a file that must not exist yet (never overwrite keys or GIDs)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    descriptor = os.open(path, flags, 0o600 if private else 0o644)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
+    """Write a file that must not exist yet (never overwrite keys or GIDs; FileExistsError), whole or not at all:
+    mode 0600 when ``private`` (a key), else 0644. Its directory, when missing, is made 0700, as any missing above it
+    (a directory that must be readable by others, trusted_roots/ or gids/, is made by its caller first)."""
+    make_directories(os.path.dirname(os.path.abspath(path)), PRIVATE_DIRECTORY, parents_mode=PRIVATE_DIRECTORY)
+    create_file(path, data, PRIVATE_FILE if private else PUBLIC_FILE)
+
+
+def is_empty_file(path: str) -> bool:
+    """Whether ``path`` is an empty regular file (not a link to one)."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISREG(status.st_mode) and status.st_size == 0
+
+
+def drop_crash_leftover(path: str, what: str) -> bool:
+    """Remove ``path`` when it is an empty file: a crash while it was written (before keys were written whole) left
+    it, and it holds nothing to lose; says so in the log (on standard error for ``init``). True when removed."""
+    if not is_empty_file(path):
+        return False
+    os.remove(path)
+    log.warning("%s was empty (left by a crash while it was written): a new %s is made in its place", path, what)
+    return True
+
+
+def read_private_key(path: str, what: str, advice: str) -> rsa.RSAPrivateKey:
+    """The RSA key in ``path`` (``what`` it is); AuthorityError saying what to do (``advice``) when the file holds no
+    readable one: it is never replaced, a key that cannot be read may still be recovered."""
+    try:
+        return load_private_key_file(path)
+    except (ValueError, TypeError):  # not PEM, cut short, encrypted, not RSA
+        why = "it is empty" if is_empty_file(path) else "not an unencrypted PEM RSA key"
+        raise AuthorityError(
+            f"{path} ({what}) holds no readable private key ({why}); it is not replaced: {advice}"
+        ) from None
+
+
+def same_key(gid: Gid, key: rsa.RSAPrivateKey) -> bool:
+    """Whether ``gid`` certifies ``key``'s public key."""
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return gid.public_key_der == der
 
 
 @dataclass
@@ -80,17 +124,49 @@ class LocalAuthority:
     # -- creation and loading --------------------------------------------------------------------------------
     @classmethod
     def create(cls, directory: str, hrn: str) -> LocalAuthority:
-        """Create a new root authority in directory. Refuses when one exists already."""
+        """Create a new root authority in directory: its key, its self-signed GID, the GID's copy in trusted_roots/.
+
+        What a run cut short left is completed, nothing overwritten (``init`` writes the configuration after these,
+        so a directory without one never served): a key without its GID gets one, and a missing root copy is made.
+        An empty key file is a crash's leftover and replaced (saying so) when no GID certifies it yet. Refused: a key
+        file that holds no readable key, a GID of another key, a GID whose key is missing or empty (lost)."""
         split_hrn(hrn)  # validates the name
         key_path = cls.key_path(directory, hrn)
-        if os.path.exists(key_path):
-            raise AuthorityError(f"{key_path} exists already: refusing to overwrite an authority key")
-        key = new_private_key()
-        gid = create_gid(hrn_to_urn(hrn, "authority"), key.public_key(), key)
-        write_new_file(key_path, private_key_pem(key), private=True)
-        write_new_file(cls.gid_path(directory, hrn), gid.pem().encode("ascii"))
+        gid_path = cls.gid_path(directory, hrn)
         root_copy = os.path.join(directory, "trusted_roots", f"{hrn}.gid")
-        write_new_file(root_copy, gid.pem().encode("ascii"))
+        # Made first, with their modes: write_new_file would make a missing trusted_roots/ private.
+        make_directories(os.path.dirname(key_path), PRIVATE_DIRECTORY)
+        make_directories(os.path.dirname(root_copy), PUBLIC_DIRECTORY)
+        drop_crash_leftover(gid_path, "GID")
+        drop_crash_leftover(root_copy, "root copy")
+        if os.path.exists(gid_path) and (is_empty_file(key_path) or not os.path.exists(key_path)):
+            raise AuthorityError(
+                f"{gid_path} certifies an authority key that is {'empty' if os.path.exists(key_path) else 'missing'}"
+                f" ({key_path}): restore authority/ from the backup; or, to make a new authority (every peer must "
+                f"then trust its new root), move authority/, aggregate/, gids/ and {root_copy} aside and run init "
+                "again"
+            )
+        drop_crash_leftover(key_path, "authority key")
+        if os.path.exists(key_path):
+            key = read_private_key(
+                key_path,
+                "the authority's key",
+                "restore it from the backup; or, to make a new authority, move it aside and run init again",
+            )
+        else:
+            key = new_private_key()
+            write_new_file(key_path, private_key_pem(key), private=True)
+        if os.path.exists(gid_path):
+            gid = load_gid_chain_file(gid_path)[0]
+            if not same_key(gid, key):
+                raise AuthorityError(
+                    f"{gid_path} certifies another key than {key_path}: restore authority/ from the backup"
+                )
+        else:
+            gid = create_gid(hrn_to_urn(hrn, "authority"), key.public_key(), key)
+            write_new_file(gid_path, gid.pem().encode("ascii"))
+        if not os.path.exists(root_copy):
+            write_new_file(root_copy, gid.pem().encode("ascii"))
         return cls(directory=directory, hrn=hrn, key=key, chain=(gid,))
 
     @classmethod
@@ -99,12 +175,13 @@ class LocalAuthority:
         gid_path = cls.gid_path(directory, hrn)
         if not (os.path.exists(key_path) and os.path.exists(gid_path)):
             raise AuthorityError(f"no authority {hrn!r} in {directory} (expected {key_path} and {gid_path})")
-        return cls(
-            directory=directory,
-            hrn=hrn,
-            key=load_private_key_file(key_path),
-            chain=load_gid_chain_file(gid_path),
+        # An empty key here is not replaced: the GID, every GID issued and every peer's trust name its lost key.
+        key = read_private_key(
+            key_path,
+            "the authority's key",
+            f"restore it from the backup (its GID {gid_path} and every GID issued certify the key it held)",
         )
+        return cls(directory=directory, hrn=hrn, key=key, chain=load_gid_chain_file(gid_path))
 
     # -- issuing ----------------------------------------------------------------------------------------------
     def issue_gid(
@@ -131,7 +208,11 @@ class LocalAuthority:
         chain = (gid, *self.chain)
         if os.path.exists(path):
             raise IssuedAlready(f"a GID for {hrn!r} exists already in {path}")
-        write_new_file(path, chain_pem(chain).encode("ascii"))
+        make_directories(os.path.dirname(path), PUBLIC_DIRECTORY)
+        try:
+            write_new_file(path, chain_pem(chain).encode("ascii"))
+        except FileExistsError:  # issued meanwhile by another process
+            raise IssuedAlready(f"a GID for {hrn!r} exists already in {path}") from None
         return chain, new_key
 
     def forget(self, hrn: str) -> None:

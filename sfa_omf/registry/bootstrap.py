@@ -22,9 +22,18 @@ from rspec.write_request import Dialect, write_request
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.intervals import align_up
 from sfa_omf.config import CONFIG_FILE_NAME, DEFAULT_AUTHORITY, Settings, read_config, write_config
-from sfa_omf.registry.authority import AuthorityError, LocalAuthority, write_new_file
+from sfa_omf.files import PRIVATE_DIRECTORY, PUBLIC_DIRECTORY, PUBLIC_FILE, make_directories, replace_file
+from sfa_omf.registry.authority import (
+    AuthorityError,
+    LocalAuthority,
+    drop_crash_leftover,
+    is_empty_file,
+    read_private_key,
+    same_key,
+    write_new_file,
+)
 from sfa_omf.registry.records import Records
-from sfa_omf.trust.gid import GidChain, chain_pem
+from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain_file
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
 from sfa_omf.xrn import authority_hrn_problem, hrn_to_urn, join_hrn, split_hrn
 
@@ -33,6 +42,8 @@ DEMO_SLICE = "demo"
 SSH_KEY_NAME = "id_ed25519"  # a demo user's SSH key pair, beside the sfi.py files (the .pub is registered)
 #: The example requests quickstart writes into DIR/rspecs, one per way of asking for time (docs/experimenters.md).
 EXAMPLE_REQUESTS = ("request-ol-lease.xml", "request-sfa-lease.xml", "request-no-time.xml", "request-asap.xml")
+#: The data directory init makes: the service user's, readable by its group (the site's keys are 0700 inside).
+DATA_DIRECTORY_MODE = 0o750
 _USER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # fullmatch: "$" lets a final line break through
 
 
@@ -87,12 +98,13 @@ def init_directory(
         authority = LocalAuthority.load(directory, authority_hrn)
         report.kept.append(LocalAuthority.key_path(directory, authority_hrn))
     else:
-        os.makedirs(directory, exist_ok=True)
-        authority = LocalAuthority.create(directory, authority_hrn)
-        report.created += [
-            LocalAuthority.key_path(directory, authority_hrn),
-            LocalAuthority.gid_path(directory, authority_hrn),
-        ]
+        # Not through the umask: the data directory holds the calendar's SQLite file and the users' sfi.py folders.
+        make_directories(directory, DATA_DIRECTORY_MODE)
+        paths = [LocalAuthority.key_path(directory, authority_hrn), LocalAuthority.gid_path(directory, authority_hrn)]
+        there = {path for path in paths if os.path.exists(path) and not is_empty_file(path)}
+        authority = LocalAuthority.create(directory, authority_hrn)  # completes what a run cut short left
+        report.created += [path for path in paths if path not in there]
+        report.kept += [path for path in paths if path in there]
         write_config(config_path, settings)
         report.created.append(config_path)
     _ensure_aggregate_identity(authority, report)
@@ -140,16 +152,36 @@ def existing_authority(directory: str) -> str | None:
 
 
 def _ensure_aggregate_identity(authority: LocalAuthority, report: InitReport) -> None:
+    """aggregate/am.pkey and am.gid (the aggregate's TLS identity, issued by the authority): made when missing. An
+    empty key (a crash's leftover) is replaced with its GID, which certifies a key that is lost: peers trust the
+    authority's root, not this key. A key that cannot be read is refused; a key without its GID gets one."""
     key_path = os.path.join(authority.directory, "aggregate", "am.pkey")
     gid_path = os.path.join(authority.directory, "aggregate", "am.gid")
+    make_directories(os.path.dirname(key_path), PRIVATE_DIRECTORY)
+    if drop_crash_leftover(key_path, "aggregate key") and os.path.exists(gid_path):
+        os.remove(gid_path)  # it certifies the key that is lost: a new one is issued below for the new key
+    drop_crash_leftover(gid_path, "aggregate GID")
     if os.path.exists(key_path):
+        key = read_private_key(
+            key_path,
+            "the aggregate's key",
+            f"restore it from the backup, or move it and {gid_path} aside and run init again for a new one",
+        )
         report.kept.append(key_path)
+    else:
+        key = new_private_key()
+        write_new_file(key_path, private_key_pem(key), private=True)
+        report.created.append(key_path)
+    if os.path.exists(gid_path):
+        if not same_key(load_gid_chain_file(gid_path)[0], key):
+            raise AuthorityError(
+                f"{gid_path} certifies another key than {key_path}: restore aggregate/ from the backup, or move both "
+                "aside and run init again for a new aggregate identity"
+            )
         return
-    key = new_private_key()
     gid = create_gid(hrn_to_urn(authority.hrn, "authority+am"), key.public_key(), authority.key, authority.chain[0])
-    write_new_file(key_path, private_key_pem(key), private=True)
     write_new_file(gid_path, chain_pem((gid, *authority.chain)).encode("ascii"))
-    report.created += [key_path, gid_path]
+    report.created.append(gid_path)
 
 
 def _ensure_gid(authority: LocalAuthority, hrn: str, type_: str, report: InitReport) -> GidChain:
@@ -175,6 +207,15 @@ def _ensure_user(
     report.sfi_dirs[name] = sfi_dir
     key_path = os.path.join(sfi_dir, f"{user_hrn}.pkey")
     _ensure_ssh_key(sfi_dir, f"{name}@{authority.hrn}", report)
+    if is_empty_file(key_path):
+        # Not replaced as the authority's or the aggregate's: the user's GID (gids/, and the registry's record once
+        # registered) certifies the key that is lost, and a new key needs a new GID under the same name.
+        raise AuthorityError(
+            f"{key_path} is empty (left by a crash while it was written): the GID issued for {user_hrn} certifies "
+            f"the key it should hold; restore {sfi_dir} from the backup, or remove the user (sfa-omf user remove "
+            f"{user_hrn}; if it is not registered, delete {sfi_dir} and {authority.issued_gid_path(user_hrn)}) "
+            "and run init again"
+        )
     if os.path.exists(key_path):
         report.kept.append(key_path)
         return
@@ -205,6 +246,8 @@ def _ensure_user(
 def _ensure_ssh_key(sfi_dir: str, comment: str, report: InitReport) -> None:
     """An SSH key pair for a demo user (private key 0600), so that logins the manifest names work at once."""
     private_path = os.path.join(sfi_dir, SSH_KEY_NAME)
+    if drop_crash_leftover(private_path, "SSH key pair") and os.path.exists(f"{private_path}.pub"):
+        os.remove(f"{private_path}.pub")  # the lost key's half: the new pair replaces it (and is registered too)
     if os.path.exists(private_path):
         report.kept.append(private_path)
         return
@@ -258,7 +301,7 @@ def write_example_requests(
     if not component_ids:
         return []
     folder = os.path.join(directory, "rspecs")
-    os.makedirs(folder, exist_ok=True)
+    make_directories(folder, PUBLIC_DIRECTORY)
     grain_s = int(grain.total_seconds())
     start = datetime.fromtimestamp(align_up(int((now + timedelta(hours=1)).timestamp()), grain_s), now.tzinfo)
     examples = (
@@ -276,7 +319,6 @@ def write_example_requests(
         document, _ = write_request(Request((node,), booked), dialect, grain)
         declaration, _, body = document.partition(b"\n")
         path = os.path.join(folder, name)
-        with open(path, "wb") as handle:
-            handle.write(declaration + f"\n<!-- sfa-omf example request: {what}. -->\n".encode() + body)
+        replace_file(path, declaration + f"\n<!-- sfa-omf example request: {what}. -->\n".encode() + body, PUBLIC_FILE)
         written.append(path)
     return written

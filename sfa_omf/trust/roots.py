@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from sfa_omf.errors import BadArgs, Reason, TrustError
+from sfa_omf.files import PUBLIC_DIRECTORY, PUBLIC_FILE, create_file, make_directories, replace_file
 from sfa_omf.times import format_time
 from sfa_omf.trust.gid import Gid, GidChain, keep_verified, load_gid_chain
 from sfa_omf.xrn import is_authority_for, is_authority_over_urn, shown_urn
@@ -454,13 +455,14 @@ def trust_root(directory: str, pem: bytes, now: datetime) -> RootAdded:
         path, existing = same_authority[0]
         if anchor.not_after <= existing.not_after:
             return RootAdded(existing, path, "trusted already")
-        _replace_file(path, body)
+        # At once (a temporary file renamed over it, named with no root suffix): a server reading the directory
+        # meanwhile sees the old root or the new one, never half a file.
+        replace_file(path, body, PUBLIC_FILE)
         return RootAdded(anchor, path, "renewed")
     path = root_file_path(directory, anchor)
-    os.makedirs(directory, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(body)
+    # Not through the umask: a directory others may write to lets them add a root the server trusts at once.
+    make_directories(directory, PUBLIC_DIRECTORY)
+    create_file(path, body, PUBLIC_FILE)  # whole: the server's watcher never reads half a root
     return RootAdded(anchor, path, "added")
 
 
@@ -514,17 +516,3 @@ def _check_renewal(anchor: Gid, existing: Gid, path: str) -> None:
             f"{_describe(anchor)} claims to renew the trusted root {trusted} but is not signed by its key (not "
             "self-signed): a look-alike is refused; ask the authority for its renewed root GID",
         )
-
-
-def _replace_file(path: str, body: bytes) -> None:
-    """Write body to path at once (a temporary file renamed over it): a server reading the directory meanwhile sees
-    the old root or the new one, never half a file."""
-    temporary = f"{path}.{os.getpid()}.new"  # no root suffix: the watcher does not read it
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(body)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
