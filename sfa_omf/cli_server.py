@@ -353,13 +353,12 @@ def _quickstart(args: argparse.Namespace) -> int:
 def first_steps(directory: str, settings: Settings, sfi: str, requests: Sequence[str]) -> str:
     """What quickstart prints: where things are and the whole flow, with absolute paths (sfi.py reads a relative
     RSpec path from its -d folder, so a bare request.xml would not be found)."""
-    from sfa_omf.registry.bootstrap import DEMO_SLICE, SSH_KEY_NAME
+    from sfa_omf.registry.bootstrap import DEMO_SLICE, OMNI_CONFIG_NAME, SSH_KEY_NAME
     from sfa_omf.xrn import hrn_to_urn
 
     auth = settings.interface_hrn
     slice_hrn = f"{auth}.{DEMO_SLICE}"
     url = f"{settings.https_url(settings.aggregate_port, settings.aggregate_host)}/"
-    user_files = os.path.join(sfi, f"{auth}.alice")
     sfi_py = f"sfi.py -d {sfi}"
     request = requests[0] if requests else "REQUEST.xml"
     lines = [
@@ -380,8 +379,8 @@ def first_steps(directory: str, settings: Settings, sfi: str, requests: Sequence
         f"    {sfi_py} renew {slice_hrn} +2h",
         f"    {sfi_py} delete {slice_hrn}",
         f"  log in as the manifest's <login> says, with {os.path.join(sfi, SSH_KEY_NAME)}",
-        "  or with omni, with the same certificate and key:",
-        f"    omni -a {url} --cert {user_files}.user.gid --key {user_files}.pkey getversion",
+        "  or with omni (geni-tools), whose omni_config holds the same certificate and key (docs/experimenters.md):",
+        f"    omni -c {os.path.join(sfi, OMNI_CONFIG_NAME)} -V3 -a {url} getversion",
         "  Stop with Ctrl-C.",
     ]
     return "\n".join(lines)

@@ -156,3 +156,29 @@ def test_the_sfi_flow_with_the_files_quickstart_wrote(quickstart: Quickstart) ->
         ok(am.Delete([SLICE], [slice_cred], {}))
     with pytest.raises(xmlrpc.client.Fault):
         registry.Resolve("tb.node9", [user_cred], {})
+
+
+def test_the_omni_config_init_wrote_reaches_both_servers_as_omni_reads_it(quickstart: Quickstart) -> None:
+    """omni has no --cert/--key: quickstart prints ``omni -c SFI/omni_config -V3 -a URL getversion``, and that file
+    (read as omni reads it: its sfa framework's cert, key, registry and slicemgr; the users section's urn and keys)
+    must name the user's real files and the servers' https:// URLs."""
+    import configparser
+
+    path = quickstart.sfi / "omni_config"
+    assert f"omni -c {path} -V3 -a {quickstart.am_url} getversion" in "\n".join(quickstart.output)
+    config = configparser.ConfigParser()
+    assert config.read(path) == [str(path)]
+    framework = config[config["omni"]["default_cf"]]
+    assert framework["type"] == "sfa" and framework["authority"] == "tb" and framework["user"] == "tb.alice"
+    (user,) = config["omni"]["users"].split(",")
+    assert config[user]["urn"] == "urn:publicid:IDN+tb+user+alice"
+    assert Path(config[user]["keys"]).read_text() == (quickstart.sfi / "id_ed25519.pub").read_text()
+    assert framework["registry"] == quickstart.registry_url and framework["slicemgr"] == quickstart.am_url
+    # Its certificate and key open real TLS calls at its URLs, as omni's do.
+    registry = proxy(framework["registry"], framework["cert"], framework["key"])
+    credential = registry.GetSelfCredential(
+        Path(framework["cert"]).read_text(), "urn:publicid:IDN+tb+user+alice", "user"
+    )
+    assert "<signed-credential" in credential
+    am = proxy(framework["slicemgr"], framework["cert"], framework["key"])
+    assert ok(am.GetVersion())["geni_api"] == 3

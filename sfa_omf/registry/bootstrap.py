@@ -39,6 +39,7 @@ from sfa_omf.xrn import authority_hrn_problem, hrn_to_urn, join_hrn, split_hrn
 
 DEFAULT_USERS = ("alice",)
 DEMO_SLICE = "demo"
+OMNI_CONFIG_NAME = "omni_config"  # omni's configuration for a demo user, beside sfi_config
 SSH_KEY_NAME = "id_ed25519"  # a demo user's SSH key pair, beside the sfi.py files (the .pub is registered)
 #: The example requests quickstart writes into DIR/rspecs, one per way of asking for time (docs/experimenters.md).
 EXAMPLE_REQUESTS = ("request-ol-lease.xml", "request-sfa-lease.xml", "request-no-time.xml", "request-asap.xml")
@@ -207,6 +208,7 @@ def _ensure_user(
     report.sfi_dirs[name] = sfi_dir
     key_path = os.path.join(sfi_dir, f"{user_hrn}.pkey")
     _ensure_ssh_key(sfi_dir, f"{name}@{authority.hrn}", report)
+    _ensure_omni_config(sfi_dir, authority.hrn, user_hrn, settings, report)
     if is_empty_file(key_path):
         # Not replaced as the authority's or the aggregate's: the user's GID (gids/, and the registry's record once
         # registered) certifies the key that is lost, and a new key needs a new GID under the same name.
@@ -259,6 +261,47 @@ def _ensure_ssh_key(sfi_dir: str, comment: str, report: InitReport) -> None:
     write_new_file(private_path, private, private=True)
     write_new_file(f"{private_path}.pub", public + f" {comment}\n".encode())
     report.created += [private_path, f"{private_path}.pub"]
+
+
+def _ensure_omni_config(
+    sfi_dir: str, authority_hrn: str, user_hrn: str, settings: Settings, report: InitReport
+) -> None:
+    """An omni_config beside sfi_config, so that omni works at once (``omni -c SFI/omni_config -V3 ...``): omni has
+    no --cert/--key options; it takes the user's certificate and key from this file. Written once: an operator's
+    or user's edits are kept."""
+    path = os.path.join(sfi_dir, OMNI_CONFIG_NAME)
+    if os.path.exists(path):
+        report.kept.append(path)
+        return
+    write_new_file(path, omni_config(sfi_dir, authority_hrn, user_hrn, settings).encode("utf-8"))
+    report.created.append(path)
+
+
+def omni_config(sfi_dir: str, authority_hrn: str, user_hrn: str, settings: Settings) -> str:
+    """omni's configuration for a user of the local authority (its ``sfa`` framework: omni asks the registry for
+    slice credentials itself), with absolute paths to the user's files in ``sfi_dir``. Unlike sfi.py, omni is given
+    https:// URLs."""
+    folder = os.path.abspath(sfi_dir)
+    name = split_hrn(user_hrn)[-1]
+    return (
+        "# omni (geni-tools): omni -c THIS_FILE -V3 -a AGGREGATE_URL COMMAND ... (docs/experimenters.md)\n"
+        "[omni]\n"
+        "default_cf = sfa\n"
+        f"users = {name}\n"
+        "\n"
+        f"[{name}]\n"
+        f"urn = {hrn_to_urn(user_hrn, 'user')}\n"
+        f"keys = {os.path.join(folder, SSH_KEY_NAME)}.pub\n"
+        "\n"
+        "[sfa]\n"
+        "type = sfa\n"
+        f"authority = {authority_hrn}\n"
+        f"user = {user_hrn}\n"
+        f"cert = {os.path.join(folder, f'{user_hrn}.user.gid')}\n"
+        f"key = {os.path.join(folder, f'{user_hrn}.pkey')}\n"
+        f"registry = {settings.https_url(settings.registry_port)}/\n"
+        f"slicemgr = {settings.https_url(settings.aggregate_port)}/\n"
+    )
 
 
 def sfi_config(authority_hrn: str, user_hrn: str, settings: Settings) -> str:

@@ -24,6 +24,7 @@ def test_sfi_directory_has_the_files_sfi_looks_for(pki: DemoPki) -> None:
     assert names == sorted(
         [
             "sfi_config",
+            "omni_config",  # omni's (it has no --cert/--key options)
             "testbed.alice.pkey",
             "testbed.alice.user.gid",
             "testbed.alice.user.cred",
