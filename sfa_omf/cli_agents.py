@@ -20,17 +20,42 @@ if TYPE_CHECKING:
     from sfa_omf.testbed.oar.agent_nodes import OarAgentNodes
 
 DEFAULT_TOKEN_LIFETIME_S = 24 * 3600
+#: Where `agent enrol` finds the join token when no option gives it.
+TOKEN_VARIABLE = "SFA_OMF_AGENT_TOKEN"
+#: Where `node invite`'s suggested command keeps the token on the node (root's own, made 0600).
+SUGGESTED_TOKEN_FILE = "/root/sfa-omf-join.token"
 
 
 def add_node_agent_commands(node: argparse._SubParsersAction, config_option: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     """``node invite`` and ``node agents``, beside the other node commands."""
     invite = node.add_parser("invite", parents=[config_option], help="make a one-time join token for a node agent")
-    invite.add_argument("--pool", default="default", help="the pool the node will join (default: default)")
+    invite.add_argument(
+        "--pool",
+        default=None,
+        help="the pool the node will join (default: the pool of the --hostname node if enrolled, else default)",
+    )
     invite.add_argument(
         "--lifetime", type=int, default=DEFAULT_TOKEN_LIFETIME_S, help="seconds the token is valid (default 1 day)"
     )
+    invite.add_argument(
+        "--hostname",
+        default="",
+        metavar="NAME",
+        help="the only host name the token enrols; needed to re-bind a node enrolled already to a new key (a "
+        "reinstalled machine). Without it the token enrols a host name not enrolled yet",
+    )
     invite.add_argument("--json", action="store_true")
     invite.set_defaults(handler=_invite)
+    invites = node.add_parser(
+        "invites", parents=[config_option], help="list the join tokens not used yet (never their secrets)"
+    )
+    invites.add_argument("--json", action="store_true")
+    invites.set_defaults(handler=_invites)
+    invite_revoke = node.add_parser(
+        "invite-revoke", parents=[config_option], help="revoke a join token not used yet: it enrols nothing"
+    )
+    invite_revoke.add_argument("id", help="the token's id (sfa-omf node invites lists them)")
+    invite_revoke.set_defaults(handler=_invite_revoke)
     agents = node.add_parser("agents", parents=[config_option], help="list the nodes that joined through an agent")
     agents.add_argument("--json", action="store_true")
     agents.set_defaults(handler=_agents)
@@ -61,7 +86,18 @@ def add_agent_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     agent = command_group(commands, "agent", "run this host as a node agent")
     enrol = agent.add_parser("enrol", help="join the testbed with a token from 'sfa-omf node invite'")
     enrol.add_argument("--server", required=True, help="the aggregate, https://HOST:PORT/")
-    enrol.add_argument("--token", required=True)
+    given = enrol.add_mutually_exclusive_group()
+    given.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the join token from FILE (keep it readable by root only), or from standard input for '-' (asked "
+        f"for, not shown, on a terminal); without it or --token: the variable {TOKEN_VARIABLE}",
+    )
+    given.add_argument(
+        "--token",
+        help="the join token on the command line: not recommended, other local users see it (ps, /proc) while "
+        "enrol runs and your shell's history keeps it; use --token-file",
+    )
     enrol.add_argument("--root", required=True, help="the authority's root certificate the operator gave you")
     enrol.add_argument(
         "--aggregate",
@@ -100,7 +136,7 @@ def _invite(args: argparse.Namespace) -> int:
     from sfa_omf.xrn import hrn_to_urn
 
     settings = command_settings(args)
-    token, record = Agents(command_database(settings)).create_token(args.pool, args.lifetime)
+    token, record = Agents(command_database(settings)).create_token(args.pool, args.lifetime, args.hostname)
     root = LocalAuthority.gid_path(settings.data_dir, settings.interface_hrn)
     server = f"{settings.https_url(settings.aggregate_port)}/"
     # The agent sends the token only to a server whose certificate names this URN (am.gid's).
@@ -108,19 +144,61 @@ def _invite(args: argparse.Namespace) -> int:
     if args.json:
         invitation = {
             "token": token,
+            "id": record.id,
             "pool": record.pool,
+            "hostname": record.hostname or None,
             "expires": format_time(record.expires),
             "root": root,
             "aggregate": aggregate,
         }
         print(json.dumps(invitation))
         return 0
-    print(f"join token for pool {record.pool!r}, valid until {format_time(record.expires)} (once):")
+    bound = f"host name {record.hostname} only" if record.hostname else "a host name not enrolled yet"
+    print(f"join token for pool {record.pool!r}, {bound}, valid until {format_time(record.expires)} (once):")
     print(f"  {token}")
-    print(f"on the node, with a copy of {root}:")
+    print(f"its id is {record.id} (sfa-omf node invites; sfa-omf node invite-revoke {record.id} revokes it)")
+    # The token is printed once, above, for the operator to carry; the command to run takes it from a file, never
+    # from its command line (which every local user of the node can read while it runs, and shells keep).
+    print(f"on the node, as root, with a copy of {root}: keep the token in a file only root reads (paste it, then")
+    print("Ctrl-D), enrol, and delete the file:")
+    print(f"  (umask 077; cat > {SUGGESTED_TOKEN_FILE})")
     print(f"  sfa-omf agent enrol --server {server} --aggregate {aggregate} \\")
-    print(f"      --token {token} --root ROOT.gid --state /var/lib/sfa-omf-agent \\")
-    print("      --hostname NAME [--local-address IP] [--lan-group GROUP]")
+    print(f"      --token-file {SUGGESTED_TOKEN_FILE} --root ROOT.gid --state /var/lib/sfa-omf-agent \\")
+    print(f"      --hostname {record.hostname or 'NAME'} [--local-address IP] [--lan-group GROUP]")
+    print(f"  rm {SUGGESTED_TOKEN_FILE}")
+    print(f"(or --token-file - to paste it when asked, or the variable {TOKEN_VARIABLE})")
+    return 0
+
+
+def _invites(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.agents import Agents
+
+    tokens = Agents(command_database(command_settings(args))).list_tokens()
+    rows = [
+        {"id": token.id, "pool": token.pool, "hostname": token.hostname or None, "expires": format_time(token.expires)}
+        for token in tokens
+    ]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    if not rows:
+        print("no join token waits to be used")
+        return 0
+    for row in rows:
+        hostname = row["hostname"] or "(a new host name)"
+        print(f"{row['id']}  {hostname:20} pool {row['pool']:12} until {row['expires']}")
+    return 0
+
+
+def _invite_revoke(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.agents import Agents
+
+    record, revoked = Agents(command_database(command_settings(args))).revoke_token(args.id)
+    bound = f", host name {record.hostname}" if record.hostname else ""
+    if revoked:
+        print(f"revoked join token {record.id} (pool {record.pool!r}{bound}): it enrols nothing from now on")
+    else:
+        print(f"join token {record.id} (pool {record.pool!r}{bound}) was revoked already: it enrols nothing")
     return 0
 
 
@@ -159,13 +237,54 @@ def _properties(pairs: list[str]) -> dict[str, str]:
     return properties
 
 
+def _join_token(args: argparse.Namespace) -> str:
+    """The join token of ``agent enrol``: from --token-file (a file, or standard input for '-'), else --token (with a
+    warning: a command line is visible to every local user), else the variable TOKEN_VARIABLE."""
+    if args.token_file is not None:
+        where = "standard input" if args.token_file == "-" else args.token_file
+        if args.token_file != "-":
+            try:
+                with open(args.token_file, encoding="utf-8") as handle:
+                    token = handle.read(4096)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BadArgs(f"cannot read the join token from --token-file {args.token_file}: {exc}") from exc
+        elif sys.stdin.isatty():
+            import getpass
+
+            token = getpass.getpass("join token (not shown): ")
+        else:
+            token = sys.stdin.readline(4096)
+    elif args.token is not None:
+        where = "--token"
+        token = args.token
+        print(
+            "sfa-omf agent: warning: --token shows the join token to every local user (ps, /proc/PID/cmdline) "
+            "while enrol runs, and your shell's history keeps it: use --token-file FILE, --token-file -, or "
+            f"{TOKEN_VARIABLE}",
+            file=sys.stderr,
+        )
+    else:
+        where = TOKEN_VARIABLE
+        token = os.environ.get(TOKEN_VARIABLE, "")
+        if not token:
+            raise BadArgs(
+                f"no join token: give --token-file FILE (or --token-file - to paste it), or set {TOKEN_VARIABLE}; "
+                "the operator's `sfa-omf node invite` prints it"
+            )
+    token = token.strip()
+    if not token:
+        raise BadArgs(f"the join token read from {where} is empty: put the token `sfa-omf node invite` printed there")
+    return token
+
+
 def _enrol(args: argparse.Namespace) -> int:
     from sfa_omf.agents.node import AgentCallError, ServerNotTrusted, enrol
 
+    token = _join_token(args)
     try:
         enrolled = enrol(
             args.server,
-            args.token,
+            token,
             args.root,
             args.state,
             args.hostname,
@@ -269,17 +388,131 @@ def _stage_in(args: argparse.Namespace) -> int:
 
 
 def _stage_out(args: argparse.Namespace) -> int:
+    """Copy a lease's staged-out files into ``--to``: names and bytes the node chose, written by an operator who may
+    be root. So the directory must be the caller's own and writable by no one else (a name planted there could be a
+    link to anywhere), nothing in it is followed or replaced, and the files are 0600. All or nothing: a name already
+    there with other content (or not a plain file) refuses the whole copy before anything is written."""
+    import hashlib
+
+    from sfa_omf.agents.staging import check_name
+
     store, node = _staging(args)
-    os.makedirs(args.to, exist_ok=True)
     files = store.list(args.lease_id, args.hostname, "out")
+    copies: list[tuple[str, bytes, str]] = []
     for staged in files:
+        check_name(staged.name)  # a plain name: no '/', NUL, '.' or '..' (nor any name starting with a dot)
         data, sha256 = store.get(args.lease_id, args.hostname, "out", staged.name)
-        with open(os.path.join(args.to, staged.name), "wb") as out:
-            out.write(data)
-        print(f"{staged.name} {staged.size} bytes sha256 {sha256}")
+        copies.append((staged.name, data, sha256))
+    directory = _private_directory(args.to)
+    try:
+        there: list[str] = []  # already in the directory with this content
+        taken: list[str] = []  # in the directory as something else
+        for name, data, _ in copies:
+            present = _present(directory, name)
+            if present is None:
+                continue
+            if present == hashlib.sha256(data).hexdigest():
+                there.append(name)
+            else:
+                taken.append(name)
+        if taken:
+            raise BadArgs(
+                f"{args.to} already holds {', '.join(taken)} (another content, or not a plain file): nothing was "
+                "copied and nothing there is replaced; collect into a new directory, or move those away first"
+            )
+        for name, data, sha256 in copies:
+            if name not in there:
+                _write_new(directory, args.to, name, data)
+            print(f"{name} {len(data)} bytes sha256 {sha256}" + (" (already there)" if name in there else ""))
+    finally:
+        os.close(directory)
     if not files:
         print(f"nothing staged out yet for lease {args.lease_id} on {node}")
     return 0
+
+
+def _private_directory(path: str) -> int:
+    """A descriptor of directory ``path``, made (0700) when missing: refused when it is a symbolic link, not the
+    caller's (effective uid) own, or writable by group or others, saying why and what to do."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        descriptor = os.open(path, flags)
+    except FileNotFoundError:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        descriptor = os.open(path, flags)  # a link put there meanwhile is refused below (ELOOP)
+    except OSError as exc:
+        import errno
+
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        if os.path.islink(path):  # Linux says ENOTDIR for a link opened with O_DIRECTORY | O_NOFOLLOW
+            raise BadArgs(
+                f"--to {path} is a symbolic link: give the directory itself (a link may lead the files elsewhere)"
+            ) from exc
+        raise BadArgs(f"--to {path} is not a directory: give a directory (a new one is made, 0700)") from exc
+    try:
+        status = os.fstat(descriptor)
+        if status.st_uid != os.geteuid():
+            raise BadArgs(
+                f"--to {path} belongs to uid {status.st_uid}, not to you (uid {os.geteuid()}): its owner could put "
+                "links there that the copy would meet; collect into a directory of your own (a new one is made, 0700)"
+            )
+        if status.st_mode & 0o022:
+            whom = " and ".join(w for w, bit in (("group", 0o020), ("others", 0o002)) if status.st_mode & bit)
+            raise BadArgs(
+                f"--to {path} is writable by {whom} (mode {status.st_mode & 0o7777:04o}): they could plant names "
+                f"there before the copy; run `chmod go-w {path}` or give a new directory (made 0700)"
+            )
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _present(directory: int, name: str) -> str | None:
+    """The SHA-256 of the plain file ``name`` in ``directory``; None when nothing has the name; "" when something
+    that is not a plain file has it (a link, a directory, a FIFO: never followed, never opened)."""
+    import hashlib
+    import stat
+
+    try:
+        status = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return ""
+    try:
+        descriptor = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory)
+    except OSError:
+        return ""
+    with os.fdopen(descriptor, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def _write_new(directory: int, path: str, name: str, data: bytes) -> None:
+    """Write ``data`` as the new file ``name`` (0600) in ``directory``: to a new temporary name first (O_EXCL,
+    O_NOFOLLOW: nothing there is followed), then linked to ``name``, which fails rather than replace anything put
+    there meanwhile (a rename would replace it: a file of the operator's, lost). The name never shows half a file."""
+    import secrets
+
+    temporary = f".{name}.{secrets.token_hex(6)}.part"  # names staged out never start with a dot (check_name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(temporary, flags, 0o600, dir_fd=directory)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)  # whatever the umask
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(temporary, name, src_dir_fd=directory, dst_dir_fd=directory, follow_symlinks=False)
+        except FileExistsError as exc:
+            raise BadArgs(
+                f"{os.path.join(path, name)} appeared while copying: it is left as it is; the files copied before "
+                "it are there, copy again into a new directory"
+            ) from exc
+    finally:
+        os.unlink(temporary, dir_fd=directory)
 
 
 def oar_agent_nodes(settings: Any) -> OarAgentNodes | None:

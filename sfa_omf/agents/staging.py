@@ -5,13 +5,14 @@
     DATA_DIR/agent_files/<lease id>/<hostname>/out/<name>   put by the agent (PUT, at the lease's end),
                                                              collected by the operator (sfa-omf lease stage-out)
 
-Every file has a SHA-256 beside it (``<name>.sha256``) that the sender declared and the receiver checked; a body whose
-digest differs, a name that is not a plain file name, or a file over the size limit is refused and nothing is
+Every file has a SHA-256 beside it (``<name>.sha256``) that the sender declared and the receiver checked; a body
+whose digest differs, a name that is not a plain file name, or a file over the size limit is refused and nothing is
 written. Files are written to a temporary name and renamed, so a reader sees the old file or the new one, never a
-part; putting the same content again changes nothing (PUT is idempotent). A staged-out file is never replaced by
-another content (ALREADY_EXISTS): two accounts of a lease may send files of the same name (an agent sends them as
-``<login>.<name>`` when the lease has several accounts, an older one does not), and neither may be lost unseen. The
-operator's stage-in may replace an input with a newer one.
+part; files are 0600 and folders 0700 (made by root, the data directory's owner's); putting the same content again
+changes nothing (PUT is idempotent). A staged-out file is never replaced by another content (ALREADY_EXISTS): two
+accounts of a lease may send files of the same name (an agent sends them as ``<login>.<name>`` when the lease has
+several accounts, an older one does not), and neither may be lost unseen. The operator's stage-in may replace an
+input with a newer one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,12 +95,36 @@ class FileStore:
                 "sends the files of a lease's several accounts as <login>.<name>: update the node's agent, or give "
                 "the accounts' files different names",
             )
-        folder.mkdir(parents=True, exist_ok=True)
+        owner = self._owner()
+        self._make_folders(folder, owner)
         for target, content in ((path, data), (digest, f"{sha256}\n".encode("ascii"))):
-            temporary = target.with_name(target.name + ".tmp")
-            temporary.write_bytes(content)
-            os.replace(temporary, target)
+            _write_private(target, content, owner)
         return True
+
+    def _owner(self) -> tuple[int, int] | None:
+        """Whom files made by root belong to: the data directory's owner (the aggregate's service user serves them,
+        and a root's stage-in must stay readable to it). None when not root: the files are the caller's."""
+        if os.geteuid() != 0:
+            return None
+        status = self.directory.parent.stat()
+        return status.st_uid, status.st_gid
+
+    def _make_folders(self, folder: Path, owner: tuple[int, int] | None) -> None:
+        """Make ``folder`` and the folders between it and the data directory that are missing, 0700 (the files of
+        one lease are its experimenters' and operator's, not every local user's)."""
+        missing = []
+        level = folder
+        while level != self.directory.parent and not level.is_dir():
+            missing.append(level)
+            level = level.parent
+        for level in reversed(missing):
+            try:
+                os.mkdir(level, 0o700)
+            except FileExistsError:
+                continue  # made by a concurrent put: as this one would
+            os.chmod(level, 0o700, follow_symlinks=False)  # whatever the umask
+            if owner is not None:
+                os.chown(level, *owner, follow_symlinks=False)
 
     def get(self, lease_id: str, hostname: str, direction: str, name: str) -> tuple[bytes, str]:
         """(data, SHA-256) of a staged file, or NOT_FOUND."""
@@ -119,3 +145,22 @@ class FileStore:
             if path.exists():
                 files.append(StagedFile(path.name, path.stat().st_size, digest.read_text().strip()))
         return files
+
+
+def _write_private(target: Path, content: bytes, owner: tuple[int, int] | None) -> None:
+    """Put ``content`` at ``target`` whole: written to a new temporary name beside it (0600 from its creation,
+    whatever the umask; O_EXCL and O_NOFOLLOW: nothing there is followed or shared), then renamed over it. Owned by
+    ``owner`` when given (a file made by root)."""
+    temporary = target.with_name(f"{target.name}.{secrets.token_hex(6)}.tmp")  # unique: concurrent puts
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    descriptor = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            os.fchmod(out.fileno(), 0o600)
+            if owner is not None:
+                os.fchown(out.fileno(), *owner)
+            out.write(content)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -2,7 +2,7 @@
 
 Kept in calendar/ so that an agent's node and its calendar rows commit together; nothing outside calendar/ sees
 these objects (calendar/agents.py hands out plain records). Migration 0009 creates them; 0027 adds the agents' VPN
-numbers.
+numbers; 0031 a token's bound host name and its revocation.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ class AgentToken(Base):
     used_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     key_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     hostname: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The only host name the token may enrol (`node invite --hostname`), None: any host name not enrolled yet. Only a
+    # bound token re-binds an enrolled node to a new key: a token that leaks must not replace a running node's agent.
+    bound_hostname: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # Set by `node invite-revoke`: the token enrols nothing from then on.
+    revoked_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Agent(Base):

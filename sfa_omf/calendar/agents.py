@@ -68,10 +68,14 @@ VPN_NUMBER_QUARANTINE_S = VPN_RENEGOTIATION_S + VPN_KEY_TRANSITION_S + 60
 
 @dataclass(frozen=True)
 class TokenRecord:
-    id: str
+    """A join token as the operator sees it: never its secret."""
+
+    id: str  # the token's public half (what `node invite-revoke` takes)
     pool: str
     expires: datetime
     used: bool
+    hostname: str = ""  # the only host name it enrols (`node invite --hostname`); "" for any new host name
+    revoked: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,14 +217,43 @@ class Agents:
         self.clock = clock
 
     # -- tokens ------------------------------------------------------------------------------------------------
-    def create_token(self, pool: str, lifetime_s: int) -> tuple[str, TokenRecord]:
+    def create_token(self, pool: str | None, lifetime_s: int, hostname: str = "") -> tuple[str, TokenRecord]:
         """A new one-time join token for a node of ``pool``, valid ``lifetime_s`` seconds. The token itself is
-        returned once and only its hash is kept."""
+        returned once and only its hash is kept.
+
+        Bound to ``hostname`` when one is given: it enrols that host name only, and is the only kind of token that
+        re-binds an enrolled node to a new key (a reinstalled machine). Without one it enrols host names not enrolled
+        yet: a token that leaked (a command line, a shell's history) cannot replace a running node's agent.
+        ``pool`` None: the pool of the bound host name's node, else the default pool."""
         if lifetime_s <= 0:
             raise GeniError(Reason.BAD_ARGS, f"a token must live a positive number of seconds, not {lifetime_s}")
+        bound = hostname.lower()
+        if hostname and not HOSTNAME.fullmatch(bound):
+            raise GeniError(
+                Reason.BAD_ARGS,
+                f"host name {hostname!r} must be one DNS label (letters, digits and '-', at most 63), as the node "
+                "enrols with it",
+            )
         now_s = _s(self.clock())
         token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
         with self.database.write() as session:
+            enrolled_pool = None
+            if bound:
+                enrolled_pool = session.scalar(
+                    select(Pool.name)
+                    .join(Node, Node.pool_id == Pool.id)
+                    .join(Agent, Agent.node_id == Node.id)
+                    .where(Agent.hostname == bound)
+                )
+            if pool is None:
+                pool = enrolled_pool or DEFAULT_POOL
+            elif enrolled_pool is not None and enrolled_pool != pool:
+                # Registration would refuse it (a token re-binds a node of its own pool only): say so now.
+                raise GeniError(
+                    Reason.BAD_ARGS,
+                    f"node {bound} is enrolled in pool {enrolled_pool!r}: a token of pool {pool!r} cannot re-bind it; "
+                    f"leave --pool out (or give --pool {enrolled_pool})",
+                )
             if pool != DEFAULT_POOL and session.scalar(select(Pool.id).where(Pool.name == pool)) is None:
                 raise GeniError(Reason.NOT_FOUND, f"there is no pool {pool!r}: create it first (sfa-omf pool create)")
             # The default pool is made here, by the operator's command, not by the first registrations: several
@@ -233,9 +266,55 @@ class Agents:
                     pool=pool,
                     created_s=now_s,
                     expires_s=now_s + lifetime_s,
+                    bound_hostname=bound or None,
                 )
             )
-        return f"{token_id}.{secret}", TokenRecord(token_id, pool, _t(now_s + lifetime_s), used=False)
+        record = TokenRecord(token_id, pool, _t(now_s + lifetime_s), used=False, hostname=bound)
+        return f"{token_id}.{secret}", record
+
+    def list_tokens(self) -> list[TokenRecord]:
+        """The invitations that may still enrol a node: not used, not revoked, not expired (soonest expiry first).
+        Their secrets are not kept: only what names them."""
+        now_s = _s(self.clock())
+        with self.database.read() as session:
+            rows = session.execute(
+                select(AgentToken.id, AgentToken.pool, AgentToken.expires_s, AgentToken.bound_hostname)
+                .where(AgentToken.used_s.is_(None), AgentToken.revoked_s.is_(None), AgentToken.expires_s > now_s)
+                .order_by(AgentToken.expires_s, AgentToken.id)
+            ).all()
+        return [TokenRecord(id_, pool, _t(expires_s), False, bound or "") for id_, pool, expires_s, bound in rows]
+
+    def revoke_token(self, token: str) -> tuple[TokenRecord, bool]:
+        """Revoke an unused join token at once, named by its id (the part before the dot; the whole token is taken
+        too): it enrols nothing from now on. Returns the token and whether this revoked it (False: it was revoked
+        already). NOT_FOUND for no such token; BAD_ARGS for one already used (its node is enrolled: `node remove`
+        takes a node out)."""
+        token_id = token.strip().partition(".")[0]
+        if not re.fullmatch(r"[0-9a-f]{12}", token_id):
+            raise GeniError(
+                Reason.BAD_ARGS,
+                f"{token_id[:40]!r} is not a join token's id (12 hex digits: sfa-omf node invites lists them)",
+            )
+        now_s = _s(self.clock())
+        with self.database.write() as session:
+            row = session.scalar(select(AgentToken).where(AgentToken.id == token_id).with_for_update())
+            if row is None:
+                raise GeniError(
+                    Reason.NOT_FOUND, f"there is no join token {token_id} (sfa-omf node invites lists the unused ones)"
+                )
+            if row.used_s is not None:
+                raise GeniError(
+                    Reason.BAD_ARGS,
+                    f"join token {token_id} was used at {format_time(_t(row.used_s))} by host {row.hostname}: it "
+                    f"enrols nothing more; to take that node out: sfa-omf node remove {row.hostname}",
+                )
+            revoking = row.revoked_s is None
+            if revoking:
+                row.revoked_s = now_s
+            record = TokenRecord(
+                row.id, row.pool, _t(row.expires_s), used=False, hostname=row.bound_hostname or "", revoked=True
+            )
+        return record, revoking
 
     # -- enrolment ---------------------------------------------------------------------------------------------
     def register(
@@ -243,8 +322,10 @@ class Agents:
     ) -> tuple[AgentRecord, bool]:
         """Create the agent's node (or take the existing one over) bound to the enrolling key; returns the agent
         and whether anything changed. The same token with the same key and host name again gives the same answer
-        (idempotent); an unknown, expired or already used token is refused and nothing is written, and so is a
-        token of one pool for an existing node of another (409). ``on_written``
+        (idempotent); an unknown, expired, revoked or already used token is refused and nothing is written, and so
+        are a token bound to another host name (403), a token of one pool for an existing node of another (409) and
+        a token bound to no host name for an existing node, unless the key is the node's own already (409: only a
+        token made for the host name re-binds it to a new key). ``on_written``
         runs with the agent's record inside the unit of work, before the commit (a repeat too): if it raises,
         nothing is written."""
         token_id, secret = parse_token(enrolment.token)
@@ -272,6 +353,12 @@ class Agents:
             token = session.scalar(select(AgentToken).where(AgentToken.id == token_id).with_for_update())
             if token is None or not hmac.compare_digest(token.secret_sha256, _sha256(secret)):
                 raise GeniError(Reason.CALLER_UNTRUSTED, "unknown join token: ask the operator for a new one")
+            if token.revoked_s is not None:
+                raise GeniError(
+                    Reason.CALLER_UNTRUSTED,
+                    f"this join token was revoked by the operator at {format_time(_t(token.revoked_s))}: it enrols "
+                    "nothing; ask the operator for a new one",
+                )
             if token.used_s is not None:
                 if token.key_sha256 == enrolment.key_sha256 and token.hostname == enrolment.hostname:
                     agent = session.scalar(select(Agent).where(Agent.hostname == enrolment.hostname))
@@ -292,7 +379,15 @@ class Agents:
                     f"this join token expired at {_t(token.expires_s):%Y-%m-%dT%H:%M:%SZ}: ask the operator for a "
                     "new one",
                 )
+            if token.bound_hostname is not None and token.bound_hostname != enrolment.hostname:
+                raise GeniError(
+                    Reason.CALLER_UNTRUSTED,
+                    f"this join token was made for host name {token.bound_hostname!r} only, not "
+                    f"{enrolment.hostname!r}: enrol with --hostname {token.bound_hostname}, or ask the operator for a "
+                    f"token for this host (sfa-omf node invite --hostname {enrolment.hostname})",
+                )
             node = session.scalar(select(Node).where(Node.component_id == enrolment.node_urn).with_for_update())
+            existed = node is not None
             if node is None:
                 node = Node(
                     component_id=enrolment.node_urn,
@@ -327,6 +422,17 @@ class Agents:
                     f"node {enrolment.node_urn} is in pool {node.pool.name!r} and this join token is for pool "
                     f"{token.pool!r}: enrol under another host name, or ask the operator for a token of pool "
                     f"{node.pool.name!r}",
+                )
+            if existed and token.bound_hostname is None and (agent is None or agent.key_sha256 != enrolment.key_sha256):
+                # Replacing the key that speaks for an existing node takes the operator's word for that node: a
+                # token bound to its host name. One for any host name (handed around, pasted, maybe stolen) would
+                # let its holder take over a running node, its leases' work and their staged files.
+                raise GeniError(
+                    Reason.ALREADY_EXISTS,
+                    f"node {enrolment.hostname} is enrolled already and this join token was made for new host names "
+                    "only: it does not replace a node's agent. If this machine is "
+                    f"{enrolment.hostname} (reinstalled), ask the operator for a token made for it: sfa-omf node "
+                    f"invite --hostname {enrolment.hostname}; otherwise enrol under another host name",
                 )
             self._refuse_address_of_another(session, enrolment, node.id)
             if agent is None:

@@ -53,8 +53,9 @@ class Lab:
     def agents(self) -> Agents:
         return Agents(self.aggregate.database, self.aggregate.policy)
 
-    def invite(self, pool: str = "default", lifetime_s: int = 3600) -> str:
-        return self.agents.create_token(pool, lifetime_s)[0]
+    def invite(self, pool: str = "default", lifetime_s: int = 3600, hostname: str = "") -> str:
+        """A join token; bound to ``hostname`` when given (only such a token re-binds an enrolled node)."""
+        return self.agents.create_token(pool, lifetime_s, hostname)[0]
 
     def restart(self) -> None:
         """Stop serving and serve again on the same port, with a newly built aggregate (a server restart)."""

@@ -126,8 +126,12 @@ def test_invite_prints_the_aggregate_for_agent_enrol(
     assert main(["node", "invite", "--config", lab.settings_path]) == 0
     printed = capsys.readouterr().out
     assert "--aggregate urn:publicid:IDN+lab+authority+am" in printed, printed
-    token = printed.split("--token ", 1)[1].split()[0]
-    enrol_command = ["agent", "enrol", "--server", lab.url, "--token", token, "--root", lab.root, "--retry-for", "0"]
+    token = printed.splitlines()[1].strip()  # printed once, on its own line; the command reads it from a file
+    token_file = tmp_path / "join.token"
+    token_file.write_text(f"{token}\n")
+    token_file.chmod(0o600)
+    enrol_command = ["agent", "enrol", "--server", lab.url, "--token-file", str(token_file), "--root", lab.root]
+    enrol_command.extend(["--retry-for", "0"])
     # An invitation naming another aggregate: the real one is refused, the token not sent (still good below).
     other = "urn:publicid:IDN+lab:site2+authority+am"
     assert main([*enrol_command, "--state", str(tmp_path / "a1"), "--hostname", "pc7", "--aggregate", other]) == 1

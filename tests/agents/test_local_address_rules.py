@@ -57,8 +57,9 @@ def test_an_address_another_node_of_the_lan_group_holds_is_refused(lab: Lab, tmp
         assert "192.168.1.10 is node pc1's in LAN group 'lab-a'" in said.message, said
         assert "sfa-omf node remove pc1" in said.message, said
         assert {agent.hostname: agent.local_address for agent in lab.agents.list_agents()} == {"pc1": "192.168.1.10"}
-    # Its own address is the node's to register with again (here re-bound to a new key by a new token).
-    again = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "a1-new"), "pc1", "192.168.1.10", "lab-a")
+    # Its own address is the node's to register with again (here re-bound to a new key by a new token made for it).
+    for_pc1 = lab.invite(hostname="pc1")
+    again = enrol(lab.url, for_pc1, lab.root, str(tmp_path / "a1-new"), "pc1", "192.168.1.10", "lab-a")
     assert again.node == first.node
     # Another LAN group is another LAN, where the same private address is another host; and the token that was
     # refused above was not spent.

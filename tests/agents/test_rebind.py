@@ -47,8 +47,8 @@ def test_re_enrolment_in_the_pool_revokes_the_old_vpn_certificate(lab: Lab, tmp_
     old_serial = x509.load_pem_x509_certificate((vpn / "issued" / "pc1.pem").read_bytes()).serial_number
     assert (vpn / "ccd" / "pc1").exists()
 
-    # The machine was reinstalled: a new key enrols as pc1 with a new token of the node's own pool.
-    again = enrol(lab.url, lab.invite(), lab.root, str(tmp_path / "new"), "pc1", "192.168.1.10")
+    # The machine was reinstalled: a new key enrols as pc1 with a new token of the node's own pool, made for pc1.
+    again = enrol(lab.url, lab.invite(hostname="pc1"), lab.root, str(tmp_path / "new"), "pc1", "192.168.1.10")
     assert again.node == first.node
     crl = x509.load_pem_x509_crl((vpn / "crl.pem").read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(old_serial) is not None
@@ -88,7 +88,8 @@ def test_a_vpn_certificate_asked_by_the_old_key_while_the_node_is_re_bound_is_re
     def issue_after_a_re_binding(self: VpnCa, *args: object, **kwargs: object) -> object:
         """The re-binding commits between the request's authentication and its certificate."""
         new_key = key_sha256(new_private_key().public_key())
-        lab.agents.register(Enrolment(lab.invite(), "pc1", first.node, new_key), lambda _urn: ("", "f" * 64))
+        token = lab.invite(hostname="pc1")
+        lab.agents.register(Enrolment(token, "pc1", first.node, new_key), lambda _urn: ("", "f" * 64))
         return issue(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(VpnCa, "issue", issue_after_a_re_binding)

@@ -390,7 +390,7 @@ def test_two_serving_hosts_are_one_vpn(running_reactor: Any, tmp_path: Path) -> 
         # Reinstalled, it enrols a new key through host B: B revokes the old certificate (cluster-wide record).
         enrol(
             f"https://127.0.0.1:{server_b.port_number}/",
-            agents.create_token("default", 3600)[0],
+            agents.create_token("default", 3600, "pc1")[0],  # re-binding pc1: a token made for it
             root,
             str(tmp_path / "new"),
             "pc1",

@@ -209,7 +209,7 @@ def test_a_certificate_asked_during_the_nodes_re_registration_does_not_hang_eith
         ca.revoke_other_key("n1", new_key.public_key())
 
     def register() -> None:
-        second, _ = agents.create_token("default", 600)
+        second, _ = agents.create_token("default", 600, "n1")  # re-binding n1: made for it
         enrolment = Enrolment(second, "n1", node_urn("n1"), key_sha256(new_key.public_key()))
         try:
             outcome["register"] = agents.register(enrolment, lambda _urn: ("", ""), revoke_old_key)
@@ -423,7 +423,8 @@ def test_a_certificate_asked_with_the_old_key_after_the_node_is_re_bound_is_refu
     agent, _ = agents.register(enrolment, lambda _urn: ("", ""))
     records = VpnRecords(database)
     ca = VpnCa(str(tmp_path / "vpn"), "lab", records, clock=settled)
-    second, _ = agents.create_token("default", 600)  # the re-binding, committed after the request's authentication
+    # The re-binding (a token made for n1), committed after the request's authentication.
+    second, _ = agents.create_token("default", 600, "n1")
     agents.register(Enrolment(second, "n1", node_urn("n1"), key_sha256(new_key.public_key())), lambda _urn: ("", ""))
 
     with pytest.raises(GeniError) as refused:

@@ -1,0 +1,30 @@
+"""A join token's bound host name and its revocation (agent_token.bound_hostname, agent_token.revoked_s): a token made
+with `sfa-omf node invite --hostname NAME` enrols that host name only, and only such a token re-binds an enrolled
+node to a new key (calendar/agents.py); `sfa-omf node invite-revoke ID` revokes an unused one. Tokens made before are
+bound to no host name: they enrol new host names only.
+
+Revision ID: 0031
+Revises: 0030
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0031"
+down_revision = "0030"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("agent_token") as table:  # batch: SQLite cannot alter tables in place
+        table.add_column(sa.Column("bound_hostname", sa.String(length=200), nullable=True))
+        table.add_column(sa.Column("revoked_s", sa.BigInteger(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("agent_token") as table:
+        table.drop_column("revoked_s")
+        table.drop_column("bound_hostname")
