@@ -1,6 +1,6 @@
-"""The SFA Registry API for the local authority, as sfi.py uses it: GetVersion, GetSelfCredential, GetCredential,
-Resolve, List, and Register, Update, Remove for holders of an authority credential (users may update their own
-email and keys).
+"""The SFA Registry API for the local authority, as sfi.py and omni use it: GetVersion, GetSelfCredential,
+GetCredential, Resolve, List, and Register, Update, Remove for holders of an authority credential (users may update
+their own email and keys, and a slice's researchers its expiry and researchers with its slice credential).
 
 Replies are not wrapped in the AM envelope; refusals are XML-RPC faults whose code is the GENI code and whose
 message says what to do, as SFA's registry answers. One log line per call, like the aggregate's.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import xmlrpc.client
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,7 +35,7 @@ from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason, TrustError
 from sfa_omf.registry.authority import DEFAULT_CREDENTIAL_LIFETIME, AuthorityError, IssuedAlready, LocalAuthority
 from sfa_omf.registry.nodes import forget_node, node_hrn
-from sfa_omf.registry.records import Record, Records, new_record_urn, record_chain, record_email
+from sfa_omf.registry.records import Memberships, Record, Records, new_record_urn, record_chain, record_email
 from sfa_omf.registry.sfi_dirs import delete_user_sfi_dirs
 from sfa_omf.server.xmlrpc import CallContext, shown_method
 from sfa_omf.sshkeys import ssh_public_keys
@@ -50,19 +50,65 @@ log = logging.getLogger("sfa_omf.registry")
 
 #: A slice registered without an expiry lives this long (renewable: sfa-omf slice renew, or Update with expires).
 DEFAULT_SLICE_LIFETIME = timedelta(days=30)
-#: Fields only an authority credential may change (a user may change their own email and keys).
-AUTHORITY_ONLY_FIELDS = frozenset({"reg-researchers", "researchers", "reg-pis", "pis", "expires"})
+#: How far from now a slice's researchers (and the PIs of its authority) may set its expiry with its slice credential
+#: (Update, as omni renewslice sends it): as long as a slice credential lives, so that the credential GetCredential
+#: gives after the renewal ends with the slice. An authority credential and `sfa-omf slice renew` go further.
+MAX_SLICE_RENEW = DEFAULT_CREDENTIAL_LIFETIME
+#: The spellings clients send for each field Register and Update write. SFA's registry reads researcher, pi and keys
+#: as reg-researchers, reg-pis and reg-keys (registry_manager.normalize_input_record); omni's createslice writes PI;
+#: researchers and pis are this registry's own older spellings. Two spellings of one field must agree.
+FIELD_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "reg-keys": ("reg-keys", "keys"),
+    "reg-researchers": ("reg-researchers", "researchers", "researcher"),
+    "reg-pis": ("reg-pis", "pis", "pi", "PI"),
+}
+#: Fields real clients send in Register and Update records that mean nothing here: accepted and ignored. Any other
+#: field this registry does not read is refused (1), so that a change asked for is never silently dropped. omni's
+#: createslice sends description, url, name, authority, peer_authority; sfi.py register sends a user's first_name and
+#: last_name (and name with -n); what Resolve shows without writing it (reg-urn, authority, peer_authority,
+#: date_created, last_updated, reg-slices, reg-pi-authorities) comes back whole with omni's renewslice and with sfi.py
+#: update of a record file.
+IGNORED_FIELDS = frozenset(
+    {
+        "authority",
+        "peer_authority",
+        "description",
+        "url",
+        "name",
+        "first_name",
+        "last_name",
+        "reg-urn",
+        "date_created",
+        "last_updated",
+        "reg-slices",
+        "reg-pi-authorities",
+    }
+)
+#: Fields only an authority credential may change (a user may change their own email and keys; a slice credential
+#: its own slice's expires and reg-researchers: RegistryApi._slice_credential).
+AUTHORITY_ONLY_FIELDS = ("reg-researchers", "reg-pis", "expires")
 #: The record type each field Register and Update write belongs to: given (not empty) for a record of another type,
 #: it is refused, never stored. (Not ``email``: slice GIDs carry one too, and records shown with one go back as shown.)
 FIELD_TYPES: dict[str, str] = {
-    "keys": "user",
     "reg-keys": "user",
-    "researchers": "slice",
     "reg-researchers": "slice",
     "expires": "slice",
-    "pis": "authority",
     "reg-pis": "authority",
 }
+
+
+def _given(record: dict[str, Any], field: str) -> tuple[str, Any]:
+    """The spelling of ``field`` (FIELD_SPELLINGS) the record gives, and its value; (field, None) when it gives none.
+    (record_fields made sure that two spellings given agree.)"""
+    for spelling in FIELD_SPELLINGS.get(field, (field,)):
+        if record.get(spelling) is not None:
+            return spelling, record[spelling]
+    return field, None
+
+
+def _filled(value: Any) -> bool:
+    """Whether a field's value asks for something: not absent and not empty (records shown go back with empty ones)."""
+    return value not in (None, "", [])
 
 
 def slice_lifetime(record: Record) -> timedelta:
@@ -73,8 +119,8 @@ def slice_lifetime(record: Record) -> timedelta:
     if left <= timedelta(0):
         raise GeniError(
             Reason.CREDENTIAL_EXPIRED,
-            f"slice {record.hrn} expired at {format_time(record.expires)}; ask its authority to renew it "
-            "(sfa-omf slice renew)",
+            f"slice {record.hrn} expired at {format_time(record.expires)}; ask a PI of its authority (Update with "
+            "expires and an authority credential) or its operator (sfa-omf slice renew) to renew it",
         )
     return min(left, DEFAULT_CREDENTIAL_LIFETIME)
 
@@ -113,13 +159,24 @@ def _record_named(record: dict[str, Any], kind: str | None) -> tuple[str, str | 
 
 
 def _refuse_fields_of_other_types(record: dict[str, Any], kind: str) -> None:
-    """BadArgs naming a field given (not empty) that a record of type ``kind`` does not have (FIELD_TYPES)."""
+    """BadArgs naming a field given (not empty) that a record of type ``kind`` does not have (FIELD_TYPES). Except
+    the PIs of a slice that are all among the researchers the record gives: omni's createslice names its user as both
+    (SFA keeps PIs of authorities only, and ignores them too); they are ignored, the researchers are recorded."""
     base = kind.partition("+")[0]
-    for name, owner in FIELD_TYPES.items():
-        if record.get(name) not in (None, "", []) and owner != base:
+    for field, owner in FIELD_TYPES.items():
+        name, value = _given(record, field)
+        if not _filled(value) or owner == base:
+            continue
+        if field == "reg-pis" and base == "slice":
+            researchers = {_hrn(member) for member in _given(record, "reg-researchers")[1] or []}
+            if {_hrn(pi) for pi in value} <= researchers:
+                continue
             raise BadArgs(
-                f"a {base} record has no field {name!r} (only a {owner} record has): leave it out of the record"
+                f"a slice record has no field {name!r} (only an authority record has; PIs of a slice that are all "
+                "among the researchers it gives, as omni sends them, are ignored): make them researchers "
+                "(reg-researchers), or leave the field out of the record"
             )
+        raise BadArgs(f"a {base} record has no field {name!r} (only a {owner} record has): leave it out of the record")
 
 
 # -- the typed contract: every argument of every method checked before any work -----------------------------------
@@ -172,29 +229,43 @@ def record_type(value: Any, where: str) -> str:
     return kind
 
 
-#: The fields of a record this registry reads, and how each is checked; others are ignored.
+#: The fields of a record this registry reads (in every spelling, FIELD_SPELLINGS), and how each is checked. Others
+#: are refused, but for the IGNORED_FIELDS clients send routinely.
 RECORD_FIELDS: dict[str, Checker] = {
     "hrn": xrn,
     "urn": xrn,
     "type": record_type,
     "email": email,
-    "keys": ssh_public_keys,
-    "reg-keys": ssh_public_keys,
-    "researchers": xrn_list,
-    "reg-researchers": xrn_list,
-    "pis": xrn_list,
-    "reg-pis": xrn_list,
+    **dict.fromkeys(FIELD_SPELLINGS["reg-keys"], ssh_public_keys),
+    **dict.fromkeys(FIELD_SPELLINGS["reg-researchers"], xrn_list),
+    **dict.fromkeys(FIELD_SPELLINGS["reg-pis"], xrn_list),
     "expires": expiry,
     "gid": certificate_pem,
 }
 
 
 def record_fields(value: Any, where: str) -> dict[str, Any]:
-    """A record struct with every field this registry reads checked (and nothing written before that)."""
+    """A record struct with every field this registry reads checked (and nothing written before that): a field it
+    neither reads nor ignores (IGNORED_FIELDS) is refused, naming it, as are two spellings of a field that disagree."""
     record = struct(value, where)
+    for name in record:
+        if name not in RECORD_FIELDS and name not in IGNORED_FIELDS:
+            hint = (
+                "a user's slices are changed in each slice's record (reg-researchers)"
+                if name == "slices"
+                else f"the fields read are {', '.join(RECORD_FIELDS)}"
+            )
+            raise BadArgs(f"{where}: the field {name[:60]!r} is not one this registry reads ({hint}); leave it out")
     for name, check in RECORD_FIELDS.items():
         if record.get(name) is not None:
             record[name] = check(record[name], f"{where}.{name}")
+    for spellings in FIELD_SPELLINGS.values():
+        given = [name for name in spellings if record.get(name) is not None]
+        if any(record[name] != record[given[0]] for name in given[1:]):
+            raise BadArgs(
+                f"{where} gives {' and '.join(repr(name) for name in given)}, which are one field, with different "
+                "values: give one of them"
+            )
     return record
 
 
@@ -218,9 +289,17 @@ SIGNATURES: dict[str, Signature] = {
 }
 
 
-def record_dict(record: Record, authority_hrn: str) -> dict[str, Any]:
-    """A record with the fields sfi.py reads."""
+def record_dict(record: Record, authority_hrn: str, memberships: Memberships | None = None) -> dict[str, Any]:
+    """A record with the fields sfi.py and omni read; a user's with ``reg-slices`` (the slices listing them as a
+    researcher) and ``reg-pi-authorities`` (the authorities listing them as a PI), HRNs as SFA shows them: sfi.py
+    list and myslice, and omni listmyslices, read them. ``memberships``: Records.memberships of the user (none
+    given: none)."""
+    user_fields: dict[str, Any] = {}
+    if record.type == "user":
+        slices, pi_authorities = memberships or ((), ())
+        user_fields = {"reg-slices": list(slices), "reg-pi-authorities": list(pi_authorities)}
     return {
+        **user_fields,
         "hrn": record.hrn,
         "type": record.type,
         "reg-urn": record.urn,
@@ -238,6 +317,13 @@ def record_dict(record: Record, authority_hrn: str) -> dict[str, Any]:
     }
 
 
+def shown_records(records: Records, authority_hrn: str, found: Sequence[Record]) -> list[dict[str, Any]]:
+    """Records as Resolve and List answer them (record_dict); the users' slices and PI authorities read in one
+    query for all of them."""
+    memberships = records.memberships([record.hrn for record in found if record.type == "user"])
+    return [record_dict(record, authority_hrn, memberships.get(record.hrn)) for record in found]
+
+
 def _log_call(context: CallContext, shown: str, code: GeniCode, started: float) -> None:
     """The one log line of a registry call; ``shown`` is the method as shown_method() shows it."""
     caller = shown_urn(context.caller_chain[0].urn if context.caller_chain else None)
@@ -247,10 +333,17 @@ def _log_call(context: CallContext, shown: str, code: GeniCode, started: float) 
 class RegistryApi:
     """The handler the XML-RPC transport calls for the registry port."""
 
-    def __init__(self, authority: LocalAuthority, records: Records, verifier: CredentialVerifier) -> None:
+    def __init__(
+        self,
+        authority: LocalAuthority,
+        records: Records,
+        verifier: CredentialVerifier,
+        max_slice_renew: timedelta = MAX_SLICE_RENEW,
+    ) -> None:
         self.authority = authority
         self.records = records
         self.verifier = verifier
+        self.max_slice_renew = max_slice_renew  # how far ahead a slice credential may renew its slice
         self.methods: dict[str, Callable[[CallContext, tuple[Any, ...]], Any]] = {
             "GetVersion": self.get_version,
             "GetSelfCredential": self.get_self_credential,
@@ -322,26 +415,23 @@ class RegistryApi:
         caller_chain = record_chain(caller)
         if target.type == "user" and target.hrn == caller.hrn:
             return self.authority.credential(caller_chain, caller_chain, can_delegate=False)
-        if target.type == "slice" and caller.hrn in target.researchers:
+        if target.type == "slice" and self._slice_member(caller.hrn, target):
             return self.authority.credential(caller_chain, record_chain(target), lifetime=slice_lifetime(target))
         if target.type == "authority" and caller.hrn in target.pis:
             return self.authority.credential(caller_chain, self.authority.chain)
         raise GeniError(
             Reason.INSUFFICIENT_PRIVILEGES,
-            f"{caller.hrn} may not have a credential for {target.type} {target.hrn} "
-            "(only for themselves, for slices they are a researcher of, and for authorities they are a PI of)",
+            f"{caller.hrn} may not have a credential for {target.type} {target.hrn} (only for themselves, for slices "
+            "they are a researcher of or whose authority they are a PI of, and for authorities they are a PI of)",
         )
 
     def resolve(self, context: CallContext, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         self._caller(context, params[1], "resolve")
-        found = []
-        for name in params[0]:
-            found.append(record_dict(self._record(*_named(name)), self.authority.hrn))
-        return found
+        return shown_records(self.records, self.authority.hrn, [self._record(*_named(name)) for name in params[0]])
 
     def list(self, context: CallContext, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         self._caller(context, params[1], "list")
-        return [record_dict(record, self.authority.hrn) for record in self.records.under(_hrn(params[0]))]
+        return shown_records(self.records, self.authority.hrn, self.records.under(_hrn(params[0])))
 
     def register(self, context: CallContext, params: tuple[Any, ...]) -> str:
         """Register(record, credentials): an authority credential adds a user or slice under the authority (nodes
@@ -359,7 +449,7 @@ class RegistryApi:
         hrn, _ = _record_named(record, kind)
         _refuse_fields_of_other_types(record, kind)
         urn = new_record_urn(hrn, kind)  # a name that maps to exactly this URN, within what the database holds
-        members = self._members(record, "researchers")
+        members = self._members(record, "reg-researchers")
         email = record_email(record.get("email") or "")
         expires = record.get("expires")
         if expires is not None and expires <= utcnow():  # as Update and sfa-omf slice create: nothing issued for it
@@ -409,7 +499,7 @@ class RegistryApi:
                     urn,
                     chain_pem(chain),
                     email,
-                    tuple(str(key) for key in record.get("reg-keys") or record.get("keys") or []),
+                    tuple(str(key) for key in _given(record, "reg-keys")[1] or []),
                     tuple(members or ()),
                     expires=expires,
                 )
@@ -421,19 +511,33 @@ class RegistryApi:
         return chain_pem(chain)
 
     def update(self, context: CallContext, params: tuple[Any, ...]) -> int:
-        """Update(record, credentials): users update their own email and keys; an authority credential anything."""
+        """Update(record, credentials): users update their own email and keys; a slice credential (its refresh
+        privilege, as in SFA) its own slice's expiry and researchers, the expiry at most MAX_SLICE_RENEW from now (omni
+        renewslice, sfi.py update -t slice); an authority credential anything."""
         record = params[0]
         target = self._record(*_record_named(record, record.get("type") or None))
-        changes_pis = record.get("reg-pis", record.get("pis")) is not None
+        changes_pis = _given(record, "reg-pis")[1] is not None
+        slice_credential = False
         try:
             authority_credential = self._authority_caller(context, params[1], "update", target.urn)
         except GeniError:
-            caller = self._caller(context, params[1], "update")  # "refresh" lets users update their own record
-            if caller.hrn != target.hrn or AUTHORITY_ONLY_FIELDS.intersection(record):
-                raise GeniError(
-                    Reason.INSUFFICIENT_PRIVILEGES,
-                    f"{caller.hrn} may update only their own email and keys; an authority credential updates the rest",
-                ) from None
+            slice_credential = target.type == "slice" and self._slice_credential(context, params[1], target)
+            if slice_credential:
+                self._refuse_beyond_slice_credential(record, target)
+            else:
+                caller = self._caller(context, params[1], "update")  # "refresh" lets users update their own record
+                if caller.hrn != target.hrn or any(_given(record, f)[1] is not None for f in AUTHORITY_ONLY_FIELDS):
+                    also = (
+                        f"; {target.hrn}'s expiry and researchers are updated with its slice credential "
+                        "(GetCredential gives it to its researchers)"
+                        if target.type == "slice"
+                        else ""
+                    )
+                    raise GeniError(
+                        Reason.INSUFFICIENT_PRIVILEGES,
+                        f"{caller.hrn} may update only their own email and keys{also}; an authority credential "
+                        "updates the rest",
+                    ) from None
         else:
             # The PIs are who GetCredential gives a fresh, undelegated authority credential: a delegate naming
             # himself (or a user record he registered with his own key) would outgrow the delegation, and outlive it.
@@ -448,8 +552,12 @@ class RegistryApi:
         expires = record.get("expires")
         if expires is not None and expires <= utcnow():
             raise BadArgs(f"the expiry {format_time(expires)} is in the past: give a time to come")
-        keys = record.get("reg-keys", record.get("keys"))
-        researchers, pis = self._members(record, "researchers"), self._members(record, "pis")
+        if expires is not None and slice_credential:
+            self._refuse_renewal_beyond_limits(target, expires)
+        keys = _given(record, "reg-keys")[1]
+        researchers, pis = self._members(record, "reg-researchers"), self._members(record, "reg-pis")
+        if target.type == "slice":
+            pis = None  # (omni's PI of a slice, among its researchers: ignored, _refuse_fields_of_other_types)
         self.records.update(
             target.hrn,
             email=email,
@@ -494,12 +602,102 @@ class RegistryApi:
         return 1
 
     # -- helpers ------------------------------------------------------------------------------------------------
+    def _slice_member(self, user_hrn: str, target: Record) -> bool:
+        """Whether ``user_hrn`` gets the credential of slice ``target``: a researcher of it, or a PI of an authority
+        of this registry over it (SFA's determine_user_rights gives slice credentials to the PIs of the slice's
+        authority; their authority credential covers the slice already)."""
+        if user_hrn in target.researchers:
+            return True
+        parts = split_hrn(target.hrn)[:-1]
+        for length in range(len(parts), 0, -1):
+            authority = self.records.get(join_hrn(parts[:length]))
+            if authority is not None and authority.type == "authority" and user_hrn in authority.pis:
+                return True
+        return False
+
+    def _slice_credential(self, context: CallContext, credentials: Any, target: Record) -> bool:
+        """Whether the call carries a credential of slice ``target`` that allows its holder to update it (SFA: the
+        slice credential's refresh privilege): verified, owned by the caller, issued for the slice registered now
+        (not an earlier one of the name), its owner and delegators registered with their keys (as for an authority
+        credential, _authority_caller), and its owner a researcher of the slice, or a PI of its authority, now: a
+        researcher taken out of the slice must not put himself back with the credential he got before. False when
+        it carries no slice credential (the user credential's rules then apply); a slice credential refused for
+        one of these reasons is answered with that refusal."""
+        if not context.caller_chain:
+            return False
+        now = utcnow()
+        refusal: GeniError | None = None
+        for credential in split_credentials(credentials).privilege:
+            try:
+                verified = self.verifier.verify(credential, now)
+            except GeniError:
+                continue  # (no slice credential usable here: the user-credential path says why)
+            if verified.target_type != "slice":
+                continue
+            try:
+                caller = self.verifier.verify_caller(context.caller_chain, now)
+                self.verifier.authorize(verified, caller, target.urn, "update")
+                self._refuse_unregistered(context, verified, "update")
+                if verified.target_key_id != record_chain(target)[0].key_id:
+                    raise GeniError(
+                        Reason.TARGET_MISMATCH,
+                        f"this slice credential was issued for an earlier slice named {target.hrn}, removed since: "
+                        "ask for the credential of the slice registered now (GetCredential)",
+                    )
+                owner_hrn = parse_urn(verified.owner_urn).hrn
+                if not self._slice_member(owner_hrn, target):
+                    raise GeniError(
+                        Reason.INSUFFICIENT_PRIVILEGES,
+                        f"{owner_hrn} is no researcher of {target.hrn} (nor a PI of its authority) any more: its "
+                        "slice credential no longer updates it; ask one of its researchers, or a PI of "
+                        f"{self.authority.hrn}",
+                    )
+                return True
+            except GeniError as exc:
+                refusal = refusal or exc
+        if refusal is not None:
+            raise refusal
+        return False
+
+    def _refuse_beyond_slice_credential(self, record: dict[str, Any], target: Record) -> None:
+        """INSUFFICIENT_PRIVILEGES naming a field a slice credential may not change (only expires and
+        reg-researchers): the record's ``email``, when it is not the slice's as Resolve shows it (omni sends the
+        record back whole). (A slice has no keys nor PIs: _refuse_fields_of_other_types refuses them.)"""
+        if record.get("email") is not None and record_email(record["email"]) != target.email:
+            raise GeniError(
+                Reason.INSUFFICIENT_PRIVILEGES,
+                f"a slice credential changes only the expires and reg-researchers of {target.hrn}, not its email: "
+                f"leave the email as it is, or ask a PI of {self.authority.hrn} (an authority credential)",
+            )
+
+    def _refuse_renewal_beyond_limits(self, target: Record, expires: datetime) -> None:
+        """POLICY when a slice credential would set the slice's expiry later than MAX_SLICE_RENEW from now, or than
+        the slice's GID or the authority's (a slice credential cannot outlive them): unless that is no later than the
+        slice's expiry now (shortening is allowed, as in SFA, geni-tools' clearinghouse and `sfa-omf slice renew`)."""
+        now = utcnow()
+        chain_ends = min(gid.not_after for gid in record_chain(target))
+        latest = min(now + self.max_slice_renew, chain_ends)
+        if expires <= latest or (target.expires is not None and expires <= target.expires):
+            return
+        why = (
+            f"when the certificates of {target.hrn} and its authority expire"
+            if chain_ends < now + self.max_slice_renew
+            else f"{self.max_slice_renew.days} days from now, what a slice credential may ask"
+        )
+        raise GeniError(
+            Reason.POLICY,
+            f"{target.hrn} can be renewed with its slice credential to {format_time(latest)} at the latest ({why}); "
+            f"{format_time(expires)} was asked: renew it to that time at most, or ask a PI of {self.authority.hrn} "
+            "(an authority credential) or its operator (sfa-omf slice renew) for longer",
+        )
+
     def _members(self, record: dict[str, Any], field: str) -> tuple[str, ...] | None:
-        """The user HRNs a record's ``reg-<field>`` (or ``<field>``: researchers, pis) lists, each once in the order
-        given; None when the record does not give it. A URN of another type than user, or the name of a record here
-        that is not a user, is refused (users of other authorities, and users not registered yet, may be named)."""
-        given = f"reg-{field}" if record.get(f"reg-{field}") is not None else field
-        names = record.get(given)
+        """The user HRNs a record's ``field`` (reg-researchers, reg-pis, in any of its spellings: FIELD_SPELLINGS)
+        lists, each once in the order given; None when the record does not give it. A URN of another type than user,
+        or the name of a record here that is not a user, is refused (users of other authorities, and users not
+        registered yet, may be named)."""
+        given, names = _given(record, field)
+        field = field.removeprefix("reg-")
         if names is None:
             return None
         members: dict[str, None] = {}  # (each once, in the order given)
@@ -529,6 +727,13 @@ class RegistryApi:
             raise GeniError(
                 Reason.INSUFFICIENT_PRIVILEGES, f"{operation} needs an authority credential of {self.authority.hrn}"
             )
+        self._refuse_unregistered(context, verified, operation)
+        return verified
+
+    def _refuse_unregistered(self, context: CallContext, verified: VerifiedCredential, operation: str) -> None:
+        """OWNER_MISMATCH when a credential that changes the registry comes from someone it no longer knows: its
+        owner, a delegator or the caller a user of this authority removed, or holding another key than the registered
+        one."""
         # The trust layer takes a caller of the owner's URN with another key (as SFA does); for users of this
         # authority the registry knows each name's one key: a removed PI's certificate, or a credential of an
         # earlier holder of the name, must not change the registry (am/caller_keys.py, as for the AM API).
@@ -550,7 +755,6 @@ class RegistryApi:
                     f"{what} ({urn}) {why}: {operation} needs the certificate and credential the registry issues to "
                     "its users now (GetSelfCredential with the registered key)",
                 )
-        return verified
 
     def _pi_of(self, hrn: str) -> tuple[str, ...]:
         """The authorities whose PIs name ``hrn`` (all of them: Remove takes the user out of each)."""
@@ -576,7 +780,10 @@ class RegistryApi:
         record = self.records.get(hrn)
         if record is None or (kind is not None and record.type != kind):
             what = f"{kind} " if kind else ""
-            raise GeniError(Reason.NOT_FOUND, f"no {what}record {hrn} in the registry of {self.authority.hrn}")
+            # ("Record not found": the words omni's createslice looks for to tell a free name from a failure.)
+            raise GeniError(
+                Reason.NOT_FOUND, f"Record not found: no {what}record {hrn} in the registry of {self.authority.hrn}"
+            )
         return record
 
     def _caller(self, context: CallContext, credentials: Any, operation: str) -> Record:
@@ -626,12 +833,18 @@ class RegistryApi:
                     if not local_owner or authority_refusal.reason == Reason.CALLER_UNTRUSTED:
                         raise self._authority_refusal_shown(authority_refusal, local_owner)
                 elif verified.target_type != "user" or not same_urn(verified.target_urn, verified.owner_urn):
-                    # A slice credential (or another user's) names no caller: it must not act as one.
+                    # A slice credential (or another user's) names no caller: it must not act as one. (Update takes
+                    # a slice credential for its own slice before coming here: RegistryApi._slice_credential.)
+                    own_slice = (
+                        " (a slice credential updates only the expires and reg-researchers of its own slice)"
+                        if operation == "update" and verified.target_type == "slice"
+                        else ""
+                    )
                     raise GeniError(
                         Reason.TARGET_MISMATCH,
                         f"this is a {verified.target_type or 'typeless'} credential for {verified.target_urn}: "
                         f"{operation} needs your own user credential (GetSelfCredential gives it) or an authority "
-                        f"credential of {self.authority.hrn}",
+                        f"credential of {self.authority.hrn}{own_slice}",
                     )
                 self.verifier.authorize(verified, None, None, operation)
                 if not local_owner:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn
@@ -247,6 +247,13 @@ class Record:
     updated: datetime | None = None  # when it was last changed
 
 
+#: A user's slices (the slices listing them as a researcher) and the authorities listing them as a PI, HRNs in order.
+Memberships = tuple[tuple[str, ...], tuple[str, ...]]
+#: Up to this many users, the memberships query has the database pick the rows naming one of them (their HRN in the
+#: JSON text); for more, it reads the member lists of every slice and authority (still one query) and picks here.
+MEMBERSHIPS_PREFILTER_MAX = 32
+
+
 def _record(row: RegistryRecord) -> Record:
     return Record(
         row.hrn,
@@ -387,6 +394,31 @@ class Records:
                 row.expires_s = to_s(expires)
             row.updated_s = int(utcnow().timestamp())
             return _record(row)
+
+    def memberships(self, user_hrns: Collection[str]) -> dict[str, Memberships]:
+        """For each user HRN, the slices whose researchers and the authorities whose PIs name it, by HRN (a user in
+        none gets empty ones): what Resolve and List show as a user's reg-slices and reg-pi-authorities. One query of
+        the member columns, whatever the number of users and slices (never a record read per slice)."""
+        wanted = set(user_hrns)
+        if not wanted:
+            return {}
+        found: dict[str, tuple[list[str], list[str]]] = {hrn: ([], []) for hrn in wanted}
+        query = select(RegistryRecord.hrn, RegistryRecord.type, RegistryRecord.researchers, RegistryRecord.pis).where(
+            RegistryRecord.type.in_(("slice", "authority"))
+        )
+        if len(wanted) <= MEMBERSHIPS_PREFILTER_MAX:
+            # The few rows whose JSON lists hold one of the names as a string (as _rename_in_events finds events);
+            # the exact check is made on those below.
+            forms = sorted({form for hrn in wanted for form in (json.dumps(hrn), json.dumps(hrn, ensure_ascii=False))})
+            lists = (cast(RegistryRecord.researchers, Text), cast(RegistryRecord.pis, Text))
+            query = query.where(or_(*(column.contains(form, autoescape=True) for column in lists for form in forms)))
+        with self.database.read() as session:
+            for hrn, kind, researchers, pis in session.execute(query.order_by(RegistryRecord.hrn)):
+                members = researchers if kind == "slice" else pis
+                for member in dict.fromkeys(members or ()):
+                    if member in found:
+                        found[member][0 if kind == "slice" else 1].append(hrn)
+        return {hrn: (tuple(slices), tuple(authorities)) for hrn, (slices, authorities) in found.items()}
 
     def recorded_hrns(self, kind: str | None = None) -> set[str]:
         """The HRNs of every record (of one type), read as one column: what start-up compares with before adding."""
