@@ -71,6 +71,8 @@ class Settings:
     aggregate_host: str = DEFAULT_HOST
     aggregate_port: int = DEFAULT_AGGREGATE_PORT
     aggregate_type: str = "embedded"
+    backend_concurrency: int = 0  # testbed operations at once; 0 (auto): threads - 2, at least 1 (testbed/gate.py)
+    backend_cooldown_s: int = 15  # a testbed that timed out or is unreachable is left alone this long, then doubling
     database_url: str = ""  # empty: [sfa_db] when it names a database, else the embedded SQLite in data_dir
     db_host: str = ""
     db_port: int = DEFAULT_DB_PORT
@@ -89,6 +91,8 @@ class Settings:
     free_windows: int = 10
     max_request_bytes: int = 4 * 1024 * 1024
     threads: int = 8
+    max_connections: int = 2048  # connections open at once on each listener (at most what the fd limit allows)
+    max_connections_per_peer: int = 64  # connections open at once from one address, on each listener
     workers: int = 0  # serving processes; 0 (auto): the number of cores on PostgreSQL, 1 on SQLite
     leader_takeover_s: int = 15  # a standby takes the background tasks over this soon after the leader dies
     database_timeout_s: int = 30  # longest run of a serving process's statement on PostgreSQL, lock waits included
@@ -142,6 +146,10 @@ class Settings:
     agent_timeout_s: int = 120  # an agent silent this long is lost: its node leaves service
     agent_max_body_bytes: int = 64 * 1024
     agent_max_file_bytes: int = 1024 * 1024  # a staged file (its own limit: may exceed max_request_bytes)
+    agent_stage_out_grace_s: int = 3600  # a lease's files are taken from its start until this long after its end
+    agent_max_stage_out_files: int = 1000  # files staged out for one lease from one node
+    agent_max_stage_out_bytes: int = 1024**3  # their bytes together
+    agent_min_free_bytes: int = 1024**3  # a stage-out that would leave less free in the data directory is refused
     agent_vpn_remote: str = ""  # empty: no VPN for nodes; else the address agents reach OpenVPN at
     agent_vpn_port: int = 1194
     agent_dns_zone: str = ""  # empty: no DNS names for nodes; else the zone (bind9 views, sfa_omf/agents/dns.py)
@@ -224,7 +232,7 @@ class Option:
     section: str
     key: str
     kind: str  # "text", "port" (1..65535), "count" (an integer >= 1), "flag" (yes/no), "policy", "login", "level",
-    # "workers" (auto or a count)
+    # "workers" (auto or a count), "auto_count" (auto or a count)
     help: str
 
     @property
@@ -249,6 +257,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("aggregate_host", "sfa_aggregate", "host", "text", "the aggregate manager's address"),
     Option("aggregate_port", "sfa_aggregate", "port", "port", "the aggregate manager's port"),
     Option("aggregate_type", "sfa_aggregate", "type", "text", "the testbed backend: embedded, omf, oar, or another"),
+    Option(
+        "backend_concurrency",
+        "sfa_aggregate",
+        "backend_concurrency",
+        "auto_count",
+        "testbed operations at once: auto (threads - 2) or N; more calls wait 2 s, then are refused BUSY",
+    ),
+    Option(
+        "backend_cooldown_s",
+        "sfa_aggregate",
+        "backend_cooldown_s",
+        "count",
+        "seconds a testbed that timed out or is unreachable is not asked (doubling to 120 s while it fails)",
+    ),
     Option("db_host", "sfa_db", "host", "text", "PostgreSQL host of the calendar when database_url is empty"),
     Option("db_port", "sfa_db", "port", "port", "PostgreSQL port"),
     Option("db_user", "sfa_db", "user", "text", "PostgreSQL user"),
@@ -267,6 +289,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("free_windows", "sfa_omf", "free_windows", "count", "free windows advertised per node"),
     Option("max_request_bytes", "sfa_omf", "max_request_bytes", "count", "largest XML-RPC request accepted"),
     Option("threads", "sfa_omf", "threads", "count", "worker threads serving requests (in each worker process)"),
+    Option("max_connections", "sfa_omf", "max_connections", "count", "connections open at once on each listener"),
+    Option(
+        "max_connections_per_peer",
+        "sfa_omf",
+        "max_connections_per_peer",
+        "count",
+        "connections open at once from one address, on each listener",
+    ),
     Option("workers", "sfa_omf", "workers", "workers", "serving processes: auto (PostgreSQL: cores; SQLite: 1) or N"),
     Option(
         "leader_takeover_s",
@@ -355,6 +385,34 @@ OPTIONS: tuple[Option, ...] = (
     Option("agent_timeout_s", "sfa_agents", "timeout_s", "count", "a node whose agent is silent this long is lost"),
     Option("agent_max_body_bytes", "sfa_agents", "max_body_bytes", "count", "largest request of a node agent"),
     Option("agent_max_file_bytes", "sfa_agents", "max_file_bytes", "count", "largest file staged in or out of a node"),
+    Option(
+        "agent_stage_out_grace_s",
+        "sfa_agents",
+        "stage_out_grace_s",
+        "count",
+        "a lease's staged-out files are taken from its start until this many seconds after its end",
+    ),
+    Option(
+        "agent_max_stage_out_files",
+        "sfa_agents",
+        "max_stage_out_files",
+        "count",
+        "most files staged out for one lease from one node",
+    ),
+    Option(
+        "agent_max_stage_out_bytes",
+        "sfa_agents",
+        "max_stage_out_bytes",
+        "count",
+        "most bytes staged out for one lease from one node",
+    ),
+    Option(
+        "agent_min_free_bytes",
+        "sfa_agents",
+        "min_free_bytes",
+        "count",
+        "bytes kept free in the data directory: a stage-out that would leave less is refused",
+    ),
     Option("agent_vpn_remote", "sfa_agents", "vpn_remote", "text", "address of the nodes' OpenVPN server; empty: none"),
     Option("agent_vpn_port", "sfa_agents", "vpn_port", "port", "UDP port of the nodes' OpenVPN server"),
     Option("agent_dns_zone", "sfa_agents", "dns_zone", "text", "DNS zone the nodes are named in; empty: none"),
@@ -675,7 +733,7 @@ def _has_password(url: str) -> bool:
 
 def format_value(option: Option, value: Any) -> str:
     """A setting's value as the file writes it (``workers`` 0 is ``auto``)."""
-    if option.kind == "workers" and value == AUTO_WORKERS:
+    if option.kind in ("workers", "auto_count") and value == AUTO_WORKERS:
         return "auto"
     return str(value)
 
@@ -715,6 +773,15 @@ def _to_workers(value: str) -> int:
         return _to_count(value)
     except ValueError:
         raise ValueError("auto, or a number of processes (at least 1)") from None
+
+
+def _to_auto_count(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return 0
+    try:
+        return _to_count(value)
+    except ValueError:
+        raise ValueError("auto, or a number (at least 1)") from None
 
 
 def _to_flag(value: str) -> bool:
@@ -767,6 +834,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "login": _to_login,
     "level": _to_level,
     "workers": _to_workers,
+    "auto_count": _to_auto_count,
 }
 
 
@@ -1351,6 +1419,10 @@ MAXIMA: dict[str, int] = {
     "free_windows": 10_000,
     "max_request_bytes": 1024**3,
     "threads": 1024,
+    "backend_concurrency": 1024,
+    "backend_cooldown_s": MAX_PERIOD_SECONDS,
+    "max_connections": 1_000_000,
+    "max_connections_per_peer": 1_000_000,
     "workers": 1024,
     "leader_takeover_s": MAX_LEADER_TAKEOVER_S,
     "database_timeout_s": MAX_PERIOD_SECONDS,
@@ -1368,6 +1440,10 @@ MAXIMA: dict[str, int] = {
     "agent_timeout_s": MAX_PERIOD_SECONDS,
     "agent_max_body_bytes": 1024**3,
     "agent_max_file_bytes": 1024**4,
+    "agent_stage_out_grace_s": MAX_PERIOD_SECONDS,
+    "agent_max_stage_out_files": 10**9,
+    "agent_max_stage_out_bytes": 1024**5,
+    "agent_min_free_bytes": 1024**5,
 }
 
 

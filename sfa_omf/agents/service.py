@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from cryptography import x509
@@ -60,6 +61,7 @@ class AgentSettings:
     timeout_s: int = 120
     vpn_remote: str = ""  # the address agents reach the OpenVPN server at
     vpn_port: int = 1194
+    stage_out_grace_s: int = 3600  # a lease's files are staged out from its start until this long after its end
 
 
 def key_sha256(public_key: Any) -> str:
@@ -518,19 +520,45 @@ class AgentService:
         agent = self.authenticate(caller_chain)
         if self.files is None:
             raise GeniError(Reason.UNSUPPORTED, "this aggregate keeps no staged files")
-        if not _LEASE_ID.fullmatch(lease_id) or not self.agents.lease_on_node(agent.node, lease_id):
+        if not _LEASE_ID.fullmatch(lease_id):
             raise GeniError(Reason.NOT_FOUND, f"lease {lease_id!r} has no sliver on {agent.node}")
         return self.files, agent
 
     def stage_out(self, caller_chain: GidChain, lease_id: str, name: str, data: bytes, sha256: str) -> dict[str, Any]:
-        """Keep a file the agent sends back for a lease on its node (PUT: the same file again changes nothing)."""
+        """Keep a file the agent sends back for a lease on its node (PUT: the same file again changes nothing), from
+        the lease's start until stage_out_grace_s after its end, for a lease that was provisioned (a cancelled one
+        only when the agent set it up: a slice deleted during its slot). Otherwise POLICY, saying when files are
+        taken: an agent may not fill the aggregate's disk with a future lease's or a cancelled booking's files."""
         files, agent = self._staging(caller_chain, lease_id)
+        lease = self.agents.staging_lease(agent.node, lease_id)
+        if lease is None:
+            raise GeniError(Reason.NOT_FOUND, f"lease {lease_id!r} has no sliver on {agent.node}")
+        opens, closes = lease.start, lease.end + timedelta(seconds=self.settings.stage_out_grace_s)
+        window = f"from its start ({format_time(opens)}) until {format_time(closes)} ([sfa_agents] stage_out_grace_s)"
+        if not (lease.state == "provisioned" or (lease.state in ("ended", "cancelled") and lease.set_up)):
+            raise GeniError(
+                Reason.POLICY,
+                f"lease {lease_id} is {lease.state} and was never set up on {agent.hostname}: no files are staged out "
+                f"for it (they are taken for a provisioned lease {window})",
+            )
+        now = self.agents.clock()
+        if now < opens:
+            raise GeniError(
+                Reason.POLICY, f"lease {lease_id} has not started: its files are taken {window}; send them then"
+            )
+        if now >= closes:
+            raise GeniError(
+                Reason.POLICY, f"lease {lease_id} is over: its files were taken {window}; this one is not kept"
+            )
         changed = files.put(lease_id, agent.hostname, "out", name, data, sha256)
         return {"name": name, "size": len(data), "sha256": sha256, "changed": changed}
 
     def stage_in(self, caller_chain: GidChain, lease_id: str, name: str) -> tuple[bytes, str]:
-        """A file staged in for a lease on the caller's node, and its SHA-256."""
+        """A file staged in for a lease on the caller's node, and its SHA-256 (whatever the lease's state: the
+        operator stages in before the slot, and the agent fetches when the lease is active)."""
         files, agent = self._staging(caller_chain, lease_id)
+        if not self.agents.lease_on_node(agent.node, lease_id):
+            raise GeniError(Reason.NOT_FOUND, f"lease {lease_id!r} has no sliver on {agent.node}")
         return files.get(lease_id, agent.hostname, "in", name)
 
     # -- VPN -----------------------------------------------------------------------------------------------------

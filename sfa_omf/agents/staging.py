@@ -13,10 +13,16 @@ changes nothing (PUT is idempotent). A staged-out file is never replaced by anot
 accounts of a lease may send files of the same name (an agent sends them as ``<login>.<name>`` when the lease has
 several accounts, an older one does not), and neither may be lost unseen. The operator's stage-in may replace an
 input with a newer one.
+
+What agents stage out is bounded (nodes are volunteers' machines, whose keys an experimenter may hold): per lease and
+node at most ``max_out_files`` files of ``max_out_bytes`` together (a file replaced counts the difference), and never
+when it would leave less than ``min_free_bytes`` free on the data directory's filesystem (the database and the logs
+live there). The service (agents/service.py) takes them only from the lease's start until a grace after its end.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -27,6 +33,10 @@ from pathlib import Path
 from sfa_omf.errors import GeniError, Reason
 
 DIRECTIONS = ("in", "out")
+#: Defaults of [sfa_agents] max_stage_out_files, max_stage_out_bytes and min_free_bytes (sfa_omf/config.py).
+DEFAULT_MAX_OUT_FILES = 1000
+DEFAULT_MAX_OUT_BYTES = 1024**3
+DEFAULT_MIN_FREE_BYTES = 1024**3
 #: The longest file name kept.
 MAX_NAME_LENGTH = 100
 # Checked with fullmatch: with match, '$' also matches before a final newline ("evil.sha256\n" would pass).
@@ -56,9 +66,19 @@ def check_name(name: str) -> None:
 class FileStore:
     """The staged files of every lease, under one directory."""
 
-    def __init__(self, directory: str, max_bytes: int) -> None:
+    def __init__(
+        self,
+        directory: str,
+        max_bytes: int,
+        max_out_files: int = DEFAULT_MAX_OUT_FILES,
+        max_out_bytes: int = DEFAULT_MAX_OUT_BYTES,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+    ) -> None:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
+        self.max_out_files = max_out_files
+        self.max_out_bytes = max_out_bytes
+        self.min_free_bytes = min_free_bytes
 
     def _folder(self, lease_id: str, hostname: str, direction: str) -> Path:
         if direction not in DIRECTIONS or not _LEASE_ID.fullmatch(lease_id) or not _HOSTNAME.fullmatch(hostname):
@@ -96,10 +116,63 @@ class FileStore:
                 "the accounts' files different names",
             )
         owner = self._owner()
+        if direction == "in":  # the operator's: bounded by the operator's own disk
+            self._make_folders(folder, owner)
+            self._write(path, digest, data, sha256, owner)
+            return True
+        # Staged out by an agent (a volunteer's machine, whose key an experimenter may hold): bounded per lease and
+        # node, and never into the data directory's last free bytes (the database and the logs need them).
+        self._check_free(lease_id, hostname, name, len(data))
+        self._check_quota(lease_id, hostname, name, len(data), 0, 0)  # before making folders: a refusal writes none
         self._make_folders(folder, owner)
+        descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            # One stage-out of this lease and node at a time (threads and processes alike): two concurrent PUTs
+            # cannot both fit under the quota that only one of them fits under.
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            files, used = _usage(folder)
+            replaced = path.stat().st_size if path.exists() else None
+            self._check_quota(
+                lease_id, hostname, name, len(data), files - (replaced is not None), used - (replaced or 0)
+            )
+            self._write(path, digest, data, sha256, owner)
+        finally:
+            os.close(descriptor)  # releases the lock
+        return True
+
+    def _write(self, path: Path, digest: Path, data: bytes, sha256: str, owner: tuple[int, int] | None) -> None:
         for target, content in ((path, data), (digest, f"{sha256}\n".encode("ascii"))):
             _write_private(target, content, owner)
-        return True
+
+    def _check_quota(self, lease_id: str, hostname: str, name: str, size: int, files: int, used: int) -> None:
+        """TOO_BIG when ``name`` (``size`` bytes) added to ``files`` files of ``used`` bytes (what is kept for the
+        lease and node, less a file it replaces) goes over max_out_files or max_out_bytes."""
+        where = f"lease {lease_id} from {hostname}"
+        if files + 1 > self.max_out_files:
+            raise GeniError(
+                Reason.TOO_BIG,
+                f"{name}: {files} files are staged out for {where}, the most kept ([sfa_agents] max_stage_out_files "
+                f"{self.max_out_files}): not kept; bundle the files of ~/stage-out into fewer (an archive)",
+            )
+        if used + size > self.max_out_bytes:
+            raise GeniError(
+                Reason.TOO_BIG,
+                f"{name}: {used} bytes are staged out for {where}; its {size} bytes would make {used + size}, over "
+                f"the limit of {self.max_out_bytes} ([sfa_agents] max_stage_out_bytes): not kept",
+            )
+
+    def _check_free(self, lease_id: str, hostname: str, name: str, size: int) -> None:
+        """UNAVAILABLE (the agent sends the file again later) when keeping ``size`` bytes would leave less than
+        min_free_bytes free on the data directory's filesystem."""
+        status = os.statvfs(self.directory.parent)  # the data directory: made at init, always there
+        free = status.f_bavail * status.f_frsize
+        if free - size < self.min_free_bytes:
+            raise GeniError(
+                Reason.UNAVAILABLE,
+                f"{name} (lease {lease_id} from {hostname}): the aggregate's data directory has {free} bytes free, "
+                f"and keeping {size} more would leave less than its reserve of {self.min_free_bytes} bytes "
+                "([sfa_agents] min_free_bytes): not kept; send it again later (the operator must free space)",
+            )
 
     def _owner(self) -> tuple[int, int] | None:
         """Whom files made by root belong to: the data directory's owner (the aggregate's service user serves them,
@@ -145,6 +218,18 @@ class FileStore:
             if path.exists():
                 files.append(StagedFile(path.name, path.stat().st_size, digest.read_text().strip()))
         return files
+
+
+def _usage(folder: Path) -> tuple[int, int]:
+    """(files, bytes) kept in a staging folder: its files, not their .sha256 nor a put's temporary file."""
+    files = used = 0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith((".sha256", ".tmp")) or not entry.is_file(follow_symlinks=False):
+                continue
+            files += 1
+            used += entry.stat(follow_symlinks=False).st_size
+    return files, used
 
 
 def _write_private(target: Path, content: bytes, owner: tuple[int, int] | None) -> None:

@@ -118,6 +118,17 @@ class LeaseWork:
 
 
 @dataclass(frozen=True)
+class StagingLease:
+    """What decides whether a lease's files may be staged out from a node now: the lease's state and window, and
+    whether the node's agent set it up (it reported started, failed or ended for it)."""
+
+    state: str
+    start: datetime
+    end: datetime
+    set_up: bool
+
+
+@dataclass(frozen=True)
 class NodeWork:
     active: tuple[LeaseWork, ...]
     finished: tuple[LeaseWork, ...]
@@ -720,6 +731,29 @@ class Agents:
                 .limit(1)
             )
             return found is not None
+
+    def staging_lease(self, node_urn: str, lease_id: str) -> StagingLease | None:
+        """The lease's state and window and whether the node's agent reported on it, when it has a sliver on the
+        node (None otherwise). One query."""
+        reported = (
+            select(AgentReport.lease_id)
+            .where(AgentReport.lease_id == Lease.id, AgentReport.node_id == Node.id)
+            .where(AgentReport.state.in_(REPORT_STATES))
+            .exists()
+        )
+        with self.database.read() as session:
+            row = session.execute(
+                select(Lease.state, Lease.start_s, Lease.end_s, reported)
+                .select_from(Sliver)
+                .join(Node, Node.id == Sliver.node_id)
+                .join(Lease, Lease.id == Sliver.lease_id)
+                .where(Sliver.lease_id == lease_id, Node.component_id == node_urn)
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        state, start_s, end_s, set_up = row
+        return StagingLease(state, _t(start_s), _t(end_s), bool(set_up))
 
     def report(self, node_urn: str, lease_id: str, state: str, message: str) -> None:
         """Record what the agent says about a lease on its node (the same report again changes nothing)."""

@@ -9,7 +9,8 @@
     POST /agents/v1/vpn                {csr}    -> OpenVPN client certificate, CA, fixed address, client config
 
 Answers are JSON objects; a refusal is ``{"error": reason, "message": text}`` with a status that says what kind:
-400 bad input, 403 not trusted (bad token, unknown certificate), 404 unknown, 405 wrong method, 413 too big, 502 OAR
+400 bad input, 403 not trusted (bad token, unknown certificate), 404 unknown, 405 wrong method, 409 conflict (a
+name taken, a staged-out file kept with other content, a lease not open to stage-out now), 413 too big, 502 OAR
 refused the node's resource, 503 the database, the DNS server or OAR is busy or down (nothing was written: retry).
 The logic is sfa_omf/agents/service.py; this module only moves bytes and threads.
 """
@@ -38,6 +39,7 @@ STATUS = {
     Reason.CALLER_UNTRUSTED: 403,
     Reason.NOT_FOUND: 404,
     Reason.ALREADY_EXISTS: 409,
+    Reason.POLICY: 409,  # a rule of the operator's: a lease's files are staged out only from its start to its grace
     Reason.TOO_BIG: 413,
     Reason.DATABASE: 503,
     Reason.BUSY: 503,

@@ -63,6 +63,7 @@ from sfa_omf.registry.nodes import record_nodes
 from sfa_omf.registry.records import Records
 from sfa_omf.server.agent_http import AgentResource
 from sfa_omf.server.call_threads import CallThreads
+from sfa_omf.server.fd_limits import connection_limit, raise_open_file_limit
 from sfa_omf.server.gc_tuning import freeze_start_up_objects
 from sfa_omf.server.systemd import notify_systemd
 from sfa_omf.server.tls import ServerTls
@@ -321,6 +322,8 @@ def start_aggregate(
         max_body_bytes=settings.max_request_bytes,
         timeout_s=REQUEST_TIMEOUT_S,
         json_prefixes=(b"/resources/",) if b"resources" in routes else (),
+        max_connections=connection_limit(settings.max_connections),
+        max_connections_per_peer=settings.max_connections_per_peer,
     )
     tls = ServerTls(
         os.path.join(settings.data_dir, "aggregate", "am.pkey"),
@@ -385,8 +388,15 @@ def _agent_api(settings: Settings, aggregate: Aggregate) -> AgentService | None:
             timeout_s=settings.agent_timeout_s,
             vpn_remote=settings.agent_vpn_remote,
             vpn_port=settings.agent_vpn_port,
+            stage_out_grace_s=settings.agent_stage_out_grace_s,
         ),
-        FileStore(os.path.join(settings.data_dir, "agent_files"), settings.agent_max_file_bytes),
+        FileStore(
+            os.path.join(settings.data_dir, "agent_files"),
+            settings.agent_max_file_bytes,
+            max_out_files=settings.agent_max_stage_out_files,
+            max_out_bytes=settings.agent_max_stage_out_bytes,
+            min_free_bytes=settings.agent_min_free_bytes,
+        ),
         (
             # On PostgreSQL (one or several hosts) the cluster's one CA, refused when this host holds another, and
             # the CRL and ccd/ from the database; SQLite is served by one process of one host: its files suffice.
@@ -505,7 +515,14 @@ def start_registry(
         verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
     pool = CallThreads(settings.threads, name="sfa-omf-registry")
     endpoint = XmlRpcResource(RegistryApi(authority, records, verifier), pool, reactor, settings.max_request_bytes)
-    site = make_site({}, endpoint, max_body_bytes=settings.max_request_bytes, timeout_s=REQUEST_TIMEOUT_S)
+    site = make_site(
+        {},
+        endpoint,
+        max_body_bytes=settings.max_request_bytes,
+        timeout_s=REQUEST_TIMEOUT_S,
+        max_connections=connection_limit(settings.max_connections),
+        max_connections_per_peer=settings.max_connections_per_peer,
+    )
     tls = ServerTls(
         LocalAuthority.key_path(settings.data_dir, settings.interface_hrn),
         LocalAuthority.gid_path(settings.data_dir, settings.interface_hrn),
@@ -615,6 +632,7 @@ def serve_forever(settings: Settings, checked: bool = False, sockets: Sequence[i
     if not checked:
         check_startup(settings)
     aggregate_fd, registry_fd = sockets if sockets else (None, None)
+    open_files = raise_open_file_limit()  # before the listeners: their connection limits follow from it
     aggregate = build_aggregate(settings, upgrade=False)
     running = _listen("aggregate", settings, lambda: start_aggregate(settings, aggregate, listening_fd=aggregate_fd))
     try:
@@ -633,10 +651,14 @@ def serve_forever(settings: Settings, checked: bool = False, sockets: Sequence[i
         raise
     watch_trusted_roots(aggregate.verifier)
     log.info(
-        "registry %s serving the SFA Registry API on https://%s:%d/",
+        "registry %s serving the SFA Registry API on https://%s:%d/ (open files limit %d: at most %d connections "
+        "per listener, %d per address)",
         settings.interface_hrn,
         settings.registry_host,
         registry.getHost().port,
+        open_files,
+        connection_limit(settings.max_connections),
+        settings.max_connections_per_peer,
     )
     log.info(
         "aggregate %s serving AM API v3 on https://%s:%d/ (advertised as %s); trusting %s",

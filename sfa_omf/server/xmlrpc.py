@@ -23,7 +23,14 @@ Time: no client holds a connection for ever by sending a byte now and then. A TL
 ``handshake_deadline_s`` of the accept (30 s), a request arrive whole within ``request_deadline_s`` of its first byte
 (408), a connection sending nothing is closed after the idle timeout, and a connection the server closes is cut off
 once ``close_grace_s`` (15 s) has passed with no byte of the answer leaving and the client not closing its side of
-TLS: the grace counts from when the answer has reached the client, never while a slow reader is still taking it.
+TLS: the grace counts from when the answer has reached the client, never while a slow reader is still taking it. A
+request's line and headers must arrive within ``header_deadline_s`` (20 s) of its first byte.
+
+Space: a listener keeps at most ``max_connections`` open, ``max_connections_per_peer`` from one address (beyond,
+closed at once). Pipelined requests wait while over ``max_unsent_bytes`` of the answers before them are unsent (1 MiB),
+over ``max_pipelined`` (16) waiting close the connection, and a client taking no byte of its waiting answers for
+``stall_deadline_s`` (60 s) is cut off. A call is parsed in a call thread, never in the reactor thread; a caller
+without a client certificate is refused before its body is read.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import socket
 import struct
 import termios
 import time
+import traceback
 import xmlrpc.client
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,6 +77,21 @@ DEFAULT_CLOSE_GRACE_S = 15.0  # as long as Twisted itself waits for a client aft
 #: Linux's SIOCOUTQ (linux/sockios.h, equal to TIOCOUTQ): the bytes of a TCP socket the peer has not acknowledged yet.
 SIOCOUTQ = termios.TIOCOUTQ
 DEFAULT_REQUEST_DEADLINE_S = 120.0  # honest clients send a request in one go...
+#: A request's line and headers (a few hundred bytes, at most MAX_HEADER_BYTES) must come within this of their first
+#: byte: only a body may take the longer request deadline.
+DEFAULT_HEADER_DEADLINE_S = 20.0
+#: A pipelined request is not started while this much of the answers before it is still unsent: a client pipelining
+#: requests and reading nothing made the server render them all and buffer their answers (gigabytes).
+DEFAULT_MAX_UNSENT_BYTES = 1024 * 1024
+#: The most requests a client may have pipelined behind the one in progress (their heads received, not yet started);
+#: beyond, the connection is closed after the answer in progress. No XML-RPC client or browser pipelines this deep.
+DEFAULT_MAX_PIPELINED = 16
+#: A connection whose client takes no byte of the answers waiting for it for this long is cut off.
+DEFAULT_STALL_DEADLINE_S = 60.0
+#: Connections a listener keeps open at once, in all and from one peer address; beyond, a new one is closed at once.
+DEFAULT_MAX_CONNECTIONS = 2048
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 64
+REFUSAL_LOG_PERIOD_S = 60.0  # a peer turned away is logged at most this often
 SLOWEST_UPLOAD_BYTES_PER_S = 32 * 1024  # ...and a body of the largest size taken at this rate has the time it needs
 #: A closed connection's answer is let go on for as long as it takes at this rate (plus a grace), however slowly its
 #: client keeps taking it: a client taking a byte per grace must not hold a connection for hours.
@@ -269,7 +292,23 @@ class GuardedChannel(http.HTTPChannel):
     #: Twisted's own abort after an idle timeout counts from the close, and so cut off a kept-alive slow reader
     #: still taking its answer; None (Twisted's documented "no abort") leaves that close to the close grace too.
     abortTimeout = None  # type: ignore[assignment]  # Twisted's stub says int; its docs allow None
+    #: From a request's first byte to the end of its headers (408 after): a request line or headers dripped a byte at
+    #: a time held a connection for the whole request deadline. make_site sets it.
+    header_deadline_s: float = DEFAULT_HEADER_DEADLINE_S
+    #: Pipelined requests wait while this many bytes of the answers before them are unsent. make_site sets it.
+    max_unsent_bytes: int = DEFAULT_MAX_UNSENT_BYTES
+    #: Requests pipelined behind the one in progress beyond this close the connection. make_site sets it.
+    max_pipelined: int = DEFAULT_MAX_PIPELINED
+    #: A client taking no byte of its waiting answers for this long is cut off. make_site sets it.
+    stall_deadline_s: float = DEFAULT_STALL_DEADLINE_S
     _request_deadline: Any = None
+    _header_deadline: Any = None
+    _held = False  # a request is done and the next pipelined one waits for the client to take the answers
+    _stall_watch: Any = None
+    _last_unsent = 0  # the unsent bytes at the stall watch's last look
+    _last_progress = 0.0  # time.monotonic() when the client last took a byte of an answer (as the watch saw)
+    _turned_away = False  # over the listener's connection limits: closed as soon as it is made
+    _counted_peer: str | None = None  # the peer address this connection counts against (the site's limits)
     _request_begun = False  # a byte other than CR or LF has come since the last request was received whole
     _handshake_deadline: Any = None
     _close_deadline: Any = None
@@ -282,6 +321,9 @@ class GuardedChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if self._turned_away:  # closed at once: the fd is back within a reactor turn, before any TLS work
+            self._abort()
+            return
         if isinstance(self.transport, TLSMemoryBIOProtocol):  # the project's listeners are all TLS
             self._handshake_deadline = self.callLater(self.handshake_deadline_s, self._handshake_too_slow)
 
@@ -303,9 +345,15 @@ class GuardedChannel(http.HTTPChannel):
                 self._start_request_deadline()
         super().dataReceived(data)
 
+    def allHeadersReceived(self) -> None:
+        _cancel(self._header_deadline)
+        self._header_deadline = None
+        super().allHeadersReceived()
+
     def allContentReceived(self) -> None:
         _cancel(self._request_deadline)
-        self._request_deadline = None
+        _cancel(self._header_deadline)
+        self._request_deadline = self._header_deadline = None
         self._request_begun = False
         super().allContentReceived()
 
@@ -325,7 +373,7 @@ class GuardedChannel(http.HTTPChannel):
         pipelined behind that one is never read, so never run: the close tells its client to send it again."""
         if self._closing:
             return
-        if not self._handlingRequest:
+        if not self._handlingRequest or self._held:  # held: answered, the next request not started
             self.loseConnection()  # flushes what was written, then closes
             return
         self._last_answer = True
@@ -337,24 +385,138 @@ class GuardedChannel(http.HTTPChannel):
         super().writeHeaders(version, code, reason, headers)
 
     def requestDone(self, request: http.Request) -> None:
+        """Twisted starts the next pipelined request at once, whether or not the client takes the answers (its pause
+        only stops reading from the network): here the next waits while over ``max_unsent_bytes`` are unsent, and a
+        client with over ``max_pipelined`` requests waiting has its connection closed after this answer."""
         if self._last_answer:
             self.persistent = False  # the answer's head may have left before the stop: close all the same
-        super().requestDone(request)
+        # What the client sent behind this request: buffered by the channel while the request was in progress, or
+        # still in the line parser's buffer when the request was answered at once (a refusal, a 405).
+        unparsed: bytes = self._buffer
+        buffered = b"".join(self._dataBuffer)
+        self._dataBuffer = [buffered] if buffered else []
+        if not self.persistent or not (buffered or unparsed):  # nothing waits: nothing to hold
+            super().requestDone(request)
+            return
+        # The heads of the requests pipelined behind this one (one split between the two buffers is missed).
+        waiting = buffered.count(b"\r\n\r\n") + unparsed.count(b"\r\n\r\n")
+        if waiting > self.max_pipelined:
+            log.info(
+                "%s pipelined %d requests or more behind the one answered (at most %d): connection closed",
+                self._peer(),
+                waiting,
+                self.max_pipelined,
+            )
+            self.persistent = False
+            super().requestDone(request)
+            return
+        if self.unsent_bytes() <= self.max_unsent_bytes:
+            super().requestDone(request)
+            return
+        # Hold the next request: as Twisted's requestDone, but the channel stays "handling a request", so that what
+        # comes is buffered (and reading pauses past 16 KiB); resumeProducing or the stall watch starts it.
+        if request is not self.requests[0]:
+            raise TypeError("a request finished out of order")
+        del self.requests[0]
+        self._held = True
+        self._watch_stall()
+
+    def _release(self) -> None:
+        """Start the held pipelined request: the rest of Twisted's requestDone."""
+        self._held = False
+        if not self._waitingForTransport:
+            producer: Any = self._networkProducer
+            producer.resumeProducing()
+        self._handlingRequest = False
+        if self._savedTimeOut:
+            self.setTimeout(self._savedTimeOut)
+        data = b"".join(self._dataBuffer)
+        self._dataBuffer = []
+        self.setLineMode(data)
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: the client is not taking the answers as fast as they come; watch it."""
+        super().pauseProducing()
+        self._watch_stall()
+
+    def resumeProducing(self) -> None:
+        """The transport's buffer has drained: a held request may start."""
+        super().resumeProducing()
+        if self._held and not self._lost and self.unsent_bytes() <= self.max_unsent_bytes:
+            self._release()
+
+    def _watch_stall(self) -> None:
+        if self._stall_watch is None and not self._lost:
+            self._last_unsent = self.unsent_bytes()
+            self._last_progress = time.monotonic()
+            self._stall_watch = self.callLater(self._stall_period_s(), self._check_stall)
+
+    def _stall_period_s(self) -> float:
+        return min(1.0, self.stall_deadline_s / 4)
+
+    def _check_stall(self) -> None:
+        """Has the client taken bytes of its answers since the last look? A held request starts once the unsent
+        bytes are few enough (the transport tells of a drained buffer only, not of the kernel's); a client taking
+        nothing for ``stall_deadline_s`` is cut off; nothing unsent and nothing held ends the watch."""
+        self._stall_watch = None
+        if self._lost:
+            return
+        unsent = self.unsent_bytes()
+        now = time.monotonic()
+        if unsent < self._last_unsent:
+            self._last_progress = now
+        self._last_unsent = unsent
+        if self._held and unsent <= self.max_unsent_bytes:
+            self._release()  # may hold again and watch anew
+        if self._stall_watch is not None or self._lost or (unsent == 0 and not self._held):
+            return
+        if now - self._last_progress >= self.stall_deadline_s:
+            log.info(
+                "%s took no byte of its answers for %g s (%d bytes unsent): connection cut off",
+                self._peer(),
+                self.stall_deadline_s,
+                unsent,
+            )
+            self._abort()
+            return
+        self._stall_watch = self.callLater(self._stall_period_s(), self._check_stall)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        for call in (self._request_deadline, self._handshake_deadline, self._close_deadline):
+        for call in (
+            self._request_deadline,
+            self._handshake_deadline,
+            self._close_deadline,
+            self._header_deadline,
+            self._stall_watch,
+        ):
             _cancel(call)
         self._request_deadline = self._handshake_deadline = self._close_deadline = None
+        self._header_deadline = self._stall_watch = None
         self._lost = True
+        if self._counted_peer is not None:
+            site: Any = self.factory
+            site.connection_closed(self._counted_peer)
+            self._counted_peer = None
         super().connectionLost(reason)
 
     def _start_request_deadline(self) -> None:
         _cancel(self._request_deadline)
+        _cancel(self._header_deadline)
         self._request_deadline = self.callLater(self.request_deadline_s, self._request_too_slow)
+        self._header_deadline = self.callLater(self.header_deadline_s, self._headers_too_slow)
 
     def _request_too_slow(self) -> None:
         self._request_deadline = None
         log.info("a request not received whole within %g s: connection closed", self.request_deadline_s)
+        refuse_and_close(self, b"408 Request Timeout")
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        log.info(
+            "a request line and headers not received within %g s (%s): connection closed",
+            self.header_deadline_s,
+            self._peer(),
+        )
         refuse_and_close(self, b"408 Request Timeout")
 
     def _handshake_too_slow(self) -> None:
@@ -587,61 +749,95 @@ class XmlRpcResource(resource.Resource):
         return b"This is an XML-RPC endpoint: POST a methodCall.\n"
 
     def render_POST(self, request: server.Request) -> Any:
+        """Refuse a caller without a client certificate at once, reading nothing of its body; hand any other call to
+        the pool, where it is parsed, checked and run (parsing a body of megabytes took the reactor thread, and every
+        other client with it, for seconds)."""
         if getattr(request, "_too_big", False):
             return _fault(request, FAULT_TOOBIG, f"request body over the limit of {self.limits.max_bytes} bytes")
-        body = request.content.read() if request.content is not None else b""
-        try:
-            refuse_declarations(body, self.limits, what="XML-RPC request")
-            params, method = loads(body)
-        except (UnsafeXml, BadCall) as exc:
-            return _fault(request, FAULT_BADARGS, str(exc))
-        except ExpatError as exc:
-            return _fault(request, FAULT_BADARGS, f"not an XML-RPC methodCall: {exc}")
-        except Exception as exc:  # whatever else the stdlib raises on a malformed call (an unknown encoding...):
-            # the caller's mistake, not ours.
-            return _fault(request, FAULT_BADARGS, f"not a well-formed XML-RPC methodCall ({type(exc).__name__})")
-        if not isinstance(method, str) or not method:
-            return _fault(request, FAULT_BADARGS, "the XML-RPC call names no method")
         context = CallContext(
             caller_chain=_caller_chain(request),
             peer=str(request.getClientAddress()),
             path=request.path.decode("latin-1"),
         )
+        if not context.caller_chain:  # possible when the listener also serves browsers (the web calendar)
+            message = (
+                "no client certificate: call with your GID and its key as the TLS client certificate "
+                "(sfi.py and omni do this)"
+            )
+            method = _declared_method(request)
+            return self._refuse(request, context, method, GeniError(Reason.CALLER_UNTRUSTED, message))
+        body = request.content.read() if request.content is not None else b""
+        deferred = deferToThreadPool(self.reactor, self.pool, self._call, context, body)
+        deferred.addCallback(lambda answer: _respond(request, answer))
+        deferred.addErrback(lambda failure: _internal_error(request, "(unread)", failure))  # a bug of _call's own
+        return server.NOT_DONE_YET
+
+    def _call(self, context: CallContext, body: bytes) -> str:
+        """In a call thread: the answer (a methodResponse) to the methodCall ``body``, a fault when it is no call."""
+        try:
+            refuse_declarations(body, self.limits, what="XML-RPC request")
+            params, method = loads(body)
+        except (UnsafeXml, BadCall) as exc:
+            return _fault_text(FAULT_BADARGS, str(exc))
+        except ExpatError as exc:
+            return _fault_text(FAULT_BADARGS, f"not an XML-RPC methodCall: {exc}")
+        except Exception as exc:  # whatever else the stdlib raises on a malformed call (an unknown encoding...):
+            # the caller's mistake, not ours.
+            return _fault_text(FAULT_BADARGS, f"not a well-formed XML-RPC methodCall ({type(exc).__name__})")
+        if not isinstance(method, str) or not method:
+            return _fault_text(FAULT_BADARGS, "the XML-RPC call names no method")
         if not METHOD_NAME.fullmatch(method):  # checked once here: no handler logs or echoes it raw
             shown = shown_method(method)
             message = (
                 f"{shown} is not a method: a method name has at most 64 letters, digits, '_' or '.' "
                 "(GetVersion, ListResources, Resolve...)"
             )
-            return self._refuse(request, context, shown, GeniError(Reason.UNSUPPORTED, message))
-        if not context.caller_chain:  # possible when the listener also serves browsers (the web calendar)
-            message = (
-                "no client certificate: call with your GID and its key as the TLS client certificate "
-                "(sfi.py and omni do this)"
-            )
-            return self._refuse(request, context, method, GeniError(Reason.CALLER_UNTRUSTED, message))
-        deferred = deferToThreadPool(self.reactor, self.pool, self.handler, context, method, params)
-        # addCallback then addErrback: a result that cannot be marshalled is an internal error too, never a hang.
-        deferred.addCallback(
-            lambda result: _respond(request, xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True))
-        )
-        deferred.addErrback(lambda failure: _internal_error(request, method, failure))
-        return server.NOT_DONE_YET
+            return self._refusal(context, shown, GeniError(Reason.UNSUPPORTED, message))
+        try:
+            result = self.handler(context, method, params)
+            # Marshalled here too: a result that cannot be marshalled is an internal error as well, never a hang.
+            return xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True)
+        except xmlrpc.client.Fault as fault:  # a handler's deliberate refusal (the SFA registry's way)
+            return xmlrpc.client.dumps(fault, methodresponse=True)
+        except Exception:
+            shown = shown_method(method)
+            log.error("%s failed: %s", shown, traceback.format_exc())
+            return _fault_text(FAULT_SERVERERROR, f"internal error in {shown}; the operator's log has the details")
 
     def _refuse(self, request: server.Request, context: CallContext, method: str, error: GeniError) -> bytes:
-        """The transport's refusal of a call, in the handler's form when it has one (done here, in the reactor
-        thread: a refusal does no work), else as a fault with the code of its reason."""
+        """The transport's refusal of a call, answered at once (in the reactor thread: a refusal does no work)."""
+        request.setHeader(b"content-type", b"text/xml; charset=utf-8")
+        return self._refusal(context, method, error).encode("utf-8")
+
+    def _refusal(self, context: CallContext, method: str, error: GeniError) -> str:
+        """The transport's refusal of a call as a methodResponse: in the handler's form when it has one, else as a
+        fault with the code of its reason."""
         if not isinstance(self.handler, RefusingHandler):
-            return _fault(request, int(error.code), error.message)
+            return _fault_text(int(error.code), error.message)
         try:
             answer = self.handler.refuse(context, method, error)
         except xmlrpc.client.Fault as fault:
-            return _fault(request, fault.faultCode, fault.faultString)
+            return _fault_text(fault.faultCode, fault.faultString)
         except Exception:  # a handler's bug: a fault 5 as for any call, never Twisted's bare 500
             log.exception("refusing a call to %s failed", method)
-            return _fault(request, FAULT_SERVERERROR, f"internal error in {method}; the operator's log has the details")
-        request.setHeader(b"content-type", b"text/xml; charset=utf-8")
-        return xmlrpc.client.dumps((answer,), methodresponse=True, allow_none=True).encode("utf-8")
+            return _fault_text(FAULT_SERVERERROR, f"internal error in {method}; the operator's log has the details")
+        return xmlrpc.client.dumps((answer,), methodresponse=True, allow_none=True)
+
+
+#: Where a methodCall names its method, looked for only at its start: what a refusal before parsing logs.
+_DECLARED_METHOD = re.compile(rb"<methodName>\s*([A-Za-z0-9_.]{1,64})\s*</methodName>")
+_DECLARED_METHOD_WINDOW = 1024
+
+
+def _declared_method(request: server.Request) -> str:
+    """The method a call refused before its body is parsed names, for the log line only: looked for in the first KiB
+    of the body (never parsed); "(unread)" when it is not there as a plain name."""
+    content = request.content
+    if content is None:
+        return "(unread)"
+    content.seek(0)
+    found = _DECLARED_METHOD.search(content.read(_DECLARED_METHOD_WINDOW))
+    return found.group(1).decode("ascii") if found else "(unread)"
 
 
 def _caller_chain(request: server.Request) -> GidChain:
@@ -664,7 +860,11 @@ def _respond(request: server.Request, body: str) -> None:
 
 def _fault(request: server.Request, code: int, message: str) -> bytes:
     request.setHeader(b"content-type", b"text/xml; charset=utf-8")
-    return xmlrpc.client.dumps(xmlrpc.client.Fault(code, message), methodresponse=True).encode("utf-8")
+    return _fault_text(code, message).encode("utf-8")
+
+
+def _fault_text(code: int, message: str) -> str:
+    return xmlrpc.client.dumps(xmlrpc.client.Fault(code, message), methodresponse=True)
 
 
 def _internal_error(request: server.Request, method: str, failure: Failure) -> None:
@@ -680,6 +880,53 @@ def _internal_error(request: server.Request, method: str, failure: Failure) -> N
 
 
 class _Site(server.Site):
+    """A site counting its open connections: a connection over ``max_connections`` in all, or over
+    ``max_connections_per_peer`` from its peer's address, is closed as soon as it is made (each held a file
+    descriptor: about a thousand idle connections left none for anyone else). make_site sets the limits."""
+
+    max_connections = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_peer = DEFAULT_MAX_CONNECTIONS_PER_PEER
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.open_connections = 0
+        self.open_by_peer: dict[str, int] = {}
+        self._turned_away_logged: dict[str, float] = {}  # peer -> time.monotonic() of its last log line
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel: Any = super().buildProtocol(addr)
+        peer = str(getattr(addr, "host", addr))
+        if self.open_connections >= self.max_connections:
+            self._turn_away(channel, peer, f"the listener's {self.max_connections} connections are open")
+        elif self.open_by_peer.get(peer, 0) >= self.max_connections_per_peer:
+            self._turn_away(channel, peer, f"its {self.max_connections_per_peer} connections are open")
+        else:
+            self.open_connections += 1
+            self.open_by_peer[peer] = self.open_by_peer.get(peer, 0) + 1
+            channel._counted_peer = peer
+        return channel
+
+    def connection_closed(self, peer: str) -> None:
+        """A connection counted against ``peer`` is closed (GuardedChannel.connectionLost)."""
+        self.open_connections -= 1
+        left = self.open_by_peer.get(peer, 0) - 1
+        if left > 0:
+            self.open_by_peer[peer] = left
+        else:
+            self.open_by_peer.pop(peer, None)
+
+    def _turn_away(self, channel: Any, peer: str, why: str) -> None:
+        channel._turned_away = True
+        now = time.monotonic()
+        if now - self._turned_away_logged.get(peer, -REFUSAL_LOG_PERIOD_S) < REFUSAL_LOG_PERIOD_S:
+            return  # once a minute per peer: a flood of connections is not a flood of log lines
+        if len(self._turned_away_logged) > 10_000:  # many peers: forget those logged over a minute ago
+            self._turned_away_logged = {
+                known: when for known, when in self._turned_away_logged.items() if now - when < REFUSAL_LOG_PERIOD_S
+            }
+        self._turned_away_logged[peer] = now
+        log.warning("connections from %s closed at once: %s (logged at most once a minute per peer)", peer, why)
+
     def log(self, request: http.Request) -> None:
         """No combined-log line per request: the API's dispatch logs every call itself (method, caller, outcome),
         and Twisted's line went to its global log, which nothing reads here (0.03 ms a call, formatted for nothing)."""
@@ -694,6 +941,12 @@ def make_site(
     request_deadline_s: float | None = None,
     handshake_deadline_s: float = DEFAULT_HANDSHAKE_DEADLINE_S,
     close_grace_s: float = DEFAULT_CLOSE_GRACE_S,
+    header_deadline_s: float = DEFAULT_HEADER_DEADLINE_S,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER,
+    max_unsent_bytes: int = DEFAULT_MAX_UNSENT_BYTES,
+    max_pipelined: int = DEFAULT_MAX_PIPELINED,
+    stall_deadline_s: float = DEFAULT_STALL_DEADLINE_S,
 ) -> server.Site:
     """A Site serving ``routes`` by their first path segment (``am2``; ``resources``, the OMF backend's REST
     inventory; ``calendar``, the web calendar, ``agents``, the node agents' API); any other path (``/``, ``/RPC2``)
@@ -708,7 +961,13 @@ def make_site(
     - a body over its limit is refused as soon as its length is known: over ``max_body_bytes`` with an XML-RPC fault
       (JSON under ``json_prefixes``), over a route's own limit with the route's own 413;
     - a connection the server closes is cut off once ``close_grace_s`` passes with the client neither closing its
-      side nor taking a byte of the answer (the grace counts from when the answer has reached the client).
+      side nor taking a byte of the answer (the grace counts from when the answer has reached the client);
+    - a request's line and headers must arrive within ``header_deadline_s`` of its first byte (408);
+    - a connection over ``max_connections`` open on the listener, or over ``max_connections_per_peer`` from one
+      address, is closed as soon as it is made;
+    - a pipelined request waits while over ``max_unsent_bytes`` of the answers before it are unsent; over
+      ``max_pipelined`` requests waiting close the connection after the answer in progress; a client taking no byte
+      of its waiting answers for ``stall_deadline_s`` is cut off.
     """
 
     class Root(resource.Resource):
@@ -737,7 +996,13 @@ def make_site(
     )
     Channel.handshake_deadline_s = handshake_deadline_s
     Channel.close_grace_s = close_grace_s
+    Channel.header_deadline_s = header_deadline_s
+    Channel.max_unsent_bytes = max_unsent_bytes
+    Channel.max_pipelined = max_pipelined
+    Channel.stall_deadline_s = stall_deadline_s
     site = _Site(Root(), timeout=timeout_s)
+    site.max_connections = max_connections
+    site.max_connections_per_peer = max_connections_per_peer
     site.protocol = Channel  # type: ignore[assignment,method-assign]
     site.requestFactory = Request
     site.displayTracebacks = False

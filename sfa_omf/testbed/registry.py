@@ -19,16 +19,32 @@ from sfa_omf.errors import GeniError, Reason
 from sfa_omf.images.provisioning import ONDEMAND
 from sfa_omf.testbed.base import TestbedBackend
 from sfa_omf.testbed.embedded import EmbeddedTestbed
+from sfa_omf.testbed.gate import CircuitBreaker, default_slots, gated
 
 ENTRY_POINT_GROUP = "sfa_omf.testbeds"
 
 
 def load_backend(name: str, settings: Any, database: Database | None = None) -> TestbedBackend:
     """The backend called ``name``; UNSUPPORTED naming the known ones when there is none. The built-in OAR backend
-    keeps its job table in the calendar's ``database``."""
+    keeps its job table in the calendar's ``database``.
+
+    A backend that talks to a testbed is returned behind a gate (sfa_omf/testbed/gate.py): at most
+    ``[sfa_aggregate] backend_concurrency`` of its operations at once (auto: two fewer than ``[sfa_omf] threads``),
+    and, with its client's breaker, none while the testbed is known to be down. The embedded backend talks to nothing
+    that can hang: it is not gated."""
     if name == "embedded":
         # The provisioning mode decides which nodes a lease's image is installed on (sfa_omf/images/provisioning.py).
         return EmbeddedTestbed(database, getattr(settings, "provisioning_mode", ONDEMAND))
+    backend = _testbed_backend(name, settings, database)
+    slots = getattr(settings, "backend_concurrency", 0) or default_slots(getattr(settings, "threads", 8))
+    client = getattr(backend, "client", None)
+    breaker = getattr(client, "breaker", None)
+    testbed = getattr(backend, "testbed_words", None) or f"the {backend.name} testbed"
+    return gated(backend, slots, testbed, breaker if isinstance(breaker, CircuitBreaker) else None)
+
+
+def _testbed_backend(name: str, settings: Any, database: Database | None) -> TestbedBackend:
+    """The backend called ``name``, not gated."""
     if name == "omf":
         from sfa_omf.testbed.omf.backend import make_omf_backend
 

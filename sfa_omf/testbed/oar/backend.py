@@ -48,8 +48,10 @@ from sfa_omf.images.node_plans import EXIT_PLAN_REFUSED, LeasePlans, lease_plans
 from sfa_omf.images.provisioning import ONDEMAND, image_left, image_left_by_previous_lease, plan_lease
 from sfa_omf.images.store import store_directory
 from sfa_omf.testbed.base import BackgroundTask, SliverHealth
+from sfa_omf.testbed.gate import COOLDOWN_S, CircuitBreaker
 from sfa_omf.testbed.oar.client import (
     ACTIVE_STATES,
+    OarCircuitOpen,
     OarClient,
     OarError,
     OarJob,
@@ -378,6 +380,11 @@ class OarTestbed:
         return f"the reconciler reserves its old window again if OAR job {job.id} is gone"
 
     @property
+    def testbed_words(self) -> str:
+        """How a refusal names this testbed."""
+        return f"OAR at {self.client.shown_url}"
+
+    @property
     def settle_s(self) -> int:
         """About how long the reconciler may take to finish what a call left half-made (a Provision cut short, a
         Delete OAR did not confirm): a row is left to its call for two time-outs, then the next round acts."""
@@ -417,6 +424,8 @@ class OarTestbed:
                 f"within about {self.settle_s + self.reconcile_s} s (asking OAR to delete the job again should OAR "
                 "still hold it)",
             ) from exc
+        except OarCircuitOpen as exc:  # not sent (OAR failed moments ago): nothing to record
+            raise GeniError(Reason.UNAVAILABLE, f"OAR did not delete job {job_id}: {exc.message}") from exc
         except OarUnavailable as exc:
             self.jobs.set(lease.id, DELETING, job_id=job_id, message=exc.message)
             raise GeniError(
@@ -1538,6 +1547,10 @@ def make_oar_backend(settings: Any, database: Database) -> OarTestbed:
     """The OAR backend from the configuration ([sfa_oar] settings)."""
     client = OarClient(
         settings.oar_api_url, timeout_s=settings.oar_timeout_s, server_timezone=settings.oar_timezone or None
+    )
+    # One breaker for the aggregate's client: its calls, the mirror and the reconciler all stop asking a hung OAR.
+    client.breaker = CircuitBreaker(
+        f"OAR at {client.shown_url}", cooldown_s=getattr(settings, "backend_cooldown_s", COOLDOWN_S)
     )
     return OarTestbed(
         client,

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sfa_omf.config import hide_url_password, url_credentials_problem
+from sfa_omf.testbed.gate import CircuitBreaker, CircuitOpen
 from sfa_omf.times import as_utc
 
 _Parsed = TypeVar("_Parsed")
@@ -129,6 +130,14 @@ class OarTimeout(OarError):
     """OAR did not answer within the client's timeout."""
 
 
+class OarCircuitOpen(OarUnavailable):
+    """Not sent: OAR timed out or could not be reached moments ago, and its breaker (sfa_omf/testbed/gate.py) keeps
+    requests from it for a cool-down; ``message`` says when it failed, why, and when it is tried again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, not_sent=True)
+
+
 class OarRefused(OarError):
     """OAR refused a reservation; .could_run_at: datetime | None (UTC, parsed from 'This reservation could run at ...'
     in OAR's server-local time) and .job_id: int | None (the consumed OAR_JOB_ID if present)."""
@@ -139,6 +148,10 @@ class OarRefused(OarError):
         super().__init__(message, status)
         self.could_run_at = could_run_at
         self.job_id = job_id
+
+
+class _Unreachable(OarUnavailable):
+    """No answer came (no connection, or it broke off): the breaker counts it, as a time-out."""
 
 
 class _NotFound(OarError):
@@ -274,6 +287,7 @@ class OarClient:
         admin_user: str = "oar",
         page_size: int = 500,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -294,6 +308,8 @@ class OarClient:
         self.admin_user = _checked(_LOGIN, admin_user, "admin user")
         self.page_size = page_size
         self.max_answer_bytes = max_answer_bytes
+        # The aggregate's (make_oar_backend): while OAR is down or hung, requests are refused without being sent.
+        self.breaker = breaker
         # Talk to OAR directly: an http_proxy in the environment is for the outside world, not for the testbed.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -554,9 +570,41 @@ class OarClient:
         if body is not None:
             request.data = json.dumps(body).encode()
             request.add_header("Content-Type", "application/json")
+        probe = False
+        if self.breaker is not None:
+            try:
+                probe = self.breaker.admit()
+            except CircuitOpen as refused:
+                raise OarCircuitOpen(refused.message) from None
+        try:
+            status, raw = self._exchange(request, deadline, method, url)
+        except (OarTimeout, _Unreachable) as exc:
+            if self.breaker is not None:
+                self.breaker.failed(exc.message, probe)
+            raise
+        except OarError:  # OAR answered (a refusal, an answer that is not OAR's): it is reachable
+            if self.breaker is not None:
+                self.breaker.worked(probe)
+            raise
+        except BaseException:
+            if self.breaker is not None:
+                self.breaker.abandoned(probe)
+            raise
+        if self.breaker is not None:
+            self.breaker.worked(probe)
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError):  # (RecursionError: nested deeper than the parser goes)
+            raise OarUnavailable(
+                f"{url} answered HTTP {status} with something that is not OAR's JSON: is this OAR's API URL?", status
+            ) from None
+
+    def _exchange(self, request: urllib.request.Request, deadline: float, method: str, url: str) -> tuple[int, bytes]:
+        """Send ``request``: the status and body of the answer; OarTimeout, _Unreachable (no answer: the breaker
+        counts it), or the OarError of OAR's error answer."""
         try:
             with self._opener.open(request, timeout=self.timeout_s) as response:
-                status, raw = response.status, self._read_answer(response, deadline, method, url)
+                return response.status, self._read_answer(response, deadline, method, url)
         except urllib.error.HTTPError as exc:
             try:
                 raw = self._read_answer(exc, deadline, method, url)
@@ -568,17 +616,11 @@ class OarClient:
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, TimeoutError):
                 raise OarTimeout(f"OAR did not answer {method} {url} within {self.timeout_s:g} s") from None
-            raise OarUnavailable(
+            raise _Unreachable(
                 f"cannot reach OAR's API at {url} ({exc.reason}): is OAR's API (apache2) running?", not_sent=True
             ) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise OarUnavailable(f"OAR's API at {url} broke off ({exc}): is OAR's API (apache2) running?") from None
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError):  # (RecursionError: nested deeper than the parser goes)
-            raise OarUnavailable(
-                f"{url} answered HTTP {status} with something that is not OAR's JSON: is this OAR's API URL?", status
-            ) from None
+            raise _Unreachable(f"OAR's API at {url} broke off ({exc}): is OAR's API (apache2) running?") from None
 
     def _read_answer(self, response: Any, deadline: float, method: str, url: str) -> bytes:
         """The answer's body, read a chunk at a time (read1: one socket read each) so that neither the deadline nor
