@@ -414,7 +414,7 @@ def permission_findings(settings: Settings, config_path: str) -> list[Finding]:
         os.path.join(settings.data_dir, "authority"),
         os.path.join(settings.data_dir, "aggregate"),
     )
-    paths = [config_path]
+    paths = [os.path.abspath(config_path)]  # (as the data directory's entries: one line per file)
     for directory in dict.fromkeys(os.path.abspath(directory) for directory in directories):
         paths.append(directory)
         try:

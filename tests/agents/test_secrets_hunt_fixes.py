@@ -263,7 +263,20 @@ def test_migration_0031_adds_the_binding_and_revocation_and_its_downgrade_drops_
         with database.engine.begin() as connection:
             rows = connection.execute(text("SELECT id, bound_hostname, revoked_s FROM agent_token")).all()
         assert [tuple(row) for row in rows] == [("0123456789ab", None, None)]  # bound to no host name: new ones only
+        with database.engine.begin() as connection:  # one revoked at 50, one made for pc1, one used: all till 100
+            connection.execute(
+                text(
+                    "INSERT INTO agent_token (id, secret_sha256, pool, created_s, expires_s, revoked_s, "
+                    "bound_hostname, used_s) VALUES ('revoked00000', :secret, 'default', 10, 100, 50, NULL, NULL), "
+                    "('boundtopc100', :secret, 'default', 10, 100, NULL, 'pc1', NULL), "
+                    "('used00000000', :secret, 'default', 10, 100, NULL, 'pc2', 20)"
+                ),
+                {"secret": "1" * 64},
+            )
         migrate_database(database, "downgrade", "0030")
+        with database.engine.begin() as connection:  # the versions before would enrol any host name with them
+            ends = dict(connection.execute(text("SELECT id, expires_s FROM agent_token")).all())
+        assert ends == {"0123456789ab": 2, "revoked00000": 50, "boundtopc100": 10, "used00000000": 100}
         columns = {column["name"] for column in inspect(database.engine).get_columns("agent_token")}
         assert not columns & {"bound_hostname", "revoked_s"}
         migrate_database(database, "upgrade", head_revision())

@@ -25,6 +25,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The versions before know neither a binding nor a revocation: a revoked token would enrol again, and one made
+    # for one host name would enrol any. Both end now, before the columns that say so go.
+    op.execute(
+        "UPDATE agent_token SET expires_s = CASE WHEN revoked_s IS NOT NULL AND revoked_s < expires_s THEN revoked_s "
+        "ELSE expires_s END WHERE used_s IS NULL AND revoked_s IS NOT NULL"
+    )
+    op.execute(
+        "UPDATE agent_token SET expires_s = created_s WHERE used_s IS NULL AND bound_hostname IS NOT NULL "
+        "AND revoked_s IS NULL AND created_s < expires_s"
+    )
     with op.batch_alter_table("agent_token") as table:
         table.drop_column("revoked_s")
         table.drop_column("bound_hostname")
