@@ -4,6 +4,7 @@ the real-client interop vectors are read from ../shared/vectors when that folder
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.trust.gid import GidChain, load_gid_chain_file
 from sfa_omf.trust.pki import load_private_key_file
 from sfa_omf.trust.roots import TrustedRoots, load_trusted_roots
+from tests.requirements import missing, require_all, skip_allowed
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = Path(os.environ.get("SFA_OMF_VECTORS", REPO.parent / "shared" / "vectors"))
@@ -82,10 +84,40 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DemoPki:
 def vectors() -> Path:
     """The real-client interop vectors; tests that need them skip, saying why, where ../shared is absent."""
     if not (VECTORS / "sfa" / "manifest.json").exists():
-        pytest.skip(
-            f"interop vectors not found at {VECTORS} (set SFA_OMF_VECTORS or check out shared/ beside the repo)"
+        missing(
+            f"interop vectors not found at {VECTORS}, and every test must run here (CI, SFA_OMF_TEST_REQUIRE_ALL)",
+            f"interop vectors not found at {VECTORS} (set SFA_OMF_VECTORS or check out shared/ beside the repo)",
         )
     return VECTORS
+
+
+def _skip_reason(longrepr: object) -> str:
+    """The words of a skip (pytest keeps them as (file, line, reason))."""
+    return str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+
+
+def _skip_is_a_failure(report: pytest.TestReport | pytest.CollectReport, nodeid: str) -> None:
+    # A skip is no pass: where every test must run (scripts/test.sh, CI), one that skipped fails, saying why it skipped.
+    if report.skipped and not hasattr(report, "wasxfail") and require_all() and not skip_allowed(nodeid):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped, but every test must run here (SFA_OMF_TEST_REQUIRE_ALL=1 or CI; allow a skip in "
+            f"tests/requirements.py ALLOWED_SKIPS, saying why): {_skip_reason(report.longrepr)}"
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Every skip of a test fails when every test must run."""
+    outcome = yield
+    _skip_is_a_failure(outcome.get_result(), item.nodeid)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A whole module that skips (pytest.skip at import, importorskip) fails too when every test must run."""
+    outcome = yield
+    _skip_is_a_failure(outcome.get_result(), collector.nodeid)  # type: ignore[attr-defined]
 
 
 @pytest.fixture

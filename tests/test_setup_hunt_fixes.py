@@ -20,6 +20,7 @@ import pytest
 from sfa_omf.calendar.inventory import MAX_GRAIN_S
 from sfa_omf.config import MAXIMA, load_config
 from sfa_omf.errors import BadArgs
+from sfa_omf.registry.authority import AuthorityError
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.registry.records import new_record_urn
 from sfa_omf.xrn import authority_hrn_problem, hrn_part_problem
@@ -154,7 +155,7 @@ def test_every_part_the_registry_refuses_is_refused_for_an_authority(tmp_path: P
     assert problem is not None
     part = next(part for part in hrn.split(".") if hrn_part_problem(part) is not None)
     assert f"{hrn_part_problem(part)}; no user, slice or node" in problem, problem
-    with pytest.raises(Exception, match="the authority HRN"):
+    with pytest.raises(AuthorityError, match="the authority HRN"):
         init_directory(str(tmp_path / "site"), hrn, demo=False)
     assert not (tmp_path / "site").exists()
 

@@ -234,7 +234,10 @@ def post_webhook(
         finally:
             connection.close()
     except OSError as exc:  # refused, reset, TLS failed, or no answer by the deadline: the origin is unreachable now
-        raise WebhookUnavailable(f"webhook {where}: {type(exc).__name__}: {_unshown(exc, url, target)}") from exc
+        why = f"{type(exc).__name__}: {_unshown(exc, url, target)}"
+        if isinstance(exc, TimeoutError):  # (the whole exchange's deadline, not one read's)
+            why += f" (no whole answer within the exchange's deadline of {timeout_s:g} s)"
+        raise WebhookUnavailable(f"webhook {where}: {why}") from exc
     except http.client.HTTPException as exc:
         # A malformed answer (bad status line, header line too long ...): the receiver answered; worth trying again.
         raise DeliveryError(f"webhook {where}: {type(exc).__name__}: {_unshown(exc, url, target)}") from exc

@@ -15,6 +15,7 @@ from cryptography.x509.oid import NameOID
 from sfa_omf.agents.node import KEY, AgentCallError, Client, enrol
 from sfa_omf.calendar.agents import Agents
 from sfa_omf.calendar.outbox import NotifyEvents
+from sfa_omf.errors import GeniError, Reason
 from sfa_omf.times import utcnow
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
 from tests.agents.conftest import Lab
@@ -79,8 +80,9 @@ def test_bad_tokens_are_refused_and_nothing_is_written(lab: Lab, tmp_path: Path,
 
 
 def test_token_for_a_pool_that_does_not_exist_is_not_made(lab: Lab) -> None:
-    with pytest.raises(Exception, match="no pool 'edge'"):
+    with pytest.raises(GeniError, match="no pool 'edge'") as refused:  # an answer, not a crash (a KeyError)
         lab.invite(pool="edge")
+    assert refused.value.reason is Reason.NOT_FOUND
     lab.aggregate.inventory.create_pool("edge", federated=False)
     token = lab.invite(pool="edge")
     assert token.count(".") == 1

@@ -24,6 +24,7 @@ from sfa_omf.calendar.agents import Agents
 from sfa_omf.calendar.database import SQLITE_BUSY_TIMEOUT_MS
 from sfa_omf.cli import main
 from sfa_omf.config import read_config
+from sfa_omf.errors import GeniError, Reason
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.server.app import build_aggregate, start_aggregate
 from tests.agents.conftest import Lab
@@ -69,8 +70,9 @@ def test_a_zone_named_would_refuse_is_not_put_in_place_and_named_keeps_serving(t
         assert named.resolve(["ok1"]) == ["192.168.1.10"]
         before = {path.name: path.read_text() for path in dns_dir.iterdir() if path.name != "lock"}
 
-        with pytest.raises(Exception) as refused:  # a name an older version let into the calendar
+        with pytest.raises(GeniError) as refused:  # a name an older version let into the calendar
             zones.publish([first, NodeName("p" * 63, 2, "192.168.1.11")])
+        assert refused.value.reason is Reason.UNAVAILABLE
         assert "would refuse the zone" in str(refused.value) and "left as they were" in str(refused.value)
         assert {path.name: path.read_text() for path in dns_dir.iterdir() if path.name != "lock"} == before
 

@@ -1,7 +1,8 @@
 """Calendar fixtures: every calendar test runs on SQLite and on a real PostgreSQL.
 
 scripts/test.sh starts PostgreSQL and sets SFA_OMF_TEST_POSTGRES_URL. Without it the PostgreSQL cases skip, saying
-so — except under CI (CI=true), where a missing PostgreSQL is a failure, never a silent pass.
+so — except where every test must run (CI, scripts/test.sh: tests/requirements.py), where a missing PostgreSQL is a
+failure, never a silent pass.
 """
 
 from __future__ import annotations

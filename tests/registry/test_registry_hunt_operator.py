@@ -191,5 +191,5 @@ def test_a_system_login_is_never_pinned_for_a_user_nor_shared(
     out, err = capsys.readouterr()
     assert code == 2 and "system" in err and "Traceback" not in err, (out, err)
     config.write_text(config.read_text() + f"\n[sfa_omf]\nshared_login = {login}\n")
-    with pytest.raises(Exception, match="not '" + login):
+    with pytest.raises(ValueError, match="not '" + login):  # read_config's refusal of a setting, not a crash
         read_config(str(config))

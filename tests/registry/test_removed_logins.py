@@ -335,6 +335,11 @@ def test_migration_0019_retires_the_logins_of_names_removed_before_it(kind: str,
         database.dispose()
 
 
+#: How long a mapping may take to finish or to wait for a removal's lock before the test fails rather than hangs:
+#: generous, far beyond what a loaded machine needs (well under a second).
+MAPPING_WAIT_BOUND_S = 60
+
+
 def test_a_first_mapping_made_while_the_holder_is_removed_is_retired_with_them() -> None:
     """PostgreSQL runs writers in parallel: a first Provision of alice's while the registry removes her must not map
     a login that outlives the removal and goes to the next alice. The mapping waits for the removal, then resolves
@@ -351,9 +356,18 @@ def test_a_first_mapping_made_while_the_holder_is_removed_is_retired_with_them()
             retired = retire_login(session, ALICE, 0)
             mapping = threading.Thread(target=lambda: answers.append(Accounts(database).login_for(ALICE, DEMO)))
             mapping.start()
+            # Until the mapping is done, or waits for the removal's lock. Not a limit on how fast it gets there, only
+            # a generous bound, so that a mapping waiting on something else is a failure rather than a hang (leaving
+            # the block rolls the removal back, which lets the mapping go on).
+            deadline = time.monotonic() + MAPPING_WAIT_BOUND_S
             while mapping.is_alive() and not _waits_for_an_advisory_lock(watcher):
-                time.sleep(0.01)  # (until the mapping is done, or waits for the removal: no time limit is asserted)
-        mapping.join()
+                if time.monotonic() > deadline:
+                    pytest.fail(
+                        f"the mapping neither finished nor waited for the removal's lock in {MAPPING_WAIT_BOUND_S} s"
+                    )
+                time.sleep(0.01)
+        mapping.join(timeout=MAPPING_WAIT_BOUND_S)
+        assert not mapping.is_alive(), "the mapping did not finish once the removal was committed"
         assert answers == [retired] and Accounts(database).list() == [], "a mapping outlived the removal"
         records.add(Record("tb.alice", "user", ALICE, ""))  # the next alice
         assert Accounts(database).login_for(ALICE, DEMO) == derived_login(ALICE, holder=1) != retired

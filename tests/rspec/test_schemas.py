@@ -51,9 +51,29 @@ def test_rng_files_are_generated_from_the_rnc_sources(tmp_path: Path) -> None:
     assert sources == {name.removesuffix(".rng") for name in committed}, "every .rnc is reached from a top schema"
 
 
+#: The RSpec type each top-level schema is for.
+_KIND = {
+    Schema.REQUEST: "request",
+    Schema.ADVERTISEMENT: "advertisement",
+    Schema.MANIFEST: "manifest",
+    Schema.GENI_V3_REQUEST: "request",
+    Schema.GENI_V3_AD: "advertisement",
+    Schema.GENI_V3_MANIFEST: "manifest",
+}
+
+
 @pytest.mark.parametrize("schema", list(Schema))
 def test_every_schema_compiles(schema: Schema) -> None:
-    assert relaxng(schema) is not None
+    """Compiles, and validates: an empty RSpec of its type passes; an element GENI's namespace has not, or a node
+    whose exclusive is no boolean, does not (a schema that accepts anything would compile too)."""
+    validator = relaxng(schema)
+    kind = _KIND[schema]
+    assert validator.validate(etree.fromstring(f'<rspec xmlns="{GENI}" type="{kind}"/>')), validator.error_log
+    for invalid in (
+        f'<rspec xmlns="{GENI}" type="{kind}"><no_such_element/></rspec>',
+        f'<rspec xmlns="{GENI}" type="{kind}"><node client_id="a" component_id="x" exclusive="maybe"/></rspec>',
+    ):
+        assert not validator.validate(etree.fromstring(invalid)), invalid
 
 
 @pytest.mark.parametrize(

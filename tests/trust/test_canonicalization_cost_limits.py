@@ -5,18 +5,20 @@ checked, whatever the document's encoding."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from sfa_omf.am.credentials import is_abac_credential
 from sfa_omf.errors import Reason, TrustError
-from sfa_omf.times import parse_time
+from sfa_omf.times import parse_time, utcnow
 from sfa_omf.trust.credential import CREDENTIAL_LIMITS, read_credential
 from sfa_omf.trust.roots import load_trusted_roots
-from sfa_omf.trust.speaksfor import ABAC_LIMITS
+from sfa_omf.trust.speaksfor import ABAC_LIMITS, issue_speaks_for, verify_speaks_for
 from sfa_omf.trust.verifier import CredentialVerifier
 from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, parse_untrusted
-from tests.conftest import VECTORS
+from tests.conftest import VECTORS, DemoPki
 
 pytestmark = pytest.mark.interop
 
@@ -38,9 +40,11 @@ def _namespaces(count: int) -> str:
     return "<pad " + " ".join(f'xmlns:p{index}="urn:p{index}"' for index in range(count)) + "/>"
 
 
-def test_real_credentials_are_well_within_the_limits() -> None:
+def test_real_credentials_are_well_within_the_limits(vectors: Path) -> None:
     """Every real SFA and geni-tools credential reads under the limits (they are not a constraint on real ones)."""
-    for path in sorted(Path(VECTORS).glob("*/creds/*.cred")):
+    paths = sorted(vectors.glob("*/creds/*.cred"))
+    assert len(paths) >= 10, f"the real credentials were not found under {vectors}/*/creds"  # no empty loop passes
+    for path in paths:
         read_credential(path.read_bytes())
 
 
@@ -80,6 +84,42 @@ def test_another_encoding_does_not_hide_the_declarations() -> None:
         parse_untrusted(latin.encode("latin-1"), limits)
 
 
-def test_speaks_for_credentials_have_limits_too() -> None:
-    assert ABAC_LIMITS.max_attributes is not None
-    assert ABAC_LIMITS.max_namespace_declarations is not None
+def _speaks_for(pki: DemoPki, extra: str = "") -> str:
+    """Alice's real statement that bob's key speaks for her, with ``extra`` (an unknown element) inside its
+    credential element (which breaks its signature: only a refusal before the signatures are looked at says
+    HOSTILE_XML)."""
+    alice, bob = pki.users["alice"], pki.users["bob"]
+    text = issue_speaks_for(alice.key, alice.chain, bob.chain[0], utcnow() + timedelta(hours=1))
+    at = text.index("<credential ") + text[text.index("<credential ") :].index(">") + 1
+    return text[:at] + extra + text[at:]
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (_attributes(ABAC_LIMITS.max_attributes or 0), "attributes, more than the limit"),
+        (_namespaces(ABAC_LIMITS.max_namespace_declarations or 0), "namespaces"),
+    ],
+    ids=["attributes", "namespace declarations"],
+)
+def test_speaks_for_credentials_have_limits_too(pki: DemoPki, extra: str, said: str) -> None:
+    """A speaks-for credential is read within ABAC_LIMITS, smaller than a privilege credential's: padded past them
+    (though well within CREDENTIAL_LIMITS) it is refused as hostile before its signature is checked, and it is not
+    taken for a speaks-for credential at all."""
+    alice, bob = pki.users["alice"], pki.users["bob"]
+    assert ABAC_LIMITS.max_attributes is not None and ABAC_LIMITS.max_namespace_declarations is not None
+    assert CREDENTIAL_LIMITS.max_attributes is not None and CREDENTIAL_LIMITS.max_namespace_declarations is not None
+    assert ABAC_LIMITS.max_attributes < CREDENTIAL_LIMITS.max_attributes // 2
+    assert ABAC_LIMITS.max_namespace_declarations < CREDENTIAL_LIMITS.max_namespace_declarations // 2
+    now = utcnow()
+    plain = _speaks_for(pki)
+    user = str(alice.chain[0].urn)
+    assert verify_speaks_for(bob.chain, [plain], user, pki.roots, now)[0].urn == user
+    assert is_abac_credential(plain)
+
+    padded = _speaks_for(pki, extra)
+    with pytest.raises(TrustError) as refused:
+        verify_speaks_for(bob.chain, [padded], user, pki.roots, now)
+    assert refused.value.reason is Reason.HOSTILE_XML
+    assert said in refused.value.message
+    assert not is_abac_credential(padded)

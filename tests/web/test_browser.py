@@ -20,6 +20,7 @@ from sfa_omf.calendar.external import ExternalHold, ExternalHolds
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.times import utcnow
 from sfa_omf.web import gantt
+from tests.requirements import missing
 from tests.web.served import Served
 
 CHROMIUM = os.environ.get("SFA_OMF_TEST_CHROMIUM")
@@ -35,9 +36,10 @@ def node(name: str) -> str:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM:
-        if os.environ.get("CI"):
-            pytest.fail("SFA_OMF_TEST_CHROMIUM is not set: scripts/test.sh installs chromium and sets it")
-        pytest.skip("no browser: run scripts/chromium.sh and set SFA_OMF_TEST_CHROMIUM=/usr/bin/chromium")
+        missing(
+            "SFA_OMF_TEST_CHROMIUM is not set: scripts/test.sh installs chromium and sets it",
+            "no browser: run scripts/chromium.sh and set SFA_OMF_TEST_CHROMIUM=/usr/bin/chromium",
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from sfa_omf.testbed.oar.client import OarClient, OarError, OarJob, OarRefused
+from tests.requirements import missing
 
 REPO = Path(__file__).resolve().parents[3]
 OAR_SCRIPT = REPO / "scripts" / "oar.sh"
@@ -37,11 +38,10 @@ def oar_url() -> str:
     """The base URL of the real OAR API (SFA_OMF_TEST_OAR_URL)."""
     url = os.environ.get("SFA_OMF_TEST_OAR_URL")
     if not url:
-        if os.environ.get("CI"):
-            pytest.fail("SFA_OMF_TEST_OAR_URL is not set: scripts/test.sh starts OAR (scripts/oar.sh up) and sets it")
-        pytest.skip(
+        missing(
+            "SFA_OMF_TEST_OAR_URL is not set: scripts/test.sh starts OAR (scripts/oar.sh up) and sets it",
             "OAR not configured: run `bash scripts/oar.sh up` and set SFA_OMF_TEST_OAR_URL to the URL it prints last "
-            "(scripts/test.sh does both)"
+            "(scripts/test.sh does both)",
         )
     return url
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.requirements import missing
 from tests.testbed.omf.omf_lab import Lab, Running, begin_test_hour, end_test_hour, make_lab, serve
 
 
@@ -17,9 +18,10 @@ from tests.testbed.omf.omf_lab import Lab, Running, begin_test_hour, end_test_ho
 def rabbitmq_url() -> str:
     url = os.environ.get("SFA_OMF_TEST_RABBITMQ_URL", "")
     if not url:
-        if os.environ.get("CI"):
-            pytest.fail("SFA_OMF_TEST_RABBITMQ_URL is not set: scripts/test.sh starts RabbitMQ and sets it")
-        pytest.skip("SFA_OMF_TEST_RABBITMQ_URL is not set: run scripts/test.sh, or bash scripts/rabbitmq.sh up")
+        missing(
+            "SFA_OMF_TEST_RABBITMQ_URL is not set: scripts/test.sh starts RabbitMQ and sets it",
+            "SFA_OMF_TEST_RABBITMQ_URL is not set: run scripts/test.sh, or bash scripts/rabbitmq.sh up",
+        )
     return url
 
 
