@@ -28,6 +28,7 @@ from sfa_omf.notify.channels import DeliveryError, post_webhook
 from sfa_omf.notify.notifier import Notifier, NotifySettings, shown_key
 from tests.calendar.conftest import fresh_database
 from tests.ports import free_port
+from tests.test_preflight import lab  # noqa: F401 (an initialised directory, the fixture)
 
 PASSWORD, TOKEN = "OPSECRET6", "QTOKEN7"
 HOOK = f"https://hook:{PASSWORD}@hooks.example.org/x?token={TOKEN}"
@@ -160,20 +161,7 @@ def test_write_config_makes_a_file_with_a_secret_0600(tmp_path: Path, secret: di
 # -- 3. config check: what another user could change ---------------------------------------------------------------
 
 
-@pytest.fixture
-def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Path:
-    """An initialised directory on free ports, with no SFA_* setting of the machine running the tests."""
-    for name in list(os.environ):
-        if name.startswith("SFA_") and not name.startswith("SFA_OMF_TEST_"):
-            monkeypatch.delenv(name)
-    directory = tmp_path / "lab"
-    ports = ["--registry-port", str(free_port()), "--aggregate-port", str(free_port())]
-    assert main(["init", str(directory), "--authority", "lab", *ports]) == 0
-    capsys.readouterr()
-    return directory
-
-
-def problems(lab: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
+def problems(lab: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:  # noqa: F811
     code = main(["config", "check", str(lab / "sfa-omf.conf")])
     lines = capsys.readouterr().out.splitlines()
     found = [line.removeprefix("problem: ") for line in lines if line.startswith("problem: ")]
@@ -181,7 +169,7 @@ def problems(lab: Path, capsys: pytest.CaptureFixture[str]) -> list[str]:
     return found
 
 
-def test_config_check_names_what_others_could_change(lab: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_check_names_what_others_could_change(lab: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     assert problems(lab, capsys) == []
     config, roots, authority = lab / "sfa-omf.conf", lab / "trusted_roots", lab / "authority"
     os.chmod(config, 0o666)
@@ -206,7 +194,7 @@ def test_config_check_names_what_others_could_change(lab: Path, capsys: pytest.C
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
-def test_config_check_names_a_key_directory_another_user_owns(lab: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_check_names_a_key_directory_another_user_owns(lab: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     """Run as root, the data directory's owner (the service's user, chown -R as docs/operators.md does) may own
     the files; another user may not."""
     import pwd

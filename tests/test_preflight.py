@@ -22,9 +22,10 @@ POSTGRES_URL = os.environ.get("SFA_OMF_TEST_POSTGRES_URL")
 
 @pytest.fixture
 def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Path:
-    """An initialised directory on free ports, with no SFA_* variable of the machine running the tests."""
+    """An initialised directory on free ports, with no SFA_* variable of the machine running the tests (but the
+    tests' own, SFA_OMF_TEST_*)."""
     for name in list(os.environ):
-        if name.startswith("SFA_"):
+        if name.startswith("SFA_") and not name.startswith("SFA_OMF_TEST_"):
             monkeypatch.delenv(name)
     directory = tmp_path / "lab"
     ports = ["--registry-port", str(free_port()), "--aggregate-port", str(free_port())]

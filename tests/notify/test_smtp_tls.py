@@ -6,7 +6,6 @@ name the check takes as remote that the system resolves to 127.0.0.1)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import ssl
 from collections.abc import Iterator
@@ -18,10 +17,6 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sfa_omf.calendar.outbox import Outbox
 from sfa_omf.cli import main
@@ -31,6 +26,7 @@ from sfa_omf.notify.channels import SmtpInsecure, SmtpSettings, send_email
 from sfa_omf.notify.notifier import Notifier, NotifySettings
 from tests.notify.conftest import ALICE, Booked, outbox_rows
 from tests.ports import free_port
+from tests.server_certificates import server_certificate
 
 SECRET = "SMTP-pw-4f1c9e"
 
@@ -129,47 +125,10 @@ def test_a_login_without_tls_to_this_machine_is_sent(clear_relay: tuple[Relay, i
     assert len(seen.messages) == 1
 
 
-def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
-    """A CA (its PEM), a server certificate for ``name`` it signed, and the server's key: (ca, chain, key)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test SMTP CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
-
-
 @pytest.fixture
 def server_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
     """A server TLS context for the name localhost, whose CA the client's default context trusts."""
-    ca, chain, key = _certificate(tmp_path, "localhost")
+    ca, chain, key = server_certificate(tmp_path, "localhost")
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(str(chain), str(key))

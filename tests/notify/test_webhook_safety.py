@@ -9,7 +9,6 @@ classification function alone."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import ipaddress
 import logging
 import socket
@@ -22,10 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from sfa_omf.addresses import is_public_address
 from sfa_omf.calendar.database import Database
@@ -36,6 +31,7 @@ from sfa_omf.notify.channels import DeliveryError, WebhookUnavailable, post_webh
 from sfa_omf.notify.notifier import Notifier, NotifySettings
 from tests.calendar.conftest import fresh_database
 from tests.notify.conftest import Receiver, url_digest
+from tests.server_certificates import server_certificate
 
 #: A token in a webhook's path and query, as receivers such as chat services put it there.
 TOKEN = "t0k3n-abc123"
@@ -213,50 +209,13 @@ def test_operators_webhooks_still_reach_internal_addresses(database: Database, r
     assert len(receiver.received) == 1
 
 
-def _certificate(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
-    """A CA (its PEM) and a server certificate for ``name`` it signed, with its key: (ca, chain, key)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
-
-
 @pytest.mark.parametrize(("certified", "delivered"), [("localhost", True), ("elsewhere.example", False)])
 def test_tls_verifies_the_urls_host_name_on_the_checked_address(
     database: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, certified: str, delivered: bool
 ) -> None:
     """A real HTTPS receiver on 127.0.0.1 named localhost in the URL; an operator's (listed) webhook, so the
     connection goes to the resolved address while the certificate is checked against the name."""
-    ca, chain, key = _certificate(tmp_path, certified)
+    ca, chain, key = server_certificate(tmp_path, certified)
     monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the default context trusts the test CA
     recorder = Recorder()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
