@@ -296,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             environ["SFA_OMF_DATABASE_URL"] = args.postgres_url
         if args.threads is not None:
             environ["SFA_OMF_THREADS"] = str(args.threads)
+        # Every client is 127.0.0.1 here, where a deployment sees many peers: the per-peer cap (64 by default)
+        # would count the whole load as one peer's, and a client's new connection can arrive before its last one's
+        # close is seen.
+        environ["SFA_OMF_MAX_CONNECTIONS_PER_PEER"] = str(max(64, 4 * args.clients))
         settings = read_config(config_path, environ)
         database = Database(settings.calendar_url)
         database.upgrade()
