@@ -42,7 +42,6 @@ from sfa_omf.testbed.registry import load_backend
 from sfa_omf.times import format_time, utcnow
 from sfa_omf.trust.verifier import CredentialVerifier
 from tests.conftest import DemoPki
-from tests.testbed.oar.conftest import oar_url, oar_users  # noqa: F401  (the real OAR's fixtures)
 from tests.tls_harness import proxy
 
 HOUR = timedelta(hours=1)
@@ -256,7 +255,7 @@ def hung_api() -> Iterator[StandInHungOarApi]:
 def test_more_provisions_than_slots_the_others_are_busy_and_write_nothing(
     tmp_path: Path,
     pki: DemoPki,
-    oar_users: tuple[str, ...],  # noqa: F811 (the fixture imported above)
+    oar_users: tuple[str, ...],
     hung_api: StandInHungOarApi,
 ) -> None:
     with gated_site(tmp_path, pki, hung_api.url(), slots=2, timeout_s=60) as site:
@@ -294,8 +293,8 @@ def test_more_provisions_than_slots_the_others_are_busy_and_write_nothing(
 def test_after_a_time_out_oar_is_not_asked_until_the_cool_down_is_over_then_calls_go_through(
     tmp_path: Path,
     pki: DemoPki,
-    oar_url: str,  # noqa: F811 (the fixture imported above)
-    oar_users: tuple[str, ...],  # noqa: F811 (the fixture imported above)
+    oar_url: str,
+    oar_users: tuple[str, ...],
     hung_api: StandInHungOarApi,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -368,7 +367,7 @@ def test_the_loaded_oar_backend_is_gated_with_its_clients_breaker(tmp_path: Path
 def test_getversion_answers_while_provisions_hang_on_oar(
     running_reactor: Any,
     tmp_path: Path,
-    oar_users: tuple[str, ...],  # noqa: F811 (the fixture imported above)
+    oar_users: tuple[str, ...],
     hung_api: StandInHungOarApi,
 ) -> None:
     report = init_directory(str(tmp_path / "lab"), "lab", ("alice",))
