@@ -17,6 +17,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -113,6 +114,17 @@ def _is_aggregate_urn(urn: str) -> bool:
     except BadArgs:
         return False
     return parsed.type == "authority" and parsed.name == "am"
+
+
+#: The agent's folder (under its state folder) for files a lease's users left to stage out that the server refused.
+UNSENT = "unsent"
+
+
+def _plain(name: str) -> str:
+    """``name`` as a file name of the agent's own folders: characters other than letters, digits, '.', '_' and '-'
+    become '_', and no name starts with a dot."""
+    plain = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:200] or "_"
+    return f"_{plain}" if plain.startswith(".") else plain
 
 
 def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -517,11 +529,12 @@ class Agent:
                     self.client.put_file(lease_id, sent_name, data)
                 except GeniError as exc:
                     log.warning("lease %s: %r not staged out as %r: %s", lease_id, where, sent_name, exc.message)
-                    result.lost.append(f"{where!r} ({_unkept_name_advice(name, sent_name)})")
+                    kept = self._keep_unsent(lease_id, sent_name, data)
+                    result.lost.append(f"{where!r} ({_unkept_name_advice(name, sent_name)}; {kept})")
                 except AgentCallError as exc:
                     if is_refusal(exc):
                         log.warning("lease %s: %r not staged out, refused: %s", lease_id, where, exc)
-                        result.lost.append(f"{where!r} ({exc})")
+                        result.lost.append(f"{where!r} ({exc}; {self._keep_unsent(lease_id, sent_name, data)})")
                     else:
                         log.warning("lease %s: %r not staged out yet: %s", lease_id, where, exc)
                         result.pending.append(f"{where!r} ({exc})")
@@ -532,6 +545,25 @@ class Agent:
                     log.exception("lease %s: %r not staged out (agent error)", lease_id, where)
                     result.lost.append(f"{where!r} (agent error: see the agent's log)")
         return result
+
+    def _keep_unsent(self, lease_id: str, name: str, data: bytes) -> str:
+        """Keep a file the server refused (its lease's window over, a quota, a name it does not keep) in the agent's
+        own state folder, root's only, before the account and its home go: the experimenter's results are not
+        destroyed with it; the operator can hand them over. Where it is, in words, for the lease's report."""
+        folder = self.state / UNSENT / _plain(lease_id)
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(folder.parent, 0o700)
+            os.chmod(folder, 0o700)
+            path = folder / _plain(name)
+            while path.exists():  # (a name kept before, from another account: neither is lost)
+                path = path.with_name(f"_{path.name}")
+            _write_private(path, data)
+        except OSError as exc:
+            log.error("lease %s: %r could not be kept on the node either: %s", lease_id, name, exc)
+            return f"not kept on the node either: {exc}"
+        log.warning("lease %s: %r kept on the node in %s", lease_id, name, path)
+        return f"kept on the node in {path}"
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop``; a server that cannot be reached (restarting, network down) is tried again."""

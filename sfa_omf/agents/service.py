@@ -533,6 +533,8 @@ class AgentService:
         lease = self.agents.staging_lease(agent.node, lease_id)
         if lease is None:
             raise GeniError(Reason.NOT_FOUND, f"lease {lease_id!r} has no sliver on {agent.node}")
+        if files.kept_already(lease_id, agent.hostname, "out", name, sha256):  # sent again: its answer was lost
+            return {"name": name, "size": len(data), "sha256": sha256, "changed": False}
         opens, closes = lease.start, lease.end + timedelta(seconds=self.settings.stage_out_grace_s)
         window = f"from its start ({format_time(opens)}) until {format_time(closes)} ([sfa_agents] stage_out_grace_s)"
         if not (lease.state == "provisioned" or (lease.state in ("ended", "cancelled") and lease.set_up)):

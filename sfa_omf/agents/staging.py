@@ -87,6 +87,20 @@ class FileStore:
             )
         return self.directory / lease_id / hostname / direction
 
+    def kept_already(self, lease_id: str, hostname: str, direction: str, name: str, sha256: str) -> bool:
+        """Whether exactly this file (``name`` with this SHA-256) is kept already: a PUT sent again, its first answer
+        lost, changes nothing and is answered so whatever the lease's window (False for a name or digest that is not
+        valid: put refuses them)."""
+        if not _SHA256.fullmatch(sha256 or ""):
+            return False
+        try:
+            check_name(name)
+        except GeniError:
+            return False
+        folder = self._folder(lease_id, hostname, direction)
+        digest = folder / f"{name}.sha256"
+        return digest.is_file() and (folder / name).is_file() and digest.read_text().strip() == sha256
+
     def put(self, lease_id: str, hostname: str, direction: str, name: str, data: bytes, sha256: str) -> bool:
         """Keep ``data`` as ``name``; True when it changed anything. Refused (nothing written) when the declared
         SHA-256 is not the data's, the name is not plain, the data is over the limit, or (staged out) another

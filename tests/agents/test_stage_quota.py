@@ -133,6 +133,41 @@ def test_stage_out_closes_a_grace_after_the_end(lab: Lab, tmp_path: Path) -> Non
     refused = _refusal(client, lease_id, "too-late.txt", b"too late")
     assert refused.status == 409 and "is over" in refused.message and "stage_out_grace_s" in refused.message
     assert [f.name for f in store.list(lease_id, "pc1", "out")] == ["late.txt"]
+    # A file kept within the grace, sent again after it (the first answer lost on the way): answered, not refused.
+    assert _put(client, lease_id, "late.txt", b"late") == 200
+    assert _put(client, lease_id, "late.txt", b"other") == 409  # (another content under the name is not kept)
+
+
+def test_an_agent_keeps_on_the_node_what_the_server_refused_before_the_account_goes(lab: Lab, tmp_path: Path) -> None:
+    """An agent whose node came back after the lease's grace was refused (409, final), then removed the account and
+    its home: the experimenter's ~/stage-out results were destroyed. Refused files are kept in the agent's own state
+    folder (root's only) first, and the lease's report says where."""
+    from sfa_omf.agents.node import UNSENT, Agent, StageOut
+
+    client, _ = _agent(lab, tmp_path)
+    book_now(lab, ssh_key("ann@laptop"))
+    lease_id = _lease_id(lab)
+    with lab.aggregate.database.write() as session:  # the lease is over, its grace too
+        ended_s = int((utcnow() - timedelta(hours=3)).timestamp())
+        session.execute(update(Lease).where(Lease.id == lease_id).values(start_s=ended_s - 3600, end_s=ended_s))
+        session.execute(update(Sliver).where(Sliver.lease_id == lease_id).values(start_s=ended_s - 3600, end_s=ended_s))
+
+    class Home:
+        """The node's host as far as a stage-out reads it: one login whose ~/stage-out holds the results (the host's
+        real file reading is tested in tests/agents/test_host.py; here it is the agent's handling of the refusal)."""
+
+        def read_files(self, login: str, folder: str, max_bytes: int) -> list[tuple[str, bytes]]:
+            return [("results.csv", b"1,2,3\n"), (".hidden data", b"x")]
+
+    agent = Agent.__new__(Agent)  # (its state folder and client; no enrolment round needed)
+    agent.state, agent.client, agent.host = tmp_path / "a1", client, Home()  # type: ignore[assignment]
+    result: StageOut = agent._stage_out(lease_id, ["ann"], 1 << 20)
+    assert not result.pending and len(result.lost) == 2
+    kept = tmp_path / "a1" / UNSENT / lease_id
+    assert sorted(path.name for path in kept.iterdir()) == ["_.hidden_data", "results.csv"]
+    assert (kept / "results.csv").read_bytes() == b"1,2,3\n"
+    assert os.stat(kept).st_mode & 0o777 == 0o700 and os.stat(kept / "results.csv").st_mode & 0o777 == 0o600
+    assert all("kept on the node in" in entry for entry in result.lost), result.lost
 
 
 def test_at_most_max_stage_out_files_per_lease_and_node(lab: Lab, tmp_path: Path) -> None:
