@@ -887,6 +887,12 @@ class OarTestbed:
                     news=_failed(lease.id, recorded, told),
                 )
             return
+        except OarUnavailable as exc:
+            # Not reached (down, the connection broke off, or its breaker resting: not even asked): nothing was
+            # refused, so nothing is marked failed and no one is told; the next round looks again (and adopts a job
+            # OAR made before the connection broke).
+            report.failed[lease.id] = _words(exc)
+            return
         except (OarError, ValueError, GeniError) as exc:
             # (ValueError, GeniError: refused before OAR was asked, e.g. a start OAR cannot be told)
             said = "OAR refused to reserve it again" if isinstance(exc, OarError) else "it cannot be reserved again"

@@ -30,7 +30,7 @@ from sfa_omf.errors import GeniCode, GeniError
 from sfa_omf.registry.accounts import Accounts, derived_login
 from sfa_omf.testbed.oar.backend import OarTestbed
 from sfa_omf.testbed.oar.client import OarClient, OarJob, OarTimeout
-from sfa_omf.testbed.oar.jobs import DELETED, SUBMITTED, SUBMITTING, job_name
+from sfa_omf.testbed.oar.jobs import DELETED, FAILED, SUBMITTED, SUBMITTING, job_name
 from sfa_omf.testbed.unix_accounts import UnixAccounts
 from sfa_omf.times import format_time
 from sfa_omf.trust.gid import load_gid_chain_file
@@ -641,6 +641,40 @@ def test_an_oar_time_out_on_one_lease_does_not_end_the_reconcile_round_for_the_o
     assert report.failed == {}
     monkeypatch.setattr(site.backend.client, "job", real_job)
     assert site.backend.reconcile().resubmitted == [skipped]
+
+
+def test_oar_unreachable_when_a_lost_job_is_reserved_again_marks_nothing_failed_and_tells_no_one(
+    site: Site, oar_client: OarClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease whose job was deleted in OAR, reserved again by the reconciler just as OAR stops answering (or its
+    breaker rests: not even asked): the lease was marked failed and its users told "OAR refused to reserve it again",
+    though nothing was refused. Now the round leaves it for the next one, which reserves it again. (The submit's
+    failure is injected into the real client: OAR answering the round's listing, then not the submit moments later,
+    cannot be had on demand.)"""
+    from sfa_omf.calendar.outbox import NotifyEvents
+    from sfa_omf.testbed.oar.client import OarCircuitOpen
+
+    site.allocate(["node6"], site.start)
+    site.provision()
+    (lease_id,) = site.lease_ids()
+    lost = job_of(site, lease_id)
+    oar_client.delete_job(lost, user="alice")
+    wait_for_job(oar_client, lost, {"Error", "Terminated"})
+    real_submit = site.backend.client.submit_reservation
+
+    def resting(*arguments: object, **keywords: object) -> int:
+        raise OarCircuitOpen(
+            "OAR at the test's API failed at 12:00:00 (no answer within 30 s); not asked until 12:00:15"
+        )
+
+    monkeypatch.setattr(site.backend.client, "submit_reservation", resting)
+    report = site.backend.reconcile()
+    assert lease_id in report.failed and "not asked until" in report.failed[lease_id]
+    assert NotifyEvents(site.aggregate.database).since(datetime.now(UTC) - HOUR) == []  # no one told of a refusal
+    row = site.backend.jobs.get(lease_id)
+    assert row is not None and row.state != FAILED, row  # not marked failed
+    monkeypatch.setattr(site.backend.client, "submit_reservation", real_submit)
+    assert site.backend.reconcile().resubmitted == [lease_id]  # the next round reserves it again
 
 
 class _JobInStateClient(_StateOnlyClient):
