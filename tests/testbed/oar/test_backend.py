@@ -481,17 +481,24 @@ def test_deploy_jobs_install_the_lease_image_only_where_needed(
     assert mixed.value.code == 1 and "one disk image per lease" in mixed.value.message
 
 
-def test_a_job_that_cannot_be_resubmitted_reads_failed_with_oars_words(
-    site: Site, oar_client: OarClient, oar_jobs: OarJobs
-) -> None:
-    """The job vanished and a local user took the slot in OAR meanwhile: the reconciler cannot resubmit, and Status
-    says so (geni_failed, OAR's refusal in geni_error)."""
-    site.allocate(["node8"], site.start)
+def _provisioned_with_its_job_lost(site: Site, oar_client: OarClient, node: str) -> str:
+    """A lease of ``node`` at the site's start, provisioned, whose OAR job was then deleted behind our back (ended in
+    OAR): its id."""
+    site.allocate([node], site.start)
     site.provision()
     (lease_id,) = site.lease_ids()
     lost = job_of(site, lease_id)
     oar_client.delete_job(lost, user="alice")
     wait_for_job(oar_client, lost, {"Error", "Terminated"})
+    return lease_id
+
+
+def test_a_job_that_cannot_be_resubmitted_reads_failed_with_oars_words(
+    site: Site, oar_client: OarClient, oar_jobs: OarJobs
+) -> None:
+    """The job vanished and a local user took the slot in OAR meanwhile: the reconciler cannot resubmit, and Status
+    says so (geni_failed, OAR's refusal in geni_error)."""
+    lease_id = _provisioned_with_its_job_lost(site, oar_client, "node8")
     oar_jobs.submit(user="bob", nodes=["node8"], start=site.start, walltime_s=3599, name="bob-took-it")
     report = site.backend.reconcile()
     assert lease_id in report.failed and "could run at" in report.failed[lease_id]
@@ -597,12 +604,7 @@ def test_a_lost_job_that_cannot_be_reserved_again_is_told_with_oars_refusal(
 ) -> None:
     from sfa_omf.calendar.outbox import NotifyEvents
 
-    site.allocate(["node8"], site.start)
-    site.provision()
-    (lease_id,) = site.lease_ids()
-    lost = job_of(site, lease_id)
-    oar_client.delete_job(lost, user="alice")
-    wait_for_job(oar_client, lost, {"Error", "Terminated"})
+    lease_id = _provisioned_with_its_job_lost(site, oar_client, "node8")
     oar_jobs.submit(user="bob", nodes=["node8"], start=site.start, walltime_s=3599, name="bob-took-it-too")
     for _ in range(2):  # refused every round: told once
         assert lease_id in site.backend.reconcile().failed
@@ -654,12 +656,7 @@ def test_oar_unreachable_when_a_lost_job_is_reserved_again_marks_nothing_failed_
     from sfa_omf.calendar.outbox import NotifyEvents
     from sfa_omf.testbed.oar.client import OarCircuitOpen
 
-    site.allocate(["node6"], site.start)
-    site.provision()
-    (lease_id,) = site.lease_ids()
-    lost = job_of(site, lease_id)
-    oar_client.delete_job(lost, user="alice")
-    wait_for_job(oar_client, lost, {"Error", "Terminated"})
+    lease_id = _provisioned_with_its_job_lost(site, oar_client, "node6")
     real_submit = site.backend.client.submit_reservation
 
     def resting(*arguments: object, **keywords: object) -> int:
