@@ -61,11 +61,12 @@ def create_file(path: str, data: bytes, mode: int, owner: tuple[int, int] | None
     sync_directory(directory)
 
 
-def replace_file(path: str, data: bytes, mode: int) -> None:
+def replace_file(path: str, data: bytes, mode: int, owner: tuple[int, int] | None = None) -> None:
     """Write ``data`` to ``path`` at once, replacing what is there: a reader sees the old file or the new one, never
-    half of one (a temporary file, synced, renamed over it). The new file's mode is ``mode`` exactly."""
+    half of one (a temporary file, synced, renamed over it). The new file's mode is ``mode`` exactly, its owner
+    ``owner`` (uid, gid) when given."""
     directory = os.path.dirname(os.path.abspath(path))
-    temporary = _write_temporary(directory, os.path.basename(path), data, mode, None)
+    temporary = _write_temporary(directory, os.path.basename(path), data, mode, owner)
     try:
         os.replace(temporary, path)
     except BaseException:

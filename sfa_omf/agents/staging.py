@@ -26,11 +26,11 @@ import fcntl
 import hashlib
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.files import replace_file
 
 DIRECTIONS = ("in", "out")
 #: Defaults of [sfa_agents] max_stage_out_files, max_stage_out_bytes and min_free_bytes (sfa_omf/config.py).
@@ -156,7 +156,8 @@ class FileStore:
 
     def _write(self, path: Path, digest: Path, data: bytes, sha256: str, owner: tuple[int, int] | None) -> None:
         for target, content in ((path, data), (digest, f"{sha256}\n".encode("ascii"))):
-            _write_private(target, content, owner)
+            # Whole, 0600 whatever the umask, through a new temporary name (nothing there is followed or shared).
+            replace_file(str(target), content, 0o600, owner)
 
     def _check_quota(self, lease_id: str, hostname: str, name: str, size: int, files: int, used: int) -> None:
         """TOO_BIG when ``name`` (``size`` bytes) added to ``files`` files of ``used`` bytes (what is kept for the
@@ -244,22 +245,3 @@ def _usage(folder: Path) -> tuple[int, int]:
             files += 1
             used += entry.stat(follow_symlinks=False).st_size
     return files, used
-
-
-def _write_private(target: Path, content: bytes, owner: tuple[int, int] | None) -> None:
-    """Put ``content`` at ``target`` whole: written to a new temporary name beside it (0600 from its creation,
-    whatever the umask; O_EXCL and O_NOFOLLOW: nothing there is followed or shared), then renamed over it. Owned by
-    ``owner`` when given (a file made by root)."""
-    temporary = target.with_name(f"{target.name}.{secrets.token_hex(6)}.tmp")  # unique: concurrent puts
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    descriptor = os.open(temporary, flags, 0o600)
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)
-            if owner is not None:
-                os.fchown(out.fileno(), *owner)
-            out.write(content)
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
