@@ -28,7 +28,16 @@ from sfa_omf.agents.dns import GROUP, RESERVED_HOSTNAMES, DnsZones, NodeName, na
 from sfa_omf.agents.staging import FileStore
 from sfa_omf.agents.vpn import NETWORK as VPN_NETWORK
 from sfa_omf.agents.vpn import VpnCa, client_config
-from sfa_omf.calendar.agents import HOSTNAME, AgentRecord, Agents, Enrolment, LeaseWork, check_agent_text
+from sfa_omf.calendar.agents import (
+    HOSTNAME,
+    REPORT_STATES,
+    AgentRecord,
+    Agents,
+    Enrolment,
+    LeaseWork,
+    StagingLease,
+    check_agent_text,
+)
 from sfa_omf.calendar.inventory import check_node_fields
 from sfa_omf.cluster.leadership import LeadershipLost
 from sfa_omf.errors import BadArgs, GeniError, Reason
@@ -76,6 +85,22 @@ def cert_sha256(certificate: x509.Certificate) -> str:
 
 def _bad(message: str) -> GeniError:
     return GeniError(Reason.BAD_ARGS, message)
+
+
+def _not_to_set_up(lease_id: str, lease: StagingLease, hostname: str) -> str:
+    """Why an agent's "started" for a lease that is not provisioned is refused, in words its operator can act on."""
+    window = f"{format_time(lease.start)} to {format_time(lease.end)}"
+    why = {
+        "cancelled": f"was cancelled (its slice deleted it, or the testbed gave it up; it was booked {window})",
+        "expired": f"expired before it was provisioned (it was booked {window})",
+        "ended": f"ended at {format_time(lease.end)}",
+        "allocated": f"is allocated, not provisioned: a node sets it up once it is, from {format_time(lease.start)}",
+    }.get(lease.state, f"is {lease.state}")
+    return (
+        f'lease {lease_id} {why}: it is not to be set up on {hostname}, and its "started" is not recorded (no '
+        "files are staged out for it); whatever was made on the node for it is to be removed (the agent does at its "
+        'next round; then report "ended")'
+    )
 
 
 def _text(body: Mapping[str, Any], name: str, required: bool = True, limit: int = 200) -> str:
@@ -506,12 +531,28 @@ class AgentService:
         }
 
     def report(self, caller_chain: GidChain, lease_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Record started / failed / ended for a lease on the caller's node (PUT: the same report is harmless)."""
+        """Record started / failed / ended for a lease on the caller's node (PUT: the same report is harmless).
+
+        A report says the agent set the lease up, which opens a cancelled or ended lease's stage-out (``stage_out``).
+        So for a lease that is not provisioned (cancelled, expired, ended; or allocated only): "started" is refused
+        (POLICY, saying why), unless it is the report recorded already; a "failed" or "ended" while none is recorded
+        is taken and ignored, nothing written (the agent tears down what it made either way, and the slice's users
+        are not told that a lease they deleted could not be set up). Reports recorded before go on as they were."""
         agent = self.authenticate(caller_chain)
         if not _LEASE_ID.fullmatch(lease_id):
             raise _bad(f"{lease_id!r} is not a lease id")
         state = _text(body, "state", limit=20)
         message = _text(body, "message", required=False, limit=2000)
+        # (Not one unit of work with the write: a lease cancelled in between was running when the agent asked for
+        # its work, and set up then; its report may open its window as one sent a moment earlier would have.)
+        lease = self.agents.staging_lease(agent.node, lease_id) if state in REPORT_STATES else None
+        if lease is not None and lease.state != "provisioned":
+            health = self.agents.node_health(agent.node, lease_id) if lease.set_up else None
+            recorded = health[1] if health is not None else ""
+            if state == "started" and recorded != "started":
+                raise GeniError(Reason.POLICY, _not_to_set_up(lease_id, lease, agent.hostname))
+            if not recorded:
+                return {"lease_id": lease_id, "state": state}
         self.agents.report(agent.node, lease_id, state, message)
         return {"lease_id": lease_id, "state": state}
 

@@ -63,6 +63,7 @@ from sfa_omf.am.states import (
     next_operational,
     operational_action,
 )
+from sfa_omf.am.withdrawals import Withdrawals
 from sfa_omf.calendar.availability import Availability, CommonSlot
 from sfa_omf.calendar.booking import (
     BookingConflict,
@@ -164,8 +165,9 @@ class Aggregate:
         self.slices = Slices(database)
         self.accounts = accounts or Accounts(database)
         self.unix_accounts = unix_accounts  # None: the operator manages Unix accounts (create_accounts = no)
-        # Slices whose keys could not be taken out of their logins, and why: retire_ended tries again at every pass.
-        self.withdrawals_due: dict[str, str] = {}
+        # Slices whose keys could not be taken out of their logins, and why: rows of the calendar (a restart or a new
+        # leader forgets none), which retire_ended tries again at every pass.
+        self.withdrawals = Withdrawals(database, lambda: self.clock())
         self.records = Records(database)  # the local registry's users: their registered SSH keys
         # ...and their registered GIDs: a local user acts with the key the registry holds for them now.
         self.registered_keys = RegisteredKeys(self.records, settings.authority_hrn)
@@ -1542,23 +1544,25 @@ class Aggregate:
             logins -= {account.login for account in self._local_accounts(slice_urn)}
         return slice_urn, sorted(logins)
 
-    def _withdraw_keys_or_retry(self, slice_urn: str) -> None:
-        """``withdraw_keys_if_done``; a failure is logged with the slice and why, and the slice stays due
-        (``withdrawals_due``): retire_ended tries again at each of its passes until it succeeds."""
+    @property
+    def withdrawals_due(self) -> dict[str, str]:
+        """The slices whose keys are still to be taken out of their logins, and why (read from the calendar)."""
+        return {due.slice_urn: due.reason for due in self.withdrawals.due()}
+
+    def _withdraw_keys_or_retry(self, slice_urn: str, due: bool | None = None) -> None:
+        """``withdraw_keys_if_done``; a failure is logged with the slice and why, and the slice is written due
+        (``Withdrawals``, am/withdrawals.py): retire_ended, in whichever process leads, tries again at each of its
+        passes until it succeeds, which deletes the row. ``due``: whether the slice is known to be due already (None:
+        not known, read when the withdrawal succeeds)."""
+        if self.unix_accounts is None and not due:
+            return  # no key is ever written, so none is due (a row of an earlier create_accounts = yes: retire_ended)
         try:
             self.withdraw_keys_if_done(slice_urn)
         except Exception as exc:  # (the other slices are still to do)
             reason = exc.message if isinstance(exc, GeniError) else f"{type(exc).__name__}: {exc}"
-            if self.withdrawals_due.get(slice_urn) != reason:  # once per reason, not at every pass
-                log.warning(
-                    "the keys of slice %s could not be taken out of its logins (%s); tried again at the next pass",
-                    slice_urn,
-                    reason,
-                )
-            self.withdrawals_due[slice_urn] = reason
+            self.withdrawals.failed(slice_urn, reason)
             return
-        if self.withdrawals_due.pop(slice_urn, None) is not None:
-            log.info("the keys of slice %s are out of its logins now", slice_urn)
+        self.withdrawals.succeeded(slice_urn, due)
 
     def finish_testbed_cancellations(self, lease_ids: Sequence[str]) -> None:
         """Leases the testbed's reconciler cancelled in the calendar itself (an OAR Delete whose answer came too late,
@@ -1586,15 +1590,16 @@ class Aggregate:
         """Provisioned leases whose slot is over: release them on the testbed, take their slices' keys away.
         Run periodically by the server; returns how many leases ended. Each slice's keys are withdrawn on their own:
         one that fails (logged) fails no other, and is tried again at every later pass until it succeeds (the
-        leases are ended already: only ``withdrawals_due`` remembers it, in this process)."""
+        leases are ended already: only the calendar's due withdrawals remember it, am/withdrawals.py)."""
         ended = self.bookings.retire_ended()
         for lease in ended:
             try:
                 self._end_lease(lease, provisioned=True)
             except GeniError as exc:  # the testbed ends the reservation itself at its end; its reconciler checks
                 log.warning("lease %s ended but the testbed did not release it: %s", lease.id, exc.message)
-        for slice_urn in sorted({lease.slice_urn for lease in ended} | set(self.withdrawals_due)):
-            self._withdraw_keys_or_retry(slice_urn)
+        due = {withdrawal.slice_urn for withdrawal in self.withdrawals.due()}
+        for slice_urn in sorted({lease.slice_urn for lease in ended} | due):
+            self._withdraw_keys_or_retry(slice_urn, slice_urn in due)
         return len(ended)
 
     # -- helpers -----------------------------------------------------------------------------------------------

@@ -417,5 +417,19 @@ class LeadershipTerm(Base):
     since_s: Mapped[int] = mapped_column(BigInteger)
 
 
+class WithdrawalDue(Base):
+    """A slice whose users' keys could not be taken out of their local logins when its leases ended (migration 0032):
+    why (the last failure's words) and since when. Written where the withdrawal failed, deleted once it succeeds;
+    the leader's retire_ended tries each row again at every pass (am/withdrawals.py). In the database, not in the
+    process: a restart or a new leader must not forget it (a former member would keep a login). No foreign key: a
+    slice's URN is all the withdrawal needs, and a removed slice is named by its mark."""
+
+    __tablename__ = "withdrawal_due"
+
+    slice_urn: Mapped[str] = mapped_column(String(300), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+    since_s: Mapped[int] = mapped_column(BigInteger)
+
+
 # The node agents' tables live in their own module; importing it here puts them in Base.metadata (migrations, tests).
 from sfa_omf.calendar import agent_models as _agent_models  # noqa: E402, F401
