@@ -141,6 +141,9 @@ class Settings:
     instance_lxc_path: str = "/var/lib/lxc"  # where LXC keeps them
     max_instances_per_node: int = 16  # containers one sliver may ask for
     instance_action_timeout_s: int = 60  # OAR: how long an operational action on containers waits for the node
+    max_saved_images: int = 10  # images one user saved from containers that are still private (published: not counted)
+    max_saved_image_bytes: int = 10 * 1024**3  # their bytes together
+    image_min_free_bytes: int = 1024**3  # a save that would leave less free on the image store's filesystem is refused
     plan_signing_key: str = ""  # OAR: the key signing lease plans and actions (empty: data_dir/plan-signing.key)
     agent_heartbeat_s: int = 30  # how often node agents report (sfa_omf/agents)
     agent_timeout_s: int = 120  # an agent silent this long is lost: its node leaves service
@@ -329,6 +332,27 @@ OPTIONS: tuple[Option, ...] = (
         "instance_action_timeout_s",
         "count",
         "seconds an action on OAR lease containers waits for the node's report",
+    ),
+    Option(
+        "max_saved_images",
+        "sfa_omf",
+        "max_saved_images",
+        "count",
+        "most images one user may keep saved from containers and not yet published",
+    ),
+    Option(
+        "max_saved_image_bytes",
+        "sfa_omf",
+        "max_saved_image_bytes",
+        "count",
+        "most bytes of images one user may keep saved from containers and not yet published",
+    ),
+    Option(
+        "image_min_free_bytes",
+        "sfa_omf",
+        "image_min_free_bytes",
+        "count",
+        "bytes kept free on the image store's filesystem: a save that would leave less is refused",
     ),
     Option("plan_signing_key", "sfa_omf", "plan_signing_key", "text", "key signing OAR lease plans (made if missing)"),
     Option("oar_api_url", "sfa_oar", "api_url", "text", "OAR's REST API (the oar backend)"),
@@ -1428,6 +1452,9 @@ MAXIMA: dict[str, int] = {
     "database_timeout_s": MAX_PERIOD_SECONDS,
     "max_instances_per_node": 4096,
     "instance_action_timeout_s": MAX_PERIOD_SECONDS,
+    "max_saved_images": 10**9,
+    "max_saved_image_bytes": 1024**5,
+    "image_min_free_bytes": 1024**5,
     "oar_timeout_s": MAX_PERIOD_SECONDS,
     "oar_cache_s": MAX_PERIOD_SECONDS,
     "oar_reconcile_s": MAX_PERIOD_SECONDS,

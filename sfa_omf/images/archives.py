@@ -26,6 +26,15 @@ class ArchiveError(ValueError):
     """An archive the aggregate will not import, with why (said to the experimenter)."""
 
 
+class ArchiveTooLarge(ArchiveError):
+    """An archive that reached the bound it was written or copied under (``max_bytes``): the caller, who chose the
+    bound (a save's room in its user's quota, say), can tell why."""
+
+    def __init__(self, message: str, max_bytes: int) -> None:
+        super().__init__(message)
+        self.max_bytes = max_bytes
+
+
 def without_secrets(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
     """A saved image carries no one's secrets: see SECRETS (a directory named there goes with all it holds)."""
     path = os.path.normpath(member.name).lstrip("/")
@@ -145,7 +154,9 @@ class _Bounded(io.RawIOBase):
         size = len(data)
         self.left -= size
         if self.left < 0:
-            raise ArchiveError(f"the archive would be more than the {self.max_bytes} bytes a saved image may be")
+            raise ArchiveTooLarge(
+                f"the archive would be more than the {self.max_bytes} bytes a saved image may be", self.max_bytes
+            )
         self.out.write(data)
         return size
 
@@ -171,7 +182,7 @@ def take(path: Path, copy: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             copied += len(block)
             if copied > max_bytes:
-                raise ArchiveError(f"{path.name} is more than the {max_bytes} bytes a saved image may be")
+                raise ArchiveTooLarge(f"{path.name} is more than the {max_bytes} bytes a saved image may be", max_bytes)
             digest.update(block)
             out.write(block)
     return digest.hexdigest()
@@ -185,25 +196,28 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_archive(path: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
-    """ArchiveError unless ``path`` is a regular file (not a link) of at most ``max_bytes`` holding a plain tar
-    archive whose members are regular files, directories, symbolic links, hard links or FIFOs with relative names
-    free of '..', each name once, hard links to earlier regular files only, symbolic links whose relative target does
-    not climb above the root file system (an absolute target is the container's own), and no member under a symbolic
-    link of the archive."""
+def check_archive(path: Path, max_bytes: int | None = MAX_ARCHIVE_BYTES, compressed: bool = False) -> None:
+    """ArchiveError unless ``path`` is a regular file (not a link) of at most ``max_bytes`` (None: any size) holding a
+    plain tar archive (with ``compressed``, also one compressed as extraction reads it: gzip, bzip2, xz) whose members
+    are regular files, directories, symbolic links, hard links or FIFOs with relative names free of '..', each name
+    once, hard links to earlier regular files only, symbolic links whose relative target does not climb above the
+    root file system (an absolute target is the container's own), and no member under a symbolic link of the
+    archive."""
     try:
         info = path.lstat()
     except OSError as exc:
         raise ArchiveError(f"{path.name}: {exc.strerror}") from exc
     if not stat.S_ISREG(info.st_mode):
         raise ArchiveError(f"{path.name} is not a regular file")
-    if info.st_size > max_bytes:
+    if max_bytes is not None and info.st_size > max_bytes:
         raise ArchiveError(f"{path.name} is {info.st_size} bytes, more than the {max_bytes} a saved image may be")
     seen: set[str] = set()
     files: set[str] = set()  # regular files: the only members a hard link may name
     links: set[str] = set()
     try:
-        with tarfile.open(path, "r:") as tar:  # "r:": uncompressed only (no decompression bomb)
+        # "r:": uncompressed only, for what a node wrote (no decompression bomb); an operator's own archive is read as
+        # extraction reads it ("r:*").
+        with tarfile.open(path, "r:*" if compressed else "r:") as tar:
             for member in tar:
                 name = _relative(member.name)
                 if member.ischr() or member.isblk():

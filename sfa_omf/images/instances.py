@@ -41,7 +41,14 @@ from sfa_omf.calendar.queries import to_s
 from sfa_omf.calendar.records import network_address
 from sfa_omf.cluster.leadership import LeadershipLost
 from sfa_omf.errors import BadArgs, GeniError, Reason
-from sfa_omf.images.archives import MAX_ARCHIVE_BYTES, ArchiveError, check_archive, save_rootfs, take
+from sfa_omf.images.archives import (
+    MAX_ARCHIVE_BYTES,
+    ArchiveError,
+    ArchiveTooLarge,
+    check_archive,
+    save_rootfs,
+    take,
+)
 from sfa_omf.images.archives import SECRETS as SECRETS
 from sfa_omf.images.lxc import InstanceSpec, LxcHost, wait_for_ssh
 from sfa_omf.images.node_plans import (
@@ -55,7 +62,7 @@ from sfa_omf.images.node_plans import (
     is_node_name,
     lease_plans,
 )
-from sfa_omf.images.store import ImageStore, check_label
+from sfa_omf.images.store import ImageStore, SaveQuota, check_label
 from sfa_omf.testbed.base import SliverHealth
 
 log = logging.getLogger("sfa_omf.instances")
@@ -73,6 +80,7 @@ assert set(NODE_STATES) == {RUNNING, FAILED, DESTROYED, STOPPED}  # the node sid
 # its process (a crash or a restart mid-start).
 CLAIM_RENEWAL_S = 60.0
 STALE_START_S = 600
+DEFAULT_QUOTA = SaveQuota()  # [sfa_omf] max_saved_images, max_saved_image_bytes, image_min_free_bytes as by default
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,7 @@ class Instances:
         plans: LeasePlans | None = None,
         action_timeout_s: float = 60.0,
         max_image_bytes: int = MAX_ARCHIVE_BYTES,
+        quota: SaveQuota = DEFAULT_QUOTA,
     ) -> None:
         self.database = database
         self.host = host
@@ -142,6 +151,7 @@ class Instances:
         self.plans = plans
         self.action_timeout_s = action_timeout_s  # how long an operational action waits for the node's report
         self.max_image_bytes = max_image_bytes  # what a save here may write (the image store's disk)
+        self.quota = quota  # what one user may keep of saved images, and the store's free-space reserve
 
     # -- Allocate ---------------------------------------------------------------------------------------------------
     def plan(self, lease_id: str, wanted: Sequence[InstanceRequest], now: datetime) -> list[Instance]:
@@ -669,16 +679,20 @@ class Instances:
         passwords, SSH host keys nor device files in it; at most ``max_image_bytes``; links followed nowhere:
         archives.save_rootfs), and checked as an archive from a node is (check_archive: no link leading out); returns
         the label. A running container is frozen while it is archived. BADARGS or ALREADY_EXISTS before anything is
-        written. With ``plans`` the lease's run archives it on its node (``_save_on_node``)."""
+        written; so are TOO_BIG (the owner's quota of saved images: ``quota``) and UNAVAILABLE (the image store's
+        filesystem at its reserve), and an archive that outgrows the room left is removed, nothing recorded. With
+        ``plans`` the lease's run archives it on its node (``_save_on_node``)."""
         check_label(label)
         if self.images.get(label) is not None:
             raise GeniError(Reason.ALREADY_EXISTS, f"image label {label!r} is already taken: choose another label")
         if instance.state not in (RUNNING, STOPPED):
             raise BadArgs(f"container {instance.name} is {instance.state}: only a running or stopped one can be saved")
+        room = self.images.room_for_save(owner, label, self.quota)  # before anything is written, or a node asked
         if self.plans is not None:
-            return self._save_on_node(instance, label, owner, now)
+            return self._save_on_node(instance, label, owner, now, room)
         host = self._host()
         rootfs = host.lxc_path / instance.name / "rootfs"
+        bound = min(self.max_image_bytes, room)  # the archive never outgrows the owner's quota nor the reserve
         self.images.directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.images.directory, prefix=".save-") as scratch:
             archive = Path(scratch) / "image.tar"
@@ -687,8 +701,10 @@ class Instances:
             # anyway: save_rootfs).
             try:
                 with host.frozen(instance.name):
-                    save_rootfs(rootfs, archive, self.max_image_bytes)
+                    save_rootfs(rootfs, archive, bound)
             except ArchiveError as exc:
+                if isinstance(exc, ArchiveTooLarge) and exc.max_bytes < self.max_image_bytes:
+                    self.images.refuse_save(owner, label, self.quota, exc.max_bytes + 1)  # the quota's or reserve's
                 raise GeniError(Reason.TESTBED, f"container {instance.name} was not saved: {exc}") from exc
             except (OSError, tarfile.TarError) as exc:
                 raise GeniError(Reason.TESTBED, f"container {instance.name} could not be archived: {exc}") from exc
@@ -707,12 +723,15 @@ class Instances:
                 now,
                 description=f"saved from container {instance.name} ({instance.image})",
                 private=True,  # only its owner may use it until an operator publishes it
+                quota=self.quota,  # again, with its size
             )
         return label
 
-    def _save_on_node(self, instance: Instance, label: str, owner: str, now: datetime) -> str:
+    def _save_on_node(self, instance: Instance, label: str, owner: str, now: datetime, room: int) -> str:
         """The lease's run archives the container on its node; the archive, untrusted (the node is the experimenter's
-        for the slot), is copied, checked (sfa_omf/images/archives.py) and only then imported."""
+        for the slot), is copied, checked (sfa_omf/images/archives.py) and only then imported. ``room``: the bytes
+        the owner's quota and the store's reserve left when the save began (the node writes its archive whole: an
+        archive past it is refused and removed, the copy never made past it)."""
         assert self.plans is not None
         done = self.act_on_nodes(instance.lease_id, ACTION_SAVE, now, [instance.name])
         if done is None:
@@ -726,17 +745,21 @@ class Instances:
             if done.action != ACTION_SAVE or done.errors:
                 problem = done.errors.get(instance.name) or f"its node did {done.action!r} instead"
                 raise GeniError(Reason.TESTBED, f"container {instance.name} could not be archived: {problem}")
+            if done.size > room:  # the node's word: spares the copy (which is bounded and checked all the same)
+                self.images.refuse_save(owner, label, self.quota, done.size, at_least=False)
             self.images.directory.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=self.images.directory, prefix=".save-") as scratch:
                 copy = os.path.join(scratch, "image.tar")
                 try:
                     if done.archive != str(archive):
                         raise ArchiveError(f"the node reported its archive at {done.archive!r}, not at {archive}")
-                    digest = take(archive, Path(copy))
+                    digest = take(archive, Path(copy), min(MAX_ARCHIVE_BYTES, room))
                     if digest != done.sha256:
                         raise ArchiveError("it is not the file the node reported (its sha256 differs)")
                     check_archive(Path(copy))
                 except ArchiveError as exc:
+                    if isinstance(exc, ArchiveTooLarge) and exc.max_bytes < MAX_ARCHIVE_BYTES:
+                        self.images.refuse_save(owner, label, self.quota, exc.max_bytes + 1)
                     raise GeniError(
                         Reason.TESTBED,
                         f"the archive of container {instance.name} made on its node was refused: {exc}. Nothing was "
@@ -749,6 +772,7 @@ class Instances:
                     now,
                     description=f"saved from container {instance.name} ({instance.image})",
                     private=True,
+                    quota=self.quota,
                 )
         finally:
             # This save's archive, and those of earlier saves whose node answered after their call gave up.
@@ -983,6 +1007,7 @@ def instances_of(settings: Any, database: Database, images: ImageStore) -> Insta
         images,
         plans=plans,
         action_timeout_s=float(settings.instance_action_timeout_s),
+        quota=SaveQuota.of(settings),
     )
 
 

@@ -2,7 +2,13 @@
 
 - ``add`` copies the file into the store under a fresh name while computing its SHA-256 (one read of the source),
   syncs it, then records the row; a label that exists already, a source that cannot be read or a full disk leave
-  neither file nor row behind.
+  neither file nor row behind. A tar archive is checked as a container's image (archives.check_archive: what
+  extraction refuses is refused when it is added, not at a lease's start); another file (a disk image a site's deploy
+  command installs) is kept as it is.
+- A save (``add`` with a ``SaveQuota``: a private image, sfa_omf/images/instances.py) is bounded per user: the images
+  a user saved that are still private, their number and their bytes, and the free space left on the store's
+  filesystem. ``room_for_save`` refuses before anything is written; ``add`` checks again with the size and, in the
+  unit of work that records the row (one save of a user at a time), the count.
 - ``remove`` checks, in the same unit of work that deletes the row, that no current or future lease (allocated or
   provisioned, ending after now) names the image; if one does it refuses, naming those leases, and changes nothing.
   The file goes after the row: a crash in between leaves an unused file, never a row without its file.
@@ -14,13 +20,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import tarfile
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,8 +37,12 @@ from sfa_omf.calendar.inventory import NOT_IN_NAMES, NOT_IN_TEXT
 from sfa_omf.calendar.models import Lease, LeaseInstance, Node, RepositoryImage, Slice, Sliver
 from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.errors import BadArgs, GeniError, Reason
+from sfa_omf.images.archives import ArchiveError, check_archive
 from sfa_omf.images.records import ImageRecord, ImageUse
 from sfa_omf.times import format_time
+
+if TYPE_CHECKING:
+    from sfa_omf.config import Settings
 
 #: A label is a request's <disk_image name>, a file-name part and an argument of the site's deploy command: keep it
 #: to characters no shell or URL treats specially.
@@ -53,6 +65,36 @@ _COLUMNS = (
     RepositoryImage.private,
 )
 _ALL_IMAGES = select(*_COLUMNS).order_by(RepositoryImage.label)
+#: Defaults of [sfa_omf] max_saved_images, max_saved_image_bytes and image_min_free_bytes (sfa_omf/config.py).
+DEFAULT_MAX_SAVED_IMAGES = 10
+DEFAULT_MAX_SAVED_IMAGE_BYTES = 10 * 1024**3
+DEFAULT_IMAGE_MIN_FREE_BYTES = 1024**3
+#: PostgreSQL advisory lock class of one user's saves (the other number is the user's hash): two saves of one user
+#: at once check the quota one after the other (SQLite's write lock does so already).
+SAVER_LOCK_CLASS = 0x5F0D
+#: What a user refused for their quota can do. The AM API has no call deleting one's own image: an operator does.
+MAKING_ROOM = (
+    "To make room, ask the aggregate's operator to remove one of your saved images (sfa-omf image remove LABEL) or to "
+    "publish it (sfa-omf image publish LABEL: a published image no longer counts against you)"
+)
+LABELS_LISTED = 10  # a refusal names at most this many of the user's images
+
+
+@dataclass(frozen=True)
+class SaveQuota:
+    """What one user may keep of the images they saved that are still private (a published one no longer counts),
+    and the free space no save may go under on the image store's filesystem (the calendar's SQLite database and the
+    other users' images live there): ``[sfa_omf] max_saved_images``, ``max_saved_image_bytes``,
+    ``image_min_free_bytes``."""
+
+    max_images: int = DEFAULT_MAX_SAVED_IMAGES
+    max_bytes: int = DEFAULT_MAX_SAVED_IMAGE_BYTES
+    min_free_bytes: int = DEFAULT_IMAGE_MIN_FREE_BYTES
+
+    @staticmethod
+    def of(settings: Settings) -> SaveQuota:
+        """The quota the configuration sets."""
+        return SaveQuota(settings.max_saved_images, settings.max_saved_image_bytes, settings.image_min_free_bytes)
 
 
 def store_directory(data_dir: str) -> Path:
@@ -107,9 +149,12 @@ class ImageStore:
         description: str = "",
         hardware_types: Sequence[str] = (),
         private: bool = False,
+        quota: SaveQuota | None = None,
     ) -> ImageRecord:
         """Copy ``source`` into the store as ``label``; ALREADY_EXISTS if the label is taken, BADARGS if the source is
-        no readable regular file."""
+        no readable regular file or a tar archive a container could not use (check_archive). With ``quota`` (a save:
+        private to ``added_by``): TOO_BIG over the user's quota, UNAVAILABLE when the copy would go under the
+        filesystem's reserve. Refused, it leaves neither file nor row."""
         check_label(label)
         check_image_text(os_name, version, description, hardware_types)
         source_path = Path(source)
@@ -117,12 +162,18 @@ class ImageStore:
             raise BadArgs(f"{source}: no such regular file to add as image {label!r}")
         if self.get(label) is not None:  # early, to spare a long copy; the insert below is what decides
             raise GeniError(Reason.ALREADY_EXISTS, _taken(label))
+        if quota is not None:  # before the copy: a save over quota writes nothing
+            self._check_save(added_by, label, quota, source_path.stat().st_size)
         self.directory.mkdir(parents=True, exist_ok=True)
         file_name = f"{label}-{uuid.uuid4().hex}.img"
         target = self.directory / file_name
         try:
             digest, size = _copy_hashing(source_path, target)
+            _check_container_image(target, source, label)  # the copy: what is kept is what was checked
             with self.database.write() as session:
+                if quota is not None:  # again, one save of the user at a time: two at once cannot both fit
+                    _one_save_at_a_time(session, added_by)
+                    _check_quota(session, added_by, label, size, quota)
                 session.add(
                     RepositoryImage(
                         label=label,
@@ -186,6 +237,43 @@ class ImageStore:
             row.private = False
         return self.show(label)
 
+    # -- saves (sfa_omf/images/instances.py): bounded per user ---------------------------------------------------
+    def saved_by(self, user: str) -> list[ImageRecord]:
+        """The images ``user`` saved that are still private, by label: what counts against their quota."""
+        with self.database.read() as session:
+            rows = session.execute(_ALL_IMAGES.where(*_saved_by(user))).all()
+        return [_record_of(self.directory, row) for row in rows]
+
+    def room_for_save(self, user: str, label: str, quota: SaveQuota) -> int:
+        """The bytes a save of ``label`` by ``user`` may still write: the least of what their quota leaves and what
+        the store's filesystem has above its reserve. Refused before anything is written: TOO_BIG when the user keeps
+        ``max_images`` private images or ``max_bytes`` of them already, UNAVAILABLE when the filesystem is at its
+        reserve (the message says the use, the limit and how to make room)."""
+        self._check_save(user, label, quota, 0)
+        with self.database.read() as session:
+            _, used, _ = _usage(session, user)
+        return min(quota.max_bytes - used, free_bytes(self.directory) - quota.min_free_bytes)
+
+    def refuse_save(self, user: str, label: str, quota: SaveQuota, size: int, at_least: bool = True) -> NoReturn:
+        """Raise the refusal of a save of (``at_least``) ``size`` bytes, past the room room_for_save gave it: TOO_BIG
+        saying the user's use and limit, or UNAVAILABLE naming the reserve."""
+        self._check_save(user, label, quota, size, at_least)
+        # It fits now: room was made while it was written (another image removed or published). Still refused: what
+        # was written stopped at the bound.
+        raise GeniError(
+            Reason.UNAVAILABLE,
+            f"image {label!r} was not saved: it grew past the {size - 1} bytes there was room for when the save began "
+            "(in your quota or above the image store's reserve), and room was made since: save again",
+        )
+
+    def _check_save(self, user: str, label: str, quota: SaveQuota, size: int, at_least: bool = False) -> None:
+        """TOO_BIG or UNAVAILABLE when a save of ``size`` bytes (0: not known yet) does not fit."""
+        with self.database.read() as session:
+            _check_quota(session, user, label, size, quota, at_least)
+        free = free_bytes(self.directory)
+        if free - max(size, 1) < quota.min_free_bytes:
+            raise GeniError(Reason.UNAVAILABLE, _reserve_refusal(label, free, size, quota, at_least))
+
     # -- reading -------------------------------------------------------------------------------------------------
     def images(self) -> list[ImageRecord]:
         """Every image, by label. One statement built once, one round trip: Allocate reads them on every call."""
@@ -236,6 +324,89 @@ def _uses(session: Session, label: str, now: datetime) -> list[ImageUse]:
         nodes = (*use.nodes, node) if use else (node,)
         found[lease_id] = ImageUse(lease_id, slice_urn, from_s(start_s), from_s(end_s), state, nodes)
     return list(found.values())
+
+
+def _saved_by(user: str) -> tuple[Any, ...]:
+    """The conditions of the images ``user`` saved that are still private."""
+    return (RepositoryImage.added_by == user, RepositoryImage.private.is_(True))
+
+
+def _usage(session: Session, user: str) -> tuple[int, int, list[str]]:
+    """How many private images ``user`` saved, their bytes together, and their labels."""
+    rows = session.execute(select(RepositoryImage.label, RepositoryImage.size).where(*_saved_by(user))).all()
+    return len(rows), sum(int(size) for _, size in rows), sorted(label for label, _ in rows)
+
+
+def _one_save_at_a_time(session: Session, user: str) -> None:
+    """PostgreSQL: until the end of the transaction, the lock of ``user``'s saves (SQLite's BEGIN IMMEDIATE
+    serializes the writers already)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(user.encode("utf-8")).digest()[:4], "big", signed=True)
+        session.execute(select(func.pg_advisory_xact_lock(SAVER_LOCK_CLASS, key)))
+
+
+def _check_quota(session: Session, user: str, label: str, size: int, quota: SaveQuota, at_least: bool = False) -> None:
+    """TOO_BIG when one more private image of ``size`` bytes (0: not known yet, ``at_least``: or more) goes over
+    ``user``'s quota, saying what they keep, the limit, and how to make room."""
+    count, used, labels = _usage(session, user)
+    listed = ", ".join(labels[:LABELS_LISTED])
+    if len(labels) > LABELS_LISTED:
+        listed += f" and {len(labels) - LABELS_LISTED} more"
+    if count + 1 > quota.max_images:
+        raise GeniError(
+            Reason.TOO_BIG,
+            f"image {label!r} was not saved: {user} keeps {count} saved private image(s) ({listed}; {used} bytes "
+            f"together), the most one user may keep ([sfa_omf] max_saved_images {quota.max_images}). Nothing was "
+            f"saved. {MAKING_ROOM}",
+        )
+    if used + max(size, 1) > quota.max_bytes:
+        if not size:
+            more = "no byte is left"
+        elif at_least:
+            more = f"this one, of at least {size} bytes, would make at least {used + size}"
+        else:
+            more = f"this one, of {size} bytes, would make {used + size}"
+        raise GeniError(
+            Reason.TOO_BIG,
+            f"image {label!r} was not saved: the saved private images of {user} ({listed or 'none'}) hold {used} "
+            f"bytes and {more}, over the {quota.max_bytes} one user may keep ([sfa_omf] max_saved_image_bytes). "
+            f"Nothing was saved. {MAKING_ROOM}",
+        )
+
+
+def _reserve_refusal(label: str, free: int, size: int, quota: SaveQuota, at_least: bool = False) -> str:
+    kept = f"keeping {'at least ' if at_least else ''}{size} bytes more" if size else "a save"
+    return (
+        f"image {label!r} was not saved: the image store's filesystem has {free} bytes free, and {kept} would leave "
+        f"less than its reserve of {quota.min_free_bytes} bytes ([sfa_omf] image_min_free_bytes). Nothing was saved; "
+        "try again later (the aggregate's operator must free space)"
+    )
+
+
+def free_bytes(directory: Path) -> int:
+    """The bytes an unprivileged writer may still use on the filesystem of ``directory`` (or of its nearest existing
+    parent: the store is made at its first image)."""
+    while not directory.exists() and directory != directory.parent:
+        directory = directory.parent
+    status = os.statvfs(directory)
+    return status.f_bavail * status.f_frsize
+
+
+def _check_container_image(path: Path, source: str | os.PathLike[str], label: str) -> None:
+    """BADARGS when ``path`` is a tar archive a container could not use: what check_archive refuses (extraction
+    refuses it too, at a lease's start). Any size, and compressed as extraction reads it: the operator's own disk.
+    A file that is no tar archive at all (a disk image for a site's deploy command) is not a container's image."""
+    if not tarfile.is_tarfile(path):
+        return
+    try:
+        check_archive(path, max_bytes=None, compressed=True)
+    except ArchiveError as exc:
+        raise BadArgs(
+            f"{source} was not added as image {label!r}: it is a tar archive no container could start from: {exc}. A "
+            "container's image is a tar of a root file system whose members stay inside it (relative names without "
+            "'..', no device file, no link leading out, each name once): fix the archive and add it again. Nothing "
+            "was added"
+        ) from exc
 
 
 def _record_of(directory: Path, row: Any) -> ImageRecord:
