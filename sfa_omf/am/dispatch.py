@@ -1,6 +1,6 @@
 """What every AM API endpoint (v2, v3) does around its methods: find the method, unpack arguments, wrap the answer
 in the envelope, turn a bug into SERVERERROR (logged with its traceback), and log one line per call: method, caller
-URN, slice, geni_code, milliseconds."""
+URN, slice, geni_code, milliseconds, and for a refused call its reason and message."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.am.contract import CREDENTIALS
 from sfa_omf.am.envelope import failure, success
 from sfa_omf.arguments import Signature
-from sfa_omf.errors import GeniCode, GeniError, Reason
+from sfa_omf.errors import GeniCode, GeniError, Reason, logged_refusal
 from sfa_omf.server.xmlrpc import CallContext, shown_method
 from sfa_omf.xrn import is_urn, shown_urn
 
@@ -61,6 +61,7 @@ class ApiEndpoint:
         shown = shown_method(method)  # the transport refuses names that are no names; bounded all the same
         code = GeniCode.SUCCESS
         about = "-"
+        refusal: GeniError | None = None
         try:
             implementation = self.methods.get(method)
             if implementation is None:
@@ -71,7 +72,7 @@ class ApiEndpoint:
             value = implementation(self.aggregate, context, args)
             return success(value, geni_api=self.version) if method == "GetVersion" else success(value)
         except GeniError as error:
-            code = error.code
+            code, refusal = error.code, error
             return failure(error)
         except Exception:
             code = GeniCode.SERVERERROR
@@ -80,23 +81,27 @@ class ApiEndpoint:
                 GeniError(Reason.SERVER_ERROR, f"internal error in {shown}; the operator's log has the details")
             )
         finally:
-            self._log_call(shown, caller, about, code, started)
+            self._log_call(shown, caller, about, code, started, refusal)
 
     def refuse(self, context: CallContext, method: str, error: GeniError) -> dict[str, Any]:
         """The transport's refusal of a call (a method name that is no name, no client certificate) as this API's
         envelope, logged as any call is; ``method`` is shown_method()'s already."""
         caller = shown_urn(context.caller_chain[0].urn if context.caller_chain else None)
-        self._log_call(method, caller, "-", error.code, time.perf_counter())
+        self._log_call(method, caller, "-", error.code, time.perf_counter(), error)
         return failure(error)
 
     @staticmethod
-    def _log_call(shown: str, caller: str | None, about: str, code: GeniCode, started: float) -> None:
-        """The one log line of a call; ``shown`` is the method as shown_method() shows it."""
+    def _log_call(
+        shown: str, caller: str | None, about: str, code: GeniCode, started: float, refusal: GeniError | None = None
+    ) -> None:
+        """The one log line of a call; ``shown`` is the method as shown_method() shows it; a refused call's line
+        says why (logged_refusal)."""
         log.info(
-            "%s caller=%s slice=%s geni_code=%d ms=%.1f",
+            "%s caller=%s slice=%s geni_code=%d ms=%.1f%s",
             shown,
             caller,
             about,
             int(code),
             (time.perf_counter() - started) * 1000,
+            logged_refusal(refusal),
         )

@@ -32,7 +32,7 @@ from sfa_omf.arguments import (
     time_value,
 )
 from sfa_omf.calendar.inventory import Inventory
-from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason, TrustError
+from sfa_omf.errors import BadArgs, GeniCode, GeniError, Reason, TrustError, logged_refusal
 from sfa_omf.registry.authority import DEFAULT_CREDENTIAL_LIFETIME, AuthorityError, IssuedAlready, LocalAuthority
 from sfa_omf.registry.nodes import forget_node, node_hrn
 from sfa_omf.registry.records import Memberships, Record, Records, new_record_urn, record_chain, record_email
@@ -324,10 +324,14 @@ def shown_records(records: Records, authority_hrn: str, found: Sequence[Record])
     return [record_dict(record, authority_hrn, memberships.get(record.hrn)) for record in found]
 
 
-def _log_call(context: CallContext, shown: str, code: GeniCode, started: float) -> None:
-    """The one log line of a registry call; ``shown`` is the method as shown_method() shows it."""
+def _log_call(
+    context: CallContext, shown: str, code: GeniCode, started: float, refusal: GeniError | None = None
+) -> None:
+    """The one log line of a registry call; ``shown`` is the method as shown_method() shows it; a refused call's line
+    says why (logged_refusal)."""
     caller = shown_urn(context.caller_chain[0].urn if context.caller_chain else None)
-    log.info("%s caller=%s geni_code=%d ms=%.1f", shown, caller, int(code), (time.perf_counter() - started) * 1000)
+    milliseconds = (time.perf_counter() - started) * 1000
+    log.info("%s caller=%s geni_code=%d ms=%.1f%s", shown, caller, int(code), milliseconds, logged_refusal(refusal))
 
 
 class RegistryApi:
@@ -358,6 +362,7 @@ class RegistryApi:
     def __call__(self, context: CallContext, method: str, params: tuple[Any, ...]) -> Any:
         started = time.perf_counter()
         code = GeniCode.SUCCESS
+        refusal: GeniError | None = None
         try:
             implementation = self.methods.get(method)
             if implementation is None:
@@ -367,18 +372,18 @@ class RegistryApi:
                 )
             return implementation(context, SIGNATURES[method].check(params, method))
         except GeniError as error:
-            code = error.code
+            code, refusal = error.code, error
             raise xmlrpc.client.Fault(int(error.code), error.message) from error
         except Exception:
             code = GeniCode.SERVERERROR  # (the transport logs the traceback and answers fault 5)
             raise
         finally:
-            _log_call(context, shown_method(method), code, started)
+            _log_call(context, shown_method(method), code, started, refusal)
 
     def refuse(self, context: CallContext, method: str, error: GeniError) -> Any:
         """The transport's refusal of a call (a method name that is no name, no client certificate): a fault, as
         every refusal of the registry; ``method`` is shown_method()'s already."""
-        _log_call(context, method, error.code, time.perf_counter())
+        _log_call(context, method, error.code, time.perf_counter(), error)
         raise xmlrpc.client.Fault(int(error.code), error.message)
 
     # -- methods ------------------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_a_method_name_that_is_no_name_is_refused_short_and_never_logged_raw(
     assert "'X\\n2026-12-02 10:00:00,000 INFO" in served_am.call(FORGING, (), path)["output"]  # escaped, not raw
     assert every_row(served_am.aggregate.database) == before  # nothing booked, nothing written
     lines = call_lines(caplog)
-    assert len(lines) == 5 and all("\n" not in line and len(line) < 400 for line in lines), lines
+    assert len(lines) == 5 and all("\n" not in line and len(line) < 900 for line in lines), lines
     assert lines[0].startswith("'X\\n2026-12-02") and "caller=urn:publicid:IDN+lab+user+ann" in lines[0]
     # A valid name unknown here is still the endpoint's own refusal, listing its methods.
     assert "is not an AM API" in served_am.call("Allocate_x.y", (), path)["output"]
@@ -145,6 +145,27 @@ def test_a_caller_without_a_certificate_gets_an_envelope_and_nothing_is_written(
     assert every_row(served_am.aggregate.database) == before
     assert [line.split(" ms=")[0] for line in call_lines(caplog)] == ["Allocate caller=- slice=- geni_code=3"] * 2
     assert served_am.call("GetVersion", ())["code"]["geni_code"] == 0  # with a certificate: served
+
+
+def test_a_refused_call_s_log_line_says_why(served_am: ServedAm, caplog: pytest.LogCaptureFixture) -> None:
+    """The code alone sends an operator the wrong way (3 is an untrusted caller and a call without a credential
+    alike): each refused call's line names its reason and the message the caller got."""
+    caplog.set_level(logging.INFO, logger="sfa_omf")
+    user_cred = (served_am.sfi / "lab.ann.user.cred").read_text()
+    as_user = [{"geni_type": "geni_sfa", "geni_version": "3", "geni_value": user_cred}]
+    no_credential = served_am.call("ListResources", ([], {"geni_rspec_version": {"type": "GENI", "version": "3"}}))
+    wrong_credential = served_am.call("Describe", ([SLICE], as_user, {}))
+    no_certificate = served_am.call("GetVersion", (), with_certificate=False)
+    lines = call_lines(caplog)
+    assert len(lines) == 3, lines
+    for answer, line, reason in zip(
+        (no_credential, wrong_credential, no_certificate), lines, ("no_credential", "target_mismatch", "")
+    ):
+        assert answer["code"]["geni_code"] != 0 and f"geni_code={answer['code']['geni_code']} " in line, line
+        assert f' why="{answer["output"]}"' in line, (line, answer["output"])
+        assert f" reason={reason}" in line if reason else " reason=" in line, line
+    assert served_am.call("GetVersion", ())["code"]["geni_code"] == 0
+    assert call_lines(caplog)[-1].endswith(tuple("0123456789")), "a call not refused adds nothing after ms="
 
 
 @pytest.mark.parametrize("method", ["PUT", "OPTIONS", "DELETE", "TRACE", "PATCH"])
