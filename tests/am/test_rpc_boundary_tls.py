@@ -158,12 +158,10 @@ def test_a_refused_call_s_log_line_says_why(served_am: ServedAm, caplog: pytest.
     no_certificate = served_am.call("GetVersion", (), with_certificate=False)
     lines = call_lines(caplog)
     assert len(lines) == 3, lines
-    for answer, line, reason in zip(
-        (no_credential, wrong_credential, no_certificate), lines, ("no_credential", "target_mismatch", "")
-    ):
+    reasons = ("no_credential", "target_mismatch", "caller_untrusted")
+    for answer, line, reason in zip((no_credential, wrong_credential, no_certificate), lines, reasons, strict=True):
         assert answer["code"]["geni_code"] != 0 and f"geni_code={answer['code']['geni_code']} " in line, line
-        assert f' why="{answer["output"]}"' in line, (line, answer["output"])
-        assert f" reason={reason}" in line if reason else " reason=" in line, line
+        assert f' reason={reason} why="{answer["output"]}"' in line, (line, answer["output"])
     assert served_am.call("GetVersion", ())["code"]["geni_code"] == 0
     assert call_lines(caplog)[-1].endswith(tuple("0123456789")), "a call not refused adds nothing after ms="
 
