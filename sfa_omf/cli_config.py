@@ -67,9 +67,13 @@ def _config_check(args: argparse.Namespace) -> int:
         return 2
     blocking = any(problem.kind in BLOCKING_KINDS for problem in loaded.problems)
     if not args.settings_only and not blocking:
-        from sfa_omf.preflight import deployment_findings, permission_findings
+        from sfa_omf.preflight import deployment_findings, moved_site_findings, permission_findings
 
-        findings = deployment_findings(loaded.settings) + permission_findings(loaded.settings, path)
+        findings = (
+            moved_site_findings(loaded.settings, path)
+            + deployment_findings(loaded.settings)
+            + permission_findings(loaded.settings, path)
+        )
         found = [Problem(finding.check, "", finding.message) for finding in findings]
         loaded = dataclasses.replace(loaded, problems=(*loaded.problems, *found))
     print(format_check(loaded))

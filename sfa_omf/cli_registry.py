@@ -252,17 +252,26 @@ def _trust_add_root(args: argparse.Namespace) -> int:
 
 
 def _trust_list(args: argparse.Namespace) -> int:
-    from sfa_omf.times import format_time
+    from sfa_omf.times import format_time, utcnow
     from sfa_omf.trust.roots import load_trusted_roots
 
     roots = load_trusted_roots(command_settings(args).trusted_roots_dir)
+    now = utcnow()
     facts: list[dict[str, str]] = [
-        {"hrn": gid.hrn, "urn": gid.urn or "", "expires": format_time(gid.not_after), "sha256": gid.fingerprint}
+        {
+            "hrn": gid.hrn,
+            "urn": gid.urn or "",
+            "expires": format_time(gid.not_after),
+            "sha256": gid.fingerprint,
+            # An expired root verifies nobody: that authority's users cannot call until it is renewed.
+            "state": "expired" if now > gid.not_after else "not yet valid" if now < gid.not_before else "valid",
+        }
         for gid in roots.anchors
     ]
     if args.json:
         print(json.dumps(facts, indent=1))
         return 0
     for fact in facts:
-        print(f"{fact['hrn']:30} expires {fact['expires']}  sha256 {fact['sha256'][:32]}...")
+        ended = "EXPIRED " if fact["state"] == "expired" else "NOT YET VALID " if fact["state"] != "valid" else ""
+        print(f"{fact['hrn']:30} {ended}expires {fact['expires']}  sha256 {fact['sha256'][:32]}...")
     return 0

@@ -139,7 +139,7 @@ def _descriptors(text: str) -> tuple[int, int]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from sfa_omf.preflight import StartupError, check_startup
+    from sfa_omf.preflight import Finding, StartupError, check_startup
 
     worker = args.worker_sockets is not None
     # A worker serves what its master read at its start, not the file as it may have been edited since.
@@ -149,10 +149,11 @@ def _serve(args: argparse.Namespace) -> int:
         from sfa_omf.cluster.workers import die_with_master
 
         die_with_master(args.worker_of)
+    warnings: list[Finding] = []
     if not worker:
         # Checked before Twisted is imported, so that a failure is reported at once (a port taken is checked again
         # when listening: another program may take it meanwhile). A worker's master checked all this.
-        check_startup(settings, ports=True)
+        warnings = check_startup(settings, ports=True)
     try:
         configure_logging(settings.log_file, args.log_level or settings.log_level, args.worker_number)
     except OSError as exc:
@@ -165,6 +166,8 @@ def _serve(args: argparse.Namespace) -> int:
 
         for warning in config_warnings(loaded):  # in the log (the journal), once: not again by each worker
             logging.getLogger("sfa_omf.server").warning("configuration: %s", warning)
+        for finding in warnings:  # a certificate that ends soon, a peer's root that ended: the server starts
+            logging.getLogger("sfa_omf.server").warning("%s: %s", finding.check, finding.message)
         count, why = worker_count(settings, args.workers)
         if why:
             logging.getLogger("sfa_omf.server").warning(why)

@@ -6,6 +6,11 @@ write: a missing SQLite file is not created, a port is bound only for a moment t
 
 - identity: the aggregate's key and GID (``data_dir/aggregate``) and the authority's (``data_dir/authority``)
   exist, can be read, and each key is its GID's;
+- identity: a missing data directory is said once, with the fix of a moved site (``config check``: where it seems
+  to be now) or a backup, never ``sfa-omf init``, which would make a new authority no peer trusts;
+- certificates: the authority's root (the registry's TLS certificate), the aggregate's, each trusted root, the
+  node VPN's CA and server certificate, valid now and not ending within EXPIRY_WARNING (ending soon, a peer's or the
+  VPN's: a warning, which ``serve`` logs and starts);
 - trusted roots: the directory exists and holds at least one root that can be read;
 - database: reachable, and at the newest migration;
 - ports: the registry's and the aggregate's host:port can be bound (``config check`` only: ``serve`` finds out by
@@ -25,6 +30,7 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sfa_omf.config import Settings
@@ -36,6 +42,9 @@ if TYPE_CHECKING:
     from sfa_omf.calendar.database import Database
     from sfa_omf.trust.gid import Gid
 
+#: A certificate that ends sooner than this is said ahead (config check, serve's log): time to renew it.
+EXPIRY_WARNING = timedelta(days=30)
+
 #: How long a database may take to answer a connection before start-up gives up on it.
 DATABASE_TIMEOUT_S = 3
 
@@ -43,11 +52,14 @@ DATABASE_TIMEOUT_S = 3
 @dataclass(frozen=True)
 class Finding:
     """A problem that would stop the server or keep the federation from reaching it. ``check`` is one of identity,
-    trusted_roots, database, port, hostname, log_file, permissions; ``message`` is one line: the problem, then what to
-    do."""
+    certificates, trusted_roots, database, port, hostname, log_file, permissions; ``message`` is one line: the
+    problem, then what to do."""
 
     check: str
     message: str
+    #: A warning (a certificate that expires soon, a peer's root that expired): ``serve`` logs it and starts;
+    #: ``config check`` lists it with the rest.
+    warning: bool = False
 
     def __str__(self) -> str:
         return self.message
@@ -68,6 +80,18 @@ def identity_findings(settings: Settings) -> list[Finding]:
     from sfa_omf.trust.gid import load_gid_chain_file
     from sfa_omf.trust.pki import load_private_key_file
 
+    if not os.path.isdir(settings.data_dir):
+        # One line, not one per file: "run sfa-omf init" here would make a new authority (a new root key) that no
+        # peer trusts, when the site was moved or its disk lost (permission_findings: where it seems to be now).
+        return [
+            Finding(
+                "identity",
+                f"the data directory {settings.data_dir} ([sfa] data_dir) does not exist, and with it the authority's "
+                "and the aggregate's keys: if the site was moved, set [sfa] data_dir (and trusted_roots, database_url, "
+                "log_file where they name it) to where it is now; else restore the directory from the backup. "
+                "sfa-omf init is for a new site only: it makes a new authority, whose root no peer trusts",
+            )
+        ]
     init = f"sfa-omf init {settings.data_dir} --authority {settings.interface_hrn}"
     files = (
         ("the aggregate's private key", os.path.join(settings.data_dir, "aggregate", "am.pkey"), True),
@@ -135,6 +159,8 @@ def trusted_roots_findings(settings: Settings) -> list[Finding]:
     from sfa_omf.trust.roots import load_trusted_roots
 
     directory = settings.trusted_roots_dir
+    if _in_missing_data_dir(directory, settings):
+        return []  # identity_findings says the data directory is missing: "create it" would be the wrong fix
     if not os.path.isdir(directory):
         return [
             Finding(
@@ -160,9 +186,19 @@ def trusted_roots_findings(settings: Settings) -> list[Finding]:
     return []
 
 
+def _in_missing_data_dir(path: str, settings: Settings) -> bool:
+    """True when the data directory does not exist and ``path`` lies in it."""
+    data_dir = os.path.abspath(settings.data_dir)
+    if os.path.isdir(data_dir):
+        return False
+    return os.path.commonpath([data_dir, os.path.abspath(path)]) == data_dir
+
+
 def database_findings(settings: Settings) -> list[Finding]:
     """The calendar's database answers and is at the newest migration (an older one: ``db upgrade``; one this
     sfa-omf does not know: a newer sfa-omf migrated it)."""
+    from sqlalchemy.engine import make_url
+
     from sfa_omf.calendar.database import (
         Database,
         DatabaseUnreachable,
@@ -172,6 +208,9 @@ def database_findings(settings: Settings) -> list[Finding]:
     )
     from sfa_omf.config import hide_password
 
+    url = make_url(settings.calendar_url)
+    if url.get_backend_name() == "sqlite" and url.database and _in_missing_data_dir(url.database, settings):
+        return []  # identity_findings says the data directory is missing: "create it" would be the wrong fix
     database = Database(settings.calendar_url)
     shown = hide_password(settings.calendar_url)
     try:
@@ -429,6 +468,33 @@ def permission_findings(settings: Settings, config_path: str) -> list[Finding]:
     return findings
 
 
+def moved_site_findings(settings: Settings, config_path: str) -> list[Finding]:
+    """A site directory moved (``mv site1 site2``): the data directory the file names is missing, and the file's own
+    directory holds the authority's key. The settings to change, each with its new value."""
+    from sfa_omf.registry.authority import LocalAuthority
+
+    old = os.path.abspath(settings.data_dir)
+    new = os.path.dirname(os.path.abspath(config_path))
+    key = LocalAuthority.key_path(new, settings.interface_hrn)
+    if os.path.isdir(old) or old == new or not os.path.isfile(key):
+        return []
+    changes = [f"[sfa] data_dir = {new}"]
+    for name, value in (
+        ("trusted_roots", settings.trusted_roots),
+        ("database_url", settings.database_url),
+        ("log_file", settings.log_file),
+    ):
+        if old + os.sep in value:  # a path under the old directory (in a URL too: sqlite:////old/...)
+            changes.append(f"[sfa_omf] {name} = {value.replace(old + os.sep, new + os.sep)}")
+    return [
+        Finding(
+            "identity",
+            f"the site seems to have moved to {new} (it holds the authority's key {key}) from {old}: set "
+            f"{', '.join(changes)} in {config_path}",
+        )
+    ]
+
+
 def _changeable_by_others(path: str, owners: set[int], hint: int) -> str:
     """Why users other than ``owners`` could change ``path`` (followed if a link), with the command that stops it
     (a chown to ``hint``); "" when they could not (or it does not exist)."""
@@ -461,9 +527,157 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
+def certificate_findings(settings: Settings, now: datetime | None = None) -> list[Finding]:
+    """Certificates out of their validity at ``now`` (default: the present), or ending within EXPIRY_WARNING: the
+    authority's root (also the registry's TLS certificate), the aggregate's (am.gid), each trusted root, and the node
+    VPN's CA and server certificate when the VPN is on. Expired or not yet valid: a problem for this site's own two
+    (every call would fail: ``serve`` refuses to start), a warning for a peer's root (only that peer's calls fail) and
+    for the VPN's (only the nodes' tunnels); ending soon: a warning. A file that cannot be read is left to
+    identity_findings and trusted_roots_findings."""
+    from sfa_omf.registry.authority import LocalAuthority
+    from sfa_omf.times import utcnow
+
+    now = now or utcnow()
+    hrn = settings.interface_hrn
+    root_path = LocalAuthority.gid_path(settings.data_dir, hrn)
+    renew = "run sfa-omf authority renew"
+    findings = []
+    root = _first_certificate(root_path)
+    if root is not None:
+        findings += _validity_findings(
+            f"the authority's root {root_path} (also the registry's TLS certificate)",
+            root.not_before,
+            root.not_after,
+            now,
+            f"no certificate or credential of {hrn} verifies, every call fails",
+            f"{renew}, then give the renewed root to the peers that trust {hrn} (they run sfa-omf trust add-root)",
+            own=True,
+        )
+    aggregate_path = os.path.join(settings.data_dir, "aggregate", "am.gid")
+    aggregate = _first_certificate(aggregate_path)  # its leaf: the root it carries is checked above
+    if aggregate is not None:
+        findings += _validity_findings(
+            f"the aggregate's certificate {aggregate_path}",
+            aggregate.not_before,
+            aggregate.not_after,
+            now,
+            "TLS clients refuse the aggregate",
+            renew,
+            own=True,
+        )
+    findings += _trusted_root_validity(settings, root, root_path, now)
+    if settings.agent_vpn_remote:
+        findings += _vpn_validity(os.path.join(settings.data_dir, "vpn"), now)
+    return findings
+
+
+def _first_certificate(path: str) -> Gid | None:
+    """The first certificate of a GID file, or None when it cannot be read (another check says why)."""
+    from sfa_omf.trust.gid import load_gid_chain_file
+
+    try:
+        return load_gid_chain_file(path)[0]
+    except (OSError, ValueError, GeniError):
+        return None
+
+
+def _validity_problem(not_before: datetime, not_after: datetime, now: datetime) -> str:
+    """Why a certificate is not valid at ``now`` ("expired", "not yet valid"), or "" when it is."""
+    if now > not_after:
+        return "expired"
+    if now < not_before:
+        return "not yet valid"
+    return ""
+
+
+def _validity_findings(
+    what: str, not_before: datetime, not_after: datetime, now: datetime, harm: str, fix: str, own: bool
+) -> list[Finding]:
+    """One finding when a certificate is out of its validity or ends within EXPIRY_WARNING, else none. ``harm``:
+    what fails meanwhile; ``fix``: what to do; ``own``: one of this site's (out of its validity: a problem)."""
+    from sfa_omf.times import format_time
+
+    problem = _validity_problem(not_before, not_after, now)
+    if problem == "expired":
+        message = f"{what} expired on {format_time(not_after)}: {harm}; {fix}"
+    elif problem:
+        message = (
+            f"{what} is not valid before {format_time(not_before)}: {harm}; is this machine's clock right (date -u)? "
+            f"If it is, {fix}"
+        )
+    elif not_after - now <= EXPIRY_WARNING:
+        days = (not_after - now).days
+        when = f"in {days} day{'s' if days != 1 else ''}" if days else "within a day"
+        return [Finding("certificates", f"{what} expires on {format_time(not_after)} ({when}); {fix}", warning=True)]
+    else:
+        return []
+    return [Finding("certificates", message, warning=not own)]
+
+
+def _trusted_root_validity(settings: Settings, own_root: Gid | None, own_path: str, now: datetime) -> list[Finding]:
+    """The trusted roots' validity; a copy of this authority's current root is said once, as the authority's."""
+    from sfa_omf.trust.roots import ROOT_SUFFIXES
+
+    directory = settings.trusted_roots_dir
+    try:
+        names = sorted(name for name in os.listdir(directory) if name.endswith(ROOT_SUFFIXES))
+    except OSError:
+        return []  # trusted_roots_findings says so
+    findings = []
+    for name in names:
+        path = os.path.join(directory, name)
+        anchor = _first_certificate(path)
+        if anchor is None or (own_root is not None and anchor.fingerprint == own_root.fingerprint):
+            continue
+        if anchor.hrn == settings.interface_hrn:  # an older copy of this authority's own root
+            what = f"trusted root {path} (this authority's own, an older copy of {own_path})"
+            harm = f"calls from {settings.interface_hrn}'s users fail"
+            fix = f"sfa-omf trust add-root {own_path} puts the current one in its place"
+        else:
+            what = f"trusted root {path} (authority {anchor.hrn})"
+            harm = f"calls from {anchor.hrn}'s users fail"
+            fix = f"ask {anchor.hrn} for its renewed root and run sfa-omf trust add-root FILE"
+        findings += _validity_findings(what, anchor.not_before, anchor.not_after, now, harm, fix, own=False)
+    return findings
+
+
+def _vpn_validity(directory: str, now: datetime) -> list[Finding]:
+    """The node VPN's CA and server certificate (sfa_omf/agents/vpn.py makes them at the first start)."""
+    from cryptography import x509
+
+    fix = (
+        f"sfa-omf does not renew it: make a new one signed by {directory}/ca.key (or, for the CA, a new VPN CA and a "
+        "certificate for every node: sfa-omf agent vpn on each)"
+    )
+    findings = []
+    for name, what in (("ca.pem", "the node VPN's CA"), ("server.pem", "the node VPN's server certificate")):
+        path = os.path.join(directory, name)
+        try:
+            with open(path, "rb") as handle:
+                certificate = x509.load_pem_x509_certificate(handle.read())
+        except (OSError, ValueError):
+            continue  # not made yet (serve makes it), or the VPN says why when it starts
+        findings += _validity_findings(
+            f"{what} {path}",
+            certificate.not_valid_before_utc,
+            certificate.not_valid_after_utc,
+            now,
+            "nodes' tunnels are refused",
+            fix,
+            own=False,
+        )
+    return findings
+
+
 def startup_findings(settings: Settings) -> list[Finding]:
-    """What stops ``sfa-omf serve``: identity files, trusted roots, the database."""
-    return identity_findings(settings) + trusted_roots_findings(settings) + database_findings(settings)
+    """What ``sfa-omf serve`` looks at before it starts: identity files, certificates' validity, trusted roots, the
+    database (findings marked ``warning`` do not stop it)."""
+    return (
+        identity_findings(settings)
+        + certificate_findings(settings)
+        + trusted_roots_findings(settings)
+        + database_findings(settings)
+    )
 
 
 def deployment_findings(settings: Settings) -> list[Finding]:
@@ -473,11 +687,13 @@ def deployment_findings(settings: Settings) -> list[Finding]:
     )
 
 
-def check_startup(settings: Settings, ports: bool = False) -> None:
-    """Raise StartupError with the first problem that would stop the server (and how many more there are).
-    ``ports``: also try to bind both addresses."""
-    findings = startup_findings(settings) + (port_findings(settings) if ports else [])
+def check_startup(settings: Settings, ports: bool = False) -> list[Finding]:
+    """Raise StartupError with the first problem that would stop the server (and how many more there are); else
+    return the warnings, for the log. ``ports``: also try to bind both addresses."""
+    found = startup_findings(settings) + (port_findings(settings) if ports else [])
+    findings = [finding for finding in found if not finding.warning]
     if findings:
         more = len(findings) - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''}: sfa-omf config check lists them)" if more else ""
         raise StartupError(findings[0].message + suffix)
+    return [finding for finding in found if finding.warning]
