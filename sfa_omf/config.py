@@ -68,6 +68,9 @@ class Settings:
     data_dir: str
     registry_host: str = DEFAULT_HOST
     registry_port: int = DEFAULT_REGISTRY_PORT
+    # Days ahead a slice's researchers may renew it with its slice credential (registry Update; SFA's
+    # SFA_MAX_SLICE_RENEW, days too): registry/api.py MAX_SLICE_RENEW, a slice credential's lifetime.
+    max_slice_renew_days: int = 30
     aggregate_host: str = DEFAULT_HOST
     aggregate_port: int = DEFAULT_AGGREGATE_PORT
     aggregate_type: str = "embedded"
@@ -257,6 +260,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("data_dir", "sfa", "data_dir", "text", "keys, GIDs, trusted roots and the embedded database live here"),
     Option("registry_host", "sfa_registry", "host", "text", "the registry's address"),
     Option("registry_port", "sfa_registry", "port", "port", "the registry's port"),
+    Option(
+        "max_slice_renew_days",
+        "sfa",
+        "max_slice_renew",
+        "count",
+        "days ahead a slice's researchers may renew it with its slice credential (registry Update)",
+    ),
     Option("aggregate_host", "sfa_aggregate", "host", "text", "the aggregate manager's address"),
     Option("aggregate_port", "sfa_aggregate", "port", "port", "the aggregate manager's port"),
     Option("aggregate_type", "sfa_aggregate", "type", "text", "the testbed backend: embedded, omf, oar, or another"),
@@ -450,7 +460,7 @@ _OPTIONS_BY_NAME = {(option.section, option.key): option for option in OPTIONS}
 
 #: SFA settings sfa-omf accepts and does not use (so that SFA's own file passes); None: the whole section.
 SFA_UNUSED: dict[str, frozenset[str] | None] = {
-    "sfa": frozenset({"generic_flavour", "credential_schema", "api_loglevel", "max_slice_renew", "session_key_path"}),
+    "sfa": frozenset({"generic_flavour", "credential_schema", "api_loglevel", "session_key_path"}),
     "sfa_registry": frozenset({"enabled", "root_auth"}),
     "sfa_aggregate": frozenset({"enabled", "caching"}),
     "sfa_db": frozenset({"enabled"}),
@@ -1440,6 +1450,7 @@ MAXIMA: dict[str, int] = {
     "max_advance_s": MAX_LEASE_SECONDS,
     "max_nodes_per_request": 1_000_000,
     "horizon_days": 3650,
+    "max_slice_renew_days": 3650,  # ten years, as the longest lease
     "free_windows": 10_000,
     "max_request_bytes": 1024**3,
     "threads": 1024,

@@ -51,8 +51,9 @@ log = logging.getLogger("sfa_omf.registry")
 #: A slice registered without an expiry lives this long (renewable: sfa-omf slice renew, or Update with expires).
 DEFAULT_SLICE_LIFETIME = timedelta(days=30)
 #: How far from now a slice's researchers (and the PIs of its authority) may set its expiry with its slice credential
-#: (Update, as omni renewslice sends it): as long as a slice credential lives, so that the credential GetCredential
-#: gives after the renewal ends with the slice. An authority credential and `sfa-omf slice renew` go further.
+#: (Update, as omni renewslice sends it), unless ``[sfa] max_slice_renew`` (days, as SFA's) says otherwise: by default
+#: as long as a slice credential lives, so that the credential GetCredential gives after the renewal ends with the
+#: slice (config.py's default is this one's). An authority credential and `sfa-omf slice renew` go further.
 MAX_SLICE_RENEW = DEFAULT_CREDENTIAL_LIFETIME
 #: The spellings clients send for each field Register and Update write. SFA's registry reads researcher, pi and keys
 #: as reg-researchers, reg-pis and reg-keys (registry_manager.normalize_input_record); omni's createslice writes PI;
@@ -63,27 +64,12 @@ FIELD_SPELLINGS: dict[str, tuple[str, ...]] = {
     "reg-pis": ("reg-pis", "pis", "pi", "PI"),
 }
 #: Fields real clients send in Register and Update records that mean nothing here: accepted and ignored. Any other
-#: field this registry does not read is refused (1), so that a change asked for is never silently dropped. omni's
-#: createslice sends description, url, name, authority, peer_authority; sfi.py register sends a user's first_name and
-#: last_name (and name with -n); what Resolve shows without writing it (reg-urn, authority, peer_authority,
-#: date_created, last_updated, reg-slices, reg-pi-authorities) comes back whole with omni's renewslice and with sfi.py
-#: update of a record file.
-IGNORED_FIELDS = frozenset(
-    {
-        "authority",
-        "peer_authority",
-        "description",
-        "url",
-        "name",
-        "first_name",
-        "last_name",
-        "reg-urn",
-        "date_created",
-        "last_updated",
-        "reg-slices",
-        "reg-pi-authorities",
-    }
-)
+#: field this registry does not read is refused (1), so that a change asked for is never silently dropped (but for
+#: READ_ONLY_FIELDS, which Register ignores and Update compares). omni's createslice sends description, url, name;
+#: sfi.py register sends a user's first_name and last_name (and name with -n). last_updated, which Resolve shows, is
+#: the registry's own stamp of the record's last change: a record file kept from an earlier Resolve holds an older
+#: one, which asks for nothing.
+IGNORED_FIELDS = frozenset({"description", "url", "name", "first_name", "last_name", "last_updated"})
 #: Fields only an authority credential may change (a user may change their own email and keys; a slice credential
 #: its own slice's expires and reg-researchers: RegistryApi._slice_credential).
 AUTHORITY_ONLY_FIELDS = ("reg-researchers", "reg-pis", "expires")
@@ -109,6 +95,70 @@ def _given(record: dict[str, Any], field: str) -> tuple[str, Any]:
 def _filled(value: Any) -> bool:
     """Whether a field's value asks for something: not absent and not empty (records shown go back with empty ones)."""
     return value not in (None, "", [])
+
+
+def _as_hrn(value: Any) -> str | None:
+    """The HRN a value sent names (an HRN, or a URN's); None for what names nothing."""
+    if not isinstance(value, str):
+        return None
+    if not is_urn(value):
+        return value
+    try:
+        return parse_urn(value).hrn
+    except GeniError:
+        return None
+
+
+def _same_name(sent: Any, shown: Any) -> bool:
+    return bool(_as_hrn(sent) == shown)
+
+
+def _same_names(sent: Any, shown: Any) -> bool:
+    """The same HRNs (or URNs of them), in any order: the registry lists them in its own."""
+    return isinstance(sent, list) and {_as_hrn(name) for name in sent} == set(shown)
+
+
+def _same_urn(sent: Any, shown: Any) -> bool:
+    try:
+        return isinstance(sent, str) and same_urn(sent, shown)
+    except GeniError:  # (a URN that does not parse)
+        return False
+
+
+def _same_time(sent: Any, shown: Any) -> bool:
+    """The same second (Resolve shows times to the second), in any of the forms clients send times in."""
+    try:
+        return bool(format_time(parse_time(time_value(sent, "a time"))) == shown)
+    except GeniError:
+        return False
+
+
+def _same_certificate(sent: Any, shown: Any) -> bool:
+    """The same certificate first in both chains: the record's own (a client may send it without its issuers)."""
+    try:
+        return bool(shown) and load_gid_chain(sent)[0].fingerprint == load_gid_chain(shown)[0].fingerprint
+    except GeniError:
+        return False
+
+
+def _same_text(sent: Any, shown: Any) -> bool:
+    return bool(sent == shown)
+
+
+#: Fields Resolve shows (record_dict) that Update never writes: the registry keeps or derives them. A record sent
+#: back whole (sfi.py update of a record file, omni renewslice) carries them: as Resolve shows them now, or empty,
+#: they pass and ask for nothing; with another value Update refuses them (3) naming the field, rather than dropping
+#: the change asked for. Each with how a value sent is compared with the one shown, and where its change is made.
+#: Register ignores them (it makes them). hrn, urn and type name the record Update changes (_record_named).
+READ_ONLY_FIELDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
+    "reg-urn": (_same_urn, "it is the record's URN, which its name gives"),
+    "gid": (_same_certificate, "the registry's authority issued it; a user's SSH keys are reg-keys"),
+    "authority": (_same_name, "it is the authority of this registry"),
+    "peer_authority": (_same_text, "every record here is the local authority's own"),
+    "date_created": (_same_time, "it is when the record was registered"),
+    "reg-slices": (_same_names, "a user's slices are changed in each slice's record (reg-researchers)"),
+    "reg-pi-authorities": (_same_names, "an authority's PIs are changed in its record (reg-pis)"),
+}
 
 
 def slice_lifetime(record: Record) -> timedelta:
@@ -230,7 +280,7 @@ def record_type(value: Any, where: str) -> str:
 
 
 #: The fields of a record this registry reads (in every spelling, FIELD_SPELLINGS), and how each is checked. Others
-#: are refused, but for the IGNORED_FIELDS clients send routinely.
+#: are refused, but for the IGNORED_FIELDS clients send routinely and the READ_ONLY_FIELDS Resolve shows.
 RECORD_FIELDS: dict[str, Checker] = {
     "hrn": xrn,
     "urn": xrn,
@@ -246,10 +296,11 @@ RECORD_FIELDS: dict[str, Checker] = {
 
 def record_fields(value: Any, where: str) -> dict[str, Any]:
     """A record struct with every field this registry reads checked (and nothing written before that): a field it
-    neither reads nor ignores (IGNORED_FIELDS) is refused, naming it, as are two spellings of a field that disagree."""
+    neither reads nor ignores (IGNORED_FIELDS, READ_ONLY_FIELDS) is refused, naming it, as are two spellings of a field
+    that disagree."""
     record = struct(value, where)
     for name in record:
-        if name not in RECORD_FIELDS and name not in IGNORED_FIELDS:
+        if name not in RECORD_FIELDS and name not in IGNORED_FIELDS and name not in READ_ONLY_FIELDS:
             hint = (
                 "a user's slices are changed in each slice's record (reg-researchers)"
                 if name == "slices"
@@ -517,8 +568,9 @@ class RegistryApi:
 
     def update(self, context: CallContext, params: tuple[Any, ...]) -> int:
         """Update(record, credentials): users update their own email and keys; a slice credential (its refresh
-        privilege, as in SFA) its own slice's expiry and researchers, the expiry at most MAX_SLICE_RENEW from now (omni
-        renewslice, sfi.py update -t slice); an authority credential anything."""
+        privilege, as in SFA) its own slice's expiry and researchers, the expiry at most ``max_slice_renew`` from now
+        (omni renewslice, sfi.py update -t slice); an authority credential anything. The fields Resolve shows that it
+        does not write (READ_ONLY_FIELDS) pass when they are as shown, and are refused when they are not."""
         record = params[0]
         target = self._record(*_record_named(record, record.get("type") or None))
         changes_pis = _given(record, "reg-pis")[1] is not None
@@ -531,7 +583,9 @@ class RegistryApi:
                 self._refuse_beyond_slice_credential(record, target)
             else:
                 caller = self._caller(context, params[1], "update")  # "refresh" lets users update their own record
-                if caller.hrn != target.hrn or any(_given(record, f)[1] is not None for f in AUTHORITY_ONLY_FIELDS):
+                # (Empty, they ask for nothing: a user's own record sent back whole carries an empty reg-researchers
+                # and reg-pis, which a user record always has.)
+                if caller.hrn != target.hrn or any(_filled(_given(record, f)[1]) for f in AUTHORITY_ONLY_FIELDS):
                     also = (
                         f"; {target.hrn}'s expiry and researchers are updated with its slice credential "
                         "(GetCredential gives it to its researchers)"
@@ -552,6 +606,7 @@ class RegistryApi:
                     f"changing the PIs of {target.hrn} needs a PI's own authority credential (not a delegated one): "
                     f"ask a PI of {target.hrn} to make the change",
                 )
+        self._refuse_read_only_changes(record, target)
         _refuse_fields_of_other_types(record, target.type)
         email = record_email(record["email"]) if record.get("email") is not None else None
         expires = record.get("expires")
@@ -675,8 +730,25 @@ class RegistryApi:
                 f"leave the email as it is, or ask a PI of {self.authority.hrn} (an authority credential)",
             )
 
+    def _refuse_read_only_changes(self, record: dict[str, Any], target: Record) -> None:
+        """INSUFFICIENT_PRIVILEGES naming the first of the record's READ_ONLY_FIELDS given (not empty) with another
+        value than Resolve shows for ``target`` now: Update never writes them, and a change asked for is refused,
+        never dropped. The same value, or an empty one, asks for nothing (a record sent back whole)."""
+        given = [field for field in READ_ONLY_FIELDS if _filled(record.get(field))]
+        if not given:
+            return
+        (shown,) = shown_records(self.records, self.authority.hrn, [target])
+        for field in given:
+            same, why = READ_ONLY_FIELDS[field]
+            if not same(record[field], shown.get(field, "")):
+                raise GeniError(
+                    Reason.INSUFFICIENT_PRIVILEGES,
+                    f"the field {field!r} of {target.hrn} cannot be changed by Update ({why}): send it as Resolve "
+                    "shows it now, or leave it out of the record",
+                )
+
     def _refuse_renewal_beyond_limits(self, target: Record, expires: datetime) -> None:
-        """POLICY when a slice credential would set the slice's expiry later than MAX_SLICE_RENEW from now, or than
+        """POLICY when a slice credential would set the slice's expiry later than ``max_slice_renew`` from now, or than
         the slice's GID or the authority's (a slice credential cannot outlive them): unless that is no later than the
         slice's expiry now (shortening is allowed, as in SFA, geni-tools' clearinghouse and `sfa-omf slice renew`)."""
         now = utcnow()

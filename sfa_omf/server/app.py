@@ -514,7 +514,8 @@ def start_registry(
     if verifier is None:
         verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
     pool = CallThreads(settings.threads, name="sfa-omf-registry")
-    endpoint = XmlRpcResource(RegistryApi(authority, records, verifier), pool, reactor, settings.max_request_bytes)
+    api = RegistryApi(authority, records, verifier, timedelta(days=settings.max_slice_renew_days))
+    endpoint = XmlRpcResource(api, pool, reactor, settings.max_request_bytes)
     site = make_site(
         {},
         endpoint,

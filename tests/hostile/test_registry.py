@@ -293,7 +293,7 @@ TYPED = [
         "typed",
         "Update",
         "own-researchers",
-        lambda w: ({"hrn": ALICE, "reg-researchers": []}, [user_cred(w)]),
+        lambda w: ({"hrn": ALICE, "reg-researchers": [ALICE]}, [user_cred(w)]),
         Fault(3),
     ),
     reg("typed", "Update", "unknown-record", update_as_operator(f"{AUTH}.nobody", email="x@y.org"), Fault(12)),

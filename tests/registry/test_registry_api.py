@@ -135,7 +135,7 @@ def test_register_update_remove(running_reactor: Any, tmp_path: Path) -> None:
         (me,) = alice.Resolve("tb.alice", [alice_cred])
         assert me["reg-keys"] == [ssh_key("alice@laptop")]
         assert code(bob.Update, {"hrn": "tb.alice", "email": "x@y"}, [bob_cred]) == 3
-        assert code(bob.Update, {"hrn": "tb.bob", "reg-researchers": []}, [bob_cred]) == 3
+        assert code(bob.Update, {"hrn": "tb.bob", "reg-researchers": ["tb.bob"]}, [bob_cred]) == 3
         assert alice.Update({"hrn": "tb.exp", "reg-researchers": ["tb.alice"]}, [operator_cred]) == 1
         assert code(bob.GetCredential, bob_cred, "tb.exp", "slice") == 3
         assert code(bob.Remove, "tb.dave", [bob_cred], "user") in (3, 22)
