@@ -241,6 +241,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
         f"authority {report.authority_hrn} in {report.directory}: {len(report.created)} files created, "
         f"{len(report.kept)} already there and left untouched"
     )
+    for path in report.renewed:  # (an expired or nearly expired certificate: the same key, a new validity)
+        print(f"  re-issued with the same key: {path} (restart sfa-omf serve to serve it)")
     for name, sfi_dir in report.sfi_dirs.items():
         print(f"  user {name}: sfi.py directory {sfi_dir}  (sfi.py -d {sfi_dir} ...)")
         print(f"    SSH key (registered; logins the manifest names accept it): {os.path.join(sfi_dir, SSH_KEY_NAME)}")

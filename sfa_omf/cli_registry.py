@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sfa_omf.cli_common import command_group, command_settings
@@ -53,6 +54,12 @@ def add_registry_commands(
     add_key.add_argument("name")
     add_key.add_argument("key_file", help="an SSH public key file (e.g. ~/.ssh/id_ed25519.pub)")
     add_key.set_defaults(handler=_user_add_key)
+    user_renew = user.add_parser(
+        "renew", parents=[config_option], help="re-issue a user's certificate (GID) with the same key, for longer"
+    )
+    user_renew.add_argument("name")
+    user_renew.add_argument("--days", type=_days, default=None, help="how long it lasts from now (default 1825)")
+    user_renew.set_defaults(handler=_user_renew)
 
     create = slices.add_parser("create", parents=[config_option], help="register a slice with its researchers")
     create.add_argument("name", help="a name under the authority (myslice) or a full HRN")
@@ -73,12 +80,40 @@ def add_registry_commands(
     researcher.add_argument("user")
     researcher.set_defaults(handler=_slice_add_researcher)
 
+    authority = command_group(commands, "authority", "the local authority's own certificates")
+    authority_renew = authority.add_parser(
+        "renew",
+        parents=[config_option],
+        help="re-issue the authority's root GID with the same key, and the aggregate's and users' GIDs under it",
+    )
+    authority_renew.add_argument(
+        "--days", type=_days, default=None, help="how long the root lasts from now (default 1825)"
+    )
+    authority_renew.set_defaults(handler=_authority_renew)
+
     trust = command_group(commands, "trust", "the authorities this testbed trusts")
     add_root = trust.add_parser("add-root", parents=[config_option], help="trust another authority's root GID")
     add_root.add_argument("file", help="the authority's root GID or certificate (PEM)")
     add_root.set_defaults(handler=_trust_add_root)
     roots = trust.add_parser("list", parents=[config_option, json_option], help="list the trusted roots")
     roots.set_defaults(handler=_trust_list)
+
+
+def _days(text: str) -> int:
+    """--days: a whole number of days, 1 or more."""
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of days") from None
+    if days < 1 or days > 36500:
+        raise argparse.ArgumentTypeError(f"{days} days: give 1 to 36500")
+    return days
+
+
+def _lifetime(days: int | None) -> timedelta:
+    from sfa_omf.trust.pki import DEFAULT_GID_LIFETIME
+
+    return DEFAULT_GID_LIFETIME if days is None else timedelta(days=days)
 
 
 def _admin(args: argparse.Namespace) -> RegistryAdmin:
@@ -163,6 +198,45 @@ def _user_add(args: argparse.Namespace) -> int:
 def _user_add_key(args: argparse.Namespace) -> int:
     record = _admin(args).add_key(args.name, _read_ssh_key(args.key_file))
     print(f"{record.hrn} has {len(record.keys)} SSH key(s)")
+    return 0
+
+
+def _user_renew(args: argparse.Namespace) -> int:
+    from sfa_omf.times import format_time
+
+    renewed = _admin(args).renew_user(args.name, _lifetime(args.days))
+    hrn = renewed.record.hrn
+    print(f"re-issued the certificate of {hrn} with the same key: valid until {format_time(renewed.gid.not_after)}")
+    print("  its record, SSH keys, slices and sfi.py directory are kept")
+    for path in renewed.rewritten:
+        print(f"  rewrote {path}")
+    for path in renewed.dropped:
+        print(f"  deleted the cached credential {path} (it names the earlier certificate; sfi.py fetches a new one)")
+    print(f"  a user holding their own copy of the certificate gets the new one with sfi.py show {hrn} (gid)")
+    return 0
+
+
+def _authority_renew(args: argparse.Namespace) -> int:
+    from sfa_omf.times import format_time
+
+    renewed = _admin(args).renew_authority(_lifetime(args.days))
+    root = renewed.root
+    print(f"renewed the root GID of {root.hrn} with the same key: valid until {format_time(root.not_after)}")
+    print(f"  {renewed.root_path} and its trusted copy {renewed.trusted_copy} rewritten")
+    if renewed.aggregate is not None:
+        print(f"  the aggregate's GID (am.gid) re-issued, valid until {format_time(renewed.aggregate.not_after)}")
+    print(
+        f"  {len(renewed.reissued)} GID(s) it issued (users, slices, nodes) re-issued with their keys, "
+        f"{len(renewed.rechained)} kept with the renewed root in their chain; the registry's records updated"
+    )
+    if renewed.dropped:
+        print(f"  {len(renewed.dropped)} cached credential(s) in users' sfi.py directories deleted (fetched anew)")
+    print("  restart sfa-omf serve: it reads the authority's and the aggregate's certificates when it starts")
+    print(
+        f"  peers must trust the renewed root: send them {renewed.root_path}; on each sfa-omf peer: "
+        "sfa-omf trust add-root FILE (it replaces the earlier root: the same key); an SFA or gcf peer puts it in "
+        "its trusted roots in place of the earlier one"
+    )
     return 0
 
 

@@ -462,7 +462,10 @@ class RegistryApi:
                 Reason.OWNER_MISMATCH,
                 f"the key you connect with is not the key registered for {record.hrn}; use that user's private key",
             )
-        return self.authority.credential(record_chain(record), record_chain(record), can_delegate=False)
+        chain = record_chain(record)
+        return self.authority.credential(
+            chain, chain, lifetime=self._credential_lifetime(chain, chain), can_delegate=False
+        )
 
     def get_credential(self, context: CallContext, params: tuple[Any, ...]) -> str:
         """A user's own credential, or a slice credential for a researcher of the slice."""
@@ -470,16 +473,50 @@ class RegistryApi:
         target = self._record(*_named(params[1], params[2] or None))
         caller_chain = record_chain(caller)
         if target.type == "user" and target.hrn == caller.hrn:
-            return self.authority.credential(caller_chain, caller_chain, can_delegate=False)
+            lifetime = self._credential_lifetime(caller_chain, caller_chain)
+            return self.authority.credential(caller_chain, caller_chain, lifetime=lifetime, can_delegate=False)
         if target.type == "slice" and self._slice_member(caller.hrn, target):
-            return self.authority.credential(caller_chain, record_chain(target), lifetime=slice_lifetime(target))
+            target_chain = record_chain(target)
+            lifetime = self._credential_lifetime(caller_chain, target_chain, slice_lifetime(target))
+            return self.authority.credential(caller_chain, target_chain, lifetime=lifetime)
         if target.type == "authority" and caller.hrn in target.pis:
-            return self.authority.credential(caller_chain, self.authority.chain)
+            lifetime = self._credential_lifetime(caller_chain, self.authority.chain)
+            return self.authority.credential(caller_chain, self.authority.chain, lifetime=lifetime)
         raise GeniError(
             Reason.INSUFFICIENT_PRIVILEGES,
             f"{caller.hrn} may not have a credential for {target.type} {target.hrn} (only for themselves, for slices "
             "they are a researcher of or whose authority they are a PI of, and for authorities they are a PI of)",
         )
+
+    def _credential_lifetime(
+        self, owner_chain: GidChain, target_chain: GidChain, lifetime: timedelta = DEFAULT_CREDENTIAL_LIFETIME
+    ) -> timedelta:
+        """How long a credential issued now for owner over target may live: ``lifetime``, at most until the owner's,
+        the target's or the authority's own certificate expires (a verifier refuses it from then on: a credential
+        that outlives them misleads sfi.py, which fetches a new one only when the credential says it expired).
+        Refused (15, nothing issued) when one of them has expired: the credential would be dead on arrival."""
+        now = utcnow()
+        root = self.authority.chain[0]
+        named = (
+            (owner_chain[0], "your certificate"),
+            (target_chain[0], "the certificate of the credential's target"),
+            (root, "the authority's root certificate"),
+        )
+        for gid, what in named:
+            if gid.not_after > now:
+                continue
+            hrn = gid.hrn if gid.urn else gid.subject_cn
+            if gid is root:
+                todo = "its operator renews it with sfa-omf authority renew"
+            elif gid.type == "user":
+                todo = f"ask the operator of {self.authority.hrn} for sfa-omf user renew {hrn}"
+            else:
+                todo = f"ask the operator of {self.authority.hrn} to renew it (sfa-omf authority renew)"
+            raise GeniError(
+                Reason.CERTIFICATE_EXPIRED,
+                f"{what} ({hrn}) expired at {format_time(gid.not_after)}: no credential is issued for it; {todo}",
+            )
+        return min(lifetime, *(gid.not_after - now for gid, _ in named))
 
     def resolve(self, context: CallContext, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         self._caller(context, params[1], "resolve")

@@ -7,6 +7,7 @@ first time are added. Asking for a different authority than the one the director
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -33,10 +34,12 @@ from sfa_omf.registry.authority import (
     write_new_file,
 )
 from sfa_omf.registry.records import Records
-from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain_file
-from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
+from sfa_omf.times import format_time, utcnow
+from sfa_omf.trust.gid import Gid, GidChain, chain_pem, load_gid_chain_file
+from sfa_omf.trust.pki import DEFAULT_GID_LIFETIME, create_gid, new_private_key, private_key_pem, renew_gid
 from sfa_omf.xrn import authority_hrn_problem, hrn_to_urn, join_hrn, split_hrn
 
+log = logging.getLogger("sfa_omf.registry")
 DEFAULT_USERS = ("alice",)
 DEMO_SLICE = "demo"
 OMNI_CONFIG_NAME = "omni_config"  # omni's configuration for a demo user, beside sfi_config
@@ -46,6 +49,9 @@ EXAMPLE_REQUESTS = ("request-ol-lease.xml", "request-sfa-lease.xml", "request-no
 #: The data directory init makes: the service user's, readable by its group (the site's keys are 0700 inside).
 DATA_DIRECTORY_MODE = 0o750
 _USER_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # fullmatch: "$" lets a final line break through
+#: init re-issues the aggregate's GID (the same key) when it expires within this: TLS clients that check the
+#: server's certificate refuse an expired one, and nothing else renews it.
+RENEW_AHEAD = timedelta(days=30)
 
 
 @dataclass
@@ -56,6 +62,7 @@ class InitReport:
     authority_hrn: str
     created: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
+    renewed: list[str] = field(default_factory=list)  # certificates re-issued with the same key (about to expire)
     sfi_dirs: dict[str, str] = field(default_factory=dict)
     demo: bool = True  # the demo slice exists, with the demo users as its researchers
 
@@ -179,10 +186,60 @@ def _ensure_aggregate_identity(authority: LocalAuthority, report: InitReport) ->
                 f"{gid_path} certifies another key than {key_path}: restore aggregate/ from the backup, or move both "
                 "aside and run init again for a new aggregate identity"
             )
+        current = load_gid_chain_file(gid_path)[0]
+        if current.not_after - utcnow() > RENEW_AHEAD:
+            report.kept.append(gid_path)
+            return
+        renewed = renew_aggregate_gid(authority)
+        report.renewed.append(gid_path)
+        # Said on standard error (init logs there): the certificate TLS clients see changed.
+        log.warning(
+            "%s %s at %s: re-issued with the same key, valid until %s (restart sfa-omf serve to serve it)",
+            gid_path,
+            "expired" if current.not_after <= utcnow() else "expires",
+            format_time(current.not_after),
+            format_time(renewed.not_after),
+        )
+        root = authority.chain[0]
+        if root.not_after - utcnow() <= RENEW_AHEAD:
+            log.warning(
+                "the authority's root GID %s %s at %s: renew it with sfa-omf authority renew",
+                LocalAuthority.gid_path(authority.directory, authority.hrn),
+                "expired" if root.not_after <= utcnow() else "expires",
+                format_time(root.not_after),
+            )
         return
     gid = create_gid(hrn_to_urn(authority.hrn, "authority+am"), key.public_key(), authority.key, authority.chain[0])
     write_new_file(gid_path, chain_pem((gid, *authority.chain)).encode("ascii"))
     report.created.append(gid_path)
+
+
+def aggregate_gid_path(directory: str) -> str:
+    """DIR/aggregate/am.gid: the aggregate's GID chain (its TLS certificate)."""
+    return os.path.join(directory, "aggregate", "am.gid")
+
+
+def renewed_aggregate_gid(
+    authority: LocalAuthority, lifetime: timedelta = DEFAULT_GID_LIFETIME, not_before: datetime | None = None
+) -> GidChain | None:
+    """The aggregate's GID (am.gid) re-issued with the same key under the authority's root as it is now (renewed or
+    not), from ``not_before`` (default now) for ``lifetime``, as a chain to write; None when there is no am.gid.
+    Nothing is written."""
+    path = aggregate_gid_path(authority.directory)
+    if not os.path.exists(path):
+        return None
+    gid = renew_gid(load_gid_chain_file(path)[0], authority.key, authority.chain[0], lifetime, not_before)
+    return (gid, *authority.chain)
+
+
+def renew_aggregate_gid(authority: LocalAuthority, lifetime: timedelta = DEFAULT_GID_LIFETIME) -> Gid:
+    """Re-issue am.gid with the same key (renewed_aggregate_gid) and write it in place (at once: a server starting
+    meanwhile reads the old file or the new one); the new GID."""
+    chain = renewed_aggregate_gid(authority, lifetime)
+    if chain is None:
+        raise AuthorityError(f"no {aggregate_gid_path(authority.directory)} to renew: run sfa-omf init")
+    replace_file(aggregate_gid_path(authority.directory), chain_pem(chain).encode("ascii"), PUBLIC_FILE)
+    return chain[0]
 
 
 def _ensure_gid(authority: LocalAuthority, hrn: str, type_: str, report: InitReport) -> GidChain:

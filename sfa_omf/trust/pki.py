@@ -75,14 +75,16 @@ def create_gid(
     lifetime: timedelta = DEFAULT_GID_LIFETIME,
     not_before: datetime | None = None,
     subject_uuid: str | None = None,
+    subject_name: x509.Name | None = None,
 ) -> Gid:
     """Create a GID for urn holding public_key, signed by signing_key: the issuer's key, or for a self-signed root
-    (no issuer) the subject's own.
+    (no issuer) the subject's own. ``subject_name``: the subject to give (a renewal keeps the one it renews); by
+    default a CN made of the HRN (``common_name``).
 
     Authorities (URN type ``authority``) get CA:TRUE; everything else CA:FALSE.
     """
     parsed = parse_urn(urn)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name(parsed.hrn))])
+    subject = subject_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name(parsed.hrn))])
     issuer_name = issuer.certificate.subject if issuer is not None else subject
     san: list[x509.GeneralName] = [
         x509.UniformResourceIdentifier(str(parsed)),
@@ -125,6 +127,36 @@ def create_gid(
         )
     certificate = builder.sign(signing_key, hashes.SHA256())
     return gid_from_certificate(certificate)
+
+
+def renew_gid(
+    gid: Gid,
+    signing_key: rsa.RSAPrivateKey,
+    issuer: Gid | None = None,
+    lifetime: timedelta = DEFAULT_GID_LIFETIME,
+    not_before: datetime | None = None,
+) -> Gid:
+    """The same GID again with a new validity (from ``not_before``, default now, for ``lifetime``): the same subject,
+    URN, UUID, e-mail and public key, signed by signing_key (the issuer's, or for a self-signed root its own). A
+    verifier finds the issuer of a certificate by its subject and checks the signature with its key, so what the
+    earlier GID of an authority signed verifies against the renewed one, and a renewed leaf stands for the same
+    holder (the registry knows users by their key). Raises ValueError for a GID without a URN (not one of ours)."""
+    if gid.urn is None:
+        raise ValueError(f"{gid.subject_cn!r} carries no URN: not a GID this authority issued, it cannot be renewed")
+    public_key = gid.certificate.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise ValueError(f"{gid.urn} holds no RSA key: it cannot be renewed")
+    return create_gid(
+        gid.urn,
+        public_key,
+        signing_key,
+        issuer=issuer,
+        email=gid.email,
+        lifetime=lifetime,
+        not_before=not_before,
+        subject_uuid=gid.uuid,
+        subject_name=gid.certificate.subject,
+    )
 
 
 def issue_chain(gid: Gid, issuer_chain: GidChain) -> GidChain:
