@@ -645,12 +645,17 @@ def _vpn_validity(directory: str, now: datetime) -> list[Finding]:
     """The node VPN's CA and server certificate (sfa_omf/agents/vpn.py makes them at the first start)."""
     from cryptography import x509
 
-    fix = (
-        f"sfa-omf does not renew it: make a new one signed by {directory}/ca.key (or, for the CA, a new VPN CA and a "
-        "certificate for every node: sfa-omf agent vpn on each)"
-    )
+    fixes = {
+        "ca.pem": "sfa-omf does not renew the VPN's CA: make a new VPN CA and a certificate for every node (sfa-omf "
+        "agent vpn on each)",
+        # (agents/vpn.py re-issues it before its end, at start and at each refresh, and signals OpenVPN.)
+        "server.pem": "sfa-omf serve re-issues it with the same key 30 days before its end (at start and at each VPN "
+        "refresh) and sends OpenVPN SIGHUP: start serve, and restart OpenVPN if its log says it could not be "
+        "signalled",
+    }
     findings = []
     for name, what in (("ca.pem", "the node VPN's CA"), ("server.pem", "the node VPN's server certificate")):
+        fix = fixes[name]
         path = os.path.join(directory, name)
         try:
             with open(path, "rb") as handle:

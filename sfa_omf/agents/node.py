@@ -18,12 +18,13 @@ import json
 import logging
 import os
 import re
+import signal
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -50,6 +51,11 @@ DEFAULT_MAX_FILE_BYTES = 1024 * 1024
 #: server busy or answering what we cannot read): then they go all the same, and the files left are named in the log
 #: and in the lease's "ended" report. The lease's users keep their access that long: not for ever.
 STAGE_OUT_ROUNDS = 20
+#: The node's OpenVPN client configuration (``agent vpn``) and the pid file it has OpenVPN write (``writepid``).
+VPN_CONF, VPN_PID = "vpn.conf", "vpn.pid"
+#: The part of its VPN client certificate's lifetime (agents/vpn.py CLIENT_LIFETIME, a year) after which the agent
+#: asks for a new one by itself: four months of rounds left to get it before the tunnel would end.
+VPN_RENEW_AFTER = 2 / 3
 
 
 class AgentCallError(Exception):
@@ -337,18 +343,86 @@ def pinned_urn(config: dict[str, Any]) -> str:
     return str(config.get("server_urn") or aggregate_urn_of(str(config["node"])))
 
 
-def request_vpn(state_dir: str) -> tuple[str, str]:
-    """Ask for an OpenVPN client certificate for the node's key; writes ``vpn.conf`` (the key stays where it is,
-    referenced by path). Returns (configuration path, the node's VPN address)."""
+def request_vpn(state_dir: str, client: Client | None = None) -> tuple[str, str]:
+    """Ask for an OpenVPN client certificate for the node's key (``client``: the agent's own, else one made from the
+    state); writes ``vpn.conf`` (the key stays where it is, referenced by path; OpenVPN writes its pid to ``vpn.pid``
+    for the agent's renewal to signal it), replacing the previous one only once the new one is complete. Returns
+    (configuration path, the node's VPN address)."""
     state = Path(state_dir)
     config = json.loads((state / CONFIG).read_text())
     key = load_private_key((state / KEY).read_bytes())
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
-    client = Client(str(config["server"]), str(state / CERT), str(state / KEY), str(state / ROOT), pinned_urn(config))
+    if client is None:
+        client = Client(
+            str(config["server"]), str(state / CERT), str(state / KEY), str(state / ROOT), pinned_urn(config)
+        )
     answer = client.call("POST", "vpn", {"csr": csr.public_bytes(serialization.Encoding.PEM).decode("ascii")})
-    text = str(answer["config"]).replace("key KEY_PATH", f"key {(state / KEY).resolve()}")
-    _write_private(state / "vpn.conf", text.encode("ascii"))
-    return str(state / "vpn.conf"), str(answer["address"])
+    text = str(answer["config"]).replace(
+        "key KEY_PATH", f"key {(state / KEY).resolve()}\nwritepid {(state / VPN_PID).resolve()}"
+    )
+    _write_private(state / VPN_CONF, text.encode("ascii"))
+    return str(state / VPN_CONF), str(answer["address"])
+
+
+def vpn_renewal_due(config_text: str) -> datetime:
+    """When the client certificate inline in an OpenVPN configuration (``<cert>``) is due for renewal:
+    VPN_RENEW_AFTER of its lifetime. ValueError when it holds none that can be read."""
+    found = re.search(r"<cert>\s*(.*?)\s*</cert>", config_text, re.DOTALL)
+    if found is None:
+        raise ValueError("no <cert> in the VPN configuration")
+    certificate = x509.load_pem_x509_certificate(found.group(1).encode("ascii"))
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    return start + (end - start) * VPN_RENEW_AFTER
+
+
+def _openvpn_argv(pid: int) -> list[bytes] | None:
+    """The command line of process ``pid`` when it is an OpenVPN (its program named openvpn), else None."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return argv if os.path.basename(argv[0]) == b"openvpn" else None
+
+
+def _openvpn_of(config: Path) -> list[int]:
+    """The OpenVPN processes started on ``config`` (``openvpn --config FILE`` or ``openvpn FILE``, a relative path
+    from the process's directory): an OpenVPN started before its configuration had it write a pid file."""
+    target = config.resolve()
+    found = []
+    for entry in Path("/proc").iterdir():
+        argv = _openvpn_argv(int(entry.name)) if entry.name.isdigit() else None
+        if argv is None:
+            continue
+        named = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == b"--config"] or argv[1:2]
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        if any((cwd / os.fsdecode(name)).resolve() == target for name in named if name):
+            found.append(int(entry.name))
+    return found
+
+
+def signal_openvpn(pid_path: Path, signum: int = signal.SIGHUP, config: Path | None = None) -> str | None:
+    """Send ``signum`` to the OpenVPN process whose pid file is ``pid_path`` (SIGHUP: it restarts, reading its
+    configuration and certificates again); without a pid file, to those started on ``config`` (when given). None when
+    it was sent, else why not: no such process, or the pid file's pid is no longer an OpenVPN (a stale file: that pid
+    may be another process's now, never signalled)."""
+    try:
+        pids = [int(pid_path.read_text().split()[0])]
+    except (OSError, ValueError, IndexError) as exc:
+        pids = _openvpn_of(config) if config is not None else []
+        if not pids:
+            return f"no running OpenVPN found through {pid_path}" + (f" or {config}" if config else "") + f": {exc}"
+    else:
+        if _openvpn_argv(pids[0]) is None:
+            return f"process {pids[0]} of {pid_path} is not OpenVPN (a stale pid file)"
+    try:
+        for pid in pids:
+            os.kill(pid, signum)
+    except OSError as exc:
+        return f"OpenVPN (process {', '.join(map(str, pids))}) could not be signalled: {exc}"
+    return None
 
 
 @dataclass
@@ -403,6 +477,8 @@ class Agent:
         self.server_urn = pinned_urn(config)
         self._certificate_mtime = 0.0
         self.client = self._client()
+        # vpn.conf's stamp when last read, and when its certificate is due for renewal (None: no certificate there).
+        self._vpn_seen: tuple[tuple[int, int], datetime | None] | None = None
         self.host = host
         path = self.state / APPLIED
         # lease id -> logins set up for it: what to take away at its end, even after a restart of the agent.
@@ -441,6 +517,7 @@ class Agent:
         if (self.state / CERT).stat().st_mtime != self._certificate_mtime:
             self.client = self._client()
         self.client.call("POST", "heartbeat", {})
+        self.renew_vpn()
         work = self.client.call("GET", "work")
         active_ids = set()
         for item in work.get("active", []):
@@ -491,6 +568,39 @@ class Agent:
             self._save()
             self._report(lease_id, "ended", stage_out.report())
         return work
+
+    def renew_vpn(self) -> bool:
+        """Ask for a new VPN client certificate once VPN_RENEW_AFTER of the current one's lifetime passed (a node
+        with a ``vpn.conf``), through the same call as ``agent vpn``, and signal the node's OpenVPN (SIGHUP, its pid
+        from ``vpn.pid``) to load it. The old configuration stays until the new one is written: a failure leaves it
+        working, and the next round tries again. True when renewed. When nothing is due: a stat of vpn.conf."""
+        path = self.state / VPN_CONF
+        try:
+            found = path.stat()
+        except FileNotFoundError:  # no VPN on this node
+            return False
+        stamp = (found.st_mtime_ns, found.st_size)
+        if self._vpn_seen is None or self._vpn_seen[0] != stamp:
+            try:
+                due: datetime | None = vpn_renewal_due(path.read_text())
+            except (OSError, ValueError) as exc:  # not ours to repair: `agent vpn` writes it anew
+                log.warning("%s holds no readable VPN certificate (%s): not renewed", path, exc)
+                due = None
+            self._vpn_seen = (stamp, due)
+        due = self._vpn_seen[1]
+        if due is None or utcnow() < due:
+            return False
+        try:
+            _, address = request_vpn(str(self.state), self.client)
+        except (AgentCallError, OSError, http.client.HTTPException, KeyError, ValueError) as exc:
+            log.warning("VPN certificate due for renewal since %s not renewed yet (next round): %s", due, exc)
+            return False
+        problem = signal_openvpn(self.state / VPN_PID, config=path)
+        if problem is None:
+            log.info("VPN certificate renewed (address %s); OpenVPN signalled to load it", address)
+        else:
+            log.error("VPN certificate renewed in %s, but %s: restart OpenVPN with it", path, problem)
+        return True
 
     def _stage_in(self, lease_id: str, files: list[dict[str, Any]], logins: list[str]) -> None:
         """Fetch the lease's staged-in files not fetched yet (checked) into each account's ~/stage-in."""

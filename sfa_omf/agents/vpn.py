@@ -34,6 +34,12 @@ the server renegotiates every VPN_RENEGOTIATION_S and keeps a tunnel's old key V
 (server_config), so a revoked node's established tunnel ends within their sum of the CRL naming it; until then its
 number is nobody else's.
 The client's key is the node's own key: the request must hold the key the agent enrolled with.
+
+Certificates expire (OpenVPN checks their dates at every handshake, so at every renegotiation): the server's is issued
+for SERVER_LIFETIME and re-issued for the same key when SERVER_RENEW_BEFORE or less is left, at start and at every
+refresh (a stat of server.pem when nothing is due), after which the OpenVPN server is sent SIGHUP (its pid from
+SERVER_PID, which server_config has it write) to load it; a node's is issued for CLIENT_LIFETIME and its agent asks
+for a new one once two thirds of it passed (agents/node.py, VPN_RENEW_AFTER).
 """
 
 from __future__ import annotations
@@ -44,13 +50,14 @@ import ipaddress
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -59,6 +66,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sfa_omf.agents.node import signal_openvpn
 from sfa_omf.calendar.agents import VPN_KEY_TRANSITION_S, VPN_NETWORK, VPN_NUMBERS, VPN_RENEGOTIATION_S, vpn_number_of
 from sfa_omf.calendar.vpn_records import IssuedCertificate, VpnRecords, VpnState
 from sfa_omf.errors import GeniError, Reason
@@ -67,7 +75,15 @@ from sfa_omf.trust.pki import load_private_key, new_private_key, private_key_pem
 
 NETWORK = VPN_NETWORK
 SERVER_ADDRESS = NETWORK.network_address + 1
+#: How long a node's VPN client certificate is valid (its agent asks for a new one after two thirds of it).
 CLIENT_LIFETIME = timedelta(days=365)
+#: How long the OpenVPN server's certificate is valid, and how long before its end it is re-issued (at start and at
+#: each refresh): a month for the OpenVPN server to be reloaded when it could not be signalled.
+SERVER_LIFETIME = timedelta(days=365)
+SERVER_RENEW_BEFORE = timedelta(days=30)
+#: The OpenVPN server's pid file in DATA_DIR/vpn/ (server_config's writepid): whom a re-issued certificate is
+#: signalled to (SIGHUP: OpenVPN reads its certificate only when it starts or restarts).
+SERVER_PID = "openvpn.pid"
 CA_LIFETIME = timedelta(days=10 * 365)
 #: The files that make a host's VPN CA: what is copied from the host that made it.
 CA_FILES = ("ca.key", "ca.pem", "server.key", "server.pem")
@@ -177,9 +193,17 @@ class _Files:
 
 
 def _leaf(
-    subject: str, public_key: rsa.RSAPublicKey, ca_key: rsa.RSAPrivateKey, ca: x509.Certificate, server: bool
+    subject: str,
+    public_key: rsa.RSAPublicKey,
+    ca_key: rsa.RSAPrivateKey,
+    ca: x509.Certificate,
+    server: bool,
+    lifetime: timedelta = CLIENT_LIFETIME,
+    not_before: datetime | None = None,
 ) -> x509.Certificate:
-    now = utcnow() - timedelta(minutes=5)
+    """A server or client certificate signed by the VPN's CA, valid from ``not_before`` (five minutes ago: clocks
+    differ) for ``lifetime``."""
+    now = not_before if not_before is not None else utcnow() - timedelta(minutes=5)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     return (
         x509.CertificateBuilder()
@@ -188,7 +212,7 @@ def _leaf(
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
-        .not_valid_after(now + CLIENT_LIFETIME)
+        .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
@@ -222,6 +246,8 @@ class VpnCa:
         self._seen: tuple[str, tuple[Stamp | None, ...] | None] | None = None
         self._files: _Files | None = None
         self._read_cache: dict[Path, tuple[Stamp, bytes]] = {}
+        # server.pem's stamp when last looked at, and when it is due for re-issue (renew_server_certificate).
+        self._server_seen: tuple[Stamp | None, datetime] | None = None
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.directory / "ccd").mkdir(exist_ok=True)
         # The server and an operator's command may both be first: the CA is made once, under a lock across processes.
@@ -233,6 +259,10 @@ class VpnCa:
                 self._create(authority_hrn)
             self.ca_key = load_private_key((self.directory / "ca.key").read_bytes())
             self.ca = x509.load_pem_x509_certificate((self.directory / "ca.pem").read_bytes())
+            try:  # at start: a server certificate near its end (or past it) is re-issued (else: each refresh)
+                self._renew_server()
+            except OSError as exc:
+                log.error("VPN server certificate in %s not checked for re-issue: %s", self.directory, exc)
             if records is None:  # the file-only VPN: its two files agree before any use (with records: refresh)
                 try:
                     self._revocation_in_line()
@@ -293,11 +323,62 @@ class VpnCa:
             .sign(key, hashes.SHA256())
         )
         server_key = new_private_key()
-        server = _leaf("server", server_key.public_key(), key, ca, server=True)
+        server = _leaf("server", server_key.public_key(), key, ca, server=True, lifetime=SERVER_LIFETIME)
         _write(self.directory / "server.key", private_key_pem(server_key), private=True)
         _write(self.directory / "server.pem", server.public_bytes(serialization.Encoding.PEM))
         _write(self.directory / "ca.key", private_key_pem(key), private=True)
         _write(self.directory / "ca.pem", ca.public_bytes(serialization.Encoding.PEM))  # last: marks it complete
+
+    def renew_server_certificate(self) -> bool:
+        """Re-issue the OpenVPN server's certificate (same key, this CA, SERVER_LIFETIME) when SERVER_RENEW_BEFORE
+        or less of it is left, or it is unreadable or not this CA's, then signal the OpenVPN server to load it; True
+        when it was re-issued. When nothing is due: a stat of server.pem (another process's re-issue changes it)."""
+        seen = self._server_seen
+        if seen is not None and seen[0] == _stamp(self.directory / "server.pem") and utcnow() < seen[1]:
+            return False
+        with self._locked():
+            return self._renew_server()
+
+    def _renew_server(self) -> bool:
+        """renew_server_certificate under the directory's lock."""
+        path = self.directory / "server.pem"
+        stamp = _stamp(path)
+        old: x509.Certificate | None = None
+        try:
+            old = x509.load_pem_x509_certificate(path.read_bytes())
+            old.verify_directly_issued_by(self.ca)
+        except (OSError, ValueError, TypeError, InvalidSignature) as exc:
+            log.warning("VPN server certificate %s unreadable or not this CA's (%s): issuing a new one", path, exc)
+            old = None
+        if old is not None and utcnow() < old.not_valid_after_utc - SERVER_RENEW_BEFORE:
+            self._server_seen = (stamp, old.not_valid_after_utc - SERVER_RENEW_BEFORE)
+            return False
+        key_path = self.directory / "server.key"
+        try:
+            key = load_private_key(key_path.read_bytes())
+        except (OSError, ValueError) as exc:  # lost: a new key, written before the certificate that holds it
+            log.warning("VPN server key %s unreadable (%s): a new one is made", key_path, exc)
+            key = new_private_key()
+            _write(key_path, private_key_pem(key), private=True)
+        # The same key: only server.pem changes (one rename), so an OpenVPN starting meanwhile loads a matching pair.
+        certificate = _leaf("server", key.public_key(), self.ca_key, self.ca, server=True, lifetime=SERVER_LIFETIME)
+        _write(path, certificate.public_bytes(serialization.Encoding.PEM))
+        self._server_seen = (_stamp(path), certificate.not_valid_after_utc - SERVER_RENEW_BEFORE)
+        ends = "is unreadable" if old is None else f"ends {old.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        log.warning(
+            "VPN server certificate re-issued (the previous one %s; the new one ends %s UTC)",
+            ends, f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M}",
+        )  # fmt: skip
+        problem = signal_openvpn(self.directory / SERVER_PID, signal.SIGHUP)
+        if problem is None:
+            log.warning("OpenVPN server signalled (SIGHUP) to load its new certificate")
+        else:
+            log.error(
+                "the OpenVPN server could not be signalled (%s): restart it (or send it SIGHUP) so that it loads "
+                "%s before the previous one %s, or every node loses its tunnel then",
+                problem, path, ends,
+            )  # fmt: skip
+        return True
 
     @property
     def ca_pem(self) -> str:
@@ -591,7 +672,12 @@ class VpnCa:
         after recording what this host's files know that the records do not (see the module's docstring). Writes
         only what changed, and reads no file when neither the records nor the files changed since this process last
         wrote them; True when the CRL or a client config changed. OpenVPN reads crl.pem and ccd/ at each new
-        connection."""
+        connection. First (also without records): the server's certificate re-issued when due
+        (renew_server_certificate)."""
+        try:  # never in the way of the CRL's refresh
+            self.renew_server_certificate()
+        except Exception:
+            log.exception("VPN server certificate not checked for re-issue (next refresh)")
         if self.records is None:
             return False
         seen = self._seen  # one read: another thread's refresh replaces it whole
@@ -776,6 +862,7 @@ class VpnCa:
                 f"key {d / 'server.key'}",
                 "dh none",
                 f"crl-verify {d / 'crl.pem'}",
+                f"writepid {d / SERVER_PID}",
                 f"client-config-dir {d / 'ccd'}",
                 "ccd-exclusive",
                 "remote-cert-tls client",
