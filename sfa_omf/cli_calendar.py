@@ -573,10 +573,22 @@ def _slice_release(args: argparse.Namespace) -> int:
 def _slice_shutdown(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.booking import Bookings
     from sfa_omf.calendar.slices import Slices
+    from sfa_omf.notify.alerts import Alerts, operator_of
+    from sfa_omf.xrn import hrn_to_urn
 
-    database = _database(args)
+    settings = command_settings(args)
+    database = command_database(settings)
     bookings = Bookings(database)
-    cancelled = [bookings.cancel(lease.id) for lease in bookings.leases(slice_urn=args.slice_urn)]
+    leases = bookings.leases(slice_urn=args.slice_urn)
+    # Their users are told who cancelled them and why (not as after their own Delete): noted before the cancellation.
+    Alerts(database).cancelling(
+        args.slice_urn,
+        [lease.id for lease in leases],
+        operator_of(hrn_to_urn(settings.interface_hrn, "authority+am")),
+        "slice shut down",
+        "Contact the operator to know why and when the slice may book again",
+    )
+    cancelled = [bookings.cancel(lease.id) for lease in leases]
     Slices(database).set_shut_down(args.slice_urn, True)
     print(f"{args.slice_urn} is shut down: {len(cancelled)} lease(s) cancelled; sfa-omf slice release undoes the ban")
     return 0

@@ -1488,7 +1488,16 @@ class Aggregate:
         _check_urn(slice_urn, "slice")
         verified = self.authorize("Shutdown", caller_chain, credentials, slice_urn, options)
         self.slices.set_shut_down(slice_urn, True, expires=verified.expires)  # first: no new booking slips in
-        for lease in self.bookings.leases(slice_urn=slice_urn):
+        leases = self.bookings.leases(slice_urn=slice_urn)
+        # Their users are told who cancelled them and why (unlike after their own Delete): noted before cancelling.
+        self.alerts.cancelling(
+            slice_urn,
+            [lease.id for lease in leases],
+            verified.owner_urn,
+            f"slice shut down at {self.settings.urn} (GENI Shutdown)",
+            "It books nothing more here until the operator releases it: contact the operator",
+        )
+        for lease in leases:
             self._end_lease(lease)
             self.bookings.cancel(lease.id)
         self._withdraw_keys_or_retry(slice_urn)

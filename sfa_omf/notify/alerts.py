@@ -11,6 +11,8 @@ delivered by the notifier like the lease events, exactly once each:
 | backend_down | the operators | the server's background loop: a testbed task failed after working (or first) |
 | backend_recovered | the operators | the server's background loop: a testbed task worked again after failing |
 | reconciler_repaired | the operators | the server's background loop: the testbed's reconciler changed something |
+| cancel_reason | (never sent alone) | just before a cancellation not by the lease's users (``slice shutdown``, |
+| | | GENI Shutdown): why and by whom, added to the lease's ``cancelled`` message (notifier.py) |
 
 Recording never raises: an event that cannot be written is logged, and the call or loop goes on. Except in a
 background task of a process that no longer leads (LeadershipLost: its write refused, cluster/leadership.py): that
@@ -26,14 +28,18 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from sfa_omf.calendar.database import Database, TransientConflict
-from sfa_omf.calendar.outbox import NotifyEvents, RecordedEvent
+from sfa_omf.calendar.outbox import NotifyEvents, RecordedEvent, add_event
 from sfa_omf.cluster.leadership import LeadershipLost
 from sfa_omf.errors import GeniError
 from sfa_omf.times import format_time, utcnow
 
 log = logging.getLogger("sfa_omf.notify")
 
+#: A note, never a message of its own: why a lease is about to be cancelled, and by whom (``Alerts.cancelling``).
+CANCEL_REASON = "cancel_reason"
 OPERATOR_EVENTS = ("node_down", "node_maintenance", "backend_down", "backend_recovered", "reconciler_repaired")
 BACKEND_STATES = ("backend_down", "backend_recovered")
 
@@ -67,6 +73,25 @@ class Alerts:
                 created=self.clock(),
             )
         )
+
+    def cancelling(self, slice_urn: str, lease_ids: Sequence[str], by: str, cause: str, advice: str) -> None:
+        """These leases of the slice are about to be cancelled by ``by`` (``the operator of URN``, a caller's URN)
+        for ``cause`` (plain words); ``advice``: what their users can do. Recorded before the cancellation, in one unit
+        of work: the notifier, which reads the calendar before the notes, never sees the lease cancelled without its
+        note. A note whose lease is not cancelled after all is never sent. The first note of a lease is kept."""
+        now = self.clock()
+        notes = [
+            RecordedEvent(
+                key=f"{lease_id}:{CANCEL_REASON}",
+                event=CANCEL_REASON,
+                slice_urn=slice_urn,
+                payload={"event": CANCEL_REASON, "lease": lease_id, "by": by, "cause": cause, "advice": advice},
+                created=now,
+            )
+            for lease_id in lease_ids
+        ]
+        if notes:
+            self._record_all(notes)
 
     def backend_failed(self, backend: str, task: str, error: str) -> None:
         """A testbed task failed: the backend is down, unless that task is already known to fail. Kept per task:
@@ -123,8 +148,18 @@ class Alerts:
         )
 
     def _record(self, event: RecordedEvent) -> None:
+        self._record_all([event])
+
+    def _record_all(self, events: Sequence[RecordedEvent]) -> None:
+        event = events[0]  # (named in the log: the first, of its kind)
         try:
-            self.events.record(event)
+            try:
+                with self.events.database.write() as session:
+                    for each in events:
+                        add_event(session, each)
+            except IntegrityError:  # a racer recorded one of these keys meanwhile: each on its own, theirs kept
+                for each in events:
+                    self.events.record(each)
         except LeadershipLost:  # another process leads: the task stops, Leadership logs it (no failure of recording)
             raise
         except GeniError as exc:  # the database is down: the event is lost, the caller's work is not
@@ -133,6 +168,11 @@ class Alerts:
             log.warning("could not record the %s event (the calendar was busy: %s)", event.event, exc)
         except Exception:  # recording never replaces the caller's own answer (e.g. Renew's refusal)
             log.exception("could not record the %s event", event.event)
+
+
+def operator_of(aggregate_urn: str) -> str:
+    """Who cancels when the operator does (``Alerts.cancelling``'s ``by``): ``the operator of <aggregate URN>``."""
+    return f"the operator of {aggregate_urn}"
 
 
 def _state_prefix(backend: str, task: str) -> str:

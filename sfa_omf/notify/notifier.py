@@ -10,14 +10,16 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.outbox import MAX_KEY, Message, NotifyEvents, Outbox, RecordedEvent
 from sfa_omf.calendar.timeline import Timeline
+from sfa_omf.notify.alerts import CANCEL_REASON
 from sfa_omf.notify.channels import (
     DeliveryError,
     SmtpSettings,
@@ -90,12 +92,17 @@ class Notifier:
             self.timeline.bookings(start=now - LOOK_BACK, include_inactive=True), now, self.settings.lead
         )
         recorded = self.recorded.since(now - LOOK_BACK)
+        # Notes of why a lease was cancelled and by whom (read after the calendar: written before the cancellation,
+        # so a lease seen cancelled has its note here): part of the lease's ``cancelled`` message, never sent alone.
+        notes = {str(e.payload.get("lease")): e.payload for e in recorded if e.event == CANCEL_REASON}
+        recorded = [e for e in recorded if e.event != CANCEL_REASON]
         if not events and not recorded:
             return 0
         slices = {event.slice_urn for event in events} | {e.slice_urn for e in recorded if e.slice_urn}
         members = self.timeline.users_of_slices(slices)
         wanted: list[tuple[str, str, set[str], dict[str, object]]] = [  # (key, event, users, payload)
-            (event.key, event.event, _recipients(event, members), payload(event)) for event in events
+            (event.key, event.event, _recipients(event, members), payload(event, notes.get(event.lease_id)))
+            for event in events
         ]
         wanted += [(e.key, e.event, self._recorded_recipients(e, members), e.payload) for e in recorded]
         subscriptions = self._subscriptions(sorted({user for _, _, users, _ in wanted for user in users}))
@@ -289,9 +296,11 @@ def channel_of(address: str) -> str:
     return "email" if "@" in address and not address.startswith("http") else "webhook"
 
 
-def payload(event: LeaseEvent) -> dict[str, object]:
-    """The event as JSON-able data (the webhook's body; the e-mail's text is made from it)."""
-    return {
+def payload(event: LeaseEvent, note: Mapping[str, Any] | None = None) -> dict[str, object]:
+    """The event as JSON-able data (the webhook's body; the e-mail's text is made from it). ``note``: why the lease
+    was cancelled and by whom (``Alerts.cancelling``), for its ``cancelled`` event: added as ``cancelled_by``,
+    ``reason`` and ``summary`` (a cancellation with no note, the users' own Delete or an expiry, has none)."""
+    data: dict[str, object] = {
         "event": event.event,
         "lease": event.lease_id,
         "slice": event.slice_urn,
@@ -300,6 +309,17 @@ def payload(event: LeaseEvent) -> dict[str, object]:
         "end": format_time(event.end),
         "state": event.state,
     }
+    if event.event == "cancelled" and note is not None:
+        by, cause, advice = (" ".join(str(note.get(name, "")).split()) for name in ("by", "cause", "advice"))
+        data["cancelled_by"] = by
+        data["reason"] = f"cancelled by {by}: {cause}" + (f". {advice}" if advice else "")
+        data["summary"] = f"lease of {_slice_name(event.slice_urn)} cancelled by {by}: {cause}"
+    return data
+
+
+def _slice_name(slice_urn: str) -> str:
+    """The slice's name, on one line (a slice URN is the caller's text and may hold a line break)."""
+    return " ".join(slice_urn.rsplit("+", 1)[-1].split())
 
 
 def email_text(message: Message) -> tuple[str, str]:
@@ -311,13 +331,14 @@ def email_text(message: Message) -> tuple[str, str]:
         return f"[sfa-omf] {' '.join(str(data['summary']).split())}", (
             f"{data['summary']} ({data['backend']}).\n\n{data['text']}\n{STOP}"
         )
-    if "summary" in data:  # a recorded event (alerts.py): its summary, then its details
+    if "summary" in data and "lease" not in data:  # a recorded event (alerts.py): its summary, then its details
         details = "".join(f"  {name}: {value}\n" for name, value in sorted(data.items()) if name != "summary")
         # A header holds one line: an error's text may have several (EmailMessage refuses a line break).
         return f"[sfa-omf] {' '.join(str(data['summary']).split())}", f"{data['summary']}.\n\n{details}\n{STOP}"
     # One line, as for a recorded event's summary: a slice URN is the caller's text and may hold a line break.
-    slice_name = " ".join(str(data["slice"]).rsplit("+", 1)[-1].split())
-    subject = f"[sfa-omf] lease of {slice_name} {SUBJECTS.get(message.event, message.event)}"
+    subject = f"[sfa-omf] lease of {_slice_name(str(data['slice']))} {SUBJECTS.get(message.event, message.event)}"
+    if "summary" in data:  # a lease's event that says more (cancelled by the operator): its summary
+        subject = f"[sfa-omf] {' '.join(str(data['summary']).split())}"
     nodes = ", ".join(str(node) for node in data["nodes"])
     reason = f"  why:    {data['reason']}\n" if data.get("reason") else ""  # the testbed's or operator's words
     body = (
