@@ -264,7 +264,9 @@ def _serve_with_workers(loaded: LoadedConfig, args: argparse.Namespace, count: i
 
 def _probe(args: argparse.Namespace) -> int:
     """GetVersion over TLS on both servers, presenting the aggregate's own certificate (the servers want a client
-    certificate) and, like sfi.py and omni, not checking the server's."""
+    certificate) and, like sfi.py and omni, not checking the server's chain; then the validity of the certificate
+    each serves: an expired one (or one not yet valid) is a failure, as clients that check it (curl, jFed, browsers)
+    refuse the server; one ending within 30 days is said."""
     import ssl
     import time
     import xmlrpc.client
@@ -299,7 +301,43 @@ def _probe(args: argparse.Namespace) -> int:
         identity = value.get("urn") or value.get("hrn") or "?"
         api = value.get("geni_api") or answer.get("geni_api") or value.get("sfa")
         print(f"{service} {url} answers GetVersion in {elapsed_ms:.0f} ms: {identity} (API {api})")
+        fatal, problem = _served_certificate_problem(settings.hostname, port, context, args.timeout)
+        failures += fatal
+        if problem:
+            print(f"{service} {url}: {problem}")
     return 1 if failures else 0
+
+
+def _served_certificate_problem(host: str, port: int, context: Any, timeout_s: float) -> tuple[bool, str]:
+    """What is wrong with the certificate the server at host:port serves, and whether it is a failure (expired, not
+    yet valid) or a warning (ending within EXPIRY_WARNING); (False, "") when nothing is, or it cannot be read
+    (GetVersion answered already)."""
+    import socket
+    import ssl
+
+    from cryptography import x509
+
+    from sfa_omf.preflight import EXPIRY_WARNING
+    from sfa_omf.times import format_time, utcnow
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as raw, context.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError):
+        return False, ""
+    if not der:
+        return False, ""
+    certificate = x509.load_der_x509_certificate(der)
+    now, fix = utcnow(), "run sfa-omf authority renew, then restart sfa-omf serve"
+    if now > certificate.not_valid_after_utc:
+        ended = format_time(certificate.not_valid_after_utc)
+        return True, f"its certificate expired on {ended}: clients that check it refuse the server; {fix}"
+    if now < certificate.not_valid_before_utc:
+        begins = format_time(certificate.not_valid_before_utc)
+        return True, f"its certificate is not valid before {begins}: is this machine's clock right (date -u)?"
+    if certificate.not_valid_after_utc - now <= EXPIRY_WARNING:
+        return False, f"its certificate expires on {format_time(certificate.not_valid_after_utc)}; {fix}"
+    return False, ""
 
 
 def _with_timeout(timeout_s: float, call: Any) -> Any:

@@ -253,3 +253,26 @@ def test_init_says_what_it_reissued(site: Path, capsys: pytest.CaptureFixture[st
     assert f"re-issued with the same key: {site / 'aggregate' / 'am.gid'}" in printed, printed
     assert main(["init", str(site), "--authority", "tb", "--user", "alice"]) == 0
     assert "re-issued" not in capsys.readouterr().out  # far from its end now: kept
+
+
+def test_probe_says_when_the_served_certificate_expired(site: Path, listener: Listener) -> None:
+    """``sfa-omf probe`` checks the validity of the certificate a server serves (its GetVersion answers whatever the
+    dates): expired is a failure naming authority renew, ending within 30 days a warning, valid nothing. Over a real
+    TLS listener serving the site's am.gid as serve does."""
+    from sfa_omf.cli_server import _served_certificate_problem
+    from tests.tls_harness import client_context
+
+    gid_path, key_path = str(site / "aggregate" / "am.gid"), str(site / "aggregate" / "am.pkey")
+    context = client_context(gid_path, key_path)
+
+    def served_problem() -> tuple[bool, str]:
+        port = listener.listen(Site(Resource()), ServerTls(key_path, gid_path, require_client_certificate=False))
+        return _served_certificate_problem("127.0.0.1", port, context, 10)
+
+    assert served_problem() == (False, "")
+    age_site(site, 1, 3650, 400, 365)  # am.gid ended 35 days ago
+    fatal, problem = served_problem()
+    assert fatal and problem.startswith("its certificate expired on ") and "sfa-omf authority renew" in problem
+    age_site(site, 1, 3650, 345, 365)  # 20 days left
+    fatal, problem = served_problem()
+    assert not fatal and problem.startswith("its certificate expires on ") and "sfa-omf authority renew" in problem
