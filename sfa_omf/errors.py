@@ -151,14 +151,15 @@ LOGGED_MESSAGE_CHARACTERS = 300
 
 def logged_refusal(error: GeniError | None) -> str:
     """What a call's log line adds when the call was refused: `` reason=<reason> why="<message>"``, the message on
-    one line and cut, every character that is not printable escaped (a line break or a bidi override a caller put in
-    an argument the message names never forges or reorders a log line). Empty for a call that was not refused.
+    one line and cut, every character that is not printable escaped, and backslashes (a line break or a bidi override
+    a caller put in an argument the message names never forges or reorders a log line, nor a final backslash its
+    closing quote). Empty for a call that was not refused.
     Why: the code alone does not tell an operator what to do (3 is an untrusted caller as well as a call that
     carried no credential)."""
     if error is None:
         return ""
     text = "".join(
-        character if character.isprintable() else repr(character)[1:-1]
+        character if character.isprintable() and character != "\\" else repr(character)[1:-1]
         for character in error.message[:LOGGED_MESSAGE_CHARACTERS]
     )
     if len(error.message) > LOGGED_MESSAGE_CHARACTERS:

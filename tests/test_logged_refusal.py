@@ -28,3 +28,8 @@ def test_line_breaks_bidi_overrides_and_quotes_cannot_forge_a_line() -> None:
 def test_a_long_message_is_cut_and_says_how_long_it_was() -> None:
     shown = logged_refusal(GeniError(Reason.BAD_ARGS, "y" * 5000))
     assert shown.split('why="')[1].count("y") == LOGGED_MESSAGE_CHARACTERS and "... (5000 characters)" in shown
+
+
+def test_a_backslash_is_escaped_so_the_closing_quote_stays_one() -> None:
+    shown = logged_refusal(GeniError(Reason.BAD_ARGS, "C:\\path\\"))
+    assert shown == ' reason=bad_args why="C:\\\\path\\\\"'

@@ -161,8 +161,10 @@ READ_ONLY_FIELDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
 }
 
 
-def slice_lifetime(record: Record) -> timedelta:
-    """How long a slice credential issued now may live: up to the slice's expiry, at most the usual lifetime."""
+def slice_lifetime(record: Record, longest: timedelta = DEFAULT_CREDENTIAL_LIFETIME) -> timedelta:
+    """How long a slice credential issued now may live: up to the slice's expiry, at most ``longest`` (the usual
+    lifetime, or the registry's max_slice_renew when that is longer: a slice its researchers may renew that far gets
+    a credential as long, or the aggregates would refuse to renew its leases past the usual lifetime)."""
     if record.expires is None:
         return DEFAULT_CREDENTIAL_LIFETIME
     left = record.expires - utcnow()
@@ -172,7 +174,7 @@ def slice_lifetime(record: Record) -> timedelta:
             f"slice {record.hrn} expired at {format_time(record.expires)}; ask a PI of its authority (Update with "
             "expires and an authority credential) or its operator (sfa-omf slice renew) to renew it",
         )
-    return min(left, DEFAULT_CREDENTIAL_LIFETIME)
+    return min(left, longest)
 
 
 def _hrn(xrn: Any) -> str:
@@ -477,7 +479,8 @@ class RegistryApi:
             return self.authority.credential(caller_chain, caller_chain, lifetime=lifetime, can_delegate=False)
         if target.type == "slice" and self._slice_member(caller.hrn, target):
             target_chain = record_chain(target)
-            lifetime = self._credential_lifetime(caller_chain, target_chain, slice_lifetime(target))
+            longest = max(DEFAULT_CREDENTIAL_LIFETIME, self.max_slice_renew)
+            lifetime = self._credential_lifetime(caller_chain, target_chain, slice_lifetime(target, longest))
             return self.authority.credential(caller_chain, target_chain, lifetime=lifetime)
         if target.type == "authority" and caller.hrn in target.pis:
             lifetime = self._credential_lifetime(caller_chain, self.authority.chain)

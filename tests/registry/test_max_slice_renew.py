@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from sfa_omf.registry.bootstrap import init_directory, register_demo
 from sfa_omf.registry.records import Record, Records
 from sfa_omf.server.app import start_registry
 from sfa_omf.times import format_time, parse_time, utcnow
+from sfa_omf.trust.credential import read_credential
 from tests.postgres import empty_postgres
 from tests.registry.test_interop_hunt_fixes import _admin, _user
 from tests.registry.test_registry_hunt_fixes import Registry
@@ -43,11 +45,17 @@ def _with_max_slice_renew(path: Path, days: str) -> None:
 def registry(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Path) -> Iterator[Registry]:
     """The registry of tests/registry/test_registry_hunt_fixes.py, started as ``serve`` starts it from a
     configuration file with ``[sfa] max_slice_renew = 7``."""
+    with _served_registry(running_reactor, tmp_path, request.param, 7) as served:
+        yield served
+
+
+@contextmanager
+def _served_registry(running_reactor: Any, tmp_path: Path, backend: str, days: int) -> Iterator[Registry]:
     report = init_directory(str(tmp_path / "tb"), "tb", ("alice", "bob"))
-    _with_max_slice_renew(tmp_path / "tb" / "sfa-omf.conf", "7")
+    _with_max_slice_renew(tmp_path / "tb" / "sfa-omf.conf", str(days))
     settings = read_config(str(tmp_path / "tb" / "sfa-omf.conf"), environ={})
-    assert settings.max_slice_renew_days == 7
-    database = Database(settings.calendar_url if request.param == "sqlite" else empty_postgres())
+    assert settings.max_slice_renew_days == days
+    database = Database(settings.calendar_url if backend == "sqlite" else empty_postgres())
     database.upgrade()
     register_demo(report, database)
     records = Records(database)
@@ -101,6 +109,22 @@ def test_a_slice_credential_renews_within_the_configured_days(registry: Registry
     further = (utcnow() + timedelta(days=20)).replace(microsecond=0)
     assert registry.alice.Update({"hrn": EXP, "expires": format_time(further)}, [registry.auth_cred]) == 1
     assert registry.records.get(EXP).expires == further  # type: ignore[union-attr]
+
+
+def test_a_slice_renewed_further_than_a_credential_lives_gets_a_credential_as_long(
+    running_reactor: Any, tmp_path: Path
+) -> None:
+    """With max_slice_renew = 60, a slice its researcher renewed 50 days ahead gets a slice credential that ends
+    with it: capped at the usual 30 days, every aggregate would refuse to renew its leases past them, and the refusal
+    ("renew the slice, call again with the new credential") would send the researcher round in a circle."""
+    with _served_registry(running_reactor, tmp_path, "sqlite", 60) as served:
+        carol, carol_cred = _user(served, "carol")
+        _admin(served).create_slice("exp", ["carol"], expires=utcnow() + timedelta(days=2))
+        fifty_days = (utcnow() + timedelta(days=50)).replace(microsecond=0)
+        slice_cred = carol.GetCredential(carol_cred, EXP, "slice")
+        assert carol.Update({"hrn": EXP, "type": "slice", "expires": format_time(fifty_days)}, [slice_cred]) == 1
+        renewed = read_credential(carol.GetCredential(carol_cred, EXP, "slice").encode("utf-8")).credential
+        assert renewed.expires == fifty_days, (renewed.expires, fifty_days)
 
 
 def test_the_default_is_the_registry_s_own(tmp_path: Path) -> None:

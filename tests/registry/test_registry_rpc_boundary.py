@@ -65,7 +65,9 @@ def test_a_method_name_that_is_no_name_is_a_short_fault_and_never_logged_raw(
         assert lines[2].startswith("'RRRR") and "(2000000 characters) caller=urn:publicid:IDN+tb+user+alice" in lines[2]
         # Each refused call's line says why, as the caller was told (errors.logged_refusal).
         assert all(" geni_code=13 " in line and ' reason=unsupported why="' in line for line in lines), lines
-        assert f'why="{fault_of(FORGING)[1].faultString}"' in caplog.records[-1].getMessage()
+        # (its backslashes doubled: the name is shown as a repr, "'X\\n2026...")
+        shown = fault_of(FORGING)[1].faultString.replace("\\", "\\\\")
+        assert f'why="{shown}"' in caplog.records[-1].getMessage()
         # A valid name unknown here is still the registry's own refusal, listing its methods.
         assert "is not offered by this registry" in fault_of("Register_x.y")[1].faultString
     finally:
