@@ -28,6 +28,7 @@ from cryptography.x509.oid import NameOID
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.testbed.omf.frcp import (
     INFORM_CLOCK_SKEW_S,
+    FrcpCircuitOpen,
     FrcpClient,
     FrcpError,
     FrcpMessage,
@@ -158,7 +159,7 @@ class UserFactory:
         try:
             # The child informs once useradd has run; informs are not queued: listen before anything else.
             session.subscribe_address(child)
-            exited = _wait_for_exit(session, child, created.ts, f"useradd of {login}")
+            exited = _wait_for_exit(session, child, created.ts, f"useradd of {login}", self.topic)
             exit_code = exited.props.get("exit_code")
             if exit_code not in (0, "0"):
                 words = exited.props.get("msg") or exited.props.get("reason") or "no words"
@@ -176,9 +177,11 @@ class UserFactory:
                         f"the testbed's user_factory created the account {login} but sent no public key (pub_key "
                         "in its EXIT inform): no certificate could be minted for it; ask the testbed's operator",
                     )
-                session.request(child, "configure", {"cert": self.certificates.mint(login, public_key)})
+                session.request(
+                    child, "configure", {"cert": self.certificates.mint(login, public_key)}, peer=self.topic
+                )
             if keys is not None:
-                session.request(child, "configure", {"auth_keys": list(keys)})
+                session.request(child, "configure", {"auth_keys": list(keys)}, peer=self.topic)
         finally:
             session.request(self.topic, "release", rid=child)
 
@@ -186,8 +189,10 @@ class UserFactory:
     def _speaking(self, what: str) -> Iterator[FrcpSession]:
         """An FRCP session whose failures are GENI errors saying what could not be done."""
         try:
-            with self.client.session() as session:
+            with self.client.session(self.topic) as session:
                 yield session
+        except FrcpCircuitOpen as exc:  # not even asked: its words say when it is tried again
+            raise GeniError(Reason.UNAVAILABLE, f"cannot {what} on the testbed: {exc}") from exc
         except FrcpUnavailable as exc:
             raise GeniError(
                 Reason.UNAVAILABLE,
@@ -206,17 +211,18 @@ class UserFactory:
             ) from exc
 
 
-def _wait_for_exit(session: FrcpSession, child: str, created_ts: int, what: str) -> FrcpMessage:
+def _wait_for_exit(session: FrcpSession, child: str, created_ts: int, what: str, factory: str) -> FrcpMessage:
     """The child's STATUS {status_type: APP_EVENT, event: EXIT}, informed on its own topic with no cid (FrcpError
-    for its error inform); FrcpTimeout when none comes within the client's time-out. Informs older than the create
-    (less the clocks' tolerance) are not its answer; other informs stay kept for the session's later waits."""
+    for its error inform); FrcpTimeout when none comes within the client's time-out (told to the ``factory``'s
+    breaker). Informs older than the create (less the clocks' tolerance) are not its answer; other informs stay
+    kept for the session's later waits."""
     child_topic = topic_of(child)
     not_before = created_ts - INFORM_CLOCK_SKEW_S
 
     def is_the_exit(inform: FrcpMessage) -> bool:
         return inform.op == "inform" and inform.ts >= not_before and _is_exit_of(inform, child_topic)
 
-    exited = session.wait_for(is_the_exit, None, f"the {what} (an EXIT inform from {child_topic})")
+    exited = session.wait_for(is_the_exit, None, f"the {what} (an EXIT inform from {child_topic})", factory)
     if exited.is_error:
         raise FrcpError(str(exited.props.get("reason") or exited.itype or "error"), exited)
     return exited

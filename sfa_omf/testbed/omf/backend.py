@@ -15,10 +15,18 @@ Beyond omf_sfa, with the same broker (slots.py): at each provisioned lease's sta
 loaded through frisbee and cm and its nodes powered on; at its end the nodes are powered off and its keys removed;
 every controller error or time-out shows in Status as geni_failed with the controller's words. geni_start,
 geni_stop and geni_restart are cm_factory's on, off and reset.
+
+A broker that hangs or a controller that does not answer held every call that asked it for the whole time-out: the
+FRCP client has breakers (frcp.py: the broker's and each controller's), so after one time-out the calls that need
+that peer answer UNAVAILABLE (11) at once, sending nothing, and the slot passes postpone its work, until the
+cool-down (``[sfa_aggregate] backend_cooldown_s``) is over. The gate (sfa_omf/testbed/gate.py) is not given them:
+Renew and Delete do not talk to the testbed here (the calendar is the reservation) and go on working while it is
+down, and a hung cm_factory does not stop Provision's user_factory.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -114,6 +122,7 @@ def make_omf_backend(settings: Any, database: Database | None = None) -> OmfTest
     if settings is None or not getattr(settings, "frcp_amqp_url", ""):
         return OmfTestbed()
     from sfa_omf.registry.authority import LocalAuthority
+    from sfa_omf.testbed.gate import COOLDOWN_S, CircuitBreaker
     from sfa_omf.testbed.omf.controllers import Controllers
     from sfa_omf.testbed.omf.frcp import ControllerSigners, FrcpClient, SignatureChecker
     from sfa_omf.testbed.omf.slot_records import SlotRecords
@@ -140,6 +149,9 @@ def make_omf_backend(settings: Any, database: Database | None = None) -> OmfTest
             controllers=ControllerSigners(settings.interface_hrn, settings.frcp_controller_urns),
         ),
         timeout_s=settings.frcp_timeout_s,
+        # The aggregate's client's breakers (the broker's, each controller's): its calls and the slot passes all
+        # stop asking a hung broker or controller.
+        breakers=functools.partial(CircuitBreaker, cooldown_s=getattr(settings, "backend_cooldown_s", COOLDOWN_S)),
     )
     user_factory = UserFactory(client, settings.frcp_user_factory, certificates)
     if database is None:

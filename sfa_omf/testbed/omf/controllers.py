@@ -88,12 +88,12 @@ class Controllers:
 
     def power(self, nodes: Sequence[str], status: str) -> dict[str, NodeOutcome]:
         """Switch nodes on, off or reset them; each node's outcome. FrcpUnavailable when the broker is down."""
-        with self.client.session() as session:
+        with self.client.session(self.cm_topic) as session:
             return self._cm(session, nodes, status, f"switch {status}")
 
     def load_image(self, image: str, nodes: Sequence[str]) -> dict[str, NodeOutcome]:
         """Write ``image`` on the nodes' disks and boot them from it (the order in the module docstring)."""
-        with self.client.session() as session:
+        with self.client.session(self.frisbee_topic, self.cm_topic) as session:
             try:
                 ports = session.request(self.frisbee_topic, "request", {"ports": None})
                 port = ports.props.get("ports")
@@ -155,6 +155,7 @@ class Controllers:
             f"{what} (cm_factory)",
             sent_ts=sent_ts,
             foreign_error_grace_s=self.foreign_error_grace_s,
+            peer=self.cm_topic,
         )
         return _outcomes(answers.values(), f"cm_factory could not {what}")
 
@@ -191,7 +192,13 @@ class Controllers:
 
         writing = [node for node in nodes if node not in outcomes]
         answers = session.about_nodes(
-            writing, _frisbee_finished, self.boot_timeout_s, f"write {image} (frisbee)", sent_ts=sent_ts, ours=ours
+            writing,
+            _frisbee_finished,
+            self.boot_timeout_s,
+            f"write {image} (frisbee)",
+            sent_ts=sent_ts,
+            ours=ours,
+            peer=self.frisbee_topic,
         )
         return {**outcomes, **_outcomes(answers.values(), "frisbee could not write the image")}
 

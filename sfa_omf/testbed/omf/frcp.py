@@ -23,6 +23,16 @@ FRCP on AMQP, the facts this module follows:
 Errors: FrcpUnavailable (the broker cannot be reached), FrcpTimeout (no matching reply in time), FrcpError (the
 controller answered ERROR / CREATION.FAILED / anything "error" or "failed", with its reason). The backend turns
 them into GENI errors (11, 8, 2).
+
+The breakers (the aggregate's client has them, sfa_omf/testbed/gate.py's CircuitBreaker): a broker that hangs held
+each call for the connection's time-out (pika's ``stack_timeout``, 15 s), a controller that does not answer for the
+request's (``timeout_s``; ``boot_timeout_s`` for power and images), however many calls came. So the broker and each
+controller (by its topic) have a breaker: a connection that timed out opens the broker's, a request no inform
+answered in time its controller's; any answer closes it. While one rests, ``session()`` refuses the sessions that
+need it at once with FrcpCircuitOpen (an FrcpUnavailable: nothing is sent, not even a connection tried), so the
+calls answer UNAVAILABLE (11) and the slot passes postpone their work. A controller that hangs does not stop the
+others (a silent cm_factory leaves Provision's user_factory alone). Failures that come back at once (a refused
+connection, the broker closing it) hold no call: they do not feed the breakers, and the broker back is used at once.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 import uuid
 from collections import deque
@@ -45,8 +56,14 @@ import jwt
 import pika
 import pika.exceptions
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pika.adapters.utils.connection_workflow import (
+    AMQPConnectorException,
+    AMQPConnectorPhaseErrorBase,
+    AMQPConnectorStackTimeout,
+)
 
 from sfa_omf.errors import TrustError
+from sfa_omf.testbed.gate import CircuitBreaker, CircuitOpen
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import Gid, GidChain, chain_pem, load_gid_chain
 from sfa_omf.trust.roots import TrustedRoots, verify_chain
@@ -71,6 +88,11 @@ UNCLAIMED_INFORMS_MAX = 1000
 
 class FrcpUnavailable(Exception):
     """The AMQP broker cannot be reached (or dropped the connection)."""
+
+
+class FrcpCircuitOpen(FrcpUnavailable):
+    """Not sent: the broker or the controller a session needs timed out moments ago, and its breaker keeps requests
+    from it for a cool-down; the message says when it failed, why, and when it is tried again."""
 
 
 class FrcpTimeout(Exception):
@@ -341,7 +363,10 @@ class FrcpClient:
         checker: SignatureChecker | None = None,
         topic: str | None = None,
         timeout_s: float = 30.0,
+        breakers: Callable[[str], CircuitBreaker] | None = None,
     ) -> None:
+        """``breakers``: makes the breaker of a peer, given how messages name it (the broker, a controller); None:
+        no breakers (every session is tried)."""
         self.url = url
         self.parameters = pika.URLParameters(url)
         self.parameters.connection_attempts = 1
@@ -353,21 +378,60 @@ class FrcpClient:
         self.topic = topic or default_topic()
         self.timeout_s = timeout_s
         self.host = self.parameters.host
+        # The aggregate's (make_omf_backend): while the broker or a controller is hung, its sessions are refused.
+        self._make_breaker = breakers
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._breakers_lock = threading.Lock()
+
+    def breaker(self, peer: str = "") -> CircuitBreaker | None:
+        """The breaker of ``peer``: a controller's topic, "" for the broker itself (made when first needed); None
+        when the client has no breakers."""
+        if self._make_breaker is None:
+            return None
+        topic = _peer(peer)
+        with self._breakers_lock:
+            if topic not in self._breakers:
+                broker = _safe(self.url)
+                words = f"the controller {topic} (on {broker})" if topic else f"the AMQP broker at {broker}"
+                self._breakers[topic] = self._make_breaker(words)
+            return self._breakers[topic]
 
     @contextmanager
-    def session(self) -> Iterator[FrcpSession]:
-        """A connection with our own topic and one reply queue, closed at the end."""
+    def session(self, *peers: str) -> Iterator[FrcpSession]:
+        """A connection with our own topic and one reply queue, closed at the end. ``peers``: the topics of the
+        controllers it will ask; FrcpCircuitOpen, before connecting, while the broker's or one of theirs' breaker
+        rests (see the module docstring)."""
+        report = _BreakerReport(self, peers)
         try:
             connection = pika.BlockingConnection(self.parameters)
-        except pika.exceptions.AMQPError as exc:
-            raise FrcpUnavailable(f"the AMQP broker at {_safe(self.url)} cannot be reached: {exc!r}") from exc
+        except AMQPConnectorStackTimeout as exc:  # it took the connection and never spoke AMQP: hung
+            unreachable = FrcpUnavailable(
+                f"the AMQP broker at {_safe(self.url)} did not complete the AMQP handshake within "
+                f"{self.parameters.stack_timeout:g} s: is it hung?"
+            )
+            report.broker_failed(str(unreachable), waited=True)
+            raise unreachable from exc
+        except (pika.exceptions.AMQPError, AMQPConnectorException) as exc:
+            # (pika raises the connector's own errors, not AMQPError, for some ways a connection fails)
+            unreachable = FrcpUnavailable(f"the AMQP broker at {_safe(self.url)} cannot be reached: {exc!r}")
+            report.broker_failed(str(unreachable), waited=_waited(exc))
+            raise unreachable from exc
         except OSError as exc:
-            raise FrcpUnavailable(f"the AMQP broker at {_safe(self.url)} cannot be reached: {exc}") from exc
+            unreachable = FrcpUnavailable(f"the AMQP broker at {_safe(self.url)} cannot be reached: {exc}")
+            report.broker_failed(str(unreachable), waited=isinstance(exc, TimeoutError))
+            raise unreachable from exc
+        except BaseException:
+            report.ended()
+            raise
+        report.answered("")  # the broker spoke AMQP
         try:
-            yield FrcpSession(self, connection)
+            yield FrcpSession(self, connection, report)
         except pika.exceptions.AMQPError as exc:
-            raise FrcpUnavailable(f"the AMQP broker at {_safe(self.url)} failed: {exc!r}") from exc
+            dropped = FrcpUnavailable(f"the AMQP broker at {_safe(self.url)} failed: {exc!r}")
+            report.broker_failed(str(dropped), waited=_waited(exc))
+            raise dropped from exc
         finally:
+            report.ended()
             try:
                 if connection.is_open:
                     connection.close()
@@ -375,12 +439,86 @@ class FrcpClient:
                 pass  # already gone: nothing to close
 
 
+class _BreakerReport:
+    """Admits one session (the broker's breaker, then those of the controllers it will ask) and tells each breaker
+    how its requests went. A breaker's first report settles its probe when the session is one; the later ones are
+    ordinary requests'. Without breakers it does nothing. A peer is a controller's topic (or address), "" the
+    broker."""
+
+    def __init__(self, client: FrcpClient, peers: Collection[str]) -> None:
+        self.client = client
+        self._probes: dict[str, bool] = {}  # peer -> whether this session is its probe, until its first report
+        for peer in dict.fromkeys(("", *(_peer(peer) for peer in peers))):
+            breaker = client.breaker(peer)
+            if breaker is None:
+                continue
+            try:
+                self._probes[peer] = breaker.admit()
+            except CircuitOpen as refused:
+                self.ended()  # a probe claimed for another peer lets another session try
+                raise FrcpCircuitOpen(refused.message) from None
+
+    def answered(self, peer: str) -> None:
+        """``peer`` answered: an inform answered a request, whatever it said ("": the broker spoke AMQP)."""
+        breaker = self.client.breaker(peer)
+        if breaker is not None:
+            breaker.worked(self._take_probe(peer))
+
+    def failed(self, peer: str, why: str) -> None:
+        """No inform from ``peer`` answered a request in time (``why``: its words)."""
+        breaker = self.client.breaker(peer)
+        if breaker is not None:
+            breaker.failed(why, self._take_probe(peer))
+
+    def broker_failed(self, why: str, waited: bool) -> None:
+        """The broker was out of reach or dropped the connection: a failure that took a time-out (``waited``) opens
+        its breaker; one that came back at once held nobody (a probe of the broker then lets another try)."""
+        if waited:
+            self.failed("", why)
+        else:
+            self._settle("")
+
+    def ended(self) -> None:
+        """The session is over: each probe that learnt nothing lets another session try."""
+        for peer in list(self._probes):
+            self._settle(peer)
+
+    def _settle(self, peer: str) -> None:
+        breaker = self.client.breaker(peer)
+        if breaker is not None and self._probes.get(_peer(peer)):
+            breaker.abandoned(self._take_probe(peer))
+
+    def _take_probe(self, peer: str) -> bool:
+        key = _peer(peer)
+        probe = self._probes.get(key, False)
+        self._probes[key] = False
+        return probe
+
+
+def _peer(peer: str) -> str:
+    """How a peer's breaker is known: a controller by its topic (given as a topic or an address), "" the broker."""
+    return topic_of(peer) if peer else ""
+
+
+def _waited(error: BaseException, depth: int = 0) -> bool:
+    """Whether a connection failure took a time-out (pika nests the cause in its own errors), rather than coming
+    back at once."""
+    if isinstance(error, TimeoutError | AMQPConnectorStackTimeout | pika.exceptions.ConnectionBlockedTimeout):
+        return True
+    if depth > 4:
+        return False
+    if isinstance(error, AMQPConnectorPhaseErrorBase):
+        return _waited(error.exception, depth + 1)
+    return any(isinstance(arg, BaseException) and _waited(arg, depth + 1) for arg in error.args)
+
+
 class FrcpSession:
     """One conversation with controllers: subscribe to their topics, send requests, wait for the matching inform."""
 
-    def __init__(self, client: FrcpClient, connection: Any) -> None:
+    def __init__(self, client: FrcpClient, connection: Any, report: _BreakerReport) -> None:
         self.client = client
         self.connection = connection
+        self.report = report  # to the breakers: which controller answered, which did not
         self.channel = connection.channel()
         declare_topic(self.channel, client.topic)
         # Exclusive: deleted with the connection. Not auto-delete (OMF's subscribers use it), because this session
@@ -429,26 +567,35 @@ class FrcpSession:
         props: Mapping[str, Any] | None = None,
         timeout_s: float | None = None,
         node_name: str | None = None,
+        peer: str | None = None,
         **extra: Any,
     ) -> FrcpMessage:
         """Send ``op`` to ``topic`` and return the inform that answers it: the one whose cid is our mid (or, for
         controllers that send no cid, whose props.node_name is ``node_name``). Error informs raise FrcpError;
-        nothing in time raises FrcpTimeout."""
+        nothing in time raises FrcpTimeout. ``peer``: the controller whose breaker hears of it (by default the
+        topic's; a factory's for its child's topic)."""
         if op not in REQUEST_OPS:
             raise ValueError(f"op {op!r} is not one of {', '.join(REQUEST_OPS)}")
         target = topic_of(topic)
         self.subscribe(target)
         message = self.message(op, props, **extra)
         self.send(target, message)
-        return self.wait(message.mid, timeout_s, node_name, what=f"{op} on {target}", sent_ts=message.ts)
+        what = f"{op} on {target}"
+        return self.wait(message.mid, timeout_s, node_name, what, message.ts, target if peer is None else peer)
 
     def wait(
-        self, mid: str, timeout_s: float | None, node_name: str | None, what: str, sent_ts: int | None = None
+        self,
+        mid: str,
+        timeout_s: float | None,
+        node_name: str | None,
+        what: str,
+        sent_ts: int | None = None,
+        peer: str | None = None,
     ) -> FrcpMessage:
         """The inform answering the request ``mid`` sent at ``sent_ts`` (default: the session's start; older
         informs are ignored), see ``request``. Informs that arrive meanwhile and answer something else are kept for
         the waits that follow (``unclaimed``): a frisbee client's EXIT may come while we wait for another's
-        CREATION.OK."""
+        CREATION.OK. ``peer``: the controller whose breaker hears whether it answered (None: none)."""
         limit = self.client.timeout_s if timeout_s is None else timeout_s
         not_before = (self.opened_ts if sent_ts is None else sent_ts) - INFORM_CLOCK_SKEW_S
 
@@ -457,19 +604,35 @@ class FrcpSession:
 
         answer = self._claim(answers) or self._receive(answers, time.monotonic() + limit)
         if answer is None:
-            raise FrcpTimeout(f"no answer to {what} within {limit:g} s")
+            raise self._silence(peer, f"no answer to {what} within {limit:g} s")
+        self._heard(peer)
         if answer.is_error:
             raise FrcpError(_reason(answer), answer)
         return answer
 
-    def wait_for(self, wanted: Callable[[FrcpMessage], bool], timeout_s: float | None, what: str) -> FrcpMessage:
+    def wait_for(
+        self, wanted: Callable[[FrcpMessage], bool], timeout_s: float | None, what: str, peer: str | None = None
+    ) -> FrcpMessage:
         """The first inform ``wanted`` accepts, among those kept (``unclaimed``) and then those that arrive; others
-        are kept for later waits. FrcpTimeout when none comes in time (errors are returned, not raised)."""
+        are kept for later waits. FrcpTimeout when none comes in time (errors are returned, not raised). ``peer``:
+        the controller whose breaker hears whether it answered (None: none)."""
         limit = self.client.timeout_s if timeout_s is None else timeout_s
         found = self._claim(wanted) or self._receive(wanted, time.monotonic() + limit)
         if found is None:
-            raise FrcpTimeout(f"no answer to {what} within {limit:g} s")
+            raise self._silence(peer, f"no answer to {what} within {limit:g} s")
+        self._heard(peer)
         return found
+
+    def _heard(self, peer: str | None) -> None:
+        """``peer`` answered: its breaker hears of it."""
+        if peer is not None:
+            self.report.answered(peer)
+
+    def _silence(self, peer: str | None, words: str) -> FrcpTimeout:
+        """The time-out of a request ``peer`` did not answer, told to its breaker."""
+        if peer is not None:
+            self.report.failed(peer, words)
+        return FrcpTimeout(words)
 
     def about_nodes(
         self,
@@ -480,6 +643,7 @@ class FrcpSession:
         sent_ts: int | None = None,
         ours: Callable[[FrcpMessage], bool] | None = None,
         foreign_error_grace_s: float | None = None,
+        peer: str | None = None,
     ) -> dict[str, NodeAnswer]:
         """For each node, the first inform about it (props.node_name or props.node: cm_factory and frisbee send no
         cid) that ``done`` accepts, or else an error about it; informs that are neither (progress), and informs
@@ -488,7 +652,8 @@ class FrcpSession:
         error naming the node may be cm_factory refusing someone else's request, so it is held: if something
         ``done`` accepts comes for the node meanwhile, the node succeeds; else the held error (in its own words) is
         the node's answer once ``foreign_error_grace_s`` have passed since we took it (None: once the time is up).
-        A node with no inform at all gets a time-out answer: one slow node does not hide the others'."""
+        A node with no inform at all gets a time-out answer: one slow node does not hide the others'. ``peer``: the
+        controller whose breaker hears whether it said anything (None: none)."""
         limit = self.client.timeout_s if timeout_s is None else timeout_s
         not_before = (self.opened_ts if sent_ts is None else sent_ts) - INFORM_CLOCK_SKEW_S
         deadline = time.monotonic() + limit
@@ -532,6 +697,12 @@ class FrcpSession:
                 answers[node] = NodeAnswer(node, error, _reason(error))
             else:
                 answers[node] = NodeAnswer(node, None, f"no answer about {node} to {what} within {limit:g} s")
+        # The breaker hears of the controller, not of each node: silence about every node is the controller's (a
+        # node that failed to boot while others answered is that node's).
+        if any(answer.inform is not None for answer in answers.values()):
+            self._heard(peer)
+        elif answers:
+            self._silence(peer, f"no answer about {', '.join(sorted(answers))} to {what} within {limit:g} s")
         return answers
 
     def _claim(self, wanted: Callable[[FrcpMessage], bool]) -> FrcpMessage | None:

@@ -12,9 +12,10 @@
 
 The server runs ``SlotKeeper.run`` as the backend's background task, in a worker thread, every few seconds. What
 was done is recorded per lease (slot_records.py) before and after the work, so a restart neither redoes it nor
-loses it; the AMQP broker being down only postpones the work to the next pass (for an end too, however long the
-broker is away). An end the controllers refuse is tried again at every pass, then, after ``MAX_END_ATTEMPTS``, with
-a growing wait between tries and logged at ERROR each time: it is never given up.
+loses it; the AMQP broker being down (or a breaker of the FRCP client resting after a time-out: nothing is sent then)
+only postpones the work to the next pass (for an end too, however long the broker is away). An end the controllers
+refuse is tried again at every pass, then, after ``MAX_END_ATTEMPTS``, with a growing wait between tries and logged
+at ERROR each time: it is never given up.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from sfa_omf.errors import GeniError, Reason
 from sfa_omf.testbed.base import SliverHealth
 from sfa_omf.testbed.omf.accounts import UserFactory
 from sfa_omf.testbed.omf.controllers import POWER_OF_ACTION, Controllers, failures
-from sfa_omf.testbed.omf.frcp import FrcpUnavailable
+from sfa_omf.testbed.omf.frcp import FrcpCircuitOpen, FrcpUnavailable
 from sfa_omf.testbed.omf.slot_records import (
     END_FAILED,
     END_KEYS,
@@ -163,6 +164,8 @@ class SlotKeeper:
         assert self.controllers is not None
         try:
             outcomes = self.controllers.power(nodes, status)
+        except FrcpCircuitOpen as exc:  # not even asked: its words say when it is tried again
+            raise GeniError(Reason.UNAVAILABLE, f"cannot {action} on the testbed: {exc}") from exc
         except FrcpUnavailable as exc:
             raise GeniError(
                 Reason.UNAVAILABLE, f"cannot {action} on the testbed: {exc}; nothing was changed, try again"
@@ -262,12 +265,18 @@ class SlotKeeper:
                 log.info("lease %s: %s is left on: lease %s holds it now", record.lease_id, name, held[name])
         off = [name for name in off if name not in held]
         if off and self.controllers is not None:
+            resting = ""
             try:
                 problems = failures(self.controllers.power(off, "off"))
+            except FrcpCircuitOpen as exc:
+                # Not asked: cm_factory (or the broker) timed out moments ago. Postponed as if the broker were away,
+                # but the keys are still withdrawn now if user_factory answers (its breaker refuses at once if not).
+                resting = str(exc)
+                problems = dict.fromkeys(off, resting)
             except FrcpUnavailable as exc:
                 unavailable = str(exc)
                 problems = dict.fromkeys(off, unavailable)
-            refused = bool(problems) and not unavailable
+            refused = bool(problems) and not (unavailable or resting)
             left.update({END_OFF + name: reason for name, reason in problems.items()})
         for login in logins:
             if self.user_factory is None:
