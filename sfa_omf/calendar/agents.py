@@ -23,6 +23,7 @@ import hmac
 import ipaddress
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -226,6 +227,12 @@ class Agents:
         self.database = database
         self.policy = policy or Policy()
         self.clock = clock
+        # The sweep counts an agent's silence from the later of its last heartbeat and ``_counting_from_s``: the
+        # moment the sweeper last found the database reachable after a time when heartbeats could not be recorded
+        # (an outage, a new term). None: such a time is not known to be over; 0: none this process knows of.
+        self._silence = threading.Lock()
+        self._counting_from_s: int | None = 0
+        self._unrecorded = 0  # times heartbeats_unrecorded() was called: a sweep racing one must not end it
 
     # -- tokens ------------------------------------------------------------------------------------------------
     def create_token(self, pool: str | None, lifetime_s: int, hostname: str = "") -> tuple[str, TokenRecord]:
@@ -625,20 +632,61 @@ class Agents:
         advertisement at each flush, every few seconds while agents report."""
         if not heard:
             return
-        with self.database.write_connection() as connection:
-            rows = connection.execute(
-                select(Agent.node_id, Node.component_id)
-                .join(Node)
-                .where(Node.component_id.in_(list(heard)))
-                .order_by(Node.id)
-                .with_for_update()  # in node order, as sweep_lost locks them: flushes and sweeps never deadlock
-            ).all()
-            if rows:
-                connection.execute(_RECORD_HEARD, [{"node": node_id, "heard": heard[urn]} for node_id, urn in rows])
+        try:
+            with self.database.write_connection() as connection:
+                rows = connection.execute(
+                    select(Agent.node_id, Node.component_id)
+                    .join(Node)
+                    .where(Node.component_id.in_(list(heard)))
+                    .order_by(Node.id)
+                    .with_for_update()  # in node order, as sweep_lost locks them: flushes and sweeps never deadlock
+                ).all()
+                if rows:
+                    connection.execute(_RECORD_HEARD, [{"node": node_id, "heard": heard[urn]} for node_id, urn in rows])
+        except Exception:  # these heartbeats are not in the database yet: the silence of their agents is ours
+            self.heartbeats_unrecorded()
+            raise
+
+    def heartbeats_unrecorded(self) -> None:
+        """Heartbeats may have gone unrecorded until now (the database failed; or this process just began to lead,
+        and does not know since when the previous leader could not record them): no agent's silence counts until
+        the next sweep that reaches the database, and from then on only (``sweep_lost``)."""
+        with self._silence:
+            self._counting_from_s = None
+            self._unrecorded += 1
 
     def sweep_lost(self, timeout_s: int) -> list[str]:
-        """Agents not heard for ``timeout_s`` are lost: their nodes leave service. Returns the nodes newly lost."""
-        deadline = _s(self.clock()) - timeout_s
+        """Agents not heard for ``timeout_s`` are lost: their nodes leave service. Returns the nodes newly lost.
+
+        Silence counts only while heartbeats could be recorded: from the later of an agent's last heartbeat and the
+        moment this sweep last found the database reachable after a failure (its own, a flush's) or a new term
+        (``heartbeats_unrecorded``). An outage of the database (the agents got 503, their heartbeats unrecorded)
+        loses no node and fails no lease: after it, a node is lost only once it stayed silent for ``timeout_s`` with
+        the database reachable. A sweep that fails counts as such a failure."""
+        with self._silence:
+            counting_from_s, unrecorded = self._counting_from_s, self._unrecorded
+        try:
+            if counting_from_s is None:
+                return self._resume_counting(unrecorded)
+            return self._sweep_lost(_s(self.clock()) - timeout_s, counting_from_s)
+        except Exception:
+            self.heartbeats_unrecorded()
+            raise
+
+    def _resume_counting(self, unrecorded: int) -> list[str]:
+        """The first sweep after heartbeats could not be recorded: once the database answers, silence counts from
+        now (unless another failure came meanwhile); nobody is lost yet."""
+        with self.database.read() as session:
+            session.execute(select(literal(1)))
+        reached_s = _s(self.clock())  # after the answer: a database that took long to answer was not reachable
+        with self._silence:
+            if self._unrecorded == unrecorded:
+                self._counting_from_s = reached_s
+        return []
+
+    def _sweep_lost(self, deadline: int, counting_from_s: int) -> list[str]:
+        if counting_from_s >= deadline:  # nobody silent that long with the database reachable (it is asked all the
+            deadline = 0  # same: a sweep that cannot reach it is a failure, and the count starts again after it)
         with self.database.write() as session:
             rows = session.execute(
                 select(Agent, Node)

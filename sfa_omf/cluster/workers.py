@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sfa_omf.config import AUTO_WORKERS, CONFIG_CHANGED_WARNING, Settings, file_changed
+from sfa_omf.config import AUTO_WORKERS, CONFIG_CHANGED_WARNING, Settings, file_changed, load_config
 from sfa_omf.server.systemd import notify_systemd
 
 log = logging.getLogger("sfa_omf.server")
@@ -44,7 +44,21 @@ log = logging.getLogger("sfa_omf.server")
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 READY_TIMEOUT_S = 120.0  # a worker that has not said READY=1 by then has failed to start
-STOP_TIMEOUT_S = 20.0  # workers still running this long after SIGTERM are killed
+#: After SIGTERM, how much longer than [sfa_omf] database_timeout_s the master waits for its workers before it kills
+#: those still running: a worker answers its calls in progress before it exits, and such a call may be waiting on
+#: the database for up to database_timeout_s (a lock another session holds) before it answers (BUSY at worst). The
+#: margin covers the rest of the stop: writing the answers (STOP_FLUSH_S, server/app.py), the background tasks' wait,
+#: a loaded host. systemd's TimeoutStopSec must be longer still (config/sfa-omf.service).
+STOP_MARGIN_S = 15.0
+
+
+def stop_timeout_s(database_timeout_s: int) -> float:
+    """How long the master waits after SIGTERM for a worker still answering calls before it kills it."""
+    return database_timeout_s + STOP_MARGIN_S
+
+
+#: The master's stop timeout with the default database_timeout_s (30 s).
+STOP_TIMEOUT_S = stop_timeout_s(Settings.database_timeout_s)
 POLL_S = 0.5
 
 
@@ -111,8 +125,12 @@ class Supervisor:
         sockets: Sequence[socket.socket],
         config_path: str = "",
         config_data: bytes | None = None,
+        stop_timeout: float | None = None,
     ) -> None:
+        """``stop_timeout``: how long a stop waits for the workers before it kills them; None: derived from the
+        configuration's database_timeout_s (``stop_timeout_s``), as the workers will read it."""
         self.command = list(command)
+        self.stop_timeout = stop_timeout if stop_timeout is not None else _stop_timeout(config_path, config_data)
         self.count = count
         self.sockets = list(sockets)
         self.config_path = config_path
@@ -279,7 +297,7 @@ class Supervisor:
 
     def _stop_all(self) -> None:
         """Close the master's copies of the listening sockets, then SIGTERM to every worker, SIGKILL to those still
-        running after STOP_TIMEOUT_S."""
+        running after ``stop_timeout`` (longer than a call may wait on the database: no answer is lost)."""
         # At once: the ports then refuse new connections as soon as each worker closed its own copy (the first thing
         # a worker does when it stops), rather than the kernel queueing connections nobody will accept until the
         # last worker exits.
@@ -288,14 +306,26 @@ class Supervisor:
         running = [worker.process for worker in self.workers.values() if worker.process.poll() is None]
         for process in running:
             process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        deadline = time.monotonic() + self.stop_timeout
         for process in running:
             try:
                 process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("worker pid %d did not stop within %d s; killed", process.pid, STOP_TIMEOUT_S)
+                log.warning("worker pid %d did not stop within %g s; killed", process.pid, self.stop_timeout)
                 process.kill()
                 process.wait()
+
+
+def _stop_timeout(config_path: str, config_data: bytes | None) -> float:
+    """The stop timeout for the database_timeout_s the workers serve with: the configuration the master read and the
+    environment they inherit (the default when the master hands them no file, or it cannot be read here)."""
+    if config_data is None:
+        return stop_timeout_s(Settings.database_timeout_s)
+    try:
+        loaded = load_config(config_path, data=config_data)
+    except ValueError:  # not UTF-8: the workers say so, and stop
+        return stop_timeout_s(Settings.database_timeout_s)
+    return stop_timeout_s(loaded.settings.database_timeout_s)
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2)

@@ -46,7 +46,7 @@ from sfa_omf.am.api_v2 import ApiV2
 from sfa_omf.am.api_v3 import ApiV3
 from sfa_omf.calendar.agents import Agents
 from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.fence import terms_for
+from sfa_omf.calendar.fence import fence_term, terms_for
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.vpn_records import VpnRecords
@@ -365,10 +365,10 @@ def background_tasks(settings: Settings, aggregate: Aggregate, agents: AgentServ
     for task in aggregate.backend.background_tasks():  # e.g. OAR's mirror and reconciler, OMF's slot boundaries
         tasks.append(PeriodicTask(task.name, task.period_s, functools.partial(_backend_task, aggregate, task)))
     if agents is not None:
-        # Checked several times per timeout, so a silent node is lost at most a third of the timeout late; not at
-        # the start of a term (after a restart of every process, the agents' heartbeats have not come in yet).
+        # Checked several times per timeout, so a silent node is lost at most a third of the timeout late. A term's
+        # first sweep (at its start) loses nobody: silence counts from then on (_lost_agents_sweep).
         period = max(1, settings.agent_timeout_s // 3)
-        tasks.append(PeriodicTask("lost node agents", period, lambda: _sweep(agents), at_start=False))
+        tasks.append(PeriodicTask("lost node agents", period, _lost_agents_sweep(agents)))
     return tasks
 
 
@@ -428,6 +428,23 @@ def _testbed_nodes(aggregate: Aggregate) -> TestbedNodes | None:
 
         return OarAgentNodes(aggregate.backend.client)
     return None
+
+
+def _lost_agents_sweep(service: AgentService) -> Callable[[], None]:
+    """The sweep of lost agents, run by the leader. In a new term the agents' heartbeats may have gone unrecorded
+    until now: the database was away (which ended the previous term, the agents' heartbeats answered 503), or every
+    process restarted. So the term's first sweep tells the calendar (Agents.heartbeats_unrecorded): no agent's
+    silence counts before the database answered this term, and an outage of our own database loses no node."""
+    terms: list[int | None] = []  # the durable term of the last sweep (None on SQLite: one process, one term)
+
+    def sweep() -> None:
+        term = fence_term()
+        if terms != [term]:
+            terms[:] = [term]
+            service.agents.heartbeats_unrecorded()
+        _sweep(service)
+
+    return sweep
 
 
 def _sweep(service: AgentService) -> None:
