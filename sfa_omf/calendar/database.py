@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,6 +45,15 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: How long opening a PostgreSQL connection may take (libpq's connect_timeout) before the command or the call fails:
 #: a server, or anything else, that accepts the connection and never answers would otherwise hold it for ever.
 CONNECT_TIMEOUT_S = 5
+#: A serving process (``statement_timeout_s``) waits for any answer of PostgreSQL this much longer than the database's
+#: own statement_timeout, then gives the connection up (_answer_bounded_class): a database that hangs without closing
+#: its connections (stopped, a storage stall: the kernel still acknowledges, so neither keepalives nor the TCP user
+#: timeout fire, and the statement_timeout is the stopped server's to enforce) must not hold a call for as long. The
+#: margin lets a statement the server cancels in time answer BUSY with the server's own words first.
+NO_ANSWER_MARGIN_S = 5.0
+#: How long the ping of a pooled connection idle for a while (_ping_if_idle) waits for its answer: the pool replaces a
+#: connection that does not answer (and opening one is bounded by CONNECT_TIMEOUT_S).
+PING_LIMIT_S = 2.0
 OVERLAP_CONSTRAINT = "sliver_no_overlap"
 #: PostgreSQL advisory lock of schema migrations (Database.upgrade): one at a time across hosts. The aggregate's other
 #: process-wide keys are 0x5FA0_3F00_xxxx too: cluster/leadership.py (LOCK_KEY, STARTUP_KEY) and calendar/agents.py
@@ -100,8 +110,10 @@ class Database:
         at once (a server: its call threads). Beyond it, each unit of work opens a connection and closes it after
         (on PostgreSQL a server process started and ended per call); up to ``OVERFLOW_CONNECTIONS`` more at once.
         ``statement_timeout_s`` (PostgreSQL; a serving process: [sfa_omf] database_timeout_s): how long one
-        statement may run, its lock waits included, before the database cancels it and the call answers BUSY;
-        None: unbounded (commands, which an operator can interrupt)."""
+        statement may run, its lock waits included, before the database cancels it and the call answers BUSY; and,
+        NO_ANSWER_MARGIN_S later, how long any exchange with the database (a statement, a commit) may wait for its
+        answer before the connection is given up and the call answers DBERROR (a database that hangs). None:
+        unbounded (commands, which an operator can interrupt)."""
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         sizes = _pool_sizes(url, connections)
@@ -119,6 +131,9 @@ class Database:
             # has been idle long enough for the server to have gone away meanwhile (_ping_if_idle).
             connect_args = {**_connect_timeout_args(url), **_bounded_wait_args(url, statement_timeout_s)}
             self.engine = create_engine(url, echo=echo, connect_args=connect_args, **sizes)
+            bound_answers(
+                self.engine, None if statement_timeout_s is None else statement_timeout_s + NO_ANSWER_MARGIN_S
+            )
             if statement_timeout_s is not None and not _sets_statement_timeout(url):
                 event.listen(self.engine, "connect", functools.partial(_bound_statements, statement_timeout_s))
             event.listen(self.engine, "connect", _note_idle)
@@ -267,9 +282,10 @@ class Database:
             self._connected(self._writer) as connection,
             _database_errors(),
             connection.begin(),
+            # A migration may take long on a large calendar, and waits for another host's: not bounded.
+            _answers_unbounded(connection),
         ):
             if not self.is_sqlite:
-                # A migration may take long on a large calendar, and waits for another host's: not bounded.
                 connection.execute(text("SET LOCAL statement_timeout = 0"))
                 _one_migration_at_a_time(connection)
             current = MigrationContext.configure(connection).get_current_revision()
@@ -466,6 +482,83 @@ def _bound_statements(statement_timeout_s: int, dbapi_connection: Any, _record: 
         dbapi_connection.autocommit = autocommit
 
 
+#: The attribute of an answer-bounded psycopg connection (_answer_bounded_class) that holds its limit (None: none).
+_ANSWER_LIMIT = "sfa_omf_answer_limit_s"
+
+
+@functools.cache
+def _answer_bounded_class() -> type[Any] | None:
+    """psycopg's connection, bounding how long each exchange with the database (a statement, a commit, a rollback)
+    waits for its answer: its ``sfa_omf_answer_limit_s``, None for no bound. When the limit passes, the connection is
+    closed on this side and the statement raises OperationalError (the pool then discards the connection, as for a
+    database gone). psycopg's own wait with a deadline does it (no thread, nothing on the hot path but the deadline):
+    the database's statement_timeout cannot end a wait on a server that does not run, nor TCP timeouts one whose
+    kernel acknowledges. None when psycopg is too old to bound its waits (3.3 bounds them)."""
+    import psycopg
+    from psycopg import errors
+
+    wait_timeout: type[BaseException] | None = getattr(errors, "_WaitTimeout", None)
+    if wait_timeout is None or "timeout" not in psycopg.Connection.wait.__code__.co_varnames:
+        log.warning(
+            "psycopg %s cannot bound its waits (3.3 can): a database that hangs holds calls", psycopg.__version__
+        )
+        return None
+    timed_out = wait_timeout
+
+    class NoAnswer(psycopg.OperationalError):
+        """The database did not answer within the connection's limit: the connection was closed."""
+
+    class AnswerBounded(psycopg.Connection[Any]):
+        sfa_omf_answer_limit_s: float | None = None
+
+        def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            limit = self.sfa_omf_answer_limit_s
+            if limit is None or timeout is not None:  # (psycopg's own bounded waits: a cancellation's)
+                return super().wait(gen, interval, timeout)
+            try:
+                return super().wait(gen, interval, limit)
+            except timed_out as exc:
+                # The exchange is cut halfway: the connection cannot be used any more; closing it here also tells a
+                # database that resumes to end its session (its transaction rolled back, unless its COMMIT was sent).
+                self.pgconn.finish()
+                raise NoAnswer(
+                    f"no answer from the database within {limit:g} s (it, or its host, hangs); its connection was "
+                    "closed"
+                ) from exc
+
+    return AnswerBounded
+
+
+def bound_answers(engine: Engine, limit_s: float | None) -> None:
+    """Make ``engine`` (PostgreSQL) open answer-bounded connections (_answer_bounded_class): each exchange with the
+    database waits ``limit_s`` at most for its answer (None: no bound, but a pooled connection's ping has one)."""
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        bounded = _answer_bounded_class()
+        if bounded is None:
+            return None  # (psycopg's own connect)
+        connection = bounded.connect(*cargs, **cparams)
+        connection.sfa_omf_answer_limit_s = limit_s
+        return connection
+
+
+@contextmanager
+def _answers_unbounded(connection: Connection) -> Iterator[None]:
+    """No bound on the answers on ``connection`` for the block (a migration's, which may take long); its limit back
+    after, for the pool's next user."""
+    driver = connection.connection.driver_connection
+    limit = getattr(driver, _ANSWER_LIMIT, None)
+    if limit is None:
+        yield
+        return
+    setattr(driver, _ANSWER_LIMIT, None)
+    try:
+        yield
+    finally:
+        setattr(driver, _ANSWER_LIMIT, limit)
+
+
 def unknown_revision_message(url: str, revision: str) -> str:
     """The refusal of a database at ``revision``, a migration this sfa-omf does not have (``is_known_revision``): a
     newer sfa-omf migrated it, and ``db upgrade`` cannot help."""
@@ -521,15 +614,35 @@ def _pool_sizes(url: str, connections: int) -> dict[str, int]:
     return {"pool_size": connections, "max_overflow": OVERFLOW_CONNECTIONS}
 
 
+def _locked_busy(words: str) -> GeniError:
+    """SQLite's write lock held by another writer for longer than the busy timeout (another process's long write,
+    an operator's sqlite3 shell in a transaction): BUSY, as PostgreSQL's statement_timeout answers the same wait."""
+    return GeniError(
+        Reason.BUSY,
+        f"the calendar database is locked by another writer ({words}, for over {SQLITE_BUSY_TIMEOUT_MS // 1000} s): "
+        "nothing was changed, try again",
+    )
+
+
+def _is_sqlite_busy(error: BaseException | None) -> bool:
+    """True for SQLite's SQLITE_BUSY ("database is locked"), its extended codes included."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return False
+    code: int | None = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF == sqlite3.SQLITE_BUSY
+    return "database is locked" in str(error)
+
+
 @contextmanager
 def _queued(writers: threading.RLock | None) -> Iterator[None]:
     """Wait for this process's SQLite writers' lock, as long as SQLite's busy timeout would have waited, and answer
-    as SQLite would then (the database is locked) rather than wait for ever."""
+    as SQLite would then (the database is locked: BUSY) rather than wait for ever."""
     if writers is None:
         yield
         return
     if not writers.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
-        raise GeniError(Reason.DATABASE, "the calendar database failed: database is locked (busy with other writers)")
+        raise _locked_busy("busy with this process's other writers")
     try:
         yield
     finally:
@@ -595,6 +708,10 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     idle_since = record.info.get(_IDLE_SINCE)
     if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE_S:
         return
+    bounded = hasattr(dbapi_connection, _ANSWER_LIMIT)
+    limit = getattr(dbapi_connection, _ANSWER_LIMIT, None)
+    if bounded:  # a ping answers at once, or the connection is replaced (a database that hangs: opening one fails)
+        setattr(dbapi_connection, _ANSWER_LIMIT, PING_LIMIT_S if limit is None else min(limit, PING_LIMIT_S))
     try:
         autocommit = dbapi_connection.autocommit
         dbapi_connection.autocommit = True  # the ping must not leave a transaction open
@@ -608,6 +725,9 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
             dbapi_connection.autocommit = autocommit
     except Exception as exc:
         raise DisconnectionError(f"a pooled connection failed its ping: {exc}") from exc  # the pool replaces it
+    finally:
+        if bounded:
+            setattr(dbapi_connection, _ANSWER_LIMIT, limit)
 
 
 def connection_of(session: Session, writes: bool = False, bumps: bool = False) -> Connection:
@@ -649,6 +769,8 @@ def _database_errors() -> Iterator[None]:
                 f"the calendar database did not answer in time ({str(exc.orig).strip()}): a row this call needs is "
                 "locked by another session, or the database is overloaded; nothing was changed, try again",
             ) from exc
+        if _is_sqlite_busy(exc.orig):
+            raise _locked_busy(str(exc.orig)) from exc
         raise GeniError(Reason.DATABASE, f"the calendar database failed: {exc.orig}") from exc
 
 

@@ -41,6 +41,7 @@ from sqlalchemy import Connection, text
 
 from sfa_omf.cluster.leadership import (
     LeadershipLost,
+    answer_limit_s,
     bounded_connect_args,
     check_period_s,
     idle_session_timeout_ms,
@@ -164,10 +165,15 @@ class DatabaseTerms:
         from sqlalchemy.exc import DBAPIError
         from sqlalchemy.pool import NullPool
 
+        from sfa_omf.calendar.database import bound_answers  # (database.py imports this module)
+
         if self._engine is None:
             self._engine = create_engine(
                 self.url, poolclass=NullPool, connect_args=bounded_connect_args(self.takeover_s)
             )
+            # A database that hangs (acknowledges, never answers) fails the term's update, as it fails the lock's
+            # checks, instead of holding the keeper until it resumes.
+            bound_answers(self._engine, answer_limit_s(self.takeover_s))
         try:
             with self._engine.begin() as connection:
                 connection.execute(BOUND_TERM_TRANSACTION, self._bounds())

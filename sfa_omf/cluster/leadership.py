@@ -18,7 +18,8 @@ agents...). Only the leader runs them; the others stand by. The rules, all in th
 - The leader checks its connection every ``check_s``; when the check fails (database restarted, network cut, its
   session closed while the process was stopped) it stops leading at once (no task starts again; a task already
   running finishes) and then tries again like a standby. The client side has keepalives and a TCP user timeout too,
-  so that a check never hangs longer than the takeover time.
+  and gives a query up when no answer came within 2/3 of ``takeover_s`` (a database that hangs while its host
+  acknowledges: ``answer_limit_s``), so that a check never hangs longer than the takeover time.
 - A task starts only while the lock was confirmed less than ``1.5 * check_s`` ago (counted from when the check was
   sent; the session cannot have been closed for idleness before ``2 * check_s`` after that): a leader resumed after a
   stop starts no task before its next check, which finds the session gone.
@@ -173,6 +174,14 @@ def bounded_connect_args(takeover_s: float) -> dict[str, int]:
     }
 
 
+def answer_limit_s(takeover_s: float) -> float:
+    """How long a query of the leadership waits for the database's answer before its connection is given up (the
+    check then fails): as long as the TCP user timeout (bounded_connect_args), which covers only data the database
+    never acknowledges; this covers a database whose host acknowledges but that does not run (stopped, a storage
+    stall)."""
+    return takeover_s * 2 / 3
+
+
 class PostgresLock:
     """A PostgreSQL session advisory lock on a connection of its own (autocommit, keepalives on both sides)."""
 
@@ -202,6 +211,9 @@ class PostgresLock:
                     "application_name": f"sfa-omf {_whoami()}"[:63],
                 },
             )
+            from sfa_omf.calendar.database import bound_answers
+
+            bound_answers(self._engine, answer_limit_s(self.takeover_s))
         connection = self._engine.connect()
         try:
             # The database's side of the session: frees the lock when this host vanishes without closing the
@@ -302,13 +314,15 @@ def startup_writes(url: str, timeout_s: float = STARTUP_WAIT_S) -> Iterator[None
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
-    from sfa_omf.calendar.database import CONNECT_TIMEOUT_S, opening_advice
+    from sfa_omf.calendar.database import CONNECT_TIMEOUT_S, NO_ANSWER_MARGIN_S, bound_answers, opening_advice
     from sfa_omf.preflight import StartupError
 
-    # Bounded like every connection the project opens: a database that accepts and never answers must not hang serve.
+    # Bounded like every connection the project opens: a database that accepts and never answers must not hang serve,
+    # nor one that hangs later (its lock wait is the database's to end: lock_timeout).
     engine = create_engine(
         url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
     )
+    bound_answers(engine, timeout_s + NO_ANSWER_MARGIN_S)
     try:
         try:
             connection = engine.connect()

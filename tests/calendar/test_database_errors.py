@@ -101,7 +101,7 @@ def test_a_sqlite_writer_waits_for_another_of_its_process_then_answers_locked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writers of one process queue on a lock (not on SQLite's busy polling), for as long as SQLite's busy timeout,
-    then get SQLite's answer: locked, DBERROR, and nothing written."""
+    then get SQLite's answer: locked, BUSY (try again), and nothing written."""
     from sfa_omf.calendar import database as database_module
 
     monkeypatch.setattr(database_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
@@ -120,7 +120,7 @@ def test_a_sqlite_writer_waits_for_another_of_its_process_then_answers_locked(
         assert holding.wait(10)
         with pytest.raises(GeniError) as refusal:
             Inventory(database).add_node(NodeSpec("urn:publicid:IDN+testbed+node+n1", "n1"))
-        assert refusal.value.code == GeniCode.DBERROR and "locked" in refusal.value.message
+        assert refusal.value.code == GeniCode.BUSY and "locked" in refusal.value.message
     finally:
         release.set()
         holder.join(10)
