@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -322,6 +322,25 @@ class Outbox:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    def prune(self, before: datetime, live_after: datetime, batches: int, after: int = 0) -> Pruned:
+        """Delete the messages sent before ``before``, and those failed for good and queued before it, oldest first
+        from id ``after`` on, in at most ``batches`` units of work of PRUNE_BATCH rows. Pending messages stay. Kept
+        too: the messages of a lease (their key begins with its id) that ends after ``live_after``: the notifier
+        still reads that lease, and its row's key is what keeps a message from being queued (and sent) again."""
+        before_s, live_after_s = to_s(before), to_s(live_after)
+        past = or_(
+            and_(NotifyOutbox.state == "sent", NotifyOutbox.sent_s < before_s),
+            and_(NotifyOutbox.state == "failed", NotifyOutbox.created_s < before_s),
+        )
+        return _prune(
+            self.database,
+            NotifyOutbox,
+            past,
+            lambda session, rows: _of_live_leases(session, rows, live_after_s),
+            batches,
+            after,
+        )
+
     def counts(self) -> OutboxCounts:
         with self.database.read() as session:
             states = list(session.scalars(select(NotifyOutbox.state)))
@@ -600,6 +619,105 @@ class NotifyEvents:
                 .limit(1)
             ).first()
         return None if row is None else _recorded(row)
+
+    def prune(
+        self, before: datetime, live_after: datetime, states: Collection[str], batches: int, after: int = 0
+    ) -> Pruned:
+        """Delete the events recorded before ``before`` (retention: the notifier reads only its last day), oldest
+        first from id ``after`` on, in at most ``batches`` units of work of PRUNE_BATCH rows. Kept, since their key,
+        present, is what keeps them from being recorded and sent again: an event of a lease (its key begins with the
+        lease's id) whose lease ends after ``live_after`` (the notifier's window), and the newest event of each state
+        of ``states`` (kinds keyed ``<state's prefix><kind>:after:<id>``, alerts.py: a backend's down/recovered,
+        whose newest says what was last told). An outbox message does not need its event: it holds its payload."""
+        live_after_s = to_s(live_after)
+
+        def kept(session: Session, rows: Sequence[tuple[int, str, str]]) -> set[int]:
+            keep = _of_live_leases(session, rows, live_after_s)
+            prefixes = {_state_prefix(key, event) for _, key, event in rows if event in states}
+            for prefix in sorted(prefix for prefix in prefixes if prefix is not None):
+                keep.add(
+                    session.scalar(
+                        select(func.max(NotifyEvent.id)).where(
+                            NotifyEvent.event.in_(states), NotifyEvent.key.startswith(prefix, autoescape=True)
+                        )
+                    )
+                    or 0
+                )
+            return keep
+
+        return _prune(self.database, NotifyEvent, NotifyEvent.created_s < to_s(before), kept, batches, after)
+
+
+def _state_prefix(key: str, event: str) -> str | None:
+    """The state's prefix of a state event's key (``<prefix><event>:after:<id>``); None for another key."""
+    at = key.rfind(f"{event}:after:")
+    return key[:at] if at >= 0 else None
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a retention pass over a table did: rows deleted; ``more``: it stopped at its bound, rows past retention
+    may remain after id ``last`` (the next pass goes on from there)."""
+
+    deleted: int
+    more: bool
+    last: int
+
+
+#: Rows one unit of work of a retention pass looks at (and deletes) at most: a first pass over a large table holds no
+#: long transaction, and the writers it shares the database with wait for one short batch at most.
+PRUNE_BATCH = 500
+
+
+def _prune(
+    database: Database,
+    model: type[NotifyEvent] | type[NotifyOutbox],
+    past: ColumnElement[bool],
+    kept: Callable[[Session, Sequence[tuple[int, str, str]]], set[int]],
+    batches: int,
+    after: int,
+) -> Pruned:
+    """Delete the rows of ``model`` matching ``past``, except those ``kept`` names among each batch's (id, key,
+    event), in at most ``batches`` units of work of PRUNE_BATCH rows by ascending id from ``after``. Column queries
+    and a Core delete; each unit of work is a write (fenced, in a background task: a process that no longer leads
+    deletes nothing)."""
+    deleted = 0
+    for _ in range(batches):
+        with database.write() as session:
+            rows = [
+                (row_id, key, event)
+                for row_id, key, event in session.execute(
+                    select(model.id, model.key, model.event)
+                    .where(past, model.id > after)
+                    .order_by(model.id)
+                    .limit(PRUNE_BATCH)
+                )
+            ]
+            if rows:
+                after = rows[-1][0]
+                keep = kept(session, rows)
+                doomed = [row_id for row_id, _, _ in rows if row_id not in keep]
+                if doomed:
+                    result = session.execute(delete(model).where(model.id.in_(doomed)))
+                    deleted += result.rowcount  # type: ignore[attr-defined]
+        if len(rows) < PRUNE_BATCH:
+            return Pruned(deleted, more=False, last=0)
+    return Pruned(deleted, more=True, last=after)
+
+
+def _of_live_leases(session: Session, rows: Sequence[tuple[int, str, str]], live_after_s: int) -> set[int]:
+    """The ids of those rows whose key begins with the id of a lease ending after ``live_after_s``: the notifier
+    still reads that lease (its window), so it would notice (or record) the same key again were the row gone."""
+    first = {row_id: key.split(":", 1)[0] for row_id, key, _ in rows}
+    candidates = {lease_id for lease_id in first.values() if 0 < len(lease_id) <= LEASE_ID_CHARS}
+    if not candidates:
+        return set()
+    live = set(session.scalars(select(Lease.id).where(Lease.id.in_(candidates), Lease.end_s > live_after_s)))
+    return {row_id for row_id, lease_id in first.items() if lease_id in live}
+
+
+#: The longest lease id (models.Lease.id, a UUID).
+LEASE_ID_CHARS = 36
 
 
 _EVENT_COLUMNS = (

@@ -4,6 +4,7 @@ delivered by the notifier like the lease events, exactly once each:
 | event | to | recorded by |
 |---|---|---|
 | renewal_refused | the slice's users and the caller | the AM's Renew, when the calendar or the policy refuses it |
+| | | (once per slice, kind of refusal and day: ``renewal_refused_key``) |
 | node_down | the operators | the agents' sweep, in the unit of work that puts the node out of service |
 | node_maintenance | the operators, and the users of the node's leases | Inventory.set_state, in its unit of work |
 | failed (a lease's) | the lease's owner and the slice's users | where the testbed's failure is recorded (OAR |
@@ -24,8 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +44,9 @@ log = logging.getLogger("sfa_omf.notify")
 CANCEL_REASON = "cancel_reason"
 OPERATOR_EVENTS = ("node_down", "node_maintenance", "backend_down", "backend_recovered", "reconciler_repaired")
 BACKEND_STATES = ("backend_down", "backend_recovered")
+#: What changes between retries of one refused renewal: the times (asked, the credential's expiry) and counts.
+_NUMBERS = re.compile(r"[0-9]+(?:[.,][0-9]+)*")
+_RULES = re.compile(r"\(policy rule ([^()\s]+)\)")
 
 
 class Alerts:
@@ -54,11 +59,12 @@ class Alerts:
     def renewal_refused(
         self, slice_urn: str, caller_urn: str, slivers: Sequence[str], asked: datetime, reason: str
     ) -> None:
-        """A Renew of the slice (these slivers; none: all) to ``asked`` was refused (one message per slice and asked
-        end)."""
+        """A Renew of the slice (these slivers; none: all) to ``asked`` was refused: one message per slice, kind of
+        refusal and day (``renewal_refused_key``), however often a script retries it to other ends."""
+        now = self.clock()
         self._record(
             RecordedEvent(
-                key=f"renewal_refused:{slice_urn}:{int(asked.timestamp())}",
+                key=renewal_refused_key(slice_urn, reason, now),
                 event="renewal_refused",
                 slice_urn=slice_urn,
                 payload={
@@ -70,7 +76,7 @@ class Alerts:
                     "asked_end": format_time(asked),
                     "reason": reason,
                 },
-                created=self.clock(),
+                created=now,
             )
         )
 
@@ -168,6 +174,19 @@ class Alerts:
             log.warning("could not record the %s event (the calendar was busy: %s)", event.event, exc)
         except Exception:  # recording never replaces the caller's own answer (e.g. Renew's refusal)
             log.exception("could not record the %s event", event.event)
+
+
+def renewal_refused_key(slice_urn: str, reason: str, refused_at: datetime) -> str:
+    """The key of a refused renewal's event: ``renewal_refused:<slice>:<UTC day refused>:<kind>``, ``kind`` a digest
+    of the reason's policy rules (PolicyViolation), else of the reason with its numbers left out. Retries of one
+    refusal to other ends (the times and counts in its words change, its rule does not) are one event, so one message
+    per address, that day; a refusal for another reason (a booking conflict after a policy refusal) or on a later day
+    is another. The asked end was in the key: a script retrying "now + 8 days" every minute mailed the slice's users
+    every minute."""
+    rules = sorted(set(_RULES.findall(reason)))  # a policy refusal: its rules (its words vary with the end asked)
+    kind = f"policy rule {', '.join(rules)}" if rules else " ".join(_NUMBERS.sub("#", reason).split())
+    digest = hashlib.sha256(kind.encode("utf-8")).hexdigest()[:16]
+    return f"renewal_refused:{slice_urn}:{refused_at.astimezone(UTC):%Y-%m-%d}:{digest}"
 
 
 def operator_of(aggregate_urn: str) -> str:

@@ -1,6 +1,8 @@
 """The notifier: notices lease events (and the recorded ones of alerts.py) and writes them to the outbox
 (``notice``), and delivers what is due (``deliver``), retrying with exponential backoff. Both run as background tasks
-of the server, never in an AM call. Several notifiers may share one database: each delivers only what it claimed."""
+of the server, never in an AM call. Several notifiers may share one database: each delivers only what it claimed.
+Its pass also deletes what is past retention (``prune``): recorded events after EVENT_RETENTION, messages sent or
+failed for good after OUTBOX_RETENTION."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from urllib.parse import urlsplit
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.outbox import MAX_KEY, Message, NotifyEvents, Outbox, RecordedEvent
 from sfa_omf.calendar.timeline import Timeline
-from sfa_omf.notify.alerts import CANCEL_REASON
+from sfa_omf.cluster.leadership import LeadershipLost
+from sfa_omf.notify.alerts import BACKEND_STATES, CANCEL_REASON
 from sfa_omf.notify.channels import (
     DeliveryError,
     SmtpSettings,
@@ -53,6 +56,17 @@ STOP = (
     "Stop these messages: on the aggregate's page /calendar/me (in a browser presenting your GENI certificate), "
     "or ask the operator (sfa-omf notify unsubscribe).\n"
 )
+#: Recorded events are deleted this long after they were recorded (the notifier reads only the last LOOK_BACK; the
+#: margin leaves them to an operator's look for a week). Those whose key still keeps a notice from being sent again
+#: stay (NotifyEvents.prune).
+EVENT_RETENTION = LOOK_BACK + timedelta(days=7)
+#: Messages sent (or failed for good) are deleted this long after; those of a lease the notifier still reads stay
+#: (Outbox.prune). Pending messages are never deleted.
+OUTBOX_RETENTION = timedelta(days=30)
+#: How often the notifier's pass deletes what is past retention; sooner while a pass stopped at its bound.
+PRUNE_PERIOD = timedelta(hours=1)
+#: Units of work (of outbox.PRUNE_BATCH rows each) a pass spends on each table at most.
+PRUNE_BATCHES = 20
 #: Messages claimed at a time; the claim lasts long enough to try each of them against a silent server.
 CLAIM_BATCH = 10
 
@@ -84,9 +98,49 @@ class Notifier:
         # failures in a row). Kept across rounds: each dead receiver costs one time-out per its own backoff, not one
         # per round, however many messages are due to it (a round waited for each dead origin in turn).
         self._origins_down: dict[str, tuple[datetime, int]] = {}
+        # When the pass deletes what is past retention next, and the id each table's deletion goes on from.
+        self._next_prune: datetime | None = None
+        self._pruned_up_to = (0, 0)
 
     def notice(self) -> int:
-        """Write every event that happened (and is not in the outbox yet) for every subscribed recipient."""
+        """Write every event that happened (and is not in the outbox yet) for every subscribed recipient; then, when
+        it is due, delete what is past retention (``prune``)."""
+        added = self._notice()
+        self._prune_when_due()
+        return added
+
+    def _prune_when_due(self) -> None:
+        now = self.clock()
+        if self._next_prune is not None and now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_PERIOD  # also after a failure: one warning an hour, not one a round
+        try:
+            more = self.prune()
+        except LeadershipLost:  # another process leads: the task stops, Leadership logs it
+            raise
+        except Exception:  # the notices and deliveries go on; the next pass tries again
+            log.exception("could not delete old notifications; will try again")
+            return
+        if more:
+            self._next_prune = now
+
+    def prune(self) -> bool:
+        """Delete the recorded events older than EVENT_RETENTION and the messages sent or failed for good more than
+        OUTBOX_RETENTION ago, except those whose presence still keeps a notice from being sent again (the newest
+        down/recovered state of a backend, the events and messages of leases the notifier still reads); at most
+        PRUNE_BATCHES short units of work per table. True if rows past retention may remain (the next call goes on
+        from where this one stopped)."""
+        now = self.clock()
+        live_after = now - LOOK_BACK  # the leases notice() reads
+        events_from, messages_from = self._pruned_up_to
+        events = self.recorded.prune(now - EVENT_RETENTION, live_after, BACKEND_STATES, PRUNE_BATCHES, events_from)
+        messages = self.outbox.prune(now - OUTBOX_RETENTION, live_after, PRUNE_BATCHES, messages_from)
+        self._pruned_up_to = (events.last, messages.last)
+        if events.deleted or messages.deleted:
+            log.info("deleted %d old notification event(s) and %d old message(s)", events.deleted, messages.deleted)
+        return events.more or messages.more
+
+    def _notice(self) -> int:
         now = self.clock()
         events = lease_events(
             self.timeline.bookings(start=now - LOOK_BACK, include_inactive=True), now, self.settings.lead

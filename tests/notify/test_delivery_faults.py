@@ -22,7 +22,7 @@ from sfa_omf.calendar.outbox import Message, Outbox, check_self_service_webhook
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.errors import GeniError
-from sfa_omf.notify.alerts import Alerts
+from sfa_omf.notify.alerts import Alerts, renewal_refused_key
 from sfa_omf.notify.channels import DeliveryError, SmtpSettings, send_email
 from sfa_omf.notify.notifier import Notifier, NotifySettings
 from tests.calendar.conftest import NOW, fresh_database, node_urn
@@ -187,7 +187,8 @@ def test_an_event_key_with_a_line_break_and_non_latin_letters_reaches_mail_and_w
         assert calendar.notifier.notice() == 4  # booked and refused, by e-mail and webhook
         assert calendar.notifier.deliver() == 4 and calendar.notifier.deliver() == 0
         assert Outbox(calendar.database).counts().failed == 0
-        encoded = f"renewal_refused:urn:publicid:IDN+testbed+slice+%CE%B4emo%0AX-Injected:%201:{int(asked.timestamp())}"
+        suffix = renewal_refused_key(hostile, "taken", NOW).removeprefix(f"renewal_refused:{hostile}:")
+        encoded = f"renewal_refused:urn:publicid:IDN+testbed+slice+%CE%B4emo%0AX-Injected:%201:{suffix}"
         refused_mail = [m for m in smtp.mailbox.messages if "refused" in str(m["Subject"])]
         assert [str(m["X-SFA-OMF-Event"]) for m in refused_mail] == [f"{encoded}:email:alice@example.org"]
         assert all(m["X-Injected"] is None for m in smtp.mailbox.messages)
