@@ -51,6 +51,11 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     db.add_parser("upgrade", parents=[config_option], help="create or migrate the schema").set_defaults(
         handler=_db_upgrade
     )
+    prune = db.add_parser(
+        "prune", parents=[config_option], help="delete finished leases and slices older than [sfa_omf] history_days"
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    prune.set_defaults(handler=_db_prune)
 
     node = command_group(commands, "node", "the node inventory")
     add = node.add_parser("add", parents=[config_option], help="add a node")
@@ -166,6 +171,25 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     database = Database(command_settings(args).calendar_url)
     database.upgrade()
     print(f"calendar database is up to date ({_safe_url(database.url)})")
+    return 0
+
+
+def _db_prune(args: argparse.Namespace) -> int:
+    """One pass of the leader's history retention (calendar/retention.py), printing its counts per table."""
+    from sfa_omf.calendar.retention import HistoryRetention
+
+    settings = command_settings(args)
+    if settings.history_days == 0:
+        print("[sfa_omf] history_days is 0: the calendar keeps everything; nothing to prune")
+        return 0
+    database = command_database(settings)
+    try:
+        counts = HistoryRetention(database, settings.history_days).prune(dry_run=args.dry_run)
+    finally:
+        database.dispose()
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"history older than {settings.history_days} days: {verb} {counts.total} row(s)")
+    print_table(("table", "rows"), [(kind, str(count)) for kind, count in counts.rows.items()])
     return 0
 
 

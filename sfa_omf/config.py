@@ -92,6 +92,8 @@ class Settings:
     max_nodes_per_request: int = 1000
     horizon_days: int = 14
     free_windows: int = 10
+    # Days finished leases (and slices with none left) are kept after their end; 0: for ever (calendar/retention.py)
+    history_days: int = 365
     max_request_bytes: int = 4 * 1024 * 1024
     threads: int = 8
     max_connections: int = 2048  # connections open at once on each listener (at most what the fd limit allows)
@@ -238,7 +240,7 @@ class Option:
     section: str
     key: str
     kind: str  # "text", "port" (1..65535), "count" (an integer >= 1), "flag" (yes/no), "policy", "login", "level",
-    # "workers" (auto or a count), "auto_count" (auto or a count)
+    # "workers" (auto or a count), "auto_count" (auto or a count), "history_days" (0, or at least HISTORY_DAYS_MIN)
     help: str
 
     @property
@@ -300,6 +302,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_nodes_per_request", "sfa_omf", "max_nodes_per_request", "count", "most nodes one request may name"),
     Option("horizon_days", "sfa_omf", "horizon_days", "count", "how many days of availability are advertised"),
     Option("free_windows", "sfa_omf", "free_windows", "count", "free windows advertised per node"),
+    Option(
+        "history_days",
+        "sfa_omf",
+        "history_days",
+        "history_days",
+        "days finished leases and expired slices are kept after their end; 0: for ever",
+    ),
     Option("max_request_bytes", "sfa_omf", "max_request_bytes", "count", "largest XML-RPC request accepted"),
     Option("threads", "sfa_omf", "threads", "count", "worker threads serving requests (in each worker process)"),
     Option("max_connections", "sfa_omf", "max_connections", "count", "connections open at once on each listener"),
@@ -818,6 +827,18 @@ def _to_auto_count(value: str) -> int:
         raise ValueError("auto, or a number (at least 1)") from None
 
 
+#: The shortest history kept (``[sfa_omf] history_days``, when not 0): the iCal feeds show leases that ended up to
+#: 30 days ago (web/app.py FEED_PAST), which the calendar must still hold.
+HISTORY_DAYS_MIN = 30
+
+
+def _to_history_days(value: str) -> int:
+    days = _to_int(value)
+    if days != 0 and days < HISTORY_DAYS_MIN:
+        raise ValueError(f"0 (keep for ever), or a number of days from {HISTORY_DAYS_MIN} (the feeds' past)")
+    return days
+
+
 def _to_flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("yes", "true", "on", "1"):
@@ -869,6 +890,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "level": _to_level,
     "workers": _to_workers,
     "auto_count": _to_auto_count,
+    "history_days": _to_history_days,
 }
 
 
@@ -1439,7 +1461,8 @@ MAX_PERIOD_SECONDS = DAY_S
 #: The keepalive of the leadership's connections is a third of leader_takeover_s (sfa_omf/cluster/leadership.py) and
 #: Linux takes at most 32767 s: a day keeps it well under.
 MAX_LEADER_TAKEOVER_S = DAY_S
-#: The largest value of each number setting (all are at least 1): larger ones are refused by config check and serve.
+#: The largest value of each number setting (at least 1; 0 means auto or for ever): larger ones are refused by
+#: config check and serve.
 MAXIMA: dict[str, int] = {
     # A year: calendar/inventory.py MAX_GRAIN_S, the longest grain node add --grain and node import take. Not imported:
     # that module loads SQLAlchemy, which light commands do not (tests/test_setup_hunt_fixes.py keeps the two equal).
@@ -1452,6 +1475,7 @@ MAXIMA: dict[str, int] = {
     "horizon_days": 3650,
     "max_slice_renew_days": 3650,  # ten years, as the longest lease
     "free_windows": 10_000,
+    "history_days": 36500,  # a century: 0 keeps for ever
     "max_request_bytes": 1024**3,
     "threads": 1024,
     "backend_concurrency": 1024,

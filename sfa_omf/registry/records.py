@@ -109,7 +109,7 @@ EVENT_USER_FIELDS = ("caller", "owner")
 def _rename_in_events(session: Session, user_urn: str, removed_as: str) -> None:
     """``removed_as`` in place of ``user_urn`` wherever a recorded event of a slice names the user as a recipient:
     the notifier reads them again for a day, and would send them to the next holder of the name. The database finds
-    the few events whose JSON holds the URN as a string (nothing deletes recorded events: reading them all into Python
+    the few events whose JSON holds the URN as a string (events are kept 8 days and more: reading them all into Python
     held the write lock for seconds); the exact check is made on those."""
     # As the JSON column writes it (json.dumps: non-ASCII escaped), and raw, as another writer may have.
     written = {json.dumps(user_urn), json.dumps(user_urn, ensure_ascii=False)}

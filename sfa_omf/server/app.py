@@ -49,6 +49,7 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.fence import fence_term, terms_for
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
+from sfa_omf.calendar.retention import HistoryRetention
 from sfa_omf.calendar.vpn_records import VpnRecords
 from sfa_omf.cluster.leadership import Leadership, LeadershipLost, PeriodicTask, lock_for, startup_writes
 from sfa_omf.config import Settings
@@ -84,6 +85,7 @@ EXPIRY_PERIOD_S = 60
 INSTANCES_PERIOD_S = 5  # how often lease containers are started and destroyed at slot boundaries
 REQUEST_TIMEOUT_S = 120
 NOTIFY_PERIOD_S = 30
+HISTORY_PERIOD_S = 3600  # finished leases older than [sfa_omf] history_days are deleted hourly
 #: How often the trusted-roots directory is looked at for roots added or removed (SIGHUP: at once).
 ROOTS_CHECK_PERIOD_S = 5
 AGENT_FLUSH_S = 5  # heartbeats are written to the database together at most this often
@@ -369,6 +371,9 @@ def background_tasks(settings: Settings, aggregate: Aggregate, agents: AgentServ
         # first sweep (at its start) loses nobody: silence counts from then on (_lost_agents_sweep).
         period = max(1, settings.agent_timeout_s // 3)
         tasks.append(PeriodicTask("lost node agents", period, _lost_agents_sweep(agents)))
+    if settings.history_days > 0:  # 0: the calendar keeps everything
+        retention = HistoryRetention(aggregate.database, settings.history_days)
+        tasks.append(PeriodicTask("history retention", HISTORY_PERIOD_S, lambda: _prune_history(retention)))
     return tasks
 
 
@@ -623,6 +628,13 @@ def _backend_task(aggregate: Aggregate, task: BackgroundTask) -> None:
         alert = getattr(result, "alert", None)  # a report that tells its repairs as data (the OAR reconciler's)
         details = alert() if callable(alert) else {"report": str(result)}
         aggregate.alerts.repaired(backend, task.name, details)
+
+
+def _prune_history(retention: HistoryRetention) -> None:
+    counts = retention.prune()
+    if counts.total:
+        deleted = ", ".join(f"{count} {kind}" for kind, count in counts.rows.items() if count)
+        log.info("deleted history older than %d days: %s", retention.history_days, deleted)
 
 
 def _expire(aggregate: Aggregate) -> None:
