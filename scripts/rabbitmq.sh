@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Install and start a local RabbitMQ (Debian package rabbitmq-server) listening on 127.0.0.1 only (AMQP, Erlang
 # distribution and epmd), with a virtual host and a user for the FRCP tests. Prints the AMQP URL on its last line.
-# Usage: bash scripts/rabbitmq.sh [up|down|status]   (up is the default)
+# Usage: bash scripts/rabbitmq.sh [up [VHOST]|drop VHOST|down|status]   (up is the default; VHOST: sfaomf)
+# A test run takes a virtual host of its own (test.sh: one per run, dropped at its end): FRCP topics are named after
+# users and nodes (user-ann_...), so two runs on one broker in one virtual host would read each other's messages.
 source "$(dirname "$0")/lib.sh"
 ACTION="${1:-up}"
-VHOST=sfaomf
+VHOST="${2:-sfaomf}"
 USER_NAME=sfaomf
 PORT="${SFA_OMF_RABBITMQ_PORT:-5672}"
 NODE=rabbit@localhost
@@ -38,6 +40,10 @@ up)
     ctl set_permissions -p "$VHOST" "$USER_NAME" ".*" ".*" ".*" >/dev/null
     echo "amqp://$USER_NAME:$USER_NAME@127.0.0.1:$PORT/$VHOST"
     ;;
+drop)
+    # A test run's virtual host, with its exchanges and queues (gone already, or the broker down: done too).
+    if [ -n "${2:-}" ] && running && ctl list_vhosts | grep -qx "$VHOST"; then ctl delete_vhost "$VHOST" >/dev/null; fi
+    ;;
 down)
     # Already stopped is done too: test.sh --down goes on to the next service.
     if running; then ctl stop; fi
@@ -46,7 +52,7 @@ status)
     running && echo "RabbitMQ is running on 127.0.0.1:$PORT" || { echo "RabbitMQ is not running"; exit 1; }
     ;;
 *)
-    echo "usage: $0 [up|down|status]" >&2
+    echo "usage: $0 [up [VHOST]|drop VHOST|down|status]" >&2
     exit 2
     ;;
 esac

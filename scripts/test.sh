@@ -94,9 +94,13 @@ wait_groups() {  # the status of every group started, their logs; fails when one
     return "$failed"
 }
 SFA_OMF_TEST_LXC_BRIDGE=""
+RABBITMQ_VHOST=""
 at_exit() {
     if [ -n "$SFA_OMF_TEST_LXC_BRIDGE" ]; then
         bash "$REPO/scripts/lxc.sh" down "$SFA_OMF_TEST_LXC_BRIDGE" || true
+    fi
+    if [ -n "$RABBITMQ_VHOST" ]; then
+        bash "$REPO/scripts/rabbitmq.sh" drop "$RABBITMQ_VHOST" || true
     fi
     left_running
 }
@@ -105,7 +109,8 @@ echo "== PostgreSQL"
 SFA_OMF_TEST_POSTGRES_URL="$(bash "$REPO/scripts/postgres.sh" sfaomf_test | tail -n 1)"
 export SFA_OMF_TEST_POSTGRES_URL
 echo "== RabbitMQ"
-SFA_OMF_TEST_RABBITMQ_URL="$(bash "$REPO/scripts/rabbitmq.sh" up | tail -n 1)"
+RABBITMQ_VHOST="sfaomf_test_$$"  # this run's own: another run on the broker (a developer's, CI's) never crosses it
+SFA_OMF_TEST_RABBITMQ_URL="$(bash "$REPO/scripts/rabbitmq.sh" up "$RABBITMQ_VHOST" | tail -n 1)"
 export SFA_OMF_TEST_RABBITMQ_URL
 echo "== chromium"
 SFA_OMF_TEST_CHROMIUM="$(bash "$REPO/scripts/chromium.sh" | tail -n 1)"
