@@ -292,6 +292,14 @@ def _probe(args: argparse.Namespace) -> int:
         started = time.monotonic()
         try:
             answer = _with_timeout(args.timeout, server.GetVersion)
+        except TimeoutError:  # nothing in time: not the refusal of a stopped server, maybe a busy one
+            failures += 1
+            print(
+                f"{service} {url}: answered nothing within --timeout ({args.timeout:g} s): it may be busy (or "
+                "stuck, or a firewall drops the connection); try again with a longer --timeout, and see its log "
+                "(journalctl -u sfa-omf)"
+            )
+            continue
         except (OSError, xmlrpc.client.Error) as exc:
             failures += 1
             print(f"{service} {url}: no answer ({exc}); is sfa-omf serve running? (systemctl status sfa-omf)")

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sfa_omf.config import Settings
-from sfa_omf.errors import GeniError
+from sfa_omf.errors import GeniError, Reason
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -204,6 +204,7 @@ def database_findings(settings: Settings) -> list[Finding]:
         DatabaseUnreachable,
         head_revision,
         is_known_revision,
+        opening_advice,
         unknown_revision_message,
     )
     from sfa_omf.config import hide_password
@@ -257,6 +258,21 @@ def database_findings(settings: Settings) -> list[Finding]:
                 f"from the directory of authority {owner.hrn}",
             )
         ]
+    if url.get_backend_name() == "sqlite":
+        # An SQLite file (or its directory, where its journal goes) that can be read but not written passed every
+        # check above, and serve then stopped at its first write with no advice: try one.
+        database = Database(settings.calendar_url)
+        try:
+            with database.write_connection() as connection:
+                # A statement that writes, deleting no row: SQLite opens its write transaction (refused on a file it
+                # could open only read-only), which BEGIN IMMEDIATE alone, in WAL mode, does not. Nothing is written.
+                connection.exec_driver_sql("DELETE FROM alembic_version WHERE 0")
+        except GeniError as exc:
+            if exc.reason is not Reason.BUSY:  # busy: another process writes it (a running server): writable
+                reason = exc.message.removeprefix("the calendar database failed: ")
+                return [Finding("database", f"the calendar database {opening_advice(settings.calendar_url, reason)}")]
+        finally:
+            database.dispose()
     return []
 
 

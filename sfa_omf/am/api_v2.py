@@ -244,5 +244,9 @@ METHODS: dict[str, Method] = {
 class ApiV2(ApiEndpoint):
     """AM API v2 over the aggregate."""
 
+    #: Answered in the reactor thread (XmlRpcResource): GetVersion reads no database and waits for nothing, so it
+    #: answers (and the monitoring probe with it) while every call thread waits for the database.
+    inline_methods = frozenset({"GetVersion"})
+
     def __init__(self, aggregate: Aggregate) -> None:
         super().__init__(aggregate, 2, METHODS, contract.V2)

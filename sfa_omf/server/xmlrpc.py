@@ -31,6 +31,11 @@ closed at once). Pipelined requests wait while over ``max_unsent_bytes`` of the 
 over ``max_pipelined`` (16) waiting close the connection, and a client taking no byte of its waiting answers for
 ``stall_deadline_s`` (60 s) is cut off. A call is parsed in a call thread, never in the reactor thread; a caller
 without a client certificate is refused before its body is read.
+
+Except: a method its handler declares inline (``inline_methods``: GetVersion, which reads no database and blocks on
+nothing) is parsed and answered in the reactor thread when its body is small (INLINE_MAX_BODY_BYTES), so that it
+answers while every call thread waits for the database (one locked table made GetVersion, and the monitoring probe
+calling it, wait half a minute). The certificate check, the refusals and the handler's log line are the same.
 """
 
 from __future__ import annotations
@@ -108,6 +113,9 @@ MAX_HEADER_BYTES = 16 * 1024
 METHOD_NAME = re.compile(r"[A-Za-z0-9_.]{1,64}")
 #: Caller text quoted in a message or a log line is cut to this many characters before its repr.
 SHOWN_CHARS = 80
+#: A call of an inline method (a handler's ``inline_methods``) is read in the reactor thread when its body is at most
+#: this long (GetVersion with options or a credential or two); a larger one is read and run in a call thread.
+INLINE_MAX_BODY_BYTES = 64 * 1024
 
 
 def shown_method(method: str) -> str:
@@ -736,6 +744,9 @@ class XmlRpcResource(resource.Resource):
         self.pool = pool
         self.reactor = reactor
         self.limits = XmlLimits(max_bytes=max_body_bytes)
+        # The methods the handler declares pure (GetVersion): answered in the reactor thread, never queued behind
+        # calls waiting for the database in every call thread.
+        self.inline_methods: frozenset[str] = frozenset(getattr(handler, "inline_methods", ()))
 
     def render(self, request: server.Request) -> Any:
         """POST a call; any other HTTP method is told so (Twisted would answer PUT, OPTIONS... with "501 Huh?")."""
@@ -751,7 +762,7 @@ class XmlRpcResource(resource.Resource):
     def render_POST(self, request: server.Request) -> Any:
         """Refuse a caller without a client certificate at once, reading nothing of its body; hand any other call to
         the pool, where it is parsed, checked and run (parsing a body of megabytes took the reactor thread, and every
-        other client with it, for seconds)."""
+        other client with it, for seconds), but a small call of an inline method, answered here."""
         if getattr(request, "_too_big", False):
             return _fault(request, FAULT_TOOBIG, f"request body over the limit of {self.limits.max_bytes} bytes")
         context = CallContext(
@@ -767,13 +778,36 @@ class XmlRpcResource(resource.Resource):
             method = _declared_method(request)
             return self._refuse(request, context, method, GeniError(Reason.CALLER_UNTRUSTED, message))
         body = request.content.read() if request.content is not None else b""
-        deferred = deferToThreadPool(self.reactor, self.pool, self._call, context, body)
+        if self._maybe_inline(body):
+            # A small call naming an inline method (GetVersion) is read here; it runs here only when it really is
+            # one, anything else (a body naming another method further on) goes to the pool as every call does.
+            parsed = self._parsed(context, body)
+            if isinstance(parsed, str) or parsed[0] in self.inline_methods:
+                _respond(request, parsed if isinstance(parsed, str) else self._answer(context, *parsed))
+                return server.NOT_DONE_YET
+            deferred = deferToThreadPool(self.reactor, self.pool, self._answer, context, *parsed)
+        else:
+            deferred = deferToThreadPool(self.reactor, self.pool, self._call, context, body)
         deferred.addCallback(lambda answer: _respond(request, answer))
         deferred.addErrback(lambda failure: _internal_error(request, "(unread)", failure))  # a bug of _call's own
         return server.NOT_DONE_YET
 
+    def _maybe_inline(self, body: bytes) -> bool:
+        """Whether ``body`` may be a call of an inline method: small enough to read in the reactor thread, and
+        naming one at its start (parsing decides)."""
+        if not self.inline_methods or len(body) > INLINE_MAX_BODY_BYTES:
+            return False
+        found = _DECLARED_METHOD.search(body[:_DECLARED_METHOD_WINDOW])
+        return found is not None and found.group(1).decode("ascii") in self.inline_methods
+
     def _call(self, context: CallContext, body: bytes) -> str:
         """In a call thread: the answer (a methodResponse) to the methodCall ``body``, a fault when it is no call."""
+        parsed = self._parsed(context, body)
+        return parsed if isinstance(parsed, str) else self._answer(context, *parsed)
+
+    def _parsed(self, context: CallContext, body: bytes) -> str | tuple[str, tuple[Any, ...]]:
+        """(method, params) of the methodCall ``body``, or the answer to it when it is no call (a fault, or the
+        refusal of a method name that is no name)."""
         try:
             refuse_declarations(body, self.limits, what="XML-RPC request")
             params, method = loads(body)
@@ -793,6 +827,10 @@ class XmlRpcResource(resource.Resource):
                 "(GetVersion, ListResources, Resolve...)"
             )
             return self._refusal(context, shown, GeniError(Reason.UNSUPPORTED, message))
+        return method, params
+
+    def _answer(self, context: CallContext, method: str, params: tuple[Any, ...]) -> str:
+        """The handler's answer to a parsed call, as a methodResponse (a fault for a handler's bug)."""
         try:
             result = self.handler(context, method, params)
             # Marshalled here too: a result that cannot be marshalled is an internal error as well, never a hang.
