@@ -15,21 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.threads import blockingCallFromThread
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.config import MAXIMA, Settings, load_config, read_config
 from sfa_omf.registry.api import MAX_SLICE_RENEW
-from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.registry.bootstrap import init_directory, register_demo
-from sfa_omf.registry.records import Record, Records
-from sfa_omf.server.app import start_registry
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.credential import read_credential
 from tests.postgres import empty_postgres
 from tests.registry.test_interop_hunt_fixes import _admin, _user
-from tests.registry.test_registry_hunt_fixes import Registry
-from tests.tls_harness import proxy
+from tests.registry.test_registry_hunt_fixes import Registry, served_registry
 
 EXP = "tb.exp"
 
@@ -58,29 +53,8 @@ def _served_registry(running_reactor: Any, tmp_path: Path, backend: str, days: i
     database = Database(settings.calendar_url if backend == "sqlite" else empty_postgres())
     database.upgrade()
     register_demo(report, database)
-    records = Records(database)
-    authority = LocalAuthority.load(settings.data_dir, "tb")
-    records.add(Record("tb", "authority", authority.urn, "", pis=("tb.alice", "tb.bob")))
-    port = blockingCallFromThread(running_reactor, start_registry, settings, database, 0)
-    try:
-        url = f"https://127.0.0.1:{port.getHost().port}/"
-        alice_dir, bob_dir = Path(report.sfi_dirs["alice"]), Path(report.sfi_dirs["bob"])
-        alice = proxy(url, str(alice_dir / "tb.alice.user.gid"), str(alice_dir / "tb.alice.pkey"))
-        alice_cred = (alice_dir / "tb.alice.user.cred").read_text()
-        yield Registry(
-            url,
-            tmp_path / "tb",
-            database,
-            records,
-            alice,
-            alice_cred,
-            alice.GetCredential(alice_cred, "tb", "authority"),
-            proxy(url, str(bob_dir / "tb.bob.user.gid"), str(bob_dir / "tb.bob.pkey")),
-            (bob_dir / "tb.bob.user.cred").read_text(),
-        )
-    finally:
-        blockingCallFromThread(running_reactor, port.stopListening)
-        database.dispose()
+    with served_registry(running_reactor, report, settings, database) as served:
+        yield served
 
 
 def test_a_slice_credential_renews_within_the_configured_days(registry: Registry) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import xmlrpc.client
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,10 @@ from twisted.internet.threads import blockingCallFromThread
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.records import NodeSpec
-from sfa_omf.config import read_config
+from sfa_omf.config import Settings, read_config
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.authority import LocalAuthority
-from sfa_omf.registry.bootstrap import init_directory, register_demo
+from sfa_omf.registry.bootstrap import InitReport, init_directory, register_demo
 from sfa_omf.registry.records import Record, Records
 from sfa_omf.server.app import start_registry
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
@@ -64,10 +65,20 @@ def registry(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Pat
     database = Database(settings.calendar_url if request.param == "sqlite" else empty_postgres())
     database.upgrade()
     register_demo(report, database)
+    Inventory(database).add_node(NodeSpec("urn:publicid:IDN+tb+node+node1", "node1"))
+    with served_registry(running_reactor, report, settings, database) as served:
+        yield served
+
+
+@contextmanager
+def served_registry(
+    running_reactor: Any, report: InitReport, settings: Settings, database: Database
+) -> Iterator[Registry]:
+    """The registry ``serve`` starts for the site ``init`` made (``report``), on ``database`` (upgraded, the demo
+    registered): alice and bob PIs of tb, as user add --pi makes them. Stopped, and the database disposed, after."""
     records = Records(database)
     authority = LocalAuthority.load(settings.data_dir, "tb")
     records.add(Record("tb", "authority", authority.urn, "", pis=("tb.alice", "tb.bob")))  # as user add --pi does
-    Inventory(database).add_node(NodeSpec("urn:publicid:IDN+tb+node+node1", "node1"))
     port = blockingCallFromThread(running_reactor, start_registry, settings, database, 0)
     try:
         url = f"https://127.0.0.1:{port.getHost().port}/"
@@ -76,7 +87,7 @@ def registry(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Pat
         alice_cred = (alice_dir / "tb.alice.user.cred").read_text()
         yield Registry(
             url,
-            tmp_path / "tb",
+            Path(report.directory),
             database,
             records,
             alice,
