@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -131,9 +132,7 @@ class Database:
             # has been idle long enough for the server to have gone away meanwhile (_ping_if_idle).
             connect_args = {**_connect_timeout_args(url), **_bounded_wait_args(url, statement_timeout_s)}
             self.engine = create_engine(url, echo=echo, connect_args=connect_args, **sizes)
-            bound_answers(
-                self.engine, None if statement_timeout_s is None else statement_timeout_s + NO_ANSWER_MARGIN_S
-            )
+            bound_answers(self.engine, answer_limit_s(url, statement_timeout_s))
             if statement_timeout_s is not None and not _sets_statement_timeout(url):
                 event.listen(self.engine, "connect", functools.partial(_bound_statements, statement_timeout_s))
             event.listen(self.engine, "connect", _note_idle)
@@ -466,6 +465,30 @@ def _sets_statement_timeout(url: str) -> bool:
     own = make_url(url).query.get("options", "")
     options = " ".join(own) if isinstance(own, tuple) else own
     return "statement_timeout" in options or "statement_timeout" in os.environ.get("PGOPTIONS", "")
+
+
+#: statement_timeout as PostgreSQL reads it in options (a number, in ms unless a unit follows).
+_STATEMENT_TIMEOUT = re.compile(r"statement_timeout\s*=\s*'?\s*(\d+(?:\.\d+)?)\s*(us|ms|s|min|h|d)?\b")
+_TIMEOUT_UNITS_S = {"us": 1e-6, "ms": 1e-3, "": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def answer_limit_s(url: str, statement_timeout_s: int | None) -> float | None:
+    """How long a serving process waits for any answer of PostgreSQL (_answer_bounded_class): NO_ANSWER_MARGIN_S
+    more than the statement_timeout its connections have, the operator's when they set one (the URL's options or
+    PGOPTIONS win, docs/configuration.md: a longer one lets long statements run; 0, or one that cannot be read, no
+    bound), else ``statement_timeout_s``; None (no bound) for commands."""
+    if statement_timeout_s is None:
+        return None
+    if not _sets_statement_timeout(url):
+        return statement_timeout_s + NO_ANSWER_MARGIN_S
+    own = make_url(url).query.get("options", "")
+    options = f"{' '.join(own) if isinstance(own, tuple) else own} {os.environ.get('PGOPTIONS', '')}"
+    found = _STATEMENT_TIMEOUT.findall(options)
+    if not found:
+        return None
+    number, unit = found[-1]  # (the last one set wins, as in PostgreSQL)
+    theirs_s = float(number) * _TIMEOUT_UNITS_S[unit]
+    return None if theirs_s == 0 else max(theirs_s, statement_timeout_s) + NO_ANSWER_MARGIN_S
 
 
 def _bound_statements(statement_timeout_s: int, dbapi_connection: Any, _record: Any) -> None:

@@ -137,3 +137,20 @@ def test_probe_of_a_server_answering_nothing_says_so_not_that_it_is_down(
         f"aggregate https://127.0.0.1:{ports[1]}/: no answer ([Errno 111] Connection refused); is sfa-omf serve "
         "running? (systemctl status sfa-omf)",
     ]
+
+
+def test_only_a_small_getversion_is_read_in_the_reactor_thread() -> None:
+    """What the reactor parses holds every connection: a GetVersion body over INLINE_MAX_BODY_BYTES (64 KiB of dateTime
+    values took 30 ms to parse) goes to the call threads as any other call; a small one, and only GetVersion, is
+    read inline."""
+    from sfa_omf.am.api_v3 import ApiV3
+    from sfa_omf.server.xmlrpc import INLINE_MAX_BODY_BYTES, XmlRpcResource
+
+    resource = XmlRpcResource(ApiV3.__new__(ApiV3), None, None, 1024 * 1024)  # (the handler is not called here)
+    assert resource.inline_methods == {"GetVersion"}
+    small = xmlrpc.client.dumps(({"geni_rspec_version": {"type": "GENI", "version": "3"}},), "GetVersion").encode()
+    assert len(small) < INLINE_MAX_BODY_BYTES and resource._maybe_inline(small)
+    dates = [xmlrpc.client.DateTime("20261204T10:00:00")] * 300
+    hostile = xmlrpc.client.dumps(({"x": dates},), "GetVersion").encode()
+    assert len(hostile) > INLINE_MAX_BODY_BYTES and not resource._maybe_inline(hostile)
+    assert not resource._maybe_inline(xmlrpc.client.dumps(([],), "Status").encode())
