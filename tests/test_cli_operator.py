@@ -66,10 +66,11 @@ def test_a_misspelt_setting_is_named_by_commands_and_in_the_servers_log(lab: Pat
     standard error, and the server's log (the journal) names it once, before it serves."""
     config = lab / "sfa-omf.conf"
     config.write_text(config.read_text(encoding="utf-8").replace("threads = 8", "thread = 4"), encoding="utf-8")
+    line = config.read_text(encoding="utf-8").splitlines().index("thread = 4") + 1  # (init writes every setting)
     done = sfa_omf("node", "list", "--config", str(config))
     assert done.returncode == 0
     assert done.stderr == (
-        f"sfa-omf: warning: {config}:27: [sfa_omf] thread is not a known setting; closest: [sfa_omf] threads "
+        f"sfa-omf: warning: {config}:{line}: [sfa_omf] thread is not a known setting; closest: [sfa_omf] threads "
         "(SFA_OMF_THREADS) (sfa-omf config check lists every problem)\n"
     )
     log = lab / "serve.log"

@@ -293,7 +293,7 @@ def test_the_broker_down_is_unavailable_then_everything_recovers(
         assert running.am.Allocate(SLICE, [lab.slice_cred], rspec({"node1": ""}), {})["code"]["geni_code"] == 0
         down = running.am.Provision([SLICE], [lab.slice_cred], users(ssh_key("ann@laptop")))
         assert down["code"]["geni_code"] == 11
-        assert f"127.0.0.1:{forwarder.port}/sfaomf cannot be reached" in down["output"]
+        assert f"127.0.0.1:{forwarder.port}/{broker.virtual_host} cannot be reached" in down["output"]
         assert allocation_states(running, lab) == ["geni_allocated"]
         forwarder.start()
         try:
