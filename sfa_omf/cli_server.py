@@ -325,7 +325,7 @@ def _served_certificate_problem(host: str, port: int, context: Any, timeout_s: f
 
     from cryptography import x509
 
-    from sfa_omf.preflight import EXPIRY_WARNING
+    from sfa_omf.preflight import EXPIRY_WARNING, validity_problem
     from sfa_omf.times import format_time, utcnow
 
     try:
@@ -337,14 +337,20 @@ def _served_certificate_problem(host: str, port: int, context: Any, timeout_s: f
         return False, ""
     certificate = x509.load_der_x509_certificate(der)
     now, fix = utcnow(), "run sfa-omf authority renew, then restart sfa-omf serve"
-    if now > certificate.not_valid_after_utc:
-        ended = format_time(certificate.not_valid_after_utc)
-        return True, f"its certificate expired on {ended}: clients that check it refuse the server; {fix}"
-    if now < certificate.not_valid_before_utc:
-        begins = format_time(certificate.not_valid_before_utc)
-        return True, f"its certificate is not valid before {begins}: is this machine's clock right (date -u)?"
-    if certificate.not_valid_after_utc - now <= EXPIRY_WARNING:
-        return False, f"its certificate expires on {format_time(certificate.not_valid_after_utc)}; {fix}"
+    not_before, not_after = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    problem = validity_problem(not_before, not_after, now)  # (config check's word for the same dates)
+    if problem == "expired":
+        return (
+            True,
+            f"its certificate expired on {format_time(not_after)}: clients that check it refuse the server; {fix}",
+        )
+    if problem:
+        return (
+            True,
+            f"its certificate is not valid before {format_time(not_before)}: is this machine's clock right (date -u)?",
+        )
+    if not_after - now <= EXPIRY_WARNING:
+        return False, f"its certificate expires on {format_time(not_after)}; {fix}"
     return False, ""
 
 

@@ -597,7 +597,7 @@ def _first_certificate(path: str) -> Gid | None:
         return None
 
 
-def _validity_problem(not_before: datetime, not_after: datetime, now: datetime) -> str:
+def validity_problem(not_before: datetime, not_after: datetime, now: datetime) -> str:
     """Why a certificate is not valid at ``now`` ("expired", "not yet valid"), or "" when it is."""
     if now > not_after:
         return "expired"
@@ -613,7 +613,7 @@ def _validity_findings(
     what fails meanwhile; ``fix``: what to do; ``own``: one of this site's (out of its validity: a problem)."""
     from sfa_omf.times import format_time
 
-    problem = _validity_problem(not_before, not_after, now)
+    problem = validity_problem(not_before, not_after, now)
     if problem == "expired":
         message = f"{what} expired on {format_time(not_after)}: {harm}; {fix}"
     elif problem:

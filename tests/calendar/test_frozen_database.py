@@ -21,7 +21,7 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
@@ -129,6 +129,15 @@ def backend_pid(database: Database) -> int:
         return pid
 
 
+def refused_while_frozen(cluster: Cluster, call: Callable[[], object], what: str) -> GeniError:
+    """``call``'s refusal, made while the database is frozen (asserted: before the unfreezer resumed it)."""
+    with cluster.frozen() as thawed:
+        with pytest.raises(GeniError) as refusal:
+            call()
+        assert not thawed.is_set(), f"the {what} waited for the database to resume"
+    return refusal.value
+
+
 def test_a_statement_on_a_pooled_connection_answers_while_the_database_hangs(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -139,12 +148,8 @@ def test_a_statement_on_a_pooled_connection_answers_while_the_database_hangs(
     database = Database(cluster.url, connections=1, statement_timeout_s=1)
     try:
         before = backend_pid(database)
-        with cluster.frozen() as thawed:
-            with pytest.raises(GeniError) as refusal:
-                backend_pid(database)
-            answered_while_frozen = not thawed.is_set()
-        assert answered_while_frozen, "the call waited for the database to resume"
-        assert refusal.value.code == GeniCode.DBERROR and "no answer from the database" in refusal.value.message
+        refused = refused_while_frozen(cluster, lambda: backend_pid(database), "call")
+        assert refused.code == GeniCode.DBERROR and "no answer from the database" in refused.message
         assert backend_pid(database) != before  # the connection given up was discarded; the call after works
     finally:
         database.dispose()
@@ -161,12 +166,8 @@ def test_a_plain_statement_answers_while_the_database_hangs(cluster: Cluster, mo
     try:
         [(before,)] = database.fetch_all(statement)
         assert statement.compiled_for(database.engine.dialect) is not None  # (on the driver's cursor indeed)
-        with cluster.frozen() as thawed:
-            with pytest.raises(GeniError) as refusal:
-                database.fetch_all(statement)
-            answered_while_frozen = not thawed.is_set()
-        assert answered_while_frozen, "the call waited for the database to resume"
-        assert refusal.value.code == GeniCode.DBERROR and "no answer from the database" in refusal.value.message
+        refused = refused_while_frozen(cluster, lambda: database.fetch_all(statement), "call")
+        assert refused.code == GeniCode.DBERROR and "no answer from the database" in refused.message
         [(after,)] = database.fetch_all(statement)
         assert after != before
     finally:
@@ -183,12 +184,8 @@ def test_the_checkout_ping_of_an_idle_connection_answers_while_the_database_hang
     database = Database(cluster.url, connections=1, statement_timeout_s=1)
     try:
         before = backend_pid(database)
-        with cluster.frozen() as thawed:
-            with pytest.raises(GeniError) as refusal:
-                backend_pid(database)
-            answered_while_frozen = not thawed.is_set()
-        assert answered_while_frozen, "the checkout waited for the database to resume"
-        assert refusal.value.code == GeniCode.DBERROR
+        refused = refused_while_frozen(cluster, lambda: backend_pid(database), "checkout")
+        assert refused.code == GeniCode.DBERROR
         assert backend_pid(database) != before
     finally:
         database.dispose()
