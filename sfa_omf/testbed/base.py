@@ -43,7 +43,10 @@ class SliverHealth:
 
 
 class TestbedBackend(Protocol):
-    """Implemented by the embedded backend, the OAR backend and third-party backends (entry points)."""
+    """Implemented by the embedded backend, the OAR backend and third-party backends (entry points).
+
+    A backend may also name, in ``local_operations`` (a frozenset of "renew", "release"), those of its operations
+    that talk to no testbed: the gate (sfa_omf/testbed/gate.py) then runs them without waiting for a slot."""
 
     name: str
 

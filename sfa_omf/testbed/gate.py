@@ -10,8 +10,9 @@ GetVersion from anybody else waited as long.
   than the pool has, so GetVersion, ListResources, the web pages and the agents' heartbeats always find a thread). A
   call that gets no slot within ``wait_s`` is refused BUSY (14) before the backend is asked: the aggregate's own
   failure path then undoes what the call wrote (Provision's hold on its allocations, Renew's new end), so the call
-  writes nothing. Status and Describe are not refused: a sliver whose testbed state cannot be read in time is shown
-  with the calendar's state and says why, as when the testbed does not answer.
+  writes nothing. A backend's ``local_operations`` (OMF's renew and release, which only touch the calendar's
+  database) take no slot. Status and Describe are not refused: a sliver whose testbed state cannot be read in time
+  is shown with the calendar's state and says why, as when the testbed does not answer.
 - **The breaker** (``CircuitBreaker``): fed by the testbed's client (OAR's: a request that timed out, or could not
   reach OAR's API), it opens for a cool-down (``cooldown_s``, doubling while the testbed keeps failing, at most
   ``MAX_COOLDOWN_S``); meanwhile calls that need the testbed are refused at once, UNAVAILABLE (11): no request is
@@ -28,6 +29,7 @@ GetVersion from anybody else waited as long.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -287,14 +289,21 @@ class GatedBackend:
             self.inner.provision(lease, owner, accounts)
 
     def renew(self, lease: LeaseRecord, new_end: datetime) -> None:
-        """The backend's renew, once a slot is free."""
-        with self.gate.slot():
+        """The backend's renew, once a slot is free (at once when the backend's renew talks to no testbed)."""
+        with self._slot_for("renew"):
             self.inner.renew(lease, new_end)
 
     def release(self, lease: LeaseRecord) -> None:
-        """The backend's release, once a slot is free."""
-        with self.gate.slot():
+        """The backend's release, once a slot is free (at once when the backend's release talks to no testbed)."""
+        with self._slot_for("release"):
             self.inner.release(lease)
+
+    def _slot_for(self, operation: str) -> contextlib.AbstractContextManager[None]:
+        # A backend names the operations that talk to no testbed (OMF's renew and release only touch the calendar's
+        # database): they cannot hang on the testbed, so a gate full of hung Provisions must not refuse them BUSY.
+        if operation in getattr(self.inner, "local_operations", ()):
+            return contextlib.nullcontext()
+        return self.gate.slot()
 
     def update_users(self, lease: LeaseRecord, accounts: Sequence[LocalAccount]) -> None:
         """The backend's update_users, once a slot is free."""
