@@ -23,7 +23,12 @@ Who reads what (``check_reader``), the web calendar's privacy rule: operators (w
 calendar's ``[sfa_web] admins``) and the testbed's controllers (``[sfa_frcp] controllers``) see everything; any other
 certificate issued under this testbed's authority (its users, the testbed accounts' certificates) sees the federated
 pools' nodes, every lease's window and status, and the account and name of its own slices' leases only; certificates
-of other authorities, even trusted ones, read nothing.
+of other authorities, even trusted ones, read nothing. A user certificate of this authority counts as that user only
+with the key the registry holds for the user now (am/caller_keys.py, as for the AM API and the web calendar): the
+certificate of a user the registry removed, or of an earlier holder of a name registered again, is refused (403),
+admins included, for it would read the next holder's accounts and leases; another certificate naming a user the
+registry never removed (a testbed account's, minted for a login of the same name, or a replaced key) reads as no
+user: the federated nodes and the windows, no account.
 
 History is bounded: a node (and ``/resources/accounts``) carries the leases that have not ended and those whose
 window ended (or, cancelled, would have ended) within ``RECENT_LEASES_S``, read so in SQL, so that the controllers'
@@ -43,6 +48,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from sfa_omf.am.caller_keys import RegisteredKeys
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.lease_view import LeaseRow, NodeRow, lease_rows, node_rows
@@ -51,7 +57,14 @@ from sfa_omf.calendar.queries import from_s, to_s
 from sfa_omf.calendar.records import BookingRequest, LeaseRecord
 from sfa_omf.calendar.timeline import Timeline
 from sfa_omf.errors import BadArgs, GeniError, Reason, TrustError
-from sfa_omf.registry.accounts import LeaseLogins, check_login, lease_logins, mapped_login, system_login_reason
+from sfa_omf.registry.accounts import (
+    LeaseLogins,
+    check_login,
+    lease_logins,
+    mapped_login,
+    retired_logins,
+    system_login_reason,
+)
 from sfa_omf.registry.records import Records, record_chain
 from sfa_omf.registry.removed_marks import is_removed_mark
 from sfa_omf.testbed.base import TestbedBackend
@@ -173,7 +186,9 @@ EVERYTHING = Reader("", everything=True)
 
 
 class OmfInventory:
-    """Answers the omf_sfa REST inventory from the calendar. ``clock`` decides "now" (tests)."""
+    """Answers the omf_sfa REST inventory from the calendar. ``clock`` decides "now" (tests); ``registered_keys``
+    (the aggregate's, so one cache with the AM API and the web calendar) is the registry's word on its users' keys,
+    None: the URN alone (a calendar without registry)."""
 
     def __init__(
         self,
@@ -189,6 +204,7 @@ class OmfInventory:
         controllers: Collection[str] = (),
         admins: Collection[str] = (),
         frcp_account: str = "root",
+        registered_keys: RegisteredKeys | None = None,
     ) -> None:
         self.database = database
         self.bookings = bookings
@@ -202,6 +218,7 @@ class OmfInventory:
         self.controllers = frozenset(controllers)  # [sfa_frcp] controllers: certificate URNs (or subject CNs)
         self.admins = frozenset(admins)  # [sfa_web] admins: user URNs
         self.frcp_account = frcp_account  # [sfa_frcp] account: never a lease's account
+        self.registered_keys = registered_keys
         self.records = Records(database)
         self.timeline = Timeline(database)
 
@@ -211,7 +228,14 @@ class OmfInventory:
         issued under this testbed's authority (a peer authority's users read nothing here)."""
         leaf = self.verifier.verify_caller(caller_chain, self.clock())
         identity = leaf.urn or leaf.subject_cn  # as [sfa_frcp] controllers names a certificate (frcp.py too)
-        if self._is_operator(leaf) or identity in self.controllers or (leaf.urn or "") in self.admins:
+        # Operators are an authority's certificate or a PI with the registered key (checked there); controllers
+        # are certificates the operator named in the configuration.
+        if self._is_operator(leaf) or identity in self.controllers:
+            return Reader(identity, everything=True)
+        # Before the admins' URNs and the slices of the URN: a URN is that user only with the key registered now.
+        if self._not_the_registered_user(leaf):
+            return Reader(identity)
+        if (leaf.urn or "") in self.admins:
             return Reader(identity, everything=True)
         if not _under(self.authority_hrn, leaf.hrn):
             raise TrustError(
@@ -222,6 +246,26 @@ class OmfInventory:
             )
         slices = frozenset(self.timeline.slices_of_user(leaf.urn)) if leaf.urn else frozenset()
         return Reader(identity, slices=slices)
+
+    def _not_the_registered_user(self, leaf: Gid) -> bool:
+        """True when ``leaf`` names a user of this authority with a key the registry does not hold for them, though
+        the registry never removed that user (a testbed account's certificate for a login of the same name, a
+        replaced key): it reads as no user. TrustError (FORBIDDEN) for the certificate of a user the registry removed,
+        or of an earlier holder of a name registered again, whose URN may be someone else's now. False: the user's
+        registered key, not a local user, or no registry to ask."""
+        keys = self.registered_keys
+        refused = keys.refusal(leaf.urn or "", leaf.key_id) if keys is not None else None
+        if refused is None:
+            return False
+        # A removal retires the user's login under the URN as the registry writes it (registry/accounts.py).
+        if not retired_logins(self.database, hrn_to_urn(parse_urn(refused.urn).hrn, "user")):
+            return True  # never removed: no earlier holder whose key this could be
+        why = "is no longer registered here" if refused.removed else "is registered here with another certificate now"
+        raise TrustError(
+            Reason.CALLER_UNTRUSTED,
+            f"the user your certificate names ({refused.urn}) {why}; use the certificate your authority gives you "
+            "now (this one reads nothing here)",
+        )
 
     def check_operator(self, caller_chain: GidChain) -> str:
         """Writing leases needs authority rights over this testbed; the caller's URN, or TrustError.

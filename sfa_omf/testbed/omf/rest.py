@@ -202,8 +202,9 @@ def inventory_resource(
 
 
 def omf_inventory(aggregate: Any, base_url: str, settings: Any = None) -> OmfInventory:
-    """The omf_sfa inventory over an Aggregate's calendar, trust and backend. Without ``settings`` (the node
-    importer, which only writes), no controller nor admin is named."""
+    """The omf_sfa inventory over an Aggregate's calendar, trust and backend, with its registry's word on its users'
+    keys (the AM API's cache). Without ``settings`` (the node importer, which only writes), no controller nor admin is
+    named."""
     return OmfInventory(
         aggregate.database,
         aggregate.bookings,
@@ -217,6 +218,7 @@ def omf_inventory(aggregate: Any, base_url: str, settings: Any = None) -> OmfInv
         controllers=settings.frcp_controller_urns if settings is not None else (),
         admins=settings.web_admin_urns if settings is not None else (),
         frcp_account=frcp_account(aggregate, settings),
+        registered_keys=aggregate.registered_keys,
     )
 
 
