@@ -358,17 +358,19 @@ class Instances:
         records = [addressed.get(record.name, record) for record in records]
         host = self._host()
         start_s, end_s = self._slot_of(lease_id) or (None, None)
+        nodes = self._network_addresses(sorted({record.node for record in records}))
+        images = {label: self._planned_image(lease_id, label, nodes) for label in sorted({r.image for r in records})}
         self.plans.write(
             LeasePlan(
                 lease_id=lease_id,
-                nodes=self._network_addresses(sorted({record.node for record in records})),
+                nodes=nodes,
                 user=user,
                 bridge=host.bridge,
                 lxc_path=str(host.lxc_path),
                 ssh_timeout_s=self.ssh_timeout_s,
                 keys=plan_keys(keys),
                 containers=tuple(
-                    PlannedContainer(record.name, record.address, self._image_path(record.image)) for record in records
+                    PlannedContainer(record.name, record.address, images[record.image]) for record in records
                 ),
                 slot_start_s=start_s,
                 slot_end_s=end_s,
@@ -443,6 +445,23 @@ class Instances:
                 self.plans.update(lease_id, _plan_with(start_s, end_s, keys[slice_urn]))
             except OSError as exc:
                 log.warning("lease %s: its plan could not be brought up to date: %s", lease_id, exc)
+
+    def _planned_image(self, lease_id: str, label: str, nodes: Sequence[str]) -> str:
+        """The image file the plan names for ``label``: a public image's file in the store (every node reads the
+        store), a private one's copy handed to the lease's nodes alone (its store file is the aggregate's only:
+        LeasePlans.hand_image). TESTBED, nothing provisioned, when the copy cannot be made."""
+        image = self.images.get(label) if label else None
+        if image is None or not image.private:
+            return self._image_path(label)
+        assert self.plans is not None
+        try:
+            return self.plans.hand_image(lease_id, nodes, Path(image.path), label)
+        except (OSError, ValueError) as exc:
+            raise GeniError(
+                Reason.TESTBED,
+                f"private image {label!r} could not be handed to the lease's node(s) {', '.join(nodes)}: {exc}. "
+                "Nothing was provisioned",
+            ) from exc
 
     def _network_addresses(self, node_urns: Sequence[str]) -> tuple[str, ...]:
         """How the testbed names these nodes (their network_address, else their name: what a node side matches
@@ -1000,6 +1019,8 @@ def instances_of(settings: Any, database: Database, images: ImageStore) -> Insta
         return None
     host = LxcHost(settings.instance_bridge, lxc_path=settings.instance_lxc_path)
     plans = lease_plans(settings, images.directory) if settings.aggregate_type == "oar" else None
+    # Once per start: a store written before image modes were set has its private (saved) images readable by all.
+    images.secure_modes()
     return Instances(
         database,
         host,

@@ -58,6 +58,7 @@ from sfa_omf.images.node_plans import (
     PlanError,
     action_path_of,
     archive_path_of,
+    image_on_node,
     open_signed,
     read_bounded,
     report_path_of,
@@ -214,7 +215,8 @@ def run(plan_path: str) -> int:
         container = fresh[index]
         spec = InstanceSpec(container.name, container.address, plan.keys, LOGIN)
         try:
-            host.launch(spec, plan.ssh_timeout_s, image=container.image)
+            # A private image is read from this node's own copy (node_plans.LeasePlans.hand_image).
+            host.launch(spec, plan.ssh_timeout_s, image=image_on_node(container.image, path, plan, node))
         except GeniError as exc:
             return container.name, NODE_FAILED, exc.message
         except Exception as exc:  # one container's failure, whatever it is: the others still run, all are reported

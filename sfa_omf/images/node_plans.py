@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import stat
 import tempfile
 import time
@@ -37,6 +38,12 @@ PLAN_SUFFIX = ".plan.json"
 LOCK_NAME = ".plans.lock"  # the aggregate's lock on plan writes (LeasePlans._locked); the node side never takes it
 STATE_SUFFIX = ".state.json"
 ACTION_SUFFIX = ".action.json"  # an operational action the aggregate hands the lease's run (LeaseAction)
+# A private image a lease's containers use, copied into each of the lease's nodes' directories
+# (<lease>.image-<label>.img, mode 600): the store's own file is readable by the aggregate's account alone, so that no
+# other node's root (squashed to "other" on the store's export) reads a user's saved container.
+HANDED_INFIX = ".image-"
+HANDED_SUFFIX = ".img"
+HANDED_MODE = 0o600
 # What the node side reports for each container (the aggregate's row states of the same names).
 NODE_RUNNING, NODE_FAILED, NODE_DESTROYED, NODE_STOPPED = "running", "failed", "destroyed", "stopped"
 NODE_STATES = (NODE_RUNNING, NODE_FAILED, NODE_DESTROYED, NODE_STOPPED)
@@ -47,6 +54,7 @@ ACTIONS = (ACTION_START, ACTION_STOP, ACTION_RESTART, ACTION_SAVE)
 # _NAME and _NODE are used with fullmatch: with match, "$" would let a trailing newline into a path or a command.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # a lease id, a container's name, a bridge, a login
 _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}")  # a node as OAR reaches it: host name, IPv4 or IPv6
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a repository image's label (store.VALID_LABEL)
 _KEY = re.compile(r"^[A-Za-z0-9@._+-]+ [A-Za-z0-9+/=]+( [^\n\r]*)?$")  # one OpenSSH public key line
 
 
@@ -64,6 +72,7 @@ def open_signed(verifier: PlanVerifier, kind: str, text: str) -> str:
 
 EXIT_PLAN_REFUSED = 2  # the node command's exit status for a plan it refused (nothing made)
 LAST_EPOCH_S = 253_402_300_800  # 10000-01-01T00:00:00Z: a slot's times must be writable as dates
+COPY_CHUNK = 4 * 1024 * 1024  # a handed image's copy buffer (disk speed)
 MAX_FILE_BYTES = 1 << 20  # a plan or a report: a few KB for the largest lease; anything bigger is refused unread
 
 
@@ -273,6 +282,32 @@ class LeasePlans:
         """Where the run on ``node`` writes the archive of save ``seq`` (the aggregate reads it from there only)."""
         return archive_path_of(self.plan_path(lease_id), node, seq)
 
+    def hand_image(self, lease_id: str, nodes: Sequence[str], source: Path, label: str) -> str:
+        """Copy the private image ``source`` (``label``) into the directory of each of the lease's ``nodes`` (mode
+        HANDED_MODE: that node's root reads it through its own export, no other node's squashed root can), replacing
+        an earlier copy; the path a plan names, in the first node's directory (the run reads its own node's copy:
+        image_on_node). A copy, not a link: a node's root writes in its directory, and must not reach the store's
+        file. LeasePlans.remove takes the copies away with the lease. Raises OSError as copying does."""
+        lease = _checked_name(lease_id)
+        name = f"{lease}{HANDED_INFIX}{_checked_label(label)}{HANDED_SUFFIX}"
+        handed = [handed_image_path_of(self.plan_path(lease_id), node, label) for node in nodes]
+        if not handed:
+            raise ValueError(f"lease {lease_id}: no node to hand image {label} to")
+        for target in handed:
+            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            # A fresh name (O_EXCL) in the node's directory, renamed over the copy: nothing the node left there (a
+            # link) is followed.
+            handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
+            try:
+                with os.fdopen(handle, "wb") as out, source.open("rb") as image:
+                    os.fchmod(out.fileno(), HANDED_MODE)
+                    shutil.copyfileobj(image, out, COPY_CHUNK)
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        return str(handed[0])
+
     def write_action(self, lease_id: str, action: LeaseAction) -> Path:
         """Hand the lease's run an action (replacing the one before: the run does the last seq it finds)."""
         path = self.action_path(lease_id)
@@ -413,6 +448,9 @@ class LeasePlans:
                     directory / f"{lease}{STATE_SUFFIX}",
                     *directory.glob(f"{lease}.save-*.tar"),
                     *directory.glob(f".{lease}.save-*.tar.tmp"),
+                    # A private image handed to the node (hand_image), and a copy interrupted halfway.
+                    *directory.glob(f"{lease}{HANDED_INFIX}*{HANDED_SUFFIX}"),
+                    *directory.glob(f".{lease}{HANDED_INFIX}*.tmp"),
                 ]:
                     _remove_file(leftover)
 
@@ -431,6 +469,26 @@ def report_path_of(plan_path: Path, node: str) -> Path:
     """Where the node side reports on the plan at ``plan_path``: the directory of the plan's node."""
     lease = plan_path.name.removesuffix(PLAN_SUFFIX)
     return plan_path.parent / NODES_DIR_NAME / _checked_node(node) / f"{lease}{STATE_SUFFIX}"
+
+
+def handed_image_path_of(plan_path: Path, node: str, label: str) -> Path:
+    """Where the aggregate hands ``node`` its copy of the private image ``label`` for the plan at ``plan_path``."""
+    lease = plan_path.name.removesuffix(PLAN_SUFFIX)
+    name = f"{lease}{HANDED_INFIX}{_checked_label(label)}{HANDED_SUFFIX}"
+    return plan_path.parent / NODES_DIR_NAME / _checked_node(node) / name
+
+
+def image_on_node(image: str, plan_path: Path, plan: LeasePlan, node: str) -> str:
+    """The file the run on ``node`` lays over a container the plan gives ``image``: that image, except a private
+    image handed to the lease's nodes (the plan names the copy in its first node's directory), read from ``node``'s
+    own copy: another node's directory is not readable there."""
+    path = Path(image)
+    lease = plan_path.name.removesuffix(PLAN_SUFFIX)
+    nodes_dir = plan_path.parent / NODES_DIR_NAME
+    handed = path.name.startswith(f"{lease}{HANDED_INFIX}") and path.name.endswith(HANDED_SUFFIX)
+    if handed and path.parent.parent == nodes_dir and path.parent.name in plan.nodes:
+        return str(nodes_dir / _checked_node(node) / path.name)
+    return image
 
 
 def action_path_of(plan_path: Path) -> Path:
@@ -515,6 +573,12 @@ def _named(data: dict[str, Any], key: str) -> str:
     value = _text(data, key)
     if not _NAME.fullmatch(value):
         raise PlanError(f"{key} {value!r} is not a plain name (letters, digits, _ . -)")
+    return value
+
+
+def _checked_label(value: str) -> str:
+    if not _LABEL.fullmatch(value):
+        raise ValueError(f"{value!r} is not an image label")
     return value
 
 

@@ -13,13 +13,21 @@
   provisioned, ending after now) names the image; if one does it refuses, naming those leases, and changes nothing.
   The file goes after the row: a crash in between leaves an unused file, never a row without its file.
 - Reads (``images``, ``get``, ``labels``, ``uses``) are column queries into ImageRecord.
+- Modes are set, never left to the umask: a public image is 0644 and the store's folder 0755 when the store makes
+  it (OAR nodes read public images from a read-only export, their root squashed to "other"); a private image (a
+  user's saved container) is 0600, readable by the aggregate's account alone, until ``publish`` makes it 0644. A
+  lease on an OAR node using one gets its own copy in that node's directory (node_plans.LeasePlans.hand_image).
+  ``secure_modes`` brings the files of a store made before to these modes, once at start-up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
+import stat
 import tarfile
 import uuid
 from collections.abc import Sequence
@@ -44,12 +52,17 @@ from sfa_omf.times import format_time
 if TYPE_CHECKING:
     from sfa_omf.config import Settings
 
+log = logging.getLogger(__name__)
+
 #: A label is a request's <disk_image name>, a file-name part and an argument of the site's deploy command: keep it
 #: to characters no shell or URL treats specially.
 VALID_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # fullmatch: "$" would let a trailing newline in
 MAX_FIELD_CHARS = 100  # the os and version columns, and each hardware type
 STORE_DIR_NAME = "images"
 CHUNK = 4 * 1024 * 1024  # copy buffer: large enough that the copy runs at disk speed
+PUBLIC_MODE = 0o644  # every OAR node reads public images from the store's read-only export (as "other")
+PRIVATE_MODE = 0o600  # a user's saved container: the aggregate's account only, never a node's squashed root
+DIRECTORY_MODE = 0o755
 _ACTIVE = ("allocated", "provisioned")
 _COLUMNS = (
     RepositoryImage.label,
@@ -164,11 +177,13 @@ class ImageStore:
             raise GeniError(Reason.ALREADY_EXISTS, _taken(label))
         if quota is not None:  # before the copy: a save over quota writes nothing
             self._check_save(added_by, label, quota, source_path.stat().st_size)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._make_directory()
         file_name = f"{label}-{uuid.uuid4().hex}.img"
         target = self.directory / file_name
         try:
-            digest, size = _copy_hashing(source_path, target)
+            digest, size = _copy_hashing(source_path, target)  # PRIVATE_MODE until it is whole and checked
+            if not private:
+                os.chmod(target, PUBLIC_MODE)
             _check_container_image(target, source, label)  # the copy: what is kept is what was checked
             with self.database.write() as session:
                 if quota is not None:  # again, one save of the user at a time: two at once cannot both fit
@@ -228,14 +243,72 @@ class ImageStore:
         return record
 
     def publish(self, label: str) -> ImageRecord:
-        """Make a private image (one saved from a container) usable by everybody and advertised; NOT_FOUND naming the
-        known labels for an unknown one. Publishing a public image changes nothing."""
-        with self.database.write() as session:
-            row = session.scalar(select(RepositoryImage).where(RepositoryImage.label == label))
-            if row is None:
-                raise GeniError(Reason.NOT_FOUND, _unknown(label, self.labels()))
-            row.private = False
+        """Make a private image (one saved from a container) usable by everybody and advertised, its file readable
+        by all (PUBLIC_MODE: OAR nodes read it from the store's export); NOT_FOUND naming the known labels for an
+        unknown one, INSUFFICIENT_PRIVILEGES (FORBIDDEN) when this account may not set its file's mode (only the
+        file's owner or root may), nothing changed.
+        Publishing a public image changes nothing."""
+        opened: Path | None = None
+        try:
+            with self.database.write() as session:
+                row = session.scalar(select(RepositoryImage).where(RepositoryImage.label == label))
+                if row is None:
+                    raise GeniError(Reason.NOT_FOUND, _unknown(label, self.labels()))
+                if row.private:
+                    row.private = False
+                    # Before the commit: a file that cannot be opened to all publishes nothing.
+                    opened = self.directory / row.file_name
+                    if stat.S_IMODE(opened.stat().st_mode) != PUBLIC_MODE:  # as a store made before modes left it
+                        os.chmod(opened, PUBLIC_MODE)
+        except BaseException as exc:
+            if opened is not None:  # the row stays private: so does its file
+                with contextlib.suppress(OSError):
+                    os.chmod(opened, PRIVATE_MODE)
+            if isinstance(exc, OSError):
+                raise GeniError(
+                    Reason.INSUFFICIENT_PRIVILEGES if isinstance(exc, PermissionError) else Reason.SERVER_ERROR,
+                    f"image {label!r} was not published: its file could not be made readable by all ({exc}). Only "
+                    "its owner (the aggregate's account, which saved it) or root may: run the command as one of "
+                    "them (in [sfa_omf] image_group). Nothing was changed",
+                ) from exc
+            raise
         return self.show(label)
+
+    def secure_modes(self) -> int:
+        """Give every stored image file the mode its row says (private PRIVATE_MODE, public PUBLIC_MODE): a store
+        written before modes were set kept what the umask gave (a private image readable by any local user, and by
+        every OAR node's root through the store's export). Run once at start-up: one query and a stat per image.
+        Returns how many files changed; a file that cannot be changed is logged, the others still are."""
+        if not self.directory.is_dir():
+            return 0
+        changed = 0
+        with self.database.read() as session:
+            rows = session.execute(select(RepositoryImage.file_name, RepositoryImage.private)).all()
+        for file_name, private in rows:
+            path = self.directory / file_name
+            wanted = PRIVATE_MODE if private else PUBLIC_MODE
+            try:
+                found = path.lstat()
+                if not stat.S_ISREG(found.st_mode) or stat.S_IMODE(found.st_mode) == wanted:
+                    continue
+                if found.st_uid != os.geteuid() != 0:  # a command run by another account: the service does it
+                    continue
+                os.chmod(path, wanted)
+                changed += 1
+            except OSError as exc:
+                log.warning("image file %s: its mode could not be set to %o: %s", path, wanted, exc)
+        if changed:
+            log.info(
+                "image store %s: %d image file(s) given their mode (private 600, public 644)", self.directory, changed
+            )
+        return changed
+
+    def _make_directory(self) -> None:
+        """The store's folder, made DIRECTORY_MODE whatever the umask (an existing one is left as the operator set
+        it)."""
+        if not self.directory.is_dir():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.directory, DIRECTORY_MODE)
 
     # -- saves (sfa_omf/images/instances.py): bounded per user ---------------------------------------------------
     def saved_by(self, user: str) -> list[ImageRecord]:
@@ -427,23 +500,27 @@ def _record_of(directory: Path, row: Any) -> ImageRecord:
 
 
 def _copy_hashing(source: Path, target: Path) -> tuple[str, int]:
-    """Copy with one read of the source, hashing as it goes; the copy is on disk (fsync) before it is recorded."""
+    """Copy with one read of the source, hashing as it goes, into a new file of PRIVATE_MODE whatever the umask (the
+    caller opens a public image to all once it is whole); the copy is on disk (fsync) before it is recorded."""
     digest = hashlib.sha256()
     size = 0
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
-    with open(source, "rb", buffering=0) as reader, open(target, "xb", buffering=0) as writer:
-        while True:
-            count = reader.readinto(buffer)
-            if not count:
-                break
-            chunk = view[:count]
-            digest.update(chunk)
-            written = 0
-            while written < count:
-                written += writer.write(chunk[written:]) or 0
-            size += count
-        os.fsync(writer.fileno())
+    with open(source, "rb", buffering=0) as reader:
+        created = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_MODE)
+        with open(created, "wb", buffering=0) as writer:
+            os.fchmod(writer.fileno(), PRIVATE_MODE)
+            while True:
+                count = reader.readinto(buffer)
+                if not count:
+                    break
+                chunk = view[:count]
+                digest.update(chunk)
+                written = 0
+                while written < count:
+                    written += writer.write(chunk[written:]) or 0
+                size += count
+            os.fsync(writer.fileno())
     return digest.hexdigest(), size
 
 
