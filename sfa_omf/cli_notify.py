@@ -1,4 +1,4 @@
-"""Operator commands of notifications: ``sfa-omf notify test|subscribe|unsubscribe|status``."""
+"""Operator commands of notifications: ``sfa-omf notify test|subscribe|unsubscribe|secret|status``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,16 @@ def add_notify_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     unsubscribe.add_argument("user_urn")
     unsubscribe.add_argument("channel", choices=CHANNELS)
     unsubscribe.set_defaults(handler=_unsubscribe)
+    secret = group.add_parser(
+        "secret",
+        parents=[config_option],
+        help="the secret a webhook's messages are signed with (a user's subscription, or an operator's URL)",
+    )
+    secret.add_argument("url", help="the webhook URL")
+    secret.add_argument(
+        "user_urn", nargs="?", help="the user whose webhook it is (none: a URL of [sfa_notify] operators)"
+    )
+    secret.set_defaults(handler=_secret)
     status = group.add_parser("status", parents=[config_option], help="messages pending, sent and given up")
     status.set_defaults(handler=_status)
 
@@ -61,14 +71,41 @@ def _test(args: argparse.Namespace) -> int:
 def _subscribe(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.outbox import Outbox
 
-    database = command_database(command_settings(args))
+    settings = command_settings(args)
+    database = command_database(settings)
     try:
         address = args.address or _registered_email(database, args.user_urn, args.channel)
         Outbox(database).subscribe(args.user_urn, args.channel, address)
     finally:
         database.dispose()
     print(f"{args.user_urn} gets {args.channel} notifications at {_shown_address(args.channel, address)}")
+    if args.channel == "webhook":
+        print(_secret_line(settings.notify_webhook_key, args.user_urn, address))
     return 0
+
+
+def _secret(args: argparse.Namespace) -> int:
+    from sfa_omf.calendar.outbox import check_address
+    from sfa_omf.notify.channels import OPERATOR_SUBSCRIBER
+
+    check_address("webhook", args.url)
+    if args.user_urn and "+user+" not in args.user_urn:  # a typo would print a secret nobody's messages carry
+        raise BadArgs(f"{args.user_urn!r} is not a user URN (urn:publicid:IDN+AUTHORITY+user+NAME)")
+    settings = command_settings(args)
+    print(_secret_line(settings.notify_webhook_key, args.user_urn or OPERATOR_SUBSCRIBER, args.url))
+    return 0
+
+
+def _secret_line(webhook_key: str, user_urn: str, url: str) -> str:
+    """What the commands print of a subscription's secret (``subscription_secret``): to be given to that user (or,
+    for an operator's URL, to whoever runs its receiver) only; each user's is their own."""
+    from sfa_omf.notify.channels import subscription_secret
+
+    if not webhook_key:
+        return "webhooks are not signed: [sfa_notify] webhook_key is not set"
+    return "signing secret (X-SFA-OMF-Signature; give it to this webhook's owner only): " + subscription_secret(
+        webhook_key, user_urn, url
+    )
 
 
 def _shown_address(channel: str, address: str) -> str:

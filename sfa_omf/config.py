@@ -408,7 +408,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("notify_smtp_user", "sfa_notify", "smtp_user", "text", "SMTP login (empty: no login)"),
     Option("notify_smtp_password", "sfa_notify", "smtp_password", "text", "SMTP password"),
     Option("notify_from", "sfa_notify", "from", "text", "sender address of e-mail notifications"),
-    Option("notify_webhook_key", "sfa_notify", "webhook_key", "text", "HMAC-SHA256 key signing webhooks"),
+    Option(
+        "notify_webhook_key",
+        "sfa_notify",
+        "webhook_key",
+        "text",
+        "the key each webhook subscription's secret is made from",
+    ),
     Option("notify_lead_s", "sfa_notify", "lead_s", "count", "seconds before a start or end to say it comes soon"),
     Option(
         "notify_email_by_default",

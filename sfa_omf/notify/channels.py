@@ -1,5 +1,6 @@
 """Delivering one message: e-mail over SMTP (STARTTLS or TLS from the start, and login, when configured), or a webhook
-(an HTTP POST of JSON signed with HMAC-SHA256). Each raises DeliveryError with the peer's words when the message was
+(an HTTP POST of JSON signed with HMAC-SHA256 over a timestamp and the body, with the secret of each subscription of
+its URL: ``subscription_secret``). Each raises DeliveryError with the peer's words when the message was
 not accepted."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import formatdate, parseaddr
@@ -26,6 +28,7 @@ from sfa_omf.addresses import is_public_address
 from sfa_omf.config import smtp_credentials_problem
 
 SIGNATURE_HEADER = "X-SFA-OMF-Signature"
+TIMESTAMP_HEADER = "X-SFA-OMF-Timestamp"
 EVENT_HEADER = "X-SFA-OMF-Event"
 
 
@@ -61,9 +64,33 @@ class SmtpSettings:
     tls: bool = False  # TLS from the first byte (SMTPS, port 465) instead of STARTTLS
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The webhook signature header's value: ``sha256=<hex HMAC-SHA256 of the body with the shared secret>``."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+#: What a subscription's secret is derived for (``subscription_secret``): a key of its own use, whatever else the
+#: site's webhook_key might ever sign.
+SECRET_LABEL = b"sfa-omf webhook subscription secret v1\0"
+#: The "user" of the webhooks of ``[sfa_notify] operators`` (and of a ``notify test`` to a URL nobody subscribed):
+#: they belong to no user; their secret is the operator's (``sfa-omf notify secret URL``).
+OPERATOR_SUBSCRIBER = ""
+
+
+def subscription_secret(webhook_key: str, user_urn: str, url: str) -> str:
+    """The secret of one subscription, a user's (``user_urn``) webhook at ``url``: 64 hex digits of HMAC-SHA256 with
+    the site's ``[sfa_notify] webhook_key`` over a fixed label, the URN and the URL. Each user is shown the secret of
+    their own subscriptions only, so what one user holds signs nothing another user's receiver accepts (the one
+    site-wide key let any user who checked signatures forge messages to anyone's webhook). Derived, so nothing is
+    stored and every process agrees; it changes with the URL (a new URL, a new secret) and with the site's key. Empty
+    without a webhook_key (webhooks are then not signed)."""
+    if not webhook_key:
+        return ""
+    data = SECRET_LABEL + user_urn.encode("utf-8") + b"\0" + url.encode("utf-8")
+    return hmac.new(webhook_key.encode("utf-8"), data, hashlib.sha256).hexdigest()
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """One signature of a webhook POST: ``sha256=<hex HMAC-SHA256 with the subscription's secret of
+    "<timestamp>." + body>``. The timestamp (X-SFA-OMF-Timestamp, Unix seconds) is signed with the body, so a
+    receiver that refuses old timestamps cannot be sent a captured message again later."""
+    signed = f"{timestamp}.".encode("ascii") + body
+    return "sha256=" + hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
 
 
 def header_text(key: str) -> str:
@@ -192,9 +219,20 @@ def shown_webhook(url: str) -> str:
 
 
 def post_webhook(
-    url: str, key: str, payload: dict[str, Any], secret: str, timeout_s: float = 30, public_only: bool = False
+    url: str,
+    key: str,
+    payload: dict[str, Any],
+    secrets: str | Sequence[str],
+    timeout_s: float = 30,
+    public_only: bool = False,
+    timestamp: int | None = None,
 ) -> None:
     """POST the payload as JSON, signed; any answer but 2xx is a failure, redirects included (not followed).
+
+    ``secrets``: the secrets of the URL's subscriptions (``subscription_secret``; one, unless several users chose the
+    same URL); X-SFA-OMF-Timestamp is ``timestamp`` (default now, Unix seconds) and X-SFA-OMF-Signature holds one
+    ``sign`` value per secret, separated by ", " (a receiver accepts the message if one of them is made with its
+    own secret). No secret (no webhook_key): neither header.
 
     ``public_only`` (webhooks users set themselves): the host's addresses are resolved here and the POST is refused
     unless every one is public (``is_public_address``); the connection then goes to that checked address, so a DNS
@@ -217,8 +255,13 @@ def post_webhook(
     deadline = time.monotonic() + timeout_s
     body = json.dumps(payload, sort_keys=True).encode("utf-8")
     headers = {"Content-Type": "application/json", EVENT_HEADER: header_text(key), "User-Agent": "sfa-omf"}
-    if secret:
-        headers[SIGNATURE_HEADER] = sign(secret, body)
+    keys = [secrets] if isinstance(secrets, str) else list(secrets)
+    keys = [secret for secret in keys if secret]
+    if keys:
+        # Now, on every try: a retry is signed afresh (see Notifier.send).
+        when = int(time.time()) if timestamp is None else timestamp
+        headers[TIMESTAMP_HEADER] = str(when)
+        headers[SIGNATURE_HEADER] = ", ".join(sign(secret, when, body) for secret in keys)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         addresses = _addresses_to_use(host, port, public_only, where)

@@ -18,12 +18,16 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy import select
+
 from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.models import NotifySubscription
 from sfa_omf.calendar.outbox import MAX_KEY, Message, NotifyEvents, Outbox, RecordedEvent
 from sfa_omf.calendar.timeline import Timeline
 from sfa_omf.cluster.leadership import LeadershipLost
 from sfa_omf.notify.alerts import BACKEND_STATES, CANCEL_REASON
 from sfa_omf.notify.channels import (
+    OPERATOR_SUBSCRIBER,
     DeliveryError,
     SmtpSettings,
     SmtpUnavailable,
@@ -32,6 +36,7 @@ from sfa_omf.notify.channels import (
     post_webhook,
     send_email,
     shown_webhook,
+    subscription_secret,
 )
 from sfa_omf.notify.events import LeaseEvent, lease_events
 from sfa_omf.times import format_time, utcnow
@@ -74,7 +79,8 @@ CLAIM_BATCH = 10
 @dataclass(frozen=True)
 class NotifySettings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
-    webhook_secret: str = ""
+    # [sfa_notify] webhook_key: never sent nor shown; each subscription's secret derives from it (subscription_secret)
+    webhook_secret: str = field(default="", repr=False)
     webhook_timeout_s: float = 30  # a webhook's whole exchange ends by this
     lead: timedelta = timedelta(minutes=15)
     retry_base_s: int = 30  # first retry after this; doubles each time
@@ -284,14 +290,39 @@ class Notifier:
             send_email(self.settings.smtp, message.address, message.key, subject, text)
         else:
             key = shown_key(message)
+            # Signed now, with the current time, on every try (post_webhook's default timestamp): a retry after an
+            # hour's backoff keeping the first try's time would fall outside every receiver's freshness window and
+            # be refused for ever; the body is the same on every try, and its key lets receivers drop a repeat.
             post_webhook(
                 message.address,
                 key,
                 {**message.payload, "key": key},
-                self.settings.webhook_secret,
+                self.webhook_secrets(message.address),
                 timeout_s=self.settings.webhook_timeout_s,
                 public_only=self.may_be_self_service(message.address),
             )
+
+    def webhook_secrets(self, url: str) -> list[str]:
+        """The secrets a POST to this webhook is signed with (``subscription_secret``), read when it is sent: one per
+        user whose webhook it is now (usually one; an outbox row serves every user of its address), and the
+        operators' (``OPERATOR_SUBSCRIBER``) when it is one of ``[sfa_notify] operators`` or nobody chose it (a
+        ``notify test``). Never the site's key itself. None without a webhook_key."""
+        site_key = self.settings.webhook_secret
+        if not site_key:
+            return []
+        with self.outbox.database.read() as session:
+            users = sorted(
+                set(
+                    session.scalars(
+                        select(NotifySubscription.user_urn).where(
+                            NotifySubscription.channel == "webhook", NotifySubscription.address == url
+                        )
+                    )
+                )
+            )
+        if not users or url in self.settings.operator_addresses:
+            users.append(OPERATOR_SUBSCRIBER)
+        return [subscription_secret(site_key, user, url) for user in users]
 
     def may_be_self_service(self, url: str) -> bool:
         """Whether a webhook may have been set by a user (``/calendar/me``), so it may reach public addresses only.

@@ -504,6 +504,7 @@ def web_calendar_resource(settings: Settings, aggregate: Aggregate, pool: Thread
             form_key=web_form_key(settings),
             email_by_default=settings.notify_email_by_default,
             notify_enabled=settings.notify_enabled,
+            webhook_key=settings.notify_webhook_key,
         ),
         clock=aggregate.clock,
         registered_keys=aggregate.registered_keys,

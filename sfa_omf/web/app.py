@@ -37,6 +37,7 @@ from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.outbox import Outbox, check_address, check_self_service_webhook, unfit_character_problem
 from sfa_omf.calendar.timeline import BookingRow, NodeRow, Timeline
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.notify.channels import subscription_secret
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.trust.verifier import CredentialVerifier
@@ -114,6 +115,10 @@ class WebSettings:
     email_by_default: bool = False  # [sfa_notify] email_by_default: the page shows the address on record as on
     # [sfa_notify] enabled (the server passes it): when off, /calendar/me says that no notifications are sent now.
     notify_enabled: bool = True
+    # [sfa_notify] webhook_key (the server passes it): /calendar/me shows the viewer their own webhook's secret,
+    # derived from it (channels.subscription_secret); "": webhooks are not signed, and the page says so. Never shown
+    # itself. None (not passed): the page says nothing of signatures rather than something wrong.
+    webhook_key: str | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -355,7 +360,14 @@ class WebCalendar:
             notice=notice,
             feed_url=feed_url,
             notify_enabled=self.settings.notify_enabled,
+            webhook_secret=self._webhook_secret(viewer.urn, facts.channels.get("webhook")),
+            webhook_signed=self.settings.webhook_key != "",
         )
+
+    def _webhook_secret(self, user_urn: str, url: str | None) -> str:
+        """The secret of the user's own webhook subscription (what its messages are signed with), "" if they have
+        none or webhooks are not signed. Only ever the viewer's: each user checks their messages with their own."""
+        return subscription_secret(self.settings.webhook_key or "", user_urn, url) if url else ""
 
     def my_form(self, request: WebRequest, form_name: str) -> WebResponse:
         """A form of /calendar/me: checked to come from our page for this user, then done (see forms.py).

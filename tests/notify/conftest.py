@@ -6,6 +6,7 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import hmac
 import socket
 import threading
 from collections.abc import Iterator
@@ -133,6 +134,15 @@ def booked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Booked]:
     ).leases[0]
     yield Booked(database, bookings, lease.id, clock)
     database.dispose()
+
+
+def signed_with(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """Whether one of a received POST's signatures (X-SFA-OMF-Signature) is the HMAC-SHA256 with ``secret`` (a
+    subscription's, channels.subscription_secret) of its X-SFA-OMF-Timestamp, "." and its body, as
+    docs/notifications.md tells receivers to check (its freshness: test_webhook_secret_per_subscriber)."""
+    signed = headers["x-sfa-omf-timestamp"].encode() + b"." + body
+    expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, part.strip()) for part in headers["x-sfa-omf-signature"].split(","))
 
 
 def url_digest(url: str) -> str:

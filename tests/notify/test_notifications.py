@@ -4,8 +4,6 @@ the SMTP server is down; exactly once across a SIGKILL between noticing and deli
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -20,11 +18,11 @@ import pytest
 from sfa_omf.calendar.outbox import Outbox
 from sfa_omf.calendar.timeline import BookingRow
 from sfa_omf.cli import main
-from sfa_omf.notify.channels import SmtpSettings
+from sfa_omf.notify.channels import OPERATOR_SUBSCRIBER, SmtpSettings, subscription_secret
 from sfa_omf.notify.events import lease_events
 from sfa_omf.notify.notifier import Notifier, NotifySettings
 from tests.calendar.conftest import NOW, node_urn
-from tests.notify.conftest import ALICE, SECRET, SLICE, Booked, Receiver, SmtpServer, free_port
+from tests.notify.conftest import ALICE, SECRET, SLICE, Booked, Receiver, SmtpServer, free_port, signed_with
 
 LIFE = ["allocated", "provisioned", "starting_soon", "started", "ending_soon", "ended"]
 
@@ -78,8 +76,9 @@ def test_each_event_arrives_once_by_mail_and_webhook(booked: Booked, smtp: SmtpS
     assert first["To"] == "alice@example.org" and first["From"] == "am@testbed.example"
     assert first["Subject"] == "[sfa-omf] lease of demo booked" and booked.lease_id in first.get_payload()
     for headers, body in receiver.received:
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(headers["x-sfa-omf-signature"], expected)
+        # Signed with alice's subscription's secret (derived from the site's key, never the key itself).
+        assert signed_with(subscription_secret(SECRET, ALICE, receiver.url), headers, body)
+        assert not signed_with(SECRET, headers, body)
         assert json.loads(body)["lease"] == booked.lease_id and json.loads(body)["slice"] == SLICE
     assert outbox.counts().sent == 12 and outbox.counts().pending == 0
 
@@ -170,7 +169,7 @@ def test_exactly_once_across_a_sigkill(tmp_path: Path, smtp: SmtpServer) -> None
         f"""
         import sys, time
         from sfa_omf.calendar.database import Database
-        from sfa_omf.notify.channels import SmtpSettings
+        from sfa_omf.notify.channels import OPERATOR_SUBSCRIBER, SmtpSettings, subscription_secret
         from sfa_omf.notify.notifier import Notifier, NotifySettings
         notifier = Notifier(Database({database.url!r}), NotifySettings(smtp=SmtpSettings(port={smtp.port})))
         print(notifier.notice(), flush=True)
@@ -204,7 +203,8 @@ def test_notify_commands(
     assert main(["notify", "test", receiver.url, "--config", str(config)]) == 0
     ((headers, body),) = receiver.received
     assert json.loads(body)["event"] == "test"
-    assert headers["x-sfa-omf-signature"] == "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    # A URL nobody subscribed: signed with the operator's secret of it (sfa-omf notify secret URL).
+    assert signed_with(subscription_secret(SECRET, OPERATOR_SUBSCRIBER, receiver.url), headers, body)
     capsys.readouterr()
     assert main(["notify", "test", "not an address", "--config", str(config)]) == 2
     assert "is not a webhook URL" in capsys.readouterr().err

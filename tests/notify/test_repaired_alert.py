@@ -11,7 +11,7 @@ from typing import Any
 
 from sfa_omf.calendar.outbox import Outbox
 from sfa_omf.notify.alerts import Alerts
-from sfa_omf.notify.channels import SIGNATURE_HEADER, SmtpSettings, sign
+from sfa_omf.notify.channels import OPERATOR_SUBSCRIBER, SIGNATURE_HEADER, SmtpSettings, subscription_secret
 from sfa_omf.notify.notifier import Notifier, NotifySettings
 from sfa_omf.server.app import _backend_task
 from sfa_omf.testbed.base import BackgroundTask
@@ -20,7 +20,7 @@ from sfa_omf.testbed.oar.client import OarClient
 from sfa_omf.testbed.oar.jobs import SUBMITTED, OarJobs
 from sfa_omf.testbed.oar.repairs import lease_details
 from tests.calendar.conftest import node_urn
-from tests.notify.conftest import SECRET, SLICE, Booked, Receiver, SmtpServer
+from tests.notify.conftest import SECRET, SLICE, Booked, Receiver, SmtpServer, signed_with
 from tests.testbed.oar.conftest import oar_client, oar_url, oar_users, wait_for_job  # noqa: F401 (site)
 from tests.testbed.oar.test_backend import HOUR, Site, job_of, site  # noqa: F401 (the aggregate on the real OAR)
 
@@ -75,7 +75,9 @@ def _delivered(booked: Booked, smtp: SmtpServer, receiver: Receiver) -> tuple[Em
     assert notifier.deliver() == 2
     (mail,) = [m for m in smtp.mailbox.messages if m["To"] == "ops@example.org"]
     ((headers, body),) = receiver.received
-    assert headers[SIGNATURE_HEADER.lower()] == sign(SECRET, body)
+    # An operator's URL ([sfa_notify] operators): signed with the operator's secret of it, not with the site's key.
+    assert signed_with(subscription_secret(SECRET, OPERATOR_SUBSCRIBER, receiver.url), headers, body)
+    assert SIGNATURE_HEADER.lower() in headers and not signed_with(SECRET, headers, body)
     payload: dict[str, Any] = json.loads(body)
     return mail, payload
 
