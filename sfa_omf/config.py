@@ -90,6 +90,11 @@ class Settings:
     max_duration_s: int = 7 * DAY_S
     max_advance_s: int = 90 * DAY_S
     max_nodes_per_request: int = 1000
+    max_leases_per_request: int = 2000  # node x window pairs one request may book (bounds one Provision's work)
+    # Fair use (0: no limit, the default): calendar/policy.py Policy, enforced on bookings and on renewals.
+    max_hours_per_day_per_user: int = 0  # node-hours one user may book on one UTC day
+    max_concurrent_leases_per_slice: int = 0  # leases one slice may hold at the same moment
+    max_node_hours_ahead_per_user: int = 0  # node-hours of not yet ended leases one user may hold, all slices
     horizon_days: int = 14
     free_windows: int = 10
     # Days finished leases (and slices with none left) are kept after their end; 0: for ever (calendar/retention.py)
@@ -139,6 +144,8 @@ class Settings:
     notify_lead_s: int = 900
     notify_operators: str = ""  # e-mail addresses / webhook URLs (space or comma separated) for operators' events
     notify_email_by_default: bool = True  # lease e-mails to the address on record unless the user opted out
+    notify_webhook_timeout_s: int = 10  # a webhook's whole exchange ends by this
+    notify_webhook_origin_budget_s: int = 10  # a delivery round waits this long on one webhook origin at most
     image_group: str = "sfa-omf-images"  # Unix group whose members may change the image repository
     provisioning_mode: str = "ondemand"  # perjob or ondemand (sfa_omf/images/provisioning.py)
     instance_bridge: str = ""  # containers inside bookings attach here (scripts/lxc.sh up); empty: no containers
@@ -240,7 +247,8 @@ class Option:
     section: str
     key: str
     kind: str  # "text", "port" (1..65535), "count" (an integer >= 1), "flag" (yes/no), "policy", "login", "level",
-    # "workers" (auto or a count), "auto_count" (auto or a count), "history_days" (0, or at least HISTORY_DAYS_MIN)
+    # "workers" (auto or a count), "auto_count" (auto or a count), "history_days" (0, or at least HISTORY_DAYS_MIN),
+    # "limit" (0: no limit, or a count)
     help: str
 
     @property
@@ -300,6 +308,34 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_duration_s", "sfa_omf", "max_duration_s", "count", "longest lease, in seconds"),
     Option("max_advance_s", "sfa_omf", "max_advance_s", "count", "how far ahead a lease may start, in seconds"),
     Option("max_nodes_per_request", "sfa_omf", "max_nodes_per_request", "count", "most nodes one request may name"),
+    Option(
+        "max_leases_per_request",
+        "sfa_omf",
+        "max_leases_per_request",
+        "count",
+        "most node x window pairs (slivers) one request may book",
+    ),
+    Option(
+        "max_hours_per_day_per_user",
+        "sfa_omf",
+        "max_hours_per_day_per_user",
+        "limit",
+        "node-hours one user may book on one UTC day; 0: no limit",
+    ),
+    Option(
+        "max_concurrent_leases_per_slice",
+        "sfa_omf",
+        "max_concurrent_leases_per_slice",
+        "limit",
+        "leases one slice may hold at the same moment; 0: no limit",
+    ),
+    Option(
+        "max_node_hours_ahead_per_user",
+        "sfa_omf",
+        "max_node_hours_ahead_per_user",
+        "limit",
+        "node-hours of leases not yet ended one user may hold, in all their slices; 0: no limit",
+    ),
     Option("horizon_days", "sfa_omf", "horizon_days", "count", "how many days of availability are advertised"),
     Option("free_windows", "sfa_omf", "free_windows", "count", "free windows advertised per node"),
     Option(
@@ -429,6 +465,14 @@ OPTIONS: tuple[Option, ...] = (
         "operators",
         "text",
         "e-mail addresses and webhook URLs told of node down, testbed down/recovered, reconciler repairs",
+    ),
+    Option("notify_webhook_timeout_s", "sfa_notify", "webhook_timeout_s", "count", "seconds a webhook's POST may take"),
+    Option(
+        "notify_webhook_origin_budget_s",
+        "sfa_notify",
+        "webhook_origin_budget_s",
+        "count",
+        "seconds a delivery round waits on one webhook origin; its other messages wait for the next round",
     ),
     Option("agent_heartbeat_s", "sfa_agents", "heartbeat_s", "count", "seconds between two heartbeats of a node agent"),
     Option("agent_timeout_s", "sfa_agents", "timeout_s", "count", "a node whose agent is silent this long is lost"),
@@ -811,6 +855,13 @@ def _to_count(value: str) -> int:
     return number
 
 
+def _to_limit(value: str) -> int:
+    number = _to_int(value)
+    if number < 0:
+        raise ValueError("0 (no limit), or a number (at least 1)")
+    return number
+
+
 #: ``[sfa_omf] workers = auto``: as many as cores on PostgreSQL, one on SQLite (sfa_omf/cluster/workers.py decides).
 AUTO_WORKERS = 0
 
@@ -897,6 +948,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "workers": _to_workers,
     "auto_count": _to_auto_count,
     "history_days": _to_history_days,
+    "limit": _to_limit,
 }
 
 
@@ -1478,6 +1530,10 @@ MAXIMA: dict[str, int] = {
     "max_duration_s": MAX_LEASE_SECONDS,
     "max_advance_s": MAX_LEASE_SECONDS,
     "max_nodes_per_request": 1_000_000,
+    "max_leases_per_request": 1_000_000,
+    "max_hours_per_day_per_user": 10**9,  # node-hours: a million nodes, all day
+    "max_concurrent_leases_per_slice": 1_000_000,
+    "max_node_hours_ahead_per_user": 10**12,
     "horizon_days": 3650,
     "max_slice_renew_days": 3650,  # ten years, as the longest lease
     "free_windows": 10_000,
@@ -1504,6 +1560,8 @@ MAXIMA: dict[str, int] = {
     "frcp_foreign_error_grace_s": MAX_PERIOD_SECONDS,
     "frcp_slot_period_s": MAX_PERIOD_SECONDS,
     "notify_lead_s": MAX_LEASE_SECONDS,
+    "notify_webhook_timeout_s": MAX_PERIOD_SECONDS,
+    "notify_webhook_origin_budget_s": MAX_PERIOD_SECONDS,
     "agent_heartbeat_s": MAX_PERIOD_SECONDS,
     "agent_timeout_s": MAX_PERIOD_SECONDS,
     "agent_max_body_bytes": 1024**3,

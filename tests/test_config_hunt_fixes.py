@@ -395,7 +395,9 @@ def test_a_number_above_its_maximum_is_refused_naming_it(tmp_path: Path, field: 
 
 
 def test_every_number_has_a_maximum() -> None:
-    numbers = {option.field for option in OPTIONS if option.kind in ("count", "workers", "auto_count", "history_days")}
+    numbers = {
+        option.field for option in OPTIONS if option.kind in ("count", "workers", "auto_count", "history_days", "limit")
+    }
     assert numbers == set(MAXIMA)
 
 

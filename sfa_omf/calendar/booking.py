@@ -302,7 +302,7 @@ class Bookings:
             conflicts += clashes
             if conflicts and (not best_effort or not free):
                 raise BookingConflict(conflicts)
-            self._check_limits(session, slice_id, slice_urn, owner_urn, free)
+            self._check_limits(session, slice_id, slice_urn, owner_urn, free, now_s)
             # The slice's users and the caller's contact before the leases: the leases' statement may bump the
             # generation (_lease_and_sliver), and a Provision writes these rows, then bumps, in this order too.
             if users:
@@ -332,7 +332,7 @@ class Bookings:
         the calls run in that order)."""
         # The booker's lock only serializes what the per-user limit counts; without that limit, bookings of one user
         # in different slices run in parallel (the contact's write is an upsert, safe without it).
-        booker = owner_urn if self.policy.max_hours_per_day_per_user is not None else ""
+        booker = owner_urn if self._has_user_limits else ""
         stored = lock_names(session, slice_urn, booker, read_email_of=contact.user_urn if contact else "")
         return contact is not None and stored != contact.gid_email
 
@@ -406,7 +406,7 @@ class Bookings:
         return free, conflicts
 
     def _check_limits(
-        self, session: Session, slice_id: int, slice_urn: str, owner_urn: str, free: list[_Wanted]
+        self, session: Session, slice_id: int, slice_urn: str, owner_urn: str, free: list[_Wanted], now_s: int
     ) -> None:
         """The per-slice and per-user limits for what a booking adds: every lease it creates (one per window and
         lease label, as ``_insert`` groups them) and every node-hour of it."""
@@ -414,12 +414,19 @@ class Bookings:
         new_leases = sorted({(window, request.lease_label) for request, _, window in free})
         self._check_concurrent(connection, slice_id, slice_urn, [window for window, _ in new_leases])
         self._check_daily_hours(connection, owner_urn, [window for _, _, window in free])
+        self._check_hours_ahead(connection, owner_urn, [window for _, _, window in free], now_s)
+
+    @property
+    def _has_user_limits(self) -> bool:
+        """Whether the policy limits a user's node-hours (per day, or held ahead): bookings and extensions of one
+        user are then checked one after the other (PostgreSQL: the booker's advisory lock)."""
+        policy = self.policy
+        return policy.max_hours_per_day_per_user is not None or policy.max_node_hours_ahead_per_user is not None
 
     @property
     def _has_limits(self) -> bool:
         """Whether the policy limits leases per slice or node-hours per user (checked on bookings and extensions)."""
-        policy = self.policy
-        return policy.max_concurrent_leases_per_slice is not None or policy.max_hours_per_day_per_user is not None
+        return self.policy.max_concurrent_leases_per_slice is not None or self._has_user_limits
 
     def _check_concurrent(
         self,
@@ -457,13 +464,21 @@ class Bookings:
         limit = self.policy.max_hours_per_day_per_user
         if limit is None or not owner_urn or not added:
             return
+        asked = _node_seconds_per_day(added)
+        # Only the owner's slivers on the days checked: not every sliver the user ever booked (the whole history).
+        first_s, last_s = min(asked) * DAY_S, (max(asked) + 1) * DAY_S
         rows = connection.execute(
             select(Sliver.start_s, Sliver.end_s)
             .join(Lease)
-            .where(Lease.owner_urn == owner_urn, Sliver.holds_node.is_(True))
+            .where(
+                Lease.owner_urn == owner_urn,
+                Sliver.holds_node.is_(True),
+                Sliver.end_s > first_s,
+                Sliver.start_s < last_s,
+            )
         ).all()
         used = _node_seconds_per_day([(start, end) for start, end in rows])
-        for day, seconds in sorted(_node_seconds_per_day(added).items()):
+        for day, seconds in sorted(asked.items()):
             total_hours = (used.get(day, 0) + seconds) / 3600
             if total_hours > limit:
                 raise PolicyViolation(
@@ -471,6 +486,34 @@ class Bookings:
                     f"{refusal}{owner_urn} would book {total_hours:g} node-hours on "
                     f"{from_s(day * DAY_S):%Y-%m-%d}, more than {limit:g}",
                 )
+
+    def _check_hours_ahead(
+        self, connection: Connection, owner_urn: str, added: Sequence[Interval], now_s: int, refusal: str = ""
+    ) -> None:
+        """max_node_hours_ahead_per_user: the node-hours the owner holds from now on, in every slice (the slivers of
+        theirs that hold a node and have not ended, counted from now), with ``added`` (one window per node, counted
+        from now too), may not exceed the limit. ``refusal``: what the refusal's message begins with."""
+        limit = self.policy.max_node_hours_ahead_per_user
+        if limit is None or not owner_urn or not added:
+            return
+        # Bounded to what has not ended yet: the user's history is never read.
+        held_s = connection.execute(
+            select(
+                func.coalesce(func.sum(Sliver.end_s - case((Sliver.start_s > now_s, Sliver.start_s), else_=now_s)), 0)
+            )
+            .select_from(Sliver)
+            .join(Lease)
+            .where(Lease.owner_urn == owner_urn, Sliver.holds_node.is_(True), Sliver.end_s > now_s)
+        ).scalar_one()
+        added_s = sum(max(end - max(start, now_s), 0) for start, end in added)
+        total_hours = (int(held_s) + added_s) / 3600
+        if added_s and total_hours > limit:
+            raise PolicyViolation(
+                "max_node_hours_ahead_per_user",
+                f"{refusal}{owner_urn} holds {int(held_s) / 3600:g} node-hours of leases not yet ended and asks for "
+                f"{added_s / 3600:g} more: {total_hours:g} node-hours, more than the {limit:g} one user may hold ahead "
+                "on this aggregate; delete or shorten leases you no longer need, or book fewer nodes or hours",
+            )
 
     def _insert(
         self,
@@ -775,10 +818,11 @@ class Bookings:
         refusal = f"lease {lease_id} cannot be extended to {format_time(from_s(new_end_s))}: "
         window = (lease.start_s, new_end_s)
         self._check_concurrent(connection, lease.slice_id, lease.slice_urn, [window], refusal, leaving_out=lease_id)
-        if self.policy.max_hours_per_day_per_user is not None and lease.owner_urn:
+        if self._has_user_limits and lease.owner_urn:
             holding = execute_plain(connection, _HOLDING_SLIVERS, {"lease_id": lease_id})[0][0]
             extension = [(lease.end_s, new_end_s)] * int(holding)
             self._check_daily_hours(connection, lease.owner_urn, extension, refusal)
+            self._check_hours_ahead(connection, lease.owner_urn, extension, to_s(self.clock()), refusal)
 
     def _checked_renewal(
         self,
@@ -944,7 +988,12 @@ class Bookings:
 
     @staticmethod
     def _provision_one(session: Session, lease_id: str, now_s: int, check_expiry: bool = True) -> LeaseRecord:
-        lease = _find_lease(session, lease_id, lock=True)
+        return Bookings._provision_loaded(session, _find_lease(session, lease_id, lock=True), now_s, check_expiry)
+
+    @staticmethod
+    def _provision_loaded(session: Session, lease: Lease, now_s: int, check_expiry: bool = True) -> LeaseRecord:
+        """Provision a lease read (and locked) in this unit of work; see ``mark_provisioned``."""
+        lease_id = lease.id
         if lease.state == "provisioned":
             return lease_record(lease)
         refuse_unless_allocated(lease_id, lease.state)
@@ -978,7 +1027,16 @@ class Bookings:
                 lock_slice(session, slice_urn)
             now_s = to_s(self.clock())
             asked_s = now_s if hold is None else hold.asked_s
-            records = [self._provision_one(session, lease_id, asked_s) for lease_id in lease_ids]
+            # The leases with their slivers, nodes and slice in a few statements (locked in id order, as the sweep
+            # and hold_for_provision lock them), not several statements per lease: a Provision of thousands of
+            # leases held the write lock for every other user's Allocate for half a minute.
+            loaded = _leases_for_provision(session, lease_ids)
+            records = []
+            for lease_id in lease_ids:
+                lease = loaded.get(lease_id)
+                if lease is None:
+                    raise GeniError(Reason.NOT_FOUND, f"there is no lease {lease_id}")
+                records.append(self._provision_loaded(session, lease, asked_s))
             if hold is not None and hold.lease_ids:
                 session.execute(delete(ProvisionHoldRow).where(ProvisionHoldRow.token == hold.token))
             record_contact(session, contact, now_s)
@@ -2062,6 +2120,27 @@ def _slice_view_statement() -> PlainStatement[Any]:
 
 
 _SLICE_VIEW = _slice_view_statement()
+
+
+#: Lease ids per statement of ``_leases_for_provision`` (well under SQLite's limit of bound parameters).
+PROVISION_CHUNK = 500
+
+
+def _leases_for_provision(session: Session, lease_ids: Sequence[str]) -> dict[str, Lease]:
+    """The leases of these ids, locked in id order, with their slice, slivers and the slivers' nodes loaded
+    (``lease_record`` reads them all): a few statements for any number of leases. Unknown ids are left out."""
+    wanted = sorted(set(lease_ids))
+    found: dict[str, Lease] = {}
+    for first in range(0, len(wanted), PROVISION_CHUNK):
+        query = (
+            select(Lease)
+            .where(Lease.id.in_(wanted[first : first + PROVISION_CHUNK]))
+            .order_by(Lease.id)
+            .options(selectinload(Lease.slivers).selectinload(Sliver.node), selectinload(Lease.slice))
+            .with_for_update()
+        )
+        found.update((lease.id, lease) for lease in session.scalars(query))
+    return found
 
 
 def _find_lease(session: Session, lease_id: str, lock: bool = False) -> Lease:

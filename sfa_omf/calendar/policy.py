@@ -22,7 +22,12 @@ class Policy:
     allocation_ttl_s: int = 600  # an allocation never provisioned is released after this (GENI: minutes)
     max_concurrent_leases_per_slice: int | None = None
     max_hours_per_day_per_user: float | None = None  # node-hours per UTC day
+    # Node-hours one user holds from now on, across all their slices: leases not yet ended, counted from now.
+    max_node_hours_ahead_per_user: float | None = None
     max_nodes_per_request: int = 1000  # nodes one Allocate may name (bounds the work one call can cause)
+    # Node x window pairs (slivers) one Allocate may book: each is a row written now and at Provision, in one unit
+    # of work that holds the calendar's write lock (2000: a request of max_nodes_per_request nodes in two windows).
+    max_leases_per_request: int = 2000
     max_instances_per_node: int = 16  # containers one sliver may ask for (<sliver_type name="lxc" inst:count>)
 
 

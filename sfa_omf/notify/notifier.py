@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,9 @@ PRUNE_PERIOD = timedelta(hours=1)
 PRUNE_BATCHES = 20
 #: Messages claimed at a time; the claim lasts long enough to try each of them against a silent server.
 CLAIM_BATCH = 10
+#: Messages a round keeps claimed, untried, for the next round (their origin used its time this round) at most; then
+#: the round ends. Bounds a round's work on a long queue to a slow receiver.
+MAX_HELD = 1000
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,10 @@ class NotifySettings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     # [sfa_notify] webhook_key: never sent nor shown; each subscription's secret derives from it (subscription_secret)
     webhook_secret: str = field(default="", repr=False)
-    webhook_timeout_s: float = 30  # a webhook's whole exchange ends by this
+    webhook_timeout_s: float = 10  # a webhook's whole exchange ends by this
+    # Wall time a round waits on one webhook origin at most (then its other messages wait for the next round); a
+    # post begun before it is used up may end a time-out later.
+    webhook_origin_budget_s: float = 10
     lead: timedelta = timedelta(minutes=15)
     retry_base_s: int = 30  # first retry after this; doubles each time
     retry_max_s: int = 3600
@@ -205,41 +212,79 @@ class Notifier:
         return users
 
     def deliver(self, limit: int = 100) -> int:
-        """Deliver the due messages this notifier claims; how many were accepted. Failures are retried later
-        (backoff), never raised."""
-        sent = handled = 0
+        """Deliver the due messages this notifier claims (at most ``limit`` tried); how many were accepted. Failures
+        are retried later (backoff), never raised. Fair between receivers: each webhook origin gets at most
+        ``webhook_origin_budget_s`` of the round's waiting, then its other messages wait untried (attempts untouched)
+        for the next round while the others' go on; within a claimed batch, origins take turns."""
+        sent = tried = 0
         smtp_down = False
         failed_this_round: set[str] = set()  # webhook origins that did not answer in this round
         forgotten = self.clock() - timedelta(seconds=self.settings.retry_max_s)
         self._origins_down = {origin: down for origin, down in self._origins_down.items() if down[0] > forgotten}
         hold_s = int(CLAIM_BATCH * (max(self.settings.smtp.timeout_s, self.settings.webhook_timeout_s) + 5))
-        while handled < limit:
-            batch = self.outbox.claim(self.owner, min(CLAIM_BATCH, limit - handled), hold_s)
-            if not batch:
-                break
-            handled += len(batch)
-            for message in batch:
-                if smtp_down and message.channel == "email":
-                    # The server did not answer this round: each e-mail would wait for it in turn, ahead of the
-                    # webhooks. The next round tries again; this message's attempts are untouched.
-                    self.outbox.postpone(message.id, self.owner, self.settings.retry_base_s)
-                    continue
-                origin = webhook_origin(message.address) if message.channel == "webhook" else ""
-                if origin and (origin in failed_this_round or self._resting(origin)):
-                    # The same for a webhook's origin: one silent receiver would hold every other user's messages
-                    # its time-out per message (and its own failed message, due again, would be tried again).
-                    self.outbox.postpone(message.id, self.owner, self._rest_left_s(origin))
-                    continue
-                try:
-                    sent += self._deliver_one(message)
-                except SmtpUnavailable:
-                    smtp_down = True
-                except WebhookUnavailable:
-                    self._origin_failed(origin)
-                    failed_this_round.add(origin)
-                else:
-                    self._origins_down.pop(origin, None)
+        waited: dict[str, float] = {}  # webhook origin -> seconds this round waited on it
+        served: dict[str, int] = {}  # origin ("email" for all e-mails) -> messages tried this round
+        # Messages whose origin used its time: kept claimed (so this round's later claims skip them) and released,
+        # due at once, when the round ends, for the next round (here or in another process) to take.
+        held: dict[int, Message] = {}
+        try:
+            while tried < limit and len(held) < MAX_HELD:
+                batch = self.outbox.claim(self.owner, min(CLAIM_BATCH, limit - tried), hold_s)
+                if not batch:
+                    break
+                for message in _taking_turns(batch, served):
+                    origin = webhook_origin(message.address) if message.channel == "webhook" else ""
+                    if origin and waited.get(origin, 0.0) >= self.settings.webhook_origin_budget_s:
+                        held[message.id] = message  # (a claim of ours that expired and came back: held once)
+                        continue
+                    tried += 1
+                    served[origin or "email"] = served.get(origin or "email", 0) + 1
+                    if smtp_down and message.channel == "email":
+                        # The server did not answer this round: each e-mail would wait for it in turn, ahead of the
+                        # webhooks. The next round tries again; this message's attempts are untouched.
+                        self.outbox.postpone(message.id, self.owner, self.settings.retry_base_s)
+                        continue
+                    if origin and (origin in failed_this_round or self._resting(origin)):
+                        # The same for a webhook's origin: one silent receiver would hold every other user's messages
+                        # its time-out per message (and its own failed message, due again, would be tried again).
+                        self.outbox.postpone(message.id, self.owner, self._rest_left_s(origin))
+                        continue
+                    started = time.monotonic()
+                    try:
+                        sent += self._deliver_one(message)
+                    except SmtpUnavailable:
+                        smtp_down = True
+                    except WebhookUnavailable:
+                        self._origin_failed(origin)
+                        failed_this_round.add(origin)
+                    else:
+                        self._origins_down.pop(origin, None)
+                    finally:
+                        if origin:  # a slow answer counts as much as a silent one
+                            waited[origin] = waited.get(origin, 0.0) + time.monotonic() - started
+        except BaseException:
+            self._release(held, quiet=True)  # (else their claims expire after hold_s)
+            raise
+        self._release(held)
         return sent
+
+    def _release(self, held: Mapping[int, Message], quiet: bool = False) -> None:
+        """Give back the held messages untried, due at once (attempts untouched). ``quiet``: on the way out of a
+        failed round, whose own error is the one raised (claims not given back expire after their hold)."""
+        if held:
+            log.info(
+                "%d notification(s) wait for the next round: their webhook used its time in this one (%s)",
+                len(held),
+                ", ".join(sorted({shown_webhook(message.address) for message in held.values()})),
+            )
+        for message_id in held:
+            try:
+                self.outbox.postpone(message_id, self.owner, 0)
+            except Exception:
+                if not quiet:
+                    raise
+                log.warning("could not release held notifications; their claims expire", exc_info=True)
+                return
 
     def _resting(self, origin: str) -> bool:
         """True while a webhook origin that did not answer is held back (its backoff)."""
@@ -330,6 +375,20 @@ class Notifier:
         URLs of ``[sfa_notify] operators``. An operator's https:// webhook to an internal host must be listed there
         (or given as http://)."""
         return url.startswith("https://") and url not in self.settings.operator_addresses
+
+
+def _taking_turns(batch: list[Message], served: Mapping[str, int]) -> list[Message]:
+    """The batch in turns by origin (``webhook_origin``; all e-mails one): each origin's first message, then each
+    one's second, ... (queue order within a turn), origins served less this round (``served``) first. One user's many
+    messages then delay another's by one message each, not by all of them."""
+    seen: dict[str, int] = {}
+    order: list[tuple[int, int, Message]] = []
+    for position, message in enumerate(batch):
+        key = webhook_origin(message.address) if message.channel == "webhook" else "email"
+        turn = served.get(key, 0) + seen.get(key, 0)
+        seen[key] = seen.get(key, 0) + 1
+        order.append((turn, position, message))
+    return [message for _, _, message in sorted(order, key=lambda item: item[:2])]
 
 
 def shown_key(message: Message) -> str:
@@ -447,6 +506,8 @@ def notify_settings(
     operator_addresses: tuple[str, ...] = (),
     email_by_default: bool = True,
     tls: bool = False,
+    webhook_timeout_s: float = 10,
+    webhook_origin_budget_s: float = 10,
 ) -> NotifySettings:
     """NotifySettings from the configuration's [sfa_notify] values (``tls``: smtp_tls)."""
     return NotifySettings(
@@ -456,6 +517,8 @@ def notify_settings(
         operator_urns=operator_urns,
         operator_addresses=operator_addresses,
         email_by_default=email_by_default,
+        webhook_timeout_s=webhook_timeout_s,
+        webhook_origin_budget_s=webhook_origin_budget_s,
     )
 
 

@@ -118,8 +118,13 @@ def build_aggregate(settings: Settings, upgrade: bool = True, serving: bool = Tr
         max_duration_s=settings.max_duration_s,
         max_advance_s=settings.max_advance_s,
         max_nodes_per_request=settings.max_nodes_per_request,
+        max_leases_per_request=settings.max_leases_per_request,
         max_instances_per_node=settings.max_instances_per_node,
         allocation_ttl_s=settings.allocation_ttl_s,
+        # Fair use: 0 in the configuration is no limit (None to the policy).
+        max_hours_per_day_per_user=settings.max_hours_per_day_per_user or None,
+        max_concurrent_leases_per_slice=settings.max_concurrent_leases_per_slice or None,
+        max_node_hours_ahead_per_user=settings.max_node_hours_ahead_per_user or None,
     )
     verifier = CredentialVerifier(load_trusted_roots(settings.trusted_roots_dir), VerdictCache())
     url = f"{settings.https_url(settings.aggregate_port)}/"
@@ -478,6 +483,8 @@ def notify_settings_of(settings: Settings) -> NotifySettings:
         operator_addresses=settings.notify_operator_addresses,
         email_by_default=settings.notify_email_by_default,
         tls=settings.notify_smtp_tls,
+        webhook_timeout_s=settings.notify_webhook_timeout_s,
+        webhook_origin_budget_s=settings.notify_webhook_origin_budget_s,
     )
 
 
