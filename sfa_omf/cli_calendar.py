@@ -48,9 +48,13 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     config_option.add_argument("--config", help=f"configuration file (default $SFA_OMF_CONFIG or ./{CONFIG_FILE_NAME})")
 
     db = command_group(commands, "db", "the calendar database")
-    db.add_parser("upgrade", parents=[config_option], help="create or migrate the schema").set_defaults(
-        handler=_db_upgrade
+    upgrade = db.add_parser("upgrade", parents=[config_option], help="create or migrate the schema")
+    upgrade.add_argument(
+        "--force",
+        action="store_true",
+        help="migrate even while other sfa-omf processes use the database (PostgreSQL; stop them first instead)",
     )
+    upgrade.set_defaults(handler=_db_upgrade)
     prune = db.add_parser(
         "prune", parents=[config_option], help="delete finished leases and slices older than [sfa_omf] history_days"
     )
@@ -169,8 +173,14 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.database import Database
 
     database = Database(command_settings(args).calendar_url)
-    database.upgrade()
-    print(f"calendar database is up to date ({_safe_url(database.url)})")
+    try:
+        before, after = database.upgrade(force=args.force)
+    finally:
+        database.dispose()
+    if before != after:
+        print(f"calendar database migrated from {before or 'an empty schema'} to {after} ({_safe_url(database.url)})")
+    else:
+        print(f"calendar database is up to date ({_safe_url(database.url)})")
     return 0
 
 

@@ -3,8 +3,9 @@
 ``check`` prints every effective setting (INI name, shell name, value, where it came from), the SFA settings sfa-omf
 does not use, then the problems, one a line: those of the file, then what would fail when the server starts (key and
 GID files, trusted roots, the database and its migration, ports that cannot be bound, a hostname that is not this
-machine's, a configuration file, trusted roots or key directory others may change; ``--settings-only`` leaves these
-out, to check a file meant for another machine). Exit 0 without
+machine's, a configuration file, trusted roots or key directory others may change, and, on PostgreSQL, settings
+that live serving processes of the cluster run with other values; ``--settings-only`` leaves these out, to check a
+file meant for another machine). Exit 0 without
 problems, 1 with problems, 2 when the file cannot be read. Without FILE it reads $SFA_OMF_CONFIG or ./sfa-omf.conf.
 """
 
@@ -75,9 +76,26 @@ def _config_check(args: argparse.Namespace) -> int:
             + permission_findings(loaded.settings, path)
         )
         found = [Problem(finding.check, "", finding.message) for finding in findings]
+        found += agreement_problems(loaded)
         loaded = dataclasses.replace(loaded, problems=(*loaded.problems, *found))
     print(format_check(loaded))
     return 0 if loaded.ok else 1
+
+
+def agreement_problems(loaded: LoadedConfig) -> list[Problem]:
+    """PostgreSQL: each setting every host must agree on that a live serving process (another host's, or this
+    host's started before the file changed) runs with another value (sfa_omf/cluster/agreement.py). Warnings,
+    counted as problems like the others."""
+    from sfa_omf.cluster.agreement import live_disagreements
+
+    return [
+        Problem(
+            "agreement",
+            loaded.path,
+            f"settings differ between hosts of this cluster: {item}; every host must run with the same value",
+        )
+        for item in live_disagreements(loaded.settings)
+    ]
 
 
 def _reason(exc: Exception) -> str:

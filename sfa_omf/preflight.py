@@ -13,6 +13,8 @@ write: a missing SQLite file is not created, a port is bound only for a moment t
   VPN's: a warning, which ``serve`` logs and starts);
 - trusted roots: the directory exists and holds at least one root that can be read;
 - database: reachable, and at the newest migration;
+- clock (PostgreSQL): this host's clock within cluster/clock.py's MAX_OFFSET_S of the database's (above WARN_OFFSET_S:
+  a warning); several hosts' background tasks compare the calendar with their own clocks;
 - ports: the registry's and the aggregate's host:port can be bound (``config check`` only: ``serve`` finds out by
   listening);
 - hostname: the name advertised to the federation (``[sfa_omf] hostname``) is an address of this machine
@@ -52,7 +54,7 @@ DATABASE_TIMEOUT_S = 3
 @dataclass(frozen=True)
 class Finding:
     """A problem that would stop the server or keep the federation from reaching it. ``check`` is one of identity,
-    certificates, trusted_roots, database, port, hostname, log_file, permissions; ``message`` is one line: the
+    certificates, trusted_roots, database, clock, port, hostname, log_file, permissions; ``message`` is one line: the
     problem, then what to do."""
 
     check: str
@@ -285,6 +287,37 @@ class DatabaseOwner:
 
     def __str__(self) -> str:
         return f"authority {self.hrn} (its registry: {self.records} record{'s' if self.records != 1 else ''})"
+
+
+def clock_findings(settings: Settings) -> list[Finding]:
+    """PostgreSQL: this host's clock against the database's (cluster/clock.py). Too far off (MAX_OFFSET_S): the
+    process must not serve, its background tasks would release allocations and end leases at the wrong time; above
+    WARN_OFFSET_S: a warning. A database that cannot be reached is database_findings' to say: nothing here."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.pool import NullPool
+
+    from sfa_omf.calendar.database import bound_answers
+    from sfa_omf.cluster.clock import MAX_OFFSET_S, WARN_OFFSET_S, measure_offset_s, refusal_text, warning_text
+
+    if settings.calendar_url.startswith("sqlite"):
+        return []  # one host, one clock
+    engine = create_engine(
+        settings.calendar_url, poolclass=NullPool, connect_args={"connect_timeout": DATABASE_TIMEOUT_S}
+    )
+    bound_answers(engine, DATABASE_TIMEOUT_S)
+    try:
+        with engine.connect() as connection:
+            offset_s = measure_offset_s(connection)
+    except DBAPIError:
+        return []
+    finally:
+        engine.dispose()
+    if abs(offset_s) > MAX_OFFSET_S:
+        return [Finding("clock", f"{refusal_text(offset_s)}; sfa-omf serve will not start until then")]
+    if abs(offset_s) > WARN_OFFSET_S:
+        return [Finding("clock", warning_text(offset_s), warning=True)]
+    return []
 
 
 def database_owner(database: Database, authority_hrn: str) -> DatabaseOwner | None:
@@ -698,6 +731,7 @@ def startup_findings(settings: Settings) -> list[Finding]:
         + certificate_findings(settings)
         + trusted_roots_findings(settings)
         + database_findings(settings)
+        + clock_findings(settings)
     )
 
 

@@ -240,7 +240,11 @@ def test_image_and_feed_commands_refuse_an_older_schema(
     code = main([*argv, "--config", str(lab / "sfa-omf.conf")])
     out, err = capsys.readouterr()
     assert (code, out) == (2, "")
-    assert f"is at migration 0016, this sfa-omf needs {head_revision()}: run `sfa-omf db upgrade`" in err
+    assert (
+        f"is at migration 0016, this sfa-omf needs {head_revision()}: stop every `sfa-omf serve` on every host first"
+        in err
+    )
+    assert "then run `sfa-omf db upgrade`, then start them" in err
     assert Database(url).schema_revision() == "0016"
 
 

@@ -261,8 +261,13 @@ class Database:
         except dialect.loaded_dbapi.Error as exc:
             raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
 
-    def upgrade(self) -> None:
+    def upgrade(self, force: bool = True) -> tuple[str | None, str]:
         """Bring the schema to the newest migration (``sfa-omf db upgrade``); says so in the log when it migrates.
+        Answers the migration it was at (None: empty) and the one it is at now.
+
+        ``force`` False (``db upgrade`` without ``--force``), on PostgreSQL: a schema that needs migrating is refused
+        (GeniError DATABASE, nothing changed) while other sfa-omf processes are connected (``serving_sessions``):
+        two versions must never share the database (docs/operators.md, Upgrades).
 
         Alembic's own INFO lines are not wanted at every start (sfa-omf's logging keeps them at WARNING): one line of
         ours tells when a migration really runs. On PostgreSQL, upgrades run one at a time (MIGRATION_KEY, held until
@@ -291,10 +296,22 @@ class Database:
             head = head_revision()
             if current is not None and not is_known_revision(current):
                 raise GeniError(Reason.DATABASE, f"{unknown_revision_message(self.url, current)} (nothing was changed)")
+            if current != head and not force and not self.is_sqlite:
+                serving = serving_sessions(connection)
+                if serving:
+                    raise GeniError(
+                        Reason.DATABASE,
+                        f"the calendar database {make_url(self.url).render_as_string(hide_password=True)} is "
+                        f"still used by {len(serving)} sfa-omf process{'es' if len(serving) > 1 else ''} "
+                        f"({', '.join(serving)}): stop every `sfa-omf serve` on every host first (an older version "
+                        "must never run on the migrated database), then run `sfa-omf db upgrade` again (--force "
+                        f"migrates anyway); nothing was changed, it is still at migration {current}",
+                    )
             if current != head:
                 log.info("migrating the calendar database from %s to %s", current or "an empty schema", head)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
+        return current, head
 
     def require_current_schema(self) -> None:
         """For the operator's commands other than ``db upgrade``: the schema must be this sfa-omf's newest migration.
@@ -319,8 +336,9 @@ class Database:
             raise GeniError(Reason.DATABASE, unknown_revision_message(self.url, current))
         raise GeniError(
             Reason.DATABASE,
-            f"the calendar database {shown} is at migration {current}, this sfa-omf needs {head}: run "
-            "`sfa-omf db upgrade` (then restart the servers still running an older sfa-omf); nothing was changed",
+            f"the calendar database {shown} is at migration {current}, this sfa-omf needs {head}: stop every "
+            "`sfa-omf serve` on every host first (two versions must never share the database), then run "
+            "`sfa-omf db upgrade`, then start them; nothing was changed",
         )
 
     def _stored_revision(self) -> str | None:
@@ -601,6 +619,18 @@ def is_known_revision(revision: str) -> bool:
         return ScriptDirectory(str(MIGRATIONS)).get_revision(revision) is not None
     except CommandError:
         return False
+
+
+def serving_sessions(connection: Connection) -> list[str]:
+    """The other sfa-omf processes connected to this PostgreSQL database (each serving process holds a leadership
+    session named ``sfa-omf ...``: cluster/leadership.py), each as ``application_name from client_addr (pid N)``."""
+    rows = connection.execute(
+        text(
+            "SELECT application_name, client_addr, pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'sfa-omf %' AND pid <> pg_backend_pid() ORDER BY application_name, pid"
+        )
+    ).all()
+    return [f"{name} from {address or 'a local socket'} (pid {pid})" for name, address, pid in rows]
 
 
 def _one_migration_at_a_time(connection: Connection) -> None:

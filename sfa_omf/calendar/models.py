@@ -431,5 +431,20 @@ class WithdrawalDue(Base):
     since_s: Mapped[int] = mapped_column(BigInteger)
 
 
+class ClusterSettings(Base):
+    """What one serving process runs with, of the settings every host of a cluster must agree on (migration 0033;
+    sfa_omf/cluster/agreement.py): written at its start, ``seen_s`` refreshed while it runs, deleted when it stops.
+    A row not refreshed for a few minutes is a dead process's, ignored (and deleted) by the others."""
+
+    __tablename__ = "cluster_settings"
+
+    process: Mapped[str] = mapped_column(String(300), primary_key=True)  # host:pid
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_s: Mapped[int] = mapped_column(BigInteger)
+    seen_s: Mapped[int] = mapped_column(BigInteger)
+    settings: Mapped[str] = mapped_column(Text)  # JSON: setting name -> value (agreement.agreed_values)
+
+
 # The node agents' tables live in their own module; importing it here puts them in Base.metadata (migrations, tests).
 from sfa_omf.calendar import agent_models as _agent_models  # noqa: E402, F401

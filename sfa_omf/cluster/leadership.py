@@ -32,6 +32,11 @@ agents...). Only the leader runs them; the others stand by. The rules, all in th
   session must not idle into ``idle_session_timeout``), then releases the lock, so that a clean restart hands over at
   once. A task still running when the wait ends keeps the lock held (logged) until it ends or the process exits: no
   other process starts it meanwhile.
+- Each try and check also reads the database's clock and (serve: lock_for) the calendar's migration, in the same
+  statement: a process whose clock is more than clock.MAX_OFFSET_S off the database's (its tasks would release
+  allocations and end leases at the wrong time), or whose code's newest migration is not the calendar's (a newer
+  sfa-omf migrated it), must not lead: it does not take the lock, and a leader steps down at once and releases it
+  (logged as an error; standing by, it says why every REFUSAL_EVERY_S). It leads again once the cause is gone.
 - SQLite: there is a single process (``serve`` runs one worker on SQLite); it always leads.
 
 What is fenced: a task that runs when the lock is lost (its session terminated, the database restarted, a network cut)
@@ -64,6 +69,15 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sfa_omf.cluster.clock import (
+    DATABASE_CLOCK_SQL,
+    MAX_OFFSET_S,
+    WARN_OFFSET_S,
+    offset_from,
+    refusal_text,
+    warning_text,
+)
+
 log = logging.getLogger("sfa_omf.cluster")
 
 #: The advisory lock of the aggregate's background tasks (advisory locks are per database: one calendar, one lock).
@@ -78,6 +92,10 @@ DEFAULT_TAKEOVER_S = 15
 IDLE_SESSION_TIMEOUT_SINCE = (14,)
 #: A task starts only while the lock was confirmed less than this many check periods ago (the module docstring).
 CONFIRMED_FOR_CHECKS = 1.5
+#: How often a clock offset above clock.WARN_OFFSET_S is logged again while it lasts, and how often a process that
+#: must not lead (PostgresLock.refusal) says why while it stands by.
+WARN_EVERY_S = 600.0
+REFUSAL_EVERY_S = 60.0
 #: How long stop() waits for a task that is running; one still running then keeps the lock held until it ends
 #: (released at the keeper's next check) or the process exits.
 STOP_WAIT_S = 10.0
@@ -118,6 +136,9 @@ class LeaderLock(Protocol):
     processes may want it too (then who leads is worth a line in the log)."""
 
     contended: bool
+    #: Why this process must not lead now (its clock too far from the database's, the calendar migrated by a newer
+    #: sfa-omf), found by the last try or check; None: it may.
+    refusal: str | None
 
     def try_acquire(self) -> bool: ...
 
@@ -130,6 +151,7 @@ class SoleProcessLock:
     """The one process of an SQLite calendar: always the leader."""
 
     contended = False
+    refusal: str | None = None
 
     def try_acquire(self) -> bool:
         return True
@@ -183,17 +205,30 @@ def answer_limit_s(takeover_s: float) -> float:
 
 
 class PostgresLock:
-    """A PostgreSQL session advisory lock on a connection of its own (autocommit, keepalives on both sides)."""
+    """A PostgreSQL session advisory lock on a connection of its own (autocommit, keepalives on both sides).
+
+    Each try and each check also reads the database's clock, and the calendar's migration when ``revision`` (this
+    sfa-omf's newest) is given, in the same statement (no extra round trip): ``refusal`` says why this process must not
+    lead (its clock more than clock.MAX_OFFSET_S off, the calendar at another migration); a try then does not take the
+    lock (or gives it back at once), and Leadership makes a leader step down."""
 
     contended = True
 
-    def __init__(self, url: str, takeover_s: float = DEFAULT_TAKEOVER_S, key: int = LOCK_KEY) -> None:
+    def __init__(
+        self, url: str, takeover_s: float = DEFAULT_TAKEOVER_S, key: int = LOCK_KEY, revision: str | None = None
+    ) -> None:
         self.url = url
         self.key = key
         self.takeover_s = takeover_s
+        self.revision = revision
+        self.refusal: str | None = None
+        #: This host's clock minus the database's, at the last try or check (None before the first).
+        self.offset_s: float | None = None
         self._engine: Any = None
         self._connection: Any = None
         self._warned_old_server = False
+        self._reads_schema = False  # the database has alembic_version (read at each connection)
+        self._warned_offset_at = -math.inf
 
     def _connect(self) -> Any:
         from sqlalchemy import create_engine, text
@@ -207,8 +242,9 @@ class PostgresLock:
                 isolation_level="AUTOCOMMIT",
                 connect_args={
                     **bounded_connect_args(self.takeover_s),
-                    # Who leads, for operators: SELECT application_name FROM pg_stat_activity (docs/operators.md).
-                    "application_name": f"sfa-omf {_whoami()}"[:63],
+                    # Who leads, for operators: SELECT application_name FROM pg_stat_activity (docs/operators.md);
+                    # with the migration its code needs (which host still runs an older sfa-omf, db upgrade's refusal).
+                    "application_name": _application_name(self.revision),
                 },
             )
             from sfa_omf.calendar.database import bound_answers
@@ -230,6 +266,10 @@ class PostgresLock:
                     "PostgreSQL %s has no idle_session_timeout (14 and newer have): a leader process that is stopped "
                     "or hangs while its host runs on keeps the background tasks until it resumes or is killed",
                     ".".join(str(part) for part in version),
+                )
+            if self.revision is not None:  # (a bare database, as in some tests, has no migrations to compare)
+                self._reads_schema = bool(
+                    connection.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar()
                 )
         except Exception:
             connection.close()
@@ -254,8 +294,40 @@ class PostgresLock:
     def _try_lock(self) -> bool:
         from sqlalchemy import text
 
-        held = self._connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}).scalar()
-        return bool(held)
+        # Not even tried while the last look found this process must not lead: a healthy standby's try must not
+        # find it held for a moment.
+        sent_at = time.time()
+        row = self._connection.execute(
+            text(
+                f"SELECT CASE WHEN :allowed THEN pg_try_advisory_lock(:key) ELSE false END, {DATABASE_CLOCK_SQL}"
+                f"{self._schema_column()}"
+            ),
+            {"key": self.key, "allowed": self.refusal is None},
+        ).one()
+        self._judge(sent_at, row, time.time())
+        if row[0] and self.refusal is not None:  # it just became unfit: give the lock back at once
+            self._connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+            return False
+        return bool(row[0])
+
+    def _schema_column(self) -> str:
+        return ", (SELECT max(version_num) FROM alembic_version)" if self._reads_schema else ""
+
+    def _judge(self, sent_at: float, row: Any, answered_at: float) -> None:
+        """Set ``offset_s`` and ``refusal`` from a try's or check's answer (its clock, maybe its migration); warn of
+        an offset above WARN_OFFSET_S (every WARN_EVERY_S while it lasts)."""
+        offset_s = offset_from(sent_at, float(row[1]), answered_at)
+        self.offset_s = offset_s
+        refusal = None
+        if abs(offset_s) > MAX_OFFSET_S:
+            refusal = refusal_text(offset_s)
+        elif abs(offset_s) > WARN_OFFSET_S and time.monotonic() - self._warned_offset_at >= WARN_EVERY_S:
+            self._warned_offset_at = time.monotonic()
+            log.warning("%s", warning_text(offset_s))
+        current = row[2] if self._reads_schema else None
+        if current is not None and self.revision is not None and current != self.revision:
+            refusal = migrated_text(current, self.revision)
+        self.refusal = refusal
 
     def still_held(self) -> bool:
         """True while the session that took the lock is alive and holds it (False, never an exception, otherwise)."""
@@ -264,18 +336,21 @@ class PostgresLock:
         if self._connection is None:
             return False
         try:
-            held = self._connection.execute(
+            sent_at = time.time()
+            row = self._connection.execute(
                 text(
-                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
-                    "AND granted AND ((classid::bigint << 32) | objid::bigint) = :key"
+                    "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                    f"AND granted AND ((classid::bigint << 32) | objid::bigint) = :key), {DATABASE_CLOCK_SQL}"
+                    f"{self._schema_column()}"
                 ),
                 {"key": self.key},
-            ).scalar()
+            ).one()
+            self._judge(sent_at, row, time.time())
         except Exception as exc:
             log.warning("the leadership connection to the database failed (%s)", _first_line(exc))
             self._drop()
             return False
-        return bool(held)
+        return bool(row[0])
 
     def release(self) -> None:
         """Close the session: PostgreSQL frees the lock with it."""
@@ -294,10 +369,32 @@ class PostgresLock:
 
 
 def lock_for(url: str, takeover_s: float = DEFAULT_TAKEOVER_S) -> LeaderLock:
-    """The leader lock of a calendar database: PostgreSQL's advisory lock, or the sole process of SQLite."""
+    """The leader lock of a calendar database: PostgreSQL's advisory lock (which checks the host's clock and that
+    the calendar is still at this sfa-omf's newest migration), or the sole process of SQLite."""
     if url.startswith("sqlite"):
         return SoleProcessLock()
-    return PostgresLock(url, takeover_s)
+    from sfa_omf.calendar.database import newest_migration_file
+
+    return PostgresLock(url, takeover_s, revision=newest_migration_file())
+
+
+def migrated_text(current: str, revision: str) -> str:
+    """Why a process whose code's newest migration is ``revision`` does not lead a calendar at ``current``."""
+    if current > revision:  # (revisions are zero-padded numbers: NNNN)
+        return (
+            f"the calendar was migrated to {current} by a newer sfa-omf (this one's newest migration is {revision}): "
+            "upgrade this host"
+        )
+    return (
+        f"the calendar database is at migration {current}, older than this sfa-omf's {revision} (restored from a "
+        "backup?): stop every sfa-omf serve, run sfa-omf db upgrade, then start them"
+    )
+
+
+def _application_name(revision: str | None) -> str:
+    """The leadership session's name in pg_stat_activity: ``sfa-omf [schema-NNNN ]host:pid`` (63 bytes at most)."""
+    schema = f"schema-{revision} " if revision is not None else ""
+    return f"sfa-omf {schema}{_whoami()}"[:63]
 
 
 @contextmanager
@@ -374,6 +471,7 @@ class Leadership:
         # The lock's connection is used by the keeper and by each task right before it starts: one at a time.
         self._lock_in_use = threading.Lock()
         self._keeper: threading.Thread | None = None
+        self._refusal_said_at = -math.inf  # time.monotonic() when why this process does not lead was last logged
 
     @property
     def is_leader(self) -> bool:
@@ -480,8 +578,11 @@ class Leadership:
                             if began and self._set_leading(True, checked_at, durable_term):
                                 level = logging.INFO if self.lock.contended else logging.DEBUG
                                 log.log(level, "this process (%s) now leads the background tasks", _whoami())
+                        self._say_refusal()
                     elif self.lock.still_held():
-                        if self._unconfirmed_for_too_long(checked_at):
+                        if self._refused():
+                            pass
+                        elif self._unconfirmed_for_too_long(checked_at):
                             handed_over_at = time.monotonic()  # (a standby's turn first: no try for takeover_s)
                         else:
                             self._set_leading(True, checked_at)
@@ -520,6 +621,27 @@ class Leadership:
         self._waited_for_term = False
         return True, durable_term
 
+    def _refused(self) -> bool:
+        """After a check found the lock held: when this process must not lead (``lock.refusal``: its clock too far
+        off, the calendar migrated by a newer sfa-omf), stop leading at once and give the lock up, so that a standby
+        takes it (call with ``_lock_in_use`` held). True when it did."""
+        refusal = self.lock.refusal
+        if refusal is None:
+            return False
+        self._set_leading(False)
+        self.lock.release()
+        self._refusal_said_at = time.monotonic()
+        log.error("this process (%s) stops leading the background tasks: %s", _whoami(), refusal)
+        return True
+
+    def _say_refusal(self) -> None:
+        """While this process stands by because it must not lead: say why, every REFUSAL_EVERY_S."""
+        refusal = self.lock.refusal
+        if refusal is None or self._leading or time.monotonic() - self._refusal_said_at < REFUSAL_EVERY_S:
+            return
+        self._refusal_said_at = time.monotonic()
+        log.error("this process (%s) does not lead the background tasks: %s", _whoami(), refusal)
+
     def _step_down(self) -> None:
         """The lock is lost: no task starts from now on (call with ``_lock_in_use`` held)."""
         self._set_leading(False)
@@ -540,6 +662,8 @@ class Leadership:
                 held = False
             if not held:
                 self._step_down()
+            elif self._refused():
+                return False
             return held
 
     def _fenced(self, durable_term: int | None) -> AbstractContextManager[None]:

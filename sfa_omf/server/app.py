@@ -51,12 +51,14 @@ from sfa_omf.calendar.inventory import Inventory
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.retention import HistoryRetention
 from sfa_omf.calendar.vpn_records import VpnRecords
+from sfa_omf.cluster.agreement import REFRESH_S as AGREEMENT_REFRESH_S
+from sfa_omf.cluster.agreement import SettingsAgreement, agreed_values
 from sfa_omf.cluster.leadership import Leadership, LeadershipLost, PeriodicTask, lock_for, startup_writes
 from sfa_omf.config import Settings
 from sfa_omf.images.instances import instances_of
 from sfa_omf.images.store import ImageStore, store_directory
 from sfa_omf.notify.notifier import Notifier, NotifySettings, notify_settings
-from sfa_omf.preflight import StartupError, check_startup, listen_message
+from sfa_omf.preflight import StartupError, check_startup, listen_message, one_line
 from sfa_omf.registry.accounts import Accounts
 from sfa_omf.registry.api import RegistryApi
 from sfa_omf.registry.authority import AuthorityError, LocalAuthority
@@ -350,8 +352,16 @@ def start_aggregate(
     )
     for task in background_tasks(settings, aggregate, agents):
         leadership.register(task)
-    leadership.start()
     loops = []
+    agreement = _settings_agreement(settings, aggregate)
+    if agreement is not None:
+        # At each leadership gain (and then each period), an ERROR for the settings other live hosts run otherwise.
+        leadership.register(PeriodicTask("settings agreement", AGREEMENT_REFRESH_S, agreement.leader_check))
+        refresh = LoopingCall(lambda: reactor.callInThread(_refresh_agreement, agreement))
+        refresh.start(AGREEMENT_REFRESH_S, now=False)
+        loops.append(refresh)
+        reactor.addSystemEventTrigger("before", "shutdown", lambda: deferToThread(_withdraw_agreement, agreement))
+    leadership.start()
     if agents is not None:
         # Each process buffers the heartbeats it receives: each writes its own (not a cluster-wide task).
         heard = PeriodicTask("heartbeats", min(AGENT_FLUSH_S, settings.agent_heartbeat_s), agents.flush_heartbeats)
@@ -359,6 +369,42 @@ def start_aggregate(
         flush.start(heard.period_s, now=False)
         loops.append(flush)
     return RunningServer(port=listening, pool=pool, leadership=leadership, loops=loops)
+
+
+def _settings_agreement(settings: Settings, aggregate: Aggregate) -> SettingsAgreement | None:
+    """PostgreSQL: this process's values of the settings every host must agree on, written for the other hosts, and
+    a WARNING for each that another live host runs otherwise (sfa_omf/cluster/agreement.py). SQLite: one host, None.
+    A failure is logged and serving goes on (the next refresh tries again)."""
+    if aggregate.database.is_sqlite:
+        return None
+
+    def values_now() -> dict[str, Any]:
+        return agreed_values(settings, aggregate.verifier.roots)  # the roots in use (reloaded while serving)
+
+    agreement = SettingsAgreement(aggregate.database.engine, values_now(), values_now=values_now)
+    try:
+        agreement.announce()
+    except Exception as exc:  # never stops a start; if the database is down, the start's own check says so once
+        log.debug("settings not compared with the other hosts' yet (%s); the next refresh tries", one_line(str(exc)))
+    return agreement
+
+
+def _refresh_agreement(agreement: SettingsAgreement) -> None:
+    try:
+        agreement.refresh()
+    except Exception as exc:  # a database hiccup: the next refresh tries again
+        log.warning(
+            "settings not compared with the other hosts' (%s); trying again in %d s",
+            one_line(str(exc)),
+            AGREEMENT_REFRESH_S,
+        )
+
+
+def _withdraw_agreement(agreement: SettingsAgreement) -> None:
+    try:
+        agreement.withdraw()
+    except Exception as exc:  # the row is then a dead process's once it is not refreshed any more
+        log.debug("this process's settings row not deleted at the stop (%s)", exc)
 
 
 def background_tasks(settings: Settings, aggregate: Aggregate, agents: AgentService | None) -> list[PeriodicTask]:

@@ -64,7 +64,11 @@ def test_an_import_refuses_a_schema_at_an_older_migration_and_changes_nothing(
     out, err = capsys.readouterr()
     assert (code, out) == (2, "")
     assert err.count("\n") == 1
-    assert f"is at migration {OLDER}, this sfa-omf needs {head_revision()}: run `sfa-omf db upgrade`" in err
+    assert (
+        f"is at migration {OLDER}, this sfa-omf needs {head_revision()}: stop every `sfa-omf serve` on every host first"
+        in err
+    )
+    assert "then run `sfa-omf db upgrade`, then start them" in err
     assert ":***@" in err and ":sfaomf@" not in err  # the URL is shown without its password
     assert Database(url).schema_revision() == OLDER
     assert node_rows(url) == 0
@@ -118,7 +122,11 @@ def test_user_list_refuses_a_schema_at_an_older_migration_and_leaves_it_there(
     code = main(["user", "list", "--config", config])
     out, err = capsys.readouterr()
     assert (code, out) == (2, "")
-    assert f"is at migration {OLDER}, this sfa-omf needs {head_revision()}: run `sfa-omf db upgrade`" in err
+    assert (
+        f"is at migration {OLDER}, this sfa-omf needs {head_revision()}: stop every `sfa-omf serve` on every host first"
+        in err
+    )
+    assert "then run `sfa-omf db upgrade`, then start them" in err
     assert Database(url).schema_revision() == OLDER
 
 
