@@ -1321,7 +1321,8 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 "max_duration_s",
             )
         )
-    least_timeout_s = 2 * settings.agent_heartbeat_s + min(AGENT_FLUSH_S, settings.agent_heartbeat_s)
+    flush_s = min(AGENT_FLUSH_S, settings.agent_heartbeat_s)
+    least_timeout_s = 2 * settings.agent_heartbeat_s + flush_s + AGENT_CONNECT_TIMEOUT_S
     if settings.agent_timeout_s < least_timeout_s:
         # A warning, not a refusal: a site without node agents never uses either, and one that raised heartbeat_s
         # served before this check. Named where the operator wrote one of the two.
@@ -1332,8 +1333,9 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
                 "doubtful",
                 str(written),
                 f"[sfa_agents] timeout_s {settings.agent_timeout_s} is shorter than twice heartbeat_s "
-                f"({settings.agent_heartbeat_s}) plus the {min(AGENT_FLUSH_S, settings.agent_heartbeat_s)} s in which "
-                "heartbeats are written: a node whose agent misses one heartbeat, or is heard just after the check, "
+                f"({settings.agent_heartbeat_s}) plus the {flush_s} s in which heartbeats are written and the "
+                f"{AGENT_CONNECT_TIMEOUT_S} s an agent may take to connect: a node whose agent misses one heartbeat, "
+                "or is heard just after the check, "
                 "would be lost and its running leases failed; make timeout_s at least "
                 f"{least_timeout_s} (default 120 with heartbeat_s 30)",
             )
@@ -1512,6 +1514,9 @@ def _check_values(settings: Settings, sources: Mapping[str, Source]) -> list[Pro
 #: Heartbeats of node agents are written to the database at most this often (sfa_omf/server/app.py AGENT_FLUSH_S):
 #: part of how late a heartbeat may be seen.
 AGENT_FLUSH_S = 5
+#: A node agent's round may spend this long connecting before its heartbeat (sfa_omf/agents/node.py
+#: CONNECT_TIMEOUT_S, the same value): also part of how late a heartbeat may be seen.
+AGENT_CONNECT_TIMEOUT_S = 10
 #: Durations of leases and of notices about them: at most ten years.
 MAX_LEASE_SECONDS = 3650 * DAY_S
 #: Time-outs and periods: at most a day.

@@ -27,11 +27,12 @@ from pathlib import Path
 
 import pytest
 
+from sfa_omf.agents import node as agent_node
 from sfa_omf.agents.dns import RELOAD_TIMEOUT_S
 from sfa_omf.cli import main
 from sfa_omf.cli_server import configure_logging
 from sfa_omf.cluster.leadership import keepalive_seconds
-from sfa_omf.config import MAX_LEADER_TAKEOVER_S, MAXIMA, OPTIONS, LoadedConfig, load_config
+from sfa_omf.config import AGENT_CONNECT_TIMEOUT_S, MAX_LEADER_TAKEOVER_S, MAXIMA, OPTIONS, LoadedConfig, load_config
 from sfa_omf.preflight import log_file_findings
 from sfa_omf.testbed.oar.client import OarClient, OarError
 from tests.cluster.harness import START_TIMEOUT_S, Lab, Serve, make_lab
@@ -182,7 +183,7 @@ def test_the_docs_say_grain_is_the_shortest_lease() -> None:
 # --- 3. agents' timeout ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("heartbeat_s", "timeout_s"), [(300, 120), (30, 30), (30, 64), (2, 5)])
+@pytest.mark.parametrize(("heartbeat_s", "timeout_s"), [(300, 120), (30, 30), (30, 64), (30, 70), (2, 5)])
 def test_an_agent_timeout_within_two_heartbeats_is_warned_of(tmp_path: Path, heartbeat_s: int, timeout_s: int) -> None:
     """A warning, not a refusal: a site without agents never uses either (a review found sites that raised
     heartbeat_s refused after an upgrade)."""
@@ -194,13 +195,23 @@ def test_an_agent_timeout_within_two_heartbeats_is_warned_of(tmp_path: Path, hea
     assert "would be lost" in problem and problem.startswith(f"{tmp_path}/site.conf:"), problem
 
 
+def test_an_agent_timeout_covers_the_agents_connect_time_out_too(tmp_path: Path) -> None:
+    """A hunt on a black-holed link: the agent's next round may spend its connect time-out (10 s) before its
+    heartbeat, so 2 x 30 + 5 (accepted before) let a 40 s outage lose a live node. 75 is enough; 70 is warned of."""
+    assert AGENT_CONNECT_TIMEOUT_S == agent_node.CONNECT_TIMEOUT_S
+    enough = site_file(tmp_path, "[sfa_agents]", "heartbeat_s = 30", "timeout_s = 75")
+    assert messages(loaded(enough), "doubtful") == []
+    (problem,) = messages(loaded(site_file(tmp_path, "[sfa_agents]", "heartbeat_s = 30", "timeout_s = 70")), "doubtful")
+    assert "10 s an agent may take to connect" in problem and "at least 75" in problem, problem
+
+
 def test_an_agent_timeout_left_at_its_default_is_warned_of_at_the_heartbeat_written(tmp_path: Path) -> None:
     path = site_file(tmp_path, "[sfa_agents]", "heartbeat_s = 60")
     (problem,) = messages(loaded(path), "doubtful")
     assert problem.startswith(f"{tmp_path}/site.conf:5: [sfa_agents] timeout_s 120"), problem
 
 
-@pytest.mark.parametrize(("heartbeat_s", "timeout_s"), [(30, 65), (30, 120), (2, 6), (1, 120)])
+@pytest.mark.parametrize(("heartbeat_s", "timeout_s"), [(30, 75), (30, 120), (2, 16), (1, 120)])
 def test_an_agent_timeout_past_two_heartbeats_and_their_write_is_taken(
     tmp_path: Path, heartbeat_s: int, timeout_s: int
 ) -> None:

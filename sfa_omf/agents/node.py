@@ -17,14 +17,19 @@ import http.client
 import json
 import logging
 import os
+import random
 import re
 import signal
+import socket
 import ssl
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from fcntl import ioctl
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -42,7 +47,17 @@ from sfa_omf.trust.pki import load_private_key, new_private_key, private_key_pem
 from sfa_omf.xrn import Urn, parse_urn
 
 log = logging.getLogger("sfa_omf.agent")
+#: Seconds a call waits for each step of an exchange once connected: the server's answer, or room on a stalled link for
+#: the next CHUNK_BYTES of a body (not for a whole upload: a slow uplink sends a large file in many such steps).
 TIMEOUT_S = 30
+#: Seconds to reach the server and complete the TLS handshake: shorter than TIMEOUT_S, so a round during an outage
+#: ends early and the next heartbeat is not held up behind it.
+CONNECT_TIMEOUT_S = 10
+#: A request body is written in pieces of this size, each bounded by TIMEOUT_S (64 KiB is 8 s at 64 kbit/s).
+CHUNK_BYTES = 64 * 1024
+#: After a round that failed (no answer, a refusal), the next is tried after 2, 4, 8 ... s (less a random part of up
+#: to a quarter, so that nodes cut off together do not come back in step), never longer than the interval.
+RETRY_FIRST_S = 2.0
 KEY, CERT, ROOT, CONFIG, APPLIED = "node.pkey", "node.gid", "root.gid", "agent.json", "leases.json"
 STAGE_IN, STAGE_OUT = "stage-in", "stage-out"  # folders in each account's home for a lease's files
 #: The largest file staged out when the server does not say (an older server): its default limit.
@@ -56,6 +71,13 @@ VPN_CONF, VPN_PID = "vpn.conf", "vpn.pid"
 #: The part of its VPN client certificate's lifetime (agents/vpn.py CLIENT_LIFETIME, a year) after which the agent
 #: asks for a new one by itself: four months of rounds left to get it before the tunnel would end.
 VPN_RENEW_AFTER = 2 / 3
+#: The agent's records, in its state folder: per lease, the stage-out files the server accepted (sent name -> SHA-256:
+#: not sent again after a round that failed part-way), and the "ended" reports not delivered yet (lease -> message:
+#: the accounts are gone, the message must not be).
+SENT, ENDING = "sent.json", "ending.json"
+#: Times a stage-in file may arrive damaged (SHA-256 differs) before the lease is reported failed: once may be the
+#: network's doing, twice in a row is the file's.
+STAGE_IN_MISMATCHES = 2
 
 
 class AgentCallError(Exception):
@@ -70,6 +92,8 @@ class AgentCallError(Exception):
 
 #: The reason of an AgentCallError for an answer that is not a JSON object: nothing says the call was done.
 NOT_JSON = "not_json"
+#: The reason of an AgentCallError for a stage-in file whose content is not the SHA-256 the server declared.
+CHECKSUM = "checksum"
 
 
 def is_refusal(exc: AgentCallError) -> bool:
@@ -158,6 +182,35 @@ def _self_signed(key: Any, hostname: str) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
+def _drained(sock: socket.socket) -> None:
+    """Return once the bytes written on ``sock`` reached the peer (the kernel's send queue empty, Linux SIOCOUTQ) or
+    the peer closed (an early answer, a reset: read next), waiting as long as the queue keeps shrinking:
+    TimeoutError when it does not move for TIMEOUT_S. The kernel may hold much of an upload when the last write
+    returns; on a slow uplink sending it can take longer than the answer's time-out, which is for the server to
+    answer, not for the link to carry what was queued."""
+    last, since = -1, time.monotonic()
+    while True:
+        try:
+            queued = struct.unpack("i", ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            # The server closed (an early refusal, or the link reset): read what it said. (Not readability: a TLS
+            # 1.3 server sends its session tickets whenever it likes.)
+            closed = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != TCP_ESTABLISHED
+        except OSError:  # not known here: the answer's time-out only
+            return
+        if queued <= 0 or closed:
+            return
+        now = time.monotonic()
+        if queued != last:
+            last, since = queued, now
+        elif now - since > TIMEOUT_S:
+            raise TimeoutError(f"the upload stalled: {queued} bytes not taken in {TIMEOUT_S} s")
+        time.sleep(0.05)
+
+
+#: The state of a TCP connection open both ways (the first byte of Linux's TCP_INFO).
+TCP_ESTABLISHED = 1
+
+
 class Client:
     """JSON over HTTPS to the agent API, presenting a certificate and verifying the server against our root and its
     URN: ``server_urn`` when given (pinned at enrolment), else any aggregate's (``...+authority+am``)."""
@@ -193,11 +246,25 @@ class Client:
     def _exchange(
         self, method: str, path: str, payload: bytes | None, headers: dict[str, str]
     ) -> tuple[int, bytes, str]:
-        connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=TIMEOUT_S)
+        connection = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=CONNECT_TIMEOUT_S)
         try:
             connection.connect()
+            if connection.sock is not None:
+                connection.sock.settimeout(TIMEOUT_S)
             self._check_server(connection)
-            connection.request(method, self.base + path, body=payload, headers=headers)
+            connection.putrequest(method, self.base + path)
+            for header, value in headers.items():
+                connection.putheader(header, value)
+            body = memoryview(payload or b"")
+            if payload is not None or method in ("POST", "PUT"):
+                connection.putheader("Content-Length", str(len(body)))
+            # Piece by piece: the socket's time-out bounds each write, where one sendall() of the whole body would
+            # be bounded by it in total (a file that takes longer than TIMEOUT_S to upload could never go).
+            connection.endheaders(bytes(body[:CHUNK_BYTES]))
+            for offset in range(CHUNK_BYTES, len(body), CHUNK_BYTES):
+                connection.send(body[offset : offset + CHUNK_BYTES])
+            if len(body) > CHUNK_BYTES and connection.sock is not None:
+                _drained(connection.sock)
             response = connection.getresponse()
             return response.status, response.read(), response.getheader("x-content-sha256", "")
         finally:
@@ -223,7 +290,7 @@ class Client:
         if status != 200:
             self._decode(status, raw)
         if hashlib.sha256(raw).hexdigest() != declared:
-            raise AgentCallError(status, "checksum", f"{name} arrived damaged (SHA-256 differs from {declared!r})")
+            raise AgentCallError(status, CHECKSUM, f"{name} arrived damaged (SHA-256 differs from {declared!r})")
         return raw
 
     @staticmethod
@@ -488,6 +555,19 @@ class Agent:
         self.stage_out_rounds = stage_out_rounds
         # lease id -> rounds its stage-out was left incomplete (in memory: a restarted agent tries as many again).
         self.stage_out_tries: dict[str, int] = {}
+        self.ending: dict[str, str] = self._load(ENDING)
+        # (lease id, name) -> times that stage-in file arrived damaged.
+        self.stage_in_mismatches: dict[tuple[str, str], int] = {}
+        # Seams of ``run``: the clock rounds are timed with, and the random part of a retry's wait (0 to 1).
+        self.clock: Callable[[], float] = time.monotonic
+        self.jitter: Callable[[], float] = random.random
+
+    def _load(self, name: str) -> Any:
+        path = self.state / name
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _write(self, name: str, records: dict[str, Any]) -> None:
+        _write_private(self.state / name, json.dumps(records, sort_keys=True).encode("utf-8"))
 
     def _client(self) -> Client:
         """A client with the certificate on disk now (``agent enrol`` again replaces it under a running agent)."""
@@ -535,10 +615,13 @@ class Agent:
                 self._report(lease_id, "failed", str(exc))
                 continue
             try:
-                self._stage_in(lease_id, item.get("stage_in", []), sorted(accounts))
+                later = self._stage_in(lease_id, item.get("stage_in", []), sorted(accounts))
             except (AgentCallError, OSError) as exc:
                 log.warning("lease %s: staging in failed: %s", lease_id, exc)
                 self._report(lease_id, "failed", f"staging in failed: {exc}")
+                continue
+            if later:  # not reported: the lease is not failed, only not ready yet
+                log.warning("lease %s: staging in not complete, tried again next round: %s", lease_id, later)
                 continue
             gone = [login for login in previous if login not in accounts]
             if gone:
@@ -547,9 +630,14 @@ class Agent:
             if item.get("reported") != "started":
                 self._report(lease_id, "started")
         finished = {str(item["lease_id"]) for item in work.get("finished", [])}
+        for lease_id in set(self.ending) - finished - set(self.applied):  # the server asks for no report any more
+            self.ending.pop(lease_id)
+            self._write(ENDING, self.ending)
         for lease_id in sorted((set(self.applied) - active_ids) | finished):
             logins = self.applied.get(lease_id, [])
-            stage_out = self._stage_out(lease_id, logins, int(work.get("max_file_bytes") or 0))
+            # The last round given to it: files that could not go yet are kept on the node before the accounts go.
+            last = self.stage_out_tries.get(lease_id, 0) + 1 >= self.stage_out_rounds
+            stage_out = self._stage_out(lease_id, logins, int(work.get("max_file_bytes") or 0), keep_pending=last)
             if stage_out.pending:
                 tries = self.stage_out_tries[lease_id] = self.stage_out_tries.get(lease_id, 0) + 1
                 if tries < self.stage_out_rounds:
@@ -559,14 +647,25 @@ class Agent:
                     )  # fmt: skip
                     continue
                 log.error(
-                    "lease %s: stage-out still fails after %d rounds: its accounts go all the same", lease_id, tries
-                )
+                    "lease %s: stage-out still fails after %d rounds: its accounts go all the same (the files left "
+                    "are kept on the node, in %s)", lease_id, tries, self.state / UNSENT / _plain(lease_id),
+                )  # fmt: skip
             self.host.remove(lease_id, logins)
+            # Kept until said: when the report does not get through, the next round (no accounts, no files left to
+            # look at) says the same, not an empty "ended".
+            if lease_id not in self.ending or stage_out.report():
+                self.ending[lease_id] = stage_out.report()
+                self._write(ENDING, self.ending)
             self.applied.pop(lease_id, None)
             self.staged.pop(lease_id, None)
             self.stage_out_tries.pop(lease_id, None)
+            sent = self._load(SENT)
+            if sent.pop(lease_id, None) is not None:
+                self._write(SENT, sent)
             self._save()
-            self._report(lease_id, "ended", stage_out.report())
+            self._report(lease_id, "ended", self.ending[lease_id])
+            self.ending.pop(lease_id)
+            self._write(ENDING, self.ending)
         return work
 
     def renew_vpn(self) -> bool:
@@ -602,28 +701,48 @@ class Agent:
             log.error("VPN certificate renewed in %s, but %s: restart OpenVPN with it", path, problem)
         return True
 
-    def _stage_in(self, lease_id: str, files: list[dict[str, Any]], logins: list[str]) -> None:
-        """Fetch the lease's staged-in files not fetched yet (checked) into each account's ~/stage-in."""
+    def _stage_in(self, lease_id: str, files: list[dict[str, Any]], logins: list[str]) -> str:
+        """Fetch the lease's staged-in files not fetched yet (checked) into each account's ~/stage-in. A fetch that
+        may go through when tried again (no answer, cut off, a 5xx, an answer that is not JSON, a file damaged on
+        the way for the first time) stops here: why, returned, for the next round to try again. A refusal, a file
+        damaged again, or the host failing to write it raises: the lease's failure."""
         done = self.staged.setdefault(lease_id, {})
         for entry in files:
             name, sha256 = str(entry["name"]), str(entry["sha256"])
             if done.get(name) == sha256:
                 continue
-            data = self.client.get_file(lease_id, name)
+            try:
+                data = self.client.get_file(lease_id, name)
+            except AgentCallError as exc:
+                if is_refusal(exc):
+                    raise
+                if exc.reason == CHECKSUM:
+                    seen = self.stage_in_mismatches[lease_id, name] = (
+                        self.stage_in_mismatches.get((lease_id, name), 0) + 1
+                    )
+                    if seen >= STAGE_IN_MISMATCHES:
+                        raise
+                return f"{name}: {exc}"
+            except (OSError, http.client.HTTPException) as exc:  # the rest would most likely wait as long: next round
+                return f"{name}: no answer ({exc})"
+            self.stage_in_mismatches.pop((lease_id, name), None)
             for login in logins:
                 self.host.write_file(login, STAGE_IN, name, data)
             done[name] = sha256
             _write_private(self.state / "staged.json", json.dumps(self.staged, sort_keys=True).encode("utf-8"))
+        return ""
 
-    def _stage_out(self, lease_id: str, logins: list[str], max_bytes: int) -> StageOut:
+    def _stage_out(self, lease_id: str, logins: list[str], max_bytes: int, keep_pending: bool = False) -> StageOut:
         """Send back each account's ~/stage-out files before the account goes. A file larger than the server takes
         (``max_bytes``) is not read: the user's file must not fill root's memory. One file's failure stops no other
         file and no teardown: a name the server does not keep is not sent, a refusal is final; both are logged and
         named in the result. A file that may go through later (no answer, a 5xx, an answer that is not JSON) makes
         the result ``pending``: sending again is harmless (PUT is idempotent). With more than one account on the
         node each file goes as ``<login>.<name>`` (see ``staged_out_name``): two accounts' ``results.txt`` are both
-        kept."""
+        kept. A file the server accepted (recorded in SENT with its SHA-256) is not sent again unless it changed.
+        With ``keep_pending`` (the lease's last round), the files that may go later are kept on the node (UNSENT)."""
         result = StageOut()
+        accepted: dict[str, str] = self._load(SENT).get(lease_id, {})  # (read from disk: the record is there only)
         for login in logins:
             try:
                 files = self.host.read_files(login, STAGE_OUT, max_bytes or DEFAULT_MAX_FILE_BYTES)
@@ -634,9 +753,15 @@ class Agent:
             for name, data in files:
                 where = f"{login}/{STAGE_OUT}/{name}"
                 sent_name = staged_out_name(login, name, len(logins))
+                sha256 = hashlib.sha256(data).hexdigest()
+                if accepted.get(sent_name) == sha256:
+                    continue
+                unsent = ""
                 try:
                     check_name(sent_name)  # the server's own rule: sending it would only be refused
                     self.client.put_file(lease_id, sent_name, data)
+                    accepted[sent_name] = sha256
+                    self._write(SENT, {**self._load(SENT), lease_id: accepted})
                 except GeniError as exc:
                     log.warning("lease %s: %r not staged out as %r: %s", lease_id, where, sent_name, exc.message)
                     kept = self._keep_unsent(lease_id, sent_name, data)
@@ -647,13 +772,17 @@ class Agent:
                         result.lost.append(f"{where!r} ({exc}; {self._keep_unsent(lease_id, sent_name, data)})")
                     else:
                         log.warning("lease %s: %r not staged out yet: %s", lease_id, where, exc)
-                        result.pending.append(f"{where!r} ({exc})")
+                        unsent = f"{exc}"
                 except (OSError, http.client.HTTPException) as exc:  # no answer: the server may be back next round
                     log.warning("lease %s: %r not staged out yet (no answer: %s)", lease_id, where, exc)
-                    result.pending.append(f"{where!r} (no answer: {exc})")
+                    unsent = f"no answer: {exc}"
                 except Exception:  # a failure of ours with this one file: it must not keep the lease's accounts
                     log.exception("lease %s: %r not staged out (agent error)", lease_id, where)
                     result.lost.append(f"{where!r} (agent error: see the agent's log)")
+                if unsent:
+                    if keep_pending:
+                        unsent += f"; {self._keep_unsent(lease_id, sent_name, data)}"
+                    result.pending.append(f"{where!r} ({unsent})")
         return result
 
     def _keep_unsent(self, lease_id: str, name: str, data: bytes) -> str:
@@ -676,14 +805,31 @@ class Agent:
         return f"kept on the node in {path}"
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop``; a server that cannot be reached (restarting, network down) is tried again."""
+        """Loop until ``stop``: a round every interval, counted from the round's start (the round's own length does
+        not delay the next heartbeat, unless it is longer than the interval). A round that fails (a server that
+        cannot be reached, restarting, the network down) is tried again sooner: after RETRY_FIRST_S, doubling, at
+        most the interval, less a random part."""
+        retry_s = RETRY_FIRST_S
         while not stop.is_set():
+            started = self.clock()
             try:
                 self.run_once()
             except (TimeoutError, OSError, http.client.HTTPException) as exc:
-                log.warning("server unreachable (%s); trying again in %.0f s", exc, self.interval_s)
+                wait_s = self._retry_wait(retry_s)
+                log.warning("server unreachable (%s); trying again in %.0f s", exc, wait_s)
             except AgentCallError as exc:
-                log.error("the server refused: %s", exc)
+                wait_s = self._retry_wait(retry_s)
+                log.error("the server refused: %s; trying again in %.0f s", exc, wait_s)
             except Exception:  # an answer we cannot use, or a host that misbehaves: the loop must keep going
-                log.exception("this round failed; trying again in %.0f s", self.interval_s)
-            stop.wait(self.interval_s)
+                wait_s = self._retry_wait(retry_s)
+                log.exception("this round failed; trying again in %.0f s", wait_s)
+            else:
+                retry_s = RETRY_FIRST_S
+                stop.wait(max(0.0, self.interval_s - (self.clock() - started)))
+                continue
+            retry_s = min(retry_s * 2, max(self.interval_s, RETRY_FIRST_S))
+            stop.wait(wait_s)
+
+    def _retry_wait(self, retry_s: float) -> float:
+        """The wait before trying a failed round again: ``retry_s`` at most the interval, less up to a quarter."""
+        return min(retry_s, self.interval_s) * (1 - self.jitter() / 4)
