@@ -66,6 +66,7 @@ from sfa_omf.am.states import (
 from sfa_omf.am.withdrawals import Withdrawals
 from sfa_omf.calendar.availability import Availability, CommonSlot
 from sfa_omf.calendar.booking import (
+    AlapExtension,
     BookingConflict,
     Bookings,
     HoldEnd,
@@ -1018,13 +1019,13 @@ class Aggregate:
     ) -> list[dict[str, Any]]:
         """Move the end of the slivers' leases. A new end inside a slot rounds up to the slot's end (never less than
         asked). With geni_extend_alap a lease goes to the end asked for (rounded up the same way) unless the slice
-        credential's expiry, the maximum duration or the next booking of one of its nodes comes first: then to the
-        last whole slot before that; a lease that cannot end later than it does keeps its end (never shortened).
-        A Renew naming the slice (``slice_named``: AM API v2's RenewSliver, which names it, renews the slivers it
-        picks) never shortens either: a lease that starts or ends after the end asked for keeps its end, and the
-        call is refused only if it can renew no lease at all. The slice credential of this call decides how far a
-        lease may go (the slice may have been renewed at its authority since Allocate). Each sliver says what
-        changed (sfa_omf_renewal)."""
+        credential's expiry, the maximum duration, the next booking of one of its nodes or a per-slice or per-user
+        limit comes first: then to the last whole slot before that (its note says what stopped it); a lease that
+        cannot end later than it does keeps its end (never shortened). A Renew naming the slice (``slice_named``: AM
+        API v2's RenewSliver, which names it, renews the slivers it picks) never shortens either: a lease that starts
+        or ends after the end asked for keeps its end, and the call is refused only if it can renew no lease at all.
+        The slice credential of this call decides how far a lease may go (the slice may have been renewed at its
+        authority since Allocate). Each sliver says what changed (sfa_omf_renewal)."""
         slice_urn, sliver_urns, read = self._resolve_for_renewal(urns)
         verified = self.authorize("Renew", caller_chain, credentials, slice_urn, options)
         new_end = parse_time(expiration, now=self.clock(), what="expiration time")
@@ -1068,6 +1069,7 @@ class Aggregate:
         _refuse_ended(leases, now)
         renewals: list[tuple[str, datetime, Rounding]] = []
         kept: dict[str, str] = {}  # lease id -> why it keeps its end
+        stopped: dict[str, str] = {}  # lease id -> why geni_extend_alap extends it less than asked
         extending = alap and new_end > now
         # Neither with geni_extend_alap nor naming the slice is a lease shortened: one that ends after the end asked
         # for (rounded up to its slots) keeps its end. (An end in the past is refused as without them.)
@@ -1090,6 +1092,8 @@ class Aggregate:
                     kept[lease.id] = f"geni_extend_alap cannot extend it: {why}"
                 else:
                     renewals.append((lease.id, reachable, "down"))
+                    if to_s(reachable) < align_up(to_s(new_end), grains[lease.id]):  # short of the end asked for
+                        stopped[lease.id] = why
             else:
                 renewals.append((lease.id, new_end, "up"))
         if not renewals and not alap:  # (named by the slice: every lease starts or ends after the end asked for)
@@ -1128,7 +1132,7 @@ class Aggregate:
             self.instances.refresh_slots([lease.id for lease in followed])
         answer = []
         for before, after in zip(leases, renewed, strict=True):
-            note = _renewal_note(before, after, kept.get(before.id, ""))
+            note = _renewal_note(before, after, kept.get(before.id, ""), stopped.get(before.id, ""))
             answer += [
                 {**self._sliver_dict(sliver, after), "sfa_omf_renewal": note}
                 for sliver in after.slivers
@@ -1168,7 +1172,8 @@ class Aggregate:
         credential's expiry, the operator's maximum duration (counted as the calendar's renewal counts it:
         ``max_duration_counted_from``, over ``node_grains`` by component id) or the next booking of one of its nodes
         (one read of the bookings after the leases' ends); then the last slot boundary before it (``grains``: each
-        lease's slot length, ``_lease_grains``). A lease with a node that is not usable (in
+        lease's slot length, ``_lease_grains``); then the per-slice and per-user limits (``Bookings.limits_reach``,
+        the leases in turn). A lease with a node that is not usable (in
         maintenance, or lost: ``node_states`` by component id) reaches only its own end: it is kept, not extended,
         while the other leases are (a plain Renew of it is refused, as a booking of the node is)."""
         longest = self.policy.max_duration_s
@@ -1219,6 +1224,16 @@ class Aggregate:
                 end_s = max(align_down(first_s, grains[lease.id]), lease_end_s)
                 why = f"{node} is booked from {format_time(from_s(first_s))} by another lease"
             ends[lease.id] = (from_s(end_s), why)
+        # Then the per-slice and per-user limits over what is left (one read; in the leases' order, as the renewal
+        # checks them: the extensions granted so far count against the next ones). Else the renewal refused the
+        # whole Renew on the first lease over a limit instead of extending each as far as the limits allow.
+        wanted = [
+            AlapExtension(lease.id, lease.owner_urn, to_s(lease.end), to_s(ends[lease.id][0]), grains[lease.id])
+            for lease in leases
+            if lease.id in ends and ends[lease.id][0] > lease.end
+        ]
+        for lease_id, (end_s, why) in self.bookings.limits_reach(wanted).items():
+            ends[lease_id] = (from_s(end_s), why)
         return ends
 
     def _held_between(self, leases: Sequence[LeaseRecord], until_s: int) -> dict[str, list[tuple[int, int]]]:
@@ -2444,9 +2459,10 @@ def _allocation_expiry(lease: LeaseRecord) -> datetime:
     return from_s(allocation_expiry_s([to_s(sliver.expires) for sliver in lease.slivers], to_s(lease.end)))
 
 
-def _renewal_note(before: LeaseRecord, after: LeaseRecord, kept_because: str = "") -> str:
+def _renewal_note(before: LeaseRecord, after: LeaseRecord, kept_because: str = "", stopped_because: str = "") -> str:
     """What a renewal changed, in words: the lease's new end (and, for an allocation, until when it waits to be
-    provisioned), or that nothing changed (``kept_because``: why the call left it as it is)."""
+    provisioned), or that nothing changed (``kept_because``: why the call left it as it is). ``stopped_because``:
+    what ended a geni_extend_alap extension before the end asked for."""
     if kept_because:
         note = f"unchanged: lease {after.id} keeps its end {format_time(after.end)}, as {kept_because}"
     elif after.end == before.end:
@@ -2454,6 +2470,8 @@ def _renewal_note(before: LeaseRecord, after: LeaseRecord, kept_because: str = "
     else:
         longer = "extended" if after.end > before.end else "shortened"
         note = f"lease {after.id} {longer}: it now ends at {format_time(after.end)} (was {format_time(before.end)})"
+        if stopped_because and after.end > before.end:
+            note += f", as far as geni_extend_alap could extend it: {stopped_because}"
     if after.state == "allocated":
         waits = min(sliver.expires for sliver in after.slivers)
         note += f"; still to be provisioned before {format_time(waits)} or it is released"

@@ -465,19 +465,7 @@ class Bookings:
         if limit is None or not owner_urn or not added:
             return
         asked = _node_seconds_per_day(added)
-        # Only the owner's slivers on the days checked: not every sliver the user ever booked (the whole history).
-        first_s, last_s = min(asked) * DAY_S, (max(asked) + 1) * DAY_S
-        rows = connection.execute(
-            select(Sliver.start_s, Sliver.end_s)
-            .join(Lease)
-            .where(
-                Lease.owner_urn == owner_urn,
-                Sliver.holds_node.is_(True),
-                Sliver.end_s > first_s,
-                Sliver.start_s < last_s,
-            )
-        ).all()
-        used = _node_seconds_per_day([(start, end) for start, end in rows])
+        used = _used_per_day(connection, owner_urn, min(asked) * DAY_S, (max(asked) + 1) * DAY_S)
         for day, seconds in sorted(asked.items()):
             total_hours = (used.get(day, 0) + seconds) / 3600
             if total_hours > limit:
@@ -496,15 +484,7 @@ class Bookings:
         limit = self.policy.max_node_hours_ahead_per_user
         if limit is None or not owner_urn or not added:
             return
-        # Bounded to what has not ended yet: the user's history is never read.
-        held_s = connection.execute(
-            select(
-                func.coalesce(func.sum(Sliver.end_s - case((Sliver.start_s > now_s, Sliver.start_s), else_=now_s)), 0)
-            )
-            .select_from(Sliver)
-            .join(Lease)
-            .where(Lease.owner_urn == owner_urn, Sliver.holds_node.is_(True), Sliver.end_s > now_s)
-        ).scalar_one()
+        held_s = _held_ahead_s(connection, owner_urn, now_s)
         added_s = sum(max(end - max(start, now_s), 0) for start, end in added)
         total_hours = (int(held_s) + added_s) / 3600
         if added_s and total_hours > limit:
@@ -514,6 +494,140 @@ class Bookings:
                 f"{added_s / 3600:g} more: {total_hours:g} node-hours, more than the {limit:g} one user may hold ahead "
                 "on this aggregate; delete or shorten leases you no longer need, or book fewer nodes or hours",
             )
+
+    def limits_reach(self, extensions: Sequence[AlapExtension]) -> dict[str, tuple[int, str]]:
+        """geni_extend_alap under the per-slice and per-user limits: how far max_concurrent_leases_per_slice,
+        max_node_hours_ahead_per_user and max_hours_per_day_per_user let each lease go, taken in order (each extension
+        granted counts against the next ones, as ``renew_all`` checks them one after the other): the latest end on
+        the lease's slots, at most ``until_s`` and never before its end, with which these limits still hold, and the
+        limit that stops it in words (by lease id). Leases no such limit stops before ``until_s`` are left out. One
+        read; the renewal checks again under the slice's and the owner's locks."""
+        policy = self.policy
+        wanted = [extension for extension in extensions if extension.until_s > extension.end_s]
+        if not self._has_limits or not wanted:
+            return {}
+        now_s = to_s(self.clock())
+        owners = sorted({ext.owner_urn for ext in wanted} - {""})
+        first_s, last_s = min(ext.end_s for ext in wanted), max(ext.until_s for ext in wanted)
+        ahead: dict[str, int] = {}
+        daily: dict[str, dict[int, int]] = {}
+        slices: dict[int, dict[str, Interval]] = {}  # slice id -> its active leases' windows, by lease id
+        with self.database.read() as session:
+            connection = session.connection()
+            lease_ids = sorted({ext.lease_id for ext in wanted})
+            holding = dict(
+                connection.execute(
+                    select(Sliver.lease_id, func.count())
+                    .where(Sliver.lease_id.in_(lease_ids), Sliver.holds_node.is_(True))
+                    .group_by(Sliver.lease_id)
+                ).all()
+            )
+            slice_of = dict(connection.execute(select(Lease.id, Lease.slice_id).where(Lease.id.in_(lease_ids))).all())
+            if policy.max_concurrent_leases_per_slice is not None:
+                rows = connection.execute(
+                    select(Lease.slice_id, Lease.id, Lease.start_s, Lease.end_s).where(
+                        Lease.slice_id.in_(sorted(set(slice_of.values()))), Lease.state.in_(ACTIVE_LEASE_STATES)
+                    )
+                )
+                for slice_id, lease_id, start_s, end_s in rows:
+                    slices.setdefault(slice_id, {})[lease_id] = (start_s, end_s)
+            if policy.max_node_hours_ahead_per_user is not None:
+                ahead = {owner: _held_ahead_s(connection, owner, now_s) for owner in owners}
+            if policy.max_hours_per_day_per_user is not None:
+                daily = {owner: _used_per_day(connection, owner, first_s // DAY_S * DAY_S, last_s) for owner in owners}
+        reach: dict[str, tuple[int, str]] = {}
+        for ext in wanted:
+            end_s, why = ext.until_s, ""
+            windows = slices.get(slice_of.get(ext.lease_id, -1))
+            if windows is not None and ext.lease_id in windows:
+                start_s = windows[ext.lease_id][0]
+                end_s, why = self._concurrent_reach(ext, start_s, windows, end_s, why)
+                windows[ext.lease_id] = (start_s, end_s)  # the next leases' checks count it so
+            nodes = int(holding.get(ext.lease_id, 0))
+            if ext.owner_urn and nodes:  # (a lease holding no node adds no node-hours)
+                end_s, why = self._user_reach(ext, nodes, now_s, ahead, daily, end_s, why)
+            if why:
+                reach[ext.lease_id] = (end_s, why)
+        return reach
+
+    def _concurrent_reach(
+        self, ext: AlapExtension, start_s: int, windows: Mapping[str, Interval], end_s: int, why: str
+    ) -> tuple[int, str]:
+        """``limits_reach`` for max_concurrent_leases_per_slice: the lease's window may grow until another of the
+        slice's leases that starts in the extension would make one too many at once (``windows``: the slice's
+        active leases by id, this one included)."""
+        limit = self.policy.max_concurrent_leases_per_slice
+        assert limit is not None
+        others = [window for lease_id, window in windows.items() if lease_id != ext.lease_id]
+        held_now = 1 + _most_at_once(others, (start_s, ext.end_s))
+        if held_now > limit:  # over already (a limit lowered since): no extension
+            stop_s, at_once = ext.end_s, held_now
+        else:
+            moments = [ext.end_s, *sorted(start for start, _ in others if ext.end_s < start < end_s)]
+            counts = [(moment, 1 + sum(1 for s, e in others if s <= moment < e)) for moment in moments]
+            over = [(moment, count) for moment, count in counts if count > limit]
+            if not over:
+                return end_s, why
+            stop_s, at_once = over[0]
+        reached_s = max(align_down(stop_s, ext.grain_s), ext.end_s)
+        return reached_s, (
+            f"the slice may hold at most {limit} leases at once on this aggregate and would hold {at_once} at "
+            f"{format_time(from_s(stop_s))} (policy rule max_concurrent_leases_per_slice); leases end on slot "
+            "boundaries"
+        )
+
+    def _user_reach(
+        self,
+        ext: AlapExtension,
+        nodes: int,
+        now_s: int,
+        ahead: dict[str, int],
+        daily: dict[str, dict[int, int]],
+        end_s: int,
+        why: str,
+    ) -> tuple[int, str]:
+        """``limits_reach`` for the per-user limits, on ``nodes`` slivers holding a node, with the owner's node-seconds
+        held ahead (``ahead``) and per day (``daily``), which the extension granted is then added to."""
+        owner = ext.owner_urn
+        ahead_limit, daily_limit = self.policy.max_node_hours_ahead_per_user, self.policy.max_hours_per_day_per_user
+        if ahead_limit is not None:
+            counted_s = max(ext.end_s, now_s)  # counted from now, as _check_hours_ahead counts it
+            room_s = max(math.floor(ahead_limit * 3600 - ahead[owner]), 0)
+            most_s = max(align_down(counted_s + room_s // nodes, ext.grain_s), ext.end_s)
+            if most_s < end_s:
+                end_s = most_s
+                why = (
+                    f"{owner} may hold at most {ahead_limit:g} node-hours of leases not yet ended on this aggregate "
+                    f"and holds {ahead[owner] / 3600:g}, where each hour of this lease counts {nodes} (policy rule "
+                    "max_node_hours_ahead_per_user); leases end on slot boundaries"
+                )
+        if daily_limit is not None:
+            used = daily[owner]
+            cursor_s, stopped_on = ext.end_s, None
+            while cursor_s < end_s:  # day by day: the part of each day the day's room leaves
+                day = cursor_s // DAY_S
+                part_end_s = min((day + 1) * DAY_S, end_s)
+                room_s = max(math.floor(daily_limit * 3600 - used.get(day, 0)), 0) // nodes
+                if cursor_s + room_s < part_end_s:
+                    cursor_s, stopped_on = cursor_s + room_s, day
+                    break
+                cursor_s = part_end_s
+            if stopped_on is not None:
+                end_s = max(align_down(cursor_s, ext.grain_s), ext.end_s)
+                why = (
+                    f"{owner} may book at most {daily_limit:g} node-hours per UTC day on this aggregate and holds "
+                    f"{used.get(stopped_on, 0) / 3600:g} on {from_s(stopped_on * DAY_S):%Y-%m-%d}, where each hour "
+                    f"of this lease counts {nodes} (policy rule max_hours_per_day_per_user); leases end on slot "
+                    "boundaries"
+                )
+        # What this one is granted counts against the owner's next leases.
+        if end_s > ext.end_s:
+            if owner in ahead:
+                ahead[owner] += nodes * max(end_s - max(ext.end_s, now_s), 0)
+            if owner in daily:
+                for day, seconds in _node_seconds_per_day([(ext.end_s, end_s)]).items():
+                    daily[owner][day] = daily[owner].get(day, 0) + nodes * seconds
+        return end_s, why
 
     def _insert(
         self,
@@ -1627,6 +1741,17 @@ _Wanted = tuple[BookingRequest, _BookedNode, Interval]  # a window a booking wan
 _Clash = tuple[BookingRequest, _BookedNode, Interval, list[Interval]]  # ... with the held windows it overlaps
 
 
+class AlapExtension(NamedTuple):
+    """A lease geni_extend_alap would extend, for ``Bookings.limits_reach``: its id, owner, end now, the
+    furthest its other limits let it go and its slot length (its end stays on its slots)."""
+
+    lease_id: str
+    owner_urn: str
+    end_s: int
+    until_s: int
+    grain_s: int
+
+
 class _RenewalRow(NamedTuple):
     """A row of ``_LOCK_RENEWED_LEASE``: the lease and its slice (the same on every row), one sliver's node and
     expiry (None for a lease without slivers)."""
@@ -2280,6 +2405,37 @@ def release_slivers(slivers: Iterable[Sliver]) -> None:
     for sliver in slivers:
         sliver.holds_node = False
         sliver.allocation_state = "geni_unallocated"
+
+
+def _held_ahead_s(connection: Connection, owner_urn: str, now_s: int) -> int:
+    """The node-seconds the owner holds from now on (max_node_hours_ahead_per_user): their slivers that hold a node
+    and have not ended, counted from now. Bounded by the index on lease (owner_urn, end_s) to the owner's leases not
+    ended yet (a sliver's window is its lease's): the user's history is never read."""
+    held_s = connection.execute(
+        select(func.coalesce(func.sum(Sliver.end_s - case((Sliver.start_s > now_s, Sliver.start_s), else_=now_s)), 0))
+        .select_from(Sliver)
+        .join(Lease)
+        .where(Lease.owner_urn == owner_urn, Lease.end_s > now_s, Sliver.holds_node.is_(True), Sliver.end_s > now_s)
+    ).scalar_one()
+    return int(held_s)
+
+
+def _used_per_day(connection: Connection, owner_urn: str, first_s: int, last_s: int) -> dict[int, int]:
+    """The owner's booked node-seconds per UTC day number (max_hours_per_day_per_user) on the days between
+    ``first_s`` and ``last_s``: only their slivers there (the index on lease (owner_urn, end_s) bounds the read to
+    their leases ending after ``first_s``), not every sliver the user ever booked."""
+    rows = connection.execute(
+        select(Sliver.start_s, Sliver.end_s)
+        .join(Lease)
+        .where(
+            Lease.owner_urn == owner_urn,
+            Lease.end_s > first_s,
+            Sliver.holds_node.is_(True),
+            Sliver.end_s > first_s,
+            Sliver.start_s < last_s,
+        )
+    ).all()
+    return _node_seconds_per_day([(start, end) for start, end in rows])
 
 
 def _node_seconds_per_day(windows: Iterable[Interval]) -> dict[int, int]:

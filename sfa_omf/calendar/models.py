@@ -89,6 +89,9 @@ class Lease(Base):
     """A time window booked by a slice on one or more nodes (an ol:lease)."""
 
     __tablename__ = "lease"
+    # A user's leases not yet ended by some time: what the per-user limits read (booking.py's _held_ahead_s and
+    # _used_per_day), never the whole history.
+    __table_args__ = (Index("ix_lease_owner_end", "owner_urn", "end_s"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)  # a UUID, as ol:lease id
     slice_id: Mapped[int] = mapped_column(ForeignKey("slice.id"), index=True)  # a slice's leases: every Status

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 
 from sfa_omf.am.aggregate import Aggregate, AggregateSettings
 from sfa_omf.calendar.database import Database
+from sfa_omf.calendar.models import Lease
 from sfa_omf.calendar.policy import Policy
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
 from sfa_omf.config import read_config
@@ -335,3 +336,134 @@ def test_provisioning_many_leases_reads_them_in_a_few_statements_not_several_per
     assert len(statements) < 20, statements  # (one per lease was already 60)
     stored = aggregate.bookings.leases(slice_urn=pki.slice_urn)
     assert {lease.state for lease in stored} == {"provisioned"}
+
+
+# -- geni_extend_alap under the limits ---------------------------------------------------------------------------------
+def alap(aggregate: Aggregate, pki: DemoPki, new_end: datetime) -> list[dict[str, Any]]:
+    """Alice's Renew of the slice to ``new_end`` with geni_extend_alap: the slivers' answers."""
+    alice = pki.users["alice"]
+    options = {"geni_extend_alap": True}
+    return aggregate.renew(alice.chain, [pki.slice_urn], [alice.slice_cred], format_time(new_end), options)
+
+
+def ends(aggregate: Aggregate, pki: DemoPki) -> list[datetime]:
+    """The slice's leases' ends as the calendar holds them, in order of start."""
+    leases = sorted(aggregate.bookings.leases(slice_urn=pki.slice_urn), key=lambda lease: lease.start)
+    return [lease.end for lease in leases]
+
+
+def test_alap_extends_as_far_as_the_node_hours_ahead_allow_and_says_what_stopped_it(
+    tmp_path: Path, pki: DemoPki, clock: Clock, disposed: list[Aggregate], backend: str
+) -> None:
+    aggregate = policed(tmp_path, pki, clock, backend, max_node_hours_ahead_per_user=4)
+    disposed.append(aggregate)
+    allocate(aggregate, pki, request([(2, 2, ["n1"])]))  # 2 node-hours of 4
+    (answer,) = alap(aggregate, pki, slot(8))  # 4 hours more asked; 2 fit
+    assert ends(aggregate, pki) == [slot(6)]
+    assert answer["geni_end_time"] == format_time(slot(6))
+    note = answer["sfa_omf_renewal"]
+    assert "extended: it now ends at" in note and "as far as geni_extend_alap could extend it" in note, note
+    assert "may hold at most 4 node-hours" in note and "(policy rule max_node_hours_ahead_per_user)" in note, note
+
+
+def test_alap_at_the_node_hours_ahead_limit_keeps_the_lease_and_says_why(
+    tmp_path: Path, pki: DemoPki, clock: Clock, disposed: list[Aggregate], backend: str
+) -> None:
+    aggregate = policed(tmp_path, pki, clock, backend, max_node_hours_ahead_per_user=4)
+    disposed.append(aggregate)
+    allocate(aggregate, pki, request([(2, 2, ["n1", "n2"])]))  # 4 node-hours: at the limit
+    before = rows(aggregate.database)
+    answers = alap(aggregate, pki, slot(8))
+    assert ends(aggregate, pki) == [slot(4)]
+    assert rows(aggregate.database) == before
+    for answer in answers:
+        note = answer["sfa_omf_renewal"]
+        assert note.startswith("unchanged: lease") and "geni_extend_alap cannot extend it" in note, note
+        assert "holds 4, where each hour of this lease counts 2" in note, note
+        assert "(policy rule max_node_hours_ahead_per_user)" in note, note
+
+
+def test_alap_of_several_leases_shares_the_node_hours_ahead_between_them_in_order(
+    tmp_path: Path, pki: DemoPki, clock: Clock, disposed: list[Aggregate], backend: str
+) -> None:
+    """Each extension granted counts against the next lease's: the renewal checks them one after the other, and two
+    leases each given the whole room left would be refused together."""
+    aggregate = policed(tmp_path, pki, clock, backend, max_node_hours_ahead_per_user=6)
+    disposed.append(aggregate)
+    allocate(aggregate, pki, request([(2, 2, ["n1"]), (5, 2, ["n2"])]))  # 4 node-hours of 6
+    answers = alap(aggregate, pki, slot(12))
+    first, second = ends(aggregate, pki)
+    assert (first - slot(4)) + (second - slot(7)) == timedelta(hours=2), (first, second)
+    assert all("max_node_hours_ahead_per_user" in answer["sfa_omf_renewal"] for answer in answers), answers
+
+
+def test_alap_extends_as_far_as_the_hours_per_day_allow_on_the_day_it_stops(
+    tmp_path: Path, pki: DemoPki, clock: Clock, disposed: list[Aggregate], backend: str
+) -> None:
+    aggregate = policed(tmp_path, pki, clock, backend, max_hours_per_day_per_user=5)
+    disposed.append(aggregate)
+    # 01:00 to 03:00 tomorrow (UTC): the extension stays on that day whenever the test runs.
+    tomorrow = utcnow().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    start = int((tomorrow - slot(0)).total_seconds() // 3600) + 1
+    allocate(aggregate, pki, request([(start, 2, ["n1"])]))
+    (answer,) = alap(aggregate, pki, slot(start + 8))  # 8 hours more asked; 3 fit in the day's 5
+    assert ends(aggregate, pki) == [slot(start + 5)]
+    note = answer["sfa_omf_renewal"]
+    assert "may book at most 5 node-hours per UTC day" in note and f"on {tomorrow:%Y-%m-%d}" in note, note
+    assert "(policy rule max_hours_per_day_per_user)" in note, note
+
+
+def test_alap_stops_before_a_lease_of_the_slice_that_would_make_too_many_at_once(
+    tmp_path: Path, pki: DemoPki, clock: Clock, disposed: list[Aggregate], backend: str
+) -> None:
+    """An extension can make a lease overlap another of its slice's: max_concurrent_leases_per_slice bounds it."""
+    aggregate = policed(tmp_path, pki, clock, backend, max_concurrent_leases_per_slice=1)
+    disposed.append(aggregate)
+    allocate(aggregate, pki, request([(2, 2, ["n1"]), (6, 2, ["n2"])]))
+    answers = alap(aggregate, pki, slot(10))
+    assert ends(aggregate, pki) == [slot(6), slot(10)]
+    notes = {answer["geni_end_time"]: answer["sfa_omf_renewal"] for answer in answers}
+    assert "(policy rule max_concurrent_leases_per_slice)" in notes[format_time(slot(6))], notes
+    assert "would hold 2 at" in notes[format_time(slot(6))], notes
+
+
+def test_the_per_user_queries_read_the_users_leases_not_yet_ended_through_an_index(
+    tmp_path: Path, pki: DemoPki, clock: Clock, disposed: list[Aggregate], backend: str
+) -> None:
+    """Migration 0034's index on lease (owner_urn, end_s), declared by the model too: the per-user checks filter on
+    the lease's end, so PostgreSQL reads the user's leases not yet ended through it, not every sliver kept (a year of
+    history by default)."""
+    aggregate = policed(
+        tmp_path, pki, clock, backend, max_node_hours_ahead_per_user=100, max_hours_per_day_per_user=100
+    )
+    disposed.append(aggregate)
+    indexes = {
+        index["name"]: index["column_names"] for index in inspect(aggregate.database.engine).get_indexes("lease")
+    }
+    assert indexes.get("ix_lease_owner_end") == ["owner_urn", "end_s"], indexes
+    assert any(index.name == "ix_lease_owner_end" for index in Lease.__table__.indexes)
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if "owner_urn" in statement and "FROM sliver JOIN lease" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(aggregate.database.engine, "before_cursor_execute", seen)
+    allocate(aggregate, pki, request([(2, 2, ["n1"])]))
+    event.remove(aggregate.database.engine, "before_cursor_execute", seen)
+    assert len(statements) == 2, statements
+    assert all("lease.end_s >" in statement for statement, _ in statements), statements
+    if backend != "postgresql":
+        return
+    # The plan PostgreSQL picks when a scan of the whole table is the dearest (as with 300 000 ended slivers).
+    connection = aggregate.database.engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SET enable_seqscan = off")
+        for statement, parameters in statements:
+            cursor.execute("EXPLAIN " + statement, parameters)
+            plan = "\n".join(str(row[0]) for row in cursor.fetchall())
+            assert "ix_lease_owner_end" in plan, plan
+    finally:
+        connection.rollback()
+        connection.close()
