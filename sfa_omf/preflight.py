@@ -13,8 +13,9 @@ write: a missing SQLite file is not created, a port is bound only for a moment t
   VPN's: a warning, which ``serve`` logs and starts);
 - trusted roots: the directory exists and holds at least one root that can be read;
 - database: reachable, and at the newest migration;
-- clock (PostgreSQL): this host's clock within cluster/clock.py's MAX_OFFSET_S of the database's (above WARN_OFFSET_S:
-  a warning); several hosts' background tasks compare the calendar with their own clocks;
+- clock (PostgreSQL): this host's clock against the database's (above cluster/clock.py's WARN_OFFSET_S: a warning) and
+  the other live serving processes' (more than MAX_OFFSET_S from one whose clock is nearer the database's: this host
+  must not serve); several hosts' background tasks compare the calendar with their own clocks;
 - ports: the registry's and the aggregate's host:port can be bound (``config check`` only: ``serve`` finds out by
   listening);
 - hostname: the name advertised to the federation (``[sfa_omf] hostname``) is an address of this machine
@@ -290,15 +291,28 @@ class DatabaseOwner:
 
 
 def clock_findings(settings: Settings) -> list[Finding]:
-    """PostgreSQL: this host's clock against the database's (cluster/clock.py). Too far off (MAX_OFFSET_S): the
-    process must not serve, its background tasks would release allocations and end leases at the wrong time; above
-    WARN_OFFSET_S: a warning. A database that cannot be reached is database_findings' to say: nothing here."""
+    """PostgreSQL: this host's clock against the other live serving processes' (their offsets to the database's,
+    recorded in cluster_settings; cluster/clock.py). Too far from one whose clock is nearer the database's
+    (clock.clashing_peer): this process must not serve, its background tasks would release the other hosts'
+    allocations and end leases at the wrong time. Above WARN_OFFSET_S off the database's: a warning (this host's clock
+    or the database's is wrong; a single host serves on). Another live process too far off this host's, and further
+    from the database's: a warning (it does not lead). A database that cannot be reached is database_findings' to
+    say: nothing here."""
     from sqlalchemy import create_engine
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
     from sfa_omf.calendar.database import bound_answers
-    from sfa_omf.cluster.clock import MAX_OFFSET_S, WARN_OFFSET_S, measure_offset_s, refusal_text, warning_text
+    from sfa_omf.cluster.agreement import peer_clocks
+    from sfa_omf.cluster.clock import (
+        WARN_OFFSET_S,
+        clashing_peer,
+        measure_offset_s,
+        peer_warning_text,
+        refusal_text,
+        warning_text,
+        wrong_peers,
+    )
 
     if settings.calendar_url.startswith("sqlite"):
         return []  # one host, one clock
@@ -309,15 +323,21 @@ def clock_findings(settings: Settings) -> list[Finding]:
     try:
         with engine.connect() as connection:
             offset_s = measure_offset_s(connection)
+            # (This host's own serving processes, if any, have its clock: never a clash.)
+            peers = peer_clocks(connection)
     except DBAPIError:
         return []
     finally:
         engine.dispose()
-    if abs(offset_s) > MAX_OFFSET_S:
-        return [Finding("clock", f"{refusal_text(offset_s)}; sfa-omf serve will not start until then")]
+    peer = clashing_peer(offset_s, peers)
+    if peer is not None:
+        return [Finding("clock", f"{refusal_text(offset_s, peer)}; sfa-omf serve will not start until then")]
+    found = [
+        Finding("clock", peer_warning_text(offset_s, wrong), warning=True) for wrong in wrong_peers(offset_s, peers)
+    ]
     if abs(offset_s) > WARN_OFFSET_S:
-        return [Finding("clock", warning_text(offset_s), warning=True)]
-    return []
+        found.append(Finding("clock", warning_text(offset_s), warning=True))
+    return found
 
 
 def database_owner(database: Database, authority_hrn: str) -> DatabaseOwner | None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -435,8 +436,9 @@ class WithdrawalDue(Base):
 
 
 class ClusterSettings(Base):
-    """What one serving process runs with, of the settings every host of a cluster must agree on (migration 0033;
-    sfa_omf/cluster/agreement.py): written at its start, ``seen_s`` refreshed while it runs, deleted when it stops.
+    """What one serving process runs with, of the settings every host of a cluster must agree on, and its host's clock
+    offset to the database's (migration 0033; sfa_omf/cluster/agreement.py): written at its start, ``seen_s`` (and
+    the offset) refreshed while it runs, deleted when it stops.
     A row not refreshed for a few minutes is a dead process's, ignored (and deleted) by the others."""
 
     __tablename__ = "cluster_settings"
@@ -447,6 +449,9 @@ class ClusterSettings(Base):
     started_s: Mapped[int] = mapped_column(BigInteger)
     seen_s: Mapped[int] = mapped_column(BigInteger)
     settings: Mapped[str] = mapped_column(Text)  # JSON: setting name -> value (agreement.agreed_values)
+    # This host's clock minus the database's at seen_s (cluster/clock.py): the other hosts compare their clocks with
+    # it. None: not measured (never, in practice; a row written by hand).
+    clock_offset_s: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 # The node agents' tables live in their own module; importing it here puts them in Base.metadata (migrations, tests).

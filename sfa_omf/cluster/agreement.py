@@ -11,10 +11,12 @@ Each serving process writes its values (JSON) with its host name and pid into ta
 (``SettingsAgreement.announce``), refreshes the row's time every ``REFRESH_S`` (``refresh``) and deletes it when it
 stops (``withdraw``). A row not refreshed for ``STALE_S`` is a dead process's (killed, its host gone): ignored and
 deleted, so that a configuration fixed and restarted stops being warned of. Times are the database's clock, so a host
-whose clock is off is not taken for dead. At start, and whenever a new disagreement appears, each differing setting is
-logged as a WARNING (this host's value, the other host's value and name); the process that becomes leader logs the
-differences as an ERROR at each leadership gain (it does not refuse the lead: a cluster without a leader would not
-retire leases at all). ``sfa-omf config check`` reports the same (``live_disagreements``). SQLite: one host, nothing.
+whose clock is off is not taken for dead. The row also records the host's clock minus the database's, measured at
+each write (``clock_offset_s``): the other hosts compare their clocks with it (``peer_clocks``, cluster/clock.py).
+At start, and whenever a new disagreement appears, each differing setting is logged as a WARNING (this host's value,
+the other host's value and name); the process that becomes leader logs the differences as an ERROR at each leadership
+gain (it does not refuse the lead: a cluster without a leader would not retire leases at all). ``sfa-omf config
+check`` reports the same (``live_disagreements``). SQLite: one host, nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +36,7 @@ from sqlalchemy import Engine, delete, insert, select, text, update
 
 from sfa_omf.calendar.fence import fence_term
 from sfa_omf.calendar.models import ClusterSettings
+from sfa_omf.cluster.clock import DATABASE_CLOCK_SQL, PeerClock, offset_from
 from sfa_omf.config import OPTIONS, Settings
 from sfa_omf.trust.roots import TrustedRoots, load_trusted_roots
 
@@ -250,15 +254,20 @@ class SettingsAgreement:
         self._errored: set[tuple[str, str, str]] = set()  # logged as an ERROR in that term
 
     def _write(self) -> list[ProcessRow]:
-        """Write (or rewrite) this process's row, delete dead processes' rows, and read the live others'."""
+        """Write (or rewrite) this process's row (with its host's clock offset), delete dead processes' rows, and read
+        the live others'."""
         table = ClusterSettings
         with self.engine.begin() as connection:
-            now = _database_now(connection)
+            # The database's time, which stamps the row, is also the measure of this host's clock (one statement).
+            sent_at = time.time()
+            database_epoch = float(connection.execute(text(f"SELECT {DATABASE_CLOCK_SQL}")).scalar_one())
+            offset_s = offset_from(sent_at, database_epoch, time.time())
+            now = int(database_epoch)
             connection.execute(delete(table).where(table.seen_s < now - STALE_S))
             updated = connection.execute(
                 update(table)
                 .where(table.process == self.process)
-                .values(seen_s=now, settings=json.dumps(self.values, sort_keys=True))
+                .values(seen_s=now, settings=json.dumps(self.values, sort_keys=True), clock_offset_s=offset_s)
             ).rowcount
             if not updated:  # (another process deleted it, taking it for dead: this one was stopped that long)
                 connection.execute(
@@ -269,6 +278,7 @@ class SettingsAgreement:
                         started_s=now,
                         seen_s=now,
                         settings=json.dumps(self.values, sort_keys=True),
+                        clock_offset_s=offset_s,
                     )
                 )
             return _live_rows(connection, now, but=self.process)
@@ -335,6 +345,23 @@ class SettingsAgreement:
 
 def _seen_key(item: Disagreement) -> tuple[str, str, str]:
     return (item.host, item.key, json.dumps(item.theirs, sort_keys=True))
+
+
+def peer_clocks(connection: Any, but: str = "", table_known: bool = False) -> list[PeerClock]:
+    """The clock offsets (host minus database) the live serving processes other than ``but`` (host:pid) recorded at
+    their last write, on ``connection`` (PostgreSQL), in one statement. Unless ``table_known``, [] when the calendar
+    has no cluster_settings table yet (an older migration: the schema check says so)."""
+    if not table_known and not connection.execute(text("SELECT to_regclass('cluster_settings') IS NOT NULL")).scalar():
+        return []
+    table = ClusterSettings
+    rows = connection.execute(
+        select(table.process, table.host, table.clock_offset_s).where(
+            table.seen_s >= text(f"{DATABASE_CLOCK_SQL} - {STALE_S}"),
+            table.process != but,
+            table.clock_offset_s.is_not(None),
+        )
+    ).all()
+    return [PeerClock(process, host, float(offset_s)) for process, host, offset_s in rows]
 
 
 def live_disagreements(settings: Settings, connect_timeout_s: int = 5) -> list[Disagreement]:

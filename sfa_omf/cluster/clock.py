@@ -1,25 +1,45 @@
-"""The host's clock against the database's: several hosts on one PostgreSQL must agree on the time.
+"""The hosts' clocks: several hosts on one PostgreSQL must agree on the time.
 
 The calendar's background tasks compare rows with the clock of the process that runs them (allocations not provisioned
-in time, leases past their end): a leader whose clock is ahead would release other hosts' fresh allocations and end
-running leases early, and its node could then be booked twice. So the offset of this host's clock to PostgreSQL's is
-measured (``measure_offset_s``: ``clock_timestamp()`` against ``time.time()``, half the round trip counted) when
-``serve`` starts (preflight: above MAX_OFFSET_S it does not start) and at each leadership check (a process that far
-off does not take the lead, and a leader steps down). Above WARN_OFFSET_S it is logged. SQLite: one host, one clock.
+in time, leases past their end): a leader whose clock is ahead of the other hosts' would release their fresh
+allocations and end running leases early, and its node could then be booked twice. What matters is the hosts
+disagreeing with each other: the database's clock is used for nothing but measuring (a single host whose clock is off
+the database's harms no one, and a database whose clock is wrong must not stop every correct host from leading).
+
+Each process measures its host's clock against PostgreSQL's (``measure_offset_s``: ``clock_timestamp()`` against
+``time.time()``, half the round trip counted), the common reference through which the hosts' clocks are compared:
+when ``serve`` starts, at each leadership check (in the lock's own statement) and at each refresh of its row in
+``cluster_settings`` (cluster/agreement.py), which records it for the other hosts. Above WARN_OFFSET_S it is logged
+(this host's clock or the database's is wrong). A process refuses to start, does not take the lead, and a leader
+steps down, only when another live serving process's clock differs from its own by more than MAX_OFFSET_S and its own
+is the further from the database's (``clashing_peer``): with one wrong host, it is that host; with a wrong database
+clock, hosts that agree with each other have equal offsets and none refuses. A single host: warnings only. SQLite:
+one host, one clock.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-#: An offset above this is logged as a warning (NTP is not doing its job).
+#: An offset above this is logged as a warning (NTP is not doing its job, here or on the database's host).
 WARN_OFFSET_S = 2.0
-#: An offset above this keeps the process from leading (a leader steps down), and ``serve`` from starting.
+#: Two hosts' clocks further apart than this: the one further from the database's does not lead, nor start.
 MAX_OFFSET_S = 30.0
 #: The statement whose answer is the database's clock (seconds since the epoch, a float): clock_timestamp(), not
 #: now(), which is the start of the transaction.
 DATABASE_CLOCK_SQL = "extract(epoch FROM clock_timestamp())"
+
+
+@dataclass(frozen=True)
+class PeerClock:
+    """Another live serving process's clock offset to the database's (recorded in its cluster_settings row)."""
+
+    process: str
+    host: str
+    offset_s: float
 
 
 def offset_from(sent_at: float, database_epoch: float, answered_at: float) -> float:
@@ -37,23 +57,65 @@ def measure_offset_s(connection: Any) -> float:
     return offset_from(sent_at, database_epoch, time.time())
 
 
+def may_clash(offset_s: float) -> bool:
+    """Whether any other host can make this one refuse: its offset must be further from the database's than this
+    host's and differ from it by more than MAX_OFFSET_S, which needs this host's above MAX_OFFSET_S / 2. Below, the
+    other hosts' offsets need not even be read."""
+    return abs(offset_s) > MAX_OFFSET_S / 2
+
+
+def clashing_peer(offset_s: float, peers: Iterable[PeerClock]) -> PeerClock | None:
+    """The other live process that makes this one (offset ``offset_s``) the likelier wrong clock: theirs differs from
+    this host's by more than MAX_OFFSET_S and is nearer the database's (the database's clock breaks the tie between
+    two hosts). Of several, the nearest the database's. None: this process may start and lead."""
+    clashing = [
+        peer for peer in peers if abs(offset_s - peer.offset_s) > MAX_OFFSET_S and abs(offset_s) > abs(peer.offset_s)
+    ]
+    return min(clashing, key=lambda peer: abs(peer.offset_s), default=None)
+
+
+def wrong_peers(offset_s: float, peers: Iterable[PeerClock]) -> list[PeerClock]:
+    """The other live processes that are the likelier wrong clocks against this host's: they do not lead."""
+    return [
+        peer for peer in peers if abs(offset_s - peer.offset_s) > MAX_OFFSET_S and abs(peer.offset_s) > abs(offset_s)
+    ]
+
+
 def describe(offset_s: float) -> str:
     """The offset in words: how far, and which way."""
     return f"this host's clock is {abs(offset_s):.1f} s {'ahead of' if offset_s > 0 else 'behind'} the database's"
 
 
 def warning_text(offset_s: float) -> str:
-    """The warning of an offset above WARN_OFFSET_S (None of the checks refuses yet)."""
+    """The warning of an offset above WARN_OFFSET_S: which clock is wrong, this host's or the database's, cannot be
+    told from here."""
     return (
-        f"{describe(offset_s)}: fix the time synchronisation of this host and the database's (NTP: chrony or "
-        f"systemd-timesyncd); above {MAX_OFFSET_S:g} s this process will not lead the background tasks"
+        f"{describe(offset_s)}: this host's clock or the database's is wrong; fix the time synchronisation of this "
+        "host and the database's (NTP: chrony or systemd-timesyncd); a host whose clock differs from another live "
+        f"host's by more than {MAX_OFFSET_S:g} s, and is further from the database's, will not lead the background "
+        "tasks"
     )
 
 
-def refusal_text(offset_s: float) -> str:
-    """Why a process this far off does not lead, or start (above MAX_OFFSET_S)."""
+def refusal_text(offset_s: float, peer: PeerClock) -> str:
+    """Why a process does not lead, or start: ``peer``'s clock (see clashing_peer) is too far from this host's."""
+    apart = offset_s - peer.offset_s
     return (
-        f"{describe(offset_s)}, more than the {MAX_OFFSET_S:g} s allowed: its background tasks would release "
-        "allocations and end leases at the wrong time; fix the time synchronisation of this host and the "
-        "database's (NTP: chrony or systemd-timesyncd)"
+        f"this host's clock is {abs(apart):.1f} s {'ahead of' if apart > 0 else 'behind'} that of host {peer.host} "
+        f"(process {peer.process}), more than the {MAX_OFFSET_S:g} s allowed between hosts, and further from the "
+        f"database's ({describe(offset_s)}, {peer.host}'s {abs(peer.offset_s):.1f} s): its background tasks would "
+        "release allocations and end leases at the wrong time for the other hosts; fix the time synchronisation of "
+        "this host (NTP: chrony or systemd-timesyncd)"
+    )
+
+
+def peer_warning_text(offset_s: float, peer: PeerClock) -> str:
+    """The warning, on a host whose clock is right, of another live process whose clock is too far off (it does not
+    lead)."""
+    apart = peer.offset_s - offset_s
+    return (
+        f"the clock of host {peer.host} (process {peer.process}) is {abs(apart):.1f} s "
+        f"{'ahead of' if apart > 0 else 'behind'} this host's, more than the {MAX_OFFSET_S:g} s allowed between "
+        f"hosts, and further from the database's: it will not lead the background tasks; fix its time "
+        "synchronisation (NTP: chrony or systemd-timesyncd)"
     )

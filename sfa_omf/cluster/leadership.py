@@ -33,10 +33,12 @@ agents...). Only the leader runs them; the others stand by. The rules, all in th
   once. A task still running when the wait ends keeps the lock held (logged) until it ends or the process exits: no
   other process starts it meanwhile.
 - Each try and check also reads the database's clock and (serve: lock_for) the calendar's migration, in the same
-  statement: a process whose clock is more than clock.MAX_OFFSET_S off the database's (its tasks would release
-  allocations and end leases at the wrong time), or whose code's newest migration is not the calendar's (a newer
-  sfa-omf migrated it), must not lead: it does not take the lock, and a leader steps down at once and releases it
-  (logged as an error; standing by, it says why every REFUSAL_EVERY_S). It leads again once the cause is gone.
+  statement: a process whose clock differs from another live host's by more than clock.MAX_OFFSET_S and is the further
+  from the database's (clock.clashing_peer: its tasks would release the other hosts' allocations and end leases at the
+  wrong time), or whose code's newest migration is not the calendar's (a newer sfa-omf migrated it), must not lead: it
+  does not take the lock, and a leader steps down at once and releases it (logged as an error; standing by, it says
+  why every REFUSAL_EVERY_S). It leads again once the cause is gone. A clock off the database's alone (a single host,
+  or the database's clock wrong) is only warned of.
 - SQLite: there is a single process (``serve`` runs one worker on SQLite); it always leads.
 
 What is fenced: a task that runs when the lock is lost (its session terminated, the database restarted, a network cut)
@@ -71,8 +73,9 @@ from typing import Any, Protocol
 
 from sfa_omf.cluster.clock import (
     DATABASE_CLOCK_SQL,
-    MAX_OFFSET_S,
     WARN_OFFSET_S,
+    clashing_peer,
+    may_clash,
     offset_from,
     refusal_text,
     warning_text,
@@ -136,8 +139,8 @@ class LeaderLock(Protocol):
     processes may want it too (then who leads is worth a line in the log)."""
 
     contended: bool
-    #: Why this process must not lead now (its clock too far from the database's, the calendar migrated by a newer
-    #: sfa-omf), found by the last try or check; None: it may.
+    #: Why this process must not lead now (its clock too far from another live host's, the calendar migrated by a
+    #: newer sfa-omf), found by the last try or check; None: it may.
     refusal: str | None
 
     def try_acquire(self) -> bool: ...
@@ -209,8 +212,14 @@ class PostgresLock:
 
     Each try and each check also reads the database's clock, and the calendar's migration when ``revision`` (this
     sfa-omf's newest) is given, in the same statement (no extra round trip): ``refusal`` says why this process must not
-    lead (its clock more than clock.MAX_OFFSET_S off, the calendar at another migration); a try then does not take the
-    lock (or gives it back at once), and Leadership makes a leader step down."""
+    lead (its clock too far from another live host's, the calendar at another migration); a try then does not take the
+    lock (or gives it back at once), and Leadership makes a leader step down.
+
+    The other hosts' clocks: each live serving process records its offset to the database's in its cluster_settings
+    row every minute (cluster/agreement.py). They are read only while this host's own offset could clash with one
+    (clock.may_clash: above MAX_OFFSET_S / 2, itself warned of), one more statement at such a check; a healthy
+    cluster's checks cost nothing more. Read at the check itself rather than cached from the last refresh: a leader
+    whose clock jumps steps down within a check period, not a minute later."""
 
     contended = True
 
@@ -228,6 +237,7 @@ class PostgresLock:
         self._connection: Any = None
         self._warned_old_server = False
         self._reads_schema = False  # the database has alembic_version (read at each connection)
+        self._reads_peers = False  # the database has cluster_settings (read at each connection)
         self._warned_offset_at = -math.inf
 
     def _connect(self) -> Any:
@@ -268,9 +278,11 @@ class PostgresLock:
                     ".".join(str(part) for part in version),
                 )
             if self.revision is not None:  # (a bare database, as in some tests, has no migrations to compare)
-                self._reads_schema = bool(
-                    connection.execute(text("SELECT to_regclass('alembic_version') IS NOT NULL")).scalar()
-                )
+                self._reads_schema, self._reads_peers = connection.execute(
+                    text(
+                        "SELECT to_regclass('alembic_version') IS NOT NULL, to_regclass('cluster_settings') IS NOT NULL"
+                    )
+                ).one()
         except Exception:
             connection.close()
             raise
@@ -314,14 +326,23 @@ class PostgresLock:
         return ", (SELECT max(version_num) FROM alembic_version)" if self._reads_schema else ""
 
     def _judge(self, sent_at: float, row: Any, answered_at: float) -> None:
-        """Set ``offset_s`` and ``refusal`` from a try's or check's answer (its clock, maybe its migration); warn of
-        an offset above WARN_OFFSET_S (every WARN_EVERY_S while it lasts)."""
+        """Set ``offset_s`` and ``refusal`` from a try's or check's answer (its clock, maybe its migration), and the
+        other live hosts' clocks when this one's may clash with theirs; warn of an offset above WARN_OFFSET_S (every
+        WARN_EVERY_S while it lasts)."""
         offset_s = offset_from(sent_at, float(row[1]), answered_at)
         self.offset_s = offset_s
         refusal = None
-        if abs(offset_s) > MAX_OFFSET_S:
-            refusal = refusal_text(offset_s)
-        elif abs(offset_s) > WARN_OFFSET_S and time.monotonic() - self._warned_offset_at >= WARN_EVERY_S:
+        if self._reads_peers and may_clash(offset_s):
+            from sfa_omf.cluster.agreement import peer_clocks
+
+            peer = clashing_peer(offset_s, peer_clocks(self._connection, but=_whoami(), table_known=True))
+            if peer is not None:
+                refusal = refusal_text(offset_s, peer)
+        if (
+            refusal is None
+            and abs(offset_s) > WARN_OFFSET_S
+            and time.monotonic() - self._warned_offset_at >= WARN_EVERY_S
+        ):
             self._warned_offset_at = time.monotonic()
             log.warning("%s", warning_text(offset_s))
         current = row[2] if self._reads_schema else None
@@ -369,8 +390,8 @@ class PostgresLock:
 
 
 def lock_for(url: str, takeover_s: float = DEFAULT_TAKEOVER_S) -> LeaderLock:
-    """The leader lock of a calendar database: PostgreSQL's advisory lock (which checks the host's clock and that
-    the calendar is still at this sfa-omf's newest migration), or the sole process of SQLite."""
+    """The leader lock of a calendar database: PostgreSQL's advisory lock (which checks the host's clock against the
+    other hosts' and that the calendar is still at this sfa-omf's newest migration), or the sole process of SQLite."""
     if url.startswith("sqlite"):
         return SoleProcessLock()
     from sfa_omf.calendar.database import newest_migration_file
@@ -623,8 +644,8 @@ class Leadership:
 
     def _refused(self) -> bool:
         """After a check found the lock held: when this process must not lead (``lock.refusal``: its clock too far
-        off, the calendar migrated by a newer sfa-omf), stop leading at once and give the lock up, so that a standby
-        takes it (call with ``_lock_in_use`` held). True when it did."""
+        from another live host's, the calendar migrated by a newer sfa-omf), stop leading at once and give the lock
+        up, so that a standby takes it (call with ``_lock_in_use`` held). True when it did."""
         refusal = self.lock.refusal
         if refusal is None:
             return False

@@ -1,8 +1,10 @@
 """Several hosts on one PostgreSQL must agree on the time: the leader's background tasks compare the calendar with its
 own clock. Real ``sfa-omf serve`` processes whose clock libfaketime shifts (the process's wall clock only: the
-database's is the real one): one a minute ahead does not start; a leader whose clock jumps ahead steps down before it
-releases anything, and a healthy host takes the lead; an offset of a second leads as usual, one of a few seconds leads
-with a warning."""
+database's is the real one). What counts is the hosts disagreeing with each other, the database's clock the
+tie-breaker: a single host a minute off the database starts and leads, warned; a host a minute ahead of a running
+correct one does not start, and leading, steps down once a correct host serves beside it (and a leader whose clock
+jumps ahead steps down before it releases anything); two hosts equally off the database (its clock the wrong one)
+agree and one leads; an offset of a second leads as usual, one of a few seconds leads with a warning."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sfa_omf.cluster.leadership import check_period_s
+from sfa_omf.cluster.leadership import DEFAULT_TAKEOVER_S, check_period_s
 from tests.cluster.harness import START_TIMEOUT_S, Lab, Serve, make_lab, request, window
 from tests.postgres import empty_postgres
 
@@ -39,16 +41,89 @@ def following(path: Path) -> dict[str, str]:
     }
 
 
-def test_a_host_a_minute_ahead_of_postgresql_does_not_start(tmp_path: Path, servers: list[Serve]) -> None:
+def test_a_single_host_a_minute_ahead_of_postgresql_starts_and_leads_warned(
+    tmp_path: Path, servers: list[Serve]
+) -> None:
+    # Alone, its clock harms no one (the database's clock may be the wrong one): a warning, and service as usual.
     lab = make_lab(tmp_path, empty_postgres(), 0)
+    ahead = Serve(lab, tmp_path, "ahead", "--workers", "1", **skewed("+60s"))
+    servers.append(ahead)
+    ahead.wait_ready()
+    ahead.wait_for_line("now leads the background tasks")
+    warning = ahead.wait_for_line("s ahead of the database's")
+    assert "this host's clock is 60." in warning, warning
+    assert "this host's clock or the database's is wrong" in warning and "NTP" in warning, warning
+    assert not any("cannot start" in line or "does not lead" in line for line in ahead.lines), ahead.lines
+    assert ahead.stop() == 0
+
+
+def test_a_host_a_minute_ahead_of_a_serving_host_does_not_start(tmp_path: Path, servers: list[Serve]) -> None:
+    lab = make_lab(tmp_path, empty_postgres(), 0)
+    healthy = Serve(lab, tmp_path, "healthy", "--workers", "1")
+    servers.append(healthy)
+    healthy.wait_ready()
+    healthy.wait_for_line("now leads the background tasks")
     ahead = Serve(lab, tmp_path, "ahead", "--workers", "1", **skewed("+60s"))
     servers.append(ahead)
     assert ahead.process.wait(timeout=START_TIMEOUT_S) != 0, ahead.lines
     ahead.stop()
     refusal = ahead.wait_for_line("cannot start")
-    assert "s ahead of the database's, more than the 30 s allowed" in refusal, ahead.lines
-    assert "NTP" in refusal
+    assert "s ahead of that of host" in refusal and "more than the 30 s allowed between hosts" in refusal, refusal
+    assert "further from the database's" in refusal and "NTP" in refusal, refusal
     assert not any("now leads" in line for line in ahead.lines), ahead.lines
+    assert not any("stops leading" in line for line in healthy.lines), healthy.lines
+
+
+def test_a_leader_a_minute_ahead_steps_down_when_a_correct_host_serves(tmp_path: Path, servers: list[Serve]) -> None:
+    lab = make_lab(tmp_path, empty_postgres(), 1)
+    settings = {"SFA_OMF_LEADER_TAKEOVER_S": str(TAKEOVER_S)}
+    ahead = Serve(lab, tmp_path, "ahead", "--workers", "1", **settings, **skewed("+60s"))
+    servers.append(ahead)
+    ahead.wait_ready()
+    ahead.wait_for_line("now leads the background tasks")  # alone: it leads
+    urn, credential = lab.slices[0]
+    client = ahead.client(lab)
+    answer = client.Allocate(urn, [credential], request(window(days_ahead=20, hour=5)), {})
+    assert answer["code"]["geni_code"] == 0, answer
+
+    healthy = Serve(lab, tmp_path, "healthy", "--workers", "1", **settings)
+    servers.append(healthy)
+    healthy.wait_ready()
+    stepped_down = ahead.wait_for_line("stops leading the background tasks")
+    assert "s ahead of that of host" in stepped_down and "more than the 30 s allowed between hosts" in stepped_down
+    healthy.wait_for_line("now leads the background tasks")
+    # The correct host was told at its start which host is the wrong one.
+    told = healthy.wait_for_line("will not lead the background tasks")
+    assert "s ahead of this host's" in told, told
+    settled_at = time.monotonic()
+    while time.monotonic() - settled_at < 3 * check_period_s(TAKEOVER_S):  # the new leader's tasks run meanwhile
+        time.sleep(0.2)
+    assert not any(line.count("now leads") for line in ahead.lines[ahead.lines.index(stepped_down) :]), ahead.lines
+    (sliver,) = client.Status([urn], [credential], {})["value"]["geni_slivers"]
+    assert sliver["geni_allocation_status"] == "geni_allocated"
+    assert not any("released" in line for line in ahead.lines + healthy.lines), ahead.lines
+
+
+def test_a_database_clock_a_minute_off_both_hosts_agree_and_one_leads(tmp_path: Path, servers: list[Serve]) -> None:
+    # Both hosts shifted alike: to them, the database's clock is the one a minute off. Neither refuses.
+    lab = make_lab(tmp_path, empty_postgres(), 0)
+    first = Serve(lab, tmp_path, "first", "--workers", "1", **skewed("+60s"))
+    servers.append(first)
+    first.wait_ready()
+    first.wait_for_line("now leads the background tasks")
+    second = Serve(lab, tmp_path, "second", "--workers", "1", **skewed("+60s"))
+    servers.append(second)
+    second.wait_ready()
+    second.wait_for_line("s ahead of the database's")  # each is warned of the database's clock
+    settled_at = time.monotonic()
+    while time.monotonic() - settled_at < 3 * check_period_s(DEFAULT_TAKEOVER_S):  # the second's lock tries meanwhile
+        time.sleep(0.2)
+    for server in (first, second):
+        assert not any(
+            word in line for line in server.lines for word in ("cannot start", "does not lead", "stops leading")
+        ), server.lines
+    assert first.stop() == 0
+    second.wait_for_line("now leads the background tasks")  # the lead moves as usual
 
 
 def test_a_leader_whose_clock_jumps_ahead_steps_down_and_releases_nothing(tmp_path: Path, servers: list[Serve]) -> None:
@@ -71,7 +146,8 @@ def test_a_leader_whose_clock_jumps_ahead_steps_down_and_releases_nothing(tmp_pa
     # 40 minutes ahead: past the allocation's 10 minutes to be provisioned, as the leader's clock sees it.
     offset.write_text("+40m\n", encoding="utf-8")
     stepped_down = jumping.wait_for_line("stops leading the background tasks")
-    assert "ahead of the database's, more than the 30 s allowed" in stepped_down, jumping.lines
+    assert "s ahead of that of host" in stepped_down, jumping.lines
+    assert "more than the 30 s allowed between hosts" in stepped_down, jumping.lines
     healthy.wait_for_line("now leads the background tasks")
     settled_at = time.monotonic()
     while time.monotonic() - settled_at < 3 * check_period_s(TAKEOVER_S):  # the new leader's tasks run meanwhile

@@ -1,7 +1,9 @@
 """The settings each serving process runs with, where the other hosts of a PostgreSQL cluster can compare them (table
-cluster_settings: process ``host:pid``, host, pid, started_s, seen_s, settings as JSON): the values that must agree
-across hosts (sfa_omf/cluster/agreement.py). Each process writes its row at start, refreshes ``seen_s`` while it runs
-and deletes it when it stops; rows not refreshed for a few minutes are those of dead processes, ignored and deleted.
+cluster_settings: process ``host:pid``, host, pid, started_s, seen_s, settings as JSON, clock_offset_s): the values
+that must agree across hosts (sfa_omf/cluster/agreement.py), and the host's clock minus the database's, which the
+other hosts compare their own with (sfa_omf/cluster/clock.py). Each process writes its row at start, refreshes
+``seen_s`` and the offset while it runs and deletes it when it stops; rows not refreshed for a few minutes are those of
+dead processes, ignored and deleted.
 
 Revision ID: 0033
 Revises: 0032
@@ -27,6 +29,7 @@ def upgrade() -> None:
         sa.Column("started_s", sa.BigInteger(), nullable=False),
         sa.Column("seen_s", sa.BigInteger(), nullable=False),
         sa.Column("settings", sa.Text(), nullable=False),
+        sa.Column("clock_offset_s", sa.Float(), nullable=True),
     )
 
 
