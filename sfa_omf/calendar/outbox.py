@@ -54,6 +54,11 @@ MAX_KEY = 600
 #: that take addresses from a user (``drop_queued``) and of the enqueue that checks its users still have them. Two
 #: numbers: a key space of their own, apart from the one-number keys of slices and bookers (calendar/queries.py).
 RECIPIENT_LOCK_CLASS = 0x5F0B
+#: PostgreSQL advisory lock class (the other number is a hash of a webhook URL, ``_lock_webhook``) of the subscriptions
+#: to one URL: two users subscribing it at once cannot both find it free.
+WEBHOOK_LOCK_CLASS = 0x5F0E
+#: What a user is told when the webhook URL they chose is another user's (not whose: the URL is all they know).
+WEBHOOK_TAKEN = "this URL is already another user's webhook; use a URL of your own"
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,9 @@ class Outbox:
 
     # -- subscriptions --------------------------------------------------------------------------------------------
     def subscribe(self, user_urn: str, channel: str, address: str) -> None:
-        """Opt a user in to a channel (replacing that channel's address)."""
+        """Opt a user in to a channel (replacing that channel's address). A webhook URL another user holds is refused
+        (BAD_ARGS, WEBHOOK_TAKEN; nothing written): a POST to a URL is signed with the secret of each of its
+        subscribers, so a second subscriber's events would reach the first one's receiver signed validly for it."""
         if channel not in CHANNELS:
             raise GeniError(Reason.BAD_ARGS, f"channel {channel!r}: use one of {', '.join(CHANNELS)}")
         if "+user+" not in user_urn:
@@ -97,6 +104,10 @@ class Outbox:
 
     def _subscribe(self, user_urn: str, channel: str, address: str) -> None:
         with self.database.write() as session:
+            if channel == "webhook":
+                _lock_webhook(session, address)  # before the read: a concurrent subscription to it committed first
+                if _used_by_another(session, user_urn, channel, address):
+                    raise GeniError(Reason.BAD_ARGS, WEBHOOK_TAKEN)
             before = addresses_of(session, user_urn)
             session.execute(
                 delete(NotifySubscription).where(
@@ -232,12 +243,21 @@ class Outbox:
         with self.database.read() as session:
             return self._due(session, to_s(self.clock()), limit, lock=False)
 
-    def claim(self, owner: str, limit: int, hold_s: int) -> list[Message]:
+    def claim(
+        self,
+        owner: str,
+        limit: int,
+        hold_s: int,
+        skip_addresses: Collection[str] = (),
+        skip_prefixes: Collection[str] = (),
+    ) -> list[Message]:
         """Take up to ``limit`` due messages for ``owner`` to deliver: no other claim gets them for ``hold_s``
-        seconds (then a notifier that died with them is taken over). Atomic: concurrent claims share nothing."""
+        seconds (then a notifier that died with them is taken over). Atomic: concurrent claims share nothing.
+        Webhook messages whose address is one of ``skip_addresses`` or begins with one of ``skip_prefixes`` are
+        left for others (a round's origins that used their time): exact text comparisons, no pattern."""
         now_s = to_s(self.clock())
         with self.database.write() as session:
-            messages = self._due(session, now_s, limit, lock=True)
+            messages = self._due(session, now_s, limit, lock=True, skipped=_skipped(skip_addresses, skip_prefixes))
             if messages:
                 session.execute(
                     update(NotifyOutbox)
@@ -247,7 +267,9 @@ class Outbox:
             return messages
 
     @staticmethod
-    def _due(session: Session, now_s: int, limit: int, lock: bool) -> list[Message]:
+    def _due(
+        session: Session, now_s: int, limit: int, lock: bool, skipped: ColumnElement[bool] | None = None
+    ) -> list[Message]:
         query = (
             select(
                 NotifyOutbox.id,
@@ -266,6 +288,8 @@ class Outbox:
             .order_by(NotifyOutbox.id)
             .limit(limit)
         )
+        if skipped is not None:
+            query = query.where(~skipped)
         if lock:  # PostgreSQL: rows another claim is taking are skipped, not waited for (SQLite: the write lock)
             query = query.with_for_update(skip_locked=True)
         return [
@@ -321,6 +345,23 @@ class Outbox:
                 .values(next_attempt_s=to_s(self.clock()) + delay_s, claimed_by=None, claim_until_s=None)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def release(self, message_ids: Collection[int], owner: str) -> int:
+        """Give back claimed messages untried, due at once (their attempts unchanged), in one statement per
+        RELEASE_BATCH of them, one unit of work; those ``owner`` no longer holds are left alone. How many were."""
+        ids = sorted(message_ids)
+        released = 0
+        if not ids:
+            return 0
+        with self.database.write() as session:
+            for first in range(0, len(ids), RELEASE_BATCH):
+                result = session.execute(
+                    update(NotifyOutbox)
+                    .where(NotifyOutbox.id.in_(ids[first : first + RELEASE_BATCH]), NotifyOutbox.claimed_by == owner)
+                    .values(next_attempt_s=to_s(self.clock()), claimed_by=None, claim_until_s=None)
+                )
+                released += result.rowcount  # type: ignore[attr-defined]
+        return released
 
     def prune(self, before: datetime, live_after: datetime, batches: int, after: int = 0) -> Pruned:
         """Delete the messages sent before ``before``, and those failed for good and queued before it, oldest first
@@ -428,6 +469,31 @@ def lock_recipients(session: Session, user_urns: Iterable[str]) -> None:
     for first in range(0, len(keys), 100):  # PostgreSQL evaluates a select list in order
         locks = [func.pg_advisory_xact_lock(RECIPIENT_LOCK_CLASS, key) for key in keys[first : first + 100]]
         session.execute(select(*locks))
+
+
+def _lock_webhook(session: Session, url: str) -> None:
+    """PostgreSQL: take the lock of subscriptions to this webhook URL (WEBHOOK_LOCK_CLASS) until the end of the
+    transaction (SQLite's write lock serializes them already). Taken before any recipient lock, and only here."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    key = int.from_bytes(hashlib.sha256(url.encode("utf-8")).digest()[:4], "big", signed=True)
+    session.execute(select(func.pg_advisory_xact_lock(WEBHOOK_LOCK_CLASS, key)))
+
+
+def _skipped(addresses: Collection[str], prefixes: Collection[str]) -> ColumnElement[bool] | None:
+    """The webhook messages a claim leaves (``Outbox.claim``): address equal to one of ``addresses`` or beginning
+    with one of ``prefixes`` (compared as text, by length: no LIKE, whose wildcards a URL may hold)."""
+    by_length: dict[int, set[str]] = {}
+    for prefix in prefixes:
+        by_length.setdefault(len(prefix), set()).add(prefix)
+    matches: list[ColumnElement[bool]] = [
+        func.substr(NotifyOutbox.address, 1, length).in_(sorted(texts)) for length, texts in sorted(by_length.items())
+    ]
+    if addresses:
+        matches.append(NotifyOutbox.address.in_(sorted(set(addresses))))
+    if not matches:
+        return None
+    return and_(NotifyOutbox.channel == "webhook", or_(*matches))
 
 
 def _recipient_key(user_urn: str) -> int:
@@ -667,6 +733,8 @@ class Pruned:
 #: Rows one unit of work of a retention pass looks at (and deletes) at most: a first pass over a large table holds no
 #: long transaction, and the writers it shares the database with wait for one short batch at most.
 PRUNE_BATCH = 500
+#: Claimed messages given back in one statement (``Outbox.release``): a round holds at most notifier.MAX_HELD.
+RELEASE_BATCH = 1000
 
 
 def _prune(

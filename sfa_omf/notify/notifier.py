@@ -76,7 +76,8 @@ PRUNE_BATCHES = 20
 #: Messages claimed at a time; the claim lasts long enough to try each of them against a silent server.
 CLAIM_BATCH = 10
 #: Messages a round keeps claimed, untried, for the next round (their origin used its time this round) at most; then
-#: the round ends. Bounds a round's work on a long queue to a slow receiver.
+#: the round ends. Its later claims skip an origin that used its time (``_Skipped``), so each held message is the first
+#: of its webhook URL's spelling seen after that: this bounds a round on very many URLs of slow origins.
 MAX_HELD = 1000
 
 
@@ -114,6 +115,7 @@ class Notifier:
         # When the pass deletes what is past retention next, and the id each table's deletion goes on from.
         self._next_prune: datetime | None = None
         self._pruned_up_to = (0, 0)
+        self._shared_warned: set[str] = set()  # webhook URLs of several users already warned of (once a process)
 
     def notice(self) -> int:
         """Write every event that happened (and is not in the outbox yet) for every subscribed recipient; then, when
@@ -227,15 +229,22 @@ class Notifier:
         # Messages whose origin used its time: kept claimed (so this round's later claims skip them) and released,
         # due at once, when the round ends, for the next round (here or in another process) to take.
         held: dict[int, Message] = {}
+        # The webhooks of origins that used their time: this round's later claims leave their messages in the queue
+        # (else a long queue to one slow receiver filled the round with held messages, and a message of another
+        # user queued behind them waited for rounds on end).
+        skipped = _Skipped()
         try:
             while tried < limit and len(held) < MAX_HELD:
-                batch = self.outbox.claim(self.owner, min(CLAIM_BATCH, limit - tried), hold_s)
+                batch = self.outbox.claim(
+                    self.owner, min(CLAIM_BATCH, limit - tried), hold_s, skipped.addresses, skipped.prefixes
+                )
                 if not batch:
                     break
                 for message in _taking_turns(batch, served):
                     origin = webhook_origin(message.address) if message.channel == "webhook" else ""
                     if origin and waited.get(origin, 0.0) >= self.settings.webhook_origin_budget_s:
                         held[message.id] = message  # (a claim of ours that expired and came back: held once)
+                        skipped.add(message.address)
                         continue
                     tried += 1
                     served[origin or "email"] = served.get(origin or "email", 0) + 1
@@ -262,6 +271,8 @@ class Notifier:
                     finally:
                         if origin:  # a slow answer counts as much as a silent one
                             waited[origin] = waited.get(origin, 0.0) + time.monotonic() - started
+                            if waited[origin] >= self.settings.webhook_origin_budget_s:
+                                skipped.add(message.address)
         except BaseException:
             self._release(held, quiet=True)  # (else their claims expire after hold_s)
             raise
@@ -271,20 +282,19 @@ class Notifier:
     def _release(self, held: Mapping[int, Message], quiet: bool = False) -> None:
         """Give back the held messages untried, due at once (attempts untouched). ``quiet``: on the way out of a
         failed round, whose own error is the one raised (claims not given back expire after their hold)."""
-        if held:
-            log.info(
-                "%d notification(s) wait for the next round: their webhook used its time in this one (%s)",
-                len(held),
-                ", ".join(sorted({shown_webhook(message.address) for message in held.values()})),
-            )
-        for message_id in held:
-            try:
-                self.outbox.postpone(message_id, self.owner, 0)
-            except Exception:
-                if not quiet:
-                    raise
-                log.warning("could not release held notifications; their claims expire", exc_info=True)
-                return
+        if not held:
+            return
+        log.info(
+            "%d notification(s) wait for the next round: their webhook used its time in this one (%s)",
+            len(held),
+            ", ".join(sorted({shown_webhook(message.address) for message in held.values()})),
+        )
+        try:
+            self.outbox.release(held, self.owner)  # one unit of work (it was one per message)
+        except Exception:
+            if not quiet:
+                raise
+            log.warning("could not release held notifications; their claims expire", exc_info=True)
 
     def _resting(self, origin: str) -> bool:
         """True while a webhook origin that did not answer is held back (its backoff)."""
@@ -365,6 +375,16 @@ class Notifier:
                     )
                 )
             )
+        if len(users) > 1 and url not in self._shared_warned:
+            # Written before a second subscriber was refused (Outbox.subscribe): kept working, but each of them can
+            # sign what the others' receiver accepts.
+            self._shared_warned.add(url)
+            log.warning(
+                "webhook %s is the subscription of %d users: each one's events reach it signed with every one's "
+                "secret; all but its owner should set a URL of their own (sfa-omf notify subscribe)",
+                shown_webhook(url),
+                len(users),
+            )
         if not users or url in self.settings.operator_addresses:
             users.append(OPERATOR_SUBSCRIBER)
         return [subscription_secret(site_key, user, url) for user in users]
@@ -375,6 +395,30 @@ class Notifier:
         URLs of ``[sfa_notify] operators``. An operator's https:// webhook to an internal host must be listed there
         (or given as http://)."""
         return url.startswith("https://") and url not in self.settings.operator_addresses
+
+
+class _Skipped:
+    """The webhooks a round's claims leave (``Outbox.claim``): those of origins that used their time. A URL's text up
+    to the end of its host and port and the next ``/``, ``?`` or ``#`` (``https://a.example/``): every URL beginning
+    with that text has that origin (``https://a.example.org/...`` does not begin with it). A URL without such an end,
+    or that urlsplit reads otherwise than its text, is left exactly. Another spelling of the same origin
+    (``https://a.example:443/``) is claimed once more, then left too."""
+
+    def __init__(self) -> None:
+        self.addresses: set[str] = set()
+        self.prefixes: set[str] = set()
+
+    def add(self, url: str) -> None:
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            self.addresses.add(url)
+            return
+        start = f"{parts.scheme}://{parts.netloc}"
+        if parts.netloc and url.startswith(start) and url[len(start) : len(start) + 1] in ("/", "?", "#"):
+            self.prefixes.add(url[: len(start) + 1])
+        else:
+            self.addresses.add(url)
 
 
 def _taking_turns(batch: list[Message], served: Mapping[str, int]) -> list[Message]:

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.models import NotifyOutbox
 from sfa_omf.calendar.outbox import Message, Outbox
 from sfa_omf.config import load_config
+from sfa_omf.notify import notifier as notifier_module
 from sfa_omf.notify.channels import SmtpSettings
 from sfa_omf.notify.notifier import Notifier, NotifySettings, message_key, shown_key
 from sfa_omf.server.app import notify_settings_of
@@ -182,3 +183,74 @@ def test_webhook_timeout_and_budget_settings(tmp_path: Path) -> None:
     assert loaded.problems == ()
     chosen = notify_settings_of(loaded.settings)
     assert (chosen.webhook_timeout_s, chosen.webhook_origin_budget_s) == (5, 20)
+
+
+def test_a_backlog_of_a_slow_origin_does_not_hide_another_users_message(
+    database: Database, receivers: Receivers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More of alice's messages to a slow webhook than a round may hold (MAX_HELD, lowered here), then bob's one.
+    Before the fix the round went on claiming alice's messages (the lowest ids) into its held ones until MAX_HELD and
+    ended: bob's waited rounds on end (50 min for a 2000-message backlog). Now, once the slow origin used its time,
+    the round's claims leave its messages in the queue: bob's goes out in the first round, and the held ones are
+    released in one statement (it was one unit of work per message)."""
+    monkeypatch.setattr(notifier_module, "MAX_HELD", 15)
+    slow = receivers.start("slow", 0.5)
+    fast = receivers.start("fast")
+    alice = [webhook(f"l{i:02}", slow) for i in range(40)]  # four claimed batches of hers before bob's
+    bob = webhook("l99", fast)
+    Outbox(database).enqueue([*alice, bob])
+    # A budget under one slow post: the slow origin's first post uses it (no time is measured by the test).
+    settings = NotifySettings(smtp=SmtpSettings(port=1), webhook_origin_budget_s=0.1)
+    notifier = Notifier(database, settings, clock=lambda: NOW)
+    releases: list[str] = []
+
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE NOTIFY_OUTBOX") and "next_attempt_s" in statement:
+            releases.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", note)
+    try:
+        assert notifier.deliver() == 2
+    finally:
+        event.remove(database.engine, "before_cursor_execute", note)
+
+    assert receivers.of("fast") == [shown_key(bob)]
+    assert receivers.of("slow") == [shown_key(alice[0])]
+    state = rows(database)
+    assert state[bob.key] == ("sent", 1, None) and state[alice[0].key] == ("sent", 1, None)
+    # Alice's others wait for the next round: untried, unclaimed (the held ones released, the rest never claimed).
+    assert {state[message.key] for message in alice[1:]} == {("pending", 0, None)}
+    assert len(releases) == 1, releases  # the first batch's nine held messages, released at once
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_claim_leaves_exactly_the_skipped_origins(kind: str, tmp_path: Path) -> None:
+    """The claim's filter compares text: a prefix ``https://a.example/`` leaves https://a.example's messages, never
+    those of https://a.example.org nor https://a.example:8443 (another origin that begins with the same letters), nor
+    e-mails; an exact address leaves that address only; a LIKE wildcard in a URL is just a character."""
+    database = fresh_database(kind, tmp_path)
+    try:
+        kept = [
+            webhook("k1", "https://a.example.org/hook"),
+            webhook("k2", "https://a.example:8443/hook"),
+            webhook("k3", "https://a_example/hook"),
+            webhook("k4", "https://b.example?token=2"),
+            Message(message_key("k5:started", "email", BOB_MAIL), "started", "email", BOB_MAIL, LEASE_NEWS),
+        ]
+        left = [
+            webhook("s1", "https://a.example/one"),
+            webhook("s2", "https://a.example/two?x"),
+            webhook("s3", "https://b.example?token=1"),
+        ]
+        Outbox(database).enqueue([left[0], kept[0], left[1], kept[1], kept[2], left[2], kept[3], kept[4]])
+        claimed = Outbox(database, clock=lambda: NOW).claim(
+            "me",
+            100,
+            60,
+            skip_addresses={"https://b.example?token=1"},
+            skip_prefixes={"https://a.example/", "https://a%example/"},
+        )
+        assert sorted(message.key for message in claimed) == sorted(message.key for message in kept)
+        assert {rows(database)[message.key] for message in left} == {("pending", 0, None)}
+    finally:
+        database.dispose()

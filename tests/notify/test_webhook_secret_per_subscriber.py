@@ -23,15 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from twisted.internet.threads import blockingCallFromThread
 
 from sfa_omf.calendar.database import Database, sqlite_url
-from sfa_omf.calendar.outbox import Outbox
+from sfa_omf.calendar.models import NotifySubscription
+from sfa_omf.calendar.outbox import WEBHOOK_TAKEN, Outbox
 from sfa_omf.calendar.records import BookingRequest
 from sfa_omf.cli import main
 from sfa_omf.config import read_config
 from sfa_omf.notify import notifier as notifier_module
-from sfa_omf.notify.channels import post_webhook
+from sfa_omf.notify.channels import post_webhook, subscription_secret
 from sfa_omf.notify.notifier import Notifier, NotifySettings
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.server.app import build_aggregate, start_aggregate
@@ -281,24 +283,92 @@ def test_a_url_two_users_chose_carries_each_ones_signature(
     receivers: tuple[Receiver, Receiver],
     lab_config: Path,
     capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Two users' subscriptions to one URL, written before a second one was refused (below), keep working; the
+    notifier warns of it (by the URL's origin: its path holds a token)."""
     shared, _ = receivers
     ops_database = Database(sqlite_url(str(tmp_path / "shared.sqlite")))
     ops_database.upgrade()
     try:
-        Outbox(ops_database).subscribe(ALICE, "webhook", shared.url)
-        Outbox(ops_database).subscribe(BOB, "webhook", shared.url)
+        with ops_database.write() as session:  # as an older version let them be written
+            session.add_all(
+                NotifySubscription(user_urn=user, channel="webhook", address=shared.url) for user in (ALICE, BOB)
+            )
         # One outbox row serves both users of the address: one POST, with one signature per subscription.
         Notifier(ops_database, NotifySettings(webhook_secret=SECRET)).send(notifier_module.test_message(shared.url))
     finally:
         ops_database.dispose()
     ((headers, body),) = shared.received
     assert len(headers["x-sfa-omf-signature"].split(", ")) == 2
+    (warning,) = [r.getMessage() for r in caplog.records if "subscription of 2 users" in r.getMessage()]
+    assert "/hook/" not in warning
     for user in (ALICE, BOB):
         assert verified(cli_secret(lab_config, shared.url, user, capsys), headers, body)
     assert not verified(
         cli_secret(lab_config, shared.url, "urn:publicid:IDN+testbed+user+carol", capsys), headers, body
     )
+
+
+def webhooks(site_database: Database) -> dict[str, str]:
+    """user -> their webhook URL, for every user who has one."""
+    with site_database.read() as session:
+        found = session.execute(
+            select(NotifySubscription.user_urn, NotifySubscription.address).where(
+                NotifySubscription.channel == "webhook"
+            )
+        )
+        return {user: address for user, address in found}
+
+
+def test_a_url_another_user_holds_is_refused_on_the_page(lab: Lab, pki: DemoPki) -> None:  # noqa: F811
+    """Mallory (bob here) learns alice's webhook URL (it holds her token) and subscribes it: every POST to it would
+    carry a signature with each subscriber's secret, so bob's own lease events would reach alice's receiver signed
+    validly for her. The page refuses it without saying whose it is, and writes nothing; alice may set it again, and
+    bob a URL of his own."""
+    url = "https://hooks.example.org/alice-token-123"
+
+    def subscribe(who: str, address: str) -> tuple[int, str]:
+        chain = pki.users[who].chain
+        page = lab.web.handle(WebRequest(path="/me", caller_chain=chain))
+        token = re.search(r'name="token" value="([0-9a-f]+)"', page.body.decode())
+        assert token is not None
+        form = {"token": token.group(1), "channel": "webhook", "action": "subscribe", "address": address}
+        answer = lab.web.handle(
+            WebRequest(path="/me/notify", caller_chain=chain, method="POST", form=form, came_from=OURS)
+        )
+        return answer.status, unescape(answer.body.decode())
+
+    assert subscribe("alice", url)[0] == 200
+    status, text = subscribe("bob", url)
+    assert status == 400 and WEBHOOK_TAKEN in text
+    assert "alice" not in text.lower()
+    assert webhooks(lab.database) == {ALICE: url}  # nothing written for bob
+    # Alice's own again, and bob's own URL, are fine.
+    assert subscribe("alice", url)[0] == 200
+    assert subscribe("bob", "https://hooks.example.org/bob-token-456")[0] == 200
+    assert webhooks(lab.database) == {ALICE: url, BOB: "https://hooks.example.org/bob-token-456"}
+    assert Notifier(lab.database, NotifySettings(webhook_secret=SECRET)).webhook_secrets(url) == [
+        subscription_secret(SECRET, ALICE, url)
+    ]
+
+
+def test_a_url_another_user_holds_is_refused_by_the_cli(lab_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The operator's ``notify subscribe`` refuses it the same way (exit status 2, nothing written)."""
+    ann, bob = "urn:publicid:IDN+lab+user+ann", "urn:publicid:IDN+lab+user+bob"
+    url = "https://hooks.example.org/ann-token"
+    assert main(["notify", "subscribe", ann, "webhook", url, "--config", str(lab_config)]) == 0
+    capsys.readouterr()
+    assert main(["notify", "subscribe", bob, "webhook", url, "--config", str(lab_config)]) == 2
+    out, err = capsys.readouterr()
+    assert WEBHOOK_TAKEN in err and "ann" not in err and not re.search(r"\b[0-9a-f]{64}\b", out + err)
+    site_database = Database(read_config(str(lab_config)).calendar_url)
+    try:
+        assert webhooks(site_database) == {ann: url}
+    finally:
+        site_database.dispose()
+    # Ann subscribing it again is no refusal.
+    assert main(["notify", "subscribe", ann, "webhook", url, "--config", str(lab_config)]) == 0
 
 
 def test_the_served_page_shows_the_secret_the_notifier_signs_with(running_reactor: Any, tmp_path: Path) -> None:
