@@ -78,6 +78,12 @@ SENT, ENDING = "sent.json", "ending.json"
 #: Times a stage-in file may arrive damaged (SHA-256 differs) before the lease is reported failed: once may be the
 #: network's doing, twice in a row is the file's.
 STAGE_IN_MISMATCHES = 2
+#: Rounds a stage-in file may fail in a way that may pass (no answer, cut off, a 5xx, an answer that is not JSON)
+#: before the lease is reported failed with the last error. Such a round is one whose heartbeat and work went through
+#: (a server down fails the round before it): 10 rounds are 5 minutes at the default heartbeat (30 s), longer than a
+#: restart of the server or a passing fault of its disk or link, while a file the server cannot serve for good (its
+#: answer to any error of its own: 500) is reported to the experimenter within minutes, not never.
+STAGE_IN_ROUNDS = 10
 
 
 class AgentCallError(Exception):
@@ -100,6 +106,10 @@ def is_refusal(exc: AgentCallError) -> bool:
     """The server read the call and refused it in its own words (a 4xx JSON answer): the same call would be refused
     again. Anything else (5xx, an answer that is not JSON, whatever its status) may go through when tried again."""
     return 400 <= exc.status < 500 and exc.reason != NOT_JSON
+
+
+class StageInGaveUp(Exception):
+    """A stage-in file not fetched in STAGE_IN_ROUNDS rounds: the lease's failure, with the last error."""
 
 
 class ServerNotTrusted(AgentCallError):
@@ -155,6 +165,11 @@ def _plain(name: str) -> str:
     become '_', and no name starts with a dot."""
     plain = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:200] or "_"
     return f"_{plain}" if plain.startswith(".") else plain
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as kept:
+        return hashlib.file_digest(kept, "sha256").hexdigest()
 
 
 def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -556,8 +571,10 @@ class Agent:
         # lease id -> rounds its stage-out was left incomplete (in memory: a restarted agent tries as many again).
         self.stage_out_tries: dict[str, int] = {}
         self.ending: dict[str, str] = self._load(ENDING)
-        # (lease id, name) -> times that stage-in file arrived damaged.
+        # (lease id, name) -> times that stage-in file arrived damaged; rounds it could not be fetched (in memory: a
+        # restarted agent gives it as many again).
         self.stage_in_mismatches: dict[tuple[str, str], int] = {}
+        self.stage_in_failures: dict[tuple[str, str], int] = {}
         # Seams of ``run``: the clock rounds are timed with, and the random part of a retry's wait (0 to 1).
         self.clock: Callable[[], float] = time.monotonic
         self.jitter: Callable[[], float] = random.random
@@ -616,7 +633,7 @@ class Agent:
                 continue
             try:
                 later = self._stage_in(lease_id, item.get("stage_in", []), sorted(accounts))
-            except (AgentCallError, OSError) as exc:
+            except (AgentCallError, OSError, StageInGaveUp) as exc:
                 log.warning("lease %s: staging in failed: %s", lease_id, exc)
                 self._report(lease_id, "failed", f"staging in failed: {exc}")
                 continue
@@ -659,6 +676,9 @@ class Agent:
             self.applied.pop(lease_id, None)
             self.staged.pop(lease_id, None)
             self.stage_out_tries.pop(lease_id, None)
+            for counts in (self.stage_in_mismatches, self.stage_in_failures):
+                for key in [key for key in counts if key[0] == lease_id]:
+                    counts.pop(key)
             sent = self._load(SENT)
             if sent.pop(lease_id, None) is not None:
                 self._write(SENT, sent)
@@ -705,7 +725,8 @@ class Agent:
         """Fetch the lease's staged-in files not fetched yet (checked) into each account's ~/stage-in. A fetch that
         may go through when tried again (no answer, cut off, a 5xx, an answer that is not JSON, a file damaged on
         the way for the first time) stops here: why, returned, for the next round to try again. A refusal, a file
-        damaged again, or the host failing to write it raises: the lease's failure."""
+        damaged again, a file not fetched in STAGE_IN_ROUNDS rounds (StageInGaveUp, with the last error), or the
+        host failing to write it raises: the lease's failure."""
         done = self.staged.setdefault(lease_id, {})
         for entry in files:
             name, sha256 = str(entry["name"]), str(entry["sha256"])
@@ -722,15 +743,26 @@ class Agent:
                     )
                     if seen >= STAGE_IN_MISMATCHES:
                         raise
-                return f"{name}: {exc}"
+                return self._stage_in_later(lease_id, name, str(exc))
             except (OSError, http.client.HTTPException) as exc:  # the rest would most likely wait as long: next round
-                return f"{name}: no answer ({exc})"
+                return self._stage_in_later(lease_id, name, f"no answer ({exc})")
             self.stage_in_mismatches.pop((lease_id, name), None)
+            self.stage_in_failures.pop((lease_id, name), None)
             for login in logins:
                 self.host.write_file(login, STAGE_IN, name, data)
             done[name] = sha256
             _write_private(self.state / "staged.json", json.dumps(self.staged, sort_keys=True).encode("utf-8"))
         return ""
+
+    def _stage_in_later(self, lease_id: str, name: str, why: str) -> str:
+        """Count a round in which stage-in file ``name`` could not be fetched: why, for the next round to try again;
+        StageInGaveUp once that is STAGE_IN_ROUNDS rounds (a file the server cannot serve must fail the lease, said
+        to the experimenter, not leave it not ready until its end)."""
+        rounds = self.stage_in_failures[lease_id, name] = self.stage_in_failures.get((lease_id, name), 0) + 1
+        if rounds >= STAGE_IN_ROUNDS:
+            self.stage_in_failures.pop((lease_id, name))
+            raise StageInGaveUp(f"{name} could not be fetched in {rounds} rounds; the last time: {why}")
+        return f"{name}: {why} (round {rounds} of {STAGE_IN_ROUNDS})"
 
     def _stage_out(self, lease_id: str, logins: list[str], max_bytes: int, keep_pending: bool = False) -> StageOut:
         """Send back each account's ~/stage-out files before the account goes. A file larger than the server takes
@@ -788,14 +820,20 @@ class Agent:
     def _keep_unsent(self, lease_id: str, name: str, data: bytes) -> str:
         """Keep a file the server refused (its lease's window over, a quota, a name it does not keep) in the agent's
         own state folder, root's only, before the account and its home go: the experimenter's results are not
-        destroyed with it; the operator can hand them over. Where it is, in words, for the lease's report."""
+        destroyed with it; the operator can hand them over. Where it is, in words, for the lease's report. A copy of
+        the same content kept already under that name (or one of its '_'-prefixed variants) is not written again: a
+        lease whose removal fails is given a "last" round again and again, and must not fill the node's disk."""
         folder = self.state / UNSENT / _plain(lease_id)
         try:
             folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(folder.parent, 0o700)
             os.chmod(folder, 0o700)
             path = folder / _plain(name)
+            sha256 = hashlib.sha256(data).hexdigest()
             while path.exists():  # (a name kept before, from another account: neither is lost)
+                if path.stat().st_size == len(data) and _file_sha256(path) == sha256:
+                    log.info("lease %s: %r kept on the node already, in %s", lease_id, name, path)
+                    return f"kept on the node in {path}"
                 path = path.with_name(f"_{path.name}")
             _write_private(path, data)
         except OSError as exc:

@@ -8,7 +8,9 @@ and the server's own, end to end: the relay only passes (or stops passing) bytes
 - a stage-in download cut part-way is fetched again next round, the lease not failed;
 - after a failed round the next is tried sooner (2, 4, 8 ... s), and rounds are timed from their start;
 - a stage-out file the server accepted is not sent again after a round that failed part-way;
-- the "ended" report not delivered is delivered next round with its message."""
+- the "ended" report not delivered is delivered next round with its message;
+- while the accounts' removal fails (rounds that are each "the last"), a file kept on the node is kept once;
+- a stage-in file the server cannot serve (500 every time) fails the lease after STAGE_IN_ROUNDS rounds."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from sfa_omf.agents import node
 from sfa_omf.agents.host import DirectoryHost
 from sfa_omf.agents.node import Agent, Client, enrol
 from sfa_omf.agents.staging import FileStore
+from sfa_omf.errors import GeniError, Reason
 from tests.agents.conftest import Lab
 from tests.agents.test_agent_process import NODE, SLICE, book_now, slice_call
 from tests.sshkeys import ssh_key
@@ -292,3 +295,64 @@ def test_an_ended_report_not_delivered_keeps_its_message(lab: Lab, relay: Relay,
     pc1.agent.run_once()
     lost, state, message = pc1.health() or (True, "", "")
     assert (lost, state) == (False, "ended") and "results.bin" in message and "kept on the node" in message
+
+
+def test_a_file_is_kept_once_while_the_accounts_removal_fails(
+    lab: Lab, relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finished lease whose accounts cannot be removed (userdel failing: a user's process holds on) is tried again
+    each round, and each such round is its "last": its files that could not go, and one the server refuses (a name
+    it does not keep), are kept on the node once, not copied again under a new name ('_results.bin', ...) every
+    round until the node's disk is full."""
+    pc1 = Node(lab, relay, tmp_path, stage_out_rounds=2)
+    login = pc1.start()
+    data, refused = b"r" * FILE_BYTES, b"not a name the aggregate keeps\n"
+    (pc1.stage_out(login) / "results.bin").write_bytes(data)
+    (pc1.stage_out(login) / "my notes.txt").write_bytes(refused)
+    pc1.delete()
+    remove = pc1.host.remove
+    failures = []
+
+    def userdel_fails(lease_id: str, logins: list[str]) -> None:
+        # A stand-in for LocalHost.remove when userdel fails (this test makes no Unix accounts): raised, retried.
+        if logins:
+            failures.append(lease_id)
+            raise GeniError(Reason.TESTBED, "userdel: user is currently used by process 123")
+        remove(lease_id, logins)
+
+    monkeypatch.setattr(pc1.host, "remove", userdel_fails)
+    relay.policy = lambda number: CUT_UP  # every file's upload is cut; the small calls go through
+    pc1.agent.run_once()  # round 1 of 2: the accounts kept for another round
+    for _ in range(5):
+        with pytest.raises(GeniError):
+            pc1.agent.run_once()
+    assert len(failures) == 5 and pc1.host.logins() == [login]
+    folder = pc1.state / node.UNSENT / pc1.lease_id
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == {
+        "results.bin": data,
+        "my_notes.txt": refused,
+    }
+    monkeypatch.setattr(pc1.host, "remove", remove)  # the user's process ended
+    pc1.agent.run_once()
+    assert pc1.host.logins() == [] and sorted(path.name for path in folder.iterdir()) == ["my_notes.txt", "results.bin"]
+    lost, state, message = pc1.health() or (True, "", "")
+    assert (lost, state) == (False, "ended") and f"kept on the node in {folder / 'results.bin'}" in message
+
+
+def test_a_stage_in_file_the_server_cannot_serve_fails_the_lease(lab: Lab, relay: Relay, tmp_path: Path) -> None:
+    """The server answers 500 for a stage-in file every time (its stored copy unreadable: a directory in its place):
+    tried again for STAGE_IN_ROUNDS rounds, the lease not failed meanwhile, then reported failed with the last error,
+    not left not ready until its end with nothing said to the experimenter."""
+    pc1 = Node(lab, relay, tmp_path)
+    data = b"x" * 1000
+    pc1.store.put(pc1.lease_id, "pc1", "in", "input.dat", data, _sha256(data))
+    stored = next((lab.directory / "agent_files").rglob("input.dat"))
+    stored.unlink()
+    stored.mkdir()
+    for _ in range(node.STAGE_IN_ROUNDS - 1):
+        pc1.agent.run_once()
+    assert pc1.health() == (False, "", "")  # not ready yet, not failed
+    pc1.agent.run_once()
+    lost, state, message = pc1.health() or (True, "", "")
+    assert (lost, state) == (False, "failed")
+    assert f"input.dat could not be fetched in {node.STAGE_IN_ROUNDS} rounds" in message and "500" in message
