@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import stat
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -45,11 +48,17 @@ if TYPE_CHECKING:
     from sfa_omf.calendar.database import Database
     from sfa_omf.trust.gid import Gid
 
+log = logging.getLogger("sfa_omf.cluster")
+
 #: A certificate that ends sooner than this is said ahead (config check, serve's log): time to renew it.
 EXPIRY_WARNING = timedelta(days=30)
 
 #: How long a database may take to answer a connection before start-up gives up on it.
 DATABASE_TIMEOUT_S = 3
+#: How long start-up waits for the rows of processes whose clocks clash with this host's to be rewritten (a refresh,
+#: cluster/agreement.py's REFRESH_S, and some lateness), and how often it looks.
+CLOCK_CLASH_WAIT_S = 75.0
+CLOCK_CLASH_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -294,18 +303,22 @@ def clock_findings(settings: Settings) -> list[Finding]:
     """PostgreSQL: this host's clock against the other live serving processes' (their offsets to the database's,
     recorded in cluster_settings; cluster/clock.py). Too far from one whose clock is nearer the database's
     (clock.clashing_peer): this process must not serve, its background tasks would release the other hosts'
-    allocations and end leases at the wrong time. Above WARN_OFFSET_S off the database's: a warning (this host's clock
-    or the database's is wrong; a single host serves on). Another live process too far off this host's, and further
-    from the database's: a warning (it does not lead). A database that cannot be reached is database_findings' to
-    say: nothing here."""
+    allocations and end leases at the wrong time. Such a clash is judged again on the clashing processes' next rows
+    (CLOCK_CLASH_WAIT_S at most): the database's clock may have been stepped since they wrote theirs, which moves this
+    host's offset and not yet their records; a process whose row is not rewritten meanwhile is not counted (the
+    leadership lock still is: this process does not lead while it clashes). Above WARN_OFFSET_S off the database's: a
+    warning (this host's clock or the database's is wrong; a single host serves on). Another live process too far off
+    this host's, and further from the database's: a warning (it does not lead). A database that cannot be reached is
+    database_findings' to say: nothing here."""
     from sqlalchemy import create_engine
     from sqlalchemy.exc import DBAPIError
     from sqlalchemy.pool import NullPool
 
     from sfa_omf.calendar.database import bound_answers
-    from sfa_omf.cluster.agreement import peer_clocks
+    from sfa_omf.cluster.agreement import STALE_S, peer_clocks
     from sfa_omf.cluster.clock import (
         WARN_OFFSET_S,
+        ClockFrames,
         clashing_peer,
         measure_offset_s,
         peer_warning_text,
@@ -320,16 +333,35 @@ def clock_findings(settings: Settings) -> list[Finding]:
         settings.calendar_url, poolclass=NullPool, connect_args={"connect_timeout": DATABASE_TIMEOUT_S}
     )
     bound_answers(engine, DATABASE_TIMEOUT_S)
+    frames = ClockFrames(STALE_S)
     try:
         with engine.connect() as connection:
             offset_s = measure_offset_s(connection)
+            frames.note(offset_s)
             # (This host's own serving processes, if any, have its clock: never a clash.)
             peers = peer_clocks(connection)
+            first = clashing_peer(offset_s, peers)
+            if first is not None:
+                # Like with like: wait for the clashing processes' rows written after this measurement.
+                clashing = {peer for peer in peers if clashing_peer(offset_s, [peer]) is not None}
+                log.warning(
+                    "%s; waiting for its next record (%g s at most): the database's clock may have been stepped since",
+                    refusal_text(offset_s, first),
+                    CLOCK_CLASH_WAIT_S,
+                )
+                deadline, pause = time.monotonic() + CLOCK_CLASH_WAIT_S, threading.Event()
+                while clashing and time.monotonic() < deadline:
+                    pause.wait(CLOCK_CLASH_POLL_S)  # (not time.sleep: EINVAL under libfaketime, as tests run it)
+                    connection.rollback()  # (a new snapshot: the rows written meanwhile)
+                    clashing &= set(peer_clocks(connection))  # the rows not rewritten yet (a row gone: not counted)
+                offset_s = measure_offset_s(connection)
+                frames.note(offset_s)
+                peers = [peer for peer in peer_clocks(connection) if peer not in clashing]
     except DBAPIError:
         return []
     finally:
         engine.dispose()
-    peer = clashing_peer(offset_s, peers)
+    peer = clashing_peer(offset_s, peers, frames)
     if peer is not None:
         return [Finding("clock", f"{refusal_text(offset_s, peer)}; sfa-omf serve will not start until then")]
     found = [

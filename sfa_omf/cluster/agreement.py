@@ -355,13 +355,13 @@ def peer_clocks(connection: Any, but: str = "", table_known: bool = False) -> li
         return []
     table = ClusterSettings
     rows = connection.execute(
-        select(table.process, table.host, table.clock_offset_s).where(
+        select(table.process, table.host, table.clock_offset_s, table.seen_s).where(
             table.seen_s >= text(f"{DATABASE_CLOCK_SQL} - {STALE_S}"),
             table.process != but,
             table.clock_offset_s.is_not(None),
         )
     ).all()
-    return [PeerClock(process, host, float(offset_s)) for process, host, offset_s in rows]
+    return [PeerClock(process, host, float(offset_s), int(seen_s)) for process, host, offset_s, seen_s in rows]
 
 
 def live_disagreements(settings: Settings, connect_timeout_s: int = 5) -> list[Disagreement]:

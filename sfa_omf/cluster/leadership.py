@@ -74,6 +74,7 @@ from typing import Any, Protocol
 from sfa_omf.cluster.clock import (
     DATABASE_CLOCK_SQL,
     WARN_OFFSET_S,
+    ClockFrames,
     clashing_peer,
     may_clash,
     offset_from,
@@ -219,7 +220,9 @@ class PostgresLock:
     row every minute (cluster/agreement.py). They are read only while this host's own offset could clash with one
     (clock.may_clash: above MAX_OFFSET_S / 2, itself warned of), one more statement at such a check; a healthy
     cluster's checks cost nothing more. Read at the check itself rather than cached from the last refresh: a leader
-    whose clock jumps steps down within a check period, not a minute later."""
+    whose clock jumps steps down within a check period, not a minute later. Compared in every frame of the database's
+    clock this lock's checks saw in the last STALE_S (clock.ClockFrames): a step of the database's clock, which moves
+    every host's live offset at once while the peers' rows are up to a refresh old, makes no host refuse."""
 
     contended = True
 
@@ -239,6 +242,9 @@ class PostgresLock:
         self._reads_schema = False  # the database has alembic_version (read at each connection)
         self._reads_peers = False  # the database has cluster_settings (read at each connection)
         self._warned_offset_at = -math.inf
+        from sfa_omf.cluster.agreement import STALE_S
+
+        self._frames = ClockFrames(STALE_S)  # the database's clock as this lock's checks saw it
 
     def _connect(self) -> Any:
         from sqlalchemy import create_engine, text
@@ -331,11 +337,13 @@ class PostgresLock:
         WARN_EVERY_S while it lasts)."""
         offset_s = offset_from(sent_at, float(row[1]), answered_at)
         self.offset_s = offset_s
+        self._frames.note(offset_s)
         refusal = None
         if self._reads_peers and may_clash(offset_s):
             from sfa_omf.cluster.agreement import peer_clocks
 
-            peer = clashing_peer(offset_s, peer_clocks(self._connection, but=_whoami(), table_known=True))
+            peers = peer_clocks(self._connection, but=_whoami(), table_known=True)
+            peer = clashing_peer(offset_s, peers, self._frames)
             if peer is not None:
                 refusal = refusal_text(offset_s, peer)
         if (

@@ -4,16 +4,25 @@ database's is the real one). What counts is the hosts disagreeing with each othe
 tie-breaker: a single host a minute off the database starts and leads, warned; a host a minute ahead of a running
 correct one does not start, and leading, steps down once a correct host serves beside it (and a leader whose clock
 jumps ahead steps down before it releases anything); two hosts equally off the database (its clock the wrong one)
-agree and one leads; an offset of a second leads as usual, one of a few seconds leads with a warning."""
+agree and one leads; an offset of a second leads as usual, one of a few seconds leads with a warning. And in one
+process: the database's clock stepped while the hosts' records are older makes no host refuse."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
-from sfa_omf.cluster.leadership import DEFAULT_TAKEOVER_S, check_period_s
+from sfa_omf.calendar.database import Database, head_revision
+from sfa_omf.cluster import leadership
+from sfa_omf.cluster.leadership import DEFAULT_TAKEOVER_S, PostgresLock, check_period_s
+from sfa_omf.config import Settings
+from sfa_omf.preflight import clock_findings
 from tests.cluster.harness import START_TIMEOUT_S, Lab, Serve, make_lab, request, window
 from tests.postgres import empty_postgres
 
@@ -173,3 +182,122 @@ def test_a_small_offset_leads_and_a_few_seconds_are_warned_of(
     else:
         assert warnings == [], warnings
     assert server.stop() == 0
+
+
+HOSTS = {"hostA:1": "hostA", "hostB:2": "hostB"}
+
+
+def record(database: Database, process: str, offset_s: float) -> None:
+    """Process ``process``'s row in cluster_settings, written now with clock offset ``offset_s``, as a serving
+    process's refresh writes it (cluster/agreement.py)."""
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO cluster_settings (process, host, pid, started_s, seen_s, settings, clock_offset_s) "
+                "VALUES (:process, :host, 1, extract(epoch FROM now())::bigint, extract(epoch FROM now())::bigint, "
+                "'{}', :offset) ON CONFLICT (process) DO UPDATE SET clock_offset_s = :offset, "
+                "seen_s = extract(epoch FROM now())::bigint"
+            ),
+            {"process": process, "host": HOSTS[process], "offset": offset_s},
+        )
+
+
+@contextmanager
+def acting_as(monkeypatch: pytest.MonkeyPatch, process: str) -> Iterator[None]:
+    """The lock's checks made as serving process ``process`` (host:pid) of another host: its own row is not a peer."""
+    with monkeypatch.context() as patch:
+        patch.setattr(leadership, "_whoami", lambda: process)
+        yield
+
+
+def test_a_step_of_the_database_clock_makes_no_host_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two hosts whose clocks agree, each recorded in cluster_settings (offset 0, as agreement.py writes it). The
+    # database's clock is then stepped back 40 s (its NTP): every host's live offset becomes +40 at once, while the
+    # rows still hold 0 until their next refresh (a minute). Stand-in for the step: this process's wall and monotonic
+    # clocks both moved 40 s ahead (the database's clock cannot be stepped here): to the database they are alike.
+    url = empty_postgres()
+    database = Database(url)
+    database.upgrade()
+
+    for process in HOSTS:
+        record(database, process, 0.0)
+    first = PostgresLock(url, revision=head_revision(), key=4242)
+    second = PostgresLock(url, revision=head_revision(), key=4242)
+    try:
+        with acting_as(monkeypatch, "hostA:1"):
+            assert first.try_acquire() and first.refusal is None  # it leads
+        with acting_as(monkeypatch, "hostB:2"):
+            assert not second.try_acquire() and second.refusal is None  # it stands by
+
+        real_time, real_monotonic = time.time, time.monotonic
+        monkeypatch.setattr(time, "time", lambda: real_time() + 40)
+        monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + 40)
+        with acting_as(monkeypatch, "hostA:1"):
+            assert first.still_held(), "the leader's lock"
+            assert first.offset_s is not None and first.offset_s > 39, first.offset_s
+            assert first.refusal is None, first.refusal  # the leader does not step down
+        with acting_as(monkeypatch, "hostB:2"):
+            assert not second.try_acquire()
+            assert second.refusal is None, second.refusal  # nor would the standby refuse to take over
+
+        # The standby's row rewritten after the step (+40), the leader's not yet (0): still no one refuses.
+        record(database, "hostB:2", 40.0)
+        with acting_as(monkeypatch, "hostA:1"):
+            assert first.still_held() and first.refusal is None, first.refusal
+        with acting_as(monkeypatch, "hostB:2"):
+            assert not second.try_acquire() and second.refusal is None, second.refusal
+        record(database, "hostA:1", 40.0)
+        first.release()  # the leader stops: the standby takes over
+        with acting_as(monkeypatch, "hostB:2"):
+            assert second.try_acquire() and second.refusal is None, second.refusal
+
+    finally:
+        first.release()
+        second.release()
+        database.engine.dispose()
+
+
+def test_a_host_whose_own_clock_jumps_refuses_at_its_next_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The frames of the database's clock do not hide a step of this host's own wall clock (its monotonic clock does
+    # not move with it): a leader 40 s ahead of the other host's record gives the lock back at its next check.
+    url = empty_postgres()
+    database = Database(url)
+    database.upgrade()
+    for process in HOSTS:
+        record(database, process, 0.0)
+    lock = PostgresLock(url, revision=head_revision(), key=4242)
+    try:
+        with acting_as(monkeypatch, "hostA:1"):
+            assert lock.try_acquire() and lock.refusal is None
+            real_time = time.time
+            monkeypatch.setattr(time, "time", lambda: real_time() + 40)
+            lock.still_held()
+            assert lock.refusal is not None and "s ahead of that of host hostB" in lock.refusal, lock.refusal
+            assert not lock.try_acquire()
+    finally:
+        lock.release()
+        database.engine.dispose()
+
+
+def test_a_host_starting_just_after_a_step_of_the_database_clock_is_not_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A serving host recorded offset 0; the database's clock is then stepped back 40 s (stand-in as above: this
+    # process's wall and monotonic clocks 40 s ahead). A host starting now measures +40 against a record of 0: start-up
+    # waits for that host's next record (its refresh, here written by a thread), which agrees, and starts.
+    url = empty_postgres()
+    database = Database(url)
+    database.upgrade()
+    record(database, "hostA:1", 0.0)
+    real_time, real_monotonic = time.time, time.monotonic
+    monkeypatch.setattr(time, "time", lambda: real_time() + 40)
+    monkeypatch.setattr(time, "monotonic", lambda: real_monotonic() + 40)
+    refresh = threading.Timer(2.0, record, (database, "hostA:1", 40.0))
+    refresh.start()
+    try:
+        findings = clock_findings(Settings(interface_hrn="lab", data_dir=Path("/nonexistent"), database_url=url))
+    finally:
+        refresh.join()
+        database.engine.dispose()
+    assert not [finding for finding in findings if not finding.warning], findings
+    assert any("40." in finding.message and "ahead of the database's" in finding.message for finding in findings)
