@@ -21,12 +21,12 @@ check`` reports the same (``live_disagreements``). SQLite: one host, nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy import Engine, delete, insert, select, text, update
 
 from sfa_omf.calendar.fence import fence_term
 from sfa_omf.calendar.models import ClusterSettings
-from sfa_omf.cluster.clock import DATABASE_CLOCK_SQL, PeerClock, offset_from
+from sfa_omf.cluster.clock import DATABASE_CLOCK_SQL, PeerClock, read_database_clock
 from sfa_omf.config import OPTIONS, Settings
 from sfa_omf.trust.roots import TrustedRoots, load_trusted_roots
 
@@ -127,6 +127,7 @@ def resolved_zone_name(name: str) -> str:
     return "local zone, UTC offsets " + " / ".join(str(offset) for offset in offsets)
 
 
+@functools.lru_cache(maxsize=8)  # slow on purpose (0.1 s): once per key, not at every refresh
 def _secret_digest(secret: str, salt: str) -> str:
     """A digest that tells whether two hosts hold the same secret without helping anyone who reads the database to
     find it: slow (PBKDF2, many rounds) and cut short (48 bits: a guess that matches is one of very many)."""
@@ -212,7 +213,7 @@ def compare(ours: Mapping[str, Any], others: Sequence[ProcessRow]) -> list[Disag
 
 def _database_now(connection: Any) -> int:
     # The database's clock for every row: a host whose own clock is off is neither taken for dead nor kept alive.
-    return int(connection.execute(text("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)")).scalar())
+    return int(read_database_clock(connection)[0])
 
 
 def _live_rows(connection: Any, now: int, but: str = "") -> list[ProcessRow]:
@@ -259,9 +260,7 @@ class SettingsAgreement:
         table = ClusterSettings
         with self.engine.begin() as connection:
             # The database's time, which stamps the row, is also the measure of this host's clock (one statement).
-            sent_at = time.time()
-            database_epoch = float(connection.execute(text(f"SELECT {DATABASE_CLOCK_SQL}")).scalar_one())
-            offset_s = offset_from(sent_at, database_epoch, time.time())
+            database_epoch, offset_s = read_database_clock(connection)
             now = int(database_epoch)
             connection.execute(delete(table).where(table.seen_s < now - STALE_S))
             updated = connection.execute(

@@ -106,13 +106,19 @@ def offset_from(sent_at: float, database_epoch: float, answered_at: float) -> fl
     return (sent_at + answered_at) / 2 - database_epoch
 
 
-def measure_offset_s(connection: Any) -> float:
-    """This host's clock minus the database's, on ``connection`` (a SQLAlchemy connection to PostgreSQL)."""
+def read_database_clock(connection: Any) -> tuple[float, float]:
+    """(the database's clock in seconds since the epoch, this host's clock minus it), read once on ``connection``
+    (a SQLAlchemy connection to PostgreSQL)."""
     from sqlalchemy import text
 
     sent_at = time.time()
-    database_epoch = float(connection.execute(text(f"SELECT {DATABASE_CLOCK_SQL}")).scalar())
-    return offset_from(sent_at, database_epoch, time.time())
+    database_epoch = float(connection.execute(text(f"SELECT {DATABASE_CLOCK_SQL}")).scalar_one())
+    return database_epoch, offset_from(sent_at, database_epoch, time.time())
+
+
+def measure_offset_s(connection: Any) -> float:
+    """This host's clock minus the database's, on ``connection`` (a SQLAlchemy connection to PostgreSQL)."""
+    return read_database_clock(connection)[1]
 
 
 def may_clash(offset_s: float) -> bool:
