@@ -42,7 +42,7 @@ CUT_BYTES = 48 * 1024
 FILE_BYTES = 200 * 1024
 
 
-class Relay:
+class StandInNetworkRelay:
     """A TCP relay between the agent and the server (a stand-in for the network between them): ``policy`` says,
     for each connection by number, what becomes of it. Counts the connections that carried more than CUT_BYTES up
     (a file staged out)."""
@@ -120,8 +120,8 @@ class Relay:
 
 
 @pytest.fixture
-def relay(lab: Lab) -> Iterator[Relay]:
-    made = Relay(lab.server.port_number)
+def relay(lab: Lab) -> Iterator[StandInNetworkRelay]:
+    made = StandInNetworkRelay(lab.server.port_number)
     yield made
     made.close()
 
@@ -129,7 +129,9 @@ def relay(lab: Lab) -> Iterator[Relay]:
 class Node:
     """pc1 enrolled through the relay, running a lease of ann's (one round done: the account set up)."""
 
-    def __init__(self, lab: Lab, relay: Relay, tmp_path: Path, stage_out_rounds: int = node.STAGE_OUT_ROUNDS) -> None:
+    def __init__(
+        self, lab: Lab, relay: StandInNetworkRelay, tmp_path: Path, stage_out_rounds: int = node.STAGE_OUT_ROUNDS
+    ) -> None:
         self.lab, self.relay, self.state = lab, relay, tmp_path / "a1"
         enrol(relay.url, lab.invite(), lab.root, str(self.state), "pc1")
         book_now(lab, ssh_key("ann@laptop"))
@@ -167,7 +169,7 @@ def _sha256(data: bytes) -> str:
 
 
 def test_a_slow_upload_goes_in_pieces_each_within_the_time_out(
-    lab: Lab, relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lab: Lab, relay: StandInNetworkRelay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The time-out bounds each stalled write, not the whole upload: a file that takes several times TIMEOUT_S to
     go up (the relay passes 16 KiB, then stops for 0.2 s) is staged out. One sendall() of the whole body,
@@ -183,7 +185,9 @@ def test_a_slow_upload_goes_in_pieces_each_within_the_time_out(
     assert pc1.kept_out() == {("results.bin", _sha256(data))}
 
 
-def test_a_file_that_never_goes_is_kept_when_the_accounts_go(lab: Lab, relay: Relay, tmp_path: Path) -> None:
+def test_a_file_that_never_goes_is_kept_when_the_accounts_go(
+    lab: Lab, relay: StandInNetworkRelay, tmp_path: Path
+) -> None:
     pc1 = Node(lab, relay, tmp_path, stage_out_rounds=2)
     login = pc1.start()
     data = b"r" * FILE_BYTES
@@ -203,7 +207,9 @@ def test_a_file_that_never_goes_is_kept_when_the_accounts_go(lab: Lab, relay: Re
     assert pc1.kept_out() == {("notes.txt", _sha256(b"small\n"))}
 
 
-def test_a_stage_in_cut_part_way_is_fetched_next_round_not_failed(lab: Lab, relay: Relay, tmp_path: Path) -> None:
+def test_a_stage_in_cut_part_way_is_fetched_next_round_not_failed(
+    lab: Lab, relay: StandInNetworkRelay, tmp_path: Path
+) -> None:
     pc1 = Node(lab, relay, tmp_path)
     data = bytes(range(256)) * 800
     pc1.store.put(pc1.lease_id, "pc1", "in", "input.dat", data, _sha256(data))
@@ -233,7 +239,7 @@ class Waits(threading.Event):
         return self.is_set()
 
 
-def test_after_a_failed_round_the_next_is_tried_sooner(lab: Lab, relay: Relay, tmp_path: Path) -> None:
+def test_after_a_failed_round_the_next_is_tried_sooner(lab: Lab, relay: StandInNetworkRelay, tmp_path: Path) -> None:
     """Three rounds find the server cut off (connections refused), then one goes through, then one fails again: the
     waits are 2, 4, 8 s, then the interval less the round's own length (3 s on the test's clock), then 2 s again."""
     pc1 = Node(lab, relay, tmp_path)
@@ -254,7 +260,7 @@ def test_after_a_failed_round_the_next_is_tried_sooner(lab: Lab, relay: Relay, t
     assert pc1.agent._retry_wait(64.0) == 30.0 * 0.75
 
 
-def test_files_accepted_are_not_sent_again(lab: Lab, relay: Relay, tmp_path: Path) -> None:
+def test_files_accepted_are_not_sent_again(lab: Lab, relay: StandInNetworkRelay, tmp_path: Path) -> None:
     pc1 = Node(lab, relay, tmp_path)
     login = pc1.start()
     files = {name: name.encode("ascii") * (FILE_BYTES // 5) for name in ("a.bin", "b.bin", "c.bin")}
@@ -279,7 +285,7 @@ def test_files_accepted_are_not_sent_again(lab: Lab, relay: Relay, tmp_path: Pat
     assert not (pc1.state / node.SENT).exists() or json.loads((pc1.state / node.SENT).read_text()) == {}
 
 
-def test_an_ended_report_not_delivered_keeps_its_message(lab: Lab, relay: Relay, tmp_path: Path) -> None:
+def test_an_ended_report_not_delivered_keeps_its_message(lab: Lab, relay: StandInNetworkRelay, tmp_path: Path) -> None:
     pc1 = Node(lab, relay, tmp_path, stage_out_rounds=1)
     login = pc1.start()
     data = b"r" * FILE_BYTES
@@ -298,7 +304,7 @@ def test_an_ended_report_not_delivered_keeps_its_message(lab: Lab, relay: Relay,
 
 
 def test_a_file_is_kept_once_while_the_accounts_removal_fails(
-    lab: Lab, relay: Relay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lab: Lab, relay: StandInNetworkRelay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A finished lease whose accounts cannot be removed (userdel failing: a user's process holds on) is tried again
     each round, and each such round is its "last": its files that could not go, and one the server refuses (a name
@@ -339,7 +345,9 @@ def test_a_file_is_kept_once_while_the_accounts_removal_fails(
     assert (lost, state) == (False, "ended") and f"kept on the node in {folder / 'results.bin'}" in message
 
 
-def test_a_stage_in_file_the_server_cannot_serve_fails_the_lease(lab: Lab, relay: Relay, tmp_path: Path) -> None:
+def test_a_stage_in_file_the_server_cannot_serve_fails_the_lease(
+    lab: Lab, relay: StandInNetworkRelay, tmp_path: Path
+) -> None:
     """The server answers 500 for a stage-in file every time (its stored copy unreadable: a directory in its place):
     tried again for STAGE_IN_ROUNDS rounds, the lease not failed meanwhile, then reported failed with the last error,
     not left not ready until its end with nothing said to the experimenter."""
