@@ -278,7 +278,7 @@ def _join_token(args: argparse.Namespace) -> str:
 
 
 def _enrol(args: argparse.Namespace) -> int:
-    from sfa_omf.agents.node import AgentCallError, ServerNotTrusted, enrol
+    from sfa_omf.agents.node import AgentCallError, ServerNotTrusted, enrol, local_fault
 
     token = _join_token(args)
     try:
@@ -305,6 +305,10 @@ def _enrol(args: argparse.Namespace) -> int:
         print(f"sfa-omf agent: the server refused: {exc.message} ({exc.status} {exc.reason})", file=sys.stderr)
         return 1
     except OSError as exc:
+        fault = local_fault(exc, args.state)
+        if fault is not None:  # the node's own file (its disk full), not the server's silence
+            print(f"sfa-omf agent: {fault}; then enrol again (the same token works again)", file=sys.stderr)
+            return 1
         print(f"sfa-omf agent: no answer from {args.server} ({exc}); try again later", file=sys.stderr)
         return 1
     print(f"enrolled as {enrolled.node}; run: sfa-omf agent run --state {args.state}")
@@ -313,7 +317,7 @@ def _enrol(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from sfa_omf.agents.host import DirectoryHost, Host, UnixHost
-    from sfa_omf.agents.node import Agent, AgentCallError, ServerNotTrusted
+    from sfa_omf.agents.node import Agent, AgentCallError, LocalFault, ServerNotTrusted
 
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(UtcLogFormatter("%(asctime)s %(name)s %(message)s"))  # UTC with a Z, as the server's lines
@@ -336,6 +340,9 @@ def _run(args: argparse.Namespace) -> int:
             print(
                 f"sfa-omf agent: the server refused: {said}; {_after_refusal(exc.status, args.state)}", file=sys.stderr
             )
+            return 1
+        except LocalFault as exc:  # the node's own file (its disk full): the server did answer
+            print(f"sfa-omf agent: {exc}; then run the agent again", file=sys.stderr)
             return 1
         except OSError as exc:
             print(f"sfa-omf agent: no answer from {agent.server} ({exc}); try again later", file=sys.stderr)

@@ -63,10 +63,20 @@ def _valid_keys(keys: Sequence[str]) -> list[str]:
 
 
 def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place. On failure (a full disk) the
+    temporary file goes, and the OSError names it: a write() that fails says no file name of its own (the agent
+    tells a full disk of the node from a silent server by it)."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as out:
-        out.write(text.encode("utf-8", ENCODING_ERRORS))
-    os.replace(temporary, path)
+    try:
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as out:
+            out.write(text.encode("utf-8", ENCODING_ERRORS))
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if exc.filename is None:
+            exc.filename = str(temporary)
+        raise
 
 
 def _read_text(path: Path) -> str:
@@ -193,12 +203,18 @@ def _write_into(home: Path, folder: str, name: str, data: bytes, owner: tuple[in
         with contextlib.suppress(FileNotFoundError):  # a leftover, or a link planted there: the name only goes
             os.unlink(temporary, dir_fd=folder_fd)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        with open(os.open(temporary, flags, 0o600, dir_fd=folder_fd), "wb") as out:
-            if owner is not None:
-                os.fchown(out.fileno(), *owner)
-            out.write(data)
-        # rename() replaces a link at the target by the file, it does not write through it.
-        os.replace(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        try:
+            with open(os.open(temporary, flags, 0o600, dir_fd=folder_fd), "wb") as out:
+                if owner is not None:
+                    os.fchown(out.fileno(), *owner)
+                out.write(data)
+            # rename() replaces a link at the target by the file, it does not write through it.
+            os.replace(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        except OSError as exc:  # (a full disk): no half-written file left, and the error names where
+            with contextlib.suppress(OSError):
+                os.unlink(temporary, dir_fd=folder_fd)
+            exc.filename = str(home / folder / temporary)
+            raise
     finally:
         os.close(folder_fd)
 

@@ -7,11 +7,15 @@ leases, removal of finished ones), report. Every call verifies the server agains
 that its certificate names the aggregate (``...+authority+am``): any node or user of our authority also holds a
 certificate chaining to the root, and must not pass for the aggregate. At enrolment, before the token is sent, the
 aggregate is the one the invitation names, or the aggregate of the root's own authority. A server that is down or
-restarting is waited for: the loop keeps its state on disk and carries on where it was.
+restarting is waited for: the loop keeps its state on disk and carries on where it was. A file of the node that
+cannot be written (the state directory's disk full) is told apart from a server that does not answer (local_fault),
+and a lease it held up waits for room, not reported failed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -173,10 +177,76 @@ def _file_sha256(path: Path) -> str:
 
 
 def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place. On failure (a full disk) the
+    temporary file goes, and the OSError names it: a write() that fails says no file name of its own."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as out:
-        out.write(data)
-    os.replace(temporary, path)
+    try:
+        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if exc.filename is None:
+            exc.filename = str(temporary)
+        raise
+
+
+#: errno values of a file system that is full (its blocks or its inodes, or the user's quota): once space is freed
+#: the same write succeeds, so such a failure is the node's passing fault, never the lease's.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: errno values that are a file's and never a network's, even when they come without a file name (a write()).
+LOCAL_ERRNOS = DISK_FULL | {errno.EROFS}
+#: errno values of a file that cannot be written, and what to do about it.
+WRITE_ADVICE = {
+    errno.ENOSPC: "free space there",
+    errno.EDQUOT: "free space there (a disk quota is reached)",
+    errno.EROFS: "its file system is mounted read-only: make it writable",
+    errno.EACCES: "the agent must run as a user that may write there (root)",
+    errno.EPERM: "the agent must run as a user that may write there (root)",
+}
+
+
+class LocalFault(Exception):
+    """A file of the node could not be written or read (a full or read-only disk, a permission): the node's own
+    fault, neither the server's (no answer) nor the lease's; the next round tries again. ``error`` is the OSError;
+    ``passing`` says that the lease is not to be reported failed for it (a full disk, or the agent's own state
+    directory: whatever is wrong there is the node's, and the lease goes ahead once it is mended)."""
+
+    def __init__(self, message: str, error: OSError, passing: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error = error
+        self.passing = passing
+
+
+def local_fault(exc: BaseException, state_dir: str | Path) -> LocalFault | None:
+    """``exc`` as a fault of the node's own files, or None when it is not one (a network's: a socket's errors carry
+    no file name). An OSError naming a file is local, and so is one of a full or read-only file system (LOCAL_ERRNOS)
+    without a name. The words name the agent's state directory when the file is there (``state_dir``), else the
+    file's directory, and say what to do."""
+    if isinstance(exc, LocalFault):
+        return exc
+    if not isinstance(exc, OSError) or (exc.filename is None and exc.errno not in LOCAL_ERRNOS):
+        return None
+    name = os.fsdecode(exc.filename) if isinstance(exc.filename, str | bytes | os.PathLike) else ""
+    path = Path(name)
+    in_state = bool(name) and (
+        path.is_relative_to(state_dir)
+        or (path.is_absolute() and Path(os.path.abspath(path)).is_relative_to(os.path.abspath(state_dir)))
+    )
+    advice = WRITE_ADVICE.get(exc.errno or 0, "")
+    verb = "cannot be written" if advice else "cannot be used"
+    why = exc.strerror or str(exc)
+    if in_state or path.is_absolute():
+        where = f"the agent's state directory {state_dir}" if in_state else f"the node's directory {path.parent}"
+        if not advice:  # (not a write's failure: which file, then)
+            why += f" ({path.name})"
+    else:  # a name relative to a descriptor's directory, or none (a write()): where is not known here
+        where = "a file of the node" + (f" ({name})" if name else "")
+        advice = "free space on the node's disks" if exc.errno in DISK_FULL else advice
+    text = f"{where} {verb}: {why}" + (f"; {advice}" if advice else "")
+    return LocalFault(text, exc, in_state or exc.errno in DISK_FULL)
 
 
 def _self_signed(key: Any, hostname: str) -> bytes:
@@ -598,9 +668,17 @@ class Agent:
     def _record(self, lease_id: str, logins: list[str]) -> None:
         """Keep the logins set up (or about to be) for the lease, before touching the host: whatever part of a
         lease was applied, even when applying or staging in failed, is taken away at its end."""
-        if self.applied.get(lease_id) != logins:
+        before = self.applied.get(lease_id)
+        if before != logins:
             self.applied[lease_id] = logins
-            self._save()
+            try:
+                self._save()
+            except OSError:  # not on disk: the host is not touched, and memory says what the disk says
+                if before is None:
+                    self.applied.pop(lease_id)
+                else:
+                    self.applied[lease_id] = before
+                raise
 
     def _report(self, lease_id: str, state: str, message: str = "") -> None:
         try:
@@ -610,12 +688,34 @@ class Agent:
                 raise
 
     def run_once(self) -> dict[str, Any]:
-        """Heartbeat, then make the host match the work; returns the work as received."""
+        """Heartbeat, then make the host match the work; returns the work as received. A file of the node that
+        cannot be written (its disk full: see local_fault) is LocalFault, not an OSError that would read as the
+        server's silence; a lease it held up is not reported failed, and the other leases go on: it is raised at the
+        end of the round, which the next round tries again."""
+        try:
+            return self._round()
+        except OSError as exc:
+            fault = local_fault(exc, self.state)
+            if fault is None:
+                raise
+            raise fault from exc
+
+    def _held_up(self, lease_id: str, exc: BaseException) -> LocalFault | None:
+        """The node's passing fault that kept a lease from being set up this round (logged), or None when ``exc``
+        is the lease's failure."""
+        fault = local_fault(exc, self.state)
+        if fault is None or not fault.passing:
+            return None
+        log.warning("lease %s not set up yet, tried again next round: %s", lease_id, fault)
+        return fault
+
+    def _round(self) -> dict[str, Any]:
         if (self.state / CERT).stat().st_mtime != self._certificate_mtime:
             self.client = self._client()
         self.client.call("POST", "heartbeat", {})
         self.renew_vpn()
         work = self.client.call("GET", "work")
+        held_up: LocalFault | None = None  # the first lease held up by the node's own fault this round
         active_ids = set()
         for item in work.get("active", []):
             lease_id = str(item["lease_id"])
@@ -624,16 +724,24 @@ class Agent:
             if item.get("reported") == "failed":
                 continue  # said once; the experimenter or the operator acts on it
             previous = self.applied.get(lease_id, [])
-            self._record(lease_id, sorted(set(previous) | set(accounts)))
             try:
+                self._record(lease_id, sorted(set(previous) | set(accounts)))
                 self.host.apply(lease_id, accounts)
-            except Exception as exc:  # any failure of the host is the lease's failure, reported in its words
+            except Exception as exc:  # any other failure of the host is the lease's failure, reported in its words
+                fault = self._held_up(lease_id, exc)
+                if fault is not None:  # the node's disk full, or its state directory: not the lease's failure
+                    held_up = held_up or fault
+                    continue
                 log.warning("lease %s could not be set up: %s", lease_id, exc)
                 self._report(lease_id, "failed", str(exc))
                 continue
             try:
                 later = self._stage_in(lease_id, item.get("stage_in", []), sorted(accounts))
             except (AgentCallError, OSError, StageInGaveUp) as exc:
+                fault = self._held_up(lease_id, exc)
+                if fault is not None:
+                    held_up = held_up or fault
+                    continue
                 log.warning("lease %s: staging in failed: %s", lease_id, exc)
                 self._report(lease_id, "failed", f"staging in failed: {exc}")
                 continue
@@ -686,6 +794,8 @@ class Agent:
             self._report(lease_id, "ended", self.ending[lease_id])
             self.ending.pop(lease_id)
             self._write(ENDING, self.ending)
+        if held_up is not None:
+            raise held_up
         return work
 
     def renew_vpn(self) -> bool:
@@ -806,8 +916,13 @@ class Agent:
                         log.warning("lease %s: %r not staged out yet: %s", lease_id, where, exc)
                         unsent = f"{exc}"
                 except (OSError, http.client.HTTPException) as exc:  # no answer: the server may be back next round
-                    log.warning("lease %s: %r not staged out yet (no answer: %s)", lease_id, where, exc)
-                    unsent = f"no answer: {exc}"
+                    fault = local_fault(exc, self.state)
+                    if fault is not None:  # sent, not recorded (a full disk): sending it again is harmless
+                        log.warning("lease %s: %r not recorded as staged out yet: %s", lease_id, where, fault)
+                        unsent = fault.message
+                    else:
+                        log.warning("lease %s: %r not staged out yet (no answer: %s)", lease_id, where, exc)
+                        unsent = f"no answer: {exc}"
                 except Exception:  # a failure of ours with this one file: it must not keep the lease's accounts
                     log.exception("lease %s: %r not staged out (agent error)", lease_id, where)
                     result.lost.append(f"{where!r} (agent error: see the agent's log)")
@@ -846,12 +961,19 @@ class Agent:
         """Loop until ``stop``: a round every interval, counted from the round's start (the round's own length does
         not delay the next heartbeat, unless it is longer than the interval). A round that fails (a server that
         cannot be reached, restarting, the network down) is tried again sooner: after RETRY_FIRST_S, doubling, at
-        most the interval, less a random part."""
+        most the interval, less a random part. A round held up by the node's own files (LocalFault: its disk full)
+        is a warning naming where, and the next round comes at its time (its heartbeat with it)."""
         retry_s = RETRY_FIRST_S
         while not stop.is_set():
             started = self.clock()
             try:
                 self.run_once()
+            except LocalFault as exc:  # the node's own: the server answered, the next round comes at its time
+                wait_s = max(0.0, self.interval_s - (self.clock() - started))
+                log.warning("%s; trying again in %.0f s", exc, wait_s)
+                retry_s = RETRY_FIRST_S
+                stop.wait(wait_s)
+                continue
             except (TimeoutError, OSError, http.client.HTTPException) as exc:
                 wait_s = self._retry_wait(retry_s)
                 log.warning("server unreachable (%s); trying again in %.0f s", exc, wait_s)

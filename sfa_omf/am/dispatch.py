@@ -1,6 +1,8 @@
 """What every AM API endpoint (v2, v3) does around its methods: find the method, unpack arguments, wrap the answer
 in the envelope, turn a bug into SERVERERROR (logged with its traceback), and log one line per call: method, caller
-URN, slice, geni_code, milliseconds, and for a refused call its reason and message."""
+URN, slice, geni_code, milliseconds, and for a refused call its reason and message. A call that failed for a fault
+of the aggregate's own (its calendar database: a full disk, a server down) is logged at WARNING, at most once a minute
+per reason: the operator has to act, and a busy aggregate must not flood its log."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from sfa_omf.am.contract import CREDENTIALS
 from sfa_omf.am.envelope import failure, success
 from sfa_omf.arguments import Signature
 from sfa_omf.errors import GeniCode, GeniError, Reason, logged_refusal
+from sfa_omf.log_limits import OncePerPeriod
 from sfa_omf.server.xmlrpc import CallContext, shown_method
 from sfa_omf.xrn import is_urn, shown_urn
 
@@ -21,6 +24,30 @@ log = logging.getLogger("sfa_omf.am")
 
 #: A method's implementation: called with the arguments its signature has checked and converted.
 Method = Callable[[Aggregate, CallContext, tuple[Any, ...]], Any]
+
+#: Reasons that are the aggregate's own fault, not the caller's (errors.py): the operator must act on them.
+SERVER_FAULTS = frozenset({Reason.DATABASE})
+#: At most one WARNING per reason of SERVER_FAULTS in this many seconds; the calls between are logged at INFO, and
+#: counted in the next WARNING.
+SERVER_FAULT_WARNING_S = 60.0
+
+
+class FaultWarnings:
+    """Which failed calls of a server fault are logged at WARNING: the first of each reason, then one every
+    ``every_s`` seconds; ``clock`` is a seam for tests."""
+
+    def __init__(self, every_s: float = SERVER_FAULT_WARNING_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limits = {reason: OncePerPeriod(every_s, clock) for reason in SERVER_FAULTS}
+
+    def level(self, reason: Reason) -> tuple[int, int]:
+        """The level of this call's line and, for a WARNING, how many calls of the reason were logged at INFO since
+        the previous one (0 for an INFO line)."""
+        quiet = self._limits[reason].due()
+        return (logging.INFO, 0) if quiet is None else (logging.WARNING, quiet)
+
+
+#: The process's one count (v2 and v3 endpoints together).
+FAULT_WARNINGS = FaultWarnings()
 
 
 def _about(signature: Signature, args: tuple[Any, ...]) -> str:
@@ -95,13 +122,18 @@ class ApiEndpoint:
         shown: str, caller: str | None, about: str, code: GeniCode, started: float, refusal: GeniError | None = None
     ) -> None:
         """The one log line of a call; ``shown`` is the method as shown_method() shows it; a refused call's line
-        says why (logged_refusal)."""
-        log.info(
-            "%s caller=%s slice=%s geni_code=%d ms=%.1f%s",
+        says why (logged_refusal). A server fault's (SERVER_FAULTS) is a WARNING, within FAULT_WARNINGS' limit."""
+        level, quiet = logging.INFO, 0
+        if refusal is not None and refusal.reason in SERVER_FAULTS:
+            level, quiet = FAULT_WARNINGS.level(refusal.reason)
+        log.log(
+            level,
+            "%s caller=%s slice=%s geni_code=%d ms=%.1f%s%s",
             shown,
             caller,
             about,
             int(code),
             (time.perf_counter() - started) * 1000,
             logged_refusal(refusal),
+            f" ({quiet} more such failures since the last warning, logged at INFO)" if quiet else "",
         )

@@ -428,6 +428,12 @@ def opening_advice(url: str, reason: str) -> str:
             f"{path} cannot be created: its directory {directory} does not exist; create it (mkdir -p {directory}, "
             "owned by the user running sfa-omf), or fix [sfa_omf] database_url"
         )
+    full = _full_file_system(directory) if path != ":memory:" else None
+    if full is not None:  # SQLite says "disk I/O error" (it cannot make its -wal or -shm file): not a permission
+        return (
+            f"{path} cannot be opened: {reason}; the file system holding {directory} is full ({full}): free space "
+            "there, then start again"
+        )
     if "file is not a database" in reason:  # SQLite's words for SQLITE_NOTADB
         return (
             f"{path} is not an SQLite database ({reason}); fix [sfa_omf] database_url, or move the file aside "
@@ -437,6 +443,28 @@ def opening_advice(url: str, reason: str) -> str:
         f"{path} cannot be opened: {reason}; the user running sfa-omf must be able to read and write it and its "
         "directory, or fix [sfa_omf] database_url"
     )
+
+
+#: Free space under which the file system of an SQLite calendar that cannot be opened is said to be full: SQLite
+#: needs room for its journal (-wal) and shared memory (-shm) files to open it at all.
+FULL_BELOW_BYTES = 1024 * 1024
+
+
+def _full_file_system(directory: Path) -> str | None:
+    """How little room the file system holding ``directory`` has ("N bytes free", "no inodes free") when it is full
+    (under FULL_BELOW_BYTES, or no inode left), else None (or when it cannot be asked)."""
+    try:
+        found = os.statvfs(directory)
+    except OSError:
+        return None
+    # root may use the blocks and inodes reserved for root (ext4's 5 %): only for root are they free.
+    root = os.geteuid() == 0
+    free = (found.f_bfree if root else found.f_bavail) * found.f_frsize
+    # (0 inodes in all: a file system that does not count them, as btrfs)
+    no_inodes = found.f_files > 0 and (found.f_ffree if root else found.f_favail) == 0
+    if free >= FULL_BELOW_BYTES and not no_inodes:
+        return None
+    return f"{free} bytes free" + (", no inodes free" if no_inodes else "")
 
 
 @contextmanager

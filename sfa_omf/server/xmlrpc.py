@@ -6,14 +6,16 @@ answered with an XML-RPC fault and logged with its traceback, and the server kee
 
 Limits: a request whose declared body is larger than ``max_body_bytes`` is answered at once (fault 6) and the
 connection closed, without reading the body (a route with limits of its own, the node agents' JSON API, is held to
-those instead, and answers its own 413 in its own form); a header line or header block over 16 KiB is answered 431
-and the connection closed; XML with a DOCTYPE or entity declaration is refused before it is parsed; values nested
-deeper than ``MAX_DEPTH`` are refused while unmarshalling; any body that is not a well-formed methodCall is a clean
-fault 1 (never an HTTP 500) saying what was wrong and in which <param>; a method name that is no name (over 64
-characters, or other characters than letters, digits, '_' and '.') is refused before any handler runs, and shown
-only as a bounded repr; at most ``pool`` threads run calls at once and the rest wait their turn, while the reactor
-keeps accepting and answering (a slow client only holds its own connection). Any HTTP method but POST is answered
-405 (``Allow: POST``).
+those instead, and answers its own 413 in its own form); a body Twisted keeps in the temporary directory (100 000
+bytes or more, or chunked) that cannot be written there (the directory full) is answered at once as the server's
+error (fault 5; a 503 at the JSON routes), nothing run, and the connection closed; a header line or header block over
+16 KiB is answered 431 and the connection closed; XML with a DOCTYPE or entity declaration is refused before it is
+parsed; values nested deeper than ``MAX_DEPTH`` are refused while unmarshalling; any body that is not a well-formed
+methodCall is a clean fault 1 (never an HTTP 500) saying what was wrong and in which <param>; a method name that is
+no name (over 64 characters, or other characters than letters, digits, '_' and '.') is refused before any handler
+runs, and shown only as a bounded repr; at most ``pool`` threads run calls at once and the rest wait their turn,
+while the reactor keeps accepting and answering (a slow client only holds its own connection). Any HTTP method but
+POST is answered 405 (``Allow: POST``).
 
 A refusal of the transport's own once a call is read (a method name that is no name, a caller without a client
 certificate) goes to the handler's ``refuse`` when it has one (the AM API answers with its envelope), else it is an
@@ -40,12 +42,15 @@ calling it, wait half a minute). The certificate check, the refusals and the han
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
+import os
 import re
 import socket
 import struct
+import tempfile
 import termios
 import time
 import traceback
@@ -53,6 +58,7 @@ import xmlrpc.client
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from io import BytesIO
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import unquote_to_bytes
@@ -70,6 +76,7 @@ from twisted.web import http, resource, server
 from zope.interface import implementer  # type: ignore[import-untyped]  # Twisted's interfaces are zope's
 
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.log_limits import OncePerPeriod
 from sfa_omf.server.tls import peer_chain
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, refuse_declarations
@@ -97,6 +104,14 @@ DEFAULT_STALL_DEADLINE_S = 60.0
 DEFAULT_MAX_CONNECTIONS = 2048
 DEFAULT_MAX_CONNECTIONS_PER_PEER = 64
 REFUSAL_LOG_PERIOD_S = 60.0  # a peer turned away is logged at most this often
+#: Twisted keeps a request body of this many bytes or more, or a chunked one, in a file of the temporary directory
+#: ($TMPDIR; twisted.web.http._getContentFile), not in memory.
+SPOOLED_BODY_BYTES = 100_000
+#: What the caller is told when its body cannot be kept there (the directory full): the server's trouble.
+SPOOL_FULL_MESSAGE = (
+    "the aggregate has no room to take in this request (its temporary directory is full): nothing was done; try "
+    "again later, and tell the testbed's operator if it lasts"
+)
 SLOWEST_UPLOAD_BYTES_PER_S = 32 * 1024  # ...and a body of the largest size taken at this rate has the time it needs
 #: A closed connection's answer is let go on for as long as it takes at this rate (plus a grace), however slowly its
 #: client keeps taking it: a client taking a byte per grace must not hold a connection for hours.
@@ -118,6 +133,12 @@ SHOWN_CHARS = 80
 #: small: what the reactor parses holds every connection, and 64 KiB of dateTime values took 30 ms to parse (three
 #: clients sending them made a plain GetVersion 4.5 times slower for everyone).
 INLINE_MAX_BODY_BYTES = 4 * 1024
+
+
+#: Request bodies that could not be kept in the temporary directory (at most a line a minute, whichever listener).
+_UNSPOOLED_LOG = OncePerPeriod(REFUSAL_LOG_PERIOD_S)
+#: Connections cut off because reading them raised (a bug): at most a line with its traceback a minute.
+_READ_FAILURE_LOG = OncePerPeriod(REFUSAL_LOG_PERIOD_S)
 
 
 def shown_method(method: str) -> str:
@@ -353,7 +374,24 @@ class GuardedChannel(http.HTTPChannel):
                 # Blank lines between kept-alive requests (HTTP allows them) start no request, yet lone CRs or LFs
                 # never make a line (up to 16 KiB) and each restarts the idle timeout: they are bounded too.
                 self._start_request_deadline()
-        super().dataReceived(data)
+        try:
+            super().dataReceived(data)
+        except Exception:
+            # Nothing foreseen raises here (a temporary directory too full for a body is answered by LimitedRequest).
+            # Should anything, Twisted's TLS layer hands the same bytes again at the close, which raises again, and
+            # connectionLost never runs: the connection's descriptor and its count against its peer were never
+            # released (64 such locked an address out until a restart). Read nothing more, and cut it off.
+            self._closing = True
+            missed = _READ_FAILURE_LOG.due()
+            if missed is not None:
+                log.error(
+                    "reading a request from %s failed: connection cut off (logged at most once a minute; %d more "
+                    "since the last line): %s",
+                    self._peer(),
+                    missed,
+                    traceback.format_exc(),
+                )
+            self._abort()
 
     def allHeadersReceived(self) -> None:
         _cancel(self._header_deadline)
@@ -361,6 +399,10 @@ class GuardedChannel(http.HTTPChannel):
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
+        if self._closing:
+            # The connection is being closed (a refusal answered while the body came, a stop): the request is not
+            # run, even when the rest of its body came in the same read as the refusal.
+            return
         _cancel(self._request_deadline)
         _cancel(self._header_deadline)
         self._request_deadline = self._header_deadline = None
@@ -549,7 +591,11 @@ class GuardedChannel(http.HTTPChannel):
         if transport is None:
             return held_back
         buffered: int = len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # its FileDescriptor
-        return held_back + buffered + _kernel_unacknowledged_bytes(transport.getHandle())
+        try:
+            handle = transport.getHandle()
+        except AttributeError:  # its socket is closed and gone already (the kernel holds nothing of it)
+            return held_back + buffered
+        return held_back + buffered + _kernel_unacknowledged_bytes(handle)
 
     def _check_close(self) -> None:
         """A close grace has passed since the close or the last check: wait another one if the client has taken
@@ -630,8 +676,18 @@ class OwnBodyLimits(Protocol):
         ...
 
 
+def _temporary_directory() -> str:
+    """The directory Twisted keeps large request bodies in, for a log line; never raises (gettempdir does when no
+    directory is usable: then the one asked for)."""
+    try:
+        return tempfile.gettempdir()
+    except OSError:
+        return os.environ.get("TMPDIR") or "/tmp"
+
+
 class LimitedRequest(server.Request):
-    """Refuses a body over the site's limit as soon as its length is known (or as chunks exceed it)."""
+    """Refuses a body over the site's limit as soon as its length is known (or as chunks exceed it), and one that
+    cannot be kept in the temporary directory (full) as soon as a write there fails."""
 
     max_body_bytes = DEFAULT_MAX_BODY_BYTES
     #: The routes (by their first path segment) holding requests to their own limits; make_site sets it.
@@ -643,6 +699,7 @@ class LimitedRequest(server.Request):
     web_segment = b"calendar"
     _received = 0
     _too_big = False
+    _unspooled = False  # the body could not be written to its temporary file: refused
     _known_limit: int | None = None  # the limit of this request's path, once worked out (a path does not change)
 
     def __init__(self, channel: http.HTTPChannel, *args: Any, **kwargs: Any) -> None:
@@ -656,16 +713,32 @@ class LimitedRequest(server.Request):
             super().gotLength(0)  # buffer nothing of what is refused
             self._refuse_too_big(f"the request declares {length} bytes")
             return
-        super().gotLength(length)
+        try:
+            super().gotLength(length)  # a body of SPOOLED_BODY_BYTES or more, or chunked: a temporary file
+        except OSError as error:  # none can be made there (no room, the directory gone)
+            self.content = BytesIO()
+            self._refuse_unspooled(error)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
-        if self._too_big:
+        if self._too_big or self._unspooled:
             return
         if self._received > self._limit():  # chunked: no length was declared
             self._refuse_too_big("the request body")
             return
-        super().handleContentChunk(data)
+        try:
+            super().handleContentChunk(data)
+            if self.content is not None and not isinstance(self.content, BytesIO):
+                # Written through at once, so that a full disk shows here, where the call is answered; what Twisted's
+                # buffer kept failed at its seek once the body had come, raising through the TLS layer, which left
+                # the connection open for ever.
+                self.content.flush()
+        except OSError as error:
+            spooled, self.content = self.content, BytesIO()
+            if spooled is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    spooled.close()  # its flush fails again; the file is closed all the same
+            self._refuse_unspooled(error)
 
     def _path(self) -> bytes:
         """The path of the request line (known before the body; ``self.path`` is set only once it has come)."""
@@ -704,32 +777,79 @@ class LimitedRequest(server.Request):
     def _refuse_too_big(self, what: str) -> None:
         self._too_big = True
         limit = self._limit()
-        message = f"{what}: over the limit of {limit} bytes"
-        path = self._path()
+        self._refuse_unread(
+            b"413 Request Entity Too Large",
+            GeniError(Reason.TOO_BIG, f"{what}: over the limit of {limit} bytes"),
+            ("413 Request entity too large", f"{what}: a form is at most {limit} bytes."),
+            lambda route, segments: route.too_big_answer(segments, what),
+        )
+
+    def _refuse_unspooled(self, error: OSError) -> None:
+        """The body cannot be kept in the temporary directory: refused at once as the server's trouble (nothing is
+        done; the caller may try again later), and the operator told which directory is full, at most once a
+        minute. Bodies are not kept in memory instead: that would be up to max_body_bytes per connection."""
+        self._unspooled = True
+        missed = _UNSPOOLED_LOG.due()
+        if missed is not None:
+            log.warning(
+                "cannot keep a request body in the temporary directory %s ($TMPDIR): %s; requests with a body of %d "
+                "bytes or more, or chunked, are refused until it has room (logged at most once a minute; %d more "
+                "since the last line)",
+                _temporary_directory(),
+                error.strerror or error,
+                SPOOLED_BODY_BYTES,
+                missed,
+            )
+        refusal = GeniError(Reason.SERVER_ERROR, SPOOL_FULL_MESSAGE)
+        self._refuse_unread(
+            b"503 Service Unavailable",
+            refusal,
+            ("503 Service unavailable", f"{SPOOL_FULL_MESSAGE}."),
+            # The node agents' API's own form ({"error", "message"}, agent_http.py): a 503 its agents try again.
+            lambda route, segments: (
+                json.dumps({"error": str(refusal.reason), "message": refusal.message}).encode("utf-8"),
+                "application/json",
+            ),
+        )
+
+    def _refuse_unread(
+        self,
+        status: bytes,
+        error: GeniError,
+        page: tuple[str, str],
+        own_answer: Callable[[OwnBodyLimits, list[bytes]], tuple[bytes, str]],
+    ) -> None:
+        """Answer ``error`` before the body is read whole, in the form of the route the request goes to, and close
+        the connection: the web calendar's HTML page (``page``: its title and text), a route with its own limits its
+        ``own_answer``, the JSON routes their JSON, any other an XML-RPC fault with the error's GENI code."""
+        code = int(status.split(b" ", 1)[0])
         if self._to_the_web():
             from sfa_omf.server.web import SECURITY_HEADERS
 
-            page = (
-                "<!doctype html>\n<title>413 Request entity too large</title>\n<h1>413 Request entity too large</h1>\n"
-                f"<p>{what}: a form is at most {limit} bytes.</p>\n"
+            title, text = page
+            html = (
+                f"<!doctype html>\n<title>{title}</title>\n<h1>{title}</h1>\n<p>{text}</p>\n"
                 f'<p><a href="/{self.web_segment.decode("ascii")}/">Back to the calendar</a></p>\n'
             )
             headers = {**SECURITY_HEADERS, b"cache-control": b"no-store"}
-            status = b"413 Request Entity Too Large"
-            refuse_and_close(self.channel, status, page.encode("utf-8"), "text/html; charset=utf-8", headers)
+            refuse_and_close(self.channel, status, html.encode("utf-8"), "text/html; charset=utf-8", headers)
             return
         own = self._own_limits()
         if own is not None:
-            route, segments = own
-            body, content_type = route.too_big_answer(segments, what)
-            refuse_and_close(self.channel, b"413 Request Entity Too Large", body, content_type)
+            body, content_type = own_answer(*own)
+            refuse_and_close(self.channel, status, body, content_type)
             return
-        if self.json_prefixes and path.startswith(self.json_prefixes):
-            error = {"exception": {"code": 413, "reason": message, "geni_code": FAULT_TOOBIG, "geni_reason": "too_big"}}
-            body = json.dumps(error).encode("utf-8")
-            refuse_and_close(self.channel, b"413 Request Entity Too Large", body, "application/json")
+        if self.json_prefixes and self._path().startswith(self.json_prefixes):
+            exception = {
+                "code": code,
+                "reason": error.message,
+                "geni_code": int(error.code),
+                "geni_reason": str(error.reason),
+            }
+            body = json.dumps({"exception": exception}).encode("utf-8")
+            refuse_and_close(self.channel, status, body, "application/json")
             return
-        fault = xmlrpc.client.Fault(FAULT_TOOBIG, message)
+        fault = xmlrpc.client.Fault(int(error.code), error.message)
         # 200 with the fault, as XML-RPC clients (sfi.py, omni) show a fault to their users but only a bare
         # status line for other codes.
         refuse_and_close(self.channel, b"200 OK", xmlrpc.client.dumps(fault, methodresponse=True).encode("utf-8"))
@@ -1000,6 +1120,7 @@ def make_site(
       ``max_body_bytes``, or of a route's own limit (OwnBodyLimits) when it is higher);
     - a body over its limit is refused as soon as its length is known: over ``max_body_bytes`` with an XML-RPC fault
       (JSON under ``json_prefixes``), over a route's own limit with the route's own 413;
+    - a body the temporary directory has no room for is refused as the server's error as soon as a write fails;
     - a connection the server closes is cut off once ``close_grace_s`` passes with the client neither closing its
       side nor taking a byte of the answer (the grace counts from when the answer has reached the client);
     - a request's line and headers must arrive within ``header_deadline_s`` of its first byte (408);
