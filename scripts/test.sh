@@ -143,25 +143,32 @@ export PATH="$VENV/bin:$PATH"
 if [ "${SFA_OMF_TEST_PROCESSES:-2}" = 1 ] || names_tests "$@"; then
     "$VENV/bin/pytest" "$@"
 else
-    # The whole suite in three pytest processes at once: most of its time is spent waiting (on OAR, on deadlines, on
-    # servers and containers starting), so three overlap well on two cores. Each has a PostgreSQL database of its
-    # own. Tests that use one machine-wide thing run in one process: OAR (its API is stopped by some) and LXC (the
+    # The whole suite in four pytest processes at once: most of its time is spent waiting (on OAR, on deadlines, on
+    # servers and containers starting), so four overlap well on two cores. Each has a PostgreSQL database of its own.
+    # Tests that use one machine-wide thing run in one process: OAR (its API is stopped by some) and LXC (the
     # aggregates of different databases would give containers the same addresses on the bridge) in the first, with
     # the SSH login test that makes the Unix account an OAR test makes too; RabbitMQ, network namespaces and the
-    # agents' Unix accounts in the second; every other test (a new folder of tests lands there by itself) in the third.
+    # agents' Unix accounts in the second. The rest is split in two of about the same length (measured with
+    # --durations): the calendar, the AM API, several hosts and what is hostile in the third, every other test (a new
+    # folder of tests lands there by itself) in the fourth.
     GROUP_LOGS="$(mktemp -d)"
     OAR_LXC_TESTS=(tests/testbed/oar tests/images tests/agents/test_oar_nodes.py tests/testbed/test_foreign_login.py
         tests/calendar/test_external_partial_clash.py tests/notify/test_repaired_alert.py)
     SYSTEM_TESTS=(tests/testbed tests/agents tests/am/test_users_keys.py)
+    CALENDAR_TESTS=(tests/calendar tests/am tests/cluster tests/hostile tests/rspec tests/trust)
     ignore_oar_lxc=("${OAR_LXC_TESTS[@]/#/--ignore=}")
     ignore_system=("${SYSTEM_TESTS[@]/#/--ignore=}")
-    echo "pytest in three processes (SFA_OMF_TEST_PROCESSES=1 runs one): ${OAR_LXC_TESTS[*]}; ${SYSTEM_TESTS[*]}" \
-        "(without the first's); every other test"
+    ignore_calendar=("${CALENDAR_TESTS[@]/#/--ignore=}")
+    echo "pytest in four processes (SFA_OMF_TEST_PROCESSES=1 runs one): ${OAR_LXC_TESTS[*]}; ${SYSTEM_TESTS[*]}" \
+        "(without the first's); ${CALENDAR_TESTS[*]} (without the first two's); every other test"
     start_group "OAR and LXC" "$SFA_OMF_TEST_POSTGRES_URL" "${OAR_LXC_TESTS[@]}" -- "$@"
     start_group "RabbitMQ, namespaces, accounts" "$(bash "$REPO/scripts/postgres.sh" sfaomf_test_third | tail -n 1)" \
         "${SYSTEM_TESTS[@]}" "${ignore_oar_lxc[@]}" -- "$@"
+    start_group "calendar, AM API, hosts, hostile" \
+        "$(bash "$REPO/scripts/postgres.sh" sfaomf_test_fourth | tail -n 1)" \
+        "${CALENDAR_TESTS[@]}" "${ignore_oar_lxc[@]}" "${ignore_system[@]}" -- "$@"
     start_group "every other test" "$(bash "$REPO/scripts/postgres.sh" sfaomf_test_second | tail -n 1)" \
-        tests "${ignore_oar_lxc[@]}" "${ignore_system[@]}" -- "$@"
+        tests "${ignore_oar_lxc[@]}" "${ignore_system[@]}" "${ignore_calendar[@]}" -- "$@"
     status=0
     wait_groups || status=$?
     rm -rf "$GROUP_LOGS"
