@@ -69,6 +69,7 @@ from sfa_omf.calendar.policy import (
     PolicyViolation,
     check_window,
     exact_duration,
+    human_duration,
     max_duration_counted_from,
 )
 from sfa_omf.calendar.queries import advisory_key, from_s, held_windows, lock_names, lock_slice, table_of, to_s
@@ -750,14 +751,46 @@ class Bookings:
     ) -> list[LeaseRecord]:
         """Renew several leases (lease id, new end, rounding) in one unit of work: all of them or none. ``read``:
         the leases as ``leases_for_renewal`` read them for this call, which spares a one-lease renewal its own read."""
-        # The one-statement renewal cannot check the per-slice and per-user limits: with limits, the unit of work.
-        if len(renewals) == 1 and not self.database.is_sqlite and not self._has_limits:
-            lease_id, new_end, rounding = renewals[0]
-            as_read = None if read is None else read.checks.get(lease_id)
-            renewed = retry_transient(lambda: self._renew_alone(lease_id, new_end, rounding, slice_expires, as_read))
-            if renewed is not None:
-                return [renewed]
-        return retry_transient(lambda: self._renew_once(renewals, slice_expires))
+        try:
+            # The one-statement renewal cannot check the per-slice and per-user limits: with limits, the unit of work.
+            if len(renewals) == 1 and not self.database.is_sqlite and not self._has_limits:
+                lease_id, new_end, rounding = renewals[0]
+                as_read = None if read is None else read.checks.get(lease_id)
+                renewed = retry_transient(
+                    lambda: self._renew_alone(lease_id, new_end, rounding, slice_expires, as_read)
+                )
+                if renewed is not None:
+                    return [renewed]
+            return retry_transient(lambda: self._renew_once(renewals, slice_expires))
+        except _EndTooLate as too_late:  # read once the unit of work is over (it wrote nothing)
+            raise too_late.saying(*self._latest_end(too_late)) from None
+
+    def _latest_end(self, too_late: _EndTooLate) -> tuple[int, str]:
+        """The latest end every check of a renewal allows the lease ``too_late`` refused, and what stops it there
+        in words: the least of the rules' latest ends (``too_late.limits``), of its end when a node of it is out of
+        use, of the next booking of one of its nodes, and of what the per-slice and per-user limits allow
+        (``limits_reach``): as far as geni_extend_alap would take it, from the same reads. Asked for, that end is
+        renewed (unless a racer books the time meanwhile), where the rule's own end could be refused in turn by a
+        check after it."""
+        latest_s, why = min(too_late.limits, key=lambda limit: limit[0])  # the refused rule's first: it wins a tie
+        lease, nodes, grain_s = too_late.lease, too_late.nodes, too_late.grain_s
+        end_s = lease.end_s
+        if latest_s <= end_s:  # (shorter than it is: no other check refuses that)
+            return latest_s, why
+        down = [node for node in nodes if node.node_state != "usable"]
+        if down:
+            return end_s, f"{down[0].component_id} {unusable_why(down[0].node_state)}"
+        held = self.held_windows_of((node.component_id for node in nodes), end_s, latest_s)
+        # Another booking of one of its nodes after its end (its own slivers end at its end).
+        clashes = [(start_s, node) for node, windows in held.items() for start_s, until_s in windows if until_s > end_s]
+        if clashes:
+            first_s, node = min(clashes)
+            latest_s = max(align_down(first_s, grain_s), end_s)
+            why = f"{node} is booked from {format_time(from_s(first_s))} by another lease"
+        if latest_s > end_s:
+            extension = AlapExtension(too_late.lease_id, lease.owner_urn, end_s, latest_s, grain_s)
+            latest_s, why = self.limits_reach([extension]).get(too_late.lease_id, (latest_s, why))
+        return latest_s, why
 
     def _renew_alone(
         self,
@@ -938,6 +971,16 @@ class Bookings:
             self._check_daily_hours(connection, lease.owner_urn, extension, refusal)
             self._check_hours_ahead(connection, lease.owner_urn, extension, to_s(self.clock()), refusal)
 
+    def _longest(self, start_s: int, nodes: Sequence[_RenewalRow], grain_s: int) -> tuple[int, str]:
+        """The latest end max_duration allows a lease from ``start_s`` on these nodes (its partial first slot, booked
+        from now, does not count), on a boundary of their slots, with the rule in words."""
+        counted_from_s = max_duration_counted_from(start_s, [node.grain_s for node in nodes])
+        longest_s = self.policy.max_duration_s
+        return (
+            align_down(counted_from_s + longest_s, grain_s),
+            f"a lease lasts at most {human_duration(longest_s)} (policy rule max_duration)",
+        )
+
     def _checked_renewal(
         self,
         target: Sequence[_RenewalRow],
@@ -987,8 +1030,8 @@ class Bookings:
         slice_expires_s = lease.slice_expires_s
         if slice_expires is not None:  # the call's credential is the slice's latest word
             slice_expires_s = to_s(slice_expires)
+        expiry = format_time(from_s(slice_expires_s))
         if new_end_s > slice_expires_s:
-            expiry = format_time(from_s(slice_expires_s))
             latest_s = align_down(slice_expires_s, grain_s)  # the last boundary of every node's slots before expiry
             if asked_s > slice_expires_s:
                 rounded = ""
@@ -999,9 +1042,18 @@ class Bookings:
                     f"between the lease's end {format_time(from_s(lease.end_s))} and the slice's expiry)"
                 )
             else:
-                rounded = (
-                    f" (leases end on slot boundaries: {format_time(from_s(asked_s))} would end at "
-                    f"{format_time(from_s(new_end_s))}; ask for {format_time(from_s(latest_s))} at most)"
+                # The last boundary before the expiry, unless another check refuses it: the end they all allow.
+                head = (
+                    f"lease {lease_id} cannot end after the slice credential expires ({expiry}) (leases end on slot "
+                    f"boundaries: {format_time(from_s(asked_s))} would end at {format_time(from_s(new_end_s))}"
+                )
+                raise _EndTooLate(
+                    "slice_expiry",
+                    f"{head}; ask for {format_time(from_s(latest_s))} at most); renew the slice at its authority, "
+                    "then renew the lease with the new slice credential",
+                    f"{head})",
+                    (lease_id, lease, nodes, grain_s),
+                    [(latest_s, f"the slice credential expires at {expiry}"), self._longest(start_s, nodes, grain_s)],
                 )
             raise PolicyViolation(
                 "slice_expiry",
@@ -1015,14 +1067,16 @@ class Bookings:
             except PolicyViolation as too_long:
                 if too_long.rule != "max_duration":
                     raise
-                # The latest end the rule allows this lease (its partial first slot does not count), on a boundary.
-                counted_from_s = max_duration_counted_from(start_s, [n.grain_s for n in nodes])
-                latest_s = align_down(counted_from_s + self.policy.max_duration_s, grain_s)
-                raise PolicyViolation(
+                # The latest end the rule allows this lease, unless another check refuses it: the end they all allow.
+                longest = self._longest(start_s, nodes, grain_s)
+                head = f"lease {lease_id} cannot end at {format_time(from_s(new_end_s))}: {too_long.detail}"
+                raise _EndTooLate(
                     "max_duration",
-                    f"lease {lease_id} cannot end at {format_time(from_s(new_end_s))}: {too_long.detail}; it may end "
-                    f"at {format_time(from_s(latest_s))} at the latest (ask for that end, or for geni_extend_alap, "
-                    "which goes as far as allowed)",
+                    f"{head}; it may end at {format_time(from_s(longest[0]))} at the latest (ask for that end, or "
+                    "for geni_extend_alap, which goes as far as allowed)",
+                    head,
+                    (lease_id, lease, nodes, grain_s),
+                    [longest, (align_down(slice_expires_s, grain_s), f"the slice credential expires at {expiry}")],
                 ) from None
         if new_end_s > lease.end_s:  # a node out of use takes no new time; a lease on it may still end earlier
             refused = [
@@ -1796,6 +1850,42 @@ class _Renewal(NamedTuple):
     nodes: list[_RenewalRow]
     new_end_s: int
     new_slice_expires_s: int | None
+
+
+class _EndTooLate(PolicyViolation):
+    """A renewal refused by a rule that sets the latest end it may have (``limits``: that end and the rule in words
+    first, then any other rule's), as soon as its check sees it, with no read in the unit of work: ``message``, the
+    refusal as it stands, advises the rule's end. ``Bookings.renew_all`` advises instead, once the unit of work is
+    over, the latest end every check allows (``saying``): the rule's own end was refused in turn when another check
+    stopped the lease before it (the next booking of one of its nodes, a per-slice or per-user limit).
+    ``refused``: what the refusal says before its advice; ``renewed``: the lease's id, the lease and its nodes (rows
+    of ``_LOCK_RENEWED_LEASE``) and their common slot length."""
+
+    def __init__(
+        self,
+        rule: str,
+        message: str,
+        refused: str,
+        renewed: tuple[str, _RenewalRow, Sequence[_RenewalRow], int],
+        limits: Sequence[tuple[int, str]],
+    ) -> None:
+        super().__init__(rule, message)
+        self.refused = refused
+        self.lease_id, self.lease, self.nodes, self.grain_s = renewed
+        self.limits = limits
+
+    def saying(self, latest_s: int, why: str) -> PolicyViolation:
+        """The refusal advising ``latest_s``, the latest end every check allows (``why``: what stops it there)."""
+        if why == self.limits[0][1]:  # the rule refused is the one that binds: its own advice
+            return PolicyViolation(self.rule, self.detail)
+        if latest_s == self.lease.end_s:
+            advice = f"it cannot end later than it does ({format_time(from_s(latest_s))}), as {why}"
+        else:
+            advice = (
+                f"it may end at {format_time(from_s(latest_s))} at the latest, as {why} (ask for that end, or for "
+                "geni_extend_alap, which goes as far as allowed)"
+            )
+        return PolicyViolation(self.rule, f"{self.refused}; {advice}")
 
 
 # The booking's and the cancel's statements, built once (as the reads': see _lease_query), on the tables rather than
