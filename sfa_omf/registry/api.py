@@ -8,6 +8,7 @@ message says what to do, as SFA's registry answers. One log line per call, like 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import xmlrpc.client
@@ -15,6 +16,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfa_omf.am.caller_keys import RegisteredKeys
@@ -38,7 +41,7 @@ from sfa_omf.registry.nodes import forget_node, node_hrn
 from sfa_omf.registry.records import Memberships, Record, Records, new_record_urn, record_chain, record_email
 from sfa_omf.registry.sfi_dirs import delete_user_sfi_dirs
 from sfa_omf.server.xmlrpc import CallContext, shown_method
-from sfa_omf.sshkeys import ssh_public_keys
+from sfa_omf.sshkeys import ssh_public_key, ssh_public_keys
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.credential import same_urn
 from sfa_omf.trust.gid import GidChain, chain_pem, load_gid_chain
@@ -253,6 +256,54 @@ def xrns(value: Any, where: str) -> list[str]:
     return [xrn(name, f"{where}[{index}]") for index, name in enumerate(names)]
 
 
+def record_keys(value: Any, where: str) -> list[str]:
+    """A user's SSH public keys (reg-keys, keys): a list, or one key as a string, as SFA's registry takes them (some
+    clients send the key as a string); each checked as every key coming in is (sshkeys.ssh_public_key). An empty
+    string is no key, as an empty list."""
+    if isinstance(value, str):
+        return [ssh_public_key(value, where)] if value.strip() else []
+    return ssh_public_keys(value, where)
+
+
+#: The SSH key type a user's GID can certify: GIDs are RSA certificates (SFA's, and every GENI tool's), and sfi.py
+#: signs with the RSA private key in its HRN.pkey.
+GID_SSH_KEY_TYPE = "ssh-rsa"
+
+
+def gid_public_key(keys: Sequence[str]) -> rsa.RSAPublicKey | None:
+    """The RSA public key of the first ssh-rsa key among ``keys`` (checked already: record_keys), the key a user's
+    GID certifies when the registry issues it from their keys, as SFA's registry does with the first key (SFA fails
+    on a first key that is not RSA; here the first RSA one is taken); None when none is RSA."""
+    for key in keys:
+        fields = key.split(None, 2)  # type, base64 blob, comment (OpenSSH separates them by spaces or tabs)
+        if fields[0] != GID_SSH_KEY_TYPE:
+            continue
+        blob = fields[1] if len(fields) > 1 else ""
+        try:  # (type and blob only: the comment may hold what the library does not read)
+            public = serialization.load_ssh_public_key(f"{fields[0]} {blob}".encode("ascii"))
+        except (ValueError, UnsupportedAlgorithm, UnicodeEncodeError):
+            raise BadArgs(f"the key {key[:40]!r} is not a well-formed {GID_SSH_KEY_TYPE} public key") from None
+        if isinstance(public, rsa.RSAPublicKey):
+            return public
+    return None
+
+
+def public_key_id(key: rsa.RSAPublicKey) -> str:
+    """The key's id as a GID's key_id reads it (SHA-256 of its DER SubjectPublicKeyInfo)."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
+def no_gid_key(hrn: str, field: str) -> BadArgs:
+    """The refusal of keys among which none is RSA, for a user whose GID is to be issued from them."""
+    return BadArgs(
+        f"none of the keys given in {field!r} for {hrn[:100]} is an {GID_SSH_KEY_TYPE} key: the registry issues a "
+        f"user's certificate (GID) for their first {GID_SSH_KEY_TYPE} key, whose private half sfi.py needs as its "
+        f"HRN.pkey (GIDs and sfi.py take RSA keys only); give an {GID_SSH_KEY_TYPE} public key among the keys "
+        "(ssh-keygen -t rsa -b 3072), or the user's certificate as the record's gid"
+    )
+
+
 def xrn_list(value: Any, where: str) -> list[str]:
     """A list of names (researchers, PIs); nil is none."""
     return [xrn(name, f"{where}[{index}]") for index, name in enumerate(string_list(value, where, limit=1000))]
@@ -288,7 +339,7 @@ RECORD_FIELDS: dict[str, Checker] = {
     "urn": xrn,
     "type": record_type,
     "email": email,
-    **dict.fromkeys(FIELD_SPELLINGS["reg-keys"], ssh_public_keys),
+    **dict.fromkeys(FIELD_SPELLINGS["reg-keys"], record_keys),
     **dict.fromkeys(FIELD_SPELLINGS["reg-researchers"], xrn_list),
     **dict.fromkeys(FIELD_SPELLINGS["reg-pis"], xrn_list),
     "expires": expiry,
@@ -462,7 +513,9 @@ class RegistryApi:
         if presented.key_id != registered.key_id or caller is None or caller.key_id != registered.key_id:
             raise GeniError(
                 Reason.OWNER_MISMATCH,
-                f"the key you connect with is not the key registered for {record.hrn}; use that user's private key",
+                f"the key you connect with is not the key registered for {record.hrn}; use that user's private key "
+                f"(for a user registered or updated with SSH keys, the private half of their first {GID_SSH_KEY_TYPE} "
+                "key)",
             )
         chain = record_chain(record)
         return self.authority.credential(
@@ -531,8 +584,11 @@ class RegistryApi:
 
     def register(self, context: CallContext, params: tuple[Any, ...]) -> str:
         """Register(record, credentials): an authority credential adds a user or slice under the authority (nodes
-        follow the testbed's inventory: the operator adds them). The authority issues the GID (a new key pair unless
-        the record carries a certificate); returns it (PEM)."""
+        follow the testbed's inventory: the operator adds them). The authority issues the GID and returns it (PEM):
+        for the key of the certificate the record carries (gid); else, for a user, for the first ssh-rsa key of their
+        keys (reg-keys), as SFA's registry does, refused (1, nothing written) when they give keys and none is RSA;
+        else for a new key pair whose private half nobody gets (as SFA's: a slice's, or a user's registered without
+        any key, who can use it only once Update gives them one)."""
         record = params[0]
         kind = str(record.get("type", ""))
         if kind == "node":
@@ -570,15 +626,14 @@ class RegistryApi:
                 f"a GID was issued for {hrn} already (sfa-omf credential issue) though it is not registered yet: the "
                 "registry records it when it next starts; choose another name, or ask the operator",
             )
-        public_key = None
-        if record.get("gid"):
-            try:
-                key = load_gid_chain(record["gid"])[0].public_key()
-            except TrustError as exc:  # a key of an algorithm nobody reads: the caller's argument, not our fault
-                raise BadArgs(f"the record's certificate must hold an RSA key: {exc.message}") from exc
-            if not isinstance(key, rsa.RSAPublicKey):
-                raise BadArgs("the record's certificate must hold an RSA key")
-            public_key = key
+        keys_field, keys = _given(record, "reg-keys")
+        public_key = self._given_certificate_key(record) if record.get("gid") else None
+        if public_key is None and kind == "user" and keys:
+            # The user signs with the private half of the key their GID certifies: a new key pair would be one
+            # nobody holds (sfi.py's HRN.pkey is the user's SSH RSA key).
+            public_key = gid_public_key(keys)
+            if public_key is None:
+                raise no_gid_key(hrn, keys_field)
         if kind == "slice" and expires is None:
             expires = utcnow() + DEFAULT_SLICE_LIFETIME
         try:
@@ -595,7 +650,7 @@ class RegistryApi:
                     urn,
                     chain_pem(chain),
                     email,
-                    tuple(str(key) for key in _given(record, "reg-keys")[1] or []),
+                    tuple(str(key) for key in keys or []),
                     tuple(members or ()),
                     expires=expires,
                 )
@@ -604,17 +659,40 @@ class RegistryApi:
             # The call fails, so its GID file goes too: left behind, it would refuse every later Register of the name.
             self.authority.forget(hrn)
             raise
+        if kind == "user" and public_key is None:
+            log.info(
+                "registered %s without a key or certificate: its GID certifies a new key pair nobody holds (as SFA's "
+                "registry does); it is usable once an Update gives the user an ssh-rsa key (reg-keys)",
+                hrn,
+            )
         return chain_pem(chain)
+
+    @staticmethod
+    def _given_certificate_key(record: dict[str, Any]) -> rsa.RSAPublicKey:
+        """The RSA key of the certificate a Register record carries (gid), which the GID issued certifies."""
+        try:
+            key = load_gid_chain(record["gid"])[0].public_key()
+        except TrustError as exc:  # a key of an algorithm nobody reads: the caller's argument, not our fault
+            raise BadArgs(f"the record's certificate must hold an RSA key: {exc.message}") from exc
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise BadArgs("the record's certificate must hold an RSA key")
+        return key
 
     def update(self, context: CallContext, params: tuple[Any, ...]) -> int:
         """Update(record, credentials): users update their own email and keys; a slice credential (its refresh
         privilege, as in SFA) its own slice's expiry and researchers, the expiry at most ``max_slice_renew`` from now
         (omni renewslice, sfi.py update -t slice); an authority credential anything. The fields Resolve shows that it
-        does not write (READ_ONLY_FIELDS) pass when they are as shown, and are refused when they are not."""
+        does not write (READ_ONLY_FIELDS) pass when they are as shown, and are refused when they are not.
+
+        A user's keys given (reg-keys) re-issue their GID for the first ssh-rsa key among them, as SFA's Update does,
+        when it certifies another key (a user registered without a key, or with a key lost, gets a usable one this
+        way): from then on only that key's private half acts as the user, the earlier key is refused. Keys of which
+        none is RSA are stored and leave the GID as it is."""
         record = params[0]
         target = self._record(*_record_named(record, record.get("type") or None))
         changes_pis = _given(record, "reg-pis")[1] is not None
         slice_credential = False
+        delegated = False  # (an authority credential delegated to the caller)
         try:
             authority_credential = self._authority_caller(context, params[1], "update", target.urn)
         except GeniError:
@@ -638,9 +716,10 @@ class RegistryApi:
                         "updates the rest",
                     ) from None
         else:
+            delegated = authority_credential.delegated
             # The PIs are who GetCredential gives a fresh, undelegated authority credential: a delegate naming
             # himself (or a user record he registered with his own key) would outgrow the delegation, and outlive it.
-            if target.type == "authority" and changes_pis and authority_credential.delegated:
+            if target.type == "authority" and changes_pis and delegated:
                 raise GeniError(
                     Reason.INSUFFICIENT_PRIVILEGES,
                     f"changing the PIs of {target.hrn} needs a PI's own authority credential (not a delegated one): "
@@ -658,15 +737,66 @@ class RegistryApi:
         researchers, pis = self._members(record, "reg-researchers"), self._members(record, "reg-pis")
         if target.type == "slice":
             pis = None  # (omni's PI of a slice, among its researchers: ignored, _refuse_fields_of_other_types)
-        self.records.update(
+        chain = self._rekeyed_chain(target, keys, email, delegated)  # (made before anything is written)
+        updated = self.records.update(
             target.hrn,
             email=email,
             keys=keys,
             researchers=researchers,
             pis=pis,
             expires=expires,
+            gid=chain_pem(chain) if chain is not None else None,
         )
+        if chain is not None:
+            self._record_issued(target.hrn)
+            if updated is not None:
+                log.info(
+                    "re-issued the GID of %s for its first %s key (key id %s): the earlier key no longer acts as it",
+                    target.hrn,
+                    GID_SSH_KEY_TYPE,
+                    chain[0].key_id[:16],
+                )
         return 1
+
+    def _rekeyed_chain(
+        self, target: Record, keys: Sequence[str] | None, email: str | None, delegated: bool
+    ) -> GidChain | None:
+        """The GID chain an Update giving user ``target`` the SSH ``keys`` issues them: for the first ssh-rsa key
+        among them (gid_public_key), when their GID certifies another key now; None when none is to be issued (not a
+        user, no keys given, none RSA, or the GID certifies that key already). ``email``: the address the Update
+        gives (None: the one on record), which the new GID carries. A delegated authority credential does not
+        re-key a PI (3): with the PI's name and a key of the delegate's, GetCredential would give the delegate a
+        fresh, undelegated authority credential."""
+        if target.type != "user" or not keys:
+            return None
+        public_key = gid_public_key(keys)
+        if public_key is None:
+            return None
+        if target.gid.strip() and record_chain(target)[0].key_id == public_key_id(public_key):
+            return None  # (the record sent back as shown, or the key its GID certifies already given first)
+        pi_of = self._pi_of(target.hrn) if delegated else ()
+        if pi_of:
+            raise GeniError(
+                Reason.INSUFFICIENT_PRIVILEGES,
+                f"{target.hrn} is a PI of {', '.join(pi_of)}: giving them another {GID_SSH_KEY_TYPE} key re-issues "
+                "their certificate for it, which needs a PI's own authority credential (not a delegated one) or their "
+                "own user credential: ask them, or a PI, to make the change",
+            )
+        address = email if email is not None else target.email
+        try:
+            return self.authority.new_chain(target.hrn, "user", public_key, email=address or None)
+        except AuthorityError as exc:
+            raise GeniError(Reason.BAD_ARGS, str(exc)) from exc
+
+    def _record_issued(self, hrn: str) -> None:
+        """Make gids/ hold the GID the record of ``hrn`` holds now, after an Update re-issued it (a start imports
+        from gids/, and `sfa-omf authority renew` re-issues from it): read again after the write, so that of two
+        Updates at once the file ends as the record does, and a record removed meanwhile leaves no file behind."""
+        current = self.records.get(hrn)
+        if current is None:
+            self.authority.forget(hrn)
+        elif current.gid.strip():
+            self.authority.replace_issued(hrn, record_chain(current))
 
     def remove(self, context: CallContext, params: tuple[Any, ...]) -> int:
         """Remove(xrn, credentials, type): an authority credential removes a user or slice record. A user leaves
@@ -981,12 +1111,14 @@ class RegistryApi:
                         "operator can register you again; then ask for a new credential (GetSelfCredential)",
                     )
                 # The name alone is not enough: a user removed and registered again under the same name (another
-                # person, another key) must not be reachable with the credential of the earlier one.
+                # person, another key), or whose key an Update replaced, must not be reachable with the credential
+                # of the earlier key.
                 if record_chain(record)[0].key_id != verified.owner_key_id:
                     raise GeniError(
                         Reason.OWNER_MISMATCH,
                         f"this credential was issued to an earlier holder of {record.hrn}, whose key is no longer "
-                        "registered; ask for a new credential with the registered key (GetSelfCredential)",
+                        "registered (the user was registered again, or given another key since); ask for a new "
+                        "credential with the registered key (GetSelfCredential)",
                     )
                 return record
             except GeniError as exc:

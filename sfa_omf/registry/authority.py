@@ -27,7 +27,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sfa_omf.errors import BadArgs
-from sfa_omf.files import PRIVATE_DIRECTORY, PRIVATE_FILE, PUBLIC_DIRECTORY, PUBLIC_FILE, create_file, make_directories
+from sfa_omf.files import (
+    PRIVATE_DIRECTORY,
+    PRIVATE_FILE,
+    PUBLIC_DIRECTORY,
+    PUBLIC_FILE,
+    create_file,
+    make_directories,
+    replace_file,
+)
 from sfa_omf.times import utcnow
 from sfa_omf.trust.credential import CredentialRequest, Privilege, issue_credential
 from sfa_omf.trust.gid import Gid, GidChain, chain_pem, load_gid_chain_file
@@ -191,21 +199,13 @@ class LocalAuthority:
 
         When no key is given a new one is made and returned (the caller decides where the private key lives).
         """
-        parts = split_hrn(hrn)
-        if parts[: len(split_hrn(self.hrn))] != split_hrn(self.hrn):
-            raise AuthorityError(f"{hrn!r} is not under authority {self.hrn!r}")
-        path = self.issued_gid_path(hrn)
-        if len(os.path.basename(path).encode("utf-8")) > 255:  # the longest file name Linux file systems hold
-            raise BadArgs(f"no GID can be issued for {hrn[:80]!r}...: the name is too long to name its GID file")
+        self._refuse_unissuable(hrn)  # before a key pair is made for nothing
         new_key: rsa.RSAPrivateKey | None = None
         if public_key is None:
             new_key = new_private_key()
             public_key = new_key.public_key()
-        try:
-            gid = create_gid(hrn_to_urn(hrn, type_), public_key, self.key, issuer=self.chain[0], email=email)
-        except ValueError as exc:  # a name or address X.509 cannot hold; nothing was written yet
-            raise BadArgs(f"no GID can be issued for {hrn[:80]!r}: {exc}") from None
-        chain = (gid, *self.chain)
+        chain = self.new_chain(hrn, type_, public_key, email)
+        path = self.issued_gid_path(hrn)
         if os.path.exists(path):
             raise IssuedAlready(f"a GID for {hrn!r} exists already in {path}")
         make_directories(os.path.dirname(path), PUBLIC_DIRECTORY)
@@ -214,6 +214,33 @@ class LocalAuthority:
         except FileExistsError:  # issued meanwhile by another process
             raise IssuedAlready(f"a GID for {hrn!r} exists already in {path}") from None
         return chain, new_key
+
+    def new_chain(self, hrn: str, type_: str, public_key: rsa.RSAPublicKey, email: str | None = None) -> GidChain:
+        """A GID chain (leaf first) for hrn under this authority certifying ``public_key``, written nowhere yet:
+        AuthorityError for a name not under it, BadArgs for one no GID (or GID file name) can hold."""
+        self._refuse_unissuable(hrn)
+        try:
+            gid = create_gid(hrn_to_urn(hrn, type_), public_key, self.key, issuer=self.chain[0], email=email)
+        except ValueError as exc:  # a name or address X.509 cannot hold; nothing was written yet
+            raise BadArgs(f"no GID can be issued for {hrn[:80]!r}: {exc}") from None
+        return (gid, *self.chain)
+
+    def _refuse_unissuable(self, hrn: str) -> None:
+        """AuthorityError for a name not under this authority, BadArgs for one too long to name its GID file."""
+        parts = split_hrn(hrn)
+        if parts[: len(split_hrn(self.hrn))] != split_hrn(self.hrn):
+            raise AuthorityError(f"{hrn!r} is not under authority {self.hrn!r}")
+        path = self.issued_gid_path(hrn)
+        if len(os.path.basename(path).encode("utf-8")) > 255:  # the longest file name Linux file systems hold
+            raise BadArgs(f"no GID can be issued for {hrn[:80]!r}...: the name is too long to name its GID file")
+
+    def replace_issued(self, hrn: str, chain: GidChain) -> None:
+        """Record ``chain`` in gids/ as the GID issued for hrn now, in place of an earlier one (a user's GID
+        re-issued for another key): whole or not at all. gids/ is what a start imports and ``authority renew``
+        re-issues from, so it must hold the registered GID."""
+        path = self.issued_gid_path(hrn)
+        make_directories(os.path.dirname(path), PUBLIC_DIRECTORY)
+        replace_file(path, chain_pem(chain).encode("ascii"), PUBLIC_FILE)
 
     def forget(self, hrn: str) -> None:
         """Drop the record of a GID this authority issued (the registry removed it), so no import brings it back.

@@ -370,8 +370,10 @@ class Records:
         researchers: Sequence[str] | None = None,
         pis: Sequence[str] | None = None,
         expires: datetime | None = None,
+        gid: str | None = None,
     ) -> Record | None:
-        """Replace the given fields of a record (None leaves a field as it is); the record as it is now."""
+        """Replace the given fields of a record (None leaves a field as it is), in one transaction; the record as it
+        is now. ``gid``: a user's GID re-issued for another key (Update with keys), written with the rest."""
         with self.database.write() as session:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
             if row is None:
@@ -392,6 +394,8 @@ class Records:
                 row.pis = list(dict.fromkeys(pis))
             if expires is not None:
                 row.expires_s = to_s(expires)
+            if gid is not None:
+                row.gid = gid
             row.updated_s = int(utcnow().timestamp())
             return _record(row)
 

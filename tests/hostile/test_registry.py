@@ -88,6 +88,7 @@ def _class_2() -> list[Case]:
         cases += [
             reg("2", "Update", f"{field}-{name}", update_own(**{field: value}), Fault(1, word))
             for name, value, word in BAD_KEYS
+            if name != "string"  # one key as a string is one key (SFA's registry takes it so)
         ]
     cases += [
         reg("2", "Register", f"keys-{name}", register(**{"reg-keys": value}), Fault(1, word))

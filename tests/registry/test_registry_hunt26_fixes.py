@@ -31,7 +31,7 @@ from sfa_omf.trust.gid import chain_pem
 from tests.postgres import empty_postgres
 from tests.registry.test_registry_callers import Site, site  # noqa: F401 (dave holds tb's credential, delegated)
 from tests.registry.test_registry_hunt_fixes import Registry, registry  # noqa: F401 (the registry over TLS)
-from tests.sshkeys import ssh_key
+from tests.sshkeys import ssh_key, ssh_rsa_key
 
 BOB = "urn:publicid:IDN+tb+user+bob"
 DEMO = "urn:publicid:IDN+tb+slice+demo"
@@ -219,8 +219,10 @@ def test_member_lists_and_keys_hold_each_once(registry: Registry) -> None:  # no
     key, other = ssh_key("alice@laptop"), ssh_key("alice@desk")
     assert registry.alice.Update({"hrn": "tb.alice", "reg-keys": [key, other, key]}, [registry.alice_cred]) == 1
     assert registry.records.get("tb.alice").keys == (key, other)  # type: ignore[union-attr]
-    registry.alice.Register({"hrn": "tb.carol", "type": "user", "reg-keys": [key, key]}, auth)
-    assert registry.records.get("tb.carol").keys == (key,)  # type: ignore[union-attr]
+    # (A user registered with keys holds the GID of the first ssh-rsa one.)
+    rsa_key = ssh_rsa_key("carol@laptop")
+    registry.alice.Register({"hrn": "tb.carol", "type": "user", "reg-keys": [rsa_key, key, rsa_key, key]}, auth)
+    assert registry.records.get("tb.carol").keys == (rsa_key, key)  # type: ignore[union-attr]
 
 
 def test_a_field_the_record_type_does_not_have_is_refused(registry: Registry) -> None:  # noqa: F811
