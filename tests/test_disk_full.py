@@ -20,6 +20,7 @@ import pytest
 
 from sfa_omf.am import dispatch
 from sfa_omf.am.api_v3 import ApiV3
+from sfa_omf.calendar.database import opening_advice
 from sfa_omf.calendar.records import NodeSpec
 from sfa_omf.cli import main
 from sfa_omf.errors import GeniCode
@@ -109,3 +110,19 @@ def test_config_check_and_commands_say_the_file_system_of_an_sqlite_calendar_is_
         assert problems == [f"problem: the calendar database {says}"]
         assert main(["node", "list", "--config", config]) == 2
         assert capsys.readouterr().err == f"sfa-omf: the calendar database failed: {says}\n"
+
+
+def test_a_file_that_is_no_database_on_a_nearly_full_file_system_is_said_to_be_no_database(tmp_path: Path) -> None:
+    """Under FULL_BELOW_BYTES free, SQLite's "file is not a database" is still what to act on (the review found the
+    full file system said instead, and the file never moved aside)."""
+    with small_tmpfs(tmp_path / "disk", size_kib=512) as disk:
+        calendar = disk / "calendar.sqlite"
+        calendar.write_bytes(b"not a database, " * 256)
+        filler = fill(disk)
+        assert os.statvfs(disk).f_bavail == 0
+        advice = opening_advice(f"sqlite:///{calendar}", "file is not a database")
+        assert advice.startswith(f"{calendar} is not an SQLite database (file is not a database)"), advice
+        assert "full" not in advice
+        # (A failure to open it that is no NOTADB, on the same full file system, is said to be the full disk.)
+        assert "is full (0 bytes free)" in opening_advice(f"sqlite:///{calendar}", "disk I/O error")
+        filler.unlink()

@@ -428,16 +428,16 @@ def opening_advice(url: str, reason: str) -> str:
             f"{path} cannot be created: its directory {directory} does not exist; create it (mkdir -p {directory}, "
             "owned by the user running sfa-omf), or fix [sfa_omf] database_url"
         )
+    if "file is not a database" in reason:  # SQLite's words for SQLITE_NOTADB
+        return (
+            f"{path} is not an SQLite database ({reason}); fix [sfa_omf] database_url, or move the file aside "
+            "(sfa-omf db upgrade then creates an empty calendar there)"
+        )
     full = _full_file_system(directory) if path != ":memory:" else None
     if full is not None:  # SQLite says "disk I/O error" (it cannot make its -wal or -shm file): not a permission
         return (
             f"{path} cannot be opened: {reason}; the file system holding {directory} is full ({full}): free space "
             "there, then start again"
-        )
-    if "file is not a database" in reason:  # SQLite's words for SQLITE_NOTADB
-        return (
-            f"{path} is not an SQLite database ({reason}); fix [sfa_omf] database_url, or move the file aside "
-            "(sfa-omf db upgrade then creates an empty calendar there)"
         )
     return (
         f"{path} cannot be opened: {reason}; the user running sfa-omf must be able to read and write it and its "
