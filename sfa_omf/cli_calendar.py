@@ -139,7 +139,9 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     slices = command_group(commands, "slice", "slices as the calendar knows them")
     for name, text in (("release", "let a shut-down slice book again"), ("shutdown", "cancel a slice's leases now")):
         command = slices.add_parser(name, parents=[config_option], help=text)
-        command.add_argument("slice_urn")
+        command.add_argument(
+            "slice_urn", metavar="slice", help="a slice URN, a name under the authority (exp1) or a full HRN"
+        )
         command.set_defaults(handler=_slice_release if name == "release" else _slice_shutdown)
 
     account = command_group(commands, "account", "local accounts of federation users")
@@ -596,10 +598,24 @@ def _account_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _slice_urn(text: str, settings: Settings) -> str:
+    """The slice URN ``text`` names, read as the registry's ``slice`` commands read a name (RegistryAdmin.hrn): a
+    URN as typed (the calendar keeps the URN the slice booked with), a full HRN under the authority, or a name
+    under it (``exp1`` -> urn:publicid:IDN+AUTHORITY+slice+exp1)."""
+    from sfa_omf.xrn import hrn_to_urn, is_urn, join_hrn, split_hrn
+
+    if is_urn(text):
+        return text
+    authority = settings.interface_hrn
+    under = text == authority or text.startswith(authority + ".")
+    return hrn_to_urn(text if under else join_hrn([*split_hrn(authority), text]), "slice")
+
+
 def _slice_release(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.slices import Slices
 
-    record = Slices(_database(args)).set_shut_down(args.slice_urn, False)
+    settings = command_settings(args)
+    record = Slices(command_database(settings)).set_shut_down(_slice_urn(args.slice_urn, settings), False)
     print(f"{record.urn} may book again")
     return 0
 
@@ -611,6 +627,7 @@ def _slice_shutdown(args: argparse.Namespace) -> int:
     from sfa_omf.xrn import hrn_to_urn
 
     settings = command_settings(args)
+    args.slice_urn = _slice_urn(args.slice_urn, settings)
     database = command_database(settings)
     bookings = Bookings(database)
     leases = bookings.leases(slice_urn=args.slice_urn)

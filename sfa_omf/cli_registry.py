@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -184,15 +185,45 @@ def _read_public_key(path: str) -> rsa.RSAPublicKey:
 
 
 def _user_add(args: argparse.Namespace) -> int:
+    from sfa_omf.registry.bootstrap import SSH_KEY_NAME
+
     admin = _admin(args)
     public_key = _read_public_key(args.public_key) if args.public_key else None
     new = admin.add_user(
         args.name, args.email, [_read_ssh_key(path) for path in args.ssh_key], public_key=public_key, pi=args.pi
     )
+    if new.sfi_dir:
+        omni_config = _write_client_files(admin, new.record.hrn, new.sfi_dir, args.ssh_key)
     print(f"registered user {new.record.hrn} ({new.record.urn})")
     if new.sfi_dir:
         print(f"  sfi.py directory with the private key: {new.sfi_dir}  (sfi.py -d {new.sfi_dir} ...)")
+        if not args.ssh_key:
+            print(f"  SSH key pair (its public key registered): {os.path.join(new.sfi_dir, SSH_KEY_NAME)}")
+        print(f"  omni: omni -c {omni_config} -V3 listresources")
     return 0
+
+
+def _write_client_files(admin: RegistryAdmin, hrn: str, sfi_dir: str, ssh_key_files: list[str]) -> str:
+    """Beside the sfi.py files add_user wrote, what init writes for its demo users, so that omni and logins work at
+    once as docs/experimenters.md says: an SSH key pair, registered with the user (none when the operator gave the
+    user's own keys), and an omni_config; the omni_config's path. All or nothing, as add_user: on a failure the
+    user, their GID and directory go again."""
+    from sfa_omf.registry.bootstrap import OMNI_CONFIG_NAME, InitReport, ssh_public_key_in, write_client_files
+    from sfa_omf.registry.sfi_dirs import delete_sfi_dir
+
+    try:
+        report = InitReport("", admin.authority.hrn)
+        write_client_files(sfi_dir, admin.authority.hrn, hrn, admin.settings, report, ssh_key_files)
+        public = None if ssh_key_files else ssh_public_key_in(sfi_dir)
+        record = admin.records.get(hrn)
+        if public is not None and record is not None and public not in record.keys:
+            admin.records.update(hrn, keys=[*record.keys, public])
+    except BaseException:
+        admin.records.remove(hrn, retire=False)  # nobody held the name yet: no login to retire (as add_user undoes)
+        delete_sfi_dir(sfi_dir)
+        admin.authority.forget(hrn)
+        raise
+    return os.path.join(sfi_dir, OMNI_CONFIG_NAME)
 
 
 def _user_add_key(args: argparse.Namespace) -> int:

@@ -264,8 +264,7 @@ def _ensure_user(
     sfi_dir = os.path.join(authority.directory, "users", name, "sfi")
     report.sfi_dirs[name] = sfi_dir
     key_path = os.path.join(sfi_dir, f"{user_hrn}.pkey")
-    _ensure_ssh_key(sfi_dir, f"{name}@{authority.hrn}", report)
-    _ensure_omni_config(sfi_dir, authority.hrn, user_hrn, settings, report)
+    write_client_files(sfi_dir, authority.hrn, user_hrn, settings, report)
     if is_empty_file(key_path):
         # Not replaced as the authority's or the aggregate's: the user's GID (gids/, and the registry's record once
         # registered) certifies the key that is lost, and a new key needs a new GID under the same name.
@@ -302,6 +301,32 @@ def _ensure_user(
     report.created.append(authority.issued_gid_path(user_hrn))
 
 
+def write_client_files(
+    sfi_dir: str,
+    authority_hrn: str,
+    user_hrn: str,
+    settings: Settings,
+    report: InitReport,
+    ssh_key_files: Sequence[str] = (),
+) -> None:
+    """What a demo user's sfi.py folder holds besides sfi.py's own files: an SSH key pair (``ssh_public_key_in``
+    reads its public half, to register) and an omni_config sending it; each kept when there. ``sfa-omf user add``
+    writes them too for a user it makes a key pair for; given the user's own public key files (``ssh_key_files``),
+    no pair is made and the omni_config sends those."""
+    if not ssh_key_files:
+        _ensure_ssh_key(sfi_dir, f"{split_hrn(user_hrn)[-1]}@{authority_hrn}", report)
+    _ensure_omni_config(sfi_dir, authority_hrn, user_hrn, settings, report, ssh_key_files)
+
+
+def ssh_public_key_in(sfi_dir: str) -> str | None:
+    """The public key of the SSH key pair write_client_files wrote in ``sfi_dir`` (None when there is none)."""
+    public_path = os.path.join(sfi_dir, f"{SSH_KEY_NAME}.pub")
+    if not os.path.exists(public_path):
+        return None
+    with open(public_path, encoding="ascii") as handle:
+        return handle.read().strip()
+
+
 def _ensure_ssh_key(sfi_dir: str, comment: str, report: InitReport) -> None:
     """An SSH key pair for a demo user (private key 0600), so that logins the manifest names work at once."""
     private_path = os.path.join(sfi_dir, SSH_KEY_NAME)
@@ -321,7 +346,12 @@ def _ensure_ssh_key(sfi_dir: str, comment: str, report: InitReport) -> None:
 
 
 def _ensure_omni_config(
-    sfi_dir: str, authority_hrn: str, user_hrn: str, settings: Settings, report: InitReport
+    sfi_dir: str,
+    authority_hrn: str,
+    user_hrn: str,
+    settings: Settings,
+    report: InitReport,
+    ssh_key_files: Sequence[str] = (),
 ) -> None:
     """An omni_config beside sfi_config, so that omni works at once (``omni -c SFI/omni_config -V3 ...``): omni has
     no --cert/--key options; it takes the user's certificate and key from this file. Written once: an operator's
@@ -330,25 +360,42 @@ def _ensure_omni_config(
     if os.path.exists(path):
         report.kept.append(path)
         return
-    write_new_file(path, omni_config(sfi_dir, authority_hrn, user_hrn, settings).encode("utf-8"))
+    write_new_file(path, omni_config(sfi_dir, authority_hrn, user_hrn, settings, ssh_key_files).encode("utf-8"))
     report.created.append(path)
 
 
-def omni_config(sfi_dir: str, authority_hrn: str, user_hrn: str, settings: Settings) -> str:
+def omni_aggregate_nickname(authority_hrn: str) -> str:
+    """The nickname omni_config gives the aggregate: the authority's HRN, lower case (omni lowercases nicknames)."""
+    return authority_hrn.lower()
+
+
+def omni_config(
+    sfi_dir: str, authority_hrn: str, user_hrn: str, settings: Settings, ssh_key_files: Sequence[str] = ()
+) -> str:
     """omni's configuration for a user of the local authority (its ``sfa`` framework: omni asks the registry for
-    slice credentials itself), with absolute paths to the user's files in ``sfi_dir``. Unlike sfi.py, omni is given
-    https:// URLs."""
+    slice credentials itself), with absolute paths to the user's files in ``sfi_dir``; the SSH public keys omni
+    sends are ``ssh_key_files``, by default the pair in ``sfi_dir``. Unlike sfi.py, omni is given https:// URLs. The
+    aggregate has a nickname and is omni's default aggregate (``aggregates``): without ``-a`` omni would ask the
+    framework's slice manager (``slicemgr``, this aggregate) for its peers and find none."""
     folder = os.path.abspath(sfi_dir)
+    keys = ",".join(os.path.abspath(path) for path in ssh_key_files) or f"{os.path.join(folder, SSH_KEY_NAME)}.pub"
     name = split_hrn(user_hrn)[-1]
+    nickname = omni_aggregate_nickname(authority_hrn)
+    aggregate = f"{hrn_to_urn(authority_hrn, 'authority+am')},{settings.https_url(settings.aggregate_port)}/"
     return (
-        "# omni (geni-tools): omni -c THIS_FILE -V3 -a AGGREGATE_URL COMMAND ... (docs/experimenters.md)\n"
+        "# omni (geni-tools): omni -c THIS_FILE -V3 COMMAND ... (docs/experimenters.md); the aggregate is the\n"
+        f"# default (aggregates), or give -a {nickname} or -a AGGREGATE_URL\n"
         "[omni]\n"
         "default_cf = sfa\n"
         f"users = {name}\n"
+        f"aggregates = {nickname}\n"
+        "\n"
+        "[aggregate_nicknames]\n"
+        f"{nickname} = {aggregate}\n"
         "\n"
         f"[{name}]\n"
         f"urn = {hrn_to_urn(user_hrn, 'user')}\n"
-        f"keys = {os.path.join(folder, SSH_KEY_NAME)}.pub\n"
+        f"keys = {keys}\n"
         "\n"
         "[sfa]\n"
         "type = sfa\n"
@@ -382,12 +429,10 @@ def register_demo(report: InitReport, database: Database) -> None:
     slices = {authority.child_hrn(DEMO_SLICE): users} if report.demo else {}
     records.import_authority(authority, slices)
     for name, sfi_dir in sorted(report.sfi_dirs.items()):  # their SSH keys: sfi show lists them, logins use them
-        public_path = os.path.join(sfi_dir, f"{SSH_KEY_NAME}.pub")
         record = records.get(authority.child_hrn(name))
-        if record is None or not os.path.exists(public_path):
+        public = ssh_public_key_in(sfi_dir)
+        if record is None or public is None:
             continue
-        with open(public_path, encoding="ascii") as handle:
-            public = handle.read().strip()
         if public not in record.keys:
             records.update(record.hrn, keys=[*record.keys, public])
 

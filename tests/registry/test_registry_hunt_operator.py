@@ -105,8 +105,19 @@ def test_user_add_remove_add_and_separate_sfi_directories(capsys: pytest.Capture
     # (as the demo users of init: users/alice/sfi).
     assert run(capsys, directory, "user", "add", "tb.x.erin")[0] == 0
     assert run(capsys, directory, "user", "add", "erin")[0] == 0
-    assert sorted(os.listdir(users / "tb.x.erin" / "sfi")) == ["sfi_config", "tb.x.erin.pkey", "tb.x.erin.user.gid"]
-    assert sorted(os.listdir(users / "erin" / "sfi")) == ["sfi_config", "tb.erin.pkey", "tb.erin.user.gid"]
+    client_files = ["id_ed25519", "id_ed25519.pub", "omni_config"]  # as init's demo users (test_client_config_fixes)
+    assert sorted(os.listdir(users / "tb.x.erin" / "sfi")) == [
+        *client_files,
+        "sfi_config",
+        "tb.x.erin.pkey",
+        "tb.x.erin.user.gid",
+    ]
+    assert sorted(os.listdir(users / "erin" / "sfi")) == [
+        *client_files,
+        "sfi_config",
+        "tb.erin.pkey",
+        "tb.erin.user.gid",
+    ]
     assert "user = tb.erin" in (users / "erin" / "sfi" / "sfi_config").read_text()
     assert (users / "alice" / "sfi" / "tb.alice.pkey").exists()
     # Removing a demo user deletes the directory init wrote for them too.
