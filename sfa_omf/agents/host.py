@@ -53,6 +53,10 @@ class Host(Protocol):
     def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
         """Put a file in the account's ``~/folder`` (stage-in)."""
 
+    def free_space(self, login: str) -> tuple[Path, int] | None:
+        """The account's home and the bytes free on its file system (a stage-in file larger cannot go there), or
+        None when not known (no such account yet)."""
+
     def read_files(self, login: str, folder: str, max_bytes: int) -> list[tuple[str, bytes]]:
         """The plain files in the account's ``~/folder`` (stage-out), by name; those over ``max_bytes`` are left
         unread (logged)."""
@@ -89,7 +93,7 @@ class _Ledger:
     that the end of a lease removes only what the agent made and no other lease still uses."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path = Path(os.path.abspath(path))  # (``--state .``: the agent tells the state's files by their names)
         self.uses: dict[str, list[str]] = json.loads(path.read_text()) if path.exists() else {}
 
     def use(self, login: str, lease_id: str) -> None:
@@ -166,8 +170,22 @@ class DirectoryHost:
     def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
         _write_into(self.root / "home" / login, folder, name, data)
 
+    def free_space(self, login: str) -> tuple[Path, int] | None:
+        return _free_space(self.root / "home" / login)
+
     def read_files(self, login: str, folder: str, max_bytes: int) -> list[tuple[str, bytes]]:
         return _read_from(self.root / "home" / login, folder, max_bytes)
+
+
+def _free_space(home: Path) -> tuple[Path, int] | None:
+    """``home`` and the bytes an unprivileged writer may still use on its file system (a user's file must not take
+    the reserve kept for root's own: the agent's state among them); None when it cannot be told (no such home).
+    The home, named by the system: not ``~/stage-in``, which its user may have made a link to elsewhere."""
+    try:
+        status = os.statvfs(home)
+    except OSError:
+        return None
+    return home, status.f_bavail * status.f_frsize
 
 
 def _open_home(home: Path) -> int:
@@ -315,6 +333,12 @@ class UnixHost:
     def write_file(self, login: str, folder: str, name: str, data: bytes) -> None:
         entry = pwd.getpwnam(login)
         _write_into(Path(entry.pw_dir), folder, name, data, (entry.pw_uid, entry.pw_gid))
+
+    def free_space(self, login: str) -> tuple[Path, int] | None:
+        try:
+            return _free_space(Path(pwd.getpwnam(login).pw_dir))
+        except KeyError:
+            return None
 
     def read_files(self, login: str, folder: str, max_bytes: int) -> list[tuple[str, bytes]]:
         try:

@@ -82,11 +82,12 @@ SENT, ENDING = "sent.json", "ending.json"
 #: Times a stage-in file may arrive damaged (SHA-256 differs) before the lease is reported failed: once may be the
 #: network's doing, twice in a row is the file's.
 STAGE_IN_MISMATCHES = 2
-#: Rounds a stage-in file may fail in a way that may pass (no answer, cut off, a 5xx, an answer that is not JSON)
-#: before the lease is reported failed with the last error. Such a round is one whose heartbeat and work went through
-#: (a server down fails the round before it): 10 rounds are 5 minutes at the default heartbeat (30 s), longer than a
-#: restart of the server or a passing fault of its disk or link, while a file the server cannot serve for good (its
-#: answer to any error of its own: 500) is reported to the experimenter within minutes, not never.
+#: Rounds a stage-in file may fail in a way that may pass (no answer, cut off, a 5xx, an answer that is not JSON, its
+#: write finding the disk full) before the lease is reported failed with the last error. Such a round is one whose
+#: heartbeat and work went through (a server down fails the round before it): 10 rounds are 5 minutes at the default
+#: heartbeat (30 s), longer than a restart of the server or a passing fault of its disk or link, while a file the
+#: server cannot serve for good (its answer to any error of its own: 500), or the node cannot hold, is reported to the
+#: experimenter within minutes, not never.
 STAGE_IN_ROUNDS = 10
 
 
@@ -113,7 +114,14 @@ def is_refusal(exc: AgentCallError) -> bool:
 
 
 class StageInGaveUp(Exception):
-    """A stage-in file not fetched in STAGE_IN_ROUNDS rounds: the lease's failure, with the last error."""
+    """A stage-in file not fetched, or not written, in STAGE_IN_ROUNDS rounds: the lease's failure, with the last
+    error."""
+
+
+class StageInNoRoom(Exception):
+    """A stage-in file larger than the space free where it goes on the node: the lease's failure at once, the file
+    unfetched (room might come later, but the lease would wait unseen meanwhile, the file downloaded for nothing at
+    every round; the experimenter is told now)."""
 
 
 class ServerNotTrusted(AgentCallError):
@@ -176,6 +184,14 @@ def _file_sha256(path: Path) -> str:
         return hashlib.file_digest(kept, "sha256").hexdigest()
 
 
+def _size_words(size: int) -> str:
+    """``size`` bytes in words: 1000 bytes, 508 KiB, 1.25 MiB."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.2f}".rstrip("0").rstrip(".") + f" {unit}"
+    return f"{size} bytes"
+
+
 def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place. On failure (a full disk) the
     temporary file goes, and the OSError names it: a write() that fails says no file name of its own."""
@@ -223,23 +239,23 @@ class LocalFault(Exception):
 def local_fault(exc: BaseException, state_dir: str | Path) -> LocalFault | None:
     """``exc`` as a fault of the node's own files, or None when it is not one (a network's: a socket's errors carry
     no file name). An OSError naming a file is local, and so is one of a full or read-only file system (LOCAL_ERRNOS)
-    without a name. The words name the agent's state directory when the file is there (``state_dir``), else the
-    file's directory, and say what to do."""
+    without a name. The words name the agent's state directory (made absolute) when the file is there
+    (``state_dir``), else the file's directory, and say what to do. Only a name that is absolute can be in the state
+    directory: the agent names its files so (Agent, enrol, the hosts' ledger), and a relative one is someone else's
+    (a program not found: ``useradd``; a name relative to a descriptor's directory), even under ``--state .``."""
     if isinstance(exc, LocalFault):
         return exc
     if not isinstance(exc, OSError) or (exc.filename is None and exc.errno not in LOCAL_ERRNOS):
         return None
     name = os.fsdecode(exc.filename) if isinstance(exc.filename, str | bytes | os.PathLike) else ""
     path = Path(name)
-    in_state = bool(name) and (
-        path.is_relative_to(state_dir)
-        or (path.is_absolute() and Path(os.path.abspath(path)).is_relative_to(os.path.abspath(state_dir)))
-    )
+    state = Path(os.path.abspath(state_dir))
+    in_state = path.is_absolute() and Path(os.path.abspath(path)).is_relative_to(state)
     advice = WRITE_ADVICE.get(exc.errno or 0, "")
     verb = "cannot be written" if advice else "cannot be used"
     why = exc.strerror or str(exc)
-    if in_state or path.is_absolute():
-        where = f"the agent's state directory {state_dir}" if in_state else f"the node's directory {path.parent}"
+    if path.is_absolute():
+        where = f"the agent's state directory {state}" if in_state else f"the node's directory {path.parent}"
         if not advice:  # (not a write's failure: which file, then)
             why += f" ({path.name})"
     else:  # a name relative to a descriptor's directory, or none (a write()): where is not known here
@@ -420,7 +436,7 @@ def enrol(
     waiting 1, 2, 4 ... 30 s between tries. The server's certificate must name the aggregate (``aggregate_urn``,
     else the aggregate of the root's authority: see expected_aggregate) before anything is sent to it."""
     server_urn = expected_aggregate(root_path, aggregate_urn)
-    state = Path(state_dir)
+    state = Path(os.path.abspath(state_dir))  # its files named absolutely, as local_fault tells the state's by
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path = state / KEY
     if not key_path.exists():
@@ -621,7 +637,8 @@ class Agent:
     def __init__(
         self, state_dir: str, host: Host, interval_s: float | None = None, stage_out_rounds: int = STAGE_OUT_ROUNDS
     ) -> None:
-        self.state = Path(state_dir)
+        # Absolute (``--state .``): its files' names say they are the state's (local_fault), and so do its words.
+        self.state = Path(os.path.abspath(state_dir))
         config = json.loads((self.state / CONFIG).read_text())
         self.node = str(config["node"])
         self.interval_s = float(interval_s if interval_s is not None else config.get("heartbeat_s", 30))
@@ -691,7 +708,8 @@ class Agent:
         """Heartbeat, then make the host match the work; returns the work as received. A file of the node that
         cannot be written (its disk full: see local_fault) is LocalFault, not an OSError that would read as the
         server's silence; a lease it held up is not reported failed, and the other leases go on: it is raised at the
-        end of the round, which the next round tries again."""
+        end of the round, which the next round tries again. (A stage-in file the disk has no room for is the
+        lease's failure, not this: see _stage_in.)"""
         try:
             return self._round()
         except OSError as exc:
@@ -737,7 +755,7 @@ class Agent:
                 continue
             try:
                 later = self._stage_in(lease_id, item.get("stage_in", []), sorted(accounts))
-            except (AgentCallError, OSError, StageInGaveUp) as exc:
+            except (AgentCallError, OSError, StageInGaveUp, StageInNoRoom) as exc:
                 fault = self._held_up(lease_id, exc)
                 if fault is not None:
                     held_up = held_up or fault
@@ -832,16 +850,21 @@ class Agent:
         return True
 
     def _stage_in(self, lease_id: str, files: list[dict[str, Any]], logins: list[str]) -> str:
-        """Fetch the lease's staged-in files not fetched yet (checked) into each account's ~/stage-in. A fetch that
-        may go through when tried again (no answer, cut off, a 5xx, an answer that is not JSON, a file damaged on
-        the way for the first time) stops here: why, returned, for the next round to try again. A refusal, a file
-        damaged again, a file not fetched in STAGE_IN_ROUNDS rounds (StageInGaveUp, with the last error), or the
-        host failing to write it raises: the lease's failure."""
+        """Fetch the lease's staged-in files not fetched yet (checked) into each account's ~/stage-in. A file larger
+        than the space free on the file system of an account's home is not fetched: StageInNoRoom, the lease's
+        failure. A fetch that may go through when tried again (no answer, cut off, a 5xx, an answer that is not
+        JSON, a file damaged on the way for the first time), or a write of the file that finds the disk full (room
+        may come), stops here: why, returned, for the next round to try again; STAGE_IN_ROUNDS such rounds for one
+        file raise StageInGaveUp, with the last error. A refusal, a file damaged again, or the host failing to
+        write it otherwise (an OSError) raises: the lease's failure. Only the record of what was staged in
+        (``staged.json``, the agent's state directory) failing on a full disk is the node's passing fault
+        (local_fault): the lease waits for room there."""
         done = self.staged.setdefault(lease_id, {})
         for entry in files:
             name, sha256 = str(entry["name"]), str(entry["sha256"])
             if done.get(name) == sha256:
                 continue
+            self._check_room(name, int(entry.get("size") or 0), logins)
             try:
                 data = self.client.get_file(lease_id, name)
             except AgentCallError as exc:
@@ -857,22 +880,45 @@ class Agent:
             except (OSError, http.client.HTTPException) as exc:  # the rest would most likely wait as long: next round
                 return self._stage_in_later(lease_id, name, f"no answer ({exc})")
             self.stage_in_mismatches.pop((lease_id, name), None)
+            try:
+                for login in logins:
+                    self.host.write_file(login, STAGE_IN, name, data)
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise
+                where = f" in {Path(os.fsdecode(exc.filename)).parent}" if exc.filename else ""
+                why = f"no room for {name} ({_size_words(len(data))}) on the node: {exc.strerror}{where}"
+                return self._stage_in_later(lease_id, name, why, "written")
             self.stage_in_failures.pop((lease_id, name), None)
-            for login in logins:
-                self.host.write_file(login, STAGE_IN, name, data)
             done[name] = sha256
             _write_private(self.state / "staged.json", json.dumps(self.staged, sort_keys=True).encode("utf-8"))
         return ""
 
-    def _stage_in_later(self, lease_id: str, name: str, why: str) -> str:
-        """Count a round in which stage-in file ``name`` could not be fetched: why, for the next round to try again;
-        StageInGaveUp once that is STAGE_IN_ROUNDS rounds (a file the server cannot serve must fail the lease, said
-        to the experimenter, not leave it not ready until its end)."""
+    def _stage_in_later(self, lease_id: str, name: str, why: str, undone: str = "fetched") -> str:
+        """Count a round in which stage-in file ``name`` could not be fetched (or ``undone``: written): why, for the
+        next round to try again; StageInGaveUp once that is STAGE_IN_ROUNDS rounds (a file the server cannot serve,
+        or the node cannot hold, must fail the lease, said to the experimenter, not leave it not ready until its
+        end)."""
         rounds = self.stage_in_failures[lease_id, name] = self.stage_in_failures.get((lease_id, name), 0) + 1
         if rounds >= STAGE_IN_ROUNDS:
             self.stage_in_failures.pop((lease_id, name))
-            raise StageInGaveUp(f"{name} could not be fetched in {rounds} rounds; the last time: {why}")
+            raise StageInGaveUp(f"{name} could not be {undone} in {rounds} rounds; the last time: {why}")
         return f"{name}: {why} (round {rounds} of {STAGE_IN_ROUNDS})"
+
+    def _check_room(self, name: str, size: int, logins: list[str]) -> None:
+        """StageInNoRoom when stage-in file ``name`` (``size`` bytes, as the work says) is larger than the space
+        free on the file system of an account's home: it cannot be written there now, and fetching it first would
+        be for nothing (a home whose room is not known is not checked: its write says). Each account is checked
+        alone: several homes on one file system may still lack room together, which their writes find (rounds)."""
+        for login in logins:
+            room = self.host.free_space(login)
+            if room is None or size <= room[1]:
+                continue
+            home, free = room
+            needed, left = _size_words(size), _size_words(free)
+            if needed == left:  # (rounded alike: the bytes tell them apart)
+                needed, left = f"{size} bytes", f"{free} bytes"
+            raise StageInNoRoom(f"no room for {name} ({needed}) on the node: the file system of {home} has {left} free")
 
     def _stage_out(self, lease_id: str, logins: list[str], max_bytes: int, keep_pending: bool = False) -> StageOut:
         """Send back each account's ~/stage-out files before the account goes. A file larger than the server takes
