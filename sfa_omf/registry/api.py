@@ -8,6 +8,8 @@ message says what to do, as SFA's registry answers. One log line per call, like 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -286,6 +288,15 @@ def gid_public_key(keys: Sequence[str]) -> rsa.RSAPublicKey | None:
         if isinstance(public, rsa.RSAPublicKey):
             return public
     return None
+
+
+def _stored_gid_key(keys: Sequence[str]) -> rsa.RSAPublicKey | None:
+    """The first ssh-rsa key of a user's record (gid_public_key), None when there is none; a key stored before keys
+    were checked that is no key counts as none."""
+    try:
+        return gid_public_key(keys)
+    except BadArgs:
+        return None
 
 
 def public_key_id(key: rsa.RSAPublicKey) -> str:
@@ -685,9 +696,14 @@ class RegistryApi:
         does not write (READ_ONLY_FIELDS) pass when they are as shown, and are refused when they are not.
 
         A user's keys given (reg-keys) re-issue their GID for the first ssh-rsa key among them, as SFA's Update does,
-        when it certifies another key (a user registered without a key, or with a key lost, gets a usable one this
-        way): from then on only that key's private half acts as the user, the earlier key is refused. Keys of which
-        none is RSA are stored and leave the GID as it is."""
+        when the GID follows their SSH key (_rekeyed_chain): when it certifies another key than that one and the
+        first ssh-rsa key on record was the one it certified, or there was none (a user registered without a key gets
+        a usable one this way). From then on only that key's private half acts as the user, the earlier key is
+        refused. A user whose GID certifies a key of their own (a certificate given at Register, ``user add
+        --public-key``), not their first ssh-rsa key on record, keeps it: their keys change alone, so the record sent
+        back as Resolve shows it, or with other login keys, never locks them out. Keys of which none is RSA are
+        stored and leave the GID as it is. A re-keying Update writes gids/ and the record together, or neither
+        (_update_rekeyed)."""
         record = params[0]
         target = self._record(*_record_named(record, record.get("type") or None))
         changes_pis = _given(record, "reg-pis")[1] is not None
@@ -738,33 +754,26 @@ class RegistryApi:
         if target.type == "slice":
             pis = None  # (omni's PI of a slice, among its researchers: ignored, _refuse_fields_of_other_types)
         chain = self._rekeyed_chain(target, keys, email, delegated)  # (made before anything is written)
-        updated = self.records.update(
-            target.hrn,
-            email=email,
-            keys=keys,
-            researchers=researchers,
-            pis=pis,
-            expires=expires,
-            gid=chain_pem(chain) if chain is not None else None,
+        write = functools.partial(
+            self.records.update, target.hrn, email=email, keys=keys, researchers=researchers, pis=pis, expires=expires
         )
-        if chain is not None:
-            self._record_issued(target.hrn)
-            if updated is not None:
-                log.info(
-                    "re-issued the GID of %s for its first %s key (key id %s): the earlier key no longer acts as it",
-                    target.hrn,
-                    GID_SSH_KEY_TYPE,
-                    chain[0].key_id[:16],
-                )
+        if chain is None:
+            write()
+        else:
+            self._update_rekeyed(target.hrn, chain, write)
         return 1
 
     def _rekeyed_chain(
         self, target: Record, keys: Sequence[str] | None, email: str | None, delegated: bool
     ) -> GidChain | None:
         """The GID chain an Update giving user ``target`` the SSH ``keys`` issues them: for the first ssh-rsa key
-        among them (gid_public_key), when their GID certifies another key now; None when none is to be issued (not a
-        user, no keys given, none RSA, or the GID certifies that key already). ``email``: the address the Update
-        gives (None: the one on record), which the new GID carries. A delegated authority credential does not
+        among them (gid_public_key), when their GID follows their SSH key: it certifies another key now, and the
+        first ssh-rsa key of their record (``target.keys``) is the key it certifies, or there is none (registered
+        without a key, as sfi.py register without -k). None when none is to be issued: not a user, no keys given,
+        none RSA, the GID certifies that key already (the record sent back as Resolve shows it), or it certifies a
+        key that is not their first ssh-rsa key on record (their own certificate, given at Register or by user add
+        --public-key: only their login keys change, and they keep acting with its key). ``email``: the address the
+        Update gives (None: the one on record), which the new GID carries. A delegated authority credential does not
         re-key a PI (3): with the PI's name and a key of the delegate's, GetCredential would give the delegate a
         fresh, undelegated authority credential."""
         if target.type != "user" or not keys:
@@ -772,8 +781,16 @@ class RegistryApi:
         public_key = gid_public_key(keys)
         if public_key is None:
             return None
-        if target.gid.strip() and record_chain(target)[0].key_id == public_key_id(public_key):
-            return None  # (the record sent back as shown, or the key its GID certifies already given first)
+        if target.gid.strip():
+            certified = record_chain(target)[0].key_id
+            if certified == public_key_id(public_key):
+                return None  # (the key its GID certifies given first already)
+            on_record = _stored_gid_key(target.keys)
+            if on_record is not None and public_key_id(on_record) != certified:
+                # The GID is the user's own certificate, not their SSH key (given at Register, user add --public-key):
+                # their login keys change alone, and whoever holds its key still acts as them (the record sent back
+                # as shown, or sfi.py update -k with a rotated login key, would lock them out).
+                return None
         pi_of = self._pi_of(target.hrn) if delegated else ()
         if pi_of:
             raise GeniError(
@@ -788,15 +805,46 @@ class RegistryApi:
         except AuthorityError as exc:
             raise GeniError(Reason.BAD_ARGS, str(exc)) from exc
 
-    def _record_issued(self, hrn: str) -> None:
-        """Make gids/ hold the GID the record of ``hrn`` holds now, after an Update re-issued it (a start imports
-        from gids/, and `sfa-omf authority renew` re-issues from it): read again after the write, so that of two
-        Updates at once the file ends as the record does, and a record removed meanwhile leaves no file behind."""
-        current = self.records.get(hrn)
-        if current is None:
-            self.authority.forget(hrn)
-        elif current.gid.strip():
-            self.authority.replace_issued(hrn, record_chain(current))
+    def _update_rekeyed(self, hrn: str, chain: GidChain, write: Callable[..., Record | None]) -> None:
+        """Write an Update that re-issues user ``hrn``'s GID (``chain``): its gids/ file first (a start imports from
+        gids/, ``authority renew`` re-issues from it), then the record with ``write`` (records.update, given the
+        GID), both under the lock of gids/ (issued_lock: two re-keys at once end with the file and the record of the
+        later one); the file is put back as it was when the record's write fails, so that a failing call writes
+        nothing. A gids/ that cannot be written (a full disk) is answered SERVER_ERROR, nothing changed."""
+        with contextlib.ExitStack() as locked:
+            try:
+                locked.enter_context(self.authority.issued_lock())
+                previous = self.authority.replace_issued(hrn, chain)
+            except OSError as exc:
+                log.warning(
+                    "cannot write the re-issued GID of %s to %s: %s; its Update was refused, nothing changed",
+                    hrn,
+                    self.authority.issued_gid_path(hrn),
+                    exc.strerror or exc,
+                )
+                raise GeniError(
+                    Reason.SERVER_ERROR,
+                    f"the registry could not store the new certificate of {hrn} (its GID directory is not writable, "
+                    "or full): nothing was changed, the earlier key still acts; try again later, and tell the "
+                    "testbed's operator if it lasts",
+                ) from None
+            try:
+                updated = write(gid=chain_pem(chain))
+            except BaseException:
+                try:
+                    self.authority.restore_issued(hrn, previous)
+                except OSError as exc:  # (the error that failed the call goes on)
+                    log.error("cannot put back the GID file of %s as it was: %s", hrn, exc)
+                raise
+            if updated is None:  # removed meanwhile: so is its file (Remove's may have gone before this one)
+                self.authority.forget(hrn)
+                return
+        log.info(
+            "re-issued the GID of %s for its first %s key (key id %s): the earlier key no longer acts as it",
+            hrn,
+            GID_SSH_KEY_TYPE,
+            chain[0].key_id[:16],
+        )
 
     def remove(self, context: CallContext, params: tuple[Any, ...]) -> int:
         """Remove(xrn, credentials, type): an authority credential removes a user or slice record. A user leaves

@@ -17,9 +17,12 @@ replaces it when nothing certifies it yet.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -234,13 +237,52 @@ class LocalAuthority:
         if len(os.path.basename(path).encode("utf-8")) > 255:  # the longest file name Linux file systems hold
             raise BadArgs(f"no GID can be issued for {hrn[:80]!r}...: the name is too long to name its GID file")
 
-    def replace_issued(self, hrn: str, chain: GidChain) -> None:
+    @contextmanager
+    def issued_lock(self) -> Iterator[None]:
+        """Hold the lock of gids/ (flock on the directory itself: every process and thread of this host that takes it
+        waits for the holder) while a GID file and the registry's record of it are changed together (a user's GID
+        re-issued by Update), so that of two such changes at once the later one's file and record are both the last
+        ones. One lock for the directory rather than one per HRN: re-keys are rare and short, and it needs no lock
+        file (none to make on a full file system, no name longer than a GID file's, none left behind).
+
+        It holds on this host only. Hosts sharing the database each have their own copy of the data directory
+        (operators.md, "Several hosts"): the record in the database is the GID that counts on every host; another
+        host's gids/ keeps what that host last wrote for the name (as it lacks the GIDs Register issued through
+        other hosts). A start there never brings the earlier key back (import_authority does not read the file of a
+        recorded HRN); ``authority renew`` and ``credential issue`` read the gids/ of the host they run on."""
+        directory = os.path.join(self.directory, "gids")
+        make_directories(directory, PUBLIC_DIRECTORY)
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            # flock, not fcntl's record locks: those are the process's, and would not keep two threads apart.
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # (which releases the lock)
+
+    def replace_issued(self, hrn: str, chain: GidChain) -> bytes | None:
         """Record ``chain`` in gids/ as the GID issued for hrn now, in place of an earlier one (a user's GID
-        re-issued for another key): whole or not at all. gids/ is what a start imports and ``authority renew``
-        re-issues from, so it must hold the registered GID."""
+        re-issued for another key): whole or not at all (OSError, and the file as it was, when it cannot be
+        written). gids/ is what a start imports and ``authority renew`` re-issues from, so it must hold the
+        registered GID. The file's earlier content (None: there was none), for ``restore_issued``; call it holding
+        ``issued_lock``."""
         path = self.issued_gid_path(hrn)
         make_directories(os.path.dirname(path), PUBLIC_DIRECTORY)
+        try:
+            with open(path, "rb") as earlier:
+                previous: bytes | None = earlier.read()
+        except FileNotFoundError:
+            previous = None
         replace_file(path, chain_pem(chain).encode("ascii"), PUBLIC_FILE)
+        return previous
+
+    def restore_issued(self, hrn: str, previous: bytes | None) -> None:
+        """Put back the GID file of hrn as ``replace_issued`` found it (``previous``, its answer): the change it
+        belonged to failed."""
+        if previous is None:
+            self.forget(hrn)
+        else:
+            replace_file(self.issued_gid_path(hrn), previous, PUBLIC_FILE)
 
     def forget(self, hrn: str) -> None:
         """Drop the record of a GID this authority issued (the registry removed it), so no import brings it back.
