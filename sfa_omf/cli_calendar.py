@@ -140,7 +140,9 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
     for name, text in (("release", "let a shut-down slice book again"), ("shutdown", "cancel a slice's leases now")):
         command = slices.add_parser(name, parents=[config_option], help=text)
         command.add_argument(
-            "slice_urn", metavar="slice", help="a slice URN, a name under the authority (exp1) or a full HRN"
+            "slice_urn",
+            metavar="slice",
+            help="a slice URN (another authority's slice: its URN), a name under the authority (exp1) or its full HRN",
         )
         command.set_defaults(handler=_slice_release if name == "release" else _slice_shutdown)
 

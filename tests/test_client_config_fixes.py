@@ -123,6 +123,25 @@ def test_user_add_writes_the_ssh_key_pair_and_omni_config_init_writes(
     assert json.loads(out)["ssh_keys"] == [public]
 
 
+@pytest.mark.parametrize("name", ["a,b", "a]b"])
+def test_a_user_whose_name_omni_cannot_read_gets_a_section_label_it_can(
+    lab: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """omni splits [omni] users at commas and its parser ends a section header at the first "]": the user's section
+    label (only its urn counts to omni) holds neither, read with omni's own rules (the review found omni crashing on
+    "No section" for such names, which the registry accepts)."""
+    code, _, err = run(capsys, "user", "add", name, "--config", str(lab / "sfa-omf.conf"))
+    assert code == 0, err
+    text = (lab / "users" / name / "sfi" / "omni_config").read_text()
+    users = re.search(r"^users = (.*)$", text, re.MULTILINE)
+    assert users is not None
+    (label,) = users.group(1).split(",")  # omni's oscript.load_config splits at commas
+    headers = re.findall(r"^\[([^]]+)\]", text, re.MULTILINE)  # Python 2's ConfigParser's section pattern
+    assert label in headers
+    section = text.split(f"[{label}]\n", 1)[1].split("\n\n", 1)[0]
+    assert "urn = urn:publicid:IDN+lab+user+" in section
+
+
 def test_user_add_with_the_users_own_ssh_key_makes_no_pair(
     lab: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

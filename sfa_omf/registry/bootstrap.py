@@ -379,7 +379,9 @@ def omni_config(
     framework's slice manager (``slicemgr``, this aggregate) for its peers and find none."""
     folder = os.path.abspath(sfi_dir)
     keys = ",".join(os.path.abspath(path) for path in ssh_key_files) or f"{os.path.join(folder, SSH_KEY_NAME)}.pub"
-    name = split_hrn(user_hrn)[-1]
+    # The user's section label is omni's own (only its urn counts): omni splits ``users`` at commas and its config
+    # parser ends a section header at the first "]", so a name holding either crashed omni; other characters too go.
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", split_hrn(user_hrn)[-1]) or "user"
     nickname = omni_aggregate_nickname(authority_hrn)
     aggregate = f"{hrn_to_urn(authority_hrn, 'authority+am')},{settings.https_url(settings.aggregate_port)}/"
     return (
