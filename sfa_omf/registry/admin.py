@@ -172,14 +172,17 @@ class RegistryAdmin:
         and so are the GID files the registry keeps (gids/) and wrote into the user's sfi.py directory; the
         credentials cached there, which name the earlier GID, are deleted (sfi.py fetches new ones). Refused (the
         authority's root expired): renew the authority first."""
-        record = self._get(name, "user")
-        self._refuse_expired_root()
-        leaf = record_chain(record)[0]
-        lifetime = min(lifetime, self.authority.chain[0].not_after - utcnow())
-        gid = renew_gid(leaf, self.authority.key, self.authority.chain[0], lifetime)
-        chain = (gid, *self.authority.chain)
-        self._store_gids({record.hrn: chain})
-        rewritten, dropped = self._write_user_files(record.hrn, chain)
+        # Under the lock a re-keying Update holds (RegistryApi): read, renewed and written before another key can
+        # come between, which the renewal of the earlier key would otherwise put back.
+        with self.authority.issued_lock():
+            record = self._get(name, "user")
+            self._refuse_expired_root()
+            leaf = record_chain(record)[0]
+            lifetime = min(lifetime, self.authority.chain[0].not_after - utcnow())
+            gid = renew_gid(leaf, self.authority.key, self.authority.chain[0], lifetime)
+            chain = (gid, *self.authority.chain)
+            self._store_gids({record.hrn: chain})
+            rewritten, dropped = self._write_user_files(record.hrn, chain)
         return RenewedUser(self._updated(self.records.get(record.hrn)), gid, [*rewritten], [*dropped])
 
     def renew_authority(self, lifetime: timedelta = DEFAULT_GID_LIFETIME) -> RenewedAuthority:

@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import text
 
 from sfa_omf.config import read_config
+from sfa_omf.registry import admin as admin_module
 from sfa_omf.registry.admin import RegistryAdmin
 from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.trust.gid import GidChain, load_gid_chain
@@ -291,3 +292,50 @@ def test_two_re_keys_at_once_end_with_gids_as_the_record(
     record, issued = _gid(registry, "tb.dave"), _gid_file(registry, "tb.dave")
     assert load_gid_chain(issued)[0].key_id == load_gid_chain(record)[0].key_id
     assert b.certifies(record)  # the second wrote last, the record and gids/ alike
+
+
+def test_a_user_renewal_racing_a_re_key_does_not_put_the_earlier_key_back(
+    registry: Registry,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`sfa-omf user renew dave` (the earlier key, read) while dave's Update gives him another ssh-rsa key: the
+    renewal holds the lock of gids/ from its read to its writes, so the Update's re-key comes after it and stands.
+    (Before: the renewal, held between its read and its writes, wrote the earlier key's GID over the record and gids/
+    the Update had just re-keyed: dave's new key refused, the earlier one back.)"""
+    dave, laptop = Holder(tmp_path, "dave"), Holder(tmp_path, "laptop")
+    registry.alice.Register({"hrn": "tb.dave", "type": "user", "reg-keys": [dave.line]}, [registry.auth_cred])
+    user, credential, _ = dave.bootstrap(registry.url, "tb.dave")
+    directory = str(registry.directory)
+    admin = RegistryAdmin(
+        LocalAuthority.load(directory, "tb"), registry.records, read_config(f"{directory}/sfa-omf.conf")
+    )
+    renewal_read, update_came = threading.Event(), threading.Event()
+    real_renew_gid = admin_module.renew_gid
+
+    def held_renew_gid(*args: Any, **kwargs: Any) -> Any:
+        renewal_read.set()  # (its record read: the earlier key)
+        # With the lock held, the Update waits for it and never comes meanwhile: the wait ends at STUCK_S/40.
+        update_came.wait(STUCK_S / 40)
+        return real_renew_gid(*args, **kwargs)
+
+    monkeypatch.setattr(admin_module, "renew_gid", held_renew_gid)
+    renewal = threading.Thread(target=admin.renew_user, args=("dave",))
+    renewal.start()
+    assert renewal_read.wait(STUCK_S), "the renewal never read dave's record"
+    answers: list[Any] = []
+
+    def update() -> None:
+        answers.append(user.Update({"hrn": "tb.dave", "reg-keys": [laptop.line]}, [credential]))
+        update_came.set()
+
+    updating = threading.Thread(target=update)
+    updating.start()
+    renewal.join(STUCK_S)
+    updating.join(STUCK_S)
+
+    assert answers == [1]
+    record = _gid(registry, "tb.dave")
+    assert laptop.certifies(record), "the renewal put the earlier key back"
+    assert _gid_file(registry, "tb.dave") == record
+    laptop.bootstrap(registry.url, "tb.dave")
