@@ -67,13 +67,18 @@ def _valid_keys(keys: Sequence[str]) -> list[str]:
 
 
 def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place. On failure (a full disk) the
+    """Write ``text`` (see ENCODING_ERRORS) in place of ``path``, as write_replacing does."""
+    write_replacing(path, text.encode("utf-8", ENCODING_ERRORS), mode)
+
+
+def write_replacing(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place. On failure (a full disk) the
     temporary file goes, and the OSError names it: a write() that fails says no file name of its own (the agent
     tells a full disk of the node from a silent server by it)."""
     temporary = path.with_name(path.name + ".tmp")
     try:
         with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as out:
-            out.write(text.encode("utf-8", ENCODING_ERRORS))
+            out.write(data)
         os.replace(temporary, path)
     except OSError as exc:
         with contextlib.suppress(OSError):

@@ -14,7 +14,6 @@ and a lease it held up waits for room, not reported failed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import http.client
@@ -42,7 +41,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from sfa_omf.agents.host import Host
+from sfa_omf.agents.host import Host, write_replacing
 from sfa_omf.agents.staging import MAX_NAME_LENGTH, check_name
 from sfa_omf.errors import BadArgs, GeniError
 from sfa_omf.times import utcnow
@@ -190,22 +189,6 @@ def _size_words(size: int) -> str:
         if size >= scale:
             return f"{size / scale:.2f}".rstrip("0").rstrip(".") + f" {unit}"
     return f"{size} bytes"
-
-
-def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place. On failure (a full disk) the
-    temporary file goes, and the OSError names it: a write() that fails says no file name of its own."""
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "wb") as out:
-            out.write(data)
-        os.replace(temporary, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        if exc.filename is None:
-            exc.filename = str(temporary)
-        raise
 
 
 #: errno values of a file system that is full (its blocks or its inodes, or the user's quota): once space is freed
@@ -440,7 +423,7 @@ def enrol(
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     key_path = state / KEY
     if not key_path.exists():
-        _write_private(key_path, private_key_pem(new_private_key()))
+        write_replacing(key_path, private_key_pem(new_private_key()))
     key = load_private_key(key_path.read_bytes())
     csr = (
         x509.CertificateSigningRequestBuilder()
@@ -448,7 +431,7 @@ def enrol(
         .sign(key, hashes.SHA256())
     )
     bootstrap = state / "bootstrap.pem"
-    _write_private(bootstrap, _self_signed(key, hostname))
+    write_replacing(bootstrap, _self_signed(key, hostname))
     request = {
         "token": token,
         "hostname": hostname,
@@ -470,15 +453,15 @@ def enrol(
     # The aggregate is the one of the authority that named our node; its URN is pinned for every later call.
     if aggregate_urn_of(str(answer["node"])) != server_urn:
         raise ServerNotTrusted(f"the server {server_urn!r} named our node {answer['node']!r}, of another authority")
-    _write_private(state / CERT, str(answer["certificate"]).encode("ascii"), 0o644)
-    _write_private(state / ROOT, given_root.encode("ascii") + b"\n", 0o644)
+    write_replacing(state / CERT, str(answer["certificate"]).encode("ascii"), 0o644)
+    write_replacing(state / ROOT, given_root.encode("ascii") + b"\n", 0o644)
     config = {
         "node": answer["node"],
         "server": server,
         "server_urn": server_urn,
         "heartbeat_s": answer.get("heartbeat_s", 30),
     }
-    _write_private(state / CONFIG, json.dumps(config).encode("utf-8"), 0o644)
+    write_replacing(state / CONFIG, json.dumps(config).encode("utf-8"), 0o644)
     return Enrolled(node=str(answer["node"]), server=server, state_dir=state_dir)
 
 
@@ -528,7 +511,7 @@ def request_vpn(state_dir: str, client: Client | None = None) -> tuple[str, str]
     text = str(answer["config"]).replace(
         "key KEY_PATH", f"key {(state / KEY).resolve()}\nwritepid {(state / VPN_PID).resolve()}"
     )
-    _write_private(state / VPN_CONF, text.encode("ascii"))
+    write_replacing(state / VPN_CONF, text.encode("ascii"))
     return str(state / VPN_CONF), str(answer["address"])
 
 
@@ -671,7 +654,7 @@ class Agent:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _write(self, name: str, records: dict[str, Any]) -> None:
-        _write_private(self.state / name, json.dumps(records, sort_keys=True).encode("utf-8"))
+        write_replacing(self.state / name, json.dumps(records, sort_keys=True).encode("utf-8"))
 
     def _client(self) -> Client:
         """A client with the certificate on disk now (``agent enrol`` again replaces it under a running agent)."""
@@ -680,7 +663,7 @@ class Agent:
         return Client(self.server, str(state / CERT), str(state / KEY), str(state / ROOT), self.server_urn)
 
     def _save(self) -> None:
-        _write_private(self.state / APPLIED, json.dumps(self.applied, sort_keys=True).encode("utf-8"))
+        write_replacing(self.state / APPLIED, json.dumps(self.applied, sort_keys=True).encode("utf-8"))
 
     def _record(self, lease_id: str, logins: list[str]) -> None:
         """Keep the logins set up (or about to be) for the lease, before touching the host: whatever part of a
@@ -891,7 +874,7 @@ class Agent:
                 return self._stage_in_later(lease_id, name, why, "written")
             self.stage_in_failures.pop((lease_id, name), None)
             done[name] = sha256
-            _write_private(self.state / "staged.json", json.dumps(self.staged, sort_keys=True).encode("utf-8"))
+            write_replacing(self.state / "staged.json", json.dumps(self.staged, sort_keys=True).encode("utf-8"))
         return ""
 
     def _stage_in_later(self, lease_id: str, name: str, why: str, undone: str = "fetched") -> str:
@@ -996,7 +979,7 @@ class Agent:
                     log.info("lease %s: %r kept on the node already, in %s", lease_id, name, path)
                     return f"kept on the node in {path}"
                 path = path.with_name(f"_{path.name}")
-            _write_private(path, data)
+            write_replacing(path, data)
         except OSError as exc:
             log.error("lease %s: %r could not be kept on the node either: %s", lease_id, name, exc)
             return f"not kept on the node either: {exc}"

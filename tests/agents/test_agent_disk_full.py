@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from sfa_omf.agents.host import DirectoryHost
-from sfa_omf.agents.node import Agent, _write_private
+from sfa_omf.agents.host import DirectoryHost, write_replacing
+from sfa_omf.agents.node import Agent
 from sfa_omf.calendar.agent_models import AgentReport
 from tests.agents.conftest import Lab
 from tests.agents.test_agent_process import NODE, book_now, environment, eventually, sfa_omf, sliver_status
@@ -160,7 +160,7 @@ def test_the_loop_warns_naming_the_state_directory_and_the_lease_waits_for_room_
 
 
 def test_writes_that_fail_on_a_full_disk_leave_no_temporary_file_and_name_it(disk: Path, tmp_path: Path) -> None:
-    """The agent's records (node.py _write_private), the host's ledger and keys (host.py _write_atomic) and a user's
+    """The agent's records (host.py write_replacing), the host's ledger and keys (host.py _write_atomic) and a user's
     stage-in file (host.py _write_into): a write() that fails names no file by itself, and left its file behind."""
     state, root = disk / "state", disk / "root"
     host = DirectoryHost(str(root), str(state))
@@ -168,7 +168,7 @@ def test_writes_that_fail_on_a_full_disk_leave_no_temporary_file_and_name_it(dis
     host.apply("lease-1", {"alice": [key]})
     fill(disk)
     with pytest.raises(OSError) as records:
-        _write_private(state / "leases.json", bytes(8192))
+        write_replacing(state / "leases.json", bytes(8192))
     with pytest.raises(OSError) as keys:
         host.apply("lease-2", {"alice": [key]})
     with pytest.raises(OSError) as ledger:  # (a root elsewhere: the accounts are made, the ledger is not written)
