@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import threading
+import time
 import xmlrpc.client
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from tests.tls_harness import client_context
 
 SLICE = "urn:publicid:IDN+lab+slice+demo"
 THREADS = 2
+STUCK_S = 300  # how long a step may take at most on a loaded machine: never reached unless broken
 
 
 @dataclass
@@ -81,7 +83,9 @@ def test_getversion_answers_while_every_call_thread_waits_for_a_locked_table(bus
     engine = create_engine(busy_am.database_url)
     answered: list[Any] = []
     blocked: list[threading.Thread] = []
-    watcher = engine.connect()
+    # Autocommit: in a transaction pg_stat_activity is read once and then repeated (a snapshot), so a watcher that
+    # first looked before the calls waited never saw them wait (the loop below ran for ever in a CI run).
+    watcher = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as locker:
             locker.begin()
@@ -92,9 +96,11 @@ def test_getversion_answers_while_every_call_thread_waits_for_a_locked_table(bus
                 )
                 call.start()
                 blocked.append(call)
-            # Wait (no deadline: the condition, however long the loaded machine takes) until every call thread holds
-            # a Status blocked on the lock.
+            # Wait until every call thread holds a Status blocked on the lock (a bound for failing only: a hang must
+            # fail the test, not the whole run).
+            deadline = time.monotonic() + STUCK_S
             while not (busy_am.in_progress() >= THREADS and _lock_waiters(watcher) >= THREADS):
+                assert time.monotonic() < deadline, "the Status calls never waited for the locked table"
                 threading.Event().wait(0.05)
             v3 = busy_am.proxy().GetVersion()
             v2 = busy_am.proxy("/am2").GetVersion()

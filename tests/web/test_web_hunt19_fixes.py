@@ -92,7 +92,9 @@ def fail_while_locked(served: Served, table: str, path: str, form: dict[str, str
             # locker's lock is what tells.)
             waiting = "SELECT pid FROM pg_stat_activity WHERE CAST(:locker AS integer) = ANY(pg_blocking_pids(pid))"
             killed = 0
-            with engine.connect() as watcher:
+            # Autocommit: in a transaction pg_stat_activity is read once and then repeated (a snapshot), so a
+            # watcher that first looked before the POST's session waited never saw it (a failure seen once).
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
                 for _ in range(3000):  # until the POST, its session killed while it waits for the lock, answers
                     if not sender.is_alive():
                         break
