@@ -6,6 +6,7 @@
 source "$(dirname "$0")/lib.sh"
 DB="${1:-sfaomf_test}"
 ROLE=sfaomf
+MIN_CONNECTIONS=300
 if [ "$DB" = down ]; then
     command -v pg_lsclusters >/dev/null || exit 0
     read -r version name _ status _ <<<"$(pg_lsclusters -h | head -n 1)"
@@ -27,6 +28,13 @@ if [ "$status" != "online" ]; then
     as_root pg_ctlcluster "$version" "$name" start
 fi
 psql_admin() { (cd / && as_root su postgres -c "psql -p $port -v ON_ERROR_STOP=1 -qtA $*"); }
+# The test suite runs in four pytest processes at once, each starting servers with connection pools of their own (a
+# cluster test's two hosts hold about 20): Debian's default of 100 connections ran out in a CI run. Raised once (a
+# restart, which only this first time interrupts anyone).
+if [ "$(psql_admin "-c \"SHOW max_connections\"")" -lt "$MIN_CONNECTIONS" ]; then
+    psql_admin "-c \"ALTER SYSTEM SET max_connections = $MIN_CONNECTIONS\""
+    as_root pg_ctlcluster "$version" "$name" restart
+fi
 if [ "$(psql_admin "-c \"SELECT 1 FROM pg_roles WHERE rolname='$ROLE'\"")" != "1" ]; then
     psql_admin "-c \"CREATE ROLE $ROLE LOGIN PASSWORD '$ROLE'\""
 fi
