@@ -7,32 +7,21 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sfa_omf.cli_server import configure_logging
 from tests.full_disk import fill, small_tmpfs
+from tests.test_config_hunt_fixes import root_logging  # noqa: F401 (the fixture)
 
 LINES_WHILE_FULL = 3000
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """configure_logging gives the root logger a file handler: taken away afterwards."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    for handler in root.handlers[:]:
-        if isinstance(handler, logging.handlers.WatchedFileHandler):
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
-
-
 def test_a_full_log_disk_costs_lines_not_a_traceback_each_and_the_loss_is_logged(
-    tmp_path: Path, root_logging: None, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    root_logging: None,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     log = logging.getLogger("sfa_omf.server")
     with small_tmpfs(tmp_path / "logs", 64) as logs:
@@ -69,7 +58,9 @@ def test_a_full_log_disk_costs_lines_not_a_traceback_each_and_the_loss_is_logged
 
 
 def test_a_log_call_of_its_own_mistake_still_gets_pythons_traceback(
-    tmp_path: Path, root_logging: None, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    root_logging: None,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Only a file that cannot be written is quiet: a bad log call (its format) is named as Python names it."""
     configure_logging(str(tmp_path / "sfa-omf.log"), "INFO")
