@@ -93,6 +93,24 @@ def bar_boxes(page: Any) -> dict[str, tuple[float, float, str, str]]:
     )
 
 
+def watch(page: Any) -> list[str]:
+    """What went wrong while the page loaded, as it happens: a request that failed, an answer >= 400, a script
+    error. Asserted empty after each load: a page whose script did not load has bars that do nothing on a click."""
+    problems: list[str] = []
+    page.on("requestfailed", lambda request: problems.append(f"{request.url} failed: {request.failure}"))
+    page.on("response", lambda answer: answer.status >= 400 and problems.append(f"{answer.url}: {answer.status}"))
+    page.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    return problems
+
+
+def details_show(page: Any, text: str) -> None:
+    """The details panel shows ``text`` (it is filled by the page's script on the click; waited for, bounded)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#details")).to_be_visible(timeout=10_000)
+    expect(page.locator("#details")).to_contain_text(text, timeout=10_000)
+
+
 def test_calendar_in_a_browser(served: Served, browser: Any) -> None:
     day, mine, other = demo_inventory(served)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -107,7 +125,9 @@ def test_calendar_in_a_browser(served: Served, browser: Any) -> None:
 
     public = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 720})
     page = public.new_page()
+    problems = watch(page)
     assert page.goto(address).status == 200
+    assert problems == []
     assert page.inner_text("#whoami") == "anonymous (public view)"
     boxes = bar_boxes(page)
     ours = {key: value for key, value in boxes.items() if "external" not in value[2]}
@@ -130,13 +150,15 @@ def test_calendar_in_a_browser(served: Served, browser: Any) -> None:
         client_certificates=[{"origin": origin, "certPath": gid, "keyPath": key}],
     )
     page = ann.new_page()
+    problems = watch(page)
     assert page.goto(address).status == 200
+    assert problems == []
     assert page.inner_text("#whoami") == "urn:publicid:IDN+lab+user+ann"
     boxes = bar_boxes(page)
     assert "mine" in boxes[f"{mine}@{node('node1')}"][2] and boxes[f"{mine}@{node('node1')}"][3] == "demo"
     assert boxes[f"{other}@{node('node2')}"][3] == "booked"
     page.click(f".bar[data-lease='{mine}'] >> nth=0")
-    assert page.is_visible("#details") and DEMO in page.inner_text("#details")
+    details_show(page, DEMO)
     assert "provisioned" in page.inner_text("#details")
     page.screenshot(path=str(ARTIFACTS / "calendar-ann.png"), full_page=True)
     page.click("text=node1")
@@ -151,13 +173,15 @@ def test_calendar_in_a_browser(served: Served, browser: Any) -> None:
         client_certificates=[{"origin": origin, "certPath": gid, "keyPath": key}],
     )
     page = operator.new_page()
+    problems = watch(page)
     assert page.goto(address).status == 200
+    assert problems == []
     assert page.get_attribute("#whoami", "class") == "admin"
     boxes = bar_boxes(page)
     assert boxes[f"{other}@{node('node2')}"][3] == "other" and "mine" not in boxes[f"{mine}@{node('node1')}"][2]
     assert page.locator(".row.node .state").count() == 6  # every node's state, node5's "maintenance" among them
     page.click(f".bar[data-lease='{other}']")
-    assert OTHER in page.inner_text("#details")
+    details_show(page, OTHER)
     page.screenshot(path=str(ARTIFACTS / "calendar-operator.png"), full_page=True)
     operator.close()
 
@@ -188,7 +212,7 @@ def test_week_view_now_line_hover_and_pool_filter(served: Served, browser: Any) 
     expected = gantt.place(utcnow(), utcnow(), today, today + timedelta(days=7))[0]
     assert line[0] is False and abs(line[1] - expected) < 0.5, (line, expected)  # 0.5 % of a week: 50 minutes
     page.hover(f".bar[data-lease='{mine}'] >> nth=0")
-    assert page.is_visible("#details") and DEMO in page.inner_text("#details")
+    details_show(page, DEMO)
     page.select_option("select[name=pool]", "radio")
     page.wait_for_url("**pool=radio**")
     assert page.locator(".row.node .name a").all_inner_texts() == ["usrp1"]
