@@ -32,11 +32,17 @@ from tests.agents.conftest import Lab
 from tests.calendar.conftest import fresh_database
 
 #: The stand-in for OpenVPN (named openvpn in its command line): writes its pid where OpenVPN's writepid would (when
-#: given one), says it is ready, and appends a line to ``heard`` at each SIGHUP.
+#: given one), says it is ready, and adds a line to ``heard`` at each SIGHUP. ``heard`` is replaced whole by a rename:
+#: appended in place, it existed empty for a moment, and a test that saw it then read "" (a clean-clone run did).
 STAND_IN = """
 import os, signal, sys, time
 pid_file, heard = sys.argv[1], sys.argv[2]
-signal.signal(signal.SIGHUP, lambda *_: open(heard, "a").write("HUP\\n"))
+def hup(*_):
+    before = open(heard).read() if os.path.exists(heard) else ""
+    with open(heard + ".new", "w") as new:
+        new.write(before + "HUP\\n")
+    os.replace(heard + ".new", heard)
+signal.signal(signal.SIGHUP, hup)
 if pid_file:
     open(pid_file, "w").write(f"{os.getpid()}\\n")
 open(heard + ".ready", "w").close()
