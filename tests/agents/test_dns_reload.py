@@ -20,6 +20,10 @@ from sfa_omf.errors import GeniError, Reason
 from tests.agents.conftest import Lab
 from tests.agents.test_api import counts
 
+#: How often a hanging reload is tried before the test gives up on the shell ever starting its child within the 1 s
+#: time-out (it takes milliseconds: only a very loaded machine needs a second try).
+SHELL_START_TRIES = 5
+
 
 def test_a_registration_whose_reload_command_cannot_run_answers_503_and_leaves_nothing(
     lab: Lab, tmp_path: Path
@@ -52,17 +56,27 @@ def _gone_or_another(pid: int, command: str) -> bool:
 
 
 def test_a_reload_that_does_not_finish_is_stopped_and_answers_unavailable(tmp_path: Path) -> None:
-    pid_file = tmp_path / "sleeper.pid"
-    # A shell whose child keeps the output pipes open: killing the shell alone would leave the wait on the pipes.
-    zones = DnsZones(str(tmp_path / "dns"), "nodes.lab", ["sh", "-c", f"sleep 90 & echo $! > {pid_file}; wait"])
-    zones.reload_timeout_s = 1
-    with pytest.raises(GeniError) as failed:
-        zones.publish([NodeName("pc1", 1, "192.0.2.1")])
-    assert failed.value.reason is Reason.UNAVAILABLE
-    assert "did not finish within 1 s" in failed.value.message
-    # Killed with its group, the sleeper may still be running its exit on a loaded machine: a bounded wait.
+    # A shell whose child keeps the output pipes open: killing the shell alone would leave the wait on the pipes. It
+    # records its child's pid whole (written, then renamed): on a loaded machine the 1 s time-out may cut the shell
+    # off before it started its child or recorded it (the pid file was then not there to read); then the publish is
+    # tried again, a bounded number of times, until there is a started child to see stopped.
+    for attempt in range(SHELL_START_TRIES):
+        pid_file = tmp_path / f"sleeper-{attempt}.pid"
+        command = f"sleep 90 & echo $! > {pid_file}.new && mv {pid_file}.new {pid_file}; wait"
+        zones = DnsZones(str(tmp_path / f"dns-{attempt}"), "nodes.lab", ["sh", "-c", command])
+        zones.reload_timeout_s = 1
+        with pytest.raises(GeniError) as failed:
+            zones.publish([NodeName("pc1", 1, "192.0.2.1")])
+        assert failed.value.reason is Reason.UNAVAILABLE
+        assert "did not finish within 1 s" in failed.value.message
+        if pid_file.exists():
+            break
+    else:
+        pytest.fail(f"the reload command never recorded its child within its 1 s in {SHELL_START_TRIES} tries")
+    # Killed with its group, the sleeper may still be running its exit on a loaded machine: a bounded wait (shorter
+    # than the sleeper's 90 s, so a sleeper left running still fails the test).
     sleeper = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while not _gone_or_another(sleeper, "sleep") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone_or_another(sleeper, "sleep"), "what the reload command started is stopped too"
@@ -94,7 +108,8 @@ def test_a_reload_that_does_not_finish_and_cannot_be_stopped_answers_unavailable
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     pid_file = tmp_path / "reload.pid"
-    zones = DnsZones(str(tmp_path / "dns"), "nodes.lab", ["sh", "-c", f"echo $$ > {pid_file}; exec sleep 60"])
+    command = f"echo $$ > {pid_file}.new && mv {pid_file}.new {pid_file}; exec sleep 60"  # (the pid written whole)
+    zones = DnsZones(str(tmp_path / "dns"), "nodes.lab", ["sh", "-c", command])
     zones.reload_timeout_s = 1
     monkeypatch.setattr(os, "killpg", killpg_permission_fault_stand_in)
     try:
@@ -102,6 +117,9 @@ def test_a_reload_that_does_not_finish_and_cannot_be_stopped_answers_unavailable
             zones.publish([NodeName("pc1", 1, "192.0.2.1")])
     finally:
         monkeypatch.undo()
+        deadline = time.monotonic() + 60  # nothing stopped the shell: on a loaded machine it may not have got there yet
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         if pid_file.exists():
             with contextlib.suppress(ProcessLookupError):  # the command the stand-in left running
                 os.killpg(int(pid_file.read_text()), signal.SIGKILL)

@@ -290,7 +290,8 @@ def _assert_renewed_as_provisioned(calendar: Calendar, renewed: LeaseRecord) -> 
 
 
 def _wait_for_a_lock_wait(database: Database) -> str:
-    """Until a session of the test's database waits for a lock (bounded: 10 s): the statement that waits."""
+    """Until a session of the test's database waits for a lock (bounded against a hang only, generously: a thread
+    starts and reaches the lock on a loaded machine): the statement that waits."""
     # A session's wait event is read live, its state and query from a copy taken a moment before: a session seen
     # waiting with the BEGIN that preceded its statement (psycopg sends BEGIN on its own) is looked at again.
     waiting = (
@@ -299,7 +300,8 @@ def _wait_for_a_lock_wait(database: Database) -> str:
     )
     # Autocommit: in a transaction, pg_stat_activity is read once and then repeated (a snapshot).
     with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
-        for _ in range(200):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             found = watcher.execute(text(waiting)).scalar()
             if found:
                 return str(found)

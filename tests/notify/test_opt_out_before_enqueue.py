@@ -128,13 +128,15 @@ def test_an_opt_out_committing_during_the_enqueue_marks_what_it_added(booked: Bo
 
 
 def _until_done_or_waiting(database: Database, thread: threading.Thread) -> None:
-    """Until ``thread`` ended or a session of the test's database waits for a lock (bounded: 10 s)."""
+    """Until ``thread`` ended or a session of the test's database waits for a lock (bounded against a hang only,
+    generously: the thread starts and reaches the lock on a loaded machine)."""
     waiting = (
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database() "
         "AND state = 'active'"
     )
     with database.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as watcher:
-        for _ in range(200):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             if not thread.is_alive() or watcher.execute(text(waiting)).scalar():
                 return
             time.sleep(0.05)

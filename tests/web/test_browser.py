@@ -111,6 +111,13 @@ def details_show(page: Any, text: str) -> None:
     expect(page.locator("#details")).to_contain_text(text, timeout=10_000)
 
 
+def done_says(page: Any, text: str) -> None:
+    """The notice (#done) of the page a form's answer loaded says ``text`` (waited for, bounded)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#done")).to_contain_text(text, timeout=60_000)
+
+
 def test_calendar_in_a_browser(served: Served, browser: Any) -> None:
     day, mine, other = demo_inventory(served)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -162,6 +169,7 @@ def test_calendar_in_a_browser(served: Served, browser: Any) -> None:
     assert "provisioned" in page.inner_text("#details")
     page.screenshot(path=str(ARTIFACTS / "calendar-ann.png"), full_page=True)
     page.click("text=node1")
+    page.wait_for_url("**/calendar/node/**")  # loaded: count() does not wait, the list may not be parsed yet
     assert page.inner_text("h1") == "node1" and page.locator("#free-windows li").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "node-ann.png"), full_page=True)
     ann.close()
@@ -252,7 +260,8 @@ def test_my_page_in_a_browser(served: Served, browser: Any) -> None:
     assert feed.status == 200 and feed.headers["content-type"].startswith("text/calendar") and b"demo" in feed.body()
     anonymous.close()
     page.click("tr[data-channel=email] form.unsubscribe button")
-    page.wait_for_selector("#done")
+    # The page with the new feed address has a #done notice too: the unsubscribe's own answer is waited for.
+    done_says(page, "You will no longer be told by e-mail")
     assert outbox.subscriptions(["urn:publicid:IDN+lab+user+ann"]) == {}
 
     token = page.get_attribute("tr[data-channel=email] input[name=token]", "value")
