@@ -266,11 +266,14 @@ def test_two_starts_at_once_launch_each_container_once_and_a_delete_meanwhile_wi
         starting = pool.submit(site.instances.start_lease, again.lease_id, [public], site.clock())
         while not site.instances.of_lease(again.lease_id)[0].address:  # claimed and addressed: launching now
             time.sleep(0.05)
-        for _ in range(20):  # as the server's rounds would: LXC may refuse while the container is being made
+        deadline = time.monotonic() + 60  # a bound against a hang only: the machine may be loaded
+        while True:  # as the server's rounds would: LXC may refuse while the container is being made
             try:
                 site.instances.destroy_lease(again.lease_id, site.clock())
                 break
-            except GeniError:
+            except GeniError as refused:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the lease's containers could never be destroyed: {refused.message}")
                 time.sleep(0.5)
         starting.result()
     (row,) = site.instances.of_lease(again.lease_id)

@@ -51,7 +51,9 @@ class HangingLxcStandIn:
             'P=""; N=""\n'
             'while [ $# -gt 0 ]; do case "$1" in -P) P="$2"; shift;; -n) N="$2"; shift;; esac; shift; done\n'
             'if [ -n "$P" ] && [ -n "$N" ]; then mkdir -p "$P/$N/rootfs"; fi\n'
-            f'sleep 3600 &\necho "$$ $!" > {self.pids}\nwait\n'
+            # Written whole (then renamed): a file read while the shell writes it showed no pid, and a test saw
+            # nothing to check as "all killed".
+            f'sleep 3600 &\necho "$$ $!" > {self.pids}.new && mv {self.pids}.new {self.pids}\nwait\n'
         )
         script.chmod(0o755)
 
@@ -78,7 +80,8 @@ def until_killed(stand_in: HangingLxcStandIn) -> None:
     deadline = time.monotonic() + 30
     while not stand_in.killed():
         if time.monotonic() > deadline:
-            pytest.fail(f"the hanging {stand_in.command} (pids {stand_in.pids.read_text()}) still runs")
+            recorded = stand_in.pids.read_text() if stand_in.pids.exists() else "never recorded: it never started"
+            pytest.fail(f"the hanging {stand_in.command} (pids {recorded}) still runs")
         time.sleep(0.1)
 
 

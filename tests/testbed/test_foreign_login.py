@@ -50,25 +50,42 @@ def sshd(tmp_path: Path) -> Iterator[int]:
     os.makedirs("/run/sshd", exist_ok=True)  # privilege separation directory
     host_key = tmp_path / "host_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)], check=True)
-    port = free_port()
-    config = tmp_path / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {tmp_path / 'sshd.pid'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nPubkeyAuthentication yes\n"
-        "AuthorizedKeysFile .ssh/authorized_keys\nStrictModes yes\n"
-    )
-    server = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
+    for _attempt in range(3):  # a port found free may be taken before sshd binds it (other tests run beside)
+        port = free_port()
+        config = tmp_path / "sshd_config"
+        config.write_text(
+            f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile {tmp_path / 'sshd.pid'}\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nPubkeyAuthentication yes\n"
+            "AuthorizedKeysFile .ssh/authorized_keys\nStrictModes yes\n"
+        )
+        server = subprocess.Popen([binary, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+        said = _until_listening(server, port)
+        if said is None:
+            break
+        if "already in use" not in said:
+            pytest.fail(f"sshd never listened on 127.0.0.1:{port}: {said}")
+    else:
+        pytest.fail("sshd found its port taken three times")
     try:
         yield port
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def _until_listening(server: subprocess.Popen[str], port: int) -> str | None:
+    """None once ``server`` accepts connections on ``port``; else what it said on standard error when it exited
+    (or was killed after a bound against a hang only: the machine may be loaded)."""
+    deadline = time.monotonic() + 60
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return None
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            _, said = server.communicate(timeout=10)
+            return said.strip() or f"no word (exit status {server.returncode})"
+        time.sleep(0.05)
 
 
 def ssh_as(login: str, key: Path, port: int) -> subprocess.CompletedProcess[str]:
