@@ -72,22 +72,27 @@ class Serve:
 
     def __init__(self, lab: Lab, tmp_path: Path, name: str, *options: str, **environment: str) -> None:
         self.name = name
-        self.registry_port, self.aggregate_port = free_port(), free_port()
         self.notify_path = str(tmp_path / f"{name}.notify")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)
-        env = {key: value for key, value in os.environ.items() if not key.startswith("SFA_")}
-        env.update(
-            PYTHONPATH=str(REPO),
-            SFA_REGISTRY_PORT=str(self.registry_port),
-            SFA_AGGREGATE_PORT=str(self.aggregate_port),
-            SFA_OMF_DATABASE_URL=lab.database_url,
-            NOTIFY_SOCKET=self.notify_path,
-            **environment,
+        self._command = [sys.executable, "-m", "sfa_omf.cli", "serve", "--config", lab.config, *options]
+        self._environment = {key: value for key, value in os.environ.items() if not key.startswith("SFA_")}
+        self._environment.update(
+            PYTHONPATH=str(REPO), SFA_OMF_DATABASE_URL=lab.database_url, NOTIFY_SOCKET=self.notify_path, **environment
         )
+        self._start()
+
+    def _start(self) -> None:
+        """The server on two ports found free now (another may take one before it listens: wait_ready starts it
+        again then)."""
+        self.registry_port, self.aggregate_port = free_port(), free_port()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sfa_omf.cli", "serve", "--config", lab.config, *options],
-            env=env,
+            self._command,
+            env=dict(
+                self._environment,
+                SFA_REGISTRY_PORT=str(self.registry_port),
+                SFA_AGGREGATE_PORT=str(self.aggregate_port),
+            ),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -111,7 +116,17 @@ class Serve:
         return proxy(self.url, *lab.ann)
 
     def wait_ready(self) -> None:
-        """READY=1 on the notification socket; AssertionError (with the log) when it exits or says nothing in time."""
+        """READY=1 on the notification socket; AssertionError (with the log) when it exits or says nothing in time.
+        A server that exits because one of its ports was taken since it was found free (tests run beside) is started
+        again on other ports, twice at most."""
+        for _attempt in range(3):
+            said = self._until_ready()
+            if said == b"READY=1" or not self._port_was_taken():
+                break
+            self._start()
+        assert said == b"READY=1", f"{self.name} did not start (exit {self.process.poll()}): {self.lines}"
+
+    def _until_ready(self) -> bytes:
         self.notify.settimeout(0.5)
         deadline = time.monotonic() + START_TIMEOUT_S
         said = b""
@@ -120,7 +135,14 @@ class Serve:
                 said = self.notify.recv(4096)
             except TimeoutError:
                 continue
-        assert said == b"READY=1", f"{self.name} did not start (exit {self.process.poll()}): {self.lines}"
+        return said
+
+    def _port_was_taken(self) -> bool:
+        """The server exited saying one of its ports was taken (serve's one-line refusal)."""
+        if self.process.poll() is None:
+            return False
+        self._reader.join(timeout=STOP_TIMEOUT_S)  # every line it wrote
+        return any("cannot listen on" in line and "address already in use" in line for line in self.lines)
 
     def wait_for_line(self, needle: str, timeout_s: float = START_TIMEOUT_S) -> str:
         """The first line (seen or to come) that holds ``needle``; AssertionError when none comes in time."""
