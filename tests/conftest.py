@@ -3,6 +3,8 @@ the real-client interop vectors are read from ../shared/vectors when that folder
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -126,6 +128,19 @@ def register_again_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     gets, not of the wait itself (registry/records.py REGISTER_AGAIN_AFTER_S; tests/registry/test_register_again_wait.py
     tests the wait)."""
     monkeypatch.setattr("sfa_omf.registry.records.REGISTER_AGAIN_AFTER_S", 0)
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """configure_logging (cli_server.py) gives the root logger a file handler: taken away afterwards."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in root.handlers[:]:
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 # The Twisted reactor runs once per test session, for every test that serves over TLS (tests/tls_harness.py).

@@ -229,19 +229,6 @@ def test_the_agents_write_period_is_the_servers() -> None:
 # --- 4. the log file ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def root_logging() -> Iterator[None]:
-    """configure_logging gives the root logger a file handler: taken away afterwards."""
-    root = logging.getLogger()
-    level = root.level
-    yield
-    for handler in root.handlers[:]:
-        if isinstance(handler, logging.handlers.WatchedFileHandler):
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
-
-
 def test_the_log_file_is_opened_again_after_logrotate_renamed_it(tmp_path: Path, root_logging: None) -> None:
     log_file = tmp_path / "sfa-omf.log"
     configure_logging(str(log_file), "INFO")

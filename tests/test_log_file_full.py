@@ -13,14 +13,13 @@ import pytest
 
 from sfa_omf.cli_server import configure_logging
 from tests.full_disk import fill, small_tmpfs
-from tests.test_config_hunt_fixes import root_logging  # noqa: F401 (the fixture)
 
 LINES_WHILE_FULL = 3000
 
 
 def test_a_full_log_disk_costs_lines_not_a_traceback_each_and_the_loss_is_logged(
     tmp_path: Path,
-    root_logging: None,  # noqa: F811
+    root_logging: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     log = logging.getLogger("sfa_omf.server")
@@ -59,7 +58,7 @@ def test_a_full_log_disk_costs_lines_not_a_traceback_each_and_the_loss_is_logged
 
 def test_a_log_call_of_its_own_mistake_still_gets_pythons_traceback(
     tmp_path: Path,
-    root_logging: None,  # noqa: F811
+    root_logging: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Only a file that cannot be written is quiet: a bad log call (its format) is named as Python names it."""
