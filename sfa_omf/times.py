@@ -18,6 +18,7 @@ cannot be (``2027-02-29``, the leap second ``23:59:60``) is refused saying which
 from __future__ import annotations
 
 import calendar
+import functools
 import logging
 import re
 import time
@@ -212,6 +213,8 @@ class UtcLogFormatter(logging.Formatter):
         return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
 
 
+@functools.lru_cache(maxsize=4096)
 def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with a Z, to the second: 2026-12-01T10:00:00Z."""
+    """RFC 3339 in UTC with a Z, to the second: 2026-12-01T10:00:00Z. Kept for the last times formatted: a Status
+    formats the same few lease times on every poll (strftime costs several times the lookup)."""
     return as_utc(moment).strftime("%Y-%m-%dT%H:%M:%SZ")

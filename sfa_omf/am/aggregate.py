@@ -82,6 +82,7 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.external import is_source_slice
 from sfa_omf.calendar.intervals import align_down, align_up
 from sfa_omf.calendar.inventory import Inventory
+from sfa_omf.calendar.kept_reads import KeptSliceLeases
 from sfa_omf.calendar.plain_statements import MAX_LISTED
 from sfa_omf.calendar.policy import Policy, human_duration, max_duration_counted_from
 from sfa_omf.calendar.queries import from_s, to_s
@@ -162,6 +163,7 @@ class Aggregate:
         # (A backend with a reconciler says how long it takes to finish a call cut short: Provision's BUSY tells it.)
         settle_s = getattr(self.backend, "settle_s", None)
         self.bookings = Bookings(database, self.policy, settings.authority_hrn, clock=clock, testbed_settle_s=settle_s)
+        self.kept_leases = KeptSliceLeases(self.bookings)  # Status's reads, kept while the calendar is unchanged
         self.availability = Availability(database)
         self.slices = Slices(database)
         self.accounts = accounts or Accounts(database)
@@ -850,7 +852,8 @@ class Aggregate:
     ) -> dict[str, Any]:
         slice_urn, sliver_urns = self._resolve(urns)
         self.authorize("Status", caller_chain, credentials, slice_urn, options)
-        return {"geni_urn": slice_urn, "geni_slivers": self._sliver_dicts(slice_urn, sliver_urns)}
+        leases = _holding(self.kept_leases.leases(slice_urn), sliver_urns)
+        return {"geni_urn": slice_urn, "geni_slivers": self._sliver_dicts(slice_urn, sliver_urns, leases)}
 
     # -- Provision, Renew, Delete, PerformOperationalAction, Shutdown ------------------------------------------------
     def provision(
@@ -1827,10 +1830,7 @@ class Aggregate:
         return [LocalAccount(login, tuple(urns), tuple(keys)) for login, (urns, keys) in sorted(by_login.items())]
 
     def _leases(self, slice_urn: str, sliver_urns: set[str] | None) -> list[LeaseRecord]:
-        leases = self.bookings.leases(slice_urn=slice_urn)
-        if sliver_urns is None:
-            return leases
-        return [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
+        return _holding(self.bookings.leases(slice_urn=slice_urn), sliver_urns)
 
     def _leases_to_act_on(self, slice_urn: str, sliver_urns: set[str] | None) -> list[LeaseRecord]:
         """``_leases`` for Provision and Renew: a call naming the whole slice leaves out allocations whose time to be
@@ -2375,6 +2375,13 @@ def _refuse_unprovisioned(leases: Sequence[LeaseRecord], action: str) -> None:
     for lease in leases:
         if lease.state != "provisioned":
             raise BadArgs(f"{action} needs provisioned slivers; lease {lease.id} is {lease.state}: Provision first")
+
+
+def _holding(leases: list[LeaseRecord], sliver_urns: set[str] | None) -> list[LeaseRecord]:
+    """The leases holding any of the slivers named (all of them: None)."""
+    if sliver_urns is None:
+        return leases
+    return [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
 
 
 def _leases_running_now(

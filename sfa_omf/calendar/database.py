@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.pool import QueuePool
 
+from sfa_omf.calendar.changes import CalendarChanges
 from sfa_omf.calendar.fence import QUERY_CANCELED, check_term, fence_term
 from sfa_omf.calendar.generation import bump_generation
 from sfa_omf.calendar.plain_statements import PlainStatement, run_plain
@@ -151,6 +152,8 @@ class Database:
         # PostgreSQL: the writes of a background task's thread are fenced by its leadership term (calendar/fence.py);
         # SQLite has one process, which always leads: nothing to fence.
         self._fences = not self.is_sqlite
+        # Told of every writing unit of work of this process as it ends, after its commit (kept_reads.py).
+        self.changes = CalendarChanges(url, self.is_sqlite, _sqlite_file(url) if self.is_sqlite else None)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -164,18 +167,21 @@ class Database:
         transaction: LeadershipLost, nothing written, when another process leads since. Other threads run no
         statement more."""
         term = fence_term() if self._fences else None
-        with (
-            _queued(self._local_writers),
-            _database_errors(),
-            CalendarSession(self._writer, expire_on_commit=False) as session,
-            session.begin(),
-        ):
-            if term is not None:
-                check_term(session.connection(), term)
-            yield session
-            session.flush()
-            if session.info.get(WROTE) and not session.info.get(BUMPED):
-                bump_generation(session)
+        try:
+            with (
+                _queued(self._local_writers),
+                _database_errors(),
+                CalendarSession(self._writer, expire_on_commit=False) as session,
+                session.begin(),
+            ):
+                if term is not None:
+                    check_term(session.connection(), term)
+                yield session
+                session.flush()
+                if session.info.get(WROTE) and not session.info.get(BUMPED):
+                    bump_generation(session)
+        finally:
+            self.changes.wrote()
 
     @contextmanager
     def write_connection(self) -> Iterator[Connection]:
@@ -184,10 +190,13 @@ class Database:
         SQLite), committed at the end, rolled back on any exception. No event sees its statements: the caller bumps
         the generation in it (``generation.bump_on``) when it wrote. Fenced as ``write()`` is."""
         term = fence_term() if self._fences else None
-        with _queued(self._local_writers), _database_errors(), self._writer.begin() as connection:
-            if term is not None:
-                check_term(connection, term)
-            yield connection
+        try:
+            with _queued(self._local_writers), _database_errors(), self._writer.begin() as connection:
+                if term is not None:
+                    check_term(connection, term)
+                yield connection
+        finally:
+            self.changes.wrote()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -214,9 +223,12 @@ class Database:
         if self.is_sqlite:
             raise ValueError("write_alone is for PostgreSQL (an SQLite writer must begin with BEGIN IMMEDIATE)")
         term = fence_term()
-        if term is not None:
-            return self._fenced_alone(statement, parameters or {}, term)
-        return self._alone(statement, parameters or {})
+        try:
+            if term is not None:
+                return self._fenced_alone(statement, parameters or {}, term)
+            return self._alone(statement, parameters or {})
+        finally:
+            self.changes.wrote()
 
     def _fenced_alone(
         self, statement: Executable | PlainStatement[Any], parameters: Mapping[str, Any], term: int
@@ -397,6 +409,7 @@ class Database:
             yield connection
 
     def dispose(self) -> None:
+        self.changes.close()
         self.engine.dispose()
 
 

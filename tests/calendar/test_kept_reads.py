@@ -1,0 +1,274 @@
+"""A slice's leases kept between Status calls (calendar/kept_reads.py) while the calendar's change token
+(calendar/changes.py) is unchanged: on SQLite and PostgreSQL, a write of this process is seen by the next read, a
+write of another connection (another process's, on PostgreSQL another host's) too: at once on SQLite, once its
+notification arrives on PostgreSQL; a kept read is never used after a write that committed while it was read."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+
+from sfa_omf.calendar.booking import Bookings
+from sfa_omf.calendar.changes import CHANNEL
+from sfa_omf.calendar.database import Database, sqlite_url
+from sfa_omf.calendar.kept_reads import KeptSliceLeases
+from sfa_omf.calendar.policy import Policy
+from sfa_omf.calendar.records import BookingRequest
+from tests.calendar.conftest import SLICE, SLICE_EXPIRES, Calendar, at, node_urn
+from tests.postgres import empty_postgres
+
+OTHER_SLICE = "urn:publicid:IDN+testbed+slice+other"
+#: How long a notification may take to reach the listening thread before a test fails (a hang, not a time measured).
+NOTICE_LIMIT_S = 30.0
+
+
+def lease_reads(database: Database) -> list[str]:
+    """The SQL of every statement reading a slice's leases on ``database`` from now on (a list that grows)."""
+    seen: list[str] = []
+
+    def note(_connection: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if "FROM lease JOIN slice" in statement and "slice.urn =" in statement:
+            seen.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", note)
+    return seen
+
+
+def wait_for_token(database: Database) -> None:
+    """Until the database's changes are told (on PostgreSQL the listening thread has started)."""
+    deadline = time.monotonic() + NOTICE_LIMIT_S
+    while database.changes.token() is None:
+        assert time.monotonic() < deadline, "no change token: the calendar's changes are not listened for"
+        time.sleep(0.01)
+
+
+def settled(kept: KeptSliceLeases, slice_urn: str, reads: list[str]) -> list[Any]:
+    """The slice's leases once a read of them costs no statement (on PostgreSQL this process's own writes notify it
+    too, a moment later: one read more after each)."""
+    deadline = time.monotonic() + NOTICE_LIMIT_S
+    while True:
+        before = len(reads)
+        leases = kept.leases(slice_urn)
+        if len(reads) == before:
+            return leases
+        assert time.monotonic() < deadline, "the slice's leases are never kept"
+        time.sleep(0.005)
+
+
+def until(condition: Callable[[], bool], why: str) -> None:
+    deadline = time.monotonic() + NOTICE_LIMIT_S
+    while not condition():
+        assert time.monotonic() < deadline, why
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def other(database: Database) -> Iterator[Calendar]:
+    """The same calendar through another Database: other connections, as another process's (or host's)."""
+    second = Database(database.url)
+    yield Calendar(second, Policy())
+    second.dispose()
+
+
+def test_a_slice_read_again_costs_no_statement_until_the_calendar_changes(calendar: Calendar) -> None:
+    kept = KeptSliceLeases(calendar.bookings)
+    reads = lease_reads(calendar.database)
+    wait_for_token(calendar.database)
+    calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    first = kept.leases(SLICE)
+    assert [lease.nodes for lease in first] == [(node_urn("n1"),)]
+    assert settled(kept, SLICE, reads) == first
+    read_before = len(reads)
+    for _ in range(5):
+        assert kept.leases(SLICE) == first
+    assert len(reads) == read_before
+    # A write of this process: seen by the very next read.
+    calendar.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n2"), at(3), at(4))])
+    assert [lease.nodes for lease in kept.leases(SLICE)] == [(node_urn("n1"),), (node_urn("n2"),)]
+    (lease, _) = settled(kept, SLICE, reads)
+    calendar.bookings.cancel(lease.id)
+    assert [lease.nodes for lease in kept.leases(SLICE)] == [(node_urn("n2"),)]
+
+
+def test_a_write_of_another_connection_is_seen(calendar: Calendar, other: Calendar) -> None:
+    kept = KeptSliceLeases(calendar.bookings)
+    reads = lease_reads(calendar.database)
+    wait_for_token(calendar.database)
+    assert settled(kept, SLICE, reads) == []
+    other.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    if calendar.database.is_sqlite:
+        # SQLite asks the file on every read: at once.
+        assert [lease.nodes for lease in kept.leases(SLICE)] == [(node_urn("n1"),)]
+    else:
+        until(lambda: kept.leases(SLICE) != [], "the other connection's booking was never seen")
+        assert [lease.nodes for lease in kept.leases(SLICE)] == [(node_urn("n1"),)]
+    assert [lease.nodes for lease in settled(kept, SLICE, reads)] == [(node_urn("n1"),)]  # kept again
+
+
+def test_a_write_committed_while_the_slice_is_read_is_not_missed(
+    calendar: Calendar, other: Calendar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token is taken before the read: a booking committed by another connection right after the leases were
+    read (what was read does not hold it) makes the next read go to the database. (A token taken after the read
+    would keep what was read under the new token: never read again on SQLite.)"""
+    kept = KeptSliceLeases(calendar.bookings)
+    wait_for_token(calendar.database)
+    read = calendar.bookings.leases
+
+    def read_then_book(**filters: Any) -> list[Any]:
+        found = read(**filters)
+        other.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+        return found
+
+    monkeypatch.setattr(calendar.bookings, "leases", read_then_book)
+    assert kept.leases(SLICE) == []  # read before the booking committed
+    monkeypatch.setattr(calendar.bookings, "leases", read)
+    until(lambda: kept.leases(SLICE) != [], "the booking made during the read was never seen")
+    assert [lease.nodes for lease in kept.leases(SLICE)] == [(node_urn("n1"),)]
+
+
+def test_a_rolled_back_write_costs_a_read_never_a_stale_answer(calendar: Calendar) -> None:
+    kept = KeptSliceLeases(calendar.bookings)
+    reads = lease_reads(calendar.database)
+    wait_for_token(calendar.database)
+    settled(kept, SLICE, reads)
+    read_before = len(reads)
+    with pytest.raises(RuntimeError), calendar.database.write():
+        raise RuntimeError("the unit of work fails")
+    kept.leases(SLICE)
+    assert len(reads) == read_before + 1
+
+
+def test_slices_kept_are_bounded(calendar: Calendar) -> None:
+    kept = KeptSliceLeases(calendar.bookings, size=2)
+    reads = lease_reads(calendar.database)
+    wait_for_token(calendar.database)
+    for slice_urn in (SLICE, OTHER_SLICE, SLICE, "urn:publicid:IDN+testbed+slice+third"):
+        kept.leases(slice_urn)
+    assert len(reads) == 3  # SLICE read again was kept
+    kept.leases(OTHER_SLICE)
+    assert len(reads) == 3  # still kept
+    kept.leases(SLICE)
+    assert len(reads) == 4  # the one kept longest, dropped when the third slice came
+
+
+def test_without_a_token_every_read_goes_to_the_database(tmp_path: Path) -> None:
+    assert Database("sqlite://").changes.token() is None  # no file to ask
+    database = Database(sqlite_url(str(tmp_path / "calendar.sqlite")))
+    database.upgrade()
+    try:
+        kept = KeptSliceLeases(Bookings(database, Policy(), "testbed"))
+        reads = lease_reads(database)
+        kept.leases(SLICE)
+        kept.leases(SLICE)
+        assert len(reads) == 1
+        database.dispose()  # no token any more
+        assert database.changes.token() is None
+        kept.leases(SLICE)
+        kept.leases(SLICE)
+        assert len(reads) == 3
+    finally:
+        database.dispose()
+
+
+def on_listeners(database: Database, what: str) -> list[Any]:
+    """``what`` for each session of the database's that listens for its changes (changes.py's application name)."""
+    with database.engine.begin() as connection:
+        query = (
+            f"SELECT {what} FROM pg_stat_activity WHERE application_name = 'sfa-omf calendar changes' "
+            "AND datname = current_database()"
+        )
+        return [row[0] for row in connection.execute(text(query))]
+
+
+@pytest.fixture
+def postgresql_calendar() -> Iterator[Calendar]:
+    database = Database(empty_postgres())
+    database.upgrade()
+    calendar = Calendar(database, Policy())
+    calendar.add_nodes("n1", "n2", "n3")
+    yield calendar
+    database.dispose()
+
+
+def test_postgresql_listening_lost_reads_the_database_until_it_listens_again(
+    postgresql_calendar: Calendar, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The listening connection is ended by the database (as a restart or an administrator would): meanwhile every
+    read goes to the database; a booking made while it was not listening is seen; it listens again by itself, and
+    the log says both."""
+    caplog.set_level(logging.WARNING, logger="sfa_omf.calendar")
+    calendar = postgresql_calendar
+    other = Calendar(Database(calendar.database.url), Policy())
+    kept = KeptSliceLeases(calendar.bookings)
+    reads = lease_reads(calendar.database)
+    wait_for_token(calendar.database)
+    settled(kept, SLICE, reads)
+    ended = on_listeners(other.database, "pg_terminate_backend(pid)")
+    assert ended and all(ended)
+    other.bookings.book(SLICE, SLICE_EXPIRES, [BookingRequest(node_urn("n1"), at(1), at(2))])
+    until(lambda: kept.leases(SLICE) != [], "the booking made while not listening was never seen")
+    wait_for_token(calendar.database)  # listening again
+    assert [lease.nodes for lease in settled(kept, SLICE, reads)] == [(node_urn("n1"),)]  # and kept again
+    assert len(on_listeners(other.database, "pid")) == 1
+    other.database.dispose()
+    said = [record.getMessage() for record in caplog.records if record.name == "sfa_omf.calendar"]
+    assert any(line.startswith("not listening for calendar changes (") for line in said), said
+    assert "listening for calendar changes again: Status answers may be kept again" in said
+
+
+def test_postgresql_every_writing_unit_notifies(postgresql_calendar: Calendar) -> None:
+    """Migration 0035's trigger: a unit of work that bumps the generation notifies CHANNEL when it commits, and only
+    then (a rolled back one does not)."""
+    database = postgresql_calendar.database
+    import psycopg
+
+    from sfa_omf.calendar.changes import _libpq_url
+    from sfa_omf.calendar.models import Pool
+
+    with psycopg.connect(_libpq_url(database.url), autocommit=True) as listening:
+        listening.execute(f"LISTEN {CHANNEL}")
+        with pytest.raises(RuntimeError), database.write() as session:
+            session.add(Pool(name="rolled-back", federated=True, description=""))
+            session.flush()
+            raise RuntimeError("the unit of work fails")
+        assert list(listening.notifies(timeout=0.5)) == []
+        with database.write() as session:
+            session.add(Pool(name="kept", federated=True, description=""))
+        notes = list(listening.notifies(timeout=NOTICE_LIMIT_S, stop_after=1))
+        assert [note.channel for note in notes] == [CHANNEL]
+
+
+def test_a_forked_child_does_not_trust_its_parents_listening(postgresql_calendar: Calendar) -> None:
+    """A child made by fork() has no listening thread (only the parent's memory of one): it has no token until its
+    own thread listens, and then its own."""
+    database = postgresql_calendar.database
+    wait_for_token(database)
+    parent_token = database.changes.token()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: says what it saw, then exits without running the parent's clean-ups
+        try:
+            first = database.changes.token()
+            deadline = time.monotonic() + NOTICE_LIMIT_S
+            later = database.changes.token()
+            while later is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+                later = database.changes.token()
+            saw = f"{first is None} {later is not None and later != parent_token}"
+        except BaseException as exc:
+            saw = f"failed: {exc!r}"
+        os.write(write, saw.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as said:
+        seen = said.read()
+    os.waitpid(child, 0)
+    assert seen == "True True"
