@@ -850,9 +850,14 @@ class Aggregate:
     def status(
         self, caller_chain: GidChain, urns: Sequence[str], credentials: Any, options: Mapping[str, Any]
     ) -> dict[str, Any]:
-        slice_urn, sliver_urns = self._resolve(urns)
+        slice_urn, sliver_urns, leases = self._resolve_with_leases(urns)
         self.authorize("Status", caller_chain, credentials, slice_urn, options)
-        leases = _holding(self.kept_leases.leases(slice_urn), sliver_urns)
+        if leases is None:
+            # A slice named: its leases as kept while the calendar is unchanged (what clients poll). Slivers named
+            # are read with their leases, fresh, in the one statement that finds their slice (a kept read of
+            # another moment could miss a sliver another process just booked).
+            kept = self.kept_leases.leases(slice_urn) if sliver_urns is None else None
+            leases = kept if kept is not None else self._leases(slice_urn, sliver_urns)
         return {"geni_urn": slice_urn, "geni_slivers": self._sliver_dicts(slice_urn, sliver_urns, leases)}
 
     # -- Provision, Renew, Delete, PerformOperationalAction, Shutdown ------------------------------------------------
@@ -1830,7 +1835,10 @@ class Aggregate:
         return [LocalAccount(login, tuple(urns), tuple(keys)) for login, (urns, keys) in sorted(by_login.items())]
 
     def _leases(self, slice_urn: str, sliver_urns: set[str] | None) -> list[LeaseRecord]:
-        return _holding(self.bookings.leases(slice_urn=slice_urn), sliver_urns)
+        leases = self.bookings.leases(slice_urn=slice_urn)
+        if sliver_urns is None:
+            return leases
+        return [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
 
     def _leases_to_act_on(self, slice_urn: str, sliver_urns: set[str] | None) -> list[LeaseRecord]:
         """``_leases`` for Provision and Renew: a call naming the whole slice leaves out allocations whose time to be
@@ -2375,13 +2383,6 @@ def _refuse_unprovisioned(leases: Sequence[LeaseRecord], action: str) -> None:
     for lease in leases:
         if lease.state != "provisioned":
             raise BadArgs(f"{action} needs provisioned slivers; lease {lease.id} is {lease.state}: Provision first")
-
-
-def _holding(leases: list[LeaseRecord], sliver_urns: set[str] | None) -> list[LeaseRecord]:
-    """The leases holding any of the slivers named (all of them: None)."""
-    if sliver_urns is None:
-        return leases
-    return [lease for lease in leases if any(s.urn in sliver_urns for s in lease.slivers)]
 
 
 def _leases_running_now(

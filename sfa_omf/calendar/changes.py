@@ -12,11 +12,13 @@ Where the token comes from:
 - Other processes' and hosts' on PostgreSQL: every unit of work that writes bumps the generation in its transaction,
   and a trigger on the generation's rows (migration 0035) sends a notification on ``CHANNEL`` when that transaction
   commits. One thread per process LISTENs on a connection of its own and counts them. A notification arrives after
-  its transaction committed, so a call here in between (the delivery: well under a millisecond on a quiet host, a
-  few milliseconds on a busy one, where the listening thread waits its turn for the interpreter) is answered as the
-  calendar was before that write: the same as if it had come a moment earlier. While that thread is not listening
-  (starting, the connection lost and being opened again) there is no token (None): callers read the database. A
-  connection cut silently (this host cut off from the database's) is noticed by TCP keepalives (KEEPALIVE_*).
+  its transaction committed, so a call here in between is answered as the calendar was before that write. How long
+  that is depends on this process's load: the listening thread waits its turn for the interpreter lock (measured
+  with another process writing and a machine loaded by tests: 4-41 ms, median 11, with one thread polling; median 29
+  ms and up to 151 ms with eight). Status naming slivers does not wait for it (aggregate.py reads them fresh).
+  While that thread is not listening (starting, the connection lost and being opened again) there is no token
+  (None): callers read the database. A connection cut silently (this host cut off from the database's) is noticed
+  by TCP keepalives (KEEPALIVE_*).
 - Other processes' on SQLite (commands an operator runs beside ``serve``): ``PRAGMA data_version`` on a connection of
   the calling thread's own, which changes whenever another connection commits to the file. It is a statement, but
   one that reads no table (SQLite answers it from the WAL index in memory).

@@ -4,8 +4,8 @@ Clients poll Status (omni's and jFed's wait for a sliver to be ready; sfi's Sliv
 write, and each poll read the same rows. ``KeptSliceLeases`` answers ``Bookings.leases(slice_urn=...)`` from what it
 read before, as long as the calendar's change token (changes.py) is the one taken before that read: a write by this
 process or another (on PostgreSQL another host too, as soon as its notification arrives) makes every kept read
-unused. Only reads for answers go through it (Status); a call that decides something (Provision, Renew, Delete...)
-reads the database itself.
+unused. Only reads for answers go through it (Status naming a slice); a call that decides something (Provision,
+Renew, Delete...) reads the database itself. A slice that holds nothing is not kept (see ``leases``).
 
 What is kept is the plain records the database gave (LeaseRecord, immutable): everything that depends on the time
 (a lapsed allocation, a slot over) or on the testbed (its health) is worked out from them by each call, as before.
@@ -43,7 +43,9 @@ class KeptSliceLeases:
                 return list(kept[1])
         self.reads += 1
         leases = self.bookings.leases(slice_urn=slice_urn)
-        if token is not None:
+        # A slice holding nothing is not kept: read again, it cannot be answered empty just after another process
+        # booked its first lease (before that process's notification arrives), the case a client sees as an error.
+        if token is not None and leases:
             with self._lock:
                 self._kept.pop(slice_urn, None)  # (kept again last: the longest kept goes first)
                 self._kept[slice_urn] = (token, tuple(leases))
