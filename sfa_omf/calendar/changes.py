@@ -77,7 +77,7 @@ class CalendarChanges:
         self._sqlite_connections: list[sqlite3.Connection] = []
         self._sqlite_seen = next(_VERSIONS)
         self._listener: _Listener | None = None
-        self._listener_lock = threading.Lock()
+        self._lock = threading.Lock()  # the listener's start; the list of SQLite connections
         self._closed = False
         _EVERY.add(self)
 
@@ -104,7 +104,7 @@ class CalendarChanges:
         self._closed = True
         if self._listener is not None:
             self._listener.stop.set()
-        with self._listener_lock:
+        with self._lock:
             connections, self._sqlite_connections = self._sqlite_connections, []
         for connection in connections:
             connection.close()
@@ -120,7 +120,7 @@ class CalendarChanges:
             if connection is None:
                 # check_same_thread off only so that close() may close it from another thread.
                 connection = sqlite3.connect(self._sqlite_path, isolation_level=None, check_same_thread=False)
-                with self._listener_lock:
+                with self._lock:
                     self._sqlite_connections.append(connection)
                 threads.connection, threads.version = connection, None
             version = connection.execute("PRAGMA data_version").fetchone()[0]
@@ -133,7 +133,7 @@ class CalendarChanges:
         return self._sqlite_seen
 
     def _start_listener(self) -> _Listener:
-        with self._listener_lock:
+        with self._lock:
             if self._listener is None:
                 listener = _Listener(_libpq_url(self._url))
                 # The thread holds the listener, not this object: a database dropped (tests make many) ends it.
@@ -152,7 +152,7 @@ _EVERY: weakref.WeakSet[CalendarChanges] = weakref.WeakSet()
 def _forget_after_fork() -> None:
     for changes in list(_EVERY):
         changes._listener = None  # (its thread is the parent's: the child starts its own when asked)
-        changes._listener_lock = threading.Lock()
+        changes._lock = threading.Lock()
         changes._threads = threading.local()  # (the parent's connections: SQLite's must not be used across fork())
         changes._sqlite_connections = []
 

@@ -32,7 +32,6 @@ class KeptSliceLeases:
         self.size = size
         self._kept: dict[str, tuple[Hashable, tuple[LeaseRecord, ...]]] = {}
         self._lock = threading.Lock()
-        self.reads = 0  # reads of the database it made (tests, benchmarks: the others were answered from memory)
 
     def leases(self, slice_urn: str) -> list[LeaseRecord]:
         """The slice's active leases, oldest first, as ``Bookings.leases`` answers them."""
@@ -41,13 +40,14 @@ class KeptSliceLeases:
             kept = self._kept.get(slice_urn)
             if kept is not None and kept[0] == token:
                 return list(kept[1])
-        self.reads += 1
         leases = self.bookings.leases(slice_urn=slice_urn)
-        # A slice holding nothing is not kept: read again, it cannot be answered empty just after another process
-        # booked its first lease (before that process's notification arrives), the case a client sees as an error.
-        if token is not None and leases:
-            with self._lock:
-                self._kept.pop(slice_urn, None)  # (kept again last: the longest kept goes first)
+        if token is None:
+            return leases
+        with self._lock:
+            self._kept.pop(slice_urn, None)  # (kept again last: the longest kept goes first)
+            # A slice holding nothing is not kept: read again, it cannot be answered empty just after another
+            # process booked its first lease (before that process's notification arrives): a client sees an error.
+            if leases:
                 self._kept[slice_urn] = (token, tuple(leases))
                 while len(self._kept) > self.size:
                     del self._kept[next(iter(self._kept))]
