@@ -854,10 +854,9 @@ class Aggregate:
         self.authorize("Status", caller_chain, credentials, slice_urn, options)
         if leases is None:
             # A slice named: its leases as kept while the calendar is unchanged (what clients poll). Slivers named
-            # are read with their leases, fresh, in the one statement that finds their slice (a kept read of
-            # another moment could miss a sliver another process just booked).
-            kept = self.kept_leases.leases(slice_urn) if sliver_urns is None else None
-            leases = kept if kept is not None else self._leases(slice_urn, sliver_urns)
+            # are read fresh (nearly always with their slice, above): a kept read of another moment could miss a
+            # sliver another process just booked.
+            leases = self.kept_leases.leases(slice_urn) if sliver_urns is None else self._leases(slice_urn, sliver_urns)
         return {"geni_urn": slice_urn, "geni_slivers": self._sliver_dicts(slice_urn, sliver_urns, leases)}
 
     # -- Provision, Renew, Delete, PerformOperationalAction, Shutdown ------------------------------------------------

@@ -18,7 +18,7 @@ Where the token comes from:
   ms and up to 151 ms with eight). Status naming slivers does not wait for it (aggregate.py reads them fresh).
   While that thread is not listening (starting, the connection lost and being opened again) there is no token
   (None): callers read the database. A connection cut silently (this host cut off from the database's) is noticed
-  by TCP keepalives (KEEPALIVE_*).
+  by TCP keepalives, as the calendar's other connections (``connect_args``: database.py's).
 - Other processes' on SQLite (commands an operator runs beside ``serve``): ``PRAGMA data_version`` on a connection of
   the calling thread's own, which changes whenever another connection commits to the file. It is a statement, but
   one that reads no table (SQLite answers it from the WAL index in memory).
@@ -48,11 +48,6 @@ LISTEN_POLL_S = 1.0
 #: Waits before opening the listening connection again after it failed: doubling from the first to the last.
 RECONNECT_FIRST_S = 0.5
 RECONNECT_LAST_S = 10.0
-#: TCP keepalives of the listening connection: a database host that went away silently is noticed within about
-#: KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_COUNT seconds (then there is no token until it is back).
-KEEPALIVE_IDLE_S = 5
-KEEPALIVE_INTERVAL_S = 2
-KEEPALIVE_COUNT = 3
 #: The numbers of listeners' versions and of SQLite's asking connections: never the same twice in a process (a
 #: forked child goes on from its parent's count), so a token of an earlier listener or connection never matches.
 _VERSIONS = itertools.count()
@@ -60,10 +55,14 @@ _VERSIONS = itertools.count()
 
 class CalendarChanges:
     """Change tokens for one database (see the module's docstring). ``url``: the database's SQLAlchemy URL;
-    ``sqlite_path``: its file on SQLite (None: a database with no file, which gets no token)."""
+    ``sqlite_path``: its file on SQLite (None: a database with no file, which gets no token); ``connect_args``: the
+    driver's arguments for the listening connection on PostgreSQL (its connect timeout and TCP keepalives)."""
 
-    def __init__(self, url: str, is_sqlite: bool, sqlite_path: str | None) -> None:
+    def __init__(
+        self, url: str, is_sqlite: bool, sqlite_path: str | None, connect_args: dict[str, Any] | None = None
+    ) -> None:
         self._url = url
+        self._connect_args = connect_args or {}
         self._is_sqlite = is_sqlite
         self._sqlite_path = sqlite_path
         # Each write sets a number never used before (next() is atomic under the interpreter lock): two threads may set
@@ -135,7 +134,7 @@ class CalendarChanges:
     def _start_listener(self) -> _Listener:
         with self._lock:
             if self._listener is None:
-                listener = _Listener(_libpq_url(self._url))
+                listener = _Listener(_libpq_url(self._url), self._connect_args)
                 # The thread holds the listener, not this object: a database dropped (tests make many) ends it.
                 thread = threading.Thread(
                     target=_listen, args=(listener, weakref.ref(self)), name="sfa-omf-calendar-changes", daemon=True
@@ -163,8 +162,9 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 class _Listener:
     """What the listening thread shares with the callers: ``version`` (None while not listening)."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, connect_args: dict[str, Any]) -> None:
         self.conninfo = conninfo
+        self.connect_args = connect_args
         self.version: int | None = None
         self.stop = threading.Event()
 
@@ -183,14 +183,7 @@ def _listen(listener: _Listener, owner: weakref.ref[CalendarChanges]) -> None:
     while not listener.stop.is_set() and owner() is not None:
         try:
             with psycopg.connect(
-                listener.conninfo,
-                autocommit=True,
-                connect_timeout=5,
-                keepalives=1,
-                keepalives_idle=KEEPALIVE_IDLE_S,
-                keepalives_interval=KEEPALIVE_INTERVAL_S,
-                keepalives_count=KEEPALIVE_COUNT,
-                application_name="sfa-omf calendar changes",
+                listener.conninfo, autocommit=True, application_name="sfa-omf calendar changes", **listener.connect_args
             ) as connection:
                 connection.execute(f"LISTEN {CHANNEL}")
                 if warned:

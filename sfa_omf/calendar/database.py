@@ -153,7 +153,11 @@ class Database:
         # SQLite has one process, which always leads: nothing to fence.
         self._fences = not self.is_sqlite
         # Told of every writing unit of work of this process as it ends, after its commit (kept_reads.py).
-        self.changes = CalendarChanges(url, self.is_sqlite, _sqlite_file(url) if self.is_sqlite else None)
+        self.changes = (
+            CalendarChanges(url, True, _sqlite_file(url))
+            if self.is_sqlite
+            else CalendarChanges(url, False, None, {**_connect_timeout_args(url), **_bounded_wait_args(url, None)})
+        )
 
     @contextmanager
     def write(self) -> Iterator[Session]:
