@@ -38,6 +38,7 @@ from sfa_omf.errors import BadArgs, GeniError, Reason
 if TYPE_CHECKING:
     from sfa_omf.calendar.database import Database
     from sfa_omf.calendar.records import LeaseRecord, NodeRecord
+    from sfa_omf.calendar.slices import Slices
     from sfa_omf.config import Settings
 
 
@@ -142,7 +143,8 @@ def add_calendar_commands(commands: argparse._SubParsersAction) -> argparse._Sub
         command.add_argument(
             "slice_urn",
             metavar="slice",
-            help="a slice URN (another authority's slice: its URN), a name under the authority (exp1) or its full HRN",
+            help="a slice URN, a name under the authority (exp1), its full HRN, or another authority's HRN "
+            "(ple.upmc.exp1; a dotted name is read as the slice the calendar holds)",
         )
         command.set_defaults(handler=_slice_release if name == "release" else _slice_shutdown)
 
@@ -600,24 +602,38 @@ def _account_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _slice_urn(text: str, settings: Settings) -> str:
+def _slice_urn(text: str, settings: Settings, slices: Slices) -> str:
     """The slice URN ``text`` names, read as the registry's ``slice`` commands read a name (RegistryAdmin.hrn): a
     URN as typed (the calendar keeps the URN the slice booked with), a full HRN under the authority, or a name
-    under it (``exp1`` -> urn:publicid:IDN+AUTHORITY+slice+exp1)."""
+    under it (``exp1`` -> urn:publicid:IDN+AUTHORITY+slice+exp1). A dotted name not under the authority may also be
+    another authority's HRN (``ple.upmc.exp1``, a federated slice): the reading the calendar holds a slice for is
+    taken; neither or both: refused, naming both readings."""
     from sfa_omf.xrn import hrn_to_urn, is_urn, join_hrn, split_hrn
 
     if is_urn(text):
         return text
     authority = settings.interface_hrn
-    under = text == authority or text.startswith(authority + ".")
-    return hrn_to_urn(text if under else join_hrn([*split_hrn(authority), text]), "slice")
+    if text == authority or text.startswith(authority + "."):
+        return hrn_to_urn(text, "slice")
+    local = hrn_to_urn(join_hrn([*split_hrn(authority), text]), "slice")
+    if "." not in text:
+        return local
+    foreign = hrn_to_urn(text, "slice")
+    held = [urn for urn in (local, foreign) if slices.holds(urn)]
+    if len(held) == 1:
+        return held[0]
+    readings = f"{local} (a name under {authority}) and {foreign} (another authority's HRN)"
+    if not held:
+        raise GeniError(Reason.NOT_FOUND, f"no slice named {text} has anything here: neither {readings}")
+    raise BadArgs(f"{text} names two slices here, {readings}: give the slice's URN")
 
 
 def _slice_release(args: argparse.Namespace) -> int:
     from sfa_omf.calendar.slices import Slices
 
     settings = command_settings(args)
-    record = Slices(command_database(settings)).set_shut_down(_slice_urn(args.slice_urn, settings), False)
+    slices = Slices(command_database(settings))
+    record = slices.set_shut_down(_slice_urn(args.slice_urn, settings, slices), False)
     print(f"{record.urn} may book again")
     return 0
 
@@ -629,8 +645,8 @@ def _slice_shutdown(args: argparse.Namespace) -> int:
     from sfa_omf.xrn import hrn_to_urn
 
     settings = command_settings(args)
-    args.slice_urn = _slice_urn(args.slice_urn, settings)
     database = command_database(settings)
+    args.slice_urn = _slice_urn(args.slice_urn, settings, Slices(database))
     bookings = Bookings(database)
     leases = bookings.leases(slice_urn=args.slice_urn)
     # Their users are told who cancelled them and why (not as after their own Delete): noted before the cancellation.

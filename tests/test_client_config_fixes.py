@@ -21,6 +21,7 @@ from sfa_omf.am.aggregate import Aggregate
 from sfa_omf.calendar.booking import Bookings
 from sfa_omf.calendar.database import Database
 from sfa_omf.calendar.records import BookingRequest, NodeSpec
+from sfa_omf.calendar.slices import Slices
 from sfa_omf.cli import main
 from sfa_omf.config import read_config
 from sfa_omf.registry.bootstrap import init_directory
@@ -184,18 +185,10 @@ def test_slice_release_and_shutdown_take_the_short_name_and_the_hrn(
     lab: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = str(lab / "sfa-omf.conf")
-    node = "urn:publicid:IDN+lab+node+node1"
-    assert run(capsys, "node", "add", node, "--config", config)[0] == 0
     slice_urn = "urn:publicid:IDN+lab+slice+exp1"
-    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
-    bookings = Bookings(Database(read_config(config).calendar_url))
-    bookings.book(slice_urn, start + timedelta(days=1), [BookingRequest(node, start, start + timedelta(hours=1))])
+    bookings = _booked_in_the_lab(config, capsys, slice_urn)
 
-    code, out, err = run(capsys, "slice", "shutdown", "exp1", "--config", config)
-    assert code == 0, err
-    assert f"{slice_urn} is shut down: 1 lease(s) cancelled" in out and bookings.leases(slice_urn=slice_urn) == []
-    code, out, err = run(capsys, "slice", "release", "exp1", "--config", config)
-    assert (code, out.strip()) == (0, f"{slice_urn} may book again"), err
+    _shut_down_and_released(config, capsys, "exp1", slice_urn, bookings)
     code, out, err = run(capsys, "slice", "release", "lab.exp1", "--config", config)
     assert (code, out.strip()) == (0, f"{slice_urn} may book again"), err
     code, out, err = run(capsys, "slice", "release", slice_urn, "--config", config)
@@ -203,6 +196,58 @@ def test_slice_release_and_shutdown_take_the_short_name_and_the_hrn(
     # A name the calendar does not know is refused with its URN, so the operator sees how it was read.
     code, _, err = run(capsys, "slice", "release", "nope", "--config", config)
     assert code == 2 and "slice urn:publicid:IDN+lab+slice+nope has nothing here" in err
+
+
+def test_a_dotted_name_reads_as_the_slice_the_calendar_holds(lab: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A dotted name not under the authority may be another authority's HRN (a federated slice, as the operator reads
+    it in the calendar's listing): the reading the calendar holds a slice for is taken; neither or both: refused,
+    naming both readings, and nothing changes."""
+    config = str(lab / "sfa-omf.conf")
+    federated = "urn:publicid:IDN+ple:upmc+slice+exp2"
+    under_lab = "urn:publicid:IDN+lab+slice+ple.upmc.exp2"
+    bookings = _booked_in_the_lab(config, capsys, federated)
+
+    _shut_down_and_released(config, capsys, "ple.upmc.exp2", federated, bookings)
+
+    code, _, err = run(capsys, "slice", "shutdown", "ple.upmc.nope", "--config", config)
+    assert code == 2, err
+    assert "no slice named ple.upmc.nope has anything here: neither urn:publicid:IDN+lab+slice+ple.upmc.nope" in err
+    assert "urn:publicid:IDN+ple:upmc+slice+nope (another authority's HRN)" in err
+
+    # A slice under the authority with the same reading too: the operator must say which.
+    _book_the_lab_node(bookings, under_lab)
+    code, _, err = run(capsys, "slice", "shutdown", "ple.upmc.exp2", "--config", config)
+    assert code == 2 and f"ple.upmc.exp2 names two slices here, {under_lab} (a name under lab)" in err, err
+    assert [lease.slice_urn for lease in bookings.leases(slice_urn=under_lab)] == [under_lab], "nothing cancelled"
+    slices = Slices(bookings.database)
+    assert not slices.get(under_lab).shut_down and not slices.get(federated).shut_down
+
+
+def _shut_down_and_released(
+    config: str, capsys: pytest.CaptureFixture[str], name: str, slice_urn: str, bookings: Bookings
+) -> None:
+    """``slice shutdown NAME`` cancels the slice's one lease, then ``slice release NAME`` lets it book again."""
+    code, out, err = run(capsys, "slice", "shutdown", name, "--config", config)
+    assert code == 0, err
+    assert f"{slice_urn} is shut down: 1 lease(s) cancelled" in out and bookings.leases(slice_urn=slice_urn) == []
+    code, out, err = run(capsys, "slice", "release", name, "--config", config)
+    assert (code, out.strip()) == (0, f"{slice_urn} may book again"), err
+
+
+def _booked_in_the_lab(config: str, capsys: pytest.CaptureFixture[str], slice_urn: str) -> Bookings:
+    """The lab's node1 added by the command, then booked for the slice (``_book_the_lab_node``); the calendar's
+    bookings."""
+    assert run(capsys, "node", "add", "urn:publicid:IDN+lab+node+node1", "--config", config)[0] == 0
+    bookings = Bookings(Database(read_config(config).calendar_url))
+    _book_the_lab_node(bookings, slice_urn)
+    return bookings
+
+
+def _book_the_lab_node(bookings: Bookings, slice_urn: str) -> None:
+    """One lease of the lab's node1 for the slice, in two hours for an hour."""
+    start = utcnow().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    node = "urn:publicid:IDN+lab+node+node1"
+    bookings.book(slice_urn, start + timedelta(days=1), [BookingRequest(node, start, start + timedelta(hours=1))])
 
 
 # -- the tutorial on omni's crash after a renew of the slice ----------------------------------------------------

@@ -135,6 +135,10 @@ class Slices:
     def __init__(self, database: Database) -> None:
         self.database = database
 
+    def holds(self, slice_urn: str) -> bool:
+        """Whether the calendar has a record of the slice (it booked here, or was shut down here)."""
+        return bool(self.database.fetch_all(_SLICE_WITH_USERS, {"slice_urn": slice_urn}))
+
     def get(self, slice_urn: str) -> SliceRecord:
         """The slice and its users, by user URN; one column query (Describe and Provision read it on every call)."""
         rows = self.database.fetch_all(_SLICE_WITH_USERS, {"slice_urn": slice_urn})
