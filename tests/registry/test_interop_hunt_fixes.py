@@ -34,7 +34,7 @@ from sfa_omf.trust.credential import read_credential
 from sfa_omf.trust.gid import load_gid_chain_file
 from sfa_omf.trust.roots import load_trusted_roots
 from sfa_omf.trust.verifier import CredentialVerifier
-from tests.registry.test_registry_hunt_fixes import Registry, registry  # noqa: F401 (the registry over TLS)
+from tests.registry.conftest import Registry
 from tests.sshkeys import ssh_key
 from tests.tls_harness import proxy
 
@@ -42,13 +42,13 @@ EXP = "tb.exp"
 EXP_URN = "urn:publicid:IDN+tb+slice+exp"
 
 
-def _admin(registry: Registry) -> RegistryAdmin:  # noqa: F811
+def _admin(registry: Registry) -> RegistryAdmin:
     """What ``sfa-omf user|slice ...`` acts through, on the registry's own database."""
     settings = read_config(str(registry.directory / "sfa-omf.conf"))
     return RegistryAdmin(LocalAuthority.load(str(registry.directory), "tb"), registry.records, settings)
 
 
-def _user(registry: Registry, name: str) -> tuple[Any, str]:  # noqa: F811
+def _user(registry: Registry, name: str) -> tuple[Any, str]:
     """A user the operator adds (``sfa-omf user add NAME``, no PI): a proxy holding their key, and the user credential
     sfi.py and omni bootstrap with (GetSelfCredential)."""
     added = _admin(registry).add_user(name)
@@ -62,7 +62,7 @@ def _epoch(moment: datetime) -> int:
     return calendar.timegm(moment.utctimetuple())
 
 
-def _slice_record(registry: Registry, user: Any, user_cred: str, urn: str) -> dict[str, Any]:  # noqa: F811
+def _slice_record(registry: Registry, user: Any, user_cred: str, urn: str) -> dict[str, Any]:
     """omni's get_record_from_resolve_by_type(Resolve(urn, user_cred), 'slice'): the record it sends back whole."""
     records = user.Resolve(urn, user_cred)
     (found,) = [record for record in records if record.get("type") == "slice"]
@@ -73,7 +73,7 @@ def _credential_expiry(credential: str) -> datetime:
     return read_credential(credential.encode()).credential.expires
 
 
-def test_omni_renewslice_renews_the_slice_with_its_slice_credential(registry: Registry) -> None:  # noqa: F811
+def test_omni_renewslice_renews_the_slice_with_its_slice_credential(registry: Registry) -> None:
     """carol, a researcher of tb.exp (no PI), runs omni renewslice exp DATE: GetCredential(user_cred, urn, 'slice'),
     Resolve(urn, user_cred), Update(the record with expires as epoch seconds, the slice credential), Resolve again;
     then omni's _print_slice_expiration fetches the slice credential again, which now ends with the slice. Before:
@@ -104,7 +104,7 @@ def test_omni_renewslice_renews_the_slice_with_its_slice_credential(registry: Re
             )
 
 
-def test_a_slice_credential_renews_its_slice_within_the_authority_s_limit(registry: Registry) -> None:  # noqa: F811
+def test_a_slice_credential_renews_its_slice_within_the_authority_s_limit(registry: Registry) -> None:
     """With its slice credential a slice goes at most 30 days ahead (what a slice credential may live, so that the
     one fetched after the renewal ends with the slice): further is refused with 7 naming the latest end, and nothing
     is written; a PI's authority credential goes further, as sfa-omf slice renew does."""
@@ -129,7 +129,7 @@ def test_a_slice_credential_renews_its_slice_within_the_authority_s_limit(regist
     assert past.faultCode == 1 and "in the past" in past.faultString
 
 
-def test_a_slice_credential_renews_no_further_than_the_slice_s_certificates(registry: Registry) -> None:  # noqa: F811
+def test_a_slice_credential_renews_no_further_than_the_slice_s_certificates(registry: Registry) -> None:
     """Whatever the limit, a slice is not renewed past its GID's or its authority's end: no slice credential could
     be valid then. (A registry whose limit is ten years: in-process, with its real verifier and trusted roots.)"""
     carol, carol_cred = _user(registry, "carol")
@@ -152,7 +152,7 @@ def test_a_slice_credential_renews_no_further_than_the_slice_s_certificates(regi
 
 
 @pytest.mark.usefixtures("register_again_at_once")  # tb.exp registered again at once
-def test_sfi_update_changes_a_slice_s_researchers_with_its_slice_credential(registry: Registry) -> None:  # noqa: F811
+def test_sfi_update_changes_a_slice_s_researchers_with_its_slice_credential(registry: Registry) -> None:
     """sfi.py update -t slice -x tb.exp -r tb.carol,tb.alice sends {urn, hrn, type, reg-researchers} with the slice
     credential it fetched (a string). A slice credential changes its own slice's expiry and researchers only, while
     its owner is a researcher of it (or a PI of its authority): a researcher taken out does not put himself back with
@@ -194,7 +194,7 @@ def test_sfi_update_changes_a_slice_s_researchers_with_its_slice_credential(regi
     assert carol.Update(sfi_record, carol.GetCredential(carol_cred, EXP, "slice")) == 1
 
 
-def test_a_pi_of_the_slice_s_authority_gets_its_slice_credential(registry: Registry) -> None:  # noqa: F811
+def test_a_pi_of_the_slice_s_authority_gets_its_slice_credential(registry: Registry) -> None:
     """SFA's determine_user_rights gives a slice's credential to its researchers and to the PIs of its authority:
     alice (a PI of tb) is no researcher of tb.exp, and was refused (3). A user who is neither still is."""
     _user(registry, "carol")
@@ -213,7 +213,7 @@ def test_a_pi_of_the_slice_s_authority_gets_its_slice_credential(registry: Regis
     assert refused.faultCode == 3 and "whose authority they are a PI of" in refused.faultString
 
 
-def test_omni_createslice_registers_its_user_as_the_slice_s_researcher(registry: Registry) -> None:  # noqa: F811
+def test_omni_createslice_registers_its_user_as_the_slice_s_researcher(registry: Registry) -> None:
     """omni createslice: GetCredential(user_cred, authority, 'authority'), then Register with omni's record, then
     GetCredential for the slice. SFA reads ``researcher`` as reg-researchers; omni's ``PI`` of a slice (its user,
     among the researchers) is ignored, as SFA ignores it. Before: the slice had no researchers and the last call was
@@ -240,7 +240,7 @@ def test_omni_createslice_registers_its_user_as_the_slice_s_researcher(registry:
     assert read_credential(slice_cred.encode()).credential.target_urn == "urn:publicid:IDN+tb+slice+exp3"
 
 
-def test_sfa_s_other_spellings_of_a_field_are_read(registry: Registry) -> None:  # noqa: F811
+def test_sfa_s_other_spellings_of_a_field_are_read(registry: Registry) -> None:
     """``pi`` and ``researcher`` (SFA's normalize_input_record) change what reg-pis and reg-researchers do; ``keys``
     as before. Two spellings of one field that disagree are refused, as are PIs of a slice that are not among its
     researchers."""
@@ -264,7 +264,7 @@ def test_sfa_s_other_spellings_of_a_field_are_read(registry: Registry) -> None: 
     assert registry.written() == before
 
 
-def test_a_field_the_registry_does_not_read_is_refused_not_dropped(registry: Registry) -> None:  # noqa: F811
+def test_a_field_the_registry_does_not_read_is_refused_not_dropped(registry: Registry) -> None:
     """sfi.py's -X extras and -s slices asked for changes the registry silently dropped; the fields real clients
     send with no meaning here (sfi.py register's first_name and last_name, Resolve's own fields sent back) pass."""
     auth = [registry.auth_cred]
@@ -287,7 +287,7 @@ def test_a_field_the_registry_does_not_read_is_refused_not_dropped(registry: Reg
     assert registry.records.get("tb.bob").email == "bob@new.example.org"  # type: ignore[union-attr]
 
 
-def test_a_user_record_shows_the_user_s_slices_and_pi_authorities(registry: Registry) -> None:  # noqa: F811
+def test_a_user_record_shows_the_user_s_slices_and_pi_authorities(registry: Registry) -> None:
     """omni listmyslices reads 'slices' or 'reg-slices' of the user's record (HRNs, made URNs) and said "malformed
     (no slices entry)"; sfi.py list and myslice read reg-slices and reg-pi-authorities. Resolve and List show both."""
     carol, carol_cred = _user(registry, "carol")
@@ -307,7 +307,7 @@ def test_a_user_record_shows_the_user_s_slices_and_pi_authorities(registry: Regi
     assert "reg-slices" not in listed[EXP] and "reg-slices" not in registry.alice.Resolve("tb", registry.alice_cred)[0]
 
 
-def test_a_user_s_memberships_are_read_in_one_query(registry: Registry) -> None:  # noqa: F811
+def test_a_user_s_memberships_are_read_in_one_query(registry: Registry) -> None:
     """Resolve of users reads their slices and PI authorities in one query, however many users and slices (the
     database picks the rows for a few users; for many, one read of the member lists): never a read per slice. A
     name's characters that are wildcards of LIKE (``_``) match only themselves."""
@@ -335,7 +335,7 @@ def test_a_user_s_memberships_are_read_in_one_query(registry: Registry) -> None:
     assert many["tb.user0"] == ((), ())
 
 
-def test_a_missing_record_says_record_not_found_as_omni_expects(registry: Registry) -> None:  # noqa: F811
+def test_a_missing_record_says_record_not_found_as_omni_expects(registry: Registry) -> None:
     """omni createslice first resolves the slice to see whether the name is free, and stays quiet only when the fault
     says "Record not found" (SFA's RecordNotFound); any other words it logs as an ERROR before going on."""
     carol, carol_cred = _user(registry, "carol")

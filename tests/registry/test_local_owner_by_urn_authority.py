@@ -28,7 +28,7 @@ from sfa_omf.trust.credential import delegate_credential
 from sfa_omf.trust.gid import chain_pem, load_gid_chain_file
 from sfa_omf.trust.pki import create_gid, load_private_key_file, new_private_key, private_key_pem
 from tests.postgres import empty_postgres
-from tests.registry.test_registry_callers import _credential
+from tests.registry.conftest import _credential
 from tests.tls_harness import proxy
 
 FED_AUTHORITY = "urn:publicid:IDN+fed+authority+sa"

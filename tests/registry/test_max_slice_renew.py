@@ -23,8 +23,8 @@ from sfa_omf.registry.bootstrap import init_directory, register_demo
 from sfa_omf.times import format_time, parse_time, utcnow
 from sfa_omf.trust.credential import read_credential
 from tests.postgres import empty_postgres
+from tests.registry.conftest import Registry, served_registry
 from tests.registry.test_interop_hunt_fixes import _admin, _user
-from tests.registry.test_registry_hunt_fixes import Registry, served_registry
 
 EXP = "tb.exp"
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from sfa_omf.times import format_time, parse_time, utcnow
+from tests.registry.conftest import Registry
 from tests.registry.test_interop_hunt_fixes import _admin, _user
-from tests.registry.test_registry_hunt_fixes import Registry, registry  # noqa: F401 (the registry over TLS)
 from tests.sshkeys import ssh_key
 
 EXP = "tb.exp"
@@ -31,7 +31,7 @@ def _shown(user: Any, credential: str, name: str) -> dict[str, Any]:
     return dict(record)
 
 
-def _changed_read_only_fields(registry: Registry, shown: dict[str, Any]) -> list[tuple[str, Any]]:  # noqa: F811
+def _changed_read_only_fields(registry: Registry, shown: dict[str, Any]) -> list[tuple[str, Any]]:
     """For each read-only field of a record Resolve showed, a value other than the one shown."""
     other_gid = _shown(registry.alice, registry.alice_cred, "tb.alice")["gid"]  # a real certificate, not this one's
     created = parse_time(shown["date_created"])
@@ -44,7 +44,7 @@ def _changed_read_only_fields(registry: Registry, shown: dict[str, Any]) -> list
     ]
 
 
-def test_a_user_sends_their_own_record_back_with_a_new_key(registry: Registry) -> None:  # noqa: F811
+def test_a_user_sends_their_own_record_back_with_a_new_key(registry: Registry) -> None:
     """carol (no PI, no slice) Resolves her record, adds a key and changes her address in it, and sends it back whole
     with her user credential: accepted, the key and the address written, nothing else changed. Sent back again as it
     was (its last_updated now behind the registry's, as a record file kept from before), it still passes."""
@@ -69,7 +69,7 @@ def test_a_user_sends_their_own_record_back_with_a_new_key(registry: Registry) -
     assert registry.records.get("tb.carol").keys == before.keys  # type: ignore[union-attr]
 
 
-def test_a_user_record_sent_back_with_a_changed_read_only_field_is_refused(registry: Registry) -> None:  # noqa: F811
+def test_a_user_record_sent_back_with_a_changed_read_only_field_is_refused(registry: Registry) -> None:
     """Each read-only field with another value than Resolve shows is refused (3), naming the field, and nothing of
     the record is written (not even the writable change sent with it), with the user's own credential and with an
     authority credential alike."""
@@ -93,7 +93,7 @@ def test_a_user_record_sent_back_with_a_changed_read_only_field_is_refused(regis
 
 @pytest.mark.parametrize("changed", ["reg-researchers", "reg-pis"])
 def test_a_user_still_may_not_change_what_only_an_authority_credential_changes(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     changed: str,
 ) -> None:
     """The empty reg-researchers and reg-pis of a user record pass; filled, they still are refused."""
@@ -105,7 +105,7 @@ def test_a_user_still_may_not_change_what_only_an_authority_credential_changes(
     assert registry.written() == before
 
 
-def test_a_slice_record_goes_back_whole_with_its_slice_credential(registry: Registry) -> None:  # noqa: F811
+def test_a_slice_record_goes_back_whole_with_its_slice_credential(registry: Registry) -> None:
     """carol, a researcher of tb.exp, Resolves it with her user credential and sends the record back with its slice
     credential and a later expiry (omni renewslice): accepted. The same record with a read-only field changed is
     refused (3) naming it, nothing written; before, the changed field was dropped and the renewal made."""

@@ -20,7 +20,7 @@ from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.registry.records import REGISTER_AGAIN_AFTER_S, Records
 from sfa_omf.trust.pki import create_gid, new_private_key
 from tests.postgres import empty_postgres
-from tests.registry.test_registry_hunt_fixes import Registry, registry  # noqa: F401 (the registry over TLS)
+from tests.registry.conftest import Registry
 from tests.registry.test_registry_hunt_operator import run
 
 BOB = "urn:publicid:IDN+tb+user+bob"
@@ -52,7 +52,7 @@ def test_the_wait_outlasts_the_aggregate_s_key_verdicts() -> None:
     assert REGISTER_AGAIN_AFTER_S > DEFAULT_TTL_S
 
 
-def test_register_refuses_a_name_removed_moments_ago_and_writes_nothing(registry: Registry) -> None:  # noqa: F811
+def test_register_refuses_a_name_removed_moments_ago_and_writes_nothing(registry: Registry) -> None:
     assert registry.alice.Remove("tb.bob", [registry.auth_cred], "user") == 1
     before = registry.written()
     key = new_private_key()

@@ -20,8 +20,7 @@ from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.trust.gid import load_gid_chain, load_gid_chain_file
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
 from sfa_omf.xrn import hrn_to_urn
-from tests.registry.test_registry_callers import Site, site  # noqa: F401 (dave holds tb's credential, delegated)
-from tests.registry.test_registry_hunt_fixes import Registry, registry  # noqa: F401 (the registry over TLS)
+from tests.registry.conftest import Registry, Site
 from tests.sshkeys import ssh_key
 from tests.tls_harness import proxy
 
@@ -60,13 +59,13 @@ class Holder:
         return load_gid_chain(gid)[0].public_key_der == public
 
 
-def _issued_file(registry: Registry, hrn: str) -> str:  # noqa: F811
+def _issued_file(registry: Registry, hrn: str) -> str:
     """The GID the authority keeps in gids/ for ``hrn`` (what a start imports and authority renew re-issues)."""
     return load_gid_chain_file(str(registry.directory / "gids" / f"{hrn}.gid"))[0].key_id
 
 
 def test_a_user_registered_with_an_ssh_rsa_key_calls_with_its_private_key(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
 ) -> None:
     """sfi.py register -t user -x tb.dave -e ... -k dave_rsa.pub; then dave, with dave_rsa as tb.dave.pkey, gets his
@@ -103,7 +102,7 @@ def test_a_user_registered_with_an_ssh_rsa_key_calls_with_its_private_key(
 
 
 def test_update_with_another_key_re_issues_the_gid_and_refuses_the_earlier_key(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
 ) -> None:
     """A user registered without a key (a GID of a key pair nobody holds, as SFA issues it) is repaired by
@@ -152,7 +151,7 @@ def test_update_with_another_key_re_issues_the_gid_and_refuses_the_earlier_key(
     desk.bootstrap(registry.url, "tb.bob")
 
 
-def test_a_delegate_may_not_re_key_a_pi(site: Site, tmp_path: Path) -> None:  # noqa: F811
+def test_a_delegate_may_not_re_key_a_pi(site: Site, tmp_path: Path) -> None:
     """dave (of fed) holds tb's authority credential, delegated by alice: giving alice (a PI) an ssh-rsa key of his
     would re-issue her GID for his key, and GetCredential would give him a fresh, undelegated authority credential.
     Refused (3), nothing written; a user who is no PI he may re-key, as he may register one."""
@@ -168,7 +167,7 @@ def test_a_delegate_may_not_re_key_a_pi(site: Site, tmp_path: Path) -> None:  # 
     assert mallory.certifies(site.records.get("tb.bob").gid)  # type: ignore[union-attr]
 
 
-def test_keys_of_which_none_is_rsa_are_refused_for_a_new_user(registry: Registry) -> None:  # noqa: F811
+def test_keys_of_which_none_is_rsa_are_refused_for_a_new_user(registry: Registry) -> None:
     """sfi.py signs with an RSA key and a GID certifies one: a user registered with ed25519 keys only would get the
     GID of a key pair nobody holds. Refused (1) saying an ssh-rsa key is needed, nothing written."""
     before = registry.written()
@@ -185,7 +184,7 @@ def test_keys_of_which_none_is_rsa_are_refused_for_a_new_user(registry: Registry
     assert not LocalAuthority.load(str(registry.directory), "tb").has_issued("tb.carol")
 
 
-def test_key_text_that_is_no_key_is_refused(registry: Registry, tmp_path: Path) -> None:  # noqa: F811
+def test_key_text_that_is_no_key_is_refused(registry: Registry, tmp_path: Path) -> None:
     """A malformed key, as a string (the form SFA reads as one key) or in a list, is refused (1) saying what is
     wrong with it, by Register and Update, and nothing is written."""
     good = Holder(tmp_path, "good").line

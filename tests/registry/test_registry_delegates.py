@@ -22,11 +22,11 @@ from sfa_omf.registry.authority import LocalAuthority
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import chain_pem, gid_from_der, load_gid_chain
 from sfa_omf.trust.pki import new_private_key, private_key_pem
-from tests.registry.test_registry_callers import Site, site  # noqa: F401  (the fixture)
+from tests.registry.conftest import Site
 from tests.tls_harness import proxy
 
 
-def test_a_delegate_may_not_change_the_pis_of_the_authority(site: Site, tmp_path: Path) -> None:  # noqa: F811
+def test_a_delegate_may_not_change_the_pis_of_the_authority(site: Site, tmp_path: Path) -> None:
     """dave added himself to tb's reg-pis with his delegated credential, then GetCredential(tb, authority) gave him
     a fresh, delegatable 30-day authority credential that kept working after alice (his delegator) was removed.
     Now changing the PIs needs a PI's own authority credential (3); alice's own still changes them."""
@@ -62,7 +62,7 @@ def test_a_delegate_may_not_change_the_pis_of_the_authority(site: Site, tmp_path
     assert site.dave.GetCredential([delegated], "tb", "authority").startswith("<?xml")
 
 
-def test_a_credential_naming_no_owner_is_refused_as_such(site: Site, tmp_path: Path) -> None:  # noqa: F811
+def test_a_credential_naming_no_owner_is_refused_as_such(site: Site, tmp_path: Path) -> None:
     """A credential whose owner certificate carries no URN (SFA's old form, CN tb.old) answered fault 1 "'' is not
     a GENI URN" (the registry read the empty owner URN as a name); now 22 "names no owner", as docs/trust.md says."""
     authority = LocalAuthority.load(str(site.directory), "tb")
@@ -95,7 +95,7 @@ def test_a_credential_naming_no_owner_is_refused_as_such(site: Site, tmp_path: P
         assert "this credential names no owner" in refused.faultString
 
 
-def test_a_certificate_named_like_another_record_does_not_read_as_it(site: Site, tmp_path: Path) -> None:  # noqa: F811
+def test_a_certificate_named_like_another_record_does_not_read_as_it(site: Site, tmp_path: Path) -> None:
     """dave registers slice tb.eve with his own key (the delegation allows it) and connects with the slice's GID:
     the registry made him an unstored "user tb.eve" (with whatever memberships that name has). Now 22 names both."""
     delegated = site.dave_tb_auth_cred
@@ -118,7 +118,7 @@ def test_a_certificate_named_like_another_record_does_not_read_as_it(site: Site,
     assert alice["hrn"] == "tb.alice"
 
 
-def test_a_delegate_may_not_register_a_name_the_pis_list(site: Site, tmp_path: Path) -> None:  # noqa: F811
+def test_a_delegate_may_not_register_a_name_the_pis_list(site: Site, tmp_path: Path) -> None:
     """A PI named tb.future a PI before it was registered; dave registered that name with his own key through his
     delegated credential, then GetCredential(tb, authority) gave him a fresh, delegatable authority credential. Now
     registering a name the PIs list needs a PI's own authority credential (3); other names stay his to register."""

@@ -29,21 +29,20 @@ from sfa_omf.registry.records import NAME_LOCK_CLASS, Record, Records
 from sfa_omf.times import utcnow
 from sfa_omf.trust.gid import chain_pem
 from tests.postgres import empty_postgres
-from tests.registry.test_registry_callers import Site, site  # noqa: F401 (dave holds tb's credential, delegated)
-from tests.registry.test_registry_hunt_fixes import Registry, registry  # noqa: F401 (the registry over TLS)
+from tests.registry.conftest import Registry, Site
 from tests.sshkeys import ssh_key, ssh_rsa_key
 
 BOB = "urn:publicid:IDN+tb+user+bob"
 DEMO = "urn:publicid:IDN+tb+slice+demo"
 
 
-def _admin(registry: Registry) -> RegistryAdmin:  # noqa: F811
+def _admin(registry: Registry) -> RegistryAdmin:
     """What ``sfa-omf user|slice ...`` acts through, on the registry's own database."""
     settings = read_config(str(registry.directory / "sfa-omf.conf"))
     return RegistryAdmin(LocalAuthority.load(str(registry.directory), "tb"), registry.records, settings)
 
 
-def test_a_name_differing_from_a_registered_one_only_in_case_is_refused(registry: Registry) -> None:  # noqa: F811
+def test_a_name_differing_from_a_registered_one_only_in_case_is_refused(registry: Registry) -> None:
     """tb.Bob beside tb.bob would share tb.bob's local login (logins are derived from the URN in lower case)."""
     before = registry.written()
     for record, registered in (
@@ -91,7 +90,7 @@ def test_init_refuses_a_demo_user_differing_from_a_registered_one_only_in_case(t
         database.dispose()
 
 
-def test_removing_a_case_twin_never_retires_the_other_s_live_login(registry: Registry) -> None:  # noqa: F811
+def test_removing_a_case_twin_never_retires_the_other_s_live_login(registry: Registry) -> None:
     """tb.Bob, registered by an earlier version beside tb.bob and never given a login, is removed: tb.bob keeps his
     live login, and the operator is not told to remove its account."""
     accounts = Accounts(registry.database)
@@ -117,7 +116,7 @@ def test_removing_a_case_twin_never_retires_the_other_s_live_login(registry: Reg
 
 
 def test_removing_a_user_whose_login_is_pinned_for_another_too_says_to_keep_its_account(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
 ) -> None:
     accounts = Accounts(registry.database)
     accounts.pin(BOB, "lab")
@@ -129,7 +128,7 @@ def test_removing_a_user_whose_login_is_pinned_for_another_too_says_to_keep_its_
     assert removed.login_used_by == ("urn:publicid:IDN+tb+user+alice",)
 
 
-def test_a_delegate_may_not_remove_a_pi(site: Site) -> None:  # noqa: F811
+def test_a_delegate_may_not_remove_a_pi(site: Site) -> None:
     """Removing a PI takes them out of the authority's PIs: as changing the PIs, it needs a PI's own credential."""
     delegated = site.dave_tb_auth_cred
     before = site.written()
@@ -144,7 +143,7 @@ def test_a_delegate_may_not_remove_a_pi(site: Site) -> None:  # noqa: F811
     assert site.dave.Remove("tb.bob", [delegated], "user") == 1  # a user who is no PI: as before
 
 
-def test_update_refuses_an_hrn_and_a_urn_naming_different_records(registry: Registry) -> None:  # noqa: F811
+def test_update_refuses_an_hrn_and_a_urn_naming_different_records(registry: Registry) -> None:
     before = registry.written()
     record = {"hrn": "tb.bob", "urn": "urn:publicid:IDN+tb+user+alice", "type": "user", "email": "new@example.org"}
 
@@ -158,7 +157,7 @@ def test_update_refuses_an_hrn_and_a_urn_naming_different_records(registry: Regi
     assert registry.records.get("tb.bob").email == "new@example.org"  # type: ignore[union-attr]
 
 
-def test_nodes_are_not_registered(registry: Registry) -> None:  # noqa: F811
+def test_nodes_are_not_registered(registry: Registry) -> None:
     before = registry.written()
     fault = registry.fault(registry.alice.Register, {"hrn": "tb.nodee1", "type": "node"}, [registry.auth_cred])
     assert fault.faultCode == 1, fault.faultString
@@ -166,7 +165,7 @@ def test_nodes_are_not_registered(registry: Registry) -> None:  # noqa: F811
     assert registry.written() == before
 
 
-def test_a_node_record_the_inventory_lacks_can_be_removed(registry: Registry) -> None:  # noqa: F811
+def test_a_node_record_the_inventory_lacks_can_be_removed(registry: Registry) -> None:
     """A node record an earlier version registered: no inventory node, so ``sfa-omf node remove`` cannot remove it."""
     authority = LocalAuthority.load(str(registry.directory), "tb")
     chain, _ = authority.issue_gid("tb.ghost", "node")
@@ -181,7 +180,7 @@ def test_a_node_record_the_inventory_lacks_can_be_removed(registry: Registry) ->
     assert registry.written() == before
 
 
-def test_member_lists_hold_users_only(registry: Registry) -> None:  # noqa: F811
+def test_member_lists_hold_users_only(registry: Registry) -> None:
     """A slice's researchers and an authority's PIs are users: a slice or authority named there is refused."""
     auth = [registry.auth_cred]
     before = registry.written()
@@ -208,7 +207,7 @@ def test_member_lists_hold_users_only(registry: Registry) -> None:  # noqa: F811
     assert registry.alice.Update({"hrn": "tb.demo", "reg-researchers": ["tb.alice", "fed.dave", "tb.later"]}, auth)
 
 
-def test_member_lists_and_keys_hold_each_once(registry: Registry) -> None:  # noqa: F811
+def test_member_lists_and_keys_hold_each_once(registry: Registry) -> None:
     auth = [registry.auth_cred]
     twice = ["tb.bob", BOB, "tb.alice", "tb.bob"]
     registry.alice.Register({"hrn": "tb.dup", "type": "slice", "reg-researchers": twice}, auth)
@@ -225,7 +224,7 @@ def test_member_lists_and_keys_hold_each_once(registry: Registry) -> None:  # no
     assert registry.records.get("tb.carol").keys == (rsa_key, key)  # type: ignore[union-attr]
 
 
-def test_a_field_the_record_type_does_not_have_is_refused(registry: Registry) -> None:  # noqa: F811
+def test_a_field_the_record_type_does_not_have_is_refused(registry: Registry) -> None:
     auth = [registry.auth_cred]
     before = registry.written()
     refused = [
@@ -252,7 +251,7 @@ def test_a_field_the_record_type_does_not_have_is_refused(registry: Registry) ->
     assert registry.records.get("tb.bob").email == "bob2@example.org"  # type: ignore[union-attr]
 
 
-def test_a_removed_user_s_credential_is_refused_as_no_longer_registered(registry: Registry) -> None:  # noqa: F811
+def test_a_removed_user_s_credential_is_refused_as_no_longer_registered(registry: Registry) -> None:
     assert registry.alice.Remove("tb.bob", [registry.auth_cred], "user") == 1
     for call, args in (
         (registry.bob.Resolve, ("tb.alice", [registry.bob_cred])),
@@ -263,7 +262,7 @@ def test_a_removed_user_s_credential_is_refused_as_no_longer_registered(registry
         assert "tb.bob is no longer registered here" in fault.faultString, fault.faultString
 
 
-def test_a_name_that_is_not_ascii_is_refused_in_plain_words(registry: Registry) -> None:  # noqa: F811
+def test_a_name_that_is_not_ascii_is_refused_in_plain_words(registry: Registry) -> None:
     before = registry.written()
     fault = registry.fault(registry.alice.Register, {"hrn": "tb.élise", "type": "user"}, [registry.auth_cred])
     assert fault.faultCode == 1, fault.faultString
@@ -275,7 +274,7 @@ def test_a_name_that_is_not_ascii_is_refused_in_plain_words(registry: Registry) 
     assert registry.written() == before
 
 
-def test_a_name_whose_gid_was_issued_but_not_registered_is_refused_as_existing(registry: Registry) -> None:  # noqa: F811
+def test_a_name_whose_gid_was_issued_but_not_registered_is_refused_as_existing(registry: Registry) -> None:
     """As ``sfa-omf credential issue --type slice`` leaves it until the next start: 17, no path of the server's."""
     LocalAuthority.load(str(registry.directory), "tb").issue_gid("tb.pending", "slice")
     before = registry.written()

@@ -5,100 +5,15 @@ anything is written; a URN's type is the type required; authority and node recor
 
 from __future__ import annotations
 
-import os
-import xmlrpc.client
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from twisted.internet.threads import blockingCallFromThread
 
-from sfa_omf.calendar.database import Database
-from sfa_omf.calendar.inventory import Inventory
-from sfa_omf.calendar.records import NodeSpec
-from sfa_omf.config import Settings, read_config
 from sfa_omf.registry.accounts import Accounts
-from sfa_omf.registry.authority import LocalAuthority
-from sfa_omf.registry.bootstrap import InitReport, init_directory, register_demo
-from sfa_omf.registry.records import Record, Records
-from sfa_omf.server.app import start_registry
 from sfa_omf.trust.pki import create_gid, new_private_key, private_key_pem
-from tests.postgres import empty_postgres
+from tests.registry.conftest import Registry
 from tests.sshkeys import ssh_key
 from tests.tls_harness import proxy
-
-
-@dataclass
-class Registry:
-    """A running registry of authority ``tb`` with alice (a PI) and bob, researchers of tb.demo, and bob a PI too."""
-
-    url: str
-    directory: Path
-    database: Database
-    records: Records
-    alice: Any  # an XML-RPC proxy holding alice's key
-    alice_cred: str
-    auth_cred: str  # alice's authority credential, from GetCredential
-    bob: Any
-    bob_cred: str
-
-    def fault(self, call: Any, *args: Any) -> xmlrpc.client.Fault:
-        with pytest.raises(xmlrpc.client.Fault) as raised:
-            call(*args)
-        assert raised.value.faultString
-        return raised.value
-
-    def written(self) -> tuple[list[str], list[Record]]:
-        """What a refused call must leave as it was: the GID files and every record."""
-        gids = sorted(os.listdir(self.directory / "gids"))
-        records = [record for kind in ("user", "slice", "node", "authority") for record in self.records.of_type(kind)]
-        return gids, records
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def registry(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Path) -> Iterator[Registry]:
-    report = init_directory(str(tmp_path / "tb"), "tb", ("alice", "bob"))
-    settings = read_config(str(tmp_path / "tb" / "sfa-omf.conf"))
-    database = Database(settings.calendar_url if request.param == "sqlite" else empty_postgres())
-    database.upgrade()
-    register_demo(report, database)
-    Inventory(database).add_node(NodeSpec("urn:publicid:IDN+tb+node+node1", "node1"))
-    with served_registry(running_reactor, report, settings, database) as served:
-        yield served
-
-
-@contextmanager
-def served_registry(
-    running_reactor: Any, report: InitReport, settings: Settings, database: Database
-) -> Iterator[Registry]:
-    """The registry ``serve`` starts for the site ``init`` made (``report``), on ``database`` (upgraded, the demo
-    registered): alice and bob PIs of tb, as user add --pi makes them. Stopped, and the database disposed, after."""
-    records = Records(database)
-    authority = LocalAuthority.load(settings.data_dir, "tb")
-    records.add(Record("tb", "authority", authority.urn, "", pis=("tb.alice", "tb.bob")))  # as user add --pi does
-    port = blockingCallFromThread(running_reactor, start_registry, settings, database, 0)
-    try:
-        url = f"https://127.0.0.1:{port.getHost().port}/"
-        alice_dir, bob_dir = Path(report.sfi_dirs["alice"]), Path(report.sfi_dirs["bob"])
-        alice = proxy(url, str(alice_dir / "tb.alice.user.gid"), str(alice_dir / "tb.alice.pkey"))
-        alice_cred = (alice_dir / "tb.alice.user.cred").read_text()
-        yield Registry(
-            url,
-            Path(report.directory),
-            database,
-            records,
-            alice,
-            alice_cred,
-            alice.GetCredential(alice_cred, "tb", "authority"),
-            proxy(url, str(bob_dir / "tb.bob.user.gid"), str(bob_dir / "tb.bob.pkey")),
-            (bob_dir / "tb.bob.user.cred").read_text(),
-        )
-    finally:
-        blockingCallFromThread(running_reactor, port.stopListening)
-        database.dispose()
 
 
 @pytest.mark.usefixtures("register_again_at_once")  # the name registered again at once

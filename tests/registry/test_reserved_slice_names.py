@@ -12,9 +12,8 @@ from sfa_omf.calendar.database import Database
 from sfa_omf.config import read_config
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.registry.records import Records
+from tests.registry.conftest import Registry
 from tests.registry.test_operator_commands import run
-from tests.registry.test_registry_hunt_fixes import Registry
-from tests.registry.test_registry_hunt_fixes import registry as registry  # the running registry of tb (fixture)
 
 RESERVED = ["tb.external-oar", "tb.External-OAR", "tb.external-", "urn:publicid:IDN+tb+slice+external-omf"]
 

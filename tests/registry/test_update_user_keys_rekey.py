@@ -30,15 +30,15 @@ from sfa_omf.trust.gid import GidChain, load_gid_chain
 from sfa_omf.trust.pki import create_gid
 from sfa_omf.xrn import hrn_to_urn
 from tests.full_disk import fill, small_tmpfs
+from tests.registry.conftest import Registry
 from tests.registry.test_register_user_keys import Holder
-from tests.registry.test_registry_hunt_fixes import Registry, registry  # noqa: F401 (the registry over TLS)
 from tests.tls_harness import proxy
 
 #: How long a step waits for another thread at most: never reached unless the test is broken (no timing is measured).
 STUCK_S = 120
 
 
-def _gid_file(registry: Registry, hrn: str) -> str:  # noqa: F811
+def _gid_file(registry: Registry, hrn: str) -> str:
     """What gids/ holds for ``hrn`` (what a start imports and authority renew re-issues)."""
     return (registry.directory / "gids" / f"{hrn}.gid").read_text()
 
@@ -55,14 +55,14 @@ def _locked(directory: Path) -> bool:
     return False
 
 
-def _gid(registry: Registry, hrn: str) -> str:  # noqa: F811
+def _gid(registry: Registry, hrn: str) -> str:
     record = registry.records.get(hrn)
     assert record is not None
     return record.gid
 
 
 def test_a_user_whose_certificate_is_their_own_keeps_it_whatever_login_keys_an_update_gives(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
 ) -> None:
     """gina is registered with her certificate (gid) and an ssh-rsa login key, hal by sfa-omf user add --public-key
@@ -101,7 +101,7 @@ def test_a_user_whose_certificate_is_their_own_keeps_it_whatever_login_keys_an_u
 
 
 def test_a_user_registered_from_their_ssh_key_who_rotates_it_gets_the_gid_of_the_new_key(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
 ) -> None:
     """sfi.py register -k dave.pub, then sfi.py update -k laptop.pub: the GID followed the first ssh-rsa key, so it
@@ -120,7 +120,7 @@ def test_a_user_registered_from_their_ssh_key_who_rotates_it_gets_the_gid_of_the
 class _GidsOnFullDisk(AbstractContextManager["_GidsOnFullDisk"]):
     """The registry's gids/ moved onto a small tmpfs, filled up (the kernel answers ENOSPC); put back after."""
 
-    def __init__(self, registry: Registry, tmp_path: Path) -> None:  # noqa: F811
+    def __init__(self, registry: Registry, tmp_path: Path) -> None:
         self.gids = registry.directory / "gids"
         self.tmp_path = tmp_path
 
@@ -139,7 +139,7 @@ class _GidsOnFullDisk(AbstractContextManager["_GidsOnFullDisk"]):
         self._mount.__exit__(None, None, None)
 
 
-def test_a_re_key_on_a_full_gids_directory_changes_nothing(registry: Registry, tmp_path: Path) -> None:  # noqa: F811
+def test_a_re_key_on_a_full_gids_directory_changes_nothing(registry: Registry, tmp_path: Path) -> None:
     """gids/ on a full file system: the re-keying Update answers 5 saying nothing was changed; the record, its keys and
     gids/ are as they were, and dave still calls with his key. With room again the same Update re-keys him. (Before:
     an internal error, yet the record re-keyed, dave refused, and gids/ still holding his earlier key.)"""
@@ -169,7 +169,7 @@ def test_a_re_key_on_a_full_gids_directory_changes_nothing(registry: Registry, t
 
 
 @pytest.fixture
-def refused_record_writes(registry: Registry) -> Iterator[Callable[[str], None]]:  # noqa: F811
+def refused_record_writes(registry: Registry) -> Iterator[Callable[[str], None]]:
     """A real trigger of the database refusing every change to one record (as a failing commit would): the function
     installs it for an HRN; dropped after."""
     engine = registry.database.engine
@@ -208,7 +208,7 @@ def refused_record_writes(registry: Registry) -> Iterator[Callable[[str], None]]
 
 
 def test_a_re_key_the_database_refuses_leaves_gids_as_it_was(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
     refused_record_writes: Callable[[str], None],
 ) -> None:
@@ -230,7 +230,7 @@ def test_a_re_key_the_database_refuses_leaves_gids_as_it_was(
 
 @pytest.mark.parametrize("held", ["before", "after"])
 def test_two_re_keys_at_once_end_with_gids_as_the_record(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     held: str,
@@ -295,7 +295,7 @@ def test_two_re_keys_at_once_end_with_gids_as_the_record(
 
 
 def test_a_user_renewal_racing_a_re_key_does_not_put_the_earlier_key_back(
-    registry: Registry,  # noqa: F811
+    registry: Registry,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -25,8 +25,8 @@ from sfa_omf.trust.pki import load_private_key_file
 from tests.am.test_registered_caller_keys import aggregate as aggregate  # (fixture) its clock moved by later()
 from tests.am.test_registered_caller_keys import later
 from tests.conftest import DemoPki
-from tests.registry.test_registry_hunt_fixes import Registry
-from tests.registry.test_registry_hunt_fixes import registry as registry  # the running registry of tb (fixture)
+from tests.registry.conftest import Registry
+from tests.registry.conftest import registry as registry  # the running registry of tb (a fixture of another folder's)
 
 
 def status(aggregate: Aggregate, pki: DemoPki, chain: GidChain, credential: str) -> Any:
