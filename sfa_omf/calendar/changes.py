@@ -21,7 +21,11 @@ Where the token comes from:
   by TCP keepalives, as the calendar's other connections (``connect_args``: database.py's).
 - Other processes' on SQLite (commands an operator runs beside ``serve``): ``PRAGMA data_version`` on a connection of
   the calling thread's own, which changes whenever another connection commits to the file. It is a statement, but
-  one that reads no table (SQLite answers it from the WAL index in memory).
+  one that reads no table (SQLite answers it from the WAL index in memory). It is asked once in SQLITE_LOOK_S at
+  most, whatever the rate of calls: a statement is a wait that hands the interpreter lock over, which cost Status
+  with 8 clients about a tenth of its throughput when asked on every call (docs/benchmarks.md, "thirty-fifth
+  session"). Another process's commit is seen within SQLITE_LOOK_S, as another host's on PostgreSQL is once its
+  notification arrives.
 
 Why: a Status's one read of the calendar costs the server more than the rest of the call (docs/benchmarks.md,
 "thirty-fourth session"): not the statement's work but waiting for its answer while the call threads and the reactor
@@ -37,12 +41,16 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Hashable
+from time import monotonic
 from typing import Any
 
 log = logging.getLogger("sfa_omf.calendar")
 
 #: The channel the generation's trigger (migration 0035) notifies on.
 CHANNEL = "sfa_omf_calendar"
+#: SQLite: how long a look at the file's data_version is believed before a token asks again, in seconds (another
+#: process's commit is seen within it; the notification's delay on PostgreSQL is of the same order).
+SQLITE_LOOK_S = 0.02
 #: How long the listening thread waits for notifications before it looks whether it should stop.
 LISTEN_POLL_S = 1.0
 #: Waits before opening the listening connection again after it failed: doubling from the first to the last.
@@ -75,6 +83,7 @@ class CalendarChanges:
         self._threads = threading.local()
         self._sqlite_connections: list[sqlite3.Connection] = []
         self._sqlite_seen = next(_VERSIONS)
+        self._sqlite_looked_until = 0.0  # (monotonic) the last look at data_version stands until then
         self._listener: _Listener | None = None
         self._lock = threading.Lock()  # the listener's start; the list of SQLite connections
         self._closed = False
@@ -110,9 +119,13 @@ class CalendarChanges:
 
     def _sqlite_changes(self) -> int | None:
         """A number that changed since any earlier answer if another connection committed in between (the calling
-        thread's connection's data_version moved since the thread last looked); None when the file cannot be asked."""
+        thread's connection's data_version moved since the thread last looked), the last look's within SQLITE_LOOK_S
+        of it; None when the file cannot be asked."""
         if self._sqlite_path is None:
             return None
+        now = monotonic()
+        if now < self._sqlite_looked_until:
+            return self._sqlite_seen
         threads = self._threads
         try:
             connection: sqlite3.Connection | None = getattr(threads, "connection", None)
@@ -129,6 +142,8 @@ class CalendarChanges:
         if version != threads.version:  # (a first look too: what happened before it is unknown)
             threads.version = version
             self._sqlite_seen = next(_VERSIONS)
+        # From the moment before the look: a commit after it is seen by the next look, SQLITE_LOOK_S later at most.
+        self._sqlite_looked_until = now + SQLITE_LOOK_S
         return self._sqlite_seen
 
     def _start_listener(self) -> _Listener:

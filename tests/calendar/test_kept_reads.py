@@ -1,12 +1,14 @@
 """A slice's leases kept between Status calls (calendar/kept_reads.py) while the calendar's change token
 (calendar/changes.py) is unchanged: on SQLite and PostgreSQL, a write of this process is seen by the next read, a
-write of another connection (another process's, on PostgreSQL another host's) too: at once on SQLite, once its
-notification arrives on PostgreSQL; a kept read is never used after a write that committed while it was read."""
+write of another connection (another process's, on PostgreSQL another host's) too: within SQLITE_LOOK_S on SQLite
+(data_version asked that often at most), once its notification arrives on PostgreSQL; a kept read is never used
+after a write that committed while it was read."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +17,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
-from sfa_omf.calendar.changes import CHANNEL
+from sfa_omf.calendar import changes
+from sfa_omf.calendar.booking import Bookings
+from sfa_omf.calendar.changes import CHANNEL, SQLITE_LOOK_S
 from sfa_omf.calendar.database import Database, sqlite_url
 from sfa_omf.calendar.kept_reads import KeptSliceLeases
 from sfa_omf.calendar.policy import Policy
@@ -113,11 +117,8 @@ def test_a_write_of_another_connection_is_seen(calendar: Calendar, other: Calend
     assert nodes_of(settled(kept, SLICE, reads)) == [(node_urn("n2"),)]
     book(other, "n1")
     both = [(node_urn("n1"),), (node_urn("n2"),)]
-    if calendar.database.is_sqlite:
-        assert nodes_of(kept.leases(SLICE)) == both  # SQLite is asked on every read: at once
-    else:
-        until(lambda: len(kept.leases(SLICE)) == 2, "the other connection's booking was never seen")
-        assert nodes_of(kept.leases(SLICE)) == both
+    until(lambda: len(kept.leases(SLICE)) == 2, "the other connection's booking was never seen")
+    assert nodes_of(kept.leases(SLICE)) == both
     assert nodes_of(settled(kept, SLICE, reads)) == both  # kept again
 
 
@@ -187,6 +188,46 @@ def test_a_slice_holding_nothing_is_read_every_time(calendar: Calendar) -> None:
     for _ in range(3):
         assert kept.leases(SLICE) == []
     assert len(reads) == 3
+
+
+def test_sqlite_is_asked_for_other_processes_writes_once_a_look_at_most(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the file's data_version is asked once in SQLITE_LOOK_S at most, however many Status calls take a
+    token meanwhile (each ask is a statement, a wait); another connection's commit is seen by the first look after
+    it. The clock is the test's: it stands still, then passes the look's time."""
+    asked: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        connection = connect(*args, **kwargs)
+        connection.set_trace_callback(asked.append)
+        return connection
+
+    now = [1000.0]
+    monkeypatch.setattr(changes.sqlite3, "connect", traced)
+    monkeypatch.setattr(changes, "monotonic", lambda: now[0])
+    database = Database(sqlite_url(str(tmp_path / "calendar.sqlite")))
+    database.upgrade()
+    other = Database(database.url)
+    try:
+        Calendar(database, Policy()).add_nodes("n1", "n2")
+        kept = KeptSliceLeases(Bookings(database))
+        book(Calendar(other, Policy()), "n1")
+        assert nodes_of(kept.leases(SLICE)) == [(node_urn("n1"),)]
+        token = database.changes.token()
+        assert token is not None
+        for _ in range(100):
+            assert database.changes.token() == token
+        assert asked == ["PRAGMA data_version"]  # the first look's, believed while the clock stands
+        book(Calendar(other, Policy()), "n2", hours=3)
+        now[0] += SQLITE_LOOK_S
+        assert database.changes.token() != token
+        assert asked == ["PRAGMA data_version"] * 2
+        assert nodes_of(kept.leases(SLICE)) == [(node_urn("n1"),), (node_urn("n2"),)]
+    finally:
+        other.dispose()
+        database.dispose()
 
 
 def test_without_a_token_every_read_goes_to_the_database(tmp_path: Path) -> None:
