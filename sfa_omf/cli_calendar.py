@@ -618,14 +618,19 @@ def _slice_urn(text: str, settings: Settings, slices: Slices) -> str:
     local = hrn_to_urn(join_hrn([*split_hrn(authority), text]), "slice")
     if "." not in text:
         return local
-    foreign = hrn_to_urn(text, "slice")
+    try:
+        foreign = hrn_to_urn(text, "slice")
+    except BadArgs:  # not an HRN (an empty part): only the name under the authority
+        return local
     held = [urn for urn in (local, foreign) if slices.holds(urn)]
     if len(held) == 1:
         return held[0]
-    readings = f"{local} (a name under {authority}) and {foreign} (another authority's HRN)"
+    as_local, as_foreign = f"{local} (a name under {authority})", f"{foreign} (another authority's HRN)"
     if not held:
-        raise GeniError(Reason.NOT_FOUND, f"no slice named {text} has anything here: neither {readings}")
-    raise BadArgs(f"{text} names two slices here, {readings}: give the slice's URN")
+        raise GeniError(
+            Reason.NOT_FOUND, f"no slice named {text} has anything here: neither {as_local} nor {as_foreign}"
+        )
+    raise BadArgs(f"{text} names two slices here, {as_local} and {as_foreign}: give the slice's URN")
 
 
 def _slice_release(args: argparse.Namespace) -> int:

@@ -212,7 +212,10 @@ def test_a_dotted_name_reads_as_the_slice_the_calendar_holds(lab: Path, capsys: 
     code, _, err = run(capsys, "slice", "shutdown", "ple.upmc.nope", "--config", config)
     assert code == 2, err
     assert "no slice named ple.upmc.nope has anything here: neither urn:publicid:IDN+lab+slice+ple.upmc.nope" in err
-    assert "urn:publicid:IDN+ple:upmc+slice+nope (another authority's HRN)" in err
+    assert "nor urn:publicid:IDN+ple:upmc+slice+nope (another authority's HRN)" in err
+    # A dotted name that is no HRN (an empty part) is only read as a name under the authority, as before.
+    code, _, err = run(capsys, "slice", "shutdown", "ple..nope", "--config", config)
+    assert code == 2 and "slice urn:publicid:IDN+lab+slice+ple..nope has nothing here" in err, err
 
     # A slice under the authority with the same reading too: the operator must say which.
     _book_the_lab_node(bookings, under_lab)
