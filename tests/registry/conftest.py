@@ -151,18 +151,27 @@ def _credential(
     return issue_credential(request, issuer_key, issuer_chain)
 
 
+def trusted_fed_user(
+    settings: Settings, user_urn: str, files: Path
+) -> tuple[rsa.RSAPrivateKey, tuple[Gid, ...], tuple[Gid, ...]]:
+    """The peer authority fed, its root trusted by the registry of ``settings`` (as an operator drops a peer's root
+    into trusted_roots), and its user ``user_urn``, whose chain and key are written to ``files``.gid and .pkey: fed's
+    key, fed's chain and the user's chain."""
+    fed_key = new_private_key()
+    fed_chain = (create_gid(FED_AUTHORITY, fed_key.public_key(), fed_key),)
+    user_key = new_private_key()
+    user_chain = (create_gid(user_urn, user_key.public_key(), fed_key, issuer=fed_chain[0]), *fed_chain)
+    Path(settings.trusted_roots_dir, "fed.gid").write_text(chain_pem(fed_chain))
+    files.with_suffix(".gid").write_text(chain_pem(user_chain))
+    files.with_suffix(".pkey").write_bytes(private_key_pem(user_key))
+    return fed_key, fed_chain, user_chain
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def site(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Path) -> Iterator[Site]:
     report = init_directory(str(tmp_path / "tb"), "tb", ("alice", "bob"))
     settings = read_config(str(tmp_path / "tb" / "sfa-omf.conf"))
-    # The peer authority fed: its root is trusted by tb, as an operator drops a peer's root into trusted_roots.
-    fed_key = new_private_key()
-    fed_chain = (create_gid(FED_AUTHORITY, fed_key.public_key(), fed_key),)
-    dave_key = new_private_key()
-    dave_chain = (create_gid(DAVE, dave_key.public_key(), fed_key, issuer=fed_chain[0]), *fed_chain)
-    Path(settings.trusted_roots_dir, "fed.gid").write_text(chain_pem(fed_chain))
-    (tmp_path / "dave.gid").write_text(chain_pem(dave_chain))
-    (tmp_path / "dave.pkey").write_bytes(private_key_pem(dave_key))
+    fed_key, fed_chain, dave_chain = trusted_fed_user(settings, DAVE, tmp_path / "dave")
 
     database = Database(settings.calendar_url if request.param == "sqlite" else empty_postgres())
     database.upgrade()

@@ -25,13 +25,12 @@ from sfa_omf.registry.bootstrap import init_directory, register_demo
 from sfa_omf.registry.records import Record, Records
 from sfa_omf.server.app import start_registry
 from sfa_omf.trust.credential import delegate_credential
-from sfa_omf.trust.gid import chain_pem, load_gid_chain_file
-from sfa_omf.trust.pki import create_gid, load_private_key_file, new_private_key, private_key_pem
+from sfa_omf.trust.gid import load_gid_chain_file
+from sfa_omf.trust.pki import load_private_key_file
 from tests.postgres import empty_postgres
-from tests.registry.conftest import _credential
+from tests.registry.conftest import _credential, trusted_fed_user
 from tests.tls_harness import proxy
 
-FED_AUTHORITY = "urn:publicid:IDN+fed+authority+sa"
 PARENTS_USER_SUB = "urn:publicid:IDN+fed+user+sub"  # a user of fed whose HRN, fed.sub, is the sub-authority's
 
 
@@ -51,14 +50,8 @@ class SubSite:
 def sub_site(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Path) -> Iterator[SubSite]:
     report = init_directory(str(tmp_path / "fed.sub"), "fed.sub", ("alice",))
     settings = read_config(str(tmp_path / "fed.sub" / "sfa-omf.conf"))
-    # The parent authority fed: its root is trusted by fed.sub, as an operator drops a peer's root into trusted_roots.
-    fed_key = new_private_key()
-    fed_chain = (create_gid(FED_AUTHORITY, fed_key.public_key(), fed_key),)
-    sub_key = new_private_key()
-    sub_chain = (create_gid(PARENTS_USER_SUB, sub_key.public_key(), fed_key, issuer=fed_chain[0]), *fed_chain)
-    Path(settings.trusted_roots_dir, "fed.gid").write_text(chain_pem(fed_chain))
-    (tmp_path / "sub.gid").write_text(chain_pem(sub_chain))
-    (tmp_path / "sub.pkey").write_bytes(private_key_pem(sub_key))
+    # The parent authority fed (its root trusted by fed.sub) and its user sub.
+    fed_key, fed_chain, sub_chain = trusted_fed_user(settings, PARENTS_USER_SUB, tmp_path / "sub")
 
     database = Database(settings.calendar_url if request.param == "sqlite" else empty_postgres())
     database.upgrade()
