@@ -608,7 +608,7 @@ def _slice_urn(text: str, settings: Settings, slices: Slices) -> str:
     under it (``exp1`` -> urn:publicid:IDN+AUTHORITY+slice+exp1). A dotted name not under the authority may also be
     another authority's HRN (``ple.upmc.exp1``, a federated slice): the reading the calendar holds a slice for is
     taken; neither or both: refused, naming both readings."""
-    from sfa_omf.xrn import hrn_to_urn, is_urn, join_hrn, split_hrn
+    from sfa_omf.xrn import hrn_to_urn, is_urn, join_hrn, shown_urn, split_hrn
 
     if is_urn(text):
         return text
@@ -625,12 +625,14 @@ def _slice_urn(text: str, settings: Settings, slices: Slices) -> str:
     held = [urn for urn in (local, foreign) if slices.holds(urn)]
     if len(held) == 1:
         return held[0]
-    as_local, as_foreign = f"{local} (a name under {authority})", f"{foreign} (another authority's HRN)"
+    # (shown_urn: a name of any length or character is said in a line of bounded length)
+    as_local = f"{shown_urn(local)} (a name under {authority})"
+    as_foreign = f"{shown_urn(foreign)} (another authority's HRN)"
     if not held:
         raise GeniError(
-            Reason.NOT_FOUND, f"no slice named {text} has anything here: neither {as_local} nor {as_foreign}"
+            Reason.NOT_FOUND, f"no slice named {shown_urn(text)} has anything here: neither {as_local} nor {as_foreign}"
         )
-    raise BadArgs(f"{text} names two slices here, {as_local} and {as_foreign}: give the slice's URN")
+    raise BadArgs(f"{shown_urn(text)} names two slices here, {as_local} and {as_foreign}: give the slice's URN")
 
 
 def _slice_release(args: argparse.Namespace) -> int:

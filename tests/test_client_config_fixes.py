@@ -213,6 +213,9 @@ def test_a_dotted_name_reads_as_the_slice_the_calendar_holds(lab: Path, capsys: 
     assert code == 2, err
     assert "no slice named ple.upmc.nope has anything here: neither urn:publicid:IDN+lab+slice+ple.upmc.nope" in err
     assert "nor urn:publicid:IDN+ple:upmc+slice+nope (another authority's HRN)" in err
+    # A huge name is refused in a line of bounded length (each reading cut, with its length).
+    code, _, err = run(capsys, "slice", "shutdown", "a." * 50_000 + "b", "--config", config)
+    assert code == 2 and "no slice named 'a.a." in err and "(100001 characters)" in err and len(err) < 1_000, err
     # A dotted name that is no HRN (an empty part) is only read as a name under the authority, as before.
     code, _, err = run(capsys, "slice", "shutdown", "ple..nope", "--config", config)
     assert code == 2 and "slice urn:publicid:IDN+lab+slice+ple..nope has nothing here" in err, err
