@@ -218,6 +218,10 @@ class RegistryRecord(Base):
     expires_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # slices: when the slice ends
     created_s: Mapped[int] = mapped_column(BigInteger)
     updated_s: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # None: never changed since created
+    # Users: whether someone holds the private half of the key their GID certifies. False: the registry made that
+    # key pair and kept nothing (Register without a key or certificate), so an Update giving an ssh-rsa key re-keys
+    # them. None: recorded before sfa-omf kept this (migration 0036), or no user.
+    key_held: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class OarJob(Base):

@@ -122,7 +122,7 @@ class RegistryAdmin:
                 write_new_file(os.path.join(sfi_dir, f"{hrn}.user.gid"), chain_pem(chain).encode("ascii"))
                 config = sfi_config(self.authority.hrn, hrn, self.settings)
                 write_new_file(os.path.join(sfi_dir, "sfi_config"), config.encode("utf-8"))
-            record = Record(hrn, "user", urn, chain_pem(chain), email, keys)
+            record = Record(hrn, "user", urn, chain_pem(chain), email, keys, key_held=True)  # (theirs, or written)
             self.records.add(record)
             recorded = True
             if pi:

@@ -664,6 +664,8 @@ class RegistryApi:
                     tuple(str(key) for key in keys or []),
                     tuple(members or ()),
                     expires=expires,
+                    # (A user's: a key pair the authority made and kept nothing of is held by nobody.)
+                    key_held=(public_key is not None) if kind == "user" else None,
                 )
             )
         except BaseException:
@@ -697,13 +699,13 @@ class RegistryApi:
 
         A user's keys given (reg-keys) re-issue their GID for the first ssh-rsa key among them, as SFA's Update does,
         when the GID follows their SSH key (_rekeyed_chain): when it certifies another key than that one and the
-        first ssh-rsa key on record was the one it certified, or there was none (a user registered without a key gets
-        a usable one this way). From then on only that key's private half acts as the user, the earlier key is
-        refused. A user whose GID certifies a key of their own (a certificate given at Register, ``user add
-        --public-key``), not their first ssh-rsa key on record, keeps it: their keys change alone, so the record sent
-        back as Resolve shows it, or with other login keys, never locks them out. Keys of which none is RSA are
-        stored and leave the GID as it is. A re-keying Update writes gids/ and the record together, or neither
-        (_update_rekeyed)."""
+        first ssh-rsa key on record was the one it certified, or there was none and nobody holds the key it certifies
+        (a user registered without a key gets a usable one this way). From then on only that key's private half acts
+        as the user, the earlier key is refused. A user whose GID certifies a key of their own (a certificate given at
+        Register, ``user add --public-key``, the key pair user add made them), not their first ssh-rsa key on record,
+        keeps it: their keys change alone, so the record sent back as Resolve shows it, or with other login keys,
+        never locks them out. Keys of which none is RSA are stored and leave the GID as it is. A re-keying Update
+        writes gids/ and the record together, or neither (_update_rekeyed)."""
         record = params[0]
         target = self._record(*_record_named(record, record.get("type") or None))
         changes_pis = _given(record, "reg-pis")[1] is not None
@@ -768,14 +770,15 @@ class RegistryApi:
     ) -> GidChain | None:
         """The GID chain an Update giving user ``target`` the SSH ``keys`` issues them: for the first ssh-rsa key
         among them (gid_public_key), when their GID follows their SSH key: it certifies another key now, and the
-        first ssh-rsa key of their record (``target.keys``) is the key it certifies, or there is none (registered
-        without a key, as sfi.py register without -k). None when none is to be issued: not a user, no keys given,
-        none RSA, the GID certifies that key already (the record sent back as Resolve shows it), or it certifies a
-        key that is not their first ssh-rsa key on record (their own certificate, given at Register or by user add
-        --public-key: only their login keys change, and they keep acting with its key). ``email``: the address the
-        Update gives (None: the one on record), which the new GID carries. A delegated authority credential does not
-        re-key a PI (3): with the PI's name and a key of the delegate's, GetCredential would give the delegate a
-        fresh, undelegated authority credential."""
+        first ssh-rsa key of their record (``target.keys``) is the key it certifies, or there is none and nobody holds
+        the key it certifies (registered without a key, as sfi.py register without -k; ``target.key_held`` False, or
+        None for a record made before the registry kept that). None when none is to be issued: not a user, no keys
+        given, none RSA, the GID certifies that key already (the record sent back as Resolve shows it), or it
+        certifies a key that is not their first ssh-rsa key on record, or one they hold (their own certificate, given
+        at Register or by user add --public-key; the key pair user add made them: only their login keys change, and
+        they keep acting with its key). ``email``: the address the Update gives (None: the one on record), which the
+        new GID carries. A delegated authority credential does not re-key a PI (3): with the PI's name and a key of
+        the delegate's, GetCredential would give the delegate a fresh, undelegated authority credential."""
         if target.type != "user" or not keys:
             return None
         public_key = gid_public_key(keys)
@@ -790,6 +793,10 @@ class RegistryApi:
                 # The GID is the user's own certificate, not their SSH key (given at Register, user add --public-key):
                 # their login keys change alone, and whoever holds its key still acts as them (the record sent back
                 # as shown, or sfi.py update -k with a rotated login key, would lock them out).
+                return None
+            if on_record is None and target.key_held:
+                # No ssh-rsa key on record, but they hold the key their GID certifies (user add made them the key
+                # pair, or they gave a certificate at Register): their first ssh-rsa key is a login key, as above.
                 return None
         pi_of = self._pi_of(target.hrn) if delegated else ()
         if pi_of:

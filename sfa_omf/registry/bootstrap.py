@@ -432,11 +432,14 @@ def register_demo(report: InitReport, database: Database) -> None:
     records.import_authority(authority, slices)
     for name, sfi_dir in sorted(report.sfi_dirs.items()):  # their SSH keys: sfi show lists them, logins use them
         record = records.get(authority.child_hrn(name))
-        public = ssh_public_key_in(sfi_dir)
-        if record is None or public is None:
+        if record is None:
             continue
-        if public not in record.keys:
-            records.update(record.hrn, keys=[*record.keys, public])
+        # Their GID certifies the key pair written in their sfi.py folder: an Update giving them an ssh-rsa login
+        # key leaves it as it is (registry/api.py, _rekeyed_chain).
+        public = ssh_public_key_in(sfi_dir)
+        keys = [*record.keys, public] if public is not None and public not in record.keys else None
+        if keys is not None or record.key_held is not True:
+            records.update(record.hrn, keys=keys, key_held=True)
 
 
 def write_example_requests(

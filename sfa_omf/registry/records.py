@@ -245,6 +245,9 @@ class Record:
     expires: datetime | None = None  # slices: when the slice ends
     created: datetime | None = None  # when the record was made (None: not stored yet)
     updated: datetime | None = None  # when it was last changed
+    # Users: whether someone holds the private half of the key their GID certifies (False: nobody, the registry made
+    # it and kept nothing; None: not known, a record made before sfa-omf kept this)
+    key_held: bool | None = None
 
 
 #: A user's slices (the slices listing them as a researcher) and the authorities listing them as a PI, HRNs in order.
@@ -267,6 +270,7 @@ def _record(row: RegistryRecord) -> Record:
         from_s(row.expires_s) if row.expires_s is not None else None,
         from_s(row.created_s),
         from_s(row.updated_s if row.updated_s is not None else row.created_s),
+        row.key_held,
     )
 
 
@@ -349,6 +353,7 @@ class Records:
                         pis=list(dict.fromkeys(record.pis)),
                         expires_s=to_s(record.expires) if record.expires is not None else None,
                         created_s=int(utcnow().timestamp()),
+                        key_held=record.key_held,
                     )
                 )
                 if addresses:
@@ -371,9 +376,12 @@ class Records:
         pis: Sequence[str] | None = None,
         expires: datetime | None = None,
         gid: str | None = None,
+        key_held: bool | None = None,
     ) -> Record | None:
         """Replace the given fields of a record (None leaves a field as it is), in one transaction; the record as it
-        is now. ``gid``: a user's GID re-issued for another key (Update with keys), written with the rest."""
+        is now. ``gid``: a user's GID re-issued for another key (Update with keys), written with the rest: a key the
+        user gave, so held from then on. ``key_held``: True when someone holds the key the user's GID certifies
+        (the key pair ``sfa-omf init`` wrote for a demo user)."""
         with self.database.write() as session:
             row = session.scalar(select(RegistryRecord).where(RegistryRecord.hrn == hrn))
             if row is None:
@@ -396,6 +404,9 @@ class Records:
                 row.expires_s = to_s(expires)
             if gid is not None:
                 row.gid = gid
+                row.key_held = True
+            if key_held is not None:
+                row.key_held = key_held
             row.updated_s = int(utcnow().timestamp())
             return _record(row)
 

@@ -145,26 +145,38 @@ def test_update_with_another_key_re_issues_the_gid_and_refuses_the_earlier_key(
     assert registry.records.get("tb.dave").gid == new_gid  # type: ignore[union-attr]
     assert new_user.Resolve("tb.dave", [new_credential])[0]["reg-keys"] == [ssh_key("dave@tablet")]
 
-    # A PI re-keys a PI (bob) with their own authority credential: bob's key from init is refused from then on.
-    assert registry.alice.Update({"hrn": "tb.bob", "type": "user", "reg-keys": [desk.line]}, auth) == 1
-    assert registry.fault(registry.bob.Resolve, "tb.bob", [registry.bob_cred]).faultCode == 22
-    desk.bootstrap(registry.url, "tb.bob")
+    # A PI re-keys a PI with their own authority credential: erin (registered without a key, then made a PI) gets the
+    # GID of desk's key, and her earlier one (held by nobody) is gone.
+    registry.alice.Register({"hrn": "tb.erin", "type": "user"}, auth)
+    assert registry.alice.Update({"hrn": "tb", "type": "authority", "reg-pis": ["tb.alice", "tb.erin"]}, auth) == 1
+    assert registry.alice.Update({"hrn": "tb.erin", "type": "user", "reg-keys": [desk.line]}, auth) == 1
+    desk.bootstrap(registry.url, "tb.erin")
 
 
 def test_a_delegate_may_not_re_key_a_pi(site: Site, tmp_path: Path) -> None:
-    """dave (of fed) holds tb's authority credential, delegated by alice: giving alice (a PI) an ssh-rsa key of his
-    would re-issue her GID for his key, and GetCredential would give him a fresh, undelegated authority credential.
-    Refused (3), nothing written; a user who is no PI he may re-key, as he may register one."""
-    mallory = Holder(tmp_path, "mallory")
+    """dave (of fed) holds tb's authority credential, delegated by alice: giving pat (a PI whose GID follows his SSH
+    key) an ssh-rsa key of his would re-issue pat's GID for his key, and GetCredential would give him a fresh,
+    undelegated authority credential. Refused (3), nothing written; a user who is no PI he may re-key, as he may
+    register one. alice, a PI who holds the key pair of her GID (sfa-omf init's), is not re-keyed by such an Update:
+    it changes her login keys alone, as it does for any user who holds theirs."""
+    mallory, pat = Holder(tmp_path, "mallory"), Holder(tmp_path, "pat")
+    auth = [site.alice_auth_cred]
+    site.alice.Register({"hrn": "tb.pat", "type": "user", "reg-keys": [pat.line]}, auth)
+    site.alice.Register({"hrn": "tb.quinn", "type": "user"}, auth)  # (a GID of a key pair nobody holds)
+    assert site.alice.Update({"hrn": "tb", "type": "authority", "reg-pis": ["tb.alice", "tb.pat"]}, auth) == 1
     before = site.written()
 
-    fault = site.fault(site.dave.Update, {"hrn": "tb.alice", "reg-keys": [mallory.line]}, [site.dave_tb_auth_cred])
+    fault = site.fault(site.dave.Update, {"hrn": "tb.pat", "reg-keys": [mallory.line]}, [site.dave_tb_auth_cred])
 
     assert fault.faultCode == 3, fault.faultString
-    assert "tb.alice is a PI of tb" in fault.faultString and "not a delegated one" in fault.faultString
+    assert "tb.pat is a PI of tb" in fault.faultString and "not a delegated one" in fault.faultString
     assert site.written() == before
-    assert site.dave.Update({"hrn": "tb.bob", "reg-keys": [mallory.line]}, [site.dave_tb_auth_cred]) == 1
-    assert mallory.certifies(site.records.get("tb.bob").gid)  # type: ignore[union-attr]
+    assert site.dave.Update({"hrn": "tb.quinn", "reg-keys": [mallory.line]}, [site.dave_tb_auth_cred]) == 1
+    assert mallory.certifies(site.records.get("tb.quinn").gid)  # type: ignore[union-attr]
+    alice_gid = site.records.get("tb.alice").gid  # type: ignore[union-attr]
+    assert site.dave.Update({"hrn": "tb.alice", "reg-keys": [mallory.line]}, [site.dave_tb_auth_cred]) == 1
+    assert site.records.get("tb.alice").gid == alice_gid  # type: ignore[union-attr]
+    pat.bootstrap(site.url, "tb.pat")  # (still his)
 
 
 def test_keys_of_which_none_is_rsa_are_refused_for_a_new_user(registry: Registry) -> None:

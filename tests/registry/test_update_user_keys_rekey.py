@@ -32,6 +32,7 @@ from sfa_omf.xrn import hrn_to_urn
 from tests.full_disk import fill, small_tmpfs
 from tests.registry.conftest import Registry
 from tests.registry.test_register_user_keys import Holder
+from tests.sshkeys import ssh_key
 from tests.tls_harness import proxy
 
 #: How long a step waits for another thread at most: never reached unless the test is broken (no timing is measured).
@@ -115,6 +116,52 @@ def test_a_user_registered_from_their_ssh_key_who_rotates_it_gets_the_gid_of_the
     assert laptop.certifies(_gid(registry, "tb.dave")) and _gid_file(registry, "tb.dave") == _gid(registry, "tb.dave")
     assert registry.fault(user.Resolve, "tb.dave", [credential]).faultCode == 22
     laptop.bootstrap(registry.url, "tb.dave")
+
+
+def test_a_user_who_holds_their_key_pair_keeps_their_gid_when_given_a_first_ssh_rsa_key(
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
+    """Users with no ssh-rsa key on record who hold the key their GID certifies: bob (sfa-omf init's demo user: his key
+    pair in his sfi.py folder, an ed25519 login key), ivy (registered with her certificate and no key), jo (sfa-omf
+    user add --public-key PEM with an ed25519 login key). An Update giving each an ssh-rsa key, by a PI or by
+    themselves, stores it as a login key: the GID and gids/ stay, and they still call with their key. (Before: their
+    GID was re-issued for that key and their own key refused, 22: nothing told them from a user registered without a
+    key, whom the same Update repairs.) A record stored before the registry kept whether its key is held (migration
+    0036: None) follows the earlier rule, re-keyed."""
+    auth = [registry.auth_cred]
+    desk, ivy, jo = Holder(tmp_path, "desk"), Holder(tmp_path, "ivy"), Holder(tmp_path, "jo")
+    certificate = create_gid(hrn_to_urn("tb.ivy", "user"), ivy.key.public_key(), ivy.key).pem()
+    registry.alice.Register({"hrn": "tb.ivy", "type": "user", "gid": certificate}, auth)
+    directory = str(registry.directory)
+    admin = RegistryAdmin(
+        LocalAuthority.load(directory, "tb"), registry.records, read_config(f"{directory}/sfa-omf.conf")
+    )
+    admin.add_user("jo", ssh_keys=[ssh_key("jo@laptop")], public_key=jo.key.public_key())
+    bob_gid = _gid(registry, "tb.bob")
+    assert registry.records.get("tb.bob").keys[0].startswith("ssh-ed25519 ")  # type: ignore[union-attr]
+
+    assert registry.alice.Update({"hrn": "tb.bob", "type": "user", "reg-keys": [desk.line]}, auth) == 1
+    assert _gid(registry, "tb.bob") == bob_gid and _gid_file(registry, "tb.bob") == bob_gid
+    (me,) = registry.bob.Resolve("tb.bob", [registry.bob_cred])
+    assert me["reg-keys"] == [desk.line]
+    for holder, hrn in ((ivy, "tb.ivy"), (jo, "tb.jo")):
+        user, credential, gid = holder.bootstrap(registry.url, hrn)
+        assert holder.certifies(gid)
+        assert user.Update({"hrn": hrn, "reg-keys": [desk.line]}, [credential]) == 1  # sfi.py update -k desk.pub
+        assert _gid(registry, hrn) == gid and _gid_file(registry, hrn) == gid
+        (me,) = user.Resolve(hrn, [credential])  # the same key, the same credential: still theirs
+        assert me["reg-keys"] == [desk.line]
+
+    # A user recorded before (key_held None): re-keyed by the first Update giving an ssh-rsa key, as before.
+    kim = Holder(tmp_path, "kim")
+    certificate = create_gid(hrn_to_urn("tb.kim", "user"), kim.key.public_key(), kim.key).pem()
+    registry.alice.Register({"hrn": "tb.kim", "type": "user", "gid": certificate}, auth)
+    with registry.records.database.write() as session:
+        session.execute(text("UPDATE registry_record SET key_held = NULL WHERE hrn = 'tb.kim'"))
+    assert registry.alice.Update({"hrn": "tb.kim", "type": "user", "reg-keys": [desk.line]}, auth) == 1
+    assert desk.certifies(_gid(registry, "tb.kim")) and registry.records.get("tb.kim").key_held  # type: ignore[union-attr]
+    assert registry.fault(kim.bootstrap, registry.url, "tb.kim").faultCode == 22
 
 
 class _GidsOnFullDisk(AbstractContextManager["_GidsOnFullDisk"]):
