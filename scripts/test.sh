@@ -35,7 +35,7 @@ if [ "${1:-}" = --down ]; then
     exit 0
 fi
 apt_install xmlsec1 openssl ca-certificates trang openssh-server openssh-client iproute2 openvpn bind9 bind9-dnsutils \
-    systemd sudo faketime
+    systemd sudo faketime bindfs
 export SFA_OMF_TEST_REQUIRE_ALL="${SFA_OMF_TEST_REQUIRE_ALL:-1}"
 venv_install "[test]"
 cd "$REPO"

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -355,15 +356,76 @@ class UnixHost:
 
 def _delete_account(login: str) -> str | None:
     """Kill the login's processes, then ``userdel --remove`` it; None when the account is gone (or was), else why
-    not."""
+    not. A home on a file system other hosts may share (``shared_file_system``) is kept: ``userdel`` alone."""
     _stop_processes(login)
-    done = subprocess.run(["userdel", "--remove", login], capture_output=True, text=True, check=False)
+    command = ["userdel", "--remove", login]
+    with contextlib.suppress(KeyError):
+        home = pwd.getpwnam(login).pw_dir
+        shared = shared_file_system(home)
+        if shared is not None:
+            # Another node's lease of the slice may still use it (its /home mounted there too): removing it would
+            # delete their files; the account goes, the directory stays for the operator.
+            log.info("%s's home %s is on a %s file system other hosts may share: kept", login, home, shared)
+            command = ["userdel", login]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode in (0, 6):  # 6: no such user
         return None
     if done.returncode == 12:  # the account is gone, its home directory could not be removed
         log.warning("userdel %s: the account is removed, not all of its home: %s", login, done.stderr.strip())
         return None
     return f"userdel {login} failed (exit {done.returncode}): {done.stderr.strip()}"
+
+
+#: File system types whose files other hosts may see too: network and cluster file systems, and FUSE ones (sshfs,
+#: s3fs and the like; "fuseblk" is a local disk's).
+SHARED_FILE_SYSTEMS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "9p",
+        "afs",
+        "ocfs2",
+        "gfs2",
+        "orangefs",
+        "pvfs2",
+        "virtiofs",
+        "fuse",
+    }
+)
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+def shared_file_system(path: str, mountinfo: str = MOUNTINFO) -> str | None:
+    """The type of the file system ``path`` is on when other hosts may share it (SHARED_FILE_SYSTEMS, or any
+    ``fuse.*``), else None (a local one, or ``path`` or the mount table unreadable: nothing tells it is shared)."""
+    try:
+        target = os.path.realpath(path, strict=True)
+        with open(mountinfo, encoding="utf-8", errors="replace") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return None
+    found, found_type = "", ""
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split(" ")
+        if len(parts) < 5 or not rest:
+            continue
+        # The mount point, with its blanks and backslashes written as octal escapes (\040).
+        point = re.sub(r"\\([0-7]{3})", lambda octal: chr(int(octal.group(1), 8)), parts[4])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(found):  # the last of equally long ones: the mount on top
+            found, found_type = point, rest.split(" ", 1)[0]
+    if found_type in SHARED_FILE_SYSTEMS or found_type.startswith("fuse."):
+        return found_type
+    return None
 
 
 def _stop_processes(login: str) -> None:

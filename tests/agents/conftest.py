@@ -20,6 +20,7 @@ from sfa_omf.calendar.agents import Agents
 from sfa_omf.config import Settings, read_config
 from sfa_omf.registry.bootstrap import init_directory
 from sfa_omf.server.app import RunningServer, build_aggregate, start_aggregate
+from sfa_omf.testbed.unix_accounts import LOCK_DIR
 from tests.postgres import empty_postgres
 from tests.requirements import missing
 from tests.testbed.oar.conftest import oar_client, oar_jobs, oar_start, oar_url, oar_users  # noqa: F401 (test_oar_nodes)
@@ -89,6 +90,23 @@ def lab(request: pytest.FixtureRequest, running_reactor: Any, tmp_path: Path) ->
     yield made
     blockingCallFromThread(running_reactor, made.server.stop)
     made.aggregate.database.dispose()
+
+
+def userdel(login: str) -> None:
+    """Remove a test's real account with its home, and its lock file (testbed/unix_accounts.py's LOCK_DIR)."""
+    subprocess.run(["userdel", "--remove", login], capture_output=True, check=False)
+    (LOCK_DIR / f"{login}.lock").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def login() -> Iterator[str]:
+    """A login name of the test's own (``sfahk...``) for a real account (useradd; the tests run as root); the account
+    is removed at the end (its processes by the test itself)."""
+    name = f"sfahk{secrets.token_hex(3)}"
+    try:
+        yield name
+    finally:
+        userdel(name)
 
 
 def run(*command: str) -> None:

@@ -20,10 +20,8 @@ import contextlib
 import json
 import os
 import pwd
-import secrets
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,8 +30,8 @@ from sfa_omf.agents import host as host_module
 from sfa_omf.agents.host import DirectoryHost, UnixHost
 from sfa_omf.agents.node import Agent, enrol
 from sfa_omf.errors import GeniError
-from sfa_omf.testbed.unix_accounts import BEGIN, END, LOCK_DIR
-from tests.agents.conftest import Lab
+from sfa_omf.testbed.unix_accounts import BEGIN, END
+from tests.agents.conftest import Lab, userdel
 from tests.agents.test_agent_process import SLICE, book_now, slice_call
 from tests.sshkeys import ssh_key
 
@@ -46,21 +44,6 @@ def _exists(login: str) -> bool:
     except KeyError:
         return False
     return True
-
-
-def _userdel(login: str) -> None:
-    subprocess.run(["userdel", "--remove", login], capture_output=True, check=False)
-    (LOCK_DIR / f"{login}.lock").unlink(missing_ok=True)
-
-
-@pytest.fixture
-def login() -> Iterator[str]:
-    """A login name of this test's own; its account is removed at the end (its processes by the test itself)."""
-    name = f"sfahk{secrets.token_hex(3)}"
-    try:
-        yield name
-    finally:
-        _userdel(name)
 
 
 def _run_as(login: str) -> subprocess.Popen[bytes]:
@@ -137,7 +120,7 @@ def test_the_agent_tries_the_removal_again_at_its_next_round(
         if process is not None:
             process.kill()
             process.wait()
-        _userdel(login)
+        userdel(login)
 
 
 def test_a_key_with_a_line_break_python_sees_never_outlives_its_lease_on_a_node(tmp_path: Path) -> None:
