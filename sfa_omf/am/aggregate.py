@@ -74,6 +74,7 @@ from sfa_omf.calendar.booking import (
     RenewalRead,
     Rounding,
     allocation_expiry_s,
+    reach_before_next_booking,
     refuse_expired_allocation,
     unknown_nodes_refusal,
     unusable_why,
@@ -1217,19 +1218,8 @@ class Aggregate:
             if down:
                 ends[lease.id] = (lease.end, f"{down[0]} {unusable_why(node_states[down[0]])}")
                 continue
-            end_s, why = caps[lease.id]
-            lease_end_s = to_s(lease.end)
-            # Another booking of one of its nodes after its end (its own slivers end at its end).
-            clashes = [
-                (start_s, node)
-                for node in lease.nodes
-                for start_s, held_until_s in busy.get(node, [])
-                if held_until_s > lease_end_s and start_s < end_s
-            ]
-            if clashes:
-                first_s, node = min(clashes)
-                end_s = max(align_down(first_s, grains[lease.id]), lease_end_s)
-                why = f"{node} is booked from {format_time(from_s(first_s))} by another lease"
+            held = {node: busy.get(node, []) for node in lease.nodes}
+            end_s, why = reach_before_next_booking(to_s(lease.end), caps[lease.id], held, grains[lease.id])
             ends[lease.id] = (from_s(end_s), why)
         # Then the per-slice and per-user limits over what is left (one read; in the leases' order, as the renewal
         # checks them: the extensions granted so far count against the next ones). Else the renewal refused the

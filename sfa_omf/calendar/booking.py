@@ -781,12 +781,7 @@ class Bookings:
         if down:
             return end_s, f"{down[0].component_id} {unusable_why(down[0].node_state)}"
         held = self.held_windows_of((node.component_id for node in nodes), end_s, latest_s)
-        # Another booking of one of its nodes after its end (its own slivers end at its end).
-        clashes = [(start_s, node) for node, windows in held.items() for start_s, until_s in windows if until_s > end_s]
-        if clashes:
-            first_s, node = min(clashes)
-            latest_s = max(align_down(first_s, grain_s), end_s)
-            why = f"{node} is booked from {format_time(from_s(first_s))} by another lease"
+        latest_s, why = reach_before_next_booking(end_s, (latest_s, why), held, grain_s)
         if latest_s > end_s:
             extension = AlapExtension(too_late.lease_id, lease.owner_urn, end_s, latest_s, grain_s)
             latest_s, why = self.limits_reach([extension]).get(too_late.lease_id, (latest_s, why))
@@ -2483,6 +2478,28 @@ def unusable_why(node_state: str) -> str:
     """Why a node that is not usable takes no booking nor extension (a conflict's problem)."""
     # "lost": a node agent stopped reporting (calendar/agents.py); it is bookable again once heard.
     return "has lost contact (its agent is silent)" if node_state == "lost" else "is in maintenance"
+
+
+def reach_before_next_booking(
+    end_s: int, reach: tuple[int, str], held: Mapping[str, Iterable[Interval]], grain_s: int
+) -> tuple[int, str]:
+    """How far a lease that ends at ``end_s`` may be extended toward ``reach`` (an end, and what stops it there in
+    words) before another booking of one of its nodes: ``held`` holds the windows held on its nodes, by component
+    id (its own slivers end at its end, so they are never after it). The last boundary of its ``grain_s`` slots
+    before the first such booking, never before ``end_s``, naming that node; else ``reach`` as it is."""
+    reach_s = reach[0]
+    clashes = [
+        (start_s, node)
+        for node, windows in held.items()
+        for start_s, until_s in windows
+        if until_s > end_s and start_s < reach_s
+    ]
+    if not clashes:
+        return reach
+    first_s, node = min(clashes)
+    return max(
+        align_down(first_s, grain_s), end_s
+    ), f"{node} is booked from {format_time(from_s(first_s))} by another lease"
 
 
 def new_sliver_urn(sliver_authority: str) -> str:
