@@ -376,8 +376,9 @@ def _delete_account(login: str) -> str | None:
     return f"userdel {login} failed (exit {done.returncode}): {done.stderr.strip()}"
 
 
-#: File system types whose files other hosts may see too: network and cluster file systems, and FUSE ones (sshfs,
-#: s3fs and the like; "fuseblk" is a local disk's).
+#: File system types whose files other hosts may see too: network and cluster file systems, FUSE ones (sshfs, s3fs
+#: and the like; "fuseblk" is a local disk's), and autofs, the trigger where a home is mounted from a file server when
+#: first used (not mounted yet when the table is read).
 SHARED_FILE_SYSTEMS = frozenset(
     {
         "nfs",
@@ -398,6 +399,7 @@ SHARED_FILE_SYSTEMS = frozenset(
         "pvfs2",
         "virtiofs",
         "fuse",
+        "autofs",
     }
 )
 MOUNTINFO = "/proc/self/mountinfo"

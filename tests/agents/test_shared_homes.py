@@ -91,8 +91,9 @@ def test_a_local_home_goes_with_the_account(login: str, tmp_path: Path) -> None:
 
 def test_the_file_system_of_a_path_is_that_of_its_deepest_mount(tmp_path: Path) -> None:
     """The mount table is read as the kernel writes it: the deepest mount holding the path decides (the last of two
-    at one point, the one on top), escapes in mount points are read, and "fuseblk" (a local disk through FUSE) is
-    not shared. A path that does not exist, or a table that cannot be read, tells nothing: None."""
+    at one point, the one on top), escapes in mount points are read, an autofs trigger counts as shared, and
+    "fuseblk" (a local disk through FUSE) does not. A path that does not exist, or a table that cannot be read,
+    tells nothing: None."""
     homes = tmp_path / "srv homes"
     (homes / "ann").mkdir(parents=True)
     (tmp_path / "disk").mkdir()
@@ -119,5 +120,7 @@ def test_the_file_system_of_a_path_is_that_of_its_deepest_mount(tmp_path: Path) 
     assert shared_file_system(str(tmp_path), str(table)) is None
     table.write_text(_mount_line(str(tmp_path), "fuse.sshfs", 1) + "\n")
     assert shared_file_system(str(homes / "ann"), str(table)) == "fuse.sshfs"
+    table.write_text(_mount_line(f"{escaped}/ann", "autofs", 1) + "\n")  # (an NFS home, mounted when first used)
+    assert shared_file_system(str(homes / "ann"), str(table)) == "autofs"
     assert shared_file_system(str(homes / "nobody"), str(table)) is None
     assert shared_file_system(str(homes / "ann"), str(tmp_path / "no such table")) is None
