@@ -2497,9 +2497,8 @@ def reach_before_next_booking(
     if not clashes:
         return reach
     first_s, node = min(clashes)
-    return max(
-        align_down(first_s, grain_s), end_s
-    ), f"{node} is booked from {format_time(from_s(first_s))} by another lease"
+    why = f"{node} is booked from {format_time(from_s(first_s))} by another lease"
+    return max(align_down(first_s, grain_s), end_s), why
 
 
 def new_sliver_urn(sliver_authority: str) -> str:
