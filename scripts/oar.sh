@@ -44,8 +44,22 @@ API_URL="http://127.0.0.1:$OAR_API_PORT/oarapi"
 
 # Progress goes to stderr: stdout carries only the API URL, so `up | tail -n 1` is the URL.
 say() { echo "oar.sh: $*" >&2; }
-# running PIDFILE: the process it names is alive (/proc, not kill -0: that needs root for root's processes)
-running() { [ -s "$1" ] && [ -d "/proc/$(cat "$1")" ]; }
+# running PIDFILE: the daemon it names is alive (/proc, not kill -0: that needs root for root's processes). The
+# process must also be that daemon: a PID file outlives its process when the machine stops (or is restored from a
+# snapshot), and its PID may then be another program's, which would pass for the daemon and be killed by `down`.
+running() {
+    local pid mark command_line
+    [ -s "$1" ] || return 1
+    pid=$(cat "$1")
+    case $1 in
+    "$OAR_PIDFILE") mark=/usr/lib/oar/Almighty ;;
+    "$APACHE_PIDFILE") mark=/usr/sbin/apache2 ;;
+    "$NODE_SSHD_PIDFILE") mark="PidFile=$NODE_SSHD_PIDFILE" ;; # node_up puts it on sshd's command line
+    *) return 1 ;;
+    esac
+    command_line=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ $command_line == *"$mark"* ]]
+}
 api_answers() { curl -fsS -m 5 -o /dev/null "$API_URL/version.json" 2>/dev/null; }
 
 # stop_pid NAME PIDFILE: SIGTERM the process recorded in PIDFILE and wait (bounded) until it has exited.
