@@ -28,6 +28,8 @@ OAR_DB_PASSWORD="${OAR_DB_PASSWORD:-oar-test}"
 OAR_DB_RO_PASSWORD="${OAR_DB_RO_PASSWORD:-oar-test-ro}"
 OAR_CONF=/etc/oar/oar.conf
 OAR_PIDFILE=/var/run/oar-server.pid
+ALMIGHTY_PORT=6666 # oar.conf's SERVER_PORT, as the package writes it
+ALMIGHTY_FIREWALL=sfa_omf_almighty # the nftables table that keeps that port to loopback
 APACHE_PIDFILE=/var/run/apache2/apache2.pid
 APACHE_SITE=/etc/apache2/conf-available/sfa-omf-oarapi.conf
 NODE_SSHD_PIDFILE=/var/run/oar-node_sshd.pid # oar-node's own name for it
@@ -302,8 +304,24 @@ install_file() {
 }
 
 # --- daemons ------------------------------------------------------------------------------------------------------
+# Almighty listens on every address (OAR 2.5.9 has no setting for it): a firewall table refuses its port to any
+# packet that does not come from loopback, so only this machine reaches it. Idempotent; `down` removes the table.
+almighty_loopback_only() {
+    as_root nft -f - <<EOF
+table inet $ALMIGHTY_FIREWALL
+delete table inet $ALMIGHTY_FIREWALL
+table inet $ALMIGHTY_FIREWALL {
+    chain input {
+        type filter hook input priority 0; policy accept;
+        iifname != "lo" tcp dport $ALMIGHTY_PORT reject with tcp reset
+    }
+}
+EOF
+}
+
 almighty_up() {
     local checksum
+    almighty_loopback_only
     checksum=$(as_root cat "$OAR_CONF" | md5sum)
     # Almighty reads oar.conf once, at start: restart it when the file changed since.
     if running "$OAR_PIDFILE" && [ "$checksum" != "$(cat "$STATE/oar.conf.md5" 2>/dev/null)" ]; then
@@ -315,8 +333,8 @@ almighty_up() {
         # /usr/sbin/oar-server daemonizes Almighty and writes its PID file (the init script only wraps it).
         as_root /usr/sbin/oar-server </dev/null >/dev/null 2>&1
         echo "$checksum" | as_root tee "$STATE/oar.conf.md5" >/dev/null
-        for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/6666) 2>/dev/null && return 0; sleep 0.1; done
-        say "Almighty did not open port 6666 (see /var/log/oar.log)"
+        for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$ALMIGHTY_PORT) 2>/dev/null && return 0; sleep 0.1; done
+        say "Almighty did not open port $ALMIGHTY_PORT (see /var/log/oar.log)"
         return 1
     fi
 }
@@ -401,7 +419,7 @@ nodes_alive() {
 up() {
     local started=$SECONDS
     apt_install oar-server oar-server-pgsql oar-user oar-user-pgsql oar-restful-api apache2 apache2-suexec-custom curl \
-        oar-node openssh-server sudo >&2
+        oar-node openssh-server sudo nftables >&2
     as_root mkdir -p "$STATE"
     postgres_up
     configure_oar
@@ -439,6 +457,7 @@ down)
     # Almighty's main process stops its children (appendice, bipbip commander, ...) itself on SIGTERM.
     stop_pid Almighty "$OAR_PIDFILE"
     stop_pid "OAR's node sshd" "$NODE_SSHD_PIDFILE"
+    as_root nft delete table inet "$ALMIGHTY_FIREWALL" 2>/dev/null || true # (absent: nothing to remove)
     ;;
 stop-api) stop_pid apache2 "$APACHE_PIDFILE" ;;
 start-api)
