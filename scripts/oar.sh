@@ -307,7 +307,7 @@ install_file() {
 # Almighty listens on every address (OAR 2.5.9 has no setting for it): a firewall table refuses its port to any
 # packet that does not come from loopback, so only this machine reaches it. Idempotent; `down` removes the table.
 almighty_loopback_only() {
-    as_root nft -f - <<EOF
+    as_root nft -f - <<EOF || {
 table inet $ALMIGHTY_FIREWALL
 delete table inet $ALMIGHTY_FIREWALL
 table inet $ALMIGHTY_FIREWALL {
@@ -317,6 +317,10 @@ table inet $ALMIGHTY_FIREWALL {
     }
 }
 EOF
+        say "could not load the nftables table $ALMIGHTY_FIREWALL (nft needs root and CAP_NET_ADMIN): Almighty, which" \
+            "listens on every address, is not started"
+        return 1
+    }
 }
 
 almighty_up() {
