@@ -59,7 +59,8 @@ running() {
     "$NODE_SSHD_PIDFILE") mark="PidFile=$NODE_SSHD_PIDFILE" ;; # node_up puts it on sshd's command line
     *) return 1 ;;
     esac
-    command_line=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    # 2>/dev/null before the < redirection: redirections apply left to right, so a vanished PID stays quiet.
+    command_line=$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline") || return 1
     [[ $command_line == *"$mark"* ]]
 }
 api_answers() { curl -fsS -m 5 -o /dev/null "$API_URL/version.json" 2>/dev/null; }

@@ -108,6 +108,7 @@ from sfa_omf.trust.rights import METHOD_OPERATIONS
 from sfa_omf.trust.speaksfor import verify_speaks_for
 from sfa_omf.trust.ticket import TicketSlot, issue_ticket
 from sfa_omf.trust.verifier import CredentialVerifier, VerifiedCredential
+from sfa_omf.waits import blocking, in_reactor_call
 from sfa_omf.xrn import check_urn_characters, hrn_to_urn, is_urn, parse_urn
 
 log = logging.getLogger("sfa_omf.am")
@@ -1531,6 +1532,9 @@ class Aggregate:
         written in, under the slice's own URN (``_removed_slice_blocks``)."""
         if self.unix_accounts is None:
             return
+        if in_reactor_call():  # files of local accounts: never in the reactor thread (waits.py)
+            blocking(self.withdraw_keys_if_done, slice_urn)
+            return
         if any(lease.state == "provisioned" for lease in self.bookings.leases(slice_urn=slice_urn)):
             return
         if is_removed_mark(slice_urn):
@@ -1694,6 +1698,9 @@ class Aggregate:
         """Release the lease on the testbed (when provisioned) and destroy its containers. When the testbed's jobs
         run them (OAR), the release is what destroys them: their rows say destroyed (and free their addresses) only
         once it succeeded, so a failed release leaves them live and a retry finishes the job. Here, they go first."""
+        if in_reactor_call():  # the testbed's requests and the containers' commands: in a thread (waits.py)
+            blocking(self._end_lease, lease, provisioned)
+            return
         on_nodes = self.instances is not None and self.instances.plans is not None
         if not on_nodes:
             self._destroy_containers(lease)
@@ -1882,7 +1889,7 @@ class Aggregate:
             known = self.node_health(sliver, lease, now)
             if known is not None:
                 return known
-        return self.backend.health(sliver, lease, now)
+        return blocking(self.backend.health, sliver, lease, now)  # (OAR may ask its API: never in the reactor)
 
     def _sliver_dict(self, sliver: SliverRecord, lease: LeaseRecord) -> dict[str, Any]:
         allocation = str(sliver.allocation_state)

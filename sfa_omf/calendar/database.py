@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -28,12 +29,14 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 from sqlalchemy.pool import QueuePool
+from sqlalchemy.util.concurrency import in_greenlet
 
 from sfa_omf.calendar.changes import CalendarChanges
 from sfa_omf.calendar.fence import QUERY_CANCELED, check_term, fence_term
 from sfa_omf.calendar.generation import bump_generation
 from sfa_omf.calendar.plain_statements import PlainStatement, run_plain
 from sfa_omf.errors import GeniError, Reason
+from sfa_omf.waits import pause
 
 log = logging.getLogger("sfa_omf.calendar")
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -120,35 +123,28 @@ class Database:
         self.is_sqlite = url.startswith("sqlite")
         sizes = _pool_sizes(url, connections)
         if self.is_sqlite:
-            self.engine: Engine = create_engine(
+            engine: Engine = create_engine(
                 url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **sizes
             )
-            event.listen(self.engine, "connect", _sqlite_connect)
-            event.listen(self.engine, "begin", _sqlite_begin)
+            event.listen(engine, "connect", _sqlite_connect)
+            event.listen(engine, "begin", _sqlite_begin)
             path = _sqlite_file(url)
             if path is not None:
-                event.listen(self.engine, "do_connect", functools.partial(_make_private_file, path))
+                event.listen(engine, "do_connect", functools.partial(_make_private_file, path))
         else:
-            # No pre-ping per checkout (a round trip on every unit of work): a connection is pinged only when it
-            # has been idle long enough for the server to have gone away meanwhile (_ping_if_idle).
             connect_args = {**_connect_timeout_args(url), **_bounded_wait_args(url, statement_timeout_s)}
-            self.engine = create_engine(url, echo=echo, connect_args=connect_args, **sizes)
-            bound_answers(self.engine, answer_limit_s(url, statement_timeout_s))
-            if statement_timeout_s is not None and not _sets_statement_timeout(url):
-                event.listen(self.engine, "connect", functools.partial(_bound_statements, statement_timeout_s))
-            event.listen(self.engine, "connect", _note_idle)
-            event.listen(self.engine, "checkin", _note_idle)
-            event.listen(self.engine, "checkout", _ping_if_idle)
-        self._writer = self.engine.execution_options(sfa_omf_write=True)
+            engine = create_engine(url, echo=echo, connect_args=connect_args, **sizes)
+            bound_answers(engine, answer_limit_s(url, statement_timeout_s))
+            _watch_postgres(engine, url, statement_timeout_s)
+        # PostgreSQL, in a call answered in the reactor thread (waits.py): the same database through asynchronous
+        # connections, made at the first such call (_in_reactor_engines).
+        self._reactor_engines: _Engines | None = None
+        self._reactor_engine_args = (echo, sizes, statement_timeout_s)
+        self._sync_engines = _Engines.of(engine, self.is_sqlite)
         # SQLite has one writer at a time; threads of this process waiting for BEGIN IMMEDIATE would poll with
         # SQLite's busy handler (sleeps of up to 100 ms), so they queue on a lock here instead and get the database
         # as soon as it is free. Other processes still wait in BEGIN IMMEDIATE. PostgreSQL writers run in parallel.
         self._local_writers = threading.RLock() if self.is_sqlite else None
-        # One statement alone sees one snapshot: no BEGIN and COMMIT around it (on PostgreSQL one round trip). SQLite
-        # connections are in autocommit already (_sqlite_connect) and _sqlite_begin skips BEGIN for these; asking
-        # SQLAlchemy for AUTOCOMMIT there would set pysqlite's own transaction handling back on at check-in.
-        single = {"sfa_omf_single_read": True} if self.is_sqlite else {"isolation_level": "AUTOCOMMIT"}
-        self._single_reader = self.engine.execution_options(**single)
         # PostgreSQL: the writes of a background task's thread are fenced by its leadership term (calendar/fence.py);
         # SQLite has one process, which always leads: nothing to fence.
         self._fences = not self.is_sqlite
@@ -158,6 +154,41 @@ class Database:
             if self.is_sqlite
             else CalendarChanges(url, False, None, {**_connect_timeout_args(url), **_bounded_wait_args(url, None)})
         )
+
+    @property
+    def engine(self) -> Engine:
+        """The engine of the calling code: on PostgreSQL, in a call answered in the reactor thread, the one of
+        asynchronous connections (its statements wait without blocking the reactor); else the usual one."""
+        return self._engines().engine
+
+    @property
+    def _writer(self) -> Engine:
+        return self._engines().writer
+
+    @property
+    def _single_reader(self) -> Engine:
+        return self._engines().single_reader
+
+    def _engines(self) -> _Engines:
+        if self.is_sqlite or not in_greenlet():
+            return self._sync_engines
+        return self._reactor_engines or self._in_reactor_engines()
+
+    def _in_reactor_engines(self) -> _Engines:
+        """The asynchronous connections' engines, made at the first call answered in the reactor thread (only that
+        thread makes them: no lock), bounded and watched as the usual one is."""
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        echo, sizes, statement_timeout_s = self._reactor_engine_args
+        connect_args: dict[str, Any] = {
+            **_connect_timeout_args(self.url),
+            **_bounded_wait_args(self.url, statement_timeout_s),
+            "async_creator_fn": _async_answer_bounded_connect(answer_limit_s(self.url, statement_timeout_s)),
+        }
+        engine = create_async_engine(self.url, echo=echo, connect_args=connect_args, **sizes).sync_engine
+        _watch_postgres(engine, self.url, statement_timeout_s)
+        self._reactor_engines = _Engines.of(engine, False)
+        return self._reactor_engines
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -247,33 +278,34 @@ class Database:
     def _alone(
         self, statement: Executable | PlainStatement[Any], parameters: Mapping[str, Any]
     ) -> Sequence[Sequence[Any]]:
-        compiled = statement.compiled_for(self.engine.dialect) if isinstance(statement, PlainStatement) else None
+        engine = self.engine  # (once: the property looks at the calling greenlet)
+        compiled = statement.compiled_for(engine.dialect) if isinstance(statement, PlainStatement) else None
         if compiled is None:
             executable = statement.statement if isinstance(statement, PlainStatement) else statement
             with _database_errors(), self._single_reader.connect() as connection:
                 return connection.execute(executable, parameters).all()
         with _database_errors():
-            pooled = self._pooled()
+            pooled = self._pooled(engine)
             try:
-                events = self.engine.dispatch
                 if self.is_sqlite:  # in autocommit already (_sqlite_connect): one statement, one implicit transaction
-                    return run_plain(pooled, compiled, parameters, self.engine.dialect, events, None)
-                driver: Any = pooled.driver_connection
+                    return run_plain(pooled, compiled, parameters, engine.dialect, engine.dispatch, None)
+                # (The DBAPI connection, not the driver's: an asynchronous one sets autocommit through its adapter.)
+                driver: Any = pooled.dbapi_connection
                 driver.autocommit = True  # as the AUTOCOMMIT isolation level of _single_reader sets it
                 try:
-                    return run_plain(pooled, compiled, parameters, self.engine.dialect, events, None)
+                    return run_plain(pooled, compiled, parameters, engine.dialect, engine.dispatch, None)
                 finally:
                     if pooled.is_valid:
                         driver.autocommit = False
             finally:
                 pooled.close()
 
-    def _pooled(self) -> Any:
-        """A pooled DBAPI connection; a database that cannot be reached raises as ``Engine.connect`` would
-        (SQLAlchemy's DBAPIError: DBERROR, never the driver's own exception)."""
-        dialect = self.engine.dialect
+    def _pooled(self, engine: Engine) -> Any:
+        """A pooled DBAPI connection of ``engine``; a database that cannot be reached raises as ``Engine.connect``
+        would (SQLAlchemy's DBAPIError: DBERROR, never the driver's own exception)."""
+        dialect = engine.dialect
         try:
-            return self.engine.raw_connection()
+            return engine.raw_connection()
         except dialect.loaded_dbapi.Error as exc:
             raise DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect) from exc
 
@@ -414,7 +446,38 @@ class Database:
 
     def dispose(self) -> None:
         self.changes.close()
-        self.engine.dispose()
+        self._sync_engines.engine.dispose()
+        if self._reactor_engines is not None:
+            # (Closing an asynchronous connection awaits: outside the reactor's loop the pool only lets them go.)
+            self._reactor_engines.engine.dispose(close=False)
+
+
+@dataclass(frozen=True)
+class _Engines:
+    """One engine and its two faces: for writing units of work, and for single statements without a transaction."""
+
+    engine: Engine
+    writer: Engine
+    single_reader: Engine
+
+    @staticmethod
+    def of(engine: Engine, is_sqlite: bool) -> _Engines:
+        # One statement alone sees one snapshot: no BEGIN and COMMIT around it (on PostgreSQL one round trip). SQLite
+        # connections are in autocommit already (_sqlite_connect) and _sqlite_begin skips BEGIN for these; asking
+        # SQLAlchemy for AUTOCOMMIT there would set pysqlite's own transaction handling back on at check-in.
+        single = {"sfa_omf_single_read": True} if is_sqlite else {"isolation_level": "AUTOCOMMIT"}
+        return _Engines(engine, engine.execution_options(sfa_omf_write=True), engine.execution_options(**single))
+
+
+def _watch_postgres(engine: Engine, url: str, statement_timeout_s: int | None) -> None:
+    """A PostgreSQL engine's connections: their statement_timeout, and a ping of those idle for a while. (No pre-ping
+    per checkout, a round trip on every unit of work: a connection is pinged only when it has been idle long enough
+    for the server to have gone away meanwhile, _ping_if_idle.)"""
+    if statement_timeout_s is not None and not _sets_statement_timeout(url):
+        event.listen(engine, "connect", functools.partial(_bound_statements, statement_timeout_s))
+    event.listen(engine, "connect", _note_idle)
+    event.listen(engine, "checkin", _note_idle)
+    event.listen(engine, "checkout", _ping_if_idle)
 
 
 class DatabaseUnreachable(GeniError):
@@ -590,9 +653,7 @@ def _answer_bounded_class() -> type[Any] | None:
         )
         return None
     timed_out = wait_timeout
-
-    class NoAnswer(psycopg.OperationalError):
-        """The database did not answer within the connection's limit: the connection was closed."""
+    no_answer = _no_answer_class()
 
     class AnswerBounded(psycopg.Connection[Any]):
         sfa_omf_answer_limit_s: float | None = None
@@ -607,12 +668,55 @@ def _answer_bounded_class() -> type[Any] | None:
                 # The exchange is cut halfway: the connection cannot be used any more; closing it here also tells a
                 # database that resumes to end its session (its transaction rolled back, unless its COMMIT was sent).
                 self.pgconn.finish()
-                raise NoAnswer(
-                    f"no answer from the database within {limit:g} s (it, or its host, hangs); its connection was "
-                    "closed"
-                ) from exc
+                raise no_answer(_no_answer_words(limit)) from exc
 
     return AnswerBounded
+
+
+@functools.cache
+def _no_answer_class() -> type[Exception]:
+    import psycopg
+
+    class NoAnswer(psycopg.OperationalError):
+        """The database did not answer within the connection's limit: the connection was closed."""
+
+    return NoAnswer
+
+
+def _no_answer_words(limit_s: float) -> str:
+    return f"no answer from the database within {limit_s:g} s (it, or its host, hangs); its connection was closed"
+
+
+def _async_answer_bounded_connect(limit_s: float | None) -> Callable[..., Any]:
+    """psycopg's asynchronous connect (the engine's ``async_creator_fn``), its connections bounded as
+    _answer_bounded_class bounds the others: each exchange with the database waits ``limit_s`` at most for its answer
+    (None: no bound, but a pooled connection's ping has one). psycopg 3.3's ``AsyncConnection.wait`` takes the
+    deadline (requirements: psycopg >= 3.3)."""
+    import psycopg
+    from psycopg import errors
+
+    timed_out: type[BaseException] = errors._WaitTimeout
+    no_answer = _no_answer_class()
+
+    class AsyncAnswerBounded(psycopg.AsyncConnection[Any]):
+        sfa_omf_answer_limit_s: float | None = None
+
+        async def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+            limit = self.sfa_omf_answer_limit_s
+            if limit is None or timeout is not None:  # (psycopg's own bounded waits: a cancellation's)
+                return await super().wait(gen, interval, timeout)
+            try:
+                return await super().wait(gen, interval, limit)
+            except timed_out as exc:
+                self.pgconn.finish()  # (cut halfway: as _answer_bounded_class does)
+                raise no_answer(_no_answer_words(limit)) from exc
+
+    async def connect(*args: Any, **kwargs: Any) -> Any:
+        connection = await AsyncAnswerBounded.connect(*args, **kwargs)
+        connection.sfa_omf_answer_limit_s = limit_s
+        return connection
+
+    return connect
 
 
 def bound_answers(engine: Engine, limit_s: float | None) -> None:
@@ -806,10 +910,12 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
     idle_since = record.info.get(_IDLE_SINCE)
     if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE_S:
         return
-    bounded = hasattr(dbapi_connection, _ANSWER_LIMIT)
-    limit = getattr(dbapi_connection, _ANSWER_LIMIT, None)
+    # (An asynchronous connection's adapter holds the driver's connection, which holds the limit.)
+    driver = getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    bounded = hasattr(driver, _ANSWER_LIMIT)
+    limit = getattr(driver, _ANSWER_LIMIT, None)
     if bounded:  # a ping answers at once, or the connection is replaced (a database that hangs: opening one fails)
-        setattr(dbapi_connection, _ANSWER_LIMIT, PING_LIMIT_S if limit is None else min(limit, PING_LIMIT_S))
+        setattr(driver, _ANSWER_LIMIT, PING_LIMIT_S if limit is None else min(limit, PING_LIMIT_S))
     try:
         autocommit = dbapi_connection.autocommit
         dbapi_connection.autocommit = True  # the ping must not leave a transaction open
@@ -825,7 +931,7 @@ def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         raise DisconnectionError(f"a pooled connection failed its ping: {exc}") from exc  # the pool replaces it
     finally:
         if bounded:
-            setattr(dbapi_connection, _ANSWER_LIMIT, limit)
+            setattr(driver, _ANSWER_LIMIT, limit)
 
 
 def connection_of(session: Session, writes: bool = False, bumps: bool = False) -> Connection:
@@ -882,7 +988,7 @@ def retry_transient(unit_of_work: Callable[[], T], attempts: int = RETRY_ATTEMPT
                 raise GeniError(
                     Reason.BUSY, f"the calendar is busy with concurrent bookings ({exc}); try again"
                 ) from exc
-            time.sleep(random.uniform(0, 0.01 * (2**attempt)))  # back off, with jitter so racers separate
+            pause(random.uniform(0, 0.01 * (2**attempt)))  # back off, with jitter so racers separate
     raise AssertionError("unreachable")
 
 

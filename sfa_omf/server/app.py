@@ -68,6 +68,7 @@ from sfa_omf.server.agent_http import AgentResource
 from sfa_omf.server.call_threads import CallThreads
 from sfa_omf.server.fd_limits import connection_limit, raise_open_file_limit
 from sfa_omf.server.gc_tuning import freeze_start_up_objects
+from sfa_omf.server.reactor_calls import ReactorCalls, asyncio_reactor_running_here
 from sfa_omf.server.systemd import notify_systemd
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.web import WebCalendarResource
@@ -163,6 +164,7 @@ class RunningServer:
     pool: ThreadPool
     leadership: Leadership  # the cluster-wide background tasks, run while this process leads
     loops: list[LoopingCall] = field(default_factory=list)  # this process's own periodic work (heartbeat flushes)
+    reactor_calls: ReactorCalls | None = None  # the bookings answered in the reactor thread (reactor_calls.py)
 
     @property
     def port_number(self) -> int:
@@ -189,7 +191,12 @@ class RunningServer:
             if loop.running:
                 loop.stop()
         # The leadership's stop waits (bounded) for a task that runs: in a thread too, beside the calls.
-        return stop_serving("aggregate", [self.port], [self.pool.stop, self.leadership.stop], _in_progress(self.pool))
+        stops = [self.pool.stop, self.leadership.stop]
+        in_progress = _in_progress(self.pool)
+        if self.reactor_calls is not None:
+            stops.append(self.reactor_calls.wait_until_idle)
+            in_progress += self.reactor_calls.running
+        return stop_serving("aggregate", [self.port], stops, in_progress)
 
 
 #: At a stop, once the last call is answered: how long the answers may still take to reach their clients before the
@@ -309,7 +316,8 @@ def start_aggregate(
     leaves no thread behind (a thread pool left running would keep the process alive with nothing listening).
     """
     pool = CallThreads(settings.threads, name="sfa-omf-am")
-    v3 = XmlRpcResource(ApiV3(aggregate), pool, reactor, settings.max_request_bytes)
+    reactor_calls = _reactor_calls(settings)
+    v3 = XmlRpcResource(ApiV3(aggregate), pool, reactor, settings.max_request_bytes, reactor_calls)
     v2 = XmlRpcResource(ApiV2(aggregate), pool, reactor, settings.max_request_bytes)
     routes: dict[bytes, Any] = {b"am2": v2}
     if aggregate.backend.name == "omf":  # omf_sfa's REST inventory, for the testbed's controllers and tools
@@ -368,7 +376,27 @@ def start_aggregate(
         flush = LoopingCall(lambda: reactor.callInThread(_background, heard))
         flush.start(heard.period_s, now=False)
         loops.append(flush)
-    return RunningServer(port=listening, pool=pool, leadership=leadership, loops=loops)
+    return RunningServer(port=listening, pool=pool, leadership=leadership, loops=loops, reactor_calls=reactor_calls)
+
+
+def _reactor_calls(settings: Settings) -> ReactorCalls | None:
+    """The bookings answered in the reactor thread ([sfa_omf] bookings_in_reactor): on PostgreSQL, with the asyncio
+    reactor (``serve`` installs it); None, said in the log when it was asked for, otherwise."""
+    if not settings.bookings_in_reactor:
+        return None
+    if settings.calendar_url.startswith("sqlite"):
+        log.warning(
+            "bookings_in_reactor is for PostgreSQL (SQLite has no asynchronous driver): Allocate and Delete run on "
+            "the call threads"
+        )
+        return None
+    if not asyncio_reactor_running_here():
+        log.warning(
+            "bookings_in_reactor: the reactor is not the asyncio one; Allocate and Delete run on the call threads"
+        )
+        return None
+    log.info("Allocate and Delete are answered in the reactor thread (bookings_in_reactor)")
+    return ReactorCalls(settings.threads, reactor._asyncioEventloop)
 
 
 def _settings_agreement(settings: Settings, aggregate: Aggregate) -> SettingsAgreement | None:

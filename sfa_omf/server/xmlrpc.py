@@ -77,6 +77,7 @@ from zope.interface import implementer  # type: ignore[import-untyped]  # Twiste
 
 from sfa_omf.errors import GeniError, Reason
 from sfa_omf.log_limits import OncePerPeriod
+from sfa_omf.server.reactor_calls import REACTOR_MAX_BODY_BYTES, REACTOR_METHODS, ReactorCalls
 from sfa_omf.server.tls import peer_chain
 from sfa_omf.trust.gid import GidChain
 from sfa_omf.xmlsafe import UnsafeXml, XmlLimits, refuse_declarations
@@ -860,7 +861,16 @@ class XmlRpcResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, handler: Handler, pool: ThreadPool, reactor: Any, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        pool: ThreadPool,
+        reactor: Any,
+        max_body_bytes: int,
+        reactor_calls: ReactorCalls | None = None,
+    ) -> None:
+        """``reactor_calls``: the bookings answered in greenlets of the reactor thread (server/reactor_calls.py);
+        None: every call but the inline ones on the call threads."""
         super().__init__()
         self.handler = handler
         self.pool = pool
@@ -869,6 +879,7 @@ class XmlRpcResource(resource.Resource):
         # The methods the handler declares pure (GetVersion): answered in the reactor thread, never queued behind
         # calls waiting for the database in every call thread.
         self.inline_methods: frozenset[str] = frozenset(getattr(handler, "inline_methods", ()))
+        self.reactor_calls = reactor_calls
 
     def render(self, request: server.Request) -> Any:
         """POST a call; any other HTTP method is told so (Twisted would answer PUT, OPTIONS... with "501 Huh?")."""
@@ -900,7 +911,18 @@ class XmlRpcResource(resource.Resource):
             method = _declared_method(request)
             return self._refuse(request, context, method, GeniError(Reason.CALLER_UNTRUSTED, message))
         body = request.content.read() if request.content is not None else b""
-        if self._maybe_inline(body):
+        if self.reactor_calls is not None and self._names_early(body, REACTOR_METHODS, REACTOR_MAX_BODY_BYTES):
+            parsed = self._parsed(context, body)
+            if isinstance(parsed, str):
+                _respond(request, parsed)
+                return server.NOT_DONE_YET
+            if parsed[0] in REACTOR_METHODS:
+                answered = self.reactor_calls.start(self._answer, (context, *parsed), lambda a: _respond(request, a))
+                if answered is not None:
+                    answered.addErrback(lambda failure: _internal_error(request, parsed[0], failure))
+                    return server.NOT_DONE_YET
+            deferred = deferToThreadPool(self.reactor, self.pool, self._answer, context, *parsed)
+        elif self._maybe_inline(body):
             # A small call naming an inline method (GetVersion) is read here; it runs here only when it really is
             # one, anything else (a body naming another method further on) goes to the pool as every call does.
             parsed = self._parsed(context, body)
@@ -917,10 +939,15 @@ class XmlRpcResource(resource.Resource):
     def _maybe_inline(self, body: bytes) -> bool:
         """Whether ``body`` may be a call of an inline method: small enough to read in the reactor thread, and
         naming one at its start (parsing decides)."""
-        if not self.inline_methods or len(body) > INLINE_MAX_BODY_BYTES:
+        return self._names_early(body, self.inline_methods, INLINE_MAX_BODY_BYTES)
+
+    @staticmethod
+    def _names_early(body: bytes, methods: frozenset[str], max_bytes: int) -> bool:
+        """Whether ``body``, at most ``max_bytes``, names one of ``methods`` at its start (parsing decides)."""
+        if not methods or len(body) > max_bytes:
             return False
         found = _DECLARED_METHOD.search(body[:_DECLARED_METHOD_WINDOW])
-        return found is not None and found.group(1).decode("ascii") in self.inline_methods
+        return found is not None and found.group(1).decode("ascii") in methods
 
     def _call(self, context: CallContext, body: bytes) -> str:
         """In a call thread: the answer (a methodResponse) to the methodCall ``body``, a fault when it is no call."""

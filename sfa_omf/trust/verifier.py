@@ -19,6 +19,7 @@ Speaks-for (geni_speaking_for with a geni_abac credential) changes only *who the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import threading
@@ -39,6 +40,7 @@ from sfa_omf.trust import roots as roots_module
 from sfa_omf.trust.credential import Credential, CredentialDocument, read_credential, same_urn
 from sfa_omf.trust.gid import Gid, GidChain, der_of_base64, gid_from_der
 from sfa_omf.trust.roots import TrustedRoots, VerifiedChain, check_chain, may_name
+from sfa_omf.waits import blocking
 from sfa_omf.xrn import is_authority_over_urn, is_urn, parse_urn
 
 _DS = f"{{{xmldsig.DSIG_NS}}}"
@@ -182,11 +184,15 @@ class CredentialVerifier:
             cached = self.cache.get(key, at)
             if cached is not None:
                 return cached
-        document = read_credential(xml)
-        verified = self._verify_document(document, key[0], at, roots)
+        # A cold check (milliseconds of CPU) never holds the reactor thread: in a call answered there, it runs in a
+        # thread (waits.py).
+        verified = blocking(self._read_and_verify, xml, key[0], at, roots)
         if self.cache is not None:
             self.cache.put(key, verified)
         return verified
+
+    def _read_and_verify(self, xml: bytes | str, digest: str, at: datetime, roots: TrustedRoots) -> VerifiedCredential:
+        return self._verify_document(read_credential(xml), digest, at, roots)
 
     def _verify_document(
         self, document: CredentialDocument, digest: str, at: datetime, roots: TrustedRoots
@@ -308,7 +314,7 @@ class CredentialVerifier:
         if self.cache is not None and self.cache.get_chain(key, at) is not None:
             return caller_chain[0]
         try:
-            verified = check_chain(caller_chain, roots, at, role="caller")
+            verified = blocking(functools.partial(check_chain, caller_chain, roots, at, role="caller"))
         except TrustError as exc:
             if exc.reason in (Reason.UNTRUSTED_CHAIN, Reason.INVALID_CHAIN):
                 raise TrustError(Reason.CALLER_UNTRUSTED, exc.message) from exc

@@ -32,6 +32,7 @@ from sfa_omf.calendar import database as database_module
 from sfa_omf.calendar.database import Database
 from sfa_omf.cluster.leadership import PostgresLock
 from sfa_omf.errors import GeniCode, GeniError
+from tests.greenlet_loop import Ticks, in_greenlet
 
 #: How long a freeze lasts at most: far beyond every limit under test (6 s, 2 s + 5 s, 2 s), so that a call back
 #: before it ends was bounded by the client.
@@ -170,6 +171,26 @@ def test_a_plain_statement_answers_while_the_database_hangs(cluster: Cluster, mo
         assert refused.code == GeniCode.DBERROR and "no answer from the database" in refused.message
         [(after,)] = database.fetch_all(statement)
         assert after != before
+    finally:
+        database.dispose()
+
+
+def test_a_statement_in_a_reactor_call_answers_while_the_database_hangs(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a call answered in the reactor thread ([sfa_omf] bookings_in_reactor): its statements go through
+    asynchronous connections, bounded alike (DBERROR while frozen, the connection discarded, the next call works);
+    and the loop kept running while the statement waited."""
+    monkeypatch.setattr(database_module, "PING_AFTER_IDLE_S", 3600.0)
+    database = Database(cluster.url, connections=1, statement_timeout_s=1)
+    ticks = Ticks()
+    try:
+        before = in_greenlet(lambda: backend_pid(database))
+        call = lambda: in_greenlet(lambda: backend_pid(database), ticks, 0.05)  # noqa: E731
+        refused = refused_while_frozen(cluster, call, "reactor call")
+        assert refused.code == GeniCode.DBERROR and "no answer from the database" in refused.message
+        assert ticks.count >= 20  # (the bound is 6 s: the loop ran all along)
+        assert in_greenlet(lambda: backend_pid(database)) != before
     finally:
         database.dispose()
 

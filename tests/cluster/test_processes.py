@@ -58,6 +58,18 @@ def race(lab: Lab, clients: list[Any], slot: tuple[str, str]) -> list[Any]:
     return answers
 
 
+def the_one_winner(answers: list[Any], round_number: int) -> int:
+    """The one client whose Allocate of a race succeeded (asserted: exactly one); every other refused or BUSY, and
+    a refusal says the node is booked."""
+    codes = [code(answer) for answer in answers]
+    winners = [number for number, value in enumerate(codes) if value == 0]
+    assert len(winners) == 1, f"round {round_number}: {codes}"
+    losers = {value for value in codes if value != 0}
+    assert losers <= {GeniCode.REFUSED, GeniCode.BUSY}, f"round {round_number}: {codes}"
+    assert any("booked" in answer["output"] for answer in answers if code(answer) == GeniCode.REFUSED)
+    return winners[0]
+
+
 def worker_pids(server: Serve) -> list[int]:
     """The workers' pids, from the master's line ``serving with N worker processes (pids A B)``."""
     line = server.wait_for_line("worker processes (pids ")
@@ -77,13 +89,7 @@ def test_two_hosts_32_clients_race_for_one_node_one_winner_per_round(
     for round_number in range(ROUNDS):
         slot = window(days_ahead=20, hour=2 + round_number)
         answers = race(lab, clients, slot)
-        codes = [code(answer) for answer in answers]
-        winners = [number for number, value in enumerate(codes) if value == 0]
-        assert len(winners) == 1, f"round {round_number}: {codes}"
-        losers = {value for value in codes if value != 0}
-        assert losers <= {GeniCode.REFUSED, GeniCode.BUSY}, f"round {round_number}: {codes}"
-        assert any("booked" in answer["output"] for answer in answers if code(answer) == GeniCode.REFUSED)
-        (winner,) = winners
+        winner = the_one_winner(answers, round_number)
         urn, credential = lab.slices[winner]
         # The same answers from both hosts: the winner's slice, and a loser's (empty) one.
         options = {"geni_rspec_version": {"type": "GENI", "version": "3"}}

@@ -1,0 +1,133 @@
+"""``[sfa_omf] bookings_in_reactor`` on a real ``sfa-omf serve`` and PostgreSQL, over real TLS XML-RPC: Allocate and
+Delete are answered in the reactor thread (its log says so), 32 clients racing for one node still get one winner
+per round, a provisioned lease's Delete (the testbed's release, sent to a thread) works, Status answered on the call
+threads meanwhile sees the same calendar, and the server stops cleanly. Off, or on SQLite, the calls stay on the
+call threads and the log says why."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sfa_omf.config import Settings
+from sfa_omf.server.app import _reactor_calls
+from tests.cluster.harness import Lab, Serve, make_lab, request, window
+from tests.cluster.test_processes import code, race, sliver_view, the_one_winner
+from tests.postgres import empty_postgres
+
+CLIENTS = 32
+ROUNDS = 3
+ON = {"SFA_OMF_BOOKINGS_IN_REACTOR": "yes"}
+IN_REACTOR = "Allocate and Delete are answered in the reactor thread"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Lab:
+    return make_lab(tmp_path, empty_postgres(), CLIENTS)
+
+
+def test_32_clients_racing_in_the_reactor_one_winner_per_round(lab: Lab, tmp_path: Path, servers: list[Serve]) -> None:
+    server = Serve(lab, tmp_path, "reactor", "--workers", "1", **ON)
+    servers.append(server)
+    server.wait_ready()
+    server.wait_for_line(IN_REACTOR)
+    clients = [server.client(lab) for _ in range(CLIENTS)]
+    for client in clients:
+        assert code(client.GetVersion()) == 0  # connected before the race
+    for round_number in range(ROUNDS):
+        slot = window(days_ahead=21, hour=2 + round_number)
+        winner = the_one_winner(race(lab, clients, slot), round_number)
+        urn, credential = lab.slices[winner]
+        (sliver,) = sliver_view(server.client(lab).Status([urn], [credential], {}))
+        assert sliver[1:] == ("geni_allocated", *slot)
+        assert code(clients[winner].Delete([urn], [credential], {})) == 0
+        assert server.client(lab).Status([urn], [credential], {})["value"]["geni_slivers"] == []
+    assert server.stop() == 0
+    assert not any("Traceback" in line or "internal error" in line for line in server.lines), server.lines
+
+
+def test_a_provisioned_lease_is_deleted_in_the_reactor_while_status_is_answered(
+    lab: Lab, tmp_path: Path, servers: list[Serve]
+) -> None:
+    """Delete of a provisioned lease releases it on the testbed (in a thread: waits.blocking); Status calls on the
+    call threads, made all along, never see anything but the slice's states in order."""
+    server = Serve(lab, tmp_path, "reactor", "--workers", "2", **ON)  # (each worker installs the asyncio reactor)
+    servers.append(server)
+    server.wait_ready()
+    server.wait_for_line(IN_REACTOR)
+    deadline = time.monotonic() + 60
+    while sum(IN_REACTOR in line for line in server.lines) < 2:
+        assert time.monotonic() < deadline, server.lines
+        time.sleep(0.1)
+    urn, credential = lab.slices[0]
+    client = server.client(lab)
+    stop = threading.Event()
+    seen: list[Any] = []
+
+    def watch() -> None:
+        watcher = server.client(lab)
+        while not stop.is_set():
+            answer = watcher.Status([urn], [credential], {})
+            seen.append(
+                [s["geni_allocation_status"] for s in answer["value"]["geni_slivers"]]
+                if code(answer) == 0
+                else code(answer)
+            )
+
+    watching = threading.Thread(target=watch)
+    watching.start()
+    try:
+        for round_number in range(2):
+            first, second = (
+                window(days_ahead=22, hour=4 + 2 * round_number),
+                window(days_ahead=22, hour=5 + 2 * round_number),
+            )
+            assert code(client.Allocate(urn, [credential], request(first), {})) == 0
+            provisioned = client.Provision([urn], [credential], {})
+            assert code(provisioned) == 0, provisioned
+            assert [s["geni_allocation_status"] for s in provisioned["value"]["geni_slivers"]] == ["geni_provisioned"]
+            # A second Allocate in the slice answers its provisioned sliver too, with the testbed's word on it
+            # (asked in a thread).
+            allocated = client.Allocate(urn, [credential], request(second), {})
+            assert code(allocated) == 0, allocated
+            states = sorted(
+                (s["geni_allocation_status"], s.get("geni_operational_status"))
+                for s in allocated["value"]["geni_slivers"]
+            )
+            assert states[0][0] == "geni_allocated" and len(states) in (1, 2), states
+            deleted = client.Delete([urn], [credential], {})
+            assert code(deleted) == 0, deleted
+            assert [s["geni_allocation_status"] for s in deleted["value"]] == ["geni_unallocated"] * 2
+            assert client.Status([urn], [credential], {})["value"]["geni_slivers"] == []
+    finally:
+        stop.set()
+        watching.join()
+    # What Status saw: the slice empty, or its (at most two) slivers allocated or provisioned; never an error or
+    # another state.
+    states = {"geni_allocated", "geni_provisioned"}
+    assert seen and all(isinstance(view, list) and len(view) <= 2 and set(view) <= states for view in seen), seen
+    assert server.stop() == 0
+    assert not any("Traceback" in line for line in server.lines), server.lines
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("sqlite:////tmp/calendar.db", "is for PostgreSQL"),
+        ("postgresql+psycopg://sfaomf@127.0.0.1/x", "the reactor is not the asyncio one"),
+    ],
+)
+def test_where_it_cannot_be_the_calls_stay_on_the_threads_and_the_log_says_why(
+    url: str, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SQLite has no asynchronous driver; a process whose reactor is another (these tests' own) cannot await."""
+    settings = Settings("lab", "/nonexistent", bookings_in_reactor=True, database_url=url)
+    with caplog.at_level(logging.WARNING, logger="sfa_omf.server"):
+        assert _reactor_calls(settings) is None
+    assert any(why in record.getMessage() for record in caplog.records), caplog.text
+    assert _reactor_calls(Settings("lab", "/nonexistent", bookings_in_reactor=False, database_url=url)) is None
