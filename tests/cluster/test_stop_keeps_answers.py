@@ -133,17 +133,23 @@ def refused(port: int) -> bool:
         return False
 
 
+@pytest.mark.parametrize("in_reactor", [False, True], ids=["call threads", "bookings_in_reactor"])
 def test_sigterm_answers_the_call_in_progress_and_refuses_new_connections(
-    lab: Lab, tmp_path: Path, lock: TablesLocked
+    lab: Lab, tmp_path: Path, lock: TablesLocked, in_reactor: bool
 ) -> None:
-    server = Serve(lab, tmp_path, "one")
+    """Also with ``[sfa_omf] bookings_in_reactor``, where the Allocate waits in the reactor thread (awaiting the
+    database): the reactor still answers other calls meanwhile, and the stop waits for that call as for a thread's."""
+    server = Serve(lab, tmp_path, "one", **({"SFA_OMF_BOOKINGS_IN_REACTOR": "yes"} if in_reactor else {}))
     try:
         server.wait_ready()
+        if in_reactor:
+            server.wait_for_line("Allocate and Delete are answered in the reactor thread")
         lock.take()
         thread, outcome = allocate_in_background(
             server, lab, ConnectionKeepingTransport(context=client_context(*lab.ann))
         )
         lock.wait_for_a_waiting_call()
+        assert client(server, lab).GetVersion()["code"]["geni_code"] == 0  # (answered while the Allocate waits)
         server.process.send_signal(signal.SIGTERM)
         server.wait_for_line("aggregate stopping: listening no more; answering the 1 call(s) in progress first")
         # Both ports at once, while the call is still in progress: a new client is refused, not left hanging.
