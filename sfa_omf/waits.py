@@ -13,32 +13,38 @@ greenlet of the same thread taking it would block the reactor for ever.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
-
-from sqlalchemy.util.concurrency import await_, in_greenlet
 
 T = TypeVar("T")
 
 
 def in_reactor_call() -> bool:
-    """Whether the code runs in a call answered in the reactor thread (a greenlet whose waits yield to it)."""
-    return in_greenlet()
+    """Whether the code runs in a call answered in the reactor thread (a greenlet of SQLAlchemy's, whose waits yield
+    to the reactor). SQLAlchemy is not imported for the question: a process that has not imported it (a light
+    command, ``credential verify``) runs no such greenlet."""
+    concurrency = sys.modules.get("sqlalchemy.util.concurrency")
+    return concurrency is not None and bool(concurrency.in_greenlet())
 
 
 def blocking(work: Callable[..., T], *args: Any) -> T:
     """``work(*args)``: in a reactor call, run in a thread of the event loop's executor and waited for without
     blocking the reactor (its exception raised here); elsewhere, called directly."""
-    if not in_greenlet():
+    if not in_reactor_call():
         return work(*args)
+    from sqlalchemy.util.concurrency import await_
+
     result: T = await_(asyncio.get_running_loop().run_in_executor(None, work, *args))
     return result
 
 
 def pause(seconds: float) -> None:
     """Sleep ``seconds``: in a reactor call, without holding the reactor thread."""
-    if in_greenlet():
+    if in_reactor_call():
+        from sqlalchemy.util.concurrency import await_
+
         await_(asyncio.sleep(seconds))
     else:
         time.sleep(seconds)
