@@ -261,7 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
             logging.getLogger("sfa_omf.server").warning(why)
         if count > 1:
             return _serve_with_workers(loaded, args, count)
-    if settings.bookings_in_reactor and not settings.calendar_url.startswith("sqlite"):
+    if settings.calls_in_reactor and not settings.calendar_url.startswith("sqlite"):
         from sfa_omf.server.reactor_calls import install_asyncio_reactor
 
         install_asyncio_reactor()  # before the server's modules import Twisted's reactor

@@ -101,9 +101,9 @@ class Settings:
     history_days: int = 365
     max_request_bytes: int = 4 * 1024 * 1024
     threads: int = 8
-    # PostgreSQL: Allocate and Delete answered in the reactor thread, their statements awaited without blocking it
-    # (server/reactor_calls.py); off: on the call threads as every other call.
-    bookings_in_reactor: bool = False
+    # PostgreSQL: Allocate, Delete and Status answered in the reactor thread, their statements awaited there
+    # (server/reactor_calls.py); off: on the call threads as every other call. No effect on SQLite.
+    calls_in_reactor: bool = True
     max_connections: int = 2048  # connections open at once on each listener (at most what the fd limit allows)
     max_connections_per_peer: int = 64  # connections open at once from one address, on each listener
     workers: int = 0  # serving processes; 0 (auto): the number of cores on PostgreSQL, 1 on SQLite
@@ -351,11 +351,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_request_bytes", "sfa_omf", "max_request_bytes", "count", "largest XML-RPC request accepted"),
     Option("threads", "sfa_omf", "threads", "count", "worker threads serving requests (in each worker process)"),
     Option(
-        "bookings_in_reactor",
+        "calls_in_reactor",
         "sfa_omf",
-        "bookings_in_reactor",
+        "calls_in_reactor",
         "flag",
-        "PostgreSQL: answer Allocate and Delete in the reactor thread, awaiting the database without blocking it",
+        "PostgreSQL: answer Allocate, Delete and Status in the reactor thread, awaiting the database there "
+        "(no effect on SQLite)",
     ),
     Option("max_connections", "sfa_omf", "max_connections", "count", "connections open at once on each listener"),
     Option(

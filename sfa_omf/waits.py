@@ -1,4 +1,4 @@
-"""Waiting inside a call answered in the reactor thread ([sfa_omf] bookings_in_reactor, server/reactor_calls.py).
+"""Waiting inside a call answered in the reactor thread ([sfa_omf] calls_in_reactor, server/reactor_calls.py).
 
 Such a call runs in a greenlet of the reactor thread, and its database statements wait without blocking that thread
 (calendar/database.py switches to asynchronous connections there). Anything else that would block (a testbed's

@@ -1,4 +1,4 @@
-"""Code run as the server runs a booking with ``[sfa_omf] bookings_in_reactor``: in a greenlet of a running asyncio
+"""Code run as the server runs a booking with ``[sfa_omf] calls_in_reactor``: in a greenlet of a running asyncio
 loop (a plain loop in the test's thread, as the asyncio reactor's is in the server's), optionally counting how often
 the loop ran something else meanwhile."""
 

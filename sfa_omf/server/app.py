@@ -68,7 +68,7 @@ from sfa_omf.server.agent_http import AgentResource
 from sfa_omf.server.call_threads import CallThreads
 from sfa_omf.server.fd_limits import connection_limit, raise_open_file_limit
 from sfa_omf.server.gc_tuning import freeze_start_up_objects
-from sfa_omf.server.reactor_calls import ReactorCalls, asyncio_reactor_running_here
+from sfa_omf.server.reactor_calls import IN_REACTOR_WORDS, ReactorCalls, asyncio_reactor_running_here
 from sfa_omf.server.systemd import notify_systemd
 from sfa_omf.server.tls import ServerTls
 from sfa_omf.server.web import WebCalendarResource
@@ -164,7 +164,7 @@ class RunningServer:
     pool: ThreadPool
     leadership: Leadership  # the cluster-wide background tasks, run while this process leads
     loops: list[LoopingCall] = field(default_factory=list)  # this process's own periodic work (heartbeat flushes)
-    reactor_calls: ReactorCalls | None = None  # the bookings answered in the reactor thread (reactor_calls.py)
+    reactor_calls: ReactorCalls | None = None  # the calls answered in the reactor thread (reactor_calls.py)
 
     @property
     def port_number(self) -> int:
@@ -380,22 +380,13 @@ def start_aggregate(
 
 
 def _reactor_calls(settings: Settings) -> ReactorCalls | None:
-    """The bookings answered in the reactor thread ([sfa_omf] bookings_in_reactor): on PostgreSQL, with the asyncio
-    reactor (``serve`` installs it); None, said in the log when it was asked for, otherwise."""
-    if not settings.bookings_in_reactor:
-        return None
-    if settings.calendar_url.startswith("sqlite"):
-        log.warning(
-            "bookings_in_reactor is for PostgreSQL (SQLite has no asynchronous driver): Allocate and Delete run on "
-            "the call threads"
-        )
+    """The calls answered in the reactor thread ([sfa_omf] calls_in_reactor, on by default): on PostgreSQL, with the
+    asyncio reactor (``serve`` installs it); None otherwise (SQLite has no asynchronous driver), the calls then on the
+    call threads as every other. ``serve``'s line "serving AM API v3" says which."""
+    if not settings.calls_in_reactor or settings.calendar_url.startswith("sqlite"):
         return None
     if not asyncio_reactor_running_here():
-        log.warning(
-            "bookings_in_reactor: the reactor is not the asyncio one; Allocate and Delete run on the call threads"
-        )
         return None
-    log.info("Allocate and Delete are answered in the reactor thread (bookings_in_reactor)")
     return ReactorCalls(settings.threads, reactor._asyncioEventloop)
 
 
@@ -773,12 +764,13 @@ def serve_forever(settings: Settings, checked: bool = False, sockets: Sequence[i
         settings.max_connections_per_peer,
     )
     log.info(
-        "aggregate %s serving AM API v3 on https://%s:%d/ (advertised as %s); trusting %s",
+        "aggregate %s serving AM API v3 on https://%s:%d/ (advertised as %s); trusting %s%s",
         aggregate.settings.urn,
         settings.aggregate_host,
         running.port_number,
         settings.hostname,
         aggregate.verifier.roots.names(),
+        f"; {IN_REACTOR_WORDS}" if running.reactor_calls is not None else "",
     )
 
     stopping: list[bool] = []

@@ -1,11 +1,11 @@
-"""Allocate and Delete answered in the reactor thread ([sfa_omf] bookings_in_reactor; PostgreSQL only).
+"""Allocate, Delete and Status answered in the reactor thread ([sfa_omf] calls_in_reactor; PostgreSQL only).
 
-Why: with many clients, a booking's cost on the call threads is mostly the hand-over of the interpreter lock at every
-wait for the database (docs/benchmarks.md, the thirty-fifth to thirty-seventh sessions). Here each such call runs in
-a greenlet of the reactor thread (SQLAlchemy's ``greenlet_spawn`` on Twisted's asyncio reactor), and its statements
-wait through asynchronous connections (calendar/database.py), so the one thread serves the others meanwhile. What
-would block it runs in a thread instead (waits.py: the testbed's requests, local accounts' files, cold credential
-checks, back-off sleeps).
+Why: with many clients, much of such a call's cost on the call threads is handing the interpreter lock over, at every
+wait for the database and between the reactor and a call thread (docs/benchmarks.md, the thirty-fifth to
+thirty-eighth sessions). Here each such call runs in a greenlet of the reactor thread (SQLAlchemy's ``greenlet_spawn``
+on Twisted's asyncio reactor), and its statements wait through asynchronous connections (calendar/database.py), so
+the one thread serves the others meanwhile. What would block it runs in a thread instead (waits.py: the testbed's
+requests, local accounts' files, cold credential checks, back-off sleeps).
 
 Bounds: a body over REACTOR_MAX_BODY_BYTES, a method not in REACTOR_METHODS, and any call beyond ``limit`` running at
 once go to the call threads as before. Every wait for the database is bounded as on the threads (the answer bound of
@@ -25,8 +25,12 @@ from twisted.internet.defer import Deferred
 
 log = logging.getLogger("sfa_omf.server")
 
-#: The calls answered in the reactor thread: the bookings, whose work is a few statements.
-REACTOR_METHODS = frozenset({"Allocate", "Delete"})
+#: The calls answered in the reactor thread: the bookings, whose work is a few statements, and Status, mostly answered
+#: from memory (calendar/kept_reads.py). The others stay on the call threads: Renew and Provision ask the testbed
+#: directly, and Describe and ListResources build documents that may be large.
+REACTOR_METHODS = frozenset({"Allocate", "Delete", "Status"})
+#: What ``serve``'s line "serving AM API v3" adds when these calls are answered in the reactor thread.
+IN_REACTOR_WORDS = "Allocate, Delete and Status answered in the reactor thread (calls_in_reactor)"
 #: Larger bodies (a request RSpec of many nodes) are parsed and answered on the call threads: parsing them would
 #: hold the reactor thread.
 REACTOR_MAX_BODY_BYTES = 64 * 1024
@@ -37,7 +41,7 @@ def install_asyncio_reactor() -> bool:
     logged, when another reactor is installed already (the calls then stay on the call threads)."""
     if "twisted.internet.reactor" in sys.modules:
         if not asyncio_reactor_running_here():
-            log.warning("bookings_in_reactor: another Twisted reactor is installed; calls stay on the call threads")
+            log.warning("calls_in_reactor: another Twisted reactor is installed; calls stay on the call threads")
             return False
         return True
     from twisted.internet import asyncioreactor

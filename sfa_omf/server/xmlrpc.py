@@ -869,7 +869,7 @@ class XmlRpcResource(resource.Resource):
         max_body_bytes: int,
         reactor_calls: ReactorCalls | None = None,
     ) -> None:
-        """``reactor_calls``: the bookings answered in greenlets of the reactor thread (server/reactor_calls.py);
+        """``reactor_calls``: the calls answered in greenlets of the reactor thread (server/reactor_calls.py);
         None: every call but the inline ones on the call threads."""
         super().__init__()
         self.handler = handler

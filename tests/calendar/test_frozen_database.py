@@ -178,7 +178,7 @@ def test_a_plain_statement_answers_while_the_database_hangs(cluster: Cluster, mo
 def test_a_statement_in_a_reactor_call_answers_while_the_database_hangs(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same for a call answered in the reactor thread ([sfa_omf] bookings_in_reactor): its statements go through
+    """The same for a call answered in the reactor thread ([sfa_omf] calls_in_reactor): its statements go through
     asynchronous connections, bounded alike (DBERROR while frozen, the connection discarded, the next call works);
     and the loop kept running while the statement waited."""
     monkeypatch.setattr(database_module, "PING_AFTER_IDLE_S", 3600.0)

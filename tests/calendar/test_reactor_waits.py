@@ -1,4 +1,4 @@
-"""A call answered in the reactor thread ([sfa_omf] bookings_in_reactor) runs in a greenlet of an asyncio loop: on
+"""A call answered in the reactor thread ([sfa_omf] calls_in_reactor) runs in a greenlet of an asyncio loop: on
 PostgreSQL its statements go through asynchronous connections and wait without blocking the loop, with the same
 statement_timeout; ``waits.blocking`` runs work in another thread and ``waits.pause`` sleeps, both letting the loop
 run meanwhile. Outside a greenlet everything is as before (the usual engine, work in the calling thread).

@@ -133,17 +133,17 @@ def refused(port: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("in_reactor", [False, True], ids=["call threads", "bookings_in_reactor"])
+@pytest.mark.parametrize("in_reactor", [False, True], ids=["call threads", "calls_in_reactor"])
 def test_sigterm_answers_the_call_in_progress_and_refuses_new_connections(
     lab: Lab, tmp_path: Path, lock: TablesLocked, in_reactor: bool
 ) -> None:
-    """Also with ``[sfa_omf] bookings_in_reactor``, where the Allocate waits in the reactor thread (awaiting the
+    """Also with ``[sfa_omf] calls_in_reactor``, where the Allocate waits in the reactor thread (awaiting the
     database): the reactor still answers other calls meanwhile, and the stop waits for that call as for a thread's."""
-    server = Serve(lab, tmp_path, "one", **({"SFA_OMF_BOOKINGS_IN_REACTOR": "yes"} if in_reactor else {}))
+    server = Serve(lab, tmp_path, "one", **({"SFA_OMF_CALLS_IN_REACTOR": "yes"} if in_reactor else {}))
     try:
         server.wait_ready()
         if in_reactor:
-            server.wait_for_line("Allocate and Delete are answered in the reactor thread")
+            server.wait_for_line("Allocate, Delete and Status answered in the reactor thread")
         lock.take()
         thread, outcome = allocate_in_background(
             server, lab, ConnectionKeepingTransport(context=client_context(*lab.ann))

@@ -1,12 +1,11 @@
-"""``[sfa_omf] bookings_in_reactor`` on a real ``sfa-omf serve`` and PostgreSQL, over real TLS XML-RPC: Allocate and
-Delete are answered in the reactor thread (its log says so), 32 clients racing for one node still get one winner
-per round, a provisioned lease's Delete (the testbed's release, sent to a thread) works, Status answered on the call
-threads meanwhile sees the same calendar, and the server stops cleanly. Off, or on SQLite, the calls stay on the
-call threads and the log says why."""
+"""``[sfa_omf] calls_in_reactor`` on a real ``sfa-omf serve`` and PostgreSQL, over real TLS XML-RPC: Allocate,
+Delete and Status are answered in the reactor thread (its log says so), 32 clients racing for one node still get one
+winner per round, a provisioned lease's Delete (the testbed's release, sent to a thread) works, Status of its
+provisioned sliver (the testbed's word on it, asked in a thread) sees the calendar as it changes, and the server
+stops cleanly. Off, or on SQLite, the calls stay on the call threads."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from pathlib import Path
@@ -22,8 +21,8 @@ from tests.postgres import empty_postgres
 
 CLIENTS = 32
 ROUNDS = 3
-ON = {"SFA_OMF_BOOKINGS_IN_REACTOR": "yes"}
-IN_REACTOR = "Allocate and Delete are answered in the reactor thread"
+ON = {"SFA_OMF_CALLS_IN_REACTOR": "yes"}
+IN_REACTOR = "Allocate, Delete and Status answered in the reactor thread"
 
 
 @pytest.fixture
@@ -31,11 +30,15 @@ def lab(tmp_path: Path) -> Lab:
     return make_lab(tmp_path, empty_postgres(), CLIENTS)
 
 
-def test_32_clients_racing_in_the_reactor_one_winner_per_round(lab: Lab, tmp_path: Path, servers: list[Serve]) -> None:
-    server = Serve(lab, tmp_path, "reactor", "--workers", "1", **ON)
+@pytest.mark.parametrize("setting", ["default", "no"])
+def test_32_clients_racing_one_winner_per_round(lab: Lab, tmp_path: Path, servers: list[Serve], setting: str) -> None:
+    """On by default on PostgreSQL; with ``no``, the same on the call threads."""
+    environment = {} if setting == "default" else {"SFA_OMF_CALLS_IN_REACTOR": setting}
+    server = Serve(lab, tmp_path, "reactor", "--workers", "1", **environment)
     servers.append(server)
     server.wait_ready()
-    server.wait_for_line(IN_REACTOR)
+    server.wait_for_line("serving AM API v3")  # (its start's lines are all written by then)
+    assert any(IN_REACTOR in line for line in server.lines) == (setting == "default"), server.lines
     clients = [server.client(lab) for _ in range(CLIENTS)]
     for client in clients:
         assert code(client.GetVersion()) == 0  # connected before the race
@@ -54,8 +57,8 @@ def test_32_clients_racing_in_the_reactor_one_winner_per_round(lab: Lab, tmp_pat
 def test_a_provisioned_lease_is_deleted_in_the_reactor_while_status_is_answered(
     lab: Lab, tmp_path: Path, servers: list[Serve]
 ) -> None:
-    """Delete of a provisioned lease releases it on the testbed (in a thread: waits.blocking); Status calls on the
-    call threads, made all along, never see anything but the slice's states in order."""
+    """Delete of a provisioned lease releases it on the testbed (in a thread: waits.blocking); Status calls, in the
+    reactor too and made all along, never see anything but the slice's states."""
     server = Serve(lab, tmp_path, "reactor", "--workers", "2", **ON)  # (each worker installs the asyncio reactor)
     servers.append(server)
     server.wait_ready()
@@ -116,18 +119,10 @@ def test_a_provisioned_lease_is_deleted_in_the_reactor_while_status_is_answered(
 
 
 @pytest.mark.parametrize(
-    ("url", "why"),
-    [
-        ("sqlite:////tmp/calendar.db", "is for PostgreSQL"),
-        ("postgresql+psycopg://sfaomf@127.0.0.1/x", "the reactor is not the asyncio one"),
-    ],
+    "url", ["sqlite:////nonexistent/calendar.db", "postgresql+psycopg://sfaomf@127.0.0.1/nonexistent"]
 )
-def test_where_it_cannot_be_the_calls_stay_on_the_threads_and_the_log_says_why(
-    url: str, why: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """SQLite has no asynchronous driver; a process whose reactor is another (these tests' own) cannot await."""
-    settings = Settings("lab", "/nonexistent", bookings_in_reactor=True, database_url=url)
-    with caplog.at_level(logging.WARNING, logger="sfa_omf.server"):
-        assert _reactor_calls(settings) is None
-    assert any(why in record.getMessage() for record in caplog.records), caplog.text
-    assert _reactor_calls(Settings("lab", "/nonexistent", bookings_in_reactor=False, database_url=url)) is None
+def test_where_it_cannot_be_the_calls_stay_on_the_threads(url: str) -> None:
+    """SQLite has no asynchronous driver; a process whose reactor is another (these tests' own) cannot await. (A
+    real ``serve`` on PostgreSQL installs the asyncio reactor: the tests above.)"""
+    assert _reactor_calls(Settings("lab", "/nonexistent", calls_in_reactor=True, database_url=url)) is None
+    assert _reactor_calls(Settings("lab", "/nonexistent", calls_in_reactor=False, database_url=url)) is None
