@@ -1889,7 +1889,9 @@ class Aggregate:
             known = self.node_health(sliver, lease, now)
             if known is not None:
                 return known
-        return blocking(self.backend.health, sliver, lease, now)  # (OAR may ask its API: never in the reactor)
+        if "health" in getattr(self.backend, "local_operations", ()):
+            return self.backend.health(sliver, lease, now)
+        return blocking(self.backend.health, sliver, lease, now)  # (OAR asks its API: never in the reactor thread)
 
     def _sliver_dict(self, sliver: SliverRecord, lease: LeaseRecord) -> dict[str, Any]:
         allocation = str(sliver.allocation_state)

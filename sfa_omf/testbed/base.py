@@ -45,8 +45,9 @@ class SliverHealth:
 class TestbedBackend(Protocol):
     """Implemented by the embedded backend, the OAR backend and third-party backends (entry points).
 
-    A backend may also name, in ``local_operations`` (a frozenset of "renew", "release"), those of its operations
-    that talk to no testbed: the gate (sfa_omf/testbed/gate.py) then runs them without waiting for a slot."""
+    A backend may also name, in ``local_operations`` (a frozenset of "renew", "release", "health"), those of its
+    operations that talk to no testbed: the gate (sfa_omf/testbed/gate.py) then runs renew and release without waiting
+    for a slot, and a call answered in the reactor thread asks health there rather than in a thread (waits.py)."""
 
     name: str
 

@@ -47,8 +47,9 @@ class OmfTestbed:
 
     name = "omf"
     # Renew and release talk to no testbed here (the inventory and the slot passes read the calendar): the gate
-    # (sfa_omf/testbed/gate.py) lets them through without a slot, so hung controllers never make them BUSY.
-    local_operations = frozenset({"renew", "release"})
+    # (sfa_omf/testbed/gate.py) lets them through without a slot, so hung controllers never make them BUSY. Health
+    # reads the slot records in the calendar.
+    local_operations = frozenset({"renew", "release", "health"})
 
     def __init__(
         self,
