@@ -383,9 +383,11 @@ def _reactor_calls(settings: Settings) -> ReactorCalls | None:
     """The calls answered in the reactor thread ([sfa_omf] calls_in_reactor, on by default): on PostgreSQL, with the
     asyncio reactor (``serve`` installs it); None otherwise (SQLite has no asynchronous driver), the calls then on the
     call threads as every other. ``serve``'s line "serving AM API v3" says which."""
-    if not settings.calls_in_reactor or settings.calendar_url.startswith("sqlite"):
-        return None
-    if not asyncio_reactor_running_here():
+    if (
+        not settings.calls_in_reactor
+        or settings.calendar_url.startswith("sqlite")
+        or not asyncio_reactor_running_here()
+    ):
         return None
     return ReactorCalls(settings.threads, reactor._asyncioEventloop)
 

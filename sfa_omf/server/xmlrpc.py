@@ -911,24 +911,19 @@ class XmlRpcResource(resource.Resource):
             method = _declared_method(request)
             return self._refuse(request, context, method, GeniError(Reason.CALLER_UNTRUSTED, message))
         body = request.content.read() if request.content is not None else b""
-        if self.reactor_calls is not None and self._names_early(body, REACTOR_METHODS, REACTOR_MAX_BODY_BYTES):
-            parsed = self._parsed(context, body)
-            if isinstance(parsed, str):
-                _respond(request, parsed)
-                return server.NOT_DONE_YET
-            if parsed[0] in REACTOR_METHODS:
-                answered = self.reactor_calls.start(self._answer, (context, *parsed), lambda a: _respond(request, a))
-                if answered is not None:
-                    answered.addErrback(lambda failure: _internal_error(request, parsed[0], failure))
-                    return server.NOT_DONE_YET
-            deferred = deferToThreadPool(self.reactor, self.pool, self._answer, context, *parsed)
-        elif self._maybe_inline(body):
-            # A small call naming an inline method (GetVersion) is read here; it runs here only when it really is
-            # one, anything else (a body naming another method further on) goes to the pool as every call does.
+        if self._read_here(body):
+            # A small call naming an inline method (GetVersion), or one answered in the reactor (reactor_calls.py),
+            # is read here; it runs here only when it really is one, anything else (a body naming another method
+            # further on, or the reactor's calls all taken) goes to the pool as every call does.
             parsed = self._parsed(context, body)
             if isinstance(parsed, str) or parsed[0] in self.inline_methods:
                 _respond(request, parsed if isinstance(parsed, str) else self._answer(context, *parsed))
                 return server.NOT_DONE_YET
+            if self.reactor_calls is not None and parsed[0] in REACTOR_METHODS:
+                answered = self.reactor_calls.start(self._answer, (context, *parsed), lambda a: _respond(request, a))
+                if answered is not None:
+                    answered.addErrback(lambda failure: _internal_error(request, parsed[0], failure))
+                    return server.NOT_DONE_YET
             deferred = deferToThreadPool(self.reactor, self.pool, self._answer, context, *parsed)
         else:
             deferred = deferToThreadPool(self.reactor, self.pool, self._call, context, body)
@@ -936,10 +931,12 @@ class XmlRpcResource(resource.Resource):
         deferred.addErrback(lambda failure: _internal_error(request, "(unread)", failure))  # a bug of _call's own
         return server.NOT_DONE_YET
 
-    def _maybe_inline(self, body: bytes) -> bool:
-        """Whether ``body`` may be a call of an inline method: small enough to read in the reactor thread, and
-        naming one at its start (parsing decides)."""
-        return self._names_early(body, self.inline_methods, INLINE_MAX_BODY_BYTES)
+    def _read_here(self, body: bytes) -> bool:
+        """Whether ``body`` may be a call of an inline method, or of one answered in the reactor: small enough to
+        read in the reactor thread, and naming one at its start (parsing decides)."""
+        if self._names_early(body, self.inline_methods, INLINE_MAX_BODY_BYTES):
+            return True
+        return self.reactor_calls is not None and self._names_early(body, REACTOR_METHODS, REACTOR_MAX_BODY_BYTES)
 
     @staticmethod
     def _names_early(body: bytes, methods: frozenset[str], max_bytes: int) -> bool:

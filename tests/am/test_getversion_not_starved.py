@@ -155,8 +155,8 @@ def test_only_a_small_getversion_is_read_in_the_reactor_thread() -> None:
     resource = XmlRpcResource(ApiV3.__new__(ApiV3), None, None, 1024 * 1024)  # (the handler is not called here)
     assert resource.inline_methods == {"GetVersion"}
     small = xmlrpc.client.dumps(({"geni_rspec_version": {"type": "GENI", "version": "3"}},), "GetVersion").encode()
-    assert len(small) < INLINE_MAX_BODY_BYTES and resource._maybe_inline(small)
+    assert len(small) < INLINE_MAX_BODY_BYTES and resource._read_here(small)
     dates = [xmlrpc.client.DateTime("20261204T10:00:00")] * 300
     hostile = xmlrpc.client.dumps(({"x": dates},), "GetVersion").encode()
-    assert len(hostile) > INLINE_MAX_BODY_BYTES and not resource._maybe_inline(hostile)
-    assert not resource._maybe_inline(xmlrpc.client.dumps(([],), "Status").encode())
+    assert len(hostile) > INLINE_MAX_BODY_BYTES and not resource._read_here(hostile)
+    assert not resource._read_here(xmlrpc.client.dumps(([],), "Status").encode())

@@ -6,18 +6,22 @@ stops cleanly. Off, or on SQLite, the calls stay on the call threads."""
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
+import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sfa_omf.config import Settings
+from sfa_omf.errors import GeniCode
 from sfa_omf.server.app import _reactor_calls
 from tests.cluster.harness import Lab, Serve, make_lab, request, window
 from tests.cluster.test_processes import code, race, sliver_view, the_one_winner
 from tests.postgres import empty_postgres
+from tests.tls_harness import client_context
 
 CLIENTS = 32
 ROUNDS = 3
@@ -62,7 +66,6 @@ def test_a_provisioned_lease_is_deleted_in_the_reactor_while_status_is_answered(
     server = Serve(lab, tmp_path, "reactor", "--workers", "2", **ON)  # (each worker installs the asyncio reactor)
     servers.append(server)
     server.wait_ready()
-    server.wait_for_line(IN_REACTOR)
     deadline = time.monotonic() + 60
     while sum(IN_REACTOR in line for line in server.lines) < 2:
         assert time.monotonic() < deadline, server.lines
@@ -94,8 +97,7 @@ def test_a_provisioned_lease_is_deleted_in_the_reactor_while_status_is_answered(
             provisioned = client.Provision([urn], [credential], {})
             assert code(provisioned) == 0, provisioned
             assert [s["geni_allocation_status"] for s in provisioned["value"]["geni_slivers"]] == ["geni_provisioned"]
-            # A second Allocate in the slice answers its provisioned sliver too, with the testbed's word on it
-            # (asked in a thread).
+            # A second Allocate in the slice answers its provisioned sliver too, with the testbed's word on it.
             allocated = client.Allocate(urn, [credential], request(second), {})
             assert code(allocated) == 0, allocated
             states = sorted(
@@ -116,6 +118,51 @@ def test_a_provisioned_lease_is_deleted_in_the_reactor_while_status_is_answered(
     assert seen and all(isinstance(view, list) and len(view) <= 2 and set(view) <= states for view in seen), seen
     assert server.stop() == 0
     assert not any("Traceback" in line for line in server.lines), server.lines
+
+
+def post(server: Serve, lab: Lab, body: bytes) -> Any:
+    """``body`` POSTed as an XML-RPC call over TLS with ann's certificate; the answer, parsed (a Fault raises)."""
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", server.aggregate_port, context=client_context(*lab.ann), timeout=60
+    )
+    try:
+        connection.request("POST", "/", body, {"content-type": "text/xml"})
+        response = connection.getresponse()
+        assert response.status == 200
+        return xmlrpc.client.loads(response.read())[0][0]
+    finally:
+        connection.close()
+
+
+def test_bad_calls_read_in_the_reactor_are_refused_and_change_nothing(
+    lab: Lab, tmp_path: Path, servers: list[Serve]
+) -> None:
+    """Calls naming Allocate, read in the reactor thread: malformed XML, an entity expansion, a wrong type and an
+    impossible time are each refused with the right code; nothing is booked, and the server answers after them."""
+    server = Serve(lab, tmp_path, "reactor", "--workers", "1")
+    servers.append(server)
+    server.wait_ready()
+    server.wait_for_line(IN_REACTOR)
+    urn, credential = lab.slices[0]
+    start = b"<?xml version='1.0'?><methodCall><methodName>Allocate</methodName><params>"
+    with pytest.raises(xmlrpc.client.Fault) as malformed:
+        post(server, lab, start + b"<param><value><string>unclosed")
+    bomb = (
+        b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        b"<methodCall><methodName>Allocate</methodName><params><param><value><string>&b;</string></value></param>"
+        b"</params></methodCall>"
+    )
+    with pytest.raises(xmlrpc.client.Fault) as expanded:
+        post(server, lab, bomb)
+    assert malformed.value.faultCode == expanded.value.faultCode == GeniCode.BADARGS
+    wrong_type = post(server, lab, xmlrpc.client.dumps((urn, credential, "<rspec/>", {}), "Allocate").encode())
+    assert code(wrong_type) == GeniCode.BADARGS, wrong_type  # credentials must be a list
+    slot = ("2026-02-30T10:00:00Z", "2026-02-30T11:00:00Z")
+    impossible = post(server, lab, xmlrpc.client.dumps((urn, [credential], request(slot), {}), "Allocate").encode())
+    assert code(impossible) == GeniCode.BADARGS, impossible
+    assert server.client(lab).Status([urn], [credential], {})["value"]["geni_slivers"] == []
+    assert code(server.client(lab).Allocate(urn, [credential], request(window(days_ahead=23, hour=3)), {})) == 0
+    assert server.stop() == 0
 
 
 @pytest.mark.parametrize(
